@@ -1,0 +1,41 @@
+# Two commands matter: `make demo` (the product on the embedded shapes model) and `make test`.
+# Both create .venv and install what they need on a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test test-slow lint build-model sample-grid clean
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0          # the pin: CPU build here, CUDA build on a GPU box
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(PY) -m app demo
+
+test: setup
+	bash scripts/test.sh
+
+test-slow: setup
+	bash scripts/test.sh -m slow
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+# Rebuild the committed embedded model from scratch (about 45 minutes on 2 CPU cores).
+build-model: setup
+	$(PY) -m seiko_core.toy build --out models/shapes-sd
+
+sample-grid: setup
+	$(PY) -m seiko_core.sample --model models/shapes-sd --prompt "a shape" --n 32 --seed 0 --out docs/images/shapes-grid.png
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,167 @@
+"""One typed configuration for SEIKO, with named presets (``presets()``) instead of copied config files.
+
+Each field carries the reason for its default. ``__post_init__`` validates with a clear ValueError.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from typing import Any
+
+METHODS = ("nonadaptive", "greedy", "ucb", "bootstrap", "ts")
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+@dataclass
+class RewardConfig:
+    num_heads: int = 4  # bootstrap heads on one shared backbone (the authors found 4 enough)
+    hidden: tuple[int, ...] = (1024, 128, 64, 16)  # LAION-aesthetic MLP shape; the last width is the UCB feature size
+    dropout: tuple[float, ...] = (0.2, 0.2, 0.1)  # after the first three hidden layers, as in the reference
+    linear: bool = True  # the reference MLP has no non-linearities
+    lr: float = 1e-3  # Adam, as in the reference
+    batch_size: int = 512  # reference batch; smaller data sets are fitted in one batch
+    max_epochs: int = 300  # reference cap; early stopping usually ends sooner
+    patience: int = 30  # epochs without held-out improvement before stopping
+    holdout: float = 0.05  # held-out fraction for early stopping (at least one point once n >= 8)
+    bootstrap: str = "poisson"  # per-sample weights per head: "poisson" (Poisson(1)) or "multinomial"
+    standardise: bool = True  # fit on (y - mean) / std, predict in the original units
+    sgld_base: float = 1e-5  # TS: gradient noise of scale base * sqrt(lr) / sqrt(batch), as in the reference
+
+    def __post_init__(self) -> None:
+        self.hidden = tuple(self.hidden)
+        self.dropout = tuple(self.dropout)
+        _check(self.num_heads >= 1, f"num_heads must be at least 1, got {self.num_heads}")
+        _check(len(self.hidden) >= 1, "hidden needs at least one layer width")
+        _check(0 <= self.holdout < 0.5, f"holdout must be in [0, 0.5), got {self.holdout}")
+        _check(self.bootstrap in ("poisson", "multinomial"), f"unknown bootstrap {self.bootstrap!r}; choose from ['multinomial', 'poisson']")
+        _check(self.lr > 0 and self.batch_size > 0 and self.max_epochs > 0, "lr, batch_size and max_epochs must be positive")
+
+
+@dataclass
+class OptimismConfig:
+    aggregation: str = "max"  # how heads become one reward: mean, max, softmax, ucb_heads, thompson (seiko_core.optimism)
+    temperature: float = 1.0  # softmax aggregation's temperature tau
+    ucb_beta: float = 1.0  # ucb_heads: mean + beta * std across heads
+    bonus: str | None = None  # linear-UCB bonus on the last hidden features: None, "textbook" or "covariance"
+    bonus_alpha: float = 1e-2  # reference alpha
+    bonus_lambda: float = 1e-3  # reference lambda (ridge)
+    bonus_clip: float = 10.0  # reference clip c
+
+    def __post_init__(self) -> None:
+        _check(self.temperature > 0, f"temperature must be positive, got {self.temperature}")
+        _check(self.bonus in (None, "textbook", "covariance"), f"unknown bonus {self.bonus!r}; choose from [None, 'covariance', 'textbook']")
+        _check(self.bonus_lambda > 0, f"bonus_lambda must be positive, got {self.bonus_lambda}")
+
+
+@dataclass
+class SamplingConfig:
+    steps: int = 50  # DDIM steps (reference 50)
+    eta: float = 1.0  # DDIM eta (reference 1.0): stochastic, so the per-step KL is defined
+    guidance: float = 7.5  # classifier-free guidance scale (reference 7.5)
+    batch_size: int = 16  # images per sampling batch
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 1, f"steps must be at least 1, got {self.steps}")
+        _check(self.eta >= 0, f"eta must be non-negative, got {self.eta}")
+
+
+@dataclass
+class FinetuneConfig:
+    lora_rank: int = 4  # adapter rank on the attention projections
+    lora_alpha: float = 4.0
+    target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")  # reference targets
+    lr: float = 1e-3  # AdamW (reference)
+    weight_decay: float = 0.1  # reference
+    grad_clip: float = 5.0  # reference
+    epochs: int = 5  # per round (reference)
+    trajectories_per_epoch: int = 128  # sampled trajectories per epoch (reference)
+    batch_size: int = 4  # trajectories per forward/backward pass
+    grad_accum: int = 16  # passes per optimiser step (reference: 64 trajectories per step at batch 4)
+    kl_weight: float = 0.01  # weight of the trajectory KL to the previous round (reference)
+    loss_coeff: float = 0.01  # reward term coefficient (reference)
+    reward_target: float | None = 10.0  # loss = loss_coeff * |r_opt - target|; None maximises r_opt directly
+    truncation: str = "per_step"  # "per_step" (reference: fresh k ~ U[0, steps] each step) or "per_trajectory" (AlignProp/DRaFT)
+    truncation_k: int = 10  # per_trajectory: gradients flow through the last K steps
+    gradient_checkpointing: bool = False  # recompute UNet activations in backward (memory for time)
+    mixed_precision: str = "no"  # accelerate: "no", "fp16" or "bf16"
+
+    def __post_init__(self) -> None:
+        self.target_modules = tuple(self.target_modules)
+        _check(self.lora_rank >= 1, f"lora_rank must be at least 1, got {self.lora_rank}")
+        _check(self.truncation in ("per_step", "per_trajectory"), f"unknown truncation {self.truncation!r}; choose from ['per_step', 'per_trajectory']")
+        _check(self.truncation_k >= 1, f"truncation_k must be at least 1, got {self.truncation_k}")
+        _check(self.kl_weight >= 0, f"kl_weight must be non-negative, got {self.kl_weight}")
+        _check(self.mixed_precision in ("no", "fp16", "bf16"), f"unknown mixed_precision {self.mixed_precision!r}; choose from ['bf16', 'fp16', 'no']")
+        _check(self.batch_size >= 1 and self.grad_accum >= 1 and self.epochs >= 0, "batch_size and grad_accum must be at least 1, epochs non-negative")
+
+
+@dataclass
+class SeikoConfig:
+    method: str = "bootstrap"  # nonadaptive, greedy, ucb, bootstrap or ts (see METHOD_OPTIMISM)
+    budgets: tuple[int, ...] = (1024, 2048, 4096, 8192)  # feedback per round (reference); nonadaptive uses the sum in one round
+    prompts: tuple[str, ...] = ()  # sampling prompt set
+    good_prompt_prop: float = 0.2  # fraction of prompts prefixed with quality_template (reference)
+    quality_template: str = ""  # prefix for that fraction; empty means none
+    eval_prompts: tuple[str, ...] = ()  # fixed held-out prompts for per-round evaluation
+    eval_seeds: tuple[int, ...] = tuple(range(8))
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    optimism: OptimismConfig = field(default_factory=OptimismConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+    def __post_init__(self) -> None:
+        self.budgets = tuple(int(b) for b in self.budgets)
+        self.prompts = tuple(self.prompts)
+        self.eval_prompts = tuple(self.eval_prompts)
+        self.eval_seeds = tuple(int(s) for s in self.eval_seeds)
+        _check(self.method in METHODS, f"unknown method {self.method!r}; choose from {sorted(METHODS)}")
+        _check(len(self.budgets) >= 1 and all(b >= 1 for b in self.budgets), f"budgets must be positive integers, got {self.budgets}")
+        _check(0 <= self.good_prompt_prop <= 1, f"good_prompt_prop must be in [0, 1], got {self.good_prompt_prop}")
+
+    def for_method(self, method: str) -> "SeikoConfig":
+        """This config with ``method`` and the optimism it implies (METHOD_OPTIMISM)."""
+        _check(method in METHODS, f"unknown method {method!r}; choose from {sorted(METHODS)}")
+        cfg = from_dict(to_dict(self))
+        cfg.method = method
+        agg, bonus = METHOD_OPTIMISM[method]
+        cfg.optimism.aggregation = agg
+        cfg.optimism.bonus = bonus
+        if method == "nonadaptive":
+            cfg.budgets = (sum(self.budgets),)
+        return cfg
+
+
+# method -> (aggregation of heads, linear-UCB bonus form). TS draws one head per batch from heads fitted with SGLD noise.
+METHOD_OPTIMISM: dict[str, tuple[str, str | None]] = {
+    "nonadaptive": ("mean", None),
+    "greedy": ("mean", None),
+    "ucb": ("mean", "textbook"),
+    "bootstrap": ("max", None),
+    "ts": ("thompson", None),
+}
+
+
+def to_dict(cfg: Any) -> dict:
+    """JSON-ready dict of a config (tuples become lists)."""
+    return asdict(cfg)
+
+
+def from_dict(data: dict) -> SeikoConfig:
+    """Inverse of :func:`to_dict`; unknown keys are an error, missing keys take defaults."""
+    sub = {"sampling": SamplingConfig, "reward": RewardConfig, "optimism": OptimismConfig, "finetune": FinetuneConfig}
+    known = {f.name for f in fields(SeikoConfig)}
+    unknown = set(data) - known
+    _check(not unknown, f"unknown config keys {sorted(unknown)}; choose from {sorted(known)}")
+    kwargs = {}
+    for k, v in data.items():
+        if k in sub and not is_dataclass(v):
+            names = {f.name for f in fields(sub[k])}
+            bad = set(v) - names
+            _check(not bad, f"unknown {k} config keys {sorted(bad)}; choose from {sorted(names)}")
+            v = sub[k](**v)
+        kwargs[k] = v
+    return SeikoConfig(**kwargs)

@@ -1,0 +1,132 @@
+"""Load a Stable-Diffusion-shaped model (the embedded shapes model, a local directory, or a hub id).
+
+One function, one code path: :func:`load_model` takes a spec and returns the pipeline parts plus the
+image encoder whose embeddings are the reward model's features (the pipeline's own ``image_encoder``
+for the shapes model; ``openai/clip-vit-large-patch14`` by default for real SD, as in the paper).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+DEFAULT_IMAGE_ENCODER = "openai/clip-vit-large-patch14"
+
+
+class ModelLoadError(RuntimeError):
+    """A model spec that cannot be loaded; the message says why in one sentence."""
+
+
+@dataclass
+class ModelParts:
+    spec: str
+    pipeline: object  # diffusers.StableDiffusionPipeline (the base model: adapters are attached to its unet)
+    image_encoder: torch.nn.Module  # CLIPVisionModelWithProjection, frozen
+    image_size: int  # encoder input side in pixels
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def unet(self):
+        return self.pipeline.unet
+
+    @property
+    def vae(self):
+        return self.pipeline.vae
+
+    @property
+    def text_encoder(self):
+        return self.pipeline.text_encoder
+
+    @property
+    def tokenizer(self):
+        return self.pipeline.tokenizer
+
+    @property
+    def scheduler(self):
+        return self.pipeline.scheduler
+
+    @property
+    def sample_size(self) -> int:
+        """Latent side length the UNet was trained at."""
+        return int(self.pipeline.unet.config.sample_size)
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith(("/", "./", "../", "~")) or spec.count("/") != 1 or os.sep != "/" and os.sep in spec
+
+
+def resolve_spec(spec: str) -> tuple[str, bool]:
+    """(what to pass to from_pretrained, whether it is a local directory), or a clear ModelLoadError."""
+    if not spec or not spec.strip():
+        raise ModelLoadError("No model given: pass a local diffusers directory or a hub id such as runwayml/stable-diffusion-v1-5.")
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(f"Model path {spec!r} is a file, not a diffusers model directory.")
+        if not (path / "model_index.json").is_file():
+            raise ModelLoadError(f"Model path {spec!r} is not a diffusers model directory (it has no model_index.json).")
+        return str(path), True
+    if _looks_like_path(spec):
+        raise ModelLoadError(f"Model path {spec!r} does not exist.")
+    return spec, False
+
+
+def _load_pretrained(loader, name: str, local: bool, what: str, **kwargs):
+    offline = local or _hub_offline()
+    try:
+        return loader(name, local_files_only=offline, **kwargs)
+    except (OSError, ValueError, EnvironmentError) as exc:
+        if not local and offline:
+            raise ModelLoadError(
+                f"{what} {name!r} is a hub id, but the hub is offline (HF_HUB_OFFLINE=1) and it is not in the "
+                "local cache: download it on a connected machine or pass a local directory."
+            ) from exc
+        raise ModelLoadError(f"Could not load {what} {name!r}: {exc}".splitlines()[0]) from exc
+
+
+def load_model(spec: str, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+               image_encoder: str | None = None) -> ModelParts:
+    """Load ``spec`` (a local diffusers directory or a hub id) with its reward-feature image encoder.
+
+    ``image_encoder`` overrides where the encoder comes from; by default the pipeline's own
+    ``image_encoder`` if it has one, else ``openai/clip-vit-large-patch14``.
+    """
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+    name, local = resolve_spec(spec)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = dtype or torch.float32
+    pipe = _load_pretrained(StableDiffusionPipeline.from_pretrained, name, local, "Model", safety_checker=None,
+                            requires_safety_checker=False, dtype=dtype)
+    if getattr(pipe, "image_encoder", None) is not None and image_encoder is None:
+        encoder = pipe.image_encoder
+        processor = pipe.feature_extractor
+    else:
+        enc_name, enc_local = resolve_spec(image_encoder or DEFAULT_IMAGE_ENCODER)
+        encoder = _load_pretrained(CLIPVisionModelWithProjection.from_pretrained, enc_name, enc_local, "Image encoder",
+                                   dtype=dtype)
+        processor = _load_pretrained(CLIPImageProcessor.from_pretrained, enc_name, enc_local, "Image processor")
+    if processor is None:
+        raise ModelLoadError(f"Model {spec!r} has an image encoder but no feature_extractor config to preprocess for it.")
+    crop = processor.crop_size
+    side = int(crop if isinstance(crop, int) else crop["height"])
+    pipe.to(device)
+    encoder.to(device=device, dtype=dtype)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder, encoder):
+        module.requires_grad_(False)
+        module.eval()
+    pipe.set_progress_bar_config(disable=True)
+    return ModelParts(spec=spec, pipeline=pipe, image_encoder=encoder, image_size=side,
+                      image_mean=tuple(processor.image_mean), image_std=tuple(processor.image_std),
+                      device=device, dtype=dtype)

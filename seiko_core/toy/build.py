@@ -1,0 +1,319 @@
+"""Train the embedded "shapes" Stable Diffusion from scratch, on CPU, deterministically.
+
+Stages (each logs its progress):
+  1. data: captioned shapes images (``dataset.generate``);
+  2. CLIP: text and vision towers trained contrastively; targets are soft, because a partial
+     caption ("a red shape") truly matches every red image in the batch;
+  3. VAE: ``AutoencoderKL`` 32x32x3 <-> 16x16x4, latent scaling factor = 1 / std of the latents;
+  4. UNet: ``UNet2DConditionModel`` on latents, epsilon prediction, the SD 1.x noise schedule,
+     10% caption dropout (the empty prompt) so classifier-free guidance works, EMA weights;
+  5. save as a diffusers ``StableDiffusionPipeline`` directory (safetensors only; the frozen CLIP
+     vision tower is the pipeline's ``image_encoder``, the reward features' encoder);
+  6. quality: measured colour / background / shape fidelity of fresh samples and zero-shot
+     attribute accuracy of the image encoder, written to ``QUALITY.json`` and the model card.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import dataset as ds
+from .tokenizer import MODEL_MAX_LENGTH, save_tokenizer
+
+log = logging.getLogger("seiko.toy")
+
+
+@dataclass
+class BuildConfig:
+    seed: int = 0
+    n_images: int = 20000  # training images (about 3 s to draw)
+    clip_steps: int = 1200  # contrastive steps at clip_batch (about 0.3 s each on 2 cores)
+    clip_batch: int = 192
+    clip_lr: float = 2e-3
+    vae_steps: int = 1200  # about 0.35 s each on 2 cores
+    vae_batch: int = 32
+    vae_lr: float = 1e-3
+    unet_steps: int = 4000  # about 0.35 s each on 2 cores
+    unet_batch: int = 32
+    unet_lr: float = 1e-3
+    caption_dropout: float = 0.1  # probability of the empty prompt, for classifier-free guidance
+    ema_decay: float = 0.999
+    text_width: int = 64
+    vision_width: int = 64
+    unet_channels: tuple[int, int] = (32, 64)
+    quality_samples: int = 96  # fresh samples for the fidelity figures
+    quality_steps: int = 30  # DDIM steps when measuring quality
+    quality_guidance: float = 4.0
+    threads: int = 2
+
+    @classmethod
+    def quick(cls) -> "BuildConfig":
+        """A few steps per stage: exercises the whole build in seconds (tests), makes a useless model."""
+        return cls(n_images=512, clip_steps=4, clip_batch=64, vae_steps=4, vae_batch=16, unet_steps=4,
+                   unet_batch=16, quality_samples=8, quality_steps=4)
+
+
+def _log_every(step: int, total: int, start: float, what: str, **metrics: float) -> None:
+    if step == 1 or step == total or step % max(1, total // 20) == 0:
+        el = time.time() - start
+        eta = el / step * (total - step)
+        vals = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+        log.info("%s step %d/%d %s (%.0fs elapsed, eta %.0fs)", what, step, total, vals, el, eta)
+
+
+def _lr(step: int, total: int, base: float, warmup: int = 100) -> float:
+    warm = min(1.0, step / max(1, min(warmup, total // 10 + 1)))
+    return base * warm * 0.5 * (1 + math.cos(math.pi * min(1.0, step / total)))
+
+
+def to_pixels(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+# --------------------------------------------------------------------------------------------- CLIP
+def make_clip(cfg: BuildConfig, vocab_size: int, bos: int, eos: int):
+    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
+
+    text = CLIPTextConfig(vocab_size=vocab_size, hidden_size=cfg.text_width, intermediate_size=cfg.text_width * 2,
+                          num_hidden_layers=3, num_attention_heads=4, max_position_embeddings=MODEL_MAX_LENGTH,
+                          projection_dim=64, bos_token_id=bos, eos_token_id=eos, pad_token_id=eos)
+    vision = CLIPVisionConfig(image_size=ds.IMAGE_SIZE, patch_size=4, hidden_size=cfg.vision_width,
+                              intermediate_size=cfg.vision_width * 2, num_hidden_layers=3, num_attention_heads=4,
+                              projection_dim=64, num_channels=3)
+    return CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=64))
+
+
+def consistency(keeps: list[dict[str, bool]], specs: list[ds.ShapeSpec], idx: np.ndarray) -> torch.Tensor:
+    """M[i, j] = 1 when caption i (of sample idx[i]) is true of image j (of sample idx[j])."""
+    n = len(idx)
+    m = torch.ones(n, n)
+    for a in ds.ATTRIBUTES:
+        vals = np.asarray([ds.VOCAB[a].index(specs[k].attribute(a)) for k in idx])
+        named = torch.tensor([keeps[k][a] for k in idx])
+        same = torch.from_numpy(vals[:, None] == vals[None, :])
+        m *= torch.where(named[:, None], same.float(), torch.ones(n, n))
+    return m
+
+
+def train_clip(cfg: BuildConfig, data: ds.ShapesData, tokenizer, gen: torch.Generator):
+    model = make_clip(cfg, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
+    ids = tokenizer(data.captions, padding="max_length", max_length=MODEL_MAX_LENGTH, truncation=True,
+                    return_tensors="pt").input_ids
+    pixels = to_pixels(data.images)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.clip_lr, weight_decay=0.01)
+    start = time.time()
+    for step in range(1, cfg.clip_steps + 1):
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, cfg.clip_steps, cfg.clip_lr)
+        idx = torch.randint(0, len(ids), (cfg.clip_batch,), generator=gen).numpy()
+        out = model(input_ids=ids[idx], pixel_values=pixels[idx])
+        target = consistency(data.keeps, data.specs, idx)
+        logits = out.logits_per_text  # (text, image)
+        loss_t = -(F.log_softmax(logits, 1) * target / target.sum(1, keepdim=True)).sum(1).mean()
+        loss_i = -(F.log_softmax(logits.T, 1) * target.T / target.T.sum(1, keepdim=True)).sum(1).mean()
+        loss = 0.5 * (loss_t + loss_i)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        _log_every(step, cfg.clip_steps, start, "clip", loss=loss.item())
+    model.eval()
+    return model
+
+
+def split_clip(model):
+    """The pipeline's text encoder, image encoder and the text projection (for zero-shot checks)."""
+    from transformers import CLIPTextModel, CLIPVisionModelWithProjection
+
+    text = CLIPTextModel(model.config.text_config)
+    text.load_state_dict(model.text_model.state_dict())
+    vision = CLIPVisionModelWithProjection(model.config.vision_config)
+    vision.vision_model.load_state_dict(model.vision_model.state_dict())
+    vision.visual_projection.load_state_dict(model.visual_projection.state_dict())
+    proj = {"text_projection.weight": model.text_projection.weight.detach().clone(),
+            "logit_scale": model.logit_scale.detach().clone().reshape(1)}
+    return text.eval(), vision.eval(), proj
+
+
+# ---------------------------------------------------------------------------------------------- VAE
+def make_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(32, 64), layers_per_block=1,
+                         latent_channels=4, norm_num_groups=16, sample_size=ds.IMAGE_SIZE)
+
+
+def train_vae(cfg: BuildConfig, pixels: torch.Tensor, gen: torch.Generator):
+    vae = make_vae()
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    start = time.time()
+    for step in range(1, cfg.vae_steps + 1):
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, cfg.vae_steps, cfg.vae_lr)
+        x = pixels[torch.randint(0, len(pixels), (cfg.vae_batch,), generator=gen)]
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+        rec = vae.decode(z).sample
+        mse = F.mse_loss(rec, x)
+        kl = post.kl().mean() / x[0].numel()
+        loss = mse + 0.5 * F.l1_loss(rec, x) + 1e-4 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        _log_every(step, cfg.vae_steps, start, "vae", mse=mse.item(), kl=kl.item())
+    vae.eval()
+    return vae
+
+
+@torch.no_grad()
+def encode_latents(vae, pixels: torch.Tensor, batch: int = 512) -> torch.Tensor:
+    return torch.cat([vae.encode(pixels[i:i + batch]).latent_dist.mean for i in range(0, len(pixels), batch)])
+
+
+# --------------------------------------------------------------------------------------------- UNet
+def make_unet(cfg: BuildConfig):
+    from diffusers import UNet2DConditionModel
+
+    c0, c1 = cfg.unet_channels
+    return UNet2DConditionModel(
+        sample_size=ds.IMAGE_SIZE // 2, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(c0, c1), down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=cfg.text_width,
+        attention_head_dim=8, norm_num_groups=16,
+    )
+
+
+def make_schedulers():
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    common = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    ddim = DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
+    return DDPMScheduler(**common, prediction_type="epsilon"), ddim
+
+
+@torch.no_grad()
+def caption_states(text_encoder, tokenizer, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unique captions' hidden states (U, L, D) and each caption's index into them (the frozen encoder runs once)."""
+    uniq = sorted(set(captions) | {""})
+    ids = tokenizer(uniq, padding="max_length", max_length=MODEL_MAX_LENGTH, truncation=True, return_tensors="pt").input_ids
+    states = torch.cat([text_encoder(ids[i:i + 512])[0] for i in range(0, len(ids), 512)])
+    where = {c: i for i, c in enumerate(uniq)}
+    return states, torch.tensor([where[c] for c in captions]), where[""]
+
+
+def train_unet(cfg: BuildConfig, latents: torch.Tensor, states: torch.Tensor, cap_idx: torch.Tensor, empty_idx: int,
+               gen: torch.Generator):
+    unet = make_unet(cfg)
+    ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
+    ddpm, _ = make_schedulers()
+    acp = ddpm.alphas_cumprod
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=0.01)
+    start = time.time()
+    for step in range(1, cfg.unet_steps + 1):
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, cfg.unet_steps, cfg.unet_lr, warmup=200)
+        idx = torch.randint(0, len(latents), (cfg.unet_batch,), generator=gen)
+        x0 = latents[idx]
+        ci = cap_idx[idx].clone()
+        drop = torch.rand(len(idx), generator=gen) < cfg.caption_dropout
+        ci[drop] = empty_idx
+        t = torch.randint(0, ddpm.config.num_train_timesteps, (len(idx),), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        a = acp[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise  # q(x_t | x_0), DDPM eq. 4
+        pred = unet(xt, t, encoder_hidden_states=states[ci]).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            d = min(cfg.ema_decay, (1 + step) / (10 + step))
+            for k, v in unet.state_dict().items():
+                if v.dtype.is_floating_point:
+                    ema[k].mul_(d).add_(v.detach(), alpha=1 - d)
+                else:
+                    ema[k].copy_(v)
+        _log_every(step, cfg.unet_steps, start, "unet", loss=loss.item())
+    unet.load_state_dict(ema)
+    unet.eval()
+    return unet
+
+
+# -------------------------------------------------------------------------------------------- build
+def build(out: str | Path, cfg: BuildConfig) -> dict:
+    """Train every part, save the pipeline to ``out`` and return the quality figures."""
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import save_file
+    from transformers import CLIPImageProcessor, CLIPTokenizer
+
+    from .quality import measure_quality, write_model_card
+
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    t0 = time.time()
+    data = ds.generate(cfg.n_images, seed=cfg.seed)
+    timings["data_s"] = time.time() - t0
+    log.info("data: %d images, %d distinct captions (%.1fs)", len(data.captions), len(set(data.captions)), timings["data_s"])
+
+    tok_dir = save_tokenizer(out / "tokenizer")
+    tokenizer = CLIPTokenizer.from_pretrained(tok_dir, local_files_only=True)
+
+    t0 = time.time()
+    clip = train_clip(cfg, data, tokenizer, gen)
+    text_encoder, image_encoder, text_proj = split_clip(clip)
+    timings["clip_s"] = time.time() - t0
+
+    t0 = time.time()
+    pixels = to_pixels(data.images)
+    vae = train_vae(cfg, pixels, gen)
+    raw = encode_latents(vae, pixels)
+    scaling = float(1.0 / raw.std())
+    vae.register_to_config(scaling_factor=scaling)
+    latents = raw * scaling
+    timings["vae_s"] = time.time() - t0
+    log.info("vae: latent scaling factor %.4f", scaling)
+
+    t0 = time.time()
+    states, cap_idx, empty_idx = caption_states(text_encoder, tokenizer, data.captions)
+    unet = train_unet(cfg, latents, states, cap_idx, empty_idx, gen)
+    timings["unet_s"] = time.time() - t0
+
+    _, ddim = make_schedulers()
+    feature_extractor = CLIPImageProcessor(
+        do_resize=True, size={"shortest_edge": ds.IMAGE_SIZE}, do_center_crop=True,
+        crop_size={"height": ds.IMAGE_SIZE, "width": ds.IMAGE_SIZE}, do_normalize=True,
+        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5], do_convert_rgb=True, resample=0,
+    )
+    # The base model is saved before any adapter is ever attached (adapters are saved on their own).
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=ddim,
+                                   safety_checker=None, feature_extractor=feature_extractor, image_encoder=image_encoder,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(out, safe_serialization=True)
+    save_file(text_proj, str(out / "text_projection.safetensors"))
+    (out / "build_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+
+    t0 = time.time()
+    quality = measure_quality(out, cfg)
+    timings["quality_s"] = time.time() - t0
+    quality["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
+    quality["build_config"] = asdict(cfg)
+    (out / "QUALITY.json").write_text(json.dumps(quality, indent=2))
+    write_model_card(out, quality)
+    log.info("quality: %s", json.dumps({k: v for k, v in quality.items() if k not in ("build_config",)}))
+    return quality
