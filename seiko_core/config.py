@@ -122,7 +122,7 @@ class SeikoConfig:
         _check(len(self.budgets) >= 1 and all(b >= 1 for b in self.budgets), f"budgets must be positive integers, got {self.budgets}")
         _check(0 <= self.good_prompt_prop <= 1, f"good_prompt_prop must be in [0, 1], got {self.good_prompt_prop}")
 
-    def for_method(self, method: str) -> "SeikoConfig":
+    def for_method(self, method: str) -> SeikoConfig:
         """This config with ``method`` and the optimism it implies (METHOD_OPTIMISM)."""
         _check(method in METHODS, f"unknown method {method!r}; choose from {sorted(METHODS)}")
         cfg = from_dict(to_dict(self))

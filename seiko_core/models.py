@@ -85,7 +85,7 @@ def _load_pretrained(loader, name: str, local: bool, what: str, **kwargs):
     offline = local or _hub_offline()
     try:
         return loader(name, local_files_only=offline, **kwargs)
-    except (OSError, ValueError, EnvironmentError) as exc:
+    except (OSError, ValueError) as exc:
         if not local and offline:
             raise ModelLoadError(
                 f"{what} {name!r} is a hub id, but the hub is offline (HF_HUB_OFFLINE=1) and it is not in the "

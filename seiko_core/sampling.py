@@ -24,7 +24,7 @@ class DDIMSchedule:
     alpha_prev: torch.Tensor  # (S,) alpha-bar at the previous (smaller) timestep
 
     @classmethod
-    def from_scheduler(cls, scheduler, steps: int) -> "DDIMSchedule":
+    def from_scheduler(cls, scheduler, steps: int) -> DDIMSchedule:
         cfg = scheduler.config
         acp = scheduler.alphas_cumprod.to(torch.float64)
         # 1. timesteps, "leading" spacing with steps_offset as diffusers' DDIM does for SD

@@ -56,7 +56,7 @@ class BuildConfig:
     threads: int = 2
 
     @classmethod
-    def quick(cls) -> "BuildConfig":
+    def quick(cls) -> BuildConfig:
         """A few steps per stage: exercises the whole build in seconds (tests), makes a useless model."""
         return cls(n_images=512, clip_steps=4, clip_batch=64, vae_steps=4, vae_batch=16, unet_steps=4,
                    unet_batch=16, quality_samples=8, quality_steps=4)
@@ -251,11 +251,46 @@ def train_unet(cfg: BuildConfig, latents: torch.Tensor, states: torch.Tensor, ca
 
 
 # -------------------------------------------------------------------------------------------- build
-def build(out: str | Path, cfg: BuildConfig) -> dict:
-    """Train every part, save the pipeline to ``out`` and return the quality figures."""
+def save_pipeline(out: Path, *, tokenizer, text_encoder, image_encoder, text_proj: dict, vae, unet) -> None:
+    """Save the parts as a diffusers StableDiffusionPipeline directory (safetensors only).
+
+    The base model is saved before any adapter is ever attached (adapters are saved on their own).
+    """
     from diffusers import StableDiffusionPipeline
     from safetensors.torch import save_file
-    from transformers import CLIPImageProcessor, CLIPTokenizer
+    from transformers import CLIPImageProcessor
+
+    _, ddim = make_schedulers()
+    feature_extractor = CLIPImageProcessor(
+        do_resize=True, size={"shortest_edge": ds.IMAGE_SIZE}, do_center_crop=True,
+        crop_size={"height": ds.IMAGE_SIZE, "width": ds.IMAGE_SIZE}, do_normalize=True,
+        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5], do_convert_rgb=True, resample=0,
+    )
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=ddim,
+                                   safety_checker=None, feature_extractor=feature_extractor, image_encoder=image_encoder,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(out, safe_serialization=True)
+    save_file(text_proj, str(Path(out) / "text_projection.safetensors"))
+
+
+def random_model(out: str | Path, seed: int = 0) -> Path:
+    """A tiny random-weight pipeline of the shapes architecture (for tests): no training, seconds to make."""
+    from transformers import CLIPTokenizer
+
+    torch.manual_seed(seed)
+    cfg = BuildConfig.quick()
+    out = Path(out)
+    tokenizer = CLIPTokenizer.from_pretrained(save_tokenizer(out / "tokenizer"), local_files_only=True)
+    clip = make_clip(cfg, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id).eval()
+    text_encoder, image_encoder, text_proj = split_clip(clip)
+    save_pipeline(out, tokenizer=tokenizer, text_encoder=text_encoder, image_encoder=image_encoder, text_proj=text_proj,
+                  vae=make_vae().eval(), unet=make_unet(cfg).eval())
+    return out
+
+
+def build(out: str | Path, cfg: BuildConfig) -> dict:
+    """Train every part, save the pipeline to ``out`` and return the quality figures."""
+    from transformers import CLIPTokenizer
 
     from .quality import measure_quality, write_model_card
 
@@ -294,18 +329,8 @@ def build(out: str | Path, cfg: BuildConfig) -> dict:
     unet = train_unet(cfg, latents, states, cap_idx, empty_idx, gen)
     timings["unet_s"] = time.time() - t0
 
-    _, ddim = make_schedulers()
-    feature_extractor = CLIPImageProcessor(
-        do_resize=True, size={"shortest_edge": ds.IMAGE_SIZE}, do_center_crop=True,
-        crop_size={"height": ds.IMAGE_SIZE, "width": ds.IMAGE_SIZE}, do_normalize=True,
-        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5], do_convert_rgb=True, resample=0,
-    )
-    # The base model is saved before any adapter is ever attached (adapters are saved on their own).
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=ddim,
-                                   safety_checker=None, feature_extractor=feature_extractor, image_encoder=image_encoder,
-                                   requires_safety_checker=False)
-    pipe.save_pretrained(out, safe_serialization=True)
-    save_file(text_proj, str(out / "text_projection.safetensors"))
+    save_pipeline(out, tokenizer=tokenizer, text_encoder=text_encoder, image_encoder=image_encoder,
+                  text_proj=text_proj, vae=vae, unet=unet)
     (out / "build_config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
     t0 = time.time()

@@ -8,7 +8,7 @@ template (matched in area and centroid) with the best IoU.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -31,7 +31,7 @@ def _nearest(rgb: np.ndarray, table: dict) -> str:
     return names[int(np.argmin(((cols - rgb) ** 2).sum(1)))]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _unit_area(shape: str) -> float:
     r = 0.3
     m = ds.draw_mask(shape, 0.5, 0.5, r, 0.0, size=64)

@@ -1,0 +1,108 @@
+"""Atomic checkpoint directories: written in a temporary sibling, fsynced, renamed, with a sha256 manifest.
+
+A reader never sees a partial directory under its final name, and ``verify`` proves the files are the
+ones written. The manifest is JSON; weights are safetensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint directory that is missing, incomplete or does not match its manifest."""
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_manifest(directory: Path, extra: dict | None = None) -> str:
+    """Hash every file below ``directory`` into manifest.json; returns the manifest's own sha256."""
+    files = {}
+    for p in sorted(directory.rglob("*")):
+        if p.is_file() and p.name != MANIFEST:
+            files[p.relative_to(directory).as_posix()] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+    manifest = {"files": files, **(extra or {})}
+    path = directory / MANIFEST
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    return sha256_file(path)
+
+
+def atomic_directory(final: str | Path, write: Callable[[Path], None], extra: dict | None = None) -> str:
+    """Run ``write(tmp_dir)``, add the manifest, fsync, and rename to ``final``; returns the manifest sha256.
+
+    If ``final`` already exists and verifies, it is kept (a retried job publishes one result).
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        write(tmp)
+        digest = write_manifest(tmp, extra)
+        for p in tmp.rglob("*"):
+            if p.is_file():
+                with open(p, "rb") as f:
+                    os.fsync(f.fileno())
+        _fsync_dir(tmp)
+        if final.exists():
+            verify(final)  # an earlier attempt already published a complete copy: keep it
+            shutil.rmtree(tmp)
+            return sha256_file(final / MANIFEST)
+        os.rename(tmp, final)
+        _fsync_dir(final.parent)
+        return digest
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def verify(directory: str | Path) -> dict:
+    """The manifest of ``directory`` after checking every file's hash; CheckpointError otherwise."""
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint {str(directory)!r} has no {MANIFEST}; it is incomplete or not a checkpoint.")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"Checkpoint manifest {str(path)!r} is not valid JSON.") from exc
+    for name, info in manifest.get("files", {}).items():
+        f = directory / name
+        if not f.is_file():
+            raise CheckpointError(f"Checkpoint {str(directory)!r} is missing {name}.")
+        if sha256_file(f) != info["sha256"]:
+            raise CheckpointError(f"Checkpoint file {str(f)!r} does not match its manifest hash (corrupt or altered).")
+    return manifest
+
+
+def clean_partials(parent: str | Path) -> list[Path]:
+    """Remove temporary directories left by a killed writer; returns what was removed."""
+    parent = Path(parent)
+    removed = []
+    if parent.is_dir():
+        for p in parent.glob(".tmp-*"):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed

@@ -1,0 +1,212 @@
+"""KL-constrained fine-tuning by direct reward backpropagation through DDIM sampling (SEIKO step 5).
+
+Maximise E_{x ~ p}[r_opt(x)] - beta * KL(p || p_prev) over a LoRA adapter. The model being trained and
+the previous round's model are the same UNet with a different adapter active; the previous model's
+prediction is computed only at the steps whose gradient is kept, without a graph.
+
+Per denoising step t (same x_t for both models, same sigma_t):
+    KL_t = || mu_new - mu_prev ||^2 / (2 sigma_t^2), averaged over the latent's elements, summed over t.
+Loss = loss_coeff * |r_opt(x_0) - target| (or -loss_coeff * r_opt when target is None) + kl_weight * KL.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from . import lora
+from .sampling import DDIMSchedule, ddim_mean, ddim_sigma, decode, encode_prompts, guided_eps, initial_latents, seeded_noise
+
+RewardFn = Callable[[torch.Tensor, list[str]], torch.Tensor]  # (images in [0,1], prompts) -> (B,), differentiable
+ProgressFn = Callable[[int, int, dict], None]
+
+
+def gaussian_kl(mu_new: torch.Tensor, mu_prev: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+    """KL(N(mu_new, s^2 I) || N(mu_prev, s^2 I)) per sample, averaged over elements: mean ||d||^2 / (2 s^2)."""
+    d = (mu_new - mu_prev).flatten(1)
+    return (d**2).mean(1) / (2 * torch.as_tensor(sigma, dtype=d.dtype, device=d.device) ** 2)
+
+
+def attached_steps(n_steps: int, mode: str, k: int, generator: torch.Generator) -> torch.Tensor:
+    """Bool mask (n_steps,): which denoising steps keep the UNet's gradient.
+
+    per_step (reference): at step i a fresh k_i ~ U{0..n_steps} is drawn; the step is detached if i < k_i.
+    per_trajectory (AlignProp/DRaFT): only the last k steps are attached.
+    """
+    idx = torch.arange(n_steps)
+    if mode == "per_step":
+        return idx >= torch.randint(0, n_steps + 1, (n_steps,), generator=generator)
+    if mode == "per_trajectory":
+        return idx >= n_steps - min(k, n_steps)
+    raise ValueError(f"unknown truncation {mode!r}; choose from ['per_step', 'per_trajectory']")
+
+
+@dataclass
+class Trajectory:
+    images: torch.Tensor  # (B, 3, H, W) in [0, 1], attached to the graph through the kept steps
+    kl: torch.Tensor  # (B,) summed over the steps where it was computed
+    kl_steps: int  # how many steps contributed
+
+
+def rollout(parts, prompts: list[str], seeds: list[int], *, schedule: DDIMSchedule, eta: float, guidance: float,
+            attached: torch.Tensor, adapter: str | None, reference: str | None | object = "skip",
+            trainable: list[torch.nn.Parameter] | None = None, kl_every_step: bool = False, autocast=None) -> Trajectory:
+    """One batch of DDIM trajectories with ``adapter`` active, keeping the graph at ``attached`` steps.
+
+    ``reference`` is the previous model's adapter (None = base model) for the KL term, or "skip" for no KL.
+    The KL is computed at attached steps (where it has a gradient), or at every step if ``kl_every_step``.
+    """
+    cond, uncond = encode_prompts(parts, prompts)
+    x = initial_latents(parts, seeds)
+    kl = torch.zeros(len(prompts), device=parts.device)
+    kl_steps = 0
+    ctx = autocast or _null
+    for i, t in enumerate(schedule.timesteps):
+        # 1. alphas and sigma of this step (DDIM eq. 12, 16)
+        a, ap = schedule.alpha[i].to(parts.device), schedule.alpha_prev[i].to(parts.device)
+        sigma = ddim_sigma(a, ap, eta)
+        t_dev = t.to(parts.device)
+        keep = bool(attached[i])
+        # 2. the trained model's noise prediction, with a graph only at attached steps
+        with torch.set_grad_enabled(keep and torch.is_grad_enabled()), ctx():
+            eps = guided_eps(parts.unet, x, t_dev, cond, uncond, guidance).float()
+        # 3. posterior mean; at a detached step the gradient still flows through x_t, not through the UNet
+        mean = ddim_mean(x, eps, a, ap, sigma)
+        # 4. the previous model's mean at the same x_t, no graph, same adapter switched
+        if reference != "skip" and (keep or kl_every_step):
+            with torch.no_grad(), lora.using(parts.unet, reference, restore=adapter, trainable=trainable), ctx():
+                eps_prev = guided_eps(parts.unet, x.detach(), t_dev, cond, uncond, guidance).float()
+            mean_prev = ddim_mean(x.detach(), eps_prev, a, ap, sigma)
+            kl = kl + gaussian_kl(mean, mean_prev, sigma.clamp(min=1e-6))
+            kl_steps += 1
+        # 5. x_{t-1} = mean + sigma * z, with per-image seeded noise
+        noise = seeded_noise(seeds, tuple(x.shape[1:]), parts.device, x.dtype, salt=i + 1)
+        x = mean + sigma * noise if eta > 0 else mean
+    with ctx():
+        images = decode(parts, x.to(parts.dtype)).float()
+    return Trajectory(images=images, kl=kl, kl_steps=kl_steps)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@dataclass
+class FinetuneResult:
+    adapter: str
+    steps: int
+    metrics: dict = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+
+
+def reward_loss(r: torch.Tensor, coeff: float, target: float | None) -> torch.Tensor:
+    """coeff * |r - target| averaged (reference), or -coeff * r when there is no target."""
+    if target is None:
+        return -coeff * r.mean()
+    return coeff * (r - target).abs().mean()
+
+
+def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: str, reference: str | None, seed: int,
+             on_progress: ProgressFn | None = None, accelerator=None) -> FinetuneResult:
+    """Train LoRA adapter ``adapter`` (already added, initialised from ``reference``) toward ``reward_fn``.
+
+    ``cfg`` is a SeikoConfig (its ``finetune`` and ``sampling`` parts are used). ``reference`` is the previous
+    round's adapter name, None for the base model. Under ``accelerate launch`` each process samples its own
+    trajectories and gradients are averaged before every optimiser step, so all ranks stay identical.
+    """
+    from accelerate import Accelerator
+
+    ft, sc = cfg.finetune, cfg.sampling
+    if ft.kl_weight > 0 and sc.eta <= 0:
+        raise ValueError("the KL term needs a stochastic sampler: set sampling.eta > 0 (reference 1.0)")
+    if not prompts:
+        raise ValueError("fine-tuning needs at least one prompt")
+    acc = accelerator or Accelerator(mixed_precision=ft.mixed_precision, cpu=parts.device.type == "cpu")
+    unet = parts.unet
+    params = lora.lora_parameters(unet, adapter)
+    if not params:
+        raise ValueError(f"adapter {adapter!r} has no LoRA parameters on this UNet; add it first")
+    lora.activate(unet, adapter)
+    for p in params:
+        p.requires_grad_(True)
+    if ft.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    unet.train()
+    opt = torch.optim.AdamW(params, lr=ft.lr, weight_decay=ft.weight_decay)
+    schedule = DDIMSchedule.from_scheduler(parts.scheduler, sc.steps)
+    rank, world = acc.process_index, acc.num_processes
+    gen = torch.Generator().manual_seed(seed * 7919 + rank)
+    per_step = ft.batch_size * ft.grad_accum * world
+    steps_per_epoch = max(1, math.ceil(ft.trajectories_per_epoch / per_step))
+    total = steps_per_epoch * ft.epochs
+    history: list[dict] = []
+    start = time.time()
+    seed_base = (seed + 1) * 1_000_000 + rank * 100_000
+    n_traj = 0
+    try:
+        for step in range(1, total + 1):
+            opt.zero_grad(set_to_none=True)
+            rewards, kls, losses = [], [], []
+            for _ in range(ft.grad_accum):
+                idx = torch.randint(0, len(prompts), (ft.batch_size,), generator=gen).tolist()
+                batch_prompts = [prompts[i] for i in idx]
+                seeds = [seed_base + n_traj + j for j in range(ft.batch_size)]
+                n_traj += ft.batch_size
+                attached = attached_steps(len(schedule), ft.truncation, ft.truncation_k, gen)
+                traj = rollout(parts, batch_prompts, seeds, schedule=schedule, eta=sc.eta, guidance=sc.guidance,
+                               attached=attached, adapter=adapter, reference=reference, trainable=params,
+                               autocast=acc.autocast)
+                r = reward_fn(traj.images, batch_prompts)
+                loss = reward_loss(r, ft.loss_coeff, ft.reward_target) + ft.kl_weight * traj.kl.mean()
+                (loss / ft.grad_accum).backward()
+                rewards.append(r.detach().mean().item())
+                kls.append(traj.kl.detach().mean().item())
+                losses.append(loss.detach().item())
+            if world > 1:
+                for p in params:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                    p.grad = acc.reduce(p.grad, reduction="mean")
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, ft.grad_clip)
+            opt.step()
+            rec = {"step": step, "reward": sum(rewards) / len(rewards), "kl": sum(kls) / len(kls),
+                   "loss": sum(losses) / len(losses), "grad_norm": float(grad_norm), "elapsed_s": time.time() - start}
+            history.append(rec)
+            if on_progress is not None:
+                on_progress(step, total, {"phase": "finetune", **rec})
+    finally:
+        unet.eval()
+        if ft.gradient_checkpointing:
+            unet.disable_gradient_checkpointing()
+        for p in params:
+            p.requires_grad_(False)
+    first, last = history[0] if history else {}, history[-1] if history else {}
+    metrics = {"steps": total, "trajectories": n_traj * world, "reward_first": first.get("reward"),
+               "reward_last": last.get("reward"), "kl_last": last.get("kl"), "wall_s": time.time() - start}
+    return FinetuneResult(adapter=adapter, steps=total, metrics=metrics, history=history)
+
+
+@torch.no_grad()
+def trajectory_kl(parts, prompts: list[str], seeds: list[int], *, adapter: str | None, reference: str | None,
+                  steps: int, eta: float, guidance: float, batch_size: int = 16) -> torch.Tensor:
+    """The full trajectory KL (every step) of ``adapter``'s model to ``reference``'s, per prompt; for reporting."""
+    schedule = DDIMSchedule.from_scheduler(parts.scheduler, steps)
+    lora.activate(parts.unet, adapter)
+    out = []
+    try:
+        for lo in range(0, len(prompts), batch_size):
+            traj = rollout(parts, prompts[lo:lo + batch_size], seeds[lo:lo + batch_size], schedule=schedule, eta=eta,
+                           guidance=guidance, attached=torch.zeros(steps, dtype=torch.bool), adapter=adapter,
+                           reference=reference, kl_every_step=True)
+            out.append(traj.kl.cpu())
+    finally:
+        lora.activate(parts.unet, adapter)
+    return torch.cat(out)

@@ -1,0 +1,403 @@
+"""The reward model: a multi-head bootstrap ensemble on a shared MLP backbone (SEIKO.md, "The reward model").
+
+``fit_reward(embeddings, scores, cfg, seed=...)`` returns a :class:`FitResult` whose ensemble maps image
+embeddings (B, D) to one prediction per head (B, N) in the original score units, and exposes the shared
+last-hidden features (B, F) that the linear-UCB bonus (``seiko_core.optimism``) works on.
+
+Design, in short:
+
+- one backbone, N heads held as one (N, F) weight matrix, so all heads run in one matmul;
+- each head sees its own bootstrap resample of the data through per-sample weights (Poisson(1) or
+  multinomial counts), so the whole ensemble trains in one batched pass; the loss is the sum over heads
+  of each head's weighted MSE;
+- targets are standardised for fitting and the ensemble holds ``y_mean``/``y_std`` buffers, so its
+  outputs are in the units the person rated in;
+- early stopping on a held-out split keeps the best epoch's weights; below 8 points there is no split
+  and training stops when the training loss stops improving;
+- every random draw (split, bootstrap weights, initialisation, dropout, shuffling, SGLD noise) comes
+  from one local ``torch.Generator`` seeded by ``seed``: the same seed gives identical weights and the
+  global RNG is never touched;
+- artifacts are ``reward.safetensors`` + ``reward.json`` (config, input dim, target scaling, metrics).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
+from torch import Tensor
+
+from seiko_core.config import RewardConfig
+
+REWARD_WEIGHTS = "reward.safetensors"
+REWARD_META = "reward.json"
+_FORMAT = "seiko-reward-ensemble"
+_VERSION = 1
+_MIN_POINTS_FOR_HOLDOUT = 8  # below this, every point is needed for training
+_MIN_DELTA = 1e-6  # improvement (in standardised squared units) that resets the patience counter
+_EVAL_CHUNK = 8192  # rows per forward pass when evaluating on the whole data set
+
+ProgressFn = Callable[[int, int, dict[str, Any]], None]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Artifact IO shared by the reward model and the UCB bonus: safetensors for tensors, JSON for everything else.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_artifact(path_dir: str | Path, weights_name: str, meta_name: str, tensors: dict[str, Tensor], meta: dict) -> Path:
+    """Write ``tensors`` as safetensors and ``meta`` as JSON into ``path_dir`` (created if needed), each file atomically."""
+    out = Path(path_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    _write_atomic(out / weights_name, save_safetensors_bytes(cpu))
+    _write_atomic(out / meta_name, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    return out
+
+
+def read_artifact(path_dir: str | Path, weights_name: str, meta_name: str, expected_format: str) -> tuple[dict[str, Tensor], dict]:
+    """Read what :func:`write_artifact` wrote; a missing file is FileNotFoundError, a corrupt one ValueError."""
+    src = Path(path_dir)
+    if not src.is_dir():
+        raise FileNotFoundError(f"artifact directory {str(src)!r} does not exist")
+    weights_path, meta_path = src / weights_name, src / meta_name
+    for p in (weights_path, meta_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"{str(p)!r} is missing; was this directory written by save()?")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{str(meta_path)!r} is not valid JSON ({err})") from err
+    if not isinstance(meta, dict) or meta.get("format") != expected_format:
+        raise ValueError(f"{str(meta_path)!r} is not a {expected_format} file")
+    if meta.get("version") != _VERSION:
+        raise ValueError(f"{str(meta_path)!r} has version {meta.get('version')!r}; this code reads version {_VERSION}")
+    try:
+        tensors = load_safetensors_bytes(weights_path.read_bytes())
+    except SafetensorError as err:
+        raise ValueError(f"{str(weights_path)!r} is not a valid safetensors file ({err})") from err
+    return tensors, meta
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The ensemble
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class RewardEnsemble(torch.nn.Module):
+    """Shared MLP backbone (D -> cfg.hidden) and ``cfg.num_heads`` linear heads (F -> 1) in one (N, F) matrix.
+
+    ``forward(emb)`` gives (B, N) predictions in the original score units; ``features(emb)`` the (B, F)
+    last-hidden features. Both are differentiable with respect to ``emb``. Dropout follows the module's
+    train/eval mode; :func:`fit_reward` and :meth:`load` return the ensemble in eval mode with its
+    parameters frozen (it is the judge during fine-tuning, not something fine-tuning updates).
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        cfg: RewardConfig,
+        *,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        if input_dim < 1:
+            raise ValueError(f"input_dim must be at least 1, got {input_dim}")
+        if len(cfg.dropout) > len(cfg.hidden):
+            raise ValueError(f"dropout has {len(cfg.dropout)} rates but hidden has only {len(cfg.hidden)} layers")
+        if not all(0.0 <= p < 1.0 for p in cfg.dropout):
+            raise ValueError(f"dropout rates must be in [0, 1), got {cfg.dropout}")
+        self.input_dim = int(input_dim)
+        self.cfg = cfg
+        device = torch.device("cpu") if device is None else torch.device(device)
+        widths = (self.input_dim, *cfg.hidden)
+        # Built on "meta" and materialised uninitialised, so no draw from the global RNG;
+        # reset_parameters fills the weights from `generator`.
+        self.layers = torch.nn.ModuleList(
+            torch.nn.Linear(a, b, device="meta").to_empty(device=device) for a, b in pairwise(widths)
+        )
+        self.head_weight = torch.nn.Parameter(torch.empty(cfg.num_heads, cfg.hidden[-1], device=device))
+        self.head_bias = torch.nn.Parameter(torch.empty(cfg.num_heads, device=device))
+        self.register_buffer("y_mean", torch.zeros((), device=device))
+        self.register_buffer("y_std", torch.ones((), device=device))
+        self.metrics: dict[str, Any] = {}
+        self.reset_parameters(generator)
+
+    @property
+    def num_heads(self) -> int:
+        return self.head_weight.shape[0]
+
+    @property
+    def feature_dim(self) -> int:
+        return self.head_weight.shape[1]
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)) for every weight and bias (torch.nn.Linear's default range)."""
+        for layer in self.layers:
+            bound = 1.0 / math.sqrt(layer.in_features)
+            layer.weight.uniform_(-bound, bound, generator=generator)
+            layer.bias.uniform_(-bound, bound, generator=generator)
+        bound = 1.0 / math.sqrt(self.feature_dim)
+        self.head_weight.uniform_(-bound, bound, generator=generator)
+        self.head_bias.uniform_(-bound, bound, generator=generator)
+
+    def _check_input(self, emb: Tensor) -> Tensor:
+        if emb.dim() != 2 or emb.shape[1] != self.input_dim:
+            raise ValueError(f"embeddings must have shape (B, {self.input_dim}), got {tuple(emb.shape)}")
+        return emb.to(self.head_weight.dtype)
+
+    def _hidden(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        # Linear -> (GELU unless cfg.linear) -> dropout (first len(cfg.dropout) layers, train mode only).
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if not self.cfg.linear:
+                x = torch.nn.functional.gelu(x)
+            p = self.cfg.dropout[i] if i < len(self.cfg.dropout) else 0.0
+            if self.training and p > 0:
+                keep = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) >= p
+                x = x * keep / (1.0 - p)
+        return x
+
+    def _standardised_heads(self, features: Tensor) -> Tensor:
+        return features @ self.head_weight.T + self.head_bias
+
+    def heads_and_features(self, emb: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, N) predictions in original units and the (B, F) features they were computed from, in one pass."""
+        features = self._hidden(self._check_input(emb))
+        return self._standardised_heads(features) * self.y_std + self.y_mean, features
+
+    def forward(self, emb: Tensor) -> Tensor:
+        return self.heads_and_features(emb)[0]
+
+    def features(self, emb: Tensor) -> Tensor:
+        """The shared last-hidden features (B, F): the linear-UCB bonus's f(x)."""
+        return self._hidden(self._check_input(emb))
+
+    def save(self, path_dir: str | Path) -> Path:
+        """Write ``reward.safetensors`` and ``reward.json`` into ``path_dir``; returns the directory."""
+        meta = {
+            "format": _FORMAT,
+            "version": _VERSION,
+            "input_dim": self.input_dim,
+            "config": asdict(self.cfg),
+            "y_mean": float(self.y_mean),
+            "y_std": float(self.y_std),
+            "metrics": self.metrics,
+        }
+        return write_artifact(path_dir, REWARD_WEIGHTS, REWARD_META, self.state_dict(), meta)
+
+    @classmethod
+    def load(cls, path_dir: str | Path, *, device: torch.device | str = "cpu") -> RewardEnsemble:
+        """Inverse of :meth:`save`: the ensemble in eval mode with frozen parameters."""
+        tensors, meta = read_artifact(path_dir, REWARD_WEIGHTS, REWARD_META, _FORMAT)
+        try:
+            cfg = RewardConfig(**meta["config"])
+            input_dim = int(meta["input_dim"])
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"{REWARD_META} in {str(path_dir)!r} has an invalid config or input_dim ({err!r})") from err
+        model = cls(input_dim, cfg, generator=torch.Generator().manual_seed(0))  # weights are overwritten below
+        try:
+            model.load_state_dict(tensors, strict=True)
+        except RuntimeError as err:
+            raise ValueError(f"{REWARD_WEIGHTS} in {str(path_dir)!r} does not match its {REWARD_META} ({err})") from err
+        model.metrics = dict(meta.get("metrics") or {})
+        return model.to(device).eval().requires_grad_(False)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Fitting
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FitResult:
+    ensemble: RewardEnsemble  # eval mode, parameters frozen
+    metrics: dict[str, Any] = field(default_factory=dict)  # n, n_train, n_holdout, epochs_run, best_epoch, train_mse, holdout_mse, head_spread, ...
+
+
+def _validated(embeddings: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
+    x = torch.as_tensor(embeddings)
+    y = torch.as_tensor(scores)
+    if x.dim() != 2:
+        raise ValueError(f"embeddings must be a 2-D tensor (N, D), got shape {tuple(x.shape)}")
+    if y.dim() != 1:
+        raise ValueError(f"scores must be a 1-D tensor (N,), got shape {tuple(y.shape)}")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"embeddings and scores must have the same length, got {x.shape[0]} and {y.shape[0]}")
+    if x.shape[0] == 0:
+        raise ValueError("cannot fit a reward model on empty data; collect at least one rating first")
+    if x.shape[1] == 0:
+        raise ValueError("embeddings must have at least one dimension")
+    x = x.to(torch.float32)
+    y = y.to(device=x.device, dtype=torch.float64)
+    bad = int((~torch.isfinite(y)).sum())
+    if bad:
+        raise ValueError(f"scores must be finite; found {bad} NaN or infinite value(s)")
+    bad = int((~torch.isfinite(x)).any(dim=1).sum())
+    if bad:
+        raise ValueError(f"embeddings must be finite; found {bad} row(s) with NaN or infinite values")
+    return x, y
+
+
+def _bootstrap_weights(n: int, heads: int, kind: str, generator: torch.Generator, device: torch.device) -> Tensor:
+    """(n, heads) per-sample weights, one bootstrap resample per head; no head is left with an empty resample."""
+    if kind == "multinomial":
+        # n draws with replacement per head, as counts per sample.
+        draws = torch.randint(0, n, (heads, n), generator=generator, device=device)
+        counts = torch.zeros(heads, n, device=device).scatter_add_(1, draws, torch.ones(heads, n, device=device))
+        return counts.T.contiguous()
+    if kind == "poisson":
+        weights = torch.poisson(torch.ones(n, heads, device=device), generator=generator)
+        # A head with all-zero weights would learn nothing (likely only for tiny n, e.g. 37% per head at n = 1):
+        # redraw it, i.e. condition the resample on being non-empty.
+        for _ in range(1000):
+            empty = weights.sum(dim=0) == 0
+            if not bool(empty.any()):
+                return weights
+            redraw = torch.poisson(torch.ones(n, int(empty.sum()), device=device), generator=generator)
+            weights[:, empty] = redraw
+        raise RuntimeError("could not draw a non-empty Poisson bootstrap resample in 1000 tries")
+    raise ValueError(f"unknown bootstrap {kind!r}; choose from ['multinomial', 'poisson']")
+
+
+@torch.no_grad()
+def _standardised_predictions(model: RewardEnsemble, x: Tensor) -> Tensor:
+    return torch.cat([model._standardised_heads(model._hidden(chunk)) for chunk in x.split(_EVAL_CHUNK)])
+
+
+def _weighted_mse(pred: Tensor, target: Tensor, weights: Tensor | None) -> float:
+    """Mean over heads of each head's (weighted) MSE; pred (n, H), target (n,), weights (n, H) or None."""
+    err = (pred - target[:, None]) ** 2
+    if weights is None:
+        return float(err.mean())
+    return float(((weights * err).sum(dim=0) / weights.sum(dim=0)).mean())
+
+
+def fit_reward(
+    embeddings: Tensor,
+    scores: Tensor,
+    cfg: RewardConfig,
+    *,
+    seed: int,
+    sgld: bool = False,
+    on_progress: ProgressFn | None = None,
+) -> FitResult:
+    """Fit the bootstrap ensemble on (embeddings (N, D), scores (N,)); ``sgld=True`` gives SEIKO-TS's posterior sample.
+
+    Runs on the device of ``embeddings``. ``on_progress(epoch, cfg.max_epochs, metrics)`` is called after every epoch.
+    """
+    x, y = _validated(embeddings, scores)
+    n, dim = x.shape
+    device = x.device
+    gen = torch.Generator(device=device).manual_seed(int(seed))
+
+    # 1. held-out split for early stopping (none below 8 points: every point is needed for training)
+    n_holdout = max(1, round(cfg.holdout * n)) if n >= _MIN_POINTS_FOR_HOLDOUT and cfg.holdout > 0 else 0
+    perm = torch.randperm(n, generator=gen, device=device)
+    hold_idx, train_idx = perm[:n_holdout], perm[n_holdout:]
+    x_tr, y_tr, x_ho, y_ho = x[train_idx], y[train_idx], x[hold_idx], y[hold_idx]
+    n_train = n - n_holdout
+
+    # 2. target standardisation on the training targets; a zero spread (one point, constant scores) scales by 1
+    y_mean, y_std = 0.0, 1.0
+    if cfg.standardise:
+        y_mean = float(y_tr.mean())
+        y_std = float(y_tr.std(correction=0))
+        if not y_std > 1e-8 * max(1.0, abs(y_mean)):
+            y_std = 1.0
+    z_tr = ((y_tr - y_mean) / y_std).to(torch.float32)
+    z_ho = ((y_ho - y_mean) / y_std).to(torch.float32)
+
+    # 3. one bootstrap resample per head, as per-sample weights (n_train, H)
+    weights = _bootstrap_weights(n_train, cfg.num_heads, cfg.bootstrap, gen, device)
+
+    # 4. model and optimiser
+    model = RewardEnsemble(dim, cfg, generator=gen, device=device)
+    model.y_mean.fill_(y_mean)
+    model.y_std.fill_(y_std)
+    params = list(model.parameters())
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+
+    best, best_epoch, best_state, wait, epochs_run = math.inf, 0, None, 0, 0
+    for epoch in range(1, cfg.max_epochs + 1):
+        # 5. one epoch of minibatches; loss = sum_h sum_i w_ih (pred_ih - z_i)^2 / B
+        model.train()
+        order = torch.randperm(n_train, generator=gen, device=device)
+        loss_sum = torch.zeros((), device=device)
+        for idx in order.split(cfg.batch_size):
+            pred = model._standardised_heads(model._hidden(x_tr[idx], gen))
+            loss = (weights[idx] * (pred - z_tr[idx, None]) ** 2).sum(dim=0).div(len(idx)).sum()
+            opt.zero_grad()
+            loss.backward()
+            if sgld:
+                # SGLD (SEIKO-TS): gradient noise of scale base * sqrt(lr) / sqrt(batch), batch = this minibatch's size
+                scale = cfg.sgld_base * math.sqrt(cfg.lr) / math.sqrt(len(idx))
+                for p in params:
+                    p.grad.add_(torch.randn(p.shape, generator=gen, device=device, dtype=p.dtype), alpha=scale)
+            opt.step()
+            loss_sum += loss.detach() * len(idx)
+        epoch_loss = float(loss_sum) / n_train
+        epochs_run = epoch
+
+        # 6. early stopping: held-out MSE, or the (eval-mode, bootstrap-weighted) training MSE when there is no split
+        model.eval()
+        if n_holdout:
+            crit = _weighted_mse(_standardised_predictions(model, x_ho), z_ho, None)
+        else:
+            crit = _weighted_mse(_standardised_predictions(model, x_tr), z_tr, weights)
+        if not math.isfinite(crit):
+            raise FloatingPointError(f"reward fit diverged at epoch {epoch} (criterion {crit}); lower cfg.lr")
+        if crit < best - _MIN_DELTA:
+            best, best_epoch, wait = crit, epoch, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            wait += 1
+        if on_progress is not None:
+            on_progress(epoch, cfg.max_epochs, {"loss": epoch_loss, "criterion": crit, "best_epoch": best_epoch})
+        if wait > 0 and wait >= cfg.patience:  # cfg.patience epochs in a row without improvement
+            break
+
+    # 7. keep the best epoch's weights and report metrics in the original units
+    assert best_state is not None  # the first epoch always improves on +inf
+    model.load_state_dict(best_state)
+    model.eval().requires_grad_(False)
+    with torch.no_grad():
+        pred_tr = _standardised_predictions(model, x_tr).double() * y_std + y_mean
+        pred_ho = _standardised_predictions(model, x_ho).double() * y_std + y_mean if n_holdout else None
+    metrics: dict[str, Any] = {
+        "n": n,
+        "n_train": n_train,
+        "n_holdout": n_holdout,
+        "epochs_run": epochs_run,
+        "best_epoch": best_epoch,
+        "train_mse": _weighted_mse(pred_tr, y_tr, None),
+        "holdout_mse": _weighted_mse(pred_ho, y_ho, None) if pred_ho is not None else None,
+        "head_spread": float(pred_tr.std(dim=1, correction=0).mean()),  # mean over training inputs of the std across heads
+        "y_mean": y_mean,
+        "y_std": y_std,
+        "seed": int(seed),
+        "sgld": bool(sgld),
+    }
+    model.metrics = metrics
+    return FitResult(ensemble=model, metrics=dict(metrics))

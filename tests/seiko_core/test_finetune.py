@@ -1,0 +1,156 @@
+import pytest
+import torch
+
+from seiko_core import lora
+from seiko_core.checkpoint import CheckpointError, atomic_directory, verify
+from seiko_core.finetune import attached_steps, finetune, gaussian_kl, rollout, trajectory_kl
+from seiko_core.presets import shapes
+from seiko_core.sampling import DDIMSchedule, sample
+
+
+def redness(images, prompts):
+    return images[:, 0].mean((1, 2)) - images[:, 1:].mean((1, 2, 3))
+
+
+def tiny_cfg():
+    cfg = shapes()
+    cfg.sampling.steps = 5
+    cfg.finetune.batch_size = 2
+    cfg.finetune.grad_accum = 1
+    cfg.finetune.trajectories_per_epoch = 4
+    cfg.finetune.truncation_k = 2
+    return cfg
+
+
+def test_gaussian_kl_matches_closed_form():
+    g = torch.Generator().manual_seed(0)
+    mu1, mu2 = torch.randn(3, 2, 4, generator=g), torch.randn(3, 2, 4, generator=g)
+    sigma = 0.7
+    ours = gaussian_kl(mu1, mu2, sigma)
+    p = torch.distributions.Normal(mu1, sigma)
+    q = torch.distributions.Normal(mu2, sigma)
+    closed = torch.distributions.kl_divergence(p, q).flatten(1).mean(1)
+    torch.testing.assert_close(ours, closed)
+    assert torch.equal(gaussian_kl(mu1, mu1, sigma), torch.zeros(3))
+
+
+def test_truncation_modes():
+    g = torch.Generator().manual_seed(0)
+    m = attached_steps(50, "per_trajectory", 10, g)
+    assert m.sum() == 10 and m[-10:].all() and not m[:-10].any()
+    draws = torch.stack([attached_steps(50, "per_step", 0, g) for _ in range(400)]).float().mean(0)
+    # P(step i attached) = P(k <= i) = (i + 1) / 51 under k ~ U{0..50}
+    expected = (torch.arange(50) + 1) / 51
+    assert (draws - expected).abs().max() < 0.08
+    with pytest.raises(ValueError, match="unknown truncation"):
+        attached_steps(5, "sometimes", 1, g)
+
+
+def test_no_gradient_through_detached_steps(random_parts):
+    params = lora.add_adapter(random_parts.unet, "round_1", tiny_cfg().finetune)
+    with torch.no_grad():  # make B non-zero so the adapter affects the output
+        for p in params:
+            p.add_(0.05 * torch.randn_like(p))
+    sched = DDIMSchedule.from_scheduler(random_parts.scheduler, 4)
+    kw = dict(schedule=sched, eta=1.0, guidance=3.0, adapter="round_1", reference=None, trainable=params)
+    none = rollout(random_parts, ["a shape"], [1], attached=torch.zeros(4, dtype=torch.bool), **kw)
+    assert not none.images.requires_grad  # nothing attached: no path from the LoRA weights to the image
+    last = rollout(random_parts, ["a shape"], [1], attached=torch.tensor([False, False, False, True]), **kw)
+    (last.images.mean() + last.kl.sum()).backward()
+    grads = [p.grad for p in params if p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)
+    # the same trajectory is produced whichever steps are attached (truncation changes gradients, not samples)
+    torch.testing.assert_close(none.images, last.images.detach())
+
+
+def test_lora_changes_and_frozen_weights_do_not(random_parts):
+    cfg = tiny_cfg()
+    before = {n: p.detach().clone() for n, p in random_parts.unet.named_parameters()}
+    params = lora.add_adapter(random_parts.unet, "round_1", cfg.finetune)
+    lora_before = [p.detach().clone() for p in params]
+    res = finetune(random_parts, redness, ["a shape"], cfg, adapter="round_1", reference=None, seed=0)
+    assert res.steps == 2 and len(res.history) == 2
+    assert any(not torch.equal(a, p) for a, p in zip(lora_before, params))
+    for n, p in random_parts.unet.named_parameters():
+        if "lora_" not in n:
+            assert torch.equal(p, before[n.replace(".base_layer", "")]), n
+
+
+def test_short_finetune_raises_the_reward_and_the_kl(random_parts):
+    cfg = tiny_cfg()
+    cfg.finetune.lr = 3e-2
+    cfg.finetune.kl_weight = 0.0
+    cfg.finetune.trajectories_per_epoch = 12
+    prompts, seeds = ["a shape"] * 6, list(range(100, 106))
+    base = redness(sample(random_parts, prompts, seeds, steps=5, guidance=4.0), prompts).mean()
+    lora.add_adapter(random_parts.unet, "round_1", cfg.finetune)
+    finetune(random_parts, redness, ["a shape"], cfg, adapter="round_1", reference=None, seed=0)
+    lora.activate(random_parts.unet, "round_1")
+    after = redness(sample(random_parts, prompts, seeds, steps=5, guidance=4.0), prompts).mean()
+    assert after > base + 0.01, (base, after)
+    kl = trajectory_kl(random_parts, prompts, seeds, adapter="round_1", reference=None, steps=5, eta=1.0, guidance=4.0)
+    assert (kl > 0).all()
+
+
+def test_next_round_starts_from_previous_adapter(random_parts):
+    cfg = tiny_cfg()
+    lora.add_adapter(random_parts.unet, "round_1", cfg.finetune)
+    finetune(random_parts, redness, ["a shape"], cfg, adapter="round_1", reference=None, seed=0)
+    lora.add_adapter(random_parts.unet, "round_2", cfg.finetune, init_from="round_1")
+    kl = trajectory_kl(random_parts, ["a shape"] * 2, [1, 2], adapter="round_2", reference="round_1", steps=5, eta=1.0,
+                       guidance=4.0)
+    assert torch.equal(kl, torch.zeros(2))
+    with pytest.raises(ValueError, match="already exists"):
+        lora.add_adapter(random_parts.unet, "round_2", cfg.finetune)
+    with pytest.raises(ValueError, match="unknown adapter"):
+        lora.activate(random_parts.unet, "round_9")
+
+
+def test_kl_needs_a_stochastic_sampler(random_parts):
+    cfg = tiny_cfg()
+    cfg.sampling.eta = 0.0
+    lora.add_adapter(random_parts.unet, "round_1", cfg.finetune)
+    with pytest.raises(ValueError, match="stochastic sampler"):
+        finetune(random_parts, redness, ["a shape"], cfg, adapter="round_1", reference=None, seed=0)
+
+
+def test_adapter_save_load_and_stock_diffusers(random_parts, random_model_dir, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    cfg = tiny_cfg()
+    params = lora.add_adapter(random_parts.unet, "round_1", cfg.finetune)
+    with torch.no_grad():
+        for p in params:
+            p.add_(0.05 * torch.randn_like(p))
+    lora.save_adapter(random_parts.unet, "round_1", tmp_path / "a1", config={"method": "bootstrap"}, metrics={"x": 1})
+    assert verify(tmp_path / "a1")["adapter"] == "round_1"
+    lora.load_adapter(random_parts, tmp_path / "a1", "copy")
+    a = lora.adapter_state_dict(random_parts.unet, "round_1")
+    b = lora.adapter_state_dict(random_parts.unet, "copy")
+    assert a.keys() == {k for k in b} and all(torch.equal(a[k], b[k]) for k in a)
+    ours = sample(random_parts, ["a circle"], [3], steps=3, guidance=3.0)
+    pipe = StableDiffusionPipeline.from_pretrained(random_model_dir, local_files_only=True, safety_checker=None)
+    pipe.load_lora_weights(str(tmp_path / "a1"), adapter_name="x")
+    sd = pipe.unet.state_dict()
+    assert sum("lora" in k for k in sd) == len(a)
+    assert ours.shape == (1, 3, 32, 32)
+
+
+def test_checkpoint_detects_corruption_and_leaves_no_partials(tmp_path):
+    def write(d):
+        (d / "w.bin").write_bytes(b"abc")
+
+    atomic_directory(tmp_path / "ck", write)
+    verify(tmp_path / "ck")
+    (tmp_path / "ck" / "w.bin").write_bytes(b"abd")
+    with pytest.raises(CheckpointError, match="does not match"):
+        verify(tmp_path / "ck")
+
+    def crash(d):
+        (d / "half.bin").write_bytes(b"x")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        atomic_directory(tmp_path / "ck2", crash)
+    assert not (tmp_path / "ck2").exists()
+    assert not list(tmp_path.glob(".tmp-*"))

@@ -1,0 +1,55 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+from diffusers import DDIMScheduler
+
+from seiko_core.sampling import DDIMSchedule, ddim_mean, ddim_sigma, sample
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_ddim_step_matches_diffusers(eta):
+    sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                          clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    sched.set_timesteps(20)
+    ours = DDIMSchedule.from_scheduler(sched, 20)
+    assert torch.equal(ours.timesteps, sched.timesteps)
+    g = torch.Generator().manual_seed(0)
+    for i in (0, 7, 19):
+        x = torch.randn(2, 4, 8, 8, generator=g)
+        eps = torch.randn(2, 4, 8, 8, generator=g)
+        z = torch.randn(2, 4, 8, 8, generator=g)
+        ref = sched.step(eps, int(ours.timesteps[i]), x, eta=eta, variance_noise=z).prev_sample
+        sigma = ddim_sigma(ours.alpha[i], ours.alpha_prev[i], eta)
+        mine = ddim_mean(x, eps, ours.alpha[i], ours.alpha_prev[i], sigma) + sigma * z
+        torch.testing.assert_close(mine, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_same_seed_same_image_whatever_the_batch(random_parts):
+    a = sample(random_parts, ["a circle", "a square", "a star"], [5, 6, 7], steps=4, guidance=3.0)
+    b = sample(random_parts, ["a square", "a circle"], [6, 5], steps=4, guidance=3.0, batch_size=1)
+    assert a.shape == (3, 3, 32, 32) and a.min() >= 0 and a.max() <= 1
+    torch.testing.assert_close(a[1], b[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(a[0], b[1], rtol=0, atol=1e-5)
+    assert not torch.allclose(a[0], a[1])
+
+
+def test_bad_arguments(random_parts):
+    with pytest.raises(ValueError, match="one seed per prompt"):
+        sample(random_parts, ["a", "b"], [1], steps=2)
+    with pytest.raises(ValueError, match="at least 1"):
+        sample(random_parts, ["a"], [1], steps=0)
+
+
+def test_sample_cli_writes_a_grid(random_model_dir, tmp_path):
+    out = tmp_path / "grid.png"
+    r = subprocess.run([sys.executable, "-m", "seiko_core.sample", "--model", str(random_model_dir), "--prompt", "a shape",
+                        "--n", "4", "--seed", "3", "--steps", "2", "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    from PIL import Image
+
+    assert Image.open(out).size[0] > 4 * 32
+    r = subprocess.run([sys.executable, "-m", "seiko_core.sample", "--model", str(tmp_path / "none"), "--prompt", "x",
+                        "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 2 and "does not exist" in r.stderr
