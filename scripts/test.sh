@@ -1,6 +1,17 @@
 #!/usr/bin/env bash
-# The test command: the whole suite, offline. Extra arguments go to pytest (e.g. -m slow).
+# The test command: the whole suite, offline, against SQLite and a real PostgreSQL server.
+# PostgreSQL (Debian's package, installed if missing) is started on 127.0.0.1 by scripts/postgres.sh
+# and stopped afterwards; set SEIKO_TEST_PG_URL to use a server of your own instead.
+# Extra arguments go to pytest (e.g. -m slow, -k name).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-exec .venv/bin/python -m pytest "$@"
+started_pg=0
+if [[ -z "${SEIKO_TEST_PG_URL:-}" ]]; then
+    SEIKO_TEST_PG_URL="$(bash scripts/postgres.sh start)"
+    export SEIKO_TEST_PG_URL
+    started_pg=1
+fi
+cleanup() { if [[ "$started_pg" == 1 ]]; then bash scripts/postgres.sh stop >/dev/null 2>&1 || true; fi; }
+trap cleanup EXIT
+.venv/bin/python -m pytest "$@"

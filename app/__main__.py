@@ -1,0 +1,51 @@
+"""``python -m app <command> ...``: one entry point, one module per command.
+
+A command module defines ``add_arguments(parser)`` and ``main(args) -> int``. It is imported only
+when its command runs, so ``python -m app db current`` does not load torch or gradio.
+To add a command, add a line to COMMANDS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    # name: (module, one-line help)
+    "db": ("app.cli_db", "database schema migrations: upgrade, downgrade REV, current"),
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    width = max(map(len, COMMANDS))
+    listing = "\n".join(f"  {name:<{width}}  {help_}" for name, (_, help_) in sorted(COMMANDS.items()))
+    parser = argparse.ArgumentParser(
+        prog="python -m app",
+        description="SEIKO studio: rate diffusion-model images and fine-tune the model on the ratings.",
+        epilog=f"commands:\n{listing}\n\nRun `python -m app COMMAND --help` for a command's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("command", metavar="COMMAND", nargs="?", help=f"one of: {', '.join(sorted(COMMANDS))}")
+    parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    top = _top_parser()
+    ns = top.parse_args(argv)
+    if ns.command is None:
+        top.print_help(sys.stderr)
+        return 2
+    if ns.command not in COMMANDS:
+        top.error(f"unknown command {ns.command!r}; choose from {sorted(COMMANDS)}")
+    module_name, help_ = COMMANDS[ns.command]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"python -m app {ns.command}", description=help_)
+    module.add_arguments(parser)
+    return int(module.main(parser.parse_args(ns.rest)) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

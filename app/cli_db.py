@@ -1,0 +1,35 @@
+"""``python -m app db upgrade [REV] | downgrade REV | current``."""
+
+from __future__ import annotations
+
+import argparse
+
+from app.settings import Settings
+from app.settings import add_arguments as add_settings_arguments
+from db import migrate
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    up = actions.add_parser("upgrade", help="migrate the schema up (default: to the newest revision)")
+    up.add_argument("rev", nargs="?", default="head", help="target revision (default: head)")
+    down = actions.add_parser("downgrade", help="migrate the schema down to REV ('base' drops every table)")
+    down.add_argument("rev", help="target revision, e.g. -1 or base")
+    actions.add_parser("current", help="show the database's revision and the revision this code needs")
+    for sub in (up, down, actions.choices["current"]):
+        add_settings_arguments(sub)
+
+
+def main(args: argparse.Namespace) -> int:
+    settings = Settings.from_args(args)
+    if args.action == "upgrade":
+        migrate.upgrade(settings.db_url, args.rev)
+        print(f"database at {migrate.current_revision(settings.db_url)} (head is {migrate.head_revision()})")
+        return 0
+    if args.action == "downgrade":
+        migrate.downgrade(settings.db_url, args.rev)
+        print(f"database at {migrate.current_revision(settings.db_url) or 'base (no schema)'}")
+        return 0
+    current, head = migrate.current_revision(settings.db_url), migrate.head_revision()
+    print(f"current: {current or 'base (no schema)'}\nhead:    {head}")
+    return 0 if current == head else 1

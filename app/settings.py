@@ -1,0 +1,91 @@
+"""Runtime settings: one object read from the environment, overridden by command-line flags.
+
+    SEIKO_DATA_DIR  images, adapters, exports and the default SQLite file    (default ./data)
+    SEIKO_DB_URL    SQLAlchemy URL                                           (default sqlite:///<data_dir>/seiko.db)
+    SEIKO_MODEL     base model directory                                     (default models/shapes-sd)
+    SEIKO_HOST      address the web app listens on                           (default 127.0.0.1)
+    SEIKO_PORT      port the web app listens on                              (default 7860)
+
+Precedence: command-line flag > environment variable > default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ENV_VARS = {
+    "data_dir": "SEIKO_DATA_DIR",
+    "db_url": "SEIKO_DB_URL",
+    "model": "SEIKO_MODEL",
+    "host": "SEIKO_HOST",
+    "port": "SEIKO_PORT",
+}
+DEFAULT_DATA_DIR = "data"
+DEFAULT_MODEL = "models/shapes-sd"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+
+
+def _port(value: Any) -> int:
+    try:
+        port = int(value)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"the port must be a whole number from 1 to 65535, got {value!r}") from e
+    if not 1 <= port <= 65535:
+        raise ValueError(f"the port must be a whole number from 1 to 65535, got {port}")
+    return port
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path  # absolute, so a change of working directory cannot move the data
+    db_url: str
+    model: str  # base model path (or id)
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+
+    @classmethod
+    def from_env(cls, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from ``environ`` (default ``os.environ``); non-None ``overrides`` win."""
+        environ = os.environ if environ is None else environ
+        overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+        unknown = set(overrides) - set(ENV_VARS)
+        if unknown:
+            raise ValueError(f"unknown setting(s) {sorted(unknown)}; choose from {sorted(ENV_VARS)}")
+
+        def pick(field: str, default: Any) -> Any:
+            if field in overrides:
+                return overrides[field]
+            value = environ.get(ENV_VARS[field], "")
+            return value if value != "" else default
+
+        data_dir = Path(pick("data_dir", DEFAULT_DATA_DIR)).expanduser().resolve()
+        db_url = str(pick("db_url", f"sqlite:///{data_dir / 'seiko.db'}"))
+        return cls(
+            data_dir=data_dir,
+            db_url=db_url,
+            model=str(pick("model", DEFAULT_MODEL)),
+            host=str(pick("host", DEFAULT_HOST)),
+            port=_port(pick("port", DEFAULT_PORT)),
+        )
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from the environment, overridden by the flags ``add_arguments`` defined."""
+        return cls.from_env({field: getattr(args, field, None) for field in ENV_VARS}, environ)
+
+
+def add_arguments(parser: argparse.ArgumentParser, *, server: bool = False) -> None:
+    """Add --data-dir, --db-url, --model (and with ``server`` --host, --port) to ``parser``."""
+    group = parser.add_argument_group("settings (each overrides its environment variable)")
+    group.add_argument("--data-dir", help=f"data directory [${ENV_VARS['data_dir']}, default ./{DEFAULT_DATA_DIR}]")
+    group.add_argument("--db-url", help=f"SQLAlchemy database URL [${ENV_VARS['db_url']}, default sqlite:///<data-dir>/seiko.db]")
+    group.add_argument("--model", help=f"base model directory [${ENV_VARS['model']}, default {DEFAULT_MODEL}]")
+    if server:
+        group.add_argument("--host", help=f"listen address [${ENV_VARS['host']}, default {DEFAULT_HOST}]")
+        group.add_argument("--port", type=_port, help=f"listen port [${ENV_VARS['port']}, default {DEFAULT_PORT}]")

@@ -1,0 +1,96 @@
+"""Engines and sessions that behave the same on SQLite and PostgreSQL.
+
+SQLite is set up for a web app and a worker writing at the same time (one file, several processes):
+
+- ``journal_mode=WAL``: readers never block the writer and the writer never blocks readers.
+- ``synchronous=FULL``: a committed transaction survives a power cut (a rating is durable once acknowledged).
+- ``foreign_keys=ON``: SQLite ignores foreign keys unless asked.
+- ``busy_timeout``: a writer waits for the write lock instead of failing with "database is locked".
+- ``BEGIN IMMEDIATE``: a write transaction takes the write lock when it starts. With the default
+  deferred BEGIN, a transaction that reads and then writes can fail at once with "database is locked"
+  (SQLite cannot wait there without risking deadlock). This uses SQLAlchemy's documented pysqlite
+  recipe: the driver's own BEGIN is switched off (``isolation_level = None``) and we emit BEGIN on
+  the engine's ``begin`` event.
+
+Sessions made by ``session_factory`` begin IMMEDIATE; ``read_session`` begins DEFERRED (a snapshot
+that takes no lock) and never commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+BUSY_TIMEOUT_MS = 10_000
+SQLITE_BEGIN_OPTION = "seiko_sqlite_begin"  # execution option: "IMMEDIATE" (default) or "DEFERRED"
+_BEGIN_MODES = ("IMMEDIATE", "DEFERRED")
+
+
+def make_engine(url: str, *, sqlite_foreign_keys: bool = True, echo: bool = False) -> Engine:
+    """An engine for ``url`` (``sqlite:///path`` or ``postgresql+psycopg://...``).
+
+    ``sqlite_foreign_keys=False`` is for migrations only: SQLite's batch mode copies and drops
+    tables, which enforced foreign keys would cascade or refuse.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, echo=echo, pool_pre_ping=True)
+    if parsed.database in (None, "", ":memory:"):
+        raise ValueError(
+            f"SQLite URL {url!r} names no file; use sqlite:///path/to/seiko.db (an in-memory database is not shared)"
+        )
+    engine = create_engine(url, echo=echo)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves (see _on_begin)
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = FULL")
+            cursor.execute(f"PRAGMA foreign_keys = {'ON' if sqlite_foreign_keys else 'OFF'}")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        mode = conn.get_execution_options().get(SQLITE_BEGIN_OPTION, "IMMEDIATE")
+        if mode not in _BEGIN_MODES:
+            raise ValueError(f"unknown {SQLITE_BEGIN_OPTION} {mode!r}; choose from {list(_BEGIN_MODES)}")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions bound to ``engine``. Objects stay readable after commit (``expire_on_commit=False``)."""
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+@contextmanager
+def write_session(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """One short write transaction: commit on success, roll back and re-raise on any error."""
+    with factory() as session:
+        session.connection(execution_options={SQLITE_BEGIN_OPTION: "IMMEDIATE"})
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+@contextmanager
+def read_session(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A read-only snapshot that takes no write lock; anything written is rolled back."""
+    with factory() as session:
+        session.connection(execution_options={SQLITE_BEGIN_OPTION: "DEFERRED"})
+        try:
+            yield session
+        finally:
+            session.rollback()

@@ -1,0 +1,83 @@
+"""Schema migrations from code: the schema is created and changed only by ``migrations/``.
+
+``upgrade(url)`` brings a database to the newest revision; ``check_at_head(url)`` is what the
+server and the worker call at start-up so that old code never runs against a newer or older schema.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import make_url
+
+from db.engine import make_engine
+from db.errors import SchemaOutOfDate
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def _config(url: str | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if url is not None:
+        config.attributes["url"] = url  # not set_main_option: URLs may contain '%' (configparser interpolation)
+    return config
+
+
+def _sqlite_file(url: str) -> Path | None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def upgrade(url: str, rev: str = "head") -> None:
+    """Migrate the database at ``url`` up to ``rev`` (default: the newest revision).
+
+    A SQLite file (and its directory) is created if missing.
+    """
+    path = _sqlite_file(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    command.upgrade(_config(url), rev)
+
+
+def downgrade(url: str, rev: str) -> None:
+    """Migrate down to ``rev`` ("base" removes every table)."""
+    command.downgrade(_config(url), rev)
+
+
+def current_revision(url: str) -> str | None:
+    """The revision the database is at, or None for a database that was never migrated.
+
+    Does not create a missing SQLite file.
+    """
+    path = _sqlite_file(url)
+    if path is not None and not path.exists():
+        return None
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
+
+
+def head_revision() -> str:
+    """The newest revision in ``migrations/versions``."""
+    head = ScriptDirectory.from_config(_config()).get_current_head()
+    if head is None:
+        raise RuntimeError(f"no migrations found in {MIGRATIONS_DIR}")
+    return head
+
+
+def check_at_head(url: str) -> None:
+    """Raise SchemaOutOfDate unless the database is at the newest revision."""
+    current, head = current_revision(url), head_revision()
+    if current != head:
+        shown = "empty (never migrated)" if current is None else current
+        raise SchemaOutOfDate(f"the database schema is at {shown} but this code needs {head}; run `python -m app db upgrade`")

@@ -1,0 +1,252 @@
+"""The schema, as typed SQLAlchemy 2.0 models.
+
+The tables are created only by the Alembic migrations in ``migrations/``; ``Base.metadata`` is
+what those migrations are checked against (tests fail on drift). Conventions:
+
+- Times are timezone-aware UTC ``datetime`` objects (``UTCDateTime``), on SQLite and PostgreSQL alike.
+- JSON values are stored as text (``JSONText``) so both databases store the same bytes.
+- Small enumerations are strings with a CHECK constraint (easy to extend in a batch migration).
+- Constraint names come from ``NAMING_CONVENTION`` so migrations can refer to them.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+EXPERIMENT_STATUSES = ("active", "paused", "finished")
+ROUND_STATUSES = ("generating", "labeling", "training", "done", "failed")
+IMAGE_KINDS = ("query", "eval")
+RATER_ROLES = ("admin", "rater")
+JOB_KINDS = ("generate", "train", "eval")
+JOB_STATUSES = ("queued", "running", "done", "failed")
+SCORE_MIN, SCORE_MAX = 1, 10
+NAME_MAX = 200
+
+
+def utcnow() -> datetime:
+    """The current time as an aware UTC datetime (the only kind stored)."""
+    return datetime.now(UTC)
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """An aware UTC datetime. PostgreSQL: timestamptz. SQLite: naive UTC text, made aware on load."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r} given; store timezone-aware UTC datetimes (db.models.utcnow())")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class JSONText(TypeDecorator[Any]):
+    """A JSON value stored as text (sorted keys), identical on every database.
+
+    Mutating a loaded dict in place is not tracked: assign a new value instead.
+    """
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        if value is None:
+            return None
+        return json.dumps(value, sort_keys=True, allow_nan=False)
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> Any:
+        return None if value is None else json.loads(value)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Experiment(Base):
+    """One fine-tuning run: a base model, a method and its config, and the rounds of labeling."""
+
+    __tablename__ = "experiments"
+    __table_args__ = (
+        CheckConstraint(_in("status", EXPERIMENT_STATUSES), name="status"),
+        CheckConstraint("overlap >= 1", name="overlap_positive"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(NAME_MAX), unique=True)
+    model_spec: Mapped[str] = mapped_column(Text)  # base model path or id
+    method: Mapped[str] = mapped_column(String(64))  # e.g. "seiko-ucb", "greedy"
+    config: Mapped[dict[str, Any]] = mapped_column(JSONText)  # the SEIKO config dict
+    budgets: Mapped[list[int]] = mapped_column(JSONText)  # labels wanted per round
+    prompts: Mapped[list[str]] = mapped_column(JSONText)
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    overlap: Mapped[int] = mapped_column(Integer, default=1)  # ratings wanted per image
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    rounds: Mapped[list[Round]] = relationship(back_populates="experiment", order_by="Round.index")
+
+
+class Round(Base):
+    """Round k: images sampled from adapter k (round 0: the base model), then rated, then trained on."""
+
+    __tablename__ = "rounds"
+    __table_args__ = (
+        UniqueConstraint("experiment_id", "index"),
+        CheckConstraint(_in("status", ROUND_STATUSES), name="status"),
+        CheckConstraint('"index" >= 0', name="index_nonnegative"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    index: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="generating")
+    adapter_path: Mapped[str | None] = mapped_column(Text)  # None for round 0 (the base model)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSONText, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    experiment: Mapped[Experiment] = relationship(back_populates="rounds")
+
+
+class Image(Base):
+    """A generated image: the file lives under the data dir, the row holds its hash and embedding."""
+
+    __tablename__ = "images"
+    __table_args__ = (
+        UniqueConstraint("round_id", "kind", "prompt", "seed"),
+        CheckConstraint(_in("kind", IMAGE_KINDS), name="kind"),
+        CheckConstraint("embedding_dim >= 1", name="embedding_dim_positive"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"))
+    prompt: Mapped[str] = mapped_column(Text)
+    seed: Mapped[int] = mapped_column(BigInteger)
+    file_path: Mapped[str] = mapped_column(Text)  # relative to the data dir
+    sha256: Mapped[str] = mapped_column(String(64))  # of the file's bytes
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)  # float32, little-endian, embedding_dim values
+    embedding_dim: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16), default="query")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Rater(Base):
+    """A person who rates images; admins also run experiments."""
+
+    __tablename__ = "raters"
+    __table_args__ = (CheckConstraint(_in("role", RATER_ROLES), name="role"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(NAME_MAX), unique=True)
+    role: Mapped[str] = mapped_column(String(16), default="rater")
+    password_hash: Mapped[str] = mapped_column(Text)  # hashed by the app; never a plain password
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Rating(Base):
+    """One rater's score for one image. Re-rating edits this row (unique per image and rater)."""
+
+    __tablename__ = "ratings"
+    __table_args__ = (
+        UniqueConstraint("image_id", "rater_id"),
+        CheckConstraint(f"score BETWEEN {SCORE_MIN} AND {SCORE_MAX}", name="score_range"),
+        Index(None, "rater_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    rater_id: Mapped[int] = mapped_column(ForeignKey("raters.id", ondelete="CASCADE"))
+    score: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class Skip(Base):
+    """A rater chose not to rate an image; it is not offered to them again."""
+
+    __tablename__ = "skips"
+    __table_args__ = (UniqueConstraint("image_id", "rater_id"), Index(None, "rater_id"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    rater_id: Mapped[int] = mapped_column(ForeignKey("raters.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Job(Base):
+    """Work for the background worker, claimed with a lease that heartbeats extend."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint(_in("kind", JOB_KINDS), name="kind"),
+        CheckConstraint(_in("status", JOB_STATUSES), name="status"),
+        CheckConstraint("max_attempts >= 1", name="max_attempts_positive"),
+        Index("ix_jobs_status_id", "status", "id"),  # claim_job scans queued/running jobs by id
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    experiment_id: Mapped[int | None] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    round_id: Mapped[int | None] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONText, default=dict)
+    lease_owner: Mapped[str | None] = mapped_column(String(NAME_MAX))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    error: Mapped[str | None] = mapped_column(Text)
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSONText)  # {"phase", "step", "total", "eta_s"}
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONText)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class Checkpoint(Base):
+    """An adapter directory written for a round, identified by the sha256 of its manifest."""
+
+    __tablename__ = "checkpoints"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(Text)  # relative to the data dir
+    manifest_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

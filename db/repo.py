@@ -1,0 +1,897 @@
+"""Repository functions: small, keyword-only, each taking the session it works in.
+
+The caller owns the transaction (``db.engine.write_session``); these functions flush but never
+commit. Bad input raises a ``db.errors`` exception (all ``ValueError``s) with one clear sentence,
+before anything is written.
+
+Sections: experiments, rounds, images, raters, ratings and skips, progress and snapshots,
+jobs (the worker's queue with leases), checkpoints. Add new functions to the matching section.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import PurePosixPath, PureWindowsPath
+from typing import Any
+
+from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from db.errors import Conflict, InvalidInput, LeaseLost, NotFound
+from db.models import (
+    EXPERIMENT_STATUSES,
+    IMAGE_KINDS,
+    JOB_KINDS,
+    JOB_STATUSES,
+    NAME_MAX,
+    RATER_ROLES,
+    ROUND_STATUSES,
+    SCORE_MAX,
+    SCORE_MIN,
+    Checkpoint,
+    Experiment,
+    Image,
+    Job,
+    Rater,
+    Rating,
+    Round,
+    Skip,
+    utcnow,
+)
+
+# Allowed round status changes. "failed" -> "generating" retries a round; extend here when needed.
+ROUND_TRANSITIONS: dict[str, tuple[str, ...]] = {
+    "generating": ("labeling", "failed"),
+    "labeling": ("training", "done", "failed"),
+    "training": ("done", "failed", "labeling"),
+    "failed": ("generating",),
+    "done": (),
+}
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+# ---------------------------------------------------------------------------------------------
+# validation helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _int(what: str, value: Any, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"{what} must be a whole number, got {value!r}")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        bounds = f"from {minimum} to {maximum}" if maximum is not None else f"at least {minimum}"
+        raise InvalidInput(f"{what} must be {bounds}, got {value}")
+    return value
+
+
+def _choice(what: str, value: Any, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise InvalidInput(f"unknown {what} {value!r}; choose from {list(choices)}")
+    return value
+
+
+def _name(what: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInput(f"{what} must be a non-empty string, got {value!r}")
+    if value != value.strip():
+        raise InvalidInput(f"{what} {value!r} has leading or trailing spaces")
+    if len(value) > NAME_MAX:
+        raise InvalidInput(f"{what} is {len(value)} characters long; the limit is {NAME_MAX}")
+    return value
+
+
+def _json(what: str, value: Any) -> Any:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise InvalidInput(f"{what} cannot be stored as JSON: {e}") from e
+    return value
+
+
+def _sha256(what: str, value: Any) -> str:
+    if not isinstance(value, str) or not _SHA256.fullmatch(value):
+        raise InvalidInput(f"{what} must be 64 lowercase hex digits, got {value!r}")
+    return value
+
+
+def _relative_path(what: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(f"{what} must be a non-empty path string, got {value!r}")
+    posix = PurePosixPath(value)
+    if posix.is_absolute() or PureWindowsPath(value).is_absolute() or ".." in posix.parts or "\\" in value:
+        raise InvalidInput(f"{what} {value!r} must be a relative path inside the data dir (forward slashes, no '..')")
+    return value
+
+
+def _lease(lease_s: Any) -> timedelta:
+    if isinstance(lease_s, bool) or not isinstance(lease_s, int | float) or not math.isfinite(lease_s) or lease_s <= 0:
+        raise InvalidInput(f"lease_s must be a positive number of seconds, got {lease_s!r}")
+    return timedelta(seconds=lease_s)
+
+
+def _now(now: datetime | None) -> datetime:
+    if now is None:
+        return utcnow()
+    if now.tzinfo is None:
+        raise InvalidInput(f"now must be a timezone-aware datetime, got naive {now!r}")
+    return now
+
+
+# ---------------------------------------------------------------------------------------------
+# experiments
+# ---------------------------------------------------------------------------------------------
+
+
+def create_experiment(
+    *,
+    session: Session,
+    name: str,
+    model_spec: str,
+    method: str,
+    config: dict[str, Any],
+    budgets: Sequence[int],
+    prompts: Sequence[str],
+    overlap: int = 1,
+) -> Experiment:
+    """A new active experiment. ``budgets[k]`` is the number of ratings wanted in round k."""
+    _name("experiment name", name)
+    if not isinstance(model_spec, str) or not model_spec.strip():
+        raise InvalidInput(f"model_spec must be a non-empty string, got {model_spec!r}")
+    _name("method", method)
+    if not isinstance(config, dict):
+        raise InvalidInput(f"config must be a dict, got {type(config).__name__}")
+    _json("config", config)
+    if isinstance(budgets, str | bytes) or not isinstance(budgets, Sequence) or not budgets:
+        raise InvalidInput(f"budgets must be a non-empty list of positive whole numbers, got {budgets!r}")
+    for k, b in enumerate(budgets):
+        _int(f"budget of round {k}", b, minimum=1)
+    if isinstance(prompts, str | bytes) or not isinstance(prompts, Sequence) or not prompts:
+        raise InvalidInput(f"prompts must be a non-empty list of strings, got {prompts!r}")
+    for p in prompts:
+        if not isinstance(p, str) or not p.strip():
+            raise InvalidInput(f"each prompt must be a non-empty string, got {p!r}")
+    _int("overlap (ratings wanted per image)", overlap, minimum=1)
+    if session.scalar(select(Experiment.id).where(Experiment.name == name)) is not None:
+        raise Conflict(f"an experiment named {name!r} already exists")
+    experiment = Experiment(
+        name=name,
+        model_spec=model_spec,
+        method=method,
+        config=config,
+        budgets=list(budgets),
+        prompts=list(prompts),
+        overlap=overlap,
+        status="active",
+    )
+    session.add(experiment)
+    session.flush()
+    return experiment
+
+
+def get_experiment(*, session: Session, experiment_id: int) -> Experiment:
+    experiment = session.get(Experiment, experiment_id)
+    if experiment is None:
+        raise NotFound(f"there is no experiment with id {experiment_id}")
+    return experiment
+
+
+def get_experiment_by_name(*, session: Session, name: str) -> Experiment:
+    experiment = session.scalar(select(Experiment).where(Experiment.name == name))
+    if experiment is None:
+        raise NotFound(f"there is no experiment named {name!r}")
+    return experiment
+
+
+def list_experiments(*, session: Session, status: str | None = None) -> list[Experiment]:
+    """Experiments, oldest first; only those with ``status`` when given."""
+    stmt = select(Experiment).order_by(Experiment.id)
+    if status is not None:
+        stmt = stmt.where(Experiment.status == _choice("experiment status", status, EXPERIMENT_STATUSES))
+    return list(session.scalars(stmt))
+
+
+def set_experiment_status(*, session: Session, experiment_id: int, status: str) -> Experiment:
+    _choice("experiment status", status, EXPERIMENT_STATUSES)
+    experiment = get_experiment(session=session, experiment_id=experiment_id)
+    experiment.status = status
+    session.flush()
+    return experiment
+
+
+# ---------------------------------------------------------------------------------------------
+# rounds
+# ---------------------------------------------------------------------------------------------
+
+
+def create_round(*, session: Session, experiment_id: int, adapter_path: str | None = None, index: int | None = None) -> Round:
+    """Round ``index`` (default: the next one) in status 'generating'.
+
+    Round 0 samples from the base model and has no adapter; every later round needs one.
+    """
+    get_experiment(session=session, experiment_id=experiment_id)
+    last = session.scalar(select(func.max(Round.index)).where(Round.experiment_id == experiment_id))
+    if index is None:
+        index = 0 if last is None else last + 1
+    _int("round index", index, minimum=0)
+    if index == 0 and adapter_path is not None:
+        raise InvalidInput("round 0 samples from the base model and takes no adapter_path")
+    if index > 0:
+        _relative_path(f"adapter_path of round {index}", adapter_path)
+    if session.scalar(select(Round.id).where(Round.experiment_id == experiment_id, Round.index == index)) is not None:
+        raise Conflict(f"experiment {experiment_id} already has a round {index}")
+    round_ = Round(experiment_id=experiment_id, index=index, status="generating", adapter_path=adapter_path, metrics={})
+    session.add(round_)
+    session.flush()
+    return round_
+
+
+def get_round(*, session: Session, round_id: int) -> Round:
+    round_ = session.get(Round, round_id)
+    if round_ is None:
+        raise NotFound(f"there is no round with id {round_id}")
+    return round_
+
+
+def get_round_by_index(*, session: Session, experiment_id: int, index: int) -> Round:
+    round_ = session.scalar(select(Round).where(Round.experiment_id == experiment_id, Round.index == index))
+    if round_ is None:
+        raise NotFound(f"experiment {experiment_id} has no round {index}")
+    return round_
+
+
+def list_rounds(*, session: Session, experiment_id: int) -> list[Round]:
+    return list(session.scalars(select(Round).where(Round.experiment_id == experiment_id).order_by(Round.index)))
+
+
+def set_round_status(*, session: Session, round_id: int, status: str) -> Round:
+    """Move a round along ``ROUND_TRANSITIONS``; at most one round per experiment is 'labeling'."""
+    _choice("round status", status, ROUND_STATUSES)
+    round_ = get_round(session=session, round_id=round_id)
+    if status == round_.status:
+        return round_
+    if status not in ROUND_TRANSITIONS[round_.status]:
+        raise Conflict(
+            f"round {round_.index} cannot go from {round_.status!r} to {status!r}; "
+            f"allowed: {list(ROUND_TRANSITIONS[round_.status]) or 'none'}"
+        )
+    if status == "labeling":
+        other = get_open_round(session=session, experiment_id=round_.experiment_id)
+        if other is not None and other.id != round_.id:
+            raise Conflict(f"round {other.index} of this experiment is still open for labeling; close it first")
+    round_.status = status
+    session.flush()
+    return round_
+
+
+def open_round(*, session: Session, round_id: int) -> Round:
+    """Open a generated round for labeling."""
+    return set_round_status(session=session, round_id=round_id, status="labeling")
+
+
+def get_open_round(*, session: Session, experiment_id: int) -> Round | None:
+    """The round now being labeled, or None."""
+    return session.scalar(
+        select(Round).where(Round.experiment_id == experiment_id, Round.status == "labeling").order_by(Round.index.desc())
+    )
+
+
+def update_round_metrics(*, session: Session, round_id: int, metrics: dict[str, Any]) -> Round:
+    """Merge ``metrics`` into the round's metrics (new keys win)."""
+    if not isinstance(metrics, dict):
+        raise InvalidInput(f"metrics must be a dict, got {type(metrics).__name__}")
+    _json("metrics", metrics)
+    round_ = get_round(session=session, round_id=round_id)
+    round_.metrics = {**(round_.metrics or {}), **metrics}
+    session.flush()
+    return round_
+
+
+# ---------------------------------------------------------------------------------------------
+# images
+# ---------------------------------------------------------------------------------------------
+
+
+def add_image(
+    *,
+    session: Session,
+    round_id: int,
+    prompt: str,
+    seed: int,
+    file_path: str,
+    sha256: str,
+    embedding: bytes,
+    embedding_dim: int,
+    kind: str = "query",
+) -> Image:
+    """Record a generated image. ``embedding`` is ``embedding_dim`` float32 values as bytes."""
+    _choice("image kind", kind, IMAGE_KINDS)
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InvalidInput(f"prompt must be a non-empty string, got {prompt!r}")
+    _int("seed", seed, minimum=0, maximum=2**63 - 1)
+    _relative_path("file_path", file_path)
+    _sha256("sha256", sha256)
+    _int("embedding_dim", embedding_dim, minimum=1)
+    if not isinstance(embedding, bytes | bytearray | memoryview):
+        raise InvalidInput(f"embedding must be bytes (float32 values), got {type(embedding).__name__}")
+    embedding = bytes(embedding)
+    if len(embedding) != 4 * embedding_dim:
+        raise InvalidInput(f"embedding has {len(embedding)} bytes but {embedding_dim} float32 values need {4 * embedding_dim}")
+    round_ = get_round(session=session, round_id=round_id)
+    duplicate = select(Image.id).where(Image.round_id == round_id, Image.kind == kind, Image.prompt == prompt, Image.seed == seed)
+    if session.scalar(duplicate) is not None:
+        raise Conflict(f"round {round_.index} already has a {kind} image for prompt {prompt!r} and seed {seed}")
+    image = Image(
+        round_id=round_id,
+        prompt=prompt,
+        seed=seed,
+        file_path=file_path,
+        sha256=sha256,
+        embedding=embedding,
+        embedding_dim=embedding_dim,
+        kind=kind,
+    )
+    session.add(image)
+    session.flush()
+    return image
+
+
+def get_image(*, session: Session, image_id: int) -> Image:
+    image = session.get(Image, image_id)
+    if image is None:
+        raise NotFound(f"there is no image with id {image_id}")
+    return image
+
+
+def list_images(*, session: Session, round_id: int, kind: str | None = None) -> list[Image]:
+    stmt = select(Image).where(Image.round_id == round_id).order_by(Image.id)
+    if kind is not None:
+        stmt = stmt.where(Image.kind == _choice("image kind", kind, IMAGE_KINDS))
+    return list(session.scalars(stmt))
+
+
+# ---------------------------------------------------------------------------------------------
+# raters
+# ---------------------------------------------------------------------------------------------
+
+
+def create_rater(*, session: Session, name: str, password_hash: str, role: str = "rater") -> Rater:
+    """A new rater. ``password_hash`` is already hashed by the app; this layer never sees passwords."""
+    _name("rater name", name)
+    _choice("role", role, RATER_ROLES)
+    if not isinstance(password_hash, str) or not password_hash:
+        raise InvalidInput("password_hash must be a non-empty string (hash the password in the app)")
+    if session.scalar(select(Rater.id).where(Rater.name == name)) is not None:
+        raise Conflict(f"a rater named {name!r} already exists")
+    rater = Rater(name=name, role=role, password_hash=password_hash)
+    session.add(rater)
+    session.flush()
+    return rater
+
+
+def get_rater(*, session: Session, rater_id: int) -> Rater:
+    rater = session.get(Rater, rater_id)
+    if rater is None:
+        raise NotFound(f"there is no rater with id {rater_id}")
+    return rater
+
+
+def get_rater_by_name(*, session: Session, name: str) -> Rater:
+    rater = session.scalar(select(Rater).where(Rater.name == name))
+    if rater is None:
+        raise NotFound(f"there is no rater named {name!r}")
+    return rater
+
+
+def list_raters(*, session: Session) -> list[Rater]:
+    return list(session.scalars(select(Rater).order_by(Rater.id)))
+
+
+def count_raters(*, session: Session, role: str | None = None) -> int:
+    stmt = select(func.count(Rater.id))
+    if role is not None:
+        stmt = stmt.where(Rater.role == _choice("role", role, RATER_ROLES))
+    return session.scalar(stmt) or 0
+
+
+# ---------------------------------------------------------------------------------------------
+# ratings and skips
+# ---------------------------------------------------------------------------------------------
+
+
+def _labeling_image(session: Session, image_id: int) -> tuple[Image, Round]:
+    """The image and its round, refusing unless the round is open for labeling."""
+    _int("image id", image_id)
+    image = get_image(session=session, image_id=image_id)
+    round_ = get_round(session=session, round_id=image.round_id)
+    if round_.status != "labeling":
+        raise Conflict(
+            f"round {round_.index} is not open for labeling (it is {round_.status!r}); image {image_id} cannot be changed"
+        )
+    return image, round_
+
+
+def _dialect_insert(session: Session) -> Any:
+    dialect = session.get_bind().dialect.name
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    elif dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        raise NotImplementedError(f"upserts are written for sqlite and postgresql, not {dialect}")
+    return insert
+
+
+def add_rating(*, session: Session, image_id: int, rater_id: int, score: int) -> Rating:
+    """Rate an image of the open round from 1 to 10. Rating it again edits the score (one row per image and rater).
+
+    Rating an image removes the rater's skip of it, if any.
+    """
+    if isinstance(score, bool) or not isinstance(score, int) or not SCORE_MIN <= score <= SCORE_MAX:
+        raise InvalidInput(f"a rating must be a whole number from {SCORE_MIN} to {SCORE_MAX}, got {score!r}")
+    _labeling_image(session, image_id)
+    get_rater(session=session, rater_id=_int("rater id", rater_id))
+    now = utcnow()
+    insert = _dialect_insert(session)
+    stmt = (
+        insert(Rating)
+        .values(image_id=image_id, rater_id=rater_id, score=score, created_at=now, updated_at=now)
+        .on_conflict_do_update(index_elements=[Rating.image_id, Rating.rater_id], set_={"score": score, "updated_at": now})
+        .returning(Rating)
+    )
+    rating = session.scalars(stmt, execution_options={"populate_existing": True}).one()
+    session.execute(delete(Skip).where(Skip.image_id == image_id, Skip.rater_id == rater_id))
+    return rating
+
+
+def find_rating(*, session: Session, image_id: int, rater_id: int) -> Rating | None:
+    """The rater's rating of the image, or None if they have not rated it."""
+    return session.scalar(select(Rating).where(Rating.image_id == image_id, Rating.rater_id == rater_id))
+
+
+def delete_rating(*, session: Session, image_id: int, rater_id: int) -> None:
+    """Undo a rating while its round is still open for labeling."""
+    _labeling_image(session, image_id)
+    rating = find_rating(session=session, image_id=image_id, rater_id=rater_id)
+    if rating is None:
+        raise NotFound(f"rater {rater_id} has not rated image {image_id}; there is nothing to undo")
+    session.delete(rating)
+    session.flush()
+
+
+def add_skip(*, session: Session, image_id: int, rater_id: int) -> Skip:
+    """The rater passes on an image of the open round; it is not offered to them again. Idempotent."""
+    _labeling_image(session, image_id)
+    get_rater(session=session, rater_id=_int("rater id", rater_id))
+    if find_rating(session=session, image_id=image_id, rater_id=rater_id) is not None:
+        raise Conflict(f"rater {rater_id} has already rated image {image_id}; undo the rating before skipping it")
+    skip = session.scalar(select(Skip).where(Skip.image_id == image_id, Skip.rater_id == rater_id))
+    if skip is None:
+        skip = Skip(image_id=image_id, rater_id=rater_id)
+        session.add(skip)
+        session.flush()
+    return skip
+
+
+def _ratings_count(image_id_column: Any) -> Any:
+    return select(func.count(Rating.id)).where(Rating.image_id == image_id_column).correlate(Image).scalar_subquery()
+
+
+def _unseen_by(rater_id: int) -> Any:
+    rated = select(Rating.id).where(Rating.image_id == Image.id, Rating.rater_id == rater_id).exists()
+    skipped = select(Skip.id).where(Skip.image_id == Image.id, Skip.rater_id == rater_id).exists()
+    return and_(~rated, ~skipped)
+
+
+def next_images_for_rater(
+    *, session: Session, round_id: int, rater_id: int, limit: int = 1, kind: str | None = None
+) -> list[Image]:
+    """Images of the open round to show this rater next.
+
+    Those the rater has neither rated nor skipped and that have fewer ratings than the
+    experiment's ``overlap``; least-rated first, then oldest.
+    """
+    _int("limit", limit, minimum=1)
+    round_ = get_round(session=session, round_id=round_id)
+    if round_.status != "labeling":
+        raise Conflict(f"round {round_.index} is not open for labeling (it is {round_.status!r})")
+    get_rater(session=session, rater_id=rater_id)
+    overlap = get_experiment(session=session, experiment_id=round_.experiment_id).overlap
+    n_ratings = _ratings_count(Image.id)
+    stmt = (
+        select(Image)
+        .where(Image.round_id == round_id, _unseen_by(rater_id), n_ratings < overlap)
+        .order_by(n_ratings, Image.id)
+        .limit(limit)
+    )
+    if kind is not None:
+        stmt = stmt.where(Image.kind == _choice("image kind", kind, IMAGE_KINDS))
+    return list(session.scalars(stmt))
+
+
+# ---------------------------------------------------------------------------------------------
+# progress, snapshots and dashboard metrics
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RoundProgress:
+    round_id: int
+    index: int
+    status: str
+    total_images: int
+    rated_images: int  # with at least one rating
+    complete_images: int  # with at least ``overlap`` ratings
+    ratings: int  # all ratings of the round's images
+    budget: int | None  # ratings wanted this round (experiment.budgets[index]); None past the list
+    rater_rated: int | None = None  # the given rater's ratings in this round
+    rater_skipped: int | None = None
+    rater_remaining: int | None = None  # images still to offer the rater (see next_images_for_rater)
+
+
+def round_progress(*, session: Session, round_id: int, rater_id: int | None = None) -> RoundProgress:
+    """How far the labeling of a round has got, overall and (with ``rater_id``) for one rater."""
+    round_ = get_round(session=session, round_id=round_id)
+    experiment = get_experiment(session=session, experiment_id=round_.experiment_id)
+    per_image = (
+        select(Image.id.label("image_id"), func.count(Rating.id).label("n"))
+        .outerjoin(Rating, Rating.image_id == Image.id)
+        .where(Image.round_id == round_id)
+        .group_by(Image.id)
+        .subquery()
+    )
+    total, rated, complete, ratings = session.execute(
+        select(
+            func.count(per_image.c.image_id),
+            func.count(per_image.c.image_id).filter(per_image.c.n > 0),
+            func.count(per_image.c.image_id).filter(per_image.c.n >= experiment.overlap),
+            func.coalesce(func.sum(per_image.c.n), 0),
+        )
+    ).one()
+    budget = experiment.budgets[round_.index] if round_.index < len(experiment.budgets) else None
+    progress = RoundProgress(
+        round_id=round_.id,
+        index=round_.index,
+        status=round_.status,
+        total_images=total,
+        rated_images=rated,
+        complete_images=complete,
+        ratings=int(ratings),
+        budget=budget,
+    )
+    if rater_id is None:
+        return progress
+    get_rater(session=session, rater_id=rater_id)
+    in_round = select(Image.id).where(Image.round_id == round_id)
+    rater_rated = session.scalar(select(func.count(Rating.id)).where(Rating.rater_id == rater_id, Rating.image_id.in_(in_round)))
+    rater_skipped = session.scalar(select(func.count(Skip.id)).where(Skip.rater_id == rater_id, Skip.image_id.in_(in_round)))
+    remaining = session.scalar(
+        select(func.count(Image.id)).where(
+            Image.round_id == round_id, _unseen_by(rater_id), _ratings_count(Image.id) < experiment.overlap
+        )
+    )
+    return RoundProgress(
+        **{**progress.__dict__, "rater_rated": rater_rated, "rater_skipped": rater_skipped, "rater_remaining": remaining}
+    )
+
+
+def latest_rating_id(*, session: Session, experiment_id: int) -> int | None:
+    """The highest rating id in the experiment: the watermark to pass to ``ratings_snapshot``."""
+    return session.scalar(
+        select(func.max(Rating.id))
+        .join(Image, Image.id == Rating.image_id)
+        .join(Round, Round.id == Image.round_id)
+        .where(Round.experiment_id == experiment_id)
+    )
+
+
+@dataclass(frozen=True)
+class SnapshotRow:
+    image_id: int
+    round_index: int
+    prompt: str
+    embedding: bytes  # float32 values; numpy.frombuffer(embedding, dtype="<f4")
+    embedding_dim: int
+    mean_score: float
+    n_ratings: int
+
+
+def ratings_snapshot(
+    *, session: Session, experiment_id: int, up_to_rating_id: int | None = None, kind: str | None = "query"
+) -> list[SnapshotRow]:
+    """Every rated image of the experiment with its mean score, ordered by image id.
+
+    Only ratings with ``id <= up_to_rating_id`` count (all when None), so a training job sees a
+    fixed set of rows however many ratings arrive meanwhile. A rating edited after the snapshot
+    keeps its id, so re-reading may show the newer score. ``kind=None`` takes query and eval images.
+    """
+    get_experiment(session=session, experiment_id=experiment_id)
+    ratings = select(
+        Rating.image_id.label("image_id"),
+        func.avg(Rating.score).label("mean"),
+        func.count(Rating.id).label("n"),
+    ).group_by(Rating.image_id)
+    if up_to_rating_id is not None:
+        ratings = ratings.where(Rating.id <= _int("up_to_rating_id", up_to_rating_id, minimum=0))
+    agg = ratings.subquery()
+    stmt = (
+        select(Image.id, Round.index, Image.prompt, Image.embedding, Image.embedding_dim, agg.c.mean, agg.c.n)
+        .join(agg, agg.c.image_id == Image.id)
+        .join(Round, Round.id == Image.round_id)
+        .where(Round.experiment_id == experiment_id)
+        .order_by(Image.id)
+    )
+    if kind is not None:
+        stmt = stmt.where(Image.kind == _choice("image kind", kind, IMAGE_KINDS))
+    return [
+        SnapshotRow(
+            image_id=r[0],
+            round_index=r[1],
+            prompt=r[2],
+            embedding=bytes(r[3]),
+            embedding_dim=r[4],
+            mean_score=float(r[5]),
+            n_ratings=r[6],
+        )
+        for r in session.execute(stmt)
+    ]
+
+
+@dataclass(frozen=True)
+class RoundStats:
+    round_id: int
+    index: int
+    status: str
+    n_images: int
+    n_rated_images: int
+    n_ratings: int
+    mean_score: float | None  # mean over all ratings of the round's images; None when unrated
+
+
+def round_rating_stats(*, session: Session, experiment_id: int, kind: str | None = None) -> list[RoundStats]:
+    """Per-round human-rating summary for a dashboard, oldest round first (``kind`` filters images)."""
+    get_experiment(session=session, experiment_id=experiment_id)
+    image_filter = [Round.experiment_id == experiment_id]
+    if kind is not None:
+        image_filter.append(Image.kind == _choice("image kind", kind, IMAGE_KINDS))
+    counts = dict(
+        session.execute(select(Image.round_id, func.count(Image.id)).join(Round).where(*image_filter).group_by(Image.round_id))
+        .tuples()
+        .all()
+    )
+    aggregates = {
+        row[0]: row[1:]
+        for row in session.execute(
+            select(Image.round_id, func.count(func.distinct(Rating.image_id)), func.count(Rating.id), func.avg(Rating.score))
+            .join(Image, Image.id == Rating.image_id)
+            .join(Round, Round.id == Image.round_id)
+            .where(*image_filter)
+            .group_by(Image.round_id)
+        )
+    }
+    stats = []
+    for round_ in list_rounds(session=session, experiment_id=experiment_id):
+        n_rated, n_ratings, mean = aggregates.get(round_.id, (0, 0, None))
+        stats.append(
+            RoundStats(
+                round_id=round_.id,
+                index=round_.index,
+                status=round_.status,
+                n_images=counts.get(round_.id, 0),
+                n_rated_images=n_rated,
+                n_ratings=n_ratings,
+                mean_score=None if mean is None else float(mean),
+            )
+        )
+    return stats
+
+
+# ---------------------------------------------------------------------------------------------
+# jobs: a queue with leases
+#
+# A worker claims a job for lease_s seconds and extends the lease with heartbeats while it works
+# (outside any transaction). If it dies, the lease runs out and another worker reclaims the job
+# (attempts + 1); after max_attempts the job fails. A worker whose job was reclaimed cannot
+# complete or fail it (LeaseLost), so its late result is rolled back with its transaction.
+# ---------------------------------------------------------------------------------------------
+
+
+def enqueue_job(
+    *,
+    session: Session,
+    kind: str,
+    experiment_id: int | None = None,
+    round_id: int | None = None,
+    payload: dict[str, Any] | None = None,
+    max_attempts: int = 3,
+) -> Job:
+    _choice("job kind", kind, JOB_KINDS)
+    _int("max_attempts", max_attempts, minimum=1)
+    payload = {} if payload is None else payload
+    if not isinstance(payload, dict):
+        raise InvalidInput(f"payload must be a dict, got {type(payload).__name__}")
+    _json("payload", payload)
+    if experiment_id is not None:
+        get_experiment(session=session, experiment_id=experiment_id)
+    if round_id is not None:
+        get_round(session=session, round_id=round_id)
+    job = Job(
+        kind=kind,
+        experiment_id=experiment_id,
+        round_id=round_id,
+        status="queued",
+        payload=payload,
+        attempts=0,
+        max_attempts=max_attempts,
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def get_job(*, session: Session, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"there is no job with id {job_id}")
+    return job
+
+
+def list_jobs(*, session: Session, status: str | None = None, experiment_id: int | None = None, limit: int = 100) -> list[Job]:
+    """Jobs, newest first."""
+    stmt = select(Job).order_by(Job.id.desc()).limit(_int("limit", limit, minimum=1))
+    if status is not None:
+        stmt = stmt.where(Job.status == _choice("job status", status, JOB_STATUSES))
+    if experiment_id is not None:
+        stmt = stmt.where(Job.experiment_id == experiment_id)
+    return list(session.scalars(stmt))
+
+
+def claim_job(
+    *,
+    session: Session,
+    worker_id: str,
+    lease_s: float,
+    kinds: Iterable[str] | None = None,
+    now: datetime | None = None,
+) -> Job | None:
+    """Atomically take the oldest claimable job for ``worker_id``, or None if there is none.
+
+    Claimable: queued, or running with an expired lease (its worker stopped heartbeating).
+    One ``UPDATE ... WHERE id = (SELECT ... LIMIT 1) RETURNING``: on SQLite the write lock taken
+    by BEGIN IMMEDIATE serializes claims; on PostgreSQL ``FOR UPDATE SKIP LOCKED`` in the
+    subquery, and the claimability test repeated on the updated row, keep two workers apart.
+    Expired jobs that have used all their attempts are marked failed first.
+    """
+    _name("worker_id", worker_id)
+    lease = _lease(lease_s)
+    now = _now(now)
+    kinds = None if kinds is None else [_choice("job kind", k, JOB_KINDS) for k in kinds]
+    expired = and_(Job.status == "running", Job.lease_expires_at < now)
+    session.execute(
+        update(Job)
+        .where(expired, Job.attempts >= Job.max_attempts)
+        .values(
+            status="failed",
+            lease_expires_at=None,
+            updated_at=now,
+            error="the lease expired on the last allowed attempt (the worker stopped sending heartbeats)",
+        ),
+        execution_options={"synchronize_session": False},
+    )
+    claimable = and_(or_(Job.status == "queued", expired), Job.attempts < Job.max_attempts)
+    if kinds is not None:
+        claimable = and_(claimable, Job.kind.in_(kinds))
+    oldest = select(Job.id).where(claimable).order_by(Job.id).limit(1).with_for_update(skip_locked=True).scalar_subquery()
+    stmt = (
+        update(Job)
+        .where(Job.id == oldest, claimable)
+        .values(
+            status="running",
+            lease_owner=worker_id,
+            lease_expires_at=now + lease,
+            heartbeat_at=now,
+            attempts=Job.attempts + 1,
+            updated_at=now,
+        )
+        .returning(Job)
+    )
+    return session.scalars(stmt, execution_options={"synchronize_session": False, "populate_existing": True}).one_or_none()
+
+
+def heartbeat(
+    *,
+    session: Session,
+    job_id: int,
+    worker_id: str,
+    lease_s: float,
+    progress: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> bool:
+    """Extend the lease (and record ``progress``: phase, step, total, eta_s) if ``worker_id`` still owns the job.
+
+    Returns False when it does not (the job was reclaimed, finished or failed): stop working on it.
+    """
+    lease = _lease(lease_s)
+    now = _now(now)
+    values: dict[str, Any] = {"lease_expires_at": now + lease, "heartbeat_at": now, "updated_at": now}
+    if progress is not None:
+        if not isinstance(progress, dict):
+            raise InvalidInput(f"progress must be a dict (phase, step, total, eta_s), got {type(progress).__name__}")
+        values["progress"] = _json("progress", progress)
+    result = session.execute(
+        update(Job).where(Job.id == job_id, Job.lease_owner == worker_id, Job.status == "running").values(**values),
+        execution_options={"synchronize_session": False},
+    )
+    return result.rowcount == 1
+
+
+def _owned_running_job(session: Session, job_id: int, worker_id: str) -> Job:
+    job = session.scalars(
+        select(Job).where(Job.id == job_id).with_for_update(), execution_options={"populate_existing": True}
+    ).one_or_none()
+    if job is None:
+        raise NotFound(f"there is no job with id {job_id}")
+    if job.status != "running" or job.lease_owner != worker_id:
+        raise LeaseLost(
+            f"worker {worker_id!r} no longer holds job {job_id} (it is {job.status!r}, held by {job.lease_owner!r}); "
+            "its lease expired and the job was reclaimed"
+        )
+    return job
+
+
+def complete_job(*, session: Session, job_id: int, worker_id: str, result: dict[str, Any] | None = None) -> Job:
+    """Mark a running job done. Raises LeaseLost if ``worker_id`` no longer owns it."""
+    if result is not None:
+        if not isinstance(result, dict):
+            raise InvalidInput(f"result must be a dict, got {type(result).__name__}")
+        _json("result", result)
+    job = _owned_running_job(session, job_id, worker_id)
+    job.status = "done"
+    job.result = result
+    job.lease_expires_at = None
+    session.flush()
+    return job
+
+
+def fail_job(*, session: Session, job_id: int, worker_id: str, error: str, retry: bool = False) -> Job:
+    """Record an error. With ``retry`` and attempts left the job is queued again, else it fails.
+
+    Raises LeaseLost if ``worker_id`` no longer owns it.
+    """
+    if not isinstance(error, str) or not error.strip():
+        raise InvalidInput(f"error must be a non-empty message, got {error!r}")
+    job = _owned_running_job(session, job_id, worker_id)
+    job.error = error
+    job.lease_expires_at = None
+    if retry and job.attempts < job.max_attempts:
+        job.status = "queued"
+        job.lease_owner = None
+    else:
+        job.status = "failed"
+    session.flush()
+    return job
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints
+# ---------------------------------------------------------------------------------------------
+
+
+def add_checkpoint(*, session: Session, round_id: int, path: str, manifest_sha256: str) -> Checkpoint:
+    """Record an adapter directory (relative to the data dir) and its manifest's hash."""
+    _relative_path("checkpoint path", path)
+    _sha256("manifest_sha256", manifest_sha256)
+    get_round(session=session, round_id=round_id)
+    checkpoint = Checkpoint(round_id=round_id, path=path, manifest_sha256=manifest_sha256)
+    session.add(checkpoint)
+    session.flush()
+    return checkpoint
+
+
+def list_checkpoints(*, session: Session, round_id: int) -> list[Checkpoint]:
+    return list(session.scalars(select(Checkpoint).where(Checkpoint.round_id == round_id).order_by(Checkpoint.id)))

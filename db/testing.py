@@ -1,0 +1,71 @@
+"""Helpers for tests that need a real database (used by tests/conftest.py; not used by the app).
+
+PostgreSQL helpers are destructive: point them only at a throwaway test server
+(``scripts/postgres.sh start``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, make_url, text
+
+from db import migrate
+from db.models import Base
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+def copy_sqlite(src: Path, dst: Path) -> str:
+    """Copy a closed SQLite database (and its WAL file, if any) and return the copy's URL."""
+    shutil.copyfile(src, dst)
+    wal = src.with_name(src.name + "-wal")
+    if wal.exists():
+        shutil.copyfile(wal, dst.with_name(dst.name + "-wal"))
+    return sqlite_url(dst)
+
+
+def reset_postgres_to_head(url: str) -> None:
+    """Drop everything in the database's public schema, then migrate it to head."""
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("DROP SCHEMA public CASCADE"))
+            connection.execute(text("CREATE SCHEMA public"))
+    finally:
+        engine.dispose()
+    migrate.upgrade(url)
+
+
+def truncate_all(engine: Engine) -> None:
+    """Empty every application table (keeping the schema and its revision) and restart the ids."""
+    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        else:
+            for table in reversed(Base.metadata.sorted_tables):
+                connection.execute(table.delete())
+
+
+@contextmanager
+def temporary_postgres_database(url: str) -> Iterator[str]:
+    """A new, empty database on the server of ``url``, dropped afterwards; yields its URL."""
+    name = f"seiko_tmp_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        try:
+            yield make_url(url).set(database=name).render_as_string(hide_password=False)
+        finally:
+            with admin.connect() as connection:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()

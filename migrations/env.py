@@ -1,0 +1,72 @@
+"""Alembic environment: migrations are driven by ``db.models.Base.metadata``.
+
+The database URL comes from, in order: ``config.attributes["url"]`` (set by ``db.migrate``),
+``sqlalchemy.url`` in alembic.ini, or the ``SEIKO_DB_URL`` environment variable.
+Run migrations with ``python -m app db upgrade``; for a new revision after changing db/models.py:
+``SEIKO_DB_URL=sqlite:///scratch.db .venv/bin/alembic revision --autogenerate -m "what changed"``
+(on an upgraded scratch database), then review the generated file by hand.
+"""
+
+import os
+
+from alembic import context
+from sqlalchemy import text
+
+from db.engine import make_engine
+from db.models import Base, JSONText, UTCDateTime
+
+config = context.config
+target_metadata = Base.metadata
+
+
+def _url() -> str:
+    url = config.attributes.get("url") or config.get_main_option("sqlalchemy.url") or os.environ.get("SEIKO_DB_URL")
+    if not url:
+        raise RuntimeError("no database URL for the migrations; set SEIKO_DB_URL or use `python -m app db upgrade`")
+    return url
+
+
+def _render_item(type_: str, obj, autogen_context):
+    """Autogenerate writes our column types as the plain types they store, so revisions stay frozen."""
+    if type_ == "type" and isinstance(obj, JSONText):
+        return "sa.Text()"
+    if type_ == "type" and isinstance(obj, UTCDateTime):
+        return "sa.DateTime(timezone=True)"
+    return False
+
+
+def _configure(**kwargs) -> None:
+    # render_as_batch: SQLite cannot ALTER most things, so Alembic copies the table instead.
+    context.configure(
+        target_metadata=target_metadata, render_as_batch=True, compare_type=True, render_item=_render_item, **kwargs
+    )
+
+
+def run_migrations_offline() -> None:
+    _configure(url=_url(), literal_binds=True, dialect_opts={"paramstyle": "named"})
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    # Foreign keys are off while migrating SQLite (batch mode drops and recreates tables) and
+    # checked once the migration has committed.
+    engine = make_engine(_url(), sqlite_foreign_keys=False)
+    try:
+        with engine.connect() as connection:
+            _configure(connection=connection)
+            with context.begin_transaction():
+                context.run_migrations()
+            if connection.dialect.name == "sqlite":
+                problems = connection.execute(text("PRAGMA foreign_key_check")).fetchall()
+                connection.rollback()
+                if problems:
+                    raise RuntimeError(f"the migration left rows whose foreign keys point nowhere: {problems[:5]}")
+    finally:
+        engine.dispose()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

@@ -1,0 +1,111 @@
+"""One SEIKO round as two pure steps, shared by the worker (human ratings) and the simulator (an oracle).
+
+    generate_batch:  p_k -> images, embeddings                      (steps 1 and 3 of the outer loop)
+    train_round:     D -> reward ensemble (+ UCB bonus) -> p_{k+1}   (steps 4 and 5)
+
+Nothing here touches a database or a file the caller did not name; progress goes through ``on_progress``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import lora
+from .config import SeikoConfig
+from .features import embed_images, embed_images_batched
+from .finetune import FinetuneResult, finetune
+from .optimism import LinearUCB, fit_bonus, optimistic_reward
+from .reward import RewardEnsemble, fit_reward
+from .sampling import sample
+
+ProgressFn = Callable[[int, int, dict], None]
+
+
+def round_prompts(cfg: SeikoConfig, n: int, seed: int) -> list[str]:
+    """``n`` prompts drawn from the sampling set; a ``good_prompt_prop`` fraction gets the quality template."""
+    if not cfg.prompts:
+        raise ValueError("the experiment has no sampling prompts; add at least one")
+    rng = np.random.default_rng(seed)
+    picks = [cfg.prompts[i] for i in rng.integers(0, len(cfg.prompts), size=n)]
+    if cfg.quality_template and cfg.good_prompt_prop > 0:
+        good = rng.random(n) < cfg.good_prompt_prop
+        picks = [f"{cfg.quality_template} {p}" if g else p for p, g in zip(picks, good)]
+    return picks
+
+
+@torch.no_grad()
+def generate_batch(parts, adapter: str | None, prompts: list[str], seeds: list[int], cfg: SeikoConfig,
+                   on_progress: ProgressFn | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (B, 3, H, W) in [0, 1] from round ``adapter``'s model (None: the base) and their embeddings (B, D)."""
+    lora.activate(parts.unet, adapter)
+    sc = cfg.sampling
+    images = sample(parts, prompts, seeds, steps=sc.steps, guidance=sc.guidance, eta=sc.eta, batch_size=sc.batch_size,
+                    on_progress=on_progress)
+    return images, embed_images_batched(parts, images.to(parts.device)).cpu()
+
+
+def make_reward_fn(parts, ensemble: RewardEnsemble, ucb: LinearUCB | None, cfg: SeikoConfig, seed: int):
+    """r_opt as a differentiable function of decoded images: encoder embedding -> ensemble -> optimism."""
+    gen = torch.Generator().manual_seed(seed)
+    ensemble = ensemble.to(parts.device)
+
+    def reward(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        emb = embed_images(parts, images)
+        return optimistic_reward(ensemble, emb.float(), cfg.optimism, ucb=ucb, generator=gen)
+
+    return reward
+
+
+@dataclass
+class RoundOutcome:
+    adapter: str  # the new round's adapter name on parts.unet
+    ensemble: RewardEnsemble
+    ucb: LinearUCB | None
+    finetune: FinetuneResult
+    metrics: dict = field(default_factory=dict)
+
+
+def train_round(parts, embeddings: torch.Tensor, scores: torch.Tensor, cfg: SeikoConfig, *, new_index: int,
+                prev_adapter: str | None, seed: int, on_progress: ProgressFn | None = None,
+                accelerator=None) -> RoundOutcome:
+    """Fit the reward model on D = (embeddings, scores), then fine-tune round ``new_index``'s adapter from
+    ``prev_adapter`` (None: the base model) toward the optimistic reward with the KL constraint."""
+
+    def fit_progress(step, total, m):
+        if on_progress is not None:
+            on_progress(step, total, {"phase": "reward_fit", **m})
+
+    fit = fit_reward(embeddings.float(), scores.float(), cfg.reward, seed=seed, sgld=cfg.method == "ts",
+                     on_progress=fit_progress)
+    ucb = fit_bonus(fit.ensemble, embeddings.float(), cfg.optimism)
+    name = lora.round_adapter_name(new_index)
+    if lora.has_adapter(parts.unet, name):  # a retried job: start the round again from the previous adapter
+        parts.unet.delete_adapters(name)
+    lora.add_adapter(parts.unet, name, cfg.finetune, init_from=prev_adapter)
+    reward_fn = make_reward_fn(parts, fit.ensemble, ucb, cfg, seed)
+    result = finetune(parts, reward_fn, list(cfg.prompts), cfg, adapter=name, reference=prev_adapter, seed=seed,
+                      on_progress=on_progress, accelerator=accelerator)
+    with torch.no_grad():
+        preds = fit.ensemble(embeddings.float().to(next(fit.ensemble.parameters()).device)).cpu()
+    metrics = {
+        "labels": int(len(scores)),
+        "reward_fit": fit.metrics,
+        "finetune": result.metrics,
+        "train_pred_mean": float(preds.mean()),
+        "train_head_spread": float(preds.std(1).mean()) if preds.shape[1] > 1 else 0.0,
+        "ucb_form": ucb.form if ucb is not None else None,
+    }
+    return RoundOutcome(adapter=name, ensemble=fit.ensemble, ucb=ucb, finetune=result, metrics=metrics)
+
+
+@torch.no_grad()
+def predicted_reward(parts, ensemble: RewardEnsemble, images: torch.Tensor) -> tuple[float, float]:
+    """(mean prediction over images and heads, mean across-head std) of the ensemble on ``images``."""
+    emb = embed_images_batched(parts, images.to(parts.device))
+    preds = ensemble(emb.to(next(ensemble.parameters()).device)).cpu()
+    spread = float(preds.std(1, unbiased=False).mean()) if preds.shape[1] > 1 else 0.0
+    return float(preds.mean()), spread

@@ -1,0 +1,66 @@
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect
+
+from db import migrate
+from db.engine import make_engine
+from db.errors import SchemaOutOfDate
+from db.models import Base
+
+APP_TABLES = {t.name for t in Base.metadata.sorted_tables}
+
+
+def _tables(url):
+    engine = make_engine(url)
+    try:
+        return set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def _drift(url):
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            return compare_metadata(context, Base.metadata)
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_creates_the_schema_and_matches_the_models(empty_db_url):
+    assert _tables(empty_db_url) == set()
+    migrate.upgrade(empty_db_url)
+    assert _tables(empty_db_url) == APP_TABLES | {"alembic_version"}
+    assert migrate.current_revision(empty_db_url) == migrate.head_revision()
+    assert _drift(empty_db_url) == []
+
+
+def test_downgrade_to_base_and_upgrade_again(empty_db_url):
+    migrate.upgrade(empty_db_url)
+    migrate.downgrade(empty_db_url, "base")
+    assert _tables(empty_db_url) <= {"alembic_version"}
+    assert migrate.current_revision(empty_db_url) is None
+    migrate.upgrade(empty_db_url)
+    assert migrate.current_revision(empty_db_url) == migrate.head_revision()
+    assert _drift(empty_db_url) == []
+
+
+def test_check_at_head_refuses_an_unmigrated_database_with_a_clear_message(empty_db_url):
+    head = migrate.head_revision()
+    with pytest.raises(SchemaOutOfDate) as info:
+        migrate.check_at_head(empty_db_url)
+    assert str(info.value) == (
+        f"the database schema is at empty (never migrated) but this code needs {head}; run `python -m app db upgrade`"
+    )
+    migrate.upgrade(empty_db_url)
+    migrate.check_at_head(empty_db_url)
+
+
+def test_current_revision_does_not_create_a_missing_sqlite_file(tmp_path):
+    url = f"sqlite:///{tmp_path / 'missing' / 'seiko.db'}"
+    assert migrate.current_revision(url) is None
+    assert not (tmp_path / "missing").exists()
+    migrate.upgrade(url)  # creates the directory and the file
+    assert migrate.current_revision(url) == migrate.head_revision()

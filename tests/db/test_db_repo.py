@@ -1,0 +1,263 @@
+import struct
+
+import pytest
+from sqlalchemy import func, select
+
+from db import repo
+from db.engine import read_session, write_session
+from db.errors import Conflict, InvalidInput, NotFound
+from db.models import Rating, Skip
+
+
+def _n_ratings(factory) -> int:
+    with read_session(factory) as s:
+        return s.scalar(select(func.count(Rating.id)))
+
+
+# --- experiments, rounds, images, raters ---------------------------------------------------
+
+
+def test_experiment_round_trip_and_unique_name(db_factory, make_world):
+    world = make_world()
+    with read_session(db_factory) as s:
+        exp = repo.get_experiment(session=s, experiment_id=world.experiment_id)
+        assert (exp.config, exp.budgets, exp.prompts, exp.status, exp.overlap) == (
+            {"lr": 1e-4, "kl_weight": 0.01},
+            [10, 20],
+            ["a shape 0", "a shape 1"],
+            "active",
+            1,
+        )
+        assert repo.get_experiment_by_name(session=s, name="exp").id == exp.id
+        assert [e.id for e in repo.list_experiments(session=s, status="active")] == [exp.id]
+    with pytest.raises(Conflict, match="an experiment named 'exp' already exists"), write_session(db_factory) as s:
+        repo.create_experiment(session=s, name="exp", model_spec="m", method="x", config={}, budgets=[1], prompts=["p"])
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("name", "", "experiment name must be a non-empty string"),
+        ("budgets", [5, 0], "budget of round 1 must be at least 1, got 0"),
+        ("budgets", [], "budgets must be a non-empty list"),
+        ("prompts", "a shape", "prompts must be a non-empty list of strings"),
+        ("overlap", 0, r"overlap \(ratings wanted per image\) must be at least 1"),
+        ("config", {"x": float("nan")}, "config cannot be stored as JSON"),
+    ],
+)
+def test_create_experiment_validates(db_factory, field, value, message):
+    args = {"name": "e", "model_spec": "m", "method": "x", "config": {}, "budgets": [1], "prompts": ["p"], field: value}
+    with pytest.raises(InvalidInput, match=message), write_session(db_factory) as s:
+        repo.create_experiment(session=s, **args)
+
+
+def test_unknown_ids_are_not_found(db_factory):
+    with read_session(db_factory) as s:
+        for call, message in [
+            (lambda: repo.get_experiment(session=s, experiment_id=42), "there is no experiment with id 42"),
+            (lambda: repo.get_round(session=s, round_id=42), "there is no round with id 42"),
+            (lambda: repo.get_image(session=s, image_id=42), "there is no image with id 42"),
+            (lambda: repo.get_rater_by_name(session=s, name="nobody"), "there is no rater named 'nobody'"),
+            (lambda: repo.get_job(session=s, job_id=42), "there is no job with id 42"),
+        ]:
+            with pytest.raises(NotFound, match=message):
+                call()
+
+
+def test_rounds_number_themselves_and_only_one_is_open(db_factory, make_world):
+    world = make_world()
+    with write_session(db_factory) as s:
+        assert repo.get_open_round(session=s, experiment_id=world.experiment_id).id == world.round_id
+        with pytest.raises(InvalidInput, match="adapter_path of round 1"):
+            repo.create_round(session=s, experiment_id=world.experiment_id)
+        r1 = repo.create_round(session=s, experiment_id=world.experiment_id, adapter_path="adapters/round-1")
+        assert r1.index == 1 and r1.status == "generating"
+        with pytest.raises(Conflict, match="round 0 of this experiment is still open for labeling"):
+            repo.open_round(session=s, round_id=r1.id)
+        with pytest.raises(Conflict, match="cannot go from 'generating' to 'done'"):
+            repo.set_round_status(session=s, round_id=r1.id, status="done")
+        with pytest.raises(InvalidInput, match="unknown round status 'closed'"):
+            repo.set_round_status(session=s, round_id=r1.id, status="closed")
+        repo.set_round_status(session=s, round_id=world.round_id, status="training")
+        repo.open_round(session=s, round_id=r1.id)
+        assert repo.get_open_round(session=s, experiment_id=world.experiment_id).id == r1.id
+        repo.update_round_metrics(session=s, round_id=r1.id, metrics={"reward_mean": 0.5})
+        repo.update_round_metrics(session=s, round_id=r1.id, metrics={"kl": 0.1})
+    with read_session(db_factory) as s:
+        assert repo.get_round(session=s, round_id=r1.id).metrics == {"reward_mean": 0.5, "kl": 0.1}
+        assert [r.index for r in repo.list_rounds(session=s, experiment_id=world.experiment_id)] == [0, 1]
+
+
+def test_add_image_validates_and_refuses_duplicates(db_factory, make_world, image_fields):
+    world = make_world(n_images=1)
+    with write_session(db_factory) as s:
+        image = repo.get_image(session=s, image_id=world.image_ids[0])
+        assert struct.unpack("<4f", image.embedding) == (0.0, 1.0, 2.0, 3.0)
+        with pytest.raises(Conflict, match="already has a query image for prompt 'a shape 0' and seed 0"):
+            repo.add_image(session=s, round_id=world.round_id, **image_fields(0))
+        repo.add_image(session=s, round_id=world.round_id, kind="eval", **image_fields(0))  # same prompt+seed, other kind
+        with pytest.raises(InvalidInput, match="embedding has 16 bytes but 3 float32 values need 12"):
+            repo.add_image(session=s, round_id=world.round_id, **{**image_fields(5), "embedding_dim": 3})
+        with pytest.raises(InvalidInput, match="must be a relative path inside the data dir"):
+            repo.add_image(session=s, round_id=world.round_id, **{**image_fields(6), "file_path": "../etc/passwd"})
+        with pytest.raises(InvalidInput, match="unknown image kind 'train'"):
+            repo.add_image(session=s, round_id=world.round_id, kind="train", **image_fields(7))
+        assert len(repo.list_images(session=s, round_id=world.round_id)) == 2
+        assert len(repo.list_images(session=s, round_id=world.round_id, kind="eval")) == 1
+
+
+def test_raters(db_factory):
+    with write_session(db_factory) as s:
+        assert repo.count_raters(session=s) == 0
+        admin = repo.create_rater(session=s, name="ada", password_hash="scrypt$abc", role="admin")
+        repo.create_rater(session=s, name="bob", password_hash="scrypt$def")
+        with pytest.raises(Conflict, match="a rater named 'ada' already exists"):
+            repo.create_rater(session=s, name="ada", password_hash="h")
+        with pytest.raises(InvalidInput, match="unknown role 'root'"):
+            repo.create_rater(session=s, name="eve", password_hash="h", role="root")
+    with read_session(db_factory) as s:
+        assert repo.get_rater_by_name(session=s, name="ada").id == admin.id
+        assert (repo.count_raters(session=s), repo.count_raters(session=s, role="admin")) == (2, 1)
+
+
+# --- ratings -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "score", [0, 11, -3, "x", "7", 7.5, True, None], ids=["0", "11", "-3", "x", "str7", "7.5", "True", "None"]
+)
+def test_out_of_range_or_non_integer_scores_are_refused(db_factory, make_world, score):
+    world = make_world()
+    with pytest.raises(InvalidInput) as info, write_session(db_factory) as s:
+        repo.add_rating(session=s, image_id=world.image_ids[0], rater_id=world.rater_ids[0], score=score)
+    assert str(info.value) == f"a rating must be a whole number from 1 to 10, got {score!r}"
+    assert _n_ratings(db_factory) == 0
+
+
+def test_rating_an_unknown_image_or_by_an_unknown_rater_is_refused(db_factory, make_world):
+    world = make_world()
+    with pytest.raises(NotFound, match="there is no image with id 999"), write_session(db_factory) as s:
+        repo.add_rating(session=s, image_id=999, rater_id=world.rater_ids[0], score=5)
+    with pytest.raises(NotFound, match="there is no rater with id 999"), write_session(db_factory) as s:
+        repo.add_rating(session=s, image_id=world.image_ids[0], rater_id=999, score=5)
+    assert _n_ratings(db_factory) == 0
+
+
+def test_rating_an_image_of_a_closed_round_is_refused(db_factory, make_world):
+    world = make_world()
+    with write_session(db_factory) as s:
+        repo.add_rating(session=s, image_id=world.image_ids[0], rater_id=world.rater_ids[0], score=4)
+        repo.set_round_status(session=s, round_id=world.round_id, status="training")
+    with pytest.raises(Conflict) as info, write_session(db_factory) as s:
+        repo.add_rating(session=s, image_id=world.image_ids[1], rater_id=world.rater_ids[0], score=5)
+    assert str(info.value) == f"round 0 is not open for labeling (it is 'training'); image {world.image_ids[1]} cannot be changed"
+    for call in (repo.delete_rating, repo.add_skip):
+        with pytest.raises(Conflict, match="not open for labeling"), write_session(db_factory) as s:
+            call(session=s, image_id=world.image_ids[0], rater_id=world.rater_ids[0])
+    assert _n_ratings(db_factory) == 1
+
+
+def test_a_generating_round_cannot_be_rated(db_factory, make_world):
+    world = make_world(open_round=False)
+    with pytest.raises(Conflict, match="it is 'generating'"), write_session(db_factory) as s:
+        repo.add_rating(session=s, image_id=world.image_ids[0], rater_id=world.rater_ids[0], score=5)
+
+
+def test_rerating_edits_the_same_row(db_factory, make_world):
+    world = make_world()
+    image, rater = world.image_ids[0], world.rater_ids[0]
+    with write_session(db_factory) as s:
+        first = repo.add_rating(session=s, image_id=image, rater_id=rater, score=3)
+        first_id, created = first.id, first.created_at
+    with write_session(db_factory) as s:
+        second = repo.add_rating(session=s, image_id=image, rater_id=rater, score=9)
+        assert (second.id, second.score, second.created_at) == (first_id, 9, created)
+        assert second.updated_at >= created
+    with read_session(db_factory) as s:
+        stored = repo.find_rating(session=s, image_id=image, rater_id=rater)
+        assert (stored.id, stored.score) == (first_id, 9)
+    assert _n_ratings(db_factory) == 1
+
+
+def test_undo_deletes_the_rating(db_factory, make_world):
+    world = make_world()
+    image, rater = world.image_ids[0], world.rater_ids[0]
+    with write_session(db_factory) as s:
+        repo.add_rating(session=s, image_id=image, rater_id=rater, score=6)
+    with write_session(db_factory) as s:
+        repo.delete_rating(session=s, image_id=image, rater_id=rater)
+    assert _n_ratings(db_factory) == 0
+    with pytest.raises(NotFound, match="has not rated image"), write_session(db_factory) as s:
+        repo.delete_rating(session=s, image_id=image, rater_id=rater)
+
+
+def test_next_images_respect_ratings_skips_and_overlap(db_factory, make_world):
+    world = make_world(n_images=3, n_raters=3, overlap=2)
+    (i1, i2, i3), (r1, r2, r3) = world.image_ids, world.rater_ids
+
+    def next_for(rater, limit=10):
+        with read_session(db_factory) as s:
+            return [im.id for im in repo.next_images_for_rater(session=s, round_id=world.round_id, rater_id=rater, limit=limit)]
+
+    assert next_for(r1) == [i1, i2, i3]
+    with write_session(db_factory) as s:
+        repo.add_rating(session=s, image_id=i1, rater_id=r1, score=7)
+    assert next_for(r1) == [i2, i3]  # rated by r1
+    assert next_for(r2) == [i2, i3, i1]  # least-rated first
+    assert next_for(r2, limit=1) == [i2]
+    with write_session(db_factory) as s:
+        repo.add_rating(session=s, image_id=i1, rater_id=r2, score=5)
+        repo.add_skip(session=s, image_id=i2, rater_id=r3)
+        repo.add_skip(session=s, image_id=i2, rater_id=r3)  # idempotent
+    assert next_for(r3) == [i3]  # i1 has its 2 ratings, i2 skipped
+    assert next_for(r1) == [i2, i3]
+    with write_session(db_factory) as s:
+        repo.add_rating(session=s, image_id=i2, rater_id=r3, score=2)  # rating after a skip removes the skip
+        assert s.scalar(select(func.count(Skip.id))) == 0
+        with pytest.raises(Conflict, match="undo the rating before skipping"):
+            repo.add_skip(session=s, image_id=i2, rater_id=r3)
+        progress = repo.round_progress(session=s, round_id=world.round_id, rater_id=r3)
+    assert (progress.total_images, progress.rated_images, progress.complete_images, progress.ratings, progress.budget) == (
+        3,
+        2,
+        1,
+        3,
+        10,
+    )
+    assert (progress.rater_rated, progress.rater_skipped, progress.rater_remaining) == (1, 0, 1)
+
+
+def test_next_images_of_a_closed_round_is_refused(db_factory, make_world):
+    world = make_world(open_round=False)
+    with pytest.raises(Conflict, match="round 0 is not open for labeling"), read_session(db_factory) as s:
+        repo.next_images_for_rater(session=s, round_id=world.round_id, rater_id=world.rater_ids[0])
+
+
+def test_snapshot_with_watermark_and_round_stats(db_factory, make_world):
+    world = make_world(n_images=3, n_raters=2, overlap=2)
+    (i1, i2, i3), (r1, r2) = world.image_ids, world.rater_ids
+    with write_session(db_factory) as s:
+        repo.add_rating(session=s, image_id=i1, rater_id=r1, score=4)
+        repo.add_rating(session=s, image_id=i1, rater_id=r2, score=7)
+        repo.add_rating(session=s, image_id=i2, rater_id=r1, score=10)
+        watermark = repo.latest_rating_id(session=s, experiment_id=world.experiment_id)
+    with write_session(db_factory) as s:
+        repo.add_rating(session=s, image_id=i3, rater_id=r1, score=1)  # after the watermark
+    with read_session(db_factory) as s:
+        rows = repo.ratings_snapshot(session=s, experiment_id=world.experiment_id, up_to_rating_id=watermark)
+        assert [(r.image_id, r.round_index, r.mean_score, r.n_ratings) for r in rows] == [(i1, 0, 5.5, 2), (i2, 0, 10.0, 1)]
+        assert struct.unpack("<4f", rows[0].embedding) == (0.0, 1.0, 2.0, 3.0)
+        assert len(repo.ratings_snapshot(session=s, experiment_id=world.experiment_id)) == 3
+        assert repo.ratings_snapshot(session=s, experiment_id=world.experiment_id, kind="eval") == []
+        (stats,) = repo.round_rating_stats(session=s, experiment_id=world.experiment_id)
+    assert (stats.index, stats.n_images, stats.n_rated_images, stats.n_ratings, stats.mean_score) == (0, 3, 3, 4, 5.5)
+
+
+def test_checkpoints(db_factory, make_world):
+    world = make_world()
+    with write_session(db_factory) as s:
+        repo.add_checkpoint(session=s, round_id=world.round_id, path="adapters/round-1", manifest_sha256="ab" * 32)
+        with pytest.raises(InvalidInput, match="manifest_sha256 must be 64 lowercase hex digits"):
+            repo.add_checkpoint(session=s, round_id=world.round_id, path="adapters/x", manifest_sha256="nope")
+    with read_session(db_factory) as s:
+        assert [c.path for c in repo.list_checkpoints(session=s, round_id=world.round_id)] == ["adapters/round-1"]
