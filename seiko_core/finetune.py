@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import lora
-from .sampling import DDIMSchedule, ddim_mean, ddim_sigma, decode, encode_prompts, guided_eps, initial_latents, seeded_noise
+from .sampling import DDIMSchedule, SeedNoise, ddim_mean, ddim_sigma, decode, encode_prompts, guided_eps, initial_latents
 
 RewardFn = Callable[[torch.Tensor, list[str]], torch.Tensor]  # (images in [0,1], prompts) -> (B,), differentiable
 ProgressFn = Callable[[int, int, dict], None]
@@ -61,7 +61,8 @@ def rollout(parts, prompts: list[str], seeds: list[int], *, schedule: DDIMSchedu
     The KL is computed at attached steps (where it has a gradient), or at every step if ``kl_every_step``.
     """
     cond, uncond = encode_prompts(parts, prompts)
-    x = initial_latents(parts, seeds)
+    noise = SeedNoise(seeds, parts.device, parts.dtype)
+    x = initial_latents(parts, noise)
     kl = torch.zeros(len(prompts), device=parts.device)
     kl_steps = 0
     ctx = autocast or _null
@@ -84,8 +85,7 @@ def rollout(parts, prompts: list[str], seeds: list[int], *, schedule: DDIMSchedu
             kl = kl + gaussian_kl(mean, mean_prev, sigma.clamp(min=1e-6))
             kl_steps += 1
         # 5. x_{t-1} = mean + sigma * z, with per-image seeded noise
-        noise = seeded_noise(seeds, tuple(x.shape[1:]), parts.device, x.dtype, salt=i + 1)
-        x = mean + sigma * noise if eta > 0 else mean
+        x = mean + sigma * noise.next(tuple(x.shape[1:])).to(x.dtype) if eta > 0 else mean
     with ctx():
         images = decode(parts, x.to(parts.dtype)).float()
     return Trajectory(images=images, kl=kl, kl_steps=kl_steps)

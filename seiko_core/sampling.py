@@ -76,16 +76,27 @@ def encode_prompts(parts, prompts: list[str]) -> tuple[torch.Tensor, torch.Tenso
     return states[:-1], states[-1:].expand(len(prompts), -1, -1)
 
 
-def seeded_noise(seeds: list[int], shape: tuple[int, ...], device, dtype, salt: int = 0) -> torch.Tensor:
-    """One normal draw of ``shape`` per seed, so an image depends only on its own seed."""
-    out = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s) * 1_000_003 + salt)) for s in seeds]
-    return torch.stack(out).to(device=device, dtype=dtype)
+class SeedNoise:
+    """Per-image noise streams: image k draws from its own ``torch.Generator`` seeded with ``seeds[k]``.
+
+    The initial latents come first, then one draw per DDIM step, exactly the order in which stock
+    ``StableDiffusionPipeline(..., generator=[torch.Generator().manual_seed(s) for s in seeds])`` draws,
+    so an exported adapter in plain diffusers reproduces the app's images for the same seeds.
+    """
+
+    def __init__(self, seeds: list[int], device, dtype):
+        self.gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.device, self.dtype = device, dtype
+
+    def next(self, shape: tuple[int, ...]) -> torch.Tensor:
+        draws = [torch.randn((1, *shape), generator=g) for g in self.gens]
+        return torch.cat(draws).to(device=self.device, dtype=self.dtype)
 
 
-def initial_latents(parts, seeds: list[int]) -> torch.Tensor:
+def initial_latents(parts, noise: SeedNoise) -> torch.Tensor:
     c = parts.unet.config.in_channels
     s = parts.sample_size
-    return seeded_noise(seeds, (c, s, s), parts.device, parts.dtype)
+    return noise.next((c, s, s))
 
 
 def decode(parts, latents: torch.Tensor) -> torch.Tensor:
@@ -109,14 +120,14 @@ def sample(parts, prompts: list[str], seeds: list[int], *, steps: int = 50, guid
     for lo in range(0, len(prompts), batch_size):
         p, s = prompts[lo:lo + batch_size], seeds[lo:lo + batch_size]
         cond, uncond = encode_prompts(parts, p)
-        x = initial_latents(parts, s)
+        noise = SeedNoise(s, parts.device, parts.dtype)
+        x = initial_latents(parts, noise)
         for i, t in enumerate(sched.timesteps):
             a, ap = sched.alpha[i].to(parts.device), sched.alpha_prev[i].to(parts.device)
             sigma = ddim_sigma(a, ap, eta)
             eps = guided_eps(parts.unet, x, t.to(parts.device), cond, uncond, guidance)
             mean = ddim_mean(x, eps, a, ap, sigma)
-            noise = seeded_noise(s, tuple(x.shape[1:]), parts.device, parts.dtype, salt=i + 1)
-            x = mean + sigma * noise if eta > 0 else mean
+            x = mean + sigma * noise.next(tuple(x.shape[1:])) if eta > 0 else mean
             done += len(p)
             if on_progress is not None:
                 on_progress(done, total, {"phase": "sample"})

@@ -53,3 +53,15 @@ def test_sample_cli_writes_a_grid(random_model_dir, tmp_path):
     r = subprocess.run([sys.executable, "-m", "seiko_core.sample", "--model", str(tmp_path / "none"), "--prompt", "x",
                         "--out", str(out)], capture_output=True, text=True)
     assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+def test_stock_diffusers_reproduces_our_images_for_the_same_seeds(random_parts, random_model_dir):
+    from diffusers import StableDiffusionPipeline
+
+    prompts, seeds = ["a red circle", "a star"], [11, 12]
+    ours = sample(random_parts, prompts, seeds, steps=5, guidance=4.0, eta=1.0)
+    pipe = StableDiffusionPipeline.from_pretrained(random_model_dir, local_files_only=True, safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    stock = pipe(prompts, num_inference_steps=5, guidance_scale=4.0, eta=1.0, output_type="pt",
+                 generator=[torch.Generator().manual_seed(s) for s in seeds]).images
+    torch.testing.assert_close(ours, stock.float(), rtol=0, atol=2e-3)

@@ -1,0 +1,110 @@
+"""The experiment lifecycle: the only place that joins db rows and SEIKO configs.
+
+    create_experiment -> round 0 'generating' + a 'generate' job
+    worker generate   -> images written, round 'labeling'
+    close_round       -> round 'training' + a 'train' job with the rating watermark
+    worker train      -> adapter k+1 published, round k 'done', round k+1 'generating' + its 'generate' job
+
+The UI, the CLI and the worker call these; each runs in one short write transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from db import repo
+from db.engine import write_session
+from db.errors import Conflict, InvalidInput
+from seiko_core.config import METHODS, SeikoConfig, from_dict, to_dict
+from seiko_core.presets import PRESETS, preset
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    """What an admin chooses when creating an experiment; unset fields come from the preset."""
+
+    name: str
+    preset: str = "shapes"
+    model_spec: str | None = None  # default: the settings' model
+    method: str | None = None  # nonadaptive, greedy, ucb, bootstrap, ts
+    budgets: tuple[int, ...] | None = None  # images (= ratings wanted) per round
+    prompts: tuple[str, ...] | None = None
+    overlap: int = 1  # ratings wanted per image (several raters)
+    kl_weight: float | None = None
+    aggregation: str | None = None  # override the method's optimism (mean, max, softmax, ucb_heads, thompson)
+
+
+def build_config(spec: ExperimentSpec) -> SeikoConfig:
+    """The SeikoConfig an ExperimentSpec stands for (validated; errors are one sentence)."""
+    if spec.preset not in PRESETS:
+        raise InvalidInput(f"unknown preset {spec.preset!r}; choose from {sorted(PRESETS)}")
+    cfg = preset(spec.preset)
+    if spec.method is not None:
+        if spec.method not in METHODS:
+            raise InvalidInput(f"unknown method {spec.method!r}; choose from {sorted(METHODS)}")
+        cfg = cfg.for_method(spec.method)
+    if spec.budgets is not None:
+        cfg.budgets = tuple(int(b) for b in spec.budgets)
+    if spec.prompts is not None:
+        cfg.prompts = tuple(p.strip() for p in spec.prompts if p.strip())
+    if spec.kl_weight is not None:
+        cfg.finetune.kl_weight = float(spec.kl_weight)
+    if spec.aggregation is not None:
+        cfg.optimism.aggregation = spec.aggregation
+    try:
+        cfg = from_dict(to_dict(cfg))  # re-validate every field
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from exc
+    if not cfg.prompts:
+        raise InvalidInput("an experiment needs at least one sampling prompt")
+    if not cfg.eval_prompts:
+        cfg.eval_prompts = cfg.prompts[:4]
+    return cfg
+
+
+def experiment_config(experiment) -> SeikoConfig:
+    """The SeikoConfig stored with an experiment row."""
+    raw = experiment.config if isinstance(experiment.config, dict) else json.loads(experiment.config)
+    return from_dict(raw)
+
+
+def create_experiment(*, factory, spec: ExperimentSpec, default_model: str) -> int:
+    """Create the experiment, its round 0 and the job that generates round 0's batch; returns the experiment id."""
+    cfg = build_config(spec)
+    with write_session(factory) as s:
+        exp = repo.create_experiment(session=s, name=spec.name, model_spec=spec.model_spec or default_model,
+                                     method=cfg.method, config=to_dict(cfg), budgets=list(cfg.budgets),
+                                     prompts=list(cfg.prompts), overlap=spec.overlap)
+        round0 = repo.create_round(session=s, experiment_id=exp.id)
+        repo.enqueue_job(session=s, kind="generate", experiment_id=exp.id, round_id=round0.id, payload={"round_index": 0})
+        return exp.id
+
+
+def close_round(*, factory, experiment_id: int) -> int:
+    """Close the open labeling round and queue its training job; returns the job id."""
+    with write_session(factory) as s:
+        exp = repo.get_experiment(session=s, experiment_id=experiment_id)
+        if exp.status != "active":
+            raise Conflict(f"experiment {exp.name!r} is {exp.status}; resume it before training")
+        round_ = repo.get_open_round(session=s, experiment_id=experiment_id)
+        if round_ is None:
+            raise Conflict(f"experiment {exp.name!r} has no round open for labeling")
+        progress = repo.round_progress(session=s, round_id=round_.id)
+        if progress.rated_images == 0:
+            raise Conflict(f"round {round_.index} has no ratings yet; rate some images before training")
+        watermark = repo.latest_rating_id(session=s, experiment_id=experiment_id)
+        repo.set_round_status(session=s, round_id=round_.id, status="training")
+        job = repo.enqueue_job(session=s, kind="train", experiment_id=experiment_id, round_id=round_.id,
+                               payload={"round_index": round_.index, "watermark": watermark})
+        return job.id
+
+
+def set_paused(*, factory, experiment_id: int, paused: bool) -> None:
+    with write_session(factory) as s:
+        repo.set_experiment_status(session=s, experiment_id=experiment_id, status="paused" if paused else "active")
+
+
+def round_budget(cfg: SeikoConfig, index: int) -> int:
+    """Images to generate for round ``index`` (the last budget repeats once the list runs out)."""
+    return cfg.budgets[min(index, len(cfg.budgets) - 1)]
