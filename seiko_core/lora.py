@@ -95,6 +95,17 @@ def adapter_state_dict(unet, name: str) -> dict[str, torch.Tensor]:
     return {f"unet.{k}": v.detach().to("cpu", torch.float32).contiguous() for k, v in convert_state_dict_to_diffusers(state).items()}
 
 
+def lora_metadata(config: dict) -> dict:
+    """The adapter's LoraConfig as diffusers stores it in a safetensors header (keys prefixed ``unet.``).
+
+    Without it, stock ``load_lora_weights`` assumes ``lora_alpha == r`` and applies the wrong scale.
+    """
+    from peft import LoraConfig
+
+    return {f"unet.{k}": (sorted(v) if isinstance(v, set | tuple) else v) for k, v in config.items()
+            if k in LoraConfig.__dataclass_fields__}
+
+
 def save_adapter(unet, name: str, out_dir: str | Path, *, config: dict | None = None, metrics: dict | None = None) -> str:
     """Write adapter ``name`` atomically to ``out_dir``: weights, lora config, the SEIKO config and metrics
     as JSON, and a manifest with every file's sha256. Returns the manifest's sha256."""
@@ -105,7 +116,8 @@ def save_adapter(unet, name: str, out_dir: str | Path, *, config: dict | None = 
     lcfg = {k: (sorted(v) if isinstance(v, set) else v) for k, v in lcfg.items()}
 
     def write(tmp: Path) -> None:
-        save_file(state, str(tmp / WEIGHT_NAME), metadata={"format": "pt"})
+        header = {"format": "pt", "lora_adapter_metadata": json.dumps(lora_metadata(lcfg), sort_keys=True, default=str)}
+        save_file(state, str(tmp / WEIGHT_NAME), metadata=header)
         (tmp / "adapter_config.json").write_text(json.dumps(lcfg, indent=2, sort_keys=True, default=str))
         (tmp / "seiko_config.json").write_text(json.dumps(config or {}, indent=2, default=str))
         (tmp / "metrics.json").write_text(json.dumps(metrics or {}, indent=2, default=str))

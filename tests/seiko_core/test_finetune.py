@@ -154,3 +154,26 @@ def test_checkpoint_detects_corruption_and_leaves_no_partials(tmp_path):
         atomic_directory(tmp_path / "ck2", crash)
     assert not (tmp_path / "ck2").exists()
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_saved_adapter_keeps_its_scale_in_stock_diffusers(random_parts, random_model_dir, tmp_path):
+    """lora_alpha != r: without the config in the safetensors header, diffusers would assume alpha == r."""
+    from diffusers import StableDiffusionPipeline
+
+    cfg = tiny_cfg().finetune
+    cfg.lora_rank, cfg.lora_alpha = 2, 6.0
+    params = lora.add_adapter(random_parts.unet, "round_1", cfg)
+    with torch.no_grad():
+        for p in params:
+            p.add_(0.1 * torch.randn_like(p))
+    lora.save_adapter(random_parts.unet, "round_1", tmp_path / "a")
+    x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    ctx = torch.randn(1, 16, random_parts.unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(1))
+    lora.activate(random_parts.unet, "round_1")
+    with torch.no_grad():
+        ours = random_parts.unet(x, 500, encoder_hidden_states=ctx).sample
+    pipe = StableDiffusionPipeline.from_pretrained(random_model_dir, local_files_only=True, safety_checker=None)
+    pipe.load_lora_weights(str(tmp_path / "a"))
+    with torch.no_grad():
+        stock = pipe.unet(x, 500, encoder_hidden_states=ctx).sample
+    torch.testing.assert_close(stock, ours, rtol=1e-4, atol=1e-5)

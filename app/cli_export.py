@@ -1,0 +1,48 @@
+"""``python -m app export lora --experiment E --round K --format diffusers|kohya|merged --out DIR``
+and ``python -m app export ratings --experiment E --out DIR``.
+
+The source is chosen by ids and resolved from the database; ``--out`` must be a new directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from app.settings import Settings
+from app.settings import add_arguments as add_settings_arguments
+from db import migrate
+from db.errors import DbError, SchemaOutOfDate
+from seiko_core.checkpoint import CheckpointError
+from seiko_core.export import FORMATS, ExportError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    what = parser.add_subparsers(dest="what", required=True, metavar="WHAT")
+    lora = what.add_parser("lora", help="a round's adapter as a diffusers LoRA, a kohya/A1111 LoRA or a merged pipeline")
+    lora.add_argument("--experiment", type=int, required=True, metavar="E", help="experiment id")
+    lora.add_argument("--round", type=int, required=True, metavar="K", help="round index (1 or later: round 0 has no adapter)")
+    lora.add_argument("--format", choices=FORMATS, required=True, help="diffusers, kohya or merged")
+    lora.add_argument("--out", required=True, metavar="DIR", help="new directory to write")
+    ratings = what.add_parser("ratings", help="every rating of an experiment as JSONL plus the rated PNGs")
+    ratings.add_argument("--experiment", type=int, required=True, metavar="E", help="experiment id")
+    ratings.add_argument("--out", required=True, metavar="DIR", help="new directory to write")
+    for sub in (lora, ratings):
+        add_settings_arguments(sub)
+
+
+def main(args: argparse.Namespace) -> int:
+    from app import export
+
+    settings = Settings.from_args(args)
+    try:
+        migrate.check_at_head(settings.db_url)
+        if args.what == "lora":
+            result = export.export_round_to(settings, args.experiment, args.round, args.format, args.out)
+        else:
+            result = export.export_ratings_to(settings, args.experiment, args.out)
+    except (DbError, ExportError, CheckpointError, SchemaOutOfDate) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {result.format} export to {result.path} (manifest sha256 {result.sha256})")
+    return 0

@@ -1,0 +1,148 @@
+"""Exports chosen by ids: the adapter of a round, or an experiment's ratings.
+
+The source is always resolved from the database (``Round.adapter_path``, ``Image.file_path``, both relative
+to the data dir and checked to stay inside it); a client never supplies a source path. The CLI writes
+to a directory it names; the UI functions write under ``<data_dir>/exports/`` with a generated name and
+return one file a browser can download.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from app.settings import Settings
+from db import repo
+from db.engine import make_engine, read_session, session_factory
+from db.models import Image, Rater, Rating, Round
+from seiko_core import export as core
+from seiko_core.export import FORMATS, ExportError, ExportResult
+
+EXPORTS_DIR = "exports"
+
+
+@dataclass(frozen=True)
+class RoundSource:
+    experiment_id: int
+    experiment_name: str
+    round_index: int
+    adapter_dir: Path
+    base_model: str
+
+
+def _inside_data_dir(settings: Settings, relative: str, what: str) -> Path:
+    root = settings.data_dir.resolve()
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root):
+        raise ExportError(f"The {what} path {relative!r} recorded in the database points outside the data dir.")
+    return path
+
+
+def _factory(settings: Settings):
+    engine = make_engine(settings.db_url)
+    return engine, session_factory(engine)
+
+
+def resolve_round(settings: Settings, experiment_id: int, round_index: int) -> RoundSource:
+    """The adapter directory of round ``round_index`` of experiment ``experiment_id``, from the database."""
+    engine, factory = _factory(settings)
+    try:
+        with read_session(factory) as s:
+            exp = repo.get_experiment(session=s, experiment_id=experiment_id)  # NotFound: one sentence
+            round_ = repo.get_round_by_index(session=s, experiment_id=experiment_id, index=round_index)
+            name, base, rel = exp.name, exp.model_spec, round_.adapter_path
+    finally:
+        engine.dispose()
+    if rel is None:
+        raise ExportError(f"Round {round_index} of experiment {experiment_id} has no adapter (round 0 samples from the "
+                          "base model); export a later round.")
+    adapter_dir = _inside_data_dir(settings, rel, "adapter")
+    if not adapter_dir.is_dir():
+        raise ExportError(f"The adapter of round {round_index} of experiment {experiment_id} is missing from {str(adapter_dir)!r}.")
+    return RoundSource(experiment_id, name, round_index, adapter_dir, base)
+
+
+def export_round_to(settings: Settings, experiment_id: int, round_index: int, fmt: str, out_dir: str | Path) -> ExportResult:
+    """Export round ``round_index``'s adapter as ``fmt`` into the new directory ``out_dir``."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}; choose from {list(FORMATS)}")
+    src = resolve_round(settings, experiment_id, round_index)
+    if fmt == "diffusers":
+        return core.export_diffusers_lora(src.adapter_dir, out_dir, base_model=src.base_model)
+    if fmt == "kohya":
+        return core.export_kohya_lora_dir(src.adapter_dir, out_dir, name=_stem(src), base_model=src.base_model)
+    return core.export_merged_pipeline(src.base_model, src.adapter_dir, out_dir)
+
+
+def _stem(src: RoundSource) -> str:
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in src.experiment_name)[:60]
+    return f"seiko_{safe}_round{src.round_index}"
+
+
+def _generated(settings: Settings, label: str) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return settings.data_dir / EXPORTS_DIR / f"{label}-{stamp}-{uuid.uuid4().hex[:6]}"
+
+
+def export_round(settings: Settings, experiment_id: int, round_index: int, fmt: str) -> Path:
+    """For the UI: export under ``<data_dir>/exports/`` and return one downloadable file.
+
+    kohya: the ``.safetensors`` file itself (its directory also holds a README and a manifest);
+    diffusers and merged: a ``.zip`` of the export directory.
+    """
+    out = _generated(settings, f"exp{experiment_id}-round{round_index}-{fmt}")
+    result = export_round_to(settings, experiment_id, round_index, fmt, out)
+    if fmt == "kohya":
+        (file,) = result.path.glob("*.safetensors")
+        return file
+    return core.zip_directory(result.path, result.path.with_suffix(".zip"))
+
+
+def rating_rows(settings: Settings, experiment_id: int) -> list[dict[str, Any]]:
+    """One plain dict per rating of the experiment (oldest rating first), for ``export_ratings_dataset``."""
+    engine, factory = _factory(settings)
+    try:
+        with read_session(factory) as s:
+            repo.get_experiment(session=s, experiment_id=experiment_id)
+            stmt = (
+                select(Rating, Image, Round.index, Rater.name)
+                .join(Image, Image.id == Rating.image_id)
+                .join(Round, Round.id == Image.round_id)
+                .join(Rater, Rater.id == Rating.rater_id)
+                .where(Round.experiment_id == experiment_id)
+                .order_by(Rating.id)
+            )
+            return [
+                {"rating_id": rating.id, "image_id": image.id, "file_path": image.file_path, "image_sha256": image.sha256,
+                 "kind": image.kind, "prompt": image.prompt, "seed": image.seed, "round": index, "rater": rater,
+                 "score": rating.score, "rated_at": rating.updated_at}
+                for rating, image, index, rater in s.execute(stmt)
+            ]
+    finally:
+        engine.dispose()
+
+
+def export_ratings_to(settings: Settings, experiment_id: int, out_dir: str | Path) -> ExportResult:
+    """Export every rating of the experiment, with the rated images, into the new directory ``out_dir``."""
+    rows = rating_rows(settings, experiment_id)
+    if not rows:
+        raise ExportError(f"Experiment {experiment_id} has no ratings to export yet.")
+
+    def read_image(file_path: str) -> bytes:
+        path = _inside_data_dir(settings, file_path, "image")
+        if not path.is_file():
+            raise ExportError(f"Image file {str(path)!r} recorded in the database is missing.")
+        return path.read_bytes()
+
+    return core.export_ratings_dataset(rows, out_dir, read_image)
+
+
+def export_ratings(settings: Settings, experiment_id: int) -> Path:
+    """For the UI: export the ratings under ``<data_dir>/exports/`` and return the path of a ``.zip`` of them."""
+    result = export_ratings_to(settings, experiment_id, _generated(settings, f"exp{experiment_id}-ratings"))
+    return core.zip_directory(result.path, result.path.with_suffix(".zip"))

@@ -1,0 +1,417 @@
+"""Export a round's adapter and the collected ratings in formats other tools read (paths in, paths out).
+
+Formats:
+
+- ``diffusers``: ``pytorch_lora_weights.safetensors`` (``unet.`` keys) with the peft ``LoraConfig`` in the
+  safetensors metadata (``lora_adapter_metadata``), so stock ``pipe.load_lora_weights(dir)`` applies the
+  right ``lora_alpha / r`` scale (without the metadata diffusers assumes ``lora_alpha == r``);
+- ``kohya``: one A1111 / ComfyUI / kohya-ss style file, ``lora_unet_<module>.lora_down.weight``,
+  ``.lora_up.weight`` and ``.alpha`` (a scalar: kohya scales by ``alpha / rank``);
+- ``merged``: the base pipeline with the LoRA fused into its weights and the LoRA layers removed,
+  saved as safetensors (no ``base_layer`` or ``lora_`` keys: it loads as a plain model);
+- ratings: ``metadata.jsonl`` (one row per rating) + the rated PNGs under ``images/``.
+
+Every directory is written atomically (``checkpoint.atomic_directory``: temp dir, fsync, rename) with a
+``manifest.json`` of sha256 hashes; the single kohya file is written to a temp file and renamed. No
+pickles: weights are safetensors, everything else JSON or text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import uuid
+import zipfile
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import MANIFEST, CheckpointError, atomic_directory, sha256_file, verify
+from .lora import WEIGHT_NAME, lora_metadata
+
+FORMATS = ("diffusers", "kohya", "merged")
+DATASET_FILE = "metadata.jsonl"  # the name Hugging Face `imagefolder` datasets read, with a `file_name` column
+IMAGES_DIR = "images"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+RATING_FIELDS = ("file_path", "prompt", "seed", "round", "rater", "score", "rated_at")
+_KOHYA_KEY = re.compile(r"lora_unet_[A-Za-z0-9_]+\.(lora_down\.weight|lora_up\.weight|alpha)")
+
+
+class ExportError(ValueError):
+    """An export that cannot be made as asked; the message says why in one sentence."""
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path  # the directory (or, for a bare kohya file, the file) written
+    format: str  # diffusers, kohya, merged, ratings
+    sha256: str  # of the directory's manifest.json (or of the bare file)
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def _fresh_destination(path: str | Path) -> Path:
+    path = Path(path)
+    if path.exists():
+        raise ExportError(f"Export destination {str(path)!r} already exists; choose a new path or remove it first.")
+    return path
+
+
+def read_adapter(adapter_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict]:
+    """(diffusers-format UNet state dict, peft LoraConfig dict, manifest) of a verified adapter directory."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    adapter_dir = Path(adapter_dir)
+    if not adapter_dir.is_dir():
+        raise ExportError(f"Adapter directory {str(adapter_dir)!r} does not exist.")
+    manifest = verify(adapter_dir)  # CheckpointError unless every file matches its recorded sha256
+    for name in (WEIGHT_NAME, "adapter_config.json"):
+        if name not in manifest.get("files", {}):
+            raise CheckpointError(f"Adapter {str(adapter_dir)!r} has no {name} in its manifest; it is not a SEIKO adapter.")
+    try:
+        state = load_file(str(adapter_dir / WEIGHT_NAME))
+        config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    except (SafetensorError, json.JSONDecodeError, OSError) as exc:
+        raise CheckpointError(f"Adapter {str(adapter_dir)!r} could not be read ({exc}).") from exc
+    if not state:
+        raise CheckpointError(f"Adapter {str(adapter_dir)!r} holds no weights.")
+    foreign = [k for k in state if not k.startswith("unet.") or not k.endswith((".lora.down.weight", ".lora.up.weight"))]
+    if foreign:
+        raise CheckpointError(f"Adapter {str(adapter_dir)!r} has keys outside the diffusers UNet LoRA format, e.g. {foreign[0]!r}.")
+    if config.get("use_dora"):
+        raise ExportError(f"Adapter {str(adapter_dir)!r} is a DoRA adapter; only plain LoRA adapters can be exported.")
+    for field in ("r", "lora_alpha", "target_modules"):
+        if field not in config:
+            raise CheckpointError(f"Adapter {str(adapter_dir)!r} has no {field!r} in adapter_config.json.")
+    return state, config, manifest
+
+
+def _copy_json_files(src: Path, dst: Path, names: Iterable[str]) -> None:
+    for name in names:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, dst / name)
+
+
+def _fsync_parent(path: Path) -> None:
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_file(out_file: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` into a temp sibling, fsync it, rename it to ``out_file``."""
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_file.parent / f".tmp-{out_file.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, out_file)
+        _fsync_parent(out_file)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# ------------------------------------------------------------------------------------------- diffusers
+_DIFFUSERS_README = """# SEIKO LoRA adapter (diffusers format)
+
+`{weights}` holds the UNet LoRA (rank {r}, alpha {alpha}) with its LoraConfig in the safetensors metadata.
+
+```python
+import torch
+from diffusers import StableDiffusionPipeline
+
+pipe = StableDiffusionPipeline.from_pretrained("{base}")
+pipe.load_lora_weights("path/to/this/directory")  # reads {weights}
+images = pipe(["a prompt"], eta=1.0, generator=[torch.Generator().manual_seed(s) for s in [0]]).images
+```
+
+Seeds given this way (one CPU generator per image, DDIM with eta=1) reproduce the images SEIKO drew.
+"""
+
+
+def export_diffusers_lora(adapter_dir: str | Path, out_dir: str | Path, *, base_model: str = "BASE_MODEL") -> ExportResult:
+    """The adapter as a diffusers LoRA directory that stock ``pipe.load_lora_weights(out_dir)`` reads."""
+    from safetensors.torch import save_file
+
+    out_dir = _fresh_destination(out_dir)
+    adapter_dir = Path(adapter_dir)
+    state, config, manifest = read_adapter(adapter_dir)
+    header = {"format": "pt", "lora_adapter_metadata": json.dumps(lora_metadata(config), sort_keys=True)}
+
+    def write(tmp: Path) -> None:
+        save_file(state, str(tmp / WEIGHT_NAME), metadata=header)
+        _copy_json_files(adapter_dir, tmp, ("adapter_config.json", "seiko_config.json", "metrics.json"))
+        (tmp / "README.md").write_text(_DIFFUSERS_README.format(weights=WEIGHT_NAME, r=config["r"], alpha=config["lora_alpha"],
+                                                                base=base_model))
+
+    digest = atomic_directory(out_dir, write, extra=_provenance("diffusers-lora", adapter_dir, manifest))
+    return ExportResult(out_dir, "diffusers", digest)
+
+
+def _provenance(fmt: str, adapter_dir: Path, manifest: dict) -> dict:
+    return {"format": fmt, "source_adapter": manifest.get("adapter"),
+            "source_manifest_sha256": sha256_file(adapter_dir / MANIFEST)}
+
+
+# ----------------------------------------------------------------------------------------------- kohya
+def kohya_state_dict(state: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """diffusers UNet LoRA keys -> kohya keys, with ``.alpha`` set so kohya's ``alpha / rank`` equals peft's scale.
+
+    Keys are mapped by diffusers' own ``convert_state_dict_to_kohya``; its ``.alpha`` is the rank (right only
+    when ``lora_alpha == r``), so each alpha is recomputed from the adapter config:
+    peft scale s = lora_alpha / r (rsLoRA: lora_alpha / sqrt(r)), and kohya alpha = s * rank of that module.
+    """
+    from diffusers.utils import convert_state_dict_to_kohya, convert_unet_state_dict_to_peft
+
+    if config.get("alpha_pattern"):
+        raise ExportError("The adapter has a per-module alpha_pattern, which the kohya export does not map; export it as diffusers.")
+    peft_state = convert_unet_state_dict_to_peft(dict(state))  # unet.x.lora.down.weight -> unet.x.lora_A.weight
+    out = {}
+    for key, value in convert_state_dict_to_kohya(peft_state).items():
+        if not _KOHYA_KEY.fullmatch(key):
+            raise ExportError(f"diffusers' kohya converter produced an unexpected key {key!r}; this adapter cannot be exported as kohya.")
+        if key.endswith(".alpha"):
+            continue
+        out[key] = value.detach().to("cpu", torch.float32).contiguous()
+    alpha = float(config["lora_alpha"])
+    for key in [k for k in out if k.endswith(".lora_down.weight")]:
+        rank = out[key].shape[0]
+        scale = alpha / rank**0.5 if config.get("use_rslora") else alpha / rank
+        out[key.split(".")[0] + ".alpha"] = torch.tensor(scale * rank, dtype=torch.float32)
+    n_down = sum(k.endswith(".lora_down.weight") for k in out)
+    if n_down * 2 != len(state) or sum(k.endswith(".lora_up.weight") for k in out) != n_down:
+        raise ExportError("The kohya conversion lost or duplicated LoRA weights; this adapter cannot be exported as kohya.")
+    return out
+
+
+def export_kohya_lora(adapter_dir: str | Path, out_file: str | Path) -> ExportResult:
+    """One kohya/A1111-style LoRA ``.safetensors`` file, written atomically (temp file, fsync, rename)."""
+    from safetensors.torch import save_file
+
+    out_file = _fresh_destination(out_file)
+    if out_file.suffix != ".safetensors":
+        raise ExportError(f"A kohya LoRA file must end in .safetensors, got {out_file.name!r}.")
+    adapter_dir = Path(adapter_dir)
+    state, config, _ = read_adapter(adapter_dir)
+    weights = kohya_state_dict(state, config)
+    ranks = sorted({w.shape[0] for k, w in weights.items() if k.endswith(".lora_down.weight")})
+    header = {  # kohya-ss training metadata that A1111 and ComfyUI show; all values are strings
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(ranks[0] if len(ranks) == 1 else ranks),
+        "ss_network_alpha": str(config["lora_alpha"]),
+        "ss_base_model_version": "sd_v1",
+        "seiko_source_manifest_sha256": sha256_file(adapter_dir / MANIFEST),
+        "format": "pt",
+    }
+    _atomic_file(out_file, lambda tmp: save_file(weights, str(tmp), metadata=header))
+    return ExportResult(out_file, "kohya", sha256_file(out_file))
+
+
+_KOHYA_README = """# SEIKO LoRA adapter (kohya / A1111 format)
+
+`{file}`: UNet LoRA with kohya keys (`lora_unet_...lora_down.weight`, `.lora_up.weight`, `.alpha`).
+
+- AUTOMATIC1111 / Forge: copy it to `models/Lora/` and add `<lora:{stem}:1>` to the prompt.
+- ComfyUI: copy it to `models/loras/` and use a "Load LoRA" node.
+- diffusers:
+
+```python
+from diffusers import StableDiffusionPipeline
+
+pipe = StableDiffusionPipeline.from_pretrained("{base}")
+pipe.load_lora_weights("path/to/{file}")
+```
+"""
+
+
+def export_kohya_lora_dir(adapter_dir: str | Path, out_dir: str | Path, *, name: str = "seiko_lora",
+                          base_model: str = "BASE_MODEL") -> ExportResult:
+    """A directory holding the kohya file ``<name>.safetensors``, a README and a manifest (atomic)."""
+    out_dir = _fresh_destination(out_dir)
+    adapter_dir = Path(adapter_dir)
+    _, _, manifest = read_adapter(adapter_dir)
+    file = f"{name}.safetensors"
+
+    def write(tmp: Path) -> None:
+        export_kohya_lora(adapter_dir, tmp / file)
+        (tmp / "README.md").write_text(_KOHYA_README.format(file=file, stem=name, base=base_model))
+
+    digest = atomic_directory(out_dir, write, extra=_provenance("kohya-lora", adapter_dir, manifest))
+    return ExportResult(out_dir, "kohya", digest)
+
+
+# ---------------------------------------------------------------------------------------------- merged
+def lora_keys(module: torch.nn.Module) -> list[str]:
+    """State-dict keys that belong to injected LoRA layers (empty for a clean model)."""
+    return [k for k in module.state_dict() if "lora_" in k or ".base_layer." in k]
+
+
+def load_base_pipeline(base_model: str | Path, *, device: str | torch.device = "cpu"):
+    """The stock diffusers pipeline of ``base_model`` (a local directory, or a hub id in the local cache)."""
+    from diffusers import StableDiffusionPipeline
+
+    from .models import ModelLoadError, resolve_spec
+
+    try:
+        name, local = resolve_spec(str(base_model))
+    except ModelLoadError as exc:
+        raise ExportError(str(exc)) from exc
+    offline = local or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(name, local_files_only=offline)
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"Could not load base model {name!r}: {exc}".splitlines()[0]) from exc
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def merge_lora(pipe, adapter_dir: str | Path) -> None:
+    """Fuse the adapter into ``pipe.unet``'s weights and remove the LoRA layers (in place)."""
+    state, config, _ = read_adapter(adapter_dir)
+    adapter = "seiko_export"
+    # 1. inject the LoRA with its own config (r, lora_alpha, target_modules) from the safetensors-style metadata
+    pipe.unet.load_lora_adapter(state, prefix="unet", adapter_name=adapter, metadata=lora_metadata(config))
+    loaded = [k for k in pipe.unet.state_dict() if f".{adapter}." in k and "lora_" in k]
+    if len(loaded) != len(state):
+        raise ExportError(f"Only {len(loaded)} of the adapter's {len(state)} LoRA tensors matched this base UNet; "
+                          "is it the base model the adapter was trained on?")
+    # 2. W <- W + scale * B @ A in every targeted layer (safe_fusing refuses NaN weights)
+    pipe.fuse_lora(components=["unet"], lora_scale=1.0, safe_fusing=True, adapter_names=[adapter])
+    # 3. drop the LoRA layers: plain Linear modules again, so nothing reloads as random attention weights
+    pipe.unload_lora_weights()
+    left = lora_keys(pipe.unet)
+    if left:
+        raise ExportError(f"The merged UNet still has LoRA keys after unloading, e.g. {left[0]!r}; refusing to save it.")
+
+
+_MERGED_README = """# SEIKO merged model
+
+The base model `{base}` with the SEIKO LoRA adapter fused into its UNet weights (a plain
+diffusers `StableDiffusionPipeline`; no LoRA layers, no pickles).
+
+```python
+import torch
+from diffusers import StableDiffusionPipeline
+
+pipe = StableDiffusionPipeline.from_pretrained("path/to/this/directory")
+images = pipe(["a prompt"], eta=1.0, generator=[torch.Generator().manual_seed(s) for s in [0]]).images
+```
+"""
+
+
+def export_merged_pipeline(base_model_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path, *,
+                           device: str | torch.device = "cpu") -> ExportResult:
+    """The base pipeline with the adapter fused in, saved (safetensors) to ``out_dir`` atomically."""
+    out_dir = _fresh_destination(out_dir)
+    adapter_dir = Path(adapter_dir)
+    _, _, manifest = read_adapter(adapter_dir)
+    pipe = load_base_pipeline(base_model_dir, device=device)
+    merge_lora(pipe, adapter_dir)
+
+    def write(tmp: Path) -> None:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        pickles = [p.name for p in tmp.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl")]
+        if pickles:
+            raise ExportError(f"save_pretrained wrote pickle files {pickles}; refusing to publish them.")
+        _copy_json_files(adapter_dir, tmp, ("seiko_config.json", "metrics.json"))
+        (tmp / "README.md").write_text(_MERGED_README.format(base=base_model_dir))
+
+    extra = {**_provenance("diffusers-pipeline-merged", adapter_dir, manifest), "base_model": str(base_model_dir)}
+    digest = atomic_directory(out_dir, write, extra=extra)
+    return ExportResult(out_dir, "merged", digest)
+
+
+# --------------------------------------------------------------------------------------------- ratings
+def _iso(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, str):
+        return value
+    raise ExportError(f"rated_at must be a datetime or an ISO string, got {type(value).__name__}.")
+
+
+def export_ratings_dataset(rows: Iterable[Mapping[str, Any]], out_dir: str | Path,
+                           image_reader: Callable[[str], bytes]) -> ExportResult:
+    """Ratings as ``metadata.jsonl`` (one row per rating) + the rated PNGs under ``images/`` + a manifest.
+
+    Each row needs ``file_path`` (passed to ``image_reader`` to get the PNG's bytes), ``prompt``, ``seed``,
+    ``round``, ``rater``, ``score`` and ``rated_at``; an ``image_sha256`` is checked against the bytes and any
+    other keys (``image_id``, ``kind``, ...) are kept. Images are named by their sha256, so an image rated by
+    several raters is stored once; a row's ``file_name`` is ``images/<sha256>.png``.
+    """
+    out_dir = _fresh_destination(out_dir)
+    rows = list(rows)
+    if not rows:
+        raise ExportError("There are no ratings to export.")
+    for i, row in enumerate(rows):
+        missing = [f for f in RATING_FIELDS if f not in row]
+        if missing:
+            raise ExportError(f"Rating row {i} lacks {missing}; every row needs {list(RATING_FIELDS)}.")
+
+    def write(tmp: Path) -> None:
+        (tmp / IMAGES_DIR).mkdir()
+        written: dict[str, str] = {}  # source file_path -> file_name in the dataset
+        with open(tmp / DATASET_FILE, "w", encoding="utf-8") as f:
+            for row in rows:
+                src = str(row["file_path"])
+                if src not in written:
+                    data = image_reader(src)
+                    if not data.startswith(PNG_MAGIC):
+                        raise ExportError(f"Image {src!r} is not a PNG file.")
+                    digest = _sha256_bytes(data)
+                    if row.get("image_sha256") not in (None, digest):
+                        raise ExportError(f"Image {src!r} does not match the sha256 recorded for it (changed since it was generated).")
+                    name = f"{IMAGES_DIR}/{digest}.png"
+                    if not (tmp / name).exists():
+                        (tmp / name).write_bytes(data)
+                    written[src] = name
+                record = {"file_name": written[src], **{k: v for k, v in row.items() if k not in ("file_path", "file_name")}}
+                record["rated_at"] = _iso(row["rated_at"])
+                f.write(json.dumps(record, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n")
+
+    extra = {"format": "seiko-ratings-jsonl", "rows": len(rows), "dataset_file": DATASET_FILE}
+    digest = atomic_directory(out_dir, write, extra=extra)
+    return ExportResult(out_dir, "ratings", digest)
+
+
+def _sha256_bytes(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_ratings_dataset(directory: str | Path) -> list[dict]:
+    """The rows of an exported ratings dataset, after verifying its manifest."""
+    directory = Path(directory)
+    verify(directory)
+    return [json.loads(line) for line in (directory / DATASET_FILE).read_text(encoding="utf-8").splitlines() if line]
+
+
+# ------------------------------------------------------------------------------------------------- zip
+_STORED = (".safetensors", ".png")  # already dense: compressing them costs time and saves nothing
+
+
+def zip_directory(src_dir: str | Path, out_zip: str | Path) -> Path:
+    """A zip of a verified export directory (one download for a browser), written atomically."""
+    src_dir, out_zip = Path(src_dir), _fresh_destination(out_zip)
+    verify(src_dir)
+
+    def write(tmp: Path) -> None:
+        with zipfile.ZipFile(tmp, "w", allowZip64=True) as zf:
+            for p in sorted(src_dir.rglob("*")):
+                if p.is_file():
+                    method = zipfile.ZIP_STORED if p.suffix in _STORED else zipfile.ZIP_DEFLATED
+                    zf.write(p, f"{src_dir.name}/{p.relative_to(src_dir).as_posix()}", compress_type=method)
+
+    _atomic_file(out_zip, write)
+    return out_zip

@@ -1,0 +1,167 @@
+"""`python -m app export` and the UI export functions: sources chosen by ids and resolved from the database."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from app.__main__ import main as app_main
+from app.export import export_ratings, export_round, export_round_to, resolve_round
+from app.settings import Settings
+from db import migrate, repo
+from db.engine import make_engine, session_factory, write_session
+from db.errors import NotFound
+from seiko_core.checkpoint import verify
+from seiko_core.export import ExportError, read_ratings_dataset
+
+
+@dataclass(frozen=True)
+class World:
+    settings: Settings
+    experiment_id: int
+    shas: list[str]
+
+
+def png(color) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> World:
+    """A data dir and migrated SQLite DB: round 0 (no adapter, 2 images rated by 2 raters), round 1 with an adapter."""
+    from seiko_core import lora
+    from seiko_core.config import FinetuneConfig
+    from seiko_core.models import load_model
+    from seiko_core.toy.build import random_model
+
+    root = tmp_path_factory.mktemp("app-export")
+    model_dir = random_model(root / "model")
+    data = root / "data"
+    settings = Settings.from_env({"data_dir": str(data), "db_url": f"sqlite:///{data / 'seiko.db'}", "model": str(model_dir)},
+                                 environ={})
+    migrate.upgrade(settings.db_url)
+
+    parts = load_model(str(model_dir), device="cpu")
+    params = lora.add_adapter(parts.unet, "round_1", FinetuneConfig(lora_rank=2, lora_alpha=2.0))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in params:
+            p.normal_(0, 0.05, generator=g)
+    lora.save_adapter(parts.unet, "round_1", data / "adapters" / "exp1" / "round_1")
+
+    shas = []
+    engine = make_engine(settings.db_url)
+    with write_session(session_factory(engine)) as s:
+        exp = repo.create_experiment(session=s, name="shapes run", model_spec=str(model_dir), method="ucb", config={},
+                                     budgets=[2], prompts=["a red circle", "a star"])
+        r0 = repo.create_round(session=s, experiment_id=exp.id)
+        images = []
+        for i, (prompt, color) in enumerate([("a red circle", "red"), ("a star", "blue")]):
+            content = png(color)
+            sha = hashlib.sha256(content).hexdigest()
+            (data / "images").mkdir(parents=True, exist_ok=True)
+            (data / "images" / f"{sha}.png").write_bytes(content)
+            images.append(repo.add_image(session=s, round_id=r0.id, prompt=prompt, seed=i, file_path=f"images/{sha}.png",
+                                         sha256=sha, embedding=b"\0" * 8, embedding_dim=2))
+            shas.append(sha)
+        repo.open_round(session=s, round_id=r0.id)
+        ann = repo.create_rater(session=s, name="ann", password_hash="x$h")
+        bob = repo.create_rater(session=s, name="bob", password_hash="x$h")
+        repo.add_rating(session=s, image_id=images[0].id, rater_id=ann.id, score=8)
+        repo.add_rating(session=s, image_id=images[0].id, rater_id=bob.id, score=4)
+        repo.add_rating(session=s, image_id=images[1].id, rater_id=ann.id, score=2)
+        repo.create_round(session=s, experiment_id=exp.id, adapter_path="adapters/exp1/round_1")
+        exp_id = exp.id
+    engine.dispose()
+    return World(settings, exp_id, shas)
+
+
+def cli(world: World, *args: str) -> int:
+    s = world.settings
+    return app_main(["export", *args, "--data-dir", str(s.data_dir), "--db-url", s.db_url, "--model", s.model])
+
+
+def test_cli_exports_a_round_as_diffusers_and_kohya(world, tmp_path, capsys):
+    e = str(world.experiment_id)
+    assert cli(world, "lora", "--experiment", e, "--round", "1", "--format", "diffusers", "--out", str(tmp_path / "d")) == 0
+    assert "wrote diffusers export" in capsys.readouterr().out
+    assert verify(tmp_path / "d")["format"] == "diffusers-lora"
+    assert cli(world, "lora", "--experiment", e, "--round", "1", "--format", "kohya", "--out", str(tmp_path / "k")) == 0
+    assert [p.name for p in (tmp_path / "k").glob("*.safetensors")] == ["seiko_shapes_run_round1.safetensors"]
+
+
+def test_cli_exports_the_ratings(world, tmp_path):
+    assert cli(world, "ratings", "--experiment", str(world.experiment_id), "--out", str(tmp_path / "r")) == 0
+    rows = read_ratings_dataset(tmp_path / "r")
+    assert [(r["rater"], r["score"], r["round"], r["seed"]) for r in rows] == [("ann", 8, 0, 0), ("bob", 4, 0, 0), ("ann", 2, 0, 1)]
+    assert rows[0]["file_name"] == f"images/{world.shas[0]}.png" and rows[2]["prompt"] == "a star"
+    assert rows[0]["rated_at"].endswith("+00:00")
+    assert sorted(p.name for p in (tmp_path / "r" / "images").iterdir()) == sorted(f"{s}.png" for s in world.shas)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["lora", "--experiment", "99", "--round", "1", "--format", "kohya"], "there is no experiment with id 99"),
+        (["lora", "--experiment", "{e}", "--round", "7", "--format", "kohya"], "has no round 7"),
+        (["lora", "--experiment", "{e}", "--round", "0", "--format", "diffusers"], "Round 0 of experiment {e} has no adapter"),
+        (["ratings", "--experiment", "99"], "there is no experiment with id 99"),
+    ],
+)
+def test_cli_refuses_unknown_ids_with_one_sentence(world, tmp_path, capsys, args, message):
+    e = str(world.experiment_id)
+    out = tmp_path / "out"
+    assert cli(world, *[a.replace("{e}", e) for a in args], "--out", str(out)) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message.replace("{e}", e) in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_cli_refuses_an_existing_out_dir_and_an_unknown_format(world, tmp_path, capsys):
+    (tmp_path / "taken").mkdir()
+    assert cli(world, "lora", "--experiment", str(world.experiment_id), "--round", "1", "--format", "diffusers",
+               "--out", str(tmp_path / "taken")) == 1
+    assert "already exists" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        cli(world, "lora", "--experiment", "1", "--round", "1", "--format", "ckpt", "--out", str(tmp_path / "x"))
+    assert exc.value.code == 2 and "invalid choice: 'ckpt'" in capsys.readouterr().err
+
+
+def test_ui_functions_write_downloads_under_data_dir_exports(world):
+    s, e = world.settings, world.experiment_id
+    kohya = export_round(s, e, 1, "kohya")
+    assert kohya.suffix == ".safetensors" and kohya.parent.parent == s.data_dir / "exports"
+    verify(kohya.parent)
+    merged = export_round(s, e, 1, "merged")
+    assert merged.suffix == ".zip" and merged.parent == s.data_dir / "exports"
+    names = zipfile.ZipFile(merged).namelist()
+    assert f"{merged.stem}/model_index.json" in names and f"{merged.stem}/manifest.json" in names
+    assert not [n for n in names if "lora" in n.lower() or n.endswith((".bin", ".pkl"))]
+    ratings = export_ratings(s, e)
+    with zipfile.ZipFile(ratings) as z:
+        manifest = json.loads(z.read(f"{ratings.stem}/manifest.json"))
+    assert manifest["rows"] == 3 and len([f for f in manifest["files"] if f.startswith("images/")]) == 2
+    with pytest.raises(ExportError, match="unknown export format 'onnx'"):
+        export_round(s, e, 1, "onnx")
+
+
+def test_the_source_path_comes_from_the_database_and_stays_inside_the_data_dir(world, tmp_path):
+    src = resolve_round(world.settings, world.experiment_id, 1)
+    assert src.adapter_dir == world.settings.data_dir / "adapters" / "exp1" / "round_1"
+    with pytest.raises(NotFound, match="has no round 3"):
+        export_round_to(world.settings, world.experiment_id, 3, "diffusers", tmp_path / "x")
+    elsewhere = Settings.from_env({"data_dir": str(tmp_path / "other"), "db_url": world.settings.db_url}, environ={})
+    with pytest.raises(ExportError, match="is missing from"):  # the DB path is resolved in this data dir, not anywhere else
+        resolve_round(elsewhere, world.experiment_id, 1)
+    assert not Path(tmp_path / "x").exists()

@@ -1,0 +1,224 @@
+"""Exports read back by stock diffusers: diffusers LoRA, kohya LoRA, merged pipeline; and the ratings dataset."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from seiko_core import lora
+from seiko_core.checkpoint import CheckpointError, verify
+from seiko_core.config import FinetuneConfig
+from seiko_core.export import (
+    DATASET_FILE,
+    ExportError,
+    export_diffusers_lora,
+    export_kohya_lora,
+    export_kohya_lora_dir,
+    export_merged_pipeline,
+    export_ratings_dataset,
+    lora_keys,
+    read_ratings_dataset,
+    zip_directory,
+)
+from seiko_core.sampling import sample
+
+RANK, ALPHA = 2, 6.0  # alpha != rank: a loader that ignores lora_alpha gets a 3x wrong scale
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(random_model_dir, tmp_path_factory):
+    """A saved adapter with random non-zero weights on the tiny random model."""
+    from seiko_core.models import load_model
+
+    parts = load_model(str(random_model_dir), device="cpu")
+    params = lora.add_adapter(parts.unet, "round_1", FinetuneConfig(lora_rank=RANK, lora_alpha=ALPHA))
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in params:
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    out = tmp_path_factory.mktemp("adapter") / "round_1"
+    lora.save_adapter(parts.unet, "round_1", out, config={"method": "ucb"}, metrics={"loss": 0.5})
+    return out
+
+
+def stock(model_dir) -> StableDiffusionPipeline:
+    pipe = StableDiffusionPipeline.from_pretrained(model_dir, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@torch.no_grad()
+def unet_out(unet) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 16, 16, generator=g)
+    enc = torch.randn(2, 77, unet.config.cross_attention_dim, generator=g)
+    return unet(x, torch.tensor([500, 20]), encoder_hidden_states=enc).sample
+
+
+@pytest.fixture(scope="module")
+def reference(random_model_dir, adapter_dir):
+    """UNet outputs of the base model and of base + adapter as SEIKO loads it (peft with the saved LoraConfig)."""
+    from seiko_core.models import load_model
+
+    parts = load_model(str(random_model_dir), device="cpu")
+    base = unet_out(parts.unet)
+    lora.load_adapter(parts, adapter_dir, "x")
+    return base, unet_out(parts.unet)
+
+
+PROMPTS, SEEDS, STEPS = ["a red circle", "a star"], [11, 12], 2
+
+
+def images(pipe) -> torch.Tensor:
+    return pipe(PROMPTS, num_inference_steps=STEPS, guidance_scale=4.0, eta=1.0, output_type="pt",
+                generator=[torch.Generator().manual_seed(s) for s in SEEDS]).images.float()
+
+
+@pytest.fixture(scope="module")
+def diffusers_export(adapter_dir, tmp_path_factory):
+    return export_diffusers_lora(adapter_dir, tmp_path_factory.mktemp("exports") / "d")
+
+
+@pytest.fixture(scope="module")
+def lora_images(random_model_dir, diffusers_export):
+    """Images of stock diffusers with the exported diffusers LoRA loaded."""
+    pipe = stock(random_model_dir)
+    pipe.load_lora_weights(diffusers_export.path)
+    return images(pipe)
+
+
+def test_diffusers_export_loads_in_stock_diffusers_and_reproduces_our_images(random_model_dir, adapter_dir, reference,
+                                                                             diffusers_export, lora_images):
+    base, ref = reference
+    assert (ref - base).abs().max() > 0.05  # the adapter really changes the model
+    res = diffusers_export
+    assert res.format == "diffusers" and verify(res.path)["format"] == "diffusers-lora"
+    src, out = load_file(adapter_dir / lora.WEIGHT_NAME), load_file(res.path / lora.WEIGHT_NAME)
+    assert src.keys() == out.keys() and all(torch.equal(src[k], out[k]) for k in src)
+    with safe_open(res.path / lora.WEIGHT_NAME, "pt") as f:
+        meta = json.loads(f.metadata()["lora_adapter_metadata"])
+    assert meta["unet.r"] == RANK and meta["unet.lora_alpha"] == ALPHA
+    assert "load_lora_weights" in (res.path / "README.md").read_text()
+
+    pipe = stock(random_model_dir)
+    pipe.load_lora_weights(res.path)
+    torch.testing.assert_close(unet_out(pipe.unet), ref, rtol=0, atol=1e-5)
+
+    from seiko_core.models import load_model
+
+    parts = load_model(str(random_model_dir), device="cpu")
+    lora.load_adapter(parts, adapter_dir, "x")
+    ours = sample(parts, PROMPTS, SEEDS, steps=STEPS, guidance=4.0, eta=1.0)
+    torch.testing.assert_close(lora_images, ours, rtol=0, atol=2e-3)
+
+
+def test_kohya_export_has_kohya_keys_and_reloads_equal_to_the_diffusers_format(random_model_dir, adapter_dir, reference,
+                                                                                 tmp_path):
+    res = export_kohya_lora(adapter_dir, tmp_path / "seiko.safetensors")
+    weights = load_file(res.path)
+    src = load_file(adapter_dir / lora.WEIGHT_NAME)
+    assert all(re.fullmatch(r"lora_unet_[a-z0-9_]+\.(lora_down\.weight|lora_up\.weight|alpha)", k) for k in weights)
+    name = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    assert torch.equal(weights[f"{name}.lora_down.weight"],
+                       src["unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora.down.weight"])
+    assert weights[f"{name}.alpha"].shape == () and weights[f"{name}.alpha"].item() == ALPHA
+    assert len(weights) == len(src) * 3 // 2  # down, up and alpha per module
+
+    pipe = stock(random_model_dir)
+    pipe.load_lora_weights(res.path)
+    torch.testing.assert_close(unet_out(pipe.unet), reference[1], rtol=0, atol=1e-5)
+
+    packaged = export_kohya_lora_dir(adapter_dir, tmp_path / "k", name="round1")
+    assert (packaged.path / "round1.safetensors").is_file() and "<lora:round1:1>" in (packaged.path / "README.md").read_text()
+    assert set(verify(packaged.path)["files"]) == {"round1.safetensors", "README.md"}
+
+
+def test_merged_pipeline_matches_base_plus_adapter_and_reloads_without_lora_layers(random_model_dir, adapter_dir, reference,
+                                                                                   lora_images, tmp_path):
+    res = export_merged_pipeline(random_model_dir, adapter_dir, tmp_path / "merged")
+    manifest = verify(res.path)
+    assert manifest["format"] == "diffusers-pipeline-merged"
+    assert not [f for f in manifest["files"] if f.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl"))]
+    merged = stock(res.path)
+    assert lora_keys(merged.unet) == [] and not getattr(merged.unet, "peft_config", None)
+    base, ref = reference
+    out = unet_out(merged.unet)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-4)  # fused W + s B A == W x + s B (A x), up to rounding
+    assert (out - base).abs().max() > 0.05  # and the merge is not the base model
+    torch.testing.assert_close(images(merged), lora_images, rtol=0, atol=2e-3)
+
+
+def test_exports_refuse_a_tampered_adapter_and_an_existing_destination(adapter_dir, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in adapter_dir.iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    (bad / "metrics.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="does not match its manifest"):
+        export_diffusers_lora(bad, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(ExportError, match="already exists"):
+        export_diffusers_lora(adapter_dir, tmp_path / "taken")
+    with pytest.raises(ExportError, match=r"must end in \.safetensors"):
+        export_kohya_lora(adapter_dir, tmp_path / "x.ckpt")
+    with pytest.raises(ExportError, match="does not exist"):
+        export_kohya_lora(tmp_path / "nowhere", tmp_path / "x.safetensors")
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def png(color) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_ratings_dataset_rows_images_and_manifest(tmp_path):
+    files = {"images/a.png": png("red"), "images/b.png": png("blue")}
+    sha = {k: hashlib.sha256(v).hexdigest() for k, v in files.items()}
+    from datetime import UTC, datetime
+
+    when = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+    rows = [
+        {"file_path": "images/a.png", "image_sha256": sha["images/a.png"], "prompt": "a red circle", "seed": 1, "round": 0,
+         "rater": "ann", "score": 7, "rated_at": when, "image_id": 1},
+        {"file_path": "images/a.png", "prompt": "a red circle", "seed": 1, "round": 0, "rater": "bob", "score": 3,
+         "rated_at": "2025-01-02T03:04:06+00:00", "image_id": 1},
+        {"file_path": "images/b.png", "prompt": "a star", "seed": 2, "round": 1, "rater": "ann", "score": 10,
+         "rated_at": when, "image_id": 2},
+    ]
+    res = export_ratings_dataset(rows, tmp_path / "ds", files.__getitem__)
+    manifest = verify(res.path)
+    assert manifest["rows"] == 3 and set(manifest["files"]) == {DATASET_FILE, *(f"images/{s}.png" for s in sha.values())}
+    got = read_ratings_dataset(res.path)
+    assert [(r["rater"], r["score"], r["round"]) for r in got] == [("ann", 7, 0), ("bob", 3, 0), ("ann", 10, 1)]
+    assert got[0]["file_name"] == got[1]["file_name"] == f"images/{sha['images/a.png']}.png"
+    assert got[0]["rated_at"] == "2025-01-02T03:04:05+00:00" and got[0]["prompt"] == "a red circle" and got[2]["seed"] == 2
+    assert (res.path / got[2]["file_name"]).read_bytes() == files["images/b.png"]
+    z = zip_directory(res.path, tmp_path / "ds.zip")
+    import zipfile
+
+    assert f"ds/{DATASET_FILE}" in zipfile.ZipFile(z).namelist()
+
+
+def test_ratings_dataset_refuses_bad_rows_and_images(tmp_path):
+    row = {"file_path": "a.png", "prompt": "p", "seed": 1, "round": 0, "rater": "ann", "score": 5, "rated_at": "2025-01-01"}
+    with pytest.raises(ExportError, match="no ratings"):
+        export_ratings_dataset([], tmp_path / "a", lambda p: png("red"))
+    with pytest.raises(ExportError, match=r"lacks \['score'\]"):
+        export_ratings_dataset([{k: v for k, v in row.items() if k != "score"}], tmp_path / "b", lambda p: png("red"))
+    with pytest.raises(ExportError, match="not a PNG"):
+        export_ratings_dataset([row], tmp_path / "c", lambda p: b"GIF89a")
+    with pytest.raises(ExportError, match="does not match the sha256"):
+        export_ratings_dataset([{**row, "image_sha256": "0" * 64}], tmp_path / "d", lambda p: png("red"))
+    assert not [p for p in tmp_path.iterdir()]  # nothing half-written is left behind
