@@ -15,6 +15,11 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module, one-line help)
     "db": ("app.cli_db", "database schema migrations: upgrade, downgrade REV, current"),
+    "worker": ("app.cli_worker", "background worker: generate images and train rounds from the job queue"),
+    "export": ("app.cli_export", "export a round's LoRA (diffusers, kohya, merged) or an experiment's ratings"),
+    "serve": ("app.cli_serve", "the web app: rate images, dashboard, administration (sign-in once accounts exist)"),
+    "users": ("app.cli_users", "accounts: add NAME --role admin|rater, list, passwd NAME"),
+    "demo": ("app.cli_demo", "migrate, create the 'demo' experiment, start the worker and the web app on 127.0.0.1:7860"),
 }
 
 

@@ -895,3 +895,49 @@ def add_checkpoint(*, session: Session, round_id: int, path: str, manifest_sha25
 
 def list_checkpoints(*, session: Session, round_id: int) -> list[Checkpoint]:
     return list(session.scalars(select(Checkpoint).where(Checkpoint.round_id == round_id).order_by(Checkpoint.id)))
+
+
+# ---------------------------------------------------------------------------------------------
+# publishing a trained round (the worker's train job)
+# ---------------------------------------------------------------------------------------------
+
+
+def publish_round(
+    *,
+    session: Session,
+    experiment_id: int,
+    index: int,
+    adapter_path: str,
+    manifest_sha256: str,
+    metrics: dict[str, Any],
+) -> tuple[Round, bool]:
+    """Publish round ``index`` trained from round ``index - 1``; returns (the round, whether this call created it).
+
+    Creates the round with its adapter and metrics, records the adapter's checkpoint, marks round
+    ``index - 1`` done and queues the generate job of the new round. Exactly once: if round ``index``
+    already exists, nothing is written and (that round, False) is returned. Round ``index - 1`` must be
+    'training' (the state close_round left it in).
+    """
+    _int("round index", index, minimum=1)
+    _relative_path(f"adapter_path of round {index}", adapter_path)
+    _sha256("manifest_sha256", manifest_sha256)
+    if not isinstance(metrics, dict):
+        raise InvalidInput(f"metrics must be a dict, got {type(metrics).__name__}")
+    _json("metrics", metrics)
+    existing = session.scalar(select(Round).where(Round.experiment_id == experiment_id, Round.index == index))
+    if existing is not None:
+        return existing, False
+    previous = get_round_by_index(session=session, experiment_id=experiment_id, index=index - 1)
+    if previous.status != "training":
+        raise Conflict(
+            f"round {previous.index} is {previous.status!r}, not 'training'; its training result cannot be published"
+        )
+    round_ = create_round(session=session, experiment_id=experiment_id, adapter_path=adapter_path, index=index)
+    round_.metrics = metrics
+    round_.published_at = utcnow()
+    add_checkpoint(session=session, round_id=round_.id, path=adapter_path, manifest_sha256=manifest_sha256)
+    set_round_status(session=session, round_id=previous.id, status="done")
+    enqueue_job(session=session, kind="generate", experiment_id=experiment_id, round_id=round_.id,
+                payload={"round_index": index})
+    session.flush()
+    return round_, True

@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+bash scripts/install_browser.sh   # Debian's chromium, for the end-to-end browser test
 started_pg=0
 if [[ -z "${SEIKO_TEST_PG_URL:-}" ]]; then
     SEIKO_TEST_PG_URL="$(bash scripts/postgres.sh start)"

@@ -1,0 +1,102 @@
+"""``python -m app demo`` (what ``make demo`` runs): the whole product on one machine.
+
+1. migrate the database to the newest schema;
+2. create the experiment 'demo' (preset ``shapes`` on the embedded model) if there is no experiment;
+3. start the worker as a subprocess (``python -m app worker``) and the web app on http://127.0.0.1:7860;
+4. Ctrl-C or SIGTERM stops both: the web app closes, the worker gets SIGTERM (it hands its job back)
+   and is killed only if it has not exited after ``--stop-timeout`` seconds.
+If the worker exits on its own, the demo stops too and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+from app import services as lifecycle
+from app.cli_serve import ServeError, build_services, check_model, install_stop_handlers, launch
+from app.settings import Settings
+from app.settings import add_arguments as add_settings_arguments
+from db import migrate, repo
+from db.engine import read_session
+
+DEMO_EXPERIMENT = "demo"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_settings_arguments(parser, server=True)
+    parser.add_argument("--batch-size", type=int, default=8, help="images per rating batch (default 8)")
+    parser.add_argument("--no-worker", action="store_true", help="start only the web app (run `python -m app worker` yourself)")
+    parser.add_argument("--stop-timeout", type=float, default=30.0, help="seconds the worker gets to stop before it is killed")
+
+
+def ensure_demo_experiment(factory, settings: Settings) -> int | None:
+    """Create the 'demo' experiment (preset shapes) when the database has no experiment; returns its id, or None."""
+    with read_session(factory) as s:
+        if repo.list_experiments(session=s):
+            return None
+    spec = lifecycle.ExperimentSpec(name=DEMO_EXPERIMENT, preset="shapes")
+    return lifecycle.create_experiment(factory=factory, spec=spec, default_model=settings.model)
+
+
+def worker_command(settings: Settings) -> list[str]:
+    return [sys.executable, "-m", "app", "worker", "--data-dir", str(settings.data_dir), "--db-url", settings.db_url,
+            "--model", settings.model]
+
+
+def stop_worker(worker: subprocess.Popen, timeout: float) -> int:
+    """SIGTERM, wait up to ``timeout`` seconds, then SIGKILL; returns the exit status."""
+    if worker.poll() is None:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            return worker.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            print(f"the worker did not stop within {timeout:g} s; killing it", file=sys.stderr, flush=True)
+            worker.kill()
+    return worker.wait()
+
+
+def main(args: argparse.Namespace) -> int:
+    settings = Settings.from_args(args)
+    try:
+        check_model(settings.model)
+        migrate.upgrade(settings.db_url)
+        engine, services = build_services(settings, batch_size=args.batch_size)
+    except ServeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    created = ensure_demo_experiment(services.factory, settings)
+    if created is not None:
+        print(f"created experiment {DEMO_EXPERIMENT!r} (preset shapes, model {settings.model}); the worker generates round 0",
+              flush=True)
+    stop = threading.Event()
+    restore = install_stop_handlers(stop)
+    worker: subprocess.Popen | None = None
+    demo = None
+    status = 0
+    try:
+        if not args.no_worker:
+            # Its own process group: a Ctrl-C in the terminal reaches only us, and we stop the worker in order.
+            worker = subprocess.Popen(worker_command(settings), env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                      start_new_session=True)
+            print(f"worker started (pid {worker.pid})", flush=True)
+        demo = launch(services)
+        while not stop.wait(0.5):
+            if worker is not None and worker.poll() is not None:
+                print(f"the worker exited with status {worker.returncode}; stopping the demo", file=sys.stderr, flush=True)
+                status = 1
+                break
+        print("stopping the demo", flush=True)
+        return status
+    finally:
+        if demo is not None:
+            demo.close()
+        if worker is not None:
+            rc = stop_worker(worker, args.stop_timeout)
+            print(f"worker stopped (status {rc})", flush=True)
+        restore()
+        engine.dispose()

@@ -1,0 +1,117 @@
+"""``python -m app serve [--host H] [--port P] [--data-dir D] [--db-url U] [--model M]``: the web app.
+
+With accounts in the database everyone signs in (Gradio's login page, checked against the salted
+hashes). With none, the app runs in local mode: it listens on localhost only and whoever opens it is
+the single local admin; asking for another --host is refused with a clear message.
+Ctrl-C or SIGTERM stops it cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from app.settings import Settings
+from app.settings import add_arguments as add_settings_arguments
+from db import migrate
+from db.errors import SchemaOutOfDate
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+class ServeError(RuntimeError):
+    """The app cannot start as asked; the message says what to do."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_settings_arguments(parser, server=True)
+    parser.add_argument("--batch-size", type=int, default=8, help="images per rating batch (default 8)")
+
+
+def check_model(model: str) -> None:
+    """``model`` must be an existing local directory or look like a hub id (owner/name)."""
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ServeError(f"the model {model!r} is a file; give a diffusers model directory or a hub id")
+        return
+    if not HUB_ID.fullmatch(model) or model.startswith((".", "/", "~")):
+        raise ServeError(f"the model directory {model!r} does not exist (give a local diffusers directory or a hub id owner/name)")
+
+
+def build_services(settings: Settings, *, batch_size: int = 8):
+    """Engine, session factory and AppServices for ``settings``; local mode when no accounts exist."""
+    from app import auth
+    from app.ui import AppServices
+    from db.engine import make_engine, session_factory
+
+    if not 1 <= batch_size <= 64:
+        raise ServeError(f"--batch-size must be from 1 to 64, got {batch_size}")
+    engine = make_engine(settings.db_url)
+    factory = session_factory(engine)
+    local = not auth.users_exist(factory)
+    if local and not auth.is_loopback(settings.host):
+        engine.dispose()
+        raise ServeError(
+            f"no user accounts exist, so the app serves only on this computer (127.0.0.1), not on {settings.host}; "
+            "add an admin with `python -m app users add NAME --role admin` first"
+        )
+    return engine, AppServices(factory=factory, settings=settings, local_mode=local, batch_size=batch_size)
+
+
+def install_stop_handlers(stop: threading.Event) -> Callable[[], None]:
+    """SIGINT and SIGTERM set ``stop``; returns a function that restores the previous handlers."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum, frame) -> None:
+        stop.set()
+
+    for sig in previous:
+        signal.signal(sig, handler)
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    return restore
+
+
+def launch(services) -> object:
+    """Start the web app in a background thread; returns the gr.Blocks (call ``.close()`` to stop it)."""
+    from app.ui import build_demo, launch_kwargs
+
+    demo = build_demo(services)
+    demo.launch(prevent_thread_lock=True, quiet=True, **launch_kwargs(services))
+    mode = "local mode: no accounts, this computer only" if services.local_mode else "sign-in with accounts"
+    print(f"SEIKO studio on {demo.local_url} ({mode}); Ctrl-C stops it", flush=True)
+    return demo
+
+
+def main(args: argparse.Namespace) -> int:
+    settings = Settings.from_args(args)
+    try:
+        migrate.check_at_head(settings.db_url)
+        check_model(settings.model)
+        engine, services = build_services(settings, batch_size=args.batch_size)
+    except (SchemaOutOfDate, ServeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+    restore = install_stop_handlers(stop)
+    demo = None
+    try:
+        demo = launch(services)
+        while not stop.wait(0.5):
+            pass
+        print("stopping the web app", flush=True)
+        return 0
+    finally:
+        if demo is not None:
+            demo.close()
+        restore()
+        engine.dispose()

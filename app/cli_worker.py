@@ -1,0 +1,70 @@
+"""``python -m app worker [--once] [--worker-id ID] [--lease-s N] [--poll-s N]``: run the background worker."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+
+from app.settings import Settings
+from app.settings import add_arguments as add_settings_arguments
+from db import migrate
+from db.errors import SchemaOutOfDate
+
+
+def _positive(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {value!r}") from exc
+    if not number > 0 or number == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {value!r}")
+    return number
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--once", action="store_true", help="process at most one job, then exit (status 1 if it failed)")
+    parser.add_argument("--worker-id", help="name of this worker in the job table (default: HOST-PID)")
+    parser.add_argument("--lease-s", type=_positive, default=60.0,
+                        help="seconds a claimed job stays ours without a heartbeat; heartbeats come every third of it (default 60)")
+    parser.add_argument("--poll-s", type=_positive, default=1.0, help="seconds to wait when the queue is empty (default 1)")
+    add_settings_arguments(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    settings = Settings.from_args(args)
+    try:
+        migrate.check_at_head(settings.db_url)  # before the heavy imports, so a refusal is quick and alone on stderr
+    except SchemaOutOfDate as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from app.worker import Worker, WorkerRefused
+
+    worker = Worker(settings, args.worker_id or f"{socket.gethostname()}-{os.getpid()}", lease_s=args.lease_s,
+                    poll_s=args.poll_s)
+
+    def stop_on_sigterm(signum, frame) -> None:
+        worker.stop()  # idle: run_forever returns and we exit 0
+        if worker.current_job is not None:
+            raise SystemExit(128 + signum)  # busy: the worker hands its job back (queued again), then exits
+
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    try:
+        try:
+            worker.start()
+        except (SchemaOutOfDate, WorkerRefused) as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        if args.once:
+            worker.run_once()
+            return 0 if worker.last_error is None else 1
+        worker.run_forever()
+        return 0
+    except KeyboardInterrupt:  # Ctrl-C: run_once has already handed the current job back
+        return 130
+    finally:
+        worker.close()

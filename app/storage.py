@@ -1,0 +1,174 @@
+"""The data directory: where generated images, adapters and reward models live on disk.
+
+    <data_dir>/images/ab/abcdef....png        content-addressed by the sha256 of the PNG bytes (identical images dedup)
+    <data_dir>/adapters/exp{E}/round_{k}/     round k's LoRA adapter (seiko_core.lora.save_adapter: atomic, manifest)
+    <data_dir>/reward/exp{E}/round_{k}/       the reward ensemble (+ UCB bonus) that adapter k was trained against
+
+The database stores paths relative to the data dir (forward slashes); :func:`resolve` turns one back into
+a path and refuses anything that could point outside (absolute paths, ``..``, backslashes).
+
+Every file and directory appears under its final name only when complete: it is written under a
+``.tmp-*`` name, fsynced and renamed. A killed writer leaves ``.tmp-*`` entries behind, which
+:func:`clean_partials` removes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+IMAGES = "images"
+ADAPTERS = "adapters"
+REWARD = "reward"
+TMP_PREFIX = ".tmp-"  # the prefix seiko_core.checkpoint.atomic_directory uses too
+
+
+class UnsafePath(ValueError):
+    """A path from the database that is not a plain relative path inside the data dir."""
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    path: str  # relative to the data dir, forward slashes (what the database stores)
+    sha256: str
+
+
+def _check_relative(rel: str) -> PurePosixPath:
+    if not isinstance(rel, str) or not rel:
+        raise UnsafePath(f"a data-dir path must be a non-empty string, got {rel!r}")
+    posix = PurePosixPath(rel)
+    if posix.is_absolute() or PureWindowsPath(rel).is_absolute() or "\\" in rel or ".." in posix.parts:
+        raise UnsafePath(f"path {rel!r} must be relative to the data dir (forward slashes, no '..', not absolute)")
+    return posix
+
+
+def resolve(data_dir: str | Path, rel: str) -> Path:
+    """The absolute path of ``rel`` (as stored in the database) inside ``data_dir``; UnsafePath if it would escape."""
+    root = Path(data_dir).resolve()
+    path = (root / _check_relative(rel)).resolve()
+    if path != root and root not in path.parents:
+        raise UnsafePath(f"path {rel!r} points outside the data dir {str(root)!r} (through a symbolic link)")
+    return path
+
+
+def relative(data_dir: str | Path, path: str | Path) -> str:
+    """Inverse of :func:`resolve`: ``path`` (inside ``data_dir``) as the relative string the database stores."""
+    root = Path(data_dir).resolve()
+    try:
+        return Path(path).resolve().relative_to(root).as_posix()
+    except ValueError as exc:
+        raise UnsafePath(f"path {str(path)!r} is not inside the data dir {str(root)!r}") from exc
+
+
+def image_path(sha256: str) -> str:
+    """``images/ab/abcdef....png`` for the PNG whose bytes hash to ``sha256``."""
+    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        raise ValueError(f"sha256 must be 64 lowercase hex digits, got {sha256!r}")
+    return f"{IMAGES}/{sha256[:2]}/{sha256}.png"
+
+
+def adapter_path(experiment_id: int, index: int) -> str:
+    """Where round ``index``'s adapter of experiment ``experiment_id`` is stored (relative)."""
+    return f"{ADAPTERS}/exp{int(experiment_id)}/round_{int(index)}"
+
+
+def reward_path(experiment_id: int, index: int) -> str:
+    """Where the reward ensemble that round ``index``'s adapter was trained against is stored (relative)."""
+    return f"{REWARD}/exp{int(experiment_id)}/round_{int(index)}"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_image(data_dir: str | Path, png: bytes) -> StoredFile:
+    """Store PNG bytes under their sha256 (temp file, fsync, rename); an identical file already there is reused."""
+    digest = hashlib.sha256(png).hexdigest()
+    rel = image_path(digest)
+    final = resolve(data_dir, rel)
+    if final.is_file() and _sha256_file(final) == digest:
+        return StoredFile(rel, digest)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f"{TMP_PREFIX}{digest[:16]}-{uuid.uuid4().hex[:8]}.png"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(png)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)  # also replaces a corrupt file of the same name
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(final.parent)
+    return StoredFile(rel, digest)
+
+
+def encode_png(pixels) -> bytes:
+    """PNG bytes of one uint8 (H, W, 3) array (deterministic: the same pixels give the same bytes)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _newest_mtime(path: Path) -> float:
+    newest = path.lstat().st_mtime
+    if path.is_dir() and not path.is_symlink():
+        for p in path.rglob("*"):
+            newest = max(newest, p.lstat().st_mtime)
+    return newest
+
+
+def clean_partials(data_dir: str | Path, *, min_age_s: float = 0.0) -> list[Path]:
+    """Remove ``.tmp-*`` files and directories left in the data dir by killed writers; returns what was removed.
+
+    Only entries untouched for ``min_age_s`` seconds go, so a worker starting next to a live one
+    (sharing the data dir) does not delete a directory the other is still writing.
+    """
+    root = Path(data_dir)
+    parents = [p for top in (IMAGES, ADAPTERS, REWARD) for p in (root / top).glob("*") if p.is_dir()]
+    now = time.time()
+    removed = []
+    for parent in parents:
+        for p in parent.glob(f"{TMP_PREFIX}*"):
+            try:
+                if now - _newest_mtime(p) < min_age_s:
+                    continue
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+            except FileNotFoundError:  # another worker starting at the same time removed it first: it is gone either way
+                continue
+            removed.append(p)
+    return removed
+
+
+def retire(path: Path) -> Path:
+    """Rename a directory that must not be used (e.g. an unpublished adapter trained on other data) to a ``.tmp-`` name.
+
+    It then no longer sits under its final name, and :func:`clean_partials` removes it later.
+    """
+    target = path.parent / f"{TMP_PREFIX}retired-{path.name}-{uuid.uuid4().hex[:8]}"
+    os.rename(path, target)
+    _fsync_dir(path.parent)
+    return target

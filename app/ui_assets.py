@@ -1,0 +1,214 @@
+"""The page's CSS and the rating grid's JavaScript (keyboard first), as strings for ``app.ui``.
+
+The rating grid is a ``gr.HTML`` whose ``js_on_load`` (GRID_JS) listens for keys and clicks and
+sends custom events with ``trigger('rate' | 'skip' | 'undo', data)``; the Python listeners
+``grid.rate(...)`` etc. receive the data as ``gr.EventData``. Actions go to the server one at a
+time, in the order given: the next is sent when the server has answered the previous one (the
+"marks" component's value changes, MARKS_JS), so a fast typist's ratings are never reordered.
+A card shows a score as saved only once the server has written it.
+"""
+
+from __future__ import annotations
+
+CSS = """
+:root { --seiko-accent: #2563eb; --seiko-ok: #15803d; --seiko-muted: #6b7280; }
+.seiko-header { display: flex; align-items: baseline; gap: 1rem; flex-wrap: wrap; }
+.seiko-header h1 { margin: 0; font-size: 1.4rem; }
+.seiko-banner { border-radius: 8px; padding: .6rem .9rem; margin: .25rem 0; font-size: .95rem; }
+.seiko-banner.local { background: #fef3c7; border: 1px solid #f59e0b; color: #78350f; }
+.seiko-banner.user { background: #eef2ff; border: 1px solid #c7d2fe; color: #1e3a8a; }
+.seiko-banner a { margin-left: .6rem; }
+.seiko-progress { font-size: 1rem; }
+.seiko-progress .bar { height: 8px; background: #e5e7eb; border-radius: 4px; overflow: hidden; margin: .3rem 0 .2rem; }
+.seiko-progress .bar > div { height: 100%; background: var(--seiko-ok); }
+.seiko-progress .you { color: var(--seiko-muted); }
+#rating-marks { display: none !important; }
+
+.rg-help { color: var(--seiko-muted); font-size: .9rem; margin: .2rem 0 .6rem; }
+.rg-help kbd, .seiko-kbd { border: 1px solid #cbd5e1; border-bottom-width: 2px; border-radius: 4px; padding: 0 .35em;
+  font-family: ui-monospace, monospace; font-size: .85em; background: #f8fafc; color: #0f172a; }
+.rg { display: grid; grid-template-columns: repeat(auto-fill, minmax(230px, 1fr)); gap: 14px; }
+.rg-card { border: 2px solid #e5e7eb; border-radius: 10px; padding: 8px; background: #fff; outline: none;
+  display: flex; flex-direction: column; gap: 6px; transition: border-color .1s, box-shadow .1s; cursor: pointer; }
+.rg-card:focus, .rg-card.focused { border-color: var(--seiko-accent); box-shadow: 0 0 0 3px rgba(37,99,235,.25); }
+.rg-img { background: #111827; border-radius: 6px; overflow: hidden; aspect-ratio: 1 / 1;
+  display: flex; align-items: center; justify-content: center; }
+.rg-img img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; image-rendering: crisp-edges; }
+.rg-img img { image-rendering: pixelated; }
+.rg-missing { color: #fca5a5; font-size: .85rem; padding: 1rem; text-align: center; }
+.rg-prompt { font-size: .95rem; font-weight: 600; color: #111827; min-height: 1.3em; overflow-wrap: anywhere; }
+.rg-meta { font-size: .75rem; color: var(--seiko-muted); display: flex; justify-content: space-between; }
+.rg-scores { display: grid; grid-template-columns: repeat(10, 1fr); gap: 2px; }
+.rg-scores button { font: inherit; font-size: .78rem; padding: 3px 0; border: 1px solid #d1d5db; border-radius: 4px;
+  background: #f9fafb; color: #111827; cursor: pointer; }
+.rg-scores button:hover { background: #e0e7ff; }
+.rg-scores button[aria-pressed="true"] { background: var(--seiko-ok); border-color: var(--seiko-ok); color: #fff; font-weight: 700; }
+.rg-status { font-size: .8rem; min-height: 1.2em; color: var(--seiko-muted); }
+.rg-card[data-state="rated"] { border-color: #86efac; }
+.rg-card[data-state="rated"]:focus { border-color: var(--seiko-accent); }
+.rg-card[data-state="rated"] .rg-status { color: var(--seiko-ok); font-weight: 600; }
+.rg-card[data-state="pending"] .rg-status { color: var(--seiko-accent); }
+.rg-card[data-state="skipped"], .rg-card[data-state="taken"] { opacity: .45; }
+.rg-empty { padding: 2rem; text-align: center; color: var(--seiko-muted); border: 2px dashed #e5e7eb; border-radius: 10px; }
+
+.seiko-worker { border: 1px solid #e5e7eb; border-radius: 8px; padding: .7rem .9rem; }
+.seiko-worker .bar { height: 10px; background: #e5e7eb; border-radius: 5px; overflow: hidden; margin: .4rem 0; }
+.seiko-worker .bar > div { height: 100%; background: var(--seiko-accent); }
+.seiko-worker .err { color: #b91c1c; }
+.seiko-evalgrid { overflow-x: auto; }
+.seiko-evalgrid table { border-collapse: separate; border-spacing: 4px; width: auto; border: none !important; }
+.seiko-evalgrid th, .seiko-evalgrid td { padding: 0; border: none !important; background: none !important;
+  text-align: center; font-size: .8rem; }
+.seiko-evalgrid th { padding: 2px 6px; color: #374151; }
+.seiko-evalgrid th.rowhead { text-align: right; white-space: nowrap; color: #374151; font-weight: 500; }
+.seiko-evalgrid img { width: 96px; height: 96px; image-rendering: pixelated; border-radius: 4px; display: block; }
+.seiko-evalgrid .none { width: 96px; height: 96px; background: #f3f4f6; border-radius: 4px; }
+"""
+
+GRID_JS = r"""
+const grid = element;
+const api = (window.__seiko = window.__seiko || {});
+api.queue = []; api.busy = false; api.inflight = null; api.pending = api.pending || {};
+
+function cards() { return Array.from(grid.querySelectorAll('.rg-card')); }
+function byId(id) { return grid.querySelector('.rg-card[data-image-id="' + id + '"]'); }
+function focusedCard() {
+  const a = document.activeElement;
+  return a && a.classList && a.classList.contains('rg-card') && grid.contains(a) ? a : null;
+}
+function firstOpen() { return grid.querySelector('.rg-card[data-state="open"]'); }
+function current() {
+  return focusedCard() || (api.focusId && byId(api.focusId)) || firstOpen() || cards()[0] || null;
+}
+function focusCard(card) {
+  if (!card) return;
+  api.focusId = card.dataset.imageId;
+  card.focus({ preventScroll: true });
+  card.scrollIntoView({ block: 'nearest', behavior: 'smooth' });
+}
+function nextOpen(from) {
+  const cs = cards(); const i = cs.indexOf(from);
+  for (let k = 1; k <= cs.length; k++) { const c = cs[(i + k) % cs.length]; if (c.dataset.state === 'open') return c; }
+  return null;
+}
+function columns() {
+  const cs = cards(); if (!cs.length) return 1;
+  const top = cs[0].offsetTop; let n = 0;
+  for (const c of cs) { if (c.offsetTop !== top) break; n++; }
+  return Math.max(1, n);
+}
+function setStatus(card, text) { const s = card.querySelector('.rg-status'); if (s) s.textContent = text; }
+function markPending(card, text) {
+  const id = card.dataset.imageId;
+  api.pending[id] = (api.pending[id] || 0) + 1;
+  card.dataset.state = 'pending';
+  setStatus(card, text);
+}
+function pump() {
+  if (api.busy || !api.queue.length) return;
+  api.busy = true;
+  api.inflight = api.queue.shift();
+  clearTimeout(api.timer);
+  api.timer = setTimeout(() => api.ack(), 8000);  // the server raised an error: go on with the next action
+  trigger(api.inflight[0], api.inflight[1]);
+}
+api.ack = function () {
+  clearTimeout(api.timer);
+  const done = api.inflight; api.inflight = null; api.busy = false;
+  if (done && done[1] && done[1].image_id !== undefined) {
+    const id = String(done[1].image_id);
+    api.pending[id] = Math.max(0, (api.pending[id] || 1) - 1);
+  }
+  if (api.marks) api.applyMarks(api.marks);
+  pump();
+};
+function send(name, data) { api.queue.push([name, data]); pump(); }
+
+function rate(card, score) {
+  if (!card || card.dataset.state === 'taken') return;
+  markPending(card, 'saving ' + score + '…');
+  send('rate', { image_id: Number(card.dataset.imageId), score: score });
+  const next = nextOpen(card);
+  focusCard(next || card);
+}
+function skip(card) {
+  if (!card || card.dataset.state !== 'open') return;
+  markPending(card, 'skipping…');
+  send('skip', { image_id: Number(card.dataset.imageId) });
+  focusCard(nextOpen(card) || card);
+}
+
+api.applyMarks = function (marks) {
+  const info = (marks && marks.cards) || {};
+  for (const card of cards()) {
+    const id = card.dataset.imageId;
+    if (api.pending[id]) continue;
+    const m = info[id] || {};
+    const state = m.state || 'open';
+    card.dataset.state = state;
+    card.dataset.score = m.score || '';
+    for (const b of card.querySelectorAll('button[data-score]')) {
+      b.setAttribute('aria-pressed', String(m.score !== undefined && Number(b.dataset.score) === m.score));
+    }
+    setStatus(card, m.status || '');
+  }
+};
+
+function onKey(e) {
+  if (!grid.isConnected) { document.removeEventListener('keydown', onKey); return; }
+  if (grid.offsetParent === null) return;  // the Rate tab is not shown
+  if (e.ctrlKey || e.metaKey || e.altKey) return;
+  const t = e.target;
+  if (t && t.closest && t.closest('input, textarea, select, [contenteditable="true"], [role="listbox"]')) return;
+  const k = e.key;
+  if (/^[0-9]$/.test(k)) { e.preventDefault(); rate(current(), k === '0' ? 10 : Number(k)); return; }
+  if (k === 's' || k === 'S') { e.preventDefault(); skip(current()); return; }
+  if (k === 'u' || k === 'U') { e.preventDefault(); send('undo', {}); return; }
+  const step = { ArrowLeft: -1, ArrowRight: 1, ArrowUp: -columns(), ArrowDown: columns() }[k];
+  if (step !== undefined) {
+    const cs = cards(); if (!cs.length) return;
+    e.preventDefault();
+    const i = cs.indexOf(current());
+    focusCard(cs[Math.min(cs.length - 1, Math.max(0, (i < 0 ? 0 : i) + step))]);
+  }
+}
+if (window.__seikoKeyHandler) document.removeEventListener('keydown', window.__seikoKeyHandler);
+window.__seikoKeyHandler = onKey;
+document.addEventListener('keydown', onKey);
+
+grid.addEventListener('click', (e) => {
+  const card = e.target.closest('.rg-card'); if (!card) return;
+  const b = e.target.closest('button[data-score]');
+  if (b) { rate(card, Number(b.dataset.score)); } else { focusCard(card); }
+});
+grid.addEventListener('focusin', (e) => {
+  const card = e.target.closest && e.target.closest('.rg-card'); if (card) api.focusId = card.dataset.imageId;
+});
+
+function settle() {
+  api.pending = {};
+  if (api.marks) api.applyMarks(api.marks);
+  const keep = api.focusId && byId(api.focusId);
+  const target = (keep && keep.dataset.state === 'open') ? keep : (firstOpen() || keep || cards()[0]);
+  if (target && !document.querySelector('input:focus, textarea:focus')) focusCard(target);
+}
+watch('value', settle);
+settle();
+"""
+
+MARKS_JS = r"""
+const api = (window.__seiko = window.__seiko || {});
+function apply() {
+  const raw = props.value || '';
+  if (!raw) return;
+  const marks = JSON.parse(raw);
+  api.marks = marks;
+  if (marks.ack !== api.lastAck) {
+    api.lastAck = marks.ack;
+    if (api.ack) { api.ack(); return; }
+  }
+  if (api.applyMarks) api.applyMarks(marks);
+}
+watch('value', apply);
+apply();
+"""

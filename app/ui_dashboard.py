@@ -1,0 +1,275 @@
+"""The dashboard: per-round metrics (table and plots), the eval grid, and the worker's state.
+
+Everything here reads; nothing writes. The metric names read from ``Round.metrics`` (written by the
+worker) are listed in ``METRIC_KEYS``: the first key present wins, dotted keys look into nested dicts.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import io
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from matplotlib.figure import Figure
+from sqlalchemy.orm import Session
+
+from app import storage
+from app.ui_rate import pick_experiment
+from db import repo
+from db.engine import read_session
+from db.models import Experiment, Job, utcnow
+
+METRIC_KEYS: dict[str, tuple[str, ...]] = {
+    # Round k's metrics as app.worker writes them: "eval" when it renders round k's eval grid (the reward model
+    # of round k and the trajectory KL to round k-1), "train" when it publishes round k (trained on rounds < k).
+    # mean predicted reward of round k's eval images under the ensemble round k was trained against
+    "pred_mean": ("eval.pred_reward", "train.train_pred_mean"),
+    # ensemble spread: mean across-head standard deviation of those predictions
+    "pred_spread": ("eval.head_spread", "train.train_head_spread"),
+    # KL of round k's model to round k-1's (the fine-tuning constraint)
+    "kl": ("eval.kl_to_prev", "train.finetune.kl_last"),
+    # labels the reward model behind round k was trained on
+    "labels": ("train.labels",),
+}
+STALE_HEARTBEAT_S = 120
+THUMB_MAX = 192  # eval-grid images larger than this are shrunk (smaller ones are shown pixelated)
+HEADERS = ["Round", "Status", "Images", "Rated", "Ratings", "Budget", "Human mean", "Predicted", "Spread (sd)",
+           "KL to prev", "Labels used"]
+
+
+def metric(metrics: dict[str, Any] | None, name: str) -> float | None:
+    """The first of ``METRIC_KEYS[name]`` present in ``metrics`` as a float, else None."""
+    for key in METRIC_KEYS[name]:
+        value: Any = metrics or {}
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    return None
+
+
+@dataclass(frozen=True)
+class RoundRow:
+    index: int
+    status: str
+    images: int
+    rated_images: int
+    ratings: int
+    budget: int | None
+    human_mean: float | None
+    pred_mean: float | None
+    pred_spread: float | None
+    kl: float | None
+    labels: float | None
+
+
+def round_rows(session: Session, experiment: Experiment) -> list[RoundRow]:
+    stats = {st.round_id: st for st in repo.round_rating_stats(session=session, experiment_id=experiment.id, kind="query")}
+    rows = []
+    for r in repo.list_rounds(session=session, experiment_id=experiment.id):
+        st = stats[r.id]
+        rows.append(RoundRow(
+            index=r.index, status=r.status, images=st.n_images, rated_images=st.n_rated_images, ratings=st.n_ratings,
+            budget=experiment.budgets[r.index] if r.index < len(experiment.budgets) else None,
+            human_mean=st.mean_score, pred_mean=metric(r.metrics, "pred_mean"), pred_spread=metric(r.metrics, "pred_spread"),
+            kl=metric(r.metrics, "kl"), labels=metric(r.metrics, "labels"),
+        ))
+    return rows
+
+
+def _fmt(value: float | int | None, digits: int = 0) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+def table(rows: list[RoundRow]) -> list[list[str]]:
+    return [[str(r.index), r.status, _fmt(r.images), _fmt(r.rated_images), _fmt(r.ratings), _fmt(r.budget),
+             _fmt(r.human_mean, 2), _fmt(r.pred_mean, 2), _fmt(r.pred_spread, 3), _fmt(r.kl, 4), _fmt(r.labels)] for r in rows]
+
+
+def figure(rows: list[RoundRow]) -> Figure:
+    """Ratings and predicted reward per round (with the ensemble spread), KL to the previous round, labels."""
+    fig = Figure(figsize=(11, 3.2), dpi=100, layout="constrained")
+    ax1, ax2, ax3 = fig.subplots(1, 3)
+    x = [r.index for r in rows]
+
+    def series(attr: str) -> tuple[list[int], list[float]]:
+        pts = [(r.index, getattr(r, attr)) for r in rows if getattr(r, attr) is not None]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    hx, hy = series("human_mean")
+    ax1.plot(hx, hy, "o-", color="#15803d", label="mean human rating")
+    pts = [(r.index, r.pred_mean, r.pred_spread or 0.0) for r in rows if r.pred_mean is not None]
+    if pts:
+        px, py, ps = zip(*pts)
+        ax1.plot(px, py, "s--", color="#2563eb", label="mean predicted reward")
+        ax1.fill_between(px, [m - s for m, s in zip(py, ps)], [m + s for m, s in zip(py, ps)], color="#2563eb",
+                         alpha=0.18, label="ensemble spread (±1 sd)")
+    ax1.set_title("Rating and predicted reward")
+    ax1.set_xlabel("round")
+    ax1.legend(fontsize=8, loc="best")
+    kx, ky = series("kl")
+    ax2.plot(kx, ky, "o-", color="#9333ea")
+    ax2.set_title("KL to previous round")
+    ax2.set_xlabel("round")
+    ax3.bar(x, [r.ratings for r in rows], color="#94a3b8", label="ratings given")
+    lx, ly = series("labels")
+    if lx:
+        ax3.plot(lx, ly, "o-", color="#0f172a", label="labels used in training")
+    ax3.set_title("Labels")
+    ax3.set_xlabel("round")
+    ax3.legend(fontsize=8, loc="best")
+    for ax in (ax1, ax2, ax3):
+        ax.grid(alpha=0.3)
+        if x:
+            ax.set_xticks(x)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# eval grid: the same prompts and seeds rendered by each round's model
+# ---------------------------------------------------------------------------------------------
+
+
+def _thumb_uri(path) -> str:
+    data = path.read_bytes()
+    from PIL import Image as PILImage
+
+    with PILImage.open(io.BytesIO(data)) as im:
+        if max(im.size) > THUMB_MAX:
+            im = im.convert("RGB")
+            im.thumbnail((THUMB_MAX, THUMB_MAX), PILImage.Resampling.LANCZOS)
+            buf = io.BytesIO()
+            im.save(buf, format="PNG")
+            data = buf.getvalue()
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def eval_grid_key(session: Session, experiment: Experiment) -> str:
+    ids = [(r.index, [im.id for im in repo.list_images(session=session, round_id=r.id, kind="eval")])
+           for r in repo.list_rounds(session=session, experiment_id=experiment.id)]
+    return hashlib.sha256(json.dumps(ids).encode()).hexdigest()
+
+
+def eval_grid_html(session: Session, experiment: Experiment, data_dir) -> str:
+    rounds = repo.list_rounds(session=session, experiment_id=experiment.id)
+    cells: dict[tuple[str, int], dict[int, Any]] = {}
+    for r in rounds:
+        for im in repo.list_images(session=session, round_id=r.id, kind="eval"):
+            cells.setdefault((im.prompt, im.seed), {})[r.index] = im
+    if not cells:
+        return ("<div class='rg-empty'>No evaluation images yet. The worker renders the same prompts and seeds "
+                "with every round's model; they appear here side by side.</div>")
+    cols = [r.index for r in rounds if any(r.index in row for row in cells.values())]
+    head = "".join(f"<th>round {k}</th>" for k in cols)
+    body = []
+    for (prompt, seed), row in sorted(cells.items()):
+        tds = []
+        for k in cols:
+            im = row.get(k)
+            path = storage.resolve(data_dir, im.file_path) if im is not None else None
+            if path is not None and path.is_file():
+                tds.append(f"<td><img src='{_thumb_uri(path)}' alt='round {k}: {html.escape(prompt, quote=True)}, seed {seed}'></td>")
+            else:
+                tds.append("<td><div class='none' title='not rendered'></div></td>")
+        body.append(f"<tr><th class='rowhead'>{html.escape(prompt)}<br><small>seed {seed}</small></th>{''.join(tds)}</tr>")
+    return f"<div class='seiko-evalgrid'><table><tr><th></th>{head}</tr>{''.join(body)}</table></div>"
+
+
+# ---------------------------------------------------------------------------------------------
+# the worker's state
+# ---------------------------------------------------------------------------------------------
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def _ago(when: datetime | None, now: datetime) -> float | None:
+    return None if when is None else (now - when).total_seconds()
+
+
+def worker_html(session: Session, experiment: Experiment) -> str:
+    jobs = repo.list_jobs(session=session, experiment_id=experiment.id, limit=50)
+    now = utcnow()
+    running = [j for j in jobs if j.status == "running"]
+    queued = [j for j in jobs if j.status == "queued"]
+    job: Job | None = running[-1] if running else (queued[-1] if queued else None)
+    parts = []
+    paused = " · <b>experiment paused</b>" if experiment.status == "paused" else ""
+    if job is None:
+        parts.append(f"<div><b>Worker:</b> idle, no job waiting{paused}</div>")
+    elif job.status == "queued":
+        parts.append(f"<div><b>Worker:</b> job {job.id} ({job.kind}) is waiting for the worker{paused}</div>")
+    else:
+        p = job.progress or {}
+        step, total = p.get("step"), p.get("total")
+        pct = 100.0 * step / total if isinstance(step, int | float) and isinstance(total, int | float) and total else None
+        beat = _ago(job.heartbeat_at, now)
+        round_ = repo.get_round(session=session, round_id=job.round_id) if job.round_id is not None else None
+        what = {"generate": "generating images", "train": "training", "eval": "rendering the eval grid"}.get(job.kind, job.kind)
+        where = f" for round {round_.index}" if round_ is not None else ""
+        line = (f"<div><b>Worker:</b> {what}{where} (job {job.id}, attempt {job.attempts} of {job.max_attempts}){paused}</div>"
+                f"<div>phase <b>{html.escape(str(p.get('phase', 'starting')))}</b>"
+                + (f" · step {step} of {total} ({pct:.0f}%)" if pct is not None else "")
+                + f" · ETA {_duration(p.get('eta_s')) if p.get('eta_s') is not None else 'unknown'}"
+                + f" · last heartbeat {_duration(beat)} ago</div>")
+        parts.append(line)
+        parts.append(f"<div class='bar' id='worker-bar'><div style='width:{pct or 0:.1f}%'></div></div>")
+        if beat is not None and beat > STALE_HEARTBEAT_S:
+            parts.append("<div class='err'>No heartbeat for a while: is the worker running? (python -m app worker)</div>")
+    failed = [j for j in jobs if j.status == "failed"]
+    if failed and (job is None or failed[0].id > job.id):
+        f = failed[0]
+        parts.append(f"<div class='err'>Job {f.id} ({f.kind}) failed: {html.escape(f.error or 'no error recorded')}</div>")
+    return "<div class='seiko-worker' id='worker-state'>" + "".join(parts) + "</div>"
+
+
+# ---------------------------------------------------------------------------------------------
+# one refresh
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    summary: str
+    worker: str
+    table: list[list[str]]
+    rows_key: str
+    rows: list[RoundRow]
+    grid_key: str
+    experiment_id: int | None
+
+
+def summary_html(experiment: Experiment) -> str:
+    return (f"<div><b>{html.escape(experiment.name)}</b> · method {html.escape(experiment.method)} · "
+            f"model <code>{html.escape(experiment.model_spec)}</code> · {experiment.status} · overlap {experiment.overlap}</div>")
+
+
+def load(factory, experiment_id: int | None) -> Dashboard:
+    with read_session(factory) as s:
+        exp = pick_experiment(s, experiment_id)
+        if exp is None:
+            return Dashboard("<div>No experiment yet.</div>", "<div class='seiko-worker'>Worker: no experiment yet</div>",
+                             [], "", [], "", None)
+        rows = round_rows(s, exp)
+        rows_key = hashlib.sha256(json.dumps([r.__dict__ for r in rows]).encode()).hexdigest()
+        return Dashboard(summary_html(exp), worker_html(s, exp), table(rows), rows_key, rows, eval_grid_key(s, exp), exp.id)
+
+
+def grid(factory, experiment_id: int, data_dir) -> str:
+    with read_session(factory) as s:
+        return eval_grid_html(s, repo.get_experiment(session=s, experiment_id=experiment_id), data_dir)

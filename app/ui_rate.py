@@ -1,0 +1,480 @@
+"""The rating page and the public API: which images a rater gets, rating, skipping, undoing, progress.
+
+Plain functions of (services, who, ...) that open their own short transactions; ``app.ui`` wires
+them to Gradio events and the API. Rules (checked here, on the server, for the UI and the API alike):
+
+- A rater sees the open round's query images they have neither rated nor skipped and that still
+  need ratings (``repo.next_images_for_rater``: overlap respected), so never the same image twice.
+- Rating an image is allowed when the rater already rated it (an edit) or when it is still offered
+  to them; anything else (closed round, unknown image, an image other raters have fully rated, an
+  eval image, a score outside 1-10) is refused with one sentence and changes nothing.
+- Each rating is its own transaction: once acknowledged it is durable.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app import storage
+from app.auth import Who
+from db import repo
+from db.engine import read_session, write_session
+from db.errors import Conflict, InvalidInput, NotFound
+from db.models import SCORE_MAX, SCORE_MIN, Experiment, Image, Round
+
+CANDIDATE_FACTOR = 4  # a batch is drawn from the first batch_size * 4 offered images, shuffled per rater
+MAX_API_BATCH = 64
+
+
+class NotOffered(Conflict):
+    """The image is not (or no longer) offered to this rater: others rated it fully, or the rater skipped it."""
+
+
+# ---------------------------------------------------------------------------------------------
+# choosing the experiment and round
+# ---------------------------------------------------------------------------------------------
+
+
+def pick_experiment(session: Session, experiment_id: int | None = None) -> Experiment | None:
+    """``experiment_id``'s experiment, else the newest one with a round open for labeling, else the newest active one."""
+    if experiment_id is not None:
+        return repo.get_experiment(session=session, experiment_id=experiment_id)
+    experiments = repo.list_experiments(session=session)
+    for exp in reversed(experiments):
+        if repo.get_open_round(session=session, experiment_id=exp.id) is not None:
+            return exp
+    active = [e for e in experiments if e.status == "active"]
+    return (active or experiments or [None])[-1]
+
+
+def experiment_by_name(session: Session, name: str) -> Experiment | None:
+    name = (name or "").strip()
+    if not name:
+        return pick_experiment(session)
+    return repo.get_experiment_by_name(session=session, name=name)
+
+
+# ---------------------------------------------------------------------------------------------
+# progress
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Progress:
+    experiment: str | None
+    round_index: int | None
+    round_status: str | None
+    images: int = 0  # query images of the round
+    rated_images: int = 0  # with at least one rating
+    ratings: int = 0
+    budget: int | None = None
+    overlap: int = 1
+    you_rated: int = 0
+    you_left: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _offered(session: Session, round_: Round, who: Who, limit: int) -> list[Image]:
+    return repo.next_images_for_rater(session=session, round_id=round_.id, rater_id=who.rater_id, limit=max(1, limit), kind="query")
+
+
+def progress(session: Session, experiment: Experiment | None, who: Who) -> Progress:
+    if experiment is None:
+        return Progress(None, None, None)
+    round_ = repo.get_open_round(session=session, experiment_id=experiment.id)
+    if round_ is None:
+        rounds = repo.list_rounds(session=session, experiment_id=experiment.id)
+        last = rounds[-1] if rounds else None
+        return Progress(experiment.name, last.index if last else None, last.status if last else None, overlap=experiment.overlap)
+    stats = next(s for s in repo.round_rating_stats(session=session, experiment_id=experiment.id, kind="query") if s.round_id == round_.id)
+    mine = repo.round_progress(session=session, round_id=round_.id, rater_id=who.rater_id)
+    budget = experiment.budgets[round_.index] if round_.index < len(experiment.budgets) else None
+    return Progress(
+        experiment=experiment.name,
+        round_index=round_.index,
+        round_status=round_.status,
+        images=stats.n_images,
+        rated_images=stats.n_rated_images,
+        ratings=stats.n_ratings,
+        budget=budget,
+        overlap=experiment.overlap,
+        you_rated=mine.rater_rated or 0,
+        you_left=len(_offered(session, round_, who, stats.n_images)),
+    )
+
+
+def progress_html(p: Progress) -> str:
+    if p.experiment is None:
+        return "<div class='seiko-progress'>No experiment yet. An admin creates one on the <b>Admin</b> tab.</div>"
+    if p.round_status != "labeling":
+        where = f"round {p.round_index} is {p.round_status}" if p.round_index is not None else "it has no round yet"
+        return (f"<div class='seiko-progress'><b>{html.escape(p.experiment)}</b>: no round is open for labeling ({where}). "
+                "New images appear here by themselves when the next round opens.</div>")
+    pct = 100.0 * p.rated_images / p.images if p.images else 0.0
+    budget = f" · {p.ratings} of {p.budget} labels wanted" if p.budget else f" · {p.ratings} labels"
+    overlap = f" (each by {p.overlap} raters)" if p.overlap > 1 else ""
+    return (
+        f"<div class='seiko-progress'><b>{html.escape(p.experiment)} · round {p.round_index}</b>: "
+        f"<span id='round-progress'><b>{p.rated_images} of {p.images}</b> images rated</span>{overlap}{budget}"
+        f"<div class='bar'><div style='width:{pct:.1f}%'></div></div>"
+        f"<span class='you' id='you-progress'>You: <b>{p.you_rated} rated</b> this round, {p.you_left} left for you</span></div>"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# batches
+# ---------------------------------------------------------------------------------------------
+
+
+def _rater_order(rater_id: int, image_id: int) -> str:
+    return hashlib.sha256(f"{rater_id}:{image_id}".encode()).hexdigest()
+
+
+def draw_batch(session: Session, round_: Round, who: Who, size: int) -> list[Image]:
+    """Up to ``size`` images offered to the rater, drawn from the least-rated ones in a per-rater order
+    (so raters working at the same time mostly get different images)."""
+    candidates = _offered(session, round_, who, size * CANDIDATE_FACTOR)
+    return sorted(candidates, key=lambda im: _rater_order(who.rater_id, im.id))[:size]
+
+
+def png_data_uri(data_dir, image: Image) -> str | None:
+    """The image file as a ``data:`` URI (the data dir is never exposed to the browser), or None if missing."""
+    path = storage.resolve(data_dir, image.file_path)
+    if not path.is_file():
+        return None
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def png_base64(data_dir, image: Image) -> str | None:
+    path = storage.resolve(data_dir, image.file_path)
+    return base64.b64encode(path.read_bytes()).decode("ascii") if path.is_file() else None
+
+
+@dataclass
+class Card:
+    image_id: int
+    prompt: str
+    seed: int
+    src: str | None
+    state: str = "open"  # open, rated, skipped, taken
+    score: int | None = None
+
+    def status(self) -> str:
+        return {"rated": f"✓ saved: {self.score}", "skipped": "skipped", "taken": "rated by others"}.get(self.state, "")
+
+
+def card_html(c: Card) -> str:
+    img = (f"<img src='{c.src}' alt='{html.escape(c.prompt, quote=True)}'>" if c.src
+           else "<div class='rg-missing'>image file missing</div>")
+    buttons = "".join(
+        f"<button type='button' tabindex='-1' data-score='{s}' aria-pressed='{str(c.score == s).lower()}'"
+        f" title='rate {s} (key {s % 10})'>{s}</button>"
+        for s in range(SCORE_MIN, SCORE_MAX + 1)
+    )
+    return (
+        f"<div class='rg-card' tabindex='0' role='group' aria-label='image {c.image_id}: {html.escape(c.prompt, quote=True)}'"
+        f" data-image-id='{c.image_id}' data-state='{c.state}' data-score='{c.score or ''}'>"
+        f"<div class='rg-img'>{img}</div>"
+        f"<div class='rg-prompt'>{html.escape(c.prompt)}</div>"
+        f"<div class='rg-scores'>{buttons}</div>"
+        f"<div class='rg-meta'><span class='rg-status'>{html.escape(c.status())}</span><span>#{c.image_id} · seed {c.seed}</span></div>"
+        "</div>"
+    )
+
+
+HELP_HTML = (
+    "<div class='rg-help'><kbd>1</kbd>–<kbd>9</kbd>, <kbd>0</kbd> = 10 rate the highlighted image · "
+    "<kbd>←</kbd><kbd>↑</kbd><kbd>→</kbd><kbd>↓</kbd> / <kbd>Tab</kbd> move · <kbd>s</kbd> skip · "
+    "<kbd>u</kbd> undo your last rating · each rating is saved the moment you give it</div>"
+)
+
+
+def grid_html(cards: list[Card], empty_message: str) -> str:
+    if not cards:
+        return f"{HELP_HTML}<div class='rg-empty' id='rg-empty'>{html.escape(empty_message)}</div>"
+    return HELP_HTML + "<div class='rg' id='rg'>" + "".join(card_html(c) for c in cards) + "</div>"
+
+
+# ---------------------------------------------------------------------------------------------
+# the per-session state (kept in gr.State; JSON-ready)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RateState:
+    experiment_id: int | None = None
+    round_id: int | None = None
+    batch: list[int] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+    taken: list[int] = field(default_factory=list)  # refused because other raters rated them fully
+    history: list[list[Any]] = field(default_factory=list)  # [image_id, previous score or None], newest last
+    ack: int = 0
+
+    @classmethod
+    def from_value(cls, value: dict[str, Any] | None) -> RateState:
+        return cls(**value) if value else cls()
+
+    def to_value(self) -> dict[str, Any]:
+        return json.loads(json.dumps(self.__dict__))
+
+
+def _marks(session: Session, state: RateState, who: Who) -> dict[str, Any]:
+    cards = {}
+    for image_id in state.batch:
+        rating = repo.find_rating(session=session, image_id=image_id, rater_id=who.rater_id)
+        card = Card(image_id, "", 0, None)
+        if rating is not None:
+            card.state, card.score = "rated", rating.score
+        elif image_id in state.skipped:
+            card.state = "skipped"
+        elif image_id in state.taken:
+            card.state = "taken"
+        cards[str(image_id)] = {"state": card.state, "status": card.status(), **({"score": card.score} if card.score else {})}
+    return {"ack": state.ack, "cards": cards}
+
+
+@dataclass(frozen=True)
+class View:
+    """What the rating page shows after an action: the grid (None: unchanged), marks, progress, state."""
+
+    grid: str | None
+    marks: str
+    progress: str
+    state: dict[str, Any]
+    message: str | None = None  # a refusal to show as a warning (nothing was changed)
+
+
+def _cards(session: Session, data_dir, state: RateState, who: Who) -> list[Card]:
+    out = []
+    for image_id in state.batch:
+        image = repo.get_image(session=session, image_id=image_id)
+        out.append(Card(image.id, image.prompt, image.seed, png_data_uri(data_dir, image)))
+    marks = _marks(session, state, who)["cards"]
+    for c in out:
+        m = marks[str(c.image_id)]
+        c.state, c.score = m["state"], m.get("score")
+    return out
+
+
+def _empty_message(session: Session, experiment: Experiment | None) -> str:
+    if experiment is None:
+        return "There is no experiment yet. An admin creates one on the Admin tab."
+    round_ = repo.get_open_round(session=session, experiment_id=experiment.id)
+    if round_ is None:
+        return "No round is open for labeling right now. New images appear here by themselves when the next round opens."
+    return f"You have rated every image of round {round_.index} that still needs a rating. Thank you! The next round's images will appear here."
+
+
+def _render(session: Session, data_dir, state: RateState, who: Who, *, new_grid: bool, message: str | None = None) -> View:
+    experiment = (repo.get_experiment(session=session, experiment_id=state.experiment_id)
+                  if state.experiment_id is not None else None)
+    grid = grid_html(_cards(session, data_dir, state, who), _empty_message(session, experiment)) if new_grid else None
+    state.ack += 1
+    return View(grid, json.dumps(_marks(session, state, who)), progress_html(progress(session, experiment, who)),
+                state.to_value(), message)
+
+
+def _batch_done(session: Session, state: RateState, who: Who) -> bool:
+    marks = _marks(session, state, who)["cards"]
+    return all(m["state"] != "open" for m in marks.values())
+
+
+def load_batch(factory, data_dir, who: Who, state_value: dict | None, *, batch_size: int,
+               experiment_id: int | None = None, keep_history: bool = True) -> View:
+    """A fresh batch for the rater (of ``experiment_id``, or the experiment now being labeled)."""
+    old = RateState.from_value(state_value)
+    with read_session(factory) as s:
+        experiment = pick_experiment(s, experiment_id if experiment_id is not None else old.experiment_id)
+        state = RateState(experiment_id=experiment.id if experiment else None, ack=old.ack,
+                          history=old.history if keep_history else [])
+        round_ = repo.get_open_round(session=s, experiment_id=experiment.id) if experiment else None
+        if round_ is not None:
+            state.round_id = round_.id
+            state.batch = [im.id for im in draw_batch(s, round_, who, batch_size)]
+        if state.round_id != old.round_id:
+            state.history = []  # undo applies to the round being rated
+        return _render(s, data_dir, state, who, new_grid=True)
+
+
+def poll(factory, data_dir, who: Who, state_value: dict | None, *, batch_size: int) -> View | None:
+    """The rating tab's timer: a new batch when the rater has none and images are waiting, else None."""
+    state = RateState.from_value(state_value)
+    with read_session(factory) as s:
+        experiment = pick_experiment(s, state.experiment_id)
+        round_ = repo.get_open_round(session=s, experiment_id=experiment.id) if experiment else None
+        if state.batch and round_ is not None and round_.id == state.round_id:
+            return None
+        if not state.batch and round_ is None:
+            return None
+        if not state.batch and round_ is not None and not _offered(s, round_, who, 1):
+            return None
+    return load_batch(factory, data_dir, who, state_value, batch_size=batch_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# rating, skipping and undoing (shared by the page and the API)
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_score(score: Any) -> int:
+    if isinstance(score, float) and score.is_integer():
+        score = int(score)
+    if isinstance(score, str) and score.strip().isdigit():
+        score = int(score.strip())
+    if isinstance(score, bool) or not isinstance(score, int) or not SCORE_MIN <= score <= SCORE_MAX:
+        raise InvalidInput(f"a rating must be a whole number from {SCORE_MIN} to {SCORE_MAX}, got {score!r}; nothing was saved")
+    return score
+
+
+def parse_image_id(image_id: Any) -> int:
+    if isinstance(image_id, float) and image_id.is_integer():
+        image_id = int(image_id)
+    if isinstance(image_id, str) and image_id.strip().isdigit():
+        image_id = int(image_id.strip())
+    if isinstance(image_id, bool) or not isinstance(image_id, int) or image_id < 1:
+        raise InvalidInput(f"an image id must be a positive whole number, got {image_id!r}")
+    return image_id
+
+
+def rate_in_session(session: Session, who: Who, image_id: int, score: int) -> int | None:
+    """Rate (or re-rate) one image; returns the previous score (None if new). Raises a db error, changing nothing."""
+    image = repo.get_image(session=session, image_id=image_id)
+    round_ = repo.get_round(session=session, round_id=image.round_id)
+    if round_.status != "labeling":
+        raise Conflict(f"round {round_.index} is closed for labeling (it is {round_.status}); image {image_id} was not rated")
+    if image.kind != "query":
+        raise Conflict(f"image {image_id} is an evaluation image of the dashboard and is not rated")
+    existing = repo.find_rating(session=session, image_id=image_id, rater_id=who.rater_id)
+    if existing is None:
+        total = repo.round_progress(session=session, round_id=round_.id).total_images
+        if image_id not in {im.id for im in _offered(session, round_, who, total)}:
+            raise NotOffered(
+                f"image {image_id} is not offered to you: other raters have already given it the ratings it needs, "
+                "or you skipped it; nothing was saved"
+            )
+    previous = existing.score if existing is not None else None
+    repo.add_rating(session=session, image_id=image_id, rater_id=who.rater_id, score=score)
+    return previous
+
+
+def submit(factory, who: Who, image_id: Any, score: Any) -> dict[str, Any]:
+    """Rate one image in its own transaction (the API's submit_rating)."""
+    image_id, score = parse_image_id(image_id), parse_score(score)
+    with write_session(factory) as s:
+        previous = rate_in_session(s, who, image_id, score)
+        image = repo.get_image(session=s, image_id=image_id)
+        round_ = repo.get_round(session=s, round_id=image.round_id)
+        experiment = repo.get_experiment(session=s, experiment_id=round_.experiment_id)
+    with read_session(factory) as s:
+        p = progress(s, experiment, who)
+    return {"image_id": image_id, "score": score, "previous_score": previous, "edited": previous is not None,
+            "progress": p.as_dict()}
+
+
+def rate(factory, data_dir, who: Who, state_value: dict | None, payload: dict[str, Any] | None, *, batch_size: int) -> View:
+    """The page's rating: saves, records the undo step, and moves to a new batch when this one is done."""
+    state = RateState.from_value(state_value)
+    payload = payload or {}
+    message = None
+    try:
+        image_id, score = parse_image_id(payload.get("image_id")), parse_score(payload.get("score"))
+        if image_id not in state.batch:
+            raise Conflict(f"image {image_id} is not in your current batch; reload the page")
+        with write_session(factory) as s:
+            previous = rate_in_session(s, who, image_id, score)
+        state.history.append([image_id, previous])
+        if image_id in state.skipped:
+            state.skipped.remove(image_id)
+    except NotOffered as e:
+        message = str(e)
+        if image_id not in state.taken:
+            state.taken.append(image_id)
+    except (Conflict, InvalidInput, NotFound) as e:
+        message = str(e)
+    return _after_action(factory, data_dir, who, state, batch_size=batch_size, message=message)
+
+
+def skip(factory, data_dir, who: Who, state_value: dict | None, payload: dict[str, Any] | None, *, batch_size: int) -> View:
+    state = RateState.from_value(state_value)
+    message = None
+    try:
+        image_id = parse_image_id((payload or {}).get("image_id"))
+        if image_id not in state.batch:
+            raise Conflict(f"image {image_id} is not in your current batch; reload the page")
+        with write_session(factory) as s:
+            repo.add_skip(session=s, image_id=image_id, rater_id=who.rater_id)
+        if image_id not in state.skipped:
+            state.skipped.append(image_id)
+    except (Conflict, InvalidInput, NotFound) as e:
+        message = str(e)
+    return _after_action(factory, data_dir, who, state, batch_size=batch_size, message=message)
+
+
+def undo(factory, data_dir, who: Who, state_value: dict | None, *, batch_size: int) -> View:
+    """Undo this session's last rating: a new rating is removed, an edit gets its previous score back."""
+    state = RateState.from_value(state_value)
+    if not state.history:
+        with read_session(factory) as s:
+            return _render(s, data_dir, state, who, new_grid=False, message="There is no rating to undo in this session.")
+    image_id, previous = state.history[-1]
+    message = None
+    new_grid = False
+    try:
+        with write_session(factory) as s:
+            if previous is None:
+                repo.delete_rating(session=s, image_id=image_id, rater_id=who.rater_id)
+            else:
+                repo.add_rating(session=s, image_id=image_id, rater_id=who.rater_id, score=previous)
+        state.history.pop()
+        if image_id not in state.batch:  # it was in an earlier batch: bring it back to the front
+            state.batch.insert(0, image_id)
+            new_grid = True
+    except (Conflict, NotFound) as e:
+        state.history.pop()  # the round closed or the rating is gone: this step cannot be undone
+        message = f"Cannot undo: {e}"
+    with read_session(factory) as s:
+        return _render(s, data_dir, state, who, new_grid=new_grid, message=message)
+
+
+def _after_action(factory, data_dir, who: Who, state: RateState, *, batch_size: int, message: str | None) -> View:
+    with read_session(factory) as s:
+        if state.batch and _batch_done(s, state, who):
+            view = load_batch(factory, data_dir, who, state.to_value(), batch_size=batch_size)
+            return View(view.grid, view.marks, view.progress, view.state, message)
+        return _render(s, data_dir, state, who, new_grid=False, message=message)
+
+
+# ---------------------------------------------------------------------------------------------
+# the public API's batch
+# ---------------------------------------------------------------------------------------------
+
+
+def api_batch(factory, data_dir, who: Who, *, limit: int, experiment: str = "") -> dict[str, Any]:
+    """The next images for the rater, with their PNG bytes (base64), for the public ``next_batch`` endpoint."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_API_BATCH:
+        raise InvalidInput(f"limit must be a whole number from 1 to {MAX_API_BATCH}, got {limit!r}")
+    with read_session(factory) as s:
+        exp = experiment_by_name(s, experiment)
+        if exp is None:
+            return {"experiment": None, "round": None, "items": [], "progress": Progress(None, None, None).as_dict(),
+                    "message": "there is no experiment yet"}
+        round_ = repo.get_open_round(session=s, experiment_id=exp.id)
+        images = draw_batch(s, round_, who, limit) if round_ is not None else []
+        items = [{"image_id": im.id, "prompt": im.prompt, "seed": im.seed, "png_base64": png_base64(data_dir, im)}
+                 for im in images]
+        return {
+            "experiment": exp.name,
+            "round": round_.index if round_ is not None else None,
+            "items": items,
+            "progress": progress(s, exp, who).as_dict(),
+            "message": _empty_message(s, exp) if not items else f"{len(items)} images to rate with submit_rating",
+        }

@@ -1,0 +1,545 @@
+"""The background worker: claim a job, run SEIKO outside any transaction, publish the result in one short one.
+
+    generate (round k):  sample round k's query batch and eval grid with adapter k -> PNGs + embeddings
+                         -> one transaction: Image rows, round k 'labeling', eval metrics, job done
+    train (round k):     ratings snapshot up to the job's watermark -> reward ensemble -> adapter k+1,
+                         both written atomically under the data dir
+                         -> one transaction: round k+1 + checkpoint, round k 'done', generate job k+1, job done
+
+Leases: a job is claimed for ``lease_s`` seconds and a heartbeat thread extends the lease every
+``lease_s / 3`` seconds, writing the latest progress (phase, step, total, eta_s) that the core's
+``on_progress`` callback left. If the worker dies, the lease runs out and another worker re-runs the
+job; a worker whose job was taken over cannot publish (``complete_job`` raises LeaseLost in the
+publishing transaction, which is then rolled back). A re-run publishes exactly once: images are
+content-addressed and their rows unique per (round, kind, prompt, seed), an adapter directory that
+verifies and was trained on the same snapshot is reused, and ``repo.publish_round`` does nothing
+when the round already exists.
+
+Seeds are derived from (experiment id, round index, purpose), so a re-run makes the same prompts,
+the same images and (on the same hardware) the same adapter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from app import storage
+from app.services import experiment_config, round_budget
+from app.settings import Settings
+from db import migrate, repo
+from db.engine import make_engine, read_session, session_factory, write_session
+from db.errors import Conflict, InvalidInput, LeaseLost
+from seiko_core import lora
+from seiko_core.checkpoint import MANIFEST, CheckpointError, atomic_directory, sha256_file, verify
+from seiko_core.config import SeikoConfig, to_dict
+from seiko_core.finetune import trajectory_kl
+from seiko_core.loop import generate_batch, predicted_reward, round_prompts, train_round
+from seiko_core.models import ModelParts, load_model
+from seiko_core.reward import RewardEnsemble
+from seiko_core.sampling import to_uint8
+
+log = logging.getLogger("seiko.worker")
+
+ERROR_MAX_CHARS = 2000  # a job's error message is one sentence; a runaway message is cut here
+
+
+class WorkerRefused(RuntimeError):
+    """The worker cannot start in this environment; the message says what to do instead."""
+
+
+# ---------------------------------------------------------------------------------------------
+# seeds
+# ---------------------------------------------------------------------------------------------
+
+
+def derive_seed(*parts: Any, bits: int = 31) -> int:
+    """A ``bits``-bit seed from the sha256 of ``parts`` (e.g. experiment id, round index, purpose); stable across runs."""
+    digest = hashlib.sha256(":".join(map(str, ("seiko", *parts))).encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> (64 - bits)
+
+
+def query_seeds(experiment_id: int, round_index: int, n: int) -> list[int]:
+    """Seeds of round ``round_index``'s query images: consecutive from a derived 48-bit base, so distinct within the round."""
+    base = derive_seed(experiment_id, round_index, "images", bits=48)
+    return [base + i for i in range(n)]
+
+
+def finite_json(value: Any) -> Any:
+    """``value`` with numpy scalars made plain and NaN/inf replaced by None (the database stores strict JSON)."""
+    if isinstance(value, dict):
+        return {str(k): finite_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_json(v) for v in value]
+    if isinstance(value, np.generic | torch.Tensor):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# progress and heartbeats
+# ---------------------------------------------------------------------------------------------
+
+
+class JobProgress:
+    """The latest progress of the running job, shared by the model code's callback and the heartbeat thread.
+
+    The callback only stores a dict under a lock; the heartbeat thread reads it and writes it to the job row.
+    When the heartbeat finds the job taken over, ``lost`` is set and the next callback raises LeaseLost,
+    which stops the model work early.
+    """
+
+    def __init__(self, job_id: int, worker_id: str) -> None:
+        self.job_id, self.worker_id = job_id, worker_id
+        self.lost = threading.Event()
+        self._lock = threading.Lock()
+        self._latest: dict[str, Any] | None = None
+        self._phase: str | None = None
+        self._phase_start = time.monotonic()
+
+    def set(self, phase: str, step: int = 0, total: int = 0) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if phase != self._phase:
+                self._phase, self._phase_start = phase, now
+            eta = None
+            if step > 0 and total >= step:
+                eta = round((now - self._phase_start) / step * (total - step), 1)
+            self._latest = {"phase": phase, "step": int(step), "total": int(total), "eta_s": eta}
+
+    def latest(self) -> dict[str, Any] | None:
+        with self._lock:
+            return None if self._latest is None else dict(self._latest)
+
+    def callback(self, phase: str | None = None) -> Callable[[int, int, dict], None]:
+        """An ``on_progress(step, total, metrics)`` for seiko_core; ``phase`` overrides the core's own phase name."""
+
+        def on_progress(step: int, total: int, metrics: dict) -> None:
+            if self.lost.is_set():
+                raise LeaseLost(f"worker {self.worker_id!r} lost the lease of job {self.job_id} to another worker; stopping it")
+            self.set(phase or str(metrics.get("phase") or "work"), int(step), int(total))
+
+        return on_progress
+
+
+class Heartbeat:
+    """A thread that extends the job's lease every ``lease_s / 3`` seconds and writes the latest progress."""
+
+    def __init__(self, factory, job_id: int, worker_id: str, lease_s: float, progress: JobProgress) -> None:
+        self.factory, self.job_id, self.worker_id, self.lease_s = factory, job_id, worker_id, lease_s
+        self.progress = progress
+        self.interval = lease_s / 3
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-job-{job_id}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                with write_session(self.factory) as s:
+                    held = repo.heartbeat(session=s, job_id=self.job_id, worker_id=self.worker_id, lease_s=self.lease_s,
+                                          progress=self.progress.latest())
+            except Exception:
+                # The lease keeps running; if heartbeats keep failing the job is taken over and this worker's
+                # publish fails with LeaseLost. Log every failure with its traceback and keep trying.
+                log.exception("heartbeat of job %d failed; trying again in %.1f s", self.job_id, self.interval)
+                continue
+            if not held:
+                log.warning("job %d is no longer held by worker %r (its lease expired and it was reclaimed)",
+                            self.job_id, self.worker_id)
+                self.progress.lost.set()
+                return
+
+
+# ---------------------------------------------------------------------------------------------
+# the worker
+# ---------------------------------------------------------------------------------------------
+
+
+def _import_model_libraries() -> None:
+    """Import what the first job would (seconds of work), so that job's time is the model's, not the imports'."""
+    import accelerate  # noqa: F401  (seiko_core.finetune)
+    import diffusers  # noqa: F401
+    import peft  # noqa: F401
+    from diffusers import StableDiffusionPipeline  # noqa: F401  (lazy in diffusers: the slow part)
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection  # noqa: F401
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    id: int
+    kind: str
+    experiment_id: int | None
+    round_id: int | None
+    payload: dict[str, Any]
+    attempts: int
+    max_attempts: int
+
+
+@dataclass
+class _Run:
+    job: ClaimedJob
+    progress: JobProgress
+    heartbeat: Heartbeat
+
+
+@dataclass(frozen=True)
+class _RoundInfo:
+    id: int
+    index: int
+    status: str
+    adapter_path: str | None
+    manifest_sha256: str | None  # of the newest checkpoint recorded for the round
+
+
+def _round_info(session, round_) -> _RoundInfo:
+    checkpoints = repo.list_checkpoints(session=session, round_id=round_.id)
+    return _RoundInfo(round_.id, round_.index, round_.status, round_.adapter_path,
+                      checkpoints[-1].manifest_sha256 if checkpoints else None)
+
+
+def _payload_round_index(job: ClaimedJob, round_index: int) -> int:
+    k = job.payload.get("round_index")
+    if k != round_index:
+        raise InvalidInput(f"job {job.id} names round {k!r} in its payload but belongs to round {round_index}")
+    return k
+
+
+class Worker:
+    """``Worker(settings, worker_id).run_forever()``; ``run_once()`` processes at most one job (tests, ``--once``)."""
+
+    def __init__(self, settings: Settings, worker_id: str, lease_s: float = 60, poll_s: float = 1.0, *,
+                 device: str | torch.device | None = None) -> None:
+        if isinstance(lease_s, bool) or not isinstance(lease_s, int | float) or not math.isfinite(lease_s) or lease_s <= 0:
+            raise ValueError(f"lease_s must be a positive number of seconds, got {lease_s!r}")
+        if isinstance(poll_s, bool) or not isinstance(poll_s, int | float) or not math.isfinite(poll_s) or poll_s < 0:
+            raise ValueError(f"poll_s must be a non-negative number of seconds, got {poll_s!r}")
+        if not isinstance(worker_id, str) or not worker_id.strip():
+            raise ValueError(f"worker_id must be a non-empty string, got {worker_id!r}")
+        self.settings, self.worker_id = settings, worker_id
+        self.lease_s, self.poll_s, self.device = float(lease_s), float(poll_s), device
+        self.engine = make_engine(settings.db_url)
+        self.factory = session_factory(self.engine)
+        self.handlers: dict[str, Callable[[_Run], dict[str, Any]]] = {"generate": self._generate, "train": self._train}
+        self.last_error: str | None = None  # the error of the last job this worker ran, None if it succeeded
+        self.current_job: int | None = None  # the id of the job being processed, None while idle
+        self._model: ModelParts | None = None  # one loaded base model, for the spec of the last job
+        self._adapters: dict[str, Path] = {}  # adapter name on the cached UNet -> the directory it was loaded from
+        self._started = False
+        self._stopping = threading.Event()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Refuse a database that is not at the newest schema, and remove partial files left by killed writers."""
+        if self._started:
+            return
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        if world > 1:
+            raise WorkerRefused(
+                f"the worker runs as one process per device, not under a {world}-process launcher; "
+                "start one `python -m app worker` per GPU (see docs/worker.md)"
+            )
+        migrate.check_at_head(self.settings.db_url)
+        _import_model_libraries()
+        # A live worker's temporary entries are seconds old; anything untouched for a whole lease is from a dead one.
+        removed = storage.clean_partials(self.settings.data_dir, min_age_s=self.lease_s)
+        for path in removed:
+            log.info("removed partial %s left by a killed writer", path)
+        self._started = True
+        log.info("worker %r ready (database %s, data dir %s, lease %.1f s)", self.worker_id,
+                 self.engine.url.render_as_string(hide_password=True), self.settings.data_dir, self.lease_s)
+
+    def run_forever(self) -> None:
+        """Process jobs until :meth:`stop` is called, sleeping ``poll_s`` when the queue is empty."""
+        self.start()
+        while not self._stopping.is_set():
+            if not self.run_once():
+                self._stopping.wait(self.poll_s)
+
+    def stop(self) -> None:
+        """Ask :meth:`run_forever` to return after the current job."""
+        self._stopping.set()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- one job ------------------------------------------------------------------------------
+
+    def run_once(self) -> bool:
+        """Claim and process one job; False when there was none. A failed job is recorded on its row (and retried)."""
+        self.start()
+        with write_session(self.factory) as s:
+            row = repo.claim_job(session=s, worker_id=self.worker_id, lease_s=self.lease_s, kinds=sorted(self.handlers))
+            job = None if row is None else ClaimedJob(row.id, row.kind, row.experiment_id, row.round_id, dict(row.payload or {}),
+                                                      row.attempts, row.max_attempts)
+        if job is None:
+            return False
+        log.info("job %d (%s, attempt %d of %d) claimed by %r", job.id, job.kind, job.attempts, job.max_attempts, self.worker_id)
+        self.current_job = job.id
+        progress = JobProgress(job.id, self.worker_id)
+        heartbeat = Heartbeat(self.factory, job.id, self.worker_id, self.lease_s, progress)
+        run = _Run(job, progress, heartbeat)
+        start = time.monotonic()
+        heartbeat.start()
+        try:
+            result = self.handlers[job.kind](run)
+        except LeaseLost as exc:
+            self.last_error = str(exc)
+            log.warning("job %d: %s; this worker's result is discarded", job.id, exc)
+        except Exception as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"[:ERROR_MAX_CHARS]
+            log.exception("job %d (%s) failed after %.1f s", job.id, job.kind, time.monotonic() - start)
+            heartbeat.stop()
+            self._fail(job, self.last_error)
+        except BaseException as exc:  # KeyboardInterrupt, SystemExit: hand the job back before stopping
+            heartbeat.stop()
+            self._fail(job, f"worker {self.worker_id!r} was stopped ({type(exc).__name__}) during the job")
+            raise
+        else:
+            self.last_error = None
+            log.info("job %d (%s) done in %.1f s: %s", job.id, job.kind, time.monotonic() - start, result)
+        finally:
+            heartbeat.stop()
+            self.current_job = None
+        return True
+
+    def _fail(self, job: ClaimedJob, error: str) -> None:
+        try:
+            with write_session(self.factory) as s:
+                failed = repo.fail_job(session=s, job_id=job.id, worker_id=self.worker_id, error=error, retry=True)
+                status = failed.status
+        except LeaseLost as exc:
+            log.warning("job %d: the failure was not recorded: %s", job.id, exc)
+            return
+        log.info("job %d is now %s (attempt %d of %d)", job.id, status, job.attempts, job.max_attempts)
+
+    def _publish(self, run: _Run, write: Callable[[Any], None], result: dict[str, Any]) -> None:
+        """Stop heartbeats, then in ONE transaction: write the final progress, complete the job and ``write(session)``.
+
+        ``complete_job`` raises LeaseLost when another worker has taken the job over; nothing is written then.
+        """
+        run.heartbeat.stop()
+        run.progress.set("done", 1, 1)
+        with write_session(self.factory) as s:
+            repo.heartbeat(session=s, job_id=run.job.id, worker_id=self.worker_id, lease_s=self.lease_s,
+                           progress=run.progress.latest())
+            repo.complete_job(session=s, job_id=run.job.id, worker_id=self.worker_id, result=finite_json(result))
+            write(s)
+
+    # -- models -------------------------------------------------------------------------------
+
+    def _parts(self, spec: str) -> ModelParts:
+        """The base model ``spec``, loaded once and kept while jobs use the same spec."""
+        if self._model is None or self._model.spec != spec:
+            self._model = None
+            self._adapters.clear()
+            log.info("loading model %s", spec)
+            self._model = load_model(spec, device=self.device)
+        return self._model
+
+    def _use_adapter(self, parts: ModelParts, round_: _RoundInfo) -> str | None:
+        """Load round ``round_``'s adapter onto the cached UNet (once) and return its name; None for round 0 (the base)."""
+        if round_.index == 0:
+            return None
+        if round_.adapter_path is None:
+            raise CheckpointError(f"round {round_.index} has no adapter_path; it was not published by a train job")
+        name = lora.round_adapter_name(round_.index)
+        path = storage.resolve(self.settings.data_dir, round_.adapter_path)
+        if self._adapters.get(name) != path:
+            self._adapters.pop(name, None)
+            if round_.manifest_sha256 is not None and sha256_file(path / MANIFEST) != round_.manifest_sha256:
+                raise CheckpointError(f"the adapter manifest in {str(path)!r} does not match the checkpoint recorded for round {round_.index}")
+            lora.load_adapter(parts, path, name)  # verifies every file against the manifest
+            self._adapters[name] = path
+        return name
+
+    # -- generate -----------------------------------------------------------------------------
+
+    def _generate(self, run: _Run) -> dict[str, Any]:
+        job, progress = run.job, run.progress
+        with read_session(self.factory) as s:
+            round_row = repo.get_round(session=s, round_id=job.round_id)
+            experiment = repo.get_experiment(session=s, experiment_id=round_row.experiment_id)
+            k = _payload_round_index(job, round_row.index)
+            this = _round_info(s, round_row)
+            prev = _round_info(s, repo.get_round_by_index(session=s, experiment_id=experiment.id, index=k - 1)) if k > 0 else None
+            existing = {(im.kind, im.prompt, im.seed) for im in repo.list_images(session=s, round_id=this.id)}
+            experiment_id, model_spec, cfg = experiment.id, experiment.model_spec, experiment_config(experiment)
+        if this.status not in ("generating", "labeling"):
+            raise Conflict(f"round {k} is {this.status!r}; only a 'generating' round gets images")
+
+        n = round_budget(cfg, k)
+        query = list(zip(round_prompts(cfg, n, derive_seed(experiment_id, k, "prompts")), query_seeds(experiment_id, k, n)))
+        query = [(p, s) for p, s in query if ("query", p, s) not in existing]
+        grid = [(p, s) for p in dict.fromkeys(cfg.eval_prompts) for s in dict.fromkeys(cfg.eval_seeds)]
+        started = time.monotonic()
+
+        progress.set("load_model")
+        parts = self._parts(model_spec)
+        adapter = self._use_adapter(parts, this)
+        rows: list[dict[str, Any]] = []
+        if query:
+            images, emb = generate_batch(parts, adapter, [p for p, _ in query], [s for _, s in query], cfg,
+                                         on_progress=progress.callback("sample_query"))
+            rows += self._store_images(images, emb, query, "query")
+        eval_metrics: dict[str, Any] = {"n": len(grid), "prompts": len(dict.fromkeys(cfg.eval_prompts)),
+                                        "seeds": list(dict.fromkeys(cfg.eval_seeds))}
+        if grid:
+            # The eval grid is rendered every time (the metrics need the pixels); rows are added only where missing.
+            images, emb = generate_batch(parts, adapter, [p for p, _ in grid], [s for _, s in grid], cfg,
+                                         on_progress=progress.callback("sample_eval"))
+            rows += [r for r in self._store_images(images, emb, grid, "eval") if ("eval", r["prompt"], r["seed"]) not in existing]
+            eval_metrics.update(self._eval_metrics(parts, cfg, experiment_id, k, adapter, prev, images, grid, progress))
+        metrics = {"generate": {"query_images": n, "eval_images": len(grid), "wall_s": round(time.monotonic() - started, 3)},
+                   "eval": eval_metrics}
+
+        def write(s) -> None:
+            present = {(im.kind, im.prompt, im.seed) for im in repo.list_images(session=s, round_id=this.id)}
+            for r in rows:
+                if (r["kind"], r["prompt"], r["seed"]) not in present:
+                    repo.add_image(session=s, round_id=this.id, **r)
+            repo.set_round_status(session=s, round_id=this.id, status="labeling")
+            repo.update_round_metrics(session=s, round_id=this.id, metrics=finite_json(metrics))
+
+        self._publish(run, write, {"round_index": k, "new_images": len(rows), "query_images": n, "eval_images": len(grid)})
+        return {"round_index": k, "new_images": len(rows)}
+
+    def _store_images(self, images: torch.Tensor, emb: torch.Tensor, pairs: list[tuple[str, int]], kind: str) -> list[dict[str, Any]]:
+        pixels = to_uint8(images)
+        emb = emb.detach().to("cpu", torch.float32).numpy().astype("<f4")
+        rows = []
+        for i, (prompt, seed) in enumerate(pairs):
+            stored = storage.write_image(self.settings.data_dir, storage.encode_png(pixels[i]))
+            rows.append({"prompt": prompt, "seed": int(seed), "file_path": stored.path, "sha256": stored.sha256,
+                         "embedding": emb[i].tobytes(), "embedding_dim": int(emb.shape[1]), "kind": kind})
+        return rows
+
+    def _eval_metrics(self, parts: ModelParts, cfg: SeikoConfig, experiment_id: int, k: int, adapter: str | None,
+                      prev: _RoundInfo | None, images: torch.Tensor, grid: list[tuple[str, int]],
+                      progress: JobProgress) -> dict[str, Any]:
+        """Predicted reward and head spread on the eval grid (reward model of round k), trajectory KL to round k-1."""
+        out: dict[str, Any] = {}
+        if k == 0 or prev is None:
+            return out
+        reward_dir = storage.resolve(self.settings.data_dir, storage.reward_path(experiment_id, k))
+        if reward_dir.exists():
+            progress.set("eval_reward")
+            verify(reward_dir)
+            ensemble = RewardEnsemble.load(reward_dir, device=parts.device)
+            out["pred_reward"], out["head_spread"] = predicted_reward(parts, ensemble, images)
+            out["reward_model_round"] = k
+        if cfg.sampling.eta > 0:
+            progress.set("eval_kl")
+            reference = self._use_adapter(parts, prev)
+            kl = trajectory_kl(parts, [p for p, _ in grid], [s for _, s in grid], adapter=adapter, reference=reference,
+                               steps=cfg.sampling.steps, eta=cfg.sampling.eta, guidance=cfg.sampling.guidance,
+                               batch_size=cfg.sampling.batch_size)
+            out["kl_to_prev"] = float(kl.mean())
+            out["kl_to_prev_max"] = float(kl.max())
+        return out
+
+    # -- train --------------------------------------------------------------------------------
+
+    def _train(self, run: _Run) -> dict[str, Any]:
+        job, progress = run.job, run.progress
+        with read_session(self.factory) as s:
+            round_row = repo.get_round(session=s, round_id=job.round_id)
+            experiment = repo.get_experiment(session=s, experiment_id=round_row.experiment_id)
+            k = _payload_round_index(job, round_row.index)
+            this = _round_info(s, round_row)
+            published = any(r.index == k + 1 for r in repo.list_rounds(session=s, experiment_id=experiment.id))
+            watermark = job.payload.get("watermark")
+            rows = [] if published else repo.ratings_snapshot(session=s, experiment_id=experiment.id, up_to_rating_id=watermark)
+            experiment_id, model_spec, cfg = experiment.id, experiment.model_spec, experiment_config(experiment)
+        new_index = k + 1
+        if published:  # an earlier attempt published and this one is a re-run: nothing more to do
+            self._publish(run, lambda s: None, {"round_index": new_index, "published": False})
+            return {"round_index": new_index, "published": False}
+        if this.status != "training":
+            raise Conflict(f"round {k} is {this.status!r}, not 'training'; close the round before training on it")
+        if not rows:
+            raise Conflict(f"experiment {experiment_id} has no ratings up to rating {watermark}; there is nothing to train on")
+        dims = {r.embedding_dim for r in rows}
+        if len(dims) != 1:
+            raise InvalidInput(f"the rated images' embeddings have different sizes {sorted(dims)}; they come from different encoders")
+        embeddings = torch.from_numpy(np.stack([np.frombuffer(r.embedding, dtype="<f4") for r in rows]).astype(np.float32))
+        scores = torch.tensor([r.mean_score for r in rows], dtype=torch.float32)
+        snapshot = {"watermark": watermark, "images": len(rows), "ratings": int(sum(r.n_ratings for r in rows))}
+
+        adapter_rel = storage.adapter_path(experiment_id, new_index)
+        adapter_dir = storage.resolve(self.settings.data_dir, adapter_rel)
+        reward_dir = storage.resolve(self.settings.data_dir, storage.reward_path(experiment_id, new_index))
+        metrics = self._reusable(adapter_dir, reward_dir, snapshot)
+        if metrics is not None:
+            log.info("job %d: reusing %s, written by an earlier attempt on the same ratings", job.id, adapter_dir)
+            progress.set("reuse")
+        else:
+            progress.set("load_model")
+            parts = self._parts(model_spec)
+            prev_adapter = self._use_adapter(parts, this)
+            seed = derive_seed(experiment_id, k, "train")
+            outcome = train_round(parts, embeddings, scores, cfg, new_index=new_index, prev_adapter=prev_adapter, seed=seed,
+                                  on_progress=progress.callback())
+            self._adapters.pop(outcome.adapter, None)  # the next use reloads what was published, not what is in memory
+            metrics = finite_json({**outcome.metrics, "snapshot": snapshot, "seed": seed})
+            progress.set("save")
+
+            def write_reward(tmp: Path) -> None:
+                outcome.ensemble.save(tmp)
+                if outcome.ucb is not None:
+                    outcome.ucb.save(tmp)
+
+            atomic_directory(reward_dir, write_reward, extra={"kind": "seiko-reward", "round": new_index})
+            lora.save_adapter(parts.unet, outcome.adapter, adapter_dir, config=to_dict(cfg), metrics=metrics)
+        manifest_sha = sha256_file(adapter_dir / MANIFEST)  # the copy on disk (an earlier writer's if it got there first)
+
+        def write(s) -> None:
+            repo.publish_round(session=s, experiment_id=experiment_id, index=new_index, adapter_path=adapter_rel,
+                               manifest_sha256=manifest_sha, metrics={"train": metrics})
+
+        self._publish(run, write, {"round_index": new_index, "published": True, "adapter_path": adapter_rel,
+                                   "manifest_sha256": manifest_sha})
+        return {"round_index": new_index, "adapter_path": adapter_rel}
+
+    def _reusable(self, adapter_dir: Path, reward_dir: Path, snapshot: dict[str, Any]) -> dict[str, Any] | None:
+        """The metrics of an unpublished adapter an earlier attempt wrote on the same ratings snapshot, or None.
+
+        An unpublished adapter (or reward model) that does not verify or was trained on other ratings (the round
+        was reopened and closed again) is renamed out of the way, so this attempt writes a fresh one.
+        """
+        if adapter_dir.exists():
+            try:
+                verify(adapter_dir)
+                verify(reward_dir)
+                metrics = json.loads((adapter_dir / "metrics.json").read_text())
+            except (CheckpointError, json.JSONDecodeError, OSError) as exc:
+                log.warning("unpublished %s cannot be reused (%s); it is set aside and trained again", adapter_dir, exc)
+                metrics = None
+            if metrics is not None and metrics.get("snapshot") == snapshot:
+                return metrics
+            storage.retire(adapter_dir)
+        if reward_dir.exists():
+            storage.retire(reward_dir)
+        return None

@@ -1,0 +1,388 @@
+"""The web app's handlers as plain functions: rating, undo, skip, edits, refusals, roles, local mode, dashboard."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gradio as gr
+import pytest
+from sqlalchemy import make_url
+
+from app import auth, ui, ui_admin, ui_dashboard, ui_rate
+from app.auth import AuthError
+from db import repo
+from db.engine import read_session, write_session
+from db.errors import Conflict, InvalidInput, NotFound
+
+
+def who(world, name: str) -> auth.Who:
+    return auth.identify(world.factory, local_mode=False, username=name, client_host="127.0.0.1")
+
+
+def rating_of(world, image_id: int, rater_id: int) -> int | None:
+    with read_session(world.factory) as s:
+        r = repo.find_rating(session=s, image_id=image_id, rater_id=rater_id)
+        return None if r is None else r.score
+
+
+def all_ratings(world) -> list[tuple[int, int, int]]:
+    with read_session(world.factory) as s:
+        return sorted((im, rid, score) for im in world.image_ids + world.eval_image_ids for rid in world.accounts.values()
+                      if (score := (r.score if (r := repo.find_rating(session=s, image_id=im, rater_id=rid)) else None)))
+
+
+class Page:
+    """One browser session on the rating page: the gr.State value carried from call to call."""
+
+    def __init__(self, world, name: str, batch_size: int = 4):
+        self.world, self.who, self.size = world, who(world, name), batch_size
+        self.view = ui_rate.load_batch(world.factory, world.settings.data_dir, self.who, None, batch_size=batch_size)
+
+    @property
+    def state(self) -> dict:
+        return self.view.state
+
+    @property
+    def batch(self) -> list[int]:
+        return self.state["batch"]
+
+    @property
+    def marks(self) -> dict:
+        return json.loads(self.view.marks)["cards"]
+
+    def rate(self, image_id, score) -> ui_rate.View:
+        self.view = ui_rate.rate(self.world.factory, self.world.settings.data_dir, self.who, self.state,
+                                 {"image_id": image_id, "score": score}, batch_size=self.size)
+        return self.view
+
+    def skip(self, image_id) -> ui_rate.View:
+        self.view = ui_rate.skip(self.world.factory, self.world.settings.data_dir, self.who, self.state,
+                                 {"image_id": image_id}, batch_size=self.size)
+        return self.view
+
+    def undo(self) -> ui_rate.View:
+        self.view = ui_rate.undo(self.world.factory, self.world.settings.data_dir, self.who, self.state, batch_size=self.size)
+        return self.view
+
+
+# ---------------------------------------------------------------------------------------------
+# the rating page
+# ---------------------------------------------------------------------------------------------
+
+
+def test_batch_shows_query_images_inline_and_pixelated(ui_world):
+    page = Page(ui_world, "alice")
+    assert len(page.batch) == 4 and set(page.batch) <= set(ui_world.image_ids)  # never eval images
+    html = page.view.grid
+    assert html.count("class='rg-card'") == 4 and html.count("src='data:image/png;base64,") == 4
+    assert "/gradio_api/file" not in html and str(ui_world.settings.data_dir) not in html
+    assert "a red circle" in html or "a small square" in html or "a large triangle" in html
+    assert "image-rendering: pixelated" in ui.CSS
+    assert "0 of 6</b> images rated" in page.view.progress and "0 rated" in page.view.progress
+
+
+def test_prompts_are_escaped(ui_world):
+    with write_session(ui_world.factory) as s:
+        repo.set_round_status(session=s, round_id=ui_world.round_id, status="training")
+        rnd = repo.create_round(session=s, experiment_id=ui_world.experiment_id, index=1, adapter_path="adapters/x")
+    ui_world.add_round_images(rnd.id, 1, prompts=("<img src=x onerror=alert(1)> `${x}`",))
+    with write_session(ui_world.factory) as s:
+        repo.set_round_status(session=s, round_id=rnd.id, status="labeling")
+    html = Page(ui_world, "alice").view.grid
+    assert "<img src=x" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+
+
+def test_a_rating_is_saved_the_moment_it_is_given(ui_world):
+    page = Page(ui_world, "alice")
+    first = page.batch[0]
+    view = page.rate(first, 7)
+    assert view.message is None and view.grid is None  # the grid stays; only the marks change
+    assert rating_of(ui_world, first, ui_world.accounts["alice"]) == 7
+    assert page.marks[str(first)] == {"state": "rated", "score": 7, "status": "✓ saved: 7"}
+    assert "1 of 6</b> images rated" in view.progress and "1 rated" in view.progress
+
+
+def test_rerating_edits_and_undo_restores_step_by_step(ui_world):
+    page = Page(ui_world, "alice")
+    image, alice = page.batch[1], ui_world.accounts["alice"]
+    page.rate(image, 3)
+    page.rate(image, 8)  # an edit: still one rating
+    assert rating_of(ui_world, image, alice) == 8
+    assert len(all_ratings(ui_world)) == 1
+    page.undo()
+    assert rating_of(ui_world, image, alice) == 3
+    page.undo()
+    assert rating_of(ui_world, image, alice) is None
+    assert page.marks[str(image)]["state"] == "open"
+    view = page.undo()
+    assert "no rating to undo" in view.message
+
+
+def test_skip_hides_the_image_for_good(ui_world):
+    page = Page(ui_world, "alice")
+    skipped = page.batch[0]
+    page.skip(skipped)
+    assert page.marks[str(skipped)]["state"] == "skipped"
+    assert rating_of(ui_world, skipped, ui_world.accounts["alice"]) is None
+    view = page.rate(skipped, 5)  # no longer offered to alice
+    assert "not offered to you" in view.message
+    assert rating_of(ui_world, skipped, ui_world.accounts["alice"]) is None
+    later = Page(ui_world, "alice")
+    assert skipped not in later.batch
+
+
+@pytest.mark.parametrize("score", [0, 11, -3, 7.5, "x", None, True, "10 "])
+def test_bad_scores_change_nothing(ui_world, score):
+    page = Page(ui_world, "alice")
+    view = page.rate(page.batch[0], score)
+    if score == "10 ":  # a digit string from the browser is fine
+        assert view.message is None
+        return
+    assert "whole number from 1 to 10" in view.message
+    assert all_ratings(ui_world) == []
+    with pytest.raises(InvalidInput, match="from 1 to 10"):
+        ui_rate.submit(ui_world.factory, page.who, page.batch[0], score)
+    assert all_ratings(ui_world) == []
+
+
+def test_unknown_image_is_refused(ui_world):
+    page = Page(ui_world, "alice")
+    with pytest.raises(NotFound, match="no image with id 99999"):
+        ui_rate.submit(ui_world.factory, page.who, 99999, 5)
+    with pytest.raises(InvalidInput, match="positive whole number"):
+        ui_rate.submit(ui_world.factory, page.who, "abc", 5)
+    assert "not in your current batch" in page.rate(99999, 5).message
+    assert all_ratings(ui_world) == []
+
+
+def test_closed_round_is_refused_and_undo_says_so(ui_world):
+    page = Page(ui_world, "alice")
+    image = page.batch[0]
+    page.rate(image, 6)
+    with write_session(ui_world.factory) as s:
+        repo.set_round_status(session=s, round_id=ui_world.round_id, status="training")
+    with pytest.raises(Conflict, match="closed for labeling"):
+        ui_rate.submit(ui_world.factory, page.who, image, 9)
+    assert "closed for labeling" in page.rate(page.batch[1], 4).message
+    assert "Cannot undo" in page.undo().message
+    assert all_ratings(ui_world) == [(image, ui_world.accounts["alice"], 6)]
+
+
+def test_eval_images_are_not_rated(ui_world):
+    with pytest.raises(Conflict, match="evaluation image"):
+        ui_rate.submit(ui_world.factory, who(ui_world, "alice"), ui_world.eval_image_ids[0], 5)
+
+
+def test_another_raters_item_is_refused_with_overlap_one(ui_world):
+    alice, bob = Page(ui_world, "alice"), Page(ui_world, "bob")
+    shared = next(i for i in alice.batch if i in bob.batch) if set(alice.batch) & set(bob.batch) else None
+    target = shared if shared is not None else alice.batch[0]
+    ui_rate.submit(ui_world.factory, alice.who, target, 9)
+    with pytest.raises(Conflict, match="not offered to you"):
+        ui_rate.submit(ui_world.factory, bob.who, target, 2)
+    assert rating_of(ui_world, target, ui_world.accounts["bob"]) is None
+    assert rating_of(ui_world, target, ui_world.accounts["alice"]) == 9
+    assert target not in Page(ui_world, "bob").batch
+    if shared is not None:  # on bob's page the card is marked as taken
+        assert "not offered" in bob.rate(shared, 2).message and bob.marks[str(shared)]["state"] == "taken"
+    ui_rate.submit(ui_world.factory, alice.who, target, 4)  # her own rating stays editable
+    assert rating_of(ui_world, target, ui_world.accounts["alice"]) == 4
+
+
+def test_overlap_two_lets_two_raters_rate_each_image(ui_world_factory):
+    world = ui_world_factory(n_images=2, overlap=2)
+    for name in ("alice", "bob"):
+        for image in world.image_ids:
+            ui_rate.submit(world.factory, who(world, name), image, 5)
+    with pytest.raises(Conflict, match="not offered"):
+        ui_rate.submit(world.factory, who(world, "root"), world.image_ids[0], 5)
+    assert len(all_ratings(world)) == 4
+
+
+def test_a_rater_never_sees_an_image_twice_and_batches_advance(ui_world):
+    page = Page(ui_world, "alice", batch_size=4)
+    seen = list(page.batch)
+    for image in list(page.batch):
+        view = page.rate(image, 5)
+    assert view.grid is not None  # the finished batch was replaced by the next one
+    assert len(page.batch) == 2 and not set(page.batch) & set(seen)
+    seen += page.batch
+    for image in list(page.batch):
+        view = page.rate(image, 6)
+    assert page.batch == [] and "You have rated every image" in view.grid
+    assert sorted(seen) == sorted(ui_world.image_ids)
+    assert "6 of 6</b> images rated" in view.progress and "0 left for you" in view.progress
+    # undo brings the last image back to the front of an otherwise empty batch
+    view = page.undo()
+    assert page.batch == [seen[-1]] and view.grid is not None
+
+
+def test_ratings_survive_a_reload(ui_world):
+    page = Page(ui_world, "alice")
+    page.rate(page.batch[0], 2)
+    again = Page(ui_world, "alice")  # a new browser session
+    assert page.batch[0] not in again.batch
+    assert "1 rated" in again.view.progress
+
+
+def test_poll_fetches_images_when_a_round_opens(ui_world):
+    with write_session(ui_world.factory) as s:
+        repo.set_round_status(session=s, round_id=ui_world.round_id, status="training")
+    page = Page(ui_world, "alice")
+    assert page.batch == [] and "No round is open" in page.view.grid
+    assert ui_rate.poll(ui_world.factory, ui_world.settings.data_dir, page.who, page.state, batch_size=4) is None
+    with write_session(ui_world.factory) as s:
+        repo.set_round_status(session=s, round_id=ui_world.round_id, status="labeling")
+    view = ui_rate.poll(ui_world.factory, ui_world.settings.data_dir, page.who, page.state, batch_size=4)
+    assert view is not None and len(view.state["batch"]) == 4
+
+
+def test_api_batch(ui_world):
+    alice = who(ui_world, "alice")
+    out = ui_rate.api_batch(ui_world.factory, ui_world.settings.data_dir, alice, limit=3)
+    assert out["experiment"] == "ui-exp" and out["round"] == 0 and len(out["items"]) == 3
+    assert all(item["png_base64"] and set(item) == {"image_id", "prompt", "seed", "png_base64"} for item in out["items"])
+    with pytest.raises(InvalidInput, match="limit"):
+        ui_rate.api_batch(ui_world.factory, ui_world.settings.data_dir, alice, limit=0)
+    with pytest.raises(NotFound, match="no experiment named"):
+        ui_rate.api_batch(ui_world.factory, ui_world.settings.data_dir, alice, limit=3, experiment="nope")
+
+
+# ---------------------------------------------------------------------------------------------
+# roles and local mode, through the Gradio-facing functions
+# ---------------------------------------------------------------------------------------------
+
+
+def request(username: str | None, host: str = "127.0.0.1") -> gr.Request:
+    return gr.Request(username=username, client={"host": host, "port": 5000})
+
+
+def test_admin_handlers_check_the_role_on_the_server(ui_world):
+    services = ui_world.services()
+    assert ui._admin(services, request("root")).is_admin
+    with pytest.raises(gr.Error, match="only an admin"):
+        ui._admin(services, request("alice"))
+    with pytest.raises(gr.Error, match="Sign in first"):
+        ui._who(services, request(None))
+    rater = who(ui_world, "alice")
+    form = ui_admin.ExperimentForm(name="sneaky")
+    for call in (lambda: ui_admin.create_experiment(ui_world.factory, rater, form, default_model="m"),
+                 lambda: ui_admin.close_round(ui_world.factory, rater, ui_world.experiment_id),
+                 lambda: ui_admin.set_paused(ui_world.factory, rater, ui_world.experiment_id, True),
+                 lambda: ui_admin.add_user(ui_world.factory, rater, "eve", "admin", "a long password"),
+                 lambda: ui_admin.users_table(ui_world.factory, rater)):
+        with pytest.raises(AuthError, match="only an admin"):
+            call()
+    with read_session(ui_world.factory) as s:
+        assert [e.name for e in repo.list_experiments(session=s)] == ["ui-exp"]
+        assert repo.get_experiment(session=s, experiment_id=ui_world.experiment_id).status == "active"
+        assert repo.count_raters(session=s) == 3
+
+
+def test_local_mode_page(ui_world_factory):
+    world = ui_world_factory(accounts=False)
+    services = world.services(local_mode=True)
+    me = ui._who(services, request(None, "127.0.0.1"))
+    assert me.local and me.is_admin
+    assert "Local mode" in ui.banner_html(services, me) and "127.0.0.1" in ui.banner_html(services, me)
+    with pytest.raises(gr.Error, match="only requests from this computer"):
+        ui._who(services, request(None, "192.168.0.9"))
+    ui_rate.submit(world.factory, me, world.image_ids[0], 7)
+    assert rating_of(world, world.image_ids[0], me.rater_id) == 7
+    message = ui_admin.add_user(world.factory, me, "root", "admin", "a long password")
+    assert "restart" in message
+    with pytest.raises(gr.Error, match="restart the app"):
+        ui._who(services, request(None, "127.0.0.1"))
+
+
+def test_launch_kwargs_block_the_data_db_and_model_dirs(ui_world):
+    model = Path(ui_world.settings.model)
+    model.mkdir(exist_ok=True)
+    kwargs = ui.launch_kwargs(ui_world.services())
+    blocked = [ui_world.settings.data_dir, model]
+    url = make_url(ui_world.settings.db_url)
+    if url.get_backend_name() == "sqlite":
+        db_file = Path(url.database).resolve()
+        blocked += [db_file, db_file.with_name(db_file.name + "-wal")]
+    for path in blocked:
+        assert str(path.resolve()) in kwargs["blocked_paths"]
+    assert callable(kwargs["auth"]) and kwargs["auth"]("alice", "correct horse battery")
+    assert "auth" not in ui.launch_kwargs(ui_world.services(local_mode=True))
+
+
+def test_only_next_batch_and_submit_rating_are_public(ui_world):
+    demo = ui.build_demo(ui_world.services())
+    public = sorted(fn.api_name for fn in demo.fns.values() if fn.api_visibility != "private")
+    assert public == ["next_batch", "submit_rating"]
+    named = {fn.api_name: fn for fn in demo.fns.values()}
+    assert "1 (worst) to 10 (best)" in named["submit_rating"].fn.__doc__
+
+
+# ---------------------------------------------------------------------------------------------
+# administration
+# ---------------------------------------------------------------------------------------------
+
+
+def test_admin_creates_closes_pauses(ui_world):
+    root = who(ui_world, "root")
+    form = ui_admin.ExperimentForm(name="second", preset="shapes", method="ucb", budgets="8, 16", prompts="a circle\n a square \n",
+                                   aggregation="max", kl_weight=0.05, overlap=2)
+    assert "Created experiment 'second'" in ui_admin.create_experiment(ui_world.factory, root, form, default_model="models/x")
+    with read_session(ui_world.factory) as s:
+        exp = repo.get_experiment_by_name(session=s, name="second")
+        assert (exp.method, exp.budgets, exp.prompts, exp.overlap, exp.model_spec) == ("ucb", [8, 16], ["a circle", "a square"], 2, "models/x")
+        assert exp.config["finetune"]["kl_weight"] == 0.05 and exp.config["optimism"]["aggregation"] == "max"
+        assert [j.kind for j in repo.list_jobs(session=s, experiment_id=exp.id)] == ["generate"]
+    for bad, match in ((dict(name=" "), "name"), (dict(name="b", budgets="8, x"), "budgets"),
+                       (dict(name="c", method="magic"), "unknown method"), (dict(name="second"), "already exists"),
+                       (dict(name="d", overlap=0), "overlap")):
+        with pytest.raises(ValueError, match=match):
+            ui_admin.create_experiment(ui_world.factory, root, ui_admin.ExperimentForm(**bad), default_model="m")
+    with pytest.raises(Conflict, match="no ratings yet"):
+        ui_admin.close_round(ui_world.factory, root, ui_world.experiment_id)
+    ui_rate.submit(ui_world.factory, who(ui_world, "alice"), ui_world.image_ids[0], 6)
+    assert "paused" in ui_admin.set_paused(ui_world.factory, root, ui_world.experiment_id, True)
+    with pytest.raises(Conflict, match="resume it"):
+        ui_admin.close_round(ui_world.factory, root, ui_world.experiment_id)
+    ui_admin.set_paused(ui_world.factory, root, ui_world.experiment_id, False)
+    assert "training job" in ui_admin.close_round(ui_world.factory, root, ui_world.experiment_id)
+    with read_session(ui_world.factory) as s:
+        assert repo.get_round(session=s, round_id=ui_world.round_id).status == "training"
+    assert ui_admin.preset_defaults("shapes")["budgets"] == "32, 32, 32, 32"
+
+
+def test_admin_adds_users(ui_world):
+    root = who(ui_world, "root")
+    assert "Added rater 'carol'" in ui_admin.add_user(ui_world.factory, root, "carol", "rater", "carols password")
+    assert [row[1] for row in ui_admin.users_table(ui_world.factory, root)] == ["alice", "bob", "root", "carol"]
+    with pytest.raises(ValueError, match="at least 8"):
+        ui_admin.add_user(ui_world.factory, root, "dave", "rater", "short")
+
+
+# ---------------------------------------------------------------------------------------------
+# dashboard
+# ---------------------------------------------------------------------------------------------
+
+
+def test_dashboard_table_plot_grid_and_worker(ui_world):
+    alice = who(ui_world, "alice")
+    for image, score in zip(ui_world.image_ids[:3], (4, 6, 8)):
+        ui_rate.submit(ui_world.factory, alice, image, score)
+    with write_session(ui_world.factory) as s:
+        repo.update_round_metrics(session=s, round_id=ui_world.round_id, metrics={
+            "eval": {"pred_reward": 5.5, "head_spread": 0.25, "kl_to_prev": 0.0123}, "train": {"labels": 3}})
+        job = repo.enqueue_job(session=s, kind="train", experiment_id=ui_world.experiment_id, round_id=ui_world.round_id)
+        repo.claim_job(session=s, worker_id="w1", lease_s=60)
+        repo.heartbeat(session=s, job_id=job.id, worker_id="w1", lease_s=60,
+                       progress={"phase": "finetune", "step": 3, "total": 12, "eta_s": 95})
+    d = ui_dashboard.load(ui_world.factory, None)
+    assert d.table == [["0", "labeling", "6", "3", "3", "6", "6.00", "5.50", "0.250", "0.0123", "3"]]
+    assert "finetune" in d.worker and "step 3 of 12 (25%)" in d.worker and "ETA 1 min 35 s" in d.worker
+    assert "width:25.0%" in d.worker
+    fig = ui_dashboard.figure(d.rows)
+    assert len(fig.axes) == 3
+    grid = ui_dashboard.grid(ui_world.factory, ui_world.experiment_id, ui_world.settings.data_dir)
+    assert grid.count("data:image/png;base64,") == 2 and "round 0" in grid
+    assert ui_dashboard.metric({"train": {"finetune": {"kl_last": 0.5}}}, "kl") == 0.5
+    assert ui_dashboard.metric({}, "kl") is None

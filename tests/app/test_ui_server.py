@@ -1,0 +1,142 @@
+"""The launched app: the public API through gradio_client, sign-in, blocked file routes, and the serve/demo commands."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from gradio_client import Client
+
+from app import cli_demo, ui
+from app.__main__ import main as app_main
+from db import repo
+from db.engine import make_engine, read_session, session_factory
+
+UI_PASSWORD = "correct horse battery"  # tests/app/conftest.py gives every ui_world account this password
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(ui_world):
+    services = ui_world.services(batch_size=4)
+    demo = ui.build_demo(services)
+    kwargs = {**ui.launch_kwargs(services), "server_port": free_port(), "quiet": True}
+    demo.launch(prevent_thread_lock=True, **kwargs)
+    yield ui_world, demo.local_url.rstrip("/")
+    demo.close()
+
+
+def test_api_next_batch_and_submit_rating(server):
+    world, url = server
+    alice = Client(url, auth=("alice", UI_PASSWORD), verbose=False)
+    api = alice.view_api(print_info=False, return_format="dict")
+    assert sorted(api["named_endpoints"]) == ["/next_batch", "/submit_rating"]
+    assert not api["unnamed_endpoints"]
+
+    batch = alice.predict(limit=3, experiment="", api_name="/next_batch")
+    assert batch["experiment"] == "ui-exp" and len(batch["items"]) == 3
+    ids = [item["image_id"] for item in batch["items"]]
+    for image_id, score in zip(ids, (3, 7, 10)):
+        out = alice.predict(image_id=image_id, score=score, api_name="/submit_rating")
+        assert out["score"] == score and out["edited"] is False
+    edited = alice.predict(image_id=ids[0], score=4, api_name="/submit_rating")
+    assert edited["edited"] is True and edited["previous_score"] == 3
+    assert edited["progress"]["you_rated"] == 3
+
+    with pytest.raises(Exception, match="whole number from 1 to 10"):
+        alice.predict(image_id=ids[1], score=11, api_name="/submit_rating")
+    with pytest.raises(Exception, match="no image with id 4242"):
+        alice.predict(image_id=4242, score=5, api_name="/submit_rating")
+    bob = Client(url, auth=("bob", UI_PASSWORD), verbose=False)
+    with pytest.raises(Exception, match="not offered to you"):
+        bob.predict(image_id=ids[1], score=1, api_name="/submit_rating")
+    assert not set(ids) & {item["image_id"] for item in bob.predict(limit=8, api_name="/next_batch")["items"]}
+
+    with read_session(world.factory) as s:
+        rows = {(im, rid): r.score for im in world.image_ids for rid in world.accounts.values()
+                if (r := repo.find_rating(session=s, image_id=im, rater_id=rid))}
+    assert rows == {(ids[0], world.accounts["alice"]): 4, (ids[1], world.accounts["alice"]): 7,
+                    (ids[2], world.accounts["alice"]): 10}
+
+
+def test_sign_in_is_required_and_checked(server):
+    _, url = server
+    with pytest.raises(Exception):  # noqa: B017 - gradio_client raises a plain Exception on a failed login
+        Client(url, auth=("alice", "not the password"), verbose=False)
+    with httpx.Client(base_url=url) as http:
+        assert http.post("/login", data={"username": "alice", "password": "wrong password"}).status_code >= 400
+        assert http.get("/config").status_code in (401, 403)
+
+
+def test_data_dir_is_not_served(server):
+    world, url = server
+    image = next((world.settings.data_dir / "images").rglob("*.png"))
+    with httpx.Client(base_url=url) as http:
+        assert http.post("/login", data={"username": "alice", "password": UI_PASSWORD}).status_code == 200
+        for route in (f"/gradio_api/file={image}", f"/file={image}", f"/gradio_api/file={world.settings.data_dir / 'seiko.db'}"):
+            response = http.get(route)
+            assert response.status_code in (403, 404), route
+            assert response.content[:4] != b"\x89PNG"
+
+
+def test_serve_refuses_other_hosts_without_accounts(ui_world_factory, capsys):
+    world = ui_world_factory(accounts=False)
+    Path(world.settings.model).mkdir()
+    args = ["--db-url", world.settings.db_url, "--data-dir", str(world.settings.data_dir), "--model", world.settings.model]
+    assert app_main(["serve", "--host", "0.0.0.0", *args]) == 1
+    assert "no user accounts exist" in capsys.readouterr().err
+    assert app_main(["serve", "--model", str(Path(world.settings.model) / "missing"), *args[:4]]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_demo_starts_worker_and_ui_and_stops_both_on_sigterm(tmp_path, monkeypatch, capsys):
+    """In-process `python -m app demo` with a stand-in worker: SIGTERM stops the web app and the worker."""
+    model = tmp_path / "model"
+    model.mkdir()
+    pid_file = tmp_path / "worker.pid"
+    fake_worker = (f"import os, signal, sys, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); "
+                   "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); time.sleep(120)")
+    monkeypatch.setattr(cli_demo, "worker_command", lambda settings: [sys.executable, "-c", fake_worker])
+    port = free_port()
+
+    def stop_when_up() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200 and pid_file.exists():
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)  # not listening yet
+                continue
+            time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=stop_when_up, daemon=True).start()
+    rc = app_main(["demo", "--port", str(port), "--data-dir", str(tmp_path / "data"), "--model", str(model)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "created experiment 'demo'" in out and "worker stopped (status 0)" in out
+    worker_pid = int(pid_file.read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(worker_pid, 0)
+    engine = make_engine(f"sqlite:///{tmp_path / 'data' / 'seiko.db'}")
+    try:
+        with read_session(session_factory(engine)) as s:
+            exp = repo.get_experiment_by_name(session=s, name="demo")
+            assert [j.kind for j in repo.list_jobs(session=s, experiment_id=exp.id)] == ["generate"]
+    finally:
+        engine.dispose()
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{port}/", timeout=2)

@@ -1,0 +1,306 @@
+"""The background worker in-process, on the tiny random-weight model: generate, train, publish, leases, progress."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app import services, storage
+from app.settings import Settings
+from db import repo
+from db.engine import read_session, write_session
+from db.errors import Conflict, LeaseLost, SchemaOutOfDate
+from db.models import Checkpoint, utcnow
+from seiko_core.checkpoint import MANIFEST, sha256_file, verify
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _detached(session, value):
+    session.expunge_all()  # the rows stay readable after read_session's rollback
+    return value
+
+
+def _jobs(world, experiment_id, kind=None):
+    with read_session(world.factory) as s:
+        jobs = repo.list_jobs(session=s, experiment_id=experiment_id)
+        return _detached(s, [j for j in jobs if kind is None or j.kind == kind])
+
+
+def _round(world, experiment_id, index):
+    with read_session(world.factory) as s:
+        return _detached(s, repo.get_round_by_index(session=s, experiment_id=experiment_id, index=index))
+
+
+def _images(world, round_id, kind):
+    with read_session(world.factory) as s:
+        return _detached(s, repo.list_images(session=s, round_id=round_id, kind=kind))
+
+
+# ---------------------------------------------------------------------------------------------
+# storage
+# ---------------------------------------------------------------------------------------------
+
+
+def test_resolve_refuses_paths_outside_the_data_dir(tmp_path):
+    assert storage.resolve(tmp_path, "images/ab/x.png") == tmp_path.resolve() / "images" / "ab" / "x.png"
+    for bad in ("/etc/passwd", "../x.png", "images/../../x", "images\\x.png", "C:/x.png", ""):
+        with pytest.raises(storage.UnsafePath, match="data dir|non-empty"):
+            storage.resolve(tmp_path, bad)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "link").symlink_to("/etc")
+    with pytest.raises(storage.UnsafePath, match="outside the data dir"):
+        storage.resolve(tmp_path, "images/link/passwd")
+
+
+def test_images_are_content_addressed_and_deduplicated(tmp_path):
+    png = storage.encode_png(np.full((4, 4, 3), 7, dtype=np.uint8))
+    first = storage.write_image(tmp_path, png)
+    digest = hashlib.sha256(png).hexdigest()
+    assert first == storage.StoredFile(f"images/{digest[:2]}/{digest}.png", digest)
+    assert storage.write_image(tmp_path, png) == first  # identical content: the same file
+    assert storage.encode_png(np.full((4, 4, 3), 7, dtype=np.uint8)) == png  # PNG encoding is deterministic
+    assert [p.name for p in (tmp_path / "images").rglob("*") if p.is_file()] == [f"{digest}.png"]
+
+
+def test_clean_partials_removes_only_old_temporary_entries(tmp_path):
+    old = tmp_path / "adapters" / "exp1" / ".tmp-round_1-deadbeef"
+    old.mkdir(parents=True)
+    (old / "weights").write_bytes(b"half")
+    final = tmp_path / "adapters" / "exp1" / "round_1"
+    final.mkdir()
+    stale_png = tmp_path / "images" / "ab" / ".tmp-abc-1234.png"
+    stale_png.parent.mkdir(parents=True)
+    stale_png.write_bytes(b"x")
+    past = time.time() - 100
+    for p in (old, old / "weights", stale_png):
+        os.utime(p, (past, past))
+    fresh = tmp_path / "reward" / "exp1" / ".tmp-round_1-cafe"
+    fresh.mkdir(parents=True)
+    assert sorted(storage.clean_partials(tmp_path, min_age_s=50)) == sorted([old, stale_png])
+    assert final.exists() and fresh.exists()
+    assert storage.clean_partials(tmp_path) == [fresh]
+
+
+# ---------------------------------------------------------------------------------------------
+# the worker
+# ---------------------------------------------------------------------------------------------
+
+
+def test_worker_refuses_an_unmigrated_database(tmp_path, worker_model_dir):
+    from app.worker import Worker
+
+    url = f"sqlite:///{tmp_path / 'never-migrated.db'}"
+    settings = Settings.from_env({"data_dir": str(tmp_path / "data"), "db_url": url}, environ={})
+    worker = Worker(settings, "w", lease_s=5)
+    with pytest.raises(SchemaOutOfDate, match=r"never migrated.*run `python -m app db upgrade`") as refused:
+        worker.run_once()
+    worker.close()
+    env = {**os.environ, "SEIKO_DB_URL": url, "SEIKO_DATA_DIR": str(tmp_path / "data"), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "app", "worker", "--once"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [str(refused.value)]  # that one sentence, no traceback
+
+
+def test_generate_then_train_publishes_the_next_round(worker_world_any_db):
+    world = worker_world_any_db
+    data_dir = world.settings.data_dir
+    eid = world.create_experiment("e2e")
+    worker = world.worker()
+
+    # 1. generate round 0: query images, the eval grid, round 'labeling'
+    assert worker.run_once() is True
+    assert worker.last_error is None
+    round0 = _round(world, eid, 0)
+    assert round0.status == "labeling"
+    query, evals = _images(world, round0.id, "query"), _images(world, round0.id, "eval")
+    assert len(query) == 4 and len(evals) == 2 * 2
+    assert {(im.prompt, im.seed) for im in evals} == {(p, s) for p in ("a shape", "a circle") for s in (0, 1)}
+    for im in query + evals:
+        path = storage.resolve(data_dir, im.file_path)
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == im.sha256 and path.name == f"{im.sha256}.png"
+        assert im.embedding_dim == 64 and len(im.embedding) == 4 * 64
+    assert len({im.seed for im in query}) == 4
+    (gen0,) = _jobs(world, eid, "generate")
+    assert gen0.status == "done" and gen0.progress["phase"] == "done" and gen0.result["new_images"] == 8
+    assert round0.metrics["eval"]["n"] == 4 and "kl_to_prev" not in round0.metrics["eval"]  # round 0 has no previous model
+    assert worker.run_once() is False  # the queue is empty
+
+    # 2. two raters rate every query image; their scores are averaged per image; close the round
+    raters = world.raters(2)
+    assert world.rate_open_round(eid, raters, lambda image_id, rater_id: 1 + (image_id * 3 + rater_id) % 10) == 8
+    services.close_round(factory=world.factory, experiment_id=eid)
+
+    # 3. train: round 1 published with a verifying adapter, round 0 done, round 1's generate job queued
+    assert worker.run_once() is True
+    assert worker.last_error is None
+    assert _round(world, eid, 0).status == "done"
+    round1 = _round(world, eid, 1)
+    assert round1.status == "generating" and round1.adapter_path == f"adapters/exp{eid}/round_1"
+    manifest = verify(storage.resolve(data_dir, round1.adapter_path))
+    assert manifest["adapter"] == "round_1"
+    with read_session(world.factory) as s:
+        (checkpoint,) = s.query(Checkpoint).filter_by(round_id=round1.id).all()
+        s.expunge_all()
+    assert checkpoint.manifest_sha256 == sha256_file(storage.resolve(data_dir, round1.adapter_path) / MANIFEST)
+    verify(storage.resolve(data_dir, storage.reward_path(eid, 1)))
+    train = round1.metrics["train"]
+    assert train["snapshot"]["images"] == 4 and train["snapshot"]["ratings"] == 8 and train["labels"] == 4
+    assert round1.published_at is not None
+    gen1 = [j for j in _jobs(world, eid, "generate") if j.round_id == round1.id]
+    assert len(gen1) == 1 and gen1[0].status == "queued" and gen1[0].payload == {"round_index": 1}
+
+    # 4. generate round 1 with adapter 1: eval metrics from the round-1 reward model and the KL to round 0
+    assert worker.run_once() is True
+    assert worker.last_error is None
+    round1 = _round(world, eid, 1)
+    assert round1.status == "labeling"
+    ev = round1.metrics["eval"]
+    assert ev["reward_model_round"] == 1 and np.isfinite(ev["pred_reward"]) and ev["head_spread"] >= 0
+    assert ev["kl_to_prev"] >= 0 and "train" in round1.metrics  # generate merged its metrics into the train metrics
+    assert len(_images(world, round1.id, "query")) == 4
+    worker.close()
+
+
+def test_a_requeued_generate_job_reuses_the_existing_images(worker_world):
+    world = worker_world
+    eid = world.create_experiment("requeue")
+    worker = world.worker()
+    assert worker.run_once()
+    round0 = _round(world, eid, 0)
+    before = {(im.kind, im.prompt, im.seed, im.sha256) for im in _images(world, round0.id, None)}
+    files_before = sorted(p for p in (world.settings.data_dir / "images").rglob("*.png"))
+    with write_session(world.factory) as s:  # an operator queues the round's generation again
+        repo.enqueue_job(session=s, kind="generate", experiment_id=eid, round_id=round0.id, payload={"round_index": 0})
+    assert worker.run_once() and worker.last_error is None
+    after = {(im.kind, im.prompt, im.seed, im.sha256) for im in _images(world, round0.id, None)}
+    assert after == before  # same rows, same pixels (deterministic seeds), nothing duplicated
+    assert sorted(p for p in (world.settings.data_dir / "images").rglob("*.png")) == files_before
+    assert _jobs(world, eid, "generate")[0].result["new_images"] == 0
+    worker.close()
+
+
+def test_a_failing_job_records_its_error_and_is_retried(worker_world, tmp_path):
+    world = worker_world
+    eid = world.create_experiment("broken", model_spec=str(tmp_path / "no-such-model"))
+    worker = world.worker()
+    for attempt in (1, 2, 3):
+        assert worker.run_once() is True
+        (job,) = _jobs(world, eid)
+        assert job.attempts == attempt and "does not exist" in job.error
+        assert job.status == ("failed" if attempt == 3 else "queued")
+        assert "ModelLoadError" in worker.last_error
+    assert worker.run_once() is False
+    worker.close()
+
+
+def test_heartbeats_write_progress_while_the_model_works(worker_world, monkeypatch):
+    world = worker_world
+    eid = world.create_experiment("progress")
+    written = []
+    real = repo.heartbeat
+
+    def recording(**kwargs):
+        written.append(kwargs.get("progress"))
+        return real(**kwargs)
+
+    monkeypatch.setattr(repo, "heartbeat", recording)
+    worker = world.worker(lease_s=0.45)  # a heartbeat every 0.15 s
+    assert worker.run_once() and worker.last_error is None
+    world.rate_open_round(eid, world.raters(1), lambda image_id, rater_id: 1 + image_id % 10)
+    services.close_round(factory=world.factory, experiment_id=eid)
+    assert worker.run_once() and worker.last_error is None
+    phases = {p["phase"] for p in written if p}
+    assert phases & {"sample_query", "sample_eval"} and phases & {"reward_fit", "finetune"}, phases
+    for p in written:
+        if p and p["phase"] in ("sample_query", "sample_eval", "reward_fit", "finetune"):
+            assert set(p) == {"phase", "step", "total", "eta_s"} and 0 < p["step"] <= p["total"]
+    done = [j.progress for j in _jobs(world, eid) if j.status == "done"]
+    assert done == [{"phase": "done", "step": 1, "total": 1, "eta_s": 0.0}] * 2
+    worker.close()
+
+
+def test_a_stale_worker_cannot_publish(worker_world, monkeypatch):
+    """Worker A trains, but meanwhile its lease ran out and B took the job: A's result is discarded, B publishes once."""
+    import app.worker as worker_module
+
+    world = worker_world
+    eid = world.create_experiment("stale")
+    a = world.worker("worker-A")
+    assert a.run_once()
+    world.rate_open_round(eid, world.raters(1), lambda image_id, rater_id: 1 + image_id % 10)
+    job_id = services.close_round(factory=world.factory, experiment_id=eid)
+    real_train_round = worker_module.train_round
+
+    def train_then_lose_the_lease(*args, **kwargs):
+        outcome = real_train_round(*args, **kwargs)
+        with write_session(world.factory) as s:  # B claims the job once A's lease has run out (an hour from now)
+            taken = repo.claim_job(session=s, worker_id="worker-B", lease_s=5, now=utcnow() + timedelta(hours=1))
+            assert taken is not None and taken.id == job_id
+        return outcome
+
+    monkeypatch.setattr(worker_module, "train_round", train_then_lose_the_lease)
+    assert a.run_once() is True
+    assert "no longer holds" in a.last_error
+    with read_session(world.factory) as s:
+        job = repo.get_job(session=s, job_id=job_id)
+        assert job.status == "running" and job.lease_owner == "worker-B"
+        assert [r.index for r in repo.list_rounds(session=s, experiment_id=eid)] == [0]  # A published nothing
+        assert repo.get_round_by_index(session=s, experiment_id=eid, index=0).status == "training"
+    with write_session(world.factory) as s:  # B stops heartbeating too (its lease is in the past); C takes over
+        assert repo.heartbeat(session=s, job_id=job_id, worker_id="worker-B", lease_s=1, now=utcnow() - timedelta(hours=2))
+    monkeypatch.setattr(worker_module, "train_round", real_train_round)
+    c = world.worker("worker-C")
+    assert c.run_once() and c.last_error is None
+    with read_session(world.factory) as s:
+        job = repo.get_job(session=s, job_id=job_id)
+        assert job.status == "done" and job.lease_owner == "worker-C"
+        round1 = repo.get_round_by_index(session=s, experiment_id=eid, index=1)
+        assert len(repo.list_checkpoints(session=s, round_id=round1.id)) == 1
+        s.expunge_all()
+    verify(storage.resolve(world.settings.data_dir, round1.adapter_path))  # A's adapter on the same ratings, reused
+    a.close()
+    c.close()
+
+
+def test_publish_round_happens_once_and_only_from_training(worker_world):
+    world = worker_world
+    digest = "a" * 64
+    with write_session(world.factory) as s:
+        exp = repo.create_experiment(session=s, name="pub", model_spec="m", method="greedy", config={}, budgets=[2],
+                                     prompts=["a shape"])
+        round0 = repo.create_round(session=s, experiment_id=exp.id)
+        with pytest.raises(Conflict, match="round 0 is 'generating', not 'training'"):
+            repo.publish_round(session=s, experiment_id=exp.id, index=1, adapter_path="adapters/x/round_1",
+                               manifest_sha256=digest, metrics={})
+        round0.status = "training"
+        first, created = repo.publish_round(session=s, experiment_id=exp.id, index=1, adapter_path="adapters/x/round_1",
+                                            manifest_sha256=digest, metrics={"train": {"labels": 2}})
+        assert created and first.metrics == {"train": {"labels": 2}} and first.published_at is not None
+        again, created = repo.publish_round(session=s, experiment_id=exp.id, index=1, adapter_path="adapters/x/round_1",
+                                            manifest_sha256=digest, metrics={})
+        assert not created and again.id == first.id
+        assert round0.status == "done"
+        assert len(repo.list_checkpoints(session=s, round_id=first.id)) == 1
+        assert [(j.kind, j.round_id) for j in repo.list_jobs(session=s, experiment_id=exp.id)] == [("generate", first.id)]
+
+
+def test_a_worker_that_lost_its_lease_stops_at_the_next_progress_report():
+    from app.worker import JobProgress
+
+    progress = JobProgress(job_id=7, worker_id="w")
+    report = progress.callback("sample_query")
+    report(1, 4, {})
+    assert progress.latest()["phase"] == "sample_query" and progress.latest()["step"] == 1
+    progress.lost.set()  # what the heartbeat thread does when the job was reclaimed
+    with pytest.raises(LeaseLost, match="lost the lease of job 7"):
+        report(2, 4, {})
