@@ -35,7 +35,10 @@ build-model: setup
 	$(PY) -m seiko_core.toy build --out models/shapes-sd
 
 sample-grid: setup
-	$(PY) -m seiko_core.sample --model models/shapes-sd --prompt "a shape" --n 32 --seed 0 --out docs/images/shapes-grid.png
+	$(PY) -m seiko_core.sample --model models/shapes-sd --n 32 --seed 0 --cols 8 --out docs/images/shapes-grid.png \
+	  --prompt "a large red circle on a white background" --prompt "a blue square on a black background" \
+	  --prompt "a green triangle on a gray background" --prompt "a yellow star on a black background" \
+	  --prompt "a purple circle" --prompt "a small orange square" --prompt "a shape" --prompt "a large triangle"
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -20,7 +20,7 @@ def shapes() -> SeikoConfig:
         good_prompt_prop=0.0,  # no quality template exists for shapes
         eval_prompts=SHAPES_EVAL_PROMPTS,
         eval_seeds=tuple(range(4)),
-        sampling=SamplingConfig(steps=20, eta=1.0, guidance=4.0, batch_size=32),
+        sampling=SamplingConfig(steps=20, eta=1.0, guidance=7.5, batch_size=32),  # 7.5 binds colours better than 4 here
         reward=RewardConfig(hidden=(256, 64, 16), dropout=(0.2, 0.1), max_epochs=300, patience=30),
         optimism=OptimismConfig(aggregation="max"),
         finetune=FinetuneConfig(lora_rank=4, lora_alpha=4.0, lr=3e-3, weight_decay=0.1, epochs=1,

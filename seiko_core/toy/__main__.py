@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 
-from .build import BuildConfig, build
+from .build import BuildConfig, build, remeasure
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,8 +19,16 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--quick", action="store_true", help="a few steps per stage, to check the build (useless model)")
     for field in ("clip_steps", "vae_steps", "unet_steps", "n_images"):
         b.add_argument("--" + field.replace("_", "-"), type=int, default=None)
+    q = sub.add_parser("quality", help="re-measure a built model's QUALITY.json and model card (no training)")
+    q.add_argument("--model", required=True, help="a directory written by `build`")
+    q.add_argument("--guidance", type=float, default=None, help="classifier-free guidance for the fidelity samples")
+    q.add_argument("--steps", type=int, default=None, help="DDIM steps for the fidelity samples")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    if args.command == "quality":
+        quality = remeasure(args.model, guidance=args.guidance, steps=args.steps)
+        print(json.dumps({k: v for k, v in quality.items() if k != "build_config"}, indent=2))
+        return 0
     cfg = BuildConfig.quick() if args.quick else BuildConfig()
     cfg.seed = args.seed
     for field in ("clip_steps", "vae_steps", "unet_steps", "n_images"):
