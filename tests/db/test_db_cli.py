@@ -61,7 +61,9 @@ def test_db_upgrade_current_downgrade(tmp_path, capsys):
 def test_unknown_command_lists_the_choices(capsys):
     with pytest.raises(SystemExit):
         main(["bogus"])
-    assert "unknown command 'bogus'; choose from ['db']" in capsys.readouterr().err
+    from app.__main__ import COMMANDS
+
+    assert f"unknown command 'bogus'; choose from {sorted(COMMANDS)}" in capsys.readouterr().err
 
 
 def test_python_dash_m_app_runs(tmp_path):
