@@ -135,6 +135,9 @@ def launch_kwargs(services: AppServices) -> dict[str, Any]:
         "css": CSS,
         "blocked_paths": blocked_paths(services.settings),
         "run_history": False,
+        # FastAPI's default /openapi.json answers without sign-in (Gradio turns off /docs and /redoc, not the schema);
+        # the API is documented at /gradio_api/info, behind sign-in. Found by tests/reliability/test_rel_access.py.
+        "app_kwargs": {"openapi_url": None},
         "footer_links": ["api", "gradio"],
         "server_name": services.settings.host,
         "server_port": services.settings.port,

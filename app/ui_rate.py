@@ -325,10 +325,13 @@ def poll(factory, data_dir, who: Who, state_value: dict | None, *, batch_size: i
 # ---------------------------------------------------------------------------------------------
 
 
+MAX_ID = 2**63 - 1  # ids are 64-bit integers in SQLite and PostgreSQL; a larger one is refused, not an OverflowError
+
+
 def parse_score(score: Any) -> int:
     if isinstance(score, float) and score.is_integer():
         score = int(score)
-    if isinstance(score, str) and score.strip().isdigit():
+    if isinstance(score, str) and score.strip().isdecimal():  # isdigit() also passes '²', which int() refuses
         score = int(score.strip())
     if isinstance(score, bool) or not isinstance(score, int) or not SCORE_MIN <= score <= SCORE_MAX:
         raise InvalidInput(f"a rating must be a whole number from {SCORE_MIN} to {SCORE_MAX}, got {score!r}; nothing was saved")
@@ -338,9 +341,9 @@ def parse_score(score: Any) -> int:
 def parse_image_id(image_id: Any) -> int:
     if isinstance(image_id, float) and image_id.is_integer():
         image_id = int(image_id)
-    if isinstance(image_id, str) and image_id.strip().isdigit():
+    if isinstance(image_id, str) and image_id.strip().isdecimal():
         image_id = int(image_id.strip())
-    if isinstance(image_id, bool) or not isinstance(image_id, int) or image_id < 1:
+    if isinstance(image_id, bool) or not isinstance(image_id, int) or not 1 <= image_id <= MAX_ID:
         raise InvalidInput(f"an image id must be a positive whole number, got {image_id!r}")
     return image_id
 
@@ -462,6 +465,8 @@ def api_batch(factory, data_dir, who: Who, *, limit: int, experiment: str = "") 
     """The next images for the rater, with their PNG bytes (base64), for the public ``next_batch`` endpoint."""
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_API_BATCH:
         raise InvalidInput(f"limit must be a whole number from 1 to {MAX_API_BATCH}, got {limit!r}")
+    if experiment is not None and not isinstance(experiment, str):
+        raise InvalidInput(f"the experiment name must be text (empty for the experiment being labeled), got {experiment!r}")
     with read_session(factory) as s:
         exp = experiment_by_name(s, experiment)
         if exp is None:

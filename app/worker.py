@@ -17,6 +17,13 @@ when the round already exists.
 
 Seeds are derived from (experiment id, round index, purpose), so a re-run makes the same prompts,
 the same images and (on the same hardware) the same adapter.
+
+Fault injection (tests and ``scripts/fault_matrix.py`` only; off unless the variable is set):
+``SEIKO_FAULT_PHASE=name[,name...]`` makes the worker SIGKILL itself at that point of a job's FIRST
+attempt, so the re-run (attempt 2) goes through. Points: ``claim`` (just claimed), ``snapshot`` (ratings
+read), ``reward_fit`` / ``finetune`` / ``sample_query`` / ``sample_eval`` (first progress report of that
+phase), ``save`` (reward model written, adapter not yet), ``publish`` (inside the publishing
+transaction, before its commit). See RELIABILITY.md.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import json
 import logging
 import math
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -54,6 +62,19 @@ from seiko_core.sampling import to_uint8
 log = logging.getLogger("seiko.worker")
 
 ERROR_MAX_CHARS = 2000  # a job's error message is one sentence; a runaway message is cut here
+
+
+FAULT_ENV = "SEIKO_FAULT_PHASE"  # fault injection: see the module docstring
+
+
+def fault_point(name: str, attempt: int) -> None:
+    """SIGKILL this process at fault point ``name`` on a job's first attempt when SEIKO_FAULT_PHASE names it."""
+    wanted = os.environ.get(FAULT_ENV, "")
+    if wanted and attempt == 1 and name in wanted.split(","):
+        log.warning("fault injection (%s=%s): killing this worker at %r", FAULT_ENV, wanted, name)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class WorkerRefused(RuntimeError):
@@ -103,8 +124,8 @@ class JobProgress:
     which stops the model work early.
     """
 
-    def __init__(self, job_id: int, worker_id: str) -> None:
-        self.job_id, self.worker_id = job_id, worker_id
+    def __init__(self, job_id: int, worker_id: str, attempt: int = 0) -> None:
+        self.job_id, self.worker_id, self.attempt = job_id, worker_id, attempt
         self.lost = threading.Event()
         self._lock = threading.Lock()
         self._latest: dict[str, Any] | None = None
@@ -131,7 +152,9 @@ class JobProgress:
         def on_progress(step: int, total: int, metrics: dict) -> None:
             if self.lost.is_set():
                 raise LeaseLost(f"worker {self.worker_id!r} lost the lease of job {self.job_id} to another worker; stopping it")
-            self.set(phase or str(metrics.get("phase") or "work"), int(step), int(total))
+            name = phase or str(metrics.get("phase") or "work")
+            fault_point(name, self.attempt)
+            self.set(name, int(step), int(total))
 
         return on_progress
 
@@ -297,8 +320,9 @@ class Worker:
         if job is None:
             return False
         log.info("job %d (%s, attempt %d of %d) claimed by %r", job.id, job.kind, job.attempts, job.max_attempts, self.worker_id)
+        fault_point("claim", job.attempts)
         self.current_job = job.id
-        progress = JobProgress(job.id, self.worker_id)
+        progress = JobProgress(job.id, self.worker_id, job.attempts)
         heartbeat = Heartbeat(self.factory, job.id, self.worker_id, self.lease_s, progress)
         run = _Run(job, progress, heartbeat)
         start = time.monotonic()
@@ -347,6 +371,8 @@ class Worker:
                            progress=run.progress.latest())
             repo.complete_job(session=s, job_id=run.job.id, worker_id=self.worker_id, result=finite_json(result))
             write(s)
+            s.flush()
+            fault_point("publish", run.job.attempts)
 
     # -- models -------------------------------------------------------------------------------
 
@@ -474,6 +500,7 @@ class Worker:
             rows = [] if published else repo.ratings_snapshot(session=s, experiment_id=experiment.id, up_to_rating_id=watermark)
             experiment_id, model_spec, cfg = experiment.id, experiment.model_spec, experiment_config(experiment)
         new_index = k + 1
+        fault_point("snapshot", job.attempts)
         if published:  # an earlier attempt published and this one is a re-run: nothing more to do
             self._publish(run, lambda s: None, {"round_index": new_index, "published": False})
             return {"round_index": new_index, "published": False}
@@ -512,6 +539,7 @@ class Worker:
                     outcome.ucb.save(tmp)
 
             atomic_directory(reward_dir, write_reward, extra={"kind": "seiko-reward", "round": new_index})
+            fault_point("save", job.attempts)
             lora.save_adapter(parts.unet, outcome.adapter, adapter_dir, config=to_dict(cfg), metrics=metrics)
         manifest_sha = sha256_file(adapter_dir / MANIFEST)  # the copy on disk (an earlier writer's if it got there first)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import lora
-from .sampling import DDIMSchedule, SeedNoise, ddim_mean, ddim_sigma, decode, encode_prompts, guided_eps, initial_latents
+from .sampling import DDIMSchedule, DeviceSchedule, SeedNoise, ddim_mean, decode, encode_prompts, guided_eps, trajectory_noise
 
 RewardFn = Callable[[torch.Tensor, list[str]], torch.Tensor]  # (images in [0,1], prompts) -> (B,), differentiable
 ProgressFn = Callable[[int, int, dict], None]
@@ -29,6 +29,11 @@ def gaussian_kl(mu_new: torch.Tensor, mu_prev: torch.Tensor, sigma: torch.Tensor
     """KL(N(mu_new, s^2 I) || N(mu_prev, s^2 I)) per sample, averaged over elements: mean ||d||^2 / (2 s^2)."""
     d = (mu_new - mu_prev).flatten(1)
     return (d**2).mean(1) / (2 * torch.as_tensor(sigma, dtype=d.dtype, device=d.device) ** 2)
+
+
+def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32 if it is in a narrower float type (bf16/fp16 under autocast); float64 stays float64."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 def attached_steps(n_steps: int, mode: str, k: int, generator: torch.Generator) -> torch.Tensor:
@@ -61,33 +66,35 @@ def rollout(parts, prompts: list[str], seeds: list[int], *, schedule: DDIMSchedu
     The KL is computed at attached steps (where it has a gradient), or at every step if ``kl_every_step``.
     """
     cond, uncond = encode_prompts(parts, prompts)
-    noise = SeedNoise(seeds, parts.device, parts.dtype)
-    x = initial_latents(parts, noise)
+    # all of the trajectory's noise and the schedule go to the device once: no host-to-device copy inside the loop
+    z = trajectory_noise(parts, SeedNoise(seeds, parts.device, parts.dtype), len(schedule), eta)
+    dev = DeviceSchedule.of(schedule, eta, parts.device)
+    attached = [bool(k) for k in attached.tolist()]
+    x = z[0]
     kl = torch.zeros(len(prompts), device=parts.device)
     kl_steps = 0
     ctx = autocast or _null
-    for i, t in enumerate(schedule.timesteps):
+    for i in range(len(dev)):
         # 1. alphas and sigma of this step (DDIM eq. 12, 16)
-        a, ap = schedule.alpha[i].to(parts.device), schedule.alpha_prev[i].to(parts.device)
-        sigma = ddim_sigma(a, ap, eta)
-        t_dev = t.to(parts.device)
-        keep = bool(attached[i])
+        a, ap, sigma = dev.alpha[i], dev.alpha_prev[i], dev.sigma[i]
+        t_dev = dev.timesteps[i]
+        keep = attached[i]
         # 2. the trained model's noise prediction, with a graph only at attached steps
         with torch.set_grad_enabled(keep and torch.is_grad_enabled()), ctx():
-            eps = guided_eps(parts.unet, x, t_dev, cond, uncond, guidance).float()
+            eps = at_least_fp32(guided_eps(parts.unet, x, t_dev, cond, uncond, guidance))
         # 3. posterior mean; at a detached step the gradient still flows through x_t, not through the UNet
         mean = ddim_mean(x, eps, a, ap, sigma)
         # 4. the previous model's mean at the same x_t, no graph, same adapter switched
         if reference != "skip" and (keep or kl_every_step):
             with torch.no_grad(), lora.using(parts.unet, reference, restore=adapter, trainable=trainable), ctx():
-                eps_prev = guided_eps(parts.unet, x.detach(), t_dev, cond, uncond, guidance).float()
+                eps_prev = at_least_fp32(guided_eps(parts.unet, x.detach(), t_dev, cond, uncond, guidance))
             mean_prev = ddim_mean(x.detach(), eps_prev, a, ap, sigma)
             kl = kl + gaussian_kl(mean, mean_prev, sigma.clamp(min=1e-6))
             kl_steps += 1
         # 5. x_{t-1} = mean + sigma * z, with per-image seeded noise
-        x = mean + sigma * noise.next(tuple(x.shape[1:])).to(x.dtype) if eta > 0 else mean
+        x = mean + sigma * z[i + 1].to(x.dtype) if eta > 0 else mean
     with ctx():
-        images = decode(parts, x.to(parts.dtype)).float()
+        images = at_least_fp32(decode(parts, x.to(parts.dtype)))
     return Trajectory(images=images, kl=kl, kl_steps=kl_steps)
 
 
@@ -112,6 +119,20 @@ def reward_loss(r: torch.Tensor, coeff: float, target: float | None) -> torch.Te
     if target is None:
         return -coeff * r.mean()
     return coeff * (r - target).abs().mean()
+
+
+def trajectory_loss(parts, reward_fn: RewardFn, prompts: list[str], seeds: list[int], ft, *, schedule: DDIMSchedule,
+                    eta: float, guidance: float, attached: torch.Tensor, adapter: str | None, reference: str | None | object,
+                    trainable: list[torch.nn.Parameter] | None, autocast=None, kl_every_step: bool = False,
+                    ) -> tuple[torch.Tensor, torch.Tensor, Trajectory]:
+    """(loss, rewards (B,), trajectory) of one batch: what :func:`finetune` backpropagates for each micro-batch.
+
+    ``ft`` is a FinetuneConfig (loss_coeff, reward_target, kl_weight)."""
+    traj = rollout(parts, prompts, seeds, schedule=schedule, eta=eta, guidance=guidance, attached=attached, adapter=adapter,
+                   reference=reference, trainable=trainable, kl_every_step=kl_every_step, autocast=autocast)
+    r = reward_fn(traj.images, prompts)
+    loss = reward_loss(r, ft.loss_coeff, ft.reward_target) + ft.kl_weight * traj.kl.mean()
+    return loss, r, traj
 
 
 def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: str, reference: str | None, seed: int,
@@ -154,22 +175,19 @@ def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: st
     try:
         for step in range(1, total + 1):
             opt.zero_grad(set_to_none=True)
-            rewards, kls, losses = [], [], []
+            # metrics stay on the device until the optimiser step: one host sync per step, not three per micro-batch
+            sums = torch.zeros(3, device=parts.device)  # reward, kl, loss summed over micro-batches
             for _ in range(ft.grad_accum):
                 idx = torch.randint(0, len(prompts), (ft.batch_size,), generator=gen).tolist()
                 batch_prompts = [prompts[i] for i in idx]
                 seeds = [seed_base + n_traj + j for j in range(ft.batch_size)]
                 n_traj += ft.batch_size
                 attached = attached_steps(len(schedule), ft.truncation, ft.truncation_k, gen)
-                traj = rollout(parts, batch_prompts, seeds, schedule=schedule, eta=sc.eta, guidance=sc.guidance,
-                               attached=attached, adapter=adapter, reference=reference, trainable=params,
-                               autocast=acc.autocast)
-                r = reward_fn(traj.images, batch_prompts)
-                loss = reward_loss(r, ft.loss_coeff, ft.reward_target) + ft.kl_weight * traj.kl.mean()
+                loss, r, traj = trajectory_loss(parts, reward_fn, batch_prompts, seeds, ft, schedule=schedule, eta=sc.eta,
+                                                guidance=sc.guidance, attached=attached, adapter=adapter,
+                                                reference=reference, trainable=params, autocast=acc.autocast)
                 (loss / ft.grad_accum).backward()
-                rewards.append(r.detach().mean().item())
-                kls.append(traj.kl.detach().mean().item())
-                losses.append(loss.detach().item())
+                sums += torch.stack([r.detach().float().mean(), traj.kl.detach().float().mean(), loss.detach().float()])
             if world > 1:
                 for p in params:
                     if p.grad is None:
@@ -177,8 +195,9 @@ def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: st
                     p.grad = acc.reduce(p.grad, reduction="mean")
             grad_norm = torch.nn.utils.clip_grad_norm_(params, ft.grad_clip)
             opt.step()
-            rec = {"step": step, "reward": sum(rewards) / len(rewards), "kl": sum(kls) / len(kls),
-                   "loss": sum(losses) / len(losses), "grad_norm": float(grad_norm), "elapsed_s": time.time() - start}
+            reward_m, kl_m, loss_m, gnorm = (torch.cat([sums / ft.grad_accum, grad_norm.reshape(1).to(sums)])).tolist()
+            rec = {"step": step, "reward": reward_m, "kl": kl_m, "loss": loss_m, "grad_norm": gnorm,
+                   "elapsed_s": time.time() - start}
             history.append(rec)
             if on_progress is not None:
                 on_progress(step, total, {"phase": "finetune", **rec})

@@ -92,11 +92,51 @@ class SeedNoise:
         draws = [torch.randn((1, *shape), generator=g) for g in self.gens]
         return torch.cat(draws).to(device=self.device, dtype=self.dtype)
 
+    def draws(self, shape: tuple[int, ...], count: int) -> torch.Tensor:
+        """``count`` successive :meth:`next` draws at once, (count, B, *shape), with the same values.
+
+        All the noise of a trajectory is drawn up front and sent to the device in one copy (pinned and
+        asynchronous on CUDA), so the denoising loop does no host-to-device copy per step: a copy from
+        pageable memory waits for the GPU's queue to drain, which would stall the host every step.
+        """
+        per_image = [torch.stack([torch.randn(shape, generator=g) for _ in range(count)]) for g in self.gens]
+        z = torch.stack(per_image, dim=1).to(self.dtype)  # (count, B, *shape)
+        if self.device.type == "cuda":
+            return z.pin_memory().to(self.device, non_blocking=True)
+        return z.to(self.device)
+
 
 def initial_latents(parts, noise: SeedNoise) -> torch.Tensor:
     c = parts.unet.config.in_channels
     s = parts.sample_size
     return noise.next((c, s, s))
+
+
+def trajectory_noise(parts, noise: SeedNoise, steps: int, eta: float) -> torch.Tensor:
+    """(1 + steps, B, C, S, S) when ``eta > 0`` (the initial latents, then one draw per step), else (1, B, C, S, S):
+    the same values, in the same order, as :func:`initial_latents` followed by one ``noise.next`` per step."""
+    c = parts.unet.config.in_channels
+    s = parts.sample_size
+    return noise.draws((c, s, s), 1 + (steps if eta > 0 else 0))
+
+
+@dataclass(frozen=True)
+class DeviceSchedule:
+    """A :class:`DDIMSchedule` and its sigmas moved to the device once, so the loop indexes device tensors
+    (no per-step host-to-device copy of a scalar)."""
+
+    timesteps: torch.Tensor
+    alpha: torch.Tensor
+    alpha_prev: torch.Tensor
+    sigma: torch.Tensor
+
+    @classmethod
+    def of(cls, schedule: DDIMSchedule, eta: float, device) -> DeviceSchedule:
+        a, ap = schedule.alpha.to(device), schedule.alpha_prev.to(device)
+        return cls(timesteps=schedule.timesteps.to(device), alpha=a, alpha_prev=ap, sigma=ddim_sigma(a, ap, eta))
+
+    def __len__(self) -> int:
+        return len(self.timesteps)
 
 
 def decode(parts, latents: torch.Tensor) -> torch.Tensor:
@@ -114,20 +154,20 @@ def sample(parts, prompts: list[str], seeds: list[int], *, steps: int = 50, guid
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     sched = DDIMSchedule.from_scheduler(parts.scheduler, steps)
+    dev = DeviceSchedule.of(sched, eta, parts.device)
     out = []
     total = len(prompts) * steps
     done = 0
     for lo in range(0, len(prompts), batch_size):
         p, s = prompts[lo:lo + batch_size], seeds[lo:lo + batch_size]
         cond, uncond = encode_prompts(parts, p)
-        noise = SeedNoise(s, parts.device, parts.dtype)
-        x = initial_latents(parts, noise)
-        for i, t in enumerate(sched.timesteps):
-            a, ap = sched.alpha[i].to(parts.device), sched.alpha_prev[i].to(parts.device)
-            sigma = ddim_sigma(a, ap, eta)
-            eps = guided_eps(parts.unet, x, t.to(parts.device), cond, uncond, guidance)
+        z = trajectory_noise(parts, SeedNoise(s, parts.device, parts.dtype), steps, eta)
+        x = z[0]
+        for i in range(len(dev)):
+            a, ap, sigma = dev.alpha[i], dev.alpha_prev[i], dev.sigma[i]
+            eps = guided_eps(parts.unet, x, dev.timesteps[i], cond, uncond, guidance)
             mean = ddim_mean(x, eps, a, ap, sigma)
-            x = mean + sigma * noise.next(tuple(x.shape[1:])) if eta > 0 else mean
+            x = mean + sigma * z[i + 1] if eta > 0 else mean
             done += len(p)
             if on_progress is not None:
                 on_progress(done, total, {"phase": "sample"})

@@ -1,0 +1,843 @@
+#!/usr/bin/env python
+"""The fault matrix: kill -9 the worker at every phase of its jobs, kill -9 the web server in the middle of a
+burst of ratings, and fill the disk during an adapter save; after every fault, check that nothing was lost,
+nothing was published twice and nothing is stuck.
+
+    .venv/bin/python scripts/fault_matrix.py --json matrix.json            # the full matrix (RELIABILITY.md)
+    .venv/bin/python scripts/fault_matrix.py --phases claim,publish --kills 1 --server-trials 1 --disk-trials 0
+
+Worker faults use the worker's fault-injection hook (``SEIKO_FAULT_PHASE``, see app/worker.py): the worker
+SIGKILLs itself at the named point of each job's first attempt, is restarted, and the re-run (attempt 2)
+must publish exactly once. One experiment per phase is driven round after round (rate every image,
+close the round) until the phase has been killed ``--kills`` times, while a second process writes ratings to
+another experiment the whole time. After every kill, and again after the restarted worker has re-run the
+job, the checks in :func:`check_worker_invariants` run.
+
+Server faults: ``python -m app serve`` with accounts; several raters, each with its own gradio_client
+Client, submit ratings as fast as they can; the server gets SIGKILL mid-burst and is restarted. Every
+rating a client got an answer for must be in the database with its score; no (image, rater) pair twice.
+
+Disk full: the data dir is a small tmpfs (root only), filled so that the reward model fits but the adapter
+does not. The train job must fail cleanly (error recorded, nothing under a final name, no temporary files
+left), the previous round's adapter must still verify and load, and once space is freed the job publishes once.
+
+tests/reliability/test_rel_faults.py runs a short version of this same code in the default suite.
+Exit status 0 when every check held, 1 otherwise (each failure is printed with its traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # scripts/ is run as a file; the app's packages live at the repository root
+
+from app import auth, services, storage  # noqa: E402
+from app.settings import Settings  # noqa: E402
+from db import migrate, repo  # noqa: E402
+from db.engine import make_engine, read_session, session_factory, write_session  # noqa: E402
+from db.models import Checkpoint, Image, Job, Rating, Round, utcnow  # noqa: E402
+from seiko_core.checkpoint import MANIFEST, sha256_file, verify  # noqa: E402
+
+PHASES = ("claim", "snapshot", "reward_fit", "finetune", "save", "publish", "sample_query", "sample_eval")
+TRAIN_ONLY = {"snapshot", "reward_fit", "finetune", "save"}
+GENERATE_ONLY = {"sample_query", "sample_eval"}
+LEASE_S = 3.0
+PASSWORD = "correct horse battery"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# a lab: a migrated SQLite database, a data dir and the tiny random-weight model
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Lab:
+    root: Path
+    settings: Settings
+    factory: Any
+    engine: Any
+    model_dir: Path
+
+    @property
+    def db_url(self) -> str:
+        return self.settings.db_url
+
+    @property
+    def data_dir(self) -> Path:
+        return self.settings.data_dir
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k != "SEIKO_FAULT_PHASE"}
+        return {**env, "SEIKO_DB_URL": self.db_url, "SEIKO_DATA_DIR": str(self.data_dir), "SEIKO_MODEL": str(self.model_dir),
+                "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO),
+                **extra}
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def build_model(out: Path) -> Path:
+    from seiko_core.toy.build import random_model
+
+    return random_model(out, seed=0)
+
+
+def make_lab(root: Path, model_dir: Path, *, data_dir: Path | None = None, db_template: Path | None = None) -> Lab:
+    """A fresh database at head under ``root`` (copied from ``db_template`` when given) and a data dir."""
+    root.mkdir(parents=True, exist_ok=True)
+    db_path = root / "seiko.db"
+    if db_template is not None:
+        from db import testing as dbt
+
+        url = dbt.copy_sqlite(db_template, db_path)
+    else:
+        url = f"sqlite:///{db_path}"
+        migrate.upgrade(url)
+    settings = Settings.from_env({"data_dir": str(data_dir or root / "data"), "db_url": url, "model": str(model_dir)}, environ={})
+    engine = make_engine(url)
+    return Lab(root, settings, session_factory(engine), engine, model_dir)
+
+
+def tiny_config(config: dict[str, Any]) -> dict[str, Any]:
+    """An experiment's config made tiny (as tests/app/conftest.py does): 3 sampling steps, 2 trajectories, a 2x2 eval grid."""
+    cfg = {k: (dict(v) if isinstance(v, dict) else v) for k, v in config.items()}
+    cfg["sampling"].update(steps=3, batch_size=8)
+    cfg["finetune"].update(trajectories_per_epoch=2, batch_size=2, grad_accum=1, truncation_k=1, epochs=1)
+    cfg["reward"].update(max_epochs=8, patience=3)
+    cfg["eval_prompts"] = list(cfg["eval_prompts"])[:2]
+    cfg["eval_seeds"] = [0, 1]
+    return cfg
+
+
+def create_experiment(lab: Lab, name: str, **spec: Any) -> int:
+    spec = {"preset": "shapes", "budgets": (4, 4), **spec}
+    eid = services.create_experiment(factory=lab.factory, spec=services.ExperimentSpec(name=name, **spec),
+                                     default_model=str(lab.model_dir))
+    with write_session(lab.factory) as s:
+        experiment = repo.get_experiment(session=s, experiment_id=eid)
+        experiment.config = tiny_config(experiment.config)
+    return eid
+
+
+def make_raters(lab: Lab, n: int, prefix: str) -> list[int]:
+    with write_session(lab.factory) as s:
+        return [repo.create_rater(session=s, name=f"{prefix}-{i}", password_hash="not-a-real-hash").id for i in range(n)]
+
+
+def rate_and_close(lab: Lab, eid: int, rater_ids: list[int], rated: dict[tuple[int, int], int]) -> bool:
+    """If a round of ``eid`` is open, every rater rates all its query images and the round is closed (train job queued)."""
+    with write_session(lab.factory) as s:
+        round_ = repo.get_open_round(session=s, experiment_id=eid)
+        if round_ is None:
+            return False
+        for image in repo.list_images(session=s, round_id=round_.id, kind="query"):
+            for rater_id in rater_ids:
+                score = 1 + (image.id + rater_id) % 10
+                repo.add_rating(session=s, image_id=image.id, rater_id=rater_id, score=score)
+                rated[(image.id, rater_id)] = score
+    services.close_round(factory=lab.factory, experiment_id=eid)
+    return True
+
+
+def job_rows(lab: Lab, eid: int) -> list[dict[str, Any]]:
+    with read_session(lab.factory) as s:
+        return [{"id": j.id, "kind": j.kind, "status": j.status, "owner": j.lease_owner, "round_id": j.round_id,
+                 "attempts": j.attempts, "error": j.error, "expires": j.lease_expires_at}
+                for j in s.query(Job).filter_by(experiment_id=eid).order_by(Job.id)]
+
+
+def wait_for(what: str, predicate: Callable[[], Any], timeout: float, poll: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+# ---------------------------------------------------------------------------------------------
+# the invariants after a worker fault
+# ---------------------------------------------------------------------------------------------
+
+
+def check_worker_invariants(lab: Lab, eid: int, rated: dict[tuple[int, int], int], *, live_worker: str | None = None,
+                            errors_allowed: bool = False) -> int:
+    """Everything that must hold whatever a kill interrupted; returns the number of rounds.
+
+    Rounds contiguous; one generate job per round, at most one train job; every round after 0 published
+    exactly once (one checkpoint) with an adapter that verifies against the recorded manifest hash; a round's
+    images all there or none (and whole, content-addressed); the ratings exactly those acknowledged; no job
+    failed (nor recorded an error, unless ``errors_allowed``: a queued retry after a clean failure); with
+    ``live_worker``, every running job is held by it within its lease (none stuck past a lease);
+    nothing partial under a final adapter or reward-model name.
+    """
+    from app.services import experiment_config, round_budget
+
+    data_dir = lab.data_dir
+    with read_session(lab.factory) as s:
+        experiment = repo.get_experiment(session=s, experiment_id=eid)
+        cfg = experiment_config(experiment)
+        n_eval = len(dict.fromkeys(cfg.eval_prompts)) * len(dict.fromkeys(cfg.eval_seeds))
+        rounds = s.query(Round).filter_by(experiment_id=eid).order_by(Round.index).all()
+        assert [r.index for r in rounds] == list(range(len(rounds))), "rounds are not contiguous"
+        jobs = s.query(Job).filter_by(experiment_id=eid).all()
+        for r in rounds:
+            n_gen = sum(1 for j in jobs if j.kind == "generate" and j.round_id == r.id)
+            n_train = sum(1 for j in jobs if j.kind == "train" and j.round_id == r.id)
+            assert n_gen == 1, f"round {r.index} has {n_gen} generate jobs"
+            assert n_train <= 1, f"round {r.index} has {n_train} train jobs"
+            checkpoints = s.query(Checkpoint).filter_by(round_id=r.id).all()
+            if r.index == 0:
+                assert not checkpoints and r.adapter_path is None
+            else:
+                assert len(checkpoints) == 1, f"round {r.index} was published {len(checkpoints)} times"
+                adapter_dir = storage.resolve(data_dir, r.adapter_path)
+                verify(adapter_dir)
+                assert sha256_file(adapter_dir / MANIFEST) == checkpoints[0].manifest_sha256, f"round {r.index}: manifest hash"
+            images = s.query(Image).filter_by(round_id=r.id).all()
+            if r.status == "generating":
+                assert not images, f"round {r.index} is generating but has {len(images)} image rows"
+            else:
+                kinds = Counter(im.kind for im in images)
+                assert kinds == Counter({"query": round_budget(cfg, r.index), "eval": n_eval}), (r.index, kinds)
+            for im in images:
+                path = storage.resolve(data_dir, im.file_path)
+                assert hashlib.sha256(path.read_bytes()).hexdigest() == im.sha256 == path.stem, f"image {im.id} damaged"
+        stored = {(r.image_id, r.rater_id): r.score for r in s.query(Rating).join(Image).join(Round)
+                  .filter(Round.experiment_id == eid)}
+        assert stored == rated, "ratings were lost or changed"
+        now = utcnow()
+        for j in jobs:
+            assert j.status != "failed", f"job {j.id} ({j.kind}) failed: {j.error}"
+            assert errors_allowed or j.error is None, f"job {j.id} ({j.kind}) recorded an error: {j.error}"
+            if j.status == "running" and live_worker is not None:
+                assert j.lease_owner == live_worker and j.lease_expires_at > now, \
+                    f"job {j.id} is stuck: running, held by {j.lease_owner!r} until {j.lease_expires_at}"
+    for top in (storage.ADAPTERS, storage.REWARD):
+        for final in (data_dir / top).glob(f"exp{eid}/round_*"):
+            verify(final)
+    return len(rounds)
+
+
+# ---------------------------------------------------------------------------------------------
+# processes: the worker, the rating writer, the web server
+# ---------------------------------------------------------------------------------------------
+
+
+class WorkerProc:
+    """``python -m app worker`` with a short lease, optionally with the fault-injection hook set."""
+
+    def __init__(self, lab: Lab, worker_id: str, log_dir: Path, fault: str | None = None) -> None:
+        self.worker_id = worker_id
+        self.log = log_dir / f"{worker_id}.log"
+        extra = {"SEIKO_FAULT_PHASE": fault} if fault else {}
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "app", "worker", "--worker-id", worker_id, "--lease-s", str(LEASE_S), "--poll-s", "0.2"],
+                cwd=REPO, env=lab.env(**extra), stdout=out, stderr=subprocess.STDOUT)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.alive():
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=60)
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=120)
+
+    def tail(self, n: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-n:]
+
+
+RATING_WRITER = r'''
+"""Write ratings to one open round until a stop file appears; print each one once it is committed."""
+import os, sys, time
+from db import repo
+from db.engine import make_engine, session_factory, write_session
+
+url, round_id, raters, stop = sys.argv[1], int(sys.argv[2]), [int(r) for r in sys.argv[3].split(",")], sys.argv[4]
+factory = session_factory(make_engine(url))
+with write_session(factory) as s:
+    images = [im.id for im in repo.list_images(session=s, round_id=round_id)]
+n = 0
+while not os.path.exists(stop):
+    image_id, rater_id = images[n % len(images)], raters[(n // len(images)) % len(raters)]
+    score = 1 + (n * 7) % 10
+    with write_session(factory) as s:
+        repo.add_rating(session=s, image_id=image_id, rater_id=rater_id, score=score)
+    print(image_id, rater_id, score, flush=True)  # acknowledged: committed
+    n += 1
+    time.sleep(0.02)
+'''
+
+
+def fake_open_round(lab: Lab, name: str, n_images: int, *, overlap: int = 1, real_pngs: bool = False) -> tuple[int, int, list[int]]:
+    """An experiment with an open round of ``n_images`` query images (no job for the worker); (experiment, round, image ids)."""
+    with write_session(lab.factory) as s:
+        exp = repo.create_experiment(session=s, name=name, model_spec=str(lab.model_dir), method="greedy", config={},
+                                     budgets=[n_images], prompts=["a shape"], overlap=overlap)
+        round_ = repo.create_round(session=s, experiment_id=exp.id)
+        ids = []
+        for i in range(n_images):
+            if real_pngs:
+                stored = storage.write_image(lab.data_dir, small_png(i))
+                path, digest = stored.path, stored.sha256
+            else:
+                digest = hashlib.sha256(f"{name} {i}".encode()).hexdigest()
+                path = storage.image_path(digest)
+            ids.append(repo.add_image(session=s, round_id=round_.id, prompt="a shape", seed=i, file_path=path,
+                                      sha256=digest, embedding=b"\0" * 16, embedding_dim=4).id)
+        repo.open_round(session=s, round_id=round_.id)
+        return exp.id, round_.id, ids
+
+
+def small_png(i: int) -> bytes:
+    import numpy as np
+
+    pixels = np.zeros((8, 8, 3), dtype=np.uint8)
+    pixels[..., 0], pixels[..., 1], pixels[..., 2] = i % 256, (i // 256) % 256, 77
+    return storage.encode_png(pixels)
+
+
+class RatingWriter:
+    """A separate process writing ratings to another experiment while the faults happen."""
+
+    def __init__(self, lab: Lab, tag: str) -> None:
+        self.lab = lab
+        _, self.round_id, _ = fake_open_round(lab, f"writer-{tag}", 30)
+        raters = make_raters(lab, 10, prefix=f"writer-{tag}")
+        self.script, self.stop_file = lab.root / f"writer-{tag}.py", lab.root / f"writer-{tag}.stop"
+        self.script.write_text(RATING_WRITER)
+        self.proc = subprocess.Popen([sys.executable, str(self.script), lab.db_url, str(self.round_id),
+                                      ",".join(map(str, raters)), str(self.stop_file)],
+                                     cwd=REPO, env=lab.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def finish(self) -> int:
+        """Stop the writer; check it never failed and every rating it acknowledged is stored; returns how many."""
+        self.stop_file.touch()
+        out, err = self.proc.communicate(timeout=120)
+        assert self.proc.returncode == 0 and "database is locked" not in err, f"the rating writer failed:\n{err[-3000:]}"
+        acknowledged = {}
+        for line in out.splitlines():
+            image_id, rater_id, score = map(int, line.split())
+            acknowledged[(image_id, rater_id)] = score
+        with read_session(self.lab.factory) as s:
+            stored = {(r.image_id, r.rater_id): r.score for r in s.query(Rating).join(Image).filter(Image.round_id == self.round_id)}
+        assert stored == acknowledged, "the concurrent writer's acknowledged ratings were lost or changed"
+        return len(out.splitlines())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProc:
+    """``python -m app serve`` on 127.0.0.1 and a free port (sign-in, since the lab has accounts)."""
+
+    def __init__(self, lab: Lab, log_dir: Path, name: str, *, batch_size: int = 8, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log_dir / f"{name}.log"
+        lab.model_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                 "--batch-size", str(batch_size)],
+                cwd=REPO, env={**lab.env(), **(env or {})}, stdout=out, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        import httpx
+
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the server exited with {self.proc.returncode}:\n{self.tail()}")
+            try:
+                return httpx.get(self.url + "/", timeout=5).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for("the web server to answer", up, timeout, poll=0.2)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=60)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)
+
+    def tail(self, n: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-n:]
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. kill -9 the worker at one phase, again and again
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PhaseResult:
+    phase: str
+    kills: int = 0
+    kills_by_job: dict[str, int] = field(default_factory=dict)
+    rounds_published: int = 0
+    ratings_checked: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+
+def run_phase(lab: Lab, phase: str, kills: int, log_dir: Path, *, timeout: float = 600) -> PhaseResult:
+    """Drive a fresh experiment round after round with a worker that dies at ``phase`` (one fault point, or several
+    joined by commas), until it died ``kills`` times; the worker started after the last kill runs without faults."""
+    points = phase.split(",")
+    unknown = [p for p in points if p not in PHASES]
+    if unknown:
+        raise ValueError(f"unknown fault point(s) {unknown}; choose from {list(PHASES)}")
+    tag = phase.replace(",", "+")
+    result = PhaseResult(phase)
+    t0 = time.monotonic()
+    eid = create_experiment(lab, f"faults-{tag}")
+    rater_ids = make_raters(lab, 2, prefix=f"{tag}-rater")
+    rated: dict[tuple[int, int], int] = {}
+    by_job: Counter[str] = Counter()
+    n_workers = 0
+
+    def start() -> WorkerProc:
+        nonlocal n_workers
+        n_workers += 1
+        return WorkerProc(lab, f"{tag}-w{n_workers}", log_dir, fault=phase if result.kills < kills else None)
+
+    worker = start()
+    try:
+        while result.kills < kills:
+            rate_and_close(lab, eid, rater_ids, rated)
+
+            def died_or_idle(w: WorkerProc = worker) -> str | None:
+                if not w.alive():
+                    return "died"
+                return "idle" if all(j["status"] == "done" for j in job_rows(lab, eid)) else None
+
+            try:
+                outcome = wait_for(f"{phase}: the worker to die or go idle", died_or_idle, timeout)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n{worker.tail()}") from None
+            if outcome == "idle":
+                continue  # this job type never reaches the point (e.g. finetune in a generate job): next round
+            rc, text = worker.proc.returncode, worker.tail()
+            point = re.findall(r"killing this worker at '(\w+)'", text)
+            assert rc == -signal.SIGKILL and point, f"worker {worker.worker_id} exited with {rc}, not by the injected SIGKILL:\n{text}"
+            interrupted = [j for j in job_rows(lab, eid) if j["status"] == "running" and j["owner"] == worker.worker_id]
+            assert len(interrupted) == 1, f"expected one interrupted job, found {interrupted}"
+            job = interrupted[0]
+            assert job["attempts"] == 1, job
+            result.kills += 1
+            by_job[f"{job['kind']}@{point[-1]}"] += 1
+            check_worker_invariants(lab, eid, rated)
+            worker = start()
+            try:
+                wait_for(f"{phase}: job {job['id']} re-run to done",
+                         lambda jid=job["id"]: any(j["id"] == jid and j["status"] == "done" for j in job_rows(lab, eid)), timeout)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n{worker.tail()}") from None
+            check_worker_invariants(lab, eid, rated, live_worker=worker.worker_id)
+        try:
+            wait_for(f"{phase}: an idle queue", lambda: all(j["status"] == "done" for j in job_rows(lab, eid)), timeout)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{worker.tail()}") from None
+        rc = worker.stop()
+        assert rc == 0, f"SIGTERM while idle should exit 0, got {rc}:\n{worker.tail()}"
+        n_rounds = check_worker_invariants(lab, eid, rated)
+        with read_session(lab.factory) as s:  # every final adapter directory belongs to a published round
+            paths = {r.adapter_path for r in s.query(Round).filter_by(experiment_id=eid) if r.adapter_path}
+        on_disk = {storage.relative(lab.data_dir, p) for p in (lab.data_dir / storage.ADAPTERS).glob(f"exp{eid}/round_*")}
+        assert on_disk == paths, f"adapter directories {sorted(on_disk - paths)} were never published"
+        result.rounds_published = n_rounds - 1
+        result.ratings_checked = len(rated)
+    finally:
+        if worker.alive():
+            worker.kill()
+        result.kills_by_job = dict(by_job)
+        result.seconds = round(time.monotonic() - t0, 1)
+    for path in log_dir.glob(f"{tag}-w*.log"):
+        text = path.read_text(errors="replace")
+        assert "database is locked" not in text and "Traceback" not in text, f"{path.name}:\n{text[-3000:]}"
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. kill -9 the web server during a burst of ratings
+# ---------------------------------------------------------------------------------------------
+
+
+def expected_score(image_id: int, rater_id: int) -> int:
+    return 1 + (image_id * 7 + rater_id * 3) % 10
+
+
+@dataclass
+class BurstRater:
+    """One rater with its own gradio_client Client, rating its images in order until told to stop or the server dies."""
+
+    name: str
+    rater_id: int
+    images: list[int]
+    acked: dict[int, int] = field(default_factory=dict)  # image id -> the score the server acknowledged
+    attempted: set[int] = field(default_factory=set)
+    position: int = 0
+    failure: str | None = None
+
+    def run(self, url: str, stop: threading.Event, timeout: float = 60) -> None:
+        from gradio_client import Client
+
+        try:
+            client = Client(url, auth=(self.name, PASSWORD), verbose=False)
+        except Exception as exc:  # the server died before this rater signed in: nothing was attempted
+            self.failure = f"sign-in: {type(exc).__name__}: {exc}"
+            return
+        try:
+            while not stop.is_set() and self.position < len(self.images):
+                image_id = self.images[self.position]
+                score = expected_score(image_id, self.rater_id)
+                self.attempted.add(image_id)
+                try:
+                    out = client.submit(image_id=image_id, score=score, api_name="/submit_rating").result(timeout=timeout)
+                except Exception as exc:  # the server was killed under this call: unacknowledged, stop here
+                    self.failure = f"{type(exc).__name__}: {exc}"
+                    return
+                assert out["image_id"] == image_id and out["score"] == score, out
+                self.acked[image_id] = score
+                self.position += 1
+        finally:
+            client.close()
+
+
+def check_burst(lab: Lab, round_id: int, raters: list[BurstRater]) -> dict[str, int]:
+    """Every acknowledged rating stored with its score; nothing stored that was not attempted; no pair twice."""
+    from sqlalchemy import func, select
+
+    by_id = {r.rater_id: r for r in raters}
+    with read_session(lab.factory) as s:
+        rows = s.execute(select(Rating.image_id, Rating.rater_id, Rating.score).join(Image)
+                         .where(Image.round_id == round_id)).all()
+        dupes = s.execute(select(Rating.image_id, Rating.rater_id, func.count()).join(Image).where(Image.round_id == round_id)
+                          .group_by(Rating.image_id, Rating.rater_id).having(func.count() > 1)).all()
+    assert not dupes, f"duplicated ratings: {dupes[:5]}"
+    stored = {(image_id, rater_id): score for image_id, rater_id, score in rows}
+    acked = {(image_id, r.rater_id): score for r in raters for image_id, score in r.acked.items()}
+    missing = {k: v for k, v in acked.items() if stored.get(k) != v}
+    assert not missing, f"{len(missing)} acknowledged ratings are missing or changed: {sorted(missing.items())[:5]}"
+    for (image_id, rater_id), score in stored.items():
+        rater = by_id[rater_id]
+        assert image_id in rater.attempted, f"rating ({image_id}, {rater_id}) was stored but never sent"
+        assert score == expected_score(image_id, rater_id), (image_id, rater_id, score)
+    return {"acknowledged": len(acked), "stored": len(stored), "stored_not_acknowledged": len(stored) - len(acked)}
+
+
+@dataclass
+class ServerResult:
+    trials: int = 0
+    acknowledged: int = 0
+    stored_not_acknowledged: int = 0
+    interrupted_calls: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+
+def run_server_kills(lab: Lab, trials: int, log_dir: Path, *, n_raters: int = 6, n_images: int = 300,
+                     seed: int = 0) -> ServerResult:
+    """``trials`` times: start the server, let ``n_raters`` clients rate, SIGKILL the server mid-burst, check the database."""
+    rng = random.Random(seed)
+    result = ServerResult()
+    t0 = time.monotonic()
+    _, round_id, image_ids = fake_open_round(lab, "burst", n_images, overlap=n_raters, real_pngs=True)
+    names = [f"burst-{i}" for i in range(n_raters)]
+    raters = [BurstRater(name, auth.add_user(lab.factory, name=name, role="rater", password=PASSWORD), [])
+              for name in names]
+    for i, r in enumerate(raters):  # each rater its own order of the images
+        r.images = image_ids[i * 37 % n_images:] + image_ids[:i * 37 % n_images]
+    try:
+        for trial in range(trials):
+            server = ServerProc(lab, log_dir, f"server-{trial}")
+            try:
+                server.wait_ready()
+                stop = threading.Event()
+                for r in raters:
+                    r.failure = None
+                threads = [threading.Thread(target=r.run, args=(server.url, stop), daemon=True) for r in raters]
+                before = sum(len(r.acked) for r in raters)
+                for t in threads:
+                    t.start()
+                target = before + rng.randint(10, 40) * n_raters // 2  # kill after a random number of acknowledged ratings
+                wait_for("the burst to get going", lambda target=target, threads=threads: sum(len(r.acked) for r in raters)
+                         >= target or all(not t.is_alive() for t in threads), 180, poll=0.01)
+                time.sleep(rng.uniform(0, 0.2))
+                server.kill()
+                for t in threads:
+                    t.join(timeout=120)
+                    assert not t.is_alive(), "a rater hung after the server was killed"
+                result.interrupted_calls += sum(1 for r in raters if r.failure and not r.failure.startswith("sign-in"))
+                counts = check_burst(lab, round_id, raters)
+                log(f"server trial {trial}: killed after {counts['acknowledged'] - before} acknowledged ratings this trial; "
+                    f"{counts}")
+                # A call cut off by the kill stays unacknowledged (it may or may not have committed); the rater sends it
+                # again after the restart, where it must come back as a new rating or an edit, never a second row.
+            finally:
+                server.kill()
+            result.trials += 1
+        # after the last kill: restart once more and let every rater finish a few more ratings
+        server = ServerProc(lab, log_dir, "server-final")
+        try:
+            server.wait_ready()
+            stop = threading.Event()
+            for r in raters:
+                r.images = r.images[:r.position + 5]
+                r.failure = None
+            threads = [threading.Thread(target=r.run, args=(server.url, stop), daemon=True) for r in raters]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=300)
+            failures = [r.failure for r in raters if r.failure]
+            assert not failures, f"raters failed against a healthy server: {failures}"
+            counts = check_burst(lab, round_id, raters)
+            assert server.stop() == 0
+        finally:
+            server.kill()
+        result.acknowledged = counts["acknowledged"]
+        result.stored_not_acknowledged = counts["stored_not_acknowledged"]
+        for path in log_dir.glob("server-*.log"):
+            text = path.read_text(errors="replace")
+            assert "database is locked" not in text, f"{path.name}:\n{text[-3000:]}"
+    finally:
+        result.seconds = round(time.monotonic() - t0, 1)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. a full disk during an adapter save
+# ---------------------------------------------------------------------------------------------
+
+
+class CannotMount(RuntimeError):
+    """tmpfs could not be mounted (not root, or no mount permission in this container)."""
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size_bytes: int) -> Iterator[Path]:
+    path.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(path)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise CannotMount(f"cannot mount a tmpfs at {path} (needs root): {proc.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def fill_to(path: Path, leave_free: int) -> Path:
+    """Write a filler file so that only about ``leave_free`` bytes stay free on ``path``'s filesystem."""
+    st = os.statvfs(path)
+    avail = st.f_bavail * st.f_frsize
+    filler = path / "filler.bin"
+    size = max(0, avail - leave_free)
+    with open(filler, "wb") as f:
+        block = b"\0" * (1 << 20)
+        while size > 0:
+            n = f.write(block[:min(size, len(block))])
+            size -= n
+    return filler
+
+
+@dataclass
+class DiskResult:
+    trials: int = 0
+    failed_cleanly: int = 0
+    errors_seen: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    error: str | None = None
+
+
+def run_disk_full(root: Path, model_dir: Path, trials: int, *, db_template: Path | None = None) -> DiskResult:
+    """Per trial: a data dir on a 64 MiB tmpfs; rounds 0 and 1 trained normally; then the disk is filled so the round-2
+    adapter cannot be saved. The job must fail cleanly and round 1 still verify and load; after freeing space it publishes once."""
+    import torch
+
+    from app.worker import Worker
+    from seiko_core import lora
+    from seiko_core.models import load_model
+
+    result = DiskResult()
+    t0 = time.monotonic()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for trial in range(trials):
+            mount = root / f"tmpfs-{trial}"
+            with small_tmpfs(mount, 64 << 20):
+                lab = make_lab(root / f"disk-{trial}", model_dir, data_dir=mount / "data", db_template=db_template)
+                worker = Worker(lab.settings, f"disk-w{trial}", lease_s=30, poll_s=0.05, device="cpu")
+                try:
+                    eid = create_experiment(lab, "disk")
+                    raters = make_raters(lab, 2, prefix="disk")
+                    rated: dict[tuple[int, int], int] = {}
+                    for _ in range(3):  # generate 0, train 0 -> 1, generate 1
+                        rate_and_close(lab, eid, raters, rated)
+                        assert worker.run_once() and worker.last_error is None, worker.last_error
+                    rate_and_close(lab, eid, raters, rated)  # round 1 closed: its train job (-> round 2) is queued
+                    adapter1 = lab.data_dir / storage.adapter_path(eid, 1)
+                    reward1 = lab.data_dir / storage.reward_path(eid, 1)
+                    manifest1 = sha256_file(adapter1 / MANIFEST)
+                    # room for the reward model (same size as round 1's) and half the adapter
+                    filler = fill_to(mount, dir_bytes(reward1) + 8192 + dir_bytes(adapter1) // 2)
+                    assert worker.run_once() is True
+                    error = worker.last_error or ""
+                    assert "No space left on device" in error or "Errno 28" in error, f"expected ENOSPC, got {error!r}"
+                    result.errors_seen.append(error[:200])
+                    with read_session(lab.factory) as s:
+                        (job,) = [j for j in repo.list_jobs(session=s, experiment_id=eid) if j.status != "done"]
+                        assert job.kind == "train" and job.status == "queued" and job.attempts == 1 and job.error == error
+                        assert [r.index for r in repo.list_rounds(session=s, experiment_id=eid)] == [0, 1]
+                        assert repo.get_round_by_index(session=s, experiment_id=eid, index=1).status == "training"
+                    assert not (lab.data_dir / storage.adapter_path(eid, 2)).exists(), "a partial adapter sits under its final name"
+                    leftovers = [p for p in (lab.data_dir / storage.ADAPTERS / f"exp{eid}").iterdir() if p.name.startswith(".tmp-")]
+                    assert not leftovers, f"temporary files left behind: {leftovers}"
+                    verify(adapter1)
+                    assert sha256_file(adapter1 / MANIFEST) == manifest1
+                    parts = load_model(str(model_dir), device="cpu")  # the previous round still loads, on a fresh model
+                    lora.load_adapter(parts, adapter1, lora.round_adapter_name(1))
+                    del parts
+                    check_worker_invariants(lab, eid, rated, live_worker=worker.worker_id, errors_allowed=True)
+                    result.failed_cleanly += 1
+                    filler.unlink()  # space again: the retry publishes round 2 exactly once
+                    assert worker.run_once() and worker.last_error is None, worker.last_error
+                    assert check_worker_invariants(lab, eid, rated, errors_allowed=True) == 3
+                finally:
+                    worker.close()
+                    lab.close()
+            result.trials += 1
+    finally:
+        torch.set_num_threads(threads)
+        result.seconds = round(time.monotonic() - t0, 1)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# the command
+# ---------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated worker fault points (default: all of {','.join(PHASES)})")
+    parser.add_argument("--kills", type=int, default=10, help="worker kills per phase (default 10)")
+    parser.add_argument("--server-trials", type=int, default=10, help="server kills during a rating burst (default 10)")
+    parser.add_argument("--disk-trials", type=int, default=3, help="full-disk adapter saves (default 3; needs root for tmpfs)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", type=Path, help="keep everything here (default: a temporary directory, removed)")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args(argv)
+    phases = [p for p in args.phases.split(",") if p]
+
+    with contextlib.ExitStack() as stack:
+        root = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fault-matrix-")))
+        root.mkdir(parents=True, exist_ok=True)
+        logs = root / "logs"
+        logs.mkdir(exist_ok=True)
+        log(f"building the tiny model in {root / 'model'}")
+        model_dir = build_model(root / "model")
+        results: dict[str, Any] = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S"), "phases": [],
+                                   "argv": sys.argv}
+        failed = False
+        lab = make_lab(root / "lab", model_dir)
+        writer = RatingWriter(lab, "matrix")
+        try:
+            for phase in phases:
+                log(f"worker phase {phase}: {args.kills} kills")
+                try:
+                    r = run_phase(lab, phase, args.kills, logs)
+                except Exception as exc:
+                    failed = True
+                    r = PhaseResult(phase, error=f"{type(exc).__name__}: {exc}")
+                    traceback.print_exc()
+                log(f"  {r}")
+                results["phases"].append(r.__dict__)
+        finally:
+            try:
+                results["concurrent_writer_ratings"] = writer.finish()
+            except Exception as exc:
+                failed = True
+                results["concurrent_writer_error"] = f"{type(exc).__name__}: {exc}"
+                traceback.print_exc()
+        if args.server_trials:
+            log(f"server kills: {args.server_trials}")
+            try:
+                s = run_server_kills(lab, args.server_trials, logs, seed=args.seed)
+            except Exception as exc:
+                failed = True
+                s = ServerResult(error=f"{type(exc).__name__}: {exc}")
+                traceback.print_exc()
+            log(f"  {s}")
+            results["server"] = s.__dict__
+        lab.close()
+        if args.disk_trials:
+            log(f"full disk: {args.disk_trials} trials")
+            try:
+                d = run_disk_full(root / "disk", model_dir, args.disk_trials)
+            except Exception as exc:
+                failed = True
+                d = DiskResult(error=f"{type(exc).__name__}: {exc}")
+                traceback.print_exc()
+            log(f"  {d}")
+            results["disk_full"] = d.__dict__
+        results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        results["ok"] = not failed
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2, default=str))
+        print(json.dumps(results, indent=2, default=str))
+    return 1 if failed else 0
+
+
+def machine() -> dict[str, Any]:
+    load = os.getloadavg()
+    return {"cpus": os.cpu_count(), "loadavg_at_start": [round(x, 2) for x in load], "python": sys.version.split()[0],
+            "platform": sys.platform}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,608 @@
+"""Feedback-efficiency benchmark: SEIKO's methods against an oracle rater, as in the paper's experiments.
+
+    python -m seiko_core.simulate --model models/shapes-sd --method all --budgets 32,64,96,128 \\
+        --oracle purple --seeds 0,1,2 --out runs/purple
+
+For every method and seed the model starts from the pretrained weights (one model per process; every
+LoRA adapter is deleted between runs) and runs the outer loop of SEIKO.md: per round, sample the
+round's budget of images from the current model (``round_prompts`` and per-(seed, round) image seeds),
+rate them with the oracle plus Gaussian noise (default sigma: the oracle's ``default_sigma``), grow the
+feedback set D, fit the reward ensemble and fine-tune a new LoRA adapter (``train_round``). Non-adaptive
+gets the sum of the budgets in one round (``SeikoConfig.for_method``).
+
+After every round the new model is evaluated on a FIXED held-out set (the preset's eval prompts, cycled,
+with seeds that no training round uses; identical for every method, seed and round): the TRUE oracle
+reward (mean, std), the reward ensemble's prediction and across-head spread on those images, the
+optimism (r_opt - r_hat) and UCB bonus there, the full trajectory KL to the previous round's model and to
+the pretrained model (on the first ``--kl-n`` eval images), and wall times. Round 0 is the pretrained
+model, evaluated once and shared by all runs.
+
+Outputs in ``--out``: ``results.json`` (rewritten after every round, so a killed run resumes: finished
+runs are skipped, an unfinished one restarts), ``curve.png`` (true reward vs labels used, mean over
+seeds and a +-1 std band), ``table.md`` (final true reward mean +- std over seeds per method) and
+``grids/`` (the eval images of the pretrained model and of each run's final model).
+
+Hyper-parameters come from ``--preset`` (default: shapes for a small model, else sd15); ``--set
+SECTION.FIELD=VALUE`` overrides any config field for every method (e.g. ``--set finetune.lr=1e-2``),
+``--bonus-alpha``/``--ucb-form`` the UCB method's bonus. The overrides are recorded in results.json, and
+resuming with different settings is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .config import METHODS, SeikoConfig, from_dict, to_dict
+
+RESULTS = "results.json"
+CURVE = "curve.png"
+TABLE = "table.md"
+FORMAT = "seiko-simulate"
+VERSION = 1
+DEFAULT_EVAL_SEEDS_PER_PROMPT = 16
+# Image seeds, disjoint by construction: training round r of run seed s draws from GEN_SEED_BASE + s * 10^7 + r * 10^5;
+# fine-tuning trajectories use (train seed + 1) * 10^6 (seiko_core.finetune) with train seed = s * 100 + r < 10^4 * 100.
+GEN_SEED_BASE = 10**10
+EVAL_SEED_BASE = 9 * 10**10
+MAX_ROUND_BUDGET = 10**5
+
+
+class SimulationError(ValueError):
+    """Settings that cannot be simulated as given; the message says why."""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Settings
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def parse_int_list(text: str, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError as exc:
+        raise SimulationError(f"{what} must be comma-separated integers, got {text!r}") from exc
+    if not values:
+        raise SimulationError(f"{what} needs at least one value, got {text!r}")
+    return values
+
+
+def parse_methods(text: str) -> tuple[str, ...]:
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    if names == ["all"]:
+        return METHODS
+    bad = [m for m in names if m not in METHODS]
+    if bad or not names:
+        raise SimulationError(f"unknown method {', '.join(bad) or repr(text)}; choose from {list(METHODS)} or all")
+    return tuple(dict.fromkeys(names))
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text  # a bare string such as per_step
+
+
+def apply_overrides(cfg: SeikoConfig, overrides: Sequence[str]) -> SeikoConfig:
+    """``SECTION.FIELD=VALUE`` (or ``FIELD=VALUE`` for top-level fields) applied to ``cfg``; VALUE is JSON or a bare string."""
+    data = to_dict(cfg)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SimulationError(f"--set expects SECTION.FIELD=VALUE, got {item!r}")
+        path = key.strip().split(".")
+        node = data
+        for part in path[:-1]:
+            if part not in node or not isinstance(node[part], dict):
+                raise SimulationError(f"--set {item!r}: {part!r} is not a config section; choose from "
+                                      f"{sorted(k for k, v in data.items() if isinstance(v, dict))}")
+            node = node[part]
+        if path[-1] not in node:
+            raise SimulationError(f"--set {item!r}: unknown field {path[-1]!r}; choose from {sorted(node)}")
+        node[path[-1]] = _parse_value(value.strip())
+    return from_dict(data)
+
+
+@dataclass
+class EvalSet:
+    prompts: list[str]
+    seeds: list[int]
+    kl_n: int
+
+    def to_dict(self) -> dict:
+        return {"prompts": self.prompts, "seeds": self.seeds, "kl_n": self.kl_n}
+
+
+def make_eval_set(cfg: SeikoConfig, n: int | None, kl_n: int) -> EvalSet:
+    """The fixed held-out set: the config's eval prompts cycled over ``n`` images (default 16 per prompt)."""
+    prompts = list(cfg.eval_prompts) or list(cfg.prompts)
+    if not prompts:
+        raise SimulationError("the config has neither eval prompts nor sampling prompts")
+    n = n if n is not None else DEFAULT_EVAL_SEEDS_PER_PROMPT * len(prompts)
+    if n < 2:
+        raise SimulationError(f"--eval-n must be at least 2 (a std needs two images), got {n}")
+    if kl_n < 1:
+        raise SimulationError(f"--kl-n must be at least 1, got {kl_n}")
+    return EvalSet(prompts=[prompts[k % len(prompts)] for k in range(n)], seeds=[EVAL_SEED_BASE + k for k in range(n)],
+                   kl_n=min(kl_n, n))
+
+
+def gen_seeds(run_seed: int, round_index: int, n: int) -> list[int]:
+    base = GEN_SEED_BASE + run_seed * 10**7 + round_index * MAX_ROUND_BUDGET
+    return [base + j for j in range(n)]
+
+
+def train_seed(run_seed: int, round_index: int) -> int:
+    return run_seed * 100 + round_index
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Results file
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=_json_default))
+    os.replace(tmp, path)
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def load_results(path: Path, settings: dict) -> dict:
+    """The results so far, or a fresh skeleton; refuses a file written with different settings."""
+    if not path.exists():
+        return {"format": FORMAT, "version": VERSION, "settings": settings, "pretrained": None, "runs": {}}
+    data = json.loads(path.read_text())
+    if data.get("format") != FORMAT:
+        raise SimulationError(f"{path} is not a {FORMAT} results file")
+    old = json.loads(json.dumps(data.get("settings"), default=_json_default))
+    new = json.loads(json.dumps(settings, default=_json_default))
+    if old != new:
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise SimulationError(f"{path} was written with different settings (differing: {diff}); "
+                              "choose another --out or delete it to start again")
+    return data
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class Bars:
+    """An inner tqdm bar per phase, reused through the ``on_progress(done, total, metrics)`` callbacks."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.bar = None
+        self.key = None
+
+    def __call__(self, desc: str):
+        def update(done, total, metrics):
+            if not self.enabled:
+                return
+            key = (desc, metrics.get("phase"), total)
+            if self.key != key:
+                self.close()
+                self.bar = tqdm(total=total, desc=f"  {desc}:{metrics.get('phase', '')}", leave=False, dynamic_ncols=True)
+                self.key = key
+            self.bar.update(done - self.bar.n)
+            post = {k: round(v, 3) for k, v in metrics.items() if k in ("reward", "kl", "criterion") and isinstance(v, float)}
+            if post:
+                self.bar.set_postfix(post, refresh=False)
+        return update
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+        self.bar, self.key = None, None
+
+
+def _score(oracle, images: torch.Tensor, prompts: list[str], batch: int = 256) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([oracle(images[i:i + batch], prompts[i:i + batch]).float().cpu()
+                          for i in range(0, images.shape[0], batch)])
+
+
+def evaluate(parts, cfg: SeikoConfig, oracle, ev: EvalSet, *, adapter: str | None, prev_adapter: str | None,
+             outcome=None, bars: Bars | None = None) -> tuple[dict, torch.Tensor]:
+    """Eval metrics of ``adapter``'s model (None: pretrained) on the fixed set, and the eval images."""
+    from .finetune import trajectory_kl
+    from .loop import generate_batch
+    from .optimism import optimistic_reward
+
+    t0 = time.time()
+    images, emb = generate_batch(parts, adapter, ev.prompts, ev.seeds, cfg, on_progress=bars("eval") if bars else None)
+    true = _score(oracle, images, ev.prompts)
+    m = {"true_reward_mean": float(true.mean()), "true_reward_std": float(true.std()),
+         "true_reward_median": float(true.median()), "true_reward_max": float(true.max())}
+    if outcome is not None:
+        ens = outcome.ensemble
+        dev = next(ens.parameters()).device
+        with torch.no_grad():
+            preds, feats = ens.heads_and_features(emb.to(dev))
+            r_opt = optimistic_reward(ens, emb.to(dev), cfg.optimism, ucb=outcome.ucb,
+                                      generator=torch.Generator(device=dev).manual_seed(0))
+        preds, r_opt = preds.cpu(), r_opt.cpu()
+        m["pred_reward"] = float(preds.mean())
+        m["ensemble_spread"] = float(preds.std(1, correction=0).mean()) if preds.shape[1] > 1 else 0.0
+        corr = float(torch.corrcoef(torch.stack([preds.mean(1), true]))[0, 1])
+        m["pred_true_corr"] = corr if math.isfinite(corr) else None  # None when either side is constant
+        m["optimism_gap"] = float((r_opt - preds.mean(1)).mean())  # r_opt - r_hat on the eval images
+        m["ucb_bonus"] = float(outcome.ucb.bonus(feats).mean()) if outcome.ucb is not None else None
+    else:
+        m.update(pred_reward=None, ensemble_spread=None, pred_true_corr=None, optimism_gap=None, ucb_bonus=None)
+    m["eval_s"] = time.time() - t0
+    if adapter is not None:
+        t1 = time.time()
+        sc = cfg.sampling
+        kw = dict(steps=sc.steps, eta=sc.eta, guidance=sc.guidance, batch_size=sc.batch_size)
+        p, s = ev.prompts[:ev.kl_n], ev.seeds[:ev.kl_n]
+        m["kl_prev"] = float(trajectory_kl(parts, p, s, adapter=adapter, reference=prev_adapter, **kw).mean())
+        m["kl_base"] = (m["kl_prev"] if prev_adapter is None else
+                        float(trajectory_kl(parts, p, s, adapter=adapter, reference=None, **kw).mean()))
+        m["kl_s"] = time.time() - t1
+    else:
+        m.update(kl_prev=0.0, kl_base=0.0, kl_s=0.0)
+    return m, images
+
+
+def save_grid(images: torch.Tensor, path: Path) -> None:
+    from .sampling import grid
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid(images, cols=16, scale=3 if images.shape[-1] <= 64 else 1).save(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# One run: a method and a seed from the pretrained model
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def reset_adapters(parts) -> None:
+    """Back to the pretrained model: every adapter deleted."""
+    names = list(getattr(parts.unet, "peft_config", {}) or {})
+    if names:
+        parts.unet.delete_adapters(names)
+    from . import lora
+
+    lora.activate(parts.unet, None)
+
+
+def run_one(parts, cfg: SeikoConfig, oracle, sigma: float, ev: EvalSet, run_seed: int, pretrained: dict, *,
+            on_round=None, bars: Bars | None = None, grid_path: Path | None = None) -> dict:
+    """One method (``cfg.method``, budgets already per method) from the pretrained model; returns the run record."""
+    from .loop import generate_batch, round_prompts, train_round
+    from .oracles import noisy_feedback
+
+    reset_adapters(parts)
+    start = time.time()
+    rounds = [{"round": 0, "labels": 0, "budget": 0, **pretrained, "wall_s": 0.0, "elapsed_s": 0.0}]
+    run = {"method": cfg.method, "seed": run_seed, "status": "running", "budgets": list(cfg.budgets), "rounds": rounds}
+    emb_d, y_d = [], []
+    prev = None
+    images = None
+    for i, budget in enumerate(cfg.budgets, start=1):
+        t0 = time.time()
+        # 1. sample the round's budget from the current model
+        prompts = round_prompts(cfg, budget, seed=train_seed(run_seed, i))
+        imgs, emb = generate_batch(parts, prev, prompts, gen_seeds(run_seed, i, budget), cfg,
+                                   on_progress=bars(f"{cfg.method}/s{run_seed}/r{i}") if bars else None)
+        # 2. feedback: oracle + noise
+        true = _score(oracle, imgs, prompts)
+        gen = torch.Generator().manual_seed(train_seed(run_seed, i) + 7)
+        y = noisy_feedback(true, sigma, gen)
+        # 3. grow D
+        emb_d.append(emb.cpu())
+        y_d.append(y.cpu())
+        sample_s = time.time() - t0
+        # 4-5. fit the reward model, fine-tune the next adapter
+        t1 = time.time()
+        outcome = train_round(parts, torch.cat(emb_d), torch.cat(y_d), cfg, new_index=i, prev_adapter=prev,
+                              seed=train_seed(run_seed, i), on_progress=bars(f"{cfg.method}/s{run_seed}/r{i}") if bars else None)
+        train_s = time.time() - t1
+        # 6. evaluate on the fixed held-out set
+        m, images = evaluate(parts, cfg, oracle, ev, adapter=outcome.adapter, prev_adapter=prev, outcome=outcome, bars=bars)
+        ft = outcome.metrics["finetune"]
+        fit = outcome.metrics["reward_fit"]
+        rounds.append({
+            "round": i, "labels": int(sum(len(v) for v in y_d)), "budget": budget, **m,
+            "batch_true_reward": float(true.mean()), "batch_feedback_mean": float(y.mean()),
+            "finetune_reward_first": ft.get("reward_first"), "finetune_reward_last": ft.get("reward_last"),
+            "finetune_kl_last": ft.get("kl_last"), "finetune_steps": ft.get("steps"),
+            "reward_fit_holdout_mse": fit.get("holdout_mse"), "reward_fit_epochs": fit.get("epochs_run"),
+            "sample_s": sample_s, "train_s": train_s, "finetune_s": ft.get("wall_s"), "wall_s": time.time() - t0, "elapsed_s": time.time() - start,
+        })
+        if prev is not None:  # the older adapter is no longer needed: the next round's KL is to this one
+            parts.unet.delete_adapters(prev)
+        prev = outcome.adapter
+        if on_round is not None:
+            on_round(run)
+    if grid_path is not None and images is not None:
+        save_grid(images, grid_path)
+    run["status"] = "done"
+    run["wall_s"] = time.time() - start
+    reset_adapters(parts)
+    return run
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Summaries: the curve and the table
+# ---------------------------------------------------------------------------------------------------------------------
+
+LABELS = {"nonadaptive": "Non-adaptive", "greedy": "Greedy", "ucb": "SEIKO-UCB", "bootstrap": "SEIKO-Bootstrap",
+          "ts": "SEIKO-TS"}
+COLOURS = {"nonadaptive": "tab:gray", "greedy": "tab:blue", "ucb": "tab:red", "bootstrap": "tab:green", "ts": "tab:purple"}
+
+
+def finished_runs(results: dict, method: str) -> list[dict]:
+    return [r for r in results["runs"].get(method, {}).values() if r.get("status") == "done"]
+
+
+def method_curve(runs: list[dict], key: str = "true_reward_mean") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels, mean over seeds, std over seeds) per round; every run of a method has the same rounds."""
+    labels = np.array([r["labels"] for r in runs[0]["rounds"]], dtype=float)
+    vals = np.array([[rd[key] for rd in run["rounds"]] for run in runs], dtype=float)
+    return labels, vals.mean(0), vals.std(0, ddof=1) if len(runs) > 1 else np.zeros(vals.shape[1])
+
+
+def write_curve(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = results["settings"]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [3, 2]})
+    for method in METHODS:
+        runs = finished_runs(results, method)
+        if not runs:
+            continue
+        x, mean, std = method_curve(runs)
+        c = COLOURS.get(method)
+        style = "--" if method == "nonadaptive" else "-"
+        ax.plot(x, mean, style, marker="o", color=c, label=f"{LABELS.get(method, method)} (n={len(runs)})")
+        ax.fill_between(x, mean - std, mean + std, color=c, alpha=0.15)
+        xk, kl, _ = method_curve(runs, "kl_base")
+        ax2.plot(xk, kl, style, marker="o", color=c, label=LABELS.get(method, method))
+    ax.set_xlabel("labels used (oracle queries)")
+    ax.set_ylabel(f"true reward on the eval set ({s['oracle']})")
+    ax.set_title(f"{s['oracle']}: budgets {s['budgets']}, sigma {s['noise_sigma']:.3g}; mean +- 1 std over seeds",
+                 fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax2.set_xlabel("labels used")
+    ax2.set_ylabel("trajectory KL to the pretrained model")
+    ax2.set_yscale("symlog", linthresh=1e-2)
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def table_rows(results: dict) -> list[dict]:
+    rows = []
+    for method in METHODS:
+        runs = finished_runs(results, method)
+        if not runs:
+            continue
+        final = np.array([r["rounds"][-1]["true_reward_mean"] for r in runs])
+        kl = np.array([r["rounds"][-1]["kl_base"] for r in runs])
+        rows.append({"method": method, "n": len(runs), "labels": runs[0]["rounds"][-1]["labels"],
+                     "rounds": len(runs[0]["rounds"]) - 1, "mean": float(final.mean()),
+                     "std": float(final.std(ddof=1)) if len(runs) > 1 else 0.0,
+                     "per_seed": {r["seed"]: r["rounds"][-1]["true_reward_mean"] for r in runs},
+                     "kl_base": float(kl.mean()), "wall_s": float(np.mean([r["wall_s"] for r in runs]))})
+    return rows
+
+
+def write_table(results: dict, path: Path) -> str:
+    s = results["settings"]
+    pre = results.get("pretrained") or {}
+    lines = [f"Oracle `{s['oracle']}`, budgets {s['budgets']} (Non-adaptive: {sum(s['budgets'])} in one round), "
+             f"feedback noise sigma {s['noise_sigma']:.3g}, eval set {len(s['eval']['seeds'])} images.",
+             f"Pretrained model: true reward {pre.get('true_reward_mean', float('nan')):.3f} "
+             f"(std over eval images {pre.get('true_reward_std', float('nan')):.3f}).", "",
+             "| method | rounds | labels | final true reward (mean +- std over seeds) | seeds | per seed | "
+             "KL to pretrained | wall time per run |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in table_rows(results):
+        per = ", ".join(f"{v:.2f}" for _, v in sorted(r["per_seed"].items(), key=lambda kv: int(kv[0])))
+        lines.append(f"| {LABELS.get(r['method'], r['method'])} | {r['rounds']} | {r['labels']} | "
+                     f"**{r['mean']:.3f} +- {r['std']:.3f}** | {r['n']} | {per} | {r['kl_base']:.3g} | "
+                     f"{r['wall_s'] / 60:.1f} min |")
+    text = "\n".join(lines) + "\n"
+    path.write_text(text)
+    return text
+
+
+def summarise(results: dict, out: Path) -> str:
+    write_curve(results, out / CURVE)
+    return write_table(results, out / TABLE)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def code_version() -> dict:
+    """The git commit of this checkout and whether seiko_core has uncommitted changes (read-only git calls)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*a: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *a], cwd=root, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"unavailable: {exc}"
+        return done.stdout.strip() if done.returncode == 0 else f"unavailable: {done.stderr.strip()}"
+
+    status = git("status", "--porcelain", "--", "seiko_core")
+    return {"commit": git("rev-parse", "HEAD"), "seiko_core_changes": status.splitlines() if status else []}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m seiko_core.simulate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="models/shapes-sd", help="local diffusers directory or hub id")
+    p.add_argument("--method", default="all", help=f"one of {list(METHODS)}, a comma-separated list, or all")
+    p.add_argument("--budgets", default="64,128,256,512", help="labels per round, comma-separated")
+    p.add_argument("--oracle", required=True, help="built-in name (purple, gold_on_black), laion_aesthetic:weights."
+                                                   "safetensors, path/to/file.py:function or package.module:function")
+    p.add_argument("--seeds", default="0,1,2", help="run seeds, comma-separated")
+    p.add_argument("--out", required=True, help="output directory (results.json, curve.png, table.md)")
+    p.add_argument("--preset", default=None, help="hyper-parameters (shapes, sd15); default by model size")
+    p.add_argument("--eval-n", type=int, default=None,
+                   help=f"held-out eval images (default {DEFAULT_EVAL_SEEDS_PER_PROMPT} per eval prompt)")
+    p.add_argument("--kl-n", type=int, default=8, help="eval images on which the trajectory KL is measured")
+    p.add_argument("--noise-sigma", type=float, default=None, help="feedback noise std (default: the oracle's default_sigma)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override a config field for every method, e.g. finetune.lr=1e-2 (repeatable)")
+    p.add_argument("--bonus-alpha", type=float, default=None, help="SEIKO-UCB's bonus scale alpha (reference 1e-2)")
+    p.add_argument("--ucb-form", choices=("textbook", "covariance"), default=None,
+                   help="SEIKO-UCB's matrix A: textbook (lambda I + sum f f^T, default) or covariance (reference code)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--no-progress", action="store_true", help="no inner progress bars (per-round lines still print)")
+    return p
+
+
+def method_config(base: SeikoConfig, method: str, args) -> SeikoConfig:
+    cfg = base.for_method(method)
+    if method == "ucb":
+        if args.ucb_form is not None:
+            cfg.optimism.bonus = args.ucb_form
+        if args.bonus_alpha is not None:
+            cfg.optimism.bonus_alpha = args.bonus_alpha
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        methods = parse_methods(args.method)
+        budgets = parse_int_list(args.budgets, "--budgets")
+        seeds = parse_int_list(args.seeds, "--seeds")
+        if any(b < 1 or b >= MAX_ROUND_BUDGET for b in budgets) or sum(budgets) >= MAX_ROUND_BUDGET:
+            raise SimulationError(f"budgets must be positive and sum to less than {MAX_ROUND_BUDGET}, got {budgets}")
+        if any(s < 0 or s >= 1000 for s in seeds):
+            raise SimulationError(f"seeds must lie in [0, 1000), got {seeds}")
+        if args.noise_sigma is not None and not (math.isfinite(args.noise_sigma) and args.noise_sigma >= 0):
+            raise SimulationError(f"--noise-sigma must be a finite number >= 0, got {args.noise_sigma}")
+        if args.bonus_alpha is not None and not args.bonus_alpha >= 0:
+            raise SimulationError(f"--bonus-alpha must be >= 0, got {args.bonus_alpha}")
+    except SimulationError as exc:
+        parser.error(str(exc))
+
+    from .models import ModelLoadError, load_model
+    from .oracles import LAION_PREFIX, OracleError, load_oracle
+    from .presets import preset
+
+    try:
+        oracle = None if args.oracle.strip().startswith(LAION_PREFIX) else load_oracle(args.oracle)
+    except OracleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        parts = load_model(args.model, device=args.device)
+        if oracle is None:
+            oracle = load_oracle(args.oracle, parts)
+    except (ModelLoadError, OracleError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    try:
+        base = preset(args.preset or ("shapes" if parts.sample_size <= 32 else "sd15"))
+        base.budgets = budgets
+        base = apply_overrides(base, args.set)
+        cfgs = {m: method_config(base, m, args) for m in methods}
+        ev = make_eval_set(base, args.eval_n, args.kl_n)
+        sigma = oracle.default_sigma if args.noise_sigma is None else float(args.noise_sigma)
+        settings = {"model": args.model, "oracle": args.oracle, "oracle_spread": oracle.spread, "noise_sigma": sigma,
+                    "budgets": list(budgets), "preset": args.preset, "overrides": list(args.set),
+                    "bonus_alpha": args.bonus_alpha, "ucb_form": args.ucb_form, "eval": ev.to_dict(),
+                    "config": to_dict(base)}
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        results = load_results(out / RESULTS, settings)
+    except SimulationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    results["machine"] = {"torch": torch.__version__, "code": code_version(), "threads": torch.get_num_threads(), "device": str(parts.device),
+                          "cpus": os.cpu_count(), "platform": platform.platform()}
+    results.setdefault("invocations", []).append({"argv": list(sys.argv if argv is None else argv),
+                                                  "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+    results_path = out / RESULTS
+    bars = Bars(enabled=not args.no_progress)
+    t_all = time.time()
+
+    # round 0: the pretrained model on the eval set, once for every run
+    if results.get("pretrained") is None:
+        m, images = evaluate(parts, base, oracle, ev, adapter=None, prev_adapter=None, bars=bars)
+        bars.close()
+        results["pretrained"] = m
+        save_grid(images, out / "grids" / "pretrained.png")
+        write_json_atomic(results_path, results)
+    pretrained = {k: v for k, v in results["pretrained"].items()}
+    tqdm.write(f"pretrained: true reward {pretrained['true_reward_mean']:.3f} +- {pretrained['true_reward_std']:.3f} "
+               f"on {len(ev.seeds)} eval images; feedback sigma {sigma:.3g}")
+
+    # seed-major, so that a partial result compares every method on the same seeds
+    todo = [(m, s) for s in seeds for m in methods if results["runs"].get(m, {}).get(str(s), {}).get("status") != "done"]
+    with tqdm(total=len(methods) * len(seeds), initial=len(methods) * len(seeds) - len(todo), desc="runs",
+              dynamic_ncols=True) as outer:
+        for method, seed in todo:
+            cfg = cfgs[method]
+            outer.set_postfix(method=method, seed=seed)
+
+            def on_round(run, method=method, seed=seed):
+                bars.close()
+                results["runs"].setdefault(method, {})[str(seed)] = run
+                write_json_atomic(results_path, results)
+                rd = run["rounds"][-1]
+                tqdm.write(f"{method} seed {seed} round {rd['round']}: labels {rd['labels']} true {rd['true_reward_mean']:.3f} "
+                           f"pred {rd['pred_reward']:.3f} spread {rd['ensemble_spread']:.3f} opt {rd['optimism_gap']:.3g} "
+                           f"kl_prev {rd['kl_prev']:.3g} kl_base {rd['kl_base']:.3g} ({rd['wall_s']:.0f}s)")
+
+            run = run_one(parts, cfg, oracle, sigma, ev, seed, pretrained, on_round=on_round, bars=bars,
+                          grid_path=out / "grids" / f"{method}_seed{seed}.png")
+            results["runs"].setdefault(method, {})[str(seed)] = run
+            write_json_atomic(results_path, results)
+            summarise(results, out)
+            outer.update(1)
+    results["invocations"][-1]["wall_s"] = time.time() - t_all
+    write_json_atomic(results_path, results)
+    tqdm.write(summarise(results, out))
+    tqdm.write(f"wrote {results_path}, {out / CURVE}, {out / TABLE} ({(time.time() - t_all) / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

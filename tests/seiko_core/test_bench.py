@@ -1,0 +1,175 @@
+"""The performance harness (seiko_core.bench): it runs, it writes its JSON, and OURS and the BASELINE compute
+the same thing on the same inputs, so the speed-ups it reports are not bought with different math."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from seiko_core import bench, lora
+from seiko_core.models import load_model
+from seiko_core.presets import shapes
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine a descheduled OpenMP worker stalls every parallel region of
+    these tiny ops (minutes instead of seconds under load); the checks here are about values, not speed."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _setup(model_dir, dtype=torch.float32, steps=4, **kw):
+    parts = load_model(str(model_dir), device="cpu", dtype=dtype)
+    return bench.make_setup(parts, steps=steps, guidance=7.5, **kw)
+
+
+def _step(setup, path, k, batch=2):
+    grads = []
+    out = bench.train_step(setup, path, k, batch, grads=grads)
+    return out, torch.cat([g.flatten() for g in grads])
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_ours_and_baseline_compute_the_same_loss_and_gradients_in_float64(random_model_dir, k):
+    # float64 removes rounding: any difference left would be a difference in the math
+    setup = _setup(random_model_dir, torch.float64)
+    ours, g_ours = _step(setup, "ours", k)
+    base, g_base = _step(setup, "baseline", k)
+    assert float(base["kl_attached"].abs().sum()) > 0  # the adapters differ, so the KL is not trivially zero
+    torch.testing.assert_close(ours["loss"], base["loss_matched"], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(ours["images"], base["images"], rtol=1e-10, atol=1e-12)
+    assert g_ours.norm() > 0
+    assert float((g_ours - g_base).norm() / g_base.norm()) < 1e-9
+    # ours with the KL at every step is exactly the baseline's (the reference's) objective
+    prompts, seeds = setup.batch(2)
+    every = bench.ours_loss(setup, prompts, seeds, bench.attached_last(setup.steps, k), kl_every_step=True)
+    torch.testing.assert_close(every["loss"].detach(), base["loss"], rtol=1e-10, atol=1e-12)
+
+
+def test_ours_and_baseline_agree_in_float32_and_steps_leave_weights_alone(random_model_dir):
+    setup = _setup(random_model_dir)
+    before = [p.detach().clone() for p in setup.params]
+    ours, g_ours = _step(setup, "ours", 2)
+    base, g_base = _step(setup, "baseline", 2)
+    torch.testing.assert_close(ours["loss"], base["loss_matched"], rtol=1e-5, atol=1e-7)
+    assert float((g_ours - g_base).norm() / g_base.norm()) < 1e-3
+    # AdamW at lr 0: every repetition sees the same model
+    assert all(torch.equal(a, p) for a, p in zip(before, setup.params))
+    # the baseline's previous model is a separate copy holding the reference adapter; ours switches adapters
+    prev = setup.baseline_prev()
+    assert prev is not setup.parts.unet
+    assert all(not p.requires_grad for p in prev.parameters())
+
+
+def test_samplers_agree(random_model_dir):
+    setup = _setup(random_model_dir)
+    ours = bench.sample_images(setup, "ours", 3)
+    base = bench.sample_images(setup, "baseline", 3)
+    assert ours.shape == (3, 3, 32, 32)
+    torch.testing.assert_close(ours, base, rtol=0, atol=1e-4)
+
+
+def test_flop_counter_counts_cpu_attention(random_model_dir):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    bench._register_cpu_attention_flops()
+    bench._register_cpu_attention_flops()  # idempotent
+    q = torch.randn(2, 4, 16, 8)
+    with FlopCounterMode(display=False) as fc:
+        torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    assert fc.get_total_flops() == 2 * (2 * 2 * 4 * 16 * 16 * 8)
+    setup = _setup(random_model_dir, steps=2)
+    ours = bench.count_flops(lambda: bench.train_step(setup, "ours", 1, 2))
+    base = bench.count_flops(lambda: bench.train_step(setup, "baseline", 1, 2))
+    assert 0 < ours < base  # the baseline runs the previous model at every step and recomputes the checkpointed call
+
+
+def test_harness_writes_json(random_model_dir, tmp_path, capsys):
+    # in-process (the memory figures still come from fresh child processes, one per path and K)
+    out = tmp_path / "bench.json"
+    assert bench.main(["--model", str(random_model_dir), "--device", "cpu", "--steps", "3", "--batch", "2",
+                       "--k", "2,1", "--reps", "2", "--sample-batches", "2", "--parts", "finetune,memory,sampling",
+                       "--memory-k", "1", "--threads", "1", "--workdir", str(tmp_path / "wd"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "(a) one fine-tuning step" in printed and "(b) sampling" in printed
+    res = json.loads(out.read_text())
+    assert res["config"]["precision"] == "fp32" and res["machine"]["torch"] == torch.__version__
+    assert [row["k"] for row in res["finetune"]] == [2, 1]
+    for row in res["finetune"]:
+        for path in ("ours", "baseline"):
+            st = row[path]
+            assert st["median_s"] > 0 and len(st["times_s"]) == 2 and st["flops"] > 0 and st["tflops_per_s"] > 0
+            assert "fraction_of_peak" not in st  # CPU: no fraction of a GPU's peak
+        assert row["speedup"] > 0
+        assert row["check"]["loss_abs_diff"] < 1e-5 and row["check"]["grad_rel_diff"] < 1e-3
+    assert {(m["path"], m["k"]) for m in res["memory"]} == {("ours", 1), ("baseline", 1)}
+    assert all(m["peak_over_loaded_mb"] > 0 and m["method"].startswith("VmHWM") for m in res["memory"])
+    (srow,) = res["sampling"]
+    assert srow["batch"] == 2 and srow["ours"]["images_per_s"] > 0 and srow["baseline"]["images_per_s"] > 0
+    assert srow["check"]["images_max_abs_diff"] < 1e-4
+
+
+def test_cli_rejects_bad_arguments(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "seiko_core.bench", "--model", str(tmp_path / "none"), "--k", "0"],
+                       capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 2 and "positive integers" in r.stderr
+    with pytest.raises(ValueError, match="sd15-arch only"):
+        bench.load_bench_model("random", "cpu", sample_size=8)
+
+
+def test_round_runs_and_reports_its_parts(random_parts):
+    cfg = shapes()
+    cfg.budgets = (4,)
+    cfg.sampling.steps = 2
+    cfg.reward.max_epochs = 5
+    cfg.finetune.trajectories_per_epoch = 2
+    cfg.finetune.batch_size = 2
+    cfg.finetune.truncation_k = 1
+    rec = bench.bench_round(random_parts, cfg=cfg, log=lambda m: None)
+    assert rec["labels"] == 4 and rec["images"] == (4, 3, 32, 32)
+    assert rec["total_s"] >= rec["finetune_s"] > 0 and rec["next_batch_s"] > 0
+    assert lora.has_adapter(random_parts.unet, "round_1")
+
+
+def test_sd15_arch_configs_are_stable_diffusion_15():
+    unet, vae, text, image = bench.sd15_modules("meta")
+
+    def count(m):
+        return sum(p.numel() for p in m.parameters())
+
+    # the public parameter counts of SD 1.5's UNet and VAE and of CLIP ViT-L/14's towers
+    assert count(unet) == 859_520_964
+    assert count(vae) == 83_653_863
+    assert count(text) == 123_060_480
+    assert count(image) == 303_966_208
+    assert unet.config.cross_attention_dim == text.config.hidden_size == 768
+    assert image.config.projection_dim == 768 and unet.config.sample_size == 64
+    proc = type(unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.processor).__name__
+    assert proc == "AttnProcessor2_0"  # torch's scaled_dot_product_attention
+
+
+def test_sd15_tokenizer_pads_to_77(tmp_path):
+    tok = bench.sd15_tokenizer(tmp_path)
+    ids = tok(["a red circle", ""], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
+    assert ids.shape == (2, 77) and int(ids.max()) < 49408
+
+
+@pytest.mark.slow
+def test_sd15_arch_harness_runs_tiny(tmp_path):
+    """The SD 1.5 architecture end to end on CPU at a tiny latent and encoder size (minutes, 10 GB of memory)."""
+    out = tmp_path / "sd15.json"
+    r = subprocess.run([sys.executable, "-m", "seiko_core.bench", "--model", "sd15-arch", "--device", "cpu", "--size", "8",
+                        "--image-size", "28", "--steps", "2", "--k", "1", "--reps", "1", "--sample-batches", "1",
+                        "--parts", "finetune,sampling", "--no-flops", "--threads", "1", "--workdir", str(tmp_path / "wd"), "--out", str(out)],
+                       capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["finetune"][0]["check"]["loss_abs_diff"] < 1e-4

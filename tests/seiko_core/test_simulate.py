@@ -1,0 +1,108 @@
+"""The feedback-efficiency simulator end to end on a tiny random model (seconds), and its error paths."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from seiko_core import simulate
+from seiko_core.presets import preset
+
+TINY = ["--budgets", "4,4", "--seeds", "0", "--eval-n", "2", "--kl-n", "1", "--no-progress", "--threads", "1",
+        "--set", "sampling.steps=2", "--set", "sampling.batch_size=8",
+        "--set", "finetune.trajectories_per_epoch=2", "--set", "finetune.batch_size=2",
+        "--set", "reward.max_epochs=3", "--set", "reward.hidden=[16, 8]", "--set", "reward.dropout=[0.1]"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(random_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sim")
+    argv = ["--model", str(random_model_dir), "--method", "nonadaptive,bootstrap", "--oracle", "purple",
+            "--out", str(out), *TINY]
+    threads = torch.get_num_threads()
+    try:
+        assert simulate.main(argv) == 0  # --threads 1: far faster than 2 on a shared 2-core machine
+    finally:
+        torch.set_num_threads(threads)  # process-wide: leave it as the other tests expect
+    return out, argv
+
+
+def test_results_structure(tiny_run):
+    out, _ = tiny_run
+    res = json.loads((out / "results.json").read_text())
+    assert res["format"] == simulate.FORMAT
+    s = res["settings"]
+    assert s["oracle"] == "purple" and s["budgets"] == [4, 4] and s["noise_sigma"] == pytest.approx(0.13)
+    assert len(s["eval"]["seeds"]) == 2 and s["config"]["sampling"]["steps"] == 2
+    assert set(res["runs"]) == {"nonadaptive", "bootstrap"}
+    pre = res["pretrained"]
+    for method, rounds_expected in (("nonadaptive", 1), ("bootstrap", 2)):
+        run = res["runs"][method]["0"]
+        assert run["status"] == "done" and run["seed"] == 0 and run["wall_s"] > 0
+        rounds = run["rounds"]
+        assert len(rounds) == rounds_expected + 1
+        assert rounds[0]["round"] == 0 and rounds[0]["labels"] == 0
+        assert rounds[0]["true_reward_mean"] == pytest.approx(pre["true_reward_mean"])  # round 0 is the shared pretrained eval
+        for rd in rounds[1:]:
+            for key in ("true_reward_mean", "true_reward_std", "pred_reward", "ensemble_spread", "kl_prev", "kl_base",
+                        "wall_s", "optimism_gap"):
+                assert isinstance(rd[key], float), (method, key, rd[key])
+            assert rd["kl_prev"] >= 0 and rd["ensemble_spread"] >= 0
+        assert rounds[-1]["labels"] == 8
+    # Non-adaptive: one round holding the whole budget; the others one round per budget
+    assert [r["budget"] for r in res["runs"]["nonadaptive"]["0"]["rounds"][1:]] == [8]
+    assert [r["budget"] for r in res["runs"]["bootstrap"]["0"]["rounds"][1:]] == [4, 4]
+    # optimism: max over heads is never below their mean; no optimism for non-adaptive
+    assert res["runs"]["bootstrap"]["0"]["rounds"][1]["optimism_gap"] >= 0
+    assert res["runs"]["nonadaptive"]["0"]["rounds"][1]["optimism_gap"] == 0
+
+
+def test_curve_and_table(tiny_run):
+    out, _ = tiny_run
+    png = (out / "curve.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    table = (out / "table.md").read_text()
+    assert "| Non-adaptive | 1 | 8 |" in table and "| SEIKO-Bootstrap | 2 | 8 |" in table
+    assert (out / "grids" / "pretrained.png").exists() and (out / "grids" / "bootstrap_seed0.png").exists()
+
+
+def test_resume_skips_finished_runs_and_refuses_other_settings(tiny_run, capsys):
+    out, argv = tiny_run
+    before = json.loads((out / "results.json").read_text())
+    threads = torch.get_num_threads()
+    try:
+        assert simulate.main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    after = json.loads((out / "results.json").read_text())
+    assert after["runs"] == before["runs"] and len(after["invocations"]) == len(before["invocations"]) + 1
+    changed = [a if a != "4,4" else "4,8" for a in argv]
+    assert simulate.main(changed) == 2
+    assert "different settings" in capsys.readouterr().err
+
+
+def test_unknown_method_is_an_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        simulate.main(["--model", "unused", "--method", "ppo", "--oracle", "purple", "--out", str(tmp_path)])
+    assert exc.value.code == 2
+    assert "unknown method ppo" in capsys.readouterr().err
+
+
+def test_unknown_oracle_is_an_error(tmp_path, capsys):
+    assert simulate.main(["--model", "unused", "--method", "greedy", "--oracle", "blue", "--out", str(tmp_path)]) == 2
+    assert "unknown oracle 'blue'" in capsys.readouterr().err
+
+
+def test_overrides_and_eval_set():
+    cfg = simulate.apply_overrides(preset("shapes"), ["finetune.lr=0.01", "finetune.truncation=per_step", "budgets=[1,2]"])
+    assert cfg.finetune.lr == 0.01 and cfg.finetune.truncation == "per_step" and cfg.budgets == (1, 2)
+    with pytest.raises(simulate.SimulationError, match="unknown field 'nope'"):
+        simulate.apply_overrides(cfg, ["finetune.nope=1"])
+    with pytest.raises(ValueError, match="unknown truncation"):
+        simulate.apply_overrides(cfg, ["finetune.truncation=sometimes"])
+    ev = simulate.make_eval_set(cfg, None, kl_n=8)
+    assert len(ev.seeds) == 16 * len(cfg.eval_prompts) and ev.prompts[:len(cfg.eval_prompts)] == list(cfg.eval_prompts)
+    assert min(ev.seeds) > max(simulate.gen_seeds(999, len(cfg.budgets), simulate.MAX_ROUND_BUDGET - 1))
+    assert simulate.parse_methods("all") == simulate.METHODS
