@@ -23,6 +23,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from seiko_core.checkpoint import fsync_dir, sha256_file
+
 IMAGES = "images"
 ADAPTERS = "adapters"
 REWARD = "reward"
@@ -83,28 +85,12 @@ def reward_path(experiment_id: int, index: int) -> str:
     return f"{REWARD}/exp{int(experiment_id)}/round_{int(index)}"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_image(data_dir: str | Path, png: bytes) -> StoredFile:
     """Store PNG bytes under their sha256 (temp file, fsync, rename); an identical file already there is reused."""
     digest = hashlib.sha256(png).hexdigest()
     rel = image_path(digest)
     final = resolve(data_dir, rel)
-    if final.is_file() and _sha256_file(final) == digest:
+    if final.is_file() and sha256_file(final) == digest:
         return StoredFile(rel, digest)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f"{TMP_PREFIX}{digest[:16]}-{uuid.uuid4().hex[:8]}.png"
@@ -117,7 +103,7 @@ def write_image(data_dir: str | Path, png: bytes) -> StoredFile:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     return StoredFile(rel, digest)
 
 
@@ -170,5 +156,5 @@ def retire(path: Path) -> Path:
     """
     target = path.parent / f"{TMP_PREFIX}retired-{path.name}-{uuid.uuid4().hex[:8]}"
     os.rename(path, target)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return target

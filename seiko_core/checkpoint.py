@@ -29,7 +29,7 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -65,13 +65,13 @@ def atomic_directory(final: str | Path, write: Callable[[Path], None], extra: di
             if p.is_file():
                 with open(p, "rb") as f:
                     os.fsync(f.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if final.exists():
             verify(final)  # an earlier attempt already published a complete copy: keep it
             shutil.rmtree(tmp)
             return sha256_file(final / MANIFEST)
         os.rename(tmp, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         return digest
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
