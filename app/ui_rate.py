@@ -108,7 +108,7 @@ def progress(session: Session, experiment: Experiment | None, who: Who) -> Progr
         budget=budget,
         overlap=experiment.overlap,
         you_rated=mine.rater_rated or 0,
-        you_left=len(_offered(session, round_, who, stats.n_images)),
+        you_left=repo.count_images_for_rater(session=session, round_id=round_.id, rater_id=who.rater_id, kind="query"),
     )
 
 
@@ -358,8 +358,8 @@ def rate_in_session(session: Session, who: Who, image_id: int, score: int) -> in
         raise Conflict(f"image {image_id} is an evaluation image of the dashboard and is not rated")
     existing = repo.find_rating(session=session, image_id=image_id, rater_id=who.rater_id)
     if existing is None:
-        total = repo.round_progress(session=session, round_id=round_.id).total_images
-        if image_id not in {im.id for im in _offered(session, round_, who, total)}:
+        if not repo.count_images_for_rater(session=session, round_id=round_.id, rater_id=who.rater_id, kind="query",
+                                           image_id=image_id):
             raise NotOffered(
                 f"image {image_id} is not offered to you: other raters have already given it the ratings it needs, "
                 "or you skipped it; nothing was saved"

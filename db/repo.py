@@ -488,6 +488,19 @@ def _unseen_by(rater_id: int) -> Any:
     return and_(~rated, ~skipped)
 
 
+def _offered_to_rater(session: Session, round_id: int, rater_id: int, kind: str | None) -> list[Any]:
+    """The WHERE clauses of the images the open round offers to a rater (see ``next_images_for_rater``)."""
+    round_ = get_round(session=session, round_id=round_id)
+    if round_.status != "labeling":
+        raise Conflict(f"round {round_.index} is not open for labeling (it is {round_.status!r})")
+    get_rater(session=session, rater_id=rater_id)
+    overlap = get_experiment(session=session, experiment_id=round_.experiment_id).overlap
+    clauses = [Image.round_id == round_id, _unseen_by(rater_id), _ratings_count(Image.id) < overlap]
+    if kind is not None:
+        clauses.append(Image.kind == _choice("image kind", kind, IMAGE_KINDS))
+    return clauses
+
+
 def next_images_for_rater(
     *, session: Session, round_id: int, rater_id: int, limit: int = 1, kind: str | None = None
 ) -> list[Image]:
@@ -497,21 +510,20 @@ def next_images_for_rater(
     experiment's ``overlap``; least-rated first, then oldest.
     """
     _int("limit", limit, minimum=1)
-    round_ = get_round(session=session, round_id=round_id)
-    if round_.status != "labeling":
-        raise Conflict(f"round {round_.index} is not open for labeling (it is {round_.status!r})")
-    get_rater(session=session, rater_id=rater_id)
-    overlap = get_experiment(session=session, experiment_id=round_.experiment_id).overlap
-    n_ratings = _ratings_count(Image.id)
-    stmt = (
-        select(Image)
-        .where(Image.round_id == round_id, _unseen_by(rater_id), n_ratings < overlap)
-        .order_by(n_ratings, Image.id)
-        .limit(limit)
-    )
-    if kind is not None:
-        stmt = stmt.where(Image.kind == _choice("image kind", kind, IMAGE_KINDS))
+    clauses = _offered_to_rater(session, round_id, rater_id, kind)
+    stmt = select(Image).where(*clauses).order_by(_ratings_count(Image.id), Image.id).limit(limit)
     return list(session.scalars(stmt))
+
+
+def count_images_for_rater(
+    *, session: Session, round_id: int, rater_id: int, kind: str | None = None, image_id: int | None = None
+) -> int:
+    """How many images ``next_images_for_rater`` would offer the rater with no limit, counted in SQL (no rows loaded);
+    with ``image_id``, 1 if that image is among them, else 0."""
+    stmt = select(func.count(Image.id)).where(*_offered_to_rater(session, round_id, rater_id, kind))
+    if image_id is not None:
+        stmt = stmt.where(Image.id == _int("image id", image_id))
+    return session.scalar(stmt) or 0
 
 
 # ---------------------------------------------------------------------------------------------

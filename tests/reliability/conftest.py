@@ -59,6 +59,14 @@ def lab(tmp_path, rel_model_dir, fault_matrix, _sqlite_at_head) -> Iterator:
     lab.close()
 
 
+@pytest.fixture
+def plain_lab(tmp_path, fault_matrix, _sqlite_at_head) -> Iterator:
+    """A lab without a model (for tests that only rate)."""
+    lab = fault_matrix.make_lab(tmp_path / "lab", tmp_path / "no-model", db_template=_sqlite_at_head)
+    yield lab
+    lab.close()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
