@@ -85,7 +85,7 @@ def train_round(parts, embeddings: torch.Tensor, scores: torch.Tensor, cfg: Seik
     name = lora.round_adapter_name(new_index)
     if lora.has_adapter(parts.unet, name):  # a retried job: start the round again from the previous adapter
         parts.unet.delete_adapters(name)
-    lora.add_adapter(parts.unet, name, cfg.finetune, init_from=prev_adapter)
+    lora.add_adapter(parts.unet, name, cfg.finetune, init_from=prev_adapter, seed=seed)
     reward_fn = make_reward_fn(parts, fit.ensemble, ucb, cfg, seed)
     result = finetune(parts, reward_fn, list(cfg.prompts), cfg, adapter=name, reference=prev_adapter, seed=seed,
                       on_progress=on_progress, accelerator=accelerator)

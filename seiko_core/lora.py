@@ -41,11 +41,16 @@ def lora_parameters(unet, name: str) -> list[torch.nn.Parameter]:
     return [p for n, p in unet.named_parameters() if (f".{name}." in n or n.endswith(f".{name}")) and "lora_" in n]
 
 
-def add_adapter(unet, name: str, cfg, init_from: str | None = None) -> list[torch.nn.Parameter]:
-    """Add adapter ``name`` (a copy of ``init_from`` if given, else zero-effect) and return its parameters."""
+def add_adapter(unet, name: str, cfg, init_from: str | None = None, *, seed: int = 0) -> list[torch.nn.Parameter]:
+    """Add adapter ``name`` (a copy of ``init_from`` if given, else zero-effect) and return its parameters.
+
+    peft draws the fresh adapter's A matrices from the global RNG; they are drawn under ``seed`` here (the global
+    RNG itself is left as it was), so that a round's result does not depend on what the process ran before."""
     if has_adapter(unet, name):
         raise ValueError(f"adapter {name!r} already exists on this UNet")
-    unet.add_adapter(lora_config(cfg), adapter_name=name)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        unet.add_adapter(lora_config(cfg), adapter_name=name)
     params = lora_parameters(unet, name)
     if init_from is not None:
         src = dict(zip([n.replace(f".{init_from}.", f".{name}.") for n, _ in _named(unet, init_from)],

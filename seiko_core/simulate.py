@@ -26,6 +26,11 @@ Hyper-parameters come from ``--preset`` (default: shapes for a small model, else
 SECTION.FIELD=VALUE`` overrides any config field for every method (e.g. ``--set finetune.lr=1e-2``),
 ``--bonus-alpha``/``--ucb-form`` the UCB method's bonus. The overrides are recorded in results.json, and
 resuming with different settings is refused.
+
+``--jobs N`` runs N (method, seed) runs at once, each in its own process with its own copy of the model and
+``--threads`` torch threads (default: the CPUs shared out); results.json is then rewritten after every finished
+run. A run's result does not depend on how many run beside it: every run starts from the pretrained weights with
+its own seeds.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import platform
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -348,6 +354,33 @@ def run_one(parts, cfg: SeikoConfig, oracle, sigma: float, ev: EvalSet, run_seed
     return run
 
 
+def round_line(method: str, seed: int, rd: dict) -> str:
+    return (f"{method} seed {seed} round {rd['round']}: labels {rd['labels']} true {rd['true_reward_mean']:.3f} "
+            f"pred {rd['pred_reward']:.3f} spread {rd['ensemble_spread']:.3f} opt {rd['optimism_gap']:.3g} "
+            f"kl_prev {rd['kl_prev']:.3g} kl_base {rd['kl_base']:.3g} ({rd['wall_s']:.0f}s)")
+
+
+# --jobs: one model and oracle per worker process, loaded once by the pool's initializer
+_WORKER: dict = {}
+
+
+def _worker_init(model: str, oracle_spec: str, device: str | None, threads: int) -> None:
+    from .models import load_model
+    from .oracles import load_oracle
+
+    torch.set_num_threads(threads)
+    _WORKER["parts"] = parts = load_model(model, device=device)
+    _WORKER["oracle"] = load_oracle(oracle_spec, parts)
+
+
+def _worker_run(cfg: SeikoConfig, sigma: float, ev: EvalSet, seed: int, pretrained: dict, grid_path: Path) -> dict:
+    def on_round(run):
+        print(round_line(cfg.method, seed, run["rounds"][-1]), file=sys.stderr, flush=True)
+
+    return run_one(_WORKER["parts"], cfg, _WORKER["oracle"], sigma, ev, seed, pretrained, on_round=on_round,
+                   grid_path=grid_path)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Summaries: the curve and the table
 # ---------------------------------------------------------------------------------------------------------------------
@@ -485,7 +518,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bonus-alpha", type=float, default=None, help="SEIKO-UCB's bonus scale alpha (reference 1e-2)")
     p.add_argument("--ucb-form", choices=("textbook", "covariance"), default=None,
                    help="SEIKO-UCB's matrix A: textbook (lambda I + sum f f^T, default) or covariance (reference code)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads per process (default: torch's; with --jobs, the CPUs shared out)")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process (default 1)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="no inner progress bars (per-round lines still print)")
     return p
@@ -499,6 +534,12 @@ def method_config(base: SeikoConfig, method: str, args) -> SeikoConfig:
         if args.bonus_alpha is not None:
             cfg.optimism.bonus_alpha = args.bonus_alpha
     return cfg
+
+
+def _spawn():
+    import multiprocessing
+
+    return multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -516,6 +557,10 @@ def main(argv: list[str] | None = None) -> int:
             raise SimulationError(f"--noise-sigma must be a finite number >= 0, got {args.noise_sigma}")
         if args.bonus_alpha is not None and not args.bonus_alpha >= 0:
             raise SimulationError(f"--bonus-alpha must be >= 0, got {args.bonus_alpha}")
+        if not 1 <= args.jobs <= 64:
+            raise SimulationError(f"--jobs must lie in [1, 64], got {args.jobs}")
+        if args.threads is not None and args.threads < 1:
+            raise SimulationError(f"--threads must be >= 1, got {args.threads}")
     except SimulationError as exc:
         parser.error(str(exc))
 
@@ -528,6 +573,8 @@ def main(argv: list[str] | None = None) -> int:
     except OracleError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.threads is None and args.jobs > 1:
+        args.threads = max(1, (os.cpu_count() or 1) // args.jobs)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -555,7 +602,8 @@ def main(argv: list[str] | None = None) -> int:
     except SimulationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    results["machine"] = {"torch": torch.__version__, "code": code_version(), "threads": torch.get_num_threads(), "device": str(parts.device),
+    results["machine"] = {"torch": torch.__version__, "code": code_version(), "threads": torch.get_num_threads(),
+                          "jobs": args.jobs, "device": str(parts.device),
                           "cpus": os.cpu_count(), "platform": platform.platform()}
     results.setdefault("invocations", []).append({"argv": list(sys.argv if argv is None else argv),
                                                   "started": time.strftime("%Y-%m-%d %H:%M:%S")})
@@ -576,27 +624,46 @@ def main(argv: list[str] | None = None) -> int:
 
     # seed-major, so that a partial result compares every method on the same seeds
     todo = [(m, s) for s in seeds for m in methods if results["runs"].get(m, {}).get(str(s), {}).get("status") != "done"]
+    def finished(method: str, seed: int, run: dict) -> None:
+        results["runs"].setdefault(method, {})[str(seed)] = run
+        write_json_atomic(results_path, results)
+        summarise(results, out)
+
     with tqdm(total=len(methods) * len(seeds), initial=len(methods) * len(seeds) - len(todo), desc="runs",
               dynamic_ncols=True) as outer:
-        for method, seed in todo:
-            cfg = cfgs[method]
-            outer.set_postfix(method=method, seed=seed)
+        if args.jobs > 1 and len(todo) > 1:
+            bars.close()
+            with ProcessPoolExecutor(max_workers=min(args.jobs, len(todo)), mp_context=_spawn(),
+                                     initializer=_worker_init,
+                                     initargs=(args.model, args.oracle, args.device, args.threads)) as pool:
+                pending = {pool.submit(_worker_run, cfgs[m], sigma, ev, s, pretrained, out / "grids" / f"{m}_seed{s}.png"): (m, s)
+                           for m, s in todo}
+                try:
+                    while pending:
+                        done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                        for fut in done:
+                            method, seed = pending.pop(fut)
+                            finished(method, seed, fut.result())
+                            outer.set_postfix(method=method, seed=seed)
+                            outer.update(1)
+                except BaseException:
+                    for fut in pending:  # a failed run stops the others that have not started; finished ones are saved
+                        fut.cancel()
+                    raise
+        else:
+            for method, seed in todo:
+                outer.set_postfix(method=method, seed=seed)
 
-            def on_round(run, method=method, seed=seed):
-                bars.close()
-                results["runs"].setdefault(method, {})[str(seed)] = run
-                write_json_atomic(results_path, results)
-                rd = run["rounds"][-1]
-                tqdm.write(f"{method} seed {seed} round {rd['round']}: labels {rd['labels']} true {rd['true_reward_mean']:.3f} "
-                           f"pred {rd['pred_reward']:.3f} spread {rd['ensemble_spread']:.3f} opt {rd['optimism_gap']:.3g} "
-                           f"kl_prev {rd['kl_prev']:.3g} kl_base {rd['kl_base']:.3g} ({rd['wall_s']:.0f}s)")
+                def on_round(run, method=method, seed=seed):
+                    bars.close()
+                    results["runs"].setdefault(method, {})[str(seed)] = run
+                    write_json_atomic(results_path, results)
+                    tqdm.write(round_line(method, seed, run["rounds"][-1]))
 
-            run = run_one(parts, cfg, oracle, sigma, ev, seed, pretrained, on_round=on_round, bars=bars,
-                          grid_path=out / "grids" / f"{method}_seed{seed}.png")
-            results["runs"].setdefault(method, {})[str(seed)] = run
-            write_json_atomic(results_path, results)
-            summarise(results, out)
-            outer.update(1)
+                run = run_one(parts, cfgs[method], oracle, sigma, ev, seed, pretrained, on_round=on_round, bars=bars,
+                              grid_path=out / "grids" / f"{method}_seed{seed}.png")
+                finished(method, seed, run)
+                outer.update(1)
     results["invocations"][-1]["wall_s"] = time.time() - t_all
     write_json_atomic(results_path, results)
     tqdm.write(summarise(results, out))

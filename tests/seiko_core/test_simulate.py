@@ -106,3 +106,31 @@ def test_overrides_and_eval_set():
     assert len(ev.seeds) == 16 * len(cfg.eval_prompts) and ev.prompts[:len(cfg.eval_prompts)] == list(cfg.eval_prompts)
     assert min(ev.seeds) > max(simulate.gen_seeds(999, len(cfg.budgets), simulate.MAX_ROUND_BUDGET - 1))
     assert simulate.parse_methods("all") == simulate.METHODS
+
+
+def test_parallel_jobs_give_the_sequential_results(tiny_run, tmp_path):
+    """--jobs 2: the two runs in their own processes; each run's figures equal the sequential run's."""
+    out, argv = tiny_run
+    par = tmp_path / "par"
+    argv = [a if a != str(out) else str(par) for a in argv] + ["--jobs", "2"]
+    threads = torch.get_num_threads()
+    try:
+        assert simulate.main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    seq = json.loads((out / "results.json").read_text())
+    res = json.loads((par / "results.json").read_text())
+    assert res["machine"]["jobs"] == 2
+    for method in ("nonadaptive", "bootstrap"):
+        a, b = seq["runs"][method]["0"]["rounds"], res["runs"][method]["0"]["rounds"]
+        assert [r["labels"] for r in a] == [r["labels"] for r in b]
+        for ra, rb in zip(a, b):
+            for key in ("true_reward_mean", "pred_reward", "kl_base"):
+                expected = pytest.approx(ra[key], rel=1e-4, abs=1e-6) if ra[key] is not None else None
+                assert rb[key] == expected, (method, ra["round"], key)
+    assert (par / "grids" / "bootstrap_seed0.png").exists() and "| SEIKO-Bootstrap | 2 | 8 |" in (par / "table.md").read_text()
+
+
+def test_jobs_must_be_positive(tmp_path):
+    with pytest.raises(SystemExit):
+        simulate.main(["--model", "unused", "--method", "greedy", "--oracle", "purple", "--out", str(tmp_path), "--jobs", "0"])
