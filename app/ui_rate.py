@@ -350,8 +350,7 @@ def parse_image_id(image_id: Any) -> int:
 
 def rate_in_session(session: Session, who: Who, image_id: int, score: int) -> int | None:
     """Rate (or re-rate) one image; returns the previous score (None if new). Raises a db error, changing nothing."""
-    image = repo.get_image(session=session, image_id=image_id)
-    round_ = repo.get_round(session=session, round_id=image.round_id)
+    image, round_ = repo.lock_image_for_rating(session=session, image_id=image_id)  # checks, then insert: no race
     if round_.status != "labeling":
         raise Conflict(f"round {round_.index} is closed for labeling (it is {round_.status}); image {image_id} was not rated")
     if image.kind != "query":

@@ -404,6 +404,25 @@ def count_raters(*, session: Session, role: str | None = None) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
+def lock_image_for_rating(*, session: Session, image_id: int) -> tuple[Image, Round]:
+    """The image (row-locked FOR UPDATE) and its round (locked FOR SHARE) until the transaction ends.
+
+    On PostgreSQL this serialises raters racing for the last rating an image needs (the overlap check, then the
+    insert) and holds off a concurrent close of the round; SQLite's write transactions are serialised already
+    (BEGIN IMMEDIATE) and SQLAlchemy leaves the clauses out there."""
+    _int("image id", image_id)
+    image = session.scalar(
+        select(Image).where(Image.id == image_id).with_for_update(), execution_options={"populate_existing": True}
+    )
+    if image is None:
+        raise NotFound(f"there is no image with id {image_id}")
+    round_ = session.scalar(
+        select(Round).where(Round.id == image.round_id).with_for_update(read=True),
+        execution_options={"populate_existing": True},
+    )
+    return image, round_
+
+
 def _labeling_image(session: Session, image_id: int) -> tuple[Image, Round]:
     """The image and its round, refusing unless the round is open for labeling."""
     _int("image id", image_id)

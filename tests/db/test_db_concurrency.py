@@ -59,14 +59,15 @@ def test_ratings_and_job_writes_from_two_processes(db_factory, db_url, make_worl
     world = make_world(n_images=20, n_raters=10)
     assert len(world.image_ids) * len(world.rater_ids) == N_RATINGS
     context = multiprocessing.get_context("spawn")
-    start, report = context.Event(), context.Queue()
+    # a barrier, not an event: each writer starts once BOTH have imported and connected (on a loaded machine one
+    # process can take seconds longer to start than the other)
+    start, report = context.Barrier(2), context.Queue()
     processes = [
         context.Process(target=_rate_everything, args=(db_url, world.image_ids, world.rater_ids, start, report)),
         context.Process(target=_run_jobs, args=(db_url, world.experiment_id, start, report)),
     ]
     for p in processes:
         p.start()
-    start.set()
     reports = sorted(report.get(timeout=240) for _ in processes)  # before join: a full pipe would block the child
     for p in processes:
         p.join(60)
@@ -77,3 +78,36 @@ def test_ratings_and_job_writes_from_two_processes(db_factory, db_url, make_worl
     with read_session(db_factory) as s:
         assert s.scalar(select(func.count(Rating.id))) == N_RATINGS
         assert len(repo.list_jobs(session=s, status="done")) == 40
+
+
+def test_two_raters_racing_for_the_last_rating_an_image_needs_leave_one_rating(db_factory, make_world):
+    """overlap 1: rater A rates inside an open transaction; rater B's rating of the same image must wait for A and
+    then be refused. On PostgreSQL (READ COMMITTED) B used to see no rating yet and insert a second one."""
+    import threading
+
+    from app.auth import Who
+    from app.ui_rate import NotOffered, rate_in_session
+
+    world = make_world(n_images=1, n_raters=2, overlap=1)
+    image = world.image_ids[0]
+    a, b = (Who(r, f"rater{r}", "rater", local=False) for r in world.rater_ids)
+    outcome = {}
+
+    def rate_b():
+        try:
+            with write_session(db_factory) as s:
+                outcome["b"] = rate_in_session(s, b, image, 7)
+        except Exception as exc:  # noqa: BLE001 - the test inspects it below
+            outcome["b"] = exc
+
+    with write_session(db_factory) as s:
+        assert rate_in_session(s, a, image, 5) is None
+        t = threading.Thread(target=rate_b)
+        t.start()
+        t.join(1.5)
+        assert t.is_alive(), f"B did not wait for A's open transaction: {outcome.get('b')!r}"
+    t.join(60)
+    assert isinstance(outcome["b"], NotOffered), outcome["b"]
+    with read_session(db_factory) as s:
+        scores = s.scalars(select(Rating.score).where(Rating.image_id == image)).all()
+    assert scores == [5]
