@@ -792,7 +792,8 @@ def claim_job(
 ) -> Job | None:
     """Atomically take the oldest claimable job for ``worker_id``, or None if there is none.
 
-    Claimable: queued, or running with an expired lease (its worker stopped heartbeating).
+    Claimable: queued, or running with an expired lease (its worker stopped heartbeating), and not of a paused
+    experiment (its jobs wait until it is resumed; a job already running when it was paused finishes).
     One ``UPDATE ... WHERE id = (SELECT ... LIMIT 1) RETURNING``: on SQLite the write lock taken
     by BEGIN IMMEDIATE serializes claims; on PostgreSQL ``FOR UPDATE SKIP LOCKED`` in the
     subquery, and the claimability test repeated on the updated row, keep two workers apart.
@@ -814,7 +815,12 @@ def claim_job(
         ),
         execution_options={"synchronize_session": False},
     )
-    claimable = and_(or_(Job.status == "queued", expired), Job.attempts < Job.max_attempts)
+    paused = select(Experiment.id).where(Experiment.status == "paused")
+    claimable = and_(
+        or_(Job.status == "queued", expired),
+        Job.attempts < Job.max_attempts,
+        or_(Job.experiment_id.is_(None), Job.experiment_id.not_in(paused)),  # a paused experiment's jobs wait
+    )
     if kinds is not None:
         claimable = and_(claimable, Job.kind.in_(kinds))
     oldest = select(Job.id).where(claimable).order_by(Job.id).limit(1).with_for_update(skip_locked=True).scalar_subquery()

@@ -36,6 +36,20 @@ def test_claim_takes_the_oldest_queued_job_of_the_wanted_kinds(db_factory, make_
         repo.claim_job(session=s, worker_id="w", lease_s=0)
 
 
+def test_a_paused_experiments_jobs_wait_until_it_is_resumed(db_factory, make_world):
+    """The admin tab promises "the worker takes no new training until you resume"; claim_job used to ignore pausing."""
+    paused, other = make_world(name="paused"), make_world(name="other")
+    (paused_job,) = _enqueue(db_factory, paused.experiment_id)
+    with write_session(db_factory) as s:
+        repo.set_experiment_status(session=s, experiment_id=paused.experiment_id, status="paused")
+    assert _claim(db_factory, "w1", T0) is None
+    (other_job,) = _enqueue(db_factory, other.experiment_id)
+    assert _claim(db_factory, "w1", T0) == (other_job, 1, "running", "w1")  # the others' jobs still run
+    with write_session(db_factory) as s:
+        repo.set_experiment_status(session=s, experiment_id=paused.experiment_id, status="active")
+    assert _claim(db_factory, "w1", T0) == (paused_job, 1, "running", "w1")
+
+
 def test_two_concurrent_claims_cannot_get_the_same_job(db_factory, make_world):
     world = make_world()
     (job_id,) = _enqueue(db_factory, world.experiment_id)
