@@ -1,4 +1,7 @@
-"""``python -m app worker [--once] [--worker-id ID] [--lease-s N] [--poll-s N]``: run the background worker."""
+"""``python -m app worker [--once] [--worker-id ID] [--lease-s N] [--poll-s N] [--nice N]``: run the background worker.
+
+The worker lowers its own CPU priority (``--nice``, default 10) so that, on a machine it shares with the web app,
+training does not slow the answer to a rating: RELIABILITY.md measures the difference."""
 
 from __future__ import annotations
 
@@ -25,12 +28,27 @@ def _positive(value: str) -> float:
     return number
 
 
+DEFAULT_NICE = 10
+
+
+def _niceness(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to 19, got {value!r}") from exc
+    if not 0 <= number <= 19:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to 19, got {value!r}")
+    return number
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--once", action="store_true", help="process at most one job, then exit (status 1 if it failed)")
     parser.add_argument("--worker-id", help="name of this worker in the job table (default: HOST-PID)")
     parser.add_argument("--lease-s", type=_positive, default=60.0,
                         help="seconds a claimed job stays ours without a heartbeat; heartbeats come every third of it (default 60)")
     parser.add_argument("--poll-s", type=_positive, default=1.0, help="seconds to wait when the queue is empty (default 1)")
+    parser.add_argument("--nice", type=_niceness, default=DEFAULT_NICE,
+                        help=f"CPU priority increment for this process, 0-19 (default {DEFAULT_NICE}: the web app answers first)")
     add_settings_arguments(parser)
 
 
@@ -42,6 +60,8 @@ def main(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 1
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.nice:
+        os.nice(args.nice)  # before torch starts its threads, which inherit it
     from app.worker import Worker, WorkerRefused
 
     worker = Worker(settings, args.worker_id or f"{socket.gethostname()}-{os.getpid()}", lease_s=args.lease_s,

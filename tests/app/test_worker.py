@@ -304,3 +304,28 @@ def test_a_worker_that_lost_its_lease_stops_at_the_next_progress_report():
     progress.lost.set()  # what the heartbeat thread does when the job was reclaimed
     with pytest.raises(LeaseLost, match="lost the lease of job 7"):
         report(2, 4, {})
+
+
+def test_worker_lowers_its_cpu_priority_and_refuses_a_bad_niceness(tmp_path, _sqlite_at_head):
+    """`python -m app worker` runs at nice +10 by default (the web app answers ratings first: RELIABILITY.md)."""
+    import shutil
+    import time
+
+    db = tmp_path / "seiko.db"
+    shutil.copy(_sqlite_at_head, db)
+    env = {**os.environ, "SEIKO_DB_URL": f"sqlite:///{db}", "SEIKO_DATA_DIR": str(tmp_path / "data"), "HF_HUB_OFFLINE": "1"}
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    proc = subprocess.Popen([sys.executable, "-m", "app", "worker", "--poll-s", "0.2"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while os.getpriority(os.PRIO_PROCESS, proc.pid) != min(base + 10, 19):
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "the worker never lowered its priority"
+            time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    bad = subprocess.run([sys.executable, "-m", "app", "worker", "--nice", "20"], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and "expected a whole number from 0 to 19, got '20'" in bad.stderr
