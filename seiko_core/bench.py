@@ -4,7 +4,7 @@
                                [--steps 50] [--batch 2] [--k 1,10,25] [--reps N] [--sample-batches 8,16]
                                [--peak-tflops 800] [--parts finetune,sampling,round]
 
-Three measurements (see BENCHMARKS.md, "Performance", for the figures and docs/perf.md for the reasoning):
+Three measurements (see BENCHMARKS.md, "Performance", for the figures and the reasoning behind each change):
 
 (a) one fine-tuning step: ``--batch`` trajectories of ``--steps`` DDIM steps with classifier-free guidance
     (``--guidance``, 7.5), the KL to the previous round's model, reward backpropagation through the last K
