@@ -16,16 +16,20 @@ TINY = ["--budgets", "4,4", "--seeds", "0", "--eval-n", "2", "--kl-n", "1", "--n
         "--set", "reward.max_epochs=3", "--set", "reward.hidden=[16, 8]", "--set", "reward.dropout=[0.1]"]
 
 
+def run_simulate(argv):
+    threads = torch.get_num_threads()
+    try:
+        assert simulate.main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)  # process-wide: leave it as the other tests expect
+
+
 @pytest.fixture(scope="module")
 def tiny_run(random_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("sim")
     argv = ["--model", str(random_model_dir), "--method", "nonadaptive,bootstrap", "--oracle", "purple",
             "--out", str(out), *TINY]
-    threads = torch.get_num_threads()
-    try:
-        assert simulate.main(argv) == 0  # --threads 1: far faster than 2 on a shared 2-core machine
-    finally:
-        torch.set_num_threads(threads)  # process-wide: leave it as the other tests expect
+    run_simulate(argv)  # --threads 1: far faster than 2 on a shared 2-core machine
     return out, argv
 
 
@@ -71,11 +75,7 @@ def test_curve_and_table(tiny_run):
 def test_resume_skips_finished_runs_and_refuses_other_settings(tiny_run, capsys):
     out, argv = tiny_run
     before = json.loads((out / "results.json").read_text())
-    threads = torch.get_num_threads()
-    try:
-        assert simulate.main(argv) == 0
-    finally:
-        torch.set_num_threads(threads)
+    run_simulate(argv)
     after = json.loads((out / "results.json").read_text())
     assert after["runs"] == before["runs"] and len(after["invocations"]) == len(before["invocations"]) + 1
     changed = [a if a != "4,4" else "4,8" for a in argv]
@@ -113,11 +113,7 @@ def test_parallel_jobs_give_the_sequential_results(tiny_run, tmp_path):
     out, argv = tiny_run
     par = tmp_path / "par"
     argv = [a if a != str(out) else str(par) for a in argv] + ["--jobs", "2"]
-    threads = torch.get_num_threads()
-    try:
-        assert simulate.main(argv) == 0
-    finally:
-        torch.set_num_threads(threads)
+    run_simulate(argv)
     seq = json.loads((out / "results.json").read_text())
     res = json.loads((par / "results.json").read_text())
     assert res["machine"]["jobs"] == 2
