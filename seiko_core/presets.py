@@ -23,7 +23,8 @@ def shapes() -> SeikoConfig:
         sampling=SamplingConfig(steps=20, eta=1.0, guidance=7.5, batch_size=32),  # 7.5 binds colours better than 4 here
         reward=RewardConfig(hidden=(256, 64, 16), dropout=(0.2, 0.1), max_epochs=300, patience=30),
         optimism=OptimismConfig(aggregation="max"),
-        finetune=FinetuneConfig(lora_rank=4, lora_alpha=4.0, lr=3e-3, weight_decay=0.1, epochs=1,
+        # 3 epochs of 32 trajectories per round: with 1 the model barely moves (KL 0.08 after 128 labels; BENCHMARKS.md)
+        finetune=FinetuneConfig(lora_rank=4, lora_alpha=4.0, lr=3e-3, weight_decay=0.1, epochs=3,
                                 trajectories_per_epoch=32, batch_size=8, grad_accum=1, kl_weight=0.01,
                                 loss_coeff=1.0, reward_target=None, truncation="per_trajectory", truncation_k=5),
     )

@@ -157,6 +157,7 @@ def test_round_runs_and_reports_its_parts(random_parts):
     cfg.finetune.trajectories_per_epoch = 2
     cfg.finetune.batch_size = 2
     cfg.finetune.truncation_k = 1
+    cfg.finetune.epochs = 1
     rec = bench.bench_round(random_parts, cfg=cfg, log=lambda m: None)
     assert rec["labels"] == 4 and rec["images"] == (4, 3, 32, 32)
     assert rec["total_s"] >= rec["finetune_s"] > 0 and rec["next_batch_s"] > 0

@@ -19,6 +19,7 @@ def tiny_cfg():
     cfg.finetune.grad_accum = 1
     cfg.finetune.trajectories_per_epoch = 4
     cfg.finetune.truncation_k = 2
+    cfg.finetune.epochs = 1
     return cfg
 
 
