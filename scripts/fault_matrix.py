@@ -45,6 +45,7 @@ import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,7 @@ if str(REPO) not in sys.path:
 
 from app import auth, services, storage  # noqa: E402
 from app.settings import Settings  # noqa: E402
+from app.testing import tiny_worker_config  # noqa: E402
 from db import migrate, repo  # noqa: E402
 from db.engine import make_engine, read_session, session_factory, write_session  # noqa: E402
 from db.models import Checkpoint, Image, Job, Rating, Round, utcnow  # noqa: E402
@@ -123,24 +125,13 @@ def make_lab(root: Path, model_dir: Path, *, data_dir: Path | None = None, db_te
     return Lab(root, settings, session_factory(engine), engine, model_dir)
 
 
-def tiny_config(config: dict[str, Any]) -> dict[str, Any]:
-    """An experiment's config made tiny (as tests/app/conftest.py does): 3 sampling steps, 2 trajectories, a 2x2 eval grid."""
-    cfg = {k: (dict(v) if isinstance(v, dict) else v) for k, v in config.items()}
-    cfg["sampling"].update(steps=3, batch_size=8)
-    cfg["finetune"].update(trajectories_per_epoch=2, batch_size=2, grad_accum=1, truncation_k=1, epochs=1)
-    cfg["reward"].update(max_epochs=8, patience=3)
-    cfg["eval_prompts"] = list(cfg["eval_prompts"])[:2]
-    cfg["eval_seeds"] = [0, 1]
-    return cfg
-
-
 def create_experiment(lab: Lab, name: str, **spec: Any) -> int:
     spec = {"preset": "shapes", "budgets": (4, 4), **spec}
     eid = services.create_experiment(factory=lab.factory, spec=services.ExperimentSpec(name=name, **spec),
                                      default_model=str(lab.model_dir))
     with write_session(lab.factory) as s:
         experiment = repo.get_experiment(session=s, experiment_id=eid)
-        experiment.config = tiny_config(experiment.config)
+        experiment.config = tiny_worker_config(experiment.config)
     return eid
 
 
@@ -278,28 +269,6 @@ class WorkerProc:
         return self.log.read_text(errors="replace")[-n:]
 
 
-RATING_WRITER = r'''
-"""Write ratings to one open round until a stop file appears; print each one once it is committed."""
-import os, sys, time
-from db import repo
-from db.engine import make_engine, session_factory, write_session
-
-url, round_id, raters, stop = sys.argv[1], int(sys.argv[2]), [int(r) for r in sys.argv[3].split(",")], sys.argv[4]
-factory = session_factory(make_engine(url))
-with write_session(factory) as s:
-    images = [im.id for im in repo.list_images(session=s, round_id=round_id)]
-n = 0
-while not os.path.exists(stop):
-    image_id, rater_id = images[n % len(images)], raters[(n // len(images)) % len(raters)]
-    score = 1 + (n * 7) % 10
-    with write_session(factory) as s:
-        repo.add_rating(session=s, image_id=image_id, rater_id=rater_id, score=score)
-    print(image_id, rater_id, score, flush=True)  # acknowledged: committed
-    n += 1
-    time.sleep(0.02)
-'''
-
-
 def fake_open_round(lab: Lab, name: str, n_images: int, *, overlap: int = 1, real_pngs: bool = False) -> tuple[int, int, list[int]]:
     """An experiment with an open round of ``n_images`` query images (no job for the worker); (experiment, round, image ids)."""
     with write_session(lab.factory) as s:
@@ -335,10 +304,9 @@ class RatingWriter:
         self.lab = lab
         _, self.round_id, _ = fake_open_round(lab, f"writer-{tag}", 30)
         raters = make_raters(lab, 10, prefix=f"writer-{tag}")
-        self.script, self.stop_file = lab.root / f"writer-{tag}.py", lab.root / f"writer-{tag}.stop"
-        self.script.write_text(RATING_WRITER)
-        self.proc = subprocess.Popen([sys.executable, str(self.script), lab.db_url, str(self.round_id),
-                                      ",".join(map(str, raters)), str(self.stop_file)],
+        self.stop_file = lab.root / f"writer-{tag}.stop"
+        self.proc = subprocess.Popen([sys.executable, "-m", "app.testing", "write-ratings", lab.db_url, str(self.round_id),
+                                      ",".join(map(str, raters)), str(self.stop_file), "0.02"],
                                      cwd=REPO, env=lab.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def finish(self) -> int:
@@ -762,6 +730,15 @@ def run_disk_full(root: Path, model_dir: Path, trials: int, *, db_template: Path
 # ---------------------------------------------------------------------------------------------
 
 
+def attempt(run: Callable[[], Any], failure: Callable[..., Any]) -> tuple[Any, bool]:
+    """(run(), True), or, if it raises, the traceback printed and (failure(error=one sentence), False)."""
+    try:
+        return run(), True
+    except Exception as exc:
+        traceback.print_exc()
+        return failure(error=f"{type(exc).__name__}: {exc}"), False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated worker fault points (default: all of {','.join(PHASES)})")
@@ -789,12 +766,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for phase in phases:
                 log(f"worker phase {phase}: {args.kills} kills")
-                try:
-                    r = run_phase(lab, phase, args.kills, logs)
-                except Exception as exc:
-                    failed = True
-                    r = PhaseResult(phase, error=f"{type(exc).__name__}: {exc}")
-                    traceback.print_exc()
+                r, ok = attempt(partial(run_phase, lab, phase, args.kills, logs), partial(PhaseResult, phase))
+                failed |= not ok
                 log(f"  {r}")
                 results["phases"].append(r.__dict__)
         finally:
@@ -806,23 +779,15 @@ def main(argv: list[str] | None = None) -> int:
                 traceback.print_exc()
         if args.server_trials:
             log(f"server kills: {args.server_trials}")
-            try:
-                s = run_server_kills(lab, args.server_trials, logs, seed=args.seed)
-            except Exception as exc:
-                failed = True
-                s = ServerResult(error=f"{type(exc).__name__}: {exc}")
-                traceback.print_exc()
+            s, ok = attempt(partial(run_server_kills, lab, args.server_trials, logs, seed=args.seed), ServerResult)
+            failed |= not ok
             log(f"  {s}")
             results["server"] = s.__dict__
         lab.close()
         if args.disk_trials:
             log(f"full disk: {args.disk_trials} trials")
-            try:
-                d = run_disk_full(root / "disk", model_dir, args.disk_trials)
-            except Exception as exc:
-                failed = True
-                d = DiskResult(error=f"{type(exc).__name__}: {exc}")
-                traceback.print_exc()
+            d, ok = attempt(partial(run_disk_full, root / "disk", model_dir, args.disk_trials), DiskResult)
+            failed |= not ok
             log(f"  {d}")
             results["disk_full"] = d.__dict__
         results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")

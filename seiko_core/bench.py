@@ -59,6 +59,7 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -490,6 +491,26 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp(min=1e-30))
 
 
+def _interleaved_times(device: torch.device, paths: tuple[str, ...], reps: int, run: Callable[[str], object],
+                       label: str, log) -> dict[str, list[float]]:
+    """``reps`` timed calls of ``run(path)`` per path, alternating which path goes first."""
+    times: dict[str, list[float]] = {p: [] for p in paths}
+    for rep in range(reps):
+        for path in _order(rep, paths):
+            dt, _ = _timed(device, partial(run, path))
+            times[path].append(dt)
+            log(f"  {label} rep {rep + 1}/{reps} {path:<8s} {dt:8.3f} s")
+    return times
+
+
+def _add_flops(st: dict, fn: Callable[[], object], device: torch.device, peak_tflops: float | None) -> None:
+    """FLOPs of one call of ``fn``, the achieved TFLOP/s at ``st``'s median time and, on CUDA, the fraction of peak."""
+    st["flops"] = count_flops(fn)
+    st["tflops_per_s"] = st["flops"] / st["median_s"] / 1e12
+    if peak_tflops and device.type == "cuda":
+        st["fraction_of_peak"] = st["tflops_per_s"] / peak_tflops
+
+
 def bench_finetune(setup: BenchSetup, ks: list[int], batch: int, reps: int, *, peak_tflops: float | None = None,
                    flops: bool = True, log=print) -> list[dict]:
     """(a): per K, both paths' step times (interleaved), FLOPs, TFLOP/s and the ours-vs-baseline checks."""
@@ -508,20 +529,13 @@ def bench_finetune(setup: BenchSetup, ks: list[int], batch: int, reps: int, *, p
             "grad_rel_diff": _rel(g_o, g_b),
             "images_max_abs_diff": float((first["ours"]["images"] - first["baseline"]["images"]).abs().max()),
         }
-        times: dict[str, list[float]] = {p: [] for p in PATHS}
-        for rep in range(reps):
-            for path in _order(rep):
-                dt, _ = _timed(device, lambda path=path: train_step(setup, path, k, batch))
-                times[path].append(dt)
-                log(f"  finetune K={k:<3d} rep {rep + 1}/{reps} {path:<8s} {dt:8.3f} s")
+        step = partial(train_step, setup, k=k, batch=batch)
+        times = _interleaved_times(device, PATHS, reps, step, f"finetune K={k:<3d}", log)
         row = {"k": k, "batch": batch, "steps": setup.steps, "check": check}
         for path in PATHS:
             st = _stats(times[path])
             if flops:
-                st["flops"] = count_flops(lambda path=path: train_step(setup, path, k, batch))
-                st["tflops_per_s"] = st["flops"] / st["median_s"] / 1e12
-                if peak_tflops and device.type == "cuda":
-                    st["fraction_of_peak"] = st["tflops_per_s"] / peak_tflops
+                _add_flops(st, partial(step, path), device, peak_tflops)
             row[path] = st
         row["speedup"] = row["baseline"]["median_s"] / row["ours"]["median_s"]
         rows.append(row)
@@ -538,15 +552,11 @@ def bench_sampling(setup: BenchSetup, batches: list[int], reps: int, *, peak_tfl
     paths = PATHS + (("ours+compile",) if compile else ())
     rows = []
     for b in batches:
+        sample = partial(sample_images, setup, batch=b)
         first, warm_s = {}, {}
         for p in paths:  # warm-up and check
-            warm_s[p], first[p] = _timed(device, lambda p=p: sample_images(setup, p, b))
-        times: dict[str, list[float]] = {p: [] for p in paths}
-        for rep in range(reps):
-            for path in _order(rep, paths):
-                dt, _ = _timed(device, lambda path=path: sample_images(setup, path, b))
-                times[path].append(dt)
-                log(f"  sampling batch {b:<3d} rep {rep + 1}/{reps} {path:<8s} {dt:8.3f} s")
+            warm_s[p], first[p] = _timed(device, partial(sample, p))
+        times = _interleaved_times(device, paths, reps, sample, f"sampling batch {b:<3d}", log)
         row = {"batch": b, "steps": setup.steps,
                "check": {"images_max_abs_diff": float((first["ours"] - first["baseline"]).abs().max())}}
         for path in paths:
@@ -556,10 +566,7 @@ def bench_sampling(setup: BenchSetup, batches: list[int], reps: int, *, peak_tfl
                 st["compile_s"] = warm_s[path] - st["median_s"]
                 row["check"]["compiled_images_max_abs_diff"] = float((first[path] - first["ours"]).abs().max())
             elif flops:
-                st["flops"] = count_flops(lambda path=path: sample_images(setup, path, b))
-                st["tflops_per_s"] = st["flops"] / st["median_s"] / 1e12
-                if peak_tflops and device.type == "cuda":
-                    st["fraction_of_peak"] = st["tflops_per_s"] / peak_tflops
+                _add_flops(st, partial(sample, path), device, peak_tflops)
             row[path] = st
         row["speedup"] = row["ours"]["images_per_s"] / row["baseline"]["images_per_s"]
         rows.append(row)

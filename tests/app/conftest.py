@@ -12,6 +12,7 @@ import pytest
 
 from app import services
 from app.settings import Settings
+from app.testing import tiny_worker_config
 from db import repo
 from db import testing as dbt
 from db.engine import make_engine, session_factory, write_session
@@ -22,17 +23,6 @@ REPO = Path(__file__).resolve().parents[2]
 # ---------------------------------------------------------------------------------------------
 # worker fixtures: a tiny random-weight model, a tiny SEIKO config, a database and a data dir
 # ---------------------------------------------------------------------------------------------
-
-
-def tiny_worker_config(config: dict[str, Any]) -> dict[str, Any]:
-    """An experiment's stored config made tiny: 3 sampling steps, 2 trajectories, a 2x2 eval grid, a short reward fit."""
-    cfg = {k: (dict(v) if isinstance(v, dict) else v) for k, v in config.items()}
-    cfg["sampling"].update(steps=3, batch_size=8)
-    cfg["finetune"].update(trajectories_per_epoch=2, batch_size=2, grad_accum=1, truncation_k=1, epochs=1)
-    cfg["reward"].update(max_epochs=8, patience=3)
-    cfg["eval_prompts"] = list(cfg["eval_prompts"])[:2]
-    cfg["eval_seeds"] = [0, 1]
-    return cfg
 
 
 @pytest.fixture(scope="session")

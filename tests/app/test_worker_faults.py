@@ -34,28 +34,6 @@ LEASE_S = 3.0
 JOB_SECONDS = {"generate": 1.5, "train": 1.5}  # first guesses of job lengths; then the lengths the workers log
 RATER_IMAGES, RATER_PEOPLE = 30, 10
 
-RATING_WRITER = r'''
-"""Write ratings to one open round until a stop file appears; print each one once it is committed."""
-import os, sys, time
-from db import repo
-from db.engine import make_engine, session_factory, write_session
-
-url, round_id, raters, stop = sys.argv[1], int(sys.argv[2]), [int(r) for r in sys.argv[3].split(",")], sys.argv[4]
-factory = session_factory(make_engine(url))
-with write_session(factory) as s:
-    images = [im.id for im in repo.list_images(session=s, round_id=round_id)]
-n = 0
-while not os.path.exists(stop):
-    image_id, rater_id = images[n % len(images)], raters[(n // len(images)) % len(raters)]
-    score = 1 + (n * 7) % 10
-    with write_session(factory) as s:
-        repo.add_rating(session=s, image_id=image_id, rater_id=rater_id, score=score)
-    print(image_id, rater_id, score, flush=True)  # acknowledged: committed
-    n += 1
-    time.sleep(0.005)  # a busy crowd of raters, not a benchmark: leave the CPU to the worker
-'''
-
-
 def _env(world) -> dict[str, str]:
     return {**os.environ, "SEIKO_DB_URL": world.settings.db_url, "SEIKO_DATA_DIR": str(world.settings.data_dir),
             "SEIKO_MODEL": str(world.model_dir), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
@@ -184,10 +162,10 @@ def _run_trials(world, tmp_path: Path, trials: int, seed: int) -> None:
     rater_ids = world.raters(2)
     writer_raters = world.raters(RATER_PEOPLE, prefix="writer")
     writer_round = _fake_open_round(world, "ratings-elsewhere", writer_raters)
-    script, stop_file = tmp_path / "rating_writer.py", tmp_path / "stop-writer"
-    script.write_text(RATING_WRITER)
-    writer = subprocess.Popen([sys.executable, str(script), world.settings.db_url, str(writer_round),
-                               ",".join(map(str, writer_raters)), str(stop_file)],
+    stop_file = tmp_path / "stop-writer"
+    # pause 5 ms: a busy crowd of raters, not a benchmark; leave the CPU to the worker
+    writer = subprocess.Popen([sys.executable, "-m", "app.testing", "write-ratings", world.settings.db_url, str(writer_round),
+                               ",".join(map(str, writer_raters)), str(stop_file), "0.005"],
                               cwd=REPO, env={**_env(world), "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     rated: dict[tuple[int, int], int] = {}
