@@ -1,4 +1,4 @@
-"""Helpers shared by the tests and the reliability scripts (scripts/fault_matrix.py); not used by the app.
+"""Helpers shared by the tests and the reliability tools (app.tools.fault_matrix); not used by the app.
 
     python -m app.testing write-ratings DB_URL ROUND_ID RATER,RATER,... STOP_FILE [PAUSE_S]
 

@@ -18,7 +18,7 @@ when the round already exists.
 Seeds are derived from (experiment id, round index, purpose), so a re-run makes the same prompts,
 the same images and (on the same hardware) the same adapter.
 
-Fault injection (tests and ``scripts/fault_matrix.py`` only; off unless the variable is set):
+Fault injection (tests and ``python -m app.tools.fault_matrix`` only; off unless the variable is set):
 ``SEIKO_FAULT_PHASE=name[,name...]`` makes the worker SIGKILL itself at that point of a job's FIRST
 attempt, so the re-run (attempt 2) goes through. Points: ``claim`` (just claimed), ``snapshot`` (ratings
 read), ``reward_fit`` / ``finetune`` / ``sample_query`` / ``sample_eval`` (first progress report of that

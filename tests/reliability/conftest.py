@@ -1,20 +1,22 @@
-"""Fixtures for the reliability tests: the fault-matrix code (scripts/fault_matrix.py), a tiny model, a lab
-(database at head + data dir), a world of accounts with an open round, and a launched server.
+"""Fixtures for the reliability tests: a tiny model, a lab (database at head + data dir; app.tools.harness), a world
+of accounts with an open round, and a launched server.
 
-The fault and load scripts are the single implementation; the tests here run short versions of them.
+The fault and load tools (app.tools.fault_matrix, app.tools.loadtest) are the single implementation; the tests here
+run short versions of them.
 tests/app/conftest.py is loaded by path (not edited) for its UI world builder.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from app.tools import harness
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -36,41 +38,24 @@ def app_fixtures() -> ModuleType:
 
 
 @pytest.fixture(scope="session")
-def fault_matrix() -> ModuleType:
-    return load_module("seiko_fault_matrix", REPO / "scripts" / "fault_matrix.py")
-
-
-@pytest.fixture(scope="session")
-def loadtest(fault_matrix) -> ModuleType:
-    sys.modules.setdefault("fault_matrix", fault_matrix)  # scripts/loadtest.py imports it by that name
-    return load_module("seiko_loadtest", REPO / "scripts" / "loadtest.py")
-
-
-@pytest.fixture(scope="session")
-def rel_model_dir(tmp_path_factory, fault_matrix) -> Path:
+def rel_model_dir(tmp_path_factory) -> Path:
     """The tiny random-weight shapes pipeline (seconds to build; never a hub)."""
-    return fault_matrix.build_model(tmp_path_factory.mktemp("rel-random-sd"))
+    return harness.build_model(tmp_path_factory.mktemp("rel-random-sd"))
 
 
 @pytest.fixture
-def lab(tmp_path, rel_model_dir, fault_matrix, _sqlite_at_head) -> Iterator:
-    lab = fault_matrix.make_lab(tmp_path / "lab", rel_model_dir, db_template=_sqlite_at_head)
+def lab(tmp_path, rel_model_dir, _sqlite_at_head) -> Iterator[harness.Lab]:
+    lab = harness.make_lab(tmp_path / "lab", rel_model_dir, db_template=_sqlite_at_head)
     yield lab
     lab.close()
 
 
 @pytest.fixture
-def plain_lab(tmp_path, fault_matrix, _sqlite_at_head) -> Iterator:
+def plain_lab(tmp_path, _sqlite_at_head) -> Iterator[harness.Lab]:
     """A lab without a model (for tests that only rate)."""
-    lab = fault_matrix.make_lab(tmp_path / "lab", tmp_path / "no-model", db_template=_sqlite_at_head)
+    lab = harness.make_lab(tmp_path / "lab", tmp_path / "no-model", db_template=_sqlite_at_head)
     yield lab
     lab.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -104,7 +89,7 @@ def rel_server(tmp_path_factory, _sqlite_at_head) -> Iterator[tuple]:
     world = _ui_world(tmp_path_factory.mktemp("rel-server"), _sqlite_at_head)
     services = world.services(batch_size=4)
     demo = ui.build_demo(services)
-    demo.launch(prevent_thread_lock=True, **{**ui.launch_kwargs(services), "server_port": free_port(), "quiet": True})
+    demo.launch(prevent_thread_lock=True, **{**ui.launch_kwargs(services), "server_port": harness.free_port(), "quiet": True})
     yield world, demo, demo.local_url.rstrip("/")
     demo.close()
     world._engine.dispose()

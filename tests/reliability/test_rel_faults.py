@@ -1,4 +1,4 @@
-"""Faults, short versions of scripts/fault_matrix.py (the full matrix: ``-m slow`` or the script itself).
+"""Faults, short versions of app.tools.fault_matrix (the full matrix: ``-m slow`` or ``python -m app.tools.fault_matrix``).
 
 - The worker SIGKILLs itself (SEIKO_FAULT_PHASE) inside the publishing transaction of a generate job (the write
   lock held, rows written, no commit); restarted, it re-runs the job to exactly one published result.
@@ -15,8 +15,10 @@ import os
 
 import pytest
 
+from app.tools import fault_matrix
 
-def test_worker_killed_inside_the_publishing_transaction_publishes_exactly_once(lab, fault_matrix, tmp_path):
+
+def test_worker_killed_inside_the_publishing_transaction_publishes_exactly_once(lab, tmp_path):
     logs = tmp_path / "logs"
     logs.mkdir()
     result = fault_matrix.run_phase(lab, "publish", kills=1, log_dir=logs)
@@ -24,7 +26,7 @@ def test_worker_killed_inside_the_publishing_transaction_publishes_exactly_once(
     assert result.kills == 1 and result.kills_by_job == {"generate@publish": 1}, result
 
 
-def test_server_killed_during_a_burst_of_ratings_loses_nothing_acknowledged(lab, fault_matrix, tmp_path):
+def test_server_killed_during_a_burst_of_ratings_loses_nothing_acknowledged(lab, tmp_path):
     logs = tmp_path / "logs"
     logs.mkdir()
     result = fault_matrix.run_server_kills(lab, trials=1, log_dir=logs, n_raters=3, n_images=60, seed=1)
@@ -33,9 +35,9 @@ def test_server_killed_during_a_burst_of_ratings_loses_nothing_acknowledged(lab,
     assert result.interrupted_calls >= 0 and result.stored_not_acknowledged <= 3  # at most one call in flight per rater
 
 
-def test_full_disk_during_adapter_save_fails_cleanly(fault_matrix, rel_model_dir, tmp_path, _sqlite_at_head):
+def test_full_disk_during_adapter_save_fails_cleanly(rel_model_dir, tmp_path, _sqlite_at_head):
     if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root; run scripts/fault_matrix.py --disk-trials N as root")
+        pytest.skip("mounting a small tmpfs needs root; run python -m app.tools.fault_matrix --disk-trials N as root")
     try:
         result = fault_matrix.run_disk_full(tmp_path / "disk", rel_model_dir, trials=1, db_template=_sqlite_at_head)
     except fault_matrix.CannotMount as exc:
@@ -46,7 +48,7 @@ def test_full_disk_during_adapter_save_fails_cleanly(fault_matrix, rel_model_dir
 
 @pytest.mark.slow
 @pytest.mark.timeout(4 * 3600)
-def test_full_fault_matrix(fault_matrix, tmp_path):
+def test_full_fault_matrix(tmp_path):
     """Every fault point x SEIKO_MATRIX_KILLS (default 10) kills, 10 server kills, 3 full disks: what RELIABILITY.md reports."""
     kills = os.environ.get("SEIKO_MATRIX_KILLS", "10")
     out = tmp_path / "matrix.json"

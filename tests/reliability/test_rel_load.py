@@ -1,5 +1,5 @@
 """Load: the cost of one rating must not grow with the round (found while profiling the load test), and the load
-test itself (scripts/loadtest.py) as a slow test: 20 raters x 200 ratings through gradio_client against the launched
+test itself (app.tools.loadtest) as a slow test: 20 raters x 200 ratings through gradio_client against the launched
 server while the worker trains; zero lost, zero duplicated. Latency is printed, not asserted (it depends on the
 machine and its other load; RELIABILITY.md records ours)."""
 
@@ -12,17 +12,18 @@ from sqlalchemy import event
 
 from app import ui_rate
 from app.auth import Who
+from app.tools import harness, loadtest
 from db import repo
 from db.engine import read_session
 from db.models import Image
 
 
-def test_a_rating_loads_only_its_own_image_however_large_the_round(plain_lab, fault_matrix):
+def test_a_rating_loads_only_its_own_image_however_large_the_round(plain_lab):
     """submit_rating used to load every image still offered to the rater (embeddings included) twice per call, once
     to check the rated one was offered and once to count "left for you": O(round size) per rating. It now asks SQL."""
     lab = plain_lab
-    _, round_id, ids = fault_matrix.fake_open_round(lab, "big", 300, overlap=2)
-    rater = fault_matrix.make_raters(lab, 1, prefix="big")[0]
+    _, round_id, ids = harness.fake_open_round(lab, "big", 300, overlap=2)
+    rater = harness.make_raters(lab, 1, prefix="big")[0]
     who = Who(rater, "big-0", "rater", local=False)
     loaded: list[int] = []
 
@@ -45,7 +46,7 @@ def test_a_rating_loads_only_its_own_image_however_large_the_round(plain_lab, fa
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
-def test_twenty_raters_two_hundred_ratings_each_lose_nothing(tmp_path, loadtest):
+def test_twenty_raters_two_hundred_ratings_each_lose_nothing(tmp_path):
     out = tmp_path / "load.json"
     rc = loadtest.main(["--raters", "20", "--ratings", "200", "--workdir", str(tmp_path / "w"), "--json", str(out)])
     results = json.loads(out.read_text())

@@ -1,6 +1,6 @@
 """The README walk-through, run for real: `make demo`'s app, two rated rounds, screenshots, an exported LoRA.
 
-    .venv/bin/python scripts/walkthrough.py --data-dir /tmp/seiko-walk --rounds 2 --shots docs/images
+    python -m app.tools.walkthrough --data-dir /tmp/seiko-walk --rounds 2 --shots docs/images
 
 1. starts `python -m app demo` (worker + UI) on a fresh data directory, on the embedded shapes model;
 2. rates each open round through the public API (`next_batch` / `submit_rating`) as a rater who likes
@@ -27,14 +27,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # a script in scripts/ run by path: make the project importable
-
-from app import services  # noqa: E402
-from app.settings import Settings  # noqa: E402
-from db import repo  # noqa: E402
-from db.engine import make_engine, read_session, session_factory  # noqa: E402
-from seiko_core.oracles import ORACLES  # noqa: E402
+from app import services
+from app.settings import DEFAULT_MODEL, Settings
+from app.tools.harness import wait_for
+from db import repo
+from db.engine import make_engine, read_session, session_factory
+from seiko_core.oracles import ORACLES
 
 
 def purple_score(png_b64: str) -> int:
@@ -44,42 +42,35 @@ def purple_score(png_b64: str) -> int:
     return int(np.clip(round(1 + raw * 0.9), 1, 10))
 
 
-def wait_for(pred, what: str, timeout: float, poll: float = 2.0):
-    start = time.time()
-    while time.time() - start < timeout:
-        value = pred()
-        if value:
-            return value
-        time.sleep(poll)
-    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m app.tools.walkthrough", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", default="/tmp/seiko-walk")
+    ap.add_argument("--model", help=f"base model directory [$SEIKO_MODEL, default {DEFAULT_MODEL}, from the current directory]")
     ap.add_argument("--port", type=int, default=7861)
     ap.add_argument("--rounds", type=int, default=2, help="rounds to rate and train")
     ap.add_argument("--shots", default=None, help="folder for rating.png and dashboard.png (none: no screenshots)")
     ap.add_argument("--timeout", type=float, default=1800)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     data = Path(args.data_dir)
     if data.exists() and any(data.iterdir()):
         ap.error(f"{data} is not empty; give a fresh --data-dir")
-    settings = Settings.from_env({"data_dir": str(data), "port": args.port})
+    settings = Settings.from_env({"data_dir": str(data), "port": args.port, "model": args.model})
+    model = Path(settings.model).resolve() if Path(settings.model).exists() else settings.model
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
     log = open(data.parent / f"{data.name}-demo.log", "w")
-    demo = subprocess.Popen([sys.executable, "-m", "app", "demo", "--data-dir", str(data), "--port", str(args.port)],
-                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    demo = subprocess.Popen([sys.executable, "-m", "app", "demo", "--data-dir", str(data), "--port", str(args.port),
+                             "--model", str(model)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         from gradio_client import Client
 
         url = f"http://127.0.0.1:{args.port}/"
-        client = wait_for(lambda: _client(Client, url), "the web app", 300)
+        client = wait_for("the web app", lambda: _client(Client, url), 300, poll=2.0)
         factory = session_factory(make_engine(settings.db_url))
         t0 = time.time()
         for k in range(args.rounds + 1):
-            batch = wait_for(lambda: _batch(client), f"round {k}'s images", args.timeout)
+            batch = wait_for(f"round {k}'s images", lambda: _batch(client), args.timeout, poll=2.0)
             scores = []
             last = k == args.rounds  # leave part of the last round unrated, for the rating-page screenshot
             while batch["items"] and not (last and len(scores) >= 12):
@@ -99,10 +90,10 @@ def main() -> int:
             shoot(url, Path(args.shots))
         out = data / "export-lora"
         subprocess.run([sys.executable, "-m", "app", "export", "lora", "--data-dir", str(data), "--experiment", "1",
-                        "--round", str(args.rounds), "--format", "diffusers", "--out", str(out)], cwd=REPO, env=env, check=True)
+                        "--round", str(args.rounds), "--format", "diffusers", "--out", str(out)], env=env, check=True)
         from diffusers import StableDiffusionPipeline
 
-        pipe = StableDiffusionPipeline.from_pretrained(REPO / "models" / "shapes-sd", local_files_only=True)
+        pipe = StableDiffusionPipeline.from_pretrained(model, local_files_only=True)
         pipe.load_lora_weights(str(out))
         img = pipe(["a shape"] * 4, num_inference_steps=20, guidance_scale=7.5, eta=1.0,
                    generator=[torch.Generator().manual_seed(s) for s in range(4)]).images

@@ -1,10 +1,9 @@
-#!/usr/bin/env python
 """The fault matrix: kill -9 the worker at every phase of its jobs, kill -9 the web server in the middle of a
 burst of ratings, and fill the disk during an adapter save; after every fault, check that nothing was lost,
 nothing was published twice and nothing is stuck.
 
-    .venv/bin/python scripts/fault_matrix.py --json matrix.json            # the full matrix (RELIABILITY.md)
-    .venv/bin/python scripts/fault_matrix.py --phases claim,publish --kills 1 --server-trials 1 --disk-trials 0
+    python -m app.tools.fault_matrix --json matrix.json            # the full matrix (RELIABILITY.md)
+    python -m app.tools.fault_matrix --phases claim,publish --kills 1 --server-trials 1 --disk-trials 0
 
 Worker faults use the worker's fault-injection hook (``SEIKO_FAULT_PHASE``, see app/worker.py): the worker
 SIGKILLs itself at the named point of each job's first attempt, is restarted, and the re-run (attempt 2)
@@ -35,7 +34,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -49,127 +47,30 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # scripts/ is run as a file; the app's packages live at the repository root
-
-from app import auth, services, storage  # noqa: E402
-from app.settings import Settings  # noqa: E402
-from app.testing import tiny_worker_config  # noqa: E402
-from db import migrate, repo  # noqa: E402
-from db.engine import make_engine, read_session, session_factory, write_session  # noqa: E402
-from db.models import Checkpoint, Image, Job, Rating, Round, utcnow  # noqa: E402
-from seiko_core.checkpoint import MANIFEST, sha256_file, verify  # noqa: E402
+from app import auth, storage
+from app.tools.harness import (
+    PASSWORD,
+    Lab,
+    ServerProc,
+    WorkerProc,
+    build_model,
+    create_experiment,
+    fake_open_round,
+    job_rows,
+    log,
+    make_lab,
+    make_raters,
+    rate_and_close,
+    wait_for,
+)
+from db import repo
+from db.engine import read_session
+from db.models import Checkpoint, Image, Job, Rating, Round, utcnow
+from seiko_core.checkpoint import MANIFEST, sha256_file, verify
 
 PHASES = ("claim", "snapshot", "reward_fit", "finetune", "save", "publish", "sample_query", "sample_eval")
 TRAIN_ONLY = {"snapshot", "reward_fit", "finetune", "save"}
 GENERATE_ONLY = {"sample_query", "sample_eval"}
-LEASE_S = 3.0
-PASSWORD = "correct horse battery"
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# a lab: a migrated SQLite database, a data dir and the tiny random-weight model
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Lab:
-    root: Path
-    settings: Settings
-    factory: Any
-    engine: Any
-    model_dir: Path
-
-    @property
-    def db_url(self) -> str:
-        return self.settings.db_url
-
-    @property
-    def data_dir(self) -> Path:
-        return self.settings.data_dir
-
-    def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k != "SEIKO_FAULT_PHASE"}
-        return {**env, "SEIKO_DB_URL": self.db_url, "SEIKO_DATA_DIR": str(self.data_dir), "SEIKO_MODEL": str(self.model_dir),
-                "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO),
-                **extra}
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-
-def build_model(out: Path) -> Path:
-    from seiko_core.toy.build import random_model
-
-    return random_model(out, seed=0)
-
-
-def make_lab(root: Path, model_dir: Path, *, data_dir: Path | None = None, db_template: Path | None = None) -> Lab:
-    """A fresh database at head under ``root`` (copied from ``db_template`` when given) and a data dir."""
-    root.mkdir(parents=True, exist_ok=True)
-    db_path = root / "seiko.db"
-    if db_template is not None:
-        from db import testing as dbt
-
-        url = dbt.copy_sqlite(db_template, db_path)
-    else:
-        url = f"sqlite:///{db_path}"
-        migrate.upgrade(url)
-    settings = Settings.from_env({"data_dir": str(data_dir or root / "data"), "db_url": url, "model": str(model_dir)}, environ={})
-    engine = make_engine(url)
-    return Lab(root, settings, session_factory(engine), engine, model_dir)
-
-
-def create_experiment(lab: Lab, name: str, **spec: Any) -> int:
-    spec = {"preset": "shapes", "budgets": (4, 4), **spec}
-    eid = services.create_experiment(factory=lab.factory, spec=services.ExperimentSpec(name=name, **spec),
-                                     default_model=str(lab.model_dir))
-    with write_session(lab.factory) as s:
-        experiment = repo.get_experiment(session=s, experiment_id=eid)
-        experiment.config = tiny_worker_config(experiment.config)
-    return eid
-
-
-def make_raters(lab: Lab, n: int, prefix: str) -> list[int]:
-    with write_session(lab.factory) as s:
-        return [repo.create_rater(session=s, name=f"{prefix}-{i}", password_hash="not-a-real-hash").id for i in range(n)]
-
-
-def rate_and_close(lab: Lab, eid: int, rater_ids: list[int], rated: dict[tuple[int, int], int]) -> bool:
-    """If a round of ``eid`` is open, every rater rates all its query images and the round is closed (train job queued)."""
-    with write_session(lab.factory) as s:
-        round_ = repo.get_open_round(session=s, experiment_id=eid)
-        if round_ is None:
-            return False
-        for image in repo.list_images(session=s, round_id=round_.id, kind="query"):
-            for rater_id in rater_ids:
-                score = 1 + (image.id + rater_id) % 10
-                repo.add_rating(session=s, image_id=image.id, rater_id=rater_id, score=score)
-                rated[(image.id, rater_id)] = score
-    services.close_round(factory=lab.factory, experiment_id=eid)
-    return True
-
-
-def job_rows(lab: Lab, eid: int) -> list[dict[str, Any]]:
-    with read_session(lab.factory) as s:
-        return [{"id": j.id, "kind": j.kind, "status": j.status, "owner": j.lease_owner, "round_id": j.round_id,
-                 "attempts": j.attempts, "error": j.error, "expires": j.lease_expires_at}
-                for j in s.query(Job).filter_by(experiment_id=eid).order_by(Job.id)]
-
-
-def wait_for(what: str, predicate: Callable[[], Any], timeout: float, poll: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,62 +142,6 @@ def check_worker_invariants(lab: Lab, eid: int, rated: dict[tuple[int, int], int
 # ---------------------------------------------------------------------------------------------
 
 
-class WorkerProc:
-    """``python -m app worker`` with a short lease, optionally with the fault-injection hook set."""
-
-    def __init__(self, lab: Lab, worker_id: str, log_dir: Path, fault: str | None = None) -> None:
-        self.worker_id = worker_id
-        self.log = log_dir / f"{worker_id}.log"
-        extra = {"SEIKO_FAULT_PHASE": fault} if fault else {}
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "app", "worker", "--worker-id", worker_id, "--lease-s", str(LEASE_S), "--poll-s", "0.2"],
-                cwd=REPO, env=lab.env(**extra), stdout=out, stderr=subprocess.STDOUT)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill(self) -> None:
-        if self.alive():
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=60)
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=120)
-
-    def tail(self, n: int = 3000) -> str:
-        return self.log.read_text(errors="replace")[-n:]
-
-
-def fake_open_round(lab: Lab, name: str, n_images: int, *, overlap: int = 1, real_pngs: bool = False) -> tuple[int, int, list[int]]:
-    """An experiment with an open round of ``n_images`` query images (no job for the worker); (experiment, round, image ids)."""
-    with write_session(lab.factory) as s:
-        exp = repo.create_experiment(session=s, name=name, model_spec=str(lab.model_dir), method="greedy", config={},
-                                     budgets=[n_images], prompts=["a shape"], overlap=overlap)
-        round_ = repo.create_round(session=s, experiment_id=exp.id)
-        ids = []
-        for i in range(n_images):
-            if real_pngs:
-                stored = storage.write_image(lab.data_dir, small_png(i))
-                path, digest = stored.path, stored.sha256
-            else:
-                digest = hashlib.sha256(f"{name} {i}".encode()).hexdigest()
-                path = storage.image_path(digest)
-            ids.append(repo.add_image(session=s, round_id=round_.id, prompt="a shape", seed=i, file_path=path,
-                                      sha256=digest, embedding=b"\0" * 16, embedding_dim=4).id)
-        repo.open_round(session=s, round_id=round_.id)
-        return exp.id, round_.id, ids
-
-
-def small_png(i: int) -> bytes:
-    import numpy as np
-
-    pixels = np.zeros((8, 8, 3), dtype=np.uint8)
-    pixels[..., 0], pixels[..., 1], pixels[..., 2] = i % 256, (i // 256) % 256, 77
-    return storage.encode_png(pixels)
-
-
 class RatingWriter:
     """A separate process writing ratings to another experiment while the faults happen."""
 
@@ -307,7 +152,7 @@ class RatingWriter:
         self.stop_file = lab.root / f"writer-{tag}.stop"
         self.proc = subprocess.Popen([sys.executable, "-m", "app.testing", "write-ratings", lab.db_url, str(self.round_id),
                                       ",".join(map(str, raters)), str(self.stop_file), "0.02"],
-                                     cwd=REPO, env=lab.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                     cwd=lab.root, env=lab.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def finish(self) -> int:
         """Stop the writer; check it never failed and every rating it acknowledged is stored; returns how many."""
@@ -323,52 +168,6 @@ class RatingWriter:
         assert stored == acknowledged, "the concurrent writer's acknowledged ratings were lost or changed"
         return len(out.splitlines())
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerProc:
-    """``python -m app serve`` on 127.0.0.1 and a free port (sign-in, since the lab has accounts)."""
-
-    def __init__(self, lab: Lab, log_dir: Path, name: str, *, batch_size: int = 8, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log_dir / f"{name}.log"
-        lab.model_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                 "--batch-size", str(batch_size)],
-                cwd=REPO, env={**lab.env(), **(env or {})}, stdout=out, stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout: float = 180) -> None:
-        import httpx
-
-        def up() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"the server exited with {self.proc.returncode}:\n{self.tail()}")
-            try:
-                return httpx.get(self.url + "/", timeout=5).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for("the web server to answer", up, timeout, poll=0.2)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=60)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=60)
-
-    def tail(self, n: int = 3000) -> str:
-        return self.log.read_text(errors="replace")[-n:]
 
 
 # ---------------------------------------------------------------------------------------------

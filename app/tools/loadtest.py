@@ -1,13 +1,12 @@
-#!/usr/bin/env python
 """Load test: N raters, each its own process with its own gradio_client Client signed in as its own account,
 rate M images each through the public API of ``python -m app serve`` on 127.0.0.1, while a worker process
 trains (and generates) another experiment's rounds the whole time.
 
-    .venv/bin/python scripts/loadtest.py --json load.json                        # 20 raters x 200 ratings, flat out
-    .venv/bin/python scripts/loadtest.py --think-ms 500 --json load-paced.json   # people: ~0.5 s between key presses
-    .venv/bin/python scripts/loadtest.py --raters 4 --ratings 20 --no-train      # a quick look
+    python -m app.tools.loadtest --json load.json                        # 20 raters x 200 ratings, flat out
+    python -m app.tools.loadtest --think-ms 500 --json load-paced.json   # people: ~0.5 s between key presses
+    python -m app.tools.loadtest --raters 4 --ratings 20 --no-train      # a quick look
 
-Each rater loops: ``next_batch(limit=10)``, then ``submit_rating`` for every item (optionally after an
+Each rater (``app.tools.rater``) loops: ``next_batch(limit=10)``, then ``submit_rating`` for every item (optionally after an
 exponentially distributed think time). Latency is measured in the rater process around ``Client.predict``
 (what a client waits for: the HTTP call, Gradio's queue, the handler and its two short transactions).
 
@@ -31,83 +30,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))  # fault_matrix.py (the lab, the server and worker processes)
-import fault_matrix as fm  # noqa: E402
-
-from app import auth  # noqa: E402
-from db import repo  # noqa: E402
-from db.engine import read_session  # noqa: E402
-from db.models import Image, Job, Rating  # noqa: E402
-
-RATER = r'''
-"""One rater: sign in, wait for the start file, then next_batch / submit_rating until N ratings are acknowledged."""
-import json, os, random, sys, time
-
-url, name, password, rater_id, n, think_ms, start_file, out, mode = sys.argv[1:10]
-rater_id, n, think_ms = int(rater_id), int(n), float(think_ms)
-if mode == "gradio_client":
-    from gradio_client import Client
-    client = Client(url, auth=(name, password), verbose=False)
-else:  # "raw": Gradio's documented HTTP protocol (POST /gradio_api/call/NAME, then its event stream), for comparison
-    import httpx
-
-    class Client:
-        def __init__(self):
-            self.http = httpx.Client(base_url=url, timeout=120)
-            assert self.http.post("/login", data={"username": name, "password": password}).status_code == 200
-
-        def predict(self, api_name, **kwargs):
-            data = [kwargs["limit"], kwargs["experiment"]] if api_name == "/next_batch" else [kwargs["image_id"], kwargs["score"]]
-            event_id = self.http.post(f"/gradio_api/call{api_name}", json={"data": data}).json()["event_id"]
-            event = None
-            with self.http.stream("GET", f"/gradio_api/call{api_name}/{event_id}") as stream:
-                for line in stream.iter_lines():
-                    if line.startswith("event:"):
-                        event = line.split(":", 1)[1].strip()
-                    elif line.startswith("data:") and event in ("complete", "error"):
-                        value = json.loads(line[5:])
-                        if event == "error":
-                            raise RuntimeError(str(value))
-                        return value[0]
-            raise RuntimeError("the event stream ended without a result")
-
-        def close(self):
-            self.http.close()
-
-    client = Client()
-open(out + ".ready", "w").close()
-while not os.path.exists(start_file):
-    time.sleep(0.005)
-rng = random.Random(rater_id)
-submit, batch, acked, errors = [], [], [], []
-t_start = time.time()
-while len(acked) < n and len(errors) < 20:
-    t0 = time.perf_counter()
-    got = client.predict(limit=10, experiment="load", api_name="/next_batch")
-    batch.append(time.perf_counter() - t0)
-    if not got["items"]:
-        errors.append("next_batch returned no images: " + got["message"])
-        break
-    for item in got["items"]:
-        if len(acked) >= n:
-            break
-        if think_ms:
-            time.sleep(rng.expovariate(1000.0 / think_ms))
-        score = 1 + (item["image_id"] * 7 + rater_id * 3) % 10
-        t0 = time.perf_counter()
-        try:
-            res = client.predict(image_id=item["image_id"], score=score, api_name="/submit_rating")
-        except Exception as exc:  # recorded and reported as an error of the run
-            errors.append(f"{type(exc).__name__}: {exc}")
-            continue
-        submit.append(time.perf_counter() - t0)
-        assert res["score"] == score and res["edited"] is False, res
-        acked.append([item["image_id"], score])
-json.dump({"name": name, "rater_id": rater_id, "submit_s": submit, "next_batch_s": batch, "acked": acked,
-           "errors": errors, "started": t_start, "finished": time.time()}, open(out, "w"))
-client.close()
-'''
+from app import auth
+from app.tools import harness
+from db import repo
+from db.engine import read_session
+from db.models import Image, Job, Rating
 
 
 def pct(values: list[float], q: float) -> float:
@@ -134,7 +61,7 @@ class Trainer(threading.Thread):
     """Keeps the worker busy: whenever the training experiment has a round open, rate it and close it (queues training);
     samples once a second what the worker is doing."""
 
-    def __init__(self, lab: fm.Lab, eid: int, raters: list[int]) -> None:
+    def __init__(self, lab: harness.Lab, eid: int, raters: list[int]) -> None:
         super().__init__(daemon=True)
         self.lab, self.eid, self.raters = lab, eid, raters
         self.stop = threading.Event()
@@ -145,7 +72,7 @@ class Trainer(threading.Thread):
     def run(self) -> None:
         try:
             while not self.stop.is_set():
-                fm.rate_and_close(self.lab, self.eid, self.raters, self.rated)
+                harness.rate_and_close(self.lab, self.eid, self.raters, self.rated)
                 with read_session(self.lab.factory) as s:
                     running = [j for j in s.query(Job).filter_by(experiment_id=self.eid, status="running")]
                     phase = (running[0].progress or {}).get("phase", "claimed") if running else None
@@ -167,13 +94,13 @@ class Trainer(threading.Thread):
         return out
 
 
-def profile_handler(lab: fm.Lab, n: int = 200) -> dict[str, Any]:
+def profile_handler(lab: harness.Lab, n: int = 200) -> dict[str, Any]:
     """The submit_rating handler in-process (no HTTP, no Gradio queue): its own share of the latency."""
     from app import ui_rate
     from app.auth import Who
 
-    _, round_id, ids = fm.fake_open_round(lab, "profile", n, overlap=1, real_pngs=False)
-    rater = auth.add_user(lab.factory, name="profiler", role="rater", password=fm.PASSWORD)
+    _, round_id, ids = harness.fake_open_round(lab, "profile", n, overlap=1, real_pngs=False)
+    rater = auth.add_user(lab.factory, name="profiler", role="rater", password=harness.PASSWORD)
     who = Who(rater, "profiler", "rater", local=False)
     times = []
     for image_id in ids:
@@ -223,42 +150,40 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"argv": sys.argv, "raters": args.raters, "ratings_per_rater": args.ratings,
                                "think_ms": args.think_ms, "client": args.client, "cpus": os.cpu_count(), "loadavg_before": os.getloadavg(),
                                "top_processes_before": top_processes()}
-    fm.log(f"setting up in {root}")
-    model_dir = fm.build_model(root / "model") if not args.no_train else root / "model"
-    lab = fm.make_lab(root / "lab", model_dir)
+    harness.log(f"setting up in {root}")
+    model_dir = harness.build_model(root / "model") if not args.no_train else root / "model"
+    lab = harness.make_lab(root / "lab", model_dir)
     n_images = args.ratings + 20
-    _, load_round, image_ids = fm.fake_open_round(lab, "load", n_images, overlap=args.raters, real_pngs=True)
+    _, load_round, image_ids = harness.fake_open_round(lab, "load", n_images, overlap=args.raters, real_pngs=True)
     accounts = {}
     for i in range(args.raters):
-        accounts[f"rater{i:02d}"] = auth.add_user(lab.factory, name=f"rater{i:02d}", role="rater", password=fm.PASSWORD)
+        accounts[f"rater{i:02d}"] = auth.add_user(lab.factory, name=f"rater{i:02d}", role="rater", password=harness.PASSWORD)
     worker = trainer = None
-    server = fm.ServerProc(lab, logs, "server", batch_size=args.batch_size)
+    server = harness.ServerProc(lab, logs, "server", batch_size=args.batch_size)
     ok = False
     try:
         if not args.no_train:
-            eid = fm.create_experiment(lab, "train")
-            trainer = Trainer(lab, eid, fm.make_raters(lab, 2, prefix="trainer"))
-            worker = fm.WorkerProc(lab, "load-worker", logs)
+            eid = harness.create_experiment(lab, "train")
+            trainer = Trainer(lab, eid, harness.make_raters(lab, 2, prefix="trainer"))
+            worker = harness.WorkerProc(lab, "load-worker", logs)
         server.wait_ready()
         if trainer is not None:
-            fm.wait_for("the worker's first job", lambda: any(True for j in fm.job_rows(lab, eid) if j["status"] != "queued"), 300)
+            harness.wait_for("the worker's first job", lambda: any(True for j in harness.job_rows(lab, eid) if j["status"] != "queued"), 300)
             trainer.start()
-            fm.wait_for("the worker training", lambda: any(j["kind"] == "train" and j["status"] == "running"
-                                                           for j in fm.job_rows(lab, eid)), 300, poll=0.2)
-        script = root / "rater.py"
-        script.write_text(RATER)
+            harness.wait_for("the worker training", lambda: any(j["kind"] == "train" and j["status"] == "running"
+                                                           for j in harness.job_rows(lab, eid)), 300, poll=0.2)
         start = root / "start"
         procs = []
-        fm.log(f"signing in {args.raters} raters")
+        harness.log(f"signing in {args.raters} raters")
         for name, rater_id in accounts.items():
             out = root / f"{name}.json"
             procs.append((out, subprocess.Popen(
-                [sys.executable, str(script), server.url, name, fm.PASSWORD, str(rater_id), str(args.ratings), str(args.think_ms),
-                 str(start), str(out), args.client], cwd=fm.REPO, env=lab.env(), stdout=open(logs / f"{name}.log", "wb"),
+                [sys.executable, "-m", "app.tools.rater", server.url, name, harness.PASSWORD, str(rater_id), str(args.ratings), str(args.think_ms),
+                 str(start), str(out), args.client], cwd=lab.root, env=lab.env(), stdout=open(logs / f"{name}.log", "wb"),
                 stderr=subprocess.STDOUT)))
-        fm.wait_for("every rater signed in", lambda: all(Path(str(o) + ".ready").exists() or p.poll() is not None
+        harness.wait_for("every rater signed in", lambda: all(Path(str(o) + ".ready").exists() or p.poll() is not None
                                                          for o, p in procs), 600, poll=0.1)
-        fm.log("go")
+        harness.log("go")
         results["loadavg_at_start"] = os.getloadavg()
         t0 = time.time()
         start.touch()
