@@ -630,7 +630,7 @@ def bench_memory(args, ks: list[int], log=print) -> list[dict]:
                 cmd += ["--size", str(args.size)]
             if args.image_size is not None:
                 cmd += ["--image-size", str(args.image_size)]
-            res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+            res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
             if res.returncode != 0:
                 raise RuntimeError(f"memory child {path} K={k} failed (exit {res.returncode}):\n{res.stderr[-3000:]}")
             rec = json.loads(res.stdout.strip().splitlines()[-1])

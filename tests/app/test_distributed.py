@@ -19,7 +19,7 @@ def test_two_processes_train_one_identical_adapter(worker_model_dir, tmp_path):
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
            "scripts/distributed_demo.py", "--cpu", "--expect-processes", "2", "--model", str(worker_model_dir),
            "--out", str(out)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "OK: 2 processes (cpu)" in proc.stdout and "identical adapter checksum" in proc.stdout, proc.stdout

@@ -166,7 +166,7 @@ def _run_trials(world, tmp_path: Path, trials: int, seed: int) -> None:
     # pause 5 ms: a busy crowd of raters, not a benchmark; leave the CPU to the worker
     writer = subprocess.Popen([sys.executable, "-m", "app.testing", "write-ratings", world.settings.db_url, str(writer_round),
                                ",".join(map(str, writer_raters)), str(stop_file), "0.005"],
-                              cwd=REPO, env={**_env(world), "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                              cwd=REPO, env=_env(world), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     rated: dict[tuple[int, int], int] = {}
     logs = tmp_path / "logs"
