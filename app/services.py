@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from db import repo
 from db.engine import write_session
-from db.errors import Conflict, InvalidInput
+from db.errors import InvalidInput
 from seiko_core.config import METHODS, SeikoConfig, from_dict, to_dict
 from seiko_core.presets import PRESETS, preset
 
@@ -69,9 +69,29 @@ def experiment_config(experiment) -> SeikoConfig:
     return from_dict(raw)
 
 
+def check_model_spec(model_spec: str) -> str:
+    """``model_spec`` if the worker can load it: a local diffusers directory (with model_index.json), or a hub id
+    (owner/name) that is in the local cache when the hub is offline; else InvalidInput with one sentence."""
+    from huggingface_hub import try_to_load_from_cache
+
+    from seiko_core.models import ModelLoadError, _hub_offline, resolve_spec
+
+    try:
+        name, local = resolve_spec(model_spec)
+    except ModelLoadError as exc:
+        raise InvalidInput(f"{str(exc).rstrip('.')}; nothing was created") from exc
+    if not local and _hub_offline() and not isinstance(try_to_load_from_cache(name, "model_index.json"), str):
+        raise InvalidInput(f"the model {name!r} is not a local diffusers directory, and as a hub id it is not in the "
+                           "local cache while the hub is offline (HF_HUB_OFFLINE=1); nothing was created")
+    return model_spec
+
+
 def create_experiment(*, factory, spec: ExperimentSpec, default_model: str) -> int:
-    """Create the experiment, its round 0 and the job that generates round 0's batch; returns the experiment id."""
+    """Create the experiment, its round 0 and the job that generates round 0's batch; returns the experiment id.
+
+    The model is checked first (``check_model_spec``): a mistyped one is refused and nothing is written."""
     cfg = build_config(spec)
+    check_model_spec(spec.model_spec or default_model)
     with write_session(factory) as s:
         exp = repo.create_experiment(session=s, name=spec.name, model_spec=spec.model_spec or default_model,
                                      method=cfg.method, config=to_dict(cfg), budgets=list(cfg.budgets),
@@ -81,23 +101,12 @@ def create_experiment(*, factory, spec: ExperimentSpec, default_model: str) -> i
         return exp.id
 
 
-def close_round(*, factory, experiment_id: int) -> int:
-    """Close the open labeling round and queue its training job; returns the job id."""
+def close_round(*, factory, experiment_id: int, expected_index: int | None = None) -> int:
+    """Close the open labeling round and queue its training job; returns the job id.
+
+    ``repo.close_round`` locks the round before it reads the rating watermark (no rating slips in between)."""
     with write_session(factory) as s:
-        exp = repo.get_experiment(session=s, experiment_id=experiment_id)
-        if exp.status != "active":
-            raise Conflict(f"experiment {exp.name!r} is {exp.status}; resume it before training")
-        round_ = repo.get_open_round(session=s, experiment_id=experiment_id)
-        if round_ is None:
-            raise Conflict(f"experiment {exp.name!r} has no round open for labeling")
-        progress = repo.round_progress(session=s, round_id=round_.id)
-        if progress.rated_images == 0:
-            raise Conflict(f"round {round_.index} has no ratings yet; rate some images before training")
-        watermark = repo.latest_rating_id(session=s, experiment_id=experiment_id)
-        repo.set_round_status(session=s, round_id=round_.id, status="training")
-        job = repo.enqueue_job(session=s, kind="train", experiment_id=experiment_id, round_id=round_.id,
-                               payload={"round_index": round_.index, "watermark": watermark})
-        return job.id
+        return repo.close_round(session=s, experiment_id=experiment_id, expected_index=expected_index).id
 
 
 def set_paused(*, factory, experiment_id: int, paused: bool) -> None:

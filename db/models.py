@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     ForeignKey,
@@ -28,6 +29,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -46,6 +48,8 @@ IMAGE_KINDS = ("query", "eval")
 RATER_ROLES = ("admin", "rater")
 JOB_KINDS = ("generate", "train", "eval")
 JOB_STATUSES = ("queued", "running", "done", "failed")
+UNDO_ACTIONS = ("rate", "skip")
+EXPORT_FORMATS = ("diffusers", "kohya", "merged", "ratings")
 SCORE_MIN, SCORE_MAX = 1, 10
 NAME_MAX = 200
 
@@ -120,6 +124,9 @@ class Experiment(Base):
     status: Mapped[str] = mapped_column(String(16), default="active")
     overlap: Mapped[int] = mapped_column(Integer, default=1)  # ratings wanted per image
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # raters see the dashboard (its plots can bias their ratings) only when an admin allows it
+    raters_see_dashboard: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    archived_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # archived: finished and hidden from the selector
 
     rounds: Mapped[list[Round]] = relationship(back_populates="experiment", order_by="Round.index")
 
@@ -208,6 +215,55 @@ class Skip(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
     rater_id: Mapped[int] = mapped_column(ForeignKey("raters.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ImageLease(Base):
+    """An image handed out to a rater and reserved to them until ``expires_at`` (released on rating or skipping).
+
+    While a lease is live the image counts as taken towards the experiment's overlap for every other rater."""
+
+    __tablename__ = "image_leases"
+    __table_args__ = (UniqueConstraint("image_id", "rater_id"), Index(None, "rater_id"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    rater_id: Mapped[int] = mapped_column(ForeignKey("raters.id", ondelete="CASCADE"))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class UndoStep(Base):
+    """One rater action that undo can take back: a rating (with the score it replaced, None if new) or a skip."""
+
+    __tablename__ = "undo_steps"
+    __table_args__ = (
+        CheckConstraint(_in("action", UNDO_ACTIONS), name="action"),
+        Index(None, "rater_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    rater_id: Mapped[int] = mapped_column(ForeignKey("raters.id", ondelete="CASCADE"))
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    action: Mapped[str] = mapped_column(String(16))
+    previous_score: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Export(Base):
+    """An export an admin built in the browser: one downloadable file under ``<data_dir>/exports/``."""
+
+    __tablename__ = "exports"
+    __table_args__ = (CheckConstraint(_in("format", EXPORT_FORMATS), name="format"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    round_index: Mapped[int | None] = mapped_column(Integer)  # None for a ratings export
+    format: Mapped[str] = mapped_column(String(16))
+    file_path: Mapped[str] = mapped_column(Text)  # relative to the data dir
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("raters.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

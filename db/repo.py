@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import and_, case, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.errors import Conflict, InvalidInput, LeaseLost, NotFound
@@ -36,11 +36,13 @@ from db.models import (
     Checkpoint,
     Experiment,
     Image,
+    ImageLease,
     Job,
     Rater,
     Rating,
     Round,
     Skip,
+    UndoStep,
     utcnow,
 )
 
@@ -188,18 +190,86 @@ def get_experiment_by_name(*, session: Session, name: str) -> Experiment:
     return experiment
 
 
-def list_experiments(*, session: Session, status: str | None = None) -> list[Experiment]:
-    """Experiments, oldest first; only those with ``status`` when given."""
+def list_experiments(*, session: Session, status: str | None = None, archived: bool | None = None) -> list[Experiment]:
+    """Experiments, oldest first; only those with ``status`` when given; ``archived`` False/True: not archived/archived."""
     stmt = select(Experiment).order_by(Experiment.id)
     if status is not None:
         stmt = stmt.where(Experiment.status == _choice("experiment status", status, EXPERIMENT_STATUSES))
+    if archived is not None:
+        stmt = stmt.where(Experiment.archived_at.is_not(None) if archived else Experiment.archived_at.is_(None))
     return list(session.scalars(stmt))
 
 
 def set_experiment_status(*, session: Session, experiment_id: int, status: str) -> Experiment:
+    """Pause or resume (or finish, see ``finish_experiment``). A finished experiment stays finished."""
     _choice("experiment status", status, EXPERIMENT_STATUSES)
     experiment = get_experiment(session=session, experiment_id=experiment_id)
+    if experiment.status == "finished" and status != "finished":
+        raise Conflict(f"experiment {experiment.name!r} is finished; it cannot be {'paused' if status == 'paused' else 'resumed'}")
     experiment.status = status
+    session.flush()
+    return experiment
+
+
+def set_raters_see_dashboard(*, session: Session, experiment_id: int, allowed: bool) -> Experiment:
+    """Whether raters (not only admins) may see the experiment's dashboard; its plots can bias their ratings."""
+    if not isinstance(allowed, bool):
+        raise InvalidInput(f"allowed must be True or False, got {allowed!r}")
+    experiment = get_experiment(session=session, experiment_id=experiment_id)
+    experiment.raters_see_dashboard = allowed
+    session.flush()
+    return experiment
+
+
+def _live_job(session: Session, now: datetime, **where: Any) -> Job | None:
+    """A running job with a live lease matching ``where`` (e.g. experiment_id=, round_id=), or None."""
+    clauses = [Job.status == "running", Job.lease_expires_at >= now, *(getattr(Job, k) == v for k, v in where.items())]
+    return session.scalar(select(Job).where(*clauses).order_by(Job.id))
+
+
+def _cancel_jobs(session: Session, reason: str, **where: Any) -> int:
+    """Mark the queued jobs (and running ones whose lease expired) matching ``where`` failed with ``reason``."""
+    now = utcnow()
+    clauses = [or_(Job.status == "queued", and_(Job.status == "running", Job.lease_expires_at < now)),
+               *(getattr(Job, k) == v for k, v in where.items())]
+    result = session.execute(
+        update(Job).where(*clauses).values(status="failed", error=reason, lease_owner=None, lease_expires_at=None,
+                                           updated_at=now),
+        execution_options={"synchronize_session": False},
+    )
+    return result.rowcount
+
+
+def finish_experiment(*, session: Session, experiment_id: int, now: datetime | None = None) -> Experiment:
+    """End an experiment for good: its queued jobs are cancelled, a round open for labeling or waiting for training
+    is marked done, a round still waiting for its images failed. Ratings, images and adapters stay.
+
+    Refused while the worker is running one of its jobs (wait for it to finish)."""
+    now = _now(now)
+    experiment = get_experiment(session=session, experiment_id=experiment_id)
+    if experiment.status == "finished":
+        return experiment
+    running = _live_job(session, now, experiment_id=experiment_id)
+    if running is not None:
+        raise Conflict(f"the worker is running job {running.id} ({running.kind}) of experiment {experiment.name!r}; "
+                       "finish the experiment when that job is done")
+    _cancel_jobs(session, f"cancelled: experiment {experiment.name!r} was finished", experiment_id=experiment_id)
+    for round_ in list_rounds(session=session, experiment_id=experiment_id):
+        if round_.status in ("labeling", "training"):
+            round_.status = "done"
+        elif round_.status == "generating":
+            round_.status = "failed"
+    experiment.status = "finished"
+    session.flush()
+    return experiment
+
+
+def archive_experiment(*, session: Session, experiment_id: int, now: datetime | None = None) -> Experiment:
+    """Finish the experiment (see ``finish_experiment``) and hide it from the experiment selector. Idempotent."""
+    now = _now(now)
+    experiment = finish_experiment(session=session, experiment_id=experiment_id, now=now)
+    if experiment.archived_at is None:
+        experiment.archived_at = now
     session.flush()
     return experiment
 
@@ -279,6 +349,72 @@ def get_open_round(*, session: Session, experiment_id: int) -> Round | None:
     return session.scalar(
         select(Round).where(Round.experiment_id == experiment_id, Round.status == "labeling").order_by(Round.index.desc())
     )
+
+
+def lock_round(*, session: Session, round_id: int) -> Round:
+    """The round, row-locked FOR UPDATE until the transaction ends (re-read from the database).
+
+    A rating holds its round FOR SHARE (``lock_image_for_rating``), so on PostgreSQL this waits for every rating
+    transaction in flight to commit, and keeps new ones out until this transaction ends. SQLite serialises write
+    transactions already (BEGIN IMMEDIATE) and SQLAlchemy leaves the clause out there."""
+    round_ = session.scalar(
+        select(Round).where(Round.id == _int("round id", round_id)).with_for_update(),
+        execution_options={"populate_existing": True},
+    )
+    if round_ is None:
+        raise NotFound(f"there is no round with id {round_id}")
+    return round_
+
+
+def close_round(*, session: Session, experiment_id: int, expected_index: int | None = None) -> Job:
+    """Close the experiment's open round for labeling and queue its train job with the rating watermark.
+
+    The round is locked before the watermark is read, so no rating of the round commits after the watermark
+    (a late rating waits for the lock and then finds the round closed). With ``expected_index`` (what the admin
+    confirmed), a different open round is refused."""
+    experiment = get_experiment(session=session, experiment_id=experiment_id)
+    if experiment.status != "active":
+        raise Conflict(f"experiment {experiment.name!r} is {experiment.status}; resume it before training")
+    open_ = get_open_round(session=session, experiment_id=experiment_id)
+    if open_ is None:
+        raise Conflict(f"experiment {experiment.name!r} has no round open for labeling")
+    round_ = lock_round(session=session, round_id=open_.id)
+    if round_.status != "labeling":
+        raise Conflict(f"round {round_.index} of {experiment.name!r} was closed meanwhile (it is {round_.status!r})")
+    if expected_index is not None and round_.index != _int("expected round index", expected_index, minimum=0):
+        raise Conflict(f"round {round_.index} is the open round now, not round {expected_index}; nothing was closed")
+    rated = session.scalar(
+        select(func.count(Rating.id)).join(Image, Image.id == Rating.image_id).where(Image.round_id == round_.id)
+    )
+    if not rated:
+        raise Conflict(f"round {round_.index} has no ratings yet; rate some images before training")
+    watermark = latest_rating_id(session=session, experiment_id=experiment_id)
+    set_round_status(session=session, round_id=round_.id, status="training")
+    session.execute(delete(ImageLease).where(ImageLease.image_id.in_(select(Image.id).where(Image.round_id == round_.id))))
+    return enqueue_job(session=session, kind="train", experiment_id=experiment_id, round_id=round_.id,
+                       payload={"round_index": round_.index, "watermark": watermark})
+
+
+def reopen_round(*, session: Session, round_id: int, now: datetime | None = None) -> Round:
+    """Open a round that was closed for training for labeling again; its waiting or failed train job is cancelled.
+
+    Refused while the worker is training on it, once its training result is published (the next round exists),
+    and for a finished experiment."""
+    now = _now(now)
+    round_ = lock_round(session=session, round_id=round_id)
+    experiment = get_experiment(session=session, experiment_id=round_.experiment_id)
+    if experiment.status == "finished":
+        raise Conflict(f"experiment {experiment.name!r} is finished; its rounds cannot be reopened")
+    if round_.status == "labeling":
+        return round_
+    if round_.status != "training":
+        raise Conflict(f"round {round_.index} is {round_.status!r}; only a round closed for training can be reopened")
+    running = _live_job(session, now, round_id=round_.id)
+    if running is not None:
+        raise Conflict(f"the worker is training on round {round_.index} now (job {running.id}); wait until it finishes "
+                       "or fails")
+    _cancel_jobs(session, f"cancelled: round {round_.index} was reopened for labeling", round_id=round_.id, kind="train")
+    return set_round_status(session=session, round_id=round_.id, status="labeling")
 
 
 def update_round_metrics(*, session: Session, round_id: int, metrics: dict[str, Any]) -> Round:
@@ -465,12 +601,18 @@ def add_rating(*, session: Session, image_id: int, rater_id: int, score: int) ->
     )
     rating = session.scalars(stmt, execution_options={"populate_existing": True}).one()
     session.execute(delete(Skip).where(Skip.image_id == image_id, Skip.rater_id == rater_id))
+    session.execute(delete(ImageLease).where(ImageLease.image_id == image_id, ImageLease.rater_id == rater_id))
     return rating
 
 
 def find_rating(*, session: Session, image_id: int, rater_id: int) -> Rating | None:
     """The rater's rating of the image, or None if they have not rated it."""
     return session.scalar(select(Rating).where(Rating.image_id == image_id, Rating.rater_id == rater_id))
+
+
+def find_skip(*, session: Session, image_id: int, rater_id: int) -> Skip | None:
+    """The rater's skip of the image, or None."""
+    return session.scalar(select(Skip).where(Skip.image_id == image_id, Skip.rater_id == rater_id))
 
 
 def delete_rating(*, session: Session, image_id: int, rater_id: int) -> None:
@@ -494,55 +636,208 @@ def add_skip(*, session: Session, image_id: int, rater_id: int) -> Skip:
         skip = Skip(image_id=image_id, rater_id=rater_id)
         session.add(skip)
         session.flush()
+    session.execute(delete(ImageLease).where(ImageLease.image_id == image_id, ImageLease.rater_id == rater_id))
     return skip
+
+
+def delete_skip(*, session: Session, image_id: int, rater_id: int) -> None:
+    """Undo a skip while the round is still open for labeling: the image can be offered to the rater again."""
+    _labeling_image(session, image_id)
+    result = session.execute(delete(Skip).where(Skip.image_id == image_id, Skip.rater_id == _int("rater id", rater_id)))
+    if result.rowcount == 0:
+        raise NotFound(f"rater {rater_id} has not skipped image {image_id}; there is nothing to undo")
 
 
 def _ratings_count(image_id_column: Any) -> Any:
     return select(func.count(Rating.id)).where(Rating.image_id == image_id_column).correlate(Image).scalar_subquery()
 
 
-def _unseen_by(rater_id: int) -> Any:
+def _others_leases(rater_id: int, now: datetime) -> Any:
+    """How many other raters hold a live lease on the image (correlated to ``Image``)."""
+    return (
+        select(func.count(ImageLease.id))
+        .where(ImageLease.image_id == Image.id, ImageLease.rater_id != rater_id, ImageLease.expires_at > now)
+        .correlate(Image)
+        .scalar_subquery()
+    )
+
+
+def _unseen_by(rater_id: int, *, include_skipped: bool = False) -> Any:
     rated = select(Rating.id).where(Rating.image_id == Image.id, Rating.rater_id == rater_id).exists()
+    if include_skipped:
+        return ~rated
     skipped = select(Skip.id).where(Skip.image_id == Image.id, Skip.rater_id == rater_id).exists()
     return and_(~rated, ~skipped)
 
 
-def _offered_to_rater(session: Session, round_id: int, rater_id: int, kind: str | None) -> list[Any]:
+def _offered_to_rater(session: Session, round_id: int, rater_id: int, kind: str | None, *, now: datetime | None = None,
+                      include_skipped: bool = False) -> list[Any]:
     """The WHERE clauses of the images the open round offers to a rater (see ``next_images_for_rater``)."""
     round_ = get_round(session=session, round_id=round_id)
     if round_.status != "labeling":
         raise Conflict(f"round {round_.index} is not open for labeling (it is {round_.status!r})")
     get_rater(session=session, rater_id=rater_id)
     overlap = get_experiment(session=session, experiment_id=round_.experiment_id).overlap
-    clauses = [Image.round_id == round_id, _unseen_by(rater_id), _ratings_count(Image.id) < overlap]
+    clauses = [
+        Image.round_id == round_id,
+        _unseen_by(rater_id, include_skipped=include_skipped),
+        _ratings_count(Image.id) + _others_leases(rater_id, _now(now)) < overlap,
+    ]
     if kind is not None:
         clauses.append(Image.kind == _choice("image kind", kind, IMAGE_KINDS))
     return clauses
 
 
 def next_images_for_rater(
-    *, session: Session, round_id: int, rater_id: int, limit: int = 1, kind: str | None = None
+    *, session: Session, round_id: int, rater_id: int, limit: int = 1, kind: str | None = None, now: datetime | None = None
 ) -> list[Image]:
     """Images of the open round to show this rater next.
 
-    Those the rater has neither rated nor skipped and that have fewer ratings than the
-    experiment's ``overlap``; least-rated first, then oldest.
+    Those the rater has neither rated nor skipped and whose ratings plus the live leases other raters hold on them
+    (``lease_images``) are fewer than the experiment's ``overlap``; least-rated first, then oldest.
     """
     _int("limit", limit, minimum=1)
-    clauses = _offered_to_rater(session, round_id, rater_id, kind)
+    clauses = _offered_to_rater(session, round_id, rater_id, kind, now=now)
     stmt = select(Image).where(*clauses).order_by(_ratings_count(Image.id), Image.id).limit(limit)
     return list(session.scalars(stmt))
 
 
 def count_images_for_rater(
-    *, session: Session, round_id: int, rater_id: int, kind: str | None = None, image_id: int | None = None
+    *, session: Session, round_id: int, rater_id: int, kind: str | None = None, image_id: int | None = None,
+    include_skipped: bool = False, now: datetime | None = None,
 ) -> int:
     """How many images ``next_images_for_rater`` would offer the rater with no limit, counted in SQL (no rows loaded);
-    with ``image_id``, 1 if that image is among them, else 0."""
-    stmt = select(func.count(Image.id)).where(*_offered_to_rater(session, round_id, rater_id, kind))
+    with ``image_id``, 1 if that image is among them, else 0. ``include_skipped`` counts the rater's skipped images
+    too (a skip can be taken back by rating the image)."""
+    clauses = _offered_to_rater(session, round_id, rater_id, kind, now=now, include_skipped=include_skipped)
+    stmt = select(func.count(Image.id)).where(*clauses)
     if image_id is not None:
         stmt = stmt.where(Image.id == _int("image id", image_id))
     return session.scalar(stmt) or 0
+
+
+# ---------------------------------------------------------------------------------------------
+# image leases: images handed out to a rater are reserved to them for a while
+# ---------------------------------------------------------------------------------------------
+
+
+def lease_images(
+    *, session: Session, round_id: int, rater_id: int, image_ids: Sequence[int], lease_s: float, now: datetime | None = None
+) -> list[int]:
+    """Reserve the given images of the open round to the rater until ``now + lease_s``; returns the ids reserved.
+
+    An image is reserved only while it is still offered to the rater (another rater's live lease counts as a rating
+    towards the overlap), so two raters never hold the last place of an image. The round row is locked first, which
+    on PostgreSQL serialises raters drawing batches at the same moment. Renewing a lease the rater holds extends it;
+    leases that have run out are deleted here."""
+    lease = _lease(lease_s)
+    now = _now(now)
+    ids = [_int("image id", i) for i in image_ids]
+    lock_round(session=session, round_id=round_id)
+    in_round = select(Image.id).where(Image.round_id == round_id)
+    session.execute(delete(ImageLease).where(ImageLease.image_id.in_(in_round), ImageLease.expires_at <= now))
+    if not ids:
+        return []
+    offered = set(session.scalars(select(Image.id).where(*_offered_to_rater(session, round_id, rater_id, None, now=now),
+                                                         Image.id.in_(ids))))
+    insert = _dialect_insert(session)
+    granted = []
+    for image_id in ids:
+        if image_id not in offered or image_id in granted:
+            continue
+        session.execute(
+            insert(ImageLease)
+            .values(image_id=image_id, rater_id=rater_id, expires_at=now + lease, created_at=now)
+            .on_conflict_do_update(index_elements=[ImageLease.image_id, ImageLease.rater_id],
+                                   set_={"expires_at": now + lease})
+        )
+        granted.append(image_id)
+    return granted
+
+
+def held_image_ids(*, session: Session, round_id: int, rater_id: int, now: datetime | None = None) -> list[int]:
+    """The images of the round the rater holds a live lease on and has neither rated nor skipped, oldest lease first."""
+    now = _now(now)
+    stmt = (
+        select(ImageLease.image_id)
+        .join(Image, Image.id == ImageLease.image_id)
+        .where(Image.round_id == round_id, ImageLease.rater_id == rater_id, ImageLease.expires_at > now,
+               _unseen_by(rater_id))
+        .order_by(ImageLease.id)
+    )
+    return list(session.scalars(stmt))
+
+
+def release_leases(*, session: Session, round_id: int, rater_id: int, keep: Iterable[int] = ()) -> int:
+    """Give back the rater's leases in the round, except on the images in ``keep``; returns how many."""
+    keep = [_int("image id", i) for i in keep]
+    clauses = [ImageLease.rater_id == rater_id, ImageLease.image_id.in_(select(Image.id).where(Image.round_id == round_id))]
+    if keep:
+        clauses.append(ImageLease.image_id.not_in(keep))
+    return session.execute(delete(ImageLease).where(*clauses), execution_options={"synchronize_session": False}).rowcount
+
+
+# ---------------------------------------------------------------------------------------------
+# undo history (server side: it survives a reload and follows the rater from browser to browser)
+# ---------------------------------------------------------------------------------------------
+
+
+UNDO_KEEP = 200  # steps kept per rater; older ones are dropped
+
+
+def add_undo_step(*, session: Session, rater_id: int, image_id: int, action: str, previous_score: int | None = None) -> UndoStep:
+    """Record a rating (with the score it replaced, None for a new one) or a skip, for ``undo_last``."""
+    if action not in ("rate", "skip"):
+        raise InvalidInput(f"unknown undo action {action!r}; choose from ['rate', 'skip']")
+    if previous_score is not None:
+        _int("previous score", previous_score, minimum=SCORE_MIN, maximum=SCORE_MAX)
+    step = UndoStep(rater_id=_int("rater id", rater_id), image_id=_int("image id", image_id), action=action,
+                    previous_score=previous_score)
+    session.add(step)
+    session.flush()
+    oldest_kept = select(UndoStep.id).where(UndoStep.rater_id == rater_id).order_by(UndoStep.id.desc()).offset(UNDO_KEEP).limit(1)
+    cutoff = session.scalar(oldest_kept)
+    if cutoff is not None:
+        session.execute(delete(UndoStep).where(UndoStep.rater_id == rater_id, UndoStep.id <= cutoff))
+    return step
+
+
+@dataclass(frozen=True)
+class Undone:
+    image_id: int
+    action: str  # "rate" or "skip"
+    restored_score: int | None  # the score the rating went back to; None when the rating was removed (or a skip)
+
+
+def undo_last(*, session: Session, rater_id: int, round_id: int) -> Undone | None:
+    """Take back the rater's newest rating or skip in the round (which must be open); None when there is none.
+
+    A new rating is removed, an edit gets its previous score back, a skip is lifted."""
+    round_ = get_round(session=session, round_id=round_id)
+    if round_.status != "labeling":
+        raise Conflict(f"round {round_.index} is closed for labeling (it is {round_.status!r}); nothing can be undone")
+    step = session.scalar(
+        select(UndoStep)
+        .join(Image, Image.id == UndoStep.image_id)
+        .where(UndoStep.rater_id == rater_id, Image.round_id == round_id)
+        .order_by(UndoStep.id.desc())
+        .limit(1)
+    )
+    if step is None:
+        return None
+    image_id, action, previous = step.image_id, step.action, step.previous_score
+    session.delete(step)
+    session.flush()
+    if action == "skip":
+        if session.scalar(select(Skip.id).where(Skip.image_id == image_id, Skip.rater_id == rater_id)) is not None:
+            delete_skip(session=session, image_id=image_id, rater_id=rater_id)
+        return Undone(image_id, action, None)
+    if previous is None:
+        if find_rating(session=session, image_id=image_id, rater_id=rater_id) is not None:
+            delete_rating(session=session, image_id=image_id, rater_id=rater_id)
+        return Undone(image_id, action, None)
+    add_rating(session=session, image_id=image_id, rater_id=rater_id, score=previous)
+    return Undone(image_id, action, previous)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -563,25 +858,30 @@ class RoundProgress:
     rater_rated: int | None = None  # the given rater's ratings in this round
     rater_skipped: int | None = None
     rater_remaining: int | None = None  # images still to offer the rater (see next_images_for_rater)
+    labels: int = 0  # ratings that count towards the round: at most ``overlap`` per image
+    labels_wanted: int = 0  # total_images x overlap: the round is fully labeled at labels == labels_wanted
 
 
-def round_progress(*, session: Session, round_id: int, rater_id: int | None = None) -> RoundProgress:
-    """How far the labeling of a round has got, overall and (with ``rater_id``) for one rater."""
+def round_progress(*, session: Session, round_id: int, rater_id: int | None = None, kind: str | None = None) -> RoundProgress:
+    """How far the labeling of a round has got, overall and (with ``rater_id``) for one rater; ``kind`` filters images."""
     round_ = get_round(session=session, round_id=round_id)
     experiment = get_experiment(session=session, experiment_id=round_.experiment_id)
+    overlap = experiment.overlap
     per_image = (
         select(Image.id.label("image_id"), func.count(Rating.id).label("n"))
         .outerjoin(Rating, Rating.image_id == Image.id)
-        .where(Image.round_id == round_id)
+        .where(Image.round_id == round_id, *([] if kind is None else [Image.kind == _choice("image kind", kind, IMAGE_KINDS)]))
         .group_by(Image.id)
         .subquery()
     )
-    total, rated, complete, ratings = session.execute(
+    capped = case((per_image.c.n > overlap, overlap), else_=per_image.c.n)
+    total, rated, complete, ratings, labels = session.execute(
         select(
             func.count(per_image.c.image_id),
             func.count(per_image.c.image_id).filter(per_image.c.n > 0),
-            func.count(per_image.c.image_id).filter(per_image.c.n >= experiment.overlap),
+            func.count(per_image.c.image_id).filter(per_image.c.n >= overlap),
             func.coalesce(func.sum(per_image.c.n), 0),
+            func.coalesce(func.sum(capped), 0),
         )
     ).one()
     budget = experiment.budgets[round_.index] if round_.index < len(experiment.budgets) else None
@@ -594,18 +894,20 @@ def round_progress(*, session: Session, round_id: int, rater_id: int | None = No
         complete_images=complete,
         ratings=int(ratings),
         budget=budget,
+        labels=int(labels),
+        labels_wanted=int(total) * overlap,
     )
     if rater_id is None:
         return progress
     get_rater(session=session, rater_id=rater_id)
     in_round = select(Image.id).where(Image.round_id == round_id)
+    if kind is not None:
+        in_round = in_round.where(Image.kind == kind)
     rater_rated = session.scalar(select(func.count(Rating.id)).where(Rating.rater_id == rater_id, Rating.image_id.in_(in_round)))
     rater_skipped = session.scalar(select(func.count(Skip.id)).where(Skip.rater_id == rater_id, Skip.image_id.in_(in_round)))
-    remaining = session.scalar(
-        select(func.count(Image.id)).where(
-            Image.round_id == round_id, _unseen_by(rater_id), _ratings_count(Image.id) < experiment.overlap
-        )
-    )
+    remaining = 0
+    if round_.status == "labeling":
+        remaining = count_images_for_rater(session=session, round_id=round_id, rater_id=rater_id, kind=kind)
     return RoundProgress(
         **{**progress.__dict__, "rater_rated": rater_rated, "rater_skipped": rater_skipped, "rater_remaining": remaining}
     )
@@ -682,6 +984,8 @@ class RoundStats:
     n_rated_images: int
     n_ratings: int
     mean_score: float | None  # mean over all ratings of the round's images; None when unrated
+    n_labels: int = 0  # ratings that count: at most the experiment's overlap per image
+    labels_wanted: int = 0  # n_images x overlap
 
 
 def round_rating_stats(*, session: Session, experiment_id: int, kind: str | None = None) -> list[RoundStats]:
@@ -705,6 +1009,21 @@ def round_rating_stats(*, session: Session, experiment_id: int, kind: str | None
             .group_by(Image.round_id)
         )
     }
+    overlap = get_experiment(session=session, experiment_id=experiment_id).overlap
+    per_image = (
+        select(Image.round_id.label("round_id"), func.count(Rating.id).label("n"))
+        .join(Rating, Rating.image_id == Image.id)
+        .join(Round, Round.id == Image.round_id)
+        .where(*image_filter)
+        .group_by(Image.id, Image.round_id)
+        .subquery()
+    )
+    labels = dict(
+        session.execute(
+            select(per_image.c.round_id, func.sum(case((per_image.c.n > overlap, overlap), else_=per_image.c.n)))
+            .group_by(per_image.c.round_id)
+        ).tuples().all()
+    )
     stats = []
     for round_ in list_rounds(session=session, experiment_id=experiment_id):
         n_rated, n_ratings, mean = aggregates.get(round_.id, (0, 0, None))
@@ -717,6 +1036,8 @@ def round_rating_stats(*, session: Session, experiment_id: int, kind: str | None
                 n_rated_images=n_rated,
                 n_ratings=n_ratings,
                 mean_score=None if mean is None else float(mean),
+                n_labels=int(labels.get(round_.id) or 0),
+                labels_wanted=counts.get(round_.id, 0) * overlap,
             )
         )
     return stats
@@ -910,6 +1231,46 @@ def fail_job(*, session: Session, job_id: int, worker_id: str, error: str, retry
         job.lease_owner = None
     else:
         job.status = "failed"
+    session.flush()
+    return job
+
+
+# the round status each job kind works on: retrying a job whose round has moved on would do nothing useful
+_JOB_ROUND_STATUS = {"generate": "generating", "train": "training"}
+
+
+def retry_job(*, session: Session, job_id: int) -> Job:
+    """Queue a failed job again with all its attempts (an admin's retry after fixing the cause).
+
+    Refused unless the job failed, its experiment is not finished, its round still waits for it (a generate job's
+    round is 'generating', a train job's 'training') and no other job of that kind is waiting or running for it."""
+    job = session.scalars(
+        select(Job).where(Job.id == _int("job id", job_id)).with_for_update(), execution_options={"populate_existing": True}
+    ).one_or_none()
+    if job is None:
+        raise NotFound(f"there is no job with id {job_id}")
+    if job.status != "failed":
+        raise Conflict(f"job {job_id} is {job.status!r}; only a failed job can be retried")
+    if job.experiment_id is not None:
+        experiment = get_experiment(session=session, experiment_id=job.experiment_id)
+        if experiment.status == "finished":
+            raise Conflict(f"experiment {experiment.name!r} is finished; its jobs cannot be retried")
+    if job.round_id is not None:
+        round_ = get_round(session=session, round_id=job.round_id)
+        wanted = _JOB_ROUND_STATUS.get(job.kind)
+        if wanted is not None and round_.status != wanted:
+            raise Conflict(f"round {round_.index} is {round_.status!r} now, so {job.kind} job {job_id} has nothing left to do")
+        other = session.scalar(select(Job.id).where(Job.round_id == job.round_id, Job.kind == job.kind, Job.id != job.id,
+                                                    Job.status.in_(("queued", "running"))))
+        if other is not None:
+            raise Conflict(f"job {other} already does the {job.kind} work of round {round_.index}; job {job_id} was not retried")
+    job.status = "queued"
+    job.attempts = 0
+    job.lease_owner = None
+    job.lease_expires_at = None
+    job.heartbeat_at = None
+    job.progress = None
+    job.updated_at = utcnow()
     session.flush()
     return job
 
