@@ -9,11 +9,13 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: setup demo test test-slow lint build-model sample-grid clean
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+# The project is installed editable (`pip install -e .`): its dependencies are pyproject.toml's, at the known-good
+# versions of constraints.txt; torch first, so that the pin picks this machine's build (CPU here, CUDA on a GPU box).
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0          # the pin: CPU build here, CUDA build on a GPU box
-	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -41,4 +43,4 @@ sample-grid: setup
 	  --prompt "a purple circle" --prompt "a small orange square" --prompt "a shape" --prompt "a large triangle"
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache *.egg-info

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs Debian's chromium for the end-to-end browser test (tests/app/test_e2e_browser.py).
 # Quiet and idempotent: does nothing when /usr/bin/chromium is already there.
-# The Python side (playwright) comes from requirements-dev.txt; it drives this system browser
+# The Python side (playwright) comes from pyproject.toml's dev extra (make setup); it drives this system browser
 # (executable_path=/usr/bin/chromium), so `playwright install` (a download) is never needed.
 set -euo pipefail
 if [[ -x /usr/bin/chromium ]]; then

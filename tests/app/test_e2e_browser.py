@@ -1,7 +1,7 @@
 """End to end in a real browser (Debian's chromium through playwright): sign in, rate with the keyboard, reload.
 
 Needs /usr/bin/chromium (``bash scripts/install_browser.sh``) and the ``playwright`` package
-(requirements-dev.txt); skipped otherwise. Saves rating.png and dashboard.png into $SEIKO_SCREENSHOT_DIR
+(pyproject.toml's dev extra: make setup); skipped otherwise. Saves rating.png and dashboard.png into $SEIKO_SCREENSHOT_DIR
 (a temporary folder when unset).
 """
 
@@ -66,7 +66,7 @@ def history(world) -> int:
 
 
 def test_sign_in_rate_with_the_keyboard_reload(ui_world_factory):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package (requirements-dev.txt)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package (pyproject.toml's dev extra: make setup)")
     world = ui_world_factory(n_images=12)
     open_round = history(world)
     services = world.services(batch_size=8)
