@@ -14,20 +14,28 @@ Two modes, fixed when the server starts:
 
 Every UI and API handler calls ``identify`` and, for admin work, ``require_admin``: the role is
 checked on the server, not merely by hiding buttons.
+
+Accounts can be disabled (no sign-in; their sessions end), enabled, deleted (only without ratings) and
+given another role; a password change ends the account's sessions. Each such change, and every other
+admin action, is written to the audit log (``audit``) in the database: who, what, on what, when. The
+last enabled admin account cannot be disabled, deleted or made a rater.
 """
 
 from __future__ import annotations
 
 import base64
+import getpass
 import hashlib
 import hmac
 import ipaddress
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import sessions as app_sessions
 from db import repo
 from db.engine import read_session, write_session
 from db.errors import Conflict, NotFound
@@ -92,7 +100,31 @@ def users_exist(factory: sessionmaker[Session]) -> bool:
         return bool(_accounts(s))
 
 
-def add_user(factory: sessionmaker[Session], *, name: str, role: str, password: str) -> int:
+def _actor(who: Who | None) -> tuple[int | None, str]:
+    """(rater id, name) for the audit log: the admin behind a request, or the command line's operating-system user."""
+    if who is not None:
+        return who.rater_id, who.name
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container): say so rather than guess
+        user = f"uid {os.getuid()}"
+    return None, f"command line ({user})"
+
+
+def audit(session: Session, who: Who | None, action: str, target: str | None = None, **detail: Any) -> None:
+    """Write one audit entry in ``session`` (the caller's transaction): ``who`` did ``action`` to ``target``."""
+    actor_id, actor_name = _actor(who)
+    repo.add_audit(session=session, actor_id=actor_id, actor_name=actor_name, action=action, target=target,
+                   detail=detail or None)
+
+
+def record(factory: sessionmaker[Session], who: Who | None, action: str, target: str | None = None, **detail: Any) -> None:
+    """``audit`` in a transaction of its own (for actions whose own transaction lives elsewhere, e.g. app.services)."""
+    with write_session(factory) as s:
+        audit(s, who, action, target, **detail)
+
+
+def add_user(factory: sessionmaker[Session], *, name: str, role: str, password: str, actor: Who | None = None) -> int:
     """Create an account; returns the rater id. Raises ValueError (db.errors) with one sentence."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; choose from {list(ROLES)}")
@@ -100,16 +132,71 @@ def add_user(factory: sessionmaker[Session], *, name: str, role: str, password: 
         raise ValueError(f"the name {LOCAL_ADMIN_NAME!r} is reserved for the app's local mode; choose another")
     hashed = hash_password(password)
     with write_session(factory) as s:
-        return repo.create_rater(session=s, name=name, role=role, password_hash=hashed).id
+        rater_id = repo.create_rater(session=s, name=name, role=role, password_hash=hashed).id
+        audit(s, actor, "user.add", name, role=role)
+        return rater_id
 
 
-def set_password(factory: sessionmaker[Session], *, name: str, password: str) -> None:
+def _account(session: Session, name: str):
+    rater = repo.get_rater_by_name(session=session, name=name)
+    if rater.password_hash == LOCAL_ADMIN_HASH:
+        raise ValueError(f"{LOCAL_ADMIN_NAME!r} is the local-mode admin, not an account")
+    return rater
+
+
+def _keep_an_admin(session: Session, rater, what: str) -> None:
+    """Refuse ``what`` when ``rater`` is the last enabled admin account (nobody could run the app afterwards)."""
+    if rater.role != "admin" or rater.disabled_at is not None:
+        return
+    admins = [r for r in _accounts(session) if r.role == "admin" and r.disabled_at is None]
+    if len(admins) <= 1:
+        raise Conflict(f"{rater.name!r} is the last enabled admin, so {what} would leave nobody to run the app; "
+                       "add or enable another admin first")
+
+
+def set_password(factory: sessionmaker[Session], *, name: str, password: str, actor: Who | None = None) -> None:
+    """Change an account's password; its sessions end (whoever signed in with the old one is signed out)."""
     hashed = hash_password(password)
     with write_session(factory) as s:
-        rater = repo.get_rater_by_name(session=s, name=name)
-        if rater.password_hash == LOCAL_ADMIN_HASH:
-            raise ValueError(f"{LOCAL_ADMIN_NAME!r} is the local-mode admin and cannot get a password")
-        rater.password_hash = hashed
+        rater = _account(s, name)
+        repo.set_rater_password_hash(session=s, rater_id=rater.id, password_hash=hashed)
+        audit(s, actor, "user.password", name)
+    app_sessions.rater_changed(rater.id)
+
+
+def set_disabled(factory: sessionmaker[Session], *, name: str, disabled: bool, actor: Who | None = None) -> None:
+    """Disable an account (it cannot sign in and its sessions end; its ratings stay) or enable it again."""
+    with write_session(factory) as s:
+        rater = _account(s, name)
+        if disabled:
+            _keep_an_admin(s, rater, "disabling it")
+        repo.set_rater_disabled(session=s, rater_id=rater.id, disabled=disabled)
+        audit(s, actor, "user.disable" if disabled else "user.enable", name)
+    app_sessions.rater_changed(rater.id)
+
+
+def set_role(factory: sessionmaker[Session], *, name: str, role: str, actor: Who | None = None) -> None:
+    """Make an account an admin or a rater (takes effect on its next request)."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; choose from {list(ROLES)}")
+    with write_session(factory) as s:
+        rater = _account(s, name)
+        if role != "admin":
+            _keep_an_admin(s, rater, "making it a rater")
+        before = rater.role
+        repo.set_rater_role(session=s, rater_id=rater.id, role=role)
+        audit(s, actor, "user.role", name, before=before, after=role)
+
+
+def delete_user(factory: sessionmaker[Session], *, name: str, actor: Who | None = None) -> None:
+    """Delete an account that has no ratings (one with ratings is refused: disable it instead)."""
+    with write_session(factory) as s:
+        rater = _account(s, name)
+        _keep_an_admin(s, rater, "deleting it")
+        rater_id = rater.id
+        repo.delete_rater(session=s, rater_id=rater_id)
+        audit(s, actor, "user.delete", name)
+    app_sessions.rater_changed(rater_id)
 
 
 @dataclass(frozen=True)
@@ -118,27 +205,83 @@ class UserRow:
     name: str
     role: str
     created_at: str
+    disabled: bool = False
 
 
 def list_users(factory: sessionmaker[Session]) -> list[UserRow]:
     """Accounts (not the local admin), oldest first."""
     with read_session(factory) as s:
-        return [UserRow(r.id, r.name, r.role, r.created_at.strftime("%Y-%m-%d %H:%M")) for r in _accounts(s)]
+        return [UserRow(r.id, r.name, r.role, r.created_at.strftime("%Y-%m-%d %H:%M"), r.disabled_at is not None)
+                for r in _accounts(s)]
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    at: str  # UTC, to the second
+    actor: str
+    action: str
+    target: str
+    detail: str
+
+
+def list_audit(factory: sessionmaker[Session], *, limit: int = 100) -> list[AuditRow]:
+    """The newest audit entries, newest first."""
+    import json
+
+    with read_session(factory) as s:
+        return [AuditRow(e.at.strftime("%Y-%m-%d %H:%M:%S"), e.actor_name, e.action, e.target or "",
+                         json.dumps(e.detail, sort_keys=True) if e.detail else "")
+                for e in repo.list_audit(session=s, limit=limit)]
+
+
+@dataclass(frozen=True)
+class LoginCheck:
+    """The outcome of a name and password: the account on success, else a refusal (one sentence)."""
+
+    rater_id: int | None
+    refusal: str | None  # None on success
+    wrong_credentials: bool = False  # the refusal counts as a failed guess
+
+
+WRONG_CREDENTIALS = "Incorrect credentials."
+
+
+def check_login(factory: sessionmaker[Session], username: str, password: str) -> LoginCheck:
+    """Check a sign-in (slow on purpose: one scrypt hash, also for unknown names, so timing does not reveal them).
+
+    Run it off the event loop (``app.web_guard`` runs it in a thread pool of its own)."""
+    if not isinstance(username, str) or not isinstance(password, str) or not username or len(password) > 1024:
+        return LoginCheck(None, WRONG_CREDENTIALS, wrong_credentials=True)
+    with read_session(factory) as s:
+        try:
+            rater = repo.get_rater_by_name(session=s, name=username)
+        except NotFound:
+            rater = None
+        stored = rater.password_hash if rater is not None else _DUMMY_HASH
+        rater_id, disabled = (rater.id, rater.disabled_at is not None) if rater is not None else (None, False)
+    if not verify_password(password, stored) or rater_id is None:
+        return LoginCheck(None, WRONG_CREDENTIALS, wrong_credentials=True)
+    if disabled:
+        return LoginCheck(None, f"the account {username!r} is disabled; ask an admin")
+    return LoginCheck(rater_id, None)
 
 
 def authenticator(factory: sessionmaker[Session]) -> Callable[[str, str], bool]:
-    """The ``auth`` callable for ``gr.Blocks.launch``: True when the name and password match an account."""
+    """A plain (name, password) -> bool check: True when they match an enabled account. Blocking (one scrypt hash).
+
+    The web app does not hand this to Gradio: sign-in goes through ``app.web_guard`` (off the event loop, throttled,
+    with server-side sessions); see ``refuse_direct_sign_in``."""
 
     def check(username: str, password: str) -> bool:
-        with read_session(factory) as s:
-            try:
-                rater = repo.get_rater_by_name(session=s, name=username)
-            except NotFound:
-                verify_password(password, _DUMMY_HASH)  # spend the same time, so timing does not reveal names
-                return False
-            return verify_password(password, rater.password_hash)
+        return check_login(factory, username, password).refusal is None
 
     return check
+
+
+def refuse_direct_sign_in(username: str, password: str) -> bool:
+    """The ``auth`` given to Gradio: always False. Gradio's own /login is never reached while ``app.web_guard``
+    is installed (it answers /login itself); if it ever were, nobody signs in (fail closed)."""
+    return False
 
 
 _DUMMY_HASH = f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(b'0' * SALT_BYTES)}${_b64(b'0' * KEY_BYTES)}"
@@ -217,6 +360,8 @@ def identify(factory: sessionmaker[Session], *, local_mode: bool, username: str 
             raise AuthError(f"the account {username!r} no longer exists; ask an admin") from e
         if r.password_hash == LOCAL_ADMIN_HASH:
             raise AuthError(f"{LOCAL_ADMIN_NAME!r} exists only in local mode")
+        if r.disabled_at is not None:
+            raise AuthError(f"the account {username!r} is disabled; ask an admin")
         return Who(r.id, r.name, r.role, local=False)
 
 

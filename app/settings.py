@@ -5,6 +5,10 @@
     SEIKO_MODEL     base model directory                                     (default models/shapes-sd)
     SEIKO_HOST      address the web app listens on                           (default 127.0.0.1)
     SEIKO_PORT      port the web app listens on                              (default 7860)
+    SEIKO_PUBLIC_URL  the address people open, e.g. https://seiko.example.org: the one other origin
+                      allowed to send signed-in requests                    (default none: same origin only)
+    SEIKO_SESSION_IDLE_MINUTES  a sign-in ends after this long without a request       (default 480)
+    SEIKO_SESSION_MAX_HOURS     a sign-in ends this long after it began, active or not  (default 168)
 
 Precedence: command-line flag > environment variable > default.
 """
@@ -24,11 +28,16 @@ ENV_VARS = {
     "model": "SEIKO_MODEL",
     "host": "SEIKO_HOST",
     "port": "SEIKO_PORT",
+    "public_url": "SEIKO_PUBLIC_URL",
+    "session_idle_minutes": "SEIKO_SESSION_IDLE_MINUTES",
+    "session_max_hours": "SEIKO_SESSION_MAX_HOURS",
 }
 DEFAULT_DATA_DIR = "data"
 DEFAULT_MODEL = "models/shapes-sd"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
+DEFAULT_SESSION_IDLE_MINUTES = 480.0  # a working day
+DEFAULT_SESSION_MAX_HOURS = 168.0  # a week
 
 
 def _port(value: Any) -> int:
@@ -41,6 +50,38 @@ def _port(value: Any) -> int:
     return port
 
 
+def _positive(name: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name} must be a positive number, got {value!r}") from e
+    if not number > 0 or number == float("inf"):
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return number
+
+
+def public_origin(value: Any) -> str | None:
+    """``value`` as an origin (scheme://host[:port], lower case, no default port), or None when empty."""
+    from urllib.parse import urlsplit
+
+    if value is None or str(value).strip() == "":
+        return None
+    text = str(value).strip()
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as e:
+        raise ValueError(f"the public URL {text!r} is not a URL like https://seiko.example.org ({e})") from e
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") or parts.query \
+            or parts.fragment or parts.username or parts.password:
+        raise ValueError(f"the public URL must look like https://seiko.example.org (scheme and host, no path), got {text!r}")
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    default = {"http": 80, "https": 443}[parts.scheme]
+    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None and port != default else "")
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path  # absolute, so a change of working directory cannot move the data
@@ -48,6 +89,9 @@ class Settings:
     model: str  # base model path (or id)
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
+    public_url: str | None = None  # an origin, as public_origin() writes it
+    session_idle_minutes: float = DEFAULT_SESSION_IDLE_MINUTES
+    session_max_hours: float = DEFAULT_SESSION_MAX_HOURS
 
     @classmethod
     def from_env(cls, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
@@ -72,6 +116,9 @@ class Settings:
             model=str(pick("model", DEFAULT_MODEL)),
             host=str(pick("host", DEFAULT_HOST)),
             port=_port(pick("port", DEFAULT_PORT)),
+            public_url=public_origin(pick("public_url", None)),
+            session_idle_minutes=_positive("the session idle limit (minutes)", pick("session_idle_minutes", DEFAULT_SESSION_IDLE_MINUTES)),
+            session_max_hours=_positive("the session limit (hours)", pick("session_max_hours", DEFAULT_SESSION_MAX_HOURS)),
         )
 
     @classmethod
@@ -89,3 +136,5 @@ def add_arguments(parser: argparse.ArgumentParser, *, server: bool = False) -> N
     if server:
         group.add_argument("--host", help=f"listen address [${ENV_VARS['host']}, default {DEFAULT_HOST}]")
         group.add_argument("--port", type=_port, help=f"listen port [${ENV_VARS['port']}, default {DEFAULT_PORT}]")
+        group.add_argument("--public-url", help=f"the address people open, e.g. https://seiko.example.org; the one other "
+                           f"origin allowed to send signed-in requests [${ENV_VARS['public_url']}, default none]")

@@ -186,6 +186,7 @@ class Rater(Base):
     role: Mapped[str] = mapped_column(String(16), default="rater")
     password_hash: Mapped[str] = mapped_column(Text)  # hashed by the app; never a plain password
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # set: the account cannot sign in
 
 
 class Rating(Base):
@@ -306,3 +307,47 @@ class Checkpoint(Base):
     path: Mapped[str] = mapped_column(Text)  # relative to the data dir
     manifest_sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+# ---------------------------------------------------------------------------------------------
+# sign-in sessions and the audit log (migration 0002)
+# ---------------------------------------------------------------------------------------------
+
+SESSION_END_REASONS = ("logout", "password", "disabled", "admin")
+
+
+class UserSession(Base):
+    """A signed-in browser or API client. The cookie holds a random token; only its sha256 is stored.
+
+    Valid while not ended, before ``expires_at`` (the absolute limit) and while ``last_seen_at`` is recent
+    enough (the idle limit, a setting checked by the app)."""
+
+    __tablename__ = "sessions"
+    __table_args__ = (
+        CheckConstraint(_in("end_reason", SESSION_END_REASONS), name="end_reason"),
+        Index(None, "rater_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    rater_id: Mapped[int] = mapped_column(ForeignKey("raters.id", ondelete="CASCADE"))
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    client: Mapped[str | None] = mapped_column(String(64))  # the address it signed in from
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    end_reason: Mapped[str | None] = mapped_column(String(16))
+
+
+class AuditEntry(Base):
+    """One admin action: who (kept as a name too, so the entry outlives the account), what, on what, when."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    actor_id: Mapped[int | None] = mapped_column(ForeignKey("raters.id", ondelete="SET NULL"))
+    actor_name: Mapped[str] = mapped_column(String(NAME_MAX))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str | None] = mapped_column(Text)
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSONText)

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from db.errors import Conflict, InvalidInput, LeaseLost, NotFound
 from db.models import (
     EXPERIMENT_STATUSES,
+    EXPORT_FORMATS,
     IMAGE_KINDS,
     JOB_KINDS,
     JOB_STATUSES,
@@ -33,8 +34,11 @@ from db.models import (
     ROUND_STATUSES,
     SCORE_MAX,
     SCORE_MIN,
+    SESSION_END_REASONS,
+    AuditEntry,
     Checkpoint,
     Experiment,
+    Export,
     Image,
     ImageLease,
     Job,
@@ -43,6 +47,7 @@ from db.models import (
     Round,
     Skip,
     UndoStep,
+    UserSession,
     utcnow,
 )
 
@@ -1296,6 +1301,47 @@ def list_checkpoints(*, session: Session, round_id: int) -> list[Checkpoint]:
 
 
 # ---------------------------------------------------------------------------------------------
+# exports built in the browser (the download route serves only the file recorded here)
+# ---------------------------------------------------------------------------------------------
+
+
+def add_export(
+    *, session: Session, experiment_id: int, round_index: int | None, fmt: str, file_path: str, sha256: str,
+    size_bytes: int, created_by: int | None,
+) -> Export:
+    """Record an export file (relative to the data dir, under ``exports/``) an admin built."""
+    _choice("export format", fmt, EXPORT_FORMATS)
+    _relative_path("export file path", file_path)
+    if not file_path.startswith("exports/"):
+        raise InvalidInput(f"export file path {file_path!r} must be under exports/")
+    _sha256("sha256", sha256)
+    _int("size_bytes", size_bytes, minimum=0)
+    if round_index is not None:
+        _int("round index", round_index, minimum=0)
+    get_experiment(session=session, experiment_id=experiment_id)
+    export = Export(experiment_id=experiment_id, round_index=round_index, format=fmt, file_path=file_path, sha256=sha256,
+                    size_bytes=size_bytes, created_by=created_by)
+    session.add(export)
+    session.flush()
+    return export
+
+
+def get_export(*, session: Session, export_id: int) -> Export:
+    export = session.get(Export, _int("export id", export_id, minimum=1, maximum=2**63 - 1))
+    if export is None:
+        raise NotFound(f"there is no export with id {export_id}")
+    return export
+
+
+def list_exports(*, session: Session, experiment_id: int | None = None, limit: int = 50) -> list[Export]:
+    """Exports, newest first."""
+    stmt = select(Export).order_by(Export.id.desc()).limit(_int("limit", limit, minimum=1))
+    if experiment_id is not None:
+        stmt = stmt.where(Export.experiment_id == experiment_id)
+    return list(session.scalars(stmt))
+
+
+# ---------------------------------------------------------------------------------------------
 # publishing a trained round (the worker's train job)
 # ---------------------------------------------------------------------------------------------
 
@@ -1339,3 +1385,136 @@ def publish_round(
                 payload={"round_index": index})
     session.flush()
     return round_, True
+
+
+# ---------------------------------------------------------------------------------------------
+# accounts, sign-in sessions and the audit log (the app decides who may do what; these only write)
+# ---------------------------------------------------------------------------------------------
+
+
+def end_sessions(*, session: Session, rater_id: int, reason: str, now: datetime | None = None) -> int:
+    """End every live session of the rater (``reason`` from SESSION_END_REASONS); returns how many."""
+    _choice("session end reason", reason, SESSION_END_REASONS)
+    result = session.execute(
+        update(UserSession).where(UserSession.rater_id == rater_id, UserSession.ended_at.is_(None))
+        .values(ended_at=_now(now), end_reason=reason),
+        execution_options={"synchronize_session": False},
+    )
+    return result.rowcount
+
+
+def set_rater_password_hash(*, session: Session, rater_id: int, password_hash: str, now: datetime | None = None) -> Rater:
+    """Store a new password hash and end the rater's sessions (whoever signed in with the old password is out)."""
+    if not isinstance(password_hash, str) or not password_hash:
+        raise InvalidInput("password_hash must be a non-empty string (hash the password in the app)")
+    rater = get_rater(session=session, rater_id=rater_id)
+    rater.password_hash = password_hash
+    end_sessions(session=session, rater_id=rater_id, reason="password", now=now)
+    session.flush()
+    return rater
+
+
+def set_rater_disabled(*, session: Session, rater_id: int, disabled: bool, now: datetime | None = None) -> Rater:
+    """Disable (the rater cannot sign in; their sessions end) or enable an account. Ratings stay either way."""
+    if not isinstance(disabled, bool):
+        raise InvalidInput(f"disabled must be True or False, got {disabled!r}")
+    now = _now(now)
+    rater = get_rater(session=session, rater_id=rater_id)
+    if disabled:
+        if rater.disabled_at is None:
+            rater.disabled_at = now
+        end_sessions(session=session, rater_id=rater_id, reason="disabled", now=now)
+    else:
+        rater.disabled_at = None
+    session.flush()
+    return rater
+
+
+def set_rater_role(*, session: Session, rater_id: int, role: str) -> Rater:
+    _choice("role", role, RATER_ROLES)
+    rater = get_rater(session=session, rater_id=rater_id)
+    rater.role = role
+    session.flush()
+    return rater
+
+
+def delete_rater(*, session: Session, rater_id: int) -> None:
+    """Delete an account with no ratings (its sessions and skips go with it). One with ratings is refused:
+    deleting it would delete its ratings from the training data; disable it instead."""
+    rater = get_rater(session=session, rater_id=rater_id)
+    n = session.scalar(select(func.count(Rating.id)).where(Rating.rater_id == rater_id)) or 0
+    if n:
+        raise Conflict(f"{rater.name!r} has {n} rating{'s' if n != 1 else ''}, which deleting the account would delete too; "
+                       "disable the account instead (it keeps the ratings)")
+    session.delete(rater)
+    session.flush()
+
+
+def create_session(
+    *, session: Session, rater_id: int, token_sha256: str, expires_at: datetime, client: str | None = None,
+    now: datetime | None = None,
+) -> UserSession:
+    """A new sign-in session; the caller keeps the token and gives only its sha256."""
+    _sha256("token_sha256", token_sha256)
+    now = _now(now)
+    if expires_at.tzinfo is None or expires_at <= now:
+        raise InvalidInput(f"expires_at must be a timezone-aware time after now, got {expires_at!r}")
+    get_rater(session=session, rater_id=rater_id)
+    row = UserSession(rater_id=rater_id, token_sha256=token_sha256, client=(client or None) and str(client)[:64],
+                      created_at=now, last_seen_at=now, expires_at=expires_at)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def find_session(*, session: Session, token_sha256: str) -> UserSession | None:
+    return session.scalar(select(UserSession).where(UserSession.token_sha256 == token_sha256))
+
+
+def touch_session(*, session: Session, session_id: int, now: datetime | None = None) -> None:
+    """Record activity on a session (the idle limit counts from here)."""
+    session.execute(update(UserSession).where(UserSession.id == session_id).values(last_seen_at=_now(now)),
+                    execution_options={"synchronize_session": False})
+
+
+def end_session(*, session: Session, token_sha256: str, reason: str, now: datetime | None = None) -> UserSession | None:
+    """End one session (idempotent); None when no session has this token."""
+    _choice("session end reason", reason, SESSION_END_REASONS)
+    row = find_session(session=session, token_sha256=token_sha256)
+    if row is not None and row.ended_at is None:
+        row.ended_at, row.end_reason = _now(now), reason
+        session.flush()
+    return row
+
+
+def delete_stale_sessions(*, session: Session, before: datetime) -> int:
+    """Delete sessions that ended, expired or were last seen before ``before``; returns how many."""
+    result = session.execute(
+        delete(UserSession).where(or_(UserSession.ended_at < before, UserSession.expires_at < before,
+                                      UserSession.last_seen_at < before)),
+        execution_options={"synchronize_session": False},
+    )
+    return result.rowcount
+
+
+def add_audit(
+    *, session: Session, actor_id: int | None, actor_name: str, action: str, target: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> AuditEntry:
+    """Record an admin action: who (id and name), what (``action``, e.g. 'user.disable'), on what, when (now)."""
+    _name("actor name", actor_name)
+    _name("action", action)
+    if len(action) > 64:
+        raise InvalidInput(f"action is {len(action)} characters long; the limit is 64")
+    if detail is not None:
+        _json("detail", detail)
+    entry = AuditEntry(actor_id=actor_id, actor_name=actor_name, action=action, target=target, detail=detail)
+    session.add(entry)
+    session.flush()
+    return entry
+
+
+def list_audit(*, session: Session, limit: int = 100) -> list[AuditEntry]:
+    """The newest ``limit`` audit entries, newest first."""
+    _int("limit", limit, minimum=1, maximum=10_000)
+    return list(session.scalars(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)))

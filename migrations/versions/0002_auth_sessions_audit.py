@@ -6,8 +6,8 @@ Create Date: 2026-11-30
 """
 from typing import Sequence, Union
 
-from alembic import op  # noqa: F401
-import sqlalchemy as sa  # noqa: F401
+from alembic import op
+import sqlalchemy as sa
 
 
 # revision identifiers, used by Alembic.
@@ -19,7 +19,43 @@ depends_on: Union[str, Sequence[str], None] = None
 
 def upgrade() -> None:
     """Upgrade schema."""
+    with op.batch_alter_table('raters', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('disabled_at', sa.DateTime(timezone=True), nullable=True))
+
+    op.create_table('sessions',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('rater_id', sa.Integer(), nullable=False),
+    sa.Column('token_sha256', sa.String(length=64), nullable=False),
+    sa.Column('client', sa.String(length=64), nullable=True),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('last_seen_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('expires_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('ended_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('end_reason', sa.String(length=16), nullable=True),
+    sa.CheckConstraint("end_reason IN ('logout', 'password', 'disabled', 'admin')", name=op.f('ck_sessions_end_reason')),
+    sa.ForeignKeyConstraint(['rater_id'], ['raters.id'], name=op.f('fk_sessions_rater_id_raters'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_sessions')),
+    sa.UniqueConstraint('token_sha256', name=op.f('uq_sessions_token_sha256'))
+    )
+    op.create_index(op.f('ix_sessions_rater_id'), 'sessions', ['rater_id'], unique=False)
+
+    op.create_table('audit_log',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('actor_id', sa.Integer(), nullable=True),
+    sa.Column('actor_name', sa.String(length=200), nullable=False),
+    sa.Column('action', sa.String(length=64), nullable=False),
+    sa.Column('target', sa.Text(), nullable=True),
+    sa.Column('detail', sa.Text(), nullable=True),
+    sa.ForeignKeyConstraint(['actor_id'], ['raters.id'], name=op.f('fk_audit_log_actor_id_raters'), ondelete='SET NULL'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_audit_log'))
+    )
 
 
 def downgrade() -> None:
     """Downgrade schema."""
+    op.drop_table('audit_log')
+    op.drop_index(op.f('ix_sessions_rater_id'), table_name='sessions')
+    op.drop_table('sessions')
+    with op.batch_alter_table('raters', schema=None) as batch_op:
+        batch_op.drop_column('disabled_at')

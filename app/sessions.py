@@ -1,0 +1,241 @@
+"""Sign-in sessions and login throttling (no web framework here; ``app.web_guard`` serves them over HTTP).
+
+Sessions: a successful sign-in makes a random token (the cookie's value); the database keeps only its
+sha256, the rater, when it began, when it was last used and when it ends for good. A session is valid
+while it has not been ended (log out, password change, account disabled), is younger than the absolute
+limit (``Settings.session_max_hours``) and was used within the idle limit (``session_idle_minutes``).
+``SessionStore.check`` answers from a short in-memory cache (``recheck_s``, 2 s by default) and reads the
+database otherwise, so an end made by another process (``python -m app users disable``) takes effect
+within ``recheck_s``; one made in this process (the admin tab, log out) takes effect at once.
+
+Throttling: ``LoginThrottle`` counts failed sign-ins per client address and per account name. After
+``free`` failures each further failure locks that key for ``base_s * 2**k`` seconds (k = 0, 1, 2, ...,
+capped at ``max_s``); while locked, sign-ins are refused at once, without hashing (and not counted).
+A key is forgotten ``forget_s`` after its last failure; a successful sign-in clears the account's key.
+The state lives in the server process's memory: a restart forgets it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import repo
+from db.engine import read_session, write_session
+from db.models import Rater, utcnow
+
+TOKEN_BYTES = 32
+STALE_SESSIONS_KEPT = timedelta(days=7)  # ended or expired sessions are deleted this long after they ended
+
+
+def token_digest(token: str) -> str:
+    """The sha256 (hex) of a session token: what the database stores instead of the token."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    session_id: int
+    rater_id: int
+    name: str
+
+
+@dataclass
+class _Cached:
+    info: SessionInfo | None  # None: the token is not a valid session
+    checked: float  # monotonic time of the database read
+    expires_at: datetime | None = None
+    last_seen_at: datetime | None = None
+
+
+_STORES: weakref.WeakSet[SessionStore] = weakref.WeakSet()
+
+
+def rater_changed(rater_id: int) -> None:
+    """A rater's sessions were ended or their account changed in the database: every store in this process
+    forgets what it cached about them, so the change takes effect on their next request."""
+    for store in list(_STORES):
+        store.forget_rater(rater_id)
+
+
+class SessionStore:
+    """Start, check and end sessions. Thread-safe; ``check`` is cheap within ``recheck_s`` of the last read."""
+
+    def __init__(
+        self,
+        factory: sessionmaker[Session],
+        *,
+        idle_s: float,
+        max_s: float,
+        recheck_s: float = 2.0,
+        now: Callable[[], datetime] = utcnow,
+        monotonic: Callable[[], float] = time.monotonic,
+        max_cached: int = 50_000,
+    ) -> None:
+        if not (idle_s > 0 and max_s > 0 and recheck_s >= 0):
+            raise ValueError(f"session limits must be positive, got idle {idle_s!r} s and absolute {max_s!r} s")
+        self.factory, self.idle, self.max = factory, timedelta(seconds=idle_s), timedelta(seconds=max_s)
+        self.recheck_s, self._now, self._monotonic, self.max_cached = recheck_s, now, monotonic, max_cached
+        self.touch_every = min(timedelta(seconds=60), self.idle / 10)  # last_seen_at is written at most this often
+        self._cache: dict[str, _Cached] = {}
+        self._lock = threading.Lock()
+        self._last_purge = float("-inf")
+        _STORES.add(self)
+
+    @classmethod
+    def from_settings(cls, factory: sessionmaker[Session], settings) -> SessionStore:
+        return cls(factory, idle_s=settings.session_idle_minutes * 60, max_s=settings.session_max_hours * 3600)
+
+    # -- start and end -------------------------------------------------------------------------
+
+    def start(self, rater_id: int, client: str | None = None) -> str:
+        """A new session for the rater; returns its token (the only copy: the database keeps its sha256)."""
+        token = secrets.token_urlsafe(TOKEN_BYTES)
+        now = self._now()
+        with write_session(self.factory) as s:
+            repo.create_session(session=s, rater_id=rater_id, token_sha256=token_digest(token),
+                                expires_at=now + self.max, client=client, now=now)
+            if self._monotonic() - self._last_purge > 3600:
+                self._last_purge = self._monotonic()
+                repo.delete_stale_sessions(session=s, before=now - max(STALE_SESSIONS_KEPT, self.max, self.idle))
+        return token
+
+    def end(self, token: str, reason: str = "logout") -> bool:
+        """End the session of ``token`` (idempotent); whether such a session exists."""
+        digest = token_digest(token)
+        with write_session(self.factory) as s:
+            row = repo.end_session(session=s, token_sha256=digest, reason=reason, now=self._now())
+        with self._lock:
+            self._cache.pop(digest, None)
+        return row is not None
+
+    def forget_rater(self, rater_id: int) -> None:
+        """Drop the cached answers for a rater's sessions (call after ending them in the database)."""
+        with self._lock:
+            for digest in [d for d, c in self._cache.items() if c.info is not None and c.info.rater_id == rater_id]:
+                del self._cache[digest]
+
+    def forget_all(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+    # -- check ---------------------------------------------------------------------------------
+
+    def _alive(self, expires_at: datetime, last_seen_at: datetime, now: datetime) -> bool:
+        return now < expires_at and now - last_seen_at < self.idle
+
+    def check(self, token: str) -> SessionInfo | None:
+        """The session behind ``token`` if it is valid now, else None."""
+        if not isinstance(token, str) or not token or len(token) > 256:
+            return None
+        digest = token_digest(token)
+        now = self._now()
+        with self._lock:
+            cached = self._cache.get(digest)
+        if cached is not None and self._monotonic() - cached.checked < self.recheck_s:
+            if cached.info is None:
+                return None
+            if self._alive(cached.expires_at, cached.last_seen_at, now) and now - cached.last_seen_at < self.touch_every:
+                return cached.info
+        return self._read(digest, now)
+
+    def _read(self, digest: str, now: datetime) -> SessionInfo | None:
+        with read_session(self.factory) as s:
+            row = repo.find_session(session=s, token_sha256=digest)
+            rater = s.get(Rater, row.rater_id) if row is not None else None
+            valid = (row is not None and rater is not None and row.ended_at is None and rater.disabled_at is None
+                     and self._alive(row.expires_at, row.last_seen_at, now))
+            info = SessionInfo(row.id, rater.id, rater.name) if valid else None
+            expires_at = row.expires_at if valid else None
+            last_seen_at = row.last_seen_at if valid else None
+        if info is not None and now - last_seen_at >= self.touch_every:
+            with write_session(self.factory) as s:
+                repo.touch_session(session=s, session_id=info.session_id, now=now)
+            last_seen_at = now
+        with self._lock:
+            if len(self._cache) >= self.max_cached:
+                self._cache.clear()  # bounded: random tokens cannot grow it without limit
+            self._cache[digest] = _Cached(info, self._monotonic(), expires_at, last_seen_at)
+        return info
+
+
+# ---------------------------------------------------------------------------------------------
+# throttling
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Failures:
+    count: int = 0
+    last: float = float("-inf")
+    locked_until: float = float("-inf")
+
+
+@dataclass(frozen=True)
+class ThrottleRule:
+    free: int  # failures allowed before the first lock
+    base_s: float  # the first lock; each further failure doubles it
+    max_s: float  # the longest lock
+
+
+class LoginThrottle:
+    """Failed sign-ins per client address and per account, with exponential backoff. Thread-safe."""
+
+    def __init__(
+        self,
+        *,
+        per_ip: ThrottleRule = ThrottleRule(free=20, base_s=1.0, max_s=300.0),
+        per_account: ThrottleRule = ThrottleRule(free=5, base_s=1.0, max_s=900.0),
+        forget_s: float = 3600.0,
+        monotonic: Callable[[], float] = time.monotonic,
+        max_keys: int = 100_000,
+    ) -> None:
+        self.rules = {"ip": per_ip, "account": per_account}
+        self.forget_s, self._monotonic, self.max_keys = forget_s, monotonic, max_keys
+        self._keys: dict[tuple[str, str], _Failures] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _keys_for(ip: str | None, account: str | None) -> list[tuple[str, str]]:
+        return [("ip", ip or "?"), ("account", (account or "")[:200])]
+
+    def wait_s(self, ip: str | None, account: str | None) -> float:
+        """Seconds until a sign-in from ``ip`` for ``account`` may be tried (0: now)."""
+        now = self._monotonic()
+        with self._lock:
+            return max([0.0] + [f.locked_until - now for k in self._keys_for(ip, account) if (f := self._keys.get(k))])
+
+    def failed(self, ip: str | None, account: str | None) -> None:
+        now = self._monotonic()
+        with self._lock:
+            if len(self._keys) >= self.max_keys:
+                self._prune(now)
+            for key in self._keys_for(ip, account):
+                rule = self.rules[key[0]]
+                f = self._keys.get(key)
+                if f is None or now - f.last > self.forget_s:
+                    f = self._keys[key] = _Failures()
+                f.count += 1
+                f.last = now
+                if f.count > rule.free:
+                    f.locked_until = now + min(rule.max_s, rule.base_s * 2 ** min(f.count - rule.free - 1, 60))
+
+    def succeeded(self, ip: str | None, account: str | None) -> None:
+        with self._lock:
+            self._keys.pop(("account", (account or "")[:200]), None)
+
+    def _prune(self, now: float) -> None:
+        stale = [k for k, f in self._keys.items() if now - f.last > self.forget_s or f.locked_until < now]
+        for k in stale:
+            del self._keys[k]
+        if len(self._keys) >= self.max_keys:  # still full of live locks: keep the newest half
+            for k, _ in sorted(self._keys.items(), key=lambda kv: kv[1].last)[: len(self._keys) // 2]:
+                del self._keys[k]

@@ -1,0 +1,385 @@
+"""The web app's front door: an ASGI layer outside everything Gradio builds (its CORS handling included).
+
+For every HTTP and websocket request, before Gradio sees it:
+
+- **Host** (local mode, no accounts): only ``localhost``, ``127.x.x.x`` or ``[::1]`` (any port) are answered. A
+  page on another name that resolves to 127.0.0.1 (DNS rebinding) gets 403, so it cannot act as the local admin.
+- **Origin**: a request that carries an ``Origin`` header is refused (403, no CORS headers) unless that origin is
+  the request's own (scheme aside: the same host and port as ``Host``) or the configured public URL
+  (``SEIKO_PUBLIC_URL``). Browsers send ``Origin`` on every cross-origin request and preflight, and on every
+  POST, so a foreign page can neither preflight, nor post to the queue, nor read ``/gradio_api/token``.
+- **Cookies**: every ``Set-Cookie`` the app sends is ``SameSite=Lax`` (Gradio's own say ``SameSite=None``).
+- **Sign-in** (with accounts): ``POST /login`` is answered here. Throttled per client address and per account
+  (``app.sessions.LoginThrottle``: 429 while locked, without hashing), the scrypt check runs in a thread pool of
+  its own (``hash_workers`` threads, at most ``max_pending`` sign-ins waiting, else 503), so a flood of guesses
+  neither blocks the event loop nor takes the threads that serve ratings. Success starts a server-side session
+  (``app.sessions.SessionStore``) whose token becomes Gradio's session cookie.
+- **Sessions**: on every request the session cookie is checked against the database (idle and absolute expiry,
+  log out, password change, disabled account); a token that is no longer valid is withdrawn from Gradio, which
+  then treats the request as signed out.
+- **Log out**: ``POST /logout`` ends the session in the database and clears the cookies. ``GET /logout`` ends
+  nothing (a link on another site could otherwise sign people out): it shows a page with the log-out button.
+
+Installed by a lifespan hook (``lifespan``) that ``app.ui.launch_kwargs`` passes to Gradio: when the server starts,
+the hook wraps the app's finished middleware stack, so this layer is the outermost. ``installed(app)`` tells
+whether it is in place; ``python -m app serve`` refuses to run without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import math
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
+from starlette.requests import Request, cookie_parser
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+
+from app import auth
+from app.sessions import LoginThrottle, SessionStore
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+LOGIN_PATHS = ("/login", "/login/")
+LOGOUT_PATHS = ("/logout", "/logout/")
+MAX_LOGIN_BODY = 16 * 1024
+DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text[0].upper() + text[1:] + ("" if text.endswith((".", "!", "?")) else ".")
+
+
+def split_host(value: str | None) -> tuple[str, int | None] | None:
+    """A ``Host`` header as (lower-case host name, port or None); None when it is missing or malformed."""
+    if not value or any(c in value for c in "/?#@ \t\\"):
+        return None
+    try:
+        parts = urlsplit("//" + value)
+        port = parts.port
+    except ValueError:
+        return None
+    return (parts.hostname, port) if parts.hostname else None
+
+
+def split_origin(value: str | None) -> tuple[str, str, int] | None:
+    """An ``Origin`` header as (scheme, lower-case host, port with defaults filled in); None for 'null' or junk."""
+    if not value:
+        return None
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in DEFAULT_PORTS or not parts.hostname or parts.path or parts.query or parts.fragment \
+            or "@" in parts.netloc or value != value.strip():
+        return None  # an origin is exactly scheme://host[:port]
+    return parts.scheme, parts.hostname, port if port is not None else DEFAULT_PORTS[parts.scheme]
+
+
+@dataclass(frozen=True)
+class GuardPolicy:
+    """Which Host and Origin values are answered."""
+
+    local_mode: bool  # no accounts: only localhost Host values
+    public_origin: str | None = None  # Settings.public_url: the one other origin allowed
+
+    def refusal(self, headers: Headers) -> str | None:
+        """Why a request with these headers is refused (one sentence), or None when it may pass."""
+        host_header = headers.get("host")
+        host = split_host(host_header)
+        if self.local_mode and (host is None or not auth.is_loopback(host[0])):
+            return (f"this app runs without user accounts and answers only when opened as localhost or 127.0.0.1, "
+                    f"not as {host_header!r}")
+        origin = headers.get("origin")
+        if origin is None or self.origin_allowed(origin, host):
+            return None
+        return f"requests from the origin {origin[:200]!r} are refused: open the app at its own address"
+
+    def origin_allowed(self, origin: str, host: tuple[str, int | None] | None) -> bool:
+        parsed = split_origin(origin)
+        if parsed is None:
+            return False
+        scheme, name, port = parsed
+        if self.public_origin is not None and split_origin(self.public_origin.rstrip("/")) == parsed:
+            return True
+        if host is None or host[0] != name:
+            return False
+        return host[1] == port or (host[1] is None and port == DEFAULT_PORTS[scheme])
+
+
+def lax_cookie(value: bytes) -> bytes:
+    """A Set-Cookie value with SameSite=Lax (Strict is kept; None or no SameSite becomes Lax)."""
+    parts = [p for p in value.decode("latin-1").split(";")]
+    attrs = [p.strip().lower() for p in parts[1:]]
+    strict = "samesite=strict" in attrs
+    kept = [parts[0]] + [p for p, a in zip(parts[1:], attrs, strict=True) if not a.startswith("samesite")]
+    return "; ".join([kept[0].strip(), *(p.strip() for p in kept[1:]), "SameSite=Strict" if strict else "SameSite=Lax"]).encode("latin-1")
+
+
+@dataclass
+class GuardStats:
+    """What the guard did, for tests and the login-flood measurement."""
+
+    refused: int = 0
+    logins: dict[str, int] = field(default_factory=lambda: {"ok": 0, "wrong": 0, "refused": 0, "throttled": 0, "busy": 0})
+
+
+class WebGuard:
+    """The ASGI layer described in the module docstring, wrapped around ``inner`` (the Gradio app's middleware stack)."""
+
+    def __init__(
+        self,
+        inner: Callable[[Scope, Receive, Send], Awaitable[None]],
+        *,
+        gradio_app: Any,
+        policy: GuardPolicy,
+        factory: Any = None,
+        sessions: SessionStore | None = None,
+        throttle: LoginThrottle | None = None,
+        secure_cookies: bool = False,
+        hash_workers: int = 1,
+        max_pending: int = 4,
+    ) -> None:
+        if (sessions is None) != policy.local_mode:
+            raise ValueError("a session store is needed with accounts, and only then")
+        self.inner, self.gradio_app, self.policy = inner, gradio_app, policy
+        self.factory, self.sessions, self.throttle = factory, sessions, throttle or LoginThrottle()
+        self.secure_cookies, self.max_pending = secure_cookies, max_pending
+        self.hash_pool = ThreadPoolExecutor(max_workers=hash_workers, thread_name_prefix="seiko-login")
+        self.db_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="seiko-session")
+        self.pending = 0  # sign-ins hashing or waiting to (touched only on the event loop)
+        self.stats = GuardStats()
+
+    def close(self) -> None:
+        self.hash_pool.shutdown(wait=False, cancel_futures=True)
+        self.db_pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- the request ---------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.inner(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        refusal = self.policy.refusal(headers)
+        if refusal is not None:
+            self.stats.refused += 1
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008, "reason": refusal[:120]})
+            else:
+                await PlainTextResponse(_sentence(refusal), status_code=403)(scope, receive, send)
+            return
+        path, method = scope.get("path", ""), scope.get("method")
+        if scope["type"] == "http" and path in LOGIN_PATHS and method == "POST" and not self.policy.local_mode:
+            response = await self._login(scope, receive)
+            await self._lax(response)(scope, receive, send)
+            return
+        if scope["type"] == "http" and path in LOGOUT_PATHS:
+            response = await self._logout(scope, headers)
+            await self._lax(response)(scope, receive, send)
+            return
+        if self.sessions is not None:
+            await self._check_session(headers)
+        await self.inner(scope, receive, self._lax_send(send))
+
+    # -- cookies -------------------------------------------------------------------------------
+
+    def _cookie_names(self) -> tuple[str, str]:
+        cookie_id = self.gradio_app.cookie_id
+        return f"access-token-{cookie_id}", f"access-token-unsecure-{cookie_id}"
+
+    def _tokens(self, headers: Headers) -> list[str]:
+        cookies = cookie_parser(headers.get("cookie", ""))
+        return list(dict.fromkeys(t for name in self._cookie_names() if (t := cookies.get(name))))
+
+    @staticmethod
+    def _lax_send(send: Send) -> Send:
+        async def wrapped(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start" and message.get("headers"):
+                message = {**message, "headers": [(k, lax_cookie(v) if k.lower() == b"set-cookie" else v)
+                                                  for k, v in message["headers"]]}
+            await send(message)
+
+        return wrapped
+
+    def _lax(self, response: Response) -> Response:
+        response.raw_headers = [(k, lax_cookie(v) if k.lower() == b"set-cookie" else v) for k, v in response.raw_headers]
+        return response
+
+    async def _in_thread(self, pool: ThreadPoolExecutor, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+    async def _check_session(self, headers: Headers) -> None:
+        """Withdraw from Gradio every session token of this request that is no longer valid; re-admit valid ones."""
+        assert self.sessions is not None
+        for token in self._tokens(headers):
+            info = await self._in_thread(self.db_pool, self.sessions.check, token)
+            if info is None:
+                self.gradio_app.tokens.pop(token, None)
+            else:
+                self.gradio_app.tokens[token] = info.name
+
+    # -- sign-in -------------------------------------------------------------------------------
+
+    @staticmethod
+    async def _read_body(receive: Receive, limit: int) -> bytes | None:
+        body = b""
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            body += message.get("body", b"")
+            if len(body) > limit:
+                return None
+            if not message.get("more_body", False):
+                return body
+
+    async def _form(self, scope: Scope, receive: Receive) -> dict[str, str] | str:
+        """The sign-in form's fields, or one sentence saying why it cannot be read."""
+        body = await self._read_body(receive, MAX_LOGIN_BODY)
+        if body is None:
+            return f"the sign-in form is larger than {MAX_LOGIN_BODY // 1024} KiB or was not sent whole"
+        content_type = Headers(scope=scope).get("content-type", "").split(";")[0].strip().lower()
+        if content_type == "application/x-www-form-urlencoded":
+            try:
+                fields = parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=8, strict_parsing=False)
+            except (UnicodeDecodeError, ValueError) as e:
+                return f"the sign-in form could not be read ({e})"
+            return {k: v[0] for k, v in fields.items()}
+        if content_type == "multipart/form-data":
+            sent = False
+
+            async def replay() -> dict[str, Any]:
+                nonlocal sent
+                if sent:
+                    return {"type": "http.disconnect"}
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            try:
+                form = await Request(scope, replay).form(max_files=0, max_fields=8)
+            except HTTPException as e:  # Starlette's answer to a malformed multipart body (too many parts, a file)
+                return f"the sign-in form could not be read ({e.detail})"
+            except MultiPartException as e:
+                return f"the sign-in form could not be read ({e.message})"
+            return {k: v for k, v in form.items() if isinstance(v, str)}
+        return "send the sign-in form as application/x-www-form-urlencoded or multipart/form-data"
+
+    async def _login(self, scope: Scope, receive: Receive) -> Response:
+        client = scope.get("client")
+        ip = client[0] if client else None
+        form = await self._form(scope, receive)
+        if isinstance(form, str):
+            return JSONResponse({"detail": _sentence(form)}, status_code=400)
+        username, password = form.get("username", "").strip(), form.get("password", "")
+        wait = self.throttle.wait_s(ip, username)
+        if wait > 0:
+            self.stats.logins["throttled"] += 1
+            seconds = math.ceil(wait)
+            return JSONResponse({"detail": f"Too many failed sign-ins; try again in {seconds} second{'s' if seconds != 1 else ''}."},
+                                status_code=429, headers={"Retry-After": str(seconds)})
+        if self.pending >= self.max_pending:
+            self.stats.logins["busy"] += 1
+            return JSONResponse({"detail": "The server is checking many sign-ins at once; try again in a few seconds."},
+                                status_code=503, headers={"Retry-After": "2"})
+        self.pending += 1
+        try:
+            result = await self._in_thread(self.hash_pool, auth.check_login, self.factory, username, password)
+        finally:
+            self.pending -= 1
+        if result.refusal is not None:
+            if result.wrong_credentials:
+                self.throttle.failed(ip, username)
+                self.stats.logins["wrong"] += 1
+                return JSONResponse({"detail": auth.WRONG_CREDENTIALS}, status_code=400)
+            self.stats.logins["refused"] += 1
+            return JSONResponse({"detail": _sentence(result.refusal)}, status_code=403)
+        self.throttle.succeeded(ip, username)
+        assert self.sessions is not None
+        token = await self._in_thread(self.db_pool, self.sessions.start, result.rater_id, ip)
+        self.gradio_app.tokens[token] = username
+        self.stats.logins["ok"] += 1
+        response = JSONResponse({"success": True})
+        secure_name, plain_name = self._cookie_names()
+        response.set_cookie(secure_name, token, httponly=True, samesite="lax", secure=True, path="/")
+        response.set_cookie(plain_name, token, httponly=True, samesite="lax", secure=self.secure_cookies, path="/")
+        return response
+
+    # -- log out -------------------------------------------------------------------------------
+
+    async def _logout(self, scope: Scope, headers: Headers) -> Response:
+        method = scope.get("method")
+        if method in ("GET", "HEAD"):
+            return HTMLResponse(LOGOUT_PAGE)
+        if method != "POST":
+            return PlainTextResponse("Log out with POST /logout.", status_code=405, headers={"Allow": "GET, POST"})
+        for token in self._tokens(headers):
+            if self.sessions is not None:
+                await self._in_thread(self.db_pool, self.sessions.end, token, "logout")
+            self.gradio_app.tokens.pop(token, None)
+        response = RedirectResponse("/", status_code=303)
+        for name in self._cookie_names():
+            response.delete_cookie(name, path="/", httponly=True, samesite="lax")
+        return response
+
+
+LOGOUT_PAGE = f"""<!doctype html><html><head><meta charset="utf-8"><title>Log out</title></head>
+<body style="font-family: sans-serif; margin: 3em">
+<form method="post" action="/logout"><p>{html.escape("Log out of SEIKO studio?")}</p>
+<button type="submit" id="logout-button">Log out</button> <a href="/">Back to the app</a></form></body></html>"""
+
+
+# ---------------------------------------------------------------------------------------------
+# installing it
+# ---------------------------------------------------------------------------------------------
+
+
+def install(gradio_app: Any, services: Any, *, throttle: LoginThrottle | None = None, hash_workers: int = 1,
+            max_pending: int = 4) -> WebGuard:
+    """Wrap ``gradio_app``'s middleware stack (built here if it is not yet) in a WebGuard; returns the guard."""
+    current = gradio_app.middleware_stack
+    if isinstance(current, WebGuard):
+        return current
+    if current is None:
+        current = gradio_app.build_middleware_stack()
+    settings = services.settings
+    sessions = None if services.local_mode else SessionStore.from_settings(services.factory, settings)
+    public = settings.public_url
+    guard = WebGuard(current, gradio_app=gradio_app, policy=GuardPolicy(services.local_mode, public),
+                     factory=services.factory, sessions=sessions, throttle=throttle,
+                     secure_cookies=bool(public and public.startswith("https://")),
+                     hash_workers=hash_workers, max_pending=max_pending)
+    gradio_app.middleware_stack = guard
+    return guard
+
+
+def installed(gradio_app: Any) -> WebGuard | None:
+    """The guard in front of ``gradio_app``, or None."""
+    stack = getattr(gradio_app, "middleware_stack", None)
+    return stack if isinstance(stack, WebGuard) else None
+
+
+def lifespan(services: Any, **options: Any) -> Callable[[Any], Any]:
+    """A lifespan for ``launch(app_kwargs={"lifespan": ...})`` that installs the guard when the server starts."""
+
+    @asynccontextmanager
+    async def _lifespan(gradio_app: Any):
+        guard = install(gradio_app, services, **options)
+        try:
+            yield
+        finally:
+            guard.close()
+
+    return _lifespan
