@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("app.cli_worker", "background worker: generate images and train rounds from the job queue"),
     "export": ("app.cli_export", "export a round's LoRA (diffusers, kohya, merged) or an experiment's ratings"),
     "serve": ("app.cli_serve", "the web app: rate images, dashboard, administration (sign-in once accounts exist)"),
-    "users": ("app.cli_users", "accounts: add NAME --role admin|rater, list, passwd NAME"),
+    "users": ("app.cli_users", "accounts: add, list, passwd, disable, enable, delete, role NAME admin|rater, audit"),
     "demo": ("app.cli_demo", "migrate, create the 'demo' experiment, start the worker and the web app on 127.0.0.1:7860"),
 }
 

@@ -1,8 +1,14 @@
-"""``python -m app users add NAME --role admin|rater [--password P] | list | passwd NAME [--password P]``.
+"""``python -m app users add NAME --role admin|rater [--password P] | list | passwd NAME [--password P]
+| disable NAME | enable NAME | delete NAME | role NAME admin|rater | audit [--limit N]``.
 
 Without ``--password`` the password is asked for twice on a terminal, or read as the first line of
 standard input (``echo "$PW" | python -m app users add alice --role rater``). Once any account
 exists the web app asks everyone to sign in (restart it after adding the first one).
+
+A password change and ``disable`` end the account's sessions (a running web app notices within seconds).
+``delete`` refuses an account that has ratings (disable it instead, which keeps them); the last enabled admin
+cannot be disabled, deleted or made a rater. Every change is written to the audit log ("command line (USER)");
+``audit`` prints the newest entries.
 """
 
 from __future__ import annotations
@@ -29,7 +35,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     passwd.add_argument("name")
     passwd.add_argument("--password", help="the new password (default: asked for, or read from standard input)")
     listing = actions.add_parser("list", help="list the accounts")
-    for sub in (add, passwd, listing):
+    disable = actions.add_parser("disable", help="disable an account: it cannot sign in and its sessions end; ratings stay")
+    disable.add_argument("name")
+    enable = actions.add_parser("enable", help="enable a disabled account")
+    enable.add_argument("name")
+    delete = actions.add_parser("delete", help="delete an account that has no ratings (otherwise disable it)")
+    delete.add_argument("name")
+    role = actions.add_parser("role", help="make an account an admin or a rater")
+    role.add_argument("name")
+    role.add_argument("role", choices=auth.ROLES)
+    audit = actions.add_parser("audit", help="print the newest entries of the audit log (admin actions)")
+    audit.add_argument("--limit", type=int, default=50, help="how many entries (default 50)")
+    for sub in (add, passwd, listing, disable, enable, delete, role, audit):
         add_settings_arguments(sub)
 
 
@@ -63,9 +80,30 @@ def main(args: argparse.Namespace) -> int:
             if not users:
                 print("no accounts (the web app runs in local mode: localhost only, one local admin)")
             for u in users:
-                print(f"{u.id:>4}  {u.role:<5}  {u.name}  (since {u.created_at})")
+                print(f"{u.id:>4}  {u.role:<5}  {u.name}  (since {u.created_at}){'  DISABLED' if u.disabled else ''}")
             return 0
         try:
+            if args.action == "audit":
+                if not 1 <= args.limit <= 10_000:
+                    raise ValueError(f"--limit must be from 1 to 10000, got {args.limit}")
+                entries = auth.list_audit(factory, limit=args.limit)
+                if not entries:
+                    print("the audit log is empty")
+                for e in entries:
+                    print(f"{e.at}  {e.actor}  {e.action}  {e.target}  {e.detail}".rstrip())
+                return 0
+            if args.action in ("disable", "enable"):
+                auth.set_disabled(factory, name=args.name, disabled=args.action == "disable")
+                print(f"{args.name!r} is {args.action}d" + (": its sessions ended" if args.action == "disable" else ""))
+                return 0
+            if args.action == "delete":
+                auth.delete_user(factory, name=args.name)
+                print(f"deleted the account {args.name!r}")
+                return 0
+            if args.action == "role":
+                auth.set_role(factory, name=args.name, role=args.role)
+                print(f"{args.name!r} is now {'an admin' if args.role == 'admin' else 'a rater'}")
+                return 0
             password = read_password(args.password)
             if args.action == "add":
                 first = not auth.users_exist(factory)
@@ -75,7 +113,7 @@ def main(args: argparse.Namespace) -> int:
                     print("this is the first account: restart the web app so that everyone signs in")
             else:
                 auth.set_password(factory, name=args.name, password=password)
-                print(f"password of {args.name!r} changed")
+                print(f"password of {args.name!r} changed; its sessions ended")
         except ValueError as exc:  # db errors and password checks: one sentence for the operator
             print(f"error: {exc}", file=sys.stderr)
             return 1

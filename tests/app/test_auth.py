@@ -9,7 +9,7 @@ import pytest
 from app import auth
 from app.__main__ import main as app_main
 from db import repo
-from db.engine import make_engine, read_session, session_factory
+from db.engine import make_engine, read_session, session_factory, write_session
 
 PASSWORD = "correct horse battery"
 
@@ -111,3 +111,166 @@ def test_users_cli_add_list_passwd(db_url, monkeypatch, capsys):
         assert check("root", PASSWORD) and check("alice", "a new password") and not check("alice", "another good password")
     finally:
         engine.dispose()
+
+
+# ---------------------------------------------------------------------------------------------
+# account management, sessions ended by it, and the audit log (issue 13, item 3)
+# ---------------------------------------------------------------------------------------------
+
+
+def _session(factory, name: str) -> str:
+    """Start a session for ``name`` the way the web app does; returns its token."""
+    from app.sessions import SessionStore
+
+    with read_session(factory) as s:
+        rater_id = repo.get_rater_by_name(session=s, name=name).id
+    return SessionStore(factory, idle_s=600, max_s=3600).start(rater_id, "127.0.0.1")
+
+
+def _audit(factory) -> list[tuple[str, str, str]]:
+    return [(e.actor, e.action, e.target) for e in reversed(auth.list_audit(factory))]
+
+
+def test_disable_enable_role_and_delete_with_their_refusals(db_factory):
+    from app.sessions import SessionStore
+
+    root = auth.add_user(db_factory, name="root", role="admin", password=PASSWORD)
+    auth.add_user(db_factory, name="alice", role="rater", password=PASSWORD)
+    admin = auth.Who(root, "root", "admin", local=False)
+    store = SessionStore(db_factory, idle_s=600, max_s=3600, recheck_s=0)
+    token = _session(db_factory, "alice")
+    assert store.check(token) is not None
+
+    auth.set_disabled(db_factory, name="alice", disabled=True, actor=admin)
+    assert store.check(token) is None  # the session ended with the account
+    assert not auth.authenticator(db_factory)("alice", PASSWORD)
+    assert auth.check_login(db_factory, "alice", PASSWORD).refusal == "the account 'alice' is disabled; ask an admin"
+    with pytest.raises(auth.AuthError, match="disabled"):
+        auth.identify(db_factory, local_mode=False, username="alice", client_host="10.0.0.7")
+    assert [u.disabled for u in auth.list_users(db_factory)] == [False, True]
+    auth.set_disabled(db_factory, name="alice", disabled=False, actor=admin)
+    assert auth.authenticator(db_factory)("alice", PASSWORD)
+    assert store.check(token) is None  # enabling does not revive ended sessions
+
+    auth.set_role(db_factory, name="alice", role="admin", actor=admin)
+    assert auth.identify(db_factory, local_mode=False, username="alice", client_host="10.0.0.7").is_admin
+    auth.set_role(db_factory, name="alice", role="rater", actor=admin)
+    with pytest.raises(ValueError, match="unknown role"):
+        auth.set_role(db_factory, name="alice", role="owner", actor=admin)
+
+    # the last enabled admin can be neither disabled, nor made a rater, nor deleted
+    for change in (lambda: auth.set_disabled(db_factory, name="root", disabled=True),
+                   lambda: auth.set_role(db_factory, name="root", role="rater"),
+                   lambda: auth.delete_user(db_factory, name="root")):
+        with pytest.raises(ValueError, match="last enabled admin"):
+            change()
+    # an account with ratings cannot be deleted (its ratings would go with it); one without can
+    with write_session(db_factory) as s:
+        exp = repo.create_experiment(session=s, name="e", model_spec="m", method="greedy", config={}, budgets=[1],
+                                     prompts=["p"])
+        rnd = repo.create_round(session=s, experiment_id=exp.id)
+        image = repo.add_image(session=s, round_id=rnd.id, prompt="p", seed=0, file_path="a.png", sha256="0" * 64,
+                               embedding=bytes(4), embedding_dim=1)
+        repo.open_round(session=s, round_id=rnd.id)
+        alice_id = repo.get_rater_by_name(session=s, name="alice").id
+        repo.add_rating(session=s, image_id=image.id, rater_id=alice_id, score=5)
+    with pytest.raises(ValueError, match="has 1 rating.*disable the account instead"):
+        auth.delete_user(db_factory, name="alice", actor=admin)
+    auth.add_user(db_factory, name="carol", role="rater", password=PASSWORD, actor=admin)
+    auth.delete_user(db_factory, name="carol", actor=admin)
+    assert [u.name for u in auth.list_users(db_factory)] == ["root", "alice"]
+    for change in (lambda: auth.set_disabled(db_factory, name="nobody", disabled=True),
+                   lambda: auth.delete_user(db_factory, name="nobody")):
+        with pytest.raises(ValueError, match="no rater named 'nobody'"):
+            change()
+    auth.local_admin(db_factory)
+    with pytest.raises(ValueError, match="not an account"):
+        auth.set_disabled(db_factory, name=auth.LOCAL_ADMIN_NAME, disabled=True)
+
+    cli = auth._actor(None)[1]
+    assert cli.startswith("command line (")
+    assert _audit(db_factory) == [
+        (cli, "user.add", "root"), (cli, "user.add", "alice"), ("root", "user.disable", "alice"), ("root", "user.enable", "alice"), ("root", "user.role", "alice"),
+        ("root", "user.role", "alice"), ("root", "user.add", "carol"), ("root", "user.delete", "carol"),
+    ]  # refused changes leave no entry
+
+
+def test_password_change_ends_that_users_sessions_only(db_factory):
+    from app.sessions import SessionStore
+
+    auth.add_user(db_factory, name="alice", role="rater", password=PASSWORD)
+    auth.add_user(db_factory, name="bob", role="rater", password=PASSWORD)
+    store = SessionStore(db_factory, idle_s=600, max_s=3600, recheck_s=60)
+    a1, a2, b = _session(db_factory, "alice"), _session(db_factory, "alice"), _session(db_factory, "bob")
+    assert all(store.check(t) is not None for t in (a1, a2, b))  # now cached for a minute
+    auth.set_password(db_factory, name="alice", password="a new password")
+    assert store.check(a1) is None and store.check(a2) is None  # in this process: at once, cache or not
+    assert store.check(b) is not None
+    assert auth.list_audit(db_factory)[0].action == "user.password"
+    assert auth.list_audit(db_factory)[0].actor.startswith("command line (")
+
+
+def test_users_cli_disable_enable_role_delete_audit(db_url, capsys):
+    base = ["--db-url", db_url]
+    assert app_main(["users", "add", "root", "--role", "admin", "--password", PASSWORD, *base]) == 0
+    assert app_main(["users", "add", "alice", "--role", "rater", "--password", PASSWORD, *base]) == 0
+    capsys.readouterr()
+    assert app_main(["users", "disable", "alice", *base]) == 0
+    assert "disabled" in capsys.readouterr().out
+    assert app_main(["users", "list", *base]) == 0
+    listing = capsys.readouterr().out
+    assert [line.endswith("DISABLED") for line in listing.strip().splitlines()] == [False, True], listing
+    engine = make_engine(db_url)
+    try:
+        factory = session_factory(engine)
+        assert not auth.authenticator(factory)("alice", PASSWORD)
+        assert app_main(["users", "enable", "alice", *base]) == 0
+        assert auth.authenticator(factory)("alice", PASSWORD)
+        assert app_main(["users", "role", "alice", "admin", *base]) == 0
+        assert auth.identify(factory, local_mode=False, username="alice", client_host=None).is_admin
+        assert app_main(["users", "role", "alice", "rater", *base]) == 0
+        assert app_main(["users", "role", "root", "rater", *base]) == 1
+        assert "last enabled admin" in capsys.readouterr().err
+        assert app_main(["users", "disable", "nobody", *base]) == 1
+        assert "no rater named 'nobody'" in capsys.readouterr().err
+        assert app_main(["users", "delete", "alice", *base]) == 0
+        assert [u.name for u in auth.list_users(factory)] == ["root"]
+    finally:
+        engine.dispose()
+    capsys.readouterr()
+    assert app_main(["users", "audit", *base]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split("  ")[2] for line in lines] == ["user.delete", "user.role", "user.role", "user.enable",
+                                                        "user.disable", "user.add", "user.add"]
+    assert all("command line (" in line for line in lines)
+    assert app_main(["users", "audit", "--limit", "0", *base]) == 1
+
+
+def test_admin_tab_account_functions_check_the_role_and_fill_the_audit_log(ui_world):
+    from app import ui_admin
+
+    root = auth.identify(ui_world.factory, local_mode=False, username="root", client_host="10.0.0.7")
+    alice = auth.identify(ui_world.factory, local_mode=False, username="alice", client_host="10.0.0.7")
+    for change in (lambda w: ui_admin.disable_user(ui_world.factory, w, "bob"),
+                   lambda w: ui_admin.set_user_role(ui_world.factory, w, "alice", "admin"),
+                   lambda w: ui_admin.set_user_password(ui_world.factory, w, "bob", "long enough password"),
+                   lambda w: ui_admin.delete_user(ui_world.factory, w, "bob"),
+                   lambda w: ui_admin.audit_table(ui_world.factory, w)):
+        with pytest.raises(auth.AuthError, match="only an admin"):
+            change(alice)
+    assert "signed out everywhere" in ui_admin.disable_user(ui_world.factory, root, "bob")
+    assert ui_admin.users_table(ui_world.factory, root)[1][1:] == ["bob", "rater", ui_admin.users_table(ui_world.factory, root)[1][3],
+                                                                    "disabled"]
+    assert "enabled" in ui_admin.enable_user(ui_world.factory, root, " bob ")
+    assert "an admin" in ui_admin.set_user_role(ui_world.factory, root, "alice", "admin")
+    assert "new password" in ui_admin.set_user_password(ui_world.factory, root, "bob", "long enough password")
+    with pytest.raises(ValueError, match="at least 8 characters"):
+        ui_admin.set_user_password(ui_world.factory, root, "bob", None)
+    with pytest.raises(ValueError, match="choose an account first"):
+        ui_admin.disable_user(ui_world.factory, root, None)
+    assert "Deleted" in ui_admin.delete_user(ui_world.factory, root, "bob")
+    rows = ui_admin.audit_table(ui_world.factory, root)
+    assert [(r[1], r[2], r[3]) for r in rows[:5]] == [("root", "user.delete", "bob"), ("root", "user.password", "bob"),
+                                                      ("root", "user.role", "alice"), ("root", "user.enable", "bob"),
+                                                      ("root", "user.disable", "bob")]
+    assert rows[2][4] == '{"after": "admin", "before": "rater"}' and len(rows[0][0]) == 19  # when: to the second, UTC
