@@ -3,7 +3,8 @@
 Formats:
 
 - ``diffusers``: ``pytorch_lora_weights.safetensors`` (``unet.`` keys) with the peft ``LoraConfig`` in the
-  safetensors metadata (``lora_adapter_metadata``), so stock ``pipe.load_lora_weights(dir)`` applies the
+  safetensors metadata (``lora_adapter_metadata``), written by diffusers' own ``save_lora_weights``
+  (``lora.write_weights``, as the round's adapter is), so stock ``pipe.load_lora_weights(dir)`` applies the
   right ``lora_alpha / r`` scale (without the metadata diffusers assumes ``lora_alpha == r``);
 - ``kohya``: one A1111 / ComfyUI / kohya-ss style file, ``lora_unet_<module>.lora_down.weight``,
   ``.lora_up.weight`` and ``.alpha`` (a scalar: kohya scales by ``alpha / rank``);
@@ -33,7 +34,7 @@ from typing import Any
 import torch
 
 from .checkpoint import MANIFEST, CheckpointError, atomic_directory, sha256_file, verify
-from .lora import WEIGHT_NAME, lora_metadata
+from .lora import WEIGHT_NAME, inject, write_weights
 
 FORMATS = ("diffusers", "kohya", "merged")
 DATASET_FILE = "metadata.jsonl"  # the name Hugging Face `imagefolder` datasets read, with a `file_name` column
@@ -141,15 +142,13 @@ Seeds given this way (one CPU generator per image, DDIM with eta=1) reproduce th
 
 def export_diffusers_lora(adapter_dir: str | Path, out_dir: str | Path, *, base_model: str = "BASE_MODEL") -> ExportResult:
     """The adapter as a diffusers LoRA directory that stock ``pipe.load_lora_weights(out_dir)`` reads."""
-    from safetensors.torch import save_file
-
     out_dir = _fresh_destination(out_dir)
     adapter_dir = Path(adapter_dir)
     state, config, manifest = read_adapter(adapter_dir)
-    header = {"format": "pt", "lora_adapter_metadata": json.dumps(lora_metadata(config), sort_keys=True)}
+    layers = {k.removeprefix("unet."): v for k, v in state.items()}
 
     def write(tmp: Path) -> None:
-        save_file(state, str(tmp / WEIGHT_NAME), metadata=header)
+        write_weights(tmp, layers, config)
         _copy_json_files(adapter_dir, tmp, ("adapter_config.json", "seiko_config.json", "metrics.json"))
         (tmp / "README.md").write_text(_DIFFUSERS_README.format(weights=WEIGHT_NAME, r=config["r"], alpha=config["lora_alpha"],
                                                                 base=base_model))
@@ -277,14 +276,14 @@ def load_base_pipeline(base_model: str | Path, *, device: str | torch.device = "
 
 def merge_lora(pipe, adapter_dir: str | Path) -> None:
     """Fuse the adapter into ``pipe.unet``'s weights and remove the LoRA layers (in place)."""
-    state, config, _ = read_adapter(adapter_dir)
+    read_adapter(adapter_dir)  # verified, and a plain LoRA
     adapter = "seiko_export"
-    # 1. inject the LoRA with its own config (r, lora_alpha, target_modules) from the safetensors-style metadata
-    pipe.unet.load_lora_adapter(state, prefix="unet", adapter_name=adapter, metadata=lora_metadata(config))
-    loaded = [k for k in pipe.unet.state_dict() if f".{adapter}." in k and "lora_" in k]
-    if len(loaded) != len(state):
-        raise ExportError(f"Only {len(loaded)} of the adapter's {len(state)} LoRA tensors matched this base UNet; "
-                          "is it the base model the adapter was trained on?")
+    # 1. inject the LoRA with its own config (r, lora_alpha, target_modules) from its safetensors header, by the
+    #    loader the worker uses (diffusers' load_lora_adapter); every tensor must match a layer of this base UNet
+    try:
+        inject(pipe.unet, adapter_dir, adapter)
+    except CheckpointError as exc:
+        raise ExportError(str(exc)) from exc
     # 2. W <- W + scale * B @ A in every targeted layer (safe_fusing refuses NaN weights)
     pipe.fuse_lora(components=["unet"], lora_scale=1.0, safe_fusing=True, adapter_names=[adapter])
     # 3. drop the LoRA layers: plain Linear modules again, so nothing reloads as random attention weights

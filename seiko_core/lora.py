@@ -1,10 +1,13 @@
-"""LoRA adapters, one per round, on one UNet (peft), saved in the diffusers LoRA format.
+"""LoRA adapters, one per round, on one UNet (peft), saved and loaded through diffusers' own LoRA API.
 
 Round k's model is the base UNet plus adapter ``round_k``; round k+1's adapter starts as a copy of
 round k's, so the previous round's model for the KL term is the same UNet with the adapter switched:
-no deep copies. Adapters are saved on their own (``pytorch_lora_weights.safetensors`` with ``unet.``
-keys, which stock ``StableDiffusionPipeline.load_lora_weights`` reads); the base model is never
-saved with adapters injected.
+no deep copies. Adapters are saved on their own, by diffusers' writer (``save_lora_weights``:
+``pytorch_lora_weights.safetensors`` with ``unet.`` keys and the adapter's LoraConfig in the safetensors
+header, which stock ``StableDiffusionPipeline.load_lora_weights`` reads), inside an atomic directory with
+a manifest; they are loaded by diffusers' loader (``unet.load_lora_adapter``), the one load path of the
+worker, the export and the tests (:func:`load_adapter`, :func:`inject`). The base model is never saved
+with adapters injected.
 """
 
 from __future__ import annotations
@@ -91,38 +94,51 @@ def using(unet, name: str | None, restore: str | None, trainable: list[torch.nn.
             p.requires_grad_(True)
 
 
-def adapter_state_dict(unet, name: str) -> dict[str, torch.Tensor]:
-    """Adapter ``name`` in the diffusers LoRA key format (``unet.`` prefix), as saved by save_lora_weights."""
+def unet_lora_layers(unet, name: str) -> dict[str, torch.Tensor]:
+    """Adapter ``name``'s tensors in diffusers' LoRA key format without the ``unet.`` prefix (``x.lora.down.weight``),
+    float32 on the CPU: what ``save_lora_weights(unet_lora_layers=...)`` takes, as diffusers' training scripts pass it."""
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
-    state = get_peft_model_state_dict(unet, adapter_name=name)
-    return {f"unet.{k}": v.detach().to("cpu", torch.float32).contiguous() for k, v in convert_state_dict_to_diffusers(state).items()}
+    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=name))
+    return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
 
 
-def lora_metadata(config: dict) -> dict:
-    """The adapter's LoraConfig as diffusers stores it in a safetensors header (keys prefixed ``unet.``).
+def adapter_state_dict(unet, name: str) -> dict[str, torch.Tensor]:
+    """Adapter ``name`` in the diffusers LoRA key format (``unet.`` prefix), as saved by save_lora_weights."""
+    return {f"unet.{k}": v for k, v in unet_lora_layers(unet, name).items()}
 
-    Without it, stock ``load_lora_weights`` assumes ``lora_alpha == r`` and applies the wrong scale.
+
+def adapter_metadata(config: dict) -> dict:
+    """The adapter's LoraConfig as plain JSON values (sets sorted: the same adapter always has the same metadata).
+
+    diffusers stores it in the safetensors header (keys prefixed ``unet.``); without it, stock ``load_lora_weights``
+    assumes ``lora_alpha == r`` and applies the wrong scale.
     """
     from peft import LoraConfig
 
-    return {f"unet.{k}": (sorted(v) if isinstance(v, set | tuple) else v) for k, v in config.items()
-            if k in LoraConfig.__dataclass_fields__}
+    fields = {k: (sorted(v) if isinstance(v, set | tuple) else v) for k, v in config.items() if k in LoraConfig.__dataclass_fields__}
+    return json.loads(json.dumps(fields, sort_keys=True, default=str))
+
+
+def write_weights(directory: str | Path, layers: dict[str, torch.Tensor], config: dict) -> None:
+    """``layers`` (:func:`unet_lora_layers`' format) and the LoraConfig ``config`` written to ``directory/WEIGHT_NAME`` by
+    diffusers' own writer (``StableDiffusionLoraLoaderMixin.save_lora_weights``, safetensors only)."""
+    from diffusers.loaders import StableDiffusionLoraLoaderMixin
+
+    StableDiffusionLoraLoaderMixin.save_lora_weights(str(directory), unet_lora_layers=layers, weight_name=WEIGHT_NAME,
+                                                     safe_serialization=True, unet_lora_adapter_metadata=adapter_metadata(config))
 
 
 def save_adapter(unet, name: str, out_dir: str | Path, *, config: dict | None = None, metrics: dict | None = None) -> str:
-    """Write adapter ``name`` atomically to ``out_dir``: weights, lora config, the SEIKO config and metrics
-    as JSON, and a manifest with every file's sha256. Returns the manifest's sha256."""
-    from safetensors.torch import save_file
-
-    state = adapter_state_dict(unet, name)
+    """Write adapter ``name`` atomically to ``out_dir``: weights (diffusers' writer), lora config, the SEIKO config and
+    metrics as JSON, and a manifest with every file's sha256. Returns the manifest's sha256."""
+    layers = unet_lora_layers(unet, name)
     lcfg = unet.peft_config[name].to_dict()
     lcfg = {k: (sorted(v) if isinstance(v, set) else v) for k, v in lcfg.items()}
 
     def write(tmp: Path) -> None:
-        header = {"format": "pt", "lora_adapter_metadata": json.dumps(lora_metadata(lcfg), sort_keys=True, default=str)}
-        save_file(state, str(tmp / WEIGHT_NAME), metadata=header)
+        write_weights(tmp, layers, lcfg)
         (tmp / "adapter_config.json").write_text(json.dumps(lcfg, indent=2, sort_keys=True, default=str))
         (tmp / "seiko_config.json").write_text(json.dumps(config or {}, indent=2, default=str))
         (tmp / "metrics.json").write_text(json.dumps(metrics or {}, indent=2, default=str))
@@ -130,45 +146,43 @@ def save_adapter(unet, name: str, out_dir: str | Path, *, config: dict | None = 
     return atomic_directory(out_dir, write, extra={"adapter": name, "format": "diffusers-lora"})
 
 
-def load_adapter(parts, path: str | Path, name: str, *, check_manifest: bool = True) -> None:
-    """Load an adapter directory written by :func:`save_adapter` onto ``parts``' UNet under ``name`` and activate it."""
-    from peft import LoraConfig
-    from peft.utils import set_peft_model_state_dict
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def inject(unet, path: str | Path, name: str) -> None:
+    """Add the adapter saved in directory ``path`` to ``unet`` as ``name``, through diffusers' loader
+    (``unet.load_lora_adapter``: its LoraConfig from the file's header). Every tensor of the file must land in the
+    UNet; CheckpointError otherwise, or if the file cannot be read (the adapter is then not left half-added)."""
+    from safetensors import SafetensorError, safe_open
 
+    path = Path(path)
+    weights = path / WEIGHT_NAME
+    if not weights.is_file():
+        raise CheckpointError(f"Adapter directory {str(path)!r} has no {WEIGHT_NAME}.")
+    try:
+        with safe_open(str(weights), "pt") as f:
+            n_tensors = sum(1 for k in f.keys() if k.startswith("unet."))
+        unet.load_lora_adapter(str(path), weight_name=WEIGHT_NAME, prefix="unet", adapter_name=name,
+                               use_safetensors=True, local_files_only=True)
+    except (SafetensorError, OSError, ValueError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
+        raise CheckpointError(f"Adapter {str(path)!r} could not be read ({exc}).") from exc
+    loaded = len(_named(unet, name))
+    if loaded != n_tensors or not n_tensors:
+        if has_adapter(unet, name):
+            unet.delete_adapters(name)
+        raise CheckpointError(f"Only {loaded} of the adapter's {n_tensors} LoRA tensors in {str(path)!r} matched this UNet; "
+                              "is it the base model the adapter was trained on?")
+
+
+def load_adapter(parts, path: str | Path, name: str, *, check_manifest: bool = True) -> None:
+    """Load an adapter directory written by :func:`save_adapter` onto ``parts``' UNet under ``name`` (frozen) and activate it."""
     path = Path(path)
     if not (path / WEIGHT_NAME).is_file():
         raise CheckpointError(f"Adapter directory {str(path)!r} has no {WEIGHT_NAME}.")
     if check_manifest and (path / "manifest.json").exists():
         verify(path)
-    try:
-        state = load_file(str(path / WEIGHT_NAME))
-        lcfg = json.loads((path / "adapter_config.json").read_text())
-    except (SafetensorError, json.JSONDecodeError, OSError) as exc:
-        raise CheckpointError(f"Adapter {str(path)!r} could not be read ({exc}).") from exc
     unet = parts.unet
     if has_adapter(unet, name):
         unet.delete_adapters(name)
-    keep = {k: v for k, v in lcfg.items() if k in LoraConfig.__dataclass_fields__}
-    unet.add_adapter(LoraConfig(**keep), adapter_name=name)
-    peft_state = _from_diffusers_keys(state)
-    result = set_peft_model_state_dict(unet, peft_state, adapter_name=name)
-    missing = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
-    if missing:
-        raise CheckpointError(f"Adapter {str(path)!r} has keys this UNet does not: {missing[:3]}...")
+    inject(unet, path, name)
     unet.to(parts.device)
     for p in lora_parameters(unet, name):
         p.requires_grad_(False)
     activate(unet, name)
-
-
-def _from_diffusers_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``unet.x.lora.down.weight`` (diffusers) -> ``x.lora_A.weight`` (peft)."""
-    out = {}
-    for k, v in state.items():
-        if not k.startswith("unet."):
-            continue
-        k = k[len("unet."):].replace(".lora.down.", ".lora_A.").replace(".lora.up.", ".lora_B.")
-        out[k] = v
-    return out

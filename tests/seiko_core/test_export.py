@@ -175,6 +175,37 @@ def test_exports_refuse_a_tampered_adapter_and_an_existing_destination(adapter_d
     assert not list(tmp_path.glob(".tmp-*"))
 
 
+def test_one_load_path_diffusers_own_writer_and_loader(random_model_dir, adapter_dir, reference, tmp_path):
+    """The adapter file is what diffusers' own save_lora_weights writes for these layers and config, and
+    lora.inject (diffusers' load_lora_adapter, the worker's and the export's loader) refuses a file that does not fit
+    the UNet instead of loading part of it."""
+    from diffusers.loaders import StableDiffusionLoraLoaderMixin
+
+    from seiko_core.models import load_model
+
+    state = load_file(adapter_dir / lora.WEIGHT_NAME)
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    StableDiffusionLoraLoaderMixin.save_lora_weights(
+        tmp_path / "stock", unet_lora_layers={k.removeprefix("unet."): v for k, v in state.items()},
+        weight_name=lora.WEIGHT_NAME, unet_lora_adapter_metadata=lora.adapter_metadata(config))
+    ours, theirs = adapter_dir / lora.WEIGHT_NAME, tmp_path / "stock" / lora.WEIGHT_NAME
+    with safe_open(ours, "pt") as f, safe_open(theirs, "pt") as g:  # (safetensors orders a header's metadata as it likes)
+        assert f.metadata() == g.metadata() and f.keys() == g.keys()
+        assert all(torch.equal(f.get_tensor(k), g.get_tensor(k)) for k in f.keys())
+
+    parts = load_model(str(random_model_dir), device="cpu")
+    lora.load_adapter(parts, tmp_path / "stock", "x")  # no manifest: nothing to verify, the same loader
+    torch.testing.assert_close(unet_out(parts.unet), reference[1], rtol=0, atol=1e-6)
+
+    foreign = tmp_path / "foreign"
+    stray = {**{k.removeprefix("unet."): v for k, v in state.items()},
+             "not_a_block.to_q.lora.down.weight": torch.zeros(RANK, 8), "not_a_block.to_q.lora.up.weight": torch.zeros(8, RANK)}
+    lora.write_weights(foreign, stray, config)
+    with pytest.raises(CheckpointError, match=f"of the adapter's {len(state) + 2} LoRA tensors"):
+        lora.load_adapter(parts, foreign, "y")
+    assert not lora.has_adapter(parts.unet, "y") and lora.has_adapter(parts.unet, "x")
+
+
 def png(color) -> bytes:
     from PIL import Image
 
