@@ -1,7 +1,8 @@
 """The harness shared by the fault matrix, the load test and the walk-through (``python -m app.tools.<tool>``).
 
 A *lab* is a migrated SQLite database, a data dir and a model directory; the processes are the real commands
-(``python -m app worker`` / ``serve``) started with the lab's environment, so what is tested is what ships.
+(``python -m app worker`` / ``serve``) started with the lab's environment, so what is tested is what ships. They
+run in the lab's directory: they import the installed package (``pip install -e .``), never the current directory.
 Also used by tests/reliability. Not imported by the app itself.
 """
 
