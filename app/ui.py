@@ -24,10 +24,11 @@ import gradio as gr
 from sqlalchemy import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import auth, ui_admin, ui_dashboard, ui_rate
+from app import auth, ui_admin, ui_dashboard, ui_export, ui_rate
 from app.auth import AuthError, Who
 from app.settings import Settings
 from app.ui_assets import CSS, GRID_JS, MARKS_JS
+from db.models import EXPORT_FORMATS
 from seiko_core.config import METHODS
 from seiko_core.presets import PRESETS
 
@@ -137,7 +138,8 @@ def launch_kwargs(services: AppServices) -> dict[str, Any]:
         "run_history": False,
         # FastAPI's default /openapi.json answers without sign-in (Gradio turns off /docs and /redoc, not the schema);
         # the API is documented at /gradio_api/info, behind sign-in. Found by tests/reliability/test_rel_access.py.
-        "app_kwargs": {"openapi_url": None},
+        # routes: GET /seiko/export/<id>, the one download route of exports built on the admin tab (app.ui_export).
+        "app_kwargs": {"openapi_url": None, "routes": ui_export.routes(services)},
         "footer_links": ["api", "gradio"],
         "server_name": services.settings.host,
         "server_port": services.settings.port,
@@ -183,7 +185,8 @@ def build_demo(services: AppServices) -> gr.Blocks:
                     undo_btn = gr.Button("Undo last rating (u)", size="sm", variant="secondary", scale=0)
                 rate_timer = gr.Timer(services.rate_poll_s)
 
-            with gr.Tab("Dashboard", id="dashboard", elem_id="tab-dashboard") as dash_tab:
+            # shown to admins, and to raters only where the experiment allows it (its plots can bias ratings)
+            with gr.Tab("Dashboard", id="dashboard", elem_id="tab-dashboard", visible=False) as dash_tab:
                 summary = gr.HTML()
                 worker = gr.HTML(elem_id="worker")
                 gr.Markdown("### Rounds")
@@ -201,6 +204,36 @@ def build_demo(services: AppServices) -> gr.Blocks:
                     pause_btn = gr.Button("Pause", scale=0, min_width=120)
                     resume_btn = gr.Button("Resume", scale=0, min_width=120)
                 admin_result = gr.Markdown()
+                # closing a round, finishing and archiving are asked first: the buttons above only show this row
+                with gr.Row(visible=False, elem_id="confirm-row") as confirm_row:
+                    confirm_text = gr.Markdown(elem_id="confirm-text")
+                    confirm_btn = gr.Button("Yes, do it", variant="stop", scale=0, min_width=200, elem_id="confirm-yes")
+                    cancel_btn = gr.Button("Cancel", scale=0, min_width=120, elem_id="confirm-cancel")
+                pending_state = gr.State(None)
+                with gr.Accordion("Recovery", open=True):
+                    jobs_df = gr.Dataframe(headers=["job", "kind", "round", "status", "attempts", "error"], value=[],
+                                           interactive=False, wrap=True, elem_id="jobs-table")
+                    with gr.Row():
+                        retry_id = gr.Textbox(label="Job id (empty: the newest failed job)", value="", scale=0,
+                                              min_width=220, elem_id="retry-job-id")
+                        retry_btn = gr.Button("Retry failed job", scale=0, min_width=180, elem_id="retry-job")
+                        reopen_btn = gr.Button("Reopen round for labeling", scale=0, min_width=220, elem_id="reopen-round")
+                        finish_btn = gr.Button("Finish experiment", variant="stop", scale=0, min_width=180,
+                                               elem_id="finish-experiment")
+                        archive_btn = gr.Button("Archive experiment", variant="stop", scale=0, min_width=180,
+                                                elem_id="archive-experiment")
+                    dash_access = gr.Checkbox(label="Raters may see this experiment's dashboard (its plots can bias their "
+                                                    "ratings)", value=False, elem_id="dashboard-access")
+                with gr.Accordion("Export", open=False):
+                    with gr.Row():
+                        x_round = gr.Number(label="Round (for a LoRA)", value=1, precision=0, minimum=0, scale=0, min_width=160)
+                        x_format = gr.Dropdown(label="Format", choices=list(EXPORT_FORMATS), value="diffusers", scale=0,
+                                               min_width=200)
+                        x_build = gr.Button("Build export", variant="primary", scale=0, min_width=160, elem_id="build-export")
+                    x_link = gr.HTML(elem_id="export-link")
+                    exports_df = gr.Dataframe(headers=["id", "format", "round", "file", "size", "built", "download"], value=[],
+                                              interactive=False, elem_id="exports-table")
+                admin_timer = gr.Timer(services.dashboard_refresh_s)
                 defaults = ui_admin.preset_defaults("shapes")
                 with gr.Accordion("New experiment", open=False):
                     with gr.Row():
@@ -233,9 +266,12 @@ def build_demo(services: AppServices) -> gr.Blocks:
             view = ui_rate.load_batch(factory, data_dir, who, state, batch_size=size)
             exp_id = view.state["experiment_id"]
             return (banner_html(services, who), gr.Dropdown(choices=choices, value=exp_id), gr.Tab(visible=who.is_admin),
-                    *view_outputs(view), exp_id)
+                    *view_outputs(view), exp_id, gr.Tab(visible=dashboard_visible(who, exp_id)))
 
-        load_outputs = [banner, experiment_dd, admin_tab, grid, marks, progress, rate_state, exp_state]
+        def dashboard_visible(who: Who, exp_id: int | None) -> bool:
+            return who.is_admin or ui_admin.raters_see_dashboard(factory, exp_id)
+
+        load_outputs = [banner, experiment_dd, admin_tab, grid, marks, progress, rate_state, exp_state, dash_tab]
         demo.load(on_load, [rate_state], load_outputs, **private)
 
         # ---- rating -------------------------------------------------------------------------
@@ -278,16 +314,19 @@ def build_demo(services: AppServices) -> gr.Blocks:
             if exp_id is None:
                 return gr.skip()
             view = _shown(lambda: ui_rate.load_batch(factory, data_dir, who, state, batch_size=size,
-                                                     experiment_id=int(exp_id), keep_history=False))
-            return (*view_outputs(view), int(exp_id), {}, ui_admin.round_status_html(factory, int(exp_id)))
+                                                     experiment_id=int(exp_id)))
+            return (*view_outputs(view), int(exp_id), {}, ui_admin.round_status_html(factory, int(exp_id)),
+                    gr.Tab(visible=dashboard_visible(who, int(exp_id))))
 
         experiment_dd.input(on_experiment, [experiment_dd, rate_state],
-                            [*rate_outputs, exp_state, dash_state, admin_status], **private)
+                            [*rate_outputs, exp_state, dash_state, admin_status, dash_tab], **private)
 
         # ---- dashboard ----------------------------------------------------------------------
 
         def on_dashboard(exp_id, seen, request: gr.Request):
-            _who(services, request)
+            who = _who(services, request)
+            if not dashboard_visible(who, exp_id):  # checked here, not only by hiding the tab
+                return (ui_dashboard.NOT_FOR_RATERS, "", [], gr.skip(), "", {})
             d = ui_dashboard.load(factory, exp_id)
             seen = dict(seen or {})
             fig = gr.skip()
@@ -308,17 +347,95 @@ def build_demo(services: AppServices) -> gr.Blocks:
 
         def on_admin_tab(exp_id, request: gr.Request):
             who = _admin(services, request)
-            return ui_admin.round_status_html(factory, exp_id), _shown(lambda: ui_admin.users_table(factory, who))
+            return (ui_admin.round_status_html(factory, exp_id), _shown(lambda: ui_admin.users_table(factory, who)),
+                    ui_admin.jobs_table(factory, who, exp_id), ui_admin.raters_see_dashboard(factory, exp_id),
+                    ui_export.exports_table(factory, who, exp_id))
 
-        admin_tab.select(on_admin_tab, [exp_state], [admin_status, users_df], **private)
+        admin_tab.select(on_admin_tab, [exp_state], [admin_status, users_df, jobs_df, dash_access, exports_df], **private)
+
+        def on_admin_timer(exp_id, request: gr.Request):
+            who = _who(services, request)
+            if not who.is_admin:
+                return gr.skip(), gr.skip()
+            return ui_admin.round_status_html(factory, exp_id), ui_admin.jobs_table(factory, who, exp_id)
+
+        admin_timer.tick(on_admin_timer, [exp_state], [admin_status, jobs_df], show_progress="hidden", **private)
 
         def after_change(message: str, exp_id: int | None):
             gr.Info(message)
             return message, ui_admin.round_status_html(factory, exp_id)
 
+        # asking first: the first click only shows the question with a "Yes" button for exactly that action
+        def ask(question: str, pending: dict, yes: str):
+            return gr.Row(visible=True), f"**{question}**", pending, gr.Button(yes)
+
         def on_close(exp_id, request: gr.Request):
             who = _admin(services, request)
-            return after_change(_shown(lambda: ui_admin.close_round(factory, who, exp_id)), exp_id)
+            question, index = _shown(lambda: ui_admin.close_question(factory, who, exp_id))
+            return ask(question, {"action": "close", "experiment_id": exp_id, "round": index},
+                       f"Yes, close round {index} and train")
+
+        def on_finish_ask(exp_id, request: gr.Request):
+            who = _admin(services, request)
+            return ask(_shown(lambda: ui_admin.finish_question(factory, who, exp_id)),
+                       {"action": "finish", "experiment_id": exp_id}, "Yes, finish it")
+
+        def on_archive_ask(exp_id, request: gr.Request):
+            who = _admin(services, request)
+            return ask(_shown(lambda: ui_admin.finish_question(factory, who, exp_id, archive=True)),
+                       {"action": "archive", "experiment_id": exp_id}, "Yes, finish and archive it")
+
+        def on_confirm(pending, exp_id, request: gr.Request):
+            who = _admin(services, request)
+            if not pending or pending.get("experiment_id") != exp_id:
+                raise gr.Error("There is nothing to confirm for this experiment; press the button again.")
+            action = pending["action"]
+            if action == "close":
+                message = _shown(lambda: ui_admin.close_round(factory, who, exp_id, expected_index=pending["round"]))
+            else:
+                message = _shown(lambda: ui_admin.finish_experiment(factory, who, exp_id, archive=action == "archive"))
+            gr.Info(message)
+            choices = ui_admin.experiment_choices(factory)
+            return (message, ui_admin.round_status_html(factory, exp_id), ui_admin.jobs_table(factory, who, exp_id),
+                    gr.Row(visible=False), None, gr.Dropdown(choices=choices))
+
+        def on_cancel(request: gr.Request):
+            _admin(services, request)
+            return gr.Row(visible=False), None
+
+        def on_retry(exp_id, job_id, request: gr.Request):
+            who = _admin(services, request)
+            message, status = after_change(_shown(lambda: ui_admin.retry_job(factory, who, exp_id, job_id)), exp_id)
+            return message, status, ui_admin.jobs_table(factory, who, exp_id), ""
+
+        def on_reopen(exp_id, request: gr.Request):
+            who = _admin(services, request)
+            message, status = after_change(_shown(lambda: ui_admin.reopen_round(factory, who, exp_id)), exp_id)
+            return message, status, ui_admin.jobs_table(factory, who, exp_id)
+
+        def on_dash_access(exp_id, allowed, request: gr.Request):
+            who = _admin(services, request)
+            message = _shown(lambda: ui_admin.set_dashboard_access(factory, who, exp_id, bool(allowed)))
+            gr.Info(message)
+            return message
+
+        def on_build_export(exp_id, round_index, fmt, request: gr.Request):
+            who = _admin(services, request)
+            built = _shown(lambda: ui_export.build(factory, services.settings, who, exp_id, round_index, fmt))
+            gr.Info(built.message())
+            return built.message(), built.link_html(), ui_export.exports_table(factory, who, exp_id)
+
+        close_btn.click(on_close, [exp_state], [confirm_row, confirm_text, pending_state, confirm_btn], **private)
+        finish_btn.click(on_finish_ask, [exp_state], [confirm_row, confirm_text, pending_state, confirm_btn], **private)
+        archive_btn.click(on_archive_ask, [exp_state], [confirm_row, confirm_text, pending_state, confirm_btn], **private)
+        confirm_btn.click(on_confirm, [pending_state, exp_state],
+                          [admin_result, admin_status, jobs_df, confirm_row, pending_state, experiment_dd], **private)
+        cancel_btn.click(on_cancel, None, [confirm_row, pending_state], **private)
+        retry_btn.click(on_retry, [exp_state, retry_id], [admin_result, admin_status, jobs_df, retry_id], **private)
+        reopen_btn.click(on_reopen, [exp_state], [admin_result, admin_status, jobs_df], **private)
+        dash_access.input(on_dash_access, [exp_state, dash_access], [admin_result], **private)
+        x_build.click(on_build_export, [exp_state, x_round, x_format], [admin_result, x_link, exports_df],
+                      concurrency_limit=1, concurrency_id="export", **private)
 
         def on_pause(exp_id, request: gr.Request):
             who = _admin(services, request)
@@ -328,7 +445,6 @@ def build_demo(services: AppServices) -> gr.Blocks:
             who = _admin(services, request)
             return after_change(_shown(lambda: ui_admin.set_paused(factory, who, exp_id, False)), exp_id)
 
-        close_btn.click(on_close, [exp_state], [admin_result, admin_status], **private)
         pause_btn.click(on_pause, [exp_state], [admin_result, admin_status], **private)
         resume_btn.click(on_resume, [exp_state], [admin_result, admin_status], **private)
 

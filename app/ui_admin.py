@@ -1,4 +1,9 @@
-"""Administration: experiments, rounds, pausing, users. Every function checks the admin role itself."""
+"""Administration: experiments, rounds, pausing, recovery, users. Every function checks the admin role itself.
+
+Recovery (issue 13): closing a round is asked first (``close_question``, then ``close_round`` with the round the
+admin confirmed); a failed job can be retried, a round closed for training reopened for labeling, an experiment
+finished or archived. Each of these writes an entry in the audit log, in the same transaction as the change.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,8 @@ from app import auth, services
 from app.auth import Who, require_admin
 from app.ui_rate import pick_experiment
 from db import repo
-from db.engine import read_session
-from db.errors import InvalidInput
+from db.engine import read_session, write_session
+from db.errors import Conflict, InvalidInput
 from seiko_core.config import METHODS
 from seiko_core.presets import PRESETS, preset
 
@@ -93,18 +98,155 @@ def create_experiment(factory, who: Who, form: ExperimentForm, *, default_model:
     return f"Created experiment {form.name.strip()!r} (id {experiment_id}); the worker now generates round 0."
 
 
-def close_round(factory, who: Who, experiment_id: int | None) -> str:
+def _audit(session, who: Who, action: str, target: str, **detail: Any) -> None:
+    repo.add_audit(session=session, actor_id=who.rater_id, actor_name=who.name, action=action, target=target,
+                   detail=detail or None)
+
+
+def close_question(factory, who: Who, experiment_id: int | None) -> tuple[str, int]:
+    """What the admin is asked before a round is closed, and the index of the round the question is about."""
     require_admin(who)
     exp_id = _experiment_id(factory, experiment_id)
-    job_id = services.close_round(factory=factory, experiment_id=exp_id)
-    return f"Round closed; training job {job_id} is queued for the worker."
+    with read_session(factory) as s:
+        exp = repo.get_experiment(session=s, experiment_id=exp_id)
+        round_ = repo.get_open_round(session=s, experiment_id=exp_id)
+        if round_ is None:
+            raise Conflict(f"experiment {exp.name!r} has no round open for labeling")
+        p = repo.round_progress(session=s, round_id=round_.id, kind="query")
+        return (f"Close round {round_.index} of {exp.name!r} and start training? It has {p.labels} of {p.labels_wanted} "
+                "ratings wanted; raters can no longer rate it (you can reopen it until training starts).", round_.index)
+
+
+def close_round(factory, who: Who, experiment_id: int | None, expected_index: int | None = None) -> str:
+    """Close the open round and queue its training; with ``expected_index`` (the round the admin confirmed), another
+    open round is refused."""
+    require_admin(who)
+    exp_id = _experiment_id(factory, experiment_id)
+    with write_session(factory) as s:
+        job = repo.close_round(session=s, experiment_id=exp_id, expected_index=expected_index)
+        job_id, index = job.id, job.payload["round_index"]
+        _audit(s, who, "round.close", f"experiment {exp_id}", round=index, job_id=job_id)
+    return f"Round {index} closed; training job {job_id} is queued for the worker."
 
 
 def set_paused(factory, who: Who, experiment_id: int | None, paused: bool) -> str:
     require_admin(who)
     exp_id = _experiment_id(factory, experiment_id)
-    services.set_paused(factory=factory, experiment_id=exp_id, paused=paused)
+    with write_session(factory) as s:
+        repo.set_experiment_status(session=s, experiment_id=exp_id, status="paused" if paused else "active")
+        _audit(s, who, "experiment.pause" if paused else "experiment.resume", f"experiment {exp_id}")
     return "Experiment paused: the worker takes no new training until you resume." if paused else "Experiment resumed."
+
+
+def _job_id(value: Any) -> int | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, str) and value.strip().isdecimal():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 2**63 - 1:
+        raise InvalidInput(f"a job id must be a positive whole number, got {value!r}")
+    return value
+
+
+def newest_failed_job(factory, experiment_id: int | None) -> int | None:
+    """The newest failed job of the experiment that can still be retried (its round waits for it), or None."""
+    if experiment_id is None:
+        return None
+    with read_session(factory) as s:
+        for job in repo.list_jobs(session=s, status="failed", experiment_id=int(experiment_id), limit=20):
+            round_ = repo.get_round(session=s, round_id=job.round_id) if job.round_id is not None else None
+            if round_ is None or (job.kind, round_.status) in (("generate", "generating"), ("train", "training")):
+                return job.id
+    return None
+
+
+def retry_job(factory, who: Who, experiment_id: int | None, job_id: Any = None) -> str:
+    """Queue a failed job of the experiment again (the newest retryable one when ``job_id`` is empty)."""
+    require_admin(who)
+    exp_id = _experiment_id(factory, experiment_id)
+    wanted = _job_id(job_id)
+    if wanted is None:
+        wanted = newest_failed_job(factory, exp_id)
+        if wanted is None:
+            raise Conflict("this experiment has no failed job waiting for a retry")
+    with write_session(factory) as s:
+        job = repo.get_job(session=s, job_id=wanted)
+        if job.experiment_id != exp_id:
+            raise Conflict(f"job {wanted} belongs to another experiment; choose that experiment first")
+        job = repo.retry_job(session=s, job_id=wanted)
+        kind = job.kind
+        _audit(s, who, "job.retry", f"job {wanted}", experiment_id=exp_id, kind=kind)
+    return f"Job {wanted} ({kind}) is queued again with all its attempts; the worker picks it up next."
+
+
+def reopen_round(factory, who: Who, experiment_id: int | None) -> str:
+    """Reopen the experiment's round that is waiting for training (its train job cancelled) for labeling."""
+    require_admin(who)
+    exp_id = _experiment_id(factory, experiment_id)
+    with write_session(factory) as s:
+        waiting = [r for r in repo.list_rounds(session=s, experiment_id=exp_id) if r.status == "training"]
+        if not waiting:
+            raise Conflict("no round of this experiment is closed for training; there is nothing to reopen")
+        round_ = repo.reopen_round(session=s, round_id=waiting[-1].id)
+        index = round_.index
+        _audit(s, who, "round.reopen", f"experiment {exp_id}", round=index)
+    return f"Round {index} is open for labeling again; its training job was cancelled."
+
+
+def finish_experiment(factory, who: Who, experiment_id: int | None, *, archive: bool = False) -> str:
+    require_admin(who)
+    exp_id = _experiment_id(factory, experiment_id)
+    with write_session(factory) as s:
+        if archive:
+            exp = repo.archive_experiment(session=s, experiment_id=exp_id)
+        else:
+            exp = repo.finish_experiment(session=s, experiment_id=exp_id)
+        name = exp.name
+        _audit(s, who, "experiment.archive" if archive else "experiment.finish", f"experiment {exp_id}")
+    if archive:
+        return f"Experiment {name!r} is finished and archived: it no longer appears in the experiment list."
+    return f"Experiment {name!r} is finished: no more rounds; its ratings, images and adapters stay and can be exported."
+
+
+def finish_question(factory, who: Who, experiment_id: int | None, *, archive: bool = False) -> str:
+    require_admin(who)
+    exp_id = _experiment_id(factory, experiment_id)
+    with read_session(factory) as s:
+        name = repo.get_experiment(session=s, experiment_id=exp_id).name
+    what = "Finish and archive" if archive else "Finish"
+    return (f"{what} experiment {name!r}? Its waiting jobs are cancelled and no round can be rated or trained any more"
+            + ("; it disappears from the experiment list." if archive else "."))
+
+
+def set_dashboard_access(factory, who: Who, experiment_id: int | None, allowed: bool) -> str:
+    require_admin(who)
+    exp_id = _experiment_id(factory, experiment_id)
+    with write_session(factory) as s:
+        repo.set_raters_see_dashboard(session=s, experiment_id=exp_id, allowed=bool(allowed))
+        _audit(s, who, "experiment.dashboard_access", f"experiment {exp_id}", raters_see_dashboard=bool(allowed))
+    return ("Raters can now see this experiment's dashboard." if allowed
+            else "Only admins see this experiment's dashboard now (its plots can bias ratings).")
+
+
+def raters_see_dashboard(factory, experiment_id: int | None) -> bool:
+    with read_session(factory) as s:
+        exp = pick_experiment(s, experiment_id)
+        return bool(exp is not None and exp.raters_see_dashboard)
+
+
+def jobs_table(factory, who: Who, experiment_id: int | None) -> list[list[str]]:
+    require_admin(who)
+    if experiment_id is None:
+        return []
+    with read_session(factory) as s:
+        rows = []
+        for j in repo.list_jobs(session=s, experiment_id=int(experiment_id), limit=20):
+            round_ = repo.get_round(session=s, round_id=j.round_id) if j.round_id is not None else None
+            rows.append([str(j.id), j.kind, "–" if round_ is None else str(round_.index), j.status,
+                         f"{j.attempts} of {j.max_attempts}", (j.error or "")[:200]])
+        return rows
 
 
 def _experiment_id(factory, experiment_id: int | None) -> int:
@@ -132,9 +274,9 @@ def users_table(factory, who: Who) -> list[list[str]]:
 
 
 def experiment_choices(factory) -> list[tuple[str, int]]:
-    """(label, id) for the experiment selector, newest first."""
+    """(label, id) for the experiment selector, newest first; archived experiments are left out."""
     with read_session(factory) as s:
-        return [(f"{e.name} ({e.status})", e.id) for e in reversed(repo.list_experiments(session=s))]
+        return [(f"{e.name} ({e.status})", e.id) for e in reversed(repo.list_experiments(session=s, archived=False))]
 
 
 def round_status_html(factory, experiment_id: int | None) -> str:
@@ -145,4 +287,11 @@ def round_status_html(factory, experiment_id: int | None) -> str:
         rounds = repo.list_rounds(session=s, experiment_id=exp.id)
         last = rounds[-1] if rounds else None
         where = f"round {last.index} is <b>{last.status}</b>" if last else "no round yet"
-        return f"<div><b>{html.escape(exp.name)}</b> is {exp.status}; {where}.</div>"
+        failed = ""
+        job_id = newest_failed_job(factory, exp.id)
+        if job_id is not None:
+            job = repo.get_job(session=s, job_id=job_id)
+            failed = (f"<div class='err' id='failed-job'>Job {job.id} ({job.kind}) failed after {job.attempts} attempts: "
+                      f"{html.escape((job.error or 'no error recorded')[:300])}. Fix the cause, then press "
+                      "<b>Retry failed job</b>.</div>")
+        return f"<div id='admin-round-status'><b>{html.escape(exp.name)}</b> is {exp.status}; {where}.</div>{failed}"

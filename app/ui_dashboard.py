@@ -38,8 +38,11 @@ METRIC_KEYS: dict[str, tuple[str, ...]] = {
 }
 STALE_HEARTBEAT_S = 120
 THUMB_MAX = 192  # eval-grid images larger than this are shrunk (smaller ones are shown pixelated)
-HEADERS = ["Round", "Status", "Images", "Rated", "Ratings", "Budget", "Human mean", "Predicted", "Spread (sd)",
-           "KL to prev", "Labels used"]
+# Images and ratings in separate columns, never mixed: a round of N images wants N x overlap ratings.
+HEADERS = ["Round", "Status", "Images", "Images rated", "Ratings", "Ratings wanted", "Human mean", "Predicted",
+           "Spread (sd)", "KL to prev", "Labels used"]
+NOT_FOR_RATERS = ("<div id='dashboard-hidden'>This experiment's dashboard is for admins: its plots could bias your "
+                  "ratings. An admin can let raters see it on the Admin tab.</div>")
 
 
 def metric(metrics: dict[str, Any] | None, name: str) -> float | None:
@@ -60,7 +63,8 @@ class RoundRow:
     images: int
     rated_images: int
     ratings: int
-    budget: int | None
+    budget: int | None  # images the experiment generates for the round
+    ratings_wanted: int | None  # images x overlap (the budget x overlap before the images exist)
     human_mean: float | None
     pred_mean: float | None
     pred_spread: float | None
@@ -73,9 +77,11 @@ def round_rows(session: Session, experiment: Experiment) -> list[RoundRow]:
     rows = []
     for r in repo.list_rounds(session=session, experiment_id=experiment.id):
         st = stats[r.id]
+        budget = experiment.budgets[r.index] if r.index < len(experiment.budgets) else None
+        wanted = st.labels_wanted if st.n_images else (None if budget is None else budget * experiment.overlap)
         rows.append(RoundRow(
             index=r.index, status=r.status, images=st.n_images, rated_images=st.n_rated_images, ratings=st.n_ratings,
-            budget=experiment.budgets[r.index] if r.index < len(experiment.budgets) else None,
+            budget=budget, ratings_wanted=wanted,
             human_mean=st.mean_score, pred_mean=metric(r.metrics, "pred_mean"), pred_spread=metric(r.metrics, "pred_spread"),
             kl=metric(r.metrics, "kl"), labels=metric(r.metrics, "labels"),
         ))
@@ -89,7 +95,7 @@ def _fmt(value: float | int | None, digits: int = 0) -> str:
 
 
 def table(rows: list[RoundRow]) -> list[list[str]]:
-    return [[str(r.index), r.status, _fmt(r.images), _fmt(r.rated_images), _fmt(r.ratings), _fmt(r.budget),
+    return [[str(r.index), r.status, _fmt(r.images), _fmt(r.rated_images), _fmt(r.ratings), _fmt(r.ratings_wanted),
              _fmt(r.human_mean, 2), _fmt(r.pred_mean, 2), _fmt(r.pred_spread, 3), _fmt(r.kl, 4), _fmt(r.labels)] for r in rows]
 
 

@@ -5,9 +5,16 @@ them to Gradio events and the API. Rules (checked here, on the server, for the U
 
 - A rater sees the open round's query images they have neither rated nor skipped and that still
   need ratings (``repo.next_images_for_rater``: overlap respected), so never the same image twice.
+- Images handed out (a page's batch, the API's ``next_batch``) are leased to the rater for ``LEASE_S``
+  seconds: meanwhile they count as taken towards the overlap for everyone else, so two raters do not
+  get the same image when one more rating completes it. Rating or skipping releases the lease; a new
+  batch on the page releases the old batch's unrated images; otherwise it runs out.
 - Rating an image is allowed when the rater already rated it (an edit) or when it is still offered
-  to them; anything else (closed round, unknown image, an image other raters have fully rated, an
-  eval image, a score outside 1-10) is refused with one sentence and changes nothing.
+  to them (a skipped image too: rating it takes the skip back); anything else (closed round, unknown
+  image, an image other raters have rated or reserved fully, an eval image, a score outside 1-10) is
+  refused with one sentence and changes nothing.
+- Undo takes back the rater's newest rating or skip of the open round. The history is in the database
+  (``repo.undo_last``), so it survives a reload and follows the rater to another browser.
 - Each rating is its own transaction: once acknowledged it is durable.
 """
 
@@ -30,6 +37,7 @@ from db.errors import Conflict, InvalidInput, NotFound
 from db.models import SCORE_MAX, SCORE_MIN, Experiment, Image, Round
 
 CANDIDATE_FACTOR = 4  # a batch is drawn from the first batch_size * 4 offered images, shuffled per rater
+LEASE_S = 600.0  # how long images handed out stay reserved to their rater
 MAX_API_BATCH = 64
 
 
@@ -46,7 +54,7 @@ def pick_experiment(session: Session, experiment_id: int | None = None) -> Exper
     """``experiment_id``'s experiment, else the newest one with a round open for labeling, else the newest active one."""
     if experiment_id is not None:
         return repo.get_experiment(session=session, experiment_id=experiment_id)
-    experiments = repo.list_experiments(session=session)
+    experiments = repo.list_experiments(session=session, archived=False)
     for exp in reversed(experiments):
         if repo.get_open_round(session=session, experiment_id=exp.id) is not None:
             return exp
@@ -74,10 +82,12 @@ class Progress:
     images: int = 0  # query images of the round
     rated_images: int = 0  # with at least one rating
     ratings: int = 0
-    budget: int | None = None
+    budget: int | None = None  # images generated for the round (the experiment's budget)
     overlap: int = 1
     you_rated: int = 0
     you_left: int = 0
+    labels: int = 0  # ratings that count: at most ``overlap`` per image
+    labels_wanted: int = 0  # images x overlap
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -95,20 +105,21 @@ def progress(session: Session, experiment: Experiment | None, who: Who) -> Progr
         rounds = repo.list_rounds(session=session, experiment_id=experiment.id)
         last = rounds[-1] if rounds else None
         return Progress(experiment.name, last.index if last else None, last.status if last else None, overlap=experiment.overlap)
-    stats = next(s for s in repo.round_rating_stats(session=session, experiment_id=experiment.id, kind="query") if s.round_id == round_.id)
-    mine = repo.round_progress(session=session, round_id=round_.id, rater_id=who.rater_id)
+    mine = repo.round_progress(session=session, round_id=round_.id, rater_id=who.rater_id, kind="query")
     budget = experiment.budgets[round_.index] if round_.index < len(experiment.budgets) else None
     return Progress(
         experiment=experiment.name,
         round_index=round_.index,
         round_status=round_.status,
-        images=stats.n_images,
-        rated_images=stats.n_rated_images,
-        ratings=stats.n_ratings,
+        images=mine.total_images,
+        rated_images=mine.rated_images,
+        ratings=mine.ratings,
         budget=budget,
         overlap=experiment.overlap,
         you_rated=mine.rater_rated or 0,
-        you_left=repo.count_images_for_rater(session=session, round_id=round_.id, rater_id=who.rater_id, kind="query"),
+        you_left=mine.rater_remaining or 0,
+        labels=mine.labels,
+        labels_wanted=mine.labels_wanted,
     )
 
 
@@ -119,12 +130,15 @@ def progress_html(p: Progress) -> str:
         where = f"round {p.round_index} is {p.round_status}" if p.round_index is not None else "it has no round yet"
         return (f"<div class='seiko-progress'><b>{html.escape(p.experiment)}</b>: no round is open for labeling ({where}). "
                 "New images appear here by themselves when the next round opens.</div>")
-    pct = 100.0 * p.rated_images / p.images if p.images else 0.0
-    budget = f" · {p.ratings} of {p.budget} labels wanted" if p.budget else f" · {p.ratings} labels"
-    overlap = f" (each by {p.overlap} raters)" if p.overlap > 1 else ""
+    # Progress counts labels against images x overlap: with overlap 3, 32 images are done at 96 labels.
+    pct = min(100.0, 100.0 * p.labels / p.labels_wanted) if p.labels_wanted else 0.0
+    if p.overlap > 1:
+        counts = (f"<span id='round-progress'><b>{p.labels} of {p.labels_wanted}</b> ratings</span> "
+                  f"({p.images} images × {p.overlap} raters each; {p.rated_images} images rated at least once)")
+    else:
+        counts = f"<span id='round-progress'><b>{p.labels} of {p.images}</b> images rated</span>"
     return (
-        f"<div class='seiko-progress'><b>{html.escape(p.experiment)} · round {p.round_index}</b>: "
-        f"<span id='round-progress'><b>{p.rated_images} of {p.images}</b> images rated</span>{overlap}{budget}"
+        f"<div class='seiko-progress'><b>{html.escape(p.experiment)} · round {p.round_index}</b>: {counts}"
         f"<div class='bar'><div style='width:{pct:.1f}%'></div></div>"
         f"<span class='you' id='you-progress'>You: <b>{p.you_rated} rated</b> this round, {p.you_left} left for you</span></div>"
     )
@@ -139,11 +153,17 @@ def _rater_order(rater_id: int, image_id: int) -> str:
     return hashlib.sha256(f"{rater_id}:{image_id}".encode()).hexdigest()
 
 
-def draw_batch(session: Session, round_: Round, who: Who, size: int) -> list[Image]:
-    """Up to ``size`` images offered to the rater, drawn from the least-rated ones in a per-rater order
-    (so raters working at the same time mostly get different images)."""
-    candidates = _offered(session, round_, who, size * CANDIDATE_FACTOR)
-    return sorted(candidates, key=lambda im: _rater_order(who.rater_id, im.id))[:size]
+def draw_batch(session: Session, round_: Round, who: Who, size: int, *, lease_s: float = LEASE_S) -> list[Image]:
+    """Up to ``size`` images for the rater, leased to them (in a write transaction): first those they already hold
+    a live lease on, then offered ones drawn from the least-rated in a per-rater order."""
+    held = repo.held_image_ids(session=session, round_id=round_.id, rater_id=who.rater_id)[:size]
+    chosen = list(held)
+    if len(chosen) < size:
+        candidates = [im for im in _offered(session, round_, who, size * CANDIDATE_FACTOR + len(held)) if im.id not in held]
+        candidates.sort(key=lambda im: _rater_order(who.rater_id, im.id))
+        chosen += [im.id for im in candidates[: size - len(chosen)]]
+    granted = repo.lease_images(session=session, round_id=round_.id, rater_id=who.rater_id, image_ids=chosen, lease_s=lease_s)
+    return [repo.get_image(session=session, image_id=i) for i in granted]
 
 
 def png_data_uri(data_dir, image: Image) -> str | None:
@@ -215,9 +235,8 @@ class RateState:
     round_id: int | None = None
     batch: list[int] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
-    taken: list[int] = field(default_factory=list)  # refused because other raters rated them fully
-    history: list[list[Any]] = field(default_factory=list)  # [image_id, previous score or None], newest last
-    ack: int = 0
+    taken: list[int] = field(default_factory=list)  # refused because other raters rated or reserved them fully
+    ack: int = 0  # the undo history is in the database (repo.undo_last), not here
 
     @classmethod
     def from_value(cls, value: dict[str, Any] | None) -> RateState:
@@ -289,19 +308,18 @@ def _batch_done(session: Session, state: RateState, who: Who) -> bool:
 
 
 def load_batch(factory, data_dir, who: Who, state_value: dict | None, *, batch_size: int,
-               experiment_id: int | None = None, keep_history: bool = True) -> View:
+               experiment_id: int | None = None) -> View:
     """A fresh batch for the rater (of ``experiment_id``, or the experiment now being labeled)."""
     old = RateState.from_value(state_value)
-    with read_session(factory) as s:
+    with write_session(factory) as s:
         experiment = pick_experiment(s, experiment_id if experiment_id is not None else old.experiment_id)
-        state = RateState(experiment_id=experiment.id if experiment else None, ack=old.ack,
-                          history=old.history if keep_history else [])
+        state = RateState(experiment_id=experiment.id if experiment else None, ack=old.ack)
         round_ = repo.get_open_round(session=s, experiment_id=experiment.id) if experiment else None
         if round_ is not None:
             state.round_id = round_.id
             state.batch = [im.id for im in draw_batch(s, round_, who, batch_size)]
-        if state.round_id != old.round_id:
-            state.history = []  # undo applies to the round being rated
+            repo.release_leases(session=s, round_id=round_.id, rater_id=who.rater_id, keep=state.batch)
+    with read_session(factory) as s:
         return _render(s, data_dir, state, who, new_grid=True)
 
 
@@ -349,7 +367,8 @@ def parse_image_id(image_id: Any) -> int:
 
 
 def rate_in_session(session: Session, who: Who, image_id: int, score: int) -> int | None:
-    """Rate (or re-rate) one image; returns the previous score (None if new). Raises a db error, changing nothing."""
+    """Rate (or re-rate) one image and record the undo step; returns the previous score (None if new).
+    Raises a db error, changing nothing."""
     image, round_ = repo.lock_image_for_rating(session=session, image_id=image_id)  # checks, then insert: no race
     if round_.status != "labeling":
         raise Conflict(f"round {round_.index} is closed for labeling (it is {round_.status}); image {image_id} was not rated")
@@ -358,13 +377,15 @@ def rate_in_session(session: Session, who: Who, image_id: int, score: int) -> in
     existing = repo.find_rating(session=session, image_id=image_id, rater_id=who.rater_id)
     if existing is None:
         if not repo.count_images_for_rater(session=session, round_id=round_.id, rater_id=who.rater_id, kind="query",
-                                           image_id=image_id):
+                                           image_id=image_id, include_skipped=True):
             raise NotOffered(
-                f"image {image_id} is not offered to you: other raters have already given it the ratings it needs, "
-                "or you skipped it; nothing was saved"
+                f"image {image_id} is not offered to you: other raters have already given or reserved the ratings it "
+                "needs; nothing was saved"
             )
     previous = existing.score if existing is not None else None
     repo.add_rating(session=session, image_id=image_id, rater_id=who.rater_id, score=score)
+    if previous != score:
+        repo.add_undo_step(session=session, rater_id=who.rater_id, image_id=image_id, action="rate", previous_score=previous)
     return previous
 
 
@@ -392,8 +413,7 @@ def rate(factory, data_dir, who: Who, state_value: dict | None, payload: dict[st
         if image_id not in state.batch:
             raise Conflict(f"image {image_id} is not in your current batch; reload the page")
         with write_session(factory) as s:
-            previous = rate_in_session(s, who, image_id, score)
-        state.history.append([image_id, previous])
+            rate_in_session(s, who, image_id, score)
         if image_id in state.skipped:
             state.skipped.remove(image_id)
     except NotOffered as e:
@@ -413,7 +433,9 @@ def skip(factory, data_dir, who: Who, state_value: dict | None, payload: dict[st
         if image_id not in state.batch:
             raise Conflict(f"image {image_id} is not in your current batch; reload the page")
         with write_session(factory) as s:
-            repo.add_skip(session=s, image_id=image_id, rater_id=who.rater_id)
+            if repo.find_skip(session=s, image_id=image_id, rater_id=who.rater_id) is None:
+                repo.add_skip(session=s, image_id=image_id, rater_id=who.rater_id)
+                repo.add_undo_step(session=s, rater_id=who.rater_id, image_id=image_id, action="skip")
         if image_id not in state.skipped:
             state.skipped.append(image_id)
     except (Conflict, InvalidInput, NotFound) as e:
@@ -422,26 +444,32 @@ def skip(factory, data_dir, who: Who, state_value: dict | None, payload: dict[st
 
 
 def undo(factory, data_dir, who: Who, state_value: dict | None, *, batch_size: int) -> View:
-    """Undo this session's last rating: a new rating is removed, an edit gets its previous score back."""
+    """Undo the rater's newest rating or skip of the open round (the history is in the database, so it survives a
+    reload): a new rating is removed, an edit gets its previous score back, a skip is lifted. The image comes back
+    to the page, leased to the rater again."""
     state = RateState.from_value(state_value)
-    if not state.history:
-        with read_session(factory) as s:
-            return _render(s, data_dir, state, who, new_grid=False, message="There is no rating to undo in this session.")
-    image_id, previous = state.history[-1]
     message = None
     new_grid = False
     try:
         with write_session(factory) as s:
-            if previous is None:
-                repo.delete_rating(session=s, image_id=image_id, rater_id=who.rater_id)
-            else:
-                repo.add_rating(session=s, image_id=image_id, rater_id=who.rater_id, score=previous)
-        state.history.pop()
-        if image_id not in state.batch:  # it was in an earlier batch: bring it back to the front
-            state.batch.insert(0, image_id)
-            new_grid = True
+            round_id = state.round_id
+            if round_id is None and state.experiment_id is not None:
+                open_ = repo.get_open_round(session=s, experiment_id=state.experiment_id)
+                round_id = open_.id if open_ is not None else None
+            undone = None if round_id is None else repo.undo_last(session=s, rater_id=who.rater_id, round_id=round_id)
+            if undone is not None and repo.find_rating(session=s, image_id=undone.image_id, rater_id=who.rater_id) is None:
+                repo.lease_images(session=s, round_id=round_id, rater_id=who.rater_id, image_ids=[undone.image_id],
+                                  lease_s=LEASE_S)
+        if undone is None:
+            message = "There is nothing to undo in this round."
+        else:
+            image_id = undone.image_id
+            if image_id in state.skipped:
+                state.skipped.remove(image_id)
+            if image_id not in state.batch:  # it was in an earlier batch: bring it back to the front
+                state.batch.insert(0, image_id)
+                new_grid = True
     except (Conflict, NotFound) as e:
-        state.history.pop()  # the round closed or the rating is gone: this step cannot be undone
         message = f"Cannot undo: {e}"
     with read_session(factory) as s:
         return _render(s, data_dir, state, who, new_grid=new_grid, message=message)
@@ -466,7 +494,7 @@ def api_batch(factory, data_dir, who: Who, *, limit: int, experiment: str = "") 
         raise InvalidInput(f"limit must be a whole number from 1 to {MAX_API_BATCH}, got {limit!r}")
     if experiment is not None and not isinstance(experiment, str):
         raise InvalidInput(f"the experiment name must be text (empty for the experiment being labeled), got {experiment!r}")
-    with read_session(factory) as s:
+    with write_session(factory) as s:  # handing images out leases them to the rater
         exp = experiment_by_name(s, experiment)
         if exp is None:
             return {"experiment": None, "round": None, "items": [], "progress": Progress(None, None, None).as_dict(),

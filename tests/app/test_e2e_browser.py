@@ -58,6 +58,8 @@ def history(world) -> int:
             repo.set_round_status(session=s, round_id=new.id, status="labeling")
         round_id = new.id
     with write_session(world.factory) as s:
+        # raters see the dashboard only where the experiment allows it (alice rates, then looks at it)
+        repo.set_raters_see_dashboard(session=s, experiment_id=world.experiment_id, allowed=True)
         job = repo.enqueue_job(session=s, kind="eval", experiment_id=world.experiment_id, round_id=round_id)
         repo.claim_job(session=s, worker_id="worker-1", lease_s=600)
         repo.heartbeat(session=s, job_id=job.id, worker_id="worker-1", lease_s=600,

@@ -116,20 +116,24 @@ def test_rerating_edits_and_undo_restores_step_by_step(ui_world):
     assert rating_of(ui_world, image, alice) is None
     assert page.marks[str(image)]["state"] == "open"
     view = page.undo()
-    assert "no rating to undo" in view.message
+    assert "nothing to undo" in view.message
 
 
-def test_skip_hides_the_image_for_good(ui_world):
+def test_skip_hides_the_image_and_can_be_taken_back(ui_world):
     page = Page(ui_world, "alice")
     skipped = page.batch[0]
     page.skip(skipped)
     assert page.marks[str(skipped)]["state"] == "skipped"
     assert rating_of(ui_world, skipped, ui_world.accounts["alice"]) is None
-    view = page.rate(skipped, 5)  # no longer offered to alice
-    assert "not offered to you" in view.message
-    assert rating_of(ui_world, skipped, ui_world.accounts["alice"]) is None
     later = Page(ui_world, "alice")
-    assert skipped not in later.batch
+    assert skipped not in later.batch  # not offered again
+    view = page.undo()  # undo takes the skip back (skip used to be permanent)
+    assert view.message is None and page.marks[str(skipped)]["state"] == "open"
+    page.skip(skipped)
+    view = page.rate(skipped, 5)  # a key landing on a skipped card rates it: the skip is taken back
+    assert view.message is None and rating_of(ui_world, skipped, ui_world.accounts["alice"]) == 5
+    with read_session(ui_world.factory) as s:
+        assert repo.find_skip(session=s, image_id=skipped, rater_id=ui_world.accounts["alice"]) is None
 
 
 @pytest.mark.parametrize("score", [0, 11, -3, 7.5, "x", None, True, "10 "])
@@ -324,21 +328,24 @@ def test_only_next_batch_and_submit_rating_are_public(ui_world):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_admin_creates_closes_pauses(ui_world):
+def test_admin_creates_closes_pauses(ui_world, tmp_path):
     root = who(ui_world, "root")
+    model = tmp_path / "models" / "x"  # the model is checked when the experiment is created
+    model.mkdir(parents=True)
+    (model / "model_index.json").write_text("{}")
     form = ui_admin.ExperimentForm(name="second", preset="shapes", method="ucb", budgets="8, 16", prompts="a circle\n a square \n",
                                    aggregation="max", kl_weight=0.05, overlap=2)
-    assert "Created experiment 'second'" in ui_admin.create_experiment(ui_world.factory, root, form, default_model="models/x")
+    assert "Created experiment 'second'" in ui_admin.create_experiment(ui_world.factory, root, form, default_model=str(model))
     with read_session(ui_world.factory) as s:
         exp = repo.get_experiment_by_name(session=s, name="second")
-        assert (exp.method, exp.budgets, exp.prompts, exp.overlap, exp.model_spec) == ("ucb", [8, 16], ["a circle", "a square"], 2, "models/x")
+        assert (exp.method, exp.budgets, exp.prompts, exp.overlap, exp.model_spec) == ("ucb", [8, 16], ["a circle", "a square"], 2, str(model))
         assert exp.config["finetune"]["kl_weight"] == 0.05 and exp.config["optimism"]["aggregation"] == "max"
         assert [j.kind for j in repo.list_jobs(session=s, experiment_id=exp.id)] == ["generate"]
     for bad, match in ((dict(name=" "), "name"), (dict(name="b", budgets="8, x"), "budgets"),
                        (dict(name="c", method="magic"), "unknown method"), (dict(name="second"), "already exists"),
                        (dict(name="d", overlap=0), "overlap")):
         with pytest.raises(ValueError, match=match):
-            ui_admin.create_experiment(ui_world.factory, root, ui_admin.ExperimentForm(**bad), default_model="m")
+            ui_admin.create_experiment(ui_world.factory, root, ui_admin.ExperimentForm(**bad), default_model=str(model))
     with pytest.raises(Conflict, match="no ratings yet"):
         ui_admin.close_round(ui_world.factory, root, ui_world.experiment_id)
     ui_rate.submit(ui_world.factory, who(ui_world, "alice"), ui_world.image_ids[0], 6)

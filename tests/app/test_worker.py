@@ -191,7 +191,9 @@ def test_a_requeued_generate_job_reuses_the_existing_images(worker_world):
 
 def test_a_failing_job_records_its_error_and_is_retried(worker_world, tmp_path):
     world = worker_world
-    eid = world.create_experiment("broken", model_spec=str(tmp_path / "no-such-model"))
+    eid = world.create_experiment("broken")  # a mistyped model is refused at creation: break it afterwards
+    with write_session(world.factory) as s:
+        repo.get_experiment(session=s, experiment_id=eid).model_spec = str(tmp_path / "no-such-model")
     worker = world.worker()
     for attempt in (1, 2, 3):
         assert worker.run_once() is True

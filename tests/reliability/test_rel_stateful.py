@@ -3,9 +3,10 @@ second rater rating through the API and an admin who may close the round, checke
 plain in-memory model of what the database and the page's undo history must hold.
 
 The model's rules are the documented ones (app/ui_rate.py): a rater may rate an image of their current batch
-that is still offered to them (not skipped by them, fewer ratings than the overlap) or that they rated before
-(an edit); a skipped image is not offered again; undo takes back this session's last rating (a new one is
-removed, an edit gets its previous score back); nothing changes once the round is closed.
+that is still offered to them (fewer ratings than the overlap; one they skipped too, which takes the skip back)
+or that they rated before (an edit); a skipped image is not offered again; undo takes back the rater's newest
+rating or skip of the open round (a new rating is removed, an edit gets its previous score back, a skip is
+lifted), from a history kept in the database; nothing changes once the round is closed.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from db import repo
 from db import testing as dbt
 from db.engine import make_engine, read_session, session_factory, write_session
 from db.errors import Conflict, InvalidInput, NotFound
-from db.models import Rating, Skip
+from db.models import Rating, Skip, UndoStep
 
 N_IMAGES, OVERLAP, BATCH = 6, 2, 3
 TEMPLATE: dict[str, Path] = {}
@@ -60,7 +61,7 @@ class RatingPage(RuleBasedStateMachine):
         # the model
         self.ratings: dict[tuple[int, int], int] = {}  # (rater id, image id) -> score
         self.skips: set[tuple[int, int]] = set()
-        self.history: list[tuple[int, int | None]] = []  # alice's page: (image, previous score or None)
+        self.history: list[tuple[str, int, int | None]] = []  # alice's undo steps: (action, image, previous score)
         self.closed = False
         self.state = None
         self.show(ui_rate.load_batch(self.factory, self.data_dir, self.alice, None, batch_size=BATCH))
@@ -80,8 +81,12 @@ class RatingPage(RuleBasedStateMachine):
         return sum(1 for (_, i) in self.ratings if i == image_id)
 
     def offered(self, who: Who, image_id: int) -> bool:
+        return self.rateable(who, image_id) and (who.rater_id, image_id) not in self.skips
+
+    def rateable(self, who: Who, image_id: int) -> bool:
+        """A new rating is accepted: offered, or skipped by the rater (rating it takes the skip back)."""
         return (image_id != self.eval_image and not self.closed and (who.rater_id, image_id) not in self.ratings
-                and (who.rater_id, image_id) not in self.skips and self.count(image_id) < OVERLAP)
+                and self.count(image_id) < OVERLAP)
 
     # -- rules -----------------------------------------------------------------------------------
 
@@ -98,12 +103,14 @@ class RatingPage(RuleBasedStateMachine):
             assert self.last_message and "closed for labeling" in self.last_message
         elif key in self.ratings:  # an edit
             assert self.last_message is None
-            self.history.append((image_id, self.ratings[key]))
+            if self.ratings[key] != score:
+                self.history.append(("rate", image_id, self.ratings[key]))
             self.ratings[key] = score
-        elif self.offered(self.alice, image_id):
+        elif self.rateable(self.alice, image_id):
             assert self.last_message is None
-            self.history.append((image_id, None))
+            self.history.append(("rate", image_id, None))
             self.ratings[key] = score
+            self.skips.discard(key)
         else:
             assert self.last_message and "not offered to you" in self.last_message
 
@@ -121,21 +128,26 @@ class RatingPage(RuleBasedStateMachine):
             assert self.last_message and "undo the rating before skipping" in self.last_message
         else:
             assert self.last_message is None
+            if key not in self.skips:
+                self.history.append(("skip", image_id, None))
             self.skips.add(key)
 
     @rule()
     def alice_undoes(self):
+        page_round = self.state["round_id"]
         self.show(ui_rate.undo(self.factory, self.data_dir, self.alice, self.state, batch_size=BATCH))
-        if not self.history:
-            assert self.last_message and "no rating to undo" in self.last_message
-            return
-        image_id, previous = self.history.pop()
-        if self.closed:
+        if self.closed and page_round is not None:
             assert self.last_message and self.last_message.startswith("Cannot undo")
             return
+        if self.closed or not self.history:
+            assert self.last_message and "nothing to undo" in self.last_message
+            return
+        action, image_id, previous = self.history.pop()
         assert self.last_message is None
         key = (self.alice.rater_id, image_id)
-        if previous is None:
+        if action == "skip":
+            self.skips.discard(key)
+        elif previous is None:
             del self.ratings[key]
         else:
             self.ratings[key] = previous
@@ -144,8 +156,6 @@ class RatingPage(RuleBasedStateMachine):
     @rule()
     def alice_new_batch(self):
         self.show(ui_rate.load_batch(self.factory, self.data_dir, self.alice, self.state, batch_size=BATCH))
-        if self.closed:
-            self.history = []  # no open round: the page has no round, and undo applies to the round being rated
         for image_id in self.state["batch"]:
             assert self.offered(self.alice, image_id), f"image {image_id} was offered but should not be"
 
@@ -178,9 +188,11 @@ class RatingPage(RuleBasedStateMachine):
         with read_session(self.factory) as s:
             ratings = {(r.rater_id, r.image_id): r.score for r in s.query(Rating)}
             skips = {(k.rater_id, k.image_id) for k in s.query(Skip)}
+            steps = [(u.action, u.image_id, u.previous_score)
+                     for u in s.query(UndoStep).filter(UndoStep.rater_id == self.alice.rater_id).order_by(UndoStep.id)]
         assert ratings == self.ratings
         assert skips == self.skips
-        assert [tuple(h) for h in self.state["history"]] == self.history
+        assert steps == self.history  # the undo history is in the database, not in the page's state
         batch = self.state["batch"]
         assert len(batch) == len(set(batch)) and self.eval_image not in batch
         if not self.closed:  # the SQL count and membership check agree with the model and with the list of offered images

@@ -1,0 +1,169 @@
+"""Export in the browser, for admins: build an export on demand, download it through one route.
+
+``build`` makes the same exports as ``python -m app export`` (a round's LoRA as diffusers, kohya or a merged
+pipeline; the experiment's ratings as a dataset), chosen by experiment id and round index and written by
+``app.export`` under ``<data_dir>/exports/``. Each built file is recorded in the ``exports`` table and gets an id.
+
+``GET /seiko/export/<id>`` (``routes``) is the only way to download one. It identifies the caller as every event
+handler does (the sign-in session's cookie, or local mode on localhost), answers only admins, looks the id up in
+the database and serves exactly the file recorded there (checked to lie under ``<data_dir>/exports/``). The URL
+carries no path, so nothing can be traversed; an unknown id, a non-admin or a missing file get one sentence.
+"""
+
+from __future__ import annotations
+
+import html
+import mimetypes
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from app import auth, export
+from app.auth import AuthError, Who, require_admin
+from app.settings import Settings
+from db import repo
+from db.engine import read_session, write_session
+from db.errors import InvalidInput, NotFound
+from db.models import EXPORT_FORMATS
+from seiko_core.checkpoint import sha256_file
+
+ROUTE = "/seiko/export/{export_id}"
+MAX_ID_DIGITS = 18
+
+
+def download_url(export_id: int) -> str:
+    return ROUTE.format(export_id=int(export_id))
+
+
+@dataclass(frozen=True)
+class Built:
+    export_id: int
+    file_name: str
+    size_bytes: int
+    url: str
+
+    def message(self) -> str:
+        return f"Export {self.export_id} is ready: {self.file_name} ({_size(self.size_bytes)})."
+
+    def link_html(self) -> str:
+        return (f"<a id='export-link-{self.export_id}' class='seiko-export-link' href='{html.escape(self.url, quote=True)}' "
+                f"download>Download {html.escape(self.file_name)} ({_size(self.size_bytes)})</a>")
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} bytes"
+
+
+def _round_index(value: Any) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, str) and value.strip().isdecimal():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidInput(f"the round must be a whole number (0, 1, 2, ...), got {value!r}")
+    return value
+
+
+def build(factory, settings: Settings, who: Who, experiment_id: int | None, round_index: Any, fmt: str) -> Built:
+    """Build an export of ``experiment_id`` (``fmt``: diffusers, kohya, merged or ratings; ``round_index`` for the
+    LoRA formats), record it, and return its id and download URL. Refusals are one sentence (ValueError)."""
+    require_admin(who)
+    if fmt not in EXPORT_FORMATS:
+        raise InvalidInput(f"unknown export format {fmt!r}; choose from {list(EXPORT_FORMATS)}")
+    if experiment_id is None:
+        raise InvalidInput("choose an experiment first")
+    with read_session(factory) as s:
+        repo.get_experiment(session=s, experiment_id=int(experiment_id))
+    if fmt == "ratings":
+        index = None
+        path = export.export_ratings(settings, int(experiment_id))
+    else:
+        index = _round_index(round_index)
+        path = export.export_round(settings, int(experiment_id), index, fmt)
+    root = settings.data_dir.resolve()
+    relative = path.resolve().relative_to(root).as_posix()
+    size = path.stat().st_size
+    with write_session(factory) as s:
+        row = repo.add_export(session=s, experiment_id=int(experiment_id), round_index=index, fmt=fmt, file_path=relative,
+                              sha256=sha256_file(path), size_bytes=size, created_by=who.rater_id)
+        export_id = row.id
+        repo.add_audit(session=s, actor_id=who.rater_id, actor_name=who.name, action="export.build",
+                       target=f"experiment {int(experiment_id)}", detail={"export_id": export_id, "format": fmt, "round": index})
+    return Built(export_id, path.name, size, download_url(export_id))
+
+
+def exports_table(factory, who: Who, experiment_id: int | None) -> list[list[str]]:
+    require_admin(who)
+    if experiment_id is None:
+        return []
+    with read_session(factory) as s:
+        return [[str(e.id), e.format, "–" if e.round_index is None else str(e.round_index), Path(e.file_path).name,
+                 _size(e.size_bytes), e.created_at.strftime("%Y-%m-%d %H:%M UTC"), download_url(e.id)]
+                for e in repo.list_exports(session=s, experiment_id=int(experiment_id))]
+
+
+# ---------------------------------------------------------------------------------------------
+# the download route
+# ---------------------------------------------------------------------------------------------
+
+
+def _username(request: Request) -> str | None:
+    """The signed-in user of a plain HTTP request, found the way Gradio finds it for its own routes (the session
+    cookie's token in the app's token table; app.web_guard withdraws tokens of ended sessions from that table)."""
+    app = request.scope.get("app")
+    tokens = getattr(app, "tokens", None)
+    cookie_id = getattr(app, "cookie_id", None)
+    if tokens is None or cookie_id is None:
+        return None
+    token = request.cookies.get(f"access-token-{cookie_id}") or request.cookies.get(f"access-token-unsecure-{cookie_id}")
+    return tokens.get(token) if token else None
+
+
+def _refusal(status: int, text: str) -> Response:
+    return PlainTextResponse(text, status_code=status, headers={"Cache-Control": "no-store"})
+
+
+def serve(services, request: Request) -> Response:
+    """``GET /seiko/export/<id>``: the built archive of export ``id``, for admins only."""
+    username = _username(request)
+    host = request.client.host if request.client else None
+    try:
+        who = auth.identify(services.factory, local_mode=services.local_mode, username=username, client_host=host)
+        require_admin(who)
+    except AuthError as e:
+        status = 401 if username is None and not services.local_mode else 403
+        return _refusal(status, f"Only a signed-in admin can download exports ({str(e).rstrip('.')}).")
+    raw = str(request.path_params.get("export_id", ""))
+    if not raw.isdecimal() or len(raw) > MAX_ID_DIGITS or int(raw) < 1:
+        return _refusal(404, f"There is no export with id {raw[:40]!r}; export ids are whole numbers.")
+    try:
+        with read_session(services.factory) as s:
+            row = repo.get_export(session=s, export_id=int(raw))
+            relative = row.file_path
+    except NotFound:
+        return _refusal(404, f"There is no export with id {int(raw)}.")
+    root = (services.settings.data_dir.resolve() / export.EXPORTS_DIR).resolve()
+    path = (services.settings.data_dir.resolve() / relative).resolve()
+    if not path.is_relative_to(root) or not path.is_file():
+        return _refusal(404, f"The file of export {int(raw)} is no longer there; build the export again.")
+    media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return FileResponse(path, media_type=media, filename=path.name, headers={"Cache-Control": "no-store"})
+
+
+def routes(services) -> list[Route]:
+    """The download route, for ``launch(app_kwargs={"routes": ...})`` (Gradio's App is a FastAPI app)."""
+
+    def download(request: Request) -> Response:  # a plain function: Starlette runs it in its thread pool
+        return serve(services, request)
+
+    # ``:path`` takes everything after /seiko/export/ (slashes, dots), so whatever follows gets the same one sentence
+    return [Route(ROUTE.replace("{export_id}", "{export_id:path}"), endpoint=download, methods=["GET"],
+                  name="seiko_export_download")]

@@ -1,0 +1,252 @@
+"""Issue 13, items 4-6 through the app's handlers: admin recovery (asked first, audited), a model checked when an
+experiment is created, several raters (leases, progress, undo after a reload, dashboard access) and the
+browser export's download route."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import pytest
+
+from app import auth, services, ui, ui_admin, ui_dashboard, ui_export, ui_rate
+from app.auth import AuthError
+from db import repo
+from db.engine import read_session, write_session
+from db.errors import Conflict, InvalidInput
+
+PASSWORD = "correct horse battery"  # tests/app/conftest.py gives every ui_world account this password
+
+
+def who(world, name: str) -> auth.Who:
+    return auth.identify(world.factory, local_mode=False, username=name, client_host="127.0.0.1")
+
+
+def page(world, name: str, batch_size: int = 4) -> ui_rate.View:
+    return ui_rate.load_batch(world.factory, world.settings.data_dir, who(world, name), None, batch_size=batch_size)
+
+
+def audit_actions(world) -> list[str]:
+    with read_session(world.factory) as s:
+        return [e.action for e in reversed(repo.list_audit(session=s)) if not e.action.startswith("user.")]
+
+
+def rate_all(world, names, score=5):
+    for name in names:
+        for image in world.image_ids:
+            ui_rate.submit(world.factory, who(world, name), image, score)
+
+
+# ---------------------------------------------------------------------------------------------
+# recovery
+# ---------------------------------------------------------------------------------------------
+
+
+def test_closing_a_round_is_asked_first_and_checked_against_the_answer(ui_world):
+    root = who(ui_world, "root")
+    ui_rate.submit(ui_world.factory, who(ui_world, "alice"), ui_world.image_ids[0], 7)
+    question, index = ui_admin.close_question(ui_world.factory, root, ui_world.experiment_id)
+    assert index == 0 and "Close round 0 of 'ui-exp'" in question and "1 of 6 ratings" in question
+    with read_session(ui_world.factory) as s:  # asking changes nothing
+        assert repo.get_round(session=s, round_id=ui_world.round_id).status == "labeling"
+    with pytest.raises(Conflict, match="not round 5"):
+        ui_admin.close_round(ui_world.factory, root, ui_world.experiment_id, expected_index=5)
+    assert "Round 0 closed" in ui_admin.close_round(ui_world.factory, root, ui_world.experiment_id, expected_index=0)
+    assert "Round 0 is open for labeling again" in ui_admin.reopen_round(ui_world.factory, root, ui_world.experiment_id)
+    with read_session(ui_world.factory) as s:
+        (job,) = repo.list_jobs(session=s, experiment_id=ui_world.experiment_id)
+        assert job.status == "failed" and "reopened" in job.error
+    assert audit_actions(ui_world) == ["round.close", "round.reopen"]
+    with read_session(ui_world.factory) as s:
+        entry = repo.list_audit(session=s)[0]  # newest first
+        assert (entry.actor_name, entry.target, entry.detail["round"]) == ("root", f"experiment {ui_world.experiment_id}", 0)
+
+
+def test_a_failed_job_is_retried_from_the_admin_tab(ui_world):
+    root = who(ui_world, "root")
+    with write_session(ui_world.factory) as s:
+        round1 = repo.create_round(session=s, experiment_id=ui_world.experiment_id, index=None, adapter_path="adapters/r1")
+        job_id = repo.enqueue_job(session=s, kind="generate", experiment_id=ui_world.experiment_id, round_id=round1.id,
+                                  payload={"round_index": 1}).id
+    for _ in range(3):
+        with write_session(ui_world.factory) as s:
+            repo.claim_job(session=s, worker_id="w", lease_s=30)
+            repo.fail_job(session=s, job_id=job_id, worker_id="w", error="ModelLoadError: gone", retry=True)
+    assert ui_admin.newest_failed_job(ui_world.factory, ui_world.experiment_id) == job_id
+    assert f"Job {job_id} (generate) failed after 3 attempts" in ui_admin.round_status_html(ui_world.factory, ui_world.experiment_id)
+    assert any(row[0] == str(job_id) and row[3] == "failed" for row in ui_admin.jobs_table(ui_world.factory, root,
+                                                                                          ui_world.experiment_id))
+    with pytest.raises(AuthError):
+        ui_admin.retry_job(ui_world.factory, who(ui_world, "alice"), ui_world.experiment_id)
+    with pytest.raises(InvalidInput, match="positive whole number"):
+        ui_admin.retry_job(ui_world.factory, root, ui_world.experiment_id, "../1")
+    assert f"Job {job_id} (generate) is queued again" in ui_admin.retry_job(ui_world.factory, root, ui_world.experiment_id)
+    with read_session(ui_world.factory) as s:
+        job = repo.get_job(session=s, job_id=job_id)
+        assert (job.status, job.attempts) == ("queued", 0)
+    with pytest.raises(Conflict, match="no failed job"):
+        ui_admin.retry_job(ui_world.factory, root, ui_world.experiment_id)
+    assert audit_actions(ui_world) == ["job.retry"]
+
+
+def test_finish_and_archive_from_the_admin_tab(ui_world):
+    root = who(ui_world, "root")
+    assert "Finish experiment 'ui-exp'?" in ui_admin.finish_question(ui_world.factory, root, ui_world.experiment_id)
+    assert "is finished" in ui_admin.finish_experiment(ui_world.factory, root, ui_world.experiment_id)
+    with pytest.raises(Conflict, match="is finished"):
+        ui_admin.set_paused(ui_world.factory, root, ui_world.experiment_id, False)
+    assert "archived" in ui_admin.finish_experiment(ui_world.factory, root, ui_world.experiment_id, archive=True)
+    assert ui_admin.experiment_choices(ui_world.factory) == []
+    assert audit_actions(ui_world) == ["experiment.finish", "experiment.archive"]
+
+
+def test_a_mistyped_model_is_refused_at_creation_and_nothing_is_written(ui_world, tmp_path, monkeypatch):
+    """It used to be written, fail three times in the worker, and keep its name for good."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    root = who(ui_world, "root")
+    form = ui_admin.ExperimentForm(name="typo", preset="shapes", model=str(tmp_path / "modles" / "shapes-sd"))
+    with pytest.raises(InvalidInput, match=r"does not exist; nothing was created"):
+        ui_admin.create_experiment(ui_world.factory, root, form, default_model="unused")
+    no_index = tmp_path / "not-a-model"
+    no_index.mkdir()
+    with pytest.raises(InvalidInput, match="no model_index.json"):
+        ui_admin.create_experiment(ui_world.factory, root, ui_admin.ExperimentForm(name="typo", model=str(no_index)),
+                                   default_model="unused")
+    with pytest.raises(InvalidInput, match="not in the local cache"):
+        ui_admin.create_experiment(ui_world.factory, root, ui_admin.ExperimentForm(name="typo", model="nobody/no-such-model"),
+                                   default_model="unused")
+    with read_session(ui_world.factory) as s:
+        assert [e.name for e in repo.list_experiments(session=s)] == ["ui-exp"]
+        assert repo.list_jobs(session=s, status="queued") == []
+    (no_index / "model_index.json").write_text("{}")  # the name is still free
+    assert "Created experiment 'typo'" in ui_admin.create_experiment(
+        ui_world.factory, root, ui_admin.ExperimentForm(name="typo", model=str(no_index)), default_model="unused")
+    assert services.check_model_spec(str(no_index)) == str(no_index)
+
+
+# ---------------------------------------------------------------------------------------------
+# several raters
+# ---------------------------------------------------------------------------------------------
+
+
+def test_two_raters_get_different_images_with_overlap_one(ui_world):
+    """Both pages used to draw from the same least-rated images, so the second rater's judgement was refused."""
+    alice, bob = page(ui_world, "alice"), page(ui_world, "bob")
+    assert len(alice.state["batch"]) == 4 and len(bob.state["batch"]) == 2
+    assert not set(alice.state["batch"]) & set(bob.state["batch"])
+    for image in bob.state["batch"]:
+        with pytest.raises(Conflict, match="not offered"):
+            ui_rate.submit(ui_world.factory, who(ui_world, "alice"), image, 3)
+    again = page(ui_world, "alice")  # a reload keeps the same reserved images
+    assert again.state["batch"] == alice.state["batch"]
+
+
+def test_progress_counts_ratings_against_images_times_overlap(ui_world_factory):
+    world = ui_world_factory(n_images=4, overlap=3)
+    rate_all(world, ["alice"])
+    view = page(world, "bob")
+    assert "<b>4 of 12</b> ratings" in view.progress and "4 images × 3 raters" in view.progress
+    assert "width:33.3%" in view.progress
+    rate_all(world, ["bob", "root"])
+    view = page(world, "alice")
+    assert "<b>12 of 12</b> ratings" in view.progress and "width:100.0%" in view.progress  # was "12 of 4"
+    with read_session(world.factory) as s:
+        (row,) = ui_dashboard.round_rows(s, repo.get_experiment(session=s, experiment_id=world.experiment_id))
+    table = dict(zip(ui_dashboard.HEADERS, ui_dashboard.table([row])[0]))
+    assert (table["Images"], table["Images rated"], table["Ratings"], table["Ratings wanted"]) == ("4", "4", "12", "12")
+    assert "Budget" not in ui_dashboard.HEADERS
+
+
+def test_undo_survives_a_reload(ui_world):
+    first = page(ui_world, "alice")
+    image = first.state["batch"][0]
+    ui_rate.rate(ui_world.factory, ui_world.settings.data_dir, who(ui_world, "alice"), first.state,
+                 {"image_id": image, "score": 8}, batch_size=4)
+    reloaded = page(ui_world, "alice")  # a new browser session: empty gr.State
+    view = ui_rate.undo(ui_world.factory, ui_world.settings.data_dir, who(ui_world, "alice"), reloaded.state, batch_size=4)
+    assert view.message is None and image in view.state["batch"]
+    with read_session(ui_world.factory) as s:
+        assert repo.find_rating(session=s, image_id=image, rater_id=ui_world.accounts["alice"]) is None
+
+
+def test_raters_see_the_dashboard_only_when_the_experiment_allows_it(ui_world):
+    root = who(ui_world, "root")
+    assert ui_admin.raters_see_dashboard(ui_world.factory, ui_world.experiment_id) is False
+    with pytest.raises(AuthError):
+        ui_admin.set_dashboard_access(ui_world.factory, who(ui_world, "alice"), ui_world.experiment_id, True)
+    assert "Raters can now see" in ui_admin.set_dashboard_access(ui_world.factory, root, ui_world.experiment_id, True)
+    assert ui_admin.raters_see_dashboard(ui_world.factory, ui_world.experiment_id) is True
+    assert audit_actions(ui_world) == ["experiment.dashboard_access"]
+
+
+# ---------------------------------------------------------------------------------------------
+# export in the browser
+# ---------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(ui_world):
+    services_ = ui_world.services(batch_size=4)
+    demo = ui.build_demo(services_)
+    demo.launch(prevent_thread_lock=True, quiet=True, **{**ui.launch_kwargs(services_), "server_port": free_port()})
+    yield ui_world, demo.local_url.rstrip("/")
+    demo.close()
+
+
+@contextmanager
+def signed_in(url: str, name: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=url) as http:
+        assert http.post("/login", data={"username": name, "password": PASSWORD}).status_code == 200
+        yield http
+
+
+def test_an_export_is_built_by_id_and_downloaded_through_one_checked_route(server):
+    world, url = server
+    rate_all(world, ["alice"])
+    root = who(world, "root")
+    with pytest.raises(AuthError):
+        ui_export.build(world.factory, world.settings, who(world, "alice"), world.experiment_id, None, "ratings")
+    with pytest.raises(InvalidInput, match="unknown export format 'zip'"):
+        ui_export.build(world.factory, world.settings, root, world.experiment_id, None, "zip")
+    with pytest.raises(ValueError, match="has no adapter"):
+        ui_export.build(world.factory, world.settings, root, world.experiment_id, 0, "kohya")
+    built = ui_export.build(world.factory, world.settings, root, world.experiment_id, None, "ratings")
+    assert built.url == f"/seiko/export/{built.export_id}" and built.file_name.endswith(".zip")
+    assert f"href='{built.url}'" in built.link_html()
+    with read_session(world.factory) as s:
+        row = repo.get_export(session=s, export_id=built.export_id)
+        file_path = world.settings.data_dir / row.file_path
+        on_disk = file_path.read_bytes()
+        assert hashlib.sha256(on_disk).hexdigest() == row.sha256 and row.file_path.startswith("exports/")
+    assert ui_export.exports_table(world.factory, root, world.experiment_id)[0][0] == str(built.export_id)
+
+    with signed_in(url, "root") as http:
+        got = http.get(built.url)
+        assert got.status_code == 200 and got.content == on_disk
+        assert built.file_name in got.headers["content-disposition"]
+        for bad in ("/seiko/export/999", "/seiko/export/abc", "/seiko/export/..%2F..%2Fseiko.db", "/seiko/export/0",
+                    "/seiko/export/-1", "/seiko/export/1e3"):
+            response = http.get(bad)
+            assert response.status_code == 404, bad
+            assert response.text.startswith("There is no export with id") and response.text.endswith("."), response.text
+            assert "\n" not in response.text
+            assert not response.content.startswith(b"PK")
+        assert http.get("/seiko/export/%2e%2e/%2e%2e/seiko.db").status_code == 404
+    with signed_in(url, "alice") as http:
+        refused = http.get(built.url)
+        assert refused.status_code == 403 and "Only a signed-in admin" in refused.text and not refused.content.startswith(b"PK")
+    with httpx.Client(base_url=url) as http:
+        assert http.get(built.url).status_code == 401
+    file_path.unlink()
+    with signed_in(url, "root") as http:
+        gone = http.get(built.url)
+        assert gone.status_code == 404 and "build the export again" in gone.text
