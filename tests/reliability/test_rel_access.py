@@ -186,6 +186,10 @@ def call_event(http: httpx.Client, fn_index: int, data: list, session_hash: str)
 
 
 ADMIN_HANDLERS = ("on_admin_tab", "on_close", "on_pause", "on_resume", "on_preset", "on_create", "on_add_user")
+# recovery, dashboard access and the browser export (issue 13, items 4-6); their inputs depend on the world
+RECOVERY_HANDLERS = ("on_finish_ask", "on_archive_ask", "on_confirm", "on_cancel", "on_retry", "on_reopen",
+                     "on_dash_access", "on_build_export")
+ADMIN_HANDLERS += RECOVERY_HANDLERS
 
 
 def _fn_ids(demo) -> dict[str, int]:
@@ -202,6 +206,10 @@ def test_a_rater_cannot_run_admin_handlers(rel_server):
         "on_preset": ["shapes"],
         "on_create": ["evil", "shapes", "", "greedy", "(the method's default)", 0.01, 1, "4", "a shape"],
         "on_add_user": ["mallory", "admin", "long enough password"],
+        "on_finish_ask": [world.experiment_id], "on_archive_ask": [world.experiment_id],
+        "on_confirm": [{"action": "archive", "experiment_id": world.experiment_id}, world.experiment_id], "on_cancel": [],
+        "on_retry": [world.experiment_id, ""], "on_reopen": [world.experiment_id],
+        "on_dash_access": [world.experiment_id, True], "on_build_export": [world.experiment_id, 0, "ratings"],
     }
     before = db_state(world)
     # 1. the handlers as plain functions with a rater's request
@@ -217,7 +225,7 @@ def test_a_rater_cannot_run_admin_handlers(rel_server):
     assert db_state(world) == before
     # and the admin may (the check is the role, not a broken handler)
     root = gr.Request(username="root", client={"host": "127.0.0.1"})
-    status_html, users = demo.fns[ids["on_admin_tab"]].fn(world.experiment_id, request=root)
+    status_html, users, *_ = demo.fns[ids["on_admin_tab"]].fn(world.experiment_id, request=root)
     assert "ui-exp" in status_html and {row[1] for row in users} == {"alice", "bob", "root"}
 
 
@@ -243,11 +251,23 @@ def test_file_routes_refuse_traversal_and_the_data_dir(rel_server):
                     or b"def authenticator" in body or r.status_code >= 500:
                 bad.append(f"{p}: {r.status_code} {body[:80]!r}")
     assert not bad, "\n".join(bad)
+    # the export download route (app.ui_export) takes an id, never a path: the same targets, as a rater and as an admin
+    # (httpx removes plain ../ segments itself, so those reach Gradio's own 404 rather than the route)
+    export_paths = [f"/seiko/export/{t}" for t in targets + traversals] + ["/seiko/export/1/../../seiko.db"]
+    for name, refused in (("alice", {403, 404}), ("root", {404})):
+        with signed_in(url, name) as http:
+            for p in export_paths:
+                r = http.get(p)
+                body = r.content
+                if r.status_code not in refused or b"root:x:0:0" in body or b"\x89PNG" in body or b"SQLite format" in body \
+                        or b"def authenticator" in body or "\n" in r.text:
+                    bad.append(f"{name} {p}: {r.status_code} {body[:80]!r}")
+    assert not bad, "\n".join(bad)
 
 
-def test_the_api_takes_no_user_id_and_exports_have_no_route(rel_server):
-    """A rater is who the session says: the public API has no rater/user parameter, and there is no export or
-    download route at all (exports are the CLI's, on the server's disk)."""
+def test_the_api_takes_no_user_id_and_exports_have_one_admin_route(rel_server):
+    """A rater is who the session says: the public API has no rater/user parameter; the only export or download
+    route is the admin-only ``/seiko/export/<id>`` (app.ui_export), and the only export handler is an admin's."""
     from gradio_client import Client
 
     world, demo, url = rel_server
@@ -258,9 +278,10 @@ def test_the_api_takes_no_user_id_and_exports_have_no_route(rel_server):
     with pytest.raises(Exception):  # noqa: B017 - gradio_client refuses an argument the endpoint does not have
         alice.predict(image_id=world.image_ids[0], score=5, rater_id=world.accounts["bob"], api_name="/submit_rating")
     alice.close()
-    for method, path in all_routes(demo.app):
-        assert not re.search(r"export|download|rater|user_id", path, re.I), (method, path)
-    assert not any(re.search("export", bf.fn.__name__ or "", re.I) for bf in demo.fns.values() if bf.fn is not None)
+    routes = [(method, path) for method, path in all_routes(demo.app) if re.search(r"export|download|rater|user_id", path, re.I)]
+    assert routes == [("GET", "/seiko/export/{export_id:path}"), ("HEAD", "/seiko/export/{export_id:path}")]
+    export_fns = {bf.fn.__name__ for bf in demo.fns.values() if bf.fn is not None and re.search("export", bf.fn.__name__, re.I)}
+    assert export_fns == {"on_build_export"} and "on_build_export" in ADMIN_HANDLERS
 
 
 def test_one_rater_cannot_change_or_read_anothers_ratings(rel_world):
