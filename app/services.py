@@ -30,6 +30,7 @@ class ExperimentSpec:
     method: str | None = None  # nonadaptive, greedy, ucb, bootstrap, ts
     budgets: tuple[int, ...] | None = None  # images (= ratings wanted) per round
     prompts: tuple[str, ...] | None = None
+    eval_prompts: tuple[str, ...] | None = None  # held-out prompts of the fixed-seed grid; default: the preset's not sampled
     overlap: int = 1  # ratings wanted per image (several raters)
     kl_weight: float | None = None
     aggregation: str | None = None  # override the method's optimism (mean, max, softmax, ucb_heads, thompson)
@@ -40,14 +41,25 @@ def build_config(spec: ExperimentSpec) -> SeikoConfig:
     if spec.preset not in PRESETS:
         raise InvalidInput(f"unknown preset {spec.preset!r}; choose from {sorted(PRESETS)}")
     cfg = preset(spec.preset)
-    if spec.method is not None:
-        if spec.method not in METHODS:
-            raise InvalidInput(f"unknown method {spec.method!r}; choose from {sorted(METHODS)}")
-        cfg = cfg.for_method(spec.method)
     if spec.budgets is not None:
         cfg.budgets = tuple(int(b) for b in spec.budgets)
     if spec.prompts is not None:
         cfg.prompts = tuple(p.strip() for p in spec.prompts if p.strip())
+    if spec.eval_prompts is not None:
+        cfg.eval_prompts = tuple(p.strip() for p in spec.eval_prompts if p.strip())
+    else:  # the preset's held-out prompts, less any the experiment samples
+        cfg.eval_prompts = tuple(p for p in cfg.eval_prompts if p not in set(cfg.prompts))
+    if not cfg.prompts:
+        raise InvalidInput("an experiment needs at least one sampling prompt")
+    if not cfg.eval_prompts:
+        raise InvalidInput("an experiment needs at least one evaluation prompt that is not also a sampling prompt")
+    if spec.method is not None:
+        if spec.method not in METHODS:
+            raise InvalidInput(f"unknown method {spec.method!r}; choose from {sorted(METHODS)}")
+        try:
+            cfg = cfg.for_method(spec.method)
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from exc
     if spec.kl_weight is not None:
         cfg.finetune.kl_weight = float(spec.kl_weight)
     if spec.aggregation is not None:
@@ -56,10 +68,6 @@ def build_config(spec: ExperimentSpec) -> SeikoConfig:
         cfg = from_dict(to_dict(cfg))  # re-validate every field
     except ValueError as exc:
         raise InvalidInput(str(exc)) from exc
-    if not cfg.prompts:
-        raise InvalidInput("an experiment needs at least one sampling prompt")
-    if not cfg.eval_prompts:
-        cfg.eval_prompts = cfg.prompts[:4]
     return cfg
 
 

@@ -27,9 +27,9 @@ background load on the machine falls on both alike. The BASELINE:
 - wraps each whole UNet call of the trained model at an attached step in ``torch.utils.checkpoint``;
 - copies the schedule scalars and the step's noise to the device inside the loop.
 
-It is deliberately not weaker than the reference: its previous-model calls run without a graph on a
-detached x_t (the reference keeps a checkpointed graph through the old UNet too), and at detached steps
-the new model runs under ``no_grad`` (the reference runs it with a graph, then detaches).
+It is deliberately not weaker than the reference: at attached steps its previous-model calls run on the same
+graph-carrying x_t, checkpointed, as the reference does (so the x_t terms cancel in the KL's gradient); at
+detached steps both models run under ``no_grad`` (the reference runs the new one with a graph, then detaches).
 
 Same seeds and weights give both paths the same images and the same loss: the harness records the
 differences (``check`` fields) and ``tests/seiko_core/test_bench.py`` asserts them. The baseline sums the
@@ -290,7 +290,7 @@ def make_setup(parts, *, steps: int = 50, guidance: float = 7.5, eta: float = 1.
     ensemble = RewardEnsemble(dim, RewardConfig(), generator=torch.Generator().manual_seed(seed + 1)).eval()
     ensemble.requires_grad_(False)
     cfg = SeikoConfig(optimism=OptimismConfig(aggregation="max"), finetune=ft)
-    reward_fn = make_reward_fn(parts, ensemble, None, cfg, seed)
+    reward_fn = make_reward_fn(parts, ensemble, None, cfg)
     return BenchSetup(parts=parts, ft=ft, steps=steps, eta=eta, guidance=guidance, adapter="round_2", reference="round_1",
                       params=params, reward_fn=reward_fn, autocast=autocast_factory(parts.device, precision),
                       precision=precision, checkpointing=checkpointing)
@@ -336,13 +336,20 @@ def baseline_loss(setup: BenchSetup, prompts: list[str], seeds: list[int], attac
             else:
                 with torch.no_grad():
                     e_u, e_c = _unet_eps(unet, x, t_dev, uncond), _unet_eps(unet, x, t_dev, cond)
-            with torch.no_grad():  # the previous model: the separate frozen copy, at every step
-                p_u, p_c = _unet_eps(prev, x.detach(), t_dev, uncond), _unet_eps(prev, x.detach(), t_dev, cond)
+            # the previous model: the separate frozen copy, at every step, on the same x_t as the new model (the
+            # reference runs the old UNet on the latent that carries the gradient, checkpointed, where the step is kept)
+            if keep:
+                p_u = checkpoint(_unet_eps, prev, x, t_dev, uncond, use_reentrant=False)
+                p_c = checkpoint(_unet_eps, prev, x, t_dev, cond, use_reentrant=False)
+            else:
+                with torch.no_grad():
+                    p_u, p_c = _unet_eps(prev, x, t_dev, uncond), _unet_eps(prev, x, t_dev, cond)
             eps = at_least_fp32(e_u + g * (e_c - e_u))
             eps_prev = at_least_fp32(p_u + g * (p_c - p_u))
         mean = ddim_mean(x, eps, a, ap, sigma)
-        mean_prev = ddim_mean(x.detach(), eps_prev, a, ap, sigma)
-        kl_t = gaussian_kl(mean, mean_prev, sigma.clamp(min=1e-6))
+        mean_prev = ddim_mean(x, eps_prev, a, ap, sigma)
+        # a sigma = 0 step is deterministic for both models: no KL term (as ours)
+        kl_t = gaussian_kl(mean, mean_prev, sigma) if float(sigma) > 0 else torch.zeros(len(prompts), device=device)
         kl_all = kl_all + kl_t
         if keep:
             kl_att = kl_att + kl_t.detach()

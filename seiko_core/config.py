@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
-METHODS = ("nonadaptive", "greedy", "ucb", "bootstrap", "ts")
+METHODS = ("nonadaptive", "greedy", "ucb", "ucb_cov", "bootstrap", "ts")  # ucb: textbook bonus; ucb_cov: the reference code's
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -41,13 +41,24 @@ class RewardConfig:
         _check(self.lr > 0 and self.batch_size > 0 and self.max_epochs > 0, "lr, batch_size and max_epochs must be positive")
 
 
+# The UCB bonus is g(x) = alpha * y_std * sqrt(f^T A^{-1} f): alpha counts standard deviations of the ratings on D,
+# so it means the same on a 1-10 human scale and on an oracle's. The scale of each form, fixed by a rule written
+# down before any benchmark (BENCHMARKS.md, "How the UCB bonus scale was chosen"), never tuned per oracle:
+# - textbook (A = lambda I + sum f f^T): alpha = 1, one standard error of a ridge-regression head on the features
+#   when the residual noise is as large as the ratings' own spread (the conservative case); it shrinks like
+#   sqrt(F_eff / n), about 0.5-0.7 std at n = 32 and half that at n = 128;
+# - covariance (reference code, A = Cov(f) + lambda I, does not shrink): alpha = 0.5 / sqrt(F) with F = 16 features,
+#   so a point at the data's typical Mahalanobis distance (sqrt(F)) gets half a standard deviation.
+UCB_DEFAULT_ALPHA: dict[str, float] = {"textbook": 1.0, "covariance": 0.125}
+
+
 @dataclass
 class OptimismConfig:
     aggregation: str = "max"  # how heads become one reward: mean, max, softmax, ucb_heads, thompson (seiko_core.optimism)
     temperature: float = 1.0  # softmax aggregation's temperature tau
     ucb_beta: float = 1.0  # ucb_heads: mean + beta * std across heads
     bonus: str | None = None  # linear-UCB bonus on the last hidden features: None, "textbook" or "covariance"
-    bonus_alpha: float = 1e-2  # reference alpha
+    bonus_alpha: float | None = None  # in rating stds; None: the form's calibrated default (UCB_DEFAULT_ALPHA)
     bonus_lambda: float = 1e-3  # reference lambda (ridge)
     bonus_clip: float = 10.0  # reference clip c
 
@@ -55,6 +66,13 @@ class OptimismConfig:
         _check(self.temperature > 0, f"temperature must be positive, got {self.temperature}")
         _check(self.bonus in (None, "textbook", "covariance"), f"unknown bonus {self.bonus!r}; choose from [None, 'covariance', 'textbook']")
         _check(self.bonus_lambda > 0, f"bonus_lambda must be positive, got {self.bonus_lambda}")
+        _check(self.bonus_alpha is None or self.bonus_alpha >= 0, f"bonus_alpha must be non-negative, got {self.bonus_alpha}")
+
+    def alpha(self) -> float:
+        """The bonus scale in use: ``bonus_alpha``, or the calibrated default of the configured form."""
+        if self.bonus_alpha is not None:
+            return float(self.bonus_alpha)
+        return UCB_DEFAULT_ALPHA.get(self.bonus or "textbook", 1.0)
 
 
 @dataclass
@@ -121,9 +139,15 @@ class SeikoConfig:
         _check(self.method in METHODS, f"unknown method {self.method!r}; choose from {sorted(METHODS)}")
         _check(len(self.budgets) >= 1 and all(b >= 1 for b in self.budgets), f"budgets must be positive integers, got {self.budgets}")
         _check(0 <= self.good_prompt_prop <= 1, f"good_prompt_prop must be in [0, 1], got {self.good_prompt_prop}")
+        shared = sorted(set(self.eval_prompts) & set(self.prompts))
+        _check(not shared, f"eval prompts must be held out from the sampling prompts, but {shared} appear in both; "
+                           "evaluate on prompts that no round samples")
 
     def for_method(self, method: str) -> SeikoConfig:
-        """This config with ``method`` and the optimism it implies (METHOD_OPTIMISM)."""
+        """This config with ``method`` and the optimism it implies (METHOD_OPTIMISM).
+
+        Non-adaptive gets the K budgets in one round and K times the epochs (SEIKO.md: equal compute), so that it
+        takes as many optimiser steps as the K-round methods. Call it once on a per-round config."""
         _check(method in METHODS, f"unknown method {method!r}; choose from {sorted(METHODS)}")
         cfg = from_dict(to_dict(self))
         cfg.method = method
@@ -131,15 +155,19 @@ class SeikoConfig:
         cfg.optimism.aggregation = agg
         cfg.optimism.bonus = bonus
         if method == "nonadaptive":
+            # one round holding the whole budget, with K times the epochs: the same optimiser steps as K rounds
             cfg.budgets = (sum(self.budgets),)
+            cfg.finetune.epochs = self.finetune.epochs * len(self.budgets)
         return cfg
 
 
-# method -> (aggregation of heads, linear-UCB bonus form). TS draws one head per batch from heads fitted with SGLD noise.
+# method -> (aggregation of heads, linear-UCB bonus form). TS: one posterior draw per round from the heads (fitted with
+# SGLD noise as in the reference), used for the whole round's fine-tuning (seiko_core.optimism.thompson_draw).
 METHOD_OPTIMISM: dict[str, tuple[str, str | None]] = {
     "nonadaptive": ("mean", None),
     "greedy": ("mean", None),
     "ucb": ("mean", "textbook"),
+    "ucb_cov": ("mean", "covariance"),
     "bootstrap": ("max", None),
     "ts": ("thompson", None),
 }

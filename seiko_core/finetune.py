@@ -2,7 +2,8 @@
 
 Maximise E_{x ~ p}[r_opt(x)] - beta * KL(p || p_prev) over a LoRA adapter. The model being trained and
 the previous round's model are the same UNet with a different adapter active; the previous model's
-prediction is computed only at the steps whose gradient is kept, without a graph.
+prediction is computed only at the steps whose gradient is kept, on the same graph-carrying x_t, with its
+adapter frozen.
 
 Per denoising step t (same x_t for both models, same sigma_t):
     KL_t = || mu_new - mu_prev ||^2 / (2 sigma_t^2), averaged over the latent's elements, summed over t.
@@ -19,7 +20,17 @@ from dataclasses import dataclass, field
 import torch
 
 from . import lora
-from .sampling import DDIMSchedule, DeviceSchedule, SeedNoise, ddim_mean, decode, encode_prompts, guided_eps, trajectory_noise
+from .sampling import (
+    DDIMSchedule,
+    DeviceSchedule,
+    SeedNoise,
+    ddim_mean,
+    ddim_sigma,
+    decode,
+    encode_prompts,
+    model_eps,
+    trajectory_noise,
+)
 
 RewardFn = Callable[[torch.Tensor, list[str]], torch.Tensor]  # (images in [0,1], prompts) -> (B,), differentiable
 ProgressFn = Callable[[int, int, dict], None]
@@ -69,7 +80,11 @@ def rollout(parts, prompts: list[str], seeds: list[int], *, schedule: DDIMSchedu
     # all of the trajectory's noise and the schedule go to the device once: no host-to-device copy inside the loop
     z = trajectory_noise(parts, SeedNoise(seeds, parts.device, parts.dtype), len(schedule), eta)
     dev = DeviceSchedule.of(schedule, eta, parts.device)
+    # a step with sigma = 0 (the last one when set_alpha_to_one) is deterministic for both models: no KL term there
+    stochastic = [bool(s > 0) for s in ddim_sigma(schedule.alpha, schedule.alpha_prev, eta).tolist()]
     attached = [bool(k) for k in attached.tolist()]
+    pred = schedule.prediction_type
+    grad_on = torch.is_grad_enabled()
     x = z[0]
     kl = torch.zeros(len(prompts), device=parts.device)
     kl_steps = 0
@@ -80,16 +95,20 @@ def rollout(parts, prompts: list[str], seeds: list[int], *, schedule: DDIMSchedu
         t_dev = dev.timesteps[i]
         keep = attached[i]
         # 2. the trained model's noise prediction, with a graph only at attached steps
-        with torch.set_grad_enabled(keep and torch.is_grad_enabled()), ctx():
-            eps = at_least_fp32(guided_eps(parts.unet, x, t_dev, cond, uncond, guidance))
+        with torch.set_grad_enabled(keep and grad_on), ctx():
+            eps = at_least_fp32(model_eps(parts.unet, x, t_dev, cond, uncond, guidance, a, pred))
         # 3. posterior mean; at a detached step the gradient still flows through x_t, not through the UNet
         mean = ddim_mean(x, eps, a, ap, sigma)
-        # 4. the previous model's mean at the same x_t, no graph, same adapter switched
-        if reference != "skip" and (keep or kl_every_step):
-            with torch.no_grad(), lora.using(parts.unet, reference, restore=adapter, trainable=trainable), ctx():
-                eps_prev = at_least_fp32(guided_eps(parts.unet, x.detach(), t_dev, cond, uncond, guidance))
-            mean_prev = ddim_mean(x.detach(), eps_prev, a, ap, sigma)
-            kl = kl + gaussian_kl(mean, mean_prev, sigma.clamp(min=1e-6))
+        # 4. the previous model's mean at the SAME graph-carrying x_t, its adapter frozen (not in the optimiser, no
+        #    requires_grad). Both means are functions of x_t, so the x_t terms cancel in the KL's gradient as they do
+        #    in its value; evaluating it at a detached x_t would add a spurious pull of the trajectory toward the
+        #    previous model's fixed mean (tests/seiko_core/test_finetune.py checks the gradient by finite differences).
+        if reference != "skip" and (keep or kl_every_step) and stochastic[i]:
+            with torch.set_grad_enabled(keep and grad_on), lora.using(parts.unet, reference, restore=adapter,
+                                                                        trainable=trainable), ctx():
+                eps_prev = at_least_fp32(model_eps(parts.unet, x, t_dev, cond, uncond, guidance, a, pred))
+            mean_prev = ddim_mean(x, eps_prev, a, ap, sigma)
+            kl = kl + gaussian_kl(mean, mean_prev, sigma)
             kl_steps += 1
         # 5. x_{t-1} = mean + sigma * z, with per-image seeded noise
         x = mean + sigma * z[i + 1].to(x.dtype) if eta > 0 else mean
@@ -155,6 +174,9 @@ def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: st
     params = lora.lora_parameters(unet, adapter)
     if not params:
         raise ValueError(f"adapter {adapter!r} has no LoRA parameters on this UNet; add it first")
+    if reference is not None:  # the previous round's adapter is the KL's fixed reference: never a leaf with a gradient
+        for p in lora.lora_parameters(unet, reference):
+            p.requires_grad_(False)
     lora.activate(unet, adapter)
     for p in params:
         p.requires_grad_(True)

@@ -18,7 +18,7 @@ from . import lora
 from .config import SeikoConfig
 from .features import embed_images, embed_images_batched
 from .finetune import FinetuneResult, finetune
-from .optimism import LinearUCB, fit_bonus, optimistic_reward
+from .optimism import LinearUCB, fit_bonus, optimistic_reward, thompson_draw
 from .reward import RewardEnsemble, fit_reward
 from .sampling import sample
 
@@ -48,14 +48,22 @@ def generate_batch(parts, adapter: str | None, prompts: list[str], seeds: list[i
     return images, embed_images_batched(parts, images.to(parts.device)).cpu()
 
 
-def make_reward_fn(parts, ensemble: RewardEnsemble, ucb: LinearUCB | None, cfg: SeikoConfig, seed: int):
-    """r_opt as a differentiable function of decoded images: encoder embedding -> ensemble -> optimism."""
-    gen = torch.Generator().manual_seed(seed)
+def posterior_draw(cfg: SeikoConfig, num_heads: int, seed: int) -> torch.Tensor | None:
+    """SEIKO-TS's one posterior draw for the round trained with ``seed`` (None for the other aggregations)."""
+    if cfg.optimism.aggregation != "thompson":
+        return None
+    return thompson_draw(num_heads, torch.Generator().manual_seed(seed * 1_000_003 + 17))
+
+
+def make_reward_fn(parts, ensemble: RewardEnsemble, ucb: LinearUCB | None, cfg: SeikoConfig, draw: torch.Tensor | None = None):
+    """r_opt as a differentiable function of decoded images: encoder embedding -> ensemble -> optimism.
+
+    The same function for every call of the round: TS's posterior ``draw`` is fixed for the whole round."""
     ensemble = ensemble.to(parts.device)
 
     def reward(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         emb = embed_images(parts, images)
-        return optimistic_reward(ensemble, emb.float(), cfg.optimism, ucb=ucb, generator=gen)
+        return optimistic_reward(ensemble, emb.float(), cfg.optimism, ucb=ucb, draw=draw)
 
     return reward
 
@@ -67,6 +75,7 @@ class RoundOutcome:
     ucb: LinearUCB | None
     finetune: FinetuneResult
     metrics: dict = field(default_factory=dict)
+    draw: torch.Tensor | None = None  # SEIKO-TS: the round's posterior draw
 
 
 def train_round(parts, embeddings: torch.Tensor, scores: torch.Tensor, cfg: SeikoConfig, *, new_index: int,
@@ -86,7 +95,8 @@ def train_round(parts, embeddings: torch.Tensor, scores: torch.Tensor, cfg: Seik
     if lora.has_adapter(parts.unet, name):  # a retried job: start the round again from the previous adapter
         parts.unet.delete_adapters(name)
     lora.add_adapter(parts.unet, name, cfg.finetune, init_from=prev_adapter, seed=seed)
-    reward_fn = make_reward_fn(parts, fit.ensemble, ucb, cfg, seed)
+    draw = posterior_draw(cfg, fit.ensemble.num_heads, seed)
+    reward_fn = make_reward_fn(parts, fit.ensemble, ucb, cfg, draw)
     result = finetune(parts, reward_fn, list(cfg.prompts), cfg, adapter=name, reference=prev_adapter, seed=seed,
                       on_progress=on_progress, accelerator=accelerator)
     with torch.no_grad():
@@ -98,8 +108,12 @@ def train_round(parts, embeddings: torch.Tensor, scores: torch.Tensor, cfg: Seik
         "train_pred_mean": float(preds.mean()),
         "train_head_spread": float(preds.std(1).mean()) if preds.shape[1] > 1 else 0.0,
         "ucb_form": ucb.form if ucb is not None else None,
+        "ucb_alpha": ucb.alpha if ucb is not None else None,
+        "ucb_scale": ucb.scale if ucb is not None else None,
+        "ts_draw": draw.tolist() if draw is not None else None,
+        "finetune_steps": result.steps,
     }
-    return RoundOutcome(adapter=name, ensemble=fit.ensemble, ucb=ucb, finetune=result, metrics=metrics)
+    return RoundOutcome(adapter=name, ensemble=fit.ensemble, ucb=ucb, finetune=result, metrics=metrics, draw=draw)
 
 
 @torch.no_grad()

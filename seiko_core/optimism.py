@@ -2,8 +2,8 @@
 
 - ``OPTIMISM``: a registry of aggregations over the heads' predictions (B, H) -> (B,):
   ``mean`` (greedy), ``max`` (SEIKO-Bootstrap), ``softmax`` (smooth max), ``ucb_heads`` (mean + beta * std),
-  ``thompson`` (one head per batch; SEIKO-TS when the heads were fitted with SGLD).
-- :class:`LinearUCB`: the SEIKO-UCB bonus g(x) = min(c, alpha * sqrt(f(x)^T A^{-1} f(x))) on the ensemble's
+  ``thompson`` (SEIKO-TS: the reward under ONE posterior draw per round, :func:`thompson_draw`).
+- :class:`LinearUCB`: the SEIKO-UCB bonus g(x) = y_std * min(c, alpha * sqrt(f(x)^T A^{-1} f(x))) on the ensemble's
   last-hidden features, in the textbook form A = lambda I + sum_j f_j f_j^T (shrinks like 1/sqrt(n)) or the
   reference code's covariance form A = Cov(f over D) + lambda I (does not shrink with n).
 - :func:`optimistic_reward`: heads aggregated, plus the bonus when configured; differentiable in the embedding.
@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -67,24 +68,47 @@ def ucb_over_heads(preds: Tensor, *, beta: float = 1.0) -> Tensor:
     return preds.mean(dim=1) + beta * preds.std(dim=1, correction=0)
 
 
-def thompson_head(preds: Tensor, *, generator: torch.Generator | None) -> Tensor:
-    """One head drawn uniformly at random for the whole batch, from ``generator`` (required, for reproducibility)."""
-    _check_preds(preds)
+def thompson_draw(num_heads: int, generator: torch.Generator) -> Tensor:
+    """One posterior draw for SEIKO-TS: z ~ N(0, I_H), drawn ONCE per round from the run's seed.
+
+    Thompson sampling fine-tunes a whole round toward one sample of the reward; drawing anew per micro-batch would
+    average the draws over an optimiser step and give back the mean (Greedy).
+    """
+    if num_heads < 1:
+        raise ValueError(f"num_heads must be at least 1, got {num_heads}")
     if generator is None:
-        raise ValueError("thompson aggregation needs a torch.Generator so the drawn head is reproducible")
-    head = int(torch.randint(preds.shape[1], (), generator=generator, device=generator.device))
-    return preds[:, head]
+        raise ValueError("thompson_draw needs a torch.Generator so the round's draw is reproducible")
+    return torch.randn(num_heads, generator=generator, dtype=torch.float64)
 
 
-AggregationFn = Callable[[Tensor, float, float, "torch.Generator | None"], Tensor]
+def thompson_sample(preds: Tensor, draw: Tensor) -> Tensor:
+    """The reward under one posterior draw ``z`` (H,): mean + sum_h z_h (p_h - mean) / sqrt(H - 1).
 
-# name -> fn(preds, temperature, beta, generator); each uses only the options it needs.
+    The heads are bootstrap replicates, so their spread estimates the posterior's; for any input this sample has the
+    ensemble's mean as its expectation and the heads' (unbiased) variance as its variance, and one draw is one smooth
+    function of the image for the whole round. With one head it is that head.
+    """
+    _check_preds(preds)
+    if draw is None:
+        raise ValueError("thompson aggregation needs the round's posterior draw (seiko_core.optimism.thompson_draw)")
+    heads = preds.shape[1]
+    if draw.shape != (heads,):
+        raise ValueError(f"the posterior draw must have shape ({heads},), one weight per head, got {tuple(draw.shape)}")
+    if heads == 1:
+        return preds[:, 0]
+    mean = preds.mean(dim=1, keepdim=True)
+    return mean[:, 0] + (preds - mean) @ draw.to(preds) / math.sqrt(heads - 1)
+
+
+AggregationFn = Callable[[Tensor, float, float, "Tensor | None"], Tensor]
+
+# name -> fn(preds, temperature, beta, draw); each uses only the options it needs.
 OPTIMISM: dict[str, AggregationFn] = {
-    "mean": lambda preds, temperature, beta, generator: mean_over_heads(preds),
-    "max": lambda preds, temperature, beta, generator: max_over_heads(preds),
-    "softmax": lambda preds, temperature, beta, generator: softmax_over_heads(preds, temperature=temperature),
-    "ucb_heads": lambda preds, temperature, beta, generator: ucb_over_heads(preds, beta=beta),
-    "thompson": lambda preds, temperature, beta, generator: thompson_head(preds, generator=generator),
+    "mean": lambda preds, temperature, beta, draw: mean_over_heads(preds),
+    "max": lambda preds, temperature, beta, draw: max_over_heads(preds),
+    "softmax": lambda preds, temperature, beta, draw: softmax_over_heads(preds, temperature=temperature),
+    "ucb_heads": lambda preds, temperature, beta, draw: ucb_over_heads(preds, beta=beta),
+    "thompson": lambda preds, temperature, beta, draw: thompson_sample(preds, draw),
 }
 
 
@@ -94,12 +118,13 @@ def aggregate(
     *,
     temperature: float = 1.0,
     beta: float = 1.0,
-    generator: torch.Generator | None = None,
+    draw: Tensor | None = None,
 ) -> Tensor:
-    """Aggregate (B, H) head predictions into (B,) rewards with the registered aggregation ``name``."""
+    """Aggregate (B, H) head predictions into (B,) rewards with the registered aggregation ``name``
+    (``draw``: the round's posterior draw, for ``thompson``)."""
     if name not in OPTIMISM:
         raise ValueError(f"unknown optimism {name!r}; choose from {sorted(OPTIMISM)}")
-    return OPTIMISM[name](preds, temperature, beta, generator)
+    return OPTIMISM[name](preds, temperature, beta, draw)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -108,13 +133,16 @@ def aggregate(
 
 
 class LinearUCB:
-    """g(f) = min(clip, alpha * sqrt(f^T A^{-1} f)), with A's Cholesky factor computed once per reward refit.
+    """g(f) = scale * min(clip, alpha * sqrt(f^T A^{-1} f)), with A's Cholesky factor computed once per reward refit.
+
+    ``scale`` is the std of the ratings the reward model was fitted on (its ``y_std``): the features live in
+    standardised units, so alpha and clip count rating standard deviations (config.UCB_DEFAULT_ALPHA).
 
     A and its factor are kept in float64 (A grows like n in the textbook form); :meth:`bonus` solves
     L z = f with one batched triangular solve, so f^T A^{-1} f = ||z||^2, and returns the input's dtype.
     """
 
-    def __init__(self, chol: Tensor, *, form: str, lam: float, alpha: float, clip: float, n: int) -> None:
+    def __init__(self, chol: Tensor, *, form: str, lam: float, alpha: float, clip: float, n: int, scale: float = 1.0) -> None:
         if chol.dim() != 2 or chol.shape[0] != chol.shape[1]:
             raise ValueError(f"the Cholesky factor must be a square matrix, got shape {tuple(chol.shape)}")
         _check_ucb_options(form, lam, alpha, clip)
@@ -124,6 +152,9 @@ class LinearUCB:
         self.alpha = float(alpha)
         self.clip = float(clip)
         self.n = int(n)
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"scale must be a positive finite number, got {scale}")
+        self.scale = float(scale)
 
     @property
     def feature_dim(self) -> int:
@@ -136,8 +167,9 @@ class LinearUCB:
         *,
         form: str = "textbook",
         lam: float = 1e-3,
-        alpha: float = 1e-2,
+        alpha: float = 1.0,
         clip: float = 10.0,
+        scale: float = 1.0,
     ) -> LinearUCB:
         """Fit A on the data's features (N, F).
 
@@ -160,7 +192,7 @@ class LinearUCB:
         chol, info = torch.linalg.cholesky_ex(a)
         if int(info) != 0:
             raise ValueError(f"the UCB matrix A is not positive definite (lam={lam}); increase lam")
-        return cls(chol, form=form, lam=lam, alpha=alpha, clip=clip, n=n)
+        return cls(chol, form=form, lam=lam, alpha=alpha, clip=clip, n=n, scale=scale)
 
     def bonus(self, features: Tensor) -> Tensor:
         """(B, F) features -> (B,) bonus, differentiable w.r.t. ``features`` (zero gradient where clipped)."""
@@ -169,8 +201,8 @@ class LinearUCB:
         chol = self.chol.to(features.device)
         # 1. solve L z = f for all B columns at once: f^T A^{-1} f = f^T L^{-T} L^{-1} f = ||z||^2
         z = torch.linalg.solve_triangular(chol, features.to(torch.float64).T, upper=False)
-        # 2. g = min(c, alpha * ||z||); vector_norm has a zero (not NaN) gradient at f = 0
-        g = (self.alpha * torch.linalg.vector_norm(z, dim=0)).clamp(max=self.clip)
+        # 2. g = scale * min(c, alpha * ||z||); vector_norm has a zero (not NaN) gradient at f = 0
+        g = (self.alpha * torch.linalg.vector_norm(z, dim=0)).clamp(max=self.clip) * self.scale
         return g.to(features.dtype)
 
     def save(self, path_dir: str | Path) -> Path:
@@ -183,6 +215,7 @@ class LinearUCB:
             "alpha": self.alpha,
             "clip": self.clip,
             "n": self.n,
+            "scale": self.scale,
             "feature_dim": self.feature_dim,
         }
         return write_artifact(path_dir, UCB_WEIGHTS, UCB_META, {"chol": self.chol}, meta)
@@ -192,7 +225,8 @@ class LinearUCB:
         """Inverse of :meth:`save`."""
         tensors, meta = read_artifact(path_dir, UCB_WEIGHTS, UCB_META, _UCB_FORMAT)
         try:
-            ucb = cls(tensors["chol"], form=meta["form"], lam=meta["lam"], alpha=meta["alpha"], clip=meta["clip"], n=meta["n"])
+            ucb = cls(tensors["chol"], form=meta["form"], lam=meta["lam"], alpha=meta["alpha"], clip=meta["clip"], n=meta["n"],
+                      scale=float(meta.get("scale", 1.0)))
         except KeyError as err:
             raise ValueError(f"the UCB files in {str(path_dir)!r} lack {err}") from err
         if ucb.feature_dim != meta.get("feature_dim"):
@@ -228,7 +262,8 @@ def fit_bonus(ensemble: RewardEnsemble, embeddings: Tensor, cfg: OptimismConfig)
         return None
     _check_eval(ensemble)
     features = ensemble.features(torch.as_tensor(embeddings))
-    return LinearUCB.fit(features, form=cfg.bonus, lam=cfg.bonus_lambda, alpha=cfg.bonus_alpha, clip=cfg.bonus_clip)
+    return LinearUCB.fit(features, form=cfg.bonus, lam=cfg.bonus_lambda, alpha=cfg.alpha(), clip=cfg.bonus_clip,
+                         scale=float(ensemble.y_std))
 
 
 def optimistic_reward(
@@ -237,9 +272,11 @@ def optimistic_reward(
     cfg: OptimismConfig,
     *,
     ucb: LinearUCB | None = None,
-    generator: torch.Generator | None = None,
+    draw: Tensor | None = None,
 ) -> Tensor:
-    """r_opt(x) (B,): the heads aggregated per ``cfg.aggregation``, plus ``ucb.bonus(features)`` when ``cfg.bonus`` is set."""
+    """r_opt(x) (B,): the heads aggregated per ``cfg.aggregation``, plus ``ucb.bonus(features)`` when ``cfg.bonus`` is set.
+
+    ``draw`` is the round's posterior draw for the ``thompson`` aggregation (:func:`thompson_draw`)."""
     _check_eval(ensemble)
     if cfg.bonus is not None and ucb is None:
         raise ValueError(f"optimism config asks for the {cfg.bonus!r} UCB bonus but no LinearUCB was given; use fit_bonus()")
@@ -248,7 +285,7 @@ def optimistic_reward(
     if cfg.bonus is not None and ucb is not None and ucb.form != cfg.bonus:
         raise ValueError(f"optimism config asks for the {cfg.bonus!r} UCB bonus but the LinearUCB given is {ucb.form!r}")
     preds, features = ensemble.heads_and_features(emb)
-    reward = aggregate(preds, cfg.aggregation, temperature=cfg.temperature, beta=cfg.ucb_beta, generator=generator)
+    reward = aggregate(preds, cfg.aggregation, temperature=cfg.temperature, beta=cfg.ucb_beta, draw=draw)
     if cfg.bonus is not None and ucb is not None:
         reward = reward + ucb.bonus(features)
     return reward

@@ -8,7 +8,16 @@ from .config import FinetuneConfig, OptimismConfig, RewardConfig, SamplingConfig
 
 SHAPES_PROMPTS = ("a shape", "a circle", "a square", "a triangle", "a large shape", "a small shape",
                   "a shape on a white background", "a shape on a black background")
-SHAPES_EVAL_PROMPTS = ("a shape", "a circle", "a large shape", "a shape on a white background")
+# Held out: no training round samples these (SeikoConfig refuses an overlap), as in the reference, whose eval prompts
+# share none with its training prompts. They name no colour, so a rater's colour taste has room to show.
+SHAPES_EVAL_PROMPTS = ("a medium shape", "a shape at the center", "a small square", "a large triangle")
+# sd15: the reference samples simple animal names; the eval animals are others, never sampled in training.
+SD15_PROMPTS = ("cat", "dog", "horse", "monkey", "rabbit", "zebra", "spider", "bird", "sheep", "deer", "cow", "goat",
+                "lion", "tiger", "bear", "raccoon", "fox", "wolf", "lizard", "beetle", "ant", "butterfly", "fish",
+                "shark", "whale", "dolphin", "squirrel", "mouse", "rat", "snake", "turtle", "frog", "chicken", "duck",
+                "goose", "bee", "pig", "turkey", "fly", "llama", "camel", "bat", "gorilla", "hedgehog", "kangaroo")
+SD15_EVAL_PROMPTS = ("cheetah", "elephant", "giraffe", "hippopotamus", "jellyfish", "koala", "octopus", "owl",
+                     "panda", "penguin", "seal", "swan")
 
 
 def shapes() -> SeikoConfig:
@@ -35,13 +44,16 @@ def sd15() -> SeikoConfig:
     return SeikoConfig(
         method="bootstrap",
         budgets=(1024, 2048, 4096, 8192),
-        prompts=(),  # the reference uses an animal prompt list; supply yours
+        prompts=SD15_PROMPTS,  # simple animal names, as the reference; give your own on "New experiment"
         good_prompt_prop=0.2,
         quality_template="a beautiful, highly detailed photo of",
+        eval_prompts=SD15_EVAL_PROMPTS,
         sampling=SamplingConfig(steps=50, eta=1.0, guidance=7.5, batch_size=8),
         reward=RewardConfig(),
         optimism=OptimismConfig(aggregation="max"),
-        finetune=FinetuneConfig(),
+        # Memory: 2 trajectories per pass with gradient checkpointing, as the reference ran 2 images per GPU;
+        # 32 passes per optimiser step keep its 64 trajectories per step (BENCHMARKS.md, "SD 1.5 memory").
+        finetune=FinetuneConfig(batch_size=2, grad_accum=32, gradient_checkpointing=True),
     )
 
 

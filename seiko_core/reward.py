@@ -311,6 +311,9 @@ def fit_reward(
     n, dim = x.shape
     device = x.device
     gen = torch.Generator(device=device).manual_seed(int(seed))
+    # SGLD's noise has a stream of its own: a TS fit differs from a plain one by the noise alone, never by a shifted
+    # stream of split, bootstrap, init or dropout draws
+    sgld_gen = torch.Generator(device=device).manual_seed(int(seed) * 7_919 + 104_729) if sgld else None
 
     # 1. held-out split for early stopping (none below 8 points: every point is needed for training)
     n_holdout = max(1, round(cfg.holdout * n)) if n >= _MIN_POINTS_FOR_HOLDOUT and cfg.holdout > 0 else 0
@@ -354,7 +357,7 @@ def fit_reward(
                 # SGLD (SEIKO-TS): gradient noise of scale base * sqrt(lr) / sqrt(batch), batch = this minibatch's size
                 scale = cfg.sgld_base * math.sqrt(cfg.lr) / math.sqrt(len(idx))
                 for p in params:
-                    p.grad.add_(torch.randn(p.shape, generator=gen, device=device, dtype=p.dtype), alpha=scale)
+                    p.grad.add_(torch.randn(p.shape, generator=sgld_gen, device=device, dtype=p.dtype), alpha=scale)
             opt.step()
             loss_sum += loss.detach() * len(idx)
         epoch_loss = float(loss_sum) / n_train

@@ -15,29 +15,66 @@ import torch
 ProgressFn = Callable[[int, int, dict], None]
 
 
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+class SchedulerConfigError(ValueError):
+    """A scheduler configuration this sampler cannot follow exactly; the message says which setting and why."""
+
+
 @dataclass(frozen=True)
 class DDIMSchedule:
-    """The timesteps and alpha-bar values of one DDIM run."""
+    """The timesteps and alpha-bar values of one DDIM run, and what the UNet predicts."""
 
     timesteps: torch.Tensor  # (S,) descending integer timesteps
     alpha: torch.Tensor  # (S,) alpha-bar at each timestep
     alpha_prev: torch.Tensor  # (S,) alpha-bar at the previous (smaller) timestep
+    prediction_type: str = "epsilon"  # "epsilon" or "v_prediction" (SD 2.x-768)
 
     @classmethod
     def from_scheduler(cls, scheduler, steps: int) -> DDIMSchedule:
+        """The schedule of diffusers' ``DDIMScheduler`` built from ``scheduler``'s config.
+
+        The timesteps come from the stock scheduler's own ``set_timesteps`` (so ``timestep_spacing`` and
+        ``steps_offset`` are honoured exactly as diffusers does), and alpha-bar at the previous timestep follows
+        ``DDIMScheduler.step``: ``alphas_cumprod[t - T // steps]``, or the final value (1 with
+        ``set_alpha_to_one``, else ``alphas_cumprod[0]``) past the first timestep. Settings that the written-out
+        DDIM step does not follow are refused with a sentence instead of sampling wrongly.
+        """
+        from diffusers import DDIMScheduler
+
         cfg = scheduler.config
-        acp = scheduler.alphas_cumprod.to(torch.float64)
-        # 1. timesteps, "leading" spacing with steps_offset as diffusers' DDIM does for SD
-        ratio = cfg.num_train_timesteps // steps
-        ts = (torch.arange(steps - 1, -1, -1) * ratio + int(cfg.get("steps_offset", 0))).long()
-        # 2. alpha-bar now and at the previous timestep (the final one falls back to alpha-bar_0 or 1)
-        final = torch.tensor(1.0, dtype=torch.float64) if cfg.get("set_alpha_to_one", True) else acp[0]
-        prev = ts - ratio
+        pred = cfg.get("prediction_type", "epsilon")
+        if pred not in PREDICTION_TYPES:
+            raise SchedulerConfigError(f"the scheduler's prediction_type is {pred!r}; this sampler supports "
+                                       f"{list(PREDICTION_TYPES)}")
+        if steps < 1:
+            raise SchedulerConfigError(f"steps must be at least 1, got {steps}")
+        ddim = DDIMScheduler.from_config(dict(cfg))  # the stock scheduler's defaults for anything the config omits
+        for flag in ("thresholding", "clip_sample"):
+            if ddim.config.get(flag, False):
+                raise SchedulerConfigError(f"the scheduler config sets {flag}=true (or leaves it to DDIM's default, true), "
+                                           f"which this sampler does not apply; set {flag} to false in scheduler_config.json")
+        ddim.set_timesteps(steps)
+        acp = ddim.alphas_cumprod.to(torch.float64)
+        ts = ddim.timesteps.long()
+        final = acp.new_tensor(float(ddim.final_alpha_cumprod))
+        prev = ts - ddim.config.num_train_timesteps // steps
         alpha_prev = torch.where(prev >= 0, acp[prev.clamp(min=0)], final)
-        return cls(timesteps=ts, alpha=acp[ts].float(), alpha_prev=alpha_prev.float())
+        return cls(timesteps=ts, alpha=acp[ts].float(), alpha_prev=alpha_prev.float(), prediction_type=pred)
 
     def __len__(self) -> int:
         return len(self.timesteps)
+
+
+def to_eps(model_out: torch.Tensor, x_t: torch.Tensor, alpha: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    """The noise prediction implied by the UNet's output: itself for epsilon models; for v-prediction
+    (v = sqrt(a) eps - sqrt(1 - a) x_0), eps = sqrt(a) v + sqrt(1 - a) x_t."""
+    if prediction_type == "epsilon":
+        return model_out
+    if prediction_type == "v_prediction":
+        return alpha.sqrt() * model_out + (1 - alpha).sqrt() * x_t
+    raise SchedulerConfigError(f"unknown prediction_type {prediction_type!r}; choose from {list(PREDICTION_TYPES)}")
 
 
 def ddim_sigma(alpha: torch.Tensor, alpha_prev: torch.Tensor, eta: float) -> torch.Tensor:
@@ -64,6 +101,13 @@ def guided_eps(unet, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, unc
     both = unet(torch.cat([x_t, x_t]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
     e_u, e_c = both.chunk(2)
     return e_u + guidance * (e_c - e_u)
+
+
+def model_eps(unet, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor, guidance: float,
+              alpha: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    """The guided noise prediction at x_t, whatever the UNet predicts (guidance is linear, so guiding v then
+    converting equals converting each branch then guiding)."""
+    return to_eps(guided_eps(unet, x_t, t, cond, uncond, guidance), x_t, alpha, prediction_type)
 
 
 def encode_prompts(parts, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,7 +209,7 @@ def sample(parts, prompts: list[str], seeds: list[int], *, steps: int = 50, guid
         x = z[0]
         for i in range(len(dev)):
             a, ap, sigma = dev.alpha[i], dev.alpha_prev[i], dev.sigma[i]
-            eps = guided_eps(parts.unet, x, dev.timesteps[i], cond, uncond, guidance)
+            eps = model_eps(parts.unet, x, dev.timesteps[i], cond, uncond, guidance, a, sched.prediction_type)
             mean = ddim_mean(x, eps, a, ap, sigma)
             x = mean + sigma * z[i + 1] if eta > 0 else mean
             done += len(p)

@@ -134,9 +134,10 @@ class EvalSet:
 
 def make_eval_set(cfg: SeikoConfig, n: int | None, kl_n: int) -> EvalSet:
     """The fixed held-out set: the config's eval prompts cycled over ``n`` images (default 16 per prompt)."""
-    prompts = list(cfg.eval_prompts) or list(cfg.prompts)
+    prompts = list(cfg.eval_prompts)
     if not prompts:
-        raise SimulationError("the config has neither eval prompts nor sampling prompts")
+        raise SimulationError("the config has no eval prompts; give held-out prompts (--set eval_prompts='[...]') "
+                              "that no training round samples")
     n = n if n is not None else DEFAULT_EVAL_SEEDS_PER_PROMPT * len(prompts)
     if n < 2:
         raise SimulationError(f"--eval-n must be at least 2 (a std needs two images), got {n}")
@@ -249,8 +250,7 @@ def evaluate(parts, cfg: SeikoConfig, oracle, ev: EvalSet, *, adapter: str | Non
         dev = next(ens.parameters()).device
         with torch.no_grad():
             preds, feats = ens.heads_and_features(emb.to(dev))
-            r_opt = optimistic_reward(ens, emb.to(dev), cfg.optimism, ucb=outcome.ucb,
-                                      generator=torch.Generator(device=dev).manual_seed(0))
+            r_opt = optimistic_reward(ens, emb.to(dev), cfg.optimism, ucb=outcome.ucb, draw=outcome.draw)
         preds, r_opt = preds.cpu(), r_opt.cpu()
         m["pred_reward"] = float(preds.mean())
         m["ensemble_spread"] = float(preds.std(1, correction=0).mean()) if preds.shape[1] > 1 else 0.0
@@ -338,6 +338,7 @@ def run_one(parts, cfg: SeikoConfig, oracle, sigma: float, ev: EvalSet, run_seed
             "batch_true_reward": float(true.mean()), "batch_feedback_mean": float(y.mean()),
             "finetune_reward_first": ft.get("reward_first"), "finetune_reward_last": ft.get("reward_last"),
             "finetune_kl_last": ft.get("kl_last"), "finetune_steps": ft.get("steps"),
+            "ts_draw": outcome.metrics.get("ts_draw"), "ucb_alpha": outcome.metrics.get("ucb_alpha"),
             "reward_fit_holdout_mse": fit.get("holdout_mse"), "reward_fit_epochs": fit.get("epochs_run"),
             "sample_s": sample_s, "train_s": train_s, "finetune_s": ft.get("wall_s"), "wall_s": time.time() - t0, "elapsed_s": time.time() - start,
         })
@@ -385,9 +386,10 @@ def _worker_run(cfg: SeikoConfig, sigma: float, ev: EvalSet, seed: int, pretrain
 # Summaries: the curve and the table
 # ---------------------------------------------------------------------------------------------------------------------
 
-LABELS = {"nonadaptive": "Non-adaptive", "greedy": "Greedy", "ucb": "SEIKO-UCB", "bootstrap": "SEIKO-Bootstrap",
-          "ts": "SEIKO-TS"}
-COLOURS = {"nonadaptive": "tab:gray", "greedy": "tab:blue", "ucb": "tab:red", "bootstrap": "tab:green", "ts": "tab:purple"}
+LABELS = {"nonadaptive": "Non-adaptive", "greedy": "Greedy", "ucb": "SEIKO-UCB (textbook)", "ucb_cov": "SEIKO-UCB (covariance)",
+          "bootstrap": "SEIKO-Bootstrap", "ts": "SEIKO-TS"}
+COLOURS = {"nonadaptive": "tab:gray", "greedy": "tab:blue", "ucb": "tab:red", "ucb_cov": "tab:orange", "bootstrap": "tab:green",
+           "ts": "tab:purple"}
 
 
 def finished_runs(results: dict, method: str) -> list[dict]:
@@ -435,7 +437,31 @@ def write_curve(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def table_rows(results: dict) -> list[dict]:
+# two-sided 95% quantiles of Student's t, by degrees of freedom (1.96 beyond the table)
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086,
+         25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
+
+
+def t975(df: int) -> float:
+    """The 97.5% quantile of Student's t with ``df`` degrees of freedom (the next tabulated df below, conservative)."""
+    if df < 1:
+        raise ValueError(f"a t quantile needs at least 1 degree of freedom, got {df}")
+    return _T975[max(k for k in _T975 if k <= df)] if df <= 120 else 1.960
+
+
+def mean_ci95(values) -> tuple[float, float]:
+    """(mean, half-width of the 95% t confidence interval); the half-width is nan for fewer than two values."""
+    v = np.asarray(list(values), dtype=float)
+    if len(v) < 2:
+        return float(v.mean()) if len(v) else float("nan"), float("nan")
+    return float(v.mean()), float(t975(len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+
+
+def table_rows(results: dict, baseline: str = "greedy") -> list[dict]:
+    """Per method: final true reward over seeds (mean, std, 95% CI) and, on the seeds it shares with ``baseline``,
+    the paired difference to it (mean, 95% CI, per-seed differences, wins)."""
+    base_final = {str(r["seed"]): r["rounds"][-1]["true_reward_mean"] for r in finished_runs(results, baseline)}
     rows = []
     for method in METHODS:
         runs = finished_runs(results, method)
@@ -443,10 +469,17 @@ def table_rows(results: dict) -> list[dict]:
             continue
         final = np.array([r["rounds"][-1]["true_reward_mean"] for r in runs])
         kl = np.array([r["rounds"][-1]["kl_base"] for r in runs])
+        mean, ci = mean_ci95(final)
+        diffs = {str(r["seed"]): r["rounds"][-1]["true_reward_mean"] - base_final[str(r["seed"])]
+                 for r in runs if str(r["seed"]) in base_final}
+        d_mean, d_ci = mean_ci95(diffs.values()) if diffs else (float("nan"), float("nan"))
         rows.append({"method": method, "n": len(runs), "labels": runs[0]["rounds"][-1]["labels"],
-                     "rounds": len(runs[0]["rounds"]) - 1, "mean": float(final.mean()),
+                     "rounds": len(runs[0]["rounds"]) - 1, "mean": mean, "ci95": ci,
                      "std": float(final.std(ddof=1)) if len(runs) > 1 else 0.0,
                      "per_seed": {r["seed"]: r["rounds"][-1]["true_reward_mean"] for r in runs},
+                     "paired_vs": baseline, "paired_diff": d_mean, "paired_ci95": d_ci, "paired_per_seed": diffs,
+                     "wins": int(sum(d > 0 for d in diffs.values())), "paired_n": len(diffs),
+                     "finetune_steps": int(sum(rd.get("finetune_steps") or 0 for rd in runs[0]["rounds"][1:])),
                      "kl_base": float(kl.mean()), "wall_s": float(np.mean([r["wall_s"] for r in runs]))})
     return rows
 
@@ -458,14 +491,17 @@ def write_table(results: dict, path: Path) -> str:
              f"feedback noise sigma {s['noise_sigma']:.3g}, eval set {len(s['eval']['seeds'])} images.",
              f"Pretrained model: true reward {pre.get('true_reward_mean', float('nan')):.3f} "
              f"(std over eval images {pre.get('true_reward_std', float('nan')):.3f}).", "",
-             "| method | rounds | labels | final true reward (mean +- std over seeds) | seeds | per seed | "
-             "KL to pretrained | wall time per run |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| method | rounds | labels | optimiser steps | final true reward, mean [95% CI] | "
+             "paired diff. vs Greedy [95% CI] | wins | per seed | KL to pretrained | wall time per run |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in table_rows(results):
         per = ", ".join(f"{v:.2f}" for _, v in sorted(r["per_seed"].items(), key=lambda kv: int(kv[0])))
-        lines.append(f"| {LABELS.get(r['method'], r['method'])} | {r['rounds']} | {r['labels']} | "
-                     f"**{r['mean']:.3f} +- {r['std']:.3f}** | {r['n']} | {per} | {r['kl_base']:.3g} | "
-                     f"{r['wall_s'] / 60:.1f} min |")
+        paired = ("-" if r["method"] == "greedy" or not r["paired_n"] else
+                  f"{r['paired_diff']:+.3f} [{r['paired_diff'] - r['paired_ci95']:+.3f}, {r['paired_diff'] + r['paired_ci95']:+.3f}]")
+        wins = "-" if r["method"] == "greedy" or not r["paired_n"] else f"{r['wins']}/{r['paired_n']}"
+        lines.append(f"| {LABELS.get(r['method'], r['method'])} | {r['rounds']} | {r['labels']} | {r['finetune_steps']} | "
+                     f"**{r['mean']:.3f}** [{r['mean'] - r['ci95']:.3f}, {r['mean'] + r['ci95']:.3f}] | {paired} | {wins} | "
+                     f"{per} | {r['kl_base']:.3g} | {r['wall_s'] / 60:.1f} min |")
     text = "\n".join(lines) + "\n"
     path.write_text(text)
     return text
@@ -515,7 +551,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise-sigma", type=float, default=None, help="feedback noise std (default: the oracle's default_sigma)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override a config field for every method, e.g. finetune.lr=1e-2 (repeatable)")
-    p.add_argument("--bonus-alpha", type=float, default=None, help="SEIKO-UCB's bonus scale alpha (reference 1e-2)")
+    p.add_argument("--bonus-alpha", type=float, default=None,
+                   help="SEIKO-UCB's bonus scale alpha in rating stds (default: the form's, config.UCB_DEFAULT_ALPHA)")
     p.add_argument("--ucb-form", choices=("textbook", "covariance"), default=None,
                    help="SEIKO-UCB's matrix A: textbook (lambda I + sum f f^T, default) or covariance (reference code)")
     p.add_argument("--threads", type=int, default=None,
@@ -528,11 +565,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def method_config(base: SeikoConfig, method: str, args) -> SeikoConfig:
     cfg = base.for_method(method)
-    if method == "ucb":
-        if args.ucb_form is not None:
+    if method in ("ucb", "ucb_cov"):
+        if args.ucb_form is not None and method == "ucb":
             cfg.optimism.bonus = args.ucb_form
         if args.bonus_alpha is not None:
             cfg.optimism.bonus_alpha = args.bonus_alpha
+        cfg.optimism.bonus_alpha = cfg.optimism.alpha()  # recorded as used: the form's calibrated default if not given
     return cfg
 
 

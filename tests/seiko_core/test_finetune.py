@@ -47,21 +47,116 @@ def test_truncation_modes():
         attached_steps(5, "sometimes", 1, g)
 
 
-def test_no_gradient_through_detached_steps(random_parts):
-    params = lora.add_adapter(random_parts.unet, "round_1", tiny_cfg().finetune)
+def _randomise(params, scale, seed):
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # make B non-zero so the adapter affects the output
         for p in params:
-            p.add_(0.05 * torch.randn_like(p))
+            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+
+
+def test_detached_steps_carry_no_unet_gradient(random_parts):
+    """With only the last of 4 steps attached, the LoRA gradient equals one computed independently: the first 3
+    steps run under no_grad to a plain tensor x_1, then one step with a graph from there. Any gradient that leaked
+    through the UNet at a detached step would make them differ."""
+    from seiko_core.sampling import DeviceSchedule, SeedNoise, ddim_mean, decode, encode_prompts, model_eps, trajectory_noise
+
+    params = lora.add_adapter(random_parts.unet, "round_1", tiny_cfg().finetune)
+    _randomise(params, 0.05, 0)
     sched = DDIMSchedule.from_scheduler(random_parts.scheduler, 4)
-    kw = dict(schedule=sched, eta=1.0, guidance=3.0, adapter="round_1", reference=None, trainable=params)
+    kw = dict(schedule=sched, eta=1.0, guidance=3.0, adapter="round_1", reference="skip", trainable=params)
     none = rollout(random_parts, ["a shape"], [1], attached=torch.zeros(4, dtype=torch.bool), **kw)
     assert not none.images.requires_grad  # nothing attached: no path from the LoRA weights to the image
     last = rollout(random_parts, ["a shape"], [1], attached=torch.tensor([False, False, False, True]), **kw)
-    (last.images.mean() + last.kl.sum()).backward()
-    grads = [p.grad for p in params if p.grad is not None]
-    assert grads and any(g.abs().sum() > 0 for g in grads)
+    last.images.mean().backward()
+    ours = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    # the independent computation
+    parts = random_parts
+    dev = DeviceSchedule.of(sched, 1.0, parts.device)
+    cond, uncond = encode_prompts(parts, ["a shape"])
+    z = trajectory_noise(parts, SeedNoise([1], parts.device, parts.dtype), 4, 1.0)
+    x = z[0]
+    with torch.no_grad():
+        for i in range(3):
+            eps = model_eps(parts.unet, x, dev.timesteps[i], cond, uncond, 3.0, dev.alpha[i], sched.prediction_type)
+            x = ddim_mean(x, eps, dev.alpha[i], dev.alpha_prev[i], dev.sigma[i]) + dev.sigma[i] * z[i + 1]
+    eps = model_eps(parts.unet, x, dev.timesteps[3], cond, uncond, 3.0, dev.alpha[3], sched.prediction_type)
+    x = ddim_mean(x, eps, dev.alpha[3], dev.alpha_prev[3], dev.sigma[3]) + dev.sigma[3] * z[4]
+    decode(parts, x).mean().backward()
+    assert any(g.abs().sum() > 0 for g in ours)
+    for g, p in zip(ours, params):
+        torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-9)
     # the same trajectory is produced whichever steps are attached (truncation changes gradients, not samples)
     torch.testing.assert_close(none.images, last.images.detach())
+
+
+@pytest.mark.parametrize("scheduler_overrides", [{}, {"prediction_type": "v_prediction", "timestep_spacing": "trailing"}])
+def test_kl_gradient_matches_finite_differences(random_model_dir, scheduler_overrides):
+    """d(reward + KL)/d(LoRA weights) along a random direction, against a central finite difference, in float64 on
+    the tiny random pipeline with every step attached: relative error < 1e-2. The previous model's mean must be a
+    function of the same graph-carrying x_t; evaluated at a detached x_t, the KL's gradient gains a spurious pull of
+    the trajectory toward the previous model's mean and this test fails (measured: relative error far above 1)."""
+    from diffusers import DDIMScheduler
+
+    from seiko_core.models import load_model
+
+    parts = load_model(str(random_model_dir), device="cpu", dtype=torch.float64)
+    if scheduler_overrides:
+        parts.pipeline.scheduler = DDIMScheduler.from_config({**parts.scheduler.config, **scheduler_overrides})
+    ft = tiny_cfg().finetune
+    prev = lora.add_adapter(parts.unet, "round_1", ft)
+    _randomise(prev, 0.2, 1)
+    new = lora.add_adapter(parts.unet, "round_2", ft, init_from="round_1")
+    _randomise(new, 0.2, 2)
+    for p in prev:
+        p.requires_grad_(False)
+    steps = 4
+    sched = DDIMSchedule.from_scheduler(parts.scheduler, steps)
+    assert sched.prediction_type == scheduler_overrides.get("prediction_type", "epsilon")
+    kw = dict(schedule=sched, eta=1.0, guidance=3.0, attached=torch.ones(steps, dtype=torch.bool), adapter="round_2",
+              reference="round_1", trainable=new)
+    lora.activate(parts.unet, "round_2")
+
+    def objective() -> torch.Tensor:
+        traj = rollout(parts, ["a shape", "a circle"], [3, 4], **kw)
+        assert traj.kl_steps == steps
+        return traj.kl.sum() + 10 * redness(traj.images, None).sum()
+
+    loss = objective()
+    assert float(loss.detach()) > 0
+    loss.backward()
+    g = torch.Generator().manual_seed(5)
+    direction = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in new]
+    analytic = sum(float((p.grad * d).sum()) for p, d in zip(new, direction))
+    h = 1e-5
+    with torch.no_grad():
+        values = []
+        for sign in (1, -1):
+            for p, d in zip(new, direction):
+                p.add_(sign * h * d)
+            values.append(float(objective()))
+            for p, d in zip(new, direction):
+                p.sub_(sign * h * d)
+    numeric = (values[0] - values[1]) / (2 * h)
+    assert abs(analytic - numeric) <= 1e-2 * abs(numeric), (analytic, numeric)
+
+
+def test_no_kl_term_at_a_deterministic_step(random_parts):
+    """With set_alpha_to_one the last step has sigma = 0: both models are deterministic there, so it adds no KL
+    term (dividing by a clamped sigma^2 used to blow the KL up by 1e12)."""
+    from diffusers import DDIMScheduler
+
+    random_parts.pipeline.scheduler = DDIMScheduler.from_config({**random_parts.scheduler.config, "set_alpha_to_one": True})
+    sched = DDIMSchedule.from_scheduler(random_parts.scheduler, 4)
+    assert float(sched.alpha_prev[-1]) == 1.0
+    ft = tiny_cfg().finetune
+    prev = lora.add_adapter(random_parts.unet, "round_1", ft)
+    _randomise(prev, 0.2, 1)
+    lora.add_adapter(random_parts.unet, "round_2", ft)
+    traj = rollout(random_parts, ["a shape"], [1], schedule=sched, eta=1.0, guidance=3.0,
+                   attached=torch.ones(4, dtype=torch.bool), adapter="round_2", reference="round_1")
+    assert traj.kl_steps == 3 and torch.isfinite(traj.kl).all() and float(traj.kl.max()) < 1e6
 
 
 def test_lora_changes_and_frozen_weights_do_not(random_parts):

@@ -15,6 +15,7 @@ from seiko_core.optimism import (
     fit_bonus,
     max_over_heads,
     optimistic_reward,
+    thompson_draw,
 )
 from seiko_core.reward import RewardEnsemble, fit_reward
 
@@ -55,22 +56,45 @@ def test_ucb_heads_exact_population_std():
     assert torch.equal(aggregate(torch.tensor([[4.0]]), "ucb_heads"), torch.tensor([4.0]))  # one head: std 0, not NaN
 
 
-def test_thompson_one_head_per_batch_and_reproducible():
-    preds = torch.tensor([[10.0, 20.0, 30.0], [11.0, 21.0, 31.0], [12.0, 22.0, 32.0]])
-    picks = []
-    for _ in range(30):
-        out = aggregate(preds, "thompson", generator=torch.Generator().manual_seed(len(picks)))
-        # the same head for every row of the batch
-        heads = [(preds[i] == out[i]).nonzero().item() for i in range(3)]
-        assert len(set(heads)) == 1
-        picks.append(heads[0])
-    assert set(picks) == {0, 1, 2}  # every head gets drawn
-    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
-    seq1 = [aggregate(preds, "thompson", generator=g1) for _ in range(10)]
-    seq2 = [aggregate(preds, "thompson", generator=g2) for _ in range(10)]
-    assert all(torch.equal(a, b) for a, b in zip(seq1, seq2))
-    with pytest.raises(ValueError, match="needs a torch.Generator"):
+def test_thompson_sample_is_one_fixed_function_with_the_heads_moments():
+    """One draw z is one function of the input: the same on every call (a new head per micro-batch would average
+    to the mean over an optimiser step). Over draws, its mean is the heads' mean and its variance the heads'
+    unbiased variance (checked by Monte Carlo against the closed form)."""
+    preds = torch.tensor([[10.0, 20.0, 30.0], [11.0, 25.0, 31.0], [12.0, 22.0, 50.0]])
+    z = thompson_draw(3, torch.Generator().manual_seed(5))
+    first = aggregate(preds, "thompson", draw=z)
+    assert all(torch.equal(first, aggregate(preds, "thompson", draw=z)) for _ in range(5))
+    # closed form for this z
+    mean = preds.mean(1)
+    torch.testing.assert_close(first, mean + (preds - mean[:, None]) @ z.float() / math.sqrt(2))
+    # moments over many draws
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack([aggregate(preds, "thompson", draw=thompson_draw(3, g)) for _ in range(4000)])
+    torch.testing.assert_close(draws.mean(0), mean, atol=0.6, rtol=0)
+    torch.testing.assert_close(draws.var(0), preds.var(1), rtol=0.1, atol=0)
+    # reproducible from the seed, and refused without a draw
+    assert torch.equal(thompson_draw(3, torch.Generator().manual_seed(5)), z)
+    with pytest.raises(ValueError, match="posterior draw"):
         aggregate(preds, "thompson")
+    with pytest.raises(ValueError, match=r"shape \(3,\)"):
+        aggregate(preds, "thompson", draw=torch.zeros(2))
+    assert torch.equal(aggregate(preds[:, :1], "thompson", draw=torch.ones(1)), preds[:, 0])  # one head: that head
+
+
+def test_two_thompson_rounds_differ_by_the_posterior_spread_not_by_stream_shifts(fitted):
+    """Two TS rounds (two seeds) on the same fitted ensemble give rewards that differ by a real fraction of the
+    ensemble's spread across heads. Stated bound: mean |r_a - r_b| >= 0.3 x mean across-head std."""
+    from seiko_core.config import SeikoConfig
+    from seiko_core.loop import posterior_draw
+
+    ensemble, x = fitted
+    cfg = SeikoConfig(optimism=OptimismConfig(aggregation="thompson"))
+    with torch.no_grad():
+        spread = float(ensemble(x).std(1).mean())
+        ra = optimistic_reward(ensemble, x, cfg.optimism, draw=posterior_draw(cfg, ensemble.num_heads, seed=1))
+        rb = optimistic_reward(ensemble, x, cfg.optimism, draw=posterior_draw(cfg, ensemble.num_heads, seed=2))
+    assert spread > 1e-3
+    assert float((ra - rb).abs().mean()) >= 0.3 * spread
 
 
 def test_unknown_aggregation_lists_choices():
@@ -85,7 +109,7 @@ def test_aggregations_reject_bad_shapes_and_are_differentiable():
         aggregate(torch.ones(3), "mean")
     for name in OPTIMISM:
         preds = torch.tensor([[1.0, 3.0], [2.0, 0.0]], requires_grad=True)
-        aggregate(preds, name, generator=torch.Generator().manual_seed(0)).sum().backward()
+        aggregate(preds, name, draw=torch.tensor([0.7, -1.2])).sum().backward()
         assert preds.grad is not None and preds.grad.abs().sum() > 0, name
 
 
@@ -185,8 +209,10 @@ def test_optimistic_reward_aggregates_heads(fitted):
     preds = ensemble(x)
     torch.testing.assert_close(optimistic_reward(ensemble, x, OptimismConfig(aggregation="max")), preds.max(dim=1).values)
     torch.testing.assert_close(optimistic_reward(ensemble, x, OptimismConfig(aggregation="mean")), preds.mean(dim=1))
-    out = optimistic_reward(ensemble, x, OptimismConfig(aggregation="thompson"), generator=torch.Generator().manual_seed(1))
-    assert any(torch.equal(out, preds[:, h]) for h in range(3))
+    z = torch.tensor([1.0, 0.0, -1.0], dtype=torch.float64)
+    out = optimistic_reward(ensemble, x, OptimismConfig(aggregation="thompson"), draw=z)
+    m = preds.mean(dim=1)
+    torch.testing.assert_close(out, m + ((preds[:, 0] - m) - (preds[:, 2] - m)) / math.sqrt(2))
 
 
 def test_optimistic_reward_with_bonus_is_differentiable(fitted):
@@ -218,3 +244,47 @@ def test_train_mode_ensemble_is_refused():
     ensemble = RewardEnsemble(8, RewardConfig(num_heads=2, hidden=(4,), dropout=(0.5,)), generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="train mode"):
         optimistic_reward(ensemble.train(), torch.randn(2, 8), OptimismConfig(aggregation="mean"))
+
+
+# --- the bonus's calibration -------------------------------------------------------------------------------------------
+
+
+def _fit_on_scale(scale: float, n: int, seed: int = 0):
+    """An ensemble fitted on n ratings that are ``scale`` times a fixed function of 16-d embeddings, plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(16, generator=torch.Generator().manual_seed(99))
+    x = torch.nn.functional.normalize(torch.randn(n, 16, generator=g), dim=1)
+    y = scale * (x @ w + 0.3 * torch.randn(n, generator=g))
+    cfg = RewardConfig(num_heads=4, hidden=(64, 16), dropout=(0.1,), max_epochs=100, patience=10)
+    return fit_reward(x, y, cfg, seed=seed).ensemble, x, y
+
+
+def test_textbook_bonus_at_32_labels_is_a_stated_share_of_the_reward_spread_and_shrinks_with_n():
+    """Stated: with the calibrated default (alpha = 1 rating std), the mean textbook bonus on fresh images at
+    n = 32 labels lies between 0.2 and 1.5 stds of the ratings (non-negligible against the reward's spread, not
+    larger than a few stds), and at n = 512 it is less than half of that at n = 32 (it shrinks like 1/sqrt(n))."""
+    cfg = OptimismConfig(aggregation="mean", bonus="textbook")
+    assert cfg.alpha() == 1.0
+    fresh = torch.nn.functional.normalize(torch.randn(256, 16, generator=torch.Generator().manual_seed(7)), dim=1)
+    share = {}
+    for n in (32, 512):
+        ens, x, y = _fit_on_scale(1.0, n)
+        ucb = fit_bonus(ens, x, cfg)
+        with torch.no_grad():
+            share[n] = float(ucb.bonus(ens.features(fresh)).mean()) / float(y.std(correction=0))
+    assert 0.2 <= share[32] <= 1.5, share
+    assert share[512] < 0.5 * share[32], share
+
+
+@pytest.mark.parametrize("form", ["textbook", "covariance"])
+def test_bonus_is_in_rating_units_the_same_on_any_scale(form):
+    """The bonus counts rating stds: ratings 10x larger (a 1-10 scale against an oracle's 0-1) give a bonus 10x
+    larger, so optimism means the same against the predicted reward whatever the rater's scale."""
+    cfg = OptimismConfig(aggregation="mean", bonus=form)
+    bonuses = []
+    for scale in (1.0, 10.0):
+        ens, x, _ = _fit_on_scale(scale, 64)
+        ucb = fit_bonus(ens, x, cfg)
+        with torch.no_grad():
+            bonuses.append(ucb.bonus(ens.features(x)))
+    torch.testing.assert_close(bonuses[1], 10 * bonuses[0], rtol=2e-3, atol=0)

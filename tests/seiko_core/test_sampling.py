@@ -5,25 +5,57 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from seiko_core.sampling import DDIMSchedule, ddim_mean, ddim_sigma, sample
+from seiko_core.sampling import DDIMSchedule, SchedulerConfigError, ddim_mean, ddim_sigma, sample, to_eps
 
 
 @pytest.mark.parametrize("eta", [0.0, 1.0])
-def test_ddim_step_matches_diffusers(eta):
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("alpha_to_one", [False, True])
+def test_ddim_step_matches_diffusers(eta, spacing, prediction, alpha_to_one):
+    """Our timesteps and written-out step against diffusers' DDIMScheduler.step, for every timestep spacing,
+    epsilon and v-prediction, with and without set_alpha_to_one."""
     sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                          clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+                          clip_sample=False, set_alpha_to_one=alpha_to_one, steps_offset=1, timestep_spacing=spacing,
+                          prediction_type=prediction)
     sched.set_timesteps(20)
     ours = DDIMSchedule.from_scheduler(sched, 20)
-    assert torch.equal(ours.timesteps, sched.timesteps)
+    assert torch.equal(ours.timesteps, sched.timesteps) and ours.prediction_type == prediction
     g = torch.Generator().manual_seed(0)
     for i in (0, 7, 19):
         x = torch.randn(2, 4, 8, 8, generator=g)
-        eps = torch.randn(2, 4, 8, 8, generator=g)
+        out = torch.randn(2, 4, 8, 8, generator=g)
         z = torch.randn(2, 4, 8, 8, generator=g)
-        ref = sched.step(eps, int(ours.timesteps[i]), x, eta=eta, variance_noise=z).prev_sample
+        ref = sched.step(out, int(ours.timesteps[i]), x, eta=eta, variance_noise=z).prev_sample
         sigma = ddim_sigma(ours.alpha[i], ours.alpha_prev[i], eta)
+        eps = to_eps(out, x, ours.alpha[i], ours.prediction_type)
         mine = ddim_mean(x, eps, ours.alpha[i], ours.alpha_prev[i], sigma) + sigma * z
         torch.testing.assert_close(mine, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_unsupported_scheduler_settings_are_refused_with_a_sentence():
+    base = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False)
+    with pytest.raises(SchedulerConfigError, match="prediction_type is 'sample'; this sampler supports"):
+        DDIMSchedule.from_scheduler(DDIMScheduler(**base, prediction_type="sample"), 10)
+    with pytest.raises(SchedulerConfigError, match="sets clip_sample=true"):
+        DDIMSchedule.from_scheduler(DDIMScheduler(**{**base, "clip_sample": True}), 10)
+    with pytest.raises(SchedulerConfigError, match="sets thresholding=true"):
+        DDIMSchedule.from_scheduler(DDIMScheduler(**base, thresholding=True), 10)
+
+
+def test_a_scheduler_config_without_set_alpha_to_one_follows_the_stock_default():
+    """A PNDM config (as SD 1.5 ships) read as DDIM: the settings it names are kept, the rest take
+    DDIMScheduler's defaults, exactly as DDIMScheduler.from_config does."""
+    from diffusers import PNDMScheduler
+
+    pndm = PNDMScheduler.from_config({"num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+                                      "beta_end": 0.012, "set_alpha_to_one": False, "steps_offset": 1, "skip_prk_steps": True,
+                                      "clip_sample": False})
+    ours = DDIMSchedule.from_scheduler(pndm, 10)
+    stock = DDIMScheduler.from_config(pndm.config)
+    stock.set_timesteps(10)
+    assert torch.equal(ours.timesteps, stock.timesteps)
+    assert float(ours.alpha_prev[-1]) == float(stock.final_alpha_cumprod) < 1.0
 
 
 def test_same_seed_same_image_whatever_the_batch(random_parts):

@@ -130,3 +130,19 @@ def test_parallel_jobs_give_the_sequential_results(tiny_run, tmp_path):
 def test_jobs_must_be_positive(tmp_path):
     with pytest.raises(SystemExit):
         simulate.main(["--model", "unused", "--method", "greedy", "--oracle", "purple", "--out", str(tmp_path), "--jobs", "0"])
+
+
+def test_confidence_interval_and_paired_difference_by_hand():
+    """95% t interval of [1, 2, 3, 4, 5]: mean 3, s = sqrt(2.5), t_4 = 2.776, half-width 2.776 * 1.5811 / sqrt(5)."""
+    mean, half = simulate.mean_ci95([1, 2, 3, 4, 5])
+    assert mean == 3.0 and abs(half - 2.776 * (2.5 ** 0.5) / 5 ** 0.5) < 1e-9
+    assert simulate.t975(4) == 2.776 and simulate.t975(22) == 2.086 and simulate.t975(1000) == 1.96
+    run = lambda m, s, v: {"method": m, "seed": s, "status": "done", "wall_s": 1.0,  # noqa: E731
+                           "rounds": [{"labels": 0, "kl_base": 0.0}, {"labels": 8, "kl_base": 0.1, "true_reward_mean": v,
+                                                                        "finetune_steps": 3}]}
+    results = {"runs": {"greedy": {str(s): run("greedy", s, v) for s, v in enumerate([1.0, 2.0, 3.0])},
+                        "ucb": {str(s): run("ucb", s, v) for s, v in enumerate([1.5, 2.0, 4.0])}}}
+    row = {r["method"]: r for r in simulate.table_rows(results)}["ucb"]
+    assert row["paired_per_seed"] == {"0": 0.5, "1": 0.0, "2": 1.0} and row["wins"] == 2
+    assert abs(row["paired_diff"] - 0.5) < 1e-12
+    assert abs(row["paired_ci95"] - 4.303 * 0.5 / 3 ** 0.5) < 1e-9

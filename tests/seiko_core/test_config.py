@@ -1,0 +1,45 @@
+"""SeikoConfig rules that the benchmark's fairness rests on: equal optimiser steps, held-out eval prompts."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from seiko_core.config import METHODS, SeikoConfig
+from seiko_core.presets import PRESETS, preset
+
+
+def optimiser_steps(cfg: SeikoConfig) -> int:
+    """Steps over the whole run, counted as finetune() counts them (one process)."""
+    ft = cfg.finetune
+    per_round = math.ceil(ft.trajectories_per_epoch / (ft.batch_size * ft.grad_accum)) * ft.epochs
+    return per_round * len(cfg.budgets)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_method_gets_the_same_optimiser_steps_and_labels(name):
+    base = preset(name)
+    steps = {m: optimiser_steps(base.for_method(m)) for m in METHODS}
+    labels = {m: sum(base.for_method(m).budgets) for m in METHODS}
+    assert len(set(steps.values())) == 1, steps
+    assert len(set(labels.values())) == 1, labels
+    na = base.for_method("nonadaptive")
+    assert na.budgets == (sum(base.budgets),) and na.finetune.epochs == base.finetune.epochs * len(base.budgets)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_holds_its_eval_prompts_out(name):
+    cfg = preset(name)
+    assert cfg.eval_prompts and cfg.prompts
+    assert not set(cfg.eval_prompts) & set(cfg.prompts)
+
+
+def test_an_overlap_of_eval_and_sampling_prompts_is_refused_with_a_sentence():
+    with pytest.raises(ValueError, match=r"eval prompts must be held out from the sampling prompts, but \['a circle'\]"):
+        SeikoConfig(prompts=("a circle", "a square"), eval_prompts=("a circle", "a star"))
+
+
+def test_sd15_trains_with_gradient_checkpointing_and_two_trajectories_per_pass():
+    ft = preset("sd15").finetune
+    assert ft.gradient_checkpointing and ft.batch_size == 2 and ft.batch_size * ft.grad_accum == 64
