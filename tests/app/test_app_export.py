@@ -16,7 +16,7 @@ from app.__main__ import main as app_main
 from app.export import export_ratings, export_round, export_round_to, resolve_round
 from app.settings import Settings
 from db import migrate, repo
-from db.engine import make_engine, session_factory, write_session
+from db.engine import make_engine, read_session, session_factory, write_session
 from db.errors import NotFound
 from seiko_core.checkpoint import verify
 from seiko_core.export import ExportError, read_ratings_dataset
@@ -165,3 +165,49 @@ def test_the_source_path_comes_from_the_database_and_stays_inside_the_data_dir(w
     with pytest.raises(ExportError, match="is missing from"):  # the DB path is resolved in this data dir, not anywhere else
         resolve_round(elsewhere, world.experiment_id, 1)
     assert not Path(tmp_path / "x").exists()
+
+
+def test_the_browser_builds_every_format_by_id_and_the_route_serves_exactly_that_file(world):
+    """The admin tab's export (app.ui_export): the formats of `python -m app export`, recorded by id, downloaded
+    through GET /seiko/export/<id> (called here as a plain function with a request carrying a session cookie)."""
+    from types import SimpleNamespace
+
+    from starlette.requests import Request
+
+    from app import auth, ui_export
+
+    engine = make_engine(world.settings.db_url)
+    factory = session_factory(engine)
+    try:
+        with write_session(factory) as s:
+            if not any(r.name == "root" for r in repo.list_raters(session=s)):
+                repo.create_rater(session=s, name="root", role="admin", password_hash="x$h")
+        admin = auth.identify(factory, local_mode=False, username="root", client_host="127.0.0.1")
+        services = SimpleNamespace(factory=factory, settings=world.settings, local_mode=False)
+        app = SimpleNamespace(tokens={"admin-token": "root", "rater-token": "ann"}, cookie_id="t")  # Gradio's token table
+        built = {fmt: ui_export.build(factory, world.settings, admin, world.experiment_id, 1 if fmt != "ratings" else None, fmt)
+                 for fmt in ("diffusers", "kohya", "merged", "ratings")}
+        assert built["kohya"].file_name == "seiko_shapes_run_round1.safetensors"
+        assert all(b.file_name.endswith(".zip") for fmt, b in built.items() if fmt != "kohya")
+        assert len({b.export_id for b in built.values()}) == 4
+
+        def get(export_id: str, token: str = "admin-token"):
+            scope = {"type": "http", "method": "GET", "path": f"/seiko/export/{export_id}", "query_string": b"",
+                     "headers": [(b"cookie", f"access-token-t={token}".encode())], "client": ("127.0.0.1", 5000),
+                     "path_params": {"export_id": export_id}, "app": app}
+            return ui_export.serve(services, Request(scope))
+
+        for fmt, b in built.items():
+            response = get(str(b.export_id))
+            assert response.status_code == 200, fmt
+            with read_session(factory) as s:
+                row = repo.get_export(session=s, export_id=b.export_id)
+                assert Path(response.path) == (world.settings.data_dir / row.file_path).resolve()
+                assert (row.format, row.round_index) == (fmt, None if fmt == "ratings" else 1)
+        with zipfile.ZipFile(get(str(built["diffusers"].export_id)).path) as zf:
+            assert any(n.endswith("pytorch_lora_weights.safetensors") for n in zf.namelist())
+        assert get("12345").status_code == 404 and b"There is no export with id 12345." == get("12345").body
+        assert get(str(built["kohya"].export_id), token="rater-token").status_code == 403  # ann is a rater
+        assert get(str(built["kohya"].export_id), token="forged").status_code == 401
+    finally:
+        engine.dispose()

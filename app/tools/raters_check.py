@@ -1,0 +1,189 @@
+"""Several raters and an admin at once, measured (RELIABILITY.md, issue 13 items 4 and 5):
+
+    python -m app.tools.raters_check --db-url postgresql+psycopg://... --trials 100 --json out.json
+    python -m app.tools.raters_check --trials 100                       # a fresh SQLite file
+
+``close-race``: a rating's transaction is open (the image locked, the rating written, not committed) when an
+admin closes the round; after a pause the rating commits. Counted: ratings that end up in the round but above
+the training job's watermark (left out of training without anyone being told).
+
+``collisions``: R raters at once, each drawing a batch of the open round (overlap 1) through the page's
+``ui_rate.load_batch`` and rating it through ``ui_rate.submit``, until the round is done. Counted: ratings refused
+because another rater got the image first (a judgement thrown away after the fact), and images handed out to two
+raters at the same time.
+
+``--without-fix`` runs the same with the fix taken out, for comparison: the round lock in ``repo.lock_round`` made
+a plain read (close-race), and leases not granted (collisions).
+WARNING: a PostgreSQL database given with --db-url is wiped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+from app import services, storage, ui_rate
+from app.auth import Who
+from app.settings import Settings
+from db import migrate, repo
+from db import testing as dbt
+from db.engine import make_engine, read_session, session_factory, write_session
+from db.errors import Conflict
+
+
+def _world(factory, data_dir: Path, name: str, n_images: int, n_raters: int, overlap: int = 1) -> tuple[int, int, list[int]]:
+    import numpy as np
+
+    with write_session(factory) as s:
+        exp = repo.create_experiment(session=s, name=name, model_spec="m", method="greedy", config={}, budgets=[n_images],
+                                     prompts=["a shape"], overlap=overlap)
+        rnd = repo.create_round(session=s, experiment_id=exp.id)
+        for i in range(n_images):
+            pixels = np.full((8, 8, 3), i % 256, dtype=np.uint8)
+            pixels[0, 0, 0] = i // 256
+            stored = storage.write_image(data_dir, storage.encode_png(pixels))
+            repo.add_image(session=s, round_id=rnd.id, prompt="a shape", seed=i, file_path=stored.path, sha256=stored.sha256,
+                           embedding=bytes(16), embedding_dim=4)
+        repo.open_round(session=s, round_id=rnd.id)
+        raters = [repo.create_rater(session=s, name=f"{name}-r{k}", password_hash="x").id for k in range(n_raters)]
+        return exp.id, rnd.id, raters
+
+
+def _race_trial(factory, data_dir: Path, t: int, pause_s: float) -> str:
+    """One trial: 'counted' (the rating is in the training snapshot), 'refused' or 'left_out' (above the watermark)."""
+    eid, rid, (a, b) = _world(factory, data_dir, f"race-{t}", 2, 2)
+    with read_session(factory) as s:
+        first, second = [im.id for im in repo.list_images(session=s, round_id=rid)]
+    with write_session(factory) as s:
+        repo.add_rating(session=s, image_id=first, rater_id=a, score=5)
+    started, may_commit, out = threading.Event(), threading.Event(), {}
+
+    def rater() -> None:
+        try:
+            with write_session(factory) as s:
+                repo.lock_image_for_rating(session=s, image_id=second)
+                out["rating"] = repo.add_rating(session=s, image_id=second, rater_id=b, score=9).id
+                started.set()
+                may_commit.wait(30)
+        except Conflict:
+            out["refused"] = True
+            started.set()
+
+    def admin() -> None:
+        out["job"] = services.close_round(factory=factory, experiment_id=eid)
+
+    th = threading.Thread(target=rater)
+    th.start()
+    started.wait(30)
+    closer = threading.Thread(target=admin)
+    closer.start()
+    time.sleep(pause_s)
+    may_commit.set()
+    th.join(30)
+    closer.join(30)
+    with read_session(factory) as s:
+        watermark = repo.get_job(session=s, job_id=out["job"]).payload["watermark"]
+        stored = repo.find_rating(session=s, image_id=second, rater_id=b)
+        stored_id = None if stored is None else stored.id
+    if out.get("refused") or stored_id is None:
+        return "refused"
+    return "left_out" if stored_id > watermark else "counted"
+
+
+def close_race(factory, data_dir: Path, trials: int, pause_s: float = 0.2) -> dict:
+    outcomes = Counter(_race_trial(factory, data_dir, t, pause_s) for t in range(trials))
+    return {"trials": trials, "ratings_left_out_of_training": outcomes["left_out"],
+            "ratings_in_training": outcomes["counted"], "ratings_refused": outcomes["refused"]}
+
+
+def collisions(factory, data_dir: Path, n_raters: int, n_images: int, batch: int) -> dict:
+    eid, rid, raters = _world(factory, data_dir, f"collide-{time.monotonic_ns()}", n_images, n_raters)
+    counts: Counter = Counter()
+    lock = threading.Lock()
+    holding: dict[int, set[int]] = {}  # image -> raters showing it right now
+    double = set()
+    start = threading.Barrier(n_raters)
+
+    def run(k: int, rater_id: int) -> None:
+        who = Who(rater_id, f"r{k}", "rater", local=False)
+        start.wait(60)
+        state = None
+        while True:
+            view = ui_rate.load_batch(factory, data_dir, who, state, batch_size=batch)
+            state = view.state
+            ids = list(state["batch"])
+            if not ids:
+                return
+            with lock:
+                for i in ids:
+                    holding.setdefault(i, set()).add(rater_id)
+                    if len(holding[i]) > 1:
+                        double.add(i)
+            for i in ids:
+                try:
+                    ui_rate.submit(factory, who, i, 1 + (i + k) % 10)
+                    with lock:
+                        counts["rated"] += 1
+                except ui_rate.NotOffered:
+                    with lock:
+                        counts["refused"] += 1
+                with lock:
+                    holding[i].discard(rater_id)
+
+    threads = [threading.Thread(target=run, args=(k, r)) for k, r in enumerate(raters)]
+    began = time.monotonic()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(600)
+    with read_session(factory) as s:
+        p = repo.round_progress(session=s, round_id=rid)
+    return {"raters": n_raters, "images": n_images, "batch": batch, "ratings_stored": p.ratings,
+            "ratings_refused_after_the_fact": counts["refused"], "images_shown_to_two_raters_at_once": len(double),
+            "round_complete": p.complete_images == n_images, "seconds": round(time.monotonic() - began, 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--db-url", help="a PostgreSQL URL (wiped!); default: a fresh SQLite file")
+    ap.add_argument("--trials", type=int, default=50, help="close-race trials")
+    ap.add_argument("--raters", type=int, default=8)
+    ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--repeat", type=int, default=5, help="collision runs")
+    ap.add_argument("--without-fix", action="store_true", help="take the fixes out, for comparison")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="seiko-raters-check-"))
+    url = args.db_url or dbt.sqlite_url(tmp / "seiko.db")
+    if args.db_url:
+        dbt.reset_postgres_to_head(url)
+    else:
+        migrate.upgrade(url)
+    settings = Settings.from_env({"data_dir": str(tmp / "data"), "db_url": url, "model": "m"}, environ={})
+    engine = make_engine(url)
+    factory = session_factory(engine)
+    if args.without_fix:
+        repo.lock_round = lambda *, session, round_id: repo.get_round(session=session, round_id=round_id)
+        repo.lease_images = lambda *, session, round_id, rater_id, image_ids, lease_s, now=None: list(dict.fromkeys(image_ids))
+    try:
+        result = {"backend": engine.dialect.name, "without_fix": args.without_fix,
+                  "close_race": close_race(factory, settings.data_dir, args.trials),
+                  "collisions": [collisions(factory, settings.data_dir, args.raters, args.images, args.batch)
+                                 for _ in range(args.repeat)]}
+    finally:
+        engine.dispose()
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
