@@ -20,6 +20,7 @@ from db.engine import read_session, write_session
 from db.errors import Conflict, LeaseLost, SchemaOutOfDate
 from db.models import Checkpoint, utcnow
 from seiko_core.checkpoint import MANIFEST, sha256_file, verify
+from seiko_core.presets import SHAPES_EVAL_PROMPTS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -124,7 +125,8 @@ def test_generate_then_train_publishes_the_next_round(worker_world_any_db):
     assert round0.status == "labeling"
     query, evals = _images(world, round0.id, "query"), _images(world, round0.id, "eval")
     assert len(query) == 4 and len(evals) == 2 * 2
-    assert {(im.prompt, im.seed) for im in evals} == {(p, s) for p in ("a shape", "a circle") for s in (0, 1)}
+    held_out = SHAPES_EVAL_PROMPTS[:2]  # the preset's held-out prompts (never sampled), cut to 2 by tiny_worker_config
+    assert {(im.prompt, im.seed) for im in evals} == {(p, s) for p in held_out for s in (0, 1)}
     for im in query + evals:
         path = storage.resolve(data_dir, im.file_path)
         assert hashlib.sha256(path.read_bytes()).hexdigest() == im.sha256 and path.name == f"{im.sha256}.png"
