@@ -83,10 +83,14 @@ def install_stop_handlers(stop: threading.Event) -> Callable[[], None]:
 
 def launch(services) -> object:
     """Start the web app in a background thread; returns the gr.Blocks (call ``.close()`` to stop it)."""
+    from app import web_guard
     from app.ui import build_demo, launch_kwargs
 
     demo = build_demo(services)
     demo.launch(prevent_thread_lock=True, quiet=True, **launch_kwargs(services))
+    if web_guard.installed(demo.server_app) is None:  # fail closed: no Host/Origin checks, no sessions
+        demo.close()
+        raise ServeError("the app's origin and session guard did not start (app.web_guard); not serving without it")
     mode = "local mode: no accounts, this computer only" if services.local_mode else "sign-in with accounts"
     print(f"SEIKO studio on {demo.local_url} ({mode}); Ctrl-C stops it", flush=True)
     return demo
@@ -105,7 +109,11 @@ def main(args: argparse.Namespace) -> int:
     restore = install_stop_handlers(stop)
     demo = None
     try:
-        demo = launch(services)
+        try:
+            demo = launch(services)
+        except ServeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         while not stop.wait(0.5):
             pass
         print("stopping the web app", flush=True)

@@ -132,6 +132,22 @@ class SessionStore:
     def _alive(self, expires_at: datetime, last_seen_at: datetime, now: datetime) -> bool:
         return now < expires_at and now - last_seen_at < self.idle
 
+    def cached(self, token: str) -> tuple[bool, SessionInfo | None]:
+        """(True, the answer) when ``check`` can answer from memory without the database; else (False, None).
+        Cheap enough for the event loop."""
+        if not isinstance(token, str) or not token or len(token) > 256:
+            return True, None
+        with self._lock:
+            cached = self._cache.get(token_digest(token))
+        if cached is None or self._monotonic() - cached.checked >= self.recheck_s:
+            return False, None
+        if cached.info is None:
+            return True, None
+        now = self._now()
+        if self._alive(cached.expires_at, cached.last_seen_at, now) and now - cached.last_seen_at < self.touch_every:
+            return True, cached.info
+        return False, None
+
     def check(self, token: str) -> SessionInfo | None:
         """The session behind ``token`` if it is valid now, else None."""
         if not isinstance(token, str) or not token or len(token) > 256:

@@ -24,7 +24,7 @@ import gradio as gr
 from sqlalchemy import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import auth, ui_admin, ui_dashboard, ui_export, ui_rate
+from app import auth, ui_admin, ui_dashboard, ui_export, ui_rate, web_guard
 from app.auth import AuthError, Who
 from app.settings import Settings
 from app.ui_assets import CSS, GRID_JS, MARKS_JS
@@ -104,8 +104,10 @@ def banner_html(services: AppServices, who: Who) -> str:
             "add accounts with <code>python -m app users add NAME --role admin|rater</code> and restart the app; "
             "then everyone signs in.</div>"
         )
+    # Log out is a POST (app.web_guard): a GET /logout ends nothing, so a link on another site cannot sign anyone out.
     return (f"<div class='seiko-banner user' id='signed-in'>Signed in as <b>{html.escape(who.name)}</b> ({who.role})"
-            "<a href='/logout'>Log out</a></div>")
+            "<form method='post' action='/logout' style='display:inline'>"
+            "<button type='submit' id='logout-button' class='seiko-logout'>Log out</button></form></div>")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,14 +140,16 @@ def launch_kwargs(services: AppServices) -> dict[str, Any]:
         "run_history": False,
         # FastAPI's default /openapi.json answers without sign-in (Gradio turns off /docs and /redoc, not the schema);
         # the API is documented at /gradio_api/info, behind sign-in. Found by tests/reliability/test_rel_access.py.
+        # app.web_guard goes in front of everything Gradio builds when the server starts: Host and Origin checks,
+        # SameSite=Lax cookies, throttled sign-in off the event loop, server-side sessions, log out by POST.
         # routes: GET /seiko/export/<id>, the one download route of exports built on the admin tab (app.ui_export).
-        "app_kwargs": {"openapi_url": None, "routes": ui_export.routes(services)},
+        "app_kwargs": {"openapi_url": None, "lifespan": web_guard.lifespan(services), "routes": ui_export.routes(services)},
         "footer_links": ["api", "gradio"],
         "server_name": services.settings.host,
         "server_port": services.settings.port,
     }
     if not services.local_mode:
-        kwargs["auth"] = auth.authenticator(services.factory)
+        kwargs["auth"] = auth.refuse_direct_sign_in  # shows Gradio's login page; app.web_guard answers POST /login
         kwargs["auth_message"] = f"{TITLE}: sign in with the account an admin made for you."
     return kwargs
 
@@ -251,12 +255,28 @@ def build_demo(services: AppServices) -> gr.Blocks:
                     f_prompts = gr.Textbox(label="Prompts (one per line)", lines=6, value=defaults["prompts"])
                     create_btn = gr.Button("Create experiment", variant="primary")
                 with gr.Accordion("Users", open=False):
-                    users_df = gr.Dataframe(headers=["id", "name", "role", "created"], value=[], interactive=False)
+                    users_df = gr.Dataframe(headers=ui_admin.USERS_HEADERS, value=[], interactive=False, elem_id="users-table")
                     with gr.Row():
                         u_name = gr.Textbox(label="Name")
                         u_role = gr.Radio(label="Role", choices=["rater", "admin"], value="rater")
                         u_password = gr.Textbox(label="Password (8+ characters)", type="password")
                     add_user_btn = gr.Button("Add user")
+                    gr.Markdown("Manage an account: disabling signs it out everywhere (its ratings stay); a new password "
+                                "ends its sessions; an account with ratings cannot be deleted (disable it instead).")
+                    with gr.Row():
+                        m_name = gr.Dropdown(label="Account", choices=[], value=None, allow_custom_value=True,
+                                             elem_id="manage-account")
+                        m_role = gr.Radio(label="New role", choices=["rater", "admin"], value="rater")
+                        m_password = gr.Textbox(label="New password (8+ characters)", type="password")
+                    with gr.Row():
+                        m_disable_btn = gr.Button("Disable", scale=0, min_width=120, elem_id="user-disable")
+                        m_enable_btn = gr.Button("Enable", scale=0, min_width=120, elem_id="user-enable")
+                        m_role_btn = gr.Button("Set role", scale=0, min_width=120, elem_id="user-role")
+                        m_password_btn = gr.Button("Set password", scale=0, min_width=140, elem_id="user-password")
+                        m_delete_btn = gr.Button("Delete", variant="stop", scale=0, min_width=120, elem_id="user-delete")
+                with gr.Accordion("Audit log", open=False):
+                    audit_df = gr.Dataframe(headers=ui_admin.AUDIT_HEADERS, value=[], interactive=False, wrap=True,
+                                            elem_id="audit-log")
 
         # ---- page load ---------------------------------------------------------------------
 
@@ -474,7 +494,49 @@ def build_demo(services: AppServices) -> gr.Blocks:
             gr.Info(message)
             return message, ui_admin.users_table(factory, who), ""
 
-        add_user_btn.click(on_add_user, [u_name, u_role, u_password], [admin_result, users_df, u_password], **private)
+        add_user_event = add_user_btn.click(on_add_user, [u_name, u_role, u_password], [admin_result, users_df, u_password],
+                                            **private)
+
+        # ---- accounts and the audit log -----------------------------------------------------
+
+        def accounts_view(who: Who) -> tuple:
+            names = ui_admin.user_names(factory, who)
+            return ui_admin.users_table(factory, who), gr.Dropdown(choices=names), ui_admin.audit_table(factory, who)
+
+        def on_admin_accounts(request: gr.Request):
+            return accounts_view(_admin(services, request))
+
+        admin_tab.select(on_admin_accounts, None, [users_df, m_name, audit_df], **private)
+        add_user_event.then(on_admin_accounts, None, [users_df, m_name, audit_df], **private)
+
+        def account_change(request: gr.Request, change: Callable[[Who], str]) -> tuple:
+            who = _admin(services, request)
+            message = _shown(lambda: change(who))
+            gr.Info(message)
+            return (message, *accounts_view(who), "")
+
+        account_outputs = [admin_result, users_df, m_name, audit_df, m_password]
+
+        def on_user_disable(name, request: gr.Request):
+            return account_change(request, lambda who: ui_admin.disable_user(factory, who, name))
+
+        def on_user_enable(name, request: gr.Request):
+            return account_change(request, lambda who: ui_admin.enable_user(factory, who, name))
+
+        def on_user_delete(name, request: gr.Request):
+            return account_change(request, lambda who: ui_admin.delete_user(factory, who, name))
+
+        def on_user_role(name, role, request: gr.Request):
+            return account_change(request, lambda who: ui_admin.set_user_role(factory, who, name, role))
+
+        def on_user_password(name, password, request: gr.Request):
+            return account_change(request, lambda who: ui_admin.set_user_password(factory, who, name, password))
+
+        m_disable_btn.click(on_user_disable, [m_name], account_outputs, **private)
+        m_enable_btn.click(on_user_enable, [m_name], account_outputs, **private)
+        m_delete_btn.click(on_user_delete, [m_name], account_outputs, **private)
+        m_role_btn.click(on_user_role, [m_name, m_role], account_outputs, **private)
+        m_password_btn.click(on_user_password, [m_name, m_password], account_outputs, **private)
 
         # ---- the public API -----------------------------------------------------------------
 

@@ -95,6 +95,7 @@ def spec_from_form(form: ExperimentForm) -> services.ExperimentSpec:
 def create_experiment(factory, who: Who, form: ExperimentForm, *, default_model: str) -> str:
     require_admin(who)
     experiment_id = services.create_experiment(factory=factory, spec=spec_from_form(form), default_model=default_model)
+    auth.record(factory, who, "experiment.create", f"experiment {experiment_id}", name=form.name.strip())
     return f"Created experiment {form.name.strip()!r} (id {experiment_id}); the worker now generates round 0."
 
 
@@ -260,7 +261,7 @@ def _experiment_id(factory, experiment_id: int | None) -> int:
 def add_user(factory, who: Who, name: str, role: str, password: str) -> str:
     require_admin(who)
     name = (name or "").strip()
-    auth.add_user(factory, name=name, role=role, password=password or "")
+    auth.add_user(factory, name=name, role=role, password=password or "", actor=who)
     note = ""
     if who.local:
         note = (" Accounts now exist, so local mode has ended: restart the app (python -m app serve, or make demo)"
@@ -268,9 +269,66 @@ def add_user(factory, who: Who, name: str, role: str, password: str) -> str:
     return f"Added {role} {name!r}.{note}"
 
 
+USERS_HEADERS = ["id", "name", "role", "created", "status"]
+AUDIT_HEADERS = ["when (UTC)", "who", "what", "on", "detail"]
+
+
 def users_table(factory, who: Who) -> list[list[str]]:
     require_admin(who)
-    return [[str(u.id), u.name, u.role, u.created_at] for u in auth.list_users(factory)]
+    return [[str(u.id), u.name, u.role, u.created_at, "disabled" if u.disabled else "active"] for u in auth.list_users(factory)]
+
+
+def user_names(factory, who: Who) -> list[str]:
+    """The accounts' names, for the account chooser."""
+    require_admin(who)
+    return [u.name for u in auth.list_users(factory)]
+
+
+def _account_name(name: Any) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidInput("choose an account first")
+    return name.strip()
+
+
+def disable_user(factory, who: Who, name: Any) -> str:
+    require_admin(who)
+    name = _account_name(name)
+    auth.set_disabled(factory, name=name, disabled=True, actor=who)
+    return f"{name!r} is disabled: signed out everywhere, and cannot sign in until enabled again. Their ratings stay."
+
+
+def enable_user(factory, who: Who, name: Any) -> str:
+    require_admin(who)
+    name = _account_name(name)
+    auth.set_disabled(factory, name=name, disabled=False, actor=who)
+    return f"{name!r} is enabled and can sign in again."
+
+
+def delete_user(factory, who: Who, name: Any) -> str:
+    require_admin(who)
+    name = _account_name(name)
+    auth.delete_user(factory, name=name, actor=who)
+    return f"Deleted the account {name!r}."
+
+
+def set_user_role(factory, who: Who, name: Any, role: Any) -> str:
+    require_admin(who)
+    name = _account_name(name)
+    auth.set_role(factory, name=name, role=role, actor=who)
+    return f"{name!r} is now {'an admin' if role == 'admin' else 'a rater'} (from their next request)."
+
+
+def set_user_password(factory, who: Who, name: Any, password: Any) -> str:
+    require_admin(who)
+    name = _account_name(name)
+    auth.set_password(factory, name=name, password=password if isinstance(password, str) else "", actor=who)
+    return f"{name!r} has a new password; their sessions ended, so they sign in again with it."
+
+
+def audit_table(factory, who: Who, limit: int = 200) -> list[list[str]]:
+    """The newest admin actions, newest first: when, who, what, on what, details."""
+    require_admin(who)
+    return [[e.at, e.actor, e.action, e.target, e.detail] for e in auth.list_audit(factory, limit=limit)]
 
 
 def experiment_choices(factory) -> list[tuple[str, int]]:

@@ -18,6 +18,8 @@ CSS = """
 .seiko-banner.local { background: #fef3c7; border: 1px solid #f59e0b; color: #78350f; }
 .seiko-banner.user { background: #eef2ff; border: 1px solid #c7d2fe; color: #1e3a8a; }
 .seiko-banner a { margin-left: .6rem; }
+.seiko-banner .seiko-logout { margin-left: .6rem; background: none; border: none; padding: 0; color: inherit;
+  text-decoration: underline; cursor: pointer; font: inherit; }
 .seiko-progress { font-size: 1rem; }
 .seiko-progress .bar { height: 8px; background: #e5e7eb; border-radius: 4px; overflow: hidden; margin: .3rem 0 .2rem; }
 .seiko-progress .bar > div { height: 100%; background: var(--seiko-ok); }

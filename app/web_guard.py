@@ -225,7 +225,9 @@ class WebGuard:
         """Withdraw from Gradio every session token of this request that is no longer valid; re-admit valid ones."""
         assert self.sessions is not None
         for token in self._tokens(headers):
-            info = await self._in_thread(self.db_pool, self.sessions.check, token)
+            known, info = self.sessions.cached(token)
+            if not known:  # the database, in a thread: a read (and at most once a minute a write) per session
+                info = await self._in_thread(self.db_pool, self.sessions.check, token)
             if info is None:
                 self.gradio_app.tokens.pop(token, None)
             else:

@@ -105,7 +105,7 @@ def db_state(world) -> tuple:
     with read_session(world.factory) as s:
         return (sorted((r.image_id, r.rater_id, r.score) for r in s.query(Rating)),
                 sorted((k.image_id, k.rater_id) for k in s.query(Skip)),
-                sorted((r.name, r.role) for r in s.query(Rater)),
+                sorted((r.name, r.role, r.disabled_at is None, r.password_hash) for r in s.query(Rater)),
                 sorted((e.name, e.status) for e in s.query(Experiment)),
                 sorted((r.experiment_id, r.index, r.status) for r in s.query(Round)),
                 sorted((j.kind, j.status, j.round_id) for j in s.query(Job)))
@@ -186,6 +186,10 @@ def call_event(http: httpx.Client, fn_index: int, data: list, session_hash: str)
 
 
 ADMIN_HANDLERS = ("on_admin_tab", "on_close", "on_pause", "on_resume", "on_preset", "on_create", "on_add_user")
+# accounts and the audit log (issue 13, item 3): what the page would send to each
+ACCOUNT_INPUTS = {"on_admin_accounts": [], "on_user_disable": ["bob"], "on_user_enable": ["bob"], "on_user_delete": ["bob"],
+                  "on_user_role": ["alice", "admin"], "on_user_password": ["bob", "long enough password"]}
+ADMIN_HANDLERS += tuple(ACCOUNT_INPUTS)
 # recovery, dashboard access and the browser export (issue 13, items 4-6); their inputs depend on the world
 RECOVERY_HANDLERS = ("on_finish_ask", "on_archive_ask", "on_confirm", "on_cancel", "on_retry", "on_reopen",
                      "on_dash_access", "on_build_export")
@@ -206,6 +210,7 @@ def test_a_rater_cannot_run_admin_handlers(rel_server):
         "on_preset": ["shapes"],
         "on_create": ["evil", "shapes", "", "greedy", "(the method's default)", 0.01, 1, "4", "a shape"],
         "on_add_user": ["mallory", "admin", "long enough password"],
+        **ACCOUNT_INPUTS,
         "on_finish_ask": [world.experiment_id], "on_archive_ask": [world.experiment_id],
         "on_confirm": [{"action": "archive", "experiment_id": world.experiment_id}, world.experiment_id], "on_cancel": [],
         "on_retry": [world.experiment_id, ""], "on_reopen": [world.experiment_id],
@@ -227,6 +232,9 @@ def test_a_rater_cannot_run_admin_handlers(rel_server):
     root = gr.Request(username="root", client={"host": "127.0.0.1"})
     status_html, users, *_ = demo.fns[ids["on_admin_tab"]].fn(world.experiment_id, request=root)
     assert "ui-exp" in status_html and {row[1] for row in users} == {"alice", "bob", "root"}
+    users, chooser, audit = demo.fns[ids["on_admin_accounts"]].fn(request=root)
+    assert {row[1] for row in users} == {"alice", "bob", "root"}
+    assert {row[2] for row in audit} == {"user.add"}  # the accounts the world made; nothing alice tried
 
 
 def test_file_routes_refuse_traversal_and_the_data_dir(rel_server):

@@ -1,0 +1,446 @@
+"""The launched app's front door (app.web_guard), attacked with a raw HTTP client that forges Host and Origin.
+
+Issue 13's findings, each reproduced against a real server on 127.0.0.1 and refused now:
+- with a Host other than localhost, a preflight from a foreign origin was answered with that origin and
+  ``Access-Control-Allow-Credentials: true``; ``/gradio_api/token`` answered cross-origin; the cookie was SameSite=None;
+- in local mode any Host was answered (DNS rebinding gave a foreign page the local admin);
+- sign-in hashed on the event loop and nothing throttled guessing;
+- sessions never ended: no expiry, log out by GET, password change and disabling left sessions alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from contextlib import contextmanager
+
+import httpx
+import pytest
+
+from app import auth, sessions, ui, web_guard
+from app.settings import Settings
+from db import repo
+from db.engine import read_session
+from db.models import Rater, UserSession
+
+UI_PASSWORD = "correct horse battery"  # tests/app/conftest.py gives every ui_world account this password
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+EVIL = "https://evil.example"
+CORS_HEADERS = ("access-control-allow-origin", "access-control-allow-credentials")
+
+
+def launch(world, *, local_mode: bool = False, public_url: str | None = None, idle_minutes: float | None = None,
+           max_hours: float | None = None, **guard_options):
+    overrides = {"data_dir": str(world.settings.data_dir), "db_url": world.settings.db_url, "model": world.settings.model,
+                 "public_url": public_url, "session_idle_minutes": idle_minutes, "session_max_hours": max_hours}
+    settings = Settings.from_env(overrides, environ={})
+    from app.ui import AppServices
+
+    services = AppServices(factory=world.factory, settings=settings, local_mode=local_mode, batch_size=4)
+    demo = ui.build_demo(services)
+    kwargs = {**ui.launch_kwargs(services), "server_port": free_port(), "quiet": True}
+    if guard_options:
+        kwargs["app_kwargs"] = {**kwargs["app_kwargs"], "lifespan": web_guard.lifespan(services, **guard_options)}
+    demo.launch(prevent_thread_lock=True, **kwargs)
+    return demo, demo.local_url.rstrip("/").replace("localhost", "127.0.0.1")
+
+
+@pytest.fixture
+def served(ui_world):
+    demo, url = launch(ui_world)
+    yield ui_world, demo, url
+    demo.close()
+
+
+@pytest.fixture
+def served_local(ui_world_factory):
+    world = ui_world_factory(accounts=False)
+    demo, url = launch(world, local_mode=True)
+    yield world, demo, url
+    demo.close()
+
+
+def sign_in(url: str, name: str = "alice", password: str = UI_PASSWORD) -> httpx.Client:
+    """A client signed in as ``name`` (closed with the test's garbage; tests open a handful)."""
+    http = httpx.Client(base_url=url, timeout=30)
+    r = http.post("/login", data={"username": name, "password": password})
+    assert r.status_code == 200, r.text
+    return http
+
+
+@contextmanager
+def signed_in(url: str, name: str = "alice", password: str = UI_PASSWORD):
+    http = sign_in(url, name, password)
+    try:
+        yield http
+    finally:
+        http.close()
+
+
+def queue_join(http: httpx.Client, demo, fn_name: str, data: list, **headers) -> httpx.Response:
+    fn_index = next(i for i, bf in demo.fns.items() if bf.fn is not None and bf.fn.__name__ == fn_name)
+    return http.post("/gradio_api/queue/join", headers=headers,
+                     json={"data": data, "fn_index": fn_index, "session_hash": f"s{time.monotonic_ns()}",
+                           "event_data": None, "trigger_id": None})
+
+
+def accounts(world) -> list[str]:
+    with read_session(world.factory) as s:
+        return sorted(r.name for r in s.query(Rater))
+
+
+def assert_no_cors(response: httpx.Response) -> None:
+    leaked = {h: response.headers[h] for h in CORS_HEADERS if h in response.headers}
+    assert not leaked, leaked
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. origin and host
+# ---------------------------------------------------------------------------------------------
+
+
+def test_guard_is_the_outermost_layer(served):
+    _, demo, _ = served
+    guard = web_guard.installed(demo.server_app)
+    assert guard is not None and demo.server_app.middleware_stack is guard
+
+
+@pytest.mark.parametrize("host", ["seiko.team.lan:7860", "10.0.0.5:7860", "127.0.0.1"])
+def test_a_foreign_preflight_gets_no_cors_answer_whatever_the_host(served, host):
+    """Before: 200 with Access-Control-Allow-Origin: https://evil.example and -Credentials: true (non-localhost Host)."""
+    _, _, url = served
+    r = httpx.options(url + "/gradio_api/queue/join", headers={
+        "Host": host, "Origin": EVIL, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type"})
+    assert r.status_code == 403 and "evil.example" in r.text and "refused" in r.text
+    assert_no_cors(r)
+
+
+def test_token_route_and_api_refuse_a_foreign_origin_even_signed_in(served):
+    world, demo, url = served
+    with signed_in(url, "root") as http:
+        # same origin (what the page itself sends): answered
+        assert http.get("/gradio_api/user", headers={"Origin": url}).json() == "root"
+        assert http.get("/gradio_api/token", headers={"Origin": url}).status_code == 200
+        for host in ("seiko.team.lan:7860", url.split("//")[1]):
+            for route in ("/gradio_api/token", "/gradio_api/user", "/config"):
+                r = http.get(route, headers={"Origin": EVIL, "Host": host})
+                assert r.status_code == 403 and "root" not in r.text, route
+                assert_no_cors(r)
+        # a foreign page posting an admin event through the queue (it would add itself an admin account)
+        before = accounts(world)
+        r = queue_join(http, demo, "on_add_user", ["mallory", "admin", "long enough password"], Origin=EVIL)
+        assert r.status_code == 403
+        assert_no_cors(r)
+        # "null" (sandboxed iframes, file:// pages) and a look-alike origin are foreign too
+        for origin in ("null", url + ".evil.example", url.replace("http://", "http://user@")):
+            r = queue_join(http, demo, "on_add_user", ["mallory", "admin", "long enough password"], Origin=origin)
+            assert r.status_code == 403, origin
+        time.sleep(0.3)
+        assert accounts(world) == before
+
+
+def test_the_configured_public_url_is_the_one_other_origin_allowed(ui_world):
+    public = "http://seiko.example.org:8080"
+    demo, url = launch(ui_world, public_url=public + "/")
+    try:
+        with signed_in(url, "root") as http:
+            ok = http.get("/gradio_api/user", headers={"Origin": public, "Host": "127.0.0.1:1"})  # a proxy's Host
+            assert ok.status_code == 200 and ok.json() == "root"
+            for origin in ("https://seiko.example.org:8080", "http://seiko.example.org", "http://example.org:8080", EVIL):
+                assert http.get("/gradio_api/user", headers={"Origin": origin}).status_code == 403, origin
+    finally:
+        demo.close()
+    demo, url = launch(ui_world, public_url="https://seiko.example.org")
+    try:  # served over https (by a proxy): both session cookies are Secure
+        r = httpx.post(url + "/login", data={"username": "alice", "password": UI_PASSWORD})
+        assert r.status_code == 200
+        assert all("secure" in [a.strip().lower() for a in c.split(";")] for c in r.headers.get_list("set-cookie"))
+    finally:
+        demo.close()
+
+
+def test_session_cookies_are_samesite_lax(served):
+    """Before: Gradio's access-token cookie was SameSite=None."""
+    _, _, url = served
+    r = httpx.post(url + "/login", data={"username": "alice", "password": UI_PASSWORD})
+    cookies = r.headers.get_list("set-cookie")
+    assert r.status_code == 200 and len(cookies) == 2
+    for c in cookies:
+        attrs = [a.strip().lower() for a in c.split(";")]
+        assert "samesite=lax" in attrs and "httponly" in attrs and "samesite=none" not in attrs, c
+
+
+@pytest.mark.parametrize("host", ["evil.example:7860", "evil.example", "127.0.0.1.evil.example", "192.168.1.20:7860", ""])
+def test_local_mode_answers_only_localhost_host_values(served_local, host):
+    """DNS rebinding: a page on evil.example resolving to 127.0.0.1 sent Host evil.example and was the local admin."""
+    world, demo, url = served_local
+    before = accounts(world)
+    with httpx.Client(base_url=url, timeout=30) as http:
+        for path in ("/", "/config", "/gradio_api/info"):
+            r = http.get(path, headers={"Host": host})
+            assert r.status_code == 403 and "only when opened as localhost" in r.text, (path, r.status_code)
+        same_origin = f"http://{host}" if host else None
+        r = queue_join(http, demo, "on_add_user", ["mallory", "admin", "long enough password"],
+                       Host=host, **({"Origin": same_origin} if same_origin else {}))
+        assert r.status_code == 403
+    time.sleep(0.3)
+    assert accounts(world) == before
+
+
+def test_local_mode_still_answers_localhost(served_local):
+    _, _, url = served_local
+    port = url.rsplit(":", 1)[1]
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "localhost"):
+        r = httpx.get(url + "/config", headers={"Host": host})
+        assert r.status_code == 200, (host, r.status_code, r.text[:200])
+    # same-origin Origin is fine, a foreign one is not
+    assert httpx.get(url + "/config", headers={"Origin": f"http://127.0.0.1:{port}"}).status_code == 200
+    assert httpx.get(url + "/config", headers={"Origin": f"http://localhost:{port}",
+                                               "Host": f"localhost:{port}"}).status_code == 200
+    assert httpx.get(url + "/config", headers={"Origin": EVIL}).status_code == 403
+
+
+def test_policy_unit_cases():
+    from starlette.datastructures import Headers
+
+    def refused(local: bool, host: str | None, origin: str | None = None, public: str | None = None) -> bool:
+        raw = [(b"host", host.encode())] if host is not None else []
+        raw += [(b"origin", origin.encode())] if origin is not None else []
+        return web_guard.GuardPolicy(local, public).refusal(Headers(raw=raw)) is not None
+
+    assert not refused(True, "127.0.0.1:7860") and not refused(True, "127.9.9.9") and not refused(True, "[::1]")
+    assert refused(True, None) and refused(True, "localhost.evil.example") and refused(True, "0.0.0.0:7860")
+    assert not refused(False, "seiko.lan:7860", "http://seiko.lan:7860")
+    assert not refused(False, "seiko.lan", "https://seiko.lan")  # TLS ended by a proxy: the scheme differs
+    assert refused(False, "seiko.lan", "https://seiko.lan:8443") and refused(False, "seiko.lan:7860", "http://seiko.lan")
+    assert not refused(False, "internal:7860", "https://seiko.example.org", "https://seiko.example.org")
+    assert refused(False, "internal:7860", "https://seiko.example.org.evil", "https://seiko.example.org")
+    assert web_guard.lax_cookie(b"a=b; HttpOnly; SameSite=none; Secure") == b"a=b; HttpOnly; Secure; SameSite=Lax"
+    assert web_guard.lax_cookie(b"a=b; SameSite=Strict") == b"a=b; SameSite=Strict"
+    assert web_guard.lax_cookie(b"a=b") == b"a=b; SameSite=Lax"
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. sign-in: off the event loop, throttled
+# ---------------------------------------------------------------------------------------------
+
+
+def test_wrong_sign_ins_back_off_per_account_and_per_address(ui_world):
+    throttle = sessions.LoginThrottle(per_ip=sessions.ThrottleRule(free=6, base_s=30, max_s=60),
+                                      per_account=sessions.ThrottleRule(free=3, base_s=30, max_s=60))
+    demo, url = launch(ui_world, throttle=throttle)
+    try:
+        with httpx.Client(base_url=url, timeout=30) as http:
+            codes = [http.post("/login", data={"username": "alice", "password": "wrong password"}).status_code
+                     for _ in range(4)]
+            assert codes == [400, 400, 400, 400]
+            locked = http.post("/login", data={"username": "alice", "password": UI_PASSWORD})  # right, but locked
+            assert locked.status_code == 429 and "try again in" in locked.json()["detail"]
+            assert 1 <= int(locked.headers["retry-after"]) <= 30
+            # another account from the same address: allowed until the address's own limit
+            codes = [http.post("/login", data={"username": "bob", "password": "wrong password"}).status_code for _ in range(3)]
+            assert codes == [400, 400, 400]
+            assert http.post("/login", data={"username": "root", "password": UI_PASSWORD}).status_code == 429
+        guard = web_guard.installed(demo.server_app)
+        assert guard.stats.logins["wrong"] == 7 and guard.stats.logins["throttled"] == 2 and guard.stats.logins["ok"] == 0
+    finally:
+        demo.close()
+
+
+def test_throttle_backoff_doubles_and_forgets():
+    clock = [0.0]
+    t = sessions.LoginThrottle(per_ip=sessions.ThrottleRule(free=100, base_s=1, max_s=1000),
+                               per_account=sessions.ThrottleRule(free=2, base_s=1, max_s=8),
+                               forget_s=100, monotonic=lambda: clock[0])
+    waits = []
+    for _ in range(7):
+        t.failed("1.2.3.4", "alice")
+        waits.append(t.wait_s("1.2.3.4", "alice"))
+    assert waits == [0, 0, 1, 2, 4, 8, 8]
+    assert t.wait_s("1.2.3.4", "bob") == 0
+    clock[0] = 500.0  # long after the last failure: forgotten
+    t.failed("1.2.3.4", "alice")
+    assert t.wait_s("1.2.3.4", "alice") == 0
+    t.failed("1.2.3.4", "alice")
+    t.failed("1.2.3.4", "alice")
+    assert t.wait_s("1.2.3.4", "alice") == 1
+    t.succeeded("1.2.3.4", "alice")
+    assert t.wait_s("1.2.3.4", "alice") == 0
+
+
+def test_sign_in_hashes_off_the_event_loop(ui_world):
+    """Before: the scrypt check ran inside Gradio's async /login, on the event loop. Here a deliberately slow check
+    (0.8 s) runs while another request is answered at once."""
+    demo, url = launch(ui_world)
+    slow_started = threading.Event()
+    real = auth.check_login
+
+    def slow_check(*args, **kwargs):
+        slow_started.set()
+        time.sleep(0.8)
+        return real(*args, **kwargs)
+
+    try:
+        auth.check_login = slow_check  # web_guard looks it up on the module at call time
+        result = {}
+
+        def login():
+            result["status"] = httpx.post(url + "/login", data={"username": "alice", "password": UI_PASSWORD},
+                                          timeout=30).status_code
+
+        t = threading.Thread(target=login)
+        t.start()
+        assert slow_started.wait(10)
+        t0 = time.monotonic()
+        assert httpx.get(url + "/gradio_api/app_id", timeout=30).status_code in (200, 401)
+        other = time.monotonic() - t0
+        t.join(30)
+        assert result["status"] == 200
+        assert other < 0.5, f"another request waited {other:.2f} s behind a sign-in"
+    finally:
+        auth.check_login = real
+        demo.close()
+
+
+def test_bad_sign_in_forms_get_one_sentence(served):
+    _, _, url = served
+    r = httpx.post(url + "/login", content=b"x" * (web_guard.MAX_LOGIN_BODY + 1),
+                   headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 400 and "larger than" in r.json()["detail"]
+    r = httpx.post(url + "/login", json={"username": "alice", "password": UI_PASSWORD})
+    assert r.status_code == 400 and "form" in r.json()["detail"]
+    r = httpx.post(url + "/login", files={"username": (None, "alice"), "password": ("p.txt", b"data")})
+    assert r.status_code == 400 and "could not be read" in r.json()["detail"]
+    # the login page's own multipart form works
+    r = httpx.post(url + "/login", files={"username": (None, "alice"), "password": (None, UI_PASSWORD)})
+    assert r.status_code == 200 and r.json() == {"success": True}
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. sessions
+# ---------------------------------------------------------------------------------------------
+
+
+def config_user(http: httpx.Client) -> int:
+    return http.get("/config").status_code
+
+
+def test_logout_is_a_post_that_ends_the_session(served):
+    world, _, url = served
+    http = sign_in(url)
+    stolen = dict(http.cookies)
+    assert config_user(http) == 200
+    page = http.get("/logout")  # a link or <img> on another site: ends nothing
+    assert page.status_code == 200 and "method=\"post\"" in page.text and config_user(http) == 200
+    r = http.post("/logout", headers={"Origin": EVIL})  # a foreign form: refused
+    assert r.status_code == 403 and config_user(http) == 200
+    r = http.post("/logout", follow_redirects=False)
+    assert r.status_code == 303
+    assert config_user(http) in (401, 403)
+    # the old cookie, replayed, is dead too: the session ended on the server, not just in this client
+    with httpx.Client(base_url=url, cookies=stolen, timeout=30) as replay:
+        assert config_user(replay) in (401, 403)
+    with read_session(world.factory) as s:
+        rows = s.query(UserSession).all()
+        assert [(r.end_reason, r.ended_at is not None) for r in rows] == [("logout", True)]
+        assert all(len(r.token_sha256) == 64 and r.token_sha256 not in json.dumps(stolen) for r in rows)
+
+
+def test_password_change_and_disable_end_that_users_sessions(served):
+    world, demo, url = served
+    alice, bob = sign_in(url, "alice"), sign_in(url, "bob")
+    alice2 = sign_in(url, "alice")
+    assert config_user(alice) == config_user(alice2) == config_user(bob) == 200
+    auth.set_password(world.factory, name="alice", password="a brand new password")
+    assert config_user(alice) in (401, 403) and config_user(alice2) in (401, 403)
+    assert config_user(bob) == 200  # only that user's sessions
+    alice = sign_in(url, "alice", "a brand new password")
+    assert config_user(alice) == 200
+    auth.set_disabled(world.factory, name="alice", disabled=True)
+    assert config_user(alice) in (401, 403)
+    r = httpx.post(url + "/login", data={"username": "alice", "password": "a brand new password"})
+    assert r.status_code == 403 and "disabled" in r.json()["detail"]
+    assert httpx.post(url + "/login", data={"username": "alice", "password": "wrong password"}).status_code == 400
+    auth.set_disabled(world.factory, name="alice", disabled=False)
+    assert config_user(sign_in(url, "alice", "a brand new password")) == 200
+
+
+def test_a_session_ended_by_another_process_ends_within_the_recheck_interval(served):
+    """`python -m app users disable` runs in another process: the server's cache does not hear of it."""
+    world, _, url = served
+    alice = sign_in(url, "alice")
+    with read_session(world.factory) as s:
+        alice_id = repo.get_rater_by_name(session=s, name="alice").id
+    from db.engine import write_session
+
+    with write_session(world.factory) as s:  # what the CLI does, without telling this process's store
+        repo.end_sessions(session=s, rater_id=alice_id, reason="admin")
+    deadline = time.monotonic() + 5
+    while config_user(alice) == 200:
+        assert time.monotonic() < deadline, "the ended session still answered after 5 s"
+        time.sleep(0.2)
+
+
+def test_sessions_expire_when_idle_and_at_the_absolute_limit(ui_world):
+    demo, url = launch(ui_world, idle_minutes=1.5 / 60)  # 1.5 s idle
+    try:
+        http = sign_in(url)
+        for _ in range(4):  # active: every 0.5 s, for 2 s > the idle limit
+            assert config_user(http) == 200
+            time.sleep(0.5)
+        time.sleep(2.0)
+        assert config_user(http) in (401, 403)
+    finally:
+        demo.close()
+    demo, url = launch(ui_world, max_hours=2.0 / 3600)  # 2 s absolute
+    try:
+        http = sign_in(url)
+        assert config_user(http) == 200
+        deadline = time.monotonic() + 2.5
+        while time.monotonic() < deadline:  # active the whole time
+            http.get("/gradio_api/app_id")
+            time.sleep(0.2)
+        assert config_user(http) in (401, 403)
+    finally:
+        demo.close()
+
+
+def test_session_store_expiry_arithmetic():
+    """SessionStore's validity rule on its own: alive while younger than the absolute limit and used within the idle one."""
+    from datetime import UTC, datetime, timedelta
+
+    store = sessions.SessionStore(None, idle_s=60, max_s=300, recheck_s=0)  # the rule needs no database
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    ends = t0 + timedelta(seconds=300)
+    assert store._alive(ends, t0, t0 + timedelta(seconds=59))
+    assert not store._alive(ends, t0, t0 + timedelta(seconds=60))  # idle
+    assert not store._alive(ends, t0 + timedelta(seconds=290), t0 + timedelta(seconds=300))  # absolute
+    assert store.check("") is None and store.check("x" * 300) is None  # refused before any database read
+
+
+@pytest.mark.parametrize("concurrent", [8])
+def test_many_concurrent_sign_ins_are_answered_busy_not_queued_forever(ui_world, concurrent):
+    """At most max_pending sign-ins wait for the hashing thread; the rest get 503 at once (no unbounded queue)."""
+    demo, url = launch(ui_world, max_pending=2)
+
+    async def flood():
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            rs = await asyncio.gather(*(http.post("/login", data={"username": f"u{i}", "password": "wrong password"})
+                                        for i in range(concurrent)))
+            return sorted(r.status_code for r in rs)
+
+    try:
+        codes = asyncio.run(flood())
+        assert set(codes) <= {400, 503} and codes.count(503) >= 1, codes
+    finally:
+        demo.close()
