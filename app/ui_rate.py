@@ -456,6 +456,8 @@ def undo(factory, data_dir, who: Who, state_value: dict | None, *, batch_size: i
             if round_id is None and state.experiment_id is not None:
                 open_ = repo.get_open_round(session=s, experiment_id=state.experiment_id)
                 round_id = open_.id if open_ is not None else None
+            if round_id is not None:
+                repo.lock_round(session=s, round_id=round_id)  # the round first, as every write that locks it
             undone = None if round_id is None else repo.undo_last(session=s, rater_id=who.rater_id, round_id=round_id)
             if undone is not None and repo.find_rating(session=s, image_id=undone.image_id, rater_id=who.rater_id) is None:
                 repo.lease_images(session=s, round_id=round_id, rater_id=who.rater_id, image_ids=[undone.image_id],

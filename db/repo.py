@@ -546,20 +546,23 @@ def count_raters(*, session: Session, role: str | None = None) -> int:
 
 
 def lock_image_for_rating(*, session: Session, image_id: int) -> tuple[Image, Round]:
-    """The image (row-locked FOR UPDATE) and its round (locked FOR SHARE) until the transaction ends.
+    """The image's round (locked FOR SHARE), then the image (row-locked FOR UPDATE), until the transaction ends.
 
     On PostgreSQL this serialises raters racing for the last rating an image needs (the overlap check, then the
     insert) and holds off a concurrent close of the round; SQLite's write transactions are serialised already
-    (BEGIN IMMEDIATE) and SQLAlchemy leaves the clauses out there."""
+    (BEGIN IMMEDIATE) and SQLAlchemy leaves the clauses out there. The round is locked first, as in every write
+    that locks a round (``lock_round``: closing, leasing, undoing): a lease's insert takes a key-share lock on its
+    image, so locking the image first here could deadlock with a batch being handed out."""
     _int("image id", image_id)
-    image = session.scalar(
-        select(Image).where(Image.id == image_id).with_for_update(), execution_options={"populate_existing": True}
-    )
-    if image is None:
+    round_id = session.scalar(select(Image.round_id).where(Image.id == image_id))
+    if round_id is None:
         raise NotFound(f"there is no image with id {image_id}")
     round_ = session.scalar(
-        select(Round).where(Round.id == image.round_id).with_for_update(read=True),
+        select(Round).where(Round.id == round_id).with_for_update(read=True),
         execution_options={"populate_existing": True},
+    )
+    image = session.scalar(
+        select(Image).where(Image.id == image_id).with_for_update(), execution_options={"populate_existing": True}
     )
     return image, round_
 

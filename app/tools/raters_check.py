@@ -10,7 +10,7 @@ the training job's watermark (left out of training without anyone being told).
 ``collisions``: R raters at once, each drawing a batch of the open round (overlap 1) through the page's
 ``ui_rate.load_batch`` and rating it through ``ui_rate.submit``, until the round is done. Counted: ratings refused
 because another rater got the image first (a judgement thrown away after the fact), and images handed out to two
-raters at the same time.
+raters at the same time (more than the overlap with ``--overlap``), and any error a rater hit.
 
 ``--without-fix`` runs the same with the fix taken out, for comparison: the round lock in ``repo.lock_round`` made
 a plain read (close-race), and leases not granted (collisions).
@@ -101,12 +101,13 @@ def close_race(factory, data_dir: Path, trials: int, pause_s: float = 0.2) -> di
             "ratings_in_training": outcomes["counted"], "ratings_refused": outcomes["refused"]}
 
 
-def collisions(factory, data_dir: Path, n_raters: int, n_images: int, batch: int) -> dict:
-    eid, rid, raters = _world(factory, data_dir, f"collide-{time.monotonic_ns()}", n_images, n_raters)
+def collisions(factory, data_dir: Path, n_raters: int, n_images: int, batch: int, overlap: int = 1) -> dict:
+    eid, rid, raters = _world(factory, data_dir, f"collide-{time.monotonic_ns()}", n_images, n_raters, overlap)
     counts: Counter = Counter()
     lock = threading.Lock()
     holding: dict[int, set[int]] = {}  # image -> raters showing it right now
     double = set()
+    errors: list[str] = []  # anything but a refusal (a deadlock, a server error) ends that rater's run and is reported
     start = threading.Barrier(n_raters)
 
     def run(k: int, rater_id: int) -> None:
@@ -122,7 +123,7 @@ def collisions(factory, data_dir: Path, n_raters: int, n_images: int, batch: int
             with lock:
                 for i in ids:
                     holding.setdefault(i, set()).add(rater_id)
-                    if len(holding[i]) > 1:
+                    if len(holding[i]) > overlap:
                         double.add(i)
             for i in ids:
                 try:
@@ -135,7 +136,14 @@ def collisions(factory, data_dir: Path, n_raters: int, n_images: int, batch: int
                 with lock:
                     holding[i].discard(rater_id)
 
-    threads = [threading.Thread(target=run, args=(k, r)) for k, r in enumerate(raters)]
+    def guarded(k: int, rater_id: int) -> None:
+        try:
+            run(k, rater_id)
+        except Exception as exc:  # reported in the result (and the run fails the check), not hidden
+            with lock:
+                errors.append(f"rater {k}: {type(exc).__name__}: {exc}"[:300])
+
+    threads = [threading.Thread(target=guarded, args=(k, r)) for k, r in enumerate(raters)]
     began = time.monotonic()
     for th in threads:
         th.start()
@@ -143,9 +151,10 @@ def collisions(factory, data_dir: Path, n_raters: int, n_images: int, batch: int
         th.join(600)
     with read_session(factory) as s:
         p = repo.round_progress(session=s, round_id=rid)
-    return {"raters": n_raters, "images": n_images, "batch": batch, "ratings_stored": p.ratings,
-            "ratings_refused_after_the_fact": counts["refused"], "images_shown_to_two_raters_at_once": len(double),
-            "round_complete": p.complete_images == n_images, "seconds": round(time.monotonic() - began, 2)}
+    return {"raters": n_raters, "images": n_images, "batch": batch, "overlap": overlap, "ratings_stored": p.ratings,
+            "ratings_refused_after_the_fact": counts["refused"],
+            "images_shown_to_more_raters_than_the_overlap_at_once": len(double),
+            "round_complete": p.complete_images == n_images, "errors": errors, "seconds": round(time.monotonic() - began, 2)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--raters", type=int, default=8)
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--overlap", type=int, default=1, help="ratings wanted per image in the collisions check")
     ap.add_argument("--repeat", type=int, default=5, help="collision runs")
     ap.add_argument("--without-fix", action="store_true", help="take the fixes out, for comparison")
     ap.add_argument("--json", type=Path)
@@ -174,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = {"backend": engine.dialect.name, "without_fix": args.without_fix,
                   "close_race": close_race(factory, settings.data_dir, args.trials),
-                  "collisions": [collisions(factory, settings.data_dir, args.raters, args.images, args.batch)
+                  "collisions": [collisions(factory, settings.data_dir, args.raters, args.images, args.batch, args.overlap)
                                  for _ in range(args.repeat)]}
     finally:
         engine.dispose()
@@ -182,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.json:
         args.json.write_text(text + "\n")
-    return 0
+    return 1 if any(c["errors"] for c in result["collisions"]) else 0
 
 
 if __name__ == "__main__":
