@@ -186,7 +186,7 @@ def build_demo(services: AppServices) -> gr.Blocks:
                 marks = gr.HTML(value="", elem_id="rating-marks", html_template="", js_on_load=MARKS_JS)
                 with gr.Row():
                     new_batch_btn = gr.Button("New batch", size="sm", variant="secondary", scale=0)
-                    undo_btn = gr.Button("Undo last rating (u)", size="sm", variant="secondary", scale=0)
+                    undo_btn = gr.Button("Undo last rating or skip (u)", size="sm", variant="secondary", scale=0)
                 rate_timer = gr.Timer(services.rate_poll_s)
 
             # shown to admins, and to raters only where the experiment allows it (its plots can bias ratings)

@@ -214,7 +214,7 @@ def card_html(c: Card) -> str:
 HELP_HTML = (
     "<div class='rg-help'><kbd>1</kbd>–<kbd>9</kbd>, <kbd>0</kbd> = 10 rate the highlighted image · "
     "<kbd>←</kbd><kbd>↑</kbd><kbd>→</kbd><kbd>↓</kbd> / <kbd>Tab</kbd> move · <kbd>s</kbd> skip · "
-    "<kbd>u</kbd> undo your last rating · each rating is saved the moment you give it</div>"
+    "<kbd>u</kbd> undo your last rating or skip · each rating is saved the moment you give it</div>"
 )
 
 

@@ -182,6 +182,22 @@ def test_raters_see_the_dashboard_only_when_the_experiment_allows_it(ui_world):
     assert audit_actions(ui_world) == ["experiment.dashboard_access"]
 
 
+def test_the_dashboard_handler_refuses_a_rater_on_the_server(ui_world):
+    """Hiding the tab is not enough: the dashboard's own event answers a rater with one sentence and no data."""
+    import gradio as gr
+
+    demo = ui.build_demo(ui_world.services())
+    (on_dashboard,) = {bf.fn for bf in demo.fns.values() if bf.fn is not None and bf.fn.__name__ == "on_dashboard"}
+    alice = gr.Request(username="alice", client={"host": "127.0.0.1"})
+    root = gr.Request(username="root", client={"host": "127.0.0.1"})
+    summary, worker, table, _, grid, _ = on_dashboard(ui_world.experiment_id, {}, request=alice)
+    assert summary == ui_dashboard.NOT_FOR_RATERS and (worker, table, grid) == ("", [], "")
+    assert "ui-exp" in on_dashboard(ui_world.experiment_id, {}, request=root)[0]  # admins always
+    ui_admin.set_dashboard_access(ui_world.factory, who(ui_world, "root"), ui_world.experiment_id, True)
+    summary, _, table, *_ = on_dashboard(ui_world.experiment_id, {}, request=alice)
+    assert "ui-exp" in summary and table[0][0] == "0"
+
+
 # ---------------------------------------------------------------------------------------------
 # export in the browser
 # ---------------------------------------------------------------------------------------------
