@@ -24,7 +24,7 @@ import gradio as gr
 from sqlalchemy import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import auth, ui_admin, ui_dashboard, ui_export, ui_rate, web_guard
+from app import auth, ui_admin, ui_dashboard, ui_export, ui_quality, ui_rate, web_guard
 from app.auth import AuthError, Who
 from app.settings import Settings
 from app.ui_assets import CSS, GRID_JS, MARKS_JS
@@ -237,6 +237,18 @@ def build_demo(services: AppServices) -> gr.Blocks:
                     x_link = gr.HTML(elem_id="export-link")
                     exports_df = gr.Dataframe(headers=["id", "format", "round", "file", "size", "built", "download"], value=[],
                                               interactive=False, elem_id="exports-table")
+                with gr.Accordion("Rater quality", open=False):  # issue 14, item 2 (app.ui_quality)
+                    q_summary = gr.HTML(elem_id="rater-quality")
+                    q_table = gr.Dataframe(headers=ui_quality.RATER_HEADERS, value=[], interactive=False,
+                                           elem_id="rater-quality-table")
+                    q_standardize = gr.Checkbox(label="Standardise each rater's scores (z-score per rater) before the "
+                                                      "reward fit", value=False, elem_id="standardize-scores")
+                    with gr.Row():
+                        q_gold_image = gr.Textbox(label="Gold item: image id", scale=0, min_width=160, elem_id="gold-image")
+                        q_gold_score = gr.Textbox(label="Known score 1-10 (empty: not gold)", scale=0, min_width=220,
+                                                  elem_id="gold-score")
+                        q_gold_btn = gr.Button("Set gold item", scale=0, min_width=160, elem_id="set-gold")
+                        q_refresh = gr.Button("Refresh", scale=0, min_width=120, elem_id="quality-refresh")
                 admin_timer = gr.Timer(services.dashboard_refresh_s)
                 defaults = ui_admin.preset_defaults("shapes")
                 with gr.Accordion("New experiment", open=False):
@@ -537,6 +549,31 @@ def build_demo(services: AppServices) -> gr.Blocks:
         m_delete_btn.click(on_user_delete, [m_name], account_outputs, **private)
         m_role_btn.click(on_user_role, [m_name, m_role], account_outputs, **private)
         m_password_btn.click(on_user_password, [m_name, m_password], account_outputs, **private)
+
+        # ---- rater quality (issue 14, item 2) ------------------------------------------------
+
+        def on_quality(exp_id, request: gr.Request):
+            who = _admin(services, request)
+            summary_html, rows = _shown(lambda: ui_quality.report(factory, who, exp_id))
+            return summary_html, rows, ui_quality.standardize_enabled(factory, exp_id)
+
+        def on_standardize(exp_id, enabled, request: gr.Request):
+            who = _admin(services, request)
+            message = _shown(lambda: ui_quality.set_standardize(factory, who, exp_id, bool(enabled)))
+            gr.Info(message)
+            return message
+
+        def on_gold(exp_id, image_id, score, request: gr.Request):
+            who = _admin(services, request)
+            message = _shown(lambda: ui_quality.set_gold(factory, who, exp_id, image_id, score))
+            gr.Info(message)
+            return (message, *_shown(lambda: ui_quality.report(factory, who, exp_id)))
+
+        quality_outputs = [q_summary, q_table, q_standardize]
+        admin_tab.select(on_quality, [exp_state], quality_outputs, **private)
+        q_refresh.click(on_quality, [exp_state], quality_outputs, **private)
+        q_standardize.input(on_standardize, [exp_state, q_standardize], [admin_result], **private)
+        q_gold_btn.click(on_gold, [exp_state, q_gold_image, q_gold_score], [admin_result, q_summary, q_table], **private)
 
         # ---- the public API -----------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from typing import Any
 from matplotlib.figure import Figure
 from sqlalchemy.orm import Session
 
-from app import storage
+from app import alarms, storage
 from app.ui_rate import pick_experiment
 from db import repo
 from db.engine import read_session
@@ -265,6 +265,17 @@ def summary_html(experiment: Experiment) -> str:
             f"model <code>{html.escape(experiment.model_spec)}</code> · {experiment.status} · overlap {experiment.overlap}</div>")
 
 
+def alarms_html(session: Session, experiment: Experiment, thresholds: alarms.Thresholds | None = None) -> str:
+    """One warning line per flagged round and statistic (app.alarms: eval-image statistics and KL); empty when none."""
+    metrics = {r.index: r.metrics for r in repo.list_rounds(session=session, experiment_id=experiment.id)}
+    found = alarms.flags_from_metrics(metrics, thresholds or alarms.Thresholds.from_env())
+    if not found:
+        return ""
+    lines = "".join(f"<div class='warn alarm' data-round='{f.round}' data-statistic='{f.statistic}' style='color:#b45309'>"
+                    f"⚠ Possible reward hacking: {html.escape(f.message())}</div>" for f in found)
+    return f"<div id='reward-alarms'>{lines}</div>"
+
+
 def load(factory, experiment_id: int | None) -> Dashboard:
     with read_session(factory) as s:
         exp = pick_experiment(s, experiment_id)
@@ -273,7 +284,8 @@ def load(factory, experiment_id: int | None) -> Dashboard:
                              [], "", [], "", None)
         rows = round_rows(s, exp)
         rows_key = hashlib.sha256(json.dumps([r.__dict__ for r in rows]).encode()).hexdigest()
-        return Dashboard(summary_html(exp), worker_html(s, exp), table(rows), rows_key, rows, eval_grid_key(s, exp), exp.id)
+        return Dashboard(summary_html(exp) + alarms_html(s, exp), worker_html(s, exp), table(rows), rows_key, rows,
+                         eval_grid_key(s, exp), exp.id)
 
 
 def grid(factory, experiment_id: int, data_dir) -> str:

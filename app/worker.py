@@ -44,10 +44,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from app import storage
+from app import alarms, quality, storage
 from app.services import experiment_config, round_budget
 from app.settings import Settings
 from db import migrate, repo
+from db import quality as db_quality
 from db.engine import make_engine, read_session, session_factory, write_session
 from db.errors import Conflict, InvalidInput, LeaseLost
 from seiko_core import lora
@@ -438,6 +439,8 @@ class Worker:
                                          on_progress=progress.callback("sample_eval"))
             rows += [r for r in self._store_images(images, emb, grid, "eval") if ("eval", r["prompt"], r["seed"]) not in existing]
             eval_metrics.update(self._eval_metrics(parts, cfg, experiment_id, k, adapter, prev, images, grid, progress))
+            # issue 14 item 4: image statistics of the eval grid, read by the dashboard's reward-hacking alarms
+            eval_metrics["image_stats"] = alarms.image_stats(to_uint8(images), emb.detach().to("cpu", torch.float64).numpy())
         metrics = {"generate": {"query_images": n, "eval_images": len(grid), "wall_s": round(time.monotonic() - started, 3)},
                    "eval": eval_metrics}
 
@@ -498,6 +501,10 @@ class Worker:
             published = any(r.index == k + 1 for r in repo.list_rounds(session=s, experiment_id=experiment.id))
             watermark = job.payload.get("watermark")
             rows = [] if published else repo.ratings_snapshot(session=s, experiment_id=experiment.id, up_to_rating_id=watermark)
+            # issue 14 item 2: z-score each rater's scores first when the experiment asks (app.quality.standardize)
+            standardize = bool(experiment.standardize_scores) and not published
+            per_rating = (db_quality.rating_rows(session=s, experiment_id=experiment.id, up_to_rating_id=watermark)
+                          if standardize else [])
             experiment_id, model_spec, cfg = experiment.id, experiment.model_spec, experiment_config(experiment)
         new_index = k + 1
         fault_point("snapshot", job.attempts)
@@ -514,6 +521,11 @@ class Worker:
         embeddings = torch.from_numpy(np.stack([np.frombuffer(r.embedding, dtype="<f4") for r in rows]).astype(np.float32))
         scores = torch.tensor([r.mean_score for r in rows], dtype=torch.float32)
         snapshot = {"watermark": watermark, "images": len(rows), "ratings": int(sum(r.n_ratings for r in rows))}
+        if standardize:
+            scores = torch.tensor(quality.training_scores([r.image_id for r in rows],
+                                                          [(q.image_id, q.rater_id, q.score) for q in per_rating],
+                                                          standardized=True), dtype=torch.float32)
+            snapshot["standardized"] = True
 
         adapter_rel = storage.adapter_path(experiment_id, new_index)
         adapter_dir = storage.resolve(self.settings.data_dir, adapter_rel)

@@ -127,6 +127,8 @@ class Experiment(Base):
     # raters see the dashboard (its plots can bias their ratings) only when an admin allows it
     raters_see_dashboard: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     archived_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # archived: finished and hidden from the selector
+    # rater quality (migration 0004): z-score each rater's scores before the reward fit (app.quality.standardize)
+    standardize_scores: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     rounds: Mapped[list[Round]] = relationship(back_populates="experiment", order_by="Round.index")
 
@@ -351,3 +353,40 @@ class AuditEntry(Base):
     action: Mapped[str] = mapped_column(String(64))
     target: Mapped[str | None] = mapped_column(Text)
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSONText)
+
+
+# ---------------------------------------------------------------------------------------------
+# rater quality: gold items and repeated items (migration 0004)
+# ---------------------------------------------------------------------------------------------
+
+
+class GoldScore(Base):
+    """An image with a known answer (set by an admin): raters' scores on it measure their error (app.quality)."""
+
+    __tablename__ = "gold_scores"
+    __table_args__ = (CheckConstraint(f"score BETWEEN {SCORE_MIN} AND {SCORE_MAX}", name="score_range"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), unique=True)
+    score: Mapped[int] = mapped_column(Integer)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("raters.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class RepeatRating(Base):
+    """A rater's score for an image they rated before, shown to them again: their self-consistency (app.quality).
+
+    Kept apart from ``ratings`` so a repeat never edits the first rating nor counts twice in training."""
+
+    __tablename__ = "repeat_ratings"
+    __table_args__ = (
+        UniqueConstraint("image_id", "rater_id"),
+        CheckConstraint(f"score BETWEEN {SCORE_MIN} AND {SCORE_MAX}", name="score_range"),
+        Index(None, "rater_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    rater_id: Mapped[int] = mapped_column(ForeignKey("raters.id", ondelete="CASCADE"))
+    score: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
