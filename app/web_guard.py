@@ -11,8 +11,8 @@ For every HTTP and websocket request, before Gradio sees it:
 - **Cookies**: every ``Set-Cookie`` the app sends is ``SameSite=Lax`` (Gradio's own say ``SameSite=None``).
 - **Sign-in** (with accounts): ``POST /login`` is answered here. Throttled per client address and per account
   (``app.sessions.LoginThrottle``: 429 while locked, without hashing), the scrypt check runs in a thread pool of
-  its own (``hash_workers`` threads, at most ``max_pending`` sign-ins waiting, else 503), so a flood of guesses
-  neither blocks the event loop nor takes the threads that serve ratings. Success starts a server-side session
+  its own (``hash_workers`` threads at nice 10 on Linux, at most ``max_pending`` sign-ins waiting, else 503), so a
+  flood of guesses neither blocks the event loop nor takes the threads, or the CPU, that serve ratings. Success starts a server-side session
   (``app.sessions.SessionStore``) whose token becomes Gradio's session cookie.
 - **Sessions**: on every request the session cookie is checked against the database (idle and absolute expiry,
   log out, password change, disabled account); a token that is no longer valid is withdrawn from Gradio, which
@@ -30,6 +30,9 @@ from __future__ import annotations
 import asyncio
 import html
 import math
+import os
+import sys
+import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -157,7 +160,8 @@ class WebGuard:
         self.inner, self.gradio_app, self.policy = inner, gradio_app, policy
         self.factory, self.sessions, self.throttle = factory, sessions, throttle or LoginThrottle()
         self.secure_cookies, self.max_pending = secure_cookies, max_pending
-        self.hash_pool = ThreadPoolExecutor(max_workers=hash_workers, thread_name_prefix="seiko-login")
+        self.hash_pool = ThreadPoolExecutor(max_workers=hash_workers, thread_name_prefix="seiko-login",
+                                            initializer=_lower_thread_priority)
         self.db_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="seiko-session")
         self.pending = 0  # sign-ins hashing or waiting to (touched only on the event loop)
         self.stats = GuardStats()
@@ -335,6 +339,15 @@ class WebGuard:
         for name in self._cookie_names():
             response.delete_cookie(name, path="/", httponly=True, samesite="lax")
         return response
+
+
+HASH_THREAD_NICE = 10
+
+
+def _lower_thread_priority() -> None:
+    """On Linux (where nice is per thread) the sign-in hashing thread yields the CPU to the threads serving ratings."""
+    if sys.platform.startswith("linux"):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASH_THREAD_NICE)
 
 
 LOGOUT_PAGE = f"""<!doctype html><html><head><meta charset="utf-8"><title>Log out</title></head>
