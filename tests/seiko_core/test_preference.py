@@ -340,3 +340,63 @@ def test_simulated_choices_follow_the_stated_rule():
     with pytest.raises(ValueError, match="outside"):
         simulate_pair_choices(s, torch.tensor([[0, 4]]), temperature=1.0)
     assert logistic_temperature(1.0) == pytest.approx(math.sqrt(6) / math.pi)
+
+
+# --- the pairwise simulation CLI on the tiny random model -----------------------------------------------------------------
+
+TINY = ["--budgets", "4,4", "--seeds", "0", "--eval-n", "2", "--kl-n", "1", "--no-progress", "--threads", "1",
+        "--set", "sampling.steps=2", "--set", "sampling.batch_size=8",
+        "--set", "finetune.trajectories_per_epoch=2", "--set", "finetune.batch_size=2",
+        "--set", "reward.max_epochs=3", "--set", "reward.hidden=[16, 8]", "--set", "reward.dropout=[0.1]"]
+
+
+def test_pairwise_simulation_runs_two_rounds_of_four_comparisons(random_model_dir, tmp_path):
+    import json
+
+    from seiko_core import pairwise_sim, simulate
+
+    argv = ["--model", str(random_model_dir), "--method", "ucb", "--oracle", "purple", "--out", str(tmp_path), *TINY]
+    assert pairwise_sim.main(argv) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["format"] == simulate.FORMAT  # simulate's structure, readable by its summaries
+    s = res["settings"]
+    assert s["budgets"] == [4, 4] and s["noise_sigma"] == pytest.approx(0.13)
+    assert s["feedback"] == {"kind": "pairs", "temperature": pytest.approx(logistic_temperature(0.13)), "tie_eps": 0.0,
+                             "images_per_label": 2}
+    run = res["runs"]["ucb"]["0"]
+    assert run["status"] == "done" and run["feedback"] == "pairs"
+    rounds = run["rounds"]
+    assert [r["labels"] for r in rounds] == [0, 4, 8] and [r["budget"] for r in rounds] == [0, 4, 4]
+    assert [r.get("images") for r in rounds[1:]] == [8, 16]  # two images per comparison
+    assert rounds[0]["true_reward_mean"] == pytest.approx(res["pretrained"]["true_reward_mean"])
+    for rd in rounds[1:]:
+        for key in ("true_reward_mean", "true_reward_std", "pred_reward", "ensemble_spread", "kl_prev", "kl_base",
+                    "optimism_gap", "ucb_bonus", "wall_s", "batch_tie_fraction"):
+            assert isinstance(rd[key], float), (key, rd[key])
+        assert rd["reward_unit"] == "bt_logit" and rd["kl_prev"] >= 0 and 0 <= rd["batch_tie_fraction"] <= 1
+        assert set(rounds[1]) - {"images", "batch_tie_fraction", "batch_choice_agreement", "reward_unit",
+                                 "reward_fit_holdout_pair_accuracy", "reward_fit_holdout_pair_nll"} <= set(rd)
+    table = (tmp_path / "table.md").read_text()
+    assert table.startswith("**Pairwise feedback**") and "| SEIKO-UCB (textbook) | 2 | 8 |" in table
+    assert (tmp_path / "curve.png").exists() and (tmp_path / "grids" / "ucb_seed0.png").exists()
+    # resuming skips the finished run; different pair settings are refused
+    assert pairwise_sim.main(argv) == 0
+    assert json.loads((tmp_path / "results.json").read_text())["runs"] == res["runs"]
+    assert pairwise_sim.main([*argv, "--tie-eps", "0.1"]) == 2
+
+
+def test_pairwise_simulation_refuses_bad_settings(random_model_dir, tmp_path):
+    from seiko_core import pairwise_sim
+
+    base = ["--model", str(random_model_dir), "--oracle", "purple", "--out", str(tmp_path)]
+    for extra in (["--temperature", "-1"], ["--tie-eps", "nan"], ["--budgets", "30000,30000"]):
+        with pytest.raises(SystemExit):
+            pairwise_sim.main([*base, *extra])
+
+
+def test_pair_prompts_pair_up_images_of_one_prompt():
+    from seiko_core.pairwise_sim import pair_prompts
+    from seiko_core.presets import preset
+
+    prompts = pair_prompts(preset("shapes"), 5, seed=3)
+    assert len(prompts) == 10 and all(prompts[2 * k] == prompts[2 * k + 1] for k in range(5))
