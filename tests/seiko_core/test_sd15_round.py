@@ -34,6 +34,8 @@ def test_one_worker_round_on_the_sd15_architecture(tmp_path, scheduler):
     cfg.reward.max_epochs = 20
     ft = cfg.finetune
     ft.batch_size, ft.grad_accum, ft.trajectories_per_epoch, ft.epochs = 1, 2, 2, 1
+    ft.truncation_k = 2  # of 3 steps
+    ft.mixed_precision = "no"  # bf16 autocast is the GPU setting; fp32 keeps this CPU run short
     assert ft.gradient_checkpointing  # the preset's memory setting, exercised here
     # round 0 -> 1: generate from the base model, "rate", train
     prompts = round_prompts(cfg, 6, seed=0)
