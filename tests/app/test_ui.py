@@ -311,7 +311,8 @@ def test_launch_kwargs_block_the_data_db_and_model_dirs(ui_world):
         blocked += [db_file, db_file.with_name(db_file.name + "-wal")]
     for path in blocked:
         assert str(path.resolve()) in kwargs["blocked_paths"]
-    assert callable(kwargs["auth"]) and kwargs["auth"]("alice", "correct horse battery")
+    # Gradio's own /login signs nobody in (app.web_guard answers /login, off the event loop): fail closed
+    assert callable(kwargs["auth"]) and not kwargs["auth"]("alice", "correct horse battery")
     assert "auth" not in ui.launch_kwargs(ui_world.services(local_mode=True))
 
 

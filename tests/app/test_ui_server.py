@@ -105,6 +105,7 @@ def test_demo_starts_worker_and_ui_and_stops_both_on_sigterm(tmp_path, monkeypat
     """In-process `python -m app demo` with a stand-in worker: SIGTERM stops the web app and the worker."""
     model = tmp_path / "model"
     model.mkdir()
+    (model / "model_index.json").write_text("{}")  # looks like a diffusers directory to the check at creation
     pid_file = tmp_path / "worker.pid"
     fake_worker = (f"import os, signal, sys, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); "
                    "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); time.sleep(120)")
