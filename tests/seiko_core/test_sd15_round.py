@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 
 @pytest.mark.parametrize("scheduler", [{}, {"prediction_type": "v_prediction", "timestep_spacing": "trailing"}],
