@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from . import lora
 from .sampling import (
@@ -104,9 +105,18 @@ def rollout(parts, prompts: list[str], seeds: list[int], *, schedule: DDIMSchedu
         #    in its value; evaluating it at a detached x_t would add a spurious pull of the trajectory toward the
         #    previous model's fixed mean (tests/seiko_core/test_finetune.py checks the gradient by finite differences).
         if reference != "skip" and (keep or kl_every_step) and stochastic[i]:
-            with torch.set_grad_enabled(keep and grad_on), lora.using(parts.unet, reference, restore=adapter,
-                                                                        trainable=trainable), ctx():
-                eps_prev = at_least_fp32(model_eps(parts.unet, x, t_dev, cond, uncond, guidance, a, pred))
+            def prev_eps(x_in, t_dev=t_dev, a=a):
+                with lora.using(parts.unet, reference, restore=adapter, trainable=trainable), ctx():
+                    return at_least_fp32(model_eps(parts.unet, x_in, t_dev, cond, uncond, guidance, a, pred))
+
+            if keep and grad_on and getattr(parts.unet, "is_gradient_checkpointing", False):
+                # The UNet's own checkpointed blocks would be recomputed in backward with whatever adapter is active
+                # then (the trained one): wrong values. So the previous model's whole call is one checkpoint whose
+                # recomputation switches to the reference adapter itself, with the inner block checkpointing off.
+                eps_prev = checkpoint(_without_block_checkpointing(parts.unet, prev_eps), x, use_reentrant=False)
+            else:
+                with torch.set_grad_enabled(keep and grad_on):
+                    eps_prev = prev_eps(x)
             mean_prev = ddim_mean(x, eps_prev, a, ap, sigma)
             kl = kl + gaussian_kl(mean, mean_prev, sigma)
             kl_steps += 1
@@ -115,6 +125,17 @@ def rollout(parts, prompts: list[str], seeds: list[int], *, schedule: DDIMSchedu
     with ctx():
         images = at_least_fp32(decode(parts, x.to(parts.dtype)))
     return Trajectory(images=images, kl=kl, kl_steps=kl_steps)
+
+
+def _without_block_checkpointing(unet, fn):
+    """``fn`` run with the UNet's gradient checkpointing off (turned back on afterwards, also in a recomputation)."""
+    def run(*args):
+        unet.disable_gradient_checkpointing()
+        try:
+            return fn(*args)
+        finally:
+            unet.enable_gradient_checkpointing()
+    return run
 
 
 class _null:

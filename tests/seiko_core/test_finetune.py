@@ -273,3 +273,35 @@ def test_saved_adapter_keeps_its_scale_in_stock_diffusers(random_parts, random_m
     with torch.no_grad():
         stock = pipe.unet(x, 500, encoder_hidden_states=ctx).sample
     torch.testing.assert_close(stock, ours, rtol=1e-4, atol=1e-5)
+
+
+def test_gradient_checkpointing_gives_the_same_gradient_with_the_kl(random_parts):
+    """With the UNet's gradient checkpointing on (the sd15 preset), the previous adapter's call is recomputed in
+    backward: it must be recomputed with the previous adapter, not the trained one active then. The gradient with
+    checkpointing must equal the one without (the old code raised CheckpointError on SD 1.5's architecture)."""
+    ft = tiny_cfg().finetune
+    prev = lora.add_adapter(random_parts.unet, "round_1", ft)
+    _randomise(prev, 0.2, 1)
+    new = lora.add_adapter(random_parts.unet, "round_2", ft, init_from="round_1")
+    _randomise(new, 0.2, 2)
+    for p in prev:
+        p.requires_grad_(False)
+    sched = DDIMSchedule.from_scheduler(random_parts.scheduler, 3)
+    unet = random_parts.unet
+    unet.train()
+    grads = []
+    for on in (False, True):
+        if on:
+            unet.enable_gradient_checkpointing()
+        lora.activate(unet, "round_2")
+        for p in new:
+            p.grad = None
+        traj = rollout(random_parts, ["a shape"], [5], schedule=sched, eta=1.0, guidance=3.0,
+                       attached=torch.ones(3, dtype=torch.bool), adapter="round_2", reference="round_1", trainable=new)
+        (traj.kl.sum() + redness(traj.images, None).sum()).backward()
+        grads.append([p.grad.clone() for p in new])
+    unet.disable_gradient_checkpointing()
+    unet.eval()
+    assert any(g.abs().sum() > 0 for g in grads[0])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
