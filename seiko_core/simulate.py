@@ -484,6 +484,27 @@ def table_rows(results: dict, baseline: str = "greedy") -> list[dict]:
     return rows
 
 
+def reward_quality_rows(results: dict) -> list[dict]:
+    """Per method and round: the Pearson correlation between the reward ensemble's mean prediction and the true
+    reward on that round's eval images (the reward fitted on the labels so far), over the finished seeds: mean,
+    min, max, the seeds whose correlation was negative, and n (rounds where either side was constant are left out)."""
+    rows = []
+    for method in METHODS:
+        runs = finished_runs(results, method)
+        if not runs:
+            continue
+        for k in range(1, max(len(r["rounds"]) for r in runs)):
+            got = {r["seed"]: r["rounds"][k].get("pred_true_corr") for r in runs if len(r["rounds"]) > k}
+            vals = {s: v for s, v in got.items() if v is not None}
+            if not vals:
+                continue
+            v = np.array(list(vals.values()), dtype=float)
+            rows.append({"method": method, "round": k, "labels": runs[0]["rounds"][k]["labels"], "n": len(v),
+                         "mean": float(v.mean()), "min": float(v.min()), "max": float(v.max()),
+                         "negative_seeds": sorted(s for s, c in vals.items() if c < 0)})
+    return rows
+
+
 def write_table(results: dict, path: Path) -> str:
     s = results["settings"]
     pre = results.get("pretrained") or {}
@@ -502,6 +523,15 @@ def write_table(results: dict, path: Path) -> str:
         lines.append(f"| {LABELS.get(r['method'], r['method'])} | {r['rounds']} | {r['labels']} | {r['finetune_steps']} | "
                      f"**{r['mean']:.3f}** [{r['mean'] - r['ci95']:.3f}, {r['mean'] + r['ci95']:.3f}] | {paired} | {wins} | "
                      f"{per} | {r['kl_base']:.3g} | {r['wall_s'] / 60:.1f} min |")
+    quality = reward_quality_rows(results)
+    if quality:
+        lines += ["", "Reward ensemble against the true reward on the eval images after each round (Pearson r of the "
+                      "mean prediction; mean over seeds [min, max]; seeds with r < 0):", "",
+                  "| method | round | labels | r, mean [min, max] | seeds with r < 0 |", "|---|---|---|---|---|"]
+        for q in quality:
+            neg = ", ".join(str(x) for x in q["negative_seeds"]) or "-"
+            lines.append(f"| {LABELS.get(q['method'], q['method'])} | {q['round']} | {q['labels']} | "
+                         f"{q['mean']:.2f} [{q['min']:.2f}, {q['max']:.2f}] (n={q['n']}) | {neg} |")
     text = "\n".join(lines) + "\n"
     path.write_text(text)
     return text

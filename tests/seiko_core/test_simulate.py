@@ -146,3 +146,22 @@ def test_confidence_interval_and_paired_difference_by_hand():
     assert row["paired_per_seed"] == {"0": 0.5, "1": 0.0, "2": 1.0} and row["wins"] == 2
     assert abs(row["paired_diff"] - 0.5) < 1e-12
     assert abs(row["paired_ci95"] - 4.303 * 0.5 / 3 ** 0.5) < 1e-9
+
+
+def test_reward_quality_rows_by_hand(tmp_path):
+    """Round-by-round correlation summary: mean, min, max and the negative seeds, computed by hand; a constant
+    round (None) is left out of n."""
+    def run(seed, corrs):
+        rounds = [{"labels": 0, "kl_base": 0.0}] + [{"labels": 8 * (i + 1), "kl_base": 0.1, "true_reward_mean": 1.0,
+                                                     "pred_true_corr": c, "finetune_steps": 1} for i, c in enumerate(corrs)]
+        return {"method": "greedy", "seed": seed, "status": "done", "wall_s": 1.0, "rounds": rounds}
+    results = {"runs": {"greedy": {"0": run(0, [0.5, 0.9]), "1": run(1, [-0.1, None]), "2": run(2, [0.2, 0.7])}},
+               "settings": {"oracle": "x", "budgets": [8, 8], "noise_sigma": 0.1, "eval": {"seeds": [1, 2]}},
+               "pretrained": {"true_reward_mean": 0.0, "true_reward_std": 1.0}}
+    rows = simulate.reward_quality_rows(results)
+    assert [(r["round"], r["labels"], r["n"]) for r in rows] == [(1, 8, 3), (2, 16, 2)]
+    assert abs(rows[0]["mean"] - 0.2) < 1e-12 and rows[0]["min"] == -0.1 and rows[0]["max"] == 0.5
+    assert rows[0]["negative_seeds"] == [1] and rows[1]["negative_seeds"] == []
+    assert abs(rows[1]["mean"] - 0.8) < 1e-12
+    text = simulate.write_table(results, tmp_path / "table.md")
+    assert "| Greedy | 1 | 8 | 0.20 [-0.10, 0.50] (n=3) | 1 |" in text
