@@ -151,6 +151,9 @@ class Round(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSONText, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # migration 0005: the round whose adapter this round was trained from, when an admin rolled back to it;
+    # NULL is the normal chain (round index - 1). Both branches stay in the history.
+    parent_round_id: Mapped[int | None] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"))
 
     experiment: Mapped[Experiment] = relationship(back_populates="rounds")
 
@@ -390,3 +393,50 @@ class RepeatRating(Base):
     rater_id: Mapped[int] = mapped_column(ForeignKey("raters.id", ondelete="CASCADE"))
     score: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+# ---------------------------------------------------------------------------------------------
+# comparisons: blind A/B pairs between rounds and pairwise preferences (migration 0005, issue 14 items 1 and 3)
+# ---------------------------------------------------------------------------------------------
+
+COMPARISON_KINDS = ("ab", "preference")
+VOTE_CHOICES = ("a", "b", "tie")
+
+
+class ComparisonPair(Base):
+    """Two images shown side by side: ``image_a`` on the left, ``image_b`` on the right (randomised at creation).
+
+    ``round_id`` is the round in which the pair is asked (for an A/B pair: the newer round's)."""
+
+    __tablename__ = "comparison_pairs"
+    __table_args__ = (
+        CheckConstraint(_in("kind", COMPARISON_KINDS), name="kind"),
+        CheckConstraint("image_a_id <> image_b_id", name="distinct_images"),
+        Index(None, "experiment_id", "kind", "round_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    image_a_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    image_b_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ComparisonVote(Base):
+    """One rater's choice on one pair ('a' left, 'b' right, or 'tie'). Voting again edits this row."""
+
+    __tablename__ = "comparison_votes"
+    __table_args__ = (
+        UniqueConstraint("pair_id", "rater_id"),
+        CheckConstraint(_in("choice", VOTE_CHOICES), name="choice"),
+        Index(None, "rater_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    pair_id: Mapped[int] = mapped_column(ForeignKey("comparison_pairs.id", ondelete="CASCADE"))
+    rater_id: Mapped[int] = mapped_column(ForeignKey("raters.id", ondelete="CASCADE"))
+    choice: Mapped[str] = mapped_column(String(8))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

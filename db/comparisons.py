@@ -1,0 +1,277 @@
+"""Repository functions for comparisons (issue 14, items 1 and 3): pairs of images shown side by side and raters'
+votes on them, the blind A/B win rates between rounds, and round lineage (rollback).
+
+Same conventions as ``db.repo``: keyword-only, the caller owns the transaction, bad input raises a
+``db.errors`` exception with one sentence before anything is written.
+
+Pair kinds: ``'ab'`` (the same held-out prompt and seed rendered by two rounds' models; the pair's round is the
+newer one) and ``'preference'`` (two query images of one round, for pairwise reward fitting). A pair's sides
+(``image_a`` left, ``image_b`` right) are fixed when it is created, already in a random order.
+
+The A/B win rate of round r against an opponent counts a tie as half a win:
+``rate = (wins + ties / 2) / n`` over all votes ``n`` on r's pairs against that opponent, with a 95% Wilson score
+interval on that rate (votes treated as independent trials; see docs/ab-and-rollback.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, aliased
+
+from db import repo
+from db.errors import Conflict, InvalidInput, NotFound
+from db.models import COMPARISON_KINDS, VOTE_CHOICES, ComparisonPair, ComparisonVote, Image, Round, utcnow
+
+Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
+
+
+def _kind(kind: Any) -> str:
+    if kind not in COMPARISON_KINDS:
+        raise InvalidInput(f"unknown comparison kind {kind!r}; choose from {list(COMPARISON_KINDS)}")
+    return kind
+
+
+def _id(what: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidInput(f"{what} must be a positive whole number, got {value!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# pairs
+# ---------------------------------------------------------------------------------------------
+
+
+def create_pairs(*, session: Session, experiment_id: int, round_id: int, kind: str,
+                 pairs: Sequence[tuple[int, int]]) -> list[ComparisonPair]:
+    """Add one pair per ``(image_a_id, image_b_id)``, in that display order (the caller randomised it).
+
+    Every image must be an image of this experiment and the two of a pair must differ; ``round_id`` must be a
+    round of the experiment. Nothing is written when any pair is bad."""
+    _kind(kind)
+    experiment = repo.get_experiment(session=session, experiment_id=_id("experiment id", experiment_id))
+    round_ = repo.get_round(session=session, round_id=_id("round id", round_id))
+    if round_.experiment_id != experiment.id:
+        raise InvalidInput(f"round id {round_id} belongs to experiment {round_.experiment_id}, not {experiment_id}")
+    checked: list[tuple[int, int]] = []
+    for pair in pairs:
+        if not isinstance(pair, tuple | list) or len(pair) != 2:
+            raise InvalidInput(f"a pair must be two image ids (left, right), got {pair!r}")
+        a, b = _id("image id", pair[0]), _id("image id", pair[1])
+        if a == b:
+            raise InvalidInput(f"a pair needs two different images, got image {a} twice")
+        checked.append((a, b))
+    ids = {i for p in checked for i in p}
+    found = dict(session.execute(select(Image.id, Round.experiment_id).join(Round, Round.id == Image.round_id)
+                                 .where(Image.id.in_(ids))).all()) if ids else {}
+    for i in sorted(ids):
+        if i not in found:
+            raise NotFound(f"there is no image with id {i}")
+        if found[i] != experiment.id:
+            raise InvalidInput(f"image {i} belongs to experiment {found[i]}, not {experiment_id}")
+    now = utcnow()
+    rows = [ComparisonPair(experiment_id=experiment.id, round_id=round_.id, kind=kind, image_a_id=a, image_b_id=b,
+                           created_at=now) for a, b in checked]
+    session.add_all(rows)
+    session.flush()
+    return rows
+
+
+def get_pair(*, session: Session, pair_id: int) -> ComparisonPair:
+    pair = session.get(ComparisonPair, _id("pair id", pair_id))
+    if pair is None:
+        raise NotFound(f"there is no comparison pair with id {pair_id}")
+    return pair
+
+
+def list_pairs(*, session: Session, experiment_id: int, kind: str, round_id: int | None = None) -> list[ComparisonPair]:
+    stmt = select(ComparisonPair).where(ComparisonPair.experiment_id == experiment_id, ComparisonPair.kind == _kind(kind))
+    if round_id is not None:
+        stmt = stmt.where(ComparisonPair.round_id == round_id)
+    return list(session.scalars(stmt.order_by(ComparisonPair.id)))
+
+
+def _unvoted(experiment_id: int, rater_id: int, kind: str) -> Any:
+    voted = select(ComparisonVote.pair_id).where(ComparisonVote.rater_id == rater_id)
+    return (ComparisonPair.experiment_id == experiment_id, ComparisonPair.kind == kind, ComparisonPair.id.not_in(voted))
+
+
+def next_pair(*, session: Session, experiment_id: int, rater_id: int, kind: str) -> ComparisonPair | None:
+    """A pair of this kind the rater has not voted on, or None when none is left.
+
+    The newest round's pairs come first; within a round the order is a hash of (pair, rater), so raters see the
+    pairs in different, stable orders (a page reload shows the same pair)."""
+    _kind(kind)
+    rows = session.execute(
+        select(ComparisonPair.id, Round.index).join(Round, Round.id == ComparisonPair.round_id)
+        .where(*_unvoted(experiment_id, rater_id, kind))
+    ).all()
+    if not rows:
+        return None
+    newest = max(index for _, index in rows)
+
+    def order(pair_id: int) -> bytes:
+        return hashlib.sha256(f"{pair_id}:{rater_id}".encode()).digest()
+
+    chosen = min((pid for pid, index in rows if index == newest), key=order)
+    return session.get(ComparisonPair, chosen)
+
+
+def count_unvoted(*, session: Session, experiment_id: int, rater_id: int, kind: str) -> int:
+    """How many pairs of this kind the rater has not voted on yet."""
+    return int(session.scalar(select(func.count(ComparisonPair.id)).where(*_unvoted(experiment_id, rater_id, _kind(kind)))))
+
+
+# ---------------------------------------------------------------------------------------------
+# votes
+# ---------------------------------------------------------------------------------------------
+
+
+def record_vote(*, session: Session, pair_id: int, rater_id: int, choice: str) -> ComparisonVote:
+    """Record the rater's choice on a pair: 'a' (left), 'b' (right) or 'tie'. Voting again edits the choice."""
+    if choice not in VOTE_CHOICES:
+        raise InvalidInput(f"a vote must be one of {list(VOTE_CHOICES)} ('a' left, 'b' right), got {choice!r}")
+    pair = get_pair(session=session, pair_id=pair_id)
+    repo.get_rater(session=session, rater_id=_id("rater id", rater_id))
+    now = utcnow()
+    insert = repo._dialect_insert(session)
+    stmt = (
+        insert(ComparisonVote)
+        .values(pair_id=pair.id, rater_id=rater_id, choice=choice, created_at=now, updated_at=now)
+        .on_conflict_do_update(index_elements=[ComparisonVote.pair_id, ComparisonVote.rater_id],
+                               set_={"choice": choice, "updated_at": now})
+        .returning(ComparisonVote)
+    )
+    return session.scalars(stmt, execution_options={"populate_existing": True}).one()
+
+
+@dataclass(frozen=True)
+class VoteRow:
+    pair_id: int
+    round_id: int  # the pair's round
+    rater_id: int
+    choice: str
+    image_a_id: int
+    image_b_id: int
+
+
+def votes(*, session: Session, experiment_id: int, kind: str, round_id: int | None = None) -> list[VoteRow]:
+    """Every vote on the experiment's pairs of this kind (optionally of one round), oldest pair first."""
+    stmt = (
+        select(ComparisonVote.pair_id, ComparisonPair.round_id, ComparisonVote.rater_id, ComparisonVote.choice,
+               ComparisonPair.image_a_id, ComparisonPair.image_b_id)
+        .join(ComparisonPair, ComparisonPair.id == ComparisonVote.pair_id)
+        .where(ComparisonPair.experiment_id == experiment_id, ComparisonPair.kind == _kind(kind))
+    )
+    if round_id is not None:
+        stmt = stmt.where(ComparisonPair.round_id == round_id)
+    return [VoteRow(*row) for row in session.execute(stmt.order_by(ComparisonPair.id, ComparisonVote.rater_id))]
+
+
+# ---------------------------------------------------------------------------------------------
+# lineage (rollback)
+# ---------------------------------------------------------------------------------------------
+
+
+def set_round_parent(*, session: Session, round_id: int, parent_round_id: int | None) -> Round:
+    """Record that round ``round_id`` was trained from ``parent_round_id``'s adapter (None: the previous index)."""
+    round_ = repo.get_round(session=session, round_id=_id("round id", round_id))
+    if parent_round_id is not None:
+        parent = repo.get_round(session=session, round_id=_id("parent round id", parent_round_id))
+        if parent.experiment_id != round_.experiment_id or parent.index >= round_.index:
+            raise InvalidInput(f"round {round_.index} can only be trained from an earlier round of its own experiment, "
+                               f"not from round {parent.index} of experiment {parent.experiment_id}")
+    round_.parent_round_id = parent_round_id
+    session.flush()
+    return round_
+
+
+def parent_of(*, session: Session, round_id: int) -> Round | None:
+    """The round whose model round ``round_id`` was trained from: its recorded parent, else index - 1; None for round 0."""
+    round_ = repo.get_round(session=session, round_id=round_id)
+    if round_.parent_round_id is not None:
+        return repo.get_round(session=session, round_id=round_.parent_round_id)
+    if round_.index == 0:
+        return None
+    return repo.get_round_by_index(session=session, experiment_id=round_.experiment_id, index=round_.index - 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# A/B win rates
+# ---------------------------------------------------------------------------------------------
+
+
+def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval for a proportion ``successes / n`` (``successes`` may hold halves for ties)."""
+    if n <= 0:
+        raise InvalidInput(f"an interval needs at least one vote, got n={n}")
+    if not 0 <= successes <= n:
+        raise InvalidInput(f"successes must be between 0 and n={n}, got {successes}")
+    p = successes / n
+    z2 = z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def win_stats(wins: int, losses: int, ties: int) -> dict[str, Any]:
+    """{wins, losses, ties, n, rate, ci95}: ties count half; rate and ci95 are None without votes."""
+    n = wins + losses + ties
+    if n == 0:
+        return {"wins": 0, "losses": 0, "ties": 0, "n": 0, "rate": None, "ci95": None}
+    score = wins + ties / 2
+    lo, hi = wilson_interval(score, n)
+    return {"wins": wins, "losses": losses, "ties": ties, "n": n, "rate": score / n, "ci95": [lo, hi]}
+
+
+def ab_win_rates(*, session: Session, experiment_id: int) -> dict[int, dict[str, Any]]:
+    """Per trained round index r >= 1 that has A/B pairs: its win rate against the round it was trained from
+    ("vs_previous", the recorded parent on a rolled-back branch) and against the base model ("vs_base", round 0),
+    with ``parent_index``. When the parent is round 0 the two are the same votes."""
+    repo.get_experiment(session=session, experiment_id=experiment_id)
+    rounds = {r.id: r for r in repo.list_rounds(session=session, experiment_id=experiment_id)}
+    base = next((r for r in rounds.values() if r.index == 0), None)
+    image_a, image_b = aliased(Image), aliased(Image)
+    rows = session.execute(
+        select(ComparisonPair.round_id, image_a.round_id, image_b.round_id, ComparisonVote.choice)
+        .join(image_a, image_a.id == ComparisonPair.image_a_id)
+        .join(image_b, image_b.id == ComparisonPair.image_b_id)
+        .outerjoin(ComparisonVote, ComparisonVote.pair_id == ComparisonPair.id)
+        .where(ComparisonPair.experiment_id == experiment_id, ComparisonPair.kind == "ab")
+    ).all()
+    tallies: dict[int, dict[str, list[int]]] = {}
+    for pair_round, round_a, round_b, choice in rows:
+        if (round_a == pair_round) == (round_b == pair_round):
+            raise Conflict(f"an A/B pair of round id {pair_round} has images of rounds {round_a} and {round_b}; "
+                           "exactly one side must be the pair's own round")
+        new_side, opponent = ("a", round_b) if round_a == pair_round else ("b", round_a)
+        parent = parent_of(session=session, round_id=pair_round)
+        against = []
+        if parent is not None and opponent == parent.id:
+            against.append("vs_previous")
+        if base is not None and opponent == base.id:
+            against.append("vs_base")
+        if not against:
+            raise Conflict(f"an A/B pair of round {rounds[pair_round].index} compares it with round "
+                           f"{rounds[opponent].index}, which is neither its parent nor the base model")
+        tally = tallies.setdefault(pair_round, {"vs_previous": [0, 0, 0], "vs_base": [0, 0, 0]})
+        if choice is None:  # a pair nobody voted on yet
+            continue
+        slot = 2 if choice == "tie" else (0 if choice == new_side else 1)
+        for name in against:
+            tally[name][slot] += 1
+    out: dict[int, dict[str, Any]] = {}
+    for round_id, tally in sorted(tallies.items(), key=lambda item: rounds[item[0]].index):
+        parent = parent_of(session=session, round_id=round_id)
+        out[rounds[round_id].index] = {
+            "parent_index": None if parent is None else parent.index,
+            "vs_previous": win_stats(*tally["vs_previous"]),
+            "vs_base": win_stats(*tally["vs_base"]),
+        }
+    return out
