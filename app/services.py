@@ -74,7 +74,7 @@ def build_config(spec: ExperimentSpec) -> SeikoConfig:
 def experiment_config(experiment) -> SeikoConfig:
     """The SeikoConfig stored with an experiment row."""
     raw = experiment.config if isinstance(experiment.config, dict) else json.loads(experiment.config)
-    return from_dict(raw)
+    return from_dict({k: v for k, v in raw.items() if k != "app"})  # "app": app.experiment_options, not SEIKO's
 
 
 def check_model_spec(model_spec: str) -> str:

@@ -24,7 +24,7 @@ import gradio as gr
 from sqlalchemy import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import auth, ui_admin, ui_dashboard, ui_export, ui_quality, ui_rate, web_guard
+from app import auth, ui_admin, ui_dashboard, ui_export, ui_quality, ui_rate, ui_taste, web_guard
 from app.auth import AuthError, Who
 from app.settings import Settings
 from app.ui_assets import CSS, GRID_JS, MARKS_JS
@@ -193,6 +193,9 @@ def build_demo(services: AppServices) -> gr.Blocks:
             with gr.Tab("Dashboard", id="dashboard", elem_id="tab-dashboard", visible=False) as dash_tab:
                 summary = gr.HTML()
                 worker = gr.HTML(elem_id="worker")
+                # issue 12 item 5: the first plot is what the person cares about (app.ui_taste)
+                taste_plot = gr.Plot(label="What you rated, per round (95% confidence bands)", elem_id="taste-plot")
+                taste_state = gr.State("")
                 gr.Markdown("### Rounds")
                 rounds_table = gr.Dataframe(headers=ui_dashboard.HEADERS, value=[], interactive=False, wrap=False,
                                             elem_id="rounds-table")
@@ -372,6 +375,15 @@ def build_demo(services: AppServices) -> gr.Blocks:
             return d.summary, d.worker, d.table, fig, grid_html, seen
 
         dash_outputs = [summary, worker, rounds_table, plot, eval_grid, dash_state]
+
+        def on_taste(exp_id, seen_key, request: gr.Request):
+            who = _who(services, request)
+            if not dashboard_visible(who, exp_id):  # checked here, not only by hiding the tab
+                return gr.skip(), ""
+            return ui_taste.plot_update(factory, exp_id, seen_key)
+
+        dash_timer.tick(on_taste, [exp_state, taste_state], [taste_plot, taste_state], show_progress="hidden", **private)
+        dash_tab.select(on_taste, [exp_state, taste_state], [taste_plot, taste_state], **private)
         dash_timer.tick(on_dashboard, [exp_state, dash_state], dash_outputs, show_progress="hidden", **private)
         dash_tab.select(on_dashboard, [exp_state, dash_state], dash_outputs, **private)
 

@@ -35,8 +35,8 @@ CSS = """
 .rg-card:focus, .rg-card.focused { border-color: var(--seiko-accent); box-shadow: 0 0 0 3px rgba(37,99,235,.25); }
 .rg-img { background: #111827; border-radius: 6px; overflow: hidden; aspect-ratio: 1 / 1;
   display: flex; align-items: center; justify-content: center; }
-.rg-img img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; image-rendering: crisp-edges; }
-.rg-img img { image-rendering: pixelated; }
+.rg-img img { width: 100%; height: 100%; object-fit: contain; image-rendering: auto; }
+.rg-img img.px { image-rendering: crisp-edges; image-rendering: pixelated; }  /* small images only (app.ui_images) */
 .rg-missing { color: #fca5a5; font-size: .85rem; padding: 1rem; text-align: center; }
 .rg-prompt { font-size: .95rem; font-weight: 600; color: #111827; min-height: 1.3em; overflow-wrap: anywhere; }
 .rg-meta { font-size: .75rem; color: var(--seiko-muted); display: flex; justify-content: space-between; }
@@ -63,7 +63,12 @@ CSS = """
   text-align: center; font-size: .8rem; }
 .seiko-evalgrid th { padding: 2px 6px; color: #374151; }
 .seiko-evalgrid th.rowhead { text-align: right; white-space: nowrap; color: #374151; font-weight: 500; }
-.seiko-evalgrid img { width: 96px; height: 96px; image-rendering: pixelated; border-radius: 4px; display: block; }
+.seiko-evalgrid img { width: 96px; height: 96px; image-rendering: auto; border-radius: 4px; display: block; cursor: zoom-in; }
+.seiko-evalgrid img.px { image-rendering: crisp-edges; image-rendering: pixelated; }  /* small images only (app.ui_images) */
+/* click an eval image to see it large (it takes the focus); click anywhere else to close it */
+.seiko-evalgrid img:focus { position: fixed; top: 50%; left: 50%; transform: translate(-50%, -50%); z-index: 1000;
+  width: min(80vw, 80vh); height: min(80vw, 80vh); object-fit: contain; outline: none; cursor: zoom-out;
+  box-shadow: 0 0 0 100vmax rgba(15, 23, 42, .7); border-radius: 6px; }
 .seiko-evalgrid .none { width: 96px; height: 96px; background: #f3f4f6; border-radius: 4px; }
 """
 

@@ -18,7 +18,7 @@ from typing import Any
 from matplotlib.figure import Figure
 from sqlalchemy.orm import Session
 
-from app import alarms, storage
+from app import alarms, storage, ui_images
 from app.ui_rate import pick_experiment
 from db import repo
 from db.engine import read_session
@@ -145,6 +145,10 @@ def figure(rows: list[RoundRow]) -> Figure:
 
 def _thumb_uri(path) -> str:
     data = path.read_bytes()
+    return _thumb_uri_of(data)
+
+
+def _thumb_uri_of(data: bytes) -> str:
     from PIL import Image as PILImage
 
     with PILImage.open(io.BytesIO(data)) as im:
@@ -181,7 +185,9 @@ def eval_grid_html(session: Session, experiment: Experiment, data_dir) -> str:
             im = row.get(k)
             path = storage.resolve(data_dir, im.file_path) if im is not None else None
             if path is not None and path.is_file():
-                tds.append(f"<td><img src='{_thumb_uri(path)}' alt='round {k}: {html.escape(prompt, quote=True)}, seed {seed}'></td>")
+                data = path.read_bytes()  # tabindex: a click focuses the image, which the CSS shows large
+                tds.append(f"<td><img src='{_thumb_uri_of(data)}'{ui_images.img_class(data)} tabindex='0' "
+                           f"title='click to enlarge' alt='round {k}: {html.escape(prompt, quote=True)}, seed {seed}'></td>")
             else:
                 tds.append("<td><div class='none' title='not rendered'></div></td>")
         body.append(f"<tr><th class='rowhead'>{html.escape(prompt)}<br><small>seed {seed}</small></th>{''.join(tds)}</tr>")

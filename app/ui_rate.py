@@ -29,7 +29,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app import storage
+from app import auto_close, storage, ui_images
 from app.auth import Who
 from db import repo
 from db.engine import read_session, write_session
@@ -187,13 +187,15 @@ class Card:
     src: str | None
     state: str = "open"  # open, rated, skipped, taken
     score: int | None = None
+    pixel_art: bool = False  # small image: upscaled with crisp pixels (app.ui_images), else smoothly
 
     def status(self) -> str:
         return {"rated": f"✓ saved: {self.score}", "skipped": "skipped", "taken": "rated by others"}.get(self.state, "")
 
 
 def card_html(c: Card) -> str:
-    img = (f"<img src='{c.src}' alt='{html.escape(c.prompt, quote=True)}'>" if c.src
+    px = " class='px'" if c.pixel_art else ""  # small images upscaled with crisp pixels (app.ui_images)
+    img = (f"<img src='{c.src}'{px} alt='{html.escape(c.prompt, quote=True)}'>" if c.src
            else "<div class='rg-missing'>image file missing</div>")
     buttons = "".join(
         f"<button type='button' tabindex='-1' data-score='{s}' aria-pressed='{str(c.score == s).lower()}'"
@@ -276,7 +278,9 @@ def _cards(session: Session, data_dir, state: RateState, who: Who) -> list[Card]
     out = []
     for image_id in state.batch:
         image = repo.get_image(session=session, image_id=image_id)
-        out.append(Card(image.id, image.prompt, image.seed, png_data_uri(data_dir, image)))
+        src = png_data_uri(data_dir, image)
+        pixel_art = src is not None and ui_images.is_pixel_art(base64.b64decode(src.split(",", 1)[1][:64]))
+        out.append(Card(image.id, image.prompt, image.seed, src, pixel_art=pixel_art))
     marks = _marks(session, state, who)["cards"]
     for c in out:
         m = marks[str(c.image_id)]
@@ -397,6 +401,7 @@ def submit(factory, who: Who, image_id: Any, score: Any) -> dict[str, Any]:
         image = repo.get_image(session=s, image_id=image_id)
         round_ = repo.get_round(session=s, round_id=image.round_id)
         experiment = repo.get_experiment(session=s, experiment_id=round_.experiment_id)
+    auto_close.after_rating(factory, image_id)  # the experiment option auto_close (off by default)
     with read_session(factory) as s:
         p = progress(s, experiment, who)
     return {"image_id": image_id, "score": score, "previous_score": previous, "edited": previous is not None,
@@ -414,6 +419,7 @@ def rate(factory, data_dir, who: Who, state_value: dict | None, payload: dict[st
             raise Conflict(f"image {image_id} is not in your current batch; reload the page")
         with write_session(factory) as s:
             rate_in_session(s, who, image_id, score)
+        auto_close.after_rating(factory, image_id)  # the experiment option auto_close (off by default)
         if image_id in state.skipped:
             state.skipped.remove(image_id)
     except NotOffered as e:

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from app import alarms, quality, storage
+from app import alarms, experiment_options, quality, selection, storage
 from app.services import experiment_config, round_budget
 from app.settings import Settings
 from db import migrate, repo
@@ -414,12 +414,17 @@ class Worker:
             prev = _round_info(s, repo.get_round_by_index(session=s, experiment_id=experiment.id, index=k - 1)) if k > 0 else None
             existing = {(im.kind, im.prompt, im.seed) for im in repo.list_images(session=s, round_id=this.id)}
             experiment_id, model_spec, cfg = experiment.id, experiment.model_spec, experiment_config(experiment)
+            options = experiment_options.of(experiment)
         if this.status not in ("generating", "labeling"):
             raise Conflict(f"round {k} is {this.status!r}; only a 'generating' round gets images")
 
         n = round_budget(cfg, k)
-        query = list(zip(round_prompts(cfg, n, derive_seed(experiment_id, k, "prompts")), query_seeds(experiment_id, k, n)))
-        query = [(p, s) for p, s in query if ("query", p, s) not in existing]
+        # issue 12 item 3: candidate_factor x n candidates, of which n are shown (app.selection); none when some exist
+        mode, n_candidates = selection.candidate_plan(options, k, n)
+        query = list(zip(round_prompts(cfg, n_candidates, derive_seed(experiment_id, k, "prompts")),
+                         query_seeds(experiment_id, k, n_candidates)))
+        if any(kind == "query" for kind, _, _ in existing):
+            query = [(p, s) for p, s in query[:n] if ("query", p, s) not in existing]
         grid = [(p, s) for p in dict.fromkeys(cfg.eval_prompts) for s in dict.fromkeys(cfg.eval_seeds)]
         started = time.monotonic()
 
@@ -427,9 +432,16 @@ class Worker:
         parts = self._parts(model_spec)
         adapter = self._use_adapter(parts, this)
         rows: list[dict[str, Any]] = []
+        selection_record: dict[str, Any] | None = None
         if query:
             images, emb = generate_batch(parts, adapter, [p for p, _ in query], [s for _, s in query], cfg,
                                          on_progress=progress.callback("sample_query"))
+            if not any(kind == "query" for kind, _, _ in existing):
+                images, emb, query, chosen = selection.select_query(
+                    images, emb, query, options=options, mode=mode, n_show=n, seed=derive_seed(experiment_id, k, "select"),
+                    reward_dir=storage.resolve(self.settings.data_dir, storage.reward_path(experiment_id, k)) if k else None,
+                    device=parts.device)
+                selection_record = chosen
             rows += self._store_images(images, emb, query, "query")
         eval_metrics: dict[str, Any] = {"n": len(grid), "prompts": len(dict.fromkeys(cfg.eval_prompts)),
                                         "seeds": list(dict.fromkeys(cfg.eval_seeds))}
@@ -443,6 +455,8 @@ class Worker:
             eval_metrics["image_stats"] = alarms.image_stats(to_uint8(images), emb.detach().to("cpu", torch.float64).numpy())
         metrics = {"generate": {"query_images": n, "eval_images": len(grid), "wall_s": round(time.monotonic() - started, 3)},
                    "eval": eval_metrics}
+        if selection_record is not None:
+            metrics["selection"] = selection_record
 
         def write(s) -> None:
             present = {(im.kind, im.prompt, im.seed) for im in repo.list_images(session=s, round_id=this.id)}

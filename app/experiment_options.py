@@ -1,0 +1,98 @@
+"""App-level experiment settings that are not part of the SEIKO config: which images a round asks about, and
+whether a round closes by itself once its budget is rated.
+
+They live in ``Experiment.config`` (a JSON column, so no migration) under the key ``"app"``, next to the
+SeikoConfig fields; ``app.services.experiment_config`` leaves that key out before it builds the SeikoConfig.
+
+    selection         random | uncertainty | optimistic   which candidates a round shows (app.selection)
+    candidate_factor  1..8                                 candidates generated per shown image, rounds >= 1
+    honest_share      0..1                                 share of a non-random round's images drawn uniformly
+                                                           at random from the candidates (an honest sample)
+    auto_close        true | false                         close the round when its budget is rated (app.auto_close)
+    feedback          scores | pairs | both                1-10 ratings, comparisons of two images, or both (app.pairwise)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from db.errors import InvalidInput
+
+APP_KEY = "app"
+SELECTIONS = ("random", "uncertainty", "optimistic")
+MAX_CANDIDATE_FACTOR = 8
+FEEDBACKS = ("scores", "pairs", "both")  # what raters give (app.pairwise)
+
+
+@dataclass(frozen=True)
+class ExperimentOptions:
+    selection: str = "random"  # today's behaviour: every generated image is shown
+    candidate_factor: int = 1  # 1: no extra candidates (no extra wait)
+    honest_share: float = 0.25  # a quarter of a selected round stays a uniform random sample of the model's images
+    auto_close: bool = False  # an admin closes rounds (the demo too; see docs/bench-taste.md)
+    feedback: str = "scores"  # issue 14 item 1 (app.pairwise): scores | pairs | both
+
+    def __post_init__(self) -> None:
+        if self.selection not in SELECTIONS:
+            raise InvalidInput(f"unknown selection {self.selection!r}; choose from {list(SELECTIONS)}")
+        factor = self.candidate_factor
+        if isinstance(factor, bool) or not isinstance(factor, int) or not 1 <= factor <= MAX_CANDIDATE_FACTOR:
+            raise InvalidInput(f"candidate_factor must be a whole number from 1 to {MAX_CANDIDATE_FACTOR}, got {factor!r}")
+        share = self.honest_share
+        if isinstance(share, bool) or not isinstance(share, int | float) or not (math.isfinite(share) and 0 <= share <= 1):
+            raise InvalidInput(f"honest_share must be a number from 0 to 1, got {share!r}")
+        if not isinstance(self.auto_close, bool):
+            raise InvalidInput(f"auto_close must be true or false, got {self.auto_close!r}")
+        if self.feedback not in FEEDBACKS:
+            raise InvalidInput(f"unknown feedback {self.feedback!r}; choose from {list(FEEDBACKS)} (1-10 scores, "
+                               "pairwise comparisons, or both)")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def from_config(config: dict[str, Any] | None) -> ExperimentOptions:
+    """The options stored in an experiment's config dict (defaults for those not set)."""
+    raw = (config or {}).get(APP_KEY) or {}
+    if not isinstance(raw, dict):
+        raise InvalidInput(f"the experiment's {APP_KEY!r} settings must be a JSON object, got {type(raw).__name__}")
+    known = {f.name for f in fields(ExperimentOptions)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise InvalidInput(f"unknown experiment settings {unknown}; choose from {sorted(known)}")
+    return ExperimentOptions(**raw)
+
+
+def of(experiment) -> ExperimentOptions:
+    return from_config(experiment.config if isinstance(experiment.config, dict) else None)
+
+
+def with_options(config: dict[str, Any], options: ExperimentOptions) -> dict[str, Any]:
+    """A copy of ``config`` with ``options`` stored under ``APP_KEY``."""
+    return {**config, APP_KEY: options.as_dict()}
+
+
+def seiko_part(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` without the app-level settings: what ``seiko_core.config.from_dict`` reads."""
+    return {k: v for k, v in config.items() if k != APP_KEY}
+
+
+def set_options(factory, who, experiment_id: int, **changes: Any) -> ExperimentOptions:
+    """An admin changes some of an experiment's options (checked, audit-logged); returns the new options.
+
+    A change applies from the next round that is generated (selection, candidate_factor, honest_share) or the
+    next rating (auto_close)."""
+    from app.auth import require_admin
+    from db import repo
+    from db.engine import write_session
+
+    require_admin(who)
+    with write_session(factory) as s:
+        experiment = repo.get_experiment(session=s, experiment_id=experiment_id)
+        new = ExperimentOptions(**{**of(experiment).as_dict(), **changes})
+        experiment.config = with_options(dict(experiment.config), new)
+        repo.add_audit(session=s, actor_id=who.rater_id, actor_name=who.name, action="experiment.options",
+                       target=f"experiment {experiment_id}", detail=dict(changes))
+    return new

@@ -1,0 +1,146 @@
+"""Simulated people for the product benchmark (``python -m app bench-taste --person SPEC``).
+
+A person is a function ``(images, prompts) -> ratings``: ``images`` a float tensor (B, 3, H, W) in [0, 1],
+``prompts`` the B prompts, ``ratings`` B whole numbers from 1 to 10 (a list, a tuple, a 1-d numpy array or
+torch tensor). ``SPEC`` is a built-in person's name (:data:`BUILT_IN`) or ``path/to/file.py:function``.
+
+Built-in people are the project's shapes oracles (``seiko_core.oracles``), whose reward r lies in [0, 10],
+turned into a rating by one rule fixed before any benchmark run and never tuned:
+
+    rating = min(10, max(1, floor(1 + 0.9 * r + 0.5)))
+
+so r = 0 is 1, r = 10 is 10, and a rating >= 6 means r >= 5 (half of the oracle's maximum). No noise: the
+same image always gets the same rating, so two runs of the benchmark differ only by what the model makes.
+
+- ``gold_on_black``: likes a yellow or orange shape on a dark background; rare under the pretrained shapes
+  model (about 3% of round 0's images rated >= 6 in issue 12's measurement);
+- ``purple``: likes purple; a colour the pretrained model draws more often.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import math
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from seiko_core import oracles
+
+RATING_MIN, RATING_MAX = 1, 10
+
+
+class PersonError(ValueError):
+    """A person spec that cannot be loaded or a person that answered wrongly; the message is one sentence."""
+
+
+def oracle_rating(reward: torch.Tensor) -> list[int]:
+    """The fixed rule: rating = min(10, max(1, floor(1 + 0.9 * r + 0.5))) for an oracle reward r in [0, 10]."""
+    r = reward.detach().to("cpu", torch.float64)
+    return [int(min(RATING_MAX, max(RATING_MIN, math.floor(1.0 + 0.9 * float(v) + 0.5)))) for v in r]
+
+
+def _built_in(name: str) -> Callable[[torch.Tensor, list[str]], list[int]]:
+    oracle = oracles.ORACLES[name]
+
+    def person(images: torch.Tensor, prompts: list[str]) -> list[int]:
+        with torch.no_grad():
+            return oracle_rating(oracle(images, prompts))
+
+    person.__name__ = name
+    return person
+
+
+BUILT_IN: dict[str, str] = {
+    "gold_on_black": "a yellow or orange shape on a dark background (rare under the pretrained shapes model)",
+    "purple": "purple shapes (a colour the pretrained shapes model draws more often)",
+}
+
+
+@dataclass(frozen=True)
+class Person:
+    name: str
+    fn: Callable[..., Any]
+
+    def rate(self, images: torch.Tensor, prompts: Sequence[str]) -> list[int]:
+        """The person's ratings of ``images``, checked: B whole numbers from 1 to 10, else PersonError."""
+        prompts = list(prompts)
+        try:
+            answer = self.fn(images, prompts)
+        except Exception as exc:
+            raise PersonError(f"person {self.name!r} raised {type(exc).__name__}: {str(exc).rstrip('.')}.") from exc
+        return check_ratings(self.name, answer, len(prompts))
+
+
+def check_ratings(name: str, answer: Any, n: int) -> list[int]:
+    """``answer`` as a list of ``n`` ints from 1 to 10, else PersonError with one sentence."""
+    if isinstance(answer, torch.Tensor):
+        answer = answer.detach().cpu().numpy()
+    if isinstance(answer, np.ndarray):
+        if answer.ndim != 1:
+            raise PersonError(f"person {name!r} returned an array of shape {tuple(answer.shape)}; it must return {n} ratings, one per image.")
+        answer = answer.tolist()
+    if not isinstance(answer, list | tuple):
+        raise PersonError(f"person {name!r} returned {type(answer).__name__}; it must return a list of {n} whole-number ratings from 1 to 10.")
+    if len(answer) != n:
+        raise PersonError(f"person {name!r} returned {len(answer)} ratings for {n} images; it must return one rating per image.")
+    out = []
+    for i, value in enumerate(answer):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise PersonError(f"person {name!r} rated image {i} {value!r}; ratings must be whole numbers from 1 to 10.")
+        if not RATING_MIN <= value <= RATING_MAX:
+            raise PersonError(f"person {name!r} rated image {i} {value}; ratings must be whole numbers from 1 to 10.")
+        out.append(int(value))
+    return out
+
+
+def _choices() -> str:
+    return f"give a built-in person ({', '.join(sorted(BUILT_IN))}) or path/to/file.py:function"
+
+
+def load_person(spec: str) -> Person:
+    """The person ``spec`` names; PersonError (one sentence) when it cannot be loaded."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise PersonError(f"no person given; {_choices()}.")
+    spec = spec.strip()
+    if spec in BUILT_IN:
+        return Person(spec, _built_in(spec))
+    if ":" not in spec:
+        raise PersonError(f"unknown person {spec!r}; {_choices()}.")
+    where, attr = spec.rsplit(":", 1)
+    if not where.endswith(".py") or not attr:
+        raise PersonError(f"person spec {spec!r} must be path/to/file.py:function; {_choices()}.")
+    path = Path(where).expanduser()
+    if not path.is_file():
+        raise PersonError(f"person file {where!r} does not exist.")
+    module_name = "seiko_person_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+    module_spec = importlib.util.spec_from_file_location(module_name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise PersonError(f"person file {where!r} cannot be imported as a Python module.")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[module_name]
+        raise PersonError(f"person file {where!r} failed to import: {type(exc).__name__}: {str(exc).rstrip('.')}.") from exc
+    if not hasattr(module, attr):
+        raise PersonError(f"person file {where!r} has no function {attr!r}.")
+    fn = getattr(module, attr)
+    if not callable(fn):
+        raise PersonError(f"{attr!r} in {where!r} is a {type(fn).__name__}, not a function (images, prompts) -> ratings.")
+    return Person(spec, fn)
+
+
+def check_person(person: Person, size: int = 16) -> None:
+    """Call the person once on two grey test images, so a wrong answer is found before any model runs."""
+    images = torch.full((2, 3, size, size), 0.5)
+    person.rate(images, ["a shape", "a shape"])

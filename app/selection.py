@@ -1,0 +1,125 @@
+"""Which images a round asks about (issue 12, item 3): more candidates than the round shows, and the ones that
+teach the most offered.
+
+For round k >= 1 the worker generates ``candidate_factor x budget`` candidates with round k's model, scores them
+with the reward ensemble that round k's model was trained against (``<data>/rewards/exp<id>/round_<k>``) and
+shows ``budget`` of them (``app.experiment_options``):
+
+- ``random``: a seeded permutation of the candidates; the first ``budget`` are shown (score: none, rank: the
+  position in the permutation);
+- ``uncertainty``: score = the ensemble's across-head standard deviation (population std over heads);
+- ``optimistic``: score = the most optimistic head's prediction (max over heads: the bootstrap's optimism);
+
+for the last two, ``round(honest_share x budget)`` images are first drawn uniformly at random from the candidates
+(mode ``random``: an honest sample of round k's model) and the rest are the highest-scoring remaining candidates
+(mode ``uncertainty`` or ``optimistic``). Round 0 has no reward model: random, with no extra candidates.
+
+Only shown images become Image rows, so an unshown candidate can never be served; what was not shown is recorded
+in ``Round.metrics["selection"]`` (its prompt, seed, score and rank) next to each shown image's score, rank and
+mode (keyed by seed, unique within a round).
+
+Who needs an honest sample: the reward fit (bootstrap ensemble) uses every rated image as it is (selected images
+are where the model is unsure or optimistic, which is what a fit wants); statistics of "what the model makes"
+(the mean rating of a round, the share >= 6, the benchmark's learning curve) are honest only on the images of
+mode ``random``: ``honest_ids`` picks them out (all images under the ``random`` selection).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from app.experiment_options import ExperimentOptions
+
+
+@dataclass(frozen=True)
+class Choice:
+    index: int  # the candidate's position in the generated batch
+    shown: bool
+    mode: str  # random (honest), uncertainty or optimistic
+    score: float | None  # the selection score (None for random selection)
+    rank: int  # 1 = first: by score (highest first) for scored modes, by permutation position for random
+
+
+def scores(mode: str, preds: torch.Tensor) -> torch.Tensor:
+    """The selection score of each candidate from the ensemble's (C, H) head predictions."""
+    if preds.ndim != 2:
+        raise ValueError(f"head predictions must have shape (candidates, heads), got {tuple(preds.shape)}")
+    if mode == "uncertainty":
+        return preds.std(dim=1, unbiased=False)
+    if mode == "optimistic":
+        return preds.max(dim=1).values
+    raise ValueError(f"selection {mode!r} has no score; choose uncertainty or optimistic")
+
+
+def choose(mode: str, n_show: int, n_candidates: int, *, seed: int, preds: torch.Tensor | None = None,
+           honest_share: float = 0.0) -> list[Choice]:
+    """One Choice per candidate: which ``n_show`` of ``n_candidates`` to show, and why."""
+    if not 1 <= n_show <= n_candidates:
+        raise ValueError(f"cannot show {n_show} of {n_candidates} candidates")
+    perm = [int(i) for i in np.random.default_rng(seed).permutation(n_candidates)]
+    if mode == "random" or preds is None:
+        return [Choice(i, pos < n_show, "random", None, pos + 1) for pos, i in enumerate(perm)]
+    if preds.shape[0] != n_candidates:
+        raise ValueError(f"{preds.shape[0]} predictions for {n_candidates} candidates")
+    s = scores(mode, preds.detach().to("cpu", torch.float64)).tolist()
+    by_score = sorted(range(n_candidates), key=lambda i: (-s[i], i))
+    rank = {i: r + 1 for r, i in enumerate(by_score)}
+    n_honest = min(n_show, int(round(honest_share * n_show)))
+    honest = set(perm[:n_honest])
+    picked = set(honest) | set([i for i in by_score if i not in honest][: n_show - n_honest])
+    return [Choice(i, i in picked, "random" if i in honest else mode, s[i], rank[i]) for i in range(n_candidates)]
+
+
+def record(choices: list[Choice], pairs: list[tuple[str, int]], options: ExperimentOptions, mode: str) -> dict[str, Any]:
+    """``Round.metrics["selection"]``: the setting, each shown image's score, rank and mode (keyed by seed), and
+    the unshown candidates."""
+    shown = {str(pairs[c.index][1]): {"prompt": pairs[c.index][0], "score": c.score, "rank": c.rank, "mode": c.mode}
+             for c in choices if c.shown}
+    unshown = [{"prompt": pairs[c.index][0], "seed": int(pairs[c.index][1]), "score": c.score, "rank": c.rank}
+               for c in choices if not c.shown]
+    return {"selection": mode, "candidate_factor": len(choices) / max(1, len(shown)), "honest_share": options.honest_share,
+            "candidates": len(choices), "shown": len(shown), "images": shown, "unshown": unshown}
+
+
+def honest_ids(metrics: dict[str, Any] | None, images) -> list[int]:
+    """The ids of ``images`` (query Image rows of one round) that are an honest (uniform random) sample."""
+    sel = (metrics or {}).get("selection")
+    if not isinstance(sel, dict):
+        return [im.id for im in images]  # rounds from before selection existed showed every generated image
+    per = sel.get("images") or {}
+    return [im.id for im in images if (per.get(str(im.seed)) or {}).get("mode", "random") == "random"]
+
+
+def candidate_plan(options: ExperimentOptions, round_index: int, budget: int) -> tuple[str, int]:
+    """(the mode used, the number of candidates to generate) for a round: round 0 is random with no extras."""
+    if round_index == 0 or options.selection == "random":
+        return "random", budget
+    return options.selection, budget * options.candidate_factor
+
+
+def head_predictions(ensemble, embeddings: torch.Tensor) -> torch.Tensor:
+    """The ensemble's (C, H) head predictions on candidate embeddings (no gradient)."""
+    with torch.no_grad():
+        device = next(ensemble.parameters()).device
+        return ensemble(embeddings.float().to(device)).cpu()
+
+
+def select_query(images: torch.Tensor, emb: torch.Tensor, pairs: list[tuple[str, int]], *, options: ExperimentOptions,
+                 mode: str, n_show: int, seed: int, reward_dir=None, device="cpu"):
+    """The worker's step between generating a round's candidates and storing its query images: returns the shown
+    (images, embeddings, (prompt, seed) pairs) and the ``Round.metrics["selection"]`` record."""
+    preds = None
+    if mode != "random":
+        from seiko_core.reward import RewardEnsemble
+
+        if reward_dir is None:
+            raise ValueError(f"selection {mode!r} needs the round's reward model, and none was given")
+        preds = head_predictions(RewardEnsemble.load(reward_dir, device=device), emb)
+    choices = choose(mode, min(n_show, len(pairs)), len(pairs), seed=seed, preds=preds, honest_share=options.honest_share)
+    keep = sorted(c.index for c in choices if c.shown)
+    index = torch.tensor(keep, dtype=torch.long)
+    return images[index], emb[index], [pairs[i] for i in keep], record(choices, pairs, options, mode)

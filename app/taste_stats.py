@@ -1,0 +1,173 @@
+"""What the person cares about, per round: the mean rating and the share of images rated >= 6, each with a 95%
+confidence interval, from the database's ratings (the dashboard's first plot, and the product benchmark).
+
+- mean: Student's t interval, mean +- t(0.975, n - 1) * s / sqrt(n), s the sample standard deviation (n - 1);
+  n is the number of ratings (every rating of every query image of the round); none for n < 2;
+- share >= 6: Wilson's score interval at z = 1.959964 (the 97.5% normal quantile).
+
+No scipy here: the t quantile is found by bisection on the t distribution's CDF, written with the regularised
+incomplete beta function (continued fraction, modified Lentz).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db.models import Image, Rating, Round
+
+LIKED = 6  # a rating >= 6 counts as liked
+Z95 = 1.959963984540054
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    tiny, eps = 1e-300, 3e-16
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 500):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c if abs(1.0 + aa / c) > tiny else tiny
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c if abs(1.0 + aa / c) > tiny else tiny
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < eps:
+            break
+    return h
+
+
+def betainc(a: float, b: float, x: float) -> float:
+    """The regularised incomplete beta function I_x(a, b)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def t_cdf(t: float, df: float) -> float:
+    tail = 0.5 * betainc(df / 2.0, 0.5, df / (df + t * t))
+    return 1.0 - tail if t >= 0 else tail
+
+
+def t_quantile(p: float, df: float) -> float:
+    """The p-quantile of Student's t with ``df`` degrees of freedom (0.5 < p < 1), by bisection to 1e-12."""
+    if not 0.5 < p < 1.0 or df <= 0:
+        raise ValueError(f"t_quantile needs 0.5 < p < 1 and df > 0, got p={p}, df={df}")
+    lo, hi = 0.0, 1.0
+    while t_cdf(hi, df) < p:
+        hi *= 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if t_cdf(mid, df) < p:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-12:
+            break
+    return 0.5 * (lo + hi)
+
+
+def mean_interval(scores: list[float]) -> tuple[float | None, float | None, float | None]:
+    """(mean, low, high) with the 95% t interval; (None, None, None) without scores; no interval for one score."""
+    n = len(scores)
+    if n == 0:
+        return None, None, None
+    mean = sum(scores) / n
+    if n < 2:
+        return mean, None, None
+    sd = math.sqrt(sum((x - mean) ** 2 for x in scores) / (n - 1))
+    half = t_quantile(0.975, n - 1) * sd / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float | None, float | None, float | None]:
+    """(share, low, high): k successes of n with Wilson's score interval; Nones for n = 0."""
+    if n == 0:
+        return None, None, None
+    p = k / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return p, max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass(frozen=True)
+class RoundTaste:
+    index: int
+    n: int  # ratings
+    mean: float | None
+    mean_low: float | None
+    mean_high: float | None
+    liked: int  # ratings >= LIKED
+    share: float | None
+    share_low: float | None
+    share_high: float | None
+
+
+def round_taste(index: int, scores: list[int]) -> RoundTaste:
+    mean, lo, hi = mean_interval([float(s) for s in scores])
+    liked = sum(1 for s in scores if s >= LIKED)
+    share, slo, shi = wilson_interval(liked, len(scores))
+    return RoundTaste(index, len(scores), mean, lo, hi, liked, share, slo, shi)
+
+
+def experiment_taste(session: Session, experiment_id: int) -> list[RoundTaste]:
+    """Per round (oldest first, rounds without ratings included), every rating of the round's query images."""
+    rounds = list(session.scalars(select(Round).where(Round.experiment_id == experiment_id).order_by(Round.index)))
+    rows = session.execute(
+        select(Round.index, Rating.score).join(Image, Image.round_id == Round.id).join(Rating, Rating.image_id == Image.id)
+        .where(Round.experiment_id == experiment_id, Image.kind == "query")
+    ).all()
+    by_round: dict[int, list[int]] = {r.index: [] for r in rounds}
+    for index, score in rows:
+        by_round.setdefault(index, []).append(int(score))
+    return [round_taste(k, by_round[k]) for k in sorted(by_round)]
+
+
+def figure(rows: list[RoundTaste]):
+    """Mean rating (left axis, 1-10) and share >= 6 (right axis, %) per round, each with its 95% band."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 3.4), dpi=100, layout="constrained")
+    ax = fig.subplots(1, 1)
+    ax2 = ax.twinx()
+    pts = [r for r in rows if r.mean is not None]
+    if pts:
+        x = [r.index for r in pts]
+        ax.plot(x, [r.mean for r in pts], "o-", color="#15803d", label="mean rating")
+        band = [r for r in pts if r.mean_low is not None]
+        if band:
+            ax.fill_between([r.index for r in band], [r.mean_low for r in band], [r.mean_high for r in band],
+                            color="#15803d", alpha=0.18, label="95% CI (t)")
+        ax2.plot(x, [100 * r.share for r in pts], "s--", color="#c2410c", label=f"share rated >= {LIKED}")
+        ax2.fill_between(x, [100 * r.share_low for r in pts], [100 * r.share_high for r in pts], color="#c2410c",
+                         alpha=0.12, label="95% CI (Wilson)")
+    ax.set_ylim(1, 10)
+    ax2.set_ylim(0, 100)
+    ax.set_xlabel("round")
+    ax.set_ylabel("mean rating (1-10)")
+    ax2.set_ylabel(f"% of ratings >= {LIKED}")
+    ax.set_title("What you rated, per round")
+    if rows:
+        ax.set_xticks([r.index for r in rows])
+    ax.grid(alpha=0.3)
+    handles = ax.get_legend_handles_labels()
+    handles2 = ax2.get_legend_handles_labels()
+    if handles[0] or handles2[0]:
+        ax.legend(handles[0] + handles2[0], handles[1] + handles2[1], fontsize=8, loc="upper left")
+    return fig

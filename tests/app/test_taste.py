@@ -1,0 +1,380 @@
+"""Issue 12 items 1, 3, 5: the person loader, candidate selection, auto-close and the dashboard's confidence bands."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from app import auto_close, experiment_options, people, selection, taste_stats, ui_images, ui_rate
+from app.auth import Who
+from app.experiment_options import ExperimentOptions
+from db import jobs as job_queue
+from db import repo
+from db.engine import read_session, write_session
+from db.errors import InvalidInput
+
+# ---------------------------------------------------------------------------------------------
+# the person loader
+# ---------------------------------------------------------------------------------------------
+
+PERSON_FILE = """
+import torch
+
+def good(images, prompts):
+    return [1 + int(10 * float(images[i].mean())) % 10 for i in range(images.shape[0])]
+
+def as_tensor(images, prompts):
+    return torch.full((images.shape[0],), 7, dtype=torch.int64)
+
+def too_few(images, prompts):
+    return [5]
+
+def eleven(images, prompts):
+    return [11] * images.shape[0]
+
+def fraction(images, prompts):
+    return [5.5] * images.shape[0]
+
+def matrix(images, prompts):
+    return torch.ones(images.shape[0], 2)
+
+def crashes(images, prompts):
+    raise RuntimeError("no taste today")
+
+NOT_A_FUNCTION = 3
+"""
+
+
+@pytest.fixture
+def person_file(tmp_path):
+    path = tmp_path / "person.py"
+    path.write_text(PERSON_FILE)
+    return path
+
+
+def _one_sentence(message: str) -> None:
+    assert message and "\n" not in message and message.rstrip().endswith(".")
+
+
+def test_the_built_in_rule_maps_oracle_rewards_to_ratings_as_stated():
+    r = torch.tensor([0.0, 0.5, 0.55, 4.99, 5.0, 9.4, 10.0, 12.0, -1.0])
+    # 1 + 0.9 r, rounded half up: 1, 1.45 -> 1, 1.495 -> 1, 5.491 -> 5, 5.5 -> 6, 9.46 -> 9, 10, 11.8 -> 10, 0.1 -> 1
+    assert people.oracle_rating(r) == [1, 1, 1, 5, 6, 9, 10, 10, 1]
+
+
+def test_built_in_people_have_different_tastes():
+    gold, purple = people.load_person("gold_on_black"), people.load_person("purple")
+    images = torch.zeros(2, 3, 16, 16)
+    images[0, :, 3:13, 3:13] = torch.tensor([240, 210, 40]).view(3, 1, 1) / 255  # a yellow square on black
+    images[1] = torch.tensor([140, 50, 180]).view(3, 1, 1) / 255  # all purple
+    assert gold.rate(images, ["a shape"] * 2)[0] >= 6 > gold.rate(images, ["a shape"] * 2)[1]
+    assert purple.rate(images, ["a shape"] * 2)[1] >= 6 > purple.rate(images, ["a shape"] * 2)[0]
+
+
+def test_a_good_person_file_loads_and_rates(person_file):
+    images = torch.rand(3, 3, 8, 8)
+    for name in ("good", "as_tensor"):
+        person = people.load_person(f"{person_file}:{name}")
+        ratings = person.rate(images, ["a"] * 3)
+        assert len(ratings) == 3 and all(isinstance(x, int) and 1 <= x <= 10 for x in ratings)
+    assert people.load_person(f"{person_file}:as_tensor").rate(images, ["a"] * 3) == [7, 7, 7]
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("nobody", "unknown person 'nobody'"),
+    ("", "no person given"),
+    ("{dir}/missing.py:good", "does not exist"),
+    ("{file}:absent", "has no function 'absent'"),
+    ("{file}:NOT_A_FUNCTION", "not a function"),
+    ("{dir}/person.txt:good", "must be path/to/file.py:function"),
+])
+def test_a_bad_spec_is_one_clear_sentence(person_file, spec, expected):
+    spec = spec.format(dir=person_file.parent, file=person_file)
+    with pytest.raises(people.PersonError, match=expected) as info:
+        people.load_person(spec)
+    _one_sentence(str(info.value))
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("too_few", "returned 1 ratings for 2 images"),
+    ("eleven", "rated image 0 11; ratings must be whole numbers from 1 to 10"),
+    ("fraction", "rated image 0 5.5"),
+    ("matrix", r"returned an array of shape \(2, 2\)"),
+    ("crashes", "raised RuntimeError: no taste today"),
+])
+def test_a_person_that_answers_wrongly_is_one_clear_sentence(person_file, name, expected):
+    person = people.load_person(f"{person_file}:{name}")
+    with pytest.raises(people.PersonError, match=expected) as info:
+        people.check_person(person)
+    _one_sentence(str(info.value))
+
+
+def test_a_file_that_fails_to_import_is_one_sentence(tmp_path):
+    path = tmp_path / "broken.py"
+    path.write_text("raise ValueError('broken on purpose')\n")
+    with pytest.raises(people.PersonError, match="failed to import: ValueError: broken on purpose") as info:
+        people.load_person(f"{path}:good")
+    assert "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# candidate selection
+# ---------------------------------------------------------------------------------------------
+
+PREDS = torch.tensor([  # 6 candidates x 3 heads
+    [5.0, 5.0, 5.0],  # std 0, max 5
+    [1.0, 9.0, 5.0],  # std 3.27, max 9
+    [6.0, 6.5, 7.0],  # std 0.41, max 7
+    [2.0, 4.0, 3.0],  # std 0.82, max 4
+    [8.0, 8.0, 8.1],  # std 0.05, max 8.1
+    [0.0, 6.0, 3.0],  # std 2.45, max 6
+])
+
+
+def test_uncertainty_shows_the_highest_ensemble_std():
+    std = PREDS.std(1, unbiased=False)
+    choices = selection.choose("uncertainty", 2, 6, seed=0, preds=PREDS, honest_share=0.0)
+    assert {c.index for c in choices if c.shown} == set(torch.topk(std, 2).indices.tolist()) == {1, 5}
+    assert all(c.mode == "uncertainty" for c in choices if c.shown)
+    by_rank = sorted(choices, key=lambda c: c.rank)
+    assert [c.index for c in by_rank] == sorted(range(6), key=lambda i: -float(std[i]))
+    assert math.isclose(choices[1].score, float(np.std([1.0, 9.0, 5.0])), rel_tol=1e-9)
+
+
+def test_optimistic_shows_the_highest_optimistic_score():
+    choices = selection.choose("optimistic", 3, 6, seed=0, preds=PREDS, honest_share=0.0)
+    assert {c.index for c in choices if c.shown} == {1, 4, 2}  # max over heads 9, 8.1, 7
+    assert [c.score for c in choices] == pytest.approx([5.0, 9.0, 7.0, 4.0, 8.1, 6.0])
+
+
+def test_random_is_a_seeded_permutation():
+    a = selection.choose("random", 3, 6, seed=7)
+    perm = np.random.default_rng(7).permutation(6).tolist()
+    assert [c.index for c in sorted(a, key=lambda c: c.rank)] == perm
+    assert {c.index for c in a if c.shown} == set(perm[:3])
+    assert a == selection.choose("random", 3, 6, seed=7)
+    assert any(selection.choose("random", 3, 6, seed=s) != a for s in range(8, 12))
+    assert all(c.score is None and c.mode == "random" for c in a)
+
+
+def test_an_honest_share_is_drawn_at_random_before_the_scored_picks():
+    choices = selection.choose("uncertainty", 4, 6, seed=3, preds=PREDS, honest_share=0.5)
+    honest = [c.index for c in choices if c.shown and c.mode == "random"]
+    assert honest == sorted(np.random.default_rng(3).permutation(6).tolist()[:2])
+    rest = [i for i in sorted(range(6), key=lambda i: -float(PREDS[i].std(unbiased=False))) if i not in honest][:2]
+    assert {c.index for c in choices if c.shown and c.mode == "uncertainty"} == set(rest)
+
+
+def test_round_zero_and_random_generate_no_extra_candidates():
+    opts = ExperimentOptions(selection="uncertainty", candidate_factor=3)
+    assert selection.candidate_plan(opts, 0, 8) == ("random", 8)
+    assert selection.candidate_plan(opts, 1, 8) == ("uncertainty", 24)
+    assert selection.candidate_plan(ExperimentOptions(candidate_factor=3), 2, 8) == ("random", 8)
+
+
+def test_options_are_checked_and_stored_beside_the_seiko_config():
+    with pytest.raises(InvalidInput, match="unknown selection 'best'"):
+        ExperimentOptions(selection="best")
+    with pytest.raises(InvalidInput, match="candidate_factor must be a whole number from 1 to 8"):
+        ExperimentOptions(candidate_factor=0)
+    with pytest.raises(InvalidInput, match="unknown experiment settings"):
+        experiment_options.from_config({"app": {"selction": "random"}})
+    config = experiment_options.with_options({"method": "greedy"}, ExperimentOptions(selection="optimistic"))
+    assert experiment_options.from_config(config).selection == "optimistic"
+    assert experiment_options.seiko_part(config) == {"method": "greedy"}
+    assert experiment_options.from_config({}) == ExperimentOptions()  # older experiments: today's behaviour
+
+
+def test_the_worker_shows_only_the_selected_candidates(worker_world):
+    """Round 1 with uncertainty selection x2: the round's query images are exactly the selected ones, their records
+    match the reward model's head std, and the API never serves an unshown candidate."""
+    from app import storage
+    from app.worker import query_seeds
+    from seiko_core.reward import RewardEnsemble
+
+    world = worker_world
+    exp_id = world.create_experiment("sel", budgets=(4, 4))
+    with write_session(world.factory) as s:
+        e = repo.get_experiment(session=s, experiment_id=exp_id)
+        e.config = experiment_options.with_options(dict(e.config), ExperimentOptions(selection="uncertainty",
+                                                                                      candidate_factor=2, honest_share=0.25))
+    worker = world.worker()
+    rater = world.raters(1)[0]
+    assert worker.run_once()  # generate round 0 (random, 4 images)
+    world.rate_open_round(exp_id, [rater], lambda image_id, r: 1 + image_id % 10)
+    with write_session(world.factory) as s:
+        repo.close_round(session=s, experiment_id=exp_id)
+    assert worker.run_once()  # train
+    assert worker.run_once()  # generate round 1: 8 candidates, 4 shown
+    with read_session(world.factory) as s:
+        r1 = repo.get_round_by_index(session=s, experiment_id=exp_id, index=1)
+        shown = [(im.prompt, im.seed, im.id) for im in repo.list_images(session=s, round_id=r1.id, kind="query")]
+        record = r1.metrics["selection"]
+        r0 = repo.get_round_by_index(session=s, experiment_id=exp_id, index=0)
+        assert r0.metrics["selection"]["selection"] == "random" and r0.metrics["selection"]["candidates"] == 4
+    assert len(shown) == 4 and record["candidates"] == 8 and len(record["unshown"]) == 4
+    seeds = query_seeds(exp_id, 1, 8)
+    assert {s for _, s, _ in shown} | {u["seed"] for u in record["unshown"]} == set(seeds)
+    modes = [record["images"][str(s)]["mode"] for _, s, _ in shown]
+    assert sorted(modes) == ["random", "uncertainty", "uncertainty", "uncertainty"]
+    # the scores are the head std of the round's reward model on the candidates; the shown scored ones are the top 3
+    # of those not drawn at random
+    ensemble = RewardEnsemble.load(storage.resolve(world.settings.data_dir, storage.reward_path(exp_id, 1)))
+    assert ensemble.num_heads > 1
+    all_scores = {int(s): rec["score"] for s, rec in record["images"].items()} | {u["seed"]: u["score"] for u in record["unshown"]}
+    honest_seed = next(int(s) for s, rec in record["images"].items() if rec["mode"] == "random")
+    rest = sorted((v, k) for k, v in all_scores.items() if k != honest_seed)[::-1][:3]
+    assert {k for _, k in rest} == {int(s) for s, rec in record["images"].items() if rec["mode"] == "uncertainty"}
+    # an unshown candidate is never served: the API hands out exactly the shown images
+    who = Who(rater, "rater-0", "rater", local=False)
+    batch = ui_rate.api_batch(world.factory, world.settings.data_dir, who, limit=64)
+    assert sorted(item["seed"] for item in batch["items"]) == sorted(s for _, s, _ in shown)
+
+
+# ---------------------------------------------------------------------------------------------
+# auto-close
+# ---------------------------------------------------------------------------------------------
+
+
+def _set_auto_close(world, on: bool) -> None:
+    with write_session(world.factory) as s:
+        e = repo.get_experiment(session=s, experiment_id=world.experiment_id)
+        e.config = experiment_options.with_options(dict(e.config or {}), ExperimentOptions(auto_close=on))
+
+
+def _train_jobs(world) -> list:
+    with read_session(world.factory) as s:
+        return [j.id for j in job_queue.list_jobs(session=s, experiment_id=world.experiment_id) if j.kind == "train"]
+
+
+def _who(world, name: str) -> Who:
+    return Who(world.accounts[name], name, "rater", local=False)
+
+
+def test_auto_close_off_never_closes(ui_world):
+    _set_auto_close(ui_world, False)
+    for image_id in ui_world.image_ids:
+        ui_rate.submit(ui_world.factory, _who(ui_world, "alice"), image_id, 5)
+    assert _train_jobs(ui_world) == []
+    with read_session(ui_world.factory) as s:
+        assert repo.get_round(session=s, round_id=ui_world.round_id).status == "labeling"
+
+
+def test_auto_close_closes_once_when_the_budget_is_rated(ui_world):
+    _set_auto_close(ui_world, True)
+    alice = _who(ui_world, "alice")
+    for image_id in ui_world.image_ids[:-1]:
+        ui_rate.submit(ui_world.factory, alice, image_id, 5)
+    assert _train_jobs(ui_world) == []  # one image still unrated
+    ui_rate.submit(ui_world.factory, alice, ui_world.image_ids[-1], 7)
+    assert len(_train_jobs(ui_world)) == 1
+    assert auto_close.maybe_close(ui_world.factory, ui_world.experiment_id, 0) is None  # already closed: nothing more
+    with read_session(ui_world.factory) as s:
+        assert repo.get_round(session=s, round_id=ui_world.round_id).status == "training"
+        job = job_queue.list_jobs(session=s, experiment_id=ui_world.experiment_id)[-1]
+        assert job.payload["watermark"] == repo.latest_rating_id(session=s, experiment_id=ui_world.experiment_id)
+    from app import auth
+
+    entries = [e for e in auth.list_audit(ui_world.factory, limit=50) if e.action == "round.close"]
+    assert len(entries) == 1 and entries[0].actor == auto_close.ACTOR
+
+
+def test_auto_close_closes_exactly_once_when_raters_finish_together(ui_world_factory):
+    world = ui_world_factory(n_images=6, overlap=2)
+    _set_auto_close(world, True)
+    alice, bob = _who(world, "alice"), _who(world, "bob")
+    for image_id in world.image_ids[:-1]:
+        for who in (alice, bob):
+            ui_rate.submit(world.factory, who, image_id, 5)
+    assert _train_jobs(world) == []
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def last(who):
+        try:
+            barrier.wait()
+            ui_rate.submit(world.factory, who, world.image_ids[-1], 6)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=last, args=(w,)) for w in (alice, bob)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(_train_jobs(world)) == 1
+
+
+def test_many_closers_racing_on_a_rated_round_make_one_train_job(ui_world_factory):
+    world2 = ui_world_factory(n_images=3)
+    _set_auto_close(world2, True)
+    with write_session(world2.factory) as s:
+        for image_id in world2.image_ids:
+            repo.add_rating(session=s, image_id=image_id, rater_id=world2.accounts["alice"], score=4)
+    barrier2 = threading.Barrier(4)
+    results: list = []
+
+    def close():
+        barrier2.wait()
+        results.append(auto_close.maybe_close(world2.factory, world2.experiment_id, 0))
+
+    threads = [threading.Thread(target=close) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len([r for r in results if r is not None]) == 1 and len(_train_jobs(world2)) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# the dashboard's first plot: confidence bands
+# ---------------------------------------------------------------------------------------------
+
+
+def test_t_interval_against_a_hand_computation():
+    # scores 4, 6, 7, 9, 4: mean 6, s^2 = (4 + 0 + 1 + 9 + 4) / 4 = 4.5, t(0.975, 4) = 2.776445 (printed tables)
+    mean, lo, hi = taste_stats.mean_interval([4, 6, 7, 9, 4])
+    half = 2.776445 * math.sqrt(4.5) / math.sqrt(5)
+    assert mean == 6 and lo == pytest.approx(6 - half, abs=1e-5) and hi == pytest.approx(6 + half, abs=1e-5)
+    assert taste_stats.t_quantile(0.975, 1) == pytest.approx(12.706205, abs=1e-5)
+    assert taste_stats.t_quantile(0.975, 30) == pytest.approx(2.042272, abs=1e-5)
+    assert taste_stats.mean_interval([5]) == (5.0, None, None)
+
+
+def test_wilson_interval_against_a_hand_computation():
+    # 3 of 10, z = 1.96: centre (0.3 + 0.19208) / 1.38416 = 0.355508, half 1.96 * sqrt(0.021 + 0.00096040) / 1.38416
+    p, lo, hi = taste_stats.wilson_interval(3, 10)
+    centre = (0.3 + 1.959964**2 / 20) / (1 + 1.959964**2 / 10)
+    half = 1.959964 * math.sqrt(0.3 * 0.7 / 10 + 1.959964**2 / 400) / (1 + 1.959964**2 / 10)
+    assert p == 0.3 and lo == pytest.approx(centre - half, abs=1e-6) and hi == pytest.approx(centre + half, abs=1e-6)
+    assert lo == pytest.approx(0.1078, abs=1e-4) and hi == pytest.approx(0.6032, abs=1e-4)
+    assert taste_stats.wilson_interval(0, 5)[1] == 0.0
+
+
+def test_round_taste_reads_the_database_ratings(ui_world):
+    alice, bob = ui_world.accounts["alice"], ui_world.accounts["bob"]
+    scores = [(alice, 4), (alice, 6), (alice, 7), (bob, 9), (bob, 4)]
+    with write_session(ui_world.factory) as s:
+        for image_id, (rater, score) in zip(ui_world.image_ids, scores):
+            repo.add_rating(session=s, image_id=image_id, rater_id=rater, score=score)
+    with read_session(ui_world.factory) as s:
+        (row,) = taste_stats.experiment_taste(s, ui_world.experiment_id)
+    assert (row.n, row.mean, row.liked, row.share) == (5, 6.0, 3, 0.6)
+    assert (row.mean_low, row.mean_high) == pytest.approx(taste_stats.mean_interval([4, 6, 7, 9, 4])[1:])
+    fig = taste_stats.figure([row])
+    assert fig.axes[0].get_title() == "What you rated, per round"
+
+
+def test_only_small_images_are_drawn_pixelated(ui_world):
+    from tests.app.conftest import ui_png
+
+    assert ui_images.png_size(ui_png(1, size=16)) == (16, 16)
+    assert ui_images.is_pixel_art(ui_png(1, size=64)) and not ui_images.is_pixel_art(ui_png(1, size=65))
+    assert not ui_images.is_pixel_art(b"not a png")
+    view = ui_rate.load_batch(ui_world.factory, ui_world.settings.data_dir, _who(ui_world, "alice"), None, batch_size=4)
+    assert view.grid.count("class='px'") == 4  # the fixture's 16 px images
