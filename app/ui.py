@@ -25,6 +25,7 @@ from sqlalchemy import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import auth, ui_admin, ui_dashboard, ui_export, ui_quality, ui_rate, ui_taste, web_guard
+from app import ui_compare  # issue 14 item 3: the Compare tab (blind A/B), its dashboard table, rollback
 from app.auth import AuthError, Who
 from app.settings import Settings
 from app.ui_assets import CSS, GRID_JS, MARKS_JS
@@ -203,6 +204,11 @@ def build_demo(services: AppServices) -> gr.Blocks:
                 gr.Markdown("### The same eval prompts and seeds, one column per round's model")
                 eval_grid = gr.HTML(elem_id="eval-grid")
                 dash_timer = gr.Timer(services.dashboard_refresh_s)
+                ui_compare.build_dashboard(services, exp_state, dash_tab, dash_timer, lambda request: _who(services, request),
+                                           lambda who, exp_id: dashboard_visible(who, exp_id), private=private)
+
+            ui_compare.build_tab(services, exp_state, lambda request: _who(services, request), _shown, kind="ab",
+                                 label="Compare", private=private)
 
             with gr.Tab("Admin", id="admin", elem_id="tab-admin", visible=False) as admin_tab:
                 admin_status = gr.HTML()
@@ -231,6 +237,8 @@ def build_demo(services: AppServices) -> gr.Blocks:
                                                 elem_id="archive-experiment")
                     dash_access = gr.Checkbox(label="Raters may see this experiment's dashboard (its plots can bias their "
                                                     "ratings)", value=False, elem_id="dashboard-access")
+                ui_compare.build_rollback(services, exp_state, lambda request: _admin(services, request), _shown,
+                                          private=private)
                 with gr.Accordion("Export", open=False):
                     with gr.Row():
                         x_round = gr.Number(label="Round (for a LoRA)", value=1, precision=0, minimum=0, scale=0, min_width=160)

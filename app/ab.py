@@ -1,0 +1,126 @@
+"""Blind A/B comparisons between rounds, and rollback (issue 14, item 3). No Gradio here; the tab is app.ui_compare.
+
+A/B pairs. Every generate job renders the experiment's fixed held-out eval grid (``eval_prompts`` x ``eval_seeds``)
+with its round's model; round 0's grid is the base model's. When round r >= 1's grid is stored, the worker pairs each
+of its images with the image of the same prompt and seed rendered by the round r was trained from (its parent: the
+previous index, or the round an admin rolled back to) and, when that parent is not round 0, by the base model too.
+The left/right order of each pair is drawn from ``random.Random(seed)`` with a seed derived from (experiment, round,
+"ab-sides") and recorded in the round's metrics (``metrics["ab"]``). No image is rendered twice: the eval grid is the
+A/B material, so the A/B costs no model time, and eval images are never offered for rating (the rating paths ask for
+``kind='query'``).
+
+Rollback. ``train_next_from`` makes the next train job start from round j's adapter (j = 0: the base model) instead
+of the round being closed; the worker records ``rounds.parent_round_id = round j`` on the round it publishes, and
+uses round j's adapter as the KL term's previous model. Every round stays in the history: both branches are kept.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from sqlalchemy import select
+
+from app.auth import Who, require_admin
+from db import comparisons, repo
+from db.engine import write_session
+from db.errors import Conflict, InvalidInput
+from db.models import Job
+
+KIND = "ab"
+
+
+def _eval_images(session, round_id: int) -> dict[tuple[str, int], int]:
+    return {(im.prompt, int(im.seed)): im.id for im in repo.list_images(session=session, round_id=round_id, kind="eval")}
+
+
+def create_round_pairs(*, session, round_id: int, seed: int) -> dict[str, Any]:
+    """Create round ``round_id``'s A/B pairs (once; a second call only reports them) and return what was made:
+    {"side_seed", "previous_index", "vs_previous", "vs_base"} (pair counts). Round 0 has no pairs ({})."""
+    round_ = repo.get_round(session=session, round_id=round_id)
+    parent = comparisons.parent_of(session=session, round_id=round_id)
+    if parent is None:
+        return {}
+    base = repo.get_round_by_index(session=session, experiment_id=round_.experiment_id, index=0)
+    mine = _eval_images(session, round_id)
+    opponents = {"vs_previous": parent} if parent.id == base.id else {"vs_previous": parent, "vs_base": base}
+    existing = comparisons.list_pairs(session=session, experiment_id=round_.experiment_id, kind=KIND, round_id=round_id)
+    counts = {"vs_previous": 0, "vs_base": 0}
+    if existing:
+        round_of = {}
+        for opponent in opponents.values():
+            round_of.update({image_id: opponent.id for image_id in _eval_images(session, opponent.id).values()})
+        for pair in existing:
+            other = pair.image_b_id if pair.image_a_id in mine.values() else pair.image_a_id
+            for name, opponent in opponents.items():
+                if round_of.get(other) == opponent.id:
+                    counts[name] += 1
+    else:
+        rng = random.Random(seed)
+        pairs: list[tuple[int, int]] = []
+        for name, opponent in opponents.items():
+            theirs = _eval_images(session, opponent.id)
+            for key in sorted(mine):
+                if key in theirs:
+                    pair = (mine[key], theirs[key])
+                    pairs.append(pair if rng.random() < 0.5 else (pair[1], pair[0]))
+                    counts[name] += 1
+        comparisons.create_pairs(session=session, experiment_id=round_.experiment_id, round_id=round_id, kind=KIND,
+                                 pairs=pairs)
+    if parent.id == base.id:
+        counts["vs_base"] = counts["vs_previous"]  # the same pairs answer both questions
+    return {"side_seed": int(seed), "previous_index": parent.index, **counts}
+
+
+# ---------------------------------------------------------------------------------------------
+# rollback
+# ---------------------------------------------------------------------------------------------
+
+
+def _round_index(value: Any) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"the round to train from must be a round number, got {value!r}") from None
+    if not number.is_integer() or number < 0:
+        raise InvalidInput(f"the round to train from must be a whole number from 0, got {value!r}")
+    return int(number)
+
+
+def train_next_from(factory, who: Who, experiment_id: int | None, from_index: Any) -> str:
+    """Admins only: the experiment's next round is trained from round ``from_index``'s adapter (0: the base model).
+
+    The open round is closed for training (as "Close round and train" does), or, when it is already closed, its
+    queued train job is changed; a train job the worker has started is refused. Written to the audit log."""
+    require_admin(who)
+    j = _round_index(from_index)
+    if experiment_id is None:
+        raise InvalidInput("choose an experiment first")
+    with write_session(factory) as s:
+        experiment = repo.get_experiment(session=s, experiment_id=int(experiment_id))
+        job = s.scalars(select(Job).where(Job.experiment_id == experiment.id, Job.kind == "train",
+                                          Job.status.in_(("queued", "running"))).order_by(Job.id.desc())
+                        .with_for_update()).first()
+        closed_now = job is None
+        if job is None:
+            job = repo.close_round(session=s, experiment_id=experiment.id)  # refuses when no round is open
+        elif job.status == "running":
+            raise Conflict(f"the worker has already started training round {job.payload.get('round_index')} "
+                           f"(job {job.id}); wait for it, or reopen that round after it fails")
+        k = int(job.payload["round_index"])
+        if j > k:
+            raise InvalidInput(f"round {j} is not trained yet; the next round can start from round 0 to {k}")
+        source = repo.get_round_by_index(session=s, experiment_id=experiment.id, index=j)
+        if j > 0 and source.adapter_path is None:
+            raise Conflict(f"round {j} has no adapter to train from")
+        payload = {key: value for key, value in job.payload.items() if key != "from_round"}
+        if j != k:
+            payload["from_round"] = j
+        job.payload = payload
+        repo.add_audit(session=s, actor_id=who.rater_id, actor_name=who.name, action="round.train_from",
+                       target=f"experiment {experiment.id}",
+                       detail={"round": k, "from_round": j, "job_id": job.id, "closed_round": closed_now})
+        job_id = job.id
+    start = "the base model (round 0)" if j == 0 else f"round {j}'s adapter"
+    closed = f"Round {k} closed; t" if closed_now else "T"
+    return f"{closed}raining job {job_id} will train round {k + 1} from {start}."

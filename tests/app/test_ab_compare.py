@@ -1,0 +1,179 @@
+"""Blind A/B (issue 14 item 3) without a model: pairs from the eval grid, the Compare tab's vote path, the dashboard
+table, and the admin's rollback action (role checked, audit-logged)."""
+
+from __future__ import annotations
+
+import random
+import re
+import warnings
+
+import gradio as gr
+import pytest
+from sqlalchemy import select
+
+from app import ab, auth, ui, ui_compare
+from app.auth import AuthError
+from db import comparisons, repo
+from db.engine import read_session, write_session
+from db.errors import Conflict, InvalidInput
+from db.models import AuditEntry, ComparisonVote, Job
+
+
+def who(world, name: str) -> auth.Who:
+    return auth.identify(world.factory, local_mode=False, username=name, client_host="127.0.0.1")
+
+
+def _round1_with_eval_grid(world) -> int:
+    """Round 1 (trained from round 0) with an eval grid of the same prompt and seeds as round 0's; returns its id."""
+    with write_session(world.factory) as s:
+        round1 = repo.create_round(session=s, experiment_id=world.experiment_id, index=1, adapter_path="adapters/x/round_1").id
+    world.add_round_images(round1, 2, kind="eval", prompts=("a shape",))
+    return round1
+
+
+def _pairs(world, round_id):
+    with read_session(world.factory) as s:
+        out = [(p.id, p.image_a_id, p.image_b_id) for p in comparisons.list_pairs(
+            session=s, experiment_id=world.experiment_id, kind="ab", round_id=round_id)]
+        return out
+
+
+def test_pairs_match_prompt_and_seed_with_recorded_sides_and_are_made_once(ui_world):
+    round1 = _round1_with_eval_grid(ui_world)
+    with write_session(ui_world.factory) as s:
+        made = ab.create_round_pairs(session=s, round_id=round1, seed=12345)
+        again = ab.create_round_pairs(session=s, round_id=round1, seed=12345)
+        assert ab.create_round_pairs(session=s, round_id=ui_world.round_id, seed=1) == {}  # round 0: nothing to compare
+        eval1 = {(im.prompt, im.seed): im.id for im in repo.list_images(session=s, round_id=round1, kind="eval")}
+    assert made == again == {"side_seed": 12345, "previous_index": 0, "vs_previous": 2, "vs_base": 2}
+    pairs = _pairs(ui_world, round1)
+    assert len(pairs) == 2  # round 1's parent is the base: one set of pairs answers both questions
+    # the documented rule: in (prompt, seed) order, the new image is on the left when Random(seed).random() < 0.5
+    rng = random.Random(12345)
+    base = dict(zip(sorted(eval1), ui_world.eval_image_ids))  # round 0's eval images: seeds 0, 1 of "a shape"
+    expected = []
+    for key in sorted(eval1):
+        pair = (eval1[key], base[key])
+        expected.append(pair if rng.random() < 0.5 else pair[::-1])
+    assert [(a, b) for _, a, b in pairs] == expected
+
+
+def test_pair_images_are_never_offered_for_rating(ui_world):
+    round1 = _round1_with_eval_grid(ui_world)
+    with write_session(ui_world.factory) as s:
+        ab.create_round_pairs(session=s, round_id=round1, seed=1)
+    in_pairs = {i for _, a, b in _pairs(ui_world, round1) for i in (a, b)}
+    alice = who(ui_world, "alice")
+    with read_session(ui_world.factory) as s:
+        offered = {im.id for im in repo.next_images_for_rater(session=s, round_id=ui_world.round_id,
+                                                              rater_id=alice.rater_id, limit=100, kind="query")}
+    assert offered and not in_pairs & offered
+    from app import ui_rate
+    with pytest.raises(ValueError):  # an eval image cannot be rated through the rating path either
+        ui_rate.submit(ui_world.factory, alice, ui_world.eval_image_ids[0], 5)
+
+
+def test_compare_page_is_blind_and_votes_are_stored(ui_world):
+    round1 = _round1_with_eval_grid(ui_world)
+    with write_session(ui_world.factory) as s:
+        ab.create_round_pairs(session=s, round_id=round1, seed=7)
+    alice, data_dir = who(ui_world, "alice"), ui_world.settings.data_dir
+    page = ui_compare.pair_html(ui_world.factory, data_dir, alice, ui_world.experiment_id, "ab")
+    pair_id = int(re.search(r"data-pair-id='(\d+)'", page).group(1))
+    assert page.count("<img src='data:image/png;base64,") == 2 and "2 pairs left" in page
+    # nothing on the page says which round drew which image: no round, seed or image id
+    assert not re.search(r"round|seed|image[- ]?id|#\d", page, re.IGNORECASE)
+    assert ui_compare.vote(ui_world.factory, alice, ui_world.experiment_id, "ab", {"pair_id": pair_id, "choice": "b"}) \
+        == "saved: right"
+    for bad, message in (({"pair_id": pair_id, "choice": "left"}, "a vote must be one of"),
+                         ({"pair_id": "x", "choice": "a"}, "needs the pair's id"),
+                         ({"pair_id": pair_id, "choice": "a"}, None)):
+        if message is None:
+            with pytest.raises(InvalidInput, match="not a preference pair"):
+                ui_compare.vote(ui_world.factory, alice, ui_world.experiment_id, "preference", bad)
+        else:
+            with pytest.raises(InvalidInput, match=message):
+                ui_compare.vote(ui_world.factory, alice, ui_world.experiment_id, "ab", bad)
+    with read_session(ui_world.factory) as s:
+        votes = list(s.scalars(select(ComparisonVote)))
+        assert [(v.pair_id, v.rater_id, v.choice) for v in votes] == [(pair_id, alice.rater_id, "b")]  # bad ones lost nothing
+    page = ui_compare.pair_html(ui_world.factory, data_dir, alice, ui_world.experiment_id, "ab")
+    assert f"data-pair-id='{pair_id}'" not in page and "1 pair left" in page
+
+
+def test_vote_through_the_gradio_handler_and_the_dashboard_table(ui_world):
+    round1 = _round1_with_eval_grid(ui_world)
+    with write_session(ui_world.factory) as s:
+        ab.create_round_pairs(session=s, round_id=round1, seed=3)
+    services = ui_world.services()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        demo = ui.build_demo(services)
+    # Gradio sees every handler's gr.Request parameter (it warns when it would call one with too few arguments)
+    mine = [fn.fn for fn in demo.fns.values() if fn.fn.__module__ == "app.ui_compare"]
+    assert len(mine) == 5  # show and vote, the dashboard table (tab select, timer), rollback
+    assert not [str(w.message) for w in caught if any(f"{f.__qualname__} at {hex(id(f))}" in str(w.message) for f in mine)]
+    fns = {fn.fn.__name__: fn.fn for fn in demo.fns.values() if fn.fn.__module__ == "app.ui_compare"}
+    assert "on_vote" in fns and "on_rollback" in fns
+    req = gr.Request(username="bob", client={"host": "127.0.0.1", "port": 5000})
+    pairs = _pairs(ui_world, round1)
+    for pair_id, a, _ in pairs:  # bob prefers round 1's image every time
+        with read_session(ui_world.factory) as s:
+            new_left = repo.get_image(session=s, image_id=a).round_id == round1
+        evt = gr.EventData(None, {"pair_id": pair_id, "choice": "a" if new_left else "b"})
+        fns["on_vote"](ui_world.experiment_id, evt, req)
+    rows = ui_compare.ab_rows(ui_world.factory, ui_world.experiment_id)
+    lo, hi = comparisons.wilson_interval(2, 2)
+    assert rows == [["1", "base", f"1.00 [{lo:.2f}, {hi:.2f}] (2)", f"1.00 [{lo:.2f}, {hi:.2f}] (2)"]]
+    with pytest.raises(gr.Error, match="Sign in first"):
+        fns["on_vote"](ui_world.experiment_id, gr.EventData(None, {"pair_id": pairs[0][0], "choice": "a"}),
+                       gr.Request(username=None, client={"host": "127.0.0.1", "port": 5000}))
+
+
+def _open_round1_with_a_rating(world) -> int:
+    """Round 0 done, round 1 (with an adapter) open for labeling with one rating; returns round 1's id."""
+    with write_session(world.factory) as s:
+        repo.set_round_status(session=s, round_id=world.round_id, status="done")
+        round1 = repo.create_round(session=s, experiment_id=world.experiment_id, index=1, adapter_path="adapters/x/round_1").id
+    images = world.add_round_images(round1, 2)
+    with write_session(world.factory) as s:
+        repo.open_round(session=s, round_id=round1)
+        repo.add_rating(session=s, image_id=images[0], rater_id=world.accounts["alice"], score=6)
+    return round1
+
+
+def test_rollback_is_admin_only_audited_and_sets_the_train_job(ui_world):
+    round1 = _open_round1_with_a_rating(ui_world)
+    alice, root = who(ui_world, "alice"), who(ui_world, "root")
+    with pytest.raises(AuthError, match="only an admin"):
+        ab.train_next_from(ui_world.factory, alice, ui_world.experiment_id, 0)
+    services = ui_world.services()
+    fns = {fn.fn.__name__: fn.fn for fn in ui.build_demo(services).fns.values() if fn.fn.__module__ == "app.ui_compare"}
+    with pytest.raises(gr.Error, match="only an admin"):
+        fns["on_rollback"](ui_world.experiment_id, 0, gr.Request(username="alice", client={"host": "127.0.0.1", "port": 1}))
+    with read_session(ui_world.factory) as s:  # the refusals changed nothing
+        assert repo.get_round(session=s, round_id=round1).status == "labeling"
+        assert s.scalars(select(Job).where(Job.kind == "train")).all() == []
+    for bad, message in ((-1, "whole number from 0"), (1.5, "whole number from 0"), ("x", "must be a round number"),
+                         (2, "round 2 is not trained yet")):
+        with pytest.raises(InvalidInput, match=message):
+            ab.train_next_from(ui_world.factory, root, ui_world.experiment_id, bad)
+    with read_session(ui_world.factory) as s:
+        assert repo.get_round(session=s, round_id=round1).status == "labeling"  # a refused rollback closed nothing
+    message = ab.train_next_from(ui_world.factory, root, ui_world.experiment_id, 0)
+    assert message.startswith("Round 1 closed; training job") and "train round 2 from the base model" in message
+    with read_session(ui_world.factory) as s:
+        (job,) = s.scalars(select(Job).where(Job.kind == "train")).all()
+        assert job.payload["from_round"] == 0 and job.payload["round_index"] == 1 and job.status == "queued"
+        assert repo.get_round(session=s, round_id=round1).status == "training"
+        (entry,) = s.scalars(select(AuditEntry).where(AuditEntry.action == "round.train_from")).all()
+        assert entry.actor_name == "root" and entry.detail == {"round": 1, "from_round": 0, "job_id": job.id,
+                                                               "closed_round": True}
+    # changed again while queued: back to the normal chain (round 1's own adapter)
+    assert "from round 1's adapter" in ab.train_next_from(ui_world.factory, root, ui_world.experiment_id, 1)
+    with write_session(ui_world.factory) as s:
+        job = s.scalars(select(Job).where(Job.kind == "train")).one()
+        assert "from_round" not in job.payload
+        job.status = "running"  # the worker has started it
+    with pytest.raises(Conflict, match="already started training round 1"):
+        ab.train_next_from(ui_world.factory, root, ui_world.experiment_id, 0)
