@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app import auth, ui_admin, ui_dashboard, ui_export, ui_quality, ui_rate, ui_taste, web_guard
 from app import ui_compare  # issue 14 item 3: the Compare tab (blind A/B), its dashboard table, rollback
+from app import ui_pairs  # issue 14 item 1: the Pairs tab (pairwise preferences) and the feedback setting
 from app.auth import AuthError, Who
 from app.settings import Settings
 from app.ui_assets import CSS, GRID_JS, MARKS_JS
@@ -190,6 +191,10 @@ def build_demo(services: AppServices) -> gr.Blocks:
                     undo_btn = gr.Button("Undo last rating or skip (u)", size="sm", variant="secondary", scale=0)
                 rate_timer = gr.Timer(services.rate_poll_s)
 
+            # issue 14 item 1: pairwise preferences, left / right / tie with the keyboard (app.ui_pairs)
+            ui_pairs.build_tab(services, exp_state, lambda request: _who(services, request), _shown,
+                               lambda message: gr.Warning(_sentence(message)), private=private)
+
             # shown to admins, and to raters only where the experiment allows it (its plots can bias ratings)
             with gr.Tab("Dashboard", id="dashboard", elem_id="tab-dashboard", visible=False) as dash_tab:
                 summary = gr.HTML()
@@ -248,6 +253,8 @@ def build_demo(services: AppServices) -> gr.Blocks:
                     x_link = gr.HTML(elem_id="export-link")
                     exports_df = gr.Dataframe(headers=["id", "format", "round", "file", "size", "built", "download"], value=[],
                                               interactive=False, elem_id="exports-table")
+                ui_pairs.build_admin(services, exp_state, lambda request: _admin(services, request), _shown,
+                                     private=private)  # issue 14 item 1: scores, pairs or both
                 with gr.Accordion("Rater quality", open=False):  # issue 14, item 2 (app.ui_quality)
                     q_summary = gr.HTML(elem_id="rater-quality")
                     q_table = gr.Dataframe(headers=ui_quality.RATER_HEADERS, value=[], interactive=False,

@@ -114,8 +114,13 @@ def close_question(factory, who: Who, experiment_id: int | None) -> tuple[str, i
         if round_ is None:
             raise Conflict(f"experiment {exp.name!r} has no round open for labeling")
         p = repo.round_progress(session=s, round_id=round_.id, kind="query")
-        return (f"Close round {round_.index} of {exp.name!r} and start training? It has {p.labels} of {p.labels_wanted} "
-                "ratings wanted; raters can no longer rate it (you can reopen it until training starts).", round_.index)
+        labels, wanted, what = p.labels, p.labels_wanted, "ratings"
+        from app import pairwise  # issue 14 item 1: with comparisons only, the labels are pair votes
+
+        if pairwise.feedback_of(exp) == "pairs":
+            (labels, wanted), what = pairwise.round_vote_labels(s, round_.id, exp.overlap), "comparisons"
+        return (f"Close round {round_.index} of {exp.name!r} and start training? It has {labels} of {wanted} "
+                f"{what} wanted; raters can no longer rate it (you can reopen it until training starts).", round_.index)
 
 
 def close_round(factory, who: Who, experiment_id: int | None, expected_index: int | None = None) -> str:

@@ -93,7 +93,16 @@ class Progress:
         return dict(self.__dict__)
 
 
+def _pairs_only(session: Session, experiment_id: int) -> bool:
+    """Whether the experiment asks for comparisons only (app.pairwise): then nothing is offered for 1-10 rating."""
+    from app import pairwise
+
+    return pairwise.feedback_of(repo.get_experiment(session=session, experiment_id=experiment_id)) == "pairs"
+
+
 def _offered(session: Session, round_: Round, who: Who, limit: int) -> list[Image]:
+    if _pairs_only(session, round_.experiment_id):  # issue 14 item 1
+        return []
     return repo.next_images_for_rater(session=session, round_id=round_.id, rater_id=who.rater_id, limit=max(1, limit), kind="query")
 
 
@@ -294,6 +303,8 @@ def _empty_message(session: Session, experiment: Experiment | None) -> str:
     round_ = repo.get_open_round(session=session, experiment_id=experiment.id)
     if round_ is None:
         return "No round is open for labeling right now. New images appear here by themselves when the next round opens."
+    if _pairs_only(session, experiment.id):  # issue 14 item 1
+        return "This experiment asks for comparisons of two images, not 1-10 ratings: compare them on the Pairs tab."
     return f"You have rated every image of round {round_.index} that still needs a rating. Thank you! The next round's images will appear here."
 
 
@@ -378,6 +389,9 @@ def rate_in_session(session: Session, who: Who, image_id: int, score: int) -> in
         raise Conflict(f"round {round_.index} is closed for labeling (it is {round_.status}); image {image_id} was not rated")
     if image.kind != "query":
         raise Conflict(f"image {image_id} is an evaluation image of the dashboard and is not rated")
+    if _pairs_only(session, round_.experiment_id):  # issue 14 item 1
+        raise Conflict(f"this experiment asks for comparisons of two images, not 1-10 ratings; image {image_id} was not "
+                       "rated (compare on the Pairs tab)")
     existing = repo.find_rating(session=session, image_id=image_id, rater_id=who.rater_id)
     if existing is None:
         if not repo.count_images_for_rater(session=session, round_id=round_.id, rater_id=who.rater_id, kind="query",

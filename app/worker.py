@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from app import alarms, experiment_options, quality, selection, storage
+from app import pairwise  # issue 14 item 1: pairwise preferences
 from app.services import experiment_config, round_budget
 from app.settings import Settings
 from db import migrate, repo
@@ -465,6 +466,9 @@ class Worker:
                     repo.add_image(session=s, round_id=this.id, **r)
             repo.set_round_status(session=s, round_id=this.id, status="labeling")
             repo.update_round_metrics(session=s, round_id=this.id, metrics=finite_json(metrics))
+            # issue 14 item 1: pairs of query images of one prompt, when the experiment asks for comparisons
+            if pairwise.wants_pairs(pairwise.feedback_of(repo.get_experiment(session=s, experiment_id=experiment_id))):
+                pairwise.create_round_pairs(session=s, experiment_id=experiment_id, round_id=this.id)
 
         self._publish(run, write, {"round_index": k, "new_images": len(rows), "query_images": n, "eval_images": len(grid)})
         return {"round_index": k, "new_images": len(rows)}
@@ -520,6 +524,11 @@ class Worker:
             per_rating = (db_quality.rating_rows(session=s, experiment_id=experiment.id, up_to_rating_id=watermark)
                           if standardize else [])
             experiment_id, model_spec, cfg = experiment.id, experiment.model_spec, experiment_config(experiment)
+            # issue 14 item 1: pairwise comparisons, alone or with the ratings (app.pairwise)
+            feedback = pairwise.feedback_of(experiment)
+            pair_data = (None if published or feedback == "scores" else pairwise.worker_training_data(
+                s, experiment_id=experiment_id, round_index=k, feedback=feedback, rated=rows, watermark=watermark,
+                standardize=standardize, per_rating=per_rating))
         new_index = k + 1
         fault_point("snapshot", job.attempts)
         if published:  # an earlier attempt published and this one is a re-run: nothing more to do
@@ -527,14 +536,19 @@ class Worker:
             return {"round_index": new_index, "published": False}
         if this.status != "training":
             raise Conflict(f"round {k} is {this.status!r}, not 'training'; close the round before training on it")
-        if not rows:
+        pairs = None
+        if pair_data is not None:  # comparisons (and scores with "both", standardised there when asked)
+            embeddings, scores, pairs, snapshot = pair_data
+            standardize = False
+        elif not rows:
             raise Conflict(f"experiment {experiment_id} has no ratings up to rating {watermark}; there is nothing to train on")
-        dims = {r.embedding_dim for r in rows}
-        if len(dims) != 1:
-            raise InvalidInput(f"the rated images' embeddings have different sizes {sorted(dims)}; they come from different encoders")
-        embeddings = torch.from_numpy(np.stack([np.frombuffer(r.embedding, dtype="<f4") for r in rows]).astype(np.float32))
-        scores = torch.tensor([r.mean_score for r in rows], dtype=torch.float32)
-        snapshot = {"watermark": watermark, "images": len(rows), "ratings": int(sum(r.n_ratings for r in rows))}
+        else:
+            dims = {r.embedding_dim for r in rows}
+            if len(dims) != 1:
+                raise InvalidInput(f"the rated images' embeddings have different sizes {sorted(dims)}; they come from different encoders")
+            embeddings = torch.from_numpy(np.stack([np.frombuffer(r.embedding, dtype="<f4") for r in rows]).astype(np.float32))
+            scores = torch.tensor([r.mean_score for r in rows], dtype=torch.float32)
+            snapshot = {"watermark": watermark, "images": len(rows), "ratings": int(sum(r.n_ratings for r in rows))}
         if standardize:
             scores = torch.tensor(quality.training_scores([r.image_id for r in rows],
                                                           [(q.image_id, q.rater_id, q.score) for q in per_rating],
@@ -554,7 +568,7 @@ class Worker:
             prev_adapter = self._use_adapter(parts, this)
             seed = derive_seed(experiment_id, k, "train")
             outcome = train_round(parts, embeddings, scores, cfg, new_index=new_index, prev_adapter=prev_adapter, seed=seed,
-                                  on_progress=progress.callback())
+                                  on_progress=progress.callback(), pairs=pairs)
             self._adapters.pop(outcome.adapter, None)  # the next use reloads what was published, not what is in memory
             metrics = finite_json({**outcome.metrics, "snapshot": snapshot, "seed": seed})
             progress.set("save")

@@ -391,8 +391,16 @@ def close_round(*, session: Session, experiment_id: int, expected_index: int | N
     rated = session.scalar(
         select(func.count(Rating.id)).join(Image, Image.id == Rating.image_id).where(Image.round_id == round_.id)
     )
+    if not rated:  # issue 14 item 1: an experiment of pairwise comparisons has votes instead (app.pairwise)
+        from db.models import ComparisonPair, ComparisonVote
+
+        rated = session.scalar(
+            select(func.count(ComparisonVote.id)).join(ComparisonPair, ComparisonPair.id == ComparisonVote.pair_id)
+            .where(ComparisonPair.round_id == round_.id, ComparisonPair.kind == "preference")
+        )
     if not rated:
-        raise Conflict(f"round {round_.index} has no ratings yet; rate some images before training")
+        raise Conflict(f"round {round_.index} has no ratings or comparisons yet; rate or compare some images before "
+                       "training")
     watermark = latest_rating_id(session=session, experiment_id=experiment_id)
     set_round_status(session=session, round_id=round_.id, status="training")
     session.execute(delete(ImageLease).where(ImageLease.image_id.in_(select(Image.id).where(Image.round_id == round_.id))))

@@ -78,18 +78,28 @@ class RoundOutcome:
     draw: torch.Tensor | None = None  # SEIKO-TS: the round's posterior draw
 
 
-def train_round(parts, embeddings: torch.Tensor, scores: torch.Tensor, cfg: SeikoConfig, *, new_index: int,
+def train_round(parts, embeddings: torch.Tensor, scores: torch.Tensor | None, cfg: SeikoConfig, *, new_index: int,
                 prev_adapter: str | None, seed: int, on_progress: ProgressFn | None = None,
-                accelerator=None) -> RoundOutcome:
+                accelerator=None, pairs: torch.Tensor | None = None) -> RoundOutcome:
     """Fit the reward model on D = (embeddings, scores), then fine-tune round ``new_index``'s adapter from
-    ``prev_adapter`` (None: the base model) toward the optimistic reward with the KL constraint."""
+    ``prev_adapter`` (None: the base model) toward the optimistic reward with the KL constraint.
+
+    With ``pairs`` (P, 3) rows (i, j, outcome) into ``embeddings``, the reward is fitted by
+    ``seiko_core.preference.fit_preference_reward`` on the comparisons and the ``scores`` (None, or NaN where an
+    image was only compared); without, by ``fit_reward`` on the scores, exactly as before."""
 
     def fit_progress(step, total, m):
         if on_progress is not None:
             on_progress(step, total, {"phase": "reward_fit", **m})
 
-    fit = fit_reward(embeddings.float(), scores.float(), cfg.reward, seed=seed, sgld=cfg.method == "ts",
-                     on_progress=fit_progress)
+    if pairs is None:
+        fit = fit_reward(embeddings.float(), scores.float(), cfg.reward, seed=seed, sgld=cfg.method == "ts",
+                         on_progress=fit_progress)
+    else:
+        from .preference import fit_preference_reward
+
+        fit = fit_preference_reward(embeddings.float(), scores=None if scores is None else scores.float(), pairs=pairs,
+                                    cfg=cfg.reward, seed=seed, sgld=cfg.method == "ts", on_progress=fit_progress)
     ucb = fit_bonus(fit.ensemble, embeddings.float(), cfg.optimism)
     name = lora.round_adapter_name(new_index)
     if lora.has_adapter(parts.unet, name):  # a retried job: start the round again from the previous adapter
@@ -102,7 +112,7 @@ def train_round(parts, embeddings: torch.Tensor, scores: torch.Tensor, cfg: Seik
     with torch.no_grad():
         preds = fit.ensemble(embeddings.float().to(next(fit.ensemble.parameters()).device)).cpu()
     metrics = {
-        "labels": int(len(scores)),
+        "labels": int(len(scores)) if pairs is None else int(fit.metrics["n"]),  # a comparison is one label
         "reward_fit": fit.metrics,
         "finetune": result.metrics,
         "train_pred_mean": float(preds.mean()),

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from . import simulate as sim
 from .config import SeikoConfig, to_dict
-from .preference import fit_preference_reward, logistic_temperature, simulate_pair_choices
+from .preference import logistic_temperature, simulate_pair_choices
 
 FEEDBACK = "pairs"
 
@@ -51,38 +51,10 @@ def train_pair_round(parts, embeddings: torch.Tensor, pairs: torch.Tensor, cfg: 
                      prev_adapter: str | None, seed: int, scores: torch.Tensor | None = None, on_progress=None,
                      accelerator=None):
     """``loop.train_round`` with the reward fitted by ``fit_preference_reward`` on comparisons (and scores, if any)."""
-    from . import lora
-    from .finetune import finetune
-    from .loop import RoundOutcome, make_reward_fn, posterior_draw
-    from .optimism import fit_bonus
+    from .loop import train_round
 
-    def fit_progress(step, total, m):
-        if on_progress is not None:
-            on_progress(step, total, {"phase": "reward_fit", **m})
-
-    emb = embeddings.float()
-    fit = fit_preference_reward(emb, scores=scores, pairs=pairs, cfg=cfg.reward, seed=seed, sgld=cfg.method == "ts",
-                                on_progress=fit_progress)
-    ucb = fit_bonus(fit.ensemble, emb, cfg.optimism)
-    name = lora.round_adapter_name(new_index)
-    if lora.has_adapter(parts.unet, name):
-        parts.unet.delete_adapters(name)
-    lora.add_adapter(parts.unet, name, cfg.finetune, init_from=prev_adapter, seed=seed)
-    draw = posterior_draw(cfg, fit.ensemble.num_heads, seed)
-    reward_fn = make_reward_fn(parts, fit.ensemble, ucb, cfg, draw)
-    result = finetune(parts, reward_fn, list(cfg.prompts), cfg, adapter=name, reference=prev_adapter, seed=seed,
-                      on_progress=on_progress, accelerator=accelerator)
-    with torch.no_grad():
-        preds = fit.ensemble(emb.to(next(fit.ensemble.parameters()).device)).cpu()
-    metrics = {
-        "labels": fit.metrics["n"], "reward_fit": fit.metrics, "finetune": result.metrics,
-        "train_pred_mean": float(preds.mean()),
-        "train_head_spread": float(preds.std(1).mean()) if preds.shape[1] > 1 else 0.0,
-        "ucb_form": ucb.form if ucb is not None else None, "ucb_alpha": ucb.alpha if ucb is not None else None,
-        "ucb_scale": ucb.scale if ucb is not None else None, "ts_draw": draw.tolist() if draw is not None else None,
-        "finetune_steps": result.steps,
-    }
-    return RoundOutcome(adapter=name, ensemble=fit.ensemble, ucb=ucb, finetune=result, metrics=metrics, draw=draw)
+    return train_round(parts, embeddings, scores, cfg, new_index=new_index, prev_adapter=prev_adapter, seed=seed,
+                       on_progress=on_progress, accelerator=accelerator, pairs=pairs)
 
 
 def run_pairs(parts, cfg: SeikoConfig, oracle, temperature: float, tie_eps: float, ev: sim.EvalSet, run_seed: int,

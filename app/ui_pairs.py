@@ -1,0 +1,192 @@
+"""The Pairs tab (pairwise preferences, issue 14 item 1): two images of one prompt side by side, keyboard first.
+
+``←`` or ``1``: the left image is better; ``→`` or ``2``: the right one; ``↓`` or ``0``: about the same (a tie).
+Clicking an image or a button does the same. One vote is sent at a time: keys pressed while a vote is on its way
+are ignored until the server has answered (the page then shows the next pair), so a vote can never land on the
+wrong pair. The rules (open round, overlap, the experiment's feedback setting) are checked on the server by
+``app.pairwise``; a refusal is shown as one sentence and changes nothing.
+
+Also the admin's feedback setting (``build_admin``): scores, pairs or both, for the selected experiment.
+The handlers are plain functions (``pair_view_html``, ``vote``) that ``app.ui``'s Gradio builders call.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable
+from typing import Any
+
+from app import pairwise
+from app.auth import Who
+
+PAIRS_CSS = """
+.pp-help { color: #6b7280; font-size: .9rem; margin: .2rem 0 .6rem; }
+.pp-help kbd { border: 1px solid #cbd5e1; border-bottom-width: 2px; border-radius: 4px; padding: 0 .35em;
+  font-family: ui-monospace, monospace; font-size: .85em; background: #f8fafc; color: #0f172a; }
+.pp-prompt { font-weight: 600; margin: .2rem 0 .5rem; overflow-wrap: anywhere; }
+.pp-pair { display: grid; grid-template-columns: 1fr 1fr; gap: 14px; max-width: 900px; }
+.pp-side { border: 2px solid #e5e7eb; border-radius: 10px; padding: 8px; background: #fff; cursor: pointer; }
+.pp-side:hover, .pp-side[data-picked="1"] { border-color: #2563eb; box-shadow: 0 0 0 3px rgba(37,99,235,.25); }
+.pp-side img { width: 100%; aspect-ratio: 1 / 1; object-fit: contain; background: #111827; border-radius: 6px;
+  image-rendering: pixelated; display: block; }
+.pp-buttons { display: flex; gap: 10px; margin: .6rem 0; max-width: 900px; justify-content: space-between; }
+.pp-buttons button { font: inherit; padding: .4rem .9rem; border: 1px solid #d1d5db; border-radius: 6px;
+  background: #f9fafb; color: #111827; cursor: pointer; }
+.pp-root[data-busy="1"] .pp-pair { opacity: .6; }
+.pp-empty { padding: 2rem; text-align: center; color: #6b7280; border: 2px dashed #e5e7eb; border-radius: 10px; }
+"""
+
+PAIRS_JS = r"""
+const root = element;
+const api = (window.__seikoPairs = window.__seikoPairs || {});
+api.busy = false; api.sent = api.sent || 0;
+function box() { return root.querySelector('.pp-root'); }
+function pairId() { const p = root.querySelector('.pp-pair[data-pair-id]'); return p ? Number(p.dataset.pairId) : null; }
+function vote(choice) {
+  const id = pairId();
+  if (id === null || api.busy) return;
+  api.busy = true; api.sent += 1;
+  const b = box(); if (b) b.dataset.busy = '1';
+  const side = root.querySelector('.pp-side[data-choice="' + choice + '"]'); if (side) side.dataset.picked = '1';
+  clearTimeout(api.timer);
+  api.timer = setTimeout(() => { api.busy = false; const bb = box(); if (bb) bb.dataset.busy = '0'; }, 8000);
+  trigger('vote', { pair_id: id, choice: choice });
+}
+function onKey(e) {
+  if (!root.isConnected) { document.removeEventListener('keydown', onKey); return; }
+  if (root.offsetParent === null) return;  // the Pairs tab is not shown
+  if (e.ctrlKey || e.metaKey || e.altKey) return;
+  const t = e.target;
+  if (t && t.closest && t.closest('input, textarea, select, [contenteditable="true"], [role="listbox"]')) return;
+  const choice = { ArrowLeft: 'a', '1': 'a', ArrowRight: 'b', '2': 'b', ArrowDown: 'tie', '0': 'tie' }[e.key];
+  if (choice) { e.preventDefault(); vote(choice); }
+}
+if (window.__seikoPairsKey) document.removeEventListener('keydown', window.__seikoPairsKey);
+window.__seikoPairsKey = onKey;
+document.addEventListener('keydown', onKey);
+root.addEventListener('click', (e) => {
+  const el = e.target.closest('[data-choice]');
+  if (el) vote(el.dataset.choice);
+});
+watch('value', () => { clearTimeout(api.timer); api.busy = false; const b = box(); if (b) b.dataset.busy = '0'; });
+"""
+
+HELP = ("<div class='pp-help'>Which image is better for the prompt? <kbd>←</kbd> or <kbd>1</kbd> left · "
+        "<kbd>→</kbd> or <kbd>2</kbd> right · <kbd>↓</kbd> or <kbd>0</kbd> about the same (tie) · or click. "
+        "Each choice is saved at once.</div>")
+
+
+def view_html(view: pairwise.PairView, nonce: int = 0) -> str:
+    """The tab's HTML for a PairView; ``nonce`` makes each answer a new value (so the page always sees it)."""
+    if view.pair_id is None:
+        body = f"<div class='pp-empty' id='pp-empty'>{html.escape(view.message)}</div>" if view.message else ""
+    else:
+        sides = []
+        for choice, src, word in (("a", view.left, "left"), ("b", view.right, "right")):
+            img = (f"<img src='{src}' alt='{word} image'>" if src else "<div class='pp-empty'>image file missing</div>")
+            sides.append(f"<div class='pp-side' data-choice='{choice}' role='button' aria-label='{word} is better'>"
+                         f"{img}</div>")
+        body = (f"{HELP}<div class='pp-prompt'>{html.escape(view.prompt or '')}</div>"
+                f"<div class='pp-pair' data-pair-id='{view.pair_id}'>{''.join(sides)}</div>"
+                "<div class='pp-buttons'><button type='button' data-choice='a'>← Left is better</button>"
+                "<button type='button' data-choice='tie'>↓ About the same</button>"
+                "<button type='button' data-choice='b'>Right is better →</button></div>")
+    return f"<div class='pp-root' data-nonce='{nonce}'>{view.progress}{body}</div>"
+
+
+def pair_view_html(factory, data_dir, who: Who, experiment_id: int | None, nonce: int = 0) -> str:
+    return view_html(pairwise.next_pair(factory, data_dir, who, experiment_id), nonce)
+
+
+def vote(factory, data_dir, who: Who, experiment_id: int | None, payload: dict[str, Any] | None,
+         nonce: int = 0) -> tuple[str, str | None]:
+    """The page's vote: saves it (or refuses with one sentence, saving nothing); returns (the next pair's HTML,
+    the refusal or None)."""
+    from db.errors import Conflict, InvalidInput, NotFound
+
+    payload = payload or {}
+    message = None
+    try:
+        pairwise.submit_vote(factory, who, payload.get("pair_id"), payload.get("choice"))
+    except (Conflict, InvalidInput, NotFound) as e:
+        message = str(e)
+    return pair_view_html(factory, data_dir, who, experiment_id, nonce), message
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradio builders (called by app.ui)
+# ---------------------------------------------------------------------------------------------
+
+
+def _payload(evt: Any) -> dict[str, Any]:
+    raw = vars(evt).get("_data") if evt is not None else None
+    return raw if isinstance(raw, dict) else {}
+
+
+def build_tab(services, exp_state, who_of: Callable, shown: Callable, warn: Callable[[str], None],
+              private: dict[str, Any] | None = None):
+    """The Pairs tab; call inside ``gr.Tabs()``. ``who_of(request)`` finds the signed-in rater (gr.Error when
+    refused), ``shown(fn)`` turns a refusal into a gr.Error, ``warn(sentence)`` shows a refusal as a warning."""
+    import gradio as gr
+
+    private = private or {"api_visibility": "private"}
+    factory, data_dir = services.factory, services.settings.data_dir
+    with gr.Tab("Pairs", id="pairs", elem_id="tab-pairs") as tab:
+        gr.HTML(f"<style>{PAIRS_CSS}</style>", padding=False)
+        view = gr.HTML(value="", elem_id="pair-view", js_on_load=PAIRS_JS, apply_default_css=False)
+        nonce = gr.State(0)
+        timer = gr.Timer(services.rate_poll_s)
+
+    def on_show(exp_id, n, request: gr.Request):
+        who = who_of(request)
+        return shown(lambda: pair_view_html(factory, data_dir, who, exp_id, n + 1)), n + 1
+
+    def on_vote(exp_id, n, evt: gr.EventData, request: gr.Request):
+        who = who_of(request)
+        page, message = vote(factory, data_dir, who, exp_id, _payload(evt), n + 1)
+        if message:
+            warn(message)
+        return page, n + 1
+
+    def on_poll(exp_id, n, current, request: gr.Request):
+        """An empty tab looks for new pairs; a tab showing a pair is left alone."""
+        who = who_of(request)
+        if current and "data-pair-id=" in current:
+            return gr.skip(), n
+        page = pair_view_html(factory, data_dir, who, exp_id, n)
+        return (gr.skip(), n) if page == current else (page, n)
+
+    tab.select(on_show, [exp_state, nonce], [view, nonce], **private)
+    exp_state.change(on_show, [exp_state, nonce], [view, nonce], **private)
+    view.vote(on_vote, [exp_state, nonce], [view, nonce], show_progress="hidden", concurrency_id="rating",
+              concurrency_limit=4, **private)
+    timer.tick(on_poll, [exp_state, nonce, view], [view, nonce], show_progress="hidden", **private)
+    return tab
+
+
+def build_admin(services, exp_state, admin_of: Callable, shown: Callable, private: dict[str, Any] | None = None):
+    """The admin's feedback setting (call inside the Admin tab)."""
+    import gradio as gr
+
+    private = private or {"api_visibility": "private"}
+    with gr.Accordion("Feedback: scores or pairwise comparisons", open=False):
+        gr.Markdown("What raters give on this experiment: **scores** (1-10 on the Rate tab), **pairs** (which of two "
+                    "images of the same prompt is better, on the Pairs tab; a round's budget then counts comparisons) "
+                    "or **both**. Applies at once to the open round (its pairs are made now) and to every later round; "
+                    "the reward model is fitted on what was given (Bradley-Terry on pairs, regression on scores).")
+        with gr.Row():
+            choice = gr.Radio(label="Raters give", choices=list(pairwise.FEEDBACKS), value="scores", scale=0,
+                              min_width=320, elem_id="feedback-choice")
+            button = gr.Button("Set feedback", scale=0, min_width=160, elem_id="set-feedback")
+        result = gr.Markdown(elem_id="feedback-result")
+
+    def on_set(exp_id, value, request: gr.Request):
+        who = admin_of(request)  # refuses a rater; pairwise.set_feedback checks the role again
+        if exp_id is None:
+            raise gr.Error("Select an experiment first.")
+        message = shown(lambda: pairwise.set_feedback(services.factory, who, int(exp_id), value))
+        gr.Info(message)
+        return message
+
+    button.click(on_set, [exp_state, choice], [result], **private)
+    return button

@@ -1,0 +1,252 @@
+"""Pairwise preferences in the product (app.pairwise, app.ui_pairs): the feedback setting, the pairs a round gets,
+the vote path with its refusals, progress and closing on votes, and the training data handed to the reward fit.
+Expected values are written out by hand from the fixtures' images."""
+
+from __future__ import annotations
+
+import math
+import struct
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from app import experiment_options, pairwise, ui_pairs, ui_rate
+from app.auth import AuthError, Who
+from db import comparisons, repo
+from db.engine import read_session, write_session
+from db.errors import Conflict, InvalidInput, NotFound
+from db.models import ComparisonVote
+
+
+def who(world, name: str) -> Who:
+    return Who(world.accounts[name], name, "admin" if name == "root" else "rater", False)
+
+
+def set_feedback_directly(world, feedback: str, overlap: int | None = None) -> None:
+    with write_session(world.factory) as s:
+        exp = repo.get_experiment(session=s, experiment_id=world.experiment_id)
+        exp.config = {**(exp.config or {}), "app": {"feedback": feedback}}
+        if overlap is not None:
+            exp.overlap = overlap
+
+
+def votes_in_db(world) -> list[tuple[int, int, str]]:
+    with read_session(world.factory) as s:
+        return sorted((v.pair_id, v.rater_id, v.choice) for v in s.query(ComparisonVote).all())
+
+
+# --- making the pairs ---------------------------------------------------------------------------------------------------
+
+
+def test_plan_pairs_links_images_of_one_prompt_only():
+    # prompt p: ids 10, 11, 12 with seeds 5, 1, 3 -> seed order 11, 12, 10 -> the cycle 11-12, 12-10, 10-11;
+    # prompt q: ids 20, 21 -> one pair; prompt r: id 30 alone -> none
+    images = [(10, "p", 5), (11, "p", 1), (12, "p", 3), (20, "q", 0), (21, "q", 7), (30, "r", 0)]
+    planned = pairwise.plan_pairs(images, salt="x")
+    assert len(planned) == 4
+    assert {frozenset(p) for p in planned} == {frozenset({11, 12}), frozenset({12, 10}), frozenset({10, 11}),
+                                               frozenset({20, 21})}
+    assert all(a != b for a, b in planned)
+    # the same salt gives the same sides; over many pairs both sides occur (the left/right order is drawn)
+    assert pairwise.plan_pairs(images, salt="x") == planned
+    many = pairwise.plan_pairs([(i, f"prompt {i // 2}", i) for i in range(200)], salt="y")
+    assert len(many) == 100
+    left_is_lower = sum(a < b for a, b in many)
+    assert 30 <= left_is_lower <= 70  # binomial(100, 1/2): outside [30, 70] has probability ~1e-4
+
+
+def test_feedback_setting_is_checked_and_admins_only(ui_world):
+    assert pairwise.feedback_of(_experiment(ui_world)) == "scores"  # the default
+    with pytest.raises(AuthError):
+        pairwise.set_feedback(ui_world.factory, who(ui_world, "alice"), ui_world.experiment_id, "pairs")
+    with pytest.raises(InvalidInput, match="unknown feedback 'triples'"):
+        pairwise.set_feedback(ui_world.factory, who(ui_world, "root"), ui_world.experiment_id, "triples")
+    assert pairwise.feedback_of(_experiment(ui_world)) == "scores"
+    # the open round's 6 images: 2 of each of 3 prompts (ui_world's fixture) -> 3 pairs, made at once
+    message = pairwise.set_feedback(ui_world.factory, who(ui_world, "root"), ui_world.experiment_id, "pairs")
+    assert "3 pairs were made for the open round" in message
+    assert pairwise.feedback_of(_experiment(ui_world)) == "pairs"
+    pairs = _pairs(ui_world)
+    with read_session(ui_world.factory) as s:
+        prompts = {im.id: im.prompt for im in repo.list_images(session=s, round_id=ui_world.round_id)}
+        audit = [(e.actor_name, e.action) for e in repo.list_audit(session=s)]
+    assert len(pairs) == 3 and all(prompts[p.image_a_id] == prompts[p.image_b_id] for p in pairs)
+    assert ("root", "experiment.feedback") in audit
+    # setting it again makes no second set of pairs
+    pairwise.set_feedback(ui_world.factory, who(ui_world, "root"), ui_world.experiment_id, "both")
+    with read_session(ui_world.factory) as s:
+        assert len(comparisons.list_pairs(session=s, experiment_id=ui_world.experiment_id, kind="preference")) == 3
+
+
+def _experiment(world):
+    with read_session(world.factory) as s:
+        exp = repo.get_experiment(session=s, experiment_id=world.experiment_id)
+        s.expunge(exp)
+        return exp
+
+
+# --- the vote path --------------------------------------------------------------------------------------------------------
+
+
+def test_vote_path_saves_refuses_and_counts(ui_world):
+    world = ui_world
+    pairwise.set_feedback(world.factory, who(world, "root"), world.experiment_id, "pairs")
+    alice, bob = who(world, "alice"), who(world, "bob")
+
+    view = pairwise.next_pair(world.factory, world.settings.data_dir, alice, None)
+    assert view.pair_id is not None and view.left.startswith("data:image/png;base64,") and view.right.startswith("data:")
+    assert "0 of 3</b> comparisons" in view.progress and "3 left for you" in view.progress
+
+    # a bad choice: one sentence, nothing saved
+    for bad in ("up", "", None, 1, "ab"):
+        with pytest.raises(InvalidInput) as info:
+            pairwise.submit_vote(world.factory, alice, view.pair_id, bad)
+        text = str(info.value)
+        assert text.startswith("a comparison must be 'a' (the left image), 'b' (the right image) or 'tie', got ")
+        assert text.endswith("nothing was saved") and text.count(". ") == 0
+    with pytest.raises(InvalidInput, match="a pair id must be a positive whole number"):
+        pairwise.submit_vote(world.factory, alice, "pair 1", "a")
+    with pytest.raises(NotFound):
+        pairwise.submit_vote(world.factory, alice, 10**9, "a")
+    assert votes_in_db(world) == []
+
+    # the page's path: keys send a/b/tie; 'left' and 'right' are accepted too
+    page, message = ui_pairs.vote(world.factory, world.settings.data_dir, alice, None,
+                                  {"pair_id": view.pair_id, "choice": "a"})
+    assert message is None and "1 of 3</b> comparisons" in page and "You: <b>1 compared</b>" in page
+    assert votes_in_db(world) == [(view.pair_id, alice.rater_id, "a")]
+    # the page's refusal comes back as the sentence, nothing saved
+    page, message = ui_pairs.vote(world.factory, world.settings.data_dir, alice, None, {"pair_id": view.pair_id,
+                                                                                         "choice": "sideways"})
+    assert message.startswith("a comparison must be") and votes_in_db(world) == [(view.pair_id, alice.rater_id, "a")]
+
+    # overlap 1: bob is not offered alice's pair and cannot vote on it; alice can change her own vote
+    with pytest.raises(pairwise.NotOffered, match="not offered to you"):
+        pairwise.submit_vote(world.factory, bob, view.pair_id, "b")
+    edited = pairwise.submit_vote(world.factory, alice, view.pair_id, "right")
+    assert edited["choice"] == "b" and edited["previous_choice"] == "a" and edited["edited"]
+    bob_view = pairwise.next_pair(world.factory, world.settings.data_dir, bob, None)
+    assert bob_view.pair_id not in (None, view.pair_id)
+    pairwise.submit_vote(world.factory, bob, bob_view.pair_id, "tie")
+    with read_session(world.factory) as s:
+        p = pairwise.progress(s, repo.get_experiment(session=s, experiment_id=world.experiment_id), alice)
+    assert (p.pairs, p.votes, p.labels, p.labels_wanted, p.you_voted, p.you_left) == (3, 2, 2, 3, 1, 1)
+
+    # pairs only: nothing is offered for 1-10 rating, and a rating is refused
+    rate_view = ui_rate.load_batch(world.factory, world.settings.data_dir, alice, None, batch_size=4)
+    assert "rg-card" not in rate_view.grid and "compare them on the Pairs tab" in rate_view.grid
+    with pytest.raises(Conflict, match="asks for comparisons of two images, not 1-10 ratings"):
+        ui_rate.submit(world.factory, alice, world.image_ids[0], 7)
+
+    # the admin closes the round on votes alone; a vote afterwards is refused and not saved
+    with write_session(world.factory) as s:
+        job = repo.close_round(session=s, experiment_id=world.experiment_id)
+    assert job.kind == "train"
+    third = next(p.id for p in _pairs(world) if p.id not in (view.pair_id, bob_view.pair_id))
+    with pytest.raises(Conflict, match="closed for comparisons"):
+        pairwise.submit_vote(world.factory, alice, third, "a")
+    assert len(votes_in_db(world)) == 2
+
+
+def _pairs(world):
+    with read_session(world.factory) as s:
+        return [SimpleNamespace(id=p.id, image_a_id=p.image_a_id, image_b_id=p.image_b_id)
+                for p in comparisons.list_pairs(session=s, experiment_id=world.experiment_id, kind="preference")]
+
+
+def test_votes_are_refused_where_the_experiment_asks_for_scores_and_closing_needs_a_label(ui_world):
+    world = ui_world
+    pairwise.set_feedback(world.factory, who(world, "root"), world.experiment_id, "pairs")
+    pair_id = _pairs(world)[0].id
+    with write_session(world.factory) as s:  # closing without a rating or a vote is refused
+        with pytest.raises(Conflict, match="has no ratings or comparisons yet"):
+            repo.close_round(session=s, experiment_id=world.experiment_id)
+    pairwise.set_feedback(world.factory, who(world, "root"), world.experiment_id, "scores")
+    with pytest.raises(Conflict, match="asks for 1-10 ratings, not comparisons"):
+        pairwise.submit_vote(world.factory, who(world, "alice"), pair_id, "a")
+    view = pairwise.next_pair(world.factory, world.settings.data_dir, who(world, "alice"), None)
+    assert view.pair_id is None and "asks for 1-10 ratings" in view.progress
+    assert votes_in_db(world) == []
+
+
+def test_overlap_two_offers_a_pair_to_two_raters(ui_world):
+    world = ui_world
+    set_feedback_directly(world, "both", overlap=2)
+    with write_session(world.factory) as s:
+        assert pairwise.create_round_pairs(session=s, experiment_id=world.experiment_id, round_id=world.round_id) == 3
+        assert pairwise.create_round_pairs(session=s, experiment_id=world.experiment_id, round_id=world.round_id) == 0
+    pair_id = _pairs(world)[0].id
+    pairwise.submit_vote(world.factory, who(world, "alice"), pair_id, "a")
+    pairwise.submit_vote(world.factory, who(world, "bob"), pair_id, "tie")
+    with pytest.raises(pairwise.NotOffered):
+        pairwise.submit_vote(world.factory, who(world, "root"), pair_id, "b")
+    with read_session(world.factory) as s:
+        assert pairwise.round_vote_labels(s, world.round_id, 2) == (2, 6)
+    # "both": ratings are still taken
+    assert ui_rate.submit(world.factory, who(world, "alice"), world.image_ids[0], 7)["score"] == 7
+
+
+# --- the training data ----------------------------------------------------------------------------------------------------
+
+
+def test_training_feedback_rows_by_hand(ui_world):
+    world = ui_world
+    set_feedback_directly(world, "both")
+    with write_session(world.factory) as s:
+        for im in repo.list_images(session=s, round_id=world.round_id, kind="query"):  # embedding of image i: (i, -i)
+            im.embedding, im.embedding_dim = struct.pack("<2f", float(im.id), float(-im.id)), 2
+        pairwise.create_round_pairs(session=s, experiment_id=world.experiment_id, round_id=world.round_id)
+    pairs = _pairs(world)
+    alice, bob = who(world, "alice"), who(world, "bob")
+    pairwise.submit_vote(world.factory, alice, pairs[0].id, "a")
+    pairwise.submit_vote(world.factory, alice, pairs[1].id, "b")
+    pairwise.submit_vote(world.factory, alice, pairs[2].id, "tie")
+    rated_id = world.image_ids[0]
+    ui_rate.submit(world.factory, bob, rated_id, 8)
+    ui_rate.submit(world.factory, alice, world.image_ids[1], 3)
+
+    with read_session(world.factory) as s:
+        rated = repo.ratings_snapshot(session=s, experiment_id=world.experiment_id)
+        both = pairwise.training_feedback(s, experiment_id=world.experiment_id, up_to_round_index=0, feedback="both",
+                                          rated=rated)
+        only_pairs = pairwise.training_feedback(s, experiment_id=world.experiment_id, up_to_round_index=0,
+                                                feedback="pairs", rated=rated)
+        only_scores = pairwise.training_feedback(s, experiment_id=world.experiment_id, up_to_round_index=0,
+                                                 feedback="scores", rated=rated)
+        with pytest.raises(Conflict, match="no comparisons to train on"):
+            pairwise.training_feedback(s, experiment_id=world.experiment_id, up_to_round_index=-1, feedback="pairs",
+                                       rated=rated)
+    # every pair of this round's 6 images (3 prompts x 2) involves 2 images: all 6 images are compared
+    assert both.image_ids == sorted(world.image_ids)
+    np.testing.assert_array_equal(both.embeddings, [[i, -i] for i in both.image_ids])
+    expected_scores = [8.0 if i == rated_id else 3.0 if i == world.image_ids[1] else math.nan for i in both.image_ids]
+    np.testing.assert_array_equal(both.scores, expected_scores)
+    pos = {i: k for k, i in enumerate(both.image_ids)}
+    expected_pairs = [[pos[pairs[0].image_a_id], pos[pairs[0].image_b_id], 1.0],
+                      [pos[pairs[1].image_a_id], pos[pairs[1].image_b_id], 0.0],
+                      [pos[pairs[2].image_a_id], pos[pairs[2].image_b_id], 0.5]]
+    np.testing.assert_array_equal(both.pairs, expected_pairs)
+    assert (both.n_votes, both.n_ratings) == (3, 2)
+    # pairs only: no scores at all; scores only: no pairs, only the 2 rated images
+    assert only_pairs.scores is None and only_pairs.n_votes == 3 and only_pairs.n_ratings == 0
+    assert only_scores.pairs is None and only_scores.image_ids == sorted([rated_id, world.image_ids[1]])
+    np.testing.assert_array_equal(only_scores.scores, [8.0 if i == rated_id else 3.0 for i in only_scores.image_ids])
+    # a changed vote changes the snapshot's digest (a re-run does not reuse a model trained on other votes)
+    pairwise.submit_vote(world.factory, alice, pairs[2].id, "a")
+    with read_session(world.factory) as s:
+        again = pairwise.training_feedback(s, experiment_id=world.experiment_id, up_to_round_index=0, feedback="both",
+                                           rated=rated)
+    assert again.votes_sha256 != both.votes_sha256 and again.n_votes == 3
+
+
+def test_pairs_of_prompts_of_every_size_cover_each_image_at_most_twice():
+    images = [(i, f"p{i % 5}", i) for i in range(23)]  # groups of 5, 5, 5, 4, 4
+    planned = pairwise.plan_pairs(images, salt=1)
+    assert len(planned) == 23  # cycles: one pair per image in groups of >= 3
+    seen = {}
+    for a, b in planned:
+        assert images[a][1] == images[b][1]
+        for i in (a, b):
+            seen[i] = seen.get(i, 0) + 1
+    assert set(seen.values()) == {2} and len(seen) == 23
