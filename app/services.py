@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from db import jobs as job_queue
 from db import repo
 from db.engine import write_session
 from db.errors import InvalidInput
@@ -105,7 +106,7 @@ def create_experiment(*, factory, spec: ExperimentSpec, default_model: str) -> i
                                      method=cfg.method, config=to_dict(cfg), budgets=list(cfg.budgets),
                                      prompts=list(cfg.prompts), overlap=spec.overlap)
         round0 = repo.create_round(session=s, experiment_id=exp.id)
-        repo.enqueue_job(session=s, kind="generate", experiment_id=exp.id, round_id=round0.id, payload={"round_index": 0})
+        job_queue.enqueue_job(session=s, kind="generate", experiment_id=exp.id, round_id=round0.id, payload={"round_index": 0})
         return exp.id
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from app import auth, services
 from app.auth import Who, require_admin
 from app.ui_rate import pick_experiment
+from db import jobs as job_queue
 from db import repo
 from db.engine import read_session, write_session
 from db.errors import Conflict, InvalidInput
@@ -161,7 +162,7 @@ def newest_failed_job(factory, experiment_id: int | None) -> int | None:
     if experiment_id is None:
         return None
     with read_session(factory) as s:
-        for job in repo.list_jobs(session=s, status="failed", experiment_id=int(experiment_id), limit=20):
+        for job in job_queue.list_jobs(session=s, status="failed", experiment_id=int(experiment_id), limit=20):
             round_ = repo.get_round(session=s, round_id=job.round_id) if job.round_id is not None else None
             if round_ is None or (job.kind, round_.status) in (("generate", "generating"), ("train", "training")):
                 return job.id
@@ -178,10 +179,10 @@ def retry_job(factory, who: Who, experiment_id: int | None, job_id: Any = None) 
         if wanted is None:
             raise Conflict("this experiment has no failed job waiting for a retry")
     with write_session(factory) as s:
-        job = repo.get_job(session=s, job_id=wanted)
+        job = job_queue.get_job(session=s, job_id=wanted)
         if job.experiment_id != exp_id:
             raise Conflict(f"job {wanted} belongs to another experiment; choose that experiment first")
-        job = repo.retry_job(session=s, job_id=wanted)
+        job = job_queue.retry_job(session=s, job_id=wanted)
         kind = job.kind
         _audit(s, who, "job.retry", f"job {wanted}", experiment_id=exp_id, kind=kind)
     return f"Job {wanted} ({kind}) is queued again with all its attempts; the worker picks it up next."
@@ -248,7 +249,7 @@ def jobs_table(factory, who: Who, experiment_id: int | None) -> list[list[str]]:
         return []
     with read_session(factory) as s:
         rows = []
-        for j in repo.list_jobs(session=s, experiment_id=int(experiment_id), limit=20):
+        for j in job_queue.list_jobs(session=s, experiment_id=int(experiment_id), limit=20):
             round_ = repo.get_round(session=s, round_id=j.round_id) if j.round_id is not None else None
             rows.append([str(j.id), j.kind, "–" if round_ is None else str(round_.index), j.status,
                          f"{j.attempts} of {j.max_attempts}", (j.error or "")[:200]])
@@ -353,7 +354,7 @@ def round_status_html(factory, experiment_id: int | None) -> str:
         failed = ""
         job_id = newest_failed_job(factory, exp.id)
         if job_id is not None:
-            job = repo.get_job(session=s, job_id=job_id)
+            job = job_queue.get_job(session=s, job_id=job_id)
             failed = (f"<div class='err' id='failed-job'>Job {job.id} ({job.kind}) failed after {job.attempts} attempts: "
                       f"{html.escape((job.error or 'no error recorded')[:300])}. Fix the cause, then press "
                       "<b>Retry failed job</b>.</div>")

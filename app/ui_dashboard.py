@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from app import alarms, storage, ui_images
 from app.ui_rate import pick_experiment
+from db import jobs as job_queue
 from db import repo
 from db.engine import read_session
 from db.models import Experiment, Job, utcnow
@@ -215,7 +216,7 @@ def _ago(when: datetime | None, now: datetime) -> float | None:
 
 
 def worker_html(session: Session, experiment: Experiment) -> str:
-    jobs = repo.list_jobs(session=session, experiment_id=experiment.id, limit=50)
+    jobs = job_queue.list_jobs(session=session, experiment_id=experiment.id, limit=50)
     now = utcnow()
     running = [j for j in jobs if j.status == "running"]
     queued = [j for j in jobs if j.status == "queued"]

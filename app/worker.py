@@ -48,6 +48,7 @@ from app import alarms, experiment_options, quality, selection, storage
 from app import pairwise  # issue 14 item 1: pairwise preferences
 from app.services import experiment_config, round_budget
 from app.settings import Settings
+from db import jobs as job_queue
 from db import migrate, repo
 from db import quality as db_quality
 from db.engine import make_engine, read_session, session_factory, write_session
@@ -183,7 +184,7 @@ class Heartbeat:
         while not self._stop.wait(self.interval):
             try:
                 with write_session(self.factory) as s:
-                    held = repo.heartbeat(session=s, job_id=self.job_id, worker_id=self.worker_id, lease_s=self.lease_s,
+                    held = job_queue.heartbeat(session=s, job_id=self.job_id, worker_id=self.worker_id, lease_s=self.lease_s,
                                           progress=self.progress.latest())
             except Exception:
                 # The lease keeps running; if heartbeats keep failing the job is taken over and this worker's
@@ -316,7 +317,7 @@ class Worker:
         """Claim and process one job; False when there was none. A failed job is recorded on its row (and retried)."""
         self.start()
         with write_session(self.factory) as s:
-            row = repo.claim_job(session=s, worker_id=self.worker_id, lease_s=self.lease_s, kinds=sorted(self.handlers))
+            row = job_queue.claim_job(session=s, worker_id=self.worker_id, lease_s=self.lease_s, kinds=sorted(self.handlers))
             job = None if row is None else ClaimedJob(row.id, row.kind, row.experiment_id, row.round_id, dict(row.payload or {}),
                                                       row.attempts, row.max_attempts)
         if job is None:
@@ -354,7 +355,7 @@ class Worker:
     def _fail(self, job: ClaimedJob, error: str) -> None:
         try:
             with write_session(self.factory) as s:
-                failed = repo.fail_job(session=s, job_id=job.id, worker_id=self.worker_id, error=error, retry=True)
+                failed = job_queue.fail_job(session=s, job_id=job.id, worker_id=self.worker_id, error=error, retry=True)
                 status = failed.status
         except LeaseLost as exc:
             log.warning("job %d: the failure was not recorded: %s", job.id, exc)
@@ -369,9 +370,9 @@ class Worker:
         run.heartbeat.stop()
         run.progress.set("done", 1, 1)
         with write_session(self.factory) as s:
-            repo.heartbeat(session=s, job_id=run.job.id, worker_id=self.worker_id, lease_s=self.lease_s,
+            job_queue.heartbeat(session=s, job_id=run.job.id, worker_id=self.worker_id, lease_s=self.lease_s,
                            progress=run.progress.latest())
-            repo.complete_job(session=s, job_id=run.job.id, worker_id=self.worker_id, result=finite_json(result))
+            job_queue.complete_job(session=s, job_id=run.job.id, worker_id=self.worker_id, result=finite_json(result))
             write(s)
             s.flush()
             fault_point("publish", run.job.attempts)

@@ -4,32 +4,35 @@ The caller owns the transaction (``db.engine.write_session``); these functions f
 commit. Bad input raises a ``db.errors`` exception (all ``ValueError``s) with one clear sentence,
 before anything is written.
 
-Sections: experiments, rounds, images, raters, ratings and skips, progress and snapshots,
-jobs (the worker's queue with leases), checkpoints. Add new functions to the matching section.
+Sections: experiments, rounds, images, raters, ratings and skips, progress and snapshots, checkpoints,
+exports, publishing a round, accounts. Add new functions to the matching section. The worker's job queue is
+``db.jobs``; the input checks are ``db.checks``.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from pathlib import PurePosixPath, PureWindowsPath
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, case, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from db.errors import Conflict, InvalidInput, LeaseLost, NotFound
+from db import jobs as job_queue
+from db.checks import check_choice as _choice
+from db.checks import check_int as _int
+from db.checks import check_json as _json
+from db.checks import check_lease as _lease
+from db.checks import check_name as _name
+from db.checks import check_now as _now
+from db.checks import check_relative_path as _relative_path
+from db.checks import check_sha256 as _sha256
+from db.errors import Conflict, InvalidInput, NotFound
 from db.models import (
     EXPERIMENT_STATUSES,
     EXPORT_FORMATS,
     IMAGE_KINDS,
-    JOB_KINDS,
-    JOB_STATUSES,
-    NAME_MAX,
     RATER_ROLES,
     ROUND_STATUSES,
     SCORE_MAX,
@@ -59,76 +62,6 @@ ROUND_TRANSITIONS: dict[str, tuple[str, ...]] = {
     "failed": ("generating",),
     "done": (),
 }
-
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-# ---------------------------------------------------------------------------------------------
-# validation helpers
-# ---------------------------------------------------------------------------------------------
-
-
-def _int(what: str, value: Any, *, minimum: int | None = None, maximum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInput(f"{what} must be a whole number, got {value!r}")
-    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        bounds = f"from {minimum} to {maximum}" if maximum is not None else f"at least {minimum}"
-        raise InvalidInput(f"{what} must be {bounds}, got {value}")
-    return value
-
-
-def _choice(what: str, value: Any, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise InvalidInput(f"unknown {what} {value!r}; choose from {list(choices)}")
-    return value
-
-
-def _name(what: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidInput(f"{what} must be a non-empty string, got {value!r}")
-    if value != value.strip():
-        raise InvalidInput(f"{what} {value!r} has leading or trailing spaces")
-    if len(value) > NAME_MAX:
-        raise InvalidInput(f"{what} is {len(value)} characters long; the limit is {NAME_MAX}")
-    return value
-
-
-def _json(what: str, value: Any) -> Any:
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as e:
-        raise InvalidInput(f"{what} cannot be stored as JSON: {e}") from e
-    return value
-
-
-def _sha256(what: str, value: Any) -> str:
-    if not isinstance(value, str) or not _SHA256.fullmatch(value):
-        raise InvalidInput(f"{what} must be 64 lowercase hex digits, got {value!r}")
-    return value
-
-
-def _relative_path(what: str, value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise InvalidInput(f"{what} must be a non-empty path string, got {value!r}")
-    posix = PurePosixPath(value)
-    if posix.is_absolute() or PureWindowsPath(value).is_absolute() or ".." in posix.parts or "\\" in value:
-        raise InvalidInput(f"{what} {value!r} must be a relative path inside the data dir (forward slashes, no '..')")
-    return value
-
-
-def _lease(lease_s: Any) -> timedelta:
-    if isinstance(lease_s, bool) or not isinstance(lease_s, int | float) or not math.isfinite(lease_s) or lease_s <= 0:
-        raise InvalidInput(f"lease_s must be a positive number of seconds, got {lease_s!r}")
-    return timedelta(seconds=lease_s)
-
-
-def _now(now: datetime | None) -> datetime:
-    if now is None:
-        return utcnow()
-    if now.tzinfo is None:
-        raise InvalidInput(f"now must be a timezone-aware datetime, got naive {now!r}")
-    return now
-
 
 # ---------------------------------------------------------------------------------------------
 # experiments
@@ -226,25 +159,6 @@ def set_raters_see_dashboard(*, session: Session, experiment_id: int, allowed: b
     return experiment
 
 
-def _live_job(session: Session, now: datetime, **where: Any) -> Job | None:
-    """A running job with a live lease matching ``where`` (e.g. experiment_id=, round_id=), or None."""
-    clauses = [Job.status == "running", Job.lease_expires_at >= now, *(getattr(Job, k) == v for k, v in where.items())]
-    return session.scalar(select(Job).where(*clauses).order_by(Job.id))
-
-
-def _cancel_jobs(session: Session, reason: str, **where: Any) -> int:
-    """Mark the queued jobs (and running ones whose lease expired) matching ``where`` failed with ``reason``."""
-    now = utcnow()
-    clauses = [or_(Job.status == "queued", and_(Job.status == "running", Job.lease_expires_at < now)),
-               *(getattr(Job, k) == v for k, v in where.items())]
-    result = session.execute(
-        update(Job).where(*clauses).values(status="failed", error=reason, lease_owner=None, lease_expires_at=None,
-                                           updated_at=now),
-        execution_options={"synchronize_session": False},
-    )
-    return result.rowcount
-
-
 def finish_experiment(*, session: Session, experiment_id: int, now: datetime | None = None) -> Experiment:
     """End an experiment for good: its queued jobs are cancelled, a round open for labeling or waiting for training
     is marked done, a round still waiting for its images failed. Ratings, images and adapters stay.
@@ -254,11 +168,11 @@ def finish_experiment(*, session: Session, experiment_id: int, now: datetime | N
     experiment = get_experiment(session=session, experiment_id=experiment_id)
     if experiment.status == "finished":
         return experiment
-    running = _live_job(session, now, experiment_id=experiment_id)
+    running = job_queue.live_job(session, now, experiment_id=experiment_id)
     if running is not None:
         raise Conflict(f"the worker is running job {running.id} ({running.kind}) of experiment {experiment.name!r}; "
                        "finish the experiment when that job is done")
-    _cancel_jobs(session, f"cancelled: experiment {experiment.name!r} was finished", experiment_id=experiment_id)
+    job_queue.cancel_jobs(session, f"cancelled: experiment {experiment.name!r} was finished", experiment_id=experiment_id)
     for round_ in list_rounds(session=session, experiment_id=experiment_id):
         if round_.status in ("labeling", "training"):
             round_.status = "done"
@@ -404,7 +318,7 @@ def close_round(*, session: Session, experiment_id: int, expected_index: int | N
     watermark = latest_rating_id(session=session, experiment_id=experiment_id)
     set_round_status(session=session, round_id=round_.id, status="training")
     session.execute(delete(ImageLease).where(ImageLease.image_id.in_(select(Image.id).where(Image.round_id == round_.id))))
-    return enqueue_job(session=session, kind="train", experiment_id=experiment_id, round_id=round_.id,
+    return job_queue.enqueue_job(session=session, kind="train", experiment_id=experiment_id, round_id=round_.id,
                        payload={"round_index": round_.index, "watermark": watermark})
 
 
@@ -422,11 +336,11 @@ def reopen_round(*, session: Session, round_id: int, now: datetime | None = None
         return round_
     if round_.status != "training":
         raise Conflict(f"round {round_.index} is {round_.status!r}; only a round closed for training can be reopened")
-    running = _live_job(session, now, round_id=round_.id)
+    running = job_queue.live_job(session, now, round_id=round_.id)
     if running is not None:
         raise Conflict(f"the worker is training on round {round_.index} now (job {running.id}); wait until it finishes "
                        "or fails")
-    _cancel_jobs(session, f"cancelled: round {round_.index} was reopened for labeling", round_id=round_.id, kind="train")
+    job_queue.cancel_jobs(session, f"cancelled: round {round_.index} was reopened for labeling", round_id=round_.id, kind="train")
     return set_round_status(session=session, round_id=round_.id, status="labeling")
 
 
@@ -1060,238 +974,6 @@ def round_rating_stats(*, session: Session, experiment_id: int, kind: str | None
 
 
 # ---------------------------------------------------------------------------------------------
-# jobs: a queue with leases
-#
-# A worker claims a job for lease_s seconds and extends the lease with heartbeats while it works
-# (outside any transaction). If it dies, the lease runs out and another worker reclaims the job
-# (attempts + 1); after max_attempts the job fails. A worker whose job was reclaimed cannot
-# complete or fail it (LeaseLost), so its late result is rolled back with its transaction.
-# ---------------------------------------------------------------------------------------------
-
-
-def enqueue_job(
-    *,
-    session: Session,
-    kind: str,
-    experiment_id: int | None = None,
-    round_id: int | None = None,
-    payload: dict[str, Any] | None = None,
-    max_attempts: int = 3,
-) -> Job:
-    _choice("job kind", kind, JOB_KINDS)
-    _int("max_attempts", max_attempts, minimum=1)
-    payload = {} if payload is None else payload
-    if not isinstance(payload, dict):
-        raise InvalidInput(f"payload must be a dict, got {type(payload).__name__}")
-    _json("payload", payload)
-    if experiment_id is not None:
-        get_experiment(session=session, experiment_id=experiment_id)
-    if round_id is not None:
-        get_round(session=session, round_id=round_id)
-    job = Job(
-        kind=kind,
-        experiment_id=experiment_id,
-        round_id=round_id,
-        status="queued",
-        payload=payload,
-        attempts=0,
-        max_attempts=max_attempts,
-    )
-    session.add(job)
-    session.flush()
-    return job
-
-
-def get_job(*, session: Session, job_id: int) -> Job:
-    job = session.get(Job, job_id)
-    if job is None:
-        raise NotFound(f"there is no job with id {job_id}")
-    return job
-
-
-def list_jobs(*, session: Session, status: str | None = None, experiment_id: int | None = None, limit: int = 100) -> list[Job]:
-    """Jobs, newest first."""
-    stmt = select(Job).order_by(Job.id.desc()).limit(_int("limit", limit, minimum=1))
-    if status is not None:
-        stmt = stmt.where(Job.status == _choice("job status", status, JOB_STATUSES))
-    if experiment_id is not None:
-        stmt = stmt.where(Job.experiment_id == experiment_id)
-    return list(session.scalars(stmt))
-
-
-def claim_job(
-    *,
-    session: Session,
-    worker_id: str,
-    lease_s: float,
-    kinds: Iterable[str] | None = None,
-    now: datetime | None = None,
-) -> Job | None:
-    """Atomically take the oldest claimable job for ``worker_id``, or None if there is none.
-
-    Claimable: queued, or running with an expired lease (its worker stopped heartbeating), and not of a paused
-    experiment (its jobs wait until it is resumed; a job already running when it was paused finishes).
-    One ``UPDATE ... WHERE id = (SELECT ... LIMIT 1) RETURNING``: on SQLite the write lock taken
-    by BEGIN IMMEDIATE serializes claims; on PostgreSQL ``FOR UPDATE SKIP LOCKED`` in the
-    subquery, and the claimability test repeated on the updated row, keep two workers apart.
-    Expired jobs that have used all their attempts are marked failed first.
-    """
-    _name("worker_id", worker_id)
-    lease = _lease(lease_s)
-    now = _now(now)
-    kinds = None if kinds is None else [_choice("job kind", k, JOB_KINDS) for k in kinds]
-    expired = and_(Job.status == "running", Job.lease_expires_at < now)
-    session.execute(
-        update(Job)
-        .where(expired, Job.attempts >= Job.max_attempts)
-        .values(
-            status="failed",
-            lease_expires_at=None,
-            updated_at=now,
-            error="the lease expired on the last allowed attempt (the worker stopped sending heartbeats)",
-        ),
-        execution_options={"synchronize_session": False},
-    )
-    paused = select(Experiment.id).where(Experiment.status == "paused")
-    claimable = and_(
-        or_(Job.status == "queued", expired),
-        Job.attempts < Job.max_attempts,
-        or_(Job.experiment_id.is_(None), Job.experiment_id.not_in(paused)),  # a paused experiment's jobs wait
-    )
-    if kinds is not None:
-        claimable = and_(claimable, Job.kind.in_(kinds))
-    oldest = select(Job.id).where(claimable).order_by(Job.id).limit(1).with_for_update(skip_locked=True).scalar_subquery()
-    stmt = (
-        update(Job)
-        .where(Job.id == oldest, claimable)
-        .values(
-            status="running",
-            lease_owner=worker_id,
-            lease_expires_at=now + lease,
-            heartbeat_at=now,
-            attempts=Job.attempts + 1,
-            updated_at=now,
-        )
-        .returning(Job)
-    )
-    return session.scalars(stmt, execution_options={"synchronize_session": False, "populate_existing": True}).one_or_none()
-
-
-def heartbeat(
-    *,
-    session: Session,
-    job_id: int,
-    worker_id: str,
-    lease_s: float,
-    progress: dict[str, Any] | None = None,
-    now: datetime | None = None,
-) -> bool:
-    """Extend the lease (and record ``progress``: phase, step, total, eta_s) if ``worker_id`` still owns the job.
-
-    Returns False when it does not (the job was reclaimed, finished or failed): stop working on it.
-    """
-    lease = _lease(lease_s)
-    now = _now(now)
-    values: dict[str, Any] = {"lease_expires_at": now + lease, "heartbeat_at": now, "updated_at": now}
-    if progress is not None:
-        if not isinstance(progress, dict):
-            raise InvalidInput(f"progress must be a dict (phase, step, total, eta_s), got {type(progress).__name__}")
-        values["progress"] = _json("progress", progress)
-    result = session.execute(
-        update(Job).where(Job.id == job_id, Job.lease_owner == worker_id, Job.status == "running").values(**values),
-        execution_options={"synchronize_session": False},
-    )
-    return result.rowcount == 1
-
-
-def _owned_running_job(session: Session, job_id: int, worker_id: str) -> Job:
-    job = session.scalars(
-        select(Job).where(Job.id == job_id).with_for_update(), execution_options={"populate_existing": True}
-    ).one_or_none()
-    if job is None:
-        raise NotFound(f"there is no job with id {job_id}")
-    if job.status != "running" or job.lease_owner != worker_id:
-        raise LeaseLost(
-            f"worker {worker_id!r} no longer holds job {job_id} (it is {job.status!r}, held by {job.lease_owner!r}); "
-            "its lease expired and the job was reclaimed"
-        )
-    return job
-
-
-def complete_job(*, session: Session, job_id: int, worker_id: str, result: dict[str, Any] | None = None) -> Job:
-    """Mark a running job done. Raises LeaseLost if ``worker_id`` no longer owns it."""
-    if result is not None:
-        if not isinstance(result, dict):
-            raise InvalidInput(f"result must be a dict, got {type(result).__name__}")
-        _json("result", result)
-    job = _owned_running_job(session, job_id, worker_id)
-    job.status = "done"
-    job.result = result
-    job.lease_expires_at = None
-    session.flush()
-    return job
-
-
-def fail_job(*, session: Session, job_id: int, worker_id: str, error: str, retry: bool = False) -> Job:
-    """Record an error. With ``retry`` and attempts left the job is queued again, else it fails.
-
-    Raises LeaseLost if ``worker_id`` no longer owns it.
-    """
-    if not isinstance(error, str) or not error.strip():
-        raise InvalidInput(f"error must be a non-empty message, got {error!r}")
-    job = _owned_running_job(session, job_id, worker_id)
-    job.error = error
-    job.lease_expires_at = None
-    if retry and job.attempts < job.max_attempts:
-        job.status = "queued"
-        job.lease_owner = None
-    else:
-        job.status = "failed"
-    session.flush()
-    return job
-
-
-# the round status each job kind works on: retrying a job whose round has moved on would do nothing useful
-_JOB_ROUND_STATUS = {"generate": "generating", "train": "training"}
-
-
-def retry_job(*, session: Session, job_id: int) -> Job:
-    """Queue a failed job again with all its attempts (an admin's retry after fixing the cause).
-
-    Refused unless the job failed, its experiment is not finished, its round still waits for it (a generate job's
-    round is 'generating', a train job's 'training') and no other job of that kind is waiting or running for it."""
-    job = session.scalars(
-        select(Job).where(Job.id == _int("job id", job_id)).with_for_update(), execution_options={"populate_existing": True}
-    ).one_or_none()
-    if job is None:
-        raise NotFound(f"there is no job with id {job_id}")
-    if job.status != "failed":
-        raise Conflict(f"job {job_id} is {job.status!r}; only a failed job can be retried")
-    if job.experiment_id is not None:
-        experiment = get_experiment(session=session, experiment_id=job.experiment_id)
-        if experiment.status == "finished":
-            raise Conflict(f"experiment {experiment.name!r} is finished; its jobs cannot be retried")
-    if job.round_id is not None:
-        round_ = get_round(session=session, round_id=job.round_id)
-        wanted = _JOB_ROUND_STATUS.get(job.kind)
-        if wanted is not None and round_.status != wanted:
-            raise Conflict(f"round {round_.index} is {round_.status!r} now, so {job.kind} job {job_id} has nothing left to do")
-        other = session.scalar(select(Job.id).where(Job.round_id == job.round_id, Job.kind == job.kind, Job.id != job.id,
-                                                    Job.status.in_(("queued", "running"))))
-        if other is not None:
-            raise Conflict(f"job {other} already does the {job.kind} work of round {round_.index}; job {job_id} was not retried")
-    job.status = "queued"
-    job.attempts = 0
-    job.lease_owner = None
-    job.lease_expires_at = None
-    job.heartbeat_at = None
-    job.progress = None
-    job.updated_at = utcnow()
-    session.flush()
-    return job
-
-
-# ---------------------------------------------------------------------------------------------
 # checkpoints
 # ---------------------------------------------------------------------------------------------
 
@@ -1392,7 +1074,7 @@ def publish_round(
     round_.published_at = utcnow()
     add_checkpoint(session=session, round_id=round_.id, path=adapter_path, manifest_sha256=manifest_sha256)
     set_round_status(session=session, round_id=previous.id, status="done")
-    enqueue_job(session=session, kind="generate", experiment_id=experiment_id, round_id=round_.id,
+    job_queue.enqueue_job(session=session, kind="generate", experiment_id=experiment_id, round_id=round_.id,
                 payload={"round_index": index})
     session.flush()
     return round_, True

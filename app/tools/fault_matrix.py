@@ -63,6 +63,7 @@ from app.tools.harness import (
     rate_and_close,
     wait_for,
 )
+from db import jobs as job_queue
 from db import repo
 from db.engine import read_session
 from db.models import Checkpoint, Image, Job, Rating, Round, utcnow
@@ -497,7 +498,7 @@ def run_disk_full(root: Path, model_dir: Path, trials: int, *, db_template: Path
                     assert "No space left on device" in error or "Errno 28" in error, f"expected ENOSPC, got {error!r}"
                     result.errors_seen.append(error[:200])
                     with read_session(lab.factory) as s:
-                        (job,) = [j for j in repo.list_jobs(session=s, experiment_id=eid) if j.status != "done"]
+                        (job,) = [j for j in job_queue.list_jobs(session=s, experiment_id=eid) if j.status != "done"]
                         assert job.kind == "train" and job.status == "queued" and job.attempts == 1 and job.error == error
                         assert [r.index for r in repo.list_rounds(session=s, experiment_id=eid)] == [0, 1]
                         assert repo.get_round_by_index(session=s, experiment_id=eid, index=1).status == "training"

@@ -32,7 +32,7 @@ from typing import Any
 
 from app import auth
 from app.tools import harness
-from db import repo
+from db import jobs as job_queue
 from db.engine import read_session
 from db.models import Image, Job, Rating
 
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             results["worker_busy_fraction"] = round(trainer.busy_fraction(t0, t1), 2)
             results["worker_phases_sampled"] = trainer.phases(t0, t1)
             with read_session(lab.factory) as s:
-                results["worker_jobs_done_during_run"] = sum(1 for j in repo.list_jobs(session=s, experiment_id=eid, limit=1000)
+                results["worker_jobs_done_during_run"] = sum(1 for j in job_queue.list_jobs(session=s, experiment_id=eid, limit=1000)
                                                              if j.status == "done")
         if args.profile:
             results["profile"] = profile_handler(lab)

@@ -30,6 +30,7 @@ from pathlib import Path
 from app import services, storage, ui_rate
 from app.auth import Who
 from app.settings import Settings
+from db import jobs as job_queue
 from db import migrate, repo
 from db import testing as dbt
 from db.engine import make_engine, read_session, session_factory, write_session
@@ -87,7 +88,7 @@ def _race_trial(factory, data_dir: Path, t: int, pause_s: float) -> str:
     th.join(30)
     closer.join(30)
     with read_session(factory) as s:
-        watermark = repo.get_job(session=s, job_id=out["job"]).payload["watermark"]
+        watermark = job_queue.get_job(session=s, job_id=out["job"]).payload["watermark"]
         stored = repo.find_rating(session=s, image_id=second, rater_id=b)
         stored_id = None if stored is None else stored.id
     if out.get("refused") or stored_id is None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from app import ui
+from db import jobs as job_queue
 from db import repo
 from db.engine import read_session, write_session
 
@@ -60,9 +61,9 @@ def history(world) -> int:
     with write_session(world.factory) as s:
         # raters see the dashboard only where the experiment allows it (alice rates, then looks at it)
         repo.set_raters_see_dashboard(session=s, experiment_id=world.experiment_id, allowed=True)
-        job = repo.enqueue_job(session=s, kind="eval", experiment_id=world.experiment_id, round_id=round_id)
-        repo.claim_job(session=s, worker_id="worker-1", lease_s=600)
-        repo.heartbeat(session=s, job_id=job.id, worker_id="worker-1", lease_s=600,
+        job = job_queue.enqueue_job(session=s, kind="eval", experiment_id=world.experiment_id, round_id=round_id)
+        job_queue.claim_job(session=s, worker_id="worker-1", lease_s=600)
+        job_queue.heartbeat(session=s, job_id=job.id, worker_id="worker-1", lease_s=600,
                        progress={"phase": "sample_eval", "step": 12, "total": 32, "eta_s": 40})
     return round_id
 

@@ -19,6 +19,7 @@ import pytest
 
 from app import auth, ui
 from app.ui import AppServices
+from db import jobs as job_queue
 from db import repo
 from db.engine import read_session, write_session
 
@@ -42,7 +43,7 @@ def free_port() -> int:
 def round0(world, experiment_id):
     with read_session(world.factory) as s:
         r = repo.get_round_by_index(session=s, experiment_id=experiment_id, index=0)
-        jobs = [(j.id, j.kind, j.status, j.attempts) for j in repo.list_jobs(session=s, experiment_id=experiment_id)]
+        jobs = [(j.id, j.kind, j.status, j.attempts) for j in job_queue.list_jobs(session=s, experiment_id=experiment_id)]
         return r.status, jobs
 
 

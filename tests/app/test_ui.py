@@ -11,6 +11,7 @@ from sqlalchemy import make_url
 
 from app import auth, ui, ui_admin, ui_dashboard, ui_rate
 from app.auth import AuthError
+from db import jobs as job_queue
 from db import repo
 from db.engine import read_session, write_session
 from db.errors import Conflict, InvalidInput, NotFound
@@ -341,7 +342,7 @@ def test_admin_creates_closes_pauses(ui_world, tmp_path):
         exp = repo.get_experiment_by_name(session=s, name="second")
         assert (exp.method, exp.budgets, exp.prompts, exp.overlap, exp.model_spec) == ("ucb", [8, 16], ["a circle", "a square"], 2, str(model))
         assert exp.config["finetune"]["kl_weight"] == 0.05 and exp.config["optimism"]["aggregation"] == "max"
-        assert [j.kind for j in repo.list_jobs(session=s, experiment_id=exp.id)] == ["generate"]
+        assert [j.kind for j in job_queue.list_jobs(session=s, experiment_id=exp.id)] == ["generate"]
     for bad, match in ((dict(name=" "), "name"), (dict(name="b", budgets="8, x"), "budgets"),
                        (dict(name="c", method="magic"), "unknown method"), (dict(name="second"), "already exists"),
                        (dict(name="d", overlap=0), "overlap")):
@@ -380,9 +381,9 @@ def test_dashboard_table_plot_grid_and_worker(ui_world):
     with write_session(ui_world.factory) as s:
         repo.update_round_metrics(session=s, round_id=ui_world.round_id, metrics={
             "eval": {"pred_reward": 5.5, "head_spread": 0.25, "kl_to_prev": 0.0123}, "train": {"labels": 3}})
-        job = repo.enqueue_job(session=s, kind="train", experiment_id=ui_world.experiment_id, round_id=ui_world.round_id)
-        repo.claim_job(session=s, worker_id="w1", lease_s=60)
-        repo.heartbeat(session=s, job_id=job.id, worker_id="w1", lease_s=60,
+        job = job_queue.enqueue_job(session=s, kind="train", experiment_id=ui_world.experiment_id, round_id=ui_world.round_id)
+        job_queue.claim_job(session=s, worker_id="w1", lease_s=60)
+        job_queue.heartbeat(session=s, job_id=job.id, worker_id="w1", lease_s=60,
                        progress={"phase": "finetune", "step": 3, "total": 12, "eta_s": 95})
     d = ui_dashboard.load(ui_world.factory, None)
     assert d.table == [["0", "labeling", "6", "3", "3", "6", "6.00", "5.50", "0.250", "0.0123", "3"]]

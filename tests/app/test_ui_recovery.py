@@ -14,6 +14,7 @@ import pytest
 
 from app import auth, services, ui, ui_admin, ui_dashboard, ui_export, ui_rate
 from app.auth import AuthError
+from db import jobs as job_queue
 from db import repo
 from db.engine import read_session, write_session
 from db.errors import Conflict, InvalidInput
@@ -57,7 +58,7 @@ def test_closing_a_round_is_asked_first_and_checked_against_the_answer(ui_world)
     assert "Round 0 closed" in ui_admin.close_round(ui_world.factory, root, ui_world.experiment_id, expected_index=0)
     assert "Round 0 is open for labeling again" in ui_admin.reopen_round(ui_world.factory, root, ui_world.experiment_id)
     with read_session(ui_world.factory) as s:
-        (job,) = repo.list_jobs(session=s, experiment_id=ui_world.experiment_id)
+        (job,) = job_queue.list_jobs(session=s, experiment_id=ui_world.experiment_id)
         assert job.status == "failed" and "reopened" in job.error
     assert audit_actions(ui_world) == ["round.close", "round.reopen"]
     with read_session(ui_world.factory) as s:
@@ -69,12 +70,12 @@ def test_a_failed_job_is_retried_from_the_admin_tab(ui_world):
     root = who(ui_world, "root")
     with write_session(ui_world.factory) as s:
         round1 = repo.create_round(session=s, experiment_id=ui_world.experiment_id, index=None, adapter_path="adapters/r1")
-        job_id = repo.enqueue_job(session=s, kind="generate", experiment_id=ui_world.experiment_id, round_id=round1.id,
+        job_id = job_queue.enqueue_job(session=s, kind="generate", experiment_id=ui_world.experiment_id, round_id=round1.id,
                                   payload={"round_index": 1}).id
     for _ in range(3):
         with write_session(ui_world.factory) as s:
-            repo.claim_job(session=s, worker_id="w", lease_s=30)
-            repo.fail_job(session=s, job_id=job_id, worker_id="w", error="ModelLoadError: gone", retry=True)
+            job_queue.claim_job(session=s, worker_id="w", lease_s=30)
+            job_queue.fail_job(session=s, job_id=job_id, worker_id="w", error="ModelLoadError: gone", retry=True)
     assert ui_admin.newest_failed_job(ui_world.factory, ui_world.experiment_id) == job_id
     assert f"Job {job_id} (generate) failed after 3 attempts" in ui_admin.round_status_html(ui_world.factory, ui_world.experiment_id)
     assert any(row[0] == str(job_id) and row[3] == "failed" for row in ui_admin.jobs_table(ui_world.factory, root,
@@ -85,7 +86,7 @@ def test_a_failed_job_is_retried_from_the_admin_tab(ui_world):
         ui_admin.retry_job(ui_world.factory, root, ui_world.experiment_id, "../1")
     assert f"Job {job_id} (generate) is queued again" in ui_admin.retry_job(ui_world.factory, root, ui_world.experiment_id)
     with read_session(ui_world.factory) as s:
-        job = repo.get_job(session=s, job_id=job_id)
+        job = job_queue.get_job(session=s, job_id=job_id)
         assert (job.status, job.attempts) == ("queued", 0)
     with pytest.raises(Conflict, match="no failed job"):
         ui_admin.retry_job(ui_world.factory, root, ui_world.experiment_id)
@@ -120,7 +121,7 @@ def test_a_mistyped_model_is_refused_at_creation_and_nothing_is_written(ui_world
                                    default_model="unused")
     with read_session(ui_world.factory) as s:
         assert [e.name for e in repo.list_experiments(session=s)] == ["ui-exp"]
-        assert repo.list_jobs(session=s, status="queued") == []
+        assert job_queue.list_jobs(session=s, status="queued") == []
     (no_index / "model_index.json").write_text("{}")  # the name is still free
     assert "Created experiment 'typo'" in ui_admin.create_experiment(
         ui_world.factory, root, ui_admin.ExperimentForm(name="typo", model=str(no_index)), default_model="unused")

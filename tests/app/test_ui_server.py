@@ -16,6 +16,7 @@ from gradio_client import Client
 
 from app import cli_demo, ui
 from app.__main__ import main as app_main
+from db import jobs as job_queue
 from db import repo
 from db.engine import make_engine, read_session, session_factory
 
@@ -136,7 +137,7 @@ def test_demo_starts_worker_and_ui_and_stops_both_on_sigterm(tmp_path, monkeypat
     try:
         with read_session(session_factory(engine)) as s:
             exp = repo.get_experiment_by_name(session=s, name="demo")
-            assert [j.kind for j in repo.list_jobs(session=s, experiment_id=exp.id)] == ["generate"]
+            assert [j.kind for j in job_queue.list_jobs(session=s, experiment_id=exp.id)] == ["generate"]
     finally:
         engine.dispose()
     with pytest.raises(httpx.HTTPError):

@@ -15,6 +15,7 @@ import pytest
 
 from app import services, storage
 from app.settings import Settings
+from db import jobs as job_queue
 from db import repo
 from db.engine import read_session, write_session
 from db.errors import Conflict, LeaseLost, SchemaOutOfDate
@@ -32,7 +33,7 @@ def _detached(session, value):
 
 def _jobs(world, experiment_id, kind=None):
     with read_session(world.factory) as s:
-        jobs = repo.list_jobs(session=s, experiment_id=experiment_id)
+        jobs = job_queue.list_jobs(session=s, experiment_id=experiment_id)
         return _detached(s, [j for j in jobs if kind is None or j.kind == kind])
 
 
@@ -182,7 +183,7 @@ def test_a_requeued_generate_job_reuses_the_existing_images(worker_world):
     before = {(im.kind, im.prompt, im.seed, im.sha256) for im in _images(world, round0.id, None)}
     files_before = sorted(p for p in (world.settings.data_dir / "images").rglob("*.png"))
     with write_session(world.factory) as s:  # an operator queues the round's generation again
-        repo.enqueue_job(session=s, kind="generate", experiment_id=eid, round_id=round0.id, payload={"round_index": 0})
+        job_queue.enqueue_job(session=s, kind="generate", experiment_id=eid, round_id=round0.id, payload={"round_index": 0})
     assert worker.run_once() and worker.last_error is None
     after = {(im.kind, im.prompt, im.seed, im.sha256) for im in _images(world, round0.id, None)}
     assert after == before  # same rows, same pixels (deterministic seeds), nothing duplicated
@@ -211,13 +212,13 @@ def test_heartbeats_write_progress_while_the_model_works(worker_world, monkeypat
     world = worker_world
     eid = world.create_experiment("progress")
     written = []
-    real = repo.heartbeat
+    real = job_queue.heartbeat
 
     def recording(**kwargs):
         written.append(kwargs.get("progress"))
         return real(**kwargs)
 
-    monkeypatch.setattr(repo, "heartbeat", recording)
+    monkeypatch.setattr(job_queue, "heartbeat", recording)
     worker = world.worker(lease_s=0.45)  # a heartbeat every 0.15 s
     assert worker.run_once() and worker.last_error is None
     world.rate_open_round(eid, world.raters(1), lambda image_id, rater_id: 1 + image_id % 10)
@@ -248,7 +249,7 @@ def test_a_stale_worker_cannot_publish(worker_world, monkeypatch):
     def train_then_lose_the_lease(*args, **kwargs):
         outcome = real_train_round(*args, **kwargs)
         with write_session(world.factory) as s:  # B claims the job once A's lease has run out (an hour from now)
-            taken = repo.claim_job(session=s, worker_id="worker-B", lease_s=5, now=utcnow() + timedelta(hours=1))
+            taken = job_queue.claim_job(session=s, worker_id="worker-B", lease_s=5, now=utcnow() + timedelta(hours=1))
             assert taken is not None and taken.id == job_id
         return outcome
 
@@ -256,17 +257,17 @@ def test_a_stale_worker_cannot_publish(worker_world, monkeypatch):
     assert a.run_once() is True
     assert "no longer holds" in a.last_error
     with read_session(world.factory) as s:
-        job = repo.get_job(session=s, job_id=job_id)
+        job = job_queue.get_job(session=s, job_id=job_id)
         assert job.status == "running" and job.lease_owner == "worker-B"
         assert [r.index for r in repo.list_rounds(session=s, experiment_id=eid)] == [0]  # A published nothing
         assert repo.get_round_by_index(session=s, experiment_id=eid, index=0).status == "training"
     with write_session(world.factory) as s:  # B stops heartbeating too (its lease is in the past); C takes over
-        assert repo.heartbeat(session=s, job_id=job_id, worker_id="worker-B", lease_s=1, now=utcnow() - timedelta(hours=2))
+        assert job_queue.heartbeat(session=s, job_id=job_id, worker_id="worker-B", lease_s=1, now=utcnow() - timedelta(hours=2))
     monkeypatch.setattr(worker_module, "train_round", real_train_round)
     c = world.worker("worker-C")
     assert c.run_once() and c.last_error is None
     with read_session(world.factory) as s:
-        job = repo.get_job(session=s, job_id=job_id)
+        job = job_queue.get_job(session=s, job_id=job_id)
         assert job.status == "done" and job.lease_owner == "worker-C"
         round1 = repo.get_round_by_index(session=s, experiment_id=eid, index=1)
         assert len(repo.list_checkpoints(session=s, round_id=round1.id)) == 1
@@ -295,7 +296,7 @@ def test_publish_round_happens_once_and_only_from_training(worker_world):
         assert not created and again.id == first.id
         assert round0.status == "done"
         assert len(repo.list_checkpoints(session=s, round_id=first.id)) == 1
-        assert [(j.kind, j.round_id) for j in repo.list_jobs(session=s, experiment_id=exp.id)] == [("generate", first.id)]
+        assert [(j.kind, j.round_id) for j in job_queue.list_jobs(session=s, experiment_id=exp.id)] == [("generate", first.id)]
 
 
 def test_a_worker_that_lost_its_lease_stops_at_the_next_progress_report():

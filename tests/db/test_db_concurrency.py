@@ -6,6 +6,7 @@ import traceback
 
 from sqlalchemy import func, select
 
+from db import jobs as job_queue
 from db import repo
 from db.engine import make_engine, read_session, session_factory, write_session
 from db.models import Rating
@@ -36,12 +37,12 @@ def _run_jobs(url, experiment_id, start, report):
     for i in range(40):
         try:
             with write_session(factory) as s:
-                repo.enqueue_job(session=s, kind="generate", experiment_id=experiment_id)
+                job_queue.enqueue_job(session=s, kind="generate", experiment_id=experiment_id)
             with write_session(factory) as s:
-                job = repo.claim_job(session=s, worker_id="worker", lease_s=30)
+                job = job_queue.claim_job(session=s, worker_id="worker", lease_s=30)
             for step in range(3):
                 with write_session(factory) as s:
-                    assert repo.heartbeat(
+                    assert job_queue.heartbeat(
                         session=s,
                         job_id=job.id,
                         worker_id="worker",
@@ -49,7 +50,7 @@ def _run_jobs(url, experiment_id, start, report):
                         progress={"phase": "sample", "step": step, "total": 3, "eta_s": 1.0},
                     )
             with write_session(factory) as s:
-                repo.complete_job(session=s, job_id=job.id, worker_id="worker", result={"i": i})
+                job_queue.complete_job(session=s, job_id=job.id, worker_id="worker", result={"i": i})
         except Exception:
             errors.append(traceback.format_exc())
     report.put(("jobs", len(errors), errors[:3], began, time.monotonic()))
@@ -77,7 +78,7 @@ def test_ratings_and_job_writes_from_two_processes(db_factory, db_url, make_worl
     assert jobs_began < ratings_ended and ratings_began < jobs_ended, "the two writers did not overlap in time"
     with read_session(db_factory) as s:
         assert s.scalar(select(func.count(Rating.id))) == N_RATINGS
-        assert len(repo.list_jobs(session=s, status="done")) == 40
+        assert len(job_queue.list_jobs(session=s, status="done")) == 40
 
 
 def test_two_raters_racing_for_the_last_rating_an_image_needs_leave_one_rating(db_factory, make_world):

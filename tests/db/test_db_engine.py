@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from sqlalchemy import select, text
 
+from db import jobs as job_queue
 from db import repo
 from db.engine import make_engine, read_session, session_factory, write_session
 from db.models import Experiment
@@ -76,13 +77,13 @@ def test_datetimes_come_back_as_aware_utc(db_factory, make_world):
     world = make_world()
     later = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=timezone(timedelta(hours=2)))
     with write_session(db_factory) as s:
-        job = repo.enqueue_job(session=s, kind="generate", experiment_id=world.experiment_id)
-        repo.claim_job(session=s, worker_id="w", lease_s=60, now=later)
+        job = job_queue.enqueue_job(session=s, kind="generate", experiment_id=world.experiment_id)
+        job_queue.claim_job(session=s, worker_id="w", lease_s=60, now=later)
     with read_session(db_factory) as s:
         exp = repo.get_experiment(session=s, experiment_id=world.experiment_id)
         assert exp.created_at.tzinfo == UTC
         assert abs(datetime.now(UTC) - exp.created_at) < timedelta(minutes=5)
-        stored = repo.get_job(session=s, job_id=job.id)
+        stored = job_queue.get_job(session=s, job_id=job.id)
         assert stored.heartbeat_at == later and stored.heartbeat_at.tzinfo == UTC
         assert stored.lease_expires_at == later + timedelta(seconds=60)
 
@@ -99,14 +100,14 @@ def test_concurrent_claims_in_threads_never_share_a_job(db_factory, make_world):
     world = make_world()
     with write_session(db_factory) as s:
         for _ in range(12):
-            repo.enqueue_job(session=s, kind="generate", experiment_id=world.experiment_id)
+            job_queue.enqueue_job(session=s, kind="generate", experiment_id=world.experiment_id)
     claimed: list[int] = []
     lock = threading.Lock()
 
     def worker(name):
         while True:
             with write_session(db_factory) as s:
-                job = repo.claim_job(session=s, worker_id=name, lease_s=60)
+                job = job_queue.claim_job(session=s, worker_id=name, lease_s=60)
             if job is None:
                 return
             with lock:

@@ -3,6 +3,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from db import jobs as job_queue
 from db import repo
 from db.engine import read_session, write_session
 from db.errors import InvalidInput, LeaseLost
@@ -12,12 +13,12 @@ T0 = datetime(2030, 1, 1, tzinfo=UTC)
 
 def _enqueue(factory, experiment_id, n=1, **kwargs):
     with write_session(factory) as s:
-        return [repo.enqueue_job(session=s, kind="train", experiment_id=experiment_id, **kwargs).id for _ in range(n)]
+        return [job_queue.enqueue_job(session=s, kind="train", experiment_id=experiment_id, **kwargs).id for _ in range(n)]
 
 
 def _claim(factory, worker, now, lease_s=10, kinds=None):
     with write_session(factory) as s:
-        job = repo.claim_job(session=s, worker_id=worker, lease_s=lease_s, now=now, kinds=kinds)
+        job = job_queue.claim_job(session=s, worker_id=worker, lease_s=lease_s, now=now, kinds=kinds)
         return None if job is None else (job.id, job.attempts, job.status, job.lease_owner)
 
 
@@ -25,15 +26,15 @@ def test_claim_takes_the_oldest_queued_job_of_the_wanted_kinds(db_factory, make_
     world = make_world()
     (train_id,) = _enqueue(db_factory, world.experiment_id)
     with write_session(db_factory) as s:
-        gen_id = repo.enqueue_job(session=s, kind="generate", round_id=world.round_id, payload={"n": 8}).id
+        gen_id = job_queue.enqueue_job(session=s, kind="generate", round_id=world.round_id, payload={"n": 8}).id
     assert _claim(db_factory, "w1", T0, kinds=["generate"]) == (gen_id, 1, "running", "w1")
     assert _claim(db_factory, "w1", T0, kinds=["generate"]) is None
     assert _claim(db_factory, "w2", T0) == (train_id, 1, "running", "w2")
     assert _claim(db_factory, "w3", T0) is None
     with pytest.raises(InvalidInput, match="unknown job kind 'cook'"), write_session(db_factory) as s:
-        repo.claim_job(session=s, worker_id="w", lease_s=10, kinds=["cook"])
+        job_queue.claim_job(session=s, worker_id="w", lease_s=10, kinds=["cook"])
     with pytest.raises(InvalidInput, match="lease_s must be a positive number of seconds"), write_session(db_factory) as s:
-        repo.claim_job(session=s, worker_id="w", lease_s=0)
+        job_queue.claim_job(session=s, worker_id="w", lease_s=0)
 
 
 def test_a_paused_experiments_jobs_wait_until_it_is_resumed(db_factory, make_world):
@@ -58,7 +59,7 @@ def test_two_concurrent_claims_cannot_get_the_same_job(db_factory, make_world):
 
     def first():
         with write_session(db_factory) as s:
-            results["first"] = repo.claim_job(session=s, worker_id="a", lease_s=60).id
+            results["first"] = job_queue.claim_job(session=s, worker_id="a", lease_s=60).id
             first_claimed.set()
             threading.Event().wait(0.3)  # hold the transaction open while the second claim runs
 
@@ -66,7 +67,7 @@ def test_two_concurrent_claims_cannot_get_the_same_job(db_factory, make_world):
     thread.start()
     assert first_claimed.wait(30)
     with write_session(db_factory) as s:
-        results["second"] = repo.claim_job(session=s, worker_id="b", lease_s=60)
+        results["second"] = job_queue.claim_job(session=s, worker_id="b", lease_s=60)
     thread.join(30)
     assert results == {"first": job_id, "second": None}
 
@@ -76,7 +77,7 @@ def test_an_expired_lease_is_reclaimed_and_the_stale_worker_cannot_finish(db_fac
     (job_id,) = _enqueue(db_factory, world.experiment_id)
     assert _claim(db_factory, "old", T0, lease_s=10) == (job_id, 1, "running", "old")
     with write_session(db_factory) as s:  # heartbeats extend the lease
-        assert repo.heartbeat(
+        assert job_queue.heartbeat(
             session=s,
             job_id=job_id,
             worker_id="old",
@@ -87,21 +88,21 @@ def test_an_expired_lease_is_reclaimed_and_the_stale_worker_cannot_finish(db_fac
     assert _claim(db_factory, "new", T0 + timedelta(seconds=15)) is None  # lease runs to T0+18s
     assert _claim(db_factory, "new", T0 + timedelta(seconds=19)) == (job_id, 2, "running", "new")
     with write_session(db_factory) as s:
-        assert not repo.heartbeat(session=s, job_id=job_id, worker_id="old", lease_s=10, now=T0 + timedelta(seconds=20))
+        assert not job_queue.heartbeat(session=s, job_id=job_id, worker_id="old", lease_s=10, now=T0 + timedelta(seconds=20))
     with pytest.raises(LeaseLost) as info, write_session(db_factory) as s:
-        repo.complete_job(session=s, job_id=job_id, worker_id="old", result={"adapter": "late"})
+        job_queue.complete_job(session=s, job_id=job_id, worker_id="old", result={"adapter": "late"})
     assert str(info.value) == (
         f"worker 'old' no longer holds job {job_id} (it is 'running', held by 'new'); its lease expired and the job was reclaimed"
     )
     with pytest.raises(LeaseLost), write_session(db_factory) as s:
-        repo.fail_job(session=s, job_id=job_id, worker_id="old", error="late failure")
+        job_queue.fail_job(session=s, job_id=job_id, worker_id="old", error="late failure")
     with write_session(db_factory) as s:
-        repo.complete_job(session=s, job_id=job_id, worker_id="new", result={"adapter": "adapters/round-1"})
+        job_queue.complete_job(session=s, job_id=job_id, worker_id="new", result={"adapter": "adapters/round-1"})
     with read_session(db_factory) as s:
-        job = repo.get_job(session=s, job_id=job_id)
+        job = job_queue.get_job(session=s, job_id=job_id)
         assert (job.status, job.result, job.attempts, job.progress["step"]) == ("done", {"adapter": "adapters/round-1"}, 2, 3)
     with pytest.raises(LeaseLost, match="it is 'done'"), write_session(db_factory) as s:
-        repo.complete_job(session=s, job_id=job_id, worker_id="new")
+        job_queue.complete_job(session=s, job_id=job_id, worker_id="new")
 
 
 def test_a_job_that_used_all_attempts_fails(db_factory, make_world):
@@ -111,10 +112,10 @@ def test_a_job_that_used_all_attempts_fails(db_factory, make_world):
     assert _claim(db_factory, "b", T0 + timedelta(seconds=11))[1] == 2
     assert _claim(db_factory, "c", T0 + timedelta(seconds=30)) is None
     with read_session(db_factory) as s:
-        job = repo.get_job(session=s, job_id=job_id)
+        job = job_queue.get_job(session=s, job_id=job_id)
         assert (job.status, job.attempts) == ("failed", 2)
         assert "lease expired on the last allowed attempt" in job.error
-        assert [j.id for j in repo.list_jobs(session=s, status="failed")] == [job_id]
+        assert [j.id for j in job_queue.list_jobs(session=s, status="failed")] == [job_id]
 
 
 def test_fail_job_with_retry_requeues_until_attempts_run_out(db_factory, make_world):
@@ -122,9 +123,9 @@ def test_fail_job_with_retry_requeues_until_attempts_run_out(db_factory, make_wo
     (job_id,) = _enqueue(db_factory, world.experiment_id, max_attempts=2)
     _claim(db_factory, "a", T0)
     with write_session(db_factory) as s:
-        assert repo.fail_job(session=s, job_id=job_id, worker_id="a", error="CUDA out of memory", retry=True).status == "queued"
+        assert job_queue.fail_job(session=s, job_id=job_id, worker_id="a", error="CUDA out of memory", retry=True).status == "queued"
     _claim(db_factory, "b", T0)
     with write_session(db_factory) as s:
-        job = repo.fail_job(session=s, job_id=job_id, worker_id="b", error="CUDA out of memory", retry=True)
+        job = job_queue.fail_job(session=s, job_id=job_id, worker_id="b", error="CUDA out of memory", retry=True)
         assert (job.status, job.attempts, job.error) == ("failed", 2, "CUDA out of memory")
     assert _claim(db_factory, "c", T0) is None

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from app import services
+from db import jobs as job_queue
 from db import repo
 from db.engine import read_session, write_session
 from db.errors import Conflict, NotFound
@@ -18,7 +19,7 @@ from db.models import utcnow
 
 def _job(factory, job_id):
     with read_session(factory) as s:
-        job = repo.get_job(session=s, job_id=job_id)
+        job = job_queue.get_job(session=s, job_id=job_id)
         return SimpleNamespace(status=job.status, attempts=job.attempts, lease_owner=job.lease_owner, error=job.error,
                                payload=job.payload)
 
@@ -32,9 +33,9 @@ def _fail_for_good(factory, job_id):
     """Claim and fail the job until it has used every attempt (what the worker does with a broken model)."""
     for _ in range(3):
         with write_session(factory) as s:
-            claimed = repo.claim_job(session=s, worker_id="w", lease_s=30)
+            claimed = job_queue.claim_job(session=s, worker_id="w", lease_s=30)
             assert claimed is not None and claimed.id == job_id
-            repo.fail_job(session=s, job_id=job_id, worker_id="w", error="ModelLoadError: no such model", retry=True)
+            job_queue.fail_job(session=s, job_id=job_id, worker_id="w", error="ModelLoadError: no such model", retry=True)
     assert _job(factory, job_id).status == "failed"
 
 
@@ -51,37 +52,37 @@ def _rate(factory, image_id, rater_id, score=5):
 def test_a_failed_generate_job_is_retried_with_all_its_attempts(db_factory, make_world):
     world = make_world(open_round=False)
     with write_session(db_factory) as s:
-        job_id = repo.enqueue_job(session=s, kind="generate", experiment_id=world.experiment_id, round_id=world.round_id).id
+        job_id = job_queue.enqueue_job(session=s, kind="generate", experiment_id=world.experiment_id, round_id=world.round_id).id
     with pytest.raises(Conflict, match="only a failed job can be retried"), write_session(db_factory) as s:
-        repo.retry_job(session=s, job_id=job_id)
+        job_queue.retry_job(session=s, job_id=job_id)
     _fail_for_good(db_factory, job_id)
     with write_session(db_factory) as s:
-        assert repo.claim_job(session=s, worker_id="w", lease_s=30) is None  # stuck for good before the retry
-        repo.retry_job(session=s, job_id=job_id)
+        assert job_queue.claim_job(session=s, worker_id="w", lease_s=30) is None  # stuck for good before the retry
+        job_queue.retry_job(session=s, job_id=job_id)
     job = _job(db_factory, job_id)
     assert (job.status, job.attempts, job.lease_owner) == ("queued", 0, None)
     with write_session(db_factory) as s:
-        assert repo.claim_job(session=s, worker_id="w2", lease_s=30).id == job_id
-        repo.complete_job(session=s, job_id=job_id, worker_id="w2")
+        assert job_queue.claim_job(session=s, worker_id="w2", lease_s=30).id == job_id
+        job_queue.complete_job(session=s, job_id=job_id, worker_id="w2")
         repo.open_round(session=s, round_id=world.round_id)
     with pytest.raises(NotFound, match="no job with id 999"), write_session(db_factory) as s:
-        repo.retry_job(session=s, job_id=999)
+        job_queue.retry_job(session=s, job_id=999)
 
 
 def test_retry_is_refused_when_the_round_moved_on_or_another_job_does_the_work(db_factory, make_world):
     world = make_world(open_round=False)
     with write_session(db_factory) as s:
-        first = repo.enqueue_job(session=s, kind="generate", experiment_id=world.experiment_id, round_id=world.round_id).id
+        first = job_queue.enqueue_job(session=s, kind="generate", experiment_id=world.experiment_id, round_id=world.round_id).id
     _fail_for_good(db_factory, first)
     with write_session(db_factory) as s:
-        second = repo.enqueue_job(session=s, kind="generate", experiment_id=world.experiment_id, round_id=world.round_id).id
+        second = job_queue.enqueue_job(session=s, kind="generate", experiment_id=world.experiment_id, round_id=world.round_id).id
     with pytest.raises(Conflict, match=f"job {second} already does the generate work"), write_session(db_factory) as s:
-        repo.retry_job(session=s, job_id=first)
+        job_queue.retry_job(session=s, job_id=first)
     with write_session(db_factory) as s:
-        repo.get_job(session=s, job_id=second).status = "done"
+        job_queue.get_job(session=s, job_id=second).status = "done"
         repo.open_round(session=s, round_id=world.round_id)
     with pytest.raises(Conflict, match="is 'labeling' now"), write_session(db_factory) as s:
-        repo.retry_job(session=s, job_id=first)
+        job_queue.retry_job(session=s, job_id=first)
     assert _job(db_factory, first).status == "failed"  # nothing written
 
 
@@ -91,19 +92,19 @@ def test_reopen_a_round_closed_for_training_cancels_its_train_job(db_factory, ma
     with write_session(db_factory) as s:
         job_id = repo.close_round(session=s, experiment_id=world.experiment_id).id
     with write_session(db_factory) as s:
-        claimed = repo.claim_job(session=s, worker_id="w", lease_s=300)
+        claimed = job_queue.claim_job(session=s, worker_id="w", lease_s=300)
         assert claimed.id == job_id
     with pytest.raises(Conflict, match="the worker is training on round 0 now"), write_session(db_factory) as s:
         repo.reopen_round(session=s, round_id=world.round_id)
     assert _round(db_factory, world.round_id).status == "training"
     with write_session(db_factory) as s:
-        repo.fail_job(session=s, job_id=job_id, worker_id="w", error="boom", retry=True)  # queued again
+        job_queue.fail_job(session=s, job_id=job_id, worker_id="w", error="boom", retry=True)  # queued again
         repo.reopen_round(session=s, round_id=world.round_id)
     assert _round(db_factory, world.round_id).status == "labeling"
     job = _job(db_factory, job_id)
     assert job.status == "failed" and "reopened for labeling" in job.error
     with write_session(db_factory) as s:
-        assert repo.claim_job(session=s, worker_id="w", lease_s=30) is None
+        assert job_queue.claim_job(session=s, worker_id="w", lease_s=30) is None
     _rate(db_factory, world.image_ids[1], world.rater_ids[0])  # labeling goes on
     with write_session(db_factory) as s:
         repo.set_round_status(session=s, round_id=world.round_id, status="done")
@@ -115,18 +116,18 @@ def test_finish_and_archive_an_experiment(db_factory, make_world):
     world = make_world()
     keep = make_world(name="other")
     with write_session(db_factory) as s:
-        job_id = repo.enqueue_job(session=s, kind="eval", experiment_id=world.experiment_id, round_id=world.round_id).id
-        repo.claim_job(session=s, worker_id="w", lease_s=300)
+        job_id = job_queue.enqueue_job(session=s, kind="eval", experiment_id=world.experiment_id, round_id=world.round_id).id
+        job_queue.claim_job(session=s, worker_id="w", lease_s=300)
     with pytest.raises(Conflict, match=f"running job {job_id}"), write_session(db_factory) as s:
         repo.finish_experiment(session=s, experiment_id=world.experiment_id)
     with write_session(db_factory) as s:
-        repo.complete_job(session=s, job_id=job_id, worker_id="w")
-        queued = repo.enqueue_job(session=s, kind="train", experiment_id=world.experiment_id, round_id=world.round_id).id
+        job_queue.complete_job(session=s, job_id=job_id, worker_id="w")
+        queued = job_queue.enqueue_job(session=s, kind="train", experiment_id=world.experiment_id, round_id=world.round_id).id
         repo.finish_experiment(session=s, experiment_id=world.experiment_id)
     with read_session(db_factory) as s:
         assert repo.get_experiment(session=s, experiment_id=world.experiment_id).status == "finished"
         assert repo.get_round(session=s, round_id=world.round_id).status == "done"
-        assert repo.get_job(session=s, job_id=queued).status == "failed"
+        assert job_queue.get_job(session=s, job_id=queued).status == "failed"
         assert repo.get_open_round(session=s, experiment_id=world.experiment_id) is None
     for status in ("active", "paused"):
         with pytest.raises(Conflict, match="is finished"), write_session(db_factory) as s:

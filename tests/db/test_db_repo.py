@@ -3,6 +3,7 @@ import struct
 import pytest
 from sqlalchemy import func, select
 
+from db import jobs as job_queue
 from db import repo
 from db.engine import read_session, write_session
 from db.errors import Conflict, InvalidInput, NotFound
@@ -58,7 +59,7 @@ def test_unknown_ids_are_not_found(db_factory):
             (lambda: repo.get_round(session=s, round_id=42), "there is no round with id 42"),
             (lambda: repo.get_image(session=s, image_id=42), "there is no image with id 42"),
             (lambda: repo.get_rater_by_name(session=s, name="nobody"), "there is no rater named 'nobody'"),
-            (lambda: repo.get_job(session=s, job_id=42), "there is no job with id 42"),
+            (lambda: job_queue.get_job(session=s, job_id=42), "there is no job with id 42"),
         ]:
             with pytest.raises(NotFound, match=message):
                 call()

@@ -1,0 +1,86 @@
+"""Input checks shared by the repository modules (``db.repo``, ``db.jobs``).
+
+Each check returns the value it was given (or, for ``check_lease`` and ``check_now``, the value in the form the
+caller needs) and raises ``db.errors.InvalidInput`` with one sentence naming ``what`` was wrong. They run before
+anything is written. This module imports only ``db.models`` and ``db.errors``, so every repository module can use
+it without import cycles.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from pathlib import PurePosixPath, PureWindowsPath
+from typing import Any
+
+from db.errors import InvalidInput
+from db.models import NAME_MAX, utcnow
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def check_int(what: str, value: Any, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"{what} must be a whole number, got {value!r}")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        bounds = f"from {minimum} to {maximum}" if maximum is not None else f"at least {minimum}"
+        raise InvalidInput(f"{what} must be {bounds}, got {value}")
+    return value
+
+
+def check_choice(what: str, value: Any, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise InvalidInput(f"unknown {what} {value!r}; choose from {list(choices)}")
+    return value
+
+
+def check_name(what: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInput(f"{what} must be a non-empty string, got {value!r}")
+    if value != value.strip():
+        raise InvalidInput(f"{what} {value!r} has leading or trailing spaces")
+    if len(value) > NAME_MAX:
+        raise InvalidInput(f"{what} is {len(value)} characters long; the limit is {NAME_MAX}")
+    return value
+
+
+def check_json(what: str, value: Any) -> Any:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise InvalidInput(f"{what} cannot be stored as JSON: {e}") from e
+    return value
+
+
+def check_sha256(what: str, value: Any) -> str:
+    if not isinstance(value, str) or not _SHA256.fullmatch(value):
+        raise InvalidInput(f"{what} must be 64 lowercase hex digits, got {value!r}")
+    return value
+
+
+def check_relative_path(what: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(f"{what} must be a non-empty path string, got {value!r}")
+    posix = PurePosixPath(value)
+    if posix.is_absolute() or PureWindowsPath(value).is_absolute() or ".." in posix.parts or "\\" in value:
+        raise InvalidInput(f"{what} {value!r} must be a relative path inside the data dir (forward slashes, no '..')")
+    return value
+
+
+def check_lease(lease_s: Any) -> timedelta:
+    """A lease length in seconds as a timedelta."""
+    if isinstance(lease_s, bool) or not isinstance(lease_s, int | float) or not math.isfinite(lease_s) or lease_s <= 0:
+        raise InvalidInput(f"lease_s must be a positive number of seconds, got {lease_s!r}")
+    return timedelta(seconds=lease_s)
+
+
+def check_now(now: datetime | None) -> datetime:
+    """The caller's clock (tests pass one), or the current UTC time when None."""
+    if now is None:
+        return utcnow()
+    if now.tzinfo is None:
+        raise InvalidInput(f"now must be a timezone-aware datetime, got naive {now!r}")
+    return now
