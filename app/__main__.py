@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("app.cli_serve", "the web app: rate images, dashboard, administration (sign-in once accounts exist)"),
     "users": ("app.cli_users", "accounts: add, list, passwd, disable, enable, delete, role NAME admin|rater, audit"),
     "demo": ("app.cli_demo", "migrate, create the 'demo' experiment, start the worker and the web app on 127.0.0.1:7860"),
+    "bench-taste": ("app.cli_bench_taste", "the product benchmark: a simulated person rates rounds of the real app (docs/bench-taste.md)"),
 }
 
 

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app import auth, ui_admin, ui_dashboard, ui_export, ui_quality, ui_rate, ui_taste, web_guard
 from app import ui_compare  # issue 14 item 3: the Compare tab (blind A/B), its dashboard table, rollback
 from app import ui_pairs  # issue 14 item 1: the Pairs tab (pairwise preferences) and the feedback setting
+from app import ui_options  # issue 12 items 3 and 5: the round options (app.experiment_options)
 from app.auth import AuthError, Who
 from app.settings import Settings
 from app.ui_assets import CSS, GRID_JS, MARKS_JS
@@ -255,6 +256,8 @@ def build_demo(services: AppServices) -> gr.Blocks:
                                               interactive=False, elem_id="exports-table")
                 ui_pairs.build_admin(services, exp_state, lambda request: _admin(services, request), _shown,
                                      private=private)  # issue 14 item 1: scores, pairs or both
+                ui_options.build_admin(services, exp_state, lambda request: _admin(services, request), _shown,
+                                       private=private)  # issue 12 items 3 and 5: selection, auto-close
                 with gr.Accordion("Rater quality", open=False):  # issue 14, item 2 (app.ui_quality)
                     q_summary = gr.HTML(elem_id="rater-quality")
                     q_table = gr.Dataframe(headers=ui_quality.RATER_HEADERS, value=[], interactive=False,

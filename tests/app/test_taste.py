@@ -187,6 +187,31 @@ def test_options_are_checked_and_stored_beside_the_seiko_config():
     assert experiment_options.from_config(config).selection == "optimistic"
     assert experiment_options.seiko_part(config) == {"method": "greedy"}
     assert experiment_options.from_config({}) == ExperimentOptions()  # older experiments: today's behaviour
+    # app.pairwise's feedback setting lives in the same place and survives a change of the other options
+    assert experiment_options.from_config({"app": {"feedback": "pairs"}}).feedback == "pairs"
+    with pytest.raises(InvalidInput, match="unknown feedback 'votes'"):
+        experiment_options.from_config({"app": {"feedback": "votes"}})
+
+
+def test_an_admin_sets_options_and_a_rater_cannot(ui_world):
+    from app import auth
+    from app.auth import AuthError
+
+    root = Who(ui_world.accounts["root"], "root", "admin", local=False)
+    with write_session(ui_world.factory) as s:
+        e = repo.get_experiment(session=s, experiment_id=ui_world.experiment_id)
+        e.config = {"app": {"feedback": "both"}}
+    new = experiment_options.set_options(ui_world.factory, root, ui_world.experiment_id, selection="optimistic",
+                                         candidate_factor=2)
+    assert (new.selection, new.candidate_factor, new.feedback) == ("optimistic", 2, "both")
+    with pytest.raises(AuthError, match="only an admin"):
+        experiment_options.set_options(ui_world.factory, _who(ui_world, "alice"), ui_world.experiment_id, auto_close=True)
+    with pytest.raises(InvalidInput, match="candidate_factor"):
+        experiment_options.set_options(ui_world.factory, root, ui_world.experiment_id, candidate_factor=99)
+    with read_session(ui_world.factory) as s:
+        stored = experiment_options.of(repo.get_experiment(session=s, experiment_id=ui_world.experiment_id))
+    assert stored == new  # the refused changes changed nothing
+    assert [e.action for e in auth.list_audit(ui_world.factory, limit=10)].count("experiment.options") == 1
 
 
 def test_the_worker_shows_only_the_selected_candidates(worker_world):
@@ -378,3 +403,19 @@ def test_only_small_images_are_drawn_pixelated(ui_world):
     assert not ui_images.is_pixel_art(b"not a png")
     view = ui_rate.load_batch(ui_world.factory, ui_world.settings.data_dir, _who(ui_world, "alice"), None, batch_size=4)
     assert view.grid.count("class='px'") == 4  # the fixture's 16 px images
+
+
+def test_the_admin_round_options_form_saves_through_set_options(ui_world):
+    from app import ui_options
+    from app.auth import AuthError
+
+    root = Who(ui_world.accounts["root"], "root", "admin", local=False)
+    message = ui_options.save(ui_world.factory, root, ui_world.experiment_id, "uncertainty", 3.0, 0.5, True)
+    assert message == ("Saved. Selection **uncertainty**, 3 candidate(s) per shown image, honest share 0.5, "
+                       "auto-close **on**.")
+    with pytest.raises(AuthError):
+        ui_options.save(ui_world.factory, _who(ui_world, "bob"), ui_world.experiment_id, "random", 1, 0.25, False)
+    with pytest.raises(InvalidInput, match="unknown selection"):
+        ui_options.save(ui_world.factory, root, ui_world.experiment_id, "loudest", 1, 0.25, False)
+    with pytest.raises(ValueError, match="select an experiment first"):
+        ui_options.save(ui_world.factory, root, None, "random", 1, 0.25, False)

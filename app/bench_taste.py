@@ -1,0 +1,375 @@
+"""The product benchmark (issue 12 item 1): a simulated person uses the real app for a few rounds.
+
+    python -m app bench-taste --person SPEC --rounds 4 --budget 32 --seeds 0,1,2 --out DIR
+
+Per seed, on a fresh data dir (``DIR/seed_<s>/data``, a SQLite database in it):
+
+1. the database is migrated and the experiment ``demo`` is created by ``app.services.create_experiment``, as
+   ``python -m app demo`` does (preset ``shapes`` on the settings' model), with ``--budget`` images per round and
+   the options given (``--selection``, ``--candidate-factor``, ``--auto-close``);
+2. the real worker is started as ``python -m app demo`` starts it (a ``python -m app worker`` subprocess, its log
+   in ``DIR/seed_<s>/worker.log``);
+3. the person rates through the functions behind the public API (``app.ui_rate.api_batch`` is ``next_batch``,
+   ``app.ui_rate.submit`` is ``submit_rating``) as the local-mode admin: every image of the round, decoded from
+   the API's PNG bytes;
+4. the round is closed by ``app.ui_admin.close_round`` (what the admin's "Close round and train" button runs, with
+   its audit entry), unless ``--auto-close`` closed it at the last rating;
+5. the wait is from closing the round to the moment ``next_batch`` returns the next round's first images.
+
+Rounds 0 .. R are rated (R = ``--rounds`` trainings, R x budget labels); round R is rated and not trained on.
+
+The seed: the worker derives every seed (prompts, noise, training) from the experiment's id and the round index,
+so seed ``s`` is the experiment id ``s + 1`` (placeholder experiments 1 .. s are created first and deleted once
+``demo`` exists; seed 0 is exactly ``make demo``'s first experiment).
+
+Per round: the mean rating and the share >= 6 (each with its 95% interval, ``app.taste_stats``), the same on the
+honest (random) images when a selection mode picks the rest, variety (mean pairwise pixel distance: the RMS
+difference of two images' RGB values in [0, 1]; mean pairwise Euclidean distance of the image-encoder embeddings
+the worker stored; both also as % of round 0), the wait in seconds and the labels. ``DIR/results.json`` is
+rewritten after every round (a seed that finished is skipped by a re-run; an unfinished one starts again from a
+fresh data dir), and ``DIR/bench_taste.png`` plots the rounds (mean over seeds, min-max as a band).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import itertools
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from app import experiment_options, people, selection, taste_stats
+from app.experiment_options import ExperimentOptions
+from app.settings import Settings
+
+EXPERIMENT = "demo"
+POLL_S = 0.25
+
+
+class BenchError(RuntimeError):
+    """The benchmark cannot go on; the message says why in one sentence."""
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    person: str
+    rounds: int
+    budget: int
+    seeds: tuple[int, ...]
+    out: Path
+    model: str
+    options: ExperimentOptions
+    round_timeout_s: float = 3600.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"person": self.person, "rounds": self.rounds, "budget": self.budget, "seeds": list(self.seeds),
+                "model": self.model, "options": self.options.as_dict(), "round_timeout_s": self.round_timeout_s}
+
+
+# ---------------------------------------------------------------------------------------------
+# measurements
+# ---------------------------------------------------------------------------------------------
+
+
+def decode_png(b64: str) -> np.ndarray:
+    """A base64 PNG as (H, W, 3) float64 in [0, 1]."""
+    from PIL import Image as PILImage
+
+    with PILImage.open(io.BytesIO(base64.b64decode(b64))) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.float64) / 255.0
+
+
+def mean_pairwise_pixel_distance(images: list[np.ndarray]) -> float | None:
+    """Mean over image pairs of the RMS difference of their RGB values (0: identical, 1: black vs white)."""
+    if len(images) < 2:
+        return None
+    flat = np.stack([im.reshape(-1) for im in images])
+    return float(np.mean([math.sqrt(np.mean((flat[i] - flat[j]) ** 2)) for i, j in itertools.combinations(range(len(flat)), 2)]))
+
+
+def mean_pairwise_distance(vectors: np.ndarray) -> float | None:
+    """Mean Euclidean distance over pairs of rows."""
+    if len(vectors) < 2:
+        return None
+    return float(np.mean([np.linalg.norm(vectors[i] - vectors[j]) for i, j in itertools.combinations(range(len(vectors)), 2)]))
+
+
+def _pct(value: float | None, base: float | None) -> float | None:
+    return None if value is None or not base else 100.0 * value / base
+
+
+def round_record(index: int, scores: list[int], honest_scores: list[int], pixels: list[np.ndarray], embeddings: np.ndarray,
+                 *, wait_s: float | None, labels_trained: int, base: dict[str, Any] | None, mode: str) -> dict[str, Any]:
+    t = taste_stats.round_taste(index, scores)
+    h = taste_stats.round_taste(index, honest_scores)
+    pix, emb = mean_pairwise_pixel_distance(pixels), mean_pairwise_distance(embeddings)
+    base = base or {"variety_pixels": pix, "variety_embedding": emb}
+    return {
+        "round": index, "selection": mode, "ratings": t.n, "labels_trained": labels_trained,
+        "mean_rating": t.mean, "mean_rating_ci95": [t.mean_low, t.mean_high],
+        "share_ge6": t.share, "share_ge6_ci95": [t.share_low, t.share_high],
+        "honest_ratings": h.n, "honest_mean_rating": h.mean, "honest_share_ge6": h.share,
+        "variety_pixels": pix, "variety_embedding": emb,
+        "variety_pixels_pct_round0": _pct(pix, base["variety_pixels"]),
+        "variety_embedding_pct_round0": _pct(emb, base["variety_embedding"]),
+        "wait_s": wait_s,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# one seed through the app
+# ---------------------------------------------------------------------------------------------
+
+
+def _create_experiment(factory, settings: Settings, cfg: BenchConfig, seed: int) -> int:
+    from app import services
+    from db import repo
+    from db.engine import write_session
+    from db.models import Experiment
+
+    placeholders = []
+    with write_session(factory) as s:  # the experiment id, from which the worker derives every seed, is seed + 1
+        for i in range(seed):
+            placeholders.append(repo.create_experiment(session=s, name=f"seed placeholder {i}", model_spec=settings.model,
+                                                       method="greedy", config={}, budgets=[1], prompts=["x"]).id)
+    spec = services.ExperimentSpec(name=EXPERIMENT, preset="shapes", budgets=(cfg.budget,) * (cfg.rounds + 1))
+    experiment_id = services.create_experiment(factory=factory, spec=spec, default_model=settings.model)
+    with write_session(factory) as s:
+        for pid in placeholders:
+            s.delete(s.get(Experiment, pid))
+        e = repo.get_experiment(session=s, experiment_id=experiment_id)
+        e.config = experiment_options.with_options(dict(e.config), cfg.options)
+    if experiment_id != seed + 1:
+        raise BenchError(f"the experiment got id {experiment_id}, not {seed + 1}; the data dir was not fresh")
+    return experiment_id
+
+
+def _failed_job(factory, experiment_id: int) -> str | None:
+    from db.engine import read_session
+    from db.models import Job
+
+    with read_session(factory) as s:
+        job = s.query(Job).filter(Job.experiment_id == experiment_id, Job.status == "failed").first()
+        return None if job is None else f"job {job.id} ({job.kind}) failed: {job.error}"
+
+
+def _wait_for_batch(factory, data_dir, who, worker: subprocess.Popen, experiment_id: int, index: int, limit: int,
+                    timeout_s: float) -> tuple[dict[str, Any], float]:
+    """Poll next_batch until round ``index``'s images come; returns the batch and the time they came."""
+    from app import ui_rate
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        batch = ui_rate.api_batch(factory, data_dir, who, limit=limit, experiment=EXPERIMENT)
+        if batch["items"] and batch["round"] == index:
+            return batch, time.monotonic()
+        if worker.poll() is not None:
+            raise BenchError(f"the worker exited with status {worker.returncode} while round {index} was awaited; see its log")
+        failed = _failed_job(factory, experiment_id)
+        if failed is not None:
+            raise BenchError(f"the worker could not make round {index}: {failed}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"round {index}'s images did not come within {timeout_s:g} s")
+        time.sleep(POLL_S)
+
+
+def run_seed(cfg: BenchConfig, seed: int, person: people.Person, on_round) -> list[dict[str, Any]]:
+    """Run one seed; ``on_round(rounds_so_far)`` is called after every round (results.json is rewritten there)."""
+    from app import auth, ui_admin, ui_rate
+    from app.cli_demo import stop_worker, worker_command
+    from db import migrate, repo
+    from db.engine import make_engine, read_session, session_factory
+
+    root = cfg.out / f"seed_{seed}"
+    if root.exists():
+        shutil.rmtree(root)  # an unfinished seed starts again on a fresh data dir
+    data_dir = root / "data"
+    data_dir.mkdir(parents=True)
+    settings = Settings.from_env({"data_dir": str(data_dir), "model": cfg.model}, environ={})
+    migrate.upgrade(settings.db_url)
+    engine = make_engine(settings.db_url)
+    factory = session_factory(engine)
+    experiment_id = _create_experiment(factory, settings, cfg, seed)
+    who = auth.local_admin(factory)
+    limit = min(64, cfg.budget)
+    rounds: list[dict[str, Any]] = []
+    log_file = open(root / "worker.log", "wb")
+    worker = subprocess.Popen(worker_command(settings), env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=log_file,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        closed_at: float | None = None
+        for k in range(cfg.rounds + 1):
+            batch, came = _wait_for_batch(factory, data_dir, who, worker, experiment_id, k, limit, cfg.round_timeout_s)
+            wait_s = None if closed_at is None else came - closed_at
+            last_rating_at = None
+            while batch["items"]:
+                items = batch["items"]
+                pixels = [decode_png(it["png_base64"]) for it in items]
+                images = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float()
+                ratings = person.rate(images, [it["prompt"] for it in items])
+                for it, score in zip(items, ratings):
+                    ui_rate.submit(factory, who, it["image_id"], score)
+                last_rating_at = time.monotonic()
+                batch = ui_rate.api_batch(factory, data_dir, who, limit=limit, experiment=EXPERIMENT)
+                if batch["round"] != k:
+                    break
+            with read_session(factory) as s:
+                round_ = repo.get_round_by_index(session=s, experiment_id=experiment_id, index=k)
+                query = repo.list_images(session=s, round_id=round_.id, kind="query")
+                scores = {r.image_id: r.score for r in _ratings(s, [im.id for im in query])}
+                honest = set(selection.honest_ids(round_.metrics, query))
+                mode = ((round_.metrics or {}).get("selection") or {}).get("selection", "random")
+                pix = [decode_png(base64.b64encode(_file(data_dir, im)).decode()) for im in query]
+                emb = np.stack([np.frombuffer(im.embedding, dtype="<f4") for im in query]).astype(np.float64)
+            rounds.append(round_record(k, [scores[i] for i in scores], [scores[i] for i in scores if i in honest], pix, emb,
+                                       wait_s=wait_s, labels_trained=k * cfg.budget, base=rounds[0] if rounds else None,
+                                       mode=mode))
+            if k < cfg.rounds:
+                if cfg.options.auto_close:
+                    with read_session(factory) as s:
+                        status = repo.get_round_by_index(session=s, experiment_id=experiment_id, index=k).status
+                    if status == "labeling":
+                        raise BenchError(f"auto_close is on but round {k} stayed open after its last rating")
+                    closed_at = last_rating_at
+                else:
+                    ui_admin.close_round(factory, who, experiment_id, expected_index=k)
+                    closed_at = time.monotonic()
+            on_round(rounds)
+        return rounds
+    finally:
+        stop_worker(worker, 30.0)
+        log_file.close()
+        engine.dispose()
+
+
+def _ratings(session, image_ids: list[int]):
+    from db.models import Rating
+
+    return session.query(Rating).filter(Rating.image_id.in_(image_ids)).all() if image_ids else []
+
+
+def _file(data_dir, image) -> bytes:
+    from app import storage
+
+    return storage.resolve(data_dir, image.file_path).read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------
+# results
+# ---------------------------------------------------------------------------------------------
+
+SUMMARY_KEYS = ("mean_rating", "share_ge6", "honest_share_ge6", "variety_pixels_pct_round0", "variety_embedding_pct_round0",
+                "wait_s")
+
+
+def summarise(seeds: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per round over the seeds that reached it: mean, min and max of each SUMMARY_KEYS value."""
+    out = []
+    n_rounds = max((len(v["rounds"]) for v in seeds.values()), default=0)
+    for k in range(n_rounds):
+        row: dict[str, Any] = {"round": k}
+        for key in SUMMARY_KEYS:
+            vals = [v["rounds"][k][key] for v in seeds.values() if len(v["rounds"]) > k and v["rounds"][k][key] is not None]
+            row[key] = ({"mean": float(np.mean(vals)), "min": float(min(vals)), "max": float(max(vals)), "n": len(vals)}
+                        if vals else None)
+        out.append(row)
+    return out
+
+
+def write_results(path: Path, cfg: BenchConfig, seeds: dict[str, dict[str, Any]], command: list[str]) -> None:
+    doc = {"benchmark": "bench-taste", "command": command, "config": cfg.as_dict(),
+           "rating_rule": "built-in people: rating = min(10, max(1, floor(1 + 0.9 * r + 0.5))), r the oracle's reward",
+           "seeds": seeds, "summary": summarise(seeds)}
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+def plot(path: Path, cfg: BenchConfig, summary: list[dict[str, Any]]) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 3.4), dpi=100, layout="constrained")
+    axes = fig.subplots(1, 3)
+    x = [r["round"] for r in summary]
+
+    def draw(ax, key, scale, label, color):
+        pts = [(r["round"], r[key]) for r in summary if r.get(key)]
+        if not pts:
+            return
+        xs = [p[0] for p in pts]
+        ax.plot(xs, [scale * p[1]["mean"] for p in pts], "o-", color=color, label=label)
+        ax.fill_between(xs, [scale * p[1]["min"] for p in pts], [scale * p[1]["max"] for p in pts], color=color, alpha=0.15)
+
+    draw(axes[0], "share_ge6", 100, "all images", "#c2410c")
+    draw(axes[0], "honest_share_ge6", 100, "honest (random) images", "#2563eb")
+    axes[0].set_title(f"% rated >= {taste_stats.LIKED}")
+    axes[0].set_ylim(0, 100)
+    draw(axes[1], "mean_rating", 1, "mean rating", "#15803d")
+    axes[1].set_title("mean rating (1-10)")
+    draw(axes[2], "variety_pixels_pct_round0", 1, "pixels", "#9333ea")
+    draw(axes[2], "variety_embedding_pct_round0", 1, "embeddings", "#0f766e")
+    axes[2].axhline(80, color="#64748b", lw=0.8, ls=":")
+    axes[2].set_title("variety, % of round 0")
+    for ax in axes:
+        ax.set_xlabel("round")
+        if x:
+            ax.set_xticks(x)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.suptitle(f"bench-taste: person {cfg.person}, selection {cfg.options.selection}, {len(cfg.seeds)} seed(s) "
+                 f"(mean; band: min-max)", fontsize=10)
+    fig.savefig(path)
+
+
+def _num(value: float | None, fmt: str, unit: str = "") -> str:
+    return "-" if value is None else f"{value:{fmt}}{unit}"
+
+
+def round_line(r: dict[str, Any]) -> str:
+    share = None if r["share_ge6"] is None else 100 * r["share_ge6"]
+    return (f"round {r['round']}: mean {_num(r['mean_rating'], '.2f')}, share>=6 {_num(share, '.0f', '%')}, "
+            f"variety {_num(r['variety_pixels_pct_round0'], '.0f', '%')} px / {_num(r['variety_embedding_pct_round0'], '.0f', '%')} emb, "
+            f"wait {_num(r['wait_s'], '.1f', ' s')}, labels trained {r['labels_trained']}")
+
+
+def run(cfg: BenchConfig, command: list[str], log=print) -> dict[str, Any]:
+    person = people.load_person(cfg.person)
+    people.check_person(person)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    results_path = cfg.out / "results.json"
+    seeds: dict[str, dict[str, Any]] = {}
+    if results_path.exists():
+        previous = json.loads(results_path.read_text())
+        if previous.get("config") == cfg.as_dict():
+            seeds = {k: v for k, v in previous.get("seeds", {}).items() if v.get("complete")}
+            for k in seeds:
+                log(f"seed {k}: finished in an earlier run, kept")
+        else:
+            raise BenchError(f"{results_path} holds a run with other settings; give another --out or remove it")
+    for seed in cfg.seeds:
+        if str(seed) in seeds:
+            continue
+        started = time.monotonic()
+
+        def on_round(rounds, seed=seed):
+            seeds[str(seed)] = {"rounds": rounds, "complete": False, "wall_s": round(time.monotonic() - started, 1)}
+            write_results(results_path, cfg, seeds, command)
+            log(f"seed {seed} " + round_line(rounds[-1]))
+
+        rounds = run_seed(cfg, seed, person, on_round)
+        seeds[str(seed)] = {"rounds": rounds, "complete": True, "wall_s": round(time.monotonic() - started, 1)}
+        write_results(results_path, cfg, seeds, command)
+    plot(cfg.out / "bench_taste.png", cfg, summarise(seeds))
+    return {"seeds": seeds, "summary": summarise(seeds)}

@@ -1,0 +1,63 @@
+"""``python -m app bench-taste --person SPEC --rounds 4 --budget 32 --seeds 0,1,2 --out DIR``: the product benchmark
+(app.bench_taste; docs/bench-taste.md)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from app.experiment_options import MAX_CANDIDATE_FACTOR, SELECTIONS
+from app.settings import DEFAULT_MODEL
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--seeds must be whole numbers separated by commas, got {text!r}") from exc
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"--seeds must be distinct whole numbers >= 0, got {text!r}")
+    return seeds
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from app.people import BUILT_IN
+
+    people = "; ".join(f"{k}: {v}" for k, v in sorted(BUILT_IN.items()))
+    parser.add_argument("--person", required=True, help=f"a built-in person ({people}) or path/to/file.py:function")
+    parser.add_argument("--rounds", type=int, default=4, help="trainings (rounds 0..R are rated; default 4)")
+    parser.add_argument("--budget", type=int, default=32, help="images (= ratings) per round (default 32)")
+    parser.add_argument("--seeds", type=_seeds, default=(0, 1, 2), help="comma-separated seeds (default 0,1,2)")
+    parser.add_argument("--out", type=Path, required=True, help="output directory: results.json, bench_taste.png, seed_<s>/")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"base model directory (default {DEFAULT_MODEL})")
+    parser.add_argument("--selection", choices=SELECTIONS, default="random", help="which candidates a round shows (default random)")
+    parser.add_argument("--candidate-factor", type=int, default=1,
+                        help=f"candidates generated per shown image in rounds >= 1, 1..{MAX_CANDIDATE_FACTOR} (default 1)")
+    parser.add_argument("--honest-share", type=float, default=0.25,
+                        help="share of a selected round drawn uniformly at random from the candidates (default 0.25)")
+    parser.add_argument("--auto-close", action="store_true", help="let the app close each round at its last rating")
+    parser.add_argument("--round-timeout", type=float, default=3600.0, help="seconds to wait for a round's images (default 3600)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from app.bench_taste import BenchConfig, BenchError, run
+    from app.experiment_options import ExperimentOptions
+    from app.people import PersonError
+    from db.errors import InvalidInput
+
+    try:
+        if not 1 <= args.rounds <= 50:
+            raise BenchError(f"--rounds must be from 1 to 50, got {args.rounds}")
+        if not 2 <= args.budget <= 4096:
+            raise BenchError(f"--budget must be from 2 to 4096, got {args.budget}")
+        options = ExperimentOptions(selection=args.selection, candidate_factor=args.candidate_factor,
+                                    honest_share=args.honest_share, auto_close=bool(args.auto_close))
+        cfg = BenchConfig(person=args.person, rounds=args.rounds, budget=args.budget, seeds=args.seeds, out=args.out,
+                          model=args.model, options=options, round_timeout_s=args.round_timeout)
+        run(cfg, ["python", "-m", "app", "bench-taste", *sys.argv[2:]], log=lambda line: print(line, flush=True))
+    except (BenchError, PersonError, InvalidInput) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out / 'results.json'} and {args.out / 'bench_taste.png'}", flush=True)
+    return 0

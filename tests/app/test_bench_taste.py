@@ -1,0 +1,62 @@
+"""The product benchmark's measurements and its refusals (app.bench_taste, python -m app bench-taste)."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app import bench_taste
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_pixel_variety_is_the_mean_rms_difference_over_pairs():
+    black, white, grey = np.zeros((2, 2, 3)), np.ones((2, 2, 3)), np.full((2, 2, 3), 0.5)
+    # pairs: black-white 1, black-grey 0.5, white-grey 0.5 -> mean 2/3
+    assert bench_taste.mean_pairwise_pixel_distance([black, white, grey]) == pytest.approx(2 / 3)
+    assert bench_taste.mean_pairwise_pixel_distance([black]) is None
+
+
+def test_embedding_variety_is_the_mean_euclidean_distance_over_pairs():
+    v = np.array([[0.0, 0.0], [3.0, 4.0], [0.0, 4.0]])
+    assert bench_taste.mean_pairwise_distance(v) == pytest.approx((5 + 4 + 3) / 3)
+
+
+def test_round_record_and_summary():
+    pix = [np.zeros((2, 2, 3)), np.ones((2, 2, 3))]
+    emb = np.array([[0.0, 0.0], [0.0, 2.0]])
+    r0 = bench_taste.round_record(0, [2, 6, 7, 3], [2, 6, 7, 3], pix, emb, wait_s=None, labels_trained=0, base=None,
+                                  mode="random")
+    assert r0["share_ge6"] == 0.5 and r0["mean_rating"] == 4.5 and r0["variety_pixels_pct_round0"] == 100.0
+    r1 = bench_taste.round_record(1, [6, 6, 8, 9], [6], [pix[0], pix[0] * 0 + 0.5], emb / 4, wait_s=12.5, labels_trained=4,
+                                  base=r0, mode="uncertainty")
+    assert r1["variety_pixels_pct_round0"] == pytest.approx(50.0) and r1["variety_embedding_pct_round0"] == pytest.approx(25.0)
+    assert r1["honest_share_ge6"] == 1.0 and r1["honest_ratings"] == 1
+    summary = bench_taste.summarise({"0": {"rounds": [r0, r1]}, "1": {"rounds": [r0]}})
+    assert summary[0]["share_ge6"] == {"mean": 0.5, "min": 0.5, "max": 0.5, "n": 2}
+    assert summary[1]["wait_s"] == {"mean": 12.5, "min": 12.5, "max": 12.5, "n": 1}
+    assert summary[0]["wait_s"] is None
+    assert "wait 12.5 s" in bench_taste.round_line(r1) and "wait -" in bench_taste.round_line(r0)
+    assert not math.isnan(r1["mean_rating_ci95"][0])
+
+
+@pytest.mark.parametrize("person, expected", [
+    ("nobody", "error: unknown person 'nobody'"),
+    ("{tmp}/nope.py:rate", "error: person file"),
+    ("{tmp}/p.py:eleven", "error: person '{tmp}/p.py:eleven' rated image 0 11; ratings must be whole numbers from 1 to 10."),
+])
+def test_the_command_refuses_a_bad_person_in_one_sentence_before_any_work(tmp_path, person, expected):
+    (tmp_path / "p.py").write_text("def eleven(images, prompts):\n    return [11] * len(prompts)\n")
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "app", "bench-taste", "--person", person.format(tmp=tmp_path),
+                           "--rounds", "1", "--budget", "8", "--seeds", "0", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expected.format(tmp=tmp_path)), proc.stderr
+    assert not out.exists()  # nothing was created
