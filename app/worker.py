@@ -44,12 +44,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from app import ab  # issue 14 item 3: blind A/B pairs and rollback
 from app import alarms, experiment_options, quality, selection, storage
 from app import pairwise  # issue 14 item 1: pairwise preferences
 from app.services import experiment_config, round_budget
 from app.settings import Settings
 from db import jobs as job_queue
-from db import migrate, repo
+from db import comparisons, migrate, repo
 from db import quality as db_quality
 from db.engine import make_engine, read_session, session_factory, write_session
 from db.errors import Conflict, InvalidInput, LeaseLost
@@ -245,6 +246,13 @@ def _round_info(session, round_) -> _RoundInfo:
                       checkpoints[-1].manifest_sha256 if checkpoints else None)
 
 
+def _from_round(job: ClaimedJob, from_round: Any, round_index: int) -> int:
+    """The round a rolled-back train job starts from (``payload["from_round"]``), checked: 0 to ``round_index``."""
+    if isinstance(from_round, bool) or not isinstance(from_round, int) or not 0 <= from_round <= round_index:
+        raise InvalidInput(f"job {job.id} asks to train from round {from_round!r}; it can start from round 0 to {round_index}")
+    return from_round
+
+
 def _payload_round_index(job: ClaimedJob, round_index: int) -> int:
     k = job.payload.get("round_index")
     if k != round_index:
@@ -413,7 +421,8 @@ class Worker:
             experiment = repo.get_experiment(session=s, experiment_id=round_row.experiment_id)
             k = _payload_round_index(job, round_row.index)
             this = _round_info(s, round_row)
-            prev = _round_info(s, repo.get_round_by_index(session=s, experiment_id=experiment.id, index=k - 1)) if k > 0 else None
+            parent = comparisons.parent_of(session=s, round_id=this.id)  # index k - 1, or the round rolled back to
+            prev = None if parent is None else _round_info(s, parent)
             existing = {(im.kind, im.prompt, im.seed) for im in repo.list_images(session=s, round_id=this.id)}
             experiment_id, model_spec, cfg = experiment.id, experiment.model_spec, experiment_config(experiment)
             options = experiment_options.of(experiment)
@@ -467,6 +476,10 @@ class Worker:
                     repo.add_image(session=s, round_id=this.id, **r)
             repo.set_round_status(session=s, round_id=this.id, status="labeling")
             repo.update_round_metrics(session=s, round_id=this.id, metrics=finite_json(metrics))
+            # issue 14 item 3: the eval grid just stored is the blind A/B material (app.ab); no extra rendering
+            ab_pairs = ab.create_round_pairs(session=s, round_id=this.id, seed=derive_seed(experiment_id, k, "ab-sides"))
+            if ab_pairs:
+                repo.update_round_metrics(session=s, round_id=this.id, metrics={"ab": ab_pairs})
             # issue 14 item 1: pairs of query images of one prompt, when the experiment asks for comparisons
             if pairwise.wants_pairs(pairwise.feedback_of(repo.get_experiment(session=s, experiment_id=experiment_id))):
                 pairwise.create_round_pairs(session=s, experiment_id=experiment_id, round_id=this.id)
@@ -517,6 +530,10 @@ class Worker:
             experiment = repo.get_experiment(session=s, experiment_id=round_row.experiment_id)
             k = _payload_round_index(job, round_row.index)
             this = _round_info(s, round_row)
+            # rollback (app.ab.train_next_from): train from round from_round's adapter instead of round k's
+            from_round = job.payload.get("from_round")
+            source = this if from_round in (None, k) else _round_info(
+                s, repo.get_round_by_index(session=s, experiment_id=experiment.id, index=_from_round(job, from_round, k)))
             published = any(r.index == k + 1 for r in repo.list_rounds(session=s, experiment_id=experiment.id))
             watermark = job.payload.get("watermark")
             rows = [] if published else repo.ratings_snapshot(session=s, experiment_id=experiment.id, up_to_rating_id=watermark)
@@ -550,6 +567,8 @@ class Worker:
             embeddings = torch.from_numpy(np.stack([np.frombuffer(r.embedding, dtype="<f4") for r in rows]).astype(np.float32))
             scores = torch.tensor([r.mean_score for r in rows], dtype=torch.float32)
             snapshot = {"watermark": watermark, "images": len(rows), "ratings": int(sum(r.n_ratings for r in rows))}
+        if source is not this:
+            snapshot["from_round"] = source.index  # an adapter trained from another round is not reused
         if standardize:
             scores = torch.tensor(quality.training_scores([r.image_id for r in rows],
                                                           [(q.image_id, q.rater_id, q.score) for q in per_rating],
@@ -566,7 +585,7 @@ class Worker:
         else:
             progress.set("load_model")
             parts = self._parts(model_spec)
-            prev_adapter = self._use_adapter(parts, this)
+            prev_adapter = self._use_adapter(parts, source)  # also the KL term's previous model
             seed = derive_seed(experiment_id, k, "train")
             outcome = train_round(parts, embeddings, scores, cfg, new_index=new_index, prev_adapter=prev_adapter, seed=seed,
                                   on_progress=progress.callback(), pairs=pairs)
@@ -585,8 +604,11 @@ class Worker:
         manifest_sha = sha256_file(adapter_dir / MANIFEST)  # the copy on disk (an earlier writer's if it got there first)
 
         def write(s) -> None:
-            repo.publish_round(session=s, experiment_id=experiment_id, index=new_index, adapter_path=adapter_rel,
-                               manifest_sha256=manifest_sha, metrics={"train": metrics})
+            new_round, created = repo.publish_round(session=s, experiment_id=experiment_id, index=new_index,
+                                                    adapter_path=adapter_rel, manifest_sha256=manifest_sha,
+                                                    metrics={"train": metrics})
+            if created and source is not this:
+                comparisons.set_round_parent(session=s, round_id=new_round.id, parent_round_id=source.id)
 
         self._publish(run, write, {"round_index": new_index, "published": True, "adapter_path": adapter_rel,
                                    "manifest_sha256": manifest_sha})
