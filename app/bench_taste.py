@@ -40,7 +40,6 @@ import math
 import os
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -363,7 +362,7 @@ def run(cfg: BenchConfig, command: list[str], log=print) -> dict[str, Any]:
             continue
         started = time.monotonic()
 
-        def on_round(rounds, seed=seed):
+        def on_round(rounds, seed=seed, started=started):
             seeds[str(seed)] = {"rounds": rounds, "complete": False, "wall_s": round(time.monotonic() - started, 1)}
             write_results(results_path, cfg, seeds, command)
             log(f"seed {seed} " + round_line(rounds[-1]))
