@@ -128,14 +128,15 @@ def vote(factory, who: Who, experiment_id: int | None, kind: str, payload: dict[
 # the dashboard's A/B table
 # ---------------------------------------------------------------------------------------------
 
-AB_HEADERS = ["Round", "Trained from", "Win rate vs previous [95% CI] (votes)", "Win rate vs base [95% CI] (votes)"]
+AB_HEADERS = ["Round", "Trained from", "Win rate vs previous [95% CI] (votes, pairs)",
+              "Win rate vs base [95% CI] (votes, pairs)"]
 
 
 def _rate(stats: dict[str, Any] | None) -> str:
     if not stats or not stats["n"]:
         return "–"
     lo, hi = stats["ci95"]
-    return f"{stats['rate']:.2f} [{lo:.2f}, {hi:.2f}] ({stats['n']})"
+    return f"{stats['rate']:.2f} [{lo:.2f}, {hi:.2f}] ({stats['n']}, {stats['pairs']})"
 
 
 def ab_rows(factory, experiment_id: int | None) -> list[list[str]]:

@@ -220,14 +220,17 @@ def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, fl
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def win_stats(wins: int, losses: int, ties: int) -> dict[str, Any]:
-    """{wins, losses, ties, n, rate, ci95}: ties count half; rate and ci95 are None without votes."""
+def win_stats(wins: int, losses: int, ties: int, pairs: int = 0) -> dict[str, Any]:
+    """{wins, losses, ties, n, pairs, rate, ci95}: ties count half; rate and ci95 are None without votes.
+
+    ``pairs`` is how many distinct pairs the n votes are on: votes on the same pair (same prompt and seed) are not
+    independent evidence about the model, so an interval over n votes on few pairs is narrower than it should be."""
     n = wins + losses + ties
     if n == 0:
-        return {"wins": 0, "losses": 0, "ties": 0, "n": 0, "rate": None, "ci95": None}
+        return {"wins": 0, "losses": 0, "ties": 0, "n": 0, "pairs": 0, "rate": None, "ci95": None}
     score = wins + ties / 2
     lo, hi = wilson_interval(score, n)
-    return {"wins": wins, "losses": losses, "ties": ties, "n": n, "rate": score / n, "ci95": [lo, hi]}
+    return {"wins": wins, "losses": losses, "ties": ties, "n": n, "pairs": pairs, "rate": score / n, "ci95": [lo, hi]}
 
 
 def ab_win_rates(*, session: Session, experiment_id: int) -> dict[int, dict[str, Any]]:
@@ -239,14 +242,15 @@ def ab_win_rates(*, session: Session, experiment_id: int) -> dict[int, dict[str,
     base = next((r for r in rounds.values() if r.index == 0), None)
     image_a, image_b = aliased(Image), aliased(Image)
     rows = session.execute(
-        select(ComparisonPair.round_id, image_a.round_id, image_b.round_id, ComparisonVote.choice)
+        select(ComparisonPair.id, ComparisonPair.round_id, image_a.round_id, image_b.round_id, ComparisonVote.choice)
         .join(image_a, image_a.id == ComparisonPair.image_a_id)
         .join(image_b, image_b.id == ComparisonPair.image_b_id)
         .outerjoin(ComparisonVote, ComparisonVote.pair_id == ComparisonPair.id)
         .where(ComparisonPair.experiment_id == experiment_id, ComparisonPair.kind == "ab")
     ).all()
     tallies: dict[int, dict[str, list[int]]] = {}
-    for pair_round, round_a, round_b, choice in rows:
+    voted_pairs: dict[tuple[int, str], set[int]] = {}
+    for pair_id, pair_round, round_a, round_b, choice in rows:
         if (round_a == pair_round) == (round_b == pair_round):
             raise Conflict(f"an A/B pair of round id {pair_round} has images of rounds {round_a} and {round_b}; "
                            "exactly one side must be the pair's own round")
@@ -266,12 +270,13 @@ def ab_win_rates(*, session: Session, experiment_id: int) -> dict[int, dict[str,
         slot = 2 if choice == "tie" else (0 if choice == new_side else 1)
         for name in against:
             tally[name][slot] += 1
+            voted_pairs.setdefault((pair_round, name), set()).add(pair_id)
     out: dict[int, dict[str, Any]] = {}
     for round_id, tally in sorted(tallies.items(), key=lambda item: rounds[item[0]].index):
         parent = parent_of(session=session, round_id=round_id)
         out[rounds[round_id].index] = {
             "parent_index": None if parent is None else parent.index,
-            "vs_previous": win_stats(*tally["vs_previous"]),
-            "vs_base": win_stats(*tally["vs_base"]),
+            "vs_previous": win_stats(*tally["vs_previous"], len(voted_pairs.get((round_id, "vs_previous"), ()))),
+            "vs_base": win_stats(*tally["vs_base"], len(voted_pairs.get((round_id, "vs_base"), ()))),
         }
     return out

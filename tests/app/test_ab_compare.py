@@ -124,7 +124,7 @@ def test_vote_through_the_gradio_handler_and_the_dashboard_table(ui_world):
         fns["on_vote"](ui_world.experiment_id, evt, req)
     rows = ui_compare.ab_rows(ui_world.factory, ui_world.experiment_id)
     lo, hi = comparisons.wilson_interval(2, 2)
-    assert rows == [["1", "base", f"1.00 [{lo:.2f}, {hi:.2f}] (2)", f"1.00 [{lo:.2f}, {hi:.2f}] (2)"]]
+    assert rows == [["1", "base", f"1.00 [{lo:.2f}, {hi:.2f}] (2, 2)", f"1.00 [{lo:.2f}, {hi:.2f}] (2, 2)"]]
     with pytest.raises(gr.Error, match="Sign in first"):
         fns["on_vote"](ui_world.experiment_id, gr.EventData(None, {"pair_id": pairs[0][0], "choice": "a"}),
                        gr.Request(username=None, client={"host": "127.0.0.1", "port": 5000}))

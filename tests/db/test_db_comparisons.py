@@ -132,7 +132,8 @@ def test_ab_win_rates_by_hand(db_factory):
     assert sorted(rates) == [1, 2]
     one = rates[1]
     assert one["parent_index"] == 0 and one["vs_previous"] == one["vs_base"]
-    assert {k: one["vs_base"][k] for k in ("wins", "losses", "ties", "n")} == {"wins": 5, "losses": 2, "ties": 1, "n": 8}
+    assert {k: one["vs_base"][k] for k in ("wins", "losses", "ties", "n", "pairs")} == {
+        "wins": 5, "losses": 2, "ties": 1, "n": 8, "pairs": 4}
     assert one["vs_base"]["rate"] == pytest.approx(5.5 / 8)
     # Wilson by hand: p = 0.6875, n = 8, z = 1.96
     p, n, z = 5.5 / 8, 8, 1.959963984540054
@@ -145,7 +146,8 @@ def test_ab_win_rates_by_hand(db_factory):
     assert (two["vs_previous"]["wins"], two["vs_previous"]["losses"], two["vs_previous"]["ties"]) == (1, 1, 1)
     assert two["vs_previous"]["rate"] == pytest.approx(0.5)
     # vs base: r0 win, r1 loss
-    assert (two["vs_base"]["wins"], two["vs_base"]["losses"], two["vs_base"]["n"]) == (1, 1, 2)
+    assert (two["vs_base"]["wins"], two["vs_base"]["losses"], two["vs_base"]["n"], two["vs_base"]["pairs"]) == (1, 1, 2, 1)
+    assert two["vs_previous"]["pairs"] == 2
 
 
 def test_rollback_lineage_and_win_rates_against_the_parent(db_factory):
