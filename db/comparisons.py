@@ -240,6 +240,7 @@ def ab_win_rates(*, session: Session, experiment_id: int) -> dict[int, dict[str,
     repo.get_experiment(session=session, experiment_id=experiment_id)
     rounds = {r.id: r for r in repo.list_rounds(session=session, experiment_id=experiment_id)}
     base = next((r for r in rounds.values() if r.index == 0), None)
+    parents = {rid: parent_of(session=session, round_id=rid) for rid in rounds}  # once per round, not per vote
     image_a, image_b = aliased(Image), aliased(Image)
     rows = session.execute(
         select(ComparisonPair.id, ComparisonPair.round_id, image_a.round_id, image_b.round_id, ComparisonVote.choice)
@@ -255,7 +256,7 @@ def ab_win_rates(*, session: Session, experiment_id: int) -> dict[int, dict[str,
             raise Conflict(f"an A/B pair of round id {pair_round} has images of rounds {round_a} and {round_b}; "
                            "exactly one side must be the pair's own round")
         new_side, opponent = ("a", round_b) if round_a == pair_round else ("b", round_a)
-        parent = parent_of(session=session, round_id=pair_round)
+        parent = parents[pair_round]
         against = []
         if parent is not None and opponent == parent.id:
             against.append("vs_previous")
@@ -273,7 +274,7 @@ def ab_win_rates(*, session: Session, experiment_id: int) -> dict[int, dict[str,
             voted_pairs.setdefault((pair_round, name), set()).add(pair_id)
     out: dict[int, dict[str, Any]] = {}
     for round_id, tally in sorted(tallies.items(), key=lambda item: rounds[item[0]].index):
-        parent = parent_of(session=session, round_id=round_id)
+        parent = parents[round_id]
         out[rounds[round_id].index] = {
             "parent_index": None if parent is None else parent.index,
             "vs_previous": win_stats(*tally["vs_previous"], len(voted_pairs.get((round_id, "vs_previous"), ()))),
