@@ -16,6 +16,8 @@ import html
 from collections.abc import Callable
 from typing import Any
 
+import gradio as gr  # at module level: the handlers' ``request: gr.Request`` annotations are resolved from here
+
 from app import pairwise
 from app.auth import Who
 
@@ -127,8 +129,6 @@ def build_tab(services, exp_state, who_of: Callable, shown: Callable, warn: Call
               private: dict[str, Any] | None = None):
     """The Pairs tab; call inside ``gr.Tabs()``. ``who_of(request)`` finds the signed-in rater (gr.Error when
     refused), ``shown(fn)`` turns a refusal into a gr.Error, ``warn(sentence)`` shows a refusal as a warning."""
-    import gradio as gr
-
     private = private or {"api_visibility": "private"}
     factory, data_dir = services.factory, services.settings.data_dir
     with gr.Tab("Pairs", id="pairs", elem_id="tab-pairs") as tab:
@@ -166,8 +166,6 @@ def build_tab(services, exp_state, who_of: Callable, shown: Callable, warn: Call
 
 def build_admin(services, exp_state, admin_of: Callable, shown: Callable, private: dict[str, Any] | None = None):
     """The admin's feedback setting (call inside the Admin tab)."""
-    import gradio as gr
-
     private = private or {"api_visibility": "private"}
     with gr.Accordion("Feedback: scores or pairwise comparisons", open=False):
         gr.Markdown("What raters give on this experiment: **scores** (1-10 on the Rate tab), **pairs** (which of two "

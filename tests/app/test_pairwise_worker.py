@@ -74,7 +74,7 @@ def test_the_worker_trains_on_pair_votes_only(worker_world):
 
     # 4. the saved reward model orders every pair of images that was not voted on (held out) by the synthetic
     # preference. Stated threshold 0.75 (chance: 0.5); measured 0.859 on the 474 held-out pairs of the 32 images
-    # (about 24 votes, every image compared only with images of its own prompt)
+    # (22 votes on 29 pairs; every image is compared only with images of its own prompt)
     ensemble = RewardEnsemble.load(storage.resolve(world.settings.data_dir, storage.reward_path(eid, 1)))
     ids = sorted(images)
     with torch.no_grad():
