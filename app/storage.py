@@ -8,7 +8,7 @@ The database stores paths relative to the data dir (forward slashes); :func:`res
 a path and refuses anything that could point outside (absolute paths, ``..``, backslashes).
 
 Every file and directory appears under its final name only when complete: it is written under a
-``.tmp-*`` name, fsynced and renamed. A killed writer leaves ``.tmp-*`` entries behind, which
+``.tmp-*`` name, fsynced and renamed (``seiko_core.atomic`` for files, ``seiko_core.checkpoint`` for directories). A killed writer leaves ``.tmp-*`` entries behind, which
 :func:`clean_partials` removes.
 """
 
@@ -23,12 +23,12 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from seiko_core.checkpoint import fsync_dir, sha256_file
+from seiko_core.atomic import TMP_PREFIX, fsync_dir, write_bytes
+from seiko_core.checkpoint import sha256_file
 
 IMAGES = "images"
 ADAPTERS = "adapters"
 REWARD = "reward"
-TMP_PREFIX = ".tmp-"  # the prefix seiko_core.checkpoint.atomic_directory uses too
 
 
 class UnsafePath(ValueError):
@@ -92,18 +92,7 @@ def write_image(data_dir: str | Path, png: bytes) -> StoredFile:
     final = resolve(data_dir, rel)
     if final.is_file() and sha256_file(final) == digest:
         return StoredFile(rel, digest)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f"{TMP_PREFIX}{digest[:16]}-{uuid.uuid4().hex[:8]}.png"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(png)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)  # also replaces a corrupt file of the same name
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(final.parent)
+    write_bytes(final, png)  # also replaces a corrupt file of the same name
     return StoredFile(rel, digest)
 
 

@@ -1,4 +1,5 @@
 """Atomic checkpoint directories: written in a temporary sibling, fsynced, renamed, with a sha256 manifest.
+(Single files: ``seiko_core.atomic``, whose temporary names and fsync this module shares.)
 
 A reader never sees a partial directory under its final name, and ``verify`` proves the files are the
 ones written. The manifest is JSON; weights are safetensors.
@@ -10,9 +11,10 @@ import hashlib
 import json
 import os
 import shutil
-import uuid
 from collections.abc import Callable
 from pathlib import Path
+
+from seiko_core.atomic import TMP_PREFIX, fsync_dir, temp_sibling
 
 MANIFEST = "manifest.json"
 
@@ -27,14 +29,6 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_manifest(directory: Path, extra: dict | None = None) -> str:
@@ -56,7 +50,7 @@ def atomic_directory(final: str | Path, write: Callable[[Path], None], extra: di
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    tmp = temp_sibling(final)
     tmp.mkdir()
     try:
         write(tmp)
@@ -98,11 +92,17 @@ def verify(directory: str | Path) -> dict:
 
 
 def clean_partials(parent: str | Path) -> list[Path]:
-    """Remove temporary directories left by a killed writer; returns what was removed."""
+    """Remove the temporary directories and files (``.tmp-*``) a killed writer left in ``parent``; returns them."""
     parent = Path(parent)
     removed = []
     if parent.is_dir():
-        for p in parent.glob(".tmp-*"):
-            shutil.rmtree(p, ignore_errors=True)
+        for p in parent.glob(f"{TMP_PREFIX}*"):
+            try:
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+            except FileNotFoundError:  # another process removed it first: it is gone either way
+                continue
             removed.append(p)
     return removed

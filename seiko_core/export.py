@@ -13,7 +13,7 @@ Formats:
 - ratings: ``metadata.jsonl`` (one row per rating) + the rated PNGs under ``images/``.
 
 Every directory is written atomically (``checkpoint.atomic_directory``: temp dir, fsync, rename) with a
-``manifest.json`` of sha256 hashes; the single kohya file is written to a temp file and renamed. No
+``manifest.json`` of sha256 hashes; the single kohya file and the ratings zip by ``seiko_core.atomic.atomic_write``. No
 pickles: weights are safetensors, everything else JSON or text.
 """
 
@@ -23,7 +23,6 @@ import json
 import os
 import re
 import shutil
-import uuid
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from typing import Any
 
 import torch
 
+from .atomic import atomic_write
 from .checkpoint import MANIFEST, CheckpointError, atomic_directory, sha256_file, verify
 from .lora import WEIGHT_NAME, inject, write_weights
 
@@ -97,29 +97,6 @@ def _copy_json_files(src: Path, dst: Path, names: Iterable[str]) -> None:
     for name in names:
         if (src / name).is_file():
             shutil.copyfile(src / name, dst / name)
-
-
-def _fsync_parent(path: Path) -> None:
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_file(out_file: Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` into a temp sibling, fsync it, rename it to ``out_file``."""
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_file.parent / f".tmp-{out_file.name}-{uuid.uuid4().hex[:8]}"
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, out_file)
-        _fsync_parent(out_file)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # ------------------------------------------------------------------------------------------- diffusers
@@ -212,7 +189,7 @@ def export_kohya_lora(adapter_dir: str | Path, out_file: str | Path) -> ExportRe
         "seiko_source_manifest_sha256": sha256_file(adapter_dir / MANIFEST),
         "format": "pt",
     }
-    _atomic_file(out_file, lambda tmp: save_file(weights, str(tmp), metadata=header))
+    atomic_write(out_file, lambda tmp: save_file(weights, str(tmp), metadata=header))
     return ExportResult(out_file, "kohya", sha256_file(out_file))
 
 
@@ -412,5 +389,5 @@ def zip_directory(src_dir: str | Path, out_zip: str | Path) -> Path:
                     method = zipfile.ZIP_STORED if p.suffix in _STORED else zipfile.ZIP_DEFLATED
                     zf.write(p, f"{src_dir.name}/{p.relative_to(src_dir).as_posix()}", compress_type=method)
 
-    _atomic_file(out_zip, write)
+    atomic_write(out_zip, write)
     return out_zip

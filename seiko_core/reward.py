@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from itertools import pairwise
@@ -37,6 +36,7 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 from torch import Tensor
 
+from seiko_core.atomic import write_bytes
 from seiko_core.config import RewardConfig
 
 REWARD_WEIGHTS = "reward.safetensors"
@@ -55,22 +55,13 @@ ProgressFn = Callable[[int, int, dict[str, Any]], None]
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def write_artifact(path_dir: str | Path, weights_name: str, meta_name: str, tensors: dict[str, Tensor], meta: dict) -> Path:
     """Write ``tensors`` as safetensors and ``meta`` as JSON into ``path_dir`` (created if needed), each file atomically."""
     out = Path(path_dir)
     out.mkdir(parents=True, exist_ok=True)
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    _write_atomic(out / weights_name, save_safetensors_bytes(cpu))
-    _write_atomic(out / meta_name, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    write_bytes(out / weights_name, save_safetensors_bytes(cpu))
+    write_bytes(out / meta_name, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
     return out
 
 

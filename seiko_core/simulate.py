@@ -51,6 +51,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .atomic import write_text
 from .config import METHODS, SeikoConfig, from_dict, to_dict
 
 RESULTS = "results.json"
@@ -162,9 +163,8 @@ def train_seed(run_seed: int, round_index: int) -> int:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=_json_default))
-    os.replace(tmp, path)
+    """The results as JSON (numpy values as plain numbers), written atomically: a killed run leaves the last whole file."""
+    write_text(path, json.dumps(data, indent=1, default=_json_default))
 
 
 def _json_default(obj):

@@ -1,0 +1,67 @@
+"""Atomic files: a file appears under its final name only when it is complete and on disk.
+
+``atomic_write(final, write)`` runs ``write(tmp)`` on a temporary sibling named ``.tmp-<name>-<random>``, fsyncs
+it, renames it over ``final`` (``os.replace``: the old file, if any, stays whole until that instant) and fsyncs
+the directory so the rename survives a power cut. If ``write`` raises, the temporary file is removed and the old
+file is untouched. If the process is killed, the ``.tmp-*`` file stays behind; ``app.storage.clean_partials`` and
+``seiko_core.checkpoint.clean_partials`` remove such leftovers. Directories use the same prefix and the same steps
+in ``seiko_core.checkpoint.atomic_directory``.
+
+Every file the project writes for later reading goes through here: images, reward models, exported adapters and
+archives, benchmark results.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+TMP_PREFIX = ".tmp-"
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Flush a directory's entries (a rename inside it) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temp_sibling(final: str | Path) -> Path:
+    """A fresh temporary name next to ``final``, with the prefix the clean-up functions look for."""
+    final = Path(final)
+    return final.parent / f"{TMP_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
+
+
+def atomic_write(final: str | Path, write: Callable[[Path], None]) -> Path:
+    """``write(tmp)`` into a temporary sibling of ``final``, fsync it, rename it to ``final``; returns ``final``.
+
+    The parent directory is created if needed. An exception from ``write`` (or from the fsync or rename) removes the
+    temporary file and propagates; ``final`` then still holds what it held before, or does not exist.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(final)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(final.parent)
+    return final
+
+
+def write_bytes(final: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``final`` atomically (see ``atomic_write``)."""
+    return atomic_write(final, lambda tmp: tmp.write_bytes(data))
+
+
+def write_text(final: str | Path, text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``final`` atomically (see ``atomic_write``)."""
+    return atomic_write(final, lambda tmp: tmp.write_text(text, encoding=encoding))
