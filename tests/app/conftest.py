@@ -207,3 +207,20 @@ def ui_world_factory(db_url, tmp_path) -> Iterator[Callable[..., UiWorld]]:
 def ui_world(ui_world_factory) -> UiWorld:
     """An open round of 6 query images, overlap 1, accounts alice/bob (raters) and root (admin)."""
     return ui_world_factory()
+
+
+# ---------------------------------------------------------------------------------------------
+# browser tests (tests/app/test_e2e_*.py; see tests/app/e2e_support.py)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def e2e() -> Iterator[Any]:
+    """``demo, browser = e2e(services)``: the app served on a free port, then a headless Chromium; both closed after
+    the test. Skips the test at once without /usr/bin/chromium or the playwright package."""
+    from contextlib import ExitStack
+
+    from tests.app.e2e_support import E2E
+
+    with ExitStack() as stack:
+        yield E2E(stack)

@@ -1,40 +1,18 @@
 """End to end in a real browser (Debian's chromium through playwright): sign in, rate with the keyboard, reload.
 
 Needs /usr/bin/chromium (``bash scripts/install_browser.sh``) and the ``playwright`` package
-(pyproject.toml's dev extra: make setup); skipped otherwise. Saves rating.png and dashboard.png into $SEIKO_SCREENSHOT_DIR
-(a temporary folder when unset).
+(pyproject.toml's dev extra: make setup); skipped otherwise (the ``e2e`` fixture, tests/app/e2e_support.py). Saves
+rating.png and dashboard.png into $SEIKO_SCREENSHOT_DIR (a temporary folder when unset).
 """
 
 from __future__ import annotations
 
-import os
-import socket
-import tempfile
-from pathlib import Path
-
-import pytest
-
-from app import ui
 from db import jobs as job_queue
 from db import repo
 from db.engine import read_session, write_session
+from tests.app.e2e_support import MARKS, screenshot_dir, sign_in, watch_errors
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-REPO = Path(__file__).resolve().parents[2]
-PASSWORD = "correct horse battery"  # tests/app/conftest.py gives every ui_world account this password
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (bash scripts/install_browser.sh)"),
-]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+pytestmark = MARKS
 
 
 def history(world) -> int:
@@ -68,71 +46,52 @@ def history(world) -> int:
     return round_id
 
 
-def test_sign_in_rate_with_the_keyboard_reload(ui_world_factory):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package (pyproject.toml's dev extra: make setup)")
+def test_sign_in_rate_with_the_keyboard_reload(ui_world_factory, e2e):
     world = ui_world_factory(n_images=12)
     open_round = history(world)
-    services = world.services(batch_size=8)
-    demo = ui.build_demo(services)
-    demo.launch(prevent_thread_lock=True, quiet=True, **{**ui.launch_kwargs(services), "server_port": free_port()})
-    # screenshots go to a temporary folder unless SEIKO_SCREENSHOT_DIR names one (e.g. docs/images)
-    shots = Path(os.environ.get("SEIKO_SCREENSHOT_DIR") or tempfile.mkdtemp(prefix="seiko-shots-"))
-    shots.mkdir(parents=True, exist_ok=True)
-    try:
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(demo.local_url)
+    demo, browser = e2e(world.services(batch_size=8))
+    shots = screenshot_dir()
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors = watch_errors(page)
+    sign_in(page, demo.local_url, "alice", wait_for="#rating-grid .rg-card")
+    assert "Signed in as alice" in page.locator("#signed-in").inner_text()
+    ids = [int(c.get_attribute("data-image-id")) for c in page.locator(".rg-card").all()]
+    assert len(ids) == 8
+    page.wait_for_function("document.activeElement && document.activeElement.classList.contains('rg-card')")
 
-            # sign in on Gradio's login page
-            page.wait_for_selector("input[type=password]", timeout=60_000)
-            page.locator("input:not([type=password])").first.fill("alice")
-            page.locator("input[type=password]").fill(PASSWORD)
-            page.keyboard.press("Enter")
-            page.wait_for_selector("#rating-grid .rg-card", timeout=60_000)
-            assert "Signed in as alice" in page.locator("#signed-in").inner_text()
-            ids = [int(c.get_attribute("data-image-id")) for c in page.locator(".rg-card").all()]
-            assert len(ids) == 8
-            page.wait_for_function("document.activeElement && document.activeElement.classList.contains('rg-card')")
+    # rate with the keyboard: 7, 3, back and edit to 9, skip, 10, 5, undo the 5, 6
+    for key in ["7", "3", "ArrowLeft", "9", "s", "0", "5", "u", "6"]:
+        page.keyboard.press(key)
+    page.wait_for_function("window.__seiko && !window.__seiko.busy && window.__seiko.queue.length === 0"
+                           " && !document.querySelector('.rg-card[data-state=pending]')", timeout=30_000)
+    state = {int(c.get_attribute("data-image-id")): (c.get_attribute("data-state"), c.get_attribute("data-score"))
+             for c in page.locator(".rg-card").all()}
+    expected = {ids[0]: 7, ids[1]: 9, ids[3]: 10, ids[5]: 6}
+    assert state[ids[0]] == ("rated", "7") and state[ids[1]] == ("rated", "9") and state[ids[2]][0] == "skipped"
+    assert state[ids[3]] == ("rated", "10") and state[ids[4]] == ("open", "") and state[ids[5]] == ("rated", "6")
+    assert "You: 4 rated" in page.locator("#you-progress").inner_text()
+    page.locator(f".rg-card[data-image-id='{ids[6]}']").focus()
+    page.screenshot(path=str(shots / "rating.png"), full_page=True)
 
-            # rate with the keyboard: 7, 3, back and edit to 9, skip, 10, 5, undo the 5, 6
-            for key in ["7", "3", "ArrowLeft", "9", "s", "0", "5", "u", "6"]:
-                page.keyboard.press(key)
-            page.wait_for_function("window.__seiko && !window.__seiko.busy && window.__seiko.queue.length === 0"
-                                   " && !document.querySelector('.rg-card[data-state=pending]')", timeout=30_000)
-            state = {int(c.get_attribute("data-image-id")): (c.get_attribute("data-state"), c.get_attribute("data-score"))
-                     for c in page.locator(".rg-card").all()}
-            expected = {ids[0]: 7, ids[1]: 9, ids[3]: 10, ids[5]: 6}
-            assert state[ids[0]] == ("rated", "7") and state[ids[1]] == ("rated", "9") and state[ids[2]][0] == "skipped"
-            assert state[ids[3]] == ("rated", "10") and state[ids[4]] == ("open", "") and state[ids[5]] == ("rated", "6")
-            assert "You: 4 rated" in page.locator("#you-progress").inner_text()
-            page.locator(f".rg-card[data-image-id='{ids[6]}']").focus()
-            page.screenshot(path=str(shots / "rating.png"), full_page=True)
+    with read_session(world.factory) as s:
+        alice = world.accounts["alice"]
+        saved = {im.id: r.score for im in repo.list_images(session=s, round_id=open_round)
+                 if (r := repo.find_rating(session=s, image_id=im.id, rater_id=alice))}
+    assert saved == expected
 
-            with read_session(world.factory) as s:
-                alice = world.accounts["alice"]
-                saved = {im.id: r.score for im in repo.list_images(session=s, round_id=open_round)
-                         if (r := repo.find_rating(session=s, image_id=im.id, rater_id=alice))}
-            assert saved == expected
+    # reload: still signed in, the ratings kept, rated and skipped images never shown again
+    page.reload()
+    page.wait_for_selector("#rating-grid .rg-card", timeout=60_000)
+    assert "You: 4 rated" in page.locator("#you-progress").inner_text()
+    again = {int(c.get_attribute("data-image-id")) for c in page.locator(".rg-card").all()}
+    assert not again & {ids[0], ids[1], ids[2], ids[3], ids[5]} and ids[4] in again
 
-            # reload: still signed in, the ratings kept, rated and skipped images never shown again
-            page.reload()
-            page.wait_for_selector("#rating-grid .rg-card", timeout=60_000)
-            assert "You: 4 rated" in page.locator("#you-progress").inner_text()
-            again = {int(c.get_attribute("data-image-id")) for c in page.locator(".rg-card").all()}
-            assert not again & {ids[0], ids[1], ids[2], ids[3], ids[5]} and ids[4] in again
-
-            # the dashboard
-            page.get_by_role("tab", name="Dashboard").click()
-            page.wait_for_selector("#eval-grid img", timeout=60_000)
-            page.wait_for_selector("#rounds-plot img, #rounds-plot svg, #rounds-plot canvas", timeout=60_000)
-            assert "sample_eval" in page.locator("#worker").inner_text()
-            assert page.locator("#eval-grid img").count() == 12  # 4 prompt/seed rows x 3 rounds
-            page.screenshot(path=str(shots / "dashboard.png"), full_page=True)
-            assert page.get_by_role("tab", name="Admin").count() == 0  # alice is a rater
-            assert not errors, errors
-            browser.close()
-    finally:
-        demo.close()
+    # the dashboard
+    page.get_by_role("tab", name="Dashboard").click()
+    page.wait_for_selector("#eval-grid img", timeout=60_000)
+    page.wait_for_selector("#rounds-plot img, #rounds-plot svg, #rounds-plot canvas", timeout=60_000)
+    assert "sample_eval" in page.locator("#worker").inner_text()
+    assert page.locator("#eval-grid img").count() == 12  # 4 prompt/seed rows x 3 rounds
+    page.screenshot(path=str(shots / "dashboard.png"), full_page=True)
+    assert page.get_by_role("tab", name="Admin").count() == 0  # alice is a rater
+    assert not errors, errors

@@ -6,38 +6,22 @@ presses "Retry failed job"; the worker runs the job again and round 0 opens for 
 the rating page show. Then "Close round and train" only asks; the round closes on "Yes". A rater sees neither the
 admin tab nor (by default) the dashboard.
 
-Needs /usr/bin/chromium (``bash scripts/install_browser.sh``) and the ``playwright`` package; skipped otherwise.
+Needs /usr/bin/chromium (``bash scripts/install_browser.sh``) and the ``playwright`` package; skipped otherwise (the
+``e2e`` fixture, tests/app/e2e_support.py).
 """
 
 from __future__ import annotations
 
-import socket
 import time
-from pathlib import Path
 
-import pytest
-
-from app import auth, ui
+from app import auth
 from app.ui import AppServices
 from db import jobs as job_queue
 from db import repo
 from db.engine import read_session, write_session
+from tests.app.e2e_support import MARKS, PASSWORD, sign_in, watch_errors
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-PASSWORD = "correct horse battery"
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (bash scripts/install_browser.sh)"),
-]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+pytestmark = MARKS
 
 
 def round0(world, experiment_id):
@@ -47,21 +31,15 @@ def round0(world, experiment_id):
         return r.status, jobs
 
 
-def sign_in(browser, url: str, name: str):
+def signed_in_page(browser, url: str, name: str):
+    """A new page with ``name`` signed in, and the list its JavaScript errors go to."""
     page = browser.new_page(viewport={"width": 1280, "height": 1000})
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(url)
-    page.wait_for_selector("input[type=password]", timeout=60_000)
-    page.locator("input:not([type=password])").first.fill(name)
-    page.locator("input[type=password]").fill(PASSWORD)
-    page.keyboard.press("Enter")
-    page.wait_for_selector("#signed-in", timeout=60_000)
+    errors = watch_errors(page)
+    sign_in(page, url, name)
     return page, errors
 
 
-def test_admin_retries_a_failed_job_and_confirms_closing_the_round(worker_world, tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package (pyproject's dev extra)")
+def test_admin_retries_a_failed_job_and_confirms_closing_the_round(worker_world, tmp_path, e2e):
     world = worker_world
     auth.add_user(world.factory, name="root", role="admin", password=PASSWORD)
     auth.add_user(world.factory, name="alice", role="rater", password=PASSWORD)
@@ -78,60 +56,55 @@ def test_admin_retries_a_failed_job_and_confirms_closing_the_round(worker_world,
 
     services = AppServices(factory=world.factory, settings=world.settings, local_mode=False, batch_size=4,
                            dashboard_refresh_s=1.0, rate_poll_s=1.0)
-    demo = ui.build_demo(services)
-    demo.launch(prevent_thread_lock=True, quiet=True, **{**ui.launch_kwargs(services), "server_port": free_port()})
+    demo, browser = e2e(services)
     try:
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-            page, errors = sign_in(browser, demo.local_url, "root")
-            page.get_by_role("tab", name="Admin").click()
-            page.wait_for_selector("#failed-job", timeout=30_000)
-            assert f"Job {job_id} (generate) failed after 3 attempts" in page.locator("#failed-job").inner_text()
-            assert "does not exist" in page.locator("#failed-job").inner_text()
+        page, errors = signed_in_page(browser, demo.local_url, "root")
+        page.get_by_role("tab", name="Admin").click()
+        page.wait_for_selector("#failed-job", timeout=30_000)
+        assert f"Job {job_id} (generate) failed after 3 attempts" in page.locator("#failed-job").inner_text()
+        assert "does not exist" in page.locator("#failed-job").inner_text()
 
-            with write_session(world.factory) as s:  # the admin fixes the cause (puts the model back)
-                repo.get_experiment(session=s, experiment_id=eid).model_spec = str(world.model_dir)
-            page.locator("#retry-job").click()
-            page.wait_for_function("document.body.innerText.includes('is queued again')", timeout=30_000)
-            status, jobs = round0(world, eid)
-            assert jobs == [(job_id, "generate", "queued", 0)]
+        with write_session(world.factory) as s:  # the admin fixes the cause (puts the model back)
+            repo.get_experiment(session=s, experiment_id=eid).model_spec = str(world.model_dir)
+        page.locator("#retry-job").click()
+        page.wait_for_function("document.body.innerText.includes('is queued again')", timeout=30_000)
+        status, jobs = round0(world, eid)
+        assert jobs == [(job_id, "generate", "queued", 0)]
 
-            assert worker.run_once() is True  # the worker runs the retried job: round 0 opens
-            assert round0(world, eid)[0] == "labeling"
-            page.wait_for_function("document.querySelector('#admin-round-status')"
-                                   " && document.querySelector('#admin-round-status').innerText.includes('labeling')",
-                                   timeout=30_000)
-            assert page.locator("#failed-job").count() == 0
+        assert worker.run_once() is True  # the worker runs the retried job: round 0 opens
+        assert round0(world, eid)[0] == "labeling"
+        page.wait_for_function("document.querySelector('#admin-round-status')"
+                               " && document.querySelector('#admin-round-status').innerText.includes('labeling')",
+                               timeout=30_000)
+        assert page.locator("#failed-job").count() == 0
 
-            # the rating page shows the new images; rate one with the keyboard
-            page.get_by_role("tab", name="Rate").click()
-            page.wait_for_selector("#rating-grid .rg-card", timeout=30_000)
-            page.locator(".rg-card").first.focus()
-            page.keyboard.press("7")
-            page.wait_for_function("document.querySelector('.rg-card[data-state=rated]')", timeout=30_000)
+        # the rating page shows the new images; rate one with the keyboard
+        page.get_by_role("tab", name="Rate").click()
+        page.wait_for_selector("#rating-grid .rg-card", timeout=30_000)
+        page.locator(".rg-card").first.focus()
+        page.keyboard.press("7")
+        page.wait_for_function("document.querySelector('.rg-card[data-state=rated]')", timeout=30_000)
 
-            # closing asks first: one click changes nothing
-            page.get_by_role("tab", name="Admin").click()
-            page.get_by_role("button", name="Close round and train").click()
-            page.wait_for_selector("#confirm-row", state="visible", timeout=30_000)
-            assert "Close round 0 of 'recover'" in page.locator("#confirm-text").inner_text()
-            time.sleep(1.0)
-            assert round0(world, eid)[0] == "labeling"
-            page.get_by_role("button", name="Yes, close round 0 and train").click()
-            page.wait_for_function("document.body.innerText.includes('Round 0 closed')", timeout=30_000)
-            assert round0(world, eid)[0] == "training"
-            page.wait_for_selector("#confirm-row", state="hidden", timeout=30_000)
-            assert not errors, errors
+        # closing asks first: one click changes nothing
+        page.get_by_role("tab", name="Admin").click()
+        page.get_by_role("button", name="Close round and train").click()
+        page.wait_for_selector("#confirm-row", state="visible", timeout=30_000)
+        assert "Close round 0 of 'recover'" in page.locator("#confirm-text").inner_text()
+        time.sleep(1.0)
+        assert round0(world, eid)[0] == "labeling"
+        page.get_by_role("button", name="Yes, close round 0 and train").click()
+        page.wait_for_function("document.body.innerText.includes('Round 0 closed')", timeout=30_000)
+        assert round0(world, eid)[0] == "training"
+        page.wait_for_selector("#confirm-row", state="hidden", timeout=30_000)
+        assert not errors, errors
 
-            # a rater sees neither the admin tab nor, unless the experiment allows it, the dashboard
-            rater, rater_errors = sign_in(browser, demo.local_url, "alice")
-            rater.wait_for_selector("#rate-progress", timeout=30_000)
-            assert rater.get_by_role("tab", name="Admin").count() == 0
-            assert rater.get_by_role("tab", name="Dashboard").count() == 0
-            assert not rater_errors, rater_errors
-            browser.close()
+        # a rater sees neither the admin tab nor, unless the experiment allows it, the dashboard
+        rater, rater_errors = signed_in_page(browser, demo.local_url, "alice")
+        rater.wait_for_selector("#rate-progress", timeout=30_000)
+        assert rater.get_by_role("tab", name="Admin").count() == 0
+        assert rater.get_by_role("tab", name="Dashboard").count() == 0
+        assert not rater_errors, rater_errors
     finally:
-        demo.close()
         worker.close()
     with read_session(world.factory) as s:
         actions = [e.action for e in repo.list_audit(session=s) if not e.action.startswith("user.")]
