@@ -186,7 +186,7 @@ class Heartbeat:
             try:
                 with write_session(self.factory) as s:
                     held = job_queue.heartbeat(session=s, job_id=self.job_id, worker_id=self.worker_id, lease_s=self.lease_s,
-                                          progress=self.progress.latest())
+                                               progress=self.progress.latest())
             except Exception:
                 # The lease keeps running; if heartbeats keep failing the job is taken over and this worker's
                 # publish fails with LeaseLost. Log every failure with its traceback and keep trying.
@@ -379,7 +379,7 @@ class Worker:
         run.progress.set("done", 1, 1)
         with write_session(self.factory) as s:
             job_queue.heartbeat(session=s, job_id=run.job.id, worker_id=self.worker_id, lease_s=self.lease_s,
-                           progress=run.progress.latest())
+                                progress=run.progress.latest())
             job_queue.complete_job(session=s, job_id=run.job.id, worker_id=self.worker_id, result=finite_json(result))
             write(s)
             s.flush()

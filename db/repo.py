@@ -319,7 +319,7 @@ def close_round(*, session: Session, experiment_id: int, expected_index: int | N
     set_round_status(session=session, round_id=round_.id, status="training")
     session.execute(delete(ImageLease).where(ImageLease.image_id.in_(select(Image.id).where(Image.round_id == round_.id))))
     return job_queue.enqueue_job(session=session, kind="train", experiment_id=experiment_id, round_id=round_.id,
-                       payload={"round_index": round_.index, "watermark": watermark})
+                                 payload={"round_index": round_.index, "watermark": watermark})
 
 
 def reopen_round(*, session: Session, round_id: int, now: datetime | None = None) -> Round:
@@ -1075,7 +1075,7 @@ def publish_round(
     add_checkpoint(session=session, round_id=round_.id, path=adapter_path, manifest_sha256=manifest_sha256)
     set_round_status(session=session, round_id=previous.id, status="done")
     job_queue.enqueue_job(session=session, kind="generate", experiment_id=experiment_id, round_id=round_.id,
-                payload={"round_index": index})
+                          payload={"round_index": index})
     session.flush()
     return round_, True
 

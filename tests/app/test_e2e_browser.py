@@ -42,7 +42,7 @@ def history(world) -> int:
         job = job_queue.enqueue_job(session=s, kind="eval", experiment_id=world.experiment_id, round_id=round_id)
         job_queue.claim_job(session=s, worker_id="worker-1", lease_s=600)
         job_queue.heartbeat(session=s, job_id=job.id, worker_id="worker-1", lease_s=600,
-                       progress={"phase": "sample_eval", "step": 12, "total": 32, "eta_s": 40})
+                            progress={"phase": "sample_eval", "step": 12, "total": 32, "eta_s": 40})
     return round_id
 
 

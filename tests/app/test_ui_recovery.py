@@ -71,7 +71,7 @@ def test_a_failed_job_is_retried_from_the_admin_tab(ui_world):
     with write_session(ui_world.factory) as s:
         round1 = repo.create_round(session=s, experiment_id=ui_world.experiment_id, index=None, adapter_path="adapters/r1")
         job_id = job_queue.enqueue_job(session=s, kind="generate", experiment_id=ui_world.experiment_id, round_id=round1.id,
-                                  payload={"round_index": 1}).id
+                                       payload={"round_index": 1}).id
     for _ in range(3):
         with write_session(ui_world.factory) as s:
             job_queue.claim_job(session=s, worker_id="w", lease_s=30)
