@@ -60,3 +60,27 @@ def test_the_command_refuses_a_bad_person_in_one_sentence_before_any_work(tmp_pa
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(expected.format(tmp=tmp_path)), proc.stderr
     assert not out.exists()  # nothing was created
+
+
+def test_seed_s_is_the_experiment_id_s_plus_1_and_the_placeholders_are_gone(tmp_path, worker_model_dir):
+    from app.experiment_options import ExperimentOptions
+    from app.settings import Settings
+    from db import migrate, repo
+    from db.engine import make_engine, read_session, session_factory
+
+    settings = Settings.from_env({"data_dir": str(tmp_path / "data"), "model": str(worker_model_dir)}, environ={})
+    (tmp_path / "data").mkdir()
+    migrate.upgrade(settings.db_url)
+    engine = make_engine(settings.db_url)
+    try:
+        factory = session_factory(engine)
+        cfg = bench_taste.BenchConfig(person="purple", rounds=2, budget=4, seeds=(3,), out=tmp_path, model=str(worker_model_dir),
+                                      options=ExperimentOptions(selection="optimistic", candidate_factor=2))
+        assert bench_taste._create_experiment(factory, settings, cfg, 3) == 4
+        with read_session(factory) as s:
+            (exp,) = repo.list_experiments(session=s)
+            assert (exp.id, exp.name, exp.budgets) == (4, "demo", [4, 4, 4])
+            assert exp.config["app"]["selection"] == "optimistic" and exp.config["app"]["candidate_factor"] == 2
+            assert [r.index for r in repo.list_rounds(session=s, experiment_id=4)] == [0]
+    finally:
+        engine.dispose()
