@@ -51,6 +51,7 @@ import torch
 from app import experiment_options, people, selection, taste_stats
 from app.experiment_options import ExperimentOptions
 from app.settings import Settings
+from seiko_core import atomic
 
 EXPERIMENT = "demo"
 POLL_S = 0.25
@@ -290,9 +291,7 @@ def write_results(path: Path, cfg: BenchConfig, seeds: dict[str, dict[str, Any]]
     doc = {"benchmark": "bench-taste", "command": command, "config": cfg.as_dict(),
            "rating_rule": "built-in people: rating = min(10, max(1, floor(1 + 0.9 * r + 0.5))), r the oracle's reward",
            "seeds": seeds, "summary": summarise(seeds)}
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(doc, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 def plot(path: Path, cfg: BenchConfig, summary: list[dict[str, Any]]) -> None:
