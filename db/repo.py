@@ -313,8 +313,8 @@ def close_round(*, session: Session, experiment_id: int, expected_index: int | N
             .where(ComparisonPair.round_id == round_.id, ComparisonPair.kind == "preference")
         )
     if not rated:
-        raise Conflict(f"round {round_.index} has no ratings or comparisons yet; rate or compare some images before "
-                       "training")
+        raise Conflict(f"round {round_.index} has no ratings yet (and no comparisons); rate or compare some images "
+                       "before training")
     watermark = latest_rating_id(session=session, experiment_id=experiment_id)
     set_round_status(session=session, round_id=round_.id, status="training")
     session.execute(delete(ImageLease).where(ImageLease.image_id.in_(select(Image.id).where(Image.round_id == round_.id))))
