@@ -180,17 +180,27 @@ def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: st
     """Train LoRA adapter ``adapter`` (already added, initialised from ``reference``) toward ``reward_fn``.
 
     ``cfg`` is a SeikoConfig (its ``finetune`` and ``sampling`` parts are used). ``reference`` is the previous
-    round's adapter name, None for the base model. Under ``accelerate launch`` each process samples its own
-    trajectories and gradients are averaged before every optimiser step, so all ranks stay identical.
+    round's adapter name, None for the base model.
+
+    ``accelerator``: the process's Accelerator (default :func:`seiko_core.accel.shared_accelerator` for
+    ``finetune.mixed_precision``, made once per process). Data parallel over its N processes: every optimiser step
+    draws one GLOBAL batch of ``batch_size * N`` trajectories per micro-batch (prompts, seeds and truncation mask
+    from a generator shared by all ranks) and rank r renders the r-th slice of it, so N processes with
+    ``batch_size`` b train as one process with ``batch_size`` N*b would (up to floating-point differences).
+    Gradients are averaged across ranks in one flat collective before clipping, so all ranks stay identical.
+    fp16 scales the loss through ``accelerator.backward`` and unscales before clipping; a step whose gradients
+    overflowed is skipped on every rank alike (the reduced gradients are the same everywhere).
     """
-    from accelerate import Accelerator
+    from .accel import reduce_gradients, restart_loss_scale, shared_accelerator
 
     ft, sc = cfg.finetune, cfg.sampling
     if ft.kl_weight > 0 and sc.eta <= 0:
         raise ValueError("the KL term needs a stochastic sampler: set sampling.eta > 0 (reference 1.0)")
     if not prompts:
         raise ValueError("fine-tuning needs at least one prompt")
-    acc = accelerator or Accelerator(mixed_precision=ft.mixed_precision, cpu=parts.device.type == "cpu")
+    acc = accelerator or shared_accelerator(ft.mixed_precision, cpu=parts.device.type == "cpu")
+    restart_loss_scale(acc)
+    scaler = getattr(acc, "scaler", None)
     unet = parts.unet
     params = lora.lora_parameters(unet, adapter)
     if not params:
@@ -207,40 +217,46 @@ def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: st
     opt = torch.optim.AdamW(params, lr=ft.lr, weight_decay=ft.weight_decay)
     schedule = DDIMSchedule.from_scheduler(parts.scheduler, sc.steps)
     rank, world = acc.process_index, acc.num_processes
-    gen = torch.Generator().manual_seed(seed * 7919 + rank)
+    gen = torch.Generator().manual_seed(seed * 7919)  # the same on every rank: it draws the global batch
     per_step = ft.batch_size * ft.grad_accum * world
     steps_per_epoch = max(1, math.ceil(ft.trajectories_per_epoch / per_step))
     total = steps_per_epoch * ft.epochs
     history: list[dict] = []
     start = time.time()
-    seed_base = (seed + 1) * 1_000_000 + rank * 100_000
-    n_traj = 0
+    seed_base = (seed + 1) * 1_000_000
+    n_traj = 0  # trajectories of the global batches so far (all ranks)
+    b = ft.batch_size
     try:
         for step in range(1, total + 1):
             opt.zero_grad(set_to_none=True)
             # metrics stay on the device until the optimiser step: one host sync per step, not three per micro-batch
             sums = torch.zeros(3, device=parts.device)  # reward, kl, loss summed over micro-batches
             for _ in range(ft.grad_accum):
-                idx = torch.randint(0, len(prompts), (ft.batch_size,), generator=gen).tolist()
+                # the global micro-batch of b * world trajectories; this rank renders its slice [rank*b, (rank+1)*b)
+                idx = torch.randint(0, len(prompts), (b * world,), generator=gen).tolist()[rank * b:(rank + 1) * b]
                 batch_prompts = [prompts[i] for i in idx]
-                seeds = [seed_base + n_traj + j for j in range(ft.batch_size)]
-                n_traj += ft.batch_size
+                seeds = [seed_base + n_traj + rank * b + j for j in range(b)]
+                n_traj += b * world
                 attached = attached_steps(len(schedule), ft.truncation, ft.truncation_k, gen)
                 loss, r, traj = trajectory_loss(parts, reward_fn, batch_prompts, seeds, ft, schedule=schedule, eta=sc.eta,
                                                 guidance=sc.guidance, attached=attached, adapter=adapter,
                                                 reference=reference, trainable=params, autocast=acc.autocast)
-                (loss / ft.grad_accum).backward()
+                acc.backward(loss / ft.grad_accum)  # scales the loss when fp16 has a loss scaler
                 sums += torch.stack([r.detach().float().mean(), traj.kl.detach().float().mean(), loss.detach().float()])
-            if world > 1:
-                for p in params:
-                    if p.grad is None:
-                        p.grad = torch.zeros_like(p)
-                    p.grad = acc.reduce(p.grad, reduction="mean")
+            reduce_gradients(acc, params)  # one all-reduce of one flat buffer (no-op on one process)
+            if scaler is not None:
+                scaler.unscale_(opt)  # clip the true gradients, not the scaled ones
             grad_norm = torch.nn.utils.clip_grad_norm_(params, ft.grad_clip)
-            opt.step()
+            if scaler is not None:
+                scaler.step(opt)  # skipped when the gradients hold inf/NaN (the same on every rank)
+                scaler.update()
+            else:
+                opt.step()
             reward_m, kl_m, loss_m, gnorm = (torch.cat([sums / ft.grad_accum, grad_norm.reshape(1).to(sums)])).tolist()
             rec = {"step": step, "reward": reward_m, "kl": kl_m, "loss": loss_m, "grad_norm": gnorm,
                    "elapsed_s": time.time() - start}
+            if scaler is not None:
+                rec["loss_scale"] = float(scaler.get_scale())
             history.append(rec)
             if on_progress is not None:
                 on_progress(step, total, {"phase": "finetune", **rec})
@@ -251,7 +267,7 @@ def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: st
         for p in params:
             p.requires_grad_(False)
     first, last = history[0] if history else {}, history[-1] if history else {}
-    metrics = {"steps": total, "trajectories": n_traj * world, "reward_first": first.get("reward"),
+    metrics = {"steps": total, "trajectories": n_traj, "processes": world, "reward_first": first.get("reward"),
                "reward_last": last.get("reward"), "kl_last": last.get("kl"), "wall_s": time.time() - start}
     return FinetuneResult(adapter=adapter, steps=total, metrics=metrics, history=history)
 
