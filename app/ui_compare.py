@@ -11,13 +11,14 @@ admin's rollback control (``build_rollback``). Every handler checks who is askin
 
 from __future__ import annotations
 
+import base64
 import html
 from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
 
-from app import ab
+from app import ab, ui_images
 from app.auth import Who
 from app.ui_rate import pick_experiment, png_data_uri
 from db import comparisons, repo
@@ -35,7 +36,8 @@ COMPARE_CSS = """
 .cmp-side { border: 2px solid #e5e7eb; border-radius: 10px; padding: 8px; background: #fff; cursor: pointer; }
 .cmp-side:hover { border-color: #2563eb; }
 .cmp-side img { width: 100%; aspect-ratio: 1 / 1; object-fit: contain; background: #111827; border-radius: 6px;
-  image-rendering: pixelated; display: block; }
+  image-rendering: auto; display: block; }
+.cmp-side img.px { image-rendering: crisp-edges; image-rendering: pixelated; }  /* small images only (app.ui_images) */
 .cmp-buttons { display: flex; gap: 10px; margin: .6rem 0; max-width: 900px; justify-content: space-between; }
 .cmp-buttons button { font: inherit; padding: .4rem .9rem; border: 1px solid #d1d5db; border-radius: 6px;
   background: #f9fafb; color: #111827; cursor: pointer; }
@@ -98,7 +100,8 @@ def pair_html(factory, data_dir, who: Who, experiment_id: int | None, kind: str)
         sides = []
         for choice, image in (("a", left), ("b", right)):
             src = png_data_uri(data_dir, image)
-            img = f"<img src='{src}' alt='{CHOICES[choice]} image'>" if src else "<div class='cmp-empty'>image file missing</div>"
+            px = ui_images.img_class(base64.b64decode(src.split(",", 1)[1][:64])) if src else ""
+            img = f"<img src='{src}'{px} alt='{CHOICES[choice]} image'>" if src else "<div class='cmp-empty'>image file missing</div>"
             sides.append(f"<div class='cmp-side' data-choice='{choice}' role='button' aria-label='{CHOICES[choice]} is better'>"
                          f"{img}</div>")
     return (

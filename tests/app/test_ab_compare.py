@@ -81,6 +81,7 @@ def test_compare_page_is_blind_and_votes_are_stored(ui_world):
     page = ui_compare.pair_html(ui_world.factory, data_dir, alice, ui_world.experiment_id, "ab")
     pair_id = int(re.search(r"data-pair-id='(\d+)'", page).group(1))
     assert page.count("<img src='data:image/png;base64,") == 2 and "2 pairs left" in page
+    assert page.count("class='px'") == 2  # 16 px test images: drawn with crisp pixels (app.ui_images)
     # nothing on the page says which round drew which image: no round, seed or image id
     assert not re.search(r"round|seed|image[- ]?id|#\d", page, re.IGNORECASE)
     assert ui_compare.vote(ui_world.factory, alice, ui_world.experiment_id, "ab", {"pair_id": pair_id, "choice": "b"}) \
