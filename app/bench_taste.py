@@ -71,10 +71,12 @@ class BenchConfig:
     model: str
     options: ExperimentOptions
     round_timeout_s: float = 3600.0
+    tiny: bool = False  # smoke tests only: the tests' tiny training config (app.testing.tiny_worker_config)
 
     def as_dict(self) -> dict[str, Any]:
         return {"person": self.person, "rounds": self.rounds, "budget": self.budget, "seeds": list(self.seeds),
-                "model": self.model, "options": self.options.as_dict(), "round_timeout_s": self.round_timeout_s}
+                "model": self.model, "options": self.options.as_dict(), "round_timeout_s": self.round_timeout_s,
+                "tiny": self.tiny}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,7 +151,12 @@ def _create_experiment(factory, settings: Settings, cfg: BenchConfig, seed: int)
         for pid in placeholders:
             s.delete(s.get(Experiment, pid))
         e = repo.get_experiment(session=s, experiment_id=experiment_id)
-        e.config = experiment_options.with_options(dict(e.config), cfg.options)
+        config = dict(e.config)
+        if cfg.tiny:  # a smoke test of the plumbing: 3 sampling steps, 2 training trajectories, a 2x2 eval grid
+            from app.testing import tiny_worker_config
+
+            config = tiny_worker_config(config)
+        e.config = experiment_options.with_options(config, cfg.options)
     if experiment_id != seed + 1:
         raise BenchError(f"the experiment got id {experiment_id}, not {seed + 1}; the data dir was not fresh")
     return experiment_id

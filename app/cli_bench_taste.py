@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -38,6 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="share of a selected round drawn uniformly at random from the candidates (default 0.25)")
     parser.add_argument("--auto-close", action="store_true", help="let the app close each round at its last rating")
     parser.add_argument("--round-timeout", type=float, default=3600.0, help="seconds to wait for a round's images (default 3600)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="smoke test of the plumbing only: the tests' tiny config (3 sampling steps, 2 training "
+                             "trajectories, a 2x2 eval grid); its figures say nothing about learning")
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def main(args: argparse.Namespace) -> int:
@@ -54,10 +62,14 @@ def main(args: argparse.Namespace) -> int:
         options = ExperimentOptions(selection=args.selection, candidate_factor=args.candidate_factor,
                                     honest_share=args.honest_share, auto_close=bool(args.auto_close))
         cfg = BenchConfig(person=args.person, rounds=args.rounds, budget=args.budget, seeds=args.seeds, out=args.out,
-                          model=args.model, options=options, round_timeout_s=args.round_timeout)
+                          model=args.model, options=options, round_timeout_s=args.round_timeout, tiny=bool(args.tiny))
+        signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM like Ctrl-C: the worker is stopped on the way out
         run(cfg, ["python", "-m", "app", "bench-taste", *sys.argv[2:]], log=lambda line: print(line, flush=True))
     except (BenchError, PersonError, InvalidInput) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("stopped; run the same command again to resume (finished seeds are kept)", file=sys.stderr)
+        return 130
     print(f"wrote {args.out / 'results.json'} and {args.out / 'bench_taste.png'}", flush=True)
     return 0

@@ -419,3 +419,18 @@ def test_the_admin_round_options_form_saves_through_set_options(ui_world):
         ui_options.save(ui_world.factory, root, ui_world.experiment_id, "loudest", 1, 0.25, False)
     with pytest.raises(ValueError, match="select an experiment first"):
         ui_options.save(ui_world.factory, root, None, "random", 1, 0.25, False)
+
+
+def test_honest_ids_are_the_randomly_drawn_images():
+    from types import SimpleNamespace as Row
+
+    images = [Row(id=10, seed=100), Row(id=11, seed=101), Row(id=12, seed=102)]
+    metrics = {"selection": {"images": {"100": {"mode": "random"}, "101": {"mode": "uncertainty"},
+                                        "102": {"mode": "random"}}}}
+    assert selection.honest_ids(metrics, images) == [10, 12]
+    assert selection.honest_ids({}, images) == [10, 11, 12]  # a round from before selection: every image was shown
+    choices = selection.choose("optimistic", 2, 4, seed=1, preds=PREDS[:4], honest_share=0.5)
+    record = selection.record(choices, [("p", 100 + i) for i in range(4)], ExperimentOptions(), "optimistic")
+    shown = [Row(id=i, seed=100 + i) for i in range(4) if choices[i].shown]
+    assert selection.honest_ids({"selection": record}, shown) == [c.index for c in choices if c.shown and c.mode == "random"]
+    assert record["candidates"] == 4 and record["shown"] == 2 and len(record["unshown"]) == 2
