@@ -18,7 +18,7 @@ from app import pairwise, ui
 from app.auth import Who
 from db.engine import read_session
 from db.models import ComparisonVote
-from tests.app.test_e2e_browser import CHROMIUM, CHROMIUM_ARGS, PASSWORD, free_port
+from tests.app.e2e_support import CHROMIUM, CHROMIUM_ARGS, PASSWORD, free_port
 
 pytestmark = [
     pytest.mark.browser,
