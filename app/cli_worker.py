@@ -1,4 +1,6 @@
-"""``python -m app worker [--once] [--worker-id ID] [--lease-s N] [--poll-s N] [--nice N]``: run the background worker.
+"""``python -m app worker [--once] [--worker-id ID] [--lease-s N] [--poll-s N] [--nice N] [--processes N]``: run the background worker.
+
+``--processes N`` (N > 1) runs train jobs data-parallel over N processes (app.train_dist; docs/worker.md).
 
 The worker lowers its own CPU priority (``--nice``, default 10) so that, on a machine it shares with the web app,
 training does not slow the answer to a rating: RELIABILITY.md measures the difference."""
@@ -41,6 +43,16 @@ def _niceness(value: str) -> int:
     return number
 
 
+def _processes(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a whole number of processes (1 or more), got {value!r}") from exc
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of processes (1 or more), got {value!r}")
+    return number
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--once", action="store_true", help="process at most one job, then exit (status 1 if it failed)")
     parser.add_argument("--worker-id", help="name of this worker in the job table (default: HOST-PID)")
@@ -49,6 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--poll-s", type=_positive, default=1.0, help="seconds to wait when the queue is empty (default 1)")
     parser.add_argument("--nice", type=_niceness, default=DEFAULT_NICE,
                         help=f"CPU priority increment for this process, 0-19 (default {DEFAULT_NICE}: the web app answers first)")
+    parser.add_argument("--processes", type=_processes, default=1,
+                        help="train jobs data-parallel over N processes, one per GPU (default 1; see docs/worker.md)")
     add_settings_arguments(parser)
 
 
@@ -59,13 +73,20 @@ def main(args: argparse.Namespace) -> int:
     except SchemaOutOfDate as exc:
         print(exc, file=sys.stderr)
         return 1
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from app import train_dist
+
+    worker_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+    rank = f"[rank {os.environ.get('RANK')}] " if train_dist.in_group() else ""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s {rank}%(name)s: %(message)s")
+    if args.processes > 1 and not train_dist.in_group():  # the supervisor: no model, no job, its ranks do the work
+        return train_dist.supervise(args, settings, worker_id)
     if args.nice:
         os.nice(args.nice)  # before torch starts its threads, which inherit it
+    if train_dist.in_group():
+        return train_dist.run_rank(args, settings, worker_id)
     from app.worker import Worker, WorkerRefused
 
-    worker = Worker(settings, args.worker_id or f"{socket.gethostname()}-{os.getpid()}", lease_s=args.lease_s,
-                    poll_s=args.poll_s)
+    worker = Worker(settings, worker_id, lease_s=args.lease_s, poll_s=args.poll_s)
 
     def stop_on_sigterm(signum, frame) -> None:
         worker.stop()  # idle: run_forever returns and we exit 0

@@ -282,6 +282,7 @@ class Worker:
         self._adapters: dict[str, Path] = {}  # adapter name on the cached UNet -> the directory it was loaded from
         self._started = False
         self._stopping = threading.Event()
+        self.group = None  # app.train_dist.Group when this worker is rank 0 of `python -m app worker --processes N`
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -290,10 +291,10 @@ class Worker:
         if self._started:
             return
         world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-        if world > 1:
+        if world > 1 and self.group is None:
             raise WorkerRefused(
                 f"the worker runs as one process per device, not under a {world}-process launcher; "
-                "start one `python -m app worker` per GPU (see docs/worker.md)"
+                "for data-parallel training start `python -m app worker --processes N` (see docs/worker.md)"
             )
         migrate.check_at_head(self.settings.db_url)
         _import_model_libraries()
@@ -587,8 +588,13 @@ class Worker:
             parts = self._parts(model_spec)
             prev_adapter = self._use_adapter(parts, source)  # also the KL term's previous model
             seed = derive_seed(experiment_id, k, "train")
-            outcome = train_round(parts, embeddings, scores, cfg, new_index=new_index, prev_adapter=prev_adapter, seed=seed,
-                                  on_progress=progress.callback(), pairs=pairs)
+            if self.group is not None:  # data parallel over this worker's processes (app.train_dist)
+                outcome = self.group.train(self, parts, model_spec, source, embeddings, scores, cfg, new_index=new_index,
+                                           prev_adapter=prev_adapter, seed=seed, on_progress=progress.callback(),
+                                           attempt=job.attempts, pairs=pairs)
+            else:
+                outcome = train_round(parts, embeddings, scores, cfg, new_index=new_index, prev_adapter=prev_adapter,
+                                      seed=seed, on_progress=progress.callback(), pairs=pairs)
             self._adapters.pop(outcome.adapter, None)  # the next use reloads what was published, not what is in memory
             metrics = finite_json({**outcome.metrics, "snapshot": snapshot, "seed": seed})
             progress.set("save")

@@ -1,0 +1,371 @@
+"""Data-parallel train jobs: ``python -m app worker --processes N`` runs one worker as N processes (ranks).
+
+    supervisor (the command itself: no model, no job)
+      ├─ rank 0: the worker. It claims jobs, heartbeats, runs generate jobs alone, and for a train job sends the
+      │          job's inputs to the other ranks, trains with them, checks that every rank ended with the same
+      │          adapter, then alone writes the reward model and adapter and publishes the round.
+      └─ rank 1..N-1: followers. They wait for rank 0's next train job, load the same base model and previous
+                 adapter, train their slice of every global batch and report their adapter's checksum.
+
+The ranks find each other through the variables torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
+MASTER_PORT), so each rank's accelerate ``Accelerator`` is an ordinary multi-process one (NCCL on GPUs, gloo on
+CPUs): ``seiko_core.accel.shared_accelerator`` makes it once per process. The experiment's
+``finetune.batch_size`` is the GLOBAL batch: each rank renders ``batch_size / N`` trajectories of it, so an
+experiment trains the same (up to floating-point differences) on 1 or N processes.
+
+Control messages (train job inputs, stop) go over a separate gloo group with a long timeout, as a JSON header
+plus raw tensors: nothing is pickled.
+
+Failures: if any rank ends (a crash, ``kill -9``), the supervisor kills the others, hands the running job of
+this worker back to the queue (``db.jobs.fail_job(retry=True)``, one attempt used; a lease that runs out does the
+same if the supervisor itself died) and starts a fresh group, which takes the job again. Rank 0 leaves the
+group (exit status 75, restarted the same way) whenever a train job ended abnormally on it while the
+followers may still be inside a collective. Every rank dies with the supervisor (PR_SET_PDEATHSIG on Linux).
+Publishing stays exactly once: only rank 0 publishes, in ``repo.publish_round``'s one transaction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import hashlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from typing import Any
+
+import torch
+
+log = logging.getLogger("seiko.worker.group")
+
+GROUP_ENV = "SEIKO_WORKER_GROUP"  # set by the supervisor on its ranks: the supervisor's pid
+RESTART_EXIT = 75  # a rank's exit status asking the supervisor for a fresh group (EX_TEMPFAIL)
+QUICK_FAILURE_S = 60.0  # a group that ends sooner than this after starting counts as a quick failure
+MAX_QUICK_FAILURES = 3  # the supervisor gives up after this many quick failures in a row
+CONTROL_TIMEOUT = timedelta(days=365)  # followers wait on the control group while rank 0 is idle or generating
+
+
+def in_group(environ: dict[str, str] | None = None) -> bool:
+    """True in a rank process started by :func:`supervise`."""
+    env = os.environ if environ is None else environ
+    return bool(env.get(GROUP_ENV)) and int(env.get("WORLD_SIZE", "1") or 1) > 1
+
+
+def split_batch(cfg, world: int):
+    """A copy of ``cfg`` whose finetune.batch_size is one rank's share of the global batch; a clear error if it does not split."""
+    from seiko_core.config import from_dict, to_dict
+
+    b = cfg.finetune.batch_size
+    if b % world:
+        raise ValueError(f"finetune.batch_size {b} does not split over {world} processes; "
+                         f"use a multiple of {world} or a worker with another --processes")
+    out = from_dict(to_dict(cfg))
+    out.finetune.batch_size = b // world
+    return out
+
+
+def adapter_digest(unet, adapter: str) -> str:
+    """sha256 of the adapter's LoRA tensors (names and float32 bytes, in name order)."""
+    h = hashlib.sha256()
+    for name, p in sorted(unet.named_parameters()):
+        if "lora_" in name and f".{adapter}." in name:
+            h.update(name.encode())
+            h.update(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "int64": torch.int64, "int32": torch.int32}
+
+
+class Group:
+    """One rank's view of the worker's process group: the control channel, the Accelerator and the train step."""
+
+    def __init__(self) -> None:
+        import torch.distributed as dist
+
+        from seiko_core.accel import shared_accelerator
+
+        self.cpu = not torch.cuda.is_available()
+        acc = shared_accelerator("no", cpu=self.cpu)  # joins the process group (once per process)
+        if acc.num_processes < 2:
+            raise RuntimeError(f"the worker group expected several processes but accelerate sees {acc.num_processes}")
+        self.rank, self.world, self.device = acc.process_index, acc.num_processes, acc.device
+        self.ctrl = dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT)
+        self.broken = False  # rank 0: a train job ended abnormally; leave the group so that it restarts
+
+    # -- control channel: a JSON header and raw tensors, broadcast from rank 0 -------------------
+
+    def send(self, header: dict[str, Any], tensors: tuple[torch.Tensor, ...] = ()) -> None:
+        import torch.distributed as dist
+
+        tensors = tuple(t.detach().to("cpu").contiguous() for t in tensors)
+        header = {**header, "tensors": [{"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")} for t in tensors]}
+        data = json.dumps(header).encode()
+        dist.broadcast(torch.tensor([len(data)], dtype=torch.int64), 0, group=self.ctrl)
+        dist.broadcast(torch.frombuffer(bytearray(data), dtype=torch.uint8), 0, group=self.ctrl)
+        for t in tensors:
+            dist.broadcast(t, 0, group=self.ctrl)
+
+    def receive(self) -> tuple[dict[str, Any], list[torch.Tensor]]:
+        import torch.distributed as dist
+
+        n = torch.zeros(1, dtype=torch.int64)
+        dist.broadcast(n, 0, group=self.ctrl)
+        buf = torch.empty(int(n.item()), dtype=torch.uint8)
+        dist.broadcast(buf, 0, group=self.ctrl)
+        header = json.loads(bytes(buf.numpy()).decode())
+        tensors = []
+        for spec in header.get("tensors", []):
+            t = torch.empty(spec["shape"], dtype=_DTYPES[spec["dtype"]])
+            dist.broadcast(t, 0, group=self.ctrl)
+            tensors.append(t)
+        return header, tensors
+
+    def check_identical(self, unet, adapter: str) -> list[str]:
+        """Gather every rank's adapter checksum; raises on rank 0 if they differ. Returns them (rank 0) or [mine]."""
+        import torch.distributed as dist
+
+        mine = adapter_digest(unet, adapter)
+        log.info("rank %d: adapter %s sha256 %s", self.rank, adapter, mine)
+        gathered = [torch.zeros(32, dtype=torch.uint8) for _ in range(self.world)]
+        dist.all_gather(gathered, torch.frombuffer(bytearray(bytes.fromhex(mine)), dtype=torch.uint8), group=self.ctrl)
+        digests = [bytes(g.numpy()).hex() for g in gathered]
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"the {self.world} processes ended with different adapters (sha256 {digests}); nothing is published")
+        return digests
+
+    # -- a train job --------------------------------------------------------------------------
+
+    def train(self, worker, parts, model_spec: str, round_info, embeddings: torch.Tensor, scores: torch.Tensor, cfg, *,
+              new_index: int, prev_adapter: str | None, seed: int, on_progress, attempt: int,
+              pairs: torch.Tensor | None = None):
+        """Rank 0: run ``train_round`` data-parallel on every rank; the outcome as on one process.
+
+        ``scores`` may be None and ``pairs`` given (pairwise feedback): both go to the followers as they are."""
+        from seiko_core.config import to_dict
+        from seiko_core.loop import train_round
+
+        try:
+            rank_cfg = split_batch(cfg, self.world)
+            header = {"cmd": "train", "model_spec": model_spec, "cfg": to_dict(cfg), "new_index": new_index, "seed": seed,
+                      "attempt": attempt,
+                      "round": {"id": round_info.id, "index": round_info.index, "status": round_info.status,
+                                "adapter_path": round_info.adapter_path, "manifest_sha256": round_info.manifest_sha256}}
+            named = {"embeddings": embeddings, "scores": scores, "pairs": pairs}
+            named = {k: v for k, v in named.items() if v is not None}
+            self.send({**header, "names": list(named)}, tuple(named.values()))
+            outcome = train_round(parts, embeddings, scores, rank_cfg, new_index=new_index, prev_adapter=prev_adapter,
+                                  seed=seed, on_progress=on_progress, accelerator=self._accelerator(cfg), pairs=pairs)
+            digests = self.check_identical(parts.unet, outcome.adapter)
+            log.info("%d processes ended with the same adapter %s (sha256 %s)", self.world, outcome.adapter, digests[0])
+            outcome.metrics["processes"] = self.world
+            return outcome
+        except BaseException:
+            self.broken = True  # the followers may be inside a collective: this group cannot take another job
+            raise
+
+    def follow_train(self, worker, header: dict[str, Any], tensors: list[torch.Tensor]) -> None:
+        """Rank > 0: the same train_round as rank 0 on this rank's slice of every global batch; writes nothing."""
+        from app.worker import _RoundInfo, fault_point
+        from seiko_core.config import from_dict
+        from seiko_core.loop import train_round
+
+        cfg = from_dict(header["cfg"])
+        rank_cfg = split_batch(cfg, self.world)
+        named = dict(zip(header["names"], tensors))
+        parts = worker._parts(header["model_spec"])
+        prev_adapter = worker._use_adapter(parts, _RoundInfo(**header["round"]))
+        attempt = int(header.get("attempt", 0))
+
+        def on_progress(step: int, total: int, metrics: dict) -> None:  # only the fault-injection hook on followers
+            fault_point(f"rank{self.rank}:{metrics.get('phase') or 'work'}", attempt)
+
+        outcome = train_round(parts, named["embeddings"], named.get("scores"), rank_cfg, new_index=int(header["new_index"]),
+                              prev_adapter=prev_adapter, seed=int(header["seed"]), on_progress=on_progress,
+                              accelerator=self._accelerator(cfg), pairs=named.get("pairs"))
+        worker._adapters.pop(outcome.adapter, None)
+        self.check_identical(parts.unet, outcome.adapter)
+
+    def _accelerator(self, cfg):
+        from seiko_core.accel import shared_accelerator
+
+        return shared_accelerator(cfg.finetune.mixed_precision, cpu=self.cpu)
+
+    def stop_followers(self) -> None:
+        self.send({"cmd": "stop"})
+
+
+# ---------------------------------------------------------------------------------------------
+# a rank process
+# ---------------------------------------------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    """SIGKILL this process when the supervisor dies (Linux), so no rank outlives it."""
+    parent = int(os.environ.get(GROUP_ENV, "0") or 0)
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if parent and os.getppid() != parent:  # it died before prctl took effect
+        os._exit(1)
+
+
+def run_rank(args: argparse.Namespace, settings, worker_id: str) -> int:
+    """The body of one rank (``python -m app worker`` started by the supervisor)."""
+    from app.worker import Worker
+
+    _die_with_parent()
+    group = Group()
+    if group.rank > 0:
+        worker = Worker(settings, f"{worker_id}/rank{group.rank}", lease_s=args.lease_s, poll_s=args.poll_s, device=group.device)
+        try:
+            while True:
+                header, tensors = group.receive()
+                if header.get("cmd") == "stop":
+                    return 0
+                if header.get("cmd") != "train":
+                    raise RuntimeError(f"rank {group.rank} got an unknown command {header.get('cmd')!r} from rank 0")
+                group.follow_train(worker, header, tensors)
+        finally:
+            worker.close()
+
+    worker = Worker(settings, worker_id, lease_s=args.lease_s, poll_s=args.poll_s, device=group.device)
+    worker.group = group
+
+    def stop_on_sigterm(signum, frame) -> None:
+        worker.stop()
+        if worker.current_job is not None:
+            raise SystemExit(128 + signum)  # busy: hand the job back, then leave (the supervisor stops the rest)
+
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    try:
+        worker.start()
+        while not worker._stopping.is_set():
+            had_job = worker.run_once()
+            if group.broken:
+                log.warning("rank 0: a train job ended abnormally; leaving so that the supervisor starts a fresh group")
+                return RESTART_EXIT
+            if args.once and had_job:
+                break
+            if not had_job:
+                if args.once:
+                    break
+                worker._stopping.wait(worker.poll_s)
+        group.stop_followers()
+        return 0 if worker.last_error is None or not args.once else 1
+    finally:
+        worker.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# the supervisor
+# ---------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rank_command(args: argparse.Namespace, worker_id: str) -> list[str]:
+    cmd = [sys.executable, "-m", "app", "worker", "--worker-id", worker_id, "--lease-s", str(args.lease_s),
+           "--poll-s", str(args.poll_s), "--nice", str(args.nice)]
+    return cmd + (["--once"] if args.once else [])
+
+
+def hand_back_jobs(settings, worker_id: str, reason: str) -> list[int]:
+    """Queue again (one attempt used) every job still running under ``worker_id``; returns their ids."""
+    from db import jobs as job_queue
+    from db.engine import make_engine, session_factory, write_session
+    from db.errors import LeaseLost
+
+    engine = make_engine(settings.db_url)
+    handed = []
+    try:
+        factory = session_factory(engine)
+        with write_session(factory) as s:
+            ids = [j.id for j in job_queue.list_jobs(session=s, status="running", limit=10_000) if j.lease_owner == worker_id]
+        for job_id in ids:
+            try:
+                with write_session(factory) as s:
+                    job = job_queue.fail_job(session=s, job_id=job_id, worker_id=worker_id, error=reason, retry=True)
+                    log.warning("job %d handed back (%s): %s", job_id, job.status, reason)
+                    handed.append(job_id)
+            except LeaseLost as exc:  # finished or taken over in between: nothing to hand back
+                log.info("job %d: %s", job_id, exc)
+    finally:
+        engine.dispose()
+    return handed
+
+
+def _describe(code: int) -> str:
+    return f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+
+
+def supervise(args: argparse.Namespace, settings, worker_id: str) -> int:
+    """Start N ranks, restart them all when one ends abnormally; return when rank 0 ends normally (or gives up)."""
+    n = int(args.processes)
+    stopping = False
+    procs: list[subprocess.Popen] = []
+
+    def on_signal(signum, frame) -> None:
+        nonlocal stopping
+        stopping = True
+        if procs and procs[0].poll() is None:
+            procs[0].send_signal(signal.SIGTERM)  # rank 0 hands its job back and stops the followers
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    quick = 0
+    while True:
+        port = _free_port()
+        env = {**os.environ, GROUP_ENV: str(os.getpid()), "WORLD_SIZE": str(n), "LOCAL_WORLD_SIZE": str(n),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "SEIKO_DB_URL": settings.db_url,
+               "SEIKO_DATA_DIR": str(settings.data_dir), "SEIKO_MODEL": str(settings.model)}
+        procs = []
+        for r in range(n):
+            procs.append(subprocess.Popen(rank_command(args, worker_id),
+                                          env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}))
+            log.info("worker %r: rank %d of %d started (pid %d)", worker_id, r, n, procs[-1].pid)
+        started = time.monotonic()
+        ended = None
+        while ended is None:
+            for r, p in enumerate(procs):
+                if p.poll() is not None:
+                    ended = r
+                    break
+            else:
+                time.sleep(0.2)
+        code = procs[ended].returncode
+        if ended == 0 and code in (0, 1) and (stopping or args.once or code == 0):
+            for p in procs[1:]:  # rank 0 sent them "stop"
+                try:
+                    p.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+            return code
+        reason = f"rank {ended} of worker {worker_id!r} {_describe(code)}; the group was stopped and the job handed back"
+        log.warning("%s", reason)
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        for p in procs:
+            p.wait()
+        hand_back_jobs(settings, worker_id, reason)
+        if stopping:
+            return 1 if code == 0 else (128 - code if code < 0 else code)
+        quick = quick + 1 if time.monotonic() - started < QUICK_FAILURE_S and code != RESTART_EXIT else 0
+        if quick >= MAX_QUICK_FAILURES:
+            log.error("worker %r: the group ended %d times in a row within %.0f s of starting; giving up",
+                      worker_id, quick, QUICK_FAILURE_S)
+            return 1
+        log.info("worker %r: starting a fresh group of %d processes", worker_id, n)

@@ -1,0 +1,130 @@
+"""``python -m app worker --processes 2`` (2 CPU processes, gloo) trains a round through the job queue.
+
+A rank is killed with SIGKILL in the middle of the fine-tuning on the job's first attempt; the supervisor hands the
+job back and starts a fresh group, which trains it again. Checked: the round is published once (one checkpoint),
+both ranks end with the same adapter (their logged sha256) and it is the published one, and it equals (within
+Adam's float tolerance) what ONE process trains with the same global batch.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from app import services, storage
+from app.services import experiment_config
+from app.train_dist import adapter_digest, split_batch
+from app.worker import derive_seed
+from db import repo
+from db.engine import read_session, write_session
+from db.models import Job
+from seiko_core import lora
+from seiko_core.config import from_dict, to_dict
+from seiko_core.loop import train_round
+from seiko_core.models import load_model
+from seiko_core.presets import shapes
+
+
+def test_batch_split_over_processes():
+    cfg = shapes()
+    cfg.finetune.batch_size = 4
+    assert split_batch(cfg, 2).finetune.batch_size == 2 and cfg.finetune.batch_size == 4  # a copy
+    with pytest.raises(ValueError, match="batch_size 4 does not split over 3 processes"):
+        split_batch(cfg, 3)
+
+
+def _lora(unet, adapter: str) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in unet.named_parameters() if "lora_" in n and f".{adapter}." in n}
+
+
+@pytest.mark.parametrize("fault", [
+    pytest.param("rank1:finetune", id="kill-rank-1"),
+    pytest.param("finetune", id="kill-rank-0", marks=pytest.mark.slow),
+])
+def test_two_processes_train_a_round_through_the_queue(worker_world, tmp_path, fault):
+    w = worker_world
+    eid = w.create_experiment("data-parallel")
+    with write_session(w.factory) as s:  # a global batch of 2 (one trajectory per rank), 2 optimiser steps
+        experiment = repo.get_experiment(session=s, experiment_id=eid)
+        cfg = from_dict({k: v for k, v in experiment.config.items() if k != "app"})
+        cfg.finetune.batch_size, cfg.finetune.trajectories_per_epoch, cfg.finetune.truncation = 2, 4, "per_step"
+        experiment.config = {**experiment.config, "finetune": to_dict(cfg)["finetune"]}
+    worker = w.worker()
+    try:
+        assert worker.run_once() and worker.last_error is None  # round 0's images, in this process
+    finally:
+        worker.close()
+    w.rate_open_round(eid, w.raters(2), lambda image_id, rater_id: 1 + (image_id * 3 + rater_id) % 10)
+    services.close_round(factory=w.factory, experiment_id=eid)
+
+    log_path = tmp_path / "group.log"
+    env = {**os.environ, "SEIKO_DB_URL": w.settings.db_url, "SEIKO_DATA_DIR": str(w.settings.data_dir),
+           "SEIKO_MODEL": str(w.model_dir), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
+           "TOKENIZERS_PARALLELISM": "false", "SEIKO_FAULT_PHASE": fault}
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "app", "worker", "--processes", "2", "--worker-id", "dp",
+                                 "--lease-s", "5", "--poll-s", "0.2", "--nice", "0"],
+                                cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            with read_session(w.factory) as s:
+                rounds = repo.list_rounds(session=s, experiment_id=eid)
+            if len(rounds) == 2 or proc.poll() is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert len(rounds) == 2, f"round 1 was not published:\n{log_path.read_text(errors='replace')[-5000:]}"
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    text = log_path.read_text(errors="replace")
+
+    # the kill, the hand-back and the fresh group
+    killed = "rank 1" if fault.startswith("rank1") else "rank 0"
+    assert f"{killed} of worker 'dp' was killed by signal 9" in text, text[-5000:]
+    assert "starting a fresh group of 2 processes" in text
+    with read_session(w.factory) as s:
+        train_job = s.query(Job).filter_by(experiment_id=eid, kind="train").one()
+        assert (train_job.status, train_job.attempts) == ("done", 2)
+        round_1 = repo.get_round_by_index(session=s, experiment_id=eid, index=1)
+        assert len(repo.list_checkpoints(session=s, round_id=round_1.id)) == 1  # published once
+        assert round_1.metrics["train"]["finetune"]["processes"] == 2
+        experiment = repo.get_experiment(session=s, experiment_id=eid)
+        cfg = experiment_config(experiment)
+        rows = repo.ratings_snapshot(session=s, experiment_id=eid, up_to_rating_id=train_job.payload.get("watermark"))
+        adapter_rel = round_1.adapter_path
+
+    # both ranks ended with the same adapter, and it is the one published
+    digests = dict(re.findall(r"\[rank \d\] seiko\.worker\.group: rank (\d): adapter round_1 sha256 ([0-9a-f]{64})", text))
+    assert set(digests) == {"0", "1"}, text[-5000:]
+    assert digests["0"] == digests["1"]
+    parts = load_model(str(w.model_dir), device="cpu")
+    lora.load_adapter(parts, storage.resolve(w.settings.data_dir, adapter_rel), "round_1")
+    assert adapter_digest(parts.unet, "round_1") == digests["0"]
+    published = _lora(parts.unet, "round_1")
+
+    # one process, the same global batch (2), the same inputs and seed
+    embeddings = torch.from_numpy(np.stack([np.frombuffer(r.embedding, dtype="<f4") for r in rows]).astype(np.float32))
+    scores = torch.tensor([r.mean_score for r in rows], dtype=torch.float32)
+    alone = load_model(str(w.model_dir), device="cpu")
+    outcome = train_round(alone, embeddings, scores, cfg, new_index=1, prev_adapter=None, seed=derive_seed(eid, 0, "train"))
+    assert outcome.finetune.steps == 2 and outcome.finetune.metrics["trajectories"] == 4
+    reference = _lora(alone.unet, outcome.adapter)
+    assert set(reference) == set(published)
+    for name, tensor in reference.items():
+        # Adam divides by sqrt(v): float noise in a near-zero gradient moves a weight by up to ~lr
+        torch.testing.assert_close(published[name], tensor, rtol=0, atol=0.03 * cfg.finetune.lr, msg=name)
+    assert any(float(t.abs().max()) > 0 for n, t in published.items() if "lora_B" in n)  # it did train
