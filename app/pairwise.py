@@ -48,7 +48,7 @@ from sqlalchemy.orm import Session
 from app.auth import Who, require_admin
 from db import comparisons, repo
 from db.engine import read_session, write_session
-from db.errors import Conflict, InvalidInput, NotFound
+from db.errors import Conflict, InvalidInput
 from db.models import ComparisonPair, ComparisonVote, Experiment, Image, Round
 
 FEEDBACKS = ("scores", "pairs", "both")

@@ -23,15 +23,11 @@ the two ``table.md`` files (the eval set, pretrained row and seeds are identical
 from __future__ import annotations
 
 import math
-import os
-import platform
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from . import simulate as sim
 from .config import SeikoConfig, to_dict
@@ -164,47 +160,24 @@ def build_parser():
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``simulate.main`` with pairwise feedback: the same argument checks, model and oracle loading and campaign
+    driver (``simulate.run_campaign``: resume, pretrained row, process pool or serial runs), around ``run_pairs``."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        methods = sim.parse_methods(args.method)
-        budgets = sim.parse_int_list(args.budgets, "--budgets")
-        seeds = sim.parse_int_list(args.seeds, "--seeds")
-        if any(b < 1 for b in budgets) or 2 * sum(budgets) >= sim.MAX_ROUND_BUDGET:
-            raise sim.SimulationError(f"budgets must be positive and sum to less than {sim.MAX_ROUND_BUDGET // 2} "
-                                      f"(two images per comparison), got {budgets}")
-        if any(s < 0 or s >= 1000 for s in seeds):
-            raise sim.SimulationError(f"seeds must lie in [0, 1000), got {seeds}")
-        for name, v in (("--noise-sigma", args.noise_sigma), ("--temperature", args.temperature),
-                        ("--tie-eps", args.tie_eps)):
+        methods, budgets, seeds = sim.check_common_args(args, images_per_label=2)
+        for name, v in (("--temperature", args.temperature), ("--tie-eps", args.tie_eps)):
             if v is not None and not (math.isfinite(v) and v >= 0):
                 raise sim.SimulationError(f"{name} must be a finite number >= 0, got {v}")
-        if args.bonus_alpha is not None and not args.bonus_alpha >= 0:
-            raise sim.SimulationError(f"--bonus-alpha must be >= 0, got {args.bonus_alpha}")
-        if not 1 <= args.jobs <= 64:
-            raise sim.SimulationError(f"--jobs must lie in [1, 64], got {args.jobs}")
-        if args.threads is not None and args.threads < 1:
-            raise sim.SimulationError(f"--threads must be >= 1, got {args.threads}")
     except sim.SimulationError as exc:
         parser.error(str(exc))
 
-    from .models import ModelLoadError, load_model
-    from .oracles import LAION_PREFIX, OracleError, load_oracle
     from .presets import preset
 
-    if args.threads is None and args.jobs > 1:
-        args.threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        oracle = None if args.oracle.strip().startswith(LAION_PREFIX) else load_oracle(args.oracle)
-        parts = load_model(args.model, device=args.device)
-        if oracle is None:
-            oracle = load_oracle(args.oracle, parts)
-    except (ModelLoadError, OracleError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    loaded = sim.load_parts_and_oracle(args)
+    if loaded is None:
         return 2
-
+    parts, oracle = loaded
     try:
         base = preset(args.preset or ("shapes" if parts.sample_size <= 32 else "sd15"))
         base.budgets = budgets
@@ -213,85 +186,28 @@ def main(argv: list[str] | None = None) -> int:
         ev = sim.make_eval_set(base, args.eval_n, args.kl_n)
         sigma = oracle.default_sigma if args.noise_sigma is None else float(args.noise_sigma)
         temperature = logistic_temperature(sigma) if args.temperature is None else float(args.temperature)
+        tie_eps = float(args.tie_eps)
         settings = {"model": args.model, "oracle": args.oracle, "oracle_spread": oracle.spread, "noise_sigma": sigma,
                     "budgets": list(budgets), "preset": args.preset, "overrides": list(args.set),
                     "bonus_alpha": args.bonus_alpha, "ucb_form": args.ucb_form, "eval": ev.to_dict(),
                     "config": to_dict(base),
-                    "feedback": {"kind": FEEDBACK, "temperature": temperature, "tie_eps": float(args.tie_eps),
+                    "feedback": {"kind": FEEDBACK, "temperature": temperature, "tie_eps": tie_eps,
                                  "images_per_label": 2}}
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        results = sim.load_results(out / sim.RESULTS, settings)
     except sim.SimulationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    results["machine"] = {"torch": torch.__version__, "code": sim.code_version(), "threads": torch.get_num_threads(),
-                          "jobs": args.jobs, "device": str(parts.device), "cpus": os.cpu_count(),
-                          "platform": platform.platform()}
-    results.setdefault("invocations", []).append({"argv": list(sys.argv if argv is None else argv),
-                                                  "started": time.strftime("%Y-%m-%d %H:%M:%S")})
-    results_path = out / sim.RESULTS
-    bars = sim.Bars(enabled=not args.no_progress)
-    t_all = time.time()
 
-    if results.get("pretrained") is None:
-        m, images = sim.evaluate(parts, base, oracle, ev, adapter=None, prev_adapter=None, bars=bars)
-        bars.close()
-        results["pretrained"] = m
-        sim.save_grid(images, out / "grids" / "pretrained.png")
-        sim.write_json_atomic(results_path, results)
-    pretrained = dict(results["pretrained"])
-    tqdm.write(f"pretrained: true reward {pretrained['true_reward_mean']:.3f} +- {pretrained['true_reward_std']:.3f} "
-               f"on {len(ev.seeds)} eval images; pairwise feedback, temperature {temperature:.3g}, "
-               f"ties within {args.tie_eps:.3g}")
+    def pool_task(method, seed, pretrained, grid_path):
+        return _worker_run, cfgs[method], temperature, tie_eps, ev, seed, pretrained, grid_path
 
-    todo = [(m, s) for s in seeds for m in methods if results["runs"].get(m, {}).get(str(s), {}).get("status") != "done"]
+    def serial_run(method, seed, pretrained, on_round, bars, grid_path):
+        return run_pairs(parts, cfgs[method], oracle, temperature, tie_eps, ev, seed, pretrained, on_round=on_round,
+                         bars=bars, grid_path=grid_path)
 
-    def finished(method: str, seed: int, run: dict) -> None:
-        results["runs"].setdefault(method, {})[str(seed)] = run
-        sim.write_json_atomic(results_path, results)
-        summarise(results, out)
-
-    with tqdm(total=len(methods) * len(seeds), initial=len(methods) * len(seeds) - len(todo), desc="runs",
-              dynamic_ncols=True) as outer:
-        if args.jobs > 1 and len(todo) > 1:
-            bars.close()
-            with ProcessPoolExecutor(max_workers=min(args.jobs, len(todo)), mp_context=sim._spawn(),
-                                     initializer=sim._worker_init,
-                                     initargs=(args.model, args.oracle, args.device, args.threads)) as pool:
-                pending = {pool.submit(_worker_run, cfgs[m], temperature, float(args.tie_eps), ev, s, pretrained,
-                                       out / "grids" / f"{m}_seed{s}.png"): (m, s) for m, s in todo}
-                try:
-                    while pending:
-                        done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                        for fut in done:
-                            method, seed = pending.pop(fut)
-                            finished(method, seed, fut.result())
-                            outer.update(1)
-                except BaseException:
-                    for fut in pending:
-                        fut.cancel()
-                    raise
-        else:
-            for method, seed in todo:
-                outer.set_postfix(method=method, seed=seed)
-
-                def on_round(run, method=method, seed=seed):
-                    bars.close()
-                    results["runs"].setdefault(method, {})[str(seed)] = run
-                    sim.write_json_atomic(results_path, results)
-                    tqdm.write(sim.round_line(method, seed, run["rounds"][-1]))
-
-                run = run_pairs(parts, cfgs[method], oracle, temperature, float(args.tie_eps), ev, seed, pretrained,
-                                on_round=on_round, bars=bars, grid_path=out / "grids" / f"{method}_seed{seed}.png")
-                finished(method, seed, run)
-                outer.update(1)
-    results["invocations"][-1]["wall_s"] = time.time() - t_all
-    sim.write_json_atomic(results_path, results)
-    tqdm.write(summarise(results, out))
-    tqdm.write(f"wrote {results_path}, {out / sim.CURVE}, {out / sim.TABLE} ({(time.time() - t_all) / 60:.1f} min)")
-    return 0
-
+    return sim.run_campaign(args, argv, parts=parts, oracle=oracle, base=base, ev=ev, settings=settings,
+                            methods=methods, seeds=seeds, pool_task=pool_task, serial_run=serial_run,
+                            summarise_fn=summarise,
+                            pretrained_note=f"pairwise feedback, temperature {temperature:.3g}, ties within {tie_eps:.3g}")
 
 if __name__ == "__main__":
     raise SystemExit(main())

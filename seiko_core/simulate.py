@@ -610,37 +610,39 @@ def _spawn():
     return multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        methods = parse_methods(args.method)
-        budgets = parse_int_list(args.budgets, "--budgets")
-        seeds = parse_int_list(args.seeds, "--seeds")
-        if any(b < 1 or b >= MAX_ROUND_BUDGET for b in budgets) or sum(budgets) >= MAX_ROUND_BUDGET:
-            raise SimulationError(f"budgets must be positive and sum to less than {MAX_ROUND_BUDGET}, got {budgets}")
-        if any(s < 0 or s >= 1000 for s in seeds):
-            raise SimulationError(f"seeds must lie in [0, 1000), got {seeds}")
-        if args.noise_sigma is not None and not (math.isfinite(args.noise_sigma) and args.noise_sigma >= 0):
-            raise SimulationError(f"--noise-sigma must be a finite number >= 0, got {args.noise_sigma}")
-        if args.bonus_alpha is not None and not args.bonus_alpha >= 0:
-            raise SimulationError(f"--bonus-alpha must be >= 0, got {args.bonus_alpha}")
-        if not 1 <= args.jobs <= 64:
-            raise SimulationError(f"--jobs must lie in [1, 64], got {args.jobs}")
-        if args.threads is not None and args.threads < 1:
-            raise SimulationError(f"--threads must be >= 1, got {args.threads}")
-    except SimulationError as exc:
-        parser.error(str(exc))
+def check_common_args(args, *, images_per_label: int = 1) -> tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...]]:
+    """(methods, budgets, seeds) from the arguments ``simulate`` and ``pairwise_sim`` share; SimulationError with one
+    sentence when one is bad. ``images_per_label``: images sampled per label (2 for a comparison)."""
+    methods = parse_methods(args.method)
+    budgets = parse_int_list(args.budgets, "--budgets")
+    seeds = parse_int_list(args.seeds, "--seeds")
+    cap = MAX_ROUND_BUDGET // images_per_label
+    if any(b < 1 or b >= cap for b in budgets) or sum(budgets) >= cap:
+        per = "" if images_per_label == 1 else f" ({images_per_label} images per label)"
+        raise SimulationError(f"budgets must be positive and sum to less than {cap}{per}, got {budgets}")
+    if any(s < 0 or s >= 1000 for s in seeds):
+        raise SimulationError(f"seeds must lie in [0, 1000), got {seeds}")
+    if args.noise_sigma is not None and not (math.isfinite(args.noise_sigma) and args.noise_sigma >= 0):
+        raise SimulationError(f"--noise-sigma must be a finite number >= 0, got {args.noise_sigma}")
+    if args.bonus_alpha is not None and not args.bonus_alpha >= 0:
+        raise SimulationError(f"--bonus-alpha must be >= 0, got {args.bonus_alpha}")
+    if not 1 <= args.jobs <= 64:
+        raise SimulationError(f"--jobs must lie in [1, 64], got {args.jobs}")
+    if args.threads is not None and args.threads < 1:
+        raise SimulationError(f"--threads must be >= 1, got {args.threads}")
+    return methods, budgets, seeds
 
+
+def load_parts_and_oracle(args):
+    """(model parts, oracle) for the arguments, with torch's thread count set; None after printing the error."""
     from .models import ModelLoadError, load_model
     from .oracles import LAION_PREFIX, OracleError, load_oracle
-    from .presets import preset
 
     try:
         oracle = None if args.oracle.strip().startswith(LAION_PREFIX) else load_oracle(args.oracle)
     except OracleError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return None
     if args.threads is None and args.jobs > 1:
         args.threads = max(1, (os.cpu_count() or 1) // args.jobs)
     if args.threads:
@@ -651,19 +653,21 @@ def main(argv: list[str] | None = None) -> int:
             oracle = load_oracle(args.oracle, parts)
     except (ModelLoadError, OracleError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return None
+    return parts, oracle
 
+
+def run_campaign(args, argv, *, parts, oracle, base: SeikoConfig, ev: EvalSet, settings: dict,
+                 methods: Sequence[str], seeds: Sequence[int], pool_task, serial_run, summarise_fn,
+                 pretrained_note: str) -> int:
+    """Everything after the settings, shared by ``simulate`` and ``pairwise_sim``: results.json loaded (a resume;
+    other settings are refused), the pretrained row once, then every (method, seed) run not done yet, seed-major, in
+    a process pool (``--jobs``) or in this process; results.json is rewritten after every run.
+
+    ``pool_task(method, seed, pretrained, grid_path)`` gives ``(function, *arguments)`` for the pool (a module-level
+    function); ``serial_run(method, seed, pretrained, on_round, bars, grid_path)`` runs one in this process and
+    returns its record; ``summarise_fn(results, out)`` writes the curve and the table and returns the table."""
     try:
-        base = preset(args.preset or ("shapes" if parts.sample_size <= 32 else "sd15"))
-        base.budgets = budgets
-        base = apply_overrides(base, args.set)
-        cfgs = {m: method_config(base, m, args) for m in methods}
-        ev = make_eval_set(base, args.eval_n, args.kl_n)
-        sigma = oracle.default_sigma if args.noise_sigma is None else float(args.noise_sigma)
-        settings = {"model": args.model, "oracle": args.oracle, "oracle_spread": oracle.spread, "noise_sigma": sigma,
-                    "budgets": list(budgets), "preset": args.preset, "overrides": list(args.set),
-                    "bonus_alpha": args.bonus_alpha, "ucb_form": args.ucb_form, "eval": ev.to_dict(),
-                    "config": to_dict(base)}
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         results = load_results(out / RESULTS, settings)
@@ -688,14 +692,14 @@ def main(argv: list[str] | None = None) -> int:
         write_json_atomic(results_path, results)
     pretrained = {k: v for k, v in results["pretrained"].items()}
     tqdm.write(f"pretrained: true reward {pretrained['true_reward_mean']:.3f} +- {pretrained['true_reward_std']:.3f} "
-               f"on {len(ev.seeds)} eval images; feedback sigma {sigma:.3g}")
+               f"on {len(ev.seeds)} eval images; {pretrained_note}")
 
     # seed-major, so that a partial result compares every method on the same seeds
     todo = [(m, s) for s in seeds for m in methods if results["runs"].get(m, {}).get(str(s), {}).get("status") != "done"]
     def finished(method: str, seed: int, run: dict) -> None:
         results["runs"].setdefault(method, {})[str(seed)] = run
         write_json_atomic(results_path, results)
-        summarise(results, out)
+        summarise_fn(results, out)
 
     with tqdm(total=len(methods) * len(seeds), initial=len(methods) * len(seeds) - len(todo), desc="runs",
               dynamic_ncols=True) as outer:
@@ -704,7 +708,7 @@ def main(argv: list[str] | None = None) -> int:
             with ProcessPoolExecutor(max_workers=min(args.jobs, len(todo)), mp_context=_spawn(),
                                      initializer=_worker_init,
                                      initargs=(args.model, args.oracle, args.device, args.threads)) as pool:
-                pending = {pool.submit(_worker_run, cfgs[m], sigma, ev, s, pretrained, out / "grids" / f"{m}_seed{s}.png"): (m, s)
+                pending = {pool.submit(*pool_task(m, s, pretrained, out / "grids" / f"{m}_seed{s}.png")): (m, s)
                            for m, s in todo}
                 try:
                     while pending:
@@ -728,16 +732,55 @@ def main(argv: list[str] | None = None) -> int:
                     write_json_atomic(results_path, results)
                     tqdm.write(round_line(method, seed, run["rounds"][-1]))
 
-                run = run_one(parts, cfgs[method], oracle, sigma, ev, seed, pretrained, on_round=on_round, bars=bars,
-                              grid_path=out / "grids" / f"{method}_seed{seed}.png")
+                run = serial_run(method, seed, pretrained, on_round, bars, out / "grids" / f"{method}_seed{seed}.png")
                 finished(method, seed, run)
                 outer.update(1)
     results["invocations"][-1]["wall_s"] = time.time() - t_all
     write_json_atomic(results_path, results)
-    tqdm.write(summarise(results, out))
+    tqdm.write(summarise_fn(results, out))
     tqdm.write(f"wrote {results_path}, {out / CURVE}, {out / TABLE} ({(time.time() - t_all) / 60:.1f} min)")
     return 0
 
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        methods, budgets, seeds = check_common_args(args)
+    except SimulationError as exc:
+        parser.error(str(exc))
+
+    from .presets import preset
+
+    loaded = load_parts_and_oracle(args)
+    if loaded is None:
+        return 2
+    parts, oracle = loaded
+    try:
+        base = preset(args.preset or ("shapes" if parts.sample_size <= 32 else "sd15"))
+        base.budgets = budgets
+        base = apply_overrides(base, args.set)
+        cfgs = {m: method_config(base, m, args) for m in methods}
+        ev = make_eval_set(base, args.eval_n, args.kl_n)
+        sigma = oracle.default_sigma if args.noise_sigma is None else float(args.noise_sigma)
+        settings = {"model": args.model, "oracle": args.oracle, "oracle_spread": oracle.spread, "noise_sigma": sigma,
+                    "budgets": list(budgets), "preset": args.preset, "overrides": list(args.set),
+                    "bonus_alpha": args.bonus_alpha, "ucb_form": args.ucb_form, "eval": ev.to_dict(),
+                    "config": to_dict(base)}
+    except SimulationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    def pool_task(method, seed, pretrained, grid_path):
+        return _worker_run, cfgs[method], sigma, ev, seed, pretrained, grid_path
+
+    def serial_run(method, seed, pretrained, on_round, bars, grid_path):
+        return run_one(parts, cfgs[method], oracle, sigma, ev, seed, pretrained, on_round=on_round, bars=bars,
+                       grid_path=grid_path)
+
+    return run_campaign(args, argv, parts=parts, oracle=oracle, base=base, ev=ev, settings=settings, methods=methods,
+                        seeds=seeds, pool_task=pool_task, serial_run=serial_run, summarise_fn=summarise,
+                        pretrained_note=f"feedback sigma {sigma:.3g}")
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -67,6 +67,7 @@ def test_feedback_setting_is_checked_and_admins_only(ui_world):
     message = pairwise.set_feedback(ui_world.factory, who(ui_world, "root"), ui_world.experiment_id, "pairs")
     assert "3 pairs were made for the open round" in message
     assert pairwise.feedback_of(_experiment(ui_world)) == "pairs"
+    assert experiment_options.of(_experiment(ui_world)).feedback == "pairs"  # the other app options read it too
     pairs = _pairs(ui_world)
     with read_session(ui_world.factory) as s:
         prompts = {im.id: im.prompt for im in repo.list_images(session=s, round_id=ui_world.round_id)}
