@@ -1,6 +1,7 @@
-"""The worker with pairwise comparisons only (issue 14 item 1): the generate job makes the round's preference pairs,
-the round closes on votes, the train job fits the reward model on the votes alone (Bradley-Terry, no score), and the
-fitted reward orders images it was not trained on by a known synthetic preference far better than chance."""
+"""The worker with pairwise comparisons (issue 14 item 1). Pairs only: the generate job makes the round's preference
+pairs, the round closes on votes, the train job fits the reward model on the votes alone (Bradley-Terry, no score),
+and the fitted reward orders images it was not trained on by a known synthetic preference far better than chance.
+Both: the ratings and the votes go into one fit in score units."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from app import pairwise, services, storage
+from app import pairwise, services, storage, ui_rate
 from app.auth import Who
 from db import comparisons, repo
 from db.engine import read_session, write_session
@@ -85,4 +86,42 @@ def test_the_worker_trains_on_pair_votes_only(worker_world):
     accuracy = right / len(held_out)
     print(f"held-out pairs: {len(held_out)}, accuracy {accuracy:.3f}")
     assert accuracy >= 0.75, accuracy
+    worker.close()
+
+
+def test_the_worker_trains_on_scores_and_pairs_together(worker_world):
+    # "both": the rated images' mean scores (NaN for the compared-only ones) and every vote, in one fit in score units
+    world = worker_world
+    eid = world.create_experiment("both", budgets=(12, 4), overlap=2)
+    with write_session(world.factory) as s:
+        exp = repo.get_experiment(session=s, experiment_id=eid)
+        exp.config = {**exp.config, "app": {"feedback": "both"}}
+    worker = world.worker()
+    assert worker.run_once() is True and worker.last_error is None
+    with read_session(world.factory) as s:
+        round0 = repo.get_round_by_index(session=s, experiment_id=eid, index=0)
+        query = sorted(im.id for im in repo.list_images(session=s, round_id=round0.id, kind="query"))
+        pair_ids = [p.id for p in comparisons.list_pairs(session=s, experiment_id=eid, kind="preference")]
+    assert len(query) == 12 and pair_ids
+    raters = world.raters(2)
+    first, second = (Who(r, f"rater-{i}", "rater", False) for i, r in enumerate(raters))
+    for k, image_id in enumerate(query[:6]):  # half the images rated by two raters: 1 + (k mod 10) and 2 + ...
+        ui_rate.submit(world.factory, first, image_id, 1 + k % 10)
+        ui_rate.submit(world.factory, second, image_id, 2 + k % 9)
+    for k, pid in enumerate(pair_ids):
+        pairwise.submit_vote(world.factory, first, pid, ("a", "b", "tie")[k % 3])
+    services.close_round(factory=world.factory, experiment_id=eid)
+    assert worker.run_once() is True and worker.last_error is None, worker.last_error
+    with read_session(world.factory) as s:
+        train = dict(repo.get_round_by_index(session=s, experiment_id=eid, index=1).metrics["train"])
+    snap, fit = train["snapshot"], train["reward_fit"]
+    compared = set()
+    with read_session(world.factory) as s:
+        for p in comparisons.list_pairs(session=s, experiment_id=eid, kind="preference"):
+            compared |= {p.image_a_id, p.image_b_id}
+    assert snap["feedback"] == "both" and snap["votes"] == len(pair_ids) and snap["ratings"] == 12
+    assert snap["images"] == len(compared | set(query[:6]))  # rated or compared, each once
+    assert fit["unit"] == "score" and fit["n_scores"] == 6 and fit["n_pairs"] == len(pair_ids)
+    assert fit["n_ties"] == len(pair_ids[2::3]) and fit["bt_scale"] is not None
+    assert train["labels"] == 6 + len(pair_ids)
     worker.close()
