@@ -1,0 +1,345 @@
+"""The Admin tab: ``build(...)`` lays it out and wires its events; its handlers are the methods of ``AdminHandlers``.
+
+Every handler first finds who is asking and refuses anyone but an admin (``admin_of(request)`` raises gr.Error;
+the ``app.ui_admin`` / ``app.ui_export`` / ``app.ui_quality`` functions they call check the role again and write the
+audit log). The handlers only turn those functions' results and refusals into Gradio outputs. They are looked up
+by name in tests (``demo.fns``), so keep their names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from app import ui_admin, ui_compare, ui_export, ui_options, ui_pairs, ui_quality
+from app.auth import Who
+from db.models import EXPORT_FORMATS
+from seiko_core.config import METHODS
+from seiko_core.presets import PRESETS
+
+
+class AdminHandlers:
+    """The Admin tab's event handlers. ``who_of(request)`` / ``admin_of(request)`` find the signed-in rater (gr.Error
+    when refused; ``admin_of`` also refuses a rater), ``shown(fn)`` turns a refusal into a gr.Error."""
+
+    def __init__(self, services, who_of: Callable[[Any], Who], admin_of: Callable[[Any], Who],
+                 shown: Callable[[Callable[[], Any]], Any]):
+        self.services, self.factory = services, services.factory
+        self.who_of, self.admin_of, self.shown = who_of, admin_of, shown
+
+    # ---- the tab and its timer ------------------------------------------------------------
+
+    def on_admin_tab(self, exp_id, request: gr.Request):
+        who = self.admin_of(request)
+        factory = self.factory
+        return (ui_admin.round_status_html(factory, exp_id), self.shown(lambda: ui_admin.users_table(factory, who)),
+                ui_admin.jobs_table(factory, who, exp_id), ui_admin.raters_see_dashboard(factory, exp_id),
+                ui_export.exports_table(factory, who, exp_id))
+
+    def on_admin_timer(self, exp_id, request: gr.Request):
+        who = self.who_of(request)
+        if not who.is_admin:
+            return gr.skip(), gr.skip()
+        return ui_admin.round_status_html(self.factory, exp_id), ui_admin.jobs_table(self.factory, who, exp_id)
+
+    def _after_change(self, message: str, exp_id: int | None):
+        gr.Info(message)
+        return message, ui_admin.round_status_html(self.factory, exp_id)
+
+    # ---- asking first: the first click only shows the question with a "Yes" button for exactly that action
+
+    @staticmethod
+    def _ask(question: str, pending: dict, yes: str):
+        return gr.Row(visible=True), f"**{question}**", pending, gr.Button(yes)
+
+    def on_close(self, exp_id, request: gr.Request):
+        who = self.admin_of(request)
+        question, index = self.shown(lambda: ui_admin.close_question(self.factory, who, exp_id))
+        return self._ask(question, {"action": "close", "experiment_id": exp_id, "round": index},
+                         f"Yes, close round {index} and train")
+
+    def on_finish_ask(self, exp_id, request: gr.Request):
+        who = self.admin_of(request)
+        return self._ask(self.shown(lambda: ui_admin.finish_question(self.factory, who, exp_id)),
+                         {"action": "finish", "experiment_id": exp_id}, "Yes, finish it")
+
+    def on_archive_ask(self, exp_id, request: gr.Request):
+        who = self.admin_of(request)
+        return self._ask(self.shown(lambda: ui_admin.finish_question(self.factory, who, exp_id, archive=True)),
+                         {"action": "archive", "experiment_id": exp_id}, "Yes, finish and archive it")
+
+    def on_confirm(self, pending, exp_id, request: gr.Request):
+        who = self.admin_of(request)
+        factory = self.factory
+        if not pending or pending.get("experiment_id") != exp_id:
+            raise gr.Error("There is nothing to confirm for this experiment; press the button again.")
+        action = pending["action"]
+        if action == "close":
+            message = self.shown(lambda: ui_admin.close_round(factory, who, exp_id, expected_index=pending["round"]))
+        else:
+            message = self.shown(lambda: ui_admin.finish_experiment(factory, who, exp_id, archive=action == "archive"))
+        gr.Info(message)
+        choices = ui_admin.experiment_choices(factory)
+        return (message, ui_admin.round_status_html(factory, exp_id), ui_admin.jobs_table(factory, who, exp_id),
+                gr.Row(visible=False), None, gr.Dropdown(choices=choices))
+
+    def on_cancel(self, request: gr.Request):
+        self.admin_of(request)
+        return gr.Row(visible=False), None
+
+    # ---- recovery, dashboard access, export, pause ------------------------------------------
+
+    def on_retry(self, exp_id, job_id, request: gr.Request):
+        who = self.admin_of(request)
+        message, status = self._after_change(self.shown(lambda: ui_admin.retry_job(self.factory, who, exp_id, job_id)),
+                                             exp_id)
+        return message, status, ui_admin.jobs_table(self.factory, who, exp_id), ""
+
+    def on_reopen(self, exp_id, request: gr.Request):
+        who = self.admin_of(request)
+        message, status = self._after_change(self.shown(lambda: ui_admin.reopen_round(self.factory, who, exp_id)), exp_id)
+        return message, status, ui_admin.jobs_table(self.factory, who, exp_id)
+
+    def on_dash_access(self, exp_id, allowed, request: gr.Request):
+        who = self.admin_of(request)
+        message = self.shown(lambda: ui_admin.set_dashboard_access(self.factory, who, exp_id, bool(allowed)))
+        gr.Info(message)
+        return message
+
+    def on_build_export(self, exp_id, round_index, fmt, request: gr.Request):
+        who = self.admin_of(request)
+        built = self.shown(lambda: ui_export.build(self.factory, self.services.settings, who, exp_id, round_index, fmt))
+        gr.Info(built.message())
+        return built.message(), built.link_html(), ui_export.exports_table(self.factory, who, exp_id)
+
+    def on_pause(self, exp_id, request: gr.Request):
+        who = self.admin_of(request)
+        return self._after_change(self.shown(lambda: ui_admin.set_paused(self.factory, who, exp_id, True)), exp_id)
+
+    def on_resume(self, exp_id, request: gr.Request):
+        who = self.admin_of(request)
+        return self._after_change(self.shown(lambda: ui_admin.set_paused(self.factory, who, exp_id, False)), exp_id)
+
+    # ---- new experiment -------------------------------------------------------------------
+
+    def on_preset(self, name, request: gr.Request):
+        self.admin_of(request)
+        d = self.shown(lambda: ui_admin.preset_defaults(name))
+        return d["method"], d["budgets"], d["prompts"], ui_admin.METHOD_DEFAULT, d["kl_weight"]
+
+    def on_create(self, name, preset_name, model, method, aggregation, kl, overlap, budgets, prompts, request: gr.Request):
+        who = self.admin_of(request)
+        form = ui_admin.ExperimentForm(name=name, preset=preset_name, model=model, method=method, budgets=budgets,
+                                       prompts=prompts, aggregation=aggregation, kl_weight=kl, overlap=overlap)
+        message = self.shown(lambda: ui_admin.create_experiment(self.factory, who, form,
+                                                                default_model=self.services.settings.model))
+        gr.Info(message)
+        choices = ui_admin.experiment_choices(self.factory)
+        new_id = choices[0][1]
+        return message, gr.Dropdown(choices=choices, value=new_id), new_id, ui_admin.round_status_html(self.factory, new_id)
+
+    # ---- accounts and the audit log -------------------------------------------------------
+
+    def on_add_user(self, name, role, password, request: gr.Request):
+        who = self.admin_of(request)
+        message = self.shown(lambda: ui_admin.add_user(self.factory, who, name, role, password))
+        gr.Info(message)
+        return message, ui_admin.users_table(self.factory, who), ""
+
+    def _accounts_view(self, who: Who) -> tuple:
+        names = ui_admin.user_names(self.factory, who)
+        return ui_admin.users_table(self.factory, who), gr.Dropdown(choices=names), ui_admin.audit_table(self.factory, who)
+
+    def on_admin_accounts(self, request: gr.Request):
+        return self._accounts_view(self.admin_of(request))
+
+    def _account_change(self, request: gr.Request, change: Callable[[Who], str]) -> tuple:
+        who = self.admin_of(request)
+        message = self.shown(lambda: change(who))
+        gr.Info(message)
+        return (message, *self._accounts_view(who), "")
+
+    def on_user_disable(self, name, request: gr.Request):
+        return self._account_change(request, lambda who: ui_admin.disable_user(self.factory, who, name))
+
+    def on_user_enable(self, name, request: gr.Request):
+        return self._account_change(request, lambda who: ui_admin.enable_user(self.factory, who, name))
+
+    def on_user_delete(self, name, request: gr.Request):
+        return self._account_change(request, lambda who: ui_admin.delete_user(self.factory, who, name))
+
+    def on_user_role(self, name, role, request: gr.Request):
+        return self._account_change(request, lambda who: ui_admin.set_user_role(self.factory, who, name, role))
+
+    def on_user_password(self, name, password, request: gr.Request):
+        return self._account_change(request, lambda who: ui_admin.set_user_password(self.factory, who, name, password))
+
+    # ---- rater quality (issue 14, item 2) -----------------------------------------------------
+
+    def on_quality(self, exp_id, request: gr.Request):
+        who = self.admin_of(request)
+        summary_html, rows = self.shown(lambda: ui_quality.report(self.factory, who, exp_id))
+        return summary_html, rows, ui_quality.standardize_enabled(self.factory, exp_id)
+
+    def on_standardize(self, exp_id, enabled, request: gr.Request):
+        who = self.admin_of(request)
+        message = self.shown(lambda: ui_quality.set_standardize(self.factory, who, exp_id, bool(enabled)))
+        gr.Info(message)
+        return message
+
+    def on_gold(self, exp_id, image_id, score, request: gr.Request):
+        who = self.admin_of(request)
+        message = self.shown(lambda: ui_quality.set_gold(self.factory, who, exp_id, image_id, score))
+        gr.Info(message)
+        return (message, *self.shown(lambda: ui_quality.report(self.factory, who, exp_id)))
+
+
+@dataclass(frozen=True)
+class AdminTab:
+    """What the rest of the page needs from the Admin tab."""
+
+    tab: Any  # gr.Tab: shown to admins only (the page load sets its visibility)
+    status: Any  # gr.HTML: the round's status, refreshed when another experiment is selected
+
+
+def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callable, shown: Callable,
+          private: dict[str, Any]) -> AdminTab:
+    """The Admin tab (call inside ``gr.Tabs()``), its events wired to an ``AdminHandlers``."""
+    h = AdminHandlers(services, who_of, admin_of, shown)
+    with gr.Tab("Admin", id="admin", elem_id="tab-admin", visible=False) as admin_tab:
+        admin_status = gr.HTML()
+        with gr.Row():
+            close_btn = gr.Button("Close round and train", variant="primary", scale=0, min_width=220)
+            pause_btn = gr.Button("Pause", scale=0, min_width=120)
+            resume_btn = gr.Button("Resume", scale=0, min_width=120)
+        admin_result = gr.Markdown()
+        # closing a round, finishing and archiving are asked first: the buttons above only show this row
+        with gr.Row(visible=False, elem_id="confirm-row") as confirm_row:
+            confirm_text = gr.Markdown(elem_id="confirm-text")
+            confirm_btn = gr.Button("Yes, do it", variant="stop", scale=0, min_width=200, elem_id="confirm-yes")
+            cancel_btn = gr.Button("Cancel", scale=0, min_width=120, elem_id="confirm-cancel")
+        pending_state = gr.State(None)
+        with gr.Accordion("Recovery", open=True):
+            jobs_df = gr.Dataframe(headers=["job", "kind", "round", "status", "attempts", "error"], value=[],
+                                   interactive=False, wrap=True, elem_id="jobs-table")
+            with gr.Row():
+                retry_id = gr.Textbox(label="Job id (empty: the newest failed job)", value="", scale=0,
+                                      min_width=220, elem_id="retry-job-id")
+                retry_btn = gr.Button("Retry failed job", scale=0, min_width=180, elem_id="retry-job")
+                reopen_btn = gr.Button("Reopen round for labeling", scale=0, min_width=220, elem_id="reopen-round")
+                finish_btn = gr.Button("Finish experiment", variant="stop", scale=0, min_width=180,
+                                       elem_id="finish-experiment")
+                archive_btn = gr.Button("Archive experiment", variant="stop", scale=0, min_width=180,
+                                        elem_id="archive-experiment")
+            dash_access = gr.Checkbox(label="Raters may see this experiment's dashboard (its plots can bias their "
+                                            "ratings)", value=False, elem_id="dashboard-access")
+        ui_compare.build_rollback(services, exp_state, h.admin_of, h.shown,
+                                  private=private)
+        with gr.Accordion("Export", open=False):
+            with gr.Row():
+                x_round = gr.Number(label="Round (for a LoRA)", value=1, precision=0, minimum=0, scale=0, min_width=160)
+                x_format = gr.Dropdown(label="Format", choices=list(EXPORT_FORMATS), value="diffusers", scale=0,
+                                       min_width=200)
+                x_build = gr.Button("Build export", variant="primary", scale=0, min_width=160, elem_id="build-export")
+            x_link = gr.HTML(elem_id="export-link")
+            exports_df = gr.Dataframe(headers=["id", "format", "round", "file", "size", "built", "download"], value=[],
+                                      interactive=False, elem_id="exports-table")
+        ui_pairs.build_admin(services, exp_state, h.admin_of, h.shown,
+                             private=private)  # issue 14 item 1: scores, pairs or both
+        ui_options.build_admin(services, exp_state, h.admin_of, h.shown,
+                               private=private)  # issue 12 items 3 and 5: selection, auto-close
+        with gr.Accordion("Rater quality", open=False):  # issue 14, item 2 (app.ui_quality)
+            q_summary = gr.HTML(elem_id="rater-quality")
+            q_table = gr.Dataframe(headers=ui_quality.RATER_HEADERS, value=[], interactive=False,
+                                   elem_id="rater-quality-table")
+            q_standardize = gr.Checkbox(label="Standardise each rater's scores (z-score per rater) before the "
+                                              "reward fit", value=False, elem_id="standardize-scores")
+            with gr.Row():
+                q_gold_image = gr.Textbox(label="Gold item: image id", scale=0, min_width=160, elem_id="gold-image")
+                q_gold_score = gr.Textbox(label="Known score 1-10 (empty: not gold)", scale=0, min_width=220,
+                                          elem_id="gold-score")
+                q_gold_btn = gr.Button("Set gold item", scale=0, min_width=160, elem_id="set-gold")
+                q_refresh = gr.Button("Refresh", scale=0, min_width=120, elem_id="quality-refresh")
+        admin_timer = gr.Timer(services.dashboard_refresh_s)
+        defaults = ui_admin.preset_defaults("shapes")
+        with gr.Accordion("New experiment", open=False):
+            with gr.Row():
+                f_name = gr.Textbox(label="Name", placeholder="e.g. shapes-ucb-1")
+                f_preset = gr.Dropdown(label="Preset", choices=sorted(PRESETS), value="shapes")
+                f_model = gr.Textbox(label="Model (local diffusers dir or hub id)", placeholder=services.settings.model)
+            with gr.Row():
+                f_method = gr.Dropdown(label="Method", choices=list(METHODS), value=defaults["method"])
+                f_aggregation = gr.Dropdown(label="Optimism aggregation",
+                                            choices=[ui_admin.METHOD_DEFAULT, *ui_admin.AGGREGATIONS],
+                                            value=ui_admin.METHOD_DEFAULT)
+                f_kl = gr.Number(label="KL weight", value=defaults["kl_weight"], minimum=0)
+                f_overlap = gr.Number(label="Ratings per image (overlap)", value=1, minimum=1, precision=0)
+            f_budgets = gr.Textbox(label="Labels per round (budgets)", value=defaults["budgets"])
+            f_prompts = gr.Textbox(label="Prompts (one per line)", lines=6, value=defaults["prompts"])
+            create_btn = gr.Button("Create experiment", variant="primary")
+        with gr.Accordion("Users", open=False):
+            users_df = gr.Dataframe(headers=ui_admin.USERS_HEADERS, value=[], interactive=False, elem_id="users-table")
+            with gr.Row():
+                u_name = gr.Textbox(label="Name")
+                u_role = gr.Radio(label="Role", choices=["rater", "admin"], value="rater")
+                u_password = gr.Textbox(label="Password (8+ characters)", type="password")
+            add_user_btn = gr.Button("Add user")
+            gr.Markdown("Manage an account: disabling signs it out everywhere (its ratings stay); a new password "
+                        "ends its sessions; an account with ratings cannot be deleted (disable it instead).")
+            with gr.Row():
+                m_name = gr.Dropdown(label="Account", choices=[], value=None, allow_custom_value=True,
+                                     elem_id="manage-account")
+                m_role = gr.Radio(label="New role", choices=["rater", "admin"], value="rater")
+                m_password = gr.Textbox(label="New password (8+ characters)", type="password")
+            with gr.Row():
+                m_disable_btn = gr.Button("Disable", scale=0, min_width=120, elem_id="user-disable")
+                m_enable_btn = gr.Button("Enable", scale=0, min_width=120, elem_id="user-enable")
+                m_role_btn = gr.Button("Set role", scale=0, min_width=120, elem_id="user-role")
+                m_password_btn = gr.Button("Set password", scale=0, min_width=140, elem_id="user-password")
+                m_delete_btn = gr.Button("Delete", variant="stop", scale=0, min_width=120, elem_id="user-delete")
+        with gr.Accordion("Audit log", open=False):
+            audit_df = gr.Dataframe(headers=ui_admin.AUDIT_HEADERS, value=[], interactive=False, wrap=True,
+                                    elem_id="audit-log")
+
+    admin_tab.select(h.on_admin_tab, [exp_state], [admin_status, users_df, jobs_df, dash_access, exports_df], **private)
+    admin_timer.tick(h.on_admin_timer, [exp_state], [admin_status, jobs_df], show_progress="hidden", **private)
+
+    confirm_outputs = [confirm_row, confirm_text, pending_state, confirm_btn]
+    close_btn.click(h.on_close, [exp_state], confirm_outputs, **private)
+    finish_btn.click(h.on_finish_ask, [exp_state], confirm_outputs, **private)
+    archive_btn.click(h.on_archive_ask, [exp_state], confirm_outputs, **private)
+    confirm_btn.click(h.on_confirm, [pending_state, exp_state],
+                      [admin_result, admin_status, jobs_df, confirm_row, pending_state, experiment_dd], **private)
+    cancel_btn.click(h.on_cancel, None, [confirm_row, pending_state], **private)
+    retry_btn.click(h.on_retry, [exp_state, retry_id], [admin_result, admin_status, jobs_df, retry_id], **private)
+    reopen_btn.click(h.on_reopen, [exp_state], [admin_result, admin_status, jobs_df], **private)
+    dash_access.input(h.on_dash_access, [exp_state, dash_access], [admin_result], **private)
+    x_build.click(h.on_build_export, [exp_state, x_round, x_format], [admin_result, x_link, exports_df],
+                  concurrency_limit=1, concurrency_id="export", **private)
+    pause_btn.click(h.on_pause, [exp_state], [admin_result, admin_status], **private)
+    resume_btn.click(h.on_resume, [exp_state], [admin_result, admin_status], **private)
+
+    f_preset.change(h.on_preset, [f_preset], [f_method, f_budgets, f_prompts, f_aggregation, f_kl], **private)
+    create_btn.click(h.on_create, [f_name, f_preset, f_model, f_method, f_aggregation, f_kl, f_overlap, f_budgets, f_prompts],
+                     [admin_result, experiment_dd, exp_state, admin_status], **private)
+
+    add_user_event = add_user_btn.click(h.on_add_user, [u_name, u_role, u_password], [admin_result, users_df, u_password],
+                                        **private)
+    admin_tab.select(h.on_admin_accounts, None, [users_df, m_name, audit_df], **private)
+    add_user_event.then(h.on_admin_accounts, None, [users_df, m_name, audit_df], **private)
+    account_outputs = [admin_result, users_df, m_name, audit_df, m_password]
+    m_disable_btn.click(h.on_user_disable, [m_name], account_outputs, **private)
+    m_enable_btn.click(h.on_user_enable, [m_name], account_outputs, **private)
+    m_delete_btn.click(h.on_user_delete, [m_name], account_outputs, **private)
+    m_role_btn.click(h.on_user_role, [m_name, m_role], account_outputs, **private)
+    m_password_btn.click(h.on_user_password, [m_name, m_password], account_outputs, **private)
+
+    quality_outputs = [q_summary, q_table, q_standardize]
+    admin_tab.select(h.on_quality, [exp_state], quality_outputs, **private)
+    q_refresh.click(h.on_quality, [exp_state], quality_outputs, **private)
+    q_standardize.input(h.on_standardize, [exp_state, q_standardize], [admin_result], **private)
+    q_gold_btn.click(h.on_gold, [exp_state, q_gold_image, q_gold_score], [admin_result, q_summary, q_table], **private)
+    return AdminTab(tab=admin_tab, status=admin_status)

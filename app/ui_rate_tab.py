@@ -1,0 +1,94 @@
+"""The Rate tab: ``build(...)`` lays it out (a keyboard-first grid of the open round's images) and wires its events;
+its handlers are the methods of ``RateHandlers``.
+
+Each handler finds who is asking (``who_of(request)``: gr.Error when refused) and calls ``app.ui_rate``, which checks
+every rating on the server. ``RateHandlers.view_outputs`` turns a ``ui_rate.View`` into the tab's outputs; the page
+load and the experiment selector (app.ui) use it too. Handler names are looked up in tests (``demo.fns``): keep them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from app import ui_rate
+from app.auth import Who
+from app.ui_assets import GRID_JS, MARKS_JS
+
+
+def event_payload(evt: gr.EventData | None) -> dict[str, Any]:
+    """The data a custom event sent with ``trigger(name, data)`` (an empty dict when it sent none)."""
+    raw = vars(evt).get("_data") if evt is not None else None
+    return raw if isinstance(raw, dict) else {}
+
+
+class RateHandlers:
+    """The Rate tab's event handlers; ``warn(message)`` shows a refusal as a warning."""
+
+    def __init__(self, services, who_of: Callable[[Any], Who], warn: Callable[[Any], None]):
+        self.factory, self.data_dir, self.size = services.factory, services.settings.data_dir, services.batch_size
+        self.who_of, self.warn = who_of, warn
+
+    def view_outputs(self, view: ui_rate.View) -> tuple:
+        """(grid, marks, progress, state) for a view; its message, if any, shown as a warning."""
+        if view.message:
+            self.warn(view.message)
+        return (gr.skip() if view.grid is None else view.grid, view.marks, view.progress, view.state)
+
+    def on_rate(self, state, evt: gr.EventData, request: gr.Request):
+        who = self.who_of(request)
+        return self.view_outputs(ui_rate.rate(self.factory, self.data_dir, who, state, event_payload(evt),
+                                              batch_size=self.size))
+
+    def on_skip(self, state, evt: gr.EventData, request: gr.Request):
+        who = self.who_of(request)
+        return self.view_outputs(ui_rate.skip(self.factory, self.data_dir, who, state, event_payload(evt),
+                                              batch_size=self.size))
+
+    def on_undo(self, state, request: gr.Request):
+        who = self.who_of(request)
+        return self.view_outputs(ui_rate.undo(self.factory, self.data_dir, who, state, batch_size=self.size))
+
+    def on_new_batch(self, state, request: gr.Request):
+        who = self.who_of(request)
+        return self.view_outputs(ui_rate.load_batch(self.factory, self.data_dir, who, state, batch_size=self.size))
+
+    def on_rate_poll(self, state, request: gr.Request):
+        who = self.who_of(request)
+        view = ui_rate.poll(self.factory, self.data_dir, who, state, batch_size=self.size)
+        return gr.skip() if view is None else self.view_outputs(view)
+
+
+@dataclass(frozen=True)
+class RateTab:
+    """What the rest of the page needs from the Rate tab."""
+
+    handlers: RateHandlers
+    outputs: list  # [grid, marks, progress, rate_state]: what view_outputs fills
+
+
+def build(services, rate_state, who_of: Callable, warn: Callable, private: dict[str, Any]) -> RateTab:
+    """The Rate tab (call inside ``gr.Tabs()``), its events wired to a ``RateHandlers``."""
+    h = RateHandlers(services, who_of, warn)
+    with gr.Tab("Rate", id="rate", elem_id="tab-rate"):
+        progress = gr.HTML(elem_id="rate-progress")
+        grid = gr.HTML(value="", elem_id="rating-grid", js_on_load=GRID_JS, apply_default_css=False)
+        marks = gr.HTML(value="", elem_id="rating-marks", html_template="", js_on_load=MARKS_JS)
+        with gr.Row():
+            new_batch_btn = gr.Button("New batch", size="sm", variant="secondary", scale=0)
+            undo_btn = gr.Button("Undo last rating or skip (u)", size="sm", variant="secondary", scale=0)
+        rate_timer = gr.Timer(services.rate_poll_s)
+
+    rate_outputs = [grid, marks, progress, rate_state]
+    quick = {**private, "show_progress": "hidden", "trigger_mode": "multiple", "concurrency_id": "rating",
+             "concurrency_limit": 4}
+    grid.rate(h.on_rate, [rate_state], rate_outputs, **quick)
+    grid.skip(h.on_skip, [rate_state], rate_outputs, **quick)
+    grid.undo(h.on_undo, [rate_state], rate_outputs, **quick)
+    undo_btn.click(h.on_undo, [rate_state], rate_outputs, **quick)
+    new_batch_btn.click(h.on_new_batch, [rate_state], rate_outputs, **private)
+    rate_timer.tick(h.on_rate_poll, [rate_state], rate_outputs, show_progress="hidden", **private)
+    return RateTab(handlers=h, outputs=rate_outputs)
