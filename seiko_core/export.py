@@ -15,6 +15,11 @@ Formats:
 Every directory is written atomically (``checkpoint.atomic_directory``: temp dir, fsync, rename) with a
 ``manifest.json`` of sha256 hashes; the single kohya file and the ratings zip by ``seiko_core.atomic.atomic_write``. No
 pickles: weights are safetensors, everything else JSON or text.
+
+The model exports take ``finalize(tmp_dir)``: called with the temporary directory once every file is in it,
+before the manifest and the rename. ``app.export`` passes one that re-loads the export with stock diffusers in a
+fresh process (``seiko_core.export_verify``) and writes the model card (``seiko_core.model_card``); if it raises,
+nothing is published and the temporary directory is removed.
 """
 
 from __future__ import annotations
@@ -53,6 +58,10 @@ class ExportResult:
     path: Path  # the directory (or, for a bare kohya file, the file) written
     format: str  # diffusers, kohya, merged, ratings
     sha256: str  # of the directory's manifest.json (or of the bare file)
+    card: dict | None = None  # the model card finalize returned (its verification included), if any
+
+
+Finalize = Callable[[Path], dict | None]  # (the export's temporary directory) -> the model card written, or None
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -117,7 +126,8 @@ Seeds given this way (one CPU generator per image, DDIM with eta=1) reproduce th
 """
 
 
-def export_diffusers_lora(adapter_dir: str | Path, out_dir: str | Path, *, base_model: str = "BASE_MODEL") -> ExportResult:
+def export_diffusers_lora(adapter_dir: str | Path, out_dir: str | Path, *, base_model: str = "BASE_MODEL",
+                          finalize: Finalize | None = None) -> ExportResult:
     """The adapter as a diffusers LoRA directory that stock ``pipe.load_lora_weights(out_dir)`` reads."""
     out_dir = _fresh_destination(out_dir)
     adapter_dir = Path(adapter_dir)
@@ -129,9 +139,11 @@ def export_diffusers_lora(adapter_dir: str | Path, out_dir: str | Path, *, base_
         _copy_json_files(adapter_dir, tmp, ("adapter_config.json", "seiko_config.json", "metrics.json"))
         (tmp / "README.md").write_text(_DIFFUSERS_README.format(weights=WEIGHT_NAME, r=config["r"], alpha=config["lora_alpha"],
                                                                 base=base_model))
+        card.append(finalize(tmp) if finalize else None)
 
+    card: list = []
     digest = atomic_directory(out_dir, write, extra=_provenance("diffusers-lora", adapter_dir, manifest))
-    return ExportResult(out_dir, "diffusers", digest)
+    return ExportResult(out_dir, "diffusers", digest, card[-1] if card else None)
 
 
 def _provenance(fmt: str, adapter_dir: Path, manifest: dict) -> dict:
@@ -211,7 +223,7 @@ pipe.load_lora_weights("path/to/{file}")
 
 
 def export_kohya_lora_dir(adapter_dir: str | Path, out_dir: str | Path, *, name: str = "seiko_lora",
-                          base_model: str = "BASE_MODEL") -> ExportResult:
+                          base_model: str = "BASE_MODEL", finalize: Finalize | None = None) -> ExportResult:
     """A directory holding the kohya file ``<name>.safetensors``, a README and a manifest (atomic)."""
     out_dir = _fresh_destination(out_dir)
     adapter_dir = Path(adapter_dir)
@@ -221,9 +233,11 @@ def export_kohya_lora_dir(adapter_dir: str | Path, out_dir: str | Path, *, name:
     def write(tmp: Path) -> None:
         export_kohya_lora(adapter_dir, tmp / file)
         (tmp / "README.md").write_text(_KOHYA_README.format(file=file, stem=name, base=base_model))
+        card.append(finalize(tmp) if finalize else None)
 
+    card: list = []
     digest = atomic_directory(out_dir, write, extra=_provenance("kohya-lora", adapter_dir, manifest))
-    return ExportResult(out_dir, "kohya", digest)
+    return ExportResult(out_dir, "kohya", digest, card[-1] if card else None)
 
 
 # ---------------------------------------------------------------------------------------------- merged
@@ -286,7 +300,7 @@ images = pipe(["a prompt"], eta=1.0, generator=[torch.Generator().manual_seed(s)
 
 
 def export_merged_pipeline(base_model_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path, *,
-                           device: str | torch.device = "cpu") -> ExportResult:
+                           device: str | torch.device = "cpu", finalize: Finalize | None = None) -> ExportResult:
     """The base pipeline with the adapter fused in, saved (safetensors) to ``out_dir`` atomically."""
     out_dir = _fresh_destination(out_dir)
     adapter_dir = Path(adapter_dir)
@@ -301,10 +315,12 @@ def export_merged_pipeline(base_model_dir: str | Path, adapter_dir: str | Path, 
             raise ExportError(f"save_pretrained wrote pickle files {pickles}; refusing to publish them.")
         _copy_json_files(adapter_dir, tmp, ("seiko_config.json", "metrics.json"))
         (tmp / "README.md").write_text(_MERGED_README.format(base=base_model_dir))
+        card.append(finalize(tmp) if finalize else None)
 
+    card: list = []
     extra = {**_provenance("diffusers-pipeline-merged", adapter_dir, manifest), "base_model": str(base_model_dir)}
     digest = atomic_directory(out_dir, write, extra=extra)
-    return ExportResult(out_dir, "merged", digest)
+    return ExportResult(out_dir, "merged", digest, card[-1] if card else None)
 
 
 # --------------------------------------------------------------------------------------------- ratings

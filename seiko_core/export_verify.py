@@ -1,0 +1,279 @@
+"""Exports you can trust: every model export is re-loaded by stock diffusers in a fresh process and checked.
+
+The check renders one fixed prompt and seed three times, with the experiment's sampler settings (DDIM steps,
+guidance, eta):
+
+- **base**: the base model in stock diffusers (``StableDiffusionPipeline.from_pretrained``), in the child process;
+- **export**: the export in stock diffusers, in the same child process: the base pipeline plus
+  ``load_lora_weights`` for a LoRA (diffusers or kohya format), ``from_pretrained`` of the directory for a
+  merged pipeline;
+- **app**: the app's own rendering of the round's adapter (``seiko_core.models.load_model`` +
+  ``lora.load_adapter`` + ``sampling.sample``), in this process.
+
+and compares 8-bit pixels (0-255 levels):
+
+(a) *the export changes the model*: the mean absolute difference between **export** and **base** must exceed
+    :data:`MIN_BASE_MEAN_ABS` levels, else the LoRA did not load (or does nothing);
+(b) *the export is the app's model*: the mean absolute difference between **export** and **app** must be at most
+    :data:`MAX_APP_MEAN_ABS` levels and the largest at most :data:`MAX_APP_MAX_ABS` levels, else the export is not
+    the model the app rendered (wrong scale, a corrupted tensor, a loader that read it differently).
+
+The child is ``python -m seiko_core.export_verify``: its job is JSON on stdin, its results are two PNG files
+and one line of JSON on stdout; no pickles cross the process boundary. Both renderers use the same device
+(CPU by default) so that they agree to float rounding; the child swaps the base model's scheduler for
+``DDIMScheduler.from_config`` (what a user needs too: SEIKO samples with DDIM) and loads no safety checker (the
+app renders without one). The thresholds were measured on the embedded shapes model (docs/export.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+# (a) an export whose image differs from the base model's by at most this mean |difference| (0-255 levels) did not
+#     change the model. A no-op LoRA gives exactly 0 (the base and the export are rendered by the same stock code);
+#     two correct renderers of the same model disagree by at most ~0.01 levels on the shapes model, and the smallest
+#     trained adapter measured moves the image by several levels (docs/export.md, "Verification").
+MIN_BASE_MEAN_ABS = 0.5
+# (b) stock diffusers with the export vs the app's own sampler with the adapter: at most this mean |difference| and
+#     this largest |difference| (0-255 levels). Measured on the shapes model and the tiny test model: a correct export
+#     agrees to within ~0.01 levels on the mean and 1-2 levels at the worst pixel (float rounding through the
+#     denoising chain); a LoRA at 1.1x its scale is off by several levels.
+MAX_APP_MEAN_ABS = 0.5
+MAX_APP_MAX_ABS = 16
+
+KINDS = ("lora", "merged")  # how the child loads the export: base + load_lora_weights, or from_pretrained
+DEFAULT_SEED = 20240  # the one fixed seed of the check
+CHILD_TIMEOUT_S = 3600.0
+
+
+class VerificationError(ValueError):
+    """An export that failed its check; ``str()`` is one sentence saying which check and by how much.
+
+    A ValueError, as ``seiko_core.export.ExportError`` is, so the CLI and the UI show it as a refusal."""
+
+    def __init__(self, message: str, result: Verification | None = None):
+        super().__init__(message)
+        self.result = result
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    """What the check renders: the base model, one prompt and seed, the experiment's sampler settings."""
+
+    base_model: str
+    prompt: str
+    seed: int = DEFAULT_SEED
+    steps: int = 50
+    guidance: float = 7.5
+    eta: float = 1.0
+    device: str = "cpu"
+    timeout_s: float = CHILD_TIMEOUT_S
+
+    @classmethod
+    def for_config(cls, base_model: str, cfg, *, prompt: str | None = None, seed: int = DEFAULT_SEED,
+                   device: str = "cpu") -> CheckSettings:
+        """Settings from a SeikoConfig: its sampler settings, and (unless given) its first held-out eval prompt,
+        else its first sampling prompt."""
+        chosen = prompt or next(iter([*cfg.eval_prompts, *cfg.prompts]), None)
+        if not chosen:
+            raise ValueError("The experiment has no prompts, so there is nothing to render to check the export; "
+                             "give the check a prompt.")
+        s = cfg.sampling
+        return cls(base_model=str(base_model), prompt=chosen, seed=int(seed), steps=int(s.steps),
+                   guidance=float(s.guidance), eta=float(s.eta), device=device)
+
+
+@dataclass(frozen=True)
+class Pixels:
+    """How two 8-bit images differ: mean and largest |difference| in 0-255 levels, fraction of values that differ."""
+
+    mean_abs: float
+    max_abs: int
+    changed_fraction: float
+
+    @classmethod
+    def between(cls, a: np.ndarray, b: np.ndarray) -> Pixels:
+        if a.shape != b.shape:
+            raise VerificationError(f"The export renders {a.shape[1]}x{a.shape[0]} images but the reference is "
+                                    f"{b.shape[1]}x{b.shape[0]}; it is not the same model.")
+        d = np.abs(a.astype(np.int16) - b.astype(np.int16))
+        return cls(mean_abs=round(float(d.mean()), 4), max_abs=int(d.max()), changed_fraction=round(float((d > 0).mean()), 6))
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The outcome of one check, as the model card records it."""
+
+    passed: bool
+    kind: str
+    vs_base: Pixels  # (a) export vs base model
+    vs_app: Pixels  # (b) export vs the app's rendering
+    settings: dict
+    failure: str | None = None
+    thresholds: dict = field(default_factory=lambda: {"min_base_mean_abs": MIN_BASE_MEAN_ABS,
+                                                      "max_app_mean_abs": MAX_APP_MEAN_ABS,
+                                                      "max_app_max_abs": MAX_APP_MAX_ABS})
+    loader: str = ""
+    diffusers_version: str = ""
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Verification:
+        return cls(**{**data, "vs_base": Pixels(**data["vs_base"]), "vs_app": Pixels(**data["vs_app"])})
+
+    def sentence(self) -> str:
+        if self.failure:
+            return self.failure
+        return (f"Checked: stock diffusers {self.diffusers_version} re-loaded the export in a fresh process ({self.loader}); "
+                f"its image differs from the base model's by {self.vs_base.mean_abs:.2f} levels on average (more than "
+                f"{MIN_BASE_MEAN_ABS}) and from the app's by {self.vs_app.mean_abs:.3f} on average, {self.vs_app.max_abs} "
+                f"at most (within {MAX_APP_MEAN_ABS} and {MAX_APP_MAX_ABS}).")
+
+
+def judge(kind: str, base: np.ndarray, exported: np.ndarray, app: np.ndarray, settings: CheckSettings, *,
+          loader: str = "", diffusers_version: str = "", seconds: float = 0.0) -> Verification:
+    """Apply checks (a) and (b) to three 8-bit images (H, W, 3)."""
+    vs_base, vs_app = Pixels.between(exported, base), Pixels.between(exported, app)
+    failure = None
+    if vs_base.mean_abs <= MIN_BASE_MEAN_ABS:
+        failure = (f"Export check (a) failed: the LoRA did not load, or does nothing: re-loaded by stock diffusers, the "
+                   f"export's image differs from the base model's by {vs_base.mean_abs:.3f} levels on average (largest "
+                   f"{vs_base.max_abs}), not more than {MIN_BASE_MEAN_ABS}; the export was not published.")
+    elif vs_app.mean_abs > MAX_APP_MEAN_ABS or vs_app.max_abs > MAX_APP_MAX_ABS:
+        failure = (f"Export check (b) failed: re-loaded by stock diffusers, the export's image differs from the app's own "
+                   f"image for the same seed by {vs_app.mean_abs:.3f} levels on average and {vs_app.max_abs} at most "
+                   f"(allowed {MAX_APP_MEAN_ABS} and {MAX_APP_MAX_ABS}), so it is not the model the app trained; the "
+                   "export was not published.")
+    return Verification(passed=failure is None, kind=kind, vs_base=vs_base, vs_app=vs_app,
+                        settings={k: v for k, v in asdict(settings).items() if k != "timeout_s"}, failure=failure,
+                        loader=loader, diffusers_version=diffusers_version, seconds=round(seconds, 2))
+
+
+# ------------------------------------------------------------------------------------------------ parent
+def render_app(settings: CheckSettings, adapter_dir: str | Path) -> np.ndarray:
+    """The app's own image of the check's prompt and seed with the round's adapter: (H, W, 3) uint8."""
+    from . import lora
+    from .models import load_model
+    from .sampling import sample, to_uint8
+
+    parts = load_model(settings.base_model, device=settings.device)
+    lora.load_adapter(parts, adapter_dir, "export_check")
+    images = sample(parts, [settings.prompt], [settings.seed], steps=settings.steps, guidance=settings.guidance,
+                    eta=settings.eta, batch_size=1)
+    return to_uint8(images)[0]
+
+
+def render_stock(kind: str, export_path: str | Path, settings: CheckSettings, *,
+                 weight_name: str | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(base image, export image, the child's report) rendered by stock diffusers in a fresh Python process."""
+    from PIL import Image
+
+    if kind not in KINDS:
+        raise ValueError(f"unknown export kind {kind!r}; choose from {list(KINDS)}")
+    with tempfile.TemporaryDirectory(prefix="seiko-export-check-") as out:
+        job = {"kind": kind, "export": str(Path(export_path).resolve()), "weight_name": weight_name,
+               "base_model": settings.base_model, "prompt": settings.prompt, "seed": settings.seed,
+               "steps": settings.steps, "guidance": settings.guidance, "eta": settings.eta, "device": settings.device,
+               "out_dir": out}
+        try:
+            proc = subprocess.run([sys.executable, "-m", "seiko_core.export_verify"], input=json.dumps(job),
+                                  capture_output=True, text=True, timeout=settings.timeout_s, env=dict(os.environ))
+        except subprocess.TimeoutExpired as exc:
+            raise VerificationError(f"The export check did not finish: stock diffusers took longer than "
+                                    f"{settings.timeout_s:.0f} s to re-load and render the export; it was not published.") from exc
+        if proc.returncode != 0:
+            lines = [ln for ln in (proc.stderr or "").strip().splitlines() if ln.strip()]
+            last = lines[-1].strip() if lines else f"exit status {proc.returncode}"
+            raise VerificationError(f"Stock diffusers could not re-load the export in a fresh process ({last}); "
+                                    "it was not published.")
+        report = json.loads(proc.stdout.strip().splitlines()[-1])
+        base = np.asarray(Image.open(Path(out) / "base.png").convert("RGB"))
+        exported = np.asarray(Image.open(Path(out) / "export.png").convert("RGB"))
+    return base, exported, report
+
+
+def verify_export(kind: str, export_path: str | Path, adapter_dir: str | Path, settings: CheckSettings, *,
+                  weight_name: str | None = None, app_image: np.ndarray | None = None) -> Verification:
+    """Check ``export_path`` against the base model and the app's rendering of ``adapter_dir``.
+
+    Returns the Verification when it passes; raises VerificationError (one sentence, the result attached) when not.
+    ``app_image`` may be given when the caller has already rendered it (several exports of one round)."""
+    start = time.monotonic()
+    base, exported, report = render_stock(kind, export_path, settings, weight_name=weight_name)
+    app = render_app(settings, adapter_dir) if app_image is None else app_image
+    result = judge(kind, base, exported, app, settings, loader=report.get("loader", ""),
+                   diffusers_version=report.get("diffusers", ""), seconds=time.monotonic() - start)
+    if not result.passed:
+        raise VerificationError(result.failure, result)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------- child
+def _stock_pipeline(name_or_dir: str, device: str):
+    import torch  # noqa: F401  (diffusers needs it; imported here so the parent's import stays light)
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    from .models import _hub_offline, resolve_spec
+
+    name, local = resolve_spec(name_or_dir)
+    pipe = StableDiffusionPipeline.from_pretrained(name, local_files_only=local or _hub_offline(), safety_checker=None,
+                                                   requires_safety_checker=False)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)  # SEIKO samples with DDIM
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def _render(pipe, job: dict, path: Path) -> None:
+    import torch
+
+    image = pipe([job["prompt"]], num_inference_steps=int(job["steps"]), guidance_scale=float(job["guidance"]),
+                 eta=float(job["eta"]), generator=[torch.Generator().manual_seed(int(job["seed"]))],
+                 output_type="pil").images[0]
+    image.save(path, format="PNG")
+
+
+def child(job: dict) -> dict:
+    """Render the base model and the export with stock diffusers; write base.png and export.png to ``out_dir``."""
+    import diffusers
+
+    out = Path(job["out_dir"])
+    pipe = _stock_pipeline(job["base_model"], job["device"])
+    _render(pipe, job, out / "base.png")
+    if job["kind"] == "lora":
+        kwargs = {"weight_name": job["weight_name"]} if job.get("weight_name") else {}
+        pipe.load_lora_weights(job["export"], **kwargs)
+        loader = "StableDiffusionPipeline.from_pretrained(base) + load_lora_weights(export" + (
+            f", weight_name={job['weight_name']!r})" if job.get("weight_name") else ")")
+    else:
+        del pipe
+        pipe = _stock_pipeline(job["export"], job["device"])
+        loader = "StableDiffusionPipeline.from_pretrained(export)"
+    _render(pipe, job, out / "export.png")
+    return {"loader": loader, "diffusers": diffusers.__version__}
+
+
+def main() -> int:
+    job = json.loads(sys.stdin.read())
+    missing = [k for k in ("kind", "export", "base_model", "prompt", "seed", "steps", "guidance", "eta", "device", "out_dir")
+               if k not in job]
+    if missing or job["kind"] not in KINDS:
+        print(f"error: the check's job lacks {missing} or has an unknown kind {job.get('kind')!r}", file=sys.stderr)
+        return 2
+    print(json.dumps(child(job)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

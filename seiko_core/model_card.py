@@ -1,0 +1,127 @@
+"""The model card every model export carries: ``MODEL_CARD.md`` for people, ``model_card.json`` for programs.
+
+The card is assembled by the caller (the app knows the experiment: rounds, labels, raters, KL, win rates) and
+written here; for the single-file kohya LoRA it also goes into the safetensors header (``seiko_model_card``), so
+the one file A1111 users download carries it. JSON only, no pickles.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .atomic import atomic_write
+
+CARD_JSON = "model_card.json"
+CARD_MD = "MODEL_CARD.md"
+SCHEMA = "seiko-model-card/1"
+HEADER_KEY = "seiko_model_card"
+NOT_MEASURED = "not measured"
+
+
+def to_json(card: Mapping[str, Any]) -> str:
+    return json.dumps(card, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False, default=str)
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return NOT_MEASURED
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def markdown(card: Mapping[str, Any]) -> str:
+    """The card as Markdown (every figure is also in ``model_card.json``)."""
+    exp = card.get("experiment", {})
+    v = card.get("verification") or {}
+    lines = [
+        f"# SEIKO model card: {exp.get('name', '?')}, round {card.get('round')}",
+        "",
+        f"- **Format**: {card.get('format')} ({', '.join(card.get('files', [])) or 'see manifest.json'})",
+        f"- **Base model**: `{card.get('base_model')}`",
+        f"- **Method**: {card.get('method')}",
+        f"- **Rounds**: round {card.get('round')} of the experiment (rounds 0-{card.get('round')}; "
+        f"{card.get('rounds_total')} rounds exist)",
+        f"- **Labels**: {card['labels']['count']} ratings of {card['labels']['images']} images trained this adapter "
+        f"(rounds before {card.get('round')})",
+        f"- **Raters**: {card['raters']['count']}",
+        f"- **KL spent** (sum of the per-round KLs to the previous round): {_fmt(card.get('kl_total'))}",
+        f"- **Exported**: {card.get('created_at')} (source adapter manifest sha256 `{card.get('source_adapter_manifest_sha256')}`)",
+        "",
+        "## Rounds",
+        "",
+        "| round | labels | raters | KL to previous round (eval grid, mean) | max | training KL (last step) |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in card.get("rounds", []):
+        lines.append(f"| {r['index']} | {r['labels']} | {r['raters']} | {_fmt(r.get('kl_to_prev'))} | "
+                     f"{_fmt(r.get('kl_to_prev_max'))} | {_fmt(r.get('train_kl_last'))} |")
+    lines += ["", "## Win rates", ""]
+    rates = card.get("win_rates")
+    if rates:
+        lines += ["```json", json.dumps(rates, indent=2, sort_keys=True, default=str), "```"]
+    else:
+        lines.append(f"{NOT_MEASURED.capitalize()}: {card.get('win_rates_note') or 'no A/B comparisons recorded'}.")
+    lines += ["", "## Verification", ""]
+    if v:
+        s = v.get("settings", {})
+        lines += [
+            f"Stock diffusers {v.get('diffusers_version')} re-loaded this export in a fresh process "
+            f"(`{v.get('loader')}`) and rendered prompt {s.get('prompt')!r}, seed {s.get('seed')}, {s.get('steps')} DDIM "
+            f"steps, guidance {s.get('guidance')}, eta {s.get('eta')}, on {s.get('device')}.",
+            "",
+            "| check | mean abs. difference (0-255) | largest | rule | result |",
+            "|---|---:|---:|---|---|",
+            f"| (a) export vs base model | {v['vs_base']['mean_abs']} | {v['vs_base']['max_abs']} | mean > "
+            f"{v['thresholds']['min_base_mean_abs']} | {'pass' if v['vs_base']['mean_abs'] > v['thresholds']['min_base_mean_abs'] else 'FAIL'} |",
+            f"| (b) export vs the app's image | {v['vs_app']['mean_abs']} | {v['vs_app']['max_abs']} | mean <= "
+            f"{v['thresholds']['max_app_mean_abs']}, largest <= {v['thresholds']['max_app_max_abs']} | "
+            f"{'pass' if v['passed'] else 'FAIL'} |",
+        ]
+    else:
+        lines.append(NOT_MEASURED.capitalize() + ".")
+    lines += ["", "## SEIKO config", "", "```json", json.dumps(card.get("seiko_config", {}), indent=2, sort_keys=True), "```", ""]
+    return "\n".join(lines)
+
+
+def write(directory: str | Path, card: Mapping[str, Any]) -> None:
+    """``model_card.json`` and ``MODEL_CARD.md`` in ``directory``."""
+    directory = Path(directory)
+    (directory / CARD_JSON).write_text(to_json(card) + "\n", encoding="utf-8")
+    (directory / CARD_MD).write_text(markdown(card), encoding="utf-8")
+
+
+def read(directory: str | Path) -> dict:
+    return json.loads((Path(directory) / CARD_JSON).read_text(encoding="utf-8"))
+
+
+# --------------------------------------------------------------------------- the card in a safetensors header
+def _split(raw: bytes) -> tuple[dict, bytes]:
+    (n,) = struct.unpack("<Q", raw[:8])
+    return json.loads(raw[8:8 + n]), raw[8 + n:]
+
+
+def stamp_safetensors(path: str | Path, metadata: Mapping[str, str]) -> None:
+    """Add ``metadata`` to a safetensors file's header, keeping every tensor byte as it was (rewritten atomically).
+
+    The tensor data section is copied unchanged (its offsets are relative to the header's end), so the weights a
+    check verified are the weights published; a reader that loads the result and compares proves it."""
+    path = Path(path)
+    raw = path.read_bytes()
+    header, data = _split(raw)
+    meta = dict(header.get("__metadata__") or {})
+    meta.update({str(k): str(v) for k, v in metadata.items()})
+    header["__metadata__"] = meta
+    blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    blob += b" " * (-len(blob) % 8)  # safetensors pads its header to 8 bytes
+
+    def write(tmp: Path) -> None:
+        tmp.write_bytes(struct.pack("<Q", len(blob)) + blob + data)
+        if _split(tmp.read_bytes())[1] != data:
+            raise RuntimeError(f"Re-writing the header of {path.name!r} changed its tensor data; refusing to publish it.")
+
+    atomic_write(path, write)
