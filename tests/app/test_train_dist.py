@@ -41,6 +41,18 @@ def test_batch_split_over_processes():
         split_batch(cfg, 3)
 
 
+def test_a_plain_worker_refuses_a_launcher_and_names_processes(worker_world, monkeypatch):
+    from app.worker import WorkerRefused
+
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what accelerate launch --multi_gpu / torchrun set
+    worker = worker_world.worker()
+    try:
+        with pytest.raises(WorkerRefused, match=r"python -m app worker --processes N"):
+            worker.start()
+    finally:
+        worker.close()
+
+
 def _lora(unet, adapter: str) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in unet.named_parameters() if "lora_" in n and f".{adapter}." in n}
 
