@@ -122,7 +122,10 @@ class Group:
         header = json.loads(bytes(buf.numpy()).decode())
         tensors = []
         for spec in header.get("tensors", []):
-            t = torch.empty(spec["shape"], dtype=_DTYPES[spec["dtype"]])
+            dtype = _DTYPES.get(spec["dtype"]) or getattr(torch, spec["dtype"], None)
+            if not isinstance(dtype, torch.dtype):
+                raise RuntimeError(f"rank {self.rank} got a tensor of unknown dtype {spec['dtype']!r} from rank 0")
+            t = torch.empty(spec["shape"], dtype=dtype)
             dist.broadcast(t, 0, group=self.ctrl)
             tensors.append(t)
         return header, tensors
