@@ -45,4 +45,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"wrote {result.format} export to {result.path} (manifest sha256 {result.sha256})")
+    if result.card and result.card.get("verification"):
+        from seiko_core.export_verify import Verification
+
+        print(Verification.from_dict(result.card["verification"]).sentence())
     return 0

@@ -4,6 +4,12 @@ The source is always resolved from the database (``Round.adapter_path``, ``Image
 to the data dir and checked to stay inside it); a client never supplies a source path. The CLI writes
 to a directory it names; the UI functions write under ``<data_dir>/exports/`` with a generated name and
 return one file a browser can download.
+
+Every model export is checked before it is published (``seiko_core.export_verify``): stock diffusers re-loads it
+in a fresh process and renders the experiment's first held-out prompt at a fixed seed; the export is refused,
+with one sentence, if that image equals the base model's (check a) or differs from the app's own image for the
+same seed (check b). It carries a model card (``MODEL_CARD.md``, ``model_card.json``; for the bare kohya file, also
+in its safetensors header) with the verification result.
 """
 
 from __future__ import annotations
@@ -16,14 +22,20 @@ from typing import Any
 
 from sqlalchemy import select
 
+from app import export_card
+from app.services import experiment_config
 from app.settings import Settings
 from db import repo
 from db.engine import make_engine, read_session, session_factory
 from db.models import Image, Rater, Rating, Round
 from seiko_core import export as core
-from seiko_core.export import FORMATS, ExportError, ExportResult
+from seiko_core import model_card
+from seiko_core.checkpoint import MANIFEST, sha256_file
+from seiko_core.export import FORMATS, WEIGHT_NAME, ExportError, ExportResult
+from seiko_core.export_verify import CheckSettings, verify_export
 
 EXPORTS_DIR = "exports"
+EXPORT_CHECK_DEVICE = "cpu"  # the check's two renderers run on one device so that they agree to float rounding
 
 
 @dataclass(frozen=True)
@@ -33,6 +45,7 @@ class RoundSource:
     round_index: int
     adapter_dir: Path
     base_model: str
+    check: CheckSettings  # what the export check renders: the experiment's sampler settings, one prompt and seed
 
 
 def _inside_data_dir(settings: Settings, relative: str, what: str) -> Path:
@@ -56,6 +69,8 @@ def resolve_round(settings: Settings, experiment_id: int, round_index: int) -> R
             exp = repo.get_experiment(session=s, experiment_id=experiment_id)  # NotFound: one sentence
             round_ = repo.get_round_by_index(session=s, experiment_id=experiment_id, index=round_index)
             name, base, rel = exp.name, exp.model_spec, round_.adapter_path
+            cfg = experiment_config(exp)
+            prompt = next(iter([*cfg.eval_prompts, *cfg.prompts, *(exp.prompts or [])]), None)
     finally:
         engine.dispose()
     if rel is None:
@@ -64,7 +79,8 @@ def resolve_round(settings: Settings, experiment_id: int, round_index: int) -> R
     adapter_dir = _inside_data_dir(settings, rel, "adapter")
     if not adapter_dir.is_dir():
         raise ExportError(f"The adapter of round {round_index} of experiment {experiment_id} is missing from {str(adapter_dir)!r}.")
-    return RoundSource(experiment_id, name, round_index, adapter_dir, base)
+    check = CheckSettings.for_config(base, cfg, prompt=prompt, device=EXPORT_CHECK_DEVICE)
+    return RoundSource(experiment_id, name, round_index, adapter_dir, base, check)
 
 
 def export_round_to(settings: Settings, experiment_id: int, round_index: int, fmt: str, out_dir: str | Path) -> ExportResult:
@@ -72,11 +88,36 @@ def export_round_to(settings: Settings, experiment_id: int, round_index: int, fm
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose from {list(FORMATS)}")
     src = resolve_round(settings, experiment_id, round_index)
+    facts = export_card.facts(settings, experiment_id, round_index)
+    facts["source_adapter_manifest_sha256"] = sha256_file(src.adapter_dir / MANIFEST)
+    stem = _stem(src)
     if fmt == "diffusers":
-        return core.export_diffusers_lora(src.adapter_dir, out_dir, base_model=src.base_model)
+        return core.export_diffusers_lora(src.adapter_dir, out_dir, base_model=src.base_model,
+                                          finalize=_finalize(src, facts, fmt, "lora", [WEIGHT_NAME]))
     if fmt == "kohya":
-        return core.export_kohya_lora_dir(src.adapter_dir, out_dir, name=_stem(src), base_model=src.base_model)
-    return core.export_merged_pipeline(src.base_model, src.adapter_dir, out_dir)
+        file = f"{stem}.safetensors"
+        return core.export_kohya_lora_dir(src.adapter_dir, out_dir, name=stem, base_model=src.base_model,
+                                          finalize=_finalize(src, facts, fmt, "lora", [file], weight_name=file))
+    return core.export_merged_pipeline(src.base_model, src.adapter_dir, out_dir,
+                                       finalize=_finalize(src, facts, fmt, "merged", []))
+
+
+def _finalize(src: RoundSource, facts: dict, fmt: str, kind: str, files: list[str], *,
+              weight_name: str | None = None) -> core.Finalize:
+    """The step run in the export's temporary directory before it is published: check it with stock diffusers in a
+    fresh process (VerificationError, one sentence, if it fails: nothing is published), then write the model card.
+    A kohya file also gets the card in its safetensors header (its tensor bytes unchanged), as it is downloaded alone."""
+
+    def finalize(tmp: Path) -> dict:
+        result = verify_export(kind, tmp, src.adapter_dir, src.check, weight_name=weight_name)
+        card = {**facts, "format": fmt, "files": files or sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*.safetensors")),
+                "verification": result.to_dict()}
+        model_card.write(tmp, card)
+        if weight_name is not None:
+            model_card.stamp_safetensors(tmp / weight_name, {model_card.HEADER_KEY: model_card.to_json(card)})
+        return card
+
+    return finalize
 
 
 def _stem(src: RoundSource) -> str:

@@ -30,6 +30,7 @@ from db.engine import read_session, write_session
 from db.errors import InvalidInput, NotFound
 from db.models import EXPORT_FORMATS
 from seiko_core.checkpoint import sha256_file
+from seiko_core.export_verify import VerificationError
 
 ROUTE = "/seiko/export/{export_id}"
 MAX_ID_DIGITS = 18
@@ -45,9 +46,12 @@ class Built:
     file_name: str
     size_bytes: int
     url: str
+    checked: bool = False  # a model export that stock diffusers re-loaded and matched (seiko_core.export_verify)
 
     def message(self) -> str:
-        return f"Export {self.export_id} is ready: {self.file_name} ({_size(self.size_bytes)})."
+        note = (" Checked: stock diffusers re-loaded it in a fresh process and it matched the app's image, not the base "
+                "model's; its model card is inside.") if self.checked else ""
+        return f"Export {self.export_id} is ready: {self.file_name} ({_size(self.size_bytes)}).{note}"
 
     def link_html(self) -> str:
         return (f"<a id='export-link-{self.export_id}' class='seiko-export-link' href='{html.escape(self.url, quote=True)}' "
@@ -87,7 +91,14 @@ def build(factory, settings: Settings, who: Who, experiment_id: int | None, roun
         path = export.export_ratings(settings, int(experiment_id))
     else:
         index = _round_index(round_index)
-        path = export.export_round(settings, int(experiment_id), index, fmt)
+        try:
+            path = export.export_round(settings, int(experiment_id), index, fmt)
+        except VerificationError as e:  # not published: recorded in the audit log, then shown as the one-sentence refusal
+            with write_session(factory) as s:
+                repo.add_audit(session=s, actor_id=who.rater_id, actor_name=who.name, action="export.refused",
+                               target=f"experiment {int(experiment_id)}",
+                               detail={"format": fmt, "round": index, "reason": str(e)})
+            raise
     root = settings.data_dir.resolve()
     relative = path.resolve().relative_to(root).as_posix()
     size = path.stat().st_size
@@ -97,7 +108,7 @@ def build(factory, settings: Settings, who: Who, experiment_id: int | None, roun
         export_id = row.id
         repo.add_audit(session=s, actor_id=who.rater_id, actor_name=who.name, action="export.build",
                        target=f"experiment {int(experiment_id)}", detail={"export_id": export_id, "format": fmt, "round": index})
-    return Built(export_id, path.name, size, download_url(export_id))
+    return Built(export_id, path.name, size, download_url(export_id), checked=fmt != "ratings")
 
 
 def exports_table(factory, who: Who, experiment_id: int | None) -> list[list[str]]:

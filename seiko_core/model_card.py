@@ -58,8 +58,9 @@ def markdown(card: Mapping[str, Any]) -> str:
         "|---:|---:|---:|---:|---:|---:|",
     ]
     for r in card.get("rounds", []):
-        lines.append(f"| {r['index']} | {r['labels']} | {r['raters']} | {_fmt(r.get('kl_to_prev'))} | "
-                     f"{_fmt(r.get('kl_to_prev_max'))} | {_fmt(r.get('train_kl_last'))} |")
+        kl = ("–", "–", "–") if r["index"] == 0 else (  # round 0 is the base model: no previous round, no training
+            _fmt(r.get("kl_to_prev")), _fmt(r.get("kl_to_prev_max")), _fmt(r.get("train_kl_last")))
+        lines.append(f"| {r['index']} | {r['labels']} | {r['raters']} | {kl[0]} | {kl[1]} | {kl[2]} |")
     lines += ["", "## Win rates", ""]
     rates = card.get("win_rates")
     if rates:

@@ -39,7 +39,8 @@ def png(color) -> bytes:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> World:
-    """A data dir and migrated SQLite DB: round 0 (no adapter, 2 images rated by 2 raters), round 1 with an adapter."""
+    """A data dir and migrated SQLite DB: round 0 (no adapter, 2 images rated by 2 raters), round 1 with an adapter,
+    round 2 with a no-op adapter (lora_B = 0: the base model exactly). The experiment samples with 8 DDIM steps."""
     from seiko_core import lora
     from seiko_core.config import FinetuneConfig
     from seiko_core.models import load_model
@@ -59,11 +60,14 @@ def world(tmp_path_factory) -> World:
         for p in params:
             p.normal_(0, 0.05, generator=g)
     lora.save_adapter(parts.unet, "round_1", data / "adapters" / "exp1" / "round_1")
+    lora.add_adapter(parts.unet, "round_2", FinetuneConfig(lora_rank=2, lora_alpha=2.0))  # peft's init: B = 0
+    lora.save_adapter(parts.unet, "round_2", data / "adapters" / "exp1" / "round_2")
 
     shas = []
     engine = make_engine(settings.db_url)
     with write_session(session_factory(engine)) as s:
-        exp = repo.create_experiment(session=s, name="shapes run", model_spec=str(model_dir), method="ucb", config={},
+        exp = repo.create_experiment(session=s, name="shapes run", model_spec=str(model_dir), method="ucb",
+                                     config={"method": "ucb", "sampling": {"steps": 8, "guidance": 4.0}},
                                      budgets=[2], prompts=["a red circle", "a star"])
         r0 = repo.create_round(session=s, experiment_id=exp.id)
         images = []
@@ -82,6 +86,7 @@ def world(tmp_path_factory) -> World:
         repo.add_rating(session=s, image_id=images[0].id, rater_id=bob.id, score=4)
         repo.add_rating(session=s, image_id=images[1].id, rater_id=ann.id, score=2)
         repo.create_round(session=s, experiment_id=exp.id, adapter_path="adapters/exp1/round_1")
+        repo.create_round(session=s, experiment_id=exp.id, adapter_path="adapters/exp1/round_2")
         exp_id = exp.id
     engine.dispose()
     return World(settings, exp_id, shas)
@@ -92,11 +97,31 @@ def cli(world: World, *args: str) -> int:
     return app_main(["export", *args, "--data-dir", str(s.data_dir), "--db-url", s.db_url, "--model", s.model])
 
 
-def test_cli_exports_a_round_as_diffusers_and_kohya(world, tmp_path, capsys):
+def test_cli_exports_a_round_as_diffusers_and_kohya_checked_by_stock_diffusers_with_a_model_card(world, tmp_path, capsys):
+    from seiko_core import model_card
+    from seiko_core.export_verify import MAX_APP_MEAN_ABS, MIN_BASE_MEAN_ABS
+
     e = str(world.experiment_id)
     assert cli(world, "lora", "--experiment", e, "--round", "1", "--format", "diffusers", "--out", str(tmp_path / "d")) == 0
-    assert "wrote diffusers export" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "wrote diffusers export" in out and "Checked: stock diffusers" in out
     assert verify(tmp_path / "d")["format"] == "diffusers-lora"
+    card = model_card.read(tmp_path / "d")
+    v = card["verification"]
+    assert v["passed"] and v["vs_base"]["mean_abs"] > MIN_BASE_MEAN_ABS and v["vs_app"]["mean_abs"] <= MAX_APP_MEAN_ABS
+    # the experiment's sampler settings and its first prompt (the config has no eval prompts)
+    assert (v["settings"]["steps"], v["settings"]["guidance"], v["settings"]["prompt"]) == (8, 4.0, "a red circle")
+    # hand count of the fixture: round 0 has 3 ratings of 2 images by 2 raters; round 1 has none
+    assert card["labels"] == {"count": 3, "images": 2} and card["raters"] == {"count": 2}
+    assert [(r["index"], r["labels"], r["raters"]) for r in card["rounds"]] == [(0, 3, 2), (1, 0, 0)]
+    assert card["round"] == 1 and card["rounds_total"] == 3 and card["format"] == "diffusers"
+    assert card["method"] == "ucb" and card["base_model"] == world.settings.model
+    assert card["seiko_config"]["sampling"]["steps"] == 8 and card["kl_total"] is None  # no eval KL was recorded
+    assert card["win_rates"] is None and card["win_rates_status"] == "not measured"
+    assert "ann" not in json.dumps(card) and "bob" not in json.dumps(card)  # raters counted, never named
+    text = (tmp_path / "d" / model_card.CARD_MD).read_text()
+    assert "**Labels**: 3 ratings of 2 images" in text and "## Win rates\n\nNot measured" in text
+    assert {model_card.CARD_MD, model_card.CARD_JSON} <= set(verify(tmp_path / "d")["files"])
     assert cli(world, "lora", "--experiment", e, "--round", "1", "--format", "kohya", "--out", str(tmp_path / "k")) == 0
     assert [p.name for p in (tmp_path / "k").glob("*.safetensors")] == ["seiko_shapes_run_round1.safetensors"]
 
@@ -117,6 +142,10 @@ def test_cli_exports_the_ratings(world, tmp_path):
         (["lora", "--experiment", "{e}", "--round", "7", "--format", "kohya"], "has no round 7"),
         (["lora", "--experiment", "{e}", "--round", "0", "--format", "diffusers"], "Round 0 of experiment {e} has no adapter"),
         (["ratings", "--experiment", "99"], "there is no experiment with id 99"),
+        # round 2's adapter is a no-op: stock diffusers renders exactly the base model's image
+        (["lora", "--experiment", "{e}", "--round", "2", "--format", "diffusers"],
+         "Export check (a) failed: the LoRA did not load, or does nothing: re-loaded by stock diffusers, the export's image "
+         "differs from the base model's by 0.000 levels on average (largest 0), not more than 0.1; the export was not published."),
     ],
 )
 def test_cli_refuses_unknown_ids_with_one_sentence(world, tmp_path, capsys, args, message):
@@ -206,8 +235,46 @@ def test_the_browser_builds_every_format_by_id_and_the_route_serves_exactly_that
                 assert (row.format, row.round_index) == (fmt, None if fmt == "ratings" else 1)
         with zipfile.ZipFile(get(str(built["diffusers"].export_id)).path) as zf:
             assert any(n.endswith("pytorch_lora_weights.safetensors") for n in zf.namelist())
+            assert any(n.endswith("/MODEL_CARD.md") for n in zf.namelist())
+        with zipfile.ZipFile(get(str(built["merged"].export_id)).path) as zf:
+            (card_name,) = [n for n in zf.namelist() if n.endswith("/model_card.json")]
+            assert json.loads(zf.read(card_name))["verification"]["loader"] == "StableDiffusionPipeline.from_pretrained(export)"
+        from safetensors import safe_open
+
+        with safe_open(get(str(built["kohya"].export_id)).path, "pt") as f:  # the bare kohya file carries its card
+            card = json.loads(f.metadata()["seiko_model_card"])
+        assert card["format"] == "kohya" and card["verification"]["passed"] and card["round"] == 1
+        assert all(b.checked == (fmt != "ratings") for fmt, b in built.items())
         assert get("12345").status_code == 404 and b"There is no export with id 12345." == get("12345").body
         assert get(str(built["kohya"].export_id), token="rater-token").status_code == 403  # ann is a rater
         assert get(str(built["kohya"].export_id), token="forged").status_code == 401
+    finally:
+        engine.dispose()
+
+
+def test_an_export_of_a_no_op_lora_fails_and_is_not_published(world):
+    """Round 2's adapter is a no-op: the browser's build refuses it with one sentence, records no export, writes no
+    file and logs the refusal (the CLI's refusal: test_cli_refuses_unknown_ids_with_one_sentence)."""
+    from app import auth, ui_export
+
+    engine = make_engine(world.settings.db_url)
+    factory = session_factory(engine)
+    try:
+        with write_session(factory) as s:
+            if not any(r.name == "root" for r in repo.list_raters(session=s)):
+                repo.create_rater(session=s, name="root", role="admin", password_hash="x$h")
+        admin = auth.identify(factory, local_mode=False, username="root", client_host="127.0.0.1")
+        with read_session(factory) as s:
+            before = len(repo.list_exports(session=s, experiment_id=world.experiment_id))
+        exports = world.settings.data_dir / "exports"
+        files_before = sorted(exports.iterdir()) if exports.exists() else []
+        with pytest.raises(ValueError, match=r"^Export check \(a\) failed: the LoRA did not load, or does nothing: .* by "
+                                             r"0\.000 levels on average \(largest 0\)"):
+            ui_export.build(factory, world.settings, admin, world.experiment_id, 2, "kohya")
+        with read_session(factory) as s:
+            assert len(repo.list_exports(session=s, experiment_id=world.experiment_id)) == before
+            audit = [a for a in repo.list_audit(session=s) if a.action == "export.refused"]
+        assert audit and audit[0].detail["round"] == 2 and audit[0].detail["reason"].startswith("Export check (a) failed")
+        assert (sorted(exports.iterdir()) if exports.exists() else []) == files_before
     finally:
         engine.dispose()
