@@ -26,9 +26,18 @@ import gradio as gr
 from sqlalchemy import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import auth, ui_admin, ui_admin_tab, ui_dashboard_tab, ui_export, ui_rate, ui_rate_tab, web_guard
-from app import ui_compare  # issue 14 item 3: the Compare tab (blind A/B), its dashboard table, rollback
-from app import ui_pairs  # issue 14 item 1: the Pairs tab (pairwise preferences) and the feedback setting
+from app import (
+    auth,
+    ui_admin,
+    ui_admin_tab,
+    ui_compare,  # issue 14 item 3: the Compare tab (blind A/B), its dashboard table, rollback
+    ui_dashboard_tab,
+    ui_export,
+    ui_pairs,  # issue 14 item 1: the Pairs tab (pairwise preferences) and the feedback setting
+    ui_rate,
+    ui_rate_tab,
+    web_guard,
+)
 from app.auth import AuthError, Who
 from app.settings import Settings
 from app.ui_assets import CSS

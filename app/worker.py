@@ -44,13 +44,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from app import ab  # issue 14 item 3: blind A/B pairs and rollback
-from app import alarms, experiment_options, quality, selection, storage
-from app import pairwise  # issue 14 item 1: pairwise preferences
+from app import (
+    ab,  # issue 14 item 3: blind A/B pairs and rollback
+    alarms,
+    experiment_options,
+    pairwise,  # issue 14 item 1: pairwise preferences
+    quality,
+    selection,
+    storage,
+)
 from app.services import experiment_config, round_budget
 from app.settings import Settings
-from db import jobs as job_queue
 from db import comparisons, migrate, repo
+from db import jobs as job_queue
 from db import quality as db_quality
 from db.engine import make_engine, read_session, session_factory, write_session
 from db.errors import Conflict, InvalidInput, LeaseLost

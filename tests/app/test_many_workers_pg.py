@@ -81,7 +81,7 @@ def test_three_workers_on_postgresql_two_experiments_one_killed(pg_lab, tmp_path
                 break
             time.sleep(0.1)
     finally:
-        for wid, proc in workers.items():
+        for proc in workers.values():
             if proc.alive():
                 proc.stop()
     texts = {wid: proc.log.read_text(errors="replace") for wid, proc in workers.items()}
