@@ -27,6 +27,7 @@ app renders without one). The thresholds were measured on the embedded shapes mo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -166,13 +167,32 @@ def judge(kind: str, base: np.ndarray, exported: np.ndarray, app: np.ndarray, se
 
 
 # ------------------------------------------------------------------------------------------------ parent
+@contextlib.contextmanager
+def _quiet_loading():
+    """diffusers' and transformers' loading progress bars off for the block, each restored to what it was."""
+    from diffusers.utils import logging as d_log
+    from transformers.utils import logging as t_log
+
+    was = (d_log.is_progress_bar_enabled(), t_log.is_progress_bar_enabled())
+    d_log.disable_progress_bar()
+    t_log.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was[0]:
+            d_log.enable_progress_bar()
+        if was[1]:
+            t_log.enable_progress_bar()
+
+
 def render_app(settings: CheckSettings, adapter_dir: str | Path) -> np.ndarray:
     """The app's own image of the check's prompt and seed with the round's adapter: (H, W, 3) uint8."""
     from . import lora
     from .models import load_model
     from .sampling import sample, to_uint8
 
-    parts = load_model(settings.base_model, device=settings.device)
+    with _quiet_loading():  # the check answers in one sentence; loading bars on stderr would bury it
+        parts = load_model(settings.base_model, device=settings.device)
     lora.load_adapter(parts, adapter_dir, "export_check")
     images = sample(parts, [settings.prompt], [settings.seed], steps=settings.steps, guidance=settings.guidance,
                     eta=settings.eta, batch_size=1)

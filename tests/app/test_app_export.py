@@ -273,8 +273,8 @@ def test_an_export_of_a_no_op_lora_fails_and_is_not_published(world):
             ui_export.build(factory, world.settings, admin, world.experiment_id, 2, "kohya")
         with read_session(factory) as s:
             assert len(repo.list_exports(session=s, experiment_id=world.experiment_id)) == before
-            audit = [a for a in repo.list_audit(session=s) if a.action == "export.refused"]
-        assert audit and audit[0].detail["round"] == 2 and audit[0].detail["reason"].startswith("Export check (a) failed")
+            audit = [a.detail for a in repo.list_audit(session=s) if a.action == "export.refused"]
+        assert audit and audit[0]["round"] == 2 and audit[0]["reason"].startswith("Export check (a) failed")
         assert (sorted(exports.iterdir()) if exports.exists() else []) == files_before
     finally:
         engine.dispose()
