@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from . import simulate as sim
-from .config import SeikoConfig, to_dict
+from .config import SeikoConfig
 from .preference import logistic_temperature, simulate_pair_choices
 
 FEEDBACK = "pairs"
@@ -172,27 +172,15 @@ def main(argv: list[str] | None = None) -> int:
     except sim.SimulationError as exc:
         parser.error(str(exc))
 
-    from .presets import preset
-
     loaded = sim.load_parts_and_oracle(args)
     if loaded is None:
         return 2
     parts, oracle = loaded
     try:
-        base = preset(args.preset or ("shapes" if parts.sample_size <= 32 else "sd15"))
-        base.budgets = budgets
-        base = sim.apply_overrides(base, args.set)
-        cfgs = {m: sim.method_config(base, m, args) for m in methods}
-        ev = sim.make_eval_set(base, args.eval_n, args.kl_n)
-        sigma = oracle.default_sigma if args.noise_sigma is None else float(args.noise_sigma)
+        base, cfgs, ev, sigma, settings = sim.campaign_setup(args, parts, oracle, methods, budgets)
         temperature = logistic_temperature(sigma) if args.temperature is None else float(args.temperature)
         tie_eps = float(args.tie_eps)
-        settings = {"model": args.model, "oracle": args.oracle, "oracle_spread": oracle.spread, "noise_sigma": sigma,
-                    "budgets": list(budgets), "preset": args.preset, "overrides": list(args.set),
-                    "bonus_alpha": args.bonus_alpha, "ucb_form": args.ucb_form, "eval": ev.to_dict(),
-                    "config": to_dict(base),
-                    "feedback": {"kind": FEEDBACK, "temperature": temperature, "tie_eps": tie_eps,
-                                 "images_per_label": 2}}
+        settings["feedback"] = {"kind": FEEDBACK, "temperature": temperature, "tie_eps": tie_eps, "images_per_label": 2}
     except sim.SimulationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

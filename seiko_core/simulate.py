@@ -742,6 +742,24 @@ def run_campaign(args, argv, *, parts, oracle, base: SeikoConfig, ev: EvalSet, s
     return 0
 
 
+def campaign_setup(args, parts, oracle, methods, budgets):
+    """The base config (preset by model size, the budgets, ``--set`` overrides), each method's config, the eval set,
+    the feedback noise sigma and the settings that results.json records and resumes on; SimulationError when bad."""
+    from .presets import preset
+
+    base = preset(args.preset or ("shapes" if parts.sample_size <= 32 else "sd15"))
+    base.budgets = budgets
+    base = apply_overrides(base, args.set)
+    cfgs = {m: method_config(base, m, args) for m in methods}
+    ev = make_eval_set(base, args.eval_n, args.kl_n)
+    sigma = oracle.default_sigma if args.noise_sigma is None else float(args.noise_sigma)
+    settings = {"model": args.model, "oracle": args.oracle, "oracle_spread": oracle.spread, "noise_sigma": sigma,
+                "budgets": list(budgets), "preset": args.preset, "overrides": list(args.set),
+                "bonus_alpha": args.bonus_alpha, "ucb_form": args.ucb_form, "eval": ev.to_dict(),
+                "config": to_dict(base)}
+    return base, cfgs, ev, sigma, settings
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -750,23 +768,12 @@ def main(argv: list[str] | None = None) -> int:
     except SimulationError as exc:
         parser.error(str(exc))
 
-    from .presets import preset
-
     loaded = load_parts_and_oracle(args)
     if loaded is None:
         return 2
     parts, oracle = loaded
     try:
-        base = preset(args.preset or ("shapes" if parts.sample_size <= 32 else "sd15"))
-        base.budgets = budgets
-        base = apply_overrides(base, args.set)
-        cfgs = {m: method_config(base, m, args) for m in methods}
-        ev = make_eval_set(base, args.eval_n, args.kl_n)
-        sigma = oracle.default_sigma if args.noise_sigma is None else float(args.noise_sigma)
-        settings = {"model": args.model, "oracle": args.oracle, "oracle_spread": oracle.spread, "noise_sigma": sigma,
-                    "budgets": list(budgets), "preset": args.preset, "overrides": list(args.set),
-                    "bonus_alpha": args.bonus_alpha, "ucb_form": args.ucb_form, "eval": ev.to_dict(),
-                    "config": to_dict(base)}
+        base, cfgs, ev, sigma, settings = campaign_setup(args, parts, oracle, methods, budgets)
     except SimulationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -92,6 +92,16 @@ def world(tmp_path_factory) -> World:
     return World(settings, exp_id, shas)
 
 
+def signed_in_admin(factory):
+    """The admin "root" (created once per world), as app.auth sees a signed-in request from localhost."""
+    from app import auth
+
+    with write_session(factory) as s:
+        if not any(r.name == "root" for r in repo.list_raters(session=s)):
+            repo.create_rater(session=s, name="root", role="admin", password_hash="x$h")
+    return auth.identify(factory, local_mode=False, username="root", client_host="127.0.0.1")
+
+
 def cli(world: World, *args: str) -> int:
     s = world.settings
     return app_main(["export", *args, "--data-dir", str(s.data_dir), "--db-url", s.db_url, "--model", s.model])
@@ -203,15 +213,12 @@ def test_the_browser_builds_every_format_by_id_and_the_route_serves_exactly_that
 
     from starlette.requests import Request
 
-    from app import auth, ui_export
+    from app import ui_export
 
     engine = make_engine(world.settings.db_url)
     factory = session_factory(engine)
     try:
-        with write_session(factory) as s:
-            if not any(r.name == "root" for r in repo.list_raters(session=s)):
-                repo.create_rater(session=s, name="root", role="admin", password_hash="x$h")
-        admin = auth.identify(factory, local_mode=False, username="root", client_host="127.0.0.1")
+        admin = signed_in_admin(factory)
         services = SimpleNamespace(factory=factory, settings=world.settings, local_mode=False)
         app = SimpleNamespace(tokens={"admin-token": "root", "rater-token": "ann"}, cookie_id="t")  # Gradio's token table
         built = {fmt: ui_export.build(factory, world.settings, admin, world.experiment_id, 1 if fmt != "ratings" else None, fmt)
@@ -255,15 +262,12 @@ def test_the_browser_builds_every_format_by_id_and_the_route_serves_exactly_that
 def test_an_export_of_a_no_op_lora_fails_and_is_not_published(world):
     """Round 2's adapter is a no-op: the browser's build refuses it with one sentence, records no export, writes no
     file and logs the refusal (the CLI's refusal: test_cli_refuses_unknown_ids_with_one_sentence)."""
-    from app import auth, ui_export
+    from app import ui_export
 
     engine = make_engine(world.settings.db_url)
     factory = session_factory(engine)
     try:
-        with write_session(factory) as s:
-            if not any(r.name == "root" for r in repo.list_raters(session=s)):
-                repo.create_rater(session=s, name="root", role="admin", password_hash="x$h")
-        admin = auth.identify(factory, local_mode=False, username="root", client_host="127.0.0.1")
+        admin = signed_in_admin(factory)
         with read_session(factory) as s:
             before = len(repo.list_exports(session=s, experiment_id=world.experiment_id))
         exports = world.settings.data_dir / "exports"
