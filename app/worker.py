@@ -22,7 +22,8 @@ Fault injection (tests and ``python -m app.tools.fault_matrix`` only; off unless
 ``SEIKO_FAULT_PHASE=name[,name...]`` makes the worker SIGKILL itself at that point of a job's FIRST
 attempt, so the re-run (attempt 2) goes through. Points: ``claim`` (just claimed), ``snapshot`` (ratings
 read), ``reward_fit`` / ``finetune`` / ``sample_query`` / ``sample_eval`` (first progress report of that
-phase), ``save`` (reward model written, adapter not yet), ``publish`` (inside the publishing
+phase), ``save`` (reward model written, adapter not yet), ``publish_query`` (inside the transaction that
+opens the round with its query images, before the eval grid is rendered), ``publish`` (inside the publishing
 transaction, before its commit). See RELIABILITY.md.
 """
 
@@ -433,7 +434,9 @@ class Worker:
             existing = {(im.kind, im.prompt, im.seed) for im in repo.list_images(session=s, round_id=this.id)}
             experiment_id, model_spec, cfg = experiment.id, experiment.model_spec, experiment_config(experiment)
             options = experiment_options.of(experiment)
-        if this.status not in ("generating", "labeling"):
+        query_done = any(kind == "query" for kind, _, _ in existing)
+        # a retry after the query images were published may find the round closed already: it only adds the eval grid
+        if this.status not in ("generating", "labeling") and not query_done:
             raise Conflict(f"round {k} is {this.status!r}; only a 'generating' round gets images")
 
         n = round_budget(cfg, k)
@@ -441,7 +444,7 @@ class Worker:
         mode, n_candidates = selection.candidate_plan(options, k, n)
         query = list(zip(round_prompts(cfg, n_candidates, derive_seed(experiment_id, k, "prompts")),
                          query_seeds(experiment_id, k, n_candidates)))
-        if any(kind == "query" for kind, _, _ in existing):
+        if query_done:
             query = [(p, s) for p, s in query[:n] if ("query", p, s) not in existing]
         grid = [(p, s) for p in dict.fromkeys(cfg.eval_prompts) for s in dict.fromkeys(cfg.eval_seeds)]
         started = time.monotonic()
@@ -454,13 +457,19 @@ class Worker:
         if query:
             images, emb = generate_batch(parts, adapter, [p for p, _ in query], [s for _, s in query], cfg,
                                          on_progress=progress.callback("sample_query"))
-            if not any(kind == "query" for kind, _, _ in existing):
+            if not query_done:
                 images, emb, query, chosen = selection.select_query(
                     images, emb, query, options=options, mode=mode, n_show=n, seed=derive_seed(experiment_id, k, "select"),
                     reward_dir=storage.resolve(self.settings.data_dir, storage.reward_path(experiment_id, k)) if k else None,
                     device=parts.device)
                 selection_record = chosen
-            rows += self._store_images(images, emb, query, "query")
+            # issue 12: the rater's images are published (round 'labeling') before the eval grid is rendered, so the
+            # wait after closing a round does not include the dashboard's grid and its metrics
+            n_query_rows = self._publish_query(run, this.id, experiment_id,
+                                               self._store_images(images, emb, query, "query"), selection_record)
+            query_wall_s = round(time.monotonic() - started, 3)
+        else:
+            query_wall_s, n_query_rows = 0.0, 0
         eval_metrics: dict[str, Any] = {"n": len(grid), "prompts": len(dict.fromkeys(cfg.eval_prompts)),
                                         "seeds": list(dict.fromkeys(cfg.eval_seeds))}
         if grid:
@@ -471,28 +480,54 @@ class Worker:
             eval_metrics.update(self._eval_metrics(parts, cfg, experiment_id, k, adapter, prev, images, grid, progress))
             # issue 14 item 4: image statistics of the eval grid, read by the dashboard's reward-hacking alarms
             eval_metrics["image_stats"] = alarms.image_stats(to_uint8(images), emb.detach().to("cpu", torch.float64).numpy())
-        metrics = {"generate": {"query_images": n, "eval_images": len(grid), "wall_s": round(time.monotonic() - started, 3)},
+        metrics = {"generate": {"query_images": n, "eval_images": len(grid), "query_wall_s": query_wall_s,
+                                "wall_s": round(time.monotonic() - started, 3)},
                    "eval": eval_metrics}
-        if selection_record is not None:
-            metrics["selection"] = selection_record
 
         def write(s) -> None:
-            present = {(im.kind, im.prompt, im.seed) for im in repo.list_images(session=s, round_id=this.id)}
-            for r in rows:
-                if (r["kind"], r["prompt"], r["seed"]) not in present:
-                    repo.add_image(session=s, round_id=this.id, **r)
-            repo.set_round_status(session=s, round_id=this.id, status="labeling")
+            self._add_missing_images(s, this.id, rows)
+            if repo.get_round(session=s, round_id=this.id).status == "generating":  # no query images were due
+                repo.set_round_status(session=s, round_id=this.id, status="labeling")
             repo.update_round_metrics(session=s, round_id=this.id, metrics=finite_json(metrics))
             # issue 14 item 3: the eval grid just stored is the blind A/B material (app.ab); no extra rendering
             ab_pairs = ab.create_round_pairs(session=s, round_id=this.id, seed=derive_seed(experiment_id, k, "ab-sides"))
             if ab_pairs:
                 repo.update_round_metrics(session=s, round_id=this.id, metrics={"ab": ab_pairs})
+
+        new_images = n_query_rows + len(rows)
+        self._publish(run, write, {"round_index": k, "new_images": new_images, "query_images": n, "eval_images": len(grid)})
+        return {"round_index": k, "new_images": new_images}
+
+    def _publish_query(self, run: _Run, round_id: int, experiment_id: int, rows: list[dict[str, Any]],
+                       selection_record: dict[str, Any] | None) -> int:
+        """In ONE transaction, while this worker still holds the job's lease: the query images, the round open for
+        labeling, the selection record and (when the experiment asks for comparisons) the round's pairs.
+
+        The job stays running (it renders the eval grid next); a retry finds the query images and skips them.
+        Returns how many image rows were added."""
+        with write_session(self.factory) as s:
+            if not job_queue.heartbeat(session=s, job_id=run.job.id, worker_id=self.worker_id, lease_s=self.lease_s,
+                                       progress=run.progress.latest()):
+                raise LeaseLost(f"worker {self.worker_id!r} lost the lease of job {run.job.id} to another worker; "
+                                "its images are not published")
+            added = self._add_missing_images(s, round_id, rows)
+            repo.set_round_status(session=s, round_id=round_id, status="labeling")
+            if selection_record is not None:
+                repo.update_round_metrics(session=s, round_id=round_id, metrics=finite_json({"selection": selection_record}))
             # issue 14 item 1: pairs of query images of one prompt, when the experiment asks for comparisons
             if pairwise.wants_pairs(pairwise.feedback_of(repo.get_experiment(session=s, experiment_id=experiment_id))):
-                pairwise.create_round_pairs(session=s, experiment_id=experiment_id, round_id=this.id)
+                pairwise.create_round_pairs(session=s, experiment_id=experiment_id, round_id=round_id)
+            s.flush()
+            fault_point("publish_query", run.job.attempts)
+        return added
 
-        self._publish(run, write, {"round_index": k, "new_images": len(rows), "query_images": n, "eval_images": len(grid)})
-        return {"round_index": k, "new_images": len(rows)}
+    @staticmethod
+    def _add_missing_images(s, round_id: int, rows: list[dict[str, Any]]) -> int:
+        present = {(im.kind, im.prompt, im.seed) for im in repo.list_images(session=s, round_id=round_id)}
+        missing = [r for r in rows if (r["kind"], r["prompt"], r["seed"]) not in present]
+        for r in missing:
+            repo.add_image(session=s, round_id=round_id, **r)
+        return len(missing)
 
     def _store_images(self, images: torch.Tensor, emb: torch.Tensor, pairs: list[tuple[str, int]], kind: str) -> list[dict[str, Any]]:
         pixels = to_uint8(images)

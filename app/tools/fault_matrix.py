@@ -69,9 +69,9 @@ from db.engine import read_session
 from db.models import Checkpoint, Image, Job, Rating, Round, utcnow
 from seiko_core.checkpoint import MANIFEST, sha256_file, verify
 
-PHASES = ("claim", "snapshot", "reward_fit", "finetune", "save", "publish", "sample_query", "sample_eval")
+PHASES = ("claim", "snapshot", "reward_fit", "finetune", "save", "publish", "sample_query", "publish_query", "sample_eval")
 TRAIN_ONLY = {"snapshot", "reward_fit", "finetune", "save"}
-GENERATE_ONLY = {"sample_query", "sample_eval"}
+GENERATE_ONLY = {"sample_query", "publish_query", "sample_eval"}
 
 
 # ---------------------------------------------------------------------------------------------

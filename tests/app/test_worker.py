@@ -334,3 +334,41 @@ def test_worker_lowers_its_cpu_priority_and_refuses_a_bad_niceness(tmp_path, _sq
     bad = subprocess.run([sys.executable, "-m", "app", "worker", "--nice", "20"], cwd=REPO, env=env, capture_output=True,
                          text=True, timeout=120)
     assert bad.returncode == 2 and "expected a whole number from 0 to 19, got '20'" in bad.stderr
+
+
+def test_query_images_are_published_before_the_eval_grid_and_a_retry_finishes_the_grid(worker_world, monkeypatch):
+    """Issue 12: the rater's images are open for labeling while the worker still renders the eval grid. A job that
+    failed after that point is retried: it adds only the grid, even when the round was closed in the meantime."""
+    import app.worker as worker_module
+
+    world = worker_world
+    eid = world.create_experiment("query-first")
+    real = worker_module.generate_batch
+    seen = {}
+
+    def fail_at_the_grid(parts, adapter, prompts, seeds, cfg, **kwargs):
+        if set(prompts) <= set(SHAPES_EVAL_PROMPTS) and "state" not in seen:
+            round0 = _round(world, eid, 0)
+            seen["state"] = (round0.status, len(_images(world, round0.id, "query")), len(_images(world, round0.id, "eval")))
+            raise RuntimeError("the worker fails while rendering the eval grid")
+        return real(parts, adapter, prompts, seeds, cfg, **kwargs)
+
+    monkeypatch.setattr(worker_module, "generate_batch", fail_at_the_grid)
+    worker = world.worker()
+    assert worker.run_once() and "fails while rendering" in worker.last_error
+    round0 = _round(world, eid, 0)
+    assert seen["state"] == ("labeling", round0_budget := len(_images(world, round0.id, "query")), 0) and round0_budget > 0
+    (job,) = _jobs(world, eid, "generate")
+    assert job.status == "queued" and job.attempts == 1
+    world.rate_open_round(eid, world.raters(1), lambda image_id, rater_id: 1 + image_id % 10)
+    services.close_round(factory=world.factory, experiment_id=eid)  # closed before the grid exists
+    assert _round(world, eid, 0).status == "training"
+    query_before = {(im.prompt, im.seed, im.sha256) for im in _images(world, round0.id, "query")}
+    assert worker.run_once() and worker.last_error is None  # the retry: the grid only
+    (job,) = _jobs(world, eid, "generate")
+    assert job.status == "done" and job.result["new_images"] == len(_images(world, round0.id, "eval")) > 0
+    assert {(im.prompt, im.seed, im.sha256) for im in _images(world, round0.id, "query")} == query_before
+    assert _round(world, eid, 0).status == "training"  # not reopened by the retry
+    assert worker.run_once() and worker.last_error is None  # the train job then publishes round 1 as usual
+    assert _round(world, eid, 1).adapter_path is not None
+    worker.close()
