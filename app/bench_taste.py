@@ -107,12 +107,65 @@ def mean_pairwise_distance(vectors: np.ndarray) -> float | None:
     return float(np.mean([np.linalg.norm(vectors[i] - vectors[j]) for i, j in itertools.combinations(range(len(vectors)), 2)]))
 
 
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 0..n-1 with ties given their average rank (as Spearman's rho needs)."""
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x), dtype=np.float64)
+    ranks[order] = np.arange(len(x), dtype=np.float64)
+    for value in np.unique(x):
+        tied = x == value
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def correlations(pred: np.ndarray, scores: np.ndarray) -> dict[str, float | None]:
+    """Pearson's r and Spearman's rho of two equal-length vectors; None where either is constant."""
+    def pearson(a, b):
+        a, b = a - a.mean(), b - b.mean()
+        den = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
+        return None if den == 0 else float((a * b).sum()) / den
+
+    pred, scores = np.asarray(pred, dtype=np.float64), np.asarray(scores, dtype=np.float64)
+    return {"pearson": pearson(pred, scores), "spearman": pearson(_ranks(pred), _ranks(scores))}
+
+
+def reward_quality(data_dir: Path, experiment_id: int, index: int, embeddings: np.ndarray,
+                   scores: list[int]) -> dict[str, Any] | None:
+    """How well round ``index``'s reward ensemble (fitted on the ratings of rounds 0 .. index-1) predicts the person's
+    ratings of round ``index``'s images, which it never saw: held-out Pearson and Spearman correlation of the heads'
+    mean with the ratings. None for round 0 (no reward model yet) or when the round has no reward model on disk."""
+    from app import storage
+    from seiko_core.checkpoint import verify
+    from seiko_core.reward import RewardEnsemble
+
+    if index == 0 or len(scores) < 3:
+        return None
+    reward_dir = storage.resolve(data_dir, storage.reward_path(experiment_id, index))
+    if not reward_dir.exists():
+        return None
+    verify(reward_dir)
+    ensemble = RewardEnsemble.load(reward_dir, device="cpu")
+    with torch.no_grad():
+        pred = ensemble(torch.from_numpy(np.asarray(embeddings, dtype=np.float32))).mean(1).numpy()
+    return {"labels": int(index), **correlations(pred, np.asarray(scores)), "n": len(scores)}
+
+
+def wait_breakdown(metrics: dict[str, Any] | None) -> dict[str, Any]:
+    """Where a round's wait went, from what the worker recorded: the train job's reward fit and fine-tuning (on the
+    round that published this one) and the generate job's time to the query images."""
+    train = (metrics or {}).get("train") or {}
+    gen = (metrics or {}).get("generate") or {}
+    return {"finetune_s": (train.get("finetune") or {}).get("wall_s"), "finetune_steps": train.get("finetune_steps"),
+            "query_images_s": gen.get("query_wall_s"), "generate_s": gen.get("wall_s")}
+
+
 def _pct(value: float | None, base: float | None) -> float | None:
     return None if value is None or not base else 100.0 * value / base
 
 
 def round_record(index: int, scores: list[int], honest_scores: list[int], pixels: list[np.ndarray], embeddings: np.ndarray,
-                 *, wait_s: float | None, labels_trained: int, base: dict[str, Any] | None, mode: str) -> dict[str, Any]:
+                 *, wait_s: float | None, labels_trained: int, base: dict[str, Any] | None, mode: str,
+                 reward_model: dict[str, Any] | None = None, wait_parts: dict[str, Any] | None = None) -> dict[str, Any]:
     t = taste_stats.round_taste(index, scores)
     h = taste_stats.round_taste(index, honest_scores)
     pix, emb = mean_pairwise_pixel_distance(pixels), mean_pairwise_distance(embeddings)
@@ -125,7 +178,10 @@ def round_record(index: int, scores: list[int], honest_scores: list[int], pixels
         "variety_pixels": pix, "variety_embedding": emb,
         "variety_pixels_pct_round0": _pct(pix, base["variety_pixels"]),
         "variety_embedding_pct_round0": _pct(emb, base["variety_embedding"]),
-        "wait_s": wait_s,
+        "wait_s": wait_s, "wait_parts": wait_parts,
+        # the reward model that chose this round's training signal, on this round's (unseen) images
+        "reward_model": reward_model,
+        "reward_corr": None if reward_model is None else reward_model["spearman"],
     }
 
 
@@ -239,9 +295,13 @@ def run_seed(cfg: BenchConfig, seed: int, person: people.Person, on_round) -> li
                 mode = ((round_.metrics or {}).get("selection") or {}).get("selection", "random")
                 pix = [decode_png(base64.b64encode(_file(data_dir, im)).decode()) for im in query]
                 emb = np.stack([np.frombuffer(im.embedding, dtype="<f4") for im in query]).astype(np.float64)
+                rated = [im for im in query if im.id in scores]
+                quality = reward_quality(data_dir, experiment_id, k, np.stack([np.frombuffer(im.embedding, dtype="<f4")
+                                                                               for im in rated]), [scores[im.id] for im in rated])
+                parts = wait_breakdown(round_.metrics) if k else None
             rounds.append(round_record(k, [scores[i] for i in scores], [scores[i] for i in scores if i in honest], pix, emb,
                                        wait_s=wait_s, labels_trained=k * cfg.budget, base=rounds[0] if rounds else None,
-                                       mode=mode))
+                                       mode=mode, reward_model=quality, wait_parts=parts))
             if k < cfg.rounds:
                 if cfg.options.auto_close:
                     with read_session(factory) as s:
@@ -277,7 +337,7 @@ def _file(data_dir, image) -> bytes:
 # ---------------------------------------------------------------------------------------------
 
 SUMMARY_KEYS = ("mean_rating", "share_ge6", "honest_share_ge6", "variety_pixels_pct_round0", "variety_embedding_pct_round0",
-                "wait_s")
+                "wait_s", "reward_corr")
 
 
 def summarise(seeds: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -287,7 +347,8 @@ def summarise(seeds: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     for k in range(n_rounds):
         row: dict[str, Any] = {"round": k}
         for key in SUMMARY_KEYS:
-            vals = [v["rounds"][k][key] for v in seeds.values() if len(v["rounds"]) > k and v["rounds"][k][key] is not None]
+            vals = [v["rounds"][k].get(key) for v in seeds.values() if len(v["rounds"]) > k]
+            vals = [x for x in vals if x is not None]
             row[key] = ({"mean": float(np.mean(vals)), "min": float(min(vals)), "max": float(max(vals)), "n": len(vals)}
                         if vals else None)
         out.append(row)
@@ -346,7 +407,8 @@ def round_line(r: dict[str, Any]) -> str:
     share = None if r["share_ge6"] is None else 100 * r["share_ge6"]
     return (f"round {r['round']}: mean {_num(r['mean_rating'], '.2f')}, share>=6 {_num(share, '.0f', '%')}, "
             f"variety {_num(r['variety_pixels_pct_round0'], '.0f', '%')} px / {_num(r['variety_embedding_pct_round0'], '.0f', '%')} emb, "
-            f"wait {_num(r['wait_s'], '.1f', ' s')}, labels trained {r['labels_trained']}")
+            f"wait {_num(r['wait_s'], '.1f', ' s')}, labels trained {r['labels_trained']}, "
+            f"reward model rho {_num(r.get('reward_corr'), '.2f')}")
 
 
 def run(cfg: BenchConfig, command: list[str], log=print) -> dict[str, Any]:

@@ -465,9 +465,10 @@ class Worker:
                 selection_record = chosen
             # issue 12: the rater's images are published (round 'labeling') before the eval grid is rendered, so the
             # wait after closing a round does not include the dashboard's grid and its metrics
-            n_query_rows = self._publish_query(run, this.id, experiment_id,
-                                               self._store_images(images, emb, query, "query"), selection_record)
             query_wall_s = round(time.monotonic() - started, 3)
+            n_query_rows = self._publish_query(run, this.id, experiment_id,
+                                               self._store_images(images, emb, query, "query"), selection_record,
+                                               {"query_images": n, "query_wall_s": query_wall_s})
         else:
             query_wall_s, n_query_rows = 0.0, 0
         eval_metrics: dict[str, Any] = {"n": len(grid), "prompts": len(dict.fromkeys(cfg.eval_prompts)),
@@ -499,7 +500,7 @@ class Worker:
         return {"round_index": k, "new_images": new_images}
 
     def _publish_query(self, run: _Run, round_id: int, experiment_id: int, rows: list[dict[str, Any]],
-                       selection_record: dict[str, Any] | None) -> int:
+                       selection_record: dict[str, Any] | None, generate_metrics: dict[str, Any]) -> int:
         """In ONE transaction, while this worker still holds the job's lease: the query images, the round open for
         labeling, the selection record and (when the experiment asks for comparisons) the round's pairs.
 
@@ -512,8 +513,9 @@ class Worker:
                                 "its images are not published")
             added = self._add_missing_images(s, round_id, rows)
             repo.set_round_status(session=s, round_id=round_id, status="labeling")
-            if selection_record is not None:
-                repo.update_round_metrics(session=s, round_id=round_id, metrics=finite_json({"selection": selection_record}))
+            # the final publish replaces "generate" with the whole job's figures
+            published = {"generate": generate_metrics, **({} if selection_record is None else {"selection": selection_record})}
+            repo.update_round_metrics(session=s, round_id=round_id, metrics=finite_json(published))
             # issue 14 item 1: pairs of query images of one prompt, when the experiment asks for comparisons
             if pairwise.wants_pairs(pairwise.feedback_of(repo.get_experiment(session=s, experiment_id=experiment_id))):
                 pairwise.create_round_pairs(session=s, experiment_id=experiment_id, round_id=round_id)

@@ -84,3 +84,56 @@ def test_seed_s_is_the_experiment_id_s_plus_1_and_the_placeholders_are_gone(tmp_
             assert [r.index for r in repo.list_rounds(session=s, experiment_id=4)] == [0]
     finally:
         engine.dispose()
+
+
+def test_correlations_match_hand_computed_values():
+    # Pearson by hand: x = (1, 2, 3, 4), y = (1, 3, 2, 4): centred (-1.5, -.5, .5, 1.5) and (-1.5, .5, -.5, 1.5),
+    # sum of products 2.25 - .25 - .25 + 2.25 = 4, both sums of squares 5: r = 0.8 (no ties: rho = r here)
+    got = bench_taste.correlations(np.array([1.0, 2, 3, 4]), np.array([1, 3, 2, 4]))
+    assert got["pearson"] == pytest.approx(0.8) and got["spearman"] == pytest.approx(0.8)
+    # a monotone but non-linear relation: Spearman 1, Pearson below 1
+    x = np.array([0.0, 1, 2, 3, 4])
+    got = bench_taste.correlations(np.exp(3 * x), x)
+    assert got["spearman"] == pytest.approx(1.0) and got["pearson"] < 0.9
+    # ties take their average rank: y = (1, 1, 2) has ranks (0.5, 0.5, 2) -> rho of x=(1,2,3) with them, by hand:
+    # centred ranks (-1, 0, 1) and (-0.5, -0.5, 1): products .5 + 0 + 1 = 1.5; sqrt(2 * 1.5) = 1.732 -> 0.866
+    got = bench_taste.correlations(np.array([1.0, 2, 3]), np.array([1, 1, 2]))
+    assert got["spearman"] == pytest.approx(1.5 / math.sqrt(3.0))
+    assert bench_taste.correlations(np.array([1.0, 2, 3]), np.array([5, 5, 5])) == {"pearson": None, "spearman": None}
+
+
+def test_wait_breakdown_reads_what_the_worker_recorded():
+    metrics = {"train": {"finetune": {"wall_s": 12.5}, "finetune_steps": 8},
+               "generate": {"query_wall_s": 3.25, "wall_s": 9.0}}
+    assert bench_taste.wait_breakdown(metrics) == {"finetune_s": 12.5, "finetune_steps": 8, "query_images_s": 3.25,
+                                                   "generate_s": 9.0}
+    assert bench_taste.wait_breakdown(None) == {"finetune_s": None, "finetune_steps": None, "query_images_s": None,
+                                                "generate_s": None}
+
+
+def test_a_tiny_run_drives_the_real_worker_and_records_every_round(tmp_path, worker_model_dir):
+    """The plumbing end to end on the tiny random model (its figures mean nothing about learning): 2 trainings, 3
+    rated rounds, the worker subprocess, the admin's close, the reward model's held-out correlation and the wait's parts."""
+    import json
+
+    out = tmp_path / "bench"
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "app", "bench-taste", "--person", "purple", "--rounds", "2", "--budget", "4",
+                           "--seeds", "0", "--out", str(out), "--model", str(worker_model_dir), "--tiny"],
+                          capture_output=True, text=True, timeout=900, env=env, cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((out / "results.json").read_text())
+    rounds = doc["seeds"]["0"]["rounds"]
+    assert doc["seeds"]["0"]["complete"] and [r["round"] for r in rounds] == [0, 1, 2]
+    assert all(r["ratings"] == 4 for r in rounds)
+    assert rounds[0]["wait_s"] is None and rounds[0]["reward_model"] is None and rounds[0]["wait_parts"] is None
+    for r in rounds[1:]:
+        assert r["wait_s"] > 0 and r["labels_trained"] == 4 * r["round"]
+        parts = r["wait_parts"]
+        assert parts["finetune_s"] > 0 and parts["finetune_steps"] >= 1 and parts["query_images_s"] > 0
+        # the whole generate job's time is there once its eval grid is done (the rater may be quicker than that)
+        assert parts["generate_s"] is None or parts["generate_s"] >= parts["query_images_s"]
+        m = r["reward_model"]  # fitted on the earlier rounds, scored on this round's 4 ratings
+        assert m["n"] == 4 and m["labels"] == r["round"]
+        assert m["spearman"] is None or -1 <= m["spearman"] <= 1
+    assert (out / "bench_taste.png").stat().st_size > 0
