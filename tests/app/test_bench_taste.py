@@ -137,3 +137,25 @@ def test_a_tiny_run_drives_the_real_worker_and_records_every_round(tmp_path, wor
         assert m["n"] == 4 and m["labels"] == r["round"]
         assert m["spearman"] is None or -1 <= m["spearman"] <= 1
     assert (out / "bench_taste.png").stat().st_size > 0
+
+
+def test_liked_variety_is_the_liked_images_variety_over_all_images(tmp_path):
+    from app import taste_variety
+
+    person = tmp_path / "bright.py"
+    person.write_text("def rate(images, prompts):\n    return [10 if float(im.mean()) > 0.5 else 1 for im in images]\n")
+    rng = np.random.default_rng(0)
+    images = np.concatenate([rng.integers(140, 256, (5, 4, 4, 3)), rng.integers(0, 100, (7, 4, 4, 3))]).astype(np.uint8)
+    emb = rng.normal(size=(12, 3))
+    got = taste_variety.liked_variety(f"{person}:rate", images, emb)
+    assert (got["n"], got["liked"]) == (12, 5)
+
+    def brute_pixels(ims):  # RMS over all pixel values, mean over unordered pairs
+        x = ims.reshape(len(ims), -1).astype(np.float64) / 255.0
+        return np.mean([np.sqrt(np.mean((x[i] - x[j]) ** 2)) for i in range(len(x)) for j in range(i + 1, len(x))])
+
+    def brute_emb(e):
+        return np.mean([np.linalg.norm(e[i] - e[j]) for i in range(len(e)) for j in range(i + 1, len(e))])
+
+    assert got["variety_pixels_liked_pct"] == pytest.approx(100 * brute_pixels(images[:5]) / brute_pixels(images))
+    assert got["variety_embedding_liked_pct"] == pytest.approx(100 * brute_emb(emb[:5]) / brute_emb(emb))
