@@ -88,9 +88,37 @@ class Progress:
     you_left: int = 0
     labels: int = 0  # ratings that count: at most ``overlap`` per image
     labels_wanted: int = 0  # images x overlap
+    # while no round is open: what the worker is doing toward the next images (see next_round_wait)
+    next_round: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def next_round_wait(session: Session, experiment: Experiment) -> dict[str, Any] | None:
+    """While the experiment has no open round: the worker's job toward the next images and an estimate of the wait.
+
+    {"job": "train" | "generate", "status", "phase", "step", "total", "eta_s" (the running phase's remaining time,
+    from the worker's progress), "estimate_s"}: for a running train job, its phase's ETA plus the time the last round
+    took to draw its query images; for a running generate job, its phase's ETA; None when nothing is under way."""
+    from db import jobs as job_queue
+
+    jobs = [j for j in job_queue.list_jobs(session=session, experiment_id=experiment.id, limit=10)
+            if j.status in ("running", "queued") and j.kind in ("train", "generate")]
+    if not jobs:
+        return None
+    job = min(jobs, key=lambda j: j.id)  # the oldest unfinished job is the one the next images wait for
+    p = job.progress or {}
+    eta = p.get("eta_s") if job.status == "running" else None
+    estimate = None
+    if eta is not None:
+        estimate = float(eta)
+        if job.kind == "train" and p.get("phase") in ("reward_fit", "finetune", "load_model"):
+            rounds = repo.list_rounds(session=session, experiment_id=experiment.id)
+            last = next((r for r in reversed(rounds) if ((r.metrics or {}).get("generate") or {}).get("query_wall_s")), None)
+            estimate += float(last.metrics["generate"]["query_wall_s"]) if last is not None else 0.0
+    return {"job": job.kind, "status": job.status, "phase": p.get("phase"), "step": p.get("step"), "total": p.get("total"),
+            "eta_s": eta, "estimate_s": None if estimate is None else round(estimate, 1)}
 
 
 def _pairs_only(session: Session, experiment_id: int) -> bool:
@@ -113,7 +141,8 @@ def progress(session: Session, experiment: Experiment | None, who: Who) -> Progr
     if round_ is None:
         rounds = repo.list_rounds(session=session, experiment_id=experiment.id)
         last = rounds[-1] if rounds else None
-        return Progress(experiment.name, last.index if last else None, last.status if last else None, overlap=experiment.overlap)
+        return Progress(experiment.name, last.index if last else None, last.status if last else None, overlap=experiment.overlap,
+                        next_round=next_round_wait(session, experiment))
     mine = repo.round_progress(session=session, round_id=round_.id, rater_id=who.rater_id, kind="query")
     budget = experiment.budgets[round_.index] if round_.index < len(experiment.budgets) else None
     return Progress(
@@ -132,13 +161,29 @@ def progress(session: Session, experiment: Experiment | None, who: Who) -> Progr
     )
 
 
+def _wait_html(w: dict[str, Any] | None) -> str:
+    """The worker's progress toward the next images: what it does, a bar for the running phase, the expected wait."""
+    if not w:
+        return ""
+    what = {"train": "Learning from your ratings", "generate": "Drawing the next images"}[w["job"]]
+    if w["status"] == "queued":
+        return f"<div id='next-round'>{what}: waiting for the worker to start.</div>"
+    step, total = w.get("step"), w.get("total")
+    pct = 100.0 * step / total if isinstance(step, int | float) and isinstance(total, int | float) and total else 0.0
+    phase = html.escape(str(w.get("phase") or "starting")).replace("_", " ")
+    steps = f", step {step} of {total}" if total else ""
+    eta = "" if w.get("estimate_s") is None else f" · next images in about {max(1, round(w['estimate_s']))} s"
+    return (f"<div id='next-round'>{what} ({phase}{steps}){eta}"
+            f"<div class='bar'><div style='width:{min(100.0, pct):.1f}%'></div></div></div>")
+
+
 def progress_html(p: Progress) -> str:
     if p.experiment is None:
         return "<div class='seiko-progress'>No experiment yet. An admin creates one on the <b>Admin</b> tab.</div>"
     if p.round_status != "labeling":
         where = f"round {p.round_index} is {p.round_status}" if p.round_index is not None else "it has no round yet"
         return (f"<div class='seiko-progress'><b>{html.escape(p.experiment)}</b>: no round is open for labeling ({where}). "
-                "New images appear here by themselves when the next round opens.</div>")
+                f"New images appear here by themselves when the next round opens.{_wait_html(p.next_round)}</div>")
     # Progress counts labels against images x overlap: with overlap 3, 32 images are done at 96 labels.
     pct = min(100.0, 100.0 * p.labels / p.labels_wanted) if p.labels_wanted else 0.0
     if p.overlap > 1:

@@ -7,7 +7,7 @@
                          -> one transaction: round k+1 + checkpoint, round k 'done', generate job k+1, job done
 
 Leases: a job is claimed for ``lease_s`` seconds and a heartbeat thread extends the lease every
-``lease_s / 3`` seconds, writing the latest progress (phase, step, total, eta_s) that the core's
+``min(lease_s / 3, 2)`` seconds, writing the latest progress (phase, step, total, eta_s) that the core's
 ``on_progress`` callback left. If the worker dies, the lease runs out and another worker re-runs the
 job; a worker whose job was taken over cannot publish (``complete_job`` raises LeaseLost in the
 publishing transaction, which is then rolled back). A re-run publishes exactly once: images are
@@ -170,13 +170,17 @@ class JobProgress:
         return on_progress
 
 
+PROGRESS_EVERY_S = 2.0
+
+
 class Heartbeat:
-    """A thread that extends the job's lease every ``lease_s / 3`` seconds and writes the latest progress."""
+    """A thread that extends the job's lease every ``min(lease_s / 3, PROGRESS_EVERY_S)`` seconds and writes the latest progress."""
 
     def __init__(self, factory, job_id: int, worker_id: str, lease_s: float, progress: JobProgress) -> None:
         self.factory, self.job_id, self.worker_id, self.lease_s = factory, job_id, worker_id, lease_s
         self.progress = progress
-        self.interval = lease_s / 3
+        # progress is written at least every PROGRESS_EVERY_S: the rating page shows it while a rater waits
+        self.interval = min(lease_s / 3, PROGRESS_EVERY_S)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-job-{job_id}", daemon=True)
 

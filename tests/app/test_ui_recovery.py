@@ -282,3 +282,24 @@ def test_raters_drawing_and_rating_at_once_never_deadlock(db_url, db_factory, tm
         result = collisions(db_factory, tmp_path / "data", n_raters=8, n_images=48, batch=4, overlap=2)
         assert result["errors"] == [] and result["round_complete"], result
         assert result["ratings_refused_after_the_fact"] == 0 and result["images_shown_to_more_raters_than_the_overlap_at_once"] == 0
+
+
+def test_a_waiting_rater_sees_the_workers_progress_and_the_expected_wait(ui_world):
+    """Issue 12: between rounds the rating page says what the worker does, with a bar and the wait it expects: the
+    running phase's ETA plus the time the last round took to draw its query images."""
+    rate_all(ui_world, ["alice"])
+    with write_session(ui_world.factory) as s:  # what the worker recorded when it drew round 0's images
+        repo.update_round_metrics(session=s, round_id=ui_world.round_id, metrics={"generate": {"query_wall_s": 3.5}})
+    ui_admin.close_round(ui_world.factory, who(ui_world, "root"), ui_world.experiment_id, expected_index=0)
+    view = page(ui_world, "alice")
+    assert "no round is open" in view.progress and "waiting for the worker to start" in view.progress
+    with write_session(ui_world.factory) as s:
+        job = job_queue.claim_job(session=s, worker_id="w1", lease_s=60)
+        assert job.kind == "train"
+        assert job_queue.heartbeat(session=s, job_id=job.id, worker_id="w1", lease_s=60,
+                                   progress={"phase": "finetune", "step": 3, "total": 12, "eta_s": 20.0})
+    view = page(ui_world, "alice")
+    assert "Learning from your ratings (finetune, step 3 of 12)" in view.progress
+    assert "next images in about 24 s" in view.progress and "width:25.0%" in view.progress  # 20 + 3.5, 3 of 12
+    api = ui_rate.api_batch(ui_world.factory, ui_world.settings.data_dir, who(ui_world, "alice"), limit=4)
+    assert api["items"] == [] and api["progress"]["next_round"]["estimate_s"] == 23.5
