@@ -340,23 +340,33 @@ class PairView:
     message: str
 
 
+def offered_pair(session: Session, experiment: Experiment | None,
+                 who: Who) -> tuple[PairProgress, ComparisonPair | None, str]:
+    """(the rater's progress, the next pair offered to them or None, why there is none) for the Pairs tab and the
+    public API alike. Reads only: a pair is not reserved. The reason is '' when the experiment asks for no
+    comparisons or no round is open (the progress says so); image ``a`` of the pair is shown on the left."""
+    p = progress(session, experiment, who)
+    if experiment is None or not wants_pairs(p.feedback) or p.round_status != "labeling":
+        return p, None, ""
+    round_ = repo.get_open_round(session=session, experiment_id=experiment.id)
+    offered = _offered(session, round_.id, who.rater_id, experiment.overlap)
+    if not offered:
+        msg = (f"You have compared every pair of round {round_.index} that still needs a comparison. Thank you! "
+               "The next round's pairs will appear here." if p.pairs else
+               f"Round {round_.index} has no pairs to compare (no two images share a prompt).")
+        return p, None, msg
+    return p, comparisons.get_pair(session=session, pair_id=offered[0]), ""
+
+
 def next_pair(factory, data_dir, who: Who, experiment_id: int | None) -> PairView:
     from app import ui_rate
 
     with read_session(factory) as s:
         experiment = ui_rate.pick_experiment(s, experiment_id)
-        p = progress(s, experiment, who)
+        p, pair, msg = offered_pair(s, experiment, who)
         exp_id = experiment.id if experiment is not None else None
-        if experiment is None or not wants_pairs(p.feedback) or p.round_status != "labeling":
-            return PairView(exp_id, None, None, None, None, progress_html(p), "")
-        round_ = repo.get_open_round(session=s, experiment_id=experiment.id)
-        offered = _offered(s, round_.id, who.rater_id, experiment.overlap)
-        if not offered:
-            msg = (f"You have compared every pair of round {round_.index} that still needs a comparison. Thank you! "
-                   "The next round's pairs will appear here." if p.pairs else
-                   f"Round {round_.index} has no pairs to compare (no two images share a prompt).")
+        if pair is None:
             return PairView(exp_id, None, None, None, None, progress_html(p), msg)
-        pair = comparisons.get_pair(session=s, pair_id=offered[0])
         a = repo.get_image(session=s, image_id=pair.image_a_id)
         b = repo.get_image(session=s, image_id=pair.image_b_id)
         return PairView(exp_id, pair.id, a.prompt, ui_rate.png_data_uri(data_dir, a), ui_rate.png_data_uri(data_dir, b),

@@ -271,7 +271,46 @@ def build_demo(services: AppServices) -> gr.Blocks:
             who = _who(services, request)
             return _shown(lambda: ui_rate.submit(factory, who, image_id, score))
 
+        def next_pair(experiment: str = "", request: gr.Request = None) -> dict:
+            """Get the next pair of images for you to compare (the open round of an experiment that asks for comparisons).
+
+            Both images have the same prompt; say which is better with submit_comparison. A pair is offered
+            to you until you vote on it; pairs other raters have already compared as often as the experiment
+            wants (its overlap) are not offered. Left and right are the sides the server drew for the pair, the
+            same the Pairs tab shows. An experiment that asks for 1-10 ratings only gives no pair and says so.
+
+            Parameters:
+                experiment: the experiment's name; empty for the experiment now being labeled.
+            Returns:
+                A dict with "experiment", "round", "message", "progress" (round and personal counts) and
+                "pair": None when there is nothing to compare, else {"pair_id", "prompt", "left", "right"},
+                each side a {"image_id", "seed", "png_base64"} (the PNG file, base64).
+            """
+            who = _who(services, request)
+            return _shown(lambda: ui_pairs.api_pair(factory, data_dir, who, experiment=experiment))
+
+        def submit_comparison(pair_id: int, choice: str, request: gr.Request = None) -> dict:
+            """Say which image of a pair is better: "left", "right" or "tie"; saved at once, durable when this call returns.
+
+            "a" and "b" are accepted for left and right. Voting again on a pair you compared changes your
+            choice (an edit). Refused, changing nothing: any other choice, an unknown pair, a pair of a round
+            closed for labeling, a pair of an experiment that asks for 1-10 ratings only, and a pair not
+            offered to you (other raters already gave it the comparisons it needs).
+
+            Parameters:
+                pair_id: the "pair_id" of the pair from next_pair.
+                choice: "left", "right" or "tie".
+            Returns:
+                A dict with "pair_id", "choice" (stored as "a" left, "b" right or "tie"), "side" ("left", "right"
+                or "tie"), "previous_choice" and "previous_side" (None for a new vote), "edited" and "progress".
+            """
+            who = _who(services, request)
+            return _shown(lambda: ui_pairs.api_vote(factory, who, pair_id, choice))
+
         gr.api(next_batch, api_name="next_batch", concurrency_limit=4, concurrency_id="api_read")
         gr.api(submit_rating, api_name="submit_rating", concurrency_limit=4, concurrency_id="rating")
+        # pairwise comparisons (issue 14 item 1): the reads share next_batch's group, the votes the ratings' (as the tab's)
+        gr.api(next_pair, api_name="next_pair", concurrency_limit=4, concurrency_id="api_read")
+        gr.api(submit_comparison, api_name="submit_comparison", concurrency_limit=4, concurrency_id="rating")
 
     return demo

@@ -7,7 +7,8 @@ wrong pair. The rules (open round, overlap, the experiment's feedback setting) a
 ``app.pairwise``; a refusal is shown as one sentence and changes nothing.
 
 Also the admin's feedback setting (``build_admin``): scores, pairs or both, for the selected experiment.
-The handlers are plain functions (``pair_view_html``, ``vote``) that ``app.ui``'s Gradio builders call.
+The handlers are plain functions (``pair_view_html``, ``vote``) that ``app.ui``'s Gradio builders call, and the
+public API's (``api_pair`` for ``next_pair``, ``api_vote`` for ``submit_comparison``; registered in ``app.ui``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ import gradio as gr  # at module level: the handlers' ``request: gr.Request`` an
 
 from app import pairwise
 from app.auth import Who
+from db import repo
+from db.engine import read_session
+from db.errors import InvalidInput
 
 PAIRS_CSS = """
 .pp-help { color: #6b7280; font-size: .9rem; margin: .2rem 0 .6rem; }
@@ -113,6 +117,58 @@ def vote(factory, data_dir, who: Who, experiment_id: int | None, payload: dict[s
     except (Conflict, InvalidInput, NotFound) as e:
         message = str(e)
     return pair_view_html(factory, data_dir, who, experiment_id, nonce), message
+
+
+# ---------------------------------------------------------------------------------------------
+# the public API's pairs (app.ui registers them: next_pair, submit_comparison)
+# ---------------------------------------------------------------------------------------------
+
+SIDES = {"a": "left", "b": "right", "tie": "tie"}  # a stored choice -> what the API calls it
+
+
+def api_pair(factory, data_dir, who: Who, *, experiment: str = "") -> dict[str, Any]:
+    """The next pair for the rater, with both PNG files (base64), for the public ``next_pair`` endpoint.
+
+    The same pair the Pairs tab would show (``pairwise.offered_pair``): left is the pair's image ``a``, right its
+    image ``b``, as the server drew and stored them. Reads only; a pair is not reserved (with overlap 1, two raters
+    may get the same pair and the later vote is refused as not offered)."""
+    from app import ui_rate
+
+    if experiment is not None and not isinstance(experiment, str):
+        raise InvalidInput(f"the experiment name must be text (empty for the experiment being labeled), got {experiment!r}")
+    with read_session(factory) as s:
+        exp = ui_rate.experiment_by_name(s, experiment)
+        if exp is None:
+            return {"experiment": None, "round": None, "pair": None,
+                    "progress": pairwise.PairProgress(None, None, None).as_dict(), "message": "there is no experiment yet"}
+        p, pair, why = pairwise.offered_pair(s, exp, who)
+        out: dict[str, Any] = {"experiment": exp.name, "round": p.round_index if p.round_status == "labeling" else None,
+                               "pair": None, "progress": p.as_dict()}
+        if pair is not None:
+            sides = {}
+            for side, image_id in (("left", pair.image_a_id), ("right", pair.image_b_id)):
+                image = repo.get_image(session=s, image_id=image_id)
+                sides[side] = {"image_id": image.id, "seed": image.seed, "png_base64": ui_rate.png_base64(data_dir, image)}
+                prompt = image.prompt  # both images of a pair share their prompt
+            out["pair"] = {"pair_id": pair.id, "prompt": prompt, **sides}
+            out["message"] = "a pair to compare with submit_comparison: left, right or tie"
+        elif not pairwise.wants_pairs(p.feedback):
+            out["message"] = (f"experiment {exp.name!r} asks for 1-10 ratings, not comparisons: rate its images with "
+                              "next_batch and submit_rating")
+        elif p.round_status != "labeling":
+            out["message"] = ("No round is open for labeling right now. New pairs appear by themselves when the next round "
+                              "opens.")
+        else:
+            out["message"] = why
+        return out
+
+
+def api_vote(factory, who: Who, pair_id: Any, choice: Any) -> dict[str, Any]:
+    """Vote on one pair in its own transaction (the public ``submit_comparison``): ``pairwise.submit_vote``, whose
+    checks refuse bad input with one sentence and save nothing, plus the choice spelled as a side."""
+    out = pairwise.submit_vote(factory, who, pair_id, choice)
+    previous = out["previous_choice"]
+    return {**out, "side": SIDES[out["choice"]], "previous_side": SIDES[previous] if previous is not None else None}
 
 
 # ---------------------------------------------------------------------------------------------
