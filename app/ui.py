@@ -10,7 +10,7 @@ module level): ``app.ui_rate_tab``, ``app.ui_pairs``, ``app.ui_dashboard_tab``, 
 siblings) as plain functions; a handler only finds who is asking (``gr.Request``), calls them and turns their
 results and refusals into Gradio outputs, ``gr.Warning`` or ``gr.Error``. Per-browser state is in ``gr.State``.
 
-Public API (documented, for ``gradio_client``): ``/next_batch`` and ``/submit_rating``. Every other
+Public API (documented, for ``gradio_client``): ``/next_batch``, ``/submit_rating``, ``/next_pair`` and ``/submit_comparison``. Every other
 event is private. Images reach the browser as ``data:`` URIs, so no file route ever serves the data
 dir; the data dir, the SQLite database files and the model directory are also in ``blocked_paths``.
 """

@@ -317,10 +317,10 @@ def test_launch_kwargs_block_the_data_db_and_model_dirs(ui_world):
     assert "auth" not in ui.launch_kwargs(ui_world.services(local_mode=True))
 
 
-def test_only_next_batch_and_submit_rating_are_public(ui_world):
+def test_only_the_rating_and_comparison_calls_are_public(ui_world):
     demo = ui.build_demo(ui_world.services())
     public = sorted(fn.api_name for fn in demo.fns.values() if fn.api_visibility != "private")
-    assert public == ["next_batch", "submit_rating"]
+    assert public == ["next_batch", "next_pair", "submit_comparison", "submit_rating"]
     named = {fn.api_name: fn for fn in demo.fns.values()}
     assert "1 (worst) to 10 (best)" in named["submit_rating"].fn.__doc__
 

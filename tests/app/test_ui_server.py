@@ -43,7 +43,7 @@ def test_api_next_batch_and_submit_rating(server):
     world, url = server
     alice = Client(url, auth=("alice", UI_PASSWORD), verbose=False)
     api = alice.view_api(print_info=False, return_format="dict")
-    assert sorted(api["named_endpoints"]) == ["/next_batch", "/submit_rating"]
+    assert sorted(api["named_endpoints"]) == ["/next_batch", "/next_pair", "/submit_comparison", "/submit_rating"]
     assert not api["unnamed_endpoints"]
 
     batch = alice.predict(limit=3, experiment="", api_name="/next_batch")

@@ -282,7 +282,8 @@ def test_the_api_takes_no_user_id_and_exports_have_one_admin_route(rel_server):
     alice = Client(url, auth=("alice", PASSWORD), verbose=False)
     api = alice.view_api(print_info=False, return_format="dict")["named_endpoints"]
     params = {name: sorted(p["parameter_name"] for p in ep["parameters"]) for name, ep in api.items()}
-    assert params == {"/next_batch": ["experiment", "limit"], "/submit_rating": ["image_id", "score"]}
+    assert params == {"/next_batch": ["experiment", "limit"], "/submit_rating": ["image_id", "score"],
+                      "/next_pair": ["experiment"], "/submit_comparison": ["choice", "pair_id"]}
     with pytest.raises(Exception):  # noqa: B017 - gradio_client refuses an argument the endpoint does not have
         alice.predict(image_id=world.image_ids[0], score=5, rater_id=world.accounts["bob"], api_name="/submit_rating")
     alice.close()
