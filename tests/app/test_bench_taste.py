@@ -159,3 +159,24 @@ def test_liked_variety_is_the_liked_images_variety_over_all_images(tmp_path):
 
     assert got["variety_pixels_liked_pct"] == pytest.approx(100 * brute_pixels(images[:5]) / brute_pixels(images))
     assert got["variety_embedding_liked_pct"] == pytest.approx(100 * brute_emb(emb[:5]) / brute_emb(emb))
+
+
+def _doc(shares, means):
+    rounds = lambda s, m: [{"round": k, "share_ge6": s[k], "mean_rating": m[k], "variety_pixels_pct_round0": 100.0,  # noqa: E731
+                            "variety_embedding_pct_round0": 100.0, "wait_s": None if k == 0 else 30.0,
+                            "reward_corr": None if k == 0 else 0.5} for k in range(len(s))]
+    return {"config": {"person": "purple", "options": {"selection": "random", "candidate_factor": 1}},
+            "seeds": {str(i): {"complete": True, "rounds": rounds(shares[i], means[i])} for i in range(len(shares))}}
+
+
+def test_the_report_pairs_runs_by_seed_on_the_last_round():
+    from app import bench_taste_report as report
+
+    before = _doc([[0.0, 0.25], [0.0, 0.5]], [[1.0, 2.0], [1.0, 3.0]])
+    after = _doc([[0.0, 0.75], [0.0, 0.5]], [[1.0, 4.0], [1.0, 2.5]])
+    text = report.paired(before, after, "before", "after")
+    assert "| 0 | 1 | 25 -> 75 | +50 | 2.00 -> 4.00 | +2.00 |" in text
+    assert "| 1 | 1 | 50 -> 50 | +0 | 3.00 -> 2.50 | -0.50 |" in text
+    assert "| mean | | | +25.0 | | +0.75 |" in text  # (50 + 0) / 2 and (2.0 - 0.5) / 2
+    table = report.run_table(after, "after")
+    assert "| 1 | **62** (75 / 50) | **3.25** (4.00 / 2.50) | **100** (100 / 100) |" in table
