@@ -1,16 +1,20 @@
 """What a model export's card says about its experiment, read from the database (seiko_core.model_card writes it).
 
-Base model, method and SEIKO config from the experiment row; per round up to the exported one: ratings, raters,
-the KL to the previous round measured on the eval grid (``metrics.eval.kl_to_prev``, written by the worker's
-generate job) and the fine-tuning KL at the last optimiser step (``metrics.train.finetune.kl_last``); the labels
-and raters that trained the adapter (ratings on rounds before it); the blind A/B win rates from
-``db.comparisons.ab_win_rates`` where that module exists and has votes, else "not measured". Raters are counted,
-never named: a card travels with the model wherever it is shared.
+Base model, method and SEIKO config from the experiment row. The rounds are the exported round's **lineage**
+(``db.comparisons.lineage``: the round it was trained from, that round's, ... back to round 0; root first), so the
+rounds a rollback abandoned are not in the table. Per lineage round: the round it was trained from, its ratings
+and raters, the ratings that trained it (ratings on every round before it: the worker fits the reward model on all
+the experiment's ratings, an abandoned branch's included), the KL to the round it was trained from measured on the
+eval grid (``metrics.eval.kl_to_prev``, written by the worker's generate job) and the fine-tuning KL at the last
+optimiser step (``metrics.train.finetune.kl_last``); "KL spent" sums the lineage's per-round KLs. The labels and
+raters that trained the exported adapter are the ratings on rounds before it, with those on rounds outside the
+lineage counted apart. The blind A/B win rates of the lineage's rounds come from ``db.comparisons.ab_win_rates``
+("not measured" without votes). Raters are counted, never named: a card travels with the model wherever it is
+shared.
 """
 
 from __future__ import annotations
 
-import importlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,21 +22,11 @@ from sqlalchemy import func, select
 
 from app.services import experiment_config
 from app.settings import Settings
-from db import repo
+from db import comparisons, repo
 from db.engine import make_engine, read_session, session_factory
-from db.models import Image, Rating, Round
+from db.models import Image, Rating
 from seiko_core.config import to_dict
 from seiko_core.model_card import NOT_MEASURED, SCHEMA
-
-
-def _win_rates_module():
-    """``db.comparisons`` if this installation has it, else None (written by another part of the project)."""
-    try:
-        return importlib.import_module("db.comparisons")
-    except ModuleNotFoundError as exc:
-        if exc.name != "db.comparisons":
-            raise
-        return None
 
 
 def _get(d: Any, *path: str) -> Any:
@@ -47,6 +41,16 @@ def _float(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
+def _rating_counts(s, round_ids: list[int]) -> tuple[int, int, int]:
+    """(ratings, distinct rated images, distinct raters) on the images of these rounds."""
+    if not round_ids:
+        return 0, 0, 0
+    n, images, raters = s.execute(
+        select(func.count(Rating.id), func.count(func.distinct(Rating.image_id)), func.count(func.distinct(Rating.rater_id)))
+        .join(Image, Image.id == Rating.image_id).where(Image.round_id.in_(round_ids))).one()
+    return int(n), int(images), int(raters)
+
+
 def facts(settings: Settings, experiment_id: int, round_index: int) -> dict[str, Any]:
     """Everything the card says except the export's format, files and verification (added by the exporter)."""
     engine = make_engine(settings.db_url)
@@ -54,46 +58,52 @@ def facts(settings: Settings, experiment_id: int, round_index: int) -> dict[str,
         with read_session(session_factory(engine)) as s:
             exp = repo.get_experiment(session=s, experiment_id=experiment_id)
             cfg = experiment_config(exp)
-            rounds = [r for r in repo.list_rounds(session=s, experiment_id=experiment_id) if r.index <= round_index]
-            per_round = {}
-            for r in rounds:
-                labels, raters = s.execute(
-                    select(func.count(Rating.id), func.count(func.distinct(Rating.rater_id)))
-                    .join(Image, Image.id == Rating.image_id).where(Image.round_id == r.id)).one()
-                per_round[r.index] = {"index": r.index, "status": r.status, "labels": int(labels), "raters": int(raters),
-                                      "kl_to_prev": _float(_get(r.metrics, "eval", "kl_to_prev")),
-                                      "kl_to_prev_max": _float(_get(r.metrics, "eval", "kl_to_prev_max")),
-                                      "train_kl_last": _float(_get(r.metrics, "train", "finetune", "kl_last")),
-                                      "train_labels": _get(r.metrics, "train", "labels")}
-            trained_on = [r.id for r in rounds if r.index < round_index]
-            n_labels, n_images, n_raters = s.execute(
-                select(func.count(Rating.id), func.count(func.distinct(Rating.image_id)), func.count(func.distinct(Rating.rater_id)))
-                .join(Image, Image.id == Rating.image_id).where(Image.round_id.in_(trained_on))).one()
-            n_rounds_total = s.scalar(select(func.count(Round.id)).where(Round.experiment_id == experiment_id))
-            module = _win_rates_module()
-            if module is None or not hasattr(module, "ab_win_rates"):
-                rates, note = None, "this installation records no A/B comparisons"
-            else:
-                all_rates = module.ab_win_rates(session=s, experiment_id=experiment_id) or {}
-                rates = {str(k): v for k, v in sorted(all_rates.items()) if int(k) <= round_index} or None
-                note = None if rates else "no A/B votes on these rounds yet"
+            every = repo.list_rounds(session=s, experiment_id=experiment_id)
+            exported = repo.get_round_by_index(session=s, experiment_id=experiment_id, index=round_index)
+            chain = comparisons.lineage(session=s, round_id=exported.id)
+            in_lineage = {r.id for r in chain}
+            rounds = []
+            for r, parent in zip(chain, [None, *chain[:-1]], strict=True):
+                labels, _, raters = _rating_counts(s, [r.id])
+                trained_on = None if parent is None else _rating_counts(s, [e.id for e in every if e.index < r.index])[0]
+                rounds.append({"index": r.index, "status": r.status, "parent": None if parent is None else parent.index,
+                               "labels": labels, "raters": raters, "trained_on_labels": trained_on,
+                               "kl_to_prev": _float(_get(r.metrics, "eval", "kl_to_prev")),
+                               "kl_to_prev_max": _float(_get(r.metrics, "eval", "kl_to_prev_max")),
+                               "train_kl_last": _float(_get(r.metrics, "train", "finetune", "kl_last")),
+                               "train_labels": _get(r.metrics, "train", "labels")})
+            # what trained the exported adapter: the ratings on every round before it (a rolled-back train job's
+            # reward model is fitted on all the experiment's ratings, the abandoned branch's too)
+            before = [r for r in every if r.index < round_index]
+            n_labels, n_images, n_raters = _rating_counts(s, [r.id for r in before])
+            outside = [r for r in before if r.id not in in_lineage]
+            o_labels, o_images, _ = _rating_counts(s, [r.id for r in outside])
+            outside_indices = [r.index for r in outside]
+            not_in_lineage = sorted(r.index for r in every if r.id not in in_lineage)
+            n_rounds = len(every)
+            lineage_indices = {r.index for r in chain}
+            all_rates = comparisons.ab_win_rates(session=s, experiment_id=experiment_id) or {}
+            rates = {str(k): v for k, v in sorted(all_rates.items()) if int(k) in lineage_indices} or None
             name, base, method, created = exp.name, exp.model_spec, exp.method, exp.created_at
     finally:
         engine.dispose()
-    kls = [v["kl_to_prev"] for k, v in per_round.items() if k >= 1]
+    kls = [r["kl_to_prev"] for r in rounds if r["parent"] is not None]
     return {
         "schema": SCHEMA,
         "experiment": {"id": experiment_id, "name": name, "created_at": created.isoformat() if created else None},
         "base_model": base,
         "method": method if method == cfg.method else f"{method} (config: {cfg.method})",
         "round": round_index,
-        "rounds_total": int(n_rounds_total or 0),
-        "rounds": [per_round[k] for k in sorted(per_round)],
-        "labels": {"count": int(n_labels), "images": int(n_images)},
-        "raters": {"count": int(n_raters)},
+        "lineage": [r["index"] for r in rounds],
+        "rounds_total": n_rounds,
+        "rounds_not_in_lineage": not_in_lineage,
+        "rounds": rounds,
+        "labels": {"count": n_labels, "images": n_images},
+        "labels_outside_lineage": {"count": o_labels, "images": o_images, "rounds": outside_indices},
+        "raters": {"count": n_raters},
         "kl_total": sum(kls) if kls and all(k is not None for k in kls) else None,
         "win_rates": rates,
-        "win_rates_note": note if rates is None else None,
+        "win_rates_note": None if rates else "no A/B votes on this lineage's rounds yet",
         "win_rates_status": "measured" if rates else NOT_MEASURED,
         "seiko_config": to_dict(cfg),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -202,6 +202,17 @@ def parent_of(*, session: Session, round_id: int) -> Round | None:
     return repo.get_round_by_index(session=session, experiment_id=round_.experiment_id, index=round_.index - 1)
 
 
+def lineage(*, session: Session, round_id: int) -> list[Round]:
+    """The rounds round ``round_id``'s model descends from, root (round 0) first and ending with the round itself:
+    ``parent_of`` followed back to round 0. Rounds abandoned by a rollback are not in it."""
+    chain = [repo.get_round(session=session, round_id=_id("round id", round_id))]
+    while (parent := parent_of(session=session, round_id=chain[-1].id)) is not None:
+        if parent.index >= chain[-1].index:  # set_round_parent refuses this; a hand-edited row could still hold it
+            raise Conflict(f"round {chain[-1].index} records round {parent.index} as its parent; a parent must be earlier")
+        chain.append(parent)
+    return chain[::-1]
+
+
 # ---------------------------------------------------------------------------------------------
 # A/B win rates
 # ---------------------------------------------------------------------------------------------

@@ -34,33 +34,58 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def _indices(indices: list[Any]) -> str:
+    return ("round " if len(indices) == 1 else "rounds ") + ", ".join(str(i) for i in indices)
+
+
 def markdown(card: Mapping[str, Any]) -> str:
     """The card as Markdown (every figure is also in ``model_card.json``)."""
     exp = card.get("experiment", {})
     v = card.get("verification") or {}
+    k = card.get("round")
+    lineage = card.get("lineage") or [r["index"] for r in card.get("rounds", [])]
+    outside = card.get("labels_outside_lineage") or {}
+    labels = (f"- **Labels**: {card['labels']['count']} ratings of {card['labels']['images']} images trained this "
+              f"adapter (every rating on the rounds before round {k}")
+    if outside.get("count"):
+        labels += (f", including {outside['count']} ratings of {outside['images']} images on "
+                   f"{_indices(outside['rounds'])}, outside the lineage: the reward model is fitted on all of them")
     lines = [
-        f"# SEIKO model card: {exp.get('name', '?')}, round {card.get('round')}",
+        f"# SEIKO model card: {exp.get('name', '?')}, round {k}",
         "",
         f"- **Format**: {card.get('format')} ({', '.join(card.get('files', [])) or 'see manifest.json'})",
         f"- **Base model**: `{card.get('base_model')}`",
         f"- **Method**: {card.get('method')}",
-        f"- **Rounds**: round {card.get('round')} of the experiment (rounds 0-{card.get('round')}; "
-        f"{card.get('rounds_total')} rounds exist)",
-        f"- **Labels**: {card['labels']['count']} ratings of {card['labels']['images']} images trained this adapter "
-        f"(rounds before {card.get('round')})",
+        f"- **Rounds**: round {k} of the experiment, lineage {' → '.join(str(i) for i in lineage)} (the rounds its "
+        f"model descends from, base model first; {card.get('rounds_total')} rounds exist)",
+    ]
+    others = card.get("rounds_not_in_lineage") or []
+    if others:
+        earlier, later = [i for i in others if i < k], [i for i in others if i > k]
+        why = ([f"{_indices(earlier)} (abandoned by a rollback)"] if earlier else []) + (
+            [f"{_indices(later)} (trained after round {k})"] if later else [])
+        lines.append(f"- **Not in the lineage**: {len(others)} of the experiment's {card.get('rounds_total')} rounds: "
+                     + ", ".join(why))
+    lines += [
+        labels + ")",
         f"- **Raters**: {card['raters']['count']}",
-        f"- **KL spent** (sum of the per-round KLs to the previous round): {_fmt(card.get('kl_total'))}",
+        f"- **KL spent** (sum over the lineage of each round's KL to the round it was trained from): "
+        f"{_fmt(card.get('kl_total'))}",
         f"- **Exported**: {card.get('created_at')} (source adapter manifest sha256 `{card.get('source_adapter_manifest_sha256')}`)",
         "",
         "## Rounds",
         "",
-        "| round | labels | raters | KL to previous round (eval grid, mean) | max | training KL (last step) |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| round | trained from | ratings of its images | raters | ratings it was trained on "
+        "| KL to the round it was trained from (eval grid, mean) | max | training KL (last step) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in card.get("rounds", []):
-        kl = ("–", "–", "–") if r["index"] == 0 else (  # round 0 is the base model: no previous round, no training
+        base = r["index"] == 0  # round 0 is the base model: no previous round, no training
+        kl = ("–", "–", "–") if base else (
             _fmt(r.get("kl_to_prev")), _fmt(r.get("kl_to_prev_max")), _fmt(r.get("train_kl_last")))
-        lines.append(f"| {r['index']} | {r['labels']} | {r['raters']} | {kl[0]} | {kl[1]} | {kl[2]} |")
+        parent = "–" if base else r.get("parent", r["index"] - 1)
+        trained_on = "–" if base else _fmt(r.get("trained_on_labels"))
+        lines.append(f"| {r['index']} | {parent} | {r['labels']} | {r['raters']} | {trained_on} | {kl[0]} | {kl[1]} | {kl[2]} |")
     lines += ["", "## Win rates", ""]
     rates = card.get("win_rates")
     if rates:
