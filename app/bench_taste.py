@@ -294,10 +294,8 @@ def run_seed(cfg: BenchConfig, seed: int, person: people.Person, on_round) -> li
                 honest = set(selection.honest_ids(round_.metrics, query))
                 mode = ((round_.metrics or {}).get("selection") or {}).get("selection", "random")
                 pix = [decode_png(base64.b64encode(_file(data_dir, im)).decode()) for im in query]
-                emb = np.stack([np.frombuffer(im.embedding, dtype="<f4") for im in query]).astype(np.float64)
-                rated = [im for im in query if im.id in scores]
-                quality = reward_quality(data_dir, experiment_id, k, np.stack([np.frombuffer(im.embedding, dtype="<f4")
-                                                                               for im in rated]), [scores[im.id] for im in rated])
+                emb = embeddings_of(query).astype(np.float64)
+                quality = round_reward_quality(s, data_dir, experiment_id, k, query)
                 parts = wait_breakdown(round_.metrics) if k else None
             rounds.append(round_record(k, [scores[i] for i in scores], [scores[i] for i in scores if i in honest], pix, emb,
                                        wait_s=wait_s, labels_trained=k * cfg.budget, base=rounds[0] if rounds else None,
@@ -318,6 +316,20 @@ def run_seed(cfg: BenchConfig, seed: int, person: people.Person, on_round) -> li
         stop_worker(worker, 30.0)
         log_file.close()
         engine.dispose()
+
+
+def embeddings_of(images) -> np.ndarray:
+    """The worker's stored image-encoder embeddings of ``images`` as an (N, D) float32 array."""
+    return np.stack([np.frombuffer(im.embedding, dtype="<f4") for im in images])
+
+
+def round_reward_quality(session, data_dir: Path, experiment_id: int, index: int, query) -> dict[str, Any] | None:
+    """:func:`reward_quality` of round ``index`` on its rated query images (the live run and ``--rescore`` share it)."""
+    scores = {r.image_id: r.score for r in _ratings(session, [im.id for im in query])}
+    rated = [im for im in query if im.id in scores]
+    if not rated:
+        return None
+    return reward_quality(data_dir, experiment_id, index, embeddings_of(rated), [scores[im.id] for im in rated])
 
 
 def _ratings(session, image_ids: list[int]):

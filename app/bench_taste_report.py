@@ -100,11 +100,7 @@ def rescore(run_dir: Path) -> int:
                 for r in todo:
                     round_ = repo.get_round_by_index(session=s, experiment_id=experiment_id, index=r["round"])
                     query = repo.list_images(session=s, round_id=round_.id, kind="query")
-                    scores = {x.image_id: x.score for x in bench_taste._ratings(s, [im.id for im in query])}
-                    rated = [im for im in query if im.id in scores]
-                    emb = np.stack([np.frombuffer(im.embedding, dtype="<f4") for im in rated])
-                    r["reward_model"] = bench_taste.reward_quality(data, experiment_id, r["round"], emb,
-                                                                   [scores[im.id] for im in rated])
+                    r["reward_model"] = bench_taste.round_reward_quality(s, data, experiment_id, r["round"], query)
                     r["reward_corr"] = None if r["reward_model"] is None else r["reward_model"]["spearman"]
                     filled += 1
         finally:
