@@ -59,7 +59,7 @@ def liked_variety(person_spec: str, images_u8: np.ndarray, embeddings: np.ndarra
 def main(argv: list[str] | None = None) -> int:
     from app.settings import DEFAULT_MODEL
     from seiko_core.features import embed_images_batched
-    from seiko_core.models import load_model
+    from seiko_core.models import ModelLoadError, load_model
     from seiko_core.toy.dataset import generate
 
     ap = argparse.ArgumentParser(prog="python -m app.taste_variety", description=__doc__.split("\n\n")[0])
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         with torch.no_grad():
             emb = embed_images_batched(parts, torch.from_numpy(data.images).permute(0, 3, 1, 2).float() / 255.0)
         result = liked_variety(args.person, data.images, emb.numpy(), seed=args.seed)
-    except people.PersonError as exc:
+    except (people.PersonError, ModelLoadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=2))
