@@ -10,7 +10,9 @@ newer one) and ``'preference'`` (two query images of one round, for pairwise rew
 
 The A/B win rate of round r against an opponent counts a tie as half a win:
 ``rate = (wins + ties / 2) / n`` over all votes ``n`` on r's pairs against that opponent, with a 95% Wilson score
-interval on that rate (votes treated as independent trials; see docs/ab-and-rollback.md).
+interval on that rate (votes treated as independent trials; see docs/ab-and-rollback.md). ``pair_bootstrap_interval`` is a
+bootstrap over whole pairs instead, for when votes far outnumber pairs (measured by ``python -m app.tools.ab_coverage``;
+not shown on the dashboard).
 """
 
 from __future__ import annotations
@@ -292,3 +294,35 @@ def ab_win_rates(*, session: Session, experiment_id: int) -> dict[int, dict[str,
             "vs_base": win_stats(*tally["vs_base"], len(voted_pairs.get((round_id, "vs_base"), ()))),
         }
     return out
+
+
+def pair_bootstrap_interval(votes_by_pair: Sequence[tuple[int, int, int]], *, level: float = 0.95,
+                            resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """A percentile bootstrap interval for the win rate that resamples whole pairs instead of single votes.
+
+    ``votes_by_pair`` holds one ``(wins, losses, ties)`` per pair. Each resample draws as many pairs as there are,
+    with replacement, and takes the pooled rate ``(wins + ties / 2) / n`` of the drawn pairs' votes; the interval is
+    the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of those rates. Votes on one pair move together, so this
+    reads the spread between pairs rather than assuming independent votes (app.tools.ab_coverage measures both).
+    Pairs without votes are left out; at least two pairs with votes are needed. ``seed`` makes it repeatable."""
+    if not 0 < level < 1:
+        raise InvalidInput(f"level must be between 0 and 1, got {level!r}")
+    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 100:
+        raise InvalidInput(f"resamples must be a whole number of at least 100, got {resamples!r}")
+    counts = []
+    for pair in votes_by_pair:
+        if (not isinstance(pair, tuple | list) or len(pair) != 3
+                or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in pair)):
+            raise InvalidInput(f"each pair's votes must be (wins, losses, ties), whole numbers >= 0, got {pair!r}")
+        if sum(pair) > 0:
+            counts.append(pair)
+    if len(counts) < 2:
+        raise InvalidInput(f"a bootstrap over pairs needs at least two pairs with votes, got {len(counts)}")
+    import numpy as np
+
+    arr = np.asarray(counts, dtype=float)
+    score, n = arr[:, 0] + arr[:, 2] / 2, arr.sum(axis=1)
+    draw = np.random.default_rng(seed).integers(0, len(counts), size=(resamples, len(counts)))
+    rates = score[draw].sum(axis=1) / n[draw].sum(axis=1)
+    lo, hi = np.quantile(rates, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)

@@ -1,0 +1,178 @@
+"""How often the blind A/B win rate's 95% interval holds the true win rate, simulated (issue 14; BENCHMARKS.md):
+
+    python -m app.tools.ab_coverage                       # defaults: --trials 2000 --seed 0 --resamples 1000
+    python -m app.tools.ab_coverage --trials 20000 --seed 1 --json coverage.json
+
+The intervals are the project's own: ``db.comparisons.win_stats`` (a 95% Wilson interval on
+``(wins + ties / 2) / votes``, votes treated as independent) and ``db.comparisons.pair_bootstrap_interval`` (a
+percentile bootstrap over whole pairs). Only the votes are simulated here, with numpy.
+
+(a) Independent votes: each vote is a win with probability ``p - t/2``, a tie with ``t``, a loss with the rest, so
+the estimand ``P(win) + P(tie)/2`` is ``p``; p in {0.5, 0.6, 0.7, 0.9}, votes n in {10, 20, 50, 100, 400},
+tie probability t in {0, 0.2}.
+
+(b) Clustered votes, as the app collects them: 16 pairs (the shapes preset's eval grid per opponent), each rater
+votes once on every pair, so n in {16, 64, 256} is 1, 4 or 16 votes per pair. Pair j has its own win probability
+``q_j ~ Beta(p * k, (1 - p) * k)`` (no ties), drawn afresh in every trial: the 16 pairs are a sample of the
+prompts and seeds the round could be asked about. The estimand for "this round is better in general" is the mean
+over that population, ``p``. Two votes on one pair are correlated by ``1 / (k + 1)`` (the intra-class
+correlation), so the Wilson interval's variance is too small by about ``1 + (votes per pair - 1) / (k + 1)``.
+Reported beside it: the Wilson interval's coverage of the 16 drawn pairs' own mean (what it does estimate) and
+the pair bootstrap's coverage of ``p``; p in {0.5, 0.7}, concentration k in {2, 8, 32}.
+
+Coverage is the share of trials whose interval holds the estimand (ends included); its Monte-Carlo standard
+error is ``sqrt(c (1 - c) / trials)``. Each table cell draws from its own generator, seeded by ``--seed`` and the
+cell, so a cell's number does not depend on which other cells are run. Output: markdown tables on stdout, and the
+same numbers as JSON with ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from db.comparisons import pair_bootstrap_interval, win_stats
+
+WIN_RATES = (0.5, 0.6, 0.7, 0.9)
+VOTES = (10, 20, 50, 100, 400)
+TIE_PROBS = (0.0, 0.2)
+PAIRS = 16
+CLUSTERED_VOTES = (16, 64, 256)
+CLUSTERED_WIN_RATES = (0.5, 0.7)
+CONCENTRATIONS = (2.0, 8.0, 32.0)
+
+
+def _rng(seed: int, *cell: float) -> np.random.Generator:
+    """A generator for one cell: the seed and the cell's parameters (in thousandths) as the entropy."""
+    return np.random.default_rng([seed, *(round(v * 1000) for v in cell)])
+
+
+def _se(coverage: float, trials: int) -> float:
+    return math.sqrt(coverage * (1 - coverage) / trials)
+
+
+def independent_coverage(p: float, n: int, tie: float, *, trials: int, seed: int = 0) -> dict[str, Any]:
+    """Coverage of ``win_stats``'s interval over ``trials`` draws of ``n`` independent votes (see (a) above)."""
+    win, loss = p - tie / 2, 1 - p - tie / 2
+    if win < 0 or loss < -1e-12:
+        raise ValueError(f"a win rate of {p} cannot hold ties with probability {tie}")
+    counts = _rng(seed, 1, p, n, tie).multinomial(n, [win, tie, max(loss, 0.0)], size=trials)  # wins, ties, losses
+    outcomes, which = np.unique(counts, axis=0, return_inverse=True)  # the interval once per distinct outcome
+    covered, width = np.empty(len(outcomes), dtype=bool), np.empty(len(outcomes))
+    for k, (w, t, los) in enumerate(outcomes.tolist()):
+        lo, hi = win_stats(w, los, t)["ci95"]
+        covered[k], width[k] = lo <= p <= hi, hi - lo
+    which = which.reshape(-1)
+    coverage = float(covered[which].mean())
+    return {"p": p, "n": n, "tie": tie, "trials": trials, "coverage": coverage, "se": _se(coverage, trials),
+            "mean_width": float(width[which].mean())}
+
+
+def clustered_coverage(p: float, n: int, concentration: float, *, trials: int, seed: int = 0,
+                       resamples: int = 1000, pairs: int = PAIRS) -> dict[str, Any]:
+    """Coverage of ``win_stats`` and ``pair_bootstrap_interval`` when ``n`` votes fall evenly on ``pairs`` pairs
+    whose win probabilities are drawn from Beta(p k, (1 - p) k) (see (b) above)."""
+    if n % pairs:
+        raise ValueError(f"{n} votes cannot be spread evenly over {pairs} pairs")
+    per_pair = n // pairs
+    rng = _rng(seed, 2, p, n, concentration, pairs)
+    q = rng.beta(p * concentration, (1 - p) * concentration, size=(trials, pairs))
+    wins = rng.binomial(per_pair, q)
+    boot_seeds = rng.integers(0, 2**63, size=trials)
+    wilson_pop = wilson_grid = boot_pop = 0
+    wilson_width = boot_width = 0.0
+    for t in range(trials):
+        row = wins[t].tolist()
+        total = sum(row)
+        lo, hi = win_stats(total, n - total, 0, pairs)["ci95"]
+        wilson_pop += lo <= p <= hi
+        wilson_grid += lo <= float(q[t].mean()) <= hi
+        wilson_width += hi - lo
+        blo, bhi = pair_bootstrap_interval([(w, per_pair - w, 0) for w in row], resamples=resamples,
+                                           seed=int(boot_seeds[t]))
+        boot_pop += blo <= p <= bhi
+        boot_width += bhi - blo
+    out: dict[str, Any] = {"p": p, "n": n, "pairs": pairs, "votes_per_pair": per_pair, "concentration": concentration,
+                           "icc": 1 / (concentration + 1), "trials": trials, "resamples": resamples}
+    for name, hits in (("wilson", wilson_pop), ("wilson_these_pairs", wilson_grid), ("bootstrap", boot_pop)):
+        coverage = hits / trials
+        out[name] = {"coverage": coverage, "se": _se(coverage, trials)}
+    out["wilson"]["mean_width"] = wilson_width / trials
+    out["bootstrap"]["mean_width"] = boot_width / trials
+    return out
+
+
+def run(*, trials: int, seed: int, resamples: int) -> dict[str, Any]:
+    """Every cell of (a) and (b); the result that --json writes."""
+    started = time.perf_counter()
+    independent = [independent_coverage(p, n, tie, trials=trials, seed=seed)
+                   for p in WIN_RATES for tie in TIE_PROBS for n in VOTES]
+    clustered = [clustered_coverage(p, n, k, trials=trials, seed=seed, resamples=resamples)
+                 for p in CLUSTERED_WIN_RATES for k in CONCENTRATIONS for n in CLUSTERED_VOTES]
+    return {"settings": {"trials": trials, "seed": seed, "resamples": resamples, "level": 0.95, "pairs": PAIRS,
+                         "seconds": round(time.perf_counter() - started, 1)},
+            "independent": independent, "clustered": clustered}
+
+
+def _cell(stat: dict[str, Any]) -> str:
+    return f"{stat['coverage']:.3f} ± {stat['se']:.3f}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    s = result["settings"]
+    lines = [f"Coverage of the 95% interval ({s['trials']} trials per cell, seed {s['seed']}; ± is the Monte-Carlo "
+             "standard error).", "", "(a) Independent votes (db.comparisons.win_stats, Wilson):", "",
+             "| true rate p | P(tie) | " + " | ".join(f"n={n}" for n in VOTES) + " |",
+             "|---:|---:|" + "---:|" * len(VOTES)]
+    cells = {(r["p"], r["tie"], r["n"]): r for r in result["independent"]}
+    for p in WIN_RATES:
+        for tie in TIE_PROBS:
+            lines.append(f"| {p:.1f} | {tie:.1f} | " + " | ".join(_cell(cells[p, tie, n]) for n in VOTES) + " |")
+    lines += ["", f"(b) Clustered votes: {s['pairs']} pairs, pair win probability ~ Beta(p k, (1 - p) k), estimand p "
+              f"(the pair population's mean); pair bootstrap with {s['resamples']} resamples:", "",
+              "| p | k (ICC) | votes | per pair | Wilson covers p | Wilson covers these pairs' mean | "
+              "pair bootstrap covers p | Wilson width | bootstrap width |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in result["clustered"]:
+        lines.append(f"| {r['p']:.1f} | {r['concentration']:g} ({r['icc']:.2f}) | {r['n']} | {r['votes_per_pair']} | "
+                     f"{_cell(r['wilson'])} | {_cell(r['wilson_these_pairs'])} | {_cell(r['bootstrap'])} | "
+                     f"{r['wilson']['mean_width']:.3f} | {r['bootstrap']['mean_width']:.3f} |")
+    lines += ["", f"({s['seconds']} s)"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m app.tools.ab_coverage", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--trials", type=int, default=2000, help="simulated rounds per table cell (default 2000)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the simulation (default 0)")
+    ap.add_argument("--resamples", type=int, default=1000, help="pair-bootstrap resamples per interval (default 1000)")
+    ap.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write the numbers to this JSON file")
+    args = ap.parse_args(argv)
+    if args.trials < 1:
+        raise SystemExit(f"ab_coverage: --trials must be at least 1, got {args.trials}")
+    if args.seed < 0:
+        raise SystemExit(f"ab_coverage: --seed must be 0 or more, got {args.seed}")
+    if args.resamples < 100:
+        raise SystemExit(f"ab_coverage: --resamples must be at least 100, got {args.resamples}")
+    if args.json is not None and not args.json.resolve().parent.is_dir():
+        raise SystemExit(f"ab_coverage: cannot write {args.json}: its folder does not exist")
+    result = run(trials=args.trials, seed=args.seed, resamples=args.resamples)
+    print(markdown(result))
+    if args.json is not None:
+        try:
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
+        except OSError as exc:
+            raise SystemExit(f"ab_coverage: cannot write {args.json}: {exc.strerror or exc}") from None
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""app.tools.ab_coverage: the simulated coverage of the blind A/B interval, and db.comparisons.pair_bootstrap_interval."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.tools import ab_coverage
+from db import comparisons as cmp
+from db.errors import InvalidInput
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _exact_binomial_coverage(p: float, n: int) -> float:
+    """Coverage of the project's Wilson interval without ties, summed over every outcome k of n votes."""
+    total = 0.0
+    for k in range(n + 1):
+        lo, hi = cmp.wilson_interval(k, n)
+        if lo <= p <= hi:
+            total += math.comb(n, k) * p**k * (1 - p) ** (n - k)
+    return total
+
+
+def test_independent_votes_at_400_cover_near_95_percent():
+    cell = ab_coverage.independent_coverage(0.7, 400, 0.0, trials=4000, seed=0)
+    assert 0.93 <= cell["coverage"] <= 0.97
+    assert cell["se"] == pytest.approx(math.sqrt(cell["coverage"] * (1 - cell["coverage"]) / 4000))
+    assert 0.085 < cell["mean_width"] < 0.094  # the formula's width at 0.7 and 400 votes is 0.089
+
+
+@pytest.mark.parametrize("p,n", [(0.7, 10), (0.5, 50), (0.9, 20)])
+def test_simulated_coverage_agrees_with_the_exact_binomial_sum(p, n):
+    cell = ab_coverage.independent_coverage(p, n, 0.0, trials=4000, seed=3)
+    assert abs(cell["coverage"] - _exact_binomial_coverage(p, n)) < 4 * cell["se"] + 1e-3
+
+
+def test_ties_make_the_interval_conservative():
+    # a half-point vote varies less than a win-or-loss one; the interval assumes the larger variance
+    cell = ab_coverage.independent_coverage(0.5, 400, 0.2, trials=4000, seed=0)
+    assert cell["coverage"] > 0.96
+
+
+def test_a_win_rate_that_cannot_hold_the_ties_is_refused():
+    with pytest.raises(ValueError, match="cannot hold ties"):
+        ab_coverage.independent_coverage(0.95, 10, 0.2, trials=10)
+
+
+def test_the_tool_uses_the_projects_own_interval(monkeypatch):
+    monkeypatch.setattr(ab_coverage, "win_stats", lambda w, los, t, pairs=0: {"ci95": [0.0, 0.01]})
+    assert ab_coverage.independent_coverage(0.7, 50, 0.0, trials=200)["coverage"] == 0.0
+
+
+def test_many_votes_per_pair_make_the_wilson_interval_too_narrow_and_the_pair_bootstrap_helps():
+    one = ab_coverage.clustered_coverage(0.7, 16, 2.0, trials=600, seed=0, resamples=400)
+    many = ab_coverage.clustered_coverage(0.7, 256, 2.0, trials=600, seed=0, resamples=400)
+    assert (one["votes_per_pair"], many["votes_per_pair"]) == (1, 16)
+    assert one["wilson"]["coverage"] > 0.9  # one vote per pair: the votes are independent
+    assert many["wilson"]["coverage"] < 0.8  # the caveat is real: far below 95% for "better in general"
+    assert many["wilson_these_pairs"]["coverage"] > 0.93  # ... though it does hold the 16 pairs' own mean
+    assert many["bootstrap"]["coverage"] > many["wilson"]["coverage"] + 0.2
+    assert many["bootstrap"]["coverage"] > 0.85
+    assert many["bootstrap"]["mean_width"] > 2 * many["wilson"]["mean_width"]
+
+
+def test_clustered_votes_must_spread_evenly():
+    with pytest.raises(ValueError, match="evenly"):
+        ab_coverage.clustered_coverage(0.7, 20, 2.0, trials=10)
+
+
+def test_pair_bootstrap_interval_by_hand():
+    # two pairs, one won and one lost: a resample's rate is 0, 0.5 or 1 (chances 1/4, 1/2, 1/4)
+    lo, hi = cmp.pair_bootstrap_interval([(1, 0, 0), (0, 1, 0)], seed=1)
+    assert (lo, hi) == (0.0, 1.0)
+    # pairs that all agree leave nothing to resample; ties count half; pairs without votes are left out
+    assert cmp.pair_bootstrap_interval([(3, 1, 0), (6, 2, 0), (0, 0, 0)]) == pytest.approx((0.75, 0.75))
+    assert cmp.pair_bootstrap_interval([(0, 0, 2), (1, 1, 0)]) == pytest.approx((0.5, 0.5))
+
+
+def test_pair_bootstrap_interval_is_repeatable_and_holds_the_pooled_rate():
+    votes = [(w, 8 - w, 0) for w in (8, 7, 7, 6, 5, 5, 4, 8, 2, 6, 7, 3, 8, 6, 5, 1)]
+    a = cmp.pair_bootstrap_interval(votes, seed=7)
+    assert a == cmp.pair_bootstrap_interval(votes, seed=7)
+    pooled = sum(w for w, _, _ in votes) / sum(sum(v) for v in votes)
+    assert a[0] < pooled < a[1]
+    lo, hi = cmp.wilson_interval(sum(w for w, _, _ in votes), sum(sum(v) for v in votes))
+    assert a[1] - a[0] > hi - lo  # the pairs disagree, so the spread between pairs is wider than the votes'
+    narrower = cmp.pair_bootstrap_interval(votes, level=0.5, seed=7)
+    assert a[0] < narrower[0] < narrower[1] < a[1]
+
+
+@pytest.mark.parametrize("votes,kwargs,message", [
+    ([(1, 0, 0)], {}, "at least two pairs"),
+    ([(1, 0, 0), (0, 0, 0)], {}, "at least two pairs"),
+    ([(1, 0, 0), (1, -1, 0)], {}, "whole numbers >= 0"),
+    ([(1, 0), (1, 0, 0)], {}, "whole numbers >= 0"),
+    ([(1, 0, 0), (0, 1, 0)], {"level": 1.0}, "level"),
+    ([(1, 0, 0), (0, 1, 0)], {"resamples": 10}, "resamples"),
+])
+def test_pair_bootstrap_interval_refuses_bad_input(votes, kwargs, message):
+    with pytest.raises(InvalidInput, match=message):
+        cmp.pair_bootstrap_interval(votes, **kwargs)
+
+
+def test_main_prints_both_tables_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "coverage.json"
+    assert ab_coverage.main(["--trials", "20", "--seed", "2", "--resamples", "100", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| 0.7 | 0.2 |" in text and "| 0.5 | 2 (0.33) | 256 | 16 |" in text
+    data = json.loads(out.read_text())
+    assert data["settings"]["trials"] == 20 and data["settings"]["seed"] == 2
+    assert len(data["independent"]) == 4 * 2 * 5 and len(data["clustered"]) == 2 * 3 * 3
+    assert all(0 <= row["coverage"] <= 1 for row in data["independent"])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--trials", "0"], "--trials must be at least 1, got 0"),
+    (["--seed", "-1"], "--seed must be 0 or more"),
+    (["--resamples", "5"], "--resamples must be at least 100"),
+])
+def test_bad_arguments_are_one_sentence(args, message):
+    with pytest.raises(SystemExit) as exc:
+        ab_coverage.main(args)
+    assert message in str(exc.value.code)
+
+
+def test_bad_trials_on_the_command_line_have_no_traceback():
+    proc = subprocess.run([sys.executable, "-m", "app.tools.ab_coverage", "--trials", "0"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "ab_coverage: --trials must be at least 1, got 0"
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+def test_a_json_path_in_a_missing_folder_is_refused_before_the_run(tmp_path):
+    with pytest.raises(SystemExit, match="its folder does not exist"):
+        ab_coverage.main(["--json", str(tmp_path / "nowhere" / "out.json")])
