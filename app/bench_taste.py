@@ -22,10 +22,20 @@ The seed: the worker derives every seed (prompts, noise, training) from the expe
 so seed ``s`` is the experiment id ``s + 1`` (placeholder experiments 1 .. s are created first and deleted once
 ``demo`` exists; seed 0 is exactly ``make demo``'s first experiment).
 
+Feedback (``--feedback``, the experiment option of ``app.pairwise``): ``scores`` (the default) is the above; with
+``pairs`` the experiment asks for comparisons only and the person answers every pair the round offers through the
+functions behind the public pair API (``app.ui_pairs.api_pair`` is ``next_pair``, ``api_vote`` is
+``submit_comparison``), choosing from its own ratings of the pair's two images with logistic noise
+(:class:`PairChoice`, the rule of ``seiko_core.preference.simulate_pair_choices``); with ``both`` it compares every
+pair and rates every image. A round of ``--budget`` B query images offers at most B pairs (``app.pairwise`` pairs
+images of one prompt), so a round's labels are B comparisons where it offers B pairs and fewer where it offers
+fewer; the labels actually given are recorded. With ``pairs`` the round's figures below come from the person's
+rating function applied to every query image for measurement only (never submitted).
+
 Per round: the mean rating and the share >= 6 (each with its 95% interval, ``app.taste_stats``), the same on the
 honest (random) images when a selection mode picks the rest, variety (mean pairwise pixel distance: the RMS
 difference of two images' RGB values in [0, 1]; mean pairwise Euclidean distance of the image-encoder embeddings
-the worker stored; both also as % of round 0), the wait in seconds and the labels. ``DIR/results.json`` is
+the worker stored; both also as % of round 0), the wait in seconds and the labels (ratings and comparisons). ``DIR/results.json`` is
 rewritten after every round (a seed that finished is skipped by a re-run; an unfinished one starts again from a
 fresh data dir), and ``DIR/bench_taste.png`` plots the rounds (mean over seeds, min-max as a band).
 """
@@ -33,6 +43,7 @@ fresh data dir), and ``DIR/bench_taste.png`` plots the rounds (mean over seeds, 
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import itertools
 import json
@@ -48,10 +59,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from app import experiment_options, people, selection, taste_stats
+from app import experiment_options, pairwise, people, selection, taste_stats
 from app.experiment_options import ExperimentOptions
 from app.settings import Settings
 from seiko_core import atomic
+from seiko_core.preference import logistic_temperature, simulate_pair_choices
 
 EXPERIMENT = "demo"
 POLL_S = 0.25
@@ -59,6 +71,49 @@ POLL_S = 0.25
 
 class BenchError(RuntimeError):
     """The benchmark cannot go on; the message says why in one sentence."""
+
+
+# The simulated person's pair choice (--feedback pairs or both). Its scores are its own 1-10 ratings of the two images;
+# the default temperature is the logistic equivalent (seiko_core.preference.logistic_temperature) of Gaussian rating
+# noise of half a rating point: a 1-point difference is chosen right 93% of the time, 2 points 99.4%. Ties: only
+# equal ratings (tie_eps 0), so two images the person rates alike are "about the same".
+DEFAULT_PAIR_SIGMA = 0.5
+DEFAULT_PAIR_TEMPERATURE = logistic_temperature(DEFAULT_PAIR_SIGMA)
+DEFAULT_PAIR_TIE_EPS = 0.0
+SIDE = {1.0: "left", 0.0: "right", 0.5: "tie"}  # simulate_pair_choices' outcome -> what submit_comparison takes
+
+
+@dataclass(frozen=True)
+class PairChoice:
+    """How the simulated person chooses between the two images of a pair, from its ratings s1 (left) and s2 (right):
+    a tie when |s1 - s2| <= ``tie_eps``, else left with probability sigmoid((s1 - s2) / ``temperature``) (0: always
+    the higher rating), drawn by ``seiko_core.preference.simulate_pair_choices`` with a generator seeded by
+    (seed, round, pair id), so a re-run makes the same choices."""
+
+    temperature: float = DEFAULT_PAIR_TEMPERATURE
+    tie_eps: float = DEFAULT_PAIR_TIE_EPS
+
+    def __post_init__(self) -> None:
+        for name, value in (("temperature", self.temperature), ("tie_eps", self.tie_eps)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not (math.isfinite(value) and value >= 0):
+                raise BenchError(f"the pair choice's {name} must be a finite number >= 0, got {value!r}")
+
+    def choose(self, left: int, right: int, *, seed: int, index: int, pair_id: int) -> str:
+        """'left', 'right' or 'tie' for ratings ``left`` and ``right`` of pair ``pair_id`` in round ``index``."""
+        digest = hashlib.sha256(f"bench-taste-choice:{seed}:{index}:{pair_id}".encode()).digest()
+        gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "big") >> 1)
+        row = simulate_pair_choices(torch.tensor([float(left), float(right)]), torch.tensor([[0, 1]]),
+                                    temperature=float(self.temperature), tie_eps=float(self.tie_eps), generator=gen)
+        return SIDE[float(row[0, 2])]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"temperature": float(self.temperature), "tie_eps": float(self.tie_eps),
+                "rule": "scores s1, s2: the person's own 1-10 ratings of the pair's left and right image; tie when "
+                        "|s1 - s2| <= tie_eps, else left with probability sigmoid((s1 - s2) / temperature) "
+                        "(seiko_core.preference.simulate_pair_choices; default temperature "
+                        f"sqrt(6)/pi * {DEFAULT_PAIR_SIGMA} = {DEFAULT_PAIR_TEMPERATURE:.4f}, the logistic equivalent of "
+                        f"Gaussian rating noise of {DEFAULT_PAIR_SIGMA} rating points; default tie_eps "
+                        f"{DEFAULT_PAIR_TIE_EPS:g}: equal ratings)"}
 
 
 @dataclass(frozen=True)
@@ -72,11 +127,19 @@ class BenchConfig:
     options: ExperimentOptions
     round_timeout_s: float = 3600.0
     tiny: bool = False  # smoke tests only: the tests' tiny training config (app.testing.tiny_worker_config)
+    pair_choice: PairChoice = PairChoice()  # how the person compares (feedback pairs or both)
+
+    @property
+    def feedback(self) -> str:
+        return self.options.feedback
 
     def as_dict(self) -> dict[str, Any]:
-        return {"person": self.person, "rounds": self.rounds, "budget": self.budget, "seeds": list(self.seeds),
-                "model": self.model, "options": self.options.as_dict(), "round_timeout_s": self.round_timeout_s,
-                "tiny": self.tiny}
+        out = {"person": self.person, "rounds": self.rounds, "budget": self.budget, "seeds": list(self.seeds),
+               "model": self.model, "options": self.options.as_dict(), "round_timeout_s": self.round_timeout_s,
+               "tiny": self.tiny}
+        if pairwise.wants_pairs(self.feedback):  # absent with scores, so earlier scores runs still resume
+            out["pair_choice"] = self.pair_choice.as_dict()
+        return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,13 +228,24 @@ def _pct(value: float | None, base: float | None) -> float | None:
 
 def round_record(index: int, scores: list[int], honest_scores: list[int], pixels: list[np.ndarray], embeddings: np.ndarray,
                  *, wait_s: float | None, labels_trained: int, base: dict[str, Any] | None, mode: str,
-                 reward_model: dict[str, Any] | None = None, wait_parts: dict[str, Any] | None = None) -> dict[str, Any]:
+                 reward_model: dict[str, Any] | None = None, wait_parts: dict[str, Any] | None = None,
+                 ratings: int | None = None, comparisons: int = 0, ties: int = 0, pairs_offered: int | None = None,
+                 measured_by: str = "ratings", trained_on: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One round's figures. ``scores`` measure the round: the ratings given (``measured_by`` "ratings") or, with
+    comparisons only, the person's ratings taken for measurement and never submitted ("person"). ``ratings`` is the
+    ratings given (default: as many as ``scores``), ``comparisons`` the votes given (``ties`` of them ties) on the
+    round's ``pairs_offered`` pairs (None: the round asked for no comparisons)."""
     t = taste_stats.round_taste(index, scores)
     h = taste_stats.round_taste(index, honest_scores)
     pix, emb = mean_pairwise_pixel_distance(pixels), mean_pairwise_distance(embeddings)
     base = base or {"variety_pixels": pix, "variety_embedding": emb}
+    ratings = t.n if ratings is None else ratings
     return {
-        "round": index, "selection": mode, "ratings": t.n, "labels_trained": labels_trained,
+        "round": index, "selection": mode, "ratings": ratings, "labels_trained": labels_trained,
+        "comparisons": comparisons, "comparison_ties": ties, "pairs_offered": pairs_offered,
+        "labels": ratings + comparisons, "measured_by": measured_by, "measured_images": t.n,
+        # what the worker's train job that made this round's model fitted on (its snapshot), None for round 0
+        "trained_on": trained_on,
         "mean_rating": t.mean, "mean_rating_ci95": [t.mean_low, t.mean_high],
         "share_ge6": t.share, "share_ge6_ci95": [t.share_low, t.share_high],
         "honest_ratings": h.n, "honest_mean_rating": h.mean, "honest_share_ge6": h.share,
@@ -227,16 +301,14 @@ def _failed_job(factory, experiment_id: int) -> str | None:
         return None if job is None else f"job {job.id} ({job.kind}) failed: {job.error}"
 
 
-def _wait_for_batch(factory, data_dir, who, worker: subprocess.Popen, experiment_id: int, index: int, limit: int,
-                    timeout_s: float) -> tuple[dict[str, Any], float]:
-    """Poll next_batch until round ``index``'s images come; returns the batch and the time they came."""
-    from app import ui_rate
-
+def _wait_until(fetch, ready, factory, worker: subprocess.Popen, experiment_id: int, index: int,
+                timeout_s: float) -> tuple[dict[str, Any], float]:
+    """Call ``fetch()`` until ``ready(answer)``; returns the answer and the time it came."""
     deadline = time.monotonic() + timeout_s
     while True:
-        batch = ui_rate.api_batch(factory, data_dir, who, limit=limit, experiment=EXPERIMENT)
-        if batch["items"] and batch["round"] == index:
-            return batch, time.monotonic()
+        answer = fetch()
+        if ready(answer):
+            return answer, time.monotonic()
         if worker.poll() is not None:
             raise BenchError(f"the worker exited with status {worker.returncode} while round {index} was awaited; see its log")
         failed = _failed_job(factory, experiment_id)
@@ -245,6 +317,68 @@ def _wait_for_batch(factory, data_dir, who, worker: subprocess.Popen, experiment
         if time.monotonic() > deadline:
             raise BenchError(f"round {index}'s images did not come within {timeout_s:g} s")
         time.sleep(POLL_S)
+
+
+def _wait_for_batch(factory, data_dir, who, worker: subprocess.Popen, experiment_id: int, index: int, limit: int,
+                    timeout_s: float) -> tuple[dict[str, Any], float]:
+    """Poll next_batch until round ``index``'s images come; returns the batch and the time they came."""
+    from app import ui_rate
+
+    return _wait_until(lambda: ui_rate.api_batch(factory, data_dir, who, limit=limit, experiment=EXPERIMENT),
+                       lambda batch: bool(batch["items"]) and batch["round"] == index,
+                       factory, worker, experiment_id, index, timeout_s)
+
+
+def _wait_for_pairs(factory, data_dir, who, worker: subprocess.Popen, experiment_id: int, index: int,
+                    timeout_s: float) -> tuple[dict[str, Any], float]:
+    """Poll next_pair until round ``index`` is open for labeling (its pairs are made in the same transaction that
+    opens it); returns next_pair's answer and the time it came."""
+    from app import ui_pairs
+
+    return _wait_until(lambda: ui_pairs.api_pair(factory, data_dir, who, experiment=EXPERIMENT),
+                       lambda out: out["round"] == index, factory, worker, experiment_id, index, timeout_s)
+
+
+def compare_round(factory, data_dir, who, person: people.Person, choice: PairChoice, *, seed: int,
+                  index: int) -> tuple[int, int, float | None]:
+    """The person answers every pair round ``index`` offers it, through next_pair and submit_comparison, as a
+    browser's Pairs tab does: rates the pair's two images (decoded from the API's PNG bytes) and chooses by
+    ``choice``. Returns (votes given, ties among them, the time of the last vote or None)."""
+    from app import ui_pairs
+
+    given = ties = 0
+    last = None
+    while True:
+        out = ui_pairs.api_pair(factory, data_dir, who, experiment=EXPERIMENT)
+        pair = out["pair"]
+        if out["round"] != index or pair is None:
+            return given, ties, last
+        pixels = [decode_png(pair[side]["png_base64"]) for side in ("left", "right")]
+        images = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float()
+        left, right = person.rate(images, [pair["prompt"]] * 2)
+        side = choice.choose(left, right, seed=seed, index=index, pair_id=pair["pair_id"])
+        ui_pairs.api_vote(factory, who, pair["pair_id"], side)
+        given += 1
+        ties += side == "tie"
+        last = time.monotonic()
+
+
+def _pairs_offered(session, round_id: int) -> int:
+    from db.models import ComparisonPair
+
+    return session.query(ComparisonPair).filter(ComparisonPair.round_id == round_id,
+                                                ComparisonPair.kind == pairwise.KIND).count()
+
+
+def trained_on(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the train job that published a round fitted its reward model on (from its recorded snapshot): the
+    feedback setting, ratings, comparison votes and images, and the labels ``train_round`` counted."""
+    train = (metrics or {}).get("train")
+    if not train:
+        return None
+    snap = train.get("snapshot") or {}
+    return {"feedback": snap.get("feedback", "scores"), "ratings": snap.get("ratings"), "votes": snap.get("votes", 0),
+            "images": snap.get("images"), "labels": train.get("labels")}
 
 
 def run_seed(cfg: BenchConfig, seed: int, person: people.Person, on_round) -> list[dict[str, Any]]:
@@ -270,12 +404,21 @@ def run_seed(cfg: BenchConfig, seed: int, person: people.Person, on_round) -> li
     log_file = open(root / "worker.log", "wb")
     worker = subprocess.Popen(worker_command(settings), env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=log_file,
                               stderr=subprocess.STDOUT, start_new_session=True)
+    want_scores, want_pairs = pairwise.wants_scores(cfg.feedback), pairwise.wants_pairs(cfg.feedback)
     try:
         closed_at: float | None = None
+        labels_given = 0  # ratings and comparisons of the rounds so far: what the next round's model is trained on
         for k in range(cfg.rounds + 1):
-            batch, came = _wait_for_batch(factory, data_dir, who, worker, experiment_id, k, limit, cfg.round_timeout_s)
+            if want_scores:
+                batch, came = _wait_for_batch(factory, data_dir, who, worker, experiment_id, k, limit, cfg.round_timeout_s)
+            else:  # comparisons only: next_batch offers nothing, next_pair says when the round is open
+                batch, came = _wait_for_pairs(factory, data_dir, who, worker, experiment_id, k, cfg.round_timeout_s)
+                batch = {"items": []}
             wait_s = None if closed_at is None else came - closed_at
-            last_rating_at = None
+            last_label_at = None
+            votes = ties = 0
+            if want_pairs:  # before the ratings: with "both", auto-close closes the round at its last rating
+                votes, ties, last_label_at = compare_round(factory, data_dir, who, person, cfg.pair_choice, seed=seed, index=k)
             while batch["items"]:
                 items = batch["items"]
                 pixels = [decode_png(it["png_base64"]) for it in items]
@@ -283,30 +426,43 @@ def run_seed(cfg: BenchConfig, seed: int, person: people.Person, on_round) -> li
                 ratings = person.rate(images, [it["prompt"] for it in items])
                 for it, score in zip(items, ratings):
                     ui_rate.submit(factory, who, it["image_id"], score)
-                last_rating_at = time.monotonic()
+                last_label_at = time.monotonic()
                 batch = ui_rate.api_batch(factory, data_dir, who, limit=limit, experiment=EXPERIMENT)
                 if batch["round"] != k:
                     break
             with read_session(factory) as s:
                 round_ = repo.get_round_by_index(session=s, experiment_id=experiment_id, index=k)
                 query = repo.list_images(session=s, round_id=round_.id, kind="query")
-                scores = {r.image_id: r.score for r in _ratings(s, [im.id for im in query])}
+                rated = {r.image_id: r.score for r in _ratings(s, [im.id for im in query])}
                 honest = set(selection.honest_ids(round_.metrics, query))
                 mode = ((round_.metrics or {}).get("selection") or {}).get("selection", "random")
                 pix = [decode_png(base64.b64encode(_file(data_dir, im)).decode()) for im in query]
                 emb = embeddings_of(query).astype(np.float64)
-                quality = round_reward_quality(s, data_dir, experiment_id, k, query)
+                offered = _pairs_offered(s, round_.id) if want_pairs else None
+                if want_scores:
+                    scores = rated
+                else:  # the honest measure: the person's ratings of every query image, taken here and never submitted
+                    images = torch.from_numpy(np.stack(pix)).permute(0, 3, 1, 2).float()
+                    scores = dict(zip([im.id for im in query], person.rate(images, [im.prompt for im in query])))
+                quality = round_reward_quality(s, data_dir, experiment_id, k, query, scores=scores)
                 parts = wait_breakdown(round_.metrics) if k else None
+                fitted = trained_on(round_.metrics) if k else None
             rounds.append(round_record(k, [scores[i] for i in scores], [scores[i] for i in scores if i in honest], pix, emb,
-                                       wait_s=wait_s, labels_trained=k * cfg.budget, base=rounds[0] if rounds else None,
-                                       mode=mode, reward_model=quality, wait_parts=parts))
+                                       wait_s=wait_s, labels_trained=labels_given, base=rounds[0] if rounds else None,
+                                       mode=mode, reward_model=quality, wait_parts=parts, ratings=len(rated),
+                                       comparisons=votes, ties=ties, pairs_offered=offered,
+                                       measured_by="ratings" if want_scores else "person", trained_on=fitted))
+            labels_given += rounds[-1]["labels"]
             if k < cfg.rounds:
+                if not rounds[-1]["labels"]:
+                    raise BenchError(f"round {k} offers no pairs to compare (no two of its {len(query)} images share a "
+                                     "prompt), so it has nothing to train on; give a larger --budget")
                 if cfg.options.auto_close:
                     with read_session(factory) as s:
                         status = repo.get_round_by_index(session=s, experiment_id=experiment_id, index=k).status
                     if status == "labeling":
-                        raise BenchError(f"auto_close is on but round {k} stayed open after its last rating")
-                    closed_at = last_rating_at
+                        raise BenchError(f"auto_close is on but round {k} stayed open after its last label")
+                    closed_at = last_label_at
                 else:
                     ui_admin.close_round(factory, who, experiment_id, expected_index=k)
                     closed_at = time.monotonic()
@@ -323,9 +479,12 @@ def embeddings_of(images) -> np.ndarray:
     return np.stack([np.frombuffer(im.embedding, dtype="<f4") for im in images])
 
 
-def round_reward_quality(session, data_dir: Path, experiment_id: int, index: int, query) -> dict[str, Any] | None:
-    """:func:`reward_quality` of round ``index`` on its rated query images (the live run and ``--rescore`` share it)."""
-    scores = {r.image_id: r.score for r in _ratings(session, [im.id for im in query])}
+def round_reward_quality(session, data_dir: Path, experiment_id: int, index: int, query,
+                         scores: dict[int, int] | None = None) -> dict[str, Any] | None:
+    """:func:`reward_quality` of round ``index`` on its rated query images (the live run and ``--rescore`` share it);
+    ``scores`` (image id -> rating) instead of the stored ratings: the person's measurement with comparisons only."""
+    if scores is None:
+        scores = {r.image_id: r.score for r in _ratings(session, [im.id for im in query])}
     rated = [im for im in query if im.id in scores]
     if not rated:
         return None
@@ -347,6 +506,22 @@ def _file(data_dir, image) -> bytes:
 # ---------------------------------------------------------------------------------------------
 # results
 # ---------------------------------------------------------------------------------------------
+
+FEEDBACK_NOTES = {
+    "scores": "the person rates every query image 1-10 (next_batch, submit_rating); the app trains on the ratings",
+    "pairs": "the experiment asks for comparisons only: the person answers every pair the round offers (next_pair, "
+             "submit_comparison) and rates nothing; the app trains on the comparisons (Bradley-Terry)",
+    "both": "the person answers every pair the round offers (next_pair, submit_comparison) and rates every query image "
+            "(next_batch, submit_rating); the app trains on both",
+}
+BUDGET_RULE = ("--budget B is the round's B query images; app.pairwise pairs images of one prompt (a prompt with m >= 3 "
+               "images: a cycle of m pairs, 2 images: 1 pair, 1 image: none), so a round offers at most B pairs and the "
+               "person answers every one: B comparisons where the round offers B pairs, fewer where it offers fewer. "
+               "Per round: pairs_offered, comparisons (votes given), ratings, labels (ratings + comparisons); "
+               "labels_trained sums the labels of the earlier rounds")
+MEASURE_NOTE = ("mean_rating, share_ge6 (and their honest_ and reward_model figures) are the person's own ratings of every "
+                "query image, taken by the benchmark for measurement only and never submitted to the app: the app "
+                "saw only the comparisons")
 
 SUMMARY_KEYS = ("mean_rating", "share_ge6", "honest_share_ge6", "variety_pixels_pct_round0", "variety_embedding_pct_round0",
                 "wait_s", "reward_corr")
@@ -370,7 +545,12 @@ def summarise(seeds: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 def write_results(path: Path, cfg: BenchConfig, seeds: dict[str, dict[str, Any]], command: list[str]) -> None:
     doc = {"benchmark": "bench-taste", "command": command, "config": cfg.as_dict(),
            "rating_rule": "built-in people: rating = min(10, max(1, floor(1 + 0.9 * r + 0.5))), r the oracle's reward",
-           "seeds": seeds, "summary": summarise(seeds)}
+           "feedback": FEEDBACK_NOTES[cfg.feedback], "seeds": seeds, "summary": summarise(seeds)}
+    if pairwise.wants_pairs(cfg.feedback):
+        doc["pair_choice_rule"] = cfg.pair_choice.as_dict()["rule"]
+        doc["budget_rule"] = BUDGET_RULE
+    if not pairwise.wants_scores(cfg.feedback):
+        doc["measure"] = MEASURE_NOTE
     atomic.write_text(path, json.dumps(doc, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
@@ -406,7 +586,8 @@ def plot(path: Path, cfg: BenchConfig, summary: list[dict[str, Any]]) -> None:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    fig.suptitle(f"bench-taste: person {cfg.person}, selection {cfg.options.selection}, {len(cfg.seeds)} seed(s) "
+    fig.suptitle(f"bench-taste: person {cfg.person}, feedback {cfg.feedback}, selection {cfg.options.selection}, "
+                 f"{len(cfg.seeds)} seed(s) "
                  f"(mean; band: min-max)", fontsize=10)
     fig.savefig(path)
 
@@ -420,7 +601,8 @@ def round_line(r: dict[str, Any]) -> str:
     return (f"round {r['round']}: mean {_num(r['mean_rating'], '.2f')}, share>=6 {_num(share, '.0f', '%')}, "
             f"variety {_num(r['variety_pixels_pct_round0'], '.0f', '%')} px / {_num(r['variety_embedding_pct_round0'], '.0f', '%')} emb, "
             f"wait {_num(r['wait_s'], '.1f', ' s')}, labels trained {r['labels_trained']}, "
-            f"reward model rho {_num(r.get('reward_corr'), '.2f')}")
+            f"reward model rho {_num(r.get('reward_corr'), '.2f')}"
+            + ("" if r.get("pairs_offered") is None else f", {r['comparisons']} of {r['pairs_offered']} pairs compared"))
 
 
 def run(cfg: BenchConfig, command: list[str], log=print) -> dict[str, Any]:

@@ -1,14 +1,15 @@
-"""``python -m app bench-taste --person SPEC --rounds 4 --budget 32 --seeds 0,1,2 --out DIR``: the product benchmark
-(app.bench_taste; docs/bench-taste.md)."""
+"""``python -m app bench-taste --person SPEC --rounds 4 --budget 32 --seeds 0,1,2 --out DIR [--feedback pairs]``: the
+product benchmark (app.bench_taste; docs/bench-taste.md)."""
 
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 from pathlib import Path
 
-from app.experiment_options import MAX_CANDIDATE_FACTOR, SELECTIONS
+from app.experiment_options import FEEDBACKS, MAX_CANDIDATE_FACTOR, SELECTIONS
 from app.settings import DEFAULT_MODEL
 
 
@@ -28,7 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     people = "; ".join(f"{k}: {v}" for k, v in sorted(BUILT_IN.items()))
     parser.add_argument("--person", required=True, help=f"a built-in person ({people}) or path/to/file.py:function")
     parser.add_argument("--rounds", type=int, default=4, help="trainings (rounds 0..R are rated; default 4)")
-    parser.add_argument("--budget", type=int, default=32, help="images (= ratings) per round (default 32)")
+    parser.add_argument("--budget", type=int, default=32,
+                        help="query images per round (default 32): as many ratings; with --feedback pairs at most as "
+                             "many comparisons (the pairs the round offers)")
     parser.add_argument("--seeds", type=_seeds, default=(0, 1, 2), help="comma-separated seeds (default 0,1,2)")
     parser.add_argument("--out", type=Path, required=True, help="output directory: results.json, bench_taste.png, seed_<s>/")
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"base model directory (default {DEFAULT_MODEL})")
@@ -38,6 +41,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--honest-share", type=float, default=0.25,
                         help="share of a selected round drawn uniformly at random from the candidates (default 0.25)")
     parser.add_argument("--auto-close", action="store_true", help="let the app close each round at its last rating")
+    # checked in main (one sentence), not by argparse choices (a usage block)
+    parser.add_argument("--feedback", default="scores",
+                        help="what the person gives: scores (1-10 ratings, the default), pairs (a choice on every pair "
+                             "of two images of one prompt the round offers, nothing rated) or both")
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="with pairs or both: the person's choice temperature T in rating points, P(left) = "
+                             "sigmoid((s_left - s_right) / T) (default sqrt(6)/pi * 0.5 = 0.39)")
+    parser.add_argument("--tie-eps", type=float, default=None,
+                        help="with pairs or both: a tie when the two ratings differ by at most this (default 0: equal ratings)")
     parser.add_argument("--round-timeout", type=float, default=3600.0, help="seconds to wait for a round's images (default 3600)")
     parser.add_argument("--tiny", action="store_true",
                         help="smoke test of the plumbing only: the tests' tiny config (3 sampling steps, 2 training "
@@ -49,7 +61,7 @@ def _interrupt(signum, frame) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from app.bench_taste import BenchConfig, BenchError, run
+    from app.bench_taste import BenchConfig, BenchError, PairChoice, run
     from app.experiment_options import ExperimentOptions
     from app.people import PersonError
     from db.errors import InvalidInput
@@ -59,10 +71,21 @@ def main(args: argparse.Namespace) -> int:
             raise BenchError(f"--rounds must be from 1 to 50, got {args.rounds}")
         if not 2 <= args.budget <= 4096:
             raise BenchError(f"--budget must be from 2 to 4096, got {args.budget}")
+        if args.feedback not in FEEDBACKS:
+            raise BenchError(f"--feedback must be scores, pairs or both, got {args.feedback!r}")
+        choice = {k: v for k, v in (("temperature", args.temperature), ("tie_eps", args.tie_eps)) if v is not None}
+        if choice and args.feedback == "scores":
+            raise BenchError("--temperature and --tie-eps are how the person compares two images; give them with "
+                             "--feedback pairs or both")
+        for flag, key in (("--temperature", "temperature"), ("--tie-eps", "tie_eps")):
+            if key in choice and not (math.isfinite(choice[key]) and choice[key] >= 0):
+                raise BenchError(f"{flag} must be a finite number >= 0, got {choice[key]}")
         options = ExperimentOptions(selection=args.selection, candidate_factor=args.candidate_factor,
-                                    honest_share=args.honest_share, auto_close=bool(args.auto_close))
+                                    honest_share=args.honest_share, auto_close=bool(args.auto_close),
+                                    feedback=args.feedback)
         cfg = BenchConfig(person=args.person, rounds=args.rounds, budget=args.budget, seeds=args.seeds, out=args.out,
-                          model=args.model, options=options, round_timeout_s=args.round_timeout, tiny=bool(args.tiny))
+                          model=args.model, options=options, round_timeout_s=args.round_timeout, tiny=bool(args.tiny),
+                          pair_choice=PairChoice(**choice))
         signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM like Ctrl-C: the worker is stopped on the way out
         run(cfg, ["python", "-m", "app", "bench-taste", *sys.argv[2:]], log=lambda line: print(line, flush=True))
     except (BenchError, PersonError, InvalidInput) as exc:

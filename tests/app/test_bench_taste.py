@@ -62,6 +62,39 @@ def test_the_command_refuses_a_bad_person_in_one_sentence_before_any_work(tmp_pa
     assert not out.exists()  # nothing was created
 
 
+@pytest.mark.parametrize("flags, expected", [
+    (["--feedback", "ranks"], "error: --feedback must be scores, pairs or both, got 'ranks'"),
+    (["--temperature", "1"], "error: --temperature and --tie-eps are how the person compares two images; give them "
+                             "with --feedback pairs or both"),
+    (["--feedback", "pairs", "--tie-eps", "-1"], "error: --tie-eps must be a finite number >= 0, got -1.0"),
+])
+def test_the_command_refuses_bad_feedback_flags_in_one_sentence_before_any_work(tmp_path, flags, expected):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "app", "bench-taste", "--person", "purple", "--rounds", "1", "--budget", "8",
+                           "--seeds", "0", "--out", str(out), *flags], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [expected], proc.stderr
+    assert not out.exists()
+
+
+def test_the_pair_choice_follows_the_logistic_rule_with_ties_on_equal_ratings():
+    import torch
+
+    choice = bench_taste.PairChoice()
+    assert choice.temperature == pytest.approx(math.sqrt(6) / math.pi * 0.5) and choice.tie_eps == 0
+    assert {choice.choose(4, 4, seed=0, index=0, pair_id=i) for i in range(50)} == {"tie"}
+    strict = bench_taste.PairChoice(temperature=0.0)
+    assert {strict.choose(6, 5, seed=0, index=0, pair_id=i) for i in range(50)} == {"left"}
+    assert {strict.choose(2, 9, seed=0, index=0, pair_id=i) for i in range(50)} == {"right"}
+    assert {bench_taste.PairChoice(tie_eps=1.0).choose(6, 5, seed=0, index=0, pair_id=i) for i in range(50)} == {"tie"}
+    # a one-point difference: left with probability sigmoid(1 / T) = 0.929 at the default T; 4000 draws, sd 0.004
+    picks = [choice.choose(6, 5, seed=1, index=2, pair_id=i) for i in range(4000)]
+    assert picks.count("left") / 4000 == pytest.approx(float(torch.sigmoid(torch.tensor(1 / choice.temperature))), abs=0.02)
+    assert picks == [choice.choose(6, 5, seed=1, index=2, pair_id=i) for i in range(4000)]  # the same on a re-run
+    with pytest.raises(bench_taste.BenchError, match="temperature must be a finite number >= 0"):
+        bench_taste.PairChoice(temperature=float("nan"))
+
+
 def test_seed_s_is_the_experiment_id_s_plus_1_and_the_placeholders_are_gone(tmp_path, worker_model_dir):
     from app.experiment_options import ExperimentOptions
     from app.settings import Settings
@@ -126,6 +159,11 @@ def test_a_tiny_run_drives_the_real_worker_and_records_every_round(tmp_path, wor
     rounds = doc["seeds"]["0"]["rounds"]
     assert doc["seeds"]["0"]["complete"] and [r["round"] for r in rounds] == [0, 1, 2]
     assert all(r["ratings"] == 4 for r in rounds)
+    # scores only: no pairs, the figures are the ratings given, and the config has no pair choice (earlier runs resume)
+    assert all(r["comparisons"] == 0 and r["pairs_offered"] is None and r["labels"] == 4 and r["measured_by"] == "ratings"
+               for r in rounds)
+    assert doc["config"]["options"]["feedback"] == "scores" and "pair_choice" not in doc["config"]
+    assert all(r["trained_on"]["feedback"] == "scores" and r["trained_on"]["ratings"] == 4 * r["round"] for r in rounds[1:])
     assert rounds[0]["wait_s"] is None and rounds[0]["reward_model"] is None and rounds[0]["wait_parts"] is None
     for r in rounds[1:]:
         assert r["wait_s"] > 0 and r["labels_trained"] == 4 * r["round"]
@@ -137,6 +175,45 @@ def test_a_tiny_run_drives_the_real_worker_and_records_every_round(tmp_path, wor
         assert m["n"] == 4 and m["labels"] == r["round"]
         assert m["spearman"] is None or -1 <= m["spearman"] <= 1
     assert (out / "bench_taste.png").stat().st_size > 0
+
+
+def test_a_tiny_pairs_run_compares_through_the_pair_api_and_the_worker_fits_on_the_comparisons(tmp_path, worker_model_dir):
+    """--feedback pairs end to end on the tiny model: the person answers every pair a round offers (next_pair,
+    submit_comparison), rates nothing, and each train job fitted on the comparisons so far. Seed 0 at budget 4 offers
+    3, 1 and 1 pairs in rounds 0-2 (fewer than the budget: the labels actually given are recorded)."""
+    import json
+    import sqlite3
+
+    out = tmp_path / "bench"
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "app", "bench-taste", "--person", "purple", "--rounds", "2", "--budget", "4",
+                           "--seeds", "0", "--out", str(out), "--model", str(worker_model_dir), "--tiny", "--feedback", "pairs"],
+                          capture_output=True, text=True, timeout=900, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["config"]["options"]["feedback"] == "pairs"
+    assert doc["config"]["pair_choice"]["temperature"] == pytest.approx(bench_taste.DEFAULT_PAIR_TEMPERATURE)
+    assert doc["config"]["pair_choice"]["tie_eps"] == 0.0 and "sigmoid" in doc["pair_choice_rule"]
+    assert "never submitted" in doc["measure"] and "at most B pairs" in doc["budget_rule"]
+    rounds = doc["seeds"]["0"]["rounds"]
+    assert doc["seeds"]["0"]["complete"] and [r["round"] for r in rounds] == [0, 1, 2]
+    assert [r["pairs_offered"] for r in rounds] == [3, 1, 1]
+    given = 0
+    for r in rounds:
+        assert r["ratings"] == 0 and r["comparisons"] == r["pairs_offered"] > 0 and r["labels"] == r["comparisons"]
+        assert 0 <= r["comparison_ties"] <= r["comparisons"]
+        assert r["labels_trained"] == given
+        # the honest measure: the person's ratings of all 4 query images, not submitted
+        assert r["measured_by"] == "person" and r["measured_images"] == 4 and 1 <= r["mean_rating"] <= 10
+        if r["round"]:
+            assert r["trained_on"] == {"feedback": "pairs", "ratings": 0, "votes": given, "labels": given,
+                                       "images": r["trained_on"]["images"]}
+            assert r["reward_model"]["n"] == 4
+        given += r["labels"]
+    assert "3 of 3 pairs compared" in proc.stdout
+    with sqlite3.connect(out / "seed_0" / "data" / "seiko.db") as db:
+        assert db.execute("select count(*) from ratings").fetchone() == (0,)
+        assert db.execute("select count(*) from comparison_votes").fetchone() == (given,)
 
 
 def test_liked_variety_is_the_liked_images_variety_over_all_images(tmp_path):
