@@ -9,7 +9,6 @@ SeikoConfig fields; ``app.services.experiment_config`` leaves that key out befor
     honest_share      0..1                                 share of a non-random round's images drawn uniformly
                                                            at random from the candidates (an honest sample)
     auto_close        true | false                         close the round when its budget is rated (app.auto_close)
-    feedback          scores | pairs | both                 what raters give (app.pairwise owns it)
     feedback          scores | pairs | both                1-10 ratings, comparisons of two images, or both (app.pairwise)
 """
 
@@ -23,9 +22,8 @@ from db.errors import InvalidInput
 
 APP_KEY = "app"
 SELECTIONS = ("random", "uncertainty", "optimistic")
-FEEDBACKS = ("scores", "pairs", "both")  # app.pairwise's setting, kept here so the options round-trip
 MAX_CANDIDATE_FACTOR = 8
-FEEDBACKS = ("scores", "pairs", "both")  # what raters give (app.pairwise)
+FEEDBACKS = ("scores", "pairs", "both")  # what raters give: app.pairwise's setting, kept here so the options round-trip
 
 
 @dataclass(frozen=True)
@@ -34,8 +32,7 @@ class ExperimentOptions:
     candidate_factor: int = 1  # 1: no extra candidates (no extra wait)
     honest_share: float = 0.25  # a quarter of a selected round stays a uniform random sample of the model's images
     auto_close: bool = False  # an admin closes rounds (the demo too; see docs/bench-taste.md)
-    feedback: str = "scores"  # scores | pairs | both: app.pairwise owns this setting (app.pairwise.set_feedback)
-    feedback: str = "scores"  # issue 14 item 1 (app.pairwise): scores | pairs | both
+    feedback: str = "scores"  # issue 14 item 1: scores | pairs | both; app.pairwise owns it (app.pairwise.set_feedback)
 
     def __post_init__(self) -> None:
         if self.selection not in SELECTIONS:
@@ -48,8 +45,6 @@ class ExperimentOptions:
             raise InvalidInput(f"honest_share must be a number from 0 to 1, got {share!r}")
         if not isinstance(self.auto_close, bool):
             raise InvalidInput(f"auto_close must be true or false, got {self.auto_close!r}")
-        if self.feedback not in FEEDBACKS:
-            raise InvalidInput(f"unknown feedback {self.feedback!r}; choose from {list(FEEDBACKS)}")
         if self.feedback not in FEEDBACKS:
             raise InvalidInput(f"unknown feedback {self.feedback!r}; choose from {list(FEEDBACKS)} (1-10 scores, "
                                "pairwise comparisons, or both)")

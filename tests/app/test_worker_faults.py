@@ -54,6 +54,9 @@ class WorkerProcess:
         self.proc.wait(timeout=30)
 
     def stop(self) -> int:
+        # a SIGTERM before the worker installed its handler (still importing) ends it with -15, not a clean exit:
+        # wait for its 'ready' line first (a freshly restarted worker may find the queue already idle)
+        _wait(f"worker {self.worker_id} ready", lambda: f"worker {self.worker_id!r} ready" in self.log.read_text(), 120, self)
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=60)
 
