@@ -109,13 +109,16 @@ def rollout(parts, prompts: list[str], seeds: list[int], *, schedule: DDIMSchedu
                 with lora.using(parts.unet, reference, restore=adapter, trainable=trainable), ctx():
                     return at_least_fp32(model_eps(parts.unet, x_in, t_dev, cond, uncond, guidance, a, pred))
 
-            if keep and grad_on and getattr(parts.unet, "is_gradient_checkpointing", False):
+            # Its graph is needed only where x_t carries one (an earlier step was attached): at the first attached
+            # step x_t is a constant and eps_prev is too, so the KL's gradient flows through eps alone.
+            prev_graph = keep and grad_on and x.requires_grad
+            if prev_graph and getattr(parts.unet, "is_gradient_checkpointing", False):
                 # The UNet's own checkpointed blocks would be recomputed in backward with whatever adapter is active
                 # then (the trained one): wrong values. So the previous model's whole call is one checkpoint whose
                 # recomputation switches to the reference adapter itself, with the inner block checkpointing off.
                 eps_prev = checkpoint(_without_block_checkpointing(parts.unet, prev_eps), x, use_reentrant=False)
             else:
-                with torch.set_grad_enabled(keep and grad_on):
+                with torch.set_grad_enabled(prev_graph):
                     eps_prev = prev_eps(x)
             mean_prev = ddim_mean(x, eps_prev, a, ap, sigma)
             kl = kl + gaussian_kl(mean, mean_prev, sigma)

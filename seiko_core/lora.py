@@ -84,8 +84,14 @@ def activate(unet, name: str | None) -> None:
 
 @contextmanager
 def using(unet, name: str | None, restore: str | None, trainable: list[torch.nn.Parameter] | None = None):
-    """Run a block with adapter ``name`` active, then restore ``restore`` (and re-enable ``trainable``'s grads)."""
+    """Run a block with adapter ``name`` active and FROZEN, then restore ``restore`` (and re-enable ``trainable``'s
+    grads). peft's ``set_adapter`` makes the adapter it activates trainable; for the KL's fixed previous model that
+    would have autograd compute (and accumulate) gradients for weights no optimiser holds: a quarter of the backward
+    pass of a train round, for nothing."""
     activate(unet, name)
+    if name is not BASE:
+        for p in lora_parameters(unet, name):
+            p.requires_grad_(False)
     try:
         yield
     finally:

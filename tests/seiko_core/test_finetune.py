@@ -305,3 +305,41 @@ def test_gradient_checkpointing_gives_the_same_gradient_with_the_kl(random_parts
     assert any(g.abs().sum() > 0 for g in grads[0])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+def _graph_leaves(*outputs: torch.Tensor) -> set[int]:
+    """ids of the leaf tensors the autograd graph of ``outputs`` reaches (its AccumulateGrad nodes' variables)."""
+    seen, leaves, todo = set(), set(), [t.grad_fn for t in outputs if t.grad_fn is not None]
+    while todo:
+        fn = todo.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if hasattr(fn, "variable"):
+            leaves.add(id(fn.variable))
+        todo.extend(nxt for nxt, _ in fn.next_functions)
+    return leaves
+
+
+def test_kl_reference_adapter_is_not_in_the_graph(random_parts):
+    """The previous round's adapter is the KL's fixed reference: no optimiser holds it, so the backward pass must not
+    reach its weights. peft's set_adapter turns on requires_grad for the adapter it activates; the old code let that
+    happen inside the reference's call, so every train round's backward computed gradients for the reference's
+    LoRA matrices (then dropped them: they were frozen again by the time AccumulateGrad ran). Checked on the graph
+    itself; the trained adapter's weights must still be in it."""
+    ft = tiny_cfg().finetune
+    prev = lora.add_adapter(random_parts.unet, "round_1", ft)
+    _randomise(prev, 0.2, 1)
+    new = lora.add_adapter(random_parts.unet, "round_2", ft, init_from="round_1")
+    _randomise(new, 0.2, 2)
+    for p in prev:
+        p.requires_grad_(False)
+    sched = DDIMSchedule.from_scheduler(random_parts.scheduler, 3)
+    lora.activate(random_parts.unet, "round_2")
+    traj = rollout(random_parts, ["a shape"], [5], schedule=sched, eta=1.0, guidance=3.0,
+                   attached=torch.ones(3, dtype=torch.bool), adapter="round_2", reference="round_1", trainable=new)
+    assert traj.kl_steps == 3 and float(traj.kl.sum()) > 0
+    leaves = _graph_leaves(traj.kl, traj.images)
+    assert not leaves & {id(p) for p in prev}, "the reference adapter's weights are in the backward graph"
+    assert {id(p) for p in new} <= leaves
+    assert all(not p.requires_grad for p in prev) and all(p.requires_grad for p in new)
