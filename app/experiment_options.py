@@ -10,6 +10,8 @@ SeikoConfig fields; ``app.services.experiment_config`` leaves that key out befor
                                                            at random from the candidates (an honest sample)
     auto_close        true | false                         close the round when its budget is rated (app.auto_close)
     feedback          scores | pairs | both                1-10 ratings, comparisons of two images, or both (app.pairwise)
+    repeat_share      0..0.5                               share of the images handed to a rater that are, blind, an
+                                                           image of the round they rated before (app.repeats); 0: off
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from db.errors import InvalidInput
 APP_KEY = "app"
 SELECTIONS = ("random", "uncertainty", "optimistic")
 MAX_CANDIDATE_FACTOR = 8
+MAX_REPEAT_SHARE = 0.5  # at most every other image a repeat: each repeat needs an image rated once before
 FEEDBACKS = ("scores", "pairs", "both")  # what raters give: app.pairwise's setting, kept here so the options round-trip
 
 
@@ -33,6 +36,7 @@ class ExperimentOptions:
     honest_share: float = 0.25  # a quarter of a selected round stays a uniform random sample of the model's images
     auto_close: bool = False  # an admin closes rounds (the demo too; see docs/bench-taste.md)
     feedback: str = "scores"  # issue 14 item 1: scores | pairs | both; app.pairwise owns it (app.pairwise.set_feedback)
+    repeat_share: float = 0.0  # issue 14 item 2: self-consistency from images shown again (app.repeats); 0: off
 
     def __post_init__(self) -> None:
         if self.selection not in SELECTIONS:
@@ -48,9 +52,17 @@ class ExperimentOptions:
         if self.feedback not in FEEDBACKS:
             raise InvalidInput(f"unknown feedback {self.feedback!r}; choose from {list(FEEDBACKS)} (1-10 scores, "
                                "pairwise comparisons, or both)")
+        share = self.repeat_share
+        if (isinstance(share, bool) or not isinstance(share, int | float)
+                or not (math.isfinite(share) and 0 <= share <= MAX_REPEAT_SHARE)):
+            raise InvalidInput(f"repeat_share must be a number from 0 to {MAX_REPEAT_SHARE:g} (the share of images shown "
+                               f"to a rater a second time; 0 turns repeats off), got {share!r}")
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if not self.repeat_share:  # off: left out, so configs (and bench-taste runs) from before the option compare equal
+            del out["repeat_share"]
+        return out
 
 
 def from_config(config: dict[str, Any] | None) -> ExperimentOptions:
@@ -82,8 +94,8 @@ def seiko_part(config: dict[str, Any]) -> dict[str, Any]:
 def set_options(factory, who, experiment_id: int, **changes: Any) -> ExperimentOptions:
     """An admin changes some of an experiment's options (checked, audit-logged); returns the new options.
 
-    A change applies from the next round that is generated (selection, candidate_factor, honest_share) or the
-    next rating (auto_close)."""
+    A change applies from the next round that is generated (selection, candidate_factor, honest_share), the
+    next rating (auto_close) or the next images handed out (repeat_share)."""
     from app.auth import require_admin
     from db import repo
     from db.engine import write_session

@@ -244,6 +244,8 @@ def build_demo(services: AppServices) -> gr.Blocks:
 
             An image is offered to you until you rate it (or skip it on the web page); images other
             raters have already rated as often as the experiment wants (its overlap) are not offered.
+            An experiment may hand you, now and then, an image you rated before: your score for it then
+            is kept apart (it measures consistency) and leaves your first rating as it was.
 
             Parameters:
                 limit: how many images to return, from 1 to 64.
@@ -258,7 +260,8 @@ def build_demo(services: AppServices) -> gr.Blocks:
         def submit_rating(image_id: int, score: int, request: gr.Request = None) -> dict:
             """Rate one image from 1 (worst) to 10 (best); saved at once, durable when this call returns.
 
-            Rating an image you rated before changes your score (an edit). Refused, changing nothing:
+            Rating an image you rated before changes your score (an edit; for an image handed to you
+            again, the score you gave it that time). Refused, changing nothing:
             a score outside 1-10, an unknown image, an image of a round closed for labeling, and an
             image not offered to you (other raters already gave it the ratings it needs, or you skipped it).
 

@@ -1,5 +1,6 @@
-"""The admin's round options (issue 12 items 3 and 5): which candidates a round shows, and auto-close
-(app.experiment_options; call ``build_admin`` inside the Admin tab).
+"""The admin's round options (issue 12 items 3 and 5): which candidates a round shows, and auto-close; and the
+share of repeated images (issue 14 item 2, app.repeats) (app.experiment_options; call ``build_admin`` inside the
+Admin tab).
 
 No ``from __future__ import annotations`` here: Gradio must see ``request: gr.Request`` as the class itself to pass
 the request in."""
@@ -8,24 +9,32 @@ from collections.abc import Callable
 from typing import Any
 
 from app import experiment_options
-from app.experiment_options import MAX_CANDIDATE_FACTOR, SELECTIONS
+from app.experiment_options import MAX_CANDIDATE_FACTOR, MAX_REPEAT_SHARE, SELECTIONS
 
 
 def describe(options: experiment_options.ExperimentOptions) -> str:
     return (f"Selection **{options.selection}**, {options.candidate_factor} candidate(s) per shown image, "
-            f"honest share {options.honest_share:g}, auto-close **{'on' if options.auto_close else 'off'}**.")
+            f"honest share {options.honest_share:g}, auto-close **{'on' if options.auto_close else 'off'}**"
+            + (f", repeats **{options.repeat_share:g}** of the images a rater gets." if options.repeat_share else "."))
+
+
+def _number(value: Any) -> Any:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
 
 
 def save(factory, who, experiment_id: int | None, selection: Any, candidate_factor: Any, honest_share: Any,
-         auto_close: Any) -> str:
+         auto_close: Any, repeat_share: Any = None) -> str:
+    """Store the form's options; ``repeat_share`` None leaves that option as it is."""
     if experiment_id is None:
         raise ValueError("select an experiment first")
     factor = candidate_factor
     if isinstance(factor, float) and factor.is_integer():
         factor = int(factor)
-    share = float(honest_share) if isinstance(honest_share, int | float) and not isinstance(honest_share, bool) else honest_share
-    new = experiment_options.set_options(factory, who, int(experiment_id), selection=selection, candidate_factor=factor,
-                                         honest_share=share, auto_close=bool(auto_close))
+    changes = {"selection": selection, "candidate_factor": factor, "honest_share": _number(honest_share),
+               "auto_close": bool(auto_close)}
+    if repeat_share is not None:
+        changes["repeat_share"] = _number(repeat_share)
+    new = experiment_options.set_options(factory, who, int(experiment_id), **changes)
     return "Saved. " + describe(new)
 
 
@@ -33,13 +42,17 @@ def build_admin(services, exp_state, admin_of: Callable, shown: Callable, privat
     import gradio as gr
 
     private = private or {"api_visibility": "private"}
-    with gr.Accordion("Round options: which images to ask about, auto-close", open=False):
+    with gr.Accordion("Round options: which images to ask about, auto-close, repeats", open=False):
         gr.Markdown("**Selection**: from round 1 on, the worker generates *candidate factor* × budget images and shows "
                     "the budget: at random, those the reward ensemble is most **uncertain** about (largest spread "
                     "across its heads) or most **optimistic** about (best head). A share of each selected round stays a "
                     "uniform random sample so the round's average rating stays honest. More candidates mean a longer "
                     "wait between rounds. **Auto-close** closes the round (and starts training) at its last wanted "
-                    "rating, exactly as the Close button does; that last rating can then no longer be undone.")
+                    "rating, exactly as the Close button does; that last rating can then no longer be undone. "
+                    f"**Repeat share** (0 to {MAX_REPEAT_SHARE:g}; 0: off): about this share of the images a rater gets "
+                    "are, unannounced, images of the round they already rated (each at most once, after their first "
+                    "few ratings); the second score fills the self-consistency columns of *Rater quality* and changes "
+                    "neither their first rating, nor the round's progress, nor training.")
         with gr.Row():
             selection = gr.Dropdown(label="Selection", choices=list(SELECTIONS), value="random", scale=0, min_width=180,
                                     elem_id="opt-selection")
@@ -48,14 +61,16 @@ def build_admin(services, exp_state, admin_of: Callable, shown: Callable, privat
             share = gr.Number(label="Honest share", value=0.25, minimum=0, maximum=1, scale=0, min_width=150,
                               elem_id="opt-honest-share")
             auto = gr.Checkbox(label="Auto-close the round when its budget is rated", value=False, elem_id="opt-auto-close")
+            repeat = gr.Number(label="Repeat share", value=0, minimum=0, maximum=MAX_REPEAT_SHARE, step=0.05, scale=0,
+                               min_width=150, elem_id="opt-repeat-share")
             button = gr.Button("Save round options", scale=0, min_width=180, elem_id="save-round-options")
         result = gr.Markdown(elem_id="round-options-result")
 
-    def on_save(exp_id, sel, fac, sh, ac, request: gr.Request):
+    def on_save(exp_id, sel, fac, sh, ac, rep, request: gr.Request):
         who = admin_of(request)  # refuses a rater; set_options checks the role again
-        message = shown(lambda: save(services.factory, who, exp_id, sel, fac, sh, ac))
+        message = shown(lambda: save(services.factory, who, exp_id, sel, fac, sh, ac, 0 if rep is None else rep))
         gr.Info(message)
         return message
 
-    button.click(on_save, [exp_state, selection, factor, share, auto], [result], **private)
+    button.click(on_save, [exp_state, selection, factor, share, auto, repeat], [result], **private)
     return button

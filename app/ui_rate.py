@@ -15,6 +15,10 @@ them to Gradio events and the API. Rules (checked here, on the server, for the U
   refused with one sentence and changes nothing.
 - Undo takes back the rater's newest rating or skip of the open round. The history is in the database
   (``repo.undo_last``), so it survives a reload and follows the rater to another browser.
+- With the experiment option ``repeat_share`` above 0 (off by default), a batch now and then holds, blind, an image
+  of the round the rater rated before (``app.repeats``: how many, which, and what counts). The server records it
+  (``repeat_offers``); the score given to it goes to ``repeat_ratings`` and never edits the first rating. Repeats are
+  not on the undo stack.
 - Each rating is its own transaction: once acknowledged it is durable.
 """
 
@@ -29,8 +33,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app import auto_close, storage, ui_images
+from app import auto_close, repeats, storage, ui_images
 from app.auth import Who
+from db import quality as db_quality
 from db import repo
 from db.engine import read_session, write_session
 from db.errors import Conflict, InvalidInput, NotFound
@@ -209,7 +214,10 @@ def _rater_order(rater_id: int, image_id: int) -> str:
 
 def draw_batch(session: Session, round_: Round, who: Who, size: int, *, lease_s: float = LEASE_S) -> list[Image]:
     """Up to ``size`` images for the rater, leased to them (in a write transaction): first those they already hold
-    a live lease on, then offered ones drawn from the least-rated in a per-rater order."""
+    a live lease on, then offered ones drawn from the least-rated in a per-rater order. With ``repeat_share`` on, some
+    places go to images the rater rated before (``app.repeats``; not leased: they need no other rater's place)."""
+    again = repeats.plan(session, round_, who.rater_id, size, repeats.share_of(session, round_))
+    size -= len(again)
     held = repo.held_image_ids(session=session, round_id=round_.id, rater_id=who.rater_id)[:size]
     chosen = list(held)
     if len(chosen) < size:
@@ -217,6 +225,8 @@ def draw_batch(session: Session, round_: Round, who: Who, size: int, *, lease_s:
         candidates.sort(key=lambda im: _rater_order(who.rater_id, im.id))
         chosen += [im.id for im in candidates[: size - len(chosen)]]
     granted = repo.lease_images(session=session, round_id=round_.id, rater_id=who.rater_id, image_ids=chosen, lease_s=lease_s)
+    if again:
+        granted = repeats.mix(granted, again, who.rater_id, round_.id)
     return [repo.get_image(session=session, image_id=i) for i in granted]
 
 
@@ -307,7 +317,15 @@ def _marks(session: Session, state: RateState, who: Who) -> dict[str, Any]:
     for image_id in state.batch:
         rating = repo.find_rating(session=session, image_id=image_id, rater_id=who.rater_id)
         card = Card(image_id, "", 0, None)
-        if rating is not None:
+        offer = (db_quality.find_repeat_offer(session=session, image_id=image_id, rater_id=who.rater_id)
+                 if rating is not None else None)
+        if offer is not None:  # handed out again (app.repeats): the card shows the second score only, as a new image
+            second = db_quality.find_repeat_rating(session=session, image_id=image_id, rater_id=who.rater_id)
+            if second is not None:
+                card.state, card.score = "rated", second.score
+            elif offer.skipped:
+                card.state = "skipped"
+        elif rating is not None:
             card.state, card.score = "rated", rating.score
         elif image_id in state.skipped:
             card.state = "skipped"
@@ -428,7 +446,13 @@ def parse_image_id(image_id: Any) -> int:
 
 def rate_in_session(session: Session, who: Who, image_id: int, score: int) -> int | None:
     """Rate (or re-rate) one image and record the undo step; returns the previous score (None if new).
-    Raises a db error, changing nothing."""
+    Raises a db error, changing nothing. An image handed to the rater again (app.repeats) gets its second score
+    instead, apart from the first rating and without an undo step; the previous score is then the second one."""
+    return _rate(session, who, image_id, score)[0]
+
+
+def _rate(session: Session, who: Who, image_id: int, score: int) -> tuple[int | None, bool]:
+    """``rate_in_session``, and whether the score was a repeat's second score."""
     image, round_ = repo.lock_image_for_rating(session=session, image_id=image_id)  # checks, then insert: no race
     if round_.status != "labeling":
         raise Conflict(f"round {round_.index} is closed for labeling (it is {round_.status}); image {image_id} was not rated")
@@ -438,6 +462,10 @@ def rate_in_session(session: Session, who: Who, image_id: int, score: int) -> in
         raise Conflict(f"this experiment asks for comparisons of two images, not 1-10 ratings; image {image_id} was not "
                        "rated (compare on the Pairs tab)")
     existing = repo.find_rating(session=session, image_id=image_id, rater_id=who.rater_id)
+    if existing is not None and db_quality.find_repeat_offer(session=session, image_id=image_id,
+                                                             rater_id=who.rater_id) is not None:
+        # handed to the rater again (the server's record, never the client's word): their first rating stays as it is
+        return db_quality.set_repeat_score(session=session, image_id=image_id, rater_id=who.rater_id, score=score), True
     if existing is None:
         if not repo.count_images_for_rater(session=session, round_id=round_.id, rater_id=who.rater_id, kind="query",
                                            image_id=image_id, include_skipped=True):
@@ -449,18 +477,19 @@ def rate_in_session(session: Session, who: Who, image_id: int, score: int) -> in
     repo.add_rating(session=session, image_id=image_id, rater_id=who.rater_id, score=score)
     if previous != score:
         repo.add_undo_step(session=session, rater_id=who.rater_id, image_id=image_id, action="rate", previous_score=previous)
-    return previous
+    return previous, False
 
 
 def submit(factory, who: Who, image_id: Any, score: Any) -> dict[str, Any]:
     """Rate one image in its own transaction (the API's submit_rating)."""
     image_id, score = parse_image_id(image_id), parse_score(score)
     with write_session(factory) as s:
-        previous = rate_in_session(s, who, image_id, score)
+        previous, again = _rate(s, who, image_id, score)
         image = repo.get_image(session=s, image_id=image_id)
         round_ = repo.get_round(session=s, round_id=image.round_id)
         experiment = repo.get_experiment(session=s, experiment_id=round_.experiment_id)
-    auto_close.after_rating(factory, image_id)  # the experiment option auto_close (off by default)
+    if not again:  # a repeat's score changes no rating: nothing for auto-close to look at
+        auto_close.after_rating(factory, image_id)  # the experiment option auto_close (off by default)
     with read_session(factory) as s:
         p = progress(s, experiment, who)
     return {"image_id": image_id, "score": score, "previous_score": previous, "edited": previous is not None,
@@ -477,8 +506,9 @@ def rate(factory, data_dir, who: Who, state_value: dict | None, payload: dict[st
         if image_id not in state.batch:
             raise Conflict(f"image {image_id} is not in your current batch; reload the page")
         with write_session(factory) as s:
-            rate_in_session(s, who, image_id, score)
-        auto_close.after_rating(factory, image_id)  # the experiment option auto_close (off by default)
+            _, again = _rate(s, who, image_id, score)
+        if not again:  # a repeat's score changes no rating (app.repeats)
+            auto_close.after_rating(factory, image_id)  # the experiment option auto_close (off by default)
         if image_id in state.skipped:
             state.skipped.remove(image_id)
     except NotOffered as e:
@@ -498,7 +528,10 @@ def skip(factory, data_dir, who: Who, state_value: dict | None, payload: dict[st
         if image_id not in state.batch:
             raise Conflict(f"image {image_id} is not in your current batch; reload the page")
         with write_session(factory) as s:
-            if repo.find_skip(session=s, image_id=image_id, rater_id=who.rater_id) is None:
+            if (repo.find_rating(session=s, image_id=image_id, rater_id=who.rater_id) is not None
+                    and db_quality.find_repeat_offer(session=s, image_id=image_id, rater_id=who.rater_id) is not None):
+                db_quality.skip_repeat(session=s, image_id=image_id, rater_id=who.rater_id)  # app.repeats: no undo step
+            elif repo.find_skip(session=s, image_id=image_id, rater_id=who.rater_id) is None:
                 repo.add_skip(session=s, image_id=image_id, rater_id=who.rater_id)
                 repo.add_undo_step(session=s, rater_id=who.rater_id, image_id=image_id, action="skip")
         if image_id not in state.skipped:
@@ -511,7 +544,8 @@ def skip(factory, data_dir, who: Who, state_value: dict | None, payload: dict[st
 def undo(factory, data_dir, who: Who, state_value: dict | None, *, batch_size: int) -> View:
     """Undo the rater's newest rating or skip of the open round (the history is in the database, so it survives a
     reload): a new rating is removed, an edit gets its previous score back, a skip is lifted. The image comes back
-    to the page, leased to the rater again."""
+    to the page, leased to the rater again. A repeat's score (app.repeats) is not on the undo stack; undoing the
+    first rating of a repeated image drops its repeat."""
     state = RateState.from_value(state_value)
     message = None
     new_grid = False
@@ -524,6 +558,8 @@ def undo(factory, data_dir, who: Who, state_value: dict | None, *, batch_size: i
             if round_id is not None:
                 repo.lock_round(session=s, round_id=round_id)  # the round first, as every write that locks it
             undone = None if round_id is None else repo.undo_last(session=s, rater_id=who.rater_id, round_id=round_id)
+            if undone is not None and undone.action == "rate":  # its repeat (app.repeats) had that rating to agree with
+                db_quality.drop_repeat(session=s, image_id=undone.image_id, rater_id=who.rater_id)
             if undone is not None and repo.find_rating(session=s, image_id=undone.image_id, rater_id=who.rater_id) is None:
                 repo.lease_images(session=s, round_id=round_id, rater_id=who.rater_id, image_ids=[undone.image_id],
                                   lease_s=LEASE_S)

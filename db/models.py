@@ -395,6 +395,22 @@ class RepeatRating(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class RepeatOffer(Base):
+    """An image the rater rated, handed to them again as a repeat (the experiment option ``repeat_share``,
+    app.repeats; migration 0006). The server's record of which handed-out image is a repeat: a score the rater then
+    gives it goes to ``repeat_ratings``, never to their first rating. One per image and rater, so an image is repeated
+    to a rater at most once; ``skipped`` when they skipped it on the page (it is then not handed out again)."""
+
+    __tablename__ = "repeat_offers"
+    __table_args__ = (UniqueConstraint("image_id", "rater_id"), Index(None, "rater_id"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    rater_id: Mapped[int] = mapped_column(ForeignKey("raters.id", ondelete="CASCADE"))
+    skipped: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 # ---------------------------------------------------------------------------------------------
 # comparisons: blind A/B pairs between rounds and pairwise preferences (migration 0005, issue 14 items 1 and 3)
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Repository functions for rater quality (issue 14, item 2): the ratings as (round, image, rater, score) rows,
-repeated items, gold items, and the experiment's standardise-scores setting.
+repeated items (the offers that hand an image out again, and the scores given to it), gold items, and the
+experiment's standardise-scores setting.
 
 Same conventions as ``db.repo``: keyword-only, the caller owns the transaction, bad input raises a
 ``db.errors`` exception with one sentence before anything is written.
@@ -14,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from db import repo
 from db.errors import Conflict, InvalidInput
-from db.models import IMAGE_KINDS, SCORE_MAX, SCORE_MIN, GoldScore, Image, Rating, RepeatRating, Round
+from db.models import IMAGE_KINDS, SCORE_MAX, SCORE_MIN, GoldScore, Image, Rating, RepeatOffer, RepeatRating, Round
 
 
 def _score(score: object) -> int:
@@ -82,6 +83,104 @@ def add_repeat_rating(*, session: Session, image_id: int, rater_id: int, score: 
     session.add(row)
     session.flush()
     return row
+
+
+# ---------------------------------------------------------------------------------------------
+# repeat offers: an image the rater rated, handed to them again (the experiment option repeat_share, app.repeats)
+# ---------------------------------------------------------------------------------------------
+
+
+def find_repeat_offer(*, session: Session, image_id: int, rater_id: int) -> RepeatOffer | None:
+    """The offer that handed the image to the rater a second time, or None."""
+    return session.scalar(select(RepeatOffer).where(RepeatOffer.image_id == image_id, RepeatOffer.rater_id == rater_id))
+
+
+def find_repeat_rating(*, session: Session, image_id: int, rater_id: int) -> RepeatRating | None:
+    """The rater's second score for the image, or None."""
+    return session.scalar(select(RepeatRating).where(RepeatRating.image_id == image_id, RepeatRating.rater_id == rater_id))
+
+
+def add_repeat_offer(*, session: Session, image_id: int, rater_id: int) -> RepeatOffer:
+    """Record that the image is handed to the rater again; they must have rated it, and it happens once per image."""
+    repo.get_image(session=session, image_id=image_id)
+    if repo.find_rating(session=session, image_id=image_id, rater_id=rater_id) is None:
+        raise Conflict(f"rater {rater_id} has not rated image {image_id} yet, so it cannot be shown to them again")
+    if find_repeat_offer(session=session, image_id=image_id, rater_id=rater_id) is not None:
+        raise Conflict(f"image {image_id} was already shown to rater {rater_id} a second time")
+    row = RepeatOffer(image_id=image_id, rater_id=rater_id)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def _in_round(round_id: int):
+    return select(Image.id).where(Image.round_id == round_id, Image.kind == "query")
+
+
+def repeat_offers_in_round(*, session: Session, round_id: int, rater_id: int) -> list[RepeatOffer]:
+    """The rater's repeat offers on the round's query images, oldest first."""
+    stmt = (select(RepeatOffer).where(RepeatOffer.rater_id == rater_id, RepeatOffer.image_id.in_(_in_round(round_id)))
+            .order_by(RepeatOffer.id))
+    return list(session.scalars(stmt))
+
+
+def pending_repeats(*, session: Session, round_id: int, rater_id: int) -> list[int]:
+    """Image ids of the round handed to the rater again and not answered yet (neither scored nor skipped), while
+    their first rating stands; oldest offer first."""
+    first = select(Rating.id).where(Rating.image_id == RepeatOffer.image_id, Rating.rater_id == RepeatOffer.rater_id)
+    answered = select(RepeatRating.id).where(RepeatRating.image_id == RepeatOffer.image_id,
+                                             RepeatRating.rater_id == RepeatOffer.rater_id)
+    stmt = (
+        select(RepeatOffer.image_id)
+        .where(RepeatOffer.rater_id == rater_id, RepeatOffer.image_id.in_(_in_round(round_id)),
+               RepeatOffer.skipped.is_(False), first.exists(), ~answered.exists())
+        .order_by(RepeatOffer.id)
+    )
+    return list(session.scalars(stmt))
+
+
+def rated_in_round(*, session: Session, round_id: int, rater_id: int) -> list[Rating]:
+    """The rater's ratings of the round's query images, oldest first."""
+    stmt = (select(Rating).where(Rating.rater_id == rater_id, Rating.image_id.in_(_in_round(round_id)))
+            .order_by(Rating.created_at, Rating.id))
+    return list(session.scalars(stmt))
+
+
+def set_repeat_score(*, session: Session, image_id: int, rater_id: int, score: int) -> int | None:
+    """The rater scores an image handed to them again (a skip of it is taken back); scoring it once more changes that
+    second score. Their first rating is never touched. Returns the second score it replaced (None for a new one)."""
+    score = _score(score)
+    offer = find_repeat_offer(session=session, image_id=image_id, rater_id=rater_id)
+    if offer is None:
+        raise Conflict(f"image {image_id} was not shown to rater {rater_id} a second time")
+    offer.skipped = False
+    row = find_repeat_rating(session=session, image_id=image_id, rater_id=rater_id)
+    if row is None:
+        add_repeat_rating(session=session, image_id=image_id, rater_id=rater_id, score=score)
+        return None
+    previous, row.score = row.score, score
+    session.flush()
+    return previous
+
+
+def skip_repeat(*, session: Session, image_id: int, rater_id: int) -> None:
+    """The rater skips an image handed to them again: it is not handed to them again, and no second score is kept."""
+    offer = find_repeat_offer(session=session, image_id=image_id, rater_id=rater_id)
+    if offer is None:
+        raise Conflict(f"image {image_id} was not shown to rater {rater_id} a second time")
+    if find_repeat_rating(session=session, image_id=image_id, rater_id=rater_id) is not None:
+        raise Conflict(f"rater {rater_id} has already rated image {image_id}; undo the rating before skipping it")
+    offer.skipped = True
+    session.flush()
+
+
+def drop_repeat(*, session: Session, image_id: int, rater_id: int) -> int:
+    """Forget the image's repeat for the rater (offer and second score): their first rating was undone, so the
+    repeat no longer has anything to agree with. Returns how many rows went."""
+    n = session.execute(delete(RepeatRating).where(RepeatRating.image_id == image_id,
+                                                   RepeatRating.rater_id == rater_id)).rowcount
+    return n + session.execute(delete(RepeatOffer).where(RepeatOffer.image_id == image_id,
+                                                         RepeatOffer.rater_id == rater_id)).rowcount
 
 
 def gold_scores(*, session: Session, experiment_id: int) -> dict[int, int]:

@@ -1,0 +1,97 @@
+"""Repeated items (issue 14, item 2): now and then a rater is handed, blind, an image of the open round that they
+rated before; the score they give it the second time measures their self-consistency (``app.quality.self_consistency``,
+the Admin tab's rater-quality table).
+
+The experiment option ``repeat_share`` (``app.experiment_options``; 0 to 0.5, default 0: off) sets about which share of
+the images handed to a rater are repeats. ``app.ui_rate.draw_batch`` (the page's batches and the API's ``next_batch``)
+asks ``plan`` for them when the option is above 0:
+
+- only once the rater has rated ``MIN_RATED`` query images of the round;
+- a repeat is one of the round's query images this rater rated, never the one they rated last, and an image is
+  repeated to a rater at most once: the ``repeat_offers`` row written when it is handed out is the server's record
+  (the client never says what is a repeat). A score the rater then gives that image goes to ``repeat_ratings``
+  (``db.quality.set_repeat_score``); their first rating is left as it was;
+- how many: repeats handed out so far <= share / (1 - share) x the rater's ratings of the round, i.e. at most
+  ``share`` of the images handed to them (ordinary ones rated plus repeats); at most ``max(1, floor(share x batch
+  size))`` in one batch; and no more new ones than the ordinary ratings the rater gave since their last repeat, so
+  repeats come spread out, never in a run;
+- which images, and where in the batch: drawn with a generator seeded by (rater, round, repeats so far); a repeat
+  handed out and not answered yet comes back in the next batch (as a leased image does), until it is scored or
+  skipped on the page.
+
+Nothing on the page or in the API says that an image is a repeat. A repeat counts nowhere an ordinary rating does:
+not in the round's progress or budget, not for auto-close, not in the reward fit (the ``ratings`` table is untouched).
+Undo does not take back a repeat's score (it takes back the newest ordinary rating or skip, as before; the score of
+a repeat still on the page changes by rating it again); undoing the first rating of a repeated image drops its repeat.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+
+from sqlalchemy.orm import Session
+
+from app import experiment_options
+from db import quality as db_quality
+from db import repo
+from db.models import Round
+
+MIN_RATED = 3  # ratings of the round a rater gives before the first repeat
+
+
+def share_of(session: Session, round_: Round) -> float:
+    """The experiment's ``repeat_share``; 0 when it is off or the experiment asks for comparisons only."""
+    experiment = repo.get_experiment(session=session, experiment_id=round_.experiment_id)
+    raw = (experiment.config if isinstance(experiment.config, dict) else {}).get(experiment_options.APP_KEY)
+    if not isinstance(raw, dict) or not raw.get("repeat_share"):
+        return 0.0  # off (the default): nothing more is read or checked, as before the option existed
+    options = experiment_options.of(experiment)
+    return 0.0 if options.feedback == "pairs" else float(options.repeat_share)
+
+
+def _rng(rater_id: int, round_id: int, offers: int) -> random.Random:
+    digest = hashlib.sha256(f"repeat:{rater_id}:{round_id}:{offers}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+def plan(session: Session, round_: Round, rater_id: int, size: int, share: float) -> list[int]:
+    """Image ids to hand the rater again in a batch of ``size``: the unanswered repeats first, then new ones, whose
+    offers are recorded here (in the caller's write transaction)."""
+    if share <= 0 or size < 1:
+        return []
+    # the round first, as every write that locks it (lease_images locks it next anyway): two batches drawn at once for
+    # the same rater do not both offer the same image
+    repo.lock_round(session=session, round_id=round_.id)
+    cap = min(size, max(1, math.floor(share * size + 1e-9)))
+    out = db_quality.pending_repeats(session=session, round_id=round_.id, rater_id=rater_id)[:cap]
+    room = cap - len(out)
+    if room <= 0:
+        return out
+    ratings = db_quality.rated_in_round(session=session, round_id=round_.id, rater_id=rater_id)
+    if len(ratings) < MIN_RATED:
+        return out
+    offers = db_quality.repeat_offers_in_round(session=session, round_id=round_.id, rater_id=rater_id)
+    allowed = math.floor(share / (1.0 - share) * len(ratings) + 1e-9) - len(offers)
+    last = max((o.created_at for o in offers), default=None)
+    since = len(ratings) if last is None else sum(1 for r in ratings if r.created_at > last)
+    n_new = min(room, allowed, since)
+    if n_new <= 0:
+        return out
+    offered = {o.image_id for o in offers}
+    newest = max(ratings, key=lambda r: (r.updated_at, r.id)).image_id  # the image they just rated (or edited)
+    candidates = sorted(r.image_id for r in ratings if r.image_id not in offered and r.image_id != newest)
+    chosen = _rng(rater_id, round_.id, len(offers)).sample(candidates, min(n_new, len(candidates)))
+    for image_id in chosen:
+        db_quality.add_repeat_offer(session=session, image_id=image_id, rater_id=rater_id)
+    return out + chosen
+
+
+def mix(ordinary: list[int], again: list[int], rater_id: int, round_id: int) -> list[int]:
+    """The batch: ``again`` put at drawn places among ``ordinary`` (whose order is kept)."""
+    out = list(ordinary)
+    rng = _rng(rater_id, round_id, -1 - len(out))
+    for image_id in again:
+        out.insert(rng.randint(0, len(out)), image_id)
+    return out
