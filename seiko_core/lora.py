@@ -82,20 +82,42 @@ def activate(unet, name: str | None) -> None:
     unet.set_adapter(name)
 
 
+def _tuner_layers(unet) -> list:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [m for m in unet.modules() if isinstance(m, BaseTunerLayer)]
+
+
+def _switch(layers: list, name: str | None) -> None:
+    """Make ``name`` the active adapter of every LoRA layer (``None``: the base model), every adapter frozen.
+
+    What :func:`activate` does through diffusers (``enable_adapters`` + ``set_adapter``, two walks of the whole UNet
+    and the activated adapter made trainable), in one pass over the LoRA layers with peft's own per-layer calls."""
+    for m in layers:
+        if name is BASE:
+            m.enable_adapters(False)  # peft: every adapter of the layer frozen, the layer runs its base weights only
+        else:
+            m.enable_adapters(True)
+            m.set_adapter(name, inference_mode=True)  # active and frozen
+
+
 @contextmanager
 def using(unet, name: str | None, restore: str | None, trainable: list[torch.nn.Parameter] | None = None):
     """Run a block with adapter ``name`` active and FROZEN, then restore ``restore`` (and re-enable ``trainable``'s
-    grads). peft's ``set_adapter`` makes the adapter it activates trainable; for the KL's fixed previous model that
-    would have autograd compute (and accumulate) gradients for weights no optimiser holds: a quarter of the backward
-    pass of a train round, for nothing."""
-    activate(unet, name)
-    if name is not BASE:
-        for p in lora_parameters(unet, name):
-            p.requires_grad_(False)
+    grads: nothing else is trainable afterwards). peft's ``set_adapter`` makes the adapter it activates trainable; for
+    the KL's fixed previous model that would have autograd compute gradients for weights no optimiser holds (a
+    quarter of the backward pass of a train round, for nothing). The switch is called twice per attached step, so it
+    walks the LoRA layers directly (tests/seiko_core/test_finetune.py checks it against diffusers' ``set_adapter``)."""
+    if name is not BASE and not has_adapter(unet, name):
+        raise ValueError(f"unknown adapter {name!r}; choose from {sorted(getattr(unet, 'peft_config', {}))}")
+    if restore is not BASE and not has_adapter(unet, restore):
+        raise ValueError(f"unknown adapter {restore!r}; choose from {sorted(getattr(unet, 'peft_config', {}))}")
+    layers = _tuner_layers(unet)
+    _switch(layers, name)
     try:
         yield
     finally:
-        activate(unet, restore)
+        _switch(layers, restore)
         for p in trainable or ():
             p.requires_grad_(True)
 

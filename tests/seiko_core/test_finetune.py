@@ -343,3 +343,38 @@ def test_kl_reference_adapter_is_not_in_the_graph(random_parts):
     assert not leaves & {id(p) for p in prev}, "the reference adapter's weights are in the backward graph"
     assert {id(p) for p in new} <= leaves
     assert all(not p.requires_grad for p in prev) and all(p.requires_grad for p in new)
+
+
+def test_using_switches_like_diffusers_set_adapter(random_parts):
+    """``lora.using`` walks peft's LoRA layers itself (it runs twice per attached step); the model it gives must be
+    the one diffusers' own ``set_adapter`` / ``disable_adapters`` give, inside the block and after it, with the
+    reference frozen inside and only ``trainable`` trainable after."""
+    ft = tiny_cfg().finetune
+    a = lora.add_adapter(random_parts.unet, "round_1", ft)
+    _randomise(a, 0.3, 1)
+    b = lora.add_adapter(random_parts.unet, "round_2", ft, init_from="round_1")
+    _randomise(b, 0.3, 2)
+    unet = random_parts.unet
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, unet.config.in_channels, 8, 8, generator=g)
+    ctx = torch.randn(1, 4, unet.config.cross_attention_dim, generator=g)
+
+    @torch.no_grad()
+    def out():
+        return unet(x, 10, encoder_hidden_states=ctx).sample
+
+    expected = {}
+    for name in ("round_1", "round_2", None):
+        lora.activate(unet, name)  # diffusers' enable/disable_adapters + set_adapter
+        expected[name] = out()
+    assert not torch.equal(expected["round_1"], expected["round_2"]) and not torch.equal(expected["round_1"], expected[None])
+    for name, restore in (("round_1", "round_2"), (None, "round_2"), ("round_2", None)):
+        lora.activate(unet, restore)
+        with lora.using(unet, name, restore=restore, trainable=b):
+            assert torch.equal(out(), expected[name]), (name, restore)
+            assert not any(p.requires_grad for p in a + b)
+        assert torch.equal(out(), expected[restore]), (name, restore)
+        assert all(p.requires_grad for p in b) and not any(p.requires_grad for p in a)
+    with pytest.raises(ValueError, match="unknown adapter"):
+        with lora.using(unet, "round_9", restore="round_2"):
+            pass
