@@ -1,7 +1,7 @@
 """Time (and optionally profile) one train round of a preset on random labels, as the worker runs it.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python scripts/profile_train_round.py                      # round 1: the KL's reference is the base model
-    HF_HUB_OFFLINE=1 .venv/bin/python scripts/profile_train_round.py --adapters DIR/adapters/exp1 --previous 3 --profile 30
+    HF_HUB_OFFLINE=1 .venv/bin/python -m seiko_core.profile_round                      # round 1: the KL's reference is the base model
+    HF_HUB_OFFLINE=1 .venv/bin/python -m seiko_core.profile_round --adapters DIR/adapters/exp1 --previous 3 --profile 30
 
 ``--adapters`` is a data dir's adapter folder (``round_1`` .. ``round_K`` inside, as the worker writes them);
 ``--previous K`` loads rounds 1..K onto the UNet, as a worker that trained them holds them, and trains round K+1
@@ -32,11 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.previous and args.adapters is None:
         parser.error("--previous needs --adapters")
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from seiko_core import lora
-    from seiko_core.loop import generate_batch, train_round
-    from seiko_core.models import load_model
-    from seiko_core.presets import preset
+    from . import lora
+    from .loop import generate_batch, train_round
+    from .models import load_model
+    from .presets import preset
 
     torch.manual_seed(0)
     cfg = preset(args.preset)
