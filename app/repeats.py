@@ -7,22 +7,27 @@ the images handed to a rater are repeats. ``app.ui_rate.draw_batch`` (the page's
 asks ``plan`` for them when the option is above 0:
 
 - only once the rater has rated ``MIN_RATED`` query images of the round;
-- a repeat is one of the round's query images this rater rated, never the one they rated last, and an image is
-  repeated to a rater at most once: the ``repeat_offers`` row written when it is handed out is the server's record
-  (the client never says what is a repeat). A score the rater then gives that image goes to ``repeat_ratings``
+- a repeat is one of the round's query images this rater rated before their last ``size`` ratings of the round
+  (``size``: the batch being drawn; a rating counts from when it was given or last edited). So none of the images
+  the rater just rated comes back: a card rated seconds ago, still on the page of a second tab or of a reloaded one,
+  does not turn open again to be scored a second time with the first score in sight. An image is repeated to a
+  rater at most once: the ``repeat_offers`` row written when it is handed out is the server's record (the client
+  never says what is a repeat). A score the rater then gives that image goes to ``repeat_ratings``
   (``db.quality.set_repeat_score``); their first rating is left as it was;
 - how many: repeats handed out so far <= share / (1 - share) x the rater's ratings of the round, i.e. at most
   ``share`` of the images handed to them (ordinary ones rated plus repeats); at most ``max(1, floor(share x batch
   size))`` in one batch; and no more new ones than the ordinary ratings the rater gave since their last repeat, so
   repeats come spread out, never in a run;
-- which images, and where in the batch: drawn with a generator seeded by (rater, round, repeats so far); a repeat
-  handed out and not answered yet comes back in the next batch (as a leased image does), until it is scored or
-  skipped on the page.
+- which images: drawn with a generator seeded by (rater, round, repeats so far); where in the batch: drawn with one
+  seeded by (rater, round, the repeated image ids, the batch's length), so the place does not follow from the batch's
+  length alone. A repeat handed out and not answered yet comes back in the next batch (as a leased image does),
+  until it is scored or skipped on the page.
 
 Nothing on the page or in the API says that an image is a repeat. A repeat counts nowhere an ordinary rating does:
 not in the round's progress or budget, not for auto-close, not in the reward fit (the ``ratings`` table is untouched).
 Undo does not take back a repeat's score (it takes back the newest ordinary rating or skip, as before; the score of
-a repeat still on the page changes by rating it again); undoing the first rating of a repeated image drops its repeat.
+a repeat still on the page changes by rating it again); undoing the first rating of a repeated image drops its repeat
+(undoing an edit of it, which leaves a first rating, keeps it).
 """
 
 from __future__ import annotations
@@ -51,8 +56,8 @@ def share_of(session: Session, round_: Round) -> float:
     return 0.0 if options.feedback == "pairs" else float(options.repeat_share)
 
 
-def _rng(rater_id: int, round_id: int, offers: int) -> random.Random:
-    digest = hashlib.sha256(f"repeat:{rater_id}:{round_id}:{offers}".encode()).digest()
+def _rng(rater_id: int, round_id: int, key: object) -> random.Random:
+    digest = hashlib.sha256(f"repeat:{rater_id}:{round_id}:{key}".encode()).digest()
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 
@@ -80,8 +85,9 @@ def plan(session: Session, round_: Round, rater_id: int, size: int, share: float
     if n_new <= 0:
         return out
     offered = {o.image_id for o in offers}
-    newest = max(ratings, key=lambda r: (r.updated_at, r.id)).image_id  # the image they just rated (or edited)
-    candidates = sorted(r.image_id for r in ratings if r.image_id not in offered and r.image_id != newest)
+    # the images they rated (or edited) last, as many as the batch holds: maybe still on a page, so not repeated yet
+    recent = {r.image_id for r in sorted(ratings, key=lambda r: (r.updated_at, r.id))[-size:]}
+    candidates = sorted(r.image_id for r in ratings if r.image_id not in offered and r.image_id not in recent)
     chosen = _rng(rater_id, round_.id, len(offers)).sample(candidates, min(n_new, len(candidates)))
     for image_id in chosen:
         db_quality.add_repeat_offer(session=session, image_id=image_id, rater_id=rater_id)
@@ -91,7 +97,7 @@ def plan(session: Session, round_: Round, rater_id: int, size: int, share: float
 def mix(ordinary: list[int], again: list[int], rater_id: int, round_id: int) -> list[int]:
     """The batch: ``again`` put at drawn places among ``ordinary`` (whose order is kept)."""
     out = list(ordinary)
-    rng = _rng(rater_id, round_id, -1 - len(out))
+    rng = _rng(rater_id, round_id, f"mix:{sorted(again)}:{len(out)}")
     for image_id in again:
         out.insert(rng.randint(0, len(out)), image_id)
     return out

@@ -49,10 +49,10 @@ def build_admin(services, exp_state, admin_of: Callable, shown: Callable, privat
                     "uniform random sample so the round's average rating stays honest. More candidates mean a longer "
                     "wait between rounds. **Auto-close** closes the round (and starts training) at its last wanted "
                     "rating, exactly as the Close button does; that last rating can then no longer be undone. "
-                    f"**Repeat share** (0 to {MAX_REPEAT_SHARE:g}; 0: off): about this share of the images a rater gets "
-                    "are, unannounced, images of the round they already rated (each at most once, after their first "
-                    "few ratings); the second score fills the self-consistency columns of *Rater quality* and changes "
-                    "neither their first rating, nor the round's progress, nor training.")
+                    f"**Repeat share** (0 to {MAX_REPEAT_SHARE:g}; 0: off; left empty: kept as it is): about this "
+                    "share of the images a rater gets are, unannounced, images of the round they already rated (each "
+                    "at most once, after their first few ratings); the second score fills the self-consistency columns "
+                    "of *Rater quality* and changes neither their first rating, nor the round's progress, nor training.")
         with gr.Row():
             selection = gr.Dropdown(label="Selection", choices=list(SELECTIONS), value="random", scale=0, min_width=180,
                                     elem_id="opt-selection")
@@ -61,14 +61,16 @@ def build_admin(services, exp_state, admin_of: Callable, shown: Callable, privat
             share = gr.Number(label="Honest share", value=0.25, minimum=0, maximum=1, scale=0, min_width=150,
                               elem_id="opt-honest-share")
             auto = gr.Checkbox(label="Auto-close the round when its budget is rated", value=False, elem_id="opt-auto-close")
-            repeat = gr.Number(label="Repeat share", value=0, minimum=0, maximum=MAX_REPEAT_SHARE, step=0.05, scale=0,
-                               min_width=150, elem_id="opt-repeat-share")
+            # starts empty, meaning "leave as is": the form is not filled from the stored options, so a 0 here
+            # would turn repeats off whenever an admin saves another option
+            repeat = gr.Number(label="Repeat share (empty: as is)", value=None, minimum=0, maximum=MAX_REPEAT_SHARE,
+                               step=0.05, scale=0, min_width=150, elem_id="opt-repeat-share")
             button = gr.Button("Save round options", scale=0, min_width=180, elem_id="save-round-options")
         result = gr.Markdown(elem_id="round-options-result")
 
     def on_save(exp_id, sel, fac, sh, ac, rep, request: gr.Request):
         who = admin_of(request)  # refuses a rater; set_options checks the role again
-        message = shown(lambda: save(services.factory, who, exp_id, sel, fac, sh, ac, 0 if rep is None else rep))
+        message = shown(lambda: save(services.factory, who, exp_id, sel, fac, sh, ac, rep))
         gr.Info(message)
         return message
 

@@ -528,6 +528,7 @@ def skip(factory, data_dir, who: Who, state_value: dict | None, payload: dict[st
         if image_id not in state.batch:
             raise Conflict(f"image {image_id} is not in your current batch; reload the page")
         with write_session(factory) as s:
+            repo.lock_image_for_rating(session=s, image_id=image_id)  # as _rate: no undo or close in between
             if (repo.find_rating(session=s, image_id=image_id, rater_id=who.rater_id) is not None
                     and db_quality.find_repeat_offer(session=s, image_id=image_id, rater_id=who.rater_id) is not None):
                 db_quality.skip_repeat(session=s, image_id=image_id, rater_id=who.rater_id)  # app.repeats: no undo step
@@ -545,7 +546,7 @@ def undo(factory, data_dir, who: Who, state_value: dict | None, *, batch_size: i
     """Undo the rater's newest rating or skip of the open round (the history is in the database, so it survives a
     reload): a new rating is removed, an edit gets its previous score back, a skip is lifted. The image comes back
     to the page, leased to the rater again. A repeat's score (app.repeats) is not on the undo stack; undoing the
-    first rating of a repeated image drops its repeat."""
+    first rating of a repeated image drops its repeat (undoing an edit of it keeps the repeat)."""
     state = RateState.from_value(state_value)
     message = None
     new_grid = False
@@ -558,7 +559,9 @@ def undo(factory, data_dir, who: Who, state_value: dict | None, *, batch_size: i
             if round_id is not None:
                 repo.lock_round(session=s, round_id=round_id)  # the round first, as every write that locks it
             undone = None if round_id is None else repo.undo_last(session=s, rater_id=who.rater_id, round_id=round_id)
-            if undone is not None and undone.action == "rate":  # its repeat (app.repeats) had that rating to agree with
+            if undone is not None and undone.action == "rate" and undone.restored_score is None:
+                # the first rating is gone: its repeat (app.repeats) has nothing left to agree with (an undone edit
+                # leaves a first rating, and the repeat with it)
                 db_quality.drop_repeat(session=s, image_id=undone.image_id, rater_id=who.rater_id)
             if undone is not None and repo.find_rating(session=s, image_id=undone.image_id, rater_id=who.rater_id) is None:
                 repo.lease_images(session=s, round_id=round_id, rater_id=who.rater_id, image_ids=[undone.image_id],

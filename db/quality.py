@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from db import repo
@@ -164,14 +164,25 @@ def set_repeat_score(*, session: Session, image_id: int, rater_id: int, score: i
 
 
 def skip_repeat(*, session: Session, image_id: int, rater_id: int) -> None:
-    """The rater skips an image handed to them again: it is not handed to them again, and no second score is kept."""
-    offer = find_repeat_offer(session=session, image_id=image_id, rater_id=rater_id)
-    if offer is None:
-        raise Conflict(f"image {image_id} was not shown to rater {rater_id} a second time")
+    """The rater skips an image handed to them again: it is not handed to them again, and no second score is kept.
+
+    Refused, as an ordinary skip (``repo.add_skip``), unless the image's round is open for labeling. The caller
+    holds the image's lock (``repo.lock_image_for_rating``, as a rating does), so an undo cannot drop the offer
+    meanwhile; should it be gone all the same, the refusal is a sentence, not a stale-row error."""
+    image = repo.get_image(session=session, image_id=image_id)
+    round_ = repo.get_round(session=session, round_id=image.round_id)
+    if round_.status != "labeling":  # the sentence of an ordinary skip's refusal (repo.add_skip)
+        raise Conflict(
+            f"round {round_.index} is not open for labeling (it is {round_.status!r}); image {image_id} cannot be changed"
+        )
     if find_repeat_rating(session=session, image_id=image_id, rater_id=rater_id) is not None:
-        raise Conflict(f"rater {rater_id} has already rated image {image_id}; undo the rating before skipping it")
-    offer.skipped = True
-    session.flush()
+        raise Conflict("you have already scored this image; score it again to change that score")
+    skipped = session.execute(
+        update(RepeatOffer).where(RepeatOffer.image_id == image_id, RepeatOffer.rater_id == rater_id)
+        .values(skipped=True)
+    ).rowcount
+    if not skipped:
+        raise Conflict(f"image {image_id} is no longer shown to you a second time; nothing was skipped")
 
 
 def drop_repeat(*, session: Session, image_id: int, rater_id: int) -> int:
