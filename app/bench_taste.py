@@ -63,6 +63,7 @@ from app import experiment_options, pairwise, people, selection, taste_stats
 from app.experiment_options import ExperimentOptions
 from app.settings import Settings
 from seiko_core import atomic
+from seiko_core.config import from_dict, to_dict
 from seiko_core.preference import logistic_temperature, simulate_pair_choices
 
 EXPERIMENT = "demo"
@@ -128,6 +129,24 @@ class BenchConfig:
     round_timeout_s: float = 3600.0
     tiny: bool = False  # smoke tests only: the tests' tiny training config (app.testing.tiny_worker_config)
     pair_choice: PairChoice = PairChoice()  # how the person compares (feedback pairs or both)
+    overrides: tuple[str, ...] = ()  # SECTION.FIELD=VALUE on the experiment's SEIKO config (seiko_core.simulate's --set)
+
+    def check_overrides(self) -> None:
+        """Refuse a bad ``--set`` with one sentence before anything starts."""
+        from seiko_core.presets import preset
+
+        self.seiko_config(to_dict(preset("shapes")))
+
+    def seiko_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        """``config`` (an experiment's SEIKO config dict) with ``overrides`` applied, checked by SeikoConfig."""
+        if not self.overrides:
+            return config
+        from seiko_core.simulate import SimulationError, apply_overrides
+
+        try:
+            return to_dict(apply_overrides(from_dict(config), self.overrides))
+        except (SimulationError, ValueError, TypeError) as exc:
+            raise BenchError(str(exc)) from exc
 
     @property
     def feedback(self) -> str:
@@ -137,6 +156,8 @@ class BenchConfig:
         out = {"person": self.person, "rounds": self.rounds, "budget": self.budget, "seeds": list(self.seeds),
                "model": self.model, "options": self.options.as_dict(), "round_timeout_s": self.round_timeout_s,
                "tiny": self.tiny}
+        if self.overrides:  # absent without --set, so earlier runs still resume
+            out["overrides"] = list(self.overrides)
         if pairwise.wants_pairs(self.feedback):  # absent with scores, so earlier scores runs still resume
             out["pair_choice"] = self.pair_choice.as_dict()
         return out
@@ -286,6 +307,8 @@ def _create_experiment(factory, settings: Settings, cfg: BenchConfig, seed: int)
             from app.testing import tiny_worker_config
 
             config = tiny_worker_config(config)
+        app_part = {k: v for k, v in config.items() if k == experiment_options.APP_KEY}
+        config = {**cfg.seiko_config({k: v for k, v in config.items() if k != experiment_options.APP_KEY}), **app_part}
         e.config = experiment_options.with_options(config, cfg.options)
     if experiment_id != seed + 1:
         raise BenchError(f"the experiment got id {experiment_id}, not {seed + 1}; the data dir was not fresh")

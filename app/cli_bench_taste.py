@@ -50,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "sigmoid((s_left - s_right) / T) (default sqrt(6)/pi * 0.5 = 0.39)")
     parser.add_argument("--tie-eps", type=float, default=None,
                         help="with pairs or both: a tie when the two ratings differ by at most this (default 0: equal ratings)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", dest="overrides",
+                        help="override a field of the experiment's SEIKO config, as `python -m seiko_core.simulate --set` "
+                             "does (e.g. finetune.epochs=2); repeatable; recorded in results.json")
     parser.add_argument("--round-timeout", type=float, default=3600.0, help="seconds to wait for a round's images (default 3600)")
     parser.add_argument("--tiny", action="store_true",
                         help="smoke test of the plumbing only: the tests' tiny config (3 sampling steps, 2 training "
@@ -85,7 +88,8 @@ def main(args: argparse.Namespace) -> int:
                                     feedback=args.feedback)
         cfg = BenchConfig(person=args.person, rounds=args.rounds, budget=args.budget, seeds=args.seeds, out=args.out,
                           model=args.model, options=options, round_timeout_s=args.round_timeout, tiny=bool(args.tiny),
-                          pair_choice=PairChoice(**choice))
+                          pair_choice=PairChoice(**choice), overrides=tuple(args.overrides))
+        cfg.check_overrides()
         signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM like Ctrl-C: the worker is stopped on the way out
         run(cfg, ["python", "-m", "app", "bench-taste", *sys.argv[2:]], log=lambda line: print(line, flush=True))
     except (BenchError, PersonError, InvalidInput) as exc:
