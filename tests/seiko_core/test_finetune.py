@@ -54,6 +54,17 @@ def _randomise(params, scale, seed):
             p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
 
 
+def _previous_and_trained(unet, ft):
+    """Adapter round_1 (random, frozen: the KL's previous model) and round_2 (trained, started from it, then moved)."""
+    prev = lora.add_adapter(unet, "round_1", ft)
+    _randomise(prev, 0.2, 1)
+    new = lora.add_adapter(unet, "round_2", ft, init_from="round_1")
+    _randomise(new, 0.2, 2)
+    for p in prev:
+        p.requires_grad_(False)
+    return prev, new
+
+
 def test_detached_steps_carry_no_unet_gradient(random_parts):
     """With only the last of 4 steps attached, the LoRA gradient equals one computed independently: the first 3
     steps run under no_grad to a plain tensor x_1, then one step with a graph from there. Any gradient that leaked
@@ -105,12 +116,7 @@ def test_kl_gradient_matches_finite_differences(random_model_dir, scheduler_over
     if scheduler_overrides:
         parts.pipeline.scheduler = DDIMScheduler.from_config({**parts.scheduler.config, **scheduler_overrides})
     ft = tiny_cfg().finetune
-    prev = lora.add_adapter(parts.unet, "round_1", ft)
-    _randomise(prev, 0.2, 1)
-    new = lora.add_adapter(parts.unet, "round_2", ft, init_from="round_1")
-    _randomise(new, 0.2, 2)
-    for p in prev:
-        p.requires_grad_(False)
+    prev, new = _previous_and_trained(parts.unet, ft)
     steps = 4
     sched = DDIMSchedule.from_scheduler(parts.scheduler, steps)
     assert sched.prediction_type == scheduler_overrides.get("prediction_type", "epsilon")
@@ -280,12 +286,7 @@ def test_gradient_checkpointing_gives_the_same_gradient_with_the_kl(random_parts
     backward: it must be recomputed with the previous adapter, not the trained one active then. The gradient with
     checkpointing must equal the one without (the old code raised CheckpointError on SD 1.5's architecture)."""
     ft = tiny_cfg().finetune
-    prev = lora.add_adapter(random_parts.unet, "round_1", ft)
-    _randomise(prev, 0.2, 1)
-    new = lora.add_adapter(random_parts.unet, "round_2", ft, init_from="round_1")
-    _randomise(new, 0.2, 2)
-    for p in prev:
-        p.requires_grad_(False)
+    prev, new = _previous_and_trained(random_parts.unet, ft)
     sched = DDIMSchedule.from_scheduler(random_parts.scheduler, 3)
     unet = random_parts.unet
     unet.train()
@@ -328,12 +329,7 @@ def test_kl_reference_adapter_is_not_in_the_graph(random_parts):
     LoRA matrices (then dropped them: they were frozen again by the time AccumulateGrad ran). Checked on the graph
     itself; the trained adapter's weights must still be in it."""
     ft = tiny_cfg().finetune
-    prev = lora.add_adapter(random_parts.unet, "round_1", ft)
-    _randomise(prev, 0.2, 1)
-    new = lora.add_adapter(random_parts.unet, "round_2", ft, init_from="round_1")
-    _randomise(new, 0.2, 2)
-    for p in prev:
-        p.requires_grad_(False)
+    prev, new = _previous_and_trained(random_parts.unet, ft)
     sched = DDIMSchedule.from_scheduler(random_parts.scheduler, 3)
     lora.activate(random_parts.unet, "round_2")
     traj = rollout(random_parts, ["a shape"], [5], schedule=sched, eta=1.0, guidance=3.0,
