@@ -168,6 +168,11 @@ class BenchConfig:
 # ---------------------------------------------------------------------------------------------
 
 
+def as_images(pixels: list[np.ndarray]) -> torch.Tensor:
+    """(H, W, 3) arrays in [0, 1] (:func:`decode_png`'s) as the (B, 3, H, W) float batch a person rates."""
+    return torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float()
+
+
 def decode_png(b64: str) -> np.ndarray:
     """A base64 PNG as (H, W, 3) float64 in [0, 1]."""
     from PIL import Image as PILImage
@@ -377,7 +382,7 @@ def compare_round(factory, data_dir, who, person: people.Person, choice: PairCho
         if out["round"] != index or pair is None:
             return given, ties, last
         pixels = [decode_png(pair[side]["png_base64"]) for side in ("left", "right")]
-        images = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float()
+        images = as_images(pixels)
         left, right = person.rate(images, [pair["prompt"]] * 2)
         side = choice.choose(left, right, seed=seed, index=index, pair_id=pair["pair_id"])
         ui_pairs.api_vote(factory, who, pair["pair_id"], side)
@@ -445,7 +450,7 @@ def run_seed(cfg: BenchConfig, seed: int, person: people.Person, on_round) -> li
             while batch["items"]:
                 items = batch["items"]
                 pixels = [decode_png(it["png_base64"]) for it in items]
-                images = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float()
+                images = as_images(pixels)
                 ratings = person.rate(images, [it["prompt"] for it in items])
                 for it, score in zip(items, ratings):
                     ui_rate.submit(factory, who, it["image_id"], score)
@@ -465,7 +470,7 @@ def run_seed(cfg: BenchConfig, seed: int, person: people.Person, on_round) -> li
                 if want_scores:
                     scores = rated
                 else:  # the honest measure: the person's ratings of every query image, taken here and never submitted
-                    images = torch.from_numpy(np.stack(pix)).permute(0, 3, 1, 2).float()
+                    images = as_images(pix)
                     scores = dict(zip([im.id for im in query], person.rate(images, [im.prompt for im in query])))
                 quality = round_reward_quality(s, data_dir, experiment_id, k, query, scores=scores)
                 parts = wait_breakdown(round_.metrics) if k else None

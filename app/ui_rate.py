@@ -314,11 +314,11 @@ class RateState:
 
 def _marks(session: Session, state: RateState, who: Who) -> dict[str, Any]:
     cards = {}
+    offers = db_quality.repeat_offers_of(session=session, rater_id=who.rater_id, image_ids=state.batch)  # one query
     for image_id in state.batch:
         rating = repo.find_rating(session=session, image_id=image_id, rater_id=who.rater_id)
         card = Card(image_id, "", 0, None)
-        offer = (db_quality.find_repeat_offer(session=session, image_id=image_id, rater_id=who.rater_id)
-                 if rating is not None else None)
+        offer = offers.get(image_id) if rating is not None else None
         if offer is not None:  # handed out again (app.repeats): the card shows the second score only, as a new image
             second = db_quality.find_repeat_rating(session=session, image_id=image_id, rater_id=who.rater_id)
             if second is not None:

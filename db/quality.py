@@ -95,6 +95,14 @@ def find_repeat_offer(*, session: Session, image_id: int, rater_id: int) -> Repe
     return session.scalar(select(RepeatOffer).where(RepeatOffer.image_id == image_id, RepeatOffer.rater_id == rater_id))
 
 
+def repeat_offers_of(*, session: Session, rater_id: int, image_ids: list[int]) -> dict[int, RepeatOffer]:
+    """image id -> the offer that handed it to the rater a second time, for those of ``image_ids`` that have one."""
+    if not image_ids:
+        return {}
+    stmt = select(RepeatOffer).where(RepeatOffer.rater_id == rater_id, RepeatOffer.image_id.in_(list(image_ids)))
+    return {o.image_id: o for o in session.scalars(stmt)}
+
+
 def find_repeat_rating(*, session: Session, image_id: int, rater_id: int) -> RepeatRating | None:
     """The rater's second score for the image, or None."""
     return session.scalar(select(RepeatRating).where(RepeatRating.image_id == image_id, RepeatRating.rater_id == rater_id))

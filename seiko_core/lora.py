@@ -70,14 +70,18 @@ def _named(unet, name: str):
     return [(n, p) for n, p in unet.named_parameters() if f".{name}." in n and "lora_" in n]
 
 
+def _check_known(unet, name: str) -> None:
+    if not has_adapter(unet, name):
+        raise ValueError(f"unknown adapter {name!r}; choose from {sorted(getattr(unet, 'peft_config', {}))}")
+
+
 def activate(unet, name: str | None) -> None:
     """Make ``name`` the active adapter (``None``: the base model, every adapter disabled)."""
     if name is BASE:
         if getattr(unet, "peft_config", None):
             unet.disable_adapters()
         return
-    if not has_adapter(unet, name):
-        raise ValueError(f"unknown adapter {name!r}; choose from {sorted(getattr(unet, 'peft_config', {}))}")
+    _check_known(unet, name)
     unet.enable_adapters()
     unet.set_adapter(name)
 
@@ -105,13 +109,12 @@ def _switch(layers: list, name: str | None) -> None:
 def using(unet, name: str | None, restore: str | None, trainable: list[torch.nn.Parameter] | None = None):
     """Run a block with adapter ``name`` active and FROZEN, then restore ``restore`` (and re-enable ``trainable``'s
     grads: nothing else is trainable afterwards). peft's ``set_adapter`` makes the adapter it activates trainable; for
-    the KL's fixed previous model that would have autograd compute gradients for weights no optimiser holds (a
-    quarter of the backward pass of a train round, for nothing). The switch is called twice per attached step, so it
+    the KL's fixed previous model that would have autograd compute gradients for weights no optimiser holds
+    (backward work and memory for nothing: BENCHMARKS.md, issue 12, measures 14% less peak memory per round). The switch is called twice per attached step, so it
     walks the LoRA layers directly (tests/seiko_core/test_finetune.py checks it against diffusers' ``set_adapter``)."""
-    if name is not BASE and not has_adapter(unet, name):
-        raise ValueError(f"unknown adapter {name!r}; choose from {sorted(getattr(unet, 'peft_config', {}))}")
-    if restore is not BASE and not has_adapter(unet, restore):
-        raise ValueError(f"unknown adapter {restore!r}; choose from {sorted(getattr(unet, 'peft_config', {}))}")
+    for adapter in (name, restore):
+        if adapter is not BASE:
+            _check_known(unet, adapter)
     layers = _tuner_layers(unet)
     _switch(layers, name)
     try:
