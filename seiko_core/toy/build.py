@@ -35,14 +35,14 @@ log = logging.getLogger("seiko.toy")
 @dataclass
 class BuildConfig:
     seed: int = 0
-    n_images: int = 20000  # training images (about 3 s to draw)
+    n_images: int = 40000  # training images (about 6 s to draw)
     clip_steps: int = 1200  # contrastive steps at clip_batch (about 0.3 s each on 2 cores)
     clip_batch: int = 192
     clip_lr: float = 2e-3
     vae_steps: int = 1200  # about 0.35 s each on 2 cores
     vae_batch: int = 32
     vae_lr: float = 1e-3
-    unet_steps: int = 4000  # about 0.35 s each on 2 cores
+    unet_steps: int = 8000  # about 0.45 s each on 2 cores
     unet_batch: int = 32
     unet_lr: float = 1e-3
     caption_dropout: float = 0.1  # probability of the empty prompt, for classifier-free guidance
@@ -50,6 +50,16 @@ class BuildConfig:
     text_width: int = 64
     vision_width: int = 64
     unet_channels: tuple[int, int] = (32, 64)
+    # Attention heads per transformer block (diffusers' ``attention_head_dim`` argument is the head count). The first
+    # build had 8 (head widths 4 and 8); 2 heads (widths 16 and 32) made a training step 1.7x faster on 2 cores
+    # (0.77 -> 0.45 s at batch 32): CPU attention kernels are inefficient at tiny head widths.
+    unet_heads: int = 2
+    # The caption, attention-pooled, is added to the timestep embedding (diffusers' ``addition_embed_type="text"``):
+    # every ResNet block then gets the prompt as a per-channel shift, the path global attributes (the background,
+    # the shape's colour) need; cross-attention alone bound them poorly (QUALITY.json of the first build).
+    unet_text_pool: bool = True
+    # Min-SNR-gamma loss weighting (Hang et al. 2023) for epsilon prediction: min(SNR, gamma) / SNR; 0 = plain MSE.
+    min_snr_gamma: float = 5.0
     quality_samples: int = 96  # fresh samples for the fidelity figures
     quality_steps: int = 30  # DDIM steps when measuring quality
     quality_guidance: float = 7.5  # the reference CFG scale; measured better than 4.0 on this model
@@ -189,7 +199,8 @@ def make_unet(cfg: BuildConfig):
         sample_size=ds.IMAGE_SIZE // 2, in_channels=4, out_channels=4, layers_per_block=1,
         block_out_channels=(c0, c1), down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=cfg.text_width,
-        attention_head_dim=8, norm_num_groups=16,
+        attention_head_dim=cfg.unet_heads, norm_num_groups=16,
+        **({"addition_embed_type": "text", "addition_embed_type_num_heads": 4} if cfg.unet_text_pool else {}),
     )
 
 
@@ -209,6 +220,19 @@ def caption_states(text_encoder, tokenizer, captions: list[str]) -> tuple[torch.
     states = torch.cat([text_encoder(ids[i:i + 512])[0] for i in range(0, len(ids), 512)])
     where = {c: i for i, c in enumerate(uniq)}
     return states, torch.tensor([where[c] for c in captions]), where[""]
+
+
+def min_snr_weighted_mse(pred: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Epsilon-prediction MSE with each sample weighted by min(SNR, gamma) / SNR, SNR = alpha_bar / (1 - alpha_bar).
+
+    gamma = 0 gives the plain MSE. The weight caps the share of the nearly noise-free timesteps (high SNR), whose
+    loss is about fine detail, and leaves the noisy ones (where colours and layout are decided) at full weight.
+    """
+    per_sample = (pred - noise).pow(2).flatten(1).mean(1)
+    if gamma <= 0:
+        return per_sample.mean()
+    snr = alpha_bar / (1 - alpha_bar)
+    return (per_sample * torch.clamp(snr, max=gamma) / snr).mean()
 
 
 def train_unet(cfg: BuildConfig, latents: torch.Tensor, states: torch.Tensor, cap_idx: torch.Tensor, empty_idx: int,
@@ -232,7 +256,7 @@ def train_unet(cfg: BuildConfig, latents: torch.Tensor, states: torch.Tensor, ca
         a = acp[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise  # q(x_t | x_0), DDPM eq. 4
         pred = unet(xt, t, encoder_hidden_states=states[ci]).sample
-        loss = F.mse_loss(pred, noise)
+        loss = min_snr_weighted_mse(pred, noise, acp[t], cfg.min_snr_gamma)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)

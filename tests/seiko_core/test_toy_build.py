@@ -1,0 +1,36 @@
+"""The shapes model's build: its loss weighting against a closed form, and the architecture it saves."""
+
+import json
+
+import pytest
+import torch
+
+from seiko_core.toy.build import BuildConfig, make_unet, min_snr_weighted_mse, random_model
+
+
+def test_min_snr_weight_matches_the_closed_form():
+    """Weight = min(SNR, gamma) / SNR, SNR = a / (1 - a): 1 for noisy samples, gamma / SNR for nearly clean ones."""
+    gen = torch.Generator().manual_seed(0)
+    pred, noise = torch.randn(3, 4, 2, 2, generator=gen), torch.randn(3, 4, 2, 2, generator=gen)
+    alpha_bar = torch.tensor([0.5, 0.9, 0.99])  # SNR 1, 9, 99
+    mse = [float(((pred[i] - noise[i]) ** 2).mean()) for i in range(3)]
+    expected = (mse[0] * 1.0 + mse[1] * 5 / 9 + mse[2] * 5 / 99) / 3
+    assert float(min_snr_weighted_mse(pred, noise, alpha_bar, 5.0)) == pytest.approx(expected, rel=1e-6)
+    assert float(min_snr_weighted_mse(pred, noise, alpha_bar, 0.0)) == pytest.approx(sum(mse) / 3, rel=1e-6)
+
+
+def test_the_unet_gets_the_pooled_caption_and_the_stated_heads(tmp_path):
+    cfg = BuildConfig.quick()
+    unet = make_unet(cfg)
+    assert unet.config.addition_embed_type == "text" and unet.config.attention_head_dim == cfg.unet_heads
+    # the pooled-caption path reaches the output: shifting its projection changes the prediction
+    x, t = torch.randn(1, 4, 16, 16), torch.tensor([500])
+    states = torch.randn(1, 16, cfg.text_width)
+    with torch.no_grad():
+        a = unet(x, t, encoder_hidden_states=states).sample
+        unet.add_embedding.proj.bias.add_(1.0)
+        b = unet(x, t, encoder_hidden_states=states).sample
+    assert not torch.allclose(a, b)
+    saved = json.loads((random_model(tmp_path / "m") / "unet" / "config.json").read_text())
+    assert saved["addition_embed_type"] == "text" and saved["attention_head_dim"] == cfg.unet_heads
+    assert BuildConfig(unet_text_pool=False).unet_text_pool is False and make_unet(BuildConfig(unet_text_pool=False)).config.addition_embed_type is None
