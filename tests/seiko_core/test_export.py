@@ -43,7 +43,7 @@ def adapter_dir(random_model_dir, tmp_path_factory):
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for p in params:
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
     out = tmp_path_factory.mktemp("adapter") / "round_1"
     lora.save_adapter(parts.unet, "round_1", out, config={"method": "ucb"}, metrics={"loss": 0.5})
     return out
