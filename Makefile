@@ -32,7 +32,7 @@ test-slow: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
-# Rebuild the committed embedded model from scratch (about 45 minutes on 2 CPU cores).
+# Rebuild the embedded model from scratch (about 96 minutes on 2 CPU cores with the build defaults; BENCHMARKS.md).
 build-model: setup
 	$(PY) -m seiko_core.toy build --out models/shapes-sd
 
