@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 
-from .build import BuildConfig, build, remeasure
+from .build import BuildConfig, build, refine_existing, remeasure
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,10 +23,18 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--model", required=True, help="a directory written by `build`")
     q.add_argument("--guidance", type=float, default=None, help="classifier-free guidance for the fidelity samples")
     q.add_argument("--steps", type=int, default=None, help="DDIM steps for the fidelity samples")
+    r = sub.add_parser("refine-encoder", help="run the build's last stage (image-encoder refinement) on a finished "
+                       "build made before that stage existed, then re-measure")
+    r.add_argument("--model", required=True, help="a directory written by `build`")
+    r.add_argument("--steps", type=int, default=None, help="refinement steps (default: the build's)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     if args.command == "quality":
         quality = remeasure(args.model, guidance=args.guidance, steps=args.steps)
+        print(json.dumps({k: v for k, v in quality.items() if k != "build_config"}, indent=2))
+        return 0
+    if args.command == "refine-encoder":
+        quality = refine_existing(args.model, steps=args.steps)
         print(json.dumps({k: v for k, v in quality.items() if k != "build_config"}, indent=2))
         return 0
     cfg = BuildConfig.quick() if args.quick else BuildConfig()
