@@ -332,7 +332,7 @@ def yield_job(*, session: Session, job_id: int, worker_id: str, payload: dict[st
 
 
 # the round statuses in which each job kind has work left: retrying a job whose round has moved on would do nothing
-_JOB_ROUND_STATUS = {"generate": ("generating",), "train": ("training",), "eval": ("labeling", "training", "done")}
+JOB_ROUND_STATUS = {"generate": ("generating",), "train": ("training",), "eval": ("labeling", "training", "done")}
 
 
 def retry_job(*, session: Session, job_id: int) -> Job:
@@ -354,7 +354,7 @@ def retry_job(*, session: Session, job_id: int) -> Job:
             raise Conflict(f"experiment {experiment.name!r} is finished; its jobs cannot be retried")
     if job.round_id is not None:
         round_ = _round(session, job.round_id)
-        wanted = _JOB_ROUND_STATUS.get(job.kind)
+        wanted = JOB_ROUND_STATUS.get(job.kind)
         if wanted is not None and round_.status not in wanted:
             raise Conflict(f"round {round_.index} is {round_.status!r} now, so {job.kind} job {job_id} has nothing left to do")
         other = session.scalar(select(Job.id).where(Job.round_id == job.round_id, Job.kind == job.kind, Job.id != job.id,
