@@ -624,7 +624,7 @@ class Worker:
             progress.set("load_model")
             parts = self._parts(model_spec)
             adapter = self._use_adapter(parts, this)
-            reference = self._use_adapter(parts, prev) if want_kl else None
+            reference = self._use_adapter(parts, prev) if to_kl and prev is not None else None
             steps, chunk = cfg.sampling.steps, self.eval_chunk
             # the images first (the dashboard shows them as they come), then the KL; chunks of at most `chunk` cells
             render, measure = [c for c in grid if c in to_render], [c for c in grid if c in to_kl]
