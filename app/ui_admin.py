@@ -164,7 +164,7 @@ def newest_failed_job(factory, experiment_id: int | None) -> int | None:
     with read_session(factory) as s:
         for job in job_queue.list_jobs(session=s, status="failed", experiment_id=int(experiment_id), limit=20):
             round_ = repo.get_round(session=s, round_id=job.round_id) if job.round_id is not None else None
-            if round_ is None or (job.kind, round_.status) in (("generate", "generating"), ("train", "training")):
+            if round_ is None or round_.status in job_queue.JOB_ROUND_STATUS.get(job.kind, ()):
                 return job.id
     return None
 

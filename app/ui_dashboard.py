@@ -219,14 +219,16 @@ def worker_html(session: Session, experiment: Experiment) -> str:
     jobs = job_queue.list_jobs(session=session, experiment_id=experiment.id, limit=50)
     now = utcnow()
     running = [j for j in jobs if j.status == "running"]
-    queued = [j for j in jobs if j.status == "queued"]
-    job: Job | None = running[-1] if running else (queued[-1] if queued else None)
+    # the queued job the worker takes next: generate and train jobs before eval jobs (db.jobs.claim_job), then the oldest
+    queued = sorted((j for j in jobs if j.status == "queued"), key=lambda j: (j.kind not in job_queue.PERSON_KINDS, j.id))
+    job: Job | None = running[-1] if running else (queued[0] if queued else None)
     parts = []
     paused = " · <b>experiment paused</b>" if experiment.status == "paused" else ""
     if job is None:
         parts.append(f"<div><b>Worker:</b> idle, no job waiting{paused}</div>")
     elif job.status == "queued":
-        parts.append(f"<div><b>Worker:</b> job {job.id} ({job.kind}) is waiting for the worker{paused}</div>")
+        kind = "eval grid" if job.kind == "eval" else job.kind
+        parts.append(f"<div><b>Worker:</b> job {job.id} ({kind}) is waiting for the worker{paused}</div>")
     else:
         p = job.progress or {}
         step, total = p.get("step"), p.get("total")

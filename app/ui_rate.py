@@ -39,7 +39,7 @@ from db import quality as db_quality
 from db import repo
 from db.engine import read_session, write_session
 from db.errors import Conflict, InvalidInput, NotFound
-from db.models import SCORE_MAX, SCORE_MIN, Experiment, Image, Round
+from db.models import SCORE_MAX, SCORE_MIN, Experiment, Image, Round, utcnow
 
 CANDIDATE_FACTOR = 4  # a batch is drawn from the first batch_size * 4 offered images, shuffled per rater
 LEASE_S = 600.0  # how long images handed out stay reserved to their rater
@@ -104,17 +104,23 @@ def next_round_wait(session: Session, experiment: Experiment) -> dict[str, Any] 
     """While the experiment has no open round: the worker's job toward the next images and an estimate of the wait.
 
     {"job": "train" | "generate", "status", "phase", "step", "total", "eta_s" (the running phase's remaining time,
-    from the worker's progress), "estimate_s"}: for a running train job, its phase's ETA plus the time the last round
-    took to draw its query images; for a running generate job, its phase's ETA; None when nothing is under way."""
+    from the worker's progress), "estimate_s", "behind"}: for a running train job, its phase's ETA plus the time the
+    last round took to draw its query images; for a running generate job, its phase's ETA; None when nothing is under
+    way. An eval job (the dashboard's eval grid) is never what the next images wait for: the worker takes train and
+    generate jobs first and a running eval job gives way within a chunk; while it does, a queued job has
+    "behind": "eval" (else None)."""
     from db import jobs as job_queue
 
     jobs = [j for j in job_queue.list_jobs(session=session, experiment_id=experiment.id, limit=10)
-            if j.status in ("running", "queued") and j.kind in ("train", "generate")]
+            if j.status in ("running", "queued") and j.kind in job_queue.PERSON_KINDS]
     if not jobs:
         return None
     job = min(jobs, key=lambda j: j.id)  # the oldest unfinished job is the one the next images wait for
     p = job.progress or {}
     eta = p.get("eta_s") if job.status == "running" else None
+    behind = None
+    if job.status == "queued" and job_queue.live_job(session, utcnow(), kind="eval") is not None:
+        behind = "eval"  # a worker is on an eval grid (of any experiment): it gives way after its current chunk
     estimate = None
     if eta is not None:
         estimate = float(eta)
@@ -123,7 +129,7 @@ def next_round_wait(session: Session, experiment: Experiment) -> dict[str, Any] 
             last = next((r for r in reversed(rounds) if ((r.metrics or {}).get("generate") or {}).get("query_wall_s")), None)
             estimate += float(last.metrics["generate"]["query_wall_s"]) if last is not None else 0.0
     return {"job": job.kind, "status": job.status, "phase": p.get("phase"), "step": p.get("step"), "total": p.get("total"),
-            "eta_s": eta, "estimate_s": None if estimate is None else round(estimate, 1)}
+            "eta_s": eta, "estimate_s": None if estimate is None else round(estimate, 1), "behind": behind}
 
 
 def _pairs_only(session: Session, experiment_id: int) -> bool:
@@ -172,6 +178,9 @@ def _wait_html(w: dict[str, Any] | None) -> str:
         return ""
     what = {"train": "Learning from your ratings", "generate": "Drawing the next images"}[w["job"]]
     if w["status"] == "queued":
+        if w.get("behind") == "eval":
+            return (f"<div id='next-round'>{what}: waiting for the worker to start; it is finishing a part of the "
+                    "dashboard's eval grid and comes to this next.</div>")
         return f"<div id='next-round'>{what}: waiting for the worker to start.</div>"
     step, total = w.get("step"), w.get("total")
     pct = 100.0 * step / total if isinstance(step, int | float) and isinstance(total, int | float) and total else 0.0

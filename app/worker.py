@@ -1,10 +1,17 @@
 """The background worker: claim a job, run SEIKO outside any transaction, publish the result in one short one.
 
-    generate (round k):  sample round k's query batch and eval grid with adapter k -> PNGs + embeddings
-                         -> one transaction: Image rows, round k 'labeling', eval metrics, job done
+    generate (round k):  sample round k's query batch with adapter k -> PNGs + embeddings
+                         -> one transaction: Image rows, round k 'labeling', round k's eval job queued, job done
+    eval (round k):      the fixed-seed eval grid with adapter k, in chunks (each stored in its own short transaction)
+                         -> one transaction: eval metrics, blind A/B pairs, job done
     train (round k):     ratings snapshot up to the job's watermark -> reward ensemble -> adapter k+1,
                          both written atomically under the data dir
                          -> one transaction: round k+1 + checkpoint, round k 'done', generate job k+1, job done
+
+Priority: a person waits for generate and train jobs, nobody for an eval job (the dashboard's grid). ``claim_job``
+takes generate and train jobs first, and a running eval job, between its chunks, gives way when one is claimable:
+it is handed back to the queue without using up an attempt (``db.jobs.yield_job``; the log says "YIELDS") and
+carries on from its stored chunks when nothing else waits.
 
 Leases: a job is claimed for ``lease_s`` seconds and a heartbeat thread extends the lease every
 ``min(lease_s / 3, 2)`` seconds, writing the latest progress (phase, step, total, eta_s) that the core's
@@ -22,9 +29,10 @@ Fault injection (tests and ``python -m app.tools.fault_matrix`` only; off unless
 ``SEIKO_FAULT_PHASE=name[,name...]`` makes the worker SIGKILL itself at that point of a job's FIRST
 attempt, so the re-run (attempt 2) goes through. Points: ``claim`` (just claimed), ``snapshot`` (ratings
 read), ``reward_fit`` / ``finetune`` / ``sample_query`` / ``sample_eval`` (first progress report of that
-phase), ``save`` (reward model written, adapter not yet), ``publish_query`` (inside the transaction that
-opens the round with its query images, before the eval grid is rendered), ``publish`` (inside the publishing
-transaction, before its commit). See RELIABILITY.md.
+phase), ``save`` (reward model written, adapter not yet), ``publish_query`` (inside the generate job's
+transaction that opens the round with its query images and queues the eval job), ``eval_chunk`` (inside the
+transaction that stores a chunk of the eval grid), ``publish`` (inside the publishing transaction, before its
+commit). See RELIABILITY.md.
 """
 
 from __future__ import annotations
@@ -65,7 +73,7 @@ from seiko_core import lora
 from seiko_core.checkpoint import MANIFEST, CheckpointError, atomic_directory, sha256_file, verify
 from seiko_core.config import SeikoConfig, to_dict
 from seiko_core.finetune import trajectory_kl
-from seiko_core.loop import generate_batch, predicted_reward, round_prompts, train_round
+from seiko_core.loop import generate_batch, predicted_reward_of_embeddings, round_prompts, train_round
 from seiko_core.models import ModelParts, load_model
 from seiko_core.reward import RewardEnsemble
 from seiko_core.sampling import to_uint8
@@ -90,6 +98,15 @@ def fault_point(name: str, attempt: int) -> None:
 
 class WorkerRefused(RuntimeError):
     """The worker cannot start in this environment; the message says what to do instead."""
+
+
+class JobYield(Exception):
+    """An eval job gives way to ``waiting`` ({"id", "kind", "experiment_id"}), a job a person waits for: the worker
+    hands it back to the queue (``db.jobs.yield_job``, no attempt used, no error) with ``payload``, then claims again."""
+
+    def __init__(self, waiting: dict[str, Any], *, round_index: int, images: int, grid: int, payload: dict[str, Any]) -> None:
+        super().__init__(f"gives way to job {waiting['id']} ({waiting['kind']})")
+        self.waiting, self.round_index, self.images, self.grid, self.payload = waiting, round_index, images, grid, payload
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,6 +188,9 @@ class JobProgress:
 
 
 PROGRESS_EVERY_S = 2.0
+# An eval job stores its grid (and checks for a job a person waits for) every EVAL_CHUNK images: a person's next round
+# waits at most one chunk for it (one sampling batch of this size; with eta > 0 the KL works in chunks alike).
+EVAL_CHUNK = 4
 
 
 class Heartbeat:
@@ -264,6 +284,19 @@ def _from_round(job: ClaimedJob, from_round: Any, round_index: int) -> int:
     return from_round
 
 
+def _eval_grid(cfg: SeikoConfig) -> list[tuple[str, int]]:
+    """The fixed eval grid: every eval prompt with every eval seed (duplicates dropped), in that order."""
+    return [(p, s) for p in dict.fromkeys(cfg.eval_prompts) for s in dict.fromkeys(cfg.eval_seeds)]
+
+
+def _png_pixels(path: Path) -> np.ndarray:
+    """A stored PNG as (H, W, 3) uint8: exactly the pixels ``storage.encode_png`` was given."""
+    from PIL import Image as PILImage
+
+    with PILImage.open(path) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
 def _payload_round_index(job: ClaimedJob, round_index: int) -> int:
     k = job.payload.get("round_index")
     if k != round_index:
@@ -275,18 +308,22 @@ class Worker:
     """``Worker(settings, worker_id).run_forever()``; ``run_once()`` processes at most one job (tests, ``--once``)."""
 
     def __init__(self, settings: Settings, worker_id: str, lease_s: float = 60, poll_s: float = 1.0, *,
-                 device: str | torch.device | None = None) -> None:
+                 device: str | torch.device | None = None, eval_chunk: int = EVAL_CHUNK) -> None:
         if isinstance(lease_s, bool) or not isinstance(lease_s, int | float) or not math.isfinite(lease_s) or lease_s <= 0:
             raise ValueError(f"lease_s must be a positive number of seconds, got {lease_s!r}")
         if isinstance(poll_s, bool) or not isinstance(poll_s, int | float) or not math.isfinite(poll_s) or poll_s < 0:
             raise ValueError(f"poll_s must be a non-negative number of seconds, got {poll_s!r}")
         if not isinstance(worker_id, str) or not worker_id.strip():
             raise ValueError(f"worker_id must be a non-empty string, got {worker_id!r}")
+        if isinstance(eval_chunk, bool) or not isinstance(eval_chunk, int) or eval_chunk < 1:
+            raise ValueError(f"eval_chunk must be a whole number of images from 1, got {eval_chunk!r}")
         self.settings, self.worker_id = settings, worker_id
         self.lease_s, self.poll_s, self.device = float(lease_s), float(poll_s), device
         self.engine = make_engine(settings.db_url)
         self.factory = session_factory(self.engine)
-        self.handlers: dict[str, Callable[[_Run], dict[str, Any]]] = {"generate": self._generate, "train": self._train}
+        self.handlers: dict[str, Callable[[_Run], dict[str, Any]]] = {"generate": self._generate, "train": self._train,
+                                                                      "eval": self._eval}
+        self.eval_chunk = eval_chunk  # eval grid cells per chunk: between chunks an eval job may give way
         self.last_error: str | None = None  # the error of the last job this worker ran, None if it succeeded
         self.current_job: int | None = None  # the id of the job being processed, None while idle
         self._model: ModelParts | None = None  # one loaded base model, for the spec of the last job
@@ -352,6 +389,10 @@ class Worker:
         heartbeat.start()
         try:
             result = self.handlers[job.kind](run)
+        except JobYield as gave_way:
+            heartbeat.stop()  # no heartbeat may extend the lease once it is handed back
+            self.last_error = None
+            self._hand_back(job, gave_way, time.monotonic() - start)
         except LeaseLost as exc:
             self.last_error = str(exc)
             log.warning("job %d: %s; this worker's result is discarded", job.id, exc)
@@ -382,8 +423,24 @@ class Worker:
             return
         log.info("job %d is now %s (attempt %d of %d)", job.id, status, job.attempts, job.max_attempts)
 
-    def _publish(self, run: _Run, write: Callable[[Any], None], result: dict[str, Any]) -> None:
-        """Stop heartbeats, then in ONE transaction: write the final progress, complete the job and ``write(session)``.
+    def _hand_back(self, job: ClaimedJob, gave_way: JobYield, seconds: float) -> None:
+        """Queue the job again as it was before this claim (no attempt used, no error), in one transaction that
+        releases the lease, only if this worker still holds it."""
+        try:
+            with write_session(self.factory) as s:
+                job_queue.yield_job(session=s, job_id=job.id, worker_id=self.worker_id, payload=gave_way.payload)
+        except LeaseLost as exc:
+            log.warning("job %d: it was not handed back: %s", job.id, exc)
+            return
+        w = gave_way.waiting
+        log.info("job %d (%s, round %d) YIELDS to job %d (%s, experiment %s), which a person waits for, after %.1f s: "
+                 "%d of %d eval images stored; queued again, attempt %d of %d not counted", job.id, job.kind,
+                 gave_way.round_index, w["id"], w["kind"], w["experiment_id"], seconds, gave_way.images, gave_way.grid,
+                 job.attempts, job.max_attempts)
+
+    def _publish(self, run: _Run, write: Callable[[Any], dict[str, Any] | None], result: dict[str, Any]) -> None:
+        """Stop heartbeats, then in ONE transaction: write the final progress, complete the job and ``write(session)``
+        (a dict it returns is added to the job's result).
 
         ``complete_job`` raises LeaseLost when another worker has taken the job over; nothing is written then.
         """
@@ -392,8 +449,10 @@ class Worker:
         with write_session(self.factory) as s:
             job_queue.heartbeat(session=s, job_id=run.job.id, worker_id=self.worker_id, lease_s=self.lease_s,
                                 progress=run.progress.latest())
-            job_queue.complete_job(session=s, job_id=run.job.id, worker_id=self.worker_id, result=finite_json(result))
-            write(s)
+            done = job_queue.complete_job(session=s, job_id=run.job.id, worker_id=self.worker_id, result=finite_json(result))
+            more = write(s)
+            if more:
+                done.result = finite_json({**result, **more})
             s.flush()
             fault_point("publish", run.job.attempts)
 
@@ -427,19 +486,20 @@ class Worker:
     # -- generate -----------------------------------------------------------------------------
 
     def _generate(self, run: _Run) -> dict[str, Any]:
+        """Round k's query images, published in ONE transaction with round k 'labeling', the job done and round k's
+        eval job queued (once: a re-run finds it). The eval grid is that job's work, so it never delays training."""
         job, progress = run.job, run.progress
         with read_session(self.factory) as s:
             round_row = repo.get_round(session=s, round_id=job.round_id)
             experiment = repo.get_experiment(session=s, experiment_id=round_row.experiment_id)
             k = _payload_round_index(job, round_row.index)
             this = _round_info(s, round_row)
-            parent = comparisons.parent_of(session=s, round_id=this.id)  # index k - 1, or the round rolled back to
-            prev = None if parent is None else _round_info(s, parent)
             existing = {(im.kind, im.prompt, im.seed) for im in repo.list_images(session=s, round_id=this.id)}
             experiment_id, model_spec, cfg = experiment.id, experiment.model_spec, experiment_config(experiment)
             options = experiment_options.of(experiment)
         query_done = any(kind == "query" for kind, _, _ in existing)
-        # a retry after the query images were published may find the round closed already: it only adds the eval grid
+        # a re-run after the query images were published may find the round closed already: it only makes sure that
+        # the round's eval job exists
         if this.status not in ("generating", "labeling") and not query_done:
             raise Conflict(f"round {k} is {this.status!r}; only a 'generating' round gets images")
 
@@ -450,15 +510,16 @@ class Worker:
                          query_seeds(experiment_id, k, n_candidates)))
         if query_done:
             query = [(p, s) for p, s in query[:n] if ("query", p, s) not in existing]
-        grid = [(p, s) for p in dict.fromkeys(cfg.eval_prompts) for s in dict.fromkeys(cfg.eval_seeds)]
+        n_grid = len(_eval_grid(cfg))
         started = time.monotonic()
 
-        progress.set("load_model")
-        parts = self._parts(model_spec)
-        adapter = self._use_adapter(parts, this)
         rows: list[dict[str, Any]] = []
         selection_record: dict[str, Any] | None = None
+        query_wall_s = 0.0
         if query:
+            progress.set("load_model")
+            parts = self._parts(model_spec)
+            adapter = self._use_adapter(parts, this)
             images, emb = generate_batch(parts, adapter, [p for p, _ in query], [s for _, s in query], cfg,
                                          on_progress=progress.callback("sample_query"))
             if not query_done:
@@ -467,65 +528,40 @@ class Worker:
                     reward_dir=storage.resolve(self.settings.data_dir, storage.reward_path(experiment_id, k)) if k else None,
                     device=parts.device)
                 selection_record = chosen
-            # issue 12: the rater's images are published (round 'labeling') before the eval grid is rendered, so the
-            # wait after closing a round does not include the dashboard's grid and its metrics
             query_wall_s = round(time.monotonic() - started, 3)
-            n_query_rows = self._publish_query(run, this.id, experiment_id,
-                                               self._store_images(images, emb, query, "query"), selection_record,
-                                               {"query_images": n, "query_wall_s": query_wall_s})
-        else:
-            query_wall_s, n_query_rows = 0.0, 0
-        eval_metrics: dict[str, Any] = {"n": len(grid), "prompts": len(dict.fromkeys(cfg.eval_prompts)),
-                                        "seeds": list(dict.fromkeys(cfg.eval_seeds))}
-        if grid:
-            # The eval grid is rendered every time (the metrics need the pixels); rows are added only where missing.
-            images, emb = generate_batch(parts, adapter, [p for p, _ in grid], [s for _, s in grid], cfg,
-                                         on_progress=progress.callback("sample_eval"))
-            rows += [r for r in self._store_images(images, emb, grid, "eval") if ("eval", r["prompt"], r["seed"]) not in existing]
-            eval_metrics.update(self._eval_metrics(parts, cfg, experiment_id, k, adapter, prev, images, grid, progress))
-            # issue 14 item 4: image statistics of the eval grid, read by the dashboard's reward-hacking alarms
-            eval_metrics["image_stats"] = alarms.image_stats(to_uint8(images), emb.detach().to("cpu", torch.float64).numpy())
-        metrics = {"generate": {"query_images": n, "eval_images": len(grid), "query_wall_s": query_wall_s,
-                                "wall_s": round(time.monotonic() - started, 3)},
-                   "eval": eval_metrics}
+            rows = self._store_images(images, emb, query, "query")
+        # the job's own time: the query part only (the eval grid is the eval job's, with its own wall_s)
+        generate_metrics = {"query_images": n, "eval_images": n_grid, "query_wall_s": query_wall_s,
+                            "wall_s": round(time.monotonic() - started, 3)}
+        outcome: dict[str, Any] = {}
 
-        def write(s) -> None:
-            self._add_missing_images(s, this.id, rows)
-            if repo.get_round(session=s, round_id=this.id).status == "generating":  # no query images were due
+        def write(s) -> dict[str, Any]:
+            outcome["added"] = self._add_missing_images(s, this.id, rows)
+            round_ = repo.get_round(session=s, round_id=this.id)
+            if round_.status == "generating":  # also when no query images were due: the round opens all the same
                 repo.set_round_status(session=s, round_id=this.id, status="labeling")
-            repo.update_round_metrics(session=s, round_id=this.id, metrics=finite_json(metrics))
-            # issue 14 item 3: the eval grid just stored is the blind A/B material (app.ab); no extra rendering
-            ab_pairs = ab.create_round_pairs(session=s, round_id=this.id, seed=derive_seed(experiment_id, k, "ab-sides"))
-            if ab_pairs:
-                repo.update_round_metrics(session=s, round_id=this.id, metrics={"ab": ab_pairs})
-
-        new_images = n_query_rows + len(rows)
-        self._publish(run, write, {"round_index": k, "new_images": new_images, "query_images": n, "eval_images": len(grid)})
-        return {"round_index": k, "new_images": new_images}
-
-    def _publish_query(self, run: _Run, round_id: int, experiment_id: int, rows: list[dict[str, Any]],
-                       selection_record: dict[str, Any] | None, generate_metrics: dict[str, Any]) -> int:
-        """In ONE transaction, while this worker still holds the job's lease: the query images, the round open for
-        labeling, the selection record and (when the experiment asks for comparisons) the round's pairs.
-
-        The job stays running (it renders the eval grid next); a retry finds the query images and skips them.
-        Returns how many image rows were added."""
-        with write_session(self.factory) as s:
-            if not job_queue.heartbeat(session=s, job_id=run.job.id, worker_id=self.worker_id, lease_s=self.lease_s,
-                                       progress=run.progress.latest()):
-                raise LeaseLost(f"worker {self.worker_id!r} lost the lease of job {run.job.id} to another worker; "
-                                "its images are not published")
-            added = self._add_missing_images(s, round_id, rows)
-            repo.set_round_status(session=s, round_id=round_id, status="labeling")
-            # the final publish replaces "generate" with the whole job's figures
-            published = {"generate": generate_metrics, **({} if selection_record is None else {"selection": selection_record})}
-            repo.update_round_metrics(session=s, round_id=round_id, metrics=finite_json(published))
+            if query or "generate" not in (round_.metrics or {}):  # a re-run with nothing left keeps the first figures
+                published = {"generate": generate_metrics,
+                             **({} if selection_record is None else {"selection": selection_record})}
+                repo.update_round_metrics(session=s, round_id=this.id, metrics=finite_json(published))
             # issue 14 item 1: pairs of query images of one prompt, when the experiment asks for comparisons
-            if pairwise.wants_pairs(pairwise.feedback_of(repo.get_experiment(session=s, experiment_id=experiment_id))):
-                pairwise.create_round_pairs(session=s, experiment_id=experiment_id, round_id=round_id)
+            if rows and pairwise.wants_pairs(pairwise.feedback_of(repo.get_experiment(session=s, experiment_id=experiment_id))):
+                pairwise.create_round_pairs(session=s, experiment_id=experiment_id, round_id=this.id)
+            # the dashboard's eval grid: its own job, queued in this transaction (a crash cannot lose it) and only once
+            eval_job, created = job_queue.ensure_job(session=s, kind="eval", experiment_id=experiment_id, round_id=this.id,
+                                                     payload={"round_index": k})
+            outcome["eval_job"] = eval_job.id
+            if not created:
+                log.info("job %d: round %d's eval job %d exists already (%s); none queued", run.job.id, k, eval_job.id,
+                         eval_job.status)
             s.flush()
             fault_point("publish_query", run.job.attempts)
-        return added
+            return {"new_images": outcome["added"], "eval_job": eval_job.id}
+
+        self._publish(run, write, {"round_index": k, "query_images": n})
+        log.info("job %d: round %d open for labeling with %d new query images in %.1f s; eval grid: job %s",
+                 job.id, k, outcome.get("added", 0), generate_metrics["wall_s"], outcome.get("eval_job"))
+        return {"round_index": k, "new_images": outcome.get("added", 0), "eval_job": outcome.get("eval_job")}
 
     @staticmethod
     def _add_missing_images(s, round_id: int, rows: list[dict[str, Any]]) -> int:
@@ -545,28 +581,143 @@ class Worker:
                          "embedding": emb[i].tobytes(), "embedding_dim": int(emb.shape[1]), "kind": kind})
         return rows
 
-    def _eval_metrics(self, parts: ModelParts, cfg: SeikoConfig, experiment_id: int, k: int, adapter: str | None,
-                      prev: _RoundInfo | None, images: torch.Tensor, grid: list[tuple[str, int]],
+    # -- eval ---------------------------------------------------------------------------------
+
+    def _eval(self, run: _Run) -> dict[str, Any]:
+        """Round k's eval grid (``eval_prompts x eval_seeds`` with adapter k) and its metrics, in chunks of
+        ``eval_chunk`` grid cells.
+
+        Each chunk's images (and, from round 1 on, its trajectory KL to the previous round) are stored in one short
+        transaction while the job holds its lease; the KL values go to the job's payload (``partial``), so a re-run
+        renders only what is missing. After a chunk, if a job a person waits for is claimable (a generate or train job
+        of any experiment), the job gives way (JobYield): the worker hands it back to the queue without using up an
+        attempt and claims that job; the eval job carries on from its stored chunks once nothing else is waiting.
+        Every claim finishes at least one chunk, so it cannot go round in circles. The metrics are computed at the
+        end from the stored grid (PNG pixels and embeddings) and published in one transaction with the job done."""
+        job, progress = run.job, run.progress
+        started = time.monotonic()
+        with read_session(self.factory) as s:
+            round_row = repo.get_round(session=s, round_id=job.round_id)
+            experiment = repo.get_experiment(session=s, experiment_id=round_row.experiment_id)
+            k = _payload_round_index(job, round_row.index)
+            this = _round_info(s, round_row)
+            parent = comparisons.parent_of(session=s, round_id=this.id)  # index k - 1, or the round rolled back to
+            prev = None if parent is None else _round_info(s, parent)
+            stored = {(im.prompt, int(im.seed)) for im in repo.list_images(session=s, round_id=this.id, kind="eval")}
+            experiment_id, model_spec, cfg = experiment.id, experiment.model_spec, experiment_config(experiment)
+        if this.status in ("generating", "failed"):
+            raise Conflict(f"round {k} is {this.status!r}; its eval grid is rendered once its query images are published")
+        grid = _eval_grid(cfg)
+        partial = dict(job.payload.get("partial") or {})
+        kl_done: dict[tuple[str, int], float] = {(str(p), int(sd)): float(v) for p, sd, v in partial.get("kl") or []}
+        want_kl = k > 0 and prev is not None and cfg.sampling.eta > 0
+        to_render = {c for c in grid if c not in stored}
+        to_kl = {c for c in grid if want_kl and c not in kl_done}
+        todo = [c for c in grid if c in to_render or c in to_kl]
+        before_s = float(partial.get("wall_s") or 0.0)  # the earlier claims' time on this job (it may have given way)
+
+        def state() -> dict[str, Any]:
+            return {**partial, "kl": [[p, sd, v] for (p, sd), v in kl_done.items()],
+                    "wall_s": round(before_s + time.monotonic() - started, 3)}
+
+        if todo:
+            progress.set("load_model")
+            parts = self._parts(model_spec)
+            adapter = self._use_adapter(parts, this)
+            reference = self._use_adapter(parts, prev) if to_kl and prev is not None else None
+            steps, chunk = cfg.sampling.steps, self.eval_chunk
+            # the images first (the dashboard shows them as they come), then the KL; chunks of at most `chunk` cells
+            render, measure = [c for c in grid if c in to_render], [c for c in grid if c in to_kl]
+            work = ([("render", render[i:i + chunk]) for i in range(0, len(render), chunk)]
+                    + [("kl", measure[i:i + chunk]) for i in range(0, len(measure), chunk)])
+            report = progress.callback("sample_eval")
+            rendered = measured = 0
+            for i, (what, cells) in enumerate(work):
+                rows: list[dict[str, Any]] = []
+                if what == "render":
+                    def on_progress(step: int, total: int, metrics: dict, offset: int = rendered * steps) -> None:
+                        report(offset + step, len(render) * steps, metrics)  # this claim's whole rendering
+
+                    images, emb = generate_batch(parts, adapter, [p for p, _ in cells], [sd for _, sd in cells], cfg,
+                                                 on_progress=on_progress)
+                    rows = self._store_images(images, emb, cells, "eval")
+                    rendered += len(cells)
+                else:
+                    progress.set("eval_kl", measured, len(measure))
+                    kl = trajectory_kl(parts, [p for p, _ in cells], [sd for _, sd in cells], adapter=adapter,
+                                       reference=reference, steps=steps, eta=cfg.sampling.eta,
+                                       guidance=cfg.sampling.guidance, batch_size=cfg.sampling.batch_size)
+                    kl_done.update(zip(cells, (float(v) for v in kl)))
+                    measured += len(cells)
+                    progress.set("eval_kl", measured, len(measure))
+                last = i == len(work) - 1
+                waiting = self._save_eval_chunk(run, this.id, rows, state(), look=not last)
+                if waiting is not None:
+                    gave_way = {**state(), "yields": int(partial.get("yields") or 0) + 1}
+                    raise JobYield(waiting, round_index=k, images=len(grid) - len(to_render) + rendered, grid=len(grid),
+                                   payload={**job.payload, "partial": gave_way})
+
+        eval_metrics = self._eval_metrics(cfg, experiment_id, k, this.id, prev, grid, kl_done if want_kl else None,
+                                          progress)
+        eval_metrics["wall_s"] = state()["wall_s"]  # the eval job's own time, over all its claims
+        eval_metrics["yields"] = int(partial.get("yields") or 0)  # how often it gave way to work a person waited for
+
+        def write(s) -> None:
+            repo.update_round_metrics(session=s, round_id=this.id, metrics={"eval": finite_json(eval_metrics)})
+            # issue 14 item 3: the eval grid just stored is the blind A/B material (app.ab); no extra rendering
+            ab_pairs = ab.create_round_pairs(session=s, round_id=this.id, seed=derive_seed(experiment_id, k, "ab-sides"))
+            if ab_pairs:
+                repo.update_round_metrics(session=s, round_id=this.id, metrics={"ab": ab_pairs})
+
+        self._publish(run, write, {"round_index": k, "eval_images": len(grid), "rendered": len(to_render)})
+        return {"round_index": k, "eval_images": len(grid), "rendered": len(to_render), "yields": eval_metrics["yields"]}
+
+    def _save_eval_chunk(self, run: _Run, round_id: int, rows: list[dict[str, Any]], partial: dict[str, Any], *,
+                         look: bool) -> dict[str, Any] | None:
+        """In ONE transaction, while this worker still holds the job (LeaseLost otherwise): the chunk's eval image rows
+        (only the missing ones) and the job's progress so far (its payload's ``partial``). With ``look``, returns the
+        job a person waits for that is claimable now ({"id", "kind", "experiment_id"}), else None."""
+        with write_session(self.factory) as s:
+            job_queue.save_payload(session=s, job_id=run.job.id, worker_id=self.worker_id,
+                                   payload={**run.job.payload, "partial": partial})
+            self._add_missing_images(s, round_id, rows)
+            s.flush()
+            fault_point("eval_chunk", run.job.attempts)
+            waiting = job_queue.waiting_job(session=s, kinds=job_queue.PERSON_KINDS) if look else None
+            return None if waiting is None else {"id": waiting.id, "kind": waiting.kind, "experiment_id": waiting.experiment_id}
+
+    def _eval_metrics(self, cfg: SeikoConfig, experiment_id: int, k: int, round_id: int, prev: _RoundInfo | None,
+                      grid: list[tuple[str, int]], kl: dict[tuple[str, int], float] | None,
                       progress: JobProgress) -> dict[str, Any]:
-        """Predicted reward and head spread on the eval grid (reward model of round k), trajectory KL to round k-1."""
-        out: dict[str, Any] = {}
-        if k == 0 or prev is None:
+        """The grid's metrics from what is stored: its size; image statistics (app.alarms) of the PNGs and embeddings;
+        from round 1 on the predicted reward and head spread under round k's reward model, and the trajectory KL to
+        the previous round (``kl``, per grid cell)."""
+        out: dict[str, Any] = {"n": len(grid), "prompts": len(dict.fromkeys(cfg.eval_prompts)),
+                               "seeds": list(dict.fromkeys(cfg.eval_seeds))}
+        if not grid:
             return out
-        reward_dir = storage.resolve(self.settings.data_dir, storage.reward_path(experiment_id, k))
-        if reward_dir.exists():
-            progress.set("eval_reward")
-            verify(reward_dir)
-            ensemble = RewardEnsemble.load(reward_dir, device=parts.device)
-            out["pred_reward"], out["head_spread"] = predicted_reward(parts, ensemble, images)
-            out["reward_model_round"] = k
-        if cfg.sampling.eta > 0:
-            progress.set("eval_kl")
-            reference = self._use_adapter(parts, prev)
-            kl = trajectory_kl(parts, [p for p, _ in grid], [s for _, s in grid], adapter=adapter, reference=reference,
-                               steps=cfg.sampling.steps, eta=cfg.sampling.eta, guidance=cfg.sampling.guidance,
-                               batch_size=cfg.sampling.batch_size)
-            out["kl_to_prev"] = float(kl.mean())
-            out["kl_to_prev_max"] = float(kl.max())
+        with read_session(self.factory) as s:
+            by_cell = {(im.prompt, int(im.seed)): (im.file_path, im.embedding)
+                       for im in repo.list_images(session=s, round_id=round_id, kind="eval")}
+        missing = [c for c in grid if c not in by_cell]
+        if missing:
+            raise RuntimeError(f"round {k}'s eval grid lacks {len(missing)} of its {len(grid)} images after rendering")
+        emb = np.stack([np.frombuffer(by_cell[c][1], dtype="<f4") for c in grid]).astype(np.float32)
+        pixels = np.stack([_png_pixels(storage.resolve(self.settings.data_dir, by_cell[c][0])) for c in grid])
+        if k > 0 and prev is not None:
+            reward_dir = storage.resolve(self.settings.data_dir, storage.reward_path(experiment_id, k))
+            if reward_dir.exists():
+                progress.set("eval_reward")
+                verify(reward_dir)
+                ensemble = RewardEnsemble.load(reward_dir, device="cpu")
+                out["pred_reward"], out["head_spread"] = predicted_reward_of_embeddings(ensemble, torch.from_numpy(emb))
+                out["reward_model_round"] = k
+            if kl is not None:
+                values = np.array([kl[c] for c in grid], dtype=np.float64)
+                out["kl_to_prev"] = float(values.mean())
+                out["kl_to_prev_max"] = float(values.max())
+        # issue 14 item 4: image statistics of the eval grid, read by the dashboard's reward-hacking alarms
+        out["image_stats"] = alarms.image_stats(pixels, emb.astype(np.float64))
         return out
 
     # -- train --------------------------------------------------------------------------------

@@ -6,6 +6,10 @@ A worker claims a job for ``lease_s`` seconds (``claim_job``) and extends the le
 (``LeaseLost``), so its late result is rolled back with its transaction. An admin can queue a failed job again
 (``retry_job``).
 
+Priority: a person waits for "generate" and "train" jobs (the next images); an "eval" job (the dashboard's eval grid)
+waits for nobody. ``claim_job`` takes the person's work first, and a running eval job looks for it between chunks of
+its work (``waiting_job``) and hands itself back (``yield_job``) without using up an attempt.
+
 Same conventions as ``db.repo``: keyword-only functions taking the session they work in; they flush, never commit;
 bad input raises a ``db.errors`` exception with one clear sentence before anything is written. ``db.repo`` uses
 ``enqueue_job``, ``live_job`` and ``cancel_jobs`` for the rounds and experiments whose state queues or cancels jobs
@@ -18,7 +22,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, case, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.checks import check_choice, check_int, check_json, check_lease, check_name, check_now
@@ -38,6 +42,10 @@ def _round(session: Session, round_id: int) -> Round:
     if round_ is None:
         raise NotFound(f"there is no round with id {round_id}")
     return round_
+
+
+# the kinds a person waits for (the next round's images); the others ("eval") run when none of these is claimable
+PERSON_KINDS = ("generate", "train")
 
 
 def live_job(session: Session, now: datetime, **where: Any) -> Job | None:
@@ -92,6 +100,28 @@ def enqueue_job(
     return job
 
 
+def ensure_job(
+    *,
+    session: Session,
+    kind: str,
+    experiment_id: int,
+    round_id: int,
+    payload: dict[str, Any] | None = None,
+    max_attempts: int = 3,
+) -> tuple[Job, bool]:
+    """The round's job of ``kind`` that is queued, running or done, else a new one queued; returns (job, created).
+
+    For work queued by another job's publishing transaction: a re-run of that job (after a crash, or queued again by
+    an operator) finds the first one instead of queuing the work twice. A failed one is no obstacle."""
+    check_choice("job kind", kind, JOB_KINDS)
+    existing = session.scalar(select(Job).where(Job.round_id == round_id, Job.kind == kind,
+                                                Job.status.in_(("queued", "running", "done"))).order_by(Job.id))
+    if existing is not None:
+        return existing, False
+    return enqueue_job(session=session, kind=kind, experiment_id=experiment_id, round_id=round_id, payload=payload,
+                       max_attempts=max_attempts), True
+
+
 def get_job(*, session: Session, job_id: int) -> Job:
     job = session.get(Job, job_id)
     if job is None:
@@ -109,6 +139,32 @@ def list_jobs(*, session: Session, status: str | None = None, experiment_id: int
     return list(session.scalars(stmt))
 
 
+def _claimable(now: datetime) -> Any:
+    """Queued, or running with an expired lease (its worker stopped heartbeating); attempts left; not of a paused
+    experiment (its jobs wait until it is resumed; a job already running when it was paused finishes)."""
+    expired = and_(Job.status == "running", Job.lease_expires_at < now)
+    paused = select(Experiment.id).where(Experiment.status == "paused")
+    return and_(
+        or_(Job.status == "queued", expired),
+        Job.attempts < Job.max_attempts,
+        or_(Job.experiment_id.is_(None), Job.experiment_id.not_in(paused)),  # a paused experiment's jobs wait
+    )
+
+
+# claim order: the kinds a person waits for first, then the oldest (works alike on SQLite and PostgreSQL)
+_PRIORITY = case((Job.kind.in_(PERSON_KINDS), 0), else_=1)
+
+
+def waiting_job(*, session: Session, kinds: Iterable[str] = PERSON_KINDS, now: datetime | None = None) -> Job | None:
+    """The job of ``kinds`` that ``claim_job`` would take next (of any experiment), or None; reads, locks nothing.
+
+    A running eval job asks this between chunks of its work: it gives way when a person's job is claimable (one of a
+    paused experiment is not, so it is no reason to give way)."""
+    now = check_now(now)
+    kinds = [check_choice("job kind", k, JOB_KINDS) for k in kinds]
+    return session.scalar(select(Job).where(_claimable(now), Job.kind.in_(kinds)).order_by(Job.id).limit(1))
+
+
 def claim_job(
     *,
     session: Session,
@@ -117,7 +173,8 @@ def claim_job(
     kinds: Iterable[str] | None = None,
     now: datetime | None = None,
 ) -> Job | None:
-    """Atomically take the oldest claimable job for ``worker_id``, or None if there is none.
+    """Atomically take the next claimable job for ``worker_id``, or None if there is none: a job a person waits for
+    ("generate", "train") before an "eval" job, then the oldest.
 
     Claimable: queued, or running with an expired lease (its worker stopped heartbeating), and not of a paused
     experiment (its jobs wait until it is resumed; a job already running when it was paused finishes).
@@ -142,18 +199,14 @@ def claim_job(
         ),
         execution_options={"synchronize_session": False},
     )
-    paused = select(Experiment.id).where(Experiment.status == "paused")
-    claimable = and_(
-        or_(Job.status == "queued", expired),
-        Job.attempts < Job.max_attempts,
-        or_(Job.experiment_id.is_(None), Job.experiment_id.not_in(paused)),  # a paused experiment's jobs wait
-    )
+    claimable = _claimable(now)
     if kinds is not None:
         claimable = and_(claimable, Job.kind.in_(kinds))
-    oldest = select(Job.id).where(claimable).order_by(Job.id).limit(1).with_for_update(skip_locked=True).scalar_subquery()
+    first = (select(Job.id).where(claimable).order_by(_PRIORITY, Job.id).limit(1).with_for_update(skip_locked=True)
+             .scalar_subquery())
     stmt = (
         update(Job)
-        .where(Job.id == oldest, claimable)
+        .where(Job.id == first, claimable)
         .values(
             status="running",
             lease_owner=worker_id,
@@ -241,15 +294,53 @@ def fail_job(*, session: Session, job_id: int, worker_id: str, error: str, retry
     return job
 
 
-# the round status each job kind works on: retrying a job whose round has moved on would do nothing useful
-_JOB_ROUND_STATUS = {"generate": "generating", "train": "training"}
+def save_payload(*, session: Session, job_id: int, worker_id: str, payload: dict[str, Any]) -> Job:
+    """Replace a running job's payload (what a re-run needs to carry on where this one stopped), if ``worker_id``
+    still owns it; raises LeaseLost otherwise."""
+    if not isinstance(payload, dict):
+        raise InvalidInput(f"payload must be a dict, got {type(payload).__name__}")
+    check_json("payload", payload)
+    job = _owned_running_job(session, job_id, worker_id)
+    job.payload = dict(payload)
+    job.updated_at = utcnow()
+    session.flush()
+    return job
+
+
+def yield_job(*, session: Session, job_id: int, worker_id: str, payload: dict[str, Any] | None = None,
+              now: datetime | None = None) -> Job:
+    """Hand a running job back to the queue without using up an attempt (it gave way to work a person waits for).
+
+    Only while ``worker_id`` owns it (LeaseLost otherwise, and nothing changes): queued again with the attempt count
+    it had before this claim, no lease, no error recorded; ``payload`` (if given) replaces its payload. The caller
+    stops its heartbeats first, so the lease is released in this one transaction."""
+    now = check_now(now)
+    if payload is not None:
+        if not isinstance(payload, dict):
+            raise InvalidInput(f"payload must be a dict, got {type(payload).__name__}")
+        check_json("payload", payload)
+    job = _owned_running_job(session, job_id, worker_id)
+    job.status = "queued"
+    job.attempts = max(0, job.attempts - 1)  # the claim counted an attempt; a job that gave way did not use it
+    job.lease_owner = None
+    job.lease_expires_at = None
+    job.updated_at = now
+    if payload is not None:
+        job.payload = dict(payload)
+    session.flush()
+    return job
+
+
+# the round statuses in which each job kind has work left: retrying a job whose round has moved on would do nothing
+JOB_ROUND_STATUS = {"generate": ("generating",), "train": ("training",), "eval": ("labeling", "training", "done")}
 
 
 def retry_job(*, session: Session, job_id: int) -> Job:
     """Queue a failed job again with all its attempts (an admin's retry after fixing the cause).
 
     Refused unless the job failed, its experiment is not finished, its round still waits for it (a generate job's
-    round is 'generating', a train job's 'training') and no other job of that kind is waiting or running for it."""
+    round is 'generating', a train job's 'training', an eval job's past 'generating') and no other job of that kind
+    is waiting or running for it."""
     job = session.scalars(
         select(Job).where(Job.id == check_int("job id", job_id)).with_for_update(), execution_options={"populate_existing": True}
     ).one_or_none()
@@ -263,8 +354,8 @@ def retry_job(*, session: Session, job_id: int) -> Job:
             raise Conflict(f"experiment {experiment.name!r} is finished; its jobs cannot be retried")
     if job.round_id is not None:
         round_ = _round(session, job.round_id)
-        wanted = _JOB_ROUND_STATUS.get(job.kind)
-        if wanted is not None and round_.status != wanted:
+        wanted = JOB_ROUND_STATUS.get(job.kind)
+        if wanted is not None and round_.status not in wanted:
             raise Conflict(f"round {round_.index} is {round_.status!r} now, so {job.kind} job {job_id} has nothing left to do")
         other = session.scalar(select(Job.id).where(Job.round_id == job.round_id, Job.kind == job.kind, Job.id != job.id,
                                                     Job.status.in_(("queued", "running"))))

@@ -160,10 +160,12 @@ def set_raters_see_dashboard(*, session: Session, experiment_id: int, allowed: b
 
 
 def finish_experiment(*, session: Session, experiment_id: int, now: datetime | None = None) -> Experiment:
-    """End an experiment for good: its queued jobs are cancelled, a round open for labeling or waiting for training
-    is marked done, a round still waiting for its images failed. Ratings, images and adapters stay.
+    """End an experiment for good: its queued jobs are cancelled (eval jobs too: a round's eval grid stays as far
+    as it got), a round open for labeling or waiting for training is marked done, a round still waiting for its
+    images failed. Ratings, images and adapters stay.
 
-    Refused while the worker is running one of its jobs (wait for it to finish)."""
+    Refused while the worker is running one of its jobs (wait for it to finish; an eval job gives way between
+    chunks only to work a person waits for)."""
     now = _now(now)
     experiment = get_experiment(session=session, experiment_id=experiment_id)
     if experiment.status == "finished":
@@ -323,7 +325,8 @@ def close_round(*, session: Session, experiment_id: int, expected_index: int | N
 
 
 def reopen_round(*, session: Session, round_id: int, now: datetime | None = None) -> Round:
-    """Open a round that was closed for training for labeling again; its waiting or failed train job is cancelled.
+    """Open a round that was closed for training for labeling again; its waiting or failed train job is cancelled
+    (its eval job, if any, is left alone: the round's model and so its eval grid do not change).
 
     Refused while the worker is training on it, once its training result is published (the next round exists),
     and for a finished experiment."""
@@ -336,7 +339,8 @@ def reopen_round(*, session: Session, round_id: int, now: datetime | None = None
         return round_
     if round_.status != "training":
         raise Conflict(f"round {round_.index} is {round_.status!r}; only a round closed for training can be reopened")
-    running = job_queue.live_job(session, now, round_id=round_.id)
+    # only its training stands in the way: the round's eval grid (an "eval" job, queued or running) stays valid
+    running = job_queue.live_job(session, now, round_id=round_.id, kind="train")
     if running is not None:
         raise Conflict(f"the worker is training on round {round_.index} now (job {running.id}); wait until it finishes "
                        "or fails")

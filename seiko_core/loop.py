@@ -129,7 +129,12 @@ def train_round(parts, embeddings: torch.Tensor, scores: torch.Tensor | None, cf
 @torch.no_grad()
 def predicted_reward(parts, ensemble: RewardEnsemble, images: torch.Tensor) -> tuple[float, float]:
     """(mean prediction over images and heads, mean across-head std) of the ensemble on ``images``."""
-    emb = embed_images_batched(parts, images.to(parts.device))
+    return predicted_reward_of_embeddings(ensemble, embed_images_batched(parts, images.to(parts.device)))
+
+
+@torch.no_grad()
+def predicted_reward_of_embeddings(ensemble: RewardEnsemble, emb: torch.Tensor) -> tuple[float, float]:
+    """:func:`predicted_reward` from the images' embeddings (e.g. those stored with them)."""
     preds = ensemble(emb.to(next(ensemble.parameters()).device)).cpu()
     spread = float(preds.std(1, unbiased=False).mean()) if preds.shape[1] > 1 else 0.0
     return float(preds.mean()), spread

@@ -69,9 +69,11 @@ from db.engine import read_session
 from db.models import Checkpoint, Image, Job, Rating, Round, utcnow
 from seiko_core.checkpoint import MANIFEST, sha256_file, verify
 
-PHASES = ("claim", "snapshot", "reward_fit", "finetune", "save", "publish", "sample_query", "publish_query", "sample_eval")
+PHASES = ("claim", "snapshot", "reward_fit", "finetune", "save", "publish", "sample_query", "publish_query", "sample_eval",
+          "eval_chunk")
 TRAIN_ONLY = {"snapshot", "reward_fit", "finetune", "save"}
-GENERATE_ONLY = {"sample_query", "publish_query", "sample_eval"}
+GENERATE_ONLY = {"sample_query", "publish_query"}
+EVAL_ONLY = {"sample_eval", "eval_chunk"}  # the eval job's (the dashboard's eval grid, queued by the generate job)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,9 +85,11 @@ def check_worker_invariants(lab: Lab, eid: int, rated: dict[tuple[int, int], int
                             errors_allowed: bool = False) -> int:
     """Everything that must hold whatever a kill interrupted; returns the number of rounds.
 
-    Rounds contiguous; one generate job per round, at most one train job; every round after 0 published
-    exactly once (one checkpoint) with an adapter that verifies against the recorded manifest hash; a round's
-    images all there or none (and whole, content-addressed); the ratings exactly those acknowledged; no job
+    Rounds contiguous; one generate job per round, at most one train job, one eval job once the round is past
+    'generating' (none before); every round after 0 published exactly once (one checkpoint) with an adapter that
+    verifies against the recorded manifest hash; a round's query images all there or none, its eval grid complete
+    once its eval job is done (filled chunk by chunk before), all whole and content-addressed; the ratings exactly
+    those acknowledged; no job
     failed (nor recorded an error, unless ``errors_allowed``: a queued retry after a clean failure); with
     ``live_worker``, every running job is held by it within its lease (none stuck past a lease);
     nothing partial under a final adapter or reward-model name.
@@ -103,8 +107,11 @@ def check_worker_invariants(lab: Lab, eid: int, rated: dict[tuple[int, int], int
         for r in rounds:
             n_gen = sum(1 for j in jobs if j.kind == "generate" and j.round_id == r.id)
             n_train = sum(1 for j in jobs if j.kind == "train" and j.round_id == r.id)
+            n_evaljobs = sum(1 for j in jobs if j.kind == "eval" and j.round_id == r.id)
             assert n_gen == 1, f"round {r.index} has {n_gen} generate jobs"
             assert n_train <= 1, f"round {r.index} has {n_train} train jobs"
+            # the generate job queues the eval job in the transaction that opens the round, exactly once
+            assert n_evaljobs == (0 if r.status == "generating" else 1), f"round {r.index} ({r.status}) has {n_evaljobs} eval jobs"
             checkpoints = s.query(Checkpoint).filter_by(round_id=r.id).all()
             if r.index == 0:
                 assert not checkpoints and r.adapter_path is None
@@ -117,10 +124,10 @@ def check_worker_invariants(lab: Lab, eid: int, rated: dict[tuple[int, int], int
             if r.status == "generating":
                 assert not images, f"round {r.index} is generating but has {len(images)} image rows"
             else:
-                # the query images open the round; the eval grid is added by the same generate job just after
+                # the query images open the round; the eval job adds the eval grid chunk by chunk afterwards
                 kinds = Counter(im.kind for im in images)
-                gen_done = s.query(Job).filter_by(round_id=r.id, kind="generate", status="done").count() > 0
-                allowed = [n_eval] if gen_done else [0, n_eval]
+                eval_done = s.query(Job).filter_by(round_id=r.id, kind="eval", status="done").count() > 0
+                allowed = [n_eval] if eval_done else list(range(n_eval + 1))
                 assert kinds["query"] == round_budget(cfg, r.index) and kinds["eval"] in allowed \
                     and set(kinds) <= {"query", "eval"}, (r.index, kinds)
             for im in images:
@@ -502,7 +509,9 @@ def run_disk_full(root: Path, model_dir: Path, trials: int, *, db_template: Path
                     assert "No space left on device" in error or "Errno 28" in error, f"expected ENOSPC, got {error!r}"
                     result.errors_seen.append(error[:200])
                     with read_session(lab.factory) as s:
-                        (job,) = [j for j in job_queue.list_jobs(session=s, experiment_id=eid) if j.status != "done"]
+                        # (rounds 0 and 1's eval jobs wait behind the train job: not run here)
+                        (job,) = [j for j in job_queue.list_jobs(session=s, experiment_id=eid)
+                                  if j.status != "done" and j.kind != "eval"]
                         assert job.kind == "train" and job.status == "queued" and job.attempts == 1 and job.error == error
                         assert [r.index for r in repo.list_rounds(session=s, experiment_id=eid)] == [0, 1]
                         assert repo.get_round_by_index(session=s, experiment_id=eid, index=1).status == "training"

@@ -225,7 +225,7 @@ def shoot(url: str, out: Path, *, last_round: int, timeout_s: float = 600) -> No
 
         page.get_by_role("tab", name="Dashboard").click()
         settle("#taste-plot img, #taste-plot svg, #taste-plot canvas", "the taste plot", 60_000)
-        # the worker renders the last round's eval grid after its query images: wait for that column
+        # the last round's eval job renders its eval grid after the query images are out: wait for that column
         settle(f"#eval-grid th:text-is('round {last_round}')", f"round {last_round}'s eval-grid column", wait_ms)
         page.wait_for_timeout(4000)  # the dashboard's next refresh draws what came meanwhile
         page.screenshot(path=str(out / "dashboard.png"), full_page=True)

@@ -1,5 +1,5 @@
-"""The worker and issue 14 item 3 on the tiny random-weight model: A/B pairs from the eval grid after each round is
-generated, and a rollback whose next round starts from the chosen round's adapter (compared tensor by tensor)."""
+"""The worker and issue 14 item 3 on the tiny random-weight model: A/B pairs from the eval grid after each round's
+eval job, and a rollback whose next round starts from the chosen round's adapter (compared tensor by tensor)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,14 @@ def _train(world, worker, eid, raters):
     world.rate_open_round(eid, raters, lambda image_id, rater_id: 1 + (image_id * 7 + rater_id) % 10)
     services.close_round(factory=world.factory, experiment_id=eid)
     assert worker.run_once() and worker.last_error is None  # train
-    assert worker.run_once() and worker.last_error is None  # generate the new round (and its A/B pairs)
+    assert worker.run_once() and worker.last_error is None  # generate the new round
+    _eval_grids(worker)  # the eval jobs waiting: their grids and the new round's A/B pairs
+
+
+def _eval_grids(worker):
+    """Run the queued eval jobs (oldest first: a round's grid is there before the next round pairs with it)."""
+    while worker.run_once():
+        assert worker.last_error is None
 
 
 def test_ab_pairs_each_round_and_rollback_trains_from_the_chosen_adapter(worker_world, monkeypatch):
@@ -88,7 +95,8 @@ def test_ab_pairs_each_round_and_rollback_trains_from_the_chosen_adapter(worker_
     round3 = _round(world, eid, 3)
     assert round3.parent_round_id == round1.id and round3.metrics["train"]["snapshot"]["from_round"] == 1
     assert _round(world, eid, 2).status == "done"  # the other branch stays in the history
-    assert worker.run_once() and worker.last_error is None  # generate round 3: pairs against round 1 and the base
+    assert worker.run_once() and worker.last_error is None  # generate round 3
+    _eval_grids(worker)  # its eval job: pairs against round 1 and the base
     pairs3 = _ab_pairs(world, eid, round3.id)
     assert sorted(sorted((a, b)) for a, b, _, _ in pairs3) == [[0, 3]] * 4 + [[1, 3]] * 4
     assert _round(world, eid, 3).metrics["ab"]["previous_index"] == 1

@@ -91,7 +91,7 @@ def test_three_workers_on_postgresql_two_experiments_one_killed(pg_lab, tmp_path
         jobs = [collections.namedtuple("J", "id kind round_id status attempts lease_owner")(
             j.id, j.kind, j.round_id, j.status, j.attempts, j.lease_owner)
             for e in experiments for j in job_queue.list_jobs(session=s, experiment_id=e, limit=1000)]
-    assert len(jobs) == 2 * (2 * LAST_ROUND + 1)  # per experiment: generate 0..2, train 0..1
+    assert len(jobs) == 2 * (3 * LAST_ROUND + 2)  # per experiment: generate 0..2, eval 0..2, train 0..1
     done_lines = collections.Counter(int(m) for t in texts.values() for m in re.findall(r"job (\d+) \(\w+\) done in", t))
     assert {j.id: done_lines[j.id] for j in jobs} == {j.id: 1 for j in jobs}, done_lines
     per_round_kind = collections.Counter((j.round_id, j.kind) for j in jobs)

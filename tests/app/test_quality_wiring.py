@@ -139,7 +139,8 @@ def test_the_worker_records_eval_image_stats_and_trains_on_standardised_scores(w
     world = worker_world
     eid = world.create_experiment("quality")
     worker = world.worker()
-    assert worker.run_once() and worker.last_error is None
+    assert worker.run_once() and worker.last_error is None  # generate round 0
+    assert worker.run_once() and worker.last_error is None  # its eval job
     with read_session(world.factory) as s:
         round0 = repo.get_round_by_index(session=s, experiment_id=eid, index=0)
         stats = round0.metrics["eval"]["image_stats"]

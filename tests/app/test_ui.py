@@ -395,3 +395,19 @@ def test_dashboard_table_plot_grid_and_worker(ui_world):
     assert grid.count("data:image/png;base64,") == 2 and "round 0" in grid
     assert ui_dashboard.metric({"train": {"finetune": {"kl_last": 0.5}}}, "kl") == 0.5
     assert ui_dashboard.metric({}, "kl") is None
+
+
+def test_dashboard_names_the_job_the_worker_takes_next_and_the_eval_grid(ui_world):
+    """An older eval job waits behind a train job (db.jobs.claim_job): the dashboard names the train job as next;
+    a running eval job reads as the eval grid."""
+    with write_session(ui_world.factory) as s:
+        eval_id = job_queue.enqueue_job(session=s, kind="eval", experiment_id=ui_world.experiment_id,
+                                        round_id=ui_world.round_id, payload={"round_index": 0}).id
+    assert f"job {eval_id} (eval grid) is waiting for the worker" in ui_dashboard.load(ui_world.factory, None).worker
+    with write_session(ui_world.factory) as s:
+        train_id = job_queue.enqueue_job(session=s, kind="train", experiment_id=ui_world.experiment_id,
+                                         round_id=ui_world.round_id).id
+    assert f"job {train_id} (train) is waiting for the worker" in ui_dashboard.load(ui_world.factory, None).worker
+    with write_session(ui_world.factory) as s:
+        job_queue.claim_job(session=s, worker_id="w1", lease_s=60, kinds=["eval"])
+    assert f"rendering the eval grid for round 0 (job {eval_id}" in ui_dashboard.load(ui_world.factory, None).worker

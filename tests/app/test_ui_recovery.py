@@ -303,3 +303,29 @@ def test_a_waiting_rater_sees_the_workers_progress_and_the_expected_wait(ui_worl
     assert "next images in about 24 s" in view.progress and "width:25.0%" in view.progress  # 20 + 3.5, 3 of 12
     api = ui_rate.api_batch(ui_world.factory, ui_world.settings.data_dir, who(ui_world, "alice"), limit=4)
     assert api["items"] == [] and api["progress"]["next_round"]["estimate_s"] == 23.5
+
+
+def test_the_next_images_never_wait_for_the_eval_grid(ui_world):
+    """A queued or running eval job (the dashboard's eval grid) is not what a rater waits for: the rating page shows
+    the train job; while a worker is still on an eval grid it says so (the grid gives way after its current chunk)."""
+    rate_all(ui_world, ["alice"])
+    with write_session(ui_world.factory) as s:  # round 0's eval grid is being rendered when the round closes
+        eval_id = job_queue.enqueue_job(session=s, kind="eval", experiment_id=ui_world.experiment_id,
+                                        round_id=ui_world.round_id, payload={"round_index": 0}).id
+        assert job_queue.claim_job(session=s, worker_id="w1", lease_s=60).id == eval_id
+        assert job_queue.heartbeat(session=s, job_id=eval_id, worker_id="w1", lease_s=60,
+                                   progress={"phase": "sample_eval", "step": 1, "total": 4, "eta_s": 9.0})
+    ui_admin.close_round(ui_world.factory, who(ui_world, "root"), ui_world.experiment_id, expected_index=0)
+    view = page(ui_world, "alice")
+    assert "Learning from your ratings: waiting for the worker to start" in view.progress
+    assert "finishing a part of the dashboard's eval grid" in view.progress and "sample eval" not in view.progress
+    api = ui_rate.api_batch(ui_world.factory, ui_world.settings.data_dir, who(ui_world, "alice"), limit=4)
+    assert api["progress"]["next_round"]["job"] == "train" and api["progress"]["next_round"]["behind"] == "eval"
+    with write_session(ui_world.factory) as s:  # the eval job gives way; the worker takes the train job
+        job_queue.yield_job(session=s, job_id=eval_id, worker_id="w1")
+        job = job_queue.claim_job(session=s, worker_id="w1", lease_s=60)
+        assert job.kind == "train"
+        job_queue.heartbeat(session=s, job_id=job.id, worker_id="w1", lease_s=60,
+                            progress={"phase": "finetune", "step": 3, "total": 12, "eta_s": 20.0})
+    view = page(ui_world, "alice")
+    assert "Learning from your ratings (finetune, step 3 of 12)" in view.progress and "eval grid" not in view.progress

@@ -119,11 +119,19 @@ def test_generate_then_train_publishes_the_next_round(worker_world_any_db):
     eid = world.create_experiment("e2e")
     worker = world.worker()
 
-    # 1. generate round 0: query images, the eval grid, round 'labeling'
+    # 1. generate round 0: query images, round 'labeling', round 0's eval job queued
     assert worker.run_once() is True
     assert worker.last_error is None
     round0 = _round(world, eid, 0)
-    assert round0.status == "labeling"
+    assert round0.status == "labeling" and not _images(world, round0.id, "eval")
+    (gen0,) = _jobs(world, eid, "generate")
+    assert gen0.status == "done" and gen0.progress["phase"] == "done" and gen0.result["new_images"] == 4
+    (eval0,) = _jobs(world, eid, "eval")
+    assert (eval0.status, eval0.round_id, eval0.payload, gen0.result["eval_job"]) == ("queued", round0.id, {"round_index": 0}, eval0.id)
+    # then the eval job: the eval grid and its metrics
+    assert worker.run_once() is True
+    assert worker.last_error is None
+    round0 = _round(world, eid, 0)
     query, evals = _images(world, round0.id, "query"), _images(world, round0.id, "eval")
     assert len(query) == 4 and len(evals) == 2 * 2
     held_out = SHAPES_EVAL_PROMPTS[:2]  # the preset's held-out prompts (never sampled), cut to 2 by tiny_worker_config
@@ -133,9 +141,14 @@ def test_generate_then_train_publishes_the_next_round(worker_world_any_db):
         assert hashlib.sha256(path.read_bytes()).hexdigest() == im.sha256 and path.name == f"{im.sha256}.png"
         assert im.embedding_dim == 64 and len(im.embedding) == 4 * 64
     assert len({im.seed for im in query}) == 4
-    (gen0,) = _jobs(world, eid, "generate")
-    assert gen0.status == "done" and gen0.progress["phase"] == "done" and gen0.result["new_images"] == 8
+    (eval0,) = _jobs(world, eid, "eval")
+    assert eval0.status == "done" and eval0.attempts == 1 and eval0.result["rendered"] == 4
     assert round0.metrics["eval"]["n"] == 4 and "kl_to_prev" not in round0.metrics["eval"]  # round 0 has no previous model
+    assert round0.metrics["eval"]["wall_s"] > 0 and round0.metrics["eval"]["yields"] == 0
+    assert set(round0.metrics["eval"]["image_stats"]) >= {"n", "saturation", "diversity_embedding", "diversity_pixels"}
+    # the generate job's own time is the query part: it ended before the eval job started
+    gen = round0.metrics["generate"]
+    assert gen["wall_s"] >= gen["query_wall_s"] > 0 and gen["eval_images"] == 4 and gen["query_images"] == 4
     assert worker.run_once() is False  # the queue is empty
 
     # 2. two raters rate every query image; their scores are averaged per image; close the round
@@ -162,11 +175,15 @@ def test_generate_then_train_publishes_the_next_round(worker_world_any_db):
     gen1 = [j for j in _jobs(world, eid, "generate") if j.round_id == round1.id]
     assert len(gen1) == 1 and gen1[0].status == "queued" and gen1[0].payload == {"round_index": 1}
 
-    # 4. generate round 1 with adapter 1: eval metrics from the round-1 reward model and the KL to round 0
+    # 4. generate round 1 with adapter 1, then its eval job: metrics from the round-1 reward model and the KL to round 0
     assert worker.run_once() is True
     assert worker.last_error is None
     round1 = _round(world, eid, 1)
-    assert round1.status == "labeling"
+    assert round1.status == "labeling" and "eval" not in round1.metrics
+    assert worker.run_once() is True
+    assert worker.last_error is None
+    assert worker.run_once() is False  # the queue is empty
+    round1 = _round(world, eid, 1)
     ev = round1.metrics["eval"]
     assert ev["reward_model_round"] == 1 and np.isfinite(ev["pred_reward"]) and ev["head_spread"] >= 0
     assert ev["kl_to_prev"] >= 0 and "train" in round1.metrics  # generate merged its metrics into the train metrics
@@ -178,9 +195,10 @@ def test_a_requeued_generate_job_reuses_the_existing_images(worker_world):
     world = worker_world
     eid = world.create_experiment("requeue")
     worker = world.worker()
-    assert worker.run_once()
+    assert worker.run_once() and worker.run_once()  # generate, then its eval job
     round0 = _round(world, eid, 0)
     before = {(im.kind, im.prompt, im.seed, im.sha256) for im in _images(world, round0.id, None)}
+    assert {kind for kind, *_ in before} == {"query", "eval"}
     files_before = sorted(p for p in (world.settings.data_dir / "images").rglob("*.png"))
     with write_session(world.factory) as s:  # an operator queues the round's generation again
         job_queue.enqueue_job(session=s, kind="generate", experiment_id=eid, round_id=round0.id, payload={"round_index": 0})
@@ -189,6 +207,48 @@ def test_a_requeued_generate_job_reuses_the_existing_images(worker_world):
     assert after == before  # same rows, same pixels (deterministic seeds), nothing duplicated
     assert sorted(p for p in (world.settings.data_dir / "images").rglob("*.png")) == files_before
     assert _jobs(world, eid, "generate")[0].result["new_images"] == 0
+    assert [j.status for j in _jobs(world, eid, "eval")] == ["done"]  # the round's eval job was not queued again
+    assert worker.run_once() is False
+    worker.close()
+
+
+def test_a_generate_job_queues_exactly_one_eval_job_even_when_it_runs_again(worker_world, monkeypatch):
+    """The eval job is queued in the transaction that publishes the query images: a generate job that fails inside
+    that transaction queues nothing (rolled back) and its retry queues one; a generate job queued again for the round
+    finds the eval job (queued, then done) and queues none."""
+    world = worker_world
+    eid = world.create_experiment("one-eval")
+    real = job_queue.ensure_job
+    calls = []
+
+    def ensure_then_fail(**kwargs):
+        job = real(**kwargs)
+        calls.append(job[0].id)
+        if len(calls) == 1:
+            raise RuntimeError("the worker fails just after queuing the eval job, before the commit")
+        return job
+
+    monkeypatch.setattr(job_queue, "ensure_job", ensure_then_fail)
+    worker = world.worker()
+    assert worker.run_once() and "fails just after queuing" in worker.last_error
+    round0 = _round(world, eid, 0)
+    (gen,) = _jobs(world, eid, "generate")
+    assert (gen.status, gen.attempts) == ("queued", 1)
+    assert round0.status == "generating" and not _images(world, round0.id, None) and not _jobs(world, eid, "eval")
+    assert worker.run_once() and worker.last_error is None  # the retry publishes once, with one eval job
+    (eval0,) = _jobs(world, eid, "eval")
+    assert eval0.status == "queued" and eval0.round_id == round0.id and _jobs(world, eid, "generate")[0].status == "done"
+    for _ in range(2):  # queued again while the eval job waits, and again once it is done
+        with write_session(world.factory) as s:
+            job_queue.enqueue_job(session=s, kind="generate", experiment_id=eid, round_id=round0.id, payload={"round_index": 0})
+        assert worker.run_once() and worker.last_error is None  # a generate job goes before the eval job
+        assert [j.id for j in _jobs(world, eid, "eval")] == [eval0.id]
+        assert _jobs(world, eid, "generate")[0].result["eval_job"] == eval0.id
+        if _jobs(world, eid, "eval")[0].status == "queued":
+            assert worker.run_once() and worker.last_error is None  # the eval job
+    assert [(j.id, j.status) for j in _jobs(world, eid, "eval")] == [(eval0.id, "done")]
+    assert len(_images(world, round0.id, "eval")) == 4
+    assert worker.run_once() is False
     worker.close()
 
 
@@ -337,8 +397,9 @@ def test_worker_lowers_its_cpu_priority_and_refuses_a_bad_niceness(tmp_path, _sq
 
 
 def test_query_images_are_published_before_the_eval_grid_and_a_retry_finishes_the_grid(worker_world, monkeypatch):
-    """Issue 12: the rater's images are open for labeling while the worker still renders the eval grid. A job that
-    failed after that point is retried: it adds only the grid, even when the round was closed in the meantime."""
+    """Issue 12: the rater's images are open for labeling while the eval grid is still to come (its own job). An eval
+    job that fails is retried; the round's train job goes first, and the retry adds only the grid, even when the round
+    was closed (or trained on) in the meantime."""
     import app.worker as worker_module
 
     world = worker_world
@@ -355,20 +416,80 @@ def test_query_images_are_published_before_the_eval_grid_and_a_retry_finishes_th
 
     monkeypatch.setattr(worker_module, "generate_batch", fail_at_the_grid)
     worker = world.worker()
-    assert worker.run_once() and "fails while rendering" in worker.last_error
+    assert worker.run_once() and worker.last_error is None  # generate: the query images, round 0 open
+    assert worker.run_once() and "fails while rendering" in worker.last_error  # its eval job
     round0 = _round(world, eid, 0)
     assert seen["state"] == ("labeling", round0_budget := len(_images(world, round0.id, "query")), 0) and round0_budget > 0
-    (job,) = _jobs(world, eid, "generate")
+    (job,) = _jobs(world, eid, "eval")
     assert job.status == "queued" and job.attempts == 1
     world.rate_open_round(eid, world.raters(1), lambda image_id, rater_id: 1 + image_id % 10)
     services.close_round(factory=world.factory, experiment_id=eid)  # closed before the grid exists
     assert _round(world, eid, 0).status == "training"
     query_before = {(im.prompt, im.seed, im.sha256) for im in _images(world, round0.id, "query")}
-    assert worker.run_once() and worker.last_error is None  # the retry: the grid only
-    (job,) = _jobs(world, eid, "generate")
-    assert job.status == "done" and job.result["new_images"] == len(_images(world, round0.id, "eval")) > 0
+    assert worker.run_once() and worker.last_error is None  # the train job first: round 1 published
+    assert _round(world, eid, 1).adapter_path is not None and _jobs(world, eid, "eval")[-1].status == "queued"
+    assert worker.run_once() and worker.last_error is None  # round 1's generate job
+    assert worker.run_once() and worker.last_error is None  # the retry of round 0's eval job: the grid only
+    job = _jobs(world, eid, "eval")[-1]
+    assert (job.round_id, job.status, job.attempts) == (round0.id, "done", 2)
+    assert job.result["rendered"] == len(_images(world, round0.id, "eval")) == 4
     assert {(im.prompt, im.seed, im.sha256) for im in _images(world, round0.id, "query")} == query_before
-    assert _round(world, eid, 0).status == "training"  # not reopened by the retry
-    assert worker.run_once() and worker.last_error is None  # the train job then publishes round 1 as usual
-    assert _round(world, eid, 1).adapter_path is not None
+    assert _round(world, eid, 0).status == "done" and _round(world, eid, 0).metrics["eval"]["n"] == 4
+    worker.close()
+
+
+def test_an_eval_job_gives_way_to_a_train_job_and_finishes_its_grid_afterwards(worker_world, monkeypatch, caplog):
+    """The rater closes round 0 while its eval grid renders: after the chunk in progress the eval job hands itself
+    back to the queue (attempt not counted, no error, the chunks done stay), the worker trains and draws round 1,
+    and then the eval job renders only the rest of round 0's grid."""
+    import logging
+
+    import app.worker as worker_module
+
+    world = worker_world
+    eid = world.create_experiment("gives-way")
+    worker = world.worker(eval_chunk=1)  # the 2 x 2 grid in 4 chunks
+    assert worker.run_once() and worker.last_error is None  # generate round 0
+    world.rate_open_round(eid, world.raters(1), lambda image_id, rater_id: 1 + image_id % 10)
+    real = worker_module.generate_batch
+    eval_calls = []
+
+    def close_during_the_grid(parts, adapter, prompts, seeds, cfg, **kwargs):
+        if set(prompts) <= set(SHAPES_EVAL_PROMPTS):
+            eval_calls.append(list(zip(prompts, seeds)))
+            if len(eval_calls) == 1:  # the rater closes the round while the first chunk renders
+                services.close_round(factory=world.factory, experiment_id=eid)
+        return real(parts, adapter, prompts, seeds, cfg, **kwargs)
+
+    monkeypatch.setattr(worker_module, "generate_batch", close_during_the_grid)
+    (eval0,) = _jobs(world, eid, "eval")
+    with caplog.at_level(logging.INFO, logger="seiko.worker"):
+        assert worker.run_once() and worker.last_error is None
+    (train,) = _jobs(world, eid, "train")
+    assert len(eval_calls) == 1 and train.status == "queued"
+    (job,) = _jobs(world, eid, "eval")
+    assert (job.status, job.attempts, job.error, job.lease_owner, job.lease_expires_at) == ("queued", 0, None, None, None)
+    assert job.payload["round_index"] == 0 and job.payload["partial"]["yields"] == 1
+    first = _images(world, _round(world, eid, 0).id, "eval")
+    assert [(im.prompt, im.seed) for im in first] == eval_calls[0]  # the chunk done stays
+    assert f"job {eval0.id} (eval, round 0) YIELDS to job {train.id} (train, experiment {eid})" in caplog.text
+    assert "1 of 4 eval images stored; queued again, attempt 1 of 3 not counted" in caplog.text
+
+    assert worker.run_once() and worker.last_error is None  # the train job runs next
+    assert _jobs(world, eid, "train")[0].status == "done" and _round(world, eid, 1).status == "generating"
+    assert worker.run_once() and worker.last_error is None  # round 1's images, still before the eval grid
+    assert _round(world, eid, 1).status == "labeling"
+    assert [j.status for j in _jobs(world, eid, "eval")] == ["queued", "queued"] and len(eval_calls) == 1
+    assert worker.run_once() and worker.last_error is None  # round 0's eval job (the older one): the 3 missing cells
+    job = _jobs(world, eid, "eval")[-1]
+    assert (job.round_id, job.status, job.attempts, job.error) == (_round(world, eid, 0).id, "done", 1, None)
+    assert job.result["rendered"] == 3 and len(eval_calls) == 4
+    grid = _images(world, _round(world, eid, 0).id, "eval")
+    assert len(grid) == 4 and {(im.id, im.sha256) for im in first} <= {(im.id, im.sha256) for im in grid}
+    ev = _round(world, eid, 0).metrics["eval"]
+    assert ev["n"] == 4 and ev["yields"] == 1 and ev["wall_s"] > 0 and ev["image_stats"]["n"] == 4
+    assert worker.run_once() and worker.last_error is None  # round 1's eval job: grid, reward model, KL to round 0
+    ev1 = _round(world, eid, 1).metrics["eval"]
+    assert ev1["yields"] == 0 and ev1["kl_to_prev"] >= 0 and ev1["reward_model_round"] == 1
+    assert worker.run_once() is False
     worker.close()

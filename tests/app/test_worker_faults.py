@@ -31,7 +31,7 @@ from seiko_core.checkpoint import MANIFEST, sha256_file, verify
 
 REPO = Path(__file__).resolve().parents[2]
 LEASE_S = 3.0
-JOB_SECONDS = {"generate": 1.5, "train": 1.5}  # first guesses of job lengths; then the lengths the workers log
+JOB_SECONDS = {"generate": 1.5, "train": 1.5, "eval": 1.5}  # first guesses of job lengths; then the lengths the workers log
 RATER_IMAGES, RATER_PEOPLE = 30, 10
 
 def _env(world) -> dict[str, str]:
@@ -124,12 +124,14 @@ def _check_invariants(world, experiment_id, rated: dict[tuple[int, int], int], l
                 verify(adapter_dir)
                 assert sha256_file(adapter_dir / MANIFEST) == checkpoints[0].manifest_sha256
             images = s.query(Image).filter_by(round_id=r.id).all()
-            if r.status != "generating":  # the query images open the round; the eval grid follows within the same job
-                gen_done = any(j.kind == "generate" and j.round_id == r.id and j.status == "done" for j in jobs)
-                n_eval = sum(1 for im in images if im.kind == "eval")
-                assert sorted(im.kind for im in images).count("query") == 4 and n_eval in ((4,) if gen_done else (0, 4))
+            eval_jobs = [j for j in jobs if j.kind == "eval" and j.round_id == r.id]
+            if r.status != "generating":  # the query images open the round and queue its eval job (exactly one)
+                assert len(eval_jobs) == 1, f"round {r.index}: {len(eval_jobs)} eval jobs"
+                n_eval = sum(1 for im in images if im.kind == "eval")  # the eval job stores its grid chunk by chunk
+                assert sorted(im.kind for im in images).count("query") == 4
+                assert n_eval == 4 if eval_jobs[0].status == "done" else 0 <= n_eval <= 4, (r.index, n_eval)
             else:
-                assert not images  # images appear together with the 'labeling' status, or not at all
+                assert not images and not eval_jobs  # images appear together with the 'labeling' status, or not at all
             for im in images:
                 path = storage.resolve(data_dir, im.file_path)
                 assert hashlib.sha256(path.read_bytes()).hexdigest() == im.sha256 == path.stem

@@ -129,3 +129,113 @@ def test_fail_job_with_retry_requeues_until_attempts_run_out(db_factory, make_wo
         job = job_queue.fail_job(session=s, job_id=job_id, worker_id="b", error="CUDA out of memory", retry=True)
         assert (job.status, job.attempts, job.error) == ("failed", 2, "CUDA out of memory")
     assert _claim(db_factory, "c", T0) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# priority: the work a person waits for (generate, train) before the dashboard's eval grid
+# ---------------------------------------------------------------------------------------------
+
+
+def _enqueue_kind(factory, kind, world, **kwargs):
+    with write_session(factory) as s:
+        return job_queue.enqueue_job(session=s, kind=kind, experiment_id=world.experiment_id, round_id=world.round_id,
+                                     **kwargs).id
+
+
+def test_claim_prefers_train_and_generate_over_an_older_eval_job(db_factory, make_world):
+    world = make_world()
+    eval_id = _enqueue_kind(db_factory, "eval", world)
+    train_id = _enqueue_kind(db_factory, "train", world)
+    gen_id = _enqueue_kind(db_factory, "generate", world)
+    assert eval_id < train_id < gen_id
+    assert _claim(db_factory, "w1", T0) == (train_id, 1, "running", "w1")  # not the older eval job
+    assert _claim(db_factory, "w2", T0) == (gen_id, 1, "running", "w2")
+    assert _claim(db_factory, "w3", T0) == (eval_id, 1, "running", "w3")  # once nothing else is claimable
+    assert _claim(db_factory, "w4", T0) is None
+
+
+def test_claim_prefers_a_train_job_over_an_eval_job_whose_lease_expired(db_factory, make_world):
+    """An eval job whose worker died is claimable again, but still after the work a person waits for."""
+    world = make_world()
+    eval_id = _enqueue_kind(db_factory, "eval", world)
+    assert _claim(db_factory, "dead", T0, lease_s=10) == (eval_id, 1, "running", "dead")
+    train_id = _enqueue_kind(db_factory, "train", world)
+    later = T0 + timedelta(seconds=30)
+    assert _claim(db_factory, "w1", later) == (train_id, 1, "running", "w1")
+    assert _claim(db_factory, "w2", later) == (eval_id, 2, "running", "w2")
+    eval2 = _enqueue_kind(db_factory, "eval", world)
+    assert _claim(db_factory, "w3", later, kinds=["eval"]) == (eval2, 1, "running", "w3")
+
+
+def test_waiting_job_is_what_claim_would_take_of_the_person_kinds(db_factory, make_world):
+    world, paused = make_world(name="active"), make_world(name="paused")
+
+    def waiting(now=T0):
+        with read_session(db_factory) as s:
+            job = job_queue.waiting_job(session=s, now=now)
+            return None if job is None else job.id
+
+    eval_id = _enqueue_kind(db_factory, "eval", world)
+    assert waiting() is None  # an eval job is nobody's wait
+    with write_session(db_factory) as s:
+        repo.set_experiment_status(session=s, experiment_id=paused.experiment_id, status="paused")
+    _enqueue_kind(db_factory, "train", paused)
+    assert waiting() is None  # a paused experiment's train job is not claimable: no reason to give way (or to loop)
+    assert _claim(db_factory, "w1", T0) == (eval_id, 1, "running", "w1")
+    train_id = _enqueue_kind(db_factory, "train", world)
+    assert waiting() == train_id
+    assert _claim(db_factory, "w2", T0, lease_s=10) == (train_id, 1, "running", "w2")
+    assert waiting() is None  # claimed by another worker
+    assert waiting(T0 + timedelta(seconds=11)) == train_id  # its worker stopped heartbeating: claimable again
+
+
+def test_yield_job_hands_the_job_back_without_using_an_attempt(db_factory, make_world):
+    world = make_world()
+    eval_id = _enqueue_kind(db_factory, "eval", world, payload={"round_index": 0})
+    assert _claim(db_factory, "w1", T0, lease_s=10) == (eval_id, 1, "running", "w1")
+    with pytest.raises(LeaseLost, match="worker 'w2' no longer holds"), write_session(db_factory) as s:
+        job_queue.yield_job(session=s, job_id=eval_id, worker_id="w2")
+    with write_session(db_factory) as s:
+        job_queue.yield_job(session=s, job_id=eval_id, worker_id="w1", now=T0,
+                            payload={"round_index": 0, "partial": {"yields": 1}})
+    with read_session(db_factory) as s:
+        job = job_queue.get_job(session=s, job_id=eval_id)
+        assert (job.status, job.attempts, job.lease_owner, job.lease_expires_at, job.error) == ("queued", 0, None, None, None)
+        assert job.payload == {"round_index": 0, "partial": {"yields": 1}}
+    with write_session(db_factory) as s:  # the worker that gave it back holds nothing any more
+        assert not job_queue.heartbeat(session=s, job_id=eval_id, worker_id="w1", lease_s=10, now=T0)
+    with pytest.raises(LeaseLost), write_session(db_factory) as s:
+        job_queue.complete_job(session=s, job_id=eval_id, worker_id="w1")
+    # many yields never use up the attempts; a real failure still does
+    for i in range(5):
+        assert _claim(db_factory, f"w{i}", T0) == (eval_id, 1, "running", f"w{i}")
+        with write_session(db_factory) as s:
+            job_queue.yield_job(session=s, job_id=eval_id, worker_id=f"w{i}")
+    assert _claim(db_factory, "w9", T0, lease_s=10) == (eval_id, 1, "running", "w9")
+    # a worker whose lease ran out and was taken over cannot hand the job back
+    assert _claim(db_factory, "w10", T0 + timedelta(seconds=11)) == (eval_id, 2, "running", "w10")
+    with pytest.raises(LeaseLost, match="held by 'w10'"), write_session(db_factory) as s:
+        job_queue.yield_job(session=s, job_id=eval_id, worker_id="w9")
+    with read_session(db_factory) as s:
+        job = job_queue.get_job(session=s, job_id=eval_id)
+        assert (job.status, job.attempts, job.lease_owner) == ("running", 2, "w10")
+
+
+def test_ensure_job_queues_a_rounds_job_once(db_factory, make_world):
+    world = make_world()
+
+    def ensure():
+        with write_session(db_factory) as s:
+            job, created = job_queue.ensure_job(session=s, kind="eval", experiment_id=world.experiment_id,
+                                                round_id=world.round_id, payload={"round_index": 0})
+            return job.id, created
+
+    first, created = ensure()
+    assert created and ensure() == (first, False)
+    with write_session(db_factory) as s:
+        job_queue.get_job(session=s, job_id=first).status = "done"
+    assert ensure() == (first, False)
+    with write_session(db_factory) as s:
+        job_queue.get_job(session=s, job_id=first).status = "failed"
+    second, created = ensure()  # a failed one is no obstacle
+    assert created and second != first

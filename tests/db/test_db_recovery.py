@@ -322,3 +322,43 @@ def test_raters_see_the_dashboard_only_when_allowed(db_factory, make_world):
         repo.set_raters_see_dashboard(session=s, experiment_id=world.experiment_id, allowed=True)
     with read_session(db_factory) as s:
         assert repo.get_experiment(session=s, experiment_id=world.experiment_id).raters_see_dashboard is True
+
+
+def test_reopening_a_round_leaves_its_eval_job_alone(db_factory, make_world):
+    """The round's eval grid (an eval job, running or queued) does not stand in the way of reopening the round, and is
+    not cancelled: the round's model does not change. Finishing the experiment cancels a queued one like any job."""
+    world = make_world()
+    _rate(db_factory, world.image_ids[0], world.rater_ids[0])
+    with write_session(db_factory) as s:
+        eval_id = job_queue.enqueue_job(session=s, kind="eval", experiment_id=world.experiment_id, round_id=world.round_id,
+                                        payload={"round_index": 0}).id
+        assert job_queue.claim_job(session=s, worker_id="w", lease_s=300).id == eval_id
+        train_id = repo.close_round(session=s, experiment_id=world.experiment_id).id
+    with write_session(db_factory) as s:
+        repo.reopen_round(session=s, round_id=world.round_id)
+    assert _round(db_factory, world.round_id).status == "labeling"
+    assert _job(db_factory, train_id).status == "failed" and _job(db_factory, eval_id).status == "running"
+    with write_session(db_factory) as s:  # the eval job gives way (to nothing here) and waits in the queue
+        job_queue.yield_job(session=s, job_id=eval_id, worker_id="w")
+        train_id = repo.close_round(session=s, experiment_id=world.experiment_id).id
+        repo.reopen_round(session=s, round_id=world.round_id)
+    assert _job(db_factory, eval_id).status == "queued"
+    with write_session(db_factory) as s:
+        repo.finish_experiment(session=s, experiment_id=world.experiment_id)
+    job = _job(db_factory, eval_id)
+    assert job.status == "failed" and "was finished" in job.error
+
+
+def test_a_failed_eval_job_is_retried_while_its_round_is_past_generating(db_factory, make_world):
+    world = make_world(open_round=False)
+    with write_session(db_factory) as s:
+        eval_id = job_queue.enqueue_job(session=s, kind="eval", experiment_id=world.experiment_id,
+                                        round_id=world.round_id).id
+    _fail_for_good(db_factory, eval_id)
+    with pytest.raises(Conflict, match="is 'generating' now"), write_session(db_factory) as s:
+        job_queue.retry_job(session=s, job_id=eval_id)
+    for status in ("labeling", "training", "done"):
+        with write_session(db_factory) as s:
+            repo.get_round(session=s, round_id=world.round_id).status = status
+            job_queue.get_job(session=s, job_id=eval_id).status = "failed"
+            assert job_queue.retry_job(session=s, job_id=eval_id).status == "queued"
