@@ -34,3 +34,36 @@ def test_the_unet_gets_the_pooled_caption_and_the_stated_heads(tmp_path):
     saved = json.loads((random_model(tmp_path / "m") / "unet" / "config.json").read_text())
     assert saved["addition_embed_type"] == "text" and saved["attention_head_dim"] == cfg.unet_heads
     assert BuildConfig(unet_text_pool=False).unet_text_pool is False and make_unet(BuildConfig(unet_text_pool=False)).config.addition_embed_type is None
+
+
+def _bytes(d, part):
+    from pathlib import Path
+
+    return {p.name: p.read_bytes() for p in sorted((Path(d) / part).glob("*.safetensors"))}
+
+
+def test_encoder_refinement_moves_only_the_image_encoder_and_reruns_on_a_finished_build(tmp_path):
+    """A full build equals a build without the last stage plus ``refine-encoder``; the other parts never move."""
+    from safetensors.torch import load_file
+
+    from seiko_core.toy.build import build, refine_existing
+
+    refine = BuildConfig.quick()
+    plain = BuildConfig.quick()
+    plain.clip_refine_steps = 0
+    build(tmp_path / "full", refine)
+    build(tmp_path / "plain", plain)
+    for part in ("unet", "vae", "text_encoder"):  # the forked RNG: the stage changes nothing else in the build
+        assert _bytes(tmp_path / "full", part) == _bytes(tmp_path / "plain", part), part
+    assert _bytes(tmp_path / "full", "image_encoder") != _bytes(tmp_path / "plain", "image_encoder")
+
+    refine_existing(tmp_path / "plain", steps=refine.clip_refine_steps)
+    for part in ("image_encoder",):
+        a = load_file(str(tmp_path / "full" / part / "model.safetensors"))
+        b = load_file(str(tmp_path / "plain" / part / "model.safetensors"))
+        assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a), part
+    pa = load_file(str(tmp_path / "full" / "text_projection.safetensors"))
+    pb = load_file(str(tmp_path / "plain" / "text_projection.safetensors"))
+    assert all(torch.allclose(pa[k], pb[k], atol=1e-6) for k in pa)
+    saved = json.loads((tmp_path / "plain" / "build_config.json").read_text())
+    assert saved["clip_refine_steps"] == refine.clip_refine_steps
