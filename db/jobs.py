@@ -114,6 +114,12 @@ def ensure_job(
     For work queued by another job's publishing transaction: a re-run of that job (after a crash, or queued again by
     an operator) finds the first one instead of queuing the work twice. A failed one is no obstacle."""
     check_choice("job kind", kind, JOB_KINDS)
+    # Read, then insert: no unique index stops a second row, and none is needed. The caller is the publishing
+    # transaction of the round's generate job, which holds that job's row lock (complete_job: SELECT ... FOR UPDATE,
+    # and only the lease owner gets past it) from before this read until its commit; a second transaction for the
+    # same round (a re-run of that job, or another worker that took it over) waits for that lock, or fails with
+    # LeaseLost, and only then reads, so it finds this job. A round has one generate job at a time (retry_job refuses
+    # a second), and on SQLite BEGIN IMMEDIATE serializes all writers anyway.
     existing = session.scalar(select(Job).where(Job.round_id == round_id, Job.kind == kind,
                                                 Job.status.in_(("queued", "running", "done"))).order_by(Job.id))
     if existing is not None:
