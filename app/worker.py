@@ -3,7 +3,8 @@
     generate (round k):  sample round k's query batch with adapter k -> PNGs + embeddings
                          -> one transaction: Image rows, round k 'labeling', round k's eval job queued, job done
     eval (round k):      the fixed-seed eval grid with adapter k, in chunks (each stored in its own short transaction)
-                         -> one transaction: eval metrics, blind A/B pairs, job done
+                         -> one transaction: eval metrics, blind A/B pairs (round k's, and those of the rounds
+                            paired with round k's grid whose eval jobs finished first), job done
     train (round k):     ratings snapshot up to the job's watermark -> reward ensemble -> adapter k+1,
                          both written atomically under the data dir
                          -> one transaction: round k+1 + checkpoint, round k 'done', generate job k+1, job done
@@ -668,6 +669,13 @@ class Worker:
             ab_pairs = ab.create_round_pairs(session=s, round_id=this.id, seed=derive_seed(experiment_id, k, "ab-sides"))
             if ab_pairs:
                 repo.update_round_metrics(session=s, round_id=this.id, metrics={"ab": ab_pairs})
+            # eval jobs finish out of order (two workers; one that gave way; a failed one retried later): the rounds
+            # paired with this grid that published first get the pairs they lacked (rounds locked in index order)
+            completed = ab.add_dependent_pairs(session=s, round_id=this.id,
+                                               seed_of=lambda index: derive_seed(experiment_id, index, "ab-sides"))
+            if completed:
+                log.info("job %d: round %d's grid completed the A/B pairs of round(s) %s", run.job.id, k,
+                         ", ".join(map(str, sorted(completed))))
 
         self._publish(run, write, {"round_index": k, "eval_images": len(grid), "rendered": len(to_render)})
         return {"round_index": k, "eval_images": len(grid), "rendered": len(to_render), "yields": eval_metrics["yields"]}
