@@ -48,9 +48,12 @@ def _round(session: Session, round_id: int) -> Round:
 PERSON_KINDS = ("generate", "train")
 
 
-def live_job(session: Session, now: datetime, **where: Any) -> Job | None:
-    """A running job with a live lease matching ``where`` (e.g. experiment_id=, round_id=), or None."""
+def live_job(session: Session, now: datetime, *, kinds: Iterable[str] | None = None, **where: Any) -> Job | None:
+    """A running job with a live lease matching ``where`` (e.g. experiment_id=, round_id=, kind=), of one of
+    ``kinds`` when given, or None."""
     clauses = [Job.status == "running", Job.lease_expires_at >= now, *(getattr(Job, k) == v for k, v in where.items())]
+    if kinds is not None:
+        clauses.append(Job.kind.in_([check_choice("job kind", k, JOB_KINDS) for k in kinds]))
     return session.scalar(select(Job).where(*clauses).order_by(Job.id))
 
 

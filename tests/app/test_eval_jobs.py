@@ -1,9 +1,13 @@
-"""The worker's eval job without a model (the ui_world's small PNGs stand in for the grid): eval jobs that finish
-out of order still complete the A/B pairs."""
+"""The worker's eval job without a model (the ui_world's small PNGs stand in for the grid; rendering, where a test
+needs it, is a stub): eval jobs that finish out of order still complete the A/B pairs, a running eval job stops when
+its experiment is finished, and a hand-back the database refuses does not stop the worker."""
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
+
+import torch
 
 from app import ab
 from app import worker as worker_module
@@ -77,5 +81,36 @@ def test_eval_jobs_that_finish_out_of_order_complete_the_ab_pairs(ui_world):
         cell_seed = mine[a] if new_left else mine[b]
         assert new_left == ab.new_image_left(seed2, 1, "a shape", cell_seed)
         assert theirs[b if new_left else a] == cell_seed
+    worker.close()
+
+
+def test_a_running_eval_job_stops_cleanly_when_its_experiment_is_finished(ui_world, monkeypatch, caplog):
+    """Finishing the experiment does not wait for its running eval job; the job stores the chunk it was rendering,
+    sees the experiment finished and stops: failed with the experiment's "cancelled" reason, no error, no retry."""
+    _grid_config(ui_world, seeds=(0, 1, 2, 3))  # seeds 2 and 3 are still to render: two chunks of one image
+    job_id = _eval_job(ui_world, ui_world.round_id, 0)
+    worker = _worker(ui_world, eval_chunk=1)
+    monkeypatch.setattr(worker, "_parts", lambda spec: SimpleNamespace(device="cpu"))
+    monkeypatch.setattr(worker, "_use_adapter", lambda parts, round_: None)
+    calls = []
+
+    def render(parts, adapter, prompts, seeds, cfg, on_progress=None):
+        calls.append(list(seeds))
+        with write_session(ui_world.factory) as s:  # the admin finishes the experiment while the chunk renders
+            repo.finish_experiment(session=s, experiment_id=ui_world.experiment_id)
+        return torch.rand(len(seeds), 3, 16, 16), torch.rand(len(seeds), 4)
+
+    monkeypatch.setattr(worker_module, "generate_batch", render)
+    with caplog.at_level(logging.INFO, logger="seiko.worker"):
+        assert worker.run_once()
+    assert worker.last_error is None and calls == [[2]]  # the second chunk was never rendered
+    job = _job(ui_world, job_id)
+    assert (job.status, job.error, job.lease_owner) == ("failed", repo.finished_reason("ui-exp"), "w1")
+    assert f"job {job_id} (eval, round 0) stopped" in caplog.text and "3 of 4 eval images stored" in caplog.text
+    assert not [r for r in caplog.records if r.name.startswith("seiko") and r.levelno >= logging.WARNING]
+    with read_session(ui_world.factory) as s:  # the chunk rendered before the stop is kept
+        assert sorted(im.seed for im in repo.list_images(session=s, round_id=ui_world.round_id, kind="eval")) == [0, 1, 2]
+        assert repo.get_round(session=s, round_id=ui_world.round_id).status == "done"
+    assert not worker.run_once()  # nothing left to claim: the job is not retried
     worker.close()
 
