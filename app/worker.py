@@ -446,6 +446,10 @@ class Worker:
         except LeaseLost as exc:
             log.warning("job %d: it was not handed back: %s", job.id, exc)
             return
+        except Exception:  # e.g. the database is unreachable: the worker carries on, the job's lease runs out
+            log.exception("job %d could not be handed back to the queue; it stays claimed until its lease expires "
+                          "(within %.0f s), then a worker takes it again", job.id, self.lease_s)
+            return
         w = gave_way.waiting
         log.info("job %d (%s, round %d) YIELDS to job %d (%s, experiment %s), which a person waits for, after %.1f s: "
                  "%d of %d eval images stored; queued again, attempt %d of %d not counted", job.id, job.kind,

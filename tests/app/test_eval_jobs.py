@@ -8,6 +8,7 @@ import logging
 from types import SimpleNamespace
 
 import torch
+from sqlalchemy.exc import OperationalError
 
 from app import ab
 from app import worker as worker_module
@@ -114,3 +115,28 @@ def test_a_running_eval_job_stops_cleanly_when_its_experiment_is_finished(ui_wor
     assert not worker.run_once()  # nothing left to claim: the job is not retried
     worker.close()
 
+
+def test_a_hand_back_the_database_refuses_is_logged_and_the_worker_carries_on(ui_world, monkeypatch, caplog):
+    """The yield's transaction fails (the database is away): run_once logs it with the job's id and returns; the job
+    stays claimed until its lease runs out, then a worker takes it again."""
+    job_id = _eval_job(ui_world, ui_world.round_id, 0)
+    worker = _worker(ui_world)
+
+    def gives_way(run):
+        raise worker_module.JobYield({"id": 99, "kind": "train", "experiment_id": ui_world.experiment_id},
+                                     round_index=0, images=0, grid=2, payload=dict(run.job.payload))
+
+    def unreachable(**kwargs):
+        raise OperationalError("UPDATE jobs ...", {}, Exception("could not connect to server"))
+
+    monkeypatch.setitem(worker.handlers, "eval", gives_way)
+    monkeypatch.setattr(job_queue, "yield_job", unreachable)
+    with caplog.at_level(logging.INFO, logger="seiko.worker"):
+        assert worker.run_once()
+    assert worker.last_error is None
+    failed = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(failed) == 1 and f"job {job_id} could not be handed back" in failed[0].getMessage()
+    assert failed[0].exc_info is not None  # with the traceback
+    job = _job(ui_world, job_id)
+    assert (job.status, job.lease_owner, job.attempts) == ("running", "w1", 1)  # the lease runs out by itself
+    worker.close()
