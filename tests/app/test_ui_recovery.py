@@ -329,3 +329,21 @@ def test_the_next_images_never_wait_for_the_eval_grid(ui_world):
                             progress={"phase": "finetune", "step": 3, "total": 12, "eta_s": 20.0})
     view = page(ui_world, "alice")
     assert "Learning from your ratings (finetune, step 3 of 12)" in view.progress and "eval grid" not in view.progress
+
+
+def test_no_retry_is_offered_for_the_eval_jobs_that_finishing_cancelled(ui_world):
+    """Finishing an experiment cancels its queued eval job and marks its rounds done; the admin tab must not offer
+    "Retry failed job" for it (the retry would be refused: the experiment is finished)."""
+    root = who(ui_world, "root")
+    with write_session(ui_world.factory) as s:
+        eval_id = job_queue.enqueue_job(session=s, kind="eval", experiment_id=ui_world.experiment_id,
+                                        round_id=ui_world.round_id, payload={"round_index": 0}).id
+    assert "is finished" in ui_admin.finish_experiment(ui_world.factory, root, ui_world.experiment_id)
+    with read_session(ui_world.factory) as s:
+        job = job_queue.get_job(session=s, job_id=eval_id)
+        assert job.status == "failed" and job.error.startswith("cancelled")
+    assert ui_admin.newest_failed_job(ui_world.factory, ui_world.experiment_id) is None
+    assert "Retry failed job" not in ui_admin.round_status_html(ui_world.factory, ui_world.experiment_id)
+    with pytest.raises(Conflict, match="no failed job"):
+        ui_admin.retry_job(ui_world.factory, root, ui_world.experiment_id)
+
