@@ -4,10 +4,11 @@ A/B pairs. Every generate job renders the experiment's fixed held-out eval grid 
 with its round's model; round 0's grid is the base model's. When round r >= 1's grid is stored, the worker pairs each
 of its images with the image of the same prompt and seed rendered by the round r was trained from (its parent: the
 previous index, or the round an admin rolled back to) and, when that parent is not round 0, by the base model too.
-The left/right order of each pair is drawn from ``random.Random(seed)`` with a seed derived from (experiment, round,
-"ab-sides") and recorded in the round's metrics (``metrics["ab"]``). No image is rendered twice: the eval grid is the
-A/B material, so the A/B costs no model time, and eval images are never offered for rating (the rating paths ask for
-``kind='query'``).
+The left/right order of each pair is drawn per cell (``new_image_left``) from a seed derived from (experiment, round,
+"ab-sides") and recorded in the round's metrics (``metrics["ab"]``). Eval jobs can finish out of order, so a round's
+pairs are completed when its parent's (or round 0's) grid is published after its own (``add_dependent_pairs``).
+No image is rendered twice: the eval grid is the A/B material, so the A/B costs no model time, and eval images are
+never offered for rating (the rating paths ask for ``kind='query'``).
 
 Rollback. ``train_next_from`` makes the next train job start from round j's adapter (j = 0: the base model) instead
 of the round being closed; the worker records ``rounds.parent_round_id = round j`` on the round it publishes, and
@@ -17,6 +18,7 @@ uses round j's adapter as the KL term's previous model. Every round stays in the
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select
@@ -25,7 +27,7 @@ from app.auth import Who, require_admin
 from db import comparisons, repo
 from db.engine import write_session
 from db.errors import Conflict, InvalidInput
-from db.models import Job
+from db.models import Job, Round
 
 KIND = "ab"
 
@@ -34,42 +36,81 @@ def _eval_images(session, round_id: int) -> dict[tuple[str, int], int]:
     return {(im.prompt, int(im.seed)): im.id for im in repo.list_images(session=session, round_id=round_id, kind="eval")}
 
 
+def new_image_left(seed: int, opponent_index: int, prompt: str, image_seed: int) -> bool:
+    """Whether the newer round's image goes on the left of its pair against round ``opponent_index`` for the cell
+    (``prompt``, ``image_seed``): one draw of ``random.Random`` seeded by the round's side seed, the opponent and the
+    cell, so a pair's side does not depend on which other pairs exist (a pair added later gets the same side)."""
+    return random.Random(f"{int(seed)}:{int(opponent_index)}:{prompt}:{int(image_seed)}").random() < 0.5
+
+
 def create_round_pairs(*, session, round_id: int, seed: int) -> dict[str, Any]:
-    """Create round ``round_id``'s A/B pairs (once; a second call only reports them) and return what was made:
-    {"side_seed", "previous_index", "vs_previous", "vs_base"} (pair counts). Round 0 has no pairs ({})."""
+    """Add round ``round_id``'s missing A/B pairs and return what the round has:
+    {"side_seed", "previous_index", "vs_previous", "vs_base"} (pair counts). Round 0 has no pairs ({}).
+
+    A pair is made for every cell (prompt, seed) of the eval grid that both the round and the opponent have stored;
+    pairs made earlier stay as they are (sides included). So it can be called again when either grid has grown: a
+    round whose eval job published before its parent's (or round 0's) grid was complete gets the rest of its pairs
+    when that grid is published (``add_dependent_pairs``). The round's row is locked first, so two transactions
+    adding its pairs at once (two workers publishing) add each pair once."""
+    return _round_pairs(session, round_id, seed)[0]
+
+
+def _round_pairs(session, round_id: int, seed: int) -> tuple[dict[str, Any], int]:
+    """``create_round_pairs``: (its report, how many pairs it added)."""
+    session.scalars(select(Round.id).where(Round.id == round_id).with_for_update()).all()  # the lock (none on SQLite)
     round_ = repo.get_round(session=session, round_id=round_id)
     parent = comparisons.parent_of(session=session, round_id=round_id)
     if parent is None:
-        return {}
+        return {}, 0
     base = repo.get_round_by_index(session=session, experiment_id=round_.experiment_id, index=0)
     mine = _eval_images(session, round_id)
     opponents = {"vs_previous": parent} if parent.id == base.id else {"vs_previous": parent, "vs_base": base}
-    existing = comparisons.list_pairs(session=session, experiment_id=round_.experiment_id, kind=KIND, round_id=round_id)
+    existing = {frozenset((p.image_a_id, p.image_b_id))
+                for p in comparisons.list_pairs(session=session, experiment_id=round_.experiment_id, kind=KIND,
+                                                round_id=round_id)}
     counts = {"vs_previous": 0, "vs_base": 0}
-    if existing:
-        round_of = {}
-        for opponent in opponents.values():
-            round_of.update({image_id: opponent.id for image_id in _eval_images(session, opponent.id).values()})
-        for pair in existing:
-            other = pair.image_b_id if pair.image_a_id in mine.values() else pair.image_a_id
-            for name, opponent in opponents.items():
-                if round_of.get(other) == opponent.id:
-                    counts[name] += 1
-    else:
-        rng = random.Random(seed)
-        pairs: list[tuple[int, int]] = []
-        for name, opponent in opponents.items():
-            theirs = _eval_images(session, opponent.id)
-            for key in sorted(mine):
-                if key in theirs:
-                    pair = (mine[key], theirs[key])
-                    pairs.append(pair if rng.random() < 0.5 else (pair[1], pair[0]))
-                    counts[name] += 1
+    pairs: list[tuple[int, int]] = []
+    for name, opponent in opponents.items():
+        theirs = _eval_images(session, opponent.id)
+        for key in sorted(mine):
+            if key not in theirs:
+                continue
+            counts[name] += 1
+            if frozenset((mine[key], theirs[key])) in existing:
+                continue
+            left = new_image_left(seed, opponent.index, *key)
+            pairs.append((mine[key], theirs[key]) if left else (theirs[key], mine[key]))
+    if pairs:
         comparisons.create_pairs(session=session, experiment_id=round_.experiment_id, round_id=round_id, kind=KIND,
                                  pairs=pairs)
     if parent.id == base.id:
         counts["vs_base"] = counts["vs_previous"]  # the same pairs answer both questions
-    return {"side_seed": int(seed), "previous_index": parent.index, **counts}
+    return {"side_seed": int(seed), "previous_index": parent.index, **counts}, len(pairs)
+
+
+def dependent_rounds(*, session, round_id: int) -> list[Round]:
+    """The rounds whose A/B pairs use round ``round_id``'s eval grid, lowest index first: for round 0 (the base) every
+    later round of the experiment, else the rounds trained from it (``comparisons.parent_of``)."""
+    round_ = repo.get_round(session=session, round_id=round_id)
+    later = [r for r in repo.list_rounds(session=session, experiment_id=round_.experiment_id) if r.index > round_.index]
+    if round_.index == 0:
+        return later
+    return [r for r in later if (p := comparisons.parent_of(session=session, round_id=r.id)) is not None and p.id == round_.id]
+
+
+def add_dependent_pairs(*, session, round_id: int, seed_of: Callable[[int], int]) -> dict[int, dict[str, Any]]:
+    """After round ``round_id``'s eval grid is stored: add the pairs its dependent rounds (``dependent_rounds``) could
+    not have yet, because their eval jobs published first (eval jobs may finish out of order: two workers, a job that
+    gave way and waited, a failed one retried later). ``seed_of(index)`` is a round's side seed. Returns
+    {round index: ``create_round_pairs``'s report} for the rounds that got new pairs; their ``metrics["ab"]`` is
+    updated here."""
+    added: dict[int, dict[str, Any]] = {}
+    for dependent in dependent_rounds(session=session, round_id=round_id):
+        report, n = _round_pairs(session, dependent.id, seed_of(dependent.index))
+        if n:
+            repo.update_round_metrics(session=session, round_id=dependent.id, metrics={"ab": report})
+            added[dependent.index] = report
+    return added
 
 
 # ---------------------------------------------------------------------------------------------

@@ -218,10 +218,14 @@ def _ago(when: datetime | None, now: datetime) -> float | None:
 def worker_html(session: Session, experiment: Experiment) -> str:
     jobs = job_queue.list_jobs(session=session, experiment_id=experiment.id, limit=50)
     now = utcnow()
-    running = [j for j in jobs if j.status == "running"]
-    # the queued job the worker takes next: generate and train jobs before eval jobs (db.jobs.claim_job), then the oldest
-    queued = sorted((j for j in jobs if j.status == "queued"), key=lambda j: (j.kind not in job_queue.PERSON_KINDS, j.id))
-    job: Job | None = running[-1] if running else (queued[0] if queued else None)
+    # generate and train jobs before eval jobs (db.jobs.claim_job), then the oldest: the running job shown is the one
+    # a person waits for (an eval job running beside it on another worker comes second), the queued one the next taken
+    def order(j: Job) -> tuple[bool, int]:
+        return (j.kind not in job_queue.PERSON_KINDS, j.id)
+
+    running = sorted((j for j in jobs if j.status == "running"), key=order)
+    queued = sorted((j for j in jobs if j.status == "queued"), key=order)
+    job: Job | None = running[0] if running else (queued[0] if queued else None)
     parts = []
     paused = " · <b>experiment paused</b>" if experiment.status == "paused" else ""
     if job is None:

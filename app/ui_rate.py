@@ -108,7 +108,8 @@ def next_round_wait(session: Session, experiment: Experiment) -> dict[str, Any] 
     last round took to draw its query images; for a running generate job, its phase's ETA; None when nothing is under
     way. An eval job (the dashboard's eval grid) is never what the next images wait for: the worker takes train and
     generate jobs first and a running eval job gives way within a chunk; while it does, a queued job has
-    "behind": "eval" (else None)."""
+    "behind": "eval" (else None): only when the experiment is not paused (its jobs wait for an admin, not for the
+    eval grid) and no generate or train job is running (the worker is on that one, not on the grid)."""
     from db import jobs as job_queue
 
     jobs = [j for j in job_queue.list_jobs(session=session, experiment_id=experiment.id, limit=10)
@@ -119,7 +120,10 @@ def next_round_wait(session: Session, experiment: Experiment) -> dict[str, Any] 
     p = job.progress or {}
     eta = p.get("eta_s") if job.status == "running" else None
     behind = None
-    if job.status == "queued" and job_queue.live_job(session, utcnow(), kind="eval") is not None:
+    now = utcnow()
+    if (job.status == "queued" and experiment.status != "paused"
+            and job_queue.live_job(session, now, kinds=job_queue.PERSON_KINDS) is None
+            and job_queue.live_job(session, now, kind="eval") is not None):
         behind = "eval"  # a worker is on an eval grid (of any experiment): it gives way after its current chunk
     estimate = None
     if eta is not None:

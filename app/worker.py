@@ -3,7 +3,8 @@
     generate (round k):  sample round k's query batch with adapter k -> PNGs + embeddings
                          -> one transaction: Image rows, round k 'labeling', round k's eval job queued, job done
     eval (round k):      the fixed-seed eval grid with adapter k, in chunks (each stored in its own short transaction)
-                         -> one transaction: eval metrics, blind A/B pairs, job done
+                         -> one transaction: eval metrics, blind A/B pairs (round k's, and those of the rounds
+                            paired with round k's grid whose eval jobs finished first), job done
     train (round k):     ratings snapshot up to the job's watermark -> reward ensemble -> adapter k+1,
                          both written atomically under the data dir
                          -> one transaction: round k+1 + checkpoint, round k 'done', generate job k+1, job done
@@ -107,6 +108,15 @@ class JobYield(Exception):
     def __init__(self, waiting: dict[str, Any], *, round_index: int, images: int, grid: int, payload: dict[str, Any]) -> None:
         super().__init__(f"gives way to job {waiting['id']} ({waiting['kind']})")
         self.waiting, self.round_index, self.images, self.grid, self.payload = waiting, round_index, images, grid, payload
+
+
+class JobCancelled(Exception):
+    """An eval job found its experiment finished when it stored a chunk: the worker stops it (``Worker._cancel``:
+    the job failed with ``reason``, as finishing the experiment cancels its queued jobs); its stored chunks stay."""
+
+    def __init__(self, reason: str, *, round_index: int, images: int, grid: int) -> None:
+        super().__init__(reason)
+        self.reason, self.round_index, self.images, self.grid = reason, round_index, images, grid
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,6 +403,10 @@ class Worker:
             heartbeat.stop()  # no heartbeat may extend the lease once it is handed back
             self.last_error = None
             self._hand_back(job, gave_way, time.monotonic() - start)
+        except JobCancelled as cancelled:
+            heartbeat.stop()  # as for a yield: the lease is released in _cancel's transaction
+            self.last_error = None
+            self._cancel(job, cancelled)
         except LeaseLost as exc:
             self.last_error = str(exc)
             log.warning("job %d: %s; this worker's result is discarded", job.id, exc)
@@ -432,11 +446,31 @@ class Worker:
         except LeaseLost as exc:
             log.warning("job %d: it was not handed back: %s", job.id, exc)
             return
+        except Exception:  # e.g. the database is unreachable: the worker carries on, the job's lease runs out
+            log.exception("job %d could not be handed back to the queue; it stays claimed until its lease expires "
+                          "(within %.0f s), then a worker takes it again", job.id, self.lease_s)
+            return
         w = gave_way.waiting
         log.info("job %d (%s, round %d) YIELDS to job %d (%s, experiment %s), which a person waits for, after %.1f s: "
                  "%d of %d eval images stored; queued again, attempt %d of %d not counted", job.id, job.kind,
                  gave_way.round_index, w["id"], w["kind"], w["experiment_id"], seconds, gave_way.images, gave_way.grid,
                  job.attempts, job.max_attempts)
+
+    def _cancel(self, job: ClaimedJob, cancelled: JobCancelled) -> None:
+        """Fail the job for good with the reason its experiment's other jobs were cancelled with, in one transaction
+        that releases the lease, only if this worker still holds it."""
+        try:
+            with write_session(self.factory) as s:
+                job_queue.fail_job(session=s, job_id=job.id, worker_id=self.worker_id, error=cancelled.reason)
+        except LeaseLost as exc:
+            log.warning("job %d: it was not cancelled: %s", job.id, exc)
+            return
+        except Exception:
+            log.exception("job %d could not be cancelled; it stays claimed until its lease expires (within %.0f s)",
+                          job.id, self.lease_s)
+            return
+        log.info("job %d (%s, round %d) stopped: %s; %d of %d eval images stored stay", job.id, job.kind,
+                 cancelled.round_index, cancelled.reason, cancelled.images, cancelled.grid)
 
     def _publish(self, run: _Run, write: Callable[[Any], dict[str, Any] | None], result: dict[str, Any]) -> None:
         """Stop heartbeats, then in ONE transaction: write the final progress, complete the job and ``write(session)``
@@ -592,8 +626,10 @@ class Worker:
         renders only what is missing. After a chunk, if a job a person waits for is claimable (a generate or train job
         of any experiment), the job gives way (JobYield): the worker hands it back to the queue without using up an
         attempt and claims that job; the eval job carries on from its stored chunks once nothing else is waiting.
-        Every claim finishes at least one chunk, so it cannot go round in circles. The metrics are computed at the
-        end from the stored grid (PNG pixels and embeddings) and published in one transaction with the job done."""
+        Every claim finishes at least one chunk, so it cannot go round in circles. If the experiment has been
+        finished meanwhile, the job stops after storing the chunk (JobCancelled: failed, like the experiment's queued
+        jobs). The metrics are computed at the end from the stored grid (PNG pixels and embeddings) and published in
+        one transaction with the job done."""
         job, progress = run.job, run.progress
         started = time.monotonic()
         with read_session(self.factory) as s:
@@ -651,7 +687,10 @@ class Worker:
                     measured += len(cells)
                     progress.set("eval_kl", measured, len(measure))
                 last = i == len(work) - 1
-                waiting = self._save_eval_chunk(run, this.id, rows, state(), look=not last)
+                waiting, finished = self._save_eval_chunk(run, this.id, rows, state(), look=not last)
+                if finished is not None:
+                    raise JobCancelled(finished, round_index=k, images=len(grid) - len(to_render) + rendered,
+                                       grid=len(grid))
                 if waiting is not None:
                     gave_way = {**state(), "yields": int(partial.get("yields") or 0) + 1}
                     raise JobYield(waiting, round_index=k, images=len(grid) - len(to_render) + rendered, grid=len(grid),
@@ -668,23 +707,38 @@ class Worker:
             ab_pairs = ab.create_round_pairs(session=s, round_id=this.id, seed=derive_seed(experiment_id, k, "ab-sides"))
             if ab_pairs:
                 repo.update_round_metrics(session=s, round_id=this.id, metrics={"ab": ab_pairs})
+            # eval jobs finish out of order (two workers; one that gave way; a failed one retried later): the rounds
+            # paired with this grid that published first get the pairs they lacked (rounds locked in index order)
+            completed = ab.add_dependent_pairs(session=s, round_id=this.id,
+                                               seed_of=lambda index: derive_seed(experiment_id, index, "ab-sides"))
+            if completed:
+                log.info("job %d: round %d's grid completed the A/B pairs of round(s) %s", run.job.id, k,
+                         ", ".join(map(str, sorted(completed))))
 
         self._publish(run, write, {"round_index": k, "eval_images": len(grid), "rendered": len(to_render)})
         return {"round_index": k, "eval_images": len(grid), "rendered": len(to_render), "yields": eval_metrics["yields"]}
 
     def _save_eval_chunk(self, run: _Run, round_id: int, rows: list[dict[str, Any]], partial: dict[str, Any], *,
-                         look: bool) -> dict[str, Any] | None:
+                         look: bool) -> tuple[dict[str, Any] | None, str | None]:
         """In ONE transaction, while this worker still holds the job (LeaseLost otherwise): the chunk's eval image rows
-        (only the missing ones) and the job's progress so far (its payload's ``partial``). With ``look``, returns the
-        job a person waits for that is claimable now ({"id", "kind", "experiment_id"}), else None."""
+        (only the missing ones) and the job's progress so far (its payload's ``partial``). Returns (waiting, finished):
+        with ``look``, the job a person waits for that is claimable now ({"id", "kind", "experiment_id"}), else None;
+        when the job's experiment has been finished (``repo.finish_experiment`` does not wait for an eval job), the
+        reason to stop it, else None. The chunk is stored either way."""
         with write_session(self.factory) as s:
             job_queue.save_payload(session=s, job_id=run.job.id, worker_id=self.worker_id,
                                    payload={**run.job.payload, "partial": partial})
             self._add_missing_images(s, round_id, rows)
             s.flush()
             fault_point("eval_chunk", run.job.attempts)
+            round_ = repo.get_round(session=s, round_id=round_id)
+            experiment = repo.get_experiment(session=s, experiment_id=round_.experiment_id)
+            if experiment.status == "finished":
+                return None, repo.finished_reason(experiment.name)
             waiting = job_queue.waiting_job(session=s, kinds=job_queue.PERSON_KINDS) if look else None
-            return None if waiting is None else {"id": waiting.id, "kind": waiting.kind, "experiment_id": waiting.experiment_id}
+            if waiting is None:
+                return None, None
+            return {"id": waiting.id, "kind": waiting.kind, "experiment_id": waiting.experiment_id}, None
 
     def _eval_metrics(self, cfg: SeikoConfig, experiment_id: int, k: int, round_id: int, prev: _RoundInfo | None,
                       grid: list[tuple[str, int]], kl: dict[tuple[str, int], float] | None,

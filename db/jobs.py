@@ -48,9 +48,12 @@ def _round(session: Session, round_id: int) -> Round:
 PERSON_KINDS = ("generate", "train")
 
 
-def live_job(session: Session, now: datetime, **where: Any) -> Job | None:
-    """A running job with a live lease matching ``where`` (e.g. experiment_id=, round_id=), or None."""
+def live_job(session: Session, now: datetime, *, kinds: Iterable[str] | None = None, **where: Any) -> Job | None:
+    """A running job with a live lease matching ``where`` (e.g. experiment_id=, round_id=, kind=), of one of
+    ``kinds`` when given, or None."""
     clauses = [Job.status == "running", Job.lease_expires_at >= now, *(getattr(Job, k) == v for k, v in where.items())]
+    if kinds is not None:
+        clauses.append(Job.kind.in_([check_choice("job kind", k, JOB_KINDS) for k in kinds]))
     return session.scalar(select(Job).where(*clauses).order_by(Job.id))
 
 
@@ -114,6 +117,12 @@ def ensure_job(
     For work queued by another job's publishing transaction: a re-run of that job (after a crash, or queued again by
     an operator) finds the first one instead of queuing the work twice. A failed one is no obstacle."""
     check_choice("job kind", kind, JOB_KINDS)
+    # Read, then insert: no unique index stops a second row, and none is needed. The caller is the publishing
+    # transaction of the round's generate job, which holds that job's row lock (complete_job: SELECT ... FOR UPDATE,
+    # and only the lease owner gets past it) from before this read until its commit; a second transaction for the
+    # same round (a re-run of that job, or another worker that took it over) waits for that lock, or fails with
+    # LeaseLost, and only then reads, so it finds this job. A round has one generate job at a time (retry_job refuses
+    # a second), and on SQLite BEGIN IMMEDIATE serializes all writers anyway.
     existing = session.scalar(select(Job).where(Job.round_id == round_id, Job.kind == kind,
                                                 Job.status.in_(("queued", "running", "done"))).order_by(Job.id))
     if existing is not None:

@@ -159,22 +159,29 @@ def set_raters_see_dashboard(*, session: Session, experiment_id: int, allowed: b
     return experiment
 
 
+def finished_reason(name: str) -> str:
+    """The error recorded on the jobs of experiment ``name`` that finishing it cancelled."""
+    return f"cancelled: experiment {name!r} was finished"
+
+
 def finish_experiment(*, session: Session, experiment_id: int, now: datetime | None = None) -> Experiment:
     """End an experiment for good: its queued jobs are cancelled (eval jobs too: a round's eval grid stays as far
     as it got), a round open for labeling or waiting for training is marked done, a round still waiting for its
     images failed. Ratings, images and adapters stay.
 
-    Refused while the worker is running one of its jobs (wait for it to finish; an eval job gives way between
-    chunks only to work a person waits for)."""
+    Refused while the worker is running one of its generate or train jobs (wait for it to finish). A running eval
+    job is no obstacle: it sees the experiment finished when it stores its next chunk and stops there, its job
+    failed with the same "cancelled" message and its grid kept as far as it got (if it had stored its last chunk
+    already, it publishes its metrics onto the rounds that are done now)."""
     now = _now(now)
     experiment = get_experiment(session=session, experiment_id=experiment_id)
     if experiment.status == "finished":
         return experiment
-    running = job_queue.live_job(session, now, experiment_id=experiment_id)
+    running = job_queue.live_job(session, now, kinds=job_queue.PERSON_KINDS, experiment_id=experiment_id)
     if running is not None:
         raise Conflict(f"the worker is running job {running.id} ({running.kind}) of experiment {experiment.name!r}; "
                        "finish the experiment when that job is done")
-    job_queue.cancel_jobs(session, f"cancelled: experiment {experiment.name!r} was finished", experiment_id=experiment_id)
+    job_queue.cancel_jobs(session, finished_reason(experiment.name), experiment_id=experiment_id)
     for round_ in list_rounds(session=session, experiment_id=experiment_id):
         if round_.status in ("labeling", "training"):
             round_.status = "done"

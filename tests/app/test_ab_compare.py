@@ -48,14 +48,56 @@ def test_pairs_match_prompt_and_seed_with_recorded_sides_and_are_made_once(ui_wo
     assert made == again == {"side_seed": 12345, "previous_index": 0, "vs_previous": 2, "vs_base": 2}
     pairs = _pairs(ui_world, round1)
     assert len(pairs) == 2  # round 1's parent is the base: one set of pairs answers both questions
-    # the documented rule: in (prompt, seed) order, the new image is on the left when Random(seed).random() < 0.5
-    rng = random.Random(12345)
+    # the documented rule: per (prompt, seed) cell, the new image is on the left when
+    # Random(f"{side seed}:{opponent index}:{prompt}:{seed}").random() < 0.5
     base = dict(zip(sorted(eval1), ui_world.eval_image_ids))  # round 0's eval images: seeds 0, 1 of "a shape"
     expected = []
-    for key in sorted(eval1):
-        pair = (eval1[key], base[key])
-        expected.append(pair if rng.random() < 0.5 else pair[::-1])
+    for prompt, seed in sorted(eval1):
+        pair = (eval1[prompt, seed], base[prompt, seed])
+        expected.append(pair if random.Random(f"12345:0:{prompt}:{seed}").random() < 0.5 else pair[::-1])
     assert [(a, b) for _, a, b in pairs] == expected
+    assert ab.new_image_left(12345, 0, "a shape", 1) == (random.Random("12345:0:a shape:1").random() < 0.5)
+
+
+def test_pairs_a_round_lacked_are_added_when_the_grid_it_is_paired_with_is_complete(ui_world):
+    """Eval jobs finish out of order: round 2's grid is paired while round 1's has 1 of its 2 images. When round 1's
+    grid is complete, ``add_dependent_pairs`` adds round 2's missing pair (once), leaves the others as they were and
+    updates round 2's metrics["ab"]."""
+    with write_session(ui_world.factory) as s:
+        round1 = repo.create_round(session=s, experiment_id=ui_world.experiment_id, index=1, adapter_path="adapters/x/round_1").id
+        round2 = repo.create_round(session=s, experiment_id=ui_world.experiment_id, index=2, adapter_path="adapters/x/round_2").id
+        round3 = repo.create_round(session=s, experiment_id=ui_world.experiment_id, index=3, adapter_path="adapters/x/round_3").id
+        comparisons.set_round_parent(session=s, round_id=round3, parent_round_id=ui_world.round_id)  # a rollback to 0
+    ui_world.add_round_images(round1, 1, kind="eval", prompts=("a shape",))  # seed 0 only: its eval job is not done
+    ui_world.add_round_images(round2, 2, kind="eval", prompts=("a shape",))
+    with write_session(ui_world.factory) as s:
+        first = ab.create_round_pairs(session=s, round_id=round2, seed=9)
+        assert [r.index for r in ab.dependent_rounds(session=s, round_id=ui_world.round_id)] == [1, 2, 3]
+        assert [r.index for r in ab.dependent_rounds(session=s, round_id=round1)] == [2]  # not round 3 (rolled back)
+        assert ab.dependent_rounds(session=s, round_id=round2) == []
+    assert first == {"side_seed": 9, "previous_index": 1, "vs_previous": 1, "vs_base": 2}
+    before = _pairs(ui_world, round2)
+    assert len(before) == 3
+    ui_world.add_round_images(round1, 1, kind="eval", start=1, prompts=("a shape",))  # round 1's grid is complete
+    with write_session(ui_world.factory) as s:
+        added = ab.add_dependent_pairs(session=s, round_id=round1, seed_of=lambda index: 9)
+        assert ab.add_dependent_pairs(session=s, round_id=round1, seed_of=lambda index: 9) == {}  # nothing left to add
+        # round 0's grid published (again) now: round 1, never paired yet, gets its pairs; round 2 has all of its own
+        assert ab.add_dependent_pairs(session=s, round_id=ui_world.round_id, seed_of=lambda index: 9) == {
+            1: {"side_seed": 9, "previous_index": 0, "vs_previous": 2, "vs_base": 2}}
+        metrics = repo.get_round(session=s, round_id=round2).metrics
+        eval1 = {(im.prompt, im.seed): im.id for im in repo.list_images(session=s, round_id=round1, kind="eval")}
+        eval2 = {(im.prompt, im.seed): im.id for im in repo.list_images(session=s, round_id=round2, kind="eval")}
+    full = {"side_seed": 9, "previous_index": 1, "vs_previous": 2, "vs_base": 2}
+    assert added == {2: full} and metrics["ab"] == full
+    after = _pairs(ui_world, round2)
+    assert after[:3] == before and len(after) == 4  # the pairs made before are untouched
+    new_image, old_image = eval2["a shape", 1], eval1["a shape", 1]
+    left = ab.new_image_left(9, 1, "a shape", 1)
+    assert after[3][1:] == ((new_image, old_image) if left else (old_image, new_image))
+    with write_session(ui_world.factory) as s:  # the round's own call after that: the same pairs, reported
+        assert ab.create_round_pairs(session=s, round_id=round2, seed=9) == full
+    assert _pairs(ui_world, round2) == after
 
 
 def test_pair_images_are_never_offered_for_rating(ui_world):

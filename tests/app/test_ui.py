@@ -411,3 +411,17 @@ def test_dashboard_names_the_job_the_worker_takes_next_and_the_eval_grid(ui_worl
     with write_session(ui_world.factory) as s:
         job_queue.claim_job(session=s, worker_id="w1", lease_s=60, kinds=["eval"])
     assert f"rendering the eval grid for round 0 (job {eval_id}" in ui_dashboard.load(ui_world.factory, None).worker
+
+
+def test_dashboard_shows_the_running_job_a_person_waits_for_before_a_running_eval_grid(ui_world):
+    """Two workers: one on round 0's eval grid (the older job), one on a train job. The dashboard shows the train job,
+    as it orders queued jobs (db.jobs.claim_job's order), not the oldest running job."""
+    with write_session(ui_world.factory) as s:
+        eval_id = job_queue.enqueue_job(session=s, kind="eval", experiment_id=ui_world.experiment_id,
+                                        round_id=ui_world.round_id, payload={"round_index": 0}).id
+        assert job_queue.claim_job(session=s, worker_id="w1", lease_s=60).id == eval_id
+        train_id = job_queue.enqueue_job(session=s, kind="train", experiment_id=ui_world.experiment_id,
+                                         round_id=ui_world.round_id).id
+        assert job_queue.claim_job(session=s, worker_id="w2", lease_s=60).id == train_id
+    worker = ui_dashboard.load(ui_world.factory, None).worker
+    assert f"training for round 0 (job {train_id}," in worker and f"(job {eval_id}," not in worker

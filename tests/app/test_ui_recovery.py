@@ -8,6 +8,7 @@ import hashlib
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -18,6 +19,7 @@ from db import jobs as job_queue
 from db import repo
 from db.engine import read_session, write_session
 from db.errors import Conflict, InvalidInput
+from db.models import utcnow
 
 PASSWORD = "correct horse battery"  # tests/app/conftest.py gives every ui_world account this password
 
@@ -329,3 +331,53 @@ def test_the_next_images_never_wait_for_the_eval_grid(ui_world):
                             progress={"phase": "finetune", "step": 3, "total": 12, "eta_s": 20.0})
     view = page(ui_world, "alice")
     assert "Learning from your ratings (finetune, step 3 of 12)" in view.progress and "eval grid" not in view.progress
+
+
+def test_no_retry_is_offered_for_the_eval_jobs_that_finishing_cancelled(ui_world):
+    """Finishing an experiment cancels its queued eval job and marks its rounds done; the admin tab must not offer
+    "Retry failed job" for it (the retry would be refused: the experiment is finished)."""
+    root = who(ui_world, "root")
+    with write_session(ui_world.factory) as s:
+        eval_id = job_queue.enqueue_job(session=s, kind="eval", experiment_id=ui_world.experiment_id,
+                                        round_id=ui_world.round_id, payload={"round_index": 0}).id
+    assert "is finished" in ui_admin.finish_experiment(ui_world.factory, root, ui_world.experiment_id)
+    with read_session(ui_world.factory) as s:
+        job = job_queue.get_job(session=s, job_id=eval_id)
+        assert job.status == "failed" and job.error.startswith("cancelled")
+    assert ui_admin.newest_failed_job(ui_world.factory, ui_world.experiment_id) is None
+    assert "Retry failed job" not in ui_admin.round_status_html(ui_world.factory, ui_world.experiment_id)
+    with pytest.raises(Conflict, match="no failed job"):
+        ui_admin.retry_job(ui_world.factory, root, ui_world.experiment_id)
+
+
+def test_the_wait_is_put_on_the_eval_grid_only_when_the_grid_is_what_holds_it_up(ui_world):
+    """A worker is on an eval grid while this experiment's train job waits: the rating page says the train job comes
+    after the grid's chunk, but not while the experiment is paused (its jobs wait for the admin) nor while a generate
+    or train job (here another experiment's) is running."""
+    rate_all(ui_world, ["alice"])
+    with write_session(ui_world.factory) as s:
+        eval_id = job_queue.enqueue_job(session=s, kind="eval", experiment_id=ui_world.experiment_id,
+                                        round_id=ui_world.round_id, payload={"round_index": 0}).id
+        assert job_queue.claim_job(session=s, worker_id="w1", lease_s=60).id == eval_id
+    ui_admin.close_round(ui_world.factory, who(ui_world, "root"), ui_world.experiment_id, expected_index=0)
+
+    def behind():
+        with read_session(ui_world.factory) as s:
+            return ui_rate.next_round_wait(s, repo.get_experiment(session=s, experiment_id=ui_world.experiment_id))["behind"]
+
+    assert behind() == "eval"
+    ui_admin.set_paused(ui_world.factory, who(ui_world, "root"), ui_world.experiment_id, True)
+    assert behind() is None and "eval grid" not in page(ui_world, "alice").progress
+    ui_admin.set_paused(ui_world.factory, who(ui_world, "root"), ui_world.experiment_id, False)
+    assert behind() == "eval"
+    with write_session(ui_world.factory) as s:  # another experiment's train job runs on a second worker
+        other = repo.create_experiment(session=s, name="other", model_spec="models/shapes-sd", method="bootstrap",
+                                       config={}, budgets=[6, 6], prompts=["a shape"], overlap=1)
+        other_round = repo.create_round(session=s, experiment_id=other.id)
+        other_job = job_queue.enqueue_job(session=s, kind="train", experiment_id=other.id, round_id=other_round.id)
+        other_job.status, other_job.lease_owner = "running", "w2"  # as claim_job leaves it (this one's is older)
+        other_job.attempts, other_job.lease_expires_at = 1, utcnow() + timedelta(seconds=60)
+    with read_session(ui_world.factory) as s:
+        assert {j.kind for j in job_queue.list_jobs(session=s, status="running")} == {"eval", "train"}
+        assert job_queue.list_jobs(session=s, status="queued", experiment_id=ui_world.experiment_id)[0].kind == "train"
+    assert behind() is None

@@ -115,11 +115,15 @@ def test_reopen_a_round_closed_for_training_cancels_its_train_job(db_factory, ma
 def test_finish_and_archive_an_experiment(db_factory, make_world):
     world = make_world()
     keep = make_world(name="other")
-    with write_session(db_factory) as s:
-        job_id = job_queue.enqueue_job(session=s, kind="eval", experiment_id=world.experiment_id, round_id=world.round_id).id
-        job_queue.claim_job(session=s, worker_id="w", lease_s=300)
-    with pytest.raises(Conflict, match=f"running job {job_id}"), write_session(db_factory) as s:
-        repo.finish_experiment(session=s, experiment_id=world.experiment_id)
+    for kind in ("generate", "train"):  # the work a person waits for holds finishing up
+        with write_session(db_factory) as s:
+            job_id = job_queue.enqueue_job(session=s, kind=kind, experiment_id=world.experiment_id, round_id=world.round_id).id
+            job_queue.claim_job(session=s, worker_id="w", lease_s=300)
+        with pytest.raises(Conflict, match=f"running job {job_id} \\({kind}\\)"), write_session(db_factory) as s:
+            repo.finish_experiment(session=s, experiment_id=world.experiment_id)
+        if kind == "generate":
+            with write_session(db_factory) as s:
+                job_queue.complete_job(session=s, job_id=job_id, worker_id="w")
     with write_session(db_factory) as s:
         job_queue.complete_job(session=s, job_id=job_id, worker_id="w")
         queued = job_queue.enqueue_job(session=s, kind="train", experiment_id=world.experiment_id, round_id=world.round_id).id
@@ -362,3 +366,27 @@ def test_a_failed_eval_job_is_retried_while_its_round_is_past_generating(db_fact
             repo.get_round(session=s, round_id=world.round_id).status = status
             job_queue.get_job(session=s, job_id=eval_id).status = "failed"
             assert job_queue.retry_job(session=s, job_id=eval_id).status == "queued"
+
+
+def test_a_running_eval_job_does_not_hold_up_finishing_the_experiment(db_factory, make_world):
+    """A queue of eval jobs (one running, with a live lease) must not keep an admin from finishing: the running one
+    stays running (the worker stops it at its next chunk), the queued ones are cancelled."""
+    world = make_world()
+    with write_session(db_factory) as s:
+        running = job_queue.enqueue_job(session=s, kind="eval", experiment_id=world.experiment_id, round_id=world.round_id,
+                                        payload={"round_index": 0}).id
+        queued = job_queue.enqueue_job(session=s, kind="eval", experiment_id=world.experiment_id, round_id=world.round_id,
+                                       payload={"round_index": 0}).id
+        assert job_queue.claim_job(session=s, worker_id="w", lease_s=300).id == running
+    with write_session(db_factory) as s:
+        repo.finish_experiment(session=s, experiment_id=world.experiment_id)
+    with read_session(db_factory) as s:
+        assert repo.get_experiment(session=s, experiment_id=world.experiment_id).status == "finished"
+    assert _job(db_factory, running).status == "running" and _job(db_factory, running).lease_owner == "w"
+    job = _job(db_factory, queued)
+    assert job.status == "failed" and job.error == repo.finished_reason("exp")
+    with write_session(db_factory) as s:  # live_job: only the kinds asked for
+        now = utcnow()
+        assert job_queue.live_job(session=s, now=now, experiment_id=world.experiment_id).id == running
+        assert job_queue.live_job(s, now, kinds=job_queue.PERSON_KINDS, experiment_id=world.experiment_id) is None
+        assert job_queue.live_job(s, now, kinds=["eval"]).id == running

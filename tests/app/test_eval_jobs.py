@@ -1,0 +1,142 @@
+"""The worker's eval job without a model (the ui_world's small PNGs stand in for the grid; rendering, where a test
+needs it, is a stub): eval jobs that finish out of order still complete the A/B pairs, a running eval job stops when
+its experiment is finished, and a hand-back the database refuses does not stop the worker."""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import torch
+from sqlalchemy.exc import OperationalError
+
+from app import ab
+from app import worker as worker_module
+from db import comparisons, repo
+from db import jobs as job_queue
+from db.engine import read_session, write_session
+
+
+def _grid_config(world, seeds=(0, 1)) -> None:
+    """The experiment's eval grid: "a shape" x ``seeds`` (the ui_world's eval images of round 0 are seeds 0 and 1)."""
+    with write_session(world.factory) as s:
+        repo.get_experiment(session=s, experiment_id=world.experiment_id).config = {
+            "eval_prompts": ["a shape"], "eval_seeds": list(seeds), "sampling": {"eta": 0.0, "batch_size": 4}}
+
+
+def _round(world, index: int, status: str = "done") -> int:
+    with write_session(world.factory) as s:
+        round_ = repo.create_round(session=s, experiment_id=world.experiment_id, index=index,
+                                   adapter_path=f"adapters/x/round_{index}")
+        round_.status = status
+        return round_.id
+
+
+def _eval_job(world, round_id: int, index: int) -> int:
+    with write_session(world.factory) as s:
+        return job_queue.enqueue_job(session=s, kind="eval", experiment_id=world.experiment_id, round_id=round_id,
+                                     payload={"round_index": index}).id
+
+
+def _worker(world, **kwargs):
+    return worker_module.Worker(world.settings, "w1", lease_s=30, poll_s=0.05, device="cpu", **kwargs)
+
+
+def _job(world, job_id: int):
+    with read_session(world.factory) as s:
+        job = job_queue.get_job(session=s, job_id=job_id)
+        return SimpleNamespace(status=job.status, error=job.error, lease_owner=job.lease_owner, attempts=job.attempts)
+
+
+def test_eval_jobs_that_finish_out_of_order_complete_the_ab_pairs(ui_world):
+    """Round 2's eval job publishes while round 1's grid has 1 of its 2 images (round 1's eval job gave way, or
+    failed and waits for a retry): round 2 is paired with what there is. When round 1's eval job publishes, round 2
+    gets the pair it lacked, with the side the rule gives it."""
+    _grid_config(ui_world)
+    round1, round2 = _round(ui_world, 1), _round(ui_world, 2)
+    ui_world.add_round_images(round1, 1, kind="eval", prompts=("a shape",))
+    ui_world.add_round_images(round2, 2, kind="eval", prompts=("a shape",))
+    worker = _worker(ui_world)
+    e2 = _eval_job(ui_world, round2, 2)
+    assert worker.run_once() and worker.last_error is None and _job(ui_world, e2).status == "done"
+    with read_session(ui_world.factory) as s:
+        assert repo.get_round(session=s, round_id=round2).metrics["ab"]["vs_previous"] == 1
+        assert len(comparisons.list_pairs(session=s, experiment_id=ui_world.experiment_id, kind="ab", round_id=round2)) == 3
+    ui_world.add_round_images(round1, 1, kind="eval", start=1, prompts=("a shape",))  # the rest of round 1's grid
+    e1 = _eval_job(ui_world, round1, 1)
+    assert worker.run_once() and worker.last_error is None and _job(ui_world, e1).status == "done"
+    with read_session(ui_world.factory) as s:
+        metrics = repo.get_round(session=s, round_id=round2).metrics
+        pairs = [(p.image_a_id, p.image_b_id)
+                 for p in comparisons.list_pairs(session=s, experiment_id=ui_world.experiment_id, kind="ab", round_id=round2)]
+        mine = {im.id: im.seed for im in repo.list_images(session=s, round_id=round2, kind="eval")}
+        theirs = {im.id: im.seed for im in repo.list_images(session=s, round_id=round1, kind="eval")}
+        assert len(repo.list_images(session=s, round_id=round1, kind="eval")) == 2
+    seed2 = metrics["ab"]["side_seed"]
+    assert metrics["ab"] == {"side_seed": seed2, "previous_index": 1, "vs_previous": 2, "vs_base": 2}
+    assert seed2 == worker_module.derive_seed(ui_world.experiment_id, 2, "ab-sides")
+    vs_round1 = [(a, b) for a, b in pairs if a in theirs or b in theirs]
+    assert len(pairs) == 4 and len(vs_round1) == 2
+    for a, b in vs_round1:  # every pair against round 1, the late one too, has its side by the rule
+        new_left = a in mine
+        cell_seed = mine[a] if new_left else mine[b]
+        assert new_left == ab.new_image_left(seed2, 1, "a shape", cell_seed)
+        assert theirs[b if new_left else a] == cell_seed
+    worker.close()
+
+
+def test_a_running_eval_job_stops_cleanly_when_its_experiment_is_finished(ui_world, monkeypatch, caplog):
+    """Finishing the experiment does not wait for its running eval job; the job stores the chunk it was rendering,
+    sees the experiment finished and stops: failed with the experiment's "cancelled" reason, no error, no retry."""
+    _grid_config(ui_world, seeds=(0, 1, 2, 3))  # seeds 2 and 3 are still to render: two chunks of one image
+    job_id = _eval_job(ui_world, ui_world.round_id, 0)
+    worker = _worker(ui_world, eval_chunk=1)
+    monkeypatch.setattr(worker, "_parts", lambda spec: SimpleNamespace(device="cpu"))
+    monkeypatch.setattr(worker, "_use_adapter", lambda parts, round_: None)
+    calls = []
+
+    def render(parts, adapter, prompts, seeds, cfg, on_progress=None):
+        calls.append(list(seeds))
+        with write_session(ui_world.factory) as s:  # the admin finishes the experiment while the chunk renders
+            repo.finish_experiment(session=s, experiment_id=ui_world.experiment_id)
+        return torch.rand(len(seeds), 3, 16, 16), torch.rand(len(seeds), 4)
+
+    monkeypatch.setattr(worker_module, "generate_batch", render)
+    with caplog.at_level(logging.INFO, logger="seiko.worker"):
+        assert worker.run_once()
+    assert worker.last_error is None and calls == [[2]]  # the second chunk was never rendered
+    job = _job(ui_world, job_id)
+    assert (job.status, job.error, job.lease_owner) == ("failed", repo.finished_reason("ui-exp"), "w1")
+    assert f"job {job_id} (eval, round 0) stopped" in caplog.text and "3 of 4 eval images stored" in caplog.text
+    assert not [r for r in caplog.records if r.name.startswith("seiko") and r.levelno >= logging.WARNING]
+    with read_session(ui_world.factory) as s:  # the chunk rendered before the stop is kept
+        assert sorted(im.seed for im in repo.list_images(session=s, round_id=ui_world.round_id, kind="eval")) == [0, 1, 2]
+        assert repo.get_round(session=s, round_id=ui_world.round_id).status == "done"
+    assert not worker.run_once()  # nothing left to claim: the job is not retried
+    worker.close()
+
+
+def test_a_hand_back_the_database_refuses_is_logged_and_the_worker_carries_on(ui_world, monkeypatch, caplog):
+    """The yield's transaction fails (the database is away): run_once logs it with the job's id and returns; the job
+    stays claimed until its lease runs out, then a worker takes it again."""
+    job_id = _eval_job(ui_world, ui_world.round_id, 0)
+    worker = _worker(ui_world)
+
+    def gives_way(run):
+        raise worker_module.JobYield({"id": 99, "kind": "train", "experiment_id": ui_world.experiment_id},
+                                     round_index=0, images=0, grid=2, payload=dict(run.job.payload))
+
+    def unreachable(**kwargs):
+        raise OperationalError("UPDATE jobs ...", {}, Exception("could not connect to server"))
+
+    monkeypatch.setitem(worker.handlers, "eval", gives_way)
+    monkeypatch.setattr(job_queue, "yield_job", unreachable)
+    with caplog.at_level(logging.INFO, logger="seiko.worker"):
+        assert worker.run_once()
+    assert worker.last_error is None
+    failed = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(failed) == 1 and f"job {job_id} could not be handed back" in failed[0].getMessage()
+    assert failed[0].exc_info is not None  # with the traceback
+    job = _job(ui_world, job_id)
+    assert (job.status, job.lease_owner, job.attempts) == ("running", "w1", 1)  # the lease runs out by itself
+    worker.close()
