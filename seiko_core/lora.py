@@ -60,7 +60,8 @@ def add_adapter(unet, name: str, cfg, init_from: str | None = None, *, seed: int
                        [p for _, p in _named(unet, init_from)]))
         with torch.no_grad():
             for n, p in _named(unet, name):
-                p.copy_(src[n])
+                if n in src:  # a layer the older adapter did not target keeps its zero-effect start (B = 0)
+                    p.copy_(src[n])
     for p in params:
         p.requires_grad_(True)
     return params
@@ -132,6 +133,10 @@ def unet_lora_layers(unet, name: str) -> dict[str, torch.Tensor]:
     from peft.utils import get_peft_model_state_dict
 
     state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=name))
+    # diffusers' converter renames only attention layers; any other targeted layer (the embedded model's
+    # ``add_embedding.proj``) would keep peft's ``lora_A`` name, and diffusers' loader, seeing one peft-style key
+    # first, would then skip converting all the others: only that layer would load. Name every layer alike.
+    state = {k.replace(".lora_A.", ".lora.down.").replace(".lora_B.", ".lora.up."): v for k, v in state.items()}
     return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
 
 
