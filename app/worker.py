@@ -437,18 +437,26 @@ class Worker:
             return
         log.info("job %d is now %s (attempt %d of %d)", job.id, status, job.attempts, job.max_attempts)
 
-    def _hand_back(self, job: ClaimedJob, gave_way: JobYield, seconds: float) -> None:
-        """Queue the job again as it was before this claim (no attempt used, no error), in one transaction that
-        releases the lease, only if this worker still holds it."""
+    def _release(self, job: ClaimedJob, doing: str, write: Callable[[Any], Any]) -> bool:
+        """``write(session)`` in one transaction that releases the job's lease, only if this worker still holds it.
+        False when it was not recorded (the lease was lost, or the database refused: the worker carries on and the
+        job's lease runs out)."""
         try:
             with write_session(self.factory) as s:
-                job_queue.yield_job(session=s, job_id=job.id, worker_id=self.worker_id, payload=gave_way.payload)
+                write(s)
         except LeaseLost as exc:
-            log.warning("job %d: it was not handed back: %s", job.id, exc)
-            return
-        except Exception:  # e.g. the database is unreachable: the worker carries on, the job's lease runs out
-            log.exception("job %d could not be handed back to the queue; it stays claimed until its lease expires "
-                          "(within %.0f s), then a worker takes it again", job.id, self.lease_s)
+            log.warning("job %d: it was not %s: %s", job.id, doing, exc)
+            return False
+        except Exception:  # e.g. the database is unreachable
+            log.exception("job %d could not be %s; it stays claimed until its lease expires (within %.0f s), then a "
+                          "worker takes it again", job.id, doing, self.lease_s)
+            return False
+        return True
+
+    def _hand_back(self, job: ClaimedJob, gave_way: JobYield, seconds: float) -> None:
+        """Queue the job again as it was before this claim (no attempt used, no error)."""
+        if not self._release(job, "handed back", lambda s: job_queue.yield_job(
+                session=s, job_id=job.id, worker_id=self.worker_id, payload=gave_way.payload)):
             return
         w = gave_way.waiting
         log.info("job %d (%s, round %d) YIELDS to job %d (%s, experiment %s), which a person waits for, after %.1f s: "
@@ -457,17 +465,9 @@ class Worker:
                  job.attempts, job.max_attempts)
 
     def _cancel(self, job: ClaimedJob, cancelled: JobCancelled) -> None:
-        """Fail the job for good with the reason its experiment's other jobs were cancelled with, in one transaction
-        that releases the lease, only if this worker still holds it."""
-        try:
-            with write_session(self.factory) as s:
-                job_queue.fail_job(session=s, job_id=job.id, worker_id=self.worker_id, error=cancelled.reason)
-        except LeaseLost as exc:
-            log.warning("job %d: it was not cancelled: %s", job.id, exc)
-            return
-        except Exception:
-            log.exception("job %d could not be cancelled; it stays claimed until its lease expires (within %.0f s)",
-                          job.id, self.lease_s)
+        """Fail the job for good with the reason its experiment's other jobs were cancelled with."""
+        if not self._release(job, "cancelled", lambda s: job_queue.fail_job(
+                session=s, job_id=job.id, worker_id=self.worker_id, error=cancelled.reason)):
             return
         log.info("job %d (%s, round %d) stopped: %s; %d of %d eval images stored stay", job.id, job.kind,
                  cancelled.round_index, cancelled.reason, cancelled.images, cancelled.grid)

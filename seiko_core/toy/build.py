@@ -152,14 +152,9 @@ def train_clip(cfg: BuildConfig, data: ds.ShapesData, tokenizer, gen: torch.Gene
 @torch.no_grad()
 def _pooled_captions(text_encoder, tokenizer, captions: list[str], batch: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
     """(pooled output per distinct caption, index of each caption's row)."""
-    distinct = sorted(set(captions))
-    where = {c: i for i, c in enumerate(distinct)}
-    rows = []
-    for i in range(0, len(distinct), batch):
-        ids = tokenizer(distinct[i:i + batch], padding="max_length", max_length=MODEL_MAX_LENGTH, truncation=True,
-                        return_tensors="pt").input_ids
-        rows.append(text_encoder(ids).pooler_output)
-    return torch.cat(rows), torch.tensor([where[c] for c in captions])
+    ids, where = _distinct_ids(tokenizer, captions)
+    pooled = torch.cat([text_encoder(ids[i:i + batch]).pooler_output for i in range(0, len(ids), batch)])
+    return pooled, torch.tensor([where[c] for c in captions])
 
 
 def refine_encoder(cfg: BuildConfig, data: ds.ShapesData, tokenizer, text_encoder, image_encoder, text_proj: dict) -> dict:
@@ -273,11 +268,16 @@ def make_schedulers():
 @torch.no_grad()
 def caption_states(text_encoder, tokenizer, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Unique captions' hidden states (U, L, D) and each caption's index into them (the frozen encoder runs once)."""
-    uniq = sorted(set(captions) | {""})
-    ids = tokenizer(uniq, padding="max_length", max_length=MODEL_MAX_LENGTH, truncation=True, return_tensors="pt").input_ids
+    ids, where = _distinct_ids(tokenizer, captions, extra=("",))
     states = torch.cat([text_encoder(ids[i:i + 512])[0] for i in range(0, len(ids), 512)])
-    where = {c: i for i, c in enumerate(uniq)}
     return states, torch.tensor([where[c] for c in captions]), where[""]
+
+
+def _distinct_ids(tokenizer, captions: list[str], extra: tuple[str, ...] = ()) -> tuple[torch.Tensor, dict[str, int]]:
+    """Token ids of the distinct captions (and ``extra``), sorted, and each caption's row."""
+    uniq = sorted(set(captions) | set(extra))
+    ids = tokenizer(uniq, padding="max_length", max_length=MODEL_MAX_LENGTH, truncation=True, return_tensors="pt").input_ids
+    return ids, {c: i for i, c in enumerate(uniq)}
 
 
 def min_snr_weighted_mse(pred: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -430,6 +430,12 @@ def build(out: str | Path, cfg: BuildConfig) -> dict:
     return quality
 
 
+def _saved_config(quality: dict) -> BuildConfig:
+    """The BuildConfig a QUALITY.json records (fields added since that build take their defaults)."""
+    fields = set(BuildConfig.__dataclass_fields__)
+    return BuildConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in quality["build_config"].items() if k in fields})
+
+
 def refine_existing(model_dir: str | Path, steps: int | None = None) -> dict:
     """Run the encoder-refinement stage on a finished build (one built before the stage existed) and re-measure.
 
@@ -443,8 +449,7 @@ def refine_existing(model_dir: str | Path, steps: int | None = None) -> dict:
 
     model_dir = Path(model_dir)
     old = json.loads((model_dir / "QUALITY.json").read_text())
-    fields = {f for f in BuildConfig.__dataclass_fields__}
-    cfg = BuildConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in old["build_config"].items() if k in fields})
+    cfg = _saved_config(old)
     cfg.clip_refine_steps = BuildConfig.clip_refine_steps if steps is None else steps
     torch.set_num_threads(cfg.threads)
     data = ds.generate(cfg.n_images, seed=cfg.seed)
@@ -475,7 +480,7 @@ def remeasure(model_dir: str | Path, *, guidance: float | None = None, steps: in
 
     model_dir = Path(model_dir)
     old = json.loads((model_dir / "QUALITY.json").read_text())
-    cfg = BuildConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in old["build_config"].items()})
+    cfg = _saved_config(old)
     if guidance is not None:
         cfg.quality_guidance = guidance
     if steps is not None:
