@@ -142,3 +142,41 @@ def test_demo_starts_worker_and_ui_and_stops_both_on_sigterm(tmp_path, monkeypat
         engine.dispose()
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
+
+
+def test_the_idle_server_wakes_up_a_few_dozen_times_a_second_not_a_thousand(ui_world, monkeypatch):
+    """Gradio's queue polls every 1 ms when idle (8% of a core beside the training worker); ui.quiet_idle_polling
+    slows that to QUEUE_IDLE_POLL_S. Counted here as the short sleeps the server's event loop actually takes."""
+    import asyncio
+
+    real_sleep = asyncio.sleep
+    short_sleeps: list[float] = []
+
+    async def counting_sleep(delay, *args, **kwargs):
+        if delay < 0.5:
+            short_sleeps.append(delay)
+        return await real_sleep(delay, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "sleep", counting_sleep)
+    services = ui_world.services(batch_size=4)
+    demo = ui.build_demo(services)
+    demo.launch(prevent_thread_lock=True, quiet=True, **{**ui.launch_kwargs(services), "server_port": free_port()})
+    try:
+        time.sleep(0.5)
+        before = len(short_sleeps)
+        time.sleep(2.0)
+        per_second = (len(short_sleeps) - before) / 2.0
+        with httpx.Client() as http:  # and it still answers
+            assert http.get(demo.local_url, timeout=10).status_code in (200, 401)
+    finally:
+        demo.close()
+    assert per_second <= 1 / ui.QUEUE_IDLE_POLL_S + 1 / ui.QUEUE_PROGRESS_POLL_S + 20, per_second
+
+
+def test_a_gradio_without_the_queue_intervals_is_served_at_its_own_rate_with_a_warning(caplog):
+    class Bare:
+        _queue = object()
+
+    with caplog.at_level("WARNING", logger="app.ui"):
+        assert ui.quiet_idle_polling(Bare()) is False
+    assert "keeps its own" in caplog.text
