@@ -1,0 +1,85 @@
+"""Each method against Greedy, pooled over several oracles' runs: ``python -m seiko_core.pooled DIR [DIR ...]``.
+
+Every DIR is a ``seiko_core.simulate --out`` directory (its results.json). For each method and each (oracle, seed)
+that the method shares with Greedy, the paired difference of the final true reward is divided by that oracle's
+spread: the standard deviation of the pretrained model's true reward over the eval images (results.json's
+``pretrained.true_reward_std``), so one unit means one pretrained-image standard deviation on every oracle. The
+table gives the mean of those standardised differences with a 95% Student t interval over all the pairs, the wins,
+and the pairs per oracle. The rule was written down before the second oracle's runs were looked at (BENCHMARKS.md,
+issue 11).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from seiko_core.simulate import LABELS, METHODS, RESULTS, finished_runs, mean_ci95
+
+
+def standardised_differences(results: dict, method: str, baseline: str = "greedy") -> dict[str, float]:
+    """{seed: (final true reward of ``method`` - that of ``baseline``) / the pretrained spread} on shared seeds."""
+    spread = float((results.get("pretrained") or {}).get("true_reward_std") or 0.0)
+    if not spread > 0:
+        raise ValueError(f"oracle {results['settings']['oracle']!r}: results.json has no pretrained spread to standardise by")
+    base = {str(r["seed"]): r["rounds"][-1]["true_reward_mean"] for r in finished_runs(results, baseline)}
+    return {str(r["seed"]): (r["rounds"][-1]["true_reward_mean"] - base[str(r["seed"])]) / spread
+            for r in finished_runs(results, method) if str(r["seed"]) in base}
+
+
+def pooled_rows(all_results: list[dict], baseline: str = "greedy") -> list[dict]:
+    """Per method (but the baseline): the standardised paired differences over every oracle and shared seed."""
+    oracles = [res["settings"]["oracle"] for res in all_results]
+    if len(set(oracles)) != len(oracles):
+        raise ValueError(f"each directory must hold a different oracle's runs, got {oracles}")
+    rows = []
+    for method in METHODS:
+        if method == baseline:
+            continue
+        per_oracle = {res["settings"]["oracle"]: standardised_differences(res, method, baseline) for res in all_results}
+        diffs = [d for by_seed in per_oracle.values() for d in by_seed.values()]
+        if not diffs:
+            continue
+        mean, ci = mean_ci95(diffs)
+        rows.append({"method": method, "n": len(diffs), "mean": mean, "ci95": ci, "wins": int(sum(d > 0 for d in diffs)),
+                     "per_oracle": {o: len(v) for o, v in per_oracle.items()}})
+    return rows
+
+
+def pooled_table(all_results: list[dict], baseline: str = "greedy") -> str:
+    spreads = ", ".join(f"{res['settings']['oracle']} {res['pretrained']['true_reward_std']:.3f}" for res in all_results)
+    lines = [f"Paired difference to {LABELS.get(baseline, baseline)} in pretrained standard deviations ({spreads}), "
+             "pooled over oracles and seeds:", "",
+             "| method | pairs | mean difference [95% CI] | wins |", "|---|---|---|---|"]
+    for r in pooled_rows(all_results, baseline):
+        pairs = " + ".join(f"{n} {o}" for o, n in r["per_oracle"].items())
+        lines.append(f"| {LABELS.get(r['method'], r['method'])} | {pairs} | **{r['mean']:+.2f}** "
+                     f"[{r['mean'] - r['ci95']:+.2f}, {r['mean'] + r['ci95']:+.2f}] | {r['wins']}/{r['n']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m seiko_core.pooled", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dirs", nargs="+", type=Path, help="seiko_core.simulate --out directories, one per oracle")
+    args = p.parse_args(argv)
+    loaded = []
+    for d in args.dirs:
+        path = d / RESULTS
+        try:
+            loaded.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            print(f"error: cannot read {path}: {exc}", file=sys.stderr)
+            return 1
+    try:
+        print(pooled_table(loaded), end="")
+    except (ValueError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,48 @@
+"""seiko_core.pooled: paired differences to Greedy in pretrained standard deviations, pooled over oracles."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from seiko_core import pooled
+
+
+def _results(oracle: str, spread: float, finals: dict[str, dict[int, float]]) -> dict:
+    runs = {m: {str(s): {"seed": s, "status": "done", "rounds": [{"true_reward_mean": 0.0}, {"true_reward_mean": v}]}
+                for s, v in by_seed.items()} for m, by_seed in finals.items()}
+    return {"settings": {"oracle": oracle}, "pretrained": {"true_reward_std": spread}, "runs": runs}
+
+
+def test_pooled_difference_against_a_hand_computation():
+    a = _results("a", 2.0, {"greedy": {0: 1.0, 1: 3.0}, "ucb": {0: 3.0, 1: 2.0}})  # diffs +2, -1 -> +1.0, -0.5
+    b = _results("b", 0.5, {"greedy": {0: 0.0, 1: 1.0, 7: 5.0}, "ucb": {0: 1.0, 1: 2.0}})  # +1, +1 -> +2.0, +2.0; seed 7 unshared
+    (row,) = pooled.pooled_rows([a, b])
+    diffs = [1.0, -0.5, 2.0, 2.0]
+    mean = sum(diffs) / 4
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 3)
+    assert row["method"] == "ucb" and row["n"] == 4 and row["wins"] == 3
+    assert row["mean"] == pytest.approx(mean)
+    assert row["ci95"] == pytest.approx(3.182 * sd / 2, rel=1e-3)  # Student t, 3 degrees of freedom, from a table
+    assert row["per_oracle"] == {"a": 2, "b": 2}
+    assert "| SEIKO-UCB (textbook) | 2 a + 2 b | **+1.12**" in pooled.pooled_table([a, b])
+
+
+def test_the_same_oracle_twice_or_no_spread_is_refused_with_a_sentence():
+    a = _results("a", 1.0, {"greedy": {0: 1.0}, "ucb": {0: 2.0}})
+    with pytest.raises(ValueError, match="different oracle"):
+        pooled.pooled_rows([a, a])
+    with pytest.raises(ValueError, match="no pretrained spread"):
+        pooled.pooled_rows([_results("z", 0.0, {"greedy": {0: 1.0}, "ucb": {0: 2.0}})])
+
+
+def test_the_command_reads_directories_and_says_what_is_wrong(tmp_path, capsys):
+    good = tmp_path / "a"
+    good.mkdir()
+    (good / "results.json").write_text(json.dumps(_results("a", 1.0, {"greedy": {0: 1.0, 1: 1.0}, "ts": {0: 2.0, 1: 0.0}})))
+    assert pooled.main([str(good)]) == 0
+    assert "| SEIKO-TS | 2 a | **+0.00**" in capsys.readouterr().out
+    assert pooled.main([str(tmp_path / "missing")]) == 1
+    assert "cannot read" in capsys.readouterr().err
