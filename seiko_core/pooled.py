@@ -16,17 +16,22 @@ import json
 import sys
 from pathlib import Path
 
-from seiko_core.simulate import LABELS, METHODS, RESULTS, finished_runs, mean_ci95
+from seiko_core.simulate import LABELS, METHODS, RESULTS, final_rewards, mean_ci95
+
+
+def pretrained_spread(results: dict) -> float:
+    """The pretrained model's standard deviation of the true reward over the eval images; refused if absent."""
+    spread = float((results.get("pretrained") or {}).get("true_reward_std") or 0.0)
+    if not spread > 0:
+        raise ValueError(f"oracle {results['settings']['oracle']!r}: results.json has no pretrained spread to standardise by")
+    return spread
 
 
 def standardised_differences(results: dict, method: str, baseline: str = "greedy") -> dict[str, float]:
     """{seed: (final true reward of ``method`` - that of ``baseline``) / the pretrained spread} on shared seeds."""
-    spread = float((results.get("pretrained") or {}).get("true_reward_std") or 0.0)
-    if not spread > 0:
-        raise ValueError(f"oracle {results['settings']['oracle']!r}: results.json has no pretrained spread to standardise by")
-    base = {str(r["seed"]): r["rounds"][-1]["true_reward_mean"] for r in finished_runs(results, baseline)}
-    return {str(r["seed"]): (r["rounds"][-1]["true_reward_mean"] - base[str(r["seed"])]) / spread
-            for r in finished_runs(results, method) if str(r["seed"]) in base}
+    spread = pretrained_spread(results)
+    base = final_rewards(results, baseline)
+    return {seed: (v - base[seed]) / spread for seed, v in final_rewards(results, method).items() if seed in base}
 
 
 def pooled_rows(all_results: list[dict], baseline: str = "greedy") -> list[dict]:
@@ -49,7 +54,7 @@ def pooled_rows(all_results: list[dict], baseline: str = "greedy") -> list[dict]
 
 
 def pooled_table(all_results: list[dict], baseline: str = "greedy") -> str:
-    spreads = ", ".join(f"{res['settings']['oracle']} {res['pretrained']['true_reward_std']:.3f}" for res in all_results)
+    spreads = ", ".join(f"{res['settings']['oracle']} {pretrained_spread(res):.3f}" for res in all_results)
     lines = [f"Paired difference to {LABELS.get(baseline, baseline)} in pretrained standard deviations ({spreads}), "
              "pooled over oracles and seeds:", "",
              "| method | pairs | mean difference [95% CI] | wins |", "|---|---|---|---|"]
@@ -69,10 +74,15 @@ def main(argv: list[str] | None = None) -> int:
     for d in args.dirs:
         path = d / RESULTS
         try:
-            loaded.append(json.loads(path.read_text()))
+            results = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             print(f"error: cannot read {path}: {exc}", file=sys.stderr)
             return 1
+        if not isinstance(results, dict) or not {"settings", "pretrained", "runs"} <= results.keys():
+            print(f"error: {path} is not a results.json of seiko_core.simulate (it needs settings, pretrained and runs)",
+                  file=sys.stderr)
+            return 1
+        loaded.append(results)
     try:
         print(pooled_table(loaded), end="")
     except (ValueError, KeyError) as exc:

@@ -396,6 +396,11 @@ def finished_runs(results: dict, method: str) -> list[dict]:
     return [r for r in results["runs"].get(method, {}).values() if r.get("status") == "done"]
 
 
+def final_rewards(results: dict, method: str) -> dict[str, float]:
+    """{seed (as text): the final round's true reward} over the method's finished runs."""
+    return {str(r["seed"]): r["rounds"][-1]["true_reward_mean"] for r in finished_runs(results, method)}
+
+
 def method_curve(runs: list[dict], key: str = "true_reward_mean") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(labels, mean over seeds, std over seeds) per round; every run of a method has the same rounds."""
     labels = np.array([r["labels"] for r in runs[0]["rounds"]], dtype=float)
@@ -461,7 +466,7 @@ def mean_ci95(values) -> tuple[float, float]:
 def table_rows(results: dict, baseline: str = "greedy") -> list[dict]:
     """Per method: final true reward over seeds (mean, std, 95% CI) and, on the seeds it shares with ``baseline``,
     the paired difference to it (mean, 95% CI, per-seed differences, wins)."""
-    base_final = {str(r["seed"]): r["rounds"][-1]["true_reward_mean"] for r in finished_runs(results, baseline)}
+    base_final = final_rewards(results, baseline)
     rows = []
     for method in METHODS:
         runs = finished_runs(results, method)
@@ -470,8 +475,7 @@ def table_rows(results: dict, baseline: str = "greedy") -> list[dict]:
         final = np.array([r["rounds"][-1]["true_reward_mean"] for r in runs])
         kl = np.array([r["rounds"][-1]["kl_base"] for r in runs])
         mean, ci = mean_ci95(final)
-        diffs = {str(r["seed"]): r["rounds"][-1]["true_reward_mean"] - base_final[str(r["seed"])]
-                 for r in runs if str(r["seed"]) in base_final}
+        diffs = {seed: v - base_final[seed] for seed, v in final_rewards(results, method).items() if seed in base_final}
         d_mean, d_ci = mean_ci95(diffs.values()) if diffs else (float("nan"), float("nan"))
         rows.append({"method": method, "n": len(runs), "labels": runs[0]["rounds"][-1]["labels"],
                      "rounds": len(runs[0]["rounds"]) - 1, "mean": mean, "ci95": ci,

@@ -15,7 +15,6 @@ import argparse
 import json
 import platform
 import resource
-import socket
 import sys
 import tempfile
 import time
@@ -23,12 +22,6 @@ from pathlib import Path
 
 GRADIO_IDLE_POLL_S = 0.001  # gradio.queueing.Queue's values on Linux (gradio 6.x)
 GRADIO_PROGRESS_POLL_S = 0.01
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _usage() -> tuple[float, int]:
@@ -57,20 +50,21 @@ def main(argv: list[str] | None = None) -> int:
 
     from app import ui
     from app.settings import Settings
+    from app.tools.harness import free_port
     from db import migrate
     from db.engine import make_engine, session_factory
 
     with tempfile.TemporaryDirectory(prefix="seiko-idle-") as tmp:
         db_url = f"sqlite:///{Path(tmp) / 'seiko.db'}"
         migrate.upgrade(db_url)
-        settings = Settings.from_env({"data_dir": tmp, "db_url": db_url, "host": "127.0.0.1", "port": _free_port()}, environ={})
+        settings = Settings.from_env({"data_dir": tmp, "db_url": db_url, "host": "127.0.0.1", "port": free_port()}, environ={})
         engine = make_engine(db_url)
         services = ui.AppServices(factory=session_factory(engine), settings=settings, local_mode=True)
         demo = ui.build_demo(services)
         demo.launch(prevent_thread_lock=True, quiet=True, **ui.launch_kwargs(services))
         queue = demo._queue
         settings_by_name = {
-            "shipped": (queue.sleep_when_free, queue.progress_update_sleep_when_free),
+            "shipped": (ui.QUEUE_IDLE_POLL_S, ui.QUEUE_PROGRESS_POLL_S),
             "gradio defaults": (GRADIO_IDLE_POLL_S, GRADIO_PROGRESS_POLL_S),
         }
         results: dict[str, list[dict[str, float]]] = {name: [] for name in settings_by_name}

@@ -46,3 +46,8 @@ def test_the_command_reads_directories_and_says_what_is_wrong(tmp_path, capsys):
     assert "| SEIKO-TS | 2 a | **+0.00**" in capsys.readouterr().out
     assert pooled.main([str(tmp_path / "missing")]) == 1
     assert "cannot read" in capsys.readouterr().err
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "results.json").write_text(json.dumps({"runs": {}}))
+    assert pooled.main([str(other)]) == 1
+    assert "is not a results.json of seiko_core.simulate" in capsys.readouterr().err
