@@ -61,12 +61,18 @@ class OptimismConfig:
     bonus_alpha: float | None = None  # in rating stds; None: the form's calibrated default (UCB_DEFAULT_ALPHA)
     bonus_lambda: float = 1e-3  # reference lambda (ridge)
     bonus_clip: float = 10.0  # reference clip c
+    # None: off. kappa > 0: after each refit the bonus is scaled down (never up) so that its spread over the feedback
+    # set is at most kappa times the spread of the predicted reward there: optimism may not drown the reward signal it
+    # is meant to explore around (issue 11's measured reason; the rule is in BENCHMARKS.md, "A bonus bounded by ...")
+    bonus_balance: float | None = None
 
     def __post_init__(self) -> None:
         _check(self.temperature > 0, f"temperature must be positive, got {self.temperature}")
         _check(self.bonus in (None, "textbook", "covariance"), f"unknown bonus {self.bonus!r}; choose from [None, 'covariance', 'textbook']")
         _check(self.bonus_lambda > 0, f"bonus_lambda must be positive, got {self.bonus_lambda}")
         _check(self.bonus_alpha is None or self.bonus_alpha >= 0, f"bonus_alpha must be non-negative, got {self.bonus_alpha}")
+        _check(self.bonus_balance is None or self.bonus_balance > 0,
+               f"bonus_balance must be positive (or None for off), got {self.bonus_balance}")
 
     def alpha(self) -> float:
         """The bonus scale in use: ``bonus_alpha``, or the calibrated default of the configured form."""

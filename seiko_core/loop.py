@@ -120,6 +120,7 @@ def train_round(parts, embeddings: torch.Tensor, scores: torch.Tensor | None, cf
         "ucb_form": ucb.form if ucb is not None else None,
         "ucb_alpha": ucb.alpha if ucb is not None else None,
         "ucb_scale": ucb.scale if ucb is not None else None,
+        "ucb_balance": ucb.balance if ucb is not None else None,  # the bonus_balance factor in ucb_scale (1.0: none)
         "ts_draw": draw.tolist() if draw is not None else None,
         "finetune_steps": result.steps,
     }

@@ -155,6 +155,7 @@ class LinearUCB:
         if not (math.isfinite(scale) and scale > 0):
             raise ValueError(f"scale must be a positive finite number, got {scale}")
         self.scale = float(scale)
+        self.balance = 1.0  # the factor fit_bonus's bonus_balance applied to scale (1.0: none); scale includes it
 
     @property
     def feature_dim(self) -> int:
@@ -216,6 +217,7 @@ class LinearUCB:
             "clip": self.clip,
             "n": self.n,
             "scale": self.scale,
+            "balance": self.balance,
             "feature_dim": self.feature_dim,
         }
         return write_artifact(path_dir, UCB_WEIGHTS, UCB_META, {"chol": self.chol}, meta)
@@ -227,6 +229,7 @@ class LinearUCB:
         try:
             ucb = cls(tensors["chol"], form=meta["form"], lam=meta["lam"], alpha=meta["alpha"], clip=meta["clip"], n=meta["n"],
                       scale=float(meta.get("scale", 1.0)))
+            ucb.balance = float(meta.get("balance", 1.0))
         except KeyError as err:
             raise ValueError(f"the UCB files in {str(path_dir)!r} lack {err}") from err
         if ucb.feature_dim != meta.get("feature_dim"):
@@ -261,9 +264,29 @@ def fit_bonus(ensemble: RewardEnsemble, embeddings: Tensor, cfg: OptimismConfig)
     if cfg.bonus is None:
         return None
     _check_eval(ensemble)
-    features = ensemble.features(torch.as_tensor(embeddings))
-    return LinearUCB.fit(features, form=cfg.bonus, lam=cfg.bonus_lambda, alpha=cfg.alpha(), clip=cfg.bonus_clip,
-                         scale=float(ensemble.y_std))
+    preds, features = ensemble.heads_and_features(torch.as_tensor(embeddings))
+    ucb = LinearUCB.fit(features, form=cfg.bonus, lam=cfg.bonus_lambda, alpha=cfg.alpha(), clip=cfg.bonus_clip,
+                        scale=float(ensemble.y_std))
+    if cfg.bonus_balance is not None:
+        factor = balance_factor(preds.mean(dim=1), ucb.bonus(features), cfg.bonus_balance)
+        ucb.scale *= factor
+        ucb.balance = factor
+    return ucb
+
+
+def balance_factor(predicted: Tensor, bonus: Tensor, kappa: float) -> float:
+    """The factor in (0, 1] that brings the bonus's spread (std over the feedback set) down to at most ``kappa`` times
+    the predicted reward's spread there; 1 when it is already within, or when the bonus does not vary at all."""
+    if predicted.shape != bonus.shape or predicted.dim() != 1:
+        raise ValueError(f"predicted reward and bonus must be two (N,) tensors, got {tuple(predicted.shape)} and "
+                         f"{tuple(bonus.shape)}")
+    if len(predicted) < 2:
+        return 1.0
+    s_reward = float(predicted.double().std())
+    s_bonus = float(bonus.double().std())
+    if s_bonus <= 0.0 or s_bonus <= kappa * s_reward:
+        return 1.0
+    return max(kappa * s_reward / s_bonus, 1e-12)  # > 0: LinearUCB's scale must stay positive
 
 
 def optimistic_reward(

@@ -257,9 +257,13 @@ def evaluate(parts, cfg: SeikoConfig, oracle, ev: EvalSet, *, adapter: str | Non
         corr = float(torch.corrcoef(torch.stack([preds.mean(1), true]))[0, 1])
         m["pred_true_corr"] = corr if math.isfinite(corr) else None  # None when either side is constant
         m["optimism_gap"] = float((r_opt - preds.mean(1)).mean())  # r_opt - r_hat on the eval images
-        m["ucb_bonus"] = float(outcome.ucb.bonus(feats).mean()) if outcome.ucb is not None else None
+        m["pred_reward_std"] = float(preds.mean(1).std()) if len(preds) > 1 else None  # what the bonus is weighed against
+        bonus = outcome.ucb.bonus(feats) if outcome.ucb is not None else None
+        m["ucb_bonus"] = float(bonus.mean()) if bonus is not None else None
+        m["ucb_bonus_std"] = float(bonus.std()) if bonus is not None and len(bonus) > 1 else None
     else:
-        m.update(pred_reward=None, ensemble_spread=None, pred_true_corr=None, optimism_gap=None, ucb_bonus=None)
+        m.update(pred_reward=None, pred_reward_std=None, ensemble_spread=None, pred_true_corr=None, optimism_gap=None,
+                 ucb_bonus=None, ucb_bonus_std=None)
     m["eval_s"] = time.time() - t0
     if adapter is not None:
         t1 = time.time()

@@ -12,6 +12,7 @@ from seiko_core.optimism import (
     OPTIMISM,
     LinearUCB,
     aggregate,
+    balance_factor,
     fit_bonus,
     max_over_heads,
     optimistic_reward,
@@ -288,3 +289,55 @@ def test_bonus_is_in_rating_units_the_same_on_any_scale(form):
         with torch.no_grad():
             bonuses.append(ucb.bonus(ens.features(x)))
     torch.testing.assert_close(bonuses[1], 10 * bonuses[0], rtol=2e-3, atol=0)
+
+
+# --- the bonus bounded by the predicted reward's spread (bonus_balance) -----------------------------------------------
+
+
+def test_balance_factor_hand_computed():
+    pred = torch.tensor([0.0, 2.0])  # std (n - 1) = sqrt(2)
+    wide = torch.tensor([0.0, 8.0])  # std = 4 sqrt(2)
+    assert balance_factor(pred, wide, 1.0) == pytest.approx(0.25)
+    assert balance_factor(pred, wide, 0.5) == pytest.approx(0.125)
+    assert balance_factor(pred, torch.tensor([1.0, 2.0]), 1.0) == 1.0  # already within: never scaled up
+    assert balance_factor(pred, torch.tensor([3.0, 3.0]), 1.0) == 1.0  # a constant bonus has no spread to bound
+    assert balance_factor(torch.tensor([1.0]), torch.tensor([5.0]), 1.0) == 1.0  # one point: no spread is defined
+    with pytest.raises(ValueError, match=r"two \(N,\) tensors"):
+        balance_factor(pred, torch.zeros(3), 1.0)
+
+
+@pytest.mark.parametrize("form", ["textbook", "covariance"])
+def test_balanced_bonus_spread_is_kappa_times_the_predicted_spread(form):
+    """Measured independently on the fitted objects: with bonus_balance = kappa, the bonus's std over the feedback set
+    is min(its unbalanced std, kappa * std of the mean prediction there); the bonus keeps its shape (one factor)."""
+    ens, x, _ = _fit_on_scale(1.0, 32)
+    plain = fit_bonus(ens, x, OptimismConfig(aggregation="mean", bonus=form))
+    with torch.no_grad():
+        s_pred = float(ens(x).mean(dim=1).std())
+        g_plain = plain.bonus(ens.features(x))
+    assert float(g_plain.std()) > 0.05 * s_pred  # so that the small kappa below binds
+    for kappa in (0.05, 1e6):
+        bal = fit_bonus(ens, x, OptimismConfig(aggregation="mean", bonus=form, bonus_balance=kappa))
+        with torch.no_grad():
+            g = bal.bonus(ens.features(x))
+        expected_std = min(float(g_plain.std()), kappa * s_pred)
+        assert float(g.std()) == pytest.approx(expected_std, rel=1e-4)
+        torch.testing.assert_close(g, g_plain * bal.balance, rtol=1e-5, atol=1e-7)
+    assert bal.balance == 1.0  # kappa = 1e6: within, untouched
+
+
+def test_balance_survives_save_and_load(tmp_path):
+    ens, x, _ = _fit_on_scale(1.0, 32)
+    ucb = fit_bonus(ens, x, OptimismConfig(aggregation="mean", bonus="textbook", bonus_balance=0.05))
+    assert ucb.balance < 1.0
+    ucb.save(tmp_path / "ucb")
+    loaded = LinearUCB.load(tmp_path / "ucb")
+    q = torch.randn(4, 16)
+    assert loaded.balance == ucb.balance
+    assert torch.equal(loaded.bonus(q), ucb.bonus(q))
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan")])
+def test_bonus_balance_must_be_positive(bad):
+    with pytest.raises(ValueError, match="bonus_balance must be positive"):
+        OptimismConfig(bonus="textbook", bonus_balance=bad)
