@@ -7,6 +7,10 @@ spread: the standard deviation of the pretrained model's true reward over the ev
 table gives the mean of those standardised differences with a 95% Student t interval over all the pairs, the wins,
 and the pairs per oracle. The rule was written down before the second oracle's runs were looked at (BENCHMARKS.md,
 issue 11).
+
+``--against DIR [DIR ...]`` pairs each method with the SAME method in the other directories instead (one per oracle,
+same seeds): a setting against the same method without it, e.g. ``--set optimism.bonus_balance=1`` runs against
+plain ones. The spread is the control's.
 """
 
 from __future__ import annotations
@@ -53,15 +57,55 @@ def pooled_rows(all_results: list[dict], baseline: str = "greedy") -> list[dict]
     return rows
 
 
-def pooled_table(all_results: list[dict], baseline: str = "greedy") -> str:
-    spreads = ", ".join(f"{res['settings']['oracle']} {pretrained_spread(res):.3f}" for res in all_results)
-    lines = [f"Paired difference to {LABELS.get(baseline, baseline)} in pretrained standard deviations ({spreads}), "
-             "pooled over oracles and seeds:", "",
-             "| method | pairs | mean difference [95% CI] | wins |", "|---|---|---|---|"]
-    for r in pooled_rows(all_results, baseline):
+def setting_rows(treated: list[dict], control: list[dict]) -> list[dict]:
+    """Per method found in both: (treated - control) final true reward / the control's pretrained spread, paired by
+    oracle and seed, pooled as in :func:`pooled_rows`."""
+    by_oracle = {res["settings"]["oracle"]: res for res in control}
+    if len(by_oracle) != len(control):
+        raise ValueError(f"each control directory must hold a different oracle's runs, got {[r['settings']['oracle'] for r in control]}")
+    rows = []
+    for method in METHODS:
+        per_oracle = {}
+        for res in treated:
+            oracle = res["settings"]["oracle"]
+            if oracle not in by_oracle:
+                raise ValueError(f"no control directory holds oracle {oracle!r}")
+            spread = pretrained_spread(by_oracle[oracle])
+            base = final_rewards(by_oracle[oracle], method)
+            diffs = {s: (v - base[s]) / spread for s, v in final_rewards(res, method).items() if s in base}
+            if diffs:
+                per_oracle[oracle] = diffs
+        diffs = [d for by_seed in per_oracle.values() for d in by_seed.values()]
+        if not diffs:
+            continue
+        mean, ci = mean_ci95(diffs)
+        rows.append({"method": method, "n": len(diffs), "mean": mean, "ci95": ci, "wins": int(sum(d > 0 for d in diffs)),
+                     "per_oracle": {o: len(v) for o, v in per_oracle.items()}})
+    return rows
+
+
+def _format_rows(rows: list[dict]) -> list[str]:
+    lines = ["| method | pairs | mean difference [95% CI] | wins |", "|---|---|---|---|"]
+    for r in rows:
         pairs = " + ".join(f"{n} {o}" for o, n in r["per_oracle"].items())
         lines.append(f"| {LABELS.get(r['method'], r['method'])} | {pairs} | **{r['mean']:+.2f}** "
                      f"[{r['mean'] - r['ci95']:+.2f}, {r['mean'] + r['ci95']:+.2f}] | {r['wins']}/{r['n']} |")
+    return lines
+
+
+def setting_table(treated: list[dict], control: list[dict]) -> str:
+    overrides = sorted({o for res in treated for o in res["settings"].get("overrides", [])})
+    what = ", ".join(overrides) or "the treated runs' settings"
+    spreads = ", ".join(f"{res['settings']['oracle']} {pretrained_spread(res):.3f}" for res in control)
+    lines = [f"Paired difference of each method with {what} to the same method without, in pretrained standard "
+             f"deviations ({spreads}), pooled over oracles and seeds:", "", *_format_rows(setting_rows(treated, control))]
+    return "\n".join(lines) + "\n"
+
+
+def pooled_table(all_results: list[dict], baseline: str = "greedy") -> str:
+    spreads = ", ".join(f"{res['settings']['oracle']} {pretrained_spread(res):.3f}" for res in all_results)
+    lines = [f"Paired difference to {LABELS.get(baseline, baseline)} in pretrained standard deviations ({spreads}), "
+             "pooled over oracles and seeds:", "", *_format_rows(pooled_rows(all_results, baseline))]
     return "\n".join(lines) + "\n"
 
 
@@ -69,26 +113,37 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m seiko_core.pooled", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dirs", nargs="+", type=Path, help="seiko_core.simulate --out directories, one per oracle")
+    p.add_argument("--against", nargs="+", type=Path, default=None, metavar="DIR",
+                   help="control directories (one per oracle): pair each method with itself there instead of with Greedy")
     args = p.parse_args(argv)
+    loaded = _load(args.dirs)
+    control = _load(args.against) if args.against else None
+    if loaded is None or (args.against and control is None):
+        return 1
+    try:
+        print(pooled_table(loaded) if control is None else setting_table(loaded, control), end="")
+    except (ValueError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _load(dirs: list[Path]) -> list[dict] | None:
+    """Each directory's results.json, or None after printing one sentence about the first that is not one."""
     loaded = []
-    for d in args.dirs:
+    for d in dirs:
         path = d / RESULTS
         try:
             results = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             print(f"error: cannot read {path}: {exc}", file=sys.stderr)
-            return 1
+            return None
         if not isinstance(results, dict) or not {"settings", "pretrained", "runs"} <= results.keys():
             print(f"error: {path} is not a results.json of seiko_core.simulate (it needs settings, pretrained and runs)",
                   file=sys.stderr)
-            return 1
+            return None
         loaded.append(results)
-    try:
-        print(pooled_table(loaded), end="")
-    except (ValueError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return loaded
 
 
 if __name__ == "__main__":

@@ -51,3 +51,32 @@ def test_the_command_reads_directories_and_says_what_is_wrong(tmp_path, capsys):
     (other / "results.json").write_text(json.dumps({"runs": {}}))
     assert pooled.main([str(other)]) == 1
     assert "is not a results.json of seiko_core.simulate" in capsys.readouterr().err
+
+
+def test_a_setting_against_the_same_method_without_it_by_hand():
+    plain_a = _results("a", 2.0, {"greedy": {0: 1.0}, "ucb": {0: 1.0, 1: 3.0}, "ucb_cov": {0: 0.0}})
+    plain_b = _results("b", 0.5, {"ucb": {0: 2.0, 1: 2.0}})
+    bal_a = _results("a", 9.0, {"ucb": {0: 2.0, 1: 2.0}, "ucb_cov": {3: 1.0}})  # +1, -1 over 2.0 (the control's spread)
+    bal_b = _results("b", 9.0, {"ucb": {0: 3.0, 1: 2.5}})  # +1, +0.5 over 0.5
+    for res in (bal_a, bal_b):
+        res["settings"]["overrides"] = ["optimism.bonus_balance=1"]
+    (row,) = pooled.setting_rows([bal_a, bal_b], [plain_b, plain_a])  # ucb_cov shares no seed; greedy only one side
+    diffs = [0.5, -0.5, 2.0, 1.0]
+    mean = sum(diffs) / 4
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 3)
+    assert row["method"] == "ucb" and row["n"] == 4 and row["wins"] == 3 and row["per_oracle"] == {"a": 2, "b": 2}
+    assert row["mean"] == pytest.approx(mean) and row["ci95"] == pytest.approx(3.182 * sd / 2, rel=1e-3)
+    table = pooled.setting_table([bal_a, bal_b], [plain_a, plain_b])
+    assert "with optimism.bonus_balance=1 to the same method without" in table and "**+0.75**" in table
+    with pytest.raises(ValueError, match="no control directory holds oracle 'b'"):
+        pooled.setting_rows([bal_b], [plain_a])
+
+
+def test_the_command_with_against(tmp_path, capsys):
+    for name, finals in (("t", {"ts": {0: 2.0, 1: 1.0}}), ("c", {"ts": {0: 1.0, 1: 1.0}})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(_results("a", 1.0, finals)))
+    assert pooled.main([str(tmp_path / "t"), "--against", str(tmp_path / "c")]) == 0
+    assert "| SEIKO-TS | 2 a | **+0.50**" in capsys.readouterr().out
+    assert pooled.main([str(tmp_path / "t"), "--against", str(tmp_path / "nowhere")]) == 1
+    assert "cannot read" in capsys.readouterr().err
