@@ -343,6 +343,7 @@ def run_one(parts, cfg: SeikoConfig, oracle, sigma: float, ev: EvalSet, run_seed
             "finetune_reward_first": ft.get("reward_first"), "finetune_reward_last": ft.get("reward_last"),
             "finetune_kl_last": ft.get("kl_last"), "finetune_steps": ft.get("steps"),
             "ts_draw": outcome.metrics.get("ts_draw"), "ucb_alpha": outcome.metrics.get("ucb_alpha"),
+            "ucb_balance": outcome.metrics.get("ucb_balance"),
             "reward_fit_holdout_mse": fit.get("holdout_mse"), "reward_fit_epochs": fit.get("epochs_run"),
             "sample_s": sample_s, "train_s": train_s, "finetune_s": ft.get("wall_s"), "wall_s": time.time() - t0, "elapsed_s": time.time() - start,
         })
