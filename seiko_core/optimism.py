@@ -284,7 +284,7 @@ def balance_factor(predicted: Tensor, bonus: Tensor, kappa: float) -> float:
         return 1.0
     s_reward = float(predicted.double().std())
     s_bonus = float(bonus.double().std())
-    if s_bonus <= 0.0 or s_bonus <= kappa * s_reward:
+    if s_bonus <= kappa * s_reward:  # also a bonus that does not vary (both stds are >= 0)
         return 1.0
     return max(kappa * s_reward / s_bonus, 1e-12)  # > 0: LinearUCB's scale must stay positive
 

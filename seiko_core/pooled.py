@@ -31,11 +31,25 @@ def pretrained_spread(results: dict) -> float:
     return spread
 
 
-def standardised_differences(results: dict, method: str, baseline: str = "greedy") -> dict[str, float]:
-    """{seed: (final true reward of ``method`` - that of ``baseline``) / the pretrained spread} on shared seeds."""
-    spread = pretrained_spread(results)
-    base = final_rewards(results, baseline)
+def standardised_differences(results: dict, method: str, baseline: str = "greedy", control: dict | None = None
+                             ) -> dict[str, float]:
+    """{seed: (final true reward of ``method`` - that of ``baseline``) / the pretrained spread} on shared seeds.
+
+    ``control``: another results.json of the same oracle that holds the baseline runs (and gives the spread)."""
+    control = results if control is None else control
+    spread = pretrained_spread(control)
+    base = final_rewards(control, baseline)
     return {seed: (v - base[seed]) / spread for seed, v in final_rewards(results, method).items() if seed in base}
+
+
+def _pooled_row(method: str, per_oracle: dict[str, dict[str, float]]) -> dict | None:
+    """One table row from {oracle: {seed: standardised difference}}; None when there is no pair at all."""
+    diffs = [d for by_seed in per_oracle.values() for d in by_seed.values()]
+    if not diffs:
+        return None
+    mean, ci = mean_ci95(diffs)
+    return {"method": method, "n": len(diffs), "mean": mean, "ci95": ci, "wins": int(sum(d > 0 for d in diffs)),
+            "per_oracle": {o: len(v) for o, v in per_oracle.items()}}
 
 
 def pooled_rows(all_results: list[dict], baseline: str = "greedy") -> list[dict]:
@@ -48,12 +62,9 @@ def pooled_rows(all_results: list[dict], baseline: str = "greedy") -> list[dict]
         if method == baseline:
             continue
         per_oracle = {res["settings"]["oracle"]: standardised_differences(res, method, baseline) for res in all_results}
-        diffs = [d for by_seed in per_oracle.values() for d in by_seed.values()]
-        if not diffs:
-            continue
-        mean, ci = mean_ci95(diffs)
-        rows.append({"method": method, "n": len(diffs), "mean": mean, "ci95": ci, "wins": int(sum(d > 0 for d in diffs)),
-                     "per_oracle": {o: len(v) for o, v in per_oracle.items()}})
+        row = _pooled_row(method, per_oracle)
+        if row is not None:
+            rows.append(row)
     return rows
 
 
@@ -70,17 +81,12 @@ def setting_rows(treated: list[dict], control: list[dict]) -> list[dict]:
             oracle = res["settings"]["oracle"]
             if oracle not in by_oracle:
                 raise ValueError(f"no control directory holds oracle {oracle!r}")
-            spread = pretrained_spread(by_oracle[oracle])
-            base = final_rewards(by_oracle[oracle], method)
-            diffs = {s: (v - base[s]) / spread for s, v in final_rewards(res, method).items() if s in base}
+            diffs = standardised_differences(res, method, method, control=by_oracle[oracle])
             if diffs:
                 per_oracle[oracle] = diffs
-        diffs = [d for by_seed in per_oracle.values() for d in by_seed.values()]
-        if not diffs:
-            continue
-        mean, ci = mean_ci95(diffs)
-        rows.append({"method": method, "n": len(diffs), "mean": mean, "ci95": ci, "wins": int(sum(d > 0 for d in diffs)),
-                     "per_oracle": {o: len(v) for o, v in per_oracle.items()}})
+        row = _pooled_row(method, per_oracle)
+        if row is not None:
+            rows.append(row)
     return rows
 
 
