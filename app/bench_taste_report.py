@@ -5,7 +5,10 @@
 Per run directory (its ``results.json``): one row per round with the mean over seeds and the per-seed values of the
 share rated >= 6, the mean rating, variety (pixels / embeddings, % of round 0), the wait and the reward model's
 held-out Spearman correlation. With ``--paired A B``: per seed, B's minus A's share >= 6 and mean rating in the last
-round (the runs share seeds: the same experiment ids, so the same round-0 images), with the mean difference.
+round (the runs share seeds: the same experiment ids, so the same round-0 images), with the mean difference. With
+``--pooled``: one more table that pools every ``--paired`` pair's seeds (e.g. two people x 6 seeds = 12 pairs): the
+mean difference of the last round's share >= 6 with its 95% t-interval, the wins (a tie counts half), the mean
+difference of variety in embeddings and the longest wait of the B runs.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from seiko_core.stats import mean_ci95
 
 
 def load(run_dir: Path) -> dict[str, Any]:
@@ -60,21 +65,56 @@ def run_table(doc: dict[str, Any], name: str) -> str:
 
 
 def paired(a: dict[str, Any], b: dict[str, Any], name_a: str, name_b: str) -> str:
-    common = sorted(set(a["seeds"]) & set(b["seeds"]), key=int)
     rows, diffs_share, diffs_mean = [], [], []
-    for seed in common:
-        ra, rb = a["seeds"][seed]["rounds"], b["seeds"][seed]["rounds"]
-        k = min(len(ra), len(rb)) - 1
-        ds = 100 * (rb[k]["share_ge6"] - ra[k]["share_ge6"])
-        dm = rb[k]["mean_rating"] - ra[k]["mean_rating"]
+    for seed, k, last_a, last_b, _ in _last_round_pairs(a, b):
+        ds = 100 * (last_b["share_ge6"] - last_a["share_ge6"])
+        dm = last_b["mean_rating"] - last_a["mean_rating"]
         diffs_share.append(ds)
         diffs_mean.append(dm)
-        rows.append(f"| {seed} | {k} | {100 * ra[k]['share_ge6']:.0f} -> {100 * rb[k]['share_ge6']:.0f} | {ds:+.0f} "
-                    f"| {ra[k]['mean_rating']:.2f} -> {rb[k]['mean_rating']:.2f} | {dm:+.2f} |")
+        rows.append(f"| {seed} | {k} | {100 * last_a['share_ge6']:.0f} -> {100 * last_b['share_ge6']:.0f} | {ds:+.0f} "
+                    f"| {last_a['mean_rating']:.2f} -> {last_b['mean_rating']:.2f} | {dm:+.2f} |")
     head = [f"Paired by seed, last round: {name_a} -> {name_b}", "",
             "| seed | round | share >= 6, % | difference | mean rating | difference |", "|---|---|---|---|---|---|"]
-    tail = [f"| mean | | | {np.mean(diffs_share):+.1f} | | {np.mean(diffs_mean):+.2f} |"] if common else []
+    tail = [f"| mean | | | {np.mean(diffs_share):+.1f} | | {np.mean(diffs_mean):+.2f} |"] if rows else []
     return "\n".join(head + rows + tail)
+
+
+def _last_round_pairs(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, int, dict[str, Any], dict[str, Any], list]]:
+    """Per seed both runs have: (seed, k, A's round k, B's round k, all of B's rounds), k the last round both reached."""
+    out = []
+    for seed in sorted(set(a["seeds"]) & set(b["seeds"]), key=int):
+        ra, rb = a["seeds"][seed]["rounds"], b["seeds"][seed]["rounds"]
+        k = min(len(ra), len(rb)) - 1
+        out.append((seed, k, ra[k], rb[k], rb))
+    return out
+
+
+def pooled_pairs(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
+    """B minus A over the seeds of every (A, B) pair, pooled: share >= 6 in points (mean, 95% t half-width, wins with
+    ties as half, n), variety in embeddings in points of round 0, and the longest wait of any B round."""
+    share, variety, waits = [], [], []
+    for a, b in pairs:
+        for _, _, last_a, last_b, rounds_b in _last_round_pairs(a, b):
+            share.append(100 * (last_b["share_ge6"] - last_a["share_ge6"]))
+            variety.append(last_b["variety_embedding_pct_round0"] - last_a["variety_embedding_pct_round0"])
+            waits += [r["wait_s"] for r in rounds_b if r.get("wait_s") is not None]
+    if not share:
+        raise ValueError("the paired runs share no seed; nothing to pool")
+    mean, half = mean_ci95(share)
+    wins = sum(1.0 if d > 0 else 0.5 if d == 0 else 0.0 for d in share)
+    return {"n": len(share), "share_diff": mean, "share_ci95": half, "wins": wins,
+            "variety_emb_diff": float(np.mean(variety)), "max_wait_s": max(waits) if waits else None}
+
+
+def pooled_table(pairs: list[tuple[dict[str, Any], dict[str, Any]]], names: list[tuple[str, str]]) -> str:
+    p = pooled_pairs(pairs)
+    ci = "-" if np.isnan(p["share_ci95"]) else f"[{p['share_diff'] - p['share_ci95']:+.1f}, {p['share_diff'] + p['share_ci95']:+.1f}]"
+    wait = "-" if p["max_wait_s"] is None else f"{p['max_wait_s']:.1f}"
+    label = "; ".join(f"{a} -> {b}" for a, b in names)
+    return "\n".join([f"Pooled over {len(pairs)} paired runs ({label})", "",
+                      "| pairs | share >= 6, mean difference, points [95% CI] | wins | variety emb., difference, points | longest wait, s |",
+                      "|---|---|---|---|---|",
+                      f"| {p['n']} | {p['share_diff']:+.1f} {ci} | {p['wins']:g}/{p['n']} | {p['variety_emb_diff']:+.1f} | {wait} |"])
 
 
 def rescore(run_dir: Path) -> int:
@@ -115,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("runs", nargs="*", type=Path, help="bench-taste --out directories")
     ap.add_argument("--paired", nargs=2, action="append", type=Path, default=[], metavar=("A", "B"),
                     help="per-seed differences of run B against run A (repeatable)")
+    ap.add_argument("--pooled", action="store_true", help="also pool the seeds of every --paired pair in one table")
     ap.add_argument("--rescore", action="store_true",
                     help="first fill in the reward model's held-out correlation where a run lacks it (older runs)")
     args = ap.parse_args(argv)
@@ -126,7 +167,12 @@ def main(argv: list[str] | None = None) -> int:
             print(run_table(load(run_dir), run_dir.name) + "\n")
         for a, b in args.paired:
             print(paired(load(a), load(b), a.name, b.name) + "\n")
-    except FileNotFoundError as exc:
+        if args.pooled:
+            if not args.paired:
+                print("error: --pooled pools the --paired pairs; give at least one --paired A B", file=sys.stderr)
+                return 1
+            print(pooled_table([(load(a), load(b)) for a, b in args.paired], [(a.name, b.name) for a, b in args.paired]))
+    except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -20,7 +20,8 @@ import json
 import sys
 from pathlib import Path
 
-from seiko_core.simulate import LABELS, METHODS, RESULTS, final_rewards, mean_ci95
+from seiko_core.simulate import LABELS, METHODS, RESULTS, final_rewards
+from seiko_core.stats import mean_ci95
 
 
 def pretrained_spread(results: dict) -> float:

@@ -291,3 +291,34 @@ def test_the_report_pairs_runs_by_seed_on_the_last_round():
     assert "| mean | | | +25.0 | | +0.75 |" in text  # (50 + 0) / 2 and (2.0 - 0.5) / 2
     table = report.run_table(after, "after")
     assert "| 1 | **62** (75 / 50) | **3.25** (4.00 / 2.50) | **100** (100 / 100) |" in table
+
+
+def test_the_report_pools_the_seeds_of_several_pairs():
+    from app import bench_taste_report as report
+
+    before_1 = _doc([[0.0, 0.25], [0.0, 0.5]], [[1.0, 2.0], [1.0, 3.0]])
+    after_1 = _doc([[0.0, 0.75], [0.0, 0.5]], [[1.0, 4.0], [1.0, 2.5]])
+    before_2 = _doc([[0.0, 0.5], [0.0, 0.25]], [[1.0, 2.0], [1.0, 3.0]])
+    after_2 = _doc([[0.0, 0.25], [0.0, 0.5]], [[1.0, 4.0], [1.0, 2.5]])
+    after_2["seeds"]["1"]["rounds"][1]["variety_embedding_pct_round0"] = 80.0
+    after_2["seeds"]["0"]["rounds"][1]["wait_s"] = 41.5
+    got = report.pooled_pairs([(before_1, after_1), (before_2, after_2)])
+    # differences +50, 0, -25, +25 points: mean 12.5, sample sd sqrt((37.5^2 + 12.5^2) * 2 / 3), t(3) = 3.182
+    sd = math.sqrt((37.5 ** 2 + 12.5 ** 2) * 2 / 3)
+    assert got["n"] == 4 and got["share_diff"] == pytest.approx(12.5)
+    assert got["share_ci95"] == pytest.approx(3.182 * sd / 2)
+    assert got["wins"] == 2.5  # two wins and a tie
+    assert got["variety_emb_diff"] == pytest.approx(-20 / 4)
+    assert got["max_wait_s"] == 41.5
+    table = report.pooled_table([(before_1, after_1), (before_2, after_2)], [("b1", "a1"), ("b2", "a2")])
+    assert "| 4 | +12.5 [-38.8, +63.8] | 2.5/4 | -5.0 | 41.5 |" in table
+
+
+def test_the_report_refuses_to_pool_runs_without_a_common_seed():
+    from app import bench_taste_report as report
+
+    a = _doc([[0.0, 0.25]], [[1.0, 2.0]])
+    b = _doc([[0.0, 0.25]], [[1.0, 2.0]])
+    b["seeds"] = {"7": b["seeds"]["0"]}
+    with pytest.raises(ValueError, match="share no seed"):
+        report.pooled_pairs([(a, b)])

@@ -1,0 +1,27 @@
+"""Small statistics shared by the benchmarks' reports: the 95% t-interval of a mean (numpy only, no torch)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# two-sided 95% quantiles of Student's t, by degrees of freedom (1.96 beyond the table)
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086,
+         25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
+
+
+def t975(df: int) -> float:
+    """The 97.5% quantile of Student's t with ``df`` degrees of freedom (the next tabulated df below, conservative)."""
+    if df < 1:
+        raise ValueError(f"a t quantile needs at least 1 degree of freedom, got {df}")
+    return _T975[max(k for k in _T975 if k <= df)] if df <= 120 else 1.960
+
+
+def mean_ci95(values) -> tuple[float, float]:
+    """(mean, half-width of the 95% t confidence interval); the half-width is nan for fewer than two values."""
+    v = np.asarray(list(values), dtype=float)
+    if len(v) < 2:
+        return float(v.mean()) if len(v) else float("nan"), float("nan")
+    return float(v.mean()), float(t975(len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
