@@ -5,6 +5,7 @@ Each field carries the reason for its default. ``__post_init__`` validates with 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
@@ -112,9 +113,16 @@ class FinetuneConfig:
     truncation_k: int = 10  # per_trajectory: gradients flow through the last K steps
     gradient_checkpointing: bool = False  # recompute UNet activations in backward (memory for time)
     mixed_precision: str = "no"  # accelerate: "no", "fp16" or "bf16"
+    # a time limit per round: no optimiser step starts that would, at the round's mean step time so far, end after
+    # max_seconds (at least one step is taken); None: all epochs. A slower machine then does fewer steps, not a longer wait
+    max_seconds: float | None = None
 
     def __post_init__(self) -> None:
         self.target_modules = tuple(self.target_modules)
+        if self.max_seconds is not None:
+            self.max_seconds = float(self.max_seconds)
+            _check(math.isfinite(self.max_seconds) and self.max_seconds > 0,
+                   f"max_seconds must be a positive number of seconds or None, got {self.max_seconds!r}")
         _check(self.lora_rank >= 1, f"lora_rank must be at least 1, got {self.lora_rank}")
         _check(self.truncation in ("per_step", "per_trajectory"), f"unknown truncation {self.truncation!r}; choose from ['per_step', 'per_trajectory']")
         _check(self.truncation_k >= 1, f"truncation_k must be at least 1, got {self.truncation_k}")

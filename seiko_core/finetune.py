@@ -226,6 +226,8 @@ def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: st
     total = steps_per_epoch * ft.epochs
     history: list[dict] = []
     start = time.time()
+    clock_start = _clock()
+    stopped_by_time = False
     seed_base = (seed + 1) * 1_000_000
     n_traj = 0  # trajectories of the global batches so far (all ranks)
     b = ft.batch_size
@@ -261,8 +263,13 @@ def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: st
             if scaler is not None:
                 rec["loss_scale"] = float(scaler.get_scale())
             history.append(rec)
-            if on_progress is not None:
-                on_progress(step, total, {"phase": "finetune", **rec})
+            if on_progress is not None:  # under a time limit the total shown is the steps that fit at this pace
+                on_progress(step, _steps_that_fit(total, step, _clock() - clock_start, ft.max_seconds),
+                            {"phase": "finetune", **rec})
+            if ft.max_seconds is not None and step < total and _next_step_too_late(acc, _clock() - clock_start, step,
+                                                                                     ft.max_seconds, parts.device):
+                stopped_by_time = True
+                break
     finally:
         unet.eval()
         if ft.gradient_checkpointing:
@@ -270,9 +277,29 @@ def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: st
         for p in params:
             p.requires_grad_(False)
     first, last = history[0] if history else {}, history[-1] if history else {}
-    metrics = {"steps": total, "trajectories": n_traj, "processes": world, "reward_first": first.get("reward"),
-               "reward_last": last.get("reward"), "kl_last": last.get("kl"), "wall_s": time.time() - start}
-    return FinetuneResult(adapter=adapter, steps=total, metrics=metrics, history=history)
+    done = len(history)
+    metrics = {"steps": done, "steps_planned": total, "stopped_by_time": stopped_by_time, "trajectories": n_traj,
+               "processes": world, "reward_first": first.get("reward"), "reward_last": last.get("reward"),
+               "kl_last": last.get("kl"), "wall_s": time.time() - start}
+    return FinetuneResult(adapter=adapter, steps=done, metrics=metrics, history=history)
+
+
+_clock = time.monotonic  # the time limit's clock (a module attribute, so a test can drive it)
+
+
+def _steps_that_fit(total: int, steps_done: int, elapsed: float, max_seconds: float | None) -> int:
+    """The steps a round will take: all ``total`` without a limit, else as many as fit at the mean pace so far."""
+    if max_seconds is None or elapsed <= 0:
+        return total
+    return min(total, max(steps_done, int(max_seconds * steps_done / elapsed)))
+
+
+def _next_step_too_late(acc, elapsed: float, steps_done: int, max_seconds: float, device) -> bool:
+    """Whether one more step, at the mean step time so far, would end after ``max_seconds``. With several processes
+    the slowest one's clock decides for all of them (one gather of one number), so every rank stops at the same step."""
+    if acc.num_processes > 1:
+        elapsed = float(acc.gather(torch.tensor([elapsed], device=device)).max())
+    return elapsed + elapsed / steps_done > max_seconds
 
 
 @torch.no_grad()

@@ -374,3 +374,45 @@ def test_using_switches_like_diffusers_set_adapter(random_parts):
     with pytest.raises(ValueError, match="unknown adapter"):
         with lora.using(unet, "round_9", restore="round_2"):
             pass
+
+
+def test_a_time_limit_stops_before_the_step_that_would_end_too_late(random_parts, monkeypatch):
+    """The clock is driven by the test: each optimiser step (one reward call at grad_accum 1) 'takes' 10 s. With
+    max_seconds 25 a third step would end at 30 s, so the fine-tuning stops after 2 of its 4 planned steps; without a
+    limit it takes all 4."""
+    from seiko_core import finetune as ft_module
+
+    now, shown = [0.0], []
+    monkeypatch.setattr(ft_module, "_clock", lambda: now[0])
+
+    def slow_redness(images, prompts):
+        now[0] += 10.0
+        return redness(images, prompts)
+
+    def progress(step, total, metrics):
+        shown.append(total)
+
+    def run(adapter, max_seconds):
+        now[0], shown[:] = 0.0, []
+        cfg.finetune.max_seconds = max_seconds
+        lora.add_adapter(random_parts.unet, adapter, cfg.finetune)
+        return finetune(random_parts, slow_redness, ["a shape"], cfg, adapter=adapter, reference=None, seed=0,
+                        on_progress=progress)
+
+    cfg = tiny_cfg()
+    cfg.finetune.trajectories_per_epoch = 8  # 4 steps of 2 trajectories
+    timed = run("timed", 25)
+    assert (timed.steps, len(timed.history)) == (2, 2)
+    assert timed.metrics["steps_planned"] == 4 and timed.metrics["stopped_by_time"] is True
+    assert shown == [2, 2]  # the progress bar's total: 25 s at 10 s a step fits 2
+    full = run("untimed", None)
+    assert (full.steps, full.metrics["stopped_by_time"], shown) == (4, False, [4, 4, 4, 4])
+    assert run("short", 1).steps == 1  # a limit shorter than one step still takes one step
+
+
+@pytest.mark.parametrize("bad", [0, -3, float("nan"), float("inf")])
+def test_a_time_limit_must_be_a_positive_number_of_seconds(bad):
+    from seiko_core.config import FinetuneConfig
+
+    with pytest.raises(ValueError, match="max_seconds must be a positive number"):
+        FinetuneConfig(max_seconds=bad)
