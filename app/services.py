@@ -35,6 +35,8 @@ class ExperimentSpec:
     overlap: int = 1  # ratings wanted per image (several raters)
     kl_weight: float | None = None
     aggregation: str | None = None  # override the method's optimism (mean, max, softmax, ucb_heads, thompson)
+    finetune_epochs: int | None = None  # fine-tuning epochs per round (steps = epochs x steps per epoch)
+    finetune_max_seconds: float | None = None  # a time limit on each round's fine-tuning; 0 lifts the preset's limit
 
 
 def build_config(spec: ExperimentSpec) -> SeikoConfig:
@@ -63,6 +65,10 @@ def build_config(spec: ExperimentSpec) -> SeikoConfig:
             raise InvalidInput(str(exc)) from exc
     if spec.kl_weight is not None:
         cfg.finetune.kl_weight = float(spec.kl_weight)
+    if spec.finetune_epochs is not None:
+        cfg.finetune.epochs = int(spec.finetune_epochs)
+    if spec.finetune_max_seconds is not None:
+        cfg.finetune.max_seconds = float(spec.finetune_max_seconds) or None
     if spec.aggregation is not None:
         cfg.optimism.aggregation = spec.aggregation
     try:

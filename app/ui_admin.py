@@ -8,6 +8,7 @@ finished or archived. Each of these writes an entry in the audit log, in the sam
 from __future__ import annotations
 
 import html
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,15 +39,21 @@ class ExperimentForm:
     aggregation: str = METHOD_DEFAULT
     kl_weight: float | str | None = None
     overlap: float | int | None = 1
+    epochs: float | int | None = None  # fine-tuning epochs per round; None: the preset's
+    max_seconds: float | int | None = None  # fine-tuning time limit per round in seconds; 0: none; None: the preset's
 
 
 def preset_defaults(name: str) -> dict[str, Any]:
-    """What the form shows for a preset: method, budgets, prompts, aggregation, KL weight."""
+    """What the form shows for a preset: method, budgets, prompts, aggregation, KL weight, the fine-tuning's epochs
+    per round, its time limit per round (0: none) and what one epoch is in optimiser steps."""
     if name not in PRESETS:
         raise InvalidInput(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
     cfg = preset(name)
+    ft = cfg.finetune
     return {"method": cfg.method, "budgets": ", ".join(str(b) for b in cfg.budgets), "prompts": "\n".join(cfg.prompts),
-            "aggregation": cfg.optimism.aggregation, "kl_weight": cfg.finetune.kl_weight}
+            "aggregation": cfg.optimism.aggregation, "kl_weight": ft.kl_weight, "epochs": ft.epochs,
+            "max_seconds": ft.max_seconds or 0,
+            "steps_per_epoch": max(1, math.ceil(ft.trajectories_per_epoch / (ft.batch_size * ft.grad_accum)))}
 
 
 def _budgets(text: str) -> tuple[int, ...] | None:
@@ -86,10 +93,16 @@ def spec_from_form(form: ExperimentForm) -> services.ExperimentSpec:
     if kl is not None and (kl < 0 or kl != kl):
         raise InvalidInput(f"the KL weight must be zero or positive, got {kl}")
     prompts = tuple(p.strip() for p in (form.prompts or "").splitlines() if p.strip()) or None
+    epochs = None if form.epochs is None else _whole("fine-tuning epochs per round", form.epochs, 1)
+    max_seconds = form.max_seconds
+    if max_seconds is not None and (isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float))
+                                    or not math.isfinite(max_seconds) or max_seconds < 0):
+        raise InvalidInput(f"the fine-tuning time limit must be zero (none) or a positive number of seconds, got {max_seconds!r}")
     return services.ExperimentSpec(
         name=name, preset=form.preset, model_spec=(form.model or "").strip() or None, method=form.method or None,
         budgets=_budgets(form.budgets), prompts=prompts, overlap=_whole("overlap", form.overlap if form.overlap is not None else 1, 1),
-        kl_weight=kl, aggregation=aggregation,
+        kl_weight=kl, aggregation=aggregation, finetune_epochs=epochs,
+        finetune_max_seconds=None if max_seconds is None else float(max_seconds),
     )
 
 

@@ -128,12 +128,15 @@ class AdminHandlers:
     def on_preset(self, name, request: gr.Request):
         self.admin_of(request)
         d = self.shown(lambda: ui_admin.preset_defaults(name))
-        return d["method"], d["budgets"], d["prompts"], ui_admin.METHOD_DEFAULT, d["kl_weight"]
+        return (d["method"], d["budgets"], d["prompts"], ui_admin.METHOD_DEFAULT, d["kl_weight"], d["epochs"],
+                d["max_seconds"])
 
-    def on_create(self, name, preset_name, model, method, aggregation, kl, overlap, budgets, prompts, request: gr.Request):
+    def on_create(self, name, preset_name, model, method, aggregation, kl, overlap, budgets, prompts, epochs=None,
+                  max_seconds=None, request: gr.Request = None):
         who = self.admin_of(request)
         form = ui_admin.ExperimentForm(name=name, preset=preset_name, model=model, method=method, budgets=budgets,
-                                       prompts=prompts, aggregation=aggregation, kl_weight=kl, overlap=overlap)
+                                       prompts=prompts, aggregation=aggregation, kl_weight=kl, overlap=overlap,
+                                       epochs=epochs, max_seconds=max_seconds)
         message = self.shown(lambda: ui_admin.create_experiment(self.factory, who, form,
                                                                 default_model=self.services.settings.model))
         gr.Info(message)
@@ -277,6 +280,15 @@ def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callab
                                             value=ui_admin.METHOD_DEFAULT)
                 f_kl = gr.Number(label="KL weight", value=defaults["kl_weight"], minimum=0)
                 f_overlap = gr.Number(label="Ratings per image (overlap)", value=1, minimum=1, precision=0)
+            with gr.Row():
+                f_epochs = gr.Number(label="Fine-tuning epochs per round", value=defaults["epochs"], minimum=1,
+                                     precision=0, elem_id="new-epochs",
+                                     info=f"one epoch is {defaults['steps_per_epoch']} optimiser steps on the shapes "
+                                          "preset; more steps move the model further per round and take longer")
+                f_max_s = gr.Number(label="Fine-tuning time limit per round, s (0 = none)", value=defaults["max_seconds"],
+                                    minimum=0, elem_id="new-max-seconds",
+                                    info="no step starts that would end after the limit: a slower machine then "
+                                         "takes fewer steps instead of a longer wait")
             f_budgets = gr.Textbox(label="Labels per round (budgets)", value=defaults["budgets"])
             f_prompts = gr.Textbox(label="Prompts (one per line)", lines=6, value=defaults["prompts"])
             create_btn = gr.Button("Create experiment", variant="primary")
@@ -322,8 +334,10 @@ def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callab
     pause_btn.click(h.on_pause, [exp_state], [admin_result, admin_status], **private)
     resume_btn.click(h.on_resume, [exp_state], [admin_result, admin_status], **private)
 
-    f_preset.change(h.on_preset, [f_preset], [f_method, f_budgets, f_prompts, f_aggregation, f_kl], **private)
-    create_btn.click(h.on_create, [f_name, f_preset, f_model, f_method, f_aggregation, f_kl, f_overlap, f_budgets, f_prompts],
+    f_preset.change(h.on_preset, [f_preset], [f_method, f_budgets, f_prompts, f_aggregation, f_kl, f_epochs, f_max_s],
+                    **private)
+    create_btn.click(h.on_create, [f_name, f_preset, f_model, f_method, f_aggregation, f_kl, f_overlap, f_budgets, f_prompts,
+                                   f_epochs, f_max_s],
                      [admin_result, experiment_dd, exp_state, admin_status], **private)
 
     add_user_event = add_user_btn.click(h.on_add_user, [u_name, u_role, u_password], [admin_result, users_df, u_password],

@@ -361,6 +361,30 @@ def test_admin_creates_closes_pauses(ui_world, tmp_path):
     assert ui_admin.preset_defaults("shapes")["budgets"] == "32, 32, 32, 32"
 
 
+def test_the_new_experiment_form_sets_the_fine_tuning_budget(ui_world, tmp_path):
+    root = who(ui_world, "root")
+    model = tmp_path / "models" / "x"
+    model.mkdir(parents=True)
+    (model / "model_index.json").write_text("{}")
+    shown = ui_admin.preset_defaults("shapes")
+    # the preset's 3 epochs of 32 trajectories at 8 per step: 12 optimiser steps a round, as the bench-taste runs record
+    assert (shown["epochs"], shown["steps_per_epoch"], shown["max_seconds"]) == (3, 4, 0)
+    for name, epochs, limit, want in (("longer", 5, 25, (5, 25.0)), ("unlimited", 2.0, 0, (2, None)),
+                                      ("presets", None, None, (3, None))):
+        form = ui_admin.ExperimentForm(name=name, preset="shapes", epochs=epochs, max_seconds=limit)
+        ui_admin.create_experiment(ui_world.factory, root, form, default_model=str(model))
+        with read_session(ui_world.factory) as s:
+            ft = repo.get_experiment_by_name(session=s, name=name).config["finetune"]
+            assert (ft["epochs"], ft["max_seconds"]) == want
+    for bad, match in ((dict(epochs=0), "epochs per round must be a whole number"),
+                       (dict(epochs=2.5), "epochs per round must be a whole number"),
+                       (dict(max_seconds=-1), "time limit must be zero"), (dict(max_seconds=float("nan")), "time limit"),
+                       (dict(max_seconds="ten"), "time limit")):
+        with pytest.raises(ValueError, match=match):
+            ui_admin.create_experiment(ui_world.factory, root, ui_admin.ExperimentForm(name="bad", **bad),
+                                       default_model=str(model))
+
+
 def test_admin_adds_users(ui_world):
     root = who(ui_world, "root")
     assert "Added rater 'carol'" in ui_admin.add_user(ui_world.factory, root, "carol", "rater", "carols password")
