@@ -208,7 +208,7 @@ def test_a_rater_cannot_run_admin_handlers(rel_server):
         "on_admin_tab": [world.experiment_id],
         "on_close": [world.experiment_id], "on_pause": [world.experiment_id], "on_resume": [world.experiment_id],
         "on_preset": ["shapes"],
-        "on_create": ["evil", "shapes", "", "greedy", "(the method's default)", 0.01, 1, "4", "a shape"],
+        "on_create": ["evil", "shapes", "", "greedy", "(the method's default)", 0.01, 1, "4", "a shape", 3, 0],
         "on_add_user": ["mallory", "admin", "long enough password"],
         **ACCOUNT_INPUTS,
         "on_finish_ask": [world.experiment_id], "on_archive_ask": [world.experiment_id],
