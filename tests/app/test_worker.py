@@ -279,6 +279,20 @@ def test_heartbeats_write_progress_while_the_model_works(worker_world, monkeypat
         return real(**kwargs)
 
     monkeypatch.setattr(job_queue, "heartbeat", recording)
+    import app.worker as worker_module
+
+    real_callback = worker_module.JobProgress.callback
+
+    def lasting_callback(self, phase=None):  # each progress report's step lasts longer than a heartbeat's interval,
+        report = real_callback(self, phase)  # so a heartbeat lands in every phase even on a fast machine
+
+        def slow(step, total, metrics):
+            report(step, total, metrics)
+            time.sleep(0.2)
+
+        return slow
+
+    monkeypatch.setattr(worker_module.JobProgress, "callback", lasting_callback)
     worker = world.worker(lease_s=0.45)  # a heartbeat every 0.15 s
     assert worker.run_once() and worker.last_error is None
     world.rate_open_round(eid, world.raters(1), lambda image_id, rater_id: 1 + image_id % 10)
