@@ -53,7 +53,7 @@ def preset_defaults(name: str) -> dict[str, Any]:
     return {"method": cfg.method, "budgets": ", ".join(str(b) for b in cfg.budgets), "prompts": "\n".join(cfg.prompts),
             "aggregation": cfg.optimism.aggregation, "kl_weight": ft.kl_weight, "epochs": ft.epochs,
             "max_seconds": ft.max_seconds or 0,
-            "steps_per_epoch": max(1, math.ceil(ft.trajectories_per_epoch / (ft.batch_size * ft.grad_accum)))}
+            "steps_per_epoch": ft.steps_per_epoch()}
 
 
 def _budgets(text: str) -> tuple[int, ...] | None:

@@ -117,6 +117,10 @@ class FinetuneConfig:
     # max_seconds (at least one step is taken); None: all epochs. A slower machine then does fewer steps, not a longer wait
     max_seconds: float | None = None
 
+    def steps_per_epoch(self, processes: int = 1) -> int:
+        """Optimiser steps in one epoch: its trajectories over the trajectories of one step (at least one)."""
+        return max(1, math.ceil(self.trajectories_per_epoch / (self.batch_size * self.grad_accum * processes)))
+
     def __post_init__(self) -> None:
         self.target_modules = tuple(self.target_modules)
         if self.max_seconds is not None:

@@ -12,7 +12,6 @@ Loss = loss_coeff * |r_opt(x_0) - target| (or -loss_coeff * r_opt when target is
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -221,9 +220,7 @@ def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: st
     schedule = DDIMSchedule.from_scheduler(parts.scheduler, sc.steps)
     rank, world = acc.process_index, acc.num_processes
     gen = torch.Generator().manual_seed(seed * 7919)  # the same on every rank: it draws the global batch
-    per_step = ft.batch_size * ft.grad_accum * world
-    steps_per_epoch = max(1, math.ceil(ft.trajectories_per_epoch / per_step))
-    total = steps_per_epoch * ft.epochs
+    total = ft.steps_per_epoch(world) * ft.epochs
     history: list[dict] = []
     start = time.time()
     clock_start = _clock()
@@ -263,11 +260,11 @@ def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: st
             if scaler is not None:
                 rec["loss_scale"] = float(scaler.get_scale())
             history.append(rec)
+            elapsed = _clock() - clock_start
             if on_progress is not None:  # under a time limit the total shown is the steps that fit at this pace
-                on_progress(step, _steps_that_fit(total, step, _clock() - clock_start, ft.max_seconds),
-                            {"phase": "finetune", **rec})
-            if ft.max_seconds is not None and step < total and _next_step_too_late(acc, _clock() - clock_start, step,
-                                                                                     ft.max_seconds, parts.device):
+                on_progress(step, _steps_that_fit(total, step, elapsed, ft.max_seconds), {"phase": "finetune", **rec})
+            if ft.max_seconds is not None and step < total and _next_step_too_late(acc, elapsed, step, ft.max_seconds,
+                                                                                     parts.device):
                 stopped_by_time = True
                 break
     finally:
