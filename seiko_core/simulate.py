@@ -234,6 +234,33 @@ def _score(oracle, images: torch.Tensor, prompts: list[str], batch: int = 256) -
                           for i in range(0, images.shape[0], batch)])
 
 
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> float | None:
+    """Pearson correlation of two 1-d tensors; None when either is constant (or has fewer than 2 values)."""
+    if a.numel() < 2:
+        return None
+    c = float(torch.corrcoef(torch.stack([a.double(), b.double()]))[0, 1])
+    return c if math.isfinite(c) else None
+
+
+def uncertainty_calibration(preds: torch.Tensor, r_opt: torch.Tensor, true: torch.Tensor) -> dict:
+    """Does the ensemble's uncertainty point at its errors? (issue 11: why optimism does or does not pay)
+
+    ``preds`` (B, H) are the heads' predictions, ``r_opt`` (B,) the optimistic reward, ``true`` (B,) the oracle's, on the
+    same images. With ``r_hat`` the heads' mean and ``err = true - r_hat`` (positive where the model under-predicts):
+
+    - ``spread_abs_error_corr``: Pearson r of the heads' per-image std with ``|err|``: is it unsure where it is wrong?
+    - ``bonus_error_corr``: Pearson r of the optimism ``r_opt - r_hat`` with ``err``: does optimism add reward where
+      the model under-predicts (what exploration needs), or where it does not (noise)?
+
+    None where a side is constant (one head; Greedy's zero bonus).
+    """
+    r_hat = preds.mean(1)
+    err = true - r_hat
+    spread = preds.std(1, correction=0)
+    return {"spread_abs_error_corr": _pearson(spread, err.abs()),
+            "bonus_error_corr": _pearson(r_opt - r_hat, err)}
+
+
 def evaluate(parts, cfg: SeikoConfig, oracle, ev: EvalSet, *, adapter: str | None, prev_adapter: str | None,
              outcome=None, bars: Bars | None = None) -> tuple[dict, torch.Tensor]:
     """Eval metrics of ``adapter``'s model (None: pretrained) on the fixed set, and the eval images."""
@@ -258,13 +285,14 @@ def evaluate(parts, cfg: SeikoConfig, oracle, ev: EvalSet, *, adapter: str | Non
         corr = float(torch.corrcoef(torch.stack([preds.mean(1), true]))[0, 1])
         m["pred_true_corr"] = corr if math.isfinite(corr) else None  # None when either side is constant
         m["optimism_gap"] = float((r_opt - preds.mean(1)).mean())  # r_opt - r_hat on the eval images
+        m.update(uncertainty_calibration(preds, r_opt, true))
         m["pred_reward_std"] = float(preds.mean(1).std()) if len(preds) > 1 else None  # what the bonus is weighed against
         bonus = outcome.ucb.bonus(feats) if outcome.ucb is not None else None
         m["ucb_bonus"] = float(bonus.mean()) if bonus is not None else None
         m["ucb_bonus_std"] = float(bonus.std()) if bonus is not None and len(bonus) > 1 else None
     else:
         m.update(pred_reward=None, pred_reward_std=None, ensemble_spread=None, pred_true_corr=None, optimism_gap=None,
-                 ucb_bonus=None, ucb_bonus_std=None)
+                 ucb_bonus=None, ucb_bonus_std=None, spread_abs_error_corr=None, bonus_error_corr=None)
     m["eval_s"] = time.time() - t0
     if adapter is not None:
         t1 = time.time()
@@ -488,9 +516,14 @@ def reward_quality_rows(results: dict) -> list[dict]:
             if not vals:
                 continue
             v = np.array(list(vals.values()), dtype=float)
-            rows.append({"method": method, "round": k, "labels": runs[0]["rounds"][k]["labels"], "n": len(v),
-                         "mean": float(v.mean()), "min": float(v.min()), "max": float(v.max()),
-                         "negative_seeds": sorted(s for s, c in vals.items() if c < 0)})
+            row = {"method": method, "round": k, "labels": runs[0]["rounds"][k]["labels"], "n": len(v),
+                   "mean": float(v.mean()), "min": float(v.min()), "max": float(v.max()),
+                   "negative_seeds": sorted(s for s, c in vals.items() if c < 0)}
+            for key in ("spread_abs_error_corr", "bonus_error_corr"):  # uncertainty_calibration; absent in old runs
+                cal = [r["rounds"][k].get(key) for r in runs if len(r["rounds"]) > k]
+                cal = [c for c in cal if c is not None]
+                row[key] = (*mean_ci95(cal), len(cal)) if cal else None
+            rows.append(row)
     return rows
 
 
@@ -516,11 +549,21 @@ def write_table(results: dict, path: Path) -> str:
     if quality:
         lines += ["", "Reward ensemble against the true reward on the eval images after each round (Pearson r of the "
                       "mean prediction; mean over seeds [min, max]; seeds with r < 0):", "",
-                  "| method | round | labels | r, mean [min, max] | seeds with r < 0 |", "|---|---|---|---|---|"]
+                  "| method | round | labels | r, mean [min, max] | seeds with r < 0 | "
+                  "r(heads' spread, abs. error) [95% CI] | r(optimism, error) [95% CI] |",
+                  "|---|---|---|---|---|---|---|"]
+
+        def cal(c):
+            if c is None:
+                return "-"
+            m, h, n = c
+            return f"{m:+.2f} [{m - h:+.2f}, {m + h:+.2f}] (n={n})" if n > 1 else f"{m:+.2f} (n=1)"
+
         for q in quality:
             neg = ", ".join(str(x) for x in q["negative_seeds"]) or "-"
             lines.append(f"| {LABELS.get(q['method'], q['method'])} | {q['round']} | {q['labels']} | "
-                         f"{q['mean']:.2f} [{q['min']:.2f}, {q['max']:.2f}] (n={q['n']}) | {neg} |")
+                         f"{q['mean']:.2f} [{q['min']:.2f}, {q['max']:.2f}] (n={q['n']}) | {neg} | "
+                         f"{cal(q.get('spread_abs_error_corr'))} | {cal(q.get('bonus_error_corr'))} |")
     text = "\n".join(lines) + "\n"
     path.write_text(text)
     return text

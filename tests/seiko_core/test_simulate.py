@@ -54,6 +54,8 @@ def test_results_structure(tiny_run):
                         "wall_s", "optimism_gap"):
                 assert isinstance(rd[key], float), (method, key, rd[key])
             assert rd["kl_prev"] >= 0 and rd["ensemble_spread"] >= 0
+            for key in ("spread_abs_error_corr", "bonus_error_corr"):  # None only where a side is constant
+                assert rd[key] is None or -1.0 <= rd[key] <= 1.0, (method, key, rd[key])
         assert rounds[-1]["labels"] == 8
     # Non-adaptive: one round holding the whole budget; the others one round per budget
     assert [r["budget"] for r in res["runs"]["nonadaptive"]["0"]["rounds"][1:]] == [8]
@@ -164,4 +166,42 @@ def test_reward_quality_rows_by_hand(tmp_path):
     assert rows[0]["negative_seeds"] == [1] and rows[1]["negative_seeds"] == []
     assert abs(rows[1]["mean"] - 0.8) < 1e-12
     text = simulate.write_table(results, tmp_path / "table.md")
-    assert "| Greedy | 1 | 8 | 0.20 [-0.10, 0.50] (n=3) | 1 |" in text
+    assert "| Greedy | 1 | 8 | 0.20 [-0.10, 0.50] (n=3) | 1 | - | - |" in text  # runs without the calibration keys
+    # the calibration columns: mean and t-interval over the seeds that have a value (0.2 and 0.4: 0.3 +- 12.706 * 0.1)
+    results["runs"]["greedy"]["0"]["rounds"][1]["bonus_error_corr"] = 0.2
+    results["runs"]["greedy"]["2"]["rounds"][1]["bonus_error_corr"] = 0.4
+    results["runs"]["greedy"]["1"]["rounds"][1]["bonus_error_corr"] = None
+    m, h, n = simulate.reward_quality_rows(results)[0]["bonus_error_corr"]
+    assert n == 2 and abs(m - 0.3) < 1e-12 and abs(h - 12.706 * 0.1) < 1e-3
+    assert "| - | +0.30 [-0.97, +1.57] (n=2) |" in simulate.write_table(results, tmp_path / "table.md")
+
+
+def test_uncertainty_calibration_against_numpy():
+    """The two diagnostics are plain Pearson correlations, checked against numpy on random heads."""
+    import numpy as np
+
+    g = torch.Generator().manual_seed(3)
+    preds = torch.randn(50, 4, generator=g)
+    true = torch.randn(50, generator=g)
+    r_opt = preds.max(1).values
+    got = simulate.uncertainty_calibration(preds, r_opt, true)
+    p, t = preds.double().numpy(), true.double().numpy()
+    r_hat = p.mean(1)
+    want_spread = np.corrcoef(p.std(1), np.abs(t - r_hat))[0, 1]
+    want_bonus = np.corrcoef(p.max(1) - r_hat, t - r_hat)[0, 1]
+    assert got["spread_abs_error_corr"] == pytest.approx(want_spread, abs=1e-6)  # the heads are float32
+    assert got["bonus_error_corr"] == pytest.approx(want_bonus, abs=1e-6)
+
+
+def test_uncertainty_calibration_reads_the_direction_of_optimism():
+    """Optimism exactly where the model under-predicts gives +1, exactly where it over-predicts -1;
+    one head (no spread, no bonus) gives None, not a number."""
+    r_hat = torch.tensor([0.0, 1.0, 2.0, 3.0])
+    bonus = torch.tensor([0.1, 0.4, 0.2, 0.3])
+    preds = torch.stack([r_hat - bonus, r_hat + bonus], 1)  # mean r_hat, max r_hat + bonus, std = bonus
+    up = simulate.uncertainty_calibration(preds, r_hat + bonus, r_hat + 2 * bonus)
+    down = simulate.uncertainty_calibration(preds, r_hat + bonus, r_hat - 2 * bonus)
+    assert up["bonus_error_corr"] == pytest.approx(1.0) and down["bonus_error_corr"] == pytest.approx(-1.0)
+    assert up["spread_abs_error_corr"] == pytest.approx(1.0)  # |err| = 2 * bonus = 2 * spread
+    one = simulate.uncertainty_calibration(r_hat[:, None], r_hat, r_hat + bonus)
+    assert one == {"spread_abs_error_corr": None, "bonus_error_corr": None}
