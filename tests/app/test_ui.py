@@ -367,10 +367,10 @@ def test_the_new_experiment_form_sets_the_fine_tuning_budget(ui_world, tmp_path)
     model.mkdir(parents=True)
     (model / "model_index.json").write_text("{}")
     shown = ui_admin.preset_defaults("shapes")
-    # the preset's 3 epochs of 32 trajectories at 8 per step: 12 optimiser steps a round, as the bench-taste runs record
-    assert (shown["epochs"], shown["steps_per_epoch"], shown["max_seconds"]) == (3, 4, 0)
+    # the preset's 5 epochs of 32 trajectories at 8 per step (20 optimiser steps a round) within 24 s
+    assert (shown["epochs"], shown["steps_per_epoch"], shown["max_seconds"]) == (5, 4, 24)
     for name, epochs, limit, want in (("longer", 5, 25, (5, 25.0)), ("unlimited", 2.0, 0, (2, None)),
-                                      ("presets", None, None, (3, None))):
+                                      ("presets", None, None, (5, 24.0))):
         form = ui_admin.ExperimentForm(name=name, preset="shapes", epochs=epochs, max_seconds=limit)
         ui_admin.create_experiment(ui_world.factory, root, form, default_model=str(model))
         with read_session(ui_world.factory) as s:

@@ -28,6 +28,7 @@ def tiny_cfg(batch_size: int = 2, trajectories: int = 4):
     cfg.finetune.truncation = "per_step"  # random masks: the ranks must draw the same one
     cfg.finetune.epochs = 1
     cfg.finetune.lr = 1e-2
+    cfg.finetune.max_seconds = None  # the preset's time limit would make the step count depend on the machine's pace
     return cfg
 
 
