@@ -550,14 +550,14 @@ def write_table(results: dict, path: Path) -> str:
         lines += ["", "Reward ensemble against the true reward on the eval images after each round (Pearson r of the "
                       "mean prediction; mean over seeds [min, max]; seeds with r < 0):", "",
                   "| method | round | labels | r, mean [min, max] | seeds with r < 0 | "
-                  "r(heads' spread, abs. error) [95% CI] | r(optimism, error) [95% CI] |",
+                  "r(heads' spread, abs. error) [95% CI, clipped to +-1] | r(optimism, error) [95% CI, clipped to +-1] |",
                   "|---|---|---|---|---|---|---|"]
 
         def cal(c):
             if c is None:
                 return "-"
-            m, h, n = c
-            return f"{m:+.2f} [{m - h:+.2f}, {m + h:+.2f}] (n={n})" if n > 1 else f"{m:+.2f} (n=1)"
+            m, h, n = c  # a t-interval of correlations, shown within the range a correlation can take
+            return f"{m:+.2f} [{max(-1.0, m - h):+.2f}, {min(1.0, m + h):+.2f}] (n={n})" if n > 1 else f"{m:+.2f} (n=1)"
 
         for q in quality:
             neg = ", ".join(str(x) for x in q["negative_seeds"]) or "-"
