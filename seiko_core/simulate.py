@@ -282,8 +282,7 @@ def evaluate(parts, cfg: SeikoConfig, oracle, ev: EvalSet, *, adapter: str | Non
         preds, r_opt = preds.cpu(), r_opt.cpu()
         m["pred_reward"] = float(preds.mean())
         m["ensemble_spread"] = float(preds.std(1, correction=0).mean()) if preds.shape[1] > 1 else 0.0
-        corr = float(torch.corrcoef(torch.stack([preds.mean(1), true]))[0, 1])
-        m["pred_true_corr"] = corr if math.isfinite(corr) else None  # None when either side is constant
+        m["pred_true_corr"] = _pearson(preds.mean(1), true)  # None when either side is constant
         m["optimism_gap"] = float((r_opt - preds.mean(1)).mean())  # r_opt - r_hat on the eval images
         m.update(uncertainty_calibration(preds, r_opt, true))
         m["pred_reward_std"] = float(preds.mean(1).std()) if len(preds) > 1 else None  # what the bonus is weighed against
