@@ -29,7 +29,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--adapters", type=Path, default=None, help="folder with round_1 .. round_K adapters")
     parser.add_argument("--previous", type=int, default=0, help="train round K+1 from round K (needs --adapters)")
     parser.add_argument("--profile", type=int, default=0, help="print cProfile's N most expensive calls")
+    parser.add_argument("--flush-denormal", choices=("on", "off"), default=None,
+                        help="torch.set_flush_denormal before the round (default: leave the process's setting)")
+    parser.add_argument("--no-time-limit", action="store_true",
+                        help="take every optimiser step of the preset's epochs (finetune.max_seconds = None)")
     args = parser.parse_args(argv)
+    if args.flush_denormal is not None and not torch.set_flush_denormal(args.flush_denormal == "on") and args.flush_denormal == "on":
+        parser.error("this CPU cannot flush denormal numbers (torch.set_flush_denormal needs SSE3)")
     if args.previous and args.adapters is None:
         parser.error("--previous needs --adapters")
     from . import lora
@@ -39,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(0)
     cfg = preset(args.preset)
+    if args.no_time_limit:
+        cfg.finetune.max_seconds = None
     parts = load_model(args.model)
     _, emb = generate_batch(parts, None, ["a shape"] * 32, list(range(32)), cfg)
     scores = torch.rand(32) * 9 + 1
@@ -52,9 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     out = train_round(parts, emb, scores, cfg, new_index=args.previous + 1, prev_adapter=prev, seed=0)
     if prof:
         prof.disable()
-    print(f"round {args.previous + 1} (reference: {prev or 'base'}), torch threads {torch.get_num_threads()}: "
-          f"train_round {time.perf_counter() - start:.2f} s, fine-tuning {out.metrics['finetune']['wall_s']:.2f} s "
-          f"({out.finetune.steps} optimiser steps)")
+    ft = out.metrics["finetune"]
+    print(f"round {args.previous + 1} (reference: {prev or 'base'}), torch threads {torch.get_num_threads()}, "
+          f"flush denormal {args.flush_denormal or 'unset'}: train_round {time.perf_counter() - start:.2f} s, "
+          f"fine-tuning {ft['wall_s']:.2f} s ({out.finetune.steps} optimiser steps, {ft['wall_s'] / max(1, out.finetune.steps):.3f} s a step)")
     if prof:
         pstats.Stats(prof).sort_stats("cumulative").print_stats(args.profile)
     return 0
