@@ -252,19 +252,36 @@ def _pct(value: float | None, base: float | None) -> float | None:
     return None if value is None or not base else 100.0 * value / base
 
 
+def liked_variety(pixels: list[np.ndarray], embeddings: np.ndarray, liked: list[bool], base: dict[str, Any]) -> dict[str, Any]:
+    """The variety among the images the person liked (rated >= 6), as % of round 0's variety of all its images
+    (``base``): whether a round that pleases the person shows a taste or one image over and over. Compare it with
+    ``python -m app.taste_variety``, the variety the taste itself leaves. None with fewer than 2 liked images."""
+    if len(liked) != len(pixels) or len(liked) != len(embeddings):
+        raise ValueError(f"liked has {len(liked)} flags for {len(pixels)} images and {len(embeddings)} embeddings")
+    idx = [i for i, flag in enumerate(liked) if flag]
+    pix = mean_pairwise_pixel_distance([pixels[i] for i in idx])
+    emb = mean_pairwise_distance(np.asarray(embeddings)[idx]) if len(idx) >= 2 else None
+    return {"liked_images": len(idx),
+            "variety_liked_pixels_pct_round0": _pct(pix, base["variety_pixels"]),
+            "variety_liked_embedding_pct_round0": _pct(emb, base["variety_embedding"])}
+
+
 def round_record(index: int, scores: list[int], honest_scores: list[int], pixels: list[np.ndarray], embeddings: np.ndarray,
                  *, wait_s: float | None, labels_trained: int, base: dict[str, Any] | None, mode: str,
                  reward_model: dict[str, Any] | None = None, wait_parts: dict[str, Any] | None = None,
                  ratings: int | None = None, comparisons: int = 0, ties: int = 0, pairs_offered: int | None = None,
-                 measured_by: str = "ratings", trained_on: dict[str, Any] | None = None) -> dict[str, Any]:
+                 measured_by: str = "ratings", trained_on: dict[str, Any] | None = None,
+                 liked: list[bool] | None = None) -> dict[str, Any]:
     """One round's figures. ``scores`` measure the round: the ratings given (``measured_by`` "ratings") or, with
     comparisons only, the person's ratings taken for measurement and never submitted ("person"). ``ratings`` is the
     ratings given (default: as many as ``scores``), ``comparisons`` the votes given (``ties`` of them ties) on the
-    round's ``pairs_offered`` pairs (None: the round asked for no comparisons)."""
+    round's ``pairs_offered`` pairs (None: the round asked for no comparisons). ``liked``: per image of ``pixels``
+    (same order), whether the person rated it >= 6; their variety is :func:`liked_variety`'s."""
     t = taste_stats.round_taste(index, scores)
     h = taste_stats.round_taste(index, honest_scores)
     pix, emb = mean_pairwise_pixel_distance(pixels), mean_pairwise_distance(embeddings)
     base = base or {"variety_pixels": pix, "variety_embedding": emb}
+    within = liked_variety(pixels, embeddings, liked, base) if liked is not None else {}
     ratings = t.n if ratings is None else ratings
     return {
         "round": index, "selection": mode, "ratings": ratings, "labels_trained": labels_trained,
@@ -278,6 +295,7 @@ def round_record(index: int, scores: list[int], honest_scores: list[int], pixels
         "variety_pixels": pix, "variety_embedding": emb,
         "variety_pixels_pct_round0": _pct(pix, base["variety_pixels"]),
         "variety_embedding_pct_round0": _pct(emb, base["variety_embedding"]),
+        **within,
         "wait_s": wait_s, "wait_parts": wait_parts,
         # the reward model that chose this round's training signal, on this round's (unseen) images
         "reward_model": reward_model,
@@ -475,11 +493,13 @@ def run_seed(cfg: BenchConfig, seed: int, person: people.Person, on_round) -> li
                 quality = round_reward_quality(s, data_dir, experiment_id, k, query, scores=scores)
                 parts = wait_breakdown(round_.metrics) if k else None
                 fitted = trained_on(round_.metrics) if k else None
+                liked = [scores.get(im.id, 0) >= taste_stats.LIKED for im in query]  # in query's order, as pix and emb
             rounds.append(round_record(k, [scores[i] for i in scores], [scores[i] for i in scores if i in honest], pix, emb,
                                        wait_s=wait_s, labels_trained=labels_given, base=rounds[0] if rounds else None,
                                        mode=mode, reward_model=quality, wait_parts=parts, ratings=len(rated),
                                        comparisons=votes, ties=ties, pairs_offered=offered,
-                                       measured_by="ratings" if want_scores else "person", trained_on=fitted))
+                                       measured_by="ratings" if want_scores else "person", trained_on=fitted,
+                                       liked=liked))
             labels_given += rounds[-1]["labels"]
             if k < cfg.rounds:
                 if not rounds[-1]["labels"]:

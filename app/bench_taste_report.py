@@ -3,12 +3,15 @@
     python -m app.bench_taste_report runs/bench-taste/before-gold runs/bench-taste/after-gold ...
 
 Per run directory (its ``results.json``): one row per round with the mean over seeds and the per-seed values of the
-share rated >= 6, the mean rating, variety (pixels / embeddings, % of round 0), the wait and the reward model's
-held-out Spearman correlation. With ``--paired A B``: per seed, B's minus A's share >= 6 and mean rating in the last
+share rated >= 6, the mean rating, variety (pixels / embeddings, % of round 0), the variety of the images the
+person liked (the same measures, % of round 0's variety of all its images; mean over the seeds with at least two
+liked images, and how many), the wait and the reward model's held-out Spearman correlation. With ``--paired A B``: per seed, B's minus A's share >= 6 and mean rating in the last
 round (the runs share seeds: the same experiment ids, so the same round-0 images), with the mean difference. With
 ``--pooled``: one more table that pools every ``--paired`` pair's seeds (e.g. two people x 6 seeds = 12 pairs): the
 mean difference of the last round's share >= 6 with its 95% t-interval, the wins (a tie counts half), the mean
-difference of variety in embeddings and the longest wait of the B runs.
+difference of variety in embeddings and the longest wait of the B runs. With ``--goals``: over every round after
+round 0 of the runs given, how many met issue 12's share goal, its variety goal, and both, and the correlation of the
+share with the variety in embeddings.
 """
 
 from __future__ import annotations
@@ -47,6 +50,12 @@ def _fmt(values: list[float | None], scale: float = 1.0, digits: int = 0, unit: 
     return f"**{np.mean(known):.{digits}f}{unit}** ({each})"
 
 
+def _mean(values: list[float | None]) -> str:
+    """The mean of the known values and how many seeds had one (the liked images' variety needs two liked images)."""
+    known = [v for v in values if v is not None]
+    return "-" if not known else f"{np.mean(known):.0f} ({len(known)}/{len(values)})"
+
+
 def run_table(doc: dict[str, Any], name: str) -> str:
     seeds = sorted(doc["seeds"], key=int)
     complete = [s for s in seeds if doc["seeds"][s].get("complete")]
@@ -54,12 +63,15 @@ def run_table(doc: dict[str, Any], name: str) -> str:
     opts = doc["config"]["options"]
     lines = [f"**{name}**: person `{doc['config']['person']}`, selection `{opts['selection']}` x{opts['candidate_factor']}, "
              f"seeds {', '.join(seeds)} ({len(complete)} complete); mean (per seed)", "",
-             "| round | share >= 6, % | mean rating | variety px, % | variety emb, % | wait, s | reward model rho |",
-             "|---|---|---|---|---|---|---|"]
+             "| round | share >= 6, % | mean rating | variety px, % | variety emb, % | liked images' variety px / emb, % "
+             "| wait, s | reward model rho |",
+             "|---|---|---|---|---|---|---|---|"]
     for k in range(n_rounds):
         lines.append(f"| {k} | {_fmt(_seed_values(doc, k, 'share_ge6'), 100)} | {_fmt(_seed_values(doc, k, 'mean_rating'), 1, 2)} "
                      f"| {_fmt(_seed_values(doc, k, 'variety_pixels_pct_round0'))} "
                      f"| {_fmt(_seed_values(doc, k, 'variety_embedding_pct_round0'))} "
+                     f"| {_mean(_seed_values(doc, k, 'variety_liked_pixels_pct_round0'))} / "
+                     f"{_mean(_seed_values(doc, k, 'variety_liked_embedding_pct_round0'))} "
                      f"| {_fmt(_seed_values(doc, k, 'wait_s'))} | {_fmt(_seed_values(doc, k, 'reward_corr'), 1, 2)} |")
     return "\n".join(lines)
 
@@ -118,9 +130,10 @@ def pooled_table(pairs: list[tuple[dict[str, Any], dict[str, Any]]], names: list
 
 
 def rescore(run_dir: Path) -> int:
-    """Fill in the reward model's held-out correlation for rounds of ``run_dir`` that lack it (runs made before
-    bench-taste recorded it), from each seed's data dir with the same function bench-taste uses; returns how many
-    rounds were filled. results.json is rewritten atomically."""
+    """Fill in what rounds of ``run_dir`` lack because bench-taste did not record it yet when they ran: the reward
+    model's held-out correlation, and the variety of the liked images (of rounds measured by the ratings given), from
+    each seed's data dir with the functions bench-taste uses; returns how many rounds gained something. results.json
+    is rewritten atomically."""
     from app import bench_taste
     from db import repo
     from db.engine import make_engine, read_session, session_factory
@@ -130,7 +143,7 @@ def rescore(run_dir: Path) -> int:
     filled = 0
     for seed, entry in doc["seeds"].items():
         data = run_dir / f"seed_{seed}" / "data"
-        todo = [r for r in entry["rounds"] if "reward_model" not in r]
+        todo = [r for r in entry["rounds"] if "reward_model" not in r or _lacks_liked_variety(r)]
         if not todo or not (data / "seiko.db").exists():
             continue
         engine = make_engine(f"sqlite:///{data / 'seiko.db'}")
@@ -140,14 +153,62 @@ def rescore(run_dir: Path) -> int:
                 for r in todo:
                     round_ = repo.get_round_by_index(session=s, experiment_id=experiment_id, index=r["round"])
                     query = repo.list_images(session=s, round_id=round_.id, kind="query")
-                    r["reward_model"] = bench_taste.round_reward_quality(s, data, experiment_id, r["round"], query)
-                    r["reward_corr"] = None if r["reward_model"] is None else r["reward_model"]["spearman"]
+                    if "reward_model" not in r:
+                        r["reward_model"] = bench_taste.round_reward_quality(s, data, experiment_id, r["round"], query)
+                        r["reward_corr"] = None if r["reward_model"] is None else r["reward_model"]["spearman"]
+                    if _lacks_liked_variety(r):
+                        r.update(_liked_variety_of(s, data, query, entry["rounds"][0]))
                     filled += 1
         finally:
             engine.dispose()
-    doc["rescored"] = "reward_model filled in afterwards by python -m app.bench_taste_report --rescore"
+    doc["rescored"] = ("reward_model and the liked images' variety filled in afterwards where missing by "
+                       "python -m app.bench_taste_report --rescore")
     atomic.write_text(run_dir / "results.json", json.dumps(doc, indent=2, sort_keys=True, allow_nan=False) + "\n")
     return filled
+
+
+GOAL_SHARE, GOAL_VARIETY = 0.60, 80.0  # issue 12's goals: >= 60% rated >= 6 while keeping >= 80% of round 0's variety
+
+
+def goals_across(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Over every round after round 0 of every seed of ``docs``: how many rounds there are, how many reached the share
+    goal, how many kept both varieties at the goal, how many did both, and the Pearson r of the share with the variety
+    in embeddings (None when either is constant)."""
+    share, emb, both_var = [], [], []
+    for doc in docs:
+        for entry in doc["seeds"].values():
+            for r in entry["rounds"][1:]:
+                if r.get("variety_embedding_pct_round0") is None or r.get("variety_pixels_pct_round0") is None:
+                    continue
+                share.append(r["share_ge6"])
+                emb.append(r["variety_embedding_pct_round0"])
+                both_var.append(r["variety_embedding_pct_round0"] >= GOAL_VARIETY and r["variety_pixels_pct_round0"] >= GOAL_VARIETY)
+    if not share:
+        raise ValueError("no round after round 0 with its variety measured in these runs")
+    x, y = np.asarray(share, dtype=np.float64), np.asarray(emb, dtype=np.float64)
+    r = None if x.std() == 0 or y.std() == 0 else float(np.corrcoef(x, y)[0, 1])
+    hit = x >= GOAL_SHARE - 1e-12
+    return {"rounds": len(x), "share_goal": int(hit.sum()), "variety_goal": int(sum(both_var)),
+            "both": int(sum(h and v for h, v in zip(hit, both_var))), "r_share_variety_emb": r}
+
+
+def _lacks_liked_variety(r: dict[str, Any]) -> bool:
+    """A round measured by the ratings given whose record predates the liked images' variety (a round measured by the
+    person's untold ratings cannot be redone from the data dir, which holds only what was submitted)."""
+    return "liked_images" not in r and r.get("measured_by", "ratings") == "ratings"
+
+
+def _liked_variety_of(session, data_dir: Path, query, round0: dict[str, Any]) -> dict[str, Any]:
+    """:func:`app.bench_taste.liked_variety` of one round from the data dir: its query images' files and stored
+    embeddings, the ratings given, round 0's recorded variety as the base."""
+    import base64
+
+    from app import bench_taste, taste_stats
+
+    rated = {r.image_id: r.score for r in bench_taste._ratings(session, [im.id for im in query])}
+    pixels = [bench_taste.decode_png(base64.b64encode(bench_taste._file(data_dir, im)).decode()) for im in query]
+    return bench_taste.liked_variety(pixels, bench_taste.embeddings_of(query).astype(np.float64),
+                                     [rated.get(im.id, 0) >= taste_stats.LIKED for im in query], round0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,8 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--paired", nargs=2, action="append", type=Path, default=[], metavar=("A", "B"),
                     help="per-seed differences of run B against run A (repeatable)")
     ap.add_argument("--pooled", action="store_true", help="also pool the seeds of every --paired pair in one table")
+    ap.add_argument("--goals", action="store_true",
+                    help="also count, over every round after round 0 of the given runs, the rounds that reached issue "
+                         "12's share goal, its variety goal and both, and correlate the share with the variety")
     ap.add_argument("--rescore", action="store_true",
-                    help="first fill in the reward model's held-out correlation where a run lacks it (older runs)")
+                    help="first fill in the reward model's held-out correlation and the liked images' variety where a run "
+                         "lacks them (older runs)")
     args = ap.parse_args(argv)
     try:
         if args.rescore:
@@ -165,6 +230,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{run_dir}: {rescore(run_dir)} rounds filled in", file=sys.stderr)
         for run_dir in args.runs:
             print(run_table(load(run_dir), run_dir.name) + "\n")
+        if args.goals:
+            g = goals_across([load(run_dir) for run_dir in args.runs])
+            r = "-" if g["r_share_variety_emb"] is None else f"{g['r_share_variety_emb']:+.2f}"
+            print(f"Over {g['rounds']} rounds (rounds 1 on, every seed of {len(args.runs)} runs): {g['share_goal']} reached "
+                  f">= {100 * GOAL_SHARE:.0f}% rated >= 6, {g['variety_goal']} kept >= {GOAL_VARIETY:.0f}% of round 0's variety "
+                  f"in pixels and embeddings, {g['both']} both; r(share, variety in embeddings) = {r}\n")
         for a, b in args.paired:
             print(paired(load(a), load(b), a.name, b.name) + "\n")
         if args.pooled:

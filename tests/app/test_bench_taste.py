@@ -45,6 +45,40 @@ def test_round_record_and_summary():
     assert not math.isnan(r1["mean_rating_ci95"][0])
 
 
+def test_the_liked_images_variety_is_theirs_over_round_0s_variety_of_all():
+    rng = np.random.default_rng(3)
+    pix = [rng.random((3, 3, 3)) for _ in range(5)]
+    emb = rng.normal(size=(5, 4))
+
+    def brute_pixels(ims):  # RMS over all values, mean over unordered pairs
+        return np.mean([np.sqrt(np.mean((ims[i] - ims[j]) ** 2)) for i in range(len(ims)) for j in range(i + 1, len(ims))])
+
+    def brute_emb(e):
+        return np.mean([np.sqrt(np.sum((e[i] - e[j]) ** 2)) for i in range(len(e)) for j in range(i + 1, len(e))])
+
+    r0 = bench_taste.round_record(0, [1, 1, 1, 1, 1], [1] * 5, pix, emb, wait_s=None, labels_trained=0, base=None,
+                                  mode="random", liked=[False] * 5)
+    assert r0["liked_images"] == 0 and r0["variety_liked_pixels_pct_round0"] is None
+    later = [pix[0], pix[1] * 0.5, pix[2], pix[3], pix[4] * 0.1]
+    r1 = bench_taste.round_record(1, [7, 2, 6, 9, 1], [7, 2, 6, 9, 1], later, emb * 2, wait_s=1.0, labels_trained=5,
+                                  base=r0, mode="random", liked=[True, False, True, True, False])
+    liked = [later[0], later[2], later[3]]
+    assert r1["liked_images"] == 3
+    assert r1["variety_liked_pixels_pct_round0"] == pytest.approx(100 * brute_pixels(liked) / brute_pixels(pix))
+    assert r1["variety_liked_embedding_pct_round0"] == pytest.approx(100 * brute_emb(2 * emb[[0, 2, 3]]) / brute_emb(emb))
+    one = bench_taste.round_record(1, [7, 2, 2, 2, 2], [7], later, emb, wait_s=1.0, labels_trained=5, base=r0,
+                                   mode="random", liked=[True, False, False, False, False])
+    assert one["liked_images"] == 1 and one["variety_liked_embedding_pct_round0"] is None
+    with pytest.raises(ValueError, match="liked has 2 flags for 5 images"):
+        bench_taste.liked_variety(pix, emb, [True, True], r0)
+    from app import bench_taste_report as report
+
+    table = report.run_table(
+        {"config": {"person": "p", "options": {"selection": "random", "candidate_factor": 1}},
+         "seeds": {"0": {"complete": True, "rounds": [r0, r1]}, "1": {"complete": True, "rounds": [r0, one]}}}, "t")
+    assert f"| {r1['variety_liked_pixels_pct_round0']:.0f} (1/2) / {r1['variety_liked_embedding_pct_round0']:.0f} (1/2) |" in table
+
+
 @pytest.mark.parametrize("person, expected", [
     ("nobody", "error: unknown person 'nobody'"),
     ("{tmp}/nope.py:rate", "error: person file"),
@@ -209,6 +243,24 @@ def test_a_tiny_run_drives_the_real_worker_and_records_every_round(tmp_path, wor
         assert m["n"] == 4 and m["labels"] == r["round"]
         assert m["spearman"] is None or -1 <= m["spearman"] <= 1
     assert (out / "bench_taste.png").stat().st_size > 0
+    for r in rounds:  # the liked images are the ratings >= 6 of the round's 4 images
+        assert r["liked_images"] == round(4 * r["share_ge6"])
+        assert (r["variety_liked_pixels_pct_round0"] is None) == (r["liked_images"] < 2)
+    # --rescore recomputes the liked images' variety of older records from the data dir: the same figures as recorded
+    from app import bench_taste_report as report
+
+    keys = ("liked_images", "variety_liked_pixels_pct_round0", "variety_liked_embedding_pct_round0")
+    rounds = json.loads(json.dumps(rounds))  # what the live run recorded, kept apart from the doc stripped below
+    for r in doc["seeds"]["0"]["rounds"]:
+        for key in keys:
+            r.pop(key)
+    (out / "results.json").write_text(json.dumps(doc))
+    assert report.rescore(out) == 3
+    again = json.loads((out / "results.json").read_text())["seeds"]["0"]["rounds"]
+    for old, new in zip(rounds, again):
+        assert new["liked_images"] == old["liked_images"]
+        for key in keys[1:]:
+            assert new[key] == (None if old[key] is None else pytest.approx(old[key]))
 
 
 def test_a_tiny_pairs_run_compares_through_the_pair_api_and_the_worker_fits_on_the_comparisons(tmp_path, worker_model_dir):
@@ -312,6 +364,25 @@ def test_the_report_pools_the_seeds_of_several_pairs():
     assert got["max_wait_s"] == 41.5
     table = report.pooled_table([(before_1, after_1), (before_2, after_2)], [("b1", "a1"), ("b2", "a2")])
     assert "| 4 | +12.5 [-38.8, +63.8] | 2.5/4 | -5.0 | 41.5 |" in table
+
+
+def test_the_goals_count_rounds_after_round_0_and_correlate_share_with_variety():
+    from app import bench_taste_report as report
+
+    doc = _doc([[0.0, 0.6, 0.9], [0.0, 0.2, 0.4]], [[1.0, 5.0, 7.0], [1.0, 2.0, 3.0]])
+    emb = {("0", 1): 85.0, ("0", 2): 60.0, ("1", 1): 95.0, ("1", 2): 90.0}
+    for (seed, k), v in emb.items():
+        doc["seeds"][seed]["rounds"][k]["variety_embedding_pct_round0"] = v
+    doc["seeds"]["1"]["rounds"][2]["variety_pixels_pct_round0"] = 79.0  # pixels below the goal: not a variety round
+    got = report.goals_across([doc])
+    shares, varieties = [0.6, 0.9, 0.2, 0.4], [85.0, 60.0, 95.0, 90.0]
+    assert got["rounds"] == 4 and got["share_goal"] == 2 and got["variety_goal"] == 2 and got["both"] == 1
+    ms, mv = sum(shares) / 4, sum(varieties) / 4  # Pearson's r by its definition
+    cov = sum((a - ms) * (b - mv) for a, b in zip(shares, varieties))
+    r = cov / math.sqrt(sum((a - ms) ** 2 for a in shares) * sum((b - mv) ** 2 for b in varieties))
+    assert got["r_share_variety_emb"] == pytest.approx(r)
+    with pytest.raises(ValueError, match="no round after round 0"):
+        report.goals_across([_doc([[0.0]], [[1.0]])])
 
 
 def test_the_report_refuses_to_pool_runs_without_a_common_seed():
