@@ -73,10 +73,14 @@ def test_the_liked_images_variety_is_theirs_over_round_0s_variety_of_all():
         bench_taste.liked_variety(pix, emb, [True, True], r0)
     from app import bench_taste_report as report
 
+    other = dict(r1, variety_liked_pixels_pct_round0=10.0, variety_liked_embedding_pct_round0=20.0)
     table = report.run_table(
         {"config": {"person": "p", "options": {"selection": "random", "candidate_factor": 1}},
-         "seeds": {"0": {"complete": True, "rounds": [r0, r1]}, "1": {"complete": True, "rounds": [r0, one]}}}, "t")
-    assert f"| {r1['variety_liked_pixels_pct_round0']:.0f} (1/2) / {r1['variety_liked_embedding_pct_round0']:.0f} (1/2) |" in table
+         "seeds": {"0": {"complete": True, "rounds": [r0, r1]}, "1": {"complete": True, "rounds": [r0, one]},
+                   "2": {"complete": True, "rounds": [r0, other]}}}, "t")
+    px = (r1["variety_liked_pixels_pct_round0"] + 10.0) / 2  # the mean of the two seeds that have one; seed 1 has none
+    em = (r1["variety_liked_embedding_pct_round0"] + 20.0) / 2
+    assert f"| {px:.0f} (2/3) / {em:.0f} (2/3) |" in table
 
 
 @pytest.mark.parametrize("person, expected", [
@@ -218,8 +222,11 @@ def test_a_tiny_run_drives_the_real_worker_and_records_every_round(tmp_path, wor
     import json
 
     out = tmp_path / "bench"
+    # a person who likes every other image: 2 liked images a round, so the liked images' variety is never empty
+    (tmp_path / "alternate.py").write_text("def rate(images, prompts):\n    return [9 if i % 2 == 0 else 2 for i in range(len(prompts))]\n")
     env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "app", "bench-taste", "--person", "purple", "--rounds", "2", "--budget", "4",
+    proc = subprocess.run([sys.executable, "-m", "app", "bench-taste", "--person", f"{tmp_path / 'alternate.py'}:rate",
+                           "--rounds", "2", "--budget", "4",
                            "--seeds", "0", "--out", str(out), "--model", str(worker_model_dir), "--tiny"],
                           capture_output=True, text=True, timeout=900, env=env, cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -243,9 +250,9 @@ def test_a_tiny_run_drives_the_real_worker_and_records_every_round(tmp_path, wor
         assert m["n"] == 4 and m["labels"] == r["round"]
         assert m["spearman"] is None or -1 <= m["spearman"] <= 1
     assert (out / "bench_taste.png").stat().st_size > 0
-    for r in rounds:  # the liked images are the ratings >= 6 of the round's 4 images
-        assert r["liked_images"] == round(4 * r["share_ge6"])
-        assert (r["variety_liked_pixels_pct_round0"] is None) == (r["liked_images"] < 2)
+    for r in rounds:  # the liked images are the ratings >= 6 of the round's 4 images: 2 of them
+        assert r["liked_images"] == round(4 * r["share_ge6"]) == 2
+        assert r["variety_liked_pixels_pct_round0"] > 0 and r["variety_liked_embedding_pct_round0"] > 0
     # --rescore recomputes the liked images' variety of older records from the data dir: the same figures as recorded
     from app import bench_taste_report as report
 
