@@ -482,7 +482,7 @@ def run_seed(cfg: BenchConfig, seed: int, person: people.Person, on_round) -> li
                 rated = {r.image_id: r.score for r in _ratings(s, [im.id for im in query])}
                 honest = set(selection.honest_ids(round_.metrics, query))
                 mode = ((round_.metrics or {}).get("selection") or {}).get("selection", "random")
-                pix = [decode_png(base64.b64encode(_file(data_dir, im)).decode()) for im in query]
+                pix = stored_pixels(data_dir, query)
                 emb = embeddings_of(query).astype(np.float64)
                 offered = _pairs_offered(s, round_.id) if want_pairs else None
                 if want_scores:
@@ -493,7 +493,7 @@ def run_seed(cfg: BenchConfig, seed: int, person: people.Person, on_round) -> li
                 quality = round_reward_quality(s, data_dir, experiment_id, k, query, scores=scores)
                 parts = wait_breakdown(round_.metrics) if k else None
                 fitted = trained_on(round_.metrics) if k else None
-                liked = [scores.get(im.id, 0) >= taste_stats.LIKED for im in query]  # in query's order, as pix and emb
+                liked = liked_flags(scores, query)
             rounds.append(round_record(k, [scores[i] for i in scores], [scores[i] for i in scores if i in honest], pix, emb,
                                        wait_s=wait_s, labels_trained=labels_given, base=rounds[0] if rounds else None,
                                        mode=mode, reward_model=quality, wait_parts=parts, ratings=len(rated),
@@ -543,6 +543,16 @@ def _ratings(session, image_ids: list[int]):
     from db.models import Rating
 
     return session.query(Rating).filter(Rating.image_id.in_(image_ids)).all() if image_ids else []
+
+
+def stored_pixels(data_dir: Path, images) -> list[np.ndarray]:
+    """The stored PNG files of ``images`` as :func:`decode_png` arrays, in their order."""
+    return [decode_png(base64.b64encode(_file(data_dir, im)).decode()) for im in images]
+
+
+def liked_flags(scores: dict[int, int], images) -> list[bool]:
+    """Per image of ``images`` (in their order, as :func:`stored_pixels`), whether ``scores`` rates it >= 6."""
+    return [scores.get(im.id, 0) >= taste_stats.LIKED for im in images]
 
 
 def _file(data_dir, image) -> bytes:

@@ -201,14 +201,12 @@ def _lacks_liked_variety(r: dict[str, Any]) -> bool:
 def _liked_variety_of(session, data_dir: Path, query, round0: dict[str, Any]) -> dict[str, Any]:
     """:func:`app.bench_taste.liked_variety` of one round from the data dir: its query images' files and stored
     embeddings, the ratings given, round 0's recorded variety as the base."""
-    import base64
-
-    from app import bench_taste, taste_stats
+    from app import bench_taste
 
     rated = {r.image_id: r.score for r in bench_taste._ratings(session, [im.id for im in query])}
-    pixels = [bench_taste.decode_png(base64.b64encode(bench_taste._file(data_dir, im)).decode()) for im in query]
-    return bench_taste.liked_variety(pixels, bench_taste.embeddings_of(query).astype(np.float64),
-                                     [rated.get(im.id, 0) >= taste_stats.LIKED for im in query], round0)
+    return bench_taste.liked_variety(bench_taste.stored_pixels(data_dir, query),
+                                     bench_taste.embeddings_of(query).astype(np.float64),
+                                     bench_taste.liked_flags(rated, query), round0)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-time-limit", action="store_true",
                         help="take every optimiser step of the preset's epochs (finetune.max_seconds = None)")
     args = parser.parse_args(argv)
-    if args.flush_denormal is not None and not torch.set_flush_denormal(args.flush_denormal == "on") and args.flush_denormal == "on":
+    if args.flush_denormal == "on" and not torch.set_flush_denormal(True):
         parser.error("this CPU cannot flush denormal numbers (torch.set_flush_denormal needs SSE3)")
     if args.previous and args.adapters is None:
         parser.error("--previous needs --adapters")
@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     from .presets import preset
 
     torch.manual_seed(0)
+    if args.flush_denormal == "off":
+        torch.set_flush_denormal(False)
     cfg = preset(args.preset)
     if args.no_time_limit:
         cfg.finetune.max_seconds = None
