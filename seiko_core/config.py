@@ -31,6 +31,10 @@ class RewardConfig:
     bootstrap: str = "poisson"  # per-sample weights per head: "poisson" (Poisson(1)) or "multinomial"
     standardise: bool = True  # fit on (y - mean) / std, predict in the original units
     sgld_base: float = 1e-5  # TS: gradient noise of scale base * sqrt(lr) / sqrt(batch), as in the reference
+    # Randomized prior functions (Osband et al. 2018): each head adds prior_scale times a fixed, untrained random
+    # linear function of the embedding, scaled to unit std (in standardised rating units) on the fitted data. The
+    # trained part cancels it where there are labels; away from them the heads keep disagreeing. 0 = no prior.
+    prior_scale: float = 0.0
 
     def __post_init__(self) -> None:
         self.hidden = tuple(self.hidden)
@@ -40,6 +44,8 @@ class RewardConfig:
         _check(0 <= self.holdout < 0.5, f"holdout must be in [0, 0.5), got {self.holdout}")
         _check(self.bootstrap in ("poisson", "multinomial"), f"unknown bootstrap {self.bootstrap!r}; choose from ['multinomial', 'poisson']")
         _check(self.lr > 0 and self.batch_size > 0 and self.max_epochs > 0, "lr, batch_size and max_epochs must be positive")
+        _check(math.isfinite(self.prior_scale) and self.prior_scale >= 0,
+               f"prior_scale must be a finite number >= 0 (0 = no prior), got {self.prior_scale}")
 
 
 # The UCB bonus is g(x) = alpha * y_std * sqrt(f^T A^{-1} f): alpha counts standard deviations of the ratings on D,

@@ -10,7 +10,8 @@ issue 11).
 
 ``--against DIR [DIR ...]`` pairs each method with the SAME method in the other directories instead (one per oracle,
 same seeds): a setting against the same method without it, e.g. ``--set optimism.bonus_balance=1`` runs against
-plain ones. The spread is the control's.
+plain ones. The spread is the control's. With ``--baseline METHOD`` as well, each treated method is paired with
+METHOD's runs in the control directories instead (e.g. SEIKO-Bootstrap with a prior against plain Greedy).
 """
 
 from __future__ import annotations
@@ -69,9 +70,9 @@ def pooled_rows(all_results: list[dict], baseline: str = "greedy") -> list[dict]
     return rows
 
 
-def setting_rows(treated: list[dict], control: list[dict]) -> list[dict]:
+def setting_rows(treated: list[dict], control: list[dict], baseline: str | None = None) -> list[dict]:
     """Per method found in both: (treated - control) final true reward / the control's pretrained spread, paired by
-    oracle and seed, pooled as in :func:`pooled_rows`."""
+    oracle and seed, pooled as in :func:`pooled_rows`; the control is the same method, or ``baseline``'s runs there."""
     by_oracle = {res["settings"]["oracle"]: res for res in control}
     if len(by_oracle) != len(control):
         raise ValueError(f"each control directory must hold a different oracle's runs, got {[r['settings']['oracle'] for r in control]}")
@@ -82,7 +83,7 @@ def setting_rows(treated: list[dict], control: list[dict]) -> list[dict]:
             oracle = res["settings"]["oracle"]
             if oracle not in by_oracle:
                 raise ValueError(f"no control directory holds oracle {oracle!r}")
-            diffs = standardised_differences(res, method, method, control=by_oracle[oracle])
+            diffs = standardised_differences(res, method, baseline or method, control=by_oracle[oracle])
             if diffs:
                 per_oracle[oracle] = diffs
         row = _pooled_row(method, per_oracle)
@@ -100,12 +101,14 @@ def _format_rows(rows: list[dict]) -> list[str]:
     return lines
 
 
-def setting_table(treated: list[dict], control: list[dict]) -> str:
+def setting_table(treated: list[dict], control: list[dict], baseline: str | None = None) -> str:
     overrides = sorted({o for res in treated for o in res["settings"].get("overrides", [])})
     what = ", ".join(overrides) or "the treated runs' settings"
     spreads = ", ".join(f"{res['settings']['oracle']} {pretrained_spread(res):.3f}" for res in control)
-    lines = [f"Paired difference of each method with {what} to the same method without, in pretrained standard "
-             f"deviations ({spreads}), pooled over oracles and seeds:", "", *_format_rows(setting_rows(treated, control))]
+    against = "the same method without" if baseline is None else f"{LABELS.get(baseline, baseline)} without"
+    lines = [f"Paired difference of each method with {what} to {against}, in pretrained standard "
+             f"deviations ({spreads}), pooled over oracles and seeds:", "",
+             *_format_rows(setting_rows(treated, control, baseline))]
     return "\n".join(lines) + "\n"
 
 
@@ -122,13 +125,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dirs", nargs="+", type=Path, help="seiko_core.simulate --out directories, one per oracle")
     p.add_argument("--against", nargs="+", type=Path, default=None, metavar="DIR",
                    help="control directories (one per oracle): pair each method with itself there instead of with Greedy")
+    p.add_argument("--baseline", choices=METHODS, default=None,
+                   help="with --against: pair each method with this method's runs in the control directories")
     args = p.parse_args(argv)
+    if args.baseline and not args.against:
+        p.error("--baseline needs --against (without it, every method is paired with Greedy in the same directory)")
     loaded = _load(args.dirs)
     control = _load(args.against) if args.against else None
     if loaded is None or (args.against and control is None):
         return 1
     try:
-        print(pooled_table(loaded) if control is None else setting_table(loaded, control), end="")
+        print(pooled_table(loaded) if control is None else setting_table(loaded, control, args.baseline), end="")
     except (ValueError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

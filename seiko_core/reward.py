@@ -131,6 +131,9 @@ class RewardEnsemble(torch.nn.Module):
         self.head_bias = torch.nn.Parameter(torch.empty(cfg.num_heads, device=device))
         self.register_buffer("y_mean", torch.zeros((), device=device))
         self.register_buffer("y_std", torch.ones((), device=device))
+        if cfg.prior_scale > 0:  # randomized prior functions: fixed (buffers, never trained), set by set_prior
+            self.register_buffer("prior_weight", torch.zeros(cfg.num_heads, self.input_dim, device=device))
+            self.register_buffer("prior_bias", torch.zeros(cfg.num_heads, device=device))
         self.metrics: dict[str, Any] = {}
         self.reset_parameters(generator)
 
@@ -173,10 +176,52 @@ class RewardEnsemble(torch.nn.Module):
     def _standardised_heads(self, features: Tensor) -> Tensor:
         return features @ self.head_weight.T + self.head_bias
 
+    def prior(self, x: Tensor) -> Tensor:
+        """(B, N) the heads' fixed random priors, prior_scale * (x @ P^T + b), in standardised units; 0 without a prior."""
+        if self.cfg.prior_scale <= 0:
+            return torch.zeros(x.shape[0], self.num_heads, device=x.device, dtype=self.head_weight.dtype)
+        return self.cfg.prior_scale * (x.to(self.prior_weight.dtype) @ self.prior_weight.T + self.prior_bias)
+
+    @torch.no_grad()
+    def set_prior(self, x_fit: Tensor, generator: torch.Generator) -> None:
+        """Set each head's fixed random prior from the fitted embeddings ``x_fit`` (n, D); no-op without a prior.
+
+        A head's prior is the part of a random linear function that the labels cannot pin down: a ~ N(0, I / lam)
+        on the centred embeddings, minus its ridge regression onto the fitted points, i.e. the direction
+        ``lam (Xc^T Xc + lam I)^-1 a``; ``lam`` = mean squared distance of the points from their mean (1 for a
+        single point). That is where a linear network trained to convergence from such a prior ends (the data
+        cancel the prior along what they span), written in closed form so the fit itself is unchanged. A step of
+        one data radius away from everything labelled changes a head by prior_scale rating stds (standardised
+        units); along well-sampled directions the prior shrinks like lam / (variance seen + lam).
+        """
+        if self.cfg.prior_scale <= 0:
+            return
+        x = x_fit.detach().to(torch.float64)
+        mean = x.mean(dim=0)
+        xc = x - mean
+        lam = float((xc * xc).sum(dim=1).mean())
+        if not lam > 1e-12:
+            lam = 1.0
+        a = torch.randn(self.num_heads, self.input_dim, generator=generator, device=x.device, dtype=torch.float64)
+        a = a / math.sqrt(lam)
+        gram = xc.T @ xc + lam * torch.eye(self.input_dim, device=x.device, dtype=torch.float64)
+        w = lam * torch.linalg.solve(gram, a.T).T  # (H, D)
+        self.prior_weight.copy_(w.to(self.prior_weight.dtype))
+        self.prior_bias.copy_((-(w @ mean)).to(self.prior_bias.dtype))
+
+    def _standardised(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """(B, N) the heads in standardised units: trained heads on the hidden features, plus the fixed priors."""
+        z = self._standardised_heads(self._hidden(x, generator))
+        return z + self.prior(x) if self.cfg.prior_scale > 0 else z
+
     def heads_and_features(self, emb: Tensor) -> tuple[Tensor, Tensor]:
         """(B, N) predictions in original units and the (B, F) features they were computed from, in one pass."""
-        features = self._hidden(self._check_input(emb))
-        return self._standardised_heads(features) * self.y_std + self.y_mean, features
+        x = self._check_input(emb)
+        features = self._hidden(x)
+        z = self._standardised_heads(features)
+        if self.cfg.prior_scale > 0:
+            z = z + self.prior(x)
+        return z * self.y_std + self.y_mean, features
 
     def forward(self, emb: Tensor) -> Tensor:
         return self.heads_and_features(emb)[0]
@@ -274,7 +319,7 @@ def _bootstrap_weights(n: int, heads: int, kind: str, generator: torch.Generator
 
 @torch.no_grad()
 def _standardised_predictions(model: RewardEnsemble, x: Tensor) -> Tensor:
-    return torch.cat([model._standardised_heads(model._hidden(chunk)) for chunk in x.split(_EVAL_CHUNK)])
+    return torch.cat([model._standardised(chunk) for chunk in x.split(_EVAL_CHUNK)])
 
 
 def _weighted_mse(pred: Tensor, target: Tensor, weights: Tensor | None) -> float:
@@ -340,7 +385,7 @@ def fit_reward(
         order = torch.randperm(n_train, generator=gen, device=device)
         loss_sum = torch.zeros((), device=device)
         for idx in order.split(cfg.batch_size):
-            pred = model._standardised_heads(model._hidden(x_tr[idx], gen))
+            pred = model._standardised(x_tr[idx], gen)
             loss = (weights[idx] * (pred - z_tr[idx, None]) ** 2).sum(dim=0).div(len(idx)).sum()
             opt.zero_grad()
             loss.backward()
@@ -372,10 +417,13 @@ def fit_reward(
         if wait > 0 and wait >= cfg.patience:  # cfg.patience epochs in a row without improvement
             break
 
-    # 7. keep the best epoch's weights and report metrics in the original units
+    # 7. keep the best epoch's weights and report metrics in the original units (with the priors of step 8)
     assert best_state is not None  # the first epoch always improves on +inf
     model.load_state_dict(best_state)
     model.eval().requires_grad_(False)
+    # 8. the randomized priors (cfg.prior_scale > 0), added to the fitted heads in closed form (see set_prior): the
+    # trained weights are exactly the prior-free fit's, and the priors have a stream of their own
+    model.set_prior(x_tr, torch.Generator(device=device).manual_seed(int(seed) * 7_919 + 15_485_863))
     with torch.no_grad():
         pred_tr = _standardised_predictions(model, x_tr).double() * y_std + y_mean
         pred_ho = _standardised_predictions(model, x_ho).double() * y_std + y_mean if n_holdout else None
@@ -392,6 +440,7 @@ def fit_reward(
         "y_std": y_std,
         "seed": int(seed),
         "sgld": bool(sgld),
+        "prior_scale": float(cfg.prior_scale),
     }
     model.metrics = metrics
     return FitResult(ensemble=model, metrics=dict(metrics))
