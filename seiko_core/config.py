@@ -31,9 +31,10 @@ class RewardConfig:
     bootstrap: str = "poisson"  # per-sample weights per head: "poisson" (Poisson(1)) or "multinomial"
     standardise: bool = True  # fit on (y - mean) / std, predict in the original units
     sgld_base: float = 1e-5  # TS: gradient noise of scale base * sqrt(lr) / sqrt(batch), as in the reference
-    # Randomized prior functions (Osband et al. 2018): each head adds prior_scale times a fixed, untrained random
-    # linear function of the embedding, scaled to unit std (in standardised rating units) on the fitted data. The
-    # trained part cancels it where there are labels; away from them the heads keep disagreeing. 0 = no prior.
+    # Randomized prior functions (Osband et al. 2018): each head adds prior_scale times a fixed random linear function
+    # of the embedding (standardised rating units), in closed form the part of a random prior that a ridge fit of the
+    # labels would leave (RewardEnsemble.set_prior): about halved on the labels, whole away from them, where the
+    # heads then disagree. 0 = no prior.
     prior_scale: float = 0.0
 
     def __post_init__(self) -> None:

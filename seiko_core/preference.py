@@ -175,8 +175,8 @@ def fit_preference_reward(
     sgld_gen = torch.Generator(device=device).manual_seed(int(seed) * 7_919 + 104_729) if sgld else None
     heads = cfg.num_heads
     if cfg.prior_scale > 0:
-        raise ValueError("reward.prior_scale (randomized priors) is supported for fits on scores only, not with "
-                         f"comparisons; set it to 0 for a pairwise experiment (got {cfg.prior_scale})")
+        raise ValueError("reward.prior_scale (randomized priors) is not supported by the pairwise reward fit "
+                         f"(feedback 'pairs' or 'both'); set it to 0 for such an experiment (got {cfg.prior_scale})")
 
     # 1. held-out splits, per kind: scored items first, then comparisons (the scores-only draws match fit_reward's)
     if n_s:

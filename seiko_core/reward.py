@@ -183,23 +183,29 @@ class RewardEnsemble(torch.nn.Module):
         return self.cfg.prior_scale * (x.to(self.prior_weight.dtype) @ self.prior_weight.T + self.prior_bias)
 
     @torch.no_grad()
-    def set_prior(self, x_fit: Tensor, generator: torch.Generator) -> None:
-        """Set each head's fixed random prior from the fitted embeddings ``x_fit`` (n, D); no-op without a prior.
+    def set_prior(self, x_fit: Tensor, generator: torch.Generator) -> float | None:
+        """Set each head's fixed random prior from the fitted embeddings ``x_fit`` (n, D); returns ``lam`` (None without a prior).
 
-        A head's prior is the part of a random linear function that the labels cannot pin down: a ~ N(0, I / lam)
-        on the centred embeddings, minus its ridge regression onto the fitted points, i.e. the direction
-        ``lam (Xc^T Xc + lam I)^-1 a``; ``lam`` = mean squared distance of the points from their mean (1 for a
-        single point). That is where a linear network trained to convergence from such a prior ends (the data
-        cancel the prior along what they span), written in closed form so the fit itself is unchanged. A step of
-        one data radius away from everything labelled changes a head by prior_scale rating stds (standardised
-        units); along well-sampled directions the prior shrinks like lam / (variance seen + lam).
+        A head's prior is a random linear function ``a^T (x - mean)``, ``a ~ N(0, I / lam)``, minus what a ridge fit
+        of the labels with penalty ``lam`` would take out of it: the direction ``lam (Xc^T Xc + lam I)^-1 a``. That is
+        a ridge-regularised linear model started from the prior and trained to convergence, in closed form, so the
+        fitted weights stay exactly the prior-free fit's. ``lam`` is the points' mean squared distance from their
+        mean: a step of one such radius along a direction with no labels moves a head by ``prior_scale``
+        standardised units (rating stds), and along a labelled direction with sum of squares ``s`` the prior keeps
+        ``lam / (s + lam)`` of its size. With fewer points than dimensions each labelled direction has ``s`` of about
+        ``lam``, so on the labels the prior is about halved, not cancelled: the penalty ``lam`` assumes label noise
+        as large as the ratings' own spread (the same conservative case as the UCB bonus's rule).
+
+        ``lam`` is floored at 1% of the points' mean squared norm (1 for all-zero embeddings, and for a single point
+        the floor is all there is), so near-duplicate labels cannot blow the prior up elsewhere.
         """
         if self.cfg.prior_scale <= 0:
-            return
+            return None
         x = x_fit.detach().to(torch.float64)
         mean = x.mean(dim=0)
         xc = x - mean
-        lam = float((xc * xc).sum(dim=1).mean())
+        floor = 0.01 * float((x * x).sum(dim=1).mean())
+        lam = max(float((xc * xc).sum(dim=1).mean()), floor)
         if not lam > 1e-12:
             lam = 1.0
         a = torch.randn(self.num_heads, self.input_dim, generator=generator, device=x.device, dtype=torch.float64)
@@ -208,6 +214,7 @@ class RewardEnsemble(torch.nn.Module):
         w = lam * torch.linalg.solve(gram, a.T).T  # (H, D)
         self.prior_weight.copy_(w.to(self.prior_weight.dtype))
         self.prior_bias.copy_((-(w @ mean)).to(self.prior_bias.dtype))
+        return lam
 
     def _standardised(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """(B, N) the heads in standardised units: trained heads on the hidden features, plus the fixed priors."""
@@ -423,7 +430,7 @@ def fit_reward(
     model.eval().requires_grad_(False)
     # 8. the randomized priors (cfg.prior_scale > 0), added to the fitted heads in closed form (see set_prior): the
     # trained weights are exactly the prior-free fit's, and the priors have a stream of their own
-    model.set_prior(x_tr, torch.Generator(device=device).manual_seed(int(seed) * 7_919 + 15_485_863))
+    prior_lam = model.set_prior(x_tr, torch.Generator(device=device).manual_seed(int(seed) * 7_919 + 15_485_863))
     with torch.no_grad():
         pred_tr = _standardised_predictions(model, x_tr).double() * y_std + y_mean
         pred_ho = _standardised_predictions(model, x_ho).double() * y_std + y_mean if n_holdout else None
@@ -441,6 +448,7 @@ def fit_reward(
         "seed": int(seed),
         "sgld": bool(sgld),
         "prior_scale": float(cfg.prior_scale),
+        "prior_lam": prior_lam,  # the prior's ridge penalty and squared radius (None without a prior)
     }
     model.metrics = metrics
     return FitResult(ensemble=model, metrics=dict(metrics))

@@ -84,18 +84,18 @@ def test_the_command_with_against(tmp_path, capsys):
 
 def test_a_setting_against_another_method_of_the_control_by_hand(tmp_path, capsys):
     plain = _results("a", 2.0, {"greedy": {0: 1.0, 1: 2.0}, "bootstrap": {0: 9.0, 1: 9.0}})
-    prior = _results("a", 5.0, {"bootstrap": {0: 2.0, 1: 1.0}})  # against Greedy: +1, -1 over 2.0 -> +0.5, -0.5
+    prior = _results("a", 5.0, {"bootstrap": {0: 2.0, 1: 4.0}})  # against Greedy: +1, +2 over 2.0 -> +0.5, +1.0
     prior["settings"]["overrides"] = ["reward.prior_scale=1.0"]
     (row,) = pooled.setting_rows([prior], [plain], baseline="greedy")
-    assert row["method"] == "bootstrap" and row["n"] == 2 and row["wins"] == 1 and row["mean"] == pytest.approx(0.0)
-    (row,) = pooled.setting_rows([prior], [plain])  # against the same method: -7, -8 over 2.0
-    assert row["mean"] == pytest.approx(-3.75)
+    assert row["method"] == "bootstrap" and row["n"] == 2 and row["wins"] == 2 and row["mean"] == pytest.approx(0.75)
+    (row,) = pooled.setting_rows([prior], [plain])  # against the same method: -7, -5 over 2.0
+    assert row["mean"] == pytest.approx(-3.0) and row["wins"] == 0
     for name, res in (("t", prior), ("c", plain)):
         (tmp_path / name).mkdir()
         (tmp_path / name / "results.json").write_text(json.dumps(res))
     assert pooled.main([str(tmp_path / "t"), "--against", str(tmp_path / "c"), "--baseline", "greedy"]) == 0
     out = capsys.readouterr().out
-    assert "with reward.prior_scale=1.0 to Greedy without" in out and "| SEIKO-Bootstrap | 2 a | **+0.00**" in out
+    assert "with reward.prior_scale=1.0 to Greedy without" in out and "| SEIKO-Bootstrap | 2 a | **+0.75**" in out
     with pytest.raises(SystemExit):
         pooled.main([str(tmp_path / "t"), "--baseline", "greedy"])
     assert "--baseline needs --against" in capsys.readouterr().err

@@ -86,7 +86,7 @@ def test_heads_disagree_away_from_the_labels_and_agree_on_them():
     # The labels span 4 of 12 directions. A point one data radius away along an unseen direction gets a prior of
     # std prior_scale (the definition); on the labelled points the prior is shrunk by lam / (variance seen + lam).
     x, y = subspace_data(n=60, dim=12, seen=4, seed=2)
-    fit = fit_reward(x, y, cfg(num_heads=2000, prior_scale=1.0, max_epochs=3), seed=0)
+    fit = fit_reward(x, y, cfg(num_heads=2000, prior_scale=1.0, max_epochs=3, holdout=0.0), seed=0)
     radius = float(((x - x.mean(0)) ** 2).sum(1).mean().sqrt())
     away = x.mean(0, keepdim=True).repeat(4, 1)
     away[:, 4:] += radius * torch.eye(8)[:4]  # one radius along unseen directions 5..8
@@ -101,12 +101,46 @@ def test_heads_disagree_away_from_the_labels_and_agree_on_them():
     assert float(heads_away.std(dim=1).mean()) > 0.5 * float(fit.ensemble.y_std)
 
 
-def test_one_point_is_allowed():
-    x, y = torch.randn(1, 5), torch.tensor([3.0])
-    fit = fit_reward(x, y, cfg(prior_scale=1.0), seed=0)
+def test_the_prior_is_what_a_ridge_fit_started_from_it_leaves():
+    # Claim: w = lam (Xc^T Xc + lam I)^-1 a is a + delta, where delta minimises |Xc (a + delta)|^2 + lam |delta|^2
+    # (a ridge fit, penalty lam, of labels that carry no signal, started from the prior a). Solved here by numpy's
+    # least squares on the augmented system [Xc; sqrt(lam) I] delta = [-Xc a; 0], with a recovered from w.
+    x, _ = subspace_data(n=20, dim=9, seen=9, seed=4)
+    model = RewardEnsemble(9, cfg(num_heads=3, prior_scale=1.0), generator=torch.Generator().manual_seed(0))
+    lam = model.set_prior(x, torch.Generator().manual_seed(1))
+    xc = (x - x.mean(0)).double().numpy()
+    assert lam == pytest.approx(float((xc**2).sum(1).mean()))
+    w = model.prior_weight.double().numpy()
+    for wk in w:
+        a = (xc.T @ xc + lam * np.eye(9)) @ wk / lam
+        aug = np.vstack([xc, math.sqrt(lam) * np.eye(9)])
+        delta = np.linalg.lstsq(aug, np.concatenate([-xc @ a, np.zeros(9)]), rcond=None)[0]
+        np.testing.assert_allclose(a + delta, wk, rtol=1e-4, atol=1e-6)
+
+
+def test_one_point_gets_the_floor_and_a_prior_of_std_distance_over_radius():
+    # One point: no spread, so lam is the floor, 1% of its squared norm, and a head's prior at q has std |q - x0| / sqrt(lam).
+    x, y = torch.tensor([[3.0, 4.0, 0.0, 0.0, 0.0]]), torch.tensor([3.0])
+    fit = fit_reward(x, y, cfg(num_heads=4000, prior_scale=1.0, max_epochs=2), seed=0)
+    assert fit.metrics["prior_lam"] == pytest.approx(0.25)  # 1% of 25
+    q = torch.tensor([[3.0, 4.0, 0.0, 0.0, 0.0], [3.0, 4.0, 0.5, 0.0, 0.0], [4.0, 4.0, 0.0, 1.0, 0.0]])
     with torch.no_grad():
-        out = fit.ensemble(torch.randn(4, 5))
-    assert torch.isfinite(out).all()
+        sd = fit.ensemble.prior(q).double().std(dim=1, correction=0)
+    want = torch.tensor([0.0, 0.5, 2**0.5], dtype=torch.float64) / 0.5
+    torch.testing.assert_close(sd, want, atol=1e-5, rtol=0.06)
+
+
+def test_near_duplicate_labels_cannot_blow_the_prior_up():
+    g = torch.Generator().manual_seed(0)
+    base = torch.nn.functional.normalize(torch.randn(1, 16, generator=g), dim=1)
+    x = torch.nn.functional.normalize(base + 1e-4 * torch.randn(30, 16, generator=g), dim=1)  # cosines ~0.99999
+    model = RewardEnsemble(16, cfg(num_heads=2000, prior_scale=1.0), generator=torch.Generator().manual_seed(0))
+    lam = model.set_prior(x, torch.Generator().manual_seed(1))
+    assert lam == pytest.approx(0.01, rel=1e-3)  # the floor: 1% of the unit embeddings' squared norm
+    far = torch.nn.functional.normalize(torch.randn(1, 16, generator=g), dim=1)
+    with torch.no_grad():
+        sd = float(model.prior(far).std())
+    assert sd < float((far - x.mean(0)).norm()) / 0.1 * 1.1  # at most distance / sqrt(floor), not distance / 1e-4
 
 
 def test_save_load_round_trip_keeps_the_prior_and_old_artifacts_still_load(tmp_path):
@@ -130,5 +164,5 @@ def test_save_load_round_trip_keeps_the_prior_and_old_artifacts_still_load(tmp_p
 def test_comparisons_with_a_prior_are_refused_in_one_sentence():
     x = torch.randn(6, 4)
     pairs = torch.tensor([[0, 1, 1.0], [2, 3, 0.0]])
-    with pytest.raises(ValueError, match="prior_scale .* scores only"):
+    with pytest.raises(ValueError, match="prior_scale .* not supported by the pairwise reward fit"):
         fit_preference_reward(x, pairs=pairs, cfg=cfg(prior_scale=1.0), seed=0)
