@@ -263,7 +263,7 @@ def fit_preference_reward(
                 rows.append(xs_tr[b_s])
             if k_p:
                 rows += [x[pi_tr[b_p]], x[pj_tr[b_p]]]
-            z = model._standardised(torch.cat(rows) if len(rows) > 1 else rows[0], gen)
+            z = model._standardised_heads(model._hidden(torch.cat(rows) if len(rows) > 1 else rows[0], gen))
             per_head = objective(z[:k_s] if k_s else None, z_tr[b_s] if k_s else None, w_s[b_s] if k_s else None,
                                  z[k_s:k_s + k_p] if k_p else None, z[k_s + k_p:] if k_p else None,
                                  po_tr[b_p] if k_p else None, w_p[b_p] if k_p else None)

@@ -216,19 +216,19 @@ class RewardEnsemble(torch.nn.Module):
         self.prior_bias.copy_((-(w @ mean)).to(self.prior_bias.dtype))
         return lam
 
-    def _standardised(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """(B, N) the heads in standardised units: trained heads on the hidden features, plus the fixed priors."""
-        z = self._standardised_heads(self._hidden(x, generator))
+    def _with_prior(self, z: Tensor, x: Tensor) -> Tensor:
+        """The trained heads ``z`` (B, N, standardised) of inputs ``x`` plus the fixed priors, when there are any."""
         return z + self.prior(x) if self.cfg.prior_scale > 0 else z
+
+    def _standardised(self, x: Tensor) -> Tensor:
+        """(B, N) the heads in standardised units (eval mode): trained heads on the hidden features, plus the priors."""
+        return self._with_prior(self._standardised_heads(self._hidden(x)), x)
 
     def heads_and_features(self, emb: Tensor) -> tuple[Tensor, Tensor]:
         """(B, N) predictions in original units and the (B, F) features they were computed from, in one pass."""
         x = self._check_input(emb)
         features = self._hidden(x)
-        z = self._standardised_heads(features)
-        if self.cfg.prior_scale > 0:
-            z = z + self.prior(x)
-        return z * self.y_std + self.y_mean, features
+        return self._with_prior(self._standardised_heads(features), x) * self.y_std + self.y_mean, features
 
     def forward(self, emb: Tensor) -> Tensor:
         return self.heads_and_features(emb)[0]
@@ -392,7 +392,7 @@ def fit_reward(
         order = torch.randperm(n_train, generator=gen, device=device)
         loss_sum = torch.zeros((), device=device)
         for idx in order.split(cfg.batch_size):
-            pred = model._standardised(x_tr[idx], gen)
+            pred = model._standardised_heads(model._hidden(x_tr[idx], gen))  # the priors come after the fit (step 8)
             loss = (weights[idx] * (pred - z_tr[idx, None]) ** 2).sum(dim=0).div(len(idx)).sum()
             opt.zero_grad()
             loss.backward()
