@@ -32,7 +32,7 @@ test-slow: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
-# Rebuild the embedded model from scratch (about 96 minutes on 2 CPU cores with the build defaults; BENCHMARKS.md).
+# Rebuild the embedded model from scratch (113 minutes measured on 2 CPU cores with the build defaults, 96 + 17 for the encoder refinement; BENCHMARKS.md).
 build-model: setup
 	$(PY) -m seiko_core.toy build --out models/shapes-sd
 
