@@ -10,6 +10,10 @@ mean pairwise RMS pixel distance and mean pairwise distance of the embedded mode
 the images rated >= 6 is reported as a percentage of the variety of all ``n``. A model whose rounds are all liked
 images cannot keep more than about this share of round 0's variety (round 0 is close to the training distribution),
 so bench-taste's variety target is read against it.
+
+``--share 0.6`` adds the yardstick for the two goals together (:func:`mixture_variety`): the variety of rounds of
+32 in which 60% of the images are liked and the rest are not, each part drawn from the training distribution, as %
+of the variety of rounds drawn from all of it: what a model that learned the taste and narrowed nothing else keeps.
 """
 
 from __future__ import annotations
@@ -32,18 +36,25 @@ def _subset(idx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return idx if len(idx) <= MAX_PAIRS_SET else rng.choice(idx, MAX_PAIRS_SET, replace=False)
 
 
+def _as_tensor(images_u8: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images_u8).permute(0, 3, 1, 2).float() / 255.0
+
+
+def liked_mask(person_spec: str, images_u8: np.ndarray) -> np.ndarray:
+    """Which of the images (N, H, W, 3) uint8 the person rates >= 6."""
+    person = people.load_person(person_spec)
+    return np.asarray(person.rate(_as_tensor(images_u8), [""] * len(images_u8))) >= taste_stats.LIKED
+
+
 def liked_variety(person_spec: str, images_u8: np.ndarray, embeddings: np.ndarray, seed: int = 0) -> dict[str, Any]:
     """Variety of the images ``person_spec`` rates >= 6 as % of the variety of all of them.
 
     ``images_u8`` (N, H, W, 3) uint8; ``embeddings`` (N, D), the image encoder's embeddings of the same images."""
-    person = people.load_person(person_spec)
-    images = torch.from_numpy(images_u8).permute(0, 3, 1, 2).float() / 255.0
-    ratings = np.asarray(person.rate(images, [""] * len(images)))
-    liked = np.flatnonzero(ratings >= taste_stats.LIKED)
+    liked = np.flatnonzero(liked_mask(person_spec, images_u8))
     rng = np.random.default_rng(seed)
-    every = _subset(np.arange(len(images)), rng)
-    out: dict[str, Any] = {"person": person_spec, "n": int(len(images)), "liked": int(len(liked)),
-                           "liked_share": float(len(liked) / max(1, len(images)))}
+    every = _subset(np.arange(len(images_u8)), rng)
+    out: dict[str, Any] = {"person": person_spec, "n": int(len(images_u8)), "liked": int(len(liked)),
+                           "liked_share": float(len(liked) / max(1, len(images_u8)))}
     pixels = images_u8.astype(np.float64) / 255.0
     for name, fn, data in (("pixels", mean_pairwise_pixel_distance, list(pixels)),
                            ("embedding", mean_pairwise_distance, embeddings.astype(np.float64))):
@@ -53,6 +64,39 @@ def liked_variety(person_spec: str, images_u8: np.ndarray, embeddings: np.ndarra
         out[f"variety_{name}_all"] = all_v
         out[f"variety_{name}_liked"] = liked_v
         out[f"variety_{name}_liked_pct"] = None if liked_v is None or not all_v else 100.0 * liked_v / all_v
+    return out
+
+
+def mixture_variety(images_u8: np.ndarray, embeddings: np.ndarray, liked: np.ndarray, share: float, *,
+                    size: int = 32, rounds: int = 200, seed: int = 0) -> dict[str, Any]:
+    """Variety of rounds in which a share of the images is liked, as % of the variety of rounds drawn from all images.
+
+    The yardstick for bench-taste's two goals together: a model that learned the taste and nothing else would draw
+    a round of ``size`` images of which ``round(share * size)`` are liked (drawn from the liked images) and the rest
+    not (drawn from the others), each part as varied as the training distribution is within it. ``rounds`` such
+    rounds and as many rounds of ``size`` images drawn from all of them (round 0's stand-in) are measured with
+    bench-taste's own variety functions; the result is the ratio of their means, per measure. ``liked`` is a boolean
+    mask over the images."""
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"share must be between 0 and 1, got {share}")
+    liked_idx, other_idx = np.flatnonzero(liked), np.flatnonzero(~liked)
+    k = int(round(share * size))
+    if k > len(liked_idx) or size - k > len(other_idx) or size > len(liked):
+        raise ValueError(f"a round of {size} with {k} liked images needs {k} liked and {size - k} other images; "
+                         f"there are {len(liked_idx)} and {len(other_idx)}")
+    rng = np.random.default_rng(seed)
+    pixels = images_u8.astype(np.float64) / 255.0
+    emb = embeddings.astype(np.float64)
+    sums = {"pixels": [0.0, 0.0], "embedding": [0.0, 0.0]}  # [mixed rounds, random rounds]
+    for _ in range(rounds):
+        mixed = np.concatenate([rng.choice(liked_idx, k, replace=False), rng.choice(other_idx, size - k, replace=False)])
+        every = rng.choice(len(liked), size, replace=False)
+        for col, ids in enumerate((mixed, every)):
+            sums["pixels"][col] += mean_pairwise_pixel_distance([pixels[i] for i in ids])
+            sums["embedding"][col] += mean_pairwise_distance(emb[ids])
+    out: dict[str, Any] = {"share": share, "round_size": size, "liked_per_round": k, "rounds": rounds}
+    for name, (mixed_sum, every_sum) in sums.items():
+        out[f"variety_{name}_mixture_pct"] = 100.0 * mixed_sum / every_sum if every_sum else None
     return out
 
 
@@ -67,14 +111,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=2000, help="training-distribution images to rate (default 2000)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", default=DEFAULT_MODEL, help="the model whose image encoder embeds them")
+    ap.add_argument("--share", type=float, action="append", default=[], metavar="P",
+                    help="also the variety of rounds of 32 in which this share is liked (repeatable; e.g. 0.6)")
     args = ap.parse_args(argv)
     try:
         data = generate(args.n, args.seed)
         parts = load_model(args.model, device="cpu")
         with torch.no_grad():
-            emb = embed_images_batched(parts, torch.from_numpy(data.images).permute(0, 3, 1, 2).float() / 255.0)
+            emb = embed_images_batched(parts, _as_tensor(data.images))
         result = liked_variety(args.person, data.images, emb.numpy(), seed=args.seed)
-    except (people.PersonError, ModelLoadError) as exc:
+        if args.share:
+            liked = liked_mask(args.person, data.images)
+            result["mixtures"] = [mixture_variety(data.images, emb.numpy(), liked, p, seed=args.seed) for p in args.share]
+    except (people.PersonError, ModelLoadError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=2))

@@ -331,6 +331,41 @@ def test_liked_variety_is_the_liked_images_variety_over_all_images(tmp_path):
     assert got["variety_embedding_liked_pct"] == pytest.approx(100 * brute_emb(emb[:5]) / brute_emb(emb))
 
 
+def test_mixture_variety_matches_the_closed_form_of_two_clusters():
+    """Liked images all white (embedding 0), the others all black (embedding 1): only cross pairs differ, by exactly 1.
+
+    A round of m with k liked has mean pairwise distance k(m-k)/C(m,2); a random round of m drawn from N images with
+    L liked has, in expectation, the chance that a random pair of distinct images is a cross pair, 2L(N-L)/(N(N-1))."""
+    from app import taste_variety
+
+    n, n_liked, size = 60, 20, 10
+    liked = np.zeros(n, dtype=bool)
+    liked[:n_liked] = True
+    images = np.where(liked[:, None, None, None], 255, 0).astype(np.uint8) * np.ones((1, 4, 4, 3), dtype=np.uint8)
+    emb = np.where(liked, 0.0, 1.0)[:, None]
+    got = taste_variety.mixture_variety(images, emb, liked, 0.6, size=size, rounds=3000, seed=1)
+    k = 6
+    mixed = k * (size - k) / (size * (size - 1) / 2)
+    every = 2 * n_liked * (n - n_liked) / (n * (n - 1))
+    assert got["liked_per_round"] == k
+    for name in ("pixels", "embedding"):
+        assert got[f"variety_{name}_mixture_pct"] == pytest.approx(100 * mixed / every, rel=0.03)
+    # a round of one cluster has no variety at all
+    assert taste_variety.mixture_variety(images, emb, liked, 1.0, size=size, rounds=50)["variety_embedding_mixture_pct"] == 0.0
+
+
+def test_mixture_variety_refuses_a_round_it_cannot_draw_in_one_sentence():
+    from app import taste_variety
+
+    liked = np.array([True, True] + [False] * 30)
+    images = np.zeros((32, 2, 2, 3), dtype=np.uint8)
+    emb = np.zeros((32, 2))
+    with pytest.raises(ValueError, match=r"needs 19 liked and 13 other images; there are 2 and 30"):
+        taste_variety.mixture_variety(images, emb, liked, 0.6)
+    with pytest.raises(ValueError, match="share must be between 0 and 1, got 1.5"):
+        taste_variety.mixture_variety(images, emb, liked, 1.5)
+
+
 def _doc(shares, means):
     rounds = lambda s, m: [{"round": k, "share_ge6": s[k], "mean_rating": m[k], "variety_pixels_pct_round0": 100.0,  # noqa: E731
                             "variety_embedding_pct_round0": 100.0, "wait_s": None if k == 0 else 30.0,
