@@ -116,6 +116,9 @@ class FinetuneConfig:
     kl_weight: float = 0.01  # weight of the trajectory KL to the previous round (reference)
     loss_coeff: float = 0.01  # reward term coefficient (reference)
     reward_target: float | None = 10.0  # loss = loss_coeff * |r_opt - target|; None maximises r_opt directly
+    # rating units per unit of mean pairwise distance between the micro-batch's (L2-normalised) image-encoder
+    # embeddings, subtracted from the loss (times loss_coeff): a reward for keeping each batch's images apart. 0: off
+    diversity_weight: float = 0.0
     truncation: str = "per_step"  # "per_step" (reference: fresh k ~ U[0, steps] each step) or "per_trajectory" (AlignProp/DRaFT)
     truncation_k: int = 10  # per_trajectory: gradients flow through the last K steps
     gradient_checkpointing: bool = False  # recompute UNet activations in backward (memory for time)
@@ -138,6 +141,8 @@ class FinetuneConfig:
         _check(self.truncation in ("per_step", "per_trajectory"), f"unknown truncation {self.truncation!r}; choose from ['per_step', 'per_trajectory']")
         _check(self.truncation_k >= 1, f"truncation_k must be at least 1, got {self.truncation_k}")
         _check(self.kl_weight >= 0, f"kl_weight must be non-negative, got {self.kl_weight}")
+        _check(math.isfinite(self.diversity_weight) and self.diversity_weight >= 0,
+               f"diversity_weight must be a non-negative number, got {self.diversity_weight!r}")
         _check(self.mixed_precision in ("no", "fp16", "bf16"), f"unknown mixed_precision {self.mixed_precision!r}; choose from ['bf16', 'fp16', 'no']")
         _check(self.batch_size >= 1 and self.grad_accum >= 1 and self.epochs >= 0, "batch_size and grad_accum must be at least 1, epochs non-negative")
 

@@ -7,7 +7,9 @@ adapter frozen.
 
 Per denoising step t (same x_t for both models, same sigma_t):
     KL_t = || mu_new - mu_prev ||^2 / (2 sigma_t^2), averaged over the latent's elements, summed over t.
-Loss = loss_coeff * |r_opt(x_0) - target| (or -loss_coeff * r_opt when target is None) + kl_weight * KL.
+Loss = loss_coeff * |r_opt(x_0) - target| (or -loss_coeff * r_opt when target is None) + kl_weight * KL
+       - loss_coeff * diversity_weight * V, where V is the mean pairwise distance of the micro-batch's image-encoder
+       embeddings (:func:`batch_variety`; the term is off at its default diversity_weight = 0).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from . import lora
+from .features import embed_images
 from .sampling import (
     DDIMSchedule,
     DeviceSchedule,
@@ -163,17 +166,32 @@ def reward_loss(r: torch.Tensor, coeff: float, target: float | None) -> torch.Te
     return coeff * (r - target).abs().mean()
 
 
+def batch_variety(embeddings: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Mean Euclidean distance over the unordered pairs of rows of ``embeddings`` (B, D); 0 for fewer than 2 rows.
+
+    Differentiable everywhere: each distance is sqrt(|e_i - e_j|^2 + eps), so two identical rows give a zero
+    gradient instead of NaN."""
+    b = embeddings.shape[0]
+    if b < 2:
+        return embeddings.sum() * 0.0
+    i, j = torch.triu_indices(b, b, offset=1, device=embeddings.device)
+    diff = embeddings[i] - embeddings[j]
+    return torch.sqrt((diff * diff).sum(dim=-1) + eps).mean()
+
+
 def trajectory_loss(parts, reward_fn: RewardFn, prompts: list[str], seeds: list[int], ft, *, schedule: DDIMSchedule,
                     eta: float, guidance: float, attached: torch.Tensor, adapter: str | None, reference: str | None | object,
                     trainable: list[torch.nn.Parameter] | None, autocast=None, kl_every_step: bool = False,
                     ) -> tuple[torch.Tensor, torch.Tensor, Trajectory]:
     """(loss, rewards (B,), trajectory) of one batch: what :func:`finetune` backpropagates for each micro-batch.
 
-    ``ft`` is a FinetuneConfig (loss_coeff, reward_target, kl_weight)."""
+    ``ft`` is a FinetuneConfig (loss_coeff, reward_target, kl_weight, diversity_weight)."""
     traj = rollout(parts, prompts, seeds, schedule=schedule, eta=eta, guidance=guidance, attached=attached, adapter=adapter,
                    reference=reference, trainable=trainable, kl_every_step=kl_every_step, autocast=autocast)
     r = reward_fn(traj.images, prompts)
     loss = reward_loss(r, ft.loss_coeff, ft.reward_target) + ft.kl_weight * traj.kl.mean()
+    if ft.diversity_weight:
+        loss = loss - ft.loss_coeff * ft.diversity_weight * batch_variety(embed_images(parts, traj.images).float())
     return loss, r, traj
 
 
