@@ -46,19 +46,28 @@ def liked_mask(person_spec: str, images_u8: np.ndarray) -> np.ndarray:
     return np.asarray(person.rate(_as_tensor(images_u8), [""] * len(images_u8))) >= taste_stats.LIKED
 
 
+def _pixels(images_u8: np.ndarray, ids) -> list[np.ndarray]:
+    """The images ``ids`` as float64 arrays in [0, 1], as bench-taste's pixel variety takes them."""
+    return [images_u8[i].astype(np.float64) / 255.0 for i in ids]
+
+
 def liked_variety(person_spec: str, images_u8: np.ndarray, embeddings: np.ndarray, seed: int = 0) -> dict[str, Any]:
     """Variety of the images ``person_spec`` rates >= 6 as % of the variety of all of them.
 
     ``images_u8`` (N, H, W, 3) uint8; ``embeddings`` (N, D), the image encoder's embeddings of the same images."""
-    liked = np.flatnonzero(liked_mask(person_spec, images_u8))
+    return {"person": person_spec, **variety_of_liked(liked_mask(person_spec, images_u8), images_u8, embeddings, seed)}
+
+
+def variety_of_liked(liked: np.ndarray, images_u8: np.ndarray, embeddings: np.ndarray, seed: int = 0) -> dict[str, Any]:
+    """:func:`liked_variety` for a boolean mask of the liked images instead of a person."""
+    liked = np.flatnonzero(liked)
     rng = np.random.default_rng(seed)
     every = _subset(np.arange(len(images_u8)), rng)
-    out: dict[str, Any] = {"person": person_spec, "n": int(len(images_u8)), "liked": int(len(liked)),
+    out: dict[str, Any] = {"n": int(len(images_u8)), "liked": int(len(liked)),
                            "liked_share": float(len(liked) / max(1, len(images_u8)))}
-    pixels = images_u8.astype(np.float64) / 255.0
-    for name, fn, data in (("pixels", mean_pairwise_pixel_distance, list(pixels)),
-                           ("embedding", mean_pairwise_distance, embeddings.astype(np.float64))):
-        pick = (lambda ids, data=data: [data[i] for i in ids]) if name == "pixels" else (lambda ids, data=data: data[ids])
+    emb = embeddings.astype(np.float64)
+    for name, fn, pick in (("pixels", mean_pairwise_pixel_distance, lambda ids: _pixels(images_u8, ids)),
+                           ("embedding", mean_pairwise_distance, lambda ids: emb[ids])):
         all_v = fn(pick(every))
         liked_v = fn(pick(_subset(liked, rng))) if len(liked) >= 2 else None
         out[f"variety_{name}_all"] = all_v
@@ -81,18 +90,17 @@ def mixture_variety(images_u8: np.ndarray, embeddings: np.ndarray, liked: np.nda
         raise ValueError(f"share must be between 0 and 1, got {share}")
     liked_idx, other_idx = np.flatnonzero(liked), np.flatnonzero(~liked)
     k = int(round(share * size))
-    if k > len(liked_idx) or size - k > len(other_idx) or size > len(liked):
+    if k > len(liked_idx) or size - k > len(other_idx):
         raise ValueError(f"a round of {size} with {k} liked images needs {k} liked and {size - k} other images; "
                          f"there are {len(liked_idx)} and {len(other_idx)}")
     rng = np.random.default_rng(seed)
-    pixels = images_u8.astype(np.float64) / 255.0
     emb = embeddings.astype(np.float64)
     sums = {"pixels": [0.0, 0.0], "embedding": [0.0, 0.0]}  # [mixed rounds, random rounds]
     for _ in range(rounds):
         mixed = np.concatenate([rng.choice(liked_idx, k, replace=False), rng.choice(other_idx, size - k, replace=False)])
         every = rng.choice(len(liked), size, replace=False)
         for col, ids in enumerate((mixed, every)):
-            sums["pixels"][col] += mean_pairwise_pixel_distance([pixels[i] for i in ids])
+            sums["pixels"][col] += mean_pairwise_pixel_distance(_pixels(images_u8, ids))
             sums["embedding"][col] += mean_pairwise_distance(emb[ids])
     out: dict[str, Any] = {"share": share, "round_size": size, "liked_per_round": k, "rounds": rounds}
     for name, (mixed_sum, every_sum) in sums.items():
@@ -119,9 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         parts = load_model(args.model, device="cpu")
         with torch.no_grad():
             emb = embed_images_batched(parts, _as_tensor(data.images))
-        result = liked_variety(args.person, data.images, emb.numpy(), seed=args.seed)
+        liked = liked_mask(args.person, data.images)
+        result = {"person": args.person, **variety_of_liked(liked, data.images, emb.numpy(), seed=args.seed)}
         if args.share:
-            liked = liked_mask(args.person, data.images)
             result["mixtures"] = [mixture_variety(data.images, emb.numpy(), liked, p, seed=args.seed) for p in args.share]
     except (people.PersonError, ModelLoadError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
