@@ -119,6 +119,9 @@ class FinetuneConfig:
     # rating units per unit of mean pairwise distance between the micro-batch's (L2-normalised) image-encoder
     # embeddings, subtracted from the loss (times loss_coeff): a reward for keeping each batch's images apart. 0: off
     diversity_weight: float = 0.0
+    # > 0: the diversity term's weight is set per micro-batch so that its gradient with respect to the images is this
+    # fraction of the reward term's (:func:`seiko_core.finetune.balanced_diversity_weight`); replaces diversity_weight
+    diversity_balance: float = 0.0
     truncation: str = "per_step"  # "per_step" (reference: fresh k ~ U[0, steps] each step) or "per_trajectory" (AlignProp/DRaFT)
     truncation_k: int = 10  # per_trajectory: gradients flow through the last K steps
     gradient_checkpointing: bool = False  # recompute UNet activations in backward (memory for time)
@@ -143,6 +146,10 @@ class FinetuneConfig:
         _check(self.kl_weight >= 0, f"kl_weight must be non-negative, got {self.kl_weight}")
         _check(math.isfinite(self.diversity_weight) and self.diversity_weight >= 0,
                f"diversity_weight must be a non-negative number, got {self.diversity_weight!r}")
+        _check(math.isfinite(self.diversity_balance) and self.diversity_balance >= 0,
+               f"diversity_balance must be a non-negative number, got {self.diversity_balance!r}")
+        _check(not (self.diversity_weight and self.diversity_balance),
+               "set diversity_weight (a fixed weight) or diversity_balance (a gradient ratio), not both")
         _check(self.mixed_precision in ("no", "fp16", "bf16"), f"unknown mixed_precision {self.mixed_precision!r}; choose from ['bf16', 'fp16', 'no']")
         _check(self.batch_size >= 1 and self.grad_accum >= 1 and self.epochs >= 0, "batch_size and grad_accum must be at least 1, epochs non-negative")
 

@@ -9,7 +9,9 @@ Per denoising step t (same x_t for both models, same sigma_t):
     KL_t = || mu_new - mu_prev ||^2 / (2 sigma_t^2), averaged over the latent's elements, summed over t.
 Loss = loss_coeff * |r_opt(x_0) - target| (or -loss_coeff * r_opt when target is None) + kl_weight * KL
        - loss_coeff * diversity_weight * V, where V is the mean pairwise distance of the micro-batch's image-encoder
-       embeddings (:func:`batch_variety`; the term is off at its default diversity_weight = 0).
+       embeddings (:func:`batch_variety`; the term is off at its default diversity_weight = 0). With diversity_balance
+       = rho > 0 the weight is instead set per micro-batch so that the term's gradient with respect to the images is
+       rho times the reward term's (:func:`balanced_diversity_weight`).
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ class Trajectory:
     images: torch.Tensor  # (B, 3, H, W) in [0, 1], attached to the graph through the kept steps
     kl: torch.Tensor  # (B,) summed over the steps where it was computed
     kl_steps: int  # how many steps contributed
+    diversity_weight: torch.Tensor | float = 0.0  # the variety term's weight in this batch's loss (trajectory_loss)
 
 
 def rollout(parts, prompts: list[str], seeds: list[int], *, schedule: DDIMSchedule, eta: float, guidance: float,
@@ -179,19 +182,44 @@ def batch_variety(embeddings: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return torch.sqrt((diff * diff).sum(dim=-1) + eps).mean()
 
 
+def balanced_diversity_weight(reward_term: torch.Tensor, variety_term: torch.Tensor, images: torch.Tensor,
+                              balance: float) -> torch.Tensor:
+    """The weight w (a detached scalar tensor) for which |d(w * variety_term)/d images| = balance * |d reward_term/d images|.
+
+    Both terms are scalar losses computed from ``images``; the two gradients stop at ``images`` (the reward model and
+    the encoder are differentiated, the sampling chain is not), so the balance costs two backward passes through
+    those, not through the UNet. With balance < 1 the combined image gradient keeps a component along the reward
+    term's of at least (1 - balance) times its squared norm, whatever the two directions. w is 0 when ``images``
+    carry no graph or either gradient is zero (identical images, a flat reward)."""
+    zero = images.new_zeros((), dtype=torch.float32)
+    if not images.requires_grad:
+        return zero
+    g_r = torch.autograd.grad(reward_term, images, retain_graph=True, allow_unused=True)[0]
+    g_v = torch.autograd.grad(variety_term, images, retain_graph=True, allow_unused=True)[0]
+    if g_r is None or g_v is None:
+        return zero
+    n_r, n_v = g_r.float().norm(), g_v.float().norm()
+    return torch.where((n_v > 0) & (n_r > 0), balance * n_r / n_v.clamp_min(torch.finfo(torch.float32).tiny), zero)
+
+
 def trajectory_loss(parts, reward_fn: RewardFn, prompts: list[str], seeds: list[int], ft, *, schedule: DDIMSchedule,
                     eta: float, guidance: float, attached: torch.Tensor, adapter: str | None, reference: str | None | object,
                     trainable: list[torch.nn.Parameter] | None, autocast=None, kl_every_step: bool = False,
                     ) -> tuple[torch.Tensor, torch.Tensor, Trajectory]:
     """(loss, rewards (B,), trajectory) of one batch: what :func:`finetune` backpropagates for each micro-batch.
 
-    ``ft`` is a FinetuneConfig (loss_coeff, reward_target, kl_weight, diversity_weight)."""
+    ``ft`` is a FinetuneConfig (loss_coeff, reward_target, kl_weight, diversity_weight, diversity_balance); the
+    variety term's weight is left in ``trajectory.diversity_weight``."""
     traj = rollout(parts, prompts, seeds, schedule=schedule, eta=eta, guidance=guidance, attached=attached, adapter=adapter,
                    reference=reference, trainable=trainable, kl_every_step=kl_every_step, autocast=autocast)
     r = reward_fn(traj.images, prompts)
-    loss = reward_loss(r, ft.loss_coeff, ft.reward_target) + ft.kl_weight * traj.kl.mean()
-    if ft.diversity_weight:
-        loss = loss - ft.loss_coeff * ft.diversity_weight * batch_variety(embed_images(parts, traj.images).float())
+    reward_term = reward_loss(r, ft.loss_coeff, ft.reward_target)
+    loss = reward_term + ft.kl_weight * traj.kl.mean()
+    if ft.diversity_weight or ft.diversity_balance:
+        variety_term = -ft.loss_coeff * batch_variety(embed_images(parts, traj.images).float())
+        traj.diversity_weight = (balanced_diversity_weight(reward_term, variety_term, traj.images, ft.diversity_balance)
+                                 if ft.diversity_balance else ft.diversity_weight)
+        loss = loss + traj.diversity_weight * variety_term
     return loss, r, traj
 
 
@@ -250,7 +278,7 @@ def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: st
         for step in range(1, total + 1):
             opt.zero_grad(set_to_none=True)
             # metrics stay on the device until the optimiser step: one host sync per step, not three per micro-batch
-            sums = torch.zeros(3, device=parts.device)  # reward, kl, loss summed over micro-batches
+            sums = torch.zeros(4, device=parts.device)  # reward, kl, loss, variety weight summed over micro-batches
             for _ in range(ft.grad_accum):
                 # the global micro-batch of b * world trajectories; this rank renders its slice [rank*b, (rank+1)*b)
                 idx = torch.randint(0, len(prompts), (b * world,), generator=gen).tolist()[rank * b:(rank + 1) * b]
@@ -262,7 +290,8 @@ def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: st
                                                 guidance=sc.guidance, attached=attached, adapter=adapter,
                                                 reference=reference, trainable=params, autocast=acc.autocast)
                 acc.backward(loss / ft.grad_accum)  # scales the loss when fp16 has a loss scaler
-                sums += torch.stack([r.detach().float().mean(), traj.kl.detach().float().mean(), loss.detach().float()])
+                sums += torch.stack([r.detach().float().mean(), traj.kl.detach().float().mean(), loss.detach().float(),
+                                     torch.as_tensor(traj.diversity_weight, dtype=torch.float32, device=sums.device)])
             reduce_gradients(acc, params)  # one all-reduce of one flat buffer (no-op on one process)
             if scaler is not None:
                 scaler.unscale_(opt)  # clip the true gradients, not the scaled ones
@@ -272,9 +301,11 @@ def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: st
                 scaler.update()
             else:
                 opt.step()
-            reward_m, kl_m, loss_m, gnorm = (torch.cat([sums / ft.grad_accum, grad_norm.reshape(1).to(sums)])).tolist()
+            reward_m, kl_m, loss_m, div_w, gnorm = (torch.cat([sums / ft.grad_accum, grad_norm.reshape(1).to(sums)])).tolist()
             rec = {"step": step, "reward": reward_m, "kl": kl_m, "loss": loss_m, "grad_norm": gnorm,
                    "elapsed_s": time.time() - start}
+            if ft.diversity_balance:  # the mean weight the balance gave this step's micro-batches
+                rec["diversity_weight"] = div_w
             if scaler is not None:
                 rec["loss_scale"] = float(scaler.get_scale())
             history.append(rec)
@@ -296,6 +327,8 @@ def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: st
     metrics = {"steps": done, "steps_planned": total, "stopped_by_time": stopped_by_time, "trajectories": n_traj,
                "processes": world, "reward_first": first.get("reward"), "reward_last": last.get("reward"),
                "kl_last": last.get("kl"), "wall_s": time.time() - start}
+    if ft.diversity_balance and history:
+        metrics["diversity_weight_mean"] = sum(h["diversity_weight"] for h in history) / done
     return FinetuneResult(adapter=adapter, steps=done, metrics=metrics, history=history)
 
 
