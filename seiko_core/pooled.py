@@ -8,6 +8,10 @@ table gives the mean of those standardised differences with a 95% Student t inte
 and the pairs per oracle. The rule was written down before the second oracle's runs were looked at (BENCHMARKS.md,
 issue 11).
 
+``--at-equal-kl`` asks whether each method's lead over Greedy goes with how far it moved the model: over the same
+pairs it fits dR = a + b * dKL by least squares, dKL the difference of the final model's trajectory KL to the
+pretrained model (``kl_base`` of the last round), and gives a (the lead at equal distance) and b with 95% t intervals.
+
 ``--against DIR [DIR ...]`` pairs each method with the SAME method in the other directories instead (one per oracle,
 same seeds): a setting against the same method without it, e.g. ``--set optimism.bonus_balance=1`` runs against
 plain ones. The spread is the control's. With ``--baseline METHOD`` as well, each treated method is paired with
@@ -18,11 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
-from seiko_core.simulate import LABELS, METHODS, RESULTS, final_rewards
-from seiko_core.stats import mean_ci95
+import numpy as np
+
+from seiko_core.simulate import LABELS, METHODS, RESULTS, final_rewards, finished_runs
+from seiko_core.stats import mean_ci95, t975
 
 
 def pretrained_spread(results: dict) -> float:
@@ -42,6 +49,80 @@ def standardised_differences(results: dict, method: str, baseline: str = "greedy
     spread = pretrained_spread(control)
     base = final_rewards(control, baseline)
     return {seed: (v - base[seed]) / spread for seed, v in final_rewards(results, method).items() if seed in base}
+
+
+def kl_differences(results: dict, method: str, baseline: str = "greedy") -> dict[str, float]:
+    """{seed: final KL to the pretrained model of ``method`` minus that of ``baseline``} on shared finished seeds."""
+    def final_kl(m: str) -> dict[str, float]:
+        out = {}
+        for r in finished_runs(results, m):
+            kl = r["rounds"][-1].get("kl_base")
+            if kl is None:
+                raise ValueError(f"{m} seed {r['seed']}: the last round has no kl_base (run with --kl-n above 0)")
+            out[str(r["seed"])] = float(kl)
+        return out
+    base = final_kl(baseline)
+    return {seed: v - base[seed] for seed, v in final_kl(method).items() if seed in base}
+
+
+def line_fit(x, y) -> dict:
+    """Least squares y = a + b x with 95% t half-widths for a and b (n - 2 degrees of freedom); needs 3 points and
+    x not all equal."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    n = len(x)
+    sxx = float(((x - x.mean()) ** 2).sum())
+    if n < 3 or not sxx > 0:
+        raise ValueError(f"a line needs at least 3 pairs with different x, got {n}")
+    b = float(((x - x.mean()) * (y - y.mean())).sum() / sxx)
+    a = float(y.mean() - b * x.mean())
+    s = math.sqrt(float(((y - a - b * x) ** 2).sum()) / (n - 2))
+    t = t975(n - 2)
+    return {"n": n, "a": a, "a_ci95": t * s * math.sqrt(1 / n + x.mean() ** 2 / sxx), "b": b,
+            "b_ci95": t * s / math.sqrt(sxx)}
+
+
+def equal_kl_rows(all_results: list[dict], baseline: str = "greedy") -> list[dict]:
+    """Per method (but the baseline): :func:`line_fit` of the standardised reward differences on the KL differences,
+    pooled over oracles, with the within-method correlation of final reward and KL per oracle."""
+    rows = []
+    for method in METHODS:
+        if method == baseline:
+            continue
+        xs, ys = [], []
+        for res in all_results:
+            dr = standardised_differences(res, method, baseline)
+            dkl = kl_differences(res, method, baseline)
+            for seed in sorted(dr.keys() & dkl.keys(), key=int):
+                xs.append(dkl[seed])
+                ys.append(dr[seed])
+        if not xs:
+            continue
+        rows.append({"method": method, **line_fit(xs, ys), "mean_dkl": float(np.mean(xs))})
+    return rows
+
+
+def equal_kl_table(all_results: list[dict], baseline: str = "greedy") -> str:
+    lines = [f"Paired fit dR = a + b * dKL against {LABELS.get(baseline, baseline)} (dR in pretrained standard deviations, "
+             "dKL the final model's KL to the pretrained model, nats), pooled over oracles and seeds:", "",
+             "| method | pairs | mean dKL | a: lead at equal KL [95% CI] | b: per nat [95% CI] |", "|---|---|---|---|---|"]
+    for r in equal_kl_rows(all_results, baseline):
+        lines.append(f"| {LABELS.get(r['method'], r['method'])} | {r['n']} | {r['mean_dkl']:+.2f} | **{r['a']:+.2f}** "
+                     f"[{r['a'] - r['a_ci95']:+.2f}, {r['a'] + r['a_ci95']:+.2f}] | {r['b']:+.3f} "
+                     f"[{r['b'] - r['b_ci95']:+.3f}, {r['b'] + r['b_ci95']:+.3f}] |")
+    lines += ["", "Within each method, correlation of final true reward and final KL to the pretrained model over seeds:", ""]
+    for res in all_results:
+        for method in METHODS:
+            runs = finished_runs(res, method)
+            if len(runs) < 3:
+                continue
+            kl = np.array([run["rounds"][-1]["kl_base"] for run in runs], dtype=float)
+            reward = np.array([run["rounds"][-1]["true_reward_mean"] for run in runs], dtype=float)
+            label = f"- {res['settings']['oracle']}, {LABELS.get(method, method)}:"
+            if kl.std() > 0 and reward.std() > 0:
+                lines.append(f"{label} r = {np.corrcoef(kl, reward)[0, 1]:+.2f} ({len(runs)} seeds)")
+            else:
+                lines.append(f"{label} r undefined, the KL or the reward is the same on all {len(runs)} seeds")
+    return "\n".join(lines) + "\n"
 
 
 def _pooled_row(method: str, per_oracle: dict[str, dict[str, float]]) -> dict | None:
@@ -127,7 +208,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="control directories (one per oracle): pair each method with itself there instead of with Greedy")
     p.add_argument("--baseline", choices=METHODS, default=None,
                    help="with --against: pair each method with this method's runs in the control directories")
+    p.add_argument("--at-equal-kl", action="store_true",
+                   help="fit each method's paired lead over Greedy against its paired difference in KL to the pretrained model")
     args = p.parse_args(argv)
+    if args.at_equal_kl and args.against:
+        p.error("--at-equal-kl pairs methods within the same directories; it does not take --against")
     if args.baseline and not args.against:
         p.error("--baseline needs --against (without it, every method is paired with Greedy in the same directory)")
     loaded = _load(args.dirs)
@@ -135,7 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     if loaded is None or (args.against and control is None):
         return 1
     try:
-        print(pooled_table(loaded) if control is None else setting_table(loaded, control, args.baseline), end="")
+        if args.at_equal_kl:
+            print(equal_kl_table(loaded), end="")
+        else:
+            print(pooled_table(loaded) if control is None else setting_table(loaded, control, args.baseline), end="")
     except (ValueError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -99,3 +99,54 @@ def test_a_setting_against_another_method_of_the_control_by_hand(tmp_path, capsy
     with pytest.raises(SystemExit):
         pooled.main([str(tmp_path / "t"), "--baseline", "greedy"])
     assert "--baseline needs --against" in capsys.readouterr().err
+
+
+def _results_kl(oracle: str, spread: float, finals: dict[str, dict[int, tuple[float, float]]]) -> dict:
+    """finals: {method: {seed: (final true reward, final kl_base)}}."""
+    runs = {m: {str(s): {"seed": s, "status": "done", "rounds": [{"true_reward_mean": 0.0, "kl_base": 0.0},
+                                                                 {"true_reward_mean": v, "kl_base": kl}]}
+                for s, (v, kl) in by_seed.items()} for m, by_seed in finals.items()}
+    return {"settings": {"oracle": oracle}, "pretrained": {"true_reward_std": spread}, "runs": runs}
+
+
+def test_the_line_fit_matches_numpys_least_squares_and_its_covariance():
+    """Against numpy: lstsq for (a, b) and s^2 (X^T X)^-1 for the standard errors, times t(0.975, 5) = 2.571."""
+    import numpy as np
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=7)
+    y = 0.4 + 1.3 * x + rng.normal(scale=0.5, size=7)
+    fit = pooled.line_fit(x, y)
+    X = np.column_stack([np.ones(7), x])
+    coef, res, *_ = np.linalg.lstsq(X, y, rcond=None)
+    cov = res[0] / 5 * np.linalg.inv(X.T @ X)
+    assert fit["a"] == pytest.approx(coef[0]) and fit["b"] == pytest.approx(coef[1])
+    assert fit["a_ci95"] == pytest.approx(2.571 * math.sqrt(cov[0, 0]), rel=1e-3)
+    assert fit["b_ci95"] == pytest.approx(2.571 * math.sqrt(cov[1, 1]), rel=1e-3)
+    with pytest.raises(ValueError, match="at least 3 pairs with different x"):
+        pooled.line_fit([1.0, 1.0, 1.0], [0.0, 1.0, 2.0])
+
+
+def test_the_lead_at_equal_kl_by_hand_and_through_the_command(tmp_path, capsys):
+    # dR (spread 1) = 2 * dKL exactly on oracle a, and on b (spread 2): the lead is all distance (a = 0, b = 2)
+    a = _results_kl("a", 1.0, {"greedy": {0: (1.0, 5.0), 1: (1.0, 5.0)}, "bootstrap": {0: (3.0, 6.0), 1: (5.0, 7.0)}})
+    b = _results_kl("b", 2.0, {"greedy": {0: (0.0, 1.0), 1: (0.0, 1.0), 2: (0.0, 1.0)},
+                               "bootstrap": {0: (-4.0, 0.0), 1: (0.0, 1.0), 2: (4.0, 2.0)}})
+    (row,) = pooled.equal_kl_rows([a, b])
+    assert row["method"] == "bootstrap" and row["n"] == 5
+    assert row["a"] == pytest.approx(0.0, abs=1e-12) and row["b"] == pytest.approx(2.0)
+    assert row["mean_dkl"] == pytest.approx((1 + 2 - 1 + 0 + 1) / 5)
+    for name, res in (("a", a), ("b", b)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(res))
+    assert pooled.main([str(tmp_path / "a"), str(tmp_path / "b"), "--at-equal-kl"]) == 0
+    out = capsys.readouterr().out
+    assert "| SEIKO-Bootstrap | 5 | +0.60 | **+0.00**" in out and "b, SEIKO-Bootstrap: r = +1.00 (3 seeds)" in out
+    assert "b, Greedy: r undefined, the KL or the reward is the same on all 3 seeds" in out
+    with pytest.raises(SystemExit):
+        pooled.main([str(tmp_path / "a"), "--at-equal-kl", "--against", str(tmp_path / "b")])
+
+
+def test_a_run_without_its_kl_is_refused_in_one_sentence():
+    res = _results("a", 1.0, {"greedy": {0: 1.0, 1: 2.0, 2: 3.0}, "bootstrap": {0: 2.0, 1: 2.0, 2: 2.0}})
+    with pytest.raises(ValueError, match="has no kl_base"):
+        pooled.equal_kl_rows([res])
