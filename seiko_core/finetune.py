@@ -190,9 +190,10 @@ def balanced_diversity_weight(reward_term: torch.Tensor, variety_term: torch.Ten
     the encoder are differentiated, the sampling chain is not), so the balance costs two backward passes through
     those, not through the UNet. With balance < 1 the combined image gradient keeps a component along the reward
     term's of at least (1 - balance) times its squared norm, whatever the two directions. w is 0 when ``images``
-    carry no graph or either gradient is zero (identical images, a flat reward)."""
+    carry no graph or either gradient is zero (identical images, a flat reward). With several processes each rank
+    balances its own slice of the batch."""
     zero = images.new_zeros((), dtype=torch.float32)
-    if not images.requires_grad:
+    if not (images.requires_grad and reward_term.requires_grad and variety_term.requires_grad):
         return zero
     g_r = torch.autograd.grad(reward_term, images, retain_graph=True, allow_unused=True)[0]
     g_v = torch.autograd.grad(variety_term, images, retain_graph=True, allow_unused=True)[0]

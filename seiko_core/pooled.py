@@ -72,7 +72,8 @@ def line_fit(x, y) -> dict:
     n = len(x)
     sxx = float(((x - x.mean()) ** 2).sum())
     if n < 3 or not sxx > 0:
-        raise ValueError(f"a line needs at least 3 pairs with different x, got {n}")
+        raise ValueError(f"a line needs at least 3 pairs with different x, got {n} pairs"
+                         + ("" if n < 3 else " whose x are all equal"))
     b = float(((x - x.mean()) * (y - y.mean())).sum() / sxx)
     a = float(y.mean() - b * x.mean())
     s = math.sqrt(float(((y - a - b * x) ** 2).sum()) / (n - 2))
@@ -97,7 +98,10 @@ def equal_kl_rows(all_results: list[dict], baseline: str = "greedy") -> list[dic
                 ys.append(dr[seed])
         if not xs:
             continue
-        rows.append({"method": method, **line_fit(xs, ys), "mean_dkl": float(np.mean(xs))})
+        try:
+            rows.append({"method": method, **line_fit(xs, ys), "mean_dkl": float(np.mean(xs))})
+        except ValueError as exc:  # too few pairs for this method: the row says so, the others are still fitted
+            rows.append({"method": method, "n": len(xs), "mean_dkl": float(np.mean(xs)), "error": str(exc)})
     return rows
 
 
@@ -106,6 +110,10 @@ def equal_kl_table(all_results: list[dict], baseline: str = "greedy") -> str:
              "dKL the final model's KL to the pretrained model, nats), pooled over oracles and seeds:", "",
              "| method | pairs | mean dKL | a: lead at equal KL [95% CI] | b: per nat [95% CI] |", "|---|---|---|---|---|"]
     for r in equal_kl_rows(all_results, baseline):
+        if "error" in r:
+            lines.append(f"| {LABELS.get(r['method'], r['method'])} | {r['n']} | {r['mean_dkl']:+.2f} | not fitted: "
+                         f"{r['error']} | |")
+            continue
         lines.append(f"| {LABELS.get(r['method'], r['method'])} | {r['n']} | {r['mean_dkl']:+.2f} | **{r['a']:+.2f}** "
                      f"[{r['a'] - r['a_ci95']:+.2f}, {r['a'] + r['a_ci95']:+.2f}] | {r['b']:+.3f} "
                      f"[{r['b'] - r['b_ci95']:+.3f}, {r['b'] + r['b_ci95']:+.3f}] |")

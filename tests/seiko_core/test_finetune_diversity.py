@@ -116,9 +116,9 @@ def test_the_balanced_weight_gives_the_stated_ratio_of_image_gradients(balance):
     expected = balance * np.linalg.norm(a_np) / (coeff * np.linalg.norm(_numpy_variety_gradient(x_np)))
     assert float(w) == pytest.approx(expected, rel=1e-5)
     assert not w.requires_grad
-    # the graph is kept for the loss's own backward
+    # the graph is kept for the loss's own backward, and w enters it as a constant
     (reward_term + w * variety_term).backward()
-    assert x.grad is not None
+    np.testing.assert_allclose(x.grad.numpy(), a_np - coeff * float(w) * _numpy_variety_gradient(x_np), rtol=1e-6)
 
 
 def test_the_balanced_weight_is_zero_without_a_graph_a_variety_gradient_or_a_reward_gradient():
@@ -129,6 +129,8 @@ def test_the_balanced_weight_is_zero_without_a_graph_a_variety_gradient_or_a_rew
     assert float(balanced_diversity_weight(flat, -batch_variety(x), x, 0.5)) == 0.0
     constant = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)  # a reward term that does not read x
     assert float(balanced_diversity_weight(constant * 2, -batch_variety(x), x, 0.5)) == 0.0
+    detached_reward = torch.tensor(3.0)  # a reward model that returns a detached tensor
+    assert float(balanced_diversity_weight(detached_reward, -batch_variety(x), x, 0.5)) == 0.0
     detached = torch.randn(3, 4)
     assert float(balanced_diversity_weight(detached.sum(), -batch_variety(detached), detached, 0.5)) == 0.0
 

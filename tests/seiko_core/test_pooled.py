@@ -146,6 +146,14 @@ def test_the_lead_at_equal_kl_by_hand_and_through_the_command(tmp_path, capsys):
         pooled.main([str(tmp_path / "a"), "--at-equal-kl", "--against", str(tmp_path / "b")])
 
 
+def test_a_method_with_too_few_pairs_gets_a_row_that_says_so():
+    res = _results_kl("a", 1.0, {"greedy": {0: (1.0, 1.0), 1: (1.0, 1.0), 2: (1.0, 1.0)},
+                                 "bootstrap": {0: (2.0, 2.0), 1: (3.0, 3.0), 2: (2.0, 4.0)}, "ucb": {0: (2.0, 2.0)}})
+    rows = {r["method"]: r for r in pooled.equal_kl_rows([res])}
+    assert "error" not in rows["bootstrap"] and "got 1 pairs" in rows["ucb"]["error"]
+    assert "| SEIKO-UCB (textbook) | 1 | +1.00 | not fitted: a line needs at least 3 pairs" in pooled.equal_kl_table([res])
+
+
 def test_a_run_without_its_kl_is_refused_in_one_sentence():
     res = _results("a", 1.0, {"greedy": {0: 1.0, 1: 2.0, 2: 3.0}, "bootstrap": {0: 2.0, 1: 2.0, 2: 2.0}})
     with pytest.raises(ValueError, match="has no kl_base"):
