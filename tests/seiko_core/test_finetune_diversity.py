@@ -61,17 +61,23 @@ def _loss(parts, weight, prompts, seeds, trainable):
     return loss.item(), traj.images.detach(), [p.grad.clone() for p in trainable], ft.loss_coeff
 
 
-def test_the_term_in_the_loss_is_the_batch_variety_of_the_encoders_embeddings(random_parts):
-    """loss(w) - loss(0) = -loss_coeff * w * V, with V computed by numpy from the encoder's no-grad embeddings of the
-    same images; and the term's gradient reaches the adapter (the two gradients differ)."""
-    unet = random_parts.unet
-    params = lora.add_adapter(unet, "round_1", shapes().finetune)
+def _moved_adapter(parts) -> list[torch.nn.Parameter]:
+    """Adapter "round_1" added, moved off zero (so the images depend on it), active, and the UNet in training mode."""
+    params = lora.add_adapter(parts.unet, "round_1", shapes().finetune)
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for p in params:
             p.add_(0.2 * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    lora.activate(unet, "round_1")
-    unet.train()
+    lora.activate(parts.unet, "round_1")
+    parts.unet.train()
+    return params
+
+
+def test_the_term_in_the_loss_is_the_batch_variety_of_the_encoders_embeddings(random_parts):
+    """loss(w) - loss(0) = -loss_coeff * w * V, with V computed by numpy from the encoder's no-grad embeddings of the
+    same images; and the term's gradient reaches the adapter (the two gradients differ)."""
+    unet = random_parts.unet
+    params = _moved_adapter(random_parts)
     prompts, seeds = ["a red circle", "a blue square", "a shape"], [1, 2, 3]
     try:
         base, images, grad0, coeff = _loss(random_parts, 0.0, prompts, seeds, params)
@@ -137,15 +143,9 @@ def test_the_balanced_weight_is_zero_without_a_graph_a_variety_gradient_or_a_rew
 
 def test_the_balance_sets_the_loss_term_from_the_encoders_embeddings(random_parts):
     """With diversity_balance on, loss - loss(off) = -loss_coeff * w * V, V from numpy on the encoder's no-grad
-    embeddings, w the weight left in the trajectory (positive and finite); and finetune records it per step."""
+    embeddings, w the weight left in the trajectory (positive and finite)."""
     unet = random_parts.unet
-    params = lora.add_adapter(unet, "round_1", shapes().finetune)
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for p in params:
-            p.add_(0.2 * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    lora.activate(unet, "round_1")
-    unet.train()
+    params = _moved_adapter(random_parts)
     prompts, seeds = ["a red circle", "a blue square", "a shape"], [1, 2, 3]
     sched = DDIMSchedule.from_scheduler(random_parts.scheduler, 3)
     out = {}
