@@ -279,7 +279,9 @@ def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: st
         for step in range(1, total + 1):
             opt.zero_grad(set_to_none=True)
             # metrics stay on the device until the optimiser step: one host sync per step, not three per micro-batch
-            sums = torch.zeros(4, device=parts.device)  # reward, kl, loss, variety weight summed over micro-batches
+            sums = torch.zeros(3, device=parts.device)  # reward, kl, loss summed over micro-batches
+            # the balanced variety weight, summed over micro-batches; tracked only when the balance is on
+            weight_sum = torch.zeros((), device=parts.device) if ft.diversity_balance else None
             for _ in range(ft.grad_accum):
                 # the global micro-batch of b * world trajectories; this rank renders its slice [rank*b, (rank+1)*b)
                 idx = torch.randint(0, len(prompts), (b * world,), generator=gen).tolist()[rank * b:(rank + 1) * b]
@@ -291,8 +293,9 @@ def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: st
                                                 guidance=sc.guidance, attached=attached, adapter=adapter,
                                                 reference=reference, trainable=params, autocast=acc.autocast)
                 acc.backward(loss / ft.grad_accum)  # scales the loss when fp16 has a loss scaler
-                sums += torch.stack([r.detach().float().mean(), traj.kl.detach().float().mean(), loss.detach().float(),
-                                     torch.as_tensor(traj.diversity_weight, dtype=torch.float32, device=sums.device)])
+                sums += torch.stack([r.detach().float().mean(), traj.kl.detach().float().mean(), loss.detach().float()])
+                if weight_sum is not None:
+                    weight_sum += traj.diversity_weight
             reduce_gradients(acc, params)  # one all-reduce of one flat buffer (no-op on one process)
             if scaler is not None:
                 scaler.unscale_(opt)  # clip the true gradients, not the scaled ones
@@ -302,11 +305,11 @@ def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: st
                 scaler.update()
             else:
                 opt.step()
-            reward_m, kl_m, loss_m, div_w, gnorm = (torch.cat([sums / ft.grad_accum, grad_norm.reshape(1).to(sums)])).tolist()
+            reward_m, kl_m, loss_m, gnorm = (torch.cat([sums / ft.grad_accum, grad_norm.reshape(1).to(sums)])).tolist()
             rec = {"step": step, "reward": reward_m, "kl": kl_m, "loss": loss_m, "grad_norm": gnorm,
                    "elapsed_s": time.time() - start}
-            if ft.diversity_balance:  # the mean weight the balance gave this step's micro-batches
-                rec["diversity_weight"] = div_w
+            if weight_sum is not None:  # the mean weight the balance gave this step's micro-batches
+                rec["diversity_weight"] = float(weight_sum) / ft.grad_accum
             if scaler is not None:
                 rec["loss_scale"] = float(scaler.get_scale())
             history.append(rec)

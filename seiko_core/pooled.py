@@ -51,18 +51,21 @@ def standardised_differences(results: dict, method: str, baseline: str = "greedy
     return {seed: (v - base[seed]) / spread for seed, v in final_rewards(results, method).items() if seed in base}
 
 
+def final_kls(results: dict, method: str) -> dict[str, float]:
+    """{seed (as text): the final round's KL to the pretrained model (``kl_base``)} over the method's finished runs."""
+    out = {}
+    for r in finished_runs(results, method):
+        kl = r["rounds"][-1].get("kl_base")
+        if kl is None:
+            raise ValueError(f"{method} seed {r['seed']}: the last round has no kl_base (run with --kl-n above 0)")
+        out[str(r["seed"])] = float(kl)
+    return out
+
+
 def kl_differences(results: dict, method: str, baseline: str = "greedy") -> dict[str, float]:
     """{seed: final KL to the pretrained model of ``method`` minus that of ``baseline``} on shared finished seeds."""
-    def final_kl(m: str) -> dict[str, float]:
-        out = {}
-        for r in finished_runs(results, m):
-            kl = r["rounds"][-1].get("kl_base")
-            if kl is None:
-                raise ValueError(f"{m} seed {r['seed']}: the last round has no kl_base (run with --kl-n above 0)")
-            out[str(r["seed"])] = float(kl)
-        return out
-    base = final_kl(baseline)
-    return {seed: v - base[seed] for seed, v in final_kl(method).items() if seed in base}
+    base = final_kls(results, baseline)
+    return {seed: v - base[seed] for seed, v in final_kls(results, method).items() if seed in base}
 
 
 def line_fit(x, y) -> dict:
@@ -120,16 +123,16 @@ def equal_kl_table(all_results: list[dict], baseline: str = "greedy") -> str:
     lines += ["", "Within each method, correlation of final true reward and final KL to the pretrained model over seeds:", ""]
     for res in all_results:
         for method in METHODS:
-            runs = finished_runs(res, method)
-            if len(runs) < 3:
+            kls, rewards = final_kls(res, method), final_rewards(res, method)
+            if len(kls) < 3:
                 continue
-            kl = np.array([run["rounds"][-1]["kl_base"] for run in runs], dtype=float)
-            reward = np.array([run["rounds"][-1]["true_reward_mean"] for run in runs], dtype=float)
+            kl = np.array(list(kls.values()))
+            reward = np.array([rewards[seed] for seed in kls], dtype=float)
             label = f"- {res['settings']['oracle']}, {LABELS.get(method, method)}:"
             if kl.std() > 0 and reward.std() > 0:
-                lines.append(f"{label} r = {np.corrcoef(kl, reward)[0, 1]:+.2f} ({len(runs)} seeds)")
+                lines.append(f"{label} r = {np.corrcoef(kl, reward)[0, 1]:+.2f} ({len(kls)} seeds)")
             else:
-                lines.append(f"{label} r undefined, the KL or the reward is the same on all {len(runs)} seeds")
+                lines.append(f"{label} r undefined, the KL or the reward is the same on all {len(kls)} seeds")
     return "\n".join(lines) + "\n"
 
 
