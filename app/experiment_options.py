@@ -4,7 +4,7 @@ whether a round closes by itself once its budget is rated.
 They live in ``Experiment.config`` (a JSON column, so no migration) under the key ``"app"``, next to the
 SeikoConfig fields; ``app.services.experiment_config`` leaves that key out before it builds the SeikoConfig.
 
-    selection         random | uncertainty | optimistic   which candidates a round shows (app.selection)
+    selection         random | uncertainty | optimistic | spread   which candidates a round shows (app.selection)
     candidate_factor  1..8                                 candidates generated per shown image, rounds >= 1
     honest_share      0..1                                 share of a non-random round's images drawn uniformly
                                                            at random from the candidates (an honest sample)
@@ -23,7 +23,7 @@ from typing import Any
 from db.errors import InvalidInput
 
 APP_KEY = "app"
-SELECTIONS = ("random", "uncertainty", "optimistic")
+SELECTIONS = ("random", "uncertainty", "optimistic", "spread")
 MAX_CANDIDATE_FACTOR = 8
 MAX_REPEAT_SHARE = 0.5  # at most every other image a repeat: each repeat needs an image rated once before
 FEEDBACKS = ("scores", "pairs", "both")  # what raters give: app.pairwise's setting, kept here so the options round-trip

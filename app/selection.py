@@ -9,10 +9,17 @@ shows ``budget`` of them (``app.experiment_options``):
   position in the permutation);
 - ``uncertainty``: score = the ensemble's across-head standard deviation (population std over heads);
 - ``optimistic``: score = the most optimistic head's prediction (max over heads: the bootstrap's optimism);
+- ``spread``: the optimistic score and the round's variety together (issue 12, lever K): images are added one at a
+  time, each the remaining candidate with the largest sum of two ranks among the remaining candidates (0 to 1, ties
+  averaged): its optimistic score's and its embedding distance's to the nearest image already chosen (the honest
+  ones included). Equal weight, in ranks so that neither scale dominates, to what the ensemble most optimistically
+  expects the person to like and to what the round has not shown yet; ties go to the higher score, then the lower
+  index;
 
-for the last two, ``round(honest_share x budget)`` images are first drawn uniformly at random from the candidates
+for the last three, ``round(honest_share x budget)`` images are first drawn uniformly at random from the candidates
 (mode ``random``: an honest sample of round k's model) and the rest are the highest-scoring remaining candidates
-(mode ``uncertainty`` or ``optimistic``). Round 0 has no reward model: random, with no extra candidates.
+(mode ``uncertainty`` or ``optimistic``) or ``spread``'s picks. Round 0 has no reward model: random, with no extra
+candidates.
 
 Only shown images become Image rows, so an unshown candidate can never be served; what was not shown is recorded
 in ``Round.metrics["selection"]`` (its prompt, seed, score and rank) next to each shown image's score, rank and
@@ -50,14 +57,49 @@ def scores(mode: str, preds: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"head predictions must have shape (candidates, heads), got {tuple(preds.shape)}")
     if mode == "uncertainty":
         return preds.std(dim=1, unbiased=False)
-    if mode == "optimistic":
+    if mode in ("optimistic", "spread"):
         return preds.max(dim=1).values
-    raise ValueError(f"selection {mode!r} has no score; choose uncertainty or optimistic")
+    raise ValueError(f"selection {mode!r} has no score; choose uncertainty, optimistic or spread")
+
+
+def fractional_ranks(x: np.ndarray) -> np.ndarray:
+    """Each value's rank among ``x`` scaled to 0 (lowest) .. 1 (highest), tied values sharing their average rank;
+    a single value gets 1."""
+    m = len(x)
+    if m == 1:
+        return np.ones(1)
+    below = (x[None, :] < x[:, None]).sum(axis=1)
+    equal = (x[None, :] == x[:, None]).sum(axis=1)
+    return (below + 0.5 * (equal - 1)) / (m - 1)
+
+
+def spread_order(score: list[float], emb: np.ndarray, chosen: list[int], n_pick: int) -> list[int]:
+    """``spread``'s picks, in order: ``n_pick`` candidates added one at a time to ``chosen`` (already shown), each
+    the one with the largest rank of score plus rank of distance to the nearest chosen image (see the module)."""
+    unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    s = np.asarray(score, dtype=np.float64)
+    nearest = np.full(len(s), np.inf)
+    for c in chosen:
+        nearest = np.minimum(nearest, np.linalg.norm(unit - unit[c], axis=1))
+    already = set(chosen)
+    left = [i for i in range(len(s)) if i not in already]
+    picks: list[int] = []
+    for _ in range(n_pick):
+        rest = np.asarray(left)
+        total = fractional_ranks(s[rest]) + fractional_ranks(nearest[rest])
+        best = min(range(len(rest)), key=lambda j: (-total[j], -s[rest[j]], rest[j]))
+        pick = int(rest[best])
+        picks.append(pick)
+        left.remove(pick)
+        nearest = np.minimum(nearest, np.linalg.norm(unit - unit[pick], axis=1))
+    return picks
 
 
 def choose(mode: str, n_show: int, n_candidates: int, *, seed: int, preds: torch.Tensor | None = None,
-           honest_share: float = 0.0) -> list[Choice]:
-    """One Choice per candidate: which ``n_show`` of ``n_candidates`` to show, and why."""
+           honest_share: float = 0.0, emb: torch.Tensor | None = None) -> list[Choice]:
+    """One Choice per candidate: which ``n_show`` of ``n_candidates`` to show, and why. ``spread`` needs the
+    candidates' embeddings ``emb`` (C, D); its ranks are the pick order (honest images first), then the unshown
+    candidates by score."""
     if not 1 <= n_show <= n_candidates:
         raise ValueError(f"cannot show {n_show} of {n_candidates} candidates")
     perm = [int(i) for i in np.random.default_rng(seed).permutation(n_candidates)]
@@ -67,11 +109,21 @@ def choose(mode: str, n_show: int, n_candidates: int, *, seed: int, preds: torch
         raise ValueError(f"{preds.shape[0]} predictions for {n_candidates} candidates")
     s = scores(mode, preds.detach().to("cpu", torch.float64)).tolist()
     by_score = sorted(range(n_candidates), key=lambda i: (-s[i], i))
-    rank = {i: r + 1 for r, i in enumerate(by_score)}
     n_honest = min(n_show, int(round(honest_share * n_show)))
-    honest = set(perm[:n_honest])
-    picked = set(honest) | set([i for i in by_score if i not in honest][: n_show - n_honest])
-    return [Choice(i, i in picked, "random" if i in honest else mode, s[i], rank[i]) for i in range(n_candidates)]
+    honest = perm[:n_honest]
+    if mode == "spread":
+        if emb is None or emb.shape[0] != n_candidates:
+            raise ValueError(f"selection 'spread' needs one embedding per candidate ({n_candidates}), got "
+                             f"{None if emb is None else emb.shape[0]}")
+        order = honest + spread_order(s, emb.detach().to("cpu", torch.float64).numpy(), honest, n_show - n_honest)
+        placed = set(order)
+        order += [i for i in by_score if i not in placed]
+    else:
+        order = by_score
+    rank = {i: r + 1 for r, i in enumerate(order)}
+    drawn = set(honest)
+    picked = drawn | set([i for i in order if i not in drawn][: n_show - n_honest])
+    return [Choice(i, i in picked, "random" if i in drawn else mode, s[i], rank[i]) for i in range(n_candidates)]
 
 
 def record(choices: list[Choice], pairs: list[tuple[str, int]], options: ExperimentOptions, mode: str) -> dict[str, Any]:
@@ -119,7 +171,8 @@ def select_query(images: torch.Tensor, emb: torch.Tensor, pairs: list[tuple[str,
         if reward_dir is None:
             raise ValueError(f"selection {mode!r} needs the round's reward model, and none was given")
         preds = head_predictions(RewardEnsemble.load(reward_dir, device=device), emb)
-    choices = choose(mode, min(n_show, len(pairs)), len(pairs), seed=seed, preds=preds, honest_share=options.honest_share)
+    choices = choose(mode, min(n_show, len(pairs)), len(pairs), seed=seed, preds=preds, honest_share=options.honest_share,
+                     emb=emb)
     keep = sorted(c.index for c in choices if c.shown)
     index = torch.tensor(keep, dtype=torch.long)
     return images[index], emb[index], [pairs[i] for i in keep], record(choices, pairs, options, mode)

@@ -45,7 +45,8 @@ def build_admin(services, exp_state, admin_of: Callable, shown: Callable, privat
     with gr.Accordion("Round options: which images to ask about, auto-close, repeats", open=False):
         gr.Markdown("**Selection**: from round 1 on, the worker generates *candidate factor* × budget images and shows "
                     "the budget: at random, those the reward ensemble is most **uncertain** about (largest spread "
-                    "across its heads) or most **optimistic** about (best head). A share of each selected round stays a "
+                    "across its heads), most **optimistic** about (best head), or **spread**: optimistic and unlike the images "
+                    "already chosen, in equal measure. A share of each selected round stays a "
                     "uniform random sample so the round's average rating stays honest. More candidates mean a longer "
                     "wait between rounds. **Auto-close** closes the round (and starts training) at its last wanted "
                     "rating, exactly as the Close button does; that last rating can then no longer be undone. "

@@ -151,6 +151,89 @@ def test_optimistic_shows_the_highest_optimistic_score():
     assert [c.score for c in choices] == pytest.approx([5.0, 9.0, 7.0, 4.0, 8.1, 6.0])
 
 
+def _unit(deg: float) -> list[float]:
+    return [math.cos(math.radians(deg)), math.sin(math.radians(deg))]
+
+
+def test_spread_trades_a_near_duplicate_for_an_unlike_image_by_hand():
+    """Worked by hand: scores 9, 8.9, 5, 1 at angles 0, 5, 180, 90 degrees. First pick: every distance is infinite
+    (ranks tie at 0.5), so the best score, 0. Then distances to 0 are 0.087, 2, 1.414: distance ranks 0, 1, 0.5,
+    score ranks 1, 0.5, 0, totals 1, 1.5, 0.5: candidate 2, not optimistic's near-duplicate 1."""
+    preds = torch.tensor([[9.0, 1.0], [8.9, 2.0], [5.0, 0.0], [1.0, 0.0]])
+    emb = torch.tensor([_unit(0), _unit(5), _unit(180), _unit(90)])
+    spread = selection.choose("spread", 2, 4, seed=0, preds=preds, emb=emb)
+    assert {c.index for c in spread if c.shown} == {0, 2}
+    assert [c.rank for c in spread] == [1, 3, 2, 4]  # pick order, then the unshown by score
+    assert all(c.mode == "spread" for c in spread if c.shown)
+    assert [c.score for c in spread] == pytest.approx([9.0, 8.9, 5.0, 1.0])
+    assert {c.index for c in selection.choose("optimistic", 2, 4, seed=0, preds=preds) if c.shown} == {0, 1}
+
+
+def test_spread_among_equidistant_candidates_is_optimistic():
+    """Orthonormal embeddings: every distance ties, so only the score ranks decide."""
+    choices = selection.choose("spread", 3, 6, seed=0, preds=PREDS, emb=torch.eye(6) * 3.0)
+    assert [c.index for c in sorted(choices, key=lambda c: c.rank)][:3] == [1, 4, 2]
+
+
+def test_spread_among_equal_scores_is_farthest_point_sampling():
+    """Equal scores: each pick is the candidate farthest from its nearest chosen image, checked against a
+    brute-force farthest-point traversal of the normalised embeddings written with plain loops."""
+    gen = torch.Generator().manual_seed(5)
+    emb = torch.randn(12, 3, generator=gen, dtype=torch.float64)
+    preds = torch.full((12, 4), 5.0)
+    honest = np.random.default_rng(11).permutation(12).tolist()[:2]
+    unit = [[float(v) / math.sqrt(sum(float(w) ** 2 for w in row)) for v in row] for row in emb]
+    chosen, want = list(honest), []
+    for _ in range(4):
+        far = max((i for i in range(12) if i not in chosen),
+                  key=lambda i: (min(math.dist(unit[i], unit[c]) for c in chosen), -i))
+        chosen.append(far)
+        want.append(far)
+    choices = selection.choose("spread", 6, 12, seed=11, preds=preds, emb=emb, honest_share=2 / 6)
+    order = [c.index for c in sorted(choices, key=lambda c: c.rank)]
+    assert order[:2] == honest and order[2:6] == want
+    assert [c.index for c in choices if c.shown and c.mode == "random"] == sorted(honest)
+
+
+def test_fractional_ranks_match_a_sort_with_averaged_ties():
+    x = np.array([3.0, 1.0, 3.0, np.inf, 0.5, 3.0, np.inf])
+    positions = sorted(range(len(x)), key=lambda i: x[i])
+    want = [0.0] * len(x)
+    for i in range(len(x)):
+        tied = [p for p, j in enumerate(positions) if x[j] == x[i]]
+        want[i] = sum(tied) / len(tied) / (len(x) - 1)
+    assert selection.fractional_ranks(x).tolist() == pytest.approx(want)
+    assert selection.fractional_ranks(np.array([7.0])).tolist() == [1.0]
+
+
+def test_spread_needs_the_candidates_embeddings():
+    with pytest.raises(ValueError, match="'spread' needs one embedding per candidate"):
+        selection.choose("spread", 2, 6, seed=0, preds=PREDS)
+    with pytest.raises(ValueError, match="'spread' needs one embedding per candidate"):
+        selection.choose("spread", 2, 6, seed=0, preds=PREDS, emb=torch.eye(5))
+
+
+def test_select_query_passes_the_embeddings_to_spread(tmp_path):
+    """The worker's step: a saved ensemble scores the candidates and spread picks among them."""
+    from seiko_core.config import RewardConfig
+    from seiko_core.reward import RewardEnsemble
+
+    ensemble = RewardEnsemble(2, RewardConfig(num_heads=3, hidden=(4,), dropout=()), generator=torch.Generator().manual_seed(0))
+    ensemble.save(tmp_path)
+    emb = torch.tensor([_unit(a) for a in (0, 3, 90, 180, 270, 45)])
+    images = torch.arange(6, dtype=torch.float32).view(6, 1, 1, 1)
+    pairs = [("p", 100 + i) for i in range(6)]
+    opts = ExperimentOptions(selection="spread", candidate_factor=2, honest_share=0.0)
+    shown_images, shown_emb, shown_pairs, record = selection.select_query(
+        images, emb, pairs, options=opts, mode="spread", n_show=3, seed=1, reward_dir=tmp_path)
+    preds = RewardEnsemble.load(tmp_path)(emb).detach()
+    want = selection.choose("spread", 3, 6, seed=1, preds=preds, emb=emb)
+    keep = sorted(c.index for c in want if c.shown)
+    assert shown_images.view(-1).tolist() == [float(i) for i in keep]
+    assert torch.equal(shown_emb, emb[keep]) and shown_pairs == [pairs[i] for i in keep]
+    assert record["selection"] == "spread" and record["shown"] == 3 and len(record["unshown"]) == 3
+
+
 def test_random_is_a_seeded_permutation():
     a = selection.choose("random", 3, 6, seed=7)
     perm = np.random.default_rng(7).permutation(6).tolist()
