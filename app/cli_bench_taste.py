@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from app.experiment_options import FEEDBACKS, MAX_CANDIDATE_FACTOR, SELECTIONS
+from app.experiment_options import FEEDBACKS, MAX_CANDIDATE_FACTOR, SELECTIONS, ExperimentOptions
 from app.settings import DEFAULT_MODEL
 
 
@@ -35,9 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=_seeds, default=(0, 1, 2), help="comma-separated seeds (default 0,1,2)")
     parser.add_argument("--out", type=Path, required=True, help="output directory: results.json, bench_taste.png, seed_<s>/")
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"base model directory (default {DEFAULT_MODEL})")
-    parser.add_argument("--selection", choices=SELECTIONS, default="random", help="which candidates a round shows (default random)")
-    parser.add_argument("--candidate-factor", type=int, default=1,
-                        help=f"candidates generated per shown image in rounds >= 1, 1..{MAX_CANDIDATE_FACTOR} (default 1)")
+    default = ExperimentOptions()  # a new experiment's (app.experiment_options)
+    parser.add_argument("--selection", choices=SELECTIONS, default=default.selection,
+                        help=f"which candidates a round shows (default {default.selection}; before 2 Dec 2026 random)")
+    parser.add_argument("--candidate-factor", type=int, default=default.candidate_factor,
+                        help=f"candidates generated per shown image in rounds >= 1, 1..{MAX_CANDIDATE_FACTOR} (default "
+                             f"{default.candidate_factor}; before 2 Dec 2026 1)")
     parser.add_argument("--honest-share", type=float, default=0.25,
                         help="share of a selected round drawn uniformly at random from the candidates (default 0.25)")
     parser.add_argument("--auto-close", action="store_true", help="let the app close each round at its last rating")

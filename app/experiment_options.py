@@ -31,8 +31,10 @@ FEEDBACKS = ("scores", "pairs", "both")  # what raters give: app.pairwise's sett
 
 @dataclass(frozen=True)
 class ExperimentOptions:
-    selection: str = "random"  # today's behaviour: every generated image is shown
-    candidate_factor: int = 1  # 1: no extra candidates (no extra wait)
+    # new experiments show, of twice the images, the most optimistic and most varied (issue 12, lever K: adopted by a
+    # rule written before its runs, BENCHMARKS.md "Levers J and K"); a factor of 1 generates no extra candidates
+    selection: str = "spread"
+    candidate_factor: int = 2
     honest_share: float = 0.25  # a quarter of a selected round stays a uniform random sample of the model's images
     auto_close: bool = False  # an admin closes rounds (the demo too; see docs/bench-taste.md)
     feedback: str = "scores"  # issue 14 item 1: scores | pairs | both; app.pairwise owns it (app.pairwise.set_feedback)
@@ -65,8 +67,14 @@ class ExperimentOptions:
         return out
 
 
+# What an experiment created before lever K was adopted did (it stored no selection): every image shown, no extras.
+# New experiments store their options when they are created (app.services.create_experiment), so they never need it.
+BEFORE_SPREAD = {"selection": "random", "candidate_factor": 1}
+
+
 def from_config(config: dict[str, Any] | None) -> ExperimentOptions:
-    """The options stored in an experiment's config dict (defaults for those not set)."""
+    """The options stored in an experiment's config dict (defaults for those not set; a selection and candidate
+    factor that were never stored are ``BEFORE_SPREAD``'s, so an older experiment keeps behaving as it did)."""
     raw = (config or {}).get(APP_KEY) or {}
     if not isinstance(raw, dict):
         raise InvalidInput(f"the experiment's {APP_KEY!r} settings must be a JSON object, got {type(raw).__name__}")
@@ -74,7 +82,7 @@ def from_config(config: dict[str, Any] | None) -> ExperimentOptions:
     unknown = sorted(set(raw) - known)
     if unknown:
         raise InvalidInput(f"unknown experiment settings {unknown}; choose from {sorted(known)}")
-    return ExperimentOptions(**raw)
+    return ExperimentOptions(**{**BEFORE_SPREAD, **raw})
 
 
 def of(experiment) -> ExperimentOptions:

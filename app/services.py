@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from app import experiment_options
+from app.experiment_options import ExperimentOptions
 from db import jobs as job_queue
 from db import repo
 from db.engine import write_session
@@ -109,7 +111,8 @@ def create_experiment(*, factory, spec: ExperimentSpec, default_model: str) -> i
     check_model_spec(spec.model_spec or default_model)
     with write_session(factory) as s:
         exp = repo.create_experiment(session=s, name=spec.name, model_spec=spec.model_spec or default_model,
-                                     method=cfg.method, config=to_dict(cfg), budgets=list(cfg.budgets),
+                                     method=cfg.method, config=experiment_options.with_options(to_dict(cfg), ExperimentOptions()),
+                                     budgets=list(cfg.budgets),
                                      prompts=list(cfg.prompts), overlap=spec.overlap)
         round0 = repo.create_round(session=s, experiment_id=exp.id)
         job_queue.enqueue_job(session=s, kind="generate", experiment_id=exp.id, round_id=round0.id, payload={"round_index": 0})

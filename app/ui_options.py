@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from app import experiment_options
-from app.experiment_options import MAX_CANDIDATE_FACTOR, MAX_REPEAT_SHARE, SELECTIONS
+from app.experiment_options import MAX_CANDIDATE_FACTOR, MAX_REPEAT_SHARE, SELECTIONS, ExperimentOptions
 
 
 def describe(options: experiment_options.ExperimentOptions) -> str:
@@ -55,9 +55,9 @@ def build_admin(services, exp_state, admin_of: Callable, shown: Callable, privat
                     "at most once, after their first few ratings); the second score fills the self-consistency columns "
                     "of *Rater quality* and changes neither their first rating, nor the round's progress, nor training.")
         with gr.Row():
-            selection = gr.Dropdown(label="Selection", choices=list(SELECTIONS), value="random", scale=0, min_width=180,
+            selection = gr.Dropdown(label="Selection", choices=list(SELECTIONS), value=ExperimentOptions().selection, scale=0, min_width=180,
                                     elem_id="opt-selection")
-            factor = gr.Number(label="Candidate factor", value=1, precision=0, minimum=1, maximum=MAX_CANDIDATE_FACTOR,
+            factor = gr.Number(label="Candidate factor", value=ExperimentOptions().candidate_factor, precision=0, minimum=1, maximum=MAX_CANDIDATE_FACTOR,
                                scale=0, min_width=150, elem_id="opt-candidate-factor")
             share = gr.Number(label="Honest share", value=0.25, minimum=0, maximum=1, scale=0, min_width=150,
                               elem_id="opt-honest-share")

@@ -782,7 +782,7 @@ def campaign_setup(args, parts, oracle, methods, budgets):
     base.budgets = budgets
     # The simulator measures learning per label: every run takes the configured steps, whatever the machine's load
     # (two runs at --jobs 2 share the cores), so that methods and seeds compare at equal steps. A preset's time limit
-    # is the product's (the wait between rounds); `--set finetune.max_seconds=24` opts back in.
+    # is the product's (the wait between rounds); `--set finetune.max_seconds=23` opts back in.
     base.finetune.max_seconds = None
     base = apply_overrides(base, args.set)
     cfgs = {m: method_config(base, m, args) for m in methods}

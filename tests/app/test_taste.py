@@ -256,7 +256,7 @@ def test_round_zero_and_random_generate_no_extra_candidates():
     opts = ExperimentOptions(selection="uncertainty", candidate_factor=3)
     assert selection.candidate_plan(opts, 0, 8) == ("random", 8)
     assert selection.candidate_plan(opts, 1, 8) == ("uncertainty", 24)
-    assert selection.candidate_plan(ExperimentOptions(candidate_factor=3), 2, 8) == ("random", 8)
+    assert selection.candidate_plan(ExperimentOptions(selection="random", candidate_factor=3), 2, 8) == ("random", 8)
 
 
 def test_options_are_checked_and_stored_beside_the_seiko_config():
@@ -269,7 +269,9 @@ def test_options_are_checked_and_stored_beside_the_seiko_config():
     config = experiment_options.with_options({"method": "greedy"}, ExperimentOptions(selection="optimistic"))
     assert experiment_options.from_config(config).selection == "optimistic"
     assert experiment_options.seiko_part(config) == {"method": "greedy"}
-    assert experiment_options.from_config({}) == ExperimentOptions()  # older experiments: today's behaviour
+    # older experiments (no stored selection) keep what they did: every image shown, no extra candidates
+    assert experiment_options.from_config({}) == ExperimentOptions(selection="random", candidate_factor=1)
+    assert ExperimentOptions().selection == "spread" and ExperimentOptions().candidate_factor == 2  # new ones: lever K
     # app.pairwise's feedback setting lives in the same place and survives a change of the other options
     assert experiment_options.from_config({"app": {"feedback": "pairs"}}).feedback == "pairs"
     with pytest.raises(InvalidInput, match="unknown feedback 'votes'"):

@@ -342,6 +342,8 @@ def test_admin_creates_closes_pauses(ui_world, tmp_path):
         exp = repo.get_experiment_by_name(session=s, name="second")
         assert (exp.method, exp.budgets, exp.prompts, exp.overlap, exp.model_spec) == ("ucb", [8, 16], ["a circle", "a square"], 2, str(model))
         assert exp.config["finetune"]["kl_weight"] == 0.05 and exp.config["optimism"]["aggregation"] == "max"
+        # a new experiment stores its round options: lever K's spread of twice the candidates (issue 12)
+        assert (exp.config["app"]["selection"], exp.config["app"]["candidate_factor"]) == ("spread", 2)
         assert [j.kind for j in job_queue.list_jobs(session=s, experiment_id=exp.id)] == ["generate"]
     for bad, match in ((dict(name=" "), "name"), (dict(name="b", budgets="8, x"), "budgets"),
                        (dict(name="c", method="magic"), "unknown method"), (dict(name="second"), "already exists"),
@@ -367,10 +369,10 @@ def test_the_new_experiment_form_sets_the_fine_tuning_budget(ui_world, tmp_path)
     model.mkdir(parents=True)
     (model / "model_index.json").write_text("{}")
     shown = ui_admin.preset_defaults("shapes")
-    # the preset's 5 epochs of 32 trajectories at 8 per step (20 optimiser steps a round) within 24 s
-    assert (shown["epochs"], shown["steps_per_epoch"], shown["max_seconds"]) == (5, 4, 24)
+    # the preset's 5 epochs of 32 trajectories at 8 per step (20 optimiser steps a round) within 23 s
+    assert (shown["epochs"], shown["steps_per_epoch"], shown["max_seconds"]) == (5, 4, 23)
     for name, epochs, limit, want in (("longer", 5, 25, (5, 25.0)), ("unlimited", 2.0, 0, (2, None)),
-                                      ("presets", None, None, (5, 24.0))):
+                                      ("presets", None, None, (5, 23.0))):
         form = ui_admin.ExperimentForm(name=name, preset="shapes", epochs=epochs, max_seconds=limit)
         ui_admin.create_experiment(ui_world.factory, root, form, default_model=str(model))
         with read_session(ui_world.factory) as s:
