@@ -46,9 +46,11 @@ from app.experiment_options import ExperimentOptions
 class Choice:
     index: int  # the candidate's position in the generated batch
     shown: bool
-    mode: str  # random (honest), uncertainty or optimistic
+    mode: str  # random (honest), uncertainty, optimistic or spread
     score: float | None  # the selection score (None for random selection)
-    rank: int  # 1 = first: by score (highest first) for scored modes, by permutation position for random
+    # 1 = first: by score (highest first) for uncertainty and optimistic, by permutation position for random; for
+    # spread the pick order (the honest images first, in permutation order), then the unshown by score
+    rank: int
 
 
 def scores(mode: str, preds: torch.Tensor) -> torch.Tensor:
@@ -62,15 +64,21 @@ def scores(mode: str, preds: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"selection {mode!r} has no score; choose uncertainty, optimistic or spread")
 
 
+def half_ranks(x: np.ndarray) -> np.ndarray:
+    """Twice each value's rank among ``x`` (0 = lowest), tied values sharing their average rank: whole numbers, so
+    that sums of ranks that are equal compare equal (as fractions ``k / (m - 1)`` they may differ in the last bit)."""
+    below = (x[None, :] < x[:, None]).sum(axis=1)
+    equal = (x[None, :] == x[:, None]).sum(axis=1)
+    return 2 * below + equal - 1
+
+
 def fractional_ranks(x: np.ndarray) -> np.ndarray:
     """Each value's rank among ``x`` scaled to 0 (lowest) .. 1 (highest), tied values sharing their average rank;
     a single value gets 1."""
     m = len(x)
     if m == 1:
         return np.ones(1)
-    below = (x[None, :] < x[:, None]).sum(axis=1)
-    equal = (x[None, :] == x[:, None]).sum(axis=1)
-    return (below + 0.5 * (equal - 1)) / (m - 1)
+    return half_ranks(x) / (2.0 * (m - 1))
 
 
 def spread_order(score: list[float], emb: np.ndarray, chosen: list[int], n_pick: int) -> list[int]:
@@ -86,7 +94,7 @@ def spread_order(score: list[float], emb: np.ndarray, chosen: list[int], n_pick:
     picks: list[int] = []
     for _ in range(n_pick):
         rest = np.asarray(left)
-        total = fractional_ranks(s[rest]) + fractional_ranks(nearest[rest])
+        total = half_ranks(s[rest]) + half_ranks(nearest[rest])  # both ranks share the scale: whole numbers compare exactly
         best = min(range(len(rest)), key=lambda j: (-total[j], -s[rest[j]], rest[j]))
         pick = int(rest[best])
         picks.append(pick)

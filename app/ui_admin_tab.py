@@ -252,8 +252,8 @@ def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callab
                                       interactive=False, elem_id="exports-table")
         ui_pairs.build_admin(services, exp_state, h.admin_of, h.shown,
                              private=private)  # issue 14 item 1: scores, pairs or both
-        ui_options.build_admin(services, exp_state, h.admin_of, h.shown,
-                               private=private)  # issue 12 items 3 and 5: selection, auto-close
+        ui_options.build_admin(services, exp_state, h.admin_of, h.shown, private=private,
+                               who_of=h.who_of)  # issue 12 items 3 and 5: selection, auto-close
         with gr.Accordion("Rater quality", open=False):  # issue 14, item 2 (app.ui_quality)
             q_summary = gr.HTML(elem_id="rater-quality")
             q_table = gr.Dataframe(headers=ui_quality.RATER_HEADERS, value=[], interactive=False,

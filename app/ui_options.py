@@ -22,6 +22,21 @@ def _number(value: Any) -> Any:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
 
 
+def form_values(factory, experiment_id: int | None) -> tuple[str, int, float, bool]:
+    """(selection, candidate factor, honest share, auto-close) as the experiment stores them, for the admin's form:
+    so that saving one option leaves the others as they are (an older experiment stays random x1). A new
+    experiment's defaults when none is selected."""
+    from db import repo
+    from db.engine import read_session
+
+    if experiment_id is None:
+        options = ExperimentOptions()
+    else:
+        with read_session(factory) as s:
+            options = experiment_options.of(repo.get_experiment(session=s, experiment_id=int(experiment_id)))
+    return options.selection, options.candidate_factor, options.honest_share, options.auto_close
+
+
 def save(factory, who, experiment_id: int | None, selection: Any, candidate_factor: Any, honest_share: Any,
          auto_close: Any, repeat_share: Any = None) -> str:
     """Store the form's options; ``repeat_share`` None leaves that option as it is."""
@@ -38,7 +53,8 @@ def save(factory, who, experiment_id: int | None, selection: Any, candidate_fact
     return "Saved. " + describe(new)
 
 
-def build_admin(services, exp_state, admin_of: Callable, shown: Callable, private: dict[str, Any] | None = None):
+def build_admin(services, exp_state, admin_of: Callable, shown: Callable, private: dict[str, Any] | None = None,
+                who_of: Callable | None = None):
     import gradio as gr
 
     private = private or {"api_visibility": "private"}
@@ -62,8 +78,8 @@ def build_admin(services, exp_state, admin_of: Callable, shown: Callable, privat
             share = gr.Number(label="Honest share", value=0.25, minimum=0, maximum=1, scale=0, min_width=150,
                               elem_id="opt-honest-share")
             auto = gr.Checkbox(label="Auto-close the round when its budget is rated", value=False, elem_id="opt-auto-close")
-            # starts empty, meaning "leave as is": the form is not filled from the stored options, so a 0 here
-            # would turn repeats off whenever an admin saves another option
+            # starts empty, meaning "leave as is": unlike the four above (form_values), it is not filled from the
+            # stored options, so a 0 here would turn repeats off whenever an admin saves another option
             repeat = gr.Number(label="Repeat share (empty: as is)", value=None, minimum=0, maximum=MAX_REPEAT_SHARE,
                                step=0.05, scale=0, min_width=150, elem_id="opt-repeat-share")
             button = gr.Button("Save round options", scale=0, min_width=180, elem_id="save-round-options")
@@ -75,5 +91,12 @@ def build_admin(services, exp_state, admin_of: Callable, shown: Callable, privat
         gr.Info(message)
         return message
 
+    def on_experiment(exp_id, request: gr.Request):
+        """The form shows the selected experiment's stored options (to an admin; a rater's page has no Admin tab)."""
+        if who_of is None or not who_of(request).is_admin:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        return shown(lambda: form_values(services.factory, exp_id))
+
     button.click(on_save, [exp_state, selection, factor, share, auto, repeat], [result], **private)
+    exp_state.change(on_experiment, [exp_state], [selection, factor, share, auto], **private)
     return button

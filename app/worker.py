@@ -542,8 +542,8 @@ class Worker:
         mode, n_candidates = selection.candidate_plan(options, k, n)
         query = list(zip(round_prompts(cfg, n_candidates, derive_seed(experiment_id, k, "prompts")),
                          query_seeds(experiment_id, k, n_candidates)))
-        if query_done:
-            query = [(p, s) for p, s in query[:n] if ("query", p, s) not in existing]
+        if query_done:  # published in one transaction (below): all of the round's shown images exist, and the
+            query = []  # shown ones need not be the first n candidates (app.selection), so none is generated again
         n_grid = len(_eval_grid(cfg))
         started = time.monotonic()
 

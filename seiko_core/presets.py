@@ -35,7 +35,7 @@ def shapes() -> SeikoConfig:
         sampling=SamplingConfig(steps=10, eta=1.0, guidance=7.5, batch_size=32),  # 7.5 binds colours better than 4 here
         reward=RewardConfig(hidden=(256, 64, 16), dropout=(0.2, 0.1), max_epochs=300, patience=30),
         optimism=OptimismConfig(aggregation="max"),
-        # 5 epochs of 32 trajectories per round (20 optimiser steps), stopped at 24 s so that the wait between rounds
+        # 5 epochs of 32 trajectories per round (20 optimiser steps), stopped at 24 s (23 s since lever K, below) so that the wait between rounds
         # stays under 30 s on 2 CPU cores: adopted by a rule written before its runs over 3 epochs without a limit
         # (BENCHMARKS.md, "Two levers for round 4, with 6 seeds": lever A'). With 1 epoch the model barely moves.
         # lr 6e-3 (twice the earlier 3e-3): adopted over A' by the same rule, written before its runs (lever C there).

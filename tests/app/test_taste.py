@@ -195,6 +195,18 @@ def test_spread_among_equal_scores_is_farthest_point_sampling():
     assert [c.index for c in choices if c.shown and c.mode == "random"] == sorted(honest)
 
 
+def test_spread_breaks_an_exact_tie_by_the_higher_score_not_by_rounding():
+    """Eleven candidates left after the first pick: X with score rank 10 and distance rank 7, Y with 9 and 8, both
+    17 tenths in exact arithmetic (every other candidate at most 14); as fractions of 10, 1.0 + 0.7 < 0.9 + 0.8 in
+    floating point, so only exact ranks give the documented tie-break: the higher score, X."""
+    pairs = [(10, 7), (9, 8), (0, 10), (1, 9)] + [(k, k - 2) for k in range(2, 9)]  # (score rank, distance rank)
+    preds = torch.tensor([[100.0]] + [[float(sr + 1)] for sr, _ in pairs])
+    emb = torch.tensor([_unit(0)] + [_unit(10 + 15 * dr) for _, dr in pairs])  # farther from candidate 0 as dr grows
+    assert 1.0 + 0.7 < 0.9 + 0.8  # the rounding that a float sum of the ranks would trip on
+    choices = selection.choose("spread", 2, 12, seed=0, preds=preds, emb=emb)
+    assert {c.index for c in choices if c.shown} == {0, 1}  # 0 first (best score), then X (index 1), not Y (2)
+
+
 def test_fractional_ranks_match_a_sort_with_averaged_ties():
     x = np.array([3.0, 1.0, 3.0, np.inf, 0.5, 3.0, np.inf])
     positions = sorted(range(len(x)), key=lambda i: x[i])
@@ -299,6 +311,24 @@ def test_an_admin_sets_options_and_a_rater_cannot(ui_world):
     assert [e.action for e in auth.list_audit(ui_world.factory, limit=10)].count("experiment.options") == 1
 
 
+def test_the_admin_form_keeps_an_older_experiments_selection_when_another_option_is_saved(ui_world):
+    """The form is filled from what the experiment stores: an experiment from before spread (no stored selection)
+    shows random x1, and saving auto-close from that form leaves it random x1."""
+    from app import ui_options
+
+    root = Who(ui_world.accounts["root"], "root", "admin", local=False)
+    with write_session(ui_world.factory) as s:
+        repo.get_experiment(session=s, experiment_id=ui_world.experiment_id).config = {}
+    sel, fac, share, auto = ui_options.form_values(ui_world.factory, ui_world.experiment_id)
+    assert (sel, fac, share, auto) == ("random", 1, 0.25, False)
+    assert "Selection **random**, 1 candidate(s)" in ui_options.save(ui_world.factory, root, ui_world.experiment_id,
+                                                                      sel, fac, share, True)
+    with read_session(ui_world.factory) as s:
+        stored = experiment_options.of(repo.get_experiment(session=s, experiment_id=ui_world.experiment_id))
+    assert (stored.selection, stored.candidate_factor, stored.auto_close) == ("random", 1, True)
+    assert ui_options.form_values(ui_world.factory, None)[:2] == ("spread", 2)  # nothing selected: a new one's
+
+
 def test_the_worker_shows_only_the_selected_candidates(worker_world):
     """Round 1 with uncertainty selection x2: the round's query images are exactly the selected ones, their records
     match the reward model's head std, and the API never serves an unshown candidate."""
@@ -323,6 +353,7 @@ def test_the_worker_shows_only_the_selected_candidates(worker_world):
     with read_session(world.factory) as s:
         r1 = repo.get_round_by_index(session=s, experiment_id=exp_id, index=1)
         shown = [(im.prompt, im.seed, im.id) for im in repo.list_images(session=s, round_id=r1.id, kind="query")]
+        r1_id = r1.id
         record = r1.metrics["selection"]
         r0 = repo.get_round_by_index(session=s, experiment_id=exp_id, index=0)
         assert r0.metrics["selection"]["selection"] == "random" and r0.metrics["selection"]["candidates"] == 4
@@ -343,6 +374,16 @@ def test_the_worker_shows_only_the_selected_candidates(worker_world):
     who = Who(rater, "rater-0", "rater", local=False)
     batch = ui_rate.api_batch(world.factory, world.settings.data_dir, who, limit=64)
     assert sorted(item["seed"] for item in batch["items"]) == sorted(s for _, s, _ in shown)
+    # an operator queues round 1's generation again: the shown images stay exactly those, no unshown candidate is added
+    with write_session(world.factory) as s:
+        job = job_queue.enqueue_job(session=s, kind="generate", experiment_id=exp_id, round_id=r1_id, payload={"round_index": 1})
+        requeued = job.id
+    while worker.run_once():  # round 1's eval job, then the requeued generation
+        assert worker.last_error is None
+    with read_session(world.factory) as s:
+        again = sorted((im.prompt, im.seed, im.id) for im in repo.list_images(session=s, round_id=r1_id, kind="query"))
+        assert job_queue.get_job(session=s, job_id=requeued).status == "done"
+    assert again == sorted(shown)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ def test_results_structure(tiny_run):
     s = res["settings"]
     assert s["oracle"] == "purple" and s["budgets"] == [4, 4] and s["noise_sigma"] == pytest.approx(0.13)
     assert len(s["eval"]["seeds"]) == 2 and s["config"]["sampling"]["steps"] == 2
-    # the shapes preset's 24 s limit is the product's wait; the simulator counts steps, so every run takes them all
+    # the shapes preset's 23 s limit is the product's wait; the simulator counts steps, so every run takes them all
     assert s["config"]["finetune"]["max_seconds"] is None and s["config"]["finetune"]["epochs"] == 5
     assert set(res["runs"]) == {"nonadaptive", "bootstrap"}
     pre = res["pretrained"]
