@@ -10,7 +10,7 @@ shows ``budget`` of them (``app.experiment_options``):
 - ``uncertainty``: score = the ensemble's across-head standard deviation (population std over heads);
 - ``optimistic``: score = the most optimistic head's prediction (max over heads: the bootstrap's optimism);
 - ``spread``: the optimistic score and the round's variety together (issue 12, lever K): images are added one at a
-  time, each the remaining candidate with the largest sum of two ranks among the remaining candidates (0 to 1, ties
+  time, each the remaining candidate with the largest sum of two ranks among the remaining candidates (ties
   averaged): its optimistic score's and its embedding distance's to the nearest image already chosen (the honest
   ones included). Equal weight, in ranks so that neither scale dominates, to what the ensemble most optimistically
   expects the person to like and to what the round has not shown yet; ties go to the higher score, then the lower
@@ -70,15 +70,6 @@ def half_ranks(x: np.ndarray) -> np.ndarray:
     below = (x[None, :] < x[:, None]).sum(axis=1)
     equal = (x[None, :] == x[:, None]).sum(axis=1)
     return 2 * below + equal - 1
-
-
-def fractional_ranks(x: np.ndarray) -> np.ndarray:
-    """Each value's rank among ``x`` scaled to 0 (lowest) .. 1 (highest), tied values sharing their average rank;
-    a single value gets 1."""
-    m = len(x)
-    if m == 1:
-        return np.ones(1)
-    return half_ranks(x) / (2.0 * (m - 1))
 
 
 def spread_order(score: list[float], emb: np.ndarray, chosen: list[int], n_pick: int) -> list[int]:

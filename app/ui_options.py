@@ -53,8 +53,8 @@ def save(factory, who, experiment_id: int | None, selection: Any, candidate_fact
     return "Saved. " + describe(new)
 
 
-def build_admin(services, exp_state, admin_of: Callable, shown: Callable, private: dict[str, Any] | None = None,
-                who_of: Callable | None = None):
+def build_admin(services, exp_state, admin_of: Callable, shown: Callable, private: dict[str, Any] | None = None, *,
+                who_of: Callable):
     import gradio as gr
 
     private = private or {"api_visibility": "private"}
@@ -71,10 +71,11 @@ def build_admin(services, exp_state, admin_of: Callable, shown: Callable, privat
                     "at most once, after their first few ratings); the second score fills the self-consistency columns "
                     "of *Rater quality* and changes neither their first rating, nor the round's progress, nor training.")
         with gr.Row():
-            selection = gr.Dropdown(label="Selection", choices=list(SELECTIONS), value=ExperimentOptions().selection, scale=0, min_width=180,
-                                    elem_id="opt-selection")
-            factor = gr.Number(label="Candidate factor", value=ExperimentOptions().candidate_factor, precision=0, minimum=1, maximum=MAX_CANDIDATE_FACTOR,
-                               scale=0, min_width=150, elem_id="opt-candidate-factor")
+            new = ExperimentOptions()  # until an experiment is selected (then form_values)
+            selection = gr.Dropdown(label="Selection", choices=list(SELECTIONS), value=new.selection, scale=0,
+                                    min_width=180, elem_id="opt-selection")
+            factor = gr.Number(label="Candidate factor", value=new.candidate_factor, precision=0, minimum=1,
+                               maximum=MAX_CANDIDATE_FACTOR, scale=0, min_width=150, elem_id="opt-candidate-factor")
             share = gr.Number(label="Honest share", value=0.25, minimum=0, maximum=1, scale=0, min_width=150,
                               elem_id="opt-honest-share")
             auto = gr.Checkbox(label="Auto-close the round when its budget is rated", value=False, elem_id="opt-auto-close")
@@ -93,7 +94,7 @@ def build_admin(services, exp_state, admin_of: Callable, shown: Callable, privat
 
     def on_experiment(exp_id, request: gr.Request):
         """The form shows the selected experiment's stored options (to an admin; a rater's page has no Admin tab)."""
-        if who_of is None or not who_of(request).is_admin:
+        if not who_of(request).is_admin:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         return shown(lambda: form_values(services.factory, exp_id))
 

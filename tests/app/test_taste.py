@@ -207,15 +207,16 @@ def test_spread_breaks_an_exact_tie_by_the_higher_score_not_by_rounding():
     assert {c.index for c in choices if c.shown} == {0, 1}  # 0 first (best score), then X (index 1), not Y (2)
 
 
-def test_fractional_ranks_match_a_sort_with_averaged_ties():
+def test_half_ranks_match_a_sort_with_averaged_ties():
+    """Twice the average sorted position of each value's ties, from a plain sort."""
     x = np.array([3.0, 1.0, 3.0, np.inf, 0.5, 3.0, np.inf])
     positions = sorted(range(len(x)), key=lambda i: x[i])
     want = [0.0] * len(x)
     for i in range(len(x)):
         tied = [p for p, j in enumerate(positions) if x[j] == x[i]]
-        want[i] = sum(tied) / len(tied) / (len(x) - 1)
-    assert selection.fractional_ranks(x).tolist() == pytest.approx(want)
-    assert selection.fractional_ranks(np.array([7.0])).tolist() == [1.0]
+        want[i] = 2 * sum(tied) / len(tied)
+    assert selection.half_ranks(x).tolist() == pytest.approx(want)
+    assert selection.half_ranks(np.array([7.0])).tolist() == [0]
 
 
 def test_spread_needs_the_candidates_embeddings():
