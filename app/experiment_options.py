@@ -85,6 +85,13 @@ def from_config(config: dict[str, Any] | None) -> ExperimentOptions:
     return ExperimentOptions(**{**BEFORE_SPREAD, **raw})
 
 
+def candidate_plan(options: ExperimentOptions, round_index: int, budget: int) -> tuple[str, int]:
+    """(the mode used, the number of candidates to generate) for a round: round 0 is random with no extras."""
+    if round_index == 0 or options.selection == "random":
+        return "random", budget
+    return options.selection, budget * options.candidate_factor
+
+
 def of(experiment) -> ExperimentOptions:
     return from_config(experiment.config if isinstance(experiment.config, dict) else None)
 

@@ -8,7 +8,8 @@ the experiment's ratings, an abandoned branch's included), the KL to the round i
 eval grid (``metrics.eval.kl_to_prev``, written by the worker's generate job) and the fine-tuning KL at the last
 optimiser step (``metrics.train.finetune.kl_last``); "KL spent" sums the lineage's per-round KLs. The labels and
 raters that trained the exported adapter are the ratings on rounds before it, with those on rounds outside the
-lineage counted apart. The blind A/B win rates of the lineage's rounds come from ``db.comparisons.ab_win_rates``
+lineage counted apart. Per round, how its shown images were chosen (``metrics.selection``: the mode, the candidates
+generated and the images shown), and the experiment's options at export time. The blind A/B win rates of the lineage's rounds come from ``db.comparisons.ab_win_rates``
 ("not measured" without votes). Raters are counted, never named: a card travels with the model wherever it is
 shared.
 """
@@ -20,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from app import experiment_options
 from app.services import experiment_config
 from app.settings import Settings
 from db import comparisons, repo
@@ -51,6 +53,16 @@ def _rating_counts(s, round_ids: list[int]) -> tuple[int, int, int]:
     return int(n), int(images), int(raters)
 
 
+def _selection(metrics: Any) -> dict[str, Any] | None:
+    """How the round's shown images were chosen (``app.selection.record``): mode, candidates generated, images shown;
+    None for a round from before selection existed (every generated image was shown)."""
+    sel = _get(metrics, "selection")
+    if not isinstance(sel, dict):
+        return None
+    return {"mode": sel.get("selection"), "candidates": sel.get("candidates"), "shown": sel.get("shown"),
+            "honest_share": sel.get("honest_share")}
+
+
 def facts(settings: Settings, experiment_id: int, round_index: int) -> dict[str, Any]:
     """Everything the card says except the export's format, files and verification (added by the exporter)."""
     engine = make_engine(settings.db_url)
@@ -71,7 +83,8 @@ def facts(settings: Settings, experiment_id: int, round_index: int) -> dict[str,
                                "kl_to_prev": _float(_get(r.metrics, "eval", "kl_to_prev")),
                                "kl_to_prev_max": _float(_get(r.metrics, "eval", "kl_to_prev_max")),
                                "train_kl_last": _float(_get(r.metrics, "train", "finetune", "kl_last")),
-                               "train_labels": _get(r.metrics, "train", "labels")})
+                               "train_labels": _get(r.metrics, "train", "labels"),
+                               "selection": _selection(r.metrics)})
             # what trained the exported adapter: the ratings on every round before it (a rolled-back train job's
             # reward model is fitted on all the experiment's ratings, the abandoned branch's too)
             before = [r for r in every if r.index < round_index]
@@ -85,6 +98,7 @@ def facts(settings: Settings, experiment_id: int, round_index: int) -> dict[str,
             all_rates = comparisons.ab_win_rates(session=s, experiment_id=experiment_id) or {}
             rates = {str(k): v for k, v in sorted(all_rates.items()) if int(k) in lineage_indices} or None
             name, base, method, created = exp.name, exp.model_spec, exp.method, exp.created_at
+            options = experiment_options.of(exp).as_dict()
     finally:
         engine.dispose()
     kls = [r["kl_to_prev"] for r in rounds if r["parent"] is not None]
@@ -106,5 +120,6 @@ def facts(settings: Settings, experiment_id: int, round_index: int) -> dict[str,
         "win_rates_note": None if rates else "no A/B votes on this lineage's rounds yet",
         "win_rates_status": "measured" if rates else NOT_MEASURED,
         "seiko_config": to_dict(cfg),
+        "experiment_options": options,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.experiment_options import ExperimentOptions
+from app.experiment_options import ExperimentOptions, candidate_plan  # noqa: F401  (the worker calls it from here)
 
 
 @dataclass(frozen=True)
@@ -143,13 +143,6 @@ def honest_ids(metrics: dict[str, Any] | None, images) -> list[int]:
         return [im.id for im in images]  # rounds from before selection existed showed every generated image
     per = sel.get("images") or {}
     return [im.id for im in images if (per.get(str(im.seed)) or {}).get("mode", "random") == "random"]
-
-
-def candidate_plan(options: ExperimentOptions, round_index: int, budget: int) -> tuple[str, int]:
-    """(the mode used, the number of candidates to generate) for a round: round 0 is random with no extras."""
-    if round_index == 0 or options.selection == "random":
-        return "random", budget
-    return options.selection, budget * options.candidate_factor
 
 
 def head_predictions(ensemble, embeddings: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app import auto_close, repeats, storage, ui_images
+from app import auto_close, experiment_options, repeats, storage, ui_images
 from app.auth import Who
 from db import quality as db_quality
 from db import repo
@@ -129,11 +129,29 @@ def next_round_wait(session: Session, experiment: Experiment) -> dict[str, Any] 
     if eta is not None:
         estimate = float(eta)
         if job.kind == "train" and p.get("phase") in ("reward_fit", "finetune", "load_model"):
-            rounds = repo.list_rounds(session=session, experiment_id=experiment.id)
-            last = next((r for r in reversed(rounds) if ((r.metrics or {}).get("generate") or {}).get("query_wall_s")), None)
-            estimate += float(last.metrics["generate"]["query_wall_s"]) if last is not None else 0.0
+            estimate += _next_query_images_s(session, experiment)
     return {"job": job.kind, "status": job.status, "phase": p.get("phase"), "step": p.get("step"), "total": p.get("total"),
             "eta_s": eta, "estimate_s": None if estimate is None else round(estimate, 1), "behind": behind}
+
+
+def _next_query_images_s(session: Session, experiment: Experiment) -> float:
+    """How long the next round's query images should take: the last round's time per candidate it generated, times
+    the candidates the next round generates (a selection mode generates ``candidate_factor`` per shown image from
+    round 1 on, round 0 none extra); 0 before any round has drawn its images."""
+    from app.services import experiment_config, round_budget
+
+    rounds = repo.list_rounds(session=session, experiment_id=experiment.id)
+    last = next((r for r in reversed(rounds) if ((r.metrics or {}).get("generate") or {}).get("query_wall_s")), None)
+    if last is None:
+        return 0.0
+    gen, sel = last.metrics["generate"], last.metrics.get("selection")
+    made = (sel.get("candidates") if isinstance(sel, dict) else None) or gen.get("query_images")
+    if not made:
+        return float(gen["query_wall_s"])
+    nxt = last.index + 1
+    _, planned = experiment_options.candidate_plan(experiment_options.of(experiment), nxt,
+                                                   round_budget(experiment_config(experiment), nxt))
+    return float(gen["query_wall_s"]) * planned / int(made)
 
 
 def _pairs_only(session: Session, experiment_id: int) -> bool:

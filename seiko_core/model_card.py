@@ -38,6 +38,18 @@ def _indices(indices: list[Any]) -> str:
     return ("round " if len(indices) == 1 else "rounds ") + ", ".join(str(i) for i in indices)
 
 
+def _chosen(sel: Mapping[str, Any] | None) -> str:
+    """A round's selection (``app.export_card``) in words: which of how many generated candidates were shown."""
+    if not sel:
+        return "every image generated (before selection existed)"
+    mode, cands, shown = sel.get("mode"), sel.get("candidates"), sel.get("shown")
+    if mode == "random" and cands == shown:
+        return f"{shown} of {cands}: every image generated"
+    honest = sel.get("honest_share")
+    part = f", a random {honest:.0%} first" if isinstance(honest, int | float) and mode != "random" else ""
+    return f"{shown} of {cands} candidates by {mode}{part}"
+
+
 def markdown(card: Mapping[str, Any]) -> str:
     """The card as Markdown (every figure is also in ``model_card.json``)."""
     exp = card.get("experiment", {})
@@ -59,6 +71,10 @@ def markdown(card: Mapping[str, Any]) -> str:
         f"- **Rounds**: round {k} of the experiment, lineage {' → '.join(str(i) for i in lineage)} (the rounds its "
         f"model descends from, base model first; {card.get('rounds_total')} rounds exist)",
     ]
+    opts = card.get("experiment_options")
+    if opts:
+        lines.append("- **Round options at export** (which images a round shows): "
+                     + ", ".join(f"{k} {v}" for k, v in sorted(opts.items())))
     others = card.get("rounds_not_in_lineage") or []
     if others:
         earlier, later = [i for i in others if i < k], [i for i in others if i > k]
@@ -76,8 +92,8 @@ def markdown(card: Mapping[str, Any]) -> str:
         "## Rounds",
         "",
         "| round | trained from | ratings of its images | raters | ratings it was trained on "
-        "| KL to the round it was trained from (eval grid, mean) | max | training KL (last step) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| KL to the round it was trained from (eval grid, mean) | max | training KL (last step) | images shown, chosen by |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in card.get("rounds", []):
         base = r["index"] == 0  # round 0 is the base model: no previous round, no training
@@ -85,7 +101,8 @@ def markdown(card: Mapping[str, Any]) -> str:
             _fmt(r.get("kl_to_prev")), _fmt(r.get("kl_to_prev_max")), _fmt(r.get("train_kl_last")))
         parent = "–" if base else r.get("parent", r["index"] - 1)
         trained_on = "–" if base else _fmt(r.get("trained_on_labels"))
-        lines.append(f"| {r['index']} | {parent} | {r['labels']} | {r['raters']} | {trained_on} | {kl[0]} | {kl[1]} | {kl[2]} |")
+        lines.append(f"| {r['index']} | {parent} | {r['labels']} | {r['raters']} | {trained_on} | {kl[0]} | {kl[1]} | {kl[2]} "
+                     f"| {_chosen(r.get('selection'))} |")
     lines += ["", "## Win rates", ""]
     rates = card.get("win_rates")
     if rates:

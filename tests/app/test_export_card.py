@@ -27,6 +27,11 @@ RATINGS = {
     3: [(0, "ann", 9)],  # round 3's own rating: collected after round 3 was trained, so it trained nothing of it
 }
 KL = {1: (0.25, 0.5, 0.125), 2: (4.0, 8.0, 2.0), 3: (0.5, 1.0, 0.25)}  # (eval mean, eval max, training KL last step)
+# how the shown images were chosen (app.selection.record's fields); round 1 predates selection (no record)
+SELECTION = {3: {"selection": "spread", "candidate_factor": 2.0, "honest_share": 0.25, "candidates": 4, "shown": 2,
+                 "images": {}, "unshown": []},
+             2: {"selection": "random", "candidate_factor": 1.0, "honest_share": 0.25, "candidates": 2, "shown": 2,
+                 "images": {}, "unshown": []}}
 
 
 def _sha(*parts: object) -> str:
@@ -42,7 +47,8 @@ def rolled_back(tmp_path, _sqlite_at_head):
     try:
         with write_session(session_factory(engine)) as s:
             exp = repo.create_experiment(session=s, name="rollback run", model_spec="toy/model", method="ucb",
-                                         config={"method": "ucb"}, budgets=[4], prompts=["a star", "a circle"])
+                                         config={"method": "ucb", "app": {"selection": "spread", "candidate_factor": 2}},
+                                         budgets=[4], prompts=["a star", "a circle"])
             raters = {n: repo.create_rater(session=s, name=f"{n}7", password_hash="x$h").id  # unique strings: ann7 ...
                       for n in ("ann", "bob", "cy", "dan")}
             rounds, evals = {}, {}
@@ -54,7 +60,8 @@ def rolled_back(tmp_path, _sqlite_at_head):
                 if k in KL:
                     mean, top, train = KL[k]
                     repo.update_round_metrics(session=s, round_id=r.id, metrics={
-                        "eval": {"kl_to_prev": mean, "kl_to_prev_max": top}, "train": {"finetune": {"kl_last": train}}})
+                        "eval": {"kl_to_prev": mean, "kl_to_prev_max": top}, "train": {"finetune": {"kl_last": train}},
+                        **({"selection": SELECTION[k]} if k in SELECTION else {})})
                 images = [repo.add_image(session=s, round_id=r.id, prompt=p, seed=i, file_path=f"images/{k}-{i}.png",
                                          sha256=_sha(k, i), embedding=b"\0" * 8, embedding_dim=2).id
                           for i, p in enumerate(["a star", "a circle"])]
@@ -118,8 +125,17 @@ def test_card_of_a_rolled_back_round_lists_its_lineage_labels_and_kl(rolled_back
             "including 3 ratings of 2 images on round 2, outside the lineage") in text
     assert "**Raters**: 4\n" in text and text.count("**KL spent**") == 1 and "to the round it was trained from): 0.75\n" in text
     table = [line for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
-    assert table == ["| 0 | – | 3 | 2 | – | – | – | – |", "| 1 | 0 | 2 | 1 | 3 | 0.25 | 0.5 | 0.125 |",
-                     "| 3 | 1 | 1 | 1 | 8 | 0.5 | 1 | 0.25 |"]
+    old = "every image generated (before selection existed)"
+    assert table == [f"| 0 | – | 3 | 2 | – | – | – | – | {old} |", f"| 1 | 0 | 2 | 1 | 3 | 0.25 | 0.5 | 0.125 | {old} |",
+                     "| 3 | 1 | 1 | 1 | 8 | 0.5 | 1 | 0.25 | 2 of 4 candidates by spread, a random 25% first |"]
+    assert [r["selection"] for r in card["rounds"]] == [None, None, {"mode": "spread", "candidates": 4, "shown": 2,
+                                                                      "honest_share": 0.25}]
+    assert card["experiment_options"]["selection"] == "spread" and card["experiment_options"]["candidate_factor"] == 2
+    assert "- **Round options at export** (which images a round shows): " in text and "selection spread" in text
+    # the abandoned round 2 showed every image it generated, chosen at random
+    two = export_card.facts(settings, exp_id, 2)
+    assert model_card.markdown(two).splitlines().count(
+        "| 2 | 1 | 3 | 3 | 5 | 4 | 8 | 2 | 2 of 2: every image generated |") == 1
     assert all(n not in text + model_card.to_json(card) for n in ("ann7", "bob7", "cy7", "dan7"))  # counted, not named
 
 

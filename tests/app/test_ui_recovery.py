@@ -13,7 +13,7 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from app import auth, services, ui, ui_admin, ui_dashboard, ui_export, ui_rate
+from app import auth, services, ui, ui_admin, ui_dashboard, ui_export, ui_options, ui_rate
 from app.auth import AuthError
 from db import jobs as job_queue
 from db import repo
@@ -305,6 +305,27 @@ def test_a_waiting_rater_sees_the_workers_progress_and_the_expected_wait(ui_worl
     assert "next images in about 24 s" in view.progress and "width:25.0%" in view.progress  # 20 + 3.5, 3 of 12
     api = ui_rate.api_batch(ui_world.factory, ui_world.settings.data_dir, who(ui_world, "alice"), limit=4)
     assert api["items"] == [] and api["progress"]["next_round"]["estimate_s"] == 23.5
+
+
+@pytest.mark.parametrize("selection, factor, expected", [("spread", 3, 20.0 + 3 * 3.5), ("random", 3, 20.0 + 3.5)])
+def test_the_expected_wait_counts_the_next_rounds_extra_candidates(ui_world, selection, factor, expected):
+    """Round 0 drew its 6 images (no extras) in 3.5 s; round 1 generates ``factor`` candidates per shown image under a
+    selection mode, so its images should take factor x 3.5 s (under random, 3.5 s): the wait is the ETA plus that."""
+    with write_session(ui_world.factory) as s:  # the worker plans a round from the experiment's stored config
+        repo.get_experiment(session=s, experiment_id=ui_world.experiment_id).config = {"budgets": [6, 6]}
+    ui_options.save(ui_world.factory, who(ui_world, "root"), ui_world.experiment_id, selection, factor, 0.25, False)
+    rate_all(ui_world, ["alice"])
+    with write_session(ui_world.factory) as s:  # what the worker recorded when it drew round 0's images
+        repo.update_round_metrics(session=s, round_id=ui_world.round_id, metrics={
+            "generate": {"query_wall_s": 3.5, "query_images": 6},
+            "selection": {"selection": "random", "candidates": 6, "shown": 6}})
+    ui_admin.close_round(ui_world.factory, who(ui_world, "root"), ui_world.experiment_id, expected_index=0)
+    with write_session(ui_world.factory) as s:
+        job = job_queue.claim_job(session=s, worker_id="w1", lease_s=60)
+        job_queue.heartbeat(session=s, job_id=job.id, worker_id="w1", lease_s=60,
+                            progress={"phase": "finetune", "step": 3, "total": 12, "eta_s": 20.0})
+    api = ui_rate.api_batch(ui_world.factory, ui_world.settings.data_dir, who(ui_world, "alice"), limit=4)
+    assert api["progress"]["next_round"]["estimate_s"] == expected
 
 
 def test_the_next_images_never_wait_for_the_eval_grid(ui_world):
