@@ -169,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, v in (("--temperature", args.temperature), ("--tie-eps", args.tie_eps)):
             if v is not None and not (math.isfinite(v) and v >= 0):
                 raise sim.SimulationError(f"{name} must be a finite number >= 0, got {v}")
+        if args.keep_adapters:
+            raise sim.SimulationError("--keep-adapters is not supported by pairwise_sim (only seiko_core.simulate saves adapters)")
     except sim.SimulationError as exc:
         parser.error(str(exc))
 

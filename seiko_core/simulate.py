@@ -58,6 +58,7 @@ from .stats import mean_ci95, t975  # noqa: F401  (re-exported: reports import t
 RESULTS = "results.json"
 CURVE = "curve.png"
 TABLE = "table.md"
+ADAPTERS = "adapters"
 FORMAT = "seiko-simulate"
 VERSION = 1
 DEFAULT_EVAL_SEEDS_PER_PROMPT = 16
@@ -330,8 +331,10 @@ def reset_adapters(parts) -> None:
 
 
 def run_one(parts, cfg: SeikoConfig, oracle, sigma: float, ev: EvalSet, run_seed: int, pretrained: dict, *,
-            on_round=None, bars: Bars | None = None, grid_path: Path | None = None) -> dict:
-    """One method (``cfg.method``, budgets already per method) from the pretrained model; returns the run record."""
+            on_round=None, bars: Bars | None = None, grid_path: Path | None = None,
+            adapter_dir: Path | None = None) -> dict:
+    """One method (``cfg.method``, budgets already per method) from the pretrained model; returns the run record.
+    ``adapter_dir``: where the final round's adapter is saved (``--keep-adapters``; :mod:`seiko_core.klmatch` reads it)."""
     from .loop import generate_batch, round_prompts, train_round
     from .oracles import noisy_feedback
 
@@ -382,6 +385,11 @@ def run_one(parts, cfg: SeikoConfig, oracle, sigma: float, ev: EvalSet, run_seed
             on_round(run)
     if grid_path is not None and images is not None:
         save_grid(images, grid_path)
+    if adapter_dir is not None and prev is not None:
+        from . import lora
+
+        lora.save_adapter(parts.unet, prev, adapter_dir, config=to_dict(cfg),
+                          metrics={"method": cfg.method, "seed": run_seed, "final_round": rounds[-1]})
     run["status"] = "done"
     run["wall_s"] = time.time() - start
     reset_adapters(parts)
@@ -407,12 +415,13 @@ def _worker_init(model: str, oracle_spec: str, device: str | None, threads: int)
     _WORKER["oracle"] = load_oracle(oracle_spec, parts)
 
 
-def _worker_run(cfg: SeikoConfig, sigma: float, ev: EvalSet, seed: int, pretrained: dict, grid_path: Path) -> dict:
+def _worker_run(cfg: SeikoConfig, sigma: float, ev: EvalSet, seed: int, pretrained: dict, grid_path: Path,
+                adapter_dir: Path | None = None) -> dict:
     def on_round(run):
         print(round_line(cfg.method, seed, run["rounds"][-1]), file=sys.stderr, flush=True)
 
     return run_one(_WORKER["parts"], cfg, _WORKER["oracle"], sigma, ev, seed, pretrained, on_round=on_round,
-                   grid_path=grid_path)
+                   grid_path=grid_path, adapter_dir=adapter_dir)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -621,6 +630,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process (default 1)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="no inner progress bars (per-round lines still print)")
+    p.add_argument("--keep-adapters", action="store_true",
+                   help="save each run's final adapter under OUT/adapters/METHOD_seedSEED (for seiko_core.klmatch)")
     return p
 
 
@@ -813,12 +824,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
+    def adapter_dir(method, seed):
+        return Path(args.out) / ADAPTERS / f"{method}_seed{seed}" if args.keep_adapters else None
+
     def pool_task(method, seed, pretrained, grid_path):
-        return _worker_run, cfgs[method], sigma, ev, seed, pretrained, grid_path
+        return _worker_run, cfgs[method], sigma, ev, seed, pretrained, grid_path, adapter_dir(method, seed)
 
     def serial_run(method, seed, pretrained, on_round, bars, grid_path):
         return run_one(parts, cfgs[method], oracle, sigma, ev, seed, pretrained, on_round=on_round, bars=bars,
-                       grid_path=grid_path)
+                       grid_path=grid_path, adapter_dir=adapter_dir(method, seed))
 
     return run_campaign(args, argv, parts=parts, oracle=oracle, base=base, ev=ev, settings=settings, methods=methods,
                         seeds=seeds, pool_task=pool_task, serial_run=serial_run, summarise_fn=summarise,

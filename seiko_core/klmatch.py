@@ -1,0 +1,245 @@
+"""A method's final model moved to another method's distance: ``python -m seiko_core.klmatch SRC --scale greedy --to
+bootstrap --out DIR``.
+
+Issue 11's distance reading asks whether SEIKO-Bootstrap leads Greedy only because its final model ends further from
+the pretrained one. The distance is an outcome of a run, so this sets it: for every seed of ``SRC`` (a
+``seiko_core.simulate --keep-adapters`` directory), the ``--scale`` method's final LoRA is scaled, delta W = s * B A
+with B multiplied by s (s = 1: the model as trained, s = 0: the pretrained model), until the final model's trajectory
+KL to the pretrained model on the run's KL eval images equals the ``--to`` method's final ``kl_base`` on the same seed,
+within ``--rel-tol``. The scaled model is then evaluated on the run's eval set with the run's oracle, as the
+simulator evaluates every round. Nothing is trained: the direction is the method's own, only the distance is set.
+
+The search works on g(s) = sqrt(KL(s)), which is close to linear in s for small moves (KL grows with the square of a
+small parameter change): a secant from (0, 0) and (1, sqrt(KL(1))), then regula falsi inside the bracket once the
+target is passed. A seed whose target is not reached within ``--max-evals`` KL evaluations is recorded as unmatched,
+with the nearest scale tried.
+
+``DIR/results.json`` has the source's settings and pretrained row, and one run per seed under the scaled method's
+name whose final round is the scaled model's (with ``kl_scale``, ``kl_target``, ``kl_matched`` and the unscaled
+figures beside it), so ``seiko_core.pooled`` reads it as any simulator directory, e.g. ``python -m seiko_core.pooled
+SRC --against DIR --baseline greedy`` for the ``--to`` method against the scaled one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .config import METHODS, from_dict
+
+MATCHED_ADAPTER = "kl_matched"
+
+
+class KLMatchError(ValueError):
+    """One sentence for the person: a source without adapters, a seed missing, a target that is not positive."""
+
+
+@dataclass
+class ScaleSearch:
+    scale: float
+    kl: float
+    matched: bool
+    evals: list[tuple[float, float]] = field(default_factory=list)  # (s, KL(s)) in the order tried
+
+
+def find_scale(kl_of: Callable[[float], float], target: float, *, kl_at_one: float, rel_tol: float = 0.02,
+               max_evals: int = 8, max_scale: float = 4.0) -> ScaleSearch:
+    """The s in [0, max_scale] with |kl_of(s) / target - 1| <= rel_tol, KL(0) = 0 and KL(1) = ``kl_at_one`` known.
+
+    Unmatched after ``max_evals`` evaluations of ``kl_of``: the nearest s tried (relative error), ``matched`` False."""
+    if not (math.isfinite(target) and target > 0):
+        raise KLMatchError(f"the target KL must be a positive number of nats, got {target!r}")
+    if not (math.isfinite(kl_at_one) and kl_at_one > 0):
+        raise KLMatchError(f"the model to scale has KL {kl_at_one!r} to the pretrained one at s = 1; "
+                           "it has not moved, so no scale sets its distance")
+    goal = math.sqrt(target)
+    points = [(0.0, 0.0), (1.0, math.sqrt(kl_at_one))]  # (s, g(s)) with g = sqrt(KL)
+    evals: list[tuple[float, float]] = [(1.0, kl_at_one)]
+
+    def done(s: float, kl: float) -> bool:
+        return abs(kl / target - 1.0) <= rel_tol
+
+    if done(1.0, kl_at_one):
+        return ScaleSearch(1.0, kl_at_one, True, evals)
+    for _ in range(max_evals):
+        below = [p for p in points if p[1] < goal]
+        above = [p for p in points if p[1] >= goal]
+        lo = max(below, key=lambda p: p[0])
+        if above:  # regula falsi inside the bracket
+            hi = min(above, key=lambda p: p[0])
+            s = lo[0] + (goal - lo[1]) * (hi[0] - lo[0]) / (hi[1] - lo[1])
+        else:  # extrapolate from the two largest scales tried, at most doubling
+            (s0, g0), (s1, g1) = sorted(points)[-2:]
+            slope = (g1 - g0) / (s1 - s0)
+            s = s1 * 2.0 if slope <= 0 else min(s1 * 2.0, s1 + (goal - g1) / slope)
+        s = min(max(s, 0.0), max_scale)
+        if any(abs(s - p[0]) < 1e-9 for p in points):  # no new point to try (the cap reached)
+            break
+        kl = float(kl_of(s))
+        evals.append((s, kl))
+        points.append((s, math.sqrt(max(kl, 0.0))))
+        if done(s, kl):
+            return ScaleSearch(s, kl, True, evals)
+    s, kl = min(evals, key=lambda e: abs(e[1] / target - 1.0))
+    return ScaleSearch(s, kl, False, evals)
+
+
+class ScaledAdapter:
+    """Adapter ``name`` on ``unet`` with its LoRA delta scaled: every ``lora_B`` set to s times its value at creation."""
+
+    def __init__(self, unet, name: str):
+        from . import lora
+
+        self.unet, self.name = unet, name
+        self._b = [(p, p.detach().clone()) for n, p in lora._named(unet, name) if "lora_B" in n]
+        if not self._b:
+            raise KLMatchError(f"adapter {name!r} has no LoRA B matrices to scale")
+
+    @torch.no_grad()
+    def set(self, s: float) -> None:
+        for p, b0 in self._b:
+            p.copy_(b0 * s)
+
+
+def _final(run: dict) -> dict:
+    return run["rounds"][-1]
+
+
+def match_seed(parts, cfg, oracle, ev, adapter_path: Path, target: float, *, rel_tol: float,
+               max_evals: int) -> tuple[ScaleSearch, dict]:
+    """The search for one seed, then the scaled model's eval metrics (``simulate.evaluate``, no reward model).
+    KL(1) is measured on the reloaded adapter (``m["reload_kl_at_one"]``), not taken from the run's record."""
+    from . import lora
+    from .finetune import trajectory_kl
+    from .simulate import evaluate, reset_adapters
+
+    reset_adapters(parts)
+    lora.load_adapter(parts, adapter_path, MATCHED_ADAPTER)
+    scaled = ScaledAdapter(parts.unet, MATCHED_ADAPTER)
+    sc = cfg.sampling
+    kw = dict(steps=sc.steps, eta=sc.eta, guidance=sc.guidance, batch_size=sc.batch_size)
+    p, s = ev.prompts[:ev.kl_n], ev.seeds[:ev.kl_n]
+
+    def kl_of(scale: float) -> float:
+        scaled.set(scale)
+        return float(trajectory_kl(parts, p, s, adapter=MATCHED_ADAPTER, reference=None, **kw).mean())
+
+    try:
+        kl_at_one = kl_of(1.0)
+        search = find_scale(kl_of, target, kl_at_one=kl_at_one, rel_tol=rel_tol, max_evals=max_evals)
+        scaled.set(search.scale)
+        m, _ = evaluate(parts, cfg, oracle, ev, adapter=MATCHED_ADAPTER, prev_adapter=None)
+    finally:
+        reset_adapters(parts)
+    m["reload_kl_at_one"] = kl_at_one
+    return search, m
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m seiko_core.klmatch", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("src", type=Path, help="a seiko_core.simulate --keep-adapters output directory")
+    p.add_argument("--scale", required=True, choices=METHODS, help="the method whose final models are scaled")
+    p.add_argument("--to", required=True, choices=METHODS, help="the method whose final KL (same seed) is the target")
+    p.add_argument("--out", required=True, type=Path, help="output directory (results.json)")
+    p.add_argument("--rel-tol", type=float, default=0.02, help="matched when |KL / target - 1| <= this (default 0.02)")
+    p.add_argument("--max-evals", type=int, default=8, help="KL evaluations per seed at most (default 8)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    return p
+
+
+def _source(src: Path, scale: str, to: str) -> tuple[dict, list[str]]:
+    import json
+
+    from .simulate import ADAPTERS, RESULTS, SimulationError, finished_runs
+
+    path = src / RESULTS
+    if not path.is_file():
+        raise KLMatchError(f"{str(src)!r} has no {RESULTS}; give a seiko_core.simulate --out directory")
+    try:
+        results = json.loads(path.read_text())
+        seeds_scale = {str(r["seed"]) for r in finished_runs(results, scale)}
+        seeds_to = {str(r["seed"]) for r in finished_runs(results, to)}
+    except (ValueError, KeyError, TypeError, SimulationError) as exc:
+        raise KLMatchError(f"{str(path)!r} could not be read as simulator results ({exc})") from exc
+    seeds = sorted(seeds_scale & seeds_to, key=int)
+    if not seeds:
+        raise KLMatchError(f"{str(src)!r} has no seed finished by both {scale!r} and {to!r}")
+    missing = [s for s in seeds if not (src / ADAPTERS / f"{scale}_seed{s}").is_dir()]
+    if missing:
+        raise KLMatchError(f"{str(src)!r} has no saved adapter for {scale} seed(s) {', '.join(missing)}; "
+                           "rerun those with seiko_core.simulate --keep-adapters")
+    return results, seeds
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .models import ModelLoadError, load_model
+    from .oracles import OracleError, load_oracle
+    from .simulate import ADAPTERS, EvalSet, write_json_atomic
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.scale == args.to:
+        parser.error("--scale and --to must be different methods")
+    if not (0 < args.rel_tol < 1) or args.max_evals < 1:
+        parser.error("--rel-tol must lie in (0, 1) and --max-evals be at least 1")
+    try:
+        results, seeds = _source(args.src, args.scale, args.to)
+        settings = results["settings"]
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        parts = load_model(settings["model"], device=args.device)
+        oracle = load_oracle(settings["oracle"], parts)
+    except (KLMatchError, ModelLoadError, OracleError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    cfg = from_dict(settings["config"])
+    ev = EvalSet(**settings["eval"])
+    runs_scale = {str(k): v for k, v in results["runs"][args.scale].items()}
+    runs_to = {str(k): v for k, v in results["runs"][args.to].items()}
+    out = {"settings": settings, "pretrained": results["pretrained"], "machine": results.get("machine"),
+           "klmatch": {"src": str(args.src), "scale": args.scale, "to": args.to, "rel_tol": args.rel_tol,
+                       "max_evals": args.max_evals, "argv": list(sys.argv if argv is None else argv),
+                       "started": time.strftime("%Y-%m-%d %H:%M:%S")},
+           "runs": {args.scale: {}}}
+    args.out.mkdir(parents=True, exist_ok=True)
+    t_all = time.time()
+    for seed in seeds:
+        t0 = time.time()
+        src_run = runs_scale[seed]
+        before = _final(src_run)
+        target = float(_final(runs_to[seed])["kl_base"])
+        try:
+            search, m = match_seed(parts, cfg, oracle, ev, args.src / ADAPTERS / f"{args.scale}_seed{seed}", target,
+                                   rel_tol=args.rel_tol, max_evals=args.max_evals)
+        except KLMatchError as exc:
+            print(f"error: {args.scale} seed {seed}: {exc}", file=sys.stderr)
+            return 2
+        if abs(m["reload_kl_at_one"] - before["kl_base"]) > 1e-3 * max(1.0, abs(before["kl_base"])):
+            print(f"warning: {args.scale} seed {seed}: the reloaded adapter's KL {m['reload_kl_at_one']:.4g} differs from "
+                  f"the run's {before['kl_base']:.4g}", file=sys.stderr)
+        final = {**before, **m, "kl_scale": search.scale, "kl_target": target,
+                 "kl_matched": search.matched, "kl_evals": search.evals, "unscaled_true_reward_mean":
+                     before["true_reward_mean"], "unscaled_kl_base": before["kl_base"], "match_s": time.time() - t0}
+        out["runs"][args.scale][seed] = {**src_run, "rounds": [*src_run["rounds"][:-1], final]}
+        write_json_atomic(args.out / "results.json", out)
+        print(f"{args.scale} seed {seed}: s {search.scale:.3f} KL {search.kl:.3g} (target {target:.3g}, "
+              f"{'matched' if search.matched else 'NOT matched'}, {len(search.evals)} KLs) true reward "
+              f"{before['true_reward_mean']:.3f} -> {m['true_reward_mean']:.3f} ({time.time() - t0:.0f}s)", flush=True)
+    out["klmatch"]["wall_s"] = time.time() - t_all
+    write_json_atomic(args.out / "results.json", out)
+    n_ok = sum(r["rounds"][-1]["kl_matched"] for r in out["runs"][args.scale].values())
+    print(f"wrote {args.out / 'results.json'}: {n_ok} of {len(seeds)} seeds matched ({(time.time() - t_all) / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

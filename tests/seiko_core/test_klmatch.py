@@ -1,0 +1,143 @@
+"""A final model moved to another's distance (issue 11's distance control): the scale search against closed forms, the
+scaled adapter against diffusers' own adapter weighting, and the command end to end on a tiny random model."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from seiko_core import klmatch, lora, pooled
+from seiko_core.presets import preset
+from tests.seiko_core.test_simulate import TINY, run_simulate
+
+
+def test_find_scale_reaches_a_target_beyond_the_trained_model():
+    """KL(s) = 3 s^2 + 0.5 s^4: s^2 is the positive root of 0.5 u^2 + 3 u - 7 = 0, solved in closed form."""
+    kl = lambda s: 3 * s**2 + 0.5 * s**4  # noqa: E731
+    found = klmatch.find_scale(kl, 7.0, kl_at_one=kl(1.0), rel_tol=0.01)
+    exact = math.sqrt(-3 + math.sqrt(9 + 14))
+    assert found.matched and abs(found.kl / 7.0 - 1) <= 0.01
+    assert found.scale == pytest.approx(exact, rel=0.01)
+    assert len(found.evals) <= 1 + 8 and found.evals[0] == (1.0, 3.5)
+
+
+def test_find_scale_reaches_a_target_below_the_trained_model():
+    """KL(s) = 5 s^2 + s^3, target 2: the root from numpy's polynomial solver."""
+    kl = lambda s: 5 * s**2 + s**3  # noqa: E731
+    found = klmatch.find_scale(kl, 2.0, kl_at_one=6.0, rel_tol=0.005)
+    roots = [r.real for r in np.roots([1, 5, 0, -2]) if abs(r.imag) < 1e-12 and 0 < r.real < 1]
+    assert found.matched and found.scale == pytest.approx(roots[0], rel=0.005)
+
+
+def test_find_scale_reports_an_unreachable_target_as_unmatched():
+    """KL(s) = 1 - exp(-s^2) never reaches 2: unmatched, the nearest scale tried, within the cap and the budget."""
+    kl = lambda s: 1 - math.exp(-s**2)  # noqa: E731
+    found = klmatch.find_scale(kl, 2.0, kl_at_one=kl(1.0), max_evals=5, max_scale=4.0)
+    assert not found.matched
+    assert len(found.evals) <= 1 + 5 and all(0 <= s <= 4.0 for s, _ in found.evals)
+    assert found.kl == max(v for _, v in found.evals)  # the nearest to 2 is the largest KL tried
+
+
+def test_find_scale_at_the_target_already_takes_no_evaluation():
+    found = klmatch.find_scale(lambda s: pytest.fail("evaluated"), 5.0, kl_at_one=5.05, rel_tol=0.02)
+    assert found.matched and found.scale == 1.0
+
+
+@pytest.mark.parametrize("target, at_one", [(0.0, 1.0), (float("nan"), 1.0), (1.0, 0.0)])
+def test_find_scale_refuses_a_target_or_a_model_that_cannot_be_matched(target, at_one):
+    with pytest.raises(klmatch.KLMatchError, match="target KL|has not moved"):
+        klmatch.find_scale(lambda s: 1.0, target, kl_at_one=at_one)
+
+
+def _out(unet, x, t, states):
+    with torch.no_grad():
+        return unet(x, t, encoder_hidden_states=states).sample
+
+
+def test_scaled_adapter_equals_diffusers_adapter_weight(random_parts):
+    """B set to s * B equals diffusers' own ``set_adapters(name, weights=s)``; s = 0 is the base model, s = 1 the adapter."""
+    unet = random_parts.unet
+    params = lora.add_adapter(unet, "a", preset("shapes").finetune, seed=0)
+    with torch.no_grad():
+        for p in params:
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    g = torch.Generator().manual_seed(3)
+    x, t = torch.randn(2, 4, 16, 16, generator=g), torch.tensor([300, 700])
+    states = torch.randn(2, 16, unet.config.cross_attention_dim, generator=g)
+    lora.activate(unet, lora.BASE)
+    base = _out(unet, x, t, states)
+    lora.activate(unet, "a")
+    full = _out(unet, x, t, states)
+    scaled = klmatch.ScaledAdapter(unet, "a")
+    scaled.set(0.4)
+    ours = _out(unet, x, t, states)
+    scaled.set(0.0)
+    zero = _out(unet, x, t, states)
+    scaled.set(1.0)
+    torch.testing.assert_close(_out(unet, x, t, states), full, atol=0, rtol=0)
+    unet.set_adapters(["a"], weights=[0.4])
+    stock = _out(unet, x, t, states)
+    assert not torch.allclose(ours, full, atol=1e-4)  # the scale does something
+    torch.testing.assert_close(ours, stock, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(zero, base, atol=1e-5, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def kept_run(random_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("kept")
+    run_simulate(["--model", str(random_model_dir), "--method", "greedy,bootstrap", "--oracle", "purple",
+                  "--out", str(out), "--keep-adapters", *TINY])
+    return out
+
+
+def test_simulate_keeps_each_final_adapter(kept_run):
+    for method in ("greedy", "bootstrap"):
+        d = kept_run / "adapters" / f"{method}_seed0"
+        assert (d / lora.WEIGHT_NAME).is_file() and (d / "manifest.json").is_file()
+        assert json.loads((d / "metrics.json").read_text())["final_round"]["round"] == 2
+
+
+def test_klmatch_end_to_end(kept_run, tmp_path):
+    out = tmp_path / "matched"
+    assert klmatch.main([str(kept_run), "--scale", "greedy", "--to", "bootstrap", "--out", str(out),
+                         "--threads", "1", "--max-evals", "6"]) == 0
+    src = json.loads((kept_run / "results.json").read_text())
+    res = json.loads((out / "results.json").read_text())
+    final = res["runs"]["greedy"]["0"]["rounds"][-1]
+    trained = src["runs"]["greedy"]["0"]["rounds"][-1]
+    target = src["runs"]["bootstrap"]["0"]["rounds"][-1]["kl_base"]
+    # the reloaded adapter is the trained model: its KL at s = 1 is the run's
+    assert final["reload_kl_at_one"] == pytest.approx(trained["kl_base"], rel=1e-4)
+    assert final["kl_target"] == target and final["unscaled_true_reward_mean"] == trained["true_reward_mean"]
+    # the recorded KL is the evaluated model's, and the matched flag says whether it is within the tolerance
+    assert final["kl_base"] == pytest.approx(dict(map(tuple, final["kl_evals"]))[final["kl_scale"]], rel=1e-5)
+    assert final["kl_matched"] == (abs(final["kl_base"] / target - 1) <= 0.02)
+    # seiko_core.pooled reads it as a simulator directory: Bootstrap against the scaled Greedy
+    rows = pooled.setting_rows([src], [res], baseline="greedy")
+    assert {r["method"] for r in rows} >= {"bootstrap"}
+
+
+def test_klmatch_refuses_a_run_without_adapters(random_model_dir, tmp_path, capsys):
+    src = tmp_path / "plain"
+    run_simulate(["--model", str(random_model_dir), "--method", "greedy,bootstrap", "--oracle", "purple",
+                  "--out", str(src), *TINY])
+    assert klmatch.main([str(src), "--scale", "greedy", "--to", "bootstrap", "--out", str(tmp_path / "m")]) == 2
+    assert "no saved adapter for greedy seed(s) 0" in capsys.readouterr().err
+
+
+def test_klmatch_refuses_a_directory_without_results(tmp_path, capsys):
+    assert klmatch.main([str(tmp_path), "--scale", "greedy", "--to", "bootstrap", "--out", str(tmp_path / "m")]) == 2
+    assert "has no results.json" in capsys.readouterr().err
+
+
+def test_pairwise_sim_refuses_keep_adapters(tmp_path, capsys):
+    from seiko_core import pairwise_sim
+
+    with pytest.raises(SystemExit):
+        pairwise_sim.main(["--model", "unused", "--method", "greedy", "--oracle", "purple", "--out", str(tmp_path),
+                           "--keep-adapters"])
+    assert "--keep-adapters is not supported by pairwise_sim" in capsys.readouterr().err
