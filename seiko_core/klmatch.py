@@ -53,41 +53,57 @@ def find_scale(kl_of: Callable[[float], float], target: float, *, kl_at_one: flo
                max_evals: int = 8, max_scale: float = 4.0) -> ScaleSearch:
     """The s in [0, max_scale] with |kl_of(s) / target - 1| <= rel_tol, KL(0) = 0 and KL(1) = ``kl_at_one`` known.
 
-    Unmatched after ``max_evals`` evaluations of ``kl_of``: the nearest s tried (relative error), ``matched`` False."""
+    On g(s) = sqrt(KL(s)): until the target is bracketed, a secant through the two largest scales tried (at most
+    doubling s); then the Illinois variant of regula falsi (the end kept twice in a row has its value halved, so a
+    curved g cannot stall one end), bisecting while the upper end's KL is not finite (a non-finite KL counts as above
+    the target). At most ``max_evals`` calls of ``kl_of``; unmatched after them (or when even ``max_scale`` stays
+    below the target): the nearest s evaluated (relative error), ``matched`` False."""
     if not (math.isfinite(target) and target > 0):
         raise KLMatchError(f"the target KL must be a positive number of nats, got {target!r}")
     if not (math.isfinite(kl_at_one) and kl_at_one > 0):
         raise KLMatchError(f"the model to scale has KL {kl_at_one!r} to the pretrained one at s = 1; "
                            "it has not moved, so no scale sets its distance")
     goal = math.sqrt(target)
-    points = [(0.0, 0.0), (1.0, math.sqrt(kl_at_one))]  # (s, g(s)) with g = sqrt(KL)
     evals: list[tuple[float, float]] = [(1.0, kl_at_one)]
 
-    def done(s: float, kl: float) -> bool:
-        return abs(kl / target - 1.0) <= rel_tol
+    def done(kl: float) -> bool:
+        return math.isfinite(kl) and abs(kl / target - 1.0) <= rel_tol
 
-    if done(1.0, kl_at_one):
+    if done(kl_at_one):
         return ScaleSearch(1.0, kl_at_one, True, evals)
+    below = [(0.0, -goal), (1.0, math.sqrt(kl_at_one) - goal)] if kl_at_one < target else [(0.0, -goal)]
+    lo = below[-1]  # (s, g(s) - goal) with g below the goal
+    hi = None if kl_at_one < target else (1.0, math.sqrt(kl_at_one) - goal)
+    kept: str | None = None  # the end of the bracket that the last step kept ("lo" or "hi")
     for _ in range(max_evals):
-        below = [p for p in points if p[1] < goal]
-        above = [p for p in points if p[1] >= goal]
-        lo = max(below, key=lambda p: p[0])
-        if above:  # regula falsi inside the bracket
-            hi = min(above, key=lambda p: p[0])
-            s = lo[0] + (goal - lo[1]) * (hi[0] - lo[0]) / (hi[1] - lo[1])
-        else:  # extrapolate from the two largest scales tried, at most doubling
-            (s0, g0), (s1, g1) = sorted(points)[-2:]
-            slope = (g1 - g0) / (s1 - s0)
-            s = s1 * 2.0 if slope <= 0 else min(s1 * 2.0, s1 + (goal - g1) / slope)
-        s = min(max(s, 0.0), max_scale)
-        if any(abs(s - p[0]) < 1e-9 for p in points):  # no new point to try (the cap reached)
-            break
+        if hi is None:
+            if lo[0] >= max_scale:
+                break  # even the largest scale allowed stays below the target
+            (s0, f0), (s1, f1) = below[-2:]
+            slope = (f1 - f0) / (s1 - s0)
+            s = 2.0 * s1 if slope <= 0 else min(2.0 * s1, s1 - f1 / slope)
+            s = min(s, max_scale)
+        elif not math.isfinite(hi[1]):
+            s = 0.5 * (lo[0] + hi[0])
+        else:
+            s = lo[0] - lo[1] * (hi[0] - lo[0]) / (hi[1] - lo[1])
         kl = float(kl_of(s))
         evals.append((s, kl))
-        points.append((s, math.sqrt(max(kl, 0.0))))
-        if done(s, kl):
+        if done(kl):
             return ScaleSearch(s, kl, True, evals)
-    s, kl = min(evals, key=lambda e: abs(e[1] / target - 1.0))
+        f = math.sqrt(max(kl, 0.0)) - goal if math.isfinite(kl) else math.inf
+        if f < 0:  # a new lower end
+            if hi is None:
+                below.append((s, f))
+            elif kept == "hi" and math.isfinite(hi[1]):
+                hi = (hi[0], 0.5 * hi[1])  # the upper end stays a second time in a row: halve its value
+            lo, kept = (s, f), (None if hi is None else "hi")
+        else:  # a new upper end
+            if hi is not None and kept == "lo":
+                lo = (lo[0], 0.5 * lo[1])  # the lower end stays a second time in a row: halve its value
+            hi, kept = (s, f), "lo"
+    finite = [e for e in evals if math.isfinite(e[1])]
+    s, kl = min(finite or evals, key=lambda e: abs(e[1] / target - 1.0) if math.isfinite(e[1]) else math.inf)
     return ScaleSearch(s, kl, False, evals)
 
 
@@ -98,7 +114,15 @@ class ScaledAdapter:
         from . import lora
 
         self.unet, self.name = unet, name
-        self._b = [(p, p.detach().clone()) for n, p in lora._named(unet, name) if "lora_B" in n]
+        cfg = unet.peft_config.get(name)
+        named = lora._named(unet, name)
+        every = [n for n, _ in unet.named_parameters() if f".{name}." in n or n.endswith(f".{name}")]
+        other = sorted({part for n in every for part in n.split(".")
+                        if part.startswith("lora_") and part not in ("lora_A", "lora_B")})
+        if getattr(cfg, "use_dora", False) or other:
+            raise KLMatchError(f"adapter {name!r} is not a plain LoRA (DoRA or {other or 'other'} tensors): "
+                               "scaling its B matrices would not scale its change to the model")
+        self._b = [(p, p.detach().clone()) for n, p in named if "lora_B" in n]
         if not self._b:
             raise KLMatchError(f"adapter {name!r} has no LoRA B matrices to scale")
 
@@ -150,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, choices=METHODS, help="the method whose final KL (same seed) is the target")
     p.add_argument("--out", required=True, type=Path, help="output directory (results.json)")
     p.add_argument("--rel-tol", type=float, default=0.02, help="matched when |KL / target - 1| <= this (default 0.02)")
-    p.add_argument("--max-evals", type=int, default=8, help="KL evaluations per seed at most (default 8)")
+    p.add_argument("--max-evals", type=int, default=8,
+                   help="KL evaluations of the search per seed at most, after the one at s = 1 (default 8)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     return p
@@ -181,6 +206,7 @@ def _source(src: Path, scale: str, to: str) -> tuple[dict, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .checkpoint import CheckpointError
     from .models import ModelLoadError, load_model
     from .oracles import OracleError, load_oracle
     from .simulate import ADAPTERS, EvalSet, write_json_atomic
@@ -191,18 +217,24 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--scale and --to must be different methods")
     if not (0 < args.rel_tol < 1) or args.max_evals < 1:
         parser.error("--rel-tol must lie in (0, 1) and --max-evals be at least 1")
+    if args.out.resolve() == args.src.resolve():
+        parser.error("--out must be another directory than the source: the source's results.json would be replaced")
     try:
         results, seeds = _source(args.src, args.scale, args.to)
-        settings = results["settings"]
+        try:
+            settings = results["settings"]
+            cfg = from_dict(settings["config"])
+            ev = EvalSet(**settings["eval"])
+            model_spec, oracle_spec = settings["model"], settings["oracle"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise KLMatchError(f"{str(args.src / 'results.json')!r} has no usable settings ({exc!r})") from exc
         if args.threads:
             torch.set_num_threads(args.threads)
-        parts = load_model(settings["model"], device=args.device)
-        oracle = load_oracle(settings["oracle"], parts)
+        parts = load_model(model_spec, device=args.device)
+        oracle = load_oracle(oracle_spec, parts)
     except (KLMatchError, ModelLoadError, OracleError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    cfg = from_dict(settings["config"])
-    ev = EvalSet(**settings["eval"])
     runs_scale = {str(k): v for k, v in results["runs"][args.scale].items()}
     runs_to = {str(k): v for k, v in results["runs"][args.to].items()}
     out = {"settings": settings, "pretrained": results["pretrained"], "machine": results.get("machine"),
@@ -220,15 +252,18 @@ def main(argv: list[str] | None = None) -> int:
         try:
             search, m = match_seed(parts, cfg, oracle, ev, args.src / ADAPTERS / f"{args.scale}_seed{seed}", target,
                                    rel_tol=args.rel_tol, max_evals=args.max_evals)
-        except KLMatchError as exc:
+        except (KLMatchError, CheckpointError) as exc:
             print(f"error: {args.scale} seed {seed}: {exc}", file=sys.stderr)
             return 2
         if abs(m["reload_kl_at_one"] - before["kl_base"]) > 1e-3 * max(1.0, abs(before["kl_base"])):
             print(f"warning: {args.scale} seed {seed}: the reloaded adapter's KL {m['reload_kl_at_one']:.4g} differs from "
                   f"the run's {before['kl_base']:.4g}", file=sys.stderr)
-        final = {**before, **m, "kl_scale": search.scale, "kl_target": target,
-                 "kl_matched": search.matched, "kl_evals": search.evals, "unscaled_true_reward_mean":
-                     before["true_reward_mean"], "unscaled_kl_base": before["kl_base"], "match_s": time.time() - t0}
+        # the scaled model's own figures only (no reward model, no training figures: nothing was trained); the
+        # trained model's beside them under unscaled_*
+        final = {"round": before["round"], "labels": before["labels"], "budget": before.get("budget"), **m,
+                 "kl_prev": None, "kl_scale": search.scale, "kl_target": target, "kl_matched": search.matched,
+                 "kl_evals": search.evals, "unscaled_true_reward_mean": before["true_reward_mean"],
+                 "unscaled_kl_base": before["kl_base"], "match_s": time.time() - t0}
         out["runs"][args.scale][seed] = {**src_run, "rounds": [*src_run["rounds"][:-1], final]}
         write_json_atomic(args.out / "results.json", out)
         print(f"{args.scale} seed {seed}: s {search.scale:.3f} KL {search.kl:.3g} (target {target:.3g}, "

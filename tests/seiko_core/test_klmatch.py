@@ -42,6 +42,35 @@ def test_find_scale_reports_an_unreachable_target_as_unmatched():
     assert found.kl == max(v for _, v in found.evals)  # the nearest to 2 is the largest KL tried
 
 
+@pytest.mark.parametrize("kl, target", [
+    (lambda s: s * s * math.exp(2 * s * s), 0.05 * math.exp(2)),  # g strongly curved below the trained model
+    (lambda s: s * s * math.exp(4 * s * s), 0.05 * math.exp(4)),
+    (lambda s: 1 - math.exp(-5 * s * s), 0.9),  # saturating
+    (lambda s: s**6, 50.0),  # far beyond it
+])
+def test_find_scale_does_not_stall_on_a_curved_kl(kl, target):
+    """Plain regula falsi keeps one end of the bracket on these curves and ends unmatched within 8 evaluations (found
+    in review); the Illinois step halves the end kept twice. The root is checked by the curve itself, in closed form."""
+    found = klmatch.find_scale(kl, target, kl_at_one=kl(1.0), rel_tol=0.02, max_evals=8)
+    assert found.matched and abs(kl(found.scale) / target - 1) <= 0.02 and len(found.evals) <= 1 + 8
+
+
+@pytest.mark.parametrize("bad", [math.inf, math.nan])
+def test_find_scale_counts_a_non_finite_kl_as_above_the_target(bad):
+    """KL(s) = 2 s^2 (1 + s^2) up to s = 1.2, not finite beyond: the root of s^4 + s^2 - 3 = 0 is still found."""
+    kl = lambda s: 2 * s * s * (1 + s * s) if s < 1.2 else bad  # noqa: E731
+    found = klmatch.find_scale(kl, 6.0, kl_at_one=4.0, rel_tol=0.005)
+    exact = math.sqrt((-1 + math.sqrt(13)) / 2)
+    assert found.matched and found.scale == pytest.approx(exact, rel=0.005)
+    assert any(not math.isfinite(v) for _, v in found.evals)  # the non-finite region was met on the way
+
+
+def test_find_scale_keeps_to_its_evaluation_budget():
+    calls = []
+    found = klmatch.find_scale(lambda s: calls.append(s) or 3 * s**3, 20.0, kl_at_one=3.0, max_evals=1)
+    assert len(calls) == 1 and not found.matched and found.scale == calls[0]
+
+
 def test_find_scale_at_the_target_already_takes_no_evaluation():
     found = klmatch.find_scale(lambda s: pytest.fail("evaluated"), 5.0, kl_at_one=5.05, rel_tol=0.02)
     assert found.matched and found.scale == 1.0
@@ -116,9 +145,41 @@ def test_klmatch_end_to_end(kept_run, tmp_path):
     # the recorded KL is the evaluated model's, and the matched flag says whether it is within the tolerance
     assert final["kl_base"] == pytest.approx(dict(map(tuple, final["kl_evals"]))[final["kl_scale"]], rel=1e-5)
     assert final["kl_matched"] == (abs(final["kl_base"] / target - 1) <= 0.02)
-    # seiko_core.pooled reads it as a simulator directory: Bootstrap against the scaled Greedy
-    rows = pooled.setting_rows([src], [res], baseline="greedy")
-    assert {r["method"] for r in rows} >= {"bootstrap"}
+    assert final["kl_prev"] is None and "finetune_steps" not in final and final["pred_reward"] is None  # nothing trained
+    # seiko_core.pooled reads it as a simulator directory: Bootstrap against the scaled Greedy, by hand
+    (row,) = [r for r in pooled.setting_rows([src], [res], baseline="greedy") if r["method"] == "bootstrap"]
+    boot = src["runs"]["bootstrap"]["0"]["rounds"][-1]["true_reward_mean"]
+    assert row["n"] == 1 and row["mean"] == pytest.approx(
+        (boot - final["true_reward_mean"]) / src["pretrained"]["true_reward_std"], rel=1e-9)
+    (row,) = [r for r in pooled.setting_rows([res], [src]) if r["method"] == "greedy"]  # scaled minus trained Greedy
+    assert row["mean"] == pytest.approx((final["true_reward_mean"] - trained["true_reward_mean"])
+                                        / src["pretrained"]["true_reward_std"], rel=1e-9)
+
+
+def test_klmatch_refuses_to_write_over_its_source(kept_run, capsys):
+    with pytest.raises(SystemExit):
+        klmatch.main([str(kept_run), "--scale", "greedy", "--to", "bootstrap", "--out", str(kept_run)])
+    assert "--out must be another directory than the source" in capsys.readouterr().err
+    assert json.loads((kept_run / "results.json").read_text())["runs"].keys() >= {"greedy", "bootstrap"}
+
+
+def test_klmatch_refuses_a_corrupt_adapter_in_one_sentence(kept_run, tmp_path, capsys):
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(kept_run, src)
+    (src / "adapters" / "greedy_seed0" / lora.WEIGHT_NAME).write_bytes(b"not a safetensors file")
+    assert klmatch.main([str(src), "--scale", "greedy", "--to", "bootstrap", "--out", str(tmp_path / "m")]) == 2
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error: ")]
+    assert line.startswith("error: greedy seed 0: ") and "does not match its manifest hash" in line
+
+
+def test_scaled_adapter_refuses_a_dora_adapter(random_parts):
+    from peft import LoraConfig
+
+    random_parts.unet.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q"], use_dora=True), adapter_name="d")
+    with pytest.raises(klmatch.KLMatchError, match="not a plain LoRA"):
+        klmatch.ScaledAdapter(random_parts.unet, "d")
 
 
 def test_klmatch_refuses_a_run_without_adapters(random_model_dir, tmp_path, capsys):
