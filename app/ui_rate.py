@@ -129,29 +129,37 @@ def next_round_wait(session: Session, experiment: Experiment) -> dict[str, Any] 
     if eta is not None:
         estimate = float(eta)
         if job.kind == "train" and p.get("phase") in ("reward_fit", "finetune", "load_model"):
-            estimate += _next_query_images_s(session, experiment)
+            estimate += _next_query_images_s(session, experiment, job.round_id)
     return {"job": job.kind, "status": job.status, "phase": p.get("phase"), "step": p.get("step"), "total": p.get("total"),
             "eta_s": eta, "estimate_s": None if estimate is None else round(estimate, 1), "behind": behind}
 
 
-def _next_query_images_s(session: Session, experiment: Experiment) -> float:
-    """How long the next round's query images should take: the last round's time per candidate it generated, times
-    the candidates the next round generates (a selection mode generates ``candidate_factor`` per shown image from
-    round 1 on, round 0 none extra); 0 before any round has drawn its images."""
+def _next_query_images_s(session: Session, experiment: Experiment, training_round_id: int | None) -> float:
+    """How long the next round's query images should take, from the round being trained (or, without its figures,
+    the latest round that drew images): its fixed part (model and reward-model loading, selection) plus its sampling
+    time per generated candidate times the candidates the next round generates (a selection mode generates
+    ``candidate_factor`` per shown image from round 1 on). Rounds recorded before the sampling time was: all of it
+    per candidate. 0 before any round has drawn its images."""
     from app.services import experiment_config, round_budget
 
-    rounds = repo.list_rounds(session=session, experiment_id=experiment.id)
-    last = next((r for r in reversed(rounds) if ((r.metrics or {}).get("generate") or {}).get("query_wall_s")), None)
+    def timed(r: Round | None) -> bool:
+        return r is not None and bool(((r.metrics or {}).get("generate") or {}).get("query_wall_s"))
+
+    training = repo.get_round(session=session, round_id=training_round_id) if training_round_id is not None else None
+    last = training if timed(training) else next(
+        (r for r in reversed(repo.list_rounds(session=session, experiment_id=experiment.id)) if timed(r)), None)
     if last is None:
         return 0.0
     gen, sel = last.metrics["generate"], last.metrics.get("selection")
+    total = float(gen["query_wall_s"])
     made = (sel.get("candidates") if isinstance(sel, dict) else None) or gen.get("query_images")
     if not made:
-        return float(gen["query_wall_s"])
-    nxt = last.index + 1
+        return total
+    sampling = float(gen.get("sample_wall_s", total))
+    nxt = (training.index if training is not None else last.index) + 1  # a train job on round k publishes k + 1
     _, planned = experiment_options.candidate_plan(experiment_options.of(experiment), nxt,
                                                    round_budget(experiment_config(experiment), nxt))
-    return float(gen["query_wall_s"]) * planned / int(made)
+    return max(0.0, total - sampling) + sampling * planned / int(made)
 
 
 def _pairs_only(session: Session, experiment_id: int) -> bool:

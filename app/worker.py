@@ -549,13 +549,15 @@ class Worker:
 
         rows: list[dict[str, Any]] = []
         selection_record: dict[str, Any] | None = None
-        query_wall_s = 0.0
+        query_wall_s = sample_wall_s = 0.0
         if query:
             progress.set("load_model")
             parts = self._parts(model_spec)
             adapter = self._use_adapter(parts, this)
+            sample_started = time.monotonic()
             images, emb = generate_batch(parts, adapter, [p for p, _ in query], [s for _, s in query], cfg,
                                          on_progress=progress.callback("sample_query"))
+            sample_wall_s = round(time.monotonic() - sample_started, 3)
             if not query_done:
                 images, emb, query, chosen = selection.select_query(
                     images, emb, query, options=options, mode=mode, n_show=n, seed=derive_seed(experiment_id, k, "select"),
@@ -566,6 +568,7 @@ class Worker:
             rows = self._store_images(images, emb, query, "query")
         # the job's own time: the query part only (the eval grid is the eval job's, with its own wall_s)
         generate_metrics = {"query_images": n, "eval_images": n_grid, "query_wall_s": query_wall_s,
+                            "sample_wall_s": sample_wall_s,  # generating the candidates alone (the UI's wait estimate)
                             "wall_s": round(time.monotonic() - started, 3)}
         outcome: dict[str, Any] = {}
 

@@ -386,8 +386,12 @@ def run_one(parts, cfg: SeikoConfig, oracle, sigma: float, ev: EvalSet, run_seed
     if grid_path is not None and images is not None:
         save_grid(images, grid_path)
     if adapter_dir is not None and prev is not None:
+        import shutil
+
         from . import lora
 
+        if Path(adapter_dir).exists():  # left by an earlier attempt at this run, which is being redone: not this model
+            shutil.rmtree(adapter_dir)
         lora.save_adapter(parts.unet, prev, adapter_dir, config=to_dict(cfg),
                           metrics={"method": cfg.method, "seed": run_seed, "final_round": rounds[-1]})
     run["status"] = "done"

@@ -307,17 +307,18 @@ def test_a_waiting_rater_sees_the_workers_progress_and_the_expected_wait(ui_worl
     assert api["items"] == [] and api["progress"]["next_round"]["estimate_s"] == 23.5
 
 
-@pytest.mark.parametrize("selection, factor, expected", [("spread", 3, 20.0 + 3 * 3.5), ("random", 3, 20.0 + 3.5)])
+@pytest.mark.parametrize("selection, factor, expected", [("spread", 3, 20.0 + 0.5 + 3 * 3.0), ("random", 3, 20.0 + 3.5)])
 def test_the_expected_wait_counts_the_next_rounds_extra_candidates(ui_world, selection, factor, expected):
-    """Round 0 drew its 6 images (no extras) in 3.5 s; round 1 generates ``factor`` candidates per shown image under a
-    selection mode, so its images should take factor x 3.5 s (under random, 3.5 s): the wait is the ETA plus that."""
+    """Round 0 drew its 6 images (no extras) in 3.5 s, 3.0 s of it sampling; round 1 generates ``factor`` candidates
+    per shown image under a selection mode, so its images should take 0.5 + factor x 3.0 s (under random, 3.5 s):
+    the wait is the ETA plus that."""
     with write_session(ui_world.factory) as s:  # the worker plans a round from the experiment's stored config
         repo.get_experiment(session=s, experiment_id=ui_world.experiment_id).config = {"budgets": [6, 6]}
     ui_options.save(ui_world.factory, who(ui_world, "root"), ui_world.experiment_id, selection, factor, 0.25, False)
     rate_all(ui_world, ["alice"])
     with write_session(ui_world.factory) as s:  # what the worker recorded when it drew round 0's images
         repo.update_round_metrics(session=s, round_id=ui_world.round_id, metrics={
-            "generate": {"query_wall_s": 3.5, "query_images": 6},
+            "generate": {"query_wall_s": 3.5, "sample_wall_s": 3.0, "query_images": 6},
             "selection": {"selection": "random", "candidates": 6, "shown": 6}})
     ui_admin.close_round(ui_world.factory, who(ui_world, "root"), ui_world.experiment_id, expected_index=0)
     with write_session(ui_world.factory) as s:

@@ -148,7 +148,7 @@ def test_generate_then_train_publishes_the_next_round(worker_world_any_db):
     assert set(round0.metrics["eval"]["image_stats"]) >= {"n", "saturation", "diversity_embedding", "diversity_pixels"}
     # the generate job's own time is the query part: it ended before the eval job started
     gen = round0.metrics["generate"]
-    assert gen["wall_s"] >= gen["query_wall_s"] > 0 and gen["eval_images"] == 4 and gen["query_images"] == 4
+    assert gen["wall_s"] >= gen["query_wall_s"] >= gen["sample_wall_s"] > 0 and gen["eval_images"] == 4 and gen["query_images"] == 4
     assert worker.run_once() is False  # the queue is empty
 
     # 2. two raters rate every query image; their scores are averaged per image; close the round

@@ -130,6 +130,18 @@ def test_simulate_keeps_each_final_adapter(kept_run):
         assert json.loads((d / "metrics.json").read_text())["final_round"]["round"] == 2
 
 
+def test_a_redone_run_replaces_the_adapter_an_earlier_attempt_left(kept_run, random_model_dir, tmp_path):
+    """A run killed after saving its adapter but before it was recorded done is redone; the adapter saved must be the
+    redone run's, not the earlier one's (here: another method's, complete and verified, in its place)."""
+    import shutil
+
+    out = tmp_path / "redo"
+    shutil.copytree(kept_run / "adapters" / "bootstrap_seed0", out / "adapters" / "greedy_seed0")
+    run_simulate(["--model", str(random_model_dir), "--method", "greedy", "--oracle", "purple", "--out", str(out),
+                  "--keep-adapters", *TINY])
+    assert json.loads((out / "adapters" / "greedy_seed0" / "metrics.json").read_text())["method"] == "greedy"
+
+
 def test_klmatch_end_to_end(kept_run, tmp_path):
     out = tmp_path / "matched"
     assert klmatch.main([str(kept_run), "--scale", "greedy", "--to", "bootstrap", "--out", str(out),
