@@ -9,8 +9,8 @@ eval grid (``metrics.eval.kl_to_prev``, written by the worker's generate job) an
 optimiser step (``metrics.train.finetune.kl_last``); "KL spent" sums the lineage's per-round KLs. The labels and
 raters that trained the exported adapter are the ratings on rounds before it, with those on rounds outside the
 lineage counted apart. Per round, how its shown images were chosen (``metrics.selection``: the mode, the candidates
-generated and the images shown), and the experiment's options at export time. The blind A/B win rates of the lineage's rounds come from ``db.comparisons.ab_win_rates``
-("not measured" without votes). Raters are counted, never named: a card travels with the model wherever it is
+generated and the images shown), and the experiment's options at export time. The blind A/B win rates of the
+lineage's rounds come from ``db.comparisons.ab_win_rates`` ("not measured" without votes). Raters are counted, never named: a card travels with the model wherever it is
 shared.
 """
 

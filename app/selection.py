@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.experiment_options import ExperimentOptions, candidate_plan  # noqa: F401  (the worker calls it from here)
+from app.experiment_options import ExperimentOptions
 
 
 @dataclass(frozen=True)

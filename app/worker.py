@@ -539,7 +539,7 @@ class Worker:
 
         n = round_budget(cfg, k)
         # issue 12 item 3: candidate_factor x n candidates, of which n are shown (app.selection); none when some exist
-        mode, n_candidates = selection.candidate_plan(options, k, n)
+        mode, n_candidates = experiment_options.candidate_plan(options, k, n)
         query = list(zip(round_prompts(cfg, n_candidates, derive_seed(experiment_id, k, "prompts")),
                          query_seeds(experiment_id, k, n_candidates)))
         if query_done:  # published in one transaction (below): all of the round's shown images exist, and the

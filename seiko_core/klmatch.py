@@ -111,18 +111,15 @@ class ScaledAdapter:
     """Adapter ``name`` on ``unet`` with its LoRA delta scaled: every ``lora_B`` set to s times its value at creation."""
 
     def __init__(self, unet, name: str):
-        from . import lora
-
         self.unet, self.name = unet, name
         cfg = unet.peft_config.get(name)
-        named = lora._named(unet, name)
-        every = [n for n, _ in unet.named_parameters() if f".{name}." in n or n.endswith(f".{name}")]
-        other = sorted({part for n in every for part in n.split(".")
+        params = [(n, p) for n, p in unet.named_parameters() if f".{name}." in n or n.endswith(f".{name}")]
+        other = sorted({part for n, _ in params for part in n.split(".")
                         if part.startswith("lora_") and part not in ("lora_A", "lora_B")})
         if getattr(cfg, "use_dora", False) or other:
             raise KLMatchError(f"adapter {name!r} is not a plain LoRA (DoRA or {other or 'other'} tensors): "
                                "scaling its B matrices would not scale its change to the model")
-        self._b = [(p, p.detach().clone()) for n, p in named if "lora_B" in n]
+        self._b = [(p, p.detach().clone()) for n, p in params if ".lora_B." in n]
         if not self._b:
             raise KLMatchError(f"adapter {name!r} has no LoRA B matrices to scale")
 

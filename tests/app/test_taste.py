@@ -267,9 +267,9 @@ def test_an_honest_share_is_drawn_at_random_before_the_scored_picks():
 
 def test_round_zero_and_random_generate_no_extra_candidates():
     opts = ExperimentOptions(selection="uncertainty", candidate_factor=3)
-    assert selection.candidate_plan(opts, 0, 8) == ("random", 8)
-    assert selection.candidate_plan(opts, 1, 8) == ("uncertainty", 24)
-    assert selection.candidate_plan(ExperimentOptions(selection="random", candidate_factor=3), 2, 8) == ("random", 8)
+    assert experiment_options.candidate_plan(opts, 0, 8) == ("random", 8)
+    assert experiment_options.candidate_plan(opts, 1, 8) == ("uncertainty", 24)
+    assert experiment_options.candidate_plan(ExperimentOptions(selection="random", candidate_factor=3), 2, 8) == ("random", 8)
 
 
 def test_options_are_checked_and_stored_beside_the_seiko_config():
