@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from seiko_core.toy.build import BuildConfig, make_unet, min_snr_weighted_mse, random_model
+from seiko_core.toy.build import BuildConfig, ema_update, make_unet, min_snr_weighted_mse, random_model
 
 
 def test_min_snr_weight_matches_the_closed_form():
@@ -68,3 +68,30 @@ def test_encoder_refinement_moves_only_the_image_encoder_and_reruns_on_a_finishe
     assert all(torch.allclose(pa[k], pb[k], atol=1e-6) for k in pa)
     saved = json.loads((tmp_path / "plain" / "build_config.json").read_text())
     assert saved["clip_refine_steps"] == refine.clip_refine_steps
+
+
+def test_ema_update_matches_the_closed_form_and_the_per_tensor_loop():
+    """Against a target held fixed, n updates with decays d_i leave shadow = p + prod(d_i) (s0 - p) (closed form);
+    and against a moving target the fused update equals, bit for bit, the per-tensor loop the build used before."""
+    g = torch.Generator().manual_seed(0)
+    shapes = [(3, 4), (5,), (2, 3, 3)]
+    s0 = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+    p = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+    shadow = [t.clone() for t in s0]
+    decays = [min(0.999, (1 + k) / (10 + k)) for k in range(1, 41)]
+    for d in decays:
+        ema_update(shadow, p, d)
+    kept = torch.tensor(decays, dtype=torch.float64).prod()
+    for got, a, b in zip(shadow, s0, p):
+        torch.testing.assert_close(got, b + kept * (a - b), rtol=1e-12, atol=1e-12)
+
+    live = [torch.randn(s, generator=g) for s in shapes]
+    fused, looped = [t.clone() for t in live], [t.clone() for t in live]
+    for d in decays:
+        for t in live:
+            t.add_(0.01 * torch.randn(t.shape, generator=g))
+        ema_update(fused, live, d)
+        for e, v in zip(looped, live):
+            e.mul_(d).add_(v, alpha=1 - d)
+    assert all(torch.equal(a, b) for a, b in zip(fused, looped))
+    assert not torch.equal(fused[0], live[0])  # the shadow lags the moving target: the check is not vacuous
