@@ -189,7 +189,8 @@ def set_role(factory: sessionmaker[Session], *, name: str, role: str, actor: Who
 
 
 def delete_user(factory: sessionmaker[Session], *, name: str, actor: Who | None = None) -> None:
-    """Delete an account that has no ratings (one with ratings is refused: disable it instead)."""
+    """Delete an account that has given no feedback (one with ratings, comparison votes or repeat ratings is refused:
+    disable it instead)."""
     with write_session(factory) as s:
         rater = _account(s, name)
         _keep_an_admin(s, rater, "deleting it")

@@ -300,7 +300,7 @@ def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callab
                 u_password = gr.Textbox(label="Password (8+ characters)", type="password")
             add_user_btn = gr.Button("Add user")
             gr.Markdown("Manage an account: disabling signs it out everywhere (its ratings stay); a new password "
-                        "ends its sessions; an account with ratings cannot be deleted (disable it instead).")
+                        "ends its sessions; an account with ratings or votes cannot be deleted (disable it instead).")
             with gr.Row():
                 m_name = gr.Dropdown(label="Account", choices=[], value=None, allow_custom_value=True,
                                      elem_id="manage-account")

@@ -40,6 +40,7 @@ from db.models import (
     SESSION_END_REASONS,
     AuditEntry,
     Checkpoint,
+    ComparisonVote,
     Experiment,
     Export,
     Image,
@@ -47,6 +48,7 @@ from db.models import (
     Job,
     Rater,
     Rating,
+    RepeatRating,
     Round,
     Skip,
     UndoStep,
@@ -1143,13 +1145,19 @@ def set_rater_role(*, session: Session, rater_id: int, role: str) -> Rater:
 
 
 def delete_rater(*, session: Session, rater_id: int) -> None:
-    """Delete an account with no ratings (its sessions and skips go with it). One with ratings is refused:
-    deleting it would delete its ratings from the training data; disable it instead."""
+    """Delete an account that has given no feedback (its sessions, skips and leases go with it). One with ratings,
+    comparison votes (preference pairs or blind A/B) or repeat ratings is refused: the database deletes those with
+    the account, and they are training data or measurements; disable it instead."""
     rater = get_rater(session=session, rater_id=rater_id)
-    n = session.scalar(select(func.count(Rating.id)).where(Rating.rater_id == rater_id)) or 0
-    if n:
-        raise Conflict(f"{rater.name!r} has {n} rating{'s' if n != 1 else ''}, which deleting the account would delete too; "
-                       "disable the account instead (it keeps the ratings)")
+    kept = []
+    for model, one, many in ((Rating, "rating", "ratings"), (ComparisonVote, "comparison vote", "comparison votes"),
+                             (RepeatRating, "repeat rating", "repeat ratings")):
+        n = session.scalar(select(func.count(model.id)).where(model.rater_id == rater_id)) or 0
+        if n:
+            kept.append(f"{n} {one if n == 1 else many}")
+    if kept:
+        raise Conflict(f"{rater.name!r} has {' and '.join(kept)}, which deleting the account would delete too; "
+                       "disable the account instead (it keeps them)")
     session.delete(rater)
     session.flush()
 

@@ -8,7 +8,7 @@ import pytest
 
 from app import auth
 from app.__main__ import main as app_main
-from db import repo
+from db import comparisons, repo
 from db.engine import make_engine, read_session, session_factory, write_session
 
 PASSWORD = "correct horse battery"
@@ -176,9 +176,22 @@ def test_disable_enable_role_and_delete_with_their_refusals(db_factory):
         repo.add_rating(session=s, image_id=image.id, rater_id=alice_id, score=5)
     with pytest.raises(ValueError, match="has 1 rating.*disable the account instead"):
         auth.delete_user(db_factory, name="alice", actor=admin)
+    # nor one whose only feedback is a comparison vote (the database's cascade deleted the votes with the account)
+    auth.add_user(db_factory, name="dave", role="rater", password=PASSWORD, actor=admin)
+    with write_session(db_factory) as s:
+        other = repo.add_image(session=s, round_id=rnd.id, prompt="p", seed=1, file_path="b.png", sha256="1" * 64,
+                               embedding=bytes(4), embedding_dim=1)
+        (pair,) = comparisons.create_pairs(session=s, experiment_id=exp.id, round_id=rnd.id, kind="preference",
+                                           pairs=[(image.id, other.id)])
+        comparisons.record_vote(session=s, pair_id=pair.id, rater_id=repo.get_rater_by_name(session=s, name="dave").id,
+                                choice="a")
+    with pytest.raises(ValueError, match="'dave' has 1 comparison vote, which deleting.*disable the account instead"):
+        auth.delete_user(db_factory, name="dave", actor=admin)
+    with read_session(db_factory) as s:
+        assert len(comparisons.votes(session=s, experiment_id=exp.id, kind="preference")) == 1
     auth.add_user(db_factory, name="carol", role="rater", password=PASSWORD, actor=admin)
     auth.delete_user(db_factory, name="carol", actor=admin)
-    assert [u.name for u in auth.list_users(db_factory)] == ["root", "alice"]
+    assert [u.name for u in auth.list_users(db_factory)] == ["root", "alice", "dave"]
     for change in (lambda: auth.set_disabled(db_factory, name="nobody", disabled=True),
                    lambda: auth.delete_user(db_factory, name="nobody")):
         with pytest.raises(ValueError, match="no rater named 'nobody'"):
@@ -191,7 +204,8 @@ def test_disable_enable_role_and_delete_with_their_refusals(db_factory):
     assert cli.startswith("command line (")
     assert _audit(db_factory) == [
         (cli, "user.add", "root"), (cli, "user.add", "alice"), ("root", "user.disable", "alice"), ("root", "user.enable", "alice"), ("root", "user.role", "alice"),
-        ("root", "user.role", "alice"), ("root", "user.add", "carol"), ("root", "user.delete", "carol"),
+        ("root", "user.role", "alice"), ("root", "user.add", "dave"), ("root", "user.add", "carol"),
+        ("root", "user.delete", "carol"),
     ]  # refused changes leave no entry
 
 
