@@ -8,6 +8,10 @@ For every HTTP and websocket request, before Gradio sees it:
   the request's own (scheme aside: the same host and port as ``Host``) or the configured public URL
   (``SEIKO_PUBLIC_URL``). Browsers send ``Origin`` on every cross-origin request and preflight, and on every
   POST, so a foreign page can neither preflight, nor post to the queue, nor read ``/gradio_api/token``.
+- **Proxies** (local mode): a request that carries a header a reverse proxy adds (``X-Forwarded-For``, ``Via``, ...)
+  gets 403: without accounts only this machine may use the app.
+- **Size**: a request body over ``MAX_REQUEST_BODY`` gets 413 before anything reads it (FastAPI would parse it before
+  checking the sign-in), and Gradio's upload routes are not answered (404): the app takes no files.
 - **Cookies**: every ``Set-Cookie`` the app sends is ``SameSite=Lax`` (Gradio's own say ``SameSite=None``).
 - **Sign-in** (with accounts): ``POST /login`` is answered here. Throttled per client address and per account
   (``app.sessions.LoginThrottle``: 429 while locked, without hashing), the scrypt check runs in a thread pool of
@@ -56,6 +60,16 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 LOGIN_PATHS = ("/login", "/login/")
 LOGOUT_PATHS = ("/logout", "/logout/")
 MAX_LOGIN_BODY = 16 * 1024
+# Every request body is refused above this size before anything reads it. FastAPI parses a JSON body before it runs a
+# route's sign-in dependency, so without a cap anyone could make the server buffer and parse gigabytes; the app's
+# largest legitimate bodies (an event's inputs: a score, a few options) are well under a kilobyte.
+MAX_REQUEST_BODY = 256 * 1024
+# Gradio's file upload routes exist whatever the page holds; this app has no upload component, and an upload is
+# streamed to a temporary folder that nothing cleans (a signed-in rater could fill the disk). They are not answered.
+UPLOAD_PATHS = ("/gradio_api/upload", "/gradio_api/upload/", "/gradio_api/upload_progress", "/gradio_api/upload_progress/")
+# Headers a reverse proxy adds. Without accounts the app trusts the machine it runs on; a request a proxy passed on
+# comes from somewhere else, so local mode refuses it (behind a proxy, run with accounts).
+PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip", "via")
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 
@@ -105,6 +119,9 @@ class GuardPolicy:
         if self.local_mode and (host is None or not auth.is_loopback(host[0])):
             return (f"this app runs without user accounts and answers only when opened as localhost or 127.0.0.1, "
                     f"not as {host_header!r}")
+        if self.local_mode and (proxied := next((h for h in PROXY_HEADERS if h in headers), None)):
+            return (f"this app runs without user accounts and answers only direct connections from this machine, not "
+                    f"a request passed on by a proxy (it carries {proxied!r}); behind a proxy, run it with accounts")
         origin = headers.get("origin")
         if origin is None or self.origin_allowed(origin, host):
             return None
@@ -186,6 +203,17 @@ class WebGuard:
                 await PlainTextResponse(_sentence(refusal), status_code=403)(scope, receive, send)
             return
         path, method = scope.get("path", ""), scope.get("method")
+        if scope["type"] == "http":
+            if path in UPLOAD_PATHS:
+                self.stats.refused += 1
+                await PlainTextResponse("This app takes no file uploads.", status_code=404)(scope, receive, send)
+                return
+            checked = await self._bounded_body(headers, receive)
+            if isinstance(checked, Response):
+                self.stats.refused += 1
+                await checked(scope, receive, send)
+                return
+            receive = checked
         if scope["type"] == "http" and path in LOGIN_PATHS and method == "POST" and not self.policy.local_mode:
             response = await self._login(scope, receive)
             await self._lax(response)(scope, receive, send)
@@ -236,6 +264,38 @@ class WebGuard:
                 self.gradio_app.tokens.pop(token, None)
             else:
                 self.gradio_app.tokens[token] = info.name
+
+    # -- request bodies ------------------------------------------------------------------------
+
+    async def _bounded_body(self, headers: Headers, receive: Receive) -> Receive | Response:
+        """``receive`` for a request whose body is at most MAX_REQUEST_BODY bytes, else the refusal to send.
+
+        A declared length is checked as it stands (the server holds the client to it). A body without one (chunked) is
+        read here, up to the limit, and replayed to the app."""
+        limit = MAX_REQUEST_BODY
+        too_large = PlainTextResponse(f"The request body is larger than the {limit // 1024} KiB this app accepts.",
+                                      status_code=413)
+        length = headers.get("content-length")
+        if length is not None:
+            length = length.strip()
+            if not (length.isascii() and length.isdecimal()):
+                return PlainTextResponse("The Content-Length header is not a whole number of bytes.", status_code=400)
+            return too_large if len(length) > 12 or int(length) > limit else receive
+        if "transfer-encoding" not in headers:
+            return receive  # no body
+        body = await self._read_body(receive, limit)
+        if body is None:
+            return too_large  # over the limit (or the client left: then nobody reads the answer)
+        sent = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal sent
+            if sent:
+                return await receive()  # after the body: the server's disconnect message, when it comes
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return replay
 
     # -- sign-in -------------------------------------------------------------------------------
 

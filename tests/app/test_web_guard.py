@@ -219,6 +219,8 @@ def test_policy_unit_cases():
         return web_guard.GuardPolicy(local, public).refusal(Headers(raw=raw)) is not None
 
     assert not refused(True, "127.0.0.1:7860") and not refused(True, "127.9.9.9") and not refused(True, "[::1]")
+    proxied = Headers(raw=[(b"host", b"127.0.0.1:7860"), (b"x-forwarded-for", b"10.1.2.3")])
+    assert web_guard.GuardPolicy(True).refusal(proxied) and web_guard.GuardPolicy(False).refusal(proxied) is None
     assert refused(True, None) and refused(True, "localhost.evil.example") and refused(True, "0.0.0.0:7860")
     assert not refused(False, "seiko.lan:7860", "http://seiko.lan:7860")
     assert not refused(False, "seiko.lan", "https://seiko.lan")  # TLS ended by a proxy: the scheme differs
@@ -228,6 +230,65 @@ def test_policy_unit_cases():
     assert web_guard.lax_cookie(b"a=b; HttpOnly; SameSite=none; Secure") == b"a=b; HttpOnly; Secure; SameSite=Lax"
     assert web_guard.lax_cookie(b"a=b; SameSite=Strict") == b"a=b; SameSite=Strict"
     assert web_guard.lax_cookie(b"a=b") == b"a=b; SameSite=Lax"
+
+
+def test_local_mode_refuses_a_request_a_proxy_passed_on(served_local):
+    """A reverse proxy in front of a local-mode server made every visitor the local admin; its headers are refused."""
+    world, demo, url = served_local
+    before = accounts(world)
+    for header, value in (("X-Forwarded-For", "203.0.113.9"), ("Via", "1.1 nginx"), ("Forwarded", "for=203.0.113.9"),
+                          ("X-Real-IP", "203.0.113.9")):
+        r = httpx.get(url + "/config", headers={header: value})
+        assert r.status_code == 403 and "passed on by a proxy" in r.text and header.lower() in r.text, (header, r.text)
+        with httpx.Client(base_url=url, timeout=30) as http:
+            assert queue_join(http, demo, "on_add_user", ["mallory", "admin", "long enough password"],
+                              **{header: value}).status_code == 403
+    time.sleep(0.3)
+    assert accounts(world) == before
+    assert httpx.get(url + "/config").status_code == 200
+
+
+def _raw_request(url: str, head: str, timeout: float = 10) -> bytes:
+    """Send ``head`` (request line and headers, no body) on a raw socket; the first bytes of the answer."""
+    host, port = url.split("//")[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(head.encode("latin-1"))
+        return sock.recv(4096)
+
+
+def test_a_huge_body_is_refused_before_anything_reads_it(served):
+    """FastAPI parsed a JSON body before checking the sign-in, so anyone could make the server buffer gigabytes; now
+    a declared length over the limit is answered 413 at once (the socket test sends no body at all, so an answer
+    proves nothing waited for one), and a chunked body is cut off at the limit."""
+    _, _, url = served
+    port = url.rsplit(":", 1)[1]
+    answer = _raw_request(url, f"POST /gradio_api/queue/join HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                               "Content-Type: application/json\r\nContent-Length: 2000000000\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 413") and b"larger than the 256 KiB" in answer, answer[:300]
+    answer = _raw_request(url, f"POST /gradio_api/queue/join HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                               "Content-Length: 12x\r\n\r\n")
+    assert answer.startswith((b"HTTP/1.1 400", b"HTTP/1.1 413")), answer[:300]  # the server or the guard refuses it
+
+    def chunks(n: int):
+        for _ in range(n):
+            yield b"x" * 16384
+
+    r = httpx.post(url + "/gradio_api/queue/join", content=chunks(20), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and "256 KiB" in r.text
+    # a chunked body under the limit still reaches the app whole: a sign-in sent chunked succeeds
+    form = f"username=alice&password={UI_PASSWORD.replace(' ', '+')}".encode()
+    r = httpx.post(url + "/login", content=iter([form[:10], form[10:]]),
+                   headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 200 and r.json() == {"success": True}, r.text
+
+
+def test_file_uploads_are_not_answered_even_signed_in(served):
+    """Gradio's /upload streamed any file, of any size, to a temporary folder nothing cleaned; the app has no upload."""
+    _, _, url = served
+    with signed_in(url, "alice") as http:
+        r = http.post("/gradio_api/upload", files={"files": ("a.txt", b"hello", "text/plain")})
+        assert r.status_code == 404 and r.text == "This app takes no file uploads.", (r.status_code, r.text[:200])
+        assert http.get("/gradio_api/upload_progress", params={"upload_id": "x"}).status_code == 404
 
 
 # ---------------------------------------------------------------------------------------------
