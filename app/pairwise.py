@@ -47,6 +47,7 @@ from sqlalchemy.orm import Session
 
 from app.auth import Who, require_admin
 from db import comparisons, repo
+from db.checks import MAX_ID, shown, whole_number
 from db.engine import read_session, write_session
 from db.errors import Conflict, InvalidInput
 from db.models import ComparisonPair, ComparisonVote, Experiment, Image, Round
@@ -56,7 +57,6 @@ APP_KEY = "app"  # Experiment.config's app-level settings (app.experiment_option
 KIND = "preference"
 CHOICE_ALIASES = {"a": "a", "left": "a", "b": "b", "right": "b", "tie": "tie"}
 OUTCOME = {"a": 1.0, "b": 0.0, "tie": 0.5}  # the left image's (i's) share of the win
-MAX_ID = 2**63 - 1
 
 log = logging.getLogger("seiko.pairwise")
 
@@ -259,12 +259,9 @@ def parse_choice(value: Any) -> str:
 
 
 def parse_pair_id(value: Any) -> int:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, str) and value.strip().isdecimal():
-        value = int(value.strip())
+    value = whole_number(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ID:
-        raise InvalidInput(f"a pair id must be a positive whole number, got {value!r}; nothing was saved")
+        raise InvalidInput(f"a pair id must be a positive whole number, got {shown(value)}; nothing was saved")
     return value
 
 

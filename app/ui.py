@@ -256,7 +256,10 @@ def build_demo(services: AppServices) -> gr.Blocks:
                 return gr.skip()
             view = _shown(lambda: ui_rate.load_batch(factory, data_dir, who, state, batch_size=size,
                                                      experiment_id=int(exp_id)))
-            return (*rate.handlers.view_outputs(view), int(exp_id), {}, ui_admin.round_status_html(factory, int(exp_id)),
+            # the round status (with the newest failed job's error text) goes to admins only: for a rater the
+            # Admin tab is hidden, but what a handler returns reaches the browser all the same
+            status = ui_admin.round_status_html(factory, int(exp_id)) if who.is_admin else gr.skip()
+            return (*rate.handlers.view_outputs(view), int(exp_id), {}, status,
                     gr.Tab(visible=dashboard_visible(who, int(exp_id))))
 
         experiment_dd.input(on_experiment, [experiment_dd, rate_state],

@@ -17,6 +17,7 @@ from app.auth import Who, require_admin
 from app.ui_rate import pick_experiment
 from db import jobs as job_queue
 from db import repo
+from db.checks import MAX_ID, shown, whole_number
 from db.engine import read_session, write_session
 from db.errors import Conflict, InvalidInput
 from seiko_core.config import METHODS
@@ -161,12 +162,9 @@ def set_paused(factory, who: Who, experiment_id: int | None, paused: bool) -> st
 def _job_id(value: Any) -> int | None:
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, str) and value.strip().isdecimal():
-        value = int(value.strip())
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 2**63 - 1:
-        raise InvalidInput(f"a job id must be a positive whole number, got {value!r}")
+    value = whole_number(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ID:
+        raise InvalidInput(f"a job id must be a positive whole number, got {shown(value)}")
     return value
 
 

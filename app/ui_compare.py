@@ -23,7 +23,8 @@ from app.auth import Who
 from app.ui_rate import pick_experiment, png_data_uri
 from db import comparisons, repo
 from db.engine import read_session, write_session
-from db.errors import InvalidInput
+from db.checks import MAX_ID, shown
+from db.errors import Conflict, InvalidInput
 
 CHOICES = {"a": "left", "b": "right", "tie": "tie"}
 
@@ -88,6 +89,9 @@ def pair_html(factory, data_dir, who: Who, experiment_id: int | None, kind: str)
         experiment = pick_experiment(s, experiment_id)
         if experiment is None:
             return "<div class='cmp-root'><div class='cmp-empty'>There is no experiment yet.</div></div>"
+        if experiment.status == "finished":
+            return (f"<div class='cmp-root'><div class='cmp-empty'>Experiment {html.escape(experiment.name)} is finished; "
+                    "its comparisons are closed.</div></div>")
         pair = comparisons.next_pair(session=s, experiment_id=experiment.id, rater_id=who.rater_id, kind=kind)
         if pair is None:
             return ("<div class='cmp-root'><div class='cmp-empty' id='cmp-empty'>No pairs to compare right now; new ones "
@@ -117,12 +121,15 @@ def pair_html(factory, data_dir, who: Who, experiment_id: int | None, kind: str)
 def vote(factory, who: Who, experiment_id: int | None, kind: str, payload: dict[str, Any]) -> str:
     """Store the rater's vote from the page (``{"pair_id", "choice"}``); returns a short confirmation."""
     pair_id, choice = payload.get("pair_id"), payload.get("choice")
-    if isinstance(pair_id, bool) or not isinstance(pair_id, int):
-        raise InvalidInput(f"a vote needs the pair's id, got {pair_id!r}")
+    if isinstance(pair_id, bool) or not isinstance(pair_id, int) or not 1 <= pair_id <= MAX_ID:
+        raise InvalidInput(f"a vote needs the pair's id, got {shown(pair_id)}")
     with write_session(factory) as s:
+        experiment = pick_experiment(s, experiment_id)  # the experiment the page shows pairs of (pair_html's rule)
         pair = comparisons.get_pair(session=s, pair_id=pair_id)
-        if pair.kind != kind or (experiment_id is not None and pair.experiment_id != int(experiment_id)):
+        if experiment is None or pair.kind != kind or pair.experiment_id != experiment.id:
             raise InvalidInput(f"pair {pair_id} is not a {kind} pair of this experiment")
+        if experiment.status == "finished":  # its win rates are final: a vote now would change them after the fact
+            raise Conflict(f"experiment {experiment.name!r} is finished; its comparisons are closed and nothing was saved")
         comparisons.record_vote(session=s, pair_id=pair_id, rater_id=who.rater_id, choice=choice)
     return f"saved: {CHOICES[choice]}"
 

@@ -26,6 +26,7 @@ from app import auth, export
 from app.auth import AuthError, Who, require_admin
 from app.settings import Settings
 from db import repo
+from db.checks import MAX_ID, shown, whole_number
 from db.engine import read_session, write_session
 from db.errors import InvalidInput, NotFound
 from db.models import EXPORT_FORMATS
@@ -67,12 +68,9 @@ def _size(n: int) -> str:
 
 
 def _round_index(value: Any) -> int:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, str) and value.strip().isdecimal():
-        value = int(value.strip())
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidInput(f"the round must be a whole number (0, 1, 2, ...), got {value!r}")
+    value = whole_number(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ID:
+        raise InvalidInput(f"the round must be a whole number (0, 1, 2, ...), got {shown(value)}")
     return value
 
 

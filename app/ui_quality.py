@@ -14,6 +14,7 @@ from app.auth import Who, require_admin
 from app.ui_rate import pick_experiment
 from db import quality as db_quality
 from db import repo
+from db.checks import MAX_ID, shown, whole_number
 from db.engine import read_session, write_session
 from db.errors import InvalidInput
 
@@ -105,12 +106,9 @@ def _whole(what: str, value: Any, *, empty_ok: bool = False) -> int | None:
         if empty_ok:
             return None
         raise InvalidInput(f"give the {what}")
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, str) and value.strip().isdecimal():
-        value = int(value.strip())
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInput(f"the {what} must be a whole number, got {value!r}")
+    value = whole_number(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not -MAX_ID <= value <= MAX_ID:
+        raise InvalidInput(f"the {what} must be a whole number, got {shown(value)}")
     return value
 
 

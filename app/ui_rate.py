@@ -37,6 +37,7 @@ from app import auto_close, experiment_options, repeats, storage, ui_images
 from app.auth import Who
 from db import quality as db_quality
 from db import repo
+from db.checks import MAX_ID, shown, whole_number
 from db.engine import read_session, write_session
 from db.errors import Conflict, InvalidInput, NotFound
 from db.models import SCORE_MAX, SCORE_MIN, Experiment, Image, Round, utcnow
@@ -460,26 +461,18 @@ def poll(factory, data_dir, who: Who, state_value: dict | None, *, batch_size: i
 # ---------------------------------------------------------------------------------------------
 
 
-MAX_ID = 2**63 - 1  # ids are 64-bit integers in SQLite and PostgreSQL; a larger one is refused, not an OverflowError
-
-
 def parse_score(score: Any) -> int:
-    if isinstance(score, float) and score.is_integer():
-        score = int(score)
-    if isinstance(score, str) and score.strip().isdecimal():  # isdigit() also passes '²', which int() refuses
-        score = int(score.strip())
+    score = whole_number(score)
     if isinstance(score, bool) or not isinstance(score, int) or not SCORE_MIN <= score <= SCORE_MAX:
-        raise InvalidInput(f"a rating must be a whole number from {SCORE_MIN} to {SCORE_MAX}, got {score!r}; nothing was saved")
+        raise InvalidInput(f"a rating must be a whole number from {SCORE_MIN} to {SCORE_MAX}, got {shown(score)}; "
+                           "nothing was saved")
     return score
 
 
 def parse_image_id(image_id: Any) -> int:
-    if isinstance(image_id, float) and image_id.is_integer():
-        image_id = int(image_id)
-    if isinstance(image_id, str) and image_id.strip().isdecimal():
-        image_id = int(image_id.strip())
+    image_id = whole_number(image_id)
     if isinstance(image_id, bool) or not isinstance(image_id, int) or not 1 <= image_id <= MAX_ID:
-        raise InvalidInput(f"an image id must be a positive whole number, got {image_id!r}")
+        raise InvalidInput(f"an image id must be a positive whole number, got {shown(image_id)}")
     return image_id
 
 

@@ -20,6 +20,26 @@ from db.errors import InvalidInput
 from db.models import NAME_MAX, utcnow
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+MAX_ID = 2**63 - 1  # ids are 64-bit integers in SQLite and PostgreSQL; a larger one is refused, not an OverflowError
+_MAX_DIGITS = 20  # longer digit strings are refused as they stand (int() of 4,301 digits or more raises its own error)
+
+
+def whole_number(value: Any) -> Any:
+    """A form or JSON value that writes a whole number another way (``5.0``, ``" 7 "``) as that int; anything else
+    unchanged, for the caller's own check to refuse with its sentence."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.isdecimal() and len(text) <= _MAX_DIGITS:  # isdigit() would also pass '²', which int() refuses
+            return int(text)
+    return value
+
+
+def shown(value: Any, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for a refusal's sentence (a 5,000-digit id makes no sentence)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def check_int(what: str, value: Any, *, minimum: int | None = None, maximum: int | None = None) -> int:

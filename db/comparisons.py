@@ -27,6 +27,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
 from db import repo
+from db.checks import MAX_ID, shown
 from db.errors import Conflict, InvalidInput, NotFound
 from db.models import COMPARISON_KINDS, VOTE_CHOICES, ComparisonPair, ComparisonVote, Image, Round, utcnow
 
@@ -40,8 +41,8 @@ def _kind(kind: Any) -> str:
 
 
 def _id(what: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidInput(f"{what} must be a positive whole number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ID:
+        raise InvalidInput(f"{what} must be a positive whole number, got {shown(value)}")
     return value
 
 

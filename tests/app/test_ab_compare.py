@@ -130,6 +130,7 @@ def test_compare_page_is_blind_and_votes_are_stored(ui_world):
         == "saved: right"
     for bad, message in (({"pair_id": pair_id, "choice": "left"}, "a vote must be one of"),
                          ({"pair_id": "x", "choice": "a"}, "needs the pair's id"),
+                         ({"pair_id": 2**64, "choice": "a"}, "needs the pair's id"),  # was an OverflowError: "Error"
                          ({"pair_id": pair_id, "choice": "a"}, None)):
         if message is None:
             with pytest.raises(InvalidInput, match="not a preference pair"):
@@ -142,6 +143,18 @@ def test_compare_page_is_blind_and_votes_are_stored(ui_world):
         assert [(v.pair_id, v.rater_id, v.choice) for v in votes] == [(pair_id, alice.rater_id, "b")]  # bad ones lost nothing
     page = ui_compare.pair_html(ui_world.factory, data_dir, alice, ui_world.experiment_id, "ab")
     assert f"data-pair-id='{pair_id}'" not in page and "1 pair left" in page
+    other = int(re.search(r"data-pair-id='(\d+)'", page).group(1))
+    # a page that never loaded its experiment votes on the pairs of the experiment it shows (pick_experiment's)
+    assert ui_compare.vote(ui_world.factory, alice, None, "ab", {"pair_id": other, "choice": "tie"}) == "saved: tie"
+    # a finished experiment's win rates are final: no vote changes them afterwards, and the page says why
+    with write_session(ui_world.factory) as s:
+        repo.finish_experiment(session=s, experiment_id=ui_world.experiment_id)
+    with pytest.raises(Conflict, match="is finished; its comparisons are closed and nothing was saved"):
+        ui_compare.vote(ui_world.factory, alice, ui_world.experiment_id, "ab", {"pair_id": pair_id, "choice": "a"})
+    assert "is finished" in ui_compare.pair_html(ui_world.factory, data_dir, alice, ui_world.experiment_id, "ab")
+    with read_session(ui_world.factory) as s:
+        assert sorted((v.pair_id, v.choice) for v in s.scalars(select(ComparisonVote))) == sorted(
+            [(pair_id, "b"), (other, "tie")])
 
 
 def test_vote_through_the_gradio_handler_and_the_dashboard_table(ui_world):

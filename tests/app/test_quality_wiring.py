@@ -93,8 +93,9 @@ def test_gold_items_and_the_standardise_setting_are_audited_and_checked(rated):
     assert "ordinary item again" in ui_quality.set_gold(world.factory, root, world.experiment_id, world.image_ids[0], "")
     with pytest.raises(InvalidInput, match="from 1 to 10"):
         ui_quality.set_gold(world.factory, root, world.experiment_id, world.image_ids[0], 12)
-    with pytest.raises(InvalidInput, match="whole number"):
-        ui_quality.set_gold(world.factory, root, world.experiment_id, "first", 3)
+    for bad_id in ("first", 2**64, "1" * 5000):  # 2**64 was an OverflowError on SQLite ("Error", no sentence)
+        with pytest.raises(InvalidInput, match="the image id must be a whole number"):
+            ui_quality.set_gold(world.factory, root, world.experiment_id, bad_id, 3)
     with write_session(world.factory) as s:
         other = repo.create_experiment(session=s, name="other", model_spec="m", method="greedy", config={}, budgets=[2],
                                        prompts=["p"]).id

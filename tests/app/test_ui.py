@@ -285,6 +285,21 @@ def test_admin_handlers_check_the_role_on_the_server(ui_world):
         assert repo.count_raters(session=s) == 3
 
 
+def test_the_experiment_selector_sends_the_admin_round_status_to_admins_only(ui_world):
+    """Any rater's selector change returned the Admin tab's round status, a failed job's error text included (hidden
+    tab, but in the response all the same); raters now get a skip for it."""
+    demo = ui.build_demo(ui_world.services())
+    (on_experiment,) = [fn.fn for fn in demo.fns.values()
+                        if fn.fn is not None and fn.fn.__name__ == "on_experiment" and fn.fn.__module__ == "app.ui"]
+    for name, admin in (("alice", False), ("root", True)):
+        out = on_experiment(ui_world.experiment_id, None, request(name))
+        status = out[-2]  # outputs: *rate, exp_state, dash_state, admin.status, dash.tab
+        if admin:
+            assert isinstance(status, str) and "admin-round-status" in status
+        else:
+            assert status == gr.skip() and not any("admin-round-status" in str(o) for o in out)
+
+
 def test_local_mode_page(ui_world_factory):
     world = ui_world_factory(accounts=False)
     services = world.services(local_mode=True)

@@ -238,6 +238,9 @@ def test_an_export_is_built_by_id_and_downloaded_through_one_checked_route(serve
         ui_export.build(world.factory, world.settings, root, world.experiment_id, None, "zip")
     with pytest.raises(ValueError, match="has no adapter"):
         ui_export.build(world.factory, world.settings, root, world.experiment_id, 0, "kohya")
+    for huge in (1e30, 2**63, "9" * 5000):  # beyond SQLite's integers: was an OverflowError ("Error", no sentence)
+        with pytest.raises(InvalidInput, match=r"the round must be a whole number \(0, 1, 2, ...\), got "):
+            ui_export.build(world.factory, world.settings, root, world.experiment_id, huge, "kohya")
     built = ui_export.build(world.factory, world.settings, root, world.experiment_id, None, "ratings")
     assert built.url == f"/seiko/export/{built.export_id}" and built.file_name.endswith(".zip")
     assert f"href='{built.url}'" in built.link_html()

@@ -179,6 +179,16 @@ def test_found_by_fuzzing_examples_are_refused_cleanly(api):
     world, submit, next_batch = api
     for image_id, score in ((2**63, 5), (2**70, 5), (1e300, 5), (world.image_ids[0], "²"), ("²", 5), (-(2**70), 5)):
         submit_property(world, submit, image_id, score)
+    # found by review (3 Dec 2026): int() of a digit string over 4,300 digits raises its own ValueError, whose
+    # text ("Exceeds the limit (4300 digits) ... sys.set_int_max_str_digits()") reached the rater
+    for image_id, score in (("1" * 5000, 5), (world.image_ids[0], "7" * 5000), (str(2**63), 5), ("0" * 30 + "1", 5)):
+        submit_property(world, submit, image_id, score)
+        try:
+            submit(image_id, score, request=request_of("alice"))
+        except gr.Error as e:
+            assert "4300" not in str(e.message) and "int_max_str_digits" not in str(e.message), e.message
+        else:
+            raise AssertionError(f"accepted {str(image_id)[:20]!r}, {str(score)[:20]!r}")
     for experiment in (5, ["ui-exp"], {"name": "ui-exp"}, 1.5, True):
         batch_property(world, next_batch, 4, experiment)
 
