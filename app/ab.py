@@ -25,6 +25,7 @@ from sqlalchemy import select
 
 from app.auth import Who, require_admin
 from db import comparisons, repo
+from db.checks import MAX_ID, shown, whole_number
 from db.engine import write_session
 from db.errors import Conflict, InvalidInput
 from db.models import Job, Round
@@ -119,13 +120,17 @@ def add_dependent_pairs(*, session, round_id: int, seed_of: Callable[[int], int]
 
 
 def _round_index(value: Any) -> int:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise InvalidInput(f"the round to train from must be a round number, got {value!r}") from None
-    if not number.is_integer() or number < 0:
-        raise InvalidInput(f"the round to train from must be a whole number from 0, got {value!r}")
-    return int(number)
+    number = whole_number(value)
+    if isinstance(number, str) and len(number) <= 40:
+        try:
+            number = whole_number(float(number))  # "-1", "1.5", "2e0": numbers, refused or taken below as such
+        except ValueError:
+            pass
+    if isinstance(number, bool) or not isinstance(number, int | float):
+        raise InvalidInput(f"the round to train from must be a round number, got {shown(value)}")
+    if not isinstance(number, int) or not 0 <= number <= MAX_ID:
+        raise InvalidInput(f"the round to train from must be a whole number from 0, got {shown(value)}")
+    return number
 
 
 def train_next_from(factory, who: Who, experiment_id: int | None, from_index: Any) -> str:

@@ -43,6 +43,7 @@ from db.errors import Conflict, NotFound
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1  # 16 MiB and about 50 ms per hash (OWASP's scrypt minimum is N=2**13)
 SALT_BYTES, KEY_BYTES = 16, 32
 MIN_PASSWORD_LENGTH = 8
+MAX_PASSWORD_LENGTH = 1024  # sign-in refuses longer ones before hashing, so none may be set
 LOCAL_ADMIN_NAME = "local admin"
 LOCAL_ADMIN_HASH = "!local-admin: no password; exists only while the app runs without accounts on localhost"
 ROLES = ("admin", "rater")
@@ -63,6 +64,8 @@ def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
 def check_password_strength(password: str) -> None:
     if not isinstance(password, str) or len(password) < MIN_PASSWORD_LENGTH:
         raise ValueError(f"a password needs at least {MIN_PASSWORD_LENGTH} characters")
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise ValueError(f"a password may have at most {MAX_PASSWORD_LENGTH} characters")
     if password != password.strip():
         raise ValueError("a password may not start or end with spaces")
 
@@ -251,7 +254,7 @@ def check_login(factory: sessionmaker[Session], username: str, password: str) ->
     """Check a sign-in (slow on purpose: one scrypt hash, also for unknown names, so timing does not reveal them).
 
     Run it off the event loop (``app.web_guard`` runs it in a thread pool of its own)."""
-    if not isinstance(username, str) or not isinstance(password, str) or not username or len(password) > 1024:
+    if not isinstance(username, str) or not isinstance(password, str) or not username or len(password) > MAX_PASSWORD_LENGTH:
         return LoginCheck(None, WRONG_CREDENTIALS, wrong_credentials=True)
     with read_session(factory) as s:
         try:

@@ -23,7 +23,9 @@ asks ``plan`` for them when the option is above 0:
   length alone. A repeat handed out and not answered yet comes back in the next batch (as a leased image does),
   until it is scored or skipped on the page.
 
-Nothing on the page or in the API says that an image is a repeat. A repeat counts nowhere an ordinary rating does:
+Nothing on the page or in the API says that an image is a repeat, and the page's cards show no image id or seed.
+The API's items carry the image id a rating is sent with, so a script could tell a repeat by its id: the measure is
+meant for people rating on the page. A repeat counts nowhere an ordinary rating does:
 not in the round's progress or budget, not for auto-close, not in the reward fit (the ``ratings`` table is untouched).
 Undo does not take back a repeat's score (it takes back the newest ordinary rating or skip, as before; the score of
 a repeat still on the page changes by rating it again); undoing the first rating of a repeated image drops its repeat

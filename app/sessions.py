@@ -203,7 +203,12 @@ class ThrottleRule:
 
 
 class LoginThrottle:
-    """Failed sign-ins per client address and per account, with exponential backoff. Thread-safe."""
+    """Failed sign-ins per client address and per account, with exponential backoff. Thread-safe.
+
+    An account's lock does not bar an address that signed in to that account within ``known_s``: otherwise anyone
+    could keep any account (an admin's too) locked with a wrong guess each time the lock runs out, its owner
+    included. Such an address is still held to its own per-address limit. Known addresses live in memory (a restart
+    forgets them)."""
 
     def __init__(
         self,
@@ -211,12 +216,14 @@ class LoginThrottle:
         per_ip: ThrottleRule = ThrottleRule(free=20, base_s=1.0, max_s=300.0),
         per_account: ThrottleRule = ThrottleRule(free=5, base_s=1.0, max_s=900.0),
         forget_s: float = 3600.0,
+        known_s: float = 30 * 86400.0,
         monotonic: Callable[[], float] = time.monotonic,
         max_keys: int = 100_000,
     ) -> None:
         self.rules = {"ip": per_ip, "account": per_account}
-        self.forget_s, self._monotonic, self.max_keys = forget_s, monotonic, max_keys
+        self.forget_s, self.known_s, self._monotonic, self.max_keys = forget_s, known_s, monotonic, max_keys
         self._keys: dict[tuple[str, str], _Failures] = {}
+        self._known: dict[tuple[str, str], float] = {}  # (address, account) -> its last successful sign-in
         self._lock = threading.Lock()
 
     @staticmethod
@@ -227,7 +234,10 @@ class LoginThrottle:
         """Seconds until a sign-in from ``ip`` for ``account`` may be tried (0: now)."""
         now = self._monotonic()
         with self._lock:
-            return max([0.0] + [f.locked_until - now for k in self._keys_for(ip, account) if (f := self._keys.get(k))])
+            keys = self._keys_for(ip, account)
+            if ip and now - self._known.get((ip, keys[1][1]), float("-inf")) <= self.known_s:
+                keys = keys[:1]  # a known address: the account's lock is not for it, its own limit is
+            return max([0.0] + [f.locked_until - now for k in keys if (f := self._keys.get(k))])
 
     def failed(self, ip: str | None, account: str | None) -> None:
         now = self._monotonic()
@@ -245,8 +255,14 @@ class LoginThrottle:
                     f.locked_until = now + min(rule.max_s, rule.base_s * 2 ** min(f.count - rule.free - 1, 60))
 
     def succeeded(self, ip: str | None, account: str | None) -> None:
+        now = self._monotonic()
         with self._lock:
             self._keys.pop(("account", (account or "")[:200]), None)
+            if ip:
+                if len(self._known) >= self.max_keys:  # bounded: keep the newest half
+                    for k, _ in sorted(self._known.items(), key=lambda kv: kv[1])[: len(self._known) // 2]:
+                        del self._known[k]
+                self._known[(ip, (account or "")[:200])] = now
 
     def _prune(self, now: float) -> None:
         stale = [k for k, f in self._keys.items() if now - f.last > self.forget_s or f.locked_until < now]

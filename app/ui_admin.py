@@ -65,9 +65,11 @@ def _budgets(text: str) -> tuple[int, ...] | None:
     for part in text.replace(";", ",").replace(" ", ",").split(","):
         if not part:
             continue
-        if not part.isdigit() or int(part) < 1:
-            raise InvalidInput(f"budgets must be positive whole numbers separated by commas, e.g. '32, 32, 64'; got {part!r}")
-        out.append(int(part))
+        budget = whole_number(part)
+        if isinstance(budget, bool) or not isinstance(budget, int) or not 1 <= budget <= MAX_ID:
+            raise InvalidInput(f"budgets must be positive whole numbers separated by commas, e.g. '32, 32, 64'; "
+                               f"got {shown(part)}")
+        out.append(budget)
     return tuple(out)
 
 

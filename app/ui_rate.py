@@ -307,12 +307,14 @@ def card_html(c: Card) -> str:
         for s in range(SCORE_MIN, SCORE_MAX + 1)
     )
     return (
-        f"<div class='rg-card' tabindex='0' role='group' aria-label='image {c.image_id}: {html.escape(c.prompt, quote=True)}'"
+        # No image id or seed on the card: a repeat (app.repeats) has its first showing's id, and a rater who could
+        # read it would know the image as one they rated. The id stays in data-image-id, for the page's script.
+        f"<div class='rg-card' tabindex='0' role='group' aria-label='image: {html.escape(c.prompt, quote=True)}'"
         f" data-image-id='{c.image_id}' data-state='{c.state}' data-score='{c.score or ''}'>"
         f"<div class='rg-img'>{img}</div>"
         f"<div class='rg-prompt'>{html.escape(c.prompt)}</div>"
         f"<div class='rg-scores'>{buttons}</div>"
-        f"<div class='rg-meta'><span class='rg-status'>{html.escape(c.status())}</span><span>#{c.image_id} · seed {c.seed}</span></div>"
+        f"<div class='rg-meta'><span class='rg-status'>{html.escape(c.status())}</span></div>"
         "</div>"
     )
 

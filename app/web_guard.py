@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from starlette._utils import get_route_path  # the path Starlette's router matches (root path removed)
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
@@ -64,9 +65,11 @@ MAX_LOGIN_BODY = 16 * 1024
 # route's sign-in dependency, so without a cap anyone could make the server buffer and parse gigabytes; the app's
 # largest legitimate bodies (an event's inputs: a score, a few options) are well under a kilobyte.
 MAX_REQUEST_BODY = 256 * 1024
-# Gradio's file upload routes exist whatever the page holds; this app has no upload component, and an upload is
-# streamed to a temporary folder that nothing cleans (a signed-in rater could fill the disk). They are not answered.
-UPLOAD_PATHS = ("/gradio_api/upload", "/gradio_api/upload/", "/gradio_api/upload_progress", "/gradio_api/upload_progress/")
+# Gradio's routes that take files exist whatever the page holds; this app has no upload or recording component, and
+# a file sent to them is left in a temporary folder that nothing cleans (a signed-in rater could fill the disk). They
+# are not answered. Compared with the path the router sees (a root path such as GRADIO_ROOT_PATH taken off).
+UPLOAD_PATHS = frozenset(f"/gradio_api/{name}{slash}" for name in ("upload", "upload_progress", "process_recording")
+                         for slash in ("", "/"))
 # Headers a reverse proxy adds. Without accounts the app trusts the machine it runs on; a request a proxy passed on
 # comes from somewhere else, so local mode refuses it (behind a proxy, run with accounts).
 PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip", "via")
@@ -202,7 +205,7 @@ class WebGuard:
             else:
                 await PlainTextResponse(_sentence(refusal), status_code=403)(scope, receive, send)
             return
-        path, method = scope.get("path", ""), scope.get("method")
+        path, method = get_route_path(scope), scope.get("method")
         if scope["type"] == "http":
             if path in UPLOAD_PATHS:
                 self.stats.refused += 1
@@ -270,19 +273,20 @@ class WebGuard:
     async def _bounded_body(self, headers: Headers, receive: Receive) -> Receive | Response:
         """``receive`` for a request whose body is at most MAX_REQUEST_BODY bytes, else the refusal to send.
 
-        A declared length is checked as it stands (the server holds the client to it). A body without one (chunked) is
-        read here, up to the limit, and replayed to the app."""
+        A chunked body (``Transfer-Encoding``, which the server's parser obeys over a ``Content-Length`` sent beside
+        it) is read here, up to the limit, and replayed to the app. Otherwise the declared length is checked as it
+        stands: the server holds the client to it."""
         limit = MAX_REQUEST_BODY
         too_large = PlainTextResponse(f"The request body is larger than the {limit // 1024} KiB this app accepts.",
                                       status_code=413)
-        length = headers.get("content-length")
-        if length is not None:
+        if "transfer-encoding" not in headers:
+            length = headers.get("content-length")
+            if length is None:
+                return receive  # no body
             length = length.strip()
             if not (length.isascii() and length.isdecimal()):
                 return PlainTextResponse("The Content-Length header is not a whole number of bytes.", status_code=400)
             return too_large if len(length) > 12 or int(length) > limit else receive
-        if "transfer-encoding" not in headers:
-            return receive  # no body
         body = await self._read_body(receive, limit)
         if body is None:
             return too_large  # over the limit (or the client left: then nobody reads the answer)

@@ -211,7 +211,8 @@ def test_rollback_is_admin_only_audited_and_sets_the_train_job(ui_world):
         assert repo.get_round(session=s, round_id=round1).status == "labeling"
         assert s.scalars(select(Job).where(Job.kind == "train")).all() == []
     for bad, message in ((-1, "whole number from 0"), (1.5, "whole number from 0"), ("x", "must be a round number"),
-                         (2, "round 2 is not trained yet")):
+                         (2, "round 2 is not trained yet"), ("-1", "whole number from 0"), (True, "must be a round number"),
+                         ("7" * 5000, r"must be a round number, got '7{36}\.\.\.$"), (2**64, "whole number from 0")):
         with pytest.raises(InvalidInput, match=message):
             ab.train_next_from(ui_world.factory, root, ui_world.experiment_id, bad)
     with read_session(ui_world.factory) as s:

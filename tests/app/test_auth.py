@@ -9,6 +9,7 @@ import pytest
 from app import auth
 from app.__main__ import main as app_main
 from db import comparisons, repo
+from db import quality as db_quality
 from db.engine import make_engine, read_session, session_factory, write_session
 
 PASSWORD = "correct horse battery"
@@ -33,6 +34,17 @@ def test_foreign_or_marker_hashes_never_match(stored):
 def test_weak_passwords_are_refused(bad):
     with pytest.raises(ValueError, match="password"):
         auth.hash_password(bad)
+
+
+def test_a_password_sign_in_would_refuse_cannot_be_set(db_factory):
+    """Sign-in refuses passwords over 1,024 characters before hashing; such a password could be set, and the account
+    then never signed in (each try counting towards its lock-out)."""
+    longest = "p" * auth.MAX_PASSWORD_LENGTH
+    auth.hash_password(longest)  # the longest that can sign in can be set
+    with pytest.raises(ValueError, match="a password may have at most 1024 characters"):
+        auth.hash_password(longest + "p")
+    auth.add_user(db_factory, name="erin", role="rater", password=longest)
+    assert auth.check_login(db_factory, "erin", longest).refusal is None
 
 
 def test_authenticator_checks_name_and_password(db_factory):
@@ -175,6 +187,11 @@ def test_disable_enable_role_and_delete_with_their_refusals(db_factory):
         alice_id = repo.get_rater_by_name(session=s, name="alice").id
         repo.add_rating(session=s, image_id=image.id, rater_id=alice_id, score=5)
     with pytest.raises(ValueError, match="has 1 rating.*disable the account instead"):
+        auth.delete_user(db_factory, name="alice", actor=admin)
+    with write_session(db_factory) as s:  # a second score of an image shown again is named too
+        db_quality.add_repeat_offer(session=s, image_id=image.id, rater_id=alice_id)
+        db_quality.set_repeat_score(session=s, image_id=image.id, rater_id=alice_id, score=6)
+    with pytest.raises(ValueError, match="'alice' has 1 rating and 1 repeat rating, which deleting"):
         auth.delete_user(db_factory, name="alice", actor=admin)
     # nor one whose only feedback is a comparison vote (the database's cascade deleted the votes with the account)
     auth.add_user(db_factory, name="dave", role="rater", password=PASSWORD, actor=admin)

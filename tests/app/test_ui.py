@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import gradio as gr
@@ -81,6 +82,11 @@ def test_batch_shows_query_images_inline_and_pixelated(ui_world):
     assert "a red circle" in html or "a small square" in html or "a large triangle" in html
     assert "image-rendering: pixelated" in ui.CSS
     assert "0 of 6</b> images rated" in page.view.progress and "0 rated" in page.view.progress
+    # what a rater can read names neither the image nor its seed (a repeat would otherwise be known by its id)
+    text = re.sub(r"<[^>]*>", " ", html)
+    assert not re.search(r"#\d|seed", text), text[:300]
+    for image_id in page.batch:
+        assert f"image {image_id}" not in html and html.count(f"data-image-id='{image_id}'") == 1
 
 
 def test_prompts_are_escaped(ui_world):
@@ -361,6 +367,9 @@ def test_admin_creates_closes_pauses(ui_world, tmp_path):
         assert (exp.config["app"]["selection"], exp.config["app"]["candidate_factor"]) == ("spread", 2)
         assert [j.kind for j in job_queue.list_jobs(session=s, experiment_id=exp.id)] == ["generate"]
     for bad, match in ((dict(name=" "), "name"), (dict(name="b", budgets="8, x"), "budgets"),
+                       # '²' passed isdigit() and int() refused it; 5,000 digits gave int()'s own "4300 digits" text
+                       (dict(name="b", budgets="8, ²"), r"budgets must be positive whole numbers .* got '²'$"),
+                       (dict(name="b", budgets="8, " + "9" * 5000), r"budgets must be .* got '9{36}\.\.\.$"),
                        (dict(name="c", method="magic"), "unknown method"), (dict(name="second"), "already exists"),
                        (dict(name="d", overlap=0), "overlap")):
         with pytest.raises(ValueError, match=match):

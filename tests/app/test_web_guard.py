@@ -248,12 +248,30 @@ def test_local_mode_refuses_a_request_a_proxy_passed_on(served_local):
     assert httpx.get(url + "/config").status_code == 200
 
 
-def _raw_request(url: str, head: str, timeout: float = 10) -> bytes:
-    """Send ``head`` (request line and headers, no body) on a raw socket; the first bytes of the answer."""
+def _raw_request(url: str, head: str, body: bytes = b"", timeout: float = 10) -> bytes:
+    """Send ``head`` (request line and headers) and ``body`` on a raw socket; the answer, head and whole body (read
+    until its Content-Length has arrived: the server may send head and body in separate segments)."""
     host, port = url.split("//")[1].split(":")
+    answer = b""
     with socket.create_connection((host, int(port)), timeout=timeout) as sock:
         sock.sendall(head.encode("latin-1"))
-        return sock.recv(4096)
+        try:
+            sock.sendall(body)
+        except OSError:
+            pass  # the server answered and stopped reading: what it said is read below
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+            head_end = answer.find(b"\r\n\r\n")
+            if head_end >= 0:
+                lengths = [int(line.split(b":", 1)[1]) for line in answer[:head_end].split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")]
+                if lengths and len(answer) >= head_end + 4 + lengths[0]:
+                    break
+    return answer
 
 
 def test_a_huge_body_is_refused_before_anything_reads_it(served):
@@ -275,6 +293,12 @@ def test_a_huge_body_is_refused_before_anything_reads_it(served):
 
     r = httpx.post(url + "/gradio_api/queue/join", content=chunks(20), headers={"Content-Type": "application/json"})
     assert r.status_code == 413 and "256 KiB" in r.text
+    # a small Content-Length beside Transfer-Encoding: chunked (the server's parser frames the body as chunked)
+    big = b"".join(b"4000\r\n" + b"x" * 0x4000 + b"\r\n" for _ in range(20)) + b"0\r\n\r\n"
+    answer = _raw_request(url, f"POST /gradio_api/queue/join HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                               "Content-Type: application/json\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+                          big)
+    assert answer.startswith((b"HTTP/1.1 413", b"HTTP/1.1 400")), answer[:300]
     # a chunked body under the limit still reaches the app whole: a sign-in sent chunked succeeds
     form = f"username=alice&password={UI_PASSWORD.replace(' ', '+')}".encode()
     r = httpx.post(url + "/login", content=iter([form[:10], form[10:]]),
@@ -288,7 +312,42 @@ def test_file_uploads_are_not_answered_even_signed_in(served):
     with signed_in(url, "alice") as http:
         r = http.post("/gradio_api/upload", files={"files": ("a.txt", b"hello", "text/plain")})
         assert r.status_code == 404 and r.text == "This app takes no file uploads.", (r.status_code, r.text[:200])
-        assert http.get("/gradio_api/upload_progress", params={"upload_id": "x"}).status_code == 404
+        for path in ("/gradio_api/upload_progress", "/gradio_api/process_recording"):
+            r = http.request("GET" if "progress" in path else "POST", path, params={"upload_id": "x"})
+            assert r.status_code == 404 and r.text == "This app takes no file uploads.", (path, r.status_code, r.text[:200])
+
+
+def test_the_guard_matches_paths_as_the_router_does_under_a_root_path():
+    """With a root path (GRADIO_ROOT_PATH=/seiko, the usual set-up behind a proxy), the router matched
+    /seiko/gradio_api/upload as the upload route while the guard compared the raw path."""
+    seen = []
+
+    async def inner(scope, receive, send):
+        seen.append(scope["path"])
+        await web_guard.PlainTextResponse("inner")(scope, receive, send)
+
+    guard = web_guard.WebGuard(inner, gradio_app=None, policy=web_guard.GuardPolicy(True))
+
+    def call(path: str, root: str) -> tuple[int, bytes]:
+        sent = []
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": path, "root_path": root, "query_string": b"",
+                 "headers": [(b"host", b"127.0.0.1:7860")]}
+        asyncio.run(guard(scope, receive, send))
+        return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+    try:
+        assert call("/seiko/gradio_api/upload", "/seiko") == (404, b"This app takes no file uploads.")
+        assert call("/gradio_api/upload", "") == (404, b"This app takes no file uploads.")
+        assert call("/seiko/gradio_api/queue/join", "/seiko") == (200, b"inner") and seen == ["/seiko/gradio_api/queue/join"]
+    finally:
+        guard.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,6 +396,29 @@ def test_throttle_backoff_doubles_and_forgets():
     assert t.wait_s("1.2.3.4", "alice") == 1
     t.succeeded("1.2.3.4", "alice")
     assert t.wait_s("1.2.3.4", "alice") == 0
+
+
+def test_a_locked_account_still_admits_an_address_it_signed_in_from():
+    """Anyone could keep any account locked with a wrong guess each time the lock ran out, its owner included; an
+    address that signed in to the account before is not barred by the account's lock (only by its own limit)."""
+    clock = [0.0]
+    t = sessions.LoginThrottle(per_ip=sessions.ThrottleRule(free=3, base_s=10, max_s=100),
+                               per_account=sessions.ThrottleRule(free=2, base_s=10, max_s=100),
+                               known_s=1000, monotonic=lambda: clock[0])
+    t.succeeded("10.0.0.5", "root")  # the owner's address
+    for _ in range(3):
+        t.failed("203.0.113.9", "root")  # someone else's guesses lock the account
+    assert t.wait_s("203.0.113.9", "root") == 10 and t.wait_s("198.51.100.1", "root") == 10  # unknown addresses wait
+    assert t.wait_s("10.0.0.5", "root") == 0  # the owner does not
+    assert t.wait_s(None, "root") == 10  # no address is never known
+    for _ in range(4):
+        t.failed("10.0.0.5", "root")
+    assert t.wait_s("10.0.0.5", "root") == 10  # a known address is held to its own limit
+    clock[0] = 2000.0  # long after its last sign-in: no longer known
+    t.failed("203.0.113.9", "root")
+    t.failed("203.0.113.9", "root")
+    t.failed("203.0.113.9", "root")
+    assert t.wait_s("10.0.0.5", "root") > 0
 
 
 def test_sign_in_hashes_off_the_event_loop(ui_world):
