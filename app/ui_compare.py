@@ -22,8 +22,8 @@ from app import ab, ui_images
 from app.auth import Who
 from app.ui_rate import pick_experiment, png_data_uri
 from db import comparisons, repo
-from db.engine import read_session, write_session
 from db.checks import MAX_ID, shown
+from db.engine import read_session, write_session
 from db.errors import Conflict, InvalidInput
 
 CHOICES = {"a": "left", "b": "right", "tie": "tie"}
