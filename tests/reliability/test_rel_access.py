@@ -57,6 +57,8 @@ PLUMBING = {
     ("POST", "/gradio_api/vibe-code"), ("POST", "/gradio_api/vibe-code/"),
     ("POST", "/gradio_api/vibe-starter-queries"), ("POST", "/gradio_api/vibe-starter-queries/"),
 }
+# Closed to everyone, signed in or not (app/web_guard.py answers 404 before Gradio): the app takes no files.
+CLOSED = {("POST", "/gradio_api/upload"), ("GET", "/gradio_api/upload_progress"), ("POST", "/gradio_api/process_recording")}
 REFUSED = {401, 403}
 BODIES = {  # bodies shaped well enough that validation passes and only authentication can refuse
     "/gradio_api/reset": {"event_id": "x"},
@@ -140,6 +142,9 @@ def test_every_route_refuses_a_request_without_a_session(rel_server):
                 unexpected.append(f"{method} {path}: server error {r.status_code}")
             elif (method, path) in PUBLIC or (method, path) in PLUMBING:
                 continue
+            elif (method, path) in CLOSED:
+                if r.status_code != 404:
+                    unexpected.append(f"{method} {path}: {r.status_code}, not 404: a file route is open")
             elif r.status_code in REFUSED:
                 continue
             elif r.status_code in (302, 303, 307) and "login" in r.headers.get("location", ""):
