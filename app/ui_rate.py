@@ -8,7 +8,10 @@ them to Gradio events and the API. Rules (checked here, on the server, for the U
 - Images handed out (a page's batch, the API's ``next_batch``) are leased to the rater for ``LEASE_S``
   seconds: meanwhile they count as taken towards the overlap for everyone else, so two raters do not
   get the same image when one more rating completes it. Rating or skipping releases the lease; a new
-  batch on the page releases the old batch's unrated images; otherwise it runs out.
+  batch on the page releases the old batch's unrated images; otherwise it runs out. Renewed or not, a lease holds
+  the image's place against the others for at most ``repo.RESERVE_S`` (30 minutes) from the rater's first lease on
+  it (a new window only after it was not held for as long); past that the holder may still rate it, and the others
+  may be offered it too, after the images nobody holds.
 - Rating an image is allowed when the rater already rated it (an edit) or when it is still offered
   to them (a skipped image too: rating it takes the skip back); anything else (closed round, unknown
   image, an image other raters have rated or reserved fully, an eval image, a score outside 1-10) is
@@ -262,7 +265,9 @@ def draw_batch(session: Session, round_: Round, who: Who, size: int, *, lease_s:
     chosen = list(held)
     if len(chosen) < size:
         candidates = [im for im in _offered(session, round_, who, size * CANDIDATE_FACTOR + len(held)) if im.id not in held]
-        candidates.sort(key=lambda im: _rater_order(who.rater_id, im.id))
+        others = repo.held_by_others(session=session, image_ids=[im.id for im in candidates], rater_id=who.rater_id)
+        # images another rater still has on their page (past its reserving window, repo.lease_images) come last
+        candidates.sort(key=lambda im: (im.id in others, _rater_order(who.rater_id, im.id)))
         chosen += [im.id for im in candidates[: size - len(chosen)]]
     granted = repo.lease_images(session=session, round_id=round_.id, rater_id=who.rater_id, image_ids=chosen, lease_s=lease_s)
     if again:
@@ -500,7 +505,7 @@ def _rate(session: Session, who: Who, image_id: int, score: int) -> tuple[int | 
                                                              rater_id=who.rater_id) is not None:
         # handed to the rater again (the server's record, never the client's word): their first rating stays as it is
         return db_quality.set_repeat_score(session=session, image_id=image_id, rater_id=who.rater_id, score=score), True
-    if existing is None:
+    if existing is None and not repo.holds_lease(session=session, image_id=image_id, rater_id=who.rater_id):
         if not repo.count_images_for_rater(session=session, round_id=round_.id, rater_id=who.rater_id, kind="query",
                                            image_id=image_id, include_skipped=True):
             raise NotOffered(
@@ -598,6 +603,8 @@ def undo(factory, data_dir, who: Who, state_value: dict | None, *, batch_size: i
                 # leaves a first rating, and the repeat with it)
                 db_quality.drop_repeat(session=s, image_id=undone.image_id, rater_id=who.rater_id)
             if undone is not None and repo.find_rating(session=s, image_id=undone.image_id, rater_id=who.rater_id) is None:
+                # back on the page; its lease keeps the time of its first grant (repo.lease_images), so a skip and
+                # its undo do not restart the window in which it holds a place against the other raters
                 repo.lease_images(session=s, round_id=round_id, rater_id=who.rater_id, image_ids=[undone.image_id],
                                   lease_s=LEASE_S)
         if undone is None:

@@ -225,9 +225,11 @@ class Skip(Base):
 
 
 class ImageLease(Base):
-    """An image handed out to a rater and reserved to them until ``expires_at`` (released on rating or skipping).
+    """An image handed out to a rater, on their page until ``expires_at`` (ended on rating, skipping or a new batch).
 
-    While a lease is live the image counts as taken towards the experiment's overlap for every other rater."""
+    A live lease counts as taken towards the experiment's overlap for every other rater while it is inside its
+    reserving window, ``repo.RESERVE_S`` from ``created_at`` (its grant). Rows are ended (``expires_at`` set to the
+    time), not deleted, until the round closes, so taking the image again keeps the grant (``repo.lease_images``)."""
 
     __tablename__ = "image_leases"
     __table_args__ = (UniqueConstraint("image_id", "rater_id"), Index(None, "rater_id"))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, case, delete, func, or_, select, update
@@ -544,7 +544,7 @@ def add_rating(*, session: Session, image_id: int, rater_id: int, score: int) ->
     )
     rating = session.scalars(stmt, execution_options={"populate_existing": True}).one()
     session.execute(delete(Skip).where(Skip.image_id == image_id, Skip.rater_id == rater_id))
-    session.execute(delete(ImageLease).where(ImageLease.image_id == image_id, ImageLease.rater_id == rater_id))
+    _end_leases(session, ImageLease.image_id == image_id, ImageLease.rater_id == rater_id, now=now)
     return rating
 
 
@@ -579,7 +579,7 @@ def add_skip(*, session: Session, image_id: int, rater_id: int) -> Skip:
         skip = Skip(image_id=image_id, rater_id=rater_id)
         session.add(skip)
         session.flush()
-    session.execute(delete(ImageLease).where(ImageLease.image_id == image_id, ImageLease.rater_id == rater_id))
+    _end_leases(session, ImageLease.image_id == image_id, ImageLease.rater_id == rater_id)
     return skip
 
 
@@ -595,14 +595,16 @@ def _ratings_count(image_id_column: Any) -> Any:
     return select(func.count(Rating.id)).where(Rating.image_id == image_id_column).correlate(Image).scalar_subquery()
 
 
-def _others_leases(rater_id: int, now: datetime) -> Any:
-    """How many other raters hold a live lease on the image (correlated to ``Image``)."""
-    return (
-        select(func.count(ImageLease.id))
-        .where(ImageLease.image_id == Image.id, ImageLease.rater_id != rater_id, ImageLease.expires_at > now)
-        .correlate(Image)
-        .scalar_subquery()
-    )
+RESERVE_S = 1800.0  # a rater's lease holds an image's place against other raters for this long after its first grant
+
+
+def _others_leases(rater_id: int, now: datetime, *, reserving_only: bool = True) -> Any:
+    """How many other raters hold a live lease on the image (correlated to ``Image``); with ``reserving_only``, only
+    leases still inside their ``RESERVE_S`` window from their first grant (those hold the image's place)."""
+    clauses = [ImageLease.image_id == Image.id, ImageLease.rater_id != rater_id, ImageLease.expires_at > now]
+    if reserving_only:
+        clauses.append(ImageLease.created_at > now - timedelta(seconds=RESERVE_S))
+    return select(func.count(ImageLease.id)).where(*clauses).correlate(Image).scalar_subquery()
 
 
 def _unseen_by(rater_id: int, *, include_skipped: bool = False) -> Any:
@@ -636,12 +638,14 @@ def next_images_for_rater(
 ) -> list[Image]:
     """Images of the open round to show this rater next.
 
-    Those the rater has neither rated nor skipped and whose ratings plus the live leases other raters hold on them
-    (``lease_images``) are fewer than the experiment's ``overlap``; least-rated first, then oldest.
+    Those the rater has neither rated nor skipped and whose ratings plus the leases other raters hold on them that
+    still reserve a place (``lease_images``) are fewer than the experiment's ``overlap``; least-rated first (a live
+    lease counting as a rating, however old, so an image another rater holds comes after the free ones), then oldest.
     """
     _int("limit", limit, minimum=1)
     clauses = _offered_to_rater(session, round_id, rater_id, kind, now=now)
-    stmt = select(Image).where(*clauses).order_by(_ratings_count(Image.id), Image.id).limit(limit)
+    taken = _ratings_count(Image.id) + _others_leases(rater_id, _now(now), reserving_only=False)
+    stmt = select(Image).where(*clauses).order_by(taken, Image.id).limit(limit)
     return list(session.scalars(stmt))
 
 
@@ -667,23 +671,31 @@ def count_images_for_rater(
 def lease_images(
     *, session: Session, round_id: int, rater_id: int, image_ids: Sequence[int], lease_s: float, now: datetime | None = None
 ) -> list[int]:
-    """Reserve the given images of the open round to the rater until ``now + lease_s``; returns the ids reserved.
+    """Lease the given images of the open round to the rater until ``now + lease_s``; returns the ids leased.
 
-    An image is reserved only while it is still offered to the rater (another rater's live lease counts as a rating
-    towards the overlap), so two raters never hold the last place of an image. The round row is locked first, which
-    on PostgreSQL serialises raters drawing batches at the same moment. Renewing a lease the rater holds extends it;
-    leases that have run out are deleted here."""
+    An image is leased only while it is still offered to the rater (another rater's reserving lease counts as a
+    rating towards the overlap), so two raters never hold the last place of an image. The round row is locked first,
+    which on PostgreSQL serialises raters drawing batches at the same moment. Renewing a lease extends it.
+
+    A lease reserves the image's place against other raters for ``RESERVE_S`` from its grant, however often it is
+    renewed, runs out, is released (rating, skipping, a new batch) and taken again (undo, a later batch): a lease row
+    is never deleted while the round is open, only ended (``_end_leases``), and keeps the time of its grant. Only a
+    lease that has not been held for ``RESERVE_S`` starts a new window when taken again. So a rater can hold an
+    image's place at most half the time however they go about it, and the other raters get it in between. Past the
+    window the holder still has the image on their page and may rate it, and other raters may be offered it too (so
+    an image can end with more ratings than the overlap)."""
     lease = _lease(lease_s)
     now = _now(now)
     ids = [_int("image id", i) for i in image_ids]
     lock_round(session=session, round_id=round_id)
-    in_round = select(Image.id).where(Image.round_id == round_id)
-    session.execute(delete(ImageLease).where(ImageLease.image_id.in_(in_round), ImageLease.expires_at <= now))
     if not ids:
         return []
     offered = set(session.scalars(select(Image.id).where(*_offered_to_rater(session, round_id, rater_id, None, now=now),
                                                          Image.id.in_(ids))))
     insert = _dialect_insert(session)
+    # a lease not held for RESERVE_S (ended that long ago) starts a new window: the rater was away as long as a
+    # window lasts, and the others had the image meanwhile
+    fresh_grant = case((ImageLease.expires_at <= now - timedelta(seconds=RESERVE_S), now), else_=ImageLease.created_at)
     granted = []
     for image_id in ids:
         if image_id not in offered or image_id in granted:
@@ -692,7 +704,7 @@ def lease_images(
             insert(ImageLease)
             .values(image_id=image_id, rater_id=rater_id, expires_at=now + lease, created_at=now)
             .on_conflict_do_update(index_elements=[ImageLease.image_id, ImageLease.rater_id],
-                                   set_={"expires_at": now + lease})
+                                   set_={"expires_at": now + lease, "created_at": fresh_grant})
         )
         granted.append(image_id)
     return granted
@@ -711,13 +723,38 @@ def held_image_ids(*, session: Session, round_id: int, rater_id: int, now: datet
     return list(session.scalars(stmt))
 
 
+def held_by_others(*, session: Session, image_ids: Iterable[int], rater_id: int, now: datetime | None = None) -> set[int]:
+    """Those of the images on which another rater holds a live lease, in its reserving window or not."""
+    ids = [_int("image id", i) for i in image_ids]
+    if not ids:
+        return set()
+    stmt = select(ImageLease.image_id).where(ImageLease.image_id.in_(ids), ImageLease.rater_id != _int("rater id", rater_id),
+                                             ImageLease.expires_at > _now(now))
+    return set(session.scalars(stmt))
+
+
+def holds_lease(*, session: Session, image_id: int, rater_id: int, now: datetime | None = None) -> bool:
+    """Whether the rater holds a live lease on the image (it is on their page: they may rate it, see ``lease_images``)."""
+    stmt = select(ImageLease.id).where(ImageLease.image_id == _int("image id", image_id),
+                                       ImageLease.rater_id == _int("rater id", rater_id), ImageLease.expires_at > _now(now))
+    return session.scalar(stmt) is not None
+
+
 def release_leases(*, session: Session, round_id: int, rater_id: int, keep: Iterable[int] = ()) -> int:
-    """Give back the rater's leases in the round, except on the images in ``keep``; returns how many."""
+    """Give back the rater's live leases in the round, except on the images in ``keep``; returns how many."""
     keep = [_int("image id", i) for i in keep]
     clauses = [ImageLease.rater_id == rater_id, ImageLease.image_id.in_(select(Image.id).where(Image.round_id == round_id))]
     if keep:
         clauses.append(ImageLease.image_id.not_in(keep))
-    return session.execute(delete(ImageLease).where(*clauses), execution_options={"synchronize_session": False}).rowcount
+    return _end_leases(session, *clauses)
+
+
+def _end_leases(session: Session, *clauses: Any, now: datetime | None = None) -> int:
+    """End the live leases matching ``clauses`` now; the rows stay, with the time of their first grant
+    (``lease_images``). Returns how many were live."""
+    now = _now(now)
+    stmt = update(ImageLease).where(*clauses, ImageLease.expires_at > now).values(expires_at=now)
+    return session.execute(stmt, execution_options={"synchronize_session": False}).rowcount
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import timedelta
 from pathlib import Path
 
 import gradio as gr
 import pytest
-from sqlalchemy import make_url
+from sqlalchemy import make_url, select
 
 from app import auth, ui, ui_admin, ui_dashboard, ui_rate
 from app.auth import AuthError
@@ -16,6 +17,7 @@ from db import jobs as job_queue
 from db import repo
 from db.engine import read_session, write_session
 from db.errors import Conflict, InvalidInput, NotFound
+from db.models import ImageLease
 
 
 def who(world, name: str) -> auth.Who:
@@ -141,6 +143,39 @@ def test_skip_hides_the_image_and_can_be_taken_back(ui_world):
     assert view.message is None and rating_of(ui_world, skipped, ui_world.accounts["alice"]) == 5
     with read_session(ui_world.factory) as s:
         assert repo.find_skip(session=s, image_id=skipped, rater_id=ui_world.accounts["alice"]) is None
+
+
+def test_skip_and_undo_do_not_restart_the_reservation(ui_world_factory):
+    """Before: a skip deleted the lease and its undo leased the image afresh, so skip-and-undo renewed a rater's hold
+    on an image for ever. Now the lease keeps its first grant (repo.lease_images): 31 minutes after it, the image comes
+    back to the page without holding a place, another rater may be offered it, and the first may still rate it."""
+    world = ui_world_factory(n_images=1)  # overlap 1
+    alice, bob = Page(world, "alice", batch_size=1), who(world, "bob")
+    (image,) = alice.batch
+    data = world.settings.data_dir
+    assert ui_rate.api_batch(world.factory, data, bob, limit=1)["items"] == []  # alice's lease holds its one place
+    with write_session(world.factory) as s:  # alice first got the image 31 minutes ago (her page renewed it since)
+        lease = s.scalars(select(ImageLease).where(ImageLease.image_id == image)).one()
+        lease.created_at -= timedelta(minutes=31)
+    alice.skip(image)
+    assert alice.undo().message is None and alice.marks[str(image)]["state"] == "open"
+    assert [i["image_id"] for i in ui_rate.api_batch(world.factory, data, bob, limit=1)["items"]] == [image]
+    ui_rate.submit(world.factory, bob, image, 4)
+    assert alice.rate(image, 7).message is None  # on alice's page still: saved, a rating above the overlap
+    assert (rating_of(world, image, world.accounts["alice"]), rating_of(world, image, world.accounts["bob"])) == (7, 4)
+
+
+def test_a_batch_offers_images_nobody_holds_before_those_held_past_their_window(ui_world_factory):
+    world = ui_world_factory(n_images=8)  # overlap 1
+    alice, bob, data = Page(world, "alice", batch_size=4), who(world, "bob"), world.settings.data_dir
+    held = set(alice.batch)
+    with write_session(world.factory) as s:  # alice's page has held its four for 31 minutes
+        for lease in s.scalars(select(ImageLease)):
+            lease.created_at -= timedelta(minutes=31)
+    first = [i["image_id"] for i in ui_rate.api_batch(world.factory, data, bob, limit=4)["items"]]
+    assert set(first) == set(world.image_ids) - held  # the free four, not a draw among all eight
+    second = [i["image_id"] for i in ui_rate.api_batch(world.factory, data, bob, limit=8)["items"]]
+    assert set(second) == set(world.image_ids)  # then alice's too: her window is over
 
 
 @pytest.mark.parametrize("score", [0, 11, -3, 7.5, "x", None, True, "10 "])

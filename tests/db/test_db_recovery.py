@@ -246,6 +246,66 @@ def test_leases_count_towards_the_overlap(db_factory, make_world):
     assert _offered(db_factory, world, d) == [image]
 
 
+def test_a_rater_renewing_leases_cannot_keep_an_image_from_others_for_ever(db_factory, make_world):
+    """Before: renewing a lease extended it with no end, so a rater (or a script) calling for a batch every few minutes
+    kept images from every other rater for as long as it liked. Now a lease holds its place for repo.RESERVE_S from the
+    first grant; the holder keeps it on their page; the others are offered it again, after the images nobody holds."""
+    world = make_world(n_images=2, overlap=1)
+    ann, bob, _ = world.rater_ids
+    first, second = world.image_ids
+    t0 = utcnow()
+    window = timedelta(minutes=30)  # repo.RESERVE_S
+    for minutes in range(0, 60, 5):  # ann renews every 5 minutes for an hour; each lease lasts 10
+        now = t0 + timedelta(minutes=minutes)
+        assert _lease(db_factory, world, ann, [first], lease_s=600, now=now) == [first]
+        seen = now + timedelta(seconds=1)
+        expected = [second] if seen < t0 + window else [second, first]  # first comes last though its id is lower
+        assert _offered(db_factory, world, bob, now=seen) == expected, minutes
+    with read_session(db_factory) as s:
+        assert repo.holds_lease(session=s, image_id=first, rater_id=ann, now=t0 + timedelta(minutes=56))
+    assert _lease(db_factory, world, bob, [first], now=t0 + timedelta(minutes=56)) == [first]
+
+
+def test_a_lease_that_lapses_and_is_taken_again_keeps_its_first_grant(db_factory, make_world):
+    """Letting a lease run out and taking the image again does not restart the reserving window."""
+    world = make_world(n_images=1, overlap=1)
+    (image,) = world.image_ids
+    ann, bob, _ = world.rater_ids
+    t0 = utcnow()
+    at = lambda minutes: t0 + timedelta(minutes=minutes)  # noqa: E731
+    assert _lease(db_factory, world, ann, [image], lease_s=600, now=at(0)) == [image]
+    assert _offered(db_factory, world, bob, now=at(5)) == []
+    assert _offered(db_factory, world, bob, now=at(11)) == [image]  # ran out: free for anyone
+    assert _lease(db_factory, world, ann, [image], lease_s=600, now=at(12)) == [image]  # ann takes it again
+    assert _offered(db_factory, world, bob, now=at(20)) == []  # reserved again, but in the first grant's window
+    assert _lease(db_factory, world, ann, [image], lease_s=600, now=at(25)) == [image]  # renewed to minute 35
+    assert _offered(db_factory, world, bob, now=at(29)) == []
+    assert _offered(db_factory, world, bob, now=at(31)) == [image]  # 30 minutes after ann's first lease
+    # ann lets it go for as long as a window lasts (her lease ran out at minute 35): taken again, it holds a place anew
+    assert _offered(db_factory, world, bob, now=at(64)) == [image]
+    assert _lease(db_factory, world, ann, [image], lease_s=600, now=at(66)) == [image]
+    assert _offered(db_factory, world, bob, now=at(67)) == []
+
+
+def test_a_released_lease_taken_again_keeps_its_first_grant(db_factory, make_world):
+    """A new batch on the page releases the old batch's leases; drawing the same image again must not restart the
+    window either (before, the row was deleted and a fresh one reserved the image for another full lease)."""
+    world = make_world(n_images=1, overlap=1)
+    (image,) = world.image_ids
+    ann, bob, _ = world.rater_ids
+    t0 = utcnow()
+    at = lambda minutes: t0 + timedelta(minutes=minutes)  # noqa: E731
+    assert _lease(db_factory, world, ann, [image], lease_s=3600, now=at(-29)) == [image]
+    with write_session(db_factory) as s:
+        assert repo.release_leases(session=s, round_id=world.round_id, rater_id=ann) == 1
+        assert repo.release_leases(session=s, round_id=world.round_id, rater_id=ann) == 0  # nothing live is left
+        assert not repo.holds_lease(session=s, image_id=image, rater_id=ann)
+    assert _offered(db_factory, world, bob) == [image]
+    assert _lease(db_factory, world, ann, [image], lease_s=600) == [image]
+    assert _offered(db_factory, world, bob) == []  # inside the first grant's 30 minutes
+    assert _offered(db_factory, world, bob, now=at(2)) == [image]  # past them
+
+
 @pytest.mark.postgres
 def test_two_raters_drawing_at_once_do_not_both_reserve_the_last_place(db_factory, db_url, make_world):
     if not db_url.startswith("postgresql"):
