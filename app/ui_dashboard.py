@@ -215,7 +215,9 @@ def _ago(when: datetime | None, now: datetime) -> float | None:
     return None if when is None else (now - when).total_seconds()
 
 
-def worker_html(session: Session, experiment: Experiment) -> str:
+def worker_html(session: Session, experiment: Experiment, *, errors: bool = True) -> str:
+    """The worker's state for the experiment; a failed job's error text (paths, tracebacks) only with ``errors``
+    (admins: raters who may see the dashboard are told a job failed, not why)."""
     jobs = job_queue.list_jobs(session=session, experiment_id=experiment.id, limit=50)
     now = utcnow()
     # generate and train jobs before eval jobs (db.jobs.claim_job), then the oldest: the running job shown is the one
@@ -253,7 +255,8 @@ def worker_html(session: Session, experiment: Experiment) -> str:
     failed = [j for j in jobs if j.status == "failed"]
     if failed and (job is None or failed[0].id > job.id):
         f = failed[0]
-        parts.append(f"<div class='err'>Job {f.id} ({f.kind}) failed: {html.escape(f.error or 'no error recorded')}</div>")
+        why = html.escape(f.error or "no error recorded") if errors else "an admin can see why on the Admin tab"
+        parts.append(f"<div class='err'>Job {f.id} ({f.kind}) failed: {why}</div>")
     return "<div class='seiko-worker' id='worker-state'>" + "".join(parts) + "</div>"
 
 
@@ -289,7 +292,7 @@ def alarms_html(session: Session, experiment: Experiment, thresholds: alarms.Thr
     return f"<div id='reward-alarms'>{lines}</div>"
 
 
-def load(factory, experiment_id: int | None) -> Dashboard:
+def load(factory, experiment_id: int | None, *, admin: bool = True) -> Dashboard:
     with read_session(factory) as s:
         exp = pick_experiment(s, experiment_id)
         if exp is None:
@@ -297,7 +300,7 @@ def load(factory, experiment_id: int | None) -> Dashboard:
                              [], "", [], "", None)
         rows = round_rows(s, exp)
         rows_key = hashlib.sha256(json.dumps([r.__dict__ for r in rows]).encode()).hexdigest()
-        return Dashboard(summary_html(exp) + alarms_html(s, exp), worker_html(s, exp), table(rows), rows_key, rows,
+        return Dashboard(summary_html(exp) + alarms_html(s, exp), worker_html(s, exp, errors=admin), table(rows), rows_key, rows,
                          eval_grid_key(s, exp), exp.id)
 
 

@@ -201,6 +201,27 @@ def test_the_dashboard_handler_refuses_a_rater_on_the_server(ui_world):
     assert "ui-exp" in summary and table[0][0] == "0"
 
 
+def test_a_failed_jobs_error_text_reaches_admins_only(ui_world):
+    """Found in review: a rater allowed the dashboard saw a failed job's whole error text (paths, tracebacks), which
+    the experiment selector already kept to admins (46bcbde). Raters are now told that it failed, not why."""
+    import gradio as gr
+
+    secret = "ModelLoadError: /srv/secret-models/weights.safetensors is corrupt"
+    with write_session(ui_world.factory) as s:
+        job = job_queue.enqueue_job(session=s, kind="eval", experiment_id=ui_world.experiment_id,
+                                    round_id=ui_world.round_id)
+        assert job_queue.claim_job(session=s, worker_id="w", lease_s=30).id == job.id
+        job_queue.fail_job(session=s, job_id=job.id, worker_id="w", error=secret)
+    ui_admin.set_dashboard_access(ui_world.factory, who(ui_world, "root"), ui_world.experiment_id, True)
+    demo = ui.build_demo(ui_world.services())
+    (on_dashboard,) = {bf.fn for bf in demo.fns.values() if bf.fn is not None and bf.fn.__name__ == "on_dashboard"}
+    worker = {name: on_dashboard(ui_world.experiment_id, {}, request=gr.Request(username=name,
+                                                                                client={"host": "127.0.0.1"}))[1]
+              for name in ("alice", "root")}
+    assert secret in worker["root"]
+    assert f"Job {job.id} (eval) failed" in worker["alice"] and "secret-models" not in worker["alice"]
+
+
 # ---------------------------------------------------------------------------------------------
 # export in the browser
 # ---------------------------------------------------------------------------------------------
