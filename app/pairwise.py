@@ -253,7 +253,7 @@ def parse_choice(value: Any) -> str:
     """'a' (left), 'b' (right) or 'tie'; 'left' and 'right' are accepted. Anything else: one sentence."""
     key = value.strip().lower() if isinstance(value, str) else None
     if key not in CHOICE_ALIASES:
-        raise InvalidInput(f"a comparison must be 'a' (the left image), 'b' (the right image) or 'tie', got {value!r}; "
+        raise InvalidInput(f"a comparison must be 'a' (the left image), 'b' (the right image) or 'tie', got {shown(value)}; "
                            "nothing was saved")
     return CHOICE_ALIASES[key]
 

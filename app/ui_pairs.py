@@ -21,7 +21,7 @@ import gradio as gr  # at module level: the handlers' ``request: gr.Request`` an
 
 from app import pairwise
 from app.auth import Who
-from db import repo
+from db import checks, repo
 from db.engine import read_session
 from db.errors import InvalidInput
 
@@ -135,7 +135,7 @@ def api_pair(factory, data_dir, who: Who, *, experiment: str = "") -> dict[str, 
     from app import ui_rate
 
     if experiment is not None and not isinstance(experiment, str):
-        raise InvalidInput(f"the experiment name must be text (empty for the experiment being labeled), got {experiment!r}")
+        raise InvalidInput(f"the experiment name must be text (empty for the experiment being labeled), got {checks.shown(experiment)}")
     with read_session(factory) as s:
         exp = ui_rate.experiment_by_name(s, experiment)
         if exp is None:
@@ -207,7 +207,7 @@ def build_tab(services, exp_state, who_of: Callable, shown: Callable, warn: Call
     def on_poll(exp_id, n, current, request: gr.Request):
         """An empty tab looks for new pairs; a tab showing a pair is left alone."""
         who = who_of(request)
-        if current and "data-pair-id=" in current:
+        if isinstance(current, str) and "data-pair-id=" in current:
             return gr.skip(), n
         page = pair_view_html(factory, data_dir, who, exp_id, n)
         return (gr.skip(), n) if page == current else (page, n)

@@ -638,9 +638,9 @@ def _after_action(factory, data_dir, who: Who, state: RateState, *, batch_size: 
 def api_batch(factory, data_dir, who: Who, *, limit: int, experiment: str = "") -> dict[str, Any]:
     """The next images for the rater, with their PNG bytes (base64), for the public ``next_batch`` endpoint."""
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_API_BATCH:
-        raise InvalidInput(f"limit must be a whole number from 1 to {MAX_API_BATCH}, got {limit!r}")
+        raise InvalidInput(f"limit must be a whole number from 1 to {MAX_API_BATCH}, got {shown(limit)}")
     if experiment is not None and not isinstance(experiment, str):
-        raise InvalidInput(f"the experiment name must be text (empty for the experiment being labeled), got {experiment!r}")
+        raise InvalidInput(f"the experiment name must be text (empty for the experiment being labeled), got {shown(experiment)}")
     with write_session(factory) as s:  # handing images out leases them to the rater
         exp = experiment_by_name(s, experiment)
         if exp is None:

@@ -28,6 +28,7 @@ from db.checks import check_name as _name
 from db.checks import check_now as _now
 from db.checks import check_relative_path as _relative_path
 from db.checks import check_sha256 as _sha256
+from db.checks import shown
 from db.errors import Conflict, InvalidInput, NotFound
 from db.models import (
     EXPERIMENT_STATUSES,
@@ -126,7 +127,7 @@ def get_experiment(*, session: Session, experiment_id: int) -> Experiment:
 def get_experiment_by_name(*, session: Session, name: str) -> Experiment:
     experiment = session.scalar(select(Experiment).where(Experiment.name == name))
     if experiment is None:
-        raise NotFound(f"there is no experiment named {name!r}")
+        raise NotFound(f"there is no experiment named {shown(name)}")
     return experiment
 
 

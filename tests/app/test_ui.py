@@ -178,6 +178,32 @@ def test_a_batch_offers_images_nobody_holds_before_those_held_past_their_window(
     assert set(second) == set(world.image_ids)  # then alice's too: her window is over
 
 
+def test_refusals_do_not_echo_a_huge_value(ui_world):
+    """Found in review: a few refusals echoed the whole value sent (up to the 256 KiB body cap) instead of one short
+    sentence: next_batch's limit and experiment name, next_pair's experiment name, a vote's choice."""
+    from app import pairwise, ui_pairs
+
+    me, data = who(ui_world, "alice"), ui_world.settings.data_dir
+    calls = {
+        "limit": lambda: ui_rate.api_batch(ui_world.factory, data, me, limit="9" * 5000),
+        "experiment name": lambda: ui_rate.api_batch(ui_world.factory, data, me, limit=1, experiment="x" * 100_000),
+        "experiment type": lambda: ui_rate.api_batch(ui_world.factory, data, me, limit=1, experiment=["x"] * 10_000),
+        "pair experiment": lambda: ui_pairs.api_pair(ui_world.factory, data, me, experiment=["x"] * 10_000),
+        "choice": lambda: pairwise.parse_choice("z" * 100_000),
+    }
+    for what, call in calls.items():
+        with pytest.raises((InvalidInput, NotFound)) as refused:
+            call()
+        assert len(str(refused.value)) < 300, (what, len(str(refused.value)))
+
+
+def test_the_pairs_tab_poll_takes_a_non_text_value_without_an_error(ui_world):
+    demo = ui.build_demo(ui_world.services())
+    (on_poll,) = {bf.fn for bf in demo.fns.values() if bf.fn is not None and bf.fn.__name__ == "on_poll"}
+    page, n = on_poll(ui_world.experiment_id, 0, 5, request("alice"))  # before: TypeError from `"..." in 5`
+    assert n == 0 and isinstance(page, str)
+
+
 @pytest.mark.parametrize("score", [0, 11, -3, 7.5, "x", None, True, "10 "])
 def test_bad_scores_change_nothing(ui_world, score):
     page = Page(ui_world, "alice")
