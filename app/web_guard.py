@@ -115,8 +115,9 @@ class GuardPolicy:
     local_mode: bool  # no accounts: only localhost Host values
     public_origin: str | None = None  # Settings.public_url: the one other origin allowed
 
-    def refusal(self, headers: Headers) -> str | None:
-        """Why a request with these headers is refused (one sentence), or None when it may pass."""
+    def refusal(self, headers: Headers, scheme: str = "http") -> str | None:
+        """Why a request with these headers is refused (one sentence), or None when it may pass. ``scheme``: the
+        request's as the server saw it (``https`` when TLS ends here or a trusted proxy says so)."""
         host_header = headers.get("host")
         host = split_host(host_header)
         if self.local_mode and (host is None or not auth.is_loopback(host[0])):
@@ -126,17 +127,19 @@ class GuardPolicy:
             return (f"this app runs without user accounts and answers only direct connections from this machine, not "
                     f"a request passed on by a proxy (it carries {proxied!r}); behind a proxy, run it with accounts")
         origin = headers.get("origin")
-        if origin is None or self.origin_allowed(origin, host):
+        if origin is None or self.origin_allowed(origin, host, scheme):
             return None
         return f"requests from the origin {origin[:200]!r} are refused: open the app at its own address"
 
-    def origin_allowed(self, origin: str, host: tuple[str, int | None] | None) -> bool:
+    def origin_allowed(self, origin: str, host: tuple[str, int | None] | None, request_scheme: str = "http") -> bool:
         parsed = split_origin(origin)
         if parsed is None:
             return False
         scheme, name, port = parsed
         if self.public_origin is not None and split_origin(self.public_origin.rstrip("/")) == parsed:
             return True
+        if scheme == "http" and (request_scheme in ("https", "wss") or (self.public_origin or "").startswith("https://")):
+            return False  # a page served over plain HTTP (anyone on the path can write it) calling the app over TLS
         if host is None or host[0] != name:
             return False
         return host[1] == port or (host[1] is None and port == DEFAULT_PORTS[scheme])
@@ -197,7 +200,7 @@ class WebGuard:
             await self.inner(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        refusal = self.policy.refusal(headers)
+        refusal = self.policy.refusal(headers, scope.get("scheme", "http"))
         if refusal is not None:
             self.stats.refused += 1
             if scope["type"] == "websocket":
@@ -384,7 +387,9 @@ class WebGuard:
         response = JSONResponse({"success": True})
         secure_name, plain_name = self._cookie_names()
         response.set_cookie(secure_name, token, httponly=True, samesite="lax", secure=True, path="/")
-        response.set_cookie(plain_name, token, httponly=True, samesite="lax", secure=self.secure_cookies, path="/")
+        # Secure too when the request came over TLS, so that the token never travels over plain HTTP after it
+        secure = self.secure_cookies or scope.get("scheme") == "https"
+        response.set_cookie(plain_name, token, httponly=True, samesite="lax", secure=secure, path="/")
         return response
 
     # -- log out -------------------------------------------------------------------------------

@@ -180,6 +180,20 @@ def test_session_cookies_are_samesite_lax(served):
         assert "samesite=lax" in attrs and "httponly" in attrs and "samesite=none" not in attrs, c
 
 
+def test_session_cookies_are_secure_when_the_sign_in_came_over_tls(served):
+    """Found in review: behind a TLS proxy without SEIKO_PUBLIC_URL, the plain cookie had no Secure flag, so a
+    man-in-the-middle could make the browser send the token over http. A proxy on this machine saying
+    X-Forwarded-Proto: https (uvicorn trusts 127.0.0.1) now gets both cookies Secure; a plain http sign-in does not."""
+    _, _, url = served
+    form = {"username": "alice", "password": UI_PASSWORD}
+    over_tls = httpx.post(url + "/login", data=form, headers={"X-Forwarded-Proto": "https"})
+    plain = httpx.post(url + "/login", data=form)
+    assert over_tls.status_code == 200 and plain.status_code == 200
+    assert all("secure" in [a.strip().lower() for a in c.split(";")] for c in over_tls.headers.get_list("set-cookie"))
+    assert sorted("secure" in [a.strip().lower() for a in c.split(";")] for c in plain.headers.get_list("set-cookie")) \
+        == [False, True]  # Gradio reads the plain one over http
+
+
 @pytest.mark.parametrize("host", ["evil.example:7860", "evil.example", "127.0.0.1.evil.example", "192.168.1.20:7860", ""])
 def test_local_mode_answers_only_localhost_host_values(served_local, host):
     """DNS rebinding: a page on evil.example resolving to 127.0.0.1 sent Host evil.example and was the local admin."""
@@ -227,6 +241,13 @@ def test_policy_unit_cases():
     assert refused(False, "seiko.lan", "https://seiko.lan:8443") and refused(False, "seiko.lan:7860", "http://seiko.lan")
     assert not refused(False, "internal:7860", "https://seiko.example.org", "https://seiko.example.org")
     assert refused(False, "internal:7860", "https://seiko.example.org.evil", "https://seiko.example.org")
+    # found in review: the port was checked against the origin's own scheme's default, so a page on plain http of
+    # the same name passed for a request over TLS; http origins now pass only for requests over plain http
+    tls = Headers(raw=[(b"host", b"seiko.lan"), (b"origin", b"http://seiko.lan")])
+    assert web_guard.GuardPolicy(False).refusal(tls, "https") and web_guard.GuardPolicy(False).refusal(tls, "wss")
+    assert web_guard.GuardPolicy(False).refusal(tls, "http") is None  # an app served over plain http
+    assert web_guard.GuardPolicy(False, "https://seiko.lan").refusal(tls, "http")  # TLS ends at a proxy
+    assert refused(False, "internal:7860", "http://seiko.example.org", "https://seiko.example.org")
     assert web_guard.lax_cookie(b"a=b; HttpOnly; SameSite=none; Secure") == b"a=b; HttpOnly; Secure; SameSite=Lax"
     assert web_guard.lax_cookie(b"a=b; SameSite=Strict") == b"a=b; SameSite=Strict"
     assert web_guard.lax_cookie(b"a=b") == b"a=b; SameSite=Lax"
