@@ -207,44 +207,56 @@ class LoginThrottle:
 
     An account's lock does not bar an address that signed in to that account within ``known_s``: otherwise anyone
     could keep any account (an admin's too) locked with a wrong guess each time the lock runs out, its owner
-    included. Such an address is still held to its own per-address limit. Known addresses live in memory (a restart
-    forgets them)."""
+    included. Such an address is still held to its own per-address limit.
+
+    People behind one address (an office NAT) share that address's limit, so one of them guessing could lock the
+    others out. A browser that signed in to an account gets a device token (``app.web_guard``: a random cookie); for
+    that account and within ``known_s`` the browser is held only to the device's own limit (``per_device``), not to the
+    address's or the account's locks, and its failures count against the device alone. Known addresses and devices
+    live in memory (a restart forgets them)."""
 
     def __init__(
         self,
         *,
         per_ip: ThrottleRule = ThrottleRule(free=20, base_s=1.0, max_s=300.0),
         per_account: ThrottleRule = ThrottleRule(free=5, base_s=1.0, max_s=900.0),
+        per_device: ThrottleRule = ThrottleRule(free=5, base_s=1.0, max_s=900.0),
         forget_s: float = 3600.0,
         known_s: float = 30 * 86400.0,
         monotonic: Callable[[], float] = time.monotonic,
         max_keys: int = 100_000,
     ) -> None:
-        self.rules = {"ip": per_ip, "account": per_account}
+        self.rules = {"ip": per_ip, "account": per_account, "device": per_device}
         self.forget_s, self.known_s, self._monotonic, self.max_keys = forget_s, known_s, monotonic, max_keys
         self._keys: dict[tuple[str, str], _Failures] = {}
         self._known: dict[tuple[str, str], float] = {}  # (address, account) -> its last successful sign-in
+        self._devices: dict[tuple[str, str], float] = {}  # (device token, account) -> its last successful sign-in
         self._lock = threading.Lock()
 
-    @staticmethod
-    def _keys_for(ip: str | None, account: str | None) -> list[tuple[str, str]]:
-        return [("ip", ip or "?"), ("account", (account or "")[:200])]
+    def _keys_for(self, ip: str | None, account: str | None, device: str | None, now: float) -> list[tuple[str, str]]:
+        """The counters that bar (and count) a sign-in; call with the lock held."""
+        name = (account or "")[:200]
+        if device and now - self._devices.get((device, name), float("-inf")) <= self.known_s:
+            return [("device", device)]  # a browser that signed in to this account: only its own limit
+        keys = [("ip", ip or "?"), ("account", name)]
+        if ip and now - self._known.get((ip, name), float("-inf")) <= self.known_s:
+            keys = keys[:1]  # a known address: the account's lock is not for it, its own limit is
+        return keys
 
-    def wait_s(self, ip: str | None, account: str | None) -> float:
-        """Seconds until a sign-in from ``ip`` for ``account`` may be tried (0: now)."""
+    def wait_s(self, ip: str | None, account: str | None, device: str | None = None) -> float:
+        """Seconds until a sign-in from ``ip`` (and the browser's ``device`` token, if any) for ``account`` may be
+        tried (0: now)."""
         now = self._monotonic()
         with self._lock:
-            keys = self._keys_for(ip, account)
-            if ip and now - self._known.get((ip, keys[1][1]), float("-inf")) <= self.known_s:
-                keys = keys[:1]  # a known address: the account's lock is not for it, its own limit is
+            keys = self._keys_for(ip, account, device, now)
             return max([0.0] + [f.locked_until - now for k in keys if (f := self._keys.get(k))])
 
-    def failed(self, ip: str | None, account: str | None) -> None:
+    def failed(self, ip: str | None, account: str | None, device: str | None = None) -> None:
         now = self._monotonic()
         with self._lock:
             if len(self._keys) >= self.max_keys:
                 self._prune(now)
-            for key in self._keys_for(ip, account):
+            for key in self._keys_for(ip, account, device, now):
                 rule = self.rules[key[0]]
                 f = self._keys.get(key)
                 if f is None or now - f.last > self.forget_s:
@@ -254,15 +266,22 @@ class LoginThrottle:
                 if f.count > rule.free:
                     f.locked_until = now + min(rule.max_s, rule.base_s * 2 ** min(f.count - rule.free - 1, 60))
 
-    def succeeded(self, ip: str | None, account: str | None) -> None:
+    def succeeded(self, ip: str | None, account: str | None, device: str | None = None) -> None:
         now = self._monotonic()
+        name = (account or "")[:200]
         with self._lock:
-            self._keys.pop(("account", (account or "")[:200]), None)
+            self._keys.pop(("account", name), None)
             if ip:
-                if len(self._known) >= self.max_keys:  # bounded: keep the newest half
-                    for k, _ in sorted(self._known.items(), key=lambda kv: kv[1])[: len(self._known) // 2]:
-                        del self._known[k]
-                self._known[(ip, (account or "")[:200])] = now
+                self._remember(self._known, (ip, name), now)
+            if device:
+                self._keys.pop(("device", device), None)
+                self._remember(self._devices, (device, name), now)
+
+    def _remember(self, known: dict[tuple[str, str], float], key: tuple[str, str], now: float) -> None:
+        if len(known) >= self.max_keys:  # bounded: keep the newest half
+            for k, _ in sorted(known.items(), key=lambda kv: kv[1])[: len(known) // 2]:
+                del known[k]
+        known[key] = now
 
     def _prune(self, now: float) -> None:
         stale = [k for k, f in self._keys.items() if now - f.last > self.forget_s or f.locked_until < now]

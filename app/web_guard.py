@@ -35,6 +35,8 @@ import asyncio
 import html
 import math
 import os
+import re
+import secrets
 import sys
 import threading
 from collections.abc import Awaitable, Callable
@@ -357,7 +359,9 @@ class WebGuard:
         if isinstance(form, str):
             return JSONResponse({"detail": _sentence(form)}, status_code=400)
         username, password = form.get("username", "").strip(), form.get("password", "")
-        wait = self.throttle.wait_s(ip, username)
+        device = Request(scope).cookies.get(DEVICE_COOKIE)
+        device = device if device and DEVICE_TOKEN.fullmatch(device) else None  # anything else: no device
+        wait = self.throttle.wait_s(ip, username, device)
         if wait > 0:
             self.stats.logins["throttled"] += 1
             seconds = math.ceil(wait)
@@ -374,12 +378,13 @@ class WebGuard:
             self.pending -= 1
         if result.refusal is not None:
             if result.wrong_credentials:
-                self.throttle.failed(ip, username)
+                self.throttle.failed(ip, username, device)
                 self.stats.logins["wrong"] += 1
                 return JSONResponse({"detail": auth.WRONG_CREDENTIALS}, status_code=400)
             self.stats.logins["refused"] += 1
             return JSONResponse({"detail": _sentence(result.refusal)}, status_code=403)
-        self.throttle.succeeded(ip, username)
+        device = device or secrets.token_urlsafe(DEVICE_BYTES)
+        self.throttle.succeeded(ip, username, device)
         assert self.sessions is not None
         token = await self._in_thread(self.db_pool, self.sessions.start, result.rater_id, ip)
         self.gradio_app.tokens[token] = username
@@ -390,6 +395,10 @@ class WebGuard:
         # Secure too when the request came over TLS, so that the token never travels over plain HTTP after it
         secure = self.secure_cookies or scope.get("scheme") == "https"
         response.set_cookie(plain_name, token, httponly=True, samesite="lax", secure=secure, path="/")
+        # this browser signed in to this account: the address's and the account's sign-in locks are not for it
+        # (sessions.LoginThrottle); sent only to the sign-in route
+        response.set_cookie(DEVICE_COOKIE, device, max_age=int(self.throttle.known_s), httponly=True, samesite="lax",
+                            secure=secure, path=scope.get("root_path", "").rstrip("/") + "/login")
         return response
 
     # -- log out -------------------------------------------------------------------------------
@@ -411,6 +420,9 @@ class WebGuard:
 
 
 HASH_THREAD_NICE = 10
+DEVICE_COOKIE = "seiko-device"
+DEVICE_BYTES = 24
+DEVICE_TOKEN = re.compile(r"[A-Za-z0-9_-]{32}")  # secrets.token_urlsafe(24)
 
 
 def _lower_thread_priority() -> None:
