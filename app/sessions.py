@@ -202,6 +202,9 @@ class ThrottleRule:
     max_s: float  # the longest lock
 
 
+DEVICES_PER_ACCOUNT = 5  # browsers remembered per account for the sign-in throttle
+
+
 class LoginThrottle:
     """Failed sign-ins per client address and per account, with exponential backoff. Thread-safe.
 
@@ -230,14 +233,15 @@ class LoginThrottle:
         self.forget_s, self.known_s, self._monotonic, self.max_keys = forget_s, known_s, monotonic, max_keys
         self._keys: dict[tuple[str, str], _Failures] = {}
         self._known: dict[tuple[str, str], float] = {}  # (address, account) -> its last successful sign-in
-        self._devices: dict[tuple[str, str], float] = {}  # (device token, account) -> its last successful sign-in
+        # account -> {device token: its last successful sign-in}, the newest DEVICES_PER_ACCOUNT per account
+        self._devices: dict[str, dict[str, float]] = {}
         self._lock = threading.Lock()
 
     def _keys_for(self, ip: str | None, account: str | None, device: str | None, now: float) -> list[tuple[str, str]]:
         """The counters that bar (and count) a sign-in; call with the lock held."""
         name = (account or "")[:200]
-        if device and now - self._devices.get((device, name), float("-inf")) <= self.known_s:
-            return [("device", device)]  # a browser that signed in to this account: only its own limit
+        if device and now - self._devices.get(name, {}).get(device, float("-inf")) <= self.known_s:
+            return [("device", f"{device}\0{name}")]  # a browser that signed in to this account: its own limit there
         keys = [("ip", ip or "?"), ("account", name)]
         if ip and now - self._known.get((ip, name), float("-inf")) <= self.known_s:
             keys = keys[:1]  # a known address: the account's lock is not for it, its own limit is
@@ -274,8 +278,20 @@ class LoginThrottle:
             if ip:
                 self._remember(self._known, (ip, name), now)
             if device:
-                self._keys.pop(("device", device), None)
-                self._remember(self._devices, (device, name), now)
+                self._keys.pop(("device", f"{device}\0{name}"), None)
+                self._remember_device(name, device, now)
+
+    def _remember_device(self, name: str, device: str, now: float) -> None:
+        """Keep the account's newest devices only: someone who once knew the password cannot mint tokens without end,
+        and each sign-in of the owner pushes old ones out."""
+        if name not in self._devices and len(self._devices) >= self.max_keys:  # bounded: keep the newest half
+            for k, _ in sorted(self._devices.items(), key=lambda kv: max(kv[1].values()))[: len(self._devices) // 2]:
+                del self._devices[k]
+        tokens = self._devices.setdefault(name, {})
+        tokens.pop(device, None)
+        tokens[device] = now
+        while len(tokens) > DEVICES_PER_ACCOUNT:
+            del tokens[next(iter(tokens))]
 
     def _remember(self, known: dict[tuple[str, str], float], key: tuple[str, str], now: float) -> None:
         if len(known) >= self.max_keys:  # bounded: keep the newest half

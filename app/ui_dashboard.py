@@ -292,7 +292,7 @@ def alarms_html(session: Session, experiment: Experiment, thresholds: alarms.Thr
     return f"<div id='reward-alarms'>{lines}</div>"
 
 
-def load(factory, experiment_id: int | None, *, admin: bool = True) -> Dashboard:
+def load(factory, experiment_id: int | None, *, admin: bool = False) -> Dashboard:
     with read_session(factory) as s:
         exp = pick_experiment(s, experiment_id)
         if exp is None:

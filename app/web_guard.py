@@ -140,7 +140,8 @@ class GuardPolicy:
         scheme, name, port = parsed
         if self.public_origin is not None and split_origin(self.public_origin.rstrip("/")) == parsed:
             return True
-        if scheme == "http" and (request_scheme in ("https", "wss") or (self.public_origin or "").startswith("https://")):
+        public = split_origin(self.public_origin.rstrip("/")) if self.public_origin else None
+        if scheme == "http" and (request_scheme in ("https", "wss") or (public and public[0] == "https" and public[1] == name)):
             return False  # a page served over plain HTTP (anyone on the path can write it) calling the app over TLS
         if host is None or host[0] != name:
             return False
@@ -235,6 +236,9 @@ class WebGuard:
         await self.inner(scope, receive, self._lax_send(send))
 
     # -- cookies -------------------------------------------------------------------------------
+
+    def _device_cookie(self) -> str:
+        return f"seiko-device-{self.gradio_app.cookie_id}"
 
     def _cookie_names(self) -> tuple[str, str]:
         cookie_id = self.gradio_app.cookie_id
@@ -359,7 +363,7 @@ class WebGuard:
         if isinstance(form, str):
             return JSONResponse({"detail": _sentence(form)}, status_code=400)
         username, password = form.get("username", "").strip(), form.get("password", "")
-        device = Request(scope).cookies.get(DEVICE_COOKIE)
+        device = Request(scope).cookies.get(self._device_cookie())
         device = device if device and DEVICE_TOKEN.fullmatch(device) else None  # anything else: no device
         wait = self.throttle.wait_s(ip, username, device)
         if wait > 0:
@@ -396,9 +400,9 @@ class WebGuard:
         secure = self.secure_cookies or scope.get("scheme") == "https"
         response.set_cookie(plain_name, token, httponly=True, samesite="lax", secure=secure, path="/")
         # this browser signed in to this account: the address's and the account's sign-in locks are not for it
-        # (sessions.LoginThrottle); sent only to the sign-in route
-        response.set_cookie(DEVICE_COOKIE, device, max_age=int(self.throttle.known_s), httponly=True, samesite="lax",
-                            secure=secure, path=scope.get("root_path", "").rstrip("/") + "/login")
+        # (sessions.LoginThrottle)
+        response.set_cookie(self._device_cookie(), device, max_age=int(self.throttle.known_s), httponly=True,
+                            samesite="lax", secure=secure, path="/")
         return response
 
     # -- log out -------------------------------------------------------------------------------
@@ -420,7 +424,6 @@ class WebGuard:
 
 
 HASH_THREAD_NICE = 10
-DEVICE_COOKIE = "seiko-device"
 DEVICE_BYTES = 24
 DEVICE_TOKEN = re.compile(r"[A-Za-z0-9_-]{32}")  # secrets.token_urlsafe(24)
 

@@ -248,6 +248,8 @@ def test_policy_unit_cases():
     assert web_guard.GuardPolicy(False).refusal(tls, "https") and web_guard.GuardPolicy(False).refusal(tls, "wss")
     assert web_guard.GuardPolicy(False).refusal(tls, "http") is None  # an app served over plain http
     assert web_guard.GuardPolicy(False, "https://seiko.lan").refusal(tls, "http")  # TLS ends at a proxy
+    inside = Headers(raw=[(b"host", b"internal:7860"), (b"origin", b"http://internal:7860")])
+    assert web_guard.GuardPolicy(False, "https://seiko.lan").refusal(inside, "http") is None  # direct access inside
     assert refused(False, "internal:7860", "http://seiko.example.org", "https://seiko.example.org")
     assert web_guard.lax_cookie(b"a=b; HttpOnly; SameSite=none; Secure") == b"a=b; HttpOnly; Secure; SameSite=Lax"
     assert web_guard.lax_cookie(b"a=b; SameSite=Strict") == b"a=b; SameSite=Strict"
@@ -463,6 +465,17 @@ def test_a_browser_that_signed_in_is_not_barred_by_its_addresss_or_accounts_lock
     for _ in range(3):
         t.failed("10.0.0.1", "alice", "alices-browser")  # the device's own failures count against it alone
     assert t.wait_s("10.0.0.1", "alice", "alices-browser") == 10 and t.wait_s("10.0.0.1", "mallory", "mallorys-browser") == 0
+    t.succeeded("10.0.0.1", "alice", "shared-browser")  # a browser known for two accounts: a limit for each
+    t.succeeded("10.0.0.1", "mallory", "shared-browser")
+    for _ in range(3):
+        t.failed("10.0.0.1", "alice", "shared-browser")
+    t.succeeded("10.0.0.1", "mallory", "shared-browser")  # a good sign-in to mallory does not clear alice's count
+    assert t.wait_s("10.0.0.1", "alice", "shared-browser") == 10 and t.wait_s("10.0.0.1", "mallory", "shared-browser") == 0
+    for i in range(sessions.DEVICES_PER_ACCOUNT):  # the owner's newer browsers push the oldest token out
+        t.succeeded("10.0.0.1", "mallory", f"browser-{i}")
+    assert t.wait_s("10.0.0.1", "bob", "mallorys-browser") == 10  # the address is locked, and the token is forgotten
+    assert t.wait_s("10.0.0.1", "mallory", "mallorys-browser") == 10
+    assert t.wait_s("10.0.0.1", "mallory", f"browser-{sessions.DEVICES_PER_ACCOUNT - 1}") == 0
     clock[0] = 2000.0  # long after its last sign-in: the device is no longer known
     for _ in range(4):
         t.failed("10.0.0.1", "bob")
@@ -475,15 +488,15 @@ def test_the_sign_in_sets_a_device_cookie_that_gets_past_a_locked_address(ui_wor
     try:
         with httpx.Client(base_url=url, timeout=30) as alices, httpx.Client(base_url=url, timeout=30) as other:
             first = alices.post("/login", data={"username": "alice", "password": UI_PASSWORD})
-            (device,) = [c for c in first.headers.get_list("set-cookie") if c.startswith("seiko-device=")]
+            (device,) = [c for c in first.headers.get_list("set-cookie") if c.startswith("seiko-device-")]
             attrs = [a.strip().lower() for a in device.split(";")]
-            assert first.status_code == 200 and "httponly" in attrs and "path=/login" in attrs and "samesite=lax" in attrs
+            assert first.status_code == 200 and "httponly" in attrs and "samesite=lax" in attrs
             codes = [other.post("/login", data={"username": "bob", "password": "wrong password"}).status_code
                      for _ in range(4)]
             assert codes == [400, 400, 400, 400]
             assert other.post("/login", data={"username": "alice", "password": UI_PASSWORD}).status_code == 429
             assert alices.post("/login", data={"username": "alice", "password": UI_PASSWORD}).status_code == 200
-            forged = {"seiko-device": "A" * 32}
+            forged = {device.split("=", 1)[0]: "A" * 32}
             r = httpx.post(url + "/login", data={"username": "alice", "password": UI_PASSWORD}, cookies=forged, timeout=30)
             assert r.status_code == 429
     finally:
