@@ -138,9 +138,9 @@ class GuardPolicy:
         if parsed is None:
             return False
         scheme, name, port = parsed
-        if self.public_origin is not None and split_origin(self.public_origin.rstrip("/")) == parsed:
-            return True
         public = split_origin(self.public_origin.rstrip("/")) if self.public_origin else None
+        if public is not None and public == parsed:
+            return True
         if scheme == "http" and (request_scheme in ("https", "wss") or (public and public[0] == "https" and public[1] == name)):
             return False  # a page served over plain HTTP (anyone on the path can write it) calling the app over TLS
         if host is None or host[0] != name:
