@@ -165,6 +165,7 @@ def set_password(factory: sessionmaker[Session], *, name: str, password: str, ac
         repo.set_rater_password_hash(session=s, rater_id=rater.id, password_hash=hashed)
         audit(s, actor, "user.password", name)
     app_sessions.rater_changed(rater.id)
+    app_sessions.credentials_changed(name)
 
 
 def set_disabled(factory: sessionmaker[Session], *, name: str, disabled: bool, actor: Who | None = None) -> None:
@@ -176,6 +177,8 @@ def set_disabled(factory: sessionmaker[Session], *, name: str, disabled: bool, a
         repo.set_rater_disabled(session=s, rater_id=rater.id, disabled=disabled)
         audit(s, actor, "user.disable" if disabled else "user.enable", name)
     app_sessions.rater_changed(rater.id)
+    if disabled:
+        app_sessions.credentials_changed(name)
 
 
 def set_role(factory: sessionmaker[Session], *, name: str, role: str, actor: Who | None = None) -> None:
@@ -201,6 +204,7 @@ def delete_user(factory: sessionmaker[Session], *, name: str, actor: Who | None 
         repo.delete_rater(session=s, rater_id=rater_id)
         audit(s, actor, "user.delete", name)
     app_sessions.rater_changed(rater_id)
+    app_sessions.credentials_changed(name)  # a new account of the same name inherits nothing
 
 
 @dataclass(frozen=True)

@@ -203,6 +203,15 @@ class ThrottleRule:
 
 
 DEVICES_PER_ACCOUNT = 5  # browsers remembered per account for the sign-in throttle
+_THROTTLES: weakref.WeakSet[LoginThrottle] = weakref.WeakSet()
+
+
+def credentials_changed(account: str) -> None:
+    """An account's password changed, or the account was disabled or deleted: every sign-in throttle in this process
+    forgets the browsers and addresses that signed in to it, so whoever knew the old password loses the exemptions
+    that knowledge earned (they start again under the address's and the account's limits)."""
+    for throttle in list(_THROTTLES):
+        throttle.forget_account(account)
 
 
 class LoginThrottle:
@@ -236,6 +245,17 @@ class LoginThrottle:
         # account -> {device token: its last successful sign-in}, the newest DEVICES_PER_ACCOUNT per account
         self._devices: dict[str, dict[str, float]] = {}
         self._lock = threading.Lock()
+        _THROTTLES.add(self)
+
+    def forget_account(self, account: str) -> None:
+        """Forget the devices and addresses that signed in to ``account`` (see ``credentials_changed``)."""
+        name = (account or "")[:200]
+        with self._lock:
+            self._devices.pop(name, None)
+            for key in [k for k in self._known if k[1] == name]:
+                del self._known[key]
+            for key in [k for k in self._keys if k[0] == "device" and k[1].endswith(f"\0{name}")]:
+                del self._keys[key]
 
     def _keys_for(self, ip: str | None, account: str | None, device: str | None, now: float) -> list[tuple[str, str]]:
         """The counters that bar (and count) a sign-in; call with the lock held."""

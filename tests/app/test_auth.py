@@ -305,3 +305,33 @@ def test_admin_tab_account_functions_check_the_role_and_fill_the_audit_log(ui_wo
                                                       ("root", "user.role", "alice"), ("root", "user.enable", "bob"),
                                                       ("root", "user.disable", "bob")]
     assert rows[2][4] == '{"after": "admin", "before": "rater"}' and len(rows[0][0]) == 19  # when: to the second, UTC
+
+
+def test_a_password_change_disable_or_delete_forgets_the_accounts_sign_in_exemptions(db_factory):
+    """Found in review: a browser or address that signed in with a password stayed exempt from the account's and the
+    address's sign-in locks after the password changed, so whoever knew the old one kept guessing at the device's own
+    limit. A change of password, a disable or a delete forgets them; other accounts keep theirs."""
+    from app.sessions import LoginThrottle, ThrottleRule
+
+    for name in ("alice", "bob", "carol", "admin2"):
+        auth.add_user(db_factory, name=name, role="admin" if name == "admin2" else "rater", password=PASSWORD)
+    rule = ThrottleRule(free=1, base_s=10, max_s=100)
+    t = LoginThrottle(per_ip=rule, per_account=rule, per_device=rule, monotonic=lambda: 0.0)
+    for name in ("alice", "bob", "carol"):
+        t.succeeded("10.0.0.1", name, f"{name}s-browser")
+    for _ in range(3):
+        t.failed("10.0.0.9", None)  # another address locks itself, and the unknown account's lock is not alice's
+        t.failed("10.0.0.1", "mallory")  # the shared address gets locked by someone without a device
+    locked = t.wait_s("10.0.0.1", "dave")
+    assert locked > 0
+    for name in ("alice", "bob", "carol"):
+        assert t.wait_s("10.0.0.1", name, f"{name}s-browser") == 0  # each browser gets past the address's lock
+    auth.set_password(db_factory, name="alice", password="a new password")
+    auth.set_disabled(db_factory, name="bob", disabled=True)
+    assert t.wait_s("10.0.0.1", "alice", "alices-browser") == locked  # now under the address's lock again
+    assert t.wait_s("10.0.0.1", "bob", "bobs-browser") == locked
+    assert t.wait_s("10.0.0.1", "carol", "carols-browser") == 0  # untouched
+    auth.set_disabled(db_factory, name="bob", disabled=False)  # enabling earns nothing back
+    assert t.wait_s("10.0.0.1", "bob", "bobs-browser") == locked
+    auth.delete_user(db_factory, name="carol")
+    assert t.wait_s("10.0.0.1", "carol", "carols-browser") == locked
