@@ -9,6 +9,8 @@ import math
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
+TRUNCATIONS = ("per_step", "per_trajectory", "stratified")  # seiko_core.finetune.attached_steps
+
 METHODS = ("nonadaptive", "greedy", "ucb", "ucb_cov", "bootstrap", "ts")  # ucb: textbook bonus; ucb_cov: the reference code's
 
 
@@ -122,8 +124,10 @@ class FinetuneConfig:
     # > 0: the diversity term's weight is set per micro-batch so that its gradient with respect to the images is this
     # fraction of the reward term's (:func:`seiko_core.finetune.balanced_diversity_weight`); replaces diversity_weight
     diversity_balance: float = 0.0
-    truncation: str = "per_step"  # "per_step" (reference: fresh k ~ U[0, steps] each step) or "per_trajectory" (AlignProp/DRaFT)
-    truncation_k: int = 10  # per_trajectory: gradients flow through the last K steps
+    # "per_step" (reference: fresh k ~ U[0, steps] each step), "per_trajectory" (AlignProp/DRaFT: the last K steps) or
+    # "stratified" (one step drawn in each of K equal parts of the trajectory); seiko_core.finetune.attached_steps
+    truncation: str = "per_step"
+    truncation_k: int = 10  # per_trajectory and stratified: how many steps keep the UNet's gradient
     gradient_checkpointing: bool = False  # recompute UNet activations in backward (memory for time)
     mixed_precision: str = "no"  # accelerate: "no", "fp16" or "bf16"
     # a time limit per round: no optimiser step starts that would, at the round's mean step time so far, end after
@@ -141,7 +145,7 @@ class FinetuneConfig:
             _check(math.isfinite(self.max_seconds) and self.max_seconds > 0,
                    f"max_seconds must be a positive number of seconds or None, got {self.max_seconds!r}")
         _check(self.lora_rank >= 1, f"lora_rank must be at least 1, got {self.lora_rank}")
-        _check(self.truncation in ("per_step", "per_trajectory"), f"unknown truncation {self.truncation!r}; choose from ['per_step', 'per_trajectory']")
+        _check(self.truncation in TRUNCATIONS, f"unknown truncation {self.truncation!r}; choose from {list(TRUNCATIONS)}")
         _check(self.truncation_k >= 1, f"truncation_k must be at least 1, got {self.truncation_k}")
         _check(self.kl_weight >= 0, f"kl_weight must be non-negative, got {self.kl_weight}")
         _check(math.isfinite(self.diversity_weight) and self.diversity_weight >= 0,

@@ -24,6 +24,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from . import lora
+from .config import TRUNCATIONS
 from .features import embed_images
 from .sampling import (
     DDIMSchedule,
@@ -57,13 +58,22 @@ def attached_steps(n_steps: int, mode: str, k: int, generator: torch.Generator) 
 
     per_step (reference): at step i a fresh k_i ~ U{0..n_steps} is drawn; the step is detached if i < k_i.
     per_trajectory (AlignProp/DRaFT): only the last k steps are attached.
+    stratified: the steps are cut into k contiguous parts as equal as they can be (earliest to latest) and one step,
+    drawn uniformly, is attached in each: per_trajectory's cost (k attached steps), but every step, the early ones
+    that settle the background and the layout included, gets a gradient now and then (each with probability about
+    k / n_steps, as in expectation under per_step).
     """
     idx = torch.arange(n_steps)
     if mode == "per_step":
         return idx >= torch.randint(0, n_steps + 1, (n_steps,), generator=generator)
     if mode == "per_trajectory":
         return idx >= n_steps - min(k, n_steps)
-    raise ValueError(f"unknown truncation {mode!r}; choose from ['per_step', 'per_trajectory']")
+    if mode == "stratified":
+        mask = torch.zeros(n_steps, dtype=torch.bool)
+        for part in torch.tensor_split(idx, min(k, n_steps)):
+            mask[part[int(torch.randint(0, len(part), (1,), generator=generator))]] = True
+        return mask
+    raise ValueError(f"unknown truncation {mode!r}; choose from {list(TRUNCATIONS)}")
 
 
 @dataclass

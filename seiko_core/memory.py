@@ -472,10 +472,10 @@ def combine(m: dict, *, steps: int = 50, quantile: float = 0.999, truncation: st
     graphs and the later steps' graphs are freed."""
     if truncation == "per_step":
         expected, high = sum(attached_probabilities(steps)), attached_quantile(steps, quantile)
-    elif truncation == "per_trajectory":
+    elif truncation in ("per_trajectory", "stratified"):
         expected = high = min(k, steps)
     else:
-        raise ValueError(f"unknown truncation {truncation!r}; choose from ['per_step', 'per_trajectory']")
+        raise ValueError(f"unknown truncation {truncation!r}; choose from ['per_step', 'per_trajectory', 'stratified']")
     per_step = sum(m["per_attached_step"].values())
     weights = sum(m["weights"].values())
     optimizer = sum(m["optimizer"].values())
@@ -605,10 +605,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="what-if: also checkpoint the VAE decoder's blocks (the product does not)")
     ap.add_argument("--weights", choices=("fp32", "half"), default="fp32",
                     help="what-if: 'half' holds the frozen weights in fp16/bf16 (the product loads fp32)")
-    ap.add_argument("--truncation", choices=("per_step", "per_trajectory"), default="per_step",
-                    help="per_step: the sd15 preset's (random, 25 of 50 steps attached on average); per_trajectory: "
-                         "exactly --k steps")
-    ap.add_argument("--k", type=int, default=10, help="attached steps under per_trajectory truncation")
+    ap.add_argument("--truncation", choices=("per_step", "per_trajectory", "stratified"), default="per_step",
+                    help="per_step: the sd15 preset's (random, 25 of 50 steps attached on average); per_trajectory "
+                         "and stratified: exactly --k steps")
+    ap.add_argument("--k", type=int, default=10, help="attached steps under per_trajectory and stratified truncation")
     ap.add_argument("--steps", type=int, default=50, help="DDIM steps (per_step truncation)")
     ap.add_argument("--grid", action="store_true", help="every combination of fp32/fp16, checkpointing on/off, batch 2/4")
     ap.add_argument("--out", type=Path, help="write the results as JSON here")

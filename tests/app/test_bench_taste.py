@@ -106,7 +106,7 @@ def test_the_command_refuses_a_bad_person_in_one_sentence_before_any_work(tmp_pa
                              "with --feedback pairs or both"),
     (["--feedback", "pairs", "--tie-eps", "-1"], "error: --tie-eps must be a finite number >= 0, got -1.0"),
     (["--set", "finetune.epoch=2"], "error: --set 'finetune.epoch=2': unknown field 'epoch'; choose from "),
-    (["--set", "finetune.truncation=bogus"], "error: unknown truncation 'bogus'; choose from ['per_step', 'per_trajectory']"),
+    (["--set", "finetune.truncation=bogus"], "error: unknown truncation 'bogus'; choose from ['per_step', 'per_trajectory', 'stratified']"),
 ])
 def test_the_command_refuses_bad_feedback_flags_in_one_sentence_before_any_work(tmp_path, flags, expected):
     out = tmp_path / "out"

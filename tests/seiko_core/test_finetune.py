@@ -48,6 +48,27 @@ def test_truncation_modes():
         attached_steps(5, "sometimes", 1, g)
 
 
+@pytest.mark.parametrize("n, k", [(10, 3), (7, 7), (5, 9), (50, 10)])
+def test_stratified_truncation_attaches_one_step_per_part_and_reaches_every_step(n, k):
+    """Brute force over many draws: exactly min(k, n) steps attached, one in each contiguous part of sizes differing
+    by at most one, each step of a part equally likely (1 / its size)."""
+    g = torch.Generator().manual_seed(1)
+    draws = torch.stack([attached_steps(n, "stratified", k, g) for _ in range(3000)])
+    parts = min(k, n)
+    assert (draws.sum(1) == parts).all()
+    size, extra = divmod(n, parts)
+    bounds, start = [], 0
+    for j in range(parts):  # the parts, written out from their definition (not torch.tensor_split)
+        end = start + size + (1 if j < extra else 0)
+        bounds.append((start, end))
+        start = end
+    for a, b in bounds:
+        assert (draws[:, a:b].sum(1) == 1).all()
+        freq = draws[:, a:b].float().mean(0)
+        assert (freq - 1 / (b - a)).abs().max() < 0.04
+    assert draws[:, 0].any() and draws.any(0).all()  # the first step, and every step, is reached
+
+
 def _randomise(params, scale, seed):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # make B non-zero so the adapter affects the output
