@@ -91,8 +91,11 @@ def launch(services) -> object:
     if web_guard.installed(demo.server_app) is None:  # fail closed: no Host/Origin checks, no sessions
         demo.close()
         raise ServeError("the app's origin and session guard did not start (app.web_guard); not serving without it")
-    mode = "local mode: no accounts, this computer only" if services.local_mode else "sign-in with accounts"
-    print(f"SEIKO studio on {demo.local_url} ({mode}); Ctrl-C stops it", flush=True)
+    if services.local_mode:  # the address with its secret: only a browser that opens it may use the app
+        print(f"SEIKO studio on {services.local_url(demo.local_url)} (local mode: no accounts, this computer only; "
+              "open this address, token included); Ctrl-C stops it", flush=True)
+    else:
+        print(f"SEIKO studio on {demo.local_url} (sign-in with accounts); Ctrl-C stops it", flush=True)
     return demo
 
 

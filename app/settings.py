@@ -9,6 +9,8 @@
                       allowed to send signed-in requests                    (default none: same origin only)
     SEIKO_SESSION_IDLE_MINUTES  a sign-in ends after this long without a request       (default 480)
     SEIKO_SESSION_MAX_HOURS     a sign-in ends this long after it began, active or not  (default 168)
+    SEIKO_LOCAL_TOKEN  local mode (no accounts): the secret in the address the app prints, at least 16 of
+                       A-Z a-z 0-9 - _ (default: a new random one at every start)
 
 Precedence: command-line flag > environment variable > default.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +34,7 @@ ENV_VARS = {
     "public_url": "SEIKO_PUBLIC_URL",
     "session_idle_minutes": "SEIKO_SESSION_IDLE_MINUTES",
     "session_max_hours": "SEIKO_SESSION_MAX_HOURS",
+    "local_token": "SEIKO_LOCAL_TOKEN",
 }
 DEFAULT_DATA_DIR = "data"
 DEFAULT_MODEL = "models/shapes-sd"
@@ -58,6 +62,20 @@ def _positive(name: str, value: Any) -> float:
     if not number > 0 or number == float("inf"):
         raise ValueError(f"{name} must be a positive number, got {value!r}")
     return number
+
+
+LOCAL_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,256}")
+
+
+def _local_token(value: Any) -> str | None:
+    """Local mode's secret as given, or None; the refusal never repeats the value (it is a secret)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not LOCAL_TOKEN.fullmatch(value):
+        length = len(value) if isinstance(value, str) else 0
+        raise ValueError(f"{ENV_VARS['local_token']} must be 16 to 256 of the characters A-Z a-z 0-9 - _ "
+                         f"(the value given has {length} characters)")
+    return value
 
 
 def public_origin(value: Any) -> str | None:
@@ -92,6 +110,7 @@ class Settings:
     public_url: str | None = None  # an origin, as public_origin() writes it
     session_idle_minutes: float = DEFAULT_SESSION_IDLE_MINUTES
     session_max_hours: float = DEFAULT_SESSION_MAX_HOURS
+    local_token: str | None = None  # local mode's secret; None: a new random one at every start
 
     @classmethod
     def from_env(cls, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
@@ -119,6 +138,7 @@ class Settings:
             public_url=public_origin(pick("public_url", None)),
             session_idle_minutes=_positive("the session idle limit (minutes)", pick("session_idle_minutes", DEFAULT_SESSION_IDLE_MINUTES)),
             session_max_hours=_positive("the session limit (hours)", pick("session_max_hours", DEFAULT_SESSION_MAX_HOURS)),
+            local_token=_local_token(pick("local_token", None)),
         )
 
     @classmethod

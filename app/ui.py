@@ -65,6 +65,19 @@ class AppServices:
     batch_size: int = 8  # images per rating batch
     dashboard_refresh_s: float = 5.0
     rate_poll_s: float = 10.0  # how often an empty rating page looks for new images
+    # local mode: the secret a browser or script must show (app.web_guard), drawn here unless given
+    # (SEIKO_LOCAL_TOKEN); None with accounts
+    local_token: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.local_mode and self.local_token is None:
+            object.__setattr__(self, "local_token", self.settings.local_token or web_guard.new_local_token())
+        if not self.local_mode:
+            object.__setattr__(self, "local_token", None)
+
+    def local_url(self, base: str) -> str:
+        """``base`` (the app's address) with the local-mode token to open it with; ``base`` itself with accounts."""
+        return f"{base.rstrip('/')}/?token={self.local_token}" if self.local_token else base
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,6 +10,12 @@ For every HTTP and websocket request, before Gradio sees it:
   POST, so a foreign page can neither preflight, nor post to the queue, nor read ``/gradio_api/token``.
 - **Proxies** (local mode): a request that carries a header a reverse proxy adds (``X-Forwarded-For``, ``Via``, ...)
   gets 403: without accounts only this machine may use the app.
+- **Local token** (local mode): every request shows the secret drawn when the app started (``AppServices.local_token``):
+  a cookie set when the browser opened the address the app printed (``/?token=...``, answered with a redirect to the
+  same address without it), or the ``X-Seiko-Token`` header (scripts, gradio_client). Otherwise 401. Without it,
+  anything that reaches the port from this machine would be the local admin: another user of the machine, or a
+  reverse proxy on it that adds no forwarding header (nginx's plain ``proxy_pass``). Gradio's own start-up call
+  (``GET /gradio_api/startup-events``) is the one request answered without it.
 - **Size**: a request body over ``MAX_REQUEST_BODY`` gets 413 before anything reads it (FastAPI would parse it before
   checking the sign-in), and Gradio's upload routes are not answered (404): the app takes no files.
 - **Cookies**: every ``Set-Cookie`` the app sends is ``SameSite=Lax`` (Gradio's own say ``SameSite=None``).
@@ -44,7 +50,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from starlette._utils import get_route_path  # the path Starlette's router matches (root path removed)
 from starlette.datastructures import Headers
@@ -72,6 +78,16 @@ MAX_REQUEST_BODY = 256 * 1024
 # are not answered. Compared with the path the router sees (a root path such as GRADIO_ROOT_PATH taken off).
 UPLOAD_PATHS = frozenset(f"/gradio_api/{name}{slash}" for name in ("upload", "upload_progress", "process_recording")
                          for slash in ("", "/"))
+LOCAL_TOKEN_HEADER = "x-seiko-token"
+LOCAL_TOKEN_BYTES = 24
+# answered without the local token: Gradio's launch() calls it on its own server before anyone could hold the token
+LOCAL_OPEN_PATHS = frozenset({"/gradio_api/startup-events"})
+
+
+def new_local_token() -> str:
+    return secrets.token_urlsafe(LOCAL_TOKEN_BYTES)
+
+
 # Headers a reverse proxy adds. Without accounts the app trusts the machine it runs on; a request a proxy passed on
 # comes from somewhere else, so local mode refuses it (behind a proxy, run with accounts).
 PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip", "via")
@@ -180,9 +196,13 @@ class WebGuard:
         secure_cookies: bool = False,
         hash_workers: int = 1,
         max_pending: int = 4,
+        local_token: str | None = None,
     ) -> None:
         if (sessions is None) != policy.local_mode:
             raise ValueError("a session store is needed with accounts, and only then")
+        if (local_token is None) == policy.local_mode:
+            raise ValueError("a local token is needed in local mode, and only then")
+        self.local_token = local_token
         self.inner, self.gradio_app, self.policy = inner, gradio_app, policy
         self.factory, self.sessions, self.throttle = factory, sessions, throttle or LoginThrottle()
         self.secure_cookies, self.max_pending = secure_cookies, max_pending
@@ -212,6 +232,16 @@ class WebGuard:
                 await PlainTextResponse(_sentence(refusal), status_code=403)(scope, receive, send)
             return
         path, method = get_route_path(scope), scope.get("method")
+        if self.local_token is not None and (gate := self._local_gate(scope, headers, path, method)) is not None:
+            if isinstance(gate, str):
+                self.stats.refused += 1
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008, "reason": gate[:120]})
+                else:
+                    await PlainTextResponse(gate, status_code=401)(scope, receive, send)
+            else:
+                await gate(scope, receive, send)
+            return
         if scope["type"] == "http":
             if path in UPLOAD_PATHS:
                 self.stats.refused += 1
@@ -234,6 +264,38 @@ class WebGuard:
         if self.sessions is not None:
             await self._check_session(headers)
         await self.inner(scope, receive, self._lax_send(send))
+
+    # -- local mode's token -----------------------------------------------------------------------
+
+    def _local_cookie(self) -> str:
+        return f"seiko-local-{self.gradio_app.cookie_id}"
+
+    def _is_local_token(self, value: str | None) -> bool:
+        assert self.local_token is not None
+        return bool(value) and secrets.compare_digest(value.encode("utf-8", "surrogatepass"), self.local_token.encode())
+
+    def _local_gate(self, scope: Scope, headers: Headers, path: str, method: str | None) -> Response | str | None:
+        """None: the request shows local mode's token (or needs none); a response to send instead (the redirect that
+        sets the cookie); or why it is refused (one sentence)."""
+        if self._is_local_token(headers.get(LOCAL_TOKEN_HEADER)) \
+                or self._is_local_token(cookie_parser(headers.get("cookie", "")).get(self._local_cookie())):
+            return None
+        if scope["type"] == "http" and method == "GET" and path in LOCAL_OPEN_PATHS:
+            return None
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        offered = query.get("token", [])
+        if scope["type"] == "http" and method in ("GET", "HEAD") and len(offered) == 1 and self._is_local_token(offered[0]):
+            rest = urlencode([(k, v) for k, values in query.items() if k != "token" for v in values])
+            # the same address without the token (out of the address bar and the history); a path of "//host"
+            # would be read as another site, so leading slashes collapse to one
+            location = "/" + scope.get("path", "/").lstrip("/") + (f"?{rest}" if rest else "")
+            response = RedirectResponse(location, status_code=303)
+            response.set_cookie(self._local_cookie(), offered[0], httponly=True, samesite="lax", path="/",
+                                secure=scope.get("scheme") == "https")
+            return response
+        return ("This app runs without user accounts, so it answers only the browser that opened the address it "
+                "printed when it started (ending in /?token=...); open that address, or send the token in the "
+                "X-Seiko-Token header.")
 
     # -- cookies -------------------------------------------------------------------------------
 
@@ -459,7 +521,8 @@ def install(gradio_app: Any, services: Any, *, throttle: LoginThrottle | None = 
     guard = WebGuard(current, gradio_app=gradio_app, policy=GuardPolicy(services.local_mode, public),
                      factory=services.factory, sessions=sessions, throttle=throttle,
                      secure_cookies=bool(public and public.startswith("https://")),
-                     hash_workers=hash_workers, max_pending=max_pending)
+                     hash_workers=hash_workers, max_pending=max_pending,
+                     local_token=services.local_token if services.local_mode else None)
     gradio_app.middleware_stack = guard
     return guard
 

@@ -28,6 +28,7 @@ import base64
 import io
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -110,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"{data} is not empty; give a fresh --data-dir")
     settings = Settings.from_env({"data_dir": str(data), "port": args.port, "model": args.model})
     model = Path(settings.model).resolve() if Path(settings.model).exists() else settings.model
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+    token = secrets.token_urlsafe(24)  # local mode's secret for this run (the demo would draw one and print it)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "SEIKO_LOCAL_TOKEN": token}
     data.parent.mkdir(parents=True, exist_ok=True)
     log = open(data.parent / f"{data.name}-demo.log", "w")
     demo = subprocess.Popen([sys.executable, "-m", "app", "demo", "--data-dir", str(data), "--port", str(args.port),
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         from gradio_client import Client
 
         url = f"http://127.0.0.1:{args.port}/"
-        client = wait_for("the web app", lambda: _client(Client, url), 300, poll=2.0)
+        client = wait_for("the web app", lambda: _client(Client, url, token), 300, poll=2.0)
         factory = session_factory(make_engine(settings.db_url))
         print(f"the person: {person.name}", flush=True)
         t0 = time.monotonic()
@@ -151,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             shots.mkdir(parents=True, exist_ok=True)
             doc = {"person": person.name, "rounds_trained": args.rounds, "rounds": rows}
             (shots / "walkthrough.json").write_text(json.dumps(doc, indent=2) + "\n")
-            shoot(url, shots, last_round=args.rounds, timeout_s=args.timeout)
+            shoot(f"{url.rstrip('/')}/?token={token}", shots, last_round=args.rounds, timeout_s=args.timeout)
         out = data / "export-lora"
         subprocess.run([sys.executable, "-m", "app", "export", "lora", "--data-dir", str(data), "--experiment", "1",
                         "--round", str(args.rounds), "--format", "diffusers", "--out", str(out)], env=env, check=True)
@@ -175,9 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         log.close()
 
 
-def _client(Client, url):
+def _client(Client, url, token):
     try:
-        return Client(url, verbose=False)
+        return Client(url, verbose=False, headers={"X-Seiko-Token": token})
     except Exception as exc:  # noqa: BLE001 - the server is still starting: report and retry
         print(f"waiting for the web app ({type(exc).__name__})", flush=True)
         return None
@@ -198,7 +200,8 @@ def _await_round(client, demo: subprocess.Popen, index: int, timeout_s: float) -
 
 
 def shoot(url: str, out: Path, *, last_round: int, timeout_s: float = 600) -> None:
-    """rating.png, dashboard.png and dashboard-grid.png (an eval-grid image clicked to enlarge it) in ``out``."""
+    """rating.png, dashboard.png and dashboard-grid.png (an eval-grid image clicked to enlarge it) in ``out``; ``url``:
+    the address as the app printed it (in local mode with its token)."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 

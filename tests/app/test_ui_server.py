@@ -111,13 +111,16 @@ def test_demo_starts_worker_and_ui_and_stops_both_on_sigterm(tmp_path, monkeypat
     fake_worker = (f"import os, signal, sys, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); "
                    "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); time.sleep(120)")
     monkeypatch.setattr(cli_demo, "worker_command", lambda settings: [sys.executable, "-c", fake_worker])
+    token = "demo-test-local-token-42"
+    monkeypatch.setenv("SEIKO_LOCAL_TOKEN", token)
     port = free_port()
 
     def stop_when_up() -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200 and pid_file.exists():
+                if httpx.get(f"http://127.0.0.1:{port}/", headers={"X-Seiko-Token": token}, timeout=2).status_code == 200 \
+                        and pid_file.exists():
                     break
             except httpx.HTTPError:
                 time.sleep(0.2)  # not listening yet
@@ -130,6 +133,7 @@ def test_demo_starts_worker_and_ui_and_stops_both_on_sigterm(tmp_path, monkeypat
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "created experiment 'demo'" in out and "worker stopped (status 0)" in out
+    assert f"127.0.0.1:{port}/?token={token} (local mode" in out  # the address to open, with its secret
     worker_pid = int(pid_file.read_text())
     with pytest.raises(ProcessLookupError):
         os.kill(worker_pid, 0)

@@ -35,13 +35,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 EVIL = "https://evil.example"
+LOCAL_TOKEN = "local-mode-test-token-0123456789"
+LOCAL = {"X-Seiko-Token": LOCAL_TOKEN}  # what a script sends in local mode
 CORS_HEADERS = ("access-control-allow-origin", "access-control-allow-credentials")
 
 
 def launch(world, *, local_mode: bool = False, public_url: str | None = None, idle_minutes: float | None = None,
            max_hours: float | None = None, **guard_options):
     overrides = {"data_dir": str(world.settings.data_dir), "db_url": world.settings.db_url, "model": world.settings.model,
-                 "public_url": public_url, "session_idle_minutes": idle_minutes, "session_max_hours": max_hours}
+                 "public_url": public_url, "session_idle_minutes": idle_minutes, "session_max_hours": max_hours,
+                 "local_token": LOCAL_TOKEN if local_mode else None}
     settings = Settings.from_env(overrides, environ={})
     from app.ui import AppServices
 
@@ -202,11 +205,11 @@ def test_local_mode_answers_only_localhost_host_values(served_local, host):
     before = accounts(world)
     with httpx.Client(base_url=url, timeout=30) as http:
         for path in ("/", "/config", "/gradio_api/info"):
-            r = http.get(path, headers={"Host": host})
+            r = http.get(path, headers={"Host": host, **LOCAL})  # even with the token: the Host is refused first
             assert r.status_code == 403 and "only when opened as localhost" in r.text, (path, r.status_code)
         same_origin = f"http://{host}" if host else None
         r = queue_join(http, demo, "on_add_user", ["mallory", "admin", "long enough password"],
-                       Host=host, **({"Origin": same_origin} if same_origin else {}))
+                       Host=host, **LOCAL, **({"Origin": same_origin} if same_origin else {}))
         assert r.status_code == 403
     time.sleep(0.3)
     assert accounts(world) == before
@@ -216,13 +219,13 @@ def test_local_mode_still_answers_localhost(served_local):
     _, _, url = served_local
     port = url.rsplit(":", 1)[1]
     for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "localhost"):
-        r = httpx.get(url + "/config", headers={"Host": host})
+        r = httpx.get(url + "/config", headers={"Host": host, **LOCAL})
         assert r.status_code == 200, (host, r.status_code, r.text[:200])
     # same-origin Origin is fine, a foreign one is not
-    assert httpx.get(url + "/config", headers={"Origin": f"http://127.0.0.1:{port}"}).status_code == 200
+    assert httpx.get(url + "/config", headers={"Origin": f"http://127.0.0.1:{port}", **LOCAL}).status_code == 200
     assert httpx.get(url + "/config", headers={"Origin": f"http://localhost:{port}",
-                                               "Host": f"localhost:{port}"}).status_code == 200
-    assert httpx.get(url + "/config", headers={"Origin": EVIL}).status_code == 403
+                                               "Host": f"localhost:{port}", **LOCAL}).status_code == 200
+    assert httpx.get(url + "/config", headers={"Origin": EVIL, **LOCAL}).status_code == 403
 
 
 def test_policy_unit_cases():
@@ -262,14 +265,57 @@ def test_local_mode_refuses_a_request_a_proxy_passed_on(served_local):
     before = accounts(world)
     for header, value in (("X-Forwarded-For", "203.0.113.9"), ("Via", "1.1 nginx"), ("Forwarded", "for=203.0.113.9"),
                           ("X-Real-IP", "203.0.113.9")):
-        r = httpx.get(url + "/config", headers={header: value})
+        r = httpx.get(url + "/config", headers={header: value, **LOCAL})
         assert r.status_code == 403 and "passed on by a proxy" in r.text and header.lower() in r.text, (header, r.text)
         with httpx.Client(base_url=url, timeout=30) as http:
             assert queue_join(http, demo, "on_add_user", ["mallory", "admin", "long enough password"],
-                              **{header: value}).status_code == 403
+                              **{header: value}, **LOCAL).status_code == 403
     time.sleep(0.3)
     assert accounts(world) == before
-    assert httpx.get(url + "/config").status_code == 200
+    assert httpx.get(url + "/config", headers=LOCAL).status_code == 200
+
+
+def test_local_mode_answers_only_whoever_shows_the_token_it_printed(served_local):
+    """Found in review: local mode trusted anything that reached the port from this machine, so a reverse proxy on it
+    that adds no forwarding header (nginx's plain proxy_pass sends Host 127.0.0.1 and nothing else), or another user of
+    the machine, was the local admin. Now a request must show the secret drawn at start: the cookie set when the
+    printed address was opened, or the X-Seiko-Token header."""
+    world, demo, url = served_local
+    before = accounts(world)
+    for headers in ({}, {"X-Seiko-Token": "x" * len(LOCAL_TOKEN)}, {"Cookie": f"seiko-local-{demo.server_app.cookie_id}=wrong"}):
+        r = httpx.get(url + "/config", headers=headers)
+        assert r.status_code == 401 and "/?token=" in r.text and LOCAL_TOKEN not in r.text, (headers, r.status_code)
+        assert httpx.get(url + "/?token=not-it", headers=headers).status_code == 401
+        with httpx.Client(base_url=url, timeout=30) as http:
+            assert queue_join(http, demo, "on_add_user", ["mallory", "admin", "long enough password"],
+                              **headers).status_code == 401
+    assert httpx.head(url + "/").status_code == 401  # what Gradio's own url_ok accepts as "up"
+    time.sleep(0.3)
+    assert accounts(world) == before
+    # the printed address: a redirect to the same address without the token, with the cookie
+    with httpx.Client(base_url=url, timeout=30) as browser:
+        r = browser.get(f"/?token={LOCAL_TOKEN}&view=1")
+        assert r.status_code == 303 and r.headers["location"] == "/?view=1"
+        (cookie,) = r.headers.get_list("set-cookie")
+        attrs = [a.strip().lower() for a in cookie.split(";")]
+        assert cookie.startswith(f"seiko-local-{demo.server_app.cookie_id}={LOCAL_TOKEN}") and "httponly" in attrs
+        assert "samesite=lax" in attrs
+        assert browser.get("/config").status_code == 200 and browser.get("/").status_code == 200
+    # a path that would read as another site keeps to this one
+    r = httpx.get(url + f"//evil.example/?token={LOCAL_TOKEN}")
+    assert r.status_code == 303 and r.headers["location"] == "/evil.example/"
+    assert httpx.get(url + "/config", headers=LOCAL).status_code == 200
+
+
+def test_the_local_token_setting_is_checked_without_repeating_it():
+    from app.settings import Settings
+
+    assert Settings.from_env({}, environ={"SEIKO_LOCAL_TOKEN": LOCAL_TOKEN}).local_token == LOCAL_TOKEN
+    assert Settings.from_env({}, environ={}).local_token is None
+    for bad in ("short", "has spaces in it, sixteen+", "x" * 257):
+        with pytest.raises(ValueError, match="SEIKO_LOCAL_TOKEN must be 16 to 256") as e:
+            Settings.from_env({}, environ={"SEIKO_LOCAL_TOKEN": bad})
+        assert bad not in str(e.value)
 
 
 def _raw_request(url: str, head: str, body: bytes = b"", timeout: float = 10) -> bytes:
@@ -350,7 +396,7 @@ def test_the_guard_matches_paths_as_the_router_does_under_a_root_path():
         seen.append(scope["path"])
         await web_guard.PlainTextResponse("inner")(scope, receive, send)
 
-    guard = web_guard.WebGuard(inner, gradio_app=None, policy=web_guard.GuardPolicy(True))
+    guard = web_guard.WebGuard(inner, gradio_app=None, policy=web_guard.GuardPolicy(True), local_token=LOCAL_TOKEN)
 
     def call(path: str, root: str) -> tuple[int, bytes]:
         sent = []
@@ -362,7 +408,7 @@ def test_the_guard_matches_paths_as_the_router_does_under_a_root_path():
             sent.append(message)
 
         scope = {"type": "http", "method": "POST", "path": path, "root_path": root, "query_string": b"",
-                 "headers": [(b"host", b"127.0.0.1:7860")]}
+                 "headers": [(b"host", b"127.0.0.1:7860"), (b"x-seiko-token", LOCAL_TOKEN.encode())]}
         asyncio.run(guard(scope, receive, send))
         return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
 
