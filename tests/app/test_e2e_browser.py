@@ -10,6 +10,7 @@ from __future__ import annotations
 from db import jobs as job_queue
 from db import repo
 from db.engine import read_session, write_session
+from db.models import Rating
 from tests.app.e2e_support import MARKS, screenshot_dir, sign_in, watch_errors
 
 pytestmark = MARKS
@@ -94,4 +95,31 @@ def test_sign_in_rate_with_the_keyboard_reload(ui_world_factory, e2e):
     assert page.locator("#eval-grid img").count() == 12  # 4 prompt/seed rows x 3 rounds
     page.screenshot(path=str(shots / "dashboard.png"), full_page=True)
     assert page.get_by_role("tab", name="Admin").count() == 0  # alice is a rater
+    assert not errors, errors
+
+
+def test_local_mode_in_a_browser_opens_only_at_the_printed_address(ui_world_factory, e2e):
+    """Local mode's token in a real browser: the printed address sets the cookie and every request the page makes
+    after it (Gradio's config, the queue, the images) carries it; a browser that opens the bare address gets the
+    401 sentence and nothing of the app."""
+    world = ui_world_factory(n_images=6, accounts=False)
+    services = world.services(local_mode=True, batch_size=4)
+    demo, browser = e2e(services)
+    bare = browser.new_page(viewport={"width": 1280, "height": 900})
+    response = bare.goto(demo.local_url)
+    assert response.status == 401 and "/?token=" in bare.content() and services.local_token not in bare.content()
+    page = browser.new_page(viewport={"width": 1280, "height": 900})  # the same browser: now with the cookie
+    errors = watch_errors(page)
+    page.goto(services.local_url(demo.local_url))
+    page.wait_for_selector("#rating-grid .rg-card img", timeout=60_000)
+    assert "token=" not in page.url  # the redirect took the secret out of the address bar
+    ids = [int(c.get_attribute("data-image-id")) for c in page.locator(".rg-card").all()]
+    page.wait_for_function("document.activeElement && document.activeElement.classList.contains('rg-card')")
+    page.keyboard.press("7")
+    page.wait_for_function("window.__seiko && !window.__seiko.busy && window.__seiko.queue.length === 0"
+                           " && !document.querySelector('.rg-card[data-state=pending]')", timeout=30_000)
+    with read_session(world.factory) as s:
+        saved = [(r.image_id, r.score) for r in s.query(Rating).all()]
+    assert page.locator(f".rg-card[data-image-id='{ids[0]}']").get_attribute("data-state") == "rated"
+    assert saved == [(ids[0], 7)]  # saved as the local admin
     assert not errors, errors
