@@ -249,6 +249,7 @@ class LoginCheck:
     rater_id: int | None
     refusal: str | None  # None on success
     wrong_credentials: bool = False  # the refusal counts as a failed guess
+    password_hash: str | None = None  # on success: the stored hash the password matched (SessionStore.start checks it)
 
 
 WRONG_CREDENTIALS = "Incorrect credentials."
@@ -271,7 +272,7 @@ def check_login(factory: sessionmaker[Session], username: str, password: str) ->
         return LoginCheck(None, WRONG_CREDENTIALS, wrong_credentials=True)
     if disabled:
         return LoginCheck(None, f"the account {username!r} is disabled; ask an admin")
-    return LoginCheck(rater_id, None)
+    return LoginCheck(rater_id, None, password_hash=stored)
 
 
 def authenticator(factory: sessionmaker[Session]) -> Callable[[str, str], bool]:

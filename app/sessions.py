@@ -66,6 +66,10 @@ def rater_changed(rater_id: int) -> None:
         store.forget_rater(rater_id)
 
 
+class StaleSignIn(Exception):
+    """The account's password changed, or it was disabled, while its sign-in was being checked."""
+
+
 class SessionStore:
     """Start, check and end sessions. Thread-safe; ``check`` is cheap within ``recheck_s`` of the last read."""
 
@@ -96,11 +100,19 @@ class SessionStore:
 
     # -- start and end -------------------------------------------------------------------------
 
-    def start(self, rater_id: int, client: str | None = None) -> str:
-        """A new session for the rater; returns its token (the only copy: the database keeps its sha256)."""
+    def start(self, rater_id: int, client: str | None = None, *, password_hash: str | None = None) -> str:
+        """A new session for the rater; returns its token (the only copy: the database keeps its sha256).
+
+        ``password_hash``: the stored hash the sign-in's password matched. The scrypt check takes a while, so the
+        password may have changed (or the account been disabled) since it was read: then no session starts
+        (StaleSignIn), checked in the same transaction that would write it."""
         token = secrets.token_urlsafe(TOKEN_BYTES)
         now = self._now()
         with write_session(self.factory) as s:
+            if password_hash is not None:
+                rater = s.get(Rater, rater_id)
+                if rater is None or rater.password_hash != password_hash or rater.disabled_at is not None:
+                    raise StaleSignIn("the account's password or state changed while the sign-in was checked")
             repo.create_session(session=s, rater_id=rater_id, token_sha256=token_digest(token),
                                 expires_at=now + self.max, client=client, now=now)
             if self._monotonic() - self._last_purge > 3600:
@@ -254,7 +266,7 @@ class LoginThrottle:
             self._devices.pop(name, None)
             for key in [k for k in self._known if k[1] == name]:
                 del self._known[key]
-            for key in [k for k in self._keys if k[0] == "device" and k[1].endswith(f"\0{name}")]:
+            for key in [k for k in self._keys if k[0] == "device" and k[1].partition("\0")[2] == name]:
                 del self._keys[key]
 
     def _keys_for(self, ip: str | None, account: str | None, device: str | None, now: float) -> list[tuple[str, str]]:

@@ -38,6 +38,7 @@ whether it is in place; ``python -m app serve`` refuses to run without it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import html
 import math
 import os
@@ -60,7 +61,7 @@ from starlette.requests import Request, cookie_parser
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 
 from app import auth
-from app.sessions import LoginThrottle, SessionStore
+from app.sessions import LoginThrottle, SessionStore, StaleSignIn
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -277,13 +278,9 @@ class WebGuard:
     def _local_gate(self, scope: Scope, headers: Headers, path: str, method: str | None) -> Response | str | None:
         """None: the request shows local mode's token (or needs none); a response to send instead (the redirect that
         sets the cookie); or why it is refused (one sentence)."""
-        if self._is_local_token(headers.get(LOCAL_TOKEN_HEADER)) \
-                or self._is_local_token(cookie_parser(headers.get("cookie", "")).get(self._local_cookie())):
-            return None
-        if scope["type"] == "http" and method == "GET" and path in LOCAL_OPEN_PATHS:
-            return None
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         offered = query.get("token", [])
+        # the printed address is always answered with the redirect, cookie or not: the secret leaves the address bar
         if scope["type"] == "http" and method in ("GET", "HEAD") and len(offered) == 1 and self._is_local_token(offered[0]):
             rest = urlencode([(k, v) for k, values in query.items() if k != "token" for v in values])
             # the same address without the token (out of the address bar and the history); a path of "//host"
@@ -293,6 +290,11 @@ class WebGuard:
             response.set_cookie(self._local_cookie(), offered[0], httponly=True, samesite="lax", path="/",
                                 secure=scope.get("scheme") == "https")
             return response
+        if self._is_local_token(headers.get(LOCAL_TOKEN_HEADER)) \
+                or self._is_local_token(cookie_parser(headers.get("cookie", "")).get(self._local_cookie())):
+            return None
+        if scope["type"] == "http" and method == "GET" and path in LOCAL_OPEN_PATHS:
+            return None
         return ("This app runs without user accounts, so it answers only the browser that opened the address it "
                 "printed when it started (ending in /?token=...); open that address, or send the token in the "
                 "X-Seiko-Token header.")
@@ -450,9 +452,18 @@ class WebGuard:
             self.stats.logins["refused"] += 1
             return JSONResponse({"detail": _sentence(result.refusal)}, status_code=403)
         device = device or secrets.token_urlsafe(DEVICE_BYTES)
+        # remembered before the session starts: a password change that lands meanwhile either makes start refuse or
+        # forgets this device after it was remembered (auth.set_password -> sessions.credentials_changed)
         self.throttle.succeeded(ip, username, device)
         assert self.sessions is not None
-        token = await self._in_thread(self.db_pool, self.sessions.start, result.rater_id, ip)
+        try:
+            token = await self._in_thread(self.db_pool, functools.partial(
+                self.sessions.start, result.rater_id, ip, password_hash=result.password_hash))
+        except StaleSignIn:
+            self.throttle.forget_account(username)
+            self.throttle.failed(ip, username, None)
+            self.stats.logins["wrong"] += 1
+            return JSONResponse({"detail": auth.WRONG_CREDENTIALS}, status_code=400)
         self.gradio_app.tokens[token] = username
         self.stats.logins["ok"] += 1
         response = JSONResponse({"success": True})

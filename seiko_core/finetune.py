@@ -60,8 +60,9 @@ def attached_steps(n_steps: int, mode: str, k: int, generator: torch.Generator) 
     per_trajectory (AlignProp/DRaFT): only the last k steps are attached.
     stratified: the steps are cut into k contiguous parts as equal as they can be (earliest to latest) and one step,
     drawn uniformly, is attached in each: per_trajectory's cost (k attached steps), but every step, the early ones
-    that settle the background and the layout included, gets a gradient now and then (each with probability about
-    k / n_steps, as in expectation under per_step).
+    that settle the background and the layout included, gets a gradient now and then (each with probability 1 / the
+    size of its part, about k / n_steps; under per_step step i is attached with probability (i + 1) / (n_steps + 1),
+    about n_steps / 2 steps in all).
     """
     idx = torch.arange(n_steps)
     if mode == "per_step":

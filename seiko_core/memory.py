@@ -1,7 +1,7 @@
 """Computed peak-memory estimate of one SD 1.5 fine-tuning micro-batch (SEIKO step 5), on the meta device.
 
     python -m seiko_core.memory --size 512 --batch 2 [--precision fp32|fp16|bf16] [--no-checkpointing] [--out FILE.json]
-                                [--truncation per_step|per_trajectory --k 10] [--steps 50]
+                                [--truncation per_step|per_trajectory|stratified --k 10] [--steps 50]
                                 [--vae-checkpointing] [--weights fp32|half]          # what-ifs the product does not do
     python -m seiko_core.memory --size 512 --grid [--out FILE.json]     # fp32/fp16 x checkpointing x batch 2/4 (+ half weights)
 
@@ -463,7 +463,8 @@ def vae_factor(vae) -> int:
 # ------------------------------------------------------------------------------------------ the estimate
 def combine(m: dict, *, steps: int = 50, quantile: float = 0.999, truncation: str = "per_step", k: int = 10) -> dict:
     """Per-component bytes and the peak of one micro-batch, at the expected, a high-quantile and the maximal number
-    of attached steps: random under per_step truncation (the sd15 preset's), exactly ``k`` under per_trajectory.
+    of attached steps: random under per_step truncation (the sd15 preset's), exactly ``k`` under per_trajectory
+    and stratified.
 
     Peak = weights + LoRA/AdamW state + saved graph (attached steps, detached steps' latent chain, VAE decode,
     image encoder) + a backward allowance: the larger of (a) the VAE backward's gradients at the start of backward (b) with checkpointing, the recompute of the largest checkpointed UNet
@@ -543,7 +544,7 @@ def table(r: dict) -> str:
         ("saved graph, previous-round UNet call (per attached step)", r["per_attached_step"]["unet_prev"], "", ""),
         ("saved graph, DDIM mean + KL (per attached step)", r["per_attached_step"]["step_ops"], "", ""),
         (f"all attached steps (x {e:g} expected / x {q} at p{r['quantile'] * 100:g})" if r["truncation"] == "per_step"
-         else f"all attached steps (x {q}: per_trajectory truncation, K = {q})", None,
+         else f"all attached steps (x {q}: {r['truncation']} truncation, K = {q})", None,
          e * ps, q * ps),
         ("latent chain through detached steps (all of them)", None, (r["steps"] - e) * r["per_detached_step"],
          (r["steps"] - q) * r["per_detached_step"]),

@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     token = secrets.token_urlsafe(24)  # local mode's secret for this run (the demo would draw one and print it)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "SEIKO_LOCAL_TOKEN": token}
     data.parent.mkdir(parents=True, exist_ok=True)
-    log = open(data.parent / f"{data.name}-demo.log", "w")
+    # the log holds the printed address and so the token: readable by this user only
+    log = os.fdopen(os.open(data.parent / f"{data.name}-demo.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w")
     demo = subprocess.Popen([sys.executable, "-m", "app", "demo", "--data-dir", str(data), "--port", str(args.port),
                              "--model", str(model)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:

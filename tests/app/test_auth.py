@@ -335,3 +335,40 @@ def test_a_password_change_disable_or_delete_forgets_the_accounts_sign_in_exempt
     assert t.wait_s("10.0.0.1", "bob", "bobs-browser") == locked
     auth.delete_user(db_factory, name="carol")
     assert t.wait_s("10.0.0.1", "carol", "carols-browser") == locked
+
+
+def test_forgetting_an_account_leaves_an_account_whose_name_ends_with_it():
+    from app.sessions import LoginThrottle, ThrottleRule
+
+    rule = ThrottleRule(free=0, base_s=10, max_s=100)
+    t = LoginThrottle(per_device=rule, monotonic=lambda: 0.0)
+    for name in ("bob", "x\0bob"):
+        t.succeeded("10.0.0.1", name, "browser")
+        t.failed("10.0.0.1", name, "browser")  # the device's own count for that account
+    t.forget_account("bob")
+    assert t.wait_s("10.0.0.1", "x\0bob", "browser") == 10  # its device count kept, and the device still known
+
+
+def test_a_password_change_during_the_sign_in_check_starts_no_session(db_factory):
+    """Found in review: the scrypt check reads the stored hash and then takes a while; a password changed (or the
+    account disabled) in that window still got a session from the old password. The session now starts only if the
+    hash the password matched is still the stored one, in the transaction that writes it."""
+    from app.sessions import SessionStore, StaleSignIn
+    from db.models import UserSession
+
+    auth.add_user(db_factory, name="alice", role="rater", password=PASSWORD)
+    auth.add_user(db_factory, name="admin2", role="admin", password=PASSWORD)
+    store = SessionStore(db_factory, idle_s=600, max_s=3600)
+    checked = auth.check_login(db_factory, "alice", PASSWORD)
+    assert checked.refusal is None and checked.password_hash
+    auth.set_password(db_factory, name="alice", password="a new password")  # lands during the check
+    with pytest.raises(StaleSignIn):
+        store.start(checked.rater_id, "10.0.0.1", password_hash=checked.password_hash)
+    checked = auth.check_login(db_factory, "alice", "a new password")
+    auth.set_disabled(db_factory, name="alice", disabled=True)
+    with pytest.raises(StaleSignIn):
+        store.start(checked.rater_id, "10.0.0.1", password_hash=checked.password_hash)
+    with read_session(db_factory) as s:
+        assert s.query(UserSession).count() == 0
+    fresh = auth.check_login(db_factory, "admin2", PASSWORD)
+    assert store.check(store.start(fresh.rater_id, "10.0.0.1", password_hash=fresh.password_hash)) is not None

@@ -301,6 +301,9 @@ def test_local_mode_answers_only_whoever_shows_the_token_it_printed(served_local
         assert cookie.startswith(f"seiko-local-{demo.server_app.cookie_id}={LOCAL_TOKEN}") and "httponly" in attrs
         assert "samesite=lax" in attrs
         assert browser.get("/config").status_code == 200 and browser.get("/").status_code == 200
+        # opened again with the cookie: still the redirect, so the secret leaves the address bar every time
+        again = browser.get(f"/?token={LOCAL_TOKEN}")
+        assert again.status_code == 303 and again.headers["location"] == "/"
     # a path that would read as another site keeps to this one
     r = httpx.get(url + f"//evil.example/?token={LOCAL_TOKEN}")
     assert r.status_code == 303 and r.headers["location"] == "/evil.example/"
