@@ -70,10 +70,8 @@ class AppServices:
     local_token: str | None = None
 
     def __post_init__(self) -> None:
-        if self.local_mode and self.local_token is None:
-            object.__setattr__(self, "local_token", self.settings.local_token or web_guard.new_local_token())
-        if not self.local_mode:
-            object.__setattr__(self, "local_token", None)
+        token = (self.local_token or self.settings.local_token or web_guard.new_local_token()) if self.local_mode else None
+        object.__setattr__(self, "local_token", token)
 
     def local_url(self, base: str) -> str:
         """``base`` (the app's address) with the local-mode token to open it with; ``base`` itself with accounts."""

@@ -226,20 +226,12 @@ class WebGuard:
         headers = Headers(scope=scope)
         refusal = self.policy.refusal(headers, scope.get("scheme", "http"))
         if refusal is not None:
-            self.stats.refused += 1
-            if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": 1008, "reason": refusal[:120]})
-            else:
-                await PlainTextResponse(_sentence(refusal), status_code=403)(scope, receive, send)
+            await self._refuse(scope, receive, send, _sentence(refusal), 403)
             return
         path, method = get_route_path(scope), scope.get("method")
         if self.local_token is not None and (gate := self._local_gate(scope, headers, path, method)) is not None:
             if isinstance(gate, str):
-                self.stats.refused += 1
-                if scope["type"] == "websocket":
-                    await send({"type": "websocket.close", "code": 1008, "reason": gate[:120]})
-                else:
-                    await PlainTextResponse(gate, status_code=401)(scope, receive, send)
+                await self._refuse(scope, receive, send, gate, 401)
             else:
                 await gate(scope, receive, send)
             return
@@ -265,6 +257,15 @@ class WebGuard:
         if self.sessions is not None:
             await self._check_session(headers)
         await self.inner(scope, receive, self._lax_send(send))
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, why: str, status: int) -> None:
+        """Answer with ``why`` (one sentence): as the body with ``status`` over HTTP, as the close reason (1008) of a
+        websocket."""
+        self.stats.refused += 1
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008, "reason": why[:120]})
+        else:
+            await PlainTextResponse(why, status_code=status)(scope, receive, send)
 
     # -- local mode's token -----------------------------------------------------------------------
 
@@ -533,7 +534,7 @@ def install(gradio_app: Any, services: Any, *, throttle: LoginThrottle | None = 
                      factory=services.factory, sessions=sessions, throttle=throttle,
                      secure_cookies=bool(public and public.startswith("https://")),
                      hash_workers=hash_workers, max_pending=max_pending,
-                     local_token=services.local_token if services.local_mode else None)
+                     local_token=services.local_token)  # None with accounts (AppServices)
     gradio_app.middleware_stack = guard
     return guard
 

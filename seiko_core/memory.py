@@ -51,6 +51,8 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map
 
+from .config import TRUNCATIONS
+
 GIB = 2**30
 GPUS_GB = (24, 40, 80)  # GPU memory sizes judged, in GB as sold (1 GB = 1e9 bytes)
 # Beyond the allocated tensors: the CUDA context (~0.5 GB) and the caching allocator's fragmentation; a GPU is
@@ -476,7 +478,7 @@ def combine(m: dict, *, steps: int = 50, quantile: float = 0.999, truncation: st
     elif truncation in ("per_trajectory", "stratified"):
         expected = high = min(k, steps)
     else:
-        raise ValueError(f"unknown truncation {truncation!r}; choose from ['per_step', 'per_trajectory', 'stratified']")
+        raise ValueError(f"unknown truncation {truncation!r}; choose from {list(TRUNCATIONS)}")
     per_step = sum(m["per_attached_step"].values())
     weights = sum(m["weights"].values())
     optimizer = sum(m["optimizer"].values())
@@ -606,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="what-if: also checkpoint the VAE decoder's blocks (the product does not)")
     ap.add_argument("--weights", choices=("fp32", "half"), default="fp32",
                     help="what-if: 'half' holds the frozen weights in fp16/bf16 (the product loads fp32)")
-    ap.add_argument("--truncation", choices=("per_step", "per_trajectory", "stratified"), default="per_step",
+    ap.add_argument("--truncation", choices=TRUNCATIONS, default="per_step",
                     help="per_step: the sd15 preset's (random, 25 of 50 steps attached on average); per_trajectory "
                          "and stratified: exactly --k steps")
     ap.add_argument("--k", type=int, default=10, help="attached steps under per_trajectory and stratified truncation")

@@ -28,7 +28,6 @@ import base64
 import io
 import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -40,7 +39,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from app import people, services, taste_stats
+from app import people, services, taste_stats, web_guard
 from app.settings import DEFAULT_MODEL, Settings
 from app.tools.harness import wait_for
 from db import repo
@@ -111,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"{data} is not empty; give a fresh --data-dir")
     settings = Settings.from_env({"data_dir": str(data), "port": args.port, "model": args.model})
     model = Path(settings.model).resolve() if Path(settings.model).exists() else settings.model
-    token = secrets.token_urlsafe(24)  # local mode's secret for this run (the demo would draw one and print it)
+    token = web_guard.new_local_token()  # local mode's secret for this run (the demo would draw one and print it)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "SEIKO_LOCAL_TOKEN": token}
     data.parent.mkdir(parents=True, exist_ok=True)
     # the log holds the printed address and so the token: readable by this user only
