@@ -275,6 +275,23 @@ def check_login(factory: sessionmaker[Session], username: str, password: str) ->
     return LoginCheck(rater_id, None, password_hash=stored)
 
 
+def credentials_stamp(rater_id: int, password_hash: str) -> str:
+    """A short digest of an account's credentials: it changes when the password does, and differs between an account
+    and a new one of the same name. The sign-in throttle keeps it with each browser and address it exempts."""
+    return hashlib.sha256(f"{rater_id}\0{password_hash}".encode()).hexdigest()[:32]
+
+
+def current_credentials_stamp(factory: sessionmaker[Session], username: str) -> str:
+    """The stamp of ``username``'s stored credentials now; "" for no such account or a disabled one (nothing is
+    exempt then). Read from the database, so a change made by another process counts."""
+    with read_session(factory) as s:
+        try:
+            rater = repo.get_rater_by_name(session=s, name=username)
+        except NotFound:
+            return ""
+        return "" if rater.disabled_at is not None else credentials_stamp(rater.id, rater.password_hash)
+
+
 def authenticator(factory: sessionmaker[Session]) -> Callable[[str, str], bool]:
     """A plain (name, password) -> bool check: True when they match an enabled account. Blocking (one scrypt hash).
 

@@ -237,7 +237,13 @@ class LoginThrottle:
     others out. A browser that signed in to an account gets a device token (``app.web_guard``: a random cookie); for
     that account and within ``known_s`` the browser is held only to the device's own limit (``per_device``), not to the
     address's or the account's locks, and its failures count against the device alone. Known addresses and devices
-    live in memory (a restart forgets them)."""
+    live in memory (a restart forgets them).
+
+    Each remembered address and device keeps the ``credentials`` stamp of the sign-in that earned it
+    (``app.auth.credentials_stamp``: the account's id and password hash). The exemption holds only while the caller
+    passes the same stamp, read from the database at the attempt, so a password changed or an account disabled by
+    another process (``python -m app users ...`` beside the running app) ends it too; ``credentials_changed`` is the
+    same thing for this process, at once."""
 
     def __init__(
         self,
@@ -253,9 +259,10 @@ class LoginThrottle:
         self.rules = {"ip": per_ip, "account": per_account, "device": per_device}
         self.forget_s, self.known_s, self._monotonic, self.max_keys = forget_s, known_s, monotonic, max_keys
         self._keys: dict[tuple[str, str], _Failures] = {}
-        self._known: dict[tuple[str, str], float] = {}  # (address, account) -> its last successful sign-in
-        # account -> {device token: its last successful sign-in}, the newest DEVICES_PER_ACCOUNT per account
-        self._devices: dict[str, dict[str, float]] = {}
+        # (address, account) -> (its last successful sign-in, that sign-in's credentials stamp)
+        self._known: dict[tuple[str, str], tuple[float, str]] = {}
+        # account -> {device token: (its last successful sign-in, stamp)}, the newest DEVICES_PER_ACCOUNT per account
+        self._devices: dict[str, dict[str, tuple[float, str]]] = {}
         self._lock = threading.Lock()
         _THROTTLES.add(self)
 
@@ -269,30 +276,41 @@ class LoginThrottle:
             for key in [k for k in self._keys if k[0] == "device" and k[1].partition("\0")[2] == name]:
                 del self._keys[key]
 
-    def _keys_for(self, ip: str | None, account: str | None, device: str | None, now: float) -> list[tuple[str, str]]:
+    def _exempt(self, remembered: tuple[float, str] | None, now: float, credentials: str) -> bool:
+        return remembered is not None and now - remembered[0] <= self.known_s and remembered[1] == credentials
+
+    def _keys_for(self, ip: str | None, account: str | None, device: str | None, now: float,
+                  credentials: str) -> list[tuple[str, str]]:
         """The counters that bar (and count) a sign-in; call with the lock held."""
         name = (account or "")[:200]
-        if device and now - self._devices.get(name, {}).get(device, float("-inf")) <= self.known_s:
+        if device and self._exempt(self._devices.get(name, {}).get(device), now, credentials):
             return [("device", f"{device}\0{name}")]  # a browser that signed in to this account: its own limit there
         keys = [("ip", ip or "?"), ("account", name)]
-        if ip and now - self._known.get((ip, name), float("-inf")) <= self.known_s:
+        if ip and self._exempt(self._known.get((ip, name)), now, credentials):
             keys = keys[:1]  # a known address: the account's lock is not for it, its own limit is
         return keys
 
-    def wait_s(self, ip: str | None, account: str | None, device: str | None = None) -> float:
+    def remembers(self, ip: str | None, account: str | None, device: str | None = None) -> bool:
+        """Whether the address or the device signed in to ``account`` before, so that the attempt's credentials stamp
+        decides its limits (otherwise the stamp changes nothing and need not be read)."""
+        name = (account or "")[:200]
+        with self._lock:
+            return bool(device and device in self._devices.get(name, {})) or bool(ip and (ip, name) in self._known)
+
+    def wait_s(self, ip: str | None, account: str | None, device: str | None = None, *, credentials: str = "") -> float:
         """Seconds until a sign-in from ``ip`` (and the browser's ``device`` token, if any) for ``account`` may be
-        tried (0: now)."""
+        tried (0: now). ``credentials``: the account's stamp now (see the class)."""
         now = self._monotonic()
         with self._lock:
-            keys = self._keys_for(ip, account, device, now)
+            keys = self._keys_for(ip, account, device, now, credentials)
             return max([0.0] + [f.locked_until - now for k in keys if (f := self._keys.get(k))])
 
-    def failed(self, ip: str | None, account: str | None, device: str | None = None) -> None:
+    def failed(self, ip: str | None, account: str | None, device: str | None = None, *, credentials: str = "") -> None:
         now = self._monotonic()
         with self._lock:
             if len(self._keys) >= self.max_keys:
                 self._prune(now)
-            for key in self._keys_for(ip, account, device, now):
+            for key in self._keys_for(ip, account, device, now, credentials):
                 rule = self.rules[key[0]]
                 f = self._keys.get(key)
                 if f is None or now - f.last > self.forget_s:
@@ -302,18 +320,20 @@ class LoginThrottle:
                 if f.count > rule.free:
                     f.locked_until = now + min(rule.max_s, rule.base_s * 2 ** min(f.count - rule.free - 1, 60))
 
-    def succeeded(self, ip: str | None, account: str | None, device: str | None = None) -> None:
+    def succeeded(self, ip: str | None, account: str | None, device: str | None = None, *,
+                  credentials: str = "") -> None:
+        """A sign-in with ``credentials`` (the stamp of the password it matched) succeeded."""
         now = self._monotonic()
         name = (account or "")[:200]
         with self._lock:
             self._keys.pop(("account", name), None)
             if ip:
-                self._remember(self._known, (ip, name), now)
+                self._remember(self._known, (ip, name), (now, credentials))
             if device:
                 self._keys.pop(("device", f"{device}\0{name}"), None)
-                self._remember_device(name, device, now)
+                self._remember_device(name, device, (now, credentials))
 
-    def _remember_device(self, name: str, device: str, now: float) -> None:
+    def _remember_device(self, name: str, device: str, entry: tuple[float, str]) -> None:
         """Keep the account's newest devices only: someone who once knew the password cannot mint tokens without end,
         and each sign-in of the owner pushes old ones out."""
         if name not in self._devices and len(self._devices) >= self.max_keys:  # bounded: keep the newest half
@@ -321,15 +341,16 @@ class LoginThrottle:
                 del self._devices[k]
         tokens = self._devices.setdefault(name, {})
         tokens.pop(device, None)
-        tokens[device] = now
+        tokens[device] = entry
         while len(tokens) > DEVICES_PER_ACCOUNT:
             del tokens[next(iter(tokens))]
 
-    def _remember(self, known: dict[tuple[str, str], float], key: tuple[str, str], now: float) -> None:
+    def _remember(self, known: dict[tuple[str, str], tuple[float, str]], key: tuple[str, str],
+                  entry: tuple[float, str]) -> None:
         if len(known) >= self.max_keys:  # bounded: keep the newest half
             for k, _ in sorted(known.items(), key=lambda kv: kv[1])[: len(known) // 2]:
                 del known[k]
-        known[key] = now
+        known[key] = entry
 
     def _prune(self, now: float) -> None:
         stale = [k for k, f in self._keys.items() if now - f.last > self.forget_s or f.locked_until < now]

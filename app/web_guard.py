@@ -430,7 +430,12 @@ class WebGuard:
         username, password = form.get("username", "").strip(), form.get("password", "")
         device = Request(scope).cookies.get(self._device_cookie())
         device = device if device and DEVICE_TOKEN.fullmatch(device) else None  # anything else: no device
-        wait = self.throttle.wait_s(ip, username, device)
+        # a browser or address exempt from some locks stays so only while the account's credentials are those it
+        # signed in with; read here, so a password changed by another process (the users CLI) ends it too
+        credentials = ""
+        if username and self.throttle.remembers(ip, username, device):
+            credentials = await self._in_thread(self.db_pool, auth.current_credentials_stamp, self.factory, username)
+        wait = self.throttle.wait_s(ip, username, device, credentials=credentials)
         if wait > 0:
             self.stats.logins["throttled"] += 1
             seconds = math.ceil(wait)
@@ -447,7 +452,7 @@ class WebGuard:
             self.pending -= 1
         if result.refusal is not None:
             if result.wrong_credentials:
-                self.throttle.failed(ip, username, device)
+                self.throttle.failed(ip, username, device, credentials=credentials)
                 self.stats.logins["wrong"] += 1
                 return JSONResponse({"detail": auth.WRONG_CREDENTIALS}, status_code=400)
             self.stats.logins["refused"] += 1
@@ -455,7 +460,8 @@ class WebGuard:
         device = device or secrets.token_urlsafe(DEVICE_BYTES)
         # remembered before the session starts: a password change that lands meanwhile either makes start refuse or
         # forgets this device after it was remembered (auth.set_password -> sessions.credentials_changed)
-        self.throttle.succeeded(ip, username, device)
+        self.throttle.succeeded(ip, username, device,
+                                credentials=auth.credentials_stamp(result.rater_id, result.password_hash))
         assert self.sessions is not None
         try:
             token = await self._in_thread(self.db_pool, functools.partial(

@@ -337,6 +337,37 @@ def test_a_password_change_disable_or_delete_forgets_the_accounts_sign_in_exempt
     assert t.wait_s("10.0.0.1", "carol", "carols-browser") == locked
 
 
+def test_an_exemption_holds_only_under_the_credentials_it_was_earned_with(db_factory):
+    """The stamp is the throttle's link to the database: a password change or disable made by another process (which
+    cannot call credentials_changed here) changes the stamp read at the next attempt, and the exemption ends."""
+    from app.sessions import LoginThrottle, ThrottleRule
+
+    auth.add_user(db_factory, name="alice", role="rater", password=PASSWORD)
+    auth.add_user(db_factory, name="admin2", role="admin", password=PASSWORD)
+    rule = ThrottleRule(free=1, base_s=10, max_s=100)
+    t = LoginThrottle(per_ip=rule, per_account=rule, per_device=rule, monotonic=lambda: 0.0)
+    earned = auth.current_credentials_stamp(db_factory, "alice")
+    assert earned and auth.current_credentials_stamp(db_factory, "nobody") == ""
+    assert not t.remembers("10.0.0.1", "alice", "alices-browser")
+    t.succeeded("10.0.0.1", "alice", "alices-browser", credentials=earned)
+    assert t.remembers("10.0.0.1", "alice", "alices-browser") and t.remembers("10.0.0.1", "alice")
+    for _ in range(3):
+        t.failed("10.0.0.1", "mallory")  # the shared address is locked
+    locked = t.wait_s("10.0.0.1", "dave")
+    assert locked > 0 and t.wait_s("10.0.0.1", "alice", "alices-browser", credentials=earned) == 0
+    assert t.wait_s("10.0.0.1", "alice", "alices-browser", credentials="") == locked  # no stamp, no exemption
+    with write_session(db_factory) as s:  # another process changes the password
+        rater = repo.get_rater_by_name(session=s, name="alice")
+        repo.set_rater_password_hash(session=s, rater_id=rater.id, password_hash=auth.hash_password("a new password"))
+    now = auth.current_credentials_stamp(db_factory, "alice")
+    assert now != earned and t.wait_s("10.0.0.1", "alice", "alices-browser", credentials=now) == locked
+    t.succeeded("10.0.0.1", "alice", "alices-browser", credentials=now)  # the owner signs in with the new one
+    assert t.wait_s("10.0.0.1", "alice", "alices-browser", credentials=now) == 0
+    with write_session(db_factory) as s:  # and another process disables the account
+        repo.set_rater_disabled(session=s, rater_id=rater.id, disabled=True)
+    assert auth.current_credentials_stamp(db_factory, "alice") == ""
+
+
 def test_forgetting_an_account_leaves_an_account_whose_name_ends_with_it():
     from app.sessions import LoginThrottle, ThrottleRule
 

@@ -552,6 +552,55 @@ def test_the_sign_in_sets_a_device_cookie_that_gets_past_a_locked_address(ui_wor
         demo.close()
 
 
+def test_a_password_changed_by_another_process_ends_the_devices_exemption(ui_world):
+    """Found in review: the throttle forgot a browser's exemption only when the password changed in this process; one
+    changed with `python -m app users` beside the running server left the old browser guessing at its own limit,
+    past a locked address. The exemption now holds only while the account's stored credentials are those it signed
+    in with, read from the database at the attempt."""
+    throttle = sessions.LoginThrottle(per_ip=sessions.ThrottleRule(free=3, base_s=30, max_s=60))
+    demo, url = launch(ui_world, throttle=throttle)
+    try:
+        with httpx.Client(base_url=url, timeout=30) as alices, httpx.Client(base_url=url, timeout=30) as other:
+            assert alices.post("/login", data={"username": "alice", "password": UI_PASSWORD}).status_code == 200
+            codes = [other.post("/login", data={"username": "bob", "password": "wrong password"}).status_code
+                     for _ in range(4)]
+            assert codes == [400, 400, 400, 400]  # the address is locked now
+            r = alices.post("/login", data={"username": "alice", "password": "a wrong guess"})
+            assert r.status_code == 400  # the browser still gets past the address's lock, to its own limit
+            from db.engine import write_session
+
+            with write_session(ui_world.factory) as s:  # what the CLI does, without telling this process
+                rater = repo.get_rater_by_name(session=s, name="alice")
+                repo.set_rater_password_hash(session=s, rater_id=rater.id, password_hash=auth.hash_password("a new one!"))
+            r = alices.post("/login", data={"username": "alice", "password": UI_PASSWORD})  # the old password
+            assert r.status_code == 429, r.text  # under the address's lock again, like everyone there
+    finally:
+        demo.close()
+
+
+def test_a_password_changed_during_the_sign_in_check_gets_no_session_over_http(ui_world, monkeypatch):
+    """The guard's side of SessionStore.start's check: a sign-in whose password changed while scrypt ran is refused
+    like a wrong password, sets no session cookie, and the new password then works."""
+    demo, url = launch(ui_world)
+    real = auth.check_login
+
+    def check_then_change(factory, username, password):
+        result = real(factory, username, password)
+        auth.set_password(factory, name=username, password="changed meanwhile")  # lands during the check
+        return result
+
+    try:
+        monkeypatch.setattr(auth, "check_login", check_then_change)  # web_guard looks it up on the module at call time
+        with httpx.Client(base_url=url, timeout=30) as http:
+            r = http.post("/login", data={"username": "alice", "password": UI_PASSWORD})
+            assert r.status_code == 400 and r.json()["detail"] == auth.WRONG_CREDENTIALS
+            assert config_user(http) in (401, 403)
+        monkeypatch.setattr(auth, "check_login", real)
+        assert config_user(sign_in(url, "alice", "changed meanwhile")) == 200
+    finally:
+        demo.close()
+
+
 def test_sign_in_hashes_off_the_event_loop(ui_world):
     """Before: the scrypt check ran inside Gradio's async /login, on the event loop. Here a deliberately slow check
     (0.8 s) runs while another request is answered at once."""
