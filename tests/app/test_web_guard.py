@@ -603,14 +603,14 @@ def test_a_password_changed_during_the_sign_in_check_gets_no_session_over_http(u
 
 def test_sign_in_hashes_off_the_event_loop(ui_world):
     """Before: the scrypt check ran inside Gradio's async /login, on the event loop. Here a deliberately slow check
-    (0.8 s) runs while another request is answered at once."""
+    (3 s) runs while another request is answered well within it (under 2 s: a margin for a loaded CI machine)."""
     demo, url = launch(ui_world)
     slow_started = threading.Event()
     real = auth.check_login
 
     def slow_check(*args, **kwargs):
         slow_started.set()
-        time.sleep(0.8)
+        time.sleep(3.0)
         return real(*args, **kwargs)
 
     try:
@@ -629,7 +629,7 @@ def test_sign_in_hashes_off_the_event_loop(ui_world):
         other = time.monotonic() - t0
         t.join(30)
         assert result["status"] == 200
-        assert other < 0.5, f"another request waited {other:.2f} s behind a sign-in"
+        assert other < 2.0, f"another request waited {other:.2f} s behind a sign-in"
     finally:
         auth.check_login = real
         demo.close()
