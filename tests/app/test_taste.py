@@ -561,3 +561,30 @@ def test_honest_ids_are_the_randomly_drawn_images():
     shown = [Row(id=i, seed=100 + i) for i in range(4) if choices[i].shown]
     assert selection.honest_ids({"selection": record}, shown) == [c.index for c in choices if c.shown and c.mode == "random"]
     assert record["candidates"] == 4 and record["shown"] == 2 and len(record["unshown"]) == 2
+
+
+def test_the_documented_extra_people_rate_drawn_images_by_their_stated_rules():
+    """docs/people/more_people.py, loaded as bench-taste loads a person; each rule checked on images drawn by the
+    data set's own renderer, whose attributes are known."""
+    import numpy as np
+    import torch
+
+    from app.people import load_person
+    from seiko_core.toy import dataset as ds
+
+    def drawn(*specs):
+        u8 = np.stack([ds.render(ds.ShapeSpec(*s, position="center")) for s in specs])
+        return torch.from_numpy(u8).permute(0, 3, 1, 2).float() / 255.0
+
+    images = drawn(("triangle", "red", "white", "large"), ("triangle", "red", "black", "small"),
+                   ("circle", "cyan", "brown", "large"), ("square", "pink", "gray", "medium"),
+                   ("circle", "blue", "white", "small"))
+    expected = {
+        "triangles": [9, 8, 2, 2, 2],
+        "cyan_or_pink": [1, 1, 9, 9, 1],
+        "brown_background": [1, 1, 9, 1, 1],
+        "big_on_white": [9, 2, 5, 2, 4],
+    }
+    for name, ratings in expected.items():
+        person = load_person(f"docs/people/more_people.py:{name}")
+        assert person.rate(images, [""] * 5) == ratings, name
