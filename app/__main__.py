@@ -50,7 +50,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"python -m app {ns.command}", description=help_)
     module.add_arguments(parser)
-    return int(module.main(parser.parse_args(ns.rest)) or 0)
+    args = parser.parse_args(ns.rest)
+    try:
+        return int(module.main(args) or 0)
+    except Exception as exc:
+        sentence = refusal(exc)
+        if sentence is None:
+            raise  # not a known fault of the input or the surroundings: the traceback is for a bug report
+        print(f"error: {sentence}", file=sys.stderr)
+        return 2 if _is_settings_error(exc) else 1
+
+
+def _is_settings_error(exc: BaseException) -> bool:
+    from app.settings import SettingsError
+
+    return isinstance(exc, SettingsError)
+
+
+def refusal(exc: BaseException) -> str | None:
+    """One sentence for an error that bad input or the surroundings cause (a setting, the database, a schema
+    revision, an input the database layer refuses), whichever command meets it; None for anything else."""
+    from db.errors import DbError, SchemaOutOfDate
+
+    if _is_settings_error(exc) or isinstance(exc, DbError | SchemaOutOfDate):
+        return str(exc)
+    if "sqlalchemy" in sys.modules:
+        from sqlalchemy.exc import DatabaseError, OperationalError
+
+        if isinstance(exc, OperationalError | DatabaseError):
+            cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+            return f"the database could not be used ({cause[0] if cause else type(exc).__name__})"
+    if "alembic" in sys.modules:
+        from alembic.util.exc import CommandError
+
+        if isinstance(exc, CommandError):
+            return f"the schema migration was refused: {exc}"
+    return None
 
 
 if __name__ == "__main__":

@@ -268,6 +268,9 @@ def check_login(factory: sessionmaker[Session], username: str, password: str) ->
             rater = None
         stored = rater.password_hash if rater is not None else _DUMMY_HASH
         rater_id, disabled = (rater.id, rater.disabled_at is not None) if rater is not None else (None, False)
+    if not stored.startswith("scrypt$"):  # the local admin's marker (no password): the same hash's time all the same,
+        verify_password(password, _DUMMY_HASH)  # so that the answer's time does not tell such a row exists
+        return LoginCheck(None, WRONG_CREDENTIALS, wrong_credentials=True)
     if not verify_password(password, stored) or rater_id is None:
         return LoginCheck(None, WRONG_CREDENTIALS, wrong_credentials=True)
     if disabled:

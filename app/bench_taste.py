@@ -666,13 +666,25 @@ def round_line(r: dict[str, Any]) -> str:
 def run(cfg: BenchConfig, command: list[str], log=print) -> dict[str, Any]:
     person = people.load_person(cfg.person)
     people.check_person(person)
-    cfg.out.mkdir(parents=True, exist_ok=True)
+    from app.services import check_model_spec
+
+    check_model_spec(cfg.model)  # a mistyped --model: one sentence, before any seed's data dir is made
+    try:
+        cfg.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BenchError(f"the output directory {cfg.out} cannot be made ({exc.strerror or exc}); give another --out") from exc
     results_path = cfg.out / "results.json"
     seeds: dict[str, dict[str, Any]] = {}
     if results_path.exists():
-        previous = json.loads(results_path.read_text())
+        try:
+            previous = json.loads(results_path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            previous = exc
+        if not isinstance(previous, dict) or not isinstance(previous.get("seeds", {}), dict):
+            # refused, not started afresh: a fresh start would delete the unfinished seeds' data (run_seed)
+            raise BenchError(f"{results_path} is not a bench-taste results file; give another --out or remove it")
         if previous.get("config") == cfg.as_dict():
-            seeds = {k: v for k, v in previous.get("seeds", {}).items() if v.get("complete")}
+            seeds = {k: v for k, v in previous.get("seeds", {}).items() if isinstance(v, dict) and v.get("complete")}
             for k in seeds:
                 log(f"seed {k}: finished in an earlier run, kept")
         else:

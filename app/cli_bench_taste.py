@@ -77,6 +77,8 @@ def main(args: argparse.Namespace) -> int:
             raise BenchError(f"--rounds must be from 1 to 50, got {args.rounds}")
         if not 2 <= args.budget <= 4096:
             raise BenchError(f"--budget must be from 2 to 4096, got {args.budget}")
+        if not (math.isfinite(args.round_timeout) and args.round_timeout > 0):
+            raise BenchError(f"--round-timeout must be a positive number of seconds, got {args.round_timeout}")
         if args.feedback not in FEEDBACKS:
             raise BenchError(f"--feedback must be scores, pairs or both, got {args.feedback!r}")
         choice = {k: v for k, v in (("temperature", args.temperature), ("tie_eps", args.tie_eps)) if v is not None}

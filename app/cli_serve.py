@@ -87,7 +87,14 @@ def launch(services) -> object:
     from app.ui import build_demo, launch_kwargs
 
     demo = build_demo(services)
-    demo.launch(prevent_thread_lock=True, quiet=True, **launch_kwargs(services))
+    web_guard.trust_proxies(services.settings)
+    kwargs = launch_kwargs(services)
+    try:
+        demo.launch(prevent_thread_lock=True, quiet=True, **kwargs)
+    except OSError as exc:  # Gradio's "Cannot find empty port": another server (a second demo?) holds it
+        said = str(exc).split(". ")[0]
+        raise ServeError(f"could not listen on {kwargs.get('server_name')}:{kwargs.get('server_port')} ({said}); "
+                         "stop what uses that port or give another with --port") from exc
     if web_guard.installed(demo.server_app) is None:  # fail closed: no Host/Origin checks, no sessions
         demo.close()
         raise ServeError("the app's origin and session guard did not start (app.web_guard); not serving without it")

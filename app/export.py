@@ -30,7 +30,7 @@ from db.engine import make_engine, read_session, session_factory
 from db.models import Image, Rater, Rating, Round
 from seiko_core import export as core
 from seiko_core import model_card
-from seiko_core.checkpoint import MANIFEST, sha256_file
+from seiko_core.checkpoint import MANIFEST, sha256_file, verify
 from seiko_core.export import FORMATS, WEIGHT_NAME, ExportError, ExportResult
 from seiko_core.export_verify import CheckSettings, verify_export
 
@@ -89,6 +89,7 @@ def export_round_to(settings: Settings, experiment_id: int, round_index: int, fm
         raise ExportError(f"unknown export format {fmt!r}; choose from {list(FORMATS)}")
     src = resolve_round(settings, experiment_id, round_index)
     facts = export_card.facts(settings, experiment_id, round_index)
+    verify(src.adapter_dir)  # an adapter without its manifest, or whose files changed: CheckpointError, one sentence
     facts["source_adapter_manifest_sha256"] = sha256_file(src.adapter_dir / MANIFEST)
     stem = _stem(src)
     if fmt == "diffusers":

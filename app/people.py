@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import math
+import numbers
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -92,9 +93,9 @@ def check_ratings(name: str, answer: Any, n: int) -> list[int]:
         raise PersonError(f"person {name!r} returned {len(answer)} ratings for {n} images; it must return one rating per image.")
     out = []
     for i, value in enumerate(answer):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and float(value).is_integer():
+            value = int(value)  # 7.0, numpy.float32(7)
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # numpy.int64(7) is a whole number
             raise PersonError(f"person {name!r} rated image {i} {value!r}; ratings must be whole numbers from 1 to 10.")
         if not RATING_MIN <= value <= RATING_MAX:
             raise PersonError(f"person {name!r} rated image {i} {value}; ratings must be whole numbers from 1 to 10.")
@@ -129,7 +130,7 @@ def load_person(spec: str) -> Person:
     sys.modules[module_name] = module
     try:
         module_spec.loader.exec_module(module)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a file that calls sys.exit() on import is refused, not obeyed
         del sys.modules[module_name]
         raise PersonError(f"person file {where!r} failed to import: {type(exc).__name__}: {str(exc).rstrip('.')}.") from exc
     if not hasattr(module, attr):

@@ -18,6 +18,7 @@ The state lives in the server process's memory: a restart forgets it.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import secrets
 import threading
 import time
@@ -226,6 +227,22 @@ def credentials_changed(account: str) -> None:
         throttle.forget_account(account)
 
 
+def address_key(ip: str | None) -> str:
+    """The per-address counter's key: the address, or for IPv6 its /64 (one host is commonly handed a whole /64, so
+    that each of its addresses counting alone would multiply the address limit without end)."""
+    if not ip:
+        return "?"
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)  # ::ffff:10.0.0.1 is 10.0.0.1
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
 class LoginThrottle:
     """Failed sign-ins per client address and per account, with exponential backoff. Thread-safe.
 
@@ -264,7 +281,41 @@ class LoginThrottle:
         # account -> {device token: (its last successful sign-in, stamp)}, the newest DEVICES_PER_ACCOUNT per account
         self._devices: dict[str, dict[str, tuple[float, str]]] = {}
         self._lock = threading.Lock()
+        self._in_flight: dict[tuple[str, str], int] = {}  # key -> sign-ins admitted and not yet decided
         _THROTTLES.add(self)
+
+    def admit(self, ip: str | None, account: str | None, device: str | None = None, *,
+              credentials: str = "") -> tuple[float, tuple[tuple[str, str], ...] | None]:
+        """(0, a ticket) when a sign-in may be checked now, else (seconds to wait, None). Give the ticket back with
+        ``release`` once ``failed`` or ``succeeded`` has recorded the outcome.
+
+        Guesses sent at once would otherwise all pass the check before the first failure is counted: the counts
+        allow ``free`` failures and one more that locks, so near a limit at most that many are checked at a time;
+        the others wait a second, while the ones admitted are decided."""
+        now = self._monotonic()
+        with self._lock:
+            keys = self._keys_for(ip, account, device, now, credentials)
+            wait = max([0.0] + [f.locked_until - now for k in keys if (f := self._keys.get(k))])
+            if wait > 0:
+                return wait, None
+            for key in keys:
+                pending = self._in_flight.get(key, 0)
+                f = self._keys.get(key)
+                counted = f.count if f is not None and now - f.last <= self.forget_s else 0
+                if pending and counted + pending > self.rules[key[0]].free:
+                    return 1.0, None
+            for key in keys:
+                self._in_flight[key] = self._in_flight.get(key, 0) + 1
+            return 0.0, tuple(keys)
+
+    def release(self, ticket: tuple[tuple[str, str], ...] | None) -> None:
+        with self._lock:
+            for key in ticket or ():
+                left = self._in_flight.get(key, 0) - 1
+                if left > 0:
+                    self._in_flight[key] = left
+                else:
+                    self._in_flight.pop(key, None)
 
     def forget_account(self, account: str) -> None:
         """Forget the devices and addresses that signed in to ``account`` (see ``credentials_changed``)."""
@@ -285,7 +336,7 @@ class LoginThrottle:
         name = (account or "")[:200]
         if device and self._exempt(self._devices.get(name, {}).get(device), now, credentials):
             return [("device", f"{device}\0{name}")]  # a browser that signed in to this account: its own limit there
-        keys = [("ip", ip or "?"), ("account", name)]
+        keys = [("ip", address_key(ip)), ("account", name)]
         if ip and self._exempt(self._known.get((ip, name)), now, credentials):
             keys = keys[:1]  # a known address: the account's lock is not for it, its own limit is
         return keys

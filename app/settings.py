@@ -11,6 +11,12 @@
     SEIKO_SESSION_MAX_HOURS     a sign-in ends this long after it began, active or not  (default 168)
     SEIKO_LOCAL_TOKEN  local mode (no accounts): the secret in the address the app prints, at least 16 of
                        A-Z a-z 0-9 - _ (default: a new random one at every start)
+    SEIKO_TRUSTED_PROXIES  addresses (or networks) whose X-Forwarded-For / -Proto headers are believed, comma-separated,
+                           or "none"; set "none" on a shared machine with no proxy on it, or the proxy's address when
+                           it runs on another host                          (default 127.0.0.1,::1)
+    SEIKO_ALLOWED_HOSTS  with accounts: more host names the app answers to, comma-separated, e.g.
+                         seiko.lab.example,labserver (always answered: IP addresses, localhost, this machine's
+                         name, the public URL's and --host's names)                (default none)
 
 Precedence: command-line flag > environment variable > default.
 """
@@ -35,7 +41,10 @@ ENV_VARS = {
     "session_idle_minutes": "SEIKO_SESSION_IDLE_MINUTES",
     "session_max_hours": "SEIKO_SESSION_MAX_HOURS",
     "local_token": "SEIKO_LOCAL_TOKEN",
+    "allowed_hosts": "SEIKO_ALLOWED_HOSTS",
+    "trusted_proxies": "SEIKO_TRUSTED_PROXIES",
 }
+DEFAULT_TRUSTED_PROXIES = ("127.0.0.1", "::1")  # a reverse proxy on this machine (uvicorn's own default)
 DEFAULT_DATA_DIR = "data"
 DEFAULT_MODEL = "models/shapes-sd"
 DEFAULT_HOST = "127.0.0.1"
@@ -44,13 +53,17 @@ DEFAULT_SESSION_IDLE_MINUTES = 480.0  # a working day
 DEFAULT_SESSION_MAX_HOURS = 168.0  # a week
 
 
+class SettingsError(ValueError):
+    """A setting (an environment variable or a command-line option) has a value the app cannot use; one sentence."""
+
+
 def _port(value: Any) -> int:
     try:
         port = int(value)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"the port must be a whole number from 1 to 65535, got {value!r}") from e
+        raise SettingsError(f"the port must be a whole number from 1 to 65535, got {value!r}") from e
     if not 1 <= port <= 65535:
-        raise ValueError(f"the port must be a whole number from 1 to 65535, got {port}")
+        raise SettingsError(f"the port must be a whole number from 1 to 65535, got {port}")
     return port
 
 
@@ -58,13 +71,52 @@ def _positive(name: str, value: Any) -> float:
     try:
         number = float(value)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{name} must be a positive number, got {value!r}") from e
+        raise SettingsError(f"{name} must be a positive number, got {value!r}") from e
     if not number > 0 or number == float("inf"):
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
+        raise SettingsError(f"{name} must be a positive number, got {value!r}")
     return number
 
 
 LOCAL_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,256}")
+HOST_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
+
+
+def _proxies(value: Any) -> tuple[str, ...]:
+    """SEIKO_TRUSTED_PROXIES as addresses and networks; "none" (or nothing listed) trusts no forwarding header."""
+    import ipaddress
+
+    if isinstance(value, list | tuple):
+        items = [str(v) for v in value]
+    else:
+        text = str(value).strip()
+        items = [] if text.lower() == "none" else text.split(",")
+    out = []
+    for item in (i.strip() for i in items):
+        if not item:
+            continue
+        try:
+            out.append(str(ipaddress.ip_network(item, strict=False)) if "/" in item else str(ipaddress.ip_address(item)))
+        except ValueError as e:
+            raise SettingsError(f"{ENV_VARS['trusted_proxies']} must be IP addresses or networks separated by commas, "
+                                f"or none; {item[:100]!r} is neither") from e
+    return tuple(dict.fromkeys(out))
+
+
+def _host_names(value: Any) -> tuple[str, ...]:
+    """SEIKO_ALLOWED_HOSTS as lower-case names: comma-separated DNS names, no ports, no wildcards."""
+    if value is None or value == "" or value == ():
+        return ()
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    names = []
+    for item in items:
+        name = str(item).strip().lower().rstrip(".")
+        if not name:
+            continue
+        if not HOST_NAME.fullmatch(name):
+            raise SettingsError(f"{ENV_VARS['allowed_hosts']} must be host names separated by commas (no ports, "
+                                f"schemes or wildcards), got {str(item).strip()[:100]!r}")
+        names.append(name)
+    return tuple(dict.fromkeys(names))
 
 
 def _local_token(value: Any) -> str | None:
@@ -73,7 +125,7 @@ def _local_token(value: Any) -> str | None:
         return None
     if not isinstance(value, str) or not LOCAL_TOKEN.fullmatch(value):
         length = len(value) if isinstance(value, str) else 0
-        raise ValueError(f"{ENV_VARS['local_token']} must be 16 to 256 of the characters A-Z a-z 0-9 - _ "
+        raise SettingsError(f"{ENV_VARS['local_token']} must be 16 to 256 of the characters A-Z a-z 0-9 - _ "
                          f"(the value given has {length} characters)")
     return value
 
@@ -89,10 +141,10 @@ def public_origin(value: Any) -> str | None:
         parts = urlsplit(text)
         port = parts.port
     except ValueError as e:
-        raise ValueError(f"the public URL {text!r} is not a URL like https://seiko.example.org ({e})") from e
+        raise SettingsError(f"the public URL {text!r} is not a URL like https://seiko.example.org ({e})") from e
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") or parts.query \
             or parts.fragment or parts.username or parts.password:
-        raise ValueError(f"the public URL must look like https://seiko.example.org (scheme and host, no path), got {text!r}")
+        raise SettingsError(f"the public URL must look like https://seiko.example.org (scheme and host, no path), got {text!r}")
     host = parts.hostname.lower()
     if ":" in host:
         host = f"[{host}]"
@@ -111,6 +163,8 @@ class Settings:
     session_idle_minutes: float = DEFAULT_SESSION_IDLE_MINUTES
     session_max_hours: float = DEFAULT_SESSION_MAX_HOURS
     local_token: str | None = None  # local mode's secret; None: a new random one at every start
+    allowed_hosts: tuple[str, ...] = ()  # with accounts: host names answered besides the built-in ones (web_guard)
+    trusted_proxies: tuple[str, ...] = DEFAULT_TRUSTED_PROXIES  # whose forwarding headers are believed; () for none
 
     @classmethod
     def from_env(cls, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
@@ -119,7 +173,7 @@ class Settings:
         overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
         unknown = set(overrides) - set(ENV_VARS)
         if unknown:
-            raise ValueError(f"unknown setting(s) {sorted(unknown)}; choose from {sorted(ENV_VARS)}")
+            raise SettingsError(f"unknown setting(s) {sorted(unknown)}; choose from {sorted(ENV_VARS)}")
 
         def pick(field: str, default: Any) -> Any:
             if field in overrides:
@@ -139,6 +193,8 @@ class Settings:
             session_idle_minutes=_positive("the session idle limit (minutes)", pick("session_idle_minutes", DEFAULT_SESSION_IDLE_MINUTES)),
             session_max_hours=_positive("the session limit (hours)", pick("session_max_hours", DEFAULT_SESSION_MAX_HOURS)),
             local_token=_local_token(pick("local_token", None)),
+            allowed_hosts=_host_names(pick("allowed_hosts", ())),
+            trusted_proxies=_proxies(pick("trusted_proxies", DEFAULT_TRUSTED_PROXIES)),
         )
 
     @classmethod
@@ -156,5 +212,9 @@ def add_arguments(parser: argparse.ArgumentParser, *, server: bool = False) -> N
     if server:
         group.add_argument("--host", help=f"listen address [${ENV_VARS['host']}, default {DEFAULT_HOST}]")
         group.add_argument("--port", type=_port, help=f"listen port [${ENV_VARS['port']}, default {DEFAULT_PORT}]")
+        group.add_argument("--trusted-proxies", help="addresses whose X-Forwarded-For/-Proto are believed, comma-separated, "
+                           f"or none [${ENV_VARS['trusted_proxies']}, default 127.0.0.1,::1]")
+        group.add_argument("--allowed-hosts", help="with accounts: more host names the app answers to, comma-separated "
+                           f"[${ENV_VARS['allowed_hosts']}, default none: IP addresses, localhost and this machine's name]")
         group.add_argument("--public-url", help=f"the address people open, e.g. https://seiko.example.org; the one other "
                            f"origin allowed to send signed-in requests [${ENV_VARS['public_url']}, default none]")

@@ -112,10 +112,15 @@ def _admin(services: AppServices, request: gr.Request | None) -> Who:
 
 
 def _shown(fn: Callable[[], Any]) -> Any:
-    """Run ``fn``; a refusal (a ValueError from the db layer or a form check, or AuthError) becomes a gr.Error."""
+    """Run ``fn``; a refusal (a ValueError from the db layer or a form check, or AuthError) or a fault of the files
+    it reads (an adapter whose files no longer match its manifest, a model that cannot be loaded) becomes a gr.Error
+    with its sentence, not Gradio's bare "Error"."""
+    from seiko_core.checkpoint import CheckpointError
+    from seiko_core.models import ModelLoadError
+
     try:
         return fn()
-    except (AuthError, ValueError) as e:
+    except (AuthError, ValueError, CheckpointError, ModelLoadError) as e:
         raise gr.Error(_sentence(e)) from e
 
 

@@ -4,6 +4,11 @@ For every HTTP and websocket request, before Gradio sees it:
 
 - **Host** (local mode, no accounts): only ``localhost``, ``127.x.x.x`` or ``[::1]`` (any port) are answered. A
   page on another name that resolves to 127.0.0.1 (DNS rebinding) gets 403, so it cannot act as the local admin.
+  With accounts: IP addresses, ``localhost``, this machine's name, the public URL's and ``--host``'s names and
+  ``SEIKO_ALLOWED_HOSTS`` (``answered_names``); any other name gets 403, so a page whose name an attacker points at
+  a server on an inside network cannot reach it through a visitor's browser (nor guess passwords from there).
+- **Framing**: every response says ``X-Frame-Options: SAMEORIGIN`` and ``Content-Security-Policy:
+  frame-ancestors 'self'``, so no page of another origin can show the app in a frame and steer clicks on it.
 - **Origin**: a request that carries an ``Origin`` header is refused (403, no CORS headers) unless that origin is
   the request's own (scheme aside: the same host and port as ``Host``) or the configured public URL
   (``SEIKO_PUBLIC_URL``). Browsers send ``Origin`` on every cross-origin request and preflight, and on every
@@ -40,10 +45,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import html
+import ipaddress
 import math
 import os
 import re
 import secrets
+import socket
 import sys
 import threading
 from collections.abc import Awaitable, Callable
@@ -133,6 +140,10 @@ class GuardPolicy:
 
     local_mode: bool  # no accounts: only localhost Host values
     public_origin: str | None = None  # Settings.public_url: the one other origin allowed
+    # with accounts: the host names answered (IP addresses always are); None: any. A page on a DNS name the attacker
+    # points at this server (DNS rebinding) sends its own name as Host and is refused, so it cannot reach the app
+    # from a visitor's browser on the inside, nor guess passwords from there
+    host_names: frozenset[str] | None = None
 
     def refusal(self, headers: Headers, scheme: str = "http") -> str | None:
         """Why a request with these headers is refused (one sentence), or None when it may pass. ``scheme``: the
@@ -142,6 +153,9 @@ class GuardPolicy:
         if self.local_mode and (host is None or not auth.is_loopback(host[0])):
             return (f"this app runs without user accounts and answers only when opened as localhost or 127.0.0.1, "
                     f"not as {host_header!r}")
+        if not self.local_mode and self.host_names is not None and not self.host_answered(host):
+            return (f"this app answers only at its own addresses, not as {str(host_header)[:200]!r}: open it by IP "
+                    f"address, localhost or this machine's name, or add the name to SEIKO_ALLOWED_HOSTS")
         if self.local_mode and (proxied := next((h for h in PROXY_HEADERS if h in headers), None)):
             return (f"this app runs without user accounts and answers only direct connections from this machine, not "
                     f"a request passed on by a proxy (it carries {proxied!r}); behind a proxy, run it with accounts")
@@ -149,6 +163,16 @@ class GuardPolicy:
         if origin is None or self.origin_allowed(origin, host, scheme):
             return None
         return f"requests from the origin {origin[:200]!r} are refused: open the app at its own address"
+
+    def host_answered(self, host: tuple[str, int | None] | None) -> bool:
+        if host is None:
+            return False
+        name = host[0].rstrip(".")
+        try:
+            ipaddress.ip_address(name.strip("[]"))
+            return True  # an address literal: no name for anyone to point elsewhere
+        except ValueError:
+            return self.host_names is None or name in self.host_names
 
     def origin_allowed(self, origin: str, host: tuple[str, int | None] | None, request_scheme: str = "http") -> bool:
         parsed = split_origin(origin)
@@ -163,6 +187,21 @@ class GuardPolicy:
         if host is None or host[0] != name:
             return False
         return host[1] == port or (host[1] is None and port == DEFAULT_PORTS[scheme])
+
+
+FRAMING_HEADERS = ((b"x-frame-options", b"SAMEORIGIN"), (b"content-security-policy", b"frame-ancestors 'self'"))
+
+
+def _framing_send(send: Send) -> Send:
+    """``send`` with the framing headers added to the response's start (an X-Frame-Options already there is replaced;
+    a Content-Security-Policy already there is kept: a browser enforces every policy it is given)."""
+    async def wrapped(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            kept = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-frame-options"]
+            message = {**message, "headers": [*kept, *FRAMING_HEADERS]}
+        await send(message)
+
+    return wrapped
 
 
 def lax_cookie(value: bytes) -> bytes:
@@ -224,6 +263,8 @@ class WebGuard:
             await self.inner(scope, receive, send)
             return
         headers = Headers(scope=scope)
+        if scope["type"] == "http":
+            send = _framing_send(send)
         refusal = self.policy.refusal(headers, scope.get("scheme", "http"))
         if refusal is not None:
             await self._refuse(scope, receive, send, _sentence(refusal), 403)
@@ -435,12 +476,19 @@ class WebGuard:
         credentials = ""
         if username and self.throttle.remembers(ip, username, device):
             credentials = await self._in_thread(self.db_pool, auth.current_credentials_stamp, self.factory, username)
-        wait = self.throttle.wait_s(ip, username, device, credentials=credentials)
-        if wait > 0:
+        wait, ticket = self.throttle.admit(ip, username, device, credentials=credentials)
+        if ticket is None:
             self.stats.logins["throttled"] += 1
-            seconds = math.ceil(wait)
+            seconds = max(1, math.ceil(wait))
             return JSONResponse({"detail": f"Too many failed sign-ins; try again in {seconds} second{'s' if seconds != 1 else ''}."},
                                 status_code=429, headers={"Retry-After": str(seconds)})
+        try:
+            return await self._checked_login(scope, ip, username, password, device, credentials)
+        finally:
+            self.throttle.release(ticket)  # after the outcome is counted, so the next guess sees it
+
+    async def _checked_login(self, scope: Scope, ip: str | None, username: str, password: str, device: str | None,
+                             credentials: str) -> Response:
         if self.pending >= self.max_pending:
             self.stats.logins["busy"] += 1
             return JSONResponse({"detail": "The server is checking many sign-ins at once; try again in a few seconds."},
@@ -525,6 +573,28 @@ LOGOUT_PAGE = f"""<!doctype html><html><head><meta charset="utf-8"><title>Log ou
 # ---------------------------------------------------------------------------------------------
 
 
+def trust_proxies(settings: Any) -> None:
+    """Tell uvicorn (read when Gradio starts its server, from FORWARDED_ALLOW_IPS) whose X-Forwarded-For and
+    X-Forwarded-Proto to believe: ``Settings.trusted_proxies``. A client address taken from a header anyone may send
+    would let one client pose as many, or as an address that signed in to an account, to the sign-in throttle."""
+    os.environ["FORWARDED_ALLOW_IPS"] = ",".join(settings.trusted_proxies)  # "" trusts nobody
+
+
+def answered_names(settings: Any) -> frozenset[str]:
+    """The host names an app with accounts answers to: localhost, this machine's name (and name.local), the public
+    URL's, --host's when it is a name, and SEIKO_ALLOWED_HOSTS."""
+    machine = socket.gethostname().lower().rstrip(".")
+    names = {"localhost", machine, machine.split(".")[0], machine.split(".")[0] + ".local", *settings.allowed_hosts}
+    if settings.public_url:
+        names.add((urlsplit(settings.public_url).hostname or "").lower())
+    host = (settings.host or "").lower()
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        names.add(host)
+    return frozenset(n for n in names if n)
+
+
 def install(gradio_app: Any, services: Any, *, throttle: LoginThrottle | None = None, hash_workers: int = 1,
             max_pending: int = 4) -> WebGuard:
     """Wrap ``gradio_app``'s middleware stack (built here if it is not yet) in a WebGuard; returns the guard."""
@@ -536,7 +606,8 @@ def install(gradio_app: Any, services: Any, *, throttle: LoginThrottle | None = 
     settings = services.settings
     sessions = None if services.local_mode else SessionStore.from_settings(services.factory, settings)
     public = settings.public_url
-    guard = WebGuard(current, gradio_app=gradio_app, policy=GuardPolicy(services.local_mode, public),
+    policy = GuardPolicy(services.local_mode, public, host_names=None if services.local_mode else answered_names(settings))
+    guard = WebGuard(current, gradio_app=gradio_app, policy=policy,
                      factory=services.factory, sessions=sessions, throttle=throttle,
                      secure_cookies=bool(public and public.startswith("https://")),
                      hash_workers=hash_workers, max_pending=max_pending,

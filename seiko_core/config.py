@@ -6,6 +6,7 @@ Each field carries the reason for its default. ``__post_init__`` validates with 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
@@ -17,6 +18,34 @@ METHODS = ("nonadaptive", "greedy", "ucb", "ucb_cov", "bootstrap", "ts")  # ucb:
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ValueError(msg)
+
+
+def _kind_error(name: str, kind: str, value: Any) -> str | None:
+    """Why ``value`` is not of the annotated ``kind`` ('int', 'float', 'bool', 'str', each maybe '| None'), or None."""
+    optional = kind.endswith(" | None")
+    kind = kind.removesuffix(" | None")
+    if value is None:
+        return None if optional else f"{name} must be a {kind}, got None"
+    if kind == "int":
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        return None if ok else f"{name} must be a whole number, got {value!r}"
+    if kind == "float":
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+        return None if ok else f"{name} must be a finite number, got {value!r}"
+    if kind == "bool":
+        return None if isinstance(value, bool) else f"{name} must be true or false, got {value!r}"
+    if kind == "str":
+        return None if isinstance(value, str) else f"{name} must be text, got {value!r}"
+    return None  # tuples and sections are converted and checked by their own __post_init__
+
+
+def _check_kinds(obj: Any) -> None:
+    """Every scalar field of a config dataclass holds a value of its annotated kind (a JSON override such as
+    ``--set finetune.epochs=2.5`` or ``sampling.guidance=NaN`` is refused here, with the field's name), so the range
+    checks after it compare numbers."""
+    for f in fields(obj):
+        problem = _kind_error(f.name, str(f.type), getattr(obj, f.name))
+        _check(problem is None, problem or "")
 
 
 @dataclass
@@ -40,8 +69,14 @@ class RewardConfig:
     prior_scale: float = 0.0
 
     def __post_init__(self) -> None:
+        _check_kinds(self)
         self.hidden = tuple(self.hidden)
         self.dropout = tuple(self.dropout)
+        _check(all(isinstance(w, numbers.Integral) and not isinstance(w, bool) and w >= 1 for w in self.hidden),
+               f"hidden must be whole layer widths of at least 1, got {list(self.hidden)}")
+        _check(all(isinstance(d, numbers.Real) and not isinstance(d, bool) and 0 <= d < 1 for d in self.dropout),
+               f"dropout must be rates in [0, 1), got {list(self.dropout)}")
+        _check(self.patience >= 1 and self.sgld_base >= 0, "patience must be at least 1 and sgld_base non-negative")
         _check(self.num_heads >= 1, f"num_heads must be at least 1, got {self.num_heads}")
         _check(len(self.hidden) >= 1, "hidden needs at least one layer width")
         _check(0 <= self.holdout < 0.5, f"holdout must be in [0, 0.5), got {self.holdout}")
@@ -77,6 +112,8 @@ class OptimismConfig:
     bonus_balance: float | None = None
 
     def __post_init__(self) -> None:
+        _check_kinds(self)
+        _check(self.ucb_beta >= 0 and self.bonus_clip > 0, "ucb_beta must be non-negative and bonus_clip positive")
         _check(self.temperature > 0, f"temperature must be positive, got {self.temperature}")
         _check(self.bonus in (None, "textbook", "covariance"), f"unknown bonus {self.bonus!r}; choose from [None, 'covariance', 'textbook']")
         _check(self.bonus_lambda > 0, f"bonus_lambda must be positive, got {self.bonus_lambda}")
@@ -99,7 +136,10 @@ class SamplingConfig:
     batch_size: int = 16  # images per sampling batch
 
     def __post_init__(self) -> None:
+        _check_kinds(self)
         _check(self.steps >= 1, f"steps must be at least 1, got {self.steps}")
+        _check(self.guidance >= 0, f"guidance must be non-negative (1: no guidance), got {self.guidance}")
+        _check(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
         _check(self.eta >= 0, f"eta must be non-negative, got {self.eta}")
 
 
@@ -139,7 +179,15 @@ class FinetuneConfig:
         return max(1, math.ceil(self.trajectories_per_epoch / (self.batch_size * self.grad_accum * processes)))
 
     def __post_init__(self) -> None:
+        _check_kinds(self)
         self.target_modules = tuple(self.target_modules)
+        _check(self.target_modules and all(isinstance(m, str) and m for m in self.target_modules),
+               f"target_modules must be module names, got {list(self.target_modules)}")
+        _check(self.lr > 0 and self.lora_alpha > 0 and self.grad_clip > 0,
+               f"lr, lora_alpha and grad_clip must be positive, got {self.lr}, {self.lora_alpha} and {self.grad_clip}")
+        _check(self.weight_decay >= 0 and self.loss_coeff >= 0,
+               f"weight_decay and loss_coeff must be non-negative, got {self.weight_decay} and {self.loss_coeff}")
+        _check(self.trajectories_per_epoch >= 1, f"trajectories_per_epoch must be at least 1, got {self.trajectories_per_epoch}")
         if self.max_seconds is not None:
             self.max_seconds = float(self.max_seconds)
             _check(math.isfinite(self.max_seconds) and self.max_seconds > 0,
@@ -173,6 +221,9 @@ class SeikoConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def __post_init__(self) -> None:
+        _check_kinds(self)
+        _check(all(isinstance(b, numbers.Integral) and not isinstance(b, bool) for b in self.budgets),
+               f"budgets must be whole numbers, got {list(self.budgets)}")
         self.budgets = tuple(int(b) for b in self.budgets)
         self.prompts = tuple(self.prompts)
         self.eval_prompts = tuple(self.eval_prompts)

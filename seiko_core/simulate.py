@@ -183,8 +183,11 @@ def load_results(path: Path, settings: dict) -> dict:
     """The results so far, or a fresh skeleton; refuses a file written with different settings."""
     if not path.exists():
         return {"format": FORMAT, "version": VERSION, "settings": settings, "pretrained": None, "runs": {}}
-    data = json.loads(path.read_text())
-    if data.get("format") != FORMAT:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise SimulationError(f"{path} cannot be read as a results file ({exc}); choose another --out or delete it") from exc
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise SimulationError(f"{path} is not a {FORMAT} results file")
     old = json.loads(json.dumps(data.get("settings"), default=_json_default))
     new = json.loads(json.dumps(settings, default=_json_default))
@@ -715,7 +718,11 @@ def run_campaign(args, argv, *, parts, oracle, base: SeikoConfig, ev: EvalSet, s
     returns its record; ``summarise_fn(results, out)`` writes the curve and the table and returns the table."""
     try:
         out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SimulationError(f"the output directory {out} cannot be made ({exc.strerror or exc}); "
+                                  "give another --out") from exc
         results = load_results(out / RESULTS, settings)
     except SimulationError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -793,14 +800,19 @@ def campaign_setup(args, parts, oracle, methods, budgets):
     the feedback noise sigma and the settings that results.json records and resumes on; SimulationError when bad."""
     from .presets import preset
 
-    base = preset(args.preset or ("shapes" if parts.sample_size <= 32 else "sd15"))
-    base.budgets = budgets
-    # The simulator measures learning per label: every run takes the configured steps, whatever the machine's load
-    # (two runs at --jobs 2 share the cores), so that methods and seeds compare at equal steps. A preset's time limit
-    # is the product's (the wait between rounds); `--set finetune.max_seconds=23` opts back in.
-    base.finetune.max_seconds = None
-    base = apply_overrides(base, args.set)
-    cfgs = {m: method_config(base, m, args) for m in methods}
+    try:
+        base = preset(args.preset or ("shapes" if parts.sample_size <= 32 else "sd15"))
+        base.budgets = budgets
+        # The simulator measures learning per label: every run takes the configured steps, whatever the machine's load
+        # (two runs at --jobs 2 share the cores), so that methods and seeds compare at equal steps. A preset's time
+        # limit is the product's (the wait between rounds); `--set finetune.max_seconds=23` opts back in.
+        base.finetune.max_seconds = None
+        base = apply_overrides(base, args.set)
+        cfgs = {m: method_config(base, m, args) for m in methods}
+    except SimulationError:
+        raise
+    except (ValueError, TypeError) as exc:  # a preset name or a --set value the config refuses: its sentence
+        raise SimulationError(str(exc)) from exc
     ev = make_eval_set(base, args.eval_n, args.kl_n)
     sigma = oracle.default_sigma if args.noise_sigma is None else float(args.noise_sigma)
     settings = {"model": args.model, "oracle": args.oracle, "oracle_spread": oracle.spread, "noise_sigma": sigma,

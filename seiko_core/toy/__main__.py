@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
+import time
+from pathlib import Path
 
+from ..atomic import temp_sibling
 from .build import BuildConfig, build, refine_existing, remeasure
 
 
@@ -29,6 +33,18 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--steps", type=int, default=None, help="refinement steps (default: the build's)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    if args.command in ("quality", "refine-encoder"):
+        model = Path(args.model)
+        if not (model / "QUALITY.json").is_file() or not (model / "model_index.json").is_file():
+            parser.error(f"{args.model!r} is not a model written by `build` (it needs model_index.json and QUALITY.json)")
+    try:
+        return _run(args)
+    except (OSError, ValueError, KeyError) as exc:  # a half-written or edited model directory, a full disk
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "quality":
         quality = remeasure(args.model, guidance=args.guidance, steps=args.steps)
         print(json.dumps({k: v for k, v in quality.items() if k != "build_config"}, indent=2))
@@ -42,9 +58,31 @@ def main(argv: list[str] | None = None) -> int:
     for field in ("clip_steps", "vae_steps", "unet_steps", "n_images"):
         if getattr(args, field) is not None:
             setattr(cfg, field, getattr(args, field))
-    quality = build(args.out, cfg)
+    quality = build_in_place_of(Path(args.out), cfg)
     print(json.dumps({k: v for k, v in quality.items() if k != "build_config"}, indent=2))
     return 0
+
+
+def build_in_place_of(out: Path, cfg: BuildConfig) -> dict:
+    """Build into a temporary sibling of ``out`` and move it into place only when the build has finished: an
+    interrupted or failed build leaves ``out`` as it was. A model already at ``out`` (say the shipped
+    ``models/shapes-sd``, whose adapters depend on it) is moved aside to ``out.replaced-<UTC time>``, not deleted."""
+    out = out.expanduser().absolute()
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {str(out)!r} is a file, not a directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(out)
+    try:
+        quality = build(tmp, cfg)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # the partial build only; ``out`` was never touched
+        raise
+    if out.exists():
+        aside = out.with_name(f"{out.name}.replaced-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}")
+        out.rename(aside)
+        print(f"the model that was at {out} is now at {aside}", file=sys.stderr)
+    tmp.rename(out)
+    return quality
 
 
 if __name__ == "__main__":

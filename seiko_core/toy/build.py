@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import atomic
 from . import dataset as ds
 from .tokenizer import MODEL_MAX_LENGTH, save_tokenizer
 
@@ -429,14 +430,14 @@ def build(out: str | Path, cfg: BuildConfig) -> dict:
 
     save_pipeline(out, tokenizer=tokenizer, text_encoder=text_encoder, image_encoder=image_encoder,
                   text_proj=text_proj, vae=vae, unet=unet)
-    (out / "build_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    atomic.write_text(out / "build_config.json", json.dumps(asdict(cfg), indent=2))
 
     t0 = time.time()
     quality = measure_quality(out, cfg)
     timings["quality_s"] = time.time() - t0
     quality["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
     quality["build_config"] = asdict(cfg)
-    (out / "QUALITY.json").write_text(json.dumps(quality, indent=2))
+    atomic.write_text(out / "QUALITY.json", json.dumps(quality, indent=2))
     write_model_card(out, quality)
     log.info("quality: %s", json.dumps({k: v for k, v in quality.items() if k not in ("build_config",)}))
     return quality
@@ -474,11 +475,11 @@ def refine_existing(model_dir: str | Path, steps: int | None = None) -> dict:
     refine_s = time.time() - t0
     image_encoder.save_pretrained(model_dir / "image_encoder", safe_serialization=True)
     save_file(text_proj, str(model_dir / "text_projection.safetensors"))
-    (model_dir / "build_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    atomic.write_text(model_dir / "build_config.json", json.dumps(asdict(cfg), indent=2))
     quality = measure_quality(model_dir, cfg)
     quality["timings_s"] = {**old.get("timings_s", {}), "refine_s": round(refine_s, 1)}
     quality["build_config"] = asdict(cfg)
-    (model_dir / "QUALITY.json").write_text(json.dumps(quality, indent=2))
+    atomic.write_text(model_dir / "QUALITY.json", json.dumps(quality, indent=2))
     write_model_card(model_dir, quality)
     return quality
 
@@ -502,6 +503,6 @@ def remeasure(model_dir: str | Path, *, guidance: float | None = None, steps: in
     quality["timings_s"] = old.get("timings_s", {})
     quality["build_config"] = old["build_config"]
     quality["remeasured_with"] = {"quality_guidance": cfg.quality_guidance, "quality_steps": cfg.quality_steps}
-    (model_dir / "QUALITY.json").write_text(json.dumps(quality, indent=2))
+    atomic.write_text(model_dir / "QUALITY.json", json.dumps(quality, indent=2))
     write_model_card(model_dir, quality)
     return quality

@@ -117,14 +117,15 @@ def test_guard_is_the_outermost_layer(served):
     assert guard is not None and demo.server_app.middleware_stack is guard
 
 
-@pytest.mark.parametrize("host", ["seiko.team.lan:7860", "10.0.0.5:7860", "127.0.0.1"])
-def test_a_foreign_preflight_gets_no_cors_answer_whatever_the_host(served, host):
+@pytest.mark.parametrize("host, why", [("seiko.team.lan:7860", "answers only at its own addresses"),  # a name not its own
+                                       ("10.0.0.5:7860", "evil.example"), ("127.0.0.1", "evil.example")])
+def test_a_foreign_preflight_gets_no_cors_answer_whatever_the_host(served, host, why):
     """Before: 200 with Access-Control-Allow-Origin: https://evil.example and -Credentials: true (non-localhost Host)."""
     _, _, url = served
     r = httpx.options(url + "/gradio_api/queue/join", headers={
         "Host": host, "Origin": EVIL, "Access-Control-Request-Method": "POST",
         "Access-Control-Request-Headers": "content-type"})
-    assert r.status_code == 403 and "evil.example" in r.text and "refused" in r.text
+    assert r.status_code == 403 and why in r.text
     assert_no_cors(r)
 
 
@@ -767,5 +768,111 @@ def test_many_concurrent_sign_ins_are_answered_busy_not_queued_forever(ui_world,
     try:
         codes = asyncio.run(flood())
         assert set(codes) <= {400, 503} and codes.count(503) >= 1, codes
+    finally:
+        demo.close()
+
+
+# -- found in the security review of 3 Dec 2026 (each test fails on the code before it) ------------------------------
+
+
+def test_with_accounts_a_host_name_not_its_own_is_refused_before_the_sign_in(served):
+    """DNS rebinding: a page on rebind.evil.example, its name pointed at a server on an inside network, sent the
+    sign-in with its own Host and a matching Origin; the guard checked Host only in local mode, so the password was
+    hashed and the guess counted from a visitor's browser."""
+    _, demo, url = served
+    guard = web_guard.installed(demo.server_app)
+    port = url.rsplit(":", 1)[1]
+    wrong_before = guard.stats.logins["wrong"]
+    r = httpx.post(url + "/login", data={"username": "root", "password": "guess"},
+                   headers={"Host": f"rebind.evil.example:{port}", "Origin": f"http://rebind.evil.example:{port}"})
+    assert r.status_code == 403 and "answers only at its own addresses" in r.text
+    assert guard.stats.logins["wrong"] == wrong_before  # nothing hashed, nothing counted
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}"):
+        assert httpx.get(url + "/", headers={"Host": host}).status_code == 200
+
+
+def test_the_answered_host_names_and_the_policy_alone():
+    policy = web_guard.GuardPolicy(False, None, host_names=frozenset({"localhost", "seiko.lab"}))
+    for host in ("seiko.lab:7860", "SEIKO.LAB", "localhost", "10.1.2.3:7860", "[2001:db8::1]:7860", "seiko.lab."):
+        assert policy.refusal(web_guard.Headers(raw=[(b"host", host.encode())])) is None, host
+    for host in ("rebind.evil.example:7860", "seiko.lab.evil.example", "lab"):
+        assert "answers only at its own addresses" in policy.refusal(web_guard.Headers(raw=[(b"host", host.encode())]))
+    assert "answers only at its own addresses" in policy.refusal(web_guard.Headers(raw=[]))  # no Host at all
+    settings = Settings.from_env({"data_dir": "/tmp/x", "public_url": "https://seiko.example.org", "host": "labbox",
+                                  "allowed_hosts": "Seiko.Lab.Example, other"}, environ={})
+    names = web_guard.answered_names(settings)
+    assert {"localhost", socket.gethostname().lower(), "seiko.example.org", "labbox", "seiko.lab.example", "other"} <= names
+    with pytest.raises(ValueError, match="SEIKO_ALLOWED_HOSTS must be host names"):
+        Settings.from_env({"data_dir": "/tmp/x", "allowed_hosts": "https://x.example"}, environ={})
+    with pytest.raises(ValueError, match="SEIKO_TRUSTED_PROXIES must be IP addresses"):
+        Settings.from_env({"data_dir": "/tmp/x", "trusted_proxies": "proxy.example"}, environ={})
+    assert Settings.from_env({"data_dir": "/tmp/x", "trusted_proxies": "none"}, environ={}).trusted_proxies == ()
+    assert Settings.from_env({"data_dir": "/tmp/x"}, environ={}).trusted_proxies == ("127.0.0.1", "::1")
+
+
+def test_every_answer_forbids_framing_by_another_origin(served):
+    """Clickjacking: with no frame headers, a page of the same site (the Lax cookie goes along) could show the signed-in
+    admin page in a frame and steer clicks on it."""
+    _, _, url = served
+    answers = [httpx.get(url + "/"), httpx.post(url + "/login", data={"username": "alice", "password": "wrong"}),
+               httpx.post(url + "/login", data={"username": "x"}, headers={"Origin": EVIL})]
+    assert [a.status_code for a in answers] == [200, 400, 403]
+    for a in answers:
+        assert a.headers.get("x-frame-options") == "SAMEORIGIN"
+        assert "frame-ancestors 'self'" in a.headers.get_list("content-security-policy")
+
+
+def test_guesses_sent_at_once_are_counted_before_more_are_checked(ui_world):
+    """Five wrong guesses, then four at once: before, all four were hashed (the failures were counted only after the
+    hash), about four times the account's intended rate; now at most one more is checked, the rest wait."""
+    demo, url = launch(ui_world)
+    real = auth.check_login
+
+    def slow_check(*args, **kwargs):
+        time.sleep(0.5)  # so that the four overlap
+        return real(*args, **kwargs)
+
+    async def at_once(n):
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            rs = await asyncio.gather(*(http.post("/login", data={"username": "root", "password": f"guess {i}"})
+                                        for i in range(n)))
+            return sorted(r.status_code for r in rs)
+
+    try:
+        with httpx.Client(base_url=url, timeout=30) as http:
+            for i in range(5):  # the account's free failures
+                assert http.post("/login", data={"username": "root", "password": f"wrong {i}"}).status_code == 400
+        auth.check_login = slow_check
+        codes = asyncio.run(at_once(4))
+        assert codes.count(400) <= 1 and codes.count(429) >= 3, codes
+    finally:
+        auth.check_login = real
+        demo.close()
+
+
+def test_ipv6_addresses_of_one_slash_64_share_the_address_limit():
+    rule = sessions.ThrottleRule(free=3, base_s=10, max_s=100)
+    t = sessions.LoginThrottle(per_ip=rule, per_account=sessions.ThrottleRule(free=1000, base_s=1, max_s=1),
+                               monotonic=lambda: 0.0)
+    for i in range(1, 6):
+        t.failed(f"2001:db8:0:1::{i}", f"user{i}")  # a new address of the same /64 for each guess
+    assert t.wait_s("2001:db8:0:1::99", "someone") > 0
+    assert t.wait_s("2001:db8:0:2::1", "someone") == 0  # another /64
+    assert sessions.address_key("::ffff:10.0.0.1") == "10.0.0.1" and sessions.address_key("10.0.0.1") == "10.0.0.1"
+
+
+def test_forwarded_for_is_not_believed_when_no_proxy_is_trusted(ui_world, monkeypatch):
+    """From this machine (another user of a shared one), rotating X-Forwarded-For made every guess a new address to
+    the throttle. With SEIKO_TRUSTED_PROXIES=none the header is not believed and the guesses share one address."""
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "127.0.0.1")  # restored after the test
+    web_guard.trust_proxies(Settings.from_env({"data_dir": "/tmp/x", "trusted_proxies": "none"}, environ={}))
+    throttle = sessions.LoginThrottle(per_ip=sessions.ThrottleRule(free=3, base_s=30, max_s=60),
+                                      per_account=sessions.ThrottleRule(free=1000, base_s=1, max_s=1))
+    demo, url = launch(ui_world, throttle=throttle)
+    try:
+        with httpx.Client(base_url=url, timeout=30) as http:
+            codes = [http.post("/login", data={"username": f"u{i}", "password": "wrong password"},
+                               headers={"X-Forwarded-For": f"198.51.100.{i}"}).status_code for i in range(6)]
+        assert codes[:4] == [400] * 4 and 429 in codes[4:], codes
     finally:
         demo.close()

@@ -1,0 +1,217 @@
+"""Bad input and bad surroundings at the command line: one sentence on stderr, no traceback, nothing lost.
+
+Each case was found in review on the code before these tests: it printed a traceback (a setting, a database that
+cannot be used, a schema revision, a port in use, a model directory without model_index.json, a results file that is
+not one), accepted a value it cannot use (``--set finetune.epochs=2.5``), or built over the shipped model in place."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+MODEL = str(REPO / "models" / "shapes-sd")
+
+
+def run_cli(*argv: str, env: dict[str, str] | None = None, module: str = "app") -> subprocess.CompletedProcess:
+    import os
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SEIKO_")}
+    return subprocess.run([sys.executable, "-m", module, *argv], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**base, "HF_HUB_OFFLINE": "1", **(env or {})})
+
+
+def one_sentence(proc: subprocess.CompletedProcess) -> str:
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"SEIKO_PORT": "abc"}, "error: the port must be a whole number from 1 to 65535, got 'abc'"),
+    ({"SEIKO_SESSION_IDLE_MINUTES": "-1"}, "error: the session idle limit (minutes) must be a positive number, got '-1'"),
+    ({"SEIKO_PUBLIC_URL": "seiko.example.org/app"}, "error: the public URL must look like https://seiko.example.org"),
+])
+def test_a_bad_setting_is_one_sentence_in_every_command(tmp_path, env, expected):
+    for argv in (["db", "current"], ["users", "list"]):
+        proc = run_cli(*argv, "--data-dir", str(tmp_path / "d"), env=env)
+        assert proc.returncode == 2 and one_sentence(proc).startswith(expected), (argv, proc.stderr)
+
+
+def test_a_database_that_cannot_be_used_and_a_bad_revision_are_one_sentence(tmp_path):
+    data = tmp_path / "d"
+    data.mkdir()
+    (data / "seiko.db").write_bytes(b"this is not a database, only text that a mistaken copy left here" * 100)
+    before = (data / "seiko.db").read_bytes()
+    for argv in (["users", "list"], ["db", "current"], ["db", "upgrade"]):
+        proc = run_cli(*argv, "--data-dir", str(data))
+        assert proc.returncode == 1, proc.stderr
+        assert one_sentence(proc) == "error: the database could not be used (file is not a database)", argv
+    assert (data / "seiko.db").read_bytes() == before  # untouched
+    good = tmp_path / "good"
+    assert run_cli("db", "upgrade", "--data-dir", str(good)).returncode == 0
+    proc = run_cli("db", "upgrade", "bogus", "--data-dir", str(good))
+    assert proc.returncode == 1
+    assert one_sentence(proc).startswith("error: the schema migration was refused: Can't locate revision identified by 'bogus'")
+
+
+def test_demo_with_a_directory_that_is_not_a_model_is_one_sentence(tmp_path):
+    (tmp_path / "empty").mkdir()
+    proc = run_cli("demo", "--model", str(tmp_path / "empty"), "--data-dir", str(tmp_path / "d"), "--no-worker")
+    assert proc.returncode == 1
+    line = [x for x in proc.stderr.strip().splitlines() if x.startswith("error:")]
+    assert "Traceback" not in proc.stderr and len(line) == 1, proc.stderr
+    assert "is not a diffusers model directory (it has no model_index.json); nothing was created" in line[0]
+
+
+def test_serve_on_a_port_in_use_is_one_sentence(tmp_path):
+    assert run_cli("db", "upgrade", "--data-dir", str(tmp_path / "d")).returncode == 0
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = run_cli("serve", "--data-dir", str(tmp_path / "d"), "--port", str(port))
+    assert proc.returncode == 1
+    lines = [x for x in proc.stderr.strip().splitlines() if x.startswith("error:")]
+    assert "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"error: could not listen on 127.0.0.1:{port} (") and "give another with --port" in lines[0]
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("finetune.lr=-1", "lr, lora_alpha and grad_clip must be positive"),
+    ("finetune.grad_clip=-5", "lr, lora_alpha and grad_clip must be positive"),
+    ("finetune.epochs=2.5", "epochs must be a whole number, got 2.5"),
+    ('finetune.epochs="abc"', "epochs must be a whole number, got 'abc'"),
+    ("sampling.steps=2.5", "steps must be a whole number, got 2.5"),
+    ("finetune.kl_weight=Infinity", "kl_weight must be a finite number, got inf"),
+    ("sampling.guidance=NaN", "guidance must be a finite number, got nan"),
+    ("finetune.trajectories_per_epoch=0", "trajectories_per_epoch must be at least 1, got 0"),
+    ("reward.num_heads=true", "num_heads must be a whole number, got True"),
+    ("reward.dropout=[0.2, 1.5]", "dropout must be rates in [0, 1)"),
+    ("finetune.target_modules=[]", "target_modules must be module names"),
+    ("budgets=[32, 2.5]", "budgets must be whole numbers"),
+])
+def test_set_refuses_a_value_of_the_wrong_kind_or_out_of_range(override, expected):
+    from seiko_core.presets import preset
+    from seiko_core.simulate import apply_overrides
+
+    with pytest.raises(ValueError, match=expected.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        apply_overrides(preset("shapes"), [override])
+    for fine in ("finetune.epochs=3", "finetune.max_seconds=null", "optimism.bonus_alpha=0.5", "sampling.guidance=0"):
+        apply_overrides(preset("shapes"), [fine])  # still accepted
+    for name in ("shapes", "sd15"):
+        preset(name)
+
+
+def test_simulate_refuses_a_bad_preset_or_set_value_in_one_sentence(tmp_path):
+    out = tmp_path / "sim"
+    proc = run_cli("--oracle", "purple", "--method", "greedy", "--budgets", "4", "--seeds", "0", "--out", str(out),
+                   "--set", "finetune.truncation=bogus", module="seiko_core.simulate")
+    assert proc.returncode == 2
+    assert [x for x in proc.stderr.splitlines() if x.startswith("error:")] == [
+        "error: unknown truncation 'bogus'; choose from ['per_step', 'per_trajectory', 'stratified']"], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_simulate_and_bench_taste_refuse_a_results_file_that_is_not_one(tmp_path):
+    from app import bench_taste
+    from app.experiment_options import ExperimentOptions
+    from seiko_core import simulate
+
+    bad = tmp_path / "results.json"
+    for text in ("{not json", "[1]"):
+        bad.write_text(text)
+        with pytest.raises(simulate.SimulationError, match="results"):
+            simulate.load_results(bad, {})
+    out = tmp_path / "bench"
+    (out / "seed_0").mkdir(parents=True)
+    (out / "seed_0" / "keep.txt").write_text("an unfinished seed's data")
+    for text in ("{not json", "[1]", '{"seeds": [1]}'):
+        (out / "results.json").write_text(text)
+        cfg = bench_taste.BenchConfig(person="purple", rounds=1, budget=8, seeds=(0,), out=out, model=MODEL,
+                                      options=ExperimentOptions())
+        with pytest.raises(bench_taste.BenchError, match="is not a bench-taste results file; give another --out or remove it"):
+            bench_taste.run(cfg, ["test"], log=lambda line: None)
+        assert (out / "seed_0" / "keep.txt").exists()  # refused, not started afresh over the old data
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    cfg = bench_taste.BenchConfig(person="purple", rounds=1, budget=8, seeds=(0,), out=a_file, model=MODEL,
+                                  options=ExperimentOptions())
+    with pytest.raises(bench_taste.BenchError, match="cannot be made"):
+        bench_taste.run(cfg, ["test"], log=lambda line: None)
+
+
+def test_bench_taste_refuses_a_missing_model_and_a_bad_timeout_before_writing_anything(tmp_path):
+    out = tmp_path / "out"
+    proc = run_cli("bench-taste", "--person", "purple", "--rounds", "1", "--budget", "8", "--seeds", "0", "--out", str(out),
+                   "--model", str(tmp_path / "no-such-model"))
+    assert proc.returncode == 1 and "does not exist" in one_sentence(proc)
+    assert not (out / "seed_0").exists()
+    for bad in ("-1", "nan"):
+        proc = run_cli("bench-taste", "--person", "purple", "--rounds", "1", "--budget", "8", "--seeds", "0",
+                       "--out", str(out), "--round-timeout", bad)
+        assert proc.returncode == 1
+        assert one_sentence(proc).startswith("error: --round-timeout must be a positive number of seconds")
+
+
+def test_a_person_may_answer_numpy_numbers_and_may_not_exit_the_process(tmp_path):
+    from app.people import PersonError, check_ratings, load_person
+
+    assert check_ratings("p", [np.int64(5), np.float32(7.0), 3], 3) == [5, 7, 3]
+    with pytest.raises(PersonError, match=r"rated image 0 .*5\.5\)?; ratings must be whole numbers"):
+        check_ratings("p", [np.float64(5.5)], 1)
+    (tmp_path / "exits.py").write_text("import sys\nsys.exit(3)\n")
+    with pytest.raises(PersonError, match="failed to import: SystemExit: 3"):
+        load_person(f"{tmp_path}/exits.py:rate")
+
+
+def test_the_shapes_build_replaces_a_model_only_once_it_has_finished(tmp_path, monkeypatch):
+    from seiko_core.toy import __main__ as toy_main
+
+    out = tmp_path / "models" / "shapes-sd"
+    out.mkdir(parents=True)
+    (out / "model_index.json").write_text("{}")
+
+    def failing_build(where, cfg):
+        Path(where).mkdir(parents=True)
+        (Path(where) / "model_index.json").write_text('{"half": true}')
+        raise KeyboardInterrupt  # Ctrl-C half-way
+
+    monkeypatch.setattr(toy_main, "build", failing_build)
+    with pytest.raises(KeyboardInterrupt):
+        toy_main.build_in_place_of(out, toy_main.BuildConfig.quick())
+    assert (out / "model_index.json").read_text() == "{}"  # the old model, untouched
+    assert sorted(p.name for p in out.parent.iterdir()) == ["shapes-sd"]  # no partial build left beside it
+
+    def good_build(where, cfg):
+        Path(where).mkdir(parents=True)
+        (Path(where) / "model_index.json").write_text('{"new": true}')
+        return {"ok": True}
+
+    monkeypatch.setattr(toy_main, "build", good_build)
+    assert toy_main.build_in_place_of(out, toy_main.BuildConfig.quick()) == {"ok": True}
+    assert json.loads((out / "model_index.json").read_text()) == {"new": True}
+    (aside,) = [p for p in out.parent.iterdir() if p.name.startswith("shapes-sd.replaced-")]
+    assert (aside / "model_index.json").read_text() == "{}"  # moved aside, not deleted
+    proc = run_cli("quality", "--model", str(tmp_path / "nowhere"), module="seiko_core.toy")
+    assert proc.returncode == 2 and "is not a model written by `build`" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_broken_adapter_reaches_the_admin_as_its_sentence():
+    import gradio as gr
+
+    from app.ui import _shown
+    from seiko_core.checkpoint import CheckpointError
+
+    def broken():
+        raise CheckpointError("Checkpoint 'adapters/exp1/round_2' has no manifest.json; it is incomplete or not a checkpoint.")
+
+    with pytest.raises(gr.Error, match="has no manifest.json"):
+        _shown(broken)
