@@ -77,7 +77,9 @@ def refusal(exc: BaseException) -> str | None:
     if "sqlalchemy" in sys.modules:
         from sqlalchemy.exc import DatabaseError, OperationalError
 
-        if isinstance(exc, OperationalError | DatabaseError):
+        # the database unreachable or the file not a database; not IntegrityError, ProgrammingError and the other
+        # DatabaseError subclasses, which a broken query raises: those keep their traceback
+        if isinstance(exc, OperationalError) or type(exc) is DatabaseError:
             cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()
             return f"the database could not be used ({cause[0] if cause else type(exc).__name__})"
     if "alembic" in sys.modules:

