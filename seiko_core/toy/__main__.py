@@ -37,10 +37,13 @@ def main(argv: list[str] | None = None) -> int:
         model = Path(args.model)
         if not (model / "QUALITY.json").is_file() or not (model / "model_index.json").is_file():
             parser.error(f"{args.model!r} is not a model written by `build` (it needs model_index.json and QUALITY.json)")
-    reading = args.command in ("quality", "refine-encoder")  # these read a finished model's files
+    # a full disk, a missing file; the commands that read a finished model also an edited QUALITY.json
+    faults: tuple[type[Exception], ...] = (OSError,)
+    if args.command in ("quality", "refine-encoder"):
+        faults = (OSError, json.JSONDecodeError, KeyError)
     try:
         return _run(args)
-    except (OSError, json.JSONDecodeError, KeyError) if reading else OSError as exc:  # an edited model, a full disk
+    except faults as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
 
