@@ -44,6 +44,9 @@ def main(args: argparse.Namespace) -> int:
     except (DbError, ExportError, CheckpointError, SchemaOutOfDate) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a full disk, a folder without write permission: the writes are atomic, nothing is lost
+        print(f"error: could not write the export ({exc.strerror or exc}: {exc.filename or args.out})", file=sys.stderr)
+        return 1
     print(f"wrote {result.format} export to {result.path} (manifest sha256 {result.sha256})")
     if result.card and result.card.get("verification"):
         from seiko_core.export_verify import Verification

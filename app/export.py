@@ -46,6 +46,7 @@ class RoundSource:
     adapter_dir: Path
     base_model: str
     check: CheckSettings  # what the export check renders: the experiment's sampler settings, one prompt and seed
+    manifest_sha256: str | None = None  # of the newest checkpoint the database records for the round
 
 
 def _inside_data_dir(settings: Settings, relative: str, what: str) -> Path:
@@ -69,6 +70,8 @@ def resolve_round(settings: Settings, experiment_id: int, round_index: int) -> R
             exp = repo.get_experiment(session=s, experiment_id=experiment_id)  # NotFound: one sentence
             round_ = repo.get_round_by_index(session=s, experiment_id=experiment_id, index=round_index)
             name, base, rel = exp.name, exp.model_spec, round_.adapter_path
+            checkpoints = repo.list_checkpoints(session=s, round_id=round_.id)
+            recorded = checkpoints[-1].manifest_sha256 if checkpoints else None
             cfg = experiment_config(exp)
             prompt = next(iter([*cfg.eval_prompts, *cfg.prompts, *(exp.prompts or [])]), None)
     finally:
@@ -80,7 +83,7 @@ def resolve_round(settings: Settings, experiment_id: int, round_index: int) -> R
     if not adapter_dir.is_dir():
         raise ExportError(f"The adapter of round {round_index} of experiment {experiment_id} is missing from {str(adapter_dir)!r}.")
     check = CheckSettings.for_config(base, cfg, prompt=prompt, device=EXPORT_CHECK_DEVICE)
-    return RoundSource(experiment_id, name, round_index, adapter_dir, base, check)
+    return RoundSource(experiment_id, name, round_index, adapter_dir, base, check, recorded)
 
 
 def export_round_to(settings: Settings, experiment_id: int, round_index: int, fmt: str, out_dir: str | Path) -> ExportResult:
@@ -91,6 +94,11 @@ def export_round_to(settings: Settings, experiment_id: int, round_index: int, fm
     facts = export_card.facts(settings, experiment_id, round_index)
     verify(src.adapter_dir)  # an adapter without its manifest, or whose files changed: CheckpointError, one sentence
     facts["source_adapter_manifest_sha256"] = sha256_file(src.adapter_dir / MANIFEST)
+    if src.manifest_sha256 is not None and facts["source_adapter_manifest_sha256"] != src.manifest_sha256:
+        # a complete adapter, but not the one this round trained (a backup of another experiment restored over it):
+        # its card would describe this round's ratings
+        raise ExportError(f"The adapter in {str(src.adapter_dir)!r} is not the one round {round_index} of experiment "
+                          f"{experiment_id} trained (its manifest differs from the checkpoint the database records).")
     stem = _stem(src)
     if fmt == "diffusers":
         return core.export_diffusers_lora(src.adapter_dir, out_dir, base_model=src.base_model,

@@ -122,6 +122,9 @@ def _shown(fn: Callable[[], Any]) -> Any:
         return fn()
     except (AuthError, ValueError, CheckpointError, ModelLoadError) as e:
         raise gr.Error(_sentence(e)) from e
+    except OSError as e:  # a full disk or a permission: the file writes are atomic, so nothing half-written stays
+        log.exception("a file could not be read or written")
+        raise gr.Error(f"A file could not be read or written ({e.strerror or e}: {e.filename}).") from e
 
 
 def banner_html(services: AppServices, who: Who) -> str:

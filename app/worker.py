@@ -559,10 +559,12 @@ class Worker:
                                          on_progress=progress.callback("sample_query"))
             sample_wall_s = round(time.monotonic() - sample_started, 3)
             if not query_done:
+                reward_dir = storage.resolve(self.settings.data_dir, storage.reward_path(experiment_id, k)) if k else None
+                if reward_dir is not None and mode != "random":
+                    verify(reward_dir)  # its files as the train job wrote them: a flipped bit would choose what people see
                 images, emb, query, chosen = selection.select_query(
                     images, emb, query, options=options, mode=mode, n_show=n, seed=derive_seed(experiment_id, k, "select"),
-                    reward_dir=storage.resolve(self.settings.data_dir, storage.reward_path(experiment_id, k)) if k else None,
-                    device=parts.device)
+                    reward_dir=reward_dir, device=parts.device)
                 selection_record = chosen
             query_wall_s = round(time.monotonic() - started, 3)
             rows = self._store_images(images, emb, query, "query")
@@ -885,11 +887,11 @@ class Worker:
             try:
                 verify(adapter_dir)
                 verify(reward_dir)
-                metrics = json.loads((adapter_dir / "metrics.json").read_text())
-            except (CheckpointError, json.JSONDecodeError, OSError) as exc:
+                metrics = json.loads((adapter_dir / "metrics.json").read_text(encoding="utf-8"))
+            except (CheckpointError, json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
                 log.warning("unpublished %s cannot be reused (%s); it is set aside and trained again", adapter_dir, exc)
                 metrics = None
-            if metrics is not None and metrics.get("snapshot") == snapshot:
+            if isinstance(metrics, dict) and metrics.get("snapshot") == snapshot:
                 return metrics
             storage.retire(adapter_dir)
         if reward_dir.exists():

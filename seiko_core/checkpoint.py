@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 from seiko_core.atomic import TMP_PREFIX, fsync_dir, temp_sibling
 
 MANIFEST = "manifest.json"
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 class CheckpointError(RuntimeError):
@@ -79,14 +81,23 @@ def verify(directory: str | Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {str(directory)!r} has no {MANIFEST}; it is incomplete or not a checkpoint.")
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"Checkpoint manifest {str(path)!r} is not valid JSON.") from exc
-    for name, info in manifest.get("files", {}).items():
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not files:
+        raise CheckpointError(f"Checkpoint manifest {str(path)!r} lists no files; it is not a checkpoint's manifest.")
+    for name, info in files.items():
+        sha = info.get("sha256") if isinstance(info, dict) else None
+        if not isinstance(sha, str) or not SHA256_HEX.fullmatch(sha):
+            raise CheckpointError(f"Checkpoint manifest {str(path)!r} has no sha256 for {name!r}.")
+        parts = Path(name).parts
+        if not parts or Path(name).is_absolute() or ".." in parts:
+            raise CheckpointError(f"Checkpoint manifest {str(path)!r} names {name!r}, which is not inside the checkpoint.")
         f = directory / name
-        if not f.is_file():
-            raise CheckpointError(f"Checkpoint {str(directory)!r} is missing {name}.")
-        if sha256_file(f) != info["sha256"]:
+        if f.is_symlink() or not f.is_file():
+            raise CheckpointError(f"Checkpoint {str(directory)!r} is missing {name} (or it is a link).")
+        if sha256_file(f) != sha:
             raise CheckpointError(f"Checkpoint file {str(f)!r} does not match its manifest hash (corrupt or altered).")
     return manifest
 

@@ -258,7 +258,7 @@ def load_base_pipeline(base_model: str | Path, *, device: str | torch.device = "
         raise ExportError(str(exc)) from exc
     offline = local or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(name, local_files_only=offline)
+        pipe = StableDiffusionPipeline.from_pretrained(name, local_files_only=offline, use_safetensors=True)
     except (OSError, ValueError) as exc:
         raise ExportError(f"Could not load base model {name!r}: {exc}".splitlines()[0]) from exc
     pipe.set_progress_bar_config(disable=True)

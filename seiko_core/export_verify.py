@@ -253,7 +253,7 @@ def _stock_pipeline(name_or_dir: str, device: str):
 
     name, local = resolve_spec(name_or_dir)
     pipe = StableDiffusionPipeline.from_pretrained(name, local_files_only=local or _hub_offline(), safety_checker=None,
-                                                   requires_safety_checker=False)
+                                                   requires_safety_checker=False, use_safetensors=True)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)  # SEIKO samples with DDIM
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)

@@ -107,15 +107,16 @@ def load_model(spec: str, *, device: str | torch.device | None = None, dtype: to
     name, local = resolve_spec(spec)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or torch.float32
+    # safetensors only: a model with pickled weights alone (.bin) is refused, not unpickled
     pipe = _load_pretrained(StableDiffusionPipeline.from_pretrained, name, local, "Model", safety_checker=None,
-                            requires_safety_checker=False, dtype=dtype)
+                            requires_safety_checker=False, dtype=dtype, use_safetensors=True)
     if getattr(pipe, "image_encoder", None) is not None and image_encoder is None:
         encoder = pipe.image_encoder
         processor = pipe.feature_extractor
     else:
         enc_name, enc_local = resolve_spec(image_encoder or DEFAULT_IMAGE_ENCODER)
         encoder = _load_pretrained(CLIPVisionModelWithProjection.from_pretrained, enc_name, enc_local, "Image encoder",
-                                   dtype=dtype)
+                                   dtype=dtype, use_safetensors=True)
         processor = _load_pretrained(CLIPImageProcessor.from_pretrained, enc_name, enc_local, "Image processor")
     if processor is None:
         raise ModelLoadError(f"Model {spec!r} has an image encoder but no feature_extractor config to preprocess for it.")

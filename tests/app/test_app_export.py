@@ -282,3 +282,33 @@ def test_an_export_of_a_no_op_lora_fails_and_is_not_published(world):
         assert (sorted(exports.iterdir()) if exports.exists() else []) == files_before
     finally:
         engine.dispose()
+
+
+def test_an_adapter_that_is_not_the_recorded_checkpoint_is_not_exported(world, tmp_path):
+    """Found in review: the export checked the adapter against its own manifest only, so a complete adapter of another
+    experiment restored over round 1 was exported with a card describing round 1's ratings."""
+    from db.models import Checkpoint
+
+    engine = make_engine(world.settings.db_url)
+    factory = session_factory(engine)
+    with write_session(factory) as s:
+        round_1 = repo.get_round_by_index(session=s, experiment_id=world.experiment_id, index=1)
+        row = repo.add_checkpoint(session=s, round_id=round_1.id, path="adapters/exp1/round_1", manifest_sha256="0" * 64)
+        row_id = row.id
+    try:
+        with pytest.raises(ExportError, match="is not the one round 1 of experiment .* trained"):
+            export_round_to(world.settings, world.experiment_id, 1, "diffusers", tmp_path / "x")
+        assert not (tmp_path / "x").exists()
+    finally:
+        with write_session(factory) as s:
+            s.delete(s.get(Checkpoint, row_id))
+        engine.dispose()
+
+
+def test_cli_an_out_it_cannot_write_is_one_sentence(world, tmp_path, capsys):
+    """Found in review: an OSError (a full disk, no permission, a file where a folder must be) was a traceback."""
+    (tmp_path / "a-file").write_text("x")
+    out = tmp_path / "a-file" / "export"
+    assert cli(world, "ratings", "--experiment", str(world.experiment_id), "--out", str(out)) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: could not write the export (") and len(err.splitlines()) == 1, err

@@ -280,6 +280,29 @@ def test_checkpoint_detects_corruption_and_leaves_no_partials(tmp_path):
     assert not list(tmp_path.glob(".tmp-*"))
 
 
+@pytest.mark.parametrize("manifest", [
+    b"\xff\xfe not text",  # not UTF-8
+    b"[]",  # JSON, not a manifest
+    b'{"files": {"w.bin": "abc"}}',  # no sha256
+    b'{"files": {}}',  # a manifest listing nothing verified any directory
+    b'{"files": {"../outside.bin": {"sha256": "HASH"}}}',  # a name that leaves the checkpoint
+    b'{"files": {"link.bin": {"sha256": "HASH"}}}',  # a link to a file elsewhere, with its hash
+])
+def test_a_forged_or_broken_manifest_is_one_sentence(tmp_path, manifest):
+    """Found in review: these raised UnicodeDecodeError, AttributeError or TypeError (the worker then failed the round
+    on every retry instead of setting the adapter aside), read files outside the checkpoint, or verified nothing."""
+    import hashlib
+
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"secret")
+    ck = tmp_path / "ck"
+    atomic_directory(ck, lambda d: (d / "w.bin").write_bytes(b"abc"))
+    (ck / "link.bin").symlink_to(outside)
+    (ck / "manifest.json").write_bytes(manifest.replace(b"HASH", hashlib.sha256(b"secret").hexdigest().encode()))
+    with pytest.raises(CheckpointError):
+        verify(ck)
+
+
 def test_saved_adapter_keeps_its_scale_in_stock_diffusers(random_parts, random_model_dir, tmp_path):
     """lora_alpha != r: without the config in the safetensors header, diffusers would assume alpha == r."""
     from diffusers import StableDiffusionPipeline

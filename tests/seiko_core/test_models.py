@@ -43,3 +43,20 @@ def test_random_model_loads_with_its_image_encoder(random_parts):
     assert random_parts.image_size == 32
     assert random_parts.tokenizer.model_max_length == 16
     assert all(not p.requires_grad for p in random_parts.unet.parameters())
+
+
+def test_pickled_weights_are_refused_not_unpickled(random_model_dir, tmp_path):
+    """Found in review: diffusers and transformers fall back to a component's pickled .bin when no safetensors file is
+    there (torch.load with weights_only, still an unpickler); the app now loads safetensors only."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(random_model_dir, pickled)
+    weights = next((pickled / "unet").glob("*.safetensors"))
+    torch.save(load_file(str(weights)), pickled / "unet" / "diffusion_pytorch_model.bin")
+    weights.unlink()
+    with pytest.raises(ModelLoadError, match="Could not load"):
+        load_model(str(pickled), device="cpu")
