@@ -52,6 +52,10 @@ def build_services(settings: Settings, *, batch_size: int = 8):
 
     if not 1 <= batch_size <= 64:
         raise ServeError(f"--batch-size must be from 1 to 64, got {batch_size}")
+    from app import storage
+
+    for leftover in storage.clean_export_partials(settings.data_dir):
+        print(f"removed {leftover}, left by an export that was stopped", flush=True)
     engine = make_engine(settings.db_url)
     factory = session_factory(engine)
     local = not auth.users_exist(factory)

@@ -14,6 +14,7 @@ in its safetensors header) with the verification result.
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -150,7 +151,15 @@ def export_round(settings: Settings, experiment_id: int, round_index: int, fmt: 
     if fmt == "kohya":
         (file,) = result.path.glob("*.safetensors")
         return file
-    return core.zip_directory(result.path, result.path.with_suffix(".zip"))
+    return _zipped(result.path)
+
+
+def _zipped(directory: Path) -> Path:
+    """The verified export ``directory`` as one ``.zip`` beside it (the browser's download), the directory then
+    removed: a merged pipeline kept twice would take twice the disk."""
+    out = core.zip_directory(directory, directory.with_suffix(".zip"))
+    shutil.rmtree(directory)
+    return out
 
 
 def rating_rows(settings: Settings, experiment_id: int) -> list[dict[str, Any]]:
@@ -195,4 +204,4 @@ def export_ratings_to(settings: Settings, experiment_id: int, out_dir: str | Pat
 def export_ratings(settings: Settings, experiment_id: int) -> Path:
     """For the UI: export the ratings under ``<data_dir>/exports/`` and return the path of a ``.zip`` of them."""
     result = export_ratings_to(settings, experiment_id, _generated(settings, f"exp{experiment_id}-ratings"))
-    return core.zip_directory(result.path, result.path.with_suffix(".zip"))
+    return _zipped(result.path)

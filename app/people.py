@@ -74,7 +74,7 @@ class Person:
         prompts = list(prompts)
         try:
             answer = self.fn(images, prompts)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # a person that calls sys.exit() is refused, not obeyed
             raise PersonError(f"person {self.name!r} raised {type(exc).__name__}: {str(exc).rstrip('.')}.") from exc
         return check_ratings(self.name, answer, len(prompts))
 

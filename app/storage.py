@@ -138,6 +138,30 @@ def clean_partials(data_dir: str | Path, *, min_age_s: float = 0.0) -> list[Path
     return removed
 
 
+EXPORT_PARTIALS_AGE_S = 24 * 3600.0  # an export being written is never this old (a merged SD pipeline takes minutes)
+
+
+def clean_export_partials(data_dir: str | Path, *, min_age_s: float = EXPORT_PARTIALS_AGE_S) -> list[Path]:
+    """Remove ``.tmp-*`` leftovers of killed exports in ``<data_dir>/exports`` (a merged pipeline's is gigabytes);
+    only those untouched for ``min_age_s``, since an export writes nothing while its check renders. The web server
+    calls it when it starts."""
+    parent = Path(data_dir) / "exports"
+    removed = []
+    now = time.time()
+    for p in parent.glob(f"{TMP_PREFIX}*") if parent.is_dir() else ():
+        try:
+            if now - _newest_mtime(p) < min_age_s:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+        except FileNotFoundError:  # removed by another process first
+            continue
+        removed.append(p)
+    return removed
+
+
 def retire(path: Path) -> Path:
     """Rename a directory that must not be used (e.g. an unpublished adapter trained on other data) to a ``.tmp-`` name.
 

@@ -193,6 +193,28 @@ def test_ui_functions_write_downloads_under_data_dir_exports(world):
     assert manifest["rows"] == 3 and len([f for f in manifest["files"] if f.startswith("images/")]) == 2
     with pytest.raises(ExportError, match="unknown export format 'onnx'"):
         export_round(s, e, 1, "onnx")
+    # found in review: the unpacked directory stayed beside each zip (a merged pipeline kept twice)
+    assert not merged.with_suffix("").exists() and not ratings.with_suffix("").exists()
+
+
+def test_an_exports_leftovers_are_removed_at_start_once_a_day_old(tmp_path):
+    """Found in review: a killed export left exports/.tmp-... (gigabytes for a merged pipeline) that nothing removed."""
+    import os
+    import time
+
+    from app import storage
+
+    exports = tmp_path / "exports"
+    (exports / ".tmp-old-merged").mkdir(parents=True)
+    (exports / ".tmp-old-merged" / "unet.safetensors").write_bytes(b"x" * 100)
+    (exports / ".tmp-writing-now").mkdir()
+    (exports / "exp1-round1-merged.zip").write_bytes(b"PK")  # a finished export: never touched
+    day_ago = time.time() - 25 * 3600
+    for p in (exports / ".tmp-old-merged", exports / ".tmp-old-merged" / "unet.safetensors"):
+        os.utime(p, (day_ago, day_ago))
+    assert storage.clean_export_partials(tmp_path) == [exports / ".tmp-old-merged"]
+    assert sorted(p.name for p in exports.iterdir()) == [".tmp-writing-now", "exp1-round1-merged.zip"]
+    assert storage.clean_export_partials(tmp_path / "no-such-dir") == []
 
 
 def test_the_source_path_comes_from_the_database_and_stays_inside_the_data_dir(world, tmp_path):

@@ -172,6 +172,9 @@ def test_a_person_may_answer_numpy_numbers_and_may_not_exit_the_process(tmp_path
     (tmp_path / "exits.py").write_text("import sys\nsys.exit(3)\n")
     with pytest.raises(PersonError, match="failed to import: SystemExit: 3"):
         load_person(f"{tmp_path}/exits.py:rate")
+    (tmp_path / "quits.py").write_text("import sys\ndef rate(images, prompts):\n    sys.exit(4)\n")
+    with pytest.raises(PersonError, match="raised SystemExit: 4"):
+        load_person(f"{tmp_path}/quits.py:rate").rate(np.zeros((1, 3, 2, 2)), ["p"])
 
 
 def test_the_shapes_build_replaces_a_model_only_once_it_has_finished(tmp_path, monkeypatch):
