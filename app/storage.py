@@ -121,6 +121,22 @@ def clean_partials(data_dir: str | Path, *, min_age_s: float = 0.0) -> list[Path
     """
     root = Path(data_dir)
     parents = [p for top in (IMAGES, ADAPTERS, REWARD) for p in (root / top).glob("*") if p.is_dir()]
+    return _remove_stale(parents, min_age_s)
+
+
+EXPORT_PARTIALS_AGE_S = 24 * 3600.0  # an export being written is never this old (a merged SD pipeline takes minutes)
+
+
+def clean_export_partials(data_dir: str | Path, *, min_age_s: float = EXPORT_PARTIALS_AGE_S) -> list[Path]:
+    """Remove ``.tmp-*`` leftovers of killed exports in ``<data_dir>/exports`` (a merged pipeline's is gigabytes);
+    only those untouched for ``min_age_s``, since an export writes nothing while its check renders. The web server
+    calls it when it starts."""
+    parent = Path(data_dir) / "exports"
+    return _remove_stale([parent] if parent.is_dir() else [], min_age_s)
+
+
+def _remove_stale(parents: list[Path], min_age_s: float) -> list[Path]:
+    """The ``.tmp-*`` entries of ``parents`` untouched for ``min_age_s`` seconds, removed; returns them."""
     now = time.time()
     removed = []
     for parent in parents:
@@ -132,33 +148,9 @@ def clean_partials(data_dir: str | Path, *, min_age_s: float = 0.0) -> list[Path
                     shutil.rmtree(p)
                 else:
                     p.unlink()
-            except FileNotFoundError:  # another worker starting at the same time removed it first: it is gone either way
+            except FileNotFoundError:  # another process (a worker starting beside this one) removed it first
                 continue
             removed.append(p)
-    return removed
-
-
-EXPORT_PARTIALS_AGE_S = 24 * 3600.0  # an export being written is never this old (a merged SD pipeline takes minutes)
-
-
-def clean_export_partials(data_dir: str | Path, *, min_age_s: float = EXPORT_PARTIALS_AGE_S) -> list[Path]:
-    """Remove ``.tmp-*`` leftovers of killed exports in ``<data_dir>/exports`` (a merged pipeline's is gigabytes);
-    only those untouched for ``min_age_s``, since an export writes nothing while its check renders. The web server
-    calls it when it starts."""
-    parent = Path(data_dir) / "exports"
-    removed = []
-    now = time.time()
-    for p in parent.glob(f"{TMP_PREFIX}*") if parent.is_dir() else ():
-        try:
-            if now - _newest_mtime(p) < min_age_s:
-                continue
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p)
-            else:
-                p.unlink()
-        except FileNotFoundError:  # removed by another process first
-            continue
-        removed.append(p)
     return removed
 
 
