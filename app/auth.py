@@ -79,9 +79,13 @@ def hash_password(password: str) -> str:
 
 
 def verify_password(password: str, stored: str) -> bool:
-    """Whether ``password`` matches ``stored`` (constant-time). A hash not in our format never matches."""
+    """Whether ``password`` matches ``stored`` (constant-time). A hash not in our format (the local admin's marker)
+    never matches, after a hash all the same: the answer's time does not tell such a row exists."""
+    if not isinstance(password, str):
+        return False
     parts = stored.split("$") if isinstance(stored, str) else []
-    if len(parts) != 6 or parts[0] != "scrypt" or not isinstance(password, str):
+    if len(parts) != 6 or parts[0] != "scrypt":
+        verify_password(password, _DUMMY_HASH)
         return False
     n, r, p = (int(x) for x in parts[1:4])
     salt, expected = base64.b64decode(parts[4]), base64.b64decode(parts[5])
@@ -268,9 +272,6 @@ def check_login(factory: sessionmaker[Session], username: str, password: str) ->
             rater = None
         stored = rater.password_hash if rater is not None else _DUMMY_HASH
         rater_id, disabled = (rater.id, rater.disabled_at is not None) if rater is not None else (None, False)
-    if not stored.startswith("scrypt$"):  # the local admin's marker (no password): the same hash's time all the same,
-        verify_password(password, _DUMMY_HASH)  # so that the answer's time does not tell such a row exists
-        return LoginCheck(None, WRONG_CREDENTIALS, wrong_credentials=True)
     if not verify_password(password, stored) or rater_id is None:
         return LoginCheck(None, WRONG_CREDENTIALS, wrong_credentials=True)
     if disabled:

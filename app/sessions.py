@@ -295,7 +295,7 @@ class LoginThrottle:
         now = self._monotonic()
         with self._lock:
             keys = self._keys_for(ip, account, device, now, credentials)
-            wait = max([0.0] + [f.locked_until - now for k in keys if (f := self._keys.get(k))])
+            wait = self._lock_wait(keys, now)
             if wait > 0:
                 return wait, None
             for key in keys:
@@ -353,8 +353,11 @@ class LoginThrottle:
         tried (0: now). ``credentials``: the account's stamp now (see the class)."""
         now = self._monotonic()
         with self._lock:
-            keys = self._keys_for(ip, account, device, now, credentials)
-            return max([0.0] + [f.locked_until - now for k in keys if (f := self._keys.get(k))])
+            return self._lock_wait(self._keys_for(ip, account, device, now, credentials), now)
+
+    def _lock_wait(self, keys: list[tuple[str, str]], now: float) -> float:
+        """Seconds until every counter of ``keys`` is unlocked; call with the lock held."""
+        return max([0.0] + [f.locked_until - now for k in keys if (f := self._keys.get(k))])
 
     def failed(self, ip: str | None, account: str | None, device: str | None = None, *, credentials: str = "") -> None:
         now = self._monotonic()

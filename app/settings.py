@@ -81,19 +81,19 @@ LOCAL_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,256}")
 HOST_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
 
 
+def _comma_items(value: Any) -> list[str]:
+    """A comma-separated setting (or a list of them, from code) as its stripped, non-empty items."""
+    items = value if isinstance(value, list | tuple) else ("" if value is None else str(value)).split(",")
+    return [text for text in (str(item).strip() for item in items) if text]
+
+
 def _proxies(value: Any) -> tuple[str, ...]:
     """SEIKO_TRUSTED_PROXIES as addresses and networks; "none" (or nothing listed) trusts no forwarding header."""
     import ipaddress
 
-    if isinstance(value, list | tuple):
-        items = [str(v) for v in value]
-    else:
-        text = str(value).strip()
-        items = [] if text.lower() == "none" else text.split(",")
+    items = _comma_items(value)
     out = []
-    for item in (i.strip() for i in items):
-        if not item:
-            continue
+    for item in [] if [i.lower() for i in items] == ["none"] else items:
         try:
             out.append(str(ipaddress.ip_network(item, strict=False)) if "/" in item else str(ipaddress.ip_address(item)))
         except ValueError as e:
@@ -104,17 +104,12 @@ def _proxies(value: Any) -> tuple[str, ...]:
 
 def _host_names(value: Any) -> tuple[str, ...]:
     """SEIKO_ALLOWED_HOSTS as lower-case names: comma-separated DNS names, no ports, no wildcards."""
-    if value is None or value == "" or value == ():
-        return ()
-    items = value if isinstance(value, list | tuple) else str(value).split(",")
     names = []
-    for item in items:
-        name = str(item).strip().lower().rstrip(".")
-        if not name:
-            continue
+    for item in _comma_items(value):
+        name = item.lower().rstrip(".")
         if not HOST_NAME.fullmatch(name):
             raise SettingsError(f"{ENV_VARS['allowed_hosts']} must be host names separated by commas (no ports, "
-                                f"schemes or wildcards), got {str(item).strip()[:100]!r}")
+                                f"schemes or wildcards), got {item[:100]!r}")
         names.append(name)
     return tuple(dict.fromkeys(names))
 

@@ -20,6 +20,14 @@ def _check(cond: bool, msg: str) -> None:
         raise ValueError(msg)
 
 
+def _whole(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)  # True is an int to Python, not here
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def _kind_error(name: str, kind: str, value: Any) -> str | None:
     """Why ``value`` is not of the annotated ``kind`` ('int', 'float', 'bool', 'str', each maybe '| None'), or None."""
     optional = kind.endswith(" | None")
@@ -27,11 +35,9 @@ def _kind_error(name: str, kind: str, value: Any) -> str | None:
     if value is None:
         return None if optional else f"{name} must be a {kind}, got None"
     if kind == "int":
-        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-        return None if ok else f"{name} must be a whole number, got {value!r}"
+        return None if _whole(value) else f"{name} must be a whole number, got {value!r}"
     if kind == "float":  # finiteness comes last (_check_finite), after each field's own range check and its sentence
-        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-        return None if ok else f"{name} must be a number, got {value!r}"
+        return None if _number(value) else f"{name} must be a number, got {value!r}"
     if kind == "bool":
         return None if isinstance(value, bool) else f"{name} must be true or false, got {value!r}"
     if kind == "str":
@@ -81,9 +87,9 @@ class RewardConfig:
         _check_kinds(self)
         self.hidden = tuple(self.hidden)
         self.dropout = tuple(self.dropout)
-        _check(all(isinstance(w, numbers.Integral) and not isinstance(w, bool) and w >= 1 for w in self.hidden),
+        _check(all(_whole(w) and w >= 1 for w in self.hidden),
                f"hidden must be whole layer widths of at least 1, got {list(self.hidden)}")
-        _check(all(isinstance(d, numbers.Real) and not isinstance(d, bool) and 0 <= d < 1 for d in self.dropout),
+        _check(all(_number(d) and 0 <= d < 1 for d in self.dropout),
                f"dropout must be rates in [0, 1), got {list(self.dropout)}")
         _check(self.patience >= 1 and self.sgld_base >= 0, "patience must be at least 1 and sgld_base non-negative")
         _check(self.num_heads >= 1, f"num_heads must be at least 1, got {self.num_heads}")
@@ -235,7 +241,7 @@ class SeikoConfig:
 
     def __post_init__(self) -> None:
         _check_kinds(self)
-        _check(all(isinstance(b, numbers.Integral) and not isinstance(b, bool) for b in self.budgets),
+        _check(all(_whole(b) for b in self.budgets),
                f"budgets must be whole numbers, got {list(self.budgets)}")
         self.budgets = tuple(int(b) for b in self.budgets)
         self.prompts = tuple(self.prompts)
