@@ -39,6 +39,7 @@ from app import sessions as app_sessions
 from db import repo
 from db.engine import read_session, write_session
 from db.errors import Conflict, NotFound
+from db.models import Rater
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1  # 16 MiB and about 50 ms per hash (OWASP's scrypt minimum is N=2**13)
 SALT_BYTES, KEY_BYTES = 16, 32
@@ -254,6 +255,7 @@ class LoginCheck:
     refusal: str | None  # None on success
     wrong_credentials: bool = False  # the refusal counts as a failed guess
     password_hash: str | None = None  # on success: the stored hash the password matched (SessionStore.start checks it)
+    credentials: str = ""  # on success: the account's credentials_stamp as read with that hash
 
 
 WRONG_CREDENTIALS = "Incorrect credentials."
@@ -272,17 +274,20 @@ def check_login(factory: sessionmaker[Session], username: str, password: str) ->
             rater = None
         stored = rater.password_hash if rater is not None else _DUMMY_HASH
         rater_id, disabled = (rater.id, rater.disabled_at is not None) if rater is not None else (None, False)
+        stamp = credentials_stamp(rater) if rater is not None else ""
     if not verify_password(password, stored) or rater_id is None:
         return LoginCheck(None, WRONG_CREDENTIALS, wrong_credentials=True)
     if disabled:
         return LoginCheck(None, f"the account {username!r} is disabled; ask an admin")
-    return LoginCheck(rater_id, None, password_hash=stored)
+    return LoginCheck(rater_id, None, password_hash=stored, credentials=stamp)
 
 
-def credentials_stamp(rater_id: int, password_hash: str) -> str:
-    """A short digest of an account's credentials: it changes when the password does, and differs between an account
-    and a new one of the same name. The sign-in throttle keeps it with each browser and address it exempts."""
-    return hashlib.sha256(f"{rater_id}\0{password_hash}".encode()).hexdigest()[:32]
+def credentials_stamp(rater: Rater) -> str:
+    """A short digest of an account's credentials: it changes when the password does and when the account is disabled
+    or enabled (``credentials_changed_at``), and differs between an account and a new one of the same name. The
+    sign-in throttle keeps it with each browser and address it exempts."""
+    changed = rater.credentials_changed_at.isoformat() if rater.credentials_changed_at is not None else "-"
+    return hashlib.sha256(f"{rater.id}\0{rater.password_hash}\0{changed}".encode()).hexdigest()[:32]
 
 
 def current_credentials_stamp(factory: sessionmaker[Session], username: str) -> str:
@@ -293,7 +298,7 @@ def current_credentials_stamp(factory: sessionmaker[Session], username: str) -> 
             rater = repo.get_rater_by_name(session=s, name=username)
         except NotFound:
             return ""
-        return "" if rater.disabled_at is not None else credentials_stamp(rater.id, rater.password_hash)
+        return "" if rater.disabled_at is not None else credentials_stamp(rater)
 
 
 def authenticator(factory: sessionmaker[Session]) -> Callable[[str, str], bool]:

@@ -257,10 +257,11 @@ class LoginThrottle:
     live in memory (a restart forgets them).
 
     Each remembered address and device keeps the ``credentials`` stamp of the sign-in that earned it
-    (``app.auth.credentials_stamp``: the account's id and password hash). The exemption holds only while the caller
-    passes the same stamp, read from the database at the attempt, so a password changed or an account disabled by
-    another process (``python -m app users ...`` beside the running app) ends it too; ``credentials_changed`` is the
-    same thing for this process, at once."""
+    (``app.auth.credentials_stamp``: the account's id, its password hash and when it was last disabled or enabled).
+    The exemption holds only while the caller passes the same stamp, read from the database at the attempt, so a
+    password changed or an account disabled (or disabled and enabled again) by another process (``python -m app
+    users ...`` beside the running app) ends it too; ``credentials_changed`` is the same thing for this process, at
+    once."""
 
     def __init__(
         self,

@@ -508,8 +508,7 @@ class WebGuard:
         device = device or secrets.token_urlsafe(DEVICE_BYTES)
         # remembered before the session starts: a password change that lands meanwhile either makes start refuse or
         # forgets this device after it was remembered (auth.set_password -> sessions.credentials_changed)
-        self.throttle.succeeded(ip, username, device,
-                                credentials=auth.credentials_stamp(result.rater_id, result.password_hash))
+        self.throttle.succeeded(ip, username, device, credentials=result.credentials)
         assert self.sessions is not None
         try:
             token = await self._in_thread(self.db_pool, functools.partial(

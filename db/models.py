@@ -192,6 +192,9 @@ class Rater(Base):
     password_hash: Mapped[str] = mapped_column(Text)  # hashed by the app; never a plain password
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # set: the account cannot sign in
+    # when the password last changed or the account was last disabled or enabled (None: never since it was made);
+    # part of app.auth.credentials_stamp, so a sign-in throttle exemption ends with any of them, across processes
+    credentials_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Rating(Base):

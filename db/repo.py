@@ -1151,25 +1151,29 @@ def set_rater_password_hash(*, session: Session, rater_id: int, password_hash: s
     """Store a new password hash and end the rater's sessions (whoever signed in with the old password is out)."""
     if not isinstance(password_hash, str) or not password_hash:
         raise InvalidInput("password_hash must be a non-empty string (hash the password in the app)")
+    now = _now(now)
     rater = get_rater(session=session, rater_id=rater_id)
     rater.password_hash = password_hash
+    rater.credentials_changed_at = now
     end_sessions(session=session, rater_id=rater_id, reason="password", now=now)
     session.flush()
     return rater
 
 
 def set_rater_disabled(*, session: Session, rater_id: int, disabled: bool, now: datetime | None = None) -> Rater:
-    """Disable (the rater cannot sign in; their sessions end) or enable an account. Ratings stay either way."""
+    """Disable (the rater cannot sign in; their sessions end) or enable an account. Ratings stay either way. A change
+    of state stamps ``credentials_changed_at``: whatever the sign-in throttle exempted before ends with it, so an
+    account disabled and enabled again (by any process) does not get back the exemptions it had."""
     if not isinstance(disabled, bool):
         raise InvalidInput(f"disabled must be True or False, got {disabled!r}")
     now = _now(now)
     rater = get_rater(session=session, rater_id=rater_id)
     if disabled:
         if rater.disabled_at is None:
-            rater.disabled_at = now
+            rater.disabled_at = rater.credentials_changed_at = now
         end_sessions(session=session, rater_id=rater_id, reason="disabled", now=now)
-    else:
-        rater.disabled_at = None
+    elif rater.disabled_at is not None:
+        rater.disabled_at, rater.credentials_changed_at = None, now
     session.flush()
     return rater
 

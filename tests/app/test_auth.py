@@ -366,6 +366,16 @@ def test_an_exemption_holds_only_under_the_credentials_it_was_earned_with(db_fac
     with write_session(db_factory) as s:  # and another process disables the account
         repo.set_rater_disabled(session=s, rater_id=rater.id, disabled=True)
     assert auth.current_credentials_stamp(db_factory, "alice") == ""
+    with write_session(db_factory) as s:  # then enables it again, the password unchanged
+        repo.set_rater_disabled(session=s, rater_id=rater.id, disabled=False)
+    again = auth.current_credentials_stamp(db_factory, "alice")
+    assert again not in ("", now)  # the exemption earned before the disable does not come back
+    assert t.wait_s("10.0.0.1", "alice", "alices-browser", credentials=again) == locked
+    with write_session(db_factory) as s:  # enabling an enabled account changes nothing
+        repo.set_rater_disabled(session=s, rater_id=rater.id, disabled=False)
+    assert auth.current_credentials_stamp(db_factory, "alice") == again
+    checked = auth.check_login(db_factory, "alice", "a new password")
+    assert checked.rater_id == rater.id and checked.credentials == again  # what a sign-in remembers
 
 
 def test_forgetting_an_account_leaves_an_account_whose_name_ends_with_it():

@@ -64,3 +64,34 @@ def test_current_revision_does_not_create_a_missing_sqlite_file(tmp_path):
     assert not (tmp_path / "missing").exists()
     migrate.upgrade(url)  # creates the directory and the file
     assert migrate.current_revision(url) == migrate.head_revision()
+
+
+def test_migration_0007_adds_credentials_changed_at_and_keeps_the_raters(empty_db_url):
+    from db import repo
+    from db.engine import session_factory, write_session
+
+    migrate.upgrade(empty_db_url, "0006")
+    engine = make_engine(empty_db_url)
+    try:
+        with engine.begin() as c:
+            c.exec_driver_sql("INSERT INTO raters (name, role, password_hash, created_at) "
+                              "VALUES ('alice', 'rater', 'h', '2026-12-01 00:00:00')")
+        assert "credentials_changed_at" not in {col["name"] for col in inspect(engine).get_columns("raters")}
+    finally:
+        engine.dispose()
+    migrate.upgrade(empty_db_url, "0007")
+    engine = make_engine(empty_db_url)
+    with write_session(session_factory(engine)) as s:
+        alice = repo.get_rater_by_name(session=s, name="alice")
+        assert alice.credentials_changed_at is None and alice.password_hash == "h"
+        repo.set_rater_disabled(session=s, rater_id=alice.id, disabled=True)
+        assert alice.credentials_changed_at == alice.disabled_at is not None
+    engine.dispose()
+    migrate.downgrade(empty_db_url, "0006")
+    engine = make_engine(empty_db_url)
+    try:
+        assert "credentials_changed_at" not in {col["name"] for col in inspect(engine).get_columns("raters")}
+        with engine.connect() as c:
+            assert c.exec_driver_sql("SELECT name FROM raters").scalars().all() == ["alice"]
+    finally:
+        engine.dispose()
