@@ -278,6 +278,9 @@ def vote_in_session(session: Session, who: Who, pair_id: int, choice: str) -> st
         raise Conflict(f"pair {pair_id} is a blind A/B pair, not a preference pair; it is voted on elsewhere")
     round_ = session.scalar(select(Round).where(Round.id == pair.round_id).with_for_update(read=True),
                             execution_options={"populate_existing": True})  # the round first, as a rating does
+    # then the pair itself (FOR UPDATE, as a rating locks its image): on PostgreSQL two raters racing for the last
+    # vote a pair needs would otherwise both count the votes before either inserts, and both be saved
+    session.scalars(select(ComparisonPair.id).where(ComparisonPair.id == pair_id).with_for_update()).all()
     if round_.status != "labeling":
         raise Conflict(f"round {round_.index} is closed for comparisons (it is {round_.status}); pair {pair_id} "
                        "was not saved")

@@ -228,3 +228,44 @@ def test_an_experiment_that_asks_for_scores_gets_no_pairs_and_takes_no_votes(pai
     assert refusal(fns["submit_comparison"], pair_id, "left", request=request("alice")) == (
         "Experiment 'ui-exp' asks for 1-10 ratings, not comparisons; nothing was saved.")
     assert votes_in_db(world) == []
+
+
+def test_two_raters_racing_for_a_pairs_last_vote_do_not_both_save(pairs_world):
+    """Overlap 1: the second voter's count waits for the first's transaction (the pair is locked FOR UPDATE) and sees
+    its vote. Without the lock, PostgreSQL let both count 0 votes and both insert: 2 votes where 1 was wanted."""
+    import threading
+    import time
+
+    from app.pairwise import NotOffered
+
+    w = pairs_world
+    if w.factory.kw["bind"].dialect.name != "postgresql":
+        pytest.skip("SQLite serialises write transactions (BEGIN IMMEDIATE); the race needs PostgreSQL")
+    pid = sorted(pairs_of(w))[0]
+    counted, may_commit = threading.Event(), threading.Event()
+    got: dict = {}
+
+    def first():
+        with write_session(w.factory) as s:
+            got["alice"] = pairwise.vote_in_session(s, who(w, "alice"), pid, "a")
+            counted.set()
+            may_commit.wait(30)
+
+    def second():
+        try:
+            with write_session(w.factory) as s:
+                got["bob"] = pairwise.vote_in_session(s, who(w, "bob"), pid, "b")
+        except NotOffered as e:
+            got["bob"] = str(e)
+
+    t1 = threading.Thread(target=first)
+    t1.start()
+    assert counted.wait(30)
+    t2 = threading.Thread(target=second)
+    t2.start()
+    time.sleep(0.5)
+    may_commit.set()
+    t1.join(30)
+    t2.join(30)
+    assert got["alice"] is None and "other raters have already given the comparisons" in got["bob"]
+    assert [(v[0], v[2]) for v in votes_in_db(w)] == [(pid, "a")]
