@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from gradio import utils as gradio_utils
 from sqlalchemy import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -149,8 +150,10 @@ def banner_html(services: AppServices, who: Who) -> str:
 
 
 def blocked_paths(settings: Settings) -> list[str]:
-    """Absolute paths Gradio's file routes must never serve: the data dir, the SQLite files, the model dir."""
-    paths = [settings.data_dir.resolve()]
+    """Absolute paths Gradio's file routes must never serve: the data dir, the SQLite files, the model dir, and the
+    deep-link snapshots in Gradio's shared temporary folder (sessions' input values; the app makes none, see
+    ``app.gradio_routes``, but another Gradio app on the machine may)."""
+    paths = [settings.data_dir.resolve(), (Path(gradio_utils.get_upload_folder()) / "deep_links").resolve()]
     url = make_url(settings.db_url)
     if url.get_backend_name() == "sqlite" and url.database:
         db_file = Path(url.database).resolve()

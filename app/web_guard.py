@@ -23,6 +23,9 @@ For every HTTP and websocket request, before Gradio sees it:
   (``GET /gradio_api/startup-events``) is the one request answered without it.
 - **Size**: a request body over ``MAX_REQUEST_BODY`` gets 413 before anything reads it (FastAPI would parse it before
   checking the sign-in), and Gradio's upload routes are not answered (404): the app takes no files.
+- **Gradio's own routes** (``app.gradio_routes``): deep links are not answered (404) nor opened (400), nor are the
+  routes the app does not use; an event's inputs that carry a file object are refused (400) before Gradio fetches
+  it; a Gradio session hash is bound to the account that first used it (403 for any other, 401 signed out).
 - **Cookies**: every ``Set-Cookie`` the app sends is ``SameSite=Lax`` (Gradio's own say ``SameSite=None``).
 - **Sign-in** (with accounts): ``POST /login`` is answered here. Throttled per client address and per account
   (``app.sessions.LoginThrottle``: 429 while locked, without hashing), the scrypt check runs in a thread pool of
@@ -67,7 +70,7 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import Request, cookie_parser
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 
-from app import auth
+from app import auth, gradio_routes
 from app.sessions import LoginThrottle, SessionStore, StaleSignIn
 
 Scope = dict[str, Any]
@@ -251,6 +254,7 @@ class WebGuard:
         self.db_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="seiko-session")
         self.pending = 0  # sign-ins hashing or waiting to (touched only on the event loop)
         self.stats = GuardStats()
+        self.session_owners = gradio_routes.SessionOwners()  # Gradio session hash -> the account that first used it
 
     def close(self) -> None:
         self.hash_pool.shutdown(wait=False, cancel_futures=True)
@@ -277,9 +281,10 @@ class WebGuard:
                 await gate(scope, receive, send)
             return
         if scope["type"] == "http":
-            if path in UPLOAD_PATHS:
+            if path in UPLOAD_PATHS or gradio_routes.unused(path):
                 self.stats.refused += 1
-                await PlainTextResponse("This app takes no file uploads.", status_code=404)(scope, receive, send)
+                text = "This app takes no file uploads." if path in UPLOAD_PATHS else "Not found."
+                await PlainTextResponse(text, status_code=404)(scope, receive, send)
                 return
             checked = await self._bounded_body(headers, receive)
             if isinstance(checked, Response):
@@ -287,6 +292,17 @@ class WebGuard:
                 await checked(scope, receive, send)
                 return
             receive = checked
+        if (why := gradio_routes.query_refusal(scope.get("query_string", b""))) is not None:
+            await self._refuse(scope, receive, send, why, 400)
+            return
+        parsed = None
+        if scope["type"] == "http" and gradio_routes.is_event_post(path, method):
+            body = await self._read_body(receive, MAX_REQUEST_BODY)
+            why, parsed = gradio_routes.body_refusal(body or b"") if body is not None else ("The request ended early.", None)
+            if why is not None:
+                await self._refuse(scope, receive, send, why, 400)
+                return
+            receive = self._replay(body or b"", receive)
         if scope["type"] == "http" and path in LOGIN_PATHS and method == "POST" and not self.policy.local_mode:
             response = await self._login(scope, receive)
             await self._lax(response)(scope, receive, send)
@@ -296,7 +312,11 @@ class WebGuard:
             await self._lax(response)(scope, receive, send)
             return
         if self.sessions is not None:
-            await self._check_session(headers)
+            user = await self._check_session(headers)
+            named = gradio_routes.session_hash_of(path, scope.get("query_string", b""), parsed)
+            if named is not None and (why := self.session_owners.refusal(named, user)) is not None:
+                await self._refuse(scope, receive, send, why, 401 if user is None else 403)
+                return
         await self.inner(scope, receive, self._lax_send(send))
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, why: str, status: int) -> None:
@@ -371,9 +391,11 @@ class WebGuard:
     async def _in_thread(self, pool: ThreadPoolExecutor, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
-    async def _check_session(self, headers: Headers) -> None:
-        """Withdraw from Gradio every session token of this request that is no longer valid; re-admit valid ones."""
+    async def _check_session(self, headers: Headers) -> str | None:
+        """Withdraw from Gradio every session token of this request that is no longer valid; re-admit valid ones.
+        Returns the account a valid one signs in (None: nobody is signed in)."""
         assert self.sessions is not None
+        user = None
         for token in self._tokens(headers):
             known, info = self.sessions.cached(token)
             if not known:  # the database, in a thread: a read (and at most once a minute a write) per session
@@ -381,7 +403,8 @@ class WebGuard:
             if info is None:
                 self.gradio_app.tokens.pop(token, None)
             else:
-                self.gradio_app.tokens[token] = info.name
+                self.gradio_app.tokens[token] = user = info.name
+        return user
 
     # -- request bodies ------------------------------------------------------------------------
 
@@ -405,6 +428,11 @@ class WebGuard:
         body = await self._read_body(receive, limit)
         if body is None:
             return too_large  # over the limit (or the client left: then nobody reads the answer)
+        return self._replay(body, receive)
+
+    @staticmethod
+    def _replay(body: bytes, receive: Receive) -> Receive:
+        """A ``receive`` that hands the app ``body`` (read here already) in one message, then defers to ``receive``."""
         sent = False
 
         async def replay() -> dict[str, Any]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import gradio as gr
 import pytest
+from gradio import utils as gradio_utils
 from sqlalchemy import make_url, select
 
 from app import auth, ui, ui_admin, ui_dashboard, ui_rate
@@ -387,7 +388,7 @@ def test_launch_kwargs_block_the_data_db_and_model_dirs(ui_world):
     model = Path(ui_world.settings.model)
     model.mkdir(exist_ok=True)
     kwargs = ui.launch_kwargs(ui_world.services())
-    blocked = [ui_world.settings.data_dir, model]
+    blocked = [ui_world.settings.data_dir, model, Path(gradio_utils.get_upload_folder()) / "deep_links"]
     url = make_url(ui_world.settings.db_url)
     if url.get_backend_name() == "sqlite":
         db_file = Path(url.database).resolve()

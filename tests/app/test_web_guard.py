@@ -877,3 +877,77 @@ def test_forwarded_for_is_not_believed_when_no_proxy_is_trusted(ui_world, monkey
         assert codes[:4] == [400] * 4 and 429 in codes[4:], codes
     finally:
         demo.close()
+
+
+# --- Gradio's own routes (app.gradio_routes; found by review, 3 Dec 2026) ---------------------------------------------
+
+
+def test_deep_links_are_neither_made_nor_opened(served):
+    """A rater's HTML stored in their session as an event input, snapshotted by /gradio_api/deep_link, was rendered
+    as the page of an admin who opened /?deep_link=... (the script made an admin account). Today the route is not
+    answered and the parameter is refused, signed in or not."""
+    _, _, url = served
+    with signed_in(url, "alice") as http:
+        r = http.get("/gradio_api/deep_link", params={"session_hash": "s1"})
+        assert r.status_code == 404, (r.status_code, r.text[:200])
+    with signed_in(url, "root") as http:
+        for path in ("/", "/config", "/gradio_api/info"):
+            r = http.get(path, params={"deep_link": "AAAAAAAAAAA"})
+            assert r.status_code == 400 and "does not open deep links" in r.text, (path, r.status_code, r.text[:200])
+        assert http.get("/").status_code == 200  # the page itself still opens
+    assert httpx.get(url + "/?deep_link=x").status_code == 400
+
+
+def test_routes_the_app_does_not_use_are_not_answered(served):
+    _, _, url = served
+    with signed_in(url, "root") as http:
+        for method, path in (("GET", "/gradio_api/proxy=http://127.0.0.1:1/x"), ("GET", "/monitoring"),
+                             ("GET", "/monitoring/somekey"), ("GET", "/gradio_api/stream/h/r/1/playlist.m3u8"),
+                             ("POST", "/gradio_api/vibe-code"), ("GET", "/gradio_api/run-history/buckets"),
+                             ("GET", "/gradio_api/custom_component/1/client/js/index.js")):
+            r = http.request(method, path)
+            assert r.status_code == 404, (path, r.status_code, r.text[:200])
+
+
+def test_an_event_input_that_is_a_file_object_is_refused_before_gradio_reads_it(served):
+    """Gradio fetched a file object found in any input (from a URL too) into its cache before the handler's role
+    check: a rater could make the server download anything through an admin-only event."""
+    world, demo, url = served
+    file_object = {"path": "http://127.0.0.1:1/x", "url": "http://127.0.0.1:1/x", "meta": {"_type": "gradio.FileData"}}
+    with signed_in(url, "alice") as http:
+        r = queue_join(http, demo, "on_gold", [None, file_object])
+        assert r.status_code == 400 and "takes no files" in r.text, (r.status_code, r.text[:200])
+        fn_index = next(i for i, bf in demo.fns.items() if bf.fn is not None and bf.fn.__name__ == "on_gold")
+        escaped = ('{"data": [null, {"path": "/etc/passwd", "meta": {"\\u005ftype": "gradio.FileData"}}], '
+                   f'"fn_index": {fn_index}, "session_hash": "s-escaped"}}').encode()
+        r = http.post("/gradio_api/queue/join", content=escaped, headers={"Content-Type": "application/json"})
+        assert r.status_code == 400 and "takes no files" in r.text, (r.status_code, r.text[:200])
+        r = http.post("/gradio_api/queue/join", content=b"{not json", headers={"Content-Type": "application/json"})
+        assert r.status_code == 400 and r.text == "The request body is not JSON."
+        assert queue_join(http, demo, "on_gold", [None, "plain text"]).status_code == 200  # an ordinary input passes
+
+
+def test_a_session_hash_belongs_to_the_account_that_first_used_it(served):
+    """/queue/data, /heartbeat and /cancel took the session hash from the caller, whoever they were: a rater who
+    learnt an admin's hash could read the admin's event results or end their session."""
+    world, demo, url = served
+    fn_index = next(i for i, bf in demo.fns.items() if bf.fn is not None and bf.fn.__name__ == "on_admin_tab")
+    owned = "root-session-1"
+    with signed_in(url, "root") as root:
+        r = root.post("/gradio_api/queue/join", json={"data": [], "fn_index": fn_index, "session_hash": owned,
+                                                      "event_data": None, "trigger_id": None})
+        assert r.status_code == 200, r.text
+        with signed_in(url, "alice") as alice:
+            for method, path, kwargs in (
+                    ("GET", "/gradio_api/queue/data", {"params": {"session_hash": owned}}),
+                    ("GET", f"/gradio_api/heartbeat/{owned}", {}),
+                    ("POST", "/gradio_api/cancel", {"json": {"session_hash": owned, "fn_index": fn_index, "event_id": "e"}}),
+                    ("POST", "/gradio_api/queue/join", {"json": {"data": [], "fn_index": fn_index, "session_hash": owned}})):
+                r = alice.request(method, path, **kwargs)
+                assert r.status_code == 403 and "belongs to another account" in r.text, (path, r.status_code, r.text[:200])
+            assert alice.post("/gradio_api/queue/join", json={"data": [], "fn_index": fn_index, "session_hash": "alices",
+                                                              "event_data": None, "trigger_id": None}).status_code == 200
+        r = httpx.get(url + f"/gradio_api/heartbeat/{owned}")
+        assert r.status_code == 401 and "Sign in first" in r.text
+        with root.stream("GET", "/gradio_api/queue/data", params={"session_hash": owned}) as stream:
+            assert stream.status_code == 200  # its owner reads it

@@ -1,0 +1,124 @@
+"""What the front door (``app.web_guard``) checks of Gradio's own routes, beyond the sign-in.
+
+Gradio answers routes whatever the page holds, and some of them act outside the app's event handlers, so the
+handlers' own checks (who is signed in, their role) never see them. A review (3 Dec 2026) showed what that allowed:
+
+- **Deep links.** ``GET /gradio_api/deep_link?session_hash=H`` writes a snapshot of session H's input values to disk,
+  and ``GET /?deep_link=...`` (or ``/config?deep_link=...``) renders a page from that snapshot for whoever opens the
+  link. Gradio stores an event's inputs in the session before the handler runs, so a rater who sent HTML as the
+  input of an ``gr.HTML`` component, then snapshotted the session, had a link that ran their script in an admin's
+  page (and made an admin account); each snapshot also stayed on disk, so any rater could fill it. The app uses no
+  deep links: the route is not answered (404) and a ``deep_link`` parameter is refused (400) on every request.
+- **Files in an event's inputs.** Gradio walks every input value for a file object (a dict whose ``meta._type`` is
+  ``gradio.FileData``) and fetches it into its cache, from a URL too, before the handler (and its role check) runs.
+  The app takes no files (its upload routes are not answered either), so an event body that carries one is refused
+  (400) before Gradio reads it.
+- **Session hashes.** ``/gradio_api/queue/data``, ``/heartbeat/H`` and ``/cancel`` take the session hash from the
+  caller and never compare it with the signed-in user (``/heartbeat`` and ``/cancel`` need no sign-in at all): whoever
+  learnt an admin's hash (from a proxy's log) could read the admin's event results or close their session.
+  ``SessionOwners`` binds each hash to the account that first used it; another account, or nobody signed in, gets
+  403 on it.
+- **Routes the app does not use** (proxying, streaming, monitoring, the vibe editor, run history, dev reload, custom
+  components, profiling) are not answered (404), so none of them is an attack surface.
+
+Paths are those the router sees (``starlette._utils.get_route_path``: a root path taken off).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from typing import Any
+from urllib.parse import parse_qs
+
+API = "/gradio_api"
+# routes this app never uses (see the module docstring); a path equal to one or below it is not answered
+UNUSED_PREFIXES = (
+    tuple(f"{API}/{name}" for name in ("deep_link", "proxy=", "stream/", "vibe-edit", "undo-vibe-edit", "vibe-code",
+                                       "run-history", "runs", "dev/", "custom_component/", "profiling/"))
+    + ("/monitoring",)
+)
+# POST routes whose JSON body carries an event's inputs or a session hash; read (bounded) and checked here
+EVENT_POSTS = (f"{API}/queue/join", f"{API}/run/", f"{API}/api/", f"{API}/call/", f"{API}/cancel", f"{API}/reset")
+HEARTBEAT = f"{API}/heartbeat/"
+QUEUE_DATA = f"{API}/queue/data"
+MAX_OWNERS = 100_000  # session hashes remembered (the oldest forgotten first)
+MAX_DEPTH = 64  # nesting a body may have; the app's inputs are a few levels deep
+
+
+def unused(path: str) -> bool:
+    """Whether ``path`` is one of Gradio's routes this app does not answer."""
+    return path.startswith(UNUSED_PREFIXES)
+
+
+def query_refusal(query_string: bytes) -> str | None:
+    """Why a request with this query string is refused (one sentence), or None."""
+    query = parse_qs(query_string.decode("latin-1"), keep_blank_values=True)
+    if "deep_link" in query:
+        return "This app does not open deep links; open its address without the deep_link parameter."
+    return None
+
+
+def is_event_post(path: str, method: str | None) -> bool:
+    return method == "POST" and any(path == p or path.startswith(p) for p in EVENT_POSTS)
+
+
+def body_refusal(body: bytes) -> tuple[str | None, Any]:
+    """(why the event body is refused or None, the parsed body). Refused: a body that is not JSON, one nested
+    deeper than MAX_DEPTH, and one that carries a Gradio file object anywhere."""
+    if not body:
+        return None, None
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        return "The request body is not JSON.", None
+    stack: list[tuple[Any, int]] = [(parsed, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return f"The request body is nested deeper than {MAX_DEPTH} levels.", None
+        if isinstance(value, dict):
+            meta = value.get("meta")
+            if isinstance(meta, dict) and "_type" in meta:
+                return "This app takes no files; an input that is a file object was refused.", None
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+    return None, parsed
+
+
+def session_hash_of(path: str, query_string: bytes, parsed_body: Any) -> str | None:
+    """The Gradio session hash a request names (path, query or JSON body), or None."""
+    if path.startswith(HEARTBEAT):
+        return path[len(HEARTBEAT):].rstrip("/") or None
+    if path.rstrip("/") == QUEUE_DATA:
+        values = parse_qs(query_string.decode("latin-1"), keep_blank_values=True).get("session_hash", [])
+        return values[0] if values else None
+    if isinstance(parsed_body, dict) and isinstance(parsed_body.get("session_hash"), str):
+        return parsed_body["session_hash"]
+    return None
+
+
+class SessionOwners:
+    """Which account first used each Gradio session hash. Thread-safe; bounded (the oldest forgotten first)."""
+
+    def __init__(self, max_entries: int = MAX_OWNERS) -> None:
+        self.max_entries = max_entries
+        self._owners: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def refusal(self, session_hash: str, user: str | None) -> str | None:
+        """Why ``user`` (None: nobody signed in) may not use ``session_hash`` (one sentence), or None; the first
+        account to use a hash owns it."""
+        if user is None:
+            return "Sign in first: this request names a session of the app."
+        with self._lock:
+            owner = self._owners.get(session_hash)
+            if owner is None:
+                self._owners[session_hash] = user
+                while len(self._owners) > self.max_entries:
+                    self._owners.popitem(last=False)
+                return None
+            self._owners.move_to_end(session_hash)
+        return None if owner == user else "This session of the app belongs to another account."

@@ -1,0 +1,56 @@
+"""app.gradio_routes' pure checks, against hand-written cases (the HTTP behaviour is in test_web_guard.py)."""
+
+import json
+
+from app import gradio_routes as gr_routes
+
+
+def test_unused_routes_and_the_ones_the_page_needs():
+    for path in ("/gradio_api/deep_link", "/gradio_api/deep_link/", "/gradio_api/proxy=http://x", "/monitoring",
+                 "/monitoring/k/dashboard", "/gradio_api/stream/a/b/1/x.ts", "/gradio_api/vibe-edit/",
+                 "/gradio_api/runs", "/gradio_api/dev/reload", "/gradio_api/profiling/traces"):
+        assert gr_routes.unused(path), path
+    for path in ("/", "/config", "/gradio_api/info", "/gradio_api/queue/join", "/gradio_api/queue/data",
+                 "/gradio_api/heartbeat/abc", "/gradio_api/run/next_batch", "/gradio_api/call/submit_rating",
+                 "/gradio_api/file=/x.png", "/gradio_api/startup-events", "/theme.css", "/assets/index.js"):
+        assert not gr_routes.unused(path), path
+
+
+def test_deep_link_parameters_are_refused_however_written():
+    assert gr_routes.query_refusal(b"") is None and gr_routes.query_refusal(b"page=x&__theme=dark") is None
+    for query in (b"deep_link=abc", b"deep_link=", b"a=1&deep_link=x", b"deep%5Flink=x"):
+        assert gr_routes.query_refusal(query) is not None, query
+
+
+def test_bodies_with_a_file_object_anywhere_are_refused():
+    fd = {"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}
+    for data in ([fd], [1, {"a": [fd]}], [[[[fd]]]], {"data": [{"x": {"meta": {"_type": "anything"}, "path": "p"}}]}):
+        why, _ = gr_routes.body_refusal(json.dumps({"data": data}).encode())
+        assert why is not None and "takes no files" in why, data
+    why, parsed = gr_routes.body_refusal(json.dumps({"data": [1, "meta", {"meta": "text"}], "session_hash": "h"}).encode())
+    assert why is None and parsed["session_hash"] == "h"
+    assert gr_routes.body_refusal(b"")[0] is None
+    assert gr_routes.body_refusal(b"\xff")[0] == "The request body is not JSON."
+    deep = b"[" * 70 + b"]" * 70
+    assert "nested deeper" in gr_routes.body_refusal(deep)[0]
+    assert gr_routes.body_refusal(b"[" * 100_000 + b"]" * 100_000)[0] is not None  # refused, not a crash
+
+
+def test_the_session_hash_a_request_names():
+    assert gr_routes.session_hash_of("/gradio_api/heartbeat/abc", b"", None) == "abc"
+    assert gr_routes.session_hash_of("/gradio_api/queue/data", b"session_hash=xyz", None) == "xyz"
+    assert gr_routes.session_hash_of("/gradio_api/queue/data", b"", None) is None
+    assert gr_routes.session_hash_of("/gradio_api/queue/join", b"", {"session_hash": "q"}) == "q"
+    assert gr_routes.session_hash_of("/gradio_api/queue/join", b"", {"session_hash": 5}) is None
+    assert gr_routes.session_hash_of("/config", b"", None) is None
+
+
+def test_session_owners_first_account_wins_and_the_oldest_are_forgotten():
+    owners = gr_routes.SessionOwners(max_entries=2)
+    assert owners.refusal("h1", "alice") is None and owners.refusal("h1", "alice") is None
+    assert owners.refusal("h1", "bob") == "This session of the app belongs to another account."
+    assert owners.refusal("h1", None).startswith("Sign in first")
+    owners.refusal("h2", "bob")
+    owners.refusal("h1", "alice")  # h1 used again: h2 is now the oldest
+    owners.refusal("h3", "carol")
+    assert owners.refusal("h1", "bob") is not None and owners.refusal("h2", "alice") is None  # h2 was forgotten
