@@ -844,6 +844,10 @@ class Worker:
             progress.set("load_model")
             parts = self._parts(model_spec)
             prev_adapter = self._use_adapter(parts, source)  # also the KL term's previous model
+            # training replaces the adapter of this name on the one UNet every experiment shares, so the cache
+            # forgets it first: should the training fail midway, the next job that wants round_{new_index} (of this
+            # experiment or another) loads its published weights instead of running on half-trained ones
+            self._adapters.pop(lora.round_adapter_name(new_index), None)
             seed = derive_seed(experiment_id, k, "train")
             if self.group is not None:  # data parallel over this worker's processes (app.train_dist)
                 outcome = self.group.train(self, parts, model_spec, source, embeddings, scores, cfg, new_index=new_index,

@@ -507,3 +507,45 @@ def test_an_eval_job_gives_way_to_a_train_job_and_finishes_its_grid_afterwards(w
     assert ev1["yields"] == 0 and ev1["kl_to_prev"] >= 0 and ev1["reward_model_round"] == 1
     assert worker.run_once() is False
     worker.close()
+
+
+def test_a_failed_training_does_not_leave_its_weights_under_another_experiments_adapter(worker_world, monkeypatch):
+    """Adapter names are round_k for every experiment on the worker's one UNet. A training of A's round 1 that failed
+    midway (an out-of-memory error) left its half-trained round_1 on the UNet while the cache still said round_1 was
+    B's published adapter, so B's next jobs ran on (and trained from) A's weights. Found by review."""
+    import torch
+    from safetensors.torch import load_file
+
+    from app import worker as worker_mod
+    from seiko_core import lora
+
+    world = worker_world
+    a, b = world.create_experiment("A"), world.create_experiment("B")
+    worker = world.worker()
+    while worker.run_once():
+        assert worker.last_error is None  # round 0 of both, with their eval grids
+    (rater,) = world.raters(1)
+    world.rate_open_round(b, [rater], lambda image_id, rater_id: 1 + image_id % 10)
+    services.close_round(factory=world.factory, experiment_id=b)
+    while worker.run_once():
+        assert worker.last_error is None  # B: train, then round 1's images with B's round_1 (cached), its eval grid
+    world.rate_open_round(a, [rater], lambda image_id, rater_id: 10)
+    services.close_round(factory=world.factory, experiment_id=a)
+    real = worker_mod.train_round
+
+    def out_of_memory(*args, on_progress, **kwargs):
+        def report(step, total, metrics):
+            if metrics.get("phase") == "finetune" and step >= 1:
+                raise RuntimeError("CUDA out of memory (simulated)")
+            on_progress(step, total, metrics)
+        return real(*args, on_progress=report, **kwargs)
+
+    monkeypatch.setattr(worker_mod, "train_round", out_of_memory)
+    assert worker.run_once() and "out of memory" in worker.last_error  # A's training fails after a step
+    with read_session(world.factory) as s:
+        b1 = worker_mod._round_info(s, repo.get_round_by_index(session=s, experiment_id=b, index=1))
+    name = worker._use_adapter(worker._parts(world.settings.model), b1)  # what B's next job would run on
+    published = load_file(str(storage.resolve(world.settings.data_dir, b1.adapter_path) / lora.WEIGHT_NAME))
+    in_memory = lora.unet_lora_layers(worker._model.unet, name)
+    assert in_memory and all(torch.equal(in_memory[k], published["unet." + k]) for k in in_memory)
+    worker.close()
