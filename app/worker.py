@@ -272,6 +272,19 @@ class _Run:
     heartbeat: Heartbeat
 
 
+def _training_digest(*tensors: torch.Tensor | None) -> str:
+    """A sha256 over what a train job fits on (embeddings, scores, pairs: dtype, shape and bytes; None marked)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        if t is None:
+            h.update(b"none;")
+            continue
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)};".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
 @dataclass(frozen=True)
 class _RoundInfo:
     id: int
@@ -832,6 +845,9 @@ class Worker:
                                                           [(q.image_id, q.rater_id, q.score) for q in per_rating],
                                                           standardized=True), dtype=torch.float32)
             snapshot["standardized"] = True
+        # the counts above can repeat on other data (a round reopened and its scores edited keeps its rating ids; a
+        # fresh database over an old data dir); an unpublished adapter is reused only on the very same training data
+        snapshot["data_sha256"] = _training_digest(embeddings, scores, pairs)
 
         adapter_rel = storage.adapter_path(experiment_id, new_index)
         adapter_dir = storage.resolve(self.settings.data_dir, adapter_rel)

@@ -549,3 +549,47 @@ def test_a_failed_training_does_not_leave_its_weights_under_another_experiments_
     in_memory = lora.unet_lora_layers(worker._model.unet, name)
     assert in_memory and all(torch.equal(in_memory[k], published["unet." + k]) for k in in_memory)
     worker.close()
+
+
+def test_an_unpublished_adapter_is_not_reused_after_the_scores_it_was_trained_on_changed(worker_world, monkeypatch, caplog):
+    """A train job wrote its adapter and failed to publish; the admin reopened the round, corrected every score (the
+    rating rows keep their ids, so the counts and the watermark are unchanged) and closed it again. The next train
+    job reused the adapter trained on the old scores: the snapshot it was matched on held only counts. Found by
+    review."""
+    import logging
+
+    from app import worker as worker_mod
+
+    world = worker_world
+    eid = world.create_experiment("reopened")
+    worker = world.worker()
+    while worker.run_once():
+        assert worker.last_error is None
+    (rater,) = world.raters(1)
+    world.rate_open_round(eid, [rater], lambda image_id, rater_id: 1)
+    services.close_round(factory=world.factory, experiment_id=eid)
+    real = worker_mod.Worker._publish
+
+    def fails_once(self, run, write, result):
+        if run.job.kind == "train":
+            monkeypatch.setattr(worker_mod.Worker, "_publish", real)
+            raise RuntimeError("the database went away while publishing (simulated)")
+        return real(self, run, write, result)
+
+    monkeypatch.setattr(worker_mod.Worker, "_publish", fails_once)
+    assert worker.run_once() and "went away" in worker.last_error
+    adapter = storage.resolve(world.settings.data_dir, storage.adapter_path(eid, 1))
+    first = sha256_file(adapter / MANIFEST)  # written, not published
+    with write_session(world.factory) as s:
+        services_round = repo.get_round_by_index(session=s, experiment_id=eid, index=0)
+        repo.reopen_round(session=s, round_id=services_round.id)
+    world.rate_open_round(eid, [rater], lambda image_id, rater_id: 10)  # every score corrected, same rating ids
+    services.close_round(factory=world.factory, experiment_id=eid)
+    with caplog.at_level(logging.INFO, logger="seiko.worker"):
+        while worker.run_once():
+            if _round(world, eid, 0).status == "done":
+                break
+    assert not [r for r in caplog.records if "reusing" in r.getMessage()]
+    round1 = _round(world, eid, 1)
+    assert round1.adapter_path is not None and sha256_file(adapter / MANIFEST) != first
+    worker.close()
