@@ -430,7 +430,15 @@ class Worker:
             self._fail(job, self.last_error)
         except BaseException as exc:  # KeyboardInterrupt, SystemExit: hand the job back before stopping
             heartbeat.stop()
-            self._fail(job, f"worker {self.worker_id!r} was stopped ({type(exc).__name__}) during the job")
+            if isinstance(exc, KeyboardInterrupt) or self._stopping.is_set():
+                # Ctrl-C, or SIGTERM (app.cli_worker asks stop() first): the job did nothing wrong, so it is queued
+                # again without using up an attempt; three restarts during a training no longer fail it for good
+                if self._release(job, "handed back", lambda s: job_queue.yield_job(
+                        session=s, job_id=job.id, worker_id=self.worker_id)):
+                    log.info("job %d (%s) handed back: worker %r was stopped (%s); attempt %d of %d not counted",
+                             job.id, job.kind, self.worker_id, type(exc).__name__, job.attempts, job.max_attempts)
+            else:  # a SystemExit from inside the job's own code: an attempt, as any failure
+                self._fail(job, f"worker {self.worker_id!r} was stopped ({type(exc).__name__}) during the job")
             raise
         else:
             self.last_error = None

@@ -593,3 +593,33 @@ def test_an_unpublished_adapter_is_not_reused_after_the_scores_it_was_trained_on
     round1 = _round(world, eid, 1)
     assert round1.adapter_path is not None and sha256_file(adapter / MANIFEST) != first
     worker.close()
+
+
+@pytest.mark.parametrize("how", ["sigterm", "ctrl-c", "exit-inside-the-job"])
+def test_a_stopped_worker_hands_its_job_back_without_using_an_attempt(worker_world, how):
+    """SIGTERM (app.cli_worker calls stop() and raises SystemExit) or Ctrl-C during a job counted as a failed
+    attempt, so three restarts during a training failed the job for good and left the round in training. Found by
+    review. A SystemExit raised by the job's own code, with no stop asked, still counts."""
+    world = worker_world
+    eid = world.create_experiment("stopped")
+    worker = world.worker()
+
+    def stopped(run):
+        if how == "sigterm":
+            worker.stop()
+            raise SystemExit(143)
+        if how == "ctrl-c":
+            raise KeyboardInterrupt
+        raise SystemExit(3)
+
+    worker.handlers["generate"] = stopped
+    for _ in range(4 if how != "exit-inside-the-job" else 1):
+        with pytest.raises((SystemExit, KeyboardInterrupt)):
+            worker.run_once()
+        worker._stopping.clear()
+    (job,) = _jobs(world, eid)
+    if how == "exit-inside-the-job":
+        assert (job.status, job.attempts) == ("queued", 1) and "was stopped (SystemExit)" in job.error
+    else:
+        assert (job.status, job.attempts, job.error, job.lease_owner) == ("queued", 0, None, None)
+    worker.close()
