@@ -8,6 +8,9 @@ entry (actor ``auto-close``) in the same transaction.
 Exactly once: ``repo.close_round`` locks the round before it checks that it is still open for labeling, so when
 several raters give the last ratings at the same moment, one transaction closes it and the others find it closed
 (their Conflict is recognised as that and nothing more happens). Off (the default), nothing is ever closed here.
+
+A round the admin reopened (``repo.reopen_round`` records ``reopened_at`` in its metrics) is never closed here: it is
+fully rated already, so the first correction would close it again and the next one be refused. The admin closes it.
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ def maybe_close(factory, experiment_id: int, round_index: int) -> int | None:
         if not experiment_options.of(experiment).auto_close or experiment.status != "active":
             return None
         round_ = repo.get_open_round(session=s, experiment_id=experiment_id)
-        if round_ is None or round_.index != round_index or not round_complete(s, round_):
+        if round_ is None or round_.index != round_index or (round_.metrics or {}).get("reopened_at") \
+                or not round_complete(s, round_):
             return None
     try:
         with write_session(factory) as s:

@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, case, or_, select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from db.checks import check_choice, check_int, check_json, check_lease, check_name, check_now
@@ -48,13 +49,33 @@ def _round(session: Session, round_id: int) -> Round:
 PERSON_KINDS = ("generate", "train")
 
 
-def live_job(session: Session, now: datetime, *, kinds: Iterable[str] | None = None, **where: Any) -> Job | None:
+def live_job(session: Session, now: datetime, *, kinds: Iterable[str] | None = None, lock: bool = False,
+             **where: Any) -> Job | None:
     """A running job with a live lease matching ``where`` (e.g. experiment_id=, round_id=, kind=), of one of
-    ``kinds`` when given, or None."""
-    clauses = [Job.status == "running", Job.lease_expires_at >= now, *(getattr(Job, k) == v for k, v in where.items())]
+    ``kinds`` when given, or None.
+
+    With ``lock`` (a write transaction that acts on the answer), the queued and running jobs matching are first
+    locked (FOR UPDATE NOWAIT, until the transaction ends; nothing on SQLite, whose write transactions are
+    serialised already). On PostgreSQL a plain read saw a job a worker was claiming (not yet committed) as queued;
+    ``cancel_jobs`` then found it running and cancelled nothing, and a reopen or finish went through while the
+    worker trained. Now a claim that comes after skips the locked rows (``claim_job``: SKIP LOCKED), and a claim,
+    or a publish, in flight makes this a Conflict at once (NOWAIT: waiting could deadlock with a publish, which
+    locks the job before the round)."""
+    clauses = [*(getattr(Job, k) == v for k, v in where.items())]
     if kinds is not None:
         clauses.append(Job.kind.in_([check_choice("job kind", k, JOB_KINDS) for k in kinds]))
-    return session.scalar(select(Job).where(*clauses).order_by(Job.id))
+    if lock:
+        try:
+            session.scalars(select(Job.id).where(Job.status.in_(("queued", "running")), *clauses).order_by(Job.id)
+                            .with_for_update(nowait=True)).all()
+        except OperationalError as exc:
+            code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)  # psycopg 3 / psycopg2
+            if code != "55P03":  # lock_not_available; anything else is not ours to word
+                raise
+            raise Conflict("a worker is taking or finishing one of these jobs at this moment; try again in a few "
+                           "seconds") from exc
+    return session.scalar(select(Job).where(Job.status == "running", Job.lease_expires_at >= now, *clauses)
+                          .order_by(Job.id), execution_options={"populate_existing": True})
 
 
 def cancel_jobs(session: Session, reason: str, **where: Any) -> int:

@@ -180,7 +180,7 @@ def finish_experiment(*, session: Session, experiment_id: int, now: datetime | N
     experiment = get_experiment(session=session, experiment_id=experiment_id)
     if experiment.status == "finished":
         return experiment
-    running = job_queue.live_job(session, now, kinds=job_queue.PERSON_KINDS, experiment_id=experiment_id)
+    running = job_queue.live_job(session, now, kinds=job_queue.PERSON_KINDS, lock=True, experiment_id=experiment_id)
     if running is not None:
         raise Conflict(f"the worker is running job {running.id} ({running.kind}) of experiment {experiment.name!r}; "
                        "finish the experiment when that job is done")
@@ -350,11 +350,14 @@ def reopen_round(*, session: Session, round_id: int, now: datetime | None = None
     if round_.status != "training":
         raise Conflict(f"round {round_.index} is {round_.status!r}; only a round closed for training can be reopened")
     # only its training stands in the way: the round's eval grid (an "eval" job, queued or running) stays valid
-    running = job_queue.live_job(session, now, round_id=round_.id, kind="train")
+    running = job_queue.live_job(session, now, lock=True, round_id=round_.id, kind="train")
     if running is not None:
         raise Conflict(f"the worker is training on round {round_.index} now (job {running.id}); wait until it finishes "
                        "or fails")
     job_queue.cancel_jobs(session, f"cancelled: round {round_.index} was reopened for labeling", round_id=round_.id, kind="train")
+    # app.auto_close leaves a reopened round to the admin: it is fully rated already, so it would close again at the
+    # first correction
+    round_.metrics = {**(round_.metrics or {}), "reopened_at": now.isoformat()}
     return set_round_status(session=session, round_id=round_.id, status="labeling")
 
 

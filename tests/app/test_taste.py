@@ -16,6 +16,7 @@ from db import jobs as job_queue
 from db import repo
 from db.engine import read_session, write_session
 from db.errors import InvalidInput
+from db.models import Rating
 
 # ---------------------------------------------------------------------------------------------
 # the person loader
@@ -433,6 +434,24 @@ def test_auto_close_closes_once_when_the_budget_is_rated(ui_world):
 
     entries = [e for e in auth.list_audit(ui_world.factory, limit=50) if e.action == "round.close"]
     assert len(entries) == 1 and entries[0].actor == auto_close.ACTOR
+
+
+def test_auto_close_leaves_a_reopened_round_to_the_admin(ui_world):
+    """A reopened round is fully rated already: the first correction closed it again at once and the second was
+    refused ("not open for labeling"). Found by review."""
+    _set_auto_close(ui_world, True)
+    alice = _who(ui_world, "alice")
+    for image_id in ui_world.image_ids:
+        ui_rate.submit(ui_world.factory, alice, image_id, 5)
+    assert len(_train_jobs(ui_world)) == 1
+    with write_session(ui_world.factory) as s:
+        repo.reopen_round(session=s, round_id=ui_world.round_id)
+    for image_id in ui_world.image_ids[:2]:  # two corrections, both saved, the round still open
+        ui_rate.submit(ui_world.factory, alice, image_id, 9)
+    with read_session(ui_world.factory) as s:
+        assert repo.get_round(session=s, round_id=ui_world.round_id).status == "labeling"
+        assert sorted(r.score for r in s.query(Rating).filter(Rating.image_id.in_(ui_world.image_ids[:2]))) == [9, 9]
+    assert len(_train_jobs(ui_world)) == 1  # the cancelled one only; the admin closes the round
 
 
 def test_auto_close_closes_exactly_once_when_raters_finish_together(ui_world_factory):

@@ -239,3 +239,52 @@ def test_ensure_job_queues_a_rounds_job_once(db_factory, make_world):
         job_queue.get_job(session=s, job_id=first).status = "failed"
     second, created = ensure()  # a failed one is no obstacle
     assert created and second != first
+
+
+@pytest.mark.parametrize("action", ["reopen", "finish"])
+def test_reopen_and_finish_are_refused_while_a_worker_is_claiming_the_job(db_factory, db_url, make_world, action):
+    """On PostgreSQL the liveness check was a plain read: it saw the job a worker was claiming (not yet committed)
+    as queued, cancel_jobs then found it running and cancelled nothing, and the reopen (or finish) went through
+    while the worker trained. Found by review."""
+    from db.errors import Conflict
+
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite serialises write transactions (BEGIN IMMEDIATE); the race needs PostgreSQL")
+    world = make_world()
+    with write_session(db_factory) as s:
+        repo.add_rating(session=s, image_id=world.image_ids[0], rater_id=world.rater_ids[0], score=7)
+        repo.close_round(session=s, experiment_id=world.experiment_id)  # round 0 training, its train job queued
+    claim = db_factory()
+    try:
+        claimed = job_queue.claim_job(session=claim, worker_id="w1", lease_s=60)  # the UPDATE, not yet committed
+        assert claimed is not None and claimed.kind == "train"
+        out = {}
+
+        def admin():
+            try:
+                with write_session(db_factory) as s:
+                    if action == "reopen":
+                        repo.reopen_round(session=s, round_id=world.round_id)
+                    else:
+                        repo.finish_experiment(session=s, experiment_id=world.experiment_id)
+                out["result"] = "accepted"
+            except Conflict as exc:
+                out["result"] = str(exc)
+
+        thread = threading.Thread(target=admin)
+        thread.start()
+        thread.join(5)
+        claim.commit()
+    finally:
+        claim.close()
+    thread.join(30)
+    assert "a worker is taking or finishing one of these jobs" in out["result"], out
+    with read_session(db_factory) as s:
+        assert repo.get_round(session=s, round_id=world.round_id).status == "training"
+        assert repo.get_experiment(session=s, experiment_id=world.experiment_id).status == "active"
+    with write_session(db_factory) as s:  # once the claim is in, the refusal names the running job
+        with pytest.raises(Conflict, match="the worker is"):
+            if action == "reopen":
+                repo.reopen_round(session=s, round_id=world.round_id)
+            else:
+                repo.finish_experiment(session=s, experiment_id=world.experiment_id)
