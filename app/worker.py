@@ -671,7 +671,9 @@ class Worker:
             raise Conflict(f"round {k} is {this.status!r}; its eval grid is rendered once its query images are published")
         grid = _eval_grid(cfg)
         partial = dict(job.payload.get("partial") or {})
-        kl_done: dict[tuple[str, int], float] = {(str(p), int(sd)): float(v) for p, sd, v in partial.get("kl") or []}
+        # a KL that was not finite (a diverged adapter) is stored as null in the payload (strict JSON) and read as nan
+        kl_done: dict[tuple[str, int], float] = {(str(p), int(sd)): math.nan if v is None else float(v)
+                                                 for p, sd, v in partial.get("kl") or []}
         want_kl = k > 0 and prev is not None and cfg.sampling.eta > 0
         to_render = {c for c in grid if c not in stored}
         to_kl = {c for c in grid if want_kl and c not in kl_done}
@@ -679,7 +681,7 @@ class Worker:
         before_s = float(partial.get("wall_s") or 0.0)  # the earlier claims' time on this job (it may have given way)
 
         def state() -> dict[str, Any]:
-            return {**partial, "kl": [[p, sd, v] for (p, sd), v in kl_done.items()],
+            return {**partial, "kl": [[p, sd, finite_json(v)] for (p, sd), v in kl_done.items()],
                     "wall_s": round(before_s + time.monotonic() - started, 3)}
 
         if todo:

@@ -623,3 +623,26 @@ def test_a_stopped_worker_hands_its_job_back_without_using_an_attempt(worker_wor
     else:
         assert (job.status, job.attempts, job.error, job.lease_owner) == ("queued", 0, None, None)
     worker.close()
+
+
+def test_an_eval_job_with_a_kl_that_is_not_finite_finishes_and_stores_it_as_null(worker_world, monkeypatch):
+    """The eval job saves its KL values in its payload after each chunk; a NaN (a diverged adapter) was refused by
+    the payload's strict-JSON check, rolling the chunk back, so the job failed on every retry. Found by review."""
+    from app import worker as worker_mod
+
+    world = worker_world
+    eid = world.create_experiment("diverged")
+    worker = world.worker()
+    while worker.run_once():
+        assert worker.last_error is None
+    (rater,) = world.raters(1)
+    world.rate_open_round(eid, [rater], lambda image_id, rater_id: 1 + image_id % 10)
+    services.close_round(factory=world.factory, experiment_id=eid)
+    monkeypatch.setattr(worker_mod, "trajectory_kl", lambda parts, prompts, *a, **k: [float("nan")] * len(prompts))
+    while worker.run_once():
+        assert worker.last_error is None  # train, round 1's images, its eval grid and KL
+    (eval1,) = [j for j in _jobs(world, eid, "eval") if j.payload.get("round_index") == 1]
+    assert eval1.status == "done" and eval1.attempts == 1
+    assert all(v is None for _, _, v in eval1.payload["partial"]["kl"])
+    ev = _round(world, eid, 1).metrics["eval"]
+    assert ev["kl_to_prev"] is None and ev["n"] == 4
