@@ -5,6 +5,13 @@ confidence interval, from the database's ratings (the dashboard's first plot, an
   n is the number of ratings (every rating of every query image of the round); none for n < 2;
 - share >= 6: Wilson's score interval at z = 1.959964 (the 97.5% normal quantile).
 
+With several ratings of one image (overlap > 1) the ratings are not independent draws: the images are. Then
+(``clustered_intervals``) the mean's variance is the ratio estimator's over images (cluster-robust, K images:
+K / (K - 1) * sum_i n_i^2 (m_i - mean)^2 / N^2) with t on K - 1 degrees of freedom, and the share's Wilson interval
+uses the effective number of ratings N / deff, deff the same variance over p (1 - p) / (N - 1) (never below 1). With
+one rating per image both reduce exactly to the plain intervals above. A review measured what the plain intervals
+gave at overlap 3: 80% coverage for the mean's, 84% for the share's, where 95% is claimed.
+
 No scipy here: the t quantile is found by bisection on the t distribution's CDF, written with the regularised
 incomplete beta function (continued fraction, modified Lentz).
 """
@@ -106,6 +113,38 @@ def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float | None, float
     return p, max(0.0, centre - half), min(1.0, centre + half)
 
 
+def clustered_intervals(scores: list[float], groups: list[object]) -> tuple[tuple[float | None, float | None, float | None],
+                                                                        tuple[float | None, float | None, float | None]]:
+    """((mean, low, high), (share, low, high)) of ``scores`` whose ``groups`` (the rated image of each) may repeat;
+    see the module docstring. Nones as ``mean_interval`` and ``wilson_interval`` give them."""
+    n = len(scores)
+    if n == 0:
+        return (None, None, None), (None, None, None)
+    by_group: dict[object, list[float]] = {}
+    for x, g in zip(scores, groups, strict=True):
+        by_group.setdefault(g, []).append(x)
+    k = len(by_group)
+    mean = sum(scores) / n
+    liked = sum(1 for x in scores if x >= LIKED)
+    p = liked / n
+
+    def cluster_var(values: dict[object, list[float]], centre: float) -> float:
+        return k / (k - 1) * sum((sum(v) - len(v) * centre) ** 2 for v in values.values()) / (n * n)
+
+    if k < 2:
+        mean_ci = (mean, None, None)
+        n_eff = 1.0  # one image: as much as one rating says about the share
+    else:
+        half = t_quantile(0.975, k - 1) * math.sqrt(cluster_var(by_group, mean))
+        mean_ci = (mean, mean - half, mean + half)
+        srs = p * (1 - p) / (n - 1)
+        liked_groups = {g: [1.0 if x >= LIKED else 0.0 for x in v] for g, v in by_group.items()}
+        deff = max(1.0, cluster_var(liked_groups, p) / srs) if srs > 0 else 1.0
+        n_eff = n / deff
+    share_ci = wilson_interval(p * n_eff, n_eff)
+    return mean_ci, (p, share_ci[1], share_ci[2])
+
+
 @dataclass(frozen=True)
 class RoundTaste:
     index: int
@@ -119,24 +158,34 @@ class RoundTaste:
     share_high: float | None
 
 
-def round_taste(index: int, scores: list[int]) -> RoundTaste:
-    mean, lo, hi = mean_interval([float(s) for s in scores])
+def round_taste(index: int, scores: list[int], images: list[int] | None = None) -> RoundTaste:
+    """The round's figures; with ``images`` (the rated image of each score) the intervals count images, not
+    ratings, as the independent draws (``clustered_intervals``)."""
     liked = sum(1 for s in scores if s >= LIKED)
+    if images is not None:
+        (mean, lo, hi), (share, slo, shi) = clustered_intervals([float(s) for s in scores], images)
+        return RoundTaste(index, len(scores), mean, lo, hi, liked, share, slo, shi)
+    mean, lo, hi = mean_interval([float(s) for s in scores])
     share, slo, shi = wilson_interval(liked, len(scores))
     return RoundTaste(index, len(scores), mean, lo, hi, liked, share, slo, shi)
 
 
 def experiment_taste(session: Session, experiment_id: int) -> list[RoundTaste]:
-    """Per round (oldest first, rounds without ratings included), every rating of the round's query images."""
+    """Per round (oldest first, rounds without ratings included), every rating of the round's query images, with
+    intervals over images (``clustered_intervals``)."""
     rounds = list(session.scalars(select(Round).where(Round.experiment_id == experiment_id).order_by(Round.index)))
     rows = session.execute(
-        select(Round.index, Rating.score).join(Image, Image.round_id == Round.id).join(Rating, Rating.image_id == Image.id)
-        .where(Round.experiment_id == experiment_id, Image.kind == "query")
+        select(Round.index, Rating.score, Rating.image_id).join(Image, Image.round_id == Round.id)
+        .join(Rating, Rating.image_id == Image.id).where(Round.experiment_id == experiment_id, Image.kind == "query")
+        .order_by(Rating.id)
     ).all()
-    by_round: dict[int, list[int]] = {r.index: [] for r in rounds}
-    for index, score in rows:
-        by_round.setdefault(index, []).append(int(score))
-    return [round_taste(k, by_round[k]) for k in sorted(by_round)]
+    by_round: dict[int, tuple[list[int], list[int]]] = {r.index: ([], []) for r in rounds}
+    for index, score, image_id in rows:
+        scores, images = by_round.setdefault(index, ([], []))
+        scores.append(int(score))
+        images.append(int(image_id))
+    # several raters may rate one image (overlap > 1): its ratings are one draw, not several
+    return [round_taste(k, *by_round[k]) for k in sorted(by_round)]
 
 
 def figure(rows: list[RoundTaste]):

@@ -607,3 +607,54 @@ def test_the_documented_extra_people_rate_drawn_images_by_their_stated_rules():
     for name, ratings in expected.items():
         person = load_person(f"docs/people/more_people.py:{name}")
         assert person.rate(images, [""] * 5) == ratings, name
+
+
+def test_with_one_rating_per_image_the_clustered_intervals_are_the_plain_ones():
+    scores = [4, 6, 7, 9, 4, 2, 8, 6]
+    (m, lo, hi), (p, slo, shi) = taste_stats.clustered_intervals([float(x) for x in scores], list(range(len(scores))))
+    assert (m, lo, hi) == pytest.approx(taste_stats.mean_interval([float(x) for x in scores]), rel=1e-12)
+    assert (p, slo, shi) == pytest.approx(taste_stats.wilson_interval(5, 8), rel=1e-12)
+    assert taste_stats.clustered_intervals([], []) == ((None, None, None), (None, None, None))
+    (m, lo, hi), (p, slo, shi) = taste_stats.clustered_intervals([3.0, 7.0, 9.0], [1, 1, 1])  # one image
+    assert (m, lo, hi) == (pytest.approx(19 / 3), None, None) and slo < 0.2 and shi > 0.8
+
+
+def test_the_dashboards_intervals_cover_at_95_percent_when_several_raters_rate_each_image():
+    """Simulated rounds of 32 images, 3 ratings each (image effect sd 1.5, rater noise sd 1, whole scores 1-10):
+    the share of rounds whose interval holds the true mean (true share) must be near 95%. A review measured 80%
+    (84%) for the intervals that took every rating as an independent draw; those still fall short here."""
+    rng = np.random.default_rng(7)
+
+    def ratings(n_images: int, overlap: int) -> tuple[np.ndarray, np.ndarray]:
+        effect = 5.0 + 1.5 * rng.standard_normal(n_images)
+        raw = effect[:, None] + rng.standard_normal((n_images, overlap))
+        return np.clip(np.rint(raw), 1, 10).ravel(), np.repeat(np.arange(n_images), overlap)
+
+    population, _ = ratings(400_000, 1)  # the truth, by brute force over a large sample
+    true_mean, true_share = population.mean(), (population >= 6).mean()
+    covered = {"clustered mean": 0, "clustered share": 0, "plain mean": 0, "plain share": 0}
+    trials = 1500
+    for _ in range(trials):
+        scores, images = ratings(32, 3)
+        (_, lo, hi), (_, slo, shi) = taste_stats.clustered_intervals(scores.tolist(), images.tolist())
+        covered["clustered mean"] += lo <= true_mean <= hi
+        covered["clustered share"] += slo <= true_share <= shi
+        _, lo, hi = taste_stats.mean_interval(scores.tolist())
+        _, slo, shi = taste_stats.wilson_interval(int((scores >= 6).sum()), len(scores))
+        covered["plain mean"] += lo <= true_mean <= hi
+        covered["plain share"] += slo <= true_share <= shi
+    rate = {k: v / trials for k, v in covered.items()}
+    assert rate["clustered mean"] >= 0.925 and rate["clustered share"] >= 0.925, rate
+    assert rate["plain mean"] < 0.88 and rate["plain share"] < 0.9, rate  # what the dashboard showed before
+
+
+def test_the_dashboard_counts_an_image_rated_by_several_raters_once(ui_world_factory):
+    world = ui_world_factory(n_images=6, overlap=2)
+    for name in ("alice", "bob"):
+        for image_id in world.image_ids:
+            ui_rate.submit(world.factory, _who(world, name), image_id, 3 + image_id % 6)
+    with read_session(world.factory) as s:
+        (row,) = taste_stats.experiment_taste(s, world.experiment_id)
+    per_image = [float(3 + i % 6) for i in world.image_ids]
+    _, lo, hi = taste_stats.mean_interval(per_image)  # two equal ratings per image: the 6 image means are the draws
+    assert row.n == 12 and (row.mean_low, row.mean_high) == pytest.approx((lo, hi), rel=1e-9)
