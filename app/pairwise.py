@@ -1,5 +1,6 @@
 """Pairwise preferences in the product (issue 14, item 1): a rater compares two query images of the same prompt
-(left, right or tie) instead of, or besides, rating each on 1-10.
+(left, right or tie) instead of, or besides, rating each on 1-10; images alone with their prompt are compared with
+each other.
 
 The setting. ``feedback`` in the experiment's app options (``app.experiment_options``, stored in
 ``Experiment.config["app"]``): ``"scores"`` (1-10 ratings only, the default), ``"pairs"`` (comparisons only: the
@@ -10,7 +11,8 @@ and to every round generated afterwards.
 The pairs. When a round's query images are published (the worker's generate job) and the setting asks for
 comparisons, :func:`create_round_pairs` groups the round's query images by prompt and pairs them inside each
 group: two images make one pair, m >= 3 images make a cycle of m pairs (1-2, 2-3, ..., m-1), so every image is
-compared twice and the pairs of a prompt are connected; an image alone with its prompt is not compared. Left and
+compared twice and the pairs of a prompt are connected; the images alone with their prompt are paired the same
+way among themselves, across prompts (one lone image is not compared). Left and
 right are drawn per pair from a hash of (experiment, round, pair), so the same re-run makes the same pairs. Rows
 are ``db.comparisons`` pairs of kind ``'preference'``.
 
@@ -125,19 +127,29 @@ def _bit(*parts: Any) -> bool:
 def plan_pairs(images: Sequence[tuple[int, str, int]], *, salt: Any = "") -> list[tuple[int, int]]:
     """(left, right) image ids for ``images`` = [(image id, prompt, seed), ...]: pairs within each prompt's group.
 
-    A group of 2 gives one pair; a group of m >= 3 the cycle of m pairs through its images in (seed, id) order; a
-    group of 1 none. The sides of each pair are swapped or not by a hash of (``salt``, the two ids)."""
+    A group of 2 gives one pair; a group of m >= 3 the cycle of m pairs through its images in (seed, id) order. The
+    images alone with their prompt are linked the same way among themselves, across prompts (in prompt order), so a
+    round whose prompts are all different still gets pairs (before, it got none and could never be closed with
+    comparisons only); a single lone image is not compared. The sides of each pair are swapped or not by a hash of
+    (``salt``, the two ids)."""
     groups: dict[str, list[tuple[int, int]]] = defaultdict(list)
     for image_id, prompt, seed in images:
         groups[prompt].append((int(seed), int(image_id)))
-    out: list[tuple[int, int]] = []
+
+    def cycle(ids: list[int]) -> list[tuple[int, int]]:
+        m = len(ids)
+        return [] if m < 2 else [(ids[0], ids[1])] if m == 2 else [(ids[k], ids[(k + 1) % m]) for k in range(m)]
+
+    links: list[tuple[int, int]] = []
+    alone: list[int] = []
     for prompt in sorted(groups):
         ids = [i for _, i in sorted(groups[prompt])]
-        m = len(ids)
-        links = [] if m < 2 else [(ids[0], ids[1])] if m == 2 else [(ids[k], ids[(k + 1) % m]) for k in range(m)]
-        for a, b in links:
-            out.append((b, a) if _bit(salt, min(a, b), max(a, b)) else (a, b))
-    return out
+        if len(ids) == 1:
+            alone.append(ids[0])
+        else:
+            links += cycle(ids)
+    links += cycle(alone)
+    return [(b, a) if _bit(salt, min(a, b), max(a, b)) else (a, b) for a, b in links]
 
 
 def create_round_pairs(*, session: Session, experiment_id: int, round_id: int) -> int:
@@ -353,7 +365,7 @@ def offered_pair(session: Session, experiment: Experiment | None,
     if not offered:
         msg = (f"You have compared every pair of round {round_.index} that still needs a comparison. Thank you! "
                "The next round's pairs will appear here." if p.pairs else
-               f"Round {round_.index} has no pairs to compare (no two images share a prompt).")
+               f"Round {round_.index} has no pairs to compare (it has fewer than two query images).")
         return p, None, msg
     return p, comparisons.get_pair(session=session, pair_id=offered[0]), ""
 
@@ -369,7 +381,8 @@ def next_pair(factory, data_dir, who: Who, experiment_id: int | None) -> PairVie
             return PairView(exp_id, None, None, None, None, progress_html(p), msg)
         a = repo.get_image(session=s, image_id=pair.image_a_id)
         b = repo.get_image(session=s, image_id=pair.image_b_id)
-        return PairView(exp_id, pair.id, a.prompt, ui_rate.png_data_uri(data_dir, a), ui_rate.png_data_uri(data_dir, b),
+        prompt = " / ".join(dict.fromkeys([a.prompt, b.prompt]))  # two prompts for images alone with theirs
+        return PairView(exp_id, pair.id, prompt, ui_rate.png_data_uri(data_dir, a), ui_rate.png_data_uri(data_dir, b),
                         progress_html(p), "")
 
 

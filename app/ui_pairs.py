@@ -148,8 +148,10 @@ def api_pair(factory, data_dir, who: Who, *, experiment: str = "") -> dict[str, 
             sides = {}
             for side, image_id in (("left", pair.image_a_id), ("right", pair.image_b_id)):
                 image = repo.get_image(session=s, image_id=image_id)
-                sides[side] = {"image_id": image.id, "seed": image.seed, "png_base64": ui_rate.png_base64(data_dir, image)}
-                prompt = image.prompt  # both images of a pair share their prompt
+                sides[side] = {"image_id": image.id, "seed": image.seed, "prompt": image.prompt,
+                               "png_base64": ui_rate.png_base64(data_dir, image)}
+            # the pair's prompt; "left / right" for two images each alone with its prompt (app.pairwise.plan_pairs)
+            prompt = " / ".join(dict.fromkeys([sides["left"]["prompt"], sides["right"]["prompt"]]))
             out["pair"] = {"pair_id": pair.id, "prompt": prompt, **sides}
             out["message"] = "a pair to compare with submit_comparison: left, right or tie"
         elif not pairwise.wants_pairs(p.feedback):

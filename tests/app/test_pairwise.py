@@ -41,7 +41,7 @@ def votes_in_db(world) -> list[tuple[int, int, str]]:
 
 def test_plan_pairs_links_images_of_one_prompt_only():
     # prompt p: ids 10, 11, 12 with seeds 5, 1, 3 -> seed order 11, 12, 10 -> the cycle 11-12, 12-10, 10-11;
-    # prompt q: ids 20, 21 -> one pair; prompt r: id 30 alone -> none
+    # prompt q: ids 20, 21 -> one pair; prompt r: id 30 alone (and no other image alone) -> none
     images = [(10, "p", 5), (11, "p", 1), (12, "p", 3), (20, "q", 0), (21, "q", 7), (30, "r", 0)]
     planned = pairwise.plan_pairs(images, salt="x")
     assert len(planned) == 4
@@ -54,6 +54,32 @@ def test_plan_pairs_links_images_of_one_prompt_only():
     assert len(many) == 100
     left_is_lower = sum(a < b for a, b in many)
     assert 30 <= left_is_lower <= 70  # binomial(100, 1/2): outside [30, 70] has probability ~1e-4
+
+
+def test_images_alone_with_their_prompt_are_paired_with_each_other():
+    """A round whose prompts were all different got no pairs, so with comparisons only it could never be closed
+    (no vote, no close; auto-close needs pairs). Found by review."""
+    images = [(i, f"prompt {i}", 10 - i) for i in range(5)]  # five prompts, one image each
+    planned = pairwise.plan_pairs(images, salt="z")
+    assert {frozenset(p) for p in planned} == {frozenset({0, 1}), frozenset({1, 2}), frozenset({2, 3}),
+                                               frozenset({3, 4}), frozenset({4, 0})}  # the cycle, in prompt order
+    mixed = [(10, "p", 0), (11, "p", 1), (20, "q", 0), (30, "r", 0)]  # p's pair; q's and r's lone images together
+    assert {frozenset(p) for p in pairwise.plan_pairs(mixed, salt="z")} == {frozenset({10, 11}), frozenset({20, 30})}
+    assert pairwise.plan_pairs([(1, "a", 0)], salt="z") == []
+
+
+def test_a_pairs_round_whose_prompts_all_differ_can_be_compared_and_closed(ui_world_factory):
+    world = ui_world_factory(n_images=4)
+    with write_session(world.factory) as s:  # every prompt different
+        for k, image in enumerate(repo.list_images(session=s, round_id=world.round_id, kind="query")):
+            image.prompt = f"a lone prompt {k}"
+    message = pairwise.set_feedback(world.factory, who(world, "root"), world.experiment_id, "pairs")
+    assert "4 pairs were made" in message
+    view = pairwise.next_pair(world.factory, world.settings.data_dir, who(world, "alice"), world.experiment_id)
+    assert view.pair_id is not None and " / " in view.prompt
+    pairwise.submit_vote(world.factory, who(world, "alice"), view.pair_id, "a")
+    with write_session(world.factory) as s:
+        repo.close_round(session=s, experiment_id=world.experiment_id)  # refused before: no comparisons possible
 
 
 def test_feedback_setting_is_checked_and_admins_only(ui_world):
