@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, aliased
 
 from db import repo
@@ -105,16 +105,37 @@ def _unvoted(experiment_id: int, rater_id: int, kind: str) -> Any:
     return (ComparisonPair.experiment_id == experiment_id, ComparisonPair.kind == kind, ComparisonPair.id.not_in(voted))
 
 
+def _offerable(session: Session, experiment_id: int, rater_id: int, kind: str) -> list[tuple[int, int]]:
+    """(pair id, round index) of the pairs of this kind the rater may still vote on.
+
+    Blind A/B pairs (kind ``'ab'``): a round trained from a round other than the base has two pairs per eval cell with
+    the same new image (against the previous round and against the base). A rater who met an image twice in one
+    round's pairs could tell it was the new one, so a rater is offered no pair that shares an image with a pair of
+    the same round they have voted on; the other raters answer it (found by review, 3 Dec 2026)."""
+    rows = session.execute(
+        select(ComparisonPair.id, Round.index, ComparisonPair.round_id, ComparisonPair.image_a_id,
+               ComparisonPair.image_b_id).join(Round, Round.id == ComparisonPair.round_id)
+        .where(*_unvoted(experiment_id, rater_id, kind))
+    ).all()
+    if kind != "ab" or not rows:
+        return [(r[0], r[1]) for r in rows]
+    seen: dict[int, set[int]] = {}
+    for round_id, a, b in session.execute(
+            select(ComparisonPair.round_id, ComparisonPair.image_a_id, ComparisonPair.image_b_id)
+            .join(ComparisonVote, ComparisonVote.pair_id == ComparisonPair.id)
+            .where(ComparisonPair.experiment_id == experiment_id, ComparisonPair.kind == kind,
+                   ComparisonVote.rater_id == rater_id)):
+        seen.setdefault(round_id, set()).update((a, b))
+    return [(pid, index) for pid, index, round_id, a, b in rows
+            if not ({a, b} & seen.get(round_id, set()))]
+
+
 def next_pair(*, session: Session, experiment_id: int, rater_id: int, kind: str) -> ComparisonPair | None:
-    """A pair of this kind the rater has not voted on, or None when none is left.
+    """A pair of this kind the rater may vote on (``_offerable``), or None when none is left.
 
     The newest round's pairs come first; within a round the order is a hash of (pair, rater), so raters see the
     pairs in different, stable orders (a page reload shows the same pair)."""
-    _kind(kind)
-    rows = session.execute(
-        select(ComparisonPair.id, Round.index).join(Round, Round.id == ComparisonPair.round_id)
-        .where(*_unvoted(experiment_id, rater_id, kind))
-    ).all()
+    rows = _offerable(session, experiment_id, rater_id, _kind(kind))
     if not rows:
         return None
     newest = max(index for _, index in rows)
@@ -127,8 +148,8 @@ def next_pair(*, session: Session, experiment_id: int, rater_id: int, kind: str)
 
 
 def count_unvoted(*, session: Session, experiment_id: int, rater_id: int, kind: str) -> int:
-    """How many pairs of this kind the rater has not voted on yet."""
-    return int(session.scalar(select(func.count(ComparisonPair.id)).where(*_unvoted(experiment_id, rater_id, _kind(kind)))))
+    """How many pairs of this kind the rater may still vote on (``_offerable``)."""
+    return len(_offerable(session, experiment_id, rater_id, _kind(kind)))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -234,3 +234,40 @@ def test_rollback_is_admin_only_audited_and_sets_the_train_job(ui_world):
         job.status = "running"  # the worker has started it
     with pytest.raises(Conflict, match="already started training round 1"):
         ab.train_next_from(ui_world.factory, root, ui_world.experiment_id, 0)
+
+
+def test_a_rater_never_meets_one_image_in_two_ab_pairs_of_a_round(ui_world):
+    """Round 2 (trained from round 1) has two pairs per eval cell with the same new image, against round 1 and
+    against the base. Offered both, a rater could tell the image met twice was the new one (a review walked alice
+    through: right on 4 of 4 pairs). Now each rater gets one of the two; together the raters answer both."""
+    from types import SimpleNamespace
+
+    with write_session(ui_world.factory) as s:
+        round1 = repo.create_round(session=s, experiment_id=ui_world.experiment_id, index=1, adapter_path="adapters/x/round_1").id
+        round2 = repo.create_round(session=s, experiment_id=ui_world.experiment_id, index=2, adapter_path="adapters/x/round_2").id
+    ui_world.add_round_images(round1, 2, kind="eval", prompts=("a shape",))
+    ui_world.add_round_images(round2, 2, kind="eval", prompts=("a shape",))
+    with write_session(ui_world.factory) as s:
+        ab.create_round_pairs(session=s, round_id=round2, seed=3)
+    pairs = {pid: (a, b) for pid, a, b in _pairs(ui_world, round2)}
+    assert len(pairs) == 4  # 2 cells x (vs round 1, vs base)
+    answered: set[int] = set()
+    for name in ("alice", "bob", "root"):
+        rater, met, shown = who(ui_world, name), [], []
+        while True:
+            with read_session(ui_world.factory) as s:
+                pair = comparisons.next_pair(session=s, experiment_id=ui_world.experiment_id, rater_id=rater.rater_id,
+                                             kind="ab")
+                pair = None if pair is None else SimpleNamespace(id=pair.id, round_id=pair.round_id,
+                                                                 image_a_id=pair.image_a_id, image_b_id=pair.image_b_id)
+                left = comparisons.count_unvoted(session=s, experiment_id=ui_world.experiment_id,
+                                                 rater_id=rater.rater_id, kind="ab")
+            assert (pair is None) == (left == 0)  # the count the page shows agrees with what is offered
+            if pair is None or pair.round_id != round2:
+                break
+            shown.append(pair.id)
+            met += [pair.image_a_id, pair.image_b_id]
+            ui_compare.vote(ui_world.factory, rater, ui_world.experiment_id, "ab", {"pair_id": pair.id, "choice": "a"})
+        assert len(met) == len(set(met)) and len(shown) == 2, (name, shown)  # one pair per cell, no image twice
+        answered.update(shown)
+    assert answered == set(pairs)  # between them the raters answered every pair
