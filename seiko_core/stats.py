@@ -13,10 +13,11 @@ _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 
 
 
 def t975(df: int) -> float:
-    """The 97.5% quantile of Student's t with ``df`` degrees of freedom (the next tabulated df below, conservative)."""
+    """The 97.5% quantile of Student's t with ``df`` degrees of freedom (the next tabulated df below, conservative:
+    above 120 the value at 120, 1.980, not the normal's 1.960, which is below the true quantile for every finite df)."""
     if df < 1:
         raise ValueError(f"a t quantile needs at least 1 degree of freedom, got {df}")
-    return _T975[max(k for k in _T975 if k <= df)] if df <= 120 else 1.960
+    return _T975[max(k for k in _T975 if k <= df)]
 
 
 def mean_ci95(values) -> tuple[float, float]:

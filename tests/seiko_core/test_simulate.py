@@ -144,7 +144,11 @@ def test_confidence_interval_and_paired_difference_by_hand():
     """95% t interval of [1, 2, 3, 4, 5]: mean 3, s = sqrt(2.5), t_4 = 2.776, half-width 2.776 * 1.5811 / sqrt(5)."""
     mean, half = simulate.mean_ci95([1, 2, 3, 4, 5])
     assert mean == 3.0 and abs(half - 2.776 * (2.5 ** 0.5) / 5 ** 0.5) < 1e-9
-    assert simulate.t975(4) == 2.776 and simulate.t975(22) == 2.086 and simulate.t975(1000) == 1.96
+    assert simulate.t975(4) == 2.776 and simulate.t975(22) == 2.086 and simulate.t975(1000) == 1.98
+    from app.taste_stats import t_quantile  # an independent computation (the t CDF by the incomplete beta)
+
+    for df in (1, 2, 5, 19, 21, 59, 61, 119, 120, 121, 200, 1000, 10**6):  # conservative: never below the true one
+        assert simulate.t975(df) >= t_quantile(0.975, df) - 5e-4, df  # the table's 3 decimals
     run = lambda m, s, v: {"method": m, "seed": s, "status": "done", "wall_s": 1.0,  # noqa: E731
                            "rounds": [{"labels": 0, "kl_base": 0.0}, {"labels": 8, "kl_base": 0.1, "true_reward_mean": v,
                                                                         "finetune_steps": 3}]}
