@@ -19,8 +19,10 @@ are ``db.comparisons`` pairs of kind ``'preference'``.
 Votes. :func:`vote_in_session` records one rater's choice ('a' left, 'b' right, 'tie'; keys ``left``/``right``
 accepted too) while the pair's round is open for labeling; the round is locked FOR SHARE first, as a rating does,
 so closing a round waits for votes in flight and no vote lands after the close. A pair is offered to a rater who
-has not voted on it while it has fewer votes than the experiment's overlap; voting again on the same pair edits
-the vote. Bad input is refused with one sentence and writes nothing.
+has not voted on it (nor skipped it) while it has fewer votes than the experiment's overlap; voting again on the
+same pair edits the vote. ``skip`` (can't judge, an image that does not load) sets the pair aside for that rater:
+not offered to them again, no vote, no label, nothing in training (before 3 Dec 2026 the only way past a pair was
+a vote, so "can't judge" went into training as a tie). Bad input is refused with one sentence and writes nothing.
 
 Budget. With ``"pairs"`` a round's labels are pair votes: progress counts votes (at most ``overlap`` per pair)
 against pairs x overlap, and a round can be closed once it has a vote. With ``"both"`` ratings count as before
@@ -57,7 +59,8 @@ from db.models import ComparisonPair, ComparisonVote, Experiment, Image, Round
 FEEDBACKS = ("scores", "pairs", "both")
 APP_KEY = "app"  # Experiment.config's app-level settings (app.experiment_options)
 KIND = "preference"
-CHOICE_ALIASES = {"a": "a", "left": "a", "b": "b", "right": "b", "tie": "tie"}
+CHOICE_ALIASES = {"a": "a", "left": "a", "b": "b", "right": "b", "tie": "tie", "skip": "skip"}
+SKIP = "skip"  # not a vote: the pair is set aside for this rater (db.comparisons.record_skip), counted nowhere
 OUTCOME = {"a": 1.0, "b": 0.0, "tie": 0.5}  # the left image's (i's) share of the win
 
 log = logging.getLogger("seiko.pairwise")
@@ -207,9 +210,11 @@ def _mine(session: Session, round_id: int, rater_id: int) -> set[int]:
 
 
 def _offered(session: Session, round_id: int, rater_id: int, overlap: int) -> list[int]:
-    """Pair ids of the round the rater may vote on (not yet voted, fewer than ``overlap`` votes), in the rater's order."""
+    """Pair ids of the round the rater may vote on (not yet voted or skipped, fewer than ``overlap`` votes), in the
+    rater's order."""
     counts = _vote_counts(session, round_id)
-    mine = _mine(session, round_id, rater_id)
+    mine = _mine(session, round_id, rater_id) | comparisons.skipped_pairs(session=session, rater_id=rater_id,
+                                                                         pair_ids=counts)
     ids = [pid for pid, n in counts.items() if pid not in mine and n < overlap]
     return sorted(ids, key=lambda pid: hashlib.sha256(f"{rater_id}:{pid}".encode()).digest())
 
@@ -265,8 +270,8 @@ def parse_choice(value: Any) -> str:
     """'a' (left), 'b' (right) or 'tie'; 'left' and 'right' are accepted. Anything else: one sentence."""
     key = value.strip().lower() if isinstance(value, str) else None
     if key not in CHOICE_ALIASES:
-        raise InvalidInput(f"a comparison must be 'a' (the left image), 'b' (the right image) or 'tie', got {shown(value)}; "
-                           "nothing was saved")
+        raise InvalidInput(f"a comparison must be 'a' (the left image), 'b' (the right image), 'tie', or 'skip' (can't "
+                           f"judge: not offered to you again), got {shown(value)}; nothing was saved")
     return CHOICE_ALIASES[key]
 
 
@@ -283,6 +288,7 @@ class NotOffered(Conflict):
 
 def vote_in_session(session: Session, who: Who, pair_id: int, choice: str) -> str | None:
     """Record the rater's choice on a preference pair of an open round; returns the previous choice (None if new).
+    ``skip`` sets the pair aside for the rater instead (not offered again; no vote, no label).
 
     Raises a db error (one sentence) and writes nothing when the vote is refused."""
     pair = comparisons.get_pair(session=session, pair_id=pair_id)
@@ -299,6 +305,9 @@ def vote_in_session(session: Session, who: Who, pair_id: int, choice: str) -> st
     experiment = repo.get_experiment(session=session, experiment_id=round_.experiment_id)
     if not wants_pairs(feedback_of(experiment)):
         raise Conflict(f"experiment {experiment.name!r} asks for 1-10 ratings, not comparisons; nothing was saved")
+    if choice == SKIP:
+        comparisons.record_skip(session=session, pair_id=pair_id, rater_id=who.rater_id)
+        return None
     previous = session.scalar(select(ComparisonVote.choice).where(ComparisonVote.pair_id == pair_id,
                                                                   ComparisonVote.rater_id == who.rater_id))
     if previous is None:

@@ -327,8 +327,9 @@ def build_demo(services: AppServices) -> gr.Blocks:
         def next_pair(experiment: str = "", request: gr.Request = None) -> dict:
             """Get the next pair of images for you to compare (the open round of an experiment that asks for comparisons).
 
-            Both images have the same prompt; say which is better with submit_comparison. A pair is offered
-            to you until you vote on it; pairs other raters have already compared as often as the experiment
+            Both images have the same prompt (two images each alone with its prompt: "prompt" is "left / right",
+            and each side carries its own); say which is better with submit_comparison. A pair is offered
+            to you until you vote on it or skip it; pairs other raters have already compared as often as the experiment
             wants (its overlap) are not offered. Left and right are the sides the server drew for the pair, the
             same the Pairs tab shows. An experiment that asks for 1-10 ratings only gives no pair and says so.
 
@@ -337,25 +338,27 @@ def build_demo(services: AppServices) -> gr.Blocks:
             Returns:
                 A dict with "experiment", "round", "message", "progress" (round and personal counts) and
                 "pair": None when there is nothing to compare, else {"pair_id", "prompt", "left", "right"},
-                each side a {"image_id", "seed", "png_base64"} (the PNG file, base64).
+                each side a {"image_id", "seed", "prompt", "png_base64"} (the PNG file, base64).
             """
             who = _who(services, request)
             return _shown(lambda: ui_pairs.api_pair(factory, data_dir, who, experiment=experiment))
 
         def submit_comparison(pair_id: int, choice: str, request: gr.Request = None) -> dict:
-            """Say which image of a pair is better: "left", "right" or "tie"; saved at once, durable when this call returns.
+            """Say which image of a pair is better: "left", "right" or "tie", or "skip"; saved at once, durable when this call returns.
 
             "a" and "b" are accepted for left and right. Voting again on a pair you compared changes your
-            choice (an edit). Refused, changing nothing: any other choice, an unknown pair, a pair of a round
+            choice (an edit). "skip" (can't judge) sets the pair aside for you: not offered again, counted
+            nowhere; refused for a pair you voted on. Refused, changing nothing: any other choice, an unknown pair, a pair of a round
             closed for labeling, a pair of an experiment that asks for 1-10 ratings only, and a pair not
             offered to you (other raters already gave it the comparisons it needs).
 
             Parameters:
                 pair_id: the "pair_id" of the pair from next_pair.
-                choice: "left", "right" or "tie".
+                choice: "left", "right", "tie" or "skip".
             Returns:
-                A dict with "pair_id", "choice" (stored as "a" left, "b" right or "tie"), "side" ("left", "right"
-                or "tie"), "previous_choice" and "previous_side" (None for a new vote), "edited" and "progress".
+                A dict with "pair_id", "choice" (stored as "a" left, "b" right or "tie"; or "skip"), "side" ("left",
+                "right", "tie" or "skip"), "previous_choice" and "previous_side" (None for a new vote), "edited" and
+                "progress".
             """
             who = _who(services, request)
             return _shown(lambda: ui_pairs.api_vote(factory, who, pair_id, choice))

@@ -63,7 +63,7 @@ function onKey(e) {
   if (e.ctrlKey || e.metaKey || e.altKey) return;
   const t = e.target;
   if (t && t.closest && t.closest('input, textarea, select, [contenteditable="true"], [role="listbox"]')) return;
-  const choice = { ArrowLeft: 'a', ArrowRight: 'b', ArrowDown: 'tie' }[e.key];
+  const choice = { ArrowLeft: 'a', ArrowRight: 'b', ArrowDown: 'tie', ArrowUp: 'skip', s: 'skip' }[e.key];
   if (choice) { e.preventDefault(); vote(choice); }
 }
 document.addEventListener('keydown', onKey);
@@ -75,7 +75,8 @@ watch('value', () => { root.dataset.busy = '0'; });
 """
 
 HELP = ("<div class='cmp-help'>Which image is better for the prompt? <kbd>←</kbd> left · <kbd>→</kbd> right · "
-        "<kbd>↓</kbd> about the same (tie) · or click. Each choice is saved at once.</div>")
+        "<kbd>↓</kbd> about the same (tie) · <kbd>↑</kbd> or <kbd>s</kbd> skip (can't judge: not shown to you again) · "
+        "or click. Each choice is saved at once.</div>")
 
 
 def _payload(evt: Any) -> dict[str, Any]:
@@ -113,6 +114,7 @@ def pair_html(factory, data_dir, who: Who, experiment_id: int | None, kind: str)
         f"<div class='cmp-pair' data-pair-id='{pair_id}'>{''.join(sides)}</div>"
         "<div class='cmp-buttons'><button type='button' data-choice='a'>← Left is better</button>"
         "<button type='button' data-choice='tie'>↓ Tie</button>"
+        "<button type='button' data-choice='skip'>↑ Skip</button>"
         "<button type='button' data-choice='b'>Right is better →</button></div>"
         f"<div class='cmp-left'>{remaining} pair{'s' if remaining != 1 else ''} left for you</div></div>"
     )
@@ -130,6 +132,9 @@ def vote(factory, who: Who, experiment_id: int | None, kind: str, payload: dict[
             raise InvalidInput(f"pair {pair_id} is not a {kind} pair of this experiment")
         if experiment.status == "finished":  # its win rates are final: a vote now would change them after the fact
             raise Conflict(f"experiment {experiment.name!r} is finished; its comparisons are closed and nothing was saved")
+        if choice == "skip":  # can't judge (or an image that does not load): set aside for this rater, counted nowhere
+            comparisons.record_skip(session=s, pair_id=pair_id, rater_id=who.rater_id)
+            return "skipped: this pair is not shown to you again"
         comparisons.record_vote(session=s, pair_id=pair_id, rater_id=who.rater_id, choice=choice)
     return f"saved: {CHOICES[choice]}"
 

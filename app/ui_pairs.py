@@ -1,6 +1,7 @@
 """The Pairs tab (pairwise preferences, issue 14 item 1): two images of one prompt side by side, keyboard first.
 
-``←`` or ``1``: the left image is better; ``→`` or ``2``: the right one; ``↓`` or ``0``: about the same (a tie).
+``←`` or ``1``: the left image is better; ``→`` or ``2``: the right one; ``↓`` or ``0``: about the same (a tie);
+``↑`` or ``s``: skip (can't judge; not offered to this rater again, counted nowhere).
 Clicking an image or a button does the same. One vote is sent at a time: keys pressed while a vote is on its way
 are ignored until the server has answered (the page then shows the next pair), so a vote can never land on the
 wrong pair. The rules (open round, overlap, the experiment's feedback setting) are checked on the server by
@@ -64,7 +65,8 @@ function onKey(e) {
   if (e.ctrlKey || e.metaKey || e.altKey) return;
   const t = e.target;
   if (t && t.closest && t.closest('input, textarea, select, [contenteditable="true"], [role="listbox"]')) return;
-  const choice = { ArrowLeft: 'a', '1': 'a', ArrowRight: 'b', '2': 'b', ArrowDown: 'tie', '0': 'tie' }[e.key];
+  const choice = { ArrowLeft: 'a', '1': 'a', ArrowRight: 'b', '2': 'b', ArrowDown: 'tie', '0': 'tie',
+                   ArrowUp: 'skip', s: 'skip' }[e.key];
   if (choice) { e.preventDefault(); vote(choice); }
 }
 if (window.__seikoPairsKey) document.removeEventListener('keydown', window.__seikoPairsKey);
@@ -78,7 +80,8 @@ watch('value', () => { clearTimeout(api.timer); api.busy = false; const b = box(
 """
 
 HELP = ("<div class='pp-help'>Which image is better for the prompt? <kbd>←</kbd> or <kbd>1</kbd> left · "
-        "<kbd>→</kbd> or <kbd>2</kbd> right · <kbd>↓</kbd> or <kbd>0</kbd> about the same (tie) · or click. "
+        "<kbd>→</kbd> or <kbd>2</kbd> right · <kbd>↓</kbd> or <kbd>0</kbd> about the same (tie) · <kbd>↑</kbd> or "
+        "<kbd>s</kbd> skip (can't judge: not shown to you again, counted nowhere) · or click. "
         "Each choice is saved at once.</div>")
 
 
@@ -96,6 +99,7 @@ def view_html(view: pairwise.PairView, nonce: int = 0) -> str:
                 f"<div class='pp-pair' data-pair-id='{view.pair_id}'>{''.join(sides)}</div>"
                 "<div class='pp-buttons'><button type='button' data-choice='a'>← Left is better</button>"
                 "<button type='button' data-choice='tie'>↓ About the same</button>"
+                "<button type='button' data-choice='skip'>↑ Skip</button>"
                 "<button type='button' data-choice='b'>Right is better →</button></div>")
     return f"<div class='pp-root' data-nonce='{nonce}'>{view.progress}{body}</div>"
 
@@ -123,7 +127,7 @@ def vote(factory, data_dir, who: Who, experiment_id: int | None, payload: dict[s
 # the public API's pairs (app.ui registers them: next_pair, submit_comparison)
 # ---------------------------------------------------------------------------------------------
 
-SIDES = {"a": "left", "b": "right", "tie": "tie"}  # a stored choice -> what the API calls it
+SIDES = {"a": "left", "b": "right", "tie": "tie", "skip": "skip"}  # a stored choice -> what the API calls it
 
 
 def api_pair(factory, data_dir, who: Who, *, experiment: str = "") -> dict[str, Any]:

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session, aliased
 from db import repo
 from db.checks import MAX_ID, shown
 from db.errors import Conflict, InvalidInput, NotFound
-from db.models import COMPARISON_KINDS, VOTE_CHOICES, ComparisonPair, ComparisonVote, Image, Round, utcnow
+from db.models import COMPARISON_KINDS, VOTE_CHOICES, ComparisonPair, ComparisonVote, Image, PairSkip, Round, utcnow
 
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
 
@@ -101,8 +101,32 @@ def list_pairs(*, session: Session, experiment_id: int, kind: str, round_id: int
 
 
 def _unvoted(experiment_id: int, rater_id: int, kind: str) -> Any:
+    """The pairs of this kind the rater has neither voted on nor skipped."""
     voted = select(ComparisonVote.pair_id).where(ComparisonVote.rater_id == rater_id)
-    return (ComparisonPair.experiment_id == experiment_id, ComparisonPair.kind == kind, ComparisonPair.id.not_in(voted))
+    skipped = select(PairSkip.pair_id).where(PairSkip.rater_id == rater_id)
+    return (ComparisonPair.experiment_id == experiment_id, ComparisonPair.kind == kind, ComparisonPair.id.not_in(voted),
+            ComparisonPair.id.not_in(skipped))
+
+
+def skipped_pairs(*, session: Session, rater_id: int, pair_ids: Any = None) -> set[int]:
+    """The pairs the rater skipped (among ``pair_ids`` when given)."""
+    stmt = select(PairSkip.pair_id).where(PairSkip.rater_id == rater_id)
+    if pair_ids is not None:
+        stmt = stmt.where(PairSkip.pair_id.in_(list(pair_ids)))
+    return set(session.scalars(stmt))
+
+
+def record_skip(*, session: Session, pair_id: int, rater_id: int) -> bool:
+    """The rater sets the pair aside: not offered to them again, counted nowhere. Refused (Conflict) for a pair they
+    voted on (they change their vote instead). Returns whether it is new (skipping twice is one skip)."""
+    pair = get_pair(session=session, pair_id=pair_id)
+    repo.get_rater(session=session, rater_id=_id("rater id", rater_id))
+    if session.scalar(select(ComparisonVote.id).where(ComparisonVote.pair_id == pair.id,
+                                                      ComparisonVote.rater_id == rater_id)) is not None:
+        raise Conflict(f"you have compared pair {pair.id} already; change your choice instead of skipping it")
+    stmt = (repo._dialect_insert(session)(PairSkip).values(pair_id=pair.id, rater_id=rater_id, created_at=utcnow())
+            .on_conflict_do_nothing(index_elements=[PairSkip.pair_id, PairSkip.rater_id]))
+    return session.execute(stmt).rowcount == 1
 
 
 def _offerable(session: Session, experiment_id: int, rater_id: int, kind: str) -> list[tuple[int, int]]:

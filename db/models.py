@@ -445,6 +445,19 @@ class ComparisonPair(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class PairSkip(Base):
+    """A rater set a comparison pair aside ("can't judge", an image that does not load): it is not offered to them
+    again and counts nowhere (no vote, no label, nothing in training)."""
+
+    __tablename__ = "pair_skips"
+    __table_args__ = (UniqueConstraint("pair_id", "rater_id"), Index(None, "rater_id"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    pair_id: Mapped[int] = mapped_column(ForeignKey("comparison_pairs.id", ondelete="CASCADE"))
+    rater_id: Mapped[int] = mapped_column(ForeignKey("raters.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class ComparisonVote(Base):
     """One rater's choice on one pair ('a' left, 'b' right, or 'tie'). Voting again edits this row."""
 

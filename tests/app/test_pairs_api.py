@@ -17,6 +17,9 @@ from db.engine import read_session, write_session
 from db.models import ComparisonVote
 
 
+MUST = "A comparison must be 'a' (the left image), 'b' (the right image), 'tie', or 'skip' (can't judge: not offered to you again),"
+
+
 def who(world, name: str) -> Who:
     return Who(world.accounts[name], name, "admin" if name == "root" else "rater", False)
 
@@ -169,12 +172,9 @@ def test_bad_input_is_refused_with_one_sentence(pairs_world):
     before = votes_in_db(world)
 
     refusals = [
-        ((pair_id, "up"), "A comparison must be 'a' (the left image), 'b' (the right image) or 'tie', got 'up'; nothing "
-                          "was saved."),
-        ((pair_id, ""), "A comparison must be 'a' (the left image), 'b' (the right image) or 'tie', got ''; nothing was "
-                        "saved."),
-        ((pair_id, None), "A comparison must be 'a' (the left image), 'b' (the right image) or 'tie', got None; nothing "
-                          "was saved."),
+        ((pair_id, "up"), f"{MUST} got 'up'; nothing was saved."),
+        ((pair_id, ""), f"{MUST} got ''; nothing was saved."),
+        ((pair_id, None), f"{MUST} got None; nothing was saved."),
         (("pair 1", "left"), "A pair id must be a positive whole number, got 'pair 1'; nothing was saved."),
         ((0, "left"), "A pair id must be a positive whole number, got 0; nothing was saved."),
         ((10**9, "left"), "There is no comparison pair with id 1000000000."),
@@ -269,3 +269,47 @@ def test_two_raters_racing_for_a_pairs_last_vote_do_not_both_save(pairs_world):
     t2.join(30)
     assert got["alice"] is None and "other raters have already given the comparisons" in got["bob"]
     assert [(v[0], v[2]) for v in votes_in_db(w)] == [(pid, "a")]
+
+
+def test_a_skipped_pair_is_not_offered_again_and_counts_nowhere(pairs_world):
+    """Pairs could not be skipped: the same pair came back on every reload (one whose image did not load too), and
+    the only way on was a vote, so "can't judge" went into training as a tie. Found by review."""
+    w = pairs_world
+    fns = api_fns(w)
+    submit, next_pair = fns["submit_comparison"], fns["next_pair"]
+    first = next_pair(request=request("alice"))
+    pid = first["pair"]["pair_id"]
+    assert next_pair(request=request("alice"))["pair"]["pair_id"] == pid  # the same pair until answered
+    out = submit(pid, "skip", request=request("alice"))
+    assert out["choice"] == "skip" and out["side"] == "skip" and out["progress"]["votes"] == 0
+    assert votes_in_db(w) == []  # no vote: nothing for training, no label
+    after = next_pair(request=request("alice"))
+    assert after["pair"]["pair_id"] != pid and after["progress"]["you_left"] == first["progress"]["you_left"] - 1
+    assert next_pair(request=request("bob"))["progress"]["you_left"] == first["progress"]["you_left"]  # others unaffected
+    submit(pid, "skip", request=request("alice"))  # twice is one skip
+    other = after["pair"]["pair_id"]
+    submit(other, "left", request=request("alice"))
+    assert "change your choice instead of skipping" in refusal(submit, other, "skip", request=request("alice"))
+    with read_session(w.factory) as s:
+        fb = pairwise.training_feedback(s, experiment_id=w.experiment_id, up_to_round_index=0, feedback="pairs", rated=[])
+    assert fb.pairs is not None and len(fb.pairs) == 1  # alice's one vote; the skip is not a tie
+
+
+def test_a_blind_ab_pair_can_be_skipped(ui_world):
+    from app import ab, ui_compare
+
+    with write_session(ui_world.factory) as s:
+        round1 = repo.create_round(session=s, experiment_id=ui_world.experiment_id, index=1, adapter_path="adapters/x/round_1").id
+    ui_world.add_round_images(round1, 2, kind="eval", prompts=("a shape",))
+    with write_session(ui_world.factory) as s:
+        ab.create_round_pairs(session=s, round_id=round1, seed=7)
+    alice = who(ui_world, "alice")
+    page = ui_compare.pair_html(ui_world.factory, ui_world.settings.data_dir, alice, ui_world.experiment_id, "ab")
+    assert "2 pairs left" in page and "data-choice='skip'" in page
+    pid = int(page.split("data-pair-id='")[1].split("'")[0])
+    assert ui_compare.vote(ui_world.factory, alice, ui_world.experiment_id, "ab", {"pair_id": pid, "choice": "skip"}) \
+        == "skipped: this pair is not shown to you again"
+    page = ui_compare.pair_html(ui_world.factory, ui_world.settings.data_dir, alice, ui_world.experiment_id, "ab")
+    assert "1 pair left" in page and f"data-pair-id='{pid}'" not in page
+    with read_session(ui_world.factory) as s:
+        assert comparisons.votes(session=s, experiment_id=ui_world.experiment_id, kind="ab") == []

@@ -130,7 +130,8 @@ def test_vote_path_saves_refuses_and_counts(ui_world):
         with pytest.raises(InvalidInput) as info:
             pairwise.submit_vote(world.factory, alice, view.pair_id, bad)
         text = str(info.value)
-        assert text.startswith("a comparison must be 'a' (the left image), 'b' (the right image) or 'tie', got ")
+        assert text.startswith("a comparison must be 'a' (the left image), 'b' (the right image), 'tie', or 'skip' (can't "
+                               "judge: not offered to you again), got ")
         assert text.endswith("nothing was saved") and text.count(". ") == 0
     with pytest.raises(InvalidInput, match="a pair id must be a positive whole number"):
         pairwise.submit_vote(world.factory, alice, "pair 1", "a")
