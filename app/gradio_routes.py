@@ -13,11 +13,15 @@ handlers' own checks (who is signed in, their role) never see them. A review (3 
   ``gradio.FileData``) and fetches it into its cache, from a URL too, before the handler (and its role check) runs.
   The app takes no files (its upload routes are not answered either), so an event body that carries one is refused
   (400) before Gradio reads it.
-- **Session hashes.** ``/gradio_api/queue/data``, ``/heartbeat/H`` and ``/cancel`` take the session hash from the
-  caller and never compare it with the signed-in user (``/heartbeat`` and ``/cancel`` need no sign-in at all): whoever
-  learnt an admin's hash (from a proxy's log) could read the admin's event results or close their session.
-  ``SessionOwners`` binds each hash to the account that first used it; another account, or nobody signed in, gets
-  403 on it.
+- **Session hashes and events.** ``/gradio_api/queue/data``, ``/heartbeat/H`` and ``/cancel`` take the session
+  hash from the caller and never compare it with the signed-in user (``/heartbeat`` and ``/cancel`` need no sign-in
+  at all): whoever learnt an admin's hash (from a proxy's log) could read the admin's event results or close their
+  session. ``Owners`` binds each hash to the account that first used it; another account gets 403, nobody signed in
+  401; a query naming two hashes is refused (400: the guard would check one, Gradio read the other). Likewise
+  ``GET /gradio_api/call/{api}/{event id}`` read any event's results (and, given a session hash in place of an event
+  id, that session's): an event id is bound to the account whose request made it (the guard reads the id in the
+  answer) and any other id gets 404. Each account's bindings are bounded by its own count only, so nobody can push
+  another account's out.
 - **Routes the app does not use** (proxying, streaming, monitoring, the vibe editor, run history, dev reload, custom
   components, profiling) are not answered (404), so none of them is an attack surface.
 
@@ -36,19 +40,24 @@ API = "/gradio_api"
 # routes this app never uses (see the module docstring); a path equal to one or below it is not answered
 UNUSED_PREFIXES = (
     tuple(f"{API}/{name}" for name in ("deep_link", "proxy=", "stream/", "vibe-edit", "undo-vibe-edit", "vibe-code",
-                                       "run-history", "runs", "dev/", "custom_component/", "profiling/"))
+                                       "run-history", "runs", "dev/", "custom_component/", "profiling/",
+                                       "component_server"))
     + ("/monitoring",)
 )
 # POST routes whose JSON body carries an event's inputs or a session hash; read (bounded) and checked here
 EVENT_POSTS = (f"{API}/queue/join", f"{API}/run/", f"{API}/api/", f"{API}/call/", f"{API}/cancel", f"{API}/reset")
 HEARTBEAT = f"{API}/heartbeat/"
 QUEUE_DATA = f"{API}/queue/data"
-MAX_OWNERS = 100_000  # session hashes remembered (the oldest forgotten first)
+PER_ACCOUNT = 2_000  # session hashes (and event ids) remembered per account, its own oldest forgotten first
+CALL = f"{API}/call/"
 MAX_DEPTH = 64  # nesting a body may have; the app's inputs are a few levels deep
 
 
 def unused(path: str) -> bool:
-    """Whether ``path`` is one of Gradio's routes this app does not answer."""
+    """Whether ``path`` is one of Gradio's routes this app does not answer; also a file route asked to fetch a URL
+    (``/gradio_api/file=http://...``: Gradio downloads it for any signed-in caller)."""
+    if path.startswith((f"{API}/file=", f"{API}/file/")) and "://" in path:
+        return True
     return path.startswith(UNUSED_PREFIXES)
 
 
@@ -89,36 +98,80 @@ def body_refusal(body: bytes) -> tuple[str | None, Any]:
 
 
 def session_hash_of(path: str, query_string: bytes, parsed_body: Any) -> str | None:
-    """The Gradio session hash a request names (path, query or JSON body), or None."""
+    """The Gradio session hash a request names (path, query or JSON body), or None. A query that names more than one
+    is refused (ValueError): the guard would check one and Gradio read another."""
     if path.startswith(HEARTBEAT):
         return path[len(HEARTBEAT):].rstrip("/") or None
+    values = parse_qs(query_string.decode("latin-1"), keep_blank_values=True).get("session_hash", [])
+    if len(values) > 1:
+        raise ValueError("The request names more than one session_hash.")
     if path.rstrip("/") == QUEUE_DATA:
-        values = parse_qs(query_string.decode("latin-1"), keep_blank_values=True).get("session_hash", [])
         return values[0] if values else None
     if isinstance(parsed_body, dict) and isinstance(parsed_body.get("session_hash"), str):
         return parsed_body["session_hash"]
     return None
 
 
-class SessionOwners:
-    """Which account first used each Gradio session hash. Thread-safe; bounded (the oldest forgotten first)."""
+class Owners:
+    """Which account first used each key (a Gradio session hash, or an event id). Thread-safe.
 
-    def __init__(self, max_entries: int = MAX_OWNERS) -> None:
-        self.max_entries = max_entries
-        self._owners: OrderedDict[str, str] = OrderedDict()
+    Bounded per account: an account that has used ``per_account`` keys forgets its own oldest, never another
+    account's, so no account can push an admin's session out by using many hashes (a review showed a shared
+    least-recently-used table evicted that way, after which a rater claimed the admin's session)."""
+
+    def __init__(self, per_account: int = PER_ACCOUNT) -> None:
+        self.per_account = per_account
+        self._owners: dict[str, str] = {}
+        self._by_account: dict[str, OrderedDict[str, None]] = {}
         self._lock = threading.Lock()
 
-    def refusal(self, session_hash: str, user: str | None) -> str | None:
-        """Why ``user`` (None: nobody signed in) may not use ``session_hash`` (one sentence), or None; the first
-        account to use a hash owns it."""
+    def owner(self, key: str) -> str | None:
+        with self._lock:
+            return self._owners.get(key)
+
+    def claim(self, key: str, user: str) -> bool:
+        """Bind ``key`` to ``user`` unless another account holds it; True when ``user`` holds it now."""
+        with self._lock:
+            owner = self._owners.get(key)
+            if owner is not None:
+                return owner == user
+            self._owners[key] = user
+            mine = self._by_account.setdefault(user, OrderedDict())
+            mine[key] = None
+            while len(mine) > self.per_account:
+                old, _ = mine.popitem(last=False)
+                self._owners.pop(old, None)
+            return True
+
+    def refusal(self, key: str, user: str | None) -> str | None:
+        """Why ``user`` (None: nobody signed in) may not use session ``key`` (one sentence), or None; the first
+        account to use a key owns it."""
         if user is None:
             return "Sign in first: this request names a session of the app."
-        with self._lock:
-            owner = self._owners.get(session_hash)
-            if owner is None:
-                self._owners[session_hash] = user
-                while len(self._owners) > self.max_entries:
-                    self._owners.popitem(last=False)
-                return None
-            self._owners.move_to_end(session_hash)
-        return None if owner == user else "This session of the app belongs to another account."
+        return None if self.claim(key, user) else "This session of the app belongs to another account."
+
+
+def event_of(path: str, method: str | None) -> str | None:
+    """The event id a ``GET /gradio_api/call/{api}/{event id}`` (or ``/call/v2/...``) reads the results of, else
+    None. Gradio answers it for any caller, and when no event has that id it reads the session of that hash."""
+    if method not in ("GET", "HEAD") or not path.startswith(CALL):
+        return None
+    parts = path[len(CALL):].strip("/").split("/")
+    if parts and parts[0] == "v2":
+        parts = parts[1:]
+    return parts[1] if len(parts) == 2 and parts[1] else None
+
+
+def makes_event(path: str, method: str | None) -> bool:
+    """Whether the answer to this request names a new event (``{"event_id": ...}``): the queue's join and the
+    curl-style ``POST /gradio_api/call/{api}``."""
+    return method == "POST" and (path.rstrip("/") == f"{API}/queue/join" or path.startswith(CALL))
+
+
+def event_id_in(body: bytes) -> str | None:
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    value = parsed.get("event_id") if isinstance(parsed, dict) else None
+    return value if isinstance(value, str) and value else None

@@ -181,6 +181,10 @@ def launch_kwargs(services: AppServices) -> dict[str, Any]:
         # routes: GET /seiko/export/<id>, the one download route of exports built on the admin tab (app.ui_export).
         "app_kwargs": {"openapi_url": None, "lifespan": web_guard.lifespan(services), "routes": ui_export.routes(services)},
         "footer_links": ["api", "gradio"],
+        # pinned whatever the environment says (GRADIO_SSR_MODE, GRADIO_MCP_SERVER): a Node front server or an MCP
+        # endpoint would answer requests the guard was not written for
+        "ssr_mode": False,
+        "mcp_server": False,
         "server_name": services.settings.host,
         "server_port": services.settings.port,
     }

@@ -25,7 +25,8 @@ For every HTTP and websocket request, before Gradio sees it:
   checking the sign-in), and Gradio's upload routes are not answered (404): the app takes no files.
 - **Gradio's own routes** (``app.gradio_routes``): deep links are not answered (404) nor opened (400), nor are the
   routes the app does not use; an event's inputs that carry a file object are refused (400) before Gradio fetches
-  it; a Gradio session hash is bound to the account that first used it (403 for any other, 401 signed out).
+  it; a Gradio session hash is bound to the account that first used it (403 for any other, 401 signed out), and
+  an event's results (``GET /gradio_api/call/{api}/{event id}``) are read only by the account that made it.
 - **Cookies**: every ``Set-Cookie`` the app sends is ``SameSite=Lax`` (Gradio's own say ``SameSite=None``).
 - **Sign-in** (with accounts): ``POST /login`` is answered here. Throttled per client address and per account
   (``app.sessions.LoginThrottle``: 429 while locked, without hashing), the scrypt check runs in a thread pool of
@@ -47,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gzip
 import html
 import ipaddress
 import math
@@ -254,7 +256,8 @@ class WebGuard:
         self.db_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="seiko-session")
         self.pending = 0  # sign-ins hashing or waiting to (touched only on the event loop)
         self.stats = GuardStats()
-        self.session_owners = gradio_routes.SessionOwners()  # Gradio session hash -> the account that first used it
+        self.session_owners = gradio_routes.Owners()  # Gradio session hash -> the account that first used it
+        self.event_owners = gradio_routes.Owners()  # a queued event's id -> the account whose request made it
 
     def close(self) -> None:
         self.hash_pool.shutdown(wait=False, cancel_futures=True)
@@ -313,11 +316,49 @@ class WebGuard:
             return
         if self.sessions is not None:
             user = await self._check_session(headers)
-            named = gradio_routes.session_hash_of(path, scope.get("query_string", b""), parsed)
+            try:
+                named = gradio_routes.session_hash_of(path, scope.get("query_string", b""), parsed)
+            except ValueError as exc:
+                await self._refuse(scope, receive, send, str(exc), 400)
+                return
             if named is not None and (why := self.session_owners.refusal(named, user)) is not None:
                 await self._refuse(scope, receive, send, why, 401 if user is None else 403)
                 return
+            event = gradio_routes.event_of(path, method)
+            if event is not None and user is None:
+                await self._refuse(scope, receive, send, "Sign in first: this request names an event of the app.", 401)
+                return
+            if event is not None and self.event_owners.owner(event) != user:
+                await self._refuse(scope, receive, send, "There is no event of yours with that id.", 404)
+                return
+            if user is not None and gradio_routes.makes_event(path, method):
+                send = self._event_recording_send(send, user)
         await self.inner(scope, receive, self._lax_send(send))
+
+    def _event_recording_send(self, send: Send, user: str) -> Send:
+        """A ``send`` that binds the event id in a successful answer (``{"event_id": ...}``) to ``user``, so that only
+        they may read its results (``GET /gradio_api/call/{api}/{event id}``)."""
+        state: dict[str, Any] = {"status": 0, "body": b""}
+
+        async def wrapped(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                state["status"] = message.get("status", 0)
+                state["gzip"] = any(k.lower() == b"content-encoding" and b"gzip" in v.lower()
+                                    for k, v in message.get("headers") or [])
+            elif message["type"] == "http.response.body" and state["status"] == 200 and len(state["body"]) < 4096:
+                state["body"] += message.get("body", b"")
+                if not message.get("more_body", False):
+                    body = state["body"]
+                    if state.get("gzip"):
+                        try:
+                            body = gzip.decompress(body)
+                        except (OSError, EOFError):
+                            body = b""
+                    if event := gradio_routes.event_id_in(body):
+                        self.event_owners.claim(event, user)
+            await send(message)
+
+        return wrapped
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, why: str, status: int) -> None:
         """Answer with ``why`` (one sentence): as the body with ``status`` over HTTP, as the close reason (1008) of a

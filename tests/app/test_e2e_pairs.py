@@ -17,7 +17,7 @@ import pytest
 from app import pairwise, ui
 from app.auth import Who
 from db.engine import read_session
-from db.models import ComparisonVote
+from db.models import ComparisonVote, PairSkip
 from tests.app.e2e_support import CHROMIUM, CHROMIUM_ARGS, PASSWORD, free_port
 
 pytestmark = [
@@ -30,9 +30,9 @@ CURRENT = "document.querySelector('#pair-view .pp-pair') ? document.querySelecto
 
 def test_compare_pairs_with_the_keyboard(ui_world_factory):
     sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package (pyproject.toml's dev extra: make setup)")
-    world = ui_world_factory(n_images=6)  # 3 prompts x 2 images: 3 pairs
+    world = ui_world_factory(n_images=7)  # 3 prompts with 3, 2 and 2 images: a cycle of 3 pairs and 2 pairs
     root = Who(world.accounts["root"], "root", "admin", False)
-    assert "3 pairs were made" in pairwise.set_feedback(world.factory, root, world.experiment_id, "pairs")
+    assert "5 pairs were made" in pairwise.set_feedback(world.factory, root, world.experiment_id, "pairs")
     services = world.services(batch_size=4)
     demo = ui.build_demo(services)
     demo.launch(prevent_thread_lock=True, quiet=True, **{**ui.launch_kwargs(services), "server_port": free_port()})
@@ -56,11 +56,11 @@ def test_compare_pairs_with_the_keyboard(ui_world_factory):
 
             page.get_by_role("tab", name="Pairs").click()
             page.wait_for_selector("#pair-view .pp-pair[data-pair-id]", timeout=60_000)
-            assert "0 of 3" in page.locator("#pair-round-progress").inner_text()
+            assert "0 of 5" in page.locator("#pair-round-progress").inner_text()
             page.screenshot(path=str(shots / "pairs.png"), full_page=True)
 
             shown = []
-            for key in ["ArrowLeft", "2", "ArrowDown"]:
+            for key in ["ArrowLeft", "2", "ArrowUp", "ArrowDown", "s"]:  # left, right, skip, tie, skip
                 before = page.evaluate(CURRENT)
                 shown.append(int(before))
                 page.keyboard.press(key)
@@ -68,7 +68,7 @@ def test_compare_pairs_with_the_keyboard(ui_world_factory):
                                        timeout=30_000)
             page.wait_for_selector("#pp-empty", timeout=30_000)
             assert "You have compared every pair" in page.locator("#pp-empty").inner_text()
-            assert "3 of 3" in page.locator("#pair-round-progress").inner_text()
+            assert "3 of 5" in page.locator("#pair-round-progress").inner_text()  # the skips count nowhere
             assert "You: 3 compared" in page.locator("#pair-you").inner_text()
             assert not errors, errors
             browser.close()
@@ -78,5 +78,7 @@ def test_compare_pairs_with_the_keyboard(ui_world_factory):
     with read_session(world.factory) as s:
         votes = {v.pair_id: (v.rater_id, v.choice) for v in s.query(ComparisonVote).all()}
     alice = world.accounts["alice"]
-    assert len(set(shown)) == 3
-    assert votes == {shown[0]: (alice, "a"), shown[1]: (alice, "b"), shown[2]: (alice, "tie")}
+    assert len(set(shown)) == 5
+    assert votes == {shown[0]: (alice, "a"), shown[1]: (alice, "b"), shown[3]: (alice, "tie")}
+    with read_session(world.factory) as s:
+        assert sorted(k.pair_id for k in s.query(PairSkip).filter_by(rater_id=alice)) == sorted([shown[2], shown[4]])

@@ -45,12 +45,36 @@ def test_the_session_hash_a_request_names():
     assert gr_routes.session_hash_of("/config", b"", None) is None
 
 
-def test_session_owners_first_account_wins_and_the_oldest_are_forgotten():
-    owners = gr_routes.SessionOwners(max_entries=2)
+def test_owners_first_account_wins_and_an_account_forgets_only_its_own_oldest():
+    owners = gr_routes.Owners(per_account=2)
     assert owners.refusal("h1", "alice") is None and owners.refusal("h1", "alice") is None
     assert owners.refusal("h1", "bob") == "This session of the app belongs to another account."
     assert owners.refusal("h1", None).startswith("Sign in first")
-    owners.refusal("h2", "bob")
-    owners.refusal("h1", "alice")  # h1 used again: h2 is now the oldest
-    owners.refusal("h3", "carol")
-    assert owners.refusal("h1", "bob") is not None and owners.refusal("h2", "alice") is None  # h2 was forgotten
+    for k in range(1000):  # bob uses many hashes: he forgets his own, never alice's
+        assert owners.refusal(f"bob-{k}", "bob") is None
+    assert owners.owner("h1") == "alice" and owners.refusal("h1", "bob") is not None
+    assert owners.owner("bob-0") is None and owners.owner("bob-999") == "bob"
+    owners.refusal("h2", "alice")
+    owners.refusal("h3", "alice")  # alice's third: her oldest (h1) is forgotten
+    assert owners.owner("h1") is None and owners.owner("h3") == "alice"
+
+
+def test_a_query_naming_two_session_hashes_is_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="more than one session_hash"):
+        gr_routes.session_hash_of("/gradio_api/queue/data", b"session_hash=mine&session_hash=theirs", None)
+    with pytest.raises(ValueError):
+        gr_routes.session_hash_of("/gradio_api/queue/data", b"session_hash=&session_hash=theirs", None)
+
+
+def test_the_event_a_call_reads_and_the_requests_that_make_one():
+    assert gr_routes.event_of("/gradio_api/call/next_batch/abc", "GET") == "abc"
+    assert gr_routes.event_of("/gradio_api/call/v2/next_batch/abc", "GET") == "abc"
+    assert gr_routes.event_of("/gradio_api/call/next_batch", "GET") is None
+    assert gr_routes.event_of("/gradio_api/call/next_batch/abc", "POST") is None
+    assert gr_routes.makes_event("/gradio_api/queue/join", "POST") and gr_routes.makes_event("/gradio_api/call/x", "POST")
+    assert not gr_routes.makes_event("/gradio_api/queue/data", "GET")
+    assert gr_routes.event_id_in(b'{"event_id": "e1"}') == "e1" and gr_routes.event_id_in(b"[1]") is None
+    assert gr_routes.unused("/gradio_api/file=http://1.1.1.1/x.png") and gr_routes.unused("/gradio_api/file/https://x/y")
+    assert not gr_routes.unused("/gradio_api/file=/tmp/gradio/abc/x.png")

@@ -16,7 +16,6 @@ from db import comparisons, repo
 from db.engine import read_session, write_session
 from db.models import ComparisonVote
 
-
 MUST = "A comparison must be 'a' (the left image), 'b' (the right image), 'tie', or 'skip' (can't judge: not offered to you again),"
 
 

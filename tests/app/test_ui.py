@@ -398,6 +398,7 @@ def test_launch_kwargs_block_the_data_db_and_model_dirs(ui_world):
     # Gradio's own /login signs nobody in (app.web_guard answers /login, off the event loop): fail closed
     assert callable(kwargs["auth"]) and not kwargs["auth"]("alice", "correct horse battery")
     assert "auth" not in ui.launch_kwargs(ui_world.services(local_mode=True))
+    assert kwargs["ssr_mode"] is False and kwargs["mcp_server"] is False  # whatever GRADIO_SSR_MODE says
 
 
 def test_only_the_rating_and_comparison_calls_are_public(ui_world):

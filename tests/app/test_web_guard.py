@@ -951,3 +951,34 @@ def test_a_session_hash_belongs_to_the_account_that_first_used_it(served):
         assert r.status_code == 401 and "Sign in first" in r.text
         with root.stream("GET", "/gradio_api/queue/data", params={"session_hash": owned}) as stream:
             assert stream.status_code == 200  # its owner reads it
+
+
+def test_the_session_binding_has_no_way_around_it(served):
+    """A review's bypasses of the binding: a second session_hash in the query (the guard checked the first, Gradio
+    read the last); GET /gradio_api/call/{api}/{id}, which reads any event's results and, given a session hash as
+    the id, that session's; /gradio_api/file=<URL>, which fetched the URL for any signed-in rater."""
+    world, demo, url = served
+    fn_index = next(i for i, bf in demo.fns.items() if bf.fn is not None and bf.fn.__name__ == "on_admin_tab")
+    owned = "root-session-2"
+    with signed_in(url, "root") as root, signed_in(url, "alice") as alice:
+        joined = root.post("/gradio_api/queue/join", json={"data": [], "fn_index": fn_index, "session_hash": owned,
+                                                           "event_data": None, "trigger_id": None})
+        assert joined.status_code == 200, joined.text
+        event_id = joined.json()["event_id"]
+        r = alice.get("/gradio_api/queue/data", params=[("session_hash", "alices-own"), ("session_hash", owned)])
+        assert r.status_code == 400 and "more than one session_hash" in r.text, (r.status_code, r.text[:200])
+        for path in (f"/gradio_api/call/next_batch/{owned}", f"/gradio_api/call/next_batch/{event_id}",
+                     f"/gradio_api/call/v2/next_batch/{event_id}"):
+            r = alice.get(path)
+            assert r.status_code == 404 and "no event of yours" in r.text, (path, r.status_code, r.text[:200])
+        for path in ("/gradio_api/file=http://1.1.1.1/x.png", "/gradio_api/file/https://1.1.1.1/x.png"):
+            assert alice.get(path).status_code == 404, path
+        # the curl-style API still works for whoever made the event
+        made = alice.post("/gradio_api/call/next_batch", json={"data": [""]})
+        assert made.status_code == 200, made.text
+        mine = made.json()["event_id"]
+        with alice.stream("GET", f"/gradio_api/call/next_batch/{mine}") as stream:
+            assert stream.status_code == 200
+            text = "".join(line + "\n" for line in stream.iter_lines() if line)
+        assert text.startswith("event: "), text[:300]  # the event's own stream, answered to its maker
+        assert root.get(f"/gradio_api/call/next_batch/{mine}").status_code == 404  # and nobody else, admins included
