@@ -273,7 +273,8 @@ def test_a_tiny_run_drives_the_real_worker_and_records_every_round(tmp_path, wor
 def test_a_tiny_pairs_run_compares_through_the_pair_api_and_the_worker_fits_on_the_comparisons(tmp_path, worker_model_dir):
     """--feedback pairs end to end on the tiny model: the person answers every pair a round offers (next_pair,
     submit_comparison), rates nothing, and each train job fitted on the comparisons so far. Seed 0 at budget 4 offers
-    3, 1 and 1 pairs in rounds 0-2 (fewer than the budget: the labels actually given are recorded)."""
+    3, 2 and 4 pairs in rounds 0-2 (at most the budget; the labels actually given are recorded). Before images alone
+    with their prompt were paired across prompts (3 Dec 2026) it was 3, 1 and 1."""
     import json
     import sqlite3
 
@@ -290,7 +291,7 @@ def test_a_tiny_pairs_run_compares_through_the_pair_api_and_the_worker_fits_on_t
     assert "never submitted" in doc["measure"] and "at most B pairs" in doc["budget_rule"]
     rounds = doc["seeds"]["0"]["rounds"]
     assert doc["seeds"]["0"]["complete"] and [r["round"] for r in rounds] == [0, 1, 2]
-    assert [r["pairs_offered"] for r in rounds] == [3, 1, 1]
+    assert [r["pairs_offered"] for r in rounds] == [3, 2, 4]
     given = 0
     for r in rounds:
         assert r["ratings"] == 0 and r["comparisons"] == r["pairs_offered"] > 0 and r["labels"] == r["comparisons"]
