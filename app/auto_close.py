@@ -9,8 +9,9 @@ Exactly once: ``repo.close_round`` locks the round before it checks that it is s
 several raters give the last ratings at the same moment, one transaction closes it and the others find it closed
 (their Conflict is recognised as that and nothing more happens). Off (the default), nothing is ever closed here.
 
-A round the admin reopened (``repo.reopen_round`` records ``reopened_at`` in its metrics) is never closed here: it is
-fully rated already, so the first correction would close it again and the next one be refused. The admin closes it.
+A round the admin reopened (``repo.reopen_round`` records ``reopened_at`` in its metrics) is never closed here: one
+reopened to correct ratings is fully rated already, so the first correction would close it again and the next one
+be refused. The admin closes a reopened round, whatever it was reopened for.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ functions behind the public pair API (``app.ui_pairs.api_pair`` is ``next_pair``
 ``submit_comparison``), choosing from its own ratings of the pair's two images with logistic noise
 (:class:`PairChoice`, the rule of ``seiko_core.preference.simulate_pair_choices``); with ``both`` it compares every
 pair and rates every image. A round of ``--budget`` B query images offers at most B pairs (``app.pairwise`` pairs
-images of one prompt), so a round's labels are B comparisons where it offers B pairs and fewer where it offers
+images of one prompt, and the images alone with their prompt among themselves), so a round's labels are B comparisons where it offers B pairs and fewer where it offers
 fewer; the labels actually given are recorded. With ``pairs`` the round's figures below come from the person's
 rating function applied to every query image for measurement only (never submitted).
 
@@ -573,7 +573,8 @@ FEEDBACK_NOTES = {
             "(next_batch, submit_rating); the app trains on both",
 }
 BUDGET_RULE = ("--budget B is the round's B query images; app.pairwise pairs images of one prompt (a prompt with m >= 3 "
-               "images: a cycle of m pairs, 2 images: 1 pair, 1 image: none), so a round offers at most B pairs and the "
+               "images: a cycle of m pairs, 2 images: 1 pair) and the images alone with their prompt the same way "
+               "among themselves (one such image: none), so a round offers at most B pairs and the "
                "person answers every one: B comparisons where the round offers B pairs, fewer where it offers fewer. "
                "Per round: pairs_offered, comparisons (votes given), ratings, labels (ratings + comparisons); "
                "labels_trained sums the labels of the earlier rounds")

@@ -41,7 +41,7 @@ API = "/gradio_api"
 UNUSED_PREFIXES = (
     tuple(f"{API}/{name}" for name in ("deep_link", "proxy=", "stream/", "vibe-edit", "undo-vibe-edit", "vibe-code",
                                        "run-history", "runs", "dev/", "custom_component/", "profiling/",
-                                       "component_server"))
+                                       "component_server", "vibe-starter-queries"))
     + ("/monitoring",)
 )
 # POST routes whose JSON body carries an event's inputs or a session hash; read (bounded) and checked here
@@ -134,6 +134,8 @@ class Owners:
         with self._lock:
             owner = self._owners.get(key)
             if owner is not None:
+                if owner == user:
+                    self._by_account[user].move_to_end(key)  # in use: the last of its account's to be forgotten
                 return owner == user
             self._owners[key] = user
             mine = self._by_account.setdefault(user, OrderedDict())
@@ -157,7 +159,7 @@ def event_of(path: str, method: str | None) -> str | None:
     if method not in ("GET", "HEAD") or not path.startswith(CALL):
         return None
     parts = path[len(CALL):].strip("/").split("/")
-    if parts and parts[0] == "v2":
+    if len(parts) == 3 and parts[0] == "v2":  # /call/v2/{api}/{id}; /call/v2/{id} is /call/{api}/{id} with api "v2"
         parts = parts[1:]
     return parts[1] if len(parts) == 2 and parts[1] else None
 

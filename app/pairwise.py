@@ -54,7 +54,7 @@ from db import comparisons, repo
 from db.checks import MAX_ID, shown, whole_number
 from db.engine import read_session, write_session
 from db.errors import Conflict, InvalidInput
-from db.models import ComparisonPair, ComparisonVote, Experiment, Image, Round
+from db.models import ComparisonPair, ComparisonVote, Experiment, Image, PairSkip, Rater, Round
 
 FEEDBACKS = ("scores", "pairs", "both")
 APP_KEY = "app"  # Experiment.config's app-level settings (app.experiment_options)
@@ -184,7 +184,7 @@ class PairProgress:
     pairs: int = 0  # preference pairs of the open round
     votes: int = 0  # all votes on them
     labels: int = 0  # votes that count: at most ``overlap`` per pair
-    labels_wanted: int = 0  # pairs x overlap
+    labels_wanted: int = 0  # pairs x overlap, less what skips leave nobody to give (``_wanted``)
     you_voted: int = 0
     you_left: int = 0  # pairs still offered to you
 
@@ -219,10 +219,25 @@ def _offered(session: Session, round_id: int, rater_id: int, overlap: int) -> li
     return sorted(ids, key=lambda pid: hashlib.sha256(f"{rater_id}:{pid}".encode()).digest())
 
 
+def _wanted(session: Session, round_id: int, counts: dict[int, int], overlap: int) -> int:
+    """The votes the round's pairs want: per pair ``overlap``, or fewer when fewer accounts can still give them
+    (enabled accounts less those who skipped it), but never fewer than it has. So a pair every rater skipped does
+    not keep the round from being complete (auto-close), and with one rater a skip is not a wait for nobody."""
+    enabled = session.scalar(select(func.count(Rater.id)).where(Rater.disabled_at.is_(None))) or 0
+    skipped = dict(session.execute(
+        select(PairSkip.pair_id, func.count(PairSkip.id)).join(Rater, Rater.id == PairSkip.rater_id)
+        .join(ComparisonPair, ComparisonPair.id == PairSkip.pair_id)
+        .where(ComparisonPair.round_id == round_id, ComparisonPair.kind == KIND, Rater.disabled_at.is_(None),
+               ~select(ComparisonVote.id).where(ComparisonVote.pair_id == PairSkip.pair_id,
+                                                ComparisonVote.rater_id == PairSkip.rater_id).exists())
+        .group_by(PairSkip.pair_id)).all())
+    return sum(min(overlap, max(n, enabled - skipped.get(pid, 0))) for pid, n in counts.items())
+
+
 def round_vote_labels(session: Session, round_id: int, overlap: int) -> tuple[int, int]:
-    """(votes that count, pairs x overlap) of the round's preference pairs."""
+    """(votes that count, votes wanted: ``_wanted``) of the round's preference pairs."""
     counts = _vote_counts(session, round_id)
-    return sum(min(n, overlap) for n in counts.values()), len(counts) * overlap
+    return sum(min(n, overlap) for n in counts.values()), _wanted(session, round_id, counts, overlap)
 
 
 def progress(session: Session, experiment: Experiment | None, who: Who) -> PairProgress:
@@ -239,7 +254,7 @@ def progress(session: Session, experiment: Experiment | None, who: Who) -> PairP
     overlap = experiment.overlap
     return PairProgress(
         experiment.name, round_.index, round_.status, feedback, pairs=len(counts), votes=sum(counts.values()),
-        labels=sum(min(n, overlap) for n in counts.values()), labels_wanted=len(counts) * overlap,
+        labels=sum(min(n, overlap) for n in counts.values()), labels_wanted=_wanted(session, round_.id, counts, overlap),
         you_voted=len(mine), you_left=len(_offered(session, round_.id, who.rater_id, overlap)))
 
 
@@ -372,7 +387,8 @@ def offered_pair(session: Session, experiment: Experiment | None,
     round_ = repo.get_open_round(session=session, experiment_id=experiment.id)
     offered = _offered(session, round_.id, who.rater_id, experiment.overlap)
     if not offered:
-        msg = (f"You have compared every pair of round {round_.index} that still needs a comparison. Thank you! "
+        msg = (f"You have compared (or skipped) every pair of round {round_.index} that still needs a comparison. "
+               "Thank you! "
                "The next round's pairs will appear here." if p.pairs else
                f"Round {round_.index} has no pairs to compare (it has fewer than two query images).")
         return p, None, msg

@@ -2,13 +2,15 @@
 confidence interval, from the database's ratings (the dashboard's first plot, and the product benchmark).
 
 - mean: Student's t interval, mean +- t(0.975, n - 1) * s / sqrt(n), s the sample standard deviation (n - 1);
-  n is the number of ratings (every rating of every query image of the round); none for n < 2;
+  n is the number of ratings (every rating of every query image of the round); none for n < 2 (with several
+  ratings per image, below: none for fewer than 2 images);
 - share >= 6: Wilson's score interval at z = 1.959964 (the 97.5% normal quantile).
 
 With several ratings of one image (overlap > 1) the ratings are not independent draws: the images are. Then
 (``clustered_intervals``) the mean's variance is the ratio estimator's over images (cluster-robust, K images:
 K / (K - 1) * sum_i n_i^2 (m_i - mean)^2 / N^2) with t on K - 1 degrees of freedom, and the share's Wilson interval
-uses the effective number of ratings N / deff, deff the same variance over p (1 - p) / (N - 1) (never below 1). With
+uses the effective number of ratings N / deff, deff the same variance over p (1 - p) / (N - 1) (never below 1; the
+number of images when every rating is liked, or none). With
 one rating per image both reduce exactly to the plain intervals above. A review measured what the plain intervals
 gave at overlap 3: 80% coverage for the mean's, 84% for the share's, where 95% is claimed.
 
@@ -139,8 +141,8 @@ def clustered_intervals(scores: list[float], groups: list[object]) -> tuple[tupl
         mean_ci = (mean, mean - half, mean + half)
         srs = p * (1 - p) / (n - 1)
         liked_groups = {g: [1.0 if x >= LIKED else 0.0 for x in v] for g, v in by_group.items()}
-        deff = max(1.0, cluster_var(liked_groups, p) / srs) if srs > 0 else 1.0
-        n_eff = n / deff
+        # every rating liked, or none: no spread to measure a design effect by; count images (the conservative end)
+        n_eff = n / max(1.0, cluster_var(liked_groups, p) / srs) if srs > 0 else float(k)
     share_ci = wilson_interval(p * n_eff, n_eff)
     return mean_ci, (p, share_ci[1], share_ci[2])
 

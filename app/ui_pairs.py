@@ -1,4 +1,5 @@
-"""The Pairs tab (pairwise preferences, issue 14 item 1): two images of one prompt side by side, keyboard first.
+"""The Pairs tab (pairwise preferences, issue 14 item 1): two images of one prompt (or two images each alone with its
+prompt, both prompts shown) side by side, keyboard first.
 
 ``←`` or ``1``: the left image is better; ``→`` or ``2``: the right one; ``↓`` or ``0``: about the same (a tie);
 ``↑`` or ``s``: skip (can't judge; not offered to this rater again, counted nowhere).
@@ -79,7 +80,7 @@ root.addEventListener('click', (e) => {
 watch('value', () => { clearTimeout(api.timer); api.busy = false; const b = box(); if (b) b.dataset.busy = '0'; });
 """
 
-HELP = ("<div class='pp-help'>Which image is better for the prompt? <kbd>←</kbd> or <kbd>1</kbd> left · "
+HELP = ("<div class='pp-help'>Which image do you prefer (each for its prompt)? <kbd>←</kbd> or <kbd>1</kbd> left · "
         "<kbd>→</kbd> or <kbd>2</kbd> right · <kbd>↓</kbd> or <kbd>0</kbd> about the same (tie) · <kbd>↑</kbd> or "
         "<kbd>s</kbd> skip (can't judge: not shown to you again, counted nowhere) · or click. "
         "Each choice is saved at once.</div>")
@@ -231,7 +232,7 @@ def build_admin(services, exp_state, admin_of: Callable, shown: Callable, privat
     private = private or {"api_visibility": "private"}
     with gr.Accordion("Feedback: scores or pairwise comparisons", open=False):
         gr.Markdown("What raters give on this experiment: **scores** (1-10 on the Rate tab), **pairs** (which of two "
-                    "images of the same prompt is better, on the Pairs tab; a round's budget then counts comparisons) "
+                    "images of the same prompt, or of two prompts each drawn once, is better, on the Pairs tab; a round's budget then counts comparisons) "
                     "or **both**. Applies at once to the open round (its pairs are made now) and to every later round; "
                     "the reward model is fitted on what was given (Bradley-Terry on pairs, regression on scores).")
         with gr.Row():

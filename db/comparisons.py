@@ -143,13 +143,14 @@ def _offerable(session: Session, experiment_id: int, rater_id: int, kind: str) -
     ).all()
     if kind != "ab" or not rows:
         return [(r[0], r[1]) for r in rows]
-    seen: dict[int, set[int]] = {}
-    for round_id, a, b in session.execute(
-            select(ComparisonPair.round_id, ComparisonPair.image_a_id, ComparisonPair.image_b_id)
-            .join(ComparisonVote, ComparisonVote.pair_id == ComparisonPair.id)
-            .where(ComparisonPair.experiment_id == experiment_id, ComparisonPair.kind == kind,
-                   ComparisonVote.rater_id == rater_id)):
-        seen.setdefault(round_id, set()).update((a, b))
+    seen: dict[int, set[int]] = {}  # round -> the images of the pairs the rater has been shown: voted on or skipped
+    for table in (ComparisonVote, PairSkip):
+        for round_id, a, b in session.execute(
+                select(ComparisonPair.round_id, ComparisonPair.image_a_id, ComparisonPair.image_b_id)
+                .join(table, table.pair_id == ComparisonPair.id)
+                .where(ComparisonPair.experiment_id == experiment_id, ComparisonPair.kind == kind,
+                       table.rater_id == rater_id)):
+            seen.setdefault(round_id, set()).update((a, b))
     return [(pid, index) for pid, index, round_id, a, b in rows
             if not ({a, b} & seen.get(round_id, set()))]
 

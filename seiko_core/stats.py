@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-# two-sided 95% quantiles of Student's t, by degrees of freedom (1.96 beyond the table)
+# two-sided 95% quantiles of Student's t, by degrees of freedom (beyond the table: 1.980, the value at 120, conservative)
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
          11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086,
          25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}

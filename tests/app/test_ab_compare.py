@@ -271,3 +271,25 @@ def test_a_rater_never_meets_one_image_in_two_ab_pairs_of_a_round(ui_world):
         assert len(met) == len(set(met)) and len(shown) == 2, (name, shown)  # one pair per cell, no image twice
         answered.update(shown)
     assert answered == set(pairs)  # between them the raters answered every pair
+
+
+def test_a_skip_also_counts_as_having_met_the_pairs_images(ui_world):
+    """A rater who skipped a cell's pair was still offered its other pair (the same new image against the base):
+    the image met twice gave itself away again. Found by review of the fix above."""
+    with write_session(ui_world.factory) as s:
+        round1 = repo.create_round(session=s, experiment_id=ui_world.experiment_id, index=1, adapter_path="adapters/x/round_1").id
+        round2 = repo.create_round(session=s, experiment_id=ui_world.experiment_id, index=2, adapter_path="adapters/x/round_2").id
+    ui_world.add_round_images(round1, 2, kind="eval", prompts=("a shape",))
+    ui_world.add_round_images(round2, 2, kind="eval", prompts=("a shape",))
+    with write_session(ui_world.factory) as s:
+        ab.create_round_pairs(session=s, round_id=round2, seed=3)
+    alice, met = who(ui_world, "alice"), []
+    while True:
+        with read_session(ui_world.factory) as s:
+            pair = comparisons.next_pair(session=s, experiment_id=ui_world.experiment_id, rater_id=alice.rater_id, kind="ab")
+            if pair is None or pair.round_id != round2:
+                break
+            pid, images = pair.id, [pair.image_a_id, pair.image_b_id]
+        met += images
+        ui_compare.vote(ui_world.factory, alice, ui_world.experiment_id, "ab", {"pair_id": pid, "choice": "skip"})
+    assert len(met) == 4 and len(met) == len(set(met)), met  # two pairs, one per cell, no image twice

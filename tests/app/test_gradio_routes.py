@@ -57,6 +57,9 @@ def test_owners_first_account_wins_and_an_account_forgets_only_its_own_oldest():
     owners.refusal("h2", "alice")
     owners.refusal("h3", "alice")  # alice's third: her oldest (h1) is forgotten
     assert owners.owner("h1") is None and owners.owner("h3") == "alice"
+    owners.refusal("h2", "alice")  # h2 used again: now h3 is her oldest
+    owners.refusal("h4", "alice")
+    assert owners.owner("h2") == "alice" and owners.owner("h3") is None
 
 
 def test_a_query_naming_two_session_hashes_is_refused():
@@ -71,6 +74,7 @@ def test_a_query_naming_two_session_hashes_is_refused():
 def test_the_event_a_call_reads_and_the_requests_that_make_one():
     assert gr_routes.event_of("/gradio_api/call/next_batch/abc", "GET") == "abc"
     assert gr_routes.event_of("/gradio_api/call/v2/next_batch/abc", "GET") == "abc"
+    assert gr_routes.event_of("/gradio_api/call/v2/abc", "GET") == "abc"  # Gradio reads it as api "v2", event abc
     assert gr_routes.event_of("/gradio_api/call/next_batch", "GET") is None
     assert gr_routes.event_of("/gradio_api/call/next_batch/abc", "POST") is None
     assert gr_routes.makes_event("/gradio_api/queue/join", "POST") and gr_routes.makes_event("/gradio_api/call/x", "POST")

@@ -115,7 +115,7 @@ def test_round_trip_get_a_pair_vote_and_get_the_next(pairs_world):
     # every pair compared (overlap 1): no pair, and a sentence saying so
     done = next_pair(request=request("alice"))
     assert done["pair"] is None and done["round"] == 0
-    assert done["message"].startswith("You have compared every pair of round 0")
+    assert done["message"].startswith("You have compared (or skipped) every pair of round 0")
     assert (done["progress"]["labels"], done["progress"]["labels_wanted"], done["progress"]["you_left"]) == (3, 3, 0)
     # bob gets nothing either: every pair has the one vote it wants
     assert next_pair("ui-exp", request=request("bob"))["pair"] is None
@@ -312,3 +312,31 @@ def test_a_blind_ab_pair_can_be_skipped(ui_world):
     assert "1 pair left" in page and f"data-pair-id='{pid}'" not in page
     with read_session(ui_world.factory) as s:
         assert comparisons.votes(session=s, experiment_id=ui_world.experiment_id, kind="ab") == []
+
+
+def test_a_pair_every_rater_skipped_does_not_keep_the_round_from_closing_by_itself(pairs_world):
+    """A skipped pair still counted in the votes wanted, so once every rater had skipped it the round could never be
+    complete: auto-close never fired and every rater was told the next round was coming. Found by review."""
+    from app import experiment_options
+    from app.experiment_options import ExperimentOptions
+    from db import jobs as job_queue
+
+    w = pairs_world
+    with write_session(w.factory) as s:
+        e = repo.get_experiment(session=s, experiment_id=w.experiment_id)
+        e.config = experiment_options.with_options(dict(e.config or {}), ExperimentOptions(feedback="pairs", auto_close=True))
+    fns = api_fns(w)
+    submit, next_pair = fns["submit_comparison"], fns["next_pair"]
+    hard = sorted(pairs_of(w))[0]
+    for name in ("alice", "bob"):
+        submit(hard, "skip", request=request(name))
+    progress = next_pair(request=request("alice"))["progress"]
+    assert progress["labels_wanted"] == 3  # root can still answer the hard pair
+    submit(hard, "skip", request=request("root"))  # now nobody can
+    progress = next_pair(request=request("alice"))["progress"]
+    assert progress["labels_wanted"] == 2 and progress["labels"] == 0
+    for pid in sorted(pairs_of(w))[1:]:
+        submit(pid, "left", request=request("alice"))
+    with read_session(w.factory) as s:
+        assert repo.get_round(session=s, round_id=w.round_id).status == "training"  # closed by itself
+        assert [j.kind for j in job_queue.list_jobs(session=s, experiment_id=w.experiment_id)] == ["train"]

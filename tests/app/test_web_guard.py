@@ -968,7 +968,8 @@ def test_the_session_binding_has_no_way_around_it(served):
         r = alice.get("/gradio_api/queue/data", params=[("session_hash", "alices-own"), ("session_hash", owned)])
         assert r.status_code == 400 and "more than one session_hash" in r.text, (r.status_code, r.text[:200])
         for path in (f"/gradio_api/call/next_batch/{owned}", f"/gradio_api/call/next_batch/{event_id}",
-                     f"/gradio_api/call/v2/next_batch/{event_id}"):
+                     f"/gradio_api/call/v2/next_batch/{event_id}", f"/gradio_api/call/v2/{event_id}",
+                     f"/gradio_api/call/v2/{owned}"):
             r = alice.get(path)
             assert r.status_code == 404 and "no event of yours" in r.text, (path, r.status_code, r.text[:200])
         for path in ("/gradio_api/file=http://1.1.1.1/x.png", "/gradio_api/file/https://1.1.1.1/x.png"):
