@@ -15,6 +15,7 @@ public API's (``api_pair`` for ``next_pair``, ``api_vote`` for ``submit_comparis
 
 from __future__ import annotations
 
+import hashlib
 import html
 from collections.abc import Callable
 from typing import Any
@@ -198,32 +199,42 @@ def build_tab(services, exp_state, who_of: Callable, shown: Callable, warn: Call
         gr.HTML(f"<style>{PAIRS_CSS}</style>", padding=False)
         view = gr.HTML(value="", elem_id="pair-view", js_on_load=PAIRS_JS, apply_default_css=False)
         nonce = gr.State(0)
+        # what the page was last sent (kept on the server): whether it shows a pair, and a digest of its HTML. The
+        # poll reads this, not the page's HTML: sent back with every poll, that HTML (two base64 images, about 1 MB
+        # for 512 px Stable Diffusion) crossed the network each time and went over the request size limit
+        sent = gr.State({"pair": False, "digest": ""})
         timer = gr.Timer(services.rate_poll_s)
+
+    def mark(page: str) -> dict[str, Any]:
+        return {"pair": "data-pair-id=" in page, "digest": hashlib.sha256(page.encode()).hexdigest()}
 
     def on_show(exp_id, n, request: gr.Request):
         who = who_of(request)
-        return shown(lambda: pair_view_html(factory, data_dir, who, exp_id, n + 1)), n + 1
+        page = shown(lambda: pair_view_html(factory, data_dir, who, exp_id, n + 1))
+        return page, n + 1, mark(page)
 
     def on_vote(exp_id, n, evt: gr.EventData, request: gr.Request):
         who = who_of(request)
         page, message = vote(factory, data_dir, who, exp_id, _payload(evt), n + 1)
         if message:
             warn(message)
-        return page, n + 1
+        return page, n + 1, mark(page)
 
-    def on_poll(exp_id, n, current, request: gr.Request):
+    def on_poll(exp_id, n, last, request: gr.Request):
         """An empty tab looks for new pairs; a tab showing a pair is left alone."""
         who = who_of(request)
-        if isinstance(current, str) and "data-pair-id=" in current:
-            return gr.skip(), n
+        last = last if isinstance(last, dict) else {}
+        if last.get("pair"):
+            return gr.skip(), n, gr.skip()
         page = pair_view_html(factory, data_dir, who, exp_id, n)
-        return (gr.skip(), n) if page == current else (page, n)
+        done = mark(page)
+        return (gr.skip(), n, gr.skip()) if done["digest"] == last.get("digest") else (page, n, done)
 
-    tab.select(on_show, [exp_state, nonce], [view, nonce], **private)
-    exp_state.change(on_show, [exp_state, nonce], [view, nonce], **private)
-    view.vote(on_vote, [exp_state, nonce], [view, nonce], show_progress="hidden", concurrency_id="rating",
+    tab.select(on_show, [exp_state, nonce], [view, nonce, sent], **private)
+    exp_state.change(on_show, [exp_state, nonce], [view, nonce, sent], **private)
+    view.vote(on_vote, [exp_state, nonce], [view, nonce, sent], show_progress="hidden", concurrency_id="rating",
               concurrency_limit=4, **private)
-    timer.tick(on_poll, [exp_state, nonce, view], [view, nonce], show_progress="hidden", **private)
+    timer.tick(on_poll, [exp_state, nonce, sent], [view, nonce, sent], show_progress="hidden", **private)
     return tab
 
 

@@ -201,8 +201,23 @@ def test_refusals_do_not_echo_a_huge_value(ui_world):
 def test_the_pairs_tab_poll_takes_a_non_text_value_without_an_error(ui_world):
     demo = ui.build_demo(ui_world.services())
     (on_poll,) = {bf.fn for bf in demo.fns.values() if bf.fn is not None and bf.fn.__name__ == "on_poll"}
-    page, n = on_poll(ui_world.experiment_id, 0, 5, request("alice"))  # before: TypeError from `"..." in 5`
-    assert n == 0 and isinstance(page, str)
+    page, n, sent = on_poll(ui_world.experiment_id, 0, 5, request("alice"))  # before: TypeError from `"..." in 5`
+    assert n == 0 and isinstance(page, str) and sent["pair"] is False
+
+
+def test_the_pairs_tab_poll_does_not_send_the_page_back(ui_world):
+    """The poll took the tab's HTML as an input, so every poll sent the page (two base64 images: about 1 MB for
+    512 px Stable Diffusion) back to the server, over the request size limit. It reads what was last sent from a
+    state kept on the server now."""
+    demo = ui.build_demo(ui_world.services())
+    (dep,) = [bf for bf in demo.fns.values() if bf.fn is not None and bf.fn.__name__ == "on_poll"]
+    html_ids = {b._id for b in demo.blocks.values() if isinstance(b, gr.HTML)}
+    assert not [b for b in dep.inputs if b._id in html_ids]
+    on_poll = dep.fn
+    page, n, sent = on_poll(ui_world.experiment_id, 0, {"pair": False, "digest": ""}, request("alice"))
+    assert isinstance(page, str) and sent["digest"]
+    skipped = on_poll(ui_world.experiment_id, 0, sent, request("alice"))  # nothing changed: nothing sent
+    assert [type(x).__name__ for x in skipped][0] != "str"
 
 
 @pytest.mark.parametrize("score", [0, 11, -3, 7.5, "x", None, True, "10 "])
