@@ -58,6 +58,14 @@ def build_config(spec: ExperimentSpec) -> SeikoConfig:
         raise InvalidInput("an experiment needs at least one sampling prompt")
     if not cfg.eval_prompts:
         raise InvalidInput("an experiment needs at least one evaluation prompt that is not also a sampling prompt")
+    if spec.kl_weight is not None:
+        cfg.finetune.kl_weight = float(spec.kl_weight)
+    # per round, as the form says them; for_method then gives Non-adaptive's one round K times as much (equal
+    # compute). Set after it, as before 3 Dec 2026, the form's epochs undid that: 1/K of the steps (found by review)
+    if spec.finetune_epochs is not None:
+        cfg.finetune.epochs = int(spec.finetune_epochs)
+    if spec.finetune_max_seconds is not None:
+        cfg.finetune.max_seconds = float(spec.finetune_max_seconds) or None
     if spec.method is not None:
         if spec.method not in METHODS:
             raise InvalidInput(f"unknown method {spec.method!r}; choose from {sorted(METHODS)}")
@@ -65,12 +73,6 @@ def build_config(spec: ExperimentSpec) -> SeikoConfig:
             cfg = cfg.for_method(spec.method)
         except ValueError as exc:
             raise InvalidInput(str(exc)) from exc
-    if spec.kl_weight is not None:
-        cfg.finetune.kl_weight = float(spec.kl_weight)
-    if spec.finetune_epochs is not None:
-        cfg.finetune.epochs = int(spec.finetune_epochs)
-    if spec.finetune_max_seconds is not None:
-        cfg.finetune.max_seconds = float(spec.finetune_max_seconds) or None
     if spec.aggregation is not None:
         cfg.optimism.aggregation = spec.aggregation
     try:

@@ -259,7 +259,8 @@ class SeikoConfig:
         """This config with ``method`` and the optimism it implies (METHOD_OPTIMISM).
 
         Non-adaptive gets the K budgets in one round and K times the epochs (SEIKO.md: equal compute), so that it
-        takes as many optimiser steps as the K-round methods. Call it once on a per-round config."""
+        takes as many optimiser steps as the K-round methods, and K times the round's time limit (``max_seconds``)
+        when there is one, so the limit does not take those steps back. Call it once on a per-round config."""
         _check(method in METHODS, f"unknown method {method!r}; choose from {sorted(METHODS)}")
         cfg = from_dict(to_dict(self))
         cfg.method = method
@@ -270,6 +271,8 @@ class SeikoConfig:
             # one round holding the whole budget, with K times the epochs: the same optimiser steps as K rounds
             cfg.budgets = (sum(self.budgets),)
             cfg.finetune.epochs = self.finetune.epochs * len(self.budgets)
+            if self.finetune.max_seconds is not None:
+                cfg.finetune.max_seconds = self.finetune.max_seconds * len(self.budgets)
         return cfg
 
 

@@ -47,3 +47,20 @@ def test_sd15_trains_in_a_memory_budget_that_fits_an_80_gb_gpu():
     assert ft.gradient_checkpointing and ft.mixed_precision == "bf16"
     assert ft.truncation == "per_trajectory" and ft.truncation_k == 10
     assert ft.batch_size == 2 and ft.batch_size * ft.grad_accum == 64
+
+
+def test_nonadaptive_from_the_admin_form_keeps_k_times_the_steps_and_the_time_limit():
+    """The form sends its per-round epochs (the preset's 5) and time limit; build_config set them after
+    for_method, so a Non-adaptive experiment made on the Admin tab got 1/K of the optimiser steps. Found by review."""
+    from app import services
+    from app.ui_admin import ExperimentForm, preset_defaults, spec_from_form
+
+    d = preset_defaults("shapes")
+    form = ExperimentForm(name="na", preset="shapes", method="nonadaptive", budgets=d["budgets"], prompts=d["prompts"],
+                          aggregation="mean", kl_weight=d["kl_weight"], epochs=d["epochs"], max_seconds=d["max_seconds"])
+    cfg = services.build_config(spec_from_form(form))
+    k = len(preset("shapes").budgets)
+    assert cfg.budgets == (sum(preset("shapes").budgets),)
+    assert cfg.finetune.epochs == d["epochs"] * k and cfg.finetune.max_seconds == d["max_seconds"] * k
+    greedy = services.build_config(spec_from_form(ExperimentForm(**{**form.__dict__, "method": "greedy"})))
+    assert optimiser_steps(cfg) == optimiser_steps(greedy)
