@@ -171,7 +171,7 @@ def _job_id(value: Any) -> int | None:
 
 
 def newest_failed_job(factory, experiment_id: int | None) -> int | None:
-    """The newest failed job of the experiment that can still be retried (its round waits for it), or None.
+    """The newest failed job of the experiment that can still be retried (``db.jobs.retry_refusal``), or None.
 
     None for a finished experiment: ``db.jobs.retry_job`` refuses its jobs (the eval jobs that finishing it
     cancelled would otherwise match, their rounds being 'done')."""
@@ -181,8 +181,7 @@ def newest_failed_job(factory, experiment_id: int | None) -> int | None:
         if repo.get_experiment(session=s, experiment_id=int(experiment_id)).status == "finished":
             return None
         for job in job_queue.list_jobs(session=s, status="failed", experiment_id=int(experiment_id), limit=20):
-            round_ = repo.get_round(session=s, round_id=job.round_id) if job.round_id is not None else None
-            if round_ is None or round_.status in job_queue.JOB_ROUND_STATUS.get(job.kind, ()):
+            if job_queue.retry_refusal(s, job) is None:  # what retry_job checks (a replaced job is not offered)
                 return job.id
     return None
 

@@ -365,32 +365,43 @@ def yield_job(*, session: Session, job_id: int, worker_id: str, payload: dict[st
 JOB_ROUND_STATUS = {"generate": ("generating",), "train": ("training",), "eval": ("labeling", "training", "done")}
 
 
-def retry_job(*, session: Session, job_id: int) -> Job:
-    """Queue a failed job again with all its attempts (an admin's retry after fixing the cause).
+def retry_refusal(session: Session, job: Job) -> str | None:
+    """Why ``job`` cannot be retried now (one sentence), or None: it must have failed, its experiment not be
+    finished, its round still wait for it (a generate job's round 'generating', a train job's 'training', an eval
+    job's past 'generating'), no other job of that kind be waiting or running for it, and no newer job of that kind
+    have replaced it (a train job cancelled by a reopen: the round closed again with a newer rating watermark)."""
+    if job.status != "failed":
+        return f"job {job.id} is {job.status!r}; only a failed job can be retried"
+    if job.experiment_id is not None:
+        experiment = _experiment(session, job.experiment_id)
+        if experiment.status == "finished":
+            return f"experiment {experiment.name!r} is finished; its jobs cannot be retried"
+    if job.round_id is not None:
+        round_ = _round(session, job.round_id)
+        wanted = JOB_ROUND_STATUS.get(job.kind)
+        if wanted is not None and round_.status not in wanted:
+            return f"round {round_.index} is {round_.status!r} now, so {job.kind} job {job.id} has nothing left to do"
+        other = session.scalar(select(Job.id).where(Job.round_id == job.round_id, Job.kind == job.kind, Job.id != job.id,
+                                                    Job.status.in_(("queued", "running"))))
+        if other is not None:
+            return f"job {other} already does the {job.kind} work of round {round_.index}; job {job.id} was not retried"
+        newer = session.scalar(select(Job.id).where(Job.round_id == job.round_id, Job.kind == job.kind, Job.id > job.id))
+        if newer is not None:
+            return (f"job {newer} replaced job {job.id} for the {job.kind} work of round {round_.index}; retry job "
+                    f"{newer} instead")
+    return None
 
-    Refused unless the job failed, its experiment is not finished, its round still waits for it (a generate job's
-    round is 'generating', a train job's 'training', an eval job's past 'generating') and no other job of that kind
-    is waiting or running for it."""
+
+def retry_job(*, session: Session, job_id: int) -> Job:
+    """Queue a failed job again with all its attempts (an admin's retry after fixing the cause); refused with
+    ``retry_refusal``'s sentence."""
     job = session.scalars(
         select(Job).where(Job.id == check_int("job id", job_id)).with_for_update(), execution_options={"populate_existing": True}
     ).one_or_none()
     if job is None:
         raise NotFound(f"there is no job with id {job_id}")
-    if job.status != "failed":
-        raise Conflict(f"job {job_id} is {job.status!r}; only a failed job can be retried")
-    if job.experiment_id is not None:
-        experiment = _experiment(session, job.experiment_id)
-        if experiment.status == "finished":
-            raise Conflict(f"experiment {experiment.name!r} is finished; its jobs cannot be retried")
-    if job.round_id is not None:
-        round_ = _round(session, job.round_id)
-        wanted = JOB_ROUND_STATUS.get(job.kind)
-        if wanted is not None and round_.status not in wanted:
-            raise Conflict(f"round {round_.index} is {round_.status!r} now, so {job.kind} job {job_id} has nothing left to do")
-        other = session.scalar(select(Job.id).where(Job.round_id == job.round_id, Job.kind == job.kind, Job.id != job.id,
-                                                    Job.status.in_(("queued", "running"))))
-        if other is not None:
-            raise Conflict(f"job {other} already does the {job.kind} work of round {round_.index}; job {job_id} was not retried")
+    if (why := retry_refusal(session, job)) is not None:
+        raise Conflict(why)
     job.status = "queued"
     job.attempts = 0
     job.lease_owner = None

@@ -450,3 +450,26 @@ def test_a_running_eval_job_does_not_hold_up_finishing_the_experiment(db_factory
         assert job_queue.live_job(session=s, now=now, experiment_id=world.experiment_id).id == running
         assert job_queue.live_job(s, now, kinds=job_queue.PERSON_KINDS, experiment_id=world.experiment_id) is None
         assert job_queue.live_job(s, now, kinds=["eval"]).id == running
+
+
+def test_a_train_job_a_reopen_replaced_is_not_retried_on_its_stale_watermark(db_factory, make_world):
+    """Close (job A), reopen (A cancelled), rate more, close again (job B, a newer watermark): A passed every retry
+    check, so if B failed a retry of A trained without the ratings given after the reopen. Found by review."""
+    from app import ui_admin
+
+    world = make_world()
+    _rate(db_factory, world.image_ids[0], world.rater_ids[0])
+    with write_session(db_factory) as s:
+        first = repo.close_round(session=s, experiment_id=world.experiment_id).id
+    with write_session(db_factory) as s:
+        repo.reopen_round(session=s, round_id=world.round_id)
+    _rate(db_factory, world.image_ids[1], world.rater_ids[0])
+    with write_session(db_factory) as s:
+        second = repo.close_round(session=s, experiment_id=world.experiment_id).id
+    assert ui_admin.newest_failed_job(db_factory, world.experiment_id) is None  # B is queued: nothing to retry
+    _fail_for_good(db_factory, second)
+    with pytest.raises(Conflict, match=f"job {second} replaced job {first}"), write_session(db_factory) as s:
+        job_queue.retry_job(session=s, job_id=first)
+    assert ui_admin.newest_failed_job(db_factory, world.experiment_id) == second
+    with write_session(db_factory) as s:
+        assert job_queue.retry_job(session=s, job_id=second).payload["watermark"] > _job(db_factory, first).payload["watermark"]
