@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import sessions as app_sessions
@@ -156,7 +157,11 @@ def _keep_an_admin(session: Session, rater, what: str) -> None:
     """Refuse ``what`` when ``rater`` is the last enabled admin account (nobody could run the app afterwards)."""
     if rater.role != "admin" or rater.disabled_at is not None:
         return
-    admins = [r for r in _accounts(session) if r.role == "admin" and r.disabled_at is None]
+    # the enabled admins locked (FOR UPDATE; nothing on SQLite, whose writers are serialised): on PostgreSQL two
+    # disables of the last two admins at once would otherwise each see the other and both commit
+    locked = session.scalars(select(Rater).where(Rater.role == "admin", Rater.disabled_at.is_(None)).with_for_update(),
+                             execution_options={"populate_existing": True}).all()
+    admins = [r for r in locked if r.password_hash != LOCAL_ADMIN_HASH]
     if len(admins) <= 1:
         raise Conflict(f"{rater.name!r} is the last enabled admin, so {what} would leave nobody to run the app; "
                        "add or enable another admin first")

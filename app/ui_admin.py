@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from app import auth, services
+from app import auth, auto_close, services
 from app.auth import Who, require_admin
 from app.ui_rate import pick_experiment
 from db import jobs as job_queue
@@ -158,7 +158,16 @@ def set_paused(factory, who: Who, experiment_id: int | None, paused: bool) -> st
     with write_session(factory) as s:
         repo.set_experiment_status(session=s, experiment_id=exp_id, status="paused" if paused else "active")
         _audit(s, who, "experiment.pause" if paused else "experiment.resume", f"experiment {exp_id}")
-    return "Experiment paused: the worker takes no new training until you resume." if paused else "Experiment resumed."
+    if paused:
+        return "Experiment paused: the worker takes no new training until you resume."
+    # a round whose budget was rated while paused has no later rating to close it by itself (auto-close runs after
+    # a rating): look now
+    with read_session(factory) as s:
+        open_ = repo.get_open_round(session=s, experiment_id=exp_id)
+        index = None if open_ is None else open_.index
+    if index is not None and (job_id := auto_close.maybe_close(factory, exp_id, index)) is not None:
+        return f"Experiment resumed. Round {index} had every rating it wants, so it was closed (training job {job_id})."
+    return "Experiment resumed."
 
 
 def _job_id(value: Any) -> int | None:

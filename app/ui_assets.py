@@ -168,6 +168,9 @@ function onKey(e) {
   const t = e.target;
   if (t && t.closest && t.closest('input, textarea, select, [contenteditable="true"], [role="listbox"]')) return;
   const k = e.key;
+  // a held key repeats: a rating, skip or undo key acts once per press, not once per repeat (a held digit rated
+  // card after card, the focus moving on each time)
+  if (e.repeat && (/^[0-9]$/.test(k) || 'sSuU'.includes(k))) { e.preventDefault(); return; }
   if (/^[0-9]$/.test(k)) { e.preventDefault(); rate(current(), k === '0' ? 10 : Number(k)); return; }
   if (k === 's' || k === 'S') { e.preventDefault(); skip(current()); return; }
   if (k === 'u' || k === 'U') { e.preventDefault(); send('undo', {}); return; }

@@ -305,7 +305,9 @@ def close_round(*, session: Session, experiment_id: int, expected_index: int | N
     confirmed), a different open round is refused."""
     experiment = get_experiment(session=session, experiment_id=experiment_id)
     if experiment.status != "active":
-        raise Conflict(f"experiment {experiment.name!r} is {experiment.status}; resume it before training")
+        raise Conflict(f"experiment {experiment.name!r} is finished; it cannot be trained again"
+                       if experiment.status == "finished" else
+                       f"experiment {experiment.name!r} is {experiment.status}; resume it before training")
     open_ = get_open_round(session=session, experiment_id=experiment_id)
     if open_ is None:
         raise Conflict(f"experiment {experiment.name!r} has no round open for labeling")

@@ -426,3 +426,47 @@ def test_the_local_admin_name_takes_a_whole_hash_to_refuse(db_factory, monkeypat
         calls.clear()
         result = auth.check_login(db_factory, name, "some password")
         assert result.wrong_credentials and result.rater_id is None and len(calls) == 1, name
+
+
+def test_two_admins_disabled_at_once_leave_one_enabled(db_factory, db_url, monkeypatch):
+    """The last-admin rule read the enabled admins without a lock: on PostgreSQL, disabling the last two admins at
+    once let each transaction see the other and both commit, leaving nobody to run the app. Found by review."""
+    import threading
+    import time
+
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite serialises write transactions (BEGIN IMMEDIATE); the race needs PostgreSQL")
+    auth.add_user(db_factory, name="admin1", role="admin", password=PASSWORD)
+    auth.add_user(db_factory, name="admin2", role="admin", password=PASSWORD)
+    checked, may_commit = threading.Event(), threading.Event()
+    real = repo.set_rater_disabled
+
+    def slow_first(*, session, rater_id, disabled, now=None):
+        out = real(session=session, rater_id=rater_id, disabled=disabled, now=now)
+        if threading.current_thread().name == "first":
+            checked.set()
+            may_commit.wait(30)
+        return out
+
+    monkeypatch.setattr(repo, "set_rater_disabled", slow_first)
+    got: dict = {}
+
+    def disable(name: str) -> None:
+        try:
+            auth.set_disabled(db_factory, name=name, disabled=True)
+            got[name] = "disabled"
+        except Exception as exc:  # the refusal is the outcome under test
+            got[name] = str(exc)
+
+    first = threading.Thread(target=disable, args=("admin1",), name="first")
+    first.start()
+    assert checked.wait(30)
+    second = threading.Thread(target=disable, args=("admin2",), name="second")
+    second.start()
+    time.sleep(0.5)
+    may_commit.set()
+    first.join(30)
+    second.join(30)
+    assert got["admin1"] == "disabled" and "is the last enabled admin" in got["admin2"], got
+    with read_session(db_factory) as s:
+        assert [r.name for r in repo.list_raters(session=s) if r.role == "admin" and r.disabled_at is None] == ["admin2"]

@@ -123,3 +123,25 @@ def test_local_mode_in_a_browser_opens_only_at_the_printed_address(ui_world_fact
     assert page.locator(f".rg-card[data-image-id='{ids[0]}']").get_attribute("data-state") == "rated"
     assert saved == [(ids[0], 7)]  # saved as the local admin
     assert not errors, errors
+
+
+def test_a_held_digit_key_rates_one_image(ui_world_factory, e2e):
+    """The browser's key auto-repeat (keydown with repeat=true) rated card after card: each rating moves the focus
+    on, so holding 5 for half a second rated five images. Found by review."""
+    world = ui_world_factory(n_images=8)
+    demo, browser = e2e(world.services(batch_size=8))
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors = watch_errors(page)
+    sign_in(page, demo.local_url, "alice", wait_for="#rating-grid .rg-card")
+    page.wait_for_function("document.activeElement && document.activeElement.classList.contains('rg-card')")
+    page.evaluate("window.__reps = []; document.addEventListener('keydown', e => window.__reps.push(e.repeat), true)")
+    for _ in range(5):  # one press, then four auto-repeat keydowns, as holding the key does
+        page.keyboard.down("5")
+    page.keyboard.up("5")
+    assert page.evaluate("window.__reps") == [False, True, True, True, True]
+    page.wait_for_function("window.__seiko && !window.__seiko.busy && window.__seiko.queue.length === 0"
+                           " && !document.querySelector('.rg-card[data-state=pending]')", timeout=30_000)
+    page.wait_for_timeout(500)
+    with read_session(world.factory) as s:
+        rated = s.query(Rating).filter(Rating.rater_id == world.accounts["alice"]).count()
+    assert rated == 1 and not errors, (rated, errors)

@@ -661,3 +661,21 @@ def test_the_dashboard_counts_an_image_rated_by_several_raters_once(ui_world_fac
     per_image = [float(3 + i % 6) for i in world.image_ids]
     _, lo, hi = taste_stats.mean_interval(per_image)  # two equal ratings per image: the 6 image means are the draws
     assert row.n == 12 and (row.mean_low, row.mean_high) == pytest.approx((lo, hi), rel=1e-9)
+
+
+def test_resuming_closes_a_round_whose_budget_was_rated_while_paused(ui_world):
+    """Auto-close runs after a rating, and is off while paused; a round finished while paused had no later rating
+    to close it, so it waited while raters were told the next round was coming. Found by review."""
+    from app import ui_admin
+
+    _set_auto_close(ui_world, True)
+    alice, root = _who(ui_world, "alice"), Who(ui_world.accounts["root"], "root", "admin", local=False)
+    ui_rate.submit(ui_world.factory, alice, ui_world.image_ids[0], 5)
+    ui_admin.set_paused(ui_world.factory, root, ui_world.experiment_id, True)
+    for image_id in ui_world.image_ids[1:]:
+        ui_rate.submit(ui_world.factory, alice, image_id, 5)
+    assert _train_jobs(ui_world) == []  # paused: not closed
+    message = ui_admin.set_paused(ui_world.factory, root, ui_world.experiment_id, False)
+    assert "so it was closed" in message and len(_train_jobs(ui_world)) == 1
+    with read_session(ui_world.factory) as s:
+        assert repo.get_round(session=s, round_id=ui_world.round_id).status == "training"

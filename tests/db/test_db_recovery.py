@@ -473,3 +473,14 @@ def test_a_train_job_a_reopen_replaced_is_not_retried_on_its_stale_watermark(db_
     assert ui_admin.newest_failed_job(db_factory, world.experiment_id) == second
     with write_session(db_factory) as s:
         assert job_queue.retry_job(session=s, job_id=second).payload["watermark"] > _job(db_factory, first).payload["watermark"]
+
+
+def test_closing_a_round_of_a_finished_experiment_does_not_say_resume_it(db_factory, make_world):
+    """It said "resume it before training", and resuming a finished experiment is refused. Found by review."""
+    world = make_world()
+    _rate(db_factory, world.image_ids[0], world.rater_ids[0])
+    with write_session(db_factory) as s:
+        repo.finish_experiment(session=s, experiment_id=world.experiment_id)
+    with pytest.raises(Conflict) as info, write_session(db_factory) as s:
+        repo.close_round(session=s, experiment_id=world.experiment_id)
+    assert str(info.value) == "experiment 'exp' is finished; it cannot be trained again"
