@@ -317,7 +317,8 @@ def build_demo(services: AppServices) -> gr.Blocks:
             Rating an image you rated before changes your score (an edit; for an image handed to you
             again, the score you gave it that time). Refused, changing nothing:
             a score outside 1-10, an unknown image, an image of a round closed for labeling, and an
-            image not offered to you (other raters already gave it the ratings it needs, or you skipped it).
+            image not offered to you (other raters already gave it the ratings it needs). Rating an image
+            you skipped takes the skip back.
 
             Parameters:
                 image_id: the "image_id" of an item from next_batch.

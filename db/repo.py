@@ -848,6 +848,23 @@ class RoundProgress:
     labels_wanted: int = 0  # total_images x overlap: the round is fully labeled at labels == labels_wanted
 
 
+def _labels_wanted(session: Session, round_id: int, kind: str | None, overlap: int, counts: dict[int, int]) -> int:
+    """The ratings a round's images want: per image ``overlap``, or fewer when fewer accounts can still give them
+    (enabled accounts less those who skipped it and did not rate it after), never fewer than it has. An image every
+    rater skipped (one skip, for a single person) no longer keeps the round from being complete: auto-close, the
+    progress bar and the close question all read this (found by review, 3 Dec 2026; pairs: ``app.pairwise._wanted``)."""
+    enabled = session.scalar(select(func.count(Rater.id)).where(Rater.disabled_at.is_(None))) or 0
+    stmt = (select(Skip.image_id, func.count(Skip.id)).join(Rater, Rater.id == Skip.rater_id)
+            .join(Image, Image.id == Skip.image_id)
+            .where(Image.round_id == round_id, Rater.disabled_at.is_(None),
+                   ~select(Rating.id).where(Rating.image_id == Skip.image_id, Rating.rater_id == Skip.rater_id).exists())
+            .group_by(Skip.image_id))
+    if kind is not None:
+        stmt = stmt.where(Image.kind == kind)
+    skipped = dict(session.execute(stmt).all())
+    return sum(min(overlap, max(int(n), enabled - skipped.get(image_id, 0))) for image_id, n in counts.items())
+
+
 def round_progress(*, session: Session, round_id: int, rater_id: int | None = None, kind: str | None = None) -> RoundProgress:
     """How far the labeling of a round has got, overall and (with ``rater_id``) for one rater; ``kind`` filters images."""
     round_ = get_round(session=session, round_id=round_id)
@@ -871,6 +888,8 @@ def round_progress(*, session: Session, round_id: int, rater_id: int | None = No
         )
     ).one()
     budget = experiment.budgets[round_.index] if round_.index < len(experiment.budgets) else None
+    wanted = _labels_wanted(session, round_id, kind, overlap, dict(session.execute(
+        select(per_image.c.image_id, per_image.c.n)).all()))
     progress = RoundProgress(
         round_id=round_.id,
         index=round_.index,
@@ -881,7 +900,7 @@ def round_progress(*, session: Session, round_id: int, rater_id: int | None = No
         ratings=int(ratings),
         budget=budget,
         labels=int(labels),
-        labels_wanted=int(total) * overlap,
+        labels_wanted=wanted,
     )
     if rater_id is None:
         return progress

@@ -679,3 +679,27 @@ def test_resuming_closes_a_round_whose_budget_was_rated_while_paused(ui_world):
     assert "so it was closed" in message and len(_train_jobs(ui_world)) == 1
     with read_session(ui_world.factory) as s:
         assert repo.get_round(session=s, round_id=ui_world.round_id).status == "training"
+
+
+def test_an_image_every_rater_skipped_does_not_keep_the_round_from_closing_by_itself(ui_world):
+    """labels_wanted was images x overlap whoever skipped: once every account had skipped an image (for one person,
+    a single skip) the round could never be complete, auto-close never fired, and raters were told the next round
+    was coming. Found by review."""
+    _set_auto_close(ui_world, True)
+    hard, rest = ui_world.image_ids[0], ui_world.image_ids[1:]
+    def skip(name: str) -> None:
+        with write_session(ui_world.factory) as s:
+            repo.add_skip(session=s, image_id=hard, rater_id=ui_world.accounts[name])
+
+    for name in ("alice", "bob"):
+        skip(name)
+    with read_session(ui_world.factory) as s:
+        assert repo.round_progress(session=s, round_id=ui_world.round_id, kind="query").labels_wanted == 6  # root can
+    skip("root")
+    with read_session(ui_world.factory) as s:
+        assert repo.round_progress(session=s, round_id=ui_world.round_id, kind="query").labels_wanted == 5
+    for image_id in rest:
+        ui_rate.submit(ui_world.factory, _who(ui_world, "alice"), image_id, 5)
+    assert len(_train_jobs(ui_world)) == 1
+    with read_session(ui_world.factory) as s:
+        assert repo.get_round(session=s, round_id=ui_world.round_id).status == "training"
