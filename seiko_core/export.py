@@ -152,6 +152,8 @@ def _provenance(fmt: str, adapter_dir: Path, manifest: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- kohya
+# UNet modules outside kohya's naming (the SD 1.x attention and resnet blocks): their kohya keys are not read back
+_KOHYA_UNNAMED = ("add_embedding",)
 def kohya_state_dict(state: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """diffusers UNet LoRA keys -> kohya keys, with ``.alpha`` set so kohya's ``alpha / rank`` equals peft's scale.
 
@@ -163,6 +165,11 @@ def kohya_state_dict(state: Mapping[str, torch.Tensor], config: Mapping[str, Any
 
     if config.get("alpha_pattern"):
         raise ExportError("The adapter has a per-module alpha_pattern, which the kohya export does not map; export it as diffusers.")
+    unnamed = sorted({k.split(".lora")[0].removeprefix("unet.") for k in state if any(f"{m}." in k for m in _KOHYA_UNNAMED)})
+    if unnamed:  # e.g. the shapes preset's add_embedding.proj: written as lora_unet_add_embedding_proj, read back as
+        # add.embedding.proj by diffusers' kohya loader, which then drops it (a review measured the result off by 1 level)
+        raise ExportError(f"The adapter trains {', '.join(unnamed)}, which kohya/A1111 LoRA files have no name for "
+                          "(their loaders drop it); export it as a diffusers LoRA or a merged pipeline.")
     peft_state = convert_unet_state_dict_to_peft(dict(state))  # unet.x.lora.down.weight -> unet.x.lora_A.weight
     out = {}
     for key, value in convert_state_dict_to_kohya(peft_state).items():

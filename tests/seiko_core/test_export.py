@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -253,3 +254,25 @@ def test_ratings_dataset_refuses_bad_rows_and_images(tmp_path):
     with pytest.raises(ExportError, match="does not match the sha256"):
         export_ratings_dataset([{**row, "image_sha256": "0" * 64}], tmp_path / "d", lambda p: png("red"))
     assert not [p for p in tmp_path.iterdir()]  # nothing half-written is left behind
+
+
+def test_a_kohya_export_of_a_module_kohya_cannot_name_is_refused(tmp_path):
+    """The shapes preset (the app's default, on models/shapes-sd) trains add_embedding.proj; the kohya file named it
+    lora_unet_add_embedding_proj, which diffusers' kohya loader reads back as add.embedding.proj and drops, so the
+    file was not the model the app trained (a review measured 1 level off; check (b) refused it, or, with small
+    weights, passed it). It is refused with one sentence now; the diffusers export keeps it."""
+    from seiko_core.models import load_model
+    from seiko_core.presets import preset
+
+    model = Path(__file__).resolve().parents[2] / "models" / "shapes-sd"
+    parts = load_model(str(model), device="cpu")
+    ft = preset("shapes").finetune
+    lora.add_adapter(parts.unet, "round_1", ft)
+    out = tmp_path / "round_1"
+    lora.save_adapter(parts.unet, "round_1", out, config={"method": "greedy"}, metrics={})
+    with pytest.raises(ExportError) as info:
+        export_kohya_lora(out, tmp_path / "x.safetensors")
+    assert str(info.value) == ("The adapter trains add_embedding.proj, which kohya/A1111 LoRA files have no name for "
+                               "(their loaders drop it); export it as a diffusers LoRA or a merged pipeline.")
+    assert not (tmp_path / "x.safetensors").exists()
+    export_diffusers_lora(out, tmp_path / "diffusers")  # the diffusers format carries it
