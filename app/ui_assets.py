@@ -130,6 +130,9 @@ api.ack = function () {
   pump();
 };
 function send(name, data) { api.queue.push([name, data]); pump(); }
+// the page's Undo button queues its undo here too, behind the ratings still on their way (app.ui_rate_tab): sent
+// straight to the server, a click overtook them and took back an older rating (found by review, 3 Dec 2026)
+api.send = send;
 
 function rate(card, score) {
   if (!card || card.dataset.state === 'taken') return;
