@@ -33,6 +33,7 @@ mode ``random``: ``honest_ids`` picks them out (all images under the ``random`` 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,7 +109,7 @@ def choose(mode: str, n_show: int, n_candidates: int, *, seed: int, preds: torch
         raise ValueError(f"{preds.shape[0]} predictions for {n_candidates} candidates")
     s = scores(mode, preds.detach().to("cpu", torch.float64)).tolist()
     by_score = sorted(range(n_candidates), key=lambda i: (-s[i], i))
-    n_honest = min(n_show, int(round(honest_share * n_show)))
+    n_honest = honest_count(honest_share, n_show)
     honest = perm[:n_honest]
     if mode == "spread":
         if emb is None or emb.shape[0] != n_candidates:
@@ -125,14 +126,25 @@ def choose(mode: str, n_show: int, n_candidates: int, *, seed: int, preds: torch
     return [Choice(i, i in picked, "random" if i in drawn else mode, s[i], rank[i]) for i in range(n_candidates)]
 
 
+def honest_count(share: float, n_show: int) -> int:
+    """How many of ``n_show`` images are the honest sample: ``share`` of them rounded half up, at least one when the
+    share is above 0 (Python's round-half-to-even gave 0 of 2 at 0.25, so a small round had no honest image)."""
+    if share <= 0:
+        return 0
+    return min(n_show, max(1, math.floor(share * n_show + 0.5)))
+
+
 def record(choices: list[Choice], pairs: list[tuple[str, int]], options: ExperimentOptions, mode: str) -> dict[str, Any]:
-    """``Round.metrics["selection"]``: the setting, each shown image's score, rank and mode (keyed by seed), and
-    the unshown candidates."""
+    """``Round.metrics["selection"]``: the setting (``honest_share``), the share of the shown images that were
+    the honest sample (``honest_share_shown``: what happened, after rounding; all of them with ``random``), each shown
+    image's score, rank and mode (keyed by seed), and the unshown candidates."""
     shown = {str(pairs[c.index][1]): {"prompt": pairs[c.index][0], "score": c.score, "rank": c.rank, "mode": c.mode}
              for c in choices if c.shown}
     unshown = [{"prompt": pairs[c.index][0], "seed": int(pairs[c.index][1]), "score": c.score, "rank": c.rank}
                for c in choices if not c.shown]
+    honest = sum(1 for v in shown.values() if v["mode"] == "random")
     return {"selection": mode, "candidate_factor": len(choices) / max(1, len(shown)), "honest_share": options.honest_share,
+            "honest_share_shown": honest / len(shown) if shown else None,
             "candidates": len(choices), "shown": len(shown), "images": shown, "unshown": unshown}
 
 

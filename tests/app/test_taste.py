@@ -266,6 +266,18 @@ def test_an_honest_share_is_drawn_at_random_before_the_scored_picks():
     assert {c.index for c in choices if c.shown and c.mode == "uncertainty"} == set(rest)
 
 
+def test_the_honest_count_rounds_half_up_and_a_small_round_keeps_one_honest_image():
+    """int(round(0.25 * 2)) is 0 (round half to even): a round of 2 had no honest image, and the record still said
+    0.25. Found by review."""
+    counts = {n: selection.honest_count(0.25, n) for n in (1, 2, 4, 6, 10, 32)}
+    assert counts == {1: 1, 2: 1, 4: 1, 6: 2, 10: 3, 32: 8}  # 0.25 x n rounded half up, at least 1
+    assert selection.honest_count(0.0, 8) == 0 and selection.honest_count(1.0, 5) == 5
+    choices = selection.choose("optimistic", 2, 4, seed=1, preds=PREDS[:4], honest_share=0.25)
+    assert sum(1 for c in choices if c.shown and c.mode == "random") == 1
+    rec = selection.record(choices, [("p", k) for k in range(4)], ExperimentOptions(honest_share=0.25), "optimistic")
+    assert rec["honest_share"] == 0.25 and rec["honest_share_shown"] == 0.5  # the setting, and what happened
+
+
 def test_round_zero_and_random_generate_no_extra_candidates():
     opts = ExperimentOptions(selection="uncertainty", candidate_factor=3)
     assert experiment_options.candidate_plan(opts, 0, 8) == ("random", 8)
