@@ -21,7 +21,7 @@ incomplete beta function (continued fraction, modified Lentz).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -158,6 +158,11 @@ class RoundTaste:
     share: float | None
     share_low: float | None
     share_high: float | None
+    # the honest sample alone (app.selection: the images drawn at random, not chosen by a selection mode), when the
+    # round has chosen images too; None otherwise (every image shown was the model's own sample)
+    honest_n: int | None = None
+    honest_mean: float | None = None
+    honest_share: float | None = None
 
 
 def round_taste(index: int, scores: list[int], images: list[int] | None = None) -> RoundTaste:
@@ -187,7 +192,24 @@ def experiment_taste(session: Session, experiment_id: int) -> list[RoundTaste]:
         scores.append(int(score))
         images.append(int(image_id))
     # several raters may rate one image (overlap > 1): its ratings are one draw, not several
-    return [round_taste(k, *by_round[k]) for k in sorted(by_round)]
+    out = [round_taste(k, *by_round[k]) for k in sorted(by_round)]
+    # a selection mode shows chosen images beside the honest sample: the plot then also draws the honest part, the
+    # model's own images, so that what the selection picked is not read as what the model learnt (found by review)
+    from app import selection
+    from db import repo
+
+    for i, taste in enumerate(out):
+        round_ = next((r for r in rounds if r.index == taste.index), None)
+        if round_ is None or not isinstance((round_.metrics or {}).get("selection"), dict):
+            continue
+        honest = set(selection.honest_ids(round_.metrics, repo.list_images(session=session, round_id=round_.id,
+                                                                            kind="query")))
+        scores, images = by_round[taste.index]
+        kept = [sc for sc, im in zip(scores, images, strict=True) if im in honest]
+        if len(kept) < len(scores):
+            out[i] = replace(taste, honest_n=len(kept), honest_mean=sum(kept) / len(kept) if kept else None,
+                             honest_share=sum(1 for sc in kept if sc >= LIKED) / len(kept) if kept else None)
+    return out
 
 
 def figure(rows: list[RoundTaste]):
@@ -208,12 +230,17 @@ def figure(rows: list[RoundTaste]):
         ax2.plot(x, [100 * r.share for r in pts], "s--", color="#c2410c", label=f"share rated >= {LIKED}")
         ax2.fill_between(x, [100 * r.share_low for r in pts], [100 * r.share_high for r in pts], color="#c2410c",
                          alpha=0.12, label="95% CI (Wilson)")
+        if any(r.honest_n is not None for r in pts):  # a selection mode chose some images: the model's own, apart
+            own = [r for r in pts if r.honest_mean is not None or r.honest_n is None]
+            ax.plot([r.index for r in own], [r.mean if r.honest_n is None else r.honest_mean for r in own], "o:",
+                    color="#15803d", alpha=0.6, label="mean, model's own sample (honest)")
     ax.set_ylim(1, 10)
     ax2.set_ylim(0, 100)
     ax.set_xlabel("round")
     ax.set_ylabel("mean rating (1-10)")
     ax2.set_ylabel(f"% of ratings >= {LIKED}")
-    ax.set_title("What you rated, per round")
+    ax.set_title("What you rated, per round (dotted: the model's own sample; a selection mode chose the rest)"
+                 if any(r.honest_n is not None for r in rows) else "What you rated, per round")
     if rows:
         ax.set_xticks([r.index for r in rows])
     ax.grid(alpha=0.3)

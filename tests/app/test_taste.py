@@ -715,3 +715,25 @@ def test_an_image_every_rater_skipped_does_not_keep_the_round_from_closing_by_it
     assert len(_train_jobs(ui_world)) == 1
     with read_session(ui_world.factory) as s:
         assert repo.get_round(session=s, round_id=ui_world.round_id).status == "training"
+
+
+def test_the_dashboard_shows_the_honest_sample_apart_when_a_selection_mode_chose_images(ui_world):
+    """With a selection mode, the round's mean over every image shown mixes what the selection picked into what the
+    model makes; the plot now also gives the honest (random) sample's mean. Found by review: images recorded 2
+    random, 2 optimistic, rated 2, 4, 9, 9: every image 6.0, the model's own 3.0."""
+    with read_session(ui_world.factory) as s:
+        images = repo.list_images(session=s, round_id=ui_world.round_id, kind="query")[:4]
+        seeds = [im.seed for im in images]
+        ids = [im.id for im in images]
+    modes = ["random", "random", "optimistic", "optimistic"]
+    with write_session(ui_world.factory) as s:
+        repo.update_round_metrics(session=s, round_id=ui_world.round_id, metrics={"selection": {
+            "selection": "optimistic", "images": {str(sd): {"mode": m} for sd, m in zip(seeds, modes, strict=True)}}})
+        for image_id, score in zip(ids, (2, 4, 9, 9), strict=True):
+            repo.add_rating(session=s, image_id=image_id, rater_id=ui_world.accounts["alice"], score=score)
+    with read_session(ui_world.factory) as s:
+        (row,) = taste_stats.experiment_taste(s, ui_world.experiment_id)
+    assert row.mean == 6.0 and (row.honest_n, row.honest_mean, row.honest_share) == (2, 3.0, 0.0)
+    fig = taste_stats.figure([row])
+    assert "model's own sample" in fig.axes[0].get_title()
+    assert any("honest" in line.get_label() for line in fig.axes[0].get_lines())
