@@ -93,8 +93,12 @@ class CheckSettings:
             raise ExportError("The experiment has no prompts, so there is nothing to render to check the export; "
                               "give the check a prompt.")
         s = cfg.sampling
+        # below 1 stock diffusers turns guidance off (conditional only) where the app's sampler mixes in the
+        # unconditional prediction, so the two could never agree and every export was refused (found by review):
+        # the check then renders both at 1, which still tells whether the export carries the trained weights
+        guidance = float(s.guidance) if float(s.guidance) >= 1.0 else 1.0
         return cls(base_model=str(base_model), prompt=chosen, seed=int(seed), steps=int(s.steps),
-                   guidance=float(s.guidance), eta=float(s.eta), device=device)
+                   guidance=guidance, eta=float(s.eta), device=device)
 
 
 @dataclass(frozen=True)
