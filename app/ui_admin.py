@@ -222,10 +222,17 @@ def reopen_round(factory, who: Who, experiment_id: int | None) -> str:
         waiting = [r for r in repo.list_rounds(session=s, experiment_id=exp_id) if r.status == "training"]
         if not waiting:
             raise Conflict("no round of this experiment is closed for training; there is nothing to reopen")
+        # a rollback lives in the queued train job's payload (app.ab.train_next_from), which the reopen cancels
+        rolled = [j.payload.get("from_round") for j in job_queue.list_jobs(session=s, experiment_id=exp_id, limit=20)
+                  if j.kind == "train" and j.round_id == waiting[-1].id and j.status == "queued"
+                  and j.payload.get("from_round") is not None]
         round_ = repo.reopen_round(session=s, round_id=waiting[-1].id)
         index = round_.index
-        _audit(s, who, "round.reopen", f"experiment {exp_id}", round=index)
-    return f"Round {index} is open for labeling again; its training job was cancelled."
+        _audit(s, who, "round.reopen", f"experiment {exp_id}", round=index,
+               **({"dropped_from_round": rolled[0]} if rolled else {}))
+    dropped = (f" It was to train from round {rolled[0]} (a rollback); that choice was dropped with it, so use "
+               "Rollback again after closing the round if you still want it.") if rolled else ""
+    return f"Round {index} is open for labeling again; its training job was cancelled.{dropped}"
 
 
 def finish_experiment(factory, who: Who, experiment_id: int | None, *, archive: bool = False) -> str:

@@ -90,7 +90,8 @@ def build(services, rate_state, who_of: Callable, warn: Callable, private: dict[
     grid.undo(h.on_undo, [rate_state], rate_outputs, **quick)
     # the button goes through the page's ordered queue (as the u key does): it undoes the newest rating even while
     # ratings typed before the click are still on their way
-    undo_btn.click(None, js="() => { if (window.__seiko && window.__seiko.send) window.__seiko.send('undo', {}); }")
+    undo_btn.click(None, js="() => { if (window.__seiko && window.__seiko.send) window.__seiko.send('undo', {}); }",
+                   **private)
     new_batch_btn.click(h.on_new_batch, [rate_state], rate_outputs, **private)
     rate_timer.tick(h.on_rate_poll, [rate_state], rate_outputs, show_progress="hidden", **private)
     return RateTab(handlers=h, outputs=rate_outputs)

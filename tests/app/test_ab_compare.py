@@ -166,10 +166,10 @@ def test_vote_through_the_gradio_handler_and_the_dashboard_table(ui_world):
         warnings.simplefilter("always")
         demo = ui.build_demo(services)
     # Gradio sees every handler's gr.Request parameter (it warns when it would call one with too few arguments)
-    mine = [fn.fn for fn in demo.fns.values() if fn.fn.__module__ == "app.ui_compare"]
+    mine = [fn.fn for fn in demo.fns.values() if fn.fn is not None and fn.fn.__module__ == "app.ui_compare"]
     assert len(mine) == 5  # show and vote, the dashboard table (tab select, timer), rollback
     assert not [str(w.message) for w in caught if any(f"{f.__qualname__} at {hex(id(f))}" in str(w.message) for f in mine)]
-    fns = {fn.fn.__name__: fn.fn for fn in demo.fns.values() if fn.fn.__module__ == "app.ui_compare"}
+    fns = {fn.fn.__name__: fn.fn for fn in demo.fns.values() if fn.fn is not None and fn.fn.__module__ == "app.ui_compare"}
     assert "on_vote" in fns and "on_rollback" in fns
     req = gr.Request(username="bob", client={"host": "127.0.0.1", "port": 5000})
     pairs = _pairs(ui_world, round1)
@@ -204,7 +204,7 @@ def test_rollback_is_admin_only_audited_and_sets_the_train_job(ui_world):
     with pytest.raises(AuthError, match="only an admin"):
         ab.train_next_from(ui_world.factory, alice, ui_world.experiment_id, 0)
     services = ui_world.services()
-    fns = {fn.fn.__name__: fn.fn for fn in ui.build_demo(services).fns.values() if fn.fn.__module__ == "app.ui_compare"}
+    fns = {fn.fn.__name__: fn.fn for fn in ui.build_demo(services).fns.values() if fn.fn is not None and fn.fn.__module__ == "app.ui_compare"}
     with pytest.raises(gr.Error, match="only an admin"):
         fns["on_rollback"](ui_world.experiment_id, 0, gr.Request(username="alice", client={"host": "127.0.0.1", "port": 1}))
     with read_session(ui_world.factory) as s:  # the refusals changed nothing
@@ -293,3 +293,20 @@ def test_a_skip_also_counts_as_having_met_the_pairs_images(ui_world):
         met += images
         ui_compare.vote(ui_world.factory, alice, ui_world.experiment_id, "ab", {"pair_id": pid, "choice": "skip"})
     assert len(met) == 4 and len(met) == len(set(met)), met  # two pairs, one per cell, no image twice
+
+
+def test_a_reopen_says_it_dropped_the_rollback_it_cancelled(ui_world):
+    """A rollback lives in the queued train job, which a reopen cancels; the next close trained from the newest round
+    and nothing said the rollback was gone. Found by review."""
+    from app import ui_admin
+
+    _open_round1_with_a_rating(ui_world)
+    root = who(ui_world, "root")
+    ab.train_next_from(ui_world.factory, root, ui_world.experiment_id, 0)
+    message = ui_admin.reopen_round(ui_world.factory, root, ui_world.experiment_id)
+    assert "It was to train from round 0 (a rollback); that choice was dropped" in message
+    with read_session(ui_world.factory) as s:
+        entry = s.scalars(select(AuditEntry).where(AuditEntry.action == "round.reopen")).all()[-1]
+        assert entry.detail == {"round": 1, "dropped_from_round": 0}
+    ui_admin.close_round(ui_world.factory, root, ui_world.experiment_id, expected_index=1)
+    assert "rollback" not in ui_admin.reopen_round(ui_world.factory, root, ui_world.experiment_id)  # a plain close
