@@ -444,6 +444,10 @@ def load_batch(factory, data_dir, who: Who, state_value: dict | None, *, batch_s
             state.round_id = round_.id
             state.batch = [im.id for im in draw_batch(s, round_, who, batch_size)]
             repo.release_leases(session=s, round_id=round_.id, rater_id=who.rater_id, keep=state.batch)
+        if isinstance(old.round_id, int) and old.round_id != state.round_id:
+            # the page moved to another experiment (or round): the old batch's unrated images go back to the others
+            # at once, not when their leases run out (found by review)
+            repo.release_leases(session=s, round_id=old.round_id, rater_id=who.rater_id)
     with read_session(factory) as s:
         return _render(s, data_dir, state, who, new_grid=True)
 

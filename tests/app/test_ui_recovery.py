@@ -427,3 +427,30 @@ def test_the_wait_is_put_on_the_eval_grid_only_when_the_grid_is_what_holds_it_up
         assert {j.kind for j in job_queue.list_jobs(session=s, status="running")} == {"eval", "train"}
         assert job_queue.list_jobs(session=s, status="queued", experiment_id=ui_world.experiment_id)[0].kind == "train"
     assert behind() is None
+
+
+def test_switching_experiment_gives_the_old_batch_back_at_once(ui_world):
+    """The page's new batch released the old batch's unrated images only in the new experiment's round: after a
+    switch of experiment the old ones stayed reserved against the other raters until the leases ran out. Found by
+    review."""
+    from app import ui_rate
+    from app.auth import Who
+
+    w = ui_world
+    with write_session(w.factory) as s:
+        e2 = repo.create_experiment(session=s, name="other", model_spec="m", method="bootstrap", config={}, budgets=[4],
+                                    prompts=["p"])
+        r2 = repo.create_round(session=s, experiment_id=e2.id)
+        e2id, r2id = e2.id, r2.id
+    w.add_round_images(r2id, 4)
+    with write_session(w.factory) as s:
+        repo.open_round(session=s, round_id=r2id)
+    alice = Who(w.accounts["alice"], "alice", "rater", False)
+    bob = Who(w.accounts["bob"], "bob", "rater", False)
+    v = ui_rate.load_batch(w.factory, w.settings.data_dir, alice, None, batch_size=4, experiment_id=w.experiment_id)
+    assert len(v.state["batch"]) == 4
+    ui_rate.load_batch(w.factory, w.settings.data_dir, alice, v.state, batch_size=4, experiment_id=e2id)
+    with read_session(w.factory) as s:
+        assert repo.held_image_ids(session=s, round_id=w.round_id, rater_id=alice.rater_id) == []
+    vb = ui_rate.load_batch(w.factory, w.settings.data_dir, bob, None, batch_size=4, experiment_id=w.experiment_id)
+    assert len(vb.state["batch"]) == 4  # overlap 1, 6 images: bob gets a full batch, not the 2 alice did not hold
