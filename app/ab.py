@@ -26,7 +26,7 @@ from sqlalchemy import select
 from app.auth import Who, require_admin
 from db import comparisons, repo
 from db.checks import MAX_ID, shown, whole_number
-from db.engine import write_session
+from db.engine import read_session, write_session
 from db.errors import Conflict, InvalidInput
 from db.models import Job, Round
 
@@ -133,11 +133,38 @@ def _round_index(value: Any) -> int:
     return number
 
 
-def train_next_from(factory, who: Who, experiment_id: int | None, from_index: Any) -> str:
+def rollback_question(factory, who: Who, experiment_id: int | None, from_index: Any) -> tuple[str, int]:
+    """What the admin is asked before a rollback, and the index of the round it is about (the open round it would
+    close, or the closed round whose queued training it would change); as "Close round" asks first."""
+    require_admin(who)
+    j = _round_index(from_index)
+    if experiment_id is None:
+        raise InvalidInput("choose an experiment first")
+    with read_session(factory) as s:
+        experiment = repo.get_experiment(session=s, experiment_id=int(experiment_id))
+        job = s.scalars(select(Job).where(Job.experiment_id == experiment.id, Job.kind == "train",
+                                          Job.status == "queued").order_by(Job.id.desc())).first()
+        start = "the base model (round 0)" if j == 0 else f"round {j}'s adapter"
+        if job is not None:
+            k = int(job.payload["round_index"])
+            return (f"Train round {k + 1} of {experiment.name!r} from {start}? Round {k} is closed and its training "
+                    "job is waiting; it will train from there instead.", k)
+        round_ = repo.get_open_round(session=s, experiment_id=experiment.id)
+        if round_ is None:
+            raise Conflict(f"experiment {experiment.name!r} has no round open for labeling and no training waiting")
+        p = repo.round_progress(session=s, round_id=round_.id, kind="query")
+        return (f"Close round {round_.index} of {experiment.name!r} ({p.labels} of {p.labels_wanted} ratings wanted) "
+                f"and train round {round_.index + 1} from {start}?", round_.index)
+
+
+def train_next_from(factory, who: Who, experiment_id: int | None, from_index: Any,
+                    expected_index: int | None = None) -> str:
     """Admins only: the experiment's next round is trained from round ``from_index``'s adapter (0: the base model).
 
     The open round is closed for training (as "Close round and train" does), or, when it is already closed, its
-    queued train job is changed; a train job the worker has started is refused. Written to the audit log."""
+    queued train job is changed; a train job the worker has started is refused. With ``expected_index`` (the round
+    the admin was asked about, ``rollback_question``) any other round is refused: the open round may have changed
+    since (auto-close, another admin). Written to the audit log."""
     require_admin(who)
     j = _round_index(from_index)
     if experiment_id is None:
@@ -148,8 +175,11 @@ def train_next_from(factory, who: Who, experiment_id: int | None, from_index: An
                                           Job.status.in_(("queued", "running"))).order_by(Job.id.desc())
                         .with_for_update()).first()
         closed_now = job is None
-        if job is None:
-            job = repo.close_round(session=s, experiment_id=experiment.id)  # refuses when no round is open
+        if job is None:  # refuses when no round is open, or (expected_index) another one
+            job = repo.close_round(session=s, experiment_id=experiment.id, expected_index=expected_index)
+        elif expected_index is not None and int(job.payload.get("round_index", -1)) != expected_index:
+            raise Conflict(f"round {job.payload.get('round_index')} is the one waiting for training now, not round "
+                           f"{expected_index}; nothing was changed: ask again")
         elif job.status == "running":
             raise Conflict(f"the worker has already started training round {job.payload.get('round_index')} "
                            f"(job {job.id}); wait for it, or reopen that round after it fails")

@@ -233,13 +233,28 @@ def build_rollback(services, exp_state, admin_of: Callable, shown: Callable, pri
             source = gr.Number(label="Train the next round from round", value=0, precision=0, minimum=0, scale=0,
                                min_width=240, elem_id="rollback-round")
             button = gr.Button("Train next round from it", variant="stop", scale=0, min_width=220, elem_id="rollback")
+        # asked first, as "Close round" is: the question names the round it closes, and the answer carries it, so a
+        # round that opened meanwhile (auto-close, another admin) is not closed by a click meant for another
+        with gr.Row(visible=False, elem_id="rollback-confirm-row") as confirm_row:
+            question = gr.Markdown(elem_id="rollback-question")
+            yes = gr.Button("Yes, train from it", variant="stop", scale=0, min_width=200, elem_id="rollback-yes")
+        pending = gr.State(None)
         result = gr.Markdown(elem_id="rollback-result")
 
-    def on_rollback(exp_id, from_index, request: gr.Request):
-        who = admin_of(request)  # refuses a rater; ab.train_next_from checks the role again
-        message = shown(lambda: ab.train_next_from(services.factory, who, exp_id, from_index))
-        gr.Info(message)
-        return message
+    def on_rollback_ask(exp_id, from_index, request: gr.Request):
+        who = admin_of(request)  # refuses a rater; ab.rollback_question and train_next_from check the role again
+        text, index = shown(lambda: ab.rollback_question(services.factory, who, exp_id, from_index))
+        return gr.update(visible=True), text, {"experiment": exp_id, "from": from_index, "round": index}
 
-    button.click(on_rollback, [exp_state, source], [result], **private)
+    def on_rollback(pending_value, exp_id, request: gr.Request):
+        who = admin_of(request)
+        if not isinstance(pending_value, dict) or pending_value.get("experiment") != exp_id:
+            raise gr.Error("There is nothing to confirm for this experiment; press the button again.")
+        message = shown(lambda: ab.train_next_from(services.factory, who, exp_id, pending_value["from"],
+                                                   expected_index=pending_value["round"]))
+        gr.Info(message)
+        return message, gr.update(visible=False), None
+
+    button.click(on_rollback_ask, [exp_state, source], [confirm_row, question, pending], **private)
+    yes.click(on_rollback, [pending, exp_state], [result, confirm_row, pending], **private)
     return button

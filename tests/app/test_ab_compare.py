@@ -167,7 +167,7 @@ def test_vote_through_the_gradio_handler_and_the_dashboard_table(ui_world):
         demo = ui.build_demo(services)
     # Gradio sees every handler's gr.Request parameter (it warns when it would call one with too few arguments)
     mine = [fn.fn for fn in demo.fns.values() if fn.fn is not None and fn.fn.__module__ == "app.ui_compare"]
-    assert len(mine) == 5  # show and vote, the dashboard table (tab select, timer), rollback
+    assert len(mine) == 6  # show and vote, the dashboard table (tab select, timer), rollback (ask, confirm)
     assert not [str(w.message) for w in caught if any(f"{f.__qualname__} at {hex(id(f))}" in str(w.message) for f in mine)]
     fns = {fn.fn.__name__: fn.fn for fn in demo.fns.values() if fn.fn is not None and fn.fn.__module__ == "app.ui_compare"}
     assert "on_vote" in fns and "on_rollback" in fns
@@ -310,3 +310,30 @@ def test_a_reopen_says_it_dropped_the_rollback_it_cancelled(ui_world):
         assert entry.detail == {"round": 1, "dropped_from_round": 0}
     ui_admin.close_round(ui_world.factory, root, ui_world.experiment_id, expected_index=1)
     assert "rollback" not in ui_admin.reopen_round(ui_world.factory, root, ui_world.experiment_id)  # a plain close
+
+
+def test_a_rollback_is_asked_first_and_refused_when_another_round_is_open_by_then(ui_world):
+    """The Rollback button closed whatever round was open in one click, without the question Close asks: round k
+    auto-closed and k+1 opened meanwhile, a click meant for k closed k+1. Found by review."""
+    _open_round1_with_a_rating(ui_world)
+    root = who(ui_world, "root")
+    question, index = ab.rollback_question(ui_world.factory, root, ui_world.experiment_id, 0)
+    assert index == 1 and question.startswith("Close round 1 of 'ui-exp' (1 of ") and "from the base model" in question
+    with pytest.raises(Conflict, match="round 1 is the open round now, not round 0; nothing was closed"):
+        ab.train_next_from(ui_world.factory, root, ui_world.experiment_id, 0, expected_index=0)
+    with read_session(ui_world.factory) as s:
+        assert s.scalars(select(Job).where(Job.kind == "train")).all() == []  # nothing closed
+    assert ab.train_next_from(ui_world.factory, root, ui_world.experiment_id, 0, expected_index=1).startswith("Round 1 closed")
+    question, index = ab.rollback_question(ui_world.factory, root, ui_world.experiment_id, 1)
+    assert index == 1 and "its training job is waiting" in question
+    with pytest.raises(Conflict, match="round 1 is the one waiting for training now, not round 2"):
+        ab.train_next_from(ui_world.factory, root, ui_world.experiment_id, 1, expected_index=2)
+    # through the page's handlers: ask, then confirm with what was asked
+    services = ui_world.services()
+    fns = {fn.fn.__name__: fn.fn for fn in ui.build_demo(services).fns.values()
+           if fn.fn is not None and fn.fn.__module__ == "app.ui_compare"}
+    req = gr.Request(username="root", client={"host": "127.0.0.1", "port": 1})
+    _, text, pending = fns["on_rollback_ask"](ui_world.experiment_id, 1, request=req)
+    assert pending == {"experiment": ui_world.experiment_id, "from": 1, "round": 1} and "Train round 2" in text
+    message, _, cleared = fns["on_rollback"](pending, ui_world.experiment_id, request=req)
+    assert "from round 1's adapter" in message and cleared is None

@@ -205,7 +205,8 @@ ADMIN_HANDLERS += RECOVERY_HANDLERS
 # found in review: admin handlers whose plain names are not unique in the app (on_save, on_set) or that were missing
 # from the lists above; keyed by module and name. Each calls admin_of first, so any input shows the role check.
 QUALIFIED_ADMIN_HANDLERS = ("app.ui_admin_tab:on_quality", "app.ui_admin_tab:on_standardize", "app.ui_admin_tab:on_gold",
-                            "app.ui_options:on_save", "app.ui_pairs:on_set", "app.ui_compare:on_rollback")
+                            "app.ui_options:on_save", "app.ui_pairs:on_set", "app.ui_compare:on_rollback",
+                            "app.ui_compare:on_rollback_ask")
 
 
 def _fn_ids(demo) -> dict[str, int]:
@@ -239,7 +240,8 @@ def test_a_rater_cannot_run_admin_handlers(rel_server):
         "app.ui_admin_tab:on_gold": [world.experiment_id, world.image_ids[0], 5],
         "app.ui_options:on_save": [world.experiment_id, "uncertainty", 2, 0.5, True, 0.1],
         "app.ui_pairs:on_set": [world.experiment_id, "pairs"],
-        "app.ui_compare:on_rollback": [world.experiment_id, 0],
+        "app.ui_compare:on_rollback": [{"experiment": world.experiment_id, "from": 0, "round": 0}, world.experiment_id],
+        "app.ui_compare:on_rollback_ask": [world.experiment_id, 0],
     }
     handlers = ADMIN_HANDLERS + QUALIFIED_ADMIN_HANDLERS
     before = db_state(world)
