@@ -133,28 +133,46 @@ def _round_index(value: Any) -> int:
     return number
 
 
+def _train_job(session, experiment_id: int, *, lock: bool = False) -> Job | None:
+    """The experiment's newest train job that is waiting or running (locked FOR UPDATE with ``lock``)."""
+    stmt = (select(Job).where(Job.experiment_id == experiment_id, Job.kind == "train",
+                              Job.status.in_(("queued", "running"))).order_by(Job.id.desc()))
+    return session.scalars(stmt.with_for_update() if lock else stmt).first()
+
+
+def _started(job: Job) -> Conflict:
+    return Conflict(f"the worker has already started training round {job.payload.get('round_index')} (job {job.id}); "
+                    "wait for it, or reopen that round after it fails")
+
+
+def _source(j: int) -> str:
+    return "the base model (round 0)" if j == 0 else f"round {j}'s adapter"
+
+
 def rollback_question(factory, who: Who, experiment_id: int | None, from_index: Any) -> tuple[str, int]:
     """What the admin is asked before a rollback, and the index of the round it is about (the open round it would
     close, or the closed round whose queued training it would change); as "Close round" asks first."""
+    from app import pairwise
+
     require_admin(who)
     j = _round_index(from_index)
     if experiment_id is None:
         raise InvalidInput("choose an experiment first")
     with read_session(factory) as s:
         experiment = repo.get_experiment(session=s, experiment_id=int(experiment_id))
-        job = s.scalars(select(Job).where(Job.experiment_id == experiment.id, Job.kind == "train",
-                                          Job.status == "queued").order_by(Job.id.desc())).first()
-        start = "the base model (round 0)" if j == 0 else f"round {j}'s adapter"
+        job = _train_job(s, experiment.id)
+        if job is not None and job.status == "running":
+            raise _started(job)
         if job is not None:
             k = int(job.payload["round_index"])
-            return (f"Train round {k + 1} of {experiment.name!r} from {start}? Round {k} is closed and its training "
-                    "job is waiting; it will train from there instead.", k)
+            return (f"Train round {k + 1} of {experiment.name!r} from {_source(j)}? Round {k} is closed and its "
+                    "training job is waiting; it will train from there instead.", k)
         round_ = repo.get_open_round(session=s, experiment_id=experiment.id)
         if round_ is None:
             raise Conflict(f"experiment {experiment.name!r} has no round open for labeling and no training waiting")
-        p = repo.round_progress(session=s, round_id=round_.id, kind="query")
-        return (f"Close round {round_.index} of {experiment.name!r} ({p.labels} of {p.labels_wanted} ratings wanted) "
-                f"and train round {round_.index + 1} from {start}?", round_.index)
+        labels, wanted, what = pairwise.round_labels(s, experiment, round_)
+        return (f"Close round {round_.index} of {experiment.name!r} ({labels} of {wanted} {what} wanted) "
+                f"and train round {round_.index + 1} from {_source(j)}?", round_.index)
 
 
 def train_next_from(factory, who: Who, experiment_id: int | None, from_index: Any,
@@ -171,9 +189,7 @@ def train_next_from(factory, who: Who, experiment_id: int | None, from_index: An
         raise InvalidInput("choose an experiment first")
     with write_session(factory) as s:
         experiment = repo.get_experiment(session=s, experiment_id=int(experiment_id))
-        job = s.scalars(select(Job).where(Job.experiment_id == experiment.id, Job.kind == "train",
-                                          Job.status.in_(("queued", "running"))).order_by(Job.id.desc())
-                        .with_for_update()).first()
+        job = _train_job(s, experiment.id, lock=True)
         closed_now = job is None
         if job is None:  # refuses when no round is open, or (expected_index) another one
             job = repo.close_round(session=s, experiment_id=experiment.id, expected_index=expected_index)
@@ -181,8 +197,7 @@ def train_next_from(factory, who: Who, experiment_id: int | None, from_index: An
             raise Conflict(f"round {job.payload.get('round_index')} is the one waiting for training now, not round "
                            f"{expected_index}; nothing was changed: ask again")
         elif job.status == "running":
-            raise Conflict(f"the worker has already started training round {job.payload.get('round_index')} "
-                           f"(job {job.id}); wait for it, or reopen that round after it fails")
+            raise _started(job)
         k = int(job.payload["round_index"])
         if j > k:
             raise InvalidInput(f"round {j} is not trained yet; the next round can start from round 0 to {k}")
@@ -197,6 +212,5 @@ def train_next_from(factory, who: Who, experiment_id: int | None, from_index: An
                        target=f"experiment {experiment.id}",
                        detail={"round": k, "from_round": j, "job_id": job.id, "closed_round": closed_now})
         job_id = job.id
-    start = "the base model (round 0)" if j == 0 else f"round {j}'s adapter"
     closed = f"Round {k} closed; t" if closed_now else "T"
-    return f"{closed}raining job {job_id} will train round {k + 1} from {start}."
+    return f"{closed}raining job {job_id} will train round {k + 1} from {_source(j)}."

@@ -223,7 +223,6 @@ def _wanted(session: Session, round_id: int, counts: dict[int, int], overlap: in
     """The votes the round's pairs want: per pair ``overlap``, or fewer when fewer accounts can still give them
     (enabled accounts less those who skipped it), but never fewer than it has. So a pair every rater skipped does
     not keep the round from being complete (auto-close), and with one rater a skip is not a wait for nobody."""
-    enabled = session.scalar(select(func.count(Rater.id)).where(Rater.disabled_at.is_(None))) or 0
     skipped = dict(session.execute(
         select(PairSkip.pair_id, func.count(PairSkip.id)).join(Rater, Rater.id == PairSkip.rater_id)
         .join(ComparisonPair, ComparisonPair.id == PairSkip.pair_id)
@@ -231,7 +230,16 @@ def _wanted(session: Session, round_id: int, counts: dict[int, int], overlap: in
                ~select(ComparisonVote.id).where(ComparisonVote.pair_id == PairSkip.pair_id,
                                                 ComparisonVote.rater_id == PairSkip.rater_id).exists())
         .group_by(PairSkip.pair_id)).all())
-    return sum(min(overlap, max(n, enabled - skipped.get(pid, 0))) for pid, n in counts.items())
+    return repo.wanted_after_skips(session, counts, skipped, overlap)
+
+
+def round_labels(session: Session, experiment: Experiment, round_: Round) -> tuple[int, int, str]:
+    """(labels given, labels wanted, what they are) of a round: ratings, or pair votes with comparisons only."""
+    if feedback_of(experiment) == "pairs":
+        labels, wanted = round_vote_labels(session, round_.id, experiment.overlap)
+        return labels, wanted, "comparisons"
+    p = repo.round_progress(session=session, round_id=round_.id, kind="query")
+    return p.labels, p.labels_wanted, "ratings"
 
 
 def round_vote_labels(session: Session, round_id: int, overlap: int) -> tuple[int, int]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -177,34 +178,40 @@ def round_taste(index: int, scores: list[int], images: list[int] | None = None) 
     return RoundTaste(index, len(scores), mean, lo, hi, liked, share, slo, shi)
 
 
+class _Rated(NamedTuple):  # what app.selection.honest_ids reads of a rated image
+    id: int
+    seed: int
+
+
 def experiment_taste(session: Session, experiment_id: int) -> list[RoundTaste]:
     """Per round (oldest first, rounds without ratings included), every rating of the round's query images, with
     intervals over images (``clustered_intervals``)."""
     rounds = list(session.scalars(select(Round).where(Round.experiment_id == experiment_id).order_by(Round.index)))
     rows = session.execute(
-        select(Round.index, Rating.score, Rating.image_id).join(Image, Image.round_id == Round.id)
+        select(Round.index, Rating.score, Image.id, Image.seed).join(Image, Image.round_id == Round.id)
         .join(Rating, Rating.image_id == Image.id).where(Round.experiment_id == experiment_id, Image.kind == "query")
         .order_by(Rating.id)
     ).all()
     by_round: dict[int, tuple[list[int], list[int]]] = {r.index: ([], []) for r in rounds}
-    for index, score, image_id in rows:
+    seeds: dict[int, int] = {}
+    for index, score, image_id, seed in rows:
         scores, images = by_round.setdefault(index, ([], []))
         scores.append(int(score))
         images.append(int(image_id))
+        seeds[int(image_id)] = int(seed)
     # several raters may rate one image (overlap > 1): its ratings are one draw, not several
     out = [round_taste(k, *by_round[k]) for k in sorted(by_round)]
     # a selection mode shows chosen images beside the honest sample: the plot then also draws the honest part, the
     # model's own images, so that what the selection picked is not read as what the model learnt (found by review)
     from app import selection
-    from db import repo
 
+    metrics = {r.index: r.metrics for r in rounds}
     for i, taste in enumerate(out):
-        round_ = next((r for r in rounds if r.index == taste.index), None)
-        if round_ is None or not isinstance((round_.metrics or {}).get("selection"), dict):
+        if not isinstance((metrics.get(taste.index) or {}).get("selection"), dict):
             continue
-        honest = set(selection.honest_ids(round_.metrics, repo.list_images(session=session, round_id=round_.id,
-                                                                            kind="query")))
         scores, images = by_round[taste.index]
+        rated = [_Rated(im, seeds[im]) for im in dict.fromkeys(images)]
+        honest = set(selection.honest_ids(metrics[taste.index], rated))
         kept = [sc for sc, im in zip(scores, images, strict=True) if im in honest]
         if len(kept) < len(scores):
             out[i] = replace(taste, honest_n=len(kept), honest_mean=sum(kept) / len(kept) if kept else None,

@@ -130,12 +130,9 @@ def close_question(factory, who: Who, experiment_id: int | None) -> tuple[str, i
         round_ = repo.get_open_round(session=s, experiment_id=exp_id)
         if round_ is None:
             raise Conflict(f"experiment {exp.name!r} has no round open for labeling")
-        p = repo.round_progress(session=s, round_id=round_.id, kind="query")
-        labels, wanted, what = p.labels, p.labels_wanted, "ratings"
         from app import pairwise  # issue 14 item 1: with comparisons only, the labels are pair votes
 
-        if pairwise.feedback_of(exp) == "pairs":
-            (labels, wanted), what = pairwise.round_vote_labels(s, round_.id, exp.overlap), "comparisons"
+        labels, wanted, what = pairwise.round_labels(s, exp, round_)
         return (f"Close round {round_.index} of {exp.name!r} and start training? It has {labels} of {wanted} "
                 f"{what} wanted; raters can no longer rate it (you can reopen it until training starts).", round_.index)
 

@@ -853,7 +853,6 @@ def _labels_wanted(session: Session, round_id: int, kind: str | None, overlap: i
     (enabled accounts less those who skipped it and did not rate it after), never fewer than it has. An image every
     rater skipped (one skip, for a single person) no longer keeps the round from being complete: auto-close, the
     progress bar and the close question all read this (found by review, 3 Dec 2026; pairs: ``app.pairwise._wanted``)."""
-    enabled = session.scalar(select(func.count(Rater.id)).where(Rater.disabled_at.is_(None))) or 0
     stmt = (select(Skip.image_id, func.count(Skip.id)).join(Rater, Rater.id == Skip.rater_id)
             .join(Image, Image.id == Skip.image_id)
             .where(Image.round_id == round_id, Rater.disabled_at.is_(None),
@@ -861,8 +860,15 @@ def _labels_wanted(session: Session, round_id: int, kind: str | None, overlap: i
             .group_by(Skip.image_id))
     if kind is not None:
         stmt = stmt.where(Image.kind == kind)
-    skipped = dict(session.execute(stmt).all())
-    return sum(min(overlap, max(int(n), enabled - skipped.get(image_id, 0))) for image_id, n in counts.items())
+    return wanted_after_skips(session, counts, dict(session.execute(stmt).all()), overlap)
+
+
+def wanted_after_skips(session: Session, counts: dict[int, int], skipped: dict[int, int], overlap: int) -> int:
+    """Labels wanted over items (images, or comparison pairs) with ``counts`` labels each, of which ``skipped`` (item
+    -> enabled accounts that skipped it and did not label it after): per item ``overlap``, or as many as the enabled
+    accounts that have not skipped it can give, never fewer than it has."""
+    enabled = session.scalar(select(func.count(Rater.id)).where(Rater.disabled_at.is_(None))) or 0
+    return sum(min(overlap, max(int(n), enabled - skipped.get(item, 0))) for item, n in counts.items())
 
 
 def round_progress(*, session: Session, round_id: int, rater_id: int | None = None, kind: str | None = None) -> RoundProgress:

@@ -236,19 +236,26 @@ def test_rollback_is_admin_only_audited_and_sets_the_train_job(ui_world):
         ab.train_next_from(ui_world.factory, root, ui_world.experiment_id, 0)
 
 
+def _round2_paired_against_round1_and_the_base(world) -> int:
+    """Rounds 1 and 2 with eval grids of the same cells, round 2's A/B pairs made (against round 1 and the base);
+    returns round 2's id."""
+    with write_session(world.factory) as s:
+        round1 = repo.create_round(session=s, experiment_id=world.experiment_id, index=1, adapter_path="adapters/x/round_1").id
+        round2 = repo.create_round(session=s, experiment_id=world.experiment_id, index=2, adapter_path="adapters/x/round_2").id
+    world.add_round_images(round1, 2, kind="eval", prompts=("a shape",))
+    world.add_round_images(round2, 2, kind="eval", prompts=("a shape",))
+    with write_session(world.factory) as s:
+        ab.create_round_pairs(session=s, round_id=round2, seed=3)
+    return round2
+
+
 def test_a_rater_never_meets_one_image_in_two_ab_pairs_of_a_round(ui_world):
     """Round 2 (trained from round 1) has two pairs per eval cell with the same new image, against round 1 and
     against the base. Offered both, a rater could tell the image met twice was the new one (a review walked alice
     through: right on 4 of 4 pairs). Now each rater gets one of the two; together the raters answer both."""
     from types import SimpleNamespace
 
-    with write_session(ui_world.factory) as s:
-        round1 = repo.create_round(session=s, experiment_id=ui_world.experiment_id, index=1, adapter_path="adapters/x/round_1").id
-        round2 = repo.create_round(session=s, experiment_id=ui_world.experiment_id, index=2, adapter_path="adapters/x/round_2").id
-    ui_world.add_round_images(round1, 2, kind="eval", prompts=("a shape",))
-    ui_world.add_round_images(round2, 2, kind="eval", prompts=("a shape",))
-    with write_session(ui_world.factory) as s:
-        ab.create_round_pairs(session=s, round_id=round2, seed=3)
+    round2 = _round2_paired_against_round1_and_the_base(ui_world)
     pairs = {pid: (a, b) for pid, a, b in _pairs(ui_world, round2)}
     assert len(pairs) == 4  # 2 cells x (vs round 1, vs base)
     answered: set[int] = set()
@@ -276,13 +283,7 @@ def test_a_rater_never_meets_one_image_in_two_ab_pairs_of_a_round(ui_world):
 def test_a_skip_also_counts_as_having_met_the_pairs_images(ui_world):
     """A rater who skipped a cell's pair was still offered its other pair (the same new image against the base):
     the image met twice gave itself away again. Found by review of the fix above."""
-    with write_session(ui_world.factory) as s:
-        round1 = repo.create_round(session=s, experiment_id=ui_world.experiment_id, index=1, adapter_path="adapters/x/round_1").id
-        round2 = repo.create_round(session=s, experiment_id=ui_world.experiment_id, index=2, adapter_path="adapters/x/round_2").id
-    ui_world.add_round_images(round1, 2, kind="eval", prompts=("a shape",))
-    ui_world.add_round_images(round2, 2, kind="eval", prompts=("a shape",))
-    with write_session(ui_world.factory) as s:
-        ab.create_round_pairs(session=s, round_id=round2, seed=3)
+    round2 = _round2_paired_against_round1_and_the_base(ui_world)
     alice, met = who(ui_world, "alice"), []
     while True:
         with read_session(ui_world.factory) as s:

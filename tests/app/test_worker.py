@@ -551,6 +551,19 @@ def test_a_failed_training_does_not_leave_its_weights_under_another_experiments_
     worker.close()
 
 
+def _round0_rated_and_closed(world, name: str, score):
+    """A new experiment whose round 0 (images and eval grid) one rater rated with ``score`` and an admin closed;
+    returns (experiment id, the worker that ran its jobs, the rater's id)."""
+    eid = world.create_experiment(name)
+    worker = world.worker()
+    while worker.run_once():
+        assert worker.last_error is None
+    (rater,) = world.raters(1)
+    world.rate_open_round(eid, [rater], score)
+    services.close_round(factory=world.factory, experiment_id=eid)
+    return eid, worker, rater
+
+
 def test_an_unpublished_adapter_is_not_reused_after_the_scores_it_was_trained_on_changed(worker_world, monkeypatch, caplog):
     """A train job wrote its adapter and failed to publish; the admin reopened the round, corrected every score (the
     rating rows keep their ids, so the counts and the watermark are unchanged) and closed it again. The next train
@@ -561,13 +574,7 @@ def test_an_unpublished_adapter_is_not_reused_after_the_scores_it_was_trained_on
     from app import worker as worker_mod
 
     world = worker_world
-    eid = world.create_experiment("reopened")
-    worker = world.worker()
-    while worker.run_once():
-        assert worker.last_error is None
-    (rater,) = world.raters(1)
-    world.rate_open_round(eid, [rater], lambda image_id, rater_id: 1)
-    services.close_round(factory=world.factory, experiment_id=eid)
+    eid, worker, rater = _round0_rated_and_closed(world, "reopened", lambda image_id, rater_id: 1)
     real = worker_mod.Worker._publish
 
     def fails_once(self, run, write, result):
@@ -631,13 +638,7 @@ def test_an_eval_job_with_a_kl_that_is_not_finite_finishes_and_stores_it_as_null
     from app import worker as worker_mod
 
     world = worker_world
-    eid = world.create_experiment("diverged")
-    worker = world.worker()
-    while worker.run_once():
-        assert worker.last_error is None
-    (rater,) = world.raters(1)
-    world.rate_open_round(eid, [rater], lambda image_id, rater_id: 1 + image_id % 10)
-    services.close_round(factory=world.factory, experiment_id=eid)
+    eid, worker, _ = _round0_rated_and_closed(world, "diverged", lambda image_id, rater_id: 1 + image_id % 10)
     monkeypatch.setattr(worker_mod, "trajectory_kl", lambda parts, prompts, *a, **k: [float("nan")] * len(prompts))
     while worker.run_once():
         assert worker.last_error is None  # train, round 1's images, its eval grid and KL
