@@ -295,7 +295,7 @@ def hand_back_jobs(settings, worker_id: str, reason: str) -> list[int]:
     try:
         factory = session_factory(engine)
         with write_session(factory) as s:
-            ids = [j.id for j in job_queue.list_jobs(session=s, status="running", limit=10_000) if j.lease_owner == worker_id]
+            ids = job_queue.held_job_ids(session=s, worker_id=worker_id)
         for job_id in ids:
             try:
                 with write_session(factory) as s:

@@ -169,6 +169,12 @@ def list_jobs(*, session: Session, status: str | None = None, experiment_id: int
     return list(session.scalars(stmt))
 
 
+def held_job_ids(*, session: Session, worker_id: str) -> list[int]:
+    """Ids of every running job whose lease ``worker_id`` holds, oldest first (however many jobs the queue has)."""
+    stmt = select(Job.id).where(Job.status == "running", Job.lease_owner == worker_id).order_by(Job.id)
+    return list(session.scalars(stmt))
+
+
 def _claimable(now: datetime) -> Any:
     """Queued, or running with an expired lease (its worker stopped heartbeating); attempts left; not of a paused
     experiment (its jobs wait until it is resumed; a job already running when it was paused finishes)."""

@@ -140,3 +140,27 @@ def test_two_processes_train_a_round_through_the_queue(worker_world, tmp_path, f
         # Adam divides by sqrt(v): float noise in a near-zero gradient moves a weight by up to ~lr
         torch.testing.assert_close(published[name], tensor, rtol=0, atol=0.03 * cfg.finetune.lr, msg=name)
     assert any(float(t.abs().max()) > 0 for n, t in published.items() if "lora_B" in n)  # it did train
+
+
+def test_hand_back_finds_a_held_job_behind_ten_thousand_newer_ones(worker_world):
+    """The supervisor hands back every job its ranks hold, not only those among the newest 10,000."""
+    from datetime import timedelta
+
+    from sqlalchemy import insert
+
+    from app.train_dist import hand_back_jobs
+    from db import jobs as job_queue
+    from db.models import utcnow
+
+    until = utcnow() + timedelta(hours=1)
+    with write_session(worker_world.factory) as s:
+        old = job_queue.enqueue_job(session=s, kind="eval")
+        s.flush()
+        old.status, old.lease_owner, old.lease_expires_at, old.attempts = "running", "gpu-box", until, 1
+        s.execute(insert(Job), [{"kind": "eval", "status": "running", "payload": {}, "lease_owner": "other",
+                                 "lease_expires_at": until, "attempts": 1} for _ in range(10_000)])
+        old_id = old.id
+    assert hand_back_jobs(worker_world.settings, "gpu-box", "rank 1 was killed") == [old_id]
+    with read_session(worker_world.factory) as s:
+        job = s.get(Job, old_id)
+        assert (job.status, job.lease_owner, job.error) == ("queued", None, "rank 1 was killed")
