@@ -862,7 +862,7 @@ class Worker:
         adapter_rel = storage.adapter_path(experiment_id, new_index)
         adapter_dir = storage.resolve(self.settings.data_dir, adapter_rel)
         reward_dir = storage.resolve(self.settings.data_dir, storage.reward_path(experiment_id, new_index))
-        metrics = self._reusable(adapter_dir, reward_dir, snapshot)
+        metrics = self._reusable(run, adapter_dir, reward_dir, snapshot)
         if metrics is not None:
             log.info("job %d: reusing %s, written by an earlier attempt on the same ratings", job.id, adapter_dir)
             progress.set("reuse")
@@ -907,11 +907,13 @@ class Worker:
                                    "manifest_sha256": manifest_sha})
         return {"round_index": new_index, "adapter_path": adapter_rel}
 
-    def _reusable(self, adapter_dir: Path, reward_dir: Path, snapshot: dict[str, Any]) -> dict[str, Any] | None:
+    def _reusable(self, run: _Run, adapter_dir: Path, reward_dir: Path, snapshot: dict[str, Any]) -> dict[str, Any] | None:
         """The metrics of an unpublished adapter an earlier attempt wrote on the same ratings snapshot, or None.
 
         An unpublished adapter (or reward model) that does not verify or was trained on other ratings (the round
-        was reopened and closed again) is renamed out of the way, so this attempt writes a fresh one.
+        was reopened and closed again) is renamed out of the way, so this attempt writes a fresh one. Only while
+        this worker holds the job (its row locked): a worker that stalled past its lease would otherwise rename
+        the adapter that the worker which took the job over has just published (LeaseLost then).
         """
         if adapter_dir.exists():
             try:
@@ -923,7 +925,10 @@ class Worker:
                 metrics = None
             if isinstance(metrics, dict) and metrics.get("snapshot") == snapshot:
                 return metrics
-            storage.retire(adapter_dir)
-        if reward_dir.exists():
-            storage.retire(reward_dir)
+        stale = [d for d in (adapter_dir, reward_dir) if d.exists()]
+        if stale:
+            with write_session(self.factory) as s:
+                job_queue.held_job(session=s, job_id=run.job.id, worker_id=self.worker_id)
+                for d in stale:
+                    storage.retire(d)
         return None

@@ -283,6 +283,14 @@ def heartbeat(
     return result.rowcount == 1
 
 
+def held_job(*, session: Session, job_id: int, worker_id: str) -> Job:
+    """The job, its row locked for the rest of the transaction, if ``worker_id`` still holds it; LeaseLost otherwise.
+
+    While the lock is held no other worker can claim the job or finish it (on SQLite the write transaction alone
+    does this): for work outside the database that only the holder may do, such as renaming its files."""
+    return _owned_running_job(session, job_id, worker_id)
+
+
 def _owned_running_job(session: Session, job_id: int, worker_id: str) -> Job:
     job = session.scalars(
         select(Job).where(Job.id == job_id).with_for_update(), execution_options={"populate_existing": True}

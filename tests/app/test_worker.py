@@ -647,3 +647,31 @@ def test_an_eval_job_with_a_kl_that_is_not_finite_finishes_and_stores_it_as_null
     assert all(v is None for _, _, v in eval1.payload["partial"]["kl"])
     ev = _round(world, eid, 1).metrics["eval"]
     assert ev["kl_to_prev"] is None and ev["n"] == 4
+
+
+def test_a_worker_that_lost_its_train_job_does_not_set_aside_the_adapter_on_disk(worker_world, monkeypatch):
+    """A worker that stalled past its lease, after reading the round but before looking at the adapter directory,
+    found there the adapter of the worker that had taken the job over (trained on data it did not match, or not
+    yet verifiable to it) and renamed it out of the way: a published round then had no adapter. Found by review.
+    It now renames only while it holds the job, and stops with LeaseLost otherwise."""
+    from app import worker as worker_mod
+
+    world = worker_world
+    eid, worker, _ = _round0_rated_and_closed(world, "stalled", lambda image_id, rater_id: 1 + image_id % 10)
+    adapter = storage.resolve(world.settings.data_dir, storage.adapter_path(eid, 1))
+    real = worker_mod.fault_point
+
+    def taken_over_meanwhile(name, attempt):
+        if name == "snapshot":  # the stall: another worker claims the job and writes round 1's adapter
+            adapter.mkdir(parents=True)
+            (adapter / "written-by-the-other-worker").write_text("its adapter", encoding="utf-8")
+            with write_session(world.factory) as s:
+                (job,) = [j for j in job_queue.list_jobs(session=s, experiment_id=eid) if j.kind == "train"]
+                job.lease_owner = "the-other-worker"
+        real(name, attempt)
+
+    monkeypatch.setattr(worker_mod, "fault_point", taken_over_meanwhile)
+    assert worker.run_once()
+    assert "no longer holds job" in worker.last_error
+    assert (adapter / "written-by-the-other-worker").read_text(encoding="utf-8") == "its adapter"
+    worker.close()
