@@ -18,7 +18,7 @@ from typing import Any
 from matplotlib.figure import Figure
 from sqlalchemy.orm import Session
 
-from app import alarms, storage, ui_images
+from app import alarms, pairwise, storage, ui_images
 from app.ui_rate import pick_experiment
 from db import jobs as job_queue
 from db import repo
@@ -40,8 +40,9 @@ METRIC_KEYS: dict[str, tuple[str, ...]] = {
 STALE_HEARTBEAT_S = 120
 THUMB_MAX = 192  # eval-grid images larger than this are shrunk (smaller ones are shown pixelated)
 # Images and ratings in separate columns, never mixed: a round of N images wants N x overlap ratings.
-HEADERS = ["Round", "Status", "Images", "Images rated", "Ratings", "Ratings wanted", "Human mean", "Predicted",
-           "Spread (sd)", "KL to prev", "Labels used"]
+# Pair votes likewise ("–" for an experiment that asks for scores only; its ratings "–" when it asks for pairs only).
+HEADERS = ["Round", "Status", "Images", "Images rated", "Ratings", "Ratings wanted", "Comparisons", "Comparisons wanted",
+           "Human mean", "Predicted", "Spread (sd)", "KL to prev", "Labels used"]
 NOT_FOR_RATERS = ("<div id='dashboard-hidden'>This experiment's dashboard is for admins: its plots could bias your "
                   "ratings. An admin can let raters see it on the Admin tab.</div>")
 
@@ -65,7 +66,9 @@ class RoundRow:
     rated_images: int
     ratings: int
     budget: int | None  # images the experiment generates for the round
-    ratings_wanted: int | None  # images x overlap (the budget x overlap before the images exist)
+    ratings_wanted: int | None  # images x overlap (the budget x overlap before the images exist); None for pairs only
+    comparisons: int | None  # pair votes that count (at most overlap a pair); None when the experiment wants no pairs
+    comparisons_wanted: int | None  # pairs x overlap, less what skips leave nobody to give (app.pairwise)
     human_mean: float | None
     pred_mean: float | None
     pred_spread: float | None
@@ -75,14 +78,17 @@ class RoundRow:
 
 def round_rows(session: Session, experiment: Experiment) -> list[RoundRow]:
     stats = {st.round_id: st for st in repo.round_rating_stats(session=session, experiment_id=experiment.id, kind="query")}
+    feedback = pairwise.feedback_of(experiment)
     rows = []
     for r in repo.list_rounds(session=session, experiment_id=experiment.id):
         st = stats[r.id]
         budget = experiment.budgets[r.index] if r.index < len(experiment.budgets) else None
         wanted = st.labels_wanted if st.n_images else (None if budget is None else budget * experiment.overlap)
+        votes = pairwise.round_vote_labels(session, r.id, experiment.overlap) if pairwise.wants_pairs(feedback) else None
         rows.append(RoundRow(
             index=r.index, status=r.status, images=st.n_images, rated_images=st.n_rated_images, ratings=st.n_ratings,
-            budget=budget, ratings_wanted=wanted,
+            budget=budget, ratings_wanted=wanted if pairwise.wants_scores(feedback) else None,
+            comparisons=None if votes is None else votes[0], comparisons_wanted=None if votes is None else votes[1],
             human_mean=st.mean_score, pred_mean=metric(r.metrics, "pred_mean"), pred_spread=metric(r.metrics, "pred_spread"),
             kl=metric(r.metrics, "kl"), labels=metric(r.metrics, "labels"),
         ))
@@ -97,7 +103,7 @@ def _fmt(value: float | int | None, digits: int = 0) -> str:
 
 def table(rows: list[RoundRow]) -> list[list[str]]:
     return [[str(r.index), r.status, _fmt(r.images), _fmt(r.rated_images), _fmt(r.ratings), _fmt(r.ratings_wanted),
-             _fmt(r.human_mean, 2), _fmt(r.pred_mean, 2), _fmt(r.pred_spread, 3), _fmt(r.kl, 4), _fmt(r.labels)] for r in rows]
+             _fmt(r.comparisons), _fmt(r.comparisons_wanted), _fmt(r.human_mean, 2), _fmt(r.pred_mean, 2), _fmt(r.pred_spread, 3), _fmt(r.kl, 4), _fmt(r.labels)] for r in rows]
 
 
 def figure(rows: list[RoundRow]) -> Figure:

@@ -278,3 +278,26 @@ def test_pairs_of_prompts_of_every_size_cover_each_image_at_most_twice():
         for i in (a, b):
             seen[i] = seen.get(i, 0) + 1
     assert set(seen.values()) == {2} and len(seen) == 23
+
+
+def test_the_dashboard_table_counts_comparisons_for_an_experiment_that_asks_for_them(ui_world):
+    """The dashboard's round table counted only 1-10 ratings: for a pairs-only experiment it showed 0 of N ratings
+    wanted however many comparisons the raters gave. Found by review."""
+    from app import ui_dashboard
+
+    world = ui_world
+
+    def row():
+        with read_session(world.factory) as s:
+            (r,) = ui_dashboard.round_rows(s, _experiment(world))
+        return dict(zip(ui_dashboard.HEADERS, ui_dashboard.table([r])[0]))
+
+    assert (row()["Ratings wanted"], row()["Comparisons"], row()["Comparisons wanted"]) == ("6", "–", "–")
+    pairwise.set_feedback(world.factory, who(world, "root"), world.experiment_id, "pairs")
+    alice = who(world, "alice")
+    view = pairwise.next_pair(world.factory, world.settings.data_dir, alice, None)
+    pairwise.submit_vote(world.factory, alice, view.pair_id, "a")
+    table = row()
+    assert (table["Ratings"], table["Ratings wanted"], table["Comparisons"], table["Comparisons wanted"]) == ("0", "–", "1", "3")
+    set_feedback_directly(world, "both")
+    assert (row()["Ratings wanted"], row()["Comparisons"], row()["Comparisons wanted"]) == ("6", "1", "3")
