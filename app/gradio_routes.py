@@ -22,6 +22,12 @@ handlers' own checks (who is signed in, their role) never see them. A review (3 
   id, that session's): an event id is bound to the account whose request made it (the guard reads the id in the
   answer) and any other id gets 404. Each account's bindings are bounded by its own count only, so nobody can push
   another account's out.
+- **Memory.** Gradio keeps every session's input values in memory (a copy of each input an event was sent), up to
+  10,000 sessions, whoever made them; a curl-style ``POST /gradio_api/call/{api}`` with no session hash makes a
+  session of its own. A signed-in rater sending 200 KB inputs under fresh hashes grew the server by 0.47 MB a session,
+  towards 4.7 GB. An account now keeps ``SESSIONS_PER_ACCOUNT`` sessions and ``EVENTS_PER_ACCOUNT`` event ids: the
+  state of a session its account forgets is dropped (``drop_session_state``), and ``sweep_unowned`` drops the state
+  of any session no account holds (one an event made after its id was forgotten) once it is ``UNOWNED_GRACE_S`` old.
 - **Routes the app does not use** (proxying, streaming, monitoring, the vibe editor, run history, dev reload, custom
   components, profiling) are not answered (404), so none of them is an attack surface.
 
@@ -30,9 +36,11 @@ Paths are those the router sees (``starlette._utils.get_route_path``: a root pat
 
 from __future__ import annotations
 
+import datetime
 import json
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -48,7 +56,12 @@ UNUSED_PREFIXES = (
 EVENT_POSTS = (f"{API}/queue/join", f"{API}/run/", f"{API}/api/", f"{API}/call/", f"{API}/cancel", f"{API}/reset")
 HEARTBEAT = f"{API}/heartbeat/"
 QUEUE_DATA = f"{API}/queue/data"
-PER_ACCOUNT = 2_000  # session hashes (and event ids) remembered per account, its own oldest forgotten first
+# remembered per account, its own oldest forgotten first: sessions (a page load or an API client each) and event ids
+# (an event's results are read right after it is made); Gradio's state of a forgotten session is dropped
+SESSIONS_PER_ACCOUNT = 32
+EVENTS_PER_ACCOUNT = 64
+UNOWNED_GRACE_S = 30.0  # a session no account holds keeps its state this long (an event may be making it)
+SWEEP_EVERY_S = 5.0
 CALL = f"{API}/call/"
 MAX_DEPTH = 64  # nesting a body may have; the app's inputs are a few levels deep
 
@@ -119,8 +132,8 @@ class Owners:
     account's, so no account can push an admin's session out by using many hashes (a review showed a shared
     least-recently-used table evicted that way, after which a rater claimed the admin's session)."""
 
-    def __init__(self, per_account: int = PER_ACCOUNT) -> None:
-        self.per_account = per_account
+    def __init__(self, per_account: int, on_forget: Callable[[str], Any] | None = None) -> None:
+        self.per_account, self.on_forget = per_account, on_forget
         self._owners: dict[str, str] = {}
         self._by_account: dict[str, OrderedDict[str, None]] = {}
         self._lock = threading.Lock()
@@ -140,10 +153,15 @@ class Owners:
             self._owners[key] = user
             mine = self._by_account.setdefault(user, OrderedDict())
             mine[key] = None
+            forgotten = []
             while len(mine) > self.per_account:
                 old, _ = mine.popitem(last=False)
                 self._owners.pop(old, None)
-            return True
+                forgotten.append(old)
+        if self.on_forget is not None:
+            for old in forgotten:
+                self.on_forget(old)
+        return True
 
     def refusal(self, key: str, user: str | None) -> str | None:
         """Why ``user`` (None: nobody signed in) may not use session ``key`` (one sentence), or None; the first
@@ -151,6 +169,34 @@ class Owners:
         if user is None:
             return "Sign in first: this request names a session of the app."
         return None if self.claim(key, user) else "This session of the app belongs to another account."
+
+
+def drop_session_state(state_holder: Any, key: str) -> bool:
+    """Drop Gradio's in-memory state of session ``key`` (its stored inputs, its gr.State values); whether it had one.
+    A later request naming the session starts it afresh, as Gradio's own eviction does."""
+    if key not in state_holder.session_data:
+        return False
+    state_holder.delete_state(key)  # gr.State values' delete callbacks
+    with state_holder.lock:
+        state_holder.session_data.pop(key, None)
+        state_holder.time_last_used.pop(key, None)
+    return True
+
+
+def sweep_unowned(state_holder: Any, owned: Callable[[str], bool], grace_s: float | None = None) -> int:
+    """Drop the state of every session that ``owned`` says no account holds and that was last used over ``grace_s``
+    (default ``UNOWNED_GRACE_S``) seconds ago; returns how many. (Gradio stamps ``time_last_used`` in naive local time.)"""
+    grace_s = UNOWNED_GRACE_S if grace_s is None else grace_s
+    now = datetime.datetime.now()
+    with state_holder.lock:
+        keys = [(k, state_holder.time_last_used.get(k)) for k in state_holder.session_data]
+    dropped = 0
+    for key, used in keys:
+        if used is not None and (now - used).total_seconds() < grace_s:
+            continue
+        if not owned(key):
+            dropped += drop_session_state(state_holder, key)
+    return dropped
 
 
 def event_of(path: str, method: str | None) -> str | None:

@@ -50,6 +50,7 @@ import asyncio
 import functools
 import html
 import ipaddress
+import logging
 import math
 import os
 import re
@@ -57,6 +58,7 @@ import secrets
 import socket
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -73,6 +75,8 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 
 from app import auth, gradio_routes
 from app.sessions import LoginThrottle, SessionStore, StaleSignIn
+
+log = logging.getLogger("seiko.web")
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -255,8 +259,27 @@ class WebGuard:
         self.db_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="seiko-session")
         self.pending = 0  # sign-ins hashing or waiting to (touched only on the event loop)
         self.stats = GuardStats()
-        self.session_owners = gradio_routes.Owners()  # Gradio session hash -> the account that first used it
-        self.event_owners = gradio_routes.Owners()  # a queued event's id -> the account whose request made it
+        # Gradio session hash -> the account that first used it; a queued event's id -> the account whose request made
+        # it (a curl-style call's session is named by its event id). Gradio's state of a forgotten one is dropped.
+        self.session_owners = gradio_routes.Owners(gradio_routes.SESSIONS_PER_ACCOUNT, on_forget=self._drop_state)
+        self.event_owners = gradio_routes.Owners(gradio_routes.EVENTS_PER_ACCOUNT, on_forget=self._drop_state)
+        self._swept_at = time.monotonic()
+
+    def _drop_state(self, key: str) -> None:
+        holder = getattr(self.gradio_app, "state_holder", None)
+        if holder is not None:
+            gradio_routes.drop_session_state(holder, key)
+
+    def _sweep(self) -> None:
+        """At most every SWEEP_EVERY_S: drop the state of sessions no account holds (``gradio_routes.sweep_unowned``)."""
+        holder = getattr(self.gradio_app, "state_holder", None)
+        if holder is None or time.monotonic() - self._swept_at < gradio_routes.SWEEP_EVERY_S:
+            return
+        self._swept_at = time.monotonic()
+        dropped = gradio_routes.sweep_unowned(
+            holder, lambda k: self.session_owners.owner(k) is not None or self.event_owners.owner(k) is not None)
+        if dropped:
+            log.info("dropped the in-memory state of %d session(s) no account holds", dropped)
 
     def close(self) -> None:
         self.hash_pool.shutdown(wait=False, cancel_futures=True)
@@ -330,6 +353,8 @@ class WebGuard:
             if event is not None and self.event_owners.owner(event) != user:
                 await self._refuse(scope, receive, send, "There is no event of yours with that id.", 404)
                 return
+            if user is not None and (named is not None or gradio_routes.makes_event(path, method)):
+                self._sweep()
             if user is not None and gradio_routes.makes_event(path, method):
                 # asked for uncompressed, so the answer's event id can be read as it passes
                 scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k.lower() != b"accept-encoding"]}

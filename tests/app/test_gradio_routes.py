@@ -82,3 +82,27 @@ def test_the_event_a_call_reads_and_the_requests_that_make_one():
     assert gr_routes.event_id_in(b'{"event_id": "e1"}') == "e1" and gr_routes.event_id_in(b"[1]") is None
     assert gr_routes.unused("/gradio_api/file=http://1.1.1.1/x.png") and gr_routes.unused("/gradio_api/file/https://x/y")
     assert not gr_routes.unused("/gradio_api/file=/tmp/gradio/abc/x.png")
+
+
+def test_owners_tell_what_an_account_forgets_and_the_sweep_drops_only_unowned_old_sessions():
+    import datetime
+    import threading
+    from types import SimpleNamespace
+
+    forgotten = []
+    owners = gr_routes.Owners(per_account=2, on_forget=forgotten.append)
+    for key in ("a1", "a2", "a3"):
+        owners.claim(key, "alice")
+    owners.claim("b1", "bob")
+    assert forgotten == ["a1"] and owners.owner("a1") is None
+
+    deleted = []
+    now = datetime.datetime.now()
+    old, fresh = now - datetime.timedelta(seconds=60), now - datetime.timedelta(seconds=1)
+    holder = SimpleNamespace(session_data={"a1": 1, "a2": 2, "b1": 3, "new": 4, "stray": 5}, lock=threading.Lock(),
+                             time_last_used={"a1": old, "a2": old, "b1": old, "new": fresh, "stray": old},
+                             delete_state=deleted.append)
+    dropped = gr_routes.sweep_unowned(holder, lambda k: owners.owner(k) is not None, grace_s=30)
+    assert dropped == 2 and sorted(deleted) == ["a1", "stray"]
+    assert sorted(holder.session_data) == ["a2", "b1", "new"] and sorted(holder.time_last_used) == ["a2", "b1", "new"]
+    assert gr_routes.drop_session_state(holder, "a2") and not gr_routes.drop_session_state(holder, "a2")

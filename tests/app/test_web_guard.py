@@ -983,3 +983,51 @@ def test_the_session_binding_has_no_way_around_it(served):
             text = "".join(line + "\n" for line in stream.iter_lines() if line)
         assert text.startswith("event: "), text[:300]  # the event's own stream, answered to its maker
         assert root.get(f"/gradio_api/call/next_batch/{mine}").status_code == 404  # and nobody else, admins included
+
+
+def test_an_account_cannot_grow_the_servers_session_memory_without_bound(served, monkeypatch):
+    """Gradio keeps each session's inputs in memory, up to 10,000 sessions whoever made them, and a curl-style call
+    with no session hash makes a session of its own: a signed-in rater grew the server by 0.47 MB a session with 200 KB
+    inputs under fresh hashes (found by review). An account now keeps SESSIONS_PER_ACCOUNT sessions and
+    EVENTS_PER_ACCOUNT events' sessions; another account's session keeps its state."""
+    from app import gradio_routes
+
+    world, demo, url = served
+    monkeypatch.setattr(gradio_routes, "UNOWNED_GRACE_S", 0.0)
+    monkeypatch.setattr(gradio_routes, "SWEEP_EVERY_S", 0.0)
+    holder = demo.state_holder
+    fn_index = next(i for i, bf in demo.fns.items() if bf.fn is not None and bf.fn.__name__ == "next_batch")
+
+    def join(http, session):
+        r = http.post("/gradio_api/queue/join", json={"data": [1, ""], "fn_index": fn_index, "session_hash": session,
+                                                     "event_data": None, "trigger_id": None})
+        assert r.status_code == 200, r.text
+
+    def settled(keys_wanted):  # events run after their answer: wait until they have made their sessions
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not keys_wanted(set(holder.session_data)):
+            time.sleep(0.1)
+
+    with signed_in(url, "root") as root, signed_in(url, "alice") as alice:
+        join(root, "roots-page")
+        settled(lambda keys: "roots-page" in keys)
+        n = gradio_routes.SESSIONS_PER_ACCOUNT + 40
+        for k in range(n):
+            join(alice, f"alices-{k}")
+        settled(lambda keys: f"alices-{n - 1}" in keys)
+        alices = {k for k in holder.session_data if k.startswith("alices-")}
+        assert len(alices) <= gradio_routes.SESSIONS_PER_ACCOUNT and f"alices-{n - 1}" in alices
+        assert "roots-page" in holder.session_data
+
+        events = []
+        for _ in range(gradio_routes.EVENTS_PER_ACCOUNT + 40):
+            r = alice.post("/gradio_api/call/next_batch", json={"data": [1, ""]})
+            assert r.status_code == 200, r.text
+            events.append(r.json()["event_id"])
+        settled(lambda keys: events[-1] in keys)
+        time.sleep(0.2)
+        join(alice, f"alices-{n - 1}")  # any request of hers: the sweep runs
+        kept = set(events) & set(holder.session_data)
+        assert len(kept) <= gradio_routes.EVENTS_PER_ACCOUNT and "roots-page" in holder.session_data
+        r = alice.get(f"/gradio_api/call/next_batch/{events[-1]}")  # her newest event's result is still hers to read
+        assert r.status_code == 200 and "event: complete" in r.text, r.text[:300]
