@@ -272,6 +272,8 @@ def check_login(factory: sessionmaker[Session], username: str, password: str) ->
     Run it off the event loop (``app.web_guard`` runs it in a thread pool of its own)."""
     if not isinstance(username, str) or not isinstance(password, str) or not username or len(password) > MAX_PASSWORD_LENGTH:
         return LoginCheck(None, WRONG_CREDENTIALS, wrong_credentials=True)
+    if "\x00" in username:  # no account has one (names are checked), and PostgreSQL cannot look it up
+        return LoginCheck(None, WRONG_CREDENTIALS, wrong_credentials=True)
     with read_session(factory) as s:
         try:
             rater = repo.get_rater_by_name(session=s, name=username)

@@ -12,7 +12,7 @@ import json
 import math
 import re
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
@@ -20,7 +20,10 @@ from db.errors import InvalidInput
 from db.models import NAME_MAX, utcnow
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-MAX_ID = 2**63 - 1  # ids are 64-bit integers in SQLite and PostgreSQL; a larger one is refused, not an OverflowError
+# ids are Integer columns: 64-bit in SQLite but 32-bit on PostgreSQL, where a larger value in a query is a DataError
+# ("integer out of range"); one id range on both, so a larger one is refused (or not found), the same on each
+MAX_ID = 2**31 - 1
+NUL = "\x00"  # PostgreSQL text cannot hold it (SQLite can): refused on both
 _MAX_DIGITS = 20  # longer digit strings are refused as they stand (int() of 4,301 digits or more raises its own error)
 
 
@@ -51,6 +54,12 @@ def check_int(what: str, value: Any, *, minimum: int | None = None, maximum: int
     return value
 
 
+def findable_id(value: Any) -> bool:
+    """Whether ``value`` could be a row's id (a whole number from 1 to MAX_ID): look it up only then, else it is not
+    found (a larger one would be a DataError on PostgreSQL, not the "there is no ..." SQLite gives)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_ID
+
+
 def check_choice(what: str, value: Any, choices: Sequence[str]) -> str:
     if value not in choices:
         raise InvalidInput(f"unknown {what} {value!r}; choose from {list(choices)}")
@@ -64,14 +73,34 @@ def check_name(what: str, value: Any) -> str:
         raise InvalidInput(f"{what} {value!r} has leading or trailing spaces")
     if len(value) > NAME_MAX:
         raise InvalidInput(f"{what} is {len(value)} characters long; the limit is {NAME_MAX}")
+    check_text(what, value)
+    return value
+
+
+def check_text(what: str, value: str) -> str:
+    if NUL in value:
+        raise InvalidInput(f"{what} contains a NUL character (\\x00), which the database cannot hold")
     return value
 
 
 def check_json(what: str, value: Any) -> Any:
+    """A value the database can store as JSON: encoded as ``db.models.JSONText`` does (sorted keys, no NaN), so what
+    that encoding refuses is refused here with a sentence, not at the flush; and with string keys only (JSON turns
+    another key into a string, so the value would read back changed). Tuples read back as lists."""
     try:
-        json.dumps(value, allow_nan=False)
+        json.dumps(value, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise InvalidInput(f"{what} cannot be stored as JSON: {e}") from e
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            bad = [k for k in item if not isinstance(k, str)]
+            if bad:
+                raise InvalidInput(f"{what} cannot be stored as JSON as given: its key {shown(bad[0])} is not a string")
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
     return value
 
 
@@ -103,4 +132,4 @@ def check_now(now: datetime | None) -> datetime:
         return utcnow()
     if now.tzinfo is None:
         raise InvalidInput(f"now must be a timezone-aware datetime, got naive {now!r}")
-    return now
+    return now.astimezone(UTC)  # UTC, as stored: a value bound without the column's type keeps its wall-clock digits

@@ -14,6 +14,10 @@ SQLite is set up for a web app and a worker writing at the same time (one file, 
 
 Sessions made by ``session_factory`` begin IMMEDIATE; ``read_session`` begins DEFERRED (a snapshot
 that takes no lock) and never commits.
+
+On both, a statement whose parameters hold text with a NUL character is refused (``db.errors.InvalidInput``)
+before it is sent: PostgreSQL cannot store or compare such text (a DataError, where SQLite would answer), so a
+sign-in name or an experiment name with one got a server error on PostgreSQL only.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+from db.errors import InvalidInput
 
 BUSY_TIMEOUT_MS = 10_000
 SQLITE_BEGIN_OPTION = "seiko_sqlite_begin"  # execution option: "IMMEDIATE" (default) or "DEFERRED"
@@ -38,12 +44,15 @@ def make_engine(url: str, *, sqlite_foreign_keys: bool = True, echo: bool = Fals
     """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, echo=echo, pool_pre_ping=True)
+        engine = create_engine(url, echo=echo, pool_pre_ping=True)
+        event.listen(engine, "before_cursor_execute", _refuse_nul_text)
+        return engine
     if parsed.database in (None, "", ":memory:"):
         raise ValueError(
             f"SQLite URL {url!r} names no file; use sqlite:///path/to/seiko.db (an in-memory database is not shared)"
         )
     engine = create_engine(url, echo=echo)
+    event.listen(engine, "before_cursor_execute", _refuse_nul_text)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -65,6 +74,21 @@ def make_engine(url: str, *, sqlite_foreign_keys: bool = True, echo: bool = Fals
         conn.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
+
+
+def _refuse_nul_text(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+    """``before_cursor_execute``: refuse parameters holding text with a NUL character (one set or many, as a dict,
+    a tuple or a list of them: the drivers and SQLAlchemy's batched inserts pass each of these)."""
+    stack = [parameters]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+        elif isinstance(item, str) and "\x00" in item:
+            raise InvalidInput("a text value contains a NUL character (\\x00), which the database cannot hold; "
+                               "nothing was saved")
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -26,20 +26,20 @@ from sqlalchemy import and_, case, or_, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from db.checks import check_choice, check_int, check_json, check_lease, check_name, check_now
+from db.checks import check_choice, check_int, check_json, check_lease, check_name, check_now, findable_id
 from db.errors import Conflict, InvalidInput, LeaseLost, NotFound
 from db.models import JOB_KINDS, JOB_STATUSES, Experiment, Job, Round, utcnow
 
 
 def _experiment(session: Session, experiment_id: int) -> Experiment:
-    experiment = session.get(Experiment, experiment_id)
+    experiment = session.get(Experiment, experiment_id) if findable_id(experiment_id) else None
     if experiment is None:
         raise NotFound(f"there is no experiment with id {experiment_id}")
     return experiment
 
 
 def _round(session: Session, round_id: int) -> Round:
-    round_ = session.get(Round, round_id)
+    round_ = session.get(Round, round_id) if findable_id(round_id) else None
     if round_ is None:
         raise NotFound(f"there is no round with id {round_id}")
     return round_
@@ -153,7 +153,7 @@ def ensure_job(
 
 
 def get_job(*, session: Session, job_id: int) -> Job:
-    job = session.get(Job, job_id)
+    job = session.get(Job, job_id) if findable_id(job_id) else None
     if job is None:
         raise NotFound(f"there is no job with id {job_id}")
     return job
@@ -327,7 +327,7 @@ def fail_job(*, session: Session, job_id: int, worker_id: str, error: str, retry
     if not isinstance(error, str) or not error.strip():
         raise InvalidInput(f"error must be a non-empty message, got {error!r}")
     job = _owned_running_job(session, job_id, worker_id)
-    job.error = error
+    job.error = error.replace("\x00", "\\x00")  # an exception's text may hold one; the database cannot
     job.lease_expires_at = None
     if retry and job.attempts < job.max_attempts:
         job.status = "queued"

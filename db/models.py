@@ -52,6 +52,7 @@ UNDO_ACTIONS = ("rate", "skip")
 EXPORT_FORMATS = ("diffusers", "kohya", "merged", "ratings")
 SCORE_MIN, SCORE_MAX = 1, 10
 NAME_MAX = 200
+METHOD_MAX = 64
 
 
 def utcnow() -> datetime:
@@ -117,7 +118,7 @@ class Experiment(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(NAME_MAX), unique=True)
     model_spec: Mapped[str] = mapped_column(Text)  # base model path or id
-    method: Mapped[str] = mapped_column(String(64))  # e.g. "seiko-ucb", "greedy"
+    method: Mapped[str] = mapped_column(String(METHOD_MAX))  # e.g. "seiko-ucb", "greedy"
     config: Mapped[dict[str, Any]] = mapped_column(JSONText)  # the SEIKO config dict
     budgets: Mapped[list[int]] = mapped_column(JSONText)  # labels wanted per round
     prompts: Mapped[list[str]] = mapped_column(JSONText)

@@ -28,12 +28,14 @@ from db.checks import check_name as _name
 from db.checks import check_now as _now
 from db.checks import check_relative_path as _relative_path
 from db.checks import check_sha256 as _sha256
-from db.checks import shown
+from db.checks import check_text as _text
+from db.checks import findable_id, shown
 from db.errors import Conflict, InvalidInput, NotFound
 from db.models import (
     EXPERIMENT_STATUSES,
     EXPORT_FORMATS,
     IMAGE_KINDS,
+    METHOD_MAX,
     RATER_ROLES,
     ROUND_STATUSES,
     SCORE_MAX,
@@ -86,7 +88,10 @@ def create_experiment(
     _name("experiment name", name)
     if not isinstance(model_spec, str) or not model_spec.strip():
         raise InvalidInput(f"model_spec must be a non-empty string, got {model_spec!r}")
+    _text("model_spec", model_spec)
     _name("method", method)
+    if len(method) > METHOD_MAX:
+        raise InvalidInput(f"method is {len(method)} characters long; the limit is {METHOD_MAX}")
     if not isinstance(config, dict):
         raise InvalidInput(f"config must be a dict, got {type(config).__name__}")
     _json("config", config)
@@ -99,6 +104,7 @@ def create_experiment(
     for p in prompts:
         if not isinstance(p, str) or not p.strip():
             raise InvalidInput(f"each prompt must be a non-empty string, got {p!r}")
+        _text(f"prompt {shown(p)}", p)
     _int("overlap (ratings wanted per image)", overlap, minimum=1)
     if session.scalar(select(Experiment.id).where(Experiment.name == name)) is not None:
         raise Conflict(f"an experiment named {name!r} already exists")
@@ -118,7 +124,7 @@ def create_experiment(
 
 
 def get_experiment(*, session: Session, experiment_id: int) -> Experiment:
-    experiment = session.get(Experiment, experiment_id)
+    experiment = session.get(Experiment, experiment_id) if findable_id(experiment_id) else None
     if experiment is None:
         raise NotFound(f"there is no experiment with id {experiment_id}")
     return experiment
@@ -180,6 +186,10 @@ def finish_experiment(*, session: Session, experiment_id: int, now: datetime | N
     experiment = get_experiment(session=session, experiment_id=experiment_id)
     if experiment.status == "finished":
         return experiment
+    # lock the rounds first: a close_round in flight (its round locked, its train job not yet committed) is waited
+    # for, so its job is seen and cancelled below; on PostgreSQL it was left queued (found by review)
+    session.scalars(select(Round).where(Round.experiment_id == experiment_id).with_for_update(),
+                    execution_options={"populate_existing": True}).all()
     running = job_queue.live_job(session, now, kinds=job_queue.PERSON_KINDS, lock=True, experiment_id=experiment_id)
     if running is not None:
         raise Conflict(f"the worker is running job {running.id} ({running.kind}) of experiment {experiment.name!r}; "
@@ -233,7 +243,7 @@ def create_round(*, session: Session, experiment_id: int, adapter_path: str | No
 
 
 def get_round(*, session: Session, round_id: int) -> Round:
-    round_ = session.get(Round, round_id)
+    round_ = session.get(Round, round_id) if findable_id(round_id) else None
     if round_ is None:
         raise NotFound(f"there is no round with id {round_id}")
     return round_
@@ -424,7 +434,7 @@ def add_image(
 
 
 def get_image(*, session: Session, image_id: int) -> Image:
-    image = session.get(Image, image_id)
+    image = session.get(Image, image_id) if findable_id(image_id) else None
     if image is None:
         raise NotFound(f"there is no image with id {image_id}")
     return image
@@ -457,7 +467,7 @@ def create_rater(*, session: Session, name: str, password_hash: str, role: str =
 
 
 def get_rater(*, session: Session, rater_id: int) -> Rater:
-    rater = session.get(Rater, rater_id)
+    rater = session.get(Rater, rater_id) if findable_id(rater_id) else None
     if rater is None:
         raise NotFound(f"there is no rater with id {rater_id}")
     return rater
@@ -1101,7 +1111,7 @@ def add_export(
 
 
 def get_export(*, session: Session, export_id: int) -> Export:
-    export = session.get(Export, _int("export id", export_id, minimum=1, maximum=2**63 - 1))
+    export = session.get(Export, export_id) if findable_id(_int("export id", export_id)) else None
     if export is None:
         raise NotFound(f"there is no export with id {export_id}")
     return export
@@ -1219,8 +1229,14 @@ def set_rater_role(*, session: Session, rater_id: int, role: str) -> Rater:
 def delete_rater(*, session: Session, rater_id: int) -> None:
     """Delete an account that has given no feedback (its sessions, skips and leases go with it). One with ratings,
     comparison votes (preference pairs or blind A/B) or repeat ratings is refused: the database deletes those with
-    the account, and they are training data or measurements; disable it instead."""
-    rater = get_rater(session=session, rater_id=rater_id)
+    the account, and they are training data or measurements; disable it instead.
+
+    The account's row is locked first: on PostgreSQL a rating committed between the count and the delete was
+    deleted with the account (found by review); now it either waits and is counted, or comes after and is refused
+    (its rater no longer exists)."""
+    get_rater(session=session, rater_id=rater_id)
+    rater = session.scalars(select(Rater).where(Rater.id == rater_id).with_for_update(),
+                            execution_options={"populate_existing": True}).one()
     kept = []
     for model, one, many in ((Rating, "rating", "ratings"), (ComparisonVote, "comparison vote", "comparison votes"),
                              (RepeatRating, "repeat rating", "repeat ratings")):

@@ -470,3 +470,10 @@ def test_two_admins_disabled_at_once_leave_one_enabled(db_factory, db_url, monke
     assert got["admin1"] == "disabled" and "is the last enabled admin" in got["admin2"], got
     with read_session(db_factory) as s:
         assert [r.name for r in repo.list_raters(session=s) if r.role == "admin" and r.disabled_at is None] == ["admin2"]
+
+
+def test_a_sign_in_name_with_a_nul_character_is_wrong_credentials_on_every_database(db_factory):
+    """On PostgreSQL the look-up of a name holding NUL was a DataError: the sign-in form answered 500 to anyone.
+    Found by review."""
+    checked = auth.check_login(db_factory, "alice\x00", "whatever it is")
+    assert checked.rater_id is None and checked.wrong_credentials and checked.refusal == auth.WRONG_CREDENTIALS

@@ -288,3 +288,37 @@ def test_reopen_and_finish_are_refused_while_a_worker_is_claiming_the_job(db_fac
                 repo.reopen_round(session=s, round_id=world.round_id)
             else:
                 repo.finish_experiment(session=s, experiment_id=world.experiment_id)
+
+
+def test_finishing_an_experiment_while_its_round_is_being_closed_cancels_the_new_train_job(db_factory, db_url, make_world):
+    """On PostgreSQL finish_experiment read the rounds unlocked and cancelled only the jobs it could see: a close
+    in flight (its round locked, its train job not yet committed) committed after it, and its train job stayed
+    queued for a finished experiment. Found by review. Finishing now waits for the close and cancels its job."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite serialises write transactions (BEGIN IMMEDIATE); the race needs PostgreSQL")
+    world = make_world()
+    with write_session(db_factory) as s:
+        repo.add_rating(session=s, image_id=world.image_ids[0], rater_id=world.rater_ids[0], score=7)
+    closing = db_factory()
+    out = {}
+    try:
+        job = repo.close_round(session=closing, experiment_id=world.experiment_id)  # not yet committed
+        assert job.kind == "train"
+
+        def admin():
+            with write_session(db_factory) as s:
+                repo.finish_experiment(session=s, experiment_id=world.experiment_id)
+            out["result"] = "finished"
+
+        thread = threading.Thread(target=admin)
+        thread.start()
+        thread.join(2)
+        closing.commit()
+    finally:
+        closing.close()
+    thread.join(30)
+    assert out == {"result": "finished"}
+    with read_session(db_factory) as s:
+        jobs = job_queue.list_jobs(session=s, experiment_id=world.experiment_id)
+        assert [(j.kind, j.status) for j in jobs] == [("train", "failed")], [(j.kind, j.status) for j in jobs]
+        assert repo.get_round(session=s, round_id=world.round_id).status == "done"

@@ -44,6 +44,13 @@ def test_experiment_round_trip_and_unique_name(db_factory, make_world):
         ("prompts", "a shape", "prompts must be a non-empty list of strings"),
         ("overlap", 0, r"overlap \(ratings wanted per image\) must be at least 1"),
         ("config", {"x": float("nan")}, "config cannot be stored as JSON"),
+        # found by review: each passed the check and failed at the flush (or on PostgreSQL only), or read back changed
+        ("config", {1: "a", "b": 2}, "config cannot be stored as JSON"),
+        ("config", {"app": {7: "x"}}, "config cannot be stored as JSON as given: its key 7 is not a string"),
+        ("method", "m" * 65, "method is 65 characters long; the limit is 64"),
+        ("prompts", ["a cat\x00"], r"contains a NUL character \(\\x00\)"),
+        ("model_spec", "models/x\x00", r"model_spec contains a NUL character"),
+        ("name", "exp\x00", r"experiment name contains a NUL character"),
     ],
 )
 def test_create_experiment_validates(db_factory, field, value, message):
@@ -60,9 +67,50 @@ def test_unknown_ids_are_not_found(db_factory):
             (lambda: repo.get_image(session=s, image_id=42), "there is no image with id 42"),
             (lambda: repo.get_rater_by_name(session=s, name="nobody"), "there is no rater named 'nobody'"),
             (lambda: job_queue.get_job(session=s, job_id=42), "there is no job with id 42"),
+            # past PostgreSQL's 32-bit integer ids: not found, as on SQLite (it was a DataError there; found by review)
+            (lambda: repo.get_image(session=s, image_id=2**31), "there is no image with id 2147483648"),
+            (lambda: repo.get_experiment(session=s, experiment_id=2**40), "there is no experiment with id"),
+            (lambda: repo.get_export(session=s, export_id=2**63), "there is no export with id"),
+            (lambda: job_queue.get_job(session=s, job_id=2**31), "there is no job with id"),
         ]:
             with pytest.raises(NotFound, match=message):
                 call()
+
+
+def test_text_with_a_nul_character_gets_a_sentence_on_every_database(db_factory, make_world):
+    """PostgreSQL cannot hold or compare text with a NUL character: a look-up by such a name, a new account or a job
+    error holding one was a DataError there (a server error) while SQLite answered. Found by review."""
+    world = make_world()
+    with read_session(db_factory) as s, pytest.raises(InvalidInput, match=r"contains a NUL character \(\\x00\)"):
+        repo.get_experiment_by_name(session=s, name="exp\x00")
+    with pytest.raises(InvalidInput, match="rater name contains a NUL character"), write_session(db_factory) as s:
+        repo.create_rater(session=s, name="a\x00b", password_hash="x$hash")
+    with write_session(db_factory) as s:
+        job = job_queue.enqueue_job(session=s, kind="eval", experiment_id=world.experiment_id)
+    with write_session(db_factory) as s:
+        claimed = job_queue.claim_job(session=s, worker_id="w1", lease_s=60)
+        job_queue.fail_job(session=s, job_id=claimed.id, worker_id="w1", error="boom \x00 in a file name")
+    with read_session(db_factory) as s:
+        assert job_queue.get_job(session=s, job_id=job.id).error == "boom \\x00 in a file name"
+
+
+def test_a_clock_in_another_zone_is_stored_as_utc(db_factory, make_world):
+    """``now`` passed in another zone was bound without the column's type in one place (a lease's grant time) and
+    stored with its wall-clock digits as if UTC: 14:00 UTC given as 16:00+02:00 became 16:00 UTC on SQLite."""
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from db.models import ImageLease
+
+    world = make_world()
+    at = datetime(2026, 12, 3, 14, 0, tzinfo=UTC)
+    with write_session(db_factory) as s:
+        repo.lease_images(session=s, round_id=world.round_id, rater_id=world.rater_ids[0], image_ids=world.image_ids[:1],
+                          lease_s=60, now=at.astimezone(timezone(timedelta(hours=2))))
+        repo.lease_images(session=s, round_id=world.round_id, rater_id=world.rater_ids[0], image_ids=world.image_ids[:1],
+                          lease_s=60, now=(at + timedelta(hours=1)).astimezone(timezone(timedelta(hours=2))))
+    with read_session(db_factory) as s:
+        lease = s.scalars(select(ImageLease)).one()
+        assert lease.created_at == at + timedelta(hours=1) and lease.expires_at == at + timedelta(hours=1, seconds=60)
 
 
 def test_rounds_number_themselves_and_only_one_is_open(db_factory, make_world):
@@ -262,3 +310,38 @@ def test_checkpoints(db_factory, make_world):
             repo.add_checkpoint(session=s, round_id=world.round_id, path="adapters/x", manifest_sha256="nope")
     with read_session(db_factory) as s:
         assert [c.path for c in repo.list_checkpoints(session=s, round_id=world.round_id)] == ["adapters/round-1"]
+
+
+def test_deleting_an_account_waits_for_its_rating_in_flight_and_refuses(db_factory, db_url, make_world):
+    """On PostgreSQL delete_rater counted the account's ratings, then deleted it: a rating in flight (not yet
+    committed when counted) was deleted with the account by the cascade. Found by review. The account's row is
+    locked first now, so the rating is counted and the delete refused."""
+    import threading
+
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite serialises write transactions (BEGIN IMMEDIATE); the race needs PostgreSQL")
+    world = make_world(n_raters=1)
+    rater_id = world.rater_ids[0]
+    rating = db_factory()
+    out = {}
+    try:
+        repo.add_rating(session=rating, image_id=world.image_ids[0], rater_id=rater_id, score=7)  # not yet committed
+
+        def admin():
+            try:
+                with write_session(db_factory) as s:
+                    repo.delete_rater(session=s, rater_id=rater_id)
+                out["result"] = "deleted"
+            except Conflict as exc:
+                out["result"] = str(exc)
+
+        thread = threading.Thread(target=admin)
+        thread.start()
+        thread.join(2)
+        rating.commit()
+    finally:
+        rating.close()
+    thread.join(30)
+    assert "has 1 rating" in out["result"], out
+    with read_session(db_factory) as s:
+        assert s.scalar(select(func.count(Rating.id))) == 1
