@@ -273,6 +273,8 @@ def fit_preference_reward(
             if sgld:
                 scale = cfg.sgld_base * math.sqrt(cfg.lr) / math.sqrt(len(idx))
                 for q in params:
+                    if q.grad is None:  # untouched by this minibatch (the logit scale when it holds no comparison)
+                        continue
                     q.grad.add_(torch.randn(q.shape, generator=sgld_gen, device=device, dtype=q.dtype), alpha=scale)
             opt.step()
             loss_sum += loss.detach() * len(idx)

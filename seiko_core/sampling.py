@@ -58,6 +58,10 @@ class DDIMSchedule:
         ddim.set_timesteps(steps)
         acp = ddim.alphas_cumprod.to(torch.float64)
         ts = ddim.timesteps.long()
+        if float(acp[ts].min()) <= 0.0:  # rescale_betas_zero_snr: x0 = (x - sqrt(1-a) eps) / sqrt(a) divides by 0
+            raise SchedulerConfigError("the scheduler's schedule reaches zero signal (rescale_betas_zero_snr=true), where "
+                                       "this sampler's DDIM step divides by zero; set rescale_betas_zero_snr to false "
+                                       "in scheduler_config.json")
         final = acp.new_tensor(float(ddim.final_alpha_cumprod))
         prev = ts - ddim.config.num_train_timesteps // steps
         alpha_prev = torch.where(prev >= 0, acp[prev.clamp(min=0)], final)

@@ -461,3 +461,29 @@ def test_a_time_limit_must_be_a_positive_number_of_seconds(bad):
 
     with pytest.raises(ValueError, match="max_seconds must be a positive number"):
         FinetuneConfig(max_seconds=bad)
+
+
+def test_a_step_whose_micro_batches_attached_no_step_is_taken_without_an_update(random_parts, monkeypatch):
+    """per_step truncation attaches no step at all with probability n!/(n+1)^n (3.8% at 4 steps): the loss then
+    carried no graph and backward() raised, failing the round at random. Found by review. Such a micro-batch now
+    adds nothing, and a step that got no gradient at all leaves the weights as they are."""
+    from seiko_core import finetune as ft_mod
+
+    cfg = tiny_cfg()
+    cfg.finetune.truncation = "per_step"
+    real, calls = ft_mod.attached_steps, []
+
+    def none_at_first(n_steps, mode, k, generator):
+        mask = real(n_steps, mode, k, generator)
+        calls.append(mode)
+        return torch.zeros_like(mask) if len(calls) <= 2 else mask  # both micro-batches of the first step
+
+    monkeypatch.setattr(ft_mod, "attached_steps", none_at_first)
+    lora.add_adapter(random_parts.unet, "round_1", cfg.finetune)
+    before = {n: p.detach().clone() for n, p in random_parts.unet.named_parameters() if "lora_" in n}
+    cfg.finetune.grad_accum, cfg.finetune.batch_size, cfg.finetune.trajectories_per_epoch = 2, 1, 4  # 2 steps of 2
+    out = finetune(random_parts, redness, ["a shape"], cfg, adapter="round_1", reference=None, seed=0)
+    history = out.history
+    assert [h["step"] for h in history] == [1, 2] and history[0]["grad_norm"] == 0.0 and history[1]["grad_norm"] > 0
+    after = {n: p.detach() for n, p in random_parts.unet.named_parameters() if "lora_" in n}
+    assert any(not torch.equal(before[n], after[n]) for n in before)  # the second step learnt

@@ -400,3 +400,21 @@ def test_pair_prompts_pair_up_images_of_one_prompt():
 
     prompts = pair_prompts(preset("shapes"), 5, seed=3)
     assert len(prompts) == 10 and all(prompts[2 * k] == prompts[2 * k + 1] for k in range(5))
+
+
+def test_a_thompson_fit_of_scores_and_a_few_comparisons_runs_when_a_minibatch_holds_no_comparison():
+    """With scores and comparisons each head learns a logit scale; a minibatch with no comparison left it without a
+    gradient and the SGLD noise was added to None (AttributeError), failing SEIKO-TS rounds with both kinds of
+    feedback. Found by review."""
+    import torch
+
+    from seiko_core.config import RewardConfig
+    from seiko_core.preference import fit_preference_reward
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 8, generator=g)
+    y = x[:, 0] + 0.1 * torch.randn(40, generator=g)
+    pairs = torch.tensor([[0, 1, 1.0], [2, 3, 0.0]])
+    cfg = RewardConfig(num_heads=2, hidden=(8, 4), dropout=(), batch_size=8, max_epochs=3, patience=2, holdout=0.0)
+    fit = fit_preference_reward(x, scores=y, pairs=pairs, cfg=cfg, seed=0, sgld=True)
+    assert fit.metrics["epochs_run"] >= 1

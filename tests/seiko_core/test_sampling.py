@@ -41,6 +41,12 @@ def test_unsupported_scheduler_settings_are_refused_with_a_sentence():
         DDIMSchedule.from_scheduler(DDIMScheduler(**{**base, "clip_sample": True}), 10)
     with pytest.raises(SchedulerConfigError, match="sets thresholding=true"):
         DDIMSchedule.from_scheduler(DDIMScheduler(**base, thresholding=True), 10)
+    # zero terminal SNR sampled from its last timestep: alpha-bar 0 there, and the step divided by it (NaN images
+    # without a word; found by review); the stock scheduler's own alphas are the independent check
+    zero_snr = DDIMScheduler(**base, rescale_betas_zero_snr=True, timestep_spacing="trailing", prediction_type="v_prediction")
+    assert float(zero_snr.alphas_cumprod[-1]) == 0.0
+    with pytest.raises(SchedulerConfigError, match="reaches zero signal"):
+        DDIMSchedule.from_scheduler(zero_snr, 10)
 
 
 def test_a_scheduler_config_without_set_alpha_to_one_follows_the_stock_default():
