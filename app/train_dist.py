@@ -48,6 +48,7 @@ GROUP_ENV = "SEIKO_WORKER_GROUP"  # set by the supervisor on its ranks: the supe
 RESTART_EXIT = 75  # a rank's exit status asking the supervisor for a fresh group (EX_TEMPFAIL)
 QUICK_FAILURE_S = 60.0  # a group that ends sooner than this after starting counts as a quick failure
 MAX_QUICK_FAILURES = 3  # the supervisor gives up after this many quick failures in a row
+FOLLOWER_GRACE_S = 60.0  # a follower ended cleanly (or while stopping): how long rank 0 has to end as well
 CONTROL_TIMEOUT = timedelta(days=365)  # followers wait on the control group while rank 0 is idle or generating
 
 
@@ -209,6 +210,14 @@ class Group:
 # ---------------------------------------------------------------------------------------------
 
 
+def _ignore_stop_signals() -> None:
+    """A follower leaves on rank 0's "stop" (or dies with the supervisor), not on the SIGTERM or Ctrl-C that a service
+    manager or a terminal sends to the whole process group: dying at once, it looked like a crash, and the
+    supervisor killed rank 0 before rank 0 could hand its job back without using an attempt."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _die_with_parent() -> None:
     """SIGKILL this process when the supervisor dies (Linux), so no rank outlives it."""
     parent = int(os.environ.get(GROUP_ENV, "0") or 0)
@@ -225,6 +234,8 @@ def run_rank(args: argparse.Namespace, settings, worker_id: str) -> int:
     from app.worker import Worker
 
     _die_with_parent()
+    if int(os.environ.get("RANK", "0") or 0) > 0:  # before the group forms: the signals can come at any time
+        _ignore_stop_signals()
     group = Group()
     if group.rank > 0:
         worker = Worker(settings, f"{worker_id}/rank{group.rank}", lease_s=args.lease_s, poll_s=args.poll_s, device=group.device)
@@ -348,6 +359,15 @@ def supervise(args: argparse.Namespace, settings, worker_id: str) -> int:
             else:
                 time.sleep(0.2)
         code = procs[ended].returncode
+        if ended != 0 and (code == 0 or stopping):
+            # a follower leaves with 0 only on rank 0's "stop" (rank 0 is ending too), and while stopping rank 0 hands
+            # its job back and leaves: rank 0 decides; a follower that ended first was taken for a crash (found by
+            # review), which killed rank 0 before its hand-back and, with --once, started group after group
+            try:
+                procs[0].wait(timeout=FOLLOWER_GRACE_S)
+                ended, code = 0, procs[0].returncode
+            except subprocess.TimeoutExpired:
+                pass  # rank 0 carries on without it: the group is broken
         if ended == 0 and code in (0, 1) and (stopping or args.once or code == 0):
             for p in procs[1:]:  # rank 0 sent them "stop"
                 try:

@@ -164,3 +164,33 @@ def test_hand_back_finds_a_held_job_behind_ten_thousand_newer_ones(worker_world)
     with read_session(worker_world.factory) as s:
         job = s.get(Job, old_id)
         assert (job.status, job.lease_owner, job.error) == ("queued", None, "rank 1 was killed")
+
+
+@pytest.mark.parametrize("once", [True, False])
+def test_a_follower_that_leaves_first_on_rank_0s_stop_is_not_taken_for_a_crash(monkeypatch, tmp_path, once):
+    """After rank 0 sends "stop" its followers leave with status 0, often before rank 0 does: the supervisor took the
+    first rank it found ended for a crash, killed rank 0, handed the job back and (with --once) started group after
+    group, then gave up with status 1. Found by review. Rank 0's status now decides."""
+    import argparse
+    from types import SimpleNamespace
+
+    from app import train_dist
+
+    script = "import os, time; r = int(os.environ['RANK']); time.sleep(0.8 if r == 0 else 0.1); raise SystemExit(0)"
+    monkeypatch.setattr(train_dist, "rank_command", lambda args, worker_id: [sys.executable, "-c", script])
+    handed = []
+    monkeypatch.setattr(train_dist, "hand_back_jobs", lambda settings, worker_id, reason: handed.append(reason) or [])
+    settings = SimpleNamespace(db_url="sqlite:///unused.db", data_dir=tmp_path, model="unused")
+    args = argparse.Namespace(processes=2, once=once, lease_s=60, poll_s=1, nice=0)
+    assert train_dist.supervise(args, settings, "w") == 0
+    assert handed == []
+
+
+def test_a_follower_ignores_the_stop_signals_the_process_group_gets():
+    """SIGTERM from a service manager (or Ctrl-C in a terminal) reaches every process of the group: a follower that
+    died of it looked like a crash, and rank 0 was killed before it could hand its job back."""
+    code = ("import os, signal, time; os.environ['RANK'] = '1'; from app import train_dist; "
+            "train_dist._ignore_stop_signals(); os.kill(os.getpid(), signal.SIGTERM); "
+            "os.kill(os.getpid(), signal.SIGINT); time.sleep(0.2); print('still here')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "still here" in out.stdout, out.stderr[-500:]
