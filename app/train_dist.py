@@ -41,6 +41,7 @@ from datetime import timedelta
 from typing import Any
 
 import torch
+from sqlalchemy.exc import OperationalError
 
 log = logging.getLogger("seiko.worker.group")
 
@@ -262,15 +263,13 @@ def run_rank(args: argparse.Namespace, settings, worker_id: str) -> int:
     try:
         worker.start()
         while not worker._stopping.is_set():
-            had_job = worker.run_once()
+            had_job = worker.run_once_outlasting_outages()  # None: the database was out, waited for
             if group.broken:
                 log.warning("rank 0: a train job ended abnormally; leaving so that the supervisor starts a fresh group")
                 return RESTART_EXIT
-            if args.once and had_job:
+            if args.once:
                 break
-            if not had_job:
-                if args.once:
-                    break
+            if had_job is False:
                 worker._stopping.wait(worker.poll_s)
         group.stop_followers()
         return 0 if worker.last_error is None or not args.once else 1
@@ -305,8 +304,12 @@ def hand_back_jobs(settings, worker_id: str, reason: str) -> list[int]:
     handed = []
     try:
         factory = session_factory(engine)
-        with write_session(factory) as s:
-            ids = job_queue.held_job_ids(session=s, worker_id=worker_id)
+        try:
+            with write_session(factory) as s:
+                ids = job_queue.held_job_ids(session=s, worker_id=worker_id)
+        except OperationalError:  # the supervisor carries on: the jobs' leases run out and a worker takes them again
+            log.exception("worker %r: the database could not be reached to hand its jobs back", worker_id)
+            return handed
         for job_id in ids:
             try:
                 with write_session(factory) as s:
@@ -315,6 +318,8 @@ def hand_back_jobs(settings, worker_id: str, reason: str) -> list[int]:
                     handed.append(job_id)
             except LeaseLost as exc:  # finished or taken over in between: nothing to hand back
                 log.info("job %d: %s", job_id, exc)
+            except OperationalError:
+                log.exception("job %d could not be handed back; its lease runs out and a worker takes it again", job_id)
     finally:
         engine.dispose()
     return handed

@@ -53,6 +53,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from sqlalchemy.exc import OperationalError
 
 from app import (
     ab,  # issue 14 item 3: blind A/B pairs and rollback
@@ -198,6 +199,7 @@ class JobProgress:
 
 
 PROGRESS_EVERY_S = 2.0
+DB_RETRY_MAX_S = 30.0  # run_forever's longest wait between tries while the database cannot be reached
 # An eval job stores its grid (and checks for a job a person waits for) every EVAL_CHUNK images: a person's next round
 # waits at most one chunk for it (one sampling batch of this size; with eta > 0 the KL works in chunks alike).
 EVAL_CHUNK = 4
@@ -353,6 +355,7 @@ class Worker:
         self._adapters: dict[str, Path] = {}  # adapter name on the cached UNet -> the directory it was loaded from
         self._started = False
         self._stopping = threading.Event()
+        self._db_wait = 0.0  # run_once_outlasting_outages' current wait while the database cannot be reached
         self.group = None  # app.train_dist.Group when this worker is rank 0 of `python -m app worker --processes N`
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -378,11 +381,29 @@ class Worker:
                  self.engine.url.render_as_string(hide_password=True), self.settings.data_dir, self.lease_s)
 
     def run_forever(self) -> None:
-        """Process jobs until :meth:`stop` is called, sleeping ``poll_s`` when the queue is empty."""
+        """Process jobs until :meth:`stop` is called, sleeping ``poll_s`` when the queue is empty.
+
+        A database that cannot be reached (a PostgreSQL restart or fail-over) is waited out, each failure logged,
+        trying again after 1, 2, 4 ... up to DB_RETRY_MAX_S seconds: it used to end the worker (found by review). A
+        job held meanwhile is taken again by a worker once its lease runs out."""
         self.start()
         while not self._stopping.is_set():
-            if not self.run_once():
+            if self.run_once_outlasting_outages() is False:
                 self._stopping.wait(self.poll_s)
+
+    def run_once_outlasting_outages(self) -> bool | None:
+        """:meth:`run_once`; or, when the database cannot be reached, log it, wait (1, 2, 4 ... DB_RETRY_MAX_S seconds
+        as the outage goes on) and return None."""
+        try:
+            had_job = self.run_once()
+        except OperationalError:
+            self._db_wait = min(DB_RETRY_MAX_S, max(1.0, 2 * self._db_wait))
+            log.exception("worker %r: the database could not be reached; trying again in %.0f s", self.worker_id,
+                          self._db_wait)
+            self._stopping.wait(self._db_wait)
+            return None
+        self._db_wait = 0.0
+        return had_job
 
     def stop(self) -> None:
         """Ask :meth:`run_forever` to return after the current job."""
@@ -449,14 +470,10 @@ class Worker:
         return True
 
     def _fail(self, job: ClaimedJob, error: str) -> None:
-        try:
-            with write_session(self.factory) as s:
-                failed = job_queue.fail_job(session=s, job_id=job.id, worker_id=self.worker_id, error=error, retry=True)
-                status = failed.status
-        except LeaseLost as exc:
-            log.warning("job %d: the failure was not recorded: %s", job.id, exc)
-            return
-        log.info("job %d is now %s (attempt %d of %d)", job.id, status, job.attempts, job.max_attempts)
+        status = []
+        if self._release(job, "recorded as failed", lambda s: status.append(job_queue.fail_job(
+                session=s, job_id=job.id, worker_id=self.worker_id, error=error, retry=True).status)):
+            log.info("job %d is now %s (attempt %d of %d)", job.id, status[0], job.attempts, job.max_attempts)
 
     def _release(self, job: ClaimedJob, doing: str, write: Callable[[Any], Any]) -> bool:
         """``write(session)`` in one transaction that releases the job's lease, only if this worker still holds it.

@@ -675,3 +675,43 @@ def test_a_worker_that_lost_its_train_job_does_not_set_aside_the_adapter_on_disk
     assert "no longer holds job" in worker.last_error
     assert (adapter / "written-by-the-other-worker").read_text(encoding="utf-8") == "its adapter"
     worker.close()
+
+
+def test_a_database_outage_is_waited_out_not_the_end_of_the_worker(worker_world, monkeypatch):
+    """One OperationalError from the database while polling (a PostgreSQL restart or fail-over) ended run_forever and
+    with it the worker process; so did one while recording a job's failure. Found by review."""
+    from sqlalchemy.exc import OperationalError
+
+    from app import worker as worker_mod
+
+    world = worker_world
+    worker = world.worker()
+    worker.start()
+    real_claim, calls = job_queue.claim_job, []
+
+    def claim(**kwargs):
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            raise OperationalError("SELECT ...", {}, Exception("server closed the connection unexpectedly"))
+        worker.stop()
+        return real_claim(**kwargs)
+
+    monkeypatch.setattr(worker_mod.job_queue, "claim_job", claim)
+    worker.run_forever()  # returned: it was stopped, not ended by the outage
+    assert len(calls) == 2 and calls[1] - calls[0] >= 0.9  # waited (1 s) before trying again
+    monkeypatch.setattr(worker_mod.job_queue, "claim_job", real_claim)
+
+    eid = world.create_experiment("outage")
+
+    def broken(run):
+        raise RuntimeError("the job failed")
+
+    def fail_job(**kwargs):
+        raise OperationalError("UPDATE jobs ...", {}, Exception("server closed the connection unexpectedly"))
+
+    worker.handlers["generate"] = broken
+    monkeypatch.setattr(worker_mod.job_queue, "fail_job", fail_job)
+    assert worker.run_once() and "the job failed" in worker.last_error  # the failure could not be recorded: no crash
+    (job,) = _jobs(world, eid)
+    assert job.status == "running"  # its lease runs out, then a worker takes it again
+    worker.close()
