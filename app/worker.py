@@ -908,9 +908,23 @@ class Worker:
                 if outcome.ucb is not None:
                     outcome.ucb.save(tmp)
 
-            atomic_directory(reward_dir, write_reward, extra={"kind": "seiko-reward", "round": new_index})
-            fault_point("save", job.attempts)
-            lora.save_adapter(parts.unet, outcome.adapter, adapter_dir, config=to_dict(cfg), metrics=metrics)
+            def save() -> None:
+                atomic_directory(reward_dir, write_reward, extra={"kind": "seiko-reward", "round": new_index,
+                                                                  "data_sha256": snapshot["data_sha256"]})
+                fault_point("save", job.attempts)
+                lora.save_adapter(parts.unet, outcome.adapter, adapter_dir, config=to_dict(cfg), metrics=metrics)
+
+            save()
+            # a copy already on disk is kept (a retried job publishes one result); but one that a worker which had
+            # lost this job wrote there first, on other ratings, would be published under this job's metrics (found
+            # by review): set it aside (holding the job) and write again
+            if not self._written_on(adapter_dir, reward_dir, snapshot):
+                log.warning("job %d: %s holds a copy trained on other ratings; it is set aside and written again",
+                            job.id, adapter_dir)
+                self._set_aside(run, adapter_dir, reward_dir)
+                save()
+                if not self._written_on(adapter_dir, reward_dir, snapshot):
+                    raise Conflict(f"another worker keeps writing {adapter_rel} on other ratings; this job is tried again")
         manifest_sha = sha256_file(adapter_dir / MANIFEST)  # the copy on disk (an earlier writer's if it got there first)
 
         def write(s) -> None:
@@ -928,24 +942,36 @@ class Worker:
         """The metrics of an unpublished adapter an earlier attempt wrote on the same ratings snapshot, or None.
 
         An unpublished adapter (or reward model) that does not verify or was trained on other ratings (the round
-        was reopened and closed again) is renamed out of the way, so this attempt writes a fresh one. Only while
-        this worker holds the job (its row locked): a worker that stalled past its lease would otherwise rename
-        the adapter that the worker which took the job over has just published (LeaseLost then).
+        was reopened and closed again) is renamed out of the way (``_set_aside``), so this attempt writes a fresh one.
         """
         if adapter_dir.exists():
-            try:
-                verify(adapter_dir)
-                verify(reward_dir)
-                metrics = json.loads((adapter_dir / "metrics.json").read_text(encoding="utf-8"))
-            except (CheckpointError, json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
-                log.warning("unpublished %s cannot be reused (%s); it is set aside and trained again", adapter_dir, exc)
-                metrics = None
-            if isinstance(metrics, dict) and metrics.get("snapshot") == snapshot:
+            metrics = self._written_on(adapter_dir, reward_dir, snapshot)
+            if metrics:
                 return metrics
-        stale = [d for d in (adapter_dir, reward_dir) if d.exists()]
+        self._set_aside(run, adapter_dir, reward_dir)
+        return None
+
+    @staticmethod
+    def _written_on(adapter_dir: Path, reward_dir: Path, snapshot: dict[str, Any]) -> dict[str, Any] | None:
+        """The adapter's metrics if it and the reward model verify and were trained on ``snapshot``'s data, else None."""
+        try:
+            verify(adapter_dir)
+            reward = verify(reward_dir)
+            metrics = json.loads((adapter_dir / "metrics.json").read_text(encoding="utf-8"))
+        except (CheckpointError, json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+            log.warning("%s cannot be used (%s)", adapter_dir, exc)
+            return None
+        if not isinstance(metrics, dict) or metrics.get("snapshot") != snapshot:
+            return None
+        return metrics if reward.get("data_sha256") == snapshot["data_sha256"] else None
+
+    def _set_aside(self, run: _Run, *dirs: Path) -> None:
+        """Rename those of ``dirs`` that exist out of the way (``storage.retire``), only while this worker holds the
+        job (its row locked; LeaseLost otherwise): a worker that stalled past its lease would otherwise rename what
+        the worker that took the job over has just written."""
+        stale = [d for d in dirs if d.exists()]
         if stale:
             with write_session(self.factory) as s:
                 job_queue.held_job(session=s, job_id=run.job.id, worker_id=self.worker_id)
                 for d in stale:
                     storage.retire(d)
-        return None

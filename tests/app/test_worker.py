@@ -715,3 +715,38 @@ def test_a_database_outage_is_waited_out_not_the_end_of_the_worker(worker_world,
     (job,) = _jobs(world, eid)
     assert job.status == "running"  # its lease runs out, then a worker takes it again
     worker.close()
+
+
+def test_an_adapter_another_worker_wrote_first_on_other_ratings_is_not_published_as_this_jobs(worker_world, monkeypatch):
+    """Writing the adapter keeps a verified copy already under its name (a retried job publishes one result): a
+    worker that had lost the job and trained on other ratings (the round reopened and closed meanwhile) could put its
+    copy there first, and this job then published it with its own metrics. Found by review. Such a copy is now set
+    aside and this job's own written."""
+    import json
+
+    from app import worker as worker_mod
+    from seiko_core.checkpoint import atomic_directory
+
+    world = worker_world
+    eid, worker, _ = _round0_rated_and_closed(world, "raced", lambda image_id, rater_id: 1 + image_id % 10)
+    adapter = storage.resolve(world.settings.data_dir, storage.adapter_path(eid, 1))
+    real, written = worker_mod.fault_point, []
+
+    def the_other_writer_first(name, attempt):
+        if name == "save" and not written:
+            written.append(adapter)
+            def write(tmp):
+                (tmp / "metrics.json").write_text(json.dumps({"snapshot": {"watermark": 1, "images": 1}}), encoding="utf-8")
+            atomic_directory(adapter, write, extra={"adapter": "round_1", "format": "diffusers-lora"})
+        real(name, attempt)
+
+    monkeypatch.setattr(worker_mod, "fault_point", the_other_writer_first)
+    while worker.run_once():
+        assert worker.last_error is None
+        if _round(world, eid, 0).status == "done":
+            break
+    metrics = json.loads((adapter / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["snapshot"]["images"] > 1 and (adapter / "pytorch_lora_weights.safetensors").is_file()
+    assert verify(adapter) and _round(world, eid, 1).adapter_path is not None
+    assert any(p.name.startswith(".tmp-retired-round_1") for p in adapter.parent.iterdir())
+    worker.close()
