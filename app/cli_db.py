@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from app.settings import Settings
 from app.settings import add_arguments as add_settings_arguments
@@ -13,8 +14,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     up = actions.add_parser("upgrade", help="migrate the schema up (default: to the newest revision)")
     up.add_argument("rev", nargs="?", default="head", help="target revision (default: head)")
-    down = actions.add_parser("downgrade", help="migrate the schema down to REV ('base' drops every table)")
+    down = actions.add_parser("downgrade", help="migrate the schema down to REV ('base' drops every table); asks for "
+                              "--yes, and copies a SQLite file first")
     down.add_argument("rev", help="target revision, e.g. -1 or base")
+    down.add_argument("--yes", action="store_true", help="do it: a downgrade drops tables or columns and their data")
     actions.add_parser("current", help="show the database's revision and the revision this code needs")
     for sub in (up, down, actions.choices["current"]):
         add_settings_arguments(sub)
@@ -27,6 +30,14 @@ def main(args: argparse.Namespace) -> int:
         print(f"database at {migrate.current_revision(settings.db_url)} (head is {migrate.head_revision()})")
         return 0
     if args.action == "downgrade":
+        # found by review: one command dropped every table, ratings included, without a word
+        if not args.yes:
+            print(f"error: a downgrade to {args.rev} drops tables or columns and the data in them ('base': every "
+                  "rating); run it again with --yes to do it (a SQLite file is copied first)", file=sys.stderr)
+            return 2
+        backup = migrate.backup_sqlite(settings.db_url)
+        if backup is not None:
+            print(f"copied the database to {backup}")
         migrate.downgrade(settings.db_url, args.rev)
         print(f"database at {migrate.current_revision(settings.db_url) or 'base (no schema)'}")
         return 0

@@ -44,8 +44,7 @@ def ensure_demo_experiment(factory, settings: Settings) -> int | None:
 
 
 def worker_command(settings: Settings) -> list[str]:
-    return [sys.executable, "-m", "app", "worker", "--data-dir", str(settings.data_dir), "--db-url", settings.db_url,
-            "--model", settings.model]
+    return [sys.executable, "-m", "app", "worker", "--data-dir", str(settings.data_dir), "--db-url", settings.db_url]
 
 
 def stop_worker(worker: subprocess.Popen, timeout: float) -> int:

@@ -9,19 +9,15 @@ Ctrl-C or SIGTERM stops it cleanly.
 from __future__ import annotations
 
 import argparse
-import re
 import signal
 import sys
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
 from app.settings import Settings
 from app.settings import add_arguments as add_settings_arguments
 from db import migrate
 from db.errors import SchemaOutOfDate
-
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 class ServeError(RuntimeError):
@@ -34,14 +30,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_model(model: str) -> None:
-    """``model`` must be an existing local directory or look like a hub id (owner/name)."""
-    path = Path(model).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise ServeError(f"the model {model!r} is a file; give a diffusers model directory or a hub id")
-        return
-    if not HUB_ID.fullmatch(model) or model.startswith((".", "/", "~")):
-        raise ServeError(f"the model directory {model!r} does not exist (give a local diffusers directory or a hub id owner/name)")
+    """``model`` (the default of new experiments) must be one the worker can load (``services.check_model_spec``):
+    a directory without model_index.json used to be served, and every experiment made on it failed in the worker."""
+    from app.services import check_model_spec
+    from db.errors import InvalidInput
+
+    try:
+        check_model_spec(model)
+    except InvalidInput as exc:
+        said = str(exc).removesuffix("; nothing was created")
+        raise ServeError(f"{said} (--model or $SEIKO_MODEL: a local diffusers directory or a hub id owner/name)") from exc
 
 
 def build_services(settings: Settings, *, batch_size: int = 8):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from app import experiment_options
 from app.experiment_options import ExperimentOptions
@@ -89,8 +90,10 @@ def experiment_config(experiment) -> SeikoConfig:
 
 
 def check_model_spec(model_spec: str) -> str:
-    """``model_spec`` if the worker can load it: a local diffusers directory (with model_index.json), or a hub id
-    (owner/name) that is in the local cache when the hub is offline; else InvalidInput with one sentence."""
+    """``model_spec`` as the experiment stores it, if the worker can load it: a local diffusers directory (with
+    model_index.json), made absolute (a relative one was read as a hub id by a worker started from another
+    directory), or a hub id (owner/name) that is in the local cache when the hub is offline; else InvalidInput with
+    one sentence."""
     from huggingface_hub import try_to_load_from_cache
 
     from seiko_core.models import ModelLoadError, _hub_offline, resolve_spec
@@ -102,7 +105,7 @@ def check_model_spec(model_spec: str) -> str:
     if not local and _hub_offline() and not isinstance(try_to_load_from_cache(name, "model_index.json"), str):
         raise InvalidInput(f"the model {name!r} is not a local diffusers directory, and as a hub id it is not in the "
                            "local cache while the hub is offline (HF_HUB_OFFLINE=1); nothing was created")
-    return model_spec
+    return str(Path(name).resolve()) if local else model_spec
 
 
 def create_experiment(*, factory, spec: ExperimentSpec, default_model: str) -> int:
@@ -110,9 +113,9 @@ def create_experiment(*, factory, spec: ExperimentSpec, default_model: str) -> i
 
     The model is checked first (``check_model_spec``): a mistyped one is refused and nothing is written."""
     cfg = build_config(spec)
-    check_model_spec(spec.model_spec or default_model)
+    model_spec = check_model_spec(spec.model_spec or default_model)
     with write_session(factory) as s:
-        exp = repo.create_experiment(session=s, name=spec.name, model_spec=spec.model_spec or default_model,
+        exp = repo.create_experiment(session=s, name=spec.name, model_spec=model_spec,
                                      method=cfg.method, config=experiment_options.with_options(to_dict(cfg), ExperimentOptions()),
                                      budgets=list(cfg.budgets),
                                      prompts=list(cfg.prompts), overlap=spec.overlap)

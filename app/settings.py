@@ -147,6 +147,90 @@ def public_origin(value: Any) -> str | None:
     return f"{parts.scheme}://{host}" + (f":{port}" if port is not None and port != default else "")
 
 
+def _blank(value: Any) -> bool:
+    return not isinstance(value, str | Path) or not str(value).strip()
+
+
+def _data_dir(value: Any) -> Path:
+    """The data directory, absolute; refused when blank (it silently meant the current directory), when the home
+    directory of ``~user`` is unknown, or when it exists and is not a directory."""
+    if _blank(value):
+        raise SettingsError(f"the data directory must be a path, got {str(value)!r}")
+    try:
+        path = Path(value).expanduser().resolve()
+    except RuntimeError as exc:  # "Could not determine home directory"
+        raise SettingsError(f"the data directory {str(value)!r} names a home directory this machine does not know") from exc
+    if path.exists() and not path.is_dir():
+        raise SettingsError(f"the data directory {str(path)!r} exists and is not a directory")
+    return path
+
+
+def _db_url(value: Any, data_dir: Path) -> str:
+    """The database URL: by default a SQLite file in the data directory, written with SQLAlchemy's URL so that a
+    path holding ``?``, ``#`` or ``%`` names that file (an f-string put the database elsewhere, without a word).
+    A given URL must be SQLite with a file, or PostgreSQL (``postgresql://`` is read with the psycopg driver that is
+    installed)."""
+    from sqlalchemy.engine import URL, make_url
+    from sqlalchemy.exc import ArgumentError
+
+    if value is None:
+        return URL.create("sqlite", database=str(data_dir / "seiko.db")).render_as_string(hide_password=False)
+    text = str(value).strip()
+    try:
+        url = make_url(text)
+    except ArgumentError as exc:
+        raise SettingsError(f"the database URL {text!r} is not a URL; give sqlite:///path/to/seiko.db or "
+                            "postgresql+psycopg://user@host/dbname") from exc
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        if url.database in (None, "", ":memory:"):
+            raise SettingsError(f"the database URL {text!r} names no file; give sqlite:///path/to/seiko.db")
+        return text
+    if backend == "postgresql":
+        if url.drivername in ("postgresql", "postgresql+psycopg2"):
+            url = url.set(drivername="postgresql+psycopg")  # the driver the project installs
+        return url.render_as_string(hide_password=False)
+    raise SettingsError(f"the database URL {url.render_as_string(hide_password=True)!r} is for {backend}; "
+                        "SQLite and PostgreSQL are supported")
+
+
+def _model(value: Any) -> str:
+    """The base model: a local directory is made absolute, so that a worker or server started from another
+    directory finds the one stored with an experiment (a relative path there was read as a hub id); the default is
+    looked up beside the app when the current directory does not have it. Anything else (a hub id) as given."""
+    if _blank(value):
+        raise SettingsError(f"the model must be a diffusers model directory or a hub id, got {str(value)!r}")
+    text = str(value).strip()
+    try:
+        path = Path(text).expanduser()
+    except RuntimeError as exc:
+        raise SettingsError(f"the model {text!r} names a home directory this machine does not know") from exc
+    if not path.exists() and text == DEFAULT_MODEL:
+        path = Path(__file__).resolve().parents[1] / DEFAULT_MODEL
+    return str(path.resolve()) if path.exists() else text
+
+
+def _host(value: Any) -> str:
+    """The listen address: an IP address, or a name this machine resolves (else "could not listen" blamed the port)."""
+    import ipaddress
+    import socket
+
+    text = str(value).strip()
+    if not text:
+        raise SettingsError("the listen address (--host) must be an IP address or a host name, got ''")
+    try:
+        ipaddress.ip_address(text)
+        return text
+    except ValueError:
+        pass
+    try:
+        socket.getaddrinfo(text, None)
+    except (OSError, UnicodeError) as exc:
+        raise SettingsError(f"the listen address {text!r} is neither an IP address nor a name this machine can "
+                            "resolve") from exc
+    return text
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path  # absolute, so a change of working directory cannot move the data
@@ -176,13 +260,12 @@ class Settings:
             value = environ.get(ENV_VARS[field], "")
             return value if value != "" else default
 
-        data_dir = Path(pick("data_dir", DEFAULT_DATA_DIR)).expanduser().resolve()
-        db_url = str(pick("db_url", f"sqlite:///{data_dir / 'seiko.db'}"))
+        data_dir = _data_dir(pick("data_dir", DEFAULT_DATA_DIR))
         return cls(
             data_dir=data_dir,
-            db_url=db_url,
-            model=str(pick("model", DEFAULT_MODEL)),
-            host=str(pick("host", DEFAULT_HOST)),
+            db_url=_db_url(pick("db_url", None), data_dir),
+            model=_model(pick("model", DEFAULT_MODEL)),
+            host=_host(pick("host", DEFAULT_HOST)),
             port=_port(pick("port", DEFAULT_PORT)),
             public_url=public_origin(pick("public_url", None)),
             session_idle_minutes=_positive("the session idle limit (minutes)", pick("session_idle_minutes", DEFAULT_SESSION_IDLE_MINUTES)),
@@ -198,12 +281,14 @@ class Settings:
         return cls.from_env({field: getattr(args, field, None) for field in ENV_VARS}, environ)
 
 
-def add_arguments(parser: argparse.ArgumentParser, *, server: bool = False) -> None:
-    """Add --data-dir, --db-url, --model (and with ``server`` --host, --port) to ``parser``."""
+def add_arguments(parser: argparse.ArgumentParser, *, server: bool = False, model: bool = True) -> None:
+    """Add --data-dir, --db-url, --model (and with ``server`` --host, --port) to ``parser``; no --model with
+    ``model=False`` (the worker loads each experiment's own model: a --model it took was silently ignored)."""
     group = parser.add_argument_group("settings (each overrides its environment variable)")
     group.add_argument("--data-dir", help=f"data directory [${ENV_VARS['data_dir']}, default ./{DEFAULT_DATA_DIR}]")
     group.add_argument("--db-url", help=f"SQLAlchemy database URL [${ENV_VARS['db_url']}, default sqlite:///<data-dir>/seiko.db]")
-    group.add_argument("--model", help=f"base model directory [${ENV_VARS['model']}, default {DEFAULT_MODEL}]")
+    if model:
+        group.add_argument("--model", help=f"base model of new experiments [${ENV_VARS['model']}, default {DEFAULT_MODEL}]")
     if server:
         group.add_argument("--host", help=f"listen address [${ENV_VARS['host']}, default {DEFAULT_HOST}]")
         group.add_argument("--port", type=_port, help=f"listen port [${ENV_VARS['port']}, default {DEFAULT_PORT}]")

@@ -15,7 +15,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import make_url
 
 from db.engine import make_engine
-from db.errors import SchemaOutOfDate
+from db.errors import InvalidInput, SchemaOutOfDate
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -42,8 +42,30 @@ def upgrade(url: str, rev: str = "head") -> None:
     """
     path = _sqlite_file(url)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InvalidInput(f"the database's directory {str(path.parent)!r} could not be made ({exc.strerror or exc})") from exc
     command.upgrade(_config(url), rev)
+
+
+def backup_sqlite(url: str) -> Path | None:
+    """Copy a SQLite database file (with its WAL folded in) beside it as ``<name>.bak-<UTC time>``; returns the copy,
+    or None when ``url`` is not a SQLite file that exists."""
+    import sqlite3
+    from datetime import UTC, datetime
+
+    path = _sqlite_file(url)
+    if path is None or not path.is_file():
+        return None
+    target = path.with_name(f"{path.name}.bak-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}")
+    source, copy = sqlite3.connect(path), sqlite3.connect(target)
+    try:
+        source.backup(copy)  # SQLite's online backup: a consistent copy even while a worker writes
+    finally:
+        copy.close()
+        source.close()
+    return target
 
 
 def downgrade(url: str, rev: str) -> None:

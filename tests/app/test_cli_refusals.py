@@ -68,7 +68,7 @@ def test_demo_with_a_directory_that_is_not_a_model_is_one_sentence(tmp_path):
     assert proc.returncode == 1
     line = [x for x in proc.stderr.strip().splitlines() if x.startswith("error:")]
     assert "Traceback" not in proc.stderr and len(line) == 1, proc.stderr
-    assert "is not a diffusers model directory (it has no model_index.json); nothing was created" in line[0]
+    assert "is not a diffusers model directory (it has no model_index.json) (--model or $SEIKO_MODEL" in line[0]
 
 
 def test_serve_on_a_port_in_use_is_one_sentence(tmp_path):

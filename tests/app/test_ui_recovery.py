@@ -128,6 +128,13 @@ def test_a_mistyped_model_is_refused_at_creation_and_nothing_is_written(ui_world
     assert "Created experiment 'typo'" in ui_admin.create_experiment(
         ui_world.factory, root, ui_admin.ExperimentForm(name="typo", model=str(no_index)), default_model="unused")
     assert services.check_model_spec(str(no_index)) == str(no_index)
+    # a relative directory is stored absolute: a worker started elsewhere read 'models/x' as a hub id (found by review)
+    monkeypatch.chdir(tmp_path)
+    assert services.check_model_spec("not-a-model") == str(no_index)
+    assert "Created experiment 'relative'" in ui_admin.create_experiment(
+        ui_world.factory, root, ui_admin.ExperimentForm(name="relative", model="not-a-model"), default_model="unused")
+    with read_session(ui_world.factory) as s:
+        assert repo.get_experiment_by_name(session=s, name="relative").model_spec == str(no_index)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -96,6 +96,10 @@ def test_serve_refuses_other_hosts_without_accounts(ui_world_factory, capsys):
     world = ui_world_factory(accounts=False)
     Path(world.settings.model).mkdir()
     args = ["--db-url", world.settings.db_url, "--data-dir", str(world.settings.data_dir), "--model", world.settings.model]
+    # a directory that is no diffusers model was served, and every experiment made on it failed (found by review)
+    assert app_main(["serve", "--host", "0.0.0.0", *args]) == 1
+    assert "is not a diffusers model directory (it has no model_index.json)" in capsys.readouterr().err
+    (Path(world.settings.model) / "model_index.json").write_text("{}")
     assert app_main(["serve", "--host", "0.0.0.0", *args]) == 1
     assert "no user accounts exist" in capsys.readouterr().err
     assert app_main(["serve", "--model", str(Path(world.settings.model) / "missing"), *args[:4]]) == 1

@@ -18,7 +18,8 @@ def test_settings_defaults_env_and_flags(tmp_path):
     defaults = Settings.from_env(environ={})
     assert defaults.data_dir == Path("data").resolve()
     assert defaults.db_url == f"sqlite:///{Path('data').resolve() / 'seiko.db'}"
-    assert (defaults.model, defaults.host, defaults.port) == ("models/shapes-sd", "127.0.0.1", 7860)
+    # the embedded model, made absolute: a worker started from another directory finds the same one
+    assert (defaults.model, defaults.host, defaults.port) == (str(REPO / "models/shapes-sd"), "127.0.0.1", 7860)
 
     env = {"SEIKO_DATA_DIR": str(tmp_path), "SEIKO_MODEL": "m-env", "SEIKO_PORT": "8000"}
     from_env = Settings.from_env(environ=env)
@@ -54,8 +55,54 @@ def test_db_upgrade_current_downgrade(tmp_path, capsys):
     migrate.check_at_head(url)
     assert main(["db", "current", "--db-url", url]) == 0
     assert capsys.readouterr().out.endswith(f"current: {migrate.head_revision()}\nhead:    {migrate.head_revision()}\n")
-    assert main(["db", "downgrade", "base", "--db-url", url]) == 0
+    # found by review: one command dropped every table, ratings included, without a word
+    assert main(["db", "downgrade", "base", "--db-url", url]) == 2
+    assert "run it again with --yes" in capsys.readouterr().err and migrate.current_revision(url) == migrate.head_revision()
+    assert main(["db", "downgrade", "base", "--db-url", url, "--yes"]) == 0
     assert migrate.current_revision(url) is None
+    (backup,) = data_dir.glob("seiko.db.bak-*")
+    assert migrate.current_revision(f"sqlite:///{backup}") == migrate.head_revision()  # the copy keeps everything
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"SEIKO_DATA_DIR": " "}, "the data directory must be a path"),
+    ({"SEIKO_DATA_DIR": "~no-such-user-here/x"}, "names a home directory this machine does not know"),
+    ({"SEIKO_DB_URL": "nonsense"}, "is not a URL"),
+    ({"SEIKO_DB_URL": "sqlite://"}, "names no file"),
+    ({"SEIKO_DB_URL": "mysql://u@h/db"}, "is for mysql; SQLite and PostgreSQL are supported"),
+    ({"SEIKO_MODEL": " "}, "the model must be a diffusers model directory or a hub id"),
+    ({"SEIKO_HOST": "bad_host!!"}, "neither an IP address nor a name this machine can resolve"),
+])
+def test_settings_that_cannot_work_are_refused_with_a_sentence(env, message):
+    """Found by review: each of these printed a traceback, or was silently read as something else (a blank data
+    directory as the current one; a bad host as a busy port)."""
+    from app.settings import SettingsError
+
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env(environ=env)
+
+
+def test_a_data_dir_that_is_a_file_or_cannot_be_made_is_one_sentence(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("not a directory")
+    assert main(["db", "upgrade", "--data-dir", str(afile)]) == 2
+    assert "exists and is not a directory" in capsys.readouterr().err
+    assert main(["db", "upgrade", "--db-url", f"sqlite:///{afile}/sub/seiko.db"]) == 1
+    assert "could not be made" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["q?x=1", "p%41", "a#b"])
+def test_the_default_database_is_in_the_data_dir_whatever_its_name(tmp_path, name):
+    """An f-string URL put the database of data dir 'q?x=1' in the file 'q' beside it, and that of 'p%41' in 'pA/':
+    two data dirs could share one database. Found by review."""
+    data_dir = tmp_path / name
+    settings = Settings.from_env({"data_dir": str(data_dir)}, environ={})
+    assert main(["db", "upgrade", "--data-dir", str(data_dir)]) == 0
+    assert (data_dir / "seiko.db").is_file() and migrate.current_revision(settings.db_url) == migrate.head_revision()
+
+
+def test_a_postgresql_url_without_a_driver_uses_the_installed_one():
+    assert Settings.from_env(environ={"SEIKO_DB_URL": "postgresql://u@h/d"}).db_url == "postgresql+psycopg://u@h/d"
 
 
 def test_unknown_command_lists_the_choices(capsys):
