@@ -19,6 +19,7 @@ import threading
 
 from app import services as lifecycle
 from app.cli_serve import ServeError, build_services, check_model, install_stop_handlers, launch
+from app.cli_worker import positive_seconds as seconds
 from app.settings import Settings
 from app.settings import add_arguments as add_settings_arguments
 from db import migrate, repo
@@ -31,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_settings_arguments(parser, server=True)
     parser.add_argument("--batch-size", type=int, default=8, help="images per rating batch (default 8)")
     parser.add_argument("--no-worker", action="store_true", help="start only the web app (run `python -m app worker` yourself)")
-    parser.add_argument("--stop-timeout", type=float, default=30.0, help="seconds the worker gets to stop before it is killed")
+    # a positive number: a negative one killed the worker at once, before it could hand its job back (found by review)
+    parser.add_argument("--stop-timeout", type=seconds, default=30.0, help="seconds the worker gets to stop before it is killed")
 
 
 def ensure_demo_experiment(factory, settings: Settings) -> int | None:

@@ -20,7 +20,8 @@ from db import migrate
 from db.errors import SchemaOutOfDate
 
 
-def _positive(value: str) -> float:
+def positive_seconds(value: str) -> float:
+    """argparse type: a positive, finite number of seconds."""
     try:
         number = float(value)
     except ValueError as exc:
@@ -56,9 +57,9 @@ def _processes(value: str) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--once", action="store_true", help="process at most one job, then exit (status 1 if it failed)")
     parser.add_argument("--worker-id", help="name of this worker in the job table (default: HOST-PID)")
-    parser.add_argument("--lease-s", type=_positive, default=60.0,
+    parser.add_argument("--lease-s", type=positive_seconds, default=60.0,
                         help="seconds a claimed job stays ours without a heartbeat; heartbeats come every third of it (default 60)")
-    parser.add_argument("--poll-s", type=_positive, default=1.0, help="seconds to wait when the queue is empty (default 1)")
+    parser.add_argument("--poll-s", type=positive_seconds, default=1.0, help="seconds to wait when the queue is empty (default 1)")
     parser.add_argument("--nice", type=_niceness, default=DEFAULT_NICE,
                         help=f"CPU priority increment for this process, 0-19 (default {DEFAULT_NICE}: the web app answers first)")
     parser.add_argument("--processes", type=_processes, default=1,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import unicodedata
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import PurePosixPath, PureWindowsPath
@@ -74,6 +75,11 @@ def check_name(what: str, value: Any) -> str:
     if len(value) > NAME_MAX:
         raise InvalidInput(f"{what} is {len(value)} characters long; the limit is {NAME_MAX}")
     check_text(what, value)
+    # a line break, a terminal escape or a right-to-left override in a name printed in a list makes that list lie
+    # (found by review: 'a\nb' listed as two lines); names take letters, marks, digits, punctuation, symbols, spaces
+    if bad := [c for c in value if unicodedata.category(c)[0] == "C"]:
+        raise InvalidInput(f"{what} {shown(value)} contains the control or format character U+{ord(bad[0]):04X}; "
+                           "use letters, digits, punctuation and spaces")
     return value
 
 

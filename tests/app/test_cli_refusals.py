@@ -220,3 +220,11 @@ def test_a_broken_adapter_reaches_the_admin_as_its_sentence():
 
     with pytest.raises(gr.Error, match="has no manifest.json"):
         _shown(broken)
+
+
+def test_demo_refuses_a_stop_timeout_that_would_kill_the_worker_at_once(tmp_path):
+    """A negative --stop-timeout was accepted, and stopping the demo then killed the worker before it could hand its
+    job back (Popen.wait with a negative timeout returns at once). Found by review."""
+    proc = run_cli("demo", "--stop-timeout", "-5", "--data-dir", str(tmp_path / "d"), "--no-worker")
+    assert proc.returncode == 2 and "expected a positive number of seconds, got '-5'" in proc.stderr
+    assert not (tmp_path / "d").exists()

@@ -51,6 +51,9 @@ def test_experiment_round_trip_and_unique_name(db_factory, make_world):
         ("prompts", ["a cat\x00"], r"contains a NUL character \(\\x00\)"),
         ("model_spec", "models/x\x00", r"model_spec contains a NUL character"),
         ("name", "exp\x00", r"experiment name contains a NUL character"),
+        ("name", "two\nlines", r"contains the control or format character U\+000A"),
+        ("name", "\u202etxt.exe", r"contains the control or format character U\+202E"),
+        ("name", "red \x1b[31m", r"contains the control or format character U\+001B"),
     ],
 )
 def test_create_experiment_validates(db_factory, field, value, message):
