@@ -20,6 +20,7 @@ from sqlalchemy import and_, case, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from db import jobs as job_queue
+from db.checks import MAX_ID, findable_id, shown
 from db.checks import check_choice as _choice
 from db.checks import check_int as _int
 from db.checks import check_json as _json
@@ -29,7 +30,6 @@ from db.checks import check_now as _now
 from db.checks import check_relative_path as _relative_path
 from db.checks import check_sha256 as _sha256
 from db.checks import check_text as _text
-from db.checks import findable_id, shown
 from db.errors import Conflict, InvalidInput, NotFound
 from db.models import (
     EXPERIMENT_STATUSES,
@@ -250,7 +250,10 @@ def get_round(*, session: Session, round_id: int) -> Round:
 
 
 def get_round_by_index(*, session: Session, experiment_id: int, index: int) -> Round:
-    round_ = session.scalar(select(Round).where(Round.experiment_id == experiment_id, Round.index == index))
+    # an index or id past the integer columns' range is not found (it was an OverflowError on SQLite, a DataError on
+    # PostgreSQL: found by review)
+    findable = findable_id(experiment_id) and isinstance(index, int) and not isinstance(index, bool) and 0 <= index <= MAX_ID
+    round_ = session.scalar(select(Round).where(Round.experiment_id == experiment_id, Round.index == index)) if findable else None
     if round_ is None:
         raise NotFound(f"experiment {experiment_id} has no round {index}")
     return round_

@@ -91,14 +91,27 @@ def read_adapter(adapter_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict
         raise CheckpointError(f"Adapter {str(adapter_dir)!r} could not be read ({exc}).") from exc
     if not state:
         raise CheckpointError(f"Adapter {str(adapter_dir)!r} holds no weights.")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"Adapter {str(adapter_dir)!r} has an adapter_config.json that is not a JSON object.")
     foreign = [k for k in state if not k.startswith("unet.") or not k.endswith((".lora.down.weight", ".lora.up.weight"))]
     if foreign:
         raise CheckpointError(f"Adapter {str(adapter_dir)!r} has keys outside the diffusers UNet LoRA format, e.g. {foreign[0]!r}.")
+    # found by review: an adapter of NaN weights was exported and its check passed (both renderers drew the same
+    # broken image)
+    broken = next((k for k, t in state.items() if not bool(torch.isfinite(t).all())), None)
+    if broken is not None:
+        raise CheckpointError(f"Adapter {str(adapter_dir)!r} holds weights that are not finite numbers (in {broken!r}); "
+                              "the training that wrote it diverged.")
     if config.get("use_dora"):
         raise ExportError(f"Adapter {str(adapter_dir)!r} is a DoRA adapter; only plain LoRA adapters can be exported.")
     for field in ("r", "lora_alpha", "target_modules"):
         if field not in config:
             raise CheckpointError(f"Adapter {str(adapter_dir)!r} has no {field!r} in adapter_config.json.")
+    for field in ("r", "lora_alpha"):
+        value = config[field]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise CheckpointError(f"Adapter {str(adapter_dir)!r} has {field}={value!r} in adapter_config.json; "
+                                  "it must be a positive number.")
     return state, config, manifest
 
 

@@ -170,6 +170,10 @@ def save_adapter(unet, name: str, out_dir: str | Path, *, config: dict | None = 
     """Write adapter ``name`` atomically to ``out_dir``: weights (diffusers' writer), lora config, the SEIKO config and
     metrics as JSON, and a manifest with every file's sha256. Returns the manifest's sha256."""
     layers = unet_lora_layers(unet, name)
+    broken = next((k for k, t in layers.items() if not bool(torch.isfinite(t).all())), None)
+    if broken is not None:  # a diverged training: publishing it would make every next image black or noise
+        raise CheckpointError(f"adapter {name!r} holds weights that are not finite numbers (in {broken!r}); the "
+                              "training diverged (a lower learning rate or KL weight may help); nothing was written")
     lcfg = unet.peft_config[name].to_dict()
     lcfg = {k: (sorted(v) if isinstance(v, set) else v) for k, v in lcfg.items()}
 
@@ -203,6 +207,9 @@ def inject(unet, path: str | Path, name: str) -> None:
     if loaded != n_tensors or not n_tensors:
         if has_adapter(unet, name):
             unet.delete_adapters(name)
+        if loaded > n_tensors:  # the config names layers the file has no weights for
+            raise CheckpointError(f"The adapter in {str(path)!r} is missing tensors: its config names {loaded} LoRA "
+                                  f"layers' weights, its file holds {n_tensors}.")
         raise CheckpointError(f"Only {loaded} of the adapter's {n_tensors} LoRA tensors in {str(path)!r} matched this UNet; "
                               "is it the base model the adapter was trained on?")
 

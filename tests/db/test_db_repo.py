@@ -75,6 +75,7 @@ def test_unknown_ids_are_not_found(db_factory):
             (lambda: repo.get_experiment(session=s, experiment_id=2**40), "there is no experiment with id"),
             (lambda: repo.get_export(session=s, export_id=2**63), "there is no export with id"),
             (lambda: job_queue.get_job(session=s, job_id=2**31), "there is no job with id"),
+            (lambda: repo.get_round_by_index(session=s, experiment_id=1, index=10**20), "experiment 1 has no round"),
         ]:
             with pytest.raises(NotFound, match=message):
                 call()

@@ -276,3 +276,67 @@ def test_a_kohya_export_of_a_module_kohya_cannot_name_is_refused(tmp_path):
                                "(their loaders drop it); export it as a diffusers LoRA or a merged pipeline.")
     assert not (tmp_path / "x.safetensors").exists()
     export_diffusers_lora(out, tmp_path / "diffusers")  # the diffusers format carries it
+
+
+def _forged(adapter_dir, tmp_path, name, change):
+    """A copy of ``adapter_dir`` with ``change(copy)`` applied and its manifest rewritten to match (a verified forgery)."""
+    from seiko_core.checkpoint import write_manifest
+
+    copy = tmp_path / name
+    copy.mkdir()
+    for f in adapter_dir.iterdir():
+        if f.name != "manifest.json":
+            (copy / f.name).write_bytes(f.read_bytes())
+    change(copy)
+    write_manifest(copy, {"adapter": "round_1", "format": "diffusers-lora"})
+    return copy
+
+
+def test_an_adapter_with_a_bad_config_or_weights_that_are_not_finite_is_refused_with_a_sentence(adapter_dir, tmp_path):
+    """Found by review: an adapter_config.json that is a list was a traceback ('list' object has no attribute 'get'),
+    r='four' was blamed on diffusers, and an adapter of NaN weights was exported and its check passed."""
+    from safetensors.torch import save_file
+
+    def config(value):
+        return lambda d: (d / "adapter_config.json").write_text(json.dumps(value))
+
+    def nan_weights(d):
+        state = load_file(str(d / lora.WEIGHT_NAME))
+        save_file({k: torch.full_like(t, float("nan")) for k, t in state.items()}, str(d / lora.WEIGHT_NAME))
+
+    good = json.loads((adapter_dir / "adapter_config.json").read_text())
+    for name, change, message in [
+        ("list", config([1, 2]), "adapter_config.json that is not a JSON object"),
+        ("r", config({**good, "r": "four"}), r"has r='four' in adapter_config.json; it must be a positive number"),
+        ("nan", nan_weights, "holds weights that are not finite numbers"),
+    ]:
+        with pytest.raises(CheckpointError, match=message):
+            export_diffusers_lora(_forged(adapter_dir, tmp_path, name, change), tmp_path / f"out-{name}")
+        assert not (tmp_path / f"out-{name}").exists()
+
+
+def test_an_adapter_file_missing_a_tensor_is_named_as_such(adapter_dir, random_model_dir, tmp_path):
+    """It said 'Only 114 of the adapter's 113 LoRA tensors matched this UNet' (found by review)."""
+    from safetensors.torch import save_file
+
+    from seiko_core.models import load_model
+
+    def drop_one(d):
+        state = load_file(str(d / lora.WEIGHT_NAME))
+        save_file(dict(list(state.items())[1:]), str(d / lora.WEIGHT_NAME))
+
+    parts = load_model(str(random_model_dir), device="cpu")
+    with pytest.raises(CheckpointError, match=r"is missing tensors: its config names \d+ LoRA layers' weights, its file holds"):
+        lora.load_adapter(parts, _forged(adapter_dir, tmp_path, "short", drop_one), "round_1")
+
+
+def test_a_diverged_adapter_is_not_written(random_model_dir, tmp_path):
+    from seiko_core.models import load_model
+
+    parts = load_model(str(random_model_dir), device="cpu")
+    params = lora.add_adapter(parts.unet, "round_1", FinetuneConfig(lora_rank=RANK, lora_alpha=ALPHA))
+    with torch.no_grad():
+        params[0].fill_(float("nan"))
+    with pytest.raises(CheckpointError, match="not finite numbers .* the training diverged"):
+        lora.save_adapter(parts.unet, "round_1", tmp_path / "round_1")
+    assert not (tmp_path / "round_1").exists()
