@@ -7,6 +7,7 @@ for the shapes model; ``openai/clip-vit-large-patch14`` by default for real SD, 
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,11 +82,30 @@ def resolve_spec(spec: str) -> tuple[str, bool]:
     return spec, False
 
 
+def _check_local_configs(path: Path) -> None:
+    """Every JSON config of a local model directory (model_index.json and each component's) must be a JSON object:
+    diffusers and transformers met a list or a broken file with a TypeError or an AttributeError deep inside, or
+    went to look for the model on the hub (found by review)."""
+    for config in [path / "model_index.json", *sorted(path.glob("*/*config*.json"))]:
+        if not config.is_file():
+            continue
+        try:
+            value = json.loads(config.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+            raise ModelLoadError(f"Model file {str(config)!r} is not valid JSON ({exc}).".splitlines()[0]) from exc
+        if not isinstance(value, dict):
+            raise ModelLoadError(f"Model file {str(config)!r} must hold a JSON object, not a {type(value).__name__}.")
+
+
 def _load_pretrained(loader, name: str, local: bool, what: str, **kwargs):
+    from safetensors import SafetensorError
+
     offline = local or _hub_offline()
+    if local:
+        _check_local_configs(Path(name))
     try:
         return loader(name, local_files_only=offline, **kwargs)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, SafetensorError) as exc:
         if not local and offline:
             raise ModelLoadError(
                 f"{what} {name!r} is a hub id, but the hub is offline (HF_HUB_OFFLINE=1) and it is not in the "

@@ -60,3 +60,23 @@ def test_pickled_weights_are_refused_not_unpickled(random_model_dir, tmp_path):
     weights.unlink()
     with pytest.raises(ModelLoadError, match="Could not load"):
         load_model(str(pickled), device="cpu")
+
+
+@pytest.mark.parametrize(("file", "content", "message"), [
+    ("model_index.json", b"[1]", "must hold a JSON object, not a list"),
+    ("unet/config.json", b"[]", "must hold a JSON object, not a list"),
+    ("feature_extractor/preprocessor_config.json", b"[]", "must hold a JSON object, not a list"),
+    ("unet/config.json", b"{not json", "is not valid JSON"),
+    ("image_encoder/model.safetensors", b"\x00" * 100, "Could not load"),
+])
+def test_a_forged_model_file_is_one_sentence(random_model_dir, tmp_path, file, content, message):
+    """Found by review: each of these escaped as a TypeError, an AttributeError, a SafetensorError, or a message
+    about connecting to huggingface.co."""
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(random_model_dir, bad)
+    assert (bad / file).is_file()
+    (bad / file).write_bytes(content)
+    with pytest.raises(ModelLoadError, match=message):
+        load_model(str(bad), device="cpu")
