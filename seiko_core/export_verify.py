@@ -281,7 +281,7 @@ def child(job: dict) -> dict:
     _render(pipe, job, out / "base.png")
     if job["kind"] == "lora":
         kwargs = {"weight_name": job["weight_name"]} if job.get("weight_name") else {}
-        pipe.load_lora_weights(job["export"], **kwargs)
+        pipe.load_lora_weights(job["export"], use_safetensors=True, **kwargs)
         loader = "StableDiffusionPipeline.from_pretrained(base) + load_lora_weights(export" + (
             f", weight_name={job['weight_name']!r})" if job.get("weight_name") else ")")
     else:

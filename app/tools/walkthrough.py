@@ -159,8 +159,9 @@ def main(argv: list[str] | None = None) -> int:
                         "--round", str(args.rounds), "--format", "diffusers", "--out", str(out)], env=env, check=True)
         from diffusers import StableDiffusionPipeline
 
-        pipe = StableDiffusionPipeline.from_pretrained(model, local_files_only=True)
-        pipe.load_lora_weights(str(out))
+        # safetensors only, here too: a model with pickled (.bin) weights is refused, not unpickled
+        pipe = StableDiffusionPipeline.from_pretrained(model, local_files_only=True, use_safetensors=True)
+        pipe.load_lora_weights(str(out), use_safetensors=True)
         img = pipe(["a shape"] * 4, num_inference_steps=20, guidance_scale=7.5, eta=1.0,
                    generator=[torch.Generator().manual_seed(s) for s in range(4)]).images
         print(f"exported round {args.rounds}'s LoRA to {out}; plain diffusers loaded it and drew {len(img)} images", flush=True)

@@ -467,8 +467,9 @@ def refine_existing(model_dir: str | Path, steps: int | None = None) -> dict:
     torch.set_num_threads(cfg.threads)
     data = ds.generate(cfg.n_images, seed=cfg.seed)
     tokenizer = CLIPTokenizer.from_pretrained(model_dir / "tokenizer", local_files_only=True)
-    text_encoder = CLIPTextModel.from_pretrained(model_dir / "text_encoder", local_files_only=True)
-    image_encoder = CLIPVisionModelWithProjection.from_pretrained(model_dir / "image_encoder", local_files_only=True)
+    text_encoder = CLIPTextModel.from_pretrained(model_dir / "text_encoder", local_files_only=True, use_safetensors=True)
+    image_encoder = CLIPVisionModelWithProjection.from_pretrained(model_dir / "image_encoder", local_files_only=True,
+                                                                  use_safetensors=True)
     text_proj = load_file(str(model_dir / "text_projection.safetensors"))
     t0 = time.time()
     text_proj = refine_encoder(cfg, data, tokenizer, text_encoder, image_encoder, text_proj)
