@@ -37,7 +37,8 @@ honest (random) images when a selection mode picks the rest, variety (mean pairw
 difference of two images' RGB values in [0, 1]; mean pairwise Euclidean distance of the image-encoder embeddings
 the worker stored; both also as % of round 0), the wait in seconds and the labels (ratings and comparisons). ``DIR/results.json`` is
 rewritten after every round (a seed that finished is skipped by a re-run; an unfinished one starts again from a
-fresh data dir), and ``DIR/bench_taste.png`` plots the rounds (mean over seeds, min-max as a band).
+fresh data dir; a ``seed_<s>/`` that results.json does not list as unfinished is never removed: the run is
+refused), and ``DIR/bench_taste.png`` plots the rounds (mean over seeds, min-max as a band).
 """
 
 from __future__ import annotations
@@ -141,10 +142,13 @@ class BenchConfig:
         """``config`` (an experiment's SEIKO config dict) with ``overrides`` applied, checked by SeikoConfig."""
         if not self.overrides:
             return config
+        from seiko_core.config import check_runnable
         from seiko_core.simulate import SimulationError, apply_overrides
 
         try:
-            return to_dict(apply_overrides(from_dict(config), self.overrides))
+            cfg = apply_overrides(from_dict(config), self.overrides)
+            check_runnable(cfg)  # prompts=[] is a valid config, but the worker's first round has nothing to sample
+            return to_dict(cfg)
         except (SimulationError, ValueError, TypeError) as exc:
             raise BenchError(str(exc)) from exc
 
@@ -435,8 +439,8 @@ def run_seed(cfg: BenchConfig, seed: int, person: people.Person, on_round) -> li
     from db.engine import make_engine, read_session, session_factory
 
     root = cfg.out / f"seed_{seed}"
-    if root.exists():
-        shutil.rmtree(root)  # an unfinished seed starts again on a fresh data dir
+    if root.exists() or root.is_symlink():  # run() removed an unfinished seed's directory; anything else is not ours
+        raise BenchError(f"{root} already exists; give another --out")
     data_dir = root / "data"
     data_dir.mkdir(parents=True)
     settings = Settings.from_env({"data_dir": str(data_dir), "model": cfg.model}, environ={})
@@ -586,6 +590,45 @@ SUMMARY_KEYS = ("mean_rating", "share_ge6", "honest_share_ge6", "variety_pixels_
                 "wait_s", "reward_corr")
 
 
+def _number_or_none(value: Any) -> bool:
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value))
+
+
+def _record_problem(record: Any, rounds: int) -> str | None:
+    """Why ``record`` (one seed's entry in results.json) is not a seed record of a run with ``rounds`` trainings, or
+    None: a finished one holds rounds 0 .. ``rounds``, each with numbers (or null) where :func:`summarise` reads them."""
+    if not isinstance(record, dict) or not isinstance(record.get("complete"), bool):
+        return "its record is not an object with complete true or false"
+    if not record["complete"]:
+        return None  # started again from a fresh data dir, its rounds are not read
+    got = record.get("rounds")
+    if not isinstance(got, list) or len(got) != rounds + 1 or not all(isinstance(r, dict) for r in got):
+        return f"rounds must be a list of {rounds + 1} round records, got {json.dumps(got)[:60]}"
+    for k, r in enumerate(got):
+        bad = [key for key in SUMMARY_KEYS if not _number_or_none(r.get(key))]
+        if bad:
+            return f"round {k}'s {bad[0]} is {json.dumps(r.get(bad[0]))[:40]}, not a number"
+    return None
+
+
+def previous_seeds(path: Path, previous: dict[str, Any], cfg: BenchConfig) -> tuple[dict[str, dict[str, Any]], set[str]]:
+    """The seeds of ``previous`` (results.json at ``path`` of a run with ``cfg``'s settings): the finished ones'
+    records, kept, and the unfinished ones' names, whose ``seed_<s>/`` run() may start again. BenchError (one
+    sentence naming the file) when a record is not a bench-taste seed record: a kept one is summarised."""
+    names = {str(s) for s in cfg.seeds}
+    kept, unfinished = {}, set()
+    for key, record in previous.get("seeds", {}).items():
+        problem = (f"it lists seed {key!r}, not one of --seeds" if key not in names
+                   else _record_problem(record, cfg.rounds))
+        if problem:
+            raise BenchError(f"{path} is not a bench-taste results file (seed {key}: {problem}); give another --out")
+        if record["complete"]:
+            kept[key] = record
+        else:
+            unfinished.add(key)
+    return kept, unfinished
+
+
 def summarise(seeds: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Per round over the seeds that reached it: mean, min and max of each SUMMARY_KEYS value."""
     out = []
@@ -676,24 +719,41 @@ def run(cfg: BenchConfig, command: list[str], log=print) -> dict[str, Any]:
         raise BenchError(f"the output directory {cfg.out} cannot be made ({exc.strerror or exc}); give another --out") from exc
     results_path = cfg.out / "results.json"
     seeds: dict[str, dict[str, Any]] = {}
-    if results_path.exists():
+    unfinished: set[str] = set()
+    # Never "remove results.json": without it no seed_<s>/ is known to be this benchmark's, and none is removed
+    if results_path.exists() or results_path.is_symlink():
         try:
             previous = json.loads(results_path.read_text())
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             previous = exc
         if not isinstance(previous, dict) or not isinstance(previous.get("seeds", {}), dict):
-            # refused, not started afresh: a fresh start would delete the unfinished seeds' data (run_seed)
-            raise BenchError(f"{results_path} is not a bench-taste results file; give another --out or remove it")
-        if previous.get("config") == cfg.as_dict():
-            seeds = {k: v for k, v in previous.get("seeds", {}).items() if isinstance(v, dict) and v.get("complete")}
-            for k in seeds:
-                log(f"seed {k}: finished in an earlier run, kept")
-        else:
-            raise BenchError(f"{results_path} holds a run with other settings; give another --out or remove it")
+            raise BenchError(f"{results_path} is not a bench-taste results file; give another --out")
+        if previous.get("config") != cfg.as_dict():
+            raise BenchError(f"{results_path} holds a run with other settings; give those settings again to resume it, "
+                             "or another --out")
+        seeds, unfinished = previous_seeds(results_path, previous, cfg)
+    # A seed's directory is removed only when results.json lists it as an unfinished seed of these settings: an
+    # --out that holds anything else under that name is refused before any seed starts, and nothing is touched
     for seed in cfg.seeds:
-        if str(seed) in seeds:
+        root = cfg.out / f"seed_{seed}"
+        if str(seed) not in seeds and (root.exists() or root.is_symlink()) and (
+                str(seed) not in unfinished or root.is_symlink() or not root.is_dir()):
+            raise BenchError(f"{root} exists but {results_path.name} there does not list seed {seed} as unfinished, so "
+                             "it is not this benchmark's to start again; give another --out")
+    for k in seeds:
+        log(f"seed {k}: finished in an earlier run, kept")
+    for k in sorted(unfinished, key=int):  # still listed (their directories are still there) until each starts again
+        seeds[k] = {"rounds": [], "complete": False, "wall_s": 0.0}
+    for seed in cfg.seeds:
+        if seeds.get(str(seed), {}).get("complete"):
             continue
         started = time.monotonic()
+        root = cfg.out / f"seed_{seed}"
+        # listed as unfinished before its directory is made, so that a run stopped in round 0 is resumed, not refused
+        seeds[str(seed)] = {"rounds": [], "complete": False, "wall_s": 0.0}
+        write_results(results_path, cfg, seeds, command)
+        if root.exists():
+            shutil.rmtree(root)  # an unfinished seed (checked above) starts again on a fresh data dir
 
         def on_round(rounds, seed=seed, started=started):
             seeds[str(seed)] = {"rounds": rounds, "complete": False, "wall_s": round(time.monotonic() - started, 1)}

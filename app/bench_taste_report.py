@@ -26,12 +26,56 @@ import numpy as np
 
 from seiko_core.stats import mean_ci95
 
+REPORTED = ("share_ge6", "mean_rating", "variety_pixels_pct_round0", "variety_embedding_pct_round0",
+            "variety_liked_pixels_pct_round0", "variety_liked_embedding_pct_round0", "wait_s", "reward_corr")
+
+
+def _number_or_none(value: Any) -> bool:
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+
+
+def _doc_problem(doc: Any) -> str | None:
+    """Why ``doc`` is not a bench-taste results document this report can read, or None."""
+    if not isinstance(doc, dict):
+        return f"a JSON {type(doc).__name__}, not an object"
+    config, seeds = doc.get("config"), doc.get("seeds")
+    if not isinstance(config, dict) or not isinstance(config.get("options"), dict):
+        return "no config with its options"
+    if not isinstance(seeds, dict) or not seeds:
+        return "no seeds" if isinstance(seeds, dict) or seeds is None else f"seeds is {json.dumps(seeds)[:40]}, not an object"
+    for seed, entry in seeds.items():
+        if not (seed.isascii() and seed.isdigit()):
+            return f"seed {seed!r} is not a whole number"
+        rounds = entry.get("rounds") if isinstance(entry, dict) else None
+        if not isinstance(rounds, list) or not all(isinstance(r, dict) for r in rounds):
+            return f"seed {seed} has no list of rounds"
+        for k, r in enumerate(rounds):
+            bad = [key for key in REPORTED if not _number_or_none(r.get(key))]
+            if bad:
+                return f"seed {seed}, round {k}: {bad[0]} is {json.dumps(r.get(bad[0]))[:40]}, not a number"
+    if not any(entry["rounds"] for entry in seeds.values()):
+        return "no seed has a round yet"
+    return None
+
 
 def load(run_dir: Path) -> dict[str, Any]:
+    """``run_dir``'s results.json; FileNotFoundError when there is none, ValueError (one sentence naming the file)
+    when it is not one bench-taste wrote."""
     path = run_dir / "results.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; is {run_dir} a bench-taste --out directory?")
-    return json.loads(path.read_text())
+    try:
+        doc = json.loads(path.read_text())
+    except OSError as exc:  # a directory, say
+        raise ValueError(f"{path} is not a bench-taste results file ({(exc.strerror or str(exc)).lower()})") from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not a bench-taste results file (not UTF-8 text)") from exc
+    except ValueError as exc:
+        raise ValueError(f"{path} is not a bench-taste results file (not JSON)") from exc
+    problem = _doc_problem(doc)
+    if problem:
+        raise ValueError(f"{path} is not a bench-taste results file ({problem})")
+    return doc
 
 
 def _seed_values(doc: dict[str, Any], k: int, key: str) -> list[float | None]:
@@ -61,7 +105,8 @@ def run_table(doc: dict[str, Any], name: str) -> str:
     complete = [s for s in seeds if doc["seeds"][s].get("complete")]
     n_rounds = max(len(doc["seeds"][s]["rounds"]) for s in seeds)
     opts = doc["config"]["options"]
-    lines = [f"**{name}**: person `{doc['config']['person']}`, selection `{opts['selection']}` x{opts['candidate_factor']}, "
+    lines = [f"**{name}**: person `{doc['config'].get('person')}`, selection `{opts.get('selection')}` "
+             f"x{opts.get('candidate_factor')}, "
              f"seeds {', '.join(seeds)} ({len(complete)} complete); mean (per seed)", "",
              "| round | share >= 6, % | mean rating | variety px, % | variety emb, % | liked images' variety px / emb, % "
              "| wait, s | reward model rho |",
@@ -97,7 +142,8 @@ def _last_round_pairs(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, i
     for seed in sorted(set(a["seeds"]) & set(b["seeds"]), key=int):
         ra, rb = a["seeds"][seed]["rounds"], b["seeds"][seed]["rounds"]
         k = min(len(ra), len(rb)) - 1
-        out.append((seed, k, ra[k], rb[k], rb))
+        if k >= 0:  # a seed that a stopped run had just started has no round yet
+            out.append((seed, k, ra[k], rb[k], rb))
     return out
 
 

@@ -12,14 +12,21 @@ from pathlib import Path
 from app.experiment_options import FEEDBACKS, MAX_CANDIDATE_FACTOR, SELECTIONS, ExperimentOptions
 from app.settings import DEFAULT_MODEL
 
+MAX_SEED = 10_000  # seed s creates s placeholder experiments first (app.bench_taste: its experiment id is s + 1)
+MAX_SEEDS = 64  # each seed is a whole run of the app: hours on a GPU
+
 
 def _seeds(text: str) -> tuple[int, ...]:
+    shown = text if len(text) <= 40 else text[:40] + "..."
     try:
         seeds = tuple(int(s) for s in text.split(",") if s.strip())
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"--seeds must be whole numbers separated by commas, got {text!r}") from exc
+        raise argparse.ArgumentTypeError(f"--seeds must be whole numbers separated by commas, got {shown!r}") from exc
     if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise argparse.ArgumentTypeError(f"--seeds must be distinct whole numbers >= 0, got {text!r}")
+        raise argparse.ArgumentTypeError(f"--seeds must be distinct whole numbers >= 0, got {shown!r}")
+    if len(seeds) > MAX_SEEDS or max(seeds) > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"--seeds must be at most {MAX_SEEDS} seeds, each from 0 to {MAX_SEED}, "
+                                         f"got {len(seeds)} seed(s) up to {max(seeds)}")
     return seeds
 
 

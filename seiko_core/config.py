@@ -14,6 +14,9 @@ TRUNCATIONS = ("per_step", "per_trajectory", "stratified")  # seiko_core.finetun
 
 METHODS = ("nonadaptive", "greedy", "ucb", "ucb_cov", "bootstrap", "ts")  # ucb: textbook bonus; ucb_cov: the reference code's
 
+# seiko_core.optimism.OPTIMISM's names, written out so that a config is checked without importing torch
+AGGREGATIONS = ("mean", "max", "softmax", "ucb_heads", "thompson")
+
 
 def _check(cond: bool, msg: str) -> None:
     if not cond:
@@ -42,7 +45,14 @@ def _kind_error(name: str, kind: str, value: Any) -> str | None:
         return None if isinstance(value, bool) else f"{name} must be true or false, got {value!r}"
     if kind == "str":
         return None if isinstance(value, str) else f"{name} must be text, got {value!r}"
-    return None  # tuples and sections are converted and checked by their own __post_init__
+    if kind.startswith("tuple["):  # a JSON list; a string would be split into its characters by tuple()
+        return None if isinstance(value, list | tuple) else f"{name} must be a list, got {value!r}"
+    return None  # the items of lists are checked by each __post_init__, sections by their own
+
+
+def _texts(name: str, values: tuple) -> None:
+    """Every item of the list field ``name`` is a non-empty text (a prompt of 1 or "" would reach the text encoder)."""
+    _check(all(isinstance(v, str) and v.strip() for v in values), f"{name} must be non-empty texts, got {list(values)!r}")
 
 
 def _check_finite(obj: Any) -> None:
@@ -129,6 +139,8 @@ class OptimismConfig:
 
     def __post_init__(self) -> None:
         _check_kinds(self)
+        _check(self.aggregation in AGGREGATIONS,
+               f"unknown aggregation {self.aggregation!r}; choose from {sorted(AGGREGATIONS)}")
         _check(self.ucb_beta >= 0 and self.bonus_clip > 0, "ucb_beta must be non-negative and bonus_clip positive")
         _check(self.temperature > 0, f"temperature must be positive, got {self.temperature}")
         _check(self.bonus in (None, "textbook", "covariance"), f"unknown bonus {self.bonus!r}; choose from [None, 'covariance', 'textbook']")
@@ -241,11 +253,17 @@ class SeikoConfig:
 
     def __post_init__(self) -> None:
         _check_kinds(self)
+        for name, section in SECTIONS.items():  # from_dict makes them from JSON objects; a number here fails later
+            _check(isinstance(getattr(self, name), section),
+                   f"{name} must be a {section.__name__} section, got {getattr(self, name)!r}")
         _check(all(_whole(b) for b in self.budgets),
                f"budgets must be whole numbers, got {list(self.budgets)}")
         self.budgets = tuple(int(b) for b in self.budgets)
         self.prompts = tuple(self.prompts)
         self.eval_prompts = tuple(self.eval_prompts)
+        _texts("prompts", self.prompts)
+        _texts("eval_prompts", self.eval_prompts)
+        _check(all(_whole(s) for s in self.eval_seeds), f"eval_seeds must be whole numbers, got {list(self.eval_seeds)!r}")
         self.eval_seeds = tuple(int(s) for s in self.eval_seeds)
         _check(self.method in METHODS, f"unknown method {self.method!r}; choose from {sorted(METHODS)}")
         _check(len(self.budgets) >= 1 and all(b >= 1 for b in self.budgets), f"budgets must be positive integers, got {self.budgets}")
@@ -288,6 +306,18 @@ METHOD_OPTIMISM: dict[str, tuple[str, str | None]] = {
 }
 
 
+# the sections of a SeikoConfig: a JSON object each in a config dict (from_dict)
+SECTIONS: dict[str, type] = {"sampling": SamplingConfig, "reward": RewardConfig, "optimism": OptimismConfig,
+                             "finetune": FinetuneConfig}
+
+
+def check_runnable(cfg: SeikoConfig) -> None:
+    """What a config needs before a run trains with it, beyond what makes it a valid config (the bare default, with no
+    prompts, is one): prompts to sample from and held-out prompts to evaluate on. A ValueError with one sentence."""
+    _check(len(cfg.prompts) >= 1, f"prompts must hold at least one prompt to sample from, got {list(cfg.prompts)}")
+    _check(len(cfg.eval_prompts) >= 1, f"eval_prompts must hold at least one held-out prompt, got {list(cfg.eval_prompts)}")
+
+
 def to_dict(cfg: Any) -> dict:
     """JSON-ready dict of a config (tuples become lists)."""
     return asdict(cfg)
@@ -295,13 +325,15 @@ def to_dict(cfg: Any) -> dict:
 
 def from_dict(data: dict) -> SeikoConfig:
     """Inverse of :func:`to_dict`; unknown keys are an error, missing keys take defaults."""
-    sub = {"sampling": SamplingConfig, "reward": RewardConfig, "optimism": OptimismConfig, "finetune": FinetuneConfig}
+    sub = SECTIONS
+    _check(isinstance(data, dict), f"a SEIKO config must be a JSON object, got {type(data).__name__}")
     known = {f.name for f in fields(SeikoConfig)}
     unknown = set(data) - known
     _check(not unknown, f"unknown config keys {sorted(unknown)}; choose from {sorted(known)}")
     kwargs = {}
     for k, v in data.items():
         if k in sub and not is_dataclass(v):
+            _check(isinstance(v, dict), f"{k} must be a JSON object, got {v!r}")
             names = {f.name for f in fields(sub[k])}
             bad = set(v) - names
             _check(not bad, f"unknown {k} config keys {sorted(bad)}; choose from {sorted(names)}")

@@ -52,7 +52,7 @@ import torch
 from tqdm import tqdm
 
 from .atomic import write_text
-from .config import METHODS, SeikoConfig, from_dict, to_dict
+from .config import METHODS, SeikoConfig, check_runnable, from_dict, to_dict
 from .stats import mean_ci95, t975  # noqa: F401  (re-exported: reports import them from here)
 
 RESULTS = "results.json"
@@ -808,6 +808,7 @@ def campaign_setup(args, parts, oracle, methods, budgets):
         # limit is the product's (the wait between rounds); `--set finetune.max_seconds=23` opts back in.
         base.finetune.max_seconds = None
         base = apply_overrides(base, args.set)
+        check_runnable(base)  # e.g. --set prompts=[]: a valid config with nothing to sample
         cfgs = {m: method_config(base, m, args) for m in methods}
     except SimulationError:
         raise

@@ -436,3 +436,242 @@ def test_the_report_refuses_to_pool_runs_without_a_common_seed():
     b["seeds"] = {"7": b["seeds"]["0"]}
     with pytest.raises(ValueError, match="share no seed"):
         report.pooled_pairs([(a, b)])
+
+
+# ---------------------------------------------------------------------------------------------
+# refusals of what it is given: --set, --seeds, an --out it did not make, a results.json it did not write
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("prompts=[]", "prompts must hold at least one prompt to sample from, got []"),
+    ("eval_prompts=[]", "eval_prompts must hold at least one held-out prompt, got []"),
+    ("optimism.aggregation=foo", "unknown aggregation 'foo'; choose from ['max', 'mean', 'softmax', 'thompson', 'ucb_heads']"),
+    ("sampling=3", "sampling must be a JSON object, got 3"),
+    ("reward.hidden=5", "hidden must be a list, got 5"),
+    ('eval_seeds=["a"]', "eval_seeds must be whole numbers, got ['a']"),
+    ("eval_seeds=[1.7]", "eval_seeds must be whole numbers, got [1.7]"),
+    ("prompts=abc", "prompts must be a list, got 'abc'"),
+    ("finetune.target_modules=to_q", "target_modules must be a list, got 'to_q'"),
+    ("prompts=[1,2]", "prompts must be non-empty texts, got [1, 2]"),
+])
+def test_check_overrides_refuses_a_bad_set_in_one_sentence_naming_the_field(tmp_path, override, expected):
+    from app.experiment_options import ExperimentOptions
+
+    cfg = bench_taste.BenchConfig(person="purple", rounds=1, budget=4, seeds=(0,), out=tmp_path, model="m",
+                                  options=ExperimentOptions(), overrides=("finetune.epochs=2", override))
+    with pytest.raises(bench_taste.BenchError) as err:
+        cfg.check_overrides()
+    assert str(err.value) == expected
+    bench_taste.BenchConfig(person="purple", rounds=1, budget=4, seeds=(0,), out=tmp_path, model="m",
+                            options=ExperimentOptions(), overrides=('prompts=["a star"]',)).check_overrides()
+
+
+def test_the_command_refuses_an_unknown_aggregation_before_any_work(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "app", "bench-taste", "--person", "purple", "--rounds", "1", "--budget", "8",
+                           "--seeds", "0", "--out", str(out), "--set", "optimism.aggregation=foo"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == ["error: unknown aggregation 'foo'; choose from ['max', 'mean', 'softmax', "
+                                                "'thompson', 'ucb_heads']"], proc.stderr
+    assert not out.exists()
+
+
+def test_seeds_are_bounded_in_one_sentence():
+    import argparse
+
+    from app.cli_bench_taste import _seeds
+
+    assert _seeds("0,10000") == (0, 10000)
+    assert _seeds(",".join(map(str, range(64)))) == tuple(range(64))
+    with pytest.raises(argparse.ArgumentTypeError, match=r"^--seeds must be at most 64 seeds, each from 0 to 10000, "
+                                                         r"got 2 seed\(s\) up to 10001$"):
+        _seeds("0,10001")
+    with pytest.raises(argparse.ArgumentTypeError, match=r"got 65 seed\(s\) up to 64$"):
+        _seeds(",".join(map(str, range(65))))
+    with pytest.raises(argparse.ArgumentTypeError, match=r"^--seeds must be whole numbers separated by commas, "
+                                                         r"got '1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,1\.\.\.'$"):
+        _seeds(",".join(map(str, range(1, 40))) + ",x")
+
+
+class _Started(Exception):
+    """Raised where a seed's fresh data dir is migrated: the seed got that far."""
+
+
+@pytest.fixture
+def bench_run(tmp_path, monkeypatch):
+    """``run(cfg)`` up to the point where a seed migrates its fresh database (no model, no worker): the person and
+    the model are not loaded, and ``started`` lists the seeds that got there."""
+    from app import services
+    from app.experiment_options import ExperimentOptions
+    from db import migrate
+
+    started = []
+
+    def upgrade(url):
+        started.append(url)
+        raise _Started(url)
+
+    monkeypatch.setattr(bench_taste.people, "load_person", lambda spec: object())
+    monkeypatch.setattr(bench_taste.people, "check_person", lambda person: None)
+    monkeypatch.setattr(services, "check_model_spec", lambda spec: spec)
+    monkeypatch.setattr(migrate, "upgrade", upgrade)
+    out = tmp_path / "out"
+    cfg = bench_taste.BenchConfig(person="purple", rounds=1, budget=4, seeds=(0, 1), out=out, model="m",
+                                  options=ExperimentOptions())
+
+    def go(**changes):
+        from dataclasses import replace
+
+        bench_taste.run(replace(cfg, **changes), ["test"], log=lambda line: None)
+
+    go.cfg, go.out, go.started = cfg, out, started
+    return go
+
+
+def _results(cfg, seeds) -> str:
+    import json
+
+    return json.dumps({"benchmark": "bench-taste", "config": cfg.as_dict(), "seeds": seeds})
+
+
+def _finished(rounds: int) -> dict:
+    return {"complete": True, "wall_s": 1.0,
+            "rounds": [{"round": k, "mean_rating": 5.0, "share_ge6": 0.5, "wait_s": None if k == 0 else 2.0}
+                       for k in range(rounds + 1)]}
+
+
+def test_a_seed_directory_it_did_not_make_is_refused_and_kept(bench_run):
+    """``mkdir -p out/seed_0; echo x > out/seed_0/important.txt`` and a run with seed 0 removed important.txt (run_seed
+    deleted any seed_<s>/ there). Found by review."""
+    keep = bench_run.out / "seed_0" / "important.txt"
+    keep.parent.mkdir(parents=True)
+    keep.write_text("x")
+    with pytest.raises(bench_taste.BenchError, match=r"seed_0 exists but results.json there does not list seed 0 as "
+                                                     r"unfinished, so it is not this benchmark's to start again; give "
+                                                     r"another --out$"):
+        bench_run()
+    assert keep.read_text() == "x" and not bench_run.started
+    assert sorted(p.name for p in bench_run.out.iterdir()) == ["seed_0"]  # no results.json written either
+    # a finished seed 0 kept in results.json: its directory is kept and not refused; seed 1's is not listed: refused
+    (bench_run.out / "results.json").write_text(_results(bench_run.cfg, {"0": _finished(1)}))
+    (bench_run.out / "seed_1").mkdir()
+    (bench_run.out / "seed_1" / "notes.txt").write_text("mine")
+    before = (bench_run.out / "results.json").read_text()
+    with pytest.raises(bench_taste.BenchError, match="seed_1 exists but results.json there does not list seed 1"):
+        bench_run()
+    assert (bench_run.out / "seed_1" / "notes.txt").read_text() == "mine" and keep.read_text() == "x"
+    assert (bench_run.out / "results.json").read_text() == before and not bench_run.started
+
+
+def test_an_unfinished_seed_listed_in_results_json_starts_again_on_a_fresh_directory(bench_run):
+    import json
+
+    stale = bench_run.out / "seed_1" / "data" / "old.txt"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("from the stopped run")
+    (bench_run.out / "results.json").write_text(_results(bench_run.cfg, {"0": _finished(1), "1": {
+        "complete": False, "wall_s": 3.0, "rounds": _finished(1)["rounds"][:1]}}))
+    with pytest.raises(_Started):
+        bench_run()
+    assert len(bench_run.started) == 1 and not stale.exists() and (bench_run.out / "seed_1" / "data").is_dir()
+    doc = json.loads((bench_run.out / "results.json").read_text())
+    assert doc["seeds"]["0"] == _finished(1)  # kept
+    assert doc["seeds"]["1"] == {"complete": False, "rounds": [], "wall_s": 0.0}  # listed before its directory was made
+
+
+def test_a_run_stopped_in_its_first_round_resumes_and_is_not_refused(bench_run):
+    """A seed is listed as unfinished in results.json before its directory is made: stopped before its first round
+    ended, the same command starts it again rather than refusing its directory."""
+    for _ in range(2):
+        with pytest.raises(_Started):
+            bench_run()
+        assert (bench_run.out / "seed_0" / "data").is_dir()
+    assert len(bench_run.started) == 2
+
+
+@pytest.mark.parametrize("record, problem", [
+    ({"complete": True, "rounds": 5}, "rounds must be a list of 2 round records, got 5"),
+    ({"complete": True, "rounds": [{}, {}, {}]}, "rounds must be a list of 2 round records, got [{}, {}, {}]"),
+    ({"complete": True, "rounds": [{}, {"share_ge6": "high"}]}, "round 1's share_ge6 is \"high\", not a number"),
+    ({"complete": "yes", "rounds": []}, "its record is not an object with complete true or false"),
+    ([1], "its record is not an object with complete true or false"),
+])
+def test_a_kept_seed_record_that_is_not_one_is_refused_naming_the_file(bench_run, record, problem):
+    """``{"0": {"complete": true, "rounds": 5}}`` in results.json: a TypeError traceback in summarise. Found by review."""
+    path = bench_run.out / "results.json"
+    path.parent.mkdir()
+    path.write_text(_results(bench_run.cfg, {"0": record}))
+    with pytest.raises(bench_taste.BenchError) as err:
+        bench_run()
+    assert str(err.value) == f"{path} is not a bench-taste results file (seed 0: {problem}); give another --out"
+    assert not bench_run.started
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("[1, 2]", "{path} is not a bench-taste results file; give another --out"),
+    ("{}", "{path} holds a run with other settings; give those settings again to resume it, or another --out"),
+])
+def test_the_results_file_refusals_never_suggest_removing_it(bench_run, text, expected):
+    """"give another --out or remove it": removing results.json alone would have let the seed directories be wiped."""
+    path = bench_run.out / "results.json"
+    path.parent.mkdir()
+    path.write_text(text)
+    with pytest.raises(bench_taste.BenchError) as err:
+        bench_run()
+    assert str(err.value) == expected.format(path=path) and "remove" not in str(err.value)
+
+
+@pytest.mark.parametrize("content, why", [
+    ("[]", "a JSON list, not an object"),
+    ("{}", "no config with its options"),
+    ('{"config": {"options": {}}, "seeds": {}}', "no seeds"),
+    ('{"config": {"options": {}}, "seeds": "x"}', 'seeds is "x", not an object'),
+    ('{"config": {"options": {}}, "seeds": {"a": {"rounds": []}}}', "seed 'a' is not a whole number"),
+    ('{"config": {"options": {}}, "seeds": {"0": {"rounds": 3}}}', "seed 0 has no list of rounds"),
+    ('{"config": {"options": {}}, "seeds": {"0": {"rounds": []}}}', "no seed has a round yet"),
+    ('{"config": {"options": {}}, "seeds": {"0": {"rounds": [{"wait_s": "1 s"}]}}}',
+     'seed 0, round 0: wait_s is "1 s", not a number'),
+    ("{not json", "not JSON"),
+    (b"\xff\xfe\x00binary", "not UTF-8 text"),
+    (None, "is a directory"),
+])
+def test_the_report_refuses_a_results_file_it_cannot_read_in_one_sentence(tmp_path, capsys, content, why):
+    """``[]``, ``{"seeds": {}}`` and the like gave tracebacks (KeyError, "max() arg is an empty sequence"). Found by
+    review."""
+    from app import bench_taste_report as report
+
+    run_dir = tmp_path / "run"
+    path = run_dir / "results.json"
+    if content is None:
+        path.mkdir(parents=True)
+    else:
+        run_dir.mkdir()
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    expected = f"{path} is not a bench-taste results file ({why})"
+    with pytest.raises(ValueError) as err:
+        report.load(run_dir)
+    assert str(err.value) == expected
+    assert report.main([str(run_dir)]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {expected}"]
+
+
+def test_the_report_command_prints_the_sentence_and_fails(tmp_path):
+    (tmp_path / "results.json").write_text('{"seeds": {}}')
+    proc = subprocess.run([sys.executable, "-m", "app.bench_taste_report", str(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [f"error: {tmp_path / 'results.json'} is not a bench-taste results file "
+                                                "(no config with its options)"], proc.stderr
+
+
+def test_the_report_reads_a_run_stopped_while_a_seed_had_no_round_yet(tmp_path):
+    from app import bench_taste_report as report
+
+    doc = _doc([[0.0, 0.25], [0.0, 0.5]], [[1.0, 2.0], [1.0, 3.0]])
+    doc["seeds"]["2"] = {"complete": False, "rounds": []}
+    (tmp_path / "results.json").write_text(__import__("json").dumps(doc))
+    loaded = report.load(tmp_path)
+    assert "| 1 | **38** (25 / 50 / -) |" in report.run_table(loaded, "t")
+    assert "| 2 |" not in report.paired(loaded, loaded, "a", "b")

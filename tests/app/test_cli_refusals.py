@@ -120,6 +120,10 @@ def test_simulate_refuses_a_bad_preset_or_set_value_in_one_sentence(tmp_path):
     assert [x for x in proc.stderr.splitlines() if x.startswith("error:")] == [
         "error: unknown truncation 'bogus'; choose from ['per_step', 'per_trajectory', 'stratified']"], proc.stderr
     assert "Traceback" not in proc.stderr
+    proc = run_cli("--oracle", "purple", "--method", "greedy", "--budgets", "4", "--seeds", "0", "--out", str(out),
+                   "--set", "prompts=[]", module="seiko_core.simulate")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "error: prompts must hold at least one prompt to sample from, got []" in proc.stderr, proc.stderr
 
 
 def test_simulate_and_bench_taste_refuse_a_results_file_that_is_not_one(tmp_path):
@@ -139,7 +143,7 @@ def test_simulate_and_bench_taste_refuse_a_results_file_that_is_not_one(tmp_path
         (out / "results.json").write_text(text)
         cfg = bench_taste.BenchConfig(person="purple", rounds=1, budget=8, seeds=(0,), out=out, model=MODEL,
                                       options=ExperimentOptions())
-        with pytest.raises(bench_taste.BenchError, match="is not a bench-taste results file; give another --out or remove it"):
+        with pytest.raises(bench_taste.BenchError, match="is not a bench-taste results file; give another --out"):
             bench_taste.run(cfg, ["test"], log=lambda line: None)
         assert (out / "seed_0" / "keep.txt").exists()  # refused, not started afresh over the old data
     a_file = tmp_path / "a-file"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -64,3 +65,70 @@ def test_nonadaptive_from_the_admin_form_keeps_k_times_the_steps_and_the_time_li
     assert cfg.finetune.epochs == d["epochs"] * k and cfg.finetune.max_seconds == d["max_seconds"] * k
     greedy = services.build_config(spec_from_form(ExperimentForm(**{**form.__dict__, "method": "greedy"})))
     assert optimiser_steps(cfg) == optimiser_steps(greedy)
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("optimism.aggregation=foo", "unknown aggregation 'foo'; choose from ['max', 'mean', 'softmax', 'thompson', 'ucb_heads']"),
+    ("sampling=3", "sampling must be a JSON object, got 3"),
+    ("finetune=[1]", "finetune must be a JSON object, got [1]"),
+    ("reward.hidden=5", "hidden must be a list, got 5"),
+    ("budgets=32", "budgets must be a list, got 32"),
+    ("eval_seeds=[\"a\"]", "eval_seeds must be whole numbers, got ['a']"),
+    ("eval_seeds=[1.7]", "eval_seeds must be whole numbers, got [1.7]"),
+    ("eval_seeds=[true]", "eval_seeds must be whole numbers, got [True]"),
+    ("prompts=abc", "prompts must be a list, got 'abc'"),
+    ("finetune.target_modules=to_q", "target_modules must be a list, got 'to_q'"),
+    ("prompts=[1,2]", "prompts must be non-empty texts, got [1, 2]"),
+    ("prompts=[\"a circle\", \" \"]", "prompts must be non-empty texts, got ['a circle', ' ']"),
+    ("eval_prompts=[null]", "eval_prompts must be non-empty texts, got [None]"),
+])
+def test_set_names_the_field_of_a_value_of_the_wrong_shape(override, expected):
+    """Each of these reached the worker (an unknown aggregation failed only inside its train job), failed with
+    "'int' object is not iterable", or was silently changed (1.7 truncated to 1, 'abc' split into characters)."""
+    from seiko_core.simulate import apply_overrides
+
+    with pytest.raises(ValueError) as err:
+        apply_overrides(preset("shapes"), [override])
+    assert str(err.value) == expected
+
+
+def test_a_config_must_be_an_object_with_object_sections():
+    from seiko_core.config import SamplingConfig, from_dict
+
+    with pytest.raises(ValueError, match=r"^a SEIKO config must be a JSON object, got list$"):
+        from_dict([])
+    with pytest.raises(ValueError, match=r"^reward must be a RewardConfig section, got 5$"):
+        SeikoConfig(reward=5)
+    assert SeikoConfig(sampling=SamplingConfig(steps=3)).sampling.steps == 3
+
+
+def test_the_aggregations_are_those_the_optimism_module_registers():
+    from seiko_core.config import AGGREGATIONS, METHOD_OPTIMISM, OptimismConfig
+    from seiko_core.optimism import OPTIMISM
+
+    assert sorted(AGGREGATIONS) == sorted(OPTIMISM)
+    assert {agg for agg, _ in METHOD_OPTIMISM.values()} <= set(AGGREGATIONS)
+    for name in AGGREGATIONS:
+        assert OptimismConfig(aggregation=name).aggregation == name
+
+
+def test_the_runnable_check_wants_sampling_and_eval_prompts():
+    from seiko_core.config import check_runnable
+
+    check_runnable(preset("shapes"))
+    with pytest.raises(ValueError, match=r"^prompts must hold at least one prompt to sample from, got \[\]$"):
+        check_runnable(SeikoConfig(eval_prompts=("a star",)))
+    with pytest.raises(ValueError, match=r"^eval_prompts must hold at least one held-out prompt, got \[\]$"):
+        check_runnable(SeikoConfig(prompts=("a circle",)))
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("method", [None, *METHODS])
+def test_every_preset_survives_the_dict_round_trip(name, method):
+    from seiko_core.config import from_dict, to_dict
+
+    cfg = preset(name) if method is None else preset(name).for_method(method)
+    again = from_dict(to_dict(cfg))
+    assert again == cfg and to_dict(again) == to_dict(cfg)
+    assert from_dict(json.loads(json.dumps(to_dict(cfg)))) == cfg  # as stored with an experiment
+    assert from_dict(to_dict(SeikoConfig())) == SeikoConfig()  # the bare default (no prompts) stays valid as a config
