@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -52,19 +53,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--expect-processes", type=int, help="fail unless the launcher started this many processes")
     args = parser.parse_args(argv)
 
+    if args.model:
+        model_dir = Path(args.model)
+    else:  # built before the process group forms: transformers then writes weights on rank 0 only (found by review)
+        from seiko_core.toy.build import random_model
+
+        rank_env = os.environ.get("RANK", "0")
+        model_dir = random_model(tempfile.mkdtemp(prefix=f"seiko-demo-rank{rank_env}-"), seed=0)
     acc = Accelerator(cpu=args.cpu or not torch.cuda.is_available())
-    rank, world = acc.process_index, acc.num_processes
+    world = acc.num_processes
     if args.expect_processes is not None and world != args.expect_processes:
         print(f"FAILED: expected {args.expect_processes} processes but the launcher started {world} "
               "(accelerate launch needs --multi_gpu to start several, also on CPU)", file=sys.stderr)
         return 1
     set_seed(0)  # the same LoRA initialisation on every rank
-    if args.model:
-        model_dir = Path(args.model)
-    else:
-        from seiko_core.toy.build import random_model
-
-        model_dir = random_model(tempfile.mkdtemp(prefix=f"seiko-demo-rank{rank}-"), seed=0)
     parts = load_model(str(model_dir), device=acc.device)
     base = digest([p for _, p in sorted(parts.unet.named_parameters())])
 
