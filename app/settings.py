@@ -67,13 +67,15 @@ def _port(value: Any) -> int:
     return port
 
 
-def _positive(name: str, value: Any) -> float:
+def _duration(name: str, value: Any, unit_s: float) -> float:
+    """A length of time in units of ``unit_s`` seconds, from one second to a year: a sign-in limit of 1e-300 hours
+    (every sign-in over at once) or 1e300 (past what a date can hold) was taken as given (found by review)."""
     try:
         number = float(value)
-    except (TypeError, ValueError) as e:
-        raise SettingsError(f"{name} must be a positive number, got {value!r}") from e
-    if not number > 0 or number == float("inf"):
-        raise SettingsError(f"{name} must be a positive number, got {value!r}")
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not 1.0 <= number * unit_s <= 366 * 86400:
+        raise SettingsError(f"{name} must be a number from one second to a year, got {value!r}")
     return number
 
 
@@ -95,10 +97,14 @@ def _proxies(value: Any) -> tuple[str, ...]:
     out = []
     for item in [] if [i.lower() for i in items] == ["none"] else items:
         try:
-            out.append(str(ipaddress.ip_network(item, strict=False)) if "/" in item else str(ipaddress.ip_address(item)))
+            network = ipaddress.ip_network(item, strict=False) if "/" in item else None
+            out.append(str(network) if network is not None else str(ipaddress.ip_address(item)))
         except ValueError as e:
             raise SettingsError(f"{ENV_VARS['trusted_proxies']} must be IP addresses or networks separated by commas, "
                                 f"or none; {item[:100]!r} is neither") from e
+        if network is not None and network.prefixlen == 0:  # every client could then say who it is (found by review)
+            raise SettingsError(f"{ENV_VARS['trusted_proxies']} names {item[:100]!r}, every address: any client could "
+                                "then set its own address in X-Forwarded-For; name the proxy's address or network")
     return tuple(dict.fromkeys(out))
 
 
@@ -268,8 +274,10 @@ class Settings:
             host=_host(pick("host", DEFAULT_HOST)),
             port=_port(pick("port", DEFAULT_PORT)),
             public_url=public_origin(pick("public_url", None)),
-            session_idle_minutes=_positive("the session idle limit (minutes)", pick("session_idle_minutes", DEFAULT_SESSION_IDLE_MINUTES)),
-            session_max_hours=_positive("the session limit (hours)", pick("session_max_hours", DEFAULT_SESSION_MAX_HOURS)),
+            session_idle_minutes=_duration("the session idle limit (minutes)",
+                                           pick("session_idle_minutes", DEFAULT_SESSION_IDLE_MINUTES), 60),
+            session_max_hours=_duration("the session limit (hours)", pick("session_max_hours", DEFAULT_SESSION_MAX_HOURS),
+                                        3600),
             local_token=_local_token(pick("local_token", None)),
             allowed_hosts=_host_names(pick("allowed_hosts", ())),
             trusted_proxies=_proxies(pick("trusted_proxies", DEFAULT_TRUSTED_PROXIES)),

@@ -36,7 +36,16 @@ def one_sentence(proc: subprocess.CompletedProcess) -> str:
 
 @pytest.mark.parametrize("env, expected", [
     ({"SEIKO_PORT": "abc"}, "error: the port must be a whole number from 1 to 65535, got 'abc'"),
-    ({"SEIKO_SESSION_IDLE_MINUTES": "-1"}, "error: the session idle limit (minutes) must be a positive number, got '-1'"),
+    ({"SEIKO_SESSION_IDLE_MINUTES": "-1"}, "error: the session idle limit (minutes) must be a number from one second to a "
+                                           "year, got '-1'"),
+    # found by review: a limit of 1e-300 hours ended every sign-in at once; 1e300 is past what a date holds
+    ({"SEIKO_SESSION_MAX_HOURS": "1e-300"}, "error: the session limit (hours) must be a number from one second to a year, "
+                                           "got '1e-300'"),
+    ({"SEIKO_SESSION_MAX_HOURS": "1e300"}, "error: the session limit (hours) must be a number from one second to a year, "
+                                          "got '1e300'"),
+    ({"SEIKO_TRUSTED_PROXIES": "10.0.0.1,0.0.0.0/0"}, "error: SEIKO_TRUSTED_PROXIES names '0.0.0.0/0', every address: any "
+                                                     "client could then set its own address in X-Forwarded-For; name the "
+                                                     "proxy's address or network"),
     ({"SEIKO_PUBLIC_URL": "seiko.example.org/app"}, "error: the public URL must look like https://seiko.example.org"),
 ])
 def test_a_bad_setting_is_one_sentence_in_every_command(tmp_path, env, expected):
