@@ -50,6 +50,12 @@ def build_services(settings: Settings, *, batch_size: int = 8):
 
     if not 1 <= batch_size <= 64:
         raise ServeError(f"--batch-size must be from 1 to 64, got {batch_size}")
+    from app.alarms import Thresholds
+
+    try:  # read on every dashboard load: a bad value is refused here, at the start, not on each load (found by review)
+        Thresholds.from_env()
+    except ValueError as exc:
+        raise ServeError(f"{exc} (a threshold of the dashboard's reward-hacking alarms)") from exc
     from app import storage
 
     for leftover in storage.clean_export_partials(settings.data_dir):

@@ -93,6 +93,16 @@ def test_serve_on_a_port_in_use_is_one_sentence(tmp_path):
     assert lines[0].startswith(f"error: could not listen on 127.0.0.1:{port} (") and "give another with --port" in lines[0]
 
 
+def test_serve_refuses_a_bad_alarm_threshold_at_the_start(tmp_path):
+    """A bad SEIKO_ALARM_* value was read on every dashboard load and broke the dashboard, not the start (found by
+    review)."""
+    assert run_cli("db", "upgrade", "--data-dir", str(tmp_path / "d")).returncode == 0
+    proc = run_cli("serve", "--data-dir", str(tmp_path / "d"), env={"SEIKO_ALARM_KL_MAX": "lots"})
+    assert proc.returncode == 1
+    assert one_sentence(proc) == ("error: SEIKO_ALARM_KL_MAX must be a number, got 'lots' (a threshold of the "
+                                  "dashboard's reward-hacking alarms)")
+
+
 @pytest.mark.parametrize("override, expected", [
     ("finetune.lr=-1", "lr, lora_alpha and grad_clip must be positive"),
     ("finetune.grad_clip=-5", "lr, lora_alpha and grad_clip must be positive"),
