@@ -75,7 +75,8 @@ BEFORE_SPREAD = {"selection": "random", "candidate_factor": 1}
 def from_config(config: dict[str, Any] | None) -> ExperimentOptions:
     """The options stored in an experiment's config dict (defaults for those not set; a selection and candidate
     factor that were never stored are ``BEFORE_SPREAD``'s, so an older experiment keeps behaving as it did)."""
-    raw = (config or {}).get(APP_KEY) or {}
+    raw = (config or {}).get(APP_KEY)
+    raw = {} if raw is None else raw  # present but empty ([], 0, ""): refused below, not read as "no options"
     if not isinstance(raw, dict):
         raise InvalidInput(f"the experiment's {APP_KEY!r} settings must be a JSON object, got {type(raw).__name__}")
     known = {f.name for f in fields(ExperimentOptions)}

@@ -67,7 +67,7 @@ Finalize = Callable[[Path], dict | None]  # (the export's temporary directory) -
 # --------------------------------------------------------------------------------------------- helpers
 def _fresh_destination(path: str | Path) -> Path:
     path = Path(path)
-    if path.exists():
+    if os.path.lexists(path):  # a dangling link too: the export would be written where it points
         raise ExportError(f"Export destination {str(path)!r} already exists; choose a new path or remove it first.")
     return path
 

@@ -259,6 +259,13 @@ class RewardEnsemble(torch.nn.Module):
             input_dim = int(meta["input_dim"])
         except (KeyError, TypeError) as err:
             raise ValueError(f"{REWARD_META} in {str(path_dir)!r} has an invalid config or input_dim ({err!r})") from err
+        # every size the metadata names is a dimension of some weight: a forged input_dim or width would otherwise
+        # allocate a model of that size before the weights are found not to match (found by review)
+        largest = max((max(t.shape) for t in tensors.values() if t.dim()), default=0)
+        sizes = (input_dim, *cfg.hidden, cfg.num_heads)
+        if not all(1 <= int(n) <= largest for n in sizes):
+            raise ValueError(f"{REWARD_META} in {str(path_dir)!r} names sizes {list(sizes)} that its weights in "
+                             f"{REWARD_WEIGHTS} do not have (their largest dimension is {largest})")
         model = cls(input_dim, cfg, generator=torch.Generator().manual_seed(0))  # weights are overwritten below
         try:
             model.load_state_dict(tensors, strict=True)

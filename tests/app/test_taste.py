@@ -297,6 +297,9 @@ def test_options_are_checked_and_stored_beside_the_seiko_config():
     assert experiment_options.seiko_part(config) == {"method": "greedy"}
     # older experiments (no stored selection) keep what they did: every image shown, no extra candidates
     assert experiment_options.from_config({}) == ExperimentOptions(selection="random", candidate_factor=1)
+    for empty in ([], 0, ""):  # were read as "no options" (found by review), while [1] was refused
+        with pytest.raises(InvalidInput, match="settings must be a JSON object"):
+            experiment_options.from_config({"app": empty})
     assert ExperimentOptions().selection == "spread" and ExperimentOptions().candidate_factor == 2  # new ones: lever K
     # app.pairwise's feedback setting lives in the same place and survives a change of the other options
     assert experiment_options.from_config({"app": {"feedback": "pairs"}}).feedback == "pairs"

@@ -340,3 +340,12 @@ def test_a_diverged_adapter_is_not_written(random_model_dir, tmp_path):
     with pytest.raises(CheckpointError, match="not finite numbers .* the training diverged"):
         lora.save_adapter(parts.unet, "round_1", tmp_path / "round_1")
     assert not (tmp_path / "round_1").exists()
+
+
+def test_an_export_onto_a_dangling_link_is_refused(adapter_dir, tmp_path):
+    """A link to nowhere was not 'existing': the export was written where it pointed, and the message named the
+    temporary path (found by review)."""
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(ExportError, match="already exists"):
+        export_diffusers_lora(adapter_dir, tmp_path / "dangling")
+    assert not (tmp_path / "nowhere").exists()

@@ -218,6 +218,11 @@ def test_load_missing_and_corrupt_files(tmp_path):
     meta.write_text(json.dumps({**json.loads(good_meta), "config": {**json.loads(good_meta)["config"], "hidden": [16, 5]}}))
     with pytest.raises(ValueError, match="does not match its reward.json"):
         RewardEnsemble.load(tmp_path / "r")
+    # a forged size is refused before a model of that size is made (10**9 inputs: 64 GB of weights; found by review)
+    for forged in ({"input_dim": 10**9}, {"config": {**json.loads(good_meta)["config"], "num_heads": 10**9}}):
+        meta.write_text(json.dumps({**json.loads(good_meta), **forged}))
+        with pytest.raises(ValueError, match="names sizes .* that its weights in .* do not have"):
+            RewardEnsemble.load(tmp_path / "r")
     meta.unlink()
     with pytest.raises(FileNotFoundError, match="is missing"):
         RewardEnsemble.load(tmp_path / "r")
