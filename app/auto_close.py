@@ -50,8 +50,17 @@ def maybe_close(factory, experiment_id: int, round_index: int) -> int | None:
         if round_ is None or round_.index != round_index or (round_.metrics or {}).get("reopened_at") \
                 or not round_complete(s, round_):
             return None
+        round_id = round_.id
     try:
         with write_session(factory) as s:
+            # checked again under the round's lock: an admin may have paused the experiment, or closed and reopened
+            # this round, since the read above (a reopened round is the admin's to close; found by review)
+            round_ = repo.lock_round(session=s, round_id=round_id)
+            experiment = repo.get_experiment(session=s, experiment_id=experiment_id)
+            s.refresh(experiment)
+            if experiment.status != "active" or round_.status != "labeling" or (round_.metrics or {}).get("reopened_at") \
+                    or not round_complete(s, round_):
+                return None
             job = repo.close_round(session=s, experiment_id=experiment_id, expected_index=round_index)
             job_id = job.id
             repo.add_audit(session=s, actor_id=None, actor_name=ACTOR, action="round.close",

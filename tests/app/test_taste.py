@@ -740,3 +740,41 @@ def test_the_dashboard_shows_the_honest_sample_apart_when_a_selection_mode_chose
     fig = taste_stats.figure([row])
     assert "model's own sample" in fig.axes[0].get_title()
     assert any("honest" in line.get_label() for line in fig.axes[0].get_lines())
+
+
+@pytest.mark.parametrize("meanwhile", ["closed-and-reopened", "paused"])
+def test_auto_close_checks_again_under_the_lock(ui_world, monkeypatch, caplog, meanwhile):
+    """Auto-close read that the round was complete, then closed it in a second transaction: an admin who closed and
+    reopened the round in between had it closed again (a reopened round is the admin's), and a pause in between made
+    close_round's refusal a logged failure. Found by review. It now checks again under the round's lock."""
+    import logging
+
+    from app import auto_close
+
+    _set_auto_close(ui_world, True)
+    alice = _who(ui_world, "alice")
+    for image_id in ui_world.image_ids[:-1]:
+        ui_rate.submit(ui_world.factory, alice, image_id, 5)
+    real, calls = auto_close.round_complete, []
+
+    def admin_acts_between_the_read_and_the_close(session, round_):
+        complete = real(session, round_)
+        calls.append(complete)
+        if complete and len(calls) == 1:
+            with write_session(ui_world.factory) as s:
+                if meanwhile == "paused":
+                    repo.set_experiment_status(session=s, experiment_id=ui_world.experiment_id, status="paused")
+                else:
+                    repo.close_round(session=s, experiment_id=ui_world.experiment_id)
+                    repo.reopen_round(session=s, round_id=ui_world.round_id)
+        return complete
+
+    monkeypatch.setattr(auto_close, "round_complete", admin_acts_between_the_read_and_the_close)
+    with caplog.at_level(logging.ERROR, logger="seiko.auto_close"):
+        ui_rate.submit(ui_world.factory, alice, ui_world.image_ids[-1], 5)
+    assert not caplog.records
+    with read_session(ui_world.factory) as s:
+        assert repo.get_round(session=s, round_id=ui_world.round_id).status == "labeling"
+    with read_session(ui_world.factory) as s:
+        queued = job_queue.list_jobs(session=s, experiment_id=ui_world.experiment_id, status="queued")
+        assert [j for j in queued if j.kind == "train"] == []
