@@ -156,8 +156,8 @@ class Group:
         from seiko_core.config import to_dict
         from seiko_core.loop import train_round
 
+        rank_cfg = split_batch(cfg, self.world)  # refused before anything is sent: the group stays usable
         try:
-            rank_cfg = split_batch(cfg, self.world)
             header = {"cmd": "train", "model_spec": model_spec, "cfg": to_dict(cfg), "new_index": new_index, "seed": seed,
                       "attempt": attempt,
                       "round": {"id": round_info.id, "index": round_info.index, "status": round_info.status,

@@ -194,3 +194,21 @@ def test_a_follower_ignores_the_stop_signals_the_process_group_gets():
             "os.kill(os.getpid(), signal.SIGINT); time.sleep(0.2); print('still here')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "still here" in out.stdout, out.stderr[-500:]
+
+
+def test_a_batch_that_does_not_split_leaves_the_group_usable():
+    """split_batch's refusal came after the group was marked broken, so a batch that cannot be split over the
+    processes restarted the whole group (model reloads) on every attempt. Found by review."""
+    from types import SimpleNamespace
+
+    from app.train_dist import Group
+
+    group = Group.__new__(Group)  # no process group: the refusal comes before anything is sent
+    group.world, group.broken = 3, False
+    group.send = lambda *a, **k: pytest.fail("nothing may be sent")
+    cfg = shapes()
+    cfg.finetune.batch_size = 4
+    with pytest.raises(ValueError, match="does not split over 3 processes"):
+        group.train(SimpleNamespace(), None, "m", None, None, None, cfg, new_index=1, prev_adapter=None, seed=0,
+                    on_progress=None, attempt=1)
+    assert group.broken is False
