@@ -63,8 +63,13 @@ FORMAT = "seiko-simulate"
 VERSION = 1
 DEFAULT_EVAL_SEEDS_PER_PROMPT = 16
 # Image seeds, disjoint by construction: training round r of run seed s draws from GEN_SEED_BASE + s * 10^7 + r * 10^5;
-# fine-tuning trajectories use (train seed + 1) * 10^6 (seiko_core.finetune) with train seed = s * 100 + r < 10^4 * 100.
+# fine-tuning trajectories use (train seed + 1) * 10^6 + n (seiko_core.finetune) with train seed = s * 100 + r, which
+# stays below GEN_SEED_BASE only for s < 100: from s = 100 on a run's fine-tuning noise was another run's query noise
+# (s = 100, round 1 is seed 0's round 20; found by review), so run seeds lie in [0, MAX_RUN_SEED). Every published
+# run used seeds below 100, so none changes.
 GEN_SEED_BASE = 10**10
+MAX_RUN_SEED = 100
+MAX_ROUNDS = 99  # round indices 0..98: train seed s * 100 + r < 10^4 - 1, under a million trajectories a round
 EVAL_SEED_BASE = 9 * 10**10
 MAX_ROUND_BUDGET = 10**5
 
@@ -669,8 +674,12 @@ def check_common_args(args, *, images_per_label: int = 1) -> tuple[tuple[str, ..
     if any(b < 1 or b >= cap for b in budgets) or sum(budgets) >= cap:
         per = "" if images_per_label == 1 else f" ({images_per_label} images per label)"
         raise SimulationError(f"budgets must be positive and sum to less than {cap}{per}, got {budgets}")
-    if any(s < 0 or s >= 1000 for s in seeds):
-        raise SimulationError(f"seeds must lie in [0, 1000), got {seeds}")
+    if len(budgets) > MAX_ROUNDS:
+        raise SimulationError(f"--budgets may list at most {MAX_ROUNDS} rounds (so that image seeds stay apart), "
+                              f"got {len(budgets)}")
+    if any(s < 0 or s >= MAX_RUN_SEED for s in seeds):
+        raise SimulationError(f"seeds must lie in [0, {MAX_RUN_SEED}) (the image seeds of different runs stay apart "
+                              f"only there), got {seeds}")
     if args.noise_sigma is not None and not (math.isfinite(args.noise_sigma) and args.noise_sigma >= 0):
         raise SimulationError(f"--noise-sigma must be a finite number >= 0, got {args.noise_sigma}")
     if args.bonus_alpha is not None and not args.bonus_alpha >= 0:

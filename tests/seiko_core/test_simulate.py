@@ -66,8 +66,9 @@ def test_results_structure(tiny_run):
     # Non-adaptive: one round holding the whole budget; the others one round per budget
     assert [r["budget"] for r in res["runs"]["nonadaptive"]["0"]["rounds"][1:]] == [8]
     assert [r["budget"] for r in res["runs"]["bootstrap"]["0"]["rounds"][1:]] == [4, 4]
-    # optimism: max over heads is never below their mean; no optimism for non-adaptive
-    assert res["runs"]["bootstrap"]["0"]["rounds"][1]["optimism_gap"] >= 0
+    # optimism: the max over heads that disagree is above their mean (">= 0" held by construction, so it could not
+    # fail: a review's point); none for non-adaptive
+    assert res["runs"]["bootstrap"]["0"]["rounds"][1]["optimism_gap"] > 1e-6
     assert res["runs"]["nonadaptive"]["0"]["rounds"][1]["optimism_gap"] == 0
 
 
@@ -215,3 +216,17 @@ def test_uncertainty_calibration_reads_the_direction_of_optimism():
     assert up["spread_abs_error_corr"] == pytest.approx(1.0)  # |err| = 2 * bonus = 2 * spread
     one = simulate.uncertainty_calibration(r_hat[:, None], r_hat, r_hat + bonus)
     assert one == {"spread_abs_error_corr": None, "bonus_error_corr": None}
+
+
+def test_run_seeds_keep_their_image_seeds_apart():
+    """From run seed 100 on, a run's fine-tuning seeds ((s * 100 + r + 1) * 10^6 + n) were another run's query image
+    seeds (s = 100, round 1 is seed 0's round 20): 'independent' seeds shared noise. Found by review. Brute force over
+    the allowed seeds and a round's worth of trajectories: every fine-tuning seed lies below every image seed."""
+    lowest_image = min(simulate.gen_seeds(0, 0, 1)[0], simulate.EVAL_SEED_BASE)
+    highest_finetune = (simulate.train_seed(simulate.MAX_RUN_SEED - 1, simulate.MAX_ROUNDS - 1) + 1) * 10**6 + 10**6 - 1
+    assert highest_finetune < lowest_image
+    assert (simulate.train_seed(100, 1) + 1) * 10**6 == simulate.gen_seeds(0, 20, 1)[0]  # the overlap past the bound
+    args = simulate.build_parser().parse_args(["--oracle", "purple", "--method", "greedy", "--budgets", "4",
+                                               "--seeds", "100", "--out", "/nonexistent"])
+    with pytest.raises(simulate.SimulationError, match=r"seeds must lie in \[0, 100\)"):
+        simulate.check_common_args(args)
