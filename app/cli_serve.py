@@ -42,6 +42,23 @@ def check_model(model: str) -> None:
         raise ServeError(f"{said} (--model or $SEIKO_MODEL: a local diffusers directory or a hub id owner/name)") from exc
 
 
+def resolves(host: str) -> bool:
+    """Whether ``host`` is an IP address or a name this machine resolves."""
+    import ipaddress
+    import socket
+
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    try:
+        socket.getaddrinfo(host, None)
+    except (OSError, UnicodeError):
+        return False
+    return True
+
+
 def build_services(settings: Settings, *, batch_size: int = 8):
     """Engine, session factory and AppServices for ``settings``; local mode when no accounts exist."""
     from app import auth
@@ -94,6 +111,10 @@ def launch(services) -> object:
     from app import web_guard
     from app.ui import build_demo, launch_kwargs
 
+    host = services.settings.host
+    if not resolves(host):  # not the port's fault: it was reported as a busy port (found by review)
+        raise ServeError(f"the listen address {host!r} (--host) is neither an IP address nor a name this machine can "
+                         "resolve")
     demo = build_demo(services)
     web_guard.trust_proxies(services.settings)
     kwargs = launch_kwargs(services)

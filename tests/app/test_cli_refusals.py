@@ -251,3 +251,15 @@ def test_demo_refuses_a_stop_timeout_that_would_kill_the_worker_at_once(tmp_path
     proc = run_cli("demo", "--stop-timeout", "-5", "--data-dir", str(tmp_path / "d"), "--no-worker")
     assert proc.returncode == 2 and "expected a positive number of seconds, got '-5'" in proc.stderr
     assert not (tmp_path / "d").exists()
+
+
+def test_serve_on_a_host_name_that_does_not_resolve_says_so(tmp_path):
+    """It was reported as a busy port ("could not listen on bad_host!!:7860 (Cannot find empty port ...)") (found by
+    review)."""
+    assert run_cli("db", "upgrade", "--data-dir", str(tmp_path / "d")).returncode == 0
+    assert run_cli("users", "add", "root", "--role", "admin", "--password", "correct horse battery",
+                   "--data-dir", str(tmp_path / "d")).returncode == 0
+    proc = run_cli("serve", "--data-dir", str(tmp_path / "d"), "--host", "bad_host!!")
+    assert proc.returncode == 1
+    assert one_sentence(proc) == ("error: the listen address 'bad_host!!' (--host) is neither an IP address nor a name "
+                                  "this machine can resolve")

@@ -71,7 +71,7 @@ def test_db_upgrade_current_downgrade(tmp_path, capsys):
     ({"SEIKO_DB_URL": "sqlite://"}, "names no file"),
     ({"SEIKO_DB_URL": "mysql://u@h/db"}, "is for mysql; SQLite and PostgreSQL are supported"),
     ({"SEIKO_MODEL": " "}, "the model must be a diffusers model directory or a hub id"),
-    ({"SEIKO_HOST": "bad_host!!"}, "neither an IP address nor a name this machine can resolve"),
+    ({"SEIKO_HOST": " "}, "the listen address \\(--host\\) must be an IP address or a host name"),
 ])
 def test_settings_that_cannot_work_are_refused_with_a_sentence(env, message):
     """Found by review: each of these printed a traceback, or was silently read as something else (a blank data
