@@ -111,7 +111,10 @@ class SessionStore:
         now = self._now()
         with write_session(self.factory) as s:
             if password_hash is not None:
-                rater = s.get(Rater, rater_id)
+                # read locked (FOR SHARE): a password change or a disable committing between this check and the
+                # insert below could not see the new session to end it, which then outlived it on PostgreSQL (found
+                # by review); now such a change waits for this transaction, then ends the session
+                rater = s.get(Rater, rater_id, with_for_update={"read": True}, populate_existing=True)
                 if rater is None or rater.password_hash != password_hash or rater.disabled_at is not None:
                     raise StaleSignIn("the account's password or state changed while the sign-in was checked")
             repo.create_session(session=s, rater_id=rater_id, token_sha256=token_digest(token),

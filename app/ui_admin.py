@@ -297,6 +297,11 @@ def _experiment_id(factory, experiment_id: int | None) -> int:
 def add_user(factory, who: Who, name: str, role: str, password: str) -> str:
     require_admin(who)
     name = (name or "").strip()
+    if who.local and role != "admin" and not any(u.role == "admin" and not u.disabled for u in auth.list_users(factory)):
+        # the first account ends local mode; with no admin account, nobody could run the app from the web after the
+        # restart (found by review)
+        raise InvalidInput(f"the first account ends local mode, so it must be an admin (a {role} alone would leave "
+                           "nobody to run the app from the web); add an admin first")
     auth.add_user(factory, name=name, role=role, password=password or "", actor=who)
     note = ""
     if who.local:

@@ -11,12 +11,14 @@ exports, publishing a round, accounts. Add new functions to the matching section
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, case, delete, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db import jobs as job_queue
@@ -463,10 +465,30 @@ def create_rater(*, session: Session, name: str, password_hash: str, role: str =
         raise InvalidInput("password_hash must be a non-empty string (hash the password in the app)")
     if session.scalar(select(Rater.id).where(Rater.name == name)) is not None:
         raise Conflict(f"a rater named {name!r} already exists")
+    # a name that reads the same as another's ('Root', a Cyrillic 'rооt', a fullwidth 'ｒｏｏｔ' beside 'root') would
+    # pass for that person in the user list, the audit log and the banner (found by review)
+    key = name_key(name)
+    same = next((other for other in session.scalars(select(Rater.name)) if name_key(other) == key), None)
+    if same is not None:
+        raise Conflict(f"the name {name!r} reads the same as the existing account {same!r}; choose another name")
     rater = Rater(name=name, role=role, password_hash=password_hash)
     session.add(rater)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError as exc:  # another transaction created the name first (PostgreSQL): a refusal, not a crash
+        raise Conflict(f"a rater named {name!r} already exists") from exc
     return rater
+
+
+# letters that look alike across scripts, folded to Latin for name_key (NFKC folds width and compatibility forms)
+_CONFUSABLES = str.maketrans("аеорсухіјѕԁɡӏАВЕКМНОРСТХІЈЅΑΒΕΖΗΙΚΜΝΟΡΤΥΧοі", "aeopcyxijsdglABEKMHOPCTXIJSABEZHIKMNOPTYXoi")
+
+
+def name_key(name: str) -> str:
+    """What a name reads as, for telling look-alike account names apart: NFKC (width, compatibility forms),
+    case-folded, common Cyrillic and Greek look-alikes folded to Latin, spaces of every kind made one space."""
+    folded = unicodedata.normalize("NFKC", name).translate(_CONFUSABLES).casefold()
+    return " ".join(folded.split())
 
 
 def get_rater(*, session: Session, rater_id: int) -> Rater:

@@ -477,3 +477,35 @@ def test_a_sign_in_name_with_a_nul_character_is_wrong_credentials_on_every_datab
     Found by review."""
     checked = auth.check_login(db_factory, "alice\x00", "whatever it is")
     assert checked.rater_id is None and checked.wrong_credentials and checked.refusal == auth.WRONG_CREDENTIALS
+
+
+def test_a_password_change_during_a_sign_in_ends_the_session_it_made(db_factory):
+    """On PostgreSQL a sign-in read the account, then inserted its session: a password change committed in between
+    could not see the session to end it, so a session made with the old password outlived the change. Found by
+    review. The account is read locked now; the change waits, then ends the session."""
+    import threading
+
+    from app import sessions as sessions_mod
+
+    auth.add_user(db_factory, name="bob", role="rater", password="old password 1")
+    checked = auth.check_login(db_factory, "bob", "old password 1")
+    store = sessions_mod.SessionStore(db_factory, idle_s=3600, max_s=86400)
+    real, changes = sessions_mod.repo.create_session, []
+
+    def create_while_the_password_changes(**kwargs):
+        change = threading.Thread(target=auth.set_password, args=(db_factory,),
+                                  kwargs={"name": "bob", "password": "new password 2"})
+        change.start()
+        change.join(1.5)  # with the lock it waits for this sign-in to commit
+        changes.append(change)
+        return real(**kwargs)
+
+    sessions_mod.repo.create_session = create_while_the_password_changes
+    try:
+        token = store.start(checked.rater_id, "192.0.2.1", password_hash=checked.password_hash)
+    finally:
+        sessions_mod.repo.create_session = real
+    changes[0].join(30)
+    store.forget_all()
+    assert auth.check_login(db_factory, "bob", "new password 2").refusal is None
+    assert store.check(token) is None

@@ -13,7 +13,7 @@ from gradio import utils as gradio_utils
 from sqlalchemy import make_url, select
 
 from app import auth, ui, ui_admin, ui_dashboard, ui_rate
-from app.auth import AuthError
+from app.auth import AuthError, users_exist
 from db import jobs as job_queue
 from db import repo
 from db.engine import read_session, write_session
@@ -393,6 +393,10 @@ def test_local_mode_page(ui_world_factory):
         ui._who(services, request(None, "192.168.0.9"))
     ui_rate.submit(world.factory, me, world.image_ids[0], 7)
     assert rating_of(world, world.image_ids[0], me.rater_id) == 7
+    # the first account ends local mode: a rater alone would leave nobody to run the app from the web (found by review)
+    with pytest.raises(InvalidInput, match="the first account ends local mode, so it must be an admin"):
+        ui_admin.add_user(world.factory, me, "bob", "rater", "a long password")
+    assert not users_exist(world.factory)
     message = ui_admin.add_user(world.factory, me, "root", "admin", "a long password")
     assert "restart" in message
     with pytest.raises(gr.Error, match="restart the app"):

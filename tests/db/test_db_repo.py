@@ -349,3 +349,46 @@ def test_deleting_an_account_waits_for_its_rating_in_flight_and_refuses(db_facto
     assert "has 1 rating" in out["result"], out
     with read_session(db_factory) as s:
         assert s.scalar(select(func.count(Rating.id))) == 1
+
+
+def test_an_account_name_that_reads_as_another_is_refused(db_factory):
+    """'Root', a Cyrillic 'rооt' and a fullwidth 'ｒｏｏｔ' beside 'root' passed for that person in the user list, the
+    audit log and the banner (found by review)."""
+    with write_session(db_factory) as s:
+        repo.create_rater(session=s, name="root", password_hash="x$hash")
+        repo.create_rater(session=s, name="root x", password_hash="x$hash")
+    for name in ("Root", "r\u043e\u043et", "\uff52\uff4f\uff4f\uff54", "ROOT", "root\u00a0x"):
+        with pytest.raises(Conflict, match="reads the same as the existing account"), write_session(db_factory) as s:
+            repo.create_rater(session=s, name=name, password_hash="x$hash")
+    with write_session(db_factory) as s:
+        repo.create_rater(session=s, name="rooted", password_hash="x$hash")  # another name is fine
+
+
+def test_two_accounts_of_one_name_at_once_are_a_refusal_not_a_crash(db_factory, db_url):
+    """On PostgreSQL the second of two concurrent creations of one name hit the unique constraint: an IntegrityError
+    (a bare "Error" on the page) instead of the Conflict's sentence. Found by review."""
+    import threading
+
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite serialises write transactions (BEGIN IMMEDIATE); the race needs PostgreSQL")
+    first = db_factory()
+    out = {}
+    try:
+        repo.create_rater(session=first, name="local admin 2", password_hash="x$hash")  # not yet committed
+
+        def second():
+            try:
+                with write_session(db_factory) as s:
+                    repo.create_rater(session=s, name="local admin 2", password_hash="x$hash")
+                out["result"] = "created"
+            except Conflict as exc:
+                out["result"] = str(exc)
+
+        thread = threading.Thread(target=second)
+        thread.start()
+        thread.join(1.5)
+        first.commit()
+    finally:
+        first.close()
+    thread.join(30)
+    assert out == {"result": "a rater named 'local admin 2' already exists"}
