@@ -22,11 +22,12 @@ from typing import Any
 from sqlalchemy import func, select
 
 from app import experiment_options
+from app.pairwise import KIND as PREFERENCE
 from app.services import experiment_config
 from app.settings import Settings
 from db import comparisons, repo
 from db.engine import make_engine, read_session, session_factory
-from db.models import Image, Rating
+from db.models import ComparisonPair, ComparisonVote, Image, Rating
 from seiko_core.config import to_dict
 from seiko_core.model_card import NOT_MEASURED, SCHEMA
 
@@ -44,13 +45,35 @@ def _float(value: Any) -> float | None:
 
 
 def _rating_counts(s, round_ids: list[int]) -> tuple[int, int, int]:
-    """(ratings, distinct rated images, distinct raters) on the images of these rounds."""
+    """(ratings, distinct rated images, distinct people who rated or compared) on the images of these rounds."""
     if not round_ids:
         return 0, 0, 0
-    n, images, raters = s.execute(
-        select(func.count(Rating.id), func.count(func.distinct(Rating.image_id)), func.count(func.distinct(Rating.rater_id)))
+    n, images = s.execute(
+        select(func.count(Rating.id), func.count(func.distinct(Rating.image_id)))
         .join(Image, Image.id == Rating.image_id).where(Image.round_id.in_(round_ids))).one()
-    return int(n), int(images), int(raters)
+    return int(n), int(images), len(_people(s, round_ids))
+
+
+def _people(s, round_ids: list[int]) -> set[int]:
+    """The accounts that rated these rounds' images or voted on their preference pairs."""
+    raters = set(s.scalars(select(Rating.rater_id).join(Image, Image.id == Rating.image_id)
+                           .where(Image.round_id.in_(round_ids)).distinct()))
+    voters = set(s.scalars(select(ComparisonVote.rater_id).join(ComparisonPair, ComparisonPair.id == ComparisonVote.pair_id)
+                           .where(ComparisonPair.round_id.in_(round_ids), ComparisonPair.kind == PREFERENCE).distinct()))
+    return raters | voters
+
+
+def _vote_counts(s, round_ids: list[int]) -> tuple[int, int]:
+    """(comparison votes, distinct compared pairs) on these rounds' preference pairs: with comparisons as feedback
+    they train the reward model too (the card said "0 ratings, 0 raters" of a pairs-only experiment; found by
+    review)."""
+    if not round_ids:
+        return 0, 0
+    n, pairs = s.execute(
+        select(func.count(ComparisonVote.id), func.count(func.distinct(ComparisonVote.pair_id)))
+        .join(ComparisonPair, ComparisonPair.id == ComparisonVote.pair_id)
+        .where(ComparisonPair.round_id.in_(round_ids), ComparisonPair.kind == PREFERENCE)).one()
+    return int(n), int(pairs)
 
 
 def _selection(metrics: Any) -> dict[str, Any] | None:
@@ -59,8 +82,11 @@ def _selection(metrics: Any) -> dict[str, Any] | None:
     sel = _get(metrics, "selection")
     if not isinstance(sel, dict):
         return None
+    # the share of random images actually shown (at least one, rounded half up: 1 of 4 for a 10% setting), not the
+    # setting (found by review); a round recorded before that was stored gives its setting
+    shown_share = sel.get("honest_share_shown")
     return {"mode": sel.get("selection"), "candidates": sel.get("candidates"), "shown": sel.get("shown"),
-            "honest_share": sel.get("honest_share")}
+            "honest_share": shown_share if shown_share is not None else sel.get("honest_share")}
 
 
 def facts(settings: Settings, experiment_id: int, round_index: int) -> dict[str, Any]:
@@ -77,9 +103,12 @@ def facts(settings: Settings, experiment_id: int, round_index: int) -> dict[str,
             rounds = []
             for r, parent in zip(chain, [None, *chain[:-1]], strict=True):
                 labels, _, raters = _rating_counts(s, [r.id])
-                trained_on = None if parent is None else _rating_counts(s, [e.id for e in every if e.index < r.index])[0]
+                earlier = [e.id for e in every if e.index < r.index]
+                trained_on = None if parent is None else _rating_counts(s, earlier)[0]
                 rounds.append({"index": r.index, "status": r.status, "parent": None if parent is None else parent.index,
-                               "labels": labels, "raters": raters, "trained_on_labels": trained_on,
+                               "labels": labels, "comparisons": _vote_counts(s, [r.id])[0], "raters": raters,
+                               "trained_on_labels": trained_on,
+                               "trained_on_comparisons": None if parent is None else _vote_counts(s, earlier)[0],
                                "kl_to_prev": _float(_get(r.metrics, "eval", "kl_to_prev")),
                                "kl_to_prev_max": _float(_get(r.metrics, "eval", "kl_to_prev_max")),
                                "train_kl_last": _float(_get(r.metrics, "train", "finetune", "kl_last")),
@@ -89,6 +118,7 @@ def facts(settings: Settings, experiment_id: int, round_index: int) -> dict[str,
             # reward model is fitted on all the experiment's ratings, the abandoned branch's too)
             before = [r for r in every if r.index < round_index]
             n_labels, n_images, n_raters = _rating_counts(s, [r.id for r in before])
+            n_votes, n_pairs = _vote_counts(s, [r.id for r in before])
             outside = [r for r in before if r.id not in in_lineage]
             o_labels, o_images, _ = _rating_counts(s, [r.id for r in outside])
             outside_indices = [r.index for r in outside]
@@ -113,6 +143,7 @@ def facts(settings: Settings, experiment_id: int, round_index: int) -> dict[str,
         "rounds_not_in_lineage": not_in_lineage,
         "rounds": rounds,
         "labels": {"count": n_labels, "images": n_images},
+        "comparisons": {"count": n_votes, "pairs": n_pairs},
         "labels_outside_lineage": {"count": o_labels, "images": o_images, "rounds": outside_indices},
         "raters": {"count": n_raters},
         "kl_total": sum(kls) if kls and all(k is not None for k in kls) else None,

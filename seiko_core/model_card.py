@@ -57,8 +57,10 @@ def markdown(card: Mapping[str, Any]) -> str:
     k = card.get("round")
     lineage = card.get("lineage") or [r["index"] for r in card.get("rounds", [])]
     outside = card.get("labels_outside_lineage") or {}
-    labels = (f"- **Labels**: {card['labels']['count']} ratings of {card['labels']['images']} images trained this "
-              f"adapter (every rating on the rounds before round {k}")
+    votes = card.get("comparisons") or {}
+    compared = f" and {votes['count']} comparisons of {votes['pairs']} pairs" if votes.get("count") else ""
+    labels = (f"- **Labels**: {card['labels']['count']} ratings of {card['labels']['images']} images{compared} trained "
+              f"this adapter (every {'rating and comparison' if compared else 'rating'} on the rounds before round {k}")
     if outside.get("count"):
         labels += (f", including {outside['count']} ratings of {outside['images']} images on "
                    f"{_indices(outside['rounds'])}, outside the lineage: the reward model is fitted on all of them")

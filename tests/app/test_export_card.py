@@ -29,7 +29,7 @@ RATINGS = {
 KL = {1: (0.25, 0.5, 0.125), 2: (4.0, 8.0, 2.0), 3: (0.5, 1.0, 0.25)}  # (eval mean, eval max, training KL last step)
 # how the shown images were chosen (app.selection.record's fields); round 1 predates selection (no record)
 SELECTION = {3: {"selection": "spread", "candidate_factor": 2.0, "honest_share": 0.25, "candidates": 4, "shown": 2,
-                 "images": {}, "unshown": []},
+                 "honest_share_shown": 0.5, "images": {}, "unshown": []},  # at least one random image: 1 of 2
              2: {"selection": "random", "candidate_factor": 1.0, "honest_share": 0.25, "candidates": 2, "shown": 2,
                  "images": {}, "unshown": []}}
 
@@ -127,9 +127,10 @@ def test_card_of_a_rolled_back_round_lists_its_lineage_labels_and_kl(rolled_back
     table = [line for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
     old = "every image generated (before selection existed)"
     assert table == [f"| 0 | – | 3 | 2 | – | – | – | – | {old} |", f"| 1 | 0 | 2 | 1 | 3 | 0.25 | 0.5 | 0.125 | {old} |",
-                     "| 3 | 1 | 1 | 1 | 8 | 0.5 | 1 | 0.25 | 2 of 4 candidates by spread, a random 25% first |"]
+                     "| 3 | 1 | 1 | 1 | 8 | 0.5 | 1 | 0.25 | 2 of 4 candidates by spread, a random 50% first |"]
+    # the share of random images shown (1 of 2), not the 25% setting (found by review)
     assert [r["selection"] for r in card["rounds"]] == [None, None, {"mode": "spread", "candidates": 4, "shown": 2,
-                                                                      "honest_share": 0.25}]
+                                                                      "honest_share": 0.5}]
     assert card["experiment_options"]["selection"] == "spread" and card["experiment_options"]["candidate_factor"] == 2
     assert "- **Round options at export** (which images a round shows): " in text and "selection spread" in text
     # the abandoned round 2 showed every image it generated, chosen at random
@@ -149,3 +150,29 @@ def test_card_of_the_abandoned_round_is_its_own_chain(rolled_back):
     assert list(card["win_rates"]) == ["2"]
     text = model_card.markdown(card)
     assert "outside the lineage" not in text and "4 rounds: round 3 (trained after round 2)\n" in text
+
+
+def test_the_card_counts_the_comparisons_that_trained_the_adapter(rolled_back, tmp_path):
+    """With comparisons as feedback the votes train the reward model too: a pairs-only experiment's card said
+    "0 ratings, 0 raters" (found by review). Two votes on one preference pair of round 0, by bob and a new eve."""
+    settings, exp_id = rolled_back
+    engine = make_engine(settings.db_url)
+    try:
+        with write_session(session_factory(engine)) as s:
+            round0 = repo.get_round_by_index(session=s, experiment_id=exp_id, index=0)
+            a, b = [i.id for i in repo.list_images(session=s, round_id=round0.id, kind="query")]
+            (pair,) = comparisons.create_pairs(session=s, experiment_id=exp_id, round_id=round0.id, kind="preference",
+                                               pairs=[(a, b)])
+            eve = repo.create_rater(session=s, name="eve7", password_hash="x$h").id
+            bob = repo.get_rater_by_name(session=s, name="bob7").id
+            comparisons.record_vote(session=s, pair_id=pair.id, rater_id=bob, choice="a")
+            comparisons.record_vote(session=s, pair_id=pair.id, rater_id=eve, choice="b")
+    finally:
+        engine.dispose()
+    card = export_card.facts(settings, exp_id, 3)
+    assert card["comparisons"] == {"count": 2, "pairs": 1} and card["raters"] == {"count": 5}  # ann bob cy dan + eve
+    assert [(r["index"], r["comparisons"], r["trained_on_comparisons"]) for r in card["rounds"]] == [
+        (0, 2, None), (1, 0, 2), (3, 0, 2)]
+    text = model_card.markdown({**card, "format": "diffusers", "files": []})
+    assert ("**Labels**: 8 ratings of 6 images and 2 comparisons of 1 pairs trained this adapter (every rating and "
+            "comparison on the rounds before round 3") in text
