@@ -4,7 +4,7 @@ A model that learns to please the reward model rather than the person tends to c
 saturate its colours, go dark or blank, or move far from the previous round's model. ``image_stats`` measures
 one round's eval grid (the same held-out prompts and seeds every round, so rounds compare like with like);
 the worker stores the result in the round's metrics under ``eval.image_stats``. ``flags`` compares each round
-with round 0 and with the previous round and says which statistic moved, by how much, against which threshold.
+with round 0 and with the round it was trained from (after a rollback not the previous one) and says which statistic moved, by how much, against which threshold.
 
 Statistics (pixels scaled to [0, 1]):
 - ``saturation``: mean HSV saturation ``(max - min) / max`` over all pixels (0 where max is 0);
@@ -38,7 +38,7 @@ LABELS = {
     "blank_fraction": "blank images",
     "diversity_embedding": "diversity (image-encoder embeddings)",
     "diversity_pixels": "diversity (pixels)",
-    "kl": "KL to the previous round",
+    "kl": "KL to the round it was trained from",
 }
 
 
@@ -200,12 +200,14 @@ def _compare(k: int, name: str, value: float, ref: float, ref_round: int, t: Thr
 
 
 def flags(rounds: dict[int, dict[str, Any]], kls: dict[int, float | None] | None = None,
-          thresholds: Thresholds | None = None) -> list[Flag]:
-    """Flags for each round (by index) against round 0 and against the previous round, plus large KL.
+          thresholds: Thresholds | None = None, parents: dict[int, int] | None = None) -> list[Flag]:
+    """Flags for each round (by index) against round 0 and against the round it was trained from, plus large KL.
 
     ``rounds`` maps a round index to its ``image_stats`` dict (missing rounds and missing values are skipped);
-    ``kls`` maps a round index to its KL to the previous round. For each statistic a round gets at most one
-    flag: the comparison that moved most.
+    ``kls`` maps a round index to its KL to the round it was trained from. ``parents`` maps a round index to the
+    index of the round it was trained from (after a rollback not the one before it; default: the previous round
+    with statistics): a rolled-back round was compared with the abandoned branch (found by review). For each
+    statistic a round gets at most one flag: the comparison that moved most.
     """
     t = thresholds or Thresholds()
     out: list[Flag] = []
@@ -215,8 +217,9 @@ def flags(rounds: dict[int, dict[str, Any]], kls: dict[int, float | None] | None
         refs = []
         if 0 in rounds and k != 0:
             refs.append(0)
-        if pos > 0 and indices[pos - 1] != 0:
-            refs.append(indices[pos - 1])
+        parent = (parents or {}).get(k, indices[pos - 1] if pos > 0 else None)
+        if parent is not None and parent != 0 and parent in rounds and parent != k:
+            refs.append(parent)
         for name in STATS:
             value = _num(stats.get(name))
             if value is None:
@@ -232,8 +235,10 @@ def flags(rounds: dict[int, dict[str, Any]], kls: dict[int, float | None] | None
     return sorted(out, key=lambda f: (f.round, f.statistic != "kl"))
 
 
-def flags_from_metrics(round_metrics: dict[int, dict[str, Any] | None], thresholds: Thresholds | None = None) -> list[Flag]:
-    """Flags from rounds' stored metrics (``Round.metrics``): ``eval.image_stats`` and ``eval.kl_to_prev``."""
+def flags_from_metrics(round_metrics: dict[int, dict[str, Any] | None], thresholds: Thresholds | None = None,
+                       parents: dict[int, int] | None = None) -> list[Flag]:
+    """Flags from rounds' stored metrics (``Round.metrics``): ``eval.image_stats`` and ``eval.kl_to_prev`` (``parents``
+    as ``flags`` takes it)."""
     stats, kls = {}, {}
     for k, m in round_metrics.items():
         ev = (m or {}).get("eval") if isinstance(m, dict) else None
@@ -241,4 +246,4 @@ def flags_from_metrics(round_metrics: dict[int, dict[str, Any] | None], threshol
             if isinstance(ev.get("image_stats"), dict):
                 stats[k] = ev["image_stats"]
             kls[k] = ev.get("kl_to_prev")
-    return flags(stats, kls, thresholds)
+    return flags(stats, kls, thresholds, parents)

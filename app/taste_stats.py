@@ -27,7 +27,7 @@ from typing import NamedTuple
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.models import Image, Rating, Round
+from db.models import SCORE_MAX, SCORE_MIN, Image, Rating, Round
 
 LIKED = 6  # a rating >= 6 counts as liked
 Z95 = 1.959963984540054
@@ -172,9 +172,11 @@ def round_taste(index: int, scores: list[int], images: list[int] | None = None) 
     liked = sum(1 for s in scores if s >= LIKED)
     if images is not None:
         (mean, lo, hi), (share, slo, shi) = clustered_intervals([float(s) for s in scores], images)
-        return RoundTaste(index, len(scores), mean, lo, hi, liked, share, slo, shi)
-    mean, lo, hi = mean_interval([float(s) for s in scores])
-    share, slo, shi = wilson_interval(liked, len(scores))
+    else:
+        mean, lo, hi = mean_interval([float(s) for s in scores])
+        share, slo, shi = wilson_interval(liked, len(scores))
+    # within the scale: the mean of 1-10 ratings is too (a band to 11.3 reached bench-taste's JSON; found by review)
+    lo, hi = (None if lo is None else max(float(SCORE_MIN), lo)), (None if hi is None else min(float(SCORE_MAX), hi))
     return RoundTaste(index, len(scores), mean, lo, hi, liked, share, slo, shi)
 
 

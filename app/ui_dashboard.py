@@ -289,8 +289,12 @@ def summary_html(experiment: Experiment) -> str:
 
 def alarms_html(session: Session, experiment: Experiment, thresholds: alarms.Thresholds | None = None) -> str:
     """One warning line per flagged round and statistic (app.alarms: eval-image statistics and KL); empty when none."""
-    metrics = {r.index: r.metrics for r in repo.list_rounds(session=session, experiment_id=experiment.id)}
-    found = alarms.flags_from_metrics(metrics, thresholds or alarms.Thresholds.from_env())
+    rounds = repo.list_rounds(session=session, experiment_id=experiment.id)
+    metrics = {r.index: r.metrics for r in rounds}
+    index_of = {r.id: r.index for r in rounds}
+    # each round against the round it was trained from (a rollback's recorded parent), not merely the one before it
+    parents = {r.index: index_of[r.parent_round_id] for r in rounds if r.parent_round_id in index_of}
+    found = alarms.flags_from_metrics(metrics, thresholds or alarms.Thresholds.from_env(), parents)
     if not found:
         return ""
     lines = "".join(f"<div class='warn alarm' data-round='{f.round}' data-statistic='{f.statistic}' style='color:#b45309'>"

@@ -132,7 +132,7 @@ def test_the_dashboard_warns_about_a_collapsed_round_naming_the_statistic(ui_wor
                                   metrics={"eval": {"image_stats": _stats(2, collapsed=True), "kl_to_prev": 5.0}})
     summary = ui_dashboard.load(world.factory, world.experiment_id).summary
     assert "Possible reward hacking: round 2: diversity (image-encoder embeddings) fell 100% vs round 0" in summary
-    assert "data-statistic='diversity_pixels'" in summary and "KL to the previous round is 5" in summary
+    assert "data-statistic='diversity_pixels'" in summary and "KL to the round it was trained from is 5" in summary
     assert "round 1:" not in summary
 
 

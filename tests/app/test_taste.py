@@ -532,6 +532,15 @@ def test_t_interval_against_a_hand_computation():
     assert taste_stats.mean_interval([5]) == (5.0, None, None)
 
 
+def test_the_mean_band_stays_within_the_rating_scale():
+    """Two images rated 10 and 7: the t band reached 11.3 (found by review). The mean of 1-10 ratings lies in
+    [1, 10], so the band is cut there; the mean itself is untouched."""
+    r = taste_stats.round_taste(1, [10, 7, 10, 7], images=[1, 2, 1, 2])
+    assert r.mean == 8.5 and r.mean_high == 10.0 and r.mean_low is not None and r.mean_low >= 1.0
+    low = taste_stats.round_taste(1, [1, 2])
+    assert low.mean == 1.5 and low.mean_low == 1.0
+
+
 def test_wilson_interval_against_a_hand_computation():
     # 3 of 10, z = 1.96: centre (0.3 + 0.19208) / 1.38416 = 0.355508, half 1.96 * sqrt(0.021 + 0.00096040) / 1.38416
     p, lo, hi = taste_stats.wilson_interval(3, 10)
