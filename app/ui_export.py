@@ -164,6 +164,8 @@ def serve(services, request: Request) -> Response:
     if not path.is_relative_to(root) or not path.is_file():
         return _refusal(404, f"The file of export {int(raw)} is no longer there; build the export again.")
     media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    # who took the ratings (or a model) away, and when: only building the export was audited (found by review)
+    auth.record(services.factory, who, "export.download", f"export {int(raw)}", file=path.name)
     return FileResponse(path, media_type=media, filename=path.name, headers={"Cache-Control": "no-store"})
 
 

@@ -566,6 +566,7 @@ class WebGuard:
         if ticket is None:
             self.stats.logins["throttled"] += 1
             seconds = max(1, math.ceil(wait))
+            log.warning("sign-in as %r from %s throttled for %d s (too many failed sign-ins)", username[:64], ip, seconds)
             return JSONResponse({"detail": f"Too many failed sign-ins; try again in {seconds} second{'s' if seconds != 1 else ''}."},
                                 status_code=429, headers={"Retry-After": str(seconds)})
         try:
@@ -585,10 +586,14 @@ class WebGuard:
         finally:
             self.pending -= 1
         if result.refusal is not None:
+            # sign-ins leave a trace in the server's log (they were only counted in memory; found by review): the
+            # name (cut, repr-escaped) and the address, never the password
             if result.wrong_credentials:
                 self.throttle.failed(ip, username, device, credentials=credentials)
                 self.stats.logins["wrong"] += 1
+                log.warning("sign-in as %r from %s refused: wrong name or password", username[:64], ip)
                 return JSONResponse({"detail": auth.WRONG_CREDENTIALS}, status_code=400)
+            log.warning("sign-in as %r from %s refused: %s", username[:64], ip, result.refusal)
             self.stats.logins["refused"] += 1
             return JSONResponse({"detail": _sentence(result.refusal)}, status_code=403)
         device = device or secrets.token_urlsafe(DEVICE_BYTES)
@@ -606,6 +611,7 @@ class WebGuard:
             return JSONResponse({"detail": auth.WRONG_CREDENTIALS}, status_code=400)
         self.gradio_app.tokens[token] = username
         self.stats.logins["ok"] += 1
+        log.info("%r signed in from %s", username[:64], ip)
         response = JSONResponse({"success": True})
         secure_name, plain_name = self._cookie_names()
         response.set_cookie(secure_name, token, httponly=True, samesite="lax", secure=True, path="/")

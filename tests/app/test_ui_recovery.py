@@ -283,6 +283,10 @@ def test_an_export_is_built_by_id_and_downloaded_through_one_checked_route(serve
         got = http.get(built.url)
         assert got.status_code == 200 and got.content == on_disk
         assert built.file_name in got.headers["content-disposition"]
+        # the download is audited: who took the ratings away (only building it was; found by review)
+        with read_session(world.factory) as s:
+            (entry,) = [a for a in repo.list_audit(session=s) if a.action == "export.download"]
+            assert (entry.actor_name, entry.target) == ("root", f"export {built.export_id}")
         for bad in ("/seiko/export/999", "/seiko/export/abc", "/seiko/export/..%2F..%2Fseiko.db", "/seiko/export/0",
                     "/seiko/export/-1", "/seiko/export/1e3"):
             response = http.get(bad)

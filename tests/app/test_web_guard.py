@@ -429,7 +429,10 @@ def test_the_guard_matches_paths_as_the_router_does_under_a_root_path():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_wrong_sign_ins_back_off_per_account_and_per_address(ui_world):
+def test_wrong_sign_ins_back_off_per_account_and_per_address(ui_world, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="seiko.web")
     throttle = sessions.LoginThrottle(per_ip=sessions.ThrottleRule(free=6, base_s=30, max_s=60),
                                       per_account=sessions.ThrottleRule(free=3, base_s=30, max_s=60))
     demo, url = launch(ui_world, throttle=throttle)
@@ -447,6 +450,12 @@ def test_wrong_sign_ins_back_off_per_account_and_per_address(ui_world):
             assert http.post("/login", data={"username": "root", "password": UI_PASSWORD}).status_code == 429
         guard = web_guard.installed(demo.server_app)
         assert guard.stats.logins["wrong"] == 7 and guard.stats.logins["throttled"] == 2 and guard.stats.logins["ok"] == 0
+        # each refusal is in the server's log, with the name and the address, never the password (they were only
+        # counted in memory; found by review)
+        said = [r.getMessage() for r in caplog.records if r.name == "seiko.web"]
+        assert sum("sign-in as 'alice' from 127.0.0.1 refused: wrong name or password" in m for m in said) == 4
+        assert sum("throttled" in m for m in said) == 2
+        assert not any(UI_PASSWORD in m or "wrong password" in m for m in said)
     finally:
         demo.close()
 
