@@ -200,13 +200,24 @@ class GuardPolicy:
 FRAMING_HEADERS = ((b"x-frame-options", b"SAMEORIGIN"), (b"content-security-policy", b"frame-ancestors 'self'"))
 
 
-def _framing_send(send: Send) -> Send:
+# the app's own code and styles, the same for everyone: cacheable; every other answer (the page, its config, event
+# results, sign-in, images of the rounds) is one account's and is not kept by a browser or a proxy cache
+CACHEABLE_PREFIXES = ("/assets/", "/static/", "/favicon", "/gradio_api/assets/", "/theme.css")
+
+
+def _framing_send(send: Send, path: str = "") -> Send:
     """``send`` with the framing headers added to the response's start (an X-Frame-Options already there is replaced;
-    a Content-Security-Policy already there is kept: a browser enforces every policy it is given)."""
+    a Content-Security-Policy already there is kept: a browser enforces every policy it is given), and
+    ``Cache-Control: no-store`` unless ``path`` is the app's static code or the answer says otherwise (the page, its
+    config and the sign-in's answer had no cache header: a shared proxy could keep one account's page; found by
+    review)."""
+    cacheable = path.startswith(CACHEABLE_PREFIXES)
+
     async def wrapped(message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
             kept = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-frame-options"]
-            message = {**message, "headers": [*kept, *FRAMING_HEADERS]}
+            extra = [] if cacheable or any(k.lower() == b"cache-control" for k, _ in kept) else [(b"cache-control", b"no-store")]
+            message = {**message, "headers": [*kept, *FRAMING_HEADERS, *extra]}
         await send(message)
 
     return wrapped
@@ -293,7 +304,7 @@ class WebGuard:
             return
         headers = Headers(scope=scope)
         if scope["type"] == "http":
-            send = _framing_send(send)
+            send = _framing_send(send, get_route_path(scope))
         refusal = self.policy.refusal(headers, scope.get("scheme", "http"))
         if refusal is not None:
             await self._refuse(scope, receive, send, _sentence(refusal), 403)

@@ -1040,3 +1040,19 @@ def test_an_account_cannot_grow_the_servers_session_memory_without_bound(served,
         assert len(kept) <= gradio_routes.EVENTS_PER_ACCOUNT and "roots-page" in holder.session_data
         r = alice.get(f"/gradio_api/call/next_batch/{events[-1]}")  # her newest event's result is still hers to read
         assert r.status_code == 200 and "event: complete" in r.text, r.text[:300]
+
+
+def test_an_accounts_pages_are_not_kept_by_caches_and_the_apps_code_is(served):
+    """The page, its config and the sign-in's answer had no Cache-Control: a shared proxy could keep one account's
+    page for the next person (found by review)."""
+    _, demo, url = served
+    with signed_in(url, "alice") as http:
+        for path in ("/", "/config", "/gradio_api/info"):
+            r = http.get(path)
+            assert r.status_code == 200 and r.headers.get("cache-control") == "no-store", (path, r.headers)
+        page = http.get("/").text
+        asset = next(m for m in __import__("re").findall(r'(?:src|href)="\.?(/assets/[^"]+)"', page))
+        got = http.get(asset)
+        assert got.status_code == 200 and got.headers.get("cache-control") != "no-store", asset
+    r = httpx.post(url + "/login", data={"username": "alice", "password": "wrong password"})
+    assert r.headers.get("cache-control") == "no-store"
