@@ -465,14 +465,19 @@ class WebGuard:
         Returns the account a valid one signs in (None: nobody is signed in)."""
         assert self.sessions is not None
         user = None
-        for token in self._tokens(headers):
+        for position, token in enumerate(self._tokens(headers)):
             known, info = self.sessions.cached(token)
             if not known:  # the database, in a thread: a read (and at most once a minute a write) per session
                 info = await self._in_thread(self.db_pool, self.sessions.check, token)
             if info is None:
                 self.gradio_app.tokens.pop(token, None)
             else:
-                self.gradio_app.tokens[token] = user = info.name
+                self.gradio_app.tokens[token] = info.name
+                if position == 0:
+                    # the account Gradio's handlers will run as: the first cookie present (the secure one, then the
+                    # other), whether or not valid; the last valid one was taken before, so with two cookies of two
+                    # accounts the session bindings went to one account and the handlers ran as the other (review)
+                    user = info.name
         return user
 
     # -- request bodies ------------------------------------------------------------------------

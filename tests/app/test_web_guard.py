@@ -1056,3 +1056,22 @@ def test_an_accounts_pages_are_not_kept_by_caches_and_the_apps_code_is(served):
         assert got.status_code == 200 and got.headers.get("cache-control") != "no-store", asset
     r = httpx.post(url + "/login", data={"username": "alice", "password": "wrong password"})
     assert r.headers.get("cache-control") == "no-store"
+
+
+def test_with_two_accounts_cookies_the_bindings_go_to_the_account_gradio_runs_as(served):
+    """Gradio's handlers run as the first session cookie present (the secure one, then the other); the guard took the
+    last valid one, so a request carrying two accounts' cookies had its session bound to one account while its
+    handlers ran as the other (found by review)."""
+    _, demo, url = served
+    secure_name, plain_name = f"access-token-{demo.server_app.cookie_id}", f"access-token-unsecure-{demo.server_app.cookie_id}"
+    tokens = {}
+    for name in ("alice", "bob"):
+        with signed_in(url, name) as http:
+            tokens[name] = http.cookies.get(plain_name) or http.cookies.get(secure_name)
+    fn_index = next(i for i, bf in demo.fns.items() if bf.fn is not None and bf.fn.__name__ == "next_batch")
+    with httpx.Client(base_url=url, timeout=30) as http:
+        r = http.post("/gradio_api/queue/join", headers={"cookie": f"{secure_name}={tokens['alice']}; {plain_name}={tokens['bob']}"},
+                      json={"data": [1, ""], "fn_index": fn_index, "session_hash": "two-cookies", "event_data": None,
+                            "trigger_id": None})
+    assert r.status_code == 200, r.text
+    assert web_guard.installed(demo.server_app).session_owners.owner("two-cookies") == "alice"
