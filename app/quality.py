@@ -228,6 +228,12 @@ def standardize(ratings: Iterable[Rating]) -> dict[tuple[Hashable, Hashable], fl
     ``z = (score - rater's mean) / rater's std`` (population std). A rater whose scores are all the same (or who
     gave one rating) expresses no preference between items: their z is 0, i.e. the pooled mean. Mapping back
     keeps the reward model's targets in rating units, so predicted rewards still read like ratings.
+
+    What it assumes (a review's measurements, 3 Dec 2026): raters see comparable images. Two raters who rated
+    different rounds (one early, one late) have the rounds' real difference removed along with their own (raw item
+    means 3.95 and 7.45 both became 5.70); and a rater with a few close scores (5 and 6) is stretched as far as one
+    who used 1 and 10. On simulated raters who use different parts of the scale it helped from about 10 ratings a
+    rater (correlation with the truth 0.774 -> 0.798; 0.812 -> 0.869 at 40) and hurt at 3 (0.765 -> 0.66).
     """
     table = _table(ratings)
     by_rater: dict[Hashable, list[float]] = defaultdict(list)

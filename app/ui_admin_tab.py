@@ -259,7 +259,10 @@ def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callab
             q_table = gr.Dataframe(headers=ui_quality.RATER_HEADERS, value=[], interactive=False,
                                    elem_id="rater-quality-table")
             q_standardize = gr.Checkbox(label="Standardise each rater's scores (z-score per rater) before the "
-                                              "reward fit", value=False, elem_id="standardize-scores")
+                                              "reward fit", value=False, elem_id="standardize-scores",
+                                        info="For raters who rate the same rounds, each with many ratings: it also "
+                                             "removes real differences between raters who rated different rounds, "
+                                             "and stretches a rater with a few close scores across the scale.")
             with gr.Row():
                 q_gold_image = gr.Textbox(label="Gold item: image id", scale=0, min_width=160, elem_id="gold-image")
                 q_gold_score = gr.Textbox(label="Known score 1-10 (empty: not gold)", scale=0, min_width=220,
