@@ -354,6 +354,10 @@ class WebGuard:
             except ValueError as exc:
                 await self._refuse(scope, receive, send, str(exc), 400)
                 return
+            # a curl-style call's session is named by its event id: another account may not name it (found by review)
+            if named is not None and user is not None and self.event_owners.owner(named) not in (None, user):
+                await self._refuse(scope, receive, send, "This session of the app belongs to another account.", 403)
+                return
             if named is not None and (why := self.session_owners.refusal(named, user)) is not None:
                 await self._refuse(scope, receive, send, why, 401 if user is None else 403)
                 return

@@ -77,7 +77,7 @@ def check_name(what: str, value: Any) -> str:
     check_text(what, value)
     # a line break, a terminal escape or a right-to-left override in a name printed in a list makes that list lie
     # (found by review: 'a\nb' listed as two lines); names take letters, marks, digits, punctuation, symbols, spaces
-    if bad := [c for c in value if unicodedata.category(c)[0] == "C"]:
+    if bad := [c for c in value if unicodedata.category(c)[0] == "C" or unicodedata.category(c) in ("Zl", "Zp")]:
         raise InvalidInput(f"{what} {shown(value)} contains the control or format character U+{ord(bad[0]):04X}; "
                            "use letters, digits, punctuation and spaces")
     return value

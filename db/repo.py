@@ -190,7 +190,7 @@ def finish_experiment(*, session: Session, experiment_id: int, now: datetime | N
         return experiment
     # lock the rounds first: a close_round in flight (its round locked, its train job not yet committed) is waited
     # for, so its job is seen and cancelled below; on PostgreSQL it was left queued (found by review)
-    session.scalars(select(Round).where(Round.experiment_id == experiment_id).with_for_update(),
+    session.scalars(select(Round).where(Round.experiment_id == experiment_id).order_by(Round.index).with_for_update(),
                     execution_options={"populate_existing": True}).all()
     running = job_queue.live_job(session, now, kinds=job_queue.PERSON_KINDS, lock=True, experiment_id=experiment_id)
     if running is not None:
