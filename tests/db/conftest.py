@@ -2,12 +2,14 @@
 
 import hashlib
 import struct
+import threading
 from dataclasses import dataclass
 
 import pytest
 
 from db import repo
 from db.engine import write_session
+from db.errors import Conflict
 
 
 def fake_image_fields(i: int, dim: int = 4) -> dict:
@@ -58,3 +60,29 @@ def make_world(db_factory):
             return World(exp.id, rnd.id, [im.id for im in images], [r.id for r in raters])
 
     return build
+
+
+def race_with_open_transaction(db_factory, hold, act, *, wait_s: float = 1.5) -> str:
+    """PostgreSQL races: ``hold(session)`` runs in a transaction left open while ``act(session)`` runs in a write
+    transaction of another thread; the held one commits after ``wait_s`` seconds (or once ``act`` finished). Returns
+    "done", or the sentence of the Conflict ``act`` raised."""
+    held, out = db_factory(), {}
+    try:
+        hold(held)  # not yet committed
+
+        def other():
+            try:
+                with write_session(db_factory) as s:
+                    act(s)
+                out["result"] = "done"
+            except Conflict as exc:
+                out["result"] = str(exc)
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join(wait_s)
+        held.commit()
+    finally:
+        held.close()
+    thread.join(30)
+    return out["result"]

@@ -7,6 +7,7 @@ from db import jobs as job_queue
 from db import repo
 from db.engine import read_session, write_session
 from db.errors import InvalidInput, LeaseLost
+from tests.db.conftest import race_with_open_transaction
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -299,25 +300,12 @@ def test_finishing_an_experiment_while_its_round_is_being_closed_cancels_the_new
     world = make_world()
     with write_session(db_factory) as s:
         repo.add_rating(session=s, image_id=world.image_ids[0], rater_id=world.rater_ids[0], score=7)
-    closing = db_factory()
-    out = {}
-    try:
-        job = repo.close_round(session=closing, experiment_id=world.experiment_id)  # not yet committed
-        assert job.kind == "train"
+    def close(s):
+        assert repo.close_round(session=s, experiment_id=world.experiment_id).kind == "train"
 
-        def admin():
-            with write_session(db_factory) as s:
-                repo.finish_experiment(session=s, experiment_id=world.experiment_id)
-            out["result"] = "finished"
-
-        thread = threading.Thread(target=admin)
-        thread.start()
-        thread.join(2)
-        closing.commit()
-    finally:
-        closing.close()
-    thread.join(30)
-    assert out == {"result": "finished"}
+    result = race_with_open_transaction(
+        db_factory, close, lambda s: repo.finish_experiment(session=s, experiment_id=world.experiment_id), wait_s=2)
+    assert result == "done"
     with read_session(db_factory) as s:
         jobs = job_queue.list_jobs(session=s, experiment_id=world.experiment_id)
         assert [(j.kind, j.status) for j in jobs] == [("train", "failed")], [(j.kind, j.status) for j in jobs]

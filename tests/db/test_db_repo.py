@@ -8,6 +8,7 @@ from db import repo
 from db.engine import read_session, write_session
 from db.errors import Conflict, InvalidInput, NotFound
 from db.models import Rating, Skip
+from tests.db.conftest import race_with_open_transaction
 
 
 def _n_ratings(factory) -> int:
@@ -320,33 +321,14 @@ def test_deleting_an_account_waits_for_its_rating_in_flight_and_refuses(db_facto
     """On PostgreSQL delete_rater counted the account's ratings, then deleted it: a rating in flight (not yet
     committed when counted) was deleted with the account by the cascade. Found by review. The account's row is
     locked first now, so the rating is counted and the delete refused."""
-    import threading
-
     if not db_url.startswith("postgresql"):
         pytest.skip("SQLite serialises write transactions (BEGIN IMMEDIATE); the race needs PostgreSQL")
     world = make_world(n_raters=1)
     rater_id = world.rater_ids[0]
-    rating = db_factory()
-    out = {}
-    try:
-        repo.add_rating(session=rating, image_id=world.image_ids[0], rater_id=rater_id, score=7)  # not yet committed
-
-        def admin():
-            try:
-                with write_session(db_factory) as s:
-                    repo.delete_rater(session=s, rater_id=rater_id)
-                out["result"] = "deleted"
-            except Conflict as exc:
-                out["result"] = str(exc)
-
-        thread = threading.Thread(target=admin)
-        thread.start()
-        thread.join(2)
-        rating.commit()
-    finally:
-        rating.close()
-    thread.join(30)
-    assert "has 1 rating" in out["result"], out
+    result = race_with_open_transaction(
+        db_factory, lambda s: repo.add_rating(session=s, image_id=world.image_ids[0], rater_id=rater_id, score=7),
+        lambda s: repo.delete_rater(session=s, rater_id=rater_id), wait_s=2)
+    assert "has 1 rating" in result, result
     with read_session(db_factory) as s:
         assert s.scalar(select(func.count(Rating.id))) == 1
 
@@ -367,28 +349,10 @@ def test_an_account_name_that_reads_as_another_is_refused(db_factory):
 def test_two_accounts_of_one_name_at_once_are_a_refusal_not_a_crash(db_factory, db_url):
     """On PostgreSQL the second of two concurrent creations of one name hit the unique constraint: an IntegrityError
     (a bare "Error" on the page) instead of the Conflict's sentence. Found by review."""
-    import threading
-
     if not db_url.startswith("postgresql"):
         pytest.skip("SQLite serialises write transactions (BEGIN IMMEDIATE); the race needs PostgreSQL")
-    first = db_factory()
-    out = {}
-    try:
-        repo.create_rater(session=first, name="local admin 2", password_hash="x$hash")  # not yet committed
+    def create(s):
+        repo.create_rater(session=s, name="local admin 2", password_hash="x$hash")
 
-        def second():
-            try:
-                with write_session(db_factory) as s:
-                    repo.create_rater(session=s, name="local admin 2", password_hash="x$hash")
-                out["result"] = "created"
-            except Conflict as exc:
-                out["result"] = str(exc)
-
-        thread = threading.Thread(target=second)
-        thread.start()
-        thread.join(1.5)
-        first.commit()
-    finally:
-        first.close()
-    thread.join(30)
-    assert out == {"result": "a rater named 'local admin 2' already exists"}
+    result = race_with_open_transaction(db_factory, create, create)
+    assert result == "a rater named 'local admin 2' already exists"
