@@ -149,15 +149,21 @@ def _source(j: int) -> str:
     return "the base model (round 0)" if j == 0 else f"round {j}'s adapter"
 
 
+def _rollback_source(who: Who, experiment_id: int | None, from_index: Any) -> int:
+    """The round index a rollback trains from, after the checks its question and its action share."""
+    require_admin(who)
+    j = _round_index(from_index)
+    if experiment_id is None:
+        raise InvalidInput("choose an experiment first")
+    return j
+
+
 def rollback_question(factory, who: Who, experiment_id: int | None, from_index: Any) -> tuple[str, int]:
     """What the admin is asked before a rollback, and the index of the round it is about (the open round it would
     close, or the closed round whose queued training it would change); as "Close round" asks first."""
     from app import pairwise
 
-    require_admin(who)
-    j = _round_index(from_index)
-    if experiment_id is None:
-        raise InvalidInput("choose an experiment first")
+    j = _rollback_source(who, experiment_id, from_index)
     with read_session(factory) as s:
         experiment = repo.get_experiment(session=s, experiment_id=int(experiment_id))
         job = _train_job(s, experiment.id)
@@ -183,10 +189,7 @@ def train_next_from(factory, who: Who, experiment_id: int | None, from_index: An
     queued train job is changed; a train job the worker has started is refused. With ``expected_index`` (the round
     the admin was asked about, ``rollback_question``) any other round is refused: the open round may have changed
     since (auto-close, another admin). Written to the audit log."""
-    require_admin(who)
-    j = _round_index(from_index)
-    if experiment_id is None:
-        raise InvalidInput("choose an experiment first")
+    j = _rollback_source(who, experiment_id, from_index)
     with write_session(factory) as s:
         experiment = repo.get_experiment(session=s, experiment_id=int(experiment_id))
         job = _train_job(s, experiment.id, lock=True)
