@@ -28,6 +28,12 @@ handlers' own checks (who is signed in, their role) never see them. A review (3 
   towards 4.7 GB. An account now keeps ``SESSIONS_PER_ACCOUNT`` sessions and ``EVENTS_PER_ACCOUNT`` event ids: the
   state of a session its account forgets is dropped (``drop_session_state``), and ``sweep_unowned`` drops the state
   of any session no account holds (one an event made after its id was forgotten) once it is ``UNOWNED_GRACE_S`` old.
+  A later review found that bound to be one of time (a fast script left hundreds of sessions its events made after
+  their ids were forgotten), that unread results of curl-style calls stayed in Gradio's queue (60 unread: 253 MB),
+  and that a script's sessions pushed out the open page of the same account. Now a page's session is pinned while its
+  heartbeat is open and an event while it waits or runs (``Owners``: not counted, forgotten only past twice the
+  count), a forgotten session's unread results are dropped with its state, and an account may have
+  ``EVENTS_IN_FLIGHT`` events waiting or running at once (429 past that).
 - **Routes the app does not use** (proxying, streaming, monitoring, the vibe editor, run history, dev reload, custom
   components, profiling) are not answered (404), so none of them is an attack surface.
 
@@ -60,6 +66,9 @@ QUEUE_DATA = f"{API}/queue/data"
 # (an event's results are read right after it is made); Gradio's state of a forgotten session is dropped
 SESSIONS_PER_ACCOUNT = 32
 EVENTS_PER_ACCOUNT = 64
+# a page's session (its heartbeat open) and an event still waiting or running are pinned: not counted, and forgotten
+# only past twice the count in all; and an account may have this many events waiting or running at once (more are refused, 429)
+EVENTS_IN_FLIGHT = 16
 UNOWNED_GRACE_S = 30.0  # a session no account holds keeps its state this long (an event may be making it)
 SWEEP_EVERY_S = 5.0
 CALL = f"{API}/call/"
@@ -130,10 +139,14 @@ class Owners:
 
     Bounded per account: an account that has used ``per_account`` keys forgets its own oldest, never another
     account's, so no account can push an admin's session out by using many hashes (a review showed a shared
-    least-recently-used table evicted that way, after which a rater claimed the admin's session)."""
+    least-recently-used table evicted that way, after which a rater claimed the admin's session). Keys that
+    ``pinned`` names (a page with its heartbeat open, an event still running) are not counted, and go only when the
+    account holds ``hard_max`` keys in all, so a script cannot push out its own account's open page."""
 
-    def __init__(self, per_account: int, on_forget: Callable[[str], Any] | None = None) -> None:
-        self.per_account, self.on_forget = per_account, on_forget
+    def __init__(self, per_account: int, on_forget: Callable[[str], Any] | None = None,
+                 pinned: Callable[[str], bool] | None = None, hard_max: int | None = None) -> None:
+        self.per_account, self.on_forget, self.pinned = per_account, on_forget, pinned
+        self.hard_max = 2 * per_account if hard_max is None else hard_max
         self._owners: dict[str, str] = {}
         self._by_account: dict[str, OrderedDict[str, None]] = {}
         self._lock = threading.Lock()
@@ -154,14 +167,26 @@ class Owners:
             mine = self._by_account.setdefault(user, OrderedDict())
             mine[key] = None
             forgotten = []
-            while len(mine) > self.per_account:
-                old, _ = mine.popitem(last=False)
+            while True:  # at most per_account unpinned keys, and hard_max in all
+                unpinned = [k for k in mine if not (self.pinned and self.pinned(k))]
+                if len(unpinned) > self.per_account:
+                    old = unpinned[0]
+                elif len(mine) > self.hard_max:
+                    old = next(iter(mine))
+                else:
+                    break
+                del mine[old]
                 self._owners.pop(old, None)
                 forgotten.append(old)
         if self.on_forget is not None:
             for old in forgotten:
                 self.on_forget(old)
         return True
+
+    def keys_of(self, user: str) -> list[str]:
+        """The keys ``user`` holds, their oldest first."""
+        with self._lock:
+            return list(self._by_account.get(user, ()))
 
     def refusal(self, key: str, user: str | None) -> str | None:
         """Why ``user`` (None: nobody signed in) may not use session ``key`` (one sentence), or None; the first
@@ -171,32 +196,52 @@ class Owners:
         return None if self.claim(key, user) else "This session of the app belongs to another account."
 
 
-def drop_session_state(state_holder: Any, key: str) -> bool:
-    """Drop Gradio's in-memory state of session ``key`` (its stored inputs, its gr.State values); whether it had one.
-    A later request naming the session starts it afresh, as Gradio's own eviction does."""
-    if key not in state_holder.session_data:
-        return False
-    state_holder.delete_state(key)  # gr.State values' delete callbacks
-    with state_holder.lock:
-        state_holder.session_data.pop(key, None)
-        state_holder.time_last_used.pop(key, None)
-    return True
+def _running(queue: Any, key: str) -> bool:
+    """Whether an event of session ``key`` is still waiting or running (it would write its messages to the session's
+    queue of results)."""
+    return any(e in queue.event_ids_to_events for e in queue.pending_event_ids_session.get(key, ()))
 
 
-def sweep_unowned(state_holder: Any, owned: Callable[[str], bool], grace_s: float | None = None) -> int:
-    """Drop the state of every session that ``owned`` says no account holds and that was last used over ``grace_s``
-    (default ``UNOWNED_GRACE_S``) seconds ago; returns how many. (Gradio stamps ``time_last_used`` in naive local time.)"""
+def drop_session_state(state_holder: Any, key: str, queue: Any = None) -> bool:
+    """Drop Gradio's in-memory state of session ``key`` (its stored inputs, its gr.State values) and, given Gradio's
+    ``queue``, its unread results unless an event of it is still running; whether anything was dropped. A later
+    request naming the session starts it afresh, as Gradio's own eviction does."""
+    dropped = False
+    if key in state_holder.session_data:
+        state_holder.delete_state(key)  # gr.State values' delete callbacks
+        with state_holder.lock:
+            state_holder.session_data.pop(key, None)
+            state_holder.time_last_used.pop(key, None)
+        dropped = True
+    if queue is not None and not _running(queue, key):
+        dropped = queue.pending_messages_per_session.pop(key, None) is not None or dropped
+        queue.pending_event_ids_session.pop(key, None)
+    return dropped
+
+
+def sweep_unowned(state_holder: Any, owned: Callable[[str], bool], grace_s: float | None = None,
+                  queue: Any = None) -> int:
+    """Drop the state (and, given ``queue``, the unread results) of every session that ``owned`` says no account holds
+    and that was last used over ``grace_s`` (default ``UNOWNED_GRACE_S``) seconds ago; returns how many. (Gradio
+    stamps ``time_last_used`` in naive local time; results of a session with no state count as old.)"""
     grace_s = UNOWNED_GRACE_S if grace_s is None else grace_s
     now = datetime.datetime.now()
     with state_holder.lock:
         keys = [(k, state_holder.time_last_used.get(k)) for k in state_holder.session_data]
+    if queue is not None:
+        keys += [(k, None) for k in list(queue.pending_messages_per_session) if k not in state_holder.session_data]
     dropped = 0
     for key, used in keys:
         if used is not None and (now - used).total_seconds() < grace_s:
             continue
         if not owned(key):
-            dropped += drop_session_state(state_holder, key)
+            dropped += drop_session_state(state_holder, key, queue)
     return dropped
+
+
+def in_flight(owners: Owners, user: str, queue: Any) -> int:
+    """How many of the events ``user`` made are still waiting or running in Gradio's ``queue``."""
+    return sum(1 for e in owners.keys_of(user) if e in queue.event_ids_to_events)
 
 
 def event_of(path: str, method: str | None) -> str | None:

@@ -272,14 +272,27 @@ class WebGuard:
         self.stats = GuardStats()
         # Gradio session hash -> the account that first used it; a queued event's id -> the account whose request made
         # it (a curl-style call's session is named by its event id). Gradio's state of a forgotten one is dropped.
-        self.session_owners = gradio_routes.Owners(gradio_routes.SESSIONS_PER_ACCOUNT, on_forget=self._drop_state)
-        self.event_owners = gradio_routes.Owners(gradio_routes.EVENTS_PER_ACCOUNT, on_forget=self._drop_state)
+        # A page's session is pinned while its heartbeat is open, an event while it waits or runs (found by review: a
+        # script's sessions pushed out the page of the same account, whose next rating was lost).
+        self.heartbeats: dict[str, int] = {}  # session hash -> open heartbeat streams (touched only on the event loop)
+        self.session_owners = gradio_routes.Owners(gradio_routes.SESSIONS_PER_ACCOUNT, on_forget=self._drop_state,
+                                                   pinned=self.heartbeats.__contains__)
+        self.event_owners = gradio_routes.Owners(gradio_routes.EVENTS_PER_ACCOUNT, on_forget=self._drop_state,
+                                                 pinned=self._event_running)
         self._swept_at = time.monotonic()
+
+    def _queue(self) -> Any:
+        blocks = self.gradio_app.get_blocks() if hasattr(self.gradio_app, "get_blocks") else None
+        return getattr(blocks, "_queue", None)
+
+    def _event_running(self, event: str) -> bool:
+        queue = self._queue()
+        return queue is not None and event in queue.event_ids_to_events
 
     def _drop_state(self, key: str) -> None:
         holder = getattr(self.gradio_app, "state_holder", None)
         if holder is not None:
-            gradio_routes.drop_session_state(holder, key)
+            gradio_routes.drop_session_state(holder, key, self._queue())
 
     def _sweep(self) -> None:
         """At most every SWEEP_EVERY_S: drop the state of sessions no account holds (``gradio_routes.sweep_unowned``)."""
@@ -288,7 +301,8 @@ class WebGuard:
             return
         self._swept_at = time.monotonic()
         dropped = gradio_routes.sweep_unowned(
-            holder, lambda k: self.session_owners.owner(k) is not None or self.event_owners.owner(k) is not None)
+            holder, lambda k: self.session_owners.owner(k) is not None or self.event_owners.owner(k) is not None,
+            queue=self._queue())
         if dropped:
             log.info("dropped the in-memory state of %d session(s) no account holds", dropped)
 
@@ -370,11 +384,29 @@ class WebGuard:
                 return
             if user is not None and (named is not None or gradio_routes.makes_event(path, method)):
                 self._sweep()
+            if user is not None and gradio_routes.makes_event(path, method) and (queue := self._queue()) is not None \
+                    and gradio_routes.in_flight(self.event_owners, user, queue) >= gradio_routes.EVENTS_IN_FLIGHT:
+                await self._refuse(scope, receive, send, f"You have {gradio_routes.EVENTS_IN_FLIGHT} requests waiting "
+                                   "for an answer; wait for them before sending more.", 429)
+                return
+            if user is not None and named is not None and path.startswith(gradio_routes.HEARTBEAT) and method == "GET":
+                await self._while_beating(named, scope, receive, self._lax_send(send))
+                return
             if user is not None and gradio_routes.makes_event(path, method):
                 # asked for uncompressed, so the answer's event id can be read as it passes
                 scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k.lower() != b"accept-encoding"]}
                 send = self._event_recording_send(send, user)
         await self.inner(scope, receive, self._lax_send(send))
+
+    async def _while_beating(self, session: str, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass a page's heartbeat on, the session pinned (``Owners``) while the stream is open."""
+        self.heartbeats[session] = self.heartbeats.get(session, 0) + 1
+        try:
+            await self.inner(scope, receive, send)
+        finally:
+            self.heartbeats[session] -= 1
+            if not self.heartbeats[session]:
+                del self.heartbeats[session]
 
     def _event_recording_send(self, send: Send, user: str) -> Send:
         """A ``send`` that binds the event id in a successful answer (``{"event_id": ...}``) to ``user``, so that only

@@ -106,3 +106,49 @@ def test_owners_tell_what_an_account_forgets_and_the_sweep_drops_only_unowned_ol
     assert dropped == 2 and sorted(deleted) == ["a1", "stray"]
     assert sorted(holder.session_data) == ["a2", "b1", "new"] and sorted(holder.time_last_used) == ["a2", "b1", "new"]
     assert gr_routes.drop_session_state(holder, "a2") and not gr_routes.drop_session_state(holder, "a2")
+
+
+def test_owners_keep_pinned_keys_up_to_a_hard_limit():
+    """A page's session (its heartbeat open) or an event still running is pinned: the account forgets its oldest
+    unpinned key instead, and pinned ones only past ``hard_max`` (found by review: a script's 32 sessions pushed out
+    the page of the same account, whose next rating was lost)."""
+    forgotten, live = [], {"page"}
+    owners = gr_routes.Owners(per_account=2, on_forget=forgotten.append, pinned=live.__contains__, hard_max=3)
+    for key in ("page", "s1", "s2", "s3"):
+        owners.claim(key, "alice")
+    assert forgotten == ["s1"] and owners.owner("page") == "alice"
+    assert owners.keys_of("alice") == ["page", "s2", "s3"] and owners.keys_of("bob") == []
+    live.update({"s2", "s3"})
+    owners.claim("s4", "alice")  # all three pinned and a fourth: past hard_max the oldest goes, pinned or not
+    assert forgotten == ["s1", "page"] and owners.keys_of("alice") == ["s2", "s3", "s4"]
+
+
+def test_dropping_a_session_drops_its_unread_results_unless_an_event_of_it_is_still_running():
+    import threading
+    from types import SimpleNamespace
+
+    holder = SimpleNamespace(session_data={"done": 1}, lock=threading.Lock(), time_last_used={"done": None},
+                             delete_state=lambda key: None)
+    queue = SimpleNamespace(pending_messages_per_session={"done": ["result"], "running": ["progress"], "orphan": ["r"]},
+                            pending_event_ids_session={"done": {"e1"}, "running": {"e2"}},
+                            event_ids_to_events={"e2": object()})
+    assert gr_routes.drop_session_state(holder, "done", queue)
+    assert "done" not in queue.pending_messages_per_session and "done" not in queue.pending_event_ids_session
+    assert not gr_routes.drop_session_state(holder, "running", queue)
+    assert queue.pending_messages_per_session["running"] == ["progress"]  # its event would write to it
+    assert gr_routes.drop_session_state(holder, "orphan", queue)  # results with no state of their own
+    assert gr_routes.sweep_unowned(holder, lambda k: False, grace_s=0, queue=queue) == 0
+    queue.pending_messages_per_session["stray"] = ["r"]
+    assert gr_routes.sweep_unowned(holder, lambda k: False, grace_s=0, queue=queue) == 1
+    assert list(queue.pending_messages_per_session) == ["running"]
+
+
+def test_events_in_flight_are_counted_per_account():
+    from types import SimpleNamespace
+
+    owners = gr_routes.Owners(per_account=8)
+    for key in ("e1", "e2", "e3"):
+        owners.claim(key, "alice")
+    owners.claim("e4", "bob")
+    queue = SimpleNamespace(event_ids_to_events={"e1": 1, "e3": 1, "e4": 1})
+    assert gr_routes.in_flight(owners, "alice", queue) == 2 and gr_routes.in_flight(owners, "carol", queue) == 0

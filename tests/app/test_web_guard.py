@@ -994,6 +994,14 @@ def test_the_session_binding_has_no_way_around_it(served):
         assert root.get(f"/gradio_api/call/next_batch/{mine}").status_code == 404  # and nobody else, admins included
 
 
+def finished(demo, event_id: str) -> None:
+    """Wait (up to a minute) until Gradio's queue has run the event."""
+    deadline = time.monotonic() + 60
+    while event_id in demo._queue.event_ids_to_events:
+        assert time.monotonic() < deadline, f"event {event_id} still waiting after a minute"
+        time.sleep(0.02)
+
+
 def test_an_account_cannot_grow_the_servers_session_memory_without_bound(served, monkeypatch):
     """Gradio keeps each session's inputs in memory, up to 10,000 sessions whoever made them, and a curl-style call
     with no session hash makes a session of its own: a signed-in rater grew the server by 0.47 MB a session with 200 KB
@@ -1011,6 +1019,7 @@ def test_an_account_cannot_grow_the_servers_session_memory_without_bound(served,
         r = http.post("/gradio_api/queue/join", json={"data": [1, ""], "fn_index": fn_index, "session_hash": session,
                                                      "event_data": None, "trigger_id": None})
         assert r.status_code == 200, r.text
+        finished(demo, r.json()["event_id"])  # an account may have EVENTS_IN_FLIGHT waiting or running
 
     def settled(keys_wanted):  # events run after their answer: wait until they have made their sessions
         deadline = time.monotonic() + 60
@@ -1033,6 +1042,7 @@ def test_an_account_cannot_grow_the_servers_session_memory_without_bound(served,
             r = alice.post("/gradio_api/call/next_batch", json={"data": [1, ""]})
             assert r.status_code == 200, r.text
             events.append(r.json()["event_id"])
+            finished(demo, events[-1])
         settled(lambda keys: events[-1] in keys)
         time.sleep(0.2)
         join(alice, f"alices-{n - 1}")  # any request of hers: the sweep runs
@@ -1075,3 +1085,63 @@ def test_with_two_accounts_cookies_the_bindings_go_to_the_account_gradio_runs_as
                             "trigger_id": None})
     assert r.status_code == 200, r.text
     assert web_guard.installed(demo.server_app).session_owners.owner("two-cookies") == "alice"
+
+
+def test_a_page_keeps_its_session_while_its_account_opens_many_others(served):
+    """An account keeps SESSIONS_PER_ACCOUNT sessions; a page of it (its heartbeat open) was forgotten like any other
+    once a script of the same account opened that many, its state dropped and its next rating lost (found by review).
+    A page whose heartbeat is open is kept; its account's other sessions are forgotten instead."""
+    from app import gradio_routes
+
+    _, demo, url = served
+    holder = demo.state_holder
+    fn_index = next(i for i, bf in demo.fns.items() if bf.fn is not None and bf.fn.__name__ == "next_batch")
+    guard = web_guard.installed(demo.server_app)
+
+    def join(http, session):
+        r = http.post("/gradio_api/queue/join", json={"data": [1, ""], "fn_index": fn_index, "session_hash": session,
+                                                     "event_data": None, "trigger_id": None})
+        assert r.status_code == 200, r.text
+        finished(demo, r.json()["event_id"])
+
+    with signed_in(url, "alice") as page, signed_in(url, "alice") as script:
+        join(page, "alices-page")
+        deadline = time.monotonic() + 60
+        while "alices-page" not in holder.session_data and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with page.stream("GET", "/gradio_api/heartbeat/alices-page") as beat:
+            assert beat.status_code == 200
+            deadline = time.monotonic() + 10
+            while guard.session_owners.pinned is not None and not guard.session_owners.pinned("alices-page"):
+                assert time.monotonic() < deadline, "the heartbeat never registered"
+                time.sleep(0.05)
+            for k in range(gradio_routes.SESSIONS_PER_ACCOUNT + 8):
+                join(script, f"alices-script-{k}")
+            assert guard.session_owners.owner("alices-page") == "alice"
+            assert "alices-page" in holder.session_data
+            assert len(guard.session_owners.keys_of("alice")) == gradio_routes.SESSIONS_PER_ACCOUNT + 1  # and the page
+
+
+def test_unread_results_of_forgotten_events_are_dropped_and_events_in_flight_are_bounded(served, monkeypatch):
+    """A curl-style call's result waits in Gradio's queue until it is read: a review left 60 unread and the server
+    held 253 MB more. Once the account forgets the event (EVENTS_PER_ACCOUNT newer ones), its unread result goes too;
+    and an account may have EVENTS_IN_FLIGHT events waiting or running at once (429 past that)."""
+    from app import gradio_routes
+
+    _, demo, url = served
+    queue = demo._queue
+    with signed_in(url, "alice") as alice:
+        events = []
+        for _ in range(gradio_routes.EVENTS_PER_ACCOUNT + 12):
+            r = alice.post("/gradio_api/call/next_batch", json={"data": [1, ""]})
+            assert r.status_code == 200, r.text
+            events.append(r.json()["event_id"])
+            finished(demo, events[-1])
+        alice.post("/gradio_api/call/next_batch", json={"data": [1, ""]})  # one more request: the forgetting is done
+        unread = [e for e in events if e in queue.pending_messages_per_session]
+        assert len(unread) <= gradio_routes.EVENTS_PER_ACCOUNT, len(unread)
+        r = alice.get(f"/gradio_api/call/next_batch/{events[-1]}")  # her newest is still hers to read
+        assert r.status_code == 200 and "event: complete" in r.text, r.text[:300]
+        monkeypatch.setattr(gradio_routes, "EVENTS_IN_FLIGHT", 0)
+        r = alice.post("/gradio_api/call/next_batch", json={"data": [1, ""]})
+        assert r.status_code == 429 and "waiting for an answer" in r.text, (r.status_code, r.text[:200])
