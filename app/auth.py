@@ -133,11 +133,29 @@ def record(factory: sessionmaker[Session], who: Who | None, action: str, target:
         audit(s, who, action, target, **detail)
 
 
+# what an account's name may hold: people read names in lists and the audit log, and reviews kept finding letters of
+# other scripts that read as Latin ones, so names take Latin letters (accented ones too), digits, spaces and a few marks
+NAME_PUNCTUATION = " ._-'@"
+
+
+def _name_char(c: str) -> bool:
+    return (c.isascii() and c.isalnum()) or c in NAME_PUNCTUATION or ("\u00c0" <= c <= "\u017f" and c not in "\u00d7\u00f7")
+
+
+def check_account_name(name: Any) -> str:
+    """Refuse (ValueError, one sentence) an account name with a character other than those ``_name_char`` takes."""
+    if isinstance(name, str) and (bad := next((c for c in name if not _name_char(c)), None)) is not None:
+        raise ValueError(f"an account name takes Latin letters (accented ones too), digits, spaces and . _ - ' @ only; "
+                         f"{name!r} has {bad!r} (U+{ord(bad):04X})")
+    return name
+
+
 def add_user(factory: sessionmaker[Session], *, name: str, role: str, password: str, actor: Who | None = None) -> int:
     """Create an account; returns the rater id. Raises ValueError (db.errors) with one sentence."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; choose from {list(ROLES)}")
-    if name == LOCAL_ADMIN_NAME:
+    check_account_name(name)
+    if repo.name_key(name) == repo.name_key(LOCAL_ADMIN_NAME):
         raise ValueError(f"the name {LOCAL_ADMIN_NAME!r} is reserved for the app's local mode; choose another")
     hashed = hash_password(password)
     with write_session(factory) as s:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, delete, func, or_, select, update
+from sqlalchemy import and_, case, delete, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -457,6 +457,9 @@ def list_images(*, session: Session, round_id: int, kind: str | None = None) -> 
 # ---------------------------------------------------------------------------------------------
 
 
+_CREATE_RATER_LOCK = 0x5E1C0_0001  # PostgreSQL advisory lock key taken while a rater is created
+
+
 def create_rater(*, session: Session, name: str, password_hash: str, role: str = "rater") -> Rater:
     """A new rater. ``password_hash`` is already hashed by the app; this layer never sees passwords."""
     _name("rater name", name)
@@ -467,6 +470,8 @@ def create_rater(*, session: Session, name: str, password_hash: str, role: str =
         raise Conflict(f"a rater named {name!r} already exists")
     # a name that reads the same as another's ('Root', a Cyrillic 'rооt', a fullwidth 'ｒｏｏｔ' beside 'root') would
     # pass for that person in the user list, the audit log and the banner (found by review)
+    if session.get_bind().dialect.name == "postgresql":  # one creation at a time: two look-alikes at once both passed
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CREATE_RATER_LOCK})
     key = name_key(name)
     same = next((other for other in session.scalars(select(Rater.name)) if name_key(other) == key), None)
     if same is not None:
@@ -480,14 +485,23 @@ def create_rater(*, session: Session, name: str, password_hash: str, role: str =
     return rater
 
 
-# letters that look alike across scripts, folded to Latin for name_key (NFKC folds width and compatibility forms)
-_CONFUSABLES = str.maketrans("аеорсухіјѕԁɡӏАВЕКМНОРСТХІЈЅΑΒΕΖΗΙΚΜΝΟΡΤΥΧοі", "aeopcyxijsdglABEKMHOPCTXIJSABEZHIKMNOPTYXoi")
+# letters that look alike across scripts, folded to Latin for name_key (NFKC folds width and compatibility forms);
+# applied before and after case folding, so capitals that fold to a listed small letter are caught too
+_CONFUSABLES = str.maketrans(
+    "аеорсухіјѕԁɡӏһԝѵАВЕКМНОРСТУХІЈЅΑΒΕΖΗΙΚΜΝΟΡΤΥΧαονρκιɑɩᴏᴄᴜᴠᴡᴢօսհոցզ",
+    "aeopcyxijsdglhwvABEKMHOPCTYXIJSABEZHIKMNOPTYXaovpkiaiocuvwzouhngq")
+# after case folding: what reads the same in a sans-serif font (an I, an i, a 1 or a dotless i as an l; a 0 as an
+# o; a kra as a k); a refusal this causes between two real names costs one more try at choosing a name
+_ALIKE = str.maketrans("i1ı0ĸ", "lllok")
 
 
 def name_key(name: str) -> str:
-    """What a name reads as, for telling look-alike account names apart: NFKC (width, compatibility forms),
-    case-folded, common Cyrillic and Greek look-alikes folded to Latin, spaces of every kind made one space."""
-    folded = unicodedata.normalize("NFKC", name).translate(_CONFUSABLES).casefold()
+    """What a name reads as, for telling look-alike account names apart: NFKC (width, compatibility forms), accents and
+    other marks dropped (an invisible one too), common Cyrillic, Greek, Armenian and small-capital look-alikes folded to
+    Latin, case-folded, I/i/1/l and 0/o merged, 'rn' read as 'm' and 'vv' as 'w', spaces of every kind made one."""
+    folded = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", name).translate(_CONFUSABLES))
+    folded = "".join(c for c in folded if not unicodedata.category(c).startswith("M")).casefold()
+    folded = folded.translate(_CONFUSABLES).translate(_ALIKE).replace("rn", "m").replace("vv", "w")
     return " ".join(folded.split())
 
 

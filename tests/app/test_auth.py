@@ -509,3 +509,33 @@ def test_a_password_change_during_a_sign_in_ends_the_session_it_made(db_factory)
     store.forget_all()
     assert auth.check_login(db_factory, "bob", "new password 2").refusal is None
     assert store.check(token) is None
+
+
+def test_account_names_are_latin_letters_digits_and_a_few_marks(db_factory):
+    """Look-alikes from other scripts kept turning up (reviews found Armenian, Cyrillic, Greek and small-capital
+    letters that read as Latin ones): an account's name, which people read in lists and the audit log, takes Latin
+    letters (accented ones too), digits, spaces and . _ - ' @ only."""
+    for name in ("alice", "José Núñez", "o'brien", "a.b-c_d@lab", "Zoë 2"):
+        auth.add_user(db_factory, name=name, role="admin", password=PASSWORD)
+    for name in ("\u0570ello", "p\u0430ul", "\u03b1dmin", "w\u1d0f\u1d0fd", "\u0251bc", "tab\tname", "a\u00a0b", "名前",
+                 "semi;colon"):
+        with pytest.raises(ValueError, match="Latin letters") as refused:
+            auth.add_user(db_factory, name=name, role="rater", password=PASSWORD)
+        assert "\n" not in str(refused.value)
+
+
+def test_a_name_that_reads_as_the_local_admin_is_reserved(db_factory):
+    """'Local Admin' was accepted as an account, and then local mode found 'local admin' taken (found by review)."""
+    for name in ("Local Admin", "LOCAL ADMIN", "local  admin", "IocaI admin"):
+        with pytest.raises(ValueError, match="reserved"):
+            auth.add_user(db_factory, name=name, role="admin", password=PASSWORD)
+
+
+def test_the_command_lines_first_account_must_be_an_admin(db_url, capsys):
+    """The web page refused a rater as the first account (nobody could run the app after local mode ends); the command
+    line did not (found by review)."""
+    base = ["--db-url", db_url]
+    assert app_main(["users", "add", "alice", "--role", "rater", "--password", PASSWORD, *base]) == 1
+    assert "must be an admin" in capsys.readouterr().err
+    assert app_main(["users", "add", "root", "--role", "admin", "--password", PASSWORD, *base]) == 0
+    assert app_main(["users", "add", "alice", "--role", "rater", "--password", PASSWORD, *base]) == 0

@@ -356,3 +356,29 @@ def test_two_accounts_of_one_name_at_once_are_a_refusal_not_a_crash(db_factory, 
 
     result = race_with_open_transaction(db_factory, create, create)
     assert result == "a rater named 'local admin 2' already exists"
+
+
+def test_look_alike_names_a_review_found_read_as_the_name_they_copy(db_factory):
+    """A review passed these beside 'paul', 'yes', 'admin', 'hello' and 'wood': an invisible combining mark, Armenian
+    and small-capital letters, Cyrillic 'һ ԝ ѵ', Greek 'ν ρ κ', Latin alpha, a capital I for an l, and capitals
+    ('Уes', 'αdmin') that the table missed because it was applied before case folding only."""
+    key = repo.name_key
+    assert key("pau\u0301l") == key("paul") and key("pa\u034ful") == key("paul")  # marks, the invisible one too
+    assert key("pauI") == key("paul") and key("pau1") == key("paul") and key("w00d") == key("wood")
+    assert key("\u0570ello") == key("hello") and key("\u04bbello") == key("hello")  # Armenian and Cyrillic h
+    assert key("w\u1d0f\u1d0fd") == key("wood") and key("\u051dood") == key("wood")
+    assert key("\u0423es") == key("yes") and key("\u03b1dmin") == key("admin") and key("\u0251dmin") == key("admin")
+    assert key("\u03bd\u03c1\u03ba") == key("vpk") and key("\u0475") == key("v")
+    assert key("rnary") == key("mary") and key("vvood") == key("wood")
+    assert key("alice") != key("alicia") and key("anna") != key("hanna")  # different names stay different
+
+
+def test_two_look_alike_names_at_once_are_refused_on_postgresql(db_factory, db_url):
+    """Two transactions creating 'peter' and 'Peter' at once each saw no look-alike and both committed (found by
+    review); creating an account now waits for any other creation to end."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite serialises write transactions (BEGIN IMMEDIATE); the race needs PostgreSQL")
+    result = race_with_open_transaction(
+        db_factory, lambda s: repo.create_rater(session=s, name="peter", password_hash="x$hash"),
+        lambda s: repo.create_rater(session=s, name="Peter", password_hash="x$hash"))
+    assert "reads the same as the existing account 'peter'" in result, result
