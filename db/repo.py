@@ -466,12 +466,12 @@ def create_rater(*, session: Session, name: str, password_hash: str, role: str =
     _choice("role", role, RATER_ROLES)
     if not isinstance(password_hash, str) or not password_hash:
         raise InvalidInput("password_hash must be a non-empty string (hash the password in the app)")
+    if session.get_bind().dialect.name == "postgresql":  # one creation at a time: two look-alikes at once both passed
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CREATE_RATER_LOCK})
     if session.scalar(select(Rater.id).where(Rater.name == name)) is not None:
         raise Conflict(f"a rater named {name!r} already exists")
     # a name that reads the same as another's ('Root', a Cyrillic 'rооt', a fullwidth 'ｒｏｏｔ' beside 'root') would
     # pass for that person in the user list, the audit log and the banner (found by review)
-    if session.get_bind().dialect.name == "postgresql":  # one creation at a time: two look-alikes at once both passed
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CREATE_RATER_LOCK})
     key = name_key(name)
     same = next((other for other in session.scalars(select(Rater.name)) if name_key(other) == key), None)
     if same is not None:
