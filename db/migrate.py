@@ -6,6 +6,8 @@ server and the worker call at start-up so that old code never runs against a new
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 from alembic import command
@@ -29,9 +31,16 @@ def _config(url: str | None = None) -> Config:
 
 
 def _sqlite_file(url: str) -> Path | None:
+    """The file a SQLite URL names (a ``file:`` URI too, with ``?uri=true``), or None: not SQLite, or in memory."""
+    from urllib.parse import unquote, urlsplit
+
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
+    if str(parsed.query.get("uri", "")).lower() in ("true", "1") and parsed.database.startswith("file:"):
+        if parsed.query.get("mode") == "memory":
+            return None
+        return Path(unquote(urlsplit(parsed.database).path))
     return Path(parsed.database)
 
 
@@ -59,6 +68,8 @@ def backup_sqlite(url: str) -> Path | None:
     if path is None or not path.is_file():
         return None
     target = path.with_name(f"{path.name}.bak-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}")
+    # made with the database's own mode, before SQLite writes to it: a 0600 database's copy is not left readable by all
+    os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, stat.S_IMODE(path.stat().st_mode)))
     source, copy = sqlite3.connect(path), sqlite3.connect(target)
     try:
         source.backup(copy)  # SQLite's online backup: a consistent copy even while a worker writes

@@ -122,3 +122,20 @@ def test_python_dash_m_app_runs(tmp_path):
         timeout=120,
     )
     assert done.returncode == 1 and "head:" in done.stdout, done.stderr
+
+
+def test_the_copy_before_a_downgrade_keeps_the_files_mode_and_finds_a_uri_file(tmp_path):
+    """The copy was made with the default mode (0644: readable by every local user beside a 0600 database) and a
+    ``?uri=true`` URL was not copied at all, silently (found by review)."""
+    import os
+    import stat
+
+    path = tmp_path / "seiko.db"
+    migrate.upgrade(f"sqlite:///{path}")
+    os.chmod(path, 0o600)
+    copy = migrate.backup_sqlite(f"sqlite:///{path}")
+    assert stat.S_IMODE(copy.stat().st_mode) == 0o600
+    copy = migrate.backup_sqlite(f"sqlite:///file:{path}?uri=true")
+    assert copy is not None and copy.parent == tmp_path and migrate.current_revision(f"sqlite:///{copy}") is not None
+    assert migrate.backup_sqlite(f"sqlite:///file:{tmp_path / 'absent.db'}?uri=true") is None
+    assert migrate.backup_sqlite("sqlite:///file:mem?mode=memory&uri=true") is None
