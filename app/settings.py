@@ -68,14 +68,14 @@ def _port(value: Any) -> int:
 
 
 def _duration(name: str, value: Any, unit_s: float) -> float:
-    """A length of time in units of ``unit_s`` seconds, from one second to a year: a sign-in limit of 1e-300 hours
+    """A length of time in units of ``unit_s`` seconds, from one second to ten years: a sign-in limit of 1e-300 hours
     (every sign-in over at once) or 1e300 (past what a date can hold) was taken as given (found by review)."""
     try:
         number = float(value)
     except (TypeError, ValueError):
         number = float("nan")
-    if not 1.0 <= number * unit_s <= 366 * 86400:
-        raise SettingsError(f"{name} must be a number from one second to a year, got {value!r}")
+    if not 1.0 <= number * unit_s <= 3653 * 86400:
+        raise SettingsError(f"{name} must be a number from one second to ten years, got {value!r}")
     return number
 
 
@@ -102,10 +102,29 @@ def _proxies(value: Any) -> tuple[str, ...]:
         except ValueError as e:
             raise SettingsError(f"{ENV_VARS['trusted_proxies']} must be IP addresses or networks separated by commas, "
                                 f"or none; {item[:100]!r} is neither") from e
-        if network is not None and network.prefixlen == 0:  # every client could then say who it is (found by review)
-            raise SettingsError(f"{ENV_VARS['trusted_proxies']} names {item[:100]!r}, every address: any client could "
-                                "then set its own address in X-Forwarded-For; name the proxy's address or network")
+    _check_proxy_coverage(out)
     return tuple(dict.fromkeys(out))
+
+
+def _check_proxy_coverage(items: list[str]) -> None:
+    """Refuse trusted proxies that cover every address (any client could then say who it is in X-Forwarded-For), as
+    one entry or together ('0.0.0.0/1,128.0.0.0/1': found by review), or a network wider than a /8 (IPv4) or /7 (IPv6,
+    as wide as its private fc00::/7), or every IPv4 address as IPv6 sees it (::ffff:0:0/96)."""
+    import ipaddress
+
+    networks = [ipaddress.ip_network(item) for item in items]
+    mapped = ipaddress.ip_network("::ffff:0:0/96")
+    for version, widest in ((4, 8), (6, 7)):
+        for net in ipaddress.collapse_addresses(n for n in networks if n.version == version):
+            if net.prefixlen == 0:
+                raise SettingsError(f"{ENV_VARS['trusted_proxies']} covers {net}, every address: any client could then "
+                                    "set its own address in X-Forwarded-For; name the proxy's address or network")
+            if net.prefixlen < widest or (version == 6 and net.subnet_of(mapped) and net.prefixlen < 96 + 8):
+                raise SettingsError(f"{ENV_VARS['trusted_proxies']} covers {net}, wider than a /8 (IPv4) or /7 (IPv6): "
+                                    "name the proxy's address or network")
+            if version == 6 and net.supernet_of(mapped):
+                raise SettingsError(f"{ENV_VARS['trusted_proxies']} covers {net}, every IPv4 address as IPv6 sees it: "
+                                    "name the proxy's address or network")
 
 
 def _host_names(value: Any) -> tuple[str, ...]:

@@ -36,22 +36,41 @@ def one_sentence(proc: subprocess.CompletedProcess) -> str:
 
 @pytest.mark.parametrize("env, expected", [
     ({"SEIKO_PORT": "abc"}, "error: the port must be a whole number from 1 to 65535, got 'abc'"),
-    ({"SEIKO_SESSION_IDLE_MINUTES": "-1"}, "error: the session idle limit (minutes) must be a number from one second to a "
-                                           "year, got '-1'"),
+    ({"SEIKO_SESSION_IDLE_MINUTES": "-1"}, "error: the session idle limit (minutes) must be a number from one second to ten "
+                                           "years, got '-1'"),
     # found by review: a limit of 1e-300 hours ended every sign-in at once; 1e300 is past what a date holds
-    ({"SEIKO_SESSION_MAX_HOURS": "1e-300"}, "error: the session limit (hours) must be a number from one second to a year, "
+    ({"SEIKO_SESSION_MAX_HOURS": "1e-300"}, "error: the session limit (hours) must be a number from one second to ten years, "
                                            "got '1e-300'"),
-    ({"SEIKO_SESSION_MAX_HOURS": "1e300"}, "error: the session limit (hours) must be a number from one second to a year, "
+    ({"SEIKO_SESSION_MAX_HOURS": "1e300"}, "error: the session limit (hours) must be a number from one second to ten years, "
                                           "got '1e300'"),
-    ({"SEIKO_TRUSTED_PROXIES": "10.0.0.1,0.0.0.0/0"}, "error: SEIKO_TRUSTED_PROXIES names '0.0.0.0/0', every address: any "
+    ({"SEIKO_TRUSTED_PROXIES": "10.0.0.1,0.0.0.0/0"}, "error: SEIKO_TRUSTED_PROXIES covers 0.0.0.0/0, every address: any "
                                                      "client could then set its own address in X-Forwarded-For; name the "
                                                      "proxy's address or network"),
+    # found by review: two halves made every address, one entry at a time passing the check
+    ({"SEIKO_TRUSTED_PROXIES": "0.0.0.0/1,128.0.0.0/1"}, "error: SEIKO_TRUSTED_PROXIES covers 0.0.0.0/0, every address: "
+                                                        "any client could then set its own address in X-Forwarded-For; "
+                                                        "name the proxy's address or network"),
+    ({"SEIKO_TRUSTED_PROXIES": "10.0.0.1,64.0.0.0/2"}, "error: SEIKO_TRUSTED_PROXIES covers 64.0.0.0/2, wider than a /8 "
+                                                      "(IPv4) or /7 (IPv6): name the proxy's address or network"),
+    ({"SEIKO_TRUSTED_PROXIES": "::ffff:0.0.0.0/95"}, "error: SEIKO_TRUSTED_PROXIES covers ::fffe:0:0/95, every IPv4 "
+                                                    "address as IPv6 sees it: name the proxy's address or network"),
+    ({"SEIKO_TRUSTED_PROXIES": "::ffff:0.0.0.0/96"}, "error: SEIKO_TRUSTED_PROXIES covers ::ffff:0:0/96, wider than a /8 "
+                                                    "(IPv4) or /7 (IPv6)"),
     ({"SEIKO_PUBLIC_URL": "seiko.example.org/app"}, "error: the public URL must look like https://seiko.example.org"),
 ])
 def test_a_bad_setting_is_one_sentence_in_every_command(tmp_path, env, expected):
     for argv in (["db", "current"], ["users", "list"]):
         proc = run_cli(*argv, "--data-dir", str(tmp_path / "d"), env=env)
         assert proc.returncode == 2 and one_sentence(proc).startswith(expected), (argv, proc.stderr)
+
+
+def test_long_session_limits_that_were_accepted_before_still_are():
+    """The one-second-to-a-year bound refused SEIKO_SESSION_MAX_HOURS=10000, accepted before it (found by review)."""
+    from app.settings import Settings
+
+    assert Settings.from_env({"session_max_hours": "10000"}, environ={}).session_max_hours == 10000.0
+    assert Settings.from_env({"trusted_proxies": "10.0.0.0/8,fc00::/7,192.168.0.0/16"}, environ={}).trusted_proxies == (
+        "10.0.0.0/8", "fc00::/7", "192.168.0.0/16")
 
 
 def test_a_database_that_cannot_be_used_and_a_bad_revision_are_one_sentence(tmp_path):
