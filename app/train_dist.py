@@ -262,6 +262,7 @@ def run_rank(args: argparse.Namespace, settings, worker_id: str) -> int:
     signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
         worker.start()
+        had_job: bool | None = False
         while not worker._stopping.is_set():
             had_job = worker.run_once_outlasting_outages()  # None: the database was out, waited for
             if group.broken:
@@ -272,6 +273,8 @@ def run_rank(args: argparse.Namespace, settings, worker_id: str) -> int:
             if had_job is False:
                 worker._stopping.wait(worker.poll_s)
         group.stop_followers()
+        if args.once and had_job is None:  # its one try met a database outage: not a job done (found by review)
+            return 1
         return 0 if worker.last_error is None or not args.once else 1
     finally:
         worker.close()

@@ -69,7 +69,7 @@ from app.settings import Settings
 from db import comparisons, migrate, repo
 from db import jobs as job_queue
 from db import quality as db_quality
-from db.engine import make_engine, read_session, session_factory, write_session
+from db.engine import is_outage, make_engine, read_session, session_factory, write_session
 from db.errors import Conflict, InvalidInput, LeaseLost
 from seiko_core import lora
 from seiko_core.checkpoint import MANIFEST, CheckpointError, atomic_directory, sha256_file, verify
@@ -393,10 +393,14 @@ class Worker:
 
     def run_once_outlasting_outages(self) -> bool | None:
         """:meth:`run_once`; or, when the database cannot be reached, log it, wait (1, 2, 4 ... DB_RETRY_MAX_S seconds
-        as the outage goes on) and return None."""
+        as the outage goes on) and return None. An OperationalError that is not an outage (``db.engine.is_outage``:
+        a missing table, a wrong password) is raised."""
         try:
             had_job = self.run_once()
-        except OperationalError:
+        except OperationalError as exc:
+            if not is_outage(exc):  # a missing table, a wrong password: waiting never mends those
+                log.error("worker %r: the database refused the worker for good (%s)", self.worker_id, exc.orig or exc)
+                raise
             self._db_wait = min(DB_RETRY_MAX_S, max(1.0, 2 * self._db_wait))
             log.exception("worker %r: the database could not be reached; trying again in %.0f s", self.worker_id,
                           self._db_wait)

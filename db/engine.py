@@ -118,3 +118,26 @@ def read_session(factory: sessionmaker[Session]) -> Iterator[Session]:
             yield session
         finally:
             session.rollback()
+
+
+# PostgreSQL SQLSTATE classes of a database out of reach for now: connection exceptions, insufficient resources, an
+# operator's intervention (a restart, a fail-over), and a transaction rolled back for a conflict (serialization,
+# deadlock); anything else (a wrong password 28, a missing database 3D, a missing table 42) is a refusal for good
+_OUTAGE_STATES = ("08", "53", "57", "40")
+# what SQLite (or a driver without a SQLSTATE) says when the schema or the file, not the reach, is wrong
+_REFUSAL_WORDS = ("no such table", "no such column", "not a database", "password authentication failed",
+                  "does not exist", "permission denied", "readonly database")
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether an OperationalError says the database is out of reach for now (wait and try again: a restart, a
+    fail-over, a lock held too long) rather than that it refuses for good (a missing table, a wrong password, a
+    database that does not exist), which waiting never mends (found by review: a worker retried those forever)."""
+    if getattr(exc, "connection_invalidated", False):
+        return True
+    orig = getattr(exc, "orig", None) or exc
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if isinstance(state, str) and state:
+        return state[:2] in _OUTAGE_STATES
+    message = str(orig).lower()
+    return not any(word in message for word in _REFUSAL_WORDS)

@@ -212,3 +212,44 @@ def test_a_batch_that_does_not_split_leaves_the_group_usable():
         group.train(SimpleNamespace(), None, "m", None, None, None, cfg, new_index=1, prev_adapter=None, seed=0,
                     on_progress=None, attempt=1)
     assert group.broken is False
+
+
+def test_rank_0_with_once_fails_when_the_database_was_out(monkeypatch, tmp_path):
+    """With --once, rank 0 exited 0 when its one try met a database outage (waited for, no job run): a scheduler took
+    that for a job done (found by review). An outage under --once is a failure (1); a try with no job is still 0."""
+    import argparse
+    import threading
+
+    from app import train_dist
+    from app import worker as worker_mod
+
+    outcomes = []
+
+    class FakeGroup:
+        rank, broken, device = 0, False, None
+
+        def stop_followers(self):
+            pass
+
+    class FakeWorker:
+        def __init__(self, *args, **kwargs):
+            self._stopping, self.last_error, self.poll_s, self.current_job = threading.Event(), None, 0, None
+
+        def start(self):
+            pass
+
+        def run_once_outlasting_outages(self):
+            return outcomes.pop(0)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(train_dist, "_die_with_parent", lambda: None)
+    monkeypatch.setattr(train_dist, "Group", FakeGroup)
+    monkeypatch.setattr(worker_mod, "Worker", FakeWorker)
+    monkeypatch.setenv("RANK", "0")
+    args = argparse.Namespace(processes=2, once=True, lease_s=60, poll_s=1, nice=0)
+    outcomes[:] = [None]
+    assert train_dist.run_rank(args, None, "w") == 1
+    outcomes[:] = [False]
+    assert train_dist.run_rank(args, None, "w") == 0

@@ -717,6 +717,46 @@ def test_a_database_outage_is_waited_out_not_the_end_of_the_worker(worker_world,
     worker.close()
 
 
+def test_a_database_that_refuses_for_good_ends_the_worker_at_once(worker_world, monkeypatch):
+    """Every OperationalError was waited out as an outage, a missing table or a wrong password too: the worker retried
+    forever, logging a traceback every 30 s (found by review). Only the database being out of reach is waited out."""
+    from sqlalchemy.exc import OperationalError
+
+    from app import worker as worker_mod
+    from db.engine import is_outage
+
+    class PgError(Exception):
+        def __init__(self, message, sqlstate):
+            super().__init__(message)
+            self.sqlstate = sqlstate
+
+    def operational(orig):
+        return OperationalError("SELECT ...", {}, orig)
+
+    assert is_outage(operational(Exception("server closed the connection unexpectedly")))
+    assert is_outage(operational(Exception("database is locked")))
+    assert is_outage(operational(PgError("terminating connection due to administrator command", "57P01")))
+    assert is_outage(operational(PgError("connection failure", "08006")))
+    assert not is_outage(operational(Exception("no such table: jobs")))
+    assert not is_outage(operational(PgError('password authentication failed for user "seiko"', "28P01")))
+    assert not is_outage(operational(PgError('database "seiko" does not exist', "3D000")))
+
+    worker = worker_world.worker()
+    worker.start()
+    calls = []
+
+    def claim(**kwargs):
+        calls.append(1)
+        raise operational(Exception("no such table: jobs"))
+
+    monkeypatch.setattr(worker_mod.job_queue, "claim_job", claim)
+    started = time.monotonic()
+    with pytest.raises(OperationalError, match="no such table"):
+        worker.run_forever()
+    assert calls == [1] and time.monotonic() - started < 0.9  # not waited, not retried
+    worker.close()
+
+
 def test_an_adapter_another_worker_wrote_first_on_other_ratings_is_not_published_as_this_jobs(worker_world, monkeypatch):
     """Writing the adapter keeps a verified copy already under its name (a retried job publishes one result): a
     worker that had lost the job and trained on other ratings (the round reopened and closed meanwhile) could put its
