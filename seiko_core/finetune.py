@@ -293,6 +293,7 @@ def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: st
             sums = torch.zeros(3, device=parts.device)  # reward, kl, loss summed over micro-batches
             # the balanced variety weight, summed over micro-batches; tracked only when the balance is on
             weight_sum = torch.zeros((), device=parts.device) if ft.diversity_balance else None
+            any_attached = False  # drawn from ``gen``, which every rank shares: every rank skips a step alike
             for _ in range(ft.grad_accum):
                 # the global micro-batch of b * world trajectories; this rank renders its slice [rank*b, (rank+1)*b)
                 idx = torch.randint(0, len(prompts), (b * world,), generator=gen).tolist()[rank * b:(rank + 1) * b]
@@ -300,6 +301,7 @@ def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: st
                 seeds = [seed_base + n_traj + rank * b + j for j in range(b)]
                 n_traj += b * world
                 attached = attached_steps(len(schedule), ft.truncation, ft.truncation_k, gen)
+                any_attached = any_attached or bool(attached.any())
                 loss, r, traj = trajectory_loss(parts, reward_fn, batch_prompts, seeds, ft, schedule=schedule, eta=sc.eta,
                                                 guidance=sc.guidance, attached=attached, adapter=adapter,
                                                 reference=reference, trainable=params, autocast=acc.autocast)
@@ -308,8 +310,11 @@ def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: st
                 sums += torch.stack([r.detach().float().mean(), traj.kl.detach().float().mean(), loss.detach().float()])
                 if weight_sum is not None:
                     weight_sum += traj.diversity_weight
-            reduce_gradients(acc, params)  # one all-reduce of one flat buffer (no-op on one process)
-            if all(p.grad is None for p in params):  # no micro-batch attached a step: nothing to learn from
+            if any_attached:
+                reduce_gradients(acc, params)  # one all-reduce of one flat buffer (no-op on one process)
+            # no micro-batch attached a step: nothing to learn from. With several processes the all-reduce made the
+            # missing gradients zeros, and AdamW's decay and momentum then moved the weights (found by review).
+            if not any_attached or all(p.grad is None for p in params):
                 grad_norm = torch.zeros((), device=parts.device)
             else:
                 if scaler is not None:

@@ -487,3 +487,36 @@ def test_a_step_whose_micro_batches_attached_no_step_is_taken_without_an_update(
     assert [h["step"] for h in history] == [1, 2] and history[0]["grad_norm"] == 0.0 and history[1]["grad_norm"] > 0
     after = {n: p.detach() for n, p in random_parts.unet.named_parameters() if "lora_" in n}
     assert any(not torch.equal(before[n], after[n]) for n in before)  # the second step learnt
+
+
+def test_with_several_processes_a_step_with_no_attached_step_leaves_the_weights_too(random_parts, monkeypatch):
+    """With more than one process the all-reduce turned the missing gradients into zeros, and AdamW's weight decay
+    (and its momentum) then moved the weights on a step that had nothing to learn from, unlike one process (found by
+    review). The attached-step mask is drawn from the generator every rank shares, so every rank skips alike."""
+    from seiko_core import finetune as ft_mod
+    from seiko_core.accel import shared_accelerator
+
+    class TwoRanks:  # rank 0 of two; the other rank's gradients are taken to be the same as this one's
+        num_processes, process_index = 2, 0
+
+        def __init__(self, acc):
+            self._acc, self.reduced = acc, 0
+
+        def reduce(self, tensor, reduction="mean"):
+            self.reduced += 1
+            return tensor
+
+        def __getattr__(self, name):
+            return getattr(self._acc, name)
+
+    cfg = tiny_cfg()
+    cfg.finetune.truncation = "per_step"
+    monkeypatch.setattr(ft_mod, "attached_steps", lambda n_steps, mode, k, generator: torch.zeros(n_steps, dtype=torch.bool))
+    lora.add_adapter(random_parts.unet, "round_1", cfg.finetune)
+    before = {n: p.detach().clone() for n, p in random_parts.unet.named_parameters() if "lora_" in n}
+    cfg.finetune.grad_accum, cfg.finetune.batch_size, cfg.finetune.trajectories_per_epoch = 2, 1, 4  # one step of 2 x 2
+    two = TwoRanks(shared_accelerator("no", cpu=True))
+    out = finetune(random_parts, redness, ["a shape"], cfg, adapter="round_1", reference=None, seed=0, accelerator=two)
+    assert [h["grad_norm"] for h in out.history] == [0.0] and two.reduced == 0  # no collective: every rank skips it
+    after = {n: p.detach() for n, p in random_parts.unet.named_parameters() if "lora_" in n}
+    assert all(torch.equal(before[n], after[n]) for n in before)
