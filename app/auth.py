@@ -279,6 +279,7 @@ class LoginCheck:
     wrong_credentials: bool = False  # the refusal counts as a failed guess
     password_hash: str | None = None  # on success: the stored hash the password matched (SessionStore.start checks it)
     credentials: str = ""  # on success: the account's credentials_stamp as read with that hash
+    known_name: bool = False  # the name is an account's (a refused sign-in logs the name only then)
 
 
 WRONG_CREDENTIALS = "Incorrect credentials."
@@ -301,7 +302,7 @@ def check_login(factory: sessionmaker[Session], username: str, password: str) ->
         rater_id, disabled = (rater.id, rater.disabled_at is not None) if rater is not None else (None, False)
         stamp = credentials_stamp(rater) if rater is not None else ""
     if not verify_password(password, stored) or rater_id is None:
-        return LoginCheck(None, WRONG_CREDENTIALS, wrong_credentials=True)
+        return LoginCheck(None, WRONG_CREDENTIALS, wrong_credentials=True, known_name=rater_id is not None)
     if disabled:
         return LoginCheck(None, f"the account {username!r} is disabled; ask an admin")
     return LoginCheck(rater_id, None, password_hash=stored, credentials=stamp)

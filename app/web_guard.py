@@ -59,6 +59,7 @@ import socket
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -232,6 +233,33 @@ def lax_cookie(value: bytes) -> bytes:
     return "; ".join([kept[0].strip(), *(p.strip() for p in kept[1:]), "SameSite=Strict" if strict else "SameSite=Lax"]).encode("latin-1")
 
 
+class _EveryMinute:
+    """Whether a log line about ``key`` is due (the first, then at most one a minute), counting the ones held back;
+    remembers the newest 1024 keys."""
+
+    def __init__(self, every_s: float = 60.0, keys: int = 1024) -> None:
+        self.every_s, self.keys = every_s, keys
+        self._last: OrderedDict[Any, tuple[float, int]] = OrderedDict()
+
+    def due(self, key: Any) -> bool:
+        now = time.monotonic()
+        last, held = self._last.pop(key, (None, 0))
+        if last is not None and now - last < self.every_s:
+            self._last[key] = (last, held + 1)
+            return False
+        self._last[key] = (now, held + 1)
+        while len(self._last) > self.keys:
+            self._last.popitem(last=False)
+        return True
+
+    def count(self, key: Any) -> int:
+        """How many calls of ``due(key)`` the due line stands for (itself and those held back); then starts again."""
+        last, held = self._last.get(key, (None, 0))
+        if last is not None:
+            self._last[key] = (last, 0)
+        return held
+
+
 @dataclass
 class GuardStats:
     """What the guard did, for tests and the login-flood measurement."""
@@ -270,6 +298,7 @@ class WebGuard:
         self.db_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="seiko-session")
         self.pending = 0  # sign-ins hashing or waiting to (touched only on the event loop)
         self.stats = GuardStats()
+        self._throttle_log = _EveryMinute()
         # Gradio session hash -> the account that first used it; a queued event's id -> the account whose request made
         # it (a curl-style call's session is named by its event id). Gradio's state of a forgotten one is dropped.
         # A page's session is pinned while its heartbeat is open, an event while it waits or runs (found by review: a
@@ -618,7 +647,9 @@ class WebGuard:
         if ticket is None:
             self.stats.logins["throttled"] += 1
             seconds = max(1, math.ceil(wait))
-            log.warning("sign-in as %r from %s throttled for %d s (too many failed sign-ins)", username[:64], ip, seconds)
+            if self._throttle_log.due(ip):  # a flood of throttled tries is one line a minute per address
+                log.warning("sign-ins from %s throttled for %d s (too many failed sign-ins; %d tries throttled from there "
+                            "since the last such line, this one included)", ip, seconds, self._throttle_log.count(ip))
             return JSONResponse({"detail": f"Too many failed sign-ins; try again in {seconds} second{'s' if seconds != 1 else ''}."},
                                 status_code=429, headers={"Retry-After": str(seconds)})
         try:
@@ -643,7 +674,10 @@ class WebGuard:
             if result.wrong_credentials:
                 self.throttle.failed(ip, username, device, credentials=credentials)
                 self.stats.logins["wrong"] += 1
-                log.warning("sign-in as %r from %s refused: wrong name or password", username[:64], ip)
+                if result.known_name:
+                    log.warning("sign-in as %r from %s refused: wrong name or password", username[:64], ip)
+                else:  # the name may be a password typed into the wrong field (found by review): not written down
+                    log.warning("sign-in with a name that is no account's from %s refused", ip)
                 return JSONResponse({"detail": auth.WRONG_CREDENTIALS}, status_code=400)
             log.warning("sign-in as %r from %s refused: %s", username[:64], ip, result.refusal)
             self.stats.logins["refused"] += 1
