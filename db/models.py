@@ -102,8 +102,28 @@ class JSONText(TypeDecorator[Any]):
         return None if value is None else json.loads(value)
 
 
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+class RowId(TypeDecorator[int]):
+    """A row's id or a reference to one (an INTEGER column). An id a 32-bit column cannot hold is sent as -1, which no
+    row has: looking it up finds nothing, as on SQLite, where PostgreSQL raised DataError ("integer out of range")
+    from any query that named it (found by review), and SQLite's driver an OverflowError past 2**63."""
+
+    impl = Integer
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool) and not INT32_MIN <= value <= INT32_MAX:
+            return -1
+        return value
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    # every ``Mapped[int]`` without a type of its own is a primary key or a foreign key (the rest name Integer or
+    # BigInteger)
+    type_annotation_map = {int: RowId}
 
 
 class Experiment(Base):

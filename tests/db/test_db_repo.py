@@ -382,3 +382,41 @@ def test_two_look_alike_names_at_once_are_refused_on_postgresql(db_factory, db_u
         db_factory, lambda s: repo.create_rater(session=s, name="peter", password_hash="x$hash"),
         lambda s: repo.create_rater(session=s, name="Peter", password_hash="x$hash"))
     assert "reads the same as the existing account 'peter'" in result, result
+
+
+@pytest.mark.parametrize("big", [2**31, 2**40, 2**70, -(2**31) - 1])
+def test_no_database_function_fails_on_an_id_no_row_can_have(db_factory, big):
+    """On PostgreSQL about thirty functions of the database layer raised DataError ("integer out of range") for an id
+    past 2**31 - 1, and SQLite's driver an OverflowError past 2**63 (found by review): each now answers as for any id
+    that names no row. Every public function that takes ``*_id`` arguments is called with them all set to ``big``."""
+    import inspect
+
+    from sqlalchemy.exc import DBAPIError
+
+    from db import comparisons
+    from db import quality as db_quality
+
+    others = {"score": 5, "worker_id": "worker", "name": "x", "kind": "generate", "winner": "a", "role": "rater",
+              "image_ids": [big], "pair_ids": [big], "rater_ids": [big]}
+    called = 0
+    for module in (repo, job_queue, comparisons, db_quality):
+        for name, fn in inspect.getmembers(module, inspect.isfunction):
+            params = inspect.signature(fn).parameters
+            if fn.__module__ != module.__name__ or name.startswith("_") or "session" not in params:
+                continue
+            ids = [p for p in params if p.endswith("_id") and p != "worker_id"]
+            if not ids:
+                continue
+            kwargs = {p: big for p in ids}
+            for p, par in params.items():
+                if p not in kwargs and p != "session" and par.default is inspect.Parameter.empty:
+                    kwargs[p] = others.get(p, 1)
+            try:
+                with write_session(db_factory) as s:
+                    fn(session=s, **kwargs)
+            except (DBAPIError, OverflowError) as exc:
+                pytest.fail(f"{module.__name__}.{name}({big}) raised {type(exc).__name__}: {exc}")
+            except (ValueError, TypeError, LookupError):  # the function's own refusal (NotFound, InvalidInput ...)
+                pass
+            called += 1
+    assert called >= 40
