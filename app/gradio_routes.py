@@ -33,7 +33,8 @@ handlers' own checks (who is signed in, their role) never see them. A review (3 
   and that a script's sessions pushed out the open page of the same account. Now a page's session is pinned while its
   heartbeat is open and an event while it waits or runs (``Owners``: not counted, forgotten only past twice the
   count), a forgotten session's unread results are dropped with its state, and an account may have
-  ``EVENTS_IN_FLIGHT`` events waiting or running at once (429 past that).
+  ``EVENTS_IN_FLIGHT`` events waiting, running or unread at once, those being admitted counted too (429 past that).
+  ``/gradio_api/run/`` and ``/api/``, which run a handler outside the queue, are not answered.
 - **Routes the app does not use** (proxying, streaming, monitoring, the vibe editor, run history, dev reload, custom
   components, profiling) are not answered (404), so none of them is an attack surface.
 
@@ -55,7 +56,7 @@ API = "/gradio_api"
 UNUSED_PREFIXES = (
     tuple(f"{API}/{name}" for name in ("deep_link", "proxy=", "stream/", "vibe-edit", "undo-vibe-edit", "vibe-code",
                                        "run-history", "runs", "dev/", "custom_component/", "profiling/",
-                                       "component_server", "vibe-starter-queries"))
+                                       "component_server", "vibe-starter-queries", "run/", "api/"))
     + ("/monitoring",)
 )
 # POST routes whose JSON body carries an event's inputs or a session hash; read (bounded) and checked here
@@ -68,7 +69,7 @@ SESSIONS_PER_ACCOUNT = 32
 EVENTS_PER_ACCOUNT = 64
 # a page's session (its heartbeat open) and an event still waiting or running are pinned: not counted, and forgotten
 # only past twice the count in all; and an account may have this many events waiting or running at once (more are refused, 429)
-EVENTS_IN_FLIGHT = 16
+EVENTS_IN_FLIGHT = 32
 UNOWNED_GRACE_S = 30.0  # a session no account holds keeps its state this long (an event may be making it)
 SWEEP_EVERY_S = 5.0
 CALL = f"{API}/call/"
@@ -239,9 +240,12 @@ def sweep_unowned(state_holder: Any, owned: Callable[[str], bool], grace_s: floa
     return dropped
 
 
-def in_flight(owners: Owners, user: str, queue: Any) -> int:
-    """How many of the events ``user`` made are still waiting or running in Gradio's ``queue``."""
-    return sum(1 for e in owners.keys_of(user) if e in queue.event_ids_to_events)
+def outstanding(user: str, queue: Any, *owners: Owners) -> int:
+    """How many events of ``user``'s sessions (the keys ``owners`` hold for them) are waiting, running, or finished
+    with their results unread (Gradio keeps an event's id in ``pending_event_ids_session`` until its results are read:
+    a review's script sent 120 events to one session it kept using and never read them, 360 results held)."""
+    keys = {k for o in owners for k in o.keys_of(user)}
+    return sum(len(queue.pending_event_ids_session.get(k, ())) for k in keys)
 
 
 def event_of(path: str, method: str | None) -> str | None:

@@ -304,6 +304,7 @@ class WebGuard:
         # A page's session is pinned while its heartbeat is open, an event while it waits or runs (found by review: a
         # script's sessions pushed out the page of the same account, whose next rating was lost).
         self.heartbeats: dict[str, int] = {}  # session hash -> open heartbeat streams (touched only on the event loop)
+        self._admitting: dict[str, int] = {}  # account -> its event-making requests not yet answered (event loop only)
         self.session_owners = gradio_routes.Owners(gradio_routes.SESSIONS_PER_ACCOUNT, on_forget=self._drop_state,
                                                    pinned=self.heartbeats.__contains__)
         self.event_owners = gradio_routes.Owners(gradio_routes.EVENTS_PER_ACCOUNT, on_forget=self._drop_state,
@@ -413,19 +414,34 @@ class WebGuard:
                 return
             if user is not None and (named is not None or gradio_routes.makes_event(path, method)):
                 self._sweep()
-            if user is not None and gradio_routes.makes_event(path, method) and (queue := self._queue()) is not None \
-                    and gradio_routes.in_flight(self.event_owners, user, queue) >= gradio_routes.EVENTS_IN_FLIGHT:
-                await self._refuse(scope, receive, send, f"You have {gradio_routes.EVENTS_IN_FLIGHT} requests waiting "
-                                   "for an answer; wait for them before sending more.", 429)
-                return
             if user is not None and named is not None and path.startswith(gradio_routes.HEARTBEAT) and method == "GET":
                 await self._while_beating(named, scope, receive, self._lax_send(send))
                 return
             if user is not None and gradio_routes.makes_event(path, method):
-                # asked for uncompressed, so the answer's event id can be read as it passes
-                scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k.lower() != b"accept-encoding"]}
-                send = self._event_recording_send(send, user)
+                await self._make_event(user, scope, receive, send)
+                return
         await self.inner(scope, receive, self._lax_send(send))
+
+    async def _make_event(self, user: str, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass on a request that makes an event (``gradio_routes.makes_event``): refused (429) when the account has
+        EVENTS_IN_FLIGHT events waiting, running or unread, those admitted and not yet answered counted too (requests
+        sent at once all saw a low count: found by review); else the answer's event id is bound to ``user``."""
+        queue = self._queue()
+        waiting = self._admitting.get(user, 0) + (
+            0 if queue is None else gradio_routes.outstanding(user, queue, self.session_owners, self.event_owners))
+        if waiting >= gradio_routes.EVENTS_IN_FLIGHT:
+            await self._refuse(scope, receive, send, f"You have {gradio_routes.EVENTS_IN_FLIGHT} requests waiting for "
+                               "an answer or unread; read their answers before sending more.", 429)
+            return
+        self._admitting[user] = self._admitting.get(user, 0) + 1  # no await since the count: one request at a time
+        try:
+            # asked for uncompressed, so the answer's event id can be read as it passes
+            scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k.lower() != b"accept-encoding"]}
+            await self.inner(scope, receive, self._lax_send(self._event_recording_send(send, user)))
+        finally:
+            self._admitting[user] -= 1
+            if not self._admitting[user]:
+                del self._admitting[user]
 
     async def _while_beating(self, session: str, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass a page's heartbeat on, the session pinned (``Owners``) while the stream is open."""

@@ -8,10 +8,11 @@ from app import gradio_routes as gr_routes
 def test_unused_routes_and_the_ones_the_page_needs():
     for path in ("/gradio_api/deep_link", "/gradio_api/deep_link/", "/gradio_api/proxy=http://x", "/monitoring",
                  "/monitoring/k/dashboard", "/gradio_api/stream/a/b/1/x.ts", "/gradio_api/vibe-edit/",
-                 "/gradio_api/runs", "/gradio_api/dev/reload", "/gradio_api/profiling/traces"):
+                 "/gradio_api/runs", "/gradio_api/dev/reload", "/gradio_api/profiling/traces",
+                 "/gradio_api/run/next_batch", "/gradio_api/api/next_batch"):  # these two run a handler outside the queue
         assert gr_routes.unused(path), path
     for path in ("/", "/config", "/gradio_api/info", "/gradio_api/queue/join", "/gradio_api/queue/data",
-                 "/gradio_api/heartbeat/abc", "/gradio_api/run/next_batch", "/gradio_api/call/submit_rating",
+                 "/gradio_api/heartbeat/abc", "/gradio_api/call/submit_rating",
                  "/gradio_api/file=/x.png", "/gradio_api/startup-events", "/theme.css", "/assets/index.js"):
         assert not gr_routes.unused(path), path
 
@@ -143,12 +144,14 @@ def test_dropping_a_session_drops_its_unread_results_unless_an_event_of_it_is_st
     assert list(queue.pending_messages_per_session) == ["running"]
 
 
-def test_events_in_flight_are_counted_per_account():
+def test_events_waiting_running_or_unread_are_counted_per_account():
     from types import SimpleNamespace
 
-    owners = gr_routes.Owners(per_account=8)
-    for key in ("e1", "e2", "e3"):
-        owners.claim(key, "alice")
-    owners.claim("e4", "bob")
-    queue = SimpleNamespace(event_ids_to_events={"e1": 1, "e3": 1, "e4": 1})
-    assert gr_routes.in_flight(owners, "alice", queue) == 2 and gr_routes.in_flight(owners, "carol", queue) == 0
+    sessions, events = gr_routes.Owners(per_account=8), gr_routes.Owners(per_account=8)
+    sessions.claim("page", "alice")
+    events.claim("call-1", "alice")  # a curl-style call's session is named by its event id
+    events.claim("e-page", "alice")  # a page's event: its id names no session
+    sessions.claim("bobs", "bob")
+    queue = SimpleNamespace(pending_event_ids_session={"page": {"e-page", "e2"}, "call-1": {"call-1"}, "bobs": {"x"}})
+    assert gr_routes.outstanding("alice", queue, sessions, events) == 3
+    assert gr_routes.outstanding("carol", queue, sessions, events) == 0

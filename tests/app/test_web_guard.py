@@ -1033,6 +1033,7 @@ def test_an_account_cannot_grow_the_servers_session_memory_without_bound(served,
     world, demo, url = served
     monkeypatch.setattr(gradio_routes, "UNOWNED_GRACE_S", 0.0)
     monkeypatch.setattr(gradio_routes, "SWEEP_EVERY_S", 0.0)
+    monkeypatch.setattr(gradio_routes, "EVENTS_IN_FLIGHT", 10_000)  # its results are left unread: not this test's bound
     holder = demo.state_holder
     fn_index = next(i for i, bf in demo.fns.items() if bf.fn is not None and bf.fn.__name__ == "next_batch")
 
@@ -1108,13 +1109,14 @@ def test_with_two_accounts_cookies_the_bindings_go_to_the_account_gradio_runs_as
     assert web_guard.installed(demo.server_app).session_owners.owner("two-cookies") == "alice"
 
 
-def test_a_page_keeps_its_session_while_its_account_opens_many_others(served):
+def test_a_page_keeps_its_session_while_its_account_opens_many_others(served, monkeypatch):
     """An account keeps SESSIONS_PER_ACCOUNT sessions; a page of it (its heartbeat open) was forgotten like any other
     once a script of the same account opened that many, its state dropped and its next rating lost (found by review).
     A page whose heartbeat is open is kept; its account's other sessions are forgotten instead."""
     from app import gradio_routes
 
     _, demo, url = served
+    monkeypatch.setattr(gradio_routes, "EVENTS_IN_FLIGHT", 10_000)  # its results are left unread: not this test's bound
     holder = demo.state_holder
     fn_index = next(i for i, bf in demo.fns.items() if bf.fn is not None and bf.fn.__name__ == "next_batch")
     guard = web_guard.installed(demo.server_app)
@@ -1150,6 +1152,7 @@ def test_unread_results_of_forgotten_events_are_dropped_and_events_in_flight_are
     from app import gradio_routes
 
     _, demo, url = served
+    monkeypatch.setattr(gradio_routes, "EVENTS_IN_FLIGHT", 10_000)  # unread here on purpose; the cap is set below
     queue = demo._queue
     with signed_in(url, "alice") as alice:
         events = []
@@ -1166,3 +1169,30 @@ def test_unread_results_of_forgotten_events_are_dropped_and_events_in_flight_are
         monkeypatch.setattr(gradio_routes, "EVENTS_IN_FLIGHT", 0)
         r = alice.post("/gradio_api/call/next_batch", json={"data": [1, ""]})
         assert r.status_code == 429 and "waiting for an answer" in r.text, (r.status_code, r.text[:200])
+
+
+def test_events_sent_at_once_or_left_unread_in_one_session_are_bounded(served):
+    """A review sent 60 events at once (36 passed a cap of 16: each request was checked before any was answered) and
+    120 one after another to one session it kept using and never read (360 results held). Both count now."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from app import gradio_routes
+
+    _, demo, url = served
+    fn_index = next(i for i, bf in demo.fns.items() if bf.fn is not None and bf.fn.__name__ == "next_batch")
+    with signed_in(url, "alice") as alice:
+        def join(_):
+            return alice.post("/gradio_api/queue/join", json={"data": [1, ""], "fn_index": fn_index,
+                                                             "session_hash": "one-session", "event_data": None,
+                                                             "trigger_id": None}).status_code
+
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            codes = list(pool.map(join, range(gradio_routes.EVENTS_IN_FLIGHT + 28)))
+        assert set(codes) == {200, 429} and codes.count(200) <= gradio_routes.EVENTS_IN_FLIGHT, codes
+        deadline = time.monotonic() + 120
+        while demo._queue.event_ids_to_events and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert join(0) == 429  # all have run, none was read: still refused
+        with signed_in(url, "bob") as bob:  # another account is not held back
+            assert bob.post("/gradio_api/call/next_batch", json={"data": [1, ""]}).status_code == 200
+        assert alice.post("/gradio_api/run/next_batch", json={"data": [1, ""]}).status_code == 404  # outside the queue
