@@ -29,6 +29,7 @@ import hashlib
 import hmac
 import ipaddress
 import os
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -134,19 +135,29 @@ def record(factory: sessionmaker[Session], who: Who | None, action: str, target:
 
 
 # what an account's name may hold: people read names in lists and the audit log, and reviews kept finding letters of
-# other scripts that read as Latin ones, so names take Latin letters (accented ones too), digits, spaces and a few marks
-NAME_PUNCTUATION = " ._-'@"
+# other scripts that read as Latin ones, so names take Latin letters (accented ones too: any letter that decomposes to a
+# basic Latin letter and accents, and those of Latin-1 and Latin Extended-A), digits, spaces and a few marks
+NAME_PUNCTUATION = " ._-'\u2019@"
+_OTHER_LATIN = "\u018f\u0259"  # Ə ə (Azerbaijani), which decompose to nothing
 
 
 def _name_char(c: str) -> bool:
-    return (c.isascii() and c.isalnum()) or c in NAME_PUNCTUATION or ("\u00c0" <= c <= "\u017f" and c not in "\u00d7\u00f7")
+    if (c.isascii() and c.isalnum()) or c in NAME_PUNCTUATION or c in _OTHER_LATIN:
+        return True
+    if "\u00c0" <= c <= "\u017f":
+        return c not in "\u00d7\u00f7"
+    base, *marks = unicodedata.normalize("NFKD", c)
+    return base.isascii() and base.isalpha() and bool(marks) and all(unicodedata.combining(m) for m in marks)
 
 
 def check_account_name(name: Any) -> str:
-    """Refuse (ValueError, one sentence) an account name with a character other than those ``_name_char`` takes."""
-    if isinstance(name, str) and (bad := next((c for c in name if not _name_char(c)), None)) is not None:
-        raise ValueError(f"an account name takes Latin letters (accented ones too), digits, spaces and . _ - ' @ only; "
-                         f"{name!r} has {bad!r} (U+{ord(bad):04X})")
+    """Refuse (ValueError, one sentence) an account name with a character other than those ``_name_char`` takes; the
+    name is read composed (NFC), as it is stored."""
+    if isinstance(name, str):
+        name = unicodedata.normalize("NFC", name)
+        if (bad := next((c for c in name if not _name_char(c)), None)) is not None:
+            raise ValueError(f"an account name takes Latin letters (accented ones too), digits, spaces and . _ - ' @ "
+                             f"only; {name!r} has {bad!r} (U+{ord(bad):04X})")
     return name
 
 
@@ -154,7 +165,7 @@ def add_user(factory: sessionmaker[Session], *, name: str, role: str, password: 
     """Create an account; returns the rater id. Raises ValueError (db.errors) with one sentence."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; choose from {list(ROLES)}")
-    check_account_name(name)
+    name = check_account_name(name)  # stored composed: an accent typed as a separate mark signs in either way
     if repo.name_key(name) == repo.name_key(LOCAL_ADMIN_NAME):
         raise ValueError(f"the name {LOCAL_ADMIN_NAME!r} is reserved for the app's local mode; choose another")
     hashed = hash_password(password)
@@ -296,8 +307,9 @@ def check_login(factory: sessionmaker[Session], username: str, password: str) ->
     with read_session(factory) as s:
         try:
             rater = repo.get_rater_by_name(session=s, name=username)
-        except NotFound:
-            rater = None
+        except NotFound:  # a name typed decomposed (an e and a combining accent) names the composed one stored
+            composed = unicodedata.normalize("NFC", username)
+            rater = None if composed == username else s.scalar(select(Rater).where(Rater.name == composed))
         stored = rater.password_hash if rater is not None else _DUMMY_HASH
         rater_id, disabled = (rater.id, rater.disabled_at is not None) if rater is not None else (None, False)
         stamp = credentials_stamp(rater) if rater is not None else ""

@@ -488,8 +488,8 @@ def create_rater(*, session: Session, name: str, password_hash: str, role: str =
 # letters that look alike across scripts, folded to Latin for name_key (NFKC folds width and compatibility forms);
 # applied before and after case folding, so capitals that fold to a listed small letter are caught too
 _CONFUSABLES = str.maketrans(
-    "аеорсухіјѕԁɡӏһԝѵАВЕКМНОРСТУХІЈЅΑΒΕΖΗΙΚΜΝΟΡΤΥΧαονρκιɑɩᴏᴄᴜᴠᴡᴢօսհոցզ",
-    "aeopcyxijsdglhwvABEKMHOPCTYXIJSABEZHIKMNOPTYXaovpkiaiocuvwzouhngq")
+    "аеорсухіјѕԁɡӏһԝѵАВЕКМНОРСТУХІЈЅΑΒΕΖΗΙΚΜΝΟΡΤΥΧαονρκιɑɩᴏᴄᴜᴠᴡᴢօսհոցզðđÐĐ’ɖ",
+    "aeopcyxijsdglhwvABEKMHOPCTYXIJSABEZHIKMNOPTYXaovpkiaiocuvwzouhngqddDD'd")
 # after case folding: what reads the same in a sans-serif font (an I, an i, a 1 or a dotless i as an l; a 0 as an
 # o; a kra as a k); a refusal this causes between two real names costs one more try at choosing a name
 _ALIKE = str.maketrans("i1ı0ĸ", "lllok")

@@ -515,10 +515,17 @@ def test_account_names_are_latin_letters_digits_and_a_few_marks(db_factory):
     """Look-alikes from other scripts kept turning up (reviews found Armenian, Cyrillic, Greek and small-capital
     letters that read as Latin ones): an account's name, which people read in lists and the audit log, takes Latin
     letters (accented ones too), digits, spaces and . _ - ' @ only."""
-    for name in ("alice", "José Núñez", "o'brien", "a.b-c_d@lab", "Zoë 2"):
+    for name in ("alice", "José Núñez", "o'brien", "a.b-c_d@lab", "Zoë 2", "O\u2019Neill", "Nguyễn Văn", "Ștefan",
+                 "Lǚ Xiǎo", "Əli"):  # found by review: a typed apostrophe, Vietnamese, Romanian, pinyin were refused
         auth.add_user(db_factory, name=name, role="admin", password=PASSWORD)
+    # a name typed decomposed (an e and a combining accent, as some keyboards send it) is stored composed and signs in
+    # either way
+    auth.add_user(db_factory, name="Rene\u0301 B", role="rater", password=PASSWORD)
+    assert any(u.name == "Ren\u00e9 B" for u in auth.list_users(db_factory))
+    for typed in ("Rene\u0301 B", "Ren\u00e9 B"):
+        assert auth.check_login(db_factory, typed, PASSWORD).rater_id is not None, typed
     for name in ("\u0570ello", "p\u0430ul", "\u03b1dmin", "w\u1d0f\u1d0fd", "\u0251bc", "tab\tname", "a\u00a0b", "名前",
-                 "semi;colon"):
+                 "semi;colon", "\u01c0ee", "\u0196an"):  # a click letter and a Latin iota that read as l
         with pytest.raises(ValueError, match="Latin letters") as refused:
             auth.add_user(db_factory, name=name, role="rater", password=PASSWORD)
         assert "\n" not in str(refused.value)

@@ -370,6 +370,8 @@ def test_look_alike_names_a_review_found_read_as_the_name_they_copy(db_factory):
     assert key("\u0423es") == key("yes") and key("\u03b1dmin") == key("admin") and key("\u0251dmin") == key("admin")
     assert key("\u03bd\u03c1\u03ba") == key("vpk") and key("\u0475") == key("v")
     assert key("rnary") == key("mary") and key("vvood") == key("wood")
+    assert key("\u00d0or\u0111e") == key("\u0110or\u0111e") == key("dorde")  # Ð and Đ read the same
+    assert key("o\u2019neill") == key("o'neill")
     assert key("alice") != key("alicia") and key("anna") != key("hanna")  # different names stay different
 
 
