@@ -124,18 +124,28 @@ def read_session(factory: sessionmaker[Session]) -> Iterator[Session]:
 # operator's intervention (a restart, a fail-over), and a transaction rolled back for a conflict (serialization,
 # deadlock); anything else (a wrong password 28, a missing database 3D, a missing table 42) is a refusal for good
 _OUTAGE_STATES = ("08", "53", "57", "40")
-# what SQLite (or a driver without a SQLSTATE) says when the schema or the file, not the reach, is wrong
-_REFUSAL_WORDS = ("no such table", "no such column", "not a database", "password authentication failed",
-                  "does not exist", "permission denied", "readonly database")
+# SQLite's primary result codes of a file out of reach for now: busy, locked, an I/O error, a full disk, a file that
+# cannot be opened (its disk unmounted), a locking protocol error; any other code (a syntax error, a missing table) is
+# a refusal for good
+_SQLITE_OUTAGE_CODES = {5, 6, 10, 13, 14, 15}
+# what a driver without a SQLSTATE says (psycopg at connection time) when the reach is fine and the answer is no
+_REFUSAL_WORDS = ("no such table", "no such column", "not a database", "authentication failed", "does not exist",
+                  "permission denied", "readonly database", "pg_hba.conf", "no password supplied",
+                  "not permitted to log in", "ssl was required", "does not support ssl")
 
 
 def is_outage(exc: BaseException) -> bool:
     """Whether an OperationalError says the database is out of reach for now (wait and try again: a restart, a
     fail-over, a lock held too long) rather than that it refuses for good (a missing table, a wrong password, a
-    database that does not exist), which waiting never mends (found by review: a worker retried those forever)."""
+    database that does not exist), which waiting never mends (found by review: a worker retried those forever).
+    Decided by SQLite's result code, else PostgreSQL's SQLSTATE, else (psycopg's errors at connection time carry
+    none) by what the message says."""
     if getattr(exc, "connection_invalidated", False):
         return True
     orig = getattr(exc, "orig", None) or exc
+    code = getattr(orig, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in _SQLITE_OUTAGE_CODES
     state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
     if isinstance(state, str) and state:
         return state[:2] in _OUTAGE_STATES

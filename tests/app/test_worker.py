@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -740,6 +741,45 @@ def test_a_database_that_refuses_for_good_ends_the_worker_at_once(worker_world, 
     assert not is_outage(operational(Exception("no such table: jobs")))
     assert not is_outage(operational(PgError('password authentication failed for user "seiko"', "28P01")))
     assert not is_outage(operational(PgError('database "seiko" does not exist', "3D000")))
+
+    # real errors of the real drivers (the review found SQLite's programming errors taken for outages, and psycopg's
+    # refusals at connection time, which carry no SQLSTATE, decided by a word list that missed some)
+    import sqlite3
+
+    import sqlalchemy as sa
+
+    def raised(url, sql, **kw):
+        engine = sa.create_engine(url, **kw)
+        try:
+            with engine.connect() as conn:
+                conn.execute(sa.text(sql))
+        except sa.exc.OperationalError as exc:
+            return exc
+        finally:
+            engine.dispose()
+        raise AssertionError(f"{sql!r} on {url} raised no OperationalError")
+
+    assert not is_outage(raised("sqlite://", "SELEC 1"))  # a syntax error
+    assert not is_outage(raised("sqlite://", "SELECT * FROM no_table"))
+    assert not is_outage(raised("sqlite://", "SELECT no_function(1)"))
+    busy = OperationalError("BEGIN IMMEDIATE", {}, sqlite3.OperationalError("database is locked"))
+    busy.orig.sqlite_errorcode, busy.orig.sqlite_errorname = sqlite3.SQLITE_BUSY, "SQLITE_BUSY"
+    assert is_outage(busy)
+    assert is_outage(raised("sqlite:////nonexistent-dir/x.db", "SELECT 1"))  # cannot open: the disk may come back
+    for message in ("connection to server failed: FATAL:  no pg_hba.conf entry for host", "fe_sendauth: no password "
+                    "supplied", 'FATAL:  role "x" is not permitted to log in', "server does not support SSL, but SSL "
+                    "was required", 'FATAL:  Peer authentication failed for user "x"'):
+        assert not is_outage(operational(Exception(message))), message
+    pg = os.environ.get("SEIKO_TEST_PG_URL")
+    if pg:  # psycopg's own errors, when the suite has its PostgreSQL
+        url = sa.make_url(pg)
+        assert not is_outage(raised(url.set(database="no_such_database_here").render_as_string(False), "SELECT 1"))
+        assert not is_outage(raised(url.set(username="no_such_role_here").render_as_string(False), "SELECT 1"))
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        closed.close()
+        assert is_outage(raised(url.set(host="127.0.0.1", port=port).render_as_string(False), "SELECT 1"))
 
     worker = worker_world.worker()
     worker.start()
