@@ -109,7 +109,8 @@ def _proxies(value: Any) -> tuple[str, ...]:
 def _check_proxy_coverage(items: list[str]) -> None:
     """Refuse trusted proxies that cover every address (any client could then say who it is in X-Forwarded-For), as
     one entry or together ('0.0.0.0/1,128.0.0.0/1': found by review), or a network wider than a /8 (IPv4) or /7 (IPv6,
-    as wide as its private fc00::/7), or every IPv4 address as IPv6 sees it (::ffff:0:0/96)."""
+    as wide as its private fc00::/7), public IPv6 addresses wider than a /32 (an internet provider's block), or every
+    IPv4 address as IPv6 sees it (::ffff:0:0/96)."""
     import ipaddress
 
     networks = [ipaddress.ip_network(item) for item in items]
@@ -121,6 +122,10 @@ def _check_proxy_coverage(items: list[str]) -> None:
                                     "set its own address in X-Forwarded-For; name the proxy's address or network")
             if net.prefixlen < widest or (version == 6 and net.subnet_of(mapped) and net.prefixlen < 96 + 8):
                 raise SettingsError(f"{ENV_VARS['trusted_proxies']} covers {net}, wider than a /8 (IPv4) or /7 (IPv6): "
+                                    "name the proxy's address or network")
+            if version == 6 and net.prefixlen < 32 and not any(net.subnet_of(ipaddress.ip_network(local))
+                                                               for local in ("fc00::/7", "fe80::/10")):
+                raise SettingsError(f"{ENV_VARS['trusted_proxies']} covers {net}, public IPv6 addresses wider than a /32: "
                                     "name the proxy's address or network")
             if version == 6 and net.supernet_of(mapped):
                 raise SettingsError(f"{ENV_VARS['trusted_proxies']} covers {net}, every IPv4 address as IPv6 sees it: "

@@ -56,6 +56,8 @@ def one_sentence(proc: subprocess.CompletedProcess) -> str:
                                                     "address as IPv6 sees it: name the proxy's address or network"),
     ({"SEIKO_TRUSTED_PROXIES": "::ffff:0.0.0.0/96"}, "error: SEIKO_TRUSTED_PROXIES covers ::ffff:0:0/96, wider than a /8 "
                                                     "(IPv4) or /7 (IPv6)"),
+    ({"SEIKO_TRUSTED_PROXIES": "2000::/7"}, "error: SEIKO_TRUSTED_PROXIES covers 2000::/7, public IPv6 addresses wider "
+                                           "than a /32"),
     ({"SEIKO_PUBLIC_URL": "seiko.example.org/app"}, "error: the public URL must look like https://seiko.example.org"),
 ])
 def test_a_bad_setting_is_one_sentence_in_every_command(tmp_path, env, expected):
@@ -71,6 +73,8 @@ def test_long_session_limits_that_were_accepted_before_still_are():
     assert Settings.from_env({"session_max_hours": "10000"}, environ={}).session_max_hours == 10000.0
     assert Settings.from_env({"trusted_proxies": "10.0.0.0/8,fc00::/7,192.168.0.0/16"}, environ={}).trusted_proxies == (
         "10.0.0.0/8", "fc00::/7", "192.168.0.0/16")
+    assert Settings.from_env({"trusted_proxies": "2001:db8::/32,fe80::/10"}, environ={}).trusted_proxies == (
+        "2001:db8::/32", "fe80::/10")
 
 
 def test_a_database_that_cannot_be_used_and_a_bad_revision_are_one_sentence(tmp_path):
