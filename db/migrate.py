@@ -7,6 +7,7 @@ server and the worker call at start-up so that old code never runs against a new
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 from pathlib import Path
 
@@ -61,22 +62,33 @@ def upgrade(url: str, rev: str = "head") -> None:
 def backup_sqlite(url: str) -> Path | None:
     """Copy a SQLite database file (with its WAL folded in) beside it as ``<name>.bak-<UTC time>``; returns the copy,
     or None when ``url`` is not a SQLite file that exists."""
-    import sqlite3
     from datetime import UTC, datetime
 
     path = _sqlite_file(url)
     if path is None or not path.is_file():
         return None
     target = path.with_name(f"{path.name}.bak-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}")
-    # made with the database's own mode, before SQLite writes to it: a 0600 database's copy is not left readable by all
-    os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, stat.S_IMODE(path.stat().st_mode)))
+    try:
+        # made with the database's own mode, before SQLite writes to it: a 0600 database's copy is not left readable
+        os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, stat.S_IMODE(path.stat().st_mode) | stat.S_IWUSR))
+    except OSError as exc:
+        raise InvalidInput(f"could not copy the database to {str(target)!r} ({exc.strerror or exc}); nothing was "
+                           "changed") from exc
+    try:
+        _copy_sqlite(path, target)
+    except (OSError, sqlite3.Error) as exc:
+        target.unlink(missing_ok=True)  # no empty or partial copy left to be taken for a backup
+        raise InvalidInput(f"could not copy the database to {str(target)!r} ({exc}); nothing was changed") from exc
+    return target
+
+
+def _copy_sqlite(path: Path, target: Path) -> None:
     source, copy = sqlite3.connect(path), sqlite3.connect(target)
     try:
         source.backup(copy)  # SQLite's online backup: a consistent copy even while a worker writes
     finally:
         copy.close()
         source.close()
-    return target
 
 
 def downgrade(url: str, rev: str) -> None:

@@ -139,3 +139,21 @@ def test_the_copy_before_a_downgrade_keeps_the_files_mode_and_finds_a_uri_file(t
     assert copy is not None and copy.parent == tmp_path and migrate.current_revision(f"sqlite:///{copy}") is not None
     assert migrate.backup_sqlite(f"sqlite:///file:{tmp_path / 'absent.db'}?uri=true") is None
     assert migrate.backup_sqlite("sqlite:///file:mem?mode=memory&uri=true") is None
+
+
+def test_a_copy_that_cannot_be_made_is_one_sentence_and_leaves_no_empty_file(tmp_path, monkeypatch):
+    """A directory the copy could not be written to ended in a traceback, and a failed copy left an empty .bak file
+    (found by review)."""
+    import sqlite3
+
+    path = tmp_path / "seiko.db"
+    migrate.upgrade(f"sqlite:///{path}")
+
+    def no_backup(self, target, *args, **kwargs):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(migrate, "_copy_sqlite", lambda source, target: no_backup(None, target))
+    with pytest.raises(ValueError, match=r"could not copy the database to .*\.bak-.* \(disk I/O error\); nothing was "
+                                         r"changed"):
+        migrate.backup_sqlite(f"sqlite:///{path}")
+    assert not list(tmp_path.glob("seiko.db.bak-*"))
