@@ -75,6 +75,9 @@ ROUND_TRANSITIONS: dict[str, tuple[str, ...]] = {
 # ---------------------------------------------------------------------------------------------
 
 
+MAX_OVERLAP = 1000  # ratings wanted per image: more raters than any team has, and what an INTEGER holds
+
+
 def create_experiment(
     *,
     session: Session,
@@ -107,7 +110,7 @@ def create_experiment(
         if not isinstance(p, str) or not p.strip():
             raise InvalidInput(f"each prompt must be a non-empty string, got {p!r}")
         _text(f"prompt {shown(p)}", p)
-    _int("overlap (ratings wanted per image)", overlap, minimum=1)
+    _int("overlap (ratings wanted per image)", overlap, minimum=1, maximum=MAX_OVERLAP)
     if session.scalar(select(Experiment.id).where(Experiment.name == name)) is not None:
         raise Conflict(f"an experiment named {name!r} already exists")
     experiment = Experiment(

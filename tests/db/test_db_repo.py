@@ -43,7 +43,7 @@ def test_experiment_round_trip_and_unique_name(db_factory, make_world):
         ("budgets", [5, 0], "budget of round 1 must be at least 1, got 0"),
         ("budgets", [], "budgets must be a non-empty list"),
         ("prompts", "a shape", "prompts must be a non-empty list of strings"),
-        ("overlap", 0, r"overlap \(ratings wanted per image\) must be at least 1"),
+        ("overlap", 0, r"overlap \(ratings wanted per image\) must be from 1 to 1000"),
         ("config", {"x": float("nan")}, "config cannot be stored as JSON"),
         # found by review: each passed the check and failed at the flush (or on PostgreSQL only), or read back changed
         ("config", {1: "a", "b": 2}, "config cannot be stored as JSON"),
@@ -422,3 +422,15 @@ def test_no_database_function_fails_on_an_id_no_row_can_have(db_factory, big):
                 pass
             called += 1
     assert called >= 40
+
+
+def test_an_overlap_past_what_any_team_has_raters_for_is_refused(db_factory):
+    """The overlap (ratings wanted per image) had no upper bound: 2**31 was a DataError on PostgreSQL, and 10**6 a
+    round nobody could ever finish (found by review)."""
+    for overlap in (repo.MAX_OVERLAP + 1, 2**31, 10**30):
+        with pytest.raises(InvalidInput, match=f"from 1 to {repo.MAX_OVERLAP}"), write_session(db_factory) as s:
+            repo.create_experiment(session=s, name=f"o{overlap}", model_spec="m", method="greedy", config={},
+                                   budgets=[4], prompts=["p"], overlap=overlap)
+    with write_session(db_factory) as s:
+        repo.create_experiment(session=s, name="most", model_spec="m", method="greedy", config={}, budgets=[4],
+                               prompts=["p"], overlap=repo.MAX_OVERLAP)
