@@ -808,13 +808,8 @@ class Worker:
         emb = np.stack([np.frombuffer(by_cell[c][1], dtype="<f4") for c in grid]).astype(np.float32)
         pixels = np.stack([_png_pixels(storage.resolve(self.settings.data_dir, by_cell[c][0])) for c in grid])
         if k > 0 and prev is not None:
-            reward_dir = storage.resolve(self.settings.data_dir, storage.reward_path(experiment_id, k))
-            if reward_dir.exists():
-                progress.set("eval_reward")
-                verify(reward_dir)
-                ensemble = RewardEnsemble.load(reward_dir, device="cpu")
-                out["pred_reward"], out["head_spread"] = predicted_reward_of_embeddings(ensemble, torch.from_numpy(emb))
-                out["reward_model_round"] = k
+            progress.set("eval_reward")
+            out.update(_reward_metrics(self.settings.data_dir, storage.reward_path(experiment_id, k), k, emb))
             if kl is not None:
                 values = np.array([kl[c] for c in grid], dtype=np.float64)
                 out["kl_to_prev"] = float(values.mean())
@@ -979,3 +974,19 @@ class Worker:
                 job_queue.held_job(session=s, job_id=run.job.id, worker_id=self.worker_id)
                 for d in stale:
                     storage.retire(d)
+
+
+def _reward_metrics(data_dir: Path, reward_rel: str, k: int, emb: np.ndarray) -> dict[str, Any]:
+    """The eval grid's predicted reward and head spread under round ``k``'s reward model (``reward_rel`` under
+    ``data_dir``). A model that is not there (the train job that wrote it ran on a machine whose data directory this
+    one does not see) is logged and named in the metrics, where the predicted reward was left out without a word
+    (found by review)."""
+    reward_dir = storage.resolve(data_dir, reward_rel)
+    if not reward_dir.exists():
+        log.warning("round %d's reward model is not at %s: its eval metrics have no predicted reward (is the data "
+                    "directory shared with the machine that trained it?)", k, reward_dir)
+        return {"reward_model_missing": reward_rel}
+    verify(reward_dir)
+    ensemble = RewardEnsemble.load(reward_dir, device="cpu")
+    pred, spread = predicted_reward_of_embeddings(ensemble, torch.from_numpy(emb))
+    return {"pred_reward": pred, "head_spread": spread, "reward_model_round": k}

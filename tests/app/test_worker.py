@@ -830,3 +830,16 @@ def test_an_adapter_another_worker_wrote_first_on_other_ratings_is_not_published
     assert verify(adapter) and _round(world, eid, 1).adapter_path is not None
     assert any(p.name.startswith(".tmp-retired-round_1") for p in adapter.parent.iterdir())
     worker.close()
+
+
+def test_an_eval_whose_reward_model_is_not_there_says_so(tmp_path, caplog):
+    """A reward model the eval's machine could not see left the predicted reward out of the round's metrics without
+    a word (found by review): it is logged and named in the metrics."""
+    import logging
+
+    from app.worker import _reward_metrics
+
+    caplog.set_level(logging.WARNING, logger="seiko.worker")
+    out = _reward_metrics(tmp_path, "rewards/exp1/round_2", 2, np.zeros((3, 8), dtype=np.float32))
+    assert out == {"reward_model_missing": "rewards/exp1/round_2"}
+    assert any("round 2's reward model is not at" in r.getMessage() for r in caplog.records)
