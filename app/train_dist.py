@@ -392,7 +392,7 @@ def supervise(args: argparse.Namespace, settings, worker_id: str) -> int:
         for p in procs:
             p.wait()
         hand_back_jobs(settings, worker_id, reason)
-        if stopping:
+        if stopping or args.once:  # --once runs one group: another would be a second run (found by review)
             return 1 if code == 0 else (128 - code if code < 0 else code)
         quick = quick + 1 if time.monotonic() - started < QUICK_FAILURE_S and code != RESTART_EXIT else 0
         if quick >= MAX_QUICK_FAILURES:

@@ -253,3 +253,25 @@ def test_rank_0_with_once_fails_when_the_database_was_out(monkeypatch, tmp_path)
     assert train_dist.run_rank(args, None, "w") == 1
     outcomes[:] = [False]
     assert train_dist.run_rank(args, None, "w") == 0
+
+
+def test_with_once_a_group_that_ends_badly_is_not_started_again(monkeypatch, tmp_path):
+    """Under --once, a rank 0 slower than the grace after its followers left (or any rank that failed) had the
+    supervisor start a fresh group, and another, until it gave up (found by review): --once runs one group; its job is
+    handed back and the status says it failed."""
+    import argparse
+    from types import SimpleNamespace
+
+    from app import train_dist
+
+    starts = tmp_path / "starts"
+    script = (f"import os, time; open({str(starts)!r}, 'a').write(os.environ['RANK']); r = int(os.environ['RANK']); "
+              "time.sleep(3 if r == 0 else 0.1); raise SystemExit(0)")
+    monkeypatch.setattr(train_dist, "rank_command", lambda args, worker_id: [sys.executable, "-c", script])
+    monkeypatch.setattr(train_dist, "FOLLOWER_GRACE_S", 0.2)
+    handed = []
+    monkeypatch.setattr(train_dist, "hand_back_jobs", lambda settings, worker_id, reason: handed.append(reason) or [])
+    settings = SimpleNamespace(db_url="sqlite:///unused.db", data_dir=tmp_path, model="unused")
+    args = argparse.Namespace(processes=2, once=True, lease_s=60, poll_s=1, nice=0)
+    assert train_dist.supervise(args, settings, "w") == 1
+    assert sorted(starts.read_text()) == ["0", "1"] and len(handed) == 1  # one group, its job handed back
