@@ -104,13 +104,15 @@ def main(args: argparse.Namespace) -> int:
                 auth.set_role(factory, name=args.name, role=args.role)
                 print(f"{args.name!r} is now {'an admin' if args.role == 'admin' else 'a rater'}")
                 return 0
+            if args.action == "add" and args.role != "admin" and not any(
+                    u.role == "admin" and not u.disabled for u in auth.list_users(factory)):
+                # as on the web page: with no admin account, nobody could run the app once accounts exist; asked before
+                # the password is
+                raise ValueError(f"with no admin account yet, the next account must be an admin (a {args.role} "
+                                 "alone would leave nobody to run the app); add an admin first")
             password = read_password(args.password)
             if args.action == "add":
                 first = not auth.users_exist(factory)
-                if args.role != "admin" and not any(u.role == "admin" and not u.disabled for u in auth.list_users(factory)):
-                    # as on the web page: with no admin account, nobody could run the app once accounts exist
-                    raise ValueError(f"with no admin account yet, the next account must be an admin (a {args.role} "
-                                     "alone would leave nobody to run the app); add an admin first")
                 auth.add_user(factory, name=args.name, role=args.role, password=password)
                 print(f"added {args.role} {args.name!r}")
                 if first:

@@ -544,5 +544,7 @@ def test_the_command_lines_first_account_must_be_an_admin(db_url, capsys):
     base = ["--db-url", db_url]
     assert app_main(["users", "add", "alice", "--role", "rater", "--password", PASSWORD, *base]) == 1
     assert "must be an admin" in capsys.readouterr().err
+    assert app_main(["users", "add", "alice", "--role", "rater", *base]) == 1  # refused before a password is asked
+    assert "must be an admin" in capsys.readouterr().err
     assert app_main(["users", "add", "root", "--role", "admin", "--password", PASSWORD, *base]) == 0
     assert app_main(["users", "add", "alice", "--role", "rater", "--password", PASSWORD, *base]) == 0
