@@ -218,6 +218,7 @@ def set_disabled(factory: sessionmaker[Session], *, name: str, disabled: bool, a
     app_sessions.rater_changed(rater.id)
     if disabled:
         app_sessions.credentials_changed(name)
+        _after_raters_changed(factory)
 
 
 def set_role(factory: sessionmaker[Session], *, name: str, role: str, actor: Who | None = None) -> None:
@@ -244,6 +245,14 @@ def delete_user(factory: sessionmaker[Session], *, name: str, actor: Who | None 
         audit(s, actor, "user.delete", name)
     app_sessions.rater_changed(rater_id)
     app_sessions.credentials_changed(name)  # a new account of the same name inherits nothing
+    _after_raters_changed(factory)
+
+
+def _after_raters_changed(factory: sessionmaker[Session]) -> None:
+    """Fewer enabled raters want fewer ratings: a round may be complete now (app.auto_close, when asked for)."""
+    from app import auto_close
+
+    auto_close.after_raters_changed(factory)
 
 
 @dataclass(frozen=True)

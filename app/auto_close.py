@@ -1,6 +1,6 @@
 """Close a round by itself once its budget is rated (the experiment option ``auto_close``, app.experiment_options).
 
-After every rating (the page's and the API's ``submit_rating``) ``after_rating`` checks the rated image's round:
+After every rating and skip (the page's and the API's ``submit_rating``) ``after_rating`` checks the rated image's round:
 when the experiment asks for it, is active, and the round has every rating it wants (images x overlap), the round
 is closed through ``repo.close_round``, the code the admin's "Close round and train" button runs, with an audit
 entry (actor ``auto-close``) in the same transaction.
@@ -88,3 +88,21 @@ def after_rating(factory, image_id: int) -> int | None:
     except Exception:
         log.exception("auto-close after the rating of image %d failed; the rating is saved, close the round by hand", image_id)
         return None
+
+
+def after_raters_changed(factory) -> list[int]:
+    """``maybe_close`` for every active experiment's open round, after an account was disabled or deleted: fewer
+    enabled raters lower the ratings a round wants, so the round may be complete now with nobody rating (found by
+    review). Returns the train jobs' ids; a failure is logged and the admin can close the round by hand."""
+    closed = []
+    with read_session(factory) as s:
+        open_rounds = [(e.id, r.index) for e in repo.list_experiments(session=s, status="active")
+                       if (r := repo.get_open_round(session=s, experiment_id=e.id)) is not None]
+    for experiment_id, index in open_rounds:
+        try:
+            if (job_id := maybe_close(factory, experiment_id, index)) is not None:
+                closed.append(job_id)
+        except Exception:
+            log.exception("auto-close of round %d of experiment %d after an account change failed; close it by hand",
+                          index, experiment_id)
+    return closed

@@ -565,7 +565,7 @@ def rate(factory, data_dir, who: Who, state_value: dict | None, payload: dict[st
 
 def skip(factory, data_dir, who: Who, state_value: dict | None, payload: dict[str, Any] | None, *, batch_size: int) -> View:
     state = RateState.from_value(state_value)
-    message = None
+    message, skipped_now = None, False
     try:
         image_id = parse_image_id((payload or {}).get("image_id"))
         if image_id not in state.batch:
@@ -578,6 +578,9 @@ def skip(factory, data_dir, who: Who, state_value: dict | None, payload: dict[st
             elif repo.find_skip(session=s, image_id=image_id, rater_id=who.rater_id) is None:
                 repo.add_skip(session=s, image_id=image_id, rater_id=who.rater_id)
                 repo.add_undo_step(session=s, rater_id=who.rater_id, image_id=image_id, action="skip")
+                skipped_now = True
+        if skipped_now:  # a skip lowers what the round wants: it may be complete now (found by review)
+            auto_close.after_rating(factory, image_id)
         if image_id not in state.skipped:
             state.skipped.append(image_id)
     except (Conflict, InvalidInput, NotFound) as e:

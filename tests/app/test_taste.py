@@ -787,3 +787,37 @@ def test_auto_close_checks_again_under_the_lock(ui_world, monkeypatch, caplog, m
     with read_session(ui_world.factory) as s:
         queued = job_queue.list_jobs(session=s, experiment_id=ui_world.experiment_id, status="queued")
         assert [j for j in queued if j.kind == "train"] == []
+
+
+def test_auto_close_closes_when_a_skip_completes_the_round(ui_world_factory):
+    """A skip lowers the ratings a round wants (an image every enabled rater skipped wants no more), and so does
+    disabling a rater, but only a rating looked at auto-close: a round whose last action was a skip stayed open with
+    its page saying every image was done (found by review)."""
+    world = ui_world_factory(n_images=3, overlap=1)
+    with write_session(world.factory) as s:
+        for name in ("bob", "root"):
+            repo.set_rater_disabled(session=s, rater_id=world.accounts[name], disabled=True)
+    _set_auto_close(world, True)
+    alice = _who(world, "alice")
+    view = ui_rate.load_batch(world.factory, world.settings.data_dir, alice, None, batch_size=4)
+    state, ids = view.state, view.state["batch"]
+    for image_id in ids[:2]:
+        state = ui_rate.rate(world.factory, world.settings.data_dir, alice, state, {"image_id": image_id, "score": 5},
+                             batch_size=4).state
+    assert _train_jobs(world) == []
+    ui_rate.skip(world.factory, world.settings.data_dir, alice, state, {"image_id": ids[2]}, batch_size=4)
+    assert len(_train_jobs(world)) == 1
+
+
+def test_auto_close_closes_when_disabling_a_rater_completes_the_round(ui_world_factory):
+    from app import auth
+
+    world = ui_world_factory(n_images=2, overlap=2)
+    with write_session(world.factory) as s:
+        repo.set_rater_disabled(session=s, rater_id=world.accounts["root"], disabled=True)
+    _set_auto_close(world, True)
+    for image_id in world.image_ids:
+        ui_rate.submit(world.factory, _who(world, "alice"), image_id, 5)
+    assert _train_jobs(world) == []  # bob's ratings are still wanted
+    auth.set_disabled(world.factory, name="bob", disabled=True)  # now one rater can give one rating per image
+    assert len(_train_jobs(world)) == 1
