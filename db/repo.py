@@ -850,32 +850,37 @@ class Undone:
 def undo_last(*, session: Session, rater_id: int, round_id: int) -> Undone | None:
     """Take back the rater's newest rating or skip in the round (which must be open); None when there is none.
 
-    A new rating is removed, an edit gets its previous score back, a skip is lifted."""
+    A new rating is removed, an edit gets its previous score back, a skip is lifted. A step whose effect is gone (a
+    skip that a later rating of the image took back, a rating removed since) is dropped and the next one taken: such
+    a step used to be undone as nothing, without a word (found by review)."""
     round_ = get_round(session=session, round_id=round_id)
     if round_.status != "labeling":
         raise Conflict(f"round {round_.index} is closed for labeling (it is {round_.status!r}); nothing can be undone")
-    step = session.scalar(
-        select(UndoStep)
-        .join(Image, Image.id == UndoStep.image_id)
-        .where(UndoStep.rater_id == rater_id, Image.round_id == round_id)
-        .order_by(UndoStep.id.desc())
-        .limit(1)
-    )
-    if step is None:
-        return None
-    image_id, action, previous = step.image_id, step.action, step.previous_score
-    session.delete(step)
-    session.flush()
-    if action == "skip":
-        if session.scalar(select(Skip.id).where(Skip.image_id == image_id, Skip.rater_id == rater_id)) is not None:
+    while True:
+        step = session.scalar(
+            select(UndoStep)
+            .join(Image, Image.id == UndoStep.image_id)
+            .where(UndoStep.rater_id == rater_id, Image.round_id == round_id)
+            .order_by(UndoStep.id.desc())
+            .limit(1)
+        )
+        if step is None:
+            return None
+        image_id, action, previous = step.image_id, step.action, step.previous_score
+        session.delete(step)
+        session.flush()
+        if action == "skip":
+            if find_skip(session=session, image_id=image_id, rater_id=rater_id) is None:
+                continue
             delete_skip(session=session, image_id=image_id, rater_id=rater_id)
-        return Undone(image_id, action, None)
-    if previous is None:
-        if find_rating(session=session, image_id=image_id, rater_id=rater_id) is not None:
+            return Undone(image_id, action, None)
+        if find_rating(session=session, image_id=image_id, rater_id=rater_id) is None:
+            continue
+        if previous is None:
             delete_rating(session=session, image_id=image_id, rater_id=rater_id)
-        return Undone(image_id, action, None)
-    add_rating(session=session, image_id=image_id, rater_id=rater_id, score=previous)
-    return Undone(image_id, action, previous)
+            return Undone(image_id, action, None)
+        add_rating(session=session, image_id=image_id, rater_id=rater_id, score=previous)
+        return Undone(image_id, action, previous)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -146,6 +146,22 @@ def test_skip_hides_the_image_and_can_be_taken_back(ui_world):
         assert repo.find_skip(session=s, image_id=skipped, rater_id=ui_world.accounts["alice"]) is None
 
 
+def test_every_undo_takes_something_back_after_a_skip_was_rated(ui_world):
+    """Rate A, skip B, rate B, then undo three times: the first undo removed B's rating, the second found B's skip
+    gone (the rating had taken it back) and did nothing without a word, and only the third reached A (found by
+    review). A step whose effect is gone is passed over."""
+    page = Page(ui_world, "alice")
+    a, b, alice = page.batch[0], page.batch[1], ui_world.accounts["alice"]
+    page.rate(a, 4)
+    page.skip(b)
+    page.rate(b, 6)
+    page.undo()
+    assert rating_of(ui_world, b, alice) is None and rating_of(ui_world, a, alice) == 4
+    page.undo()
+    assert rating_of(ui_world, a, alice) is None
+    assert "nothing to undo" in page.undo().message
+
+
 def test_skip_and_undo_do_not_restart_the_reservation(ui_world_factory):
     """Before: a skip deleted the lease and its undo leased the image afresh, so skip-and-undo renewed a rater's hold
     on an image for ever. Now the lease keeps its first grant (repo.lease_images): 31 minutes after it, the image comes
