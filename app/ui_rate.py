@@ -234,11 +234,16 @@ def progress_html(p: Progress) -> str:
                 f"New images appear here by themselves when the next round opens.{_wait_html(p.next_round)}</div>")
     # Progress counts labels against images x overlap: with overlap 3, 32 images are done at 96 labels.
     pct = min(100.0, 100.0 * p.labels / p.labels_wanted) if p.labels_wanted else 0.0
+    # skips lower what is wanted (an image every enabled rater skipped wants no more): the text counts against the
+    # same figure as the bar, which said 100% beside "2 of 3" (found by review)
+    fewer = p.labels_wanted < p.images * p.overlap
     if p.overlap > 1:
         counts = (f"<span id='round-progress'><b>{p.labels} of {p.labels_wanted}</b> ratings</span> "
-                  f"({p.images} images × {p.overlap} raters each; {p.rated_images} images rated at least once)")
+                  f"({p.images} images × {p.overlap} raters each{', fewer where raters skipped' if fewer else ''}; "
+                  f"{p.rated_images} images rated at least once)")
     else:
-        counts = f"<span id='round-progress'><b>{p.labels} of {p.images}</b> images rated</span>"
+        skipped = f" ({p.images - p.labels_wanted} skipped)" if fewer else ""
+        counts = f"<span id='round-progress'><b>{p.labels} of {p.labels_wanted}</b> images rated</span>{skipped}"
     return (
         f"<div class='seiko-progress'><b>{html.escape(p.experiment)} · round {p.round_index}</b>: {counts}"
         f"<div class='bar'><div style='width:{pct:.1f}%'></div></div>"

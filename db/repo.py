@@ -1053,7 +1053,17 @@ class RoundStats:
     n_ratings: int
     mean_score: float | None  # mean over all ratings of the round's images; None when unrated
     n_labels: int = 0  # ratings that count: at most the experiment's overlap per image
-    labels_wanted: int = 0  # n_images x overlap
+    labels_wanted: int = 0  # n_images x overlap; for a round open for labeling, fewer where every rater skipped an image
+
+
+def _open_round_wanted(session: Session, round_id: int, kind: str | None, overlap: int) -> int:
+    """The ratings an open round wants as its progress bar and auto-close count them (``_labels_wanted``: fewer where
+    every enabled rater skipped an image); the dashboard showed images x overlap beside them (found by review)."""
+    stmt = (select(Image.id, func.count(Rating.id)).outerjoin(Rating, Rating.image_id == Image.id)
+            .where(Image.round_id == round_id).group_by(Image.id))
+    if kind is not None:
+        stmt = stmt.where(Image.kind == kind)
+    return _labels_wanted(session, round_id, kind, overlap, dict(session.execute(stmt).tuples().all()))
 
 
 def round_rating_stats(*, session: Session, experiment_id: int, kind: str | None = None) -> list[RoundStats]:
@@ -1105,7 +1115,8 @@ def round_rating_stats(*, session: Session, experiment_id: int, kind: str | None
                 n_ratings=n_ratings,
                 mean_score=None if mean is None else float(mean),
                 n_labels=int(labels.get(round_.id) or 0),
-                labels_wanted=counts.get(round_.id, 0) * overlap,
+                labels_wanted=_open_round_wanted(session, round_.id, kind, overlap) if round_.status == "labeling"
+                else counts.get(round_.id, 0) * overlap,
             )
         )
     return stats

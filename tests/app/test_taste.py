@@ -821,3 +821,25 @@ def test_auto_close_closes_when_disabling_a_rater_completes_the_round(ui_world_f
     assert _train_jobs(world) == []  # bob's ratings are still wanted
     auth.set_disabled(world.factory, name="bob", disabled=True)  # now one rater can give one rating per image
     assert len(_train_jobs(world)) == 1
+
+
+def test_the_rate_tab_and_the_dashboard_count_against_what_the_round_wants(ui_world_factory):
+    """With an image every rater skipped, the Rate tab said '2 of 3 images rated' beside a full bar and the dashboard
+    wanted 3 ratings while auto-close and the close question counted 2 (found by review)."""
+    from app import ui_dashboard
+
+    world = ui_world_factory(n_images=3, overlap=1)
+    with write_session(world.factory) as s:
+        for name in ("bob", "root"):
+            repo.set_rater_disabled(session=s, rater_id=world.accounts[name], disabled=True)
+    alice = _who(world, "alice")
+    view = ui_rate.load_batch(world.factory, world.settings.data_dir, alice, None, batch_size=4)
+    state, ids = view.state, view.state["batch"]
+    for image_id in ids[:2]:
+        state = ui_rate.rate(world.factory, world.settings.data_dir, alice, state, {"image_id": image_id, "score": 5},
+                             batch_size=4).state
+    view = ui_rate.skip(world.factory, world.settings.data_dir, alice, state, {"image_id": ids[2]}, batch_size=4)
+    assert "2 of 2</b> images rated</span> (1 skipped)" in view.progress, view.progress
+    with read_session(world.factory) as s:
+        (row,) = ui_dashboard.round_rows(s, repo.get_experiment(session=s, experiment_id=world.experiment_id))
+    assert row.ratings_wanted == 2
