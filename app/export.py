@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from app import export_card
 from app.services import experiment_config
@@ -164,9 +164,21 @@ def _zipped(directory: Path) -> Path:
 
 def rating_rows(settings: Settings, experiment_id: int) -> list[dict[str, Any]]:
     """One plain dict per rating of the experiment (oldest rating first), for ``export_ratings_dataset``."""
+    return dataset_rows(settings, experiment_id)[0]
+
+
+def dataset_rows(settings: Settings, experiment_id: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The experiment's ratings (oldest first) and comparison votes (oldest pair first), read in one transaction, as
+    plain dicts for ``export_ratings_dataset``."""
+    from sqlalchemy.orm import aliased
+
+    from db.models import ComparisonPair, ComparisonVote
+
     engine, factory = _factory(settings)
     try:
         with read_session(factory) as s:
+            if s.get_bind().dialect.name == "postgresql":  # one snapshot for both reads (SQLite's read is one already)
+                s.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
             repo.get_experiment(session=s, experiment_id=experiment_id)
             stmt = (
                 select(Rating, Image, Round.index, Rater.name)
@@ -176,21 +188,41 @@ def rating_rows(settings: Settings, experiment_id: int) -> list[dict[str, Any]]:
                 .where(Round.experiment_id == experiment_id)
                 .order_by(Rating.id)
             )
-            return [
+            ratings = [
                 {"rating_id": rating.id, "image_id": image.id, "file_path": image.file_path, "image_sha256": image.sha256,
                  "kind": image.kind, "prompt": image.prompt, "seed": image.seed, "round": index, "rater": rater,
                  "score": rating.score, "rated_at": rating.updated_at}
                 for rating, image, index, rater in s.execute(stmt)
             ]
+            left, right = aliased(Image), aliased(Image)
+            stmt = (
+                select(ComparisonVote, ComparisonPair, left, right, Round.index, Rater.name)
+                .join(ComparisonPair, ComparisonPair.id == ComparisonVote.pair_id)
+                .join(left, left.id == ComparisonPair.image_a_id)
+                .join(right, right.id == ComparisonPair.image_b_id)
+                .join(Round, Round.id == ComparisonPair.round_id)
+                .join(Rater, Rater.id == ComparisonVote.rater_id)
+                .where(ComparisonPair.experiment_id == experiment_id)
+                .order_by(ComparisonPair.id, ComparisonVote.id)
+            )
+            votes = [
+                {"pair_id": pair.id, "kind": pair.kind, "round": index, "rater": rater, "choice": vote.choice,
+                 "voted_at": vote.updated_at, "file_path_a": a.file_path, "image_sha256_a": a.sha256,
+                 "image_id_a": a.id, "prompt_a": a.prompt, "seed_a": a.seed, "file_path_b": b.file_path,
+                 "image_sha256_b": b.sha256, "image_id_b": b.id, "prompt_b": b.prompt, "seed_b": b.seed}
+                for vote, pair, a, b, index, rater in s.execute(stmt)
+            ]
+            return ratings, votes
     finally:
         engine.dispose()
 
 
 def export_ratings_to(settings: Settings, experiment_id: int, out_dir: str | Path) -> ExportResult:
-    """Export every rating of the experiment, with the rated images, into the new directory ``out_dir``."""
-    rows = rating_rows(settings, experiment_id)
-    if not rows:
-        raise ExportError(f"Experiment {experiment_id} has no ratings to export yet.")
+    """Export every rating and comparison vote of the experiment, with the images they name, into the new directory
+    ``out_dir``."""
+    rows, votes = dataset_rows(settings, experiment_id)
+    if not rows and not votes:
+        raise ExportError(f"Experiment {experiment_id} has no ratings or comparisons to export yet.")
 
     def read_image(file_path: str) -> bytes:
         path = _inside_data_dir(settings, file_path, "image")
@@ -198,7 +230,7 @@ def export_ratings_to(settings: Settings, experiment_id: int, out_dir: str | Pat
             raise ExportError(f"Image file {str(path)!r} recorded in the database is missing.")
         return path.read_bytes()
 
-    return core.export_ratings_dataset(rows, out_dir, read_image)
+    return core.export_ratings_dataset(rows, out_dir, read_image, votes)
 
 
 def export_ratings(settings: Settings, experiment_id: int) -> Path:

@@ -46,6 +46,8 @@ DATASET_FILE = "metadata.jsonl"  # the name Hugging Face `imagefolder` datasets 
 IMAGES_DIR = "images"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 RATING_FIELDS = ("file_path", "prompt", "seed", "round", "rater", "score", "rated_at")
+COMPARISONS_FILE = "comparisons.jsonl"  # one row per comparison vote: two images and the rater's choice
+COMPARISON_FIELDS = ("file_path_a", "file_path_b", "choice", "round", "kind", "rater", "voted_at")
 _KOHYA_KEY = re.compile(r"lora_unet_[A-Za-z0-9_]+\.(lora_down\.weight|lora_up\.weight|alpha)")
 
 
@@ -353,45 +355,63 @@ def _iso(value: Any) -> str:
 
 
 def export_ratings_dataset(rows: Iterable[Mapping[str, Any]], out_dir: str | Path,
-                           image_reader: Callable[[str], bytes]) -> ExportResult:
-    """Ratings as ``metadata.jsonl`` (one row per rating) + the rated PNGs under ``images/`` + a manifest.
+                           image_reader: Callable[[str], bytes],
+                           comparisons: Iterable[Mapping[str, Any]] = ()) -> ExportResult:
+    """Ratings as ``metadata.jsonl`` (one row per rating), comparison votes as ``comparisons.jsonl`` (one row per vote)
+    + the images they name under ``images/`` + a manifest.
 
-    Each row needs ``file_path`` (passed to ``image_reader`` to get the PNG's bytes), ``prompt``, ``seed``,
+    Each rating row needs ``file_path`` (passed to ``image_reader`` to get the PNG's bytes), ``prompt``, ``seed``,
     ``round``, ``rater``, ``score`` and ``rated_at``; an ``image_sha256`` is checked against the bytes and any
     other keys (``image_id``, ``kind``, ...) are kept. Images are named by their sha256, so an image rated by
-    several raters is stored once; a row's ``file_name`` is ``images/<sha256>.png``.
+    several raters is stored once; a row's ``file_name`` is ``images/<sha256>.png``. Each comparison row needs
+    ``file_path_a`` (the left image), ``file_path_b``, ``choice`` ('a', 'b' or 'tie'), ``round``, ``kind``, ``rater``
+    and ``voted_at`` (``image_sha256_a``/``_b`` checked when given) and gets ``file_name_a``/``file_name_b``.
     """
     out_dir = _fresh_destination(out_dir)
-    rows = list(rows)
-    if not rows:
-        raise ExportError("There are no ratings to export.")
-    for i, row in enumerate(rows):
-        missing = [f for f in RATING_FIELDS if f not in row]
-        if missing:
-            raise ExportError(f"Rating row {i} lacks {missing}; every row needs {list(RATING_FIELDS)}.")
+    rows, comparisons = list(rows), list(comparisons)
+    if not rows and not comparisons:
+        raise ExportError("There are no ratings or comparisons to export.")
+    for what, items, fields in (("Rating", rows, RATING_FIELDS), ("Comparison", comparisons, COMPARISON_FIELDS)):
+        for i, row in enumerate(items):
+            missing = [f for f in fields if f not in row]
+            if missing:
+                raise ExportError(f"{what} row {i} lacks {missing}; every row needs {list(fields)}.")
 
     def write(tmp: Path) -> None:
         (tmp / IMAGES_DIR).mkdir()
         written: dict[str, str] = {}  # source file_path -> file_name in the dataset
+
+        def stored(src: str, sha256: str | None) -> str:
+            if src not in written:
+                data = image_reader(src)
+                if not data.startswith(PNG_MAGIC):
+                    raise ExportError(f"Image {src!r} is not a PNG file.")
+                digest = _sha256_bytes(data)
+                if sha256 not in (None, digest):
+                    raise ExportError(f"Image {src!r} does not match the sha256 recorded for it (changed since it was generated).")
+                name = f"{IMAGES_DIR}/{digest}.png"
+                if not (tmp / name).exists():
+                    (tmp / name).write_bytes(data)
+                written[src] = name
+            return written[src]
+
         with open(tmp / DATASET_FILE, "w", encoding="utf-8") as f:
             for row in rows:
-                src = str(row["file_path"])
-                if src not in written:
-                    data = image_reader(src)
-                    if not data.startswith(PNG_MAGIC):
-                        raise ExportError(f"Image {src!r} is not a PNG file.")
-                    digest = _sha256_bytes(data)
-                    if row.get("image_sha256") not in (None, digest):
-                        raise ExportError(f"Image {src!r} does not match the sha256 recorded for it (changed since it was generated).")
-                    name = f"{IMAGES_DIR}/{digest}.png"
-                    if not (tmp / name).exists():
-                        (tmp / name).write_bytes(data)
-                    written[src] = name
-                record = {"file_name": written[src], **{k: v for k, v in row.items() if k not in ("file_path", "file_name")}}
+                name = stored(str(row["file_path"]), row.get("image_sha256"))
+                record = {"file_name": name, **{k: v for k, v in row.items() if k not in ("file_path", "file_name")}}
                 record["rated_at"] = _iso(row["rated_at"])
                 f.write(json.dumps(record, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n")
+        if comparisons:
+            with open(tmp / COMPARISONS_FILE, "w", encoding="utf-8") as f:
+                for row in comparisons:
+                    names = {f"file_name_{side}": stored(str(row[f"file_path_{side}"]), row.get(f"image_sha256_{side}"))
+                             for side in ("a", "b")}
+                    record = {**names, **{k: v for k, v in row.items() if not k.startswith(("file_path_", "file_name_"))}}
+                    record["voted_at"] = _iso(row["voted_at"])
+                    f.write(json.dumps(record, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n")
 
-    extra = {"format": "seiko-ratings-jsonl", "rows": len(rows), "dataset_file": DATASET_FILE}
+    extra = {"format": "seiko-ratings-jsonl", "rows": len(rows), "dataset_file": DATASET_FILE,
+             "comparisons": len(comparisons), "comparisons_file": COMPARISONS_FILE if comparisons else None}
     digest = atomic_directory(out_dir, write, extra=extra)
     return ExportResult(out_dir, "ratings", digest)
 
@@ -407,6 +427,15 @@ def read_ratings_dataset(directory: str | Path) -> list[dict]:
     directory = Path(directory)
     verify(directory)
     return [json.loads(line) for line in (directory / DATASET_FILE).read_text(encoding="utf-8").splitlines() if line]
+
+
+def read_comparisons(directory: str | Path) -> list[dict]:
+    """The comparison votes of an exported ratings dataset (none when it has no comparisons file), after verifying
+    its manifest."""
+    directory = Path(directory)
+    verify(directory)
+    path = directory / COMPARISONS_FILE
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line] if path.exists() else []
 
 
 # ------------------------------------------------------------------------------------------------- zip

@@ -334,3 +334,45 @@ def test_cli_an_out_it_cannot_write_is_one_sentence(world, tmp_path, capsys):
     assert cli(world, "ratings", "--experiment", str(world.experiment_id), "--out", str(out)) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: could not write the export (") and len(err.splitlines()) == 1, err
+
+
+def test_the_ratings_dataset_holds_the_comparison_votes_too(tmp_path):
+    """The dataset held 1-10 ratings only: an experiment that learnt from comparisons exported nothing of them, and
+    one with comparisons only was refused as having 'no ratings to export' (found by review). Votes go to
+    comparisons.jsonl, their images with the rest."""
+    from app import export
+    from db import comparisons
+    from seiko_core.export import read_comparisons
+
+    data = tmp_path / "data"
+    settings = Settings.from_env({"data_dir": str(data), "db_url": f"sqlite:///{data / 'seiko.db'}", "model": "m"},
+                                 environ={})
+    migrate.upgrade(settings.db_url)
+    engine = make_engine(settings.db_url)
+    with write_session(session_factory(engine)) as s:
+        exp = repo.create_experiment(session=s, name="pairs only", model_spec="m", method="greedy", config={},
+                                     budgets=[2], prompts=["a", "b"])
+        r0 = repo.create_round(session=s, experiment_id=exp.id)
+        ids, shas = [], []
+        for i, color in enumerate(("red", "blue")):
+            content = png(color)
+            sha = hashlib.sha256(content).hexdigest()
+            (data / "images").mkdir(parents=True, exist_ok=True)
+            (data / "images" / f"{sha}.png").write_bytes(content)
+            ids.append(repo.add_image(session=s, round_id=r0.id, prompt="ab"[i], seed=i, file_path=f"images/{sha}.png",
+                                      sha256=sha, embedding=b"\0" * 8, embedding_dim=2).id)
+            shas.append(sha)
+        repo.open_round(session=s, round_id=r0.id)
+        ann = repo.create_rater(session=s, name="ann", password_hash="x$h")
+        (pair,) = comparisons.create_pairs(session=s, experiment_id=exp.id, round_id=r0.id, kind="preference",
+                                           pairs=[(ids[0], ids[1])])
+        comparisons.record_vote(session=s, pair_id=pair.id, rater_id=ann.id, choice="b")
+        exp_id = exp.id
+    engine.dispose()
+    result = export.export_ratings_to(settings, exp_id, tmp_path / "r")
+    assert read_ratings_dataset(result.path) == []
+    (vote,) = read_comparisons(result.path)
+    assert (vote["file_name_a"], vote["file_name_b"]) == (f"images/{shas[0]}.png", f"images/{shas[1]}.png")
+    assert (vote["choice"], vote["rater"], vote["round"], vote["kind"]) == ("b", "ann", 0, "preference")
+    assert vote["voted_at"].endswith("+00:00")
+    assert sorted(p.name for p in (result.path / "images").iterdir()) == sorted(f"{s}.png" for s in shas)
