@@ -14,6 +14,7 @@ in its safetensors header) with the verification result.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from seiko_core.checkpoint import MANIFEST, sha256_file, verify
 from seiko_core.export import FORMATS, WEIGHT_NAME, ExportError, ExportResult
 from seiko_core.export_verify import CheckSettings, verify_export
 
+log = logging.getLogger("seiko.export")
 EXPORTS_DIR = "exports"
 EXPORT_CHECK_DEVICE = "cpu"  # the check's two renderers run on one device so that they agree to float rounding
 
@@ -157,7 +159,14 @@ def export_round(settings: Settings, experiment_id: int, round_index: int, fmt: 
 def _zipped(directory: Path) -> Path:
     """The verified export ``directory`` as one ``.zip`` beside it (the browser's download), the directory then
     removed: a merged pipeline kept twice would take twice the disk."""
-    out = core.zip_directory(directory, directory.with_suffix(".zip"))
+    try:
+        out = core.zip_directory(directory, directory.with_suffix(".zip"))
+    except BaseException:  # a full disk: nothing refers to the directory, and nothing else would remove it (review)
+        try:
+            shutil.rmtree(directory)
+        except OSError:
+            log.exception("could not remove the export %s after its zip failed", directory)
+        raise
     shutil.rmtree(directory)
     return out
 

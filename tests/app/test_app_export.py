@@ -376,3 +376,20 @@ def test_the_ratings_dataset_holds_the_comparison_votes_too(tmp_path):
     assert (vote["choice"], vote["rater"], vote["round"], vote["kind"]) == ("b", "ann", 0, "preference")
     assert vote["voted_at"].endswith("+00:00")
     assert sorted(p.name for p in (result.path / "images").iterdir()) == sorted(f"{s}.png" for s in shas)
+
+
+def test_a_zip_that_fails_leaves_no_export_behind(world, monkeypatch):
+    """A zip that failed (a full disk) left the export's directory under its final name, where nothing cleans it up:
+    for a merged pipeline, gigabytes on a disk already full (found by review)."""
+    import errno
+
+    from app import export
+
+    def full(src, out):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(export.core, "zip_directory", full)
+    before = set((world.settings.data_dir / "exports").iterdir()) if (world.settings.data_dir / "exports").exists() else set()
+    with pytest.raises(OSError, match="No space left"):
+        export_ratings(world.settings, world.experiment_id)
+    assert set((world.settings.data_dir / "exports").iterdir()) == before
