@@ -156,13 +156,16 @@ def serve(services, request: Request) -> Response:
     try:
         with read_session(services.factory) as s:
             row = repo.get_export(session=s, export_id=int(raw))
-            relative = row.file_path
+            relative, size = row.file_path, row.size_bytes
     except NotFound:
         return _refusal(404, f"There is no export with id {int(raw)}.")
     root = (services.settings.data_dir.resolve() / export.EXPORTS_DIR).resolve()
     path = (services.settings.data_dir.resolve() / relative).resolve()
     if not path.is_relative_to(root) or not path.is_file():
         return _refusal(404, f"The file of export {int(raw)} is no longer there; build the export again.")
+    if size is not None and path.stat().st_size != size:  # replaced or cut on disk: not the export that was checked
+        return _refusal(409, f"The file of export {int(raw)} has changed since it was built ({path.stat().st_size} "
+                             f"bytes, {size} when built); build the export again.")
     media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     # who took the ratings (or a model) away, and when: only building the export was audited (found by review)
     auth.record(services.factory, who, "export.download", f"export {int(raw)}", file=path.name)

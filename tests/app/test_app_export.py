@@ -277,6 +277,11 @@ def test_the_browser_builds_every_format_by_id_and_the_route_serves_exactly_that
         assert get("12345").status_code == 404 and b"There is no export with id 12345." == get("12345").body
         assert get(str(built["kohya"].export_id), token="rater-token").status_code == 403  # ann is a rater
         assert get(str(built["kohya"].export_id), token="forged").status_code == 401
+        # a file changed on disk since it was built is not served as that export (found by review)
+        with open(get(str(built["ratings"].export_id)).path, "ab") as f:
+            f.write(b"tampered")
+        refused = get(str(built["ratings"].export_id))
+        assert refused.status_code == 409 and b"has changed since it was built" in refused.body
     finally:
         engine.dispose()
 
