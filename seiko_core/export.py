@@ -326,6 +326,9 @@ images = pipe(["a prompt"], eta=1.0, generator=[torch.Generator().manual_seed(s)
 """
 
 
+_MERGED_KINDS = (".safetensors", ".json", ".txt", ".md")  # weights, configs, a tokenizer's vocabulary and merges
+
+
 def export_merged_pipeline(base_model_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path, *,
                            device: str | torch.device = "cpu", finalize: Finalize | None = None) -> ExportResult:
     """The base pipeline with the adapter fused in, saved (safetensors) to ``out_dir`` atomically."""
@@ -337,9 +340,11 @@ def export_merged_pipeline(base_model_dir: str | Path, adapter_dir: str | Path, 
 
     def write(tmp: Path) -> None:
         pipe.save_pretrained(tmp, safe_serialization=True)
-        pickles = [p.name for p in tmp.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl")]
-        if pickles:
-            raise ExportError(f"save_pretrained wrote pickle files {pickles}; refusing to publish them.")
+        # an allow-list, not a list of pickle suffixes: whatever else save_pretrained writes is not published
+        others = [p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file() and p.suffix not in _MERGED_KINDS]
+        if others:
+            raise ExportError(f"save_pretrained wrote files other than safetensors, JSON and text ({others[:5]}); "
+                              "refusing to publish them.")
         _copy_json_files(adapter_dir, tmp, ("seiko_config.json", "metrics.json"))
         (tmp / "README.md").write_text(_MERGED_README.format(base=base_model_dir))
         card.append(finalize(tmp) if finalize else None)
@@ -450,14 +455,13 @@ _STORED = (".safetensors", ".png")  # already dense: compressing them costs time
 def zip_directory(src_dir: str | Path, out_zip: str | Path) -> Path:
     """A zip of a verified export directory (one download for a browser), written atomically."""
     src_dir, out_zip = Path(src_dir), _fresh_destination(out_zip)
-    verify(src_dir)
+    listed = sorted(set(verify(src_dir)["files"]) | {MANIFEST})  # what the manifest vouches for, never a stray or a link
 
     def write(tmp: Path) -> None:
         with zipfile.ZipFile(tmp, "w", allowZip64=True) as zf:
-            for p in sorted(src_dir.rglob("*")):
-                if p.is_file():
-                    method = zipfile.ZIP_STORED if p.suffix in _STORED else zipfile.ZIP_DEFLATED
-                    zf.write(p, f"{src_dir.name}/{p.relative_to(src_dir).as_posix()}", compress_type=method)
+            for name in listed:
+                method = zipfile.ZIP_STORED if Path(name).suffix in _STORED else zipfile.ZIP_DEFLATED
+                zf.write(src_dir / name, f"{src_dir.name}/{name}", compress_type=method)
 
     atomic_write(out_zip, write)
     return out_zip

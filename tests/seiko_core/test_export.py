@@ -237,15 +237,19 @@ def test_ratings_dataset_rows_images_and_manifest(tmp_path):
     assert got[0]["file_name"] == got[1]["file_name"] == f"images/{sha['images/a.png']}.png"
     assert got[0]["rated_at"] == "2025-01-02T03:04:05+00:00" and got[0]["prompt"] == "a red circle" and got[2]["seed"] == 2
     assert (res.path / got[2]["file_name"]).read_bytes() == files["images/b.png"]
+    (res.path / "stray.txt").write_text("not the export's")  # nor is a link: the zip takes what the manifest lists
+    (res.path / "link.png").symlink_to(res.path / got[2]["file_name"])
     z = zip_directory(res.path, tmp_path / "ds.zip")
     import zipfile
 
-    assert f"ds/{DATASET_FILE}" in zipfile.ZipFile(z).namelist()
+    names = zipfile.ZipFile(z).namelist()
+    assert f"ds/{DATASET_FILE}" in names and "ds/manifest.json" in names
+    assert "ds/stray.txt" not in names and "ds/link.png" not in names
 
 
 def test_ratings_dataset_refuses_bad_rows_and_images(tmp_path):
     row = {"file_path": "a.png", "prompt": "p", "seed": 1, "round": 0, "rater": "ann", "score": 5, "rated_at": "2025-01-01"}
-    with pytest.raises(ExportError, match="no ratings"):
+    with pytest.raises(ExportError, match="no ratings or comparisons"):
         export_ratings_dataset([], tmp_path / "a", lambda p: png("red"))
     with pytest.raises(ExportError, match=r"lacks \['score'\]"):
         export_ratings_dataset([{k: v for k, v in row.items() if k != "score"}], tmp_path / "b", lambda p: png("red"))
