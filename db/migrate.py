@@ -52,8 +52,14 @@ def upgrade(url: str, rev: str = "head") -> None:
     """
     path = _sqlite_file(url)
     if path is not None:
+        # the database holds password hashes, session tokens and every rating: a new file is its owner's alone (0600,
+        # in a new directory of 0700); SQLite gives its WAL and shared-memory files the database file's mode
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not path.exists():
+                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        except FileExistsError:
+            pass  # another process made it first
         except OSError as exc:
             raise InvalidInput(f"the database's directory {str(path.parent)!r} could not be made ({exc.strerror or exc})") from exc
     command.upgrade(_config(url), rev)

@@ -157,3 +157,15 @@ def test_a_copy_that_cannot_be_made_is_one_sentence_and_leaves_no_empty_file(tmp
                                          r"changed"):
         migrate.backup_sqlite(f"sqlite:///{path}")
     assert not list(tmp_path.glob("seiko.db.bak-*"))
+
+
+def test_a_new_database_and_its_directory_are_the_owners_alone(tmp_path):
+    """The SQLite file (password hashes, session tokens, every rating) was created with the default mode, 0644 under
+    the usual umask: readable by every local user, as was the data directory with the ratings export in it (found by
+    review). A new data directory is 0700 and a new database file 0600."""
+    import stat
+
+    data = tmp_path / "data"
+    migrate.upgrade(f"sqlite:///{data / 'seiko.db'}")
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    assert stat.S_IMODE((data / "seiko.db").stat().st_mode) == 0o600
