@@ -27,9 +27,10 @@ Nothing on the page or in the API says that an image is a repeat, and the page's
 The API's items carry the image id a rating is sent with, so a script could tell a repeat by its id: the measure is
 meant for people rating on the page. A repeat counts nowhere an ordinary rating does:
 not in the round's progress or budget, not for auto-close, not in the reward fit (the ``ratings`` table is untouched).
-Undo does not take back a repeat's score (it takes back the newest ordinary rating or skip, as before; the score of
-a repeat still on the page changes by rating it again); undoing the first rating of a repeated image drops its repeat
-(undoing an edit of it, which leaves a first rating, keeps it).
+Undo takes back a repeat's score or skip as it does any other (migration 0009: it used to pass over them, so 'u'
+after scoring a repeat took back the rating before it): the image is pending as a repeat again, or gets its earlier
+second score back. Undoing the first rating of a repeated image drops its repeat (undoing an edit of it, which
+leaves a first rating, keeps it).
 """
 
 from __future__ import annotations

@@ -513,7 +513,11 @@ def _rate(session: Session, who: Who, image_id: int, score: int) -> tuple[int | 
     if existing is not None and db_quality.find_repeat_offer(session=session, image_id=image_id,
                                                              rater_id=who.rater_id) is not None:
         # handed to the rater again (the server's record, never the client's word): their first rating stays as it is
-        return db_quality.set_repeat_score(session=session, image_id=image_id, rater_id=who.rater_id, score=score), True
+        previous = db_quality.set_repeat_score(session=session, image_id=image_id, rater_id=who.rater_id, score=score)
+        if previous != score:  # on the undo stack as any score: 'u' took back the rating before it (review)
+            repo.add_undo_step(session=session, rater_id=who.rater_id, image_id=image_id, action="repeat",
+                               previous_score=previous)
+        return previous, True
     if existing is None and not repo.holds_lease(session=session, image_id=image_id, rater_id=who.rater_id):
         if not repo.count_images_for_rater(session=session, round_id=round_.id, rater_id=who.rater_id, kind="query",
                                            image_id=image_id, include_skipped=True):
@@ -579,7 +583,8 @@ def skip(factory, data_dir, who: Who, state_value: dict | None, payload: dict[st
             repo.lock_image_for_rating(session=s, image_id=image_id)  # as _rate: no undo or close in between
             if (repo.find_rating(session=s, image_id=image_id, rater_id=who.rater_id) is not None
                     and db_quality.find_repeat_offer(session=s, image_id=image_id, rater_id=who.rater_id) is not None):
-                db_quality.skip_repeat(session=s, image_id=image_id, rater_id=who.rater_id)  # app.repeats: no undo step
+                db_quality.skip_repeat(session=s, image_id=image_id, rater_id=who.rater_id)  # app.repeats
+                repo.add_undo_step(session=s, rater_id=who.rater_id, image_id=image_id, action="repeat_skip")
             elif repo.find_skip(session=s, image_id=image_id, rater_id=who.rater_id) is None:
                 repo.add_skip(session=s, image_id=image_id, rater_id=who.rater_id)
                 repo.add_undo_step(session=s, rater_id=who.rater_id, image_id=image_id, action="skip")
@@ -596,8 +601,9 @@ def skip(factory, data_dir, who: Who, state_value: dict | None, payload: dict[st
 def undo(factory, data_dir, who: Who, state_value: dict | None, *, batch_size: int) -> View:
     """Undo the rater's newest rating or skip of the open round (the history is in the database, so it survives a
     reload): a new rating is removed, an edit gets its previous score back, a skip is lifted. The image comes back
-    to the page, leased to the rater again. A repeat's score (app.repeats) is not on the undo stack; undoing the
-    first rating of a repeated image drops its repeat (undoing an edit of it keeps the repeat)."""
+    to the page, leased to the rater again. A repeat's score or skip (app.repeats) is undone as any other: the image
+    is pending as a repeat again (or gets its earlier second score back); undoing the first rating of a repeated image
+    drops its repeat (undoing an edit of it keeps the repeat)."""
     state = RateState.from_value(state_value)
     message = None
     new_grid = False

@@ -43,6 +43,7 @@ from db.models import (
     SCORE_MAX,
     SCORE_MIN,
     SESSION_END_REASONS,
+    UNDO_ACTIONS,
     AuditEntry,
     Checkpoint,
     ComparisonVote,
@@ -824,9 +825,9 @@ UNDO_KEEP = 200  # steps kept per rater; older ones are dropped
 
 
 def add_undo_step(*, session: Session, rater_id: int, image_id: int, action: str, previous_score: int | None = None) -> UndoStep:
-    """Record a rating (with the score it replaced, None for a new one) or a skip, for ``undo_last``."""
-    if action not in ("rate", "skip"):
-        raise InvalidInput(f"unknown undo action {action!r}; choose from ['rate', 'skip']")
+    """Record a rating (with the score it replaced, None for a new one), a skip, or a repeat's second score or skip
+    (app.repeats), for ``undo_last``."""
+    _choice("undo action", action, UNDO_ACTIONS)
     if previous_score is not None:
         _int("previous score", previous_score, minimum=SCORE_MIN, maximum=SCORE_MAX)
     step = UndoStep(rater_id=_int("rater id", rater_id), image_id=_int("image id", image_id), action=action,
@@ -843,7 +844,7 @@ def add_undo_step(*, session: Session, rater_id: int, image_id: int, action: str
 @dataclass(frozen=True)
 class Undone:
     image_id: int
-    action: str  # "rate" or "skip"
+    action: str  # "rate", "skip", or a repeat's "repeat" (its second score) or "repeat_skip"
     restored_score: int | None  # the score the rating went back to; None when the rating was removed (or a skip)
 
 
@@ -874,6 +875,10 @@ def undo_last(*, session: Session, rater_id: int, round_id: int) -> Undone | Non
                 continue
             delete_skip(session=session, image_id=image_id, rater_id=rater_id)
             return Undone(image_id, action, None)
+        if action in ("repeat", "repeat_skip"):  # an image handed to the rater again (app.repeats)
+            if (undone := _undo_repeat(session, image_id, rater_id, action, previous)) is None:
+                continue
+            return undone
         if find_rating(session=session, image_id=image_id, rater_id=rater_id) is None:
             continue
         if previous is None:
@@ -881,6 +886,33 @@ def undo_last(*, session: Session, rater_id: int, round_id: int) -> Undone | Non
             return Undone(image_id, action, None)
         add_rating(session=session, image_id=image_id, rater_id=rater_id, score=previous)
         return Undone(image_id, action, previous)
+
+
+def _undo_repeat(session: Session, image_id: int, rater_id: int, action: str, previous: int | None) -> Undone | None:
+    """Take back a repeat's score (back to the one it replaced, or none: the image is pending as a repeat again) or
+    a repeat's skip; None when its effect is gone (the repeat dropped, or scored since the skip). Repeats were not
+    on the undo stack, so 'u' after scoring one took back the rating before it (found by review)."""
+    from db.models import RepeatOffer, RepeatRating
+
+    offer = session.scalar(select(RepeatOffer).where(RepeatOffer.image_id == image_id, RepeatOffer.rater_id == rater_id))
+    second = session.scalar(select(RepeatRating).where(RepeatRating.image_id == image_id,
+                                                       RepeatRating.rater_id == rater_id))
+    if offer is None:
+        return None
+    if action == "repeat_skip":
+        if not offer.skipped or second is not None:
+            return None
+        offer.skipped = False
+        session.flush()
+        return Undone(image_id, action, None)
+    if second is None:
+        return None
+    if previous is None:
+        session.delete(second)
+    else:
+        second.score = previous
+    session.flush()
+    return Undone(image_id, action, previous)
 
 
 # ---------------------------------------------------------------------------------------------

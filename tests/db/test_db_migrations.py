@@ -95,3 +95,49 @@ def test_migration_0007_adds_credentials_changed_at_and_keeps_the_raters(empty_d
             assert c.exec_driver_sql("SELECT name FROM raters").scalars().all() == ["alice"]
     finally:
         engine.dispose()
+
+
+def test_migration_0009_lets_repeats_onto_the_undo_stack_and_downgrades(empty_db_url):
+    import pytest
+    from sqlalchemy.exc import IntegrityError
+
+    from db import repo
+    from db.engine import session_factory, write_session
+
+    def insert(c, action: str) -> None:
+        c.exec_driver_sql("INSERT INTO undo_steps (rater_id, image_id, action, previous_score, created_at) "
+                          f"VALUES ({rater}, {image}, '{action}', NULL, '2026-12-03 00:00:00')")
+
+    migrate.upgrade(empty_db_url, "0008")
+    engine = make_engine(empty_db_url)
+    try:
+        with write_session(session_factory(engine)) as s:  # the tables are the same at 0008: the models can write them
+            rater = repo.create_rater(session=s, name="alice", password_hash="h").id
+            exp = repo.create_experiment(session=s, name="e", model_spec="m", method="greedy", config={}, budgets=[1],
+                                         prompts=["p"])
+            round_ = repo.create_round(session=s, experiment_id=exp.id)
+            image = repo.add_image(session=s, round_id=round_.id, prompt="p", seed=0, file_path="i.png", sha256="0" * 64,
+                                   embedding=b"\0" * 8, embedding_dim=2).id
+        with engine.begin() as c:
+            insert(c, "rate")
+        with pytest.raises(IntegrityError), engine.begin() as c:
+            insert(c, "repeat")
+    finally:
+        engine.dispose()
+    migrate.upgrade(empty_db_url, "0009")
+    engine = make_engine(empty_db_url)
+    try:
+        with engine.begin() as c:
+            insert(c, "repeat")
+            insert(c, "repeat_skip")
+            assert c.exec_driver_sql("SELECT action FROM undo_steps ORDER BY id").scalars().all() == [
+                "rate", "repeat", "repeat_skip"]
+    finally:
+        engine.dispose()
+    migrate.downgrade(empty_db_url, "0008")
+    engine = make_engine(empty_db_url)
+    try:
+        with engine.connect() as c:
+            assert c.exec_driver_sql("SELECT action FROM undo_steps").scalars().all() == ["rate"]
+    finally:
+        engine.dispose()
