@@ -24,6 +24,9 @@ asks ``plan`` for them when the option is above 0:
   until it is scored or skipped on the page.
 
 Nothing on the page or in the API says that an image is a repeat, and the page's cards show no image id or seed.
+The progress counters move with ordinary ratings only (a repeat is no label), so a rater who watches them can tell,
+after scoring a card, that it was a repeat (a review's finding, not changed: counting repeats there would misstate
+the round's progress).
 The API's items carry the image id a rating is sent with, so a script could tell a repeat by its id: the measure is
 meant for people rating on the page. A repeat counts nowhere an ordinary rating does:
 not in the round's progress or budget, not for auto-close, not in the reward fit (the ``ratings`` table is untouched).
