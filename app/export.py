@@ -22,13 +22,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from app import export_card
 from app.services import experiment_config
 from app.settings import Settings
 from db import repo
-from db.engine import make_engine, read_session, session_factory
+from db.engine import make_engine, read_session, read_snapshot, session_factory
 from db.models import Image, Rater, Rating, Round
 from seiko_core import export as core
 from seiko_core import model_card
@@ -185,9 +185,7 @@ def dataset_rows(settings: Settings, experiment_id: int) -> tuple[list[dict[str,
 
     engine, factory = _factory(settings)
     try:
-        with read_session(factory) as s:
-            if s.get_bind().dialect.name == "postgresql":  # one snapshot for both reads (SQLite's read is one already)
-                s.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+        with read_snapshot(factory) as s:  # the ratings and the votes from one snapshot
             repo.get_experiment(session=s, experiment_id=experiment_id)
             stmt = (
                 select(Rating, Image, Round.index, Rater.name)

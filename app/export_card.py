@@ -26,7 +26,7 @@ from app.pairwise import KIND as PREFERENCE
 from app.services import experiment_config
 from app.settings import Settings
 from db import comparisons, repo
-from db.engine import make_engine, read_session, session_factory
+from db.engine import make_engine, read_snapshot, session_factory
 from db.models import ComparisonPair, ComparisonVote, Image, Rating
 from seiko_core.config import to_dict
 from seiko_core.model_card import NOT_MEASURED, SCHEMA
@@ -93,7 +93,7 @@ def facts(settings: Settings, experiment_id: int, round_index: int) -> dict[str,
     """Everything the card says except the export's format, files and verification (added by the exporter)."""
     engine = make_engine(settings.db_url)
     try:
-        with read_session(session_factory(engine)) as s:
+        with read_snapshot(session_factory(engine)) as s:  # its counts from one snapshot, while people keep rating
             exp = repo.get_experiment(session=s, experiment_id=experiment_id)
             cfg = experiment_config(exp)
             every = repo.list_rounds(session=s, experiment_id=experiment_id)

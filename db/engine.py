@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.errors import InvalidInput
@@ -118,6 +118,17 @@ def read_session(factory: sessionmaker[Session]) -> Iterator[Session]:
             yield session
         finally:
             session.rollback()
+
+
+@contextmanager
+def read_snapshot(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """``read_session`` whose statements all see one snapshot: REPEATABLE READ on PostgreSQL (its default, READ
+    COMMITTED, gives each statement its own); a SQLite read transaction is one snapshot already. For readers that
+    run several statements whose answers must agree (an export's ratings and votes, a model card's counts)."""
+    with read_session(factory) as session:
+        if session.get_bind().dialect.name == "postgresql":
+            session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))  # before any other statement
+        yield session
 
 
 # PostgreSQL SQLSTATE classes of a database out of reach for now: connection exceptions, insufficient resources, an

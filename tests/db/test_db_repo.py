@@ -434,3 +434,20 @@ def test_an_overlap_past_what_any_team_has_raters_for_is_refused(db_factory):
     with write_session(db_factory) as s:
         repo.create_experiment(session=s, name="most", model_spec="m", method="greedy", config={}, budgets=[4],
                                prompts=["p"], overlap=repo.MAX_OVERLAP)
+
+
+def test_a_read_snapshot_sees_one_moment_while_others_write(db_factory, make_world):
+    """An export's ratings and votes, and a model card's counts, are several statements: on PostgreSQL's READ
+    COMMITTED each saw its own moment, so a rating that landed between them made the two disagree (found by review).
+    ``read_snapshot`` reads them all from one."""
+    from db.engine import read_snapshot
+    from db.models import Rating
+
+    world = make_world(n_raters=2)
+    with read_snapshot(db_factory) as s:
+        before = s.scalar(select(func.count(Rating.id)))
+        with write_session(db_factory) as w:
+            repo.add_rating(session=w, image_id=world.image_ids[0], rater_id=world.rater_ids[0], score=5)
+        assert s.scalar(select(func.count(Rating.id))) == before
+    with read_session(db_factory) as s:
+        assert s.scalar(select(func.count(Rating.id))) == before + 1
