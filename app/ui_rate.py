@@ -239,7 +239,7 @@ def progress_html(p: Progress) -> str:
     fewer = p.labels_wanted < p.images * p.overlap
     if p.overlap > 1:
         counts = (f"<span id='round-progress'><b>{p.labels} of {p.labels_wanted}</b> ratings</span> "
-                  f"({p.images} images × {p.overlap} raters each{', fewer where raters skipped' if fewer else ''}; "
+                  f"({p.images} images × {p.overlap} raters each{', fewer where too few raters can still rate' if fewer else ''}; "
                   f"{p.rated_images} images rated at least once)")
     else:
         skipped = f" ({p.images - p.labels_wanted} skipped)" if fewer else ""
@@ -495,7 +495,7 @@ def parse_image_id(image_id: Any) -> int:
 def rate_in_session(session: Session, who: Who, image_id: int, score: int) -> int | None:
     """Rate (or re-rate) one image and record the undo step; returns the previous score (None if new).
     Raises a db error, changing nothing. An image handed to the rater again (app.repeats) gets its second score
-    instead, apart from the first rating and without an undo step; the previous score is then the second one."""
+    instead, apart from the first rating, with an undo step of its own; the previous score is then the second one."""
     return _rate(session, who, image_id, score)[0]
 
 

@@ -108,7 +108,9 @@ INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 class RowId(TypeDecorator[int]):
     """A row's id or a reference to one (an INTEGER column). An id a 32-bit column cannot hold is sent as -1, which no
     row has: looking it up finds nothing, as on SQLite, where PostgreSQL raised DataError ("integer out of range")
-    from any query that named it (found by review), and SQLite's driver an OverflowError past 2**63."""
+    from any query that named it (found by review), and SQLite's driver an OverflowError past 2**63. Safe for equality
+    and ``in_``; a range (``id <= watermark``) must clamp its bound to ``db.checks.MAX_ID`` first, or -1 turns it
+    around."""
 
     impl = Integer
     cache_ok = True

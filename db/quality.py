@@ -14,6 +14,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from db import repo
+from db.checks import MAX_ID
 from db.errors import Conflict, InvalidInput
 from db.models import IMAGE_KINDS, SCORE_MAX, SCORE_MIN, GoldScore, Image, Rating, RepeatOffer, RepeatRating, Round
 
@@ -48,7 +49,7 @@ def rating_rows(*, session: Session, experiment_id: int, up_to_rating_id: int | 
     if up_to_rating_id is not None:
         if isinstance(up_to_rating_id, bool) or not isinstance(up_to_rating_id, int) or up_to_rating_id < 0:
             raise InvalidInput(f"up_to_rating_id must be a whole number of at least 0, got {up_to_rating_id!r}")
-        stmt = stmt.where(Rating.id <= up_to_rating_id)
+        stmt = stmt.where(Rating.id <= min(up_to_rating_id, MAX_ID))  # clamped: see db.models.RowId
     if kind is not None:
         if kind not in IMAGE_KINDS:
             raise InvalidInput(f"unknown image kind {kind!r}; choose from {list(IMAGE_KINDS)}")

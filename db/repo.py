@@ -1050,7 +1050,8 @@ def ratings_snapshot(
         func.count(Rating.id).label("n"),
     ).group_by(Rating.image_id)
     if up_to_rating_id is not None:
-        ratings = ratings.where(Rating.id <= _int("up_to_rating_id", up_to_rating_id, minimum=0))
+        # clamped: a RowId past what the column holds binds as -1 (db.models.RowId), which would turn "<=" around
+        ratings = ratings.where(Rating.id <= min(_int("up_to_rating_id", up_to_rating_id, minimum=0), MAX_ID))
     agg = ratings.subquery()
     stmt = (
         select(Image.id, Round.index, Image.prompt, Image.embedding, Image.embedding_dim, agg.c.mean, agg.c.n)

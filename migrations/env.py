@@ -13,7 +13,8 @@ from alembic import context
 from sqlalchemy import text
 
 from db.engine import make_engine
-from db.models import Base, JSONText, UTCDateTime
+from db.migrate import render_item
+from db.models import Base
 
 config = context.config
 target_metadata = Base.metadata
@@ -26,19 +27,10 @@ def _url() -> str:
     return url
 
 
-def _render_item(type_: str, obj, autogen_context):
-    """Autogenerate writes our column types as the plain types they store, so revisions stay frozen."""
-    if type_ == "type" and isinstance(obj, JSONText):
-        return "sa.Text()"
-    if type_ == "type" and isinstance(obj, UTCDateTime):
-        return "sa.DateTime(timezone=True)"
-    return False
-
-
 def _configure(**kwargs) -> None:
     # render_as_batch: SQLite cannot ALTER most things, so Alembic copies the table instead.
     context.configure(
-        target_metadata=target_metadata, render_as_batch=True, compare_type=True, render_item=_render_item, **kwargs
+        target_metadata=target_metadata, render_as_batch=True, compare_type=True, render_item=render_item, **kwargs
     )
 
 
