@@ -95,6 +95,19 @@ def _check_local_configs(path: Path) -> None:
             raise ModelLoadError(f"Model file {str(config)!r} is not valid JSON ({exc}).".splitlines()[0]) from exc
         if not isinstance(value, dict):
             raise ModelLoadError(f"Model file {str(config)!r} must hold a JSON object, not a {type(value).__name__}.")
+    # a sharded component's index names its shards: one named *.bin was loaded with torch.load (an unpickler),
+    # use_safetensors or not (found by review)
+    for index in sorted(path.glob("*/*.index.json")):
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError, AttributeError) as exc:
+            raise ModelLoadError(f"Model file {str(index)!r} is not a JSON object with a weight_map.") from exc
+        if not isinstance(weight_map, dict):
+            raise ModelLoadError(f"Model file {str(index)!r} has no weight_map object.")
+        for shard in weight_map.values():
+            if not isinstance(shard, str) or not shard.endswith(".safetensors") or "/" in shard or "\\" in shard:
+                raise ModelLoadError(f"Model file {str(index)!r} names the shard {shard!r}; only .safetensors shards "
+                                     "are loaded.")
 
 
 def _load_pretrained(loader, name: str, local: bool, what: str, **kwargs):
@@ -103,15 +116,35 @@ def _load_pretrained(loader, name: str, local: bool, what: str, **kwargs):
     offline = local or _hub_offline()
     if local:
         _check_local_configs(Path(name))
+    from huggingface_hub.errors import StrictDataclassError
+
     try:
         return loader(name, local_files_only=offline, **kwargs)
-    except (OSError, ValueError, TypeError, KeyError, AttributeError, SafetensorError) as exc:
+    # RuntimeError: a tensor of the wrong size, a config that asks for more memory than there is;
+    # NotImplementedError: a tensor missing from a component; StrictDataclassError: a config value of the wrong type
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, SafetensorError, RuntimeError,
+            NotImplementedError, StrictDataclassError) as exc:
         if not local and offline:
             raise ModelLoadError(
                 f"{what} {name!r} is a hub id, but the hub is offline (HF_HUB_OFFLINE=1) and it is not in the "
                 "local cache: download it on a connected machine or pass a local directory."
             ) from exc
         raise ModelLoadError(f"Could not load {what} {name!r}: {exc}".splitlines()[0]) from exc
+
+
+def _check_weights(spec: str, components: dict[str, torch.nn.Module]) -> None:
+    """Refuse a model with a component that lacks weights (left on the meta device: a tensor missing from its file)
+    or holds non-finite ones: a NaN in the UNet drew a round of black images that people rated before anything
+    failed, and a missing tensor failed later as 'Cannot copy out of meta tensor' (found by review)."""
+    for what, module in components.items():
+        missing = [n for n, p in module.named_parameters() if p.is_meta]
+        if missing:
+            raise ModelLoadError(f"Model {spec!r} lacks weights in {what} ({len(missing)} tensor"
+                                 f"{'s' if len(missing) != 1 else ''}, e.g. {missing[0]}); its files are incomplete.")
+        bad = [n for n, p in module.named_parameters() if p.is_floating_point() and not torch.isfinite(p).all()]
+        if bad:
+            raise ModelLoadError(f"Model {spec!r} has non-finite weights in {what} ({len(bad)} tensor"
+                                 f"{'s' if len(bad) != 1 else ''}, e.g. {bad[0]}); its files are damaged.")
 
 
 def load_model(spec: str, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
@@ -142,6 +175,7 @@ def load_model(spec: str, *, device: str | torch.device | None = None, dtype: to
         raise ModelLoadError(f"Model {spec!r} has an image encoder but no feature_extractor config to preprocess for it.")
     crop = processor.crop_size
     side = int(crop if isinstance(crop, int) else crop["height"])
+    _check_weights(spec, {"unet": pipe.unet, "vae": pipe.vae, "text_encoder": pipe.text_encoder, "image_encoder": encoder})
     pipe.to(device)
     encoder.to(device=device, dtype=dtype)
     for module in (pipe.unet, pipe.vae, pipe.text_encoder, encoder):

@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from seiko_core.models import ModelLoadError, load_model, resolve_spec
 
@@ -80,3 +81,60 @@ def test_a_forged_model_file_is_one_sentence(random_model_dir, tmp_path, file, c
     (bad / file).write_bytes(content)
     with pytest.raises(ModelLoadError, match=message):
         load_model(str(bad), device="cpu")
+
+
+def _copy_with(random_model_dir, tmp_path, component: str, change) -> str:
+    """A copy of the tiny model whose ``component`` weights went through ``change(tensors) -> tensors``."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    bad = tmp_path / "bad"
+    shutil.copytree(random_model_dir, bad)
+    weights = next((bad / component).glob("*.safetensors"))
+    save_file(change(load_file(str(weights))), str(weights))
+    return str(bad)
+
+
+def test_a_base_model_with_non_finite_or_missing_weights_is_refused(random_model_dir, tmp_path):
+    """A NaN in the UNet loaded and drew a round of black images, rated before anything failed; a tensor missing
+    from the UNet failed in the worker as 'NotImplementedError: Cannot copy out of meta tensor' (found by review)."""
+    def nan_one(tensors):
+        name = sorted(tensors)[0]
+        tensors[name] = torch.full_like(tensors[name], float("nan"))
+        return tensors
+
+    with pytest.raises(ModelLoadError, match=r"^Model .* has non-finite weights in unet \(1 tensor, e\.g\. "):
+        load_model(_copy_with(random_model_dir, tmp_path, "unet", nan_one), device="cpu")
+    dropped = _copy_with(random_model_dir, tmp_path / "b", "vae", lambda t: {k: v for k, v in sorted(t.items())[1:]})
+    with pytest.raises(ModelLoadError) as refused:
+        load_model(dropped, device="cpu")
+    assert "\n" not in str(refused.value) and "vae" in str(refused.value), str(refused.value)
+
+
+def test_a_sharded_index_that_names_a_pickle_is_refused(random_model_dir, tmp_path):
+    """A diffusion_pytorch_model.safetensors.index.json whose weight_map names a .bin shard made diffusers load that
+    pickle with torch.load, use_safetensors or not (found by review)."""
+    import json
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(random_model_dir, bad)
+    (bad / "unet" / "diffusion_pytorch_model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": {"conv_in.weight": "shard.bin"}}))
+    with pytest.raises(ModelLoadError, match=r"names the shard 'shard\.bin'; only \.safetensors shards are loaded"):
+        load_model(str(bad), device="cpu")
+
+
+@pytest.mark.parametrize(("key", "value"), [("hidden_size", "64"), ("vocab_size", 2**31)])
+def test_a_config_value_of_the_wrong_kind_is_one_sentence(random_model_dir, tmp_path, key, value):
+    import json
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(random_model_dir, bad)
+    config = bad / "text_encoder" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), key: value}))
+    with pytest.raises(ModelLoadError) as refused:
+        load_model(str(bad), device="cpu")
+    assert "\n" not in str(refused.value)
