@@ -45,7 +45,15 @@ def generate_batch(parts, adapter: str | None, prompts: list[str], seeds: list[i
     sc = cfg.sampling
     images = sample(parts, prompts, seeds, steps=sc.steps, guidance=sc.guidance, eta=sc.eta, batch_size=sc.batch_size,
                     on_progress=on_progress)
-    return images, embed_images_batched(parts, images.to(parts.device)).cpu()
+    embeddings = embed_images_batched(parts, images.to(parts.device)).cpu()
+    # nothing non-finite is published for people to rate (a damaged adapter or model drew black images: review)
+    for what, values in (("images", images), ("image embeddings", embeddings)):
+        if not torch.isfinite(values).all():
+            bad = int((~torch.isfinite(values.reshape(len(values), -1))).any(dim=1).sum())
+            source = "the base model" if adapter is None else f"adapter {adapter!r}"
+            raise ValueError(f"{bad} of the {len(values)} {what} drawn with {source} are not finite numbers: the "
+                             "model's or the adapter's weights are damaged; nothing was saved")
+    return images, embeddings
 
 
 def posterior_draw(cfg: SeikoConfig, num_heads: int, seed: int) -> torch.Tensor | None:

@@ -138,3 +138,15 @@ def test_a_config_value_of_the_wrong_kind_is_one_sentence(random_model_dir, tmp_
     with pytest.raises(ModelLoadError) as refused:
         load_model(str(bad), device="cpu")
     assert "\n" not in str(refused.value)
+
+
+def test_non_finite_images_are_not_published(random_parts, monkeypatch):
+    """Images drawn by damaged weights were stored and offered for rating (black PNGs, NaN embeddings): generate_batch
+    refuses them (found by review)."""
+    from seiko_core import loop
+    from seiko_core.config import SeikoConfig
+
+    monkeypatch.setattr(loop, "sample", lambda parts, prompts, seeds, **kw: torch.full((len(prompts), 3, 32, 32),
+                                                                                       float("nan")))
+    with pytest.raises(ValueError, match=r"^2 of the 2 images drawn with the base model are not finite numbers"):
+        loop.generate_batch(random_parts, None, ["a", "b"], [0, 1], SeikoConfig())
