@@ -201,8 +201,14 @@ def inject(unet, path: str | Path, name: str) -> None:
             n_tensors = sum(1 for k in f.keys() if k.startswith("unet."))
         unet.load_lora_adapter(str(path), weight_name=WEIGHT_NAME, prefix="unet", adapter_name=name,
                                use_safetensors=True, local_files_only=True)
-    except (SafetensorError, OSError, ValueError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
-        raise CheckpointError(f"Adapter {str(path)!r} could not be read ({exc}).") from exc
+    # json.JSONDecodeError is a ValueError; RuntimeError: a tensor whose shape disagrees with the header's config
+    except (SafetensorError, OSError, ValueError, TypeError, RuntimeError) as exc:
+        if has_adapter(unet, name):  # its layers may be half-added to a UNet the worker keeps (found by review)
+            unet.delete_adapters(name)
+        raise CheckpointError(f"Adapter {str(path)!r} could not be read ({exc}).".splitlines()[0]) from exc
+    if not all(torch.isfinite(p).all() for _, p in _named(unet, name)):
+        unet.delete_adapters(name)
+        raise CheckpointError(f"The adapter in {str(path)!r} holds weights that are not finite numbers.")
     loaded = len(_named(unet, name))
     if loaded != n_tensors or not n_tensors:
         if has_adapter(unet, name):
@@ -219,8 +225,11 @@ def load_adapter(parts, path: str | Path, name: str, *, check_manifest: bool = T
     path = Path(path)
     if not (path / WEIGHT_NAME).is_file():
         raise CheckpointError(f"Adapter directory {str(path)!r} has no {WEIGHT_NAME}.")
-    if check_manifest and (path / "manifest.json").exists():
-        verify(path)
+    # a manifest that leaves the weights out let altered weights through (found by review); a directory with no
+    # manifest is another tool's diffusers LoRA (save_lora_weights writes none): loaded as it is, nothing to check
+    # it against (the worker's adapters are also pinned by the manifest hash the database records)
+    if check_manifest and (path / "manifest.json").exists() and WEIGHT_NAME not in verify(path).get("files", {}):
+        raise CheckpointError(f"The manifest of adapter {str(path)!r} does not list {WEIGHT_NAME}.")
     unet = parts.unet
     if has_adapter(unet, name):
         unet.delete_adapters(name)

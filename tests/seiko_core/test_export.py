@@ -353,3 +353,34 @@ def test_an_export_onto_a_dangling_link_is_refused(adapter_dir, tmp_path):
     with pytest.raises(ExportError, match="already exists"):
         export_diffusers_lora(adapter_dir, tmp_path / "dangling")
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_loading_a_damaged_adapter_is_one_sentence_and_leaves_nothing_half_added(adapter_dir, random_model_dir, tmp_path):
+    """Found by review: a tensor whose shape disagrees with the header escaped as 'RuntimeError: Error(s) in loading
+    state_dict' and left the adapter's layers half-added to the worker's cached UNet; NaN weights loaded; a manifest
+    that left out the weights file let altered weights through."""
+    from safetensors.torch import save_file
+
+    from seiko_core.models import load_model
+
+    def reshape_one(d):
+        state = load_file(str(d / lora.WEIGHT_NAME))
+        name = sorted(state)[0]
+        state[name] = torch.zeros(state[name].shape[0] + 1, *state[name].shape[1:])
+        save_file(state, str(d / lora.WEIGHT_NAME))
+
+    def nan_weights(d):
+        state = load_file(str(d / lora.WEIGHT_NAME))
+        save_file({k: torch.full_like(t, float("nan")) for k, t in state.items()}, str(d / lora.WEIGHT_NAME))
+
+    parts = load_model(str(random_model_dir), device="cpu")
+    for name, change, message in [("shape", reshape_one, "could not be read"), ("nan", nan_weights, "not finite")]:
+        with pytest.raises(CheckpointError, match=message) as refused:
+            lora.load_adapter(parts, _forged(adapter_dir, tmp_path, name, change), "round_1")
+        assert "\n" not in str(refused.value) and not lora.has_adapter(parts.unet, "round_1"), name
+    unlisted = _forged(adapter_dir, tmp_path, "unlisted", lambda d: None)
+    manifest = json.loads((unlisted / "manifest.json").read_text())
+    del manifest["files"][lora.WEIGHT_NAME]
+    (unlisted / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match=f"does not list {lora.WEIGHT_NAME}"):
+        lora.load_adapter(parts, unlisted, "round_1")
