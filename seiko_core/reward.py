@@ -266,6 +266,28 @@ class RewardEnsemble(torch.nn.Module):
         if not all(1 <= int(n) <= largest for n in sizes):
             raise ValueError(f"{REWARD_META} in {str(path_dir)!r} names sizes {list(sizes)} that its weights in "
                              f"{REWARD_WEIGHTS} do not have (their largest dimension is {largest})")
+        # and the number of layers: 200 forged layers of the largest width allocated 800 MB before the mismatch was
+        # found (found by review); the weights' shapes are checked against the config before anything is built
+        n_layers = sum(1 for k in tensors if k.startswith("layers.") and k.endswith(".weight"))
+        if n_layers != len(cfg.hidden):
+            raise ValueError(f"{REWARD_WEIGHTS} in {str(path_dir)!r} does not match its {REWARD_META}: its weights "
+                             f"have {n_layers} hidden layers, its {REWARD_META} names {len(cfg.hidden)}")
+        widths = (input_dim, *cfg.hidden)
+        expected = {"head_weight": (cfg.num_heads, cfg.hidden[-1]), "head_bias": (cfg.num_heads,), "y_mean": (),
+                    "y_std": (), **{f"layers.{i}.weight": (b, a) for i, (a, b) in enumerate(pairwise(widths))},
+                    **{f"layers.{i}.bias": (b,) for i, b in enumerate(cfg.hidden)}}
+        if cfg.prior_scale > 0:
+            expected.update(prior_weight=(cfg.num_heads, input_dim), prior_bias=(cfg.num_heads,))
+        shapes = {k: tuple(t.shape) for k, t in tensors.items()}
+        if shapes != expected:
+            wrong = sorted(set(shapes) ^ set(expected)) or sorted(k for k in shapes if shapes[k] != expected[k])
+            raise ValueError(f"{REWARD_WEIGHTS} in {str(path_dir)!r} does not match its {REWARD_META} (e.g. "
+                             f"{wrong[0]}: {shapes.get(wrong[0], 'missing')}, expected {expected.get(wrong[0], 'none')})")
+        if bad := [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]:
+            raise ValueError(f"{REWARD_WEIGHTS} in {str(path_dir)!r} holds values that are not finite numbers ({bad[0]})")
+        if not float(tensors["y_std"]) > 0:
+            raise ValueError(f"{REWARD_WEIGHTS} in {str(path_dir)!r} has y_std {float(tensors['y_std'])}; the rating "
+                             "scale of a reward model must be positive")
         model = cls(input_dim, cfg, generator=torch.Generator().manual_seed(0))  # weights are overwritten below
         try:
             model.load_state_dict(tensors, strict=True)

@@ -226,3 +226,50 @@ def test_load_missing_and_corrupt_files(tmp_path):
     meta.unlink()
     with pytest.raises(FileNotFoundError, match="is missing"):
         RewardEnsemble.load(tmp_path / "r")
+
+
+def test_a_forged_or_damaged_reward_model_is_refused_before_it_is_built(tmp_path):
+    """A reward.json naming 200 hidden layers of the largest width its weights have allocated 800 MB before the
+    mismatch was found; NaN weights and a y_std of 0 or inf loaded (found by review)."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from seiko_core.config import RewardConfig
+    from seiko_core.reward import REWARD_META, REWARD_WEIGHTS, RewardEnsemble
+
+    good = RewardEnsemble(8, RewardConfig(hidden=(16, 12), dropout=(0.1, 0.1), num_heads=3),
+                          generator=torch.Generator().manual_seed(0))
+
+    def saved(name, change_meta=None, change_tensors=None):
+        d = good.save(tmp_path / name)
+        if change_meta:
+            meta = json.loads((d / REWARD_META).read_text())
+            change_meta(meta)
+            (d / REWARD_META).write_text(json.dumps(meta))
+        if change_tensors:
+            tensors = load_file(str(d / REWARD_WEIGHTS))
+            change_tensors(tensors)
+            save_file(tensors, str(d / REWARD_WEIGHTS))
+        return d
+
+    def deep(meta):
+        meta["config"]["hidden"] = [16] * 200 + [12]
+        meta["config"]["dropout"] = [0.1] * 201
+
+    def nan(tensors):
+        tensors["head_weight"] = torch.full_like(tensors["head_weight"], float("nan"))
+
+    for name, kwargs, message in [
+        ("deep", {"change_meta": deep}, r"its weights have 2 hidden layers, its reward\.json names 201"),
+        ("nan", {"change_tensors": nan}, "not finite"),
+        ("std0", {"change_tensors": lambda t: t.update(y_std=torch.tensor(0.0))}, "y_std"),
+        ("stdinf", {"change_tensors": lambda t: t.update(y_std=torch.tensor(float("inf")))}, "y_std"),
+    ]:
+        try:
+            RewardEnsemble.load(saved(name, **kwargs))
+        except ValueError as refused:
+            assert __import__("re").search(message, str(refused)), (name, str(refused))
+        else:
+            raise AssertionError(f"{name}: loaded")
+    assert RewardEnsemble.load(saved("fine")).cfg.hidden == (16, 12)
