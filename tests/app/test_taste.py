@@ -789,21 +789,28 @@ def test_auto_close_checks_again_under_the_lock(ui_world, monkeypatch, caplog, m
         assert [j for j in queued if j.kind == "train"] == []
 
 
-def test_auto_close_closes_when_a_skip_completes_the_round(ui_world_factory):
-    """A skip lowers the ratings a round wants (an image every enabled rater skipped wants no more), and so does
-    disabling a rater, but only a rating looked at auto-close: a round whose last action was a skip stayed open with
-    its page saying every image was done (found by review)."""
-    world = ui_world_factory(n_images=3, overlap=1)
+def _alone_rates_two_of_three(world):
+    """Alice, the only enabled account, rates two of the round's three images on the page; (alice, page state, the
+    batch's image ids)."""
     with write_session(world.factory) as s:
         for name in ("bob", "root"):
             repo.set_rater_disabled(session=s, rater_id=world.accounts[name], disabled=True)
-    _set_auto_close(world, True)
     alice = _who(world, "alice")
     view = ui_rate.load_batch(world.factory, world.settings.data_dir, alice, None, batch_size=4)
     state, ids = view.state, view.state["batch"]
     for image_id in ids[:2]:
         state = ui_rate.rate(world.factory, world.settings.data_dir, alice, state, {"image_id": image_id, "score": 5},
                              batch_size=4).state
+    return alice, state, ids
+
+
+def test_auto_close_closes_when_a_skip_completes_the_round(ui_world_factory):
+    """A skip lowers the ratings a round wants (an image every enabled rater skipped wants no more), and so does
+    disabling a rater, but only a rating looked at auto-close: a round whose last action was a skip stayed open with
+    its page saying every image was done (found by review)."""
+    world = ui_world_factory(n_images=3, overlap=1)
+    _set_auto_close(world, True)
+    alice, state, ids = _alone_rates_two_of_three(world)
     assert _train_jobs(world) == []
     ui_rate.skip(world.factory, world.settings.data_dir, alice, state, {"image_id": ids[2]}, batch_size=4)
     assert len(_train_jobs(world)) == 1
@@ -829,15 +836,7 @@ def test_the_rate_tab_and_the_dashboard_count_against_what_the_round_wants(ui_wo
     from app import ui_dashboard
 
     world = ui_world_factory(n_images=3, overlap=1)
-    with write_session(world.factory) as s:
-        for name in ("bob", "root"):
-            repo.set_rater_disabled(session=s, rater_id=world.accounts[name], disabled=True)
-    alice = _who(world, "alice")
-    view = ui_rate.load_batch(world.factory, world.settings.data_dir, alice, None, batch_size=4)
-    state, ids = view.state, view.state["batch"]
-    for image_id in ids[:2]:
-        state = ui_rate.rate(world.factory, world.settings.data_dir, alice, state, {"image_id": image_id, "score": 5},
-                             batch_size=4).state
+    alice, state, ids = _alone_rates_two_of_three(world)
     view = ui_rate.skip(world.factory, world.settings.data_dir, alice, state, {"image_id": ids[2]}, batch_size=4)
     assert "2 of 2</b> images rated</span> (1 skipped)" in view.progress, view.progress
     with read_session(world.factory) as s:

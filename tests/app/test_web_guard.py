@@ -89,11 +89,30 @@ def signed_in(url: str, name: str = "alice", password: str = UI_PASSWORD):
         http.close()
 
 
-def queue_join(http: httpx.Client, demo, fn_name: str, data: list, **headers) -> httpx.Response:
+def queue_join(http: httpx.Client, demo, fn_name: str, data: list, session: str | None = None,
+               **headers) -> httpx.Response:
     fn_index = next(i for i, bf in demo.fns.items() if bf.fn is not None and bf.fn.__name__ == fn_name)
     return http.post("/gradio_api/queue/join", headers=headers,
-                     json={"data": data, "fn_index": fn_index, "session_hash": f"s{time.monotonic_ns()}",
+                     json={"data": data, "fn_index": fn_index, "session_hash": session or f"s{time.monotonic_ns()}",
                            "event_data": None, "trigger_id": None})
+
+
+def joined(http: httpx.Client, demo, session: str) -> None:
+    """A next_batch event in ``session``, run to its end (an account may have EVENTS_IN_FLIGHT waiting or running)."""
+    r = queue_join(http, demo, "next_batch", [1, ""], session)
+    assert r.status_code == 200, r.text
+    finished(demo, r.json()["event_id"])
+
+
+def calls(http: httpx.Client, demo, n: int) -> list[str]:
+    """``n`` curl-style next_batch calls, each run to its end and left unread; their event ids."""
+    events = []
+    for _ in range(n):
+        r = http.post("/gradio_api/call/next_batch", json={"data": [1, ""]})
+        assert r.status_code == 200, r.text
+        events.append(r.json()["event_id"])
+        finished(demo, events[-1])
+    return events
 
 
 def accounts(world) -> list[str]:
@@ -1035,13 +1054,6 @@ def test_an_account_cannot_grow_the_servers_session_memory_without_bound(served,
     monkeypatch.setattr(gradio_routes, "SWEEP_EVERY_S", 0.0)
     monkeypatch.setattr(gradio_routes, "EVENTS_IN_FLIGHT", 10_000)  # its results are left unread: not this test's bound
     holder = demo.state_holder
-    fn_index = next(i for i, bf in demo.fns.items() if bf.fn is not None and bf.fn.__name__ == "next_batch")
-
-    def join(http, session):
-        r = http.post("/gradio_api/queue/join", json={"data": [1, ""], "fn_index": fn_index, "session_hash": session,
-                                                     "event_data": None, "trigger_id": None})
-        assert r.status_code == 200, r.text
-        finished(demo, r.json()["event_id"])  # an account may have EVENTS_IN_FLIGHT waiting or running
 
     def settled(keys_wanted):  # events run after their answer: wait until they have made their sessions
         deadline = time.monotonic() + 60
@@ -1049,25 +1061,20 @@ def test_an_account_cannot_grow_the_servers_session_memory_without_bound(served,
             time.sleep(0.1)
 
     with signed_in(url, "root") as root, signed_in(url, "alice") as alice:
-        join(root, "roots-page")
+        joined(root, demo, "roots-page")
         settled(lambda keys: "roots-page" in keys)
         n = gradio_routes.SESSIONS_PER_ACCOUNT + 40
         for k in range(n):
-            join(alice, f"alices-{k}")
+            joined(alice, demo, f"alices-{k}")
         settled(lambda keys: f"alices-{n - 1}" in keys)
         alices = {k for k in holder.session_data if k.startswith("alices-")}
         assert len(alices) <= gradio_routes.SESSIONS_PER_ACCOUNT and f"alices-{n - 1}" in alices
         assert "roots-page" in holder.session_data
 
-        events = []
-        for _ in range(gradio_routes.EVENTS_PER_ACCOUNT + 40):
-            r = alice.post("/gradio_api/call/next_batch", json={"data": [1, ""]})
-            assert r.status_code == 200, r.text
-            events.append(r.json()["event_id"])
-            finished(demo, events[-1])
+        events = calls(alice, demo, gradio_routes.EVENTS_PER_ACCOUNT + 40)
         settled(lambda keys: events[-1] in keys)
         time.sleep(0.2)
-        join(alice, f"alices-{n - 1}")  # any request of hers: the sweep runs
+        joined(alice, demo, f"alices-{n - 1}")  # any request of hers: the sweep runs
         kept = set(events) & set(holder.session_data)
         assert len(kept) <= gradio_routes.EVENTS_PER_ACCOUNT and "roots-page" in holder.session_data
         r = alice.get(f"/gradio_api/call/next_batch/{events[-1]}")  # her newest event's result is still hers to read
@@ -1118,17 +1125,10 @@ def test_a_page_keeps_its_session_while_its_account_opens_many_others(served, mo
     _, demo, url = served
     monkeypatch.setattr(gradio_routes, "EVENTS_IN_FLIGHT", 10_000)  # its results are left unread: not this test's bound
     holder = demo.state_holder
-    fn_index = next(i for i, bf in demo.fns.items() if bf.fn is not None and bf.fn.__name__ == "next_batch")
     guard = web_guard.installed(demo.server_app)
 
-    def join(http, session):
-        r = http.post("/gradio_api/queue/join", json={"data": [1, ""], "fn_index": fn_index, "session_hash": session,
-                                                     "event_data": None, "trigger_id": None})
-        assert r.status_code == 200, r.text
-        finished(demo, r.json()["event_id"])
-
     with signed_in(url, "alice") as page, signed_in(url, "alice") as script:
-        join(page, "alices-page")
+        joined(page, demo, "alices-page")
         deadline = time.monotonic() + 60
         while "alices-page" not in holder.session_data and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -1139,7 +1139,7 @@ def test_a_page_keeps_its_session_while_its_account_opens_many_others(served, mo
                 assert time.monotonic() < deadline, "the heartbeat never registered"
                 time.sleep(0.05)
             for k in range(gradio_routes.SESSIONS_PER_ACCOUNT + 8):
-                join(script, f"alices-script-{k}")
+                joined(script, demo, f"alices-script-{k}")
             assert guard.session_owners.owner("alices-page") == "alice"
             assert "alices-page" in holder.session_data
             assert len(guard.session_owners.keys_of("alice")) == gradio_routes.SESSIONS_PER_ACCOUNT + 1  # and the page
@@ -1155,12 +1155,7 @@ def test_unread_results_of_forgotten_events_are_dropped_and_events_in_flight_are
     monkeypatch.setattr(gradio_routes, "EVENTS_IN_FLIGHT", 10_000)  # unread here on purpose; the cap is set below
     queue = demo._queue
     with signed_in(url, "alice") as alice:
-        events = []
-        for _ in range(gradio_routes.EVENTS_PER_ACCOUNT + 12):
-            r = alice.post("/gradio_api/call/next_batch", json={"data": [1, ""]})
-            assert r.status_code == 200, r.text
-            events.append(r.json()["event_id"])
-            finished(demo, events[-1])
+        events = calls(alice, demo, gradio_routes.EVENTS_PER_ACCOUNT + 12)
         alice.post("/gradio_api/call/next_batch", json={"data": [1, ""]})  # one more request: the forgetting is done
         unread = [e for e in events if e in queue.pending_messages_per_session]
         assert len(unread) <= gradio_routes.EVENTS_PER_ACCOUNT, len(unread)
@@ -1179,12 +1174,9 @@ def test_events_sent_at_once_or_left_unread_in_one_session_are_bounded(served):
     from app import gradio_routes
 
     _, demo, url = served
-    fn_index = next(i for i, bf in demo.fns.items() if bf.fn is not None and bf.fn.__name__ == "next_batch")
     with signed_in(url, "alice") as alice:
         def join(_):
-            return alice.post("/gradio_api/queue/join", json={"data": [1, ""], "fn_index": fn_index,
-                                                             "session_hash": "one-session", "event_data": None,
-                                                             "trigger_id": None}).status_code
+            return queue_join(alice, demo, "next_batch", [1, ""], "one-session").status_code
 
         with ThreadPoolExecutor(max_workers=20) as pool:
             codes = list(pool.map(join, range(gradio_routes.EVENTS_IN_FLIGHT + 28)))

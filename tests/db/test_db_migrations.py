@@ -124,20 +124,17 @@ def test_migration_0009_lets_repeats_onto_the_undo_stack_and_downgrades(empty_db
             insert(c, "repeat")
     finally:
         engine.dispose()
+    def actions_after(insert_first: tuple[str, ...]) -> list[str]:
+        engine = make_engine(empty_db_url)
+        try:
+            with engine.begin() as c:
+                for action in insert_first:
+                    insert(c, action)
+                return c.exec_driver_sql("SELECT action FROM undo_steps ORDER BY id").scalars().all()
+        finally:
+            engine.dispose()
+
     migrate.upgrade(empty_db_url, "0009")
-    engine = make_engine(empty_db_url)
-    try:
-        with engine.begin() as c:
-            insert(c, "repeat")
-            insert(c, "repeat_skip")
-            assert c.exec_driver_sql("SELECT action FROM undo_steps ORDER BY id").scalars().all() == [
-                "rate", "repeat", "repeat_skip"]
-    finally:
-        engine.dispose()
+    assert actions_after(("repeat", "repeat_skip")) == ["rate", "repeat", "repeat_skip"]
     migrate.downgrade(empty_db_url, "0008")
-    engine = make_engine(empty_db_url)
-    try:
-        with engine.connect() as c:
-            assert c.exec_driver_sql("SELECT action FROM undo_steps").scalars().all() == ["rate"]
-    finally:
-        engine.dispose()
+    assert actions_after(()) == ["rate"]
