@@ -171,11 +171,6 @@ def _zipped(directory: Path) -> Path:
     return out
 
 
-def rating_rows(settings: Settings, experiment_id: int) -> list[dict[str, Any]]:
-    """One plain dict per rating of the experiment (oldest rating first), for ``export_ratings_dataset``."""
-    return dataset_rows(settings, experiment_id)[0]
-
-
 def dataset_rows(settings: Settings, experiment_id: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The experiment's ratings (oldest first) and comparison votes (oldest pair first), read in one transaction, as
     plain dicts for ``export_ratings_dataset``."""

@@ -137,11 +137,12 @@ def _check_weights(spec: str, components: dict[str, torch.nn.Module]) -> None:
     or holds non-finite ones: a NaN in the UNet drew a round of black images that people rated before anything
     failed, and a missing tensor failed later as 'Cannot copy out of meta tensor' (found by review)."""
     for what, module in components.items():
-        missing = [n for n, p in module.named_parameters() if p.is_meta]
+        params = list(module.named_parameters())
+        missing = [n for n, p in params if p.is_meta]
         if missing:
             raise ModelLoadError(f"Model {spec!r} lacks weights in {what} ({len(missing)} tensor"
                                  f"{'s' if len(missing) != 1 else ''}, e.g. {missing[0]}); its files are incomplete.")
-        bad = [n for n, p in module.named_parameters() if p.is_floating_point() and not torch.isfinite(p).all()]
+        bad = [n for n, p in params if p.is_floating_point() and not torch.isfinite(p).all()]
         if bad:
             raise ModelLoadError(f"Model {spec!r} has non-finite weights in {what} ({len(bad)} tensor"
                                  f"{'s' if len(bad) != 1 else ''}, e.g. {bad[0]}); its files are damaged.")
