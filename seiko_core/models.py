@@ -8,6 +8,7 @@ for the shapes model; ``openai/clip-vit-large-patch14`` by default for real SD, 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import torch
 
 DEFAULT_IMAGE_ENCODER = "openai/clip-vit-large-patch14"
+log = logging.getLogger(__name__)
 
 
 class ModelLoadError(RuntimeError):
@@ -132,13 +134,57 @@ def _load_pretrained(loader, name: str, local: bool, what: str, **kwargs):
         raise ModelLoadError(f"Could not load {what} {name!r}: {exc}".splitlines()[0]) from exc
 
 
+def _weights_dir(module: torch.nn.Module) -> Path | None:
+    """The directory a transformers model was loaded from: its own path, or a hub id's cached snapshot."""
+    name = str(getattr(getattr(module, "config", None), "_name_or_path", "") or "")
+    if not name:
+        return None
+    if Path(name).is_dir():
+        return Path(name)
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(name, local_files_only=True))
+    except (HFValidationError, LocalEntryNotFoundError, OSError) as exc:
+        log.warning("Cannot find the files of %r to check that they hold every weight: %s", name, exc)
+        return None
+
+
+def _absent_from_files(module: torch.nn.Module) -> list[str]:
+    """Names of a transformers model's parameters that none of its safetensors files holds. transformers fills such
+    a tensor with fresh random values and only logs a report, so a text encoder with a tensor missing conditioned
+    every image on noise, with no error (found by review); diffusers leaves such a tensor on the meta device instead,
+    which the caller checks. A name is matched with or without a leading module prefix (a CLIPModel file loads into
+    CLIPTextModel); tied parameters count once, under any of their names."""
+    from safetensors import safe_open
+    from transformers import PreTrainedModel
+
+    if not isinstance(module, PreTrainedModel):
+        return []
+    directory = _weights_dir(module)
+    files = sorted(directory.glob("*.safetensors")) if directory is not None else []
+    if not files:
+        return []
+    keys: set[str] = set()
+    for file in files:
+        with safe_open(str(file), framework="pt") as handle:
+            keys.update(handle.keys())
+    suffixes = {key.split(".", i)[-1] for key in keys for i in range(key.count(".") + 1)}
+    names: dict[int, list[str]] = {}
+    for name, param in module.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name)
+    return [group[0] for group in names.values()
+            if not any(n in suffixes or any(n.endswith("." + k) for k in keys) for n in group)]
+
+
 def _check_weights(spec: str, components: dict[str, torch.nn.Module]) -> None:
     """Refuse a model with a component that lacks weights (left on the meta device: a tensor missing from its file)
     or holds non-finite ones: a NaN in the UNet drew a round of black images that people rated before anything
     failed, and a missing tensor failed later as 'Cannot copy out of meta tensor' (found by review)."""
     for what, module in components.items():
         params = list(module.named_parameters())
-        missing = [n for n, p in params if p.is_meta]
+        missing = [n for n, p in params if p.is_meta] or _absent_from_files(module)
         if missing:
             raise ModelLoadError(f"Model {spec!r} lacks weights in {what} ({len(missing)} tensor"
                                  f"{'s' if len(missing) != 1 else ''}, e.g. {missing[0]}); its files are incomplete.")

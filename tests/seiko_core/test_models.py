@@ -150,3 +150,16 @@ def test_non_finite_images_are_not_published(random_parts, monkeypatch):
                                                                                        float("nan")))
     with pytest.raises(ValueError, match=r"^2 of the 2 images drawn with the base model are not finite numbers"):
         loop.generate_batch(random_parts, None, ["a", "b"], [0, 1], SeikoConfig())
+
+
+@pytest.mark.parametrize("component", ["text_encoder", "image_encoder"])
+def test_an_encoder_with_a_missing_tensor_is_refused(random_model_dir, tmp_path, component):
+    """transformers fills a tensor missing from an encoder's file with fresh random values and only logs it: the
+    text encoder then conditioned every image on noise and the image encoder fed the reward model noise, with no
+    error (found by review)."""
+    dropped = _copy_with(random_model_dir, tmp_path, component,
+                         lambda t: {k: v for k, v in t.items() if not k.endswith("final_layer_norm.weight")
+                                    and not k.endswith("post_layernorm.weight")})
+    with pytest.raises(ModelLoadError, match=rf"^Model .* lacks weights in {component} \(1 tensor, e\.g\. .*"
+                                              r"layer_?norm\.weight\); its files are incomplete\.$"):
+        load_model(dropped, device="cpu")
