@@ -121,7 +121,17 @@ def _load_pretrained(loader, name: str, local: bool, what: str, **kwargs):
     from huggingface_hub.errors import StrictDataclassError
 
     try:
+        if not local:
+            # a hub id's files are checked like a local directory's before diffusers reads them: its configs (and
+            # shard indexes) are fetched first, or found in the cache when offline (found by review: a cached
+            # snapshot's index naming a .bin shard was unpickled)
+            from huggingface_hub import snapshot_download
+
+            _check_local_configs(Path(snapshot_download(name, allow_patterns=["*.json", "*/*.json"],
+                                                        local_files_only=offline)))
         return loader(name, local_files_only=offline, **kwargs)
+    except ModelLoadError:
+        raise
     # RuntimeError: a tensor of the wrong size, a config that asks for more memory than there is;
     # NotImplementedError: a tensor missing from a component; StrictDataclassError: a config value of the wrong type
     except (OSError, ValueError, TypeError, KeyError, AttributeError, SafetensorError, RuntimeError,

@@ -163,3 +163,32 @@ def test_an_encoder_with_a_missing_tensor_is_refused(random_model_dir, tmp_path,
     with pytest.raises(ModelLoadError, match=rf"^Model .* lacks weights in {component} \(1 tensor, e\.g\. .*"
                                               r"layer_?norm\.weight\); its files are incomplete\.$"):
         load_model(dropped, device="cpu")
+
+
+def _cached_hub_model(random_model_dir, tmp_path, monkeypatch, repo: str = "someone/tiny-sd"):
+    """The tiny model placed in a hub cache as ``repo``'s snapshot, the way huggingface_hub lays one out."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # read at import from the environment
+    folder = tmp_path / "hub" / f"models--{repo.replace('/', '--')}"
+    commit = "0" * 40
+    shutil.copytree(random_model_dir, folder / "snapshots" / commit)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text(commit)
+    return folder / "snapshots" / commit
+
+
+def test_a_cached_hub_model_is_checked_like_a_local_one(random_model_dir, tmp_path, monkeypatch):
+    """A hub id's cached snapshot went to diffusers unchecked: an index naming a .bin shard in it was unpickled
+    (found by review; a local directory was already checked)."""
+    import json
+
+    snapshot = _cached_hub_model(random_model_dir, tmp_path, monkeypatch)
+    assert load_model("someone/tiny-sd", device="cpu").spec == "someone/tiny-sd"
+    (snapshot / "unet" / "diffusion_pytorch_model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": {"conv_in.weight": "shard.bin"}}))
+    with pytest.raises(ModelLoadError, match=r"names the shard 'shard\.bin'; only \.safetensors shards are loaded"):
+        load_model("someone/tiny-sd", device="cpu")
