@@ -36,25 +36,66 @@ def temp_sibling(final: str | Path) -> Path:
     return final.parent / f"{TMP_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
 
 
-def atomic_write(final: str | Path, write: Callable[[Path], None]) -> Path:
+def atomic_write(final: str | Path, write: Callable[[Path], None], *, new: bool = False) -> Path:
     """``write(tmp)`` into a temporary sibling of ``final``, fsync it, rename it to ``final``; returns ``final``.
 
     The parent directory is created if needed. An exception from ``write`` (or from the fsync or rename) removes the
-    temporary file and propagates; ``final`` then still holds what it held before, or does not exist.
+    temporary file and propagates; ``final`` then still holds what it held before, or does not exist. With
+    ``new=True`` (a destination a person named, checked to be new before a long write) ``final`` must still not exist
+    when the file is published: it is claimed with an exclusive create and replaced by the file in one rename, and
+    DestinationTaken (a FileExistsError) leaves anything made there meanwhile as it is.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(final)
+    claim = None
     try:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        if new:
+            claim = claim_new(final, directory=False)
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        release_claim(final, claim)
         raise
     fsync_dir(final.parent)
     return final
+
+
+class DestinationTaken(FileExistsError):
+    """A ``new=True`` destination exists at the moment of publishing."""
+
+
+def claim_new(final: Path, *, directory: bool) -> os.stat_result:
+    """Create ``final`` exclusively, empty (a directory or a file), so that a rename replaces only this claim;
+    DestinationTaken if anything (a link too) is there. Returns the claim's stat, for ``release_claim``."""
+    try:
+        if directory:
+            os.mkdir(final, 0o700)
+        else:
+            os.close(os.open(final, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError as exc:
+        raise DestinationTaken(exc.errno, exc.strerror, str(final)) from exc
+    return os.lstat(final)
+
+
+def release_claim(final: Path, claim: os.stat_result | None) -> None:
+    """Remove ``claim_new``'s claim after a failure, if it is still that same empty entry."""
+    if claim is None:
+        return
+    try:
+        now = os.lstat(final)
+    except FileNotFoundError:
+        return
+    if (now.st_ino, now.st_dev) != (claim.st_ino, claim.st_dev):
+        return
+    if os.path.isdir(final) and not os.path.islink(final):
+        if not any(os.scandir(final)):
+            os.rmdir(final)
+    elif now.st_size == 0:
+        os.unlink(final)
 
 
 def write_bytes(final: str | Path, data: bytes) -> Path:

@@ -15,7 +15,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from seiko_core.atomic import TMP_PREFIX, fsync_dir, temp_sibling
+from seiko_core.atomic import TMP_PREFIX, claim_new, fsync_dir, release_claim, temp_sibling
 
 MANIFEST = "manifest.json"
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -45,15 +45,19 @@ def write_manifest(directory: Path, extra: dict | None = None) -> str:
     return sha256_file(path)
 
 
-def atomic_directory(final: str | Path, write: Callable[[Path], None], extra: dict | None = None) -> str:
+def atomic_directory(final: str | Path, write: Callable[[Path], None], extra: dict | None = None, *,
+                     new: bool = False) -> str:
     """Run ``write(tmp_dir)``, add the manifest, fsync, and rename to ``final``; returns the manifest sha256.
 
-    If ``final`` already exists and verifies, it is kept (a retried job publishes one result).
+    If ``final`` already exists and verifies, it is kept (a retried job publishes one result). With ``new=True`` (a
+    destination a person named) ``final`` must still not exist when the directory is published: it is claimed with
+    an exclusive mkdir that the rename replaces, and DestinationTaken leaves anything made there meanwhile as it is.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(final)
     tmp.mkdir()
+    claim = None
     try:
         write(tmp)
         digest = write_manifest(tmp, extra)
@@ -62,7 +66,9 @@ def atomic_directory(final: str | Path, write: Callable[[Path], None], extra: di
                 with open(p, "rb") as f:
                     os.fsync(f.fileno())
         fsync_dir(tmp)
-        if final.exists():
+        if new:
+            claim = claim_new(final, directory=True)
+        elif final.exists():
             verify(final)  # an earlier attempt already published a complete copy: keep it
             shutil.rmtree(tmp)
             return sha256_file(final / MANIFEST)
@@ -71,6 +77,7 @@ def atomic_directory(final: str | Path, write: Callable[[Path], None], extra: di
         return digest
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        release_claim(final, claim)
         raise
 
 

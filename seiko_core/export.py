@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from .atomic import atomic_write
+from .atomic import DestinationTaken, atomic_write
 from .checkpoint import MANIFEST, CheckpointError, atomic_directory, sha256_file, verify
 from .lora import WEIGHT_NAME, inject, write_weights
 
@@ -72,6 +72,17 @@ def _fresh_destination(path: str | Path) -> Path:
     if os.path.lexists(path):  # a dangling link too: the export would be written where it points
         raise ExportError(f"Export destination {str(path)!r} already exists; choose a new path or remove it first.")
     return path
+
+
+def _publish(writer, path: Path, write, **kwargs):
+    """``writer`` (atomic_write or atomic_directory) onto ``path``, which must still be new when it is published: the
+    destination is checked before an export that may take minutes, and one made meanwhile (another export to the same
+    place) was replaced when empty, or kept and reported as this export when complete (found by review)."""
+    try:
+        return writer(path, write, new=True, **kwargs)
+    except DestinationTaken as exc:
+        raise ExportError(f"Export destination {str(path)!r} was created while the export was written; it is left as "
+                          "it is and nothing was written there.") from exc
 
 
 def read_adapter(adapter_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict]:
@@ -162,7 +173,7 @@ def export_diffusers_lora(adapter_dir: str | Path, out_dir: str | Path, *, base_
         card.append(finalize(tmp) if finalize else None)
 
     card: list = []
-    digest = atomic_directory(out_dir, write, extra=_provenance("diffusers-lora", adapter_dir, manifest))
+    digest = _publish(atomic_directory, out_dir, write, extra=_provenance("diffusers-lora", adapter_dir, manifest))
     return ExportResult(out_dir, "diffusers", digest, card[-1] if card else None)
 
 
@@ -228,7 +239,7 @@ def export_kohya_lora(adapter_dir: str | Path, out_file: str | Path) -> ExportRe
         "seiko_source_manifest_sha256": sha256_file(adapter_dir / MANIFEST),
         "format": "pt",
     }
-    atomic_write(out_file, lambda tmp: save_file(weights, str(tmp), metadata=header))
+    _publish(atomic_write, out_file, lambda tmp: save_file(weights, str(tmp), metadata=header))
     return ExportResult(out_file, "kohya", sha256_file(out_file))
 
 
@@ -263,7 +274,7 @@ def export_kohya_lora_dir(adapter_dir: str | Path, out_dir: str | Path, *, name:
         card.append(finalize(tmp) if finalize else None)
 
     card: list = []
-    digest = atomic_directory(out_dir, write, extra=_provenance("kohya-lora", adapter_dir, manifest))
+    digest = _publish(atomic_directory, out_dir, write, extra=_provenance("kohya-lora", adapter_dir, manifest))
     return ExportResult(out_dir, "kohya", digest, card[-1] if card else None)
 
 
@@ -351,7 +362,7 @@ def export_merged_pipeline(base_model_dir: str | Path, adapter_dir: str | Path, 
 
     card: list = []
     extra = {**_provenance("diffusers-pipeline-merged", adapter_dir, manifest), "base_model": str(base_model_dir)}
-    digest = atomic_directory(out_dir, write, extra=extra)
+    digest = _publish(atomic_directory, out_dir, write, extra=extra)
     return ExportResult(out_dir, "merged", digest, card[-1] if card else None)
 
 
@@ -422,7 +433,7 @@ def export_ratings_dataset(rows: Iterable[Mapping[str, Any]], out_dir: str | Pat
 
     extra = {"format": "seiko-ratings-jsonl", "rows": len(rows), "dataset_file": DATASET_FILE,
              "comparisons": len(comparisons), "comparisons_file": COMPARISONS_FILE if comparisons else None}
-    digest = atomic_directory(out_dir, write, extra=extra)
+    digest = _publish(atomic_directory, out_dir, write, extra=extra)
     return ExportResult(out_dir, "ratings", digest)
 
 
@@ -463,5 +474,5 @@ def zip_directory(src_dir: str | Path, out_zip: str | Path) -> Path:
                 method = zipfile.ZIP_STORED if Path(name).suffix in _STORED else zipfile.ZIP_DEFLATED
                 zf.write(src_dir / name, f"{src_dir.name}/{name}", compress_type=method)
 
-    atomic_write(out_zip, write)
+    _publish(atomic_write, out_zip, write)
     return out_zip

@@ -146,3 +146,17 @@ def test_simulate_results_round_trip_numpy_values(tmp_path):
 
     write_json_atomic(tmp_path / "r.json", {"a": np.float32(0.5), "b": [np.int64(3)]})
     assert json.loads((tmp_path / "r.json").read_text()) == {"a": 0.5, "b": [3]}
+
+
+def test_a_new_only_write_leaves_a_file_created_meanwhile_alone(tmp_path):
+    """``new=True``: the destination must still not exist when the file is published (a command's --out)."""
+    final = tmp_path / "out.bin"
+
+    def write(tmp):
+        final.write_bytes(b"theirs")
+        tmp.write_bytes(b"ours")
+
+    with pytest.raises(atomic.DestinationTaken):
+        atomic.atomic_write(final, write, new=True)
+    assert final.read_bytes() == b"theirs" and not list(tmp_path.glob(".tmp-*"))
+    assert atomic.atomic_write(tmp_path / "fresh.bin", lambda tmp: tmp.write_bytes(b"ours"), new=True).read_bytes() == b"ours"

@@ -384,3 +384,34 @@ def test_loading_a_damaged_adapter_is_one_sentence_and_leaves_nothing_half_added
     (unlisted / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(CheckpointError, match=f"does not list {lora.WEIGHT_NAME}"):
         lora.load_adapter(parts, unlisted, "round_1")
+
+
+@pytest.mark.parametrize("intruder", ["empty", "complete"])
+def test_a_destination_created_while_the_export_is_written_is_left_alone(tmp_path, intruder):
+    """The destination is checked to be new before a long export (a merged pipeline takes minutes); one created
+    meanwhile, empty, was silently replaced, and one holding a complete export (another run's, of another round) was
+    kept and reported as this export's (found by review)."""
+    files = {"images/a.png": png("red")}
+    rows = [{"file_path": "images/a.png", "prompt": "a red circle", "seed": 1, "round": 0, "rater": "ann",
+             "score": 7, "rated_at": "2025-01-02T03:04:06+00:00", "image_id": 1}]
+    other = export_ratings_dataset([{**rows[0], "score": 2}], tmp_path / "other", files.__getitem__).path
+    out = tmp_path / "out"
+
+    def read_image(name: str) -> bytes:
+        if not out.exists():
+            if intruder == "empty":
+                out.mkdir()
+            else:
+                import shutil
+
+                shutil.copytree(other, out)
+        return files[name]
+
+    with pytest.raises(ExportError, match=r"^Export destination .*out' was created while the export was written; "
+                                          r"it is left as it is and nothing was written there\.$"):
+        export_ratings_dataset(rows, out, read_image)
+    if intruder == "empty":
+        assert out.is_dir() and not list(out.iterdir())
+    else:
+        assert read_ratings_dataset(out)[0]["score"] == 2
+    assert not list(tmp_path.glob(".tmp-*"))
