@@ -4,8 +4,8 @@ A/B pairs. Every generate job renders the experiment's fixed held-out eval grid 
 with its round's model; round 0's grid is the base model's. When round r >= 1's grid is stored, the worker pairs each
 of its images with the image of the same prompt and seed rendered by the round r was trained from (its parent: the
 previous index, or the round an admin rolled back to) and, when that parent is not round 0, by the base model too.
-The left/right order of each pair is drawn per cell (``new_image_left``) from a seed derived from (experiment, round,
-"ab-sides") and recorded in the round's metrics (``metrics["ab"]``). Eval jobs can finish out of order, so a round's
+The left/right order of each pair is drawn per cell (``new_image_left``) from a secret seed drawn for the round and
+recorded in the round's metrics (``metrics["ab"]``). Eval jobs can finish out of order, so a round's
 pairs are completed when its parent's (or round 0's) grid is published after its own (``add_dependent_pairs``).
 No image is rendered twice: the eval grid is the A/B material, so the A/B costs no model time, and eval images are
 never offered for rating (the rating paths ask for ``kind='query'``).
@@ -18,6 +18,7 @@ uses round j's adapter as the KL term's previous model. Every round stays in the
 from __future__ import annotations
 
 import random
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -44,7 +45,7 @@ def new_image_left(seed: int, opponent_index: int, prompt: str, image_seed: int)
     return random.Random(f"{int(seed)}:{int(opponent_index)}:{prompt}:{int(image_seed)}").random() < 0.5
 
 
-def create_round_pairs(*, session, round_id: int, seed: int) -> dict[str, Any]:
+def create_round_pairs(*, session, round_id: int, seed: int | None = None) -> dict[str, Any]:
     """Add round ``round_id``'s missing A/B pairs and return what the round has:
     {"side_seed", "previous_index", "vs_previous", "vs_base"} (pair counts). Round 0 has no pairs ({}).
 
@@ -52,17 +53,34 @@ def create_round_pairs(*, session, round_id: int, seed: int) -> dict[str, Any]:
     pairs made earlier stay as they are (sides included). So it can be called again when either grid has grown: a
     round whose eval job published before its parent's (or round 0's) grid was complete gets the rest of its pairs
     when that grid is published (``add_dependent_pairs``). The round's row is locked first, so two transactions
-    adding its pairs at once (two workers publishing) add each pair once."""
+    adding its pairs at once (two workers publishing) add each pair once.
+
+    ``seed`` None (the worker): the round's recorded side seed, or on its first pairs a fresh one from ``secrets``,
+    recorded at once. A seed derived from the experiment and round alone (the rule until 4 Dec 2026) let a rater who
+    read the documented formula work out the new image's side of every pair (found by review)."""
     return _round_pairs(session, round_id, seed)[0]
 
 
-def _round_pairs(session, round_id: int, seed: int) -> tuple[dict[str, Any], int]:
+def _side_seed(session, round_: Round) -> int:
+    """The round's recorded side seed, or a fresh secret one, recorded in its metrics["ab"]."""
+    recorded = (round_.metrics or {}).get("ab", {}).get("side_seed")
+    if isinstance(recorded, int) and not isinstance(recorded, bool):
+        return recorded
+    seed = secrets.randbits(62)
+    repo.update_round_metrics(session=session, round_id=round_.id,
+                              metrics={"ab": {**(round_.metrics or {}).get("ab", {}), "side_seed": seed}})
+    return seed
+
+
+def _round_pairs(session, round_id: int, seed: int | None) -> tuple[dict[str, Any], int]:
     """``create_round_pairs``: (its report, how many pairs it added)."""
     session.scalars(select(Round.id).where(Round.id == round_id).with_for_update()).all()  # the lock (none on SQLite)
     round_ = repo.get_round(session=session, round_id=round_id)
     parent = comparisons.parent_of(session=session, round_id=round_id)
     if parent is None:
         return {}, 0
+    if seed is None:
+        seed = _side_seed(session, round_)
     base = repo.get_round_by_index(session=session, experiment_id=round_.experiment_id, index=0)
     mine = _eval_images(session, round_id)
     opponents = {"vs_previous": parent} if parent.id == base.id else {"vs_previous": parent, "vs_base": base}
@@ -99,10 +117,12 @@ def dependent_rounds(*, session, round_id: int) -> list[Round]:
     return [r for r in later if (p := comparisons.parent_of(session=session, round_id=r.id)) is not None and p.id == round_.id]
 
 
-def add_dependent_pairs(*, session, round_id: int, seed_of: Callable[[int], int]) -> dict[int, dict[str, Any]]:
+def add_dependent_pairs(*, session, round_id: int,
+                        seed_of: Callable[[int], int | None] = lambda index: None) -> dict[int, dict[str, Any]]:
     """After round ``round_id``'s eval grid is stored: add the pairs its dependent rounds (``dependent_rounds``) could
     not have yet, because their eval jobs published first (eval jobs may finish out of order: two workers, a job that
-    gave way and waited, a failed one retried later). ``seed_of(index)`` is a round's side seed. Returns
+    gave way and waited, a failed one retried later). ``seed_of(index)`` is a round's side seed (None: its recorded
+    one, see ``create_round_pairs``). Returns
     {round index: ``create_round_pairs``'s report} for the rounds that got new pairs; their ``metrics["ab"]`` is
     updated here."""
     added: dict[int, dict[str, Any]] = {}

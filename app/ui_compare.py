@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
+from sqlalchemy import select
 
 from app import ab, ui_images
 from app.auth import Who
@@ -25,6 +26,7 @@ from db import comparisons, repo
 from db.checks import MAX_ID, shown
 from db.engine import read_session, write_session
 from db.errors import Conflict, InvalidInput
+from db.models import Round
 
 CHOICES = {"a": "left", "b": "right", "tie": "tie"}
 
@@ -130,8 +132,16 @@ def vote(factory, who: Who, experiment_id: int | None, kind: str, payload: dict[
         pair = comparisons.get_pair(session=s, pair_id=pair_id)
         if experiment is None or pair.kind != kind or pair.experiment_id != experiment.id:
             raise InvalidInput(f"pair {pair_id} is not a {kind} pair of this experiment")
+        # the pair's round FOR SHARE, as a rating holds its round: finish_experiment locks every round first, so on
+        # PostgreSQL a vote that read 'active' could commit after the finish and change final win rates (found by
+        # review); the status is read again once the lock is held
+        s.scalars(select(Round.id).where(Round.id == pair.round_id).with_for_update(read=True)).all()
+        s.refresh(experiment)
         if experiment.status == "finished":  # its win rates are final: a vote now would change them after the fact
             raise Conflict(f"experiment {experiment.name!r} is finished; its comparisons are closed and nothing was saved")
+        if not comparisons.may_answer(session=s, pair=pair, rater_id=who.rater_id):
+            raise Conflict(f"pair {pair_id} is not one you are offered (a pair you skipped, or one that shares an image "
+                           "with a pair you have answered); nothing was saved")
         if choice == "skip":  # can't judge (or an image that does not load): set aside for this rater, counted nowhere
             comparisons.record_skip(session=s, pair_id=pair_id, rater_id=who.rater_id)
             return "skipped: this pair is not shown to you again"

@@ -753,13 +753,12 @@ class Worker:
         def write(s) -> None:
             repo.update_round_metrics(session=s, round_id=this.id, metrics={"eval": finite_json(eval_metrics)})
             # issue 14 item 3: the eval grid just stored is the blind A/B material (app.ab); no extra rendering
-            ab_pairs = ab.create_round_pairs(session=s, round_id=this.id, seed=derive_seed(experiment_id, k, "ab-sides"))
+            ab_pairs = ab.create_round_pairs(session=s, round_id=this.id)  # sides from the round's secret seed
             if ab_pairs:
                 repo.update_round_metrics(session=s, round_id=this.id, metrics={"ab": ab_pairs})
             # eval jobs finish out of order (two workers; one that gave way; a failed one retried later): the rounds
             # paired with this grid that published first get the pairs they lacked (rounds locked in index order)
-            completed = ab.add_dependent_pairs(session=s, round_id=this.id,
-                                               seed_of=lambda index: derive_seed(experiment_id, index, "ab-sides"))
+            completed = ab.add_dependent_pairs(session=s, round_id=this.id)
             if completed:
                 log.info("job %d: round %d's grid completed the A/B pairs of round(s) %s", run.job.id, k,
                          ", ".join(map(str, sorted(completed))))

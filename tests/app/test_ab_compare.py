@@ -338,3 +338,60 @@ def test_a_rollback_is_asked_first_and_refused_when_another_round_is_open_by_the
     assert pending == {"experiment": ui_world.experiment_id, "from": 1, "round": 1} and "Train round 2" in text
     message, _, cleared = fns["on_rollback"](pending, ui_world.experiment_id, request=req)
     assert "from round 1's adapter" in message and cleared is None
+
+
+def test_a_rounds_sides_come_from_a_secret_seed_it_keeps_for_pairs_added_later(ui_world):
+    """The side seed was derive_seed(experiment, round, "ab-sides"), a formula the docs give: with the experiment id,
+    the round and the prompt, all on the page, a review predicted the new image's side of 4 of 4 pairs (found by
+    review). It is now drawn from ``secrets`` when the round is first paired and recorded, so a pair added later
+    still gets the side its cell's rule gives."""
+    from app.worker import derive_seed
+
+    with write_session(ui_world.factory) as s:
+        round1 = repo.create_round(session=s, experiment_id=ui_world.experiment_id, index=1,
+                                   adapter_path="adapters/x/round_1").id
+    ui_world.add_round_images(round1, 1, kind="eval", prompts=("a shape",))  # seed 0 only, for now
+    with write_session(ui_world.factory) as s:
+        first = ab.create_round_pairs(session=s, round_id=round1)
+        recorded = repo.get_round(session=s, round_id=round1).metrics["ab"]["side_seed"]
+    seed = first["side_seed"]
+    assert seed == recorded and seed != derive_seed(ui_world.experiment_id, 1, "ab-sides")
+    ui_world.add_round_images(round1, 1, kind="eval", start=1, prompts=("a shape",))
+    with write_session(ui_world.factory) as s:
+        assert ab.create_round_pairs(session=s, round_id=round1)["side_seed"] == seed
+        eval1 = {im.seed: im.id for im in repo.list_images(session=s, round_id=round1, kind="eval")}
+    (_, a, b), = [p for p in _pairs(ui_world, round1) if eval1[1] in p[1:]]
+    assert (a == eval1[1]) == ab.new_image_left(seed, 0, "a shape", 1)
+    with write_session(ui_world.factory) as s:  # another round draws its own
+        round2 = repo.create_round(session=s, experiment_id=ui_world.experiment_id, index=2,
+                                   adapter_path="adapters/x/round_2").id
+    ui_world.add_round_images(round2, 1, kind="eval", prompts=("a shape",))
+    with write_session(ui_world.factory) as s:
+        assert ab.create_round_pairs(session=s, round_id=round2)["side_seed"] != seed
+
+
+def test_a_vote_on_a_pair_the_blind_rule_withholds_is_refused(ui_world):
+    """The page is offered one of a cell's two pairs (the same new image against round 1 and against the base), but
+    ``vote`` took any pair id of the experiment: a rater who edited data-pair-id voted on the sibling and met the new
+    image twice (found by review). A pair not offered is refused unless the rater already voted on it (an edit)."""
+    round2 = _round2_paired_against_round1_and_the_base(ui_world)
+    alice = who(ui_world, "alice")
+    with read_session(ui_world.factory) as s:
+        pair = comparisons.next_pair(session=s, experiment_id=ui_world.experiment_id, rater_id=alice.rater_id, kind="ab")
+        pid, images = pair.id, {pair.image_a_id, pair.image_b_id}
+    sibling, = [p for p, a, b in _pairs(ui_world, round2) if p != pid and {a, b} & images]
+    ui_compare.vote(ui_world.factory, alice, ui_world.experiment_id, "ab", {"pair_id": pid, "choice": "a"})
+    for choice in ("b", "skip"):
+        with pytest.raises(Conflict, match=rf"^pair {sibling} is not one you are offered"):
+            ui_compare.vote(ui_world.factory, alice, ui_world.experiment_id, "ab", {"pair_id": sibling, "choice": choice})
+    assert ui_compare.vote(ui_world.factory, alice, ui_world.experiment_id, "ab",
+                           {"pair_id": pid, "choice": "tie"}) == "saved: tie"  # changing one's own vote still works
+    with read_session(ui_world.factory) as s:
+        assert {(v.pair_id, v.choice) for v in s.scalars(select(ComparisonVote))} == {(pid, "tie")}
+        skipped = comparisons.skipped_pairs(session=s, rater_id=alice.rater_id)
+    assert skipped == set()
+    other, = [p for p, a, b in _pairs(ui_world, round2) if not {a, b} & images and p != sibling][:1]
+    assert ui_compare.vote(ui_world.factory, alice, ui_world.experiment_id, "ab",
+                           {"pair_id": other, "choice": "skip"}).startswith("skipped")
+    with pytest.raises(Conflict, match=rf"^pair {other} is not one you are offered"):  # a skipped pair is set aside
+        ui_compare.vote(ui_world.factory, alice, ui_world.experiment_id, "ab", {"pair_id": other, "choice": "a"})
