@@ -116,7 +116,9 @@ function pump() {
   api.busy = true;
   api.inflight = api.queue.shift();
   clearTimeout(api.timer);
-  api.timer = setTimeout(() => api.ack(), 8000);  // the server raised an error: go on with the next action
+  // no answer (the server raised an error, the sign-in ran out): go on with the next action. Only the answer that
+  // echoes this action's number releases the next (MARKS_JS), so a late answer after this releases nothing
+  api.timer = setTimeout(() => api.ack(), 30000);
   trigger(api.inflight[0], api.inflight[1]);
 }
 api.ack = function () {
@@ -129,7 +131,11 @@ api.ack = function () {
   if (api.marks) api.applyMarks(api.marks);
   pump();
 };
-function send(name, data) { api.queue.push([name, data]); pump(); }
+function send(name, data) {
+  api.seq = (api.seq || 0) + 1;  // the server echoes it as marks.done with its answer (app.ui_rate_tab)
+  api.queue.push([name, Object.assign({}, data, { seq: api.seq })]);
+  pump();
+}
 // the page's Undo button queues its undo here too, behind the ratings still on their way (app.ui_rate_tab): sent
 // straight to the server, a click overtook them and took back an older rating (found by review, 3 Dec 2026)
 api.send = send;
@@ -216,10 +222,10 @@ function apply() {
   if (!raw) return;
   const marks = JSON.parse(raw);
   api.marks = marks;
-  if (marks.ack !== api.lastAck) {
-    api.lastAck = marks.ack;
-    if (api.ack) { api.ack(); return; }
-  }
+  // only the answer to the action in flight releases the next one: any new marks did, so a late answer (after the
+  // time-out) or a render that answered nothing (a new batch, the poll) let 'u' run beside the rating it was to
+  // take back, which then took back the one before (found by review, 4 Dec 2026)
+  if (api.inflight && api.ack && marks.done !== undefined && marks.done === api.inflight[1].seq) { api.ack(); return; }
   if (api.applyMarks) api.applyMarks(marks);
 }
 watch('value', apply);

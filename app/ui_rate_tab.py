@@ -8,6 +8,7 @@ load and the experiment selector (app.ui) use it too. Handler names are looked u
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,25 +33,32 @@ class RateHandlers:
         self.factory, self.data_dir, self.size = services.factory, services.settings.data_dir, services.batch_size
         self.who_of, self.warn = who_of, warn
 
-    def view_outputs(self, view: ui_rate.View) -> tuple:
-        """(grid, marks, progress, state) for a view; its message, if any, shown as a warning."""
+    def view_outputs(self, view: ui_rate.View, answers: dict[str, Any] | None = None) -> tuple:
+        """(grid, marks, progress, state) for a view; its message, if any, shown as a warning. ``answers``: the page
+        action's payload; its ``seq`` goes back in the marks as ``done``, which alone releases the page's next queued
+        action (app.ui_assets)."""
         if view.message:
             self.warn(view.message)
-        return (gr.skip() if view.grid is None else view.grid, view.marks, view.progress, view.state)
+        marks = view.marks
+        seq = (answers or {}).get("seq")
+        if isinstance(seq, int) and not isinstance(seq, bool) and 0 < seq < 2**53:
+            marks = json.dumps({**json.loads(marks), "done": seq})
+        return (gr.skip() if view.grid is None else view.grid, marks, view.progress, view.state)
 
     def on_rate(self, state, evt: gr.EventData, request: gr.Request):
-        who = self.who_of(request)
-        return self.view_outputs(ui_rate.rate(self.factory, self.data_dir, who, state, event_payload(evt),
-                                              batch_size=self.size))
+        who, payload = self.who_of(request), event_payload(evt)
+        return self.view_outputs(ui_rate.rate(self.factory, self.data_dir, who, state, payload, batch_size=self.size),
+                                 payload)
 
     def on_skip(self, state, evt: gr.EventData, request: gr.Request):
-        who = self.who_of(request)
-        return self.view_outputs(ui_rate.skip(self.factory, self.data_dir, who, state, event_payload(evt),
-                                              batch_size=self.size))
+        who, payload = self.who_of(request), event_payload(evt)
+        return self.view_outputs(ui_rate.skip(self.factory, self.data_dir, who, state, payload, batch_size=self.size),
+                                 payload)
 
-    def on_undo(self, state, request: gr.Request):
+    def on_undo(self, state, evt: gr.EventData, request: gr.Request):
         who = self.who_of(request)
-        return self.view_outputs(ui_rate.undo(self.factory, self.data_dir, who, state, batch_size=self.size))
+        return self.view_outputs(ui_rate.undo(self.factory, self.data_dir, who, state, batch_size=self.size),
+                                 event_payload(evt))
 
     def on_new_batch(self, state, request: gr.Request):
         who = self.who_of(request)

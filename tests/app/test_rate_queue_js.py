@@ -1,0 +1,118 @@
+"""The Rate tab's ordered action queue (app.ui_assets GRID_JS and MARKS_JS), run in node against stub DOM objects:
+the page's own JavaScript, not a copy of its logic."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from app.ui_assets import GRID_JS, MARKS_JS
+
+NODE = shutil.which("node")
+pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed: the page's JavaScript is run with node")
+
+HARNESS = r"""
+const fs = require('fs'), vm = require('vm');
+const [gridJs, marksJs, script] = process.argv.slice(2).map((p) => fs.readFileSync(p, 'utf8'));
+const timers = [], log = [];
+const base = {
+  console,
+  setTimeout: (fn, ms) => { timers.push({ fn, ms }); return timers.length; },
+  clearTimeout: (id) => { if (id) timers[id - 1].fn = null; },
+  document: { addEventListener() {}, removeEventListener() {}, activeElement: null, querySelector: () => null },
+};
+const element = { querySelectorAll: () => [], querySelector: () => null, contains: () => false,
+                  addEventListener() {}, isConnected: true, offsetParent: {} };
+const watchers = {};
+const win = {};
+const gridCtx = vm.createContext({ ...base, window: win, element,
+  trigger: (name, data) => log.push(['sent', name, data]), watch: (p, f) => { watchers.grid = f; } });
+vm.runInContext(gridJs, gridCtx);
+const api = win.__seiko;
+const props = { value: '' };
+const marksCtx = vm.createContext({ ...base, window: win, props, watch: (p, f) => { watchers.marks = f; } });
+vm.runInContext(marksJs, marksCtx);
+let ack = 0;
+function answer(done) {  // the server's marks after a render; done: the seq of the page action it answers, if any
+  ack += 1;
+  props.value = JSON.stringify(done === undefined ? { ack, cards: {} } : { ack, done, cards: {} });
+  watchers.marks();
+}
+function timeout() { const t = timers.filter((t) => t.fn).pop(); const f = t.fn; t.fn = null; f(); }
+eval(script);
+console.log(JSON.stringify(log));
+"""
+
+
+def run_page(tmp_path, script: str) -> list:
+    files = []
+    for name, text in (("grid.js", GRID_JS), ("marks.js", MARKS_JS), ("script.js", script)):
+        (tmp_path / name).write_text(text)
+        files.append(str(tmp_path / name))
+    (tmp_path / "harness.js").write_text(HARNESS)
+    out = subprocess.run([NODE, str(tmp_path / "harness.js"), *files], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_only_the_answer_to_the_action_in_flight_releases_the_next(tmp_path):
+    """Any new marks released the next queued action: after a slow answer's time-out, its late answer released the
+    one after the action then in flight, so 'u' ran beside the rating it was meant to take back and took back the one
+    before it (found by review: rate 11, rate 12, u left 11 unrated and 12 rated). A render that answers no action
+    (a new batch, the poll, another experiment) released one too. Each action now carries a number the server echoes
+    as ``done``, and only that answer releases the next."""
+    log = run_page(tmp_path, """
+        answer();                                     // the page's first render
+        api.send('rate', { image_id: 11, score: 7 });
+        api.send('rate', { image_id: 12, score: 3 });
+        api.send('undo', {});
+        log.push(['mark', 'queued']);
+        timeout();                                    // the first answer is slow: the page goes on without it
+        log.push(['mark', 'timed out']);
+        answer(1);                                    // ...and arrives late
+        answer();                                     // the poll's render
+        log.push(['mark', 'late answer and a poll']);
+        answer(2);                                    // the answer to rate 12
+    """)
+    sent = [entry for entry in log if entry[0] == "sent"]
+    assert [(name, data.get("image_id")) for _, name, data in sent] == [("rate", 11), ("rate", 12), ("undo", None)]
+    assert [data["seq"] for _, _, data in sent] == [1, 2, 3]
+    order = [entry[1] if entry[0] == "mark" else entry[1] + str(entry[2].get("image_id", "")) for entry in log]
+    assert order == ["rate11", "queued", "rate12", "timed out", "late answer and a poll", "undo"], order
+
+
+def test_the_server_echoes_the_actions_number_in_its_marks(ui_world):
+    """The other half of the rule above: the Rate tab's handlers put the page action's ``seq`` into the marks they
+    return, for a rating, a skip, an undo and a refusal alike; a payload without a number (or a forged one) adds
+    nothing."""
+    import gradio as gr
+
+    from app import ui_rate
+    from app.ui_rate_tab import RateHandlers
+
+    warnings: list = []
+    handlers = RateHandlers(ui_world.services(), lambda request: ui_rate_who(ui_world), warnings.append)
+    state = ui_rate.load_batch(ui_world.factory, ui_world.settings.data_dir, ui_rate_who(ui_world), None,
+                               batch_size=4).state
+    image = state["batch"][0]
+
+    def done(outputs) -> object:
+        return json.loads(outputs[1]).get("done")
+
+    request = gr.Request(username="alice", client={"host": "127.0.0.1", "port": 1})
+    assert done(handlers.on_rate(state, gr.EventData(None, {"image_id": image, "score": 7, "seq": 5}), request)) == 5
+    assert done(handlers.on_undo(state, gr.EventData(None, {"seq": 6}), request)) == 6
+    assert done(handlers.on_skip(state, gr.EventData(None, {"image_id": image, "seq": 7}), request)) == 7
+    assert done(handlers.on_rate(state, gr.EventData(None, {"image_id": image, "score": 11, "seq": 8}), request)) == 8
+    assert warnings and "11" in str(warnings[-1])  # refused, and answered
+    for seq in (None, True, "9", -1, 2**60):
+        assert done(handlers.on_undo(state, gr.EventData(None, {"seq": seq}), request)) is None
+
+
+def ui_rate_who(world):
+    from app import auth
+
+    return auth.identify(world.factory, local_mode=False, username="alice", client_host="127.0.0.1")
