@@ -122,57 +122,75 @@ def run_table(doc: dict[str, Any], name: str) -> str:
 
 
 def paired(a: dict[str, Any], b: dict[str, Any], name_a: str, name_b: str) -> str:
+    """Per seed, B minus A at the last round both reached; the mean is over the seeds both runs finished (a seed a run
+    did not finish is shown, marked, at the round it reached, and left out of the mean)."""
     rows, diffs_share, diffs_mean = [], [], []
-    for seed, k, last_a, last_b, _ in _last_round_pairs(a, b):
+    for seed, k, last_a, last_b, _, finished in _last_round_pairs(a, b):
         ds = 100 * (last_b["share_ge6"] - last_a["share_ge6"])
         dm = last_b["mean_rating"] - last_a["mean_rating"]
-        diffs_share.append(ds)
-        diffs_mean.append(dm)
-        rows.append(f"| {seed} | {k} | {100 * last_a['share_ge6']:.0f} -> {100 * last_b['share_ge6']:.0f} | {ds:+.0f} "
+        if finished:
+            diffs_share.append(ds)
+            diffs_mean.append(dm)
+        rows.append(f"| {seed} | {k}{'' if finished else ' (unfinished)'} | {100 * last_a['share_ge6']:.0f} -> "
+                    f"{100 * last_b['share_ge6']:.0f} | {ds:+.0f} "
                     f"| {last_a['mean_rating']:.2f} -> {last_b['mean_rating']:.2f} | {dm:+.2f} |")
     head = [f"Paired by seed, last round: {name_a} -> {name_b}", "",
             "| seed | round | share >= 6, % | difference | mean rating | difference |", "|---|---|---|---|---|---|"]
-    tail = [f"| mean | | | {np.mean(diffs_share):+.1f} | | {np.mean(diffs_mean):+.2f} |"] if rows else []
+    tail = [f"| mean | | | {np.mean(diffs_share):+.1f} | | {np.mean(diffs_mean):+.2f} |"] if diffs_share else []
     return "\n".join(head + rows + tail)
 
 
-def _last_round_pairs(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, int, dict[str, Any], dict[str, Any], list]]:
-    """Per seed both runs have: (seed, k, A's round k, B's round k, all of B's rounds), k the last round both reached."""
+def _last_round_pairs(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, int, dict[str, Any], dict[str, Any], list, bool]]:
+    """Per seed both runs have: (seed, k, A's round k, B's round k, all of B's rounds, finished), k the last round
+    both reached; finished: both runs completed the seed with the same number of rounds (else its round k is not
+    the final round the other seeds are compared at, and pooling it with them mixes rounds: found by review)."""
     out = []
     for seed in sorted(set(a["seeds"]) & set(b["seeds"]), key=int):
         ra, rb = a["seeds"][seed]["rounds"], b["seeds"][seed]["rounds"]
         k = min(len(ra), len(rb)) - 1
+        finished = bool(a["seeds"][seed].get("complete") and b["seeds"][seed].get("complete")) and len(ra) == len(rb)
         if k >= 0:  # a seed that a stopped run had just started has no round yet
-            out.append((seed, k, ra[k], rb[k], rb))
+            out.append((seed, k, ra[k], rb[k], rb, finished))
     return out
 
 
-def pooled_pairs(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
+def pooled_pairs(pairs: list[tuple[dict[str, Any], dict[str, Any]]],
+                 names: list[tuple[str, str]] | None = None) -> dict[str, Any]:
     """B minus A over the seeds of every (A, B) pair, pooled: share >= 6 in points (mean, 95% t half-width, wins with
-    ties as half, n), variety in embeddings in points of round 0, and the longest wait of any B round."""
-    share, variety, waits = [], [], []
-    for a, b in pairs:
-        for _, _, last_a, last_b, rounds_b in _last_round_pairs(a, b):
+    ties as half, n), variety in embeddings in points of round 0, and the longest wait of any B round. Only seeds
+    both runs finished count; the others are named in ``left_out``."""
+    share, variety, waits, left_out = [], [], [], []
+    names = names or [("A", "B")] * len(pairs)
+    for (a, b), (name_a, name_b) in zip(pairs, names, strict=True):
+        for seed, _, last_a, last_b, rounds_b, finished in _last_round_pairs(a, b):
+            if not finished:
+                left_out.append(f"seed {seed} of {name_a} -> {name_b}")
+                continue
             share.append(100 * (last_b["share_ge6"] - last_a["share_ge6"]))
-            variety.append(last_b["variety_embedding_pct_round0"] - last_a["variety_embedding_pct_round0"])
+            va, vb = last_a.get("variety_embedding_pct_round0"), last_b.get("variety_embedding_pct_round0")
+            if va is not None and vb is not None:  # null when a round had fewer than two images (found by review)
+                variety.append(vb - va)
             waits += [r["wait_s"] for r in rounds_b if r.get("wait_s") is not None]
     if not share:
-        raise ValueError("the paired runs share no seed; nothing to pool")
+        raise ValueError("the paired runs share no seed that both finished; nothing to pool")
     mean, half = mean_ci95(share)
     wins = sum(1.0 if d > 0 else 0.5 if d == 0 else 0.0 for d in share)
     return {"n": len(share), "share_diff": mean, "share_ci95": half, "wins": wins,
-            "variety_emb_diff": float(np.mean(variety)), "max_wait_s": max(waits) if waits else None}
+            "variety_emb_diff": float(np.mean(variety)) if variety else None, "max_wait_s": max(waits) if waits else None,
+            "left_out": left_out}
 
 
 def pooled_table(pairs: list[tuple[dict[str, Any], dict[str, Any]]], names: list[tuple[str, str]]) -> str:
-    p = pooled_pairs(pairs)
+    p = pooled_pairs(pairs, names)
     ci = "-" if np.isnan(p["share_ci95"]) else f"[{p['share_diff'] - p['share_ci95']:+.1f}, {p['share_diff'] + p['share_ci95']:+.1f}]"
     wait = "-" if p["max_wait_s"] is None else f"{p['max_wait_s']:.1f}"
+    variety = "-" if p["variety_emb_diff"] is None else f"{p['variety_emb_diff']:+.1f}"
     label = "; ".join(f"{a} -> {b}" for a, b in names)
     return "\n".join([f"Pooled over {len(pairs)} paired runs ({label})", "",
                       "| pairs | share >= 6, mean difference, points [95% CI] | wins | variety emb., difference, points | longest wait, s |",
                       "|---|---|---|---|---|",
-                      f"| {p['n']} | {p['share_diff']:+.1f} {ci} | {p['wins']:g}/{p['n']} | {p['variety_emb_diff']:+.1f} | {wait} |"])
+                      f"| {p['n']} | {p['share_diff']:+.1f} {ci} | {p['wins']:g}/{p['n']} | {variety} | {wait} |"]
+                     + ([f"\nLeft out (a run did not finish them): {', '.join(p['left_out'])}."] if p["left_out"] else []))
 
 
 def rescore(run_dir: Path) -> int:

@@ -675,3 +675,33 @@ def test_the_report_reads_a_run_stopped_while_a_seed_had_no_round_yet(tmp_path):
     loaded = report.load(tmp_path)
     assert "| 1 | **38** (25 / 50 / -) |" in report.run_table(loaded, "t")
     assert "| 2 |" not in report.paired(loaded, loaded, "a", "b")
+
+
+def test_a_seed_a_run_did_not_finish_is_left_out_of_the_pooled_and_paired_means_and_named():
+    """A stopped run's seed was paired at the last round both runs reached (round 1 of 2) and pooled with the other
+    seeds' final rounds, with nothing in the pooled table to show it (found by review: +5.0 where the finished pairs
+    give +10.0). It is now left out of the means and the pooled figures, and named."""
+    from app import bench_taste_report as report
+
+    before = _doc([[0.0, 0.2, 0.3]] * 3, [[1.0, 2.0, 3.0]] * 3)
+    after = _doc([[0.0, 0.2, 0.4], [0.0, 0.2, 0.4], [0.0, 0.15, 0.4]], [[1.0, 2.0, 3.0]] * 3)
+    after["seeds"]["2"] = {"complete": False, "rounds": after["seeds"]["2"]["rounds"][:2]}
+    got = report.pooled_pairs([(before, after)], [("before", "after")])
+    assert got["n"] == 2 and got["share_diff"] == pytest.approx(10.0) and got["wins"] == 2.0
+    assert got["left_out"] == ["seed 2 of before -> after"]
+    table = report.pooled_table([(before, after)], [("before", "after")])
+    assert "| 2 | +10.0 " in table and "Left out (a run did not finish them): seed 2 of before -> after." in table
+    text = report.paired(before, after, "before", "after")
+    assert "| 2 | 1 (unfinished) | 20 -> 15 | -5 |" in text
+    assert "| mean | | | +10.0 | | +0.00 |" in text
+
+
+def test_a_round_without_a_variety_is_pooled_without_one():
+    """A null variety (a round of fewer than two images), which the file check accepts, crashed the pooled table
+    with a TypeError (found by review)."""
+    from app import bench_taste_report as report
+
+    before, after = _doc([[0.0, 0.2]], [[1.0, 2.0]]), _doc([[0.0, 0.4]], [[1.0, 3.0]])
+    after["seeds"]["0"]["rounds"][1]["variety_embedding_pct_round0"] = None
+    assert report.pooled_pairs([(before, after)])["variety_emb_diff"] is None
+    assert "| 1 | +20.0 - | 1/1 | - | 30.0 |" in report.pooled_table([(before, after)], [("b", "a")])
