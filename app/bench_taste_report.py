@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from seiko_core.stats import mean_ci95
+from seiko_core.stats import mean_ci95, wins
 
 REPORTED = ("share_ge6", "mean_rating", "variety_pixels_pct_round0", "variety_embedding_pct_round0",
             "variety_liked_pixels_pct_round0", "variety_liked_embedding_pct_round0", "wait_s", "reward_corr")
@@ -174,8 +174,8 @@ def pooled_pairs(pairs: list[tuple[dict[str, Any], dict[str, Any]]],
     if not share:
         raise ValueError("the paired runs share no seed that both finished; nothing to pool")
     mean, half = mean_ci95(share)
-    wins = sum(1.0 if d > 0 else 0.5 if d == 0 else 0.0 for d in share)
-    return {"n": len(share), "share_diff": mean, "share_ci95": half, "wins": wins,
+    won = wins(share)
+    return {"n": len(share), "share_diff": mean, "share_ci95": half, "wins": won,
             "variety_emb_diff": float(np.mean(variety)) if variety else None, "max_wait_s": max(waits) if waits else None,
             "left_out": left_out}
 

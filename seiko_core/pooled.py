@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from seiko_core.simulate import LABELS, METHODS, RESULTS, final_rewards, finished_runs
-from seiko_core.stats import mean_ci95, t975
+from seiko_core.stats import mean_ci95, t975, wins
 
 
 def pretrained_spread(results: dict) -> float:
@@ -142,7 +142,7 @@ def _pooled_row(method: str, per_oracle: dict[str, dict[str, float]]) -> dict | 
     if not diffs:
         return None
     mean, ci = mean_ci95(diffs)
-    return {"method": method, "n": len(diffs), "mean": mean, "ci95": ci, "wins": int(sum(d > 0 for d in diffs)),
+    return {"method": method, "n": len(diffs), "mean": mean, "ci95": ci, "wins": wins(diffs),
             "per_oracle": {o: len(v) for o, v in per_oracle.items()}}
 
 
@@ -168,6 +168,9 @@ def setting_rows(treated: list[dict], control: list[dict], baseline: str | None 
     by_oracle = {res["settings"]["oracle"]: res for res in control}
     if len(by_oracle) != len(control):
         raise ValueError(f"each control directory must hold a different oracle's runs, got {[r['settings']['oracle'] for r in control]}")
+    treated_oracles = [res["settings"]["oracle"] for res in treated]
+    if len(set(treated_oracles)) != len(treated_oracles):  # the last one of an oracle silently replaced the others
+        raise ValueError(f"each treated directory must hold a different oracle's runs, got {treated_oracles}")
     rows = []
     for method in METHODS:
         per_oracle = {}
@@ -189,7 +192,7 @@ def _format_rows(rows: list[dict]) -> list[str]:
     for r in rows:
         pairs = " + ".join(f"{n} {o}" for o, n in r["per_oracle"].items())
         lines.append(f"| {LABELS.get(r['method'], r['method'])} | {pairs} | **{r['mean']:+.2f}** "
-                     f"[{r['mean'] - r['ci95']:+.2f}, {r['mean'] + r['ci95']:+.2f}] | {r['wins']}/{r['n']} |")
+                     f"[{r['mean'] - r['ci95']:+.2f}, {r['mean'] + r['ci95']:+.2f}] | {r['wins']:g}/{r['n']} |")
     return lines
 
 

@@ -53,7 +53,7 @@ from tqdm import tqdm
 
 from .atomic import write_text
 from .config import METHODS, SeikoConfig, check_runnable, from_dict, to_dict
-from .stats import mean_ci95, t975  # noqa: F401  (re-exported: reports import them from here)
+from .stats import mean_ci95, t975, wins  # noqa: F401  (re-exported: reports import them from here)
 
 RESULTS = "results.json"
 CURVE = "curve.png"
@@ -515,7 +515,7 @@ def table_rows(results: dict, baseline: str = "greedy") -> list[dict]:
                      "std": float(final.std(ddof=1)) if len(runs) > 1 else 0.0,
                      "per_seed": {r["seed"]: r["rounds"][-1]["true_reward_mean"] for r in runs},
                      "paired_vs": baseline, "paired_diff": d_mean, "paired_ci95": d_ci, "paired_per_seed": diffs,
-                     "wins": int(sum(d > 0 for d in diffs.values())), "paired_n": len(diffs),
+                     "wins": wins(diffs.values()), "paired_n": len(diffs),
                      "finetune_steps": int(sum(rd.get("finetune_steps") or 0 for rd in runs[0]["rounds"][1:])),
                      "kl_base": float(kl.mean()), "wall_s": float(np.mean([r["wall_s"] for r in runs]))})
     return rows
@@ -561,7 +561,7 @@ def write_table(results: dict, path: Path) -> str:
         per = ", ".join(f"{v:.2f}" for _, v in sorted(r["per_seed"].items(), key=lambda kv: int(kv[0])))
         paired = ("-" if r["method"] == "greedy" or not r["paired_n"] else
                   f"{r['paired_diff']:+.3f} [{r['paired_diff'] - r['paired_ci95']:+.3f}, {r['paired_diff'] + r['paired_ci95']:+.3f}]")
-        wins = "-" if r["method"] == "greedy" or not r["paired_n"] else f"{r['wins']}/{r['paired_n']}"
+        wins = "-" if r["method"] == "greedy" or not r["paired_n"] else f"{r['wins']:g}/{r['paired_n']}"
         lines.append(f"| {LABELS.get(r['method'], r['method'])} | {r['rounds']} | {r['labels']} | {r['finetune_steps']} | "
                      f"**{r['mean']:.3f}** [{r['mean'] - r['ci95']:.3f}, {r['mean'] + r['ci95']:.3f}] | {paired} | {wins} | "
                      f"{per} | {r['kl_base']:.3g} | {r['wall_s'] / 60:.1f} min |")

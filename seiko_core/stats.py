@@ -26,3 +26,9 @@ def mean_ci95(values) -> tuple[float, float]:
     if len(v) < 2:
         return float(v.mean()) if len(v) else float("nan"), float("nan")
     return float(v.mean()), float(t975(len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+
+
+def wins(differences) -> float:
+    """Paired wins of B over A from the differences B - A: a positive one counts 1, an exact tie 1/2 (the rule every
+    table here states; the simulator's and the pooled tables counted a tie as a loss, found by review)."""
+    return float(sum(1.0 if d > 0 else 0.5 if d == 0 else 0.0 for d in differences))

@@ -158,3 +158,32 @@ def test_a_run_without_its_kl_is_refused_in_one_sentence():
     res = _results("a", 1.0, {"greedy": {0: 1.0, 1: 2.0, 2: 3.0}, "bootstrap": {0: 2.0, 1: 2.0, 2: 2.0}})
     with pytest.raises(ValueError, match="has no kl_base"):
         pooled.equal_kl_rows([res])
+
+
+def test_two_treated_directories_of_one_oracle_are_refused_not_one_dropped():
+    """setting_rows kept the last treated directory of an oracle and dropped the other without a word (a glob that
+    matched two gold runs pooled one; found by review); pooled_rows already refused this."""
+    control = _results("a", 1.0, {"ucb": {0: 1.0, 1: 1.0}})
+    up, down = (_results("a", 1.0, {"ucb": {0: 1.0 + d, 1: 1.0 + d}}) for d in (1.0, -1.0))
+    with pytest.raises(ValueError, match="each treated directory must hold a different oracle's runs"):
+        pooled.setting_rows([up, down], [control])
+
+
+def test_a_tie_counts_as_half_a_win_in_every_table():
+    """A paired difference of exactly zero was a loss in the simulator's and the pooled tables and half a win in
+    bench-taste's (found by review): a setting that leaves a method unchanged got 0 wins of n."""
+    from seiko_core import simulate
+    from seiko_core.stats import wins
+
+    assert wins([1.0, 0.0, -2.0, 0.0, 3.0]) == 3.0  # 2 wins, 2 ties, 1 loss
+    same = _results("a", 1.0, {"greedy": {0: 1.0, 1: 2.0}, "ucb": {0: 1.0, 1: 2.0}})
+    (row,) = pooled.setting_rows([same], [same])[-1:]
+    assert row["wins"] == row["n"] / 2
+    (row,) = pooled.pooled_rows([same])
+    assert row["wins"] == 1.0 and "| 1/2 |" in pooled.pooled_table([same])
+    runs = {m: [{"seed": s, "status": "done", "wall_s": 1.0,
+                 "rounds": [{"true_reward_mean": 0.0, "kl_base": 0.0, "labels": 0},
+                            {"true_reward_mean": v, "kl_base": 0.1, "labels": 4}]} for s, v in ((0, 1.0), (1, 2.0))]
+            for m in ("greedy", "ucb")}
+    rows = simulate.table_rows({"runs": {m: {str(r["seed"]): r for r in rs} for m, rs in runs.items()}})
+    assert [r["wins"] for r in rows if r["method"] == "ucb"] == [1.0]
