@@ -82,7 +82,11 @@ class Person:
 def check_ratings(name: str, answer: Any, n: int) -> list[int]:
     """``answer`` as a list of ``n`` ints from 1 to 10, else PersonError with one sentence."""
     if isinstance(answer, torch.Tensor):
-        answer = answer.detach().cpu().numpy()
+        tensor = answer.detach().cpu()
+        if tensor.is_complex():
+            raise PersonError(f"person {name!r} returned a complex tensor; ratings must be whole numbers from 1 to 10.")
+        # numpy has no bfloat16: such a tensor was a TypeError traceback (found by review); float64 holds its values
+        answer = (tensor.double() if tensor.is_floating_point() else tensor).numpy()
     if isinstance(answer, np.ndarray):
         if answer.ndim != 1:
             raise PersonError(f"person {name!r} returned an array of shape {tuple(answer.shape)}; it must return {n} ratings, one per image.")
@@ -133,9 +137,13 @@ def load_person(spec: str) -> Person:
     except (Exception, SystemExit) as exc:  # a file that calls sys.exit() on import is refused, not obeyed
         del sys.modules[module_name]
         raise PersonError(f"person file {where!r} failed to import: {type(exc).__name__}: {str(exc).rstrip('.')}.") from exc
-    if not hasattr(module, attr):
-        raise PersonError(f"person file {where!r} has no function {attr!r}.")
-    fn = getattr(module, attr)
+    try:
+        fn = getattr(module, attr)
+    except AttributeError:
+        raise PersonError(f"person file {where!r} has no function {attr!r}.") from None
+    except Exception as exc:  # a module __getattr__ that raises (found by review)
+        raise PersonError(f"person file {where!r} has no usable {attr!r}: {type(exc).__name__}: "
+                          f"{str(exc).rstrip('.')}.") from exc
     if not callable(fn):
         raise PersonError(f"{attr!r} in {where!r} is a {type(fn).__name__}, not a function (images, prompts) -> ratings.")
     return Person(spec, fn)

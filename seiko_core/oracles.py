@@ -28,6 +28,7 @@ import hashlib
 import importlib
 import importlib.util
 import math
+import numbers
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -271,7 +272,11 @@ def _import_file(path_text: str):
     sys.modules[module_name] = module  # dataclasses and pickling-free introspection look modules up here
     try:
         spec.loader.exec_module(module)
-    except BaseException:
+    except (Exception, SystemExit) as exc:  # a file that calls sys.exit() on import is refused, not obeyed
+        del sys.modules[module_name]
+        raise OracleError(f"oracle file {path_text!r} failed to import: {type(exc).__name__}: "
+                          f"{str(exc).rstrip('.')}.".replace("\n", " ")) from exc
+    except BaseException:  # Ctrl-C
         del sys.modules[module_name]
         raise
     return module
@@ -309,9 +314,13 @@ def load_oracle(spec: str, parts=None) -> OracleSpec:
         module = _import_file(where)
     else:
         module = _import_module(where)
-    if not hasattr(module, attr):
-        raise OracleError(f"oracle {spec!r}: {where!r} has no attribute {attr!r}.")
-    obj = getattr(module, attr)
+    try:
+        obj = getattr(module, attr)
+    except AttributeError:
+        raise OracleError(f"oracle {spec!r}: {where!r} has no attribute {attr!r}.") from None
+    except Exception as exc:  # a module __getattr__ that raises (found by review)
+        raise OracleError(f"oracle {spec!r}: {where!r} has no usable {attr!r}: {type(exc).__name__}: "
+                          f"{str(exc).rstrip('.')}.") from exc
     if isinstance(obj, OracleSpec):
         return obj
     if not callable(obj):
@@ -320,6 +329,9 @@ def load_oracle(spec: str, parts=None) -> OracleSpec:
         if builtin.fn is obj:
             return builtin
     spread = getattr(obj, "spread", DEFAULT_USER_SPREAD)
+    if isinstance(spread, bool) or not isinstance(spread, numbers.Real) or not (math.isfinite(spread) and spread > 0):
+        raise OracleError(f"oracle {spec!r}: its spread must be a positive finite number (the scores' typical "
+                          f"spread), got {spread!r}.")
     return OracleSpec(name=spec, fn=obj, spread=float(spread))
 
 

@@ -286,3 +286,19 @@ def test_serve_on_a_host_name_that_does_not_resolve_says_so(tmp_path):
     assert proc.returncode == 1
     assert one_sentence(proc) == ("error: the listen address 'bad_host!!' (--host) is neither an IP address nor a name "
                                   "this machine can resolve")
+
+
+def test_a_person_answering_a_bfloat16_tensor_or_with_a_broken_module_is_one_sentence(tmp_path):
+    """A bfloat16 tensor of ratings escaped as 'TypeError: Got unsupported ScalarType BFloat16', and a module whose
+    __getattr__ raised escaped from load_person: both were tracebacks (found by review)."""
+    import torch
+
+    from app.people import PersonError, check_ratings, load_person
+
+    assert check_ratings("p", torch.tensor([7.0, 3.0], dtype=torch.bfloat16), 2) == [7, 3]
+    assert check_ratings("p", torch.tensor([7, 3], dtype=torch.int16), 2) == [7, 3]
+    with pytest.raises(PersonError, match=r"^person 'p' returned a complex tensor; ratings must be whole numbers"):
+        check_ratings("p", torch.tensor([7 + 1j]), 1)
+    (tmp_path / "lazy.py").write_text("def __getattr__(name):\n    raise RuntimeError('not ready')\n")
+    with pytest.raises(PersonError, match=r"^person file .*lazy\.py' has no usable 'rate': RuntimeError: not ready\.$"):
+        load_person(f"{tmp_path}/lazy.py:rate")

@@ -220,3 +220,23 @@ def test_feedback_default_sigma_is_a_fraction_of_the_spread():
     assert abs(y.std().item() - 0.2) < 0.01 and abs(y.mean().item() - 5.0) < 0.01
     with pytest.raises(OracleError, match="positive finite spread"):
         OracleSpec("bad", purple, spread=0.0)
+
+
+@pytest.mark.parametrize(("source", "message"), [
+    ("def f(:\n", r"failed to import: SyntaxError"),
+    ("import sys\nsys.exit(2)\n", r"failed to import: SystemExit: 2"),
+    ("def f(images, prompts):\n    return images.mean((1, 2, 3))\nf.spread = 'big'\n", r"spread must be a positive"),
+    ("def f(images, prompts):\n    return images.mean((1, 2, 3))\nf.spread = None\n", r"spread must be a positive"),
+    ("def f(images, prompts):\n    return images.mean((1, 2, 3))\nf.spread = float('nan')\n", r"spread must be a positive"),
+    ("def __getattr__(name):\n    raise RuntimeError('lazy')\n", r"has no usable 'f': RuntimeError: lazy"),
+])
+def test_a_broken_user_oracle_is_one_sentence(tmp_path, source, message):
+    """A user oracle file with a syntax error, a sys.exit() on import, a spread that is not a number, or a module
+    __getattr__ that raises escaped load_oracle as that exception (a traceback from the simulator; found by
+    review)."""
+    from seiko_core.oracles import OracleError, load_oracle
+
+    (tmp_path / "mine.py").write_text(source)
+    with pytest.raises(OracleError, match=r"^oracle .*" + message) as refused:
+        load_oracle(f"{tmp_path}/mine.py:f")
+    assert "\n" not in str(refused.value)
