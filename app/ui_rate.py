@@ -415,6 +415,9 @@ def _cards(session: Session, data_dir, state: RateState, who: Who) -> list[Card]
 def _empty_message(session: Session, experiment: Experiment | None) -> str:
     if experiment is None:
         return "There is no experiment yet. An admin creates one on the Admin tab."
+    if experiment.status == "finished":
+        return (f"Experiment {experiment.name} is finished: it asks for no more ratings. Pick another "
+                "experiment above.")
     round_ = repo.get_open_round(session=session, experiment_id=experiment.id)
     if round_ is None:
         return "No round is open for labeling right now. New images appear here by themselves when the next round opens."
@@ -466,7 +469,10 @@ def poll(factory, data_dir, who: Who, state_value: dict | None, *, batch_size: i
         if state.batch and round_ is not None and round_.id == state.round_id:
             return None
         if not state.batch and round_ is None:
-            return None
+            # a waiting page is redrawn (its message and the worker's progress: the 'step i of n' line drawn when
+            # the round closed never moved, and a finished experiment's page kept promising images; found by
+            # review); the grid is only a message then, with no image to send again
+            return _render(s, data_dir, state, who, new_grid=True)
         if not state.batch and round_ is not None and not _offered(s, round_, who, 1):
             return None
     return load_batch(factory, data_dir, who, state_value, batch_size=batch_size)

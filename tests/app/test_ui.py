@@ -335,7 +335,8 @@ def test_poll_fetches_images_when_a_round_opens(ui_world):
         repo.set_round_status(session=s, round_id=ui_world.round_id, status="training")
     page = Page(ui_world, "alice")
     assert page.batch == [] and "No round is open" in page.view.grid
-    assert ui_rate.poll(ui_world.factory, ui_world.settings.data_dir, page.who, page.state, batch_size=4) is None
+    waiting = ui_rate.poll(ui_world.factory, ui_world.settings.data_dir, page.who, page.state, batch_size=4)
+    assert waiting.state["batch"] == [] and "No round is open" in waiting.grid  # a waiting page is redrawn
     with write_session(ui_world.factory) as s:
         repo.set_round_status(session=s, round_id=ui_world.round_id, status="labeling")
     view = ui_rate.poll(ui_world.factory, ui_world.settings.data_dir, page.who, page.state, batch_size=4)

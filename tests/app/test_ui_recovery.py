@@ -465,3 +465,26 @@ def test_switching_experiment_gives_the_old_batch_back_at_once(ui_world):
         assert repo.held_image_ids(session=s, round_id=w.round_id, rater_id=alice.rater_id) == []
     vb = ui_rate.load_batch(w.factory, w.settings.data_dir, bob, None, batch_size=4, experiment_id=w.experiment_id)
     assert len(vb.state["batch"]) == 4  # overlap 1, 6 images: bob gets a full batch, not the 2 alice did not hold
+
+
+def test_a_waiting_page_refreshes_the_workers_progress_and_says_when_its_experiment_is_finished(ui_world):
+    """The poll returned nothing while a page without a batch waited for the next round, so the 'Learning from your
+    ratings ... step i of n' line drawn when the round closed never moved, and a page whose experiment was finished
+    kept saying its next images would appear (found by review). The poll now redraws a waiting page."""
+    rate_all(ui_world, ["alice"])
+    ui_admin.close_round(ui_world.factory, who(ui_world, "root"), ui_world.experiment_id, expected_index=0)
+    shown = page(ui_world, "alice")
+    assert "waiting for the worker to start" in shown.progress
+    with write_session(ui_world.factory) as s:
+        job = job_queue.claim_job(session=s, worker_id="w1", lease_s=60)
+        job_queue.heartbeat(session=s, job_id=job.id, worker_id="w1", lease_s=60,
+                            progress={"phase": "finetune", "step": 3, "total": 12, "eta_s": 20.0})
+    polled = ui_rate.poll(ui_world.factory, ui_world.settings.data_dir, who(ui_world, "alice"), shown.state,
+                          batch_size=4)
+    assert polled is not None and "Learning from your ratings (finetune, step 3 of 12)" in polled.progress
+    with write_session(ui_world.factory) as s:
+        job_queue.complete_job(session=s, job_id=job.id, worker_id="w1", result={})
+        repo.finish_experiment(session=s, experiment_id=ui_world.experiment_id)
+    polled = ui_rate.poll(ui_world.factory, ui_world.settings.data_dir, who(ui_world, "alice"), polled.state,
+                          batch_size=4)
+    assert polled is not None and "is finished" in polled.grid and "will appear here" not in polled.grid
