@@ -49,7 +49,6 @@ import io
 import itertools
 import json
 import math
-import os
 import shutil
 import subprocess
 import time
@@ -434,7 +433,7 @@ def trained_on(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
 def run_seed(cfg: BenchConfig, seed: int, person: people.Person, on_round) -> list[dict[str, Any]]:
     """Run one seed; ``on_round(rounds_so_far)`` is called after every round (results.json is rewritten there)."""
     from app import auth, ui_admin, ui_rate
-    from app.cli_demo import stop_worker, worker_command
+    from app.cli_demo import stop_worker, worker_command, worker_env
     from db import migrate, repo
     from db.engine import make_engine, read_session, session_factory
 
@@ -452,7 +451,7 @@ def run_seed(cfg: BenchConfig, seed: int, person: people.Person, on_round) -> li
     limit = min(64, cfg.budget)
     rounds: list[dict[str, Any]] = []
     log_file = open(root / "worker.log", "wb")
-    worker = subprocess.Popen(worker_command(settings), env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=log_file,
+    worker = subprocess.Popen(worker_command(settings), env=worker_env(settings), stdout=log_file,
                               stderr=subprocess.STDOUT, start_new_session=True)
     want_scores, want_pairs = pairwise.wants_scores(cfg.feedback), pairwise.wants_pairs(cfg.feedback)
     try:

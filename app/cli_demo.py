@@ -20,7 +20,7 @@ import threading
 from app import services as lifecycle
 from app.cli_serve import ServeError, build_services, check_model, install_stop_handlers, launch
 from app.cli_worker import positive_seconds as seconds
-from app.settings import Settings
+from app.settings import ENV_VARS, Settings
 from app.settings import add_arguments as add_settings_arguments
 from db import migrate, repo
 from db.engine import read_session
@@ -46,7 +46,15 @@ def ensure_demo_experiment(factory, settings: Settings) -> int | None:
 
 
 def worker_command(settings: Settings) -> list[str]:
-    return [sys.executable, "-m", "app", "worker", "--data-dir", str(settings.data_dir), "--db-url", settings.db_url]
+    """The worker's command line. The database URL is not on it (it may hold a password, and a command line is
+    readable by every local user in ps: found by review); ``worker_env`` hands it over."""
+    return [sys.executable, "-m", "app", "worker", "--data-dir", str(settings.data_dir)]
+
+
+def worker_env(settings: Settings, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The worker's environment: ours, unbuffered, with SEIKO_DB_URL set to the database this process uses."""
+    environ = dict(os.environ if environ is None else environ)
+    return {**environ, "PYTHONUNBUFFERED": "1", ENV_VARS["db_url"]: settings.db_url}
 
 
 def stop_worker(worker: subprocess.Popen, timeout: float) -> int:
@@ -82,10 +90,13 @@ def main(args: argparse.Namespace) -> int:
     try:
         if not args.no_worker:
             # Its own process group: a Ctrl-C in the terminal reaches only us, and we stop the worker in order.
-            worker = subprocess.Popen(worker_command(settings), env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                                      start_new_session=True)
+            worker = subprocess.Popen(worker_command(settings), env=worker_env(settings), start_new_session=True)
             print(f"worker started (pid {worker.pid})", flush=True)
-        demo = launch(services)
+        try:
+            demo = launch(services)
+        except ServeError as exc:  # a port in use, a host that does not resolve: one sentence, as `serve` says it
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         while not stop.wait(0.5):
             if worker is not None and worker.poll() is not None:
                 print(f"the worker exited with status {worker.returncode}; stopping the demo", file=sys.stderr, flush=True)

@@ -302,3 +302,31 @@ def test_a_person_answering_a_bfloat16_tensor_or_with_a_broken_module_is_one_sen
     (tmp_path / "lazy.py").write_text("def __getattr__(name):\n    raise RuntimeError('not ready')\n")
     with pytest.raises(PersonError, match=r"^person file .*lazy\.py' has no usable 'rate': RuntimeError: not ready\.$"):
         load_person(f"{tmp_path}/lazy.py:rate")
+
+
+def test_demo_on_a_port_in_use_is_one_sentence(tmp_path, worker_model_dir):
+    """`serve` said so in one sentence; `demo` printed a traceback ending in ServeError (found by review)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = run_cli("demo", "--no-worker", "--model", str(worker_model_dir), "--data-dir", str(tmp_path / "d"),
+                       "--port", str(port))
+    assert proc.returncode == 1
+    lines = [x for x in proc.stderr.strip().splitlines() if x.startswith("error:")]
+    assert "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"error: could not listen on 127.0.0.1:{port} (")
+
+
+def test_the_demo_hands_its_worker_the_database_url_in_the_environment_not_on_its_command_line():
+    """The worker the demo starts got --db-url with the PostgreSQL password in it: readable by every local user in
+    ps for the worker's whole life, though the operator kept it out of argv with SEIKO_DB_URL (found by review)."""
+    from app.cli_demo import worker_command, worker_env
+    from app.settings import Settings
+
+    settings = Settings.from_env({"data_dir": "/tmp/x"},
+                                 environ={"SEIKO_DB_URL": "postgresql://seiko:Pg-S3cret@db.internal/seiko"})
+    assert not any("S3cret" in part for part in worker_command(settings))
+    env = worker_env(settings, environ={"SEIKO_DB_URL": "sqlite:////elsewhere.db"})
+    assert Settings.from_env({"data_dir": "/tmp/x"}, environ=env).db_url == settings.db_url
+    assert env["PYTHONUNBUFFERED"] == "1"
