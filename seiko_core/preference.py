@@ -44,12 +44,12 @@ from torch import Tensor
 from seiko_core.config import RewardConfig
 from seiko_core.reward import (
     _MIN_DELTA,
-    _MIN_POINTS_FOR_HOLDOUT,
     FitResult,
     ProgressFn,
     RewardEnsemble,
     _bootstrap_weights,
     _standardised_predictions,
+    holdout_size,
 )
 
 OUTCOMES = (0.0, 0.5, 1.0)
@@ -137,9 +137,9 @@ def _validated(embeddings, scores, pairs) -> tuple[Tensor, Tensor | None, Tensor
     return x, idx_s, y, p
 
 
-def _split(n: int, holdout: float, gen: torch.Generator, device) -> tuple[Tensor, Tensor]:
+def _split(n: int, cfg: RewardConfig, gen: torch.Generator, device) -> tuple[Tensor, Tensor]:
     """(held-out positions, training positions) of ``n`` labels, as ``fit_reward`` splits its points."""
-    n_holdout = max(1, round(holdout * n)) if n >= _MIN_POINTS_FOR_HOLDOUT and holdout > 0 else 0
+    n_holdout = holdout_size(n, cfg)
     perm = torch.randperm(n, generator=gen, device=device)
     return perm[:n_holdout], perm[n_holdout:]
 
@@ -180,11 +180,11 @@ def fit_preference_reward(
 
     # 1. held-out splits, per kind: scored items first, then comparisons (the scores-only draws match fit_reward's)
     if n_s:
-        hold_s, train_s = _split(n_s, cfg.holdout, gen, device)
+        hold_s, train_s = _split(n_s, cfg, gen, device)
         xs_tr, y_tr = x[idx_s[train_s]], y[train_s]
         xs_ho, y_ho = x[idx_s[hold_s]], y[hold_s]
     if n_p:
-        hold_p, train_p = _split(n_p, cfg.holdout, gen, device)
+        hold_p, train_p = _split(n_p, cfg, gen, device)
         pi_tr, pj_tr = p[train_p, 0].long(), p[train_p, 1].long()
         po_tr = p[train_p, 2].to(torch.float32)
         pi_ho, pj_ho = p[hold_p, 0].long(), p[hold_p, 1].long()

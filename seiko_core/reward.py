@@ -366,6 +366,13 @@ def _weighted_mse(pred: Tensor, target: Tensor, weights: Tensor | None) -> float
     return float(((weights * err).sum(dim=0) / weights.sum(dim=0)).mean())
 
 
+def holdout_size(n: int, cfg: RewardConfig) -> int:
+    """How many of ``n`` labels are held out for early stopping: ``cfg.holdout`` of them (at least one once n >= 8),
+    or none when that is fewer than ``cfg.min_holdout``."""
+    want = max(1, round(cfg.holdout * n)) if n >= _MIN_POINTS_FOR_HOLDOUT and cfg.holdout > 0 else 0
+    return want if want >= cfg.min_holdout else 0
+
+
 def fit_reward(
     embeddings: Tensor,
     scores: Tensor,
@@ -387,8 +394,9 @@ def fit_reward(
     # stream of split, bootstrap, init or dropout draws
     sgld_gen = torch.Generator(device=device).manual_seed(int(seed) * 7_919 + 104_729) if sgld else None
 
-    # 1. held-out split for early stopping (none below 8 points: every point is needed for training)
-    n_holdout = max(1, round(cfg.holdout * n)) if n >= _MIN_POINTS_FOR_HOLDOUT and cfg.holdout > 0 else 0
+    # 1. held-out split for early stopping (none below 8 points: every point is needed for training; none when fewer
+    #    than cfg.min_holdout would be held out: the training loss is the criterion then)
+    n_holdout = holdout_size(n, cfg)
     perm = torch.randperm(n, generator=gen, device=device)
     hold_idx, train_idx = perm[:n_holdout], perm[n_holdout:]
     x_tr, y_tr, x_ho, y_ho = x[train_idx], y[train_idx], x[hold_idx], y[hold_idx]
