@@ -139,7 +139,7 @@ def vote(factory, who: Who, experiment_id: int | None, kind: str, payload: dict[
         s.refresh(experiment)
         if experiment.status == "finished":  # its win rates are final: a vote now would change them after the fact
             raise Conflict(f"experiment {experiment.name!r} is finished; its comparisons are closed and nothing was saved")
-        if not comparisons.may_answer(session=s, pair=pair, rater_id=who.rater_id):
+        if not comparisons.may_answer(session=s, pair_id=pair.id, rater_id=who.rater_id):
             raise Conflict(f"pair {pair_id} is not one you are offered (a pair you skipped, or one that shares an image "
                            "with a pair you have answered); nothing was saved")
         if choice == "skip":  # can't judge (or an image that does not load): set aside for this rater, counted nowhere

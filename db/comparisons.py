@@ -155,10 +155,11 @@ def _offerable(session: Session, experiment_id: int, rater_id: int, kind: str) -
             if not ({a, b} & seen.get(round_id, set()))]
 
 
-def may_answer(*, session: Session, pair: ComparisonPair, rater_id: int) -> bool:
+def may_answer(*, session: Session, pair_id: int, rater_id: int) -> bool:
     """Whether the rater may vote on (or skip) ``pair``: one they voted on already (they change their choice), or one
     ``_offerable`` would offer them. A page's pair id can be edited: without this a rater voted on a pair the blind
     rule withholds, meeting one image twice, or on a pair they had set aside (found by review)."""
+    pair = get_pair(session=session, pair_id=pair_id)
     if session.scalar(select(ComparisonVote.id).where(ComparisonVote.pair_id == pair.id,
                                                       ComparisonVote.rater_id == rater_id)) is not None:
         return True
