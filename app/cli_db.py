@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sqlalchemy.engine import make_url
+
 from app.settings import Settings
 from app.settings import add_arguments as add_settings_arguments
 from db import migrate
@@ -35,7 +37,12 @@ def main(args: argparse.Namespace) -> int:
             print(f"error: a downgrade to {args.rev} drops tables or columns and the data in them ('base': every "
                   "rating); run it again with --yes to do it (a SQLite file is copied first)", file=sys.stderr)
             return 2
+        # say which database: $SEIKO_DB_URL wins over --data-dir, so the flags alone may not show it (review)
+        shown = make_url(settings.db_url).render_as_string(hide_password=True)
+        print(f"downgrading the database {shown!r} to {args.rev}", flush=True)
         backup = migrate.backup_sqlite(settings.db_url)
+        if backup is None and make_url(settings.db_url).get_backend_name() != "sqlite":
+            print("no copy is made of a PostgreSQL database; take one with pg_dump first if you need it", flush=True)
         if backup is not None:
             print(f"copied the database to {backup}")
         migrate.downgrade(settings.db_url, args.rev)

@@ -166,10 +166,11 @@ def public_origin(value: Any) -> str | None:
         parts = urlsplit(text)
         port = parts.port
     except ValueError as e:
-        raise SettingsError(f"the public URL {text!r} is not a URL like https://seiko.example.org ({e})") from e
+        raise SettingsError(f"the public URL {_masked(text)!r} is not a URL like https://seiko.example.org ({e})") from e
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") or parts.query \
             or parts.fragment or parts.username or parts.password:
-        raise SettingsError(f"the public URL must look like https://seiko.example.org (scheme and host, no path), got {text!r}")
+        raise SettingsError(f"the public URL must look like https://seiko.example.org (scheme and host, no path, no "
+                            f"user or password), got {_masked(text)!r}")
     host = parts.hostname.lower()
     if ":" in host:
         host = f"[{host}]"
@@ -208,20 +209,56 @@ def _db_url(value: Any, data_dir: Path) -> str:
     text = str(value).strip()
     try:
         url = make_url(text)
-    except ArgumentError as exc:
-        raise SettingsError(f"the database URL {text!r} is not a URL; give sqlite:///path/to/seiko.db or "
+    except (ArgumentError, ValueError) as exc:  # ValueError: a port that is not a number
+        raise SettingsError(f"the database URL {_masked(text)!r} is not a URL; give sqlite:///path/to/seiko.db or "
                             "postgresql+psycopg://user@host/dbname") from exc
+    shown = url.render_as_string(hide_password=True)
     backend = url.get_backend_name()
     if backend == "sqlite":
-        if url.database in (None, "", ":memory:"):
-            raise SettingsError(f"the database URL {text!r} names no file; give sqlite:///path/to/seiko.db")
-        return text
-    if backend == "postgresql":
+        database = url.database or ""
+        if database in ("", ":memory:") or url.query.get("mode") == "memory" or database.startswith("file::memory:"):
+            raise SettingsError(f"the database URL {shown!r} names no file; give sqlite:///path/to/seiko.db")
+        if not database.startswith("file:"):
+            # absolute, ~ expanded, as the data directory is: sqlite:///~/x.db made a directory named '~' in the
+            # current directory, and a relative file moved with it (found by review)
+            url = url.set(database=str(Path(database).expanduser().resolve()))
+    elif backend == "postgresql":
         if url.drivername in ("postgresql", "postgresql+psycopg2"):
             url = url.set(drivername="postgresql+psycopg")  # the driver the project installs
-        return url.render_as_string(hide_password=False)
-    raise SettingsError(f"the database URL {url.render_as_string(hide_password=True)!r} is for {backend}; "
-                        "SQLite and PostgreSQL are supported")
+    else:
+        raise SettingsError(f"the database URL {shown!r} is for {backend}; SQLite and PostgreSQL are supported")
+    _check_usable(url, shown)
+    return url.render_as_string(hide_password=False)
+
+
+def _check_usable(url, shown: str) -> None:
+    """Build the URL's engine (its driver, its connection arguments) and, for PostgreSQL, check its options with
+    psycopg, without connecting: a driver that is not installed, a query value of the wrong kind or an option libpq
+    does not know passed the settings check and failed later as a traceback (found by review)."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        create_engine(url).dispose()
+        if url.get_backend_name() == "postgresql" and url.query:
+            import psycopg.conninfo
+
+            psycopg.conninfo.make_conninfo("", **{k: v if isinstance(v, str) else ",".join(v) for k, v in url.query.items()})
+    except (ArgumentError, ValueError, TypeError, ImportError) as exc:
+        raise SettingsError(f"the database URL {shown!r} cannot be used ({exc}); give sqlite:///path/to/seiko.db or "
+                            "postgresql+psycopg://user@host/dbname") from exc
+    except Exception as exc:  # psycopg.ProgrammingError: an unknown connection option
+        if type(exc).__module__.startswith("psycopg"):
+            raise SettingsError(f"the database URL {shown!r} cannot be used ({str(exc).splitlines()[0]}); give "
+                                "postgresql+psycopg://user@host/dbname with options libpq knows") from exc
+        raise
+
+
+def _masked(text: str) -> str:
+    """``text`` with the password of a ``scheme://user:password@`` part replaced by ***, for messages."""
+    import re
+
+    return re.sub(r"(:/*[^/@:]*:)[^@/]*@", r"\1***@", text)
 
 
 def _model(value: Any) -> str:

@@ -112,7 +112,11 @@ def _copy_sqlite(path: Path, target: Path) -> None:
 
 
 def downgrade(url: str, rev: str) -> None:
-    """Migrate down to ``rev`` ("base" removes every table)."""
+    """Migrate down to ``rev`` ("base" removes every table). A SQLite file that does not exist is not created: there
+    is nothing to downgrade (one was made with the default mode, 0644, and kept by the next upgrade: review)."""
+    path = _sqlite_file(url)
+    if path is not None and not path.is_file():
+        raise InvalidInput(f"there is no database at {str(path)!r} to downgrade; nothing was changed")
     command.downgrade(_config(url), rev)
 
 
@@ -144,5 +148,24 @@ def check_at_head(url: str) -> None:
     """Raise SchemaOutOfDate unless the database is at the newest revision."""
     current, head = current_revision(url), head_revision()
     if current != head:
-        shown = "empty (never migrated)" if current is None else current
-        raise SchemaOutOfDate(f"the database schema is at {shown} but this code needs {head}; run `python -m app db upgrade`")
+        raise SchemaOutOfDate(_advice(current, head))
+
+
+def _known(revision: str) -> bool:
+    """Whether ``revision`` is one of this code's migrations."""
+    from alembic.util.exc import CommandError
+
+    try:
+        return ScriptDirectory.from_config(_config()).get_revision(revision) is not None
+    except CommandError:
+        return False
+
+
+def _advice(current: str | None, head: str) -> str:
+    """What to do about a schema at ``current`` when this code needs ``head``."""
+    if current is not None and not _known(current):
+        # a schema newer than this code: `db upgrade` failed with "Can't locate revision" (found by review)
+        return (f"the database schema is at {current}, which this code does not know: it was migrated by newer code; "
+                f"run that code (its own `db downgrade` can take the schema back to {head} for this one)")
+    shown = "empty (never migrated)" if current is None else current
+    return f"the database schema is at {shown} but this code needs {head}; run `python -m app db upgrade`"

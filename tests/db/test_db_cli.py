@@ -169,3 +169,74 @@ def test_a_new_database_and_its_directory_are_the_owners_alone(tmp_path):
     migrate.upgrade(f"sqlite:///{data / 'seiko.db'}")
     assert stat.S_IMODE(data.stat().st_mode) == 0o700
     assert stat.S_IMODE((data / "seiko.db").stat().st_mode) == 0o600
+
+
+def test_a_downgrade_names_its_database_and_makes_none_where_there_is_none(tmp_path, capsys):
+    """A downgrade of a data directory without a database (a typo in --data-dir) created a 0644 seiko.db, said
+    'database at base' with status 0, and the next upgrade kept that mode for password hashes; nor did it say which
+    database it was about to empty, though $SEIKO_DB_URL wins over --data-dir (found by review)."""
+    data_dir = tmp_path / "typo"
+    data_dir.mkdir()
+    assert main(["db", "downgrade", "base", "--yes", "--data-dir", str(data_dir)]) == 1
+    err = capsys.readouterr().err
+    assert "there is no database at" in err and "nothing was changed" in err and not (data_dir / "seiko.db").exists()
+    assert main(["db", "upgrade", "--data-dir", str(data_dir)]) == 0
+    capsys.readouterr()
+    assert main(["db", "downgrade", "0008", "--yes", "--data-dir", str(data_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"downgrading the database {'sqlite:///' + str(data_dir / 'seiko.db')!r} to 0008" in out
+
+
+def test_a_schema_newer_than_the_code_says_so(tmp_path):
+    """A database migrated by newer code was told to run `db upgrade`, which then failed: 'Can't locate revision'
+    (found by review)."""
+    import sqlite3
+
+    from db.migrate import SchemaOutOfDate
+
+    url = f"sqlite:///{tmp_path / 'seiko.db'}"
+    migrate.upgrade(url)
+    with sqlite3.connect(tmp_path / "seiko.db") as db:
+        db.execute("UPDATE alembic_version SET version_num = '0999'")
+    with pytest.raises(SchemaOutOfDate, match=r"^the database schema is at 0999, which this code does not know: it "
+                                              r"was migrated by newer code; run that code \(its own `db downgrade` "
+                                              r"can take the schema back to .*\)$"):
+        migrate.check_at_head(url)
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("postgresql://a:S3cret@db.example:abc/seiko", "is not a URL"),
+    ("postgresql://a:S3cret@db.example/seiko?foo=bar", r"cannot be used \(invalid connection option \"foo\"\)"),
+    ("sqlite:////tmp/q.db?timeout=abc", r"cannot be used \(could not convert string to float: 'abc'\)"),
+    ("postgresql+asyncpg://a:S3cret@db.example/seiko", r"cannot be used \(No module named 'asyncpg'\)"),
+    ("sqlite+aiosqlite:////tmp/x.db", r"cannot be used \(No module named 'aiosqlite'\)"),
+    ("sqlite:///file:x?mode=memory&uri=true", "names no file"),
+    ("postgresql:/alice:S3cret@db/seiko", "is not a URL"),
+])
+def test_a_database_url_that_cannot_work_is_one_sentence_without_its_password(url, message):
+    """Each of these passed the settings check and failed later with a traceback (a port that is not a number, an
+    option psycopg does not know, a query value of the wrong kind, a driver that is not installed), or was an
+    in-memory database; and the 'not a URL' refusal repeated the password it was given (found by review)."""
+    from app.settings import SettingsError
+
+    with pytest.raises(SettingsError, match=message) as refused:
+        Settings.from_env(environ={"SEIKO_DB_URL": url})
+    assert "S3cret" not in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_a_sqlite_url_with_a_home_or_relative_path_is_made_absolute(tmp_path, monkeypatch):
+    """sqlite:///~/x.db made a directory named '~' in the current directory (the data directory's ~ was expanded,
+    the URL's was not), and a relative file moved with the current directory (found by review)."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert Settings.from_env(environ={"SEIKO_DB_URL": "sqlite:///~/x.db"}).db_url == \
+        f"sqlite:///{tmp_path / 'home' / 'x.db'}"
+    assert Settings.from_env(environ={"SEIKO_DB_URL": "sqlite:///rel/y.db"}).db_url == f"sqlite:///{tmp_path / 'rel' / 'y.db'}"
+
+
+def test_a_public_url_with_a_password_is_refused_without_repeating_it():
+    from app.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="no path") as refused:
+        Settings.from_env(environ={"SEIKO_PUBLIC_URL": "https://admin:Hunter2pw@seiko.example.org"})
+    assert "Hunter2pw" not in str(refused.value)
