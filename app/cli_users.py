@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
+from pathlib import Path
 
 from app import auth
 from app.settings import Settings
@@ -27,13 +28,18 @@ from db.errors import SchemaOutOfDate
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    add = actions.add_parser("add", help="create an account")
+    # no abbreviations: '--password P' would be read as --password-file P, and a refusal would print P
+    add = actions.add_parser("add", help="create an account", allow_abbrev=False)
     add.add_argument("name", help="the name to sign in with")
     add.add_argument("--role", choices=auth.ROLES, required=True, help="admin (runs experiments) or rater")
-    add.add_argument("--password", help="the password (default: asked for, or read from standard input)")
-    passwd = actions.add_parser("passwd", help="set an account's password")
+    # no --password: a command line is readable by every local user in ps, and stays in the shell's history (review)
+    add.add_argument("--password-file", metavar="FILE", type=Path,
+                     help="read the password from the first line of FILE (default: asked for, or read from standard input)")
+    passwd = actions.add_parser("passwd", help="set an account's password", allow_abbrev=False)
     passwd.add_argument("name")
-    passwd.add_argument("--password", help="the new password (default: asked for, or read from standard input)")
+    passwd.add_argument("--password-file", metavar="FILE", type=Path,
+                        help="read the new password from the first line of FILE (default: asked for, or read from "
+                             "standard input)")
     listing = actions.add_parser("list", help="list the accounts")
     disable = actions.add_parser("disable", help="disable an account: it cannot sign in and its sessions end; ratings stay")
     disable.add_argument("name")
@@ -50,18 +56,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         add_settings_arguments(sub)
 
 
-def read_password(given: str | None) -> str:
-    """The password from the flag, a terminal prompt (twice), or the first line of standard input."""
+def read_password(given: Path | None) -> str:
+    """The password from the first line of the file ``given``, a terminal prompt (twice), or the first line of
+    standard input."""
     if given is not None:
-        return given
+        try:
+            with open(given, encoding="utf-8") as f:
+                line = f.readline()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"could not read a password from {str(given)!r} ({getattr(exc, 'strerror', None) or exc})") from exc
+        if not line.rstrip("\r\n"):
+            raise ValueError(f"the password file {str(given)!r} is empty")
+        return line.rstrip("\r\n")
     if sys.stdin.isatty():
-        first = getpass.getpass("password: ")
-        if getpass.getpass("again: ") != first:
+        try:
+            first = getpass.getpass("password: ")
+            again = getpass.getpass("again: ")
+        except EOFError:  # Ctrl-D at the prompt: a traceback (found by review)
+            raise ValueError("no password given (the prompt was closed); nothing was changed") from None
+        if again != first:
             raise ValueError("the two passwords differ")
         return first
     line = sys.stdin.readline()
     if not line:
-        raise ValueError("no password given: use --password, type it on a terminal, or pipe it on standard input")
+        raise ValueError("no password given: type it on a terminal, pipe it on standard input, or use --password-file")
     return line.rstrip("\r\n")
 
 
@@ -110,7 +128,7 @@ def main(args: argparse.Namespace) -> int:
                 # the password is
                 raise ValueError(f"with no admin account yet, the next account must be an admin (a {args.role} "
                                  "alone would leave nobody to run the app); add an admin first")
-            password = read_password(args.password)
+            password = read_password(args.password_file)
             if args.action == "add":
                 first = not auth.users_exist(factory)
                 auth.add_user(factory, name=args.name, role=args.role, password=password)

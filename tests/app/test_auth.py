@@ -103,20 +103,30 @@ def test_is_loopback(host, expected):
     assert auth.is_loopback(host) is expected
 
 
+def password_file(password: str) -> str:
+    """A file holding ``password`` on its first line: the command line takes no password itself (ps shows it)."""
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="seiko-test-pw-")
+    with open(fd, "w", encoding="utf-8") as f:
+        f.write(password + "\n")
+    return path
+
+
 def test_users_cli_add_list_passwd(db_url, monkeypatch, capsys):
     base = ["--db-url", db_url]
-    assert app_main(["users", "add", "root", "--role", "admin", "--password", PASSWORD, *base]) == 0
+    assert app_main(["users", "add", "root", "--role", "admin", "--password-file", password_file(PASSWORD), *base]) == 0
     assert "first account" in capsys.readouterr().out
     monkeypatch.setattr("sys.stdin", io.StringIO("another good password\n"))
     assert app_main(["users", "add", "alice", "--role", "rater", *base]) == 0
-    assert app_main(["users", "add", "alice", "--role", "rater", "--password", PASSWORD, *base]) == 1
+    assert app_main(["users", "add", "alice", "--role", "rater", "--password-file", password_file(PASSWORD), *base]) == 1
     assert "already exists" in capsys.readouterr().err
-    assert app_main(["users", "add", "bob", "--role", "rater", "--password", "short", *base]) == 1
+    assert app_main(["users", "add", "bob", "--role", "rater", "--password-file", password_file("short"), *base]) == 1
     assert "at least 8 characters" in capsys.readouterr().err
     assert app_main(["users", "list", *base]) == 0
     out = capsys.readouterr().out
     assert "root" in out and "alice" in out and "admin" in out and PASSWORD not in out
-    assert app_main(["users", "passwd", "alice", "--password", "a new password", *base]) == 0
+    assert app_main(["users", "passwd", "alice", "--password-file", password_file("a new password"), *base]) == 0
     engine = make_engine(db_url)
     try:
         check = auth.authenticator(session_factory(engine))
@@ -243,8 +253,8 @@ def test_password_change_ends_that_users_sessions_only(db_factory):
 
 def test_users_cli_disable_enable_role_delete_audit(db_url, capsys):
     base = ["--db-url", db_url]
-    assert app_main(["users", "add", "root", "--role", "admin", "--password", PASSWORD, *base]) == 0
-    assert app_main(["users", "add", "alice", "--role", "rater", "--password", PASSWORD, *base]) == 0
+    assert app_main(["users", "add", "root", "--role", "admin", "--password-file", password_file(PASSWORD), *base]) == 0
+    assert app_main(["users", "add", "alice", "--role", "rater", "--password-file", password_file(PASSWORD), *base]) == 0
     capsys.readouterr()
     assert app_main(["users", "disable", "alice", *base]) == 0
     assert "disabled" in capsys.readouterr().out
@@ -542,9 +552,34 @@ def test_the_command_lines_first_account_must_be_an_admin(db_url, capsys):
     """The web page refused a rater as the first account (nobody could run the app after local mode ends); the command
     line did not (found by review)."""
     base = ["--db-url", db_url]
-    assert app_main(["users", "add", "alice", "--role", "rater", "--password", PASSWORD, *base]) == 1
+    assert app_main(["users", "add", "alice", "--role", "rater", "--password-file", password_file(PASSWORD), *base]) == 1
     assert "must be an admin" in capsys.readouterr().err
     assert app_main(["users", "add", "alice", "--role", "rater", *base]) == 1  # refused before a password is asked
     assert "must be an admin" in capsys.readouterr().err
-    assert app_main(["users", "add", "root", "--role", "admin", "--password", PASSWORD, *base]) == 0
-    assert app_main(["users", "add", "alice", "--role", "rater", "--password", PASSWORD, *base]) == 0
+    assert app_main(["users", "add", "root", "--role", "admin", "--password-file", password_file(PASSWORD), *base]) == 0
+    assert app_main(["users", "add", "alice", "--role", "rater", "--password-file", password_file(PASSWORD), *base]) == 0
+
+
+def test_the_command_line_takes_no_password_and_a_closed_prompt_is_one_sentence(db_url, monkeypatch, capsys, tmp_path):
+    """`users add --password P` put the password where every local user sees it (ps, /proc/PID/cmdline) and in the
+    shell's history; Ctrl-D at the prompt was an EOFError traceback (found by review)."""
+    base = ["--db-url", db_url]
+    with pytest.raises(SystemExit):  # argparse: no such option
+        app_main(["users", "add", "root", "--role", "admin", "--password", PASSWORD, *base])
+    (tmp_path / "empty").write_text("")
+    assert app_main(["users", "add", "root", "--role", "admin", "--password-file", str(tmp_path / "empty"), *base]) == 1
+    assert "is empty" in capsys.readouterr().err
+    assert app_main(["users", "add", "root", "--role", "admin", "--password-file", str(tmp_path / "nope"), *base]) == 1
+    assert "could not read a password from" in capsys.readouterr().err
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    def closed(prompt: str = "") -> str:
+        raise EOFError
+
+    monkeypatch.setattr("sys.stdin", Terminal(""))
+    monkeypatch.setattr("getpass.getpass", closed)
+    assert app_main(["users", "add", "root", "--role", "admin", *base]) == 1
+    assert capsys.readouterr().err.strip() == "error: no password given (the prompt was closed); nothing was changed"

@@ -280,7 +280,8 @@ def test_serve_on_a_host_name_that_does_not_resolve_says_so(tmp_path):
     """It was reported as a busy port ("could not listen on bad_host!!:7860 (Cannot find empty port ...)") (found by
     review)."""
     assert run_cli("db", "upgrade", "--data-dir", str(tmp_path / "d")).returncode == 0
-    assert run_cli("users", "add", "root", "--role", "admin", "--password", "correct horse battery",
+    (tmp_path / "pw").write_text("correct horse battery\n")
+    assert run_cli("users", "add", "root", "--role", "admin", "--password-file", str(tmp_path / "pw"),
                    "--data-dir", str(tmp_path / "d")).returncode == 0
     proc = run_cli("serve", "--data-dir", str(tmp_path / "d"), "--host", "bad_host!!")
     assert proc.returncode == 1
