@@ -1,8 +1,9 @@
-"""``python -m app users add NAME --role admin|rater [--password P] | list | passwd NAME [--password P]
+"""``python -m app users add NAME --role admin|rater [--password-file F] | list | passwd NAME [--password-file F]
 | disable NAME | enable NAME | delete NAME | role NAME admin|rater | audit [--limit N]``.
 
-Without ``--password`` the password is asked for twice on a terminal, or read as the first line of
-standard input (``echo "$PW" | python -m app users add alice --role rater``). Once any account
+The password is never an argument (``ps`` would show it): it is read from the first line of ``--password-file``,
+asked for twice on a terminal, or read as the first line of standard input (``python -m app users add alice --role
+rater < pw.txt``). Once any account
 exists the web app asks everyone to sign in (restart it after adding the first one).
 
 A password change and ``disable`` end the account's sessions (a running web app notices within seconds).
