@@ -19,15 +19,18 @@ from app.settings import add_arguments as add_settings_arguments
 from db import migrate
 from db.errors import SchemaOutOfDate
 
+MAX_SECONDS = 86_400.0  # a day: 1e12 passed and crashed the worker (a lease's end past what a date holds; review)
+
 
 def positive_seconds(value: str) -> float:
-    """argparse type: a positive, finite number of seconds."""
+    """argparse type: a positive number of seconds, at most a day."""
     try:
         number = float(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {value!r}") from exc
-    if not number > 0 or number == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {value!r}")
+    if not 0 < number <= MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, at most a day ({MAX_SECONDS:g}), "
+                                         f"got {value!r}")
     return number
 
 

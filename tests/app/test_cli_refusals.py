@@ -272,7 +272,7 @@ def test_demo_refuses_a_stop_timeout_that_would_kill_the_worker_at_once(tmp_path
     """A negative --stop-timeout was accepted, and stopping the demo then killed the worker before it could hand its
     job back (Popen.wait with a negative timeout returns at once). Found by review."""
     proc = run_cli("demo", "--stop-timeout", "-5", "--data-dir", str(tmp_path / "d"), "--no-worker")
-    assert proc.returncode == 2 and "expected a positive number of seconds, got '-5'" in proc.stderr
+    assert proc.returncode == 2 and "expected a positive number of seconds, at most a day (86400), got '-5'" in proc.stderr
     assert not (tmp_path / "d").exists()
 
 
@@ -331,3 +331,12 @@ def test_the_demo_hands_its_worker_the_database_url_in_the_environment_not_on_it
     env = worker_env(settings, environ={"SEIKO_DB_URL": "sqlite:////elsewhere.db"})
     assert Settings.from_env({"data_dir": "/tmp/x"}, environ=env).db_url == settings.db_url
     assert env["PYTHONUNBUFFERED"] == "1"
+
+
+@pytest.mark.parametrize("flag", ["--lease-s", "--poll-s"])
+def test_a_worker_time_past_a_day_is_refused_at_the_start(tmp_path, flag):
+    """1e12 passed the check and crashed the worker: 'OverflowError: date value out of range' for the lease's end,
+    'timestamp out of range' for the poll's wait (found by review)."""
+    proc = run_cli("worker", "--once", flag, "1e12", "--data-dir", str(tmp_path / "d"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "expected a positive number of seconds, at most a day (86400), got '1e12'" in proc.stderr
