@@ -273,3 +273,16 @@ def test_a_forged_or_damaged_reward_model_is_refused_before_it_is_built(tmp_path
         else:
             raise AssertionError(f"{name}: loaded")
     assert RewardEnsemble.load(saved("fine")).cfg.hidden == (16, 12)
+
+
+def test_min_holdout_decides_when_labels_are_held_out():
+    """5% of the labels, at least one once there are 8 (min_holdout 1, the default); with min_holdout 8 none below
+    150 labels, where 5% first rounds to 8."""
+    from seiko_core.config import RewardConfig
+    from seiko_core.reward import holdout_size
+
+    default, eight = RewardConfig(), RewardConfig(min_holdout=8)
+    assert [holdout_size(n, default) for n in (7, 8, 29, 32, 64, 160)] == [0, 1, 1, 2, 3, 8]
+    assert [holdout_size(n, eight) for n in (32, 128, 149, 150, 160)] == [0, 0, 0, 8, 8]
+    with pytest.raises(ValueError, match="min_holdout must be a whole number >= 1"):
+        RewardConfig(min_holdout=0)
