@@ -11,8 +11,10 @@ import hashlib
 import html
 import io
 import json
+import logging
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
@@ -24,6 +26,8 @@ from db import jobs as job_queue
 from db import repo
 from db.engine import read_session
 from db.models import Experiment, Job, utcnow
+
+log = logging.getLogger(__name__)
 
 METRIC_KEYS: dict[str, tuple[str, ...]] = {
     # Round k's metrics as app.worker writes them: "eval" when it renders round k's eval grid (the reward model
@@ -193,7 +197,14 @@ def eval_grid_html(session: Session, experiment: Experiment, data_dir) -> str:
             path = storage.resolve(data_dir, im.file_path) if im is not None else None
             if path is not None and path.is_file():
                 data = path.read_bytes()  # tabindex: a click focuses the image, which the CSS shows large
-                tds.append(f"<td><img src='{_thumb_uri_of(data)}'{ui_images.img_class(data)} tabindex='0' "
+                try:
+                    uri = _thumb_uri_of(data)
+                except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+                    # one damaged file is its own cell: it failed the whole refresh, every few seconds (review)
+                    log.warning("eval image %s of round %d is not readable: %s", path, k, exc)
+                    tds.append("<td><div class='none' title='image file not readable'>not readable</div></td>")
+                    continue
+                tds.append(f"<td><img src='{uri}'{ui_images.img_class(data)} tabindex='0' "
                            f"title='click to enlarge' alt='round {k}: {html.escape(prompt, quote=True)}, seed {seed}'></td>")
             else:
                 tds.append("<td><div class='none' title='not rendered'></div></td>")
@@ -282,9 +293,14 @@ class Dashboard:
     experiment_id: int | None
 
 
-def summary_html(experiment: Experiment) -> str:
+def summary_html(experiment: Experiment, *, admin: bool = True) -> str:
+    """The experiment's line; raters see a local model's directory name, not its path on the server (job errors are
+    kept from them for the same reason: found by review)."""
+    model = experiment.model_spec
+    if not admin and (Path(model).expanduser().is_absolute() or model.startswith(".")):
+        model = Path(model).name
     return (f"<div><b>{html.escape(experiment.name)}</b> · method {html.escape(experiment.method)} · "
-            f"model <code>{html.escape(experiment.model_spec)}</code> · {experiment.status} · overlap {experiment.overlap}</div>")
+            f"model <code>{html.escape(model)}</code> · {experiment.status} · overlap {experiment.overlap}</div>")
 
 
 def alarms_html(session: Session, experiment: Experiment, thresholds: alarms.Thresholds | None = None) -> str:
@@ -310,7 +326,7 @@ def load(factory, experiment_id: int | None, *, admin: bool = False) -> Dashboar
                              [], "", [], "", None)
         rows = round_rows(s, exp)
         rows_key = hashlib.sha256(json.dumps([r.__dict__ for r in rows]).encode()).hexdigest()
-        return Dashboard(summary_html(exp) + alarms_html(s, exp), worker_html(s, exp, errors=admin), table(rows), rows_key, rows,
+        return Dashboard(summary_html(exp, admin=admin) + alarms_html(s, exp), worker_html(s, exp, errors=admin), table(rows), rows_key, rows,
                          eval_grid_key(s, exp), exp.id)
 
 

@@ -31,7 +31,8 @@ class DashboardHandlers:
     def on_dashboard(self, exp_id, seen, request: gr.Request):
         who = self.who_of(request)
         if not visible(self.factory, who, exp_id):  # checked here, not only by hiding the tab
-            return (ui_dashboard.NOT_FOR_RATERS, "", [], gr.skip(), "", {})
+            # the plots are cleared, not skipped: a rater with the tab open when an admin turned it off kept them (review)
+            return (ui_dashboard.NOT_FOR_RATERS, "", [], None, "", {})
         d = ui_dashboard.load(self.factory, exp_id, admin=who.is_admin)
         seen = dict(seen or {})
         fig = gr.skip()
@@ -47,7 +48,7 @@ class DashboardHandlers:
     def on_taste(self, exp_id, seen_key, request: gr.Request):
         who = self.who_of(request)
         if not visible(self.factory, who, exp_id):  # checked here, not only by hiding the tab
-            return gr.skip(), ""
+            return None, ""
         return ui_taste.plot_update(self.factory, exp_id, seen_key)
 
 

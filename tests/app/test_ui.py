@@ -574,3 +574,26 @@ def test_dashboard_shows_the_running_job_a_person_waits_for_before_a_running_eva
         assert job_queue.claim_job(session=s, worker_id="w2", lease_s=60).id == train_id
     worker = ui_dashboard.load(ui_world.factory, None).worker
     assert f"training for round 0 (job {train_id}," in worker and f"(job {eval_id}," not in worker
+
+
+def test_an_unreadable_eval_image_is_a_cell_not_a_broken_dashboard(ui_world):
+    """A truncated eval PNG raised UnidentifiedImageError in the grid's handler, which also stopped the summary, the
+    worker line and the table from updating, every few seconds (found by review)."""
+    from app import storage
+
+    with read_session(ui_world.factory) as s:
+        image = repo.get_image(session=s, image_id=ui_world.eval_image_ids[0])
+        path = storage.resolve(ui_world.settings.data_dir, image.file_path)
+    path.write_bytes(path.read_bytes()[:40])
+    grid = ui_dashboard.grid(ui_world.factory, ui_world.experiment_id, ui_world.settings.data_dir)
+    assert grid.count("<img ") == 1 and "not readable" in grid
+
+
+def test_raters_see_the_models_name_not_its_path_on_the_server(ui_world):
+    """The dashboard showed raters the model's absolute path on the server; job errors are kept from them for the
+    same reason (found by review). Admins still see the path."""
+    with write_session(ui_world.factory) as s:
+        repo.get_experiment(session=s, experiment_id=ui_world.experiment_id).model_spec = "/srv/private/models/shapes-sd"
+    assert "/srv/private" not in ui_dashboard.load(ui_world.factory, None).summary
+    assert "shapes-sd" in ui_dashboard.load(ui_world.factory, None).summary
+    assert "/srv/private/models/shapes-sd" in ui_dashboard.load(ui_world.factory, None, admin=True).summary

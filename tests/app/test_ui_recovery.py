@@ -488,3 +488,19 @@ def test_a_waiting_page_refreshes_the_workers_progress_and_says_when_its_experim
     polled = ui_rate.poll(ui_world.factory, ui_world.settings.data_dir, who(ui_world, "alice"), polled.state,
                           batch_size=4)
     assert polled is not None and "is finished" in polled.grid and "will appear here" not in polled.grid
+
+
+def test_turning_the_raters_dashboard_off_clears_the_plots_a_rater_has_open(ui_world):
+    """When an admin turned the raters' dashboard off, the refusal kept both plots as they were (gr.skip()), so a
+    rater with the tab open went on seeing them (found by review). The refusal now clears them."""
+    import gradio as gr
+
+    demo = ui.build_demo(ui_world.services())
+    fns = {bf.fn.__name__: bf.fn for bf in demo.fns.values() if bf.fn is not None}
+    alice = gr.Request(username="alice", client={"host": "127.0.0.1"})
+    ui_admin.set_dashboard_access(ui_world.factory, who(ui_world, "root"), ui_world.experiment_id, True)
+    assert fns["on_dashboard"](ui_world.experiment_id, {}, request=alice)[3] is not None
+    ui_admin.set_dashboard_access(ui_world.factory, who(ui_world, "root"), ui_world.experiment_id, False)
+    refused = fns["on_dashboard"](ui_world.experiment_id, {"rows": "x"}, request=alice)
+    assert refused[0] == ui_dashboard.NOT_FOR_RATERS and refused[3] is None and refused[5] == {}
+    assert fns["on_taste"](ui_world.experiment_id, "key", request=alice) == (None, "")
