@@ -209,6 +209,8 @@ def build_tab(services, exp_state, who_of: Callable, shown: Callable, *, kind: s
         return pair_html(factory, data_dir, who, exp_id, kind)
 
     tab.select(on_show, [exp_state], [view], **private)
+    # redrawn when another experiment is picked: the old experiment's pair stayed and every vote was refused (review)
+    exp_state.change(on_show, [exp_state], [view], **private)
     view.vote(on_vote, [exp_state], [view], show_progress="hidden", concurrency_id="rating", **private)
     return tab
 

@@ -167,7 +167,7 @@ def test_vote_through_the_gradio_handler_and_the_dashboard_table(ui_world):
         demo = ui.build_demo(services)
     # Gradio sees every handler's gr.Request parameter (it warns when it would call one with too few arguments)
     mine = [fn.fn for fn in demo.fns.values() if fn.fn is not None and fn.fn.__module__ == "app.ui_compare"]
-    assert len(mine) == 6  # show and vote, the dashboard table (tab select, timer), rollback (ask, confirm)
+    assert len(mine) == 7  # show (tab select, experiment change) and vote, the dashboard table (tab select, timer), rollback (ask, confirm)
     assert not [str(w.message) for w in caught if any(f"{f.__qualname__} at {hex(id(f))}" in str(w.message) for f in mine)]
     fns = {fn.fn.__name__: fn.fn for fn in demo.fns.values() if fn.fn is not None and fn.fn.__module__ == "app.ui_compare"}
     assert "on_vote" in fns and "on_rollback" in fns
@@ -395,3 +395,14 @@ def test_a_vote_on_a_pair_the_blind_rule_withholds_is_refused(ui_world):
                            {"pair_id": other, "choice": "skip"}).startswith("skipped")
     with pytest.raises(Conflict, match=rf"^pair {other} is not one you are offered"):  # a skipped pair is set aside
         ui_compare.vote(ui_world.factory, alice, ui_world.experiment_id, "ab", {"pair_id": other, "choice": "a"})
+
+
+def test_the_compare_page_is_redrawn_when_another_experiment_is_picked(ui_world):
+    """The Compare view was drawn only when its tab was selected: after picking another experiment in the header,
+    every key on the pair still shown was refused ('not a ab pair of this experiment') until the tab was selected
+    again (found by review). The Pairs tab already redrew on that change."""
+    demo = ui.build_demo(ui_world.services())
+    shows = [bf for bf in demo.fns.values() if bf.fn is not None and bf.fn.__module__ == "app.ui_compare"
+             and bf.fn.__name__ == "on_show"]
+    events = {event for bf in shows for _, event in bf.targets}
+    assert {"select", "change"} <= events, events
