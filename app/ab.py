@@ -18,6 +18,7 @@ uses round j's adapter as the KL term's previous model. Every round stays in the
 from __future__ import annotations
 
 import random
+import re
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -140,6 +141,9 @@ def add_dependent_pairs(*, session, round_id: int,
 
 
 def _round_index(value: Any) -> int:
+    if isinstance(value, str) and not re.fullmatch(r"\s*[+-]?[0-9]+(\.[0-9]*)?\s*", value):
+        # only plain decimal numbers: float() read '1_0' and '1e1' as 10, int() an Arabic-Indic digit (review)
+        raise InvalidInput(f"the round to train from must be a round number, got {shown(value)}")
     number = whole_number(value)
     if isinstance(number, str) and len(number) <= 40:
         try:
@@ -178,6 +182,15 @@ def _rollback_source(who: Who, experiment_id: int | None, from_index: Any) -> in
     return j
 
 
+def _check_source(s, experiment_id: int, j: int, k: int) -> None:
+    """Round ``j`` can be the source of round ``k + 1``: trained (j <= k) and, past the base, with an adapter."""
+    if j > k:
+        raise InvalidInput(f"round {j} is not trained yet; the next round can start from round 0 to {k}")
+    source = repo.get_round_by_index(session=s, experiment_id=experiment_id, index=j)
+    if j > 0 and source.adapter_path is None:
+        raise Conflict(f"round {j} has no adapter to train from")
+
+
 def rollback_question(factory, who: Who, experiment_id: int | None, from_index: Any) -> tuple[str, int]:
     """What the admin is asked before a rollback, and the index of the round it is about (the open round it would
     close, or the closed round whose queued training it would change); as "Close round" asks first."""
@@ -191,11 +204,13 @@ def rollback_question(factory, who: Who, experiment_id: int | None, from_index: 
             raise _started(job)
         if job is not None:
             k = int(job.payload["round_index"])
+            _check_source(s, experiment.id, j, k)
             return (f"Train round {k + 1} of {experiment.name!r} from {_source(j)}? Round {k} is closed and its "
                     "training job is waiting; it will train from there instead.", k)
         round_ = repo.get_open_round(session=s, experiment_id=experiment.id)
         if round_ is None:
             raise Conflict(f"experiment {experiment.name!r} has no round open for labeling and no training waiting")
+        _check_source(s, experiment.id, j, round_.index)  # asked about only a source the action would take
         labels, wanted, what = pairwise.round_labels(s, experiment, round_)
         return (f"Close round {round_.index} of {experiment.name!r} ({labels} of {wanted} {what} wanted) "
                 f"and train round {round_.index + 1} from {_source(j)}?", round_.index)
@@ -222,11 +237,7 @@ def train_next_from(factory, who: Who, experiment_id: int | None, from_index: An
         elif job.status == "running":
             raise _started(job)
         k = int(job.payload["round_index"])
-        if j > k:
-            raise InvalidInput(f"round {j} is not trained yet; the next round can start from round 0 to {k}")
-        source = repo.get_round_by_index(session=s, experiment_id=experiment.id, index=j)
-        if j > 0 and source.adapter_path is None:
-            raise Conflict(f"round {j} has no adapter to train from")
+        _check_source(s, experiment.id, j, k)
         payload = {key: value for key, value in job.payload.items() if key != "from_round"}
         if j != k:
             payload["from_round"] = j

@@ -406,3 +406,22 @@ def test_the_compare_page_is_redrawn_when_another_experiment_is_picked(ui_world)
              and bf.fn.__name__ == "on_show"]
     events = {event for bf in shows for _, event in bf.targets}
     assert {"select", "change"} <= events, events
+
+
+def test_the_rollback_question_refuses_a_source_it_cannot_use_and_reads_only_plain_numbers(ui_world):
+    """The question asked '... train round 2 from round 5's adapter?' and only the answer was refused; '1_0' and '1e1'
+    were read as round 10 and an Arabic-Indic digit as a round (found by review)."""
+    _open_round1_with_a_rating(ui_world)
+    root = who(ui_world, "root")
+    with pytest.raises(InvalidInput, match=r"^round 5 is not trained yet; the next round can start from round 0 to 1"):
+        ab.rollback_question(ui_world.factory, root, ui_world.experiment_id, 5)
+    with write_session(ui_world.factory) as s:
+        repo.get_round_by_index(session=s, experiment_id=ui_world.experiment_id, index=1).adapter_path = None
+    with pytest.raises(Conflict, match=r"^round 1 has no adapter to train from"):
+        ab.rollback_question(ui_world.factory, root, ui_world.experiment_id, 1)
+    for text in ("1_0", "1e1", "\u0661", " 0x1 "):
+        with pytest.raises(InvalidInput, match=r"^the round to train from must be a round number"):
+            ab.rollback_question(ui_world.factory, root, ui_world.experiment_id, text)
+    assert ab.rollback_question(ui_world.factory, root, ui_world.experiment_id, " 0 ")[1] == 1
+    with read_session(ui_world.factory) as s:
+        assert s.scalars(select(Job).where(Job.kind == "train")).all() == []
