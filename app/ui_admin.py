@@ -225,6 +225,13 @@ def reopen_round(factory, who: Who, experiment_id: int | None) -> str:
                   and j.payload.get("from_round") is not None]
         round_ = repo.reopen_round(session=s, round_id=waiting[-1].id)
         index = round_.index
+        experiment = repo.get_experiment(session=s, experiment_id=exp_id)
+        from app import pairwise  # as in close_round: app.pairwise imports this module's neighbours
+
+        if pairwise.wants_pairs(pairwise.feedback_of(experiment)):
+            # the feedback may have become pairs while the round was closed, when set_feedback had no open round to
+            # pair up: the reopened round had no pair to compare (found by review); a round with pairs is left alone
+            pairwise.create_round_pairs(session=s, experiment_id=exp_id, round_id=round_.id)
         _audit(s, who, "round.reopen", f"experiment {exp_id}", round=index,
                **({"dropped_from_round": rolled[0]} if rolled else {}))
     dropped = (f" It was to train from round {rolled[0]} (a rollback); that choice was dropped with it, so use "

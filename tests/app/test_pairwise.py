@@ -301,3 +301,19 @@ def test_the_dashboard_table_counts_comparisons_for_an_experiment_that_asks_for_
     assert (table["Ratings"], table["Ratings wanted"], table["Comparisons"], table["Comparisons wanted"]) == ("0", "–", "1", "3")
     set_feedback_directly(world, "both")
     assert (row()["Ratings wanted"], row()["Comparisons"], row()["Comparisons wanted"]) == ("6", "1", "3")
+
+
+def test_a_round_reopened_after_the_feedback_became_pairs_gets_its_pairs(ui_world):
+    """Feedback switched to pairs while the round waited for training made no pairs (no round was open), and the
+    reopen made none either: the reopened round had 6 query images and no pair, and the Pairs tab said it had fewer
+    than two images (found by review)."""
+    from app import ui_admin
+
+    with write_session(ui_world.factory) as s:
+        repo.add_rating(session=s, image_id=ui_world.image_ids[0], rater_id=ui_world.accounts["alice"], score=6)
+    ui_admin.close_round(ui_world.factory, who(ui_world, "root"), ui_world.experiment_id, expected_index=0)
+    assert "pairs were made" not in pairwise.set_feedback(ui_world.factory, who(ui_world, "root"),
+                                                          ui_world.experiment_id, "pairs")
+    assert _pairs(ui_world) == []
+    ui_admin.reopen_round(ui_world.factory, who(ui_world, "root"), ui_world.experiment_id)
+    assert len(_pairs(ui_world)) == 3  # 2 images of each of 3 prompts, as set_feedback makes them for an open round
