@@ -561,7 +561,9 @@ def rate(factory, data_dir, who: Who, state_value: dict | None, payload: dict[st
     message = None
     try:
         image_id, score = parse_image_id(payload.get("image_id")), parse_score(payload.get("score"))
-        if image_id not in state.batch:
+        if image_id not in state.batch and not _rated_in_round(factory, who, image_id, state.round_id):
+            # an edit of an image rated in this round is taken even when it left the batch: a correction of a
+            # batch's last card, pressed as the next batch came, was refused (found by review)
             raise Conflict(f"image {image_id} is not in your current batch; reload the page")
         with write_session(factory) as s:
             _, again = _rate(s, who, image_id, score)
@@ -576,6 +578,16 @@ def rate(factory, data_dir, who: Who, state_value: dict | None, payload: dict[st
     except (Conflict, InvalidInput, NotFound) as e:
         message = str(e)
     return _after_action(factory, data_dir, who, state, batch_size=batch_size, message=message)
+
+
+def _rated_in_round(factory, who: Who, image_id: int, round_id: int | None) -> bool:
+    """Whether the rater has a rating of ``image_id`` and it is an image of round ``round_id`` (the page's round)."""
+    if round_id is None:
+        return False
+    with read_session(factory) as s:
+        image = s.get(Image, image_id)
+        return (image is not None and image.round_id == round_id
+                and repo.find_rating(session=s, image_id=image_id, rater_id=who.rater_id) is not None)
 
 
 def skip(factory, data_dir, who: Who, state_value: dict | None, payload: dict[str, Any] | None, *, batch_size: int) -> View:

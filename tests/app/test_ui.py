@@ -597,3 +597,20 @@ def test_raters_see_the_models_name_not_its_path_on_the_server(ui_world):
     assert "/srv/private" not in ui_dashboard.load(ui_world.factory, None).summary
     assert "shapes-sd" in ui_dashboard.load(ui_world.factory, None).summary
     assert "/srv/private/models/shapes-sd" in ui_dashboard.load(ui_world.factory, None, admin=True).summary
+
+
+def test_a_correction_of_the_last_card_sent_as_the_next_batch_came_is_saved(ui_world):
+    """A rater who pressed 7 on a batch's last card and 3 at once to correct it found the 3 refused ('image N is not
+    in your current batch; reload the page'): the 7 had already replaced the batch. An edit of an image the rater
+    rated in the open round is now saved, as in the batch; an image they never rated is still refused."""
+    page = Page(ui_world, "alice")
+    first = list(page.batch)
+    for image in first:
+        page.rate(image, 7)
+    assert page.batch and not set(page.batch) & set(first)  # the next batch
+    view = page.rate(first[-1], 3)
+    assert view.message is None, view.message
+    with read_session(ui_world.factory) as s:
+        assert repo.find_rating(session=s, image_id=first[-1], rater_id=page.who.rater_id).score == 3
+    never_rated = ui_world.eval_image_ids[0]  # of the same round, not one alice rated
+    assert "not in your current batch" in (page.rate(never_rated, 5).message or "")
