@@ -8,7 +8,8 @@ confidence interval, from the database's ratings (the dashboard's first plot, an
 
 With several ratings of one image (overlap > 1) the ratings are not independent draws: the images are. Then
 (``clustered_intervals``) the mean's variance is the ratio estimator's over images (cluster-robust, K images:
-K / (K - 1) * sum_i n_i^2 (m_i - mean)^2 / N^2) with t on K - 1 degrees of freedom, and the share's Wilson interval
+K / (K - 1) * sum_i n_i^2 (m_i - mean)^2 / N^2, never below the plain s^2 / N) with t on K - 1 degrees of freedom,
+and the share's Wilson interval
 uses the effective number of ratings N / deff, deff the same variance over p (1 - p) / (N - 1) (never below 1; the
 number of images when every rating is liked, or none). With
 one rating per image both reduce exactly to the plain intervals above. A review measured what the plain intervals
@@ -138,7 +139,10 @@ def clustered_intervals(scores: list[float], groups: list[object]) -> tuple[tupl
         mean_ci = (mean, None, None)
         n_eff = 1.0  # one image: as much as one rating says about the share
     else:
-        half = t_quantile(0.975, k - 1) * math.sqrt(cluster_var(by_group, mean))
+        # never below the plain s^2 / N (a design effect of at least 1, as for the share): images whose mean ratings
+        # happened to agree gave a zero-width band (found by review)
+        plain = sum((x - mean) ** 2 for x in scores) / (n - 1) / n
+        half = t_quantile(0.975, k - 1) * math.sqrt(max(cluster_var(by_group, mean), plain))
         mean_ci = (mean, mean - half, mean + half)
         srs = p * (1 - p) / (n - 1)
         liked_groups = {g: [1.0 if x >= LIKED else 0.0 for x in v] for g, v in by_group.items()}

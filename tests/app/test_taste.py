@@ -842,3 +842,14 @@ def test_the_rate_tab_and_the_dashboard_count_against_what_the_round_wants(ui_wo
     with read_session(world.factory) as s:
         (row,) = ui_dashboard.round_rows(s, repo.get_experiment(session=s, experiment_id=world.experiment_id))
     assert row.ratings_wanted == 2
+
+
+def test_the_clustered_mean_interval_is_never_narrower_than_the_plain_one():
+    """Three images whose mean ratings agree exactly (1 and 9, 9 and 1, 5 and 5) gave a band of zero width, where
+    the plain t interval over the 6 ratings is [1.25, 8.75] (found by review). The variance is floored at s^2 / N,
+    as the share's design effect is floored at 1; t keeps K - 1 = 2 degrees of freedom."""
+    scores = [1.0, 9.0, 9.0, 1.0, 5.0, 5.0]
+    (m, lo, hi), _ = taste_stats.clustered_intervals(scores, [1, 1, 2, 2, 3, 3])
+    s = (sum((x - 5.0) ** 2 for x in scores) / 5) ** 0.5
+    half = 4.302653 * s / 6 ** 0.5  # t(0.975, 2), from a table
+    assert m == 5.0 and lo == pytest.approx(5.0 - half, rel=1e-5) and hi == pytest.approx(5.0 + half, rel=1e-5)
