@@ -125,6 +125,9 @@ def image_stats(images: Any, embeddings: Any | None = None) -> dict[str, float |
 # ---------------------------------------------------------------------------------------------
 
 
+FRACTIONS = ("diversity_drop", "saturation_jump", "dark_jump", "blank_jump")  # of 1: a change past 1 cannot happen
+
+
 @dataclass(frozen=True)
 class Thresholds:
     """When a round is flagged. Diversity: a relative fall; the others: an absolute change either way."""
@@ -141,6 +144,9 @@ class Thresholds:
             v = getattr(self, f.name)
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"alarm threshold {f.name} must be a finite number of at least 0, got {v!r}")
+            if f.name in FRACTIONS and v >= 1:  # 25 meant as 25% switched the alarm off for good (review)
+                raise ValueError(f"alarm threshold {f.name} is a fraction (0.25 means 25%) below 1, got {v!r}: at 1 "
+                                 "or more it could never fire")
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Thresholds:

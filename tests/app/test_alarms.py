@@ -129,3 +129,12 @@ def test_thresholds_from_the_environment_and_bad_input():
         alarms.image_stats(np.full((1, 2, 2, 3), 2.0))
     with pytest.raises(ValueError, match="2 images but 3 embeddings"):
         alarms.image_stats(tiny(), np.zeros((3, 2)))
+
+
+@pytest.mark.parametrize("name", ["DIVERSITY_DROP", "SATURATION_JUMP", "DARK_JUMP", "BLANK_JUMP"])
+def test_a_fraction_threshold_of_one_or_more_is_refused(name):
+    """SEIKO_ALARM_DIVERSITY_DROP=25 (meant as 25%) was accepted and switched the alarm off for good: no fraction
+    moves by more than 1 (found by review). Entropy (bits) and the KL limit have no such bound."""
+    with pytest.raises(ValueError, match=rf"alarm threshold {name.lower()} is a fraction \(0\.25 means 25%\) below 1"):
+        alarms.Thresholds.from_env({f"SEIKO_ALARM_{name}": "25"})
+    alarms.Thresholds.from_env({f"SEIKO_ALARM_{name}": "0.99", "SEIKO_ALARM_ENTROPY_JUMP": "3", "SEIKO_ALARM_KL_MAX": "50"})
