@@ -474,7 +474,14 @@ def training_feedback(session: Session, *, experiment_id: int, up_to_round_index
         y = np.full(len(ids), np.nan, dtype=np.float64)
         for i, v in score_of.items():
             y[pos[i]] = v
-    p = np.array([(pos[a], pos[b], OUTCOME[c]) for a, b, c, _ in rows], dtype=np.float64).reshape(-1, 3) if rows else None
+    # a pair's votes are one comparison, its outcome the left image's share of them, as an image's ratings are one
+    # target (their mean): one vote a row let comparisons weigh `overlap` times as much as ratings, and the bootstrap
+    # resample a pair's votes as if independent (found by review)
+    shares: dict[tuple[int, int], list[float]] = {}
+    for a, b, c, _ in rows:
+        shares.setdefault((a, b), []).append(OUTCOME[c])
+    p = (np.array([(pos[a], pos[b], sum(o) / len(o)) for (a, b), o in shares.items()], dtype=np.float64)
+         .reshape(-1, 3) if rows else None)
     digest = hashlib.sha256(repr(sorted(rows)).encode()).hexdigest()
     return TrainingFeedback(ids, x, y, p, int(sum(getattr(r, "n_ratings", 1) for r in rated)), len(rows), digest)
 

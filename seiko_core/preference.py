@@ -6,8 +6,9 @@
 
 The data. ``embeddings`` (N, D) are the items (images) the feedback is about. ``scores`` (N,) holds a rating per
 item, NaN for an item that was not rated (compared only). ``pairs`` (P, 3) holds comparisons ``(i, j, outcome)``
-with ``outcome`` 1 (item i preferred), 0 (item j preferred) or 0.5 (a tie). One score and one comparison are one
-label each.
+with ``outcome`` 1 (item i preferred), 0 (item j preferred) or 0.5 (a tie), or item i's share of several raters'
+votes on the pair (2/3: two of three; the loss is linear in the outcome, so this is the votes' own loss, divided by
+their number). One score (an item's mean rating) and one comparison (a pair's votes) are one label each.
 
 The loss, per head h with standardised outputs z_h (the heads' outputs before ``y_std``/``y_mean``):
 
@@ -52,7 +53,6 @@ from seiko_core.reward import (
     holdout_size,
 )
 
-OUTCOMES = (0.0, 0.5, 1.0)
 UNIT_SCORE = "score"  # the raters' score units (scores given)
 UNIT_BT_LOGIT = "bt_logit"  # Bradley-Terry logits, mean zero over the embeddings (pairs only)
 SCALE_LR = 0.05  # Adam step of the per-head log logit scale (scores and pairs together)
@@ -127,11 +127,11 @@ def _validated(embeddings, scores, pairs) -> tuple[Tensor, Tensor | None, Tensor
             row = int(torch.nonzero(same)[0])
             raise ValueError(f"pair {row} compares item {int(ij[row, 0])} with itself; a comparison needs two items")
         o = p[:, 2]
-        valid = (o == 0) | (o == 0.5) | (o == 1)
+        valid = (o >= 0) & (o <= 1)
         if not bool(valid.all()):
             row = int(torch.nonzero(~valid)[0])
-            raise ValueError(f"pair {row} has outcome {float(o[row]):.6g}; an outcome must be 1 (i preferred), "
-                             "0 (j preferred) or 0.5 (a tie)")
+            raise ValueError(f"pair {row} has outcome {float(o[row]):.6g}; an outcome is item i's share of the votes, "
+                             "from 0 to 1: 1 (i preferred), 0 (j preferred), 0.5 (a tie), 2/3 (two votes of three)")
     if idx_s is None and p is None:
         raise ValueError("cannot fit a reward model on empty feedback; give at least one score or one comparison")
     return x, idx_s, y, p

@@ -317,3 +317,25 @@ def test_a_round_reopened_after_the_feedback_became_pairs_gets_its_pairs(ui_worl
     assert _pairs(ui_world) == []
     ui_admin.reopen_round(ui_world.factory, who(ui_world, "root"), ui_world.experiment_id)
     assert len(_pairs(ui_world)) == 3  # 2 images of each of 3 prompts, as set_feedback makes them for an open round
+
+
+def test_several_raters_votes_on_one_pair_are_one_comparison_like_their_ratings_of_one_image(ui_world):
+    """With feedback 'both' and overlap 3, three ratings of an image were one target (their mean) but three votes on
+    a pair were three comparisons, so comparisons weighed three times as much as ratings, against the fit's 'one
+    score and one comparison are one label each', and the bootstrap resampled the three votes as if independent
+    (found by review). A pair's votes are now one comparison: its outcome is the left image's share of them."""
+    world = ui_world
+    set_feedback_directly(world, "both", overlap=3)
+    with write_session(world.factory) as s:
+        pairwise.create_round_pairs(session=s, experiment_id=world.experiment_id, round_id=world.round_id)
+    pair = _pairs(world)[0]
+    for name, choice in (("alice", "a"), ("bob", "a"), ("root", "b")):
+        pairwise.submit_vote(world.factory, who(world, name), pair.id, choice)
+        ui_rate.submit(world.factory, who(world, name), pair.image_a_id, 8)
+    with read_session(world.factory) as s:
+        rated = repo.ratings_snapshot(session=s, experiment_id=world.experiment_id)
+        fb = pairwise.training_feedback(s, experiment_id=world.experiment_id, up_to_round_index=0, feedback="both",
+                                        rated=rated)
+    pos = {i: k for k, i in enumerate(fb.image_ids)}
+    np.testing.assert_allclose(fb.pairs, [[pos[pair.image_a_id], pos[pair.image_b_id], 2 / 3]])
+    assert (fb.n_votes, fb.n_ratings) == (3, 3)  # what was counted: 3 votes and 3 ratings, one label each way

@@ -13,6 +13,7 @@ from seiko_core.optimism import fit_bonus, optimistic_reward
 from seiko_core.preference import (
     UNIT_BT_LOGIT,
     UNIT_SCORE,
+    _validated,
     bradley_terry_nll,
     fit_preference_reward,
     logistic_temperature,
@@ -290,7 +291,7 @@ def test_save_and_load_round_trip(tmp_path):
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"pairs": [[0, 3, 1.0]]}, r"pair 0 has index \[0, 3\] out of range for 3 embeddings"),
     ({"pairs": [[0, 1, 1.0], [-1, 2, 0.0]]}, r"pair 1 has index \[-1, 2\] out of range"),
-    ({"pairs": [[0, 1, 0.7]]}, r"pair 0 has outcome 0.7.*1 \(i preferred\), 0 \(j preferred\) or 0.5 \(a tie\)"),
+    ({"pairs": [[0, 1, -0.1]]}, r"pair 0 has outcome -0.1; an outcome is item i's share of the votes, from 0 to 1"),
     ({"pairs": [[0, 1, 2.0]]}, r"pair 0 has outcome 2;"),
     ({"pairs": [[1, 1, 1.0]]}, r"compares item 1 with itself"),
     ({"pairs": [[0.5, 1, 1.0]]}, r"whole numbers"),
@@ -418,3 +419,19 @@ def test_a_thompson_fit_of_scores_and_a_few_comparisons_runs_when_a_minibatch_ho
     cfg = RewardConfig(num_heads=2, hidden=(8, 4), dropout=(), batch_size=8, max_epochs=3, patience=2, holdout=0.0)
     fit = fit_preference_reward(x, scores=y, pairs=pairs, cfg=cfg, seed=0, sgld=True)
     assert fit.metrics["epochs_run"] >= 1
+
+
+def test_an_outcome_may_be_a_share_of_several_votes_and_weighs_as_those_votes_do():
+    """Votes of several raters on one pair are one comparison whose outcome is item i's share of them (2 of 3: 2/3):
+    the Bradley-Terry loss is linear in the outcome, so it is minimised where the votes' own sum is, at logit
+    log(2) for 2 of 3 (checked in closed form)."""
+    from seiko_core.preference import bradley_terry_nll
+
+    d = torch.linspace(-3, 3, 6001)
+    o = torch.tensor(2 / 3)
+    zero = torch.zeros_like(d)
+    shared = bradley_terry_nll(d, zero, o.expand_as(d))
+    votes = (2 * bradley_terry_nll(d, zero, torch.ones_like(d)) + bradley_terry_nll(d, zero, torch.zeros_like(d))) / 3
+    assert torch.allclose(shared, votes, atol=1e-6)
+    assert float(d[shared.argmin()]) == pytest.approx(math.log(2), abs=1e-3)
+    _validated(torch.zeros(2, 4), None, torch.tensor([[0.0, 1.0, 2 / 3]]))  # accepted
