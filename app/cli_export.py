@@ -27,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ratings = what.add_parser("ratings", help="every rating of an experiment as JSONL plus the rated PNGs")
     ratings.add_argument("--experiment", type=int, required=True, metavar="E", help="experiment id")
     ratings.add_argument("--out", required=True, metavar="DIR", help="new directory to write")
+    ratings.add_argument("--rater-names", action="store_true",
+                         help="name raters by their account names (default: rater-1, rater-2, ..., for sharing)")
     for sub in (lora, ratings):
         add_settings_arguments(sub)
 
@@ -40,7 +42,7 @@ def main(args: argparse.Namespace) -> int:
         if args.what == "lora":
             result = export.export_round_to(settings, args.experiment, args.round, args.format, args.out)
         else:
-            result = export.export_ratings_to(settings, args.experiment, args.out)
+            result = export.export_ratings_to(settings, args.experiment, args.out, rater_names=args.rater_names)
     except (DbError, ExportError, CheckpointError, SchemaOutOfDate) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -171,9 +171,12 @@ def _zipped(directory: Path) -> Path:
     return out
 
 
-def dataset_rows(settings: Settings, experiment_id: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def dataset_rows(settings: Settings, experiment_id: int, *,
+                 rater_names: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The experiment's ratings (oldest first) and comparison votes (oldest pair first), read in one transaction, as
-    plain dicts for ``export_ratings_dataset``."""
+    plain dicts for ``export_ratings_dataset``. Raters are named ``rater-1``, ``rater-2``, ... (in the order of their
+    accounts), the same rater the same name in both files; ``rater_names`` gives their account names instead. A data
+    set is made to be shared, and the account names, the names people sign in with, went into it (found by review)."""
     from sqlalchemy.orm import aliased
 
     from db.models import ComparisonPair, ComparisonVote
@@ -183,7 +186,7 @@ def dataset_rows(settings: Settings, experiment_id: int) -> tuple[list[dict[str,
         with read_snapshot(factory) as s:  # the ratings and the votes from one snapshot
             repo.get_experiment(session=s, experiment_id=experiment_id)
             stmt = (
-                select(Rating, Image, Round.index, Rater.name)
+                select(Rating, Image, Round.index, Rater.id)
                 .join(Image, Image.id == Rating.image_id)
                 .join(Round, Round.id == Image.round_id)
                 .join(Rater, Rater.id == Rating.rater_id)
@@ -198,7 +201,7 @@ def dataset_rows(settings: Settings, experiment_id: int) -> tuple[list[dict[str,
             ]
             left, right = aliased(Image), aliased(Image)
             stmt = (
-                select(ComparisonVote, ComparisonPair, left, right, Round.index, Rater.name)
+                select(ComparisonVote, ComparisonPair, left, right, Round.index, Rater.id)
                 .join(ComparisonPair, ComparisonPair.id == ComparisonVote.pair_id)
                 .join(left, left.id == ComparisonPair.image_a_id)
                 .join(right, right.id == ComparisonPair.image_b_id)
@@ -214,15 +217,23 @@ def dataset_rows(settings: Settings, experiment_id: int) -> tuple[list[dict[str,
                  "image_sha256_b": b.sha256, "image_id_b": b.id, "prompt_b": b.prompt, "seed_b": b.seed}
                 for vote, pair, a, b, index, rater in s.execute(stmt)
             ]
+            ids = sorted({row["rater"] for row in ratings} | {row["rater"] for row in votes})
+            if rater_names:
+                names = dict(s.execute(select(Rater.id, Rater.name).where(Rater.id.in_(ids))).all()) if ids else {}
+            else:
+                names = {rater_id: f"rater-{k}" for k, rater_id in enumerate(ids, start=1)}
+            for row in (*ratings, *votes):
+                row["rater"] = names[row["rater"]]
             return ratings, votes
     finally:
         engine.dispose()
 
 
-def export_ratings_to(settings: Settings, experiment_id: int, out_dir: str | Path) -> ExportResult:
+def export_ratings_to(settings: Settings, experiment_id: int, out_dir: str | Path, *,
+                      rater_names: bool = False) -> ExportResult:
     """Export every rating and comparison vote of the experiment, with the images they name, into the new directory
-    ``out_dir``."""
-    rows, votes = dataset_rows(settings, experiment_id)
+    ``out_dir``; raters as ``rater-N`` unless ``rater_names`` (``dataset_rows``)."""
+    rows, votes = dataset_rows(settings, experiment_id, rater_names=rater_names)
     if not rows and not votes:
         raise ExportError(f"Experiment {experiment_id} has no ratings or comparisons to export yet.")
 

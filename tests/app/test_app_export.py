@@ -139,7 +139,13 @@ def test_cli_exports_a_round_as_diffusers_and_kohya_checked_by_stock_diffusers_w
 def test_cli_exports_the_ratings(world, tmp_path):
     assert cli(world, "ratings", "--experiment", str(world.experiment_id), "--out", str(tmp_path / "r")) == 0
     rows = read_ratings_dataset(tmp_path / "r")
-    assert [(r["rater"], r["score"], r["round"], r["seed"]) for r in rows] == [("ann", 8, 0, 0), ("bob", 4, 0, 0), ("ann", 2, 0, 1)]
+    # raters by pseudonym, in the order of their accounts (ann's first): a data set is made to be shared (review)
+    assert [(r["rater"], r["score"], r["round"], r["seed"]) for r in rows] == [
+        ("rater-1", 8, 0, 0), ("rater-2", 4, 0, 0), ("rater-1", 2, 0, 1)]
+    assert "ann" not in (tmp_path / "r" / "metadata.jsonl").read_text()
+    assert cli(world, "ratings", "--experiment", str(world.experiment_id), "--out", str(tmp_path / "n"),
+               "--rater-names") == 0
+    assert [r["rater"] for r in read_ratings_dataset(tmp_path / "n")] == ["ann", "bob", "ann"]
     assert rows[0]["file_name"] == f"images/{world.shas[0]}.png" and rows[2]["prompt"] == "a star"
     assert rows[0]["rated_at"].endswith("+00:00")
     assert sorted(p.name for p in (tmp_path / "r" / "images").iterdir()) == sorted(f"{s}.png" for s in world.shas)
@@ -378,7 +384,7 @@ def test_the_ratings_dataset_holds_the_comparison_votes_too(tmp_path):
     assert read_ratings_dataset(result.path) == []
     (vote,) = read_comparisons(result.path)
     assert (vote["file_name_a"], vote["file_name_b"]) == (f"images/{shas[0]}.png", f"images/{shas[1]}.png")
-    assert (vote["choice"], vote["rater"], vote["round"], vote["kind"]) == ("b", "ann", 0, "preference")
+    assert (vote["choice"], vote["rater"], vote["round"], vote["kind"]) == ("b", "rater-1", 0, "preference")
     assert vote["voted_at"].endswith("+00:00")
     assert sorted(p.name for p in (result.path / "images").iterdir()) == sorted(f"{s}.png" for s in shas)
 
