@@ -6,6 +6,7 @@ server and the worker call at start-up so that old code never runs against a new
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import stat
@@ -21,6 +22,7 @@ from db.engine import make_engine
 from db.errors import InvalidInput, SchemaOutOfDate
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+log = logging.getLogger(__name__)
 
 
 def _config(url: str | None = None) -> Config:
@@ -76,7 +78,21 @@ def upgrade(url: str, rev: str = "head") -> None:
             pass  # another process made it first
         except OSError as exc:
             raise InvalidInput(f"the database's directory {str(path.parent)!r} could not be made ({exc.strerror or exc})") from exc
+        _owner_only(path)
     command.upgrade(_config(url), rev)
+
+
+def _owner_only(path: Path) -> None:
+    """Take group and other access from a SQLite database of ours and its WAL and shared-memory files: one made
+    before new databases were created 0600 stayed 0644 through every upgrade (found by review)."""
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            info = file.stat()
+        except FileNotFoundError:
+            continue
+        if info.st_uid == os.getuid() and stat.S_IMODE(info.st_mode) & 0o077:
+            os.chmod(file, stat.S_IMODE(info.st_mode) & ~0o077)
+            log.warning("took group and other access from %s (it holds password hashes and session tokens)", file)
 
 
 def backup_sqlite(url: str) -> Path | None:

@@ -240,3 +240,20 @@ def test_a_public_url_with_a_password_is_refused_without_repeating_it():
     with pytest.raises(SettingsError, match="no path") as refused:
         Settings.from_env(environ={"SEIKO_PUBLIC_URL": "https://admin:Hunter2pw@seiko.example.org"})
     assert "Hunter2pw" not in str(refused.value)
+
+
+def test_an_upgrade_takes_other_users_read_access_from_an_existing_database(tmp_path):
+    """A database made before new ones were created 0600 stayed 0644 (password hashes and session tokens readable by
+    every local user) through every later upgrade (found by review). An upgrade now takes group and other access
+    from the file and from its WAL and shared-memory files."""
+    import os
+    import stat
+
+    url = f"sqlite:///{tmp_path / 'seiko.db'}"
+    migrate.upgrade(url)
+    os.chmod(tmp_path / "seiko.db", 0o644)
+    migrate.upgrade(url)
+    assert stat.S_IMODE((tmp_path / "seiko.db").stat().st_mode) == 0o600
+    os.chmod(tmp_path / "seiko.db", 0o640)  # group access too
+    migrate.upgrade(url)
+    assert stat.S_IMODE((tmp_path / "seiko.db").stat().st_mode) == 0o600
