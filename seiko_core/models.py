@@ -88,7 +88,7 @@ def _check_local_configs(path: Path) -> None:
     """Every JSON config of a local model directory (model_index.json and each component's) must be a JSON object:
     diffusers and transformers met a list or a broken file with a TypeError or an AttributeError deep inside, or
     went to look for the model on the hub (found by review)."""
-    for config in [path / "model_index.json", *sorted(path.glob("*/*config*.json"))]:
+    for config in [path / "model_index.json", *sorted(path.glob("*config*.json")), *sorted(path.glob("*/*config*.json"))]:
         if not config.is_file():
             continue
         try:
@@ -99,7 +99,8 @@ def _check_local_configs(path: Path) -> None:
             raise ModelLoadError(f"Model file {str(config)!r} must hold a JSON object, not a {type(value).__name__}.")
     # a sharded component's index names its shards: one named *.bin was loaded with torch.load (an unpickler),
     # use_safetensors or not (found by review)
-    for index in sorted(path.glob("*/*.index.json")):
+    # the root's too: an image encoder given as its own directory or hub id keeps its index there (review)
+    for index in sorted([*path.glob("*.index.json"), *path.glob("*/*.index.json")]):
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
         except (json.JSONDecodeError, UnicodeDecodeError, OSError, AttributeError) as exc:
@@ -167,19 +168,31 @@ def _absent_from_files(module: torch.nn.Module) -> list[str]:
     every image on noise, with no error (found by review); diffusers leaves such a tensor on the meta device instead,
     which the caller checks. A name is matched with or without a leading module prefix (a CLIPModel file loads into
     CLIPTextModel); tied parameters count once, under any of their names."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     from transformers import PreTrainedModel
 
     if not isinstance(module, PreTrainedModel):
         return []
     directory = _weights_dir(module)
-    files = sorted(directory.glob("*.safetensors")) if directory is not None else []
-    if not files:
+    if directory is None:
+        return []
+    # the file transformers reads (no variant is asked for): model.safetensors, or the shards of its index; another
+    # file beside it (an fp16 variant, a git-LFS pointer) is not read (found by review: one failed the load, one hid
+    # a missing tensor)
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted({directory / name for name in json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()})
+    elif (directory / "model.safetensors").is_file():
+        files = [directory / "model.safetensors"]
+    else:
         return []
     keys: set[str] = set()
     for file in files:
-        with safe_open(str(file), framework="pt") as handle:
-            keys.update(handle.keys())
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                keys.update(handle.keys())
+        except (SafetensorError, OSError) as exc:
+            raise ModelLoadError(f"Model file {str(file)!r} is not a readable safetensors file ({exc}).".splitlines()[0]) from exc
     suffixes = {key.split(".", i)[-1] for key in keys for i in range(key.count(".") + 1)}
     names: dict[int, list[str]] = {}
     for name, param in module.named_parameters(remove_duplicate=False):

@@ -192,3 +192,47 @@ def test_a_cached_hub_model_is_checked_like_a_local_one(random_model_dir, tmp_pa
         json.dumps({"metadata": {}, "weight_map": {"conv_in.weight": "shard.bin"}}))
     with pytest.raises(ModelLoadError, match=r"names the shard 'shard\.bin'; only \.safetensors shards are loaded"):
         load_model("someone/tiny-sd", device="cpu")
+
+
+def test_only_the_encoder_file_transformers_reads_is_checked(random_model_dir, tmp_path):
+    """The check read every *.safetensors of an encoder's folder: a git-LFS pointer left as model.fp16.safetensors
+    (a clone without its fp16 files) failed the load with a SafetensorError traceback, and a complete fp16 file
+    beside an incomplete model.safetensors hid the missing tensor (found by review). Only the file transformers
+    loads (model.safetensors, or the shards its index names) is read now."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    spare = tmp_path / "spare"
+    shutil.copytree(random_model_dir, spare)
+    (spare / "text_encoder" / "model.fp16.safetensors").write_text(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 12\n")
+    load_model(str(spare), device="cpu")
+    hidden = tmp_path / "hidden"
+    shutil.copytree(random_model_dir, hidden)
+    full = hidden / "text_encoder" / "model.safetensors"
+    shutil.copy(full, hidden / "text_encoder" / "model.fp16.safetensors")
+    save_file({k: v for k, v in load_file(str(full)).items() if not k.endswith("final_layer_norm.weight")}, str(full))
+    with pytest.raises(ModelLoadError, match=r"lacks weights in text_encoder \(1 tensor"):
+        load_model(str(hidden), device="cpu")
+
+
+def test_a_hub_image_encoders_root_index_is_checked(random_model_dir, tmp_path, monkeypatch):
+    """An image encoder given as a hub id keeps its shard index at the repository's root, which the check of
+    */*.index.json did not see: an index naming a .bin shard was loaded with torch.load (found by review)."""
+    import json
+    import shutil
+
+    snapshot = _cached_hub_model(random_model_dir, tmp_path, monkeypatch, repo="someone/enc")
+    encoder = tmp_path / "encoder"
+    shutil.copytree(snapshot / "image_encoder", encoder)
+    for item in snapshot.iterdir():
+        shutil.rmtree(item) if item.is_dir() else item.unlink()
+    for item in encoder.iterdir():
+        shutil.copy(item, snapshot / item.name)
+    shutil.copy(random_model_dir / "feature_extractor" / "preprocessor_config.json", snapshot)
+    (snapshot / "model.safetensors").unlink()  # sharded: the index names the files
+    (snapshot / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": {"vision_model.post_layernorm.weight": "shard.bin"}}))
+    with pytest.raises(ModelLoadError, match=r"names the shard 'shard\.bin'; only \.safetensors shards are loaded"):
+        load_model(str(random_model_dir), device="cpu", image_encoder="someone/enc")
