@@ -7,7 +7,7 @@ import sys
 
 from sqlalchemy.engine import make_url
 
-from app.settings import Settings
+from app.settings import Settings, shown_url
 from app.settings import add_arguments as add_settings_arguments
 from db import migrate
 
@@ -38,7 +38,7 @@ def main(args: argparse.Namespace) -> int:
                   "rating); run it again with --yes to do it (a SQLite file is copied first)", file=sys.stderr)
             return 2
         # say which database: $SEIKO_DB_URL wins over --data-dir, so the flags alone may not show it (review)
-        shown = make_url(settings.db_url).render_as_string(hide_password=True)
+        shown = shown_url(settings.db_url)
         print(f"downgrading the database {shown!r} to {args.rev}", flush=True)
         backup = migrate.backup_sqlite(settings.db_url)
         if backup is None and make_url(settings.db_url).get_backend_name() != "sqlite":

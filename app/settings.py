@@ -212,7 +212,7 @@ def _db_url(value: Any, data_dir: Path) -> str:
     except (ArgumentError, ValueError) as exc:  # ValueError: a port that is not a number
         raise SettingsError(f"the database URL {_masked(text)!r} is not a URL; give sqlite:///path/to/seiko.db or "
                             "postgresql+psycopg://user@host/dbname") from exc
-    shown = url.render_as_string(hide_password=True)
+    shown = shown_url(url)
     backend = url.get_backend_name()
     if backend == "sqlite":
         database = url.database or ""
@@ -254,11 +254,24 @@ def _check_usable(url, shown: str) -> None:
         raise
 
 
+def shown_url(url) -> str:
+    """A database URL (text or SQLAlchemy URL) for a message or a log: its password hidden, whether it is given as
+    user:password@ or as a ``password`` query parameter (SQLAlchemy hides only the first; found by review)."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(url) if isinstance(url, str) else url
+    if "password" in url.query:
+        url = url.update_query_dict({"password": "***"})
+    return url.render_as_string(hide_password=True)
+
+
 def _masked(text: str) -> str:
-    """``text`` with the password of a ``scheme://user:password@`` part replaced by ***, for messages."""
+    """Text that is not a URL with any ``scheme://user:password@`` password (up to the last @) and any
+    ``password=`` value replaced by ***, for messages."""
     import re
 
-    return re.sub(r"(:/*[^/@:]*:)[^@/]*@", r"\1***@", text)
+    text = re.sub(r"(:/*[^/@:]*:).*@", r"\1***@", text)
+    return re.sub(r"(password=)[^&#]*", r"\1***", text, flags=re.IGNORECASE)
 
 
 def _model(value: Any) -> str:

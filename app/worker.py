@@ -65,7 +65,7 @@ from app import (
     storage,
 )
 from app.services import experiment_config, round_budget
-from app.settings import Settings
+from app.settings import Settings, shown_url
 from db import comparisons, migrate, repo
 from db import jobs as job_queue
 from db import quality as db_quality
@@ -378,7 +378,7 @@ class Worker:
             log.info("removed partial %s left by a killed writer", path)
         self._started = True
         log.info("worker %r ready (database %s, data dir %s, lease %.1f s)", self.worker_id,
-                 self.engine.url.render_as_string(hide_password=True), self.settings.data_dir, self.lease_s)
+                 shown_url(self.engine.url), self.settings.data_dir, self.lease_s)
 
     def run_forever(self) -> None:
         """Process jobs until :meth:`stop` is called, sleeping ``poll_s`` when the queue is empty.

@@ -257,3 +257,18 @@ def test_an_upgrade_takes_other_users_read_access_from_an_existing_database(tmp_
     os.chmod(tmp_path / "seiko.db", 0o640)  # group access too
     migrate.upgrade(url)
     assert stat.S_IMODE((tmp_path / "seiko.db").stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql+psycopg://u@127.0.0.1/db?password=s3cret&sslmod=require",
+    "postgresql://u:top/s3cret@h:x/db",
+    "postgresql://u:s3cret@more@h:x/db",
+])
+def test_no_refusal_shows_a_password_given_in_the_query_or_with_odd_characters(url):
+    """SQLAlchemy hides only user:password@; a ?password= parameter was printed, and the fallback mask showed a
+    password holding '/' or '@' (found by review)."""
+    from app.settings import SettingsError
+
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env(environ={"SEIKO_DB_URL": url})
+    assert "s3cret" not in str(refused.value), str(refused.value)
