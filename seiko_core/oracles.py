@@ -28,7 +28,6 @@ import hashlib
 import importlib
 import importlib.util
 import math
-import numbers
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -328,11 +327,15 @@ def load_oracle(spec: str, parts=None) -> OracleSpec:
     for builtin in ORACLES.values():
         if builtin.fn is obj:
             return builtin
-    spread = getattr(obj, "spread", DEFAULT_USER_SPREAD)
-    if isinstance(spread, bool) or not isinstance(spread, numbers.Real) or not (math.isfinite(spread) and spread > 0):
+    given = getattr(obj, "spread", DEFAULT_USER_SPREAD)
+    try:  # a number, or one held in a 0-d tensor or array (fn.spread = scores.std())
+        spread = None if isinstance(given, bool | str) else float(given)
+    except (TypeError, ValueError, RuntimeError):
+        spread = None
+    if spread is None or not (math.isfinite(spread) and spread > 0):
         raise OracleError(f"oracle {spec!r}: its spread must be a positive finite number (the scores' typical "
-                          f"spread), got {spread!r}.")
-    return OracleSpec(name=spec, fn=obj, spread=float(spread))
+                          f"spread), got {given!r}.")
+    return OracleSpec(name=spec, fn=obj, spread=spread)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -240,3 +240,14 @@ def test_a_broken_user_oracle_is_one_sentence(tmp_path, source, message):
     with pytest.raises(OracleError, match=r"^oracle .*" + message) as refused:
         load_oracle(f"{tmp_path}/mine.py:f")
     assert "\n" not in str(refused.value)
+
+
+def test_a_user_oracles_spread_may_be_a_0d_tensor_or_array(tmp_path):
+    """fn.spread = scores.std() (a 0-d tensor) was accepted by float() and refused by the stricter check that
+    replaced it (found by review)."""
+    from seiko_core.oracles import load_oracle
+
+    for value in ("torch.tensor(0.5)", "numpy.array(0.5)", "numpy.float32(0.5)", "1"):
+        (tmp_path / "mine.py").write_text("import numpy, torch\ndef f(images, prompts):\n    return images.mean((1, 2, 3))\n"
+                                          f"f.spread = {value}\n")
+        assert load_oracle(f"{tmp_path}/mine.py:f").spread == pytest.approx(float(value.split("(")[-1].rstrip(")")))
