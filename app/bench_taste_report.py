@@ -142,13 +142,14 @@ def paired(a: dict[str, Any], b: dict[str, Any], name_a: str, name_b: str) -> st
 
 def _last_round_pairs(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, int, dict[str, Any], dict[str, Any], list, bool]]:
     """Per seed both runs have: (seed, k, A's round k, B's round k, all of B's rounds, finished), k the last round
-    both reached; finished: both runs completed the seed with the same number of rounds (else its round k is not
-    the final round the other seeds are compared at, and pooling it with them mixes rounds: found by review)."""
+    both reached; finished: both runs completed the seed (a stopped run's round k is not the round the other seeds
+    are compared at, and pooling it with them mixed rounds: found by review). Two finished runs of different
+    --rounds are compared at the last round both have."""
     out = []
     for seed in sorted(set(a["seeds"]) & set(b["seeds"]), key=int):
         ra, rb = a["seeds"][seed]["rounds"], b["seeds"][seed]["rounds"]
         k = min(len(ra), len(rb)) - 1
-        finished = bool(a["seeds"][seed].get("complete") and b["seeds"][seed].get("complete")) and len(ra) == len(rb)
+        finished = bool(a["seeds"][seed].get("complete") and b["seeds"][seed].get("complete"))
         if k >= 0:  # a seed that a stopped run had just started has no round yet
             out.append((seed, k, ra[k], rb[k], rb, finished))
     return out

@@ -705,3 +705,15 @@ def test_a_round_without_a_variety_is_pooled_without_one():
     after["seeds"]["0"]["rounds"][1]["variety_embedding_pct_round0"] = None
     assert report.pooled_pairs([(before, after)])["variety_emb_diff"] is None
     assert "| 1 | +20.0 - | 1/1 | - | 30.0 |" in report.pooled_table([(before, after)], [("b", "a")])
+
+
+def test_finished_runs_of_different_lengths_are_compared_at_their_common_last_round():
+    """Requiring equal round counts marked every seed of a finished 2-round run against a finished 4-round run as
+    unfinished and pooled nothing (found by review of the fix above)."""
+    from app import bench_taste_report as report
+
+    short = _doc([[0.0, 0.2, 0.3]] * 2, [[1.0, 2.0, 3.0]] * 2)
+    long = _doc([[0.0, 0.2, 0.5, 0.6, 0.7]] * 2, [[1.0, 2.0, 4.0, 5.0, 6.0]] * 2)
+    got = report.pooled_pairs([(short, long)])
+    assert got["n"] == 2 and got["share_diff"] == pytest.approx(20.0) and got["left_out"] == []
+    assert "| 0 | 2 | 30 -> 50 | +20 |" in report.paired(short, long, "short", "long")
