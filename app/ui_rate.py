@@ -31,7 +31,7 @@ import base64
 import hashlib
 import html
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -396,6 +396,7 @@ class View:
     progress: str
     state: dict[str, Any]
     message: str | None = None  # a refusal to show as a warning (nothing was changed)
+    keep_state: bool = False  # a redraw only: the page's state is not written back (the poll of a waiting page)
 
 
 def _cards(session: Session, data_dir, state: RateState, who: Who) -> list[Card]:
@@ -472,7 +473,9 @@ def poll(factory, data_dir, who: Who, state_value: dict | None, *, batch_size: i
             # a waiting page is redrawn (its message and the worker's progress: the 'step i of n' line drawn when
             # the round closed never moved, and a finished experiment's page kept promising images; found by
             # review); the grid is only a message then, with no image to send again
-            return _render(s, data_dir, state, who, new_grid=True)
+            # the state is not written back: a tick in flight when the rater picked another experiment would put
+            # the old one back, and every later tick would redraw it (found by review)
+            return replace(_render(s, data_dir, state, who, new_grid=True), keep_state=True)
         if not state.batch and round_ is not None and not _offered(s, round_, who, 1):
             return None
     return load_batch(factory, data_dir, who, state_value, batch_size=batch_size)

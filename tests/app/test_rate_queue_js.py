@@ -116,3 +116,25 @@ def ui_rate_who(world):
     from app import auth
 
     return auth.identify(world.factory, local_mode=False, username="alice", client_host="127.0.0.1")
+
+
+def test_the_poll_of_a_waiting_page_does_not_write_the_pages_state_back(ui_world):
+    """The poll redraws a waiting page (its message and the worker's progress) but leaves its state alone: a tick in
+    flight when the rater picked another experiment put the old experiment's state back (found by review)."""
+    import gradio as gr
+
+    from app import ui_admin, ui_rate
+    from app.ui_rate_tab import RateHandlers
+
+    alice = ui_rate_who(ui_world)
+    for image in ui_world.image_ids:
+        ui_rate.submit(ui_world.factory, alice, image, 5)
+    from app import auth
+
+    root = auth.identify(ui_world.factory, local_mode=False, username="root", client_host="127.0.0.1")
+    ui_admin.close_round(ui_world.factory, root, ui_world.experiment_id, expected_index=0)
+    handlers = RateHandlers(ui_world.services(), lambda request: alice, lambda message: None)
+    state = ui_rate.load_batch(ui_world.factory, ui_world.settings.data_dir, alice, None, batch_size=4).state
+    request = gr.Request(username="alice", client={"host": "127.0.0.1", "port": 1})
+    grid, marks, progress, new_state = handlers.on_rate_poll(state, request)
+    assert "No round is open" in grid and new_state == gr.skip()
