@@ -395,6 +395,8 @@ def test_a_vote_on_a_pair_the_blind_rule_withholds_is_refused(ui_world):
                            {"pair_id": other, "choice": "skip"}).startswith("skipped")
     with pytest.raises(Conflict, match=rf"^pair {other} is not one you are offered"):  # a skipped pair is set aside
         ui_compare.vote(ui_world.factory, alice, ui_world.experiment_id, "ab", {"pair_id": other, "choice": "a"})
+    assert ui_compare.vote(ui_world.factory, alice, ui_world.experiment_id, "ab",
+                           {"pair_id": other, "choice": "skip"}).startswith("skipped")  # skipping twice is one skip
 
 
 def test_the_compare_page_is_redrawn_when_another_experiment_is_picked(ui_world):
