@@ -354,7 +354,7 @@ def _metrics(model: RewardEnsemble, x, xs_tr, y_tr, xs_ho, y_ho, pairs_tr, pairs
         if not bool(decided.any()):
             return nll, None
         mean_d = d.mean(dim=1)[decided]
-        acc = float(((mean_d > 0) == (o[decided] == 1)).double().mean())
+        acc = float(((mean_d > 0) == (o[decided] > 0.5)).double().mean())  # the majority's side (2/3: i)
         return nll, acc
 
     tr_nll, tr_acc = pair_stats(pairs_tr)

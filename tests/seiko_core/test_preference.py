@@ -435,3 +435,15 @@ def test_an_outcome_may_be_a_share_of_several_votes_and_weighs_as_those_votes_do
     assert torch.allclose(shared, votes, atol=1e-6)
     assert float(d[shared.argmin()]) == pytest.approx(math.log(2), abs=1e-3)
     _validated(torch.zeros(2, 4), None, torch.tensor([[0.0, 1.0, 2 / 3]]))  # accepted
+
+
+def test_the_pair_accuracy_counts_a_share_outcome_by_its_majority():
+    """With a pair's votes as one share (2/3 for i), accuracy compared (d > 0) with (o == 1), so a fit that put i
+    above j, as two of three raters did, was counted wrong (found while reviewing the collapse of votes)."""
+    x = torch.eye(4)
+    pairs = torch.tensor([[0.0, 1.0, 2 / 3], [2.0, 3.0, 1 / 3], [0.0, 2.0, 1.0], [3.0, 1.0, 0.0]])
+    fit = fit_preference_reward(x, pairs=pairs, cfg=RewardConfig(hidden=(8,), dropout=(), holdout=0.0, max_epochs=400,
+                                                                  patience=400, lr=1e-2, num_heads=2), seed=0)
+    reward = fit.ensemble(x).mean(dim=1)
+    agree = [(float(reward[int(i)] - reward[int(j)]) > 0) == (float(o) > 0.5) for i, j, o in pairs.tolist()]
+    assert fit.metrics["train_pair_accuracy"] == pytest.approx(sum(agree) / len(agree))
