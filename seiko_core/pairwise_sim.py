@@ -97,7 +97,7 @@ def run_pairs(parts, cfg: SeikoConfig, oracle, temperature: float, tie_eps: floa
         o = choices[:, 2]
         decided = o != 0.5
         d = true[local[:, 0]] - true[local[:, 1]]
-        agree = ((d[decided] > 0) == (o[decided] == 1)).float().mean() if bool(decided.any()) else None
+        agree = ((d[decided] > 0) == (o[decided] > 0.5)).float().mean() if bool(decided.any()) else None
         rounds.append({
             "round": i, "labels": sum(len(p) for p in pairs_d), "budget": budget, **m,
             "batch_true_reward": float(true.mean()), "batch_feedback_mean": None,  # no ratings: see the pair keys
