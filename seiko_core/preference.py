@@ -167,6 +167,12 @@ def fit_preference_reward(
     """
     cfg = RewardConfig() if cfg is None else cfg
     x, idx_s, y, p = _validated(embeddings, scores, pairs)
+    set_aside = 0
+    if idx_s is not None and p is not None and int(torch.unique(y).numel()) < 2:
+        # scores without a spread (one rating, or every rating the same) pin only the reward's level: with
+        # comparisons its scale was then arbitrary, any (z / c, a * c) fitting alike, and differed by seed (found by
+        # review). The comparisons alone are fitted, in logits, until the scores have a spread.
+        set_aside, idx_s, y = int(idx_s.shape[0]), None, None
     n, dim = x.shape
     device = x.device
     n_s = 0 if idx_s is None else int(idx_s.shape[0])
@@ -325,7 +331,7 @@ def fit_preference_reward(
         "n": n_s + n_p, "n_items": n, "n_scores": n_s, "n_pairs": n_p, "n_ties": int((p[:, 2] == 0.5).sum()) if n_p else 0,
         "n_train": n_tr, "n_holdout": ns_ho + np_ho, "epochs_run": epochs_run, "best_epoch": best_epoch,
         "y_mean": float(model.y_mean), "y_std": float(model.y_std), "seed": int(seed), "sgld": bool(sgld),
-        "unit": UNIT_SCORE if n_s else UNIT_BT_LOGIT,
+        "unit": UNIT_SCORE if n_s else UNIT_BT_LOGIT, "scores_set_aside": set_aside,
     })
     model.metrics = metrics
     return FitResult(ensemble=model, metrics=dict(metrics))
