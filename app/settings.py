@@ -260,8 +260,9 @@ def shown_url(url) -> str:
     from sqlalchemy.engine import make_url
 
     url = make_url(url) if isinstance(url, str) else url
-    if "password" in url.query:
-        url = url.update_query_dict({"password": "***"})
+    secret = {key: "***" for key in url.query if "password" in key.lower()}  # password, sslpassword, ...
+    if secret:
+        url = url.update_query_dict(secret)
     return url.render_as_string(hide_password=True)
 
 

@@ -139,11 +139,11 @@ def vote(factory, who: Who, experiment_id: int | None, kind: str, payload: dict[
         s.refresh(experiment)
         if experiment.status == "finished":  # its win rates are final: a vote now would change them after the fact
             raise Conflict(f"experiment {experiment.name!r} is finished; its comparisons are closed and nothing was saved")
-        if choice == "skip" and pair.id in comparisons.skipped_pairs(session=s, rater_id=who.rater_id, pair_ids=[pair.id]):
-            return "skipped: this pair is not shown to you again"  # skipping twice is one skip, as before
         # one rater's votes one at a time: two votes sent at once on two pairs sharing an image both passed the
         # blind rule's check before either committed (PostgreSQL; found by review)
         s.scalars(select(Rater.id).where(Rater.id == who.rater_id).with_for_update()).all()
+        if choice == "skip" and pair.id in comparisons.skipped_pairs(session=s, rater_id=who.rater_id, pair_ids=[pair.id]):
+            return "skipped: this pair is not shown to you again"  # skipping twice is one skip, as before
         if not comparisons.may_answer(session=s, pair_id=pair.id, rater_id=who.rater_id):
             raise Conflict(f"pair {pair_id} is not one you are offered (a pair you skipped, or one that shares an image "
                            "with a pair you have answered); nothing was saved")

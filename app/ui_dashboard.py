@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
+from PIL import Image as PILImage
 from sqlalchemy.orm import Session
 
 from app import alarms, pairwise, storage, ui_images
@@ -196,10 +197,10 @@ def eval_grid_html(session: Session, experiment: Experiment, data_dir) -> str:
             im = row.get(k)
             path = storage.resolve(data_dir, im.file_path) if im is not None else None
             if path is not None and path.is_file():
-                data = path.read_bytes()  # tabindex: a click focuses the image, which the CSS shows large
-                try:
+                try:  # tabindex below: a click focuses the image, which the CSS shows large
+                    data = path.read_bytes()
                     uri = _thumb_uri_of(data)
-                except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+                except (OSError, ValueError, PILImage.DecompressionBombError) as exc:  # UnidentifiedImageError: OSError
                     # one damaged file is its own cell: it failed the whole refresh, every few seconds (review)
                     log.warning("eval image %s of round %d is not readable: %s", path, k, exc)
                     tds.append("<td><div class='none' title='image file not readable'>not readable</div></td>")

@@ -396,7 +396,7 @@ class View:
     progress: str
     state: dict[str, Any]
     message: str | None = None  # a refusal to show as a warning (nothing was changed)
-    keep_state: bool = False  # a redraw only: the page's state is not written back (the poll of a waiting page)
+    keep_state: bool = False  # a redraw only: the page's state and marks are not written back (a waiting page's poll)
 
 
 def _cards(session: Session, data_dir, state: RateState, who: Who) -> list[Card]:
@@ -475,7 +475,10 @@ def poll(factory, data_dir, who: Who, state_value: dict | None, *, batch_size: i
             # review); the grid is only a message then, with no image to send again
             # the state is not written back: a tick in flight when the rater picked another experiment would put
             # the old one back, and every later tick would redraw it (found by review)
-            return replace(_render(s, data_dir, state, who, new_grid=True), keep_state=True)
+            # and only the progress is redrawn, and the grid's message when the experiment is finished: a late tick
+            # wrote the old experiment's grid and empty marks over the new one's cards (found by review)
+            finished = experiment is not None and experiment.status == "finished"
+            return replace(_render(s, data_dir, state, who, new_grid=finished), keep_state=True)
         if not state.batch and round_ is not None and not _offered(s, round_, who, 1):
             return None
     return load_batch(factory, data_dir, who, state_value, batch_size=batch_size)

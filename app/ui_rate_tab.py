@@ -43,8 +43,9 @@ class RateHandlers:
         seq = (answers or {}).get("seq")
         if isinstance(seq, int) and not isinstance(seq, bool) and 0 < seq < 2**53:
             marks = json.dumps({**json.loads(marks), "done": seq})
-        return (gr.skip() if view.grid is None else view.grid, marks, view.progress,
-                gr.skip() if view.keep_state else view.state)
+        if view.keep_state:
+            return (gr.skip() if view.grid is None else view.grid, gr.skip(), view.progress, gr.skip())
+        return (gr.skip() if view.grid is None else view.grid, marks, view.progress, view.state)
 
     def on_rate(self, state, evt: gr.EventData, request: gr.Request):
         who, payload = self.who_of(request), event_payload(evt)

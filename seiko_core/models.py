@@ -100,7 +100,9 @@ def _check_local_configs(path: Path) -> None:
     # a sharded component's index names its shards: one named *.bin was loaded with torch.load (an unpickler),
     # use_safetensors or not (found by review)
     # the root's too: an image encoder given as its own directory or hub id keeps its index there (review)
-    for index in sorted([*path.glob("*.index.json"), *path.glob("*/*.index.json")]):
+    # only the indexes a loader reads with use_safetensors (a pytorch_model.bin.index.json beside model.safetensors
+    # is never read: refusing it refused valid repositories that ship both formats; found by review)
+    for index in sorted([*path.glob("*.safetensors.index.json"), *path.glob("*/*.safetensors.index.json")]):
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
         except (json.JSONDecodeError, UnicodeDecodeError, OSError, AttributeError) as exc:

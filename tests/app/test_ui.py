@@ -336,7 +336,7 @@ def test_poll_fetches_images_when_a_round_opens(ui_world):
     page = Page(ui_world, "alice")
     assert page.batch == [] and "No round is open" in page.view.grid
     waiting = ui_rate.poll(ui_world.factory, ui_world.settings.data_dir, page.who, page.state, batch_size=4)
-    assert waiting.state["batch"] == [] and "No round is open" in waiting.grid  # a waiting page is redrawn
+    assert waiting.keep_state and waiting.grid is None and "no round is open" in waiting.progress  # progress redrawn
     with write_session(ui_world.factory) as s:
         repo.set_round_status(session=s, round_id=ui_world.round_id, status="labeling")
     view = ui_rate.poll(ui_world.factory, ui_world.settings.data_dir, page.who, page.state, batch_size=4)
@@ -614,3 +614,13 @@ def test_a_correction_of_the_last_card_sent_as_the_next_batch_came_is_saved(ui_w
         assert repo.find_rating(session=s, image_id=first[-1], rater_id=page.who.rater_id).score == 3
     never_rated = ui_world.eval_image_ids[0]  # of the same round, not one alice rated
     assert "not in your current batch" in (page.rate(never_rated, 5).message or "")
+
+
+def test_an_eval_image_too_large_to_open_or_unreadable_is_a_cell_too(ui_world, monkeypatch):
+    """PIL's DecompressionBombError is not an OSError, and the file was read outside the try: a header claiming a
+    huge image, or a file without read permission, still failed the whole refresh (found by review)."""
+    from PIL import Image as PILImage
+
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 10)  # every eval image is a "bomb" now
+    grid = ui_dashboard.grid(ui_world.factory, ui_world.experiment_id, ui_world.settings.data_dir)
+    assert grid.count("<img ") == 0 and grid.count(">not readable<") == len(ui_world.eval_image_ids)

@@ -263,6 +263,7 @@ def test_an_upgrade_takes_other_users_read_access_from_an_existing_database(tmp_
     "postgresql+psycopg://u@127.0.0.1/db?password=s3cret&sslmod=require",
     "postgresql://u:top/s3cret@h:x/db",
     "postgresql://u:s3cret@more@h:x/db",
+    "postgresql+psycopg://u@127.0.0.1/db?sslpassword=s3cret&sslmod=require",
 ])
 def test_no_refusal_shows_a_password_given_in_the_query_or_with_odd_characters(url):
     """SQLAlchemy hides only user:password@; a ?password= parameter was printed, and the fallback mask showed a

@@ -236,3 +236,16 @@ def test_a_hub_image_encoders_root_index_is_checked(random_model_dir, tmp_path, 
         json.dumps({"metadata": {}, "weight_map": {"vision_model.post_layernorm.weight": "shard.bin"}}))
     with pytest.raises(ModelLoadError, match=r"names the shard 'shard\.bin'; only \.safetensors shards are loaded"):
         load_model(str(random_model_dir), device="cpu", image_encoder="someone/enc")
+
+
+def test_a_pickle_index_beside_safetensors_weights_is_not_read_and_not_refused(random_model_dir, tmp_path):
+    """Repositories that ship both formats keep a pytorch_model.bin.index.json beside model.safetensors; loaders never
+    read it with use_safetensors, and refusing it refused valid models (found by review)."""
+    import json
+    import shutil
+
+    both = tmp_path / "both"
+    shutil.copytree(random_model_dir, both)
+    for folder, name in (("unet", "diffusion_pytorch_model.bin.index.json"), ("text_encoder", "pytorch_model.bin.index.json")):
+        (both / folder / name).write_text(json.dumps({"metadata": {}, "weight_map": {"x": "shard-00001.bin"}}))
+    load_model(str(both), device="cpu")
