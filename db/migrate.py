@@ -92,7 +92,7 @@ def _owner_only(path: Path) -> None:
             continue
         if info.st_uid == os.getuid() and stat.S_IMODE(info.st_mode) & 0o077:
             os.chmod(file, stat.S_IMODE(info.st_mode) & ~0o077)
-            log.warning("took group and other access from %s (it holds password hashes and session tokens)", file)
+            log.info("took group and other access from %s (it holds password hashes and session tokens)", file)
 
 
 def backup_sqlite(url: str) -> Path | None:
