@@ -116,8 +116,8 @@ function pump() {
   api.busy = true;
   api.inflight = api.queue.shift();
   clearTimeout(api.timer);
-  // no answer (the server raised an error, the sign-in ran out): go on with the next action. Only the answer that
-  // echoes this action's number releases the next (MARKS_JS), so a late answer after this releases nothing
+  // no answer (the connection dropped; a handler's error is answered, app.ui_rate_tab): go on with the next action.
+  // Only the answer that echoes this action's number releases the next (MARKS_JS), so a late answer releases nothing
   api.timer = setTimeout(() => api.ack(), 30000);
   trigger(api.inflight[0], api.inflight[1]);
 }
@@ -221,11 +221,15 @@ function apply() {
   const raw = props.value || '';
   if (!raw) return;
   const marks = JSON.parse(raw);
-  api.marks = marks;
   // only the answer to the action in flight releases the next one: any new marks did, so a late answer (after the
   // time-out) or a render that answered nothing (a new batch, the poll) let 'u' run beside the rating it was to
   // take back, which then took back the one before (found by review, 4 Dec 2026)
-  if (api.inflight && api.ack && marks.done !== undefined && marks.done === api.inflight[1].seq) { api.ack(); return; }
+  const answered = api.inflight && api.ack && marks.done !== undefined && marks.done === api.inflight[1].seq;
+  // an action the server could not handle (app.ui_rate_tab answer_action) is answered with 'failed' and no cards:
+  // the cards keep the last marks (the failed card shows its state before the action) and the next action goes
+  if (marks.failed) { if (answered) api.ack(); return; }
+  api.marks = marks;
+  if (answered) { api.ack(); return; }
   if (api.applyMarks) api.applyMarks(marks);
 }
 watch('value', apply);

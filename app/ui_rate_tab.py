@@ -9,6 +9,7 @@ load and the experiment selector (app.ui) use it too. Handler names are looked u
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,11 +20,19 @@ from app import ui_rate
 from app.auth import Who
 from app.ui_assets import GRID_JS, MARKS_JS
 
+log = logging.getLogger(__name__)
+
 
 def event_payload(evt: gr.EventData | None) -> dict[str, Any]:
     """The data a custom event sent with ``trigger(name, data)`` (an empty dict when it sent none)."""
     raw = vars(evt).get("_data") if evt is not None else None
     return raw if isinstance(raw, dict) else {}
+
+
+def action_number(payload: dict[str, Any] | None) -> int | None:
+    """The page action's number (``seq``, 1 to 2**53 - 1; anything else is no number)."""
+    seq = (payload or {}).get("seq")
+    return seq if isinstance(seq, int) and not isinstance(seq, bool) and 0 < seq < 2**53 else None
 
 
 class RateHandlers:
@@ -40,27 +49,45 @@ class RateHandlers:
         if view.message:
             self.warn(view.message)
         marks = view.marks
-        seq = (answers or {}).get("seq")
-        if isinstance(seq, int) and not isinstance(seq, bool) and 0 < seq < 2**53:
+        seq = action_number(answers)
+        if seq is not None:
             marks = json.dumps({**json.loads(marks), "done": seq})
         if view.keep_state:
             return (gr.skip() if view.grid is None else view.grid, gr.skip(), view.progress, gr.skip())
         return (gr.skip() if view.grid is None else view.grid, marks, view.progress, view.state)
 
+    def answer_action(self, payload: dict[str, Any], act: Callable[[Who], ui_rate.View], request) -> tuple:
+        """The outputs for a page action (a rating, a skip, an undo). An action that raised (the sign-in refused, the
+        database locked or away, a bug) is still answered: its ``seq`` goes back as ``done`` with ``failed``, so the
+        page sends its next queued action at once (it waited 30 s per action) and shows the card as it was. The
+        error is shown in one sentence, and anything but a refusal is logged with its traceback."""
+        try:
+            return self.view_outputs(act(self.who_of(request)), payload)
+        except gr.Error as exc:  # a refusal (signed out, account removed): its sentence is for the rater
+            self.warn(exc.message)
+        except Exception:
+            log.exception("a Rate tab action failed")
+            self.warn("the server could not handle this action (its log has the error); reload the page to see what "
+                      "was saved")
+        failed: dict[str, Any] = {"failed": True}
+        seq = action_number(payload)
+        if seq is not None:
+            failed["done"] = seq
+        return (gr.skip(), json.dumps(failed), gr.skip(), gr.skip())
+
     def on_rate(self, state, evt: gr.EventData, request: gr.Request):
-        who, payload = self.who_of(request), event_payload(evt)
-        return self.view_outputs(ui_rate.rate(self.factory, self.data_dir, who, state, payload, batch_size=self.size),
-                                 payload)
+        payload = event_payload(evt)
+        return self.answer_action(payload, lambda who: ui_rate.rate(self.factory, self.data_dir, who, state, payload,
+                                                                    batch_size=self.size), request)
 
     def on_skip(self, state, evt: gr.EventData, request: gr.Request):
-        who, payload = self.who_of(request), event_payload(evt)
-        return self.view_outputs(ui_rate.skip(self.factory, self.data_dir, who, state, payload, batch_size=self.size),
-                                 payload)
+        payload = event_payload(evt)
+        return self.answer_action(payload, lambda who: ui_rate.skip(self.factory, self.data_dir, who, state, payload,
+                                                                    batch_size=self.size), request)
 
     def on_undo(self, state, evt: gr.EventData, request: gr.Request):
-        who = self.who_of(request)
-        return self.view_outputs(ui_rate.undo(self.factory, self.data_dir, who, state, batch_size=self.size),
-                                 event_payload(evt))
+        return self.answer_action(event_payload(evt), lambda who: ui_rate.undo(self.factory, self.data_dir, who, state,
+                                                                               batch_size=self.size), request)
 
     def on_new_batch(self, state, request: gr.Request):
         who = self.who_of(request)

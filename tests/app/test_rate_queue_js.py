@@ -138,3 +138,63 @@ def test_the_poll_of_a_waiting_page_does_not_write_the_pages_state_back(ui_world
     request = gr.Request(username="alice", client={"host": "127.0.0.1", "port": 1})
     grid, marks, progress, new_state = handlers.on_rate_poll(state, request)
     assert "no round is open" in progress and grid == marks == new_state == gr.skip()  # a late tick overwrote cards
+
+
+def test_an_action_the_server_could_not_handle_releases_the_next_at_once(tmp_path):
+    """A handler that raised (the sign-in ran out, the database locked) sent no answer, so each queued action waited
+    the 30 s time-out before the next was sent. The server now answers it with ``failed`` and its number: the next
+    action goes at once, and the cards keep the last marks (the failed card's state before the action)."""
+    log = run_page(tmp_path, """
+        props.value = JSON.stringify({ cards: { 11: { state: 'rated', score: 4, status: 'rated 4' } } });
+        watchers.marks();
+        api.send('rate', { image_id: 11, score: 7 });
+        api.send('rate', { image_id: 12, score: 3 });
+        props.value = JSON.stringify({ failed: true, done: 1 });
+        watchers.marks();
+        log.push(['mark', 'failed answered']);
+        log.push(['marks', api.marks]);
+        log.push(['timers', timers.filter((t) => t.fn).length]);
+    """)
+    order = [entry[1] if entry[0] == "mark" else entry[1] + str(entry[2].get("image_id", ""))
+             for entry in log if entry[0] in ("sent", "mark")]
+    assert order == ["rate11", "rate12", "failed answered"], order  # rate 12 went without a time-out
+    marks = next(entry[1] for entry in log if entry[0] == "marks")
+    assert marks["cards"]["11"]["score"] == 4 and "failed" not in marks
+    assert next(entry[1] for entry in log if entry[0] == "timers") == 1  # only rate 12's own time-out is pending
+
+
+def test_a_handler_that_raises_is_answered_with_its_number(ui_world, caplog, monkeypatch):
+    """The server half of the rule above: a refusal (gr.Error from who_of) and any other error (a locked database)
+    answer the action with ``failed`` and its ``done`` number, show one sentence, and log the error's traceback
+    (never swallowed)."""
+    import gradio as gr
+    from sqlalchemy.exc import OperationalError
+
+    from app import ui_rate
+    from app.ui_rate_tab import RateHandlers
+
+    warnings: list = []
+    alice = ui_rate_who(ui_world)
+    state = ui_rate.load_batch(ui_world.factory, ui_world.settings.data_dir, alice, None, batch_size=4).state
+    image = state["batch"][0]
+    request = gr.Request(username="alice", client={"host": "127.0.0.1", "port": 1})
+
+    def refused(request):
+        raise gr.Error("your sign-in has run out; sign in again")
+
+    handlers = RateHandlers(ui_world.services(), refused, warnings.append)
+    outputs = handlers.on_rate(state, gr.EventData(None, {"image_id": image, "score": 7, "seq": 3}), request)
+    assert json.loads(outputs[1]) == {"failed": True, "done": 3}
+    assert outputs[0] == outputs[2] == outputs[3] == gr.skip()
+    assert warnings == ["your sign-in has run out; sign in again"]
+
+    def locked(*args, **kwargs):
+        raise OperationalError("UPDATE ratings", {}, Exception("database is locked"))
+
+    handlers = RateHandlers(ui_world.services(), lambda request: alice, warnings.append)
+    monkeypatch.setattr(ui_rate, "undo", locked)
+    with caplog.at_level("ERROR", logger="app.ui_rate_tab"):
+        outputs = handlers.on_undo(state, gr.EventData(None, {"seq": 4}), request)
+    assert json.loads(outputs[1]) == {"failed": True, "done": 4}
+    assert "reload the page" in warnings[-1]
+    assert any("database is locked" in (r.exc_text or "") for r in caplog.records)
