@@ -70,8 +70,24 @@ Finalize = Callable[[Path], dict | None]  # (the export's temporary directory) -
 def _fresh_destination(path: str | Path) -> Path:
     path = Path(path)
     if os.path.lexists(path):  # a dangling link too: the export would be written where it points
+        if _empty(path):  # an export killed between its claim and its rename leaves the claim (atomic.claim_new)
+            raise ExportError(f"Export destination {str(path)!r} already exists and is empty (an export killed as it "
+                              "finished leaves one); remove it or choose a new path.")
         raise ExportError(f"Export destination {str(path)!r} already exists; choose a new path or remove it first.")
     return path
+
+
+def _empty(path: Path) -> bool:
+    """An empty regular file or an empty directory (not a link)."""
+    try:
+        if path.is_symlink():
+            return False
+        if path.is_dir():
+            with os.scandir(path) as entries:
+                return next(entries, None) is None
+        return path.is_file() and path.stat().st_size == 0
+    except OSError:  # unreadable: reported as existing, which it does
+        return False
 
 
 def _publish(writer, path: Path, write, **kwargs):

@@ -355,6 +355,29 @@ def test_an_export_onto_a_dangling_link_is_refused(adapter_dir, tmp_path):
     assert not (tmp_path / "nowhere").exists()
 
 
+def test_an_empty_destination_left_by_a_killed_export_is_named_as_such(adapter_dir, tmp_path):
+    """An export killed between its claim (an empty file or directory, atomic.claim_new) and its rename leaves the
+    empty claim, and the next export there said only 'already exists': it now says the entry is empty and why one
+    may be there. A non-empty destination and a link keep the plain sentence; nothing is removed either way."""
+    from seiko_core.atomic import claim_new
+
+    claim_new(tmp_path / "killed", directory=True)
+    with pytest.raises(ExportError, match="already exists and is empty .*killed"):
+        export_diffusers_lora(adapter_dir, tmp_path / "killed")
+    claim_new(tmp_path / "killed.safetensors", directory=False)
+    with pytest.raises(ExportError, match="already exists and is empty"):
+        export_kohya_lora(adapter_dir, tmp_path / "killed.safetensors")
+    assert (tmp_path / "killed").is_dir() and (tmp_path / "killed.safetensors").is_file()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "mine.txt").write_text("keep")
+    (tmp_path / "link").symlink_to(tmp_path / "killed")
+    for taken in ("full", "link"):
+        with pytest.raises(ExportError, match="already exists; choose a new path") as info:
+            export_diffusers_lora(adapter_dir, tmp_path / taken)
+        assert "is empty" not in str(info.value)
+    assert (tmp_path / "full" / "mine.txt").read_text() == "keep"
+
+
 def test_loading_a_damaged_adapter_is_one_sentence_and_leaves_nothing_half_added(adapter_dir, random_model_dir, tmp_path):
     """Found by review: a tensor whose shape disagrees with the header escaped as 'RuntimeError: Error(s) in loading
     state_dict' and left the adapter's layers half-added to the worker's cached UNet; NaN weights loaded; a manifest
