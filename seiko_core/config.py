@@ -88,6 +88,10 @@ class RewardConfig:
     # the fit stops on the training loss. 1 = always split once n >= 8 (a review found 1-2 held-out labels choosing
     # an epoch-1 model in 4 of 12 fits of 20 labels: seiko_core.reward.fit_reward)
     min_holdout: int = 1
+    # lever N (BENCHMARKS.md): where the held-out split would hold fewer than 8 labels (n < 150 at 5%), choose the
+    # number of epochs by this many-fold cross-validation on every label, then train on all of them for that many
+    # epochs. 0 = off (the held-out split above)
+    cv_folds: int = 0
     bootstrap: str = "poisson"  # per-sample weights per head: "poisson" (Poisson(1)) or "multinomial"
     standardise: bool = True  # fit on (y - mean) / std, predict in the original units
     # TS: gradient noise of scale base * sqrt(lr) / sqrt(batch), as in the reference. At this default the noise (about
@@ -114,6 +118,8 @@ class RewardConfig:
         _check(len(self.hidden) >= 1, "hidden needs at least one layer width")
         _check(0 <= self.holdout < 0.5, f"holdout must be in [0, 0.5), got {self.holdout}")
         _check(_whole(self.min_holdout) and self.min_holdout >= 1, f"min_holdout must be a whole number >= 1, got {self.min_holdout}")
+        _check(_whole(self.cv_folds) and (self.cv_folds == 0 or 2 <= self.cv_folds <= 20),
+               f"cv_folds must be 0 (off) or a whole number from 2 to 20, got {self.cv_folds}")
         _check(self.bootstrap in ("poisson", "multinomial"), f"unknown bootstrap {self.bootstrap!r}; choose from ['multinomial', 'poisson']")
         _check(self.lr > 0 and self.batch_size > 0 and self.max_epochs > 0, "lr, batch_size and max_epochs must be positive")
         _check(math.isfinite(self.prior_scale) and self.prior_scale >= 0,

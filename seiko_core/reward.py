@@ -44,6 +44,7 @@ REWARD_META = "reward.json"
 _FORMAT = "seiko-reward-ensemble"
 _VERSION = 1
 _MIN_POINTS_FOR_HOLDOUT = 8  # below this, every point is needed for training
+_CV_BELOW_HOLDOUT = 8  # cfg.cv_folds chooses the epoch where the held-out split would hold fewer labels than this
 _MIN_DELTA = 1e-6  # improvement (in standardised squared units) that resets the patience counter
 _EVAL_CHUNK = 8192  # rows per forward pass when evaluating on the whole data set
 
@@ -368,9 +369,96 @@ def _weighted_mse(pred: Tensor, target: Tensor, weights: Tensor | None) -> float
 
 def holdout_size(n: int, cfg: RewardConfig) -> int:
     """How many of ``n`` labels are held out for early stopping: ``cfg.holdout`` of them (at least one once n >= 8),
-    or none when that is fewer than ``cfg.min_holdout``."""
+    or none when that is fewer than ``cfg.min_holdout`` or when the epoch is chosen by cross-validation."""
+    if uses_cross_validation(n, cfg):
+        return 0
     want = max(1, round(cfg.holdout * n)) if n >= _MIN_POINTS_FOR_HOLDOUT and cfg.holdout > 0 else 0
     return want if want >= cfg.min_holdout else 0
+
+
+def _target_scaling(y: Tensor, cfg: RewardConfig) -> tuple[float, float]:
+    """(mean, std) the targets are standardised by: (0, 1) without cfg.standardise; a zero spread scales by 1."""
+    if not cfg.standardise:
+        return 0.0, 1.0
+    mean, std = float(y.mean()), float(y.std(correction=0))
+    return mean, std if std > 1e-8 * max(1.0, abs(mean)) else 1.0
+
+
+def uses_cross_validation(n: int, cfg: RewardConfig) -> bool:
+    """Whether the fit of ``n`` labels chooses its epoch by ``cfg.cv_folds``-fold cross-validation: cv_folds is set,
+    there are at least 8 labels and two a fold, and the held-out split would hold fewer than 8 (n < 150 at 5%)."""
+    k = cfg.cv_folds
+    return (k >= 2 and n >= max(_MIN_POINTS_FOR_HOLDOUT, 2 * k)
+            and max(1, round(cfg.holdout * n)) < _CV_BELOW_HOLDOUT)
+
+
+def _train_epoch(model: RewardEnsemble, opt: torch.optim.Optimizer, x_tr: Tensor, z_tr: Tensor, weights: Tensor,
+                 cfg: RewardConfig, gen: torch.Generator, sgld_gen: torch.Generator | None) -> float:
+    """One epoch of shuffled minibatches; loss = sum_h sum_i w_ih (pred_ih - z_i)^2 / B. Returns the mean loss."""
+    model.train()
+    n_train, device = len(x_tr), x_tr.device
+    params = list(model.parameters())
+    order = torch.randperm(n_train, generator=gen, device=device)
+    loss_sum = torch.zeros((), device=device)
+    for idx in order.split(cfg.batch_size):
+        pred = model._standardised_heads(model._hidden(x_tr[idx], gen))  # the priors come after the fit (step 8)
+        loss = (weights[idx] * (pred - z_tr[idx, None]) ** 2).sum(dim=0).div(len(idx)).sum()
+        opt.zero_grad()
+        loss.backward()
+        if sgld_gen is not None:
+            # SGLD (SEIKO-TS): gradient noise of scale base * sqrt(lr) / sqrt(batch), batch = this minibatch's size
+            scale = cfg.sgld_base * math.sqrt(cfg.lr) / math.sqrt(len(idx))
+            for p in params:
+                p.grad.add_(torch.randn(p.shape, generator=sgld_gen, device=device, dtype=p.dtype), alpha=scale)
+        opt.step()
+        loss_sum += loss.detach() * len(idx)
+    return float(loss_sum) / n_train
+
+
+def cross_validated_epoch(x: Tensor, y: Tensor, cfg: RewardConfig, *, seed: int) -> tuple[int, float]:
+    """(epoch, criterion): the number of epochs chosen by ``cfg.cv_folds``-fold cross-validation (lever N).
+
+    The labels are split at random into K folds; K ensembles (cfg's architecture, bootstrap and learning rate, each
+    standardised on its own training labels) train on the other folds in lockstep, and after every epoch the
+    criterion is the squared error of each on its own fold, summed over folds (every label held out once) and divided
+    by n and by the variance of all n labels. The epoch with the lowest criterion is returned; cfg.patience epochs
+    without improvement, or cfg.max_epochs, end the search. Draws come from a stream of the seed's own."""
+    n, dim = x.shape
+    device = x.device
+    gen = torch.Generator(device=device).manual_seed(int(seed) * 7_919 + 49_979_687)
+    folds = torch.randperm(n, generator=gen, device=device).tensor_split(cfg.cv_folds)
+    scale = float(y.var(correction=0)) * n
+    if not scale > 1e-12:
+        scale = float(n)
+    runs = []
+    for fold in folds:
+        mask = torch.ones(n, dtype=torch.bool, device=device)
+        mask[fold] = False
+        y_tr = y[mask]
+        mean, std = _target_scaling(y_tr, cfg)
+        z_tr = ((y_tr - mean) / std).to(torch.float32)
+        weights = _bootstrap_weights(len(y_tr), cfg.num_heads, cfg.bootstrap, gen, device)
+        model = RewardEnsemble(dim, cfg, generator=gen, device=device)
+        runs.append((model, torch.optim.Adam(model.parameters(), lr=cfg.lr), x[mask], z_tr, weights, x[fold],
+                     y[fold].double(), mean, std))
+    best, best_epoch, wait = math.inf, 0, 0
+    for epoch in range(1, cfg.max_epochs + 1):
+        sse = 0.0
+        for model, opt, x_tr, z_tr, weights, x_ho, y_ho, mean, std in runs:
+            _train_epoch(model, opt, x_tr, z_tr, weights, cfg, gen, None)
+            model.eval()
+            pred = _standardised_predictions(model, x_ho).double() * std + mean
+            sse += float(((pred - y_ho[:, None]) ** 2).mean(dim=1).sum())
+        crit = sse / scale
+        if not math.isfinite(crit):
+            raise FloatingPointError(f"reward cross-validation diverged at epoch {epoch} (criterion {crit}); lower cfg.lr")
+        if crit < best - _MIN_DELTA:
+            best, best_epoch, wait = crit, epoch, 0
+        else:
+            wait += 1
+            if wait >= cfg.patience:
+                break
+    return best_epoch, best
 
 
 def fit_reward(
@@ -403,12 +491,7 @@ def fit_reward(
     n_train = n - n_holdout
 
     # 2. target standardisation on the training targets; a zero spread (one point, constant scores) scales by 1
-    y_mean, y_std = 0.0, 1.0
-    if cfg.standardise:
-        y_mean = float(y_tr.mean())
-        y_std = float(y_tr.std(correction=0))
-        if not y_std > 1e-8 * max(1.0, abs(y_mean)):
-            y_std = 1.0
+    y_mean, y_std = _target_scaling(y_tr, cfg)
     z_tr = ((y_tr - y_mean) / y_std).to(torch.float32)
     z_ho = ((y_ho - y_mean) / y_std).to(torch.float32)
 
@@ -422,25 +505,14 @@ def fit_reward(
     params = list(model.parameters())
     opt = torch.optim.Adam(params, lr=cfg.lr)
 
+    # 4b. lever N (cfg.cv_folds): below 150 labels the number of epochs is chosen by cross-validation on every label,
+    #     and the ensemble is then trained on all of them for exactly that many epochs
+    cv_epoch, cv_crit = cross_validated_epoch(x, y, cfg, seed=seed) if uses_cross_validation(n, cfg) else (None, None)
+
     best, best_epoch, best_state, wait, epochs_run = math.inf, 0, None, 0, 0
-    for epoch in range(1, cfg.max_epochs + 1):
+    for epoch in range(1, (cv_epoch or cfg.max_epochs) + 1):
         # 5. one epoch of minibatches; loss = sum_h sum_i w_ih (pred_ih - z_i)^2 / B
-        model.train()
-        order = torch.randperm(n_train, generator=gen, device=device)
-        loss_sum = torch.zeros((), device=device)
-        for idx in order.split(cfg.batch_size):
-            pred = model._standardised_heads(model._hidden(x_tr[idx], gen))  # the priors come after the fit (step 8)
-            loss = (weights[idx] * (pred - z_tr[idx, None]) ** 2).sum(dim=0).div(len(idx)).sum()
-            opt.zero_grad()
-            loss.backward()
-            if sgld:
-                # SGLD (SEIKO-TS): gradient noise of scale base * sqrt(lr) / sqrt(batch), batch = this minibatch's size
-                scale = cfg.sgld_base * math.sqrt(cfg.lr) / math.sqrt(len(idx))
-                for p in params:
-                    p.grad.add_(torch.randn(p.shape, generator=sgld_gen, device=device, dtype=p.dtype), alpha=scale)
-            opt.step()
-            loss_sum += loss.detach() * len(idx)
-        epoch_loss = float(loss_sum) / n_train
+        epoch_loss = _train_epoch(model, opt, x_tr, z_tr, weights, cfg, gen, sgld_gen)
         epochs_run = epoch
 
         # 6. early stopping: held-out MSE, or the (eval-mode, bootstrap-weighted) training MSE when there is no split
@@ -451,13 +523,17 @@ def fit_reward(
             crit = _weighted_mse(_standardised_predictions(model, x_tr), z_tr, weights)
         if not math.isfinite(crit):
             raise FloatingPointError(f"reward fit diverged at epoch {epoch} (criterion {crit}); lower cfg.lr")
-        if crit < best - _MIN_DELTA:
+        if cv_epoch is not None:  # the epoch count is fixed: the last epoch's weights are the model
+            if epoch == cv_epoch:
+                best, best_epoch = crit, epoch
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        elif crit < best - _MIN_DELTA:
             best, best_epoch, wait = crit, epoch, 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             wait += 1
         if on_progress is not None:
-            on_progress(epoch, cfg.max_epochs, {"loss": epoch_loss, "criterion": crit, "best_epoch": best_epoch})
+            on_progress(epoch, cv_epoch or cfg.max_epochs, {"loss": epoch_loss, "criterion": crit, "best_epoch": best_epoch})
         if wait > 0 and wait >= cfg.patience:  # cfg.patience epochs in a row without improvement
             break
 
@@ -477,6 +553,8 @@ def fit_reward(
         "n_holdout": n_holdout,
         "epochs_run": epochs_run,
         "best_epoch": best_epoch,
+        "cv_folds": cfg.cv_folds if cv_epoch is not None else 0,  # lever N: the epoch count chosen by K-fold CV
+        "cv_criterion": cv_crit,  # its held-out squared error over all labels, in units of their variance
         "train_mse": _weighted_mse(pred_tr, y_tr, None),
         "holdout_mse": _weighted_mse(pred_ho, y_ho, None) if pred_ho is not None else None,
         "head_spread": float(pred_tr.std(dim=1, correction=0).mean()),  # mean over training inputs of the std across heads

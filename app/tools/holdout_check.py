@@ -11,7 +11,8 @@ seed s) under each variant of ``--variants`` on the same n labels, and Spearman'
 ensemble's mean prediction and the person's ratings on the test set is recorded (None when the test ratings are
 constant). Variants: ``min1`` (the code's behaviour before 4 Dec 2026: once n >= 8, 5% of the labels, at least one,
 are held out and pick the epoch), ``min8`` (a split only when at least 8 labels would be held out, so none below
-n = 150) and ``none`` (no split at all: the training loss is the criterion).
+n = 150), ``none`` (no split at all: the training loss is the criterion) and ``cv4`` (lever N: below 150 labels the
+number of epochs is chosen by 4-fold cross-validation, then every label is trained on for that many epochs).
 
 The paired differences (each variant minus ``min1``, on the same person, n and seed) are reported per person and
 pooled with a 95% t-interval (``seiko_core.stats.mean_ci95``).
@@ -23,12 +24,13 @@ import argparse
 import dataclasses
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-VARIANTS = {"min1": {"min_holdout": 1}, "min8": {"min_holdout": 8}, "none": {"holdout": 0.0}}
+VARIANTS = {"min1": {"min_holdout": 1}, "min8": {"min_holdout": 8}, "none": {"holdout": 0.0}, "cv4": {"cv_folds": 4}}
 
 
 def draw(model: str, n: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -95,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
                 row = {"person": person, "n": n, "seed": seed, "liked_train": int((y[train] >= 6).sum())}
                 for name in a.variants:
                     cfg = dataclasses.replace(base, **VARIANTS[name])
+                    start = time.perf_counter()
                     fit = fit_reward(embeddings[train], torch.tensor(y[train]), cfg, seed=seed)
+                    row[f"{name}_seconds"] = round(time.perf_counter() - start, 3)
                     with torch.no_grad():
                         pred = fit.ensemble(embeddings[test]).mean(dim=1).double().numpy()
                     row[name] = spearman(pred, y[test])
@@ -114,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name} - min1, {person}: {mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}] over {len(diffs)}")
     means = {name: {person: float(np.mean([r[name] for r in rows if r["person"] == person and r[name] is not None]))
                     for person in rated} for name in a.variants}
+    seconds = {name: float(np.mean([r[f"{name}_seconds"] for r in rows])) for name in a.variants}
+    means["seconds per fit"] = seconds
     print(json.dumps(means, indent=1))
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(a).items()}, "rows": rows, "summary": summary,

@@ -286,3 +286,64 @@ def test_min_holdout_decides_when_labels_are_held_out():
     assert [holdout_size(n, eight) for n in (32, 128, 149, 150, 160)] == [0, 0, 0, 8, 8]
     with pytest.raises(ValueError, match="min_holdout must be a whole number >= 1"):
         RewardConfig(min_holdout=0)
+
+
+# --- lever N: the epoch count chosen by K-fold cross-validation (BENCHMARKS.md) ---------------------------------------
+
+
+def test_cross_validation_is_used_only_where_the_split_would_be_too_small():
+    """cv_folds chooses the epoch where the 5% split would hold out fewer than 8 labels (8 <= n < 150) and every fold
+    gets two labels; nothing is held out then. Off by default; 1 fold or more than 20 is refused."""
+    from seiko_core.reward import holdout_size, uses_cross_validation
+
+    four = RewardConfig(cv_folds=4)
+    sizes = (7, 8, 16, 32, 128, 149, 150, 400)
+    assert [uses_cross_validation(n, four) for n in sizes] == [False, True, True, True, True, True, False, False]
+    assert [holdout_size(n, four) for n in sizes] == [0, 0, 0, 0, 0, 0, 8, 20]
+    assert not any(uses_cross_validation(n, RewardConfig()) for n in sizes)
+    assert not uses_cross_validation(9, RewardConfig(cv_folds=5)) and uses_cross_validation(10, RewardConfig(cv_folds=5))
+    for bad in (1, 21, -1, 2.5):
+        with pytest.raises(ValueError, match="cv_folds must be"):
+            RewardConfig(cv_folds=bad)
+
+
+def _signal_or_noise(n: int, dim: int, signal: float, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(dim, generator=g) / dim**0.5
+    x = torch.randn(n, dim, generator=g)
+    return x, signal * (x @ w) + torch.randn(n, generator=g)
+
+
+def test_cross_validation_stops_early_on_noise_and_trains_on_where_there_is_signal():
+    """What the choice is for: on labels that are pure noise (48 labels, 24 dimensions) every epoch after the first
+    few fits noise and the held-out folds get worse, so few epochs are chosen; on labels with a linear signal the
+    folds keep improving for many more. Each seed is its own data set."""
+    from seiko_core.reward import cross_validated_epoch
+
+    cfg = RewardConfig(hidden=(32, 8), dropout=(0.1,), lr=1e-2, max_epochs=120, patience=15, cv_folds=4)
+    for seed in range(3):
+        noise_epoch, noise_crit = cross_validated_epoch(*_signal_or_noise(48, 24, 0.0, seed), cfg, seed=seed)
+        signal_epoch, signal_crit = cross_validated_epoch(*_signal_or_noise(48, 24, 3.0, seed), cfg, seed=seed)
+        assert noise_epoch <= 10 < signal_epoch, (seed, noise_epoch, signal_epoch)
+        assert noise_crit > 0.9 and signal_crit < 0.8  # in units of the labels' variance: nothing vs most explained
+
+
+def test_a_cross_validated_fit_trains_every_label_for_the_chosen_number_of_epochs():
+    """The model is trained on all n labels (none held out) for exactly the epochs the cross-validation chose, its
+    last epoch kept; the metrics say so. The same seed gives the same fit."""
+    from seiko_core.reward import cross_validated_epoch
+
+    cfg = RewardConfig(hidden=(32, 8), dropout=(0.1,), lr=1e-2, max_epochs=120, patience=15, cv_folds=4)
+    x, y = _signal_or_noise(40, 16, 3.0, 7)
+    chosen, crit = cross_validated_epoch(x, y, cfg, seed=2)
+    calls = []
+    fit = fit_reward(x, y, cfg, seed=2, on_progress=lambda epoch, total, m: calls.append((epoch, total)))
+    m = fit.metrics
+    assert (m["n_holdout"], m["n_train"], m["cv_folds"]) == (0, 40, 4)
+    assert m["best_epoch"] == m["epochs_run"] == chosen and m["cv_criterion"] == pytest.approx(crit)
+    assert calls == [(e, chosen) for e in range(1, chosen + 1)]
+    again = fit_reward(x, y, cfg, seed=2)
+    assert all(torch.equal(a, b) for a, b in zip(fit.ensemble.state_dict().values(),
+                                                 again.ensemble.state_dict().values(), strict=True))
+    plain = fit_reward(x, y, RewardConfig(hidden=(32, 8), dropout=(0.1,), lr=1e-2, max_epochs=120, patience=15), seed=2)
+    assert plain.metrics["n_holdout"] == 2 and plain.metrics["cv_folds"] == 0
