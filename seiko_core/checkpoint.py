@@ -61,10 +61,16 @@ def atomic_directory(final: str | Path, write: Callable[[Path], None], extra: di
     try:
         write(tmp)
         digest = write_manifest(tmp, extra)
-        for p in tmp.rglob("*"):
-            if p.is_file():
+        # every file, then every directory below tmp deepest first, then tmp: a subdirectory's entries (images/,
+        # unet/) are on disk before the rename publishes them (found by review: only tmp itself was synced)
+        entries = list(tmp.rglob("*"))
+        for p in entries:
+            if p.is_file() and not p.is_symlink():
                 with open(p, "rb") as f:
                     os.fsync(f.fileno())
+        for p in sorted((p for p in entries if p.is_dir() and not p.is_symlink()), key=lambda p: len(p.parts),
+                        reverse=True):
+            fsync_dir(p)
         fsync_dir(tmp)
         if new:
             claim = claim_new(final, directory=True)

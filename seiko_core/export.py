@@ -247,10 +247,13 @@ def export_kohya_lora(adapter_dir: str | Path, out_file: str | Path) -> ExportRe
     state, config, _ = read_adapter(adapter_dir)
     weights = kohya_state_dict(state, config)
     ranks = sorted({w.shape[0] for k, w in weights.items() if k.endswith(".lora_down.weight")})
+    alphas = sorted({float(w) for k, w in weights.items() if k.endswith(".alpha")})
     header = {  # kohya-ss training metadata that A1111 and ComfyUI show; all values are strings
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(ranks[0] if len(ranks) == 1 else ranks),
-        "ss_network_alpha": str(config["lora_alpha"]),
+        # the alpha the per-key ``.alpha`` tensors hold (kohya scales by alpha / rank): lora_alpha * sqrt(rank) for
+        # rsLoRA, which scales by lora_alpha / sqrt(rank) (found by review: the header said lora_alpha)
+        "ss_network_alpha": str(alphas[0] if len(alphas) == 1 else alphas),
         "ss_base_model_version": "sd_v1",
         "seiko_source_manifest_sha256": sha256_file(adapter_dir / MANIFEST),
         "format": "pt",
@@ -353,6 +356,47 @@ images = pipe(["a prompt"], eta=1.0, generator=[torch.Generator().manual_seed(s)
 """
 
 
+def _base_tokenizer_dirs(base_model: str | Path) -> dict[str, Path]:
+    """The base model's tokenizer directories (``tokenizer``, ``tokenizer_2``) by name, local or in the hub cache."""
+    from .models import ModelLoadError, resolve_spec
+
+    try:
+        name, local = resolve_spec(str(base_model))
+        if local:
+            root = Path(name)
+        else:
+            from huggingface_hub import snapshot_download
+
+            offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+            root = Path(snapshot_download(name, allow_patterns=["tokenizer*/*"], local_files_only=offline))
+    except (ModelLoadError, OSError, ValueError) as exc:
+        raise ExportError(f"Could not find base model {str(base_model)!r}'s tokenizer files: {exc}".splitlines()[0]) from exc
+    return {p.name: p for p in sorted(root.glob("tokenizer*")) if p.is_dir()}
+
+
+def _complete_tokenizers(tmp: Path, base_tokenizers: dict[str, Path]) -> None:
+    """Copy the base's tokenizer files that ``save_pretrained`` did not write (transformers 5 writes tokenizer.json
+    only, so ``vocab.json`` and ``merges.txt`` were missing and transformers 4 could not load the merged model's
+    CLIPTokenizer; found by review). JSON and text files only; a file save_pretrained wrote is kept."""
+    for name, source in base_tokenizers.items():
+        if not (tmp / name).is_dir():
+            continue
+        for f in sorted(source.iterdir()):
+            target = tmp / name / f.name
+            if f.is_file() and f.suffix in (".json", ".txt") and not target.exists():
+                target.write_bytes(f.read_bytes())
+
+
+def _drop_load_paths(tmp: Path) -> None:
+    """Remove ``_name_or_path`` from the saved configs: diffusers records where the base was loaded from (a path on
+    the server), which a shared model should not carry (found by review); loading does not need it."""
+    for f in sorted(tmp.rglob("*.json")):
+        data = json.loads(f.read_text(encoding="utf-8"))
+        if isinstance(data, dict) and "_name_or_path" in data:
+            del data["_name_or_path"]
+            f.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 _MERGED_KINDS = (".safetensors", ".json", ".txt", ".md")  # weights, configs, a tokenizer's vocabulary and merges
 
 
@@ -364,9 +408,12 @@ def export_merged_pipeline(base_model_dir: str | Path, adapter_dir: str | Path, 
     _, _, manifest = read_adapter(adapter_dir)
     pipe = load_base_pipeline(base_model_dir, device=device)
     merge_lora(pipe, adapter_dir)
+    base_tokenizers = _base_tokenizer_dirs(base_model_dir)
 
     def write(tmp: Path) -> None:
         pipe.save_pretrained(tmp, safe_serialization=True)
+        _complete_tokenizers(tmp, base_tokenizers)
+        _drop_load_paths(tmp)
         # an allow-list, not a list of pickle suffixes: whatever else save_pretrained writes is not published
         others = [p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file() and p.suffix not in _MERGED_KINDS]
         if others:
@@ -463,7 +510,7 @@ def read_ratings_dataset(directory: str | Path) -> list[dict]:
     """The rows of an exported ratings dataset, after verifying its manifest."""
     directory = Path(directory)
     verify(directory)
-    return [json.loads(line) for line in (directory / DATASET_FILE).read_text(encoding="utf-8").splitlines() if line]
+    return _json_lines(directory / DATASET_FILE)
 
 
 def read_comparisons(directory: str | Path) -> list[dict]:
@@ -472,7 +519,13 @@ def read_comparisons(directory: str | Path) -> list[dict]:
     directory = Path(directory)
     verify(directory)
     path = directory / COMPARISONS_FILE
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line] if path.exists() else []
+    return _json_lines(path) if path.exists() else []
+
+
+def _json_lines(path: Path) -> list[dict]:
+    """A JSON-lines file's records, split on newlines only: the rows are written with ensure_ascii=False, so a prompt
+    may hold U+2028, U+2029 or U+0085, which str.splitlines also splits on (found by review)."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line]
 
 
 # ------------------------------------------------------------------------------------------------- zip

@@ -160,3 +160,24 @@ def test_a_new_only_write_leaves_a_file_created_meanwhile_alone(tmp_path):
         atomic.atomic_write(final, write, new=True)
     assert final.read_bytes() == b"theirs" and not list(tmp_path.glob(".tmp-*"))
     assert atomic.atomic_write(tmp_path / "fresh.bin", lambda tmp: tmp.write_bytes(b"ours"), new=True).read_bytes() == b"ours"
+
+
+def test_a_published_directory_syncs_every_subdirectory_before_the_rename(tmp_path, monkeypatch):
+    """A directory's files were fsynced, and the directory itself, but not the directories below it (images/, unet/):
+    after a power cut their entries could be missing from a published export (found by review). Every directory of
+    the tree is synced, deeper ones first, before the rename."""
+    synced: list[str] = []
+    real = checkpoint.fsync_dir
+    monkeypatch.setattr(checkpoint, "fsync_dir", lambda p: (synced.append(str(p)), real(p)))
+
+    def write(tmp: Path) -> None:
+        (tmp / "images" / "deep").mkdir(parents=True)
+        (tmp / "images" / "deep" / "a.png").write_bytes(b"x")
+        (tmp / "unet").mkdir()
+        (tmp / "unet" / "w.safetensors").write_bytes(b"y")
+
+    checkpoint.atomic_directory(tmp_path / "out", write)
+    names = [Path(p).name for p in synced]
+    assert {"deep", "images", "unet"} <= set(names)
+    assert names.index("deep") < names.index("images") < names.index(names[-2])  # deepest first, then the tree's top
+    assert Path(synced[-1]) == tmp_path  # last: the parent, after the rename

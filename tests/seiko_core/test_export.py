@@ -155,6 +155,15 @@ def test_merged_pipeline_matches_base_plus_adapter_and_reloads_without_lora_laye
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-4)  # fused W + s B A == W x + s B (A x), up to rounding
     assert (out - base).abs().max() > 0.05  # and the merge is not the base model
     torch.testing.assert_close(images(merged), lora_images, rtol=0, atol=2e-3)
+    # the tokenizer's files are all there (transformers 5's save_pretrained wrote tokenizer.json alone, and
+    # transformers 4's CLIPTokenizer cannot load without vocab.json and merges.txt: found by review), byte for byte
+    # the base's; and no config records the server path the base was loaded from
+    for name in ("vocab.json", "merges.txt", "special_tokens_map.json"):
+        assert (res.path / "tokenizer" / name).read_bytes() == (random_model_dir / "tokenizer" / name).read_bytes()
+        assert f"tokenizer/{name}" in manifest["files"]
+    for f in res.path.rglob("*.json"):
+        if f.name != "manifest.json":
+            assert "_name_or_path" not in f.read_text() and str(random_model_dir) not in f.read_text(), f
 
 
 def test_exports_refuse_a_tampered_adapter_and_an_existing_destination(adapter_dir, tmp_path):
@@ -245,6 +254,46 @@ def test_ratings_dataset_rows_images_and_manifest(tmp_path):
     names = zipfile.ZipFile(z).namelist()
     assert f"ds/{DATASET_FILE}" in names and "ds/manifest.json" in names
     assert "ds/stray.txt" not in names and "ds/link.png" not in names
+
+
+def test_a_prompt_with_unicode_line_separators_reads_back(tmp_path):
+    """Rows are written with ensure_ascii=False, so U+2028, U+2029 and U+0085 stay raw in a line; the readers split
+    with str.splitlines, which also splits there, and raised JSONDecodeError (found by review)."""
+    prompt = "a line\u2028sep\u2029para\u0085next"
+    rows = [{"file_path": "a.png", "prompt": prompt, "seed": 1, "round": 0, "rater": "rater-1", "score": 5,
+             "rated_at": "2025-01-02T03:04:05+00:00"}]
+    votes = [{"file_path_a": "a.png", "file_path_b": "a.png", "choice": "tie", "round": 0, "kind": "preference",
+              "rater": "rater-1", "voted_at": "2025-01-02T03:04:05+00:00", "prompt_a": prompt}]
+    res = export_ratings_dataset(rows, tmp_path / "ds", {"a.png": png("red")}.__getitem__, votes)
+    assert [r["prompt"] for r in read_ratings_dataset(res.path)] == [prompt]
+    from seiko_core.export import read_comparisons
+
+    assert [r["prompt_a"] for r in read_comparisons(res.path)] == [prompt]
+
+
+def test_an_rslora_adapters_kohya_header_states_the_alpha_its_keys_hold(adapter_dir, tmp_path):
+    """kohya scales by alpha / rank, so an rsLoRA adapter (scale lora_alpha / sqrt(rank)) gets per-key alphas of
+    lora_alpha * sqrt(rank); the header's ss_network_alpha said lora_alpha (found by review). It now states what the
+    keys hold, for a plain adapter too."""
+    from safetensors import safe_open
+
+    from seiko_core.checkpoint import write_manifest
+
+    rs = tmp_path / "rs"
+    rs.mkdir()
+    for f in adapter_dir.iterdir():
+        if f.name != "manifest.json":
+            (rs / f.name).write_bytes(f.read_bytes())
+    config = json.loads((rs / "adapter_config.json").read_text())
+    (rs / "adapter_config.json").write_text(json.dumps({**config, "use_rslora": True}))
+    write_manifest(rs)
+    for source, out, want in ((adapter_dir, "plain.safetensors", float(ALPHA)),
+                              (rs, "rs.safetensors", ALPHA * RANK**0.5)):
+        export_kohya_lora(source, tmp_path / out)
+        with safe_open(tmp_path / out, "pt") as f:
+            alphas = {float(f.get_tensor(k)) for k in f.keys() if k.endswith(".alpha")}
+            assert len(alphas) == 1 and alphas.pop() == pytest.approx(want)
+            assert float(f.metadata()["ss_network_alpha"]) == pytest.approx(want)
 
 
 def test_ratings_dataset_refuses_bad_rows_and_images(tmp_path):
