@@ -75,8 +75,8 @@ def _side_seed(session, round_: Round) -> int:
 
 def _round_pairs(session, round_id: int, seed: int | None) -> tuple[dict[str, Any], int]:
     """``create_round_pairs``: (its report, how many pairs it added)."""
-    session.scalars(select(Round.id).where(Round.id == round_id).with_for_update()).all()  # the lock (none on SQLite)
-    round_ = repo.get_round(session=session, round_id=round_id)
+    # the lock (none on SQLite), re-reading the row: a copy loaded before it (list_rounds) may be stale
+    round_ = repo.lock_round(session=session, round_id=round_id)
     parent = comparisons.parent_of(session=session, round_id=round_id)
     if parent is None:
         return {}, 0

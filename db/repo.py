@@ -383,11 +383,13 @@ def reopen_round(*, session: Session, round_id: int, now: datetime | None = None
 
 
 def update_round_metrics(*, session: Session, round_id: int, metrics: dict[str, Any]) -> Round:
-    """Merge ``metrics`` into the round's metrics (new keys win)."""
+    """Merge ``metrics`` into the round's metrics (new keys win), into the row as committed: it is re-read under a
+    FOR UPDATE lock (``lock_round``), so a copy loaded earlier in the transaction, stale since another transaction
+    committed its metrics, is never written back over them (found by review: PostgreSQL lost an eval job's metrics)."""
     if not isinstance(metrics, dict):
         raise InvalidInput(f"metrics must be a dict, got {type(metrics).__name__}")
     _json("metrics", metrics)
-    round_ = get_round(session=session, round_id=round_id)
+    round_ = lock_round(session=session, round_id=round_id)
     round_.metrics = {**(round_.metrics or {}), **metrics}
     session.flush()
     return round_

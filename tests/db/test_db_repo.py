@@ -482,3 +482,26 @@ def test_autogenerate_writes_row_ids_as_plain_integers():
         context = MigrationContext.configure(conn, opts={"render_item": render_item, "target_metadata": Base.metadata})
         code = render_python_code(produce_migrations(context, Base.metadata).upgrade_ops, render_item=render_item)
     assert "sa.Column('id', sa.Integer()" in code and "RowId" not in code and "db.models" not in code
+
+
+def test_a_metrics_merge_reads_the_committed_row_not_a_stale_copy(db_factory, db_url, make_world):
+    """PostgreSQL: an eval job's publish loaded a later round (list_rounds), then merged into that copy's metrics
+    after another job had committed new metrics to it, and wrote the stale copy back: the other job's eval metrics
+    were lost (found by review, with two eval jobs finishing out of order). The merge re-reads the row under its
+    lock. SQLite serialises write transactions, so the stale copy cannot arise there."""
+    if db_url.startswith("sqlite"):
+        pytest.skip("SQLite serialises write transactions (BEGIN IMMEDIATE): no stale copy to merge into")
+    world = make_world()
+    s = db_factory()
+    try:
+        stale = repo.get_round(session=s, round_id=world.round_id)  # loaded before the other job commits
+        assert stale.metrics in (None, {})
+        with write_session(db_factory) as other:
+            repo.update_round_metrics(session=other, round_id=world.round_id, metrics={"eval": {"kl": 0.5}})
+        repo.update_round_metrics(session=s, round_id=world.round_id, metrics={"ab": {"side_seed": 7}})
+        s.commit()
+    finally:
+        s.close()
+    with read_session(db_factory) as s:
+        assert repo.get_round(session=s, round_id=world.round_id).metrics == {"eval": {"kl": 0.5},
+                                                                              "ab": {"side_seed": 7}}
