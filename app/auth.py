@@ -300,6 +300,7 @@ class LoginCheck:
     password_hash: str | None = None  # on success: the stored hash the password matched (SessionStore.start checks it)
     credentials: str = ""  # on success: the account's credentials_stamp as read with that hash
     known_name: bool = False  # the name is an account's (a refused sign-in logs the name only then)
+    disabled: bool = False  # the right password of a disabled account (the web answers it as a wrong one)
 
 
 WRONG_CREDENTIALS = "Incorrect credentials."
@@ -325,7 +326,7 @@ def check_login(factory: sessionmaker[Session], username: str, password: str) ->
     if not verify_password(password, stored) or rater_id is None:
         return LoginCheck(None, WRONG_CREDENTIALS, wrong_credentials=True, known_name=rater_id is not None)
     if disabled:
-        return LoginCheck(None, f"the account {username!r} is disabled; ask an admin")
+        return LoginCheck(None, f"the account {username!r} is disabled; ask an admin", known_name=True, disabled=True)
     return LoginCheck(rater_id, None, password_hash=stored, credentials=stamp)
 
 

@@ -12,8 +12,8 @@
     SEIKO_LOCAL_TOKEN  local mode (no accounts): the secret in the address the app prints, at least 16 of
                        A-Z a-z 0-9 - _ (default: a new random one at every start)
     SEIKO_TRUSTED_PROXIES  addresses (or networks) whose X-Forwarded-For / -Proto headers are believed, comma-separated,
-                           or "none"; set "none" on a shared machine with no proxy on it, or the proxy's address when
-                           it runs on another host                          (default 127.0.0.1,::1)
+                           or "none"; behind a reverse proxy its address (127.0.0.1 for one on this machine), which
+                           must overwrite X-Forwarded-For                          (default none)
     SEIKO_ALLOWED_HOSTS  with accounts: more host names the app answers to, comma-separated, e.g.
                          seiko.lab.example,labserver (always answered: IP addresses, localhost, this machine's
                          name, the public URL's and --host's names)                (default none)
@@ -44,7 +44,10 @@ ENV_VARS = {
     "allowed_hosts": "SEIKO_ALLOWED_HOSTS",
     "trusted_proxies": "SEIKO_TRUSTED_PROXIES",
 }
-DEFAULT_TRUSTED_PROXIES = ("127.0.0.1", "::1")  # a reverse proxy on this machine (uvicorn's own default)
+# whose X-Forwarded-For/-Proto are believed: nobody unless told. The default was this machine (uvicorn's own), which let
+# any local user, or a client through a proxy that passes the header on, pose as many addresses to the sign-in
+# throttle or as an address that signed in to an account (found by review); a proxy is named in SEIKO_TRUSTED_PROXIES
+DEFAULT_TRUSTED_PROXIES: tuple[str, ...] = ()
 DEFAULT_DATA_DIR = "data"
 DEFAULT_MODEL = "models/shapes-sd"
 DEFAULT_HOST = "127.0.0.1"
@@ -363,7 +366,7 @@ def add_arguments(parser: argparse.ArgumentParser, *, server: bool = False, mode
         group.add_argument("--host", help=f"listen address [${ENV_VARS['host']}, default {DEFAULT_HOST}]")
         group.add_argument("--port", type=_port, help=f"listen port [${ENV_VARS['port']}, default {DEFAULT_PORT}]")
         group.add_argument("--trusted-proxies", help="addresses whose X-Forwarded-For/-Proto are believed, comma-separated, "
-                           f"or none [${ENV_VARS['trusted_proxies']}, default 127.0.0.1,::1]")
+                           f"or none [${ENV_VARS['trusted_proxies']}, default none; 127.0.0.1 for a proxy on this machine]")
         group.add_argument("--allowed-hosts", help="with accounts: more host names the app answers to, comma-separated "
                            f"[${ENV_VARS['allowed_hosts']}, default none: IP addresses, localhost and this machine's name]")
         group.add_argument("--public-url", help=f"the address people open, e.g. https://seiko.example.org; the one other "

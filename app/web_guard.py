@@ -59,6 +59,7 @@ import socket
 import sys
 import threading
 import time
+import unicodedata
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -651,7 +652,9 @@ class WebGuard:
         form = await self._form(scope, receive)
         if isinstance(form, str):
             return JSONResponse({"detail": _sentence(form)}, status_code=400)
-        username, password = form.get("username", "").strip(), form.get("password", "")
+        # the name as stored (composed, NFC): the throttle counts an account's guesses under it, however it was typed
+        # (a decomposed accent, a Kelvin sign for K each counted as another account; found by review)
+        username, password = unicodedata.normalize("NFC", form.get("username", "").strip()), form.get("password", "")
         device = Request(scope).cookies.get(self._device_cookie())
         device = device if device and DEVICE_TOKEN.fullmatch(device) else None  # anything else: no device
         # a browser or address exempt from some locks stays so only while the account's credentials are those it
@@ -687,6 +690,11 @@ class WebGuard:
         if result.refusal is not None:
             # sign-ins leave a trace in the server's log (they were only counted in memory; found by review): the
             # name (cut, repr-escaped) and the address, never the password
+            if result.disabled:  # answered and counted as a wrong guess: "disabled" confirmed the password was right
+                self.throttle.failed(ip, username, device, credentials=credentials)  # (found by review)
+                self.stats.logins["refused"] += 1
+                log.warning("sign-in as %r from %s refused: the account is disabled", username[:64], ip)
+                return JSONResponse({"detail": auth.WRONG_CREDENTIALS}, status_code=400)
             if result.wrong_credentials:
                 self.throttle.failed(ip, username, device, credentials=credentials)
                 self.stats.logins["wrong"] += 1
