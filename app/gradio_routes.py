@@ -36,7 +36,12 @@ handlers' own checks (who is signed in, their role) never see them. A review (3 
   ``EVENTS_IN_FLIGHT`` events waiting, running or unread at once, those being admitted counted too (429 past that).
   ``/gradio_api/run/`` and ``/api/``, which run a handler outside the queue, are not answered.
 - **Routes the app does not use** (proxying, streaming, monitoring, the vibe editor, run history, dev reload, custom
-  components, profiling) are not answered (404), so none of them is an attack surface.
+  components, profiling) are not answered (404), so none of them is an attack surface. Nor is ``/gradio_api/token``,
+  which handed the HttpOnly session cookie's token to any script of the page (a later review).
+- **Events by number and by name** (a later review): ``/queue/join`` with an ``fn_index`` the app does not have, or
+  ``POST /call/{name}`` with a name that is not one of the app's public API names, raised in Gradio (a bare 500 and
+  a traceback per request, which any rater could repeat); and a private handler could be called by name, its own
+  role check the only guard. Both are refused (404, one sentence) before Gradio sees them.
 
 Paths are those the router sees (``starlette._utils.get_route_path``: a root path taken off).
 """
@@ -56,7 +61,7 @@ API = "/gradio_api"
 UNUSED_PREFIXES = (
     tuple(f"{API}/{name}" for name in ("deep_link", "proxy=", "stream/", "vibe-edit", "undo-vibe-edit", "vibe-code",
                                        "run-history", "runs", "dev/", "custom_component/", "profiling/",
-                                       "component_server", "vibe-starter-queries", "run/", "api/"))
+                                       "component_server", "vibe-starter-queries", "run/", "api/", "token"))
     + ("/monitoring",)
 )
 # POST routes whose JSON body carries an event's inputs or a session hash; read (bounded) and checked here
@@ -118,6 +123,25 @@ def body_refusal(body: bytes) -> tuple[str | None, Any]:
         elif isinstance(value, list):
             stack.extend((v, depth + 1) for v in value)
     return None, parsed
+
+
+def event_target_refusal(path: str, parsed_body: Any, fns: dict[int, Any] | None) -> str | None:
+    """Why an event post names no event this app answers (one sentence), or None: ``/queue/join``'s ``fn_index`` must
+    be one of ``fns`` (the Blocks' functions by id), and ``POST /call/{name}`` (``/call/v2/{name}``) must name a
+    public API (``api_visibility == "public"``; the page's own events are private). ``fns`` None: nothing checked."""
+    if fns is None:
+        return None
+    if path.rstrip("/") == f"{API}/queue/join":
+        fn = parsed_body.get("fn_index") if isinstance(parsed_body, dict) else None
+        if isinstance(fn, bool) or not isinstance(fn, int) or fn not in fns:
+            return "This app has no event with that number (fn_index); reload the page."
+    elif path.startswith(CALL):
+        name = path[len(CALL):].strip("/")
+        name = name.removeprefix("v2/")
+        public = {f.api_name for f in fns.values() if getattr(f, "api_visibility", "public") == "public" and f.api_name}
+        if name not in public:
+            return f"This app has no public API named {name[:64]!r}; it has {sorted(public)}."
+    return None
 
 
 def session_hash_of(path: str, query_string: bytes, parsed_body: Any) -> str | None:

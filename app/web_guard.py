@@ -312,6 +312,12 @@ class WebGuard:
                                                  pinned=self._event_running)
         self._swept_at = time.monotonic()
 
+    def _fns(self) -> dict[int, Any] | None:
+        """The Blocks' event functions by id (``gradio_routes.event_target_refusal``), None before it is built."""
+        blocks = self.gradio_app.get_blocks() if hasattr(self.gradio_app, "get_blocks") else None
+        fns = getattr(blocks, "fns", None)
+        return fns if isinstance(fns, dict) else None
+
     def _queue(self) -> Any:
         blocks = self.gradio_app.get_blocks() if hasattr(self.gradio_app, "get_blocks") else None
         return getattr(blocks, "_queue", None)
@@ -382,6 +388,9 @@ class WebGuard:
             why, parsed = gradio_routes.body_refusal(body or b"") if body is not None else ("The request ended early.", None)
             if why is not None:
                 await self._refuse(scope, receive, send, why, 400)
+                return
+            if method == "POST" and (why := gradio_routes.event_target_refusal(path, parsed, self._fns())) is not None:
+                await self._refuse(scope, receive, send, why, 404)
                 return
             receive = self._replay(body or b"", receive)
         if scope["type"] == "http" and path in LOGIN_PATHS and method == "POST" and not self.policy.local_mode:

@@ -153,7 +153,8 @@ def test_token_route_and_api_refuse_a_foreign_origin_even_signed_in(served):
     with signed_in(url, "root") as http:
         # same origin (what the page itself sends): answered
         assert http.get("/gradio_api/user", headers={"Origin": url}).json() == "root"
-        assert http.get("/gradio_api/token", headers={"Origin": url}).status_code == 200
+        # the token route is not answered at all: it handed the HttpOnly cookie's token to any script (a review)
+        assert http.get("/gradio_api/token", headers={"Origin": url}).status_code == 404
         for host in ("seiko.team.lan:7860", url.split("//")[1]):
             for route in ("/gradio_api/token", "/gradio_api/user", "/config"):
                 r = http.get(route, headers={"Origin": EVIL, "Host": host})
@@ -1208,3 +1209,21 @@ def test_an_accounts_guesses_count_as_one_however_its_name_is_spelled(ui_world):
         assert codes[:4] == [400] * 4 and set(codes[4:]) == {429}, codes  # 3 free failures, then the lock
     finally:
         demo.close()
+
+
+def test_events_the_app_does_not_have_and_private_ones_by_name_are_refused(served):
+    """A review: an unknown fn_index or API name raised in Gradio (a bare 500 and a traceback in the log per request,
+    which any rater could repeat); a private handler (the admin tab's) could be called by name, its role check the
+    only guard; and /gradio_api/token handed the HttpOnly session token to any script of the page. Each is refused
+    with a sentence before Gradio sees it; the public API and the page's own events still work."""
+    world, demo, url = served
+    with signed_in(url, "alice") as http:
+        r = http.post("/gradio_api/queue/join", json={"data": [], "fn_index": 9999, "session_hash": "s-unknown",
+                                                      "event_data": None, "trigger_id": None})
+        assert r.status_code == 404 and "no event with that number" in r.text, (r.status_code, r.text[:200])
+        for name in ("nosuch", "on_user_delete", "v2/on_user_delete"):
+            r = http.post(f"/gradio_api/call/{name}", json={"data": []})
+            assert r.status_code == 404 and "no public API named" in r.text, (name, r.status_code, r.text[:200])
+        assert http.get("/gradio_api/token").status_code == 404
+        assert http.post("/gradio_api/call/next_batch", json={"data": [1, ""]}).status_code == 200
+        assert queue_join(http, demo, "on_gold", [None, "plain text"]).status_code == 200
