@@ -90,7 +90,7 @@ class RewardConfig:
     min_holdout: int = 1
     # lever N (BENCHMARKS.md): where the held-out split would hold fewer than 8 labels (n < 150 at 5%), choose the
     # number of epochs by this many-fold cross-validation on every label, then train on all of them for that many
-    # epochs. 0 = off (the held-out split above)
+    # epochs. 0 = off (the held-out split above). Ratings fits only: a fit of comparisons keeps the held-out split
     cv_folds: int = 0
     bootstrap: str = "poisson"  # per-sample weights per head: "poisson" (Poisson(1)) or "multinomial"
     standardise: bool = True  # fit on (y - mean) / std, predict in the original units

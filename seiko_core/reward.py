@@ -369,9 +369,8 @@ def _weighted_mse(pred: Tensor, target: Tensor, weights: Tensor | None) -> float
 
 def holdout_size(n: int, cfg: RewardConfig) -> int:
     """How many of ``n`` labels are held out for early stopping: ``cfg.holdout`` of them (at least one once n >= 8),
-    or none when that is fewer than ``cfg.min_holdout`` or when the epoch is chosen by cross-validation."""
-    if uses_cross_validation(n, cfg):
-        return 0
+    or none when that is fewer than ``cfg.min_holdout``. (A ratings fit that chooses its epoch by cross-validation,
+    ``uses_cross_validation``, holds none out; the comparisons' fit, seiko_core.preference, always uses this split.)"""
     want = max(1, round(cfg.holdout * n)) if n >= _MIN_POINTS_FOR_HOLDOUT and cfg.holdout > 0 else 0
     return want if want >= cfg.min_holdout else 0
 
@@ -484,7 +483,7 @@ def fit_reward(
 
     # 1. held-out split for early stopping (none below 8 points: every point is needed for training; none when fewer
     #    than cfg.min_holdout would be held out: the training loss is the criterion then)
-    n_holdout = holdout_size(n, cfg)
+    n_holdout = 0 if uses_cross_validation(n, cfg) else holdout_size(n, cfg)
     perm = torch.randperm(n, generator=gen, device=device)
     hold_idx, train_idx = perm[:n_holdout], perm[n_holdout:]
     x_tr, y_tr, x_ho, y_ho = x[train_idx], y[train_idx], x[hold_idx], y[hold_idx]
