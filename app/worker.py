@@ -199,6 +199,12 @@ class JobProgress:
 
 
 PROGRESS_EVERY_S = 2.0
+
+
+class _StoppedAsItClaimed(Exception):
+    """``Worker.run_once``: a stop was asked while the job was being claimed."""
+
+
 DB_RETRY_MAX_S = 30.0  # run_forever's longest wait between tries while the database cannot be reached
 # An eval job stores its grid (and checks for a job a person waits for) every EVAL_CHUNK images: a person's next round
 # waits at most one chunk for it (one sampling batch of this size; with eta > 0 the KL works in chunks alike).
@@ -429,14 +435,25 @@ class Worker:
             return False
         log.info("job %d (%s, attempt %d of %d) claimed by %r", job.id, job.kind, job.attempts, job.max_attempts, self.worker_id)
         fault_point("claim", job.attempts)
-        self.current_job = job.id
         progress = JobProgress(job.id, self.worker_id, job.attempts)
         heartbeat = Heartbeat(self.factory, job.id, self.worker_id, self.lease_s, progress)
         run = _Run(job, progress, heartbeat)
         start = time.monotonic()
-        heartbeat.start()
         try:
+            # from here a SIGTERM raises SystemExit (app.cli_worker: a job is held), handed back below
+            self.current_job = job.id
+            if self._stopping.is_set():
+                raise _StoppedAsItClaimed
+            heartbeat.start()
             result = self.handlers[job.kind](run)
+        except _StoppedAsItClaimed:
+            # stopped (SIGTERM) while it claimed, when app.cli_worker saw no job to hand back: handed back at once, no
+            # attempt used; it ran the whole job before, so a service manager's stop ended in SIGKILL (found by review)
+            self.last_error = None
+            if self._release(job, "handed back", lambda s: job_queue.yield_job(
+                    session=s, job_id=job.id, worker_id=self.worker_id)):
+                log.info("job %d (%s) handed back: worker %r was stopped as it claimed it", job.id, job.kind,
+                         self.worker_id)
         except JobYield as gave_way:
             heartbeat.stop()  # no heartbeat may extend the lease once it is handed back
             self.last_error = None
@@ -519,18 +536,34 @@ class Worker:
         (a dict it returns is added to the job's result).
 
         ``complete_job`` raises LeaseLost when another worker has taken the job over; nothing is written then.
-        """
+
+        A database out of reach for a moment (``db.engine.is_outage``: a restart, a lock held too long) is tried again
+        after 0.5, 1, 2 ... seconds while half the lease the last heartbeat gave is left: it used to fail the job,
+        an attempt used up for nothing, and for good on its last attempt (found by review). The transaction rolled
+        back, so ``write`` runs again from the start."""
         run.heartbeat.stop()
         run.progress.set("done", 1, 1)
-        with write_session(self.factory) as s:
-            job_queue.heartbeat(session=s, job_id=run.job.id, worker_id=self.worker_id, lease_s=self.lease_s,
-                                progress=run.progress.latest())
-            done = job_queue.complete_job(session=s, job_id=run.job.id, worker_id=self.worker_id, result=finite_json(result))
-            more = write(s)
-            if more:
-                done.result = finite_json({**result, **more})
-            s.flush()
-            fault_point("publish", run.job.attempts)
+        give_up_at, wait = time.monotonic() + self.lease_s / 2, 0.5
+        while True:
+            try:
+                with write_session(self.factory) as s:
+                    job_queue.heartbeat(session=s, job_id=run.job.id, worker_id=self.worker_id, lease_s=self.lease_s,
+                                        progress=run.progress.latest())
+                    done = job_queue.complete_job(session=s, job_id=run.job.id, worker_id=self.worker_id,
+                                                  result=finite_json(result))
+                    more = write(s)
+                    if more:
+                        done.result = finite_json({**result, **more})
+                    s.flush()
+                    fault_point("publish", run.job.attempts)
+                return
+            except OperationalError as exc:
+                if not is_outage(exc) or time.monotonic() + wait > give_up_at:
+                    raise
+                log.warning("job %d: the database could not take its result (%s); trying again in %.1f s", run.job.id,
+                            exc.orig or exc, wait)
+                time.sleep(wait)
+                wait *= 2
 
     # -- models -------------------------------------------------------------------------------
 

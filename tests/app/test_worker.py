@@ -633,6 +633,29 @@ def test_a_stopped_worker_hands_its_job_back_without_using_an_attempt(worker_wor
     worker.close()
 
 
+def test_a_worker_stopped_while_it_claims_hands_the_job_back_without_running_it(worker_world, monkeypatch):
+    """SIGTERM during the claim's transaction (current_job still None, so app.cli_worker raised nothing) was ignored
+    for the whole job, which then ran to its end (found by review). The claimed job is handed back at once."""
+    from app import worker as worker_mod
+
+    world = worker_world
+    eid = world.create_experiment("stopped-claiming")
+    worker = world.worker()
+    real_claim, ran = job_queue.claim_job, []
+
+    def claim(**kwargs):
+        row = real_claim(**kwargs)
+        worker.stop()  # the signal arrives while the claim's transaction is open
+        return row
+
+    worker.handlers["generate"] = lambda run: ran.append(run.job.id) or "ran"
+    monkeypatch.setattr(worker_mod.job_queue, "claim_job", claim)
+    assert worker.run_once() and ran == []
+    (job,) = _jobs(world, eid)
+    assert (job.status, job.attempts, job.error, job.lease_owner) == ("queued", 0, None, None)
+    worker.close()
+
+
 def test_an_eval_job_with_a_kl_that_is_not_finite_finishes_and_stores_it_as_null(worker_world, monkeypatch):
     """The eval job saves its KL values in its payload after each chunk; a NaN (a diverged adapter) was refused by
     the payload's strict-JSON check, rolling the chunk back, so the job failed on every retry. Found by review."""
@@ -701,6 +724,7 @@ def test_a_database_outage_is_waited_out_not_the_end_of_the_worker(worker_world,
     worker.run_forever()  # returned: it was stopped, not ended by the outage
     assert len(calls) == 2 and calls[1] - calls[0] >= 0.9  # waited (1 s) before trying again
     monkeypatch.setattr(worker_mod.job_queue, "claim_job", real_claim)
+    worker._stopping.clear()  # used again: a stopped worker hands a job it claims straight back
 
     eid = world.create_experiment("outage")
 
@@ -715,6 +739,52 @@ def test_a_database_outage_is_waited_out_not_the_end_of_the_worker(worker_world,
     assert worker.run_once() and "the job failed" in worker.last_error  # the failure could not be recorded: no crash
     (job,) = _jobs(world, eid)
     assert job.status == "running"  # its lease runs out, then a worker takes it again
+    worker.close()
+
+
+def test_a_moment_of_outage_while_a_job_publishes_is_tried_again_not_an_attempt(worker_world, monkeypatch):
+    """'database is locked' (an outage) while a job on its last attempt published its result failed the job for good:
+    the round stayed in training with nothing left to claim (found by review). The publish is tried again while
+    half the lease is left; an error that is no outage is still the job's failure."""
+    from sqlalchemy.exc import OperationalError
+
+    from app import worker as worker_mod
+    from db.models import Job
+
+    world = worker_world
+    eid = world.create_experiment("publish-outage")
+    with write_session(world.factory) as s:
+        (job,) = job_queue.list_jobs(session=s, experiment_id=eid)
+        s.get(Job, job.id).max_attempts = 1  # its one attempt is the last
+    worker = world.worker(lease_s=10)
+    real_complete, calls = job_queue.complete_job, []
+
+    def complete(**kwargs):
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            raise OperationalError("UPDATE jobs ...", {}, Exception("database is locked"))
+        return real_complete(**kwargs)
+
+    def publishes(run):
+        worker._publish(run, lambda s: None, {"published": True})
+        return "published"
+
+    worker.handlers["generate"] = publishes
+    monkeypatch.setattr(worker_mod.job_queue, "complete_job", complete)
+    assert worker.run_once() and worker.last_error is None
+    (job,) = _jobs(world, eid)
+    assert job.status == "done" and job.result == {"published": True} and len(calls) == 2
+    assert calls[1] - calls[0] >= 0.45  # waited before trying again
+
+    eid = world.create_experiment("publish-refused")
+    calls.clear()
+
+    def refused(**kwargs):
+        calls.append(time.monotonic())
+        raise OperationalError("UPDATE jobs ...", {}, Exception("no such table: jobs"))
+
+    monkeypatch.setattr(worker_mod.job_queue, "complete_job", refused)
+    assert worker.run_once() and "no such table" in worker.last_error and len(calls) == 1  # not waited out
     worker.close()
 
 
