@@ -211,6 +211,51 @@ def retry_job(factory, who: Who, experiment_id: int | None, job_id: Any = None) 
     return f"Job {wanted} ({kind}) is queued again with all its attempts; the worker picks it up next."
 
 
+def running_job(factory, experiment_id: int, job_id: Any = None) -> tuple[int, str, str | None]:
+    """(id, kind, worker) of the experiment's running job: ``job_id``'s, or its only running one when empty."""
+    wanted = _job_id(job_id)
+    with read_session(factory) as s:
+        if wanted is None:
+            running = job_queue.list_jobs(session=s, status="running", experiment_id=experiment_id, limit=2)
+            if not running:
+                raise Conflict("this experiment has no running job")
+            if len(running) > 1:
+                raise Conflict(f"this experiment has {len(running)} running jobs; give the id of the one to stop")
+            job = running[0]
+        else:
+            job = job_queue.get_job(session=s, job_id=wanted)
+            if job.experiment_id != experiment_id:
+                raise Conflict(f"job {wanted} belongs to another experiment; choose that experiment first")
+            if job.status != "running":
+                raise Conflict(f"job {wanted} is {job.status}, not running; only a running job can be stopped")
+        return job.id, job.kind, job.lease_owner
+
+
+def stop_question(factory, who: Who, experiment_id: int | None, job_id: Any = None) -> tuple[str, tuple[int, str | None]]:
+    """(the question the Stop button asks, (the job it is about, the worker running it))."""
+    require_admin(who)
+    exp_id = _experiment_id(factory, experiment_id)
+    jid, kind, worker = running_job(factory, exp_id, job_id)
+    return (f"Stop job {jid} ({kind}), which worker {worker!r} is running? It is marked failed and its work so far is "
+            "lost; retry it, or reopen its round, afterwards. A worker that hangs stays hung: restart it too.",
+            (jid, worker))
+
+
+def stop_job(factory, who: Who, experiment_id: int | None, job_id: Any, *, expected_worker: str | None) -> str:
+    """Fail the experiment's running job ``job_id`` now (``db.jobs.stop_job``), for a worker that hangs; only while
+    ``expected_worker`` (the one the question named) runs it: a job handed back and taken by another worker since is
+    another run, which the admin did not see (found by review)."""
+    require_admin(who)
+    exp_id = _experiment_id(factory, experiment_id)
+    jid, kind, worker = running_job(factory, exp_id, job_id)
+    with write_session(factory) as s:
+        job_queue.stop_job(session=s, job_id=jid, expected_owner=expected_worker,
+                           reason=f"stopped by {who.name} while worker {worker!r} ran it")
+        _audit(s, who, "job.stop", f"job {jid}", experiment_id=exp_id, kind=kind, worker=worker)
+    return (f"Job {jid} ({kind}) was stopped: it is failed, and worker {worker!r} stops at its next report. Retry it "
+            "or reopen its round.")
+
+
 def reopen_round(factory, who: Who, experiment_id: int | None) -> str:
     """Reopen the experiment's round that is waiting for training (its train job cancelled) for labeling."""
     require_admin(who)

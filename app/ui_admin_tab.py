@@ -71,6 +71,12 @@ class AdminHandlers:
         return self._ask(self.shown(lambda: ui_admin.finish_question(self.factory, who, exp_id, archive=True)),
                          {"action": "archive", "experiment_id": exp_id}, "Yes, finish and archive it")
 
+    def on_stop_ask(self, exp_id, job_id, request: gr.Request):
+        who = self.admin_of(request)
+        question, (jid, worker) = self.shown(lambda: ui_admin.stop_question(self.factory, who, exp_id, job_id))
+        return self._ask(question, {"action": "stop", "experiment_id": exp_id, "job_id": jid, "worker": worker},
+                         f"Yes, stop job {jid}")
+
     def on_confirm(self, pending, exp_id, request: gr.Request):
         who = self.admin_of(request)
         factory = self.factory
@@ -79,6 +85,9 @@ class AdminHandlers:
         action = pending["action"]
         if action == "close":
             message = self.shown(lambda: ui_admin.close_round(factory, who, exp_id, expected_index=pending["round"]))
+        elif action == "stop":
+            message = self.shown(lambda: ui_admin.stop_job(factory, who, exp_id, pending["job_id"],
+                                                           expected_worker=pending.get("worker")))
         else:
             message = self.shown(lambda: ui_admin.finish_experiment(factory, who, exp_id, archive=action == "archive"))
         gr.Info(message)
@@ -229,9 +238,10 @@ def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callab
             jobs_df = gr.Dataframe(headers=["job", "kind", "round", "status", "attempts", "error"], value=[],
                                    interactive=False, wrap=True, elem_id="jobs-table")
             with gr.Row():
-                retry_id = gr.Textbox(label="Job id (empty: the newest failed job)", value="", scale=0,
-                                      min_width=220, elem_id="retry-job-id")
+                retry_id = gr.Textbox(label="Job id (empty: the newest failed job, or the running one)", value="",
+                                      scale=0, min_width=220, elem_id="retry-job-id")
                 retry_btn = gr.Button("Retry failed job", scale=0, min_width=180, elem_id="retry-job")
+                stop_btn = gr.Button("Stop running job", variant="stop", scale=0, min_width=180, elem_id="stop-job")
                 reopen_btn = gr.Button("Reopen round for labeling", scale=0, min_width=220, elem_id="reopen-round")
                 finish_btn = gr.Button("Finish experiment", variant="stop", scale=0, min_width=180,
                                        elem_id="finish-experiment")
@@ -326,6 +336,7 @@ def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callab
     close_btn.click(h.on_close, [exp_state], confirm_outputs, **private)
     finish_btn.click(h.on_finish_ask, [exp_state], confirm_outputs, **private)
     archive_btn.click(h.on_archive_ask, [exp_state], confirm_outputs, **private)
+    stop_btn.click(h.on_stop_ask, [exp_state, retry_id], confirm_outputs, **private)
     confirm_btn.click(h.on_confirm, [pending_state, exp_state],
                       [admin_result, admin_status, jobs_df, confirm_row, pending_state, experiment_dd], **private)
     cancel_btn.click(h.on_cancel, None, [confirm_row, pending_state], **private)

@@ -406,6 +406,32 @@ def retry_refusal(session: Session, job: Job) -> str | None:
     return None
 
 
+def stop_job(*, session: Session, job_id: int, reason: str, expected_owner: str | None) -> Job:
+    """Fail a running job now, whoever holds it (an admin's way out of a worker that hangs: its heartbeat thread kept
+    the lease for ever, so the round could be neither reopened nor finished; found by review). The worker that held
+    it gets LeaseLost at its next heartbeat, progress report or publish, and writes nothing. Refused (Conflict) for a
+    job that is not running, or that a worker other than ``expected_owner`` runs now."""
+    if not isinstance(reason, str) or not reason.strip():
+        raise InvalidInput(f"reason must be a non-empty message, got {reason!r}")
+    job = session.scalars(
+        select(Job).where(Job.id == check_int("job id", job_id)).with_for_update(), execution_options={"populate_existing": True}
+    ).one_or_none()
+    if job is None:
+        raise NotFound(f"there is no job with id {job_id}")
+    if job.status != "running":
+        raise Conflict(f"job {job.id} is {job.status}, not running; only a running job can be stopped")
+    if job.lease_owner != expected_owner:
+        raise Conflict(f"job {job.id} was taken again: worker {job.lease_owner!r} runs it now, not {expected_owner!r}; "
+                       "ask again")
+    job.status = "failed"
+    job.error = reason
+    job.lease_owner = None
+    job.lease_expires_at = None
+    job.updated_at = utcnow()
+    session.flush()
+    return job
+
+
 def retry_job(*, session: Session, job_id: int) -> Job:
     """Queue a failed job again with all its attempts (an admin's retry after fixing the cause); refused with
     ``retry_refusal``'s sentence."""

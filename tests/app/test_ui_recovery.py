@@ -95,6 +95,46 @@ def test_a_failed_job_is_retried_from_the_admin_tab(ui_world):
     assert audit_actions(ui_world) == ["job.retry"]
 
 
+def test_a_running_job_whose_worker_hangs_is_stopped_from_the_admin_tab(ui_world):
+    """A worker that hangs (a CUDA hang, a deadlock) kept its job's lease for ever through its heartbeat thread: the
+    round could be neither reopened nor finished, and no admin action got it out (found by review). An admin stops
+    the running job (asked first): it fails, its worker's next heartbeat or publish is refused, and it can be
+    retried."""
+    root = who(ui_world, "root")
+    eid = ui_world.experiment_id
+    with write_session(ui_world.factory) as s:
+        round1 = repo.create_round(session=s, experiment_id=eid, index=None, adapter_path="adapters/r1")
+        job_id = job_queue.enqueue_job(session=s, kind="generate", experiment_id=eid, round_id=round1.id,
+                                       payload={"round_index": 1}).id
+    with pytest.raises(Conflict, match="no running job"):
+        ui_admin.stop_question(ui_world.factory, root, eid)
+    with write_session(ui_world.factory) as s:
+        assert job_queue.claim_job(session=s, worker_id="w-hung", lease_s=30).id == job_id
+    with pytest.raises(AuthError):
+        ui_admin.stop_job(ui_world.factory, who(ui_world, "alice"), eid, job_id, expected_worker="w-hung")
+    question, asked = ui_admin.stop_question(ui_world.factory, root, eid)
+    assert asked == (job_id, "w-hung") and f"Stop job {job_id} (generate)" in question and "w-hung" in question
+    # the confirmation is for the run the question named: the job handed back and taken by another worker meanwhile
+    # is not stopped (a review)
+    with pytest.raises(Conflict, match="was taken again: worker 'w-hung' runs it now, not 'w-other'"):
+        ui_admin.stop_job(ui_world.factory, root, eid, job_id, expected_worker="w-other")
+    assert f"Job {job_id} (generate) was stopped" in ui_admin.stop_job(ui_world.factory, root, eid, job_id,
+                                                                       expected_worker="w-hung")
+    with read_session(ui_world.factory) as s:
+        job = job_queue.get_job(session=s, job_id=job_id)
+        assert (job.status, job.lease_owner) == ("failed", None) and "stopped by root" in job.error
+    from db.errors import LeaseLost
+
+    with write_session(ui_world.factory) as s:  # the hung worker, when it wakes: its lease is gone
+        assert not job_queue.heartbeat(session=s, job_id=job_id, worker_id="w-hung", lease_s=30)
+    with pytest.raises(LeaseLost), write_session(ui_world.factory) as s:
+        job_queue.complete_job(session=s, job_id=job_id, worker_id="w-hung", result={})
+    with pytest.raises(Conflict, match="not running"):
+        ui_admin.stop_job(ui_world.factory, root, eid, job_id, expected_worker="w-hung")
+    assert f"Job {job_id} (generate) is queued again" in ui_admin.retry_job(ui_world.factory, root, eid)
+    assert audit_actions(ui_world) == ["job.stop", "job.retry"]
+
+
 def test_finish_and_archive_from_the_admin_tab(ui_world):
     root = who(ui_world, "root")
     assert "Finish experiment 'ui-exp'?" in ui_admin.finish_question(ui_world.factory, root, ui_world.experiment_id)

@@ -198,7 +198,7 @@ ACCOUNT_INPUTS = {"on_admin_accounts": [], "on_user_disable": ["bob"], "on_user_
 ADMIN_HANDLERS += tuple(ACCOUNT_INPUTS)
 # recovery, dashboard access and the browser export (issue 13, items 4-6); their inputs depend on the world
 RECOVERY_HANDLERS = ("on_finish_ask", "on_archive_ask", "on_confirm", "on_cancel", "on_retry", "on_reopen",
-                     "on_dash_access", "on_build_export")
+                     "on_dash_access", "on_build_export", "on_stop_ask")
 ADMIN_HANDLERS += RECOVERY_HANDLERS
 
 
@@ -233,7 +233,7 @@ def test_a_rater_cannot_run_admin_handlers(rel_server):
         **ACCOUNT_INPUTS,
         "on_finish_ask": [world.experiment_id], "on_archive_ask": [world.experiment_id],
         "on_confirm": [{"action": "archive", "experiment_id": world.experiment_id}, world.experiment_id], "on_cancel": [],
-        "on_retry": [world.experiment_id, ""], "on_reopen": [world.experiment_id],
+        "on_retry": [world.experiment_id, ""], "on_reopen": [world.experiment_id], "on_stop_ask": [world.experiment_id, ""],
         "on_dash_access": [world.experiment_id, True], "on_build_export": [world.experiment_id, 0, "ratings"],
         "app.ui_admin_tab:on_quality": [world.experiment_id],
         "app.ui_admin_tab:on_standardize": [world.experiment_id, True],
