@@ -285,12 +285,16 @@ class WebGuard:
         hash_workers: int = 1,
         max_pending: int = 4,
         local_token: str | None = None,
+        proxies_trusted: bool = True,
     ) -> None:
         if (sessions is None) != policy.local_mode:
             raise ValueError("a session store is needed with accounts, and only then")
         if (local_token is None) == policy.local_mode:
             raise ValueError("a local token is needed in local mode, and only then")
         self.local_token = local_token
+        # with no proxy trusted (the default), the first X-Forwarded-For is logged once: a set-up behind a reverse proxy
+        # that never named it sees every person as the proxy, one sign-in limit for all (found by review)
+        self._proxy_unheard = not proxies_trusted
         self.inner, self.gradio_app, self.policy = inner, gradio_app, policy
         self.factory, self.sessions, self.throttle = factory, sessions, throttle or LoginThrottle()
         self.secure_cookies, self.max_pending = secure_cookies, max_pending
@@ -354,6 +358,13 @@ class WebGuard:
             await self.inner(scope, receive, send)
             return
         headers = Headers(scope=scope)
+        if self._proxy_unheard and not self.policy.local_mode and "x-forwarded-for" in headers:
+            self._proxy_unheard = False
+            client = scope.get("client")
+            log.warning("a request from %s carried X-Forwarded-For, which is not believed: no proxy is trusted "
+                        "(SEIKO_TRUSTED_PROXIES). Behind a reverse proxy, set it to the proxy's address, or every person "
+                        "seems to come from the proxy and they share its sign-in limit (logged once)",
+                        client[0] if client else "an unknown address")
         if scope["type"] == "http":
             send = _framing_send(send, get_route_path(scope))
         refusal = self.policy.refusal(headers, scope.get("scheme", "http"))
@@ -389,9 +400,6 @@ class WebGuard:
             if why is not None:
                 await self._refuse(scope, receive, send, why, 400)
                 return
-            if method == "POST" and (why := gradio_routes.event_target_refusal(path, parsed, self._fns())) is not None:
-                await self._refuse(scope, receive, send, why, 404)
-                return
             receive = self._replay(body or b"", receive)
         if scope["type"] == "http" and path in LOGIN_PATHS and method == "POST" and not self.policy.local_mode:
             response = await self._login(scope, receive)
@@ -415,6 +423,18 @@ class WebGuard:
             if named is not None and (why := self.session_owners.refusal(named, user)) is not None:
                 await self._refuse(scope, receive, send, why, 401 if user is None else 403)
                 return
+            # /cancel removes the event its body names from Gradio's queue whatever its owner, and asks for no
+            # sign-in: only one's own, signed in (a review)
+            if path.rstrip("/") == f"{gradio_routes.API}/cancel" and method == "POST" and (
+                    user is None or not isinstance(parsed, dict) or not isinstance(parsed.get("event_id"), str)
+                    or self.event_owners.owner(parsed["event_id"]) != user):
+                await self._refuse(scope, receive, send, "There is no event of yours with that id to cancel.",
+                                   401 if user is None else 404)
+                return
+            # an event that is not the app's, signed in (signed out, Gradio's own sign-in check answers 401 first)
+            if user is not None and (why := self._event_target_refusal(path, method, parsed)) is not None:
+                await self._refuse(scope, receive, send, why, 404)
+                return
             event = gradio_routes.event_of(path, method)
             if event is not None and user is None:
                 await self._refuse(scope, receive, send, "Sign in first: this request names an event of the app.", 401)
@@ -430,7 +450,17 @@ class WebGuard:
             if user is not None and gradio_routes.makes_event(path, method):
                 await self._make_event(user, scope, receive, send)
                 return
+        elif (why := self._event_target_refusal(path, method, parsed)) is not None:  # local mode: past its token
+            await self._refuse(scope, receive, send, why, 404)
+            return
         await self.inner(scope, receive, self._lax_send(send))
+
+    def _event_target_refusal(self, path: str, method: str | None, parsed: Any) -> str | None:
+        """``gradio_routes.event_target_refusal`` for an event post: an fn_index or API name the app does not have
+        raised in Gradio (a 500 and a traceback per request), and a private handler was callable by name."""
+        if method != "POST" or not gradio_routes.is_event_post(path, method):
+            return None
+        return gradio_routes.event_target_refusal(path, parsed, self._fns())
 
     async def _make_event(self, user: str, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass on a request that makes an event (``gradio_routes.makes_event``): refused (429) when the account has
@@ -821,7 +851,8 @@ def install(gradio_app: Any, services: Any, *, throttle: LoginThrottle | None = 
                      factory=services.factory, sessions=sessions, throttle=throttle,
                      secure_cookies=bool(public and public.startswith("https://")),
                      hash_workers=hash_workers, max_pending=max_pending,
-                     local_token=services.local_token)  # None with accounts (AppServices)
+                     local_token=services.local_token,  # None with accounts (AppServices)
+                     proxies_trusted=bool(settings.trusted_proxies))
     gradio_app.middleware_stack = guard
     return guard
 
