@@ -156,7 +156,7 @@ def serve(services, request: Request) -> Response:
     try:
         with read_session(services.factory) as s:
             row = repo.get_export(session=s, export_id=int(raw))
-            relative, size = row.file_path, row.size_bytes
+            relative, size, digest = row.file_path, row.size_bytes, row.sha256
     except NotFound:
         return _refusal(404, f"There is no export with id {int(raw)}.")
     root = (services.settings.data_dir.resolve() / export.EXPORTS_DIR).resolve()
@@ -166,6 +166,11 @@ def serve(services, request: Request) -> Response:
     if size is not None and path.stat().st_size != size:  # replaced or cut on disk: not the export that was checked
         return _refusal(409, f"The file of export {int(raw)} has changed since it was built ({path.stat().st_size} "
                              f"bytes, {size} when built); build the export again.")
+    # the bytes too, not only the size: a file changed in place was served as the export that was checked (found by
+    # review). A read of the whole file: seconds for a merged Stable Diffusion pipeline, once per admin download
+    if digest and sha256_file(path) != digest:
+        return _refusal(409, f"The file of export {int(raw)} has changed since it was built (its sha256 differs from "
+                             "the one recorded); build the export again.")
     media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     # who took the ratings (or a model) away, and when: only building the export was audited (found by review)
     auth.record(services.factory, who, "export.download", f"export {int(raw)}", file=path.name)

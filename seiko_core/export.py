@@ -162,7 +162,11 @@ from diffusers import DDIMScheduler, StableDiffusionPipeline
 pipe = StableDiffusionPipeline.from_pretrained("{base}")
 pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)  # SEIKO samples with DDIM (eta needs it)
 pipe.load_lora_weights("path/to/this/directory")  # reads {weights}
-STEPS, GUIDANCE = 50, 7.5  # the experiment's: model_card.json, "verification" -> "settings" ("steps", "guidance")
+{sampling}"""
+
+# how SEIKO samples, in both model READMEs: the merged one gave only eta=1.0, which Stable Diffusion 1.5's default
+# scheduler (PNDM) ignores, so its images were not SEIKO's (found by review)
+_SAMPLING = """STEPS, GUIDANCE = 50, 7.5  # the experiment's: model_card.json, "verification" -> "settings" ("steps", "guidance")
 images = pipe(["a prompt"], num_inference_steps=STEPS, guidance_scale=GUIDANCE, eta=1.0,
               generator=[torch.Generator().manual_seed(s) for s in [0]]).images
 ```
@@ -185,7 +189,7 @@ def export_diffusers_lora(adapter_dir: str | Path, out_dir: str | Path, *, base_
         write_weights(tmp, layers, config)
         _copy_json_files(adapter_dir, tmp, ("adapter_config.json", "seiko_config.json", "metrics.json"))
         (tmp / "README.md").write_text(_DIFFUSERS_README.format(weights=WEIGHT_NAME, r=config["r"], alpha=config["lora_alpha"],
-                                                                base=base_model))
+                                                                base=base_model, sampling=_SAMPLING))
         card.append(finalize(tmp) if finalize else None)
 
     card: list = []
@@ -348,12 +352,11 @@ diffusers `StableDiffusionPipeline`; no LoRA layers, no pickles).
 
 ```python
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import DDIMScheduler, StableDiffusionPipeline
 
 pipe = StableDiffusionPipeline.from_pretrained("path/to/this/directory")
-images = pipe(["a prompt"], eta=1.0, generator=[torch.Generator().manual_seed(s) for s in [0]]).images
-```
-"""
+pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)  # SEIKO samples with DDIM (eta needs it)
+{sampling}"""
 
 
 def _base_tokenizer_dirs(base_model: str | Path) -> dict[str, Path]:
@@ -420,7 +423,7 @@ def export_merged_pipeline(base_model_dir: str | Path, adapter_dir: str | Path, 
             raise ExportError(f"save_pretrained wrote files other than safetensors, JSON and text ({others[:5]}); "
                               "refusing to publish them.")
         _copy_json_files(adapter_dir, tmp, ("seiko_config.json", "metrics.json"))
-        (tmp / "README.md").write_text(_MERGED_README.format(base=base_model_dir))
+        (tmp / "README.md").write_text(_MERGED_README.format(base=base_model_dir, sampling=_SAMPLING))
         card.append(finalize(tmp) if finalize else None)
 
     card: list = []

@@ -288,6 +288,13 @@ def test_the_browser_builds_every_format_by_id_and_the_route_serves_exactly_that
             f.write(b"tampered")
         refused = get(str(built["ratings"].export_id))
         assert refused.status_code == 409 and b"has changed since it was built" in refused.body
+        # ...and one changed in place, its size the same: only the size was compared (found by review)
+        kohya = get(str(built["kohya"].export_id)).path
+        data = bytearray(kohya.read_bytes())
+        data[-1] ^= 0xFF
+        kohya.write_bytes(bytes(data))
+        refused = get(str(built["kohya"].export_id))
+        assert refused.status_code == 409 and b"its sha256 differs" in refused.body
     finally:
         engine.dispose()
 

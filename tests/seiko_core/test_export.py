@@ -161,6 +161,8 @@ def test_merged_pipeline_matches_base_plus_adapter_and_reloads_without_lora_laye
     for name in ("vocab.json", "merges.txt", "special_tokens_map.json"):
         assert (res.path / "tokenizer" / name).read_bytes() == (random_model_dir / "tokenizer" / name).read_bytes()
         assert f"tokenizer/{name}" in manifest["files"]
+    readme = (res.path / "README.md").read_text()  # how SEIKO samples: its README gave eta alone (a review)
+    assert "DDIMScheduler.from_config" in readme and "num_inference_steps=STEPS" in readme
     for f in res.path.rglob("*.json"):
         if f.name != "manifest.json":
             assert "_name_or_path" not in f.read_text() and str(random_model_dir) not in f.read_text(), f
