@@ -406,6 +406,26 @@ def retry_refusal(session: Session, job: Job) -> str | None:
     return None
 
 
+def _set_unleased(job: Job, status: str, **fields: Any) -> None:
+    """Give the job ``status`` with no worker holding it (and ``fields``), stamped now."""
+    job.status = status
+    job.lease_owner = None
+    job.lease_expires_at = None
+    job.updated_at = utcnow()
+    for name, value in fields.items():
+        setattr(job, name, value)
+
+
+def _locked_job(session: Session, job_id: int) -> Job:
+    """The job, row-locked FOR UPDATE and re-read from the database; NotFound if there is none."""
+    job = session.scalars(
+        select(Job).where(Job.id == check_int("job id", job_id)).with_for_update(), execution_options={"populate_existing": True}
+    ).one_or_none()
+    if job is None:
+        raise NotFound(f"there is no job with id {job_id}")
+    return job
+
+
 def stop_job(*, session: Session, job_id: int, reason: str, expected_owner: str | None) -> Job:
     """Fail a running job now, whoever holds it (an admin's way out of a worker that hangs: its heartbeat thread kept
     the lease for ever, so the round could be neither reopened nor finished; found by review). The worker that held
@@ -413,21 +433,13 @@ def stop_job(*, session: Session, job_id: int, reason: str, expected_owner: str 
     job that is not running, or that a worker other than ``expected_owner`` runs now."""
     if not isinstance(reason, str) or not reason.strip():
         raise InvalidInput(f"reason must be a non-empty message, got {reason!r}")
-    job = session.scalars(
-        select(Job).where(Job.id == check_int("job id", job_id)).with_for_update(), execution_options={"populate_existing": True}
-    ).one_or_none()
-    if job is None:
-        raise NotFound(f"there is no job with id {job_id}")
+    job = _locked_job(session, job_id)
     if job.status != "running":
         raise Conflict(f"job {job.id} is {job.status}, not running; only a running job can be stopped")
     if job.lease_owner != expected_owner:
         raise Conflict(f"job {job.id} was taken again: worker {job.lease_owner!r} runs it now, not {expected_owner!r}; "
                        "ask again")
-    job.status = "failed"
-    job.error = reason
-    job.lease_owner = None
-    job.lease_expires_at = None
-    job.updated_at = utcnow()
+    _set_unleased(job, "failed", error=reason)
     session.flush()
     return job
 
@@ -435,19 +447,9 @@ def stop_job(*, session: Session, job_id: int, reason: str, expected_owner: str 
 def retry_job(*, session: Session, job_id: int) -> Job:
     """Queue a failed job again with all its attempts (an admin's retry after fixing the cause); refused with
     ``retry_refusal``'s sentence."""
-    job = session.scalars(
-        select(Job).where(Job.id == check_int("job id", job_id)).with_for_update(), execution_options={"populate_existing": True}
-    ).one_or_none()
-    if job is None:
-        raise NotFound(f"there is no job with id {job_id}")
+    job = _locked_job(session, job_id)
     if (why := retry_refusal(session, job)) is not None:
         raise Conflict(why)
-    job.status = "queued"
-    job.attempts = 0
-    job.lease_owner = None
-    job.lease_expires_at = None
-    job.heartbeat_at = None
-    job.progress = None
-    job.updated_at = utcnow()
+    _set_unleased(job, "queued", attempts=0, heartbeat_at=None, progress=None)
     session.flush()
     return job
