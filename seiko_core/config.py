@@ -90,7 +90,7 @@ class RewardConfig:
     min_holdout: int = 1
     # lever N (BENCHMARKS.md): where the held-out split would hold fewer than 8 labels (n < 150 at 5%), choose the
     # number of epochs by this many-fold cross-validation on every label, then train on all of them for that many
-    # epochs. 0 = off (the held-out split above). Ratings fits only: a fit of comparisons keeps the held-out split
+    # epochs. 0 = off (the held-out split above). Ratings fits only: a fit of comparisons refuses it
     cv_folds: int = 0
     bootstrap: str = "poisson"  # per-sample weights per head: "poisson" (Poisson(1)) or "multinomial"
     standardise: bool = True  # fit on (y - mean) / std, predict in the original units
@@ -134,14 +134,16 @@ class RewardConfig:
 #   when the residual noise is as large as the ratings' own spread (the conservative case); it shrinks like
 #   sqrt(F_eff / n), about 0.5-0.7 std at n = 32 and half that at n = 128;
 # - covariance (reference code, A = Cov(f) + lambda I, does not shrink): alpha = 0.5 / sqrt(F) with F = 16 features,
-#   so a point at the data's typical Mahalanobis distance (sqrt(F)) gets half a standard deviation.
+#   so a point at the data's typical Mahalanobis distance (sqrt(F)) gets half a standard deviation. (A review found
+#   the bonus dominated by the uncentred features' mean, as in the reference code: about 1.4 stds on rated and new
+#   images alike; BENCHMARKS.md, "Correction".)
 UCB_DEFAULT_ALPHA: dict[str, float] = {"textbook": 1.0, "covariance": 0.125}
 
 
 @dataclass
 class OptimismConfig:
     aggregation: str = "max"  # how heads become one reward: mean, max, softmax, ucb_heads, thompson (seiko_core.optimism)
-    temperature: float = 1.0  # softmax aggregation's temperature tau
+    temperature: float = 1.0  # softmax aggregation's temperature tau, in stds of the ratings fitted (any scale alike)
     ucb_beta: float = 1.0  # ucb_heads: mean + beta * std across heads
     bonus: str | None = None  # linear-UCB bonus on the last hidden features: None, "textbook" or "covariance"
     bonus_alpha: float | None = None  # in rating stds; None: the form's calibrated default (UCB_DEFAULT_ALPHA)

@@ -77,6 +77,23 @@ def attached_steps(n_steps: int, mode: str, k: int, generator: torch.Generator) 
     raise ValueError(f"unknown truncation {mode!r}; choose from {list(TRUNCATIONS)}")
 
 
+def _check_kl_reachable(ft, schedule, eta: float) -> None:
+    """A KL weight with no step where the KL is counted is refused (ValueError, one sentence): the KL is taken at
+    attached, stochastic steps, and the last step of a schedule with set_alpha_to_one has sigma = 0. With
+    per_trajectory truncation of k = 1 (DRaFT-1) that was the only attached step, so kl_weight did nothing, silently
+    (found by review: 0 KL terms against a whole-trajectory KL of 1.6)."""
+    if ft.kl_weight <= 0:
+        return
+    stochastic = ddim_sigma(schedule.alpha, schedule.alpha_prev, eta) > 0
+    n = len(stochastic)
+    reachable = stochastic[n - min(ft.truncation_k, n):] if ft.truncation == "per_trajectory" else stochastic
+    if not bool(reachable.any()):
+        where = (f"the last {min(ft.truncation_k, n)} step(s) that per_trajectory truncation attaches are"
+                 if ft.truncation == "per_trajectory" else "every step of the schedule is")
+        raise ValueError(f"kl_weight {ft.kl_weight} would do nothing: {where} deterministic (sigma = 0, the scheduler's "
+                         "set_alpha_to_one); attach more steps (finetune.truncation_k) or set kl_weight to 0")
+
+
 @dataclass
 class Trajectory:
     images: torch.Tensor  # (B, 3, H, W) in [0, 1], attached to the graph through the kept steps
@@ -276,6 +293,7 @@ def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: st
     unet.train()
     opt = torch.optim.AdamW(params, lr=ft.lr, weight_decay=ft.weight_decay)
     schedule = DDIMSchedule.from_scheduler(parts.scheduler, sc.steps)
+    _check_kl_reachable(ft, schedule, sc.eta)
     rank, world = acc.process_index, acc.num_processes
     gen = torch.Generator().manual_seed(seed * 7919)  # the same on every rank: it draws the global batch
     total = ft.steps_per_epoch(world) * ft.epochs

@@ -308,7 +308,10 @@ def optimistic_reward(
     if cfg.bonus is not None and ucb is not None and ucb.form != cfg.bonus:
         raise ValueError(f"optimism config asks for the {cfg.bonus!r} UCB bonus but the LinearUCB given is {ucb.form!r}")
     preds, features = ensemble.heads_and_features(emb)
-    reward = aggregate(preds, cfg.aggregation, temperature=cfg.temperature, beta=cfg.ucb_beta, draw=draw)
+    # softmax's temperature counts rating stds (y_std, the fitted ratings' spread), as the UCB bonus's alpha does: in
+    # raw units, ratings 10x larger turned tau = 1 from nearly the mean into nearly the max (found by review)
+    temperature = cfg.temperature * float(ensemble.y_std)
+    reward = aggregate(preds, cfg.aggregation, temperature=temperature, beta=cfg.ucb_beta, draw=draw)
     if cfg.bonus is not None and ucb is not None:
         reward = reward + ucb.bonus(features)
     return reward

@@ -183,6 +183,9 @@ def fit_preference_reward(
     if cfg.prior_scale > 0:
         raise ValueError("reward.prior_scale (randomized priors) is not supported by the pairwise reward fit "
                          f"(feedback 'pairs' or 'both'); set it to 0 for such an experiment (got {cfg.prior_scale})")
+    if cfg.cv_folds:  # it would keep its held-out split and ignore the setting (found by review)
+        raise ValueError("reward.cv_folds (the epoch chosen by cross-validation) is not supported by the pairwise reward "
+                         f"fit (feedback 'pairs' or 'both'); set it to 0 for such an experiment (got {cfg.cv_folds})")
 
     # 1. held-out splits, per kind: scored items first, then comparisons (the scores-only draws match fit_reward's)
     if n_s:

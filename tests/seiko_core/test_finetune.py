@@ -187,6 +187,70 @@ def test_no_kl_term_at_a_deterministic_step(random_parts):
     assert traj.kl_steps == 3 and torch.isfinite(traj.kl).all() and float(traj.kl.max()) < 1e6
 
 
+def test_a_kl_weight_that_no_counted_step_can_carry_is_refused(random_parts):
+    """DRaFT-1 (per_trajectory truncation, k = 1) attaches only the last step, which has sigma = 0 under
+    set_alpha_to_one: the KL was counted at no step and kl_weight did nothing, silently (found by review). Refused
+    in one sentence; k = 2 reaches a stochastic step and runs; kl_weight 0 needs no step."""
+    from diffusers import DDIMScheduler
+
+    random_parts.pipeline.scheduler = DDIMScheduler.from_config({**random_parts.scheduler.config, "set_alpha_to_one": True})
+    cfg = tiny_cfg()
+    cfg.finetune.truncation, cfg.finetune.truncation_k, cfg.finetune.kl_weight = "per_trajectory", 1, 0.01
+    lora.add_adapter(random_parts.unet, "round_1", cfg.finetune)
+    with pytest.raises(ValueError, match=r"kl_weight 0.01 would do nothing: the last 1 step\(s\) .* deterministic"):
+        finetune(random_parts, redness, ["a shape"], cfg, adapter="round_1", reference=None, seed=0)
+    cfg.finetune.truncation_k = 2
+    assert finetune(random_parts, redness, ["a shape"], cfg, adapter="round_1", reference=None, seed=0).steps == 2
+    cfg.finetune.truncation_k, cfg.finetune.kl_weight = 1, 0.0
+    assert finetune(random_parts, redness, ["a shape"], cfg, adapter="round_1", reference=None, seed=0).steps == 2
+
+
+@pytest.mark.parametrize("steps, eta, alpha_to_one", [(4, 1.0, False), (4, 0.5, True), (1, 1.0, False)])
+def test_trajectory_kl_value_matches_diffusers_steps_and_torch_distributions(random_model_dir, steps, eta,
+                                                                             alpha_to_one):
+    """The KL's value against code that shares none of ours but the model: each step's two Gaussians are taken from
+    diffusers' own DDIMScheduler.step (its mean with zero noise, its std from a unit noise) for the trained and the
+    previous adapter at the same x_t, their KL from torch.distributions, averaged over the image's values and summed
+    over the stochastic steps, the trajectory moved on with the trained model and our noise. (The gradient test
+    above checks the gradient against whatever value the code computes; this checks the value. Suggested by review.)"""
+    from diffusers import DDIMScheduler
+
+    from seiko_core.models import load_model
+    from seiko_core.sampling import SeedNoise, encode_prompts, trajectory_noise
+
+    parts = load_model(str(random_model_dir), device="cpu", dtype=torch.float64)
+    parts.pipeline.scheduler = DDIMScheduler.from_config({**parts.scheduler.config, "set_alpha_to_one": alpha_to_one})
+    _previous_and_trained(parts.unet, tiny_cfg().finetune)
+    prompts, seeds, guidance = ["a shape", "a red circle"], [3, 4], 3.0
+    ours = trajectory_kl(parts, prompts, seeds, adapter="round_2", reference="round_1", steps=steps, eta=eta,
+                         guidance=guidance)
+
+    def eps(adapter, x, t, cond, uncond):
+        lora.activate(parts.unet, adapter)
+        both = parts.unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
+        u, c = both.chunk(2)
+        return u + guidance * (c - u)
+
+    stock = DDIMScheduler.from_config(parts.scheduler.config)
+    stock.set_timesteps(steps)
+    with torch.no_grad():
+        cond, uncond = encode_prompts(parts, prompts)
+        noise = trajectory_noise(parts, SeedNoise(seeds, parts.device, parts.dtype), steps, eta)
+        x, kl = noise[0], torch.zeros(len(prompts), dtype=torch.float64)
+        for i, t in enumerate(stock.timesteps):
+            e_new, e_old = eps("round_2", x, t, cond, uncond), eps("round_1", x, t, cond, uncond)
+            mean_new = stock.step(e_new, t, x, eta=eta, variance_noise=torch.zeros_like(x)).prev_sample
+            std = float((stock.step(e_new, t, x, eta=eta, variance_noise=torch.ones_like(x)).prev_sample - mean_new).mean())
+            mean_old = stock.step(e_old, t, x, eta=eta, variance_noise=torch.zeros_like(x)).prev_sample
+            if std > 0:
+                step_kl = torch.distributions.kl_divergence(torch.distributions.Normal(mean_new, std),
+                                                            torch.distributions.Normal(mean_old, std))
+                kl += step_kl.flatten(1).mean(1)
+            x = stock.step(e_new, t, x, eta=eta, variance_noise=noise[i + 1]).prev_sample
+    assert float(kl.min()) > 0
+    torch.testing.assert_close(ours.to(torch.float64), kl, rtol=1e-5, atol=0)
+
+
 def test_lora_changes_and_frozen_weights_do_not(random_parts):
     cfg = tiny_cfg()
     before = {n: p.detach().clone() for n, p in random_parts.unet.named_parameters()}

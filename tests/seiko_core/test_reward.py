@@ -349,3 +349,14 @@ def test_a_cross_validated_fit_trains_every_label_for_the_chosen_number_of_epoch
                                                  again.ensemble.state_dict().values(), strict=True))
     plain = fit_reward(x, y, RewardConfig(hidden=(32, 8), dropout=(0.1,), lr=1e-2, max_epochs=120, patience=15), seed=2)
     assert plain.metrics["n_holdout"] == 2 and plain.metrics["cv_folds"] == 0
+
+
+def test_a_comparisons_fit_refuses_cross_validation_in_one_sentence():
+    """The pairwise fit kept its held-out split and ignored cv_folds, silently (found by review): refused instead."""
+    from seiko_core.preference import fit_preference_reward
+
+    x = torch.randn(6, 4)
+    pairs = torch.tensor([[0, 1, 1.0], [2, 3, 0.0]])
+    cfg = RewardConfig(hidden=(8, 4), dropout=(0.1,), max_epochs=5, cv_folds=4)
+    with pytest.raises(ValueError, match="cv_folds .* not supported by the pairwise reward fit"):
+        fit_preference_reward(x, pairs=pairs, cfg=cfg, seed=0)
