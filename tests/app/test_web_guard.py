@@ -204,14 +204,20 @@ def test_session_cookies_are_samesite_lax(served):
         assert "samesite=lax" in attrs and "httponly" in attrs and "samesite=none" not in attrs, c
 
 
-def test_session_cookies_are_secure_when_the_sign_in_came_over_tls(served):
+def test_session_cookies_are_secure_when_the_sign_in_came_over_tls(ui_world, monkeypatch):
     """Found in review: behind a TLS proxy without SEIKO_PUBLIC_URL, the plain cookie had no Secure flag, so a
     man-in-the-middle could make the browser send the token over http. A proxy on this machine saying
-    X-Forwarded-Proto: https (uvicorn trusts 127.0.0.1) now gets both cookies Secure; a plain http sign-in does not."""
-    _, _, url = served
-    form = {"username": "alice", "password": UI_PASSWORD}
-    over_tls = httpx.post(url + "/login", data=form, headers={"X-Forwarded-Proto": "https"})
-    plain = httpx.post(url + "/login", data=form)
+    X-Forwarded-Proto: https (trusted: SEIKO_TRUSTED_PROXIES=127.0.0.1, no longer the default) now gets both cookies
+    Secure; a plain http sign-in does not."""
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "")  # restored after the test; set below as `serve` would
+    web_guard.trust_proxies(Settings.from_env({"data_dir": "/tmp/x", "trusted_proxies": "127.0.0.1"}, environ={}))
+    demo, url = launch(ui_world)
+    try:
+        form = {"username": "alice", "password": UI_PASSWORD}
+        over_tls = httpx.post(url + "/login", data=form, headers={"X-Forwarded-Proto": "https"})
+        plain = httpx.post(url + "/login", data=form)
+    finally:
+        demo.close()
     assert over_tls.status_code == 200 and plain.status_code == 200
     assert all("secure" in [a.strip().lower() for a in c.split(";")] for c in over_tls.headers.get_list("set-cookie"))
     sessions_plain = [c for c in plain.headers.get_list("set-cookie") if c.startswith("access-token")]
