@@ -125,7 +125,10 @@ def create_experiment(
         status="active",
     )
     session.add(experiment)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError as exc:  # another transaction created the name first (PostgreSQL; found by review)
+        raise Conflict(f"an experiment named {name!r} already exists") from exc
     return experiment
 
 

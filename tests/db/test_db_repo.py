@@ -505,3 +505,16 @@ def test_a_metrics_merge_reads_the_committed_row_not_a_stale_copy(db_factory, db
     with read_session(db_factory) as s:
         assert repo.get_round(session=s, round_id=world.round_id).metrics == {"eval": {"kl": 0.5},
                                                                               "ab": {"side_seed": 7}}
+
+
+def test_two_experiments_of_one_name_created_at_once_are_a_conflict(db_factory, db_url):
+    """PostgreSQL: both transactions passed the name check and the second insert raised a raw IntegrityError (a bare
+    'Error' in the admin tab; found by review). The second is a Conflict with a sentence. SQLite serialises them."""
+    if db_url.startswith("sqlite"):
+        pytest.skip("SQLite serialises write transactions (BEGIN IMMEDIATE): the name check sees the first")
+
+    def create(s):
+        repo.create_experiment(session=s, name="dup", model_spec="m", method="x", config={}, budgets=[1], prompts=["p"])
+
+    result = race_with_open_transaction(db_factory, create, create)
+    assert result == "an experiment named 'dup' already exists"
