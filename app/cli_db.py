@@ -39,6 +39,7 @@ def main(args: argparse.Namespace) -> int:
             return 2
         # say which database: $SEIKO_DB_URL wins over --data-dir, so the flags alone may not show it (review)
         shown = shown_url(settings.db_url)
+        migrate.check_downgrade(settings.db_url, args.rev)  # before the copy: an unknown revision left one (review)
         print(f"downgrading the database {shown!r} to {args.rev}", flush=True)
         backup = migrate.backup_sqlite(settings.db_url)
         if backup is None and make_url(settings.db_url).get_backend_name() != "sqlite":

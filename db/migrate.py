@@ -16,6 +16,8 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.script.revision import RevisionError
+from alembic.util import CommandError
 from sqlalchemy import make_url
 
 from db.engine import make_engine
@@ -127,12 +129,42 @@ def _copy_sqlite(path: Path, target: Path) -> None:
         source.close()
 
 
-def downgrade(url: str, rev: str) -> None:
-    """Migrate down to ``rev`` ("base" removes every table). A SQLite file that does not exist is not created: there
-    is nothing to downgrade (one was made with the default mode, 0644, and kept by the next upgrade: review)."""
+def check_downgrade(url: str, rev: str) -> None:
+    """Refuse (InvalidInput, one sentence, nothing changed) a downgrade to ``rev`` that cannot or should not run: no
+    database there, a revision that does not exist or is not below the database's, or one that would drop the mark
+    of a disabled account (0002's downgrade drops ``raters.disabled_at``: after an upgrade the account could sign in
+    again; found by review). Run before anything is copied or changed (a backup was made before an unknown revision
+    was refused)."""
     path = _sqlite_file(url)
     if path is not None and not path.is_file():
         raise InvalidInput(f"there is no database at {str(path)!r} to downgrade; nothing was changed")
+    script = ScriptDirectory.from_config(_config())
+    current = current_revision(url)
+    try:
+        steps = [r.revision for r in script.iterate_revisions(current, rev)] if current is not None else []
+    except (CommandError, RevisionError) as exc:  # an unknown revision, one above the database's: one sentence
+        raise InvalidInput(f"cannot downgrade from {current} to {rev!r} ({str(exc).rstrip('.')}); the revisions are "
+                           f"{[r.revision for r in script.walk_revisions()][::-1]} or 'base'; nothing was changed") from exc
+    if "0002" in steps:
+        from sqlalchemy import text
+
+        engine = make_engine(url)
+        try:
+            with engine.connect() as connection:
+                disabled = connection.execute(text("SELECT name FROM raters WHERE disabled_at IS NOT NULL")).scalars().all()
+        finally:
+            engine.dispose()
+        if disabled:
+            raise InvalidInput(f"{len(disabled)} account(s) are disabled ({', '.join(map(repr, disabled[:5]))}); a "
+                               "downgrade below 0002 drops that mark, so they could sign in again after an upgrade: "
+                               "delete them first, or downgrade to 0002 or later; nothing was changed")
+
+
+def downgrade(url: str, rev: str) -> None:
+    """Migrate down to ``rev`` ("base" removes every table), after ``check_downgrade``. A SQLite file that does not
+    exist is not created: there is nothing to downgrade (one was made with the default mode, 0644, and kept by the
+    next upgrade: review)."""
+    check_downgrade(url, rev)
     command.downgrade(_config(url), rev)
 
 

@@ -273,3 +273,32 @@ def test_no_refusal_shows_a_password_given_in_the_query_or_with_odd_characters(u
     with pytest.raises(SettingsError) as refused:
         Settings.from_env(environ={"SEIKO_DB_URL": url})
     assert "s3cret" not in str(refused.value), str(refused.value)
+
+
+def test_a_downgrade_that_would_enable_disabled_accounts_or_names_no_revision_is_refused_first(tmp_path, capsys):
+    """0002's downgrade drops raters.disabled_at, so after an upgrade a disabled account signed in again (found by
+    review); and an unknown revision was refused only after the database, password hashes included, had been copied.
+    Both are refused in one sentence before anything is copied or changed."""
+    from app import auth
+    from db.engine import make_engine, session_factory
+
+    data_dir = tmp_path / "data"
+    assert main(["db", "upgrade", "--data-dir", str(data_dir)]) == 0
+    url = f"sqlite:///{data_dir / 'seiko.db'}"
+    engine = make_engine(url)
+    try:
+        factory = session_factory(engine)
+        auth.add_user(factory, name="root", role="admin", password="a long enough password")
+        auth.add_user(factory, name="mallory", role="rater", password="a long enough password")
+        auth.set_disabled(factory, name="mallory", disabled=True)
+    finally:
+        engine.dispose()
+    capsys.readouterr()
+    for rev, said in (("0001", "1 account(s) are disabled ('mallory'); a downgrade below 0002 drops that mark"),
+                      ("0042", f"cannot downgrade from {migrate.head_revision()} to '0042'")):
+        assert main(["db", "downgrade", rev, "--yes", "--data-dir", str(data_dir)]) == 1
+        err = capsys.readouterr().err
+        assert said in err and "nothing was changed" in err, err
+        assert not list(data_dir.glob("seiko.db.bak-*"))  # no copy made
+        assert migrate.current_revision(url) == migrate.head_revision()
+    assert main(["db", "downgrade", "0002", "--yes", "--data-dir", str(data_dir)]) == 0  # the mark survives that
