@@ -63,8 +63,61 @@ def _sqlite_file(url: str) -> Path | None:
     return Path(parsed.database)
 
 
+LOCK_TIMEOUT_S = 10.0  # PostgreSQL: how long a migration waits for a table's lock before it gives up (migrations/env.py)
+
+
+def _in_use(exc: BaseException) -> bool:
+    """Whether a migration failed because PostgreSQL's lock_timeout ran out (SQLSTATE 55P03, lock_not_available)."""
+    orig = getattr(exc, "orig", None) or exc
+    return (getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)) == "55P03"
+
+
+def _run(step, url: str, rev: str) -> None:
+    """``step`` (alembic's command.upgrade or downgrade) to ``rev``; a lock not granted is one sentence."""
+    from sqlalchemy.exc import OperationalError
+
+    try:
+        step(_config(url), rev)
+    except OperationalError as exc:
+        if not _in_use(exc):
+            raise
+        raise InvalidInput(f"the database is in use: a table's lock was not granted in {LOCK_TIMEOUT_S:.0f} s (a "
+                           "server, a worker or an open transaction holds it); stop them and run it again; nothing "
+                           "was changed") from exc
+
+
+def check_upgrade(url: str, rev: str) -> None:
+    """Refuse (InvalidInput, one sentence, nothing changed) an upgrade that cannot do what it says: a database with
+    the app's tables but no recorded revision (the upgrade failed with 'table already exists', on PostgreSQL a
+    traceback: found by review), or a target below the database's revision (it did nothing and said nothing)."""
+    current = current_revision(url)
+    if current is None:
+        engine = make_engine(url)
+        try:
+            from sqlalchemy import inspect
+
+            tables = set(inspect(engine).get_table_names()) - {"alembic_version"}
+        finally:
+            engine.dispose()
+        if tables:
+            raise InvalidInput(f"the database has the app's tables ({', '.join(sorted(tables)[:3])}, ...) but no "
+                               "schema revision recorded (alembic_version is empty or missing): restore it from a "
+                               "backup, or record the revision its tables are at (`alembic stamp <revision>`); "
+                               "nothing was changed")
+        return
+    script = ScriptDirectory.from_config(_config())
+    try:
+        below = rev not in ("head", "heads") and rev != current and current in {
+            r.revision for r in script.iterate_revisions(current, rev)}
+    except (CommandError, RevisionError):
+        below = False  # not an ancestor: alembic's own sentence, or a target above current
+    if below:
+        raise InvalidInput(f"the database is at {current}, above {rev}: an upgrade does not go down; use "
+                           f"`db downgrade {rev}`; nothing was changed")
+
+
 def upgrade(url: str, rev: str = "head") -> None:
-    """Migrate the database at ``url`` up to ``rev`` (default: the newest revision).
+    """Migrate the database at ``url`` up to ``rev`` (default: the newest revision), after ``check_upgrade``.
 
     A SQLite file (and its directory) is created if missing.
     """
@@ -81,7 +134,8 @@ def upgrade(url: str, rev: str = "head") -> None:
         except OSError as exc:
             raise InvalidInput(f"the database's directory {str(path.parent)!r} could not be made ({exc.strerror or exc})") from exc
         _owner_only(path)
-    command.upgrade(_config(url), rev)
+    check_upgrade(url, rev)
+    _run(command.upgrade, url, rev)
 
 
 def _owner_only(path: Path) -> None:
@@ -165,7 +219,7 @@ def downgrade(url: str, rev: str) -> None:
     exist is not created: there is nothing to downgrade (one was made with the default mode, 0644, and kept by the
     next upgrade: review)."""
     check_downgrade(url, rev)
-    command.downgrade(_config(url), rev)
+    _run(command.downgrade, url, rev)
 
 
 def current_revision(url: str) -> str | None:

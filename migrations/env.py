@@ -12,6 +12,7 @@ import os
 from alembic import context
 from sqlalchemy import text
 
+from db import migrate
 from db.engine import make_engine
 from db.migrate import render_item
 from db.models import Base
@@ -46,6 +47,13 @@ def run_migrations_online() -> None:
     engine = make_engine(_url(), sqlite_foreign_keys=False)
     try:
         with engine.connect() as connection:
+            if connection.dialect.name == "postgresql":
+                # an ALTER waits for every open transaction on its table, and every new query queues behind it: a
+                # migration beside a running server froze sign-ins with no limit (found by review). It gives up instead
+                # (db.migrate words it), and PostgreSQL's DDL is transactional: nothing is changed then
+                connection.execute(text(f"SET lock_timeout = '{int(migrate.LOCK_TIMEOUT_S * 1000)}ms'"))
+                connection.commit()  # a session setting: it outlives this commit, and the migration's own transaction
+                # must not run inside the one the SET began (it was rolled back with it at close)
             _configure(connection=connection)
             with context.begin_transaction():
                 context.run_migrations()

@@ -138,3 +138,53 @@ def test_migration_0009_lets_repeats_onto_the_undo_stack_and_downgrades(empty_db
     assert actions_after(("repeat", "repeat_skip")) == ["rate", "repeat", "repeat_skip"]
     migrate.downgrade(empty_db_url, "0008")
     assert actions_after(()) == ["rate"]
+
+
+def test_an_upgrade_that_cannot_do_what_it_says_is_one_sentence(empty_db_url):
+    """A target below the database's revision did nothing and said nothing; a database whose alembic_version was
+    emptied (its tables there) failed with 'table already exists', on PostgreSQL a 100-line traceback (found by
+    review). Both are refused in one sentence and nothing changes."""
+    from sqlalchemy import text
+
+    from db.errors import InvalidInput
+
+    migrate.upgrade(empty_db_url, "0005")
+    with pytest.raises(InvalidInput, match=r"the database is at 0005, above 0003: an upgrade does not go down; use "
+                                           r"`db downgrade 0003`; nothing was changed"):
+        migrate.upgrade(empty_db_url, "0003")
+    assert migrate.current_revision(empty_db_url) == "0005"
+    engine = make_engine(empty_db_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("DELETE FROM alembic_version"))
+    finally:
+        engine.dispose()
+    with pytest.raises(InvalidInput, match=r"the app's tables .* but no schema revision recorded"):
+        migrate.upgrade(empty_db_url)
+    assert migrate.current_revision(empty_db_url) is None and "experiments" in _tables(empty_db_url)
+
+
+def test_a_migration_behind_an_open_transaction_gives_up_in_one_sentence(empty_db_url, monkeypatch):
+    """PostgreSQL: an ALTER behind any open transaction on its table waited with no limit, and every new query (a
+    sign-in) queued behind it (found by review). It gives up after LOCK_TIMEOUT_S with a sentence, nothing changed
+    (PostgreSQL's DDL is transactional), and runs once the transaction has ended."""
+    if empty_db_url.startswith("sqlite"):
+        pytest.skip("SQLite takes the database's write lock, with its own busy timeout: no table locks to wait for")
+    from sqlalchemy import text
+
+    from db.errors import InvalidInput
+
+    migrate.upgrade(empty_db_url, "0006")
+    monkeypatch.setattr(migrate, "LOCK_TIMEOUT_S", 1.0)
+    engine = make_engine(empty_db_url)
+    try:
+        with engine.connect() as held:
+            held.execute(text("SELECT count(*) FROM raters"))  # a transaction left open, as a worker's might be
+            with pytest.raises(InvalidInput, match=r"the database is in use: a table's lock was not granted in 1 s"):
+                migrate.upgrade(empty_db_url)
+            assert migrate.current_revision(empty_db_url) == "0006"
+            held.rollback()
+    finally:
+        engine.dispose()
+    migrate.upgrade(empty_db_url)
+    assert migrate.current_revision(empty_db_url) == migrate.head_revision()
