@@ -92,11 +92,13 @@ def check_upgrade(url: str, rev: str) -> None:
     traceback: found by review), or a target below the database's revision (it did nothing and said nothing)."""
     current = current_revision(url)
     if current is None:
+        from db.models import Base
+
         engine = make_engine(url)
         try:
             from sqlalchemy import inspect
 
-            tables = set(inspect(engine).get_table_names()) - {"alembic_version"}
+            tables = set(inspect(engine).get_table_names()) & set(Base.metadata.tables)  # another app's are not ours
         finally:
             engine.dispose()
         if tables:
@@ -195,7 +197,10 @@ def check_downgrade(url: str, rev: str) -> None:
     script = ScriptDirectory.from_config(_config())
     current = current_revision(url)
     try:
-        steps = [r.revision for r in script.iterate_revisions(current, rev)] if current is not None else []
+        # alembic's own downgrade path, which counts a relative target ("-1") from the database's revision (the
+        # upgrade path counted it from the newest one: at 0008, "-7" was checked as 0003 and went to 0001; review)
+        steps = [r.revision for r in script.revision_map.iterate_revisions(current, rev, select_for_downgrade=True)
+                 if r is not None] if current is not None else []
     except (CommandError, RevisionError) as exc:  # an unknown revision, one above the database's: one sentence
         raise InvalidInput(f"cannot downgrade from {current} to {rev!r} ({str(exc).rstrip('.')}); the revisions are "
                            f"{[r.revision for r in script.walk_revisions()][::-1]} or 'base'; nothing was changed") from exc

@@ -143,7 +143,10 @@ UCB_DEFAULT_ALPHA: dict[str, float] = {"textbook": 1.0, "covariance": 0.125}
 @dataclass
 class OptimismConfig:
     aggregation: str = "max"  # how heads become one reward: mean, max, softmax, ucb_heads, thompson (seiko_core.optimism)
-    temperature: float = 1.0  # softmax aggregation's temperature tau, in stds of the ratings fitted (any scale alike)
+    # softmax aggregation's temperature tau, in stds of the ratings fitted (the ensemble's y_std; 1 when the reward
+    # fit does not standardise). Before 4 Dec 2026 it was in raw rating units: an experiment made before then and
+    # set to softmax is less optimistic at the same tau from that day
+    temperature: float = 1.0
     ucb_beta: float = 1.0  # ucb_heads: mean + beta * std across heads
     bonus: str | None = None  # linear-UCB bonus on the last hidden features: None, "textbook" or "covariance"
     bonus_alpha: float | None = None  # in rating stds; None: the form's calibrated default (UCB_DEFAULT_ALPHA)

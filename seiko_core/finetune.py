@@ -273,6 +273,8 @@ def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: st
     ft, sc = cfg.finetune, cfg.sampling
     if ft.kl_weight > 0 and sc.eta <= 0:
         raise ValueError("the KL term needs a stochastic sampler: set sampling.eta > 0 (reference 1.0)")
+    schedule = DDIMSchedule.from_scheduler(parts.scheduler, sc.steps)
+    _check_kl_reachable(ft, schedule, sc.eta)  # before the UNet is touched (train mode, checkpointing): review
     if not prompts:
         raise ValueError("fine-tuning needs at least one prompt")
     acc = accelerator or shared_accelerator(ft.mixed_precision, cpu=parts.device.type == "cpu")
@@ -292,8 +294,6 @@ def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: st
         unet.enable_gradient_checkpointing()
     unet.train()
     opt = torch.optim.AdamW(params, lr=ft.lr, weight_decay=ft.weight_decay)
-    schedule = DDIMSchedule.from_scheduler(parts.scheduler, sc.steps)
-    _check_kl_reachable(ft, schedule, sc.eta)
     rank, world = acc.process_index, acc.num_processes
     gen = torch.Generator().manual_seed(seed * 7919)  # the same on every rank: it draws the global batch
     total = ft.steps_per_epoch(world) * ft.epochs

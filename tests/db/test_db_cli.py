@@ -301,4 +301,13 @@ def test_a_downgrade_that_would_enable_disabled_accounts_or_names_no_revision_is
         assert said in err and "nothing was changed" in err, err
         assert not list(data_dir.glob("seiko.db.bak-*"))  # no copy made
         assert migrate.current_revision(url) == migrate.head_revision()
+    # a relative target counts from the database's revision, as alembic's downgrade does (a review: the check counted
+    # from the newest, so at 0008 "-7" was checked as 0003 and went to 0001)
+    assert main(["db", "downgrade", "0008", "--yes", "--data-dir", str(data_dir)]) == 0
+    capsys.readouterr()
+    assert main(["db", "downgrade", "-7", "--yes", "--data-dir", str(data_dir)]) == 1
+    assert "1 account(s) are disabled" in capsys.readouterr().err and migrate.current_revision(url) == "0008"
+    for expected in ("0007", "0006"):  # "-1" again and again, below the newest revision too
+        assert main(["db", "downgrade", "-1", "--yes", "--data-dir", str(data_dir)]) == 0
+        assert migrate.current_revision(url) == expected
     assert main(["db", "downgrade", "0002", "--yes", "--data-dir", str(data_dir)]) == 0  # the mark survives that

@@ -164,6 +164,21 @@ def test_an_upgrade_that_cannot_do_what_it_says_is_one_sentence(empty_db_url):
     assert migrate.current_revision(empty_db_url) is None and "experiments" in _tables(empty_db_url)
 
 
+def test_a_new_database_beside_another_apps_tables_is_created(empty_db_url):
+    """Only the app's own tables without a revision are refused: a schema holding another program's tables (a shared
+    PostgreSQL 'public') gets the app's beside them (a review of the refusal above)."""
+    from sqlalchemy import text
+
+    engine = make_engine(empty_db_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("CREATE TABLE other_app (id INTEGER PRIMARY KEY)"))
+    finally:
+        engine.dispose()
+    migrate.upgrade(empty_db_url)
+    assert migrate.current_revision(empty_db_url) == migrate.head_revision() and "other_app" in _tables(empty_db_url)
+
+
 def test_a_migration_behind_an_open_transaction_gives_up_in_one_sentence(empty_db_url, monkeypatch):
     """PostgreSQL: an ALTER behind any open transaction on its table waited with no limit, and every new query (a
     sign-in) queued behind it (found by review). It gives up after LOCK_TIMEOUT_S with a sentence, nothing changed

@@ -197,8 +197,10 @@ def test_a_kl_weight_that_no_counted_step_can_carry_is_refused(random_parts):
     cfg = tiny_cfg()
     cfg.finetune.truncation, cfg.finetune.truncation_k, cfg.finetune.kl_weight = "per_trajectory", 1, 0.01
     lora.add_adapter(random_parts.unet, "round_1", cfg.finetune)
+    was_training = random_parts.unet.training
     with pytest.raises(ValueError, match=r"kl_weight 0.01 would do nothing: the last 1 step\(s\) .* deterministic"):
         finetune(random_parts, redness, ["a shape"], cfg, adapter="round_1", reference=None, seed=0)
+    assert random_parts.unet.training == was_training  # refused before the UNet was touched (a worker keeps it)
     cfg.finetune.truncation_k = 2
     assert finetune(random_parts, redness, ["a shape"], cfg, adapter="round_1", reference=None, seed=0).steps == 2
     cfg.finetune.truncation_k, cfg.finetune.kl_weight = 1, 0.0
