@@ -126,10 +126,15 @@ def check_relative_path(what: str, value: Any) -> str:
 
 
 def check_lease(lease_s: Any) -> timedelta:
-    """A lease length in seconds as a timedelta."""
-    if isinstance(lease_s, bool) or not isinstance(lease_s, int | float) or not math.isfinite(lease_s) or lease_s <= 0:
-        raise InvalidInput(f"lease_s must be a positive number of seconds, got {lease_s!r}")
+    """A lease length in seconds as a timedelta: more than 0, at most MAX_LEASE_S (1e12 raised OverflowError: review)."""
+    if (isinstance(lease_s, bool) or not isinstance(lease_s, int | float) or not math.isfinite(lease_s) or lease_s <= 0
+            or lease_s > MAX_LEASE_S):
+        raise InvalidInput(f"lease_s must be a number of seconds above 0 and at most {MAX_LEASE_S:.0f} (30 days), "
+                           f"got {lease_s!r}")
     return timedelta(seconds=lease_s)
+
+
+MAX_LEASE_S = 30 * 86_400.0  # a job's lease; the worker's own is at most a day (app.settings)
 
 
 def check_now(now: datetime | None) -> datetime:
