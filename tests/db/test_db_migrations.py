@@ -144,8 +144,6 @@ def test_an_upgrade_that_cannot_do_what_it_says_is_one_sentence(empty_db_url):
     """A target below the database's revision did nothing and said nothing; a database whose alembic_version was
     emptied (its tables there) failed with 'table already exists', on PostgreSQL a 100-line traceback (found by
     review). Both are refused in one sentence and nothing changes."""
-    from sqlalchemy import text
-
     from db.errors import InvalidInput
 
     migrate.upgrade(empty_db_url, "0005")
@@ -153,28 +151,28 @@ def test_an_upgrade_that_cannot_do_what_it_says_is_one_sentence(empty_db_url):
                                            r"`db downgrade 0003`; nothing was changed"):
         migrate.upgrade(empty_db_url, "0003")
     assert migrate.current_revision(empty_db_url) == "0005"
-    engine = make_engine(empty_db_url)
-    try:
-        with engine.begin() as connection:
-            connection.execute(text("DELETE FROM alembic_version"))
-    finally:
-        engine.dispose()
+    _execute(empty_db_url, "DELETE FROM alembic_version")
     with pytest.raises(InvalidInput, match=r"the app's tables .* but no schema revision recorded"):
         migrate.upgrade(empty_db_url)
     assert migrate.current_revision(empty_db_url) is None and "experiments" in _tables(empty_db_url)
 
 
+def _execute(url: str, sql: str) -> None:
+    """One statement, committed, on the database at ``url``."""
+    from sqlalchemy import text
+
+    engine = make_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text(sql))
+    finally:
+        engine.dispose()
+
+
 def test_a_new_database_beside_another_apps_tables_is_created(empty_db_url):
     """Only the app's own tables without a revision are refused: a schema holding another program's tables (a shared
     PostgreSQL 'public') gets the app's beside them (a review of the refusal above)."""
-    from sqlalchemy import text
-
-    engine = make_engine(empty_db_url)
-    try:
-        with engine.begin() as connection:
-            connection.execute(text("CREATE TABLE other_app (id INTEGER PRIMARY KEY)"))
-    finally:
-        engine.dispose()
+    _execute(empty_db_url, "CREATE TABLE other_app (id INTEGER PRIMARY KEY)")
     migrate.upgrade(empty_db_url)
     assert migrate.current_revision(empty_db_url) == migrate.head_revision() and "other_app" in _tables(empty_db_url)
 
