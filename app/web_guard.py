@@ -316,15 +316,16 @@ class WebGuard:
                                                  pinned=self._event_running)
         self._swept_at = time.monotonic()
 
+    def _blocks(self) -> Any:
+        return self.gradio_app.get_blocks() if hasattr(self.gradio_app, "get_blocks") else None
+
     def _fns(self) -> dict[int, Any] | None:
         """The Blocks' event functions by id (``gradio_routes.event_target_refusal``), None before it is built."""
-        blocks = self.gradio_app.get_blocks() if hasattr(self.gradio_app, "get_blocks") else None
-        fns = getattr(blocks, "fns", None)
+        fns = getattr(self._blocks(), "fns", None)
         return fns if isinstance(fns, dict) else None
 
     def _queue(self) -> Any:
-        blocks = self.gradio_app.get_blocks() if hasattr(self.gradio_app, "get_blocks") else None
-        return getattr(blocks, "_queue", None)
+        return getattr(self._blocks(), "_queue", None)
 
     def _event_running(self, event: str) -> bool:
         queue = self._queue()
@@ -458,7 +459,7 @@ class WebGuard:
     def _event_target_refusal(self, path: str, method: str | None, parsed: Any) -> str | None:
         """``gradio_routes.event_target_refusal`` for an event post: an fn_index or API name the app does not have
         raised in Gradio (a 500 and a traceback per request), and a private handler was callable by name."""
-        if method != "POST" or not gradio_routes.is_event_post(path, method):
+        if not gradio_routes.is_event_post(path, method):  # a POST of an event's body
             return None
         return gradio_routes.event_target_refusal(path, parsed, self._fns())
 

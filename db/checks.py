@@ -125,6 +125,9 @@ def check_relative_path(what: str, value: Any) -> str:
     return value
 
 
+MAX_LEASE_S = 30 * 86_400.0  # a job's lease; the worker's own is at most a day (app.settings)
+
+
 def check_lease(lease_s: Any) -> timedelta:
     """A lease length in seconds as a timedelta: more than 0, at most MAX_LEASE_S (1e12 raised OverflowError: review)."""
     if (isinstance(lease_s, bool) or not isinstance(lease_s, int | float) or not math.isfinite(lease_s) or lease_s <= 0
@@ -132,9 +135,6 @@ def check_lease(lease_s: Any) -> timedelta:
         raise InvalidInput(f"lease_s must be a number of seconds above 0 and at most {MAX_LEASE_S:.0f} (30 days), "
                            f"got {lease_s!r}")
     return timedelta(seconds=lease_s)
-
-
-MAX_LEASE_S = 30 * 86_400.0  # a job's lease; the worker's own is at most a day (app.settings)
 
 
 def check_now(now: datetime | None) -> datetime:

@@ -145,6 +145,13 @@ _REFUSAL_WORDS = ("no such table", "no such column", "not a database", "authenti
                   "not permitted to log in", "ssl was required", "does not support ssl")
 
 
+def sqlstate(exc: BaseException) -> str | None:
+    """PostgreSQL's SQLSTATE of a database error (psycopg's ``sqlstate``, psycopg2's ``pgcode``), or None."""
+    orig = getattr(exc, "orig", None) or exc
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return state if isinstance(state, str) and state else None
+
+
 def is_outage(exc: BaseException) -> bool:
     """Whether an OperationalError says the database is out of reach for now (wait and try again: a restart, a
     fail-over, a lock held too long) rather than that it refuses for good (a missing table, a wrong password, a
@@ -157,8 +164,7 @@ def is_outage(exc: BaseException) -> bool:
     code = getattr(orig, "sqlite_errorcode", None)
     if isinstance(code, int):
         return code & 0xFF in _SQLITE_OUTAGE_CODES
-    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-    if isinstance(state, str) and state:
+    if (state := sqlstate(exc)) is not None:
         return state[:2] in _OUTAGE_STATES
     message = str(orig).lower()
     return not any(word in message for word in _REFUSAL_WORDS)

@@ -20,7 +20,7 @@ from alembic.script.revision import RevisionError
 from alembic.util import CommandError
 from sqlalchemy import make_url
 
-from db.engine import make_engine
+from db.engine import make_engine, sqlstate
 from db.errors import InvalidInput, SchemaOutOfDate
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -66,12 +66,6 @@ def _sqlite_file(url: str) -> Path | None:
 LOCK_TIMEOUT_S = 10.0  # PostgreSQL: how long a migration waits for a table's lock before it gives up (migrations/env.py)
 
 
-def _in_use(exc: BaseException) -> bool:
-    """Whether a migration failed because PostgreSQL's lock_timeout ran out (SQLSTATE 55P03, lock_not_available)."""
-    orig = getattr(exc, "orig", None) or exc
-    return (getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)) == "55P03"
-
-
 def _run(step, url: str, rev: str) -> None:
     """``step`` (alembic's command.upgrade or downgrade) to ``rev``; a lock not granted is one sentence."""
     from sqlalchemy.exc import OperationalError
@@ -79,7 +73,7 @@ def _run(step, url: str, rev: str) -> None:
     try:
         step(_config(url), rev)
     except OperationalError as exc:
-        if not _in_use(exc):
+        if sqlstate(exc) != "55P03":  # PostgreSQL's lock_timeout ran out (lock_not_available)
             raise
         raise InvalidInput(f"the database is in use: a table's lock was not granted in {LOCK_TIMEOUT_S:.0f} s (a "
                            "server, a worker or an open transaction holds it); stop them and run it again; nothing "

@@ -311,13 +311,13 @@ def load_base_pipeline(base_model: str | Path, *, device: str | torch.device = "
     """The stock diffusers pipeline of ``base_model`` (a local directory, or a hub id in the local cache)."""
     from diffusers import StableDiffusionPipeline
 
-    from .models import ModelLoadError, resolve_spec
+    from .models import ModelLoadError, _hub_offline, resolve_spec
 
     try:
         name, local = resolve_spec(str(base_model))
     except ModelLoadError as exc:
         raise ExportError(str(exc)) from exc
-    offline = local or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    offline = local or _hub_offline()
     try:
         pipe = StableDiffusionPipeline.from_pretrained(name, local_files_only=offline, use_safetensors=True)
     except (OSError, ValueError) as exc:
@@ -361,7 +361,7 @@ pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)  # SEIKO sampl
 
 def _base_tokenizer_dirs(base_model: str | Path) -> dict[str, Path]:
     """The base model's tokenizer directories (``tokenizer``, ``tokenizer_2``) by name, local or in the hub cache."""
-    from .models import ModelLoadError, resolve_spec
+    from .models import ModelLoadError, _hub_offline, resolve_spec
 
     try:
         name, local = resolve_spec(str(base_model))
@@ -370,8 +370,7 @@ def _base_tokenizer_dirs(base_model: str | Path) -> dict[str, Path]:
         else:
             from huggingface_hub import snapshot_download
 
-            offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-            root = Path(snapshot_download(name, allow_patterns=["tokenizer*/*"], local_files_only=offline))
+            root = Path(snapshot_download(name, allow_patterns=["tokenizer*/*"], local_files_only=_hub_offline()))
     except (ModelLoadError, OSError, ValueError) as exc:
         raise ExportError(f"Could not find base model {str(base_model)!r}'s tokenizer files: {exc}".splitlines()[0]) from exc
     return {p.name: p for p in sorted(root.glob("tokenizer*")) if p.is_dir()}

@@ -86,8 +86,9 @@ def _check_kl_reachable(ft, schedule, eta: float) -> None:
         return
     stochastic = ddim_sigma(schedule.alpha, schedule.alpha_prev, eta) > 0
     n = len(stochastic)
-    reachable = stochastic[n - min(ft.truncation_k, n):] if ft.truncation == "per_trajectory" else stochastic
-    if not bool(reachable.any()):
+    if ft.truncation == "per_trajectory":  # a fixed mask (no draw); per_step and stratified may attach any step
+        stochastic = stochastic & attached_steps(n, "per_trajectory", ft.truncation_k, None).to(stochastic.device)
+    if not bool(stochastic.any()):
         where = (f"the last {min(ft.truncation_k, n)} step(s) that per_trajectory truncation attaches are"
                  if ft.truncation == "per_trajectory" else "every step of the schedule is")
         raise ValueError(f"kl_weight {ft.kl_weight} would do nothing: {where} deterministic (sigma = 0, the scheduler's "

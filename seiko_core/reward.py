@@ -483,7 +483,8 @@ def fit_reward(
 
     # 1. held-out split for early stopping (none below 8 points: every point is needed for training; none when fewer
     #    than cfg.min_holdout would be held out: the training loss is the criterion then)
-    n_holdout = 0 if uses_cross_validation(n, cfg) else holdout_size(n, cfg)
+    cross_validate = uses_cross_validation(n, cfg)
+    n_holdout = 0 if cross_validate else holdout_size(n, cfg)
     perm = torch.randperm(n, generator=gen, device=device)
     hold_idx, train_idx = perm[:n_holdout], perm[n_holdout:]
     x_tr, y_tr, x_ho, y_ho = x[train_idx], y[train_idx], x[hold_idx], y[hold_idx]
@@ -506,7 +507,7 @@ def fit_reward(
 
     # 4b. lever N (cfg.cv_folds): below 150 labels the number of epochs is chosen by cross-validation on every label,
     #     and the ensemble is then trained on all of them for exactly that many epochs
-    cv_epoch, cv_crit = cross_validated_epoch(x, y, cfg, seed=seed) if uses_cross_validation(n, cfg) else (None, None)
+    cv_epoch, cv_crit = cross_validated_epoch(x, y, cfg, seed=seed) if cross_validate else (None, None)
 
     best, best_epoch, best_state, wait, epochs_run = math.inf, 0, None, 0, 0
     for epoch in range(1, (cv_epoch or cfg.max_epochs) + 1):
