@@ -11,6 +11,8 @@
 # bf16 autocast and diffusers' per-block gradient checkpointing (the CUDA defaults of `python -m seiko_core.bench`).
 #
 # Usage: bash scripts/bench_gpu.sh OUTDIR [PYTHON]      (PYTHON defaults to .venv/bin/python)
+# On one H200 the parts take about 15 minutes together (the limits below); the first run's shorter limits, set from
+# CPU figures, cut the memory, fine-tuning and sampling parts short (BENCHMARKS.md, "GPU figures").
 # Writes OUTDIR/env.txt (GPU, driver, library versions), OUTDIR/bench.log and one JSON per part.
 set -u
 out=${1:?usage: bash scripts/bench_gpu.sh OUTDIR [PYTHON]}
@@ -44,9 +46,9 @@ part() {  # part NAME LIMIT_S ARGS...: one bench run under `timeout`, its log ap
 sd15=(--model sd15-arch --device cuda --workdir "$out/.work")
 part smoke 60 "${sd15[@]}" --size 8 --image-size 32 --steps 3 --k 1 --reps 1 --batch 1 --sample-batches 2 \
     --parts finetune,sampling --no-flops --out "$out/.work/smoke.json" || exit 1
-part memory 140 "${sd15[@]}" --parts memory --memory-k 10,25 --out "$out/memory.json"
-part finetune 180 "${sd15[@]}" --parts finetune --k 1,10,25 --reps 3 --out "$out/finetune.json"
-part sampling 110 "${sd15[@]}" --parts sampling --sample-batches 8,16 --reps 3 --out "$out/sampling.json"
+part memory 240 "${sd15[@]}" --parts memory --memory-k 10,25 --out "$out/memory.json"
+part finetune 420 "${sd15[@]}" --parts finetune --k 1,10,25 --reps 3 --out "$out/finetune.json"
+part sampling 180 "${sd15[@]}" --parts sampling --sample-batches 8,16 --reps 3 --out "$out/sampling.json"
 part shapes-round 50 --model shapes --device cuda --parts round --out "$out/shapes-round.json"
 rm -rf "$out/.work"
 exit 0

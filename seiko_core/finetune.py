@@ -145,15 +145,7 @@ def rollout(parts, prompts: list[str], seeds: list[int], *, schedule: DDIMSchedu
 
             # Its graph is needed only where x_t carries one (an earlier step was attached): at the first attached
             # step x_t is a constant and eps_prev is too, so the KL's gradient flows through eps alone.
-            prev_graph = keep and grad_on and x.requires_grad
-            if prev_graph and getattr(parts.unet, "is_gradient_checkpointing", False):
-                # The UNet's own checkpointed blocks would be recomputed in backward with whatever adapter is active
-                # then (the trained one): wrong values. So the previous model's whole call is one checkpoint whose
-                # recomputation switches to the reference adapter itself, with the inner block checkpointing off.
-                eps_prev = checkpoint(_without_block_checkpointing(parts.unet, prev_eps), x, use_reentrant=False)
-            else:
-                with torch.set_grad_enabled(prev_graph):
-                    eps_prev = prev_eps(x)
+            eps_prev = previous_eps(parts.unet, prev_eps, x, graph=keep and grad_on and x.requires_grad)
             mean_prev = ddim_mean(x, eps_prev, a, ap, sigma)
             kl = kl + gaussian_kl(mean, mean_prev, sigma)
             kl_steps += 1
@@ -162,6 +154,18 @@ def rollout(parts, prompts: list[str], seeds: list[int], *, schedule: DDIMSchedu
     with ctx():
         images = at_least_fp32(decode(parts, x.to(parts.dtype)))
     return Trajectory(images=images, kl=kl, kl_steps=kl_steps)
+
+
+def previous_eps(unet, prev_eps, x: torch.Tensor, *, graph: bool) -> torch.Tensor:
+    """``prev_eps(x)``, the previous model's prediction (``prev_eps`` switches to its adapter itself), with a graph
+    to ``x`` only if ``graph``. Under the UNet's gradient checkpointing its blocks would be recomputed in backward
+    with whatever adapter is active then (the trained one): wrong values. So there the whole call is one checkpoint
+    whose recomputation switches adapters itself, with the inner block checkpointing off: it keeps only ``x`` until
+    backward, which recomputes the call's full graph (seiko_core.memory counts both)."""
+    if graph and getattr(unet, "is_gradient_checkpointing", False):
+        return checkpoint(_without_block_checkpointing(unet, prev_eps), x, use_reentrant=False)
+    with torch.set_grad_enabled(graph):
+        return prev_eps(x)
 
 
 def _without_block_checkpointing(unet, fn):

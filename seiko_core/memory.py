@@ -10,7 +10,8 @@ The figures and the assumptions behind them: docs/sd15-memory.md (BENCHMARKS.md,
 No GPU and no weights: the SD 1.5 modules are built from configs/sd15 on the ``meta`` device
 (:func:`seiko_core.bench.sd15_modules`), where every op only propagates shapes, and one attached denoising step
 of :func:`seiko_core.finetune.rollout` (the trained UNet and the previous round's UNet, each one classifier-free
-guided call on the same graph-carrying latent, then the DDIM mean and the KL), the VAE decode and the image
+guided call on the same graph-carrying latent, the previous one through the product's own
+:func:`seiko_core.finetune.previous_eps`, then the DDIM mean and the KL), the VAE decode and the image
 encoder's reward path are run forward. :class:`SavedBytes` counts what autograd keeps for backward
 (``torch.autograd.graph.saved_tensors_hooks``): each tensor's whole storage once (views and re-saves of the same
 storage count once), parameters and buffers excluded (they are counted once as weights). Under gradient
@@ -316,7 +317,7 @@ DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 def measure(unet, vae, text_encoder, image_encoder, *, size: int = 512, batch: int = 2, precision: str = "fp32",
             checkpointing: bool = True, vae_checkpointing: bool = False, weights: str = "fp32", guidance: float = 7.5,
-            image_size: int | None = None,
+            image_size: int | None = None, text_tokens: int = TEXT_TOKENS,
             image_mean=(0.48145466, 0.4578275, 0.40821073), image_std=(0.26862954, 0.26130258, 0.27577711)) -> dict:
     """Bytes of one fine-tuning micro-batch's pieces (see the module docstring), for meta (or real) modules.
 
@@ -343,7 +344,7 @@ def measure(unet, vae, text_encoder, image_encoder, *, size: int = 512, batch: i
         return _measure(unet, vae, text_encoder, image_encoder, new, prev, autocast=autocast, plain=plain, size=size,
                         batch=batch, precision=precision, checkpointing=checkpointing,
                         vae_checkpointing=vae_checkpointing, weights=weights, guidance=guidance, image_size=image_size,
-                        image_mean=image_mean, image_std=image_std)
+                        image_mean=image_mean, image_std=image_std, text_tokens=text_tokens)
     finally:
         if weights == "half":
             for m in (unet, vae, text_encoder, image_encoder):
@@ -364,11 +365,11 @@ def _quiet_to(module: torch.nn.Module, dtype: torch.dtype) -> None:
 
 
 def _measure(unet, vae, text_encoder, image_encoder, new, prev, *, autocast, plain, size, batch, precision, checkpointing,
-             vae_checkpointing, weights, guidance, image_size, image_mean, image_std) -> dict:
+             vae_checkpointing, weights, guidance, image_size, image_mean, image_std, text_tokens) -> dict:
     from types import SimpleNamespace
 
     from .features import embed_images
-    from .finetune import at_least_fp32, gaussian_kl
+    from .finetune import at_least_fp32, gaussian_kl, previous_eps
     from .lora import using
     from .sampling import ddim_mean, model_eps
 
@@ -383,8 +384,8 @@ def _measure(unet, vae, text_encoder, image_encoder, new, prev, *, autocast, pla
     ctx_dim = int(unet.config.cross_attention_dim)
     scalar = lambda v: torch.tensor(v, device=device)  # noqa: E731
     a, ap, sigma, t = scalar(0.5), scalar(0.6), scalar(0.1), torch.tensor(500, device=device)
-    cond = torch.randn(batch, TEXT_TOKENS, ctx_dim, device=device, dtype=dtype)
-    uncond = torch.randn(1, TEXT_TOKENS, ctx_dim, device=device, dtype=dtype).expand(batch, -1, -1)
+    cond = torch.randn(batch, text_tokens, ctx_dim, device=device, dtype=dtype)
+    uncond = torch.randn(1, text_tokens, ctx_dim, device=device, dtype=dtype).expand(batch, -1, -1)
     units: list[dict] = []
 
     # 1. one attached step: trained UNet, previous UNet (same latent), DDIM means, KL, next latent
@@ -397,12 +398,22 @@ def _measure(unet, vae, text_encoder, image_encoder, new, prev, *, autocast, pla
         n_new_units = len(units)
         with step.phase("step_ops"):
             mean = ddim_mean(x, eps, a, ap, sigma)
-        with step.phase("unet_prev"), using(unet, "prev", restore="new", trainable=new), autocast:
-            eps_prev = at_least_fp32(model_eps(unet, x, t, cond, uncond, guidance, a, "epsilon"))
+        def prev_eps(x_in):
+            with using(unet, "prev", restore="new", trainable=new), autocast:
+                return at_least_fp32(model_eps(unet, x_in, t, cond, uncond, guidance, a, "epsilon"))
+
+        with step.phase("unet_prev"):  # as rollout runs it: with checkpointing, one whole-call checkpoint
+            eps_prev = previous_eps(unet, prev_eps, x, graph=True)
         with step.phase("step_ops"):
             kl = gaussian_kl(mean, ddim_mean(x, eps_prev, a, ap, sigma), sigma)
             x_next = mean + sigma * z
     del kl, x_next
+    # backward recomputes that whole-call checkpoint with a full graph (no block checkpointing inside)
+    prev_recompute = None
+    if checkpointing:
+        with SavedBytes([unet]) as rec:
+            prev_eps(x)
+        prev_recompute = {"recompute_bytes": rec.total, "largest_bytes": max(rec.largest.values(), default=0)}
 
     # 2. a detached step: the UNet without a graph, the DDIM mean still on the graph through x_t
     with SavedBytes([unet]) as detached:
@@ -454,6 +465,7 @@ def _measure(unet, vae, text_encoder, image_encoder, new, prev, *, autocast, pla
                            "image_encoder": max(enc.largest.values(), default=0)},
         "checkpointed_units": dict(unit_counts),
         "largest_unit": largest_unit,
+        "prev_call_recompute": prev_recompute,
         "vae_largest_unit": max(vae_units, key=lambda u: u["recompute_bytes"], default=None),
     }
 
@@ -488,6 +500,9 @@ def combine(m: dict, *, steps: int = 50, quantile: float = 0.999, truncation: st
         vae_bwd = 2 * m["largest_tensor"]["vae_decode"]
     if m["checkpointing"] and m["largest_unit"]:
         unet_bwd = m["largest_unit"]["recompute_bytes"] + 2 * m["largest_unit"]["largest_bytes"]
+        if m.get("prev_call_recompute"):  # the previous model's whole-call checkpoint, recomputed in backward
+            rec = m["prev_call_recompute"]
+            unet_bwd = max(unet_bwd, rec["recompute_bytes"] + 2 * rec["largest_bytes"])
     else:
         unet_bwd = 2 * m["largest_tensor"]["unet"]
     allowance = max(vae_bwd, unet_bwd)

@@ -178,3 +178,49 @@ def test_verdict_thresholds():
     assert memory.verdict(10e9, 24) == "fits"
     assert memory.verdict(23e9, 24) == "tight"
     assert memory.verdict(25e9, 24) == "no"
+
+
+def test_attached_step_estimate_matches_the_product_rollout(random_parts):
+    """The estimate's bytes per attached step against what the product's own rollout saves (real tensors, CPU): one
+    more attached step (the last K of a per_trajectory schedule; the steps before the first attached one save
+    nothing) adds the trained call's checkpointed graph, the previous model's call as the product runs it (one
+    whole-call checkpoint: its input only) and the step's arithmetic. The estimate counted the previous call like
+    the trained one, block by block: twice the graph the GPU measured (BENCHMARKS.md, "GPU figures")."""
+    from seiko_core import lora
+    from seiko_core.config import FinetuneConfig
+    from seiko_core.finetune import rollout
+    from seiko_core.sampling import DDIMSchedule
+
+    parts = random_parts
+    unet = parts.unet
+    ft = FinetuneConfig()
+    lora.add_adapter(unet, "prev", ft)
+    trainable = lora.add_adapter(unet, "new", ft, init_from="prev")
+    unet.requires_grad_(False)
+    lora.activate(unet, "new")
+    for p in trainable:
+        p.requires_grad_(True)
+    unet.train()
+    unet.enable_gradient_checkpointing()
+    schedule = DDIMSchedule.from_scheduler(parts.scheduler, 6)
+    frozen = [unet, parts.pipeline.vae, parts.pipeline.text_encoder, parts.image_encoder]
+    saved = {}
+    for k in (2, 3):
+        attached = torch.zeros(6, dtype=torch.bool)
+        attached[-k:] = True
+        with SavedBytes(frozen) as counter:
+            traj = rollout(parts, ["a red circle", "a blue square"], [1, 2], schedule=schedule, eta=1.0, guidance=7.5,
+                           attached=attached, adapter="new", reference="prev", trainable=trainable)
+        assert traj.kl_steps == k
+        saved[k] = counter.total
+    product_step = saved[3] - saved[2]
+
+    # the estimate runs on the meta device: the same modules, built from the loaded ones' configs
+    with torch.device("meta"):
+        meta = [type(m)(m.config) if not hasattr(type(m), "from_config") else type(m).from_config(m.config)
+                for m in (unet, parts.pipeline.vae, parts.pipeline.text_encoder, parts.image_encoder)]
+    m = memory.measure(*meta, size=int(unet.config.sample_size) * memory.vae_factor(parts.pipeline.vae), batch=2,
+                       precision="fp32", checkpointing=True, image_size=parts.image_size,
+                       text_tokens=parts.pipeline.tokenizer.model_max_length)
+    estimate_step = sum(m["per_attached_step"].values())
+    assert estimate_step == pytest.approx(product_step, rel=0.05), (m["per_attached_step"], product_step)
