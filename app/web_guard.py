@@ -759,6 +759,11 @@ class WebGuard:
             self.throttle.failed(ip, username, None)
             self.stats.logins["wrong"] += 1
             return JSONResponse({"detail": auth.WRONG_CREDENTIALS}, status_code=400)
+        # the cookies below replace this browser's old session, if it had one (as another user, or the same): it ends
+        # on the server too, as a log out would (it stayed valid until it expired; found by review)
+        for old in self._tokens(Headers(scope=scope)):
+            await self._in_thread(self.db_pool, self.sessions.end, old, "logout")
+            self.gradio_app.tokens.pop(old, None)
         self.gradio_app.tokens[token] = username
         self.stats.logins["ok"] += 1
         log.info("%r signed in from %s", username[:64], ip)

@@ -736,6 +736,25 @@ def test_logout_is_a_post_that_ends_the_session(served):
         assert all(len(r.token_sha256) == 64 and r.token_sha256 not in json.dumps(stolen) for r in rows)
 
 
+def test_signing_in_again_in_a_browser_ends_the_session_it_replaces(served):
+    """A browser that signs in (as someone else, or again) gets a new cookie: the session its old cookie named ends on
+    the server, so it does not outlive the browser that held it (on a shared computer, the first user's session
+    stayed valid until it expired; found by review)."""
+    world, _, url = served
+    http = sign_in(url, "alice")
+    old = dict(http.cookies)
+    r = http.post("/login", data={"username": "bob", "password": UI_PASSWORD})
+    assert r.status_code == 200 and config_user(http) == 200
+    with httpx.Client(base_url=url, cookies=old, timeout=30) as replay:
+        assert config_user(replay) in (401, 403)
+    # a failed sign-in ends nothing
+    r = http.post("/login", data={"username": "alice", "password": "wrong password"})
+    assert r.status_code == 400 and config_user(http) == 200
+    with read_session(world.factory) as s:
+        rows = s.query(UserSession).order_by(UserSession.id).all()
+        assert [(r.end_reason, r.ended_at is not None) for r in rows] == [("logout", True), (None, False)]
+
+
 def test_password_change_and_disable_end_that_users_sessions(served):
     world, demo, url = served
     alice, bob = sign_in(url, "alice"), sign_in(url, "bob")
