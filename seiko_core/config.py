@@ -223,6 +223,9 @@ class FinetuneConfig:
     # a time limit per round: no optimiser step starts that would, at the round's mean step time so far, end after
     # max_seconds (at least one step is taken); None: all epochs. A slower machine then does fewer steps, not a longer wait
     max_seconds: float | None = None
+    # True: the round's reward fit counts against max_seconds too (fine-tuning gets what the fit left, at least one
+    # step), so a slower fit (reward.cv_folds) shortens the fine-tuning instead of the wait. False: fine-tuning alone
+    max_seconds_counts_reward_fit: bool = False
 
     def steps_per_epoch(self, processes: int = 1) -> int:
         """Optimiser steps in one epoch: its trajectories over the trajectories of one step (at least one)."""

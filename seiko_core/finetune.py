@@ -258,8 +258,11 @@ def trajectory_loss(parts, reward_fn: RewardFn, prompts: list[str], seeds: list[
 
 
 def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: str, reference: str | None, seed: int,
-             on_progress: ProgressFn | None = None, accelerator=None) -> FinetuneResult:
+             on_progress: ProgressFn | None = None, accelerator=None, spent_s: float = 0.0) -> FinetuneResult:
     """Train LoRA adapter ``adapter`` (already added, initialised from ``reference``) toward ``reward_fn``.
+
+    ``spent_s``: seconds of the round's time limit (``finetune.max_seconds``) already used before fine-tuning (the
+    reward fit, with ``max_seconds_counts_reward_fit``).
 
     ``cfg`` is a SeikoConfig (its ``finetune`` and ``sampling`` parts are used). ``reference`` is the previous
     round's adapter name, None for the base model.
@@ -358,9 +361,10 @@ def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: st
             history.append(rec)
             elapsed = _clock() - clock_start
             if on_progress is not None:  # under a time limit the total shown is the steps that fit at this pace
-                on_progress(step, _steps_that_fit(total, step, elapsed, ft.max_seconds), {"phase": "finetune", **rec})
+                on_progress(step, _steps_that_fit(total, step, elapsed, ft.max_seconds, spent_s),
+                            {"phase": "finetune", **rec})
             if ft.max_seconds is not None and step < total and _next_step_too_late(acc, elapsed, step, ft.max_seconds,
-                                                                                     parts.device):
+                                                                                     parts.device, spent_s):
                 stopped_by_time = True
                 break
     finally:
@@ -382,19 +386,22 @@ def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: st
 _clock = time.monotonic  # the time limit's clock (a module attribute, so a test can drive it)
 
 
-def _steps_that_fit(total: int, steps_done: int, elapsed: float, max_seconds: float | None) -> int:
-    """The steps a round will take: all ``total`` without a limit, else as many as fit at the mean pace so far."""
+def _steps_that_fit(total: int, steps_done: int, elapsed: float, max_seconds: float | None, spent: float = 0.0) -> int:
+    """The steps a round will take: all ``total`` without a limit, else as many as fit at the mean pace so far in
+    what ``spent`` seconds (before fine-tuning) left of ``max_seconds``."""
     if max_seconds is None or elapsed <= 0:
         return total
-    return min(total, max(steps_done, int(max_seconds * steps_done / elapsed)))
+    return min(total, max(steps_done, int((max_seconds - spent) * steps_done / elapsed)))
 
 
-def _next_step_too_late(acc, elapsed: float, steps_done: int, max_seconds: float, device) -> bool:
-    """Whether one more step, at the mean step time so far, would end after ``max_seconds``. With several processes
-    the slowest one's clock decides for all of them (one gather of one number), so every rank stops at the same step."""
+def _next_step_too_late(acc, elapsed: float, steps_done: int, max_seconds: float, device, spent: float = 0.0) -> bool:
+    """Whether one more step, at the mean step time so far, would end after ``max_seconds`` (``spent`` seconds of it
+    used before fine-tuning). With several processes the latest projected end decides for all of them (one gather of
+    one number), so every rank stops at the same step."""
+    projected = spent + elapsed + elapsed / steps_done
     if acc.num_processes > 1:
-        elapsed = float(acc.gather(torch.tensor([elapsed], device=device)).max())
-    return elapsed + elapsed / steps_done > max_seconds
+        projected = float(acc.gather(torch.tensor([projected], device=device)).max())
+    return projected > max_seconds
 
 
 @torch.no_grad()

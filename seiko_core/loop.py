@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from . import finetune as _finetune_module
 from . import lora
 from .config import SeikoConfig
 from .features import embed_images, embed_images_batched
@@ -100,6 +101,7 @@ def train_round(parts, embeddings: torch.Tensor, scores: torch.Tensor | None, cf
         if on_progress is not None:
             on_progress(step, total, {"phase": "reward_fit", **m})
 
+    fit_started = _finetune_module._clock()
     if pairs is None:
         fit = fit_reward(embeddings.float(), scores.float(), cfg.reward, seed=seed, sgld=cfg.method == "ts",
                          on_progress=fit_progress)
@@ -109,6 +111,7 @@ def train_round(parts, embeddings: torch.Tensor, scores: torch.Tensor | None, cf
         fit = fit_preference_reward(embeddings.float(), scores=None if scores is None else scores.float(), pairs=pairs,
                                     cfg=cfg.reward, seed=seed, sgld=cfg.method == "ts", on_progress=fit_progress)
     ucb = fit_bonus(fit.ensemble, embeddings.float(), cfg.optimism)
+    fit_s = _finetune_module._clock() - fit_started
     name = lora.round_adapter_name(new_index)
     if lora.has_adapter(parts.unet, name):  # a retried job: start the round again from the previous adapter
         parts.unet.delete_adapters(name)
@@ -116,12 +119,14 @@ def train_round(parts, embeddings: torch.Tensor, scores: torch.Tensor | None, cf
     draw = posterior_draw(cfg, fit.ensemble.num_heads, seed)
     reward_fn = make_reward_fn(parts, fit.ensemble, ucb, cfg, draw)
     result = finetune(parts, reward_fn, list(cfg.prompts), cfg, adapter=name, reference=prev_adapter, seed=seed,
-                      on_progress=on_progress, accelerator=accelerator)
+                      on_progress=on_progress, accelerator=accelerator,
+                      spent_s=fit_s if cfg.finetune.max_seconds_counts_reward_fit else 0.0)
     with torch.no_grad():
         preds = fit.ensemble(embeddings.float().to(next(fit.ensemble.parameters()).device)).cpu()
     metrics = {
         "labels": int(len(scores)) if pairs is None else int(fit.metrics["n"]),  # a comparison is one label
         "reward_fit": fit.metrics,
+        "reward_fit_s": round(fit_s, 3),
         "finetune": result.metrics,
         "train_pred_mean": float(preds.mean()),
         "train_head_spread": float(preds.std(1).mean()) if preds.shape[1] > 1 else 0.0,

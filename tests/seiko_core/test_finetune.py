@@ -521,6 +521,48 @@ def test_a_time_limit_stops_before_the_step_that_would_end_too_late(random_parts
     assert run("short", 1).steps == 1  # a limit shorter than one step still takes one step
 
 
+def test_the_reward_fit_counts_against_the_time_limit_when_asked(random_parts, monkeypatch):
+    """With ``max_seconds_counts_reward_fit`` the round's reward fit uses up the same time limit: the test's clock
+    makes the fit 'take' 10 s and each optimiser step 10 s, so with a 25 s limit a round without the setting takes 2
+    steps (a third would end at 30 s) and with it 1 (a second would end at 10 + 20 = 30 s). The fit's seconds are
+    recorded either way."""
+    from seiko_core import finetune as ft_module
+    from seiko_core import loop
+
+    now = [0.0]
+    monkeypatch.setattr(ft_module, "_clock", lambda: now[0])
+    real_fit, real_reward_fn = loop.fit_reward, loop.make_reward_fn
+
+    def slow_fit(*args, **kwargs):
+        now[0] += 10.0
+        return real_fit(*args, **kwargs)
+
+    def slow_reward_fn(*args, **kwargs):
+        fn = real_reward_fn(*args, **kwargs)
+
+        def timed(images, prompts):
+            now[0] += 10.0
+            return fn(images, prompts)
+        return timed
+
+    monkeypatch.setattr(loop, "fit_reward", slow_fit)
+    monkeypatch.setattr(loop, "make_reward_fn", slow_reward_fn)
+    cfg = tiny_cfg()
+    cfg.finetune.trajectories_per_epoch = 8  # 4 steps of 2 trajectories
+    cfg.finetune.max_seconds = 25.0
+    dim = int(random_parts.image_encoder.config.projection_dim)
+    gen = torch.Generator().manual_seed(0)
+    emb, scores = torch.randn(12, dim, generator=gen), torch.randint(1, 11, (12,), generator=gen).float()
+    steps = {}
+    for counts in (False, True):
+        now[0] = 0.0
+        cfg.finetune.max_seconds_counts_reward_fit = counts
+        out = loop.train_round(random_parts, emb, scores, cfg, new_index=1, prev_adapter=None, seed=0)
+        steps[counts] = out.finetune.steps
+        assert out.metrics["reward_fit_s"] == pytest.approx(10.0)
+    assert steps == {False: 2, True: 1}
+
+
 @pytest.mark.parametrize("bad", [0, -3, float("nan"), float("inf")])
 def test_a_time_limit_must_be_a_positive_number_of_seconds(bad):
     from seiko_core.config import FinetuneConfig
