@@ -65,11 +65,12 @@ def sd15() -> SeikoConfig:
         sampling=SamplingConfig(steps=50, eta=1.0, guidance=7.5, batch_size=8),
         reward=RewardConfig(),
         optimism=OptimismConfig(aggregation="max"),
-        # Memory (BENCHMARKS.md, "SD 1.5 memory", computed by `python -m seiko_core.memory`): the reference's per-step
-        # truncation keeps ~25 of 50 steps attached, each with the trained and the previous model's graph: ~75 GiB
-        # at 2 trajectories per pass even with checkpointing, 103 GB at the 99.9th percentile. The last 10 steps
-        # (AlignProp/DRaFT truncation) under bf16 autocast with UNet checkpointing: 36 GB at 2 per pass (fits 80 GB,
-        # tight on 40 GB; batch_size=1 -> 23 GB). 32 passes per step keep the reference's 64 trajectories per step.
+        # Memory (BENCHMARKS.md, "SD 1.5 memory", computed by `python -m seiko_core.memory`; "GPU figures", measured
+        # on one H200): the reference's fp32 per-step truncation keeps ~25 of 50 steps attached: ~52 GiB at 2
+        # trajectories per pass even with checkpointing, 62 GiB at the 99.9th percentile. The last 10 steps
+        # (AlignProp/DRaFT truncation) under bf16 autocast with UNet checkpointing: 29.6 GiB estimated, 19.1 GiB
+        # measured over the loaded weights (5.1 GiB) at 2 per pass: fits 40 GB; batch_size=1 -> 19.2 GiB estimated.
+        # 32 passes per step keep the reference's 64 trajectories per step.
         finetune=FinetuneConfig(batch_size=2, grad_accum=32, gradient_checkpointing=True, mixed_precision="bf16",
                                 truncation="per_trajectory", truncation_k=10),
     )
