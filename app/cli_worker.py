@@ -109,6 +109,9 @@ def main(args: argparse.Namespace) -> int:
             return 0 if worker.last_error is None else 1
         worker.run_forever()
         return 0
+    except SchemaOutOfDate as exc:  # the schema changed under a running worker (`db upgrade`): one sentence
+        print(exc, file=sys.stderr)
+        return 1
     except KeyboardInterrupt:  # Ctrl-C: run_once has already handed the current job back
         return 130
     finally:

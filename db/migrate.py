@@ -252,6 +252,18 @@ def check_at_head(url: str) -> None:
         raise SchemaOutOfDate(_advice(current, head))
 
 
+def check_unchanged(session, head: str) -> None:
+    """Raise SchemaOutOfDate unless ``session``'s database is still at ``head`` (this code's newest revision, read
+    once at the start of a long-running process): one small query, for a worker that checked the schema at its start
+    while `db upgrade` or `db downgrade` may run later."""
+    from sqlalchemy import text
+
+    current = session.execute(text("SELECT version_num FROM alembic_version")).scalar_one_or_none()
+    if current != head:
+        raise SchemaOutOfDate(f"the database schema changed while the worker ran; {_advice(current, head)}; no job was "
+                              "claimed: restart the worker once the schema and the code match")
+
+
 def _known(revision: str) -> bool:
     """Whether ``revision`` is one of this code's migrations."""
     from alembic.util.exc import CommandError

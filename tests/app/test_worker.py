@@ -114,6 +114,30 @@ def test_worker_refuses_an_unmigrated_database(tmp_path, worker_model_dir):
     assert proc.stderr.strip().splitlines() == [str(refused.value)]  # that one sentence, no traceback
 
 
+def test_a_worker_claims_nothing_once_the_schema_changed_under_it(worker_world_any_db):
+    """`db upgrade` (or `db downgrade`) while a worker runs: the worker checked the schema at its start only, so it
+    went on claiming jobs and writing with the old code's idea of the tables (found by review). Each claim now checks
+    the revision first: a changed schema is refused in one sentence and the job stays queued."""
+    from sqlalchemy import text
+
+    world = worker_world_any_db
+    world.create_experiment("schema")
+    worker = world.worker()
+    worker.start()
+    with write_session(world.factory) as s:
+        head = s.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
+        s.execute(text("UPDATE alembic_version SET version_num = '0999_newer'"))
+    try:
+        with pytest.raises(SchemaOutOfDate, match=r"changed while the worker ran.*0999_newer.*restart the worker"):
+            worker.run_once()
+        with read_session(world.factory) as s:
+            assert [j.status for j in job_queue.list_jobs(session=s)] == ["queued"]  # nothing claimed
+    finally:
+        with write_session(world.factory) as s:
+            s.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": head})
+    assert worker.run_once() is True  # back at the code's revision: it works again
+
+
 def test_generate_then_train_publishes_the_next_round(worker_world_any_db):
     world = worker_world_any_db
     data_dir = world.settings.data_dir
