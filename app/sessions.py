@@ -23,7 +23,7 @@ import secrets
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -101,8 +101,12 @@ class SessionStore:
 
     # -- start and end -------------------------------------------------------------------------
 
-    def start(self, rater_id: int, client: str | None = None, *, password_hash: str | None = None) -> str:
+    def start(self, rater_id: int, client: str | None = None, *, password_hash: str | None = None,
+              replaces: Sequence[str] = ()) -> str:
         """A new session for the rater; returns its token (the only copy: the database keeps its sha256).
+
+        ``replaces``: the tokens of the sessions this one replaces in its browser (the cookies it presented), ended
+        (as a log out) in the same transaction: both happen or neither.
 
         ``password_hash``: the stored hash the sign-in's password matched. The scrypt check takes a while, so the
         password may have changed (or the account been disabled) since it was read: then no session starts
@@ -117,11 +121,16 @@ class SessionStore:
                 rater = s.get(Rater, rater_id, with_for_update={"read": True}, populate_existing=True)
                 if rater is None or rater.password_hash != password_hash or rater.disabled_at is not None:
                     raise StaleSignIn("the account's password or state changed while the sign-in was checked")
+            for old in replaces:
+                repo.end_session(session=s, token_sha256=token_digest(old), reason="logout", now=now)
             repo.create_session(session=s, rater_id=rater_id, token_sha256=token_digest(token),
                                 expires_at=now + self.max, client=client, now=now)
             if self._monotonic() - self._last_purge > 3600:
                 self._last_purge = self._monotonic()
                 repo.delete_stale_sessions(session=s, before=now - max(STALE_SESSIONS_KEPT, self.max, self.idle))
+        with self._lock:
+            for old in replaces:
+                self._cache.pop(token_digest(old), None)
         return token
 
     def end(self, token: str, reason: str = "logout") -> bool:

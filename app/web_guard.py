@@ -751,18 +751,18 @@ class WebGuard:
         # forgets this device after it was remembered (auth.set_password -> sessions.credentials_changed)
         self.throttle.succeeded(ip, username, device, credentials=result.credentials)
         assert self.sessions is not None
+        # the cookies set below replace this browser's old session, if it had one (as another user, or the same): it
+        # ends in the same transaction, as a log out would (it stayed valid until it expired; found by review)
+        replaced = self._tokens(Headers(scope=scope))
         try:
             token = await self._in_thread(self.db_pool, functools.partial(
-                self.sessions.start, result.rater_id, ip, password_hash=result.password_hash))
+                self.sessions.start, result.rater_id, ip, password_hash=result.password_hash, replaces=replaced))
         except StaleSignIn:
             self.throttle.forget_account(username)
             self.throttle.failed(ip, username, None)
             self.stats.logins["wrong"] += 1
             return JSONResponse({"detail": auth.WRONG_CREDENTIALS}, status_code=400)
-        # the cookies below replace this browser's old session, if it had one (as another user, or the same): it ends
-        # on the server too, as a log out would (it stayed valid until it expired; found by review)
-        for old in self._tokens(Headers(scope=scope)):
-            await self._in_thread(self.db_pool, self.sessions.end, old, "logout")
+        for old in replaced:
             self.gradio_app.tokens.pop(old, None)
         self.gradio_app.tokens[token] = username
         self.stats.logins["ok"] += 1

@@ -755,6 +755,27 @@ def test_signing_in_again_in_a_browser_ends_the_session_it_replaces(served):
         assert [(r.end_reason, r.ended_at is not None) for r in rows] == [("logout", True), (None, False)]
 
 
+def test_a_sign_in_that_cannot_end_the_old_session_changes_nothing(served, monkeypatch):
+    """Ending the replaced session and starting the new one are one transaction: when the first fails (a database
+    error), no new session is left behind unsent and the old one goes on (it was ended after the new one was
+    written, so a failure left a live row no cookie named; found by review)."""
+    from app import sessions as sessions_module
+
+    world, _, url = served
+    http = sign_in(url, "alice")
+
+    def broken(**kwargs):
+        raise RuntimeError("the database is locked")
+
+    monkeypatch.setattr(sessions_module.repo, "end_session", broken)
+    r = http.post("/login", data={"username": "bob", "password": UI_PASSWORD})
+    assert r.status_code >= 500
+    monkeypatch.undo()
+    assert config_user(http) == 200  # still alice's
+    with read_session(world.factory) as s:
+        assert [(r.end_reason, r.ended_at is None) for r in s.query(UserSession).all()] == [(None, True)]
+
+
 def test_password_change_and_disable_end_that_users_sessions(served):
     world, demo, url = served
     alice, bob = sign_in(url, "alice"), sign_in(url, "bob")
