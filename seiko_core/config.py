@@ -224,7 +224,8 @@ class FinetuneConfig:
     # max_seconds (at least one step is taken); None: all epochs. A slower machine then does fewer steps, not a longer wait
     max_seconds: float | None = None
     # True: the round's reward fit counts against max_seconds too (fine-tuning gets what the fit left, at least one
-    # step), so a slower fit (reward.cv_folds) shortens the fine-tuning instead of the wait. False: fine-tuning alone
+    # step), so a slower fit (reward.cv_folds) shortens the fine-tuning instead of the wait. False: fine-tuning alone.
+    # (Non-adaptive's one round has K times the limit and pays for one fit, the K-round methods for K of them.)
     max_seconds_counts_reward_fit: bool = False
 
     def steps_per_epoch(self, processes: int = 1) -> int:

@@ -400,7 +400,7 @@ def _next_step_too_late(acc, elapsed: float, steps_done: int, max_seconds: float
     one number), so every rank stops at the same step."""
     projected = spent + elapsed + elapsed / steps_done
     if acc.num_processes > 1:
-        projected = float(acc.gather(torch.tensor([projected], device=device)).max())
+        projected = float(acc.gather(torch.tensor([projected], device=device, dtype=torch.float64)).max())
     return projected > max_seconds
 
 

@@ -523,9 +523,9 @@ def test_a_time_limit_stops_before_the_step_that_would_end_too_late(random_parts
 
 def test_the_reward_fit_counts_against_the_time_limit_when_asked(random_parts, monkeypatch):
     """With ``max_seconds_counts_reward_fit`` the round's reward fit uses up the same time limit: the test's clock
-    makes the fit 'take' 10 s and each optimiser step 10 s, so with a 25 s limit a round without the setting takes 2
-    steps (a third would end at 30 s) and with it 1 (a second would end at 10 + 20 = 30 s). The fit's seconds are
-    recorded either way."""
+    makes the fit 'take' 10 s and each optimiser step 10 s, so with a 35 s limit a round without the setting takes 3
+    steps (a fourth would end at 40 s) and with it 2 (a third would end at 10 + 30 = 40 s; the fit counted twice
+    would leave 1). The fit's seconds are recorded either way."""
     from seiko_core import finetune as ft_module
     from seiko_core import loop
 
@@ -549,7 +549,7 @@ def test_the_reward_fit_counts_against_the_time_limit_when_asked(random_parts, m
     monkeypatch.setattr(loop, "make_reward_fn", slow_reward_fn)
     cfg = tiny_cfg()
     cfg.finetune.trajectories_per_epoch = 8  # 4 steps of 2 trajectories
-    cfg.finetune.max_seconds = 25.0
+    cfg.finetune.max_seconds = 35.0
     dim = int(random_parts.image_encoder.config.projection_dim)
     gen = torch.Generator().manual_seed(0)
     emb, scores = torch.randn(12, dim, generator=gen), torch.randint(1, 11, (12,), generator=gen).float()
@@ -560,7 +560,28 @@ def test_the_reward_fit_counts_against_the_time_limit_when_asked(random_parts, m
         out = loop.train_round(random_parts, emb, scores, cfg, new_index=1, prev_adapter=None, seed=0)
         steps[counts] = out.finetune.steps
         assert out.metrics["reward_fit_s"] == pytest.approx(10.0)
-    assert steps == {False: 2, True: 1}
+    assert steps == {False: 3, True: 2}
+
+
+def test_the_latest_projected_end_over_the_ranks_decides_the_stop():
+    """Data parallel: each rank projects the end of one more step from its own spent seconds (its own reward fit)
+    and pace; the latest of them decides for every rank. A stand-in for accelerate's gather holds the other rank's
+    projection."""
+    from seiko_core.finetune import _next_step_too_late
+
+    class TwoRanks:
+        num_processes = 2
+
+        def __init__(self, other):
+            self.other = other
+
+        def gather(self, t):
+            return torch.cat([t, torch.tensor([self.other], dtype=t.dtype)])
+
+    # this rank: 2 s spent, 10 s for 2 steps -> one more ends at 17 s; the other rank's projection decides
+    assert _next_step_too_late(TwoRanks(other=19.0), 10.0, 2, 18.0, "cpu", spent=2.0) is True
+    assert _next_step_too_late(TwoRanks(other=16.0), 10.0, 2, 18.0, "cpu", spent=2.0) is False
+    assert _next_step_too_late(TwoRanks(other=0.0), 10.0, 2, 16.5, "cpu", spent=2.0) is True  # its own 17 s
 
 
 @pytest.mark.parametrize("bad", [0, -3, float("nan"), float("inf")])
