@@ -47,6 +47,7 @@ log = logging.getLogger("seiko.worker.group")
 
 GROUP_ENV = "SEIKO_WORKER_GROUP"  # set by the supervisor on its ranks: the supervisor's pid
 RESTART_EXIT = 75  # a rank's exit status asking the supervisor for a fresh group (EX_TEMPFAIL)
+SCHEMA_EXIT = 78  # rank 0 found the database's schema changed under it (EX_CONFIG): said once, no fresh group
 QUICK_FAILURE_S = 60.0  # a group that ends sooner than this after starting counts as a quick failure
 MAX_QUICK_FAILURES = 3  # the supervisor gives up after this many quick failures in a row
 FOLLOWER_GRACE_S = 60.0  # a follower ended cleanly (or while stopping): how long rank 0 has to end as well
@@ -260,11 +261,18 @@ def run_rank(args: argparse.Namespace, settings, worker_id: str) -> int:
             raise SystemExit(128 + signum)  # busy: hand the job back, then leave (the supervisor stops the rest)
 
     signal.signal(signal.SIGTERM, stop_on_sigterm)
+    from db.errors import SchemaOutOfDate
+
     try:
         worker.start()
         had_job: bool | None = False
         while not worker._stopping.is_set():
-            had_job = worker.run_once_outlasting_outages()  # None: the database was out, waited for
+            try:
+                had_job = worker.run_once_outlasting_outages()  # None: the database was out, waited for
+            except SchemaOutOfDate as exc:  # `db upgrade` under a running group: no job was claimed
+                group.stop_followers()
+                print(exc, file=sys.stderr)
+                return SCHEMA_EXIT
             if group.broken:
                 log.warning("rank 0: a train job ended abnormally; leaving so that the supervisor starts a fresh group")
                 return RESTART_EXIT
@@ -376,6 +384,14 @@ def supervise(args: argparse.Namespace, settings, worker_id: str) -> int:
                 ended, code = 0, procs[0].returncode
             except subprocess.TimeoutExpired:
                 pass  # rank 0 carries on without it: the group is broken
+        if ended == 0 and code == SCHEMA_EXIT:  # rank 0 said why, once, and sent its followers "stop"; no job held
+            for p in procs[1:]:
+                try:
+                    p.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+            return 1
         if ended == 0 and code in (0, 1) and (stopping or args.once or code == 0):
             for p in procs[1:]:  # rank 0 sent them "stop"
                 try:

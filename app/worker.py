@@ -377,7 +377,8 @@ class Worker:
                 "for data-parallel training start `python -m app worker --processes N` (see docs/worker.md)"
             )
         migrate.check_at_head(self.settings.db_url)
-        self._schema_head = migrate.head_revision()  # checked again before every claim (migrate.check_unchanged)
+        # checked again at every claim (migrate.check_unchanged): this code's revisions, as they were at its start
+        self._schema_head, self._schema_known = migrate.head_revision(), migrate.known_revisions()
         _import_model_libraries()
         # A live worker's temporary entries are seconds old; anything untouched for a whole lease is from a dead one.
         removed = storage.clean_partials(self.settings.data_dir, min_age_s=self.lease_s)
@@ -429,8 +430,8 @@ class Worker:
         """Claim and process one job; False when there was none. A failed job is recorded on its row (and retried)."""
         self.start()
         with write_session(self.factory) as s:
-            migrate.check_unchanged(s, self._schema_head)
             row = job_queue.claim_job(session=s, worker_id=self.worker_id, lease_s=self.lease_s, kinds=sorted(self.handlers))
+            migrate.check_unchanged(s, self._schema_head, self._schema_known)  # raises: the claim is rolled back
             job = None if row is None else ClaimedJob(row.id, row.kind, row.experiment_id, row.round_id, dict(row.payload or {}),
                                                       row.attempts, row.max_attempts)
         if job is None:

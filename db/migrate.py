@@ -252,16 +252,28 @@ def check_at_head(url: str) -> None:
         raise SchemaOutOfDate(_advice(current, head))
 
 
-def check_unchanged(session, head: str) -> None:
-    """Raise SchemaOutOfDate unless ``session``'s database is still at ``head`` (this code's newest revision, read
-    once at the start of a long-running process): one small query, for a worker that checked the schema at its start
-    while `db upgrade` or `db downgrade` may run later."""
+def known_revisions() -> frozenset[str]:
+    """Every revision in ``migrations/versions`` (read once at a worker's start: the files may change under it)."""
+    return frozenset(rev.revision for rev in ScriptDirectory.from_config(_config()).walk_revisions())
+
+
+def check_unchanged(session, head: str, known: frozenset[str]) -> None:
+    """Raise SchemaOutOfDate unless ``session``'s database is still at ``head``: one small query, for a worker that
+    checked the schema at its start (``head`` and ``known``, this code's revisions, were read then) while `db upgrade`
+    or `db downgrade` may run later. Call it after the claim in the same transaction: on PostgreSQL a claim that waited
+    for a migration's lock then sees the migration's revision, and the raise rolls the claim back."""
     from sqlalchemy import text
 
-    current = session.execute(text("SELECT version_num FROM alembic_version")).scalar_one_or_none()
-    if current != head:
-        raise SchemaOutOfDate(f"the database schema changed while the worker ran; {_advice(current, head)}; no job was "
-                              "claimed: restart the worker once the schema and the code match")
+    found = session.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    if found == [head]:
+        return
+    shown = ", ".join(found) or "no revision"
+    if len(found) == 1 and found[0] in known:
+        advice = f"run `python -m app db upgrade` (back to {head}) or the code of {found[0]}, then restart the worker"
+    else:
+        advice = "newer code migrated it: restart the worker on that code"
+    raise SchemaOutOfDate(f"the database schema changed from {head} to {shown} while the worker ran, so it took no "
+                          f"job; {advice}")
 
 
 def _known(revision: str) -> bool:

@@ -275,3 +275,55 @@ def test_with_once_a_group_that_ends_badly_is_not_started_again(monkeypatch, tmp
     args = argparse.Namespace(processes=2, once=True, lease_s=60, poll_s=1, nice=0)
     assert train_dist.supervise(args, settings, "w") == 1
     assert sorted(starts.read_text()) == ["0", "1"] and len(handed) == 1  # one group, its job handed back
+
+
+def test_rank_0_says_once_that_the_schema_changed_and_the_group_is_not_started_again(monkeypatch, tmp_path):
+    """`db upgrade` under a running `worker --processes N`: rank 0's claim is refused (SchemaOutOfDate). It left
+    run_rank without telling its followers to stop, and the supervisor took its exit for a crash: a job "handed back"
+    that was never held, fresh groups that each refused again, the sentence printed 3N+1 times (found by review). Rank
+    0 now stops its followers, says it once and exits SCHEMA_EXIT; the supervisor ends with status 1, no new group."""
+    import argparse
+    import threading
+    from types import SimpleNamespace
+
+    from app import train_dist
+    from app import worker as worker_mod
+    from db.errors import SchemaOutOfDate
+
+    stopped = []
+
+    class FakeGroup:
+        rank, broken, device = 0, False, None
+
+        def stop_followers(self):
+            stopped.append(True)
+
+    class FakeWorker:
+        def __init__(self, *args, **kwargs):
+            self._stopping, self.last_error, self.poll_s, self.current_job = threading.Event(), None, 0, None
+
+        def start(self):
+            pass
+
+        def run_once_outlasting_outages(self):
+            raise SchemaOutOfDate("the database schema changed from 0009 to 0010 while the worker ran")
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(train_dist, "_die_with_parent", lambda: None)
+    monkeypatch.setattr(train_dist, "Group", FakeGroup)
+    monkeypatch.setattr(worker_mod, "Worker", FakeWorker)
+    monkeypatch.setenv("RANK", "0")
+    args = argparse.Namespace(processes=2, once=False, lease_s=60, poll_s=1, nice=0)
+    assert train_dist.run_rank(args, None, "w") == train_dist.SCHEMA_EXIT and stopped == [True]
+
+    starts = tmp_path / "starts"
+    script = (f"import os, time; open({str(starts)!r}, 'a').write(os.environ['RANK']); r = int(os.environ['RANK']); "
+              f"time.sleep(0.5 if r == 0 else 0.1); raise SystemExit({train_dist.SCHEMA_EXIT} if r == 0 else 0)")
+    monkeypatch.setattr(train_dist, "rank_command", lambda args, worker_id: [sys.executable, "-c", script])
+    handed = []
+    monkeypatch.setattr(train_dist, "hand_back_jobs", lambda settings, worker_id, reason: handed.append(reason) or [])
+    settings = SimpleNamespace(db_url="sqlite:///unused.db", data_dir=tmp_path, model="unused")
+    assert train_dist.supervise(args, settings, "w") == 1
+    assert sorted(starts.read_text()) == ["0", "1"] and handed == []  # one group, nothing handed back

@@ -114,24 +114,50 @@ def test_worker_refuses_an_unmigrated_database(tmp_path, worker_model_dir):
     assert proc.stderr.strip().splitlines() == [str(refused.value)]  # that one sentence, no traceback
 
 
-def test_a_worker_claims_nothing_once_the_schema_changed_under_it(worker_world_any_db):
+def test_a_worker_claims_nothing_once_the_schema_changed_under_it(worker_world_any_db, monkeypatch):
     """`db upgrade` (or `db downgrade`) while a worker runs: the worker checked the schema at its start only, so it
     went on claiming jobs and writing with the old code's idea of the tables (found by review). Each claim now checks
-    the revision first: a changed schema is refused in one sentence and the job stays queued."""
+    the revision in its transaction, after the claim (on PostgreSQL a claim that waited for a migration's lock sees
+    the migration's revision only in a later statement): a changed schema is refused in one sentence that says what
+    to do, and the claim is rolled back."""
     from sqlalchemy import text
+
+    from app import worker as worker_module
 
     world = worker_world_any_db
     world.create_experiment("schema")
     worker = world.worker()
     worker.start()
-    with write_session(world.factory) as s:
+    with read_session(world.factory) as s:
         head = s.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
-        s.execute(text("UPDATE alembic_version SET version_num = '0999_newer'"))
+    cases = [("0999_newer", r"changed from \w+ to 0999_newer while the worker ran, so it took no job; newer code "
+                            r"migrated it: restart the worker on that code"),
+             ("0008", r"changed from \w+ to 0008 .*run `python -m app db upgrade` \(back to \w+\) or the code of 0008")]
     try:
-        with pytest.raises(SchemaOutOfDate, match=r"changed while the worker ran.*0999_newer.*restart the worker"):
+        for revision, message in cases:
+            with write_session(world.factory) as s:
+                s.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": revision})
+            with pytest.raises(SchemaOutOfDate, match=message):
+                worker.run_once()
+            with read_session(world.factory) as s:
+                assert [j.status for j in job_queue.list_jobs(session=s)] == ["queued"]  # nothing claimed
+            with write_session(world.factory) as s:
+                s.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": head})
+        # a migration that commits while the claim waits: its revision is seen after the claim, which is rolled back
+        real_claim = worker_module.job_queue.claim_job
+
+        def claim_under_a_migration(*, session, **kwargs):
+            row = real_claim(session=session, **kwargs)
+            session.execute(text("UPDATE alembic_version SET version_num = '0999_newer'"))
+            return row
+
+        monkeypatch.setattr(worker_module.job_queue, "claim_job", claim_under_a_migration)
+        with pytest.raises(SchemaOutOfDate, match="0999_newer"):
             worker.run_once()
+        monkeypatch.undo()
         with read_session(world.factory) as s:
-            assert [j.status for j in job_queue.list_jobs(session=s)] == ["queued"]  # nothing claimed
+            assert [j.status for j in job_queue.list_jobs(session=s)] == ["queued"]
+            assert s.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == head
     finally:
         with write_session(world.factory) as s:
             s.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": head})
