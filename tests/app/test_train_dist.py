@@ -214,22 +214,21 @@ def test_a_batch_that_does_not_split_leaves_the_group_usable():
     assert group.broken is False
 
 
-def test_rank_0_with_once_fails_when_the_database_was_out(monkeypatch, tmp_path):
-    """With --once, rank 0 exited 0 when its one try met a database outage (waited for, no job run): a scheduler took
-    that for a job done (found by review). An outage under --once is a failure (1); a try with no job is still 0."""
-    import argparse
+def _fake_rank_0(monkeypatch, run_once) -> list:
+    """run_rank as rank 0 with a stand-in group and a stand-in worker whose run_once_outlasting_outages is
+    ``run_once``; returns the list that records each stop_followers call."""
     import threading
 
     from app import train_dist
     from app import worker as worker_mod
 
-    outcomes = []
+    stopped = []
 
     class FakeGroup:
         rank, broken, device = 0, False, None
 
         def stop_followers(self):
-            pass
+            stopped.append(True)
 
     class FakeWorker:
         def __init__(self, *args, **kwargs):
@@ -239,7 +238,7 @@ def test_rank_0_with_once_fails_when_the_database_was_out(monkeypatch, tmp_path)
             pass
 
         def run_once_outlasting_outages(self):
-            return outcomes.pop(0)
+            return run_once()
 
         def close(self):
             pass
@@ -248,6 +247,18 @@ def test_rank_0_with_once_fails_when_the_database_was_out(monkeypatch, tmp_path)
     monkeypatch.setattr(train_dist, "Group", FakeGroup)
     monkeypatch.setattr(worker_mod, "Worker", FakeWorker)
     monkeypatch.setenv("RANK", "0")
+    return stopped
+
+
+def test_rank_0_with_once_fails_when_the_database_was_out(monkeypatch, tmp_path):
+    """With --once, rank 0 exited 0 when its one try met a database outage (waited for, no job run): a scheduler took
+    that for a job done (found by review). An outage under --once is a failure (1); a try with no job is still 0."""
+    import argparse
+
+    from app import train_dist
+
+    outcomes = []
+    _fake_rank_0(monkeypatch, lambda: outcomes.pop(0))
     args = argparse.Namespace(processes=2, once=True, lease_s=60, poll_s=1, nice=0)
     outcomes[:] = [None]
     assert train_dist.run_rank(args, None, "w") == 1
@@ -283,38 +294,15 @@ def test_rank_0_says_once_that_the_schema_changed_and_the_group_is_not_started_a
     that was never held, fresh groups that each refused again, the sentence printed 3N+1 times (found by review). Rank
     0 now stops its followers, says it once and exits SCHEMA_EXIT; the supervisor ends with status 1, no new group."""
     import argparse
-    import threading
     from types import SimpleNamespace
 
     from app import train_dist
-    from app import worker as worker_mod
     from db.errors import SchemaOutOfDate
 
-    stopped = []
+    def refused():
+        raise SchemaOutOfDate("the database schema changed from 0009 to 0010 while the worker ran")
 
-    class FakeGroup:
-        rank, broken, device = 0, False, None
-
-        def stop_followers(self):
-            stopped.append(True)
-
-    class FakeWorker:
-        def __init__(self, *args, **kwargs):
-            self._stopping, self.last_error, self.poll_s, self.current_job = threading.Event(), None, 0, None
-
-        def start(self):
-            pass
-
-        def run_once_outlasting_outages(self):
-            raise SchemaOutOfDate("the database schema changed from 0009 to 0010 while the worker ran")
-
-        def close(self):
-            pass
-
-    monkeypatch.setattr(train_dist, "_die_with_parent", lambda: None)
-    monkeypatch.setattr(train_dist, "Group", FakeGroup)
-    monkeypatch.setattr(worker_mod, "Worker", FakeWorker)
-    monkeypatch.setenv("RANK", "0")
+    stopped = _fake_rank_0(monkeypatch, refused)
     args = argparse.Namespace(processes=2, once=False, lease_s=60, poll_s=1, nice=0)
     assert train_dist.run_rank(args, None, "w") == train_dist.SCHEMA_EXIT and stopped == [True]
 
