@@ -247,8 +247,9 @@ def wait_breakdown(metrics: dict[str, Any] | None) -> dict[str, Any]:
     round that published this one) and the generate job's time to the query images."""
     train = (metrics or {}).get("train") or {}
     gen = (metrics or {}).get("generate") or {}
-    return {"finetune_s": (train.get("finetune") or {}).get("wall_s"), "finetune_steps": train.get("finetune_steps"),
-            "query_images_s": gen.get("query_wall_s"), "generate_s": gen.get("wall_s")}
+    return {"reward_fit_s": train.get("reward_fit_s"), "finetune_s": (train.get("finetune") or {}).get("wall_s"),
+            "finetune_steps": train.get("finetune_steps"), "query_images_s": gen.get("query_wall_s"),
+            "generate_s": gen.get("wall_s")}
 
 
 def _pct(value: float | None, base: float | None) -> float | None:

@@ -208,12 +208,12 @@ def test_correlations_match_hand_computed_values():
 
 
 def test_wait_breakdown_reads_what_the_worker_recorded():
-    metrics = {"train": {"finetune": {"wall_s": 12.5}, "finetune_steps": 8},
+    metrics = {"train": {"finetune": {"wall_s": 12.5}, "finetune_steps": 8, "reward_fit_s": 1.75},
                "generate": {"query_wall_s": 3.25, "wall_s": 9.0}}
-    assert bench_taste.wait_breakdown(metrics) == {"finetune_s": 12.5, "finetune_steps": 8, "query_images_s": 3.25,
-                                                   "generate_s": 9.0}
-    assert bench_taste.wait_breakdown(None) == {"finetune_s": None, "finetune_steps": None, "query_images_s": None,
-                                                "generate_s": None}
+    assert bench_taste.wait_breakdown(metrics) == {"reward_fit_s": 1.75, "finetune_s": 12.5, "finetune_steps": 8,
+                                                   "query_images_s": 3.25, "generate_s": 9.0}
+    assert bench_taste.wait_breakdown(None) == {"reward_fit_s": None, "finetune_s": None, "finetune_steps": None,
+                                                "query_images_s": None, "generate_s": None}
 
 
 def test_a_tiny_run_drives_the_real_worker_and_records_every_round(tmp_path, worker_model_dir):
