@@ -384,22 +384,16 @@ def supervise(args: argparse.Namespace, settings, worker_id: str) -> int:
                 ended, code = 0, procs[0].returncode
             except subprocess.TimeoutExpired:
                 pass  # rank 0 carries on without it: the group is broken
-        if ended == 0 and code == SCHEMA_EXIT:  # rank 0 said why, once, and sent its followers "stop"; no job held
+        # rank 0 ended by itself and sent its followers "stop": a clean end, or SCHEMA_EXIT (it said why, once; it
+        # held no job, so nothing is handed back and no fresh group is started)
+        if ended == 0 and (code == SCHEMA_EXIT or code in (0, 1) and (stopping or args.once or code == 0)):
             for p in procs[1:]:
                 try:
                     p.wait(timeout=60)
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait()
-            return 1
-        if ended == 0 and code in (0, 1) and (stopping or args.once or code == 0):
-            for p in procs[1:]:  # rank 0 sent them "stop"
-                try:
-                    p.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-            return code
+            return 1 if code == SCHEMA_EXIT else code
         reason = f"rank {ended} of worker {worker_id!r} {_describe(code)}; the group was stopped and the job handed back"
         log.warning("%s", reason)
         for p in procs:

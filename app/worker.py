@@ -431,7 +431,8 @@ class Worker:
         self.start()
         with write_session(self.factory) as s:
             row = job_queue.claim_job(session=s, worker_id=self.worker_id, lease_s=self.lease_s, kinds=sorted(self.handlers))
-            migrate.check_unchanged(s, self._schema_head, self._schema_known)  # raises: the claim is rolled back
+            if row is not None:  # a claim (none: nothing to take, no query added to an idle poll) is rolled back
+                migrate.check_unchanged(s, self._schema_head, self._schema_known)
             job = None if row is None else ClaimedJob(row.id, row.kind, row.experiment_id, row.round_id, dict(row.payload or {}),
                                                       row.attempts, row.max_attempts)
         if job is None:
