@@ -207,7 +207,10 @@ class FinetuneConfig:
     grad_accum: int = 16  # passes per optimiser step (reference: 64 trajectories per step at batch 4)
     kl_weight: float = 0.01  # weight of the trajectory KL to the previous round (reference)
     loss_coeff: float = 0.01  # reward term coefficient (reference)
-    reward_target: float | None = 10.0  # loss = loss_coeff * |r_opt - target|; None maximises r_opt directly
+    # loss = loss_coeff * |r_opt - target| (reference); None maximises r_opt directly (loss = -loss_coeff * r_opt).
+    # A target the optimistic reward can pass (10 on a 1-10 rating scale) pulls the best images' reward back down:
+    # the presets use None
+    reward_target: float | None = 10.0
     # rating units per unit of mean pairwise distance between the micro-batch's (L2-normalised) image-encoder
     # embeddings, subtracted from the loss (times loss_coeff): a reward for keeping each batch's images apart. 0: off
     diversity_weight: float = 0.0

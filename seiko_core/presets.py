@@ -71,8 +71,12 @@ def sd15() -> SeikoConfig:
         # (AlignProp/DRaFT truncation) under bf16 autocast with UNet checkpointing: 29.6 GiB estimated, 19.1 GiB
         # measured over the loaded weights (5.1 GiB) at 2 per pass: fits 40 GB; batch_size=1 -> 19.2 GiB estimated.
         # 32 passes per step keep the reference's 64 trajectories per step.
+        # The reward is maximised directly (reward_target=None) with the reference's coefficient 0.01: the
+        # reference's loss 0.01 * |r - 10| has the same gradient wherever r < 10 (its aesthetic scores stay below
+        # 10), but a person's 1-10 ratings reach 10 and the optimistic reward passes it, where |r - 10| would pull
+        # the most promising images back down.
         finetune=FinetuneConfig(batch_size=2, grad_accum=32, gradient_checkpointing=True, mixed_precision="bf16",
-                                truncation="per_trajectory", truncation_k=10),
+                                truncation="per_trajectory", truncation_k=10, loss_coeff=0.01, reward_target=None),
     )
 
 

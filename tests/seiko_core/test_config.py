@@ -51,6 +51,23 @@ def test_sd15_trains_in_a_memory_budget_that_fits_a_40_gb_gpu():
     assert ft.batch_size == 2 and ft.batch_size * ft.grad_accum == 64
 
 
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_no_preset_pulls_an_optimistic_reward_above_the_rating_scale_back_down(name):
+    """A person rates 1-10 and the optimistic reward (the max of the heads, or a bonus on top) can exceed 10; the
+    reference's loss_coeff * |r - 10| then pushes such an image's reward down, toward 10: the images the model is most
+    optimistic about are trained away from (derived from the loss's form; found by review). Below 10 the preset's
+    slope must stay the reference's: d loss / d r = -loss_coeff (the closed form of |r - 10| there)."""
+    import torch
+
+    from seiko_core.finetune import reward_loss
+
+    ft = preset(name).finetune
+    r = torch.tensor([3.0, 9.5, 10.5, 14.0], requires_grad=True)  # two within the scale, two over it
+    reward_loss(r, ft.loss_coeff, ft.reward_target).backward()
+    slope = r.grad * r.numel()  # the loss is a mean over the batch
+    torch.testing.assert_close(slope, torch.full_like(slope, -ft.loss_coeff))
+
+
 def test_nonadaptive_from_the_admin_form_keeps_k_times_the_steps_and_the_time_limit():
     """The form sends its per-round epochs (the preset's 5) and time limit; build_config set them after
     for_method, so a Non-adaptive experiment made on the Admin tab got 1/K of the optimiser steps. Found by review."""
