@@ -23,6 +23,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from app.settings import SettingsError
 from seiko_core.atomic import TMP_PREFIX, fsync_dir, write_bytes
 from seiko_core.checkpoint import sha256_file
 
@@ -39,6 +40,17 @@ class UnsafePath(ValueError):
 class StoredFile:
     path: str  # relative to the data dir, forward slashes (what the database stores)
     sha256: str
+
+
+def make_data_dir(data_dir: str | Path) -> Path:
+    """Make a missing data directory its owner's alone (0700): it holds every rating (the exports), the images and
+    the adapters. An existing directory keeps its mode. A path that cannot be made one raises SettingsError."""
+    path = Path(data_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:  # a file in the way (FileExistsError too), no permission, a read-only disk
+        raise SettingsError(f"the data directory {str(path)!r} could not be made ({exc.strerror or exc})") from exc
+    return path
 
 
 def _check_relative(rel: str) -> PurePosixPath:

@@ -114,6 +114,19 @@ def test_worker_refuses_an_unmigrated_database(tmp_path, worker_model_dir):
     assert proc.stderr.strip().splitlines() == [str(refused.value)]  # that one sentence, no traceback
 
 
+def test_a_worker_makes_a_missing_data_directory_the_owners_alone(worker_world):
+    """The worker wrote the first image into a data directory it made with the default mode (0755 under the usual
+    umask) when the database was not in it, as on PostgreSQL (found by review): it is made 0700 at the start."""
+    import stat
+
+    data = worker_world.settings.data_dir
+    assert not data.exists()
+    worker = worker_world.worker()
+    worker.start()
+    worker.close()
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+
+
 def test_a_worker_claims_nothing_once_the_schema_changed_under_it(worker_world_any_db, monkeypatch):
     """`db upgrade` (or `db downgrade`) while a worker runs: the worker checked the schema at its start only, so it
     went on claiming jobs and writing with the old code's idea of the tables (found by review). Each claim now checks

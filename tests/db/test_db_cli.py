@@ -171,6 +171,37 @@ def test_a_new_database_and_its_directory_are_the_owners_alone(tmp_path):
     assert stat.S_IMODE((data / "seiko.db").stat().st_mode) == 0o600
 
 
+def test_a_data_directory_is_the_owners_alone_when_the_database_is_elsewhere(tmp_path, capsys):
+    """Only the SQLite path made the data directory (0700): with PostgreSQL, or a database file elsewhere, the first
+    image or export made it with the default mode, 0755 under the usual umask, and every local user could read the
+    ratings export (every rater's name and score), the images and the adapters (found by review). `db upgrade`, the
+    web app's start and the worker's start each make a missing data directory 0700; a path that cannot be one is one
+    sentence."""
+    import stat
+
+    from app.cli_serve import build_services
+    from app.settings import SettingsError
+
+    db_url = f"sqlite:///{tmp_path / 'elsewhere' / 'seiko.db'}"
+    data = tmp_path / "data"
+    assert main(["db", "upgrade", "--data-dir", str(data), "--db-url", db_url]) == 0
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+
+    served = tmp_path / "served"
+    engine, _ = build_services(Settings.from_env({"data_dir": str(served), "db_url": db_url}, environ={}))
+    engine.dispose()
+    assert stat.S_IMODE(served.stat().st_mode) == 0o700
+
+    (tmp_path / "a-file").write_text("not a directory")
+    blocked = tmp_path / "a-file" / "data"
+    with pytest.raises(SettingsError, match=r"^the data directory '.*a-file/data' could not be made \(.+\)$"):
+        build_services(Settings.from_env({"data_dir": str(blocked), "db_url": db_url}, environ={}))
+    capsys.readouterr()
+    assert main(["db", "upgrade", "--data-dir", str(blocked), "--db-url", db_url]) == 2
+    assert capsys.readouterr().err.strip().startswith(f"error: the data directory {str(blocked)!r} could not be made")
+    assert (tmp_path / "a-file").read_text() == "not a directory"
+
+
 def test_a_downgrade_names_its_database_and_makes_none_where_there_is_none(tmp_path, capsys):
     """A downgrade of a data directory without a database (a typo in --data-dir) created a 0644 seiko.db, said
     'database at base' with status 0, and the next upgrade kept that mode for password hashes; nor did it say which
