@@ -548,7 +548,7 @@ class Worker:
         back, so ``write`` runs again from the start."""
         run.heartbeat.stop()
         run.progress.set("done", 1, 1)
-        give_up_at, wait = time.monotonic() + self.lease_s / 2, 0.5
+        give_up_at, wait, tried = time.monotonic() + self.lease_s / 2, 0.5, False
         while True:
             try:
                 with write_session(self.factory) as s:
@@ -562,6 +562,13 @@ class Worker:
                     s.flush()
                     fault_point("publish", run.job.attempts)
                 return
+            except LeaseLost:
+                # a try whose commit reached the database but whose answer did not (a dropped connection) left the job
+                # done under this worker's lease: the result is this worker's, not "discarded" (found by review)
+                if tried and self._done_by_me(run.job.id):
+                    log.info("job %d: its result was stored by the try whose answer was lost", run.job.id)
+                    return
+                raise
             except OperationalError as exc:
                 if not is_outage(exc) or time.monotonic() + wait > give_up_at:
                     raise
@@ -569,6 +576,13 @@ class Worker:
                             exc.orig or exc, wait)
                 time.sleep(wait)
                 wait *= 2
+                tried = True
+
+    def _done_by_me(self, job_id: int) -> bool:
+        """Whether job ``job_id`` is done under this worker's lease (complete_job keeps the lease's owner)."""
+        with read_session(self.factory) as s:
+            job = job_queue.get_job(session=s, job_id=job_id)
+            return job.status == "done" and job.lease_owner == self.worker_id
 
     # -- models -------------------------------------------------------------------------------
 

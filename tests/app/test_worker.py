@@ -851,6 +851,81 @@ def test_a_moment_of_outage_while_a_job_publishes_is_tried_again_not_an_attempt(
     worker.close()
 
 
+def test_a_publish_whose_commit_answer_was_lost_is_not_called_discarded(worker_world, monkeypatch, caplog):
+    """The commit of a job's result reached the database but its answer did not (the connection dropped): the try
+    again found the job done and said "this worker's result is discarded", set last_error (so `worker --once` exited
+    1) for a job whose result was stored (found by review). A job done under this worker's lease is its own result;
+    one another worker took over is still refused."""
+    import logging
+    from contextlib import contextmanager
+
+    from sqlalchemy.exc import OperationalError
+
+    from app import worker as worker_mod
+
+    world = worker_world
+    eid = world.create_experiment("lost-answer")
+    worker = world.worker(lease_s=10)
+    real_write_session, publishing, lost = worker_mod.write_session, [], []
+
+    @contextmanager
+    def answer_lost_once(factory):
+        with real_write_session(factory) as s:
+            yield s
+        if publishing and not lost:  # committed; the answer is lost on the way back
+            lost.append(True)
+            raise OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
+
+    def publishes(run):
+        publishing.append(True)
+        worker._publish(run, lambda s: None, {"published": True})
+        return "published"
+
+    worker.handlers["generate"] = publishes
+    monkeypatch.setattr(worker_mod, "write_session", answer_lost_once)
+    caplog.set_level(logging.INFO, logger="seiko.worker")
+    assert worker.run_once() and lost and worker.last_error is None
+    (job,) = _jobs(world, eid)
+    assert job.status == "done" and job.result == {"published": True}
+    assert not [r for r in caplog.records if "discarded" in r.getMessage()]
+    assert any("stored by the try whose answer was lost" in r.getMessage() for r in caplog.records)
+
+    # an outage, then the try again finds the job finished by another worker (its lease ran out): not its own result
+    from sqlalchemy import select
+
+    from db.models import Job
+
+    eid = world.create_experiment("taken-over")
+    real_complete = job_queue.complete_job
+
+    def complete_after_an_outage(**kwargs):
+        if not lost:
+            lost.append(True)
+            raise OperationalError("UPDATE jobs ...", {}, Exception("database is locked"))
+        return real_complete(**kwargs)
+
+    @contextmanager
+    def taken_over_meanwhile(factory):
+        try:
+            with real_write_session(factory) as s:
+                yield s
+        except OperationalError:
+            with real_write_session(factory) as s:
+                row = s.get(Job, s.scalars(select(Job.id).where(Job.experiment_id == eid)).one())
+                row.status, row.lease_owner, row.result = "done", "another-worker", {"by": "another"}
+            raise
+
+    lost.clear()
+    worker.handlers["generate"] = publishes
+    monkeypatch.setattr(worker_mod, "write_session", taken_over_meanwhile)
+    monkeypatch.setattr(worker_mod.job_queue, "complete_job", complete_after_an_outage)
+    assert worker.run_once() and lost and "no longer holds job" in (worker.last_error or "")
+    (job,) = _jobs(world, eid)
+    assert job.result == {"by": "another"}
+    assert any("discarded" in r.getMessage() for r in caplog.records)
+    worker.close()
+
+
 def test_a_database_that_refuses_for_good_ends_the_worker_at_once(worker_world, monkeypatch):
     """Every OperationalError was waited out as an outage, a missing table or a wrong password too: the worker retried
     forever, logging a traceback every 30 s (found by review). Only the database being out of reach is waited out."""
