@@ -30,6 +30,7 @@ from db.engine import make_engine, read_snapshot, session_factory
 from db.models import ComparisonPair, ComparisonVote, Image, Rating
 from seiko_core.config import to_dict
 from seiko_core.model_card import NOT_MEASURED, SCHEMA
+from seiko_core.models import public_name
 
 
 def _get(d: Any, *path: str) -> Any:
@@ -135,7 +136,7 @@ def facts(settings: Settings, experiment_id: int, round_index: int) -> dict[str,
     return {
         "schema": SCHEMA,
         "experiment": {"id": experiment_id, "name": name, "created_at": created.isoformat() if created else None},
-        "base_model": base,
+        "base_model": public_name(base),  # a local directory by its name: its path is the server's (review)
         "method": method if method == cfg.method else f"{method} (config: {cfg.method})",
         "round": round_index,
         "lineage": [r["index"] for r in rounds],

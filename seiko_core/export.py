@@ -40,6 +40,7 @@ import torch
 from .atomic import DestinationTaken, atomic_write
 from .checkpoint import MANIFEST, CheckpointError, atomic_directory, sha256_file, verify
 from .lora import WEIGHT_NAME, inject, write_weights
+from .models import is_local_spec, public_name
 
 FORMATS = ("diffusers", "kohya", "merged")
 DATASET_FILE = "metadata.jsonl"  # the name Hugging Face `imagefolder` datasets read, with a `file_name` column
@@ -177,6 +178,15 @@ Stable Diffusion 1.5 (PNDM) ignores eta and draws other images.
 """
 
 
+def _loadable_base(base_model: str | Path) -> str:
+    """The base model as a README's ``from_pretrained(...)`` names it: a hub id as given, a local directory as
+    ``path/to/<its name>`` (the server's path is not the reader's), the placeholder BASE_MODEL as it is."""
+    text = str(base_model)
+    if text == "BASE_MODEL" or not is_local_spec(text):
+        return text
+    return f"path/to/{public_name(text)}"
+
+
 def export_diffusers_lora(adapter_dir: str | Path, out_dir: str | Path, *, base_model: str = "BASE_MODEL",
                           finalize: Finalize | None = None) -> ExportResult:
     """The adapter as a diffusers LoRA directory that stock ``pipe.load_lora_weights(out_dir)`` reads."""
@@ -189,7 +199,7 @@ def export_diffusers_lora(adapter_dir: str | Path, out_dir: str | Path, *, base_
         write_weights(tmp, layers, config)
         _copy_json_files(adapter_dir, tmp, ("adapter_config.json", "seiko_config.json", "metrics.json"))
         (tmp / "README.md").write_text(_DIFFUSERS_README.format(weights=WEIGHT_NAME, r=config["r"], alpha=config["lora_alpha"],
-                                                                base=base_model, sampling=_SAMPLING))
+                                                                base=_loadable_base(base_model), sampling=_SAMPLING))
         card.append(finalize(tmp) if finalize else None)
 
     card: list = []
@@ -293,7 +303,7 @@ def export_kohya_lora_dir(adapter_dir: str | Path, out_dir: str | Path, *, name:
 
     def write(tmp: Path) -> None:
         export_kohya_lora(adapter_dir, tmp / file)
-        (tmp / "README.md").write_text(_KOHYA_README.format(file=file, stem=name, base=base_model))
+        (tmp / "README.md").write_text(_KOHYA_README.format(file=file, stem=name, base=_loadable_base(base_model)))
         card.append(finalize(tmp) if finalize else None)
 
     card: list = []
@@ -422,11 +432,12 @@ def export_merged_pipeline(base_model_dir: str | Path, adapter_dir: str | Path, 
             raise ExportError(f"save_pretrained wrote files other than safetensors, JSON and text ({others[:5]}); "
                               "refusing to publish them.")
         _copy_json_files(adapter_dir, tmp, ("seiko_config.json", "metrics.json"))
-        (tmp / "README.md").write_text(_MERGED_README.format(base=base_model_dir, sampling=_SAMPLING))
+        (tmp / "README.md").write_text(_MERGED_README.format(base=public_name(base_model_dir), sampling=_SAMPLING))
         card.append(finalize(tmp) if finalize else None)
 
     card: list = []
-    extra = {**_provenance("diffusers-pipeline-merged", adapter_dir, manifest), "base_model": str(base_model_dir)}
+    # the base by its name (a hub id as given, a local directory's own name): its path is the server's
+    extra = {**_provenance("diffusers-pipeline-merged", adapter_dir, manifest), "base_model": public_name(base_model_dir)}
     digest = _publish(atomic_directory, out_dir, write, extra=extra)
     return ExportResult(out_dir, "merged", digest, card[-1] if card else None)
 

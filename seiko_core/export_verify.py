@@ -166,8 +166,18 @@ def judge(kind: str, base: np.ndarray, exported: np.ndarray, app: np.ndarray, se
                    f"(allowed {MAX_APP_MEAN_ABS} and {MAX_APP_MAX_ABS}), so it is not the model the app trained; the "
                    "export was not published.")
     return Verification(passed=failure is None, kind=kind, vs_base=vs_base, vs_app=vs_app,
-                        settings={k: v for k, v in asdict(settings).items() if k != "timeout_s"}, failure=failure,
+                        settings=_public_settings(settings), failure=failure,
                         loader=loader, diffusers_version=diffusers_version, seconds=round(seconds, 2))
+
+
+def _public_settings(settings: CheckSettings) -> dict:
+    """The check's settings as the model card states them: without the time limit, and the base model by its name
+    (a local directory's path is the server's; found by review)."""
+    from .models import public_name
+
+    shown = {k: v for k, v in asdict(settings).items() if k != "timeout_s"}
+    shown["base_model"] = public_name(settings.base_model)
+    return shown
 
 
 # ------------------------------------------------------------------------------------------------ parent

@@ -68,6 +68,22 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith(("/", "./", "../", "~")) or spec.count("/") != 1 or os.sep != "/" and os.sep in spec
 
 
+def is_local_spec(spec: str | Path) -> bool:
+    """Whether ``spec`` names a path on this machine (an existing one, or one that reads as a path) and not a hub id."""
+    text = str(spec)
+    return Path(text).expanduser().exists() or _looks_like_path(text)
+
+
+def public_name(spec: str | Path) -> str:
+    """How an export names the base model ``spec`` to whoever downloads it: a hub id as given; a local directory by
+    its own name only, since its path is the server's (found by review: exports carried the server's full path)."""
+    text = str(spec)
+    if not is_local_spec(text):
+        return text
+    path = Path(text).expanduser()
+    return (path.resolve().name if path.exists() else path.name) or "BASE_MODEL"
+
+
 def resolve_spec(spec: str) -> tuple[str, bool]:
     """(what to pass to from_pretrained, whether it is a local directory), or a clear ModelLoadError."""
     if not spec or not spec.strip():

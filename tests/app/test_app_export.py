@@ -125,7 +125,7 @@ def test_cli_exports_a_round_as_diffusers_and_kohya_checked_by_stock_diffusers_w
     assert card["labels"] == {"count": 3, "images": 2} and card["raters"] == {"count": 2}
     assert [(r["index"], r["labels"], r["raters"]) for r in card["rounds"]] == [(0, 3, 2), (1, 0, 0)]
     assert card["round"] == 1 and card["rounds_total"] == 3 and card["format"] == "diffusers"
-    assert card["method"] == "ucb" and card["base_model"] == world.settings.model
+    assert card["method"] == "ucb" and card["base_model"] == Path(world.settings.model).name  # not the server path
     assert card["seiko_config"]["sampling"]["steps"] == 8 and card["kl_total"] is None  # no eval KL was recorded
     assert card["win_rates"] is None and card["win_rates_status"] == "not measured"
     assert "ann" not in json.dumps(card) and "bob" not in json.dumps(card)  # raters counted, never named
@@ -134,6 +134,39 @@ def test_cli_exports_a_round_as_diffusers_and_kohya_checked_by_stock_diffusers_w
     assert {model_card.CARD_MD, model_card.CARD_JSON} <= set(verify(tmp_path / "d")["files"])
     assert cli(world, "lora", "--experiment", e, "--round", "1", "--format", "kohya", "--out", str(tmp_path / "k")) == 0
     assert [p.name for p in (tmp_path / "k").glob("*.safetensors")] == ["seiko_shapes_run_round1.safetensors"]
+
+
+def test_no_export_names_the_servers_directories(world):
+    """A merged export's README and manifest, the LoRA READMEs and the model card named the base model as the server
+    gave it: its full path on the server's disk (found by review), handed to whoever downloads the export. Every
+    format now names a local base by its directory's name, and a hub id as given."""
+    from safetensors import safe_open
+
+    s, e = world.settings, world.experiment_id
+    server = str(Path(s.model).parent)  # the directory that holds the model and the data dir
+    name = Path(s.model).name
+    texts = {}
+    for fmt in ("diffusers", "kohya", "merged"):
+        file = export_round(s, e, 1, fmt)
+        if fmt == "kohya":
+            with safe_open(str(file), "pt") as f:
+                texts[f"{fmt}:header"] = json.dumps(f.metadata())
+            for p in file.parent.iterdir():
+                if p.suffix != ".safetensors":
+                    texts[f"{fmt}:{p.name}"] = p.read_text()
+            continue
+        with zipfile.ZipFile(file) as z:
+            for n in z.namelist():
+                if not n.endswith(".safetensors"):
+                    texts[f"{fmt}:{n}"] = z.read(n).decode()
+    assert any(k.endswith("README.md") for k in texts) and any(k.endswith("manifest.json") for k in texts)
+    leaks = sorted(k for k, text in texts.items() if server in text)
+    assert not leaks, leaks
+    for fmt in ("diffusers", "kohya", "merged"):  # each still says which base model it goes with
+        readme = next(t for k, t in texts.items() if k.startswith(f"{fmt}:") and k.endswith("README.md"))
+        assert name in readme, fmt
+    merged_manifest = json.loads(next(t for k, t in texts.items() if k.startswith("merged:") and k.endswith("/manifest.json")))
+    assert merged_manifest["base_model"] == name
 
 
 def test_cli_exports_the_ratings(world, tmp_path):
