@@ -16,17 +16,22 @@ asks ``plan`` for them when the option is above 0:
   (``db.quality.set_repeat_score``); their first rating is left as it was;
 - how many: repeats handed out so far <= share / (1 - share) x the rater's ratings of the round, i.e. at most
   ``share`` of the images handed to them (ordinary ones rated plus repeats); at most ``max(1, floor(share x batch
-  size))`` in one batch; and no more new ones than the ordinary ratings the rater gave since their last repeat, so
-  repeats come spread out, never in a run;
+  size))`` in one batch; no more new ones than the ordinary ratings the rater gave since their last repeat, so
+  repeats come spread out, never in a run; and no more new ones than the ordinary images the rater can still be
+  handed, so none once those have run out (a batch of 2 or more then holds at least as many ordinary images as new
+  repeats; a last batch of repeats only told the rater what they were);
 - which images: drawn with a generator seeded by (rater, round, repeats so far); where in the batch: drawn with one
   seeded by (rater, round, the repeated image ids, the batch's length), so the place does not follow from the batch's
   length alone. A repeat handed out and not answered yet comes back in the next batch (as a leased image does),
   until it is scored or skipped on the page.
 
 Nothing on the page or in the API says that an image is a repeat, and the page's cards show no image id or seed.
-The progress counters move with ordinary ratings only (a repeat is no label), so a rater who watches them can tell,
-after scoring a card, that it was a repeat (a review's finding, not changed: counting repeats there would misstate
-the round's progress).
+The round's counters (labels, ratings, images rated) move with ordinary ratings only (a repeat is no label); the
+rater's own ("You: N rated this round, M left for you", the API's ``you_rated`` and ``you_left``) count repeats as
+images: a scored one as rated, a pending one as left. So every card scored moves them by one, whatever it is, and
+the open cards never outnumber what is left (they used to count ordinary ratings only, which told a repeat apart,
+before or after scoring it: a review's finding). "Left" rises when a batch brings new repeats: it says how many
+of the batch's cards are repeats, not which.
 The API's items carry the image id a rating is sent with, so a script could tell a repeat by its id: the measure is
 meant for people rating on the page. A repeat counts nowhere an ordinary rating does:
 not in the round's progress or budget, not for auto-close, not in the reward fit (the ``ratings`` table is untouched).
@@ -88,6 +93,13 @@ def plan(session: Session, round_: Round, rater_id: int, size: int, share: float
     last = max((o.created_at for o in offers), default=None)
     since = len(ratings) if last is None else sum(1 for r in ratings if r.created_at > last)
     n_new = min(room, allowed, since)
+    if n_new <= 0:
+        return out
+    # no more new ones than the ordinary images the rater can still be handed (their own live leases among them):
+    # once those run out no repeat is handed out, so repeats never make a batch of their own at the end, where the
+    # rater would know every card as one (found by review). With ``cap`` at most half the batch (size 2 and up), the
+    # batch then holds at least as many ordinary images as new repeats
+    n_new = min(n_new, repo.count_images_for_rater(session=session, round_id=round_.id, rater_id=rater_id, kind="query"))
     if n_new <= 0:
         return out
     offered = {o.image_id for o in offers}

@@ -189,6 +189,13 @@ def progress(session: Session, experiment: Experiment | None, who: Who) -> Progr
         return Progress(experiment.name, last.index if last else None, last.status if last else None, overlap=experiment.overlap,
                         next_round=next_round_wait(session, experiment))
     mine = repo.round_progress(session=session, round_id=round_.id, rater_id=who.rater_id, kind="query")
+    # the rater's own counters count the repeats handed to them (app.repeats) as images: scored ones as rated, pending
+    # ones as left, so scoring a repeat moves them by one as any card does and the open cards never outnumber what is
+    # left (they moved with ordinary ratings only, which told a repeat apart: found by review); the round's counts
+    # (labels, ratings, rated images) stay ordinary ratings only
+    again_scored, again_pending = db_quality.repeat_counts(session=session, round_id=round_.id, rater_id=who.rater_id)
+    if repeats.share_of(session, round_) <= 0:
+        again_pending = 0  # repeats turned off: a pending one is not handed out again (repeats.plan)
     budget = experiment.budgets[round_.index] if round_.index < len(experiment.budgets) else None
     return Progress(
         experiment=experiment.name,
@@ -199,8 +206,8 @@ def progress(session: Session, experiment: Experiment | None, who: Who) -> Progr
         ratings=mine.ratings,
         budget=budget,
         overlap=experiment.overlap,
-        you_rated=mine.rater_rated or 0,
-        you_left=mine.rater_remaining or 0,
+        you_rated=(mine.rater_rated or 0) + again_scored,
+        you_left=(mine.rater_remaining or 0) + again_pending,
         labels=mine.labels,
         labels_wanted=mine.labels_wanted,
     )

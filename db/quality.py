@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from db import repo
@@ -146,6 +146,23 @@ def pending_repeats(*, session: Session, round_id: int, rater_id: int) -> list[i
         .order_by(RepeatOffer.id)
     )
     return list(session.scalars(stmt))
+
+
+def repeat_counts(*, session: Session, round_id: int, rater_id: int) -> tuple[int, int]:
+    """(scored, pending) for the rater's repeats of the round's query images, in one query: how many they gave a second
+    score, and how many are handed to them again and not answered yet (as ``pending_repeats``). The rating page's
+    personal counters add them to the ordinary ratings and images, so a repeat moves them as any image does."""
+    in_round = _in_round(round_id)
+    first = select(Rating.id).where(Rating.image_id == RepeatOffer.image_id, Rating.rater_id == RepeatOffer.rater_id)
+    answered = select(RepeatRating.id).where(RepeatRating.image_id == RepeatOffer.image_id,
+                                             RepeatRating.rater_id == RepeatOffer.rater_id)
+    scored = (select(func.count(RepeatRating.id))
+              .where(RepeatRating.rater_id == rater_id, RepeatRating.image_id.in_(in_round)).scalar_subquery())
+    pending = (select(func.count(RepeatOffer.id))
+               .where(RepeatOffer.rater_id == rater_id, RepeatOffer.image_id.in_(in_round),
+                      RepeatOffer.skipped.is_(False), first.exists(), ~answered.exists()).scalar_subquery())
+    n_scored, n_pending = session.execute(select(scored, pending)).one()
+    return int(n_scored or 0), int(n_pending or 0)
 
 
 def rated_in_round(*, session: Session, round_id: int, rater_id: int) -> list[Rating]:

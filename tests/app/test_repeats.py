@@ -6,6 +6,7 @@ small PNGs, rated through the public API (the functions ``ui.build_demo`` regist
 from __future__ import annotations
 
 import json
+import re
 
 import gradio as gr
 import pytest
@@ -84,9 +85,12 @@ def test_repeats_through_the_api_measure_self_consistency_and_change_nothing_els
         assert image_id != before[-1]  # never the image just rated
         # the response reads as a new rating; the round's counts are those before it
         assert response["previous_score"] is None and response["edited"] is False
+    mine = {"you_rated", "you_left"}  # the rater's own counters count a repeat as any image (a review's finding)
     for (_, _, was_again, response, _), (_, _, _, previous, _) in zip(log[1:], log[:-1]):
         if was_again:
-            assert response["progress"] == previous["progress"]
+            assert {k: v for k, v in response["progress"].items() if k not in mine} == {
+                k: v for k, v in previous["progress"].items() if k not in mine}
+        assert response["progress"]["you_rated"] == previous["progress"]["you_rated"] + 1
     # the second scores are in repeat_ratings; the first ratings are as given, once per image
     assert first_ratings(world, alice).keys() == set(world.image_ids)
     assert {i: s for i, (s, _) in first_ratings(world, alice).items()} == {i: 1 + i % 10 for i in world.image_ids}
@@ -98,7 +102,8 @@ def test_repeats_through_the_api_measure_self_consistency_and_change_nothing_els
             (i, 1, 1 + i % 10) for i in sorted(world.image_ids)]
         p = repo.round_progress(session=s, round_id=world.round_id, rater_id=alice, kind="query")
         assert (p.ratings, p.labels, p.rater_rated, p.rater_remaining) == (10, 10, 10, 0)
-    assert log[-1][3]["progress"]["labels"] == 10 and log[-1][3]["progress"]["you_rated"] == 10
+    assert log[-1][3]["progress"]["labels"] == 10 and log[-1][3]["progress"]["you_rated"] == 10 + len(again)
+    assert log[-1][3]["progress"]["you_left"] == 0
 
 
 def test_off_by_default_every_image_is_handed_out_once(ui_world_factory):
@@ -413,3 +418,64 @@ def test_saving_the_admin_form_leaves_an_untouched_repeat_share_as_it_was(ui_wor
     with read_session(ui_world.factory) as s:
         stored = repo.get_experiment(session=s, experiment_id=ui_world.experiment_id).config["app"]
     assert stored["auto_close"] is True and stored["repeat_share"] == 0.3
+
+
+# ---------------------------------------------------------------------------------------------
+# review: the page's personal counters gave the repeats away
+# ---------------------------------------------------------------------------------------------
+
+
+def you_counts(view) -> tuple[int, int]:
+    """(rated, left) of the page's 'You: <b>N rated</b> this round, M left for you'."""
+    found = re.search(r"You: <b>(\d+) rated</b> this round, (\d+) left for you", view.progress)
+    assert found, view.progress
+    return int(found.group(1)), int(found.group(2))
+
+
+def test_the_personal_counters_do_not_tell_a_repeat_from_an_ordinary_image(ui_world_factory):
+    """The counters moved with ordinary ratings only, and repeats were handed out after the rater's ordinary images
+    ran out: '2 left for you' beside 4 open cards, '0 left' with a card still open, then a batch of repeats only; so
+    the rater could tell a card was a repeat before scoring it. Now every card scored moves them by one, whatever it
+    is, the open cards never outnumber what is left, and no batch is made of repeats only."""
+    world = ui_world_factory(n_images=12)
+    alice, me, data = world.accounts["alice"], who(world, "alice"), world.settings.data_dir
+    set_share(world, 0.5)
+    view = ui_rate.load_batch(world.factory, data, me, None, batch_size=4)
+    handed: set[int] = set()  # every image handed out so far: one in a later batch is a repeat
+    batches, scored = 0, 0
+    while True:
+        batch, (rated, left) = view.state["batch"], you_counts(view)
+        opened = [i for i, m in json.loads(view.marks)["cards"].items() if m["state"] == "open"]
+        assert len(opened) <= left, (batch, opened, left)
+        assert rated == scored, (rated, scored)
+        if view.grid is not None:  # a new batch
+            if not batch:
+                break
+            batches += 1
+            assert set(batch) - handed, f"batch {batch} holds repeats only"
+            handed |= set(batch)
+        image_id = int(opened[0])
+        after = ui_rate.rate(world.factory, data, me, view.state, {"image_id": image_id, "score": 3}, batch_size=4)
+        scored += 1
+        if after.grid is None:  # the same batch: one card fewer, whether it was a repeat or not
+            assert you_counts(after) == (rated + 1, left - 1), (image_id, you_counts(after), rated, left)
+        view = after
+    assert left == 0 and batches >= 3
+    with read_session(world.factory) as s:
+        again = len(s.scalars(select(RepeatRating).where(RepeatRating.rater_id == alice)).all())
+    assert again and scored == 12 + again  # every image once, and the repeats
+
+
+def test_a_pending_repeat_is_left_for_the_rater_while_repeats_are_on(ui_world_factory):
+    world = ui_world_factory(n_images=8)
+    me, data = who(world, "alice"), world.settings.data_dir
+    set_share(world, 0.5)
+    for item in ui_rate.api_batch(world.factory, data, me, limit=3)["items"]:
+        ui_rate.submit(world.factory, me, item["image_id"], 6)
+    out = ui_rate.api_batch(world.factory, data, me, limit=2)  # a repeat and an ordinary image
+    assert len(out["items"]) == 2 and len(offers(world)) == 1
+    assert (out["progress"]["you_rated"], out["progress"]["you_left"]) == (3, 5 + 1)
+    set_share(world, 0)  # turned off: the pending repeat is not handed out again, so it is not left either
+    with read_session(world.factory) as s:
+        p = ui_rate.progress(s, repo.get_experiment(session=s, experiment_id=world.experiment_id), me)
+    assert (p.you_rated, p.you_left) == (3, 5)
