@@ -247,10 +247,11 @@ def build_demo(services: AppServices) -> gr.Blocks:
 
         with gr.Tabs():
             rate = ui_rate_tab.build(services, rate_state, who_of, warn, private)
+            picks = rate.handlers.picks  # the experiment each browser session last picked (for the timers)
 
             # issue 14 item 1: pairwise preferences, left / right / tie with the keyboard (app.ui_pairs)
             ui_pairs.build_tab(services, exp_state, lambda request: _who(services, request), _shown,
-                               lambda message: gr.Warning(_sentence(message)), private=private)
+                               lambda message: gr.Warning(_sentence(message)), private=private, picks=picks)
 
             # shown to admins, and to raters only where the experiment allows it (its plots can bias ratings)
             dash = ui_dashboard_tab.build(services, exp_state, dash_state, who_of, private)
@@ -259,7 +260,7 @@ def build_demo(services: AppServices) -> gr.Blocks:
                                  label="Compare", private=private)
 
             # admins only
-            admin = ui_admin_tab.build(services, exp_state, experiment_dd, who_of, admin_of, _shown, private)
+            admin = ui_admin_tab.build(services, exp_state, experiment_dd, who_of, admin_of, _shown, private, picks=picks)
 
         # ---- page load ---------------------------------------------------------------------
 
@@ -280,16 +281,29 @@ def build_demo(services: AppServices) -> gr.Blocks:
             who = _who(services, request)
             if exp_id is None:
                 return gr.skip()
-            view = _shown(lambda: ui_rate.load_batch(factory, data_dir, who, state, batch_size=size,
-                                                     experiment_id=int(exp_id)))
-            # the round status (with the newest failed job's error text) goes to admins only: for a rater the
-            # Admin tab is hidden, but what a handler returns reaches the browser all the same
-            status = ui_admin.round_status_html(factory, int(exp_id)) if who.is_admin else gr.skip()
-            return (*rate.handlers.view_outputs(view), int(exp_id), {}, status,
-                    gr.Tab(visible=dashboard_visible(who, int(exp_id))))
+            exp_id = int(exp_id)
+            # recorded before the batch is drawn: a timer's tick that read the old experiment writes nothing and
+            # leases nothing (ui_rate_tab.Picks); put back if this pick fails (the page then stays as it was)
+            before = picks.pick(request, rate=exp_id, shown=exp_id)
+            try:
+                view = _shown(lambda: ui_rate.load_batch(factory, data_dir, who, state, batch_size=size,
+                                                         experiment_id=exp_id))
+                # the round status (with the newest failed job's error text) goes to admins only: for a rater the
+                # Admin tab is hidden, but what a handler returns reaches the browser all the same
+                status = ui_admin.round_status_html(factory, exp_id) if who.is_admin else gr.skip()
+                return (*rate.handlers.view_outputs(view), exp_id, {}, status,
+                        gr.Tab(visible=dashboard_visible(who, exp_id)))
+            except BaseException:
+                picks.restore(request, before, rate=exp_id, shown=exp_id)
+                raise
 
         experiment_dd.input(on_experiment, [experiment_dd, rate_state],
                             [*rate.outputs, exp_state, dash_state, admin.status, dash.tab], **private)
+
+        def forget_session(request: gr.Request):
+            picks.forget(request)  # the page closed: its pick is not needed any more
+
+        demo.unload(forget_session)
 
         # ---- the public API -----------------------------------------------------------------
 

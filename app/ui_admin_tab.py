@@ -26,9 +26,10 @@ class AdminHandlers:
     when refused; ``admin_of`` also refuses a rater), ``shown(fn)`` turns a refusal into a gr.Error."""
 
     def __init__(self, services, who_of: Callable[[Any], Who], admin_of: Callable[[Any], Who],
-                 shown: Callable[[Callable[[], Any]], Any]):
+                 shown: Callable[[Callable[[], Any]], Any], picks: Any = None):
         self.services, self.factory = services, services.factory
         self.who_of, self.admin_of, self.shown = who_of, admin_of, shown
+        self.picks = picks  # the experiment each browser session last picked (app.ui_rate_tab.Picks), or None
 
     # ---- the tab and its timer ------------------------------------------------------------
 
@@ -151,6 +152,8 @@ class AdminHandlers:
         gr.Info(message)
         choices = ui_admin.experiment_choices(self.factory)
         new_id = choices[0][1]
+        if self.picks is not None:  # the selector now shows the new experiment (the Rate tab stays where it was)
+            self.picks.pick(request, shown=new_id)
         return message, gr.Dropdown(choices=choices, value=new_id), new_id, ui_admin.round_status_html(self.factory, new_id)
 
     # ---- accounts and the audit log -------------------------------------------------------
@@ -218,9 +221,9 @@ class AdminTab:
 
 
 def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callable, shown: Callable,
-          private: dict[str, Any]) -> AdminTab:
+          private: dict[str, Any], picks: Any = None) -> AdminTab:
     """The Admin tab (call inside ``gr.Tabs()``), its events wired to an ``AdminHandlers``."""
-    h = AdminHandlers(services, who_of, admin_of, shown)
+    h = AdminHandlers(services, who_of, admin_of, shown, picks)
     with gr.Tab("Admin", id="admin", elem_id="tab-admin", visible=False) as admin_tab:
         admin_status = gr.HTML()
         with gr.Row():

@@ -190,9 +190,11 @@ def _payload(evt: Any) -> dict[str, Any]:
 
 
 def build_tab(services, exp_state, who_of: Callable, shown: Callable, warn: Callable[[str], None],
-              private: dict[str, Any] | None = None):
+              private: dict[str, Any] | None = None, picks: Any = None):
     """The Pairs tab; call inside ``gr.Tabs()``. ``who_of(request)`` finds the signed-in rater (gr.Error when
-    refused), ``shown(fn)`` turns a refusal into a gr.Error, ``warn(sentence)`` shows a refusal as a warning."""
+    refused), ``shown(fn)`` turns a refusal into a gr.Error, ``warn(sentence)`` shows a refusal as a warning.
+    ``picks``: the experiment each browser session last picked (``app.ui_rate_tab.Picks``), so that a late poll
+    does not draw the experiment the rater left."""
     private = private or {"api_visibility": "private"}
     factory, data_dir = services.factory, services.settings.data_dir
     with gr.Tab("Pairs", id="pairs", elem_id="tab-pairs") as tab:
@@ -226,9 +228,19 @@ def build_tab(services, exp_state, who_of: Callable, shown: Callable, warn: Call
         last = last if isinstance(last, dict) else {}
         if last.get("pair"):
             return gr.skip(), n, gr.skip()
+        if stale(exp_id, request):
+            return gr.skip()
         page = pair_view_html(factory, data_dir, who, exp_id, n)
         done = mark(page)
+        if stale(exp_id, request):
+            return gr.skip()
         return (gr.skip(), n, gr.skip()) if done["digest"] == last.get("digest") else (page, n, done)
+
+    def stale(exp_id, request) -> bool:
+        # a tick that read the experiment before the rater picked another one (Gradio reads a listener's inputs
+        # when it starts it, and the selector's handler runs beside the timer's): its page, of the experiment the
+        # rater left, and its old nonce would be written over the new experiment's (found by review)
+        return picks is not None and picks.stale(request, "shown", exp_id)
 
     tab.select(on_show, [exp_state, nonce], [view, nonce, sent], **private)
     exp_state.change(on_show, [exp_state, nonce], [view, nonce, sent], **private)

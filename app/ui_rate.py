@@ -468,6 +468,15 @@ def load_batch(factory, data_dir, who: Who, state_value: dict | None, *, batch_s
         return _render(s, data_dir, state, who, new_grid=True)
 
 
+def release_batch(factory, who: Who, state_value: dict | None) -> int:
+    """Give back the rater's leases in the state's round (a page that will not show that batch); returns how many."""
+    state = RateState.from_value(state_value)
+    if not isinstance(state.round_id, int):
+        return 0
+    with write_session(factory) as s:
+        return repo.release_leases(session=s, round_id=state.round_id, rater_id=who.rater_id)
+
+
 def poll(factory, data_dir, who: Who, state_value: dict | None, *, batch_size: int) -> View | None:
     """The rating tab's timer: a new batch when the rater has none and images are waiting, else None."""
     state = RateState.from_value(state_value)

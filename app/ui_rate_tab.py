@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,12 +37,81 @@ def action_number(payload: dict[str, Any] | None) -> int | None:
     return seq if isinstance(seq, int) and not isinstance(seq, bool) and 0 < seq < 2**53 else None
 
 
+class Picks:
+    """The experiment each browser session (``request.session_hash``) last picked, for the page's timers.
+
+    A timer's tick reads its inputs (the Rate tab's state, the selected experiment) when Gradio starts it, and runs
+    beside the experiment selector's handler: a tick in flight when the rater picked B answered for the old
+    experiment A and wrote A's page over B's (found by review). The selector records the pick here first; a tick
+    whose experiment is not the one recorded writes nothing. Two kinds: ``rate`` (the Rate tab's state, moved only by
+    the page load and the selector) and ``shown`` (the selected experiment, which an admin's new experiment moves
+    too). A session without a pick (or without a session: tests, the API) is never held back. An entry is dropped
+    when its page closes (the demo's unload); at most ``MAX`` are kept, the oldest dropped first."""
+
+    MAX = 10_000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by: OrderedDict[str, dict[str, int | None]] = OrderedDict()
+
+    @staticmethod
+    def _key(request) -> str | None:
+        key = getattr(request, "session_hash", None)
+        return key if isinstance(key, str) and key else None
+
+    def pick(self, request, **experiments: int | None) -> dict[str, int | None] | None:
+        """Record the session's pick (``rate=``, ``shown=``); returns what was recorded before (for ``restore``)."""
+        key = self._key(request)
+        if key is None:
+            return None
+        with self._lock:
+            before = self._by.pop(key, None)
+            self._by[key] = {**(before or {}), **experiments}
+            while len(self._by) > self.MAX:
+                self._by.popitem(last=False)
+            return dict(before) if before is not None else None
+
+    def restore(self, request, before: dict[str, int | None] | None, **experiments: int | None) -> None:
+        """Put back what ``pick(request, **experiments)`` replaced (the pick failed), unless a later pick came."""
+        key = self._key(request)
+        if key is None:
+            return
+        with self._lock:
+            now = self._by.get(key)
+            if now is None or any(now.get(kind) != exp for kind, exp in experiments.items()):
+                return
+            if before is None:
+                del self._by[key]
+            else:
+                self._by[key] = dict(before)
+
+    def stale(self, request, kind: str, experiment_id: Any) -> bool:
+        """Whether a timer's input ``experiment_id`` is not the session's last pick of ``kind``."""
+        key = self._key(request)
+        if key is None:
+            return False
+        with self._lock:
+            picked = (self._by.get(key) or {}).get(kind)
+        return picked is not None and experiment_id != picked
+
+    def forget(self, request) -> None:
+        key = self._key(request)
+        if key is not None:
+            with self._lock:
+                self._by.pop(key, None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._by)
+
+
 class RateHandlers:
     """The Rate tab's event handlers; ``warn(message)`` shows a refusal as a warning."""
 
     def __init__(self, services, who_of: Callable[[Any], Who], warn: Callable[[Any], None]):
         self.factory, self.data_dir, self.size = services.factory, services.settings.data_dir, services.batch_size
         self.who_of, self.warn = who_of, warn
+        self.picks = Picks()  # the experiment each browser session last picked (app.ui's selector records it)
 
     def view_outputs(self, view: ui_rate.View, answers: dict[str, Any] | None = None) -> tuple:
         """(grid, marks, progress, state) for a view; its message, if any, shown as a warning. ``answers``: the page
@@ -94,9 +165,20 @@ class RateHandlers:
         return self.view_outputs(ui_rate.load_batch(self.factory, self.data_dir, who, state, batch_size=self.size))
 
     def on_rate_poll(self, state, request: gr.Request):
+        """The timer. A tick whose state is of another experiment than the one the rater last picked (it read the
+        state before the pick) writes nothing and leases nothing; one overtaken by a pick while it worked gives
+        back the batch it leased."""
         who = self.who_of(request)
+        if self.picks.stale(request, "rate", state.get("experiment_id") if isinstance(state, dict) else None):
+            return gr.skip()
         view = ui_rate.poll(self.factory, self.data_dir, who, state, batch_size=self.size)
-        return gr.skip() if view is None else self.view_outputs(view)
+        if view is None:
+            return gr.skip()
+        if self.picks.stale(request, "rate", view.state.get("experiment_id")):
+            if not view.keep_state:
+                ui_rate.release_batch(self.factory, who, view.state)
+            return gr.skip()
+        return self.view_outputs(view)
 
 
 @dataclass(frozen=True)

@@ -624,3 +624,124 @@ def test_an_eval_image_too_large_to_open_or_unreadable_is_a_cell_too(ui_world, m
     monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 10)  # every eval image is a "bomb" now
     grid = ui_dashboard.grid(ui_world.factory, ui_world.experiment_id, ui_world.settings.data_dir)
     assert grid.count("<img ") == 0 and grid.count(">not readable<") == len(ui_world.eval_image_ids)
+
+
+# ---------------------------------------------------------------------------------------------
+# a late poll tick after the rater picked another experiment
+# ---------------------------------------------------------------------------------------------
+
+
+def in_session(username: str, session_hash: str = "s1") -> gr.Request:
+    """A request from one browser session (the poll and the experiment selector tell sessions apart by this)."""
+    return gr.Request(username=username, client={"host": "127.0.0.1", "port": 5000}, session_hash=session_hash)
+
+
+def handlers(demo) -> dict:
+    return {bf.fn.__name__: bf.fn for bf in demo.fns.values() if bf.fn is not None}
+
+
+def a_waits_and_b_opens(world) -> tuple[int, int]:
+    """Experiment A (ui_world's) training, a second experiment B with an open round of 4 images; (B's id, its round)."""
+    with write_session(world.factory) as s:
+        repo.set_round_status(session=s, round_id=world.round_id, status="training")
+        b = repo.create_experiment(session=s, name="b-exp", model_spec="m", method="bootstrap", config={},
+                                   budgets=[4], prompts=["x"], overlap=1)
+        rb = repo.create_round(session=s, experiment_id=b.id)
+    world.add_round_images(rb.id, 4, start=50)
+    with write_session(world.factory) as s:
+        repo.open_round(session=s, round_id=rb.id)
+    return b.id, rb.id
+
+
+def held(world, round_id: int, name: str) -> list[int]:
+    with read_session(world.factory) as s:
+        return repo.held_image_ids(session=s, round_id=round_id, rater_id=world.accounts[name])
+
+
+def test_a_late_rate_tick_does_not_put_back_the_experiment_the_rater_left(ui_world):
+    """The rater waits on A; A's round opens; the rater picks B while a tick (started with A's state) is in flight.
+    The tick leased an A batch and wrote A's state over B's: the selector said B, the page rated A, and B's batch
+    stayed leased to the rater. A tick whose experiment is not the one last picked in its session writes nothing
+    and leases nothing."""
+    w = ui_world
+    b_id, b_round = a_waits_and_b_opens(w)
+    fns = handlers(ui.build_demo(w.services()))
+    state_a = fns["on_experiment"](w.experiment_id, None, in_session("alice"))[3]
+    assert state_a["experiment_id"] == w.experiment_id and state_a["batch"] == []
+    with write_session(w.factory) as s:
+        repo.set_round_status(session=s, round_id=w.round_id, status="labeling")  # A's next images arrive
+    state_b = fns["on_experiment"](b_id, state_a, in_session("alice"))[3]  # picked while the tick is on its way
+    assert state_b["experiment_id"] == b_id and len(state_b["batch"]) == 4
+    b_held = held(w, b_round, "alice")
+    late = fns["on_rate_poll"](state_a, in_session("alice"))  # the tick read A's state before the pick
+    outputs = late if isinstance(late, tuple) else (late,) * 4
+    assert all(o == gr.skip() for o in outputs), outputs[3]
+    assert held(w, b_round, "alice") == b_held and held(w, w.round_id, "alice") == []
+    # another session of the same rater (another browser tab) is not held back by this one's pick
+    other = fns["on_rate_poll"](state_a, in_session("alice", "s2"))
+    assert other[3]["experiment_id"] == w.experiment_id and len(other[3]["batch"]) == 4
+
+
+def test_a_rate_tick_overtaken_by_a_pick_gives_its_batch_back(ui_world, monkeypatch):
+    """A tick that passed the check before the rater picked B (it leased an A batch meanwhile) writes nothing and
+    gives back what it leased, at once rather than when the leases run out."""
+    w = ui_world
+    b_id, b_round = a_waits_and_b_opens(w)
+    fns = handlers(ui.build_demo(w.services()))
+    state_a = fns["on_experiment"](w.experiment_id, None, in_session("alice"))[3]
+    with write_session(w.factory) as s:
+        repo.set_round_status(session=s, round_id=w.round_id, status="labeling")
+    real_poll, picked = ui_rate.poll, {}
+
+    def poll_then_pick(*args, **kwargs):
+        view = real_poll(*args, **kwargs)  # the tick's work: an A batch leased
+        assert view is not None and len(view.state["batch"]) == 4 and held(w, w.round_id, "alice")
+        picked["b"] = fns["on_experiment"](b_id, state_a, in_session("alice"))[3]
+        return view
+
+    monkeypatch.setattr(ui_rate, "poll", poll_then_pick)
+    late = fns["on_rate_poll"](state_a, in_session("alice"))
+    outputs = late if isinstance(late, tuple) else (late,) * 4
+    assert all(o == gr.skip() for o in outputs), outputs[3]
+    assert held(w, w.round_id, "alice") == [] and sorted(held(w, b_round, "alice")) == sorted(picked["b"]["batch"])
+
+
+def test_a_late_pairs_tick_does_not_put_back_the_experiment_the_rater_left(ui_world, tmp_path):
+    """The Pairs tab's poll had the same race: a tick started with A wrote A's page (and an old nonce) after the
+    rater picked B. It writes nothing now; an admin's new experiment (which the selector shows) is polled as usual."""
+    w = ui_world
+    b_id, _ = a_waits_and_b_opens(w)
+    fns = handlers(ui.build_demo(w.services()))
+    fns["on_experiment"](w.experiment_id, None, in_session("alice"))
+    fns["on_experiment"](b_id, None, in_session("alice"))
+    late = fns["on_poll"](w.experiment_id, 3, {"pair": False, "digest": ""}, in_session("alice"))
+    outputs = late if isinstance(late, tuple) else (late,) * 3
+    assert all(o == gr.skip() for o in outputs), outputs
+    page, n, sent = fns["on_poll"](b_id, 3, {"pair": False, "digest": ""}, in_session("alice"))
+    assert isinstance(page, str) and n == 3 and sent["digest"]
+    # an admin picks A, then creates C: the selector and the Pairs tab show C, whose polls go on
+    model = tmp_path / "models" / "x"
+    model.mkdir(parents=True)
+    (model / "model_index.json").write_text("{}")
+    fns["on_experiment"](w.experiment_id, None, in_session("root", "s9"))
+    out = fns["on_create"]("c-exp", "shapes", str(model), "bootstrap", "mean", 0.05, 1, "4", "a shape",
+                           request=in_session("root", "s9"))
+    c_id = out[2]
+    assert c_id not in (w.experiment_id, b_id)
+    page, n, sent = fns["on_poll"](c_id, 3, {"pair": False, "digest": ""}, in_session("root", "s9"))
+    assert isinstance(page, str) and sent["digest"]
+
+
+def test_a_sessions_pick_is_put_back_when_it_fails_and_forgotten_when_its_page_closes(ui_world):
+    w = ui_world
+    demo = ui.build_demo(w.services())
+    fns = handlers(demo)
+    picks = fns["on_rate_poll"].__self__.picks
+    state_a = fns["on_experiment"](w.experiment_id, None, in_session("alice"))[3]
+    assert len(picks) == 1 and not picks.stale(in_session("alice"), "rate", w.experiment_id)
+    with pytest.raises(gr.Error):
+        fns["on_experiment"](w.experiment_id + 99, state_a, in_session("alice"))  # no such experiment: page unchanged
+    assert not picks.stale(in_session("alice"), "rate", w.experiment_id)  # so its ticks go on
+    (unload,) = [bf.fn for bf in demo.fns.values() if any(t[1] == "unload" for t in bf.targets)]
+    unload(in_session("alice"))
+    assert len(picks) == 0
