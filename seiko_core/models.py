@@ -84,20 +84,29 @@ def public_name(spec: str | Path) -> str:
     return (path.resolve().name if path.exists() else path.name) or "BASE_MODEL"
 
 
-def resolve_spec(spec: str) -> tuple[str, bool]:
-    """(what to pass to from_pretrained, whether it is a local directory), or a clear ModelLoadError."""
+def resolve_spec(spec: str, *, what: str = "Model", marker: str = "model_index.json",
+                 kind: str = "a diffusers model directory") -> tuple[str, bool]:
+    """(what to pass to from_pretrained, whether it is a local directory), or a clear ModelLoadError. ``what``,
+    ``marker`` and ``kind`` name the thing asked for: a diffusers pipeline by default, or an image encoder (a
+    transformers directory, whose marker is config.json)."""
     if not spec or not spec.strip():
         raise ModelLoadError("No model given: pass a local diffusers directory or a hub id such as runwayml/stable-diffusion-v1-5.")
     path = Path(spec).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise ModelLoadError(f"Model path {spec!r} is a file, not a diffusers model directory.")
-        if not (path / "model_index.json").is_file():
-            raise ModelLoadError(f"Model path {spec!r} is not a diffusers model directory (it has no model_index.json).")
+            raise ModelLoadError(f"{what} path {spec!r} is a file, not {kind}.")
+        if not (path / marker).is_file():
+            raise ModelLoadError(f"{what} path {spec!r} is not {kind} (it has no {marker}).")
         return str(path), True
     if _looks_like_path(spec):
-        raise ModelLoadError(f"Model path {spec!r} does not exist.")
+        raise ModelLoadError(f"{what} path {spec!r} does not exist.")
     return spec, False
+
+
+def resolve_image_encoder(spec: str) -> tuple[str, bool]:
+    """``resolve_spec`` for an image encoder: a transformers CLIP vision directory (config.json) or a hub id. A local
+    encoder was refused as "not a diffusers model directory" (found by review)."""
+    return resolve_spec(spec, what="Image encoder", marker="config.json", kind="a transformers model directory")
 
 
 def _check_local_configs(path: Path) -> None:
@@ -239,23 +248,25 @@ def load_model(spec: str, *, device: str | torch.device | None = None, dtype: to
                image_encoder: str | None = None) -> ModelParts:
     """Load ``spec`` (a local diffusers directory or a hub id) with its reward-feature image encoder.
 
-    ``image_encoder`` overrides where the encoder comes from; by default the pipeline's own
-    ``image_encoder`` if it has one, else ``openai/clip-vit-large-patch14``.
+    ``image_encoder`` (a hub id or a local transformers CLIP vision directory) overrides where the encoder comes
+    from; by default the pipeline's own ``image_encoder`` if it has one, else ``openai/clip-vit-large-patch14``.
     """
     from diffusers import StableDiffusionPipeline
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
     name, local = resolve_spec(spec)
+    # an encoder given by the caller is checked before the pipeline is loaded (a typo was found after that load)
+    chosen_encoder = resolve_image_encoder(image_encoder) if image_encoder else None
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or torch.float32
     # safetensors only: a model with pickled weights alone (.bin) is refused, not unpickled
     pipe = _load_pretrained(StableDiffusionPipeline.from_pretrained, name, local, "Model", safety_checker=None,
                             requires_safety_checker=False, dtype=dtype, use_safetensors=True)
-    if getattr(pipe, "image_encoder", None) is not None and image_encoder is None:
+    if getattr(pipe, "image_encoder", None) is not None and chosen_encoder is None:
         encoder = pipe.image_encoder
         processor = pipe.feature_extractor
     else:
-        enc_name, enc_local = resolve_spec(image_encoder or DEFAULT_IMAGE_ENCODER)
+        enc_name, enc_local = chosen_encoder or resolve_image_encoder(DEFAULT_IMAGE_ENCODER)
         encoder = _load_pretrained(CLIPVisionModelWithProjection.from_pretrained, enc_name, enc_local, "Image encoder",
                                    dtype=dtype, use_safetensors=True)
         processor = _load_pretrained(CLIPImageProcessor.from_pretrained, enc_name, enc_local, "Image processor")

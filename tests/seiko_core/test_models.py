@@ -238,6 +238,30 @@ def test_a_hub_image_encoders_root_index_is_checked(random_model_dir, tmp_path, 
         load_model(str(random_model_dir), device="cpu", image_encoder="someone/enc")
 
 
+def test_an_image_encoder_given_as_a_local_directory_loads_and_a_bad_one_is_named(random_model_dir, tmp_path):
+    """A local image encoder (a transformers CLIP vision directory: config.json, no model_index.json) was refused as
+    "not a diffusers model directory", so none could be given by path, and a missing one was called "Model path"
+    (found by review). It loads, its weights are the files', and a bad one is named as the image encoder."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    encoder = tmp_path / "clip-vision"
+    shutil.copytree(random_model_dir / "image_encoder", encoder)
+    shutil.copy(random_model_dir / "feature_extractor" / "preprocessor_config.json", encoder)
+    parts = load_model(str(random_model_dir), device="cpu", image_encoder=str(encoder))
+    saved = load_file(str(encoder / "model.safetensors"))
+    loaded = parts.image_encoder.state_dict()
+    assert saved and all(torch.equal(loaded[k], v) for k, v in saved.items())
+
+    with pytest.raises(ModelLoadError, match=r"^Image encoder path '.*nowhere' does not exist\.$"):
+        load_model(str(random_model_dir), device="cpu", image_encoder=str(tmp_path / "nowhere"))
+    (encoder / "config.json").unlink()
+    with pytest.raises(ModelLoadError, match=r"^Image encoder path '.*clip-vision' is not a transformers model "
+                                             r"directory \(it has no config\.json\)\.$"):
+        load_model(str(random_model_dir), device="cpu", image_encoder=str(encoder))
+
+
 def test_a_pickle_index_beside_safetensors_weights_is_not_read_and_not_refused(random_model_dir, tmp_path):
     """Repositories that ship both formats keep a pytorch_model.bin.index.json beside model.safetensors; loaders never
     read it with use_safetensors, and refusing it refused valid models (found by review)."""
