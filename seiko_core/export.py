@@ -321,15 +321,21 @@ def load_base_pipeline(base_model: str | Path, *, device: str | torch.device = "
     """The stock diffusers pipeline of ``base_model`` (a local directory, or a hub id in the local cache)."""
     from diffusers import StableDiffusionPipeline
 
-    from .models import ModelLoadError, _hub_offline, resolve_spec
+    from .models import ModelLoadError, _hub_offline, check_hub_files, resolve_spec
 
     try:
         name, local = resolve_spec(str(base_model))
+        if not local:
+            check_hub_files(name)  # a hub id's cached weights must hash to their blobs' names (found by review)
     except ModelLoadError as exc:
         raise ExportError(str(exc)) from exc
     offline = local or _hub_offline()
     try:
         pipe = StableDiffusionPipeline.from_pretrained(name, local_files_only=offline, use_safetensors=True)
+        if not offline:
+            check_hub_files(name)  # and those it has just downloaded
+    except ModelLoadError as exc:
+        raise ExportError(str(exc)) from exc
     except (OSError, ValueError) as exc:
         raise ExportError(f"Could not load base model {name!r}: {exc}".splitlines()[0]) from exc
     pipe.set_progress_bar_config(disable=True)

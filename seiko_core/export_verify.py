@@ -218,8 +218,14 @@ def render_stock(kind: str, export_path: str | Path, settings: CheckSettings, *,
     """(base image, export image, the child's report) rendered by stock diffusers in a fresh Python process."""
     from PIL import Image
 
+    from .models import check_hub_files, is_local_spec
+
     if kind not in KINDS:
         raise ValueError(f"unknown export kind {kind!r}; choose from {list(KINDS)}")
+    if not is_local_spec(settings.base_model):
+        # the child loads a hub id's cached weights as they are: they are hashed here first (ModelLoadError, one
+        # sentence, if one was altered; found by review), once per process, which render_app's load_model shares
+        check_hub_files(settings.base_model)
     with tempfile.TemporaryDirectory(prefix="seiko-export-check-") as out:
         job = {"kind": kind, "export": str(Path(export_path).resolve()), "weight_name": weight_name,
                "base_model": settings.base_model, "prompt": settings.prompt, "seed": settings.seed,

@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from .checkpoint import sha256_file
 
 DEFAULT_IMAGE_ENCODER = "openai/clip-vit-large-patch14"
 log = logging.getLogger(__name__)
@@ -140,6 +143,47 @@ def _check_local_configs(path: Path) -> None:
                                      "are loaded.")
 
 
+_CONFIGS = ["*.json", "*/*.json"]
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_BLOB_SHA256: dict[tuple[str, int, int, int], str] = {}  # (blob's real path, size, mtime_ns, ctime_ns) -> sha256
+
+
+def _check_hub_blobs(snapshot: Path) -> None:
+    """Every file of a hub cache snapshot (the root and one level down, where the loaders read) whose blob is named
+    by a sha256, as huggingface_hub names an LFS file's (snapshots/<commit>/<file> links to blobs/<etag>), must hash
+    to that name: huggingface_hub checks a download by its size only, so a weights file with bytes changed but its
+    size kept (tampering, a failing disk) loaded with no error (found by review). A git file's blob (named by a git
+    sha1) and a cache without links (files copied into the snapshot) are not checked. The link is followed one step
+    only: blobs/<etag> may itself link to a store entry named by another hash. Each blob is hashed once per process
+    while its size and times are unchanged, so a worker that loads the model again does not hash gigabytes again."""
+    for file in sorted([*snapshot.glob("*"), *snapshot.glob("*/*")]):
+        if not file.is_symlink():
+            continue
+        blob = file.parent / os.readlink(file)
+        if not _SHA256.fullmatch(blob.name) or not blob.is_file():
+            continue
+        stat = blob.stat()
+        key = (os.path.realpath(blob), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+        if key not in _BLOB_SHA256:
+            _BLOB_SHA256[key] = sha256_file(blob)
+        if _BLOB_SHA256[key] != blob.name:
+            raise ModelLoadError(f"Model file {str(file)!r} does not hash to the sha256 the hub cache names it by "
+                                 f"({blob.name[:12]}...): it is damaged or was altered; delete it from the hub cache "
+                                 "and download it again.")
+
+
+def check_hub_files(name: str) -> None:
+    """:func:`_check_hub_blobs` for the cached snapshot of hub id ``name``; nothing if it is not in the cache (the
+    loader then downloads it, or says that it cannot)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot = Path(snapshot_download(name, allow_patterns=_CONFIGS, local_files_only=True))
+    except (OSError, ValueError):  # LocalEntryNotFoundError (not cached), HFValidationError (not a hub id)
+        return
+    _check_hub_blobs(snapshot)
+
+
 def _load_pretrained(loader, name: str, local: bool, what: str, **kwargs):
     from safetensors import SafetensorError
 
@@ -155,9 +199,13 @@ def _load_pretrained(loader, name: str, local: bool, what: str, **kwargs):
             # snapshot's index naming a .bin shard was unpickled)
             from huggingface_hub import snapshot_download
 
-            _check_local_configs(Path(snapshot_download(name, allow_patterns=["*.json", "*/*.json"],
-                                                        local_files_only=offline)))
-        return loader(name, local_files_only=offline, **kwargs)
+            snapshot = Path(snapshot_download(name, allow_patterns=_CONFIGS, local_files_only=offline))
+            _check_local_configs(snapshot)
+            _check_hub_blobs(snapshot)  # the cached weights, before they are loaded
+        loaded = loader(name, local_files_only=offline, **kwargs)
+        if not offline:
+            _check_hub_blobs(snapshot)  # and those the loader has just downloaded (the others are not hashed again)
+        return loaded
     except ModelLoadError:
         raise
     # RuntimeError: a tensor of the wrong size, a config that asks for more memory than there is;

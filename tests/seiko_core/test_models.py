@@ -166,8 +166,11 @@ def test_an_encoder_with_a_missing_tensor_is_refused(random_model_dir, tmp_path,
 
 
 def _cached_hub_model(random_model_dir, tmp_path, monkeypatch, repo: str = "someone/tiny-sd"):
-    """The tiny model placed in a hub cache as ``repo``'s snapshot, the way huggingface_hub lays one out."""
-    import shutil
+    """The tiny model placed in a hub cache as ``repo``'s snapshot, the way huggingface_hub lays one out: each file
+    of snapshots/<commit>/ is a relative link to blobs/<etag>, an LFS file's etag being its sha256 (the weights
+    here) and a git file's its git sha1 (a sha1 of its bytes here: 40 hex digits either way)."""
+    import hashlib
+    import os
 
     from huggingface_hub import constants
 
@@ -175,10 +178,72 @@ def _cached_hub_model(random_model_dir, tmp_path, monkeypatch, repo: str = "some
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # read at import from the environment
     folder = tmp_path / "hub" / f"models--{repo.replace('/', '--')}"
     commit = "0" * 40
-    shutil.copytree(random_model_dir, folder / "snapshots" / commit)
+    snapshot = folder / "snapshots" / commit
+    (folder / "blobs").mkdir(parents=True)
+    for file in sorted(p for p in random_model_dir.rglob("*") if p.is_file()):
+        data = file.read_bytes()
+        digest = hashlib.sha256 if file.suffix == ".safetensors" else hashlib.sha1
+        blob = folder / "blobs" / digest(data).hexdigest()
+        blob.write_bytes(data)
+        link = snapshot / file.relative_to(random_model_dir)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.relpath(blob, link.parent), link)
     (folder / "refs").mkdir()
     (folder / "refs" / "main").write_text(commit)
-    return folder / "snapshots" / commit
+    return snapshot
+
+
+def _alter_keeping_size(file) -> None:
+    """Change the last float of a weights file's blob to another finite float: same size, still a valid file."""
+    import struct
+
+    blob = file.resolve()
+    raw = bytearray(blob.read_bytes())
+    raw[-4:] = struct.pack("<f", 0.125 if raw[-4:] != struct.pack("<f", 0.125) else 0.375)
+    blob.write_bytes(bytes(raw))
+
+
+_ALTERED = (r"^Model file '.*/unet/diffusion_pytorch_model\.safetensors' does not hash to the sha256 the hub cache "
+            r"names it by \([0-9a-f]{12}\.\.\.\): it is damaged or was altered; delete it from the hub cache and "
+            r"download it again\.$")
+
+
+def test_a_cached_hub_models_weights_must_hash_to_their_blob_names(random_model_dir, tmp_path, monkeypatch):
+    """huggingface_hub checks a download by its size only, and nothing hashed a hub model's cached weights: a blob
+    with bytes changed but its size kept (tampering, a failing disk) loaded with no error (found by review). An LFS
+    file's blob is named by its sha256, which is checked before the weights are loaded."""
+    from seiko_core.export import ExportError, load_base_pipeline
+    from seiko_core.export_verify import CheckSettings, render_stock
+
+    snapshot = _cached_hub_model(random_model_dir, tmp_path, monkeypatch)
+    assert load_model("someone/tiny-sd", device="cpu").spec == "someone/tiny-sd"
+    load_base_pipeline("someone/tiny-sd")
+    _alter_keeping_size(snapshot / "unet" / "diffusion_pytorch_model.safetensors")
+    with pytest.raises(ModelLoadError, match=_ALTERED):
+        load_model("someone/tiny-sd", device="cpu")
+    with pytest.raises(ExportError, match=_ALTERED):
+        load_base_pipeline("someone/tiny-sd")
+    with pytest.raises(ModelLoadError, match=_ALTERED):  # before the export check's child loads it
+        render_stock("lora", tmp_path, CheckSettings(base_model="someone/tiny-sd", prompt="a red circle"))
+
+
+def test_a_hub_models_weights_are_hashed_once_per_process(random_model_dir, tmp_path, monkeypatch):
+    """A worker that loads the same model again does not hash its gigabytes again; a blob changed since is."""
+    from seiko_core import models
+    from seiko_core.checkpoint import sha256_file
+
+    snapshot = _cached_hub_model(random_model_dir, tmp_path, monkeypatch)
+    hashed = []
+    monkeypatch.setattr(models, "sha256_file", lambda path: hashed.append(path) or sha256_file(path))
+    load_model("someone/tiny-sd", device="cpu")
+    first = len(hashed)
+    assert first >= 4  # unet, vae, text encoder, image encoder
+    load_model("someone/tiny-sd", device="cpu")
+    assert len(hashed) == first
+    _alter_keeping_size(snapshot / "unet" / "diffusion_pytorch_model.safetensors")
+    with pytest.raises(ModelLoadError, match=_ALTERED):
+        load_model("someone/tiny-sd", device="cpu")
+    assert len(hashed) == first + 1
 
 
 def test_a_cached_hub_model_is_checked_like_a_local_one(random_model_dir, tmp_path, monkeypatch):
