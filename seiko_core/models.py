@@ -149,23 +149,30 @@ _BLOB_SHA256: dict[tuple[str, int, int, int], str] = {}  # (blob's real path, si
 
 
 def _check_hub_blobs(snapshot: Path) -> None:
-    """Every file of a hub cache snapshot (the root and one level down, where the loaders read) whose blob is named
-    by a sha256, as huggingface_hub names an LFS file's (snapshots/<commit>/<file> links to blobs/<etag>), must hash
+    """Every weights file of a hub cache snapshot that the loaders read whose blob is named by a sha256, as
+    huggingface_hub names an LFS file's (snapshots/<commit>/<file> links to blobs/<etag>), must hash
     to that name: huggingface_hub checks a download by its size only, so a weights file with bytes changed but its
     size kept (tampering, a failing disk) loaded with no error (found by review). A git file's blob (named by a git
     sha1) and a cache without links (files copied into the snapshot) are not checked. The link is followed one step
     only: blobs/<etag> may itself link to a store entry named by another hash. Each blob is hashed once per process
     while its size and times are unchanged, so a worker that loads the model again does not hash gigabytes again."""
-    for file in sorted([*snapshot.glob("*"), *snapshot.glob("*/*")]):
+    # the weights the loaders read (safetensors only): a pipeline's in its components' folders, an encoder's at the
+    # root; a full download's other files (a pipeline's root checkpoints, .bin, .ckpt, .onnx) are not read, so not hashed
+    pipeline = (snapshot / "model_index.json").exists()
+    weights = [*snapshot.glob("*/*.safetensors"), *([] if pipeline else snapshot.glob("*.safetensors"))]
+    for file in sorted(weights):
         if not file.is_symlink():
             continue
         blob = file.parent / os.readlink(file)
         if not _SHA256.fullmatch(blob.name) or not blob.is_file():
             continue
-        stat = blob.stat()
-        key = (os.path.realpath(blob), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
-        if key not in _BLOB_SHA256:
-            _BLOB_SHA256[key] = sha256_file(blob)
+        try:
+            stat = blob.stat()
+            key = (os.path.realpath(blob), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+            if key not in _BLOB_SHA256:
+                _BLOB_SHA256[key] = sha256_file(blob)
+        except OSError as exc:  # not "the hub is offline", which the loader's handler would say of an OSError
+            raise ModelLoadError(f"Model file {str(file)!r} could not be read to check it ({exc.strerror or exc}).") from exc
         if _BLOB_SHA256[key] != blob.name:
             raise ModelLoadError(f"Model file {str(file)!r} does not hash to the sha256 the hub cache names it by "
                                  f"({blob.name[:12]}...): it is damaged or was altered; delete it from the hub cache "

@@ -246,6 +246,39 @@ def test_a_hub_models_weights_are_hashed_once_per_process(random_model_dir, tmp_
     assert len(hashed) == first + 1
 
 
+def test_only_the_weights_a_loader_reads_are_hashed(random_model_dir, tmp_path, monkeypatch):
+    """A full download of a pipeline also holds root checkpoints (SD 1.5's repository: two of 4 GB and more) that
+    from_pretrained never reads: they are not hashed, so a damaged one does not stop the model. An image encoder's
+    weights are at its repository's root: those are read, so they are checked."""
+    import hashlib
+    import os
+    import shutil
+
+    from seiko_core import models
+
+    snapshot = _cached_hub_model(random_model_dir, tmp_path, monkeypatch)
+    blobs = snapshot.parents[1] / "blobs"
+    damaged = b"not the bytes of this name"
+    blob = blobs / hashlib.sha256(b"the real checkpoint").hexdigest()
+    blob.write_bytes(damaged)
+    os.symlink(os.path.relpath(blob, snapshot), snapshot / "v1-5-pruned.safetensors")
+    load_model("someone/tiny-sd", device="cpu")  # the pipeline loads
+
+    encoder = _cached_hub_model(random_model_dir, tmp_path / "enc", monkeypatch, repo="someone/enc")
+    for item in encoder.iterdir():
+        shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
+    source = random_model_dir / "image_encoder"
+    for name in ("config.json", "model.safetensors"):
+        data = (source / name).read_bytes()
+        digest = (hashlib.sha256 if name.endswith(".safetensors") else hashlib.sha1)(data).hexdigest()
+        (encoder.parents[1] / "blobs" / digest).write_bytes(data)
+        os.symlink(os.path.relpath(encoder.parents[1] / "blobs" / digest, encoder), encoder / name)
+    models._check_hub_blobs(encoder)  # intact
+    _alter_keeping_size(encoder / "model.safetensors")
+    with pytest.raises(ModelLoadError, match=r"^Model file '.*/model\.safetensors' does not hash to the sha256"):
+        models._check_hub_blobs(encoder)
+
+
 def test_a_cached_hub_model_is_checked_like_a_local_one(random_model_dir, tmp_path, monkeypatch):
     """A hub id's cached snapshot went to diffusers unchecked: an index naming a .bin shard in it was unpickled
     (found by review; a local directory was already checked)."""
