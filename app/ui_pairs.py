@@ -226,15 +226,17 @@ def build_tab(services, exp_state, who_of: Callable, shown: Callable, warn: Call
         """An empty tab looks for new pairs; a tab showing a pair is left alone."""
         who = who_of(request)
         last = last if isinstance(last, dict) else {}
+        # nothing written when nothing changes: writing ``n`` back would roll the nonce back when a pick moved it on
+        # while this tick ran (found by review)
         if last.get("pair"):
-            return gr.skip(), n, gr.skip()
+            return gr.skip()
         if stale(exp_id, request):
             return gr.skip()
         page = pair_view_html(factory, data_dir, who, exp_id, n)
         done = mark(page)
         if stale(exp_id, request):
             return gr.skip()
-        return (gr.skip(), n, gr.skip()) if done["digest"] == last.get("digest") else (page, n, done)
+        return gr.skip() if done["digest"] == last.get("digest") else (page, n, done)
 
     def stale(exp_id, request) -> bool:
         # a tick that read the experiment before the rater picked another one (Gradio reads a listener's inputs
