@@ -7,7 +7,6 @@ import sys
 
 from sqlalchemy.engine import make_url
 
-from app import storage
 from app.settings import Settings, shown_url
 from app.settings import add_arguments as add_settings_arguments
 from db import migrate
@@ -29,9 +28,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     settings = Settings.from_args(args)
     if args.action == "upgrade":
-        # made here, 0700, whether or not the database is in it (PostgreSQL, a file elsewhere): the first image or
-        # export would make it with the default mode (found by review)
-        storage.make_data_dir(settings.data_dir)
         migrate.upgrade(settings.db_url, args.rev)
         print(f"database at {migrate.current_revision(settings.db_url)} (head is {migrate.head_revision()})")
         return 0

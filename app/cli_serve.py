@@ -75,7 +75,9 @@ def build_services(settings: Settings, *, batch_size: int = 8):
         raise ServeError(f"{exc} (a threshold of the dashboard's reward-hacking alarms)") from exc
     from app import storage
 
-    storage.make_data_dir(settings.data_dir)  # 0700 when new, wherever the database is (found by review)
+    # 0700 when new, wherever the database is; no access for others when it exists (found by review)
+    if tightened := storage.make_data_dir(settings.data_dir):
+        print(tightened, flush=True)
     for leftover in storage.clean_export_partials(settings.data_dir):
         print(f"removed {leftover}, left by an export that was stopped", flush=True)
     engine = make_engine(settings.db_url)

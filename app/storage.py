@@ -42,15 +42,26 @@ class StoredFile:
     sha256: str
 
 
-def make_data_dir(data_dir: str | Path) -> Path:
+def make_data_dir(data_dir: str | Path) -> str | None:
     """Make a missing data directory its owner's alone (0700): it holds every rating (the exports), the images and
-    the adapters. An existing directory keeps its mode. A path that cannot be made one raises SettingsError."""
+    the adapters. An existing one of this user's that others may enter loses the others' access (its group's is
+    kept: a deployment may share it by group); returns a sentence saying so, else None. A path that cannot be made
+    a directory raises SettingsError."""
+    import stat
+
     path = Path(data_dir)
     try:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        info = path.stat()
+        if info.st_uid != os.getuid() or not info.st_mode & 0o007:
+            return None
+        mode = stat.S_IMODE(info.st_mode)
+        path.chmod(mode & ~0o007)
     except OSError as exc:  # a file in the way (FileExistsError too), no permission, a read-only disk
         raise SettingsError(f"the data directory {str(path)!r} could not be made ({exc.strerror or exc})") from exc
-    return path
+    # found by review: directories made before new ones were 0700 stayed readable by every local user
+    return (f"the data directory {str(path)!r} was open to every user of this machine (mode {mode:04o}); it is now "
+            f"{mode & ~0o007:04o}")
 
 
 def _check_relative(rel: str) -> PurePosixPath:

@@ -380,7 +380,9 @@ class Worker:
         # checked again at every claim (migrate.check_unchanged): this code's revisions, as they were at its start
         self._schema_head, self._schema_known = migrate.head_revision(), migrate.known_revisions()
         _import_model_libraries()
-        storage.make_data_dir(self.settings.data_dir)  # 0700 when new, wherever the database is (found by review)
+        # 0700 when new, wherever the database is; no access for others when it exists (found by review)
+        if tightened := storage.make_data_dir(self.settings.data_dir):
+            log.warning("%s", tightened)
         # A live worker's temporary entries are seconds old; anything untouched for a whole lease is from a dead one.
         removed = storage.clean_partials(self.settings.data_dir, min_age_s=self.lease_s)
         for path in removed:

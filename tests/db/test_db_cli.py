@@ -174,9 +174,10 @@ def test_a_new_database_and_its_directory_are_the_owners_alone(tmp_path):
 def test_a_data_directory_is_the_owners_alone_when_the_database_is_elsewhere(tmp_path, capsys):
     """Only the SQLite path made the data directory (0700): with PostgreSQL, or a database file elsewhere, the first
     image or export made it with the default mode, 0755 under the usual umask, and every local user could read the
-    ratings export (every rater's name and score), the images and the adapters (found by review). `db upgrade`, the
-    web app's start and the worker's start each make a missing data directory 0700; a path that cannot be one is one
-    sentence."""
+    ratings export (every rater's name and score), the images and the adapters (found by review). The web app's start
+    (and the worker's) makes a missing one 0700 and takes others' access from an existing one, saying so (its
+    group's is kept: a deployment may share it by group). `db upgrade` with a database elsewhere makes no data
+    directory: a migration may run where there is none. A path that cannot be made one is one sentence."""
     import stat
 
     from app.cli_serve import build_services
@@ -185,20 +186,29 @@ def test_a_data_directory_is_the_owners_alone_when_the_database_is_elsewhere(tmp
     db_url = f"sqlite:///{tmp_path / 'elsewhere' / 'seiko.db'}"
     data = tmp_path / "data"
     assert main(["db", "upgrade", "--data-dir", str(data), "--db-url", db_url]) == 0
-    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    assert not data.exists()
 
-    served = tmp_path / "served"
-    engine, _ = build_services(Settings.from_env({"data_dir": str(served), "db_url": db_url}, environ={}))
-    engine.dispose()
-    assert stat.S_IMODE(served.stat().st_mode) == 0o700
+    def serve(data_dir):
+        engine, _ = build_services(Settings.from_env({"data_dir": str(data_dir), "db_url": db_url}, environ={}))
+        engine.dispose()
+
+    capsys.readouterr()
+    serve(data)
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700 and capsys.readouterr().out == ""
+    old = tmp_path / "old"
+    old.mkdir()
+    old.chmod(0o755)
+    serve(old)
+    assert stat.S_IMODE(old.stat().st_mode) == 0o750
+    assert f"the data directory {str(old)!r} was open to every user of this machine (mode 0755); it is now 0750" in (
+        capsys.readouterr().out)
+    serve(old)  # said once: nothing to say the next time
+    assert stat.S_IMODE(old.stat().st_mode) == 0o750 and "open to every user" not in capsys.readouterr().out
 
     (tmp_path / "a-file").write_text("not a directory")
     blocked = tmp_path / "a-file" / "data"
     with pytest.raises(SettingsError, match=r"^the data directory '.*a-file/data' could not be made \(.+\)$"):
-        build_services(Settings.from_env({"data_dir": str(blocked), "db_url": db_url}, environ={}))
-    capsys.readouterr()
-    assert main(["db", "upgrade", "--data-dir", str(blocked), "--db-url", db_url]) == 2
-    assert capsys.readouterr().err.strip().startswith(f"error: the data directory {str(blocked)!r} could not be made")
+        serve(blocked)
     assert (tmp_path / "a-file").read_text() == "not a directory"
 
 
