@@ -18,6 +18,7 @@ from app import ui_admin, ui_compare, ui_export, ui_options, ui_pairs, ui_qualit
 from app.auth import Who
 from db.models import EXPORT_FORMATS
 from seiko_core.config import METHODS
+from seiko_core.models import public_name
 from seiko_core.presets import PRESETS
 
 
@@ -288,7 +289,10 @@ def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callab
             with gr.Row():
                 f_name = gr.Textbox(label="Name", placeholder="e.g. shapes-ucb-1")
                 f_preset = gr.Dropdown(label="Preset", choices=sorted(PRESETS), value="shapes")
-                f_model = gr.Textbox(label="Model (local diffusers dir or hub id)", placeholder=services.settings.model)
+                # the default by its name: every browser gets the hidden tab's config, so a path here is the
+                # server's directory sent to every rater (found by review)
+                f_model = gr.Textbox(label="Model (local diffusers dir or hub id)",
+                                     placeholder=f"empty: the server's default, {public_name(services.settings.model)}")
             with gr.Row():
                 f_method = gr.Dropdown(label="Method", choices=list(METHODS), value=defaults["method"])
                 f_aggregation = gr.Dropdown(label="Optimism aggregation",

@@ -239,6 +239,17 @@ def test_the_pairs_tab_poll_does_not_send_the_page_back(ui_world):
     assert on_poll(ui_world.experiment_id, 0, {"pair": True, "digest": "d"}, request("alice")) == gr.skip()
 
 
+def test_the_page_sent_to_every_browser_names_no_server_directory(ui_world):
+    """The Admin tab is hidden from raters, but Gradio sends every component's config to every browser: the new
+    experiment form's placeholder carried the default model's full path on the server (found by review). No path
+    of the server's (the model's, the data directory's) is in the page's config."""
+    demo = ui.build_demo(ui_world.services())
+    page = json.dumps(demo.config, default=repr)  # a few entries are callables
+    server = str(Path(ui_world.settings.model).parent)  # holds the model and the data directory
+    assert server not in page, [page[max(0, i - 150):i + 80] for i in range(len(page)) if page.startswith(server, i)]
+    assert Path(ui_world.settings.model).name in page  # the default is still named
+
+
 @pytest.mark.parametrize("score", [0, 11, -3, 7.5, "x", None, True, "10 "])
 def test_bad_scores_change_nothing(ui_world, score):
     page = Page(ui_world, "alice")
