@@ -109,7 +109,13 @@ def resolve_spec(spec: str, *, what: str = "Model", marker: str = "model_index.j
 def resolve_image_encoder(spec: str) -> tuple[str, bool]:
     """``resolve_spec`` for an image encoder: a transformers CLIP vision directory (config.json) or a hub id. A local
     encoder was refused as "not a diffusers model directory" (found by review)."""
-    return resolve_spec(spec, what="Image encoder", marker="config.json", kind="a transformers model directory")
+    name, local = resolve_spec(spec, what="Image encoder", marker="config.json", kind="a transformers model directory")
+    if local and not (Path(name) / "preprocessor_config.json").is_file():
+        # the processor is read from the same directory; a pipeline's image_encoder/ folder has none (its pipeline's
+        # feature_extractor/ holds it), which failed only after the whole pipeline had loaded (found by review)
+        raise ModelLoadError(f"Image encoder path {spec!r} has no preprocessor_config.json: copy the one of its "
+                             "pipeline's feature_extractor folder (or its model's) next to its config.json.")
+    return name, local
 
 
 def _check_local_configs(path: Path) -> None:

@@ -342,15 +342,22 @@ def test_an_image_encoder_given_as_a_local_directory_loads_and_a_bad_one_is_name
     (found by review). It loads, its weights are the files', and a bad one is named as the image encoder."""
     import shutil
 
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file, save_file
 
     encoder = tmp_path / "clip-vision"
     shutil.copytree(random_model_dir / "image_encoder", encoder)
+    # a pipeline's image_encoder/ folder as it is: its processor config is in the pipeline's feature_extractor/
+    with pytest.raises(ModelLoadError, match=r"^Image encoder path '.*clip-vision' has no preprocessor_config\.json: "
+                                             r"copy the one of its pipeline's feature_extractor folder"):
+        load_model(str(random_model_dir), device="cpu", image_encoder=str(encoder))
     shutil.copy(random_model_dir / "feature_extractor" / "preprocessor_config.json", encoder)
+    weights = load_file(str(encoder / "model.safetensors"))
+    first = sorted(k for k, v in weights.items() if v.is_floating_point())[0]
+    weights[first] = weights[first] + 0.5  # not the pipeline's own encoder, which would load as well without it
+    save_file(weights, str(encoder / "model.safetensors"))
     parts = load_model(str(random_model_dir), device="cpu", image_encoder=str(encoder))
-    saved = load_file(str(encoder / "model.safetensors"))
     loaded = parts.image_encoder.state_dict()
-    assert saved and all(torch.equal(loaded[k], v) for k, v in saved.items())
+    assert all(torch.equal(loaded[k], v) for k, v in weights.items())
 
     with pytest.raises(ModelLoadError, match=r"^Image encoder path '.*nowhere' does not exist\.$"):
         load_model(str(random_model_dir), device="cpu", image_encoder=str(tmp_path / "nowhere"))
