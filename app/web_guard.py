@@ -31,7 +31,9 @@ For every HTTP and websocket request, before Gradio sees it:
 - **Sign-in** (with accounts): ``POST /login`` is answered here. Throttled per client address and per account
   (``app.sessions.LoginThrottle``: 429 while locked, without hashing), the scrypt check runs in a thread pool of
   its own (``hash_workers`` threads at nice 10 on Linux, at most ``max_pending`` sign-ins waiting, else 503), so a
-  flood of guesses neither blocks the event loop nor takes the threads, or the CPU, that serve ratings. Success starts a server-side session
+  flood of guesses neither blocks the event loop nor takes the threads, or the CPU, that serve ratings. An account
+  has one sign-in checked at a time and at most ``SIGN_INS_PER_ACCOUNT`` successes a minute, so one account cannot
+  take every sign-in slot with its own password. Success starts a server-side session
   (``app.sessions.SessionStore``) whose token becomes Gradio's session cookie.
 - **Sessions**: on every request the session cookie is checked against the database (idle and absolute expiry,
   log out, password change, disabled account); a token that is no longer valid is withdrawn from Gradio, which
@@ -85,6 +87,15 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 LOGIN_PATHS = ("/login", "/login/")
+# Successful sign-ins are limited too (found by review): a rater looping on their own correct password (each time
+# without the cookie) held every sign-in slot, so an admin's sign-in got 503, and each success added a session row
+# and a token in Gradio's memory. An account signs in at most SIGN_INS_PER_ACCOUNT times per SIGN_IN_WINDOW_S (429
+# after that, without hashing), has one sign-in checked at a time (503 for another meanwhile), and Gradio's token
+# table keeps at most GRADIO_TOKENS_MAX entries (the oldest dropped: a valid session's token is put back by its next
+# request, which checks it against the session store).
+SIGN_INS_PER_ACCOUNT = 10
+SIGN_IN_WINDOW_S = 60.0
+GRADIO_TOKENS_MAX = 10_000
 LOGOUT_PATHS = ("/logout", "/logout/")
 MAX_LOGIN_BODY = 16 * 1024
 # Every request body is refused above this size before anything reads it. FastAPI parses a JSON body before it runs a
@@ -302,6 +313,8 @@ class WebGuard:
                                             initializer=_lower_thread_priority)
         self.db_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="seiko-session")
         self.pending = 0  # sign-ins hashing or waiting to (touched only on the event loop)
+        self._checking: set[str] = set()  # accounts with a sign-in being checked (event loop only)
+        self._signed_in: dict[str, list[float]] = {}  # account -> its successful sign-ins' times in the window
         self.stats = GuardStats()
         self._throttle_log = _EveryMinute()
         # Gradio session hash -> the account that first used it; a queued event's id -> the account whose request made
@@ -594,7 +607,7 @@ class WebGuard:
             if info is None:
                 self.gradio_app.tokens.pop(token, None)
             else:
-                self.gradio_app.tokens[token] = info.name
+                self._admit_token(token, info.name)
                 if position == 0:
                     # the account Gradio's handlers will run as: the first cookie present (the secure one, then the
                     # other), whether or not valid; the last valid one was taken before, so with two cookies of two
@@ -716,17 +729,43 @@ class WebGuard:
         finally:
             self.throttle.release(ticket)  # after the outcome is counted, so the next guess sees it
 
+    def _admit_token(self, token: str, name: str) -> None:
+        """Put ``token`` in Gradio's token table (as its newest entry), keeping the table at GRADIO_TOKENS_MAX."""
+        tokens = self.gradio_app.tokens
+        tokens.pop(token, None)
+        tokens[token] = name
+        while len(tokens) > GRADIO_TOKENS_MAX:
+            tokens.pop(next(iter(tokens)))
+
+    def _sign_in_wait(self, username: str) -> float:
+        """Seconds until ``username`` may sign in again (0: now), by its successful sign-ins in the window."""
+        now = time.monotonic()
+        recent = [t for t in self._signed_in.get(username, ()) if now - t < SIGN_IN_WINDOW_S]
+        if recent:
+            self._signed_in[username] = recent
+        else:
+            self._signed_in.pop(username, None)
+        return SIGN_IN_WINDOW_S - (now - recent[0]) if len(recent) >= SIGN_INS_PER_ACCOUNT else 0.0
+
     async def _checked_login(self, scope: Scope, ip: str | None, username: str, password: str, device: str | None,
                              credentials: str) -> Response:
-        if self.pending >= self.max_pending:
+        if wait := self._sign_in_wait(username):
+            self.stats.logins["throttled"] += 1
+            seconds = max(1, math.ceil(wait))
+            return JSONResponse({"detail": f"Too many sign-ins to this account in a short time; try again in {seconds} "
+                                           f"second{'s' if seconds != 1 else ''}."},
+                                status_code=429, headers={"Retry-After": str(seconds)})
+        if self.pending >= self.max_pending or username in self._checking:
             self.stats.logins["busy"] += 1
             return JSONResponse({"detail": "The server is checking many sign-ins at once; try again in a few seconds."},
                                 status_code=503, headers={"Retry-After": "2"})
         self.pending += 1
+        self._checking.add(username)
         try:
             result = await self._in_thread(self.hash_pool, auth.check_login, self.factory, username, password)
         finally:
             self.pending -= 1
+            self._checking.discard(username)
         if result.refusal is not None:
             # sign-ins leave a trace in the server's log (they were only counted in memory; found by review): the
             # name (cut, repr-escaped) and the address, never the password
@@ -764,7 +803,8 @@ class WebGuard:
             return JSONResponse({"detail": auth.WRONG_CREDENTIALS}, status_code=400)
         for old in replaced:
             self.gradio_app.tokens.pop(old, None)
-        self.gradio_app.tokens[token] = username
+        self._admit_token(token, username)
+        self._signed_in.setdefault(username, []).append(time.monotonic())
         self.stats.logins["ok"] += 1
         log.info("%r signed in from %s", username[:64], ip)
         response = JSONResponse({"success": True})

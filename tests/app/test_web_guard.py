@@ -1298,3 +1298,55 @@ def test_an_event_is_cancelled_only_by_its_own_account(served):
                 assert r.status_code == 404 and "no event of yours" in r.text
         r = alice.post("/gradio_api/cancel", json={"session_hash": "alice-s", "fn_index": fn_index, "event_id": alices})
         assert r.status_code == 200, r.text
+
+
+# -- found in the security review of 4 Dec 2026 (each test fails on the code before it) ------------------------------
+
+
+def test_an_account_signing_in_over_and_over_neither_blocks_others_nor_grows_memory(ui_world, monkeypatch):
+    """Only failed sign-ins were limited: a rater looping on their own correct password (dropping the cookie each
+    time) held all the sign-in slots, so an admin's sign-in got 503, and each success added a token to Gradio's
+    table that stayed there for good (found by review). An account's sign-ins are checked one at a time and at most
+    SIGN_INS_PER_ACCOUNT per window succeed (429 after, without hashing); Gradio's table keeps the newest
+    GRADIO_TOKENS_MAX tokens, and a session whose token was dropped from it still works (its next request puts it
+    back)."""
+    monkeypatch.setattr(web_guard, "GRADIO_TOKENS_MAX", 3)
+    demo, url = launch(ui_world, max_pending=4)
+    real = auth.check_login
+
+    def slow_check(*args, **kwargs):
+        time.sleep(0.3)
+        return real(*args, **kwargs)
+
+    try:
+        monkeypatch.setattr(auth, "check_login", slow_check)
+        guard = web_guard.installed(demo.server_app)
+        assert guard is not None
+
+        async def flood_and_admin():
+            async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+                alice = [http.post("/login", data={"username": "alice", "password": UI_PASSWORD}) for _ in range(6)]
+                flood = asyncio.gather(*alice)
+                await asyncio.sleep(0.05)  # alice's requests are in first
+                async with httpx.AsyncClient(base_url=url, timeout=30) as admin:
+                    root = await admin.post("/login", data={"username": "root", "password": UI_PASSWORD})
+                return sorted(r.status_code for r in await flood), root.status_code
+
+        alice_codes, root_code = asyncio.run(flood_and_admin())
+        assert root_code == 200, (alice_codes, root_code)
+        assert alice_codes.count(200) >= 1 and set(alice_codes) <= {200, 503}, alice_codes
+        first = sign_in(url, "bob")
+        n_ok = 1
+        while True:  # bob, again and again, each time as a new browser: SIGN_INS_PER_ACCOUNT succeed
+            r = httpx.post(url + "/login", data={"username": "bob", "password": UI_PASSWORD}, timeout=30)
+            if r.status_code != 200:
+                break
+            n_ok += 1
+        assert n_ok == web_guard.SIGN_INS_PER_ACCOUNT
+        assert r.status_code == 429 and r.json()["detail"].startswith("Too many sign-ins to this account in a short "
+                                                                       "time; try again in ")
+        assert len(guard.gradio_app.tokens) <= 3
+        assert config_user(first) == 200  # its token was dropped from the table, and it is put back
+        assert config_user(sign_in(url, "alice")) == 200  # another account is not held back
+    finally:
+        demo.close()
