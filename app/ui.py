@@ -97,11 +97,18 @@ def _sentence(e: BaseException) -> str:
     return text[0].upper() + text[1:] + ("" if text.endswith((".", "!", "?")) else ".")
 
 
+def refusal(message: str, **kwargs: Any) -> gr.Error:
+    """The gr.Error that answers a refusal: its sentence for the person, and no traceback in the server's log.
+    Gradio prints one for every gr.Error by default, so a script repeating a bad request (any rater can) wrote about
+    3 KB of log per request (found by review); a fault that is not a refusal is logged where it is caught."""
+    return gr.Error(message, print_exception=False, **kwargs)
+
+
 def _who(services: AppServices, request: gr.Request | None) -> Who:
     try:
         return who_from_request(services, request)
     except AuthError as e:
-        raise gr.Error(_sentence(e), title="Not allowed") from e
+        raise refusal(_sentence(e), title="Not allowed") from e
 
 
 def _admin(services: AppServices, request: gr.Request | None) -> Who:
@@ -109,7 +116,7 @@ def _admin(services: AppServices, request: gr.Request | None) -> Who:
     try:
         return auth.require_admin(who)
     except AuthError as e:
-        raise gr.Error(_sentence(e), title="Admins only") from e
+        raise refusal(_sentence(e), title="Admins only") from e
 
 
 def _shown(fn: Callable[[], Any]) -> Any:
@@ -122,10 +129,10 @@ def _shown(fn: Callable[[], Any]) -> Any:
     try:
         return fn()
     except (AuthError, ValueError, CheckpointError, ModelLoadError) as e:
-        raise gr.Error(_sentence(e)) from e
+        raise refusal(_sentence(e)) from e
     except OSError as e:  # a full disk or a permission: the file writes are atomic, so nothing half-written stays
         log.exception("a file could not be read or written")
-        raise gr.Error(f"A file could not be read or written ({e.strerror or e}: {e.filename}).") from e
+        raise refusal(f"A file could not be read or written ({e.strerror or e}: {e.filename}).") from e  # logged above
 
 
 def banner_html(services: AppServices, who: Who) -> str:

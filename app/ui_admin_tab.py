@@ -83,7 +83,7 @@ class AdminHandlers:
         who = self.admin_of(request)
         factory = self.factory
         if not pending or pending.get("experiment_id") != exp_id:
-            raise gr.Error("There is nothing to confirm for this experiment; press the button again.")
+            raise gr.Error("There is nothing to confirm for this experiment; press the button again.", print_exception=False)
         action = pending["action"]
         if action == "close":
             message = self.shown(lambda: ui_admin.close_round(factory, who, exp_id, expected_index=pending["round"]))

@@ -266,7 +266,7 @@ def build_rollback(services, exp_state, admin_of: Callable, shown: Callable, pri
     def on_rollback(pending_value, exp_id, request: gr.Request):
         who = admin_of(request)
         if not isinstance(pending_value, dict) or pending_value.get("experiment") != exp_id:
-            raise gr.Error("There is nothing to confirm for this experiment; press the button again.")
+            raise gr.Error("There is nothing to confirm for this experiment; press the button again.", print_exception=False)
         message = shown(lambda: ab.train_next_from(services.factory, who, exp_id, pending_value["from"],
                                                    expected_index=pending_value["round"]))
         gr.Info(message)

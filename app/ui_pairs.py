@@ -269,7 +269,7 @@ def build_admin(services, exp_state, admin_of: Callable, shown: Callable, privat
     def on_set(exp_id, value, request: gr.Request):
         who = admin_of(request)  # refuses a rater; pairwise.set_feedback checks the role again
         if exp_id is None:
-            raise gr.Error("Select an experiment first.")
+            raise gr.Error("Select an experiment first.", print_exception=False)
         message = shown(lambda: pairwise.set_feedback(services.factory, who, int(exp_id), value))
         gr.Info(message)
         return message

@@ -1350,3 +1350,23 @@ def test_an_account_signing_in_over_and_over_neither_blocks_others_nor_grows_mem
         assert config_user(sign_in(url, "alice")) == 200  # another account is not held back
     finally:
         demo.close()
+
+
+def test_a_refused_request_leaves_no_traceback_in_the_servers_log(served, capfd):
+    """Gradio prints a traceback for every gr.Error unless told not to: each refusal (a rating of "abc", a rater
+    calling an admin's handler) wrote about 3 KB to the server's log, so one rater's script could fill the disk
+    (found by review). The person still gets the sentence."""
+    world, demo, url = served
+    capfd.readouterr()
+    with signed_in(url) as http:
+        r = http.post("/gradio_api/call/submit_rating", json={"data": ["abc", 5]})
+        assert r.status_code == 200, r.text
+        answer = http.get(f"/gradio_api/call/submit_rating/{r.json()['event_id']}").text
+        assert "event: error" in answer and "image" in answer.lower()
+        (create,) = [bf for bf in demo.fns.values() if bf.fn is not None and bf.fn.__name__ == "on_create"]
+        form = ["x", "shapes", "", "bootstrap", "mean", 0.05, 1, "4", "a shape"]
+        r = queue_join(http, demo, "on_create", form + [None] * (len(create.inputs) - len(form)))
+        assert r.status_code == 200, r.text
+        finished(demo, r.json()["event_id"])
+    err = capfd.readouterr().err
+    assert "Traceback" not in err, err[-2000:]
