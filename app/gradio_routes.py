@@ -144,6 +144,64 @@ def event_target_refusal(path: str, parsed_body: Any, fns: dict[int, Any] | None
     return None
 
 
+def _api_parameters(fn: Any) -> tuple[list[str], set[str]]:
+    """(the parameter names, the required ones) of an API function, without its gr.Request."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return [], set()
+    named = [p for p in params if p.name != "request" and "Request" not in str(p.annotation)
+             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return [p.name for p in named], {p.name for p in named if p.default is p.empty}
+
+
+def event_inputs_refusal(path: str, parsed_body: Any, fns: dict[int, Any] | None) -> str | None:
+    """Why an event post's inputs cannot be run (one sentence), or None; call it after ``event_target_refusal``
+    found the target. Gradio met these with a 500 or an empty error and a traceback in the log for each (found by
+    review): a page-only event (``fn_index`` of an event with no server function), fewer input values than the
+    event takes, and a ``/call/v2`` body whose names are not the API's parameters or lack a required one."""
+    if fns is None:
+        return None
+    if path.rstrip("/") == f"{API}/queue/join":
+        block_fn = fns.get(parsed_body.get("fn_index")) if isinstance(parsed_body, dict) else None
+        if block_fn is None:
+            return None
+        if block_fn.fn is None:
+            return "That event runs in the page only; there is nothing to run on the server."
+        data = parsed_body.get("data")
+        if not isinstance(data, list):
+            return "The event's data must be a list of its input values."
+        if len(data) < len(block_fn.inputs):
+            return f"That event takes {len(block_fn.inputs)} input values, got {len(data)}."
+        return None
+    if not path.startswith(CALL):
+        return None
+    name = path[len(CALL):].strip("/")
+    v2 = name.startswith("v2/")
+    name = name.removeprefix("v2/")
+    block_fn = next((f for f in fns.values() if f.api_name == name), None)
+    if block_fn is None or block_fn.fn is None:
+        return None
+    names, required = _api_parameters(block_fn.fn)
+    if v2:
+        if not isinstance(parsed_body, dict):
+            return f"{name} takes a JSON object of its parameters ({', '.join(names)})."
+        unknown = sorted(str(k)[:64] for k in parsed_body if k not in names and k != "oauth_token")
+        if unknown:
+            return f"{name} has no parameter {unknown[0]!r}; its parameters are {', '.join(names)}."
+        if missing := sorted(required - set(parsed_body)):
+            return f"{name} needs its parameter {missing[0]!r}; its parameters are {', '.join(names)}."
+        return None
+    data = parsed_body.get("data") if isinstance(parsed_body, dict) else None
+    if not isinstance(data, list):
+        return f"{name} takes {{\"data\": [...]}}, a list of its values ({', '.join(names)})."
+    if len(data) < len(block_fn.inputs):  # Gradio fills no default here: each value is needed
+        return f"{name} takes {len(block_fn.inputs)} values ({', '.join(names)}), got {len(data)}."
+    return None
+
+
 def session_hash_of(path: str, query_string: bytes, parsed_body: Any) -> str | None:
     """The Gradio session hash a request names (path, query or JSON body), or None. A query that names more than one
     is refused (ValueError): the guard would check one and Gradio read another."""

@@ -446,8 +446,8 @@ class WebGuard:
                                    401 if user is None else 404)
                 return
             # an event that is not the app's, signed in (signed out, Gradio's own sign-in check answers 401 first)
-            if user is not None and (why := self._event_target_refusal(path, method, parsed)) is not None:
-                await self._refuse(scope, receive, send, why, 404)
+            if user is not None and (refused := self._event_refusal(path, method, parsed)) is not None:
+                await self._refuse(scope, receive, send, *refused)
                 return
             event = gradio_routes.event_of(path, method)
             if event is not None and user is None:
@@ -464,17 +464,23 @@ class WebGuard:
             if user is not None and gradio_routes.makes_event(path, method):
                 await self._make_event(user, scope, receive, send)
                 return
-        elif (why := self._event_target_refusal(path, method, parsed)) is not None:  # local mode: past its token
-            await self._refuse(scope, receive, send, why, 404)
+        elif (refused := self._event_refusal(path, method, parsed)) is not None:  # local mode: past its token
+            await self._refuse(scope, receive, send, *refused)
             return
         await self.inner(scope, receive, self._lax_send(send))
 
-    def _event_target_refusal(self, path: str, method: str | None, parsed: Any) -> str | None:
-        """``gradio_routes.event_target_refusal`` for an event post: an fn_index or API name the app does not have
-        raised in Gradio (a 500 and a traceback per request), and a private handler was callable by name."""
+    def _event_refusal(self, path: str, method: str | None, parsed: Any) -> tuple[str, int] | None:
+        """(sentence, status) refusing an event post, or None: an fn_index or API name the app does not have (404:
+        it raised in Gradio, a 500 and a traceback per request, and a private handler was callable by name), or
+        inputs its function cannot take (400: ``gradio_routes.event_inputs_refusal``)."""
         if not gradio_routes.is_event_post(path, method):  # a POST of an event's body
             return None
-        return gradio_routes.event_target_refusal(path, parsed, self._fns())
+        fns = self._fns()
+        if (why := gradio_routes.event_target_refusal(path, parsed, fns)) is not None:
+            return why, 404
+        if (why := gradio_routes.event_inputs_refusal(path, parsed, fns)) is not None:
+            return why, 400
+        return None
 
     async def _make_event(self, user: str, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass on a request that makes an event (``gradio_routes.makes_event``): refused (429) when the account has
