@@ -211,6 +211,10 @@ class GuardPolicy:
 
 
 FRAMING_HEADERS = ((b"x-frame-options", b"SAMEORIGIN"), (b"content-security-policy", b"frame-ancestors 'self'"))
+# and on every answer (found by review): no guessing a type other than the one sent (an image or a text answered as
+# a script), and no page address (an experiment's, an export's) sent to another site in a Referer
+SAFETY_HEADERS = ((b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"same-origin"))
+REPLACED_HEADERS = frozenset(k for k, _ in FRAMING_HEADERS[:1] + SAFETY_HEADERS)
 
 
 # the app's own code and styles, the same for everyone: cacheable; every other answer (the page, its config, event
@@ -219,18 +223,21 @@ CACHEABLE_PREFIXES = ("/assets/", "/static/", "/favicon", "/gradio_api/assets/",
 
 
 def _framing_send(send: Send, path: str = "") -> Send:
-    """``send`` with the framing headers added to the response's start (an X-Frame-Options already there is replaced;
-    a Content-Security-Policy already there is kept: a browser enforces every policy it is given), and
-    ``Cache-Control: no-store`` unless ``path`` is the app's static code or the answer says otherwise (the page, its
-    config and the sign-in's answer had no cache header: a shared proxy could keep one account's page; found by
-    review)."""
+    """``send`` with the framing and safety headers added to the response's start (an X-Frame-Options, a
+    X-Content-Type-Options or a Referrer-Policy already there is replaced; a Content-Security-Policy already there is
+    kept: a browser enforces every policy it is given), and ``Cache-Control: no-store`` unless ``path`` is the app's
+    static code (the page, its config and the sign-in's answer had no cache header: a shared proxy could keep one
+    account's page; found by review). A Cache-Control already there is replaced by it: Gradio's file route answers a
+    Range request with the request's own headers, so a client's Cache-Control made a proxy keep that answer
+    (found by review)."""
     cacheable = path.startswith(CACHEABLE_PREFIXES)
 
     async def wrapped(message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
-            kept = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-frame-options"]
-            extra = [] if cacheable or any(k.lower() == b"cache-control" for k, _ in kept) else [(b"cache-control", b"no-store")]
-            message = {**message, "headers": [*kept, *FRAMING_HEADERS, *extra]}
+            replaced = REPLACED_HEADERS if cacheable else REPLACED_HEADERS | {b"cache-control"}
+            kept = [(k, v) for k, v in message.get("headers", []) if k.lower() not in replaced]
+            extra = [] if cacheable else [(b"cache-control", b"no-store")]
+            message = {**message, "headers": [*kept, *FRAMING_HEADERS, *SAFETY_HEADERS, *extra]}
         await send(message)
 
     return wrapped

@@ -1403,3 +1403,30 @@ def test_an_event_post_gradio_cannot_run_is_one_sentence_not_a_500(served, capfd
         assert "event: complete" in answer, answer
     err = capfd.readouterr().err
     assert "Traceback" not in err, err[-2000:]
+
+
+def test_every_answer_says_nosniff_and_same_origin_referrer_and_a_private_one_is_never_cached(served):
+    """No X-Content-Type-Options or Referrer-Policy was sent (found by review), and an answer's own Cache-Control was
+    kept on the account's private answers: Gradio's file route answers a Range request with the request's headers,
+    so a client's Cache-Control made a shared proxy keep it. Every answer says nosniff and same-origin now, and
+    every private one no-store, whatever it said itself."""
+    import asyncio as aio
+
+    _, _, url = served
+    answers = [httpx.get(url + "/"), httpx.post(url + "/login", data={"username": "alice", "password": "wrong"})]
+    for a in answers:
+        assert a.headers.get_list("x-content-type-options") == ["nosniff"]
+        assert a.headers.get_list("referrer-policy") == ["same-origin"]
+        assert a.headers.get_list("cache-control") == ["no-store"]
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    start = {"type": "http.response.start", "status": 206,
+             "headers": [(b"cache-control", b"public, max-age=86400"), (b"x-content-type-options", b"sniff")]}
+    aio.run(web_guard._framing_send(send, "/gradio_api/file=/tmp/gradio/x.png")(start))
+    aio.run(web_guard._framing_send(send, "/assets/index.js")(start))
+    private, static = (dict((k, [v for kk, v in m["headers"] if kk == k]) for k, _ in m["headers"]) for m in sent)
+    assert private[b"cache-control"] == [b"no-store"] and private[b"x-content-type-options"] == [b"nosniff"]
+    assert static[b"cache-control"] == [b"public, max-age=86400"]  # the app's static code stays cacheable
