@@ -197,6 +197,10 @@ class SamplingConfig:
 class FinetuneConfig:
     lora_rank: int = 4  # adapter rank on the attention projections
     lora_alpha: float = 4.0
+    # how a fresh adapter's A matrices are drawn (B starts at 0 either way): "kaiming" (peft's default: uniform, std
+    # 1/sqrt(3 fan_in)) or "gaussian" (the reference's diffusers LoRALinearLayer: N(0, 1/r^2), 8-15x larger at SD 1.5's
+    # widths, so an Adam step at the same lr moves the model that much further)
+    lora_init: str = "kaiming"
     target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")  # reference targets
     lr: float = 1e-3  # AdamW (reference)
     weight_decay: float = 0.1  # reference
@@ -259,6 +263,8 @@ class FinetuneConfig:
                f"diversity_balance must be a non-negative number, got {self.diversity_balance!r}")
         _check(not (self.diversity_weight and self.diversity_balance),
                "set diversity_weight (a fixed weight) or diversity_balance (a gradient ratio), not both")
+        _check(self.lora_init in ("kaiming", "gaussian"),
+               f"unknown lora_init {self.lora_init!r}; choose from ['gaussian', 'kaiming']")
         _check(self.mixed_precision in ("no", "fp16", "bf16"), f"unknown mixed_precision {self.mixed_precision!r}; choose from ['bf16', 'fp16', 'no']")
         _check(self.batch_size >= 1 and self.grad_accum >= 1 and self.epochs >= 0, "batch_size and grad_accum must be at least 1, epochs non-negative")
         _check_finite(self)

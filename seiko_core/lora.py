@@ -31,8 +31,11 @@ def round_adapter_name(index: int) -> str:
 def lora_config(cfg):
     from peft import LoraConfig
 
+    # B = 0 either way: a fresh adapter starts equal to the model it extends. A: peft's default (True) or, for
+    # "gaussian", N(0, 1/r^2) as the reference's LoRA layers (cfg.lora_init; an older config has none: peft's)
+    init = "gaussian" if getattr(cfg, "lora_init", "kaiming") == "gaussian" else True
     return LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=list(cfg.target_modules),
-                      init_lora_weights=True)  # B = 0: a fresh adapter starts equal to the model it extends
+                      init_lora_weights=init)
 
 
 def has_adapter(unet, name: str) -> bool:

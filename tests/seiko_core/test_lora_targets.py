@@ -69,3 +69,26 @@ def test_an_adapter_with_the_pooled_caption_target_saves_and_loads_whole(random_
     lora.load_adapter(fresh, tmp_path / "a", "loaded")
     assert any("add_embedding.proj.lora_B.loaded" in n for n, _ in fresh.unet.named_parameters())
     torch.testing.assert_close(_predict(fresh.unet, x, t, states), want, atol=1e-6, rtol=1e-5)
+
+
+def test_the_sd15_adapter_starts_as_the_references_and_the_shapes_one_as_before(random_parts):
+    """The reference's LoRA layers (diffusers' LoRALinearLayer, which SEIKO's code uses) draw A from N(0, 1/r^2); peft's
+    default draws it uniform with std 1/sqrt(3 fan_in), 8-15x smaller at SD 1.5's widths, so each Adam step at the
+    reference's lr moved the model far less than the reference's (found by review). The sd15 preset starts as the
+    reference (finetune.lora_init="gaussian"); the shapes preset keeps peft's start, to which its lr was tuned. B is
+    zero either way: a fresh adapter changes nothing. Checked against the two closed forms."""
+    import math
+
+    unet = random_parts.unet
+    for name, preset_name in (("round_1", "sd15"), ("round_2", "shapes")):
+        ft = dataclasses.replace(preset("shapes").finetune, lora_init=preset(preset_name).finetune.lora_init)
+        lora.add_adapter(unet, name, ft, seed=0)
+        a = {n: p for n, p in unet.named_parameters() if f"lora_A.{name}." in n}
+        b = [p for n, p in unet.named_parameters() if f"lora_B.{name}." in n]
+        assert a and b and all(float(p.abs().max()) == 0.0 for p in b)
+        for n, p in a.items():
+            fan_in = p.shape[1]
+            expected = 1 / ft.lora_rank if preset_name == "sd15" else 1 / math.sqrt(3 * fan_in)
+            if p.numel() >= 256:  # enough draws for the spread to be read to 15%
+                assert abs(float(p.std()) / expected - 1) < 0.15, (n, float(p.std()), expected)
+    assert preset("sd15").finetune.lora_init == "gaussian" and preset("shapes").finetune.lora_init == "kaiming"
