@@ -382,7 +382,7 @@ class Worker:
         _import_model_libraries()
         # 0700 when new, wherever the database is; no access for others when it exists (found by review)
         if tightened := storage.make_data_dir(self.settings.data_dir):
-            log.warning("%s", tightened)
+            log.info("%s", tightened)
         # A live worker's temporary entries are seconds old; anything untouched for a whole lease is from a dead one.
         removed = storage.clean_partials(self.settings.data_dir, min_age_s=self.lease_s)
         for path in removed:

@@ -85,11 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     outcome = train_round(parts, embeddings, scores, cfg, new_index=1, prev_adapter=None, seed=0, accelerator=acc)
     params = lora.lora_parameters(parts.unet, outcome.adapter)
     mine = torch.tensor([base, digest(params)], dtype=torch.int64, device=acc.device)
-    first_reward = torch.tensor([outcome.finetune.history[0]["reward"]], dtype=torch.float64, device=acc.device)
+    first = outcome.finetune.history[0]
+    first_reward = torch.tensor([first.get("rank_reward", first["reward"]), first["reward"]], dtype=torch.float64,
+                                device=acc.device)  # this rank's own share, and the global batch's (all ranks')
     trained = torch.tensor([max(float(p.detach().abs().max()) for n, p in parts.unet.named_parameters()
                                 if "lora_B" in n and f".{outcome.adapter}." in n)], device=acc.device)
     everyone = acc.gather(mine).view(world, 2).cpu()
-    rewards = acc.gather(first_reward).cpu()
+    rewards_both = acc.gather(first_reward).view(world, 2).cpu()
+    rewards, logged = rewards_both[:, 0], rewards_both[:, 1]
     moved = acc.gather(trained).cpu()
 
     status = 0
@@ -103,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
             problems.append("the adapter did not change (lora_B is still zero)")
         if world > 1 and len(set(rewards.tolist())) == 1:
             problems.append("every rank sampled the same trajectories (expected per-rank seeds)")
+        # the logged metrics are the global batch's: the same on every rank, the mean of the ranks' own shares
+        if len(set(logged.tolist())) != 1 or abs(float(logged[0]) - float(rewards.mean())) > 1e-5 * max(1.0, abs(float(logged[0]))):
+            problems.append(f"the logged first-step reward {logged.tolist()} is not the mean of the ranks' own "
+                            f"{rewards.tolist()}")
         if problems:
             print(f"FAILED on {world} processes: " + "; ".join(problems), file=sys.stderr)
             status = 1

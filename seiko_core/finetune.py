@@ -351,11 +351,18 @@ def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: st
                     scaler.update()
                 else:
                     opt.step()
-            reward_m, kl_m, loss_m, gnorm = (torch.cat([sums / ft.grad_accum, grad_norm.reshape(1).to(sums)])).tolist()
+            own = sums / ft.grad_accum
+            # the metrics of the global batch: each rank rendered its slice, so its sums were its share alone, and the
+            # published reward, KL and loss of a multi-process round were rank 0's (found by review)
+            means = acc.reduce(own, "mean") if world > 1 else own
+            reward_m, kl_m, loss_m, gnorm = (torch.cat([means, grad_norm.reshape(1).to(sums)])).tolist()
             rec = {"step": step, "reward": reward_m, "kl": kl_m, "loss": loss_m, "grad_norm": gnorm,
                    "elapsed_s": time.time() - start}
-            if weight_sum is not None:  # the mean weight the balance gave this step's micro-batches
-                rec["diversity_weight"] = float(weight_sum) / ft.grad_accum
+            if world > 1:  # this rank's own share, which tells that the ranks drew different trajectories
+                rec["rank_reward"] = float(own[0])
+            if weight_sum is not None:  # the mean weight the balance gave this step's micro-batches (all ranks')
+                weight_mean = weight_sum / ft.grad_accum
+                rec["diversity_weight"] = float(acc.reduce(weight_mean, "mean") if world > 1 else weight_mean)
             if scaler is not None:
                 rec["loss_scale"] = float(scaler.get_scale())
             history.append(rec)
