@@ -81,6 +81,9 @@ CALL = f"{API}/call/"
 MAX_DEPTH = 64  # nesting a body may have; the app's inputs are a few levels deep
 
 
+FILE_ROUTES = (f"{API}/file=", f"{API}/file/", "/file=", "/file/")  # Gradio's routes that serve a file by its path
+
+
 def unused(path: str) -> bool:
     """Whether ``path`` is one of Gradio's routes this app does not answer; also a file route asked to fetch a URL
     (``/gradio_api/file=http://...``: Gradio downloads it for any signed-in caller)."""
@@ -144,17 +147,17 @@ def event_target_refusal(path: str, parsed_body: Any, fns: dict[int, Any] | None
     return None
 
 
-def _api_parameters(fn: Any) -> tuple[list[str], set[str]]:
-    """(the parameter names, the required ones) of an API function, without its gr.Request."""
+def _api_parameters(block_fn: Any) -> tuple[list[str], set[str]]:
+    """(the parameter names, the required ones) of an API function: the names Gradio itself gives its inputs
+    (``input_parameter_names``, what its API info and /call/v2 use), required where the function gives no default."""
     import inspect
 
+    names = [n for n in (getattr(block_fn, "input_parameter_names", None) or []) if n]
     try:
-        params = inspect.signature(fn).parameters.values()
+        params = inspect.signature(block_fn.fn).parameters
     except (TypeError, ValueError):
-        return [], set()
-    named = [p for p in params if p.name != "request" and "Request" not in str(p.annotation)
-             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    return [p.name for p in named], {p.name for p in named if p.default is p.empty}
+        return names, set()
+    return names, {n for n in names if n in params and params[n].default is inspect.Parameter.empty}
 
 
 def event_inputs_refusal(path: str, parsed_body: Any, fns: dict[int, Any] | None) -> str | None:
@@ -184,7 +187,7 @@ def event_inputs_refusal(path: str, parsed_body: Any, fns: dict[int, Any] | None
     block_fn = next((f for f in fns.values() if f.api_name == name), None)
     if block_fn is None or block_fn.fn is None:
         return None
-    names, required = _api_parameters(block_fn.fn)
+    names, required = _api_parameters(block_fn)
     if v2:
         if not isinstance(parsed_body, dict):
             return f"{name} takes a JSON object of its parameters ({', '.join(names)})."

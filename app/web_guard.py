@@ -90,11 +90,13 @@ LOGIN_PATHS = ("/login", "/login/")
 # Successful sign-ins are limited too (found by review): a rater looping on their own correct password (each time
 # without the cookie) held every sign-in slot, so an admin's sign-in got 503, and each success added a session row
 # and a token in Gradio's memory. An account signs in at most SIGN_INS_PER_ACCOUNT times per SIGN_IN_WINDOW_S (429
-# after that, without hashing), has one sign-in checked at a time (503 for another meanwhile), and Gradio's token
+# after that, without hashing), has one sign-in checked at a time (another waits for it), and Gradio's token
 # table keeps at most GRADIO_TOKENS_MAX entries (the oldest dropped: a valid session's token is put back by its next
 # request, which checks it against the session store).
 SIGN_INS_PER_ACCOUNT = 10
 SIGN_IN_WINDOW_S = 60.0
+SIGN_IN_WAIT_S = 10.0  # how long a sign-in waits for another of the same account being checked
+SIGN_IN_WAITERS = 4  # at most this many wait per account; more get 503 at once
 GRADIO_TOKENS_MAX = 10_000
 LOGOUT_PATHS = ("/logout", "/logout/")
 MAX_LOGIN_BODY = 16 * 1024
@@ -215,6 +217,12 @@ FRAMING_HEADERS = ((b"x-frame-options", b"SAMEORIGIN"), (b"content-security-poli
 # a script), and no page address (an experiment's, an export's) sent to another site in a Referer
 SAFETY_HEADERS = ((b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"same-origin"))
 REPLACED_HEADERS = frozenset(k for k, _ in FRAMING_HEADERS[:1] + SAFETY_HEADERS)
+# headers only a request carries: Gradio's file route answers a Range request with the request's own headers, so its
+# answer repeated the Cookie (the HttpOnly session token, readable by the page's script) and the local token (found by
+# review); no answer of this app carries them
+REQUEST_ONLY_HEADERS = frozenset((b"cookie", b"authorization", LOCAL_TOKEN_HEADER.encode(), b"x-forwarded-for",
+                                  b"x-forwarded-host", b"x-forwarded-proto", b"x-real-ip", b"forwarded", b"range",
+                                  b"if-range", b"if-none-match", b"if-modified-since"))
 
 
 # the app's own code and styles, the same for everyone: cacheable; every other answer (the page, its config, event
@@ -234,7 +242,7 @@ def _framing_send(send: Send, path: str = "") -> Send:
 
     async def wrapped(message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
-            replaced = REPLACED_HEADERS if cacheable else REPLACED_HEADERS | {b"cache-control"}
+            replaced = REPLACED_HEADERS | REQUEST_ONLY_HEADERS | (set() if cacheable else {b"cache-control"})
             kept = [(k, v) for k, v in message.get("headers", []) if k.lower() not in replaced]
             extra = [] if cacheable else [(b"cache-control", b"no-store")]
             message = {**message, "headers": [*kept, *FRAMING_HEADERS, *SAFETY_HEADERS, *extra]}
@@ -320,7 +328,8 @@ class WebGuard:
                                             initializer=_lower_thread_priority)
         self.db_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="seiko-session")
         self.pending = 0  # sign-ins hashing or waiting to (touched only on the event loop)
-        self._checking: set[str] = set()  # accounts with a sign-in being checked (event loop only)
+        self._checking: dict[str, asyncio.Event] = {}  # account -> its sign-in being checked, set when it ends
+        self._waiting: dict[str, int] = {}  # account -> its sign-ins waiting for that one (event loop only)
         self._signed_in: dict[str, list[float]] = {}  # account -> its successful sign-ins' times in the window
         self.stats = GuardStats()
         self._throttle_log = _EveryMinute()
@@ -388,6 +397,11 @@ class WebGuard:
                         client[0] if client else "an unknown address")
         if scope["type"] == "http":
             send = _framing_send(send, get_route_path(scope))
+            if get_route_path(scope).startswith(gradio_routes.FILE_ROUTES) and "range" in headers:
+                # Gradio answers a Range request to its file route with the request's own headers (the Cookie among
+                # them: the HttpOnly session token, readable by the page's script; found by review); the app serves
+                # no media, so the whole file is answered instead
+                scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k.lower() != b"range"]}
         refusal = self.policy.refusal(headers, scope.get("scheme", "http"))
         if refusal is not None:
             await self._refuse(scope, receive, send, _sentence(refusal), 403)
@@ -762,23 +776,55 @@ class WebGuard:
 
     async def _checked_login(self, scope: Scope, ip: str | None, username: str, password: str, device: str | None,
                              credentials: str) -> Response:
-        if wait := self._sign_in_wait(username):
-            self.stats.logins["throttled"] += 1
-            seconds = max(1, math.ceil(wait))
-            return JSONResponse({"detail": f"Too many sign-ins to this account in a short time; try again in {seconds} "
-                                           f"second{'s' if seconds != 1 else ''}."},
-                                status_code=429, headers={"Retry-After": str(seconds)})
-        if self.pending >= self.max_pending or username in self._checking:
+        """The sign-in's limits, then its check (``_check_and_start``): at most SIGN_INS_PER_ACCOUNT successes per
+        window (429), one sign-in of an account checked at a time (another waits for its end, up to
+        SIGN_IN_WAIT_S, as a script signing in from several threads does), at most ``max_pending`` hashing (503)."""
+        while True:
+            if wait := self._sign_in_wait(username):
+                self.stats.logins["throttled"] += 1
+                seconds = max(1, math.ceil(wait))
+                return JSONResponse({"detail": f"Too many sign-ins to this account in a short time; try again in "
+                                               f"{seconds} second{'s' if seconds != 1 else ''}."},
+                                    status_code=429, headers={"Retry-After": str(seconds)})
+            checking = self._checking.get(username)
+            if checking is None:
+                break
+            if self._waiting.get(username, 0) >= SIGN_IN_WAITERS or not await self._wait_for(username, checking):
+                self.stats.logins["busy"] += 1
+                return JSONResponse({"detail": "A sign-in to this account is being checked; try again in a few "
+                                               "seconds."}, status_code=503, headers={"Retry-After": "2"})
+        if self.pending >= self.max_pending:
             self.stats.logins["busy"] += 1
             return JSONResponse({"detail": "The server is checking many sign-ins at once; try again in a few seconds."},
                                 status_code=503, headers={"Retry-After": "2"})
+        # held until the outcome is recorded (the success counted), so that the next sign-in sees it (found by review)
+        done = self._checking[username] = asyncio.Event()
+        try:
+            return await self._check_and_start(scope, ip, username, password, device, credentials)
+        finally:
+            del self._checking[username]
+            done.set()
+
+    async def _wait_for(self, username: str, checking: asyncio.Event) -> bool:
+        """Wait (at most SIGN_IN_WAIT_S) for the sign-in of ``username`` being checked; whether it ended."""
+        self._waiting[username] = self._waiting.get(username, 0) + 1
+        try:
+            await asyncio.wait_for(checking.wait(), SIGN_IN_WAIT_S)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._waiting[username] -= 1
+            if not self._waiting[username]:
+                del self._waiting[username]
+
+    async def _check_and_start(self, scope: Scope, ip: str | None, username: str, password: str, device: str | None,
+                               credentials: str) -> Response:
         self.pending += 1
-        self._checking.add(username)
         try:
             result = await self._in_thread(self.hash_pool, auth.check_login, self.factory, username, password)
         finally:
             self.pending -= 1
-            self._checking.discard(username)
         if result.refusal is not None:
             # sign-ins leave a trace in the server's log (they were only counted in memory; found by review): the
             # name (cut, repr-escaped) and the address, never the password

@@ -1335,7 +1335,9 @@ def test_an_account_signing_in_over_and_over_neither_blocks_others_nor_grows_mem
 
         alice_codes, root_code = asyncio.run(flood_and_admin())
         assert root_code == 200, (alice_codes, root_code)
-        assert alice_codes.count(200) >= 1 and set(alice_codes) <= {200, 503}, alice_codes
+        # one checked at a time: SIGN_IN_WAITERS wait for it (a script signing in from several threads gets in), the
+        # one more is told to try again
+        assert alice_codes == [200] * (1 + web_guard.SIGN_IN_WAITERS) + [503], alice_codes
         first = sign_in(url, "bob")
         n_ok = 1
         while True:  # bob, again and again, each time as a new browser: SIGN_INS_PER_ACCOUNT succeed
@@ -1430,3 +1432,24 @@ def test_every_answer_says_nosniff_and_same_origin_referrer_and_a_private_one_is
     private, static = (dict((k, [v for kk, v in m["headers"] if kk == k]) for k, _ in m["headers"]) for m in sent)
     assert private[b"cache-control"] == [b"no-store"] and private[b"x-content-type-options"] == [b"nosniff"]
     assert static[b"cache-control"] == [b"public, max-age=86400"]  # the app's static code stays cacheable
+
+
+def test_a_range_request_to_gradios_file_route_does_not_echo_the_cookie(served, monkeypatch):
+    """Gradio answers a Range request to /gradio_api/file= with the request's own headers, the Cookie among them: the
+    HttpOnly session token, readable by the page's script (found by review). The guard takes the Range header off
+    such a request (the app serves no media), and no answer carries a request's Cookie, Authorization or local
+    token whatever the route behind it put in."""
+    _, demo, url = served
+    guard = web_guard.installed(demo.server_app)
+    seen = []
+
+    async def echoing_file_route(scope, receive, send):  # what Gradio's ranged answer does: the request's headers back
+        seen.append(dict(scope["headers"]))
+        await send({"type": "http.response.start", "status": 206, "headers": list(scope["headers"])})
+        await send({"type": "http.response.body", "body": b"xx"})
+
+    monkeypatch.setattr(guard, "inner", echoing_file_route)
+    with signed_in(url) as http:
+        r = http.get("/gradio_api/file=/tmp/gradio/x.png", headers={"Range": "bytes=0-1", "Authorization": "Basic x"})
+    assert seen and b"range" not in seen[0] and b"cookie" in seen[0]  # the route got no Range (and its cookie)
+    assert "cookie" not in r.headers and "authorization" not in r.headers, dict(r.headers)
