@@ -227,7 +227,8 @@ function apply() {
   const answered = api.inflight && api.ack && marks.done !== undefined && marks.done === api.inflight[1].seq;
   // an action the server could not handle (app.ui_rate_tab answer_action) is answered with 'failed' and no cards:
   // the cards keep the last marks (the failed card shows its state before the action) and the next action goes
-  if (marks.failed) { if (answered) api.ack(); return; }
+  // 'stale' (the same for the cards): an action answered after the rater picked another experiment, whose page is shown
+  if (marks.failed || marks.stale) { if (answered) api.ack(); return; }
   api.marks = marks;
   if (answered) { api.ack(); return; }
   if (api.applyMarks) api.applyMarks(marks);

@@ -133,7 +133,18 @@ class RateHandlers:
         page sends its next queued action at once (it waited 30 s per action) and shows the card as it was. The
         error is shown in one sentence, and anything but a refusal is logged with its traceback."""
         try:
-            return self.view_outputs(act(self.who_of(request)), payload)
+            who = self.who_of(request)
+            view = act(who)
+            if self.picks.stale(request, "rate", view.state.get("experiment_id")):
+                # answered after the rater picked another experiment: what it did is kept (the rating, the skip),
+                # but its page and state are the experiment left, which would go over the one picked (found by
+                # review); only its number goes back, so that the page sends its next action
+                if not view.keep_state:
+                    ui_rate.release_batch(self.factory, who, view.state)
+                seq = action_number(payload)
+                return (gr.skip(), json.dumps({"stale": True, **({"done": seq} if seq is not None else {})}),
+                        gr.skip(), gr.skip())
+            return self.view_outputs(view, payload)
         except gr.Error as exc:  # a refusal (signed out, account removed): its sentence is for the rater
             self.warn(exc.message)
         except Exception:

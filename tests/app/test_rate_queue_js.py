@@ -140,7 +140,8 @@ def test_the_poll_of_a_waiting_page_does_not_write_the_pages_state_back(ui_world
     assert "no round is open" in progress and grid == marks == new_state == gr.skip()  # a late tick overwrote cards
 
 
-def test_an_action_the_server_could_not_handle_releases_the_next_at_once(tmp_path):
+@pytest.mark.parametrize("answer", ["failed", "stale"])
+def test_an_action_the_server_could_not_handle_releases_the_next_at_once(tmp_path, answer):
     """A handler that raised (the sign-in ran out, the database locked) sent no answer, so each queued action waited
     the 30 s time-out before the next was sent. The server now answers it with ``failed`` and its number: the next
     action goes at once, and the cards keep the last marks (the failed card's state before the action)."""
@@ -149,17 +150,17 @@ def test_an_action_the_server_could_not_handle_releases_the_next_at_once(tmp_pat
         watchers.marks();
         api.send('rate', { image_id: 11, score: 7 });
         api.send('rate', { image_id: 12, score: 3 });
-        props.value = JSON.stringify({ failed: true, done: 1 });
+        props.value = JSON.stringify({ ANSWER: true, done: 1 });
         watchers.marks();
         log.push(['mark', 'failed answered']);
         log.push(['marks', api.marks]);
         log.push(['timers', timers.filter((t) => t.fn).length]);
-    """)
+    """.replace("ANSWER", answer))  # 'stale': answered after the rater picked another experiment (app.ui_rate_tab)
     order = [entry[1] if entry[0] == "mark" else entry[1] + str(entry[2].get("image_id", ""))
              for entry in log if entry[0] in ("sent", "mark")]
     assert order == ["rate11", "rate12", "failed answered"], order  # rate 12 went without a time-out
     marks = next(entry[1] for entry in log if entry[0] == "marks")
-    assert marks["cards"]["11"]["score"] == 4 and "failed" not in marks
+    assert marks["cards"]["11"]["score"] == 4 and answer not in marks
     assert next(entry[1] for entry in log if entry[0] == "timers") == 1  # only rate 12's own time-out is pending
 
 

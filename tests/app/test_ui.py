@@ -18,7 +18,7 @@ from db import jobs as job_queue
 from db import repo
 from db.engine import read_session, write_session
 from db.errors import Conflict, InvalidInput, NotFound
-from db.models import ImageLease
+from db.models import ImageLease, Rating
 
 
 def who(world, name: str) -> auth.Who:
@@ -718,6 +718,33 @@ def test_a_rate_tick_overtaken_by_a_pick_gives_its_batch_back(ui_world, monkeypa
     outputs = late if isinstance(late, tuple) else (late,) * 4
     assert all(o == gr.skip() for o in outputs), outputs[3]
     assert held(w, w.round_id, "alice") == [] and sorted(held(w, b_round, "alice")) == sorted(picked["b"]["batch"])
+
+
+def test_a_rating_answered_after_the_rater_picked_another_experiment_is_kept_and_writes_no_page(ui_world):
+    """A rating of A's last card, in flight as the rater picks B: its answer (A's next batch, A's state) came after the
+    pick and put A's page back over B's, the selector saying B (found by review; the ticks were fixed before). The
+    rating is kept, the answer writes no page or state (only its number, so the page sends its next action), and the
+    A batch it drew is given back."""
+    w = ui_world
+    fns = handlers(ui.build_demo(w.services()))
+    rate_handlers = fns["on_rate_poll"].__self__
+    state_a = fns["on_experiment"](w.experiment_id, None, in_session("alice"))[3]
+    image = state_a["batch"][0]
+    b_id, b_round = a_waits_and_b_opens(w)
+    with write_session(w.factory) as s:
+        repo.set_round_status(session=s, round_id=w.round_id, status="labeling")  # A stays open for this test
+    fns["on_experiment"](b_id, state_a, in_session("alice"))  # the pick lands while the rating is on its way
+    b_held = held(w, b_round, "alice")
+    for other in state_a["batch"][1:]:  # the rest of A's batch was rated in another tab: this is A's last card
+        rate_handlers.on_rate(state_a, gr.EventData(None, {"image_id": other, "score": 3}), in_session("alice", "s2"))
+    outputs = rate_handlers.on_rate(state_a, gr.EventData(None, {"image_id": image, "score": 7, "seq": 9}),
+                                    in_session("alice"))
+    grid, marks, progress, state = outputs
+    assert grid == gr.skip() and progress == gr.skip() and state == gr.skip(), outputs
+    assert json.loads(marks) == {"stale": True, "done": 9}
+    with read_session(w.factory) as s:  # the rating is kept
+        assert [r.score for r in s.query(Rating).filter(Rating.image_id == image)] == [7]
+    assert held(w, w.round_id, "alice") == [] and sorted(held(w, b_round, "alice")) == sorted(b_held)
 
 
 def test_a_late_pairs_tick_does_not_put_back_the_experiment_the_rater_left(ui_world, tmp_path):
