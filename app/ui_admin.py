@@ -338,6 +338,12 @@ def jobs_table(factory, who: Who, experiment_id: int | None) -> list[list[str]]:
         return rows
 
 
+def selected_experiment(factory, experiment_id: int | None) -> int:
+    """The id of the experiment an admin action is about: ``experiment_id``, or with none selected the default the
+    page shows (``pick_experiment``); InvalidInput when there is none."""
+    return _experiment_id(factory, experiment_id)
+
+
 def _experiment_id(factory, experiment_id: int | None) -> int:
     with read_session(factory) as s:
         exp = pick_experiment(s, experiment_id)

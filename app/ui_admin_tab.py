@@ -57,44 +57,54 @@ class AdminHandlers:
     def _ask(question: str, pending: dict, yes: str):
         return gr.Row(visible=True), f"**{question}**", pending, gr.Button(yes)
 
+    # Each question names the experiment it resolved (the selected one, or with none selected the default the page
+    # shows), and the confirmation acts on that one: it resolved the default again, so when another experiment had
+    # become the default meanwhile, "Finish 'b-exp'?" confirmed finished another (found by review).
+    def _target(self, exp_id) -> int:
+        return self.shown(lambda: ui_admin.selected_experiment(self.factory, exp_id))
+
     def on_close(self, exp_id, request: gr.Request):
         who = self.admin_of(request)
-        question, index = self.shown(lambda: ui_admin.close_question(self.factory, who, exp_id))
-        return self._ask(question, {"action": "close", "experiment_id": exp_id, "round": index},
+        target = self._target(exp_id)
+        question, index = self.shown(lambda: ui_admin.close_question(self.factory, who, target))
+        return self._ask(question, {"action": "close", "experiment_id": exp_id, "target": target, "round": index},
                          f"Yes, close round {index} and train")
 
     def on_finish_ask(self, exp_id, request: gr.Request):
         who = self.admin_of(request)
-        return self._ask(self.shown(lambda: ui_admin.finish_question(self.factory, who, exp_id)),
-                         {"action": "finish", "experiment_id": exp_id}, "Yes, finish it")
+        target = self._target(exp_id)
+        return self._ask(self.shown(lambda: ui_admin.finish_question(self.factory, who, target)),
+                         {"action": "finish", "experiment_id": exp_id, "target": target}, "Yes, finish it")
 
     def on_archive_ask(self, exp_id, request: gr.Request):
         who = self.admin_of(request)
-        return self._ask(self.shown(lambda: ui_admin.finish_question(self.factory, who, exp_id, archive=True)),
-                         {"action": "archive", "experiment_id": exp_id}, "Yes, finish and archive it")
+        target = self._target(exp_id)
+        return self._ask(self.shown(lambda: ui_admin.finish_question(self.factory, who, target, archive=True)),
+                         {"action": "archive", "experiment_id": exp_id, "target": target}, "Yes, finish and archive it")
 
     def on_stop_ask(self, exp_id, job_id, request: gr.Request):
         who = self.admin_of(request)
-        question, (jid, worker) = self.shown(lambda: ui_admin.stop_question(self.factory, who, exp_id, job_id))
-        return self._ask(question, {"action": "stop", "experiment_id": exp_id, "job_id": jid, "worker": worker},
-                         f"Yes, stop job {jid}")
+        target = self._target(exp_id)
+        question, (jid, worker) = self.shown(lambda: ui_admin.stop_question(self.factory, who, target, job_id))
+        return self._ask(question, {"action": "stop", "experiment_id": exp_id, "target": target, "job_id": jid,
+                                    "worker": worker}, f"Yes, stop job {jid}")
 
     def on_confirm(self, pending, exp_id, request: gr.Request):
         who = self.admin_of(request)
         factory = self.factory
-        if not pending or pending.get("experiment_id") != exp_id:
+        if not pending or pending.get("experiment_id") != exp_id or not isinstance(pending.get("target"), int):
             raise gr.Error("There is nothing to confirm for this experiment; press the button again.", print_exception=False)
-        action = pending["action"]
+        action, target = pending["action"], pending["target"]
         if action == "close":
-            message = self.shown(lambda: ui_admin.close_round(factory, who, exp_id, expected_index=pending["round"]))
+            message = self.shown(lambda: ui_admin.close_round(factory, who, target, expected_index=pending["round"]))
         elif action == "stop":
-            message = self.shown(lambda: ui_admin.stop_job(factory, who, exp_id, pending["job_id"],
+            message = self.shown(lambda: ui_admin.stop_job(factory, who, target, pending["job_id"],
                                                            expected_worker=pending.get("worker")))
         else:
-            message = self.shown(lambda: ui_admin.finish_experiment(factory, who, exp_id, archive=action == "archive"))
+            message = self.shown(lambda: ui_admin.finish_experiment(factory, who, target, archive=action == "archive"))
         gr.Info(message)
         choices = ui_admin.experiment_choices(factory)
-        return (message, ui_admin.round_status_html(factory, exp_id), ui_admin.jobs_table(factory, who, exp_id),
+        return (message, ui_admin.round_status_html(factory, target), ui_admin.jobs_table(factory, who, target),
                 gr.Row(visible=False), None, gr.Dropdown(choices=choices))
 
     def on_cancel(self, request: gr.Request):

@@ -747,6 +747,31 @@ def test_a_rating_answered_after_the_rater_picked_another_experiment_is_kept_and
     assert held(w, w.round_id, "alice") == [] and sorted(held(w, b_round, "alice")) == sorted(b_held)
 
 
+def test_a_confirmation_acts_on_the_experiment_its_question_named(ui_world):
+    """With no experiment selected (a page loaded before any existed) an admin's question named the default
+    experiment, and the confirmation resolved the default again: once another had become the default (its round
+    closed meanwhile), "Finish 'b-exp'?" confirmed finished 'ui-exp' (found by review). It acts on the one named."""
+    w = ui_world
+    with write_session(w.factory) as s:  # a newer experiment B with an open round: the default while none is selected
+        b = repo.create_experiment(session=s, name="b-exp", model_spec="m", method="bootstrap", config={},
+                                   budgets=[4], prompts=["x"], overlap=1)
+        rb = repo.create_round(session=s, experiment_id=b.id)
+    w.add_round_images(rb.id, 2, start=50)
+    with write_session(w.factory) as s:
+        repo.open_round(session=s, round_id=rb.id)
+    fns = handlers(ui.build_demo(w.services()))
+    root = in_session("root")
+    _, question, pending, _ = fns["on_finish_ask"](None, root)
+    assert "b-exp" in str(question)
+    with write_session(w.factory) as s:  # meanwhile B's round closes: the default is now ui-exp
+        repo.set_round_status(session=s, round_id=rb.id, status="training")
+    fns["on_confirm"](pending, None, root)
+    with read_session(w.factory) as s:
+        assert {e.name: e.status for e in repo.list_experiments(session=s)} == {"ui-exp": "active", "b-exp": "finished"}
+    with pytest.raises(gr.Error, match="nothing to confirm"):  # a pending answer without its experiment: refused
+        fns["on_confirm"]({"action": "finish", "experiment_id": None}, None, root)
+
+
 def test_a_late_pairs_tick_does_not_put_back_the_experiment_the_rater_left(ui_world, tmp_path):
     """The Pairs tab's poll had the same race: a tick started with A wrote A's page (and an old nonce) after the
     rater picked B. It writes nothing now; an admin's new experiment (which the selector shows) is polled as usual."""
