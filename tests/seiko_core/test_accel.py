@@ -181,9 +181,13 @@ def test_two_ranks_train_like_one_process_with_the_global_batch(random_model_dir
     (res0, got0), (res1, got1) = out[0], out[1]
     assert res0.steps == res1.steps == one.steps == 2
     assert res0.metrics["trajectories"] == one.metrics["trajectories"] == 4
-    assert res0.history[0]["reward"] != res1.history[0]["reward"]  # the ranks rendered different trajectories
+    assert res0.history[0]["rank_reward"] != res1.history[0]["rank_reward"]  # the ranks rendered different trajectories
     # the global batch's mean reward is the mean of the ranks' (batch halves of equal size)
-    assert abs((res0.history[0]["reward"] + res1.history[0]["reward"]) / 2 - one.history[0]["reward"]) < 1e-5
+    assert abs((res0.history[0]["rank_reward"] + res1.history[0]["rank_reward"]) / 2 - one.history[0]["reward"]) < 1e-5
+    # and that is what every rank logs: the one process's figures, not its own share (found by review)
+    for h0, h1, h in zip(res0.history, res1.history, one.history):
+        for key in ("reward", "kl", "loss"):
+            assert h0[key] == h1[key] and abs(h0[key] - h[key]) < 1e-5 * max(1.0, abs(h[key])), (key, h0, h)
     for h0, h1, h in zip(res0.history, res1.history, one.history):  # the same averaged gradient, step by step
         assert h0["grad_norm"] == h1["grad_norm"] and abs(h0["grad_norm"] - h["grad_norm"]) < 1e-5 * h["grad_norm"]
     lr = tiny_cfg().finetune.lr
