@@ -118,7 +118,8 @@ def set_options(factory, who, experiment_id: int, **changes: Any) -> ExperimentO
 
     require_admin(who)
     with write_session(factory) as s:
-        experiment = repo.get_experiment(session=s, experiment_id=experiment_id)
+        # locked: the config is rewritten whole, and another admin's change of it meanwhile was undone (review)
+        experiment = repo.lock_experiment(session=s, experiment_id=experiment_id)
         new = ExperimentOptions(**{**of(experiment).as_dict(), **changes})
         experiment.config = with_options(dict(experiment.config), new)
         repo.add_audit(session=s, actor_id=who.rater_id, actor_name=who.name, action="experiment.options",

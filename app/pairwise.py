@@ -103,7 +103,8 @@ def set_feedback(factory, who: Who, experiment_id: int, feedback: Any) -> str:
     feedback = check_feedback(feedback)
     made = 0
     with write_session(factory) as s:
-        experiment = repo.get_experiment(session=s, experiment_id=int(experiment_id))
+        # locked: the config is rewritten whole, and another admin's change of it meanwhile was undone (review)
+        experiment = repo.lock_experiment(session=s, experiment_id=int(experiment_id))
         config = dict(experiment.config or {})
         config[APP_KEY] = {**(config.get(APP_KEY) or {}), "feedback": feedback}
         experiment.config = config

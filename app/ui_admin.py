@@ -110,10 +110,15 @@ def spec_from_form(form: ExperimentForm) -> services.ExperimentSpec:
 
 
 def create_experiment(factory, who: Who, form: ExperimentForm, *, default_model: str) -> str:
+    return create_experiment_with_id(factory, who, form, default_model=default_model)[0]
+
+
+def create_experiment_with_id(factory, who: Who, form: ExperimentForm, *, default_model: str) -> tuple[str, int]:
+    """(the sentence for the admin, the new experiment's id)."""
     require_admin(who)
     experiment_id = services.create_experiment(factory=factory, spec=spec_from_form(form), default_model=default_model)
     auth.record(factory, who, "experiment.create", f"experiment {experiment_id}", name=form.name.strip())
-    return f"Created experiment {form.name.strip()!r} (id {experiment_id}); the worker now generates round 0."
+    return f"Created experiment {form.name.strip()!r} (id {experiment_id}); the worker now generates round 0.", experiment_id
 
 
 def _audit(session, who: Who, action: str, target: str, **detail: Any) -> None:

@@ -158,11 +158,11 @@ class AdminHandlers:
         form = ui_admin.ExperimentForm(name=name, preset=preset_name, model=model, method=method, budgets=budgets,
                                        prompts=prompts, aggregation=aggregation, kl_weight=kl, overlap=overlap,
                                        epochs=epochs, max_seconds=max_seconds)
-        message = self.shown(lambda: ui_admin.create_experiment(self.factory, who, form,
-                                                                default_model=self.services.settings.model))
+        message, new_id = self.shown(lambda: ui_admin.create_experiment_with_id(
+            self.factory, who, form, default_model=self.services.settings.model))
         gr.Info(message)
+        # the one just made: the newest of the list was another admin's when two created at once (found by review)
         choices = ui_admin.experiment_choices(self.factory)
-        new_id = choices[0][1]
         if self.picks is not None:  # the selector now shows the new experiment (the Rate tab stays where it was)
             self.picks.pick(request, shown=new_id)
         return message, gr.Dropdown(choices=choices, value=new_id), new_id, ui_admin.round_status_html(self.factory, new_id)

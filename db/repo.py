@@ -139,6 +139,18 @@ def get_experiment(*, session: Session, experiment_id: int) -> Experiment:
     return experiment
 
 
+def lock_experiment(*, session: Session, experiment_id: int) -> Experiment:
+    """The experiment, its row locked for the rest of the transaction and read afresh (``get_experiment`` reads it
+    without a lock). For a change decided on what it reads: on PostgreSQL, a Pause that read 'active' while Finish
+    ran then wrote 'paused' over 'finished', and two settings changes each rewrote the whole config from their own
+    copy, the second undoing the first (found by review). Lock it before its rounds."""
+    experiment = session.get(Experiment, experiment_id, with_for_update=True,
+                             populate_existing=True) if findable_id(experiment_id) else None
+    if experiment is None:
+        raise NotFound(f"there is no experiment with id {experiment_id}")
+    return experiment
+
+
 def get_experiment_by_name(*, session: Session, name: str) -> Experiment:
     experiment = session.scalar(select(Experiment).where(Experiment.name == name))
     if experiment is None:
@@ -159,7 +171,7 @@ def list_experiments(*, session: Session, status: str | None = None, archived: b
 def set_experiment_status(*, session: Session, experiment_id: int, status: str) -> Experiment:
     """Pause or resume (or finish, see ``finish_experiment``). A finished experiment stays finished."""
     _choice("experiment status", status, EXPERIMENT_STATUSES)
-    experiment = get_experiment(session=session, experiment_id=experiment_id)
+    experiment = lock_experiment(session=session, experiment_id=experiment_id)
     if experiment.status == "finished" and status != "finished":
         raise Conflict(f"experiment {experiment.name!r} is finished; it cannot be {'paused' if status == 'paused' else 'resumed'}")
     experiment.status = status
@@ -192,10 +204,10 @@ def finish_experiment(*, session: Session, experiment_id: int, now: datetime | N
     failed with the same "cancelled" message and its grid kept as far as it got (if it had stored its last chunk
     already, it publishes its metrics onto the rounds that are done now)."""
     now = _now(now)
-    experiment = get_experiment(session=session, experiment_id=experiment_id)
+    experiment = lock_experiment(session=session, experiment_id=experiment_id)
     if experiment.status == "finished":
         return experiment
-    # lock the rounds first: a close_round in flight (its round locked, its train job not yet committed) is waited
+    # then the rounds: a close_round in flight (its round locked, its train job not yet committed) is waited
     # for, so its job is seen and cancelled below; on PostgreSQL it was left queued (found by review)
     session.scalars(select(Round).where(Round.experiment_id == experiment_id).order_by(Round.index).with_for_update(),
                     execution_options={"populate_existing": True}).all()
@@ -1153,8 +1165,9 @@ def round_rating_stats(*, session: Session, experiment_id: int, kind: str | None
                 n_ratings=n_ratings,
                 mean_score=None if mean is None else float(mean),
                 n_labels=int(labels.get(round_.id) or 0),
-                labels_wanted=_open_round_wanted(session, round_.id, kind, overlap) if round_.status == "labeling"
-                else counts.get(round_.id, 0) * overlap,
+                # skips counted whatever the round's status: a closed round went back to images x overlap, so a
+                # complete one read as short of ratings (found by review)
+                labels_wanted=_open_round_wanted(session, round_.id, kind, overlap) if counts.get(round_.id) else 0,
             )
         )
     return stats

@@ -727,6 +727,11 @@ def test_an_image_every_rater_skipped_does_not_keep_the_round_from_closing_by_it
     assert len(_train_jobs(ui_world)) == 1
     with read_session(ui_world.factory) as s:
         assert repo.get_round(session=s, round_id=ui_world.round_id).status == "training"
+        # and the dashboard's row says so once it is closed: it went back to images x overlap (5 of 6), a complete
+        # round reading as one rating short (found by review)
+        (row,) = [r for r in repo.round_rating_stats(session=s, experiment_id=ui_world.experiment_id, kind="query")
+                  if r.round_id == ui_world.round_id]
+        assert (row.n_ratings, row.labels_wanted) == (5, 5)
 
 
 def test_the_dashboard_shows_the_honest_sample_apart_when_a_selection_mode_chose_images(ui_world):

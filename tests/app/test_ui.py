@@ -772,6 +772,67 @@ def test_a_confirmation_acts_on_the_experiment_its_question_named(ui_world):
         fns["on_confirm"]({"action": "finish", "experiment_id": None}, None, root)
 
 
+def test_two_admins_changing_an_experiments_settings_at_once_keep_both_changes(ui_world, monkeypatch):
+    """Each settings change rewrote the experiment's whole config from the copy it read: on PostgreSQL the feedback
+    set while an options change was being written undid that change (found by review). The row is locked and read
+    afresh first: the second waits for the first and keeps its change."""
+    import threading
+
+    from app import auth, experiment_options, pairwise
+
+    w = ui_world
+    root = auth.identify(w.factory, local_mode=False, username="root", client_host="127.0.0.1")
+    real_audit, inside, release = repo.add_audit, threading.Event(), threading.Event()
+
+    def held_audit(**kwargs):  # the options change has written its config and waits here, uncommitted
+        if threading.current_thread().name == "options":
+            inside.set()
+            release.wait(30)
+        return real_audit(**kwargs)
+
+    monkeypatch.setattr(repo, "add_audit", held_audit)
+    options = threading.Thread(name="options", target=lambda: experiment_options.set_options(
+        w.factory, root, w.experiment_id, auto_close=True))
+    options.start()
+    assert inside.wait(30)
+    feedback = threading.Thread(target=lambda: pairwise.set_feedback(w.factory, root, w.experiment_id, "both"))
+    feedback.start()
+    feedback.join(1.5)  # it waits for the options change (its lock), or on old code read the config before it
+    release.set()
+    options.join(30)
+    feedback.join(30)
+    with read_session(w.factory) as s:
+        experiment = repo.get_experiment(session=s, experiment_id=w.experiment_id)
+        assert experiment_options.of(experiment).auto_close is True
+        assert pairwise.feedback_of(experiment) == "both"
+
+
+def test_creating_an_experiment_selects_that_one_not_the_newest(ui_world, tmp_path, monkeypatch):
+    """After a create the selector showed the newest experiment of the list: when another admin created one at the
+    same moment, each was switched to the other's (found by review). It shows the one just made."""
+    from app import services
+
+    w = ui_world
+    model = tmp_path / "models" / "x"
+    model.mkdir(parents=True)
+    (model / "model_index.json").write_text("{}")
+    real_create = services.create_experiment
+
+    def and_another_admins(**kwargs):
+        made = real_create(**kwargs)
+        with write_session(w.factory) as s:  # another admin's, committed right after this one
+            repo.create_experiment(session=s, name="theirs", model_spec="m", method="bootstrap", config={},
+                                   budgets=[4], prompts=["x"], overlap=1)
+        return made
+
+    monkeypatch.setattr(services, "create_experiment", and_another_admins)
+    fns = handlers(ui.build_demo(w.services()))
+    out = fns["on_create"]("mine", "shapes", str(model), "bootstrap", "mean", 0.05, 1, "4", "a shape",
+                           request=in_session("root", "s9"))
+    with read_session(w.factory) as s:
+        assert repo.get_experiment(session=s, experiment_id=out[2]).name == "mine"
+
+
 def test_a_late_pairs_tick_does_not_put_back_the_experiment_the_rater_left(ui_world, tmp_path):
     """The Pairs tab's poll had the same race: a tick started with A wrote A's page (and an old nonce) after the
     rater picked B. It writes nothing now; an admin's new experiment (which the selector shows) is polled as usual."""

@@ -333,6 +333,21 @@ def test_deleting_an_account_waits_for_its_rating_in_flight_and_refuses(db_facto
         assert s.scalar(select(func.count(Rating.id))) == 1
 
 
+def test_pausing_an_experiment_being_finished_waits_and_is_refused(db_factory, db_url, make_world):
+    """On PostgreSQL a Pause that read the experiment as 'active' while Finish ran then wrote 'paused' over
+    'finished': the finished experiment came back (found by review). The experiment's row is locked and read afresh
+    first, so the Pause waits for the Finish and is refused."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite serialises write transactions (BEGIN IMMEDIATE); the race needs PostgreSQL")
+    world = make_world()
+    result = race_with_open_transaction(
+        db_factory, lambda s: repo.finish_experiment(session=s, experiment_id=world.experiment_id),
+        lambda s: repo.set_experiment_status(session=s, experiment_id=world.experiment_id, status="paused"), wait_s=2)
+    assert "is finished; it cannot be paused" in result, result
+    with read_session(db_factory) as s:
+        assert repo.get_experiment(session=s, experiment_id=world.experiment_id).status == "finished"
+
+
 def test_an_account_name_that_reads_as_another_is_refused(db_factory):
     """'Root', a Cyrillic 'rооt' and a fullwidth 'ｒｏｏｔ' beside 'root' passed for that person in the user list, the
     audit log and the banner (found by review)."""
