@@ -37,9 +37,14 @@ def form_values(factory, experiment_id: int | None) -> tuple[str, int, float, bo
     return options.selection, options.candidate_factor, options.honest_share, options.auto_close
 
 
+FIELDS = ("selection", "candidate_factor", "honest_share", "auto_close")  # the form's four, in form_values' order
+
+
 def save(factory, who, experiment_id: int | None, selection: Any, candidate_factor: Any, honest_share: Any,
-         auto_close: Any, repeat_share: Any = None) -> str:
-    """Store the form's options; ``repeat_share`` None leaves that option as it is."""
+         auto_close: Any, repeat_share: Any = None, *, loaded: Any = None) -> str:
+    """Store the form's options; ``repeat_share`` None leaves that option as it is. ``loaded``: the four values as
+    the form was filled (``form_values``); only those the admin changed since are stored, so a form filled before
+    another admin's change does not undo it (it stored all four as it had them; found by review)."""
     if experiment_id is None:
         raise ValueError("select an experiment first")
     factor = candidate_factor
@@ -47,6 +52,9 @@ def save(factory, who, experiment_id: int | None, selection: Any, candidate_fact
         factor = int(factor)
     changes = {"selection": selection, "candidate_factor": factor, "honest_share": _number(honest_share),
                "auto_close": bool(auto_close)}
+    if isinstance(loaded, list | tuple) and len(loaded) == len(FIELDS):
+        before = dict(zip(FIELDS, loaded, strict=True))
+        changes = {k: v for k, v in changes.items() if v != before[k]}
     if repeat_share is not None:
         changes["repeat_share"] = _number(repeat_share)
     new = experiment_options.set_options(factory, who, int(experiment_id), **changes)
@@ -85,19 +93,23 @@ def build_admin(services, exp_state, admin_of: Callable, shown: Callable, privat
                                step=0.05, scale=0, min_width=150, elem_id="opt-repeat-share")
             button = gr.Button("Save round options", scale=0, min_width=180, elem_id="save-round-options")
         result = gr.Markdown(elem_id="round-options-result")
+        loaded = gr.State(None)  # the four values as the form was filled: a save stores only those changed since
 
-    def on_save(exp_id, sel, fac, sh, ac, rep, request: gr.Request):
+    def on_save(exp_id, sel, fac, sh, ac, rep, before, request: gr.Request):
         who = admin_of(request)  # refuses a rater; set_options checks the role again
-        message = shown(lambda: save(services.factory, who, exp_id, sel, fac, sh, ac, rep))
+        message = shown(lambda: save(services.factory, who, exp_id, sel, fac, sh, ac, rep, loaded=before))
         gr.Info(message)
-        return message
+        values = shown(lambda: form_values(services.factory, exp_id))  # as stored now, others' changes included
+        return message, *values, list(values)
 
     def on_experiment(exp_id, request: gr.Request):
         """The form shows the selected experiment's stored options (to an admin; a rater's page has no Admin tab)."""
         if not who_of(request).is_admin:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        return shown(lambda: form_values(services.factory, exp_id))
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        values = shown(lambda: form_values(services.factory, exp_id))
+        return *values, list(values)
 
-    button.click(on_save, [exp_state, selection, factor, share, auto, repeat], [result], **private)
-    exp_state.change(on_experiment, [exp_state], [selection, factor, share, auto], **private)
+    button.click(on_save, [exp_state, selection, factor, share, auto, repeat, loaded],
+                 [result, selection, factor, share, auto, loaded], **private)
+    exp_state.change(on_experiment, [exp_state], [selection, factor, share, auto, loaded], **private)
     return button

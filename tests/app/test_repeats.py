@@ -408,12 +408,12 @@ def test_saving_the_admin_form_leaves_an_untouched_repeat_share_as_it_was(ui_wor
     demo = ui.build_demo(ui_world.services())
     button = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "save-round-options")
     save = next(f for f in demo.fns.values() if any(t[0] == button._id for t in f.targets))
-    exp_state, *form = save.inputs
+    exp_state, *form, loaded = save.inputs  # loaded: the values as the form was filled (a State, None at first)
     assert [c.elem_id for c in form] == ["opt-selection", "opt-candidate-factor", "opt-honest-share", "opt-auto-close",
                                          "opt-repeat-share"]
     values = [c.value for c in form]  # the form as the page first shows it
     values[3] = True  # the admin turns auto-close on and saves, touching nothing else
-    message = save.fn(ui_world.experiment_id, *values, request=request("root"))
+    message = save.fn(ui_world.experiment_id, *values, None, request=request("root"))[0]
     assert message.endswith("auto-close **on**, repeats **0.3** of the images a rater gets.")
     with read_session(ui_world.factory) as s:
         stored = repo.get_experiment(session=s, experiment_id=ui_world.experiment_id).config["app"]

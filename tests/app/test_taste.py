@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import threading
 
+import gradio as gr
 import numpy as np
 import pytest
 import torch
@@ -344,6 +345,28 @@ def test_the_admin_form_keeps_an_older_experiments_selection_when_another_option
         stored = experiment_options.of(repo.get_experiment(session=s, experiment_id=ui_world.experiment_id))
     assert (stored.selection, stored.candidate_factor, stored.auto_close) == ("random", 1, True)
     assert ui_options.form_values(ui_world.factory, None)[:2] == ("spread", 2)  # nothing selected: a new one's
+
+
+def test_a_form_filled_before_another_admins_change_does_not_undo_it(ui_world):
+    """The round-options form stored all four of its values as it had them: admin B turned auto-close on, admin A
+    (whose form was filled before) then changed only the selection and saved, which turned auto-close off again
+    (found by review). The page's event sends the values as the form was filled, and only the changed ones are
+    stored; the form is then filled again from what is stored."""
+    from app import ui, ui_options
+
+    w = ui_world
+    fns = {bf.fn.__name__: bf.fn for bf in ui.build_demo(w.services()).fns.values() if bf.fn is not None
+           and bf.fn.__module__ == "app.ui_options"}
+    admin = gr.Request(username="root", client={"host": "127.0.0.1", "port": 5000}, session_hash="a")
+    *form_a, loaded_a = fns["on_experiment"](w.experiment_id, admin)  # A's form, filled now
+    assert form_a[3] is False
+    ui_options.save(w.factory, Who(w.accounts["root"], "root", "admin", local=False), w.experiment_id, *form_a[:3],
+                    True)  # B turns auto-close on
+    out = fns["on_save"](w.experiment_id, "uncertainty", *form_a[1:], None, loaded_a, admin)  # A: the selection only
+    with read_session(w.factory) as s:
+        stored = experiment_options.of(repo.get_experiment(session=s, experiment_id=w.experiment_id))
+    assert (stored.selection, stored.auto_close) == ("uncertainty", True)
+    assert out[1:5] == ("uncertainty", form_a[1], form_a[2], True) and out[5] == list(out[1:5])  # filled again
 
 
 def test_the_worker_shows_only_the_selected_candidates(worker_world):
