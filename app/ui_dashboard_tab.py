@@ -28,8 +28,22 @@ class DashboardHandlers:
         self.factory, self.data_dir = services.factory, services.settings.data_dir
         self.who_of = who_of
 
+    def _resolved(self, exp_id):
+        """The experiment a dashboard request is about, resolved once: with none selected the check and the load each
+        picked the default, so a default that changed between the two showed a rater a dashboard hidden from raters
+        (found by review). None when there is no experiment."""
+        if exp_id is not None:
+            return exp_id
+        from app.ui_rate import pick_experiment
+        from db.engine import read_session
+
+        with read_session(self.factory) as s:
+            exp = pick_experiment(s, None)
+            return None if exp is None else exp.id
+
     def on_dashboard(self, exp_id, seen, request: gr.Request):
         who = self.who_of(request)
+        exp_id = self._resolved(exp_id)
         if not visible(self.factory, who, exp_id):  # checked here, not only by hiding the tab
             # the plots are cleared, not skipped: a rater with the tab open when an admin turned it off kept them (review)
             return (ui_dashboard.NOT_FOR_RATERS, "", [], None, "", {})
@@ -47,6 +61,7 @@ class DashboardHandlers:
 
     def on_taste(self, exp_id, seen_key, request: gr.Request):
         who = self.who_of(request)
+        exp_id = self._resolved(exp_id)
         if not visible(self.factory, who, exp_id):  # checked here, not only by hiding the tab
             return None, ""
         return ui_taste.plot_update(self.factory, exp_id, seen_key)

@@ -248,6 +248,35 @@ def test_the_dashboard_handler_refuses_a_rater_on_the_server(ui_world):
     assert "ui-exp" in summary and table[0][0] == "0"
 
 
+def test_with_no_experiment_selected_the_dashboard_checks_and_loads_the_same_one(ui_world, monkeypatch):
+    """With none selected, the check (may raters see it?) and the load each picked the default experiment: one that
+    became the default between the two (a newer one with an open round, its dashboard hidden from raters) was shown
+    to a rater (found by review). The default is resolved once, and the check and the load are about it."""
+    import gradio as gr
+
+    from app import ui_dashboard_tab
+
+    ui_admin.set_dashboard_access(ui_world.factory, who(ui_world, "root"), ui_world.experiment_id, True)
+    real_visible = ui_dashboard_tab.visible
+
+    def then_another_becomes_the_default(factory, who_, exp_id):
+        answer = real_visible(factory, who_, exp_id)
+        with write_session(factory) as s:  # a newer experiment with an open round, hidden from raters
+            hidden = repo.create_experiment(session=s, name="hidden-exp", model_spec="m", method="bootstrap",
+                                            config={}, budgets=[4], prompts=["x"], overlap=1)
+            rnd = repo.create_round(session=s, experiment_id=hidden.id)
+        ui_world.add_round_images(rnd.id, 2, start=80)
+        with write_session(factory) as s:
+            repo.open_round(session=s, round_id=rnd.id)
+        return answer
+
+    monkeypatch.setattr(ui_dashboard_tab, "visible", then_another_becomes_the_default)
+    demo = ui.build_demo(ui_world.services())
+    (on_dashboard,) = {bf.fn for bf in demo.fns.values() if bf.fn is not None and bf.fn.__name__ == "on_dashboard"}
+    summary = on_dashboard(None, {}, request=gr.Request(username="alice", client={"host": "127.0.0.1"}))[0]
+    assert "hidden-exp" not in summary and "ui-exp" in summary
+
+
 def test_a_failed_jobs_error_text_reaches_admins_only(ui_world):
     """Found in review: a rater allowed the dashboard saw a failed job's whole error text (paths, tracebacks), which
     the experiment selector already kept to admins (46bcbde). Raters are now told that it failed, not why."""
