@@ -7,6 +7,7 @@ the one file A1111 users download carries it. JSON only, no pickles.
 
 from __future__ import annotations
 
+import html
 import json
 import struct
 from collections.abc import Mapping
@@ -50,6 +51,12 @@ def _chosen(sel: Mapping[str, Any] | None) -> str:
     return f"{shown} of {cands} candidates by {mode}{part}"
 
 
+def _plain(text: Any) -> str:
+    """An admin-given name as plain text in the card's Markdown: a name with ``<b>`` or a backtick was read as markup
+    by a host that renders the card (found by review)."""
+    return html.escape(str(text), quote=False).replace("`", "&#96;").replace("*", "&#42;").replace("_", "&#95;")
+
+
 def markdown(card: Mapping[str, Any]) -> str:
     """The card as Markdown (every figure is also in ``model_card.json``)."""
     exp = card.get("experiment", {})
@@ -65,7 +72,7 @@ def markdown(card: Mapping[str, Any]) -> str:
         labels += (f", including {outside['count']} ratings of {outside['images']} images on "
                    f"{_indices(outside['rounds'])}, outside the lineage: the reward model is fitted on all of them")
     lines = [
-        f"# SEIKO model card: {exp.get('name', '?')}, round {k}",
+        f"# SEIKO model card: {_plain(exp.get('name', '?'))}, round {k}",
         "",
         f"- **Format**: {card.get('format')} ({', '.join(card.get('files', [])) or 'see manifest.json'})",
         f"- **Base model**: `{card.get('base_model')}`",
@@ -116,7 +123,7 @@ def markdown(card: Mapping[str, Any]) -> str:
         s = v.get("settings", {})
         lines += [
             f"Stock diffusers {v.get('diffusers_version')} re-loaded this export in a fresh process "
-            f"(`{v.get('loader')}`) and rendered prompt {s.get('prompt')!r}, seed {s.get('seed')}, {s.get('steps')} DDIM "
+            f"(`{v.get('loader')}`) and rendered prompt {_plain(repr(s.get('prompt')))}, seed {s.get('seed')}, {s.get('steps')} DDIM "
             f"steps, guidance {s.get('guidance')}, eta {s.get('eta')}, on {s.get('device')}.",
             "",
             "| check | mean abs. difference (0-255) | largest | rule | result |",

@@ -176,3 +176,19 @@ def test_the_card_counts_the_comparisons_that_trained_the_adapter(rolled_back, t
     text = model_card.markdown({**card, "format": "diffusers", "files": []})
     assert ("**Labels**: 8 ratings of 6 images and 2 comparisons of 1 pairs trained this adapter (every rating and "
             "comparison on the rounds before round 3") in text
+
+
+def test_an_admin_given_name_or_prompt_is_plain_text_in_the_card():
+    """The experiment's name went into the card's Markdown heading as it was, and the check's prompt into its text:
+    a name with <b> or a backtick was read as markup by a host that renders the card (found by review)."""
+    from seiko_core import model_card
+
+    card = {"experiment": {"name": "<img src=x onerror=alert(1)> `x` *y*"}, "round": 1, "labels": {"count": 0, "images": 0},
+            "raters": {"count": 0},
+            "verification": {"passed": True, "kind": "lora", "loader": "load_lora_weights",
+                             "settings": {"prompt": "<script>alert(1)</script>", "seed": 0, "steps": 8},
+                             "vs_base": {"mean_abs": 1.0, "max_abs": 2}, "vs_app": {"mean_abs": 0.0, "max_abs": 0},
+                             "thresholds": {"min_base_mean_abs": 0.1, "max_app_mean_abs": 1.0, "max_app_max_abs": 8}}}
+    text = model_card.markdown(card)
+    assert "<img" not in text and "<script" not in text and "`x`" not in text and "*y*" not in text
+    assert "&lt;img src=x onerror=alert(1)&gt;" in text  # still there, as text
