@@ -51,10 +51,14 @@ def _chosen(sel: Mapping[str, Any] | None) -> str:
     return f"{shown} of {cands} candidates by {mode}{part}"
 
 
+_MARKDOWN_PUNCTUATION = frozenset("\\`*_[]#|~")
+
+
 def _plain(text: Any) -> str:
-    """An admin-given name as plain text in the card's Markdown: a name with ``<b>`` or a backtick was read as markup
-    by a host that renders the card (found by review)."""
-    return html.escape(str(text), quote=False).replace("`", "&#96;").replace("*", "&#42;").replace("_", "&#95;")
+    r"""An admin-given name as plain text in the card's Markdown: a name with ``<b>`` or a backtick was read as markup
+    by a host that renders the card (found by review). ``<``, ``>`` and ``&`` become entities, Markdown's own marks a
+    backslash escape (so ``shapes_ucb_1`` reads ``shapes\_ucb\_1`` in a plain-text viewer, not entities)."""
+    return "".join("\\" + c if c in _MARKDOWN_PUNCTUATION else c for c in html.escape(str(text), quote=False))
 
 
 def markdown(card: Mapping[str, Any]) -> str:
