@@ -108,10 +108,12 @@ def check_model_spec(model_spec: str) -> str:
     return str(Path(name).resolve()) if local else model_spec
 
 
-def create_experiment(*, factory, spec: ExperimentSpec, default_model: str) -> int:
+def create_experiment(*, factory, spec: ExperimentSpec, default_model: str, audit=None) -> int:
     """Create the experiment, its round 0 and the job that generates round 0's batch; returns the experiment id.
 
-    The model is checked first (``check_model_spec``): a mistyped one is refused and nothing is written."""
+    The model is checked first (``check_model_spec``): a mistyped one is refused and nothing is written.
+    ``audit(session, experiment_id)``, if given, writes the action's audit entry in the same transaction (it was a
+    second one: a failure between the two left an experiment nobody was recorded to have made; found by review)."""
     cfg = build_config(spec)
     model_spec = check_model_spec(spec.model_spec or default_model)
     with write_session(factory) as s:
@@ -121,6 +123,8 @@ def create_experiment(*, factory, spec: ExperimentSpec, default_model: str) -> i
                                      prompts=list(cfg.prompts), overlap=spec.overlap)
         round0 = repo.create_round(session=s, experiment_id=exp.id)
         job_queue.enqueue_job(session=s, kind="generate", experiment_id=exp.id, round_id=round0.id, payload={"round_index": 0})
+        if audit is not None:
+            audit(s, exp.id)
         return exp.id
 
 

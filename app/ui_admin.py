@@ -116,8 +116,9 @@ def create_experiment(factory, who: Who, form: ExperimentForm, *, default_model:
 def create_experiment_with_id(factory, who: Who, form: ExperimentForm, *, default_model: str) -> tuple[str, int]:
     """(the sentence for the admin, the new experiment's id)."""
     require_admin(who)
-    experiment_id = services.create_experiment(factory=factory, spec=spec_from_form(form), default_model=default_model)
-    auth.record(factory, who, "experiment.create", f"experiment {experiment_id}", name=form.name.strip())
+    experiment_id = services.create_experiment(
+        factory=factory, spec=spec_from_form(form), default_model=default_model,
+        audit=lambda s, new_id: auth.audit(s, who, "experiment.create", f"experiment {new_id}", name=form.name.strip()))
     return f"Created experiment {form.name.strip()!r} (id {experiment_id}); the worker now generates round 0.", experiment_id
 
 

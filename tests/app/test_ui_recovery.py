@@ -573,3 +573,28 @@ def test_turning_the_raters_dashboard_off_clears_the_plots_a_rater_has_open(ui_w
     refused = fns["on_dashboard"](ui_world.experiment_id, {"rows": "x"}, request=alice)
     assert refused[0] == ui_dashboard.NOT_FOR_RATERS and refused[3] is None and refused[5] == {}
     assert fns["on_taste"](ui_world.experiment_id, "key", request=alice) == (None, "")
+
+
+def test_an_experiment_and_its_audit_entry_are_written_together(ui_world, tmp_path, monkeypatch):
+    """The create's audit entry was written in a second transaction: a failure between the two left an experiment
+    nobody was recorded to have made (found by review). Both are written in one, or neither."""
+    from app import auth
+
+    model = tmp_path / "models" / "x"
+    model.mkdir(parents=True)
+    (model / "model_index.json").write_text("{}")
+    real_audit = auth.audit
+
+    def failing_audit(*args, **kwargs):
+        raise RuntimeError("the audit could not be written")
+
+    monkeypatch.setattr(auth, "audit", failing_audit)
+    with pytest.raises(RuntimeError):
+        ui_admin.create_experiment(ui_world.factory, who(ui_world, "root"), ui_admin.ExperimentForm(name="lost", model=str(model)),
+                                   default_model="unused")
+    with read_session(ui_world.factory) as s:
+        assert "lost" not in [e.name for e in repo.list_experiments(session=s)]
+    monkeypatch.setattr(auth, "audit", real_audit)
+    ui_admin.create_experiment(ui_world.factory, who(ui_world, "root"), ui_admin.ExperimentForm(name="kept", model=str(model)),
+                               default_model="unused")
+    assert "experiment.create" in audit_actions(ui_world)
