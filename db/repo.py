@@ -144,7 +144,10 @@ def lock_experiment(*, session: Session, experiment_id: int) -> Experiment:
     without a lock). For a change decided on what it reads: on PostgreSQL, a Pause that read 'active' while Finish
     ran then wrote 'paused' over 'finished', and two settings changes each rewrote the whole config from their own
     copy, the second undoing the first (found by review). Lock it before its rounds."""
-    experiment = session.get(Experiment, experiment_id, with_for_update=True,
+    # FOR NO KEY UPDATE (key_share), not FOR UPDATE: inserting a row that references the experiment (a round's
+    # train job, a pair) takes a key-share lock on it, which FOR UPDATE blocks; Finish (this lock, then the rounds)
+    # against Close (a round, then its job's insert) then deadlocked on PostgreSQL (found by review)
+    experiment = session.get(Experiment, experiment_id, with_for_update={"key_share": True},
                              populate_existing=True) if findable_id(experiment_id) else None
     if experiment is None:
         raise NotFound(f"there is no experiment with id {experiment_id}")

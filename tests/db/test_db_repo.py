@@ -348,6 +348,52 @@ def test_pausing_an_experiment_being_finished_waits_and_is_refused(db_factory, d
         assert repo.get_experiment(session=s, experiment_id=world.experiment_id).status == "finished"
 
 
+def test_finishing_an_experiment_while_its_round_closes_does_not_deadlock(db_factory, db_url, make_world, monkeypatch):
+    """Finish locked the experiment FOR UPDATE, then its rounds; Close holds its round and then inserts the train job,
+    whose foreign key takes a key-share lock on the experiment, which FOR UPDATE blocks: each waited for the other
+    and PostgreSQL aborted one (found by review). The experiment is locked FOR NO KEY UPDATE: Close finishes, then
+    Finish, which cancels the job Close queued."""
+    import threading
+
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite serialises write transactions (BEGIN IMMEDIATE); the deadlock needs PostgreSQL")
+    world = make_world(n_raters=1)
+    with write_session(db_factory) as s:
+        repo.add_rating(session=s, image_id=world.image_ids[0], rater_id=world.rater_ids[0], score=5)
+    real_enqueue, at_insert, go, out = job_queue.enqueue_job, threading.Event(), threading.Event(), {}
+
+    def enqueue_when_told(**kwargs):  # Close holds its round here, its job not yet inserted
+        if threading.current_thread().name == "close":
+            at_insert.set()
+            go.wait(30)
+        return real_enqueue(**kwargs)
+
+    monkeypatch.setattr(job_queue, "enqueue_job", enqueue_when_told)
+
+    def run(name, fn):
+        try:
+            with write_session(db_factory) as s:
+                fn(s)
+            out[name] = "done"
+        except Exception as exc:  # a deadlock aborts one of the two
+            out[name] = f"{type(exc).__name__}: {exc}"
+
+    close = threading.Thread(name="close", target=run, args=(
+        "close", lambda s: repo.close_round(session=s, experiment_id=world.experiment_id)))
+    finish = threading.Thread(name="finish", target=run, args=(
+        "finish", lambda s: repo.finish_experiment(session=s, experiment_id=world.experiment_id)))
+    close.start()
+    assert at_insert.wait(30)
+    finish.start()
+    finish.join(1.0)  # it has locked the experiment and waits for the round
+    go.set()
+    close.join(30)
+    finish.join(30)
+    assert out == {"close": "done", "finish": "done"}, out
+    with read_session(db_factory) as s:
+        assert repo.get_experiment(session=s, experiment_id=world.experiment_id).status == "finished"
+
+
 def test_an_account_name_that_reads_as_another_is_refused(db_factory):
     """'Root', a Cyrillic 'rооt' and a fullwidth 'ｒｏｏｔ' beside 'root' passed for that person in the user list, the
     audit log and the banner (found by review)."""
