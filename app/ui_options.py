@@ -95,19 +95,29 @@ def build_admin(services, exp_state, admin_of: Callable, shown: Callable, privat
         result = gr.Markdown(elem_id="round-options-result")
         loaded = gr.State(None)  # the four values as the form was filled: a save stores only those changed since
 
+    def filled(exp_id) -> tuple:
+        """The form's four values as stored now (others' changes included), and ``loaded`` for them."""
+        values = shown(lambda: form_values(services.factory, exp_id))
+        return *values, {"experiment_id": exp_id, "values": list(values)}
+
     def on_save(exp_id, sel, fac, sh, ac, rep, before, request: gr.Request):
         who = admin_of(request)  # refuses a rater; set_options checks the role again
-        message = shown(lambda: save(services.factory, who, exp_id, sel, fac, sh, ac, rep, loaded=before))
+        if isinstance(before, dict) and before.get("experiment_id") != exp_id:
+            # filled for another experiment (a save's answer that came after the admin picked this one): nothing is
+            # stored from it; the form shows this experiment's options now (found by review)
+            message = "The form showed another experiment's options; it shows this one's now: check them and save again."
+            gr.Warning(message)
+            return message, *filled(exp_id)
+        values_before = before.get("values") if isinstance(before, dict) else None
+        message = shown(lambda: save(services.factory, who, exp_id, sel, fac, sh, ac, rep, loaded=values_before))
         gr.Info(message)
-        values = shown(lambda: form_values(services.factory, exp_id))  # as stored now, others' changes included
-        return message, *values, list(values)
+        return message, *filled(exp_id)
 
     def on_experiment(exp_id, request: gr.Request):
         """The form shows the selected experiment's stored options (to an admin; a rater's page has no Admin tab)."""
         if not who_of(request).is_admin:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        values = shown(lambda: form_values(services.factory, exp_id))
-        return *values, list(values)
+        return filled(exp_id)
 
     button.click(on_save, [exp_state, selection, factor, share, auto, repeat, loaded],
                  [result, selection, factor, share, auto, loaded], **private)

@@ -366,7 +366,14 @@ def test_a_form_filled_before_another_admins_change_does_not_undo_it(ui_world):
     with read_session(w.factory) as s:
         stored = experiment_options.of(repo.get_experiment(session=s, experiment_id=w.experiment_id))
     assert (stored.selection, stored.auto_close) == ("uncertainty", True)
-    assert out[1:5] == ("uncertainty", form_a[1], form_a[2], True) and out[5] == list(out[1:5])  # filled again
+    assert out[1:5] == ("uncertainty", form_a[1], form_a[2], True)  # filled again
+    assert out[5] == {"experiment_id": w.experiment_id, "values": list(out[1:5])}
+    # a form filled for another experiment (a save's late answer after the admin picked this one) stores nothing
+    out = fns["on_save"](w.experiment_id, "random", *form_a[1:], None, {"experiment_id": 999, "values": form_a},
+                         admin)
+    assert out[0].startswith("The form showed another experiment's options") and out[1] == "uncertainty"
+    with read_session(w.factory) as s:
+        assert experiment_options.of(repo.get_experiment(session=s, experiment_id=w.experiment_id)).selection == "uncertainty"
 
 
 def test_the_worker_shows_only_the_selected_candidates(worker_world):
