@@ -779,6 +779,7 @@ class WebGuard:
         """The sign-in's limits, then its check (``_check_and_start``): at most SIGN_INS_PER_ACCOUNT successes per
         window (429), one sign-in of an account checked at a time (another waits for its end, up to
         SIGN_IN_WAIT_S, as a script signing in from several threads does), at most ``max_pending`` hashing (503)."""
+        deadline = time.monotonic() + SIGN_IN_WAIT_S  # one wait in all, however many turns it loses
         while True:
             if wait := self._sign_in_wait(username):
                 self.stats.logins["throttled"] += 1
@@ -789,7 +790,8 @@ class WebGuard:
             checking = self._checking.get(username)
             if checking is None:
                 break
-            if self._waiting.get(username, 0) >= SIGN_IN_WAITERS or not await self._wait_for(username, checking):
+            if self._waiting.get(username, 0) >= SIGN_IN_WAITERS or not await self._wait_for(username, checking,
+                                                                                             deadline):
                 self.stats.logins["busy"] += 1
                 return JSONResponse({"detail": "A sign-in to this account is being checked; try again in a few "
                                                "seconds."}, status_code=503, headers={"Retry-After": "2"})
@@ -805,11 +807,12 @@ class WebGuard:
             del self._checking[username]
             done.set()
 
-    async def _wait_for(self, username: str, checking: asyncio.Event) -> bool:
-        """Wait (at most SIGN_IN_WAIT_S) for the sign-in of ``username`` being checked; whether it ended."""
+    async def _wait_for(self, username: str, checking: asyncio.Event, deadline: float) -> bool:
+        """Wait (until ``deadline``, a time.monotonic()) for the sign-in of ``username`` being checked; whether it
+        ended in time."""
         self._waiting[username] = self._waiting.get(username, 0) + 1
         try:
-            await asyncio.wait_for(checking.wait(), SIGN_IN_WAIT_S)
+            await asyncio.wait_for(checking.wait(), max(0.0, deadline - time.monotonic()))
             return True
         except TimeoutError:
             return False
