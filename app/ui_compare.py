@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from app import ab, ui_images
 from app.auth import Who
-from app.ui_rate import pick_experiment, png_data_uri
+from app.ui_rate import pick_experiment, png_data_uri, resolved_experiment_id
 from db import comparisons, repo
 from db.checks import MAX_ID, shown
 from db.engine import read_session, write_session
@@ -230,6 +230,7 @@ def build_dashboard(services, exp_state, dash_tab, dash_timer, who_of: Callable,
 
     def on_refresh(exp_id, request: gr.Request):
         who = who_of(request)
+        exp_id = resolved_experiment_id(services.factory, exp_id)  # one experiment for the check and the rows
         if not can_see(who, exp_id):  # the same rule as the rest of the dashboard, checked here
             return []
         return ab_rows(services.factory, exp_id)

@@ -14,7 +14,7 @@ from typing import Any
 
 import gradio as gr
 
-from app import ui_admin, ui_compare, ui_dashboard, ui_taste
+from app import ui_admin, ui_compare, ui_dashboard, ui_rate, ui_taste
 from app.auth import Who
 
 
@@ -29,17 +29,7 @@ class DashboardHandlers:
         self.who_of = who_of
 
     def _resolved(self, exp_id):
-        """The experiment a dashboard request is about, resolved once: with none selected the check and the load each
-        picked the default, so a default that changed between the two showed a rater a dashboard hidden from raters
-        (found by review). None when there is no experiment."""
-        if exp_id is not None:
-            return exp_id
-        from app.ui_rate import pick_experiment
-        from db.engine import read_session
-
-        with read_session(self.factory) as s:
-            exp = pick_experiment(s, None)
-            return None if exp is None else exp.id
+        return ui_rate.resolved_experiment_id(self.factory, exp_id)
 
     def on_dashboard(self, exp_id, seen, request: gr.Request):
         who = self.who_of(request)

@@ -71,6 +71,17 @@ def pick_experiment(session: Session, experiment_id: int | None = None) -> Exper
     return (active or experiments or [None])[-1]
 
 
+def resolved_experiment_id(factory, experiment_id: int | None) -> int | None:
+    """The experiment a request is about, resolved once (``pick_experiment``'s default when none is selected), so
+    that a check and a load use one experiment: each picking the default, one that changed between the two showed a
+    rater a dashboard hidden from raters (found by review). None when there is no experiment."""
+    if experiment_id is not None:
+        return experiment_id
+    with read_session(factory) as s:
+        exp = pick_experiment(s, None)
+        return None if exp is None else exp.id
+
+
 def experiment_by_name(session: Session, name: str) -> Experiment | None:
     name = (name or "").strip()
     if not name:
