@@ -972,11 +972,18 @@ def _labels_wanted(session: Session, round_id: int, kind: str | None, overlap: i
     return wanted_after_skips(session, counts, dict(session.execute(stmt).all()), overlap)
 
 
-def wanted_after_skips(session: Session, counts: dict[int, int], skipped: dict[int, int], overlap: int) -> int:
+def enabled_accounts(session: Session) -> int:
+    return session.scalar(select(func.count(Rater.id)).where(Rater.disabled_at.is_(None))) or 0
+
+
+def wanted_after_skips(session: Session, counts: dict[int, int], skipped: dict[int, int], overlap: int, *,
+                       enabled: int | None = None) -> int:
     """Labels wanted over items (images, or comparison pairs) with ``counts`` labels each, of which ``skipped`` (item
     -> enabled accounts that skipped it and did not label it after): per item ``overlap``, or as many as the enabled
-    accounts that have not skipped it can give, never fewer than it has."""
-    enabled = session.scalar(select(func.count(Rater.id)).where(Rater.disabled_at.is_(None))) or 0
+    accounts that have not skipped it can give, never fewer than it has. ``enabled``: that count, if the caller has
+    it (read here otherwise)."""
+    if enabled is None:
+        enabled = enabled_accounts(session)
     return sum(min(overlap, max(int(n), enabled - skipped.get(item, 0))) for item, n in counts.items())
 
 
@@ -1159,6 +1166,7 @@ def round_rating_stats(*, session: Session, experiment_id: int, kind: str | None
         .where(*image_filter, Rater.disabled_at.is_(None),
                ~select(Rating.id).where(Rating.image_id == Skip.image_id, Rating.rater_id == Skip.rater_id).exists())
         .group_by(Skip.image_id)).tuples().all())
+    enabled = enabled_accounts(session)
     stats = []
     for round_ in list_rounds(session=session, experiment_id=experiment_id):
         n_rated, n_ratings, mean = aggregates.get(round_.id, (0, 0, None))
@@ -1172,7 +1180,7 @@ def round_rating_stats(*, session: Session, experiment_id: int, kind: str | None
                 n_ratings=n_ratings,
                 mean_score=None if mean is None else float(mean),
                 n_labels=int(labels.get(round_.id) or 0),
-                labels_wanted=wanted_after_skips(session, image_counts[round_.id], skipped, overlap)
+                labels_wanted=wanted_after_skips(session, image_counts[round_.id], skipped, overlap, enabled=enabled)
                 if round_.id in image_counts else 0,
             )
         )

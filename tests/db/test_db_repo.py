@@ -392,6 +392,8 @@ def test_finishing_an_experiment_while_its_round_closes_does_not_deadlock(db_fac
     assert out == {"close": "done", "finish": "done"}, out
     with read_session(db_factory) as s:
         assert repo.get_experiment(session=s, experiment_id=world.experiment_id).status == "finished"
+        (job,) = job_queue.list_jobs(session=s, experiment_id=world.experiment_id)
+        assert (job.kind, job.status) == ("train", "failed") and "was finished" in job.error  # cancelled by Finish
 
 
 def test_an_account_name_that_reads_as_another_is_refused(db_factory):
