@@ -654,17 +654,23 @@ def handlers(demo) -> dict:
     return {bf.fn.__name__: bf.fn for bf in demo.fns.values() if bf.fn is not None}
 
 
+def b_opens(world, n_images: int = 4) -> tuple[int, int]:
+    """A second experiment B, newer than ui_world's, with an open round of ``n_images`` images; (B's id, its round)."""
+    with write_session(world.factory) as s:
+        b = repo.create_experiment(session=s, name="b-exp", model_spec="m", method="bootstrap", config={},
+                                   budgets=[4], prompts=["x"], overlap=1)
+        rb = repo.create_round(session=s, experiment_id=b.id)
+    world.add_round_images(rb.id, n_images, start=50)
+    with write_session(world.factory) as s:
+        repo.open_round(session=s, round_id=rb.id)
+    return b.id, rb.id
+
+
 def a_waits_and_b_opens(world) -> tuple[int, int]:
     """Experiment A (ui_world's) training, a second experiment B with an open round of 4 images; (B's id, its round)."""
     with write_session(world.factory) as s:
         repo.set_round_status(session=s, round_id=world.round_id, status="training")
-        b = repo.create_experiment(session=s, name="b-exp", model_spec="m", method="bootstrap", config={},
-                                   budgets=[4], prompts=["x"], overlap=1)
-        rb = repo.create_round(session=s, experiment_id=b.id)
-    world.add_round_images(rb.id, 4, start=50)
-    with write_session(world.factory) as s:
-        repo.open_round(session=s, round_id=rb.id)
-    return b.id, rb.id
+    return b_opens(world)
 
 
 def held(world, round_id: int, name: str) -> list[int]:
@@ -752,19 +758,13 @@ def test_a_confirmation_acts_on_the_experiment_its_question_named(ui_world):
     experiment, and the confirmation resolved the default again: once another had become the default (its round
     closed meanwhile), "Finish 'b-exp'?" confirmed finished 'ui-exp' (found by review). It acts on the one named."""
     w = ui_world
-    with write_session(w.factory) as s:  # a newer experiment B with an open round: the default while none is selected
-        b = repo.create_experiment(session=s, name="b-exp", model_spec="m", method="bootstrap", config={},
-                                   budgets=[4], prompts=["x"], overlap=1)
-        rb = repo.create_round(session=s, experiment_id=b.id)
-    w.add_round_images(rb.id, 2, start=50)
-    with write_session(w.factory) as s:
-        repo.open_round(session=s, round_id=rb.id)
+    _, rb = b_opens(w, 2)  # a newer experiment B with an open round: the default while none is selected
     fns = handlers(ui.build_demo(w.services()))
     root = in_session("root")
     _, question, pending, _ = fns["on_finish_ask"](None, root)
     assert "b-exp" in str(question)
     with write_session(w.factory) as s:  # meanwhile B's round closes: the default is now ui-exp
-        repo.set_round_status(session=s, round_id=rb.id, status="training")
+        repo.set_round_status(session=s, round_id=rb, status="training")
     fns["on_confirm"](pending, None, root)
     with read_session(w.factory) as s:
         assert {e.name: e.status for e in repo.list_experiments(session=s)} == {"ui-exp": "active", "b-exp": "finished"}
