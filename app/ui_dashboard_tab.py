@@ -28,12 +28,9 @@ class DashboardHandlers:
         self.factory, self.data_dir = services.factory, services.settings.data_dir
         self.who_of = who_of
 
-    def _resolved(self, exp_id):
-        return ui_rate.resolved_experiment_id(self.factory, exp_id)
-
     def on_dashboard(self, exp_id, seen, request: gr.Request):
         who = self.who_of(request)
-        exp_id = self._resolved(exp_id)
+        exp_id = ui_rate.resolved_experiment_id(self.factory, exp_id)  # one experiment for check and load
         if not visible(self.factory, who, exp_id):  # checked here, not only by hiding the tab
             # the plots are cleared, not skipped: a rater with the tab open when an admin turned it off kept them (review)
             return (ui_dashboard.NOT_FOR_RATERS, "", [], None, "", {})
@@ -51,7 +48,7 @@ class DashboardHandlers:
 
     def on_taste(self, exp_id, seen_key, request: gr.Request):
         who = self.who_of(request)
-        exp_id = self._resolved(exp_id)
+        exp_id = ui_rate.resolved_experiment_id(self.factory, exp_id)  # one experiment for check and load
         if not visible(self.factory, who, exp_id):  # checked here, not only by hiding the tab
             return None, ""
         return ui_taste.plot_update(self.factory, exp_id, seen_key)
