@@ -14,9 +14,12 @@ one per tensor (about 256 per step on SD 1.5's UNet).
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import torch
+
+log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _current = None  # the process's Accelerator
@@ -29,11 +32,16 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 def shared_accelerator(mixed_precision: str = "no", *, cpu: bool = False):
     """This process's Accelerator for ``mixed_precision`` ("no", "fp16", "bf16"); made once per process and value.
 
-    fp16 needs a GPU (accelerate refuses fp16 on the CPU: use bf16 there).
+    fp16 autocast is a GPU setting (the ``sd15`` preset's): on the CPU accelerate would accept it but run in fp32
+    without saying so, and report "fp16". There it runs in fp32 ("no") openly: a warning says so and the returned
+    Accelerator's ``mixed_precision`` is "no".
     """
     global _current, _current_key
     if mixed_precision not in MIXED_PRECISION:
         raise ValueError(f"mixed_precision must be one of {list(MIXED_PRECISION)}, got {mixed_precision!r}")
+    if mixed_precision == "fp16" and cpu:
+        log.warning("finetune.mixed_precision 'fp16' needs a GPU: on the CPU this fine-tuning runs in fp32")
+        mixed_precision = "no"
     key = (mixed_precision, bool(cpu))
     with _lock:
         if _current is not None and _current_key == key:

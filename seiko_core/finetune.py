@@ -384,7 +384,8 @@ def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: st
     done = len(history)
     metrics = {"steps": done, "steps_planned": total, "stopped_by_time": stopped_by_time, "trajectories": n_traj,
                "processes": world, "reward_first": first.get("reward"), "reward_last": last.get("reward"),
-               "kl_last": last.get("kl"), "wall_s": time.time() - start}
+               "kl_last": last.get("kl"), "wall_s": time.time() - start,
+               "mixed_precision": getattr(acc, "mixed_precision", None)}
     if ft.diversity_balance and history:
         metrics["diversity_weight_mean"] = sum(h["diversity_weight"] for h in history) / done
     return FinetuneResult(adapter=adapter, steps=done, metrics=metrics, history=history)

@@ -68,8 +68,9 @@ def sd15() -> SeikoConfig:
         # Memory (BENCHMARKS.md, "SD 1.5 memory", computed by `python -m seiko_core.memory`; "GPU figures", measured
         # on one H200): the reference's fp32 per-step truncation keeps ~25 of 50 steps attached: ~52 GiB at 2
         # trajectories per pass even with checkpointing, 62 GiB at the 99.9th percentile. The last 10 steps
-        # (AlignProp/DRaFT truncation) under bf16 autocast with UNet checkpointing: 29.6 GiB estimated, 19.1 GiB
-        # measured over the loaded weights (5.1 GiB) at 2 per pass: fits 40 GB; batch_size=1 -> 19.2 GiB estimated.
+        # (AlignProp/DRaFT truncation) under half-precision autocast with UNet checkpointing: 29.6 GiB estimated,
+        # 19.1 GiB measured over the loaded weights (5.1 GiB) at 2 per pass: fits 40 GB; batch_size=1 -> 19.2 GiB
+        # estimated.
         # 32 passes per step keep the reference's 64 trajectories per step.
         # The reward is maximised directly (reward_target=None) with the reference's coefficient 0.01: the
         # reference's loss 0.01 * |r - 10| has the same gradient wherever r < 10 (its aesthetic scores stay below
@@ -77,7 +78,13 @@ def sd15() -> SeikoConfig:
         # the most promising images back down.
         # lora_init="gaussian": A drawn as the reference's LoRA layers draw it (N(0, 1/r^2)), so that its lr 1e-3
         # moves the model as far per step as the reference's (peft's default A is 8-15x smaller at SD 1.5's widths)
-        finetune=FinetuneConfig(batch_size=2, grad_accum=32, gradient_checkpointing=True, mixed_precision="bf16",
+        # mixed_precision="fp16", not bf16: the KL term is the difference of two nearly equal UNet outputs, and
+        # bf16's 8-bit mantissa rounds it away near the previous round's adapter. Measured on one H200 at these
+        # settings (docs/sd15-memory.md, "The KL term's rounding"): after a move of 1e-3 per LoRA value (one
+        # optimiser step at lr 1e-3) the KL's gradient points within cosine 0.996 of full fp32's under fp16 and
+        # 0.891 under bf16, and its value is 36x fp32's under fp16 but 1400x under bf16; fp16 took no more time or
+        # memory than bf16 (full fp32: 2.1x the time, +5 GiB). Its loss scaler is accelerate's (finetune()).
+        finetune=FinetuneConfig(batch_size=2, grad_accum=32, gradient_checkpointing=True, mixed_precision="fp16",
                                 truncation="per_trajectory", truncation_k=10, loss_coeff=0.01, reward_target=None,
                                 lora_init="gaussian"),
     )

@@ -70,6 +70,38 @@ def test_another_mixed_precision_in_the_same_process(random_parts):
         shared_accelerator("fp8", cpu=True)
 
 
+def test_fp16_on_the_cpu_runs_in_fp32_and_says_so(random_parts, caplog):
+    """The sd15 preset's fp16 is a GPU setting. Stock accelerate accepts it on the CPU but runs without autocast while
+    reporting "fp16"; the fine-tuning's own record must say what ran."""
+    from accelerate import Accelerator
+
+    from seiko_core.accel import MIXED_PRECISION
+
+    assert "fp16" in MIXED_PRECISION
+    cfg = tiny_cfg(trajectories=2)
+    cfg.finetune.mixed_precision = "fp16"
+    lora.add_adapter(random_parts.unet, "round_1", cfg.finetune, seed=1)
+    with caplog.at_level("WARNING", logger="seiko_core.accel"):
+        res = finetune(random_parts, redness, ["a shape"], cfg, adapter="round_1", reference=None, seed=0)
+    assert res.metrics["mixed_precision"] == "no"
+    assert "'fp16' needs a GPU: on the CPU this fine-tuning runs in fp32" in caplog.text
+    acc = shared_accelerator("fp16", cpu=True)
+    assert acc.mixed_precision == "no" and acc is shared_accelerator("no", cpu=True)
+    with acc.autocast():
+        assert not torch.is_autocast_enabled("cpu")
+    # what the stock Accelerator would have reported for the same run
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    try:
+        assert Accelerator(mixed_precision="fp16", cpu=True).mixed_precision == "fp16"
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=False)
+        import seiko_core.accel as accel
+
+        accel._current, accel._current_key = None, None
+
+
 class _FakeTwoRanks:
     """num_processes 2; reduce('mean') averages with a fixed tensor of the 'other rank' and counts its calls."""
 

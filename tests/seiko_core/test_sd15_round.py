@@ -17,6 +17,18 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 @pytest.mark.parametrize("scheduler", [{}, {"prediction_type": "v_prediction", "timestep_spacing": "trailing"}],
                          ids=["epsilon", "v_prediction"])
 def test_one_worker_round_on_the_sd15_architecture(tmp_path, scheduler):
+    # the preset's fp16 autocast is a GPU setting: on the CPU it runs in fp32, and the round's metrics say so
+    assert one_round(tmp_path, "cpu", scheduler) == "no"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the preset's fp16 autocast and loss scaler)")
+def test_one_worker_round_on_the_sd15_architecture_on_cuda_in_fp16(tmp_path):
+    assert one_round(tmp_path, "cuda", {}) == "fp16"
+
+
+def one_round(tmp_path, device: str, scheduler: dict) -> str:
+    """Two rounds through generate_batch and train_round; returns the fine-tuning's mixed precision as run."""
     from diffusers import DDIMScheduler
 
     from seiko_core import lora
@@ -25,7 +37,7 @@ def test_one_worker_round_on_the_sd15_architecture(tmp_path, scheduler):
     from seiko_core.presets import sd15
     from seiko_core.sampling import DDIMSchedule
 
-    parts = build_sd15_arch("cpu", sample_size=8, image_size=32, workdir=tmp_path)
+    parts = build_sd15_arch(device, sample_size=8, image_size=32, workdir=tmp_path)
     if scheduler:
         parts.pipeline.scheduler = DDIMScheduler.from_config({**parts.scheduler.config, **scheduler})
     assert DDIMSchedule.from_scheduler(parts.scheduler, 3).prediction_type == scheduler.get("prediction_type", "epsilon")
@@ -35,7 +47,7 @@ def test_one_worker_round_on_the_sd15_architecture(tmp_path, scheduler):
     ft = cfg.finetune
     ft.batch_size, ft.grad_accum, ft.trajectories_per_epoch, ft.epochs = 1, 2, 2, 1
     ft.truncation_k = 2  # of 3 steps
-    ft.mixed_precision = "no"  # bf16 autocast is the GPU setting; fp32 keeps this CPU run short
+    assert ft.mixed_precision == "fp16"  # the preset's
     assert ft.gradient_checkpointing  # the preset's memory setting, exercised here
     # round 0 -> 1: generate from the base model, "rate", train
     prompts = round_prompts(cfg, 6, seed=0)
@@ -56,3 +68,5 @@ def test_one_worker_round_on_the_sd15_architecture(tmp_path, scheduler):
     assert not lora.adapter_state_dict(parts.unet, out1.adapter).keys() - before.keys()
     for k, v in lora.adapter_state_dict(parts.unet, out1.adapter).items():  # the reference stayed frozen
         torch.testing.assert_close(v, before[k])
+    assert out1.metrics["finetune"]["mixed_precision"] == out2.metrics["finetune"]["mixed_precision"]
+    return out2.metrics["finetune"]["mixed_precision"]
