@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import sys
+import uuid
 
 from app.settings import Settings
 from app.settings import add_arguments as add_settings_arguments
@@ -37,6 +38,13 @@ def positive_seconds(value: str) -> float:
 DEFAULT_NICE = 10
 
 
+def default_worker_id() -> str:
+    """``HOST-PID-XXXXXXXX``: the host name and process id name the worker in logs and the job table, and the random
+    tail keeps it unique where those two repeat (containers with a fixed host name, each worker PID 1). Two workers
+    with one id could not tell each other's job leases apart by id (``db.jobs`` fences them by attempt as well)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
 def _niceness(value: str) -> int:
     try:
         number = int(value)
@@ -59,7 +67,7 @@ def _processes(value: str) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--once", action="store_true", help="process at most one job, then exit (status 1 if it failed)")
-    parser.add_argument("--worker-id", help="name of this worker in the job table (default: HOST-PID)")
+    parser.add_argument("--worker-id", help="name of this worker in the job table (default: HOST-PID-RANDOM, unique)")
     parser.add_argument("--lease-s", type=positive_seconds, default=60.0,
                         help="seconds a claimed job stays ours without a heartbeat; heartbeats come every third of it (default 60)")
     parser.add_argument("--poll-s", type=positive_seconds, default=1.0, help="seconds to wait when the queue is empty (default 1)")
@@ -79,7 +87,7 @@ def main(args: argparse.Namespace) -> int:
         return 1
     from app import train_dist
 
-    worker_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+    worker_id = args.worker_id or default_worker_id()
     rank = f"[rank {os.environ.get('RANK')}] " if train_dist.in_group() else ""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s {rank}%(name)s: %(message)s")
     if args.processes > 1 and not train_dist.in_group():  # the supervisor: no model, no job, its ranks do the work

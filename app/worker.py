@@ -214,8 +214,10 @@ EVAL_CHUNK = 4
 class Heartbeat:
     """A thread that extends the job's lease every ``min(lease_s / 3, PROGRESS_EVERY_S)`` seconds and writes the latest progress."""
 
-    def __init__(self, factory, job_id: int, worker_id: str, lease_s: float, progress: JobProgress) -> None:
+    def __init__(self, factory, job_id: int, worker_id: str, lease_s: float, progress: JobProgress,
+                 attempt: int | None = None) -> None:
         self.factory, self.job_id, self.worker_id, self.lease_s = factory, job_id, worker_id, lease_s
+        self.attempt = attempt  # the claim's attempt: a twin with the same worker id that took the job over is not us
         self.progress = progress
         # progress is written at least every PROGRESS_EVERY_S: the rating page shows it while a rater waits
         self.interval = min(lease_s / 3, PROGRESS_EVERY_S)
@@ -235,7 +237,7 @@ class Heartbeat:
             try:
                 with write_session(self.factory) as s:
                     held = job_queue.heartbeat(session=s, job_id=self.job_id, worker_id=self.worker_id, lease_s=self.lease_s,
-                                               progress=self.progress.latest())
+                                               progress=self.progress.latest(), attempt=self.attempt)
             except Exception:
                 # The lease keeps running; if heartbeats keep failing the job is taken over and this worker's
                 # publish fails with LeaseLost. Log every failure with its traceback and keep trying.
@@ -443,7 +445,7 @@ class Worker:
         log.info("job %d (%s, attempt %d of %d) claimed by %r", job.id, job.kind, job.attempts, job.max_attempts, self.worker_id)
         fault_point("claim", job.attempts)
         progress = JobProgress(job.id, self.worker_id, job.attempts)
-        heartbeat = Heartbeat(self.factory, job.id, self.worker_id, self.lease_s, progress)
+        heartbeat = Heartbeat(self.factory, job.id, self.worker_id, self.lease_s, progress, job.attempts)
         run = _Run(job, progress, heartbeat)
         start = time.monotonic()
         try:
@@ -458,7 +460,7 @@ class Worker:
             # attempt used; it ran the whole job before, so a service manager's stop ended in SIGKILL (found by review)
             self.last_error = None
             if self._release(job, "handed back", lambda s: job_queue.yield_job(
-                    session=s, job_id=job.id, worker_id=self.worker_id)):
+                    session=s, job_id=job.id, worker_id=self.worker_id, attempt=job.attempts)):
                 log.info("job %d (%s) handed back: worker %r was stopped as it claimed it", job.id, job.kind,
                          self.worker_id)
         except JobYield as gave_way:
@@ -483,7 +485,7 @@ class Worker:
                 # Ctrl-C, or SIGTERM (app.cli_worker asks stop() first): the job did nothing wrong, so it is queued
                 # again without using up an attempt; three restarts during a training no longer fail it for good
                 if self._release(job, "handed back", lambda s: job_queue.yield_job(
-                        session=s, job_id=job.id, worker_id=self.worker_id)):
+                        session=s, job_id=job.id, worker_id=self.worker_id, attempt=job.attempts)):
                     log.info("job %d (%s) handed back: worker %r was stopped (%s); attempt %d of %d not counted",
                              job.id, job.kind, self.worker_id, type(exc).__name__, job.attempts, job.max_attempts)
             else:  # a SystemExit from inside the job's own code: an attempt, as any failure
@@ -500,7 +502,7 @@ class Worker:
     def _fail(self, job: ClaimedJob, error: str) -> None:
         status = []
         if self._release(job, "recorded as failed", lambda s: status.append(job_queue.fail_job(
-                session=s, job_id=job.id, worker_id=self.worker_id, error=error, retry=True).status)):
+                session=s, job_id=job.id, worker_id=self.worker_id, error=error, retry=True, attempt=job.attempts).status)):
             log.info("job %d is now %s (attempt %d of %d)", job.id, status[0], job.attempts, job.max_attempts)
 
     def _release(self, job: ClaimedJob, doing: str, write: Callable[[Any], Any]) -> bool:
@@ -522,7 +524,7 @@ class Worker:
     def _hand_back(self, job: ClaimedJob, gave_way: JobYield, seconds: float) -> None:
         """Queue the job again as it was before this claim (no attempt used, no error)."""
         if not self._release(job, "handed back", lambda s: job_queue.yield_job(
-                session=s, job_id=job.id, worker_id=self.worker_id, payload=gave_way.payload)):
+                session=s, job_id=job.id, worker_id=self.worker_id, payload=gave_way.payload, attempt=job.attempts)):
             return
         w = gave_way.waiting
         log.info("job %d (%s, round %d) YIELDS to job %d (%s, experiment %s), which a person waits for, after %.1f s: "
@@ -533,7 +535,7 @@ class Worker:
     def _cancel(self, job: ClaimedJob, cancelled: JobCancelled) -> None:
         """Fail the job for good with the reason its experiment's other jobs were cancelled with."""
         if not self._release(job, "cancelled", lambda s: job_queue.fail_job(
-                session=s, job_id=job.id, worker_id=self.worker_id, error=cancelled.reason)):
+                session=s, job_id=job.id, worker_id=self.worker_id, error=cancelled.reason, attempt=job.attempts)):
             return
         log.info("job %d (%s, round %d) stopped: %s; %d of %d eval images stored stay", job.id, job.kind,
                  cancelled.round_index, cancelled.reason, cancelled.images, cancelled.grid)
@@ -555,9 +557,9 @@ class Worker:
             try:
                 with write_session(self.factory) as s:
                     job_queue.heartbeat(session=s, job_id=run.job.id, worker_id=self.worker_id, lease_s=self.lease_s,
-                                        progress=run.progress.latest())
+                                        progress=run.progress.latest(), attempt=run.job.attempts)
                     done = job_queue.complete_job(session=s, job_id=run.job.id, worker_id=self.worker_id,
-                                                  result=finite_json(result))
+                                                  result=finite_json(result), attempt=run.job.attempts)
                     more = write(s)
                     if more:
                         done.result = finite_json({**result, **more})
@@ -567,7 +569,7 @@ class Worker:
             except LeaseLost:
                 # a try whose commit reached the database but whose answer did not (a dropped connection) left the job
                 # done under this worker's lease: the result is this worker's, not "discarded" (found by review)
-                if tried and self._done_by_me(run.job.id):
+                if tried and self._done_by_me(run.job):
                     log.info("job %d: its result was stored by the try whose answer was lost", run.job.id)
                     return
                 raise
@@ -580,11 +582,12 @@ class Worker:
                 wait *= 2
                 tried = True
 
-    def _done_by_me(self, job_id: int) -> bool:
-        """Whether job ``job_id`` is done under this worker's lease (complete_job keeps the lease's owner)."""
+    def _done_by_me(self, claimed: ClaimedJob) -> bool:
+        """Whether the job is done under this worker's lease of this attempt (complete_job keeps the lease's owner
+        and the attempt count)."""
         with read_session(self.factory) as s:
-            job = job_queue.get_job(session=s, job_id=job_id)
-            return job.status == "done" and job.lease_owner == self.worker_id
+            job = job_queue.get_job(session=s, job_id=claimed.id)
+            return job.status == "done" and job.lease_owner == self.worker_id and job.attempts == claimed.attempts
 
     # -- models -------------------------------------------------------------------------------
 
@@ -829,7 +832,7 @@ class Worker:
         reason to stop it, else None. The chunk is stored either way."""
         with write_session(self.factory) as s:
             job_queue.save_payload(session=s, job_id=run.job.id, worker_id=self.worker_id,
-                                   payload={**run.job.payload, "partial": partial})
+                                   payload={**run.job.payload, "partial": partial}, attempt=run.job.attempts)
             self._add_missing_images(s, round_id, rows)
             s.flush()
             fault_point("eval_chunk", run.job.attempts)
@@ -1024,7 +1027,7 @@ class Worker:
         stale = [d for d in dirs if d.exists()]
         if stale:
             with write_session(self.factory) as s:
-                job_queue.held_job(session=s, job_id=run.job.id, worker_id=self.worker_id)
+                job_queue.held_job(session=s, job_id=run.job.id, worker_id=self.worker_id, attempt=run.job.attempts)
                 for d in stale:
                     storage.retire(d)
 

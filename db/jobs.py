@@ -3,7 +3,9 @@
 A worker claims a job for ``lease_s`` seconds (``claim_job``) and extends the lease with heartbeats while it works
 (``heartbeat``, outside any transaction). If it dies, the lease runs out and another worker reclaims the job
 (attempts + 1); after ``max_attempts`` the job fails. A worker whose job was reclaimed cannot complete or fail it
-(``LeaseLost``), so its late result is rolled back with its transaction. An admin can queue a failed job again
+(``LeaseLost``), so its late result is rolled back with its transaction. Ownership is the worker id and, when the
+caller gives it, the attempt its claim returned (``attempt=``): two workers with the same id (a container's fixed
+host name and PID 1) are told apart by their claims, so the one whose lease ran out cannot finish its twin's job. An admin can queue a failed job again
 (``retry_job``).
 
 Priority: a person waits for "generate" and "train" jobs (the next images); an "eval" job (the dashboard's eval grid)
@@ -256,6 +258,10 @@ def claim_job(
     return session.scalars(stmt, execution_options={"synchronize_session": False, "populate_existing": True}).one_or_none()
 
 
+def _check_attempt(attempt: int | None) -> int | None:
+    return None if attempt is None else check_int("attempt", attempt, minimum=1)
+
+
 def heartbeat(
     *,
     session: Session,
@@ -264,11 +270,14 @@ def heartbeat(
     lease_s: float,
     progress: dict[str, Any] | None = None,
     now: datetime | None = None,
+    attempt: int | None = None,
 ) -> bool:
-    """Extend the lease (and record ``progress``: phase, step, total, eta_s) if ``worker_id`` still owns the job.
+    """Extend the lease (and record ``progress``: phase, step, total, eta_s) if ``worker_id`` still owns the job
+    (and, with ``attempt``, still under the claim that returned that attempt number).
 
     Returns False when it does not (the job was reclaimed, finished or failed): stop working on it.
     """
+    attempt = _check_attempt(attempt)
     lease = check_lease(lease_s)
     now = check_now(now)
     values: dict[str, Any] = {"lease_expires_at": now + lease, "heartbeat_at": now, "updated_at": now}
@@ -276,22 +285,26 @@ def heartbeat(
         if not isinstance(progress, dict):
             raise InvalidInput(f"progress must be a dict (phase, step, total, eta_s), got {type(progress).__name__}")
         values["progress"] = check_json("progress", progress)
-    result = session.execute(
-        update(Job).where(Job.id == job_id, Job.lease_owner == worker_id, Job.status == "running").values(**values),
-        execution_options={"synchronize_session": False},
-    )
+    owned = [Job.id == job_id, Job.lease_owner == worker_id, Job.status == "running"]
+    if attempt is not None:
+        owned.append(Job.attempts == attempt)
+    result = session.execute(update(Job).where(*owned).values(**values), execution_options={"synchronize_session": False})
     return result.rowcount == 1
 
 
-def held_job(*, session: Session, job_id: int, worker_id: str) -> Job:
-    """The job, its row locked for the rest of the transaction, if ``worker_id`` still holds it; LeaseLost otherwise.
+def held_job(*, session: Session, job_id: int, worker_id: str, attempt: int | None = None) -> Job:
+    """The job, its row locked for the rest of the transaction, if ``worker_id`` still holds it (under ``attempt``,
+    when given); LeaseLost otherwise.
 
     While the lock is held no other worker can claim the job or finish it (on SQLite the write transaction alone
     does this): for work outside the database that only the holder may do, such as renaming its files."""
-    return _owned_running_job(session, job_id, worker_id)
+    return _owned_running_job(session, job_id, worker_id, attempt)
 
 
-def _owned_running_job(session: Session, job_id: int, worker_id: str) -> Job:
+def _owned_running_job(session: Session, job_id: int, worker_id: str, attempt: int | None) -> Job:
+    """The job, row-locked, if ``worker_id`` holds it and (with ``attempt``) its attempt count is still the one that
+    worker's claim set; LeaseLost otherwise."""
+    attempt = _check_attempt(attempt)
     job = session.scalars(
         select(Job).where(Job.id == job_id).with_for_update(), execution_options={"populate_existing": True}
     ).one_or_none()
@@ -302,16 +315,22 @@ def _owned_running_job(session: Session, job_id: int, worker_id: str) -> Job:
             f"worker {worker_id!r} no longer holds job {job_id} (it is {job.status!r}, held by {job.lease_owner!r}); "
             "its lease expired and the job was reclaimed"
         )
+    if attempt is not None and job.attempts != attempt:
+        raise LeaseLost(
+            f"worker {worker_id!r} no longer holds job {job_id}: its lease of attempt {attempt} expired and the job was "
+            f"reclaimed as attempt {job.attempts} (by a worker with the same id)"
+        )
     return job
 
 
-def complete_job(*, session: Session, job_id: int, worker_id: str, result: dict[str, Any] | None = None) -> Job:
-    """Mark a running job done. Raises LeaseLost if ``worker_id`` no longer owns it."""
+def complete_job(*, session: Session, job_id: int, worker_id: str, result: dict[str, Any] | None = None,
+                 attempt: int | None = None) -> Job:
+    """Mark a running job done. Raises LeaseLost if ``worker_id`` no longer owns it (under ``attempt``, when given)."""
     if result is not None:
         if not isinstance(result, dict):
             raise InvalidInput(f"result must be a dict, got {type(result).__name__}")
         check_json("result", result)
-    job = _owned_running_job(session, job_id, worker_id)
+    job = _owned_running_job(session, job_id, worker_id, attempt)
     job.status = "done"
     job.result = result
     job.lease_expires_at = None
@@ -319,14 +338,15 @@ def complete_job(*, session: Session, job_id: int, worker_id: str, result: dict[
     return job
 
 
-def fail_job(*, session: Session, job_id: int, worker_id: str, error: str, retry: bool = False) -> Job:
+def fail_job(*, session: Session, job_id: int, worker_id: str, error: str, retry: bool = False,
+             attempt: int | None = None) -> Job:
     """Record an error. With ``retry`` and attempts left the job is queued again, else it fails.
 
-    Raises LeaseLost if ``worker_id`` no longer owns it.
+    Raises LeaseLost if ``worker_id`` no longer owns it (under ``attempt``, when given).
     """
     if not isinstance(error, str) or not error.strip():
         raise InvalidInput(f"error must be a non-empty message, got {error!r}")
-    job = _owned_running_job(session, job_id, worker_id)
+    job = _owned_running_job(session, job_id, worker_id, attempt)
     job.error = error.replace("\x00", "\\x00")  # an exception's text may hold one; the database cannot
     job.lease_expires_at = None
     if retry and job.attempts < job.max_attempts:
@@ -338,13 +358,14 @@ def fail_job(*, session: Session, job_id: int, worker_id: str, error: str, retry
     return job
 
 
-def save_payload(*, session: Session, job_id: int, worker_id: str, payload: dict[str, Any]) -> Job:
+def save_payload(*, session: Session, job_id: int, worker_id: str, payload: dict[str, Any],
+                 attempt: int | None = None) -> Job:
     """Replace a running job's payload (what a re-run needs to carry on where this one stopped), if ``worker_id``
-    still owns it; raises LeaseLost otherwise."""
+    still owns it (under ``attempt``, when given); raises LeaseLost otherwise."""
     if not isinstance(payload, dict):
         raise InvalidInput(f"payload must be a dict, got {type(payload).__name__}")
     check_json("payload", payload)
-    job = _owned_running_job(session, job_id, worker_id)
+    job = _owned_running_job(session, job_id, worker_id, attempt)
     job.payload = dict(payload)
     job.updated_at = utcnow()
     session.flush()
@@ -352,10 +373,10 @@ def save_payload(*, session: Session, job_id: int, worker_id: str, payload: dict
 
 
 def yield_job(*, session: Session, job_id: int, worker_id: str, payload: dict[str, Any] | None = None,
-              now: datetime | None = None) -> Job:
+              now: datetime | None = None, attempt: int | None = None) -> Job:
     """Hand a running job back to the queue without using up an attempt (it gave way to work a person waits for).
 
-    Only while ``worker_id`` owns it (LeaseLost otherwise, and nothing changes): queued again with the attempt count
+    Only while ``worker_id`` owns it, under ``attempt`` when given (LeaseLost otherwise, and nothing changes): queued again with the attempt count
     it had before this claim, no lease, no error recorded; ``payload`` (if given) replaces its payload. The caller
     stops its heartbeats first, so the lease is released in this one transaction."""
     now = check_now(now)
@@ -363,7 +384,7 @@ def yield_job(*, session: Session, job_id: int, worker_id: str, payload: dict[st
         if not isinstance(payload, dict):
             raise InvalidInput(f"payload must be a dict, got {type(payload).__name__}")
         check_json("payload", payload)
-    job = _owned_running_job(session, job_id, worker_id)
+    job = _owned_running_job(session, job_id, worker_id, attempt)
     job.status = "queued"
     job.attempts = max(0, job.attempts - 1)  # the claim counted an attempt; a job that gave way did not use it
     job.lease_owner = None

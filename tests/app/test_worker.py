@@ -415,6 +415,49 @@ def test_a_stale_worker_cannot_publish(worker_world, monkeypatch):
     c.close()
 
 
+def test_a_stale_worker_cannot_publish_over_its_twin_with_the_same_id(worker_world, monkeypatch):
+    """Two workers with one id (HOST-PID repeats in containers): A's lease ran out and its twin claimed the job again
+    (attempt 2). A went on to heartbeat and publish, as the id was all a lease was checked by. Found by review."""
+    import app.worker as worker_module
+
+    world = worker_world
+    eid = world.create_experiment("twins")
+    a = world.worker("vm-1")
+    assert a.run_once()
+    world.rate_open_round(eid, world.raters(1), lambda image_id, rater_id: 1 + image_id % 10)
+    job_id = services.close_round(factory=world.factory, experiment_id=eid)
+    real_train_round = worker_module.train_round
+
+    def train_then_lose_the_lease_to_a_twin(*args, **kwargs):
+        outcome = real_train_round(*args, **kwargs)
+        with write_session(world.factory) as s:  # the twin claims the job once A's lease has run out
+            taken = job_queue.claim_job(session=s, worker_id="vm-1", lease_s=5, now=utcnow() + timedelta(hours=1))
+            assert (taken.id, taken.attempts) == (job_id, 2)
+        return outcome
+
+    monkeypatch.setattr(worker_module, "train_round", train_then_lose_the_lease_to_a_twin)
+    assert a.run_once() is True
+    assert a.last_error == (f"worker 'vm-1' no longer holds job {job_id}: its lease of attempt 1 expired and the job "
+                            "was reclaimed as attempt 2 (by a worker with the same id)")
+    with read_session(world.factory) as s:
+        job = job_queue.get_job(session=s, job_id=job_id)
+        assert (job.status, job.lease_owner, job.attempts, job.result) == ("running", "vm-1", 2, None)
+        assert [r.index for r in repo.list_rounds(session=s, experiment_id=eid)] == [0]  # A published nothing
+    with write_session(world.factory) as s:  # the twin, the real holder, publishes
+        job_queue.complete_job(session=s, job_id=job_id, worker_id="vm-1", attempt=2, result={"by": "the twin"})
+    a.close()
+
+
+def test_the_default_worker_id_is_unique_per_process_start():
+    """HOST-PID alone repeats in containers (a fixed host name, the worker PID 1); a random tail tells them apart."""
+    from app.cli_worker import default_worker_id
+
+    first, second = default_worker_id(), default_worker_id()
+    prefix = f"{socket.gethostname()}-{os.getpid()}-"
+    assert first.startswith(prefix) and second.startswith(prefix) and first != second
+    assert len(first) == len(prefix) + 8
+
+
 def test_publish_round_happens_once_and_only_from_training(worker_world):
     world = worker_world
     digest = "a" * 64

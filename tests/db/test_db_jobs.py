@@ -108,6 +108,41 @@ def test_an_expired_lease_is_reclaimed_and_the_stale_worker_cannot_finish(db_fac
         job_queue.complete_job(session=s, job_id=job_id, worker_id="new")
 
 
+def test_a_stale_worker_cannot_finish_the_job_its_twin_with_the_same_id_took_over(db_factory, make_world):
+    """Two workers with one id (the old default HOST-PID repeats in containers: a fixed host name, PID 1): the one
+    whose lease ran out kept heartbeating and completed the job its twin had claimed again, throwing the real
+    holder's work away. Found by review. Ownership is now the id and the attempt the claim returned."""
+    world = make_world()
+    (job_id,) = _enqueue(db_factory, world.experiment_id)
+    assert _claim(db_factory, "vm-1", T0, lease_s=10) == (job_id, 1, "running", "vm-1")  # the one that stalls
+    assert _claim(db_factory, "vm-1", T0 + timedelta(seconds=11), lease_s=10) == (job_id, 2, "running", "vm-1")
+    stale = f"worker 'vm-1' no longer holds job {job_id}: its lease of attempt 1 expired and the job was reclaimed " \
+            "as attempt 2 (by a worker with the same id)"
+    with write_session(db_factory) as s:
+        assert not job_queue.heartbeat(session=s, job_id=job_id, worker_id="vm-1", lease_s=10, attempt=1,
+                                       now=T0 + timedelta(seconds=12))
+    for act in (lambda s: job_queue.held_job(session=s, job_id=job_id, worker_id="vm-1", attempt=1),
+                lambda s: job_queue.complete_job(session=s, job_id=job_id, worker_id="vm-1", attempt=1,
+                                                 result={"by": "the stale one"}),
+                lambda s: job_queue.fail_job(session=s, job_id=job_id, worker_id="vm-1", attempt=1, error="late"),
+                lambda s: job_queue.save_payload(session=s, job_id=job_id, worker_id="vm-1", attempt=1, payload={}),
+                lambda s: job_queue.yield_job(session=s, job_id=job_id, worker_id="vm-1", attempt=1)):
+        with pytest.raises(LeaseLost) as info, write_session(db_factory) as s:
+            act(s)
+        assert str(info.value) == stale
+    for bad in (0, "2", True, 2.0):
+        with pytest.raises(InvalidInput, match="attempt must be"), write_session(db_factory) as s:
+            job_queue.complete_job(session=s, job_id=job_id, worker_id="vm-1", attempt=bad)
+    with write_session(db_factory) as s:  # the real holder carries on and publishes
+        assert job_queue.heartbeat(session=s, job_id=job_id, worker_id="vm-1", lease_s=10, attempt=2,
+                                   now=T0 + timedelta(seconds=13))
+        job_queue.held_job(session=s, job_id=job_id, worker_id="vm-1", attempt=2)
+        job_queue.complete_job(session=s, job_id=job_id, worker_id="vm-1", attempt=2, result={"by": "the holder"})
+    with read_session(db_factory) as s:
+        job = job_queue.get_job(session=s, job_id=job_id)
+        assert (job.status, job.attempts, job.result) == ("done", 2, {"by": "the holder"})
+
+
 def test_a_job_that_used_all_attempts_fails(db_factory, make_world):
     world = make_world()
     (job_id,) = _enqueue(db_factory, world.experiment_id, max_attempts=2)
