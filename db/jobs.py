@@ -80,9 +80,11 @@ def live_job(session: Session, now: datetime, *, kinds: Iterable[str] | None = N
                           .order_by(Job.id), execution_options={"populate_existing": True})
 
 
-def cancel_jobs(session: Session, reason: str, **where: Any) -> int:
-    """Mark the queued jobs (and running ones whose lease expired) matching ``where`` failed with ``reason``."""
-    now = utcnow()
+def cancel_jobs(session: Session, reason: str, *, now: datetime | None = None, **where: Any) -> int:
+    """Mark the queued jobs (and running ones whose lease expired at ``now``) matching ``where`` failed with
+    ``reason``. A caller that asked ``live_job`` first passes the same ``now``: a lease that was expired for that
+    check must be expired for this one, or the job stays running and its worker can still complete it."""
+    now = check_now(now)
     clauses = [or_(Job.status == "queued", and_(Job.status == "running", Job.lease_expires_at < now)),
                *(getattr(Job, k) == v for k, v in where.items())]
     result = session.execute(

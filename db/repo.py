@@ -218,7 +218,7 @@ def finish_experiment(*, session: Session, experiment_id: int, now: datetime | N
     if running is not None:
         raise Conflict(f"the worker is running job {running.id} ({running.kind}) of experiment {experiment.name!r}; "
                        "finish the experiment when that job is done")
-    job_queue.cancel_jobs(session, finished_reason(experiment.name), experiment_id=experiment_id)
+    job_queue.cancel_jobs(session, finished_reason(experiment.name), now=now, experiment_id=experiment_id)
     for round_ in list_rounds(session=session, experiment_id=experiment_id):
         if round_.status in ("labeling", "training"):
             round_.status = "done"
@@ -393,7 +393,8 @@ def reopen_round(*, session: Session, round_id: int, now: datetime | None = None
     if running is not None:
         raise Conflict(f"the worker is training on round {round_.index} now (job {running.id}); wait until it finishes "
                        "or fails")
-    job_queue.cancel_jobs(session, f"cancelled: round {round_.index} was reopened for labeling", round_id=round_.id, kind="train")
+    job_queue.cancel_jobs(session, f"cancelled: round {round_.index} was reopened for labeling", now=now,
+                          round_id=round_.id, kind="train")
     # app.auto_close leaves a reopened round to the admin: it is fully rated already, so it would close again at the
     # first correction
     round_.metrics = {**(round_.metrics or {}), "reopened_at": now.isoformat()}

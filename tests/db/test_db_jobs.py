@@ -143,6 +143,29 @@ def test_a_stale_worker_cannot_finish_the_job_its_twin_with_the_same_id_took_ove
         assert (job.status, job.attempts, job.result) == ("done", 2, {"by": "the holder"})
 
 
+@pytest.mark.parametrize("action", ["reopen", "finish"])
+def test_reopen_and_finish_cancel_a_job_whose_lease_expired_by_the_callers_clock(db_factory, make_world, action):
+    """finish_experiment and reopen_round asked live_job at the caller's ``now`` but cancel_jobs used the real
+    clock: a job whose lease had expired by ``now`` (but not by the real clock) was neither a refusal nor
+    cancelled, and stayed running and completable after the experiment finished. Found by review."""
+    world = make_world()
+    with write_session(db_factory) as s:
+        repo.add_rating(session=s, image_id=world.image_ids[0], rater_id=world.rater_ids[0], score=7)
+        job_id = repo.close_round(session=s, experiment_id=world.experiment_id).id  # round 0 training
+    assert _claim(db_factory, "w1", T0, lease_s=60) == (job_id, 1, "running", "w1")
+    with write_session(db_factory) as s:
+        if action == "reopen":
+            repo.reopen_round(session=s, round_id=world.round_id, now=T0 + timedelta(seconds=120))
+        else:
+            repo.finish_experiment(session=s, experiment_id=world.experiment_id, now=T0 + timedelta(seconds=120))
+    with read_session(db_factory) as s:
+        job = job_queue.get_job(session=s, job_id=job_id)
+        assert (job.status, job.lease_owner, job.lease_expires_at) == ("failed", None, None)
+        assert job.error.startswith("cancelled: ")
+    with pytest.raises(LeaseLost, match="it is 'failed'"), write_session(db_factory) as s:
+        job_queue.complete_job(session=s, job_id=job_id, worker_id="w1", attempt=1)
+
+
 def test_a_job_that_used_all_attempts_fails(db_factory, make_world):
     world = make_world()
     (job_id,) = _enqueue(db_factory, world.experiment_id, max_attempts=2)
