@@ -331,7 +331,20 @@ def raters_see_dashboard(factory, experiment_id: int | None) -> bool:
         return bool(exp is not None and exp.raters_see_dashboard)
 
 
+# "last error": a job keeps the error of its latest failed attempt, also after a later attempt succeeded
+JOBS_HEADERS = ["job", "kind", "round", "status", "attempts", "last error"]
+
+
+def _job_error_cell(job) -> str:
+    """The job's last error (cut to 200 characters); on a job that is done, marked as an earlier attempt's."""
+    if not job.error:
+        return ""
+    error = job.error[:200]
+    return f"earlier attempt: {error}" if job.status == "done" else error
+
+
 def jobs_table(factory, who: Who, experiment_id: int | None) -> list[list[str]]:
+    """The experiment's newest 20 jobs as rows of ``JOBS_HEADERS``."""
     require_admin(who)
     if experiment_id is None:
         return []
@@ -340,7 +353,7 @@ def jobs_table(factory, who: Who, experiment_id: int | None) -> list[list[str]]:
         for j in job_queue.list_jobs(session=s, experiment_id=int(experiment_id), limit=20):
             round_ = repo.get_round(session=s, round_id=j.round_id) if j.round_id is not None else None
             rows.append([str(j.id), j.kind, "–" if round_ is None else str(round_.index), j.status,
-                         f"{j.attempts} of {j.max_attempts}", (j.error or "")[:200]])
+                         f"{j.attempts} of {j.max_attempts}", _job_error_cell(j)])
         return rows
 
 

@@ -249,7 +249,7 @@ def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callab
             cancel_btn = gr.Button("Cancel", scale=0, min_width=120, elem_id="confirm-cancel")
         pending_state = gr.State(None)
         with gr.Accordion("Recovery", open=True):
-            jobs_df = gr.Dataframe(headers=["job", "kind", "round", "status", "attempts", "error"], value=[],
+            jobs_df = gr.Dataframe(headers=ui_admin.JOBS_HEADERS, value=[],
                                    interactive=False, wrap=True, elem_id="jobs-table")
             with gr.Row():
                 retry_id = gr.Textbox(label="Job id (empty: the newest failed job, or the running one)", value="",

@@ -250,6 +250,28 @@ def test_the_page_sent_to_every_browser_names_no_server_directory(ui_world):
     assert Path(ui_world.settings.model).name in page  # the default is still named
 
 
+def test_the_job_table_labels_an_error_kept_from_an_earlier_attempt(ui_world):
+    """A job that succeeded on its second attempt kept its first attempt's error, shown under "error" next to
+    'done' as if the job had failed. Found by review. The column is the "last error", and on a job that is done it
+    is marked as an earlier attempt's."""
+    demo = ui.build_demo(ui_world.services())
+    (table,) = [b for b in demo.blocks.values() if isinstance(b, gr.Dataframe) and b.elem_id == "jobs-table"]
+    assert table.headers == ui_admin.JOBS_HEADERS and ui_admin.JOBS_HEADERS[-1] == "last error"
+    with write_session(ui_world.factory) as s:
+        ids = [job_queue.enqueue_job(session=s, kind="train", experiment_id=ui_world.experiment_id).id for _ in range(2)]
+    for ending in ("fail", "complete", "fail", "fail for good"):  # the first job: fails, then done; the second fails
+        with write_session(ui_world.factory) as s:
+            job = job_queue.claim_job(session=s, worker_id="w", lease_s=30)
+            if ending == "complete":
+                job_queue.complete_job(session=s, job_id=job.id, worker_id="w", attempt=job.attempts)
+            else:
+                job_queue.fail_job(session=s, job_id=job.id, worker_id="w", attempt=job.attempts,
+                                   error="RuntimeError: CUDA out of memory", retry=ending == "fail")
+    rows = {row[0]: row for row in ui_admin.jobs_table(ui_world.factory, who(ui_world, "root"), ui_world.experiment_id)}
+    assert rows[str(ids[0])][3:] == ["done", "2 of 3", "earlier attempt: RuntimeError: CUDA out of memory"]
+    assert rows[str(ids[1])][3:] == ["failed", "2 of 3", "RuntimeError: CUDA out of memory"]
+
+
 @pytest.mark.parametrize("score", [0, 11, -3, 7.5, "x", None, True, "10 "])
 def test_bad_scores_change_nothing(ui_world, score):
     page = Page(ui_world, "alice")
