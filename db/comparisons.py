@@ -132,27 +132,36 @@ def record_skip(*, session: Session, pair_id: int, rater_id: int) -> bool:
 def _offerable(session: Session, experiment_id: int, rater_id: int, kind: str) -> list[tuple[int, int]]:
     """(pair id, round index) of the pairs of this kind the rater may still vote on.
 
-    Blind A/B pairs (kind ``'ab'``): a round trained from a round other than the base has two pairs per eval cell with
-    the same new image (against the previous round and against the base). A rater who met an image twice in one
-    round's pairs could tell it was the new one, so a rater is offered no pair that shares an image with a pair of
-    the same round they have voted on; the other raters answer it (found by review, 3 Dec 2026)."""
+    Blind A/B pairs (kind ``'ab'``): the eval grid's cells (prompt, seed) are the same in every round, so one image
+    appears in several pairs: a round trained from a round other than the base has two pairs per cell with the same
+    new image (against the previous round and against the base), the base's image is the old side of every round's
+    "vs base" pair, and round r-1's image is the old side of round r's "vs previous" pair. A rater who met one side
+    of a pair before could tell which side is which: an image met twice in one round is the new one, and across
+    rounds the image met in an earlier round is the old one (found by review, 3 Dec 2026, and again for rounds).
+    So a rater is offered only a pair whose two images they have met in none of the experiment's A/B pairs they
+    voted on or skipped; the other raters answer the rest."""
     rows = session.execute(
-        select(ComparisonPair.id, Round.index, ComparisonPair.round_id, ComparisonPair.image_a_id,
-               ComparisonPair.image_b_id).join(Round, Round.id == ComparisonPair.round_id)
+        select(ComparisonPair.id, Round.index, ComparisonPair.image_a_id, ComparisonPair.image_b_id)
+        .join(Round, Round.id == ComparisonPair.round_id)
         .where(*_unvoted(experiment_id, rater_id, kind))
     ).all()
     if kind != "ab" or not rows:
         return [(r[0], r[1]) for r in rows]
-    seen: dict[int, set[int]] = {}  # round -> the images of the pairs the rater has been shown: voted on or skipped
+    seen = _seen_images(session, experiment_id, rater_id, kind)
+    return [(pid, index) for pid, index, a, b in rows if a not in seen and b not in seen]
+
+
+def _seen_images(session: Session, experiment_id: int, rater_id: int, kind: str) -> set[int]:
+    """The images of every pair of this kind in the experiment that the rater has been shown: voted on or skipped."""
+    seen: set[int] = set()
     for table in (ComparisonVote, PairSkip):
-        for round_id, a, b in session.execute(
-                select(ComparisonPair.round_id, ComparisonPair.image_a_id, ComparisonPair.image_b_id)
+        for a, b in session.execute(
+                select(ComparisonPair.image_a_id, ComparisonPair.image_b_id)
                 .join(table, table.pair_id == ComparisonPair.id)
                 .where(ComparisonPair.experiment_id == experiment_id, ComparisonPair.kind == kind,
                        table.rater_id == rater_id)):
-            seen.setdefault(round_id, set()).update((a, b))
-    return [(pid, index) for pid, index, round_id, a, b in rows
-            if not ({a, b} & seen.get(round_id, set()))]
+            seen.update((a, b))
+    return seen
 
 
 def may_answer(*, session: Session, pair_id: int, rater_id: int) -> bool:

@@ -296,6 +296,56 @@ def test_a_skip_also_counts_as_having_met_the_pairs_images(ui_world):
     assert len(met) == 4 and len(met) == len(set(met)), met  # two pairs, one per cell, no image twice
 
 
+def test_no_ab_pair_offered_in_a_later_round_shows_one_image_the_rater_met_before(ui_world):
+    """The eval grid is the same every round: the base's image of a cell is the old side of every round's "vs base"
+    pair, and round 1's image the old side of round 2's "vs previous" pair. The blind rule looked only at the pairs
+    of the same round, so a rater who answered round 1 was offered round 2's pairs with one image met before: the
+    unseen one was always the newer model's (a review: 4 of 4). Now a pair is offered only when the rater met
+    neither image anywhere in the experiment; a rater new to the experiment still gets round 2's pairs."""
+    with write_session(ui_world.factory) as s:
+        round1 = repo.create_round(session=s, experiment_id=ui_world.experiment_id, index=1, adapter_path="adapters/x/round_1").id
+        round2 = repo.create_round(session=s, experiment_id=ui_world.experiment_id, index=2, adapter_path="adapters/x/round_2").id
+    seen: dict[str, set[int]] = {"alice": set(), "bob": set()}
+    offered: dict[str, list[int]] = {"alice": [], "bob": []}
+
+    def answer_all(name: str) -> None:
+        rater = who(ui_world, name)
+        while True:
+            with read_session(ui_world.factory) as s:
+                pair = comparisons.next_pair(session=s, experiment_id=ui_world.experiment_id, rater_id=rater.rater_id,
+                                             kind="ab")
+                left = comparisons.count_unvoted(session=s, experiment_id=ui_world.experiment_id,
+                                                 rater_id=rater.rater_id, kind="ab")
+                if pair is None:
+                    assert left == 0
+                    return
+                pid, images = pair.id, {pair.image_a_id, pair.image_b_id}
+            assert not images & seen[name], (name, pid)  # neither side met before, in this round or an earlier one
+            seen[name] |= images
+            offered[name].append(pid)
+            ui_compare.vote(ui_world.factory, rater, ui_world.experiment_id, "ab", {"pair_id": pid, "choice": "a"})
+
+    # round 1's grid is published and alice answers its pairs (vs the base) before round 2 exists
+    ui_world.add_round_images(round1, 2, kind="eval", prompts=("a shape",))
+    with write_session(ui_world.factory) as s:
+        ab.create_round_pairs(session=s, round_id=round1)
+    answer_all("alice")
+    assert len(offered["alice"]) == 2
+    # round 2's grid: two pairs per cell (vs round 1, vs the base), each with an image alice has met
+    ui_world.add_round_images(round2, 2, kind="eval", prompts=("a shape",))
+    with write_session(ui_world.factory) as s:
+        ab.create_round_pairs(session=s, round_id=round2)
+    round2_pairs = _pairs(ui_world, round2)
+    assert len(round2_pairs) == 4 and all({a, b} & seen["alice"] for _, a, b in round2_pairs)
+    answer_all("alice")
+    assert len(offered["alice"]) == 2  # nothing more for her: every round 2 pair would give its sides away
+    alice = who(ui_world, "alice")
+    with pytest.raises(Conflict, match=rf"^pair {round2_pairs[0][0]} is not one you are offered"):
+        ui_compare.vote(ui_world.factory, alice, ui_world.experiment_id, "ab", {"pair_id": round2_pairs[0][0], "choice": "a"})
+    answer_all("bob")  # new to the experiment: round 2's pairs first, one per cell, then none of round 1's
+    assert len(offered["bob"]) == 2 and set(offered["bob"]) <= {pid for pid, _, _ in round2_pairs}
+
+
 def test_a_reopen_says_it_dropped_the_rollback_it_cancelled(ui_world):
     """A rollback lives in the queued train job, which a reopen cancels; the next close trained from the newest round
     and nothing said the rollback was gone. Found by review."""
