@@ -140,15 +140,20 @@ def _offerable(session: Session, experiment_id: int, rater_id: int, kind: str) -
     rounds the image met in an earlier round is the old one (found by review, 3 Dec 2026, and again for rounds).
     So a rater is offered only a pair whose two images they have met in none of the experiment's A/B pairs they
     voted on or skipped; the other raters answer the rest."""
+    return [(pid, index) for pid, index, _, _ in _offerable_rows(session, experiment_id, rater_id, kind)]
+
+
+def _offerable_rows(session: Session, experiment_id: int, rater_id: int, kind: str) -> list[tuple[int, int, int, int]]:
+    """``_offerable`` with each pair's images: (pair id, round index, image a id, image b id)."""
     rows = session.execute(
         select(ComparisonPair.id, Round.index, ComparisonPair.image_a_id, ComparisonPair.image_b_id)
         .join(Round, Round.id == ComparisonPair.round_id)
         .where(*_unvoted(experiment_id, rater_id, kind))
     ).all()
     if kind != "ab" or not rows:
-        return [(r[0], r[1]) for r in rows]
+        return [tuple(r) for r in rows]
     seen = _seen_images(session, experiment_id, rater_id, kind)
-    return [(pid, index) for pid, index, a, b in rows if a not in seen and b not in seen]
+    return [(pid, index, a, b) for pid, index, a, b in rows if a not in seen and b not in seen]
 
 
 def _seen_images(session: Session, experiment_id: int, rater_id: int, kind: str) -> set[int]:
@@ -183,18 +188,33 @@ def next_pair(*, session: Session, experiment_id: int, rater_id: int, kind: str)
     rows = _offerable(session, experiment_id, rater_id, _kind(kind))
     if not rows:
         return None
-    newest = max(index for _, index in rows)
-
-    def order(pair_id: int) -> bytes:
-        return hashlib.sha256(f"{pair_id}:{rater_id}".encode()).digest()
-
-    chosen = min((pid for pid, index in rows if index == newest), key=order)
+    chosen = min(rows, key=lambda row: _offer_order(row[0], row[1], rater_id))[0]
     return session.get(ComparisonPair, chosen)
 
 
+def _offer_order(pair_id: int, round_index: int, rater_id: int) -> tuple[int, bytes]:
+    """``next_pair`` offers the offerable pair with the smallest key: the newest round first, then a hash."""
+    return -round_index, hashlib.sha256(f"{pair_id}:{rater_id}".encode()).digest()
+
+
 def count_unvoted(*, session: Session, experiment_id: int, rater_id: int, kind: str) -> int:
-    """How many pairs of this kind the rater may still vote on (``_offerable``)."""
-    return len(_offerable(session, experiment_id, rater_id, _kind(kind)))
+    """How many more pairs of this kind ``next_pair`` will offer the rater if they answer each in turn (and no pair
+    is added meanwhile).
+
+    For blind A/B pairs this is fewer than ``_offerable`` holds: two offerable pairs can share an image (a cell's
+    pairs against the previous round and against the base, or a round's and its parent's pair of one cell), and
+    once the rater answers one the other is withheld. So the pairs are walked in ``next_pair``'s order, keeping each
+    whose images no pair kept before holds."""
+    rows = _offerable_rows(session, experiment_id, rater_id, _kind(kind))
+    if kind != "ab":
+        return len(rows)
+    met: set[int] = set()
+    count = 0
+    for _, _, a, b in sorted(rows, key=lambda row: _offer_order(row[0], row[1], rater_id)):
+        if a not in met and b not in met:
+            met.update((a, b))
+            count += 1
+    return count
 
 
 # ---------------------------------------------------------------------------------------------

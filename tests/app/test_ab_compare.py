@@ -346,6 +346,31 @@ def test_no_ab_pair_offered_in_a_later_round_shows_one_image_the_rater_met_befor
     assert len(offered["bob"]) == 2 and set(offered["bob"]) <= {pid for pid, _, _ in round2_pairs}
 
 
+def test_the_pairs_left_count_is_how_many_pairs_the_rater_will_be_offered(ui_world):
+    """"N pairs left for you" counted every pair not withheld yet, but offerable pairs share images (a cell's round 2
+    pairs against round 1 and against the base, and round 1's pair of that cell), so answering one withholds the
+    others: a rater new to rounds 1 and 2 read "6 pairs left" and was offered 2. The count now walks the pairs in
+    the order they are offered, through votes and a skip."""
+    round2 = _round2_paired_against_round1_and_the_base(ui_world)  # 2 cells
+    with write_session(ui_world.factory) as s:
+        round1 = repo.get_round_by_index(session=s, experiment_id=ui_world.experiment_id, index=1).id
+        ab.create_round_pairs(session=s, round_id=round1)
+    assert len(_pairs(ui_world, round1)) == 2 and len(_pairs(ui_world, round2)) == 4
+    bob, counts, offered = who(ui_world, "bob"), [], []
+    while True:
+        with read_session(ui_world.factory) as s:
+            counts.append(comparisons.count_unvoted(session=s, experiment_id=ui_world.experiment_id,
+                                                    rater_id=bob.rater_id, kind="ab"))
+            pair = comparisons.next_pair(session=s, experiment_id=ui_world.experiment_id, rater_id=bob.rater_id, kind="ab")
+            if pair is None:
+                break
+            pid = pair.id
+        choice = "skip" if not offered else "b"
+        offered.append(pid)
+        ui_compare.vote(ui_world.factory, bob, ui_world.experiment_id, "ab", {"pair_id": pid, "choice": choice})
+    assert counts == list(range(len(offered), -1, -1)) and len(offered) == 2, (counts, offered)
+
+
 def test_a_reopen_says_it_dropped_the_rollback_it_cancelled(ui_world):
     """A rollback lives in the queued train job, which a reopen cancels; the next close trained from the newest round
     and nothing said the rollback was gone. Found by review."""
