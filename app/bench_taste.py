@@ -405,7 +405,8 @@ def compare_round(factory, data_dir, who, person: people.Person, choice: PairCho
             return given, ties, last
         pixels = [decode_png(pair[side]["png_base64"]) for side in ("left", "right")]
         images = as_images(pixels)
-        left, right = person.rate(images, [pair["prompt"]] * 2)
+        # each image with its own prompt: a preference pair may hold two prompts, and pair["prompt"] joins them
+        left, right = person.rate(images, [pair[side]["prompt"] for side in ("left", "right")])
         side = choice.choose(left, right, seed=seed, index=index, pair_id=pair["pair_id"])
         ui_pairs.api_vote(factory, who, pair["pair_id"], side)
         given += 1

@@ -136,6 +136,54 @@ def test_the_pair_choice_follows_the_logistic_rule_with_ties_on_equal_ratings():
         bench_taste.PairChoice(temperature=float("nan"))
 
 
+def test_compare_round_gives_the_person_each_images_own_prompt(tmp_path):
+    """A preference pair can hold images of two prompts; compare_round handed the person the API's joined text
+    ("a red circle / a blue square") for both images, so a prompt-aware person judged each image against a prompt
+    it was not made for (found by review). Each image now goes with its own prompt."""
+    import io
+
+    from PIL import Image as PILImage
+
+    from app import pairwise, people, storage
+    from app.auth import Who
+    from db import migrate, repo
+    from db import testing as dbt
+    from db.engine import make_engine, session_factory, write_session
+
+    data = tmp_path / "data"
+    data.mkdir()
+    url = dbt.sqlite_url(tmp_path / "s.db")
+    migrate.upgrade(url)
+    factory = session_factory(make_engine(url))
+    prompts = ["a red circle", "a blue square", "a green triangle"]
+    with write_session(factory) as s:
+        exp = repo.create_experiment(session=s, name=bench_taste.EXPERIMENT, model_spec="m", method="bootstrap",
+                                     config={"app": {"feedback": "pairs"}}, budgets=[3], prompts=["p"], overlap=1).id
+        round0 = repo.create_round(session=s, experiment_id=exp).id
+        for k, prompt in enumerate(prompts):
+            buf = io.BytesIO()
+            PILImage.new("RGB", (8, 8), (40 * k, 0, 0)).save(buf, format="PNG")
+            stored = storage.write_image(data, buf.getvalue())
+            repo.add_image(session=s, round_id=round0, prompt=prompt, seed=k, file_path=stored.path,
+                           sha256=stored.sha256, embedding=np.zeros(4, "<f4").tobytes(), embedding_dim=4, kind="query")
+        repo.open_round(session=s, round_id=round0)
+        pairwise.create_round_pairs(session=s, experiment_id=exp, round_id=round0)
+        rater = repo.create_rater(session=s, name="sim", password_hash="x").id
+    asked: list[tuple[list[int], list[str]]] = []
+
+    def person_fn(images, image_prompts):
+        # which image: image k is filled with red 40 * k (of 255)
+        ks = [round(float(images[i, 0, 0, 0]) * 255 / 40) for i in range(images.shape[0])]
+        asked.append((ks, list(image_prompts)))
+        return [5] * len(image_prompts)
+
+    given, _, _ = bench_taste.compare_round(factory, data, Who(rater, "sim", "rater", False),
+                                            people.Person("probe", person_fn), bench_taste.PairChoice(), seed=0, index=0)
+    assert given == len(asked) > 0
+    for ks, image_prompts in asked:
+        assert image_prompts == [prompts[k] for k in ks], (ks, image_prompts)
+
+
 def test_seed_s_is_the_experiment_id_s_plus_1_and_the_placeholders_are_gone(tmp_path, worker_model_dir):
     from app.experiment_options import ExperimentOptions
     from app.settings import Settings
