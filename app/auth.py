@@ -48,7 +48,7 @@ SALT_BYTES, KEY_BYTES = 16, 32
 MIN_PASSWORD_LENGTH = 8
 MAX_PASSWORD_LENGTH = 1024  # sign-in refuses longer ones before hashing, so none may be set
 LOCAL_ADMIN_NAME = "local admin"
-LOCAL_ADMIN_HASH = "!local-admin: no password; exists only while the app runs without accounts on localhost"
+LOCAL_ADMIN_HASH = repo.LOCAL_ADMIN_HASH
 ROLES = ("admin", "rater")
 
 

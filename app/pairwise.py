@@ -227,7 +227,7 @@ def _wanted(session: Session, round_id: int, counts: dict[int, int], overlap: in
     skipped = dict(session.execute(
         select(PairSkip.pair_id, func.count(PairSkip.id)).join(Rater, Rater.id == PairSkip.rater_id)
         .join(ComparisonPair, ComparisonPair.id == PairSkip.pair_id)
-        .where(ComparisonPair.round_id == round_id, ComparisonPair.kind == KIND, Rater.disabled_at.is_(None),
+        .where(ComparisonPair.round_id == round_id, ComparisonPair.kind == KIND, repo.can_still_rate(),
                ~select(ComparisonVote.id).where(ComparisonVote.pair_id == PairSkip.pair_id,
                                                 ComparisonVote.rater_id == PairSkip.rater_id).exists())
         .group_by(PairSkip.pair_id)).all())

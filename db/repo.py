@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import and_, case, delete, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from db import jobs as job_queue
 from db.checks import MAX_ID, findable_id, shown
@@ -965,7 +965,7 @@ def _labels_wanted(session: Session, round_id: int, kind: str | None, overlap: i
     progress bar and the close question all read this (found by review, 3 Dec 2026; pairs: ``app.pairwise._wanted``)."""
     stmt = (select(Skip.image_id, func.count(Skip.id)).join(Rater, Rater.id == Skip.rater_id)
             .join(Image, Image.id == Skip.image_id)
-            .where(Image.round_id == round_id, Rater.disabled_at.is_(None),
+            .where(Image.round_id == round_id, can_still_rate(),
                    ~select(Rating.id).where(Rating.image_id == Skip.image_id, Rating.rater_id == Skip.rater_id).exists())
             .group_by(Skip.image_id))
     if kind is not None:
@@ -973,8 +973,25 @@ def _labels_wanted(session: Session, round_id: int, kind: str | None, overlap: i
     return wanted_after_skips(session, counts, dict(session.execute(stmt).all()), overlap)
 
 
+LOCAL_ADMIN_HASH = "!local-admin: no password; exists only while the app runs without accounts on localhost"
+"""The password hash of the app's local-mode admin (``app.auth.local_admin``): it never matches, and the row can act
+only while no account exists."""
+
+
+def can_still_rate() -> Any:
+    """A where-clause on ``Rater``: the rater can still give labels. An enabled account; the local-mode admin only
+    while no other account exists (once one does, local mode has ended and nobody can act as it; its row stays).
+    Counting the leftover local admin kept a round short of ratings nobody could give, so it never completed
+    and auto-close never fired (found by review)."""
+    other = aliased(Rater)
+    return and_(Rater.disabled_at.is_(None),
+                or_(Rater.password_hash != LOCAL_ADMIN_HASH,
+                    ~select(other.id).where(other.password_hash != LOCAL_ADMIN_HASH).exists()))
+
+
 def enabled_accounts(session: Session) -> int:
-    return session.scalar(select(func.count(Rater.id)).where(Rater.disabled_at.is_(None))) or 0
+    """How many raters can still give labels (``can_still_rate``)."""
+    return session.scalar(select(func.count(Rater.id)).where(can_still_rate())) or 0
 
 
 def wanted_after_skips(session: Session, counts: dict[int, int], skipped: dict[int, int], overlap: int, *,
@@ -1164,7 +1181,7 @@ def round_rating_stats(*, session: Session, experiment_id: int, kind: str | None
     skipped = dict(session.execute(
         select(Skip.image_id, func.count(Skip.id)).join(Rater, Rater.id == Skip.rater_id)
         .join(Image, Image.id == Skip.image_id).join(Round, Round.id == Image.round_id)
-        .where(*image_filter, Rater.disabled_at.is_(None),
+        .where(*image_filter, can_still_rate(),
                ~select(Rating.id).where(Rating.image_id == Skip.image_id, Rating.rater_id == Skip.rater_id).exists())
         .group_by(Skip.image_id)).tuples().all())
     enabled = enabled_accounts(session)

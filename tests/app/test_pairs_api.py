@@ -314,6 +314,21 @@ def test_a_blind_ab_pair_can_be_skipped(ui_world):
         assert comparisons.votes(session=s, experiment_id=ui_world.experiment_id, kind="ab") == []
 
 
+def test_the_leftover_local_admin_is_not_waited_for_on_a_skipped_pair(pairs_world):
+    """The "local admin" row left by a run without accounts counted as a rater who could still vote on a pair every
+    account had skipped, so the round wanted a vote nobody could give. Found by review."""
+    w = pairs_world
+    with write_session(w.factory) as s:
+        repo.create_rater(session=s, name=auth.LOCAL_ADMIN_NAME, role="admin", password_hash=auth.LOCAL_ADMIN_HASH)
+    fns = api_fns(w)
+    submit, next_pair = fns["submit_comparison"], fns["next_pair"]
+    hard = sorted(pairs_of(w))[0]
+    for name in ("alice", "bob", "root"):
+        submit(hard, "skip", request=request(name))
+    progress = next_pair(request=request("alice"))["progress"]
+    assert progress["labels_wanted"] == 2 and progress["labels"] == 0
+
+
 def test_a_pair_every_rater_skipped_does_not_keep_the_round_from_closing_by_itself(pairs_world):
     """A skipped pair still counted in the votes wanted, so once every rater had skipped it the round could never be
     complete: auto-close never fired and every rater was told the next round was coming. Found by review."""

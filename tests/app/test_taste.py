@@ -764,6 +764,42 @@ def test_an_image_every_rater_skipped_does_not_keep_the_round_from_closing_by_it
         assert (row.n_ratings, row.labels_wanted) == (5, 5)
 
 
+def test_the_leftover_local_admin_does_not_keep_a_round_from_completing(ui_world_factory):
+    """The app ran once without accounts (python -m app demo), which left the "local admin" row; it can never sign
+    in once an account exists, but still counted as a rater who could give the ratings of an image someone skipped,
+    so the round never completed and auto-close never fired. Found by review."""
+    from app import auth
+    from tests.app.test_ui import Page
+
+    world = ui_world_factory(n_images=4, overlap=1, accounts=False)
+    _set_auto_close(world, True)
+    local = auth.local_admin(world.factory)
+    with write_session(world.factory) as s:
+        repo.add_skip(session=s, image_id=world.image_ids[-1], rater_id=local.rater_id)
+    with read_session(world.factory) as s:
+        assert repo.enabled_accounts(s) == 1  # in local mode the local admin is the one who rates
+        assert repo.round_progress(session=s, round_id=world.round_id, kind="query").labels_wanted == 3
+    alice = auth.add_user(world.factory, name="alice", role="rater", password="correct horse battery")
+    with read_session(world.factory) as s:
+        assert repo.enabled_accounts(s) == 1  # alice; the local admin can no longer act, nor its skip count
+        assert repo.round_progress(session=s, round_id=world.round_id, kind="query").labels_wanted == 4
+    page = Page(world, "alice", batch_size=4)
+    batch = list(page.batch)
+    assert sorted(batch) == sorted(world.image_ids)
+    page.skip(batch[0])
+    with read_session(world.factory) as s:
+        p = repo.round_progress(session=s, round_id=world.round_id, rater_id=alice, kind="query")
+        assert (p.labels, p.labels_wanted, p.rater_remaining) == (0, 3, 3)
+    for image_id in batch[1:]:
+        page.rate(image_id, 7)
+    assert len(_train_jobs(world)) == 1  # closed by itself
+    with read_session(world.factory) as s:
+        assert repo.get_round(session=s, round_id=world.round_id).status == "training"
+        (row,) = [r for r in repo.round_rating_stats(session=s, experiment_id=world.experiment_id, kind="query")
+                  if r.round_id == world.round_id]
+        assert (row.n_ratings, row.labels_wanted) == (3, 3)
+
+
 def test_the_dashboard_shows_the_honest_sample_apart_when_a_selection_mode_chose_images(ui_world):
     """With a selection mode, the round's mean over every image shown mixes what the selection picked into what the
     model makes; the plot now also gives the honest (random) sample's mean. Found by review: images recorded 2
