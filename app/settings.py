@@ -270,11 +270,19 @@ def shown_url(url) -> str:
 
 
 def _masked(text: str) -> str:
-    """Text that is not a URL with any ``scheme://user:password@`` password (up to the last @) and any
-    ``password=`` value replaced by ***, for messages."""
+    """Text that is not a URL, for messages: everything before its last @ (after a ``scheme://`` prefix) replaced by
+    ***, but the user name of a well-formed ``scheme://user:password@``, and any ``password=`` value replaced by ***.
+    Only ``scheme:`` followed by ``user:`` was masked before, so 'bob:pw@host/db' or 'postgresql//bob:pw@host/db'
+    was repeated with its password (found by review)."""
     import re
 
-    text = re.sub(r"(:/*[^/@:]*:).*@", r"\1***@", text)
+    prefix = re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", text)
+    start = prefix.end() if prefix else 0
+    at = text.rfind("@")
+    if at >= start:
+        user, colon, _ = text[start:at].partition(":")
+        kept = f"{user}:" if prefix and colon and user and "/" not in user else ""
+        text = f"{text[:start]}{kept}***{text[at:]}"
     return re.sub(r"(password=)[^&#]*", r"\1***", text, flags=re.IGNORECASE)
 
 

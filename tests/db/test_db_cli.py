@@ -283,6 +283,37 @@ def test_a_public_url_with_a_password_is_refused_without_repeating_it():
     assert "Hunter2pw" not in str(refused.value)
 
 
+@pytest.mark.parametrize(("env", "shown"), [
+    ({"SEIKO_DB_URL": "bob:S3cretPW@dbhost/seiko"}, "'***@dbhost/seiko'"),
+    ({"SEIKO_DB_URL": "postgresql//bob:S3cretPW@dbhost/seiko"}, "'***@dbhost/seiko'"),
+    ({"SEIKO_DB_URL": "postgresql:/bob:S3cretPW@dbhost/seiko"}, "'***@dbhost/seiko'"),
+    ({"SEIKO_DB_URL": "postgresql://bob:S3cretPW@dbhost:abc/seiko"}, "'postgresql://bob:***@dbhost:abc/seiko'"),
+    ({"SEIKO_DB_URL": "postgresql://dbhost:abc/seiko?password=S3cretPW&x=1"}, "?password=***&x=1'"),
+    ({"SEIKO_PUBLIC_URL": "bob:S3cretPW@seiko.example.org"}, "'***@seiko.example.org'"),
+    ({"SEIKO_PUBLIC_URL": "https://bob:S3cretPW@seiko.example.org"}, "'https://bob:***@seiko.example.org'"),
+])
+def test_a_malformed_url_is_refused_without_its_password(env, shown):
+    """Only a URL starting 'scheme:' then 'user:' had its password hidden: 'bob:pw@host/db' or
+    'postgresql//bob:pw@host/db' was repeated with the password in clear (found by review). Everything before the
+    last @ is hidden now; a well-formed scheme://user:password@ keeps its user name."""
+    from app.settings import SettingsError
+
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env(environ=env)
+    assert "S3cretPW" not in str(refused.value) and shown in str(refused.value), str(refused.value)
+
+
+def test_db_current_does_not_print_the_password_of_a_malformed_url(tmp_path):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEIKO_")}
+    proc = subprocess.run([sys.executable, "-m", "app", "db", "current", "--data-dir", str(tmp_path / "d"),
+                           "--db-url", "bob:S3cretPW@dbhost/seiko"], cwd=Path(__file__).resolve().parents[2],
+                          capture_output=True, text=True, timeout=300, env={**env, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2 and "S3cretPW" not in proc.stdout + proc.stderr, proc.stderr
+    assert "the database URL '***@dbhost/seiko' is not a URL" in proc.stderr
+
+
 def test_an_upgrade_takes_other_users_read_access_from_an_existing_database(tmp_path):
     """A database made before new ones were created 0600 stayed 0644 (password hashes and session tokens readable by
     every local user) through every later upgrade (found by review). An upgrade now takes group and other access
