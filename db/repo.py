@@ -1342,9 +1342,11 @@ def set_rater_password_hash(*, session: Session, rater_id: int, password_hash: s
 
 
 def set_rater_disabled(*, session: Session, rater_id: int, disabled: bool, now: datetime | None = None) -> Rater:
-    """Disable (the rater cannot sign in; their sessions end) or enable an account. Ratings stay either way. A change
-    of state stamps ``credentials_changed_at``: whatever the sign-in throttle exempted before ends with it, so an
-    account disabled and enabled again (by any process) does not get back the exemptions it had."""
+    """Disable (the rater cannot sign in; their sessions and image leases end) or enable an account. Ratings stay
+    either way. A change of state stamps ``credentials_changed_at``: whatever the sign-in throttle exempted before
+    ends with it, so an account disabled and enabled again (by any process) does not get back the exemptions it had.
+    The leases end with the sessions: they held the images of the batch on the rater's page for ``LEASE_S``, which
+    nobody else was offered meanwhile (found by review)."""
     if not isinstance(disabled, bool):
         raise InvalidInput(f"disabled must be True or False, got {disabled!r}")
     now = _now(now)
@@ -1353,6 +1355,7 @@ def set_rater_disabled(*, session: Session, rater_id: int, disabled: bool, now: 
         if rater.disabled_at is None:
             rater.disabled_at = rater.credentials_changed_at = now
         end_sessions(session=session, rater_id=rater_id, reason="disabled", now=now)
+        _end_leases(session, ImageLease.rater_id == rater_id, now=now)
     elif rater.disabled_at is not None:
         rater.disabled_at, rater.credentials_changed_at = None, now
     session.flush()

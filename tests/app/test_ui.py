@@ -182,6 +182,19 @@ def test_skip_and_undo_do_not_restart_the_reservation(ui_world_factory):
     assert (rating_of(world, image, world.accounts["alice"]), rating_of(world, image, world.accounts["bob"])) == (7, 4)
 
 
+def test_disabling_a_rater_frees_the_images_on_their_page_at_once(ui_world_factory):
+    """Disabling an account ended its sessions but not its image leases, so the batch on its page stayed reserved
+    for LEASE_S (ten minutes) and nobody else was offered those images meanwhile. Found by review."""
+    world = ui_world_factory(n_images=4)  # overlap 1
+    alice = Page(world, "alice", batch_size=4)
+    assert sorted(alice.batch) == sorted(world.image_ids)
+    assert Page(world, "root", batch_size=4).batch == []  # alice's leases hold every place
+    auth.set_disabled(world.factory, name="alice", disabled=True)
+    with read_session(world.factory) as s:
+        assert repo.held_by_others(session=s, image_ids=world.image_ids, rater_id=world.accounts["bob"]) == set()
+    assert sorted(Page(world, "bob", batch_size=4).batch) == sorted(world.image_ids)
+
+
 def test_a_batch_offers_images_nobody_holds_before_those_held_past_their_window(ui_world_factory):
     world = ui_world_factory(n_images=8)  # overlap 1
     alice, bob, data = Page(world, "alice", batch_size=4), who(world, "bob"), world.settings.data_dir
