@@ -18,7 +18,8 @@
                          seiko.lab.example,labserver (always answered: IP addresses, localhost, this machine's
                          name, the public URL's and --host's names)                (default none)
 
-Precedence: command-line flag > environment variable > default.
+Precedence: command-line flag > environment variable > default. SEIKO_HOST and SEIKO_PORT are read only by the
+commands that serve (serve, demo); the others neither use nor check them.
 """
 
 from __future__ import annotations
@@ -68,6 +69,15 @@ def _port(value: Any) -> int:
     if not 1 <= port <= 65535:
         raise SettingsError(f"the port must be a whole number from 1 to 65535, got {port}")
     return port
+
+
+def _port_argument(value: str) -> int:
+    """``--port``'s type: argparse shows a ValueError as "invalid _port value: '-1'", an ArgumentTypeError as its
+    message (found by review)."""
+    try:
+        return _port(value)
+    except SettingsError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
 
 
 def _duration(name: str, value: Any, unit_s: float) -> float:
@@ -315,7 +325,7 @@ class Settings:
     data_dir: Path  # absolute, so a change of working directory cannot move the data
     db_url: str
     model: str  # base model path (or id)
-    host: str = DEFAULT_HOST
+    host: str = DEFAULT_HOST  # host and port: read only for a command that serves (``from_env``'s ``server``)
     port: int = DEFAULT_PORT
     public_url: str | None = None  # an origin, as public_origin() writes it
     session_idle_minutes: float = DEFAULT_SESSION_IDLE_MINUTES
@@ -325,8 +335,11 @@ class Settings:
     trusted_proxies: tuple[str, ...] = DEFAULT_TRUSTED_PROXIES  # whose forwarding headers are believed; () for none
 
     @classmethod
-    def from_env(cls, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
-        """Settings from ``environ`` (default ``os.environ``); non-None ``overrides`` win."""
+    def from_env(cls, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None, *,
+                 server: bool = True) -> Settings:
+        """Settings from ``environ`` (default ``os.environ``); non-None ``overrides`` win. ``server=False``: for a
+        command that serves nothing, the listen address and port are not read (they keep their defaults), so a bad
+        SEIKO_HOST or SEIKO_PORT does not refuse, say, ``db current``, which does not use them (found by review)."""
         environ = os.environ if environ is None else environ
         overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
         unknown = set(overrides) - set(ENV_VARS)
@@ -344,8 +357,8 @@ class Settings:
             data_dir=data_dir,
             db_url=_db_url(pick("db_url", None), data_dir),
             model=_model(pick("model", DEFAULT_MODEL)),
-            host=_host(pick("host", DEFAULT_HOST)),
-            port=_port(pick("port", DEFAULT_PORT)),
+            host=_host(pick("host", DEFAULT_HOST)) if server else DEFAULT_HOST,
+            port=_port(pick("port", DEFAULT_PORT)) if server else DEFAULT_PORT,
             public_url=public_origin(pick("public_url", None)),
             session_idle_minutes=_duration("the session idle limit (minutes)",
                                            pick("session_idle_minutes", DEFAULT_SESSION_IDLE_MINUTES), 60),
@@ -358,8 +371,11 @@ class Settings:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
-        """Settings from the environment, overridden by the flags ``add_arguments`` defined."""
-        return cls.from_env({field: getattr(args, field, None) for field in ENV_VARS}, environ)
+        """Settings from the environment, overridden by the flags ``add_arguments`` defined. The listen address and
+        port are read only for a command that serves: one whose parser ``add_arguments`` gave --port
+        (``server=True``)."""
+        return cls.from_env({field: getattr(args, field, None) for field in ENV_VARS}, environ,
+                            server=hasattr(args, "port"))
 
 
 def add_arguments(parser: argparse.ArgumentParser, *, server: bool = False, model: bool = True) -> None:
@@ -372,7 +388,7 @@ def add_arguments(parser: argparse.ArgumentParser, *, server: bool = False, mode
         group.add_argument("--model", help=f"base model of new experiments [${ENV_VARS['model']}, default {DEFAULT_MODEL}]")
     if server:
         group.add_argument("--host", help=f"listen address [${ENV_VARS['host']}, default {DEFAULT_HOST}]")
-        group.add_argument("--port", type=_port, help=f"listen port [${ENV_VARS['port']}, default {DEFAULT_PORT}]")
+        group.add_argument("--port", type=_port_argument, help=f"listen port [${ENV_VARS['port']}, default {DEFAULT_PORT}]")
         group.add_argument("--trusted-proxies", help="addresses whose X-Forwarded-For/-Proto are believed, comma-separated, "
                            f"or none [${ENV_VARS['trusted_proxies']}, default none; 127.0.0.1 for a proxy on this machine]")
         group.add_argument("--allowed-hosts", help="with accounts: more host names the app answers to, comma-separated "

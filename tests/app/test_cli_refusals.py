@@ -35,7 +35,6 @@ def one_sentence(proc: subprocess.CompletedProcess) -> str:
 
 
 @pytest.mark.parametrize("env, expected", [
-    ({"SEIKO_PORT": "abc"}, "error: the port must be a whole number from 1 to 65535, got 'abc'"),
     ({"SEIKO_SESSION_IDLE_MINUTES": "-1"}, "error: the session idle limit (minutes) must be a number from one second to ten "
                                            "years, got '-1'"),
     # found by review: a limit of 1e-300 hours ended every sign-in at once; 1e300 is past what a date holds
@@ -64,6 +63,29 @@ def test_a_bad_setting_is_one_sentence_in_every_command(tmp_path, env, expected)
     for argv in (["db", "current"], ["users", "list"]):
         proc = run_cli(*argv, "--data-dir", str(tmp_path / "d"), env=env)
         assert proc.returncode == 2 and one_sentence(proc).startswith(expected), (argv, proc.stderr)
+
+
+def test_a_bad_listen_address_or_port_refuses_only_the_commands_that_serve(tmp_path):
+    """SEIKO_PORT=abc refused `db current` and `users list`, which listen on nothing (found by review); it still
+    refuses `serve` at the start, in one sentence."""
+    for env, expected in (({"SEIKO_PORT": "abc"}, "error: the port must be a whole number from 1 to 65535, got 'abc'"),
+                          ({"SEIKO_HOST": "a b"}, "error: the listen address (--host) must be an IP address or a host "
+                                                  "name, got 'a b'")):
+        for argv in (["db", "upgrade"], ["db", "current"], ["users", "list"]):
+            proc = run_cli(*argv, "--data-dir", str(tmp_path / "d"), env=env)
+            assert proc.returncode == 0 and "Traceback" not in proc.stderr, (argv, proc.stderr)
+        proc = run_cli("serve", "--data-dir", str(tmp_path / "d"), env=env)
+        assert proc.returncode == 2 and one_sentence(proc) == expected, proc.stderr
+
+
+@pytest.mark.parametrize("port", ["-1", "abc", "70000"])
+def test_a_bad_port_flag_is_refused_with_the_sentence(tmp_path, port):
+    """argparse answered --port -1 with "invalid _port value: '-1'" (found by review)."""
+    proc = run_cli("serve", "--data-dir", str(tmp_path / "d"), "--port", port)
+    shown = port if port != "abc" else "'abc'"
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"error: argument --port: the port must be a whole number from 1 to 65535, got {shown}" in proc.stderr
+    assert "invalid" not in proc.stderr
 
 
 def test_long_session_limits_that_were_accepted_before_still_are():
