@@ -171,71 +171,139 @@ def _zipped(directory: Path) -> Path:
     return out
 
 
-def dataset_rows(settings: Settings, experiment_id: int, *,
-                 rater_names: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The experiment's ratings (oldest first) and comparison votes (oldest pair first), read in one transaction, as
-    plain dicts for ``export_ratings_dataset``. Raters are named ``rater-1``, ``rater-2``, ... (in the order of their
-    accounts), the same rater the same name in both files; ``rater_names`` gives their account names instead. A data
-    set is made to be shared, and the account names, the names people sign in with, went into it (found by review)."""
+@dataclass(frozen=True)
+class DatasetRows:
+    """What a ratings dataset holds, as plain dicts for ``core.export_ratings_dataset``, all read from one snapshot."""
+
+    ratings: list[dict[str, Any]]
+    votes: list[dict[str, Any]]
+    repeat_ratings: list[dict[str, Any]]
+    skips: list[dict[str, Any]]  # image skips (kind 'image') and comparison pair skips (kind 'pair')
+    gold: list[dict[str, Any]]
+
+    def empty(self) -> bool:
+        return not (self.ratings or self.votes or self.repeat_ratings or self.skips or self.gold)
+
+
+def _image_fields(image: Image, index: int) -> dict[str, Any]:
+    return {"image_id": image.id, "file_path": image.file_path, "image_sha256": image.sha256, "kind": image.kind,
+            "prompt": image.prompt, "seed": image.seed, "round": index}
+
+
+def dataset_rows(settings: Settings, experiment_id: int, *, rater_names: bool = False) -> DatasetRows:
+    """The experiment's ratings (oldest first), comparison votes (oldest pair first), repeat ratings, image and pair
+    skips, and gold scores, read in one transaction. Raters are named ``rater-1``, ``rater-2``, ... (in the order of
+    their accounts), the same rater the same name in every file; ``rater_names`` gives their account names instead. A
+    data set is made to be shared, and the account names, the names people sign in with, went into it (found by
+    review). A gold score does not name the admin who set it.
+
+    The export held the ratings and the votes only, though it promises every rating: the repeat ratings (the raters'
+    self-consistency), the skips and the gold scores were left out (found by review)."""
     from sqlalchemy.orm import aliased
 
-    from db.models import ComparisonPair, ComparisonVote
+    from db.models import ComparisonPair, ComparisonVote, GoldScore, PairSkip, RepeatRating, Skip
 
     engine, factory = _factory(settings)
     try:
-        with read_snapshot(factory) as s:  # the ratings and the votes from one snapshot
+        with read_snapshot(factory) as s:  # every file from one snapshot
             repo.get_experiment(session=s, experiment_id=experiment_id)
             stmt = (
-                select(Rating, Image, Round.index, Rater.id)
+                select(Rating, Image, Round.index)
                 .join(Image, Image.id == Rating.image_id)
                 .join(Round, Round.id == Image.round_id)
-                .join(Rater, Rater.id == Rating.rater_id)
                 .where(Round.experiment_id == experiment_id)
                 .order_by(Rating.id)
             )
             ratings = [
-                {"rating_id": rating.id, "image_id": image.id, "file_path": image.file_path, "image_sha256": image.sha256,
-                 "kind": image.kind, "prompt": image.prompt, "seed": image.seed, "round": index, "rater": rater,
+                {"rating_id": rating.id, **_image_fields(image, index), "rater": rating.rater_id,
                  "score": rating.score, "rated_at": rating.updated_at}
-                for rating, image, index, rater in s.execute(stmt)
+                for rating, image, index in s.execute(stmt)
+            ]
+            stmt = (
+                select(RepeatRating, Image, Round.index)
+                .join(Image, Image.id == RepeatRating.image_id)
+                .join(Round, Round.id == Image.round_id)
+                .where(Round.experiment_id == experiment_id)
+                .order_by(RepeatRating.id)
+            )
+            repeats = [
+                {"repeat_id": repeat.id, **_image_fields(image, index), "rater": repeat.rater_id,
+                 "score": repeat.score, "rated_at": repeat.created_at}
+                for repeat, image, index in s.execute(stmt)
+            ]
+            stmt = (
+                select(Skip, Image, Round.index)
+                .join(Image, Image.id == Skip.image_id)
+                .join(Round, Round.id == Image.round_id)
+                .where(Round.experiment_id == experiment_id)
+                .order_by(Skip.id)
+            )
+            image_skips = [
+                {**_image_fields(image, index), "kind": "image", "image_kind": image.kind, "rater": skip.rater_id,
+                 "skipped_at": skip.created_at}
+                for skip, image, index in s.execute(stmt)
+            ]
+            stmt = (
+                select(GoldScore, Image, Round.index)
+                .join(Image, Image.id == GoldScore.image_id)
+                .join(Round, Round.id == Image.round_id)
+                .where(Round.experiment_id == experiment_id)
+                .order_by(GoldScore.id)
+            )
+            gold = [
+                {**_image_fields(image, index), "score": row.score, "set_at": row.created_at}
+                for row, image, index in s.execute(stmt)
             ]
             left, right = aliased(Image), aliased(Image)
-            stmt = (
-                select(ComparisonVote, ComparisonPair, left, right, Round.index, Rater.id)
-                .join(ComparisonPair, ComparisonPair.id == ComparisonVote.pair_id)
-                .join(left, left.id == ComparisonPair.image_a_id)
-                .join(right, right.id == ComparisonPair.image_b_id)
-                .join(Round, Round.id == ComparisonPair.round_id)
-                .join(Rater, Rater.id == ComparisonVote.rater_id)
-                .where(ComparisonPair.experiment_id == experiment_id)
-                .order_by(ComparisonPair.id, ComparisonVote.id)
-            )
+            pair_cols = (ComparisonPair, left, right, Round.index)
+
+            def pair_stmt(table):
+                return (
+                    select(table, *pair_cols)
+                    .join(ComparisonPair, ComparisonPair.id == table.pair_id)
+                    .join(left, left.id == ComparisonPair.image_a_id)
+                    .join(right, right.id == ComparisonPair.image_b_id)
+                    .join(Round, Round.id == ComparisonPair.round_id)
+                    .where(ComparisonPair.experiment_id == experiment_id)
+                    .order_by(ComparisonPair.id, table.id)
+                )
+
+            def pair_fields(pair, a: Image, b: Image, index: int) -> dict[str, Any]:
+                return {"pair_id": pair.id, "round": index, "file_path_a": a.file_path, "image_sha256_a": a.sha256,
+                        "image_id_a": a.id, "prompt_a": a.prompt, "seed_a": a.seed, "file_path_b": b.file_path,
+                        "image_sha256_b": b.sha256, "image_id_b": b.id, "prompt_b": b.prompt, "seed_b": b.seed}
+
             votes = [
-                {"pair_id": pair.id, "kind": pair.kind, "round": index, "rater": rater, "choice": vote.choice,
-                 "voted_at": vote.updated_at, "file_path_a": a.file_path, "image_sha256_a": a.sha256,
-                 "image_id_a": a.id, "prompt_a": a.prompt, "seed_a": a.seed, "file_path_b": b.file_path,
-                 "image_sha256_b": b.sha256, "image_id_b": b.id, "prompt_b": b.prompt, "seed_b": b.seed}
-                for vote, pair, a, b, index, rater in s.execute(stmt)
+                {**pair_fields(pair, a, b, index), "kind": pair.kind, "rater": vote.rater_id, "choice": vote.choice,
+                 "voted_at": vote.updated_at}
+                for vote, pair, a, b, index in s.execute(pair_stmt(ComparisonVote))
             ]
-            ids = sorted({row["rater"] for row in ratings} | {row["rater"] for row in votes})
+            pair_skips = [
+                {**pair_fields(pair, a, b, index), "kind": "pair", "pair_kind": pair.kind, "rater": skip.rater_id,
+                 "skipped_at": skip.created_at}
+                for skip, pair, a, b, index in s.execute(pair_stmt(PairSkip))
+            ]
+            skips = [*image_skips, *pair_skips]
+            named = (*ratings, *votes, *repeats, *skips)
+            ids = sorted({row["rater"] for row in named})
             if rater_names:
                 names = dict(s.execute(select(Rater.id, Rater.name).where(Rater.id.in_(ids))).all()) if ids else {}
             else:
                 names = {rater_id: f"rater-{k}" for k, rater_id in enumerate(ids, start=1)}
-            for row in (*ratings, *votes):
+            for row in named:
                 row["rater"] = names[row["rater"]]
-            return ratings, votes
+            return DatasetRows(ratings, votes, repeats, skips, gold)
     finally:
         engine.dispose()
 
 
 def export_ratings_to(settings: Settings, experiment_id: int, out_dir: str | Path, *,
                       rater_names: bool = False) -> ExportResult:
-    """Export every rating and comparison vote of the experiment, with the images they name, into the new directory
-    ``out_dir``; raters as ``rater-N`` unless ``rater_names`` (``dataset_rows``)."""
-    rows, votes = dataset_rows(settings, experiment_id, rater_names=rater_names)
-    if not rows and not votes:
-        raise ExportError(f"Experiment {experiment_id} has no ratings or comparisons to export yet.")
+    """Export every rating, comparison vote, repeat rating, skip and gold score of the experiment, with the images
+    they name, into the new directory ``out_dir``; raters as ``rater-N`` unless ``rater_names`` (``dataset_rows``)."""
+    rows = dataset_rows(settings, experiment_id, rater_names=rater_names)
+    if rows.empty():
+        raise ExportError(f"Experiment {experiment_id} has no ratings, comparisons, skips or gold scores to export yet.")
 
     def read_image(file_path: str) -> bytes:
         path = _inside_data_dir(settings, file_path, "image")
@@ -243,7 +311,8 @@ def export_ratings_to(settings: Settings, experiment_id: int, out_dir: str | Pat
             raise ExportError(f"Image file {str(path)!r} recorded in the database is missing.")
         return path.read_bytes()
 
-    return core.export_ratings_dataset(rows, out_dir, read_image, votes)
+    return core.export_ratings_dataset(rows.ratings, out_dir, read_image, rows.votes, repeat_ratings=rows.repeat_ratings,
+                                       skips=rows.skips, gold=rows.gold)
 
 
 def export_ratings(settings: Settings, experiment_id: int) -> Path:

@@ -10,7 +10,8 @@ Formats:
   ``.lora_up.weight`` and ``.alpha`` (a scalar: kohya scales by ``alpha / rank``);
 - ``merged``: the base pipeline with the LoRA fused into its weights and the LoRA layers removed,
   saved as safetensors (no ``base_layer`` or ``lora_`` keys: it loads as a plain model);
-- ratings: ``metadata.jsonl`` (one row per rating) + the rated PNGs under ``images/``.
+- ratings: ``metadata.jsonl`` (one row per rating), ``comparisons.jsonl``, ``repeat_ratings.jsonl``, ``skips.jsonl``
+  and ``gold.jsonl`` (each only when it has rows) + the PNGs they name under ``images/``.
 
 Every directory is written atomically (``checkpoint.atomic_directory``: temp dir, fsync, rename) with a
 ``manifest.json`` of sha256 hashes; the single kohya file and the ratings zip by ``seiko_core.atomic.atomic_write``. No
@@ -49,6 +50,13 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 RATING_FIELDS = ("file_path", "prompt", "seed", "round", "rater", "score", "rated_at")
 COMPARISONS_FILE = "comparisons.jsonl"  # one row per comparison vote: two images and the rater's choice
 COMPARISON_FIELDS = ("file_path_a", "file_path_b", "choice", "round", "kind", "rater", "voted_at")
+REPEATS_FILE = "repeat_ratings.jsonl"  # one row per repeat rating: a rater's second score for an image (self-consistency)
+REPEAT_FIELDS = ("file_path", "round", "rater", "score", "rated_at")
+SKIPS_FILE = "skips.jsonl"  # one row per skip: an image (kind 'image') or a comparison pair (kind 'pair') set aside
+SKIP_FIELDS = {"image": ("file_path", "round", "rater", "skipped_at"),
+               "pair": ("file_path_a", "file_path_b", "round", "pair_kind", "rater", "skipped_at")}
+GOLD_FILE = "gold.jsonl"  # one row per gold item: an image with a known score set by an admin
+GOLD_FIELDS = ("file_path", "round", "score", "set_at")
 _KOHYA_KEY = re.compile(r"lora_unet_[A-Za-z0-9_]+\.(lora_down\.weight|lora_up\.weight|alpha)")
 
 
@@ -449,19 +457,31 @@ def export_merged_pipeline(base_model_dir: str | Path, adapter_dir: str | Path, 
 
 
 # --------------------------------------------------------------------------------------------- ratings
-def _iso(value: Any) -> str:
+def _iso(value: Any, field: str = "rated_at") -> str:
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, str):
         return value
-    raise ExportError(f"rated_at must be a datetime or an ISO string, got {type(value).__name__}.")
+    raise ExportError(f"{field} must be a datetime or an ISO string, got {type(value).__name__}.")
+
+
+def _check_fields(what: str, items: list[Mapping[str, Any]], fields: Iterable[str]) -> None:
+    fields = tuple(fields)
+    for i, row in enumerate(items):
+        missing = [f for f in fields if f not in row]
+        if missing:
+            raise ExportError(f"{what} row {i} lacks {missing}; every row needs {list(fields)}.")
 
 
 def export_ratings_dataset(rows: Iterable[Mapping[str, Any]], out_dir: str | Path,
                            image_reader: Callable[[str], bytes],
-                           comparisons: Iterable[Mapping[str, Any]] = ()) -> ExportResult:
-    """Ratings as ``metadata.jsonl`` (one row per rating), comparison votes as ``comparisons.jsonl`` (one row per vote)
-    + the images they name under ``images/`` + a manifest.
+                           comparisons: Iterable[Mapping[str, Any]] = (), *,
+                           repeat_ratings: Iterable[Mapping[str, Any]] = (),
+                           skips: Iterable[Mapping[str, Any]] = (),
+                           gold: Iterable[Mapping[str, Any]] = ()) -> ExportResult:
+    """Ratings as ``metadata.jsonl`` (one row per rating), comparison votes as ``comparisons.jsonl`` (one row per vote),
+    repeat ratings as ``repeat_ratings.jsonl``, image and pair skips as ``skips.jsonl`` and gold scores as
+    ``gold.jsonl`` + the images they name under ``images/`` + a manifest counting each.
 
     Each rating row needs ``file_path`` (passed to ``image_reader`` to get the PNG's bytes), ``prompt``, ``seed``,
     ``round``, ``rater``, ``score`` and ``rated_at``; an ``image_sha256`` is checked against the bytes and any
@@ -469,16 +489,23 @@ def export_ratings_dataset(rows: Iterable[Mapping[str, Any]], out_dir: str | Pat
     several raters is stored once; a row's ``file_name`` is ``images/<sha256>.png``. Each comparison row needs
     ``file_path_a`` (the left image), ``file_path_b``, ``choice`` ('a', 'b' or 'tie'), ``round``, ``kind``, ``rater``
     and ``voted_at`` (``image_sha256_a``/``_b`` checked when given) and gets ``file_name_a``/``file_name_b``.
+    A repeat rating row needs ``REPEAT_FIELDS``, a gold row ``GOLD_FIELDS``; a skip row has ``kind`` 'image' (and
+    ``SKIP_FIELDS['image']``, one image) or 'pair' (and ``SKIP_FIELDS['pair']``, two images). The files other than
+    ``metadata.jsonl`` are written only when they have rows.
     """
     out_dir = _fresh_destination(out_dir)
     rows, comparisons = list(rows), list(comparisons)
-    if not rows and not comparisons:
+    repeat_ratings, skips, gold = list(repeat_ratings), list(skips), list(gold)
+    if not (rows or comparisons or repeat_ratings or skips or gold):
         raise ExportError("There are no ratings or comparisons to export.")
-    for what, items, fields in (("Rating", rows, RATING_FIELDS), ("Comparison", comparisons, COMPARISON_FIELDS)):
-        for i, row in enumerate(items):
-            missing = [f for f in fields if f not in row]
-            if missing:
-                raise ExportError(f"{what} row {i} lacks {missing}; every row needs {list(fields)}.")
+    _check_fields("Rating", rows, RATING_FIELDS)
+    _check_fields("Comparison", comparisons, COMPARISON_FIELDS)
+    _check_fields("Repeat rating", repeat_ratings, REPEAT_FIELDS)
+    _check_fields("Gold", gold, GOLD_FIELDS)
+    for i, row in enumerate(skips):
+        if row.get("kind") not in SKIP_FIELDS:
+            raise ExportError(f"Skip row {i} has kind {row.get('kind')!r}; a skip's kind is one of {list(SKIP_FIELDS)}.")
+        _check_fields("Skip", [row], SKIP_FIELDS[row["kind"]])
 
     def write(tmp: Path) -> None:
         (tmp / IMAGES_DIR).mkdir()
@@ -498,23 +525,35 @@ def export_ratings_dataset(rows: Iterable[Mapping[str, Any]], out_dir: str | Pat
                 written[src] = name
             return written[src]
 
-        with open(tmp / DATASET_FILE, "w", encoding="utf-8") as f:
-            for row in rows:
-                name = stored(str(row["file_path"]), row.get("image_sha256"))
-                record = {"file_name": name, **{k: v for k, v in row.items() if k not in ("file_path", "file_name")}}
-                record["rated_at"] = _iso(row["rated_at"])
-                f.write(json.dumps(record, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n")
-        if comparisons:
-            with open(tmp / COMPARISONS_FILE, "w", encoding="utf-8") as f:
-                for row in comparisons:
-                    names = {f"file_name_{side}": stored(str(row[f"file_path_{side}"]), row.get(f"image_sha256_{side}"))
-                             for side in ("a", "b")}
-                    record = {**names, **{k: v for k, v in row.items() if not k.startswith(("file_path_", "file_name_"))}}
-                    record["voted_at"] = _iso(row["voted_at"])
-                    f.write(json.dumps(record, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n")
+        def record(row: Mapping[str, Any], time_field: str) -> dict[str, Any]:
+            """The row with its image paths replaced by the dataset's file names (``file_path`` -> ``file_name``,
+            ``file_path_a``/``_b`` -> ``file_name_a``/``_b``) and its time as an ISO string."""
+            names = {}
+            for suffix in ("", "_a", "_b"):
+                if f"file_path{suffix}" in row:
+                    names[f"file_name{suffix}"] = stored(str(row[f"file_path{suffix}"]), row.get(f"image_sha256{suffix}"))
+            out = {**names, **{k: v for k, v in row.items() if not k.startswith(("file_path", "file_name"))}}
+            out[time_field] = _iso(row[time_field], time_field)
+            return out
+
+        def write_lines(name: str, items: list[Mapping[str, Any]], time_field: str) -> None:
+            with open(tmp / name, "w", encoding="utf-8") as f:
+                for row in items:
+                    f.write(json.dumps(record(row, time_field), sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n")
+
+        write_lines(DATASET_FILE, rows, "rated_at")
+        for name, items, time_field in ((COMPARISONS_FILE, comparisons, "voted_at"),
+                                        (REPEATS_FILE, repeat_ratings, "rated_at"),
+                                        (SKIPS_FILE, skips, "skipped_at"), (GOLD_FILE, gold, "set_at")):
+            if items:
+                write_lines(name, items, time_field)
 
     extra = {"format": "seiko-ratings-jsonl", "rows": len(rows), "dataset_file": DATASET_FILE,
-             "comparisons": len(comparisons), "comparisons_file": COMPARISONS_FILE if comparisons else None}
+             "comparisons": len(comparisons), "comparisons_file": COMPARISONS_FILE if comparisons else None,
+             "repeat_ratings": len(repeat_ratings), "repeat_ratings_file": REPEATS_FILE if repeat_ratings else None,
+             "skips": {kind: sum(1 for row in skips if row["kind"] == kind) for kind in SKIP_FIELDS},
+             "skips_file": SKIPS_FILE if skips else None,
+             "gold": len(gold), "gold_file": GOLD_FILE if gold else None}
     digest = _publish(atomic_directory, out_dir, write, extra=extra)
     return ExportResult(out_dir, "ratings", digest)
 
@@ -538,6 +577,27 @@ def read_comparisons(directory: str | Path) -> list[dict]:
     directory = Path(directory)
     verify(directory)
     path = directory / COMPARISONS_FILE
+    return _json_lines(path) if path.exists() else []
+
+
+def read_repeat_ratings(directory: str | Path) -> list[dict]:
+    """The repeat ratings of an exported ratings dataset (none when it has no such file), after verifying its manifest."""
+    return _optional_lines(Path(directory), REPEATS_FILE)
+
+
+def read_skips(directory: str | Path) -> list[dict]:
+    """The image and pair skips of an exported ratings dataset (none when it has no such file), after verifying it."""
+    return _optional_lines(Path(directory), SKIPS_FILE)
+
+
+def read_gold(directory: str | Path) -> list[dict]:
+    """The gold scores of an exported ratings dataset (none when it has no such file), after verifying its manifest."""
+    return _optional_lines(Path(directory), GOLD_FILE)
+
+
+def _optional_lines(directory: Path, name: str) -> list[dict]:
+    verify(directory)
+    path = directory / name
     return _json_lines(path) if path.exists() else []
 
 

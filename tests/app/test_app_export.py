@@ -444,3 +444,71 @@ def test_a_zip_that_fails_leaves_no_export_behind(world, monkeypatch):
     with pytest.raises(OSError, match="No space left"):
         export_ratings(world.settings, world.experiment_id)
     assert set((world.settings.data_dir / "exports").iterdir()) == before
+
+
+def test_the_ratings_dataset_holds_repeat_ratings_skips_gold_scores_and_pair_skips(tmp_path):
+    """The dataset held the ratings and the votes only, though the CLI and the docs promise every rating: the repeat
+    ratings (real 1-10 scores, the raters' self-consistency), the image and pair skips and the gold scores were left
+    out (found by review). Each is in its own file now, its images named as in metadata.jsonl, its raters by the same
+    pseudonyms, counted in the manifest, and nothing private with them."""
+    from app import export
+    from db import comparisons, quality
+    from seiko_core.export import read_comparisons, read_gold, read_repeat_ratings, read_skips
+
+    data = tmp_path / "data"
+    settings = Settings.from_env({"data_dir": str(data), "db_url": f"sqlite:///{data / 'seiko.db'}", "model": "m"},
+                                 environ={})
+    migrate.upgrade(settings.db_url)
+    engine = make_engine(settings.db_url)
+    with write_session(session_factory(engine)) as s:
+        exp = repo.create_experiment(session=s, name="all of it", model_spec="m", method="greedy", config={},
+                                     budgets=[3], prompts=["a", "b", "c"])
+        r0 = repo.create_round(session=s, experiment_id=exp.id)
+        ids, names = [], []
+        for i, color in enumerate(("red", "blue", "green")):
+            content = png(color)
+            sha = hashlib.sha256(content).hexdigest()
+            (data / "images").mkdir(parents=True, exist_ok=True)
+            (data / "images" / f"{sha}.png").write_bytes(content)
+            ids.append(repo.add_image(session=s, round_id=r0.id, prompt="abc"[i], seed=i, file_path=f"images/{sha}.png",
+                                      sha256=sha, embedding=b"\0" * 8, embedding_dim=2).id)
+            names.append(f"images/{sha}.png")
+        repo.open_round(session=s, round_id=r0.id)
+        admin = repo.create_rater(session=s, name="root@example.com", password_hash="scrypt$ADMINHASH")
+        ann = repo.create_rater(session=s, name="ann@example.com", password_hash="scrypt$SECRETHASH")
+        bob = repo.create_rater(session=s, name="bob@example.com", password_hash="scrypt$SECRETHASH")
+        repo.add_rating(session=s, image_id=ids[0], rater_id=ann.id, score=8)
+        quality.add_repeat_rating(session=s, image_id=ids[0], rater_id=ann.id, score=3)
+        repo.add_skip(session=s, image_id=ids[1], rater_id=bob.id)
+        quality.set_gold_score(session=s, image_id=ids[2], score=9, created_by=admin.id)
+        (pair,) = comparisons.create_pairs(session=s, experiment_id=exp.id, round_id=r0.id, kind="preference",
+                                           pairs=[(ids[0], ids[2])])
+        comparisons.record_skip(session=s, pair_id=pair.id, rater_id=bob.id)
+        exp_id = exp.id
+    engine.dispose()
+
+    result = export.export_ratings_to(settings, exp_id, tmp_path / "r")
+    manifest = verify(result.path)
+    assert (manifest["rows"], manifest["comparisons"], manifest["repeat_ratings"], manifest["gold"]) == (1, 0, 1, 1)
+    assert manifest["skips"] == {"image": 1, "pair": 1}
+    assert (manifest["repeat_ratings_file"], manifest["skips_file"], manifest["gold_file"]) == (
+        "repeat_ratings.jsonl", "skips.jsonl", "gold.jsonl")
+    (rating,) = read_ratings_dataset(result.path)
+    assert (rating["file_name"], rating["rater"], rating["score"]) == (names[0], "rater-1", 8)
+    assert read_comparisons(result.path) == []
+    (repeat,) = read_repeat_ratings(result.path)
+    assert (repeat["file_name"], repeat["rater"], repeat["score"], repeat["round"]) == (names[0], "rater-1", 3, 0)
+    assert repeat["rated_at"].endswith("+00:00")
+    image_skip, pair_skip = read_skips(result.path)
+    assert (image_skip["kind"], image_skip["file_name"], image_skip["rater"], image_skip["prompt"]) == (
+        "image", names[1], "rater-2", "b")
+    assert (pair_skip["kind"], pair_skip["pair_kind"], pair_skip["rater"], pair_skip["pair_id"]) == (
+        "pair", "preference", "rater-2", pair.id)
+    assert (pair_skip["file_name_a"], pair_skip["file_name_b"]) == (names[0], names[2])
+    assert image_skip["skipped_at"].endswith("+00:00") and pair_skip["skipped_at"].endswith("+00:00")
+    (gold,) = read_gold(result.path)
+    assert (gold["file_name"], gold["score"], gold["round"]) == (names[2], 9, 0) and "rater" not in gold
+    assert sorted(f"images/{p.name}" for p in (result.path / "images").iterdir()) == sorted(names)
+    text = "".join(p.read_text() for p in result.path.iterdir() if p.is_file())
+    for private in ("example.com", "HASH", "scrypt", "file_path", str(data)):
+        assert private not in text, private

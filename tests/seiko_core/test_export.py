@@ -311,6 +311,21 @@ def test_ratings_dataset_refuses_bad_rows_and_images(tmp_path):
     assert not [p for p in tmp_path.iterdir()]  # nothing half-written is left behind
 
 
+def test_ratings_dataset_refuses_a_skip_of_unknown_kind_or_without_its_fields(tmp_path):
+    """The skips file (added with the repeat ratings and the gold scores, which the export left out) holds image and
+    pair skips: any other kind, or a skip without the fields of its kind, is one sentence and nothing written."""
+    skip = {"kind": "image", "file_path": "a.png", "round": 0, "rater": "rater-1", "skipped_at": "2025-01-01"}
+    with pytest.raises(ExportError, match=r"^Skip row 0 has kind 'vote'; a skip's kind is one of \['image', 'pair'\]\.$"):
+        export_ratings_dataset([], tmp_path / "a", lambda p: png("red"), skips=[{**skip, "kind": "vote"}])
+    with pytest.raises(ExportError, match=r"^Skip row 0 lacks \['file_path_a', 'file_path_b', 'pair_kind'\]"):
+        export_ratings_dataset([], tmp_path / "b", lambda p: png("red"), skips=[{**skip, "kind": "pair"}])
+    with pytest.raises(ExportError, match=r"^Gold row 0 lacks \['set_at'\]"):
+        export_ratings_dataset([], tmp_path / "c", lambda p: png("red"), gold=[{"file_path": "a.png", "round": 0, "score": 5}])
+    assert not [p for p in tmp_path.iterdir()]
+    res = export_ratings_dataset([], tmp_path / "d", lambda p: png("red"), skips=[skip])  # skips only: still exported
+    assert verify(res.path)["skips"] == {"image": 1, "pair": 0}
+
+
 def test_a_kohya_export_of_a_module_kohya_cannot_name_is_refused(tmp_path):
     """The shapes preset (the app's default, on models/shapes-sd) trains add_embedding.proj; the kohya file named it
     lora_unet_add_embedding_proj, which diffusers' kohya loader reads back as add.embedding.proj and drops, so the
