@@ -15,6 +15,7 @@ from db import migrate
 from db.errors import DbError, SchemaOutOfDate
 from seiko_core.checkpoint import CheckpointError
 from seiko_core.export import FORMATS, ExportError
+from seiko_core.models import ModelLoadError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +45,7 @@ def main(args: argparse.Namespace) -> int:
             result = export.export_round_to(settings, args.experiment, args.round, args.format, args.out)
         else:
             result = export.export_ratings_to(settings, args.experiment, args.out, rater_names=args.rater_names)
-    except (DbError, ExportError, CheckpointError, SchemaOutOfDate) as exc:
+    except (DbError, ExportError, CheckpointError, SchemaOutOfDate, ModelLoadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # a full disk, a folder without write permission: the writes are atomic, nothing is lost

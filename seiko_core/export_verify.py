@@ -199,13 +199,28 @@ def _quiet_loading():
             t_log.enable_progress_bar()
 
 
+@contextlib.contextmanager
+def _base_model_loads(settings: CheckSettings):
+    """A base model that cannot be loaded (a local directory gone, a hub cache file damaged: ModelLoadError, a
+    RuntimeError) as a VerificationError that says so: it was a traceback from the CLI (found by review), and the
+    export itself is not at fault."""
+    from .models import ModelLoadError
+
+    try:
+        yield
+    except ModelLoadError as exc:
+        reason = str(exc).strip().rstrip(".")
+        raise VerificationError(f"The export check could not load the base model {settings.base_model!r} ({reason}); "
+                                "the export itself was not checked, and it was not published.") from exc
+
+
 def render_app(settings: CheckSettings, adapter_dir: str | Path) -> np.ndarray:
     """The app's own image of the check's prompt and seed with the round's adapter: (H, W, 3) uint8."""
     from . import lora
     from .models import load_model
     from .sampling import sample, to_uint8
 
-    with _quiet_loading():  # the check answers in one sentence; loading bars on stderr would bury it
+    with _quiet_loading(), _base_model_loads(settings):  # the check answers in one sentence; loading bars would bury it
         parts = load_model(settings.base_model, device=settings.device)
     lora.load_adapter(parts, adapter_dir, "export_check")
     images = sample(parts, [settings.prompt], [settings.seed], steps=settings.steps, guidance=settings.guidance,
@@ -218,14 +233,19 @@ def render_stock(kind: str, export_path: str | Path, settings: CheckSettings, *,
     """(base image, export image, the child's report) rendered by stock diffusers in a fresh Python process."""
     from PIL import Image
 
-    from .models import check_hub_files, is_local_spec
+    from .models import check_hub_files, is_local_spec, resolve_spec
 
     if kind not in KINDS:
         raise ValueError(f"unknown export kind {kind!r}; choose from {list(KINDS)}")
-    if not is_local_spec(settings.base_model):
-        # the child loads a hub id's cached weights as they are: they are hashed here first (ModelLoadError, one
-        # sentence, if one was altered; found by review), once per process, which render_app's load_model shares
-        check_hub_files(settings.base_model)
+    with _base_model_loads(settings):
+        if is_local_spec(settings.base_model):
+            # a local base directory gone or not a pipeline: said of the base model, not as the child's failure to
+            # re-load the export
+            resolve_spec(settings.base_model)
+        else:
+            # the child loads a hub id's cached weights as they are: they are hashed here first (if one was altered;
+            # found by review), once per process, which render_app's load_model shares
+            check_hub_files(settings.base_model)
     with tempfile.TemporaryDirectory(prefix="seiko-export-check-") as out:
         job = {"kind": kind, "export": str(Path(export_path).resolve()), "weight_name": weight_name,
                "base_model": settings.base_model, "prompt": settings.prompt, "seed": settings.seed,

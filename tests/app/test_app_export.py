@@ -512,3 +512,80 @@ def test_the_ratings_dataset_holds_repeat_ratings_skips_gold_scores_and_pair_ski
     text = "".join(p.read_text() for p in result.path.iterdir() if p.is_file())
     for private in ("example.com", "HASH", "scrypt", "file_path", str(data)):
         assert private not in text, private
+
+
+def _fake_hub_cache(world: World, hub: Path) -> None:
+    """A hub cache holding ``fake/sd``: the world's model_index.json and unet config, and its unet weights in a blob
+    named by a sha256 its bytes do not have (a damaged or altered cache file)."""
+    import os
+    import shutil
+
+    model = Path(world.settings.model)
+    repo_dir = hub / "models--fake--sd"
+    snapshot = repo_dir / "snapshots" / ("a" * 40)
+    (snapshot / "unet").mkdir(parents=True)
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "blobs").mkdir()
+    (repo_dir / "refs" / "main").write_text("a" * 40)
+    shutil.copy(model / "model_index.json", snapshot / "model_index.json")
+    shutil.copy(model / "unet" / "config.json", snapshot / "unet" / "config.json")
+    blob = "0" * 64
+    shutil.copy(model / "unet" / "diffusion_pytorch_model.safetensors", repo_dir / "blobs" / blob)
+    os.symlink(f"../../../blobs/{blob}", snapshot / "unet" / "diffusion_pytorch_model.safetensors")
+
+
+@pytest.mark.parametrize("base", ["damaged hub cache", "missing local directory"])
+def test_cli_a_base_model_it_cannot_load_is_one_sentence_about_the_base_model(world, tmp_path, capsys, monkeypatch,
+                                                                               base):
+    """The export check hashes a hub id's cached weights before it renders; a damaged file raised ModelLoadError (a
+    RuntimeError), which the CLI printed as a traceback, and a local base directory that is gone was reported as
+    stock diffusers failing to re-load the export (found by review). Both are one sentence about the base model."""
+    import shutil
+
+    import huggingface_hub.constants
+
+    if base == "damaged hub cache":
+        _fake_hub_cache(world, tmp_path / "hub")
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+        spec = "fake/sd"
+    else:
+        spec = str(tmp_path / "gone-model")
+    data = tmp_path / "data"
+    settings = Settings.from_env({"data_dir": str(data), "db_url": f"sqlite:///{data / 'seiko.db'}",
+                                  "model": world.settings.model}, environ={})
+    migrate.upgrade(settings.db_url)
+    shutil.copytree(world.settings.data_dir / "adapters" / "exp1" / "round_1", data / "adapters" / "round_1")
+    engine = make_engine(settings.db_url)
+    with write_session(session_factory(engine)) as s:
+        exp = repo.create_experiment(session=s, name="base gone", model_spec=spec, method="ucb",
+                                     config={"method": "ucb", "sampling": {"steps": 2, "guidance": 4.0}},
+                                     budgets=[2], prompts=["a red circle"])
+        repo.create_round(session=s, experiment_id=exp.id)
+        repo.create_round(session=s, experiment_id=exp.id, adapter_path="adapters/round_1")
+        exp_id = exp.id
+    engine.dispose()
+    out = tmp_path / "out"
+    assert app_main(["export", "lora", "--experiment", str(exp_id), "--round", "1", "--format", "diffusers",
+                     "--out", str(out), "--data-dir", str(data), "--db-url", settings.db_url,
+                     "--model", settings.model]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: The export check could not load the base model {spec!r} ("), err
+    assert err.endswith("the export itself was not checked, and it was not published."), err
+    assert ("does not hash to the sha256" if base == "damaged hub cache" else "does not exist") in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({"data", *(["hub"] if spec == "fake/sd" else [])})
+
+
+def test_cli_any_model_load_error_is_one_sentence(world, tmp_path, capsys, monkeypatch):
+    """A ModelLoadError is a RuntimeError, not an ExportError: wherever in the export it comes from, the CLI says it in
+    one sentence instead of a traceback (found by review)."""
+    from app import export
+    from seiko_core.models import ModelLoadError
+
+    def unloadable(*args, **kwargs):
+        raise ModelLoadError("Model path '/nowhere' does not exist.")
+
+    monkeypatch.setattr(export, "export_round_to", unloadable)
+    assert cli(world, "lora", "--experiment", str(world.experiment_id), "--round", "1", "--format", "diffusers",
+               "--out", str(tmp_path / "x")) == 1
+    assert capsys.readouterr().err == "error: Model path '/nowhere' does not exist.\n"

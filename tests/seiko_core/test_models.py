@@ -213,7 +213,7 @@ def test_a_cached_hub_models_weights_must_hash_to_their_blob_names(random_model_
     with bytes changed but its size kept (tampering, a failing disk) loaded with no error (found by review). An LFS
     file's blob is named by its sha256, which is checked before the weights are loaded."""
     from seiko_core.export import ExportError, load_base_pipeline
-    from seiko_core.export_verify import CheckSettings, render_stock
+    from seiko_core.export_verify import CheckSettings, VerificationError, render_stock
 
     snapshot = _cached_hub_model(random_model_dir, tmp_path, monkeypatch)
     assert load_model("someone/tiny-sd", device="cpu").spec == "someone/tiny-sd"
@@ -223,7 +223,9 @@ def test_a_cached_hub_models_weights_must_hash_to_their_blob_names(random_model_
         load_model("someone/tiny-sd", device="cpu")
     with pytest.raises(ExportError, match=_ALTERED):
         load_base_pipeline("someone/tiny-sd")
-    with pytest.raises(ModelLoadError, match=_ALTERED):  # before the export check's child loads it
+    # before the export check's child loads it; said of the base model as the export's refusal, not a traceback
+    with pytest.raises(VerificationError, match=r"^The export check could not load the base model 'someone/tiny-sd' \("
+                                                + _ALTERED[1:-3] + r"\); the export itself was not checked"):
         render_stock("lora", tmp_path, CheckSettings(base_model="someone/tiny-sd", prompt="a red circle"))
 
 
