@@ -35,14 +35,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         add_settings_arguments(sub)
 
 
+def _audit(settings: Settings, action: str, experiment_id: int, **detail) -> None:
+    """The export in the audit log as the admin page's exports are ("export.build", "export.refused"), by
+    "command line (USER)": who took a model or the ratings away, and when. The command wrote none (found by review)."""
+    from app import auth
+    from db.engine import make_engine, session_factory
+
+    engine = make_engine(settings.db_url)
+    try:
+        auth.record(session_factory(engine), None, action, f"experiment {experiment_id}", **detail)
+    finally:
+        engine.dispose()
+
+
 def main(args: argparse.Namespace) -> int:
     from app import export
+    from seiko_core.export_verify import VerificationError
 
     settings = Settings.from_args(args)
+    fmt, index = (args.format, args.round) if args.what == "lora" else ("ratings", None)
     try:
         migrate.check_at_head(settings.db_url)
         if args.what == "lora":
-            result = export.export_round_to(settings, args.experiment, args.round, args.format, args.out)
+            try:
+                result = export.export_round_to(settings, args.experiment, args.round, args.format, args.out)
+            except VerificationError as exc:  # not published: recorded, as the admin page records it
+                _audit(settings, "export.refused", args.experiment, format=fmt, round=index, reason=str(exc))
+                raise
         else:
             result = export.export_ratings_to(settings, args.experiment, args.out, rater_names=args.rater_names)
     except (DbError, ExportError, CheckpointError, SchemaOutOfDate, ModelLoadError) as exc:
@@ -50,6 +69,12 @@ def main(args: argparse.Namespace) -> int:
         return 1
     except OSError as exc:  # a full disk, a folder without write permission: the writes are atomic, nothing is lost
         print(f"error: could not write the export ({exc.strerror or exc}: {exc.filename or args.out})", file=sys.stderr)
+        return 1
+    try:
+        _audit(settings, "export.build", args.experiment, format=fmt, round=index, path=str(result.path),
+               sha256=result.sha256)
+    except DbError as exc:
+        print(f"error: wrote the export to {result.path}, but could not record it in the audit log: {exc}", file=sys.stderr)
         return 1
     print(f"wrote {result.format} export to {result.path} (manifest sha256 {result.sha256})")
     if result.card and result.card.get("verification"):

@@ -589,3 +589,33 @@ def test_cli_any_model_load_error_is_one_sentence(world, tmp_path, capsys, monke
     assert cli(world, "lora", "--experiment", str(world.experiment_id), "--round", "1", "--format", "diffusers",
                "--out", str(tmp_path / "x")) == 1
     assert capsys.readouterr().err == "error: Model path '/nowhere' does not exist.\n"
+
+
+def _audit_rows(world: World) -> list[tuple[str, str, str | None, dict | None]]:
+    engine = make_engine(world.settings.db_url)
+    try:
+        with read_session(session_factory(engine)) as s:
+            return [(a.actor_name, a.action, a.target, a.detail) for a in reversed(repo.list_audit(session=s))]
+    finally:
+        engine.dispose()
+
+
+def test_cli_exports_are_in_the_audit_log_as_the_admin_pages_are(world, tmp_path):
+    """The admin page records who built an export (and a refused one); `python -m app export` recorded nothing, so a
+    model or the ratings could leave without a trace (found by review). It records them as "command line (USER)"."""
+    e = world.experiment_id
+    before = len(_audit_rows(world))  # the world is shared by this module's tests
+    assert cli(world, "ratings", "--experiment", str(e), "--out", str(tmp_path / "r")) == 0
+    assert cli(world, "lora", "--experiment", str(e), "--round", "2", "--format", "diffusers",
+               "--out", str(tmp_path / "noop")) == 1  # round 2's adapter does nothing: refused by the check
+    assert cli(world, "lora", "--experiment", str(e), "--round", "1", "--format", "kohya", "--out", str(tmp_path / "k")) == 0
+    rows = _audit_rows(world)[before:]
+    assert [(action, target) for _, action, target, _ in rows] == [
+        ("export.build", f"experiment {e}"), ("export.refused", f"experiment {e}"), ("export.build", f"experiment {e}")]
+    assert all(actor.startswith("command line (") for actor, _, _, _ in rows)
+    ratings, refused, kohya = (detail for _, _, _, detail in rows)
+    manifest = tmp_path / "r" / "manifest.json"
+    assert ratings == {"format": "ratings", "round": None, "path": str(tmp_path / "r"),
+                       "sha256": hashlib.sha256(manifest.read_bytes()).hexdigest()}
+    assert (refused["format"], refused["round"]) == ("diffusers", 2) and "was not published" in refused["reason"]
+    assert (kohya["format"], kohya["round"]) == ("kohya", 1) and kohya["path"].startswith(str(tmp_path / "k"))
