@@ -16,6 +16,7 @@ Loss = loss_coeff * |r_opt(x_0) - target| (or -loss_coeff * r_opt when target is
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ from .sampling import (
 
 RewardFn = Callable[[torch.Tensor, list[str]], torch.Tensor]  # (images in [0,1], prompts) -> (B,), differentiable
 ProgressFn = Callable[[int, int, dict], None]
+
+log = logging.getLogger(__name__)
 
 
 def gaussian_kl(mu_new: torch.Tensor, mu_prev: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
@@ -306,6 +309,7 @@ def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: st
     gen = torch.Generator().manual_seed(seed * 7919)  # the same on every rank: it draws the global batch
     total = ft.steps_per_epoch(world) * ft.epochs
     history: list[dict] = []
+    skipped = 0  # steps the fp16 loss scaler skipped (their gradients overflowed)
     start = time.time()
     clock_start = _clock()
     stopped_by_time = False
@@ -347,8 +351,15 @@ def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: st
                     scaler.unscale_(opt)  # clip the true gradients, not the scaled ones
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, ft.grad_clip)
                 if scaler is not None:
+                    scale = scaler.get_scale()
                     scaler.step(opt)  # skipped when the gradients hold inf/NaN (the same on every rank)
                     scaler.update()
+                    # the scaler lowers its scale exactly when it found inf/NaN and skipped the step: say so, or a
+                    # round whose steps all overflowed would publish its start unchanged without a word (review)
+                    if scaler.get_scale() < scale:
+                        skipped += 1
+                        log.warning("fine-tuning step %d was skipped: its fp16 gradients overflowed (loss scale %g -> "
+                                    "%g)", step, scale, scaler.get_scale())
                 else:
                     opt.step()
             own = sums / ft.grad_accum
@@ -386,6 +397,8 @@ def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: st
                "processes": world, "reward_first": first.get("reward"), "reward_last": last.get("reward"),
                "kl_last": last.get("kl"), "wall_s": time.time() - start,
                "mixed_precision": getattr(acc, "mixed_precision", None)}
+    if scaler is not None:  # fp16: the steps the loss scaler skipped (counted in "steps") and where its scale ended
+        metrics["skipped_steps"], metrics["loss_scale_last"] = skipped, last.get("loss_scale")
     if ft.diversity_balance and history:
         metrics["diversity_weight_mean"] = sum(h["diversity_weight"] for h in history) / done
     return FinetuneResult(adapter=adapter, steps=done, metrics=metrics, history=history)

@@ -83,7 +83,9 @@ def sd15() -> SeikoConfig:
         # settings (docs/sd15-memory.md, "The KL term's rounding"): after a move of 1e-3 per LoRA value (one
         # optimiser step at lr 1e-3) the KL's gradient points within cosine 0.996 of full fp32's under fp16 and
         # 0.891 under bf16, and its value is 36x fp32's under fp16 but 1400x under bf16; fp16 took no more time or
-        # memory than bf16 (full fp32: 2.1x the time, +5 GiB). Its loss scaler is accelerate's (finetune()).
+        # memory than bf16 (full fp32: 2.1x the time, +5 GiB). Its loss scaler is accelerate's (finetune()). Measured
+        # with the KL's backward at the scaler's 2^16; in a step its gradient runs at about 20 (kl_weight 0.01, 32
+        # passes), which is not measured (the doc's limits).
         finetune=FinetuneConfig(batch_size=2, grad_accum=32, gradient_checkpointing=True, mixed_precision="fp16",
                                 truncation="per_trajectory", truncation_k=10, loss_coeff=0.01, reward_target=None,
                                 lora_init="gaussian"),

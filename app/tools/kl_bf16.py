@@ -16,7 +16,7 @@ the number of LoRA values, so that each value moves by about delta, as one optim
 each delta the KL term is computed by ``seiko_core.finetune.trajectory_loss`` (a zero reward, ``kl_weight`` 1, so
 the loss IS the batch's mean KL) in each precision: fp32 without autocast, bf16 and fp16 under the Accelerator's
 autocast (``shared_accelerator(...).autocast``, what ``finetune`` passes; fp16 needs a GPU, and its backward runs at
-GradScaler's starting scale 2**16 and is divided back, as the scaler does). The cosine between each precision's KL
+GradScaler's starting scale 2**16, or ``--fp16-scale``, and is divided back, as the scaler does). The cosine between each precision's KL
 gradient (with respect to ``new``'s LoRA tensors) and fp32's is printed ("-" if one is zero, "nan" if not finite).
 Then, per precision, the seconds of one loss + gradient (median over the deltas after the first, which warms up)
 and on CUDA its peak memory over the loaded model.
@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tf32", action="store_true",
                    help="CUDA: fp32 convolutions and matmuls in full fp32 (PyTorch's default lets cuDNN's convolutions "
                         "use TF32, whose 10-bit mantissa is fp16's)")
+    p.add_argument("--fp16-scale", type=float, default=FP16_SCALE,
+                   help="the scale of fp16's backward (default 2**16, GradScaler's start); the product's KL gradient "
+                        "runs at about start x kl_weight / grad_accum (about 20 for the sd15 preset)")
     p.add_argument("--threads", type=int, default=2)
     return p
 
@@ -157,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def kl_and_grad(precision: str):
         autocast = None if precision == "fp32" else shared_accelerator(precision, cpu=device.type == "cpu").autocast
-        scale = FP16_SCALE if precision == "fp16" else 1.0
+        scale = args.fp16_scale if precision == "fp16" else 1.0
         sync()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)

@@ -163,6 +163,31 @@ def test_loss_scaling_goes_through_accelerator_backward_and_is_undone_before_cli
     assert any(not torch.equal(t, torch.zeros_like(t)) for n, t in got.items() if "lora_B" in n)
 
 
+def test_steps_the_fp16_loss_scaler_skips_are_counted_and_logged(random_model_dir, caplog):
+    """fp16's loss scaler skips a step whose gradients overflow. Nothing recorded it: a round whose every step was
+    skipped counted them all in "steps" and published its start unchanged (found by review). A scale of 1e38 makes
+    the first step's scaled gradients overflow, as an fp16 overflow would; at half that scale the second's do not."""
+    cfg = tiny_cfg()
+    acc = shared_accelerator("no", cpu=True)
+    acc.scaler = torch.amp.GradScaler("cpu", init_scale=1e38)
+    try:
+        torch.manual_seed(0)
+        with caplog.at_level("WARNING", logger="seiko_core.finetune"):
+            res, _ = train(load_model(str(random_model_dir), device="cpu"), cfg, accelerator=acc)
+    finally:
+        acc.scaler = None
+        vars(acc).pop("_seiko_scaler_start", None)
+    assert res.steps == 2 and res.metrics["skipped_steps"] == 1
+    assert res.metrics["loss_scale_last"] == pytest.approx(1e38 * 0.5, rel=1e-6)  # the backoff, once (a float32 scale)
+    assert [h["grad_norm"] != h["grad_norm"] for h in res.history] == [True, False]  # NaN: the one that overflowed
+    assert caplog.text.count("was skipped: its fp16 gradients overflowed") == 1
+    assert "fine-tuning step 1 was skipped" in caplog.text
+    # without a scaler (fp32, bf16) there is nothing to skip and no such count
+    torch.manual_seed(0)
+    plain, _ = train(load_model(str(random_model_dir), device="cpu"), cfg)
+    assert "skipped_steps" not in plain.metrics
+
+
 class _ThreadRank:
     """An accelerator stand-in for one of two ranks run as threads: reduce('mean') averages through a barrier."""
 
