@@ -173,10 +173,11 @@ def list_jobs(*, session: Session, status: str | None = None, experiment_id: int
     return list(session.scalars(stmt))
 
 
-def held_job_ids(*, session: Session, worker_id: str) -> list[int]:
-    """Ids of every running job whose lease ``worker_id`` holds, oldest first (however many jobs the queue has)."""
-    stmt = select(Job.id).where(Job.status == "running", Job.lease_owner == worker_id).order_by(Job.id)
-    return list(session.scalars(stmt))
+def held_job_claims(*, session: Session, worker_id: str) -> list[tuple[int, int]]:
+    """(id, attempt) of every running job whose lease ``worker_id`` holds, oldest first (however many jobs the queue
+    has): the attempt fences what the caller then does to the job, as a claim's does (``_owned_running_job``)."""
+    stmt = select(Job.id, Job.attempts).where(Job.status == "running", Job.lease_owner == worker_id).order_by(Job.id)
+    return [(job_id, attempts) for job_id, attempts in session.execute(stmt)]
 
 
 def _claimable(now: datetime) -> Any:

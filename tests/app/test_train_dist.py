@@ -166,6 +166,43 @@ def test_hand_back_finds_a_held_job_behind_ten_thousand_newer_ones(worker_world)
         assert (job.status, job.lease_owner, job.error) == ("queued", None, "rank 1 was killed")
 
 
+def test_hand_back_does_not_fail_a_newer_claim_of_a_twin_with_the_same_id(worker_world, monkeypatch):
+    """The supervisor read its jobs by worker id, then failed each by id: a twin with the same id (an explicit
+    --worker-id given twice) that claimed one of them again in between had its claim failed. Found by review."""
+    import contextlib
+    from datetime import timedelta
+
+    from app.train_dist import hand_back_jobs
+    from db import engine as db_engine
+    from db import jobs as job_queue
+    from db.models import utcnow
+
+    with write_session(worker_world.factory) as s:
+        job = job_queue.enqueue_job(session=s, kind="eval")
+        s.flush()
+        job.status, job.lease_owner, job.lease_expires_at, job.attempts = "running", "gpu-box", utcnow(), 1
+        job_id = job.id
+    real_write_session = db_engine.write_session
+    opened = []
+
+    @contextlib.contextmanager
+    def write_session_after_the_twins_claim(*args, **kwargs):
+        opened.append(1)
+        if len(opened) == 2:  # between the supervisor's read and its hand-back the lease ran out and the twin took the
+            with real_write_session(*args, **kwargs) as s:  # job (attempt 2), in a transaction of its own
+                taken = job_queue.claim_job(session=s, worker_id="gpu-box", lease_s=600,
+                                            now=utcnow() + timedelta(minutes=1))
+                assert (taken.id, taken.attempts) == (job_id, 2)
+        with real_write_session(*args, **kwargs) as s:
+            yield s
+
+    monkeypatch.setattr(db_engine, "write_session", write_session_after_the_twins_claim)
+    assert hand_back_jobs(worker_world.settings, "gpu-box", "rank 1 was killed") == []
+    with read_session(worker_world.factory) as s:
+        job = s.get(Job, job_id)
+        assert (job.status, job.lease_owner, job.attempts, job.error) == ("running", "gpu-box", 2, None)
+
+
 @pytest.mark.parametrize("once", [True, False])
 def test_a_follower_that_leaves_first_on_rank_0s_stop_is_not_taken_for_a_crash(monkeypatch, tmp_path, once):
     """After rank 0 sends "stop" its followers leave with status 0, often before rank 0 does: the supervisor took the
