@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from app.settings import Settings
 from app.settings import add_arguments as add_settings_arguments
 from db import migrate
@@ -48,6 +50,12 @@ def _audit(settings: Settings, action: str, experiment_id: int, **detail) -> Non
         engine.dispose()
 
 
+def _reason(exc: Exception) -> str:
+    """A database error's own first line: SQLAlchemy's text adds the statement and a link on lines of their own."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def main(args: argparse.Namespace) -> int:
     from app import export
     from seiko_core.export_verify import VerificationError
@@ -60,7 +68,11 @@ def main(args: argparse.Namespace) -> int:
             try:
                 result = export.export_round_to(settings, args.experiment, args.round, args.format, args.out)
             except VerificationError as exc:  # not published: recorded, as the admin page records it
-                _audit(settings, "export.refused", args.experiment, format=fmt, round=index, reason=str(exc))
+                try:
+                    _audit(settings, "export.refused", args.experiment, format=fmt, round=index, reason=str(exc))
+                except (DbError, SQLAlchemyError) as failed:  # the refusal is what the user must read
+                    print(f"warning: the refused export could not be recorded in the audit log: {_reason(failed)}",
+                          file=sys.stderr)
                 raise
         else:
             result = export.export_ratings_to(settings, args.experiment, args.out, rater_names=args.rater_names)
@@ -73,8 +85,9 @@ def main(args: argparse.Namespace) -> int:
     try:
         _audit(settings, "export.build", args.experiment, format=fmt, round=index, path=str(result.path),
                sha256=result.sha256)
-    except DbError as exc:
-        print(f"error: wrote the export to {result.path}, but could not record it in the audit log: {exc}", file=sys.stderr)
+    except (DbError, SQLAlchemyError) as exc:  # e.g. "database is locked": the export stands, unrecorded
+        print(f"error: wrote the export to {result.path}, but could not record it in the audit log: {_reason(exc)}",
+              file=sys.stderr)
         return 1
     print(f"wrote {result.format} export to {result.path} (manifest sha256 {result.sha256})")
     if result.card and result.card.get("verification"):

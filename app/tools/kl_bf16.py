@@ -49,6 +49,16 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> str:
     return "-" if na == 0 or nb == 0 else f"{float(a @ b / (na * nb)):.3f}"
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, epilog=f"Fixed seeds: {SEEDS}.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -69,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tf32", action="store_true",
                    help="CUDA: fp32 convolutions and matmuls in full fp32 (PyTorch's default lets cuDNN's convolutions "
                         "use TF32, whose 10-bit mantissa is fp16's)")
-    p.add_argument("--fp16-scale", type=float, default=FP16_SCALE,
+    p.add_argument("--fp16-scale", type=_positive, default=FP16_SCALE,
                    help="the scale of fp16's backward (default 2**16, GradScaler's start); the product's KL gradient "
                         "runs at about start x kl_weight / grad_accum (about 20 for the sd15 preset)")
     p.add_argument("--threads", type=int, default=2)

@@ -595,7 +595,8 @@ def _audit_rows(world: World) -> list[tuple[str, str, str | None, dict | None]]:
     engine = make_engine(world.settings.db_url)
     try:
         with read_session(session_factory(engine)) as s:
-            return [(a.actor_name, a.action, a.target, a.detail) for a in reversed(repo.list_audit(session=s))]
+            return [(a.actor_name, a.action, a.target, a.detail)
+                    for a in reversed(repo.list_audit(session=s, limit=10_000))]
     finally:
         engine.dispose()
 
@@ -619,3 +620,25 @@ def test_cli_exports_are_in_the_audit_log_as_the_admin_pages_are(world, tmp_path
                        "sha256": hashlib.sha256(manifest.read_bytes()).hexdigest()}
     assert (refused["format"], refused["round"]) == ("diffusers", 2) and "was not published" in refused["reason"]
     assert (kohya["format"], kohya["round"]) == ("kohya", 1) and kohya["path"].startswith(str(tmp_path / "k"))
+
+
+def test_cli_an_audit_log_it_cannot_write_hides_neither_the_export_nor_the_refusal(world, tmp_path, capsys, monkeypatch):
+    """The database may refuse the audit entry ("database is locked": an OperationalError, not a DbError): a written
+    export is still named, and a refused one still says why, in one sentence each (found by review)."""
+    from sqlalchemy.exc import OperationalError
+
+    from app import auth
+
+    def locked(*args, **kwargs):
+        raise OperationalError("INSERT INTO audit_log", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(auth, "record", locked)
+    e = str(world.experiment_id)
+    assert cli(world, "ratings", "--experiment", e, "--out", str(tmp_path / "r")) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: wrote the export to {tmp_path / 'r'}, but could not record it in the audit log: ")
+    assert "database is locked" in err and len(err.strip().splitlines()) == 1 and (tmp_path / "r" / "manifest.json").is_file()
+    assert cli(world, "lora", "--experiment", e, "--round", "2", "--format", "diffusers", "--out", str(tmp_path / "x")) == 1
+    warning, error = capsys.readouterr().err.strip().splitlines()
+    assert warning.startswith("warning: the refused export could not be recorded in the audit log: ")
+    assert error.startswith("error: Export check (a) failed") and not (tmp_path / "x").exists()

@@ -42,3 +42,12 @@ def test_fp16_and_sizes_are_refused_where_they_do_not_apply():
         main(["--precisions", "fp32", "fp16"])
     with pytest.raises(SystemExit, match="--size applies to --model sd15-arch only"):
         main(["--size", "8", "--steps", "2", "--deltas", "0"])
+
+
+@pytest.mark.parametrize("scale", ["0", "-1", "inf", "nan", "x"])
+def test_an_fp16_scale_that_is_not_a_positive_finite_number_is_refused(scale, capsys):
+    from app.tools.kl_bf16 import main
+
+    with pytest.raises(SystemExit):
+        main(["--fp16-scale", scale])
+    assert f"must be a positive finite number, got {scale!r}" in capsys.readouterr().err
