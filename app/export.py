@@ -207,52 +207,32 @@ def dataset_rows(settings: Settings, experiment_id: int, *, rater_names: bool = 
     try:
         with read_snapshot(factory) as s:  # every file from one snapshot
             repo.get_experiment(session=s, experiment_id=experiment_id)
-            stmt = (
-                select(Rating, Image, Round.index)
-                .join(Image, Image.id == Rating.image_id)
-                .join(Round, Round.id == Image.round_id)
-                .where(Round.experiment_id == experiment_id)
-                .order_by(Rating.id)
-            )
+
+            def image_rows(table):  # (row, its image, its round's index) of a table keyed by image_id, oldest first
+                return s.execute(select(table, Image, Round.index)
+                                 .join(Image, Image.id == table.image_id)
+                                 .join(Round, Round.id == Image.round_id)
+                                 .where(Round.experiment_id == experiment_id)
+                                 .order_by(table.id))
+
             ratings = [
                 {"rating_id": rating.id, **_image_fields(image, index), "rater": rating.rater_id,
                  "score": rating.score, "rated_at": rating.updated_at}
-                for rating, image, index in s.execute(stmt)
+                for rating, image, index in image_rows(Rating)
             ]
-            stmt = (
-                select(RepeatRating, Image, Round.index)
-                .join(Image, Image.id == RepeatRating.image_id)
-                .join(Round, Round.id == Image.round_id)
-                .where(Round.experiment_id == experiment_id)
-                .order_by(RepeatRating.id)
-            )
             repeats = [
                 {"repeat_id": repeat.id, **_image_fields(image, index), "rater": repeat.rater_id,
                  "score": repeat.score, "rated_at": repeat.created_at}
-                for repeat, image, index in s.execute(stmt)
+                for repeat, image, index in image_rows(RepeatRating)
             ]
-            stmt = (
-                select(Skip, Image, Round.index)
-                .join(Image, Image.id == Skip.image_id)
-                .join(Round, Round.id == Image.round_id)
-                .where(Round.experiment_id == experiment_id)
-                .order_by(Skip.id)
-            )
             image_skips = [
                 {**_image_fields(image, index), "kind": "image", "image_kind": image.kind, "rater": skip.rater_id,
                  "skipped_at": skip.created_at}
-                for skip, image, index in s.execute(stmt)
+                for skip, image, index in image_rows(Skip)
             ]
-            stmt = (
-                select(GoldScore, Image, Round.index)
-                .join(Image, Image.id == GoldScore.image_id)
-                .join(Round, Round.id == Image.round_id)
-                .where(Round.experiment_id == experiment_id)
-                .order_by(GoldScore.id)
-            )
             gold = [
                 {**_image_fields(image, index), "score": row.score, "set_at": row.created_at}
-                for row, image, index in s.execute(stmt)
+                for row, image, index in image_rows(GoldScore)
             ]
             left, right = aliased(Image), aliased(Image)
             pair_cols = (ComparisonPair, left, right, Round.index)
