@@ -574,10 +574,7 @@ def read_ratings_dataset(directory: str | Path) -> list[dict]:
 def read_comparisons(directory: str | Path) -> list[dict]:
     """The comparison votes of an exported ratings dataset (none when it has no comparisons file), after verifying
     its manifest."""
-    directory = Path(directory)
-    verify(directory)
-    path = directory / COMPARISONS_FILE
-    return _json_lines(path) if path.exists() else []
+    return _optional_lines(Path(directory), COMPARISONS_FILE)
 
 
 def read_repeat_ratings(directory: str | Path) -> list[dict]:

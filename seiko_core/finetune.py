@@ -356,10 +356,10 @@ def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: st
                     scaler.update()
                     # the scaler lowers its scale exactly when it found inf/NaN and skipped the step: say so, or a
                     # round whose steps all overflowed would publish its start unchanged without a word (review)
-                    if scaler.get_scale() < scale:
+                    if (now := scaler.get_scale()) < scale:
                         skipped += 1
                         log.warning("fine-tuning step %d was skipped: its fp16 gradients overflowed (loss scale %g -> "
-                                    "%g)", step, scale, scaler.get_scale())
+                                    "%g)", step, scale, now)
                 else:
                     opt.step()
             own = sums / ft.grad_accum

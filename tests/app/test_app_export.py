@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -387,6 +388,37 @@ def test_cli_an_out_it_cannot_write_is_one_sentence(world, tmp_path, capsys):
     assert err.startswith("error: could not write the export (") and len(err.splitlines()) == 1, err
 
 
+@contextlib.contextmanager
+def _dataset_world(tmp_path: Path, name: str, colors: tuple[str, ...], prompts: str):
+    """A fresh data dir and database with an experiment whose round 0 holds one PNG per colour (prompt ``prompts[i]``,
+    seed i), opened for rating: yields (settings, write session, experiment, round 0, image ids, image file paths)
+    for the caller to add its labels in the same transaction."""
+    data = tmp_path / "data"
+    settings = Settings.from_env({"data_dir": str(data), "db_url": f"sqlite:///{data / 'seiko.db'}", "model": "m"},
+                                 environ={})
+    migrate.upgrade(settings.db_url)
+    engine = make_engine(settings.db_url)
+    try:
+        with write_session(session_factory(engine)) as s:
+            exp = repo.create_experiment(session=s, name=name, model_spec="m", method="greedy", config={},
+                                         budgets=[len(colors)], prompts=list(prompts))
+            r0 = repo.create_round(session=s, experiment_id=exp.id)
+            ids, paths = [], []
+            for i, color in enumerate(colors):
+                content = png(color)
+                sha = hashlib.sha256(content).hexdigest()
+                (data / "images").mkdir(parents=True, exist_ok=True)
+                (data / "images" / f"{sha}.png").write_bytes(content)
+                ids.append(repo.add_image(session=s, round_id=r0.id, prompt=prompts[i], seed=i,
+                                          file_path=f"images/{sha}.png", sha256=sha, embedding=b"\0" * 8,
+                                          embedding_dim=2).id)
+                paths.append(f"images/{sha}.png")
+            repo.open_round(session=s, round_id=r0.id)
+            yield settings, s, exp, r0, ids, paths
+    finally:
+        engine.dispose()
+
+
 def test_the_ratings_dataset_holds_the_comparison_votes_too(tmp_path):
     """The dataset held 1-10 ratings only: an experiment that learnt from comparisons exported nothing of them, and
     one with comparisons only was refused as having 'no ratings to export' (found by review). Votes go to
@@ -395,31 +427,13 @@ def test_the_ratings_dataset_holds_the_comparison_votes_too(tmp_path):
     from db import comparisons
     from seiko_core.export import read_comparisons
 
-    data = tmp_path / "data"
-    settings = Settings.from_env({"data_dir": str(data), "db_url": f"sqlite:///{data / 'seiko.db'}", "model": "m"},
-                                 environ={})
-    migrate.upgrade(settings.db_url)
-    engine = make_engine(settings.db_url)
-    with write_session(session_factory(engine)) as s:
-        exp = repo.create_experiment(session=s, name="pairs only", model_spec="m", method="greedy", config={},
-                                     budgets=[2], prompts=["a", "b"])
-        r0 = repo.create_round(session=s, experiment_id=exp.id)
-        ids, shas = [], []
-        for i, color in enumerate(("red", "blue")):
-            content = png(color)
-            sha = hashlib.sha256(content).hexdigest()
-            (data / "images").mkdir(parents=True, exist_ok=True)
-            (data / "images" / f"{sha}.png").write_bytes(content)
-            ids.append(repo.add_image(session=s, round_id=r0.id, prompt="ab"[i], seed=i, file_path=f"images/{sha}.png",
-                                      sha256=sha, embedding=b"\0" * 8, embedding_dim=2).id)
-            shas.append(sha)
-        repo.open_round(session=s, round_id=r0.id)
+    with _dataset_world(tmp_path, "pairs only", ("red", "blue"), "ab") as (settings, s, exp, r0, ids, paths):
+        shas = [Path(p).stem for p in paths]
         ann = repo.create_rater(session=s, name="ann", password_hash="x$h")
         (pair,) = comparisons.create_pairs(session=s, experiment_id=exp.id, round_id=r0.id, kind="preference",
                                            pairs=[(ids[0], ids[1])])
         comparisons.record_vote(session=s, pair_id=pair.id, rater_id=ann.id, choice="b")
         exp_id = exp.id
-    engine.dispose()
     result = export.export_ratings_to(settings, exp_id, tmp_path / "r")
     assert read_ratings_dataset(result.path) == []
     (vote,) = read_comparisons(result.path)
@@ -455,25 +469,7 @@ def test_the_ratings_dataset_holds_repeat_ratings_skips_gold_scores_and_pair_ski
     from db import comparisons, quality
     from seiko_core.export import read_comparisons, read_gold, read_repeat_ratings, read_skips
 
-    data = tmp_path / "data"
-    settings = Settings.from_env({"data_dir": str(data), "db_url": f"sqlite:///{data / 'seiko.db'}", "model": "m"},
-                                 environ={})
-    migrate.upgrade(settings.db_url)
-    engine = make_engine(settings.db_url)
-    with write_session(session_factory(engine)) as s:
-        exp = repo.create_experiment(session=s, name="all of it", model_spec="m", method="greedy", config={},
-                                     budgets=[3], prompts=["a", "b", "c"])
-        r0 = repo.create_round(session=s, experiment_id=exp.id)
-        ids, names = [], []
-        for i, color in enumerate(("red", "blue", "green")):
-            content = png(color)
-            sha = hashlib.sha256(content).hexdigest()
-            (data / "images").mkdir(parents=True, exist_ok=True)
-            (data / "images" / f"{sha}.png").write_bytes(content)
-            ids.append(repo.add_image(session=s, round_id=r0.id, prompt="abc"[i], seed=i, file_path=f"images/{sha}.png",
-                                      sha256=sha, embedding=b"\0" * 8, embedding_dim=2).id)
-            names.append(f"images/{sha}.png")
-        repo.open_round(session=s, round_id=r0.id)
+    with _dataset_world(tmp_path, "all of it", ("red", "blue", "green"), "abc") as (settings, s, exp, r0, ids, names):
         admin = repo.create_rater(session=s, name="root@example.com", password_hash="scrypt$ADMINHASH")
         ann = repo.create_rater(session=s, name="ann@example.com", password_hash="scrypt$SECRETHASH")
         bob = repo.create_rater(session=s, name="bob@example.com", password_hash="scrypt$SECRETHASH")
@@ -485,7 +481,6 @@ def test_the_ratings_dataset_holds_repeat_ratings_skips_gold_scores_and_pair_ski
                                            pairs=[(ids[0], ids[2])])
         comparisons.record_skip(session=s, pair_id=pair.id, rater_id=bob.id)
         exp_id = exp.id
-    engine.dispose()
 
     result = export.export_ratings_to(settings, exp_id, tmp_path / "r")
     manifest = verify(result.path)
@@ -510,7 +505,7 @@ def test_the_ratings_dataset_holds_repeat_ratings_skips_gold_scores_and_pair_ski
     assert (gold["file_name"], gold["score"], gold["round"]) == (names[2], 9, 0) and "rater" not in gold
     assert sorted(f"images/{p.name}" for p in (result.path / "images").iterdir()) == sorted(names)
     text = "".join(p.read_text() for p in result.path.iterdir() if p.is_file())
-    for private in ("example.com", "HASH", "scrypt", "file_path", str(data)):
+    for private in ("example.com", "HASH", "scrypt", "file_path", str(settings.data_dir)):
         assert private not in text, private
 
 
