@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from ..atomic import temp_sibling
-from .build import BuildConfig, build, refine_existing, remeasure
+from .build import BuildConfig, build, refine_existing, refine_unet_existing, remeasure
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,15 +31,19 @@ def main(argv: list[str] | None = None) -> int:
                        "build made before that stage existed, then re-measure")
     r.add_argument("--model", required=True, help="a directory written by `build`")
     r.add_argument("--steps", type=int, default=None, help="refinement steps (default: the build's)")
+    u = sub.add_parser("refine-unet", help="run the UNet-refinement stage (every named shape drawn as often) on a "
+                       "finished build, then re-measure")
+    u.add_argument("--model", required=True, help="a directory written by `build`")
+    u.add_argument("--steps", type=int, default=None, help="refinement steps (default: the build's)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
-    if args.command in ("quality", "refine-encoder"):
+    if args.command in ("quality", "refine-encoder", "refine-unet"):
         model = Path(args.model)
         if not (model / "QUALITY.json").is_file() or not (model / "model_index.json").is_file():
             parser.error(f"{args.model!r} is not a model written by `build` (it needs model_index.json and QUALITY.json)")
     # a full disk, a missing file; the commands that read a finished model also an edited QUALITY.json
     faults: tuple[type[Exception], ...] = (OSError,)
-    if args.command in ("quality", "refine-encoder"):
+    if args.command in ("quality", "refine-encoder", "refine-unet"):
         faults = (OSError, json.JSONDecodeError, KeyError)
     try:
         return _run(args)
@@ -55,6 +59,10 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "refine-encoder":
         quality = refine_existing(args.model, steps=args.steps)
+        print(json.dumps({k: v for k, v in quality.items() if k != "build_config"}, indent=2))
+        return 0
+    if args.command == "refine-unet":
+        quality = refine_unet_existing(args.model, steps=args.steps)
         print(json.dumps({k: v for k, v in quality.items() if k != "build_config"}, indent=2))
         return 0
     cfg = BuildConfig.quick() if args.quick else BuildConfig()
