@@ -95,3 +95,62 @@ def test_ema_update_matches_the_closed_form_and_the_per_tensor_loop():
             e.mul_(d).add_(v, alpha=1 - d)
     assert all(torch.equal(a, b) for a, b in zip(fused, looped))
     assert not torch.equal(fused[0], live[0])  # the shadow lags the moving target: the check is not vacuous
+
+
+def test_caption_weights_give_each_named_shape_an_equal_share_and_leave_unnamed_captions_alone():
+    """Brute force: the weights summed per named shape are equal, the named captions keep their total, and the
+    weight is a function of the caption (equal captions, equal weights)."""
+    import collections
+
+    from seiko_core.toy import dataset as ds
+    from seiko_core.toy.build import caption_weights
+
+    data = ds.generate(3000, seed=3)
+    w = caption_weights(data).tolist()
+    named = [i for i, k in enumerate(data.keeps) if k["shape"]]
+    unnamed = [i for i, k in enumerate(data.keeps) if not k["shape"]]
+    assert unnamed and all(w[i] == 1.0 for i in unnamed)
+    per_shape = collections.defaultdict(float)
+    for i in named:
+        per_shape[data.specs[i].shape] += w[i]
+    assert set(per_shape) == set(ds.SHAPES)
+    for total in per_shape.values():
+        assert total == pytest.approx(len(named) / len(ds.SHAPES), rel=1e-9)
+    by_caption = collections.defaultdict(set)
+    for i, c in enumerate(data.captions):
+        by_caption[c].add(w[i])
+    assert all(len(v) == 1 for v in by_caption.values())
+    counts = collections.Counter(data.specs[i].shape for i in named)  # the rare shapes are up-weighted
+    assert w[next(i for i in named if data.specs[i].shape == "cross")] > w[next(i for i in named if data.specs[i].shape == "circle")]
+    assert counts["cross"] < counts["circle"]
+
+
+def test_unet_refinement_moves_only_the_unet_and_reruns_on_a_finished_build(tmp_path):
+    """A build with the stage equals a build without it plus ``refine-unet``; no other part moves."""
+    from safetensors.torch import load_file
+
+    from seiko_core.toy.__main__ import main
+    from seiko_core.toy.build import build
+
+    full, plain = BuildConfig.quick(), BuildConfig.quick()
+    full.unet_refine_steps = 4
+    build(tmp_path / "full", full)
+    build(tmp_path / "plain", plain)
+    for part in ("vae", "text_encoder", "image_encoder"):
+        assert _bytes(tmp_path / "full", part) == _bytes(tmp_path / "plain", part), part
+    assert _bytes(tmp_path / "full", "unet") != _bytes(tmp_path / "plain", "unet")
+
+    assert main(["refine-unet", "--model", str(tmp_path / "plain"), "--steps", "4"]) == 0
+    a = load_file(str(tmp_path / "full" / "unet" / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(tmp_path / "plain" / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    quality = json.loads((tmp_path / "plain" / "QUALITY.json").read_text())
+    assert quality["build_config"]["unet_refine_steps"] == 4 and "unet_refine_s" in quality["timings_s"]
+
+
+def test_refine_unet_on_a_directory_that_is_not_a_build_says_so(tmp_path, capsys):
+    from seiko_core.toy.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main(["refine-unet", "--model", str(tmp_path)])
+    assert "is not a model written by `build`" in capsys.readouterr().err
