@@ -17,9 +17,10 @@ asks ``plan`` for them when the option is above 0:
 - how many: repeats handed out so far <= share / (1 - share) x the rater's ratings of the round, i.e. at most
   ``share`` of the images handed to them (ordinary ones rated plus repeats); at most ``max(1, floor(share x batch
   size))`` in one batch; no more new ones than the ordinary ratings the rater gave since their last repeat, so
-  repeats come spread out, never in a run; and no more new ones than the ordinary images the rater can still be
-  handed, so none once those have run out (a batch of 2 or more then holds at least as many ordinary images as new
-  repeats; a last batch of repeats only told the rater what they were);
+  repeats come spread out, never in a run; and no more new ones than the ordinary images new to the rater that the
+  batch holds beside them (not their unanswered cards, which come back first): so none once those have run out and
+  none in a batch of one (a last batch of repeats only, or a batch whose only new cards were repeats, told the
+  rater what they were);
 - which images: drawn with a generator seeded by (rater, round, repeats so far); where in the batch: drawn with one
   seeded by (rater, round, the repeated image ids, the batch's length), so the place does not follow from the batch's
   length alone. A repeat handed out and not answered yet comes back in the next batch (as a leased image does),
@@ -31,7 +32,8 @@ rater's own ("You: N rated this round, M left for you", the API's ``you_rated`` 
 images: a scored one as rated, a pending one as left. So every card scored moves them by one, whatever it is, and
 the open cards never outnumber what is left (they used to count ordinary ratings only, which told a repeat apart,
 before or after scoring it: a review's finding). "Left" rises when a batch brings new repeats: it says how many
-of the batch's cards are repeats, not which.
+of the batch's new cards are repeats, not which, as they come among at least as many new ordinary images. An
+unanswered card comes back alone once nothing else is left, a repeat as an ordinary one does.
 The API's items carry the image id a rating is sent with, so a script could tell a repeat by its id: the measure is
 meant for people rating on the page. A repeat counts nowhere an ordinary rating does:
 not in the round's progress or budget, not for auto-close, not in the reward fit (the ``ratings`` table is untouched).
@@ -95,11 +97,14 @@ def plan(session: Session, round_: Round, rater_id: int, size: int, share: float
     n_new = min(room, allowed, since)
     if n_new <= 0:
         return out
-    # no more new ones than the ordinary images the rater can still be handed (their own live leases among them):
-    # once those run out no repeat is handed out, so repeats never make a batch of their own at the end, where the
-    # rater would know every card as one (found by review). With ``cap`` at most half the batch (size 2 and up), the
-    # batch then holds at least as many ordinary images as new repeats
-    n_new = min(n_new, repo.count_images_for_rater(session=session, round_id=round_.id, rater_id=rater_id, kind="query"))
+    # no more new ones than the ordinary images new to the rater that the batch will hold beside them: not the
+    # images they hold a live lease on (their unanswered cards, which come back first and which they know), and at
+    # least as many as the new repeats. "Left for you" rises by the new repeats, so a batch whose only new cards
+    # were repeats (a batch of one; the rater's unanswered cards and a repeat; the last ordinary images gone) told
+    # the rater which cards they were (found by review). So none once those run out, and none in a batch of one
+    held = len(repo.held_image_ids(session=session, round_id=round_.id, rater_id=rater_id))
+    fresh = repo.count_images_for_rater(session=session, round_id=round_.id, rater_id=rater_id, kind="query") - held
+    n_new = min(n_new, fresh, (size - len(out) - held) // 2)
     if n_new <= 0:
         return out
     offered = {o.image_id for o in offers}

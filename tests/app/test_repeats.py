@@ -133,21 +133,22 @@ def test_a_pending_repeat_comes_back_and_its_score_stays_apart(ui_world_factory)
     order = [im["image_id"] for im in ui_rate.api_batch(world.factory, world.settings.data_dir, me, limit=3)["items"]]
     for image_id in order:
         ui_rate.submit(world.factory, me, image_id, 6)
-    batch = [im["image_id"] for im in ui_rate.api_batch(world.factory, world.settings.data_dir, me, limit=1)["items"]]
-    assert len(batch) == 1 and batch[0] in order[:-1]  # a repeat, not the image just rated
-    repeated = batch[0]
-    # asked again before answering: the same repeat again, and still only one offer
-    again = [im["image_id"] for im in ui_rate.api_batch(world.factory, world.settings.data_dir, me, limit=1)["items"]]
-    assert again == [repeated] and offers(world) == [(repeated, alice, False)]
+    batch = [im["image_id"] for im in ui_rate.api_batch(world.factory, world.settings.data_dir, me, limit=2)["items"]]
+    # a repeat beside an ordinary image, not one of the two images just rated
+    assert len(batch) == 2 and [i for i in batch if i in order] == order[:1]
+    repeated = order[0]
+    # asked again before answering: the same repeat (and the same ordinary image) again, and still only one offer
+    again = [im["image_id"] for im in ui_rate.api_batch(world.factory, world.settings.data_dir, me, limit=2)["items"]]
+    assert sorted(again) == sorted(batch) and offers(world) == [(repeated, alice, False)]
     before = first_ratings(world, alice)
     assert ui_rate.submit(world.factory, me, repeated, 9)["previous_score"] is None
     assert ui_rate.submit(world.factory, me, repeated, 8)["previous_score"] == 9  # changes the second score
     assert first_ratings(world, alice) == before  # the first rating is untouched (score and time)
     with read_session(world.factory) as s:
         assert db_quality.repeat_rows(session=s, experiment_id=world.experiment_id) == [(alice, 6, 8)]
-    # no new repeat right away: an ordinary image comes first
-    nxt = ui_rate.api_batch(world.factory, world.settings.data_dir, me, limit=1)["items"]
-    assert nxt and nxt[0]["image_id"] not in order
+    # no new repeat right away: ordinary images come first
+    nxt = ui_rate.api_batch(world.factory, world.settings.data_dir, me, limit=2)["items"]
+    assert len(nxt) == 2 and not {im["image_id"] for im in nxt} & set(order)
 
 
 def test_a_pending_repeat_takes_no_place_from_the_other_raters(ui_world_factory):
@@ -156,8 +157,9 @@ def test_a_pending_repeat_takes_no_place_from_the_other_raters(ui_world_factory)
     set_share(world, 0.5)
     for image_id in world.image_ids[:4]:
         ui_rate.submit(world.factory, me, image_id, 5)
-    repeated = ui_rate.api_batch(world.factory, world.settings.data_dir, me, limit=1)["items"][0]["image_id"]
-    assert repeated in world.image_ids[:3]
+    batch = [im["image_id"] for im in ui_rate.api_batch(world.factory, world.settings.data_dir, me, limit=2)["items"]]
+    (repeated,) = [i for i in batch if i in world.image_ids[:4]]
+    assert repeated in world.image_ids[:2]
     with read_session(world.factory) as s:
         offered = [im.id for im in repo.next_images_for_rater(session=s, round_id=world.round_id,
                                                               rater_id=world.accounts["bob"], limit=10)]
@@ -242,7 +244,7 @@ def test_the_quality_report_shows_each_raters_self_consistency(ui_world_factory)
     alice = world.accounts["alice"]
     set_share(world, 0.5)
     answers = iter([7, 5])
-    log = rate_through_api(world, "alice", lambda i: 5, lambda i: next(answers), limit=1, stop_after_repeats=2)
+    log = rate_through_api(world, "alice", lambda i: 5, lambda i: next(answers), limit=2, stop_after_repeats=2)
     assert [e[1] for e in log if e[2]] == [7, 5]
     ui_rate.submit(world.factory, who(world, "bob"), world.image_ids[0], 4)
     with read_session(world.factory) as s:
@@ -479,3 +481,55 @@ def test_a_pending_repeat_is_left_for_the_rater_while_repeats_are_on(ui_world_fa
     with read_session(world.factory) as s:
         p = ui_rate.progress(s, repo.get_experiment(session=s, experiment_id=world.experiment_id), me)
     assert (p.you_rated, p.you_left) == (3, 5)
+
+
+# ---------------------------------------------------------------------------------------------
+# review: an unanswered repeat came back alone; "left for you" rose when a repeat was added
+# ---------------------------------------------------------------------------------------------
+
+
+def test_with_one_card_a_batch_no_repeat_is_handed_out(ui_world_factory):
+    """"Left" counts a pending repeat, so it rises by the repeats a batch brings. In a batch of one that told the
+    rater the card was a repeat: scoring a card and getting the next left "left" where it was, only when the next
+    card was a repeat. A new repeat now comes only beside at least as many ordinary images new to the rater, so a
+    batch of one never holds one, and every card moves the counters by one."""
+    world = ui_world_factory(n_images=8)
+    me, data = who(world, "alice"), world.settings.data_dir
+    set_share(world, 0.5)
+    view = ui_rate.load_batch(world.factory, data, me, None, batch_size=1)
+    assert you_counts(view) == (0, 8)
+    scored = 0
+    while view.state["batch"]:
+        (image_id,) = view.state["batch"]
+        view = ui_rate.rate(world.factory, data, me, view.state, {"image_id": image_id, "score": 3}, batch_size=1)
+        scored += 1
+        assert you_counts(view) == (scored, 8 - scored), (image_id, you_counts(view))
+    assert scored == 8 and offers(world) == []
+    # the API's batches alike: one item never is a new repeat, two may hold one beside an ordinary image
+    assert ui_rate.api_batch(world.factory, data, me, limit=1)["items"] == []
+
+
+@pytest.mark.parametrize("left_open", ["repeat", "ordinary"])
+def test_an_unanswered_card_comes_back_the_same_way_whatever_it_is(ui_world_factory, left_open):
+    """The rater leaves one card of their last batch unanswered and asks for a new batch (reload, New batch): that
+    card comes back alone, with the counters as they were, whether it is a repeat (pending, as a lease) or an
+    ordinary image (held by its lease). An unanswered ordinary card used to come back with a new repeat beside it,
+    "left" rising by one: the rater, who knew their own card, knew the other one for a repeat."""
+    world = ui_world_factory(n_images=10)
+    alice, me, data = world.accounts["alice"], who(world, "alice"), world.settings.data_dir
+    set_share(world, 0.5)
+    view = ui_rate.load_batch(world.factory, data, me, None, batch_size=4)
+    for _ in range(2):  # two batches of 4 ordinary images; the third holds the last 2 and 2 repeats
+        for image_id in list(view.state["batch"]):
+            view = ui_rate.rate(world.factory, data, me, view.state, {"image_id": image_id, "score": 3}, batch_size=4)
+    batch, rated = view.state["batch"], first_ratings(world, alice)
+    again, ordinary = [i for i in batch if i in rated], [i for i in batch if i not in rated]
+    assert len(again) == 2 and len(ordinary) == 2 and you_counts(view) == (8, 4)
+    kept = (again if left_open == "repeat" else ordinary)[0]
+    for image_id in batch:
+        if image_id != kept:
+            view = ui_rate.rate(world.factory, data, me, view.state, {"image_id": image_id, "score": 3}, batch_size=4)
+    assert you_counts(view) == (11, 1)
+    view = ui_rate.load_batch(world.factory, data, me, view.state, batch_size=4)
+    assert view.state["batch"] == [kept] and you_counts(view) == (11, 1)
+    assert len(offers(world)) == 2
