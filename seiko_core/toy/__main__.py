@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
                        "finished build, then re-measure")
     u.add_argument("--model", required=True, help="a directory written by `build`")
     u.add_argument("--steps", type=int, default=None, help="refinement steps (default: the build's)")
+    u.add_argument("--threads", type=int, default=None, help="CPU threads (default: the build's)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     if args.command in ("quality", "refine-encoder", "refine-unet"):
@@ -62,7 +63,7 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps({k: v for k, v in quality.items() if k != "build_config"}, indent=2))
         return 0
     if args.command == "refine-unet":
-        quality = refine_unet_existing(args.model, steps=args.steps)
+        quality = refine_unet_existing(args.model, steps=args.steps, threads=args.threads)
         print(json.dumps({k: v for k, v in quality.items() if k != "build_config"}, indent=2))
         return 0
     cfg = BuildConfig.quick() if args.quick else BuildConfig()

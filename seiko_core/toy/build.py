@@ -548,7 +548,7 @@ def refine_existing(model_dir: str | Path, steps: int | None = None) -> dict:
     return quality
 
 
-def refine_unet_existing(model_dir: str | Path, steps: int | None = None) -> dict:
+def refine_unet_existing(model_dir: str | Path, steps: int | None = None, threads: int | None = None) -> dict:
     """Run the UNet-refinement stage on a finished build and re-measure; only ``unet/`` is rewritten.
 
     The training data is drawn again from the build's own config and encoded by the model's own VAE (same images,
@@ -563,7 +563,7 @@ def refine_unet_existing(model_dir: str | Path, steps: int | None = None) -> dic
     old = json.loads((model_dir / "QUALITY.json").read_text())
     cfg = _saved_config(old)
     cfg.unet_refine_steps = BuildConfig.unet_refine_steps if steps is None else steps
-    torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(cfg.threads if threads is None else threads)
     data = ds.generate(cfg.n_images, seed=cfg.seed)
     tokenizer = CLIPTokenizer.from_pretrained(model_dir / "tokenizer", local_files_only=True)
     text_encoder = CLIPTextModel.from_pretrained(model_dir / "text_encoder", local_files_only=True, use_safetensors=True)
