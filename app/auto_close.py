@@ -55,9 +55,10 @@ def maybe_close(factory, experiment_id: int, round_index: int) -> int | None:
         with write_session(factory) as s:
             # checked again under the round's lock: an admin may have paused the experiment, or closed and reopened
             # this round, since the read above (a reopened round is the admin's to close; found by review)
+            # the experiment before its round, as close_round and Finish lock them (the other order could deadlock
+            # with a Finish on PostgreSQL)
+            experiment = repo.lock_experiment(session=s, experiment_id=experiment_id)
             round_ = repo.lock_round(session=s, round_id=round_id)
-            experiment = repo.get_experiment(session=s, experiment_id=experiment_id)
-            s.refresh(experiment)
             if experiment.status != "active" or round_.status != "labeling" or (round_.metrics or {}).get("reopened_at") \
                     or not round_complete(s, round_):
                 return None

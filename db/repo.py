@@ -339,8 +339,12 @@ def close_round(*, session: Session, experiment_id: int, expected_index: int | N
 
     The round is locked before the watermark is read, so no rating of the round commits after the watermark
     (a late rating waits for the lock and then finds the round closed). With ``expected_index`` (what the admin
-    confirmed), a different open round is refused."""
-    experiment = get_experiment(session=session, experiment_id=experiment_id)
+    confirmed), a different open round is refused.
+
+    The experiment's row is locked (and read afresh) before the round, as Pause, Finish and the settings changes lock
+    it: a Pause or Finish in flight is waited for and then refuses the close (it read a copy without the lock and
+    closed the round of an experiment paused meanwhile; found by review)."""
+    experiment = lock_experiment(session=session, experiment_id=experiment_id)
     if experiment.status != "active":
         raise Conflict(f"experiment {experiment.name!r} is finished; it cannot be trained again"
                        if experiment.status == "finished" else

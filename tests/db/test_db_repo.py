@@ -396,6 +396,47 @@ def test_finishing_an_experiment_while_its_round_closes_does_not_deadlock(db_fac
         assert (job.kind, job.status) == ("train", "failed") and "was finished" in job.error  # cancelled by Finish
 
 
+def test_closing_a_round_reads_the_experiment_afresh_not_a_copy_from_before_it_was_paused(db_factory, make_world):
+    """close_round read the experiment with a plain get: a copy the session loaded before (objects outlive a commit
+    here) passed for the row, so a round of an experiment another session had paused meanwhile was closed and its
+    training queued (found by review). It locks and re-reads the row, as Pause, Finish and the settings do."""
+    world = make_world(n_raters=1)
+    with write_session(db_factory) as s:
+        repo.add_rating(session=s, image_id=world.image_ids[0], rater_id=world.rater_ids[0], score=5)
+    s = db_factory()
+    try:
+        copy = repo.get_experiment(session=s, experiment_id=world.experiment_id)
+        assert copy.status == "active"
+        s.commit()  # the copy stays in the session (held here, as a caller holds what it read)
+        with write_session(db_factory) as other:
+            repo.set_experiment_status(session=other, experiment_id=world.experiment_id, status="paused")
+        with pytest.raises(Conflict, match="is paused; resume it before training"):
+            repo.close_round(session=s, experiment_id=world.experiment_id)
+        s.rollback()
+    finally:
+        s.close()
+    with read_session(db_factory) as s:
+        assert repo.get_round(session=s, round_id=world.round_id).status == "labeling"
+        assert job_queue.list_jobs(session=s, experiment_id=world.experiment_id) == []
+
+
+def test_closing_a_round_while_its_experiment_is_being_paused_waits_and_is_refused(db_factory, db_url, make_world):
+    """PostgreSQL: close_round read the experiment as 'active' without the lock Pause holds, so it closed the round
+    of an experiment paused at the same moment (found by review). It takes the experiment's lock first now, waits
+    for the Pause to commit, and is refused."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite serialises write transactions (BEGIN IMMEDIATE); the race needs PostgreSQL")
+    world = make_world(n_raters=1)
+    with write_session(db_factory) as s:
+        repo.add_rating(session=s, image_id=world.image_ids[0], rater_id=world.rater_ids[0], score=5)
+    result = race_with_open_transaction(
+        db_factory, lambda s: repo.set_experiment_status(session=s, experiment_id=world.experiment_id, status="paused"),
+        lambda s: repo.close_round(session=s, experiment_id=world.experiment_id), wait_s=2)
+    assert "is paused; resume it before training" in result, result
+    with read_session(db_factory) as s:
+        assert repo.get_round(session=s, round_id=world.round_id).status == "labeling"
+
+
 def test_an_account_name_that_reads_as_another_is_refused(db_factory):
     """'Root', a Cyrillic 'rооt' and a fullwidth 'ｒｏｏｔ' beside 'root' passed for that person in the user list, the
     audit log and the banner (found by review)."""
