@@ -237,6 +237,7 @@ def set_gold_score(*, session: Session, image_id: int, score: int | None, create
     if isinstance(image_id, bool) or not isinstance(image_id, int):
         raise InvalidInput(f"an image id must be a whole number, got {image_id!r}")
     repo.get_image(session=session, image_id=image_id)
+    repo.check_author(session, "created_by", created_by)
     if score is None:
         session.execute(delete(GoldScore).where(GoldScore.image_id == image_id))
         return None

@@ -541,6 +541,14 @@ def get_rater(*, session: Session, rater_id: int) -> Rater:
     return rater
 
 
+def check_author(session: Session, what: str, rater_id: int | None) -> None:
+    """NotFound unless ``rater_id`` (an audit entry's actor, a row's author; None: nobody) names an account. Looked up
+    before the insert: the foreign key's raw IntegrityError at the flush was no sentence, and it left the session
+    unable to commit what the transaction had written before (found by review)."""
+    if rater_id is not None:
+        get_rater(session=session, rater_id=_int(what, rater_id))
+
+
 def get_rater_by_name(*, session: Session, name: str) -> Rater:
     rater = session.scalar(select(Rater).where(Rater.name == name))
     if rater is None:
@@ -855,8 +863,9 @@ def add_undo_step(*, session: Session, rater_id: int, image_id: int, action: str
     _choice("undo action", action, UNDO_ACTIONS)
     if previous_score is not None:
         _int("previous score", previous_score, minimum=SCORE_MIN, maximum=SCORE_MAX)
-    step = UndoStep(rater_id=_int("rater id", rater_id), image_id=_int("image id", image_id), action=action,
-                    previous_score=previous_score)
+    check_author(session, "rater id", rater_id)
+    get_image(session=session, image_id=_int("image id", image_id))
+    step = UndoStep(rater_id=rater_id, image_id=image_id, action=action, previous_score=previous_score)
     session.add(step)
     session.flush()
     oldest_kept = select(UndoStep.id).where(UndoStep.rater_id == rater_id).order_by(UndoStep.id.desc()).offset(UNDO_KEEP).limit(1)
@@ -1248,6 +1257,7 @@ def add_export(
     if round_index is not None:
         _int("round index", round_index, minimum=0)
     get_experiment(session=session, experiment_id=experiment_id)
+    check_author(session, "created_by", created_by)
     export = Export(experiment_id=experiment_id, round_index=round_index, format=fmt, file_path=file_path, sha256=sha256,
                     size_bytes=size_bytes, created_by=created_by)
     session.add(export)
@@ -1456,6 +1466,7 @@ def add_audit(
         raise InvalidInput(f"action is {len(action)} characters long; the limit is 64")
     if detail is not None:
         _json("detail", detail)
+    check_author(session, "actor id", actor_id)
     entry = AuditEntry(actor_id=actor_id, actor_name=actor_name, action=action, target=target, detail=detail)
     session.add(entry)
     session.flush()

@@ -197,6 +197,47 @@ def test_rating_an_unknown_image_or_by_an_unknown_rater_is_refused(db_factory, m
     assert _n_ratings(db_factory) == 0
 
 
+def test_an_unknown_actor_is_one_sentence_and_the_transactions_other_writes_are_kept(db_factory, make_world):
+    """The audit log, the undo history, an export's and a gold score's author took any id and left it to the foreign
+    key: an unknown one was a raw IntegrityError at the flush, and the session could no longer commit what the
+    transaction had written before it (found by review). The id is looked up first: NotFound, nothing written."""
+    from sqlalchemy.exc import IntegrityError
+
+    from db import quality as db_quality
+
+    world = make_world(n_raters=1)
+    rater, image = world.rater_ids[0], world.image_ids[0]
+    calls = [
+        (lambda s: repo.add_audit(session=s, actor_id=999, actor_name="ghost", action="user.disable"),
+         "there is no rater with id 999"),
+        (lambda s: repo.add_undo_step(session=s, rater_id=999, image_id=image, action="rate"),
+         "there is no rater with id 999"),
+        (lambda s: repo.add_undo_step(session=s, rater_id=rater, image_id=999, action="rate"),
+         "there is no image with id 999"),
+        (lambda s: repo.add_export(session=s, experiment_id=world.experiment_id, round_index=None, fmt="ratings",
+                                   file_path="exports/r.jsonl", sha256="0" * 64, size_bytes=1, created_by=999),
+         "there is no rater with id 999"),
+        (lambda s: db_quality.set_gold_score(session=s, image_id=image, score=5, created_by=999),
+         "there is no rater with id 999"),
+    ]
+    for n, (call, message) in enumerate(calls, start=1):
+        with write_session(db_factory) as s:
+            repo.add_rating(session=s, image_id=image, rater_id=rater, score=n)  # written first, in one transaction
+            try:
+                call(s)
+            except IntegrityError as exc:
+                pytest.fail(f"call {n}: a raw {type(exc).__name__}, not a sentence: {exc}")
+            except NotFound as exc:
+                assert str(exc) == message, n
+            else:
+                pytest.fail(f"call {n} accepted an unknown id")
+        with read_session(db_factory) as s:
+            assert repo.find_rating(session=s, image_id=image, rater_id=rater).score == n  # the rating was kept
+    with read_session(db_factory) as s:  # and none of the refused rows was written
+        assert repo.list_audit(session=s) == [] and repo.list_exports(session=s) == []
+        assert db_quality.gold_scores(session=s, experiment_id=world.experiment_id) == {}
+
+
 def test_rating_an_image_of_a_closed_round_is_refused(db_factory, make_world):
     world = make_world()
     with write_session(db_factory) as s:
