@@ -54,7 +54,7 @@ from db import comparisons, repo
 from db.checks import MAX_ID, shown, whole_number
 from db.engine import read_session, write_session
 from db.errors import Conflict, InvalidInput
-from db.models import ComparisonPair, ComparisonVote, Experiment, Image, PairSkip, Rater, Round
+from db.models import ComparisonPair, ComparisonVote, Experiment, Image, Round
 
 FEEDBACKS = ("scores", "pairs", "both")
 APP_KEY = "app"  # Experiment.config's app-level settings (app.experiment_options)
@@ -223,15 +223,11 @@ def _offered(session: Session, round_id: int, rater_id: int, overlap: int) -> li
 def _wanted(session: Session, round_id: int, counts: dict[int, int], overlap: int) -> int:
     """The votes the round's pairs want: per pair ``overlap``, or fewer when fewer accounts can still give them
     (enabled accounts less those who skipped it), but never fewer than it has. So a pair every rater skipped does
-    not keep the round from being complete (auto-close), and with one rater a skip is not a wait for nobody."""
-    skipped = dict(session.execute(
-        select(PairSkip.pair_id, func.count(PairSkip.id)).join(Rater, Rater.id == PairSkip.rater_id)
-        .join(ComparisonPair, ComparisonPair.id == PairSkip.pair_id)
-        .where(ComparisonPair.round_id == round_id, ComparisonPair.kind == KIND, repo.can_still_rate(),
-               ~select(ComparisonVote.id).where(ComparisonVote.pair_id == PairSkip.pair_id,
-                                                ComparisonVote.rater_id == PairSkip.rater_id).exists())
-        .group_by(PairSkip.pair_id)).all())
-    return repo.wanted_after_skips(session, counts, skipped, overlap)
+    not keep the round from being complete (auto-close), and with one rater a skip is not a wait for nobody. A closed
+    round's is what it wanted when it closed (``repo.recorded_wanted``), not what today's accounts could give."""
+    round_ = repo.get_round(session=session, round_id=round_id)
+    recorded = repo.recorded_wanted(round_, KIND)
+    return recorded if recorded is not None else repo.pair_votes_wanted(session, round_, counts, overlap)
 
 
 def round_labels(session: Session, experiment: Experiment, round_: Round) -> tuple[int, int, str]:

@@ -177,6 +177,10 @@ class Round(Base):
     # migration 0005: the round whose adapter this round was trained from, when an admin rolled back to it;
     # NULL is the normal chain (round index - 1). Both branches stay in the history.
     parent_round_id: Mapped[int | None] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"))
+    # migration 0010: the labels the round wanted when it left labeling ({"query": .., "eval": .., "preference": ..}:
+    # ratings per image kind, votes on its preference pairs), so its history does not change with the accounts enabled
+    # later; NULL while open (or never opened), and for rounds closed before 0010 (those are counted live)
+    wanted_at_close: Mapped[dict[str, int] | None] = mapped_column(JSONText)
 
     experiment: Mapped[Experiment] = relationship(back_populates="rounds")
 

@@ -46,12 +46,14 @@ from db.models import (
     UNDO_ACTIONS,
     AuditEntry,
     Checkpoint,
+    ComparisonPair,
     ComparisonVote,
     Experiment,
     Export,
     Image,
     ImageLease,
     Job,
+    PairSkip,
     Rater,
     Rating,
     RepeatRating,
@@ -221,9 +223,9 @@ def finish_experiment(*, session: Session, experiment_id: int, now: datetime | N
     job_queue.cancel_jobs(session, finished_reason(experiment.name), now=now, experiment_id=experiment_id)
     for round_ in list_rounds(session=session, experiment_id=experiment_id):
         if round_.status in ("labeling", "training"):
-            round_.status = "done"
+            set_round_status(session=session, round_id=round_.id, status="done")
         elif round_.status == "generating":
-            round_.status = "failed"
+            set_round_status(session=session, round_id=round_.id, status="failed")
     experiment.status = "finished"
     session.flush()
     return experiment
@@ -288,7 +290,8 @@ def list_rounds(*, session: Session, experiment_id: int) -> list[Round]:
 
 
 def set_round_status(*, session: Session, round_id: int, status: str) -> Round:
-    """Move a round along ``ROUND_TRANSITIONS``; at most one round per experiment is 'labeling'."""
+    """Move a round along ``ROUND_TRANSITIONS``; at most one round per experiment is 'labeling'. A round leaving
+    labeling records what it wanted then (``wanted_at_close``)."""
     _choice("round status", status, ROUND_STATUSES)
     round_ = get_round(session=session, round_id=round_id)
     if status == round_.status:
@@ -302,6 +305,10 @@ def set_round_status(*, session: Session, round_id: int, status: str) -> Round:
         other = get_open_round(session=session, experiment_id=round_.experiment_id)
         if other is not None and other.id != round_.id:
             raise Conflict(f"round {other.index} of this experiment is still open for labeling; close it first")
+        round_.wanted_at_close = None  # open (again): counted live
+    elif round_.status == "labeling":
+        # what it wanted is fixed from here: counted later, it followed the accounts enabled since (found by review)
+        round_.wanted_at_close = wanted_now(session, round_)
     round_.status = status
     session.flush()
     return round_
@@ -361,8 +368,6 @@ def close_round(*, session: Session, experiment_id: int, expected_index: int | N
         select(func.count(Rating.id)).join(Image, Image.id == Rating.image_id).where(Image.round_id == round_.id)
     )
     if not rated:  # issue 14 item 1: an experiment of pairwise comparisons has votes instead (app.pairwise)
-        from db.models import ComparisonPair, ComparisonVote
-
         rated = session.scalar(
             select(func.count(ComparisonVote.id)).join(ComparisonPair, ComparisonPair.id == ComparisonVote.pair_id)
             .where(ComparisonPair.round_id == round_.id, ComparisonPair.kind == "preference")
@@ -968,7 +973,7 @@ class RoundProgress:
     rater_skipped: int | None = None
     rater_remaining: int | None = None  # images still to offer the rater (see next_images_for_rater)
     labels: int = 0  # ratings that count towards the round: at most ``overlap`` per image
-    labels_wanted: int = 0  # total_images x overlap: the round is fully labeled at labels == labels_wanted
+    labels_wanted: int = 0  # total_images x overlap, less skips (``_labels_wanted``); a closed round's as it closed
 
 
 def _labels_wanted(session: Session, round_id: int, kind: str | None, overlap: int, counts: dict[int, int]) -> int:
@@ -1018,6 +1023,48 @@ def wanted_after_skips(session: Session, counts: dict[int, int], skipped: dict[i
     return sum(min(overlap, max(int(n), enabled - skipped.get(item, 0))) for item, n in counts.items())
 
 
+def pair_votes_wanted(session: Session, round_: Round, counts: dict[int, int], overlap: int) -> int:
+    """The votes a round's preference pairs with ``counts`` votes each want (``wanted_after_skips``: an account that
+    skipped a pair and did not vote on it after gives it none)."""
+    skipped = dict(session.execute(
+        select(PairSkip.pair_id, func.count(PairSkip.id)).join(Rater, Rater.id == PairSkip.rater_id)
+        .join(ComparisonPair, ComparisonPair.id == PairSkip.pair_id)
+        .where(ComparisonPair.round_id == round_.id, ComparisonPair.kind == "preference", can_still_rate(),
+               ~select(ComparisonVote.id).where(ComparisonVote.pair_id == PairSkip.pair_id,
+                                                ComparisonVote.rater_id == PairSkip.rater_id).exists())
+        .group_by(PairSkip.pair_id)).all())
+    return wanted_after_skips(session, counts, skipped, overlap)
+
+
+def wanted_now(session: Session, round_: Round) -> dict[str, int]:
+    """What the round wants now, counted live: ratings of its images per kind, and votes on its preference pairs
+    (``"preference"``). What ``Round.wanted_at_close`` records when the round leaves labeling."""
+    overlap = get_experiment(session=session, experiment_id=round_.experiment_id).overlap
+    images = session.execute(
+        select(Image.id, Image.kind, func.count(Rating.id)).outerjoin(Rating, Rating.image_id == Image.id)
+        .where(Image.round_id == round_.id).group_by(Image.id, Image.kind)).all()
+    pairs = dict(session.execute(
+        select(ComparisonPair.id, func.count(ComparisonVote.id))
+        .outerjoin(ComparisonVote, ComparisonVote.pair_id == ComparisonPair.id)
+        .where(ComparisonPair.round_id == round_.id, ComparisonPair.kind == "preference")
+        .group_by(ComparisonPair.id)).all())
+    wanted = {kind: _labels_wanted(session, round_.id, kind, overlap, {i: n for i, k, n in images if k == kind})
+              for kind in IMAGE_KINDS}
+    wanted["preference"] = pair_votes_wanted(session, round_, pairs, overlap)
+    return wanted
+
+
+def recorded_wanted(round_: Round, kind: str | None) -> int | None:
+    """What a round recorded it wanted when it left labeling (``wanted_at_close``): ratings of its images of ``kind``
+    (None: of every kind), or ``"preference"`` pair votes. None while it is open, or for a round closed before
+    migration 0010 recorded it: the caller counts those live."""
+    wanted = round_.wanted_at_close
+    if round_.status == "labeling" or not isinstance(wanted, dict):
+        return None
+    values = [wanted.get(k) for k in (IMAGE_KINDS if kind is None else (kind,))]
+    return sum(values) if all(isinstance(v, int) and not isinstance(v, bool) for v in values) else None
+
+
 def round_progress(*, session: Session, round_id: int, rater_id: int | None = None, kind: str | None = None) -> RoundProgress:
     """How far the labeling of a round has got, overall and (with ``rater_id``) for one rater; ``kind`` filters images."""
     round_ = get_round(session=session, round_id=round_id)
@@ -1041,8 +1088,10 @@ def round_progress(*, session: Session, round_id: int, rater_id: int | None = No
         )
     ).one()
     budget = experiment.budgets[round_.index] if round_.index < len(experiment.budgets) else None
-    wanted = _labels_wanted(session, round_id, kind, overlap, dict(session.execute(
-        select(per_image.c.image_id, per_image.c.n)).all()))
+    wanted = recorded_wanted(round_, kind)  # a closed round: what it wanted when it closed
+    if wanted is None:
+        wanted = _labels_wanted(session, round_id, kind, overlap, dict(session.execute(
+            select(per_image.c.image_id, per_image.c.n)).all()))
     progress = RoundProgress(
         round_id=round_.id,
         index=round_.index,
@@ -1144,7 +1193,7 @@ class RoundStats:
     n_ratings: int
     mean_score: float | None  # mean over all ratings of the round's images; None when unrated
     n_labels: int = 0  # ratings that count: at most the experiment's overlap per image
-    labels_wanted: int = 0  # n_images x overlap; for a round open for labeling, fewer where every rater skipped an image
+    labels_wanted: int = 0  # n_images x overlap, fewer where every rater skipped an image; a closed round's as it closed
 
 
 def round_rating_stats(*, session: Session, experiment_id: int, kind: str | None = None) -> list[RoundStats]:
@@ -1201,6 +1250,10 @@ def round_rating_stats(*, session: Session, experiment_id: int, kind: str | None
     stats = []
     for round_ in list_rounds(session=session, experiment_id=experiment_id):
         n_rated, n_ratings, mean = aggregates.get(round_.id, (0, 0, None))
+        wanted = recorded_wanted(round_, kind)  # a closed round: what it wanted when it closed
+        if wanted is None:
+            wanted = wanted_after_skips(session, image_counts[round_.id], skipped, overlap, enabled=enabled) \
+                if round_.id in image_counts else 0
         stats.append(
             RoundStats(
                 round_id=round_.id,
@@ -1211,8 +1264,7 @@ def round_rating_stats(*, session: Session, experiment_id: int, kind: str | None
                 n_ratings=n_ratings,
                 mean_score=None if mean is None else float(mean),
                 n_labels=int(labels.get(round_.id) or 0),
-                labels_wanted=wanted_after_skips(session, image_counts[round_.id], skipped, overlap, enabled=enabled)
-                if round_.id in image_counts else 0,
+                labels_wanted=wanted,
             )
         )
     return stats

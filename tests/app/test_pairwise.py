@@ -303,6 +303,32 @@ def test_the_dashboard_table_counts_comparisons_for_an_experiment_that_asks_for_
     assert (row()["Ratings wanted"], row()["Comparisons"], row()["Comparisons wanted"]) == ("6", "1", "3")
 
 
+def test_the_dashboard_shows_what_a_closed_round_wanted_when_it_closed_whoever_is_enabled_since(ui_world):
+    """A closed round's 'Ratings wanted' and 'Comparisons wanted' were counted from the accounts enabled today:
+    disabling two of three accounts after the round closed halved what its row said it had wanted (found by review).
+    They are what the round wanted when it closed."""
+    from app import ui_admin, ui_dashboard
+
+    world = ui_world
+    set_feedback_directly(world, "both", overlap=2)
+    with write_session(world.factory) as s:
+        pairwise.create_round_pairs(session=s, experiment_id=world.experiment_id, round_id=world.round_id)
+        repo.add_rating(session=s, image_id=world.image_ids[0], rater_id=world.accounts["alice"], score=6)
+    pairwise.submit_vote(world.factory, who(world, "alice"), _pairs(world)[0].id, "a")
+
+    def row():
+        with read_session(world.factory) as s:
+            (r,) = ui_dashboard.round_rows(s, _experiment(world))
+        return (r.ratings_wanted, r.comparisons_wanted)
+
+    assert row() == (12, 6)  # 6 images and 3 pairs, 2 labels each: three accounts can give them
+    ui_admin.close_round(world.factory, who(world, "root"), world.experiment_id, expected_index=0)
+    with write_session(world.factory) as s:
+        for name in ("bob", "root"):
+            repo.set_rater_disabled(session=s, rater_id=world.accounts[name], disabled=True)
+    assert row() == (12, 6)  # counted live now: 6 and 3, one label each from the one account left
+
+
 def test_a_round_reopened_after_the_feedback_became_pairs_gets_its_pairs(ui_world):
     """Feedback switched to pairs while the round waited for training made no pairs (no round was open), and the
     reopen made none either: the reopened round had 6 query images and no pair, and the Pairs tab said it had fewer

@@ -108,16 +108,21 @@ def test_migration_0009_lets_repeats_onto_the_undo_stack_and_downgrades(empty_db
         c.exec_driver_sql("INSERT INTO undo_steps (rater_id, image_id, action, previous_score, created_at) "
                           f"VALUES ({rater}, {image}, '{action}', NULL, '2026-12-03 00:00:00')")
 
-    migrate.upgrade(empty_db_url, "0008")
+    migrate.upgrade(empty_db_url)  # the models write the rows at head (rounds has a column more than at 0008)
     engine = make_engine(empty_db_url)
     try:
-        with write_session(session_factory(engine)) as s:  # the tables are the same at 0008: the models can write them
+        with write_session(session_factory(engine)) as s:
             rater = repo.create_rater(session=s, name="alice", password_hash="h").id
             exp = repo.create_experiment(session=s, name="e", model_spec="m", method="greedy", config={}, budgets=[1],
                                          prompts=["p"])
             round_ = repo.create_round(session=s, experiment_id=exp.id)
             image = repo.add_image(session=s, round_id=round_.id, prompt="p", seed=0, file_path="i.png", sha256="0" * 64,
                                    embedding=b"\0" * 8, embedding_dim=2).id
+    finally:
+        engine.dispose()
+    migrate.downgrade(empty_db_url, "0008")
+    engine = make_engine(empty_db_url)
+    try:
         with engine.begin() as c:
             insert(c, "rate")
         with pytest.raises(IntegrityError), engine.begin() as c:
@@ -138,6 +143,44 @@ def test_migration_0009_lets_repeats_onto_the_undo_stack_and_downgrades(empty_db
     assert actions_after(("repeat", "repeat_skip")) == ["rate", "repeat", "repeat_skip"]
     migrate.downgrade(empty_db_url, "0008")
     assert actions_after(()) == ["rate"]
+
+
+def test_migration_0010_records_what_a_closed_round_wanted_and_older_rounds_are_counted_live(empty_db_url):
+    """0010 adds rounds.wanted_at_close: a round records what it wanted when it closed (disabling an account after
+    leaves it alone); a round closed before 0010 (NULL after the downgrade and upgrade) is counted live, as before."""
+    from db import repo
+    from db.engine import read_session, session_factory, write_session
+
+    migrate.upgrade(empty_db_url)
+    engine = make_engine(empty_db_url)
+    try:
+        with write_session(session_factory(engine)) as s:
+            raters = [repo.create_rater(session=s, name=n, password_hash="h").id for n in ("alice", "bob")]
+            exp = repo.create_experiment(session=s, name="e", model_spec="m", method="greedy", config={}, budgets=[1],
+                                         prompts=["p"], overlap=2)
+            round_ = repo.create_round(session=s, experiment_id=exp.id)
+            image = repo.add_image(session=s, round_id=round_.id, prompt="p", seed=0, file_path="i.png", sha256="0" * 64,
+                                   embedding=b"\0" * 8, embedding_dim=2).id
+            repo.open_round(session=s, round_id=round_.id)
+            repo.add_rating(session=s, image_id=image, rater_id=raters[0], score=5)
+            repo.close_round(session=s, experiment_id=exp.id)
+            repo.set_rater_disabled(session=s, rater_id=raters[1], disabled=True)
+        with read_session(session_factory(engine)) as s:
+            assert repo.get_round(session=s, round_id=round_.id).wanted_at_close == {"query": 2, "eval": 0,
+                                                                                     "preference": 0}
+            assert [st.labels_wanted for st in repo.round_rating_stats(session=s, experiment_id=exp.id)] == [2]
+    finally:
+        engine.dispose()
+    migrate.downgrade(empty_db_url, "0009")
+    migrate.upgrade(empty_db_url, "0010")
+    engine = make_engine(empty_db_url)
+    try:
+        with read_session(session_factory(engine)) as s:  # closed before 0010 recorded it: counted live, as before 0010
+            closed = repo.get_round(session=s, round_id=round_.id)
+            assert (closed.status, closed.wanted_at_close) == ("training", None)
+            assert [st.labels_wanted for st in repo.round_rating_stats(session=s, experiment_id=exp.id)] == [1]
+    finally:
+        engine.dispose()
 
 
 def test_an_upgrade_that_cannot_do_what_it_says_is_one_sentence(empty_db_url):

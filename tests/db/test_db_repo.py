@@ -348,6 +348,61 @@ def test_snapshot_with_watermark_and_round_stats(db_factory, make_world):
     assert (stats.index, stats.n_images, stats.n_rated_images, stats.n_ratings, stats.mean_score) == (0, 3, 3, 4, 5.5)
 
 
+def _wanted(factory, world) -> tuple[int, int, int]:
+    """(round_rating_stats, round_progress with kind "query", round_progress for every kind): the round's wanted."""
+    with read_session(factory) as s:
+        (stats,) = repo.round_rating_stats(session=s, experiment_id=world.experiment_id, kind="query")
+        return (stats.labels_wanted, repo.round_progress(session=s, round_id=world.round_id, kind="query").labels_wanted,
+                repo.round_progress(session=s, round_id=world.round_id).labels_wanted)
+
+
+def test_a_closed_rounds_ratings_wanted_stay_what_they_were_when_it_closed(db_factory, make_world):
+    """A closed round's "ratings wanted" were computed from today's enabled accounts (and their skips): disabling or
+    adding an account after the round closed rewrote what the history said it had wanted (found by review). The
+    figures are recorded when the round leaves labeling and read from there; reopening it counts live again."""
+    world = make_world(n_images=3, n_raters=2, overlap=2)
+    (i1, i2, i3), (r1, r2) = world.image_ids, world.rater_ids
+
+    def disabled(rater_id, flag):
+        with write_session(db_factory) as s:
+            repo.set_rater_disabled(session=s, rater_id=rater_id, disabled=flag)
+
+    with write_session(db_factory) as s:
+        repo.add_rating(session=s, image_id=i1, rater_id=r1, score=4)
+        repo.add_rating(session=s, image_id=i1, rater_id=r2, score=7)
+        repo.add_rating(session=s, image_id=i2, rater_id=r1, score=9)
+        repo.add_skip(session=s, image_id=i3, rater_id=r2)
+    assert _wanted(db_factory, world) == (5, 5, 5)  # 2 + 2 + 1 (r2 skipped i3: only r1 is left to rate it)
+    with write_session(db_factory) as s:
+        repo.close_round(session=s, experiment_id=world.experiment_id)
+    assert _wanted(db_factory, world) == (5, 5, 5)
+    disabled(r2, True)  # live: 2 + 1 + 1, and r2's skip no longer counts
+    assert _wanted(db_factory, world) == (5, 5, 5)
+    with write_session(db_factory) as s:
+        r3 = repo.create_rater(session=s, name="late", password_hash="x$hash").id  # live: 2 + 2 + 2
+    assert _wanted(db_factory, world) == (5, 5, 5)
+    with write_session(db_factory) as s:
+        repo.reopen_round(session=s, round_id=world.round_id)
+    assert _wanted(db_factory, world) == (6, 6, 6)  # open again: what the accounts can give now
+    with write_session(db_factory) as s:
+        repo.close_round(session=s, experiment_id=world.experiment_id)
+    disabled(r3, True)
+    disabled(r2, False)
+    assert _wanted(db_factory, world) == (6, 6, 6)
+
+
+def test_a_round_a_finish_ends_keeps_what_it_wanted_then(db_factory, make_world):
+    world = make_world(n_images=2, n_raters=2, overlap=2)
+    with write_session(db_factory) as s:
+        repo.add_rating(session=s, image_id=world.image_ids[0], rater_id=world.rater_ids[0], score=4)
+        repo.finish_experiment(session=s, experiment_id=world.experiment_id)
+    with write_session(db_factory) as s:
+        repo.set_rater_disabled(session=s, rater_id=world.rater_ids[1], disabled=True)  # live: 1 + 1
+    with read_session(db_factory) as s:
+        assert repo.get_round(session=s, round_id=world.round_id).status == "done"
+    assert _wanted(db_factory, world) == (4, 4, 4)
+
+
 def test_checkpoints(db_factory, make_world):
     world = make_world()
     with write_session(db_factory) as s:
