@@ -21,7 +21,8 @@ them to Gradio events and the API. Rules (checked here, on the server, for the U
 - With the experiment option ``repeat_share`` above 0 (off by default), a batch now and then holds, blind, an image
   of the round the rater rated before (``app.repeats``: how many, which, and what counts). The server records it
   (``repeat_offers``); the score given to it goes to ``repeat_ratings`` and never edits the first rating. Repeats are
-  not on the undo stack.
+  not on the undo stack. The page's progress line counts the rater's own repeats in the round's counters
+  (``own_repeats``); the API's does not.
 - Each rating is its own transaction: once acknowledged it is durable.
 """
 
@@ -203,7 +204,8 @@ def progress(session: Session, experiment: Experiment | None, who: Who) -> Progr
     # the rater's own counters count the repeats handed to them (app.repeats) as images: scored ones as rated, pending
     # ones as left, so scoring a repeat moves them by one as any card does and the open cards never outnumber what is
     # left (they moved with ordinary ratings only, which told a repeat apart: found by review); the round's counts
-    # (labels, ratings, rated images) stay ordinary ratings only
+    # (labels, ratings, rated images) stay ordinary ratings only (the rating page counts the viewer's own repeats in
+    # when it shows them: page_progress_html)
     again_scored, again_pending = db_quality.repeat_counts(session=session, round_id=round_.id, rater_id=who.rater_id)
     if repeats.share_of(session, round_) <= 0:
         again_pending = 0  # repeats turned off: a pending one is not handed out again (repeats.plan)
@@ -243,25 +245,79 @@ def _wait_html(w: dict[str, Any] | None) -> str:
             f"<div class='bar'><div style='width:{min(100.0, pct):.1f}%'></div></div></div>")
 
 
-def progress_html(p: Progress) -> str:
+@dataclass(frozen=True)
+class OwnRepeats:
+    """The viewer's repeats in the open round (``app.repeats``), which the rating page counts in the round's counters
+    as the ratings and images they are to the viewer."""
+
+    scored: int = 0
+    pending: int = 0  # handed out, not answered (0 while repeats are off: not handed out again)
+    skipped: int = 0
+    skipped_unwanted: int = 0  # of the skipped: those whose skip, were they ordinary, would lower what is wanted
+    on: bool = False  # repeats on for the round, or the viewer has some: no count that a repeat cannot move is shown
+
+
+def own_repeats(session: Session, round_: Round, rater_id: int) -> OwnRepeats:
+    """The rater's repeats of ``round_`` as the rating page counts them in the round's progress line.
+
+    The round's counts hold ordinary ratings only, so alone on a round a rater who saw "X of Y" stand still after
+    scoring a card knew it for a repeat (found by review). The page counts the viewer's own repeats in as it counts
+    them in "You: ..." (a scored one as a rating, a pending one as a rating wanted): every card scored, skipped or
+    undone moves the line alike. A skipped repeat lowers what is wanted as a skip of an ordinary image in its place
+    would (``repo.wanted_after_skips``: when the accounts that can still rate it, the viewer included, are no more than
+    the overlap and more than its ratings by the others)."""
+    share = repeats.share_of(session, round_)
+    scored, pending = db_quality.repeat_counts(session=session, round_id=round_.id, rater_id=rater_id)
+    skipped = db_quality.skipped_repeats(session=session, round_id=round_.id, rater_id=rater_id)
+    if share <= 0:
+        pending = 0  # as "left for you": a pending repeat is not handed out again while repeats are off
+    unwanted = 0
+    if skipped:
+        enabled = repo.enabled_accounts(session)
+        overlap = repo.get_experiment(session=session, experiment_id=round_.experiment_id).overlap
+        unwanted = sum(1 for others_rated, others_skipped in skipped.values()
+                       if others_rated < enabled - others_skipped <= overlap)
+    return OwnRepeats(scored=scored, pending=pending, skipped=len(skipped), skipped_unwanted=unwanted,
+                      on=share > 0 or bool(scored or pending or skipped))
+
+
+def page_progress_html(session: Session, experiment: Experiment | None, who: Who) -> str:
+    """The rating page's progress line for ``who``: ``progress`` with their own repeats counted in (``own_repeats``).
+    The API's ``progress``, the Admin tab and the dashboard keep the round's true counts."""
+    p = progress(session, experiment, who)
+    round_ = (repo.get_open_round(session=session, experiment_id=experiment.id)
+              if experiment is not None and p.round_status == "labeling" else None)
+    return progress_html(p, own_repeats(session, round_, who.rater_id) if round_ is not None else None)
+
+
+def progress_html(p: Progress, mine: OwnRepeats | None = None) -> str:
+    """The progress line; ``mine``: the viewer's repeats, counted in the round's counters (``own_repeats``)."""
     if p.experiment is None:
         return "<div class='seiko-progress'>No experiment yet. An admin creates one on the <b>Admin</b> tab.</div>"
     if p.round_status != "labeling":
         where = f"round {p.round_index} is {p.round_status}" if p.round_index is not None else "it has no round yet"
         return (f"<div class='seiko-progress'><b>{html.escape(p.experiment)}</b>: no round is open for labeling ({where}). "
                 f"New images appear here by themselves when the next round opens.{_wait_html(p.next_round)}</div>")
+    mine = mine or OwnRepeats()
     # Progress counts labels against images x overlap: with overlap 3, 32 images are done at 96 labels.
-    pct = min(100.0, 100.0 * p.labels / p.labels_wanted) if p.labels_wanted else 0.0
+    labels = p.labels + mine.scored
+    wanted = p.labels_wanted + mine.scored + mine.pending + mine.skipped - mine.skipped_unwanted
     # skips lower what is wanted (an image every enabled rater skipped wants no more): the text counts against the
     # same figure as the bar, which said 100% beside "2 of 3" (found by review)
-    fewer = p.labels_wanted < p.images * p.overlap
-    if p.overlap > 1:
-        counts = (f"<span id='round-progress'><b>{p.labels} of {p.labels_wanted}</b> ratings</span> "
-                  f"({p.images} images × {p.overlap} raters each{', fewer where too few raters can still rate' if fewer else ''}; "
+    unwanted = p.images * p.overlap - p.labels_wanted + mine.skipped_unwanted
+    pct = min(100.0, 100.0 * labels / wanted) if wanted else 0.0
+    fewer = ", fewer where too few raters can still rate" if unwanted > 0 else ""
+    if p.overlap > 1 and mine.on:
+        # no image count and no "rated at least once": a repeat is no image of the round and moves neither, an
+        # ordinary image moves the second only when nobody rated it before
+        counts = f"<span id='round-progress'><b>{labels} of {wanted}</b> ratings</span> ({p.overlap} raters an image{fewer})"
+    elif p.overlap > 1:
+        counts = (f"<span id='round-progress'><b>{labels} of {wanted}</b> ratings</span> "
+                  f"({p.images} images × {p.overlap} raters each{fewer}; "
                   f"{p.rated_images} images rated at least once)")
     else:
-        skipped = f" ({p.images - p.labels_wanted} skipped)" if fewer else ""
-        counts = f"<span id='round-progress'><b>{p.labels} of {p.labels_wanted}</b> images rated</span>{skipped}"
+        skipped = f" ({unwanted} skipped)" if unwanted > 0 else ""
+        counts = f"<span id='round-progress'><b>{labels} of {wanted}</b> images rated</span>{skipped}"
     return (
         f"<div class='seiko-progress'><b>{html.escape(p.experiment)} · round {p.round_index}</b>: {counts}"
         f"<div class='bar'><div style='width:{pct:.1f}%'></div></div>"
@@ -450,7 +506,7 @@ def _render(session: Session, data_dir, state: RateState, who: Who, *, new_grid:
                   if state.experiment_id is not None else None)
     grid = grid_html(_cards(session, data_dir, state, who), _empty_message(session, experiment)) if new_grid else None
     state.ack += 1
-    return View(grid, json.dumps(_marks(session, state, who)), progress_html(progress(session, experiment, who)),
+    return View(grid, json.dumps(_marks(session, state, who)), page_progress_html(session, experiment, who),
                 state.to_value(), message)
 
 

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from db import repo
 from db.checks import MAX_ID
 from db.errors import Conflict, InvalidInput
-from db.models import IMAGE_KINDS, SCORE_MAX, SCORE_MIN, GoldScore, Image, Rating, RepeatOffer, RepeatRating, Round
+from db.models import IMAGE_KINDS, SCORE_MAX, SCORE_MIN, GoldScore, Image, Rater, Rating, RepeatOffer, RepeatRating, Round, Skip
 
 
 def _score(score: object) -> int:
@@ -163,6 +163,28 @@ def repeat_counts(*, session: Session, round_id: int, rater_id: int) -> tuple[in
                       RepeatOffer.skipped.is_(False), first.exists(), ~answered.exists()).scalar_subquery())
     n_scored, n_pending = session.execute(select(scored, pending)).one()
     return int(n_scored or 0), int(n_pending or 0)
+
+
+def skipped_repeats(*, session: Session, round_id: int, rater_id: int) -> dict[int, tuple[int, int]]:
+    """The rater's repeats of the round's query images that they skipped (their first rating standing), each as
+    image id -> (ratings of it by the other raters, the other accounts that can still rate and skipped it without
+    rating it after): what ``repo.wanted_after_skips`` would see of the image were the rater's skip an ordinary one."""
+    first = select(Rating.id).where(Rating.image_id == RepeatOffer.image_id, Rating.rater_id == RepeatOffer.rater_id)
+    images = list(session.scalars(
+        select(RepeatOffer.image_id).where(RepeatOffer.rater_id == rater_id, RepeatOffer.image_id.in_(_in_round(round_id)),
+                                           RepeatOffer.skipped.is_(True), first.exists())))
+    if not images:
+        return {}
+    rated = dict(session.execute(
+        select(Rating.image_id, func.count(Rating.id))
+        .where(Rating.image_id.in_(images), Rating.rater_id != rater_id).group_by(Rating.image_id)).all())
+    rated_after = select(Rating.id).where(Rating.image_id == Skip.image_id, Rating.rater_id == Skip.rater_id)
+    skipped = dict(session.execute(
+        select(Skip.image_id, func.count(Skip.id)).join(Rater, Rater.id == Skip.rater_id)
+        .where(Skip.image_id.in_(images), Skip.rater_id != rater_id, repo.can_still_rate(),
+               ~rated_after.exists())
+        .group_by(Skip.image_id)).all())
+    return {i: (int(rated.get(i, 0)), int(skipped.get(i, 0))) for i in images}
 
 
 def rated_in_round(*, session: Session, round_id: int, rater_id: int) -> list[Rating]:

@@ -533,3 +533,96 @@ def test_an_unanswered_card_comes_back_the_same_way_whatever_it_is(ui_world_fact
     view = ui_rate.load_batch(world.factory, data, me, view.state, batch_size=4)
     assert view.state["batch"] == [kept] and you_counts(view) == (11, 1)
     assert len(offers(world)) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# review: the round's counters on the page stood still when a repeat was scored
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("others", [False, True])
+@pytest.mark.parametrize("overlap", [1, 2, 3])
+@pytest.mark.parametrize("action", ["rate", "skip"])
+def test_the_rounds_counters_on_the_page_move_alike_for_a_repeat_and_an_ordinary_image(ui_world_factory, overlap, action,
+                                                                                        others):
+    """'X of Y ratings' went up by one when the rater scored an ordinary image and stood still when they scored a
+    repeat (a repeat is no rating of the round): alone on the round, the rater learned which card had been a repeat
+    right after scoring it. The page now counts the rater's own repeats in the round's counters as it counts them in
+    'You: ...': scoring, skipping or undoing a card moves the whole line alike, whatever the card is. The round's
+    true counts (API, admins, dashboard) stay ordinary ratings only. ``others``: bob skipped both cards and, with
+    room for it, root rated them (whether a skip leaves an image wanted by nobody depends on the others' skips)."""
+    world = ui_world_factory(n_images=12, overlap=overlap)
+    me, data = who(world, "alice"), world.settings.data_dir
+    set_share(world, 0.5)
+    view, again, ordinary = page_with_a_repeat(world, me)
+    if others:
+        with write_session(world.factory) as s:
+            for image_id in (again[0], ordinary[0]):
+                repo.add_skip(session=s, image_id=image_id, rater_id=world.accounts["bob"])
+                if overlap > 1:
+                    repo.add_rating(session=s, image_id=image_id, rater_id=world.accounts["root"], score=5)
+        batch = view.state["batch"]
+        view = ui_rate.load_batch(world.factory, data, me, view.state, batch_size=4)  # the page redrawn
+        assert sorted(view.state["batch"]) == sorted(batch)
+    start = view.progress
+    if overlap > 1:  # no count that a repeat cannot move alike: an image count, images rated at least once
+        assert "images ×" not in start and "at least once" not in start, start
+    act = ui_rate.rate if action == "rate" else ui_rate.skip
+
+    def act_and_undo(image_id: int) -> str:
+        after = act(world.factory, data, me, view.state, {"image_id": image_id, "score": 7}, batch_size=4)
+        assert after.message is None and after.grid is None  # the same batch
+        back = ui_rate.undo(world.factory, data, me, after.state, batch_size=4)
+        assert back.message is None and back.progress == start, (back.progress, start)  # as it was
+        return after.progress
+
+    def true_counts() -> tuple[int, int, int]:
+        with read_session(world.factory) as s:
+            p = repo.round_progress(session=s, round_id=world.round_id, kind="query")
+            return p.labels, p.labels_wanted, p.rated_images
+
+    before = true_counts()
+    after_repeat = act_and_undo(again[0])
+    after_ordinary = act_and_undo(ordinary[0])
+    assert after_repeat == after_ordinary, (after_repeat, after_ordinary)
+    assert after_repeat != start
+    # the round's true counts: a repeat's score or skip changes none of them
+    act(world.factory, data, me, view.state, {"image_id": again[0], "score": 7}, batch_size=4)
+    assert true_counts() == before
+
+
+def test_the_page_left_with_a_card_open_shows_the_same_progress_whatever_the_card(ui_world_factory):
+    """The rater scores all but one card of a batch holding two repeats and two ordinary images and reloads the page.
+    Had the round's counters counted their ordinary ratings only (live, or as of each new batch, reload included),
+    the count would tell whether the card left open is a repeat, before it is scored. Both ways (a repeat left open,
+    then, after undoing those scores, an ordinary image): the page shows the same progress, step for step."""
+    world = ui_world_factory(n_images=10)
+    alice, me, data = world.accounts["alice"], who(world, "alice"), world.settings.data_dir
+    set_share(world, 0.5)
+    view = ui_rate.load_batch(world.factory, data, me, None, batch_size=4)
+    for _ in range(2):
+        for image_id in list(view.state["batch"]):
+            view = ui_rate.rate(world.factory, data, me, view.state, {"image_id": image_id, "score": 3}, batch_size=4)
+    batch, rated = view.state["batch"], first_ratings(world, alice)
+    again, ordinary = [i for i in batch if i in rated], [i for i in batch if i not in rated]
+    assert len(again) == 2 and len(ordinary) == 2
+    shown, true_labels = {}, {}
+    for left_open in ("repeat", "ordinary"):
+        kept = (again if left_open == "repeat" else ordinary)[0]
+        pages = [view.progress]
+        for image_id in batch:
+            if image_id != kept:
+                view = ui_rate.rate(world.factory, data, me, view.state, {"image_id": image_id, "score": 3}, batch_size=4)
+                pages.append(view.progress)
+        view = ui_rate.load_batch(world.factory, data, me, view.state, batch_size=4)  # a reload, New batch
+        assert view.state["batch"] == [kept]
+        pages.append(view.progress)
+        with read_session(world.factory) as s:
+            true_labels[left_open] = repo.round_progress(session=s, round_id=world.round_id, kind="query").labels
+        shown[left_open] = pages
+        for _ in range(3):  # back to the batch as it came
+            view = ui_rate.undo(world.factory, data, me, view.state, batch_size=4)
+            assert view.message is None
+        assert sorted(view.state["batch"]) == sorted(batch) and view.progress == pages[0]
+    assert true_labels == {"repeat": 10, "ordinary": 9}  # the round's true count tells them apart
+    assert shown["repeat"] == shown["ordinary"], shown
