@@ -34,8 +34,19 @@ the open cards never outnumber what is left (they used to count ordinary ratings
 before or after scoring it: a review's finding). "Left" rises when a batch brings new repeats: it says how many
 of the batch's new cards are repeats, not which, as they come among at least as many new ordinary images. An
 unanswered card comes back alone once nothing else is left, a repeat as an ordinary one does.
+The rating page shows the round's counters to a rater with that rater's own repeats counted in the same way
+(``app.ui_rate.own_repeats``): "X of Y ratings" counts a scored repeat as a rating given and a pending or scored
+one as a rating wanted, and a skipped one lowers Y as a skip of an ordinary image in its place would. So scoring,
+skipping or undoing a card moves the whole line alike, whatever the card is (the round's true count stood still
+for a repeat: alone on a round, the rater knew a card for a repeat right after scoring it; found by review). Counts
+that a repeat cannot move alike are left out while repeats are on (with overlap above 1: the image count and
+"images rated at least once"). Showing the true count only as of each new batch would not do: a batch answered
+but for one card (left open, skipped) and reloaded would tell by the count whether that card is a repeat. Other
+raters' ratings move the line as they come; only the viewer's own repeats are counted in, and only on their page:
+the API's ``progress``, the Admin tab and the dashboard show the round's true counts.
 The API's items carry the image id a rating is sent with, so a script could tell a repeat by its id: the measure is
-meant for people rating on the page. A repeat counts nowhere an ordinary rating does:
+meant for people rating on the page. A repeat counts nowhere an ordinary rating does (the rating page's line
+above counts the viewer's own in for that viewer only):
 not in the round's progress or budget, not for auto-close, not in the reward fit (the ``ratings`` table is untouched).
 Undo takes back a repeat's score or skip as it does any other (migration 0009: it used to pass over them, so 'u'
 after scoring a repeat took back the rating before it): the image is pending as a repeat again, or gets its earlier
