@@ -20,8 +20,8 @@ them to Gradio events and the API. Rules (checked here, on the server, for the U
   (``repo.undo_last``), so it survives a reload and follows the rater to another browser.
 - With the experiment option ``repeat_share`` above 0 (off by default), a batch now and then holds, blind, an image
   of the round the rater rated before (``app.repeats``: how many, which, and what counts). The server records it
-  (``repeat_offers``); the score given to it goes to ``repeat_ratings`` and never edits the first rating. Repeats are
-  not on the undo stack. The page's progress line counts the rater's own repeats in the round's counters
+  (``repeat_offers``); the score given to it goes to ``repeat_ratings`` and never edits the first rating; undo takes
+  it back as any score (migration 0009). The page's progress line counts the rater's own repeats in the round's counters
   (``own_repeats``); the API's does not.
 - Each rating is its own transaction: once acknowledged it is durable.
 """
