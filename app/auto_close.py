@@ -59,9 +59,9 @@ def maybe_close(factory, experiment_id: int, round_index: int) -> int | None:
             # with a Finish on PostgreSQL)
             experiment = repo.lock_experiment(session=s, experiment_id=experiment_id)
             round_ = repo.lock_round(session=s, round_id=round_id)
-            if experiment.status != "active" or round_.status != "labeling" or (round_.metrics or {}).get("reopened_at") \
-                    or not round_complete(s, round_):
-                return None
+            if not experiment_options.of(experiment).auto_close or experiment.status != "active" \
+                    or round_.status != "labeling" or (round_.metrics or {}).get("reopened_at") or not round_complete(s, round_):
+                return None  # the option too: an admin may have turned auto-close off since the read (found by review)
             job = repo.close_round(session=s, experiment_id=experiment_id, expected_index=round_index)
             job_id = job.id
             repo.add_audit(session=s, actor_id=None, actor_name=ACTOR, action="round.close",

@@ -822,7 +822,7 @@ def test_the_dashboard_shows_the_honest_sample_apart_when_a_selection_mode_chose
     assert any("honest" in line.get_label() for line in fig.axes[0].get_lines())
 
 
-@pytest.mark.parametrize("meanwhile", ["closed-and-reopened", "paused"])
+@pytest.mark.parametrize("meanwhile", ["closed-and-reopened", "paused", "auto-close-turned-off"])
 def test_auto_close_checks_again_under_the_lock(ui_world, monkeypatch, caplog, meanwhile):
     """Auto-close read that the round was complete, then closed it in a second transaction: an admin who closed and
     reopened the round in between had it closed again (a reopened round is the admin's), and a pause in between made
@@ -840,7 +840,9 @@ def test_auto_close_checks_again_under_the_lock(ui_world, monkeypatch, caplog, m
     def admin_acts_between_the_read_and_the_close(session, round_):
         complete = real(session, round_)
         calls.append(complete)
-        if complete and len(calls) == 1:
+        if complete and len(calls) == 1 and meanwhile == "auto-close-turned-off":
+            _set_auto_close(ui_world, False)
+        elif complete and len(calls) == 1:
             with write_session(ui_world.factory) as s:
                 if meanwhile == "paused":
                     repo.set_experiment_status(session=s, experiment_id=ui_world.experiment_id, status="paused")
