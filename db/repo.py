@@ -868,7 +868,7 @@ def add_undo_step(*, session: Session, rater_id: int, image_id: int, action: str
     _choice("undo action", action, UNDO_ACTIONS)
     if previous_score is not None:
         _int("previous score", previous_score, minimum=SCORE_MIN, maximum=SCORE_MAX)
-    check_author(session, "rater id", rater_id)
+    check_author(session, "rater id", _int("rater id", rater_id))  # None is refused too: a step has its rater
     get_image(session=session, image_id=_int("image id", image_id))
     step = UndoStep(rater_id=rater_id, image_id=image_id, action=action, previous_score=previous_score)
     session.add(step)

@@ -238,6 +238,14 @@ def test_an_unknown_actor_is_one_sentence_and_the_transactions_other_writes_are_
         assert db_quality.gold_scores(session=s, experiment_id=world.experiment_id) == {}
 
 
+def test_an_undo_step_without_a_rater_is_refused_in_one_sentence(db_factory, make_world):
+    """A step always has its rater: None is refused before the insert (the author check lets None through, which
+    left it to the NOT NULL constraint's raw IntegrityError; found by review)."""
+    world = make_world(n_raters=1)
+    with pytest.raises(InvalidInput, match="rater id"), write_session(db_factory) as s:
+        repo.add_undo_step(session=s, rater_id=None, image_id=world.image_ids[0], action="rate")
+
+
 def test_rating_an_image_of_a_closed_round_is_refused(db_factory, make_world):
     world = make_world()
     with write_session(db_factory) as s:
