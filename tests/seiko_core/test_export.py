@@ -168,6 +168,26 @@ def test_merged_pipeline_matches_base_plus_adapter_and_reloads_without_lora_laye
             assert "_name_or_path" not in f.read_text() and str(random_model_dir) not in f.read_text(), f
 
 
+def test_merged_weights_equal_the_closed_form_base_plus_alpha_over_rank_up_down(random_model_dir, adapter_dir, tmp_path):
+    """Every adapted layer of the merged pipeline is W + (alpha / r) up @ down, computed here from the raw files alone
+    (the base's weights, the adapter's lora.down / lora.up tensors, the fixture's alpha and rank): independent of
+    peft, of diffusers' loaders and of the export code. A scale common to every loader (a wrong alpha / r read back
+    from the metadata, say) would pass the output comparisons above but not this."""
+    res = export_merged_pipeline(random_model_dir, adapter_dir, tmp_path / "merged")
+    unet_file = "unet/diffusion_pytorch_model.safetensors"
+    base, merged = load_file(random_model_dir / unet_file), load_file(res.path / unet_file)
+    adapter = load_file(adapter_dir / lora.WEIGHT_NAME)
+    modules = sorted(k.removeprefix("unet.").removesuffix(".lora.down.weight") for k in adapter if k.endswith(".lora.down.weight"))
+    assert modules and len(modules) * 2 == len(adapter)
+    for m in modules:
+        down, up = adapter[f"unet.{m}.lora.down.weight"].double(), adapter[f"unet.{m}.lora.up.weight"].double()
+        expected = base[f"{m}.weight"].double() + (ALPHA / RANK) * (up.flatten(1) @ down.flatten(1)).reshape(base[f"{m}.weight"].shape)
+        torch.testing.assert_close(merged[f"{m}.weight"].double(), expected, rtol=0, atol=1e-5, msg=m)
+        assert (merged[f"{m}.weight"] - base[f"{m}.weight"]).abs().max() > 1e-3, m  # the layer really moved
+    untouched = [k for k in base if not any(k == f"{m}.weight" for m in modules)]
+    assert all(torch.equal(base[k], merged[k]) for k in untouched)  # and nothing else did
+
+
 def test_exports_refuse_a_tampered_adapter_and_an_existing_destination(adapter_dir, tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
