@@ -18,8 +18,8 @@ asks ``plan`` for them when the option is above 0:
   ``share`` of the images handed to them (ordinary ones rated plus repeats); at most ``max(1, floor(share x batch
   size))`` in one batch; no more new ones than the ordinary ratings the rater gave since their last repeat, so
   repeats come spread out, never in a run; and no more new ones than the ordinary images new to the rater that the
-  batch holds beside them (not their unanswered cards, which come back first): so none once those have run out and
-  none in a batch of one (a last batch of repeats only, or a batch whose only new cards were repeats, told the
+  batch holds beside them (not their unanswered cards, which come back first, their lease live or run out): so none
+  once those have run out and none in a batch of one (a last batch of repeats only, or a batch whose only new cards were repeats, told the
   rater what they were);
 - which images: drawn with a generator seeded by (rater, round, repeats so far); where in the batch: drawn with one
   seeded by (rater, round, the repeated image ids, the batch's length), so the place does not follow from the batch's
@@ -59,6 +59,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+from datetime import datetime
 
 from sqlalchemy.orm import Session
 
@@ -85,9 +86,10 @@ def _rng(rater_id: int, round_id: int, key: object) -> random.Random:
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 
-def plan(session: Session, round_: Round, rater_id: int, size: int, share: float) -> list[int]:
+def plan(session: Session, round_: Round, rater_id: int, size: int, share: float, *,
+         now: datetime | None = None) -> list[int]:
     """Image ids to hand the rater again in a batch of ``size``: the unanswered repeats first, then new ones, whose
-    offers are recorded here (in the caller's write transaction)."""
+    offers are recorded here (in the caller's write transaction). ``now``: the clock (leases), the time by default."""
     if share <= 0 or size < 1:
         return []
     # the round first, as every write that locks it (lease_images locks it next anyway): two batches drawn at once for
@@ -108,13 +110,16 @@ def plan(session: Session, round_: Round, rater_id: int, size: int, share: float
     n_new = min(room, allowed, since)
     if n_new <= 0:
         return out
-    # no more new ones than the ordinary images new to the rater that the batch will hold beside them: not the
-    # images they hold a live lease on (their unanswered cards, which come back first and which they know), and at
-    # least as many as the new repeats. "Left for you" rises by the new repeats, so a batch whose only new cards
-    # were repeats (a batch of one; the rater's unanswered cards and a repeat; the last ordinary images gone) told
-    # the rater which cards they were (found by review). So none once those run out, and none in a batch of one
-    held = len(repo.held_image_ids(session=session, round_id=round_.id, rater_id=rater_id))
-    fresh = repo.count_images_for_rater(session=session, round_id=round_.id, rater_id=rater_id, kind="query") - held
+    # no more new ones than the ordinary images new to the rater that the batch will hold beside them: not their
+    # unanswered cards (leased to them, the lease live or not: they come back first, app.ui_rate.draw_batch, and the
+    # rater knows them), and at least as many as the new repeats. "Left for you" rises by the new repeats, so a batch
+    # whose only new cards were repeats (a batch of one; the rater's unanswered cards and a repeat; the last ordinary
+    # images gone) told the rater which cards they were (found by review; a card left open past its lease counted as
+    # new, so it came back with a repeat beside it: found by review too). So none once those run out, and none in a
+    # batch of one
+    held = len(repo.unanswered_image_ids(session=session, round_id=round_.id, rater_id=rater_id, kind="query", now=now))
+    fresh = repo.count_images_for_rater(session=session, round_id=round_.id, rater_id=rater_id, kind="query",
+                                        now=now) - held
     n_new = min(n_new, fresh, (size - len(out) - held) // 2)
     if n_new <= 0:
         return out

@@ -8,7 +8,9 @@ them to Gradio events and the API. Rules (checked here, on the server, for the U
 - Images handed out (a page's batch, the API's ``next_batch``) are leased to the rater for ``LEASE_S``
   seconds: meanwhile they count as taken towards the overlap for everyone else, so two raters do not
   get the same image when one more rating completes it. Rating or skipping releases the lease; a new
-  batch on the page releases the old batch's unrated images; otherwise it runs out. Renewed or not, a lease holds
+  batch on the page releases the old batch's unrated images; otherwise it runs out. The rater's unanswered cards
+  (``repo.unanswered_image_ids``: leased to them, the lease live or not) come first in their next batch while they
+  are still offered to them. Renewed or not, a lease holds
   the image's place against the others for at most ``repo.RESERVE_S`` (30 minutes) from the rater's first lease on
   it (a new window only after it was not held for as long); past that the holder may still rate it, and the others
   may be offered it too, after the images nobody holds.
@@ -33,6 +35,7 @@ import hashlib
 import html
 import json
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -185,10 +188,11 @@ def _pairs_only(session: Session, experiment_id: int) -> bool:
     return pairwise.feedback_of(repo.get_experiment(session=session, experiment_id=experiment_id)) == "pairs"
 
 
-def _offered(session: Session, round_: Round, who: Who, limit: int) -> list[Image]:
+def _offered(session: Session, round_: Round, who: Who, limit: int, *, now: datetime | None = None) -> list[Image]:
     if _pairs_only(session, round_.experiment_id):  # issue 14 item 1
         return []
-    return repo.next_images_for_rater(session=session, round_id=round_.id, rater_id=who.rater_id, limit=max(1, limit), kind="query")
+    return repo.next_images_for_rater(session=session, round_id=round_.id, rater_id=who.rater_id, limit=max(1, limit),
+                                      kind="query", now=now)
 
 
 def progress(session: Session, experiment: Experiment | None, who: Who) -> Progress:
@@ -334,21 +338,28 @@ def _rater_order(rater_id: int, image_id: int) -> str:
     return hashlib.sha256(f"{rater_id}:{image_id}".encode()).hexdigest()
 
 
-def draw_batch(session: Session, round_: Round, who: Who, size: int, *, lease_s: float = LEASE_S) -> list[Image]:
-    """Up to ``size`` images for the rater, leased to them (in a write transaction): first those they already hold
-    a live lease on, then offered ones drawn from the least-rated in a per-rater order. With ``repeat_share`` on, some
-    places go to images the rater rated before (``app.repeats``; not leased: they need no other rater's place)."""
-    again = repeats.plan(session, round_, who.rater_id, size, repeats.share_of(session, round_))
+def draw_batch(session: Session, round_: Round, who: Who, size: int, *, lease_s: float = LEASE_S,
+               now: datetime | None = None) -> list[Image]:
+    """Up to ``size`` images for the rater, leased to them (in a write transaction): first their unanswered cards
+    (``repo.unanswered_image_ids``: leased to them before, the lease live or run out; live ones first), then offered
+    ones drawn from the least-rated in a per-rater order. With ``repeat_share`` on, some places go to images the rater
+    rated before (``app.repeats``, which counts the same unanswered cards as the rater's; not leased: they need no
+    other rater's place). ``now``: the clock (leases), the time by default."""
+    again = repeats.plan(session, round_, who.rater_id, size, repeats.share_of(session, round_), now=now)
     size -= len(again)
-    held = repo.held_image_ids(session=session, round_id=round_.id, rater_id=who.rater_id)[:size]
-    chosen = list(held)
+    known = repo.unanswered_image_ids(session=session, round_id=round_.id, rater_id=who.rater_id, kind="query", now=now)
+    chosen = known[:size]
     if len(chosen) < size:
-        candidates = [im for im in _offered(session, round_, who, size * CANDIDATE_FACTOR + len(held)) if im.id not in held]
-        others = repo.held_by_others(session=session, image_ids=[im.id for im in candidates], rater_id=who.rater_id)
+        mine = set(known)
+        candidates = [im for im in _offered(session, round_, who, size * CANDIDATE_FACTOR + len(known), now=now)
+                      if im.id not in mine]
+        others = repo.held_by_others(session=session, image_ids=[im.id for im in candidates], rater_id=who.rater_id,
+                                     now=now)
         # images another rater still has on their page (past its reserving window, repo.lease_images) come last
         candidates.sort(key=lambda im: (im.id in others, _rater_order(who.rater_id, im.id)))
         chosen += [im.id for im in candidates[: size - len(chosen)]]
-    granted = repo.lease_images(session=session, round_id=round_.id, rater_id=who.rater_id, image_ids=chosen, lease_s=lease_s)
+    granted = repo.lease_images(session=session, round_id=round_.id, rater_id=who.rater_id, image_ids=chosen,
+                                lease_s=lease_s, now=now)
     if again:
         granted = repeats.mix(granted, again, who.rater_id, round_.id)
     return [repo.get_image(session=session, image_id=i) for i in granted]

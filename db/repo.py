@@ -820,6 +820,22 @@ def held_image_ids(*, session: Session, round_id: int, rater_id: int, now: datet
     return list(session.scalars(stmt))
 
 
+def unanswered_image_ids(*, session: Session, round_id: int, rater_id: int, kind: str | None = None,
+                         now: datetime | None = None) -> list[int]:
+    """The rater's unanswered cards of the open round: the images leased to them (live, run out or given back) that
+    they have neither rated nor skipped and that are still offered to them (``next_images_for_rater``'s rule); those
+    they hold a live lease on first, then oldest lease first. The rater has seen them, so they are not new to them
+    whether their lease is live or not (a batch serves them first, and ``app.repeats`` counts them as the rater's)."""
+    now = _now(now)
+    stmt = (
+        select(Image.id)
+        .join(ImageLease, and_(ImageLease.image_id == Image.id, ImageLease.rater_id == rater_id))
+        .where(*_offered_to_rater(session, round_id, rater_id, kind, now=now))
+        .order_by(case((ImageLease.expires_at > now, 0), else_=1), ImageLease.id)
+    )
+    return list(session.scalars(stmt))
+
+
 def held_by_others(*, session: Session, image_ids: Iterable[int], rater_id: int, now: datetime | None = None) -> set[int]:
     """Those of the images on which another rater holds a live lease, in its reserving window or not."""
     ids = [_int("image id", i) for i in image_ids]

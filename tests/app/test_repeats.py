@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import timedelta
 
 import gradio as gr
 import pytest
@@ -19,7 +20,7 @@ from db import quality as db_quality
 from db import repo
 from db.engine import read_session, write_session
 from db.errors import Conflict, InvalidInput
-from db.models import Rating, RepeatOffer, RepeatRating
+from db.models import ImageLease, Rating, RepeatOffer, RepeatRating, utcnow
 
 
 def who(world, name: str) -> Who:
@@ -626,3 +627,81 @@ def test_the_page_left_with_a_card_open_shows_the_same_progress_whatever_the_car
         assert sorted(view.state["batch"]) == sorted(batch) and view.progress == pages[0]
     assert true_labels == {"repeat": 10, "ordinary": 9}  # the round's true count tells them apart
     assert shown["repeat"] == shown["ordinary"], shown
+
+
+# ---------------------------------------------------------------------------------------------
+# review: a card left open past its lease counted as new to the rater, so a repeat came beside it
+# ---------------------------------------------------------------------------------------------
+
+
+def expire_leases(world, rater_id: int) -> None:
+    """The rater's leases ran out (LEASE_S passed with the page left open)."""
+    with write_session(world.factory) as s:
+        for lease in s.scalars(select(ImageLease).where(ImageLease.rater_id == rater_id)):
+            lease.expires_at = min(lease.expires_at, utcnow() - timedelta(seconds=1))
+
+
+def reload_later(world, me, view, *, batch_size: int, clock: bool):
+    """The page reloaded more than LEASE_S after its batch came: the leases run out in the database, then a reload
+    (``clock``: False), or a batch drawn with the clock LEASE_S + 60 s ahead (``clock``: True). Returns (the batch,
+    the page's 'You:' counts)."""
+    if not clock:
+        expire_leases(world, me.rater_id)
+        view = ui_rate.load_batch(world.factory, world.settings.data_dir, me, view.state, batch_size=batch_size)
+        return view.state["batch"], you_counts(view)
+    later = utcnow() + timedelta(seconds=ui_rate.LEASE_S + 60)
+    with write_session(world.factory) as s:
+        round_ = repo.get_round(session=s, round_id=world.round_id)
+        batch = [im.id for im in ui_rate.draw_batch(s, round_, me, batch_size, now=later)]
+    with read_session(world.factory) as s:
+        line = ui_rate.page_progress_html(s, repo.get_experiment(session=s, experiment_id=world.experiment_id), me)
+    return batch, you_counts(ui_rate.View(None, "", line, {}))
+
+
+@pytest.mark.parametrize("clock", [False, True])
+def test_a_card_left_open_past_its_lease_comes_back_alone_when_nothing_new_is_left(ui_world_factory, clock):
+    """A batch of O1, O2, R1, R2 (O ordinary, R repeats); the rater scores all but O1 and leaves it open more than
+    LEASE_S. Only live leases counted as the rater's cards, so O1 counted as an image new to them and the reload came
+    back as O1 and a new repeat, "left for you" up by one: the rater, who knew O1, knew the other card for a repeat.
+    Their unanswered cards count as theirs, live lease or not: O1 comes back alone, the counters as they were."""
+    world = ui_world_factory(n_images=10)
+    alice, me, data = world.accounts["alice"], who(world, "alice"), world.settings.data_dir
+    set_share(world, 0.5)
+    view = ui_rate.load_batch(world.factory, data, me, None, batch_size=4)
+    for _ in range(2):
+        for image_id in list(view.state["batch"]):
+            view = ui_rate.rate(world.factory, data, me, view.state, {"image_id": image_id, "score": 3}, batch_size=4)
+    batch, rated = view.state["batch"], first_ratings(world, alice)
+    ordinary = [i for i in batch if i not in rated]
+    assert len(ordinary) == 2 and len(offers(world)) == 2
+    kept = ordinary[0]
+    for image_id in batch:
+        if image_id != kept:
+            view = ui_rate.rate(world.factory, data, me, view.state, {"image_id": image_id, "score": 3}, batch_size=4)
+    assert you_counts(view) == (11, 1)
+    assert reload_later(world, me, view, batch_size=4, clock=clock) == ([kept], (11, 1))
+    assert len(offers(world)) == 2
+
+
+@pytest.mark.parametrize("clock", [False, True])
+def test_mid_round_a_card_left_open_past_its_lease_gets_no_repeat_beside_it_in_a_batch_of_two(ui_world_factory, clock):
+    """Mid-round, batches of 2: a batch of two ordinary images F, G; the rater scores G and leaves F open more than
+    LEASE_S. F counted as new to them, so the reload brought F and a new repeat ("left" up by one): the repeat was
+    the card they did not know. Now F is theirs, and a new repeat needs another new ordinary image beside it, which a
+    batch of two with F in it has no room for: F comes back with a new ordinary image."""
+    world = ui_world_factory(n_images=12)
+    alice, me, data = world.accounts["alice"], who(world, "alice"), world.settings.data_dir
+    set_share(world, 0.25)
+    view = ui_rate.load_batch(world.factory, data, me, None, batch_size=2)
+    while True:  # rate whole batches until one of two ordinary images comes while a repeat is allowed
+        rated = first_ratings(world, alice)
+        if len(view.state["batch"]) == 2 and not set(view.state["batch"]) & set(rated) and len(offers(world)) == 1:
+            break
+        for image_id in list(view.state["batch"]):
+            view = ui_rate.rate(world.factory, data, me, view.state, {"image_id": image_id, "score": 3}, batch_size=2)
+    kept, other = view.state["batch"]
+    view = ui_rate.rate(world.factory, data, me, view.state, {"image_id": other, "score": 3}, batch_size=2)
+    rated_n, left = you_counts(view)
+    batch, counts = reload_later(world, me, view, batch_size=2, clock=clock)
+    assert kept in batch and len(batch) == 2 and counts == (rated_n, left)
+    assert not set(batch) & set(first_ratings(world, alice)) and len(offers(world)) == 1
