@@ -4,7 +4,7 @@ the Admin tab's rater-quality table).
 
 The experiment option ``repeat_share`` (``app.experiment_options``; 0 to 0.5, default 0: off) sets about which share of
 the images handed to a rater are repeats. ``app.ui_rate.draw_batch`` (the page's batches and the API's ``next_batch``)
-asks ``plan`` for them when the option is above 0:
+asks ``plan`` for them (new ones only when the option is above 0):
 
 - only once the rater has rated ``MIN_RATED`` query images of the round;
 - a repeat is one of the round's query images this rater rated before their last ``size`` ratings of the round
@@ -23,8 +23,9 @@ asks ``plan`` for them when the option is above 0:
   rater what they were);
 - which images: drawn with a generator seeded by (rater, round, repeats so far); where in the batch: drawn with one
   seeded by (rater, round, the repeated image ids, the batch's length), so the place does not follow from the batch's
-  length alone. A repeat handed out and not answered yet comes back in the next batch (as a leased image does),
-  until it is scored or skipped on the page.
+  length alone. A repeat handed out and not answered yet comes back in the next batch (as the rater's other
+  unanswered cards do; as many as the batch holds), until it is scored or skipped on the page, also once the share
+  is set to 0 mid-round: then no new ones are handed out, and the pending ones count as before (below).
 
 Nothing on the page or in the API says that an image is a repeat, and the page's cards show no image id or seed.
 The round's counters (labels, ratings, images rated) move with ordinary ratings only (a repeat is no label); the
@@ -33,14 +34,18 @@ images: a scored one as rated, a pending one as left. So every card scored moves
 the open cards never outnumber what is left (they used to count ordinary ratings only, which told a repeat apart,
 before or after scoring it: a review's finding). "Left" rises when a batch brings new repeats: it says how many
 of the batch's new cards are repeats, not which, as they come among at least as many new ordinary images. An
-unanswered card comes back alone once nothing else is left, a repeat as an ordinary one does.
+unanswered card comes back alone once nothing else is left, a repeat as an ordinary one does. A pending repeat stays
+counted as left when the share is set to 0 mid-round (it is still handed back): dropped from the counts, scoring
+it moved them unlike an ordinary card (found by review). Only while the experiment asks for comparisons only, when
+nothing is handed out for 1-10 rating, is a pending repeat not counted.
 The rating page shows the round's counters to a rater with that rater's own repeats counted in the same way
 (``app.ui_rate.own_repeats``): "X of Y ratings" counts a scored repeat as a rating given and a pending or scored
 one as a rating wanted, and a skipped one lowers Y as a skip of an ordinary image in its place would. So scoring,
 skipping or undoing a card moves the whole line alike, whatever the card is (the round's true count stood still
 for a repeat: alone on a round, the rater knew a card for a repeat right after scoring it; found by review). Counts
-that a repeat cannot move alike are left out while repeats are on (with overlap above 1: the image count and
-"images rated at least once"). Showing the true count only as of each new batch would not do: a batch answered
+that a repeat cannot move alike are left out while repeats are on or the rater has repeats in the round, pending,
+scored or skipped (with overlap above 1: the image count and "images rated at least once"; so the format does not
+change when a repeat is scored after the share was set to 0). Showing the true count only as of each new batch would not do: a batch answered
 but for one card (left open, skipped) and reloaded would tell by the count whether that card is a repeat. Other
 raters' ratings move the line as they come; only the viewer's own repeats are counted in, and only on their page:
 the API's ``progress``, the Admin tab and the dashboard show the round's true counts.
@@ -90,13 +95,19 @@ def plan(session: Session, round_: Round, rater_id: int, size: int, share: float
          now: datetime | None = None) -> list[int]:
     """Image ids to hand the rater again in a batch of ``size``: the unanswered repeats first, then new ones, whose
     offers are recorded here (in the caller's write transaction). ``now``: the clock (leases), the time by default."""
-    if share <= 0 or size < 1:
+    if size < 1:
         return []
     # the round first, as every write that locks it (lease_images locks it next anyway): two batches drawn at once for
     # the same rater do not both offer the same image
     repo.lock_round(session=session, round_id=round_.id)
+    # the unanswered ones come back as the rater's other unanswered cards do, as many as the batch holds, with the
+    # share 0 too (turned off mid-round: no new ones). Dropped, they left "left for you" lower by them, and a repeat
+    # still on the page moved the counters unlike any other card when scored (found by review); held back by the cap,
+    # they vanished from a reloaded page while its ordinary cards came back
+    out = db_quality.pending_repeats(session=session, round_id=round_.id, rater_id=rater_id)[:size]
+    if share <= 0:
+        return out
     cap = min(size, max(1, math.floor(share * size + 1e-9)))
-    out = db_quality.pending_repeats(session=session, round_id=round_.id, rater_id=rater_id)[:cap]
     room = cap - len(out)
     if room <= 0:
         return out

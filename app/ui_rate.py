@@ -211,8 +211,7 @@ def progress(session: Session, experiment: Experiment | None, who: Who) -> Progr
     # (labels, ratings, rated images) stay ordinary ratings only (the rating page counts the viewer's own repeats in
     # when it shows them: page_progress_html)
     again_scored, again_pending = db_quality.repeat_counts(session=session, round_id=round_.id, rater_id=who.rater_id)
-    if repeats.share_of(session, round_) <= 0:
-        again_pending = 0  # repeats turned off: a pending one is not handed out again (repeats.plan)
+    again_pending = _handed_back(session, round_, again_pending)
     budget = experiment.budgets[round_.index] if round_.index < len(experiment.budgets) else None
     return Progress(
         experiment=experiment.name,
@@ -228,6 +227,14 @@ def progress(session: Session, experiment: Experiment | None, who: Who) -> Progr
         labels=mine.labels,
         labels_wanted=mine.labels_wanted,
     )
+
+
+def _handed_back(session: Session, round_: Round, pending: int) -> int:
+    """How many of the rater's ``pending`` repeats count as left for them: all, as ``repeats.plan`` hands them back
+    with the share 0 too (set to 0 mid-round: dropping them from the counts let a repeat still on the page move the
+    counters unlike any other card when scored; found by review), but none while the experiment asks for comparisons
+    only (nothing is handed out for 1-10 rating then: ``draw_batch``)."""
+    return 0 if pending and _pairs_only(session, round_.experiment_id) else pending
 
 
 def _wait_html(w: dict[str, Any] | None) -> str:
@@ -255,10 +262,11 @@ class OwnRepeats:
     as the ratings and images they are to the viewer."""
 
     scored: int = 0
-    pending: int = 0  # handed out, not answered (0 while repeats are off: not handed out again)
+    pending: int = 0  # handed out, not answered (handed back, the share 0 or not; 0 while comparisons only are asked)
     skipped: int = 0
     skipped_unwanted: int = 0  # of the skipped: those whose skip, were they ordinary, would lower what is wanted
-    on: bool = False  # repeats on for the round, or the viewer has some: no count that a repeat cannot move is shown
+    on: bool = False  # repeats on for the round, or the viewer has some (pending, scored or skipped): no count that a
+    # repeat cannot move is shown (so the line's format does not change when a repeat is scored with the share at 0)
 
 
 def own_repeats(session: Session, round_: Round, rater_id: int) -> OwnRepeats:
@@ -270,19 +278,19 @@ def own_repeats(session: Session, round_: Round, rater_id: int) -> OwnRepeats:
     undone moves the line alike. A skipped repeat lowers what is wanted as a skip of an ordinary image in its place
     would (``repo.wanted_after_skips``: when the accounts that can still rate it, the viewer included, are no more than
     the overlap and more than its ratings by the others)."""
-    share = repeats.share_of(session, round_)
     scored, pending = db_quality.repeat_counts(session=session, round_id=round_.id, rater_id=rater_id)
     skipped = db_quality.skipped_repeats(session=session, round_id=round_.id, rater_id=rater_id)
-    if share <= 0:
-        pending = 0  # as "left for you": a pending repeat is not handed out again while repeats are off
+    # "on" from the rater's repeats as they are, not from what is counted: the format stays as it is when a pending
+    # repeat is scored, whatever the share (computed from a pending count zeroed at share 0, it changed: review)
+    on = bool(scored or pending or skipped) or repeats.share_of(session, round_) > 0
+    pending = _handed_back(session, round_, pending)  # as "left for you"
     unwanted = 0
     if skipped:
         enabled = repo.enabled_accounts(session)
         overlap = repo.get_experiment(session=session, experiment_id=round_.experiment_id).overlap
         unwanted = sum(1 for others_rated, others_skipped in skipped.values()
                        if others_rated < enabled - others_skipped <= overlap)
-    return OwnRepeats(scored=scored, pending=pending, skipped=len(skipped), skipped_unwanted=unwanted,
-                      on=share > 0 or bool(scored or pending or skipped))
+    return OwnRepeats(scored=scored, pending=pending, skipped=len(skipped), skipped_unwanted=unwanted, on=on)
 
 
 def page_progress_html(session: Session, experiment: Experiment | None, who: Who) -> str:
@@ -345,9 +353,13 @@ def draw_batch(session: Session, round_: Round, who: Who, size: int, *, lease_s:
     ones drawn from the least-rated in a per-rater order. With ``repeat_share`` on, some places go to images the rater
     rated before (``app.repeats``, which counts the same unanswered cards as the rater's; not leased: they need no
     other rater's place). ``now``: the clock (leases), the time by default."""
-    again = repeats.plan(session, round_, who.rater_id, size, repeats.share_of(session, round_), now=now)
+    # comparisons only (issue 14 item 1): no 1-10 rating, so no repeat either, not even a pending one, and of the
+    # rater's unanswered cards only those still on their page (a live lease), as before
+    pairs = _pairs_only(session, round_.experiment_id)
+    again = [] if pairs else repeats.plan(session, round_, who.rater_id, size, repeats.share_of(session, round_), now=now)
     size -= len(again)
-    known = repo.unanswered_image_ids(session=session, round_id=round_.id, rater_id=who.rater_id, kind="query", now=now)
+    known = (repo.held_image_ids(session=session, round_id=round_.id, rater_id=who.rater_id, now=now) if pairs else
+             repo.unanswered_image_ids(session=session, round_id=round_.id, rater_id=who.rater_id, kind="query", now=now))
     chosen = known[:size]
     if len(chosen) < size:
         mine = set(known)

@@ -469,7 +469,7 @@ def test_the_personal_counters_do_not_tell_a_repeat_from_an_ordinary_image(ui_wo
     assert again and scored == 12 + again  # every image once, and the repeats
 
 
-def test_a_pending_repeat_is_left_for_the_rater_while_repeats_are_on(ui_world_factory):
+def test_a_pending_repeat_is_left_for_the_rater_until_answered_even_with_repeats_turned_off(ui_world_factory):
     world = ui_world_factory(n_images=8)
     me, data = who(world, "alice"), world.settings.data_dir
     set_share(world, 0.5)
@@ -478,10 +478,17 @@ def test_a_pending_repeat_is_left_for_the_rater_while_repeats_are_on(ui_world_fa
     out = ui_rate.api_batch(world.factory, data, me, limit=2)  # a repeat and an ordinary image
     assert len(out["items"]) == 2 and len(offers(world)) == 1
     assert (out["progress"]["you_rated"], out["progress"]["you_left"]) == (3, 5 + 1)
-    set_share(world, 0)  # turned off: the pending repeat is not handed out again, so it is not left either
+    # turned off: the pending repeat is still handed back (no new one is), so it is still left (it was dropped, and
+    # scoring it, still on the page, moved the counters unlike any other card: found by review)
+    set_share(world, 0)
     with read_session(world.factory) as s:
         p = ui_rate.progress(s, repo.get_experiment(session=s, experiment_id=world.experiment_id), me)
-    assert (p.you_rated, p.you_left) == (3, 5)
+    assert (p.you_rated, p.you_left) == (3, 5 + 1)
+    again = ui_rate.api_batch(world.factory, data, me, limit=2)
+    assert sorted(i["image_id"] for i in again["items"]) == sorted(i["image_id"] for i in out["items"])
+    (repeated,) = [o[0] for o in offers(world)]
+    response = ui_rate.submit(world.factory, me, repeated, 9)
+    assert (response["progress"]["you_rated"], response["progress"]["you_left"]) == (4, 5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -705,3 +712,48 @@ def test_mid_round_a_card_left_open_past_its_lease_gets_no_repeat_beside_it_in_a
     batch, counts = reload_later(world, me, view, batch_size=2, clock=clock)
     assert kept in batch and len(batch) == 2 and counts == (rated_n, left)
     assert not set(batch) & set(first_ratings(world, alice)) and len(offers(world)) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# review: repeats turned off mid-round, a repeat still on the page moved the counters unlike any other card
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlap", [1, 2])
+@pytest.mark.parametrize("action", ["rate", "skip"])
+def test_repeats_turned_off_mid_round_a_repeat_on_the_page_moves_the_counters_as_any_card(ui_world_factory, overlap,
+                                                                                          action):
+    """An admin sets the repeat share to 0 while a rater's page holds repeats. Pending repeats were then counted as
+    nothing left (and not handed back), so the line's "of Y" and "left for you" dropped, and scoring a repeat still on
+    the page moved X and Y up by one where an ordinary card moved X only (with overlap above 1 the line's format
+    changed too). Pending repeats are handed back, no new ones are handed out, and they count as before: every card
+    moves the line and "You:" alike, and a reload shows the same cards and the same line."""
+    world = ui_world_factory(n_images=12, overlap=overlap)
+    me, data = who(world, "alice"), world.settings.data_dir
+    set_share(world, 0.5)
+    view, again, ordinary = page_with_a_repeat(world, me)
+    batch, before = view.state["batch"], view.progress
+    set_share(world, 0)
+    with read_session(world.factory) as s:  # the page's line, redrawn as after any action
+        start = ui_rate.page_progress_html(s, repo.get_experiment(session=s, experiment_id=world.experiment_id), me)
+    assert start == before
+    act = ui_rate.rate if action == "rate" else ui_rate.skip
+
+    def act_and_undo(image_id: int) -> str:
+        after = act(world.factory, data, me, view.state, {"image_id": image_id, "score": 7}, batch_size=4)
+        assert after.message is None and after.grid is None  # the same batch
+        back = ui_rate.undo(world.factory, data, me, after.state, batch_size=4)
+        assert back.message is None and back.progress == start, (back.progress, start)
+        return after.progress
+
+    after_repeat, after_ordinary = act_and_undo(again[0]), act_and_undo(ordinary[0])
+    assert after_repeat == after_ordinary, (after_repeat, after_ordinary)
+    assert after_repeat != start
+    n_offers = len(offers(world))
+    view = ui_rate.load_batch(world.factory, data, me, view.state, batch_size=4)  # reloaded: the same cards and line
+    assert sorted(view.state["batch"]) == sorted(batch) and view.progress == start
+    assert len(offers(world)) == n_offers
+    for image_id in batch:  # the batch answered: no new repeat while the share is 0
+        view = ui_rate.rate(world.factory, data, me, view.state, {"image_id": image_id, "score": 7}, batch_size=4)
+    assert view.state["batch"] and not set(view.state["batch"]) & set(first_ratings(world, world.accounts["alice"]))
+    assert len(offers(world)) == n_offers
