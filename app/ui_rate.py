@@ -196,22 +196,29 @@ def _offered(session: Session, round_: Round, who: Who, limit: int, *, now: date
 
 
 def progress(session: Session, experiment: Experiment | None, who: Who) -> Progress:
+    return _progress(session, experiment, who)[0]
+
+
+def _progress(session: Session, experiment: Experiment | None,
+              who: Who) -> tuple[Progress, Round | None, tuple[int, int] | None]:
+    """``progress``, the open round (None when none is open) and the viewer's repeat counts in it as
+    ``db_quality.repeat_counts`` gives them (scored, pending), for ``page_progress_html`` to reuse."""
     if experiment is None:
-        return Progress(None, None, None)
+        return Progress(None, None, None), None, None
     round_ = repo.get_open_round(session=session, experiment_id=experiment.id)
     if round_ is None:
         rounds = repo.list_rounds(session=session, experiment_id=experiment.id)
         last = rounds[-1] if rounds else None
         return Progress(experiment.name, last.index if last else None, last.status if last else None, overlap=experiment.overlap,
-                        next_round=next_round_wait(session, experiment))
+                        next_round=next_round_wait(session, experiment)), None, None
     mine = repo.round_progress(session=session, round_id=round_.id, rater_id=who.rater_id, kind="query")
     # the rater's own counters count the repeats handed to them (app.repeats) as images: scored ones as rated, pending
     # ones as left, so scoring a repeat moves them by one as any card does and the open cards never outnumber what is
     # left (they moved with ordinary ratings only, which told a repeat apart: found by review); the round's counts
     # (labels, ratings, rated images) stay ordinary ratings only (the rating page counts the viewer's own repeats in
     # when it shows them: page_progress_html)
-    again_scored, again_pending = db_quality.repeat_counts(session=session, round_id=round_.id, rater_id=who.rater_id)
-    again_pending = _handed_back(session, round_, again_pending)
+    counts = db_quality.repeat_counts(session=session, round_id=round_.id, rater_id=who.rater_id)
+    again_scored, again_pending = counts[0], _handed_back(session, round_, counts[1])
     budget = experiment.budgets[round_.index] if round_.index < len(experiment.budgets) else None
     return Progress(
         experiment=experiment.name,
@@ -226,7 +233,7 @@ def progress(session: Session, experiment: Experiment | None, who: Who) -> Progr
         you_left=(mine.rater_remaining or 0) + again_pending,
         labels=mine.labels,
         labels_wanted=mine.labels_wanted,
-    )
+    ), round_, counts
 
 
 def _handed_back(session: Session, round_: Round, pending: int) -> int:
@@ -269,7 +276,7 @@ class OwnRepeats:
     # repeat cannot move is shown (so the line's format does not change when a repeat is scored with the share at 0)
 
 
-def own_repeats(session: Session, round_: Round, rater_id: int) -> OwnRepeats:
+def own_repeats(session: Session, round_: Round, rater_id: int, *, counts: tuple[int, int] | None = None) -> OwnRepeats:
     """The rater's repeats of ``round_`` as the rating page counts them in the round's progress line.
 
     The round's counts hold ordinary ratings only, so alone on a round a rater who saw "X of Y" stand still after
@@ -277,8 +284,10 @@ def own_repeats(session: Session, round_: Round, rater_id: int) -> OwnRepeats:
     them in "You: ..." (a scored one as a rating, a pending one as a rating wanted): every card scored, skipped or
     undone moves the line alike. A skipped repeat lowers what is wanted as a skip of an ordinary image in its place
     would (``repo.wanted_after_skips``: when the accounts that can still rate it, the viewer included, are no more than
-    the overlap and more than its ratings by the others)."""
-    scored, pending = db_quality.repeat_counts(session=session, round_id=round_.id, rater_id=rater_id)
+    the overlap and more than its ratings by the others). ``counts``: ``db_quality.repeat_counts`` for the rater and
+    round when the caller has them (``_progress``)."""
+    scored, pending = counts if counts is not None else db_quality.repeat_counts(session=session, round_id=round_.id,
+                                                                                 rater_id=rater_id)
     skipped = db_quality.skipped_repeats(session=session, round_id=round_.id, rater_id=rater_id)
     # "on" from the rater's repeats as they are, not from what is counted: the format stays as it is when a pending
     # repeat is scored, whatever the share (computed from a pending count zeroed at share 0, it changed: review)
@@ -296,10 +305,8 @@ def own_repeats(session: Session, round_: Round, rater_id: int) -> OwnRepeats:
 def page_progress_html(session: Session, experiment: Experiment | None, who: Who) -> str:
     """The rating page's progress line for ``who``: ``progress`` with their own repeats counted in (``own_repeats``).
     The API's ``progress``, the Admin tab and the dashboard keep the round's true counts."""
-    p = progress(session, experiment, who)
-    round_ = (repo.get_open_round(session=session, experiment_id=experiment.id)
-              if experiment is not None and p.round_status == "labeling" else None)
-    return progress_html(p, own_repeats(session, round_, who.rater_id) if round_ is not None else None)
+    p, round_, counts = _progress(session, experiment, who)
+    return progress_html(p, own_repeats(session, round_, who.rater_id, counts=counts) if round_ is not None else None)
 
 
 def progress_html(p: Progress, mine: OwnRepeats | None = None) -> str:
