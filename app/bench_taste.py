@@ -171,9 +171,7 @@ class BenchConfig:
 # ---------------------------------------------------------------------------------------------
 
 
-def as_images(pixels: list[np.ndarray]) -> torch.Tensor:
-    """(H, W, 3) arrays in [0, 1] (:func:`decode_png`'s) as the (B, 3, H, W) float batch a person rates."""
-    return torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float()
+as_images = people.as_images  # (H, W, 3) arrays in [0, 1] (decode_png's) as the batch a person rates
 
 
 def decode_png(b64: str) -> np.ndarray:
@@ -710,10 +708,10 @@ def round_line(r: dict[str, Any]) -> str:
 
 def run(cfg: BenchConfig, command: list[str], log=print) -> dict[str, Any]:
     person = people.load_person(cfg.person)
-    people.check_person(person)
     from app.services import check_model_spec
 
     check_model_spec(cfg.model)  # a mistyped --model: one sentence, before any seed's data dir is made
+    people.check_person(person, people.model_image_size(cfg.model))
     try:
         cfg.out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import math
 import numbers
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +41,25 @@ RATING_MIN, RATING_MAX = 1, 10
 
 class PersonError(ValueError):
     """A person spec that cannot be loaded or a person that answered wrongly; the message is one sentence."""
+
+
+def as_images(pixels: Sequence[np.ndarray]) -> torch.Tensor:
+    """(H, W, 3) arrays in [0, 1] as the (B, 3, H, W) float batch a person rates: contiguous, so a person may
+    ``view`` or ``reshape`` it as any freshly made tensor (a permuted view failed ``images.view(B, -1)`` in round 0
+    after passing the check on a tensor made contiguous: found by review)."""
+    return torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float().contiguous()
+
+
+def _why(exc: BaseException, where: Path | None = None) -> str:
+    """``Type: message (at file.py:line)``, on one line: the innermost frame in the person's file ``where`` (else the
+    innermost frame), so a person's bug can be found; a multi-line message joined, an empty one left out."""
+    message = " ".join(str(exc).split()).rstrip(".")
+    frames = traceback.extract_tb(exc.__traceback__)
+    if where is not None:
+        mine = [f for f in frames if Path(f.filename).resolve() == where]
+        frames = mine or frames
+    at = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}{': ' + message if message else ''}{at}"
 
 
 def oracle_rating(reward: torch.Tensor) -> list[int]:
@@ -68,6 +89,7 @@ BUILT_IN: dict[str, str] = {
 class Person:
     name: str
     fn: Callable[..., Any]
+    path: Path | None = None  # the file a person spec named (its frames locate an error); None: built in
 
     def rate(self, images: torch.Tensor, prompts: Sequence[str]) -> list[int]:
         """The person's ratings of ``images``, checked: B whole numbers from 1 to 10, else PersonError."""
@@ -75,7 +97,7 @@ class Person:
         try:
             answer = self.fn(images, prompts)
         except (Exception, SystemExit) as exc:  # a person that calls sys.exit() is refused, not obeyed
-            raise PersonError(f"person {self.name!r} raised {type(exc).__name__}: {str(exc).rstrip('.')}.") from exc
+            raise PersonError(f"person {self.name!r} raised {_why(exc, self.path)}.") from exc
         return check_ratings(self.name, answer, len(prompts))
 
 
@@ -88,6 +110,8 @@ def check_ratings(name: str, answer: Any, n: int) -> list[int]:
         # numpy has no bfloat16: such a tensor was a TypeError traceback (found by review); float64 holds its values
         answer = (tensor.double() if tensor.is_floating_point() else tensor).numpy()
     if isinstance(answer, np.ndarray):
+        if answer.ndim == 2 and answer.shape[1] == 1:
+            answer = answer[:, 0]  # a column (B, 1): one rating per row
         if answer.ndim != 1:
             raise PersonError(f"person {name!r} returned an array of shape {tuple(answer.shape)}; it must return {n} ratings, one per image.")
         answer = answer.tolist()
@@ -132,24 +156,60 @@ def load_person(spec: str) -> Person:
         raise PersonError(f"person file {where!r} cannot be imported as a Python module.")
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[module_name] = module
+    # the file's own folder is importable (at the end of the path: it shadows nothing), so a person may import a
+    # helper module beside it, at import or when called (found by review)
+    folder = str(path.resolve().parent)
+    if folder not in sys.path:
+        sys.path.append(folder)
     try:
         module_spec.loader.exec_module(module)
     except (Exception, SystemExit) as exc:  # a file that calls sys.exit() on import is refused, not obeyed
         del sys.modules[module_name]
-        raise PersonError(f"person file {where!r} failed to import: {type(exc).__name__}: {str(exc).rstrip('.')}.") from exc
+        raise PersonError(f"person file {where!r} failed to import: {_why(exc, path.resolve())}.") from exc
     try:
         fn = getattr(module, attr)
     except AttributeError:
         raise PersonError(f"person file {where!r} has no function {attr!r}.") from None
     except Exception as exc:  # a module __getattr__ that raises (found by review)
-        raise PersonError(f"person file {where!r} has no usable {attr!r}: {type(exc).__name__}: "
-                          f"{str(exc).rstrip('.')}.") from exc
+        raise PersonError(f"person file {where!r} has no usable {attr!r}: {_why(exc, path.resolve())}.") from exc
     if not callable(fn):
         raise PersonError(f"{attr!r} in {where!r} is a {type(fn).__name__}, not a function (images, prompts) -> ratings.")
-    return Person(spec, fn)
+    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__):
+        raise PersonError(f"{attr!r} in {where!r} is an async function; a person must be a plain function "
+                          "(images, prompts) -> ratings.")
+    return Person(spec, fn, path.resolve())
 
 
-def check_person(person: Person, size: int = 16) -> None:
-    """Call the person once on two grey test images, so a wrong answer is found before any model runs."""
-    images = torch.full((2, 3, size, size), 0.5)
-    person.rate(images, ["a shape", "a shape"])
+def model_image_size(model_spec: str, default: int = 32) -> int:
+    """The side of the images ``model_spec`` makes (the UNet's latent side x the VAE's downscale, as diffusers
+    computes it), read from its config files; ``default`` (the shapes model's 32) when they cannot be read (a hub id
+    not in the cache: the run refuses that model itself)."""
+    import json
+
+    from seiko_core.models import is_local_spec
+
+    def config(part: str) -> dict:
+        if is_local_spec(model_spec):
+            return json.loads((Path(model_spec).expanduser() / part / "config.json").read_text())
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(model_spec, f"{part}/config.json")
+        if not isinstance(found, str):
+            raise FileNotFoundError(f"{part}/config.json")
+        return json.loads(Path(found).read_text())
+
+    try:
+        latent = int(config("unet")["sample_size"])
+        return latent * 2 ** (len(config("vae")["block_out_channels"]) - 1)
+    except (OSError, ValueError, KeyError, TypeError):
+        return default
+
+
+def check_person(person: Person, size: int = 32) -> None:
+    """Call the person once on two grey test images of ``size`` x ``size`` (the model's image size; made as the
+    benchmark makes its batches, ``as_images``), so a wrong answer is found before any model runs."""
+    images = as_images([np.full((size, size, 3), 0.5)] * 2)
+    try:
+        person.rate(images, ["a shape", "a shape"])
+    except PersonError as exc:
+        raise PersonError(f"on two grey {size}x{size} test images, {exc}") from exc

@@ -86,7 +86,8 @@ def test_the_liked_images_variety_is_theirs_over_round_0s_variety_of_all():
 @pytest.mark.parametrize("person, expected", [
     ("nobody", "error: unknown person 'nobody'"),
     ("{tmp}/nope.py:rate", "error: person file"),
-    ("{tmp}/p.py:eleven", "error: person '{tmp}/p.py:eleven' rated image 0 11; ratings must be whole numbers from 1 to 10."),
+    ("{tmp}/p.py:eleven", "error: on two grey 32x32 test images, person '{tmp}/p.py:eleven' rated image 0 11; ratings must be "
+                          "whole numbers from 1 to 10."),
 ])
 def test_the_command_refuses_a_bad_person_in_one_sentence_before_any_work(tmp_path, person, expected):
     (tmp_path / "p.py").write_text("def eleven(images, prompts):\n    return [11] * len(prompts)\n")

@@ -123,6 +123,60 @@ def test_a_file_that_fails_to_import_is_one_sentence(tmp_path):
     assert "\n" not in str(info.value)
 
 
+def test_a_third_party_person_gets_a_contiguous_batch_may_import_beside_it_and_is_located_when_it_fails(tmp_path):
+    """Found by review: the benchmark's batches were a permuted view (``images.view(B, -1)`` failed in round 0 after
+    passing the check), a helper module beside the person file could not be imported, a person's error gave no
+    place and a multi-line message broke the sentence, an async function was refused only as "returned coroutine",
+    and a column of ratings (B, 1) was refused."""
+    (tmp_path / "taste_helper.py").write_text("def score(flat):\n    return 3 + int(flat.mean() > 0.4)\n")
+    (tmp_path / "me.py").write_text(
+        "import numpy as np\n"
+        "from taste_helper import score\n"
+        "def flat(images, prompts):\n"
+        "    rows = images.view(images.shape[0], -1)\n"
+        "    return [score(r) for r in rows]\n"
+        "def column(images, prompts):\n"
+        "    return np.full((len(prompts), 1), 6.0)\n"
+        "def lazy(images, prompts):\n"
+        "    import taste_helper\n"
+        "    return [taste_helper.score(images[0].flatten())] * len(prompts)\n"
+        "def buggy(images, prompts):\n"
+        "    raise RuntimeError('first line\\nsecond line')\n"
+        "async def later(images, prompts):\n"
+        "    return [5] * len(prompts)\n"
+        "class Caller:\n"
+        "    async def __call__(self, images, prompts):\n"
+        "        return [5] * len(prompts)\n"
+        "caller = Caller()\n")
+    batch = people.as_images([np.full((32, 32, 3), 0.5), np.zeros((32, 32, 3))])
+    assert batch.shape == (2, 3, 32, 32) and batch.is_contiguous()
+    assert batch[0, :, 0, 0].tolist() == [0.5, 0.5, 0.5]
+    flat = people.load_person(f"{tmp_path}/me.py:flat")
+    people.check_person(flat, 32)
+    assert flat.rate(batch, ["a", "b"]) == [4, 3]
+    assert people.load_person(f"{tmp_path}/me.py:column").rate(batch, ["a", "b"]) == [6, 6]
+    assert people.load_person(f"{tmp_path}/me.py:lazy").rate(batch, ["a", "b"]) == [4, 4]
+    with pytest.raises(people.PersonError, match=r"raised RuntimeError: first line second line \(at me.py:12\)") as info:
+        people.check_person(people.load_person(f"{tmp_path}/me.py:buggy"))
+    _one_sentence(str(info.value))
+    assert str(info.value).startswith("on two grey 32x32 test images, person ")
+    for name in ("later", "caller"):
+        with pytest.raises(people.PersonError, match="is an async function") as info:
+            people.load_person(f"{tmp_path}/me.py:{name}")
+        _one_sentence(str(info.value))
+
+
+def test_the_check_uses_the_models_own_image_size(worker_model_dir, tmp_path):
+    """The person is checked on images of the size the model makes (unet sample size x the VAE's downscale, as
+    diffusers computes it), read from the model's config files; 32 when they cannot be read."""
+    import json
+
+    unet = json.loads((worker_model_dir / "unet" / "config.json").read_text())["sample_size"]
+    vae = json.loads((worker_model_dir / "vae" / "config.json").read_text())["block_out_channels"]
+    assert people.model_image_size(str(worker_model_dir)) == unet * 2 ** (len(vae) - 1)
+    assert people.model_image_size(str(tmp_path / "no-model")) == 32
+
+
 # ---------------------------------------------------------------------------------------------
 # candidate selection
 # ---------------------------------------------------------------------------------------------
