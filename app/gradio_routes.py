@@ -37,7 +37,10 @@ handlers' own checks (who is signed in, their role) never see them. A review (3 
   ``/gradio_api/run/`` and ``/api/``, which run a handler outside the queue, are not answered.
 - **Routes the app does not use** (proxying, streaming, monitoring, the vibe editor, run history, dev reload, custom
   components, profiling) are not answered (404), so none of them is an attack surface. Nor is ``/gradio_api/token``,
-  which handed the HttpOnly session cookie's token to any script of the page (a later review).
+  which handed the HttpOnly session cookie's token to any script of the page (a later review). Nor are Gradio's
+  file routes (``FILE_ROUTES``: ``/gradio_api/file=<path>`` and the like), which served anything in Gradio's
+  temporary folder to any signed-in rater: the app shows images as ``data:`` URIs and plots inline, and exports
+  download through a route of its own (``app.ui_export``), so no page of it asks for a file URL (a security review).
 - **Events by number and by name** (a later review): ``/queue/join`` with an ``fn_index`` the app does not have, or
   ``POST /call/{name}`` with a name that is not one of the app's public API names, raised in Gradio (a bare 500 and
   a traceback per request, which any rater could repeat); and a private handler could be called by name, its own
@@ -85,11 +88,9 @@ FILE_ROUTES = (f"{API}/file=", f"{API}/file/", "/file=", "/file/")  # Gradio's r
 
 
 def unused(path: str) -> bool:
-    """Whether ``path`` is one of Gradio's routes this app does not answer; also a file route asked to fetch a URL
-    (``/gradio_api/file=http://...``: Gradio downloads it for any signed-in caller)."""
-    if path.startswith((f"{API}/file=", f"{API}/file/")) and "://" in path:
-        return True
-    return path.startswith(UNUSED_PREFIXES)
+    """Whether ``path`` is one of Gradio's routes this app does not answer: ``UNUSED_PREFIXES`` and every file route
+    (``FILE_ROUTES``: a path in Gradio's temporary folder, or a URL Gradio would download for the caller)."""
+    return path.startswith(UNUSED_PREFIXES + FILE_ROUTES)
 
 
 def query_refusal(query_string: bytes) -> str | None:

@@ -24,7 +24,7 @@ For every HTTP and websocket request, before Gradio sees it:
 - **Size**: a request body over ``MAX_REQUEST_BODY`` gets 413 before anything reads it (FastAPI would parse it before
   checking the sign-in), and Gradio's upload routes are not answered (404): the app takes no files.
 - **Gradio's own routes** (``app.gradio_routes``): deep links are not answered (404) nor opened (400), nor are the
-  routes the app does not use; an event's inputs that carry a file object are refused (400) before Gradio fetches
+  routes the app does not use, its file routes (``/gradio_api/file=...``) among them; an event's inputs that carry a file object are refused (400) before Gradio fetches
   it; a Gradio session hash is bound to the account that first used it (403 for any other, 401 signed out), and
   an event's results (``GET /gradio_api/call/{api}/{event id}``) are read only by the account that made it.
 - **Cookies**: every ``Set-Cookie`` the app sends is ``SameSite=Lax`` (Gradio's own say ``SameSite=None``).
@@ -217,9 +217,9 @@ FRAMING_HEADERS = ((b"x-frame-options", b"SAMEORIGIN"), (b"content-security-poli
 # a script), and no page address (an experiment's, an export's) sent to another site in a Referer
 SAFETY_HEADERS = ((b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"same-origin"))
 REPLACED_HEADERS = frozenset(k for k, _ in FRAMING_HEADERS[:1] + SAFETY_HEADERS)
-# headers only a request carries: Gradio's file route answers a Range request with the request's own headers, so its
-# answer repeated the Cookie (the HttpOnly session token, readable by the page's script) and the local token (found by
-# review); no answer of this app carries them
+# headers only a request carries: Gradio's file route (no longer answered) answered a Range request with the request's
+# own headers, so its answer repeated the Cookie (the HttpOnly session token, readable by the page's script) and the
+# local token (found by review); no answer of this app carries them
 REQUEST_ONLY_HEADERS = frozenset((b"cookie", b"authorization", LOCAL_TOKEN_HEADER.encode(), b"x-forwarded-for",
                                   b"x-forwarded-host", b"x-forwarded-proto", b"x-real-ip", b"forwarded", b"range",
                                   b"if-range", b"if-none-match", b"if-modified-since"))
@@ -397,11 +397,6 @@ class WebGuard:
                         client[0] if client else "an unknown address")
         if scope["type"] == "http":
             send = _framing_send(send, get_route_path(scope))
-            if get_route_path(scope).startswith(gradio_routes.FILE_ROUTES) and "range" in headers:
-                # Gradio answers a Range request to its file route with the request's own headers (the Cookie among
-                # them: the HttpOnly session token, readable by the page's script; found by review); the app serves
-                # no media, so the whole file is answered instead
-                scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k.lower() != b"range"]}
         refusal = self.policy.refusal(headers, scope.get("scheme", "http"))
         if refusal is not None:
             await self._refuse(scope, receive, send, _sentence(refusal), 403)

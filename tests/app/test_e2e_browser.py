@@ -56,6 +56,9 @@ def test_sign_in_rate_with_the_keyboard_reload(ui_world_factory, e2e):
     shots = screenshot_dir()
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     errors = watch_errors(page)
+    # the guard answers no Gradio file route (404): the page must never need one (images are data: URIs)
+    file_urls = []
+    page.on("request", lambda r: file_urls.append(r.url) if any(f in r.url for f in ("/file=", "/file/")) else None)
     sign_in(page, demo.local_url, "alice", wait_for="#rating-grid .rg-card")
     assert "Signed in as alice" in page.locator("#signed-in").inner_text()
     ids = [int(c.get_attribute("data-image-id")) for c in page.locator(".rg-card").all()]
@@ -98,6 +101,7 @@ def test_sign_in_rate_with_the_keyboard_reload(ui_world_factory, e2e):
     page.screenshot(path=str(shots / "dashboard.png"), full_page=True)
     assert page.get_by_role("tab", name="Admin").count() == 0  # alice is a rater
     assert not errors, errors
+    assert not file_urls, file_urls
 
 
 def test_local_mode_in_a_browser_opens_only_at_the_printed_address(ui_world_factory, e2e):

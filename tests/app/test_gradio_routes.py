@@ -9,11 +9,12 @@ def test_unused_routes_and_the_ones_the_page_needs():
     for path in ("/gradio_api/deep_link", "/gradio_api/deep_link/", "/gradio_api/proxy=http://x", "/monitoring",
                  "/monitoring/k/dashboard", "/gradio_api/stream/a/b/1/x.ts", "/gradio_api/vibe-edit/",
                  "/gradio_api/runs", "/gradio_api/dev/reload", "/gradio_api/profiling/traces",
-                 "/gradio_api/run/next_batch", "/gradio_api/api/next_batch"):  # these two run a handler outside the queue
+                 "/gradio_api/run/next_batch", "/gradio_api/api/next_batch",  # these two run a handler outside the queue
+                 "/gradio_api/file=/tmp/gradio/abc/x.png", "/file=/x.png", "/gradio_api/file/x.png", "/file/x.png"):
         assert gr_routes.unused(path), path
     for path in ("/", "/config", "/gradio_api/info", "/gradio_api/queue/join", "/gradio_api/queue/data",
                  "/gradio_api/heartbeat/abc", "/gradio_api/call/submit_rating",
-                 "/gradio_api/file=/x.png", "/gradio_api/startup-events", "/theme.css", "/assets/index.js"):
+                 "/gradio_api/startup-events", "/theme.css", "/assets/index.js"):
         assert not gr_routes.unused(path), path
 
 
@@ -82,7 +83,6 @@ def test_the_event_a_call_reads_and_the_requests_that_make_one():
     assert not gr_routes.makes_event("/gradio_api/queue/data", "GET")
     assert gr_routes.event_id_in(b'{"event_id": "e1"}') == "e1" and gr_routes.event_id_in(b"[1]") is None
     assert gr_routes.unused("/gradio_api/file=http://1.1.1.1/x.png") and gr_routes.unused("/gradio_api/file/https://x/y")
-    assert not gr_routes.unused("/gradio_api/file=/tmp/gradio/abc/x.png")
 
 
 def test_owners_tell_what_an_account_forgets_and_the_sweep_drops_only_unowned_old_sessions():

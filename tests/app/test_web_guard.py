@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
@@ -1434,22 +1435,42 @@ def test_every_answer_says_nosniff_and_same_origin_referrer_and_a_private_one_is
     assert static[b"cache-control"] == [b"public, max-age=86400"]  # the app's static code stays cacheable
 
 
-def test_a_range_request_to_gradios_file_route_does_not_echo_the_cookie(served, monkeypatch):
-    """Gradio answers a Range request to /gradio_api/file= with the request's own headers, the Cookie among them: the
-    HttpOnly session token, readable by the page's script (found by review). The guard takes the Range header off
-    such a request (the app serves no media), and no answer carries a request's Cookie, Authorization or local
-    token whatever the route behind it put in."""
+def test_no_answer_echoes_a_requests_cookie_whatever_the_route_behind_put_in(served, monkeypatch):
+    """Gradio answered a Range request to /gradio_api/file= with the request's own headers, the Cookie among them:
+    the HttpOnly session token, readable by the page's script (found by review). File routes are not answered at all
+    now (below), and no answer carries a request's Cookie, Authorization or local token whatever the route behind
+    the guard put in."""
     _, demo, url = served
     guard = web_guard.installed(demo.server_app)
     seen = []
 
-    async def echoing_file_route(scope, receive, send):  # what Gradio's ranged answer does: the request's headers back
+    async def echoing_route(scope, receive, send):  # what Gradio's ranged answer did: the request's headers back
         seen.append(dict(scope["headers"]))
         await send({"type": "http.response.start", "status": 206, "headers": list(scope["headers"])})
         await send({"type": "http.response.body", "body": b"xx"})
 
-    monkeypatch.setattr(guard, "inner", echoing_file_route)
+    monkeypatch.setattr(guard, "inner", echoing_route)
     with signed_in(url) as http:
-        r = http.get("/gradio_api/file=/tmp/gradio/x.png", headers={"Range": "bytes=0-1", "Authorization": "Basic x"})
-    assert seen and b"range" not in seen[0] and b"cookie" in seen[0]  # the route got no Range (and its cookie)
-    assert "cookie" not in r.headers and "authorization" not in r.headers, dict(r.headers)
+        r = http.get("/gradio_api/info", headers={"Range": "bytes=0-1", "Authorization": "Basic x"})
+    assert seen and b"cookie" in seen[0]  # the route got the request's cookie ...
+    assert "cookie" not in r.headers and "authorization" not in r.headers, dict(r.headers)  # ... the answer has none
+
+
+def test_gradios_file_routes_are_not_answered_even_for_a_file_in_its_temporary_folder(served):
+    """Found by a security review: /gradio_api/file=<path> (and /file=, /gradio_api/file/, /file/) served anything in
+    Gradio's temporary folder to any signed-in rater (another app's uploads, a cached file). The app asks for no file
+    URL (images are data: URIs, plots inline, exports have their own route), so every file route gets 404."""
+    _, demo, url = served
+    folder = Path(demo.server_app.uploaded_file_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    secret = folder / f"someone-elses-{time.monotonic_ns()}.txt"
+    secret.write_text("not for raters")
+    try:
+        with signed_in(url) as http:
+            for route in ("/gradio_api/file=", "/file=", "/gradio_api/file/", "/file/"):
+                for method in ("GET", "HEAD"):
+                    r = http.request(method, f"{route}{secret}", headers={"Range": "bytes=0-3"})
+                    assert r.status_code == 404 and b"not for raters" not in r.content, (route, method, r.status_code)
+    finally:
+        secret.unlink()
+
