@@ -12,7 +12,10 @@ For every HTTP and websocket request, before Gradio sees it:
 - **Origin**: a request that carries an ``Origin`` header is refused (403, no CORS headers) unless that origin is
   the request's own (scheme aside: the same host and port as ``Host``) or the configured public URL
   (``SEIKO_PUBLIC_URL``). Browsers send ``Origin`` on every cross-origin request and preflight, and on every
-  POST, so a foreign page can neither preflight, nor post to the queue, nor read ``/gradio_api/token``.
+  POST, so a foreign page can neither preflight, nor post to the queue, nor read ``/gradio_api/token``. An
+  ``http://`` origin is refused for a request known to come over HTTPS: TLS ending here, a trusted proxy's
+  ``X-Forwarded-Proto``, an https public URL of that name, or the always-Secure session cookie on a Host that is not
+  this machine (``WebGuard._scheme``: a session established over HTTPS).
 - **Proxies** (local mode): a request that carries a header a reverse proxy adds (``X-Forwarded-For``, ``Via``, ...)
   gets 403: without accounts only this machine may use the app.
 - **Local token** (local mode): every request shows the secret drawn when the app started (``AppServices.local_token``):
@@ -27,7 +30,11 @@ For every HTTP and websocket request, before Gradio sees it:
   routes the app does not use, its file routes (``/gradio_api/file=...``) among them; an event's inputs that carry a file object are refused (400) before Gradio fetches
   it; a Gradio session hash is bound to the account that first used it (403 for any other, 401 signed out), and
   an event's results (``GET /gradio_api/call/{api}/{event id}``) are read only by the account that made it.
-- **Cookies**: every ``Set-Cookie`` the app sends is ``SameSite=Lax`` (Gradio's own say ``SameSite=None``).
+- **Cookies**: every ``Set-Cookie`` the app sends is ``SameSite=Lax`` (Gradio's own say ``SameSite=None``), and
+  ``Secure`` when the request shows HTTPS (``WebGuard._https_shown``: an https public URL, TLS, the session cookie
+  above, or the browser's own ``Origin: https://...``, as the sign-in's POST carries), so that a page making the
+  browser ask for ``http://`` the same name gets no cookie sent in clear. Over plain http they are not (local use on
+  http://127.0.0.1, a LAN without TLS), since a browser would not keep them.
 - **Sign-in** (with accounts): ``POST /login`` is answered here. Throttled per client address and per account
   (``app.sessions.LoginThrottle``: 429 while locked, without hashing), the scrypt check runs in a thread pool of
   its own (``hash_workers`` threads at nice 10 on Linux, at most ``max_pending`` sign-ins waiting, else 503), so a
@@ -251,13 +258,16 @@ def _framing_send(send: Send, path: str = "") -> Send:
     return wrapped
 
 
-def lax_cookie(value: bytes) -> bytes:
-    """A Set-Cookie value with SameSite=Lax (Strict is kept; None or no SameSite becomes Lax)."""
+def lax_cookie(value: bytes, secure: bool = False) -> bytes:
+    """A Set-Cookie value with SameSite=Lax (Strict is kept; None or no SameSite becomes Lax), and Secure when
+    ``secure`` (the request showed HTTPS: ``WebGuard._https_shown``)."""
     parts = [p for p in value.decode("latin-1").split(";")]
     attrs = [p.strip().lower() for p in parts[1:]]
     strict = "samesite=strict" in attrs
     kept = [parts[0]] + [p for p, a in zip(parts[1:], attrs, strict=True) if not a.startswith("samesite")]
-    return "; ".join([kept[0].strip(), *(p.strip() for p in kept[1:]), "SameSite=Strict" if strict else "SameSite=Lax"]).encode("latin-1")
+    flag = ["Secure"] if secure and "secure" not in attrs else []
+    return "; ".join([kept[0].strip(), *(p.strip() for p in kept[1:]), *flag,
+                      "SameSite=Strict" if strict else "SameSite=Lax"]).encode("latin-1")
 
 
 class _EveryMinute:
@@ -397,16 +407,19 @@ class WebGuard:
                         client[0] if client else "an unknown address")
         if scope["type"] == "http":
             send = _framing_send(send, get_route_path(scope))
-        refusal = self.policy.refusal(headers, scope.get("scheme", "http"))
+        scheme = self._scheme(scope, headers)
+        refusal = self.policy.refusal(headers, scheme)
         if refusal is not None:
             await self._refuse(scope, receive, send, _sentence(refusal), 403)
             return
         path, method = get_route_path(scope), scope.get("method")
+        # every cookie this answer sets is Secure when the request shows HTTPS, whoever set it (Gradio or the guard)
+        secure = self._https_shown(headers, scheme)
         if self.local_token is not None and (gate := self._local_gate(scope, headers, path, method)) is not None:
             if isinstance(gate, str):
                 await self._refuse(scope, receive, send, gate, 401)
             else:
-                await gate(scope, receive, send)
+                await self._lax(gate, secure)(scope, receive, send)
             return
         if scope["type"] == "http":
             if path in UPLOAD_PATHS or gradio_routes.unused(path):
@@ -432,12 +445,12 @@ class WebGuard:
                 return
             receive = self._replay(body or b"", receive)
         if scope["type"] == "http" and path in LOGIN_PATHS and method == "POST" and not self.policy.local_mode:
-            response = await self._login(scope, receive)
-            await self._lax(response)(scope, receive, send)
+            response = await self._login(scope, receive, secure)
+            await self._lax(response, secure)(scope, receive, send)
             return
         if scope["type"] == "http" and path in LOGOUT_PATHS:
             response = await self._logout(scope, headers)
-            await self._lax(response)(scope, receive, send)
+            await self._lax(response, secure)(scope, receive, send)
             return
         if self.sessions is not None:
             user = await self._check_session(headers)
@@ -475,15 +488,15 @@ class WebGuard:
             if user is not None and (named is not None or gradio_routes.makes_event(path, method)):
                 self._sweep()
             if user is not None and named is not None and path.startswith(gradio_routes.HEARTBEAT) and method == "GET":
-                await self._while_beating(named, scope, receive, self._lax_send(send))
+                await self._while_beating(named, scope, receive, self._lax_send(send, secure))
                 return
             if user is not None and gradio_routes.makes_event(path, method):
-                await self._make_event(user, scope, receive, send)
+                await self._make_event(user, scope, receive, self._lax_send(send, secure))
                 return
         elif (refused := self._event_refusal(path, method, parsed)) is not None:  # local mode: past its token
             await self._refuse(scope, receive, send, *refused)
             return
-        await self.inner(scope, receive, self._lax_send(send))
+        await self.inner(scope, receive, self._lax_send(send, secure))
 
     def _event_refusal(self, path: str, method: str | None, parsed: Any) -> tuple[str, int] | None:
         """(sentence, status) refusing an event post, or None: an fn_index or API name the app does not have (404:
@@ -513,7 +526,7 @@ class WebGuard:
         try:
             # asked for uncompressed, so the answer's event id can be read as it passes
             scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k.lower() != b"accept-encoding"]}
-            await self.inner(scope, receive, self._lax_send(self._event_recording_send(send, user)))
+            await self.inner(scope, receive, self._event_recording_send(send, user))
         finally:
             self._admitting[user] -= 1
             if not self._admitting[user]:
@@ -601,18 +614,47 @@ class WebGuard:
         return list(dict.fromkeys(t for name in self._cookie_names() if (t := cookies.get(name))))
 
     @staticmethod
-    def _lax_send(send: Send) -> Send:
+    def _lax_send(send: Send, secure: bool = False) -> Send:
+        """``send`` with every Set-Cookie SameSite=Lax, and Secure when ``secure``."""
         async def wrapped(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start" and message.get("headers"):
-                message = {**message, "headers": [(k, lax_cookie(v) if k.lower() == b"set-cookie" else v)
+                message = {**message, "headers": [(k, lax_cookie(v, secure) if k.lower() == b"set-cookie" else v)
                                                   for k, v in message["headers"]]}
             await send(message)
 
         return wrapped
 
-    def _lax(self, response: Response) -> Response:
-        response.raw_headers = [(k, lax_cookie(v) if k.lower() == b"set-cookie" else v) for k, v in response.raw_headers]
+    def _lax(self, response: Response, secure: bool = False) -> Response:
+        response.raw_headers = [(k, lax_cookie(v, secure) if k.lower() == b"set-cookie" else v)
+                                for k, v in response.raw_headers]
         return response
+
+    def _scheme(self, scope: Scope, headers: Headers) -> str:
+        """The request's scheme as the browser used it: the server's (``https`` when TLS ends here or a trusted proxy
+        says so), or ``https`` (``wss``) when the request carries the session cookie that is always Secure
+        (``access-token-...``) and its Host is not this machine: a browser keeps and sends a Secure cookie only over
+        HTTPS (and to localhost, which is why that is left out), so the session was established, and the request
+        sent, over HTTPS behind a proxy that does not say so. An ``http://`` Origin is then refused (GuardPolicy):
+        a page on plain http of the same name (which anyone on the path can write) cannot use an HTTPS session."""
+        scheme = scope.get("scheme", "http")
+        if scheme not in ("http", "ws") or self.policy.local_mode:
+            return scheme
+        host = split_host(headers.get("host"))
+        if host is None or auth.is_loopback(host[0]) or host[0].rstrip(".").endswith(".localhost"):
+            return scheme
+        if cookie_parser(headers.get("cookie", "")).get(self._cookie_names()[0]):
+            return "https" if scheme == "http" else "wss"
+        return scheme
+
+    def _https_shown(self, headers: Headers, scheme: str) -> bool:
+        """Whether the browser reaches the app over HTTPS, as far as this request shows: the configured public URL is
+        https, the request's scheme (``_scheme``) is, or its Origin is ``https://`` (one the policy let through: the
+        request's own host or the public URL). Then every cookie its answer sets is Secure, so that a request a page
+        makes the browser send to ``http://`` the same name (an <img> on any plain page) carries none in clear."""
+        if self.secure_cookies or scheme in ("https", "wss"):
+            return True
+        origin = split_origin(headers.get("origin"))
+        return origin is not None and origin[0] == "https"
 
     async def _in_thread(self, pool: ThreadPoolExecutor, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
@@ -721,7 +763,7 @@ class WebGuard:
             return {k: v for k, v in form.items() if isinstance(v, str)}
         return "send the sign-in form as application/x-www-form-urlencoded or multipart/form-data"
 
-    async def _login(self, scope: Scope, receive: Receive) -> Response:
+    async def _login(self, scope: Scope, receive: Receive, secure: bool = False) -> Response:
         client = scope.get("client")
         ip = client[0] if client else None
         form = await self._form(scope, receive)
@@ -747,7 +789,7 @@ class WebGuard:
             return JSONResponse({"detail": f"Too many failed sign-ins; try again in {seconds} second{'s' if seconds != 1 else ''}."},
                                 status_code=429, headers={"Retry-After": str(seconds)})
         try:
-            return await self._checked_login(scope, ip, username, password, device, credentials)
+            return await self._checked_login(scope, ip, username, password, device, credentials, secure)
         finally:
             self.throttle.release(ticket)  # after the outcome is counted, so the next guess sees it
 
@@ -770,7 +812,7 @@ class WebGuard:
         return SIGN_IN_WINDOW_S - (now - recent[0]) if len(recent) >= SIGN_INS_PER_ACCOUNT else 0.0
 
     async def _checked_login(self, scope: Scope, ip: str | None, username: str, password: str, device: str | None,
-                             credentials: str) -> Response:
+                             credentials: str, secure: bool = False) -> Response:
         """The sign-in's limits, then its check (``_check_and_start``): at most SIGN_INS_PER_ACCOUNT successes per
         window (429), one sign-in of an account checked at a time (another waits for its end, up to
         SIGN_IN_WAIT_S, as a script signing in from several threads does), at most ``max_pending`` hashing (503)."""
@@ -797,7 +839,7 @@ class WebGuard:
         # held until the outcome is recorded (the success counted), so that the next sign-in sees it (found by review)
         done = self._checking[username] = asyncio.Event()
         try:
-            return await self._check_and_start(scope, ip, username, password, device, credentials)
+            return await self._check_and_start(scope, ip, username, password, device, credentials, secure)
         finally:
             del self._checking[username]
             done.set()
@@ -817,7 +859,7 @@ class WebGuard:
                 del self._waiting[username]
 
     async def _check_and_start(self, scope: Scope, ip: str | None, username: str, password: str, device: str | None,
-                               credentials: str) -> Response:
+                               credentials: str, secure: bool = False) -> Response:
         self.pending += 1
         try:
             result = await self._in_thread(self.hash_pool, auth.check_login, self.factory, username, password)
@@ -867,8 +909,8 @@ class WebGuard:
         response = JSONResponse({"success": True})
         secure_name, plain_name = self._cookie_names()
         response.set_cookie(secure_name, token, httponly=True, samesite="lax", secure=True, path="/")
-        # Secure too when the request came over TLS, so that the token never travels over plain HTTP after it
-        secure = self.secure_cookies or scope.get("scheme") == "https"
+        # Secure too when the sign-in showed HTTPS (``_https_shown``: the public URL, TLS, or the login page's own
+        # https Origin behind a proxy that does not say so), so that the token never travels over plain HTTP after it
         response.set_cookie(plain_name, token, httponly=True, samesite="lax", secure=secure, path="/")
         # this browser signed in to this account: the address's and the account's sign-in locks are not for it
         # (sessions.LoginThrottle)

@@ -42,10 +42,10 @@ CORS_HEADERS = ("access-control-allow-origin", "access-control-allow-credentials
 
 
 def launch(world, *, local_mode: bool = False, public_url: str | None = None, idle_minutes: float | None = None,
-           max_hours: float | None = None, **guard_options):
+           max_hours: float | None = None, allowed_hosts: str | None = None, **guard_options):
     overrides = {"data_dir": str(world.settings.data_dir), "db_url": world.settings.db_url, "model": world.settings.model,
                  "public_url": public_url, "session_idle_minutes": idle_minutes, "session_max_hours": max_hours,
-                 "local_token": LOCAL_TOKEN if local_mode else None}
+                 "local_token": LOCAL_TOKEN if local_mode else None, "allowed_hosts": allowed_hosts}
     settings = Settings.from_env(overrides, environ={})
     from app.ui import AppServices
 
@@ -227,6 +227,71 @@ def test_session_cookies_are_secure_when_the_sign_in_came_over_tls(ui_world, mon
         == [False, True]  # Gradio reads the plain one over http
 
 
+def _secure(cookie: str) -> bool:
+    return "secure" in [a.strip().lower() for a in cookie.split(";")]
+
+
+def test_behind_an_https_proxy_that_does_not_say_so_the_cookies_are_secure_and_http_pages_are_refused(ui_world):
+    """Found by a security review: behind an HTTPS reverse proxy with only SEIKO_ALLOWED_HOSTS set (no public URL, no
+    trusted proxy) the app saw plain http, so the plain session cookie and the device cookie had no Secure flag: a
+    page anywhere making the browser fetch http://<name>/ (an <img>) sent the token in clear, for anyone on the path
+    to replay; and a page on http://<name> (which anyone on the path can write) could call the app with the session.
+    The sign-in's own Origin (https://<name>) now makes every cookie Secure, and a request carrying the always-Secure
+    session cookie (sent by a browser only over HTTPS) refuses an http Origin. Plain http stays as it was."""
+    demo, url = launch(ui_world, allowed_hosts="seiko.example.org")
+    port = url.rsplit(":", 1)[1]
+    form = {"username": "alice", "password": UI_PASSWORD}
+    name = "seiko.example.org"
+    try:
+        over_tls = httpx.post(url + "/login", data=form, headers={"Host": name, "Origin": f"https://{name}"})
+        assert over_tls.status_code == 200, over_tls.text
+        cookies = over_tls.headers.get_list("set-cookie")
+        assert len(cookies) == 3 and all(_secure(c) for c in cookies), cookies  # both session cookies and the device's
+        # a plain-http deployment at that name (no TLS anywhere): only the cookie that always was is Secure
+        plain = httpx.post(url + "/login", data=form, headers={"Host": name, "Origin": f"http://{name}"})
+        assert plain.status_code == 200, plain.text
+        assert sorted(_secure(c) for c in plain.headers.get_list("set-cookie")) == [False, False, True]
+        jar = {c.split("=", 1)[0]: c.split("=", 1)[1].split(";")[0] for c in cookies}
+        session = "; ".join(f"{k}={v}" for k, v in jar.items() if k.startswith("access-token"))
+        plain_only = "; ".join(f"{k}={v}" for k, v in jar.items() if k.startswith("access-token-unsecure"))
+        # the session established over https: a page on http://<name> may not use it; its own https page may
+        r = httpx.get(url + "/gradio_api/user", headers={"Host": name, "Origin": f"http://{name}", "Cookie": session})
+        assert r.status_code == 403 and "are refused" in r.text, (r.status_code, r.text[:200])
+        r = httpx.get(url + "/gradio_api/user", headers={"Host": name, "Origin": f"https://{name}", "Cookie": session})
+        assert r.status_code == 200 and r.json() == "alice"
+        # a plain-http browser never holds the Secure cookie: its http Origin still passes
+        r = httpx.get(url + "/gradio_api/user", headers={"Host": name, "Origin": f"http://{name}", "Cookie": plain_only})
+        assert r.status_code == 200 and r.json() == "alice"
+        # on this machine (http://127.0.0.1, localhost) a browser keeps Secure cookies over http: unchanged
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}"):
+            r = httpx.get(url + "/gradio_api/user", headers={"Host": host, "Origin": f"http://{host}", "Cookie": session})
+            assert r.status_code == 200 and r.json() == "alice", host
+        local = httpx.post(url + "/login", data=form, headers={"Origin": f"http://127.0.0.1:{port}"})
+        assert sorted(_secure(c) for c in local.headers.get_list("set-cookie")) == [False, False, True]
+    finally:
+        demo.close()
+
+
+def test_every_cookie_an_answer_sets_is_secure_when_the_request_shows_https(served, monkeypatch):
+    """Not only the sign-in's: whatever the app behind the guard sets (Gradio's own cookies) is Secure when the
+    browser's Origin is https, and left as it is over plain http."""
+    _, demo, url = served
+    guard = web_guard.installed(demo.server_app)
+    port = url.rsplit(":", 1)[1]
+
+    async def cookie_route(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"set-cookie", b"gradio-thing=1; Path=/; SameSite=None"), (b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    monkeypatch.setattr(guard, "inner", cookie_route)
+    with signed_in(url) as http:
+        tls = http.get("/gradio_api/info", headers={"Host": "localhost", "Origin": "https://localhost"})
+        plain = http.get("/gradio_api/info", headers={"Origin": f"http://127.0.0.1:{port}"})
+    assert tls.headers.get_list("set-cookie") == ["gradio-thing=1; Path=/; Secure; SameSite=Lax"]
+    assert plain.headers.get_list("set-cookie") == ["gradio-thing=1; Path=/; SameSite=Lax"]
+
+
 @pytest.mark.parametrize("host", ["evil.example:7860", "evil.example", "127.0.0.1.evil.example", "192.168.1.20:7860", ""])
 def test_local_mode_answers_only_localhost_host_values(served_local, host):
     """DNS rebinding: a page on evil.example resolving to 127.0.0.1 sent Host evil.example and was the local admin."""
@@ -285,6 +350,8 @@ def test_policy_unit_cases():
     assert refused(False, "internal:7860", "http://seiko.example.org", "https://seiko.example.org")
     assert web_guard.lax_cookie(b"a=b; HttpOnly; SameSite=none; Secure") == b"a=b; HttpOnly; Secure; SameSite=Lax"
     assert web_guard.lax_cookie(b"a=b; SameSite=Strict") == b"a=b; SameSite=Strict"
+    assert web_guard.lax_cookie(b"a=b; Path=/", secure=True) == b"a=b; Path=/; Secure; SameSite=Lax"
+    assert web_guard.lax_cookie(b"a=b; secure", secure=True) == b"a=b; secure; SameSite=Lax"  # not twice
     assert web_guard.lax_cookie(b"a=b") == b"a=b; SameSite=Lax"
 
 
