@@ -8,7 +8,8 @@ For every HTTP and websocket request, before Gradio sees it:
   ``SEIKO_ALLOWED_HOSTS`` (``answered_names``); any other name gets 403, so a page whose name an attacker points at
   a server on an inside network cannot reach it through a visitor's browser (nor guess passwords from there).
 - **Framing**: every response says ``X-Frame-Options: SAMEORIGIN`` and ``Content-Security-Policy:
-  frame-ancestors 'self'``, so no page of another origin can show the app in a frame and steer clicks on it.
+  frame-ancestors 'self'``, so no page of another origin can show the app in a frame and steer clicks on it. With an
+  https public URL every response says ``Strict-Transport-Security`` too (``HSTS_HEADER``).
 - **Origin**: a request that carries an ``Origin`` header is refused (403, no CORS headers) unless that origin is
   the request's own (scheme aside: the same host and port as ``Host``) or the configured public URL
   (``SEIKO_PUBLIC_URL``). Browsers send ``Origin`` on every cross-origin request and preflight, and on every
@@ -237,7 +238,12 @@ REQUEST_ONLY_HEADERS = frozenset((b"cookie", b"authorization", LOCAL_TOKEN_HEADE
 CACHEABLE_PREFIXES = ("/assets/", "/static/", "/favicon", "/gradio_api/assets/", "/theme.css")
 
 
-def _framing_send(send: Send, path: str = "") -> Send:
+# sent when the configured public URL is https (``WebGuard.hsts``): a browser that opened the app over TLS once goes
+# there over TLS for a year, even when a page or a typed address says http (a browser ignores it over plain http)
+HSTS_HEADER = (b"strict-transport-security", b"max-age=31536000")
+
+
+def _framing_send(send: Send, path: str = "", hsts: bool = False) -> Send:
     """``send`` with the framing and safety headers added to the response's start (an X-Frame-Options, a
     X-Content-Type-Options or a Referrer-Policy already there is replaced; a Content-Security-Policy already there is
     kept: a browser enforces every policy it is given), and ``Cache-Control: no-store`` unless ``path`` is the app's
@@ -249,9 +255,10 @@ def _framing_send(send: Send, path: str = "") -> Send:
 
     async def wrapped(message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
-            replaced = REPLACED_HEADERS | REQUEST_ONLY_HEADERS | (set() if cacheable else {b"cache-control"})
+            replaced = REPLACED_HEADERS | REQUEST_ONLY_HEADERS | (set() if cacheable else {b"cache-control"}) \
+                | ({HSTS_HEADER[0]} if hsts else set())
             kept = [(k, v) for k, v in message.get("headers", []) if k.lower() not in replaced]
-            extra = [] if cacheable else [(b"cache-control", b"no-store")]
+            extra = ([] if cacheable else [(b"cache-control", b"no-store")]) + ([HSTS_HEADER] if hsts else [])
             message = {**message, "headers": [*kept, *FRAMING_HEADERS, *SAFETY_HEADERS, *extra]}
         await send(message)
 
@@ -334,6 +341,8 @@ class WebGuard:
         self.inner, self.gradio_app, self.policy = inner, gradio_app, policy
         self.factory, self.sessions, self.throttle = factory, sessions, throttle or LoginThrottle()
         self.secure_cookies, self.max_pending = secure_cookies, max_pending
+        # HTTPS known from the configuration (SEIKO_PUBLIC_URL https): every answer says Strict-Transport-Security
+        self.hsts = bool(policy.public_origin and policy.public_origin.lower().startswith("https://"))
         self.hash_pool = ThreadPoolExecutor(max_workers=hash_workers, thread_name_prefix="seiko-login",
                                             initializer=_lower_thread_priority)
         self.db_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="seiko-session")
@@ -406,7 +415,7 @@ class WebGuard:
                         "seems to come from the proxy and they share its sign-in limit (logged once)",
                         client[0] if client else "an unknown address")
         if scope["type"] == "http":
-            send = _framing_send(send, get_route_path(scope))
+            send = _framing_send(send, get_route_path(scope), self.hsts)
         scheme = self._scheme(scope, headers)
         refusal = self.policy.refusal(headers, scheme)
         if refusal is not None:

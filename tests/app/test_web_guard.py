@@ -268,6 +268,7 @@ def test_behind_an_https_proxy_that_does_not_say_so_the_cookies_are_secure_and_h
             assert r.status_code == 200 and r.json() == "alice", host
         local = httpx.post(url + "/login", data=form, headers={"Origin": f"http://127.0.0.1:{port}"})
         assert sorted(_secure(c) for c in local.headers.get_list("set-cookie")) == [False, False, True]
+        assert "strict-transport-security" not in over_tls.headers  # HTTPS is not known from the configuration
     finally:
         demo.close()
 
@@ -290,6 +291,24 @@ def test_every_cookie_an_answer_sets_is_secure_when_the_request_shows_https(serv
         plain = http.get("/gradio_api/info", headers={"Origin": f"http://127.0.0.1:{port}"})
     assert tls.headers.get_list("set-cookie") == ["gradio-thing=1; Path=/; Secure; SameSite=Lax"]
     assert plain.headers.get_list("set-cookie") == ["gradio-thing=1; Path=/; SameSite=Lax"]
+
+
+def test_an_https_public_url_makes_every_answer_say_strict_transport_security(ui_world):
+    """HTTPS known from the configuration (SEIKO_PUBLIC_URL https://...): a browser that opened the app once goes
+    there over TLS only, so no link or typed address sends it (and its cookies) over plain http. Not sent otherwise."""
+    demo, url = launch(ui_world, public_url="https://seiko.example.org")
+    try:
+        for path in ("/", "/config", "/gradio_api/info", "/assets/nothing.js"):
+            r = httpx.get(url + path, headers={"Host": "seiko.example.org"})
+            assert r.headers.get_list("strict-transport-security") == ["max-age=31536000"], (path, r.status_code)
+    finally:
+        demo.close()
+    for public in (None, "http://seiko.example.org"):
+        demo, url = launch(ui_world, public_url=public)
+        try:
+            assert "strict-transport-security" not in httpx.get(url + "/").headers
+        finally:
+            demo.close()
 
 
 @pytest.mark.parametrize("host", ["evil.example:7860", "evil.example", "127.0.0.1.evil.example", "192.168.1.20:7860", ""])
