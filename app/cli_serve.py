@@ -92,6 +92,22 @@ def build_services(settings: Settings, *, batch_size: int = 8):
     return engine, AppServices(factory=factory, settings=settings, local_mode=local, batch_size=batch_size)
 
 
+def https_warning(services) -> str | None:
+    """The start-up warning for accounts served to other computers (a --host that is not loopback) without
+    SEIKO_PUBLIC_URL: the app then cannot know whether people reach it over HTTPS (a proxy in front ending TLS), so
+    its cookies are Secure only where a browser's own request shows it (app.web_guard), and it sends no
+    Strict-Transport-Security. None when there is nothing to say."""
+    from app import auth
+
+    settings = services.settings
+    if services.local_mode or settings.public_url or auth.is_loopback(settings.host):
+        return None
+    return (f"warning: accounts are served on {settings.host} without SEIKO_PUBLIC_URL (--public-url), so the app cannot "
+            "tell whether people reach it over HTTPS: behind an HTTPS proxy, set it to the address people open "
+            "(https://...) so that every cookie is Secure and browsers are told to use HTTPS only; served over plain "
+            "http, passwords and session cookies cross the network unencrypted")
+
+
 def install_stop_handlers(stop: threading.Event) -> Callable[[], None]:
     """SIGINT and SIGTERM set ``stop``; returns a function that restores the previous handlers."""
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -135,6 +151,8 @@ def launch(services) -> object:
               "open this address, token included); Ctrl-C stops it", flush=True)
     else:
         print(f"SEIKO studio on {demo.local_url} (sign-in with accounts); Ctrl-C stops it", flush=True)
+        if warning := https_warning(services):
+            print(warning, file=sys.stderr, flush=True)
     return demo
 
 

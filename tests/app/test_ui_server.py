@@ -106,6 +106,38 @@ def test_serve_refuses_other_hosts_without_accounts(ui_world_factory, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_serving_accounts_to_the_network_without_a_public_url_warns_once_at_start(monkeypatch, capsys):
+    """Found by a security review: behind an HTTPS proxy with no SEIKO_PUBLIC_URL the app cannot know people use HTTPS
+    (its cookies went out without Secure); `serve` said nothing. Now it warns, once, when accounts are served on an
+    address other computers reach without a public URL; not on this computer only, nor with the URL set."""
+    from types import SimpleNamespace
+
+    from app import cli_serve, web_guard
+    from app.settings import Settings
+
+    class FakeDemo:
+        local_url, server_app = "http://127.0.0.1:7860/", object()
+
+        def launch(self, **kwargs):
+            pass
+
+    monkeypatch.setattr(ui, "build_demo", lambda services: FakeDemo())
+    monkeypatch.setattr(ui, "launch_kwargs", lambda services: {})
+    monkeypatch.setattr(web_guard, "installed", lambda app: object())
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "")  # trust_proxies sets it; restored after the test
+
+    def started(host: str, public_url: str | None = None, local_mode: bool = False) -> str:
+        settings = Settings.from_env({"data_dir": "/tmp/x", "host": host, "public_url": public_url}, environ={})
+        cli_serve.launch(SimpleNamespace(settings=settings, local_mode=local_mode, local_url=lambda url: url))
+        return capsys.readouterr().err
+
+    err = started("0.0.0.0")
+    assert err.count("warning:") == 1 and "without SEIKO_PUBLIC_URL" in err and "https://" in err, err
+    assert started("0.0.0.0", "https://seiko.example.org") == ""
+    assert started("127.0.0.1") == "" and started("localhost") == ""
+    assert started("127.0.0.1", local_mode=True) == ""
+
+
 def test_demo_starts_worker_and_ui_and_stops_both_on_sigterm(tmp_path, monkeypatch, capsys):
     """In-process `python -m app demo` with a stand-in worker: SIGTERM stops the web app and the worker."""
     model = tmp_path / "model"
