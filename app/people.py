@@ -52,8 +52,17 @@ def as_images(pixels: Sequence[np.ndarray]) -> torch.Tensor:
 
 def _why(exc: BaseException, where: Path | None = None) -> str:
     """``Type: message (at file.py:line)``, on one line: the innermost frame in the person's file ``where`` (else the
-    innermost frame), so a person's bug can be found; a multi-line message joined, an empty one left out."""
+    innermost frame), so a person's bug can be found; a multi-line message joined, an empty one left out. A module
+    that sits beside the person's file but cannot be imported gets a hint: the file's folder is not on the import
+    path (the project edits no import path; found by review)."""
     message = " ".join(str(exc).split()).rstrip(".")
+    missing = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
+    if missing and where is not None:
+        top = missing.split(".")[0]
+        if (where.parent / f"{top}.py").is_file() or (where.parent / top).is_dir():
+            message += (f"; {top!r} sits beside the person's file, but that folder is not on Python's import path: "
+                        "put the helper into the person's file, install it, or start the command with that folder "
+                        "on the import path")
     frames = traceback.extract_tb(exc.__traceback__)
     if where is not None:
         mine = [f for f in frames if Path(f.filename).resolve() == where]
@@ -156,11 +165,6 @@ def load_person(spec: str) -> Person:
         raise PersonError(f"person file {where!r} cannot be imported as a Python module.")
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[module_name] = module
-    # the file's own folder is importable (at the end of the path: it shadows nothing), so a person may import a
-    # helper module beside it, at import or when called (found by review)
-    folder = str(path.resolve().parent)
-    if folder not in sys.path:
-        sys.path.append(folder)
     try:
         module_spec.loader.exec_module(module)
     except (Exception, SystemExit) as exc:  # a file that calls sys.exit() on import is refused, not obeyed

@@ -563,7 +563,7 @@ def bench_run(tmp_path, monkeypatch):
         raise _Started(url)
 
     monkeypatch.setattr(bench_taste.people, "load_person", lambda spec: object())
-    monkeypatch.setattr(bench_taste.people, "check_person", lambda person: None)
+    monkeypatch.setattr(bench_taste.people, "check_person", lambda person, size=32: None)
     monkeypatch.setattr(services, "check_model_spec", lambda spec: spec)
     monkeypatch.setattr(migrate, "upgrade", upgrade)
     out = tmp_path / "out"

@@ -323,7 +323,7 @@ def test_a_person_answering_a_bfloat16_tensor_or_with_a_broken_module_is_one_sen
     with pytest.raises(PersonError, match=r"^person 'p' returned a complex tensor; ratings must be whole numbers"):
         check_ratings("p", torch.tensor([7 + 1j]), 1)
     (tmp_path / "lazy.py").write_text("def __getattr__(name):\n    raise RuntimeError('not ready')\n")
-    with pytest.raises(PersonError, match=r"^person file .*lazy\.py' has no usable 'rate': RuntimeError: not ready\.$"):
+    with pytest.raises(PersonError, match=r"^person file .*lazy\.py' has no usable 'rate': RuntimeError: not ready \(at lazy\.py:2\)\.$"):
         load_person(f"{tmp_path}/lazy.py:rate")
 
 

@@ -123,15 +123,16 @@ def test_a_file_that_fails_to_import_is_one_sentence(tmp_path):
     assert "\n" not in str(info.value)
 
 
-def test_a_third_party_person_gets_a_contiguous_batch_may_import_beside_it_and_is_located_when_it_fails(tmp_path):
+def test_a_third_party_person_gets_a_contiguous_batch_a_hint_for_a_helper_beside_it_and_a_place_when_it_fails(tmp_path):
     """Found by review: the benchmark's batches were a permuted view (``images.view(B, -1)`` failed in round 0 after
-    passing the check), a helper module beside the person file could not be imported, a person's error gave no
-    place and a multi-line message broke the sentence, an async function was refused only as "returned coroutine",
+    passing the check), a helper module beside the person file failed with a bare ModuleNotFoundError, a person's
+    error gave no place and a multi-line message broke the sentence, an async function was refused only as "returned coroutine",
     and a column of ratings (B, 1) was refused."""
     (tmp_path / "taste_helper.py").write_text("def score(flat):\n    return 3 + int(flat.mean() > 0.4)\n")
     (tmp_path / "me.py").write_text(
         "import numpy as np\n"
-        "from taste_helper import score\n"
+        "def score(flat):\n"
+        "    return 3 + int(flat.mean() > 0.4)\n"
         "def flat(images, prompts):\n"
         "    rows = images.view(images.shape[0], -1)\n"
         "    return [score(r) for r in rows]\n"
@@ -155,8 +156,14 @@ def test_a_third_party_person_gets_a_contiguous_batch_may_import_beside_it_and_i
     people.check_person(flat, 32)
     assert flat.rate(batch, ["a", "b"]) == [4, 3]
     assert people.load_person(f"{tmp_path}/me.py:column").rate(batch, ["a", "b"]) == [6, 6]
-    assert people.load_person(f"{tmp_path}/me.py:lazy").rate(batch, ["a", "b"]) == [4, 4]
-    with pytest.raises(people.PersonError, match=r"raised RuntimeError: first line second line \(at me.py:12\)") as info:
+    with pytest.raises(people.PersonError, match="'taste_helper' sits beside the person's file, but that folder is not on "
+                       "Python's import path") as info:  # a helper beside it: a hint, not a bare ModuleNotFoundError
+        people.load_person(f"{tmp_path}/me.py:lazy").rate(batch, ["a", "b"])
+    _one_sentence(str(info.value))
+    (tmp_path / "imports.py").write_text("import taste_helper\n")
+    with pytest.raises(people.PersonError, match="failed to import: ModuleNotFoundError: .*'taste_helper' sits beside"):
+        people.load_person(f"{tmp_path}/imports.py:rate")
+    with pytest.raises(people.PersonError, match=r"raised RuntimeError: first line second line \(at me.py:13\)") as info:
         people.check_person(people.load_person(f"{tmp_path}/me.py:buggy"))
     _one_sentence(str(info.value))
     assert str(info.value).startswith("on two grey 32x32 test images, person ")
