@@ -24,6 +24,24 @@ def test_hash_is_salted_and_verifies():
     assert not auth.verify_password("", a)
 
 
+def test_new_hashes_cost_at_least_owasps_scrypt_minimum_and_older_ones_still_verify():
+    """OWASP's Password Storage Cheat Sheet lists scrypt's minimum as N=2^17, r=8, p=1 or one of its equal-cost
+    settings; a new hash records one of them (it was N=2^14, p=1: found by a security review). A hash stored with the
+    older parameters verifies all the same (each hash carries its own), computed here with hashlib directly."""
+    import base64
+    import hashlib
+
+    owasp = {(2**17, 8, 1), (2**16, 8, 2), (2**15, 8, 3), (2**14, 8, 5), (2**13, 8, 10)}
+    _, n, r, p, salt, key = auth.hash_password(PASSWORD).split("$")
+    assert (int(n), int(r), int(p)) in owasp
+    assert hashlib.scrypt(PASSWORD.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p), dklen=32,
+                          maxmem=64 * 1024 * 1024) == base64.b64decode(key)
+    old_salt = b"s" * 16
+    old = hashlib.scrypt(PASSWORD.encode(), salt=old_salt, n=2**14, r=8, p=1, dklen=32)
+    stored = f"scrypt${2**14}$8$1${base64.b64encode(old_salt).decode()}${base64.b64encode(old).decode()}"
+    assert auth.verify_password(PASSWORD, stored) and not auth.verify_password(PASSWORD + "!", stored)
+
+
 @pytest.mark.parametrize("stored", ["", "x$hash", "plain-text-password", auth.LOCAL_ADMIN_HASH, "bcrypt$1$2$3$4$5"])
 def test_foreign_or_marker_hashes_never_match(stored):
     assert not auth.verify_password(stored, stored)
