@@ -82,7 +82,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     from seiko_core.presets import preset
     from seiko_core.reward import fit_reward
-    from seiko_core.stats import mean_ci95
 
     torch.manual_seed(0)
     images, embeddings, prompts = draw(a.model, a.images)
@@ -106,25 +105,43 @@ def main(argv: list[str] | None = None) -> int:
                     row[f"{name}_epochs"] = fit.metrics["best_epoch"]
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+    summary, means = summarise(rows, a.variants, rated)
+    for key, v in summary.items():
+        print(f"{key}: " + ("-" if v["mean"] is None else f"{v['mean']:+.3f}")
+              + ("" if v["ci95"] is None else f" [{v['mean'] - v['ci95']:+.3f}, {v['mean'] + v['ci95']:+.3f}]")
+              + f" over {v['n']}")
+    print(json.dumps(means, indent=1))
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(a).items()}, "rows": rows, "summary": summary,
+                                 "means": means}, indent=1, allow_nan=False))
+    return 0
+
+
+def _finite(x: float) -> float | None:
+    return x if np.isfinite(x) else None
+
+
+def summarise(rows: list[dict], variants, rated) -> tuple[dict, dict]:
+    """(paired differences of each variant minus ``min1`` per person and pooled, as n / mean / 95% half-width; the
+    mean correlation per variant and person, and the mean seconds per fit). A figure that has too few values is None,
+    not NaN: the file is JSON (NaN is not; a half-width of one difference was written as NaN, found by review)."""
+    from seiko_core.stats import mean_ci95
+
     summary = {}
-    for name in a.variants:
+    for name in variants:
         if name == "min1":
             continue
         for person in [*rated, "pooled"]:
             diffs = [r[name] - r["min1"] for r in rows if (person == "pooled" or r["person"] == person)
                      and r[name] is not None and r["min1"] is not None]
             mean, half = mean_ci95(diffs)
-            summary[f"{name} - min1, {person}"] = {"n": len(diffs), "mean": mean, "ci95": half}
-            print(f"{name} - min1, {person}: {mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}] over {len(diffs)}")
-    means = {name: {person: float(np.mean([r[name] for r in rows if r["person"] == person and r[name] is not None]))
-                    for person in rated} for name in a.variants}
-    seconds = {name: float(np.mean([r[f"{name}_seconds"] for r in rows])) for name in a.variants}
-    means["seconds per fit"] = seconds
-    print(json.dumps(means, indent=1))
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(a).items()}, "rows": rows, "summary": summary,
-                                 "means": means}, indent=1))
-    return 0
+            summary[f"{name} - min1, {person}"] = {"n": len(diffs), "mean": _finite(mean), "ci95": _finite(half)}
+    means = {name: {person: _finite(float(np.mean(v))) if (v := [r[name] for r in rows
+                                                                 if r["person"] == person and r[name] is not None])
+                    else None for person in rated} for name in variants}
+    means["seconds per fit"] = {name: _finite(float(np.mean([r[f"{name}_seconds"] for r in rows]))) if rows else None
+                                for name in variants}
+    return summary, means
 
 
 if __name__ == "__main__":
