@@ -521,8 +521,6 @@ def refine_existing(model_dir: str | Path, steps: int | None = None) -> dict:
     from safetensors.torch import load_file, save_file
     from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
-    from .quality import measure_quality, write_model_card
-
     model_dir = Path(model_dir)
     old = json.loads((model_dir / "QUALITY.json").read_text())
     cfg = _saved_config(old)
@@ -539,9 +537,17 @@ def refine_existing(model_dir: str | Path, steps: int | None = None) -> dict:
     refine_s = time.time() - t0
     image_encoder.save_pretrained(model_dir / "image_encoder", safe_serialization=True)
     save_file(text_proj, str(model_dir / "text_projection.safetensors"))
+    return _measure_refined(model_dir, cfg, old, "refine_s", refine_s)
+
+
+def _measure_refined(model_dir: Path, cfg: BuildConfig, old: dict, timing: str, seconds: float) -> dict:
+    """After a stage re-run on a finished build: its config saved, QUALITY.json and the model card measured again,
+    the build's timings kept with the stage's ``seconds`` as ``timing``."""
+    from .quality import measure_quality, write_model_card
+
     atomic.write_text(model_dir / "build_config.json", json.dumps(asdict(cfg), indent=2))
     quality = measure_quality(model_dir, cfg)
-    quality["timings_s"] = {**old.get("timings_s", {}), "refine_s": round(refine_s, 1)}
+    quality["timings_s"] = {**old.get("timings_s", {}), timing: round(seconds, 1)}
     quality["build_config"] = asdict(cfg)
     atomic.write_text(model_dir / "QUALITY.json", json.dumps(quality, indent=2))
     write_model_card(model_dir, quality)
@@ -556,8 +562,6 @@ def refine_unet_existing(model_dir: str | Path, steps: int | None = None, thread
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
-
-    from .quality import measure_quality, write_model_card
 
     model_dir = Path(model_dir)
     old = json.loads((model_dir / "QUALITY.json").read_text())
@@ -575,13 +579,7 @@ def refine_unet_existing(model_dir: str | Path, steps: int | None = None, thread
     refine_unet(cfg, unet, latents, states, cap_idx, empty_idx, caption_weights(data))
     refine_s = time.time() - t0
     unet.save_pretrained(model_dir / "unet", safe_serialization=True)
-    atomic.write_text(model_dir / "build_config.json", json.dumps(asdict(cfg), indent=2))
-    quality = measure_quality(model_dir, cfg)
-    quality["timings_s"] = {**old.get("timings_s", {}), "unet_refine_s": round(refine_s, 1)}
-    quality["build_config"] = asdict(cfg)
-    atomic.write_text(model_dir / "QUALITY.json", json.dumps(quality, indent=2))
-    write_model_card(model_dir, quality)
-    return quality
+    return _measure_refined(model_dir, cfg, old, "unet_refine_s", refine_s)
 
 
 def remeasure(model_dir: str | Path, *, guidance: float | None = None, steps: int | None = None) -> dict:
