@@ -517,20 +517,27 @@ def test_with_one_card_a_batch_no_repeat_is_handed_out(ui_world_factory):
     assert ui_rate.api_batch(world.factory, data, me, limit=1)["items"] == []
 
 
+def _third_batch(ui_world_factory):
+    """A round of 10 images at repeat share 0.5: Alice rates two page batches of 4 ordinary images; the third holds
+    the last 2 and 2 repeats. (world, alice's id, alice, data dir, the page's view, the third batch, her first
+    ratings)."""
+    world = ui_world_factory(n_images=10)
+    alice, me, data = world.accounts["alice"], who(world, "alice"), world.settings.data_dir
+    set_share(world, 0.5)
+    view = ui_rate.load_batch(world.factory, data, me, None, batch_size=4)
+    for _ in range(2):
+        for image_id in list(view.state["batch"]):
+            view = ui_rate.rate(world.factory, data, me, view.state, {"image_id": image_id, "score": 3}, batch_size=4)
+    return world, alice, me, data, view, view.state["batch"], first_ratings(world, alice)
+
+
 @pytest.mark.parametrize("left_open", ["repeat", "ordinary"])
 def test_an_unanswered_card_comes_back_the_same_way_whatever_it_is(ui_world_factory, left_open):
     """The rater leaves one card of their last batch unanswered and asks for a new batch (reload, New batch): that
     card comes back alone, with the counters as they were, whether it is a repeat (pending, as a lease) or an
     ordinary image (held by its lease). An unanswered ordinary card used to come back with a new repeat beside it,
     "left" rising by one: the rater, who knew their own card, knew the other one for a repeat."""
-    world = ui_world_factory(n_images=10)
-    alice, me, data = world.accounts["alice"], who(world, "alice"), world.settings.data_dir
-    set_share(world, 0.5)
-    view = ui_rate.load_batch(world.factory, data, me, None, batch_size=4)
-    for _ in range(2):  # two batches of 4 ordinary images; the third holds the last 2 and 2 repeats
-        for image_id in list(view.state["batch"]):
-            view = ui_rate.rate(world.factory, data, me, view.state, {"image_id": image_id, "score": 3}, batch_size=4)
-    batch, rated = view.state["batch"], first_ratings(world, alice)
+    world, alice, me, data, view, batch, rated = _third_batch(ui_world_factory)
     again, ordinary = [i for i in batch if i in rated], [i for i in batch if i not in rated]
     assert len(again) == 2 and len(ordinary) == 2 and you_counts(view) == (8, 4)
     kept = (again if left_open == "repeat" else ordinary)[0]
@@ -604,14 +611,7 @@ def test_the_page_left_with_a_card_open_shows_the_same_progress_whatever_the_car
     Had the round's counters counted their ordinary ratings only (live, or as of each new batch, reload included),
     the count would tell whether the card left open is a repeat, before it is scored. Both ways (a repeat left open,
     then, after undoing those scores, an ordinary image): the page shows the same progress, step for step."""
-    world = ui_world_factory(n_images=10)
-    alice, me, data = world.accounts["alice"], who(world, "alice"), world.settings.data_dir
-    set_share(world, 0.5)
-    view = ui_rate.load_batch(world.factory, data, me, None, batch_size=4)
-    for _ in range(2):
-        for image_id in list(view.state["batch"]):
-            view = ui_rate.rate(world.factory, data, me, view.state, {"image_id": image_id, "score": 3}, batch_size=4)
-    batch, rated = view.state["batch"], first_ratings(world, alice)
+    world, alice, me, data, view, batch, rated = _third_batch(ui_world_factory)
     again, ordinary = [i for i in batch if i in rated], [i for i in batch if i not in rated]
     assert len(again) == 2 and len(ordinary) == 2
     shown, true_labels = {}, {}
@@ -671,14 +671,7 @@ def test_a_card_left_open_past_its_lease_comes_back_alone_when_nothing_new_is_le
     LEASE_S. Only live leases counted as the rater's cards, so O1 counted as an image new to them and the reload came
     back as O1 and a new repeat, "left for you" up by one: the rater, who knew O1, knew the other card for a repeat.
     Their unanswered cards count as theirs, live lease or not: O1 comes back alone, the counters as they were."""
-    world = ui_world_factory(n_images=10)
-    alice, me, data = world.accounts["alice"], who(world, "alice"), world.settings.data_dir
-    set_share(world, 0.5)
-    view = ui_rate.load_batch(world.factory, data, me, None, batch_size=4)
-    for _ in range(2):
-        for image_id in list(view.state["batch"]):
-            view = ui_rate.rate(world.factory, data, me, view.state, {"image_id": image_id, "score": 3}, batch_size=4)
-    batch, rated = view.state["batch"], first_ratings(world, alice)
+    world, alice, me, data, view, batch, rated = _third_batch(ui_world_factory)
     ordinary = [i for i in batch if i not in rated]
     assert len(ordinary) == 2 and len(offers(world)) == 2
     kept = ordinary[0]
