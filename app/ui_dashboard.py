@@ -7,6 +7,7 @@ worker) are listed in ``METRIC_KEYS``: the first key present wins, dotted keys l
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import html
 import io
@@ -48,6 +49,11 @@ THUMB_MAX = 192  # eval-grid images larger than this are shrunk (smaller ones ar
 # Pair votes likewise ("–" for an experiment that asks for scores only; its ratings "–" when it asks for pairs only).
 HEADERS = ["Round", "Status", "Images", "Images rated", "Ratings", "Ratings wanted", "Comparisons", "Comparisons wanted",
            "Human mean", "Predicted", "Spread (sd)", "KL to prev", "Labels used"]
+# rounds whose ratings are still coming in: a rater who may see the dashboard sees their human figures once the round
+# closes, so the running mean of the round they are rating cannot anchor their next score
+LIVE_STATUSES = ("generating", "labeling")
+LIVE_HIDDEN = ("<div id='dashboard-live-hidden' style='color:var(--seiko-muted)'>The open round's ratings are shown here once it "
+               "closes, so that they cannot sway the scores still to come.</div>")
 NOT_FOR_RATERS = ("<div id='dashboard-hidden'>This experiment's dashboard is for admins: its plots could bias your "
                   "ratings. An admin can let raters see it on the Admin tab.</div>")
 
@@ -319,6 +325,15 @@ def alarms_html(session: Session, experiment: Experiment, thresholds: alarms.Thr
     return f"<div id='reward-alarms'>{lines}</div>"
 
 
+def _hide_live(rows: list[RoundRow]) -> str:
+    """Blanks the human mean of every round still being rated (in place, for a rater's view); the note saying so,
+    or "" when no round is live. Counts stay: the rating page shows the round's progress anyway."""
+    live = [i for i, r in enumerate(rows) if r.status in LIVE_STATUSES and r.human_mean is not None]
+    for i in live:
+        rows[i] = dataclasses.replace(rows[i], human_mean=None)
+    return LIVE_HIDDEN if any(r.status in LIVE_STATUSES for r in rows) else ""
+
+
 def load(factory, experiment_id: int | None, *, admin: bool = False) -> Dashboard:
     with read_session(factory) as s:
         exp = pick_experiment(s, experiment_id)
@@ -326,8 +341,9 @@ def load(factory, experiment_id: int | None, *, admin: bool = False) -> Dashboar
             return Dashboard("<div>No experiment yet.</div>", "<div class='seiko-worker'>Worker: no experiment yet</div>",
                              [], "", [], "", None)
         rows = round_rows(s, exp)
+        live = "" if admin else _hide_live(rows)
         rows_key = hashlib.sha256(json.dumps([r.__dict__ for r in rows]).encode()).hexdigest()
-        return Dashboard(summary_html(exp, admin=admin) + alarms_html(s, exp), worker_html(s, exp, errors=admin), table(rows), rows_key, rows,
+        return Dashboard(summary_html(exp, admin=admin) + live + alarms_html(s, exp), worker_html(s, exp, errors=admin), table(rows), rows_key, rows,
                          eval_grid_key(s, exp), exp.id)
 
 

@@ -51,7 +51,7 @@ class DashboardHandlers:
         exp_id = ui_rate.resolved_experiment_id(self.factory, exp_id)  # one experiment for check and load
         if not visible(self.factory, who, exp_id):  # checked here, not only by hiding the tab
             return None, ""
-        return ui_taste.plot_update(self.factory, exp_id, seen_key)
+        return ui_taste.plot_update(self.factory, exp_id, seen_key, admin=who.is_admin)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from app import auth, services, ui, ui_admin, ui_dashboard, ui_export, ui_options, ui_rate
+from app import auth, services, ui, ui_admin, ui_dashboard, ui_export, ui_options, ui_rate, ui_taste
 from app.auth import AuthError
 from db import jobs as job_queue
 from db import repo
@@ -573,6 +573,39 @@ def test_turning_the_raters_dashboard_off_clears_the_plots_a_rater_has_open(ui_w
     refused = fns["on_dashboard"](ui_world.experiment_id, {"rows": "x"}, request=alice)
     assert refused[0] == ui_dashboard.NOT_FOR_RATERS and refused[3] is None and refused[5] == {}
     assert fns["on_taste"](ui_world.experiment_id, "key", request=alice) == (None, "")
+
+
+def test_a_rater_sees_a_rounds_ratings_on_the_dashboard_only_once_it_closes(ui_world):
+    """With the dashboard open to raters, a rater saw the open round's human mean and its share >= 6 move as scores
+    came in, a running figure that could anchor the scores still to come (found by review). A rater now sees a
+    round's human figures once it closes; admins see them live; the counts (progress) stay for everyone."""
+    import gradio as gr
+
+    demo = ui.build_demo(ui_world.services())
+    fns = {bf.fn.__name__: bf.fn for bf in demo.fns.values() if bf.fn is not None}
+    alice, root = (gr.Request(username=n, client={"host": "127.0.0.1"}) for n in ("alice", "root"))
+    ui_admin.set_dashboard_access(ui_world.factory, who(ui_world, "root"), ui_world.experiment_id, True)
+    for image, score in zip(ui_world.image_ids, [9, 8, 2, 7, 6, 9], strict=False):
+        ui_rate.submit(ui_world.factory, who(ui_world, "bob"), image, score)
+    n = min(len(ui_world.image_ids), 6)
+
+    def human_mean(request):
+        summary, _, table, *_ = fns["on_dashboard"](ui_world.experiment_id, {}, request=request)
+        row = dict(zip(ui_dashboard.HEADERS, table[0]))
+        return summary, row["Human mean"], row["Ratings"]
+
+    summary, mean, ratings = human_mean(alice)
+    assert (mean, ratings) == ("–", str(n)) and "dashboard-live-hidden" in summary
+    summary, mean, ratings = human_mean(root)
+    assert mean != "–" and ratings == str(n) and "dashboard-live-hidden" not in summary
+    assert [r.index for r in ui_taste.rows(ui_world.factory, ui_world.experiment_id, admin=False)] == []
+    assert [r.index for r in ui_taste.rows(ui_world.factory, ui_world.experiment_id, admin=True)] == [0]
+    assert fns["on_taste"](ui_world.experiment_id, None, request=alice)[0] is not None  # the plot, without round 0
+
+    ui_admin.close_round(ui_world.factory, who(ui_world, "root"), ui_world.experiment_id, expected_index=0)
+    summary, mean, _ = human_mean(alice)
+    assert mean == human_mean(root)[1] != "–" and "dashboard-live-hidden" not in summary
+    assert [r.index for r in ui_taste.rows(ui_world.factory, ui_world.experiment_id, admin=False)] == [0]
 
 
 def test_an_experiment_and_its_audit_entry_are_written_together(ui_world, tmp_path, monkeypatch):
