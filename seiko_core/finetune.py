@@ -305,6 +305,9 @@ def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: st
         unet.enable_gradient_checkpointing()
     unet.train()
     opt = torch.optim.AdamW(params, lr=ft.lr, weight_decay=ft.weight_decay)
+    # with a zero KL weight the previous model is not run at all: its passes (and their graph) cost 2-3x the step
+    # for a term multiplied by 0 (found by review); the history's "kl" is then None, not a 0 that was never measured
+    kl_reference = reference if ft.kl_weight > 0 else "skip"
     rank, world = acc.process_index, acc.num_processes
     gen = torch.Generator().manual_seed(seed * 7919)  # the same on every rank: it draws the global batch
     total = ft.steps_per_epoch(world) * ft.epochs
@@ -334,7 +337,7 @@ def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: st
                 any_attached = any_attached or bool(attached.any())
                 loss, r, traj = trajectory_loss(parts, reward_fn, batch_prompts, seeds, ft, schedule=schedule, eta=sc.eta,
                                                 guidance=sc.guidance, attached=attached, adapter=adapter,
-                                                reference=reference, trainable=params, autocast=acc.autocast)
+                                                reference=kl_reference, trainable=params, autocast=acc.autocast)
                 if loss.requires_grad:  # per_step truncation attaches no step at all now and then (3.8% at 4 steps)
                     acc.backward(loss / ft.grad_accum)  # scales the loss when fp16 has a loss scaler
                 sums += torch.stack([r.detach().float().mean(), traj.kl.detach().float().mean(), loss.detach().float()])
@@ -367,7 +370,8 @@ def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: st
             # published reward, KL and loss of a multi-process round were rank 0's (found by review)
             means = acc.reduce(own, "mean") if world > 1 else own
             reward_m, kl_m, loss_m, gnorm = (torch.cat([means, grad_norm.reshape(1).to(sums)])).tolist()
-            rec = {"step": step, "reward": reward_m, "kl": kl_m, "loss": loss_m, "grad_norm": gnorm,
+            rec = {"step": step, "reward": reward_m, "kl": kl_m if kl_reference != "skip" else None, "loss": loss_m,
+                   "grad_norm": gnorm,
                    "elapsed_s": time.time() - start}
             if world > 1:  # this rank's own share, which tells that the ranks drew different trajectories
                 rec["rank_reward"] = float(own[0])

@@ -651,3 +651,44 @@ def test_with_several_processes_a_step_with_no_attached_step_leaves_the_weights_
     assert [h["grad_norm"] for h in out.history] == [0.0] and two.reduced == [3]
     after = {n: p.detach() for n, p in random_parts.unet.named_parameters() if "lora_" in n}
     assert all(torch.equal(before[n], after[n]) for n in before)
+
+
+def test_a_zero_kl_weight_never_runs_the_previous_model(random_parts, monkeypatch):
+    """With kl_weight 0 every attached step still ran the previous model (with its graph) for a term multiplied by
+    0: 2-3x the step's time (found by review). It is not run at all now, and the history says the KL was not
+    measured (None) rather than 0; with a positive weight it runs as before."""
+    from seiko_core import finetune as ft_mod
+
+    calls = []
+    real = ft_mod.previous_eps
+    monkeypatch.setattr(ft_mod, "previous_eps", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg = tiny_cfg()
+    cfg.finetune.truncation, cfg.finetune.truncation_k = "per_trajectory", 5  # every step attached: every step runs it
+    lora.add_adapter(random_parts.unet, "round_1", cfg.finetune)
+    lora.add_adapter(random_parts.unet, "round_2", cfg.finetune, init_from="round_1")
+    for weight in (0.0, 0.1):
+        calls.clear()
+        cfg.finetune.kl_weight = weight
+        res = finetune(random_parts, redness, ["a shape"], cfg, adapter="round_2", reference="round_1", seed=0)
+        if weight == 0:
+            assert calls == [] and [h["kl"] for h in res.history] == [None, None] and res.metrics["kl_last"] is None
+        else:
+            assert len(calls) > 0 and all(h["kl"] >= 0 for h in res.history) and res.metrics["kl_last"] is not None
+
+
+def test_the_rounds_head_spread_is_the_population_sd_as_the_other_spreads(random_parts):
+    """The dashboard's "Spread (sd)" reads the eval grid's head_spread (population sd) or, before it exists, the
+    round's train_head_spread, which was the sample sd: 15% higher at 4 heads (found by review). Both are the
+    population sd now, checked by hand from the round's own ensemble."""
+    from seiko_core import loop
+
+    cfg = tiny_cfg()
+    dim = int(random_parts.image_encoder.config.projection_dim)
+    gen = torch.Generator().manual_seed(0)
+    emb, scores = torch.randn(12, dim, generator=gen), torch.randint(1, 11, (12,), generator=gen).float()
+    out = loop.train_round(random_parts, emb, scores, cfg, new_index=1, prev_adapter=None, seed=0)
+    with torch.no_grad():
+        preds = out.ensemble(emb.float()).numpy()
+    assert preds.shape[1] > 1
+    by_hand = float(((preds - preds.mean(1, keepdims=True)) ** 2).mean(1).__pow__(0.5).mean())
+    assert out.metrics["train_head_spread"] == pytest.approx(by_hand, rel=1e-5)
