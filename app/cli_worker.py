@@ -100,12 +100,10 @@ def main(args: argparse.Namespace) -> int:
 
     worker = Worker(settings, worker_id, lease_s=args.lease_s, poll_s=args.poll_s)
 
-    def stop_on_sigterm(signum, frame) -> None:
-        worker.stop()  # idle: run_forever returns and we exit 0
-        if worker.current_job is not None:
-            raise SystemExit(128 + signum)  # busy: the worker hands its job back (queued again), then exits
-
-    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    # idle: SIGTERM makes run_forever return (exit 0), Ctrl-C exits 130; busy: the job is handed back (queued again,
+    # no attempt used), then the worker exits; a second signal does not interrupt that hand-back
+    signal.signal(signal.SIGTERM, worker.interrupt_for_signal)
+    signal.signal(signal.SIGINT, worker.interrupt_for_signal)
     try:
         try:
             worker.start()

@@ -255,12 +255,10 @@ def run_rank(args: argparse.Namespace, settings, worker_id: str) -> int:
     worker = Worker(settings, worker_id, lease_s=args.lease_s, poll_s=args.poll_s, device=group.device)
     worker.group = group
 
-    def stop_on_sigterm(signum, frame) -> None:
-        worker.stop()
-        if worker.current_job is not None:
-            raise SystemExit(128 + signum)  # busy: hand the job back, then leave (the supervisor stops the rest)
-
-    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    # busy: hand the job back, then leave (the supervisor stops the rest); a terminal's Ctrl-C reaches rank 0 as well
+    # as the SIGTERM the supervisor forwards, and the second signal must not interrupt that hand-back
+    signal.signal(signal.SIGTERM, worker.interrupt_for_signal)
+    signal.signal(signal.SIGINT, worker.interrupt_for_signal)
     from db.errors import SchemaOutOfDate
 
     try:

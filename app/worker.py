@@ -359,6 +359,7 @@ class Worker:
         self.eval_chunk = eval_chunk  # eval grid cells per chunk: between chunks an eval job may give way
         self.last_error: str | None = None  # the error of the last job this worker ran, None if it succeeded
         self.current_job: int | None = None  # the id of the job being processed, None while idle
+        self._interrupted = False  # interrupt_for_signal raised for the current job: its hand-back is under way
         self._model: ModelParts | None = None  # one loaded base model, for the spec of the last job
         self._adapters: dict[str, Path] = {}  # adapter name on the cached UNet -> the directory it was loaded from
         self._started = False
@@ -426,6 +427,29 @@ class Worker:
         """Ask :meth:`run_forever` to return after the current job."""
         self._stopping.set()
 
+    def interrupt_for_signal(self, signum: int, frame: Any = None) -> None:
+        """The SIGTERM and SIGINT handler of ``python -m app worker`` (one process, or rank 0 of ``--processes N``).
+
+        It asks :meth:`stop`. While a job is held, the first signal raises (SystemExit(128 + signum) for SIGTERM,
+        KeyboardInterrupt for SIGINT), so that :meth:`run_once` hands the job back without using an attempt and the
+        worker ends. Any later signal during that job only logs that the stop is under way: a second one (Ctrl-C and
+        the supervisor's forwarded SIGTERM, or two SIGTERMs) raised again inside the hand-back, which left the job
+        running under a dead lease, to cost an attempt later (found by review). Idle, SIGINT raises KeyboardInterrupt
+        as Python's own handler does, and SIGTERM only stops."""
+        self.stop()
+        if self.current_job is None:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
+        if self._interrupted:
+            log.warning("worker %r: signal %d while job %d is being handed back; the stop is under way", self.worker_id,
+                        signum, self.current_job)
+            return
+        self._interrupted = True  # before raising: a pending second signal runs its handler inside the hand-back
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)
+
     def close(self) -> None:
         self.engine.dispose()
 
@@ -449,7 +473,7 @@ class Worker:
         run = _Run(job, progress, heartbeat)
         start = time.monotonic()
         try:
-            # from here a SIGTERM raises SystemExit (app.cli_worker: a job is held), handed back below
+            # from here a SIGTERM or SIGINT raises (interrupt_for_signal: a job is held), handed back below
             self.current_job = job.id
             if self._stopping.is_set():
                 raise _StoppedAsItClaimed
@@ -497,6 +521,7 @@ class Worker:
         finally:
             heartbeat.stop()
             self.current_job = None
+            self._interrupted = False
         return True
 
     def _fail(self, job: ClaimedJob, error: str) -> None:

@@ -251,9 +251,11 @@ def test_a_batch_that_does_not_split_leaves_the_group_usable():
     assert group.broken is False
 
 
-def _fake_rank_0(monkeypatch, run_once) -> list:
+def _fake_rank_0(monkeypatch, run_once, handlers: dict | None = None) -> list:
     """run_rank as rank 0 with a stand-in group and a stand-in worker whose run_once_outlasting_outages is
-    ``run_once``; returns the list that records each stop_followers call."""
+    ``run_once``; returns the list that records each stop_followers call. The signal handlers run_rank installs are
+    recorded in ``handlers`` (signal number: handler), not installed in the test process."""
+    import signal
     import threading
 
     from app import train_dist
@@ -277,9 +279,14 @@ def _fake_rank_0(monkeypatch, run_once) -> list:
         def run_once_outlasting_outages(self):
             return run_once()
 
+        def interrupt_for_signal(self, signum, frame=None):
+            pass
+
         def close(self):
             pass
 
+    installed = {} if handlers is None else handlers
+    monkeypatch.setattr(signal, "signal", lambda signum, handler: installed.__setitem__(signum, handler))
     monkeypatch.setattr(train_dist, "_die_with_parent", lambda: None)
     monkeypatch.setattr(train_dist, "Group", FakeGroup)
     monkeypatch.setattr(worker_mod, "Worker", FakeWorker)
@@ -352,3 +359,20 @@ def test_rank_0_says_once_that_the_schema_changed_and_the_group_is_not_started_a
     settings = SimpleNamespace(db_url="sqlite:///unused.db", data_dir=tmp_path, model="unused")
     assert train_dist.supervise(args, settings, "w") == 1
     assert sorted(starts.read_text()) == ["0", "1"] and handed == []  # one group, nothing handed back
+
+
+def test_rank_0_stops_on_sigint_and_sigterm_with_the_workers_one_handler(monkeypatch):
+    """Ctrl-C reaches rank 0 (started in the terminal's process group) along with the SIGTERM the supervisor
+    forwards: rank 0 had Python's default SIGINT and a SIGTERM handler of its own, and the second signal interrupted
+    the hand-back of its job (found by review). Both now go to Worker.interrupt_for_signal, which raises once a job."""
+    import argparse
+    import signal
+
+    handlers: dict = {}
+    _fake_rank_0(monkeypatch, lambda: False, handlers)
+    args = argparse.Namespace(processes=2, once=True, lease_s=60, poll_s=1, nice=0)
+    from app import train_dist
+
+    assert train_dist.run_rank(args, None, "w") == 0
+    assert set(handlers) == {signal.SIGINT, signal.SIGTERM}
+    assert all(getattr(h, "__name__", None) == "interrupt_for_signal" for h in handlers.values()), handlers

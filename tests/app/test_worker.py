@@ -517,6 +517,33 @@ def test_worker_lowers_its_cpu_priority_and_refuses_a_bad_niceness(tmp_path, _sq
     assert bad.returncode == 2 and "expected a whole number from 0 to 19, got '20'" in bad.stderr
 
 
+@pytest.mark.parametrize("signum, status", [(2, 130), (15, 0)], ids=["sigint", "sigterm"])
+def test_an_idle_worker_ends_on_one_stop_signal_as_before(tmp_path, _sqlite_at_head, signum, status):
+    """`python -m app worker` installs Worker.interrupt_for_signal for SIGINT and SIGTERM: idle, Ctrl-C still exits
+    130 and SIGTERM 0, with no traceback."""
+    import shutil
+    import signal
+
+    db = tmp_path / "seiko.db"
+    shutil.copy(_sqlite_at_head, db)
+    env = {**os.environ, "SEIKO_DB_URL": f"sqlite:///{db}", "SEIKO_DATA_DIR": str(tmp_path / "data"), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "app", "worker", "--poll-s", "0.2", "--nice", "0"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        seen = []
+        while not any(" ready (" in line for line in seen):  # the handlers are installed before the worker starts
+            line = proc.stderr.readline()
+            assert line, "".join(seen)
+            seen.append(line)
+        proc.send_signal(signal.Signals(signum))
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == status and "Traceback" not in err, err
+
+
 def test_query_images_are_published_before_the_eval_grid_and_a_retry_finishes_the_grid(worker_world, monkeypatch):
     """Issue 12: the rater's images are open for labeling while the eval grid is still to come (its own job). An eval
     job that fails is retried; the round's train job goes first, and the retry adds only the grid, even when the round
@@ -736,6 +763,84 @@ def test_a_stopped_worker_hands_its_job_back_without_using_an_attempt(worker_wor
         assert (job.status, job.attempts) == ("queued", 1) and "was stopped (SystemExit)" in job.error
     else:
         assert (job.status, job.attempts, job.error, job.lease_owner) == ("queued", 0, None, None)
+    worker.close()
+
+
+@pytest.mark.parametrize("how", ["ctrl-c-and-sigterm-pending-together", "sigterm-again-during-the-hand-back"])
+def test_a_second_stop_signal_does_not_interrupt_the_hand_back(worker_world, monkeypatch, how):
+    """Ctrl-C reaches rank 0 of `worker --processes N` with the SIGTERM its supervisor forwards (or a service manager
+    sends SIGTERM twice): the second signal raised SystemExit again inside run_once's hand-back, so the job stayed
+    'running' under a dead lease and later cost an attempt. Found by review. One signal interrupts a job, once."""
+    import signal
+
+    from app import worker as worker_mod
+
+    world = worker_world
+    eid = world.create_experiment("stopped-twice")
+    worker = world.worker()
+    if how == "ctrl-c-and-sigterm-pending-together":
+        def job(run):  # both pending at once: CPython runs SIGINT's handler, then SIGTERM's inside the except branch
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+            for _ in range(10**6):
+                pass
+            pytest.fail("the signals were not handled")
+
+        raised = KeyboardInterrupt
+    else:
+        real_yield_job = job_queue.yield_job
+
+        def yield_job(**kwargs):
+            worker.interrupt_for_signal(signal.SIGTERM)  # the second SIGTERM arrives as the job is handed back
+            return real_yield_job(**kwargs)
+
+        monkeypatch.setattr(worker_mod.job_queue, "yield_job", yield_job)
+
+        def job(run):
+            worker.interrupt_for_signal(signal.SIGTERM)
+            pytest.fail("a SIGTERM during a job must interrupt it")
+
+        raised = SystemExit
+    worker.handlers["generate"] = job
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for sig in before:
+            signal.signal(sig, worker.interrupt_for_signal)
+        with pytest.raises(raised):
+            worker.run_once()
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+    (job_row,) = _jobs(world, eid)
+    assert (job_row.status, job_row.attempts, job_row.error, job_row.lease_owner) == ("queued", 0, None, None)
+    assert worker.current_job is None and worker._stopping.is_set()
+    worker.close()
+
+
+def test_one_stop_signal_keeps_its_behaviour_busy_and_idle(worker_world):
+    """interrupt_for_signal, the handler of both entry points: one SIGTERM in a job raises SystemExit(143) and the job
+    is handed back; the next job's first signal interrupts it again (the mark is per job); idle, SIGTERM only stops
+    the worker and SIGINT raises KeyboardInterrupt as Python's own handler does."""
+    import signal
+
+    world = worker_world
+    eid = world.create_experiment("stopped-once")
+    worker = world.worker()
+    worker.handlers["generate"] = lambda run: worker.interrupt_for_signal(signal.SIGTERM)
+    for _ in range(2):
+        with pytest.raises(SystemExit) as exited:
+            worker.run_once()
+        assert exited.value.code == 143
+        (job,) = _jobs(world, eid)
+        assert (job.status, job.attempts, job.error, job.lease_owner) == ("queued", 0, None, None)
+        worker._stopping.clear()
+    assert worker.interrupt_for_signal(signal.SIGTERM) is None and worker._stopping.is_set()
+    worker._stopping.clear()
+    with pytest.raises(KeyboardInterrupt):
+        worker.interrupt_for_signal(signal.SIGINT)
+    assert worker._stopping.is_set()
     worker.close()
 
 
