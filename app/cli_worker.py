@@ -18,7 +18,8 @@ import uuid
 from app.settings import Settings
 from app.settings import add_arguments as add_settings_arguments
 from db import migrate
-from db.errors import SchemaOutOfDate
+from db.checks import check_name
+from db.errors import InvalidInput, SchemaOutOfDate
 
 MAX_SECONDS = 86_400.0  # a day: 1e12 passed and crashed the worker (a lease's end past what a date holds; review)
 
@@ -78,8 +79,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_settings_arguments(parser, model=False)  # each job loads its experiment's own model
 
 
+def check_worker_id(worker_id: str, processes: int) -> str:
+    """``worker_id`` if the job table takes it as a lease's owner (``db.checks.check_name``: not blank, no leading or
+    trailing spaces, no control characters, at most ``db.models.NAME_MAX`` characters), else InvalidInput with one
+    sentence. With ``processes`` > 1 the followers are named ID/rank1 ... (app.train_dist.run_rank): those must fit
+    too, or every follower would fail at its start."""
+    check_name("the worker id (--worker-id)", worker_id)
+    if processes > 1:
+        check_name(f"the worker id (--worker-id) with its last process's suffix /rank{processes - 1}",
+                   f"{worker_id}/rank{processes - 1}")
+    return worker_id
+
+
 def main(args: argparse.Namespace) -> int:
     settings = Settings.from_args(args)
+    worker_id = args.worker_id or default_worker_id()
+    try:
+        # a name the job table refuses crashed the worker with a traceback at every claim (found by review); refused
+        # here, before the heavy imports and, with --processes, before any rank starts
+        check_worker_id(worker_id, args.processes)
+    except InvalidInput as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     try:
         migrate.check_at_head(settings.db_url)  # before the heavy imports, so a refusal is quick and alone on stderr
     except SchemaOutOfDate as exc:
@@ -87,7 +108,6 @@ def main(args: argparse.Namespace) -> int:
         return 1
     from app import train_dist
 
-    worker_id = args.worker_id or default_worker_id()
     rank = f"[rank {os.environ.get('RANK')}] " if train_dist.in_group() else ""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s {rank}%(name)s: %(message)s")
     if args.processes > 1 and not train_dist.in_group():  # the supervisor: no model, no job, its ranks do the work

@@ -69,6 +69,7 @@ from app.settings import Settings, shown_url
 from db import comparisons, migrate, repo
 from db import jobs as job_queue
 from db import quality as db_quality
+from db.checks import check_name
 from db.engine import is_outage, make_engine, read_session, session_factory, write_session
 from db.errors import Conflict, InvalidInput, LeaseLost
 from seiko_core import lora
@@ -346,8 +347,8 @@ class Worker:
             raise ValueError(f"lease_s must be a positive number of seconds, got {lease_s!r}")
         if isinstance(poll_s, bool) or not isinstance(poll_s, int | float) or not math.isfinite(poll_s) or poll_s < 0:
             raise ValueError(f"poll_s must be a non-negative number of seconds, got {poll_s!r}")
-        if not isinstance(worker_id, str) or not worker_id.strip():
-            raise ValueError(f"worker_id must be a non-empty string, got {worker_id!r}")
+        # what claim_job takes as a lease's owner: a name it refuses crashed the worker at every claim (found by review)
+        check_name("worker_id", worker_id)
         if isinstance(eval_chunk, bool) or not isinstance(eval_chunk, int) or eval_chunk < 1:
             raise ValueError(f"eval_chunk must be a whole number of images from 1, got {eval_chunk!r}")
         self.settings, self.worker_id = settings, worker_id

@@ -362,3 +362,34 @@ def test_a_worker_time_past_a_day_is_refused_at_the_start(tmp_path, flag):
     proc = run_cli("worker", "--once", flag, "1e12", "--data-dir", str(tmp_path / "d"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "expected a positive number of seconds, at most a day (86400), got '1e12'" in proc.stderr
+
+
+@pytest.mark.parametrize("worker_id, processes, expected", [
+    (" gpu-box", 1, "error: the worker id (--worker-id) ' gpu-box' has leading or trailing spaces"),
+    ("x" * 201, 1, "error: the worker id (--worker-id) is 201 characters long; the limit is 200"),
+    ("gpu\x1bbox", 1, "error: the worker id (--worker-id) 'gpu\\x1bbox' contains the control or format character U+001B; "
+                      "use letters, digits, punctuation and spaces"),
+    # its followers are named ID/rank1 ...: refused by the supervisor before any rank starts
+    ("x" * 195, 2, "error: the worker id (--worker-id) with its last process's suffix /rank1 is 201 characters long; "
+                   "the limit is 200"),
+], ids=["spaces", "too-long", "control-character", "too-long-for-its-ranks"])
+def test_a_worker_id_the_job_table_refuses_is_one_sentence_at_the_start(tmp_path, _sqlite_at_head, worker_id, processes,
+                                                                         expected):
+    """A --worker-id that claim_job refuses (spaces around it, over 200 characters, a control character) was accepted
+    at the start; the worker then failed at its first claim, after its model imports and log lines (found by
+    review). It is refused first, in one sentence, and the Worker refuses it too."""
+    import shutil
+
+    from app.settings import Settings
+    from app.worker import Worker
+    from db.errors import InvalidInput
+
+    data = tmp_path / "d"
+    data.mkdir()
+    shutil.copy(_sqlite_at_head, data / "seiko.db")
+    proc = run_cli("worker", "--once", "--worker-id", worker_id, "--processes", str(processes), "--data-dir", str(data))
+    assert proc.returncode == 1 and one_sentence(proc) == expected
+    if processes == 1:
+        settings = Settings.from_env({"data_dir": str(data), "db_url": f"sqlite:///{data / 'seiko.db'}"}, environ={})
+        with pytest.raises(InvalidInput, match="worker_id"):
+            Worker(settings, worker_id)
