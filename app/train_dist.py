@@ -404,7 +404,9 @@ def supervise(args: argparse.Namespace, settings, worker_id: str) -> int:
             p.wait()
         hand_back_jobs(settings, worker_id, reason)
         if stopping or args.once:  # --once runs one group: another would be a second run (found by review)
-            return 1 if code == 0 else (128 - code if code < 0 else code)
+            # RESTART_EXIT is rank 0 asking for a fresh group after its train job failed, not a status for the caller:
+            # `--once` promised 1 when its job failed, and returned 75 (found by review)
+            return 1 if code in (0, RESTART_EXIT) else (128 - code if code < 0 else code)
         quick = quick + 1 if time.monotonic() - started < QUICK_FAILURE_S and code != RESTART_EXIT else 0
         if quick >= MAX_QUICK_FAILURES:
             log.error("worker %r: the group ended %d times in a row within %.0f s of starting; giving up",

@@ -376,3 +376,24 @@ def test_rank_0_stops_on_sigint_and_sigterm_with_the_workers_one_handler(monkeyp
     assert train_dist.run_rank(args, None, "w") == 0
     assert set(handlers) == {signal.SIGINT, signal.SIGTERM}
     assert all(getattr(h, "__name__", None) == "interrupt_for_signal" for h in handlers.values()), handlers
+
+
+def test_with_once_a_train_job_that_failed_in_the_group_exits_1(monkeypatch, tmp_path):
+    """Rank 0 leaves with RESTART_EXIT (75) when a train job ended abnormally, so that the supervisor starts a fresh
+    group; under --once the supervisor returned that 75 as its own status, where --once promises 1 for a job that
+    failed (found by review). One group, status 1."""
+    import argparse
+    from types import SimpleNamespace
+
+    from app import train_dist
+
+    starts = tmp_path / "starts"
+    script = (f"import os, time; open({str(starts)!r}, 'a').write(os.environ['RANK']); r = int(os.environ['RANK']); "
+              f"time.sleep(0.5 if r == 0 else 60); raise SystemExit({train_dist.RESTART_EXIT} if r == 0 else 0)")
+    monkeypatch.setattr(train_dist, "rank_command", lambda args, worker_id: [sys.executable, "-c", script])
+    handed = []
+    monkeypatch.setattr(train_dist, "hand_back_jobs", lambda settings, worker_id, reason: handed.append(reason) or [])
+    settings = SimpleNamespace(db_url="sqlite:///unused.db", data_dir=tmp_path, model="unused")
+    args = argparse.Namespace(processes=2, once=True, lease_s=60, poll_s=1, nice=0)
+    assert train_dist.supervise(args, settings, "w") == 1
+    assert sorted(starts.read_text()) == ["0", "1"] and len(handed) == 1  # one group; the follower was stopped
