@@ -167,6 +167,7 @@ class JobProgress:
     def __init__(self, job_id: int, worker_id: str, attempt: int = 0) -> None:
         self.job_id, self.worker_id, self.attempt = job_id, worker_id, attempt
         self.lost = threading.Event()
+        self.lost_reason: str | None = None  # set (before ``lost``) by the heartbeat: what became of the job
         self._lock = threading.Lock()
         self._latest: dict[str, Any] | None = None
         self._phase: str | None = None
@@ -191,7 +192,7 @@ class JobProgress:
 
         def on_progress(step: int, total: int, metrics: dict) -> None:
             if self.lost.is_set():
-                raise LeaseLost(f"worker {self.worker_id!r} lost the lease of job {self.job_id} to another worker; stopping it")
+                raise LeaseLost(self.lost_reason or f"worker {self.worker_id!r} lost the lease of job {self.job_id}; stopping it")
             name = phase or str(metrics.get("phase") or "work")
             fault_point(name, self.attempt)
             self.set(name, int(step), int(total))
@@ -245,8 +246,18 @@ class Heartbeat:
                 log.exception("heartbeat of job %d failed; trying again in %.1f s", self.job_id, self.interval)
                 continue
             if not held:
-                log.warning("job %d is no longer held by worker %r (its lease expired and it was reclaimed)",
-                            self.job_id, self.worker_id)
+                # worded by what became of the job: an admin's stop or cancel was told as a lease that expired and a
+                # job that was reclaimed (found by review)
+                try:
+                    with read_session(self.factory) as s:
+                        why = job_queue.lost_lease(session=s, job_id=self.job_id, worker_id=self.worker_id,
+                                                   attempt=self.attempt)
+                except Exception:
+                    log.exception("job %d: what became of it could not be read", self.job_id)
+                    why = None
+                self.progress.lost_reason = why
+                log.warning("job %d: %s; stopping it", self.job_id,
+                            why or f"worker {self.worker_id!r} no longer holds it")
                 self.progress.lost.set()
                 return
 

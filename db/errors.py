@@ -18,7 +18,8 @@ class Conflict(DbError):
 
 
 class LeaseLost(Conflict):
-    """A worker tried to finish a job it no longer owns (its lease expired and the job was reclaimed)."""
+    """A worker tried to finish a job it no longer owns (its lease expired and the job was reclaimed, or an admin
+    stopped or cancelled it, or it was finished or handed back meanwhile); the sentence says which."""
 
 
 class SchemaOutOfDate(RuntimeError):

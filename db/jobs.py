@@ -313,17 +313,40 @@ def _owned_running_job(session: Session, job_id: int, worker_id: str, attempt: i
     ).one_or_none()
     if job is None:
         raise NotFound(f"there is no job with id {job_id}")
-    if job.status != "running" or job.lease_owner != worker_id:
-        raise LeaseLost(
-            f"worker {worker_id!r} no longer holds job {job_id} (it is {job.status!r}, held by {job.lease_owner!r}); "
-            "its lease expired and the job was reclaimed"
-        )
-    if attempt is not None and job.attempts != attempt:
-        raise LeaseLost(
-            f"worker {worker_id!r} no longer holds job {job_id}: its lease of attempt {attempt} expired and the job was "
-            f"reclaimed as attempt {job.attempts} (by a worker with the same id)"
-        )
+    if (why := _not_held(job, worker_id, attempt)) is not None:
+        raise LeaseLost(why)
     return job
+
+
+def _not_held(job: Job, worker_id: str, attempt: int | None) -> str | None:
+    """Why ``worker_id`` (under ``attempt``, when given) no longer holds ``job``, worded by what became of the job, or
+    None if it does. An admin's stop or cancel was told as "its lease expired and the job was reclaimed" (found by
+    review), which sent the operator looking for another worker."""
+    if job.status == "running" and job.lease_owner == worker_id:
+        if attempt is None or job.attempts == attempt:
+            return None
+        return (f"worker {worker_id!r} no longer holds job {job.id}: its lease of attempt {attempt} expired and the job "
+                f"was reclaimed as attempt {job.attempts} (by a worker with the same id)")
+    head = f"worker {worker_id!r} no longer holds job {job.id} (it is {job.status!r}, held by {job.lease_owner!r})"
+    if job.status == "running":
+        return f"{head}; its lease expired and the job was reclaimed"
+    if job.status == "failed" and job.lease_owner is None:  # stop_job, cancel_jobs: an admin's stop, reopen or finish
+        return f"{head}; an admin stopped or cancelled it ({job.error})"
+    if job.status == "failed":
+        return f"{head}; it failed ({job.error})"
+    if job.status == "done" and job.lease_owner == worker_id:
+        return f"{head}; it was finished under this worker id (by an earlier try, or a worker with the same id)"
+    if job.status == "done":
+        return f"{head}; its lease expired and the job was reclaimed and finished by that worker"
+    return f"{head}; it was handed back to the queue (or retried by an admin) and waits for a worker"
+
+
+def lost_lease(*, session: Session, job_id: int, worker_id: str, attempt: int | None = None) -> str | None:
+    """What ``held_job`` would raise as LeaseLost, read without locking: one sentence, or None while ``worker_id``
+    still holds the job (or there is no such job). For a worker whose heartbeat found the job no longer its own."""
+    attempt = _check_attempt(attempt)
+    job = session.get(Job, job_id, populate_existing=True) if findable_id(job_id) else None
+    return None if job is None else _not_held(job, worker_id, attempt)
 
 
 def complete_job(*, session: Session, job_id: int, worker_id: str, result: dict[str, Any] | None = None,

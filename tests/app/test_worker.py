@@ -492,6 +492,40 @@ def test_a_worker_that_lost_its_lease_stops_at_the_next_progress_report():
         report(2, 4, {})
 
 
+def test_a_worker_whose_job_an_admin_stopped_is_told_so_not_that_it_was_reclaimed(worker_world, caplog):
+    """An admin's stop (db.jobs.stop_job: the job failed, no owner) reached the worker as "lost the lease ... to
+    another worker" at its next progress report and "its lease expired and the job was reclaimed" at its publish:
+    the operator went looking for a worker that did not exist (found by review). Both now say what happened."""
+    import logging
+
+    world = worker_world
+    eid = world.create_experiment("stopped-by-an-admin")
+    worker = world.worker(lease_s=0.9)  # a heartbeat every 0.3 s
+
+    def job(run):
+        with write_session(world.factory) as s:
+            job_queue.stop_job(session=s, job_id=run.job.id, reason="stopped by root while worker 'worker-1' ran it",
+                               expected_owner="worker-1")
+        deadline = time.monotonic() + 30
+        while not run.progress.lost.wait(0.1):  # the heartbeat finds the job no longer this worker's
+            assert time.monotonic() < deadline, "the heartbeat never noticed"
+        run.progress.callback("sample_query")(1, 4, {})  # raises LeaseLost
+        pytest.fail("the progress report after the stop must raise")
+
+    worker.handlers["generate"] = job
+    with caplog.at_level(logging.WARNING, logger="seiko.worker"):
+        assert worker.run_once()
+    (row,) = _jobs(world, eid)
+    told = (f"worker 'worker-1' no longer holds job {row.id} (it is 'failed', held by None); an admin stopped or "
+            "cancelled it (stopped by root while worker 'worker-1' ran it)")
+    assert worker.last_error == told
+    assert told in caplog.text and "reclaimed" not in caplog.text and "another worker" not in caplog.text
+    with pytest.raises(LeaseLost) as publish, write_session(world.factory) as s:  # its publish is told the same
+        job_queue.complete_job(session=s, job_id=row.id, worker_id="worker-1", result={}, attempt=1)
+    assert str(publish.value) == told
+    worker.close()
+
+
 def test_worker_lowers_its_cpu_priority_and_refuses_a_bad_niceness(tmp_path, _sqlite_at_head):
     """`python -m app worker` runs at nice +10 by default (the web app answers ratings first: RELIABILITY.md)."""
     import shutil

@@ -162,7 +162,9 @@ def test_reopen_and_finish_cancel_a_job_whose_lease_expired_by_the_callers_clock
         job = job_queue.get_job(session=s, job_id=job_id)
         assert (job.status, job.lease_owner, job.lease_expires_at) == ("failed", None, None)
         assert job.error.startswith("cancelled: ")
-    with pytest.raises(LeaseLost, match="it is 'failed'"), write_session(db_factory) as s:
+    # told as a cancel, not as "its lease expired and the job was reclaimed" (found by review)
+    cancelled = r"it is 'failed', held by None\); an admin stopped or cancelled it \(cancelled: "
+    with pytest.raises(LeaseLost, match=cancelled), write_session(db_factory) as s:
         job_queue.complete_job(session=s, job_id=job_id, worker_id="w1", attempt=1)
 
 
