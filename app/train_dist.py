@@ -341,26 +341,50 @@ def _describe(code: int) -> str:
     return f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
 
 
+def _stopped_status(code: int) -> int:
+    """The supervisor's status for a group that ended abnormally with ``code`` (rank 0's, or the rank that ended
+    first) when no fresh group follows (``--once``, or stopping). RESTART_EXIT is rank 0 asking for a fresh group after
+    its train job failed, not a status for the caller: ``--once`` promises 1 when its job failed, and returned 75
+    (found by review)."""
+    return 1 if code in (0, RESTART_EXIT) else (128 - code if code < 0 else code)
+
+
 def supervise(args: argparse.Namespace, settings, worker_id: str) -> int:
     """Start N ranks, restart them all when one ends abnormally; return when rank 0 ends normally (or gives up)."""
     n = int(args.processes)
-    stopping = False
+    stopping: int | None = None  # the stop signal received, if any
+    forwarded = False  # the current group's rank 0 was sent SIGTERM
     procs: list[subprocess.Popen] = []
+
+    def forward() -> None:
+        nonlocal forwarded
+        if not forwarded and procs and procs[0].poll() is None:
+            forwarded = True  # once: a second signal must not interrupt rank 0's hand-back of its job
+            procs[0].send_signal(signal.SIGTERM)  # rank 0 hands its job back and stops the followers
 
     def on_signal(signum, frame) -> None:
         nonlocal stopping
-        stopping = True
-        if procs and procs[0].poll() is None:
-            procs[0].send_signal(signal.SIGTERM)  # rank 0 hands its job back and stops the followers
+        stopping = stopping or signum
+        forward()  # with no group running (none yet, or the last one dead) the poll loop forwards it, or none starts
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     quick = 0
+    code: int | None = None  # the status the last group ended with
     while True:
         port = _free_port()
         env = {**os.environ, GROUP_ENV: str(os.getpid()), "WORLD_SIZE": str(n), "LOCAL_WORLD_SIZE": str(n),
                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "SEIKO_DB_URL": settings.db_url,
                "SEIKO_DATA_DIR": str(settings.data_dir), "SEIKO_MODEL": str(settings.model)}
+        if stopping:
+            # stopped while no group ran (before the first, or after the last ended and its jobs were handed back): a
+            # fresh group started anyway, and nothing forwarded the stop to it, so the supervisor ran until SIGKILL
+            # (found by review). As one idle worker: 0 for SIGTERM, 130 for Ctrl-C; after a group that failed, its status
+            log.info("worker %r: stopped (signal %d) with no group running; no fresh group", worker_id, stopping)
+            if code is None:
+                return 128 + stopping if stopping == signal.SIGINT else 0
+            return _stopped_status(code)
+        forwarded = False
         procs = []
         for r in range(n):
             procs.append(subprocess.Popen(rank_command(args, worker_id),
@@ -369,6 +393,8 @@ def supervise(args: argparse.Namespace, settings, worker_id: str) -> int:
         started = time.monotonic()
         ended = None
         while ended is None:
+            if stopping:
+                forward()  # a signal that came while this group was starting, when rank 0 was not there to get it
             for r, p in enumerate(procs):
                 if p.poll() is not None:
                     ended = r
@@ -404,9 +430,7 @@ def supervise(args: argparse.Namespace, settings, worker_id: str) -> int:
             p.wait()
         hand_back_jobs(settings, worker_id, reason)
         if stopping or args.once:  # --once runs one group: another would be a second run (found by review)
-            # RESTART_EXIT is rank 0 asking for a fresh group after its train job failed, not a status for the caller:
-            # `--once` promised 1 when its job failed, and returned 75 (found by review)
-            return 1 if code in (0, RESTART_EXIT) else (128 - code if code < 0 else code)
+            return _stopped_status(code)
         quick = quick + 1 if time.monotonic() - started < QUICK_FAILURE_S and code != RESTART_EXIT else 0
         if quick >= MAX_QUICK_FAILURES:
             log.error("worker %r: the group ended %d times in a row within %.0f s of starting; giving up",

@@ -397,3 +397,68 @@ def test_with_once_a_train_job_that_failed_in_the_group_exits_1(monkeypatch, tmp
     args = argparse.Namespace(processes=2, once=True, lease_s=60, poll_s=1, nice=0)
     assert train_dist.supervise(args, settings, "w") == 1
     assert sorted(starts.read_text()) == ["0", "1"] and len(handed) == 1  # one group; the follower was stopped
+
+
+def _supervise_with_a_signal(monkeypatch, tmp_path, rank_script: str, *, at: str) -> tuple[int, str, list, float]:
+    """supervise() over ``rank_script`` (each rank: ``python -c``, SIGTERM blocked until the script unblocks it, so
+    that a forwarded SIGTERM waits for the script's handler), with a SIGTERM handled by the supervisor when ``at`` is
+    called: "first-rank-command" (no group there yet) or "second-port" (the first group ended). Returns its status, the
+    ranks started (one digit each), the hand-backs and the seconds it took. The test process's handlers are restored."""
+    import argparse
+    import signal
+    from types import SimpleNamespace
+
+    from app import train_dist
+
+    starts = tmp_path / "starts"
+    starts.write_text("")
+    script = f"import os; open({str(starts)!r}, 'a').write(os.environ['RANK']); " + rank_script
+    calls = {"first-rank-command": 0, "second-port": 0}
+
+    def signal_at(name: str, when: int) -> None:
+        calls[name] += 1
+        if name == at and calls[name] == when:
+            signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)  # the supervisor's handler, as the signal runs it
+
+    real_free_port, real_popen = train_dist._free_port, subprocess.Popen
+    monkeypatch.setattr(train_dist, "rank_command",
+                        lambda args, worker_id: signal_at("first-rank-command", 1) or [sys.executable, "-c", script])
+    monkeypatch.setattr(train_dist, "_free_port", lambda: signal_at("second-port", 2) or real_free_port())
+    monkeypatch.setattr(subprocess, "Popen", lambda cmd, **kw: real_popen(
+        cmd, preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM}), **kw))
+    handed = []
+    monkeypatch.setattr(train_dist, "hand_back_jobs", lambda settings, worker_id, reason: handed.append(reason) or [])
+    settings = SimpleNamespace(db_url="sqlite:///unused.db", data_dir=tmp_path, model="unused")
+    args = argparse.Namespace(processes=2, once=False, lease_s=60, poll_s=1, nice=0)
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    began = time.monotonic()
+    try:
+        status = train_dist.supervise(args, settings, "w")
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+    return status, starts.read_text(), handed, time.monotonic() - began
+
+
+def test_a_stop_signal_that_comes_while_the_group_starts_reaches_rank_0(monkeypatch, tmp_path):
+    """A SIGTERM that came while the supervisor had no live rank 0 (the group starting, or the last one dead) only
+    set `stopping`: the group started, the poll loop never looked at `stopping`, and the supervisor ran until SIGKILL
+    (found by review). The poll loop now forwards it to rank 0, once."""
+    rank_script = ("import signal, sys, time; r = int(os.environ['RANK']); "
+                   "signal.signal(signal.SIGTERM, lambda *a: os._exit(0)); "
+                   "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM}); "
+                   "time.sleep(8 if r == 0 else 0.5); sys.exit(3 if r == 0 else 0)")  # rank 0 stops only on SIGTERM
+    status, starts, handed, seconds = _supervise_with_a_signal(monkeypatch, tmp_path, rank_script, at="first-rank-command")
+    assert (status, sorted(starts), handed) == (0, ["0", "1"], []), (status, starts, handed, seconds)
+    assert seconds < 8
+
+
+def test_a_stop_signal_between_two_groups_starts_no_fresh_group(monkeypatch, tmp_path):
+    """The same signal after a group ended abnormally and its job was handed back, before the next one started:
+    no fresh group starts, and the status is the failed group's."""
+    from app import train_dist
+
+    rank_script = (f"import sys, time; r = int(os.environ['RANK']); time.sleep(0 if r == 0 else 30); "
+                   f"sys.exit({train_dist.RESTART_EXIT} if r == 0 else 0)")
+    status, starts, handed, _ = _supervise_with_a_signal(monkeypatch, tmp_path, rank_script, at="second-port")
+    assert (status, sorted(starts), len(handed)) == (1, ["0", "1"], 1), (status, starts, handed)
