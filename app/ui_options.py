@@ -22,10 +22,10 @@ def _number(value: Any) -> Any:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
 
 
-def form_values(factory, experiment_id: int | None) -> tuple[str, int, float, bool]:
-    """(selection, candidate factor, honest share, auto-close) as the experiment stores them, for the admin's form:
-    so that saving one option leaves the others as they are (an older experiment stays random x1). A new
-    experiment's defaults when none is selected."""
+def form_values(factory, experiment_id: int | None) -> tuple[str, int, float, bool, float]:
+    """(selection, candidate factor, honest share, auto-close, repeat share) as the experiment stores them, for the
+    admin's form: so that saving one option leaves the others as they are (an older experiment stays random x1). A
+    new experiment's defaults when none is selected."""
     from db import repo
     from db.engine import read_session
 
@@ -34,17 +34,20 @@ def form_values(factory, experiment_id: int | None) -> tuple[str, int, float, bo
     else:
         with read_session(factory) as s:
             options = experiment_options.of(repo.get_experiment(session=s, experiment_id=int(experiment_id)))
-    return options.selection, options.candidate_factor, options.honest_share, options.auto_close
+    return options.selection, options.candidate_factor, options.honest_share, options.auto_close, options.repeat_share
 
 
-FIELDS = ("selection", "candidate_factor", "honest_share", "auto_close")  # the form's four, in form_values' order
+# the form's five, in form_values' order
+FIELDS = ("selection", "candidate_factor", "honest_share", "auto_close", "repeat_share")
 
 
 def save(factory, who, experiment_id: int | None, selection: Any, candidate_factor: Any, honest_share: Any,
          auto_close: Any, repeat_share: Any = None, *, loaded: Any = None) -> str:
-    """Store the form's options; ``repeat_share`` None leaves that option as it is. ``loaded``: the four values as
-    the form was filled (``form_values``); only those the admin changed since are stored, so a form filled before
-    another admin's change does not undo it (it stored all four as it had them; found by review)."""
+    """Store the form's options; ``repeat_share`` None (the field left empty) leaves that option as it is.
+    ``loaded``: the five values as the form was filled (``form_values``); only those the admin changed since are
+    stored, so a form filled before another admin's change does not undo it (it stored all four as it had them;
+    found by review), and a repeat share typed once is not sent again with every later save, onto whichever
+    experiment is selected then (found by review)."""
     if experiment_id is None:
         raise ValueError("select an experiment first")
     factor = candidate_factor
@@ -52,11 +55,11 @@ def save(factory, who, experiment_id: int | None, selection: Any, candidate_fact
         factor = int(factor)
     changes = {"selection": selection, "candidate_factor": factor, "honest_share": _number(honest_share),
                "auto_close": bool(auto_close)}
+    if repeat_share is not None:
+        changes["repeat_share"] = _number(repeat_share)
     if isinstance(loaded, list | tuple) and len(loaded) == len(FIELDS):
         before = dict(zip(FIELDS, loaded, strict=True))
         changes = {k: v for k, v in changes.items() if v != before[k]}
-    if repeat_share is not None:
-        changes["repeat_share"] = _number(repeat_share)
     new = experiment_options.set_options(factory, who, int(experiment_id), **changes)
     return "Saved. " + describe(new)
 
@@ -87,16 +90,16 @@ def build_admin(services, exp_state, admin_of: Callable, shown: Callable, privat
             share = gr.Number(label="Honest share", value=0.25, minimum=0, maximum=1, scale=0, min_width=150,
                               elem_id="opt-honest-share")
             auto = gr.Checkbox(label="Auto-close the round when its budget is rated", value=False, elem_id="opt-auto-close")
-            # starts empty, meaning "leave as is": unlike the four above (form_values), it is not filled from the
-            # stored options, so a 0 here would turn repeats off whenever an admin saves another option
+            # filled from the stored options like the four above (form_values); empty means "leave as is": it starts
+            # empty, so a save before the form is filled does not turn repeats off
             repeat = gr.Number(label="Repeat share (empty: as is)", value=None, minimum=0, maximum=MAX_REPEAT_SHARE,
                                step=0.05, scale=0, min_width=150, elem_id="opt-repeat-share")
             button = gr.Button("Save round options", scale=0, min_width=180, elem_id="save-round-options")
         result = gr.Markdown(elem_id="round-options-result")
-        loaded = gr.State(None)  # the four values as the form was filled: a save stores only those changed since
+        loaded = gr.State(None)  # the five values as the form was filled: a save stores only those changed since
 
     def filled(exp_id) -> tuple:
-        """The form's four values as stored now (others' changes included), and ``loaded`` for them."""
+        """The form's five values as stored now (others' changes included), and ``loaded`` for them."""
         values = shown(lambda: form_values(services.factory, exp_id))
         return *values, {"experiment_id": exp_id, "values": list(values)}
 
@@ -116,10 +119,10 @@ def build_admin(services, exp_state, admin_of: Callable, shown: Callable, privat
     def on_experiment(exp_id, request: gr.Request):
         """The form shows the selected experiment's stored options (to an admin; a rater's page has no Admin tab)."""
         if not who_of(request).is_admin:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         return filled(exp_id)
 
     button.click(on_save, [exp_state, selection, factor, share, auto, repeat, loaded],
-                 [result, selection, factor, share, auto, loaded], **private)
-    exp_state.change(on_experiment, [exp_state], [selection, factor, share, auto, loaded], **private)
+                 [result, selection, factor, share, auto, repeat, loaded], **private)
+    exp_state.change(on_experiment, [exp_state], [selection, factor, share, auto, repeat, loaded], **private)
     return button

@@ -398,8 +398,8 @@ def test_the_admin_form_keeps_an_older_experiments_selection_when_another_option
     root = Who(ui_world.accounts["root"], "root", "admin", local=False)
     with write_session(ui_world.factory) as s:
         repo.get_experiment(session=s, experiment_id=ui_world.experiment_id).config = {}
-    sel, fac, share, auto = ui_options.form_values(ui_world.factory, ui_world.experiment_id)
-    assert (sel, fac, share, auto) == ("random", 1, 0.25, False)
+    sel, fac, share, auto, repeat = ui_options.form_values(ui_world.factory, ui_world.experiment_id)
+    assert (sel, fac, share, auto, repeat) == ("random", 1, 0.25, False, 0)
     assert "Selection **random**, 1 candidate(s)" in ui_options.save(ui_world.factory, root, ui_world.experiment_id,
                                                                       sel, fac, share, True)
     with read_session(ui_world.factory) as s:
@@ -423,15 +423,14 @@ def test_a_form_filled_before_another_admins_change_does_not_undo_it(ui_world):
     assert form_a[3] is False
     ui_options.save(w.factory, Who(w.accounts["root"], "root", "admin", local=False), w.experiment_id, *form_a[:3],
                     True)  # B turns auto-close on
-    out = fns["on_save"](w.experiment_id, "uncertainty", *form_a[1:], None, loaded_a, admin)  # A: the selection only
+    out = fns["on_save"](w.experiment_id, "uncertainty", *form_a[1:], loaded_a, admin)  # A: the selection only
     with read_session(w.factory) as s:
         stored = experiment_options.of(repo.get_experiment(session=s, experiment_id=w.experiment_id))
     assert (stored.selection, stored.auto_close) == ("uncertainty", True)
-    assert out[1:5] == ("uncertainty", form_a[1], form_a[2], True)  # filled again
-    assert out[5] == {"experiment_id": w.experiment_id, "values": list(out[1:5])}
+    assert out[1:6] == ("uncertainty", form_a[1], form_a[2], True, 0)  # filled again
+    assert out[6] == {"experiment_id": w.experiment_id, "values": list(out[1:6])}
     # a form filled for another experiment (a save's late answer after the admin picked this one) stores nothing
-    out = fns["on_save"](w.experiment_id, "random", *form_a[1:], None, {"experiment_id": 999, "values": form_a},
-                         admin)
+    out = fns["on_save"](w.experiment_id, "random", *form_a[1:], {"experiment_id": 999, "values": form_a}, admin)
     assert out[0].startswith("The form showed another experiment's options") and out[1] == "uncertainty"
     with read_session(w.factory) as s:
         assert experiment_options.of(repo.get_experiment(session=s, experiment_id=w.experiment_id)).selection == "uncertainty"

@@ -1,0 +1,149 @@
+"""The Admin tab when the admin picks another experiment in the header, through the built demo's listeners fired as a
+browser page fires them (``Page``): a save of the round options changes only what this admin changed on this
+experiment, and the tab's per-experiment settings show the experiment now selected."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from typing import Any
+
+import gradio as gr
+
+from app import experiment_options, ui
+from app.auth import Who
+from db import repo
+from db.engine import read_session, write_session
+
+
+class Page:
+    """One browser page of ``demo``: the components' values as the page holds them. ``fire`` runs the listeners of
+    one event as the page has them run: each reads its inputs from the page and writes its outputs back (``gr.skip()``
+    and updates without a value write nothing); an output whose value changed fires that component's ``change``
+    listeners next (a State's too, as Gradio does). ``written`` lists, in order, (component, value) of every write."""
+
+    def __init__(self, demo: gr.Blocks, request: gr.Request):
+        self.demo, self.request = demo, request
+        self.values: dict[int, Any] = {i: copy.deepcopy(b.value) for i, b in demo.blocks.items() if hasattr(b, "value")}
+        self.written: list[tuple[Any, Any]] = []
+
+    def block(self, elem_id: str | None = None, *, label: str | None = None) -> Any:
+        (found,) = [b for b in self.demo.blocks.values()
+                    if (elem_id is not None and getattr(b, "elem_id", None) == elem_id)
+                    or (label is not None and getattr(b, "label", None) == label)]
+        return found
+
+    def __getitem__(self, elem_id: str) -> Any:
+        return self.values[self.block(elem_id)._id]
+
+    def set(self, elem_id: str, value: Any) -> None:
+        """The user changes a field (its ``input``/``change`` listeners are not fired: the tests here use none)."""
+        self.values[self.block(elem_id)._id] = value
+
+    def fire(self, block: Any, event: str, depth: int = 0) -> None:
+        assert depth < 5, "change listeners keep firing each other"
+        for bf in list(self.demo.fns.values()):
+            if bf.fn is not None and (block._id, event) in bf.targets:
+                self._run(bf, depth)
+
+    def pick_experiment(self, experiment_id: int) -> None:
+        """The header's experiment selector: the user picks ``experiment_id``."""
+        dropdown = self.block(label="Experiment")
+        self.values[dropdown._id] = experiment_id
+        self.fire(dropdown, "input")
+
+    def _run(self, bf, depth: int) -> None:
+        args = [self.values[c._id] for c in bf.inputs]
+        kwargs = {"request": self.request} if "request" in inspect.signature(bf.fn).parameters else {}
+        result = bf.fn(*args, **kwargs)
+        if len(bf.outputs) == 1 or (isinstance(result, dict) and result.get("__type__") == "update"):
+            result = [result] * len(bf.outputs)
+        changed = []
+        for component, value in zip(bf.outputs, result, strict=True):
+            if isinstance(value, gr.blocks.Block):  # a component as an update: what it was given
+                value = {**value.constructor_args, "__type__": "update"}
+            if isinstance(value, dict) and value.get("__type__") == "update":
+                if "value" not in value:
+                    continue
+                value = value["value"]
+            self.written.append((component, value))
+            if self.values.get(component._id) != value:
+                changed.append(component)
+            self.values[component._id] = value
+        for component in changed:
+            self.fire(component, "change", depth + 1)
+
+
+def in_session(username: str, session_hash: str) -> gr.Request:
+    return gr.Request(username=username, client={"host": "127.0.0.1", "port": 5000}, session_hash=session_hash)
+
+
+def root(world) -> Who:
+    return Who(world.accounts["root"], "root", "admin", local=False)
+
+
+def second_experiment(world) -> int:
+    """Experiment B beside ui_world's A, with an open round of 4 images; its id."""
+    with write_session(world.factory) as s:
+        b = repo.create_experiment(session=s, name="b-exp", model_spec="m", method="bootstrap", config={},
+                                   budgets=[4], prompts=["x"], overlap=1)
+        rb = repo.create_round(session=s, experiment_id=b.id)
+    world.add_round_images(rb.id, 4, start=50)
+    with write_session(world.factory) as s:
+        repo.open_round(session=s, round_id=rb.id)
+    return b.id
+
+
+def stored(world, experiment_id: int) -> experiment_options.ExperimentOptions:
+    with read_session(world.factory) as s:
+        return experiment_options.of(repo.get_experiment(session=s, experiment_id=experiment_id))
+
+
+# ---------------------------------------------------------------------------------------------
+# the round options' repeat share (review: a value typed once was sent again with every later save)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_repeat_share_saved_on_one_experiment_is_not_saved_onto_the_next_one(ui_world):
+    """The admin saves repeat share 0.3 on A, picks B in the header and saves auto-close only: B got 0.3 too (the
+    field was never written by any event, so it kept 0.3 and every save sent it). The field shows the selected
+    experiment's stored share, and a save stores only what the admin changed."""
+    w = ui_world
+    a, b = w.experiment_id, second_experiment(w)
+    page = Page(ui.build_demo(w.services()), in_session("root", "s1"))
+    save = page.block("save-round-options")
+    page.pick_experiment(a)
+    page.set("opt-repeat-share", 0.3)
+    page.fire(save, "click")
+    assert stored(w, a).repeat_share == 0.3
+    page.pick_experiment(b)
+    page.set("opt-auto-close", True)
+    page.fire(save, "click")
+    assert (stored(w, b).auto_close, stored(w, b).repeat_share) == (True, 0)
+    assert page["opt-repeat-share"] == 0  # B's, as stored
+    page.pick_experiment(a)
+    assert (page["opt-repeat-share"], page["opt-auto-close"]) == (0.3, False)  # A's, as stored
+    assert stored(w, a).repeat_share == 0.3 and stored(w, a).auto_close is False
+
+
+def test_a_repeat_share_left_in_the_form_does_not_undo_another_admins_change(ui_world):
+    """Admin X saves repeat share 0.3; admin Y turns repeats off; X, whose form still shows 0.3, turns auto-close on
+    and saves: repeats were on again. Only what X changed since the form was filled is stored."""
+    w = ui_world
+    page = Page(ui.build_demo(w.services()), in_session("root", "x"))
+    page.pick_experiment(w.experiment_id)
+    page.set("opt-repeat-share", 0.3)
+    page.fire(page.block("save-round-options"), "click")
+    experiment_options.set_options(w.factory, root(w), w.experiment_id, repeat_share=0)  # admin Y, elsewhere
+    page.set("opt-auto-close", True)
+    page.fire(page.block("save-round-options"), "click")
+    assert (stored(w, w.experiment_id).auto_close, stored(w, w.experiment_id).repeat_share) == (True, 0)
+    assert page["opt-repeat-share"] == 0  # the form shows what is stored now
+    # X types a share again: that one is stored (the field cleared, as before, leaves the share as it is)
+    page.set("opt-repeat-share", 0.2)
+    page.fire(page.block("save-round-options"), "click")
+    assert stored(w, w.experiment_id).repeat_share == 0.2
+    page.set("opt-repeat-share", None)
+    page.set("opt-auto-close", False)
+    page.fire(page.block("save-round-options"), "click")
+    assert (stored(w, w.experiment_id).auto_close, stored(w, w.experiment_id).repeat_share) == (False, 0.2)
