@@ -41,6 +41,20 @@ class AdminHandlers:
                 ui_admin.jobs_table(factory, who, exp_id), ui_admin.raters_see_dashboard(factory, exp_id),
                 ui_export.exports_table(factory, who, exp_id))
 
+    def on_admin_experiment(self, exp_id, request: gr.Request):
+        """Another experiment selected (or the page loaded): the tab's settings of the experiment show that one's
+        (dashboard access, jobs, exports, rater quality, standardising); they showed the previous one's until the tab
+        was selected again, and a checkbox then wrote the value shown onto the new experiment (found by review). To
+        an admin only: what a handler returns reaches a rater's browser too, hidden tab or not."""
+        who = self.who_of(request)
+        if not who.is_admin:
+            return (gr.skip(),) * 7
+        factory = self.factory
+        summary_html, rows = self.shown(lambda: ui_quality.report(factory, who, exp_id))
+        return (ui_admin.raters_see_dashboard(factory, exp_id), ui_admin.jobs_table(factory, who, exp_id),
+                ui_export.exports_table(factory, who, exp_id), "", summary_html, rows,
+                ui_quality.standardize_enabled(factory, exp_id))
+
     def on_admin_timer(self, exp_id, request: gr.Request):
         who = self.who_of(request)
         if not who.is_admin:
@@ -274,8 +288,8 @@ def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callab
             x_link = gr.HTML(elem_id="export-link")
             exports_df = gr.Dataframe(headers=["id", "format", "round", "file", "size", "built", "download"], value=[],
                                       interactive=False, elem_id="exports-table")
-        ui_pairs.build_admin(services, exp_state, h.admin_of, h.shown,
-                             private=private)  # issue 14 item 1: scores, pairs or both
+        ui_pairs.build_admin(services, exp_state, h.admin_of, h.shown, private=private,
+                             who_of=h.who_of)  # issue 14 item 1: scores, pairs or both
         ui_options.build_admin(services, exp_state, h.admin_of, h.shown, private=private,
                                who_of=h.who_of)  # issue 12 items 3 and 5: selection, auto-close
         with gr.Accordion("Rater quality", open=False):  # issue 14, item 2 (app.ui_quality)
@@ -347,6 +361,8 @@ def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callab
                                     elem_id="audit-log")
 
     admin_tab.select(h.on_admin_tab, [exp_state], [admin_status, users_df, jobs_df, dash_access, exports_df], **private)
+    exp_state.change(h.on_admin_experiment, [exp_state],
+                     [dash_access, jobs_df, exports_df, x_link, q_summary, q_table, q_standardize], **private)
     admin_timer.tick(h.on_admin_timer, [exp_state], [admin_status, jobs_df], show_progress="hidden", **private)
 
     confirm_outputs = [confirm_row, confirm_text, pending_state, confirm_btn]

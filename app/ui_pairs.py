@@ -252,8 +252,18 @@ def build_tab(services, exp_state, who_of: Callable, shown: Callable, warn: Call
     return tab
 
 
-def build_admin(services, exp_state, admin_of: Callable, shown: Callable, private: dict[str, Any] | None = None):
-    """The admin's feedback setting (call inside the Admin tab)."""
+def feedback_value(factory, experiment_id: int | None) -> str:
+    """The experiment's stored feedback setting, for the admin's radio ('scores', a new experiment's, when none is
+    selected)."""
+    if experiment_id is None:
+        return "scores"
+    with read_session(factory) as s:
+        return pairwise.feedback_of(repo.get_experiment(session=s, experiment_id=int(experiment_id)))
+
+
+def build_admin(services, exp_state, admin_of: Callable, shown: Callable, private: dict[str, Any] | None = None, *,
+                who_of: Callable):
+    """The admin's feedback setting (call inside the Admin tab): the radio shows the selected experiment's."""
     private = private or {"api_visibility": "private"}
     with gr.Accordion("Feedback: scores or pairwise comparisons", open=False):
         gr.Markdown("What raters give on this experiment: **scores** (1-10 on the Rate tab), **pairs** (which of two "
@@ -274,5 +284,13 @@ def build_admin(services, exp_state, admin_of: Callable, shown: Callable, privat
         gr.Info(message)
         return message
 
+    def show_feedback(exp_id, request: gr.Request):
+        """The page loaded or another experiment was selected: the radio shows that experiment's setting (it always
+        showed 'scores'; found by review). To an admin only (a rater's page has no Admin tab)."""
+        if not who_of(request).is_admin:
+            return gr.skip()
+        return shown(lambda: feedback_value(services.factory, exp_id))
+
     button.click(on_set, [exp_state, choice], [result], **private)
+    exp_state.change(show_feedback, [exp_state], [choice], **private)
     return button

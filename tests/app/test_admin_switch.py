@@ -147,3 +147,81 @@ def test_a_repeat_share_left_in_the_form_does_not_undo_another_admins_change(ui_
     page.set("opt-auto-close", False)
     page.fire(page.block("save-round-options"), "click")
     assert (stored(w, w.experiment_id).auto_close, stored(w, w.experiment_id).repeat_share) == (False, 0.2)
+
+
+# ---------------------------------------------------------------------------------------------
+# the Admin tab's settings of the experiment (review: they stayed the previous experiment's)
+# ---------------------------------------------------------------------------------------------
+
+# the Admin tab's components that show a setting or a table of the selected experiment
+ADMIN_SHOWN = ("dashboard-access", "jobs-table", "exports-table", "export-link", "rater-quality", "rater-quality-table",
+               "standardize-scores", "feedback-choice", "opt-selection", "opt-candidate-factor", "opt-honest-share",
+               "opt-auto-close", "opt-repeat-share")
+
+
+def b_set_apart(world) -> int:
+    """Experiment B, set up unlike ui_world's A (raters may not see A's dashboard, A's scores are used as given, A
+    asks for scores, has no export and no ratings): raters may see B's dashboard, its scores are standardised, it
+    asks for scores and pairs, alice rated it, one image is a gold item, and a ratings export was built. B's id."""
+    from app import pairwise, ui_admin, ui_export, ui_quality, ui_rate
+
+    b = second_experiment(world)
+    admin = root(world)
+    alice = Who(world.accounts["alice"], "alice", "rater", local=False)
+    ui_admin.set_dashboard_access(world.factory, admin, b, True)
+    ui_quality.set_standardize(world.factory, admin, b, True)
+    pairwise.set_feedback(world.factory, admin, b, "both")
+    view = ui_rate.load_batch(world.factory, world.settings.data_dir, alice, None, batch_size=4, experiment_id=b)
+    for image_id in view.state["batch"]:  # the page's batch: image ids
+        ui_rate.submit(world.factory, alice, image_id, 6)
+    ui_quality.set_gold(world.factory, admin, b, view.state["batch"][0], 6)
+    ui_export.build(world.factory, world.settings, admin, b, None, "ratings")
+    return b
+
+
+def test_picking_another_experiment_shows_its_settings_on_the_admin_tab(ui_world):
+    """The admin opens the Admin tab on A and picks B in the header: the dashboard-access and standardise checkboxes,
+    the exports, jobs and rater-quality tables stayed A's until the tab was selected again (and a checkbox clicked
+    then wrote A's shown value onto B), and the feedback radio always showed 'scores'. They show B's now."""
+    w = ui_world
+    a, b = w.experiment_id, b_set_apart(w)
+    page = Page(ui.build_demo(w.services()), in_session("root", "s1"))
+    page.pick_experiment(a)
+    page.fire(page.block("tab-admin"), "select")
+    assert (page["dashboard-access"], page["standardize-scores"], page["feedback-choice"]) == (False, False, "scores")
+    assert page["exports-table"] == [] and page["rater-quality-table"] == []
+    assert "0 gold items" in page["rater-quality"]
+
+    page.pick_experiment(b)
+    assert (page["dashboard-access"], page["standardize-scores"], page["feedback-choice"]) == (True, True, "both")
+    (export,) = page["exports-table"]
+    assert export[1] == "ratings"
+    assert [row[0] for row in page["rater-quality-table"]] == ["alice"]
+    assert "1 gold items" in page["rater-quality"] and "standardised per rater" in page["rater-quality"]
+
+    page.pick_experiment(a)  # and back: A's again
+    assert (page["dashboard-access"], page["standardize-scores"], page["feedback-choice"]) == (False, False, "scores")
+    assert page["exports-table"] == [] and page["rater-quality-table"] == []
+
+
+def test_the_feedback_radio_shows_the_stored_setting_when_the_page_loads(ui_world):
+    w = ui_world
+    b = b_set_apart(w)  # the newest experiment with an open round: the one a page shows first
+    page = Page(ui.build_demo(w.services()), in_session("root", "s1"))
+    page.fire(page.demo, "load")
+    assert page.values[page.block(label="Experiment")._id] == b
+    assert (page["feedback-choice"], page["dashboard-access"], page["standardize-scores"]) == ("both", True, True)
+
+
+def test_a_rater_picking_another_experiment_gets_none_of_the_admin_tabs_settings(ui_world):
+    """The handlers that show the selected experiment's settings run on every page: a rater's page is sent nothing
+    for the (hidden) Admin tab, and no error."""
+    w = ui_world
+    a, b = w.experiment_id, b_set_apart(w)
+    page = Page(ui.build_demo(w.services()), in_session("bob", "s2"))
+    page.fire(page.demo, "load")
+    page.pick_experiment(a)
+    page.pick_experiment(b)
+    admin_tab = [page.block(elem_id) for elem_id in ADMIN_SHOWN]
+    assert [component.elem_id for component, _ in page.written if component in admin_tab] == []
+    assert page.values[page.block(label="Experiment")._id] == b  # the rater's page did move to B
