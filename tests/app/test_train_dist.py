@@ -461,4 +461,5 @@ def test_a_stop_signal_between_two_groups_starts_no_fresh_group(monkeypatch, tmp
     rank_script = (f"import sys, time; r = int(os.environ['RANK']); time.sleep(0 if r == 0 else 30); "
                    f"sys.exit({train_dist.RESTART_EXIT} if r == 0 else 0)")
     status, starts, handed, _ = _supervise_with_a_signal(monkeypatch, tmp_path, rank_script, at="second-port")
-    assert (status, sorted(starts), len(handed)) == (1, ["0", "1"], 1), (status, starts, handed)
+    # one group only: rank 0 started once (rank 1 may be killed before it records its start: its rank 0 ends at once)
+    assert (status, starts.count("0"), len(handed)) == (1, 1, 1), (status, starts, handed)
