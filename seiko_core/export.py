@@ -326,26 +326,19 @@ def lora_keys(module: torch.nn.Module) -> list[str]:
 
 
 def load_base_pipeline(base_model: str | Path, *, device: str | torch.device = "cpu"):
-    """The stock diffusers pipeline of ``base_model`` (a local directory, or a hub id in the local cache)."""
+    """The stock diffusers pipeline of ``base_model`` (a local directory, or a hub id in the local cache), loaded by
+    the app's own loader (``models._load_pretrained``): the configs and shard indexes of a local directory or a hub
+    snapshot are checked first, and a hub id's weights are hashed before and after (found by review: a
+    diffusion_pytorch_model.safetensors.index.json naming a .bin shard, which load_model refuses, was unpickled here)."""
     from diffusers import StableDiffusionPipeline
 
-    from .models import ModelLoadError, _hub_offline, check_hub_files, resolve_spec
+    from .models import ModelLoadError, _load_pretrained, resolve_spec
 
     try:
         name, local = resolve_spec(str(base_model))
-        if not local:
-            check_hub_files(name)  # a hub id's cached weights must hash to their blobs' names (found by review)
+        pipe = _load_pretrained(StableDiffusionPipeline.from_pretrained, name, local, "Model", use_safetensors=True)
     except ModelLoadError as exc:
         raise ExportError(str(exc)) from exc
-    offline = local or _hub_offline()
-    try:
-        pipe = StableDiffusionPipeline.from_pretrained(name, local_files_only=offline, use_safetensors=True)
-        if not offline:
-            check_hub_files(name)  # and those it has just downloaded
-    except ModelLoadError as exc:
-        raise ExportError(str(exc)) from exc
-    except (OSError, ValueError) as exc:
-        raise ExportError(f"Could not load base model {name!r}: {exc}".splitlines()[0]) from exc
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 

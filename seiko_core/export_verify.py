@@ -233,15 +233,15 @@ def render_stock(kind: str, export_path: str | Path, settings: CheckSettings, *,
     """(base image, export image, the child's report) rendered by stock diffusers in a fresh Python process."""
     from PIL import Image
 
-    from .models import check_hub_files, is_local_spec, resolve_spec
+    from .models import _check_local_configs, check_hub_files, is_local_spec, resolve_spec
 
     if kind not in KINDS:
         raise ValueError(f"unknown export kind {kind!r}; choose from {list(KINDS)}")
     with _base_model_loads(settings):
         if is_local_spec(settings.base_model):
-            # a local base directory gone or not a pipeline: said of the base model, not as the child's failure to
-            # re-load the export
-            resolve_spec(settings.base_model)
+            # a local base directory gone, not a pipeline, or with files the child's loader refuses (a shard index
+            # naming a .bin): said of the base model, not as the child's failure to re-load the export
+            _check_local_configs(Path(resolve_spec(settings.base_model)[0]))
         else:
             # the child loads a hub id's cached weights as they are: they are hashed here first (if one was altered;
             # found by review), once per process, which render_app's load_model shares
@@ -289,11 +289,13 @@ def _stock_pipeline(name_or_dir: str, device: str):
     import torch  # noqa: F401  (diffusers needs it; imported here so the parent's import stays light)
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    from .models import _hub_offline, resolve_spec
+    from .models import _load_pretrained, resolve_spec
 
+    # stock diffusers' from_pretrained, through the app's loader: the files are checked as the app checks them first
+    # (found by review: a shard index naming a .bin, which the app refuses, was unpickled here)
     name, local = resolve_spec(name_or_dir)
-    pipe = StableDiffusionPipeline.from_pretrained(name, local_files_only=local or _hub_offline(), safety_checker=None,
-                                                   requires_safety_checker=False, use_safetensors=True)
+    pipe = _load_pretrained(StableDiffusionPipeline.from_pretrained, name, local, "Model", safety_checker=None,
+                            requires_safety_checker=False, use_safetensors=True)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)  # SEIKO samples with DDIM
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)

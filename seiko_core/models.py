@@ -186,14 +186,15 @@ def _check_hub_blobs(snapshot: Path) -> None:
 
 
 def check_hub_files(name: str) -> None:
-    """:func:`_check_hub_blobs` for the cached snapshot of hub id ``name``; nothing if it is not in the cache (the
-    loader then downloads it, or says that it cannot)."""
+    """:func:`_check_local_configs` and :func:`_check_hub_blobs` for the cached snapshot of hub id ``name``; nothing
+    if it is not in the cache (the loader then downloads it, or says that it cannot)."""
     from huggingface_hub import snapshot_download
 
     try:
         snapshot = Path(snapshot_download(name, allow_patterns=_CONFIGS, local_files_only=True))
     except (OSError, ValueError):  # LocalEntryNotFoundError (not cached), HFValidationError (not a hub id)
         return
+    _check_local_configs(snapshot)
     _check_hub_blobs(snapshot)
 
 

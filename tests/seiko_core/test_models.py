@@ -126,6 +126,46 @@ def test_a_sharded_index_that_names_a_pickle_is_refused(random_model_dir, tmp_pa
         load_model(str(bad), device="cpu")
 
 
+def test_the_export_loaders_refuse_a_sharded_index_that_names_a_pickle(random_model_dir, tmp_path, monkeypatch):
+    """The merged export's base pipeline (load_base_pipeline) and the export check's child (_stock_pipeline) called
+    from_pretrained without load_model's checks: a UNet index naming a real .bin shard was loaded with torch.load
+    (found by review). Each now refuses it in one sentence before anything is unpickled."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from seiko_core.export import ExportError, load_base_pipeline
+    from seiko_core.export_verify import CheckSettings, VerificationError, _stock_pipeline, render_stock
+
+    bad = tmp_path / "bad"
+    shutil.copytree(random_model_dir, bad)
+    weights = bad / "unet" / "diffusion_pytorch_model.safetensors"
+    state = load_file(str(weights))
+    torch.save(state, bad / "unet" / "shard-00001.bin")  # every weight, so a loader that reads it loads the model
+    weights.unlink()
+    (bad / "unet" / "diffusion_pytorch_model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": {k: "shard-00001.bin" for k in state}}))
+
+    def unpickled(*args, **kwargs):
+        raise AssertionError("torch.load was called")
+
+    monkeypatch.setattr(torch, "load", unpickled)
+    refusal = r"names the shard 'shard-00001\.bin'; only \.safetensors shards are loaded\."
+    with pytest.raises(ExportError, match=r"^Model file '.*/unet/diffusion_pytorch_model\.safetensors\.index\.json' "
+                                          + refusal + "$") as refused:
+        load_base_pipeline(str(bad))
+    assert "\n" not in str(refused.value)
+    with pytest.raises(ModelLoadError, match=refusal + "$") as refused:
+        _stock_pipeline(str(bad), "cpu")
+    assert "\n" not in str(refused.value)
+    # the check says it of the base model before its child starts, not as the export's failure to load
+    with pytest.raises(VerificationError, match=r"^The export check could not load the base model .*" + refusal[:-2]
+                                                + r"\); the export itself was not checked") as refused:
+        render_stock("merged", tmp_path, CheckSettings(base_model=str(bad), prompt="a red circle"))
+    assert "\n" not in str(refused.value)
+
+
 @pytest.mark.parametrize(("key", "value"), [("hidden_size", "64"), ("vocab_size", 2**31)])
 def test_a_config_value_of_the_wrong_kind_is_one_sentence(random_model_dir, tmp_path, key, value):
     import json
