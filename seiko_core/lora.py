@@ -13,12 +13,15 @@ with adapters injected.
 from __future__ import annotations
 
 import json
+import logging
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from .checkpoint import CheckpointError, atomic_directory, verify
+
+log = logging.getLogger(__name__)
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 BASE = None  # the adapter name that means "the pretrained model, no adapter"
@@ -189,6 +192,39 @@ def save_adapter(unet, name: str, out_dir: str | Path, *, config: dict | None = 
     return atomic_directory(out_dir, write, extra={"adapter": name, "format": "diffusers-lora"})
 
 
+def _load_error_sentence(exc: BaseException) -> str:
+    """What a failed adapter load says, in one line: torch's 'Error(s) in loading state_dict for ...:' heads one line
+    per tensor that does not fit (a hundred for an adapter made for another base model), so its first such line is
+    given, with how many more there are; any other error, its first line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if len(lines) > 1 and lines[0].endswith(":"):
+        more = len(lines) - 2
+        return lines[1].rstrip(".") + (f"; and {more} more like it" if more else "")
+    return lines[0].rstrip(".")
+
+
+@contextmanager
+def _load_errors_at_debug():
+    """diffusers logs a failed adapter load at error level with the whole error before it raises it: a hundred lines
+    on the terminal above the caller's one sentence (found by review). Those records go to this module's log at
+    debug level instead, for the block."""
+    source = logging.getLogger("diffusers.loaders.peft")
+
+    def demote(record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        log.debug("diffusers: %s", record.getMessage())
+        return False
+
+    source.addFilter(demote)
+    try:
+        yield
+    finally:
+        source.removeFilter(demote)
+
+
 def inject(unet, path: str | Path, name: str) -> None:
     """Add the adapter saved in directory ``path`` to ``unet`` as ``name``, through diffusers' loader
     (``unet.load_lora_adapter``: its LoraConfig from the file's header). Every tensor of the file must land in the
@@ -202,13 +238,16 @@ def inject(unet, path: str | Path, name: str) -> None:
     try:
         with safe_open(str(weights), "pt") as f:
             n_tensors = sum(1 for k in f.keys() if k.startswith("unet."))
-        unet.load_lora_adapter(str(path), weight_name=WEIGHT_NAME, prefix="unet", adapter_name=name,
-                               use_safetensors=True, local_files_only=True)
+        with _load_errors_at_debug():
+            unet.load_lora_adapter(str(path), weight_name=WEIGHT_NAME, prefix="unet", adapter_name=name,
+                                   use_safetensors=True, local_files_only=True)
     # json.JSONDecodeError is a ValueError; RuntimeError: a tensor whose shape disagrees with the header's config
     except (SafetensorError, OSError, ValueError, TypeError, RuntimeError) as exc:
         if has_adapter(unet, name):  # its layers may be half-added to a UNet the worker keeps (found by review)
             unet.delete_adapters(name)
-        raise CheckpointError(f"Adapter {str(path)!r} could not be read ({exc}).".splitlines()[0]) from exc
+        # one sentence: the first tensor that does not fit, not 'Error(s) in loading state_dict for ...:' cut at its
+        # line break (the whole error stays in the chain and in the debug log)
+        raise CheckpointError(f"Adapter {str(path)!r} could not be read ({_load_error_sentence(exc)}).") from exc
     if not all(torch.isfinite(p).all() for _, p in _named(unet, name)):
         unet.delete_adapters(name)
         raise CheckpointError(f"The adapter in {str(path)!r} holds weights that are not finite numbers.")

@@ -495,6 +495,43 @@ def test_loading_a_damaged_adapter_is_one_sentence_and_leaves_nothing_half_added
         lora.load_adapter(parts, unlisted, "round_1")
 
 
+def test_a_merged_export_of_an_adapter_that_does_not_fit_the_base_is_one_sentence(random_model_dir, adapter_dir, tmp_path):
+    """Found by review: the merged export of an adapter whose lora.up tensors have a column too many printed diffusers'
+    size-mismatch dump (one line per tensor: 114 on the terminal) and then 'could not be read (Error(s) in loading
+    state_dict for UNet2DConditionModel:', cut at its line break. It is now one sentence naming the first tensor that
+    does not fit, and nothing is logged above it."""
+    import logging
+
+    from safetensors.torch import save_file
+
+    def widen_up(d):
+        state = load_file(str(d / lora.WEIGHT_NAME))
+        with safe_open(str(d / lora.WEIGHT_NAME), "pt") as f:
+            header = f.metadata()
+        state = {k: torch.cat([v, v[:, :1]], 1) if k.endswith("lora.up.weight") else v for k, v in state.items()}
+        save_file(state, str(d / lora.WEIGHT_NAME), metadata=header)
+
+    bad = _forged(adapter_dir, tmp_path, "wide", widen_up)
+    n_tensors = len(load_file(str(bad / lora.WEIGHT_NAME)))
+    logged: list[logging.LogRecord] = []
+    catch = logging.Handler(logging.WARNING)
+    catch.emit = logged.append
+    diffusers_log = logging.getLogger("diffusers")
+    diffusers_log.addHandler(catch)
+    try:
+        with pytest.raises(ExportError) as refused:
+            export_merged_pipeline(random_model_dir, bad, tmp_path / "merged")
+    finally:
+        diffusers_log.removeHandler(catch)
+    text = str(refused.value)
+    assert re.fullmatch(r"Adapter '.*/wide' could not be read \(size mismatch for [\w.]+\.lora_B\.seiko_export\.weight: "
+                        r"copying a param with shape torch\.Size\(\[\d+, \d+\]\) from checkpoint, the shape in current "
+                        r"model is torch\.Size\(\[\d+, \d+\]\); and \d+ more like it\)\.", text), text
+    assert int(re.search(r"and (\d+) more", text).group(1)) == n_tensors // 2 - 1  # one per lora_B tensor
+    assert not [r.getMessage() for r in logged], "diffusers logged the load error above the sentence"
+    assert not (tmp_path / "merged").exists()
+
+
 @pytest.mark.parametrize("intruder", ["empty", "complete"])
 def test_a_destination_created_while_the_export_is_written_is_left_alone(tmp_path, intruder):
     """The destination is checked to be new before a long export (a merged pipeline takes minutes); one created
