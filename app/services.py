@@ -20,7 +20,7 @@ from db import jobs as job_queue
 from db import repo
 from db.engine import write_session
 from db.errors import InvalidInput
-from seiko_core.config import METHODS, SeikoConfig, from_dict, to_dict
+from seiko_core.config import METHODS, SeikoConfig, check_round_limits, from_dict, to_dict
 from seiko_core.presets import PRESETS, preset
 
 
@@ -67,6 +67,10 @@ def build_config(spec: ExperimentSpec) -> SeikoConfig:
         cfg.finetune.epochs = int(spec.finetune_epochs)
     if spec.finetune_max_seconds is not None:
         cfg.finetune.max_seconds = float(spec.finetune_max_seconds) or None
+    try:  # per round, before for_method scales Non-adaptive's one round (the form, the CLI and the API all come here)
+        check_round_limits(cfg)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from exc
     if spec.method is not None:
         if spec.method not in METHODS:
             raise InvalidInput(f"unknown method {spec.method!r}; choose from {sorted(METHODS)}")

@@ -17,7 +17,7 @@ import gradio as gr
 from app import ui_admin, ui_compare, ui_export, ui_options, ui_pairs, ui_quality
 from app.auth import Who
 from db.models import EXPORT_FORMATS
-from seiko_core.config import METHODS
+from seiko_core.config import MAX_EPOCHS, MAX_KL_WEIGHT, MAX_SECONDS, METHODS
 from seiko_core.models import public_name
 from seiko_core.presets import PRESETS
 
@@ -322,17 +322,20 @@ def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callab
                 f_aggregation = gr.Dropdown(label="Optimism aggregation",
                                             choices=[ui_admin.METHOD_DEFAULT, *ui_admin.AGGREGATIONS],
                                             value=ui_admin.METHOD_DEFAULT)
-                f_kl = gr.Number(label="KL weight", value=defaults["kl_weight"], minimum=0)
+                f_kl = gr.Number(label="KL weight", value=defaults["kl_weight"], minimum=0,
+                                 info=f"0 to {MAX_KL_WEIGHT:g}")
                 f_overlap = gr.Number(label="Ratings per image (overlap)", value=1, minimum=1, precision=0)
             with gr.Row():
                 f_epochs = gr.Number(label="Fine-tuning epochs per round", value=defaults["epochs"], minimum=1,
                                      precision=0, elem_id="new-epochs",
                                      info=f"one epoch is {defaults['steps_per_epoch']} optimiser steps on the shapes "
-                                          "preset; more steps move the model further per round and take longer")
+                                          "preset; more steps move the model further per round and take longer "
+                                          f"(at most {MAX_EPOCHS:,})")
                 f_max_s = gr.Number(label="Fine-tuning time limit per round, s (0 = none)", value=defaults["max_seconds"],
                                     minimum=0, elem_id="new-max-seconds",
                                     info="no step starts that would end after the limit: a slower machine then "
-                                         "takes fewer steps instead of a longer wait")
+                                         "takes fewer steps instead of a longer wait (at most "
+                                         f"{MAX_SECONDS:,} s: 7 days)")
             f_budgets = gr.Textbox(label="Labels per round (budgets)", value=defaults["budgets"])
             f_prompts = gr.Textbox(label="Prompts (one per line)", lines=6, value=defaults["prompts"])
             create_btn = gr.Button("Create experiment", variant="primary")

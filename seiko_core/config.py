@@ -351,6 +351,39 @@ def check_runnable(cfg: SeikoConfig) -> None:
     _check(len(cfg.eval_prompts) >= 1, f"eval_prompts must hold at least one held-out prompt, got {list(cfg.eval_prompts)}")
 
 
+# The most one round may ask for. A larger value is a typo or a unit slip, not an experiment: the new-experiment form
+# took 1e30 epochs, a time limit of 1e300 s and a KL weight of 1e308 (found by review). Per round, as a person gives
+# them: Non-adaptive's one round then gets K times the epochs and the time limit (SeikoConfig.for_method), so these
+# are checked before that, by check_round_limits, not by each config's __post_init__ (a stored Non-adaptive config may
+# hold more).
+MAX_BUDGET = 100_000  # labels (images) per round: 12x the reference's largest round (8192)
+MAX_EPOCHS = 1000  # fine-tuning epochs per round: 200x the reference's 5
+MAX_SECONDS = 7 * 24 * 3600  # a round's fine-tuning time limit, seconds: one week
+MAX_KL_WEIGHT = 1e3  # 100,000x the reference's 0.01: the KL term then outweighs any reward by far
+
+
+def _number_shown(value: float) -> str:
+    return str(value) if _whole(value) and abs(value) < 10**15 else f"{value:.6g}"
+
+
+def check_round_limits(cfg: SeikoConfig) -> None:
+    """The per-round values a person chose (each round's budget, its fine-tuning epochs, time limit and KL weight) are
+    within :data:`MAX_BUDGET`, :data:`MAX_EPOCHS`, :data:`MAX_SECONDS` and :data:`MAX_KL_WEIGHT`; a ValueError with one
+    sentence naming the field and its limit. Call it on the per-round config, before ``for_method``: the app's
+    experiments (app.services.build_config: the new-experiment form and every other way one is created) and the
+    simulator's campaigns (``--set``) do."""
+    ft = cfg.finetune
+    big = [b for b in cfg.budgets if b > MAX_BUDGET]
+    _check(not big, f"budgets (labels per round) must be at most {MAX_BUDGET:,} each, got {_number_shown(big[0]) if big else ''}")
+    _check(ft.epochs <= MAX_EPOCHS,
+           f"finetune.epochs (fine-tuning epochs per round) must be at most {MAX_EPOCHS:,}, got {_number_shown(ft.epochs)}")
+    _check(ft.max_seconds is None or ft.max_seconds <= MAX_SECONDS,
+           f"finetune.max_seconds (the fine-tuning time limit per round) must be at most {MAX_SECONDS:,} s (7 days), "
+           f"got {_number_shown(ft.max_seconds or 0)}")
+    _check(math.isfinite(ft.kl_weight) and ft.kl_weight <= MAX_KL_WEIGHT,
+           f"finetune.kl_weight (the KL weight) must be at most {MAX_KL_WEIGHT:g}, got {_number_shown(ft.kl_weight)}")
+
+
 def to_dict(cfg: Any) -> dict:
     """JSON-ready dict of a config (tuples become lists)."""
     return asdict(cfg)

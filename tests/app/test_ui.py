@@ -559,6 +559,41 @@ def test_the_new_experiment_form_sets_the_fine_tuning_budget(ui_world, tmp_path)
                                        default_model=str(model))
 
 
+def test_the_new_experiment_form_refuses_values_over_their_limits(ui_world, tmp_path):
+    """Found by review: the form took 1e30 epochs, a time limit of 1e300 s and a KL weight of 1e308. Each field has a
+    documented maximum (seiko_core.config): a value over it is refused in one sentence naming the field and the limit,
+    and a value at it is taken, by Non-adaptive too (whose one round then holds K times the epochs and the limit)."""
+    root = who(ui_world, "root")
+    model = tmp_path / "models" / "x"
+    model.mkdir(parents=True)
+    (model / "model_index.json").write_text("{}")
+    at_limits = dict(epochs=1000, max_seconds=7 * 24 * 3600, kl_weight=1000, budgets="100000, 8", overlap=1000)
+    for method, want in (("ucb", (1000, 604800.0, [100000, 8])), ("nonadaptive", (2000, 1209600.0, [100008]))):
+        form = ui_admin.ExperimentForm(name=f"limits-{method}", preset="shapes", method=method, **at_limits)
+        ui_admin.create_experiment(ui_world.factory, root, form, default_model=str(model))
+        with read_session(ui_world.factory) as s:
+            exp = repo.get_experiment_by_name(session=s, name=f"limits-{method}")
+            ft = exp.config["finetune"]
+            assert (ft["epochs"], ft["max_seconds"], exp.budgets) == want
+            assert (ft["kl_weight"], exp.overlap) == (1000.0, 1000)
+    epochs = r"^finetune\.epochs \(fine-tuning epochs per round\) must be at most 1,000, got "
+    seconds = r"^finetune\.max_seconds \(the fine-tuning time limit per round\) must be at most 604,800 s \(7 days\), got "
+    kl = r"^finetune\.kl_weight \(the KL weight\) must be at most 1000, got "
+    for bad, match in ((dict(epochs=1001), epochs + "1001$"), (dict(epochs=1e30), epochs + r"1e\+30$"),
+                       (dict(epochs=10**9), epochs + "1000000000$"),
+                       (dict(max_seconds=604800.5), seconds + "604800$"), (dict(max_seconds=1e300), seconds + r"1e\+300$"),
+                       (dict(kl_weight=1000.5), kl + "1000.5$"), (dict(kl_weight=1e308), kl + r"1e\+308$"),
+                       (dict(kl_weight="1e308"), kl + r"1e\+308$"), (dict(kl_weight=float("inf")), kl + "inf$"),
+                       (dict(budgets="8, 100001"), r"^budgets \(labels per round\) must be at most 100,000 each, got 100001$"),
+                       (dict(overlap=1001), r"^overlap \(ratings wanted per image\) must be from 1 to 1000, got 1001$")):
+        with pytest.raises(ValueError, match=match) as refused:
+            ui_admin.create_experiment(ui_world.factory, root, ui_admin.ExperimentForm(name="too-much", **bad),
+                                       default_model=str(model))
+        assert "\n" not in str(refused.value), bad
+    with read_session(ui_world.factory) as s, pytest.raises(NotFound):
+        repo.get_experiment_by_name(session=s, name="too-much")
+
+
 def test_admin_adds_users(ui_world):
     root = who(ui_world, "root")
     assert "Added rater 'carol'" in ui_admin.add_user(ui_world.factory, root, "carol", "rater", "carols password")

@@ -117,6 +117,26 @@ def test_overrides_and_eval_set():
     assert simulate.parse_methods("all") == simulate.METHODS
 
 
+def test_set_overrides_share_the_forms_per_round_limits():
+    """--set is held to the limits of the new-experiment form (seiko_core.config.check_round_limits), per round: at
+    the limit is taken, Non-adaptive's one round then holding K times the epochs; over it is one sentence."""
+    from types import SimpleNamespace
+
+    def setup(*overrides):
+        args = SimpleNamespace(preset="shapes", set=list(overrides), ucb_form=None, bonus_alpha=None, eval_n=None, kl_n=8,
+                               noise_sigma=0.5, model="unused", oracle="purple")
+        oracle = SimpleNamespace(default_sigma=0.5, spread=1.0)
+        return simulate.campaign_setup(args, None, oracle, ("greedy", "nonadaptive"), (8, 8))
+
+    _, cfgs, *_ = setup("finetune.epochs=1000", "finetune.max_seconds=604800", "finetune.kl_weight=1000")
+    assert (cfgs["greedy"].finetune.epochs, cfgs["nonadaptive"].finetune.epochs) == (1000, 2000)
+    for override, match in (("finetune.epochs=1001", r"finetune\.epochs .* must be at most 1,000, got 1001$"),
+                            ("finetune.max_seconds=1e300", r"finetune\.max_seconds .* must be at most 604,800 s"),
+                            ("finetune.kl_weight=1e308", r"finetune\.kl_weight .* must be at most 1000, got 1e\+308$")):
+        with pytest.raises(simulate.SimulationError, match=match):
+            setup(override)
+
+
 def test_parallel_jobs_give_the_sequential_results(tiny_run, tmp_path):
     """--jobs 2: the two runs in their own processes; each run's figures equal the sequential run's."""
     out, argv = tiny_run
