@@ -13,7 +13,9 @@ carries no path, so nothing can be traversed; an unknown id, a non-admin or a mi
 from __future__ import annotations
 
 import html
+import logging
 import mimetypes
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,8 @@ from db.errors import InvalidInput, NotFound
 from db.models import EXPORT_FORMATS
 from seiko_core.checkpoint import sha256_file
 from seiko_core.export_verify import VerificationError
+
+log = logging.getLogger("seiko.export")
 
 ROUTE = "/seiko/export/{export_id}"
 MAX_ID_DIGITS = 18
@@ -97,16 +101,40 @@ def build(factory, settings: Settings, who: Who, experiment_id: int | None, roun
                                target=f"experiment {int(experiment_id)}",
                                detail={"format": fmt, "round": index, "reason": str(e)})
             raise
-    root = settings.data_dir.resolve()
-    relative = path.resolve().relative_to(root).as_posix()
-    size = path.stat().st_size
-    with write_session(factory) as s:
-        row = repo.add_export(session=s, experiment_id=int(experiment_id), round_index=index, fmt=fmt, file_path=relative,
-                              sha256=sha256_file(path), size_bytes=size, created_by=who.rater_id)
-        export_id = row.id
-        repo.add_audit(session=s, actor_id=who.rater_id, actor_name=who.name, action="export.build",
-                       target=f"experiment {int(experiment_id)}", detail={"export_id": export_id, "format": fmt, "round": index})
+    try:
+        root = settings.data_dir.resolve()
+        relative = path.resolve().relative_to(root).as_posix()
+        size = path.stat().st_size
+        with write_session(factory) as s:
+            row = repo.add_export(session=s, experiment_id=int(experiment_id), round_index=index, fmt=fmt,
+                                  file_path=relative, sha256=sha256_file(path), size_bytes=size, created_by=who.rater_id)
+            export_id = row.id
+            repo.add_audit(session=s, actor_id=who.rater_id, actor_name=who.name, action="export.build",
+                           target=f"experiment {int(experiment_id)}",
+                           detail={"export_id": export_id, "format": fmt, "round": index})
+    except BaseException:
+        # not recorded, so never offered for download nor cleaned up by anything: a merged pipeline's zip stayed in
+        # exports/ with no row (found by review). The failure itself goes on to the caller.
+        _discard(settings, path)
+        raise
     return Built(export_id, path.name, size, download_url(export_id), checked=fmt != "ratings")
+
+
+def _discard(settings: Settings, path: Path) -> None:
+    """Remove a built download that could not be recorded: what ``app.export`` wrote for it directly under
+    ``<data_dir>/exports/`` (a zip, or a kohya export's directory, which holds the file); a failure to remove it is
+    logged, not raised over the error that made it an orphan."""
+    exports = settings.data_dir / export.EXPORTS_DIR
+    entry = path if path.parent == exports else path.parent if path.parent.parent == exports else None
+    try:
+        if entry is None:
+            log.error("the unrecorded export %s is not under %s; it was left where it is", path, exports)
+        elif entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink(missing_ok=True)
+    except OSError:
+        log.exception("could not remove the unrecorded export %s", entry)
 
 
 def exports_table(factory, who: Who, experiment_id: int | None) -> list[list[str]]:

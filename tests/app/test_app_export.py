@@ -358,6 +358,37 @@ def test_an_export_of_a_no_op_lora_fails_and_is_not_published(world):
         engine.dispose()
 
 
+@pytest.mark.parametrize("fmt", ["ratings", "kohya"])
+def test_an_export_that_cannot_be_recorded_leaves_no_file_behind(world, monkeypatch, fmt):
+    """The browser's build wrote the download (a zip; kohya: a directory holding the file) and then failed to record
+    it: the file stayed in exports/ with no row, never offered and never cleaned up (found by review). It is removed,
+    and the failure is still the caller's."""
+    from app import ui_export
+
+    class Gone(RuntimeError):
+        pass
+
+    def failing(**kwargs):
+        raise Gone("the database went away")
+
+    engine = make_engine(world.settings.db_url)
+    factory = session_factory(engine)
+    try:
+        admin = signed_in_admin(factory)
+        exports = world.settings.data_dir / "exports"
+        before = set(exports.iterdir()) if exports.exists() else set()
+        with read_session(factory) as s:
+            rows = len(repo.list_exports(session=s, experiment_id=world.experiment_id))
+        monkeypatch.setattr(repo, "add_export", failing)
+        with pytest.raises(Gone, match="the database went away"):
+            ui_export.build(factory, world.settings, admin, world.experiment_id, None if fmt == "ratings" else 1, fmt)
+        assert set(exports.iterdir()) == before
+        with read_session(factory) as s:
+            assert len(repo.list_exports(session=s, experiment_id=world.experiment_id)) == rows
+    finally:
+        engine.dispose()
+
+
 def test_an_adapter_that_is_not_the_recorded_checkpoint_is_not_exported(world, tmp_path):
     """Found in review: the export checked the adapter against its own manifest only, so a complete adapter of another
     experiment restored over round 1 was exported with a card describing round 1's ratings."""
