@@ -65,6 +65,7 @@ from app.settings import Settings
 from seiko_core import atomic
 from seiko_core.config import from_dict, to_dict
 from seiko_core.preference import logistic_temperature, simulate_pair_choices
+from seiko_core.stats import number_or_none
 
 EXPERIMENT = "demo"
 POLL_S = 0.25
@@ -589,10 +590,6 @@ SUMMARY_KEYS = ("mean_rating", "share_ge6", "honest_share_ge6", "variety_pixels_
                 "wait_s", "reward_corr")
 
 
-def _number_or_none(value: Any) -> bool:
-    return value is None or (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value))
-
-
 def _record_problem(record: Any, rounds: int) -> str | None:
     """Why ``record`` (one seed's entry in results.json) is not a seed record of a run with ``rounds`` trainings, or
     None: a finished one holds rounds 0 .. ``rounds``, each with numbers (or null) where :func:`summarise` reads them."""
@@ -604,7 +601,7 @@ def _record_problem(record: Any, rounds: int) -> str | None:
     if not isinstance(got, list) or len(got) != rounds + 1 or not all(isinstance(r, dict) for r in got):
         return f"rounds must be a list of {rounds + 1} round records, got {json.dumps(got)[:60]}"
     for k, r in enumerate(got):
-        bad = [key for key in SUMMARY_KEYS if not _number_or_none(r.get(key))]
+        bad = [key for key in SUMMARY_KEYS if not number_or_none(r.get(key))]
         if bad:
             return f"round {k}'s {bad[0]} is {json.dumps(r.get(bad[0]))[:40]}, not a number"
     return None

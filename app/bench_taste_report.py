@@ -24,14 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from seiko_core.stats import mean_ci95, wins
+from seiko_core.stats import mean_ci95, number_or_none, wins
 
 REPORTED = ("share_ge6", "mean_rating", "variety_pixels_pct_round0", "variety_embedding_pct_round0",
             "variety_liked_pixels_pct_round0", "variety_liked_embedding_pct_round0", "wait_s", "reward_corr")
-
-
-def _number_or_none(value: Any) -> bool:
-    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
 
 
 def _doc_problem(doc: Any) -> str | None:
@@ -50,7 +46,7 @@ def _doc_problem(doc: Any) -> str | None:
         if not isinstance(rounds, list) or not all(isinstance(r, dict) for r in rounds):
             return f"seed {seed} has no list of rounds"
         for k, r in enumerate(rounds):
-            bad = [key for key in REPORTED if not _number_or_none(r.get(key))]
+            bad = [key for key in REPORTED if not number_or_none(r.get(key))]
             if bad:
                 return f"seed {seed}, round {k}: {bad[0]} is {json.dumps(r.get(bad[0]))[:40]}, not a number"
     if not any(entry["rounds"] for entry in seeds.values()):

@@ -129,6 +129,12 @@ class ScaledAdapter:
             p.copy_(b0 * s)
 
 
+def evals_record(evals: list[tuple[float, float]]) -> list[list[float | None]]:
+    """A search's ``(s, KL(s))`` for results.json: ``[s, KL]``, the KL None where it was not finite (the search takes a
+    non-finite KL as one above the target; JSON has no NaN or infinity, and results.json refuses them)."""
+    return [[float(s), float(kl) if math.isfinite(kl) else None] for s, kl in evals]
+
+
 def _final(run: dict) -> dict:
     return run["rounds"][-1]
 
@@ -259,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         # trained model's beside them under unscaled_*
         final = {"round": before["round"], "labels": before["labels"], "budget": before.get("budget"), **m,
                  "kl_prev": None, "kl_scale": search.scale, "kl_target": target, "kl_matched": search.matched,
-                 "kl_evals": search.evals, "unscaled_true_reward_mean": before["true_reward_mean"],
+                 "kl_evals": evals_record(search.evals), "unscaled_true_reward_mean": before["true_reward_mean"],
                  "unscaled_kl_base": before["kl_base"], "match_s": time.time() - t0}
         out["runs"][args.scale][seed] = {**src_run, "rounds": [*src_run["rounds"][:-1], final]}
         write_json_atomic(args.out / "results.json", out)

@@ -170,8 +170,33 @@ def train_seed(run_seed: int, round_index: int) -> int:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    """The results as JSON (numpy values as plain numbers), written atomically: a killed run leaves the last whole file."""
-    write_text(path, json.dumps(data, indent=1, default=_json_default))
+    """The results as JSON (numpy values as plain numbers), written atomically: a killed run leaves the last whole file.
+
+    A NaN or an infinity is refused (ValueError naming where it is, nothing written): Python's json wrote it as the
+    bare word NaN, which is not JSON (other readers reject the whole file, and Python's own reads it back as a float
+    that every mean and table then carries). A figure that can be undefined is recorded as None where it is made."""
+    try:
+        text = json.dumps(data, indent=1, default=_json_default, allow_nan=False)
+    except ValueError as exc:
+        found = _non_finite(data)
+        if found is None:
+            raise
+        raise ValueError(f"{path} was not written: {found[0]} is {found[1]}, not a finite number") from exc
+    write_text(path, text)
+
+
+def _non_finite(obj, where: str = "results") -> tuple[str, float] | None:
+    """The first NaN or infinity in ``obj`` and where it is (``results["runs"]["greedy"]["0"]...``), or None."""
+    if isinstance(obj, torch.Tensor):
+        obj = obj.tolist()
+    if isinstance(obj, (float, np.floating)):
+        return None if math.isfinite(float(obj)) else (where, float(obj))
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for key, value in items:
+        found = _non_finite(value, f"{where}[{json.dumps(key) if isinstance(key, str) else key}]")
+        if found is not None:
+            return found
+    return None
 
 
 def _json_default(obj):

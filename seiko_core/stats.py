@@ -32,3 +32,9 @@ def wins(differences) -> float:
     """Paired wins of B over A from the differences B - A: a positive one counts 1, an exact tie 1/2 (the rule every
     table here states; the simulator's and the pooled tables counted a tie as a loss, found by review)."""
     return float(sum(1.0 if d > 0 else 0.5 if d == 0 else 0.0 for d in differences))
+
+
+def number_or_none(value) -> bool:
+    """Whether ``value`` (read from a results file) is None or a finite number: a bool is not a number, and NaN or an
+    infinity (which Python's json reads from ``NaN`` and ``Infinity``) is not one a mean or a table can use."""
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value))

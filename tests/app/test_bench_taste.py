@@ -682,6 +682,10 @@ def test_the_results_file_refusals_never_suggest_removing_it(bench_run, text, ex
     ('{"config": {"options": {}}, "seeds": {"0": {"rounds": []}}}', "no seed has a round yet"),
     ('{"config": {"options": {}}, "seeds": {"0": {"rounds": [{"wait_s": "1 s"}]}}}',
      'seed 0, round 0: wait_s is "1 s", not a number'),
+    ('{"config": {"options": {}}, "seeds": {"0": {"rounds": [{"share_ge6": NaN}]}}}',  # Python's json reads NaN
+     "seed 0, round 0: share_ge6 is NaN, not a number"),
+    ('{"config": {"options": {}}, "seeds": {"0": {"rounds": [{"wait_s": Infinity}]}}}',
+     "seed 0, round 0: wait_s is Infinity, not a number"),
     ("{not json", "not JSON"),
     (b"\xff\xfe\x00binary", "not UTF-8 text"),
     (None, "is a directory"),

@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -146,6 +147,22 @@ def test_simulate_results_round_trip_numpy_values(tmp_path):
 
     write_json_atomic(tmp_path / "r.json", {"a": np.float32(0.5), "b": [np.int64(3)]})
     assert json.loads((tmp_path / "r.json").read_text()) == {"a": 0.5, "b": [3]}
+
+
+@pytest.mark.parametrize("bad, shown", [(float("nan"), "nan"), (np.float32("inf"), "inf"), (float("-inf"), "-inf")])
+def test_simulate_results_refuse_a_non_finite_number_naming_where(tmp_path, bad, shown):
+    """json.dumps' default allow_nan wrote NaN and Infinity, which are not JSON: a results.json that other readers
+    reject and that Python reads back as floats every mean then carries (found by review). The old file is kept."""
+    from seiko_core.simulate import write_json_atomic
+
+    path = tmp_path / "r.json"
+    path.write_bytes(OLD)
+    data = {"runs": {"greedy": {"0": {"rounds": [{"kl": 0.5}, {"kl": bad}]}}}}
+    with pytest.raises(ValueError) as err:
+        write_json_atomic(path, data)
+    assert str(err.value) == (f'{path} was not written: results["runs"]["greedy"]["0"]["rounds"][1]["kl"] is {shown}, '
+                              "not a finite number")
+    assert path.read_bytes() == OLD and sorted(tmp_path.iterdir()) == [path]
 
 
 def test_a_new_only_write_leaves_a_file_created_meanwhile_alone(tmp_path):

@@ -65,6 +65,21 @@ def test_find_scale_counts_a_non_finite_kl_as_above_the_target(bad):
     assert any(not math.isfinite(v) for _, v in found.evals)  # the non-finite region was met on the way
 
 
+@pytest.mark.parametrize("bad", [math.inf, math.nan])
+def test_a_non_finite_kl_the_search_met_is_recorded_as_null(bad, tmp_path):
+    """The search's evaluations went into results.json as they were, so a non-finite KL was written as the bare word
+    NaN or Infinity (not JSON); results.json now refuses those, and the KL is null there (found by review)."""
+    from seiko_core.simulate import write_json_atomic
+
+    kl = lambda s: 2 * s * s * (1 + s * s) if s < 1.2 else bad  # noqa: E731
+    found = klmatch.find_scale(kl, 6.0, kl_at_one=4.0, rel_tol=0.005)
+    record = klmatch.evals_record(found.evals)
+    write_json_atomic(tmp_path / "r.json", {"kl_evals": record})
+    back = json.loads((tmp_path / "r.json").read_text())["kl_evals"]
+    assert back == [[s, v if math.isfinite(v) else None] for s, v in found.evals]
+    assert any(v is None for _, v in back)  # the non-finite KL met on the way
+
+
 def test_find_scale_keeps_to_its_evaluation_budget():
     calls = []
     found = klmatch.find_scale(lambda s: calls.append(s) or 3 * s**3, 20.0, kl_at_one=3.0, max_evals=1)
