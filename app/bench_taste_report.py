@@ -155,14 +155,22 @@ def pooled_pairs(pairs: list[tuple[dict[str, Any], dict[str, Any]]],
                  names: list[tuple[str, str]] | None = None) -> dict[str, Any]:
     """B minus A over the seeds of every (A, B) pair, pooled: share >= 6 in points (mean, 95% t half-width, wins with
     ties as half, n), variety in embeddings in points of round 0, and the longest wait of any B round. Only seeds
-    both runs finished count; the others are named in ``left_out``."""
+    both runs finished count; the others are named in ``left_out``. ValueError (one sentence) when a run's seed would
+    be pooled twice (a run in two pairs, or on both sides of one): its pairs would not be independent, and it would
+    count twice (found by review). A run is the same when its results are equal (one directory given twice)."""
     share, variety, waits, left_out = [], [], [], []
+    pooled: list[tuple[dict[str, Any], str, str]] = []  # (run, its name, seed) of every seed pooled so far
     names = names or [("A", "B")] * len(pairs)
     for (a, b), (name_a, name_b) in zip(pairs, names, strict=True):
         for seed, _, last_a, last_b, rounds_b, finished in _last_round_pairs(a, b):
             if not finished:
                 left_out.append(f"seed {seed} of {name_a} -> {name_b}")
                 continue
+            for run, name in ((a, name_a), (b, name_b)):
+                if any(s == seed and (r is run or r == run) for r, _, s in pooled):
+                    raise ValueError(f"seed {seed} of {name} would be pooled twice (the run is in more than one "
+                                     "--paired pair, or on both sides of one); give each run in one pair only")
+                pooled.append((run, name, seed))
             share.append(100 * (last_b["share_ge6"] - last_a["share_ge6"]))
             va, vb = last_a.get("variety_embedding_pct_round0"), last_b.get("variety_embedding_pct_round0")
             if va is not None and vb is not None:  # null when a round had fewer than two images (found by review)

@@ -477,6 +477,31 @@ def test_the_goals_count_rounds_after_round_0_and_correlate_share_with_variety()
         report.goals_across([_doc([[0.0]], [[1.0]])])
 
 
+@pytest.mark.parametrize("pairs, named", [
+    (lambda a, b, c: [(a, b), (a, c)], "a"),  # one baseline against two runs
+    (lambda a, b, c: [(a, b), (c, b)], "b"),
+    (lambda a, b, c: [(a, b), (b, c)], "b"),  # a run on the B side of one pair and the A side of another
+    (lambda a, b, c: [(a, a)], "a"),  # both sides of one pair
+    (lambda a, b, c: [(a, b), (__import__("copy").deepcopy(a), c)], "a"),  # one directory given twice: loaded twice
+])
+def test_the_report_refuses_to_pool_a_runs_seed_twice(pairs, named):
+    """--paired A B --paired A C pooled A's seeds twice: 4 'pairs' from 2 seeds of A, with a t-interval that took
+    them for independent (found by review)."""
+    from app import bench_taste_report as report
+
+    runs = {"a": _doc([[0.0, 0.25], [0.0, 0.5]], [[1.0, 2.0], [1.0, 3.0]]),
+            "b": _doc([[0.0, 0.75], [0.0, 0.5]], [[1.0, 4.0], [1.0, 2.5]]),
+            "c": _doc([[0.0, 0.5], [0.0, 0.25]], [[1.0, 3.0], [1.0, 2.0]])}
+    given = pairs(runs["a"], runs["b"], runs["c"])
+    names = [(next(k for k, v in runs.items() if v == a), next(k for k, v in runs.items() if v == b)) for a, b in given]
+    with pytest.raises(ValueError) as err:
+        report.pooled_pairs(given, names)
+    assert str(err.value) == (f"seed 0 of {named} would be pooled twice (the run is in more than one --paired pair, or "
+                              "on both sides of one); give each run in one pair only")
+    # three different runs in two pairs, each once: pooled
+    assert report.pooled_pairs([(runs["a"], runs["b"]), (runs["c"], _doc([[0.0, 0.5]] * 2, [[1.0, 2.0]] * 2))])["n"] == 4
+
+
 def test_the_report_refuses_to_pool_runs_without_a_common_seed():
     from app import bench_taste_report as report
 
