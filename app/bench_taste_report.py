@@ -202,7 +202,8 @@ def rescore(run_dir: Path) -> int:
     """Fill in what rounds of ``run_dir`` lack because bench-taste did not record it yet when they ran: the reward
     model's held-out correlation, and the variety of the liked images (of rounds measured by the ratings given), from
     each seed's data dir with the functions bench-taste uses; returns how many rounds gained something. results.json
-    is rewritten atomically."""
+    is rewritten atomically, with its summary computed again from the rounds (it kept the old one, which then
+    contradicted them: found by review)."""
     from app import bench_taste
     from db import repo
     from db.engine import make_engine, read_session, session_factory
@@ -232,6 +233,7 @@ def rescore(run_dir: Path) -> int:
             engine.dispose()
     doc["rescored"] = ("reward_model and the liked images' variety filled in afterwards where missing by "
                        "python -m app.bench_taste_report --rescore")
+    doc["summary"] = bench_taste.summarise(doc["seeds"])  # what write_results writes, over the rounds as they are now
     atomic.write_text(run_dir / "results.json", json.dumps(doc, indent=2, sort_keys=True, allow_nan=False) + "\n")
     return filled
 

@@ -502,6 +502,70 @@ def test_the_report_refuses_to_pool_a_runs_seed_twice(pairs, named):
     assert report.pooled_pairs([(runs["a"], runs["b"]), (runs["c"], _doc([[0.0, 0.5]] * 2, [[1.0, 2.0]] * 2))])["n"] == 4
 
 
+def _seed_data(data: Path, monkeypatch, rounds: list[tuple[list[int], list[float]]]) -> None:
+    """A bench-taste seed 0's data dir (experiment 1): per round k, its query images rated ``scores`` by one rater,
+    each image's embedding (p, p) for its ``preds`` value p, and from round 1 on a reward model on disk that predicts
+    p for that embedding (its heads read the embedding's coordinates; RewardEnsemble.load gives that stand-in)."""
+    from app import storage
+    from db import migrate, repo
+    from db import testing as dbt
+    from db.engine import make_engine, session_factory, write_session
+    from seiko_core import checkpoint
+    from seiko_core.reward import RewardEnsemble
+
+    data.mkdir(parents=True)
+    url = dbt.sqlite_url(data / "seiko.db")
+    migrate.upgrade(url)
+    engine = make_engine(url)
+    try:
+        with write_session(session_factory(engine)) as s:
+            exp = repo.create_experiment(session=s, name=bench_taste.EXPERIMENT, model_spec="m", method="bootstrap",
+                                         config={}, budgets=[len(sc) for sc, _ in rounds], prompts=["p"]).id
+            assert exp == 1  # seed 0
+            rater = repo.create_rater(session=s, name="sim", password_hash="x").id
+            for k, (scores, preds) in enumerate(rounds):
+                round_id = repo.create_round(session=s, experiment_id=exp,
+                                             adapter_path=f"adapters/exp{exp}/round_{k}" if k else None).id
+                ids = [repo.add_image(session=s, round_id=round_id, prompt="p", seed=j, file_path=f"images/{k}_{j}.png",
+                                      sha256=f"{k:032x}{j:032x}", embedding=np.array([p, p], "<f4").tobytes(),
+                                      embedding_dim=2, kind="query").id for j, p in enumerate(preds)]
+                repo.open_round(session=s, round_id=round_id)
+                for image_id, score in zip(ids, scores):
+                    repo.add_rating(session=s, image_id=image_id, rater_id=rater, score=score)
+                repo.set_round_status(session=s, round_id=round_id, status="done")
+                if k:
+                    checkpoint.atomic_directory(storage.resolve(data, storage.reward_path(exp, k)),
+                                                lambda d: (d / "reward.json").write_text("{}"))
+    finally:
+        engine.dispose()
+    monkeypatch.setattr(RewardEnsemble, "load", classmethod(lambda cls, path, device="cpu": (lambda x: x)))
+
+
+def test_rescore_writes_the_summary_of_the_rounds_it_filled_in(tmp_path, monkeypatch):
+    """--rescore filled the rounds' reward_corr and wrote the old summary back, which had none: results.json
+    contradicted itself (found by review). The summary is now summarise() of the rounds as written."""
+    import json
+
+    from app import bench_taste_report as report
+
+    run_dir = tmp_path / "run"
+    _seed_data(run_dir / "seed_0" / "data", monkeypatch, [([3, 4, 5, 6], [0.0] * 4), ([2, 9, 5, 7], [0.1, 0.4, 0.2, 0.3])])
+    old = _doc([[0.0, 0.5]], [[4.5, 5.75]])  # as an older bench-taste wrote it: no reward model figures
+    for r in old["seeds"]["0"]["rounds"]:
+        r.pop("reward_corr")
+        r["liked_images"] = 2
+    old["summary"] = bench_taste.summarise(old["seeds"])
+    assert old["summary"][1]["reward_corr"] is None
+    (run_dir / "results.json").write_text(json.dumps(old))
+    assert report.rescore(run_dir) == 2
+    doc = json.loads((run_dir / "results.json").read_text())
+    # round 1: predictions (0.1, 0.4, 0.2, 0.3) rank the ratings (2, 9, 5, 7) in their order: rho 1
+    assert doc["seeds"]["0"]["rounds"][1]["reward_corr"] == pytest.approx(1.0)
+    assert doc["summary"] == bench_taste.summarise(doc["seeds"])
+    assert doc["summary"][1]["reward_corr"] == {"mean": pytest.approx(1.0), "min": pytest.approx(1.0),
+                                                "max": pytest.approx(1.0), "n": 1}
+
+
 def test_the_report_refuses_to_pool_runs_without_a_common_seed():
     from app import bench_taste_report as report
 
