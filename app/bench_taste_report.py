@@ -200,11 +200,12 @@ def pooled_table(pairs: list[tuple[dict[str, Any], dict[str, Any]]], names: list
 
 def rescore(run_dir: Path) -> int:
     """Fill in what rounds of ``run_dir`` lack because bench-taste did not record it yet when they ran: the reward
-    model's held-out correlation, and the variety of the liked images (of rounds measured by the ratings given), from
-    each seed's data dir with the functions bench-taste uses; returns how many rounds gained something. results.json
+    model's held-out correlation, the same on the round's honest images (of rounds measured by the ratings given),
+    and the variety of the liked images (the same rounds), from each seed's data dir with the functions bench-taste
+    uses; returns how many rounds gained something. results.json
     is rewritten atomically, with its summary computed again from the rounds (it kept the old one, which then
     contradicted them: found by review)."""
-    from app import bench_taste
+    from app import bench_taste, selection
     from db import repo
     from db.engine import make_engine, read_session, session_factory
     from seiko_core import atomic
@@ -213,7 +214,7 @@ def rescore(run_dir: Path) -> int:
     filled = 0
     for seed, entry in doc["seeds"].items():
         data = run_dir / f"seed_{seed}" / "data"
-        todo = [r for r in entry["rounds"] if "reward_model" not in r or _lacks_liked_variety(r)]
+        todo = [r for r in entry["rounds"] if "reward_model" not in r or _lacks_honest_corr(r) or _lacks_liked_variety(r)]
         if not todo or not (data / "seiko.db").exists():
             continue
         engine = make_engine(f"sqlite:///{data / 'seiko.db'}")
@@ -223,16 +224,22 @@ def rescore(run_dir: Path) -> int:
                 for r in todo:
                     round_ = repo.get_round_by_index(session=s, experiment_id=experiment_id, index=r["round"])
                     query = repo.list_images(session=s, round_id=round_.id, kind="query")
-                    if "reward_model" not in r:
-                        r["reward_model"] = bench_taste.round_reward_quality(s, data, experiment_id, r["round"], query)
-                        r["reward_corr"] = None if r["reward_model"] is None else r["reward_model"]["spearman"]
+                    if "reward_model" not in r or _lacks_honest_corr(r):
+                        quality = bench_taste.round_reward_quality(s, data, experiment_id, r["round"], query,
+                                                                   honest=selection.honest_ids(round_.metrics, query))
+                        if "reward_model" not in r:
+                            r["reward_model"] = quality
+                            r["reward_corr"] = None if quality is None else quality["spearman"]
+                        elif r["reward_model"] is not None and quality is not None:
+                            r["reward_model"]["honest"] = quality["honest"]
+                        r["reward_corr_honest"] = bench_taste.honest_corr(r["reward_model"])
                     if _lacks_liked_variety(r):
                         r.update(_liked_variety_of(s, data, query, entry["rounds"][0]))
                     filled += 1
         finally:
             engine.dispose()
-    doc["rescored"] = ("reward_model and the liked images' variety filled in afterwards where missing by "
-                       "python -m app.bench_taste_report --rescore")
+    doc["rescored"] = ("reward_model, reward_corr_honest and the liked images' variety filled in afterwards where "
+                       "missing by python -m app.bench_taste_report --rescore")
     doc["summary"] = bench_taste.summarise(doc["seeds"])  # what write_results writes, over the rounds as they are now
     atomic.write_text(run_dir / "results.json", json.dumps(doc, indent=2, sort_keys=True, allow_nan=False) + "\n")
     return filled
@@ -263,6 +270,12 @@ def goals_across(docs: list[dict[str, Any]]) -> dict[str, Any]:
             "both": int(sum(h and v for h, v in zip(hit, both_var))), "r_share_variety_emb": r}
 
 
+def _lacks_honest_corr(r: dict[str, Any]) -> bool:
+    """A round measured by the ratings given whose record predates the reward model's correlation on the honest
+    images (a round measured by the person's untold ratings cannot be redone: see :func:`_lacks_liked_variety`)."""
+    return "reward_corr_honest" not in r and r.get("measured_by", "ratings") == "ratings"
+
+
 def _lacks_liked_variety(r: dict[str, Any]) -> bool:
     """A round measured by the ratings given whose record predates the liked images' variety (a round measured by the
     person's untold ratings cannot be redone from the data dir, which holds only what was submitted)."""
@@ -290,8 +303,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="also count, over every round after round 0 of the given runs, the rounds that reached issue "
                          "12's share goal, its variety goal and both, and correlate the share with the variety")
     ap.add_argument("--rescore", action="store_true",
-                    help="first fill in the reward model's held-out correlation and the liked images' variety where a run "
-                         "lacks them (older runs)")
+                    help="first fill in the reward model's held-out correlation (also on the honest images) and the "
+                         "liked images' variety where a run lacks them (older runs)")
     args = ap.parse_args(argv)
     try:
         if args.rescore:

@@ -502,10 +502,12 @@ def test_the_report_refuses_to_pool_a_runs_seed_twice(pairs, named):
     assert report.pooled_pairs([(runs["a"], runs["b"]), (runs["c"], _doc([[0.0, 0.5]] * 2, [[1.0, 2.0]] * 2))])["n"] == 4
 
 
-def _seed_data(data: Path, monkeypatch, rounds: list[tuple[list[int], list[float]]]) -> None:
-    """A bench-taste seed 0's data dir (experiment 1): per round k, its query images rated ``scores`` by one rater,
-    each image's embedding (p, p) for its ``preds`` value p, and from round 1 on a reward model on disk that predicts
-    p for that embedding (its heads read the embedding's coordinates; RewardEnsemble.load gives that stand-in)."""
+def _seed_data(data: Path, monkeypatch, rounds: list[tuple]) -> None:
+    """A bench-taste seed 0's data dir (experiment 1): per round k, ``(scores, preds)`` or ``(scores, preds, modes)``:
+    its query images rated ``scores`` by one rater, each image's embedding (p, p) for its ``preds`` value p, the
+    selection mode that showed each image as the worker records it (``modes``: "random" is the honest sample), and
+    from round 1 on a reward model on disk that predicts p for that embedding (its heads read the embedding's
+    coordinates; RewardEnsemble.load gives that stand-in)."""
     from app import storage
     from db import migrate, repo
     from db import testing as dbt
@@ -520,12 +522,16 @@ def _seed_data(data: Path, monkeypatch, rounds: list[tuple[list[int], list[float
     try:
         with write_session(session_factory(engine)) as s:
             exp = repo.create_experiment(session=s, name=bench_taste.EXPERIMENT, model_spec="m", method="bootstrap",
-                                         config={}, budgets=[len(sc) for sc, _ in rounds], prompts=["p"]).id
+                                         config={}, budgets=[len(r[0]) for r in rounds], prompts=["p"]).id
             assert exp == 1  # seed 0
             rater = repo.create_rater(session=s, name="sim", password_hash="x").id
-            for k, (scores, preds) in enumerate(rounds):
-                round_id = repo.create_round(session=s, experiment_id=exp,
-                                             adapter_path=f"adapters/exp{exp}/round_{k}" if k else None).id
+            for k, (scores, preds, *modes) in enumerate(rounds):
+                round_ = repo.create_round(session=s, experiment_id=exp,
+                                           adapter_path=f"adapters/exp{exp}/round_{k}" if k else None)
+                round_id = round_.id
+                if modes:  # app.selection.record's shape, as far as honest_ids reads it
+                    round_.metrics = {"selection": {"selection": "optimistic",
+                                                    "images": {str(j): {"mode": m} for j, m in enumerate(modes[0])}}}
                 ids = [repo.add_image(session=s, round_id=round_id, prompt="p", seed=j, file_path=f"images/{k}_{j}.png",
                                       sha256=f"{k:032x}{j:032x}", embedding=np.array([p, p], "<f4").tobytes(),
                                       embedding_dim=2, kind="query").id for j, p in enumerate(preds)]
@@ -564,6 +570,74 @@ def test_rescore_writes_the_summary_of_the_rounds_it_filled_in(tmp_path, monkeyp
     assert doc["summary"] == bench_taste.summarise(doc["seeds"])
     assert doc["summary"][1]["reward_corr"] == {"mean": pytest.approx(1.0), "min": pytest.approx(1.0),
                                                 "max": pytest.approx(1.0), "n": 1}
+
+
+def test_the_reward_models_correlation_on_the_honest_images_by_hand():
+    """Under a selection mode the reward model's correlation was only measured on every shown image, most of which that
+    model chose, which biases it down (found by review); it is now also measured on the honest images alone."""
+    pred, scores = np.array([1.0, 2, 3, 4, 5, 6]), [2, 1, 3, 6, 5, 4]
+    got = bench_taste.reward_figures(2, pred, scores, [True, True, True, False, False, False])
+    # all six (no ties, so Pearson = Spearman): ranks (0..5) and (1, 0, 2, 5, 4, 3), d = (-1, 1, 0, -2, 0, 2),
+    # sum d^2 = 10: rho = 1 - 6 * 10 / (6 * 35) = 5/7
+    assert got["spearman"] == pytest.approx(5 / 7) and got["pearson"] == pytest.approx(5 / 7) and got["n"] == 6
+    # the honest three: (1, 2, 3) against (2, 1, 3): centred (-1, 0, 1) and (0, -1, 1), products 1, squares 2 and 2: 1/2
+    assert got["honest"] == {"pearson": pytest.approx(0.5), "spearman": pytest.approx(0.5), "n": 3}
+    # random selection: every image honest, the same figure
+    same = bench_taste.reward_figures(2, pred, scores, [True] * 6)
+    assert same["honest"]["spearman"] == same["spearman"] == pytest.approx(5 / 7)
+    # fewer honest images than a correlation needs: None
+    assert bench_taste.reward_figures(2, pred, scores, [True, True] + [False] * 4)["honest"] is None
+    # in the round's record and the summary over seeds
+    pix, emb = [np.zeros((2, 2, 3)), np.ones((2, 2, 3))], np.array([[0.0, 0.0], [0.0, 2.0]])
+    r1 = bench_taste.round_record(1, scores, scores[:3], pix, emb, wait_s=1.0, labels_trained=6, base=None,
+                                  mode="optimistic", reward_model=got)
+    assert r1["reward_corr"] == pytest.approx(5 / 7) and r1["reward_corr_honest"] == pytest.approx(0.5)
+    r2 = bench_taste.round_record(1, scores, scores[:3], pix, emb, wait_s=1.0, labels_trained=6, base=None,
+                                  mode="optimistic", reward_model=None)
+    assert r2["reward_corr_honest"] is None
+    summary = bench_taste.summarise({"0": {"rounds": [r1]}, "1": {"rounds": [r2]}})
+    assert summary[0]["reward_corr_honest"] == {"mean": pytest.approx(0.5), "min": pytest.approx(0.5),
+                                                "max": pytest.approx(0.5), "n": 1}
+
+
+def test_the_honest_correlation_is_measured_on_the_rounds_random_images(tmp_path, monkeypatch):
+    """From the data dir: the round's honest images are those the worker recorded as drawn at random (honest_ids),
+    as the live run and --rescore take them; --rescore fills the figure in for a run that predates it."""
+    import json
+
+    from app import bench_taste_report as report
+    from db import repo
+    from db.engine import make_engine, read_session, session_factory
+
+    run_dir = tmp_path / "run"
+    data = run_dir / "seed_0" / "data"
+    modes = ["optimistic", "random", "optimistic", "random", "optimistic", "random"]
+    _seed_data(data, monkeypatch, [([3, 4, 5, 6, 7, 8], [0.0] * 6),
+                                   ([2, 6, 1, 3, 5, 4], [4.0, 1.0, 5.0, 2.0, 6.0, 3.0], modes)])
+    engine = make_engine(f"sqlite:///{data / 'seiko.db'}")
+    try:
+        with read_session(session_factory(engine)) as s:
+            query = repo.list_images(session=s, round_id=repo.get_round_by_index(session=s, experiment_id=1, index=1).id)
+            honest = [im.id for im, m in zip(query, modes) if m == "random"]
+            got = bench_taste.round_reward_quality(s, data, 1, 1, query, honest=honest)
+    finally:
+        engine.dispose()
+    # the honest images (predictions 1, 2, 3) are rated (6, 3, 4): ranks (0, 1, 2) and (2, 0, 1), centred (-1, 0, 1)
+    # and (1, -1, 0): products -1, squares 2 and 2: rho -1/2. All six: predictions rank the images (3, 0, 4, 1, 5, 2)
+    # by position, the ratings (1, 5, 0, 2, 4, 3): d = (2, -5, 4, -1, 1, -1), sum d^2 = 48, rho = 1 - 288 / 210
+    assert got["honest"]["spearman"] == pytest.approx(-0.5) and got["honest"]["n"] == 3
+    assert got["spearman"] == pytest.approx(1 - 6 * 48 / 210)
+    old = _doc([[0.0, 0.5]], [[5.5, 3.5]])  # as an older bench-taste wrote it: no honest correlation
+    old["seeds"]["0"]["rounds"][1]["reward_model"] = {k: v for k, v in got.items() if k != "honest"}
+    for r in old["seeds"]["0"]["rounds"]:
+        r["liked_images"] = 2
+    (run_dir / "results.json").write_text(json.dumps(old))
+    report.rescore(run_dir)
+    doc = json.loads((run_dir / "results.json").read_text())
+    r1 = doc["seeds"]["0"]["rounds"][1]
+    assert r1["reward_corr_honest"] == pytest.approx(-0.5) and r1["reward_model"]["honest"]["n"] == 3
+    assert doc["seeds"]["0"]["rounds"][0]["reward_corr_honest"] is None
+    assert doc["summary"][1]["reward_corr_honest"]["mean"] == pytest.approx(-0.5)
 
 
 def test_the_report_refuses_to_pool_runs_without_a_common_seed():
