@@ -53,7 +53,7 @@ import math
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +132,9 @@ class BenchConfig:
     tiny: bool = False  # smoke tests only: the tests' tiny training config (app.testing.tiny_worker_config)
     pair_choice: PairChoice = PairChoice()  # how the person compares (feedback pairs or both)
     overrides: tuple[str, ...] = ()  # SECTION.FIELD=VALUE on the experiment's SEIKO config (seiko_core.simulate's --set)
+    # what run() found the model and the person to be (PROVENANCE's keys, as (key, value) pairs): recorded in the
+    # config, and compared apart from the settings when a run is resumed
+    provenance: tuple[tuple[str, str | None], ...] = ()
 
     def check_overrides(self) -> None:
         """Refuse a bad ``--set`` with one sentence before anything starts."""
@@ -165,7 +168,73 @@ class BenchConfig:
             out["overrides"] = list(self.overrides)
         if pairwise.wants_pairs(self.feedback):  # absent with scores, so earlier scores runs still resume
             out["pair_choice"] = self.pair_choice.as_dict()
+        out.update(dict(self.provenance))
         return out
+
+
+# What a run's config records of the files it ran with, beside the settings: a resume is refused when one of them
+# changed (the settings' strings alone matched a rebuilt model directory or an edited person file: found by review)
+PROVENANCE = {"model_sha256": "model", "person_sha256": "person"}
+
+
+def model_sha256(spec: str) -> str | None:
+    """:func:`seiko_core.checkpoint.directory_sha256` of the local model directory ``spec`` (as check_model_spec
+    gives it), or None for a hub id."""
+    from seiko_core.checkpoint import directory_sha256
+
+    path = Path(spec)
+    if not path.is_dir():
+        return None
+    try:
+        return directory_sha256(path)
+    except OSError as exc:
+        raise BenchError(f"the model directory {path} cannot be read to record its files' hash "
+                         f"({exc.strerror or exc})") from exc
+
+
+def person_sha256(spec: str) -> str:
+    """The sha256 of the person file that ``spec`` (path/to/file.py:function) names, or a built-in person's name."""
+    from seiko_core.checkpoint import sha256_file
+
+    spec = spec.strip()
+    if spec in people.BUILT_IN:
+        return spec
+    where = Path(spec.rsplit(":", 1)[0]).expanduser()
+    try:
+        return sha256_file(where)
+    except OSError as exc:
+        raise BenchError(f"the person file {where} cannot be read to record its hash ({exc.strerror or exc})") from exc
+
+
+def git_commit() -> str | None:
+    """The git commit of the checkout this module is in (``git rev-parse HEAD``), or None where there is none."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parents[1],
+                              capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = done.stdout.strip()
+    return commit if done.returncode == 0 and commit else None
+
+
+def resume_problem(path: Path, stored: Any, cfg: BenchConfig) -> tuple[str | None, str | None]:
+    """(why ``path``, holding a run whose config is ``stored``, cannot be resumed with ``cfg``, or None; a warning
+    to log, or None). Other settings, or a model or person whose hash is not the one recorded, are refused; a file
+    written before the hashes were recorded is accepted, with the warning that they could not be checked."""
+    current = cfg.as_dict()
+    if not isinstance(stored, dict) or ({k: v for k, v in stored.items() if k not in PROVENANCE}
+                                        != {k: v for k, v in current.items() if k not in PROVENANCE}):
+        return (f"{path} holds a run with other settings; give those settings again to resume it, or another --out",
+                None)
+    for key, what in PROVENANCE.items():
+        if key in stored and key in current and stored[key] != current[key]:
+            files, name = ("model files", cfg.model) if what == "model" else ("person file", cfg.person)
+            return (f"{path} was run with other {files} under the same --{what} {name} (sha256 {str(stored[key])[:12]} "
+                    f"then, {str(current[key])[:12]} now), and its seeds would mix the two; restore them to resume it, or "
+                    "give another --out", None)
+    missing = [key for key in PROVENANCE if key not in stored]
+    return None, (f"warning: {path} was written before runs recorded their model's and person's hashes, so they are "
+                  "not checked; resuming it" if missing else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -674,7 +743,9 @@ def summarise(seeds: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def write_results(path: Path, cfg: BenchConfig, seeds: dict[str, dict[str, Any]], command: list[str]) -> None:
+def write_results(path: Path, cfg: BenchConfig, seeds: dict[str, dict[str, Any]], command: list[str],
+                  invocations: list[dict[str, Any]] | None = None) -> None:
+    """results.json; ``invocations``: every command that worked on it, with its time and git commit."""
     doc = {"benchmark": "bench-taste", "command": command, "config": cfg.as_dict(),
            "rating_rule": "built-in people: rating = min(10, max(1, floor(1 + 0.9 * r + 0.5))), r the oracle's reward",
            "feedback": FEEDBACK_NOTES[cfg.feedback], "seeds": seeds, "summary": summarise(seeds)}
@@ -683,6 +754,8 @@ def write_results(path: Path, cfg: BenchConfig, seeds: dict[str, dict[str, Any]]
         doc["budget_rule"] = BUDGET_RULE
     if not pairwise.wants_scores(cfg.feedback):
         doc["measure"] = MEASURE_NOTE
+    if invocations is not None:
+        doc["invocations"] = invocations
     atomic.write_text(path, json.dumps(doc, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
@@ -741,8 +814,11 @@ def run(cfg: BenchConfig, command: list[str], log=print) -> dict[str, Any]:
     person = people.load_person(cfg.person)
     from app.services import check_model_spec
 
-    check_model_spec(cfg.model)  # a mistyped --model: one sentence, before any seed's data dir is made
+    model = check_model_spec(cfg.model)  # a mistyped --model: one sentence, before any seed's data dir is made
     people.check_person(person, people.model_image_size(cfg.model))
+    cfg = replace(cfg, provenance=(("model_sha256", model_sha256(model)), ("person_sha256", person_sha256(cfg.person))))
+    # per invocation, not part of the settings: a resume may run other code (the commit tells which)
+    invocations = [{"command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": git_commit()}]
     try:
         cfg.out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -758,10 +834,14 @@ def run(cfg: BenchConfig, command: list[str], log=print) -> dict[str, Any]:
             previous = exc
         if not isinstance(previous, dict) or not isinstance(previous.get("seeds", {}), dict):
             raise BenchError(f"{results_path} is not a bench-taste results file; give another --out")
-        if previous.get("config") != cfg.as_dict():
-            raise BenchError(f"{results_path} holds a run with other settings; give those settings again to resume it, "
-                             "or another --out")
+        problem, warning = resume_problem(results_path, previous.get("config"), cfg)
+        if problem:
+            raise BenchError(problem)
+        if warning:
+            log(warning)
         seeds, unfinished = previous_seeds(results_path, previous, cfg)
+        earlier = previous.get("invocations")
+        invocations = [*(earlier if isinstance(earlier, list) else []), *invocations]
     # A seed's directory is removed only when results.json lists it as an unfinished seed of these settings: an
     # --out that holds anything else under that name is refused before any seed starts, and nothing is touched
     for seed in cfg.seeds:
@@ -781,17 +861,17 @@ def run(cfg: BenchConfig, command: list[str], log=print) -> dict[str, Any]:
         root = cfg.out / f"seed_{seed}"
         # listed as unfinished before its directory is made, so that a run stopped in round 0 is resumed, not refused
         seeds[str(seed)] = {"rounds": [], "complete": False, "wall_s": 0.0}
-        write_results(results_path, cfg, seeds, command)
+        write_results(results_path, cfg, seeds, command, invocations)
         if root.exists():
             shutil.rmtree(root)  # an unfinished seed (checked above) starts again on a fresh data dir
 
         def on_round(rounds, seed=seed, started=started):
             seeds[str(seed)] = {"rounds": rounds, "complete": False, "wall_s": round(time.monotonic() - started, 1)}
-            write_results(results_path, cfg, seeds, command)
+            write_results(results_path, cfg, seeds, command, invocations)
             log(f"seed {seed} " + round_line(rounds[-1]))
 
         rounds = run_seed(cfg, seed, person, on_round)
         seeds[str(seed)] = {"rounds": rounds, "complete": True, "wall_s": round(time.monotonic() - started, 1)}
-        write_results(results_path, cfg, seeds, command)
+        write_results(results_path, cfg, seeds, command, invocations)
     plot(cfg.out / "bench_taste.png", cfg, summarise(seeds))
     return {"seeds": seeds, "summary": summarise(seeds)}

@@ -33,6 +33,14 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def directory_sha256(directory: str | Path) -> str:
+    """One sha256 of every file below ``directory``: of the sorted lines ``<path relative to it> <its sha256>`` (links
+    followed). Any file added, removed, renamed or changed changes it; the files' times do not."""
+    directory = Path(directory)
+    lines = sorted(f"{p.relative_to(directory).as_posix()} {sha256_file(p)}\n" for p in directory.rglob("*") if p.is_file())
+    return hashlib.sha256("".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
+
+
 def write_manifest(directory: Path, extra: dict | None = None) -> str:
     """Hash every file below ``directory`` into manifest.json; returns the manifest's own sha256."""
     files = {}

@@ -740,6 +740,19 @@ def load_parts_and_oracle(args):
     return parts, oracle
 
 
+def record_invocation(results: dict, argv: list[str], *, jobs: int, device: str) -> None:
+    """This invocation in ``results``: ``machine`` (this machine and process) and one more ``invocations`` entry with
+    its argv, start time and code version. ``machine["code"]`` stays the first invocation's: a resume replaced it,
+    so a file whose runs were made by two commits named only the last (found by review); each invocation's is in its
+    entry."""
+    code = code_version()
+    earlier = results.get("machine") if isinstance(results.get("machine"), dict) else {}
+    results["machine"] = {"torch": torch.__version__, "code": earlier.get("code", code), "threads": torch.get_num_threads(),
+                          "jobs": jobs, "device": device, "cpus": os.cpu_count(), "platform": platform.platform()}
+    results.setdefault("invocations", []).append({"argv": argv, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                                  "code": code})
+
+
 def run_campaign(args, argv, *, parts, oracle, base: SeikoConfig, ev: EvalSet, settings: dict,
                  methods: Sequence[str], seeds: Sequence[int], pool_task, serial_run, summarise_fn,
                  pretrained_note: str) -> int:
@@ -761,11 +774,7 @@ def run_campaign(args, argv, *, parts, oracle, base: SeikoConfig, ev: EvalSet, s
     except SimulationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    results["machine"] = {"torch": torch.__version__, "code": code_version(), "threads": torch.get_num_threads(),
-                          "jobs": args.jobs, "device": str(parts.device),
-                          "cpus": os.cpu_count(), "platform": platform.platform()}
-    results.setdefault("invocations", []).append({"argv": list(sys.argv if argv is None else argv),
-                                                  "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+    record_invocation(results, list(sys.argv if argv is None else argv), jobs=args.jobs, device=str(parts.device))
     results_path = out / RESULTS
     bars = Bars(enabled=not args.no_progress)
     t_all = time.time()

@@ -736,9 +736,9 @@ def bench_run(tmp_path, monkeypatch):
     def go(**changes):
         from dataclasses import replace
 
-        bench_taste.run(replace(cfg, **changes), ["test"], log=lambda line: None)
+        bench_taste.run(replace(cfg, **changes), ["test"], log=go.logged.append)
 
-    go.cfg, go.out, go.started = cfg, out, started
+    go.cfg, go.out, go.started, go.logged = cfg, out, started, []
     return go
 
 
@@ -801,6 +801,64 @@ def test_a_run_stopped_in_its_first_round_resumes_and_is_not_refused(bench_run):
             bench_run()
         assert (bench_run.out / "seed_0" / "data").is_dir()
     assert len(bench_run.started) == 2
+
+
+def test_a_resume_is_refused_when_the_model_files_or_the_person_file_changed(bench_run, tmp_path):
+    """A resume was accepted whenever the settings' strings matched: a rebuilt model directory or an edited person
+    file under the same --model and --person mixed two models or two people in one run's seeds (found by review)."""
+    import hashlib
+    import json
+
+    from seiko_core.checkpoint import directory_sha256
+
+    model, person = tmp_path / "model", tmp_path / "person.py"
+    (model / "unet").mkdir(parents=True)
+    (model / "unet" / "weights.safetensors").write_bytes(b"weights")
+    person.write_text("def rate(images, prompts):\n    return [5] * len(prompts)\n")
+    spec = f"{person}:rate"
+    results = bench_run.out / "results.json"
+    for _ in range(2):  # the same files: recorded, then resumed (seed 0, unfinished, starts again)
+        with pytest.raises(_Started):
+            bench_run(model=str(model), person=spec)
+    doc = json.loads(results.read_text())
+    assert doc["config"]["model_sha256"] == directory_sha256(model)
+    assert doc["config"]["person_sha256"] == hashlib.sha256(person.read_bytes()).hexdigest()
+    # each invocation with its commit, kept across the resume
+    assert [i["command"] for i in doc["invocations"]] == [["test"], ["test"]]
+    assert all(i["commit"] == bench_taste.git_commit() for i in doc["invocations"]) and not bench_run.logged
+    before = results.read_text()
+
+    (model / "unet" / "weights.safetensors").write_bytes(b"rebuilt")
+    with pytest.raises(bench_taste.BenchError) as err:
+        bench_run(model=str(model), person=spec)
+    assert str(err.value) == (f"{results} was run with other model files under the same --model {model} (sha256 "
+                              f"{doc['config']['model_sha256'][:12]} then, {directory_sha256(model)[:12]} now), and its "
+                              "seeds would mix the two; restore them to resume it, or give another --out")
+    (model / "unet" / "weights.safetensors").write_bytes(b"weights")
+    person.write_text("def rate(images, prompts):\n    return [6] * len(prompts)\n")
+    with pytest.raises(bench_taste.BenchError, match=rf"^{results} was run with other person file under the same "
+                                                     rf"--person {spec} \(sha256 .* then, .* now\), and its seeds would"):
+        bench_run(model=str(model), person=spec)
+    assert results.read_text() == before and len(bench_run.started) == 2
+
+
+def test_a_results_file_from_before_the_hashes_is_resumed_with_a_warning(bench_run):
+    """Runs written before the model's and the person's hashes were recorded still resume (their settings match),
+    with one line saying that the files could not be checked; the file then records them."""
+    import json
+
+    results = bench_run.out / "results.json"
+    results.parent.mkdir()
+    results.write_text(_results(bench_run.cfg, {"0": _finished(1)}))  # the config without the hashes
+    with pytest.raises(_Started):
+        bench_run()
+    assert bench_run.logged[0] == (f"warning: {results} was written before runs recorded their model's and person's "
+                                   "hashes, so they are not checked; resuming it")
+    assert len([line for line in bench_run.logged if line.startswith("warning")]) == 1
+    doc = json.loads(results.read_text())
+    assert doc["config"]["model_sha256"] is None  # --model m is not a directory (a hub id): no hash
+    assert doc["config"]["person_sha256"] == "purple"  # a built-in person: its name
+    assert doc["seeds"]["0"] == _finished(1) and len(doc["invocations"]) == 1
 
 
 @pytest.mark.parametrize("record, problem", [

@@ -165,6 +165,22 @@ def test_simulate_results_refuse_a_non_finite_number_naming_where(tmp_path, bad,
     assert path.read_bytes() == OLD and sorted(tmp_path.iterdir()) == [path]
 
 
+def test_a_directorys_hash_follows_its_files_not_their_times(tmp_path):
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "w.bin").write_bytes(b"weights")
+    (tmp_path / "config.json").write_text("{}")
+    first = checkpoint.directory_sha256(tmp_path)
+    os.utime(tmp_path / "config.json", (1, 1))
+    assert checkpoint.directory_sha256(tmp_path) == first
+    changed = []
+    for change in (lambda: (tmp_path / "unet" / "w.bin").write_bytes(b"weightz"),
+                   lambda: (tmp_path / "unet" / "w.bin").rename(tmp_path / "unet" / "v.bin"),
+                   lambda: (tmp_path / "extra").write_text("")):
+        change()
+        changed.append(checkpoint.directory_sha256(tmp_path))
+    assert len({first, *changed}) == 4
+
+
 def test_a_new_only_write_leaves_a_file_created_meanwhile_alone(tmp_path):
     """``new=True``: the destination must still not exist when the file is published (a command's --out)."""
     final = tmp_path / "out.bin"

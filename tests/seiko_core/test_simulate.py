@@ -92,6 +92,19 @@ def test_resume_skips_finished_runs_and_refuses_other_settings(tiny_run, capsys)
     assert "different settings" in capsys.readouterr().err
 
 
+def test_each_invocation_keeps_its_code_version(monkeypatch):
+    """A resume replaced machine["code"], so results.json named only the last commit that worked on it (found by
+    review): each invocation now records its own, and machine["code"] stays the first one's."""
+    versions = iter([{"commit": "a"}, {"commit": "b"}])
+    monkeypatch.setattr(simulate, "code_version", lambda: next(versions))
+    results: dict = {}
+    simulate.record_invocation(results, ["first"], jobs=1, device="cpu")
+    simulate.record_invocation(results, ["resumed"], jobs=2, device="cpu")
+    assert results["machine"]["code"] == {"commit": "a"} and results["machine"]["jobs"] == 2
+    assert [(i["argv"], i["code"]) for i in results["invocations"]] == [(["first"], {"commit": "a"}),
+                                                                        (["resumed"], {"commit": "b"})]
+
+
 def test_unknown_method_is_an_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         simulate.main(["--model", "unused", "--method", "ppo", "--oracle", "purple", "--out", str(tmp_path)])
