@@ -87,15 +87,16 @@ def _payload(evt: Any) -> dict[str, Any]:
 
 
 def pair_html(factory, data_dir, who: Who, experiment_id: int | None, kind: str) -> str:
-    """The next pair of ``kind`` for this rater in the experiment (or a sentence saying there is none)."""
-    with read_session(factory) as s:
+    """The next pair of ``kind`` for this rater in the experiment (or a sentence saying there is none), recorded as
+    shown to them (``comparisons.serve_pair``): a reload shows it again until they answer it."""
+    with write_session(factory) as s:
         experiment = pick_experiment(s, experiment_id)
         if experiment is None:
             return "<div class='cmp-root'><div class='cmp-empty'>There is no experiment yet.</div></div>"
         if experiment.status == "finished":
             return (f"<div class='cmp-root'><div class='cmp-empty'>Experiment {html.escape(experiment.name)} is finished; "
                     "its comparisons are closed.</div></div>")
-        pair = comparisons.next_pair(session=s, experiment_id=experiment.id, rater_id=who.rater_id, kind=kind)
+        pair = comparisons.serve_pair(session=s, experiment_id=experiment.id, rater_id=who.rater_id, kind=kind)
         if pair is None:
             return ("<div class='cmp-root'><div class='cmp-empty' id='cmp-empty'>No pairs to compare right now; new ones "
                     "appear after the next round is trained.</div></div>")

@@ -29,7 +29,18 @@ from sqlalchemy.orm import Session, aliased
 from db import repo
 from db.checks import MAX_ID, shown
 from db.errors import Conflict, InvalidInput, NotFound
-from db.models import COMPARISON_KINDS, VOTE_CHOICES, ComparisonPair, ComparisonVote, Image, PairSkip, Round, utcnow
+from db.models import (
+    COMPARISON_KINDS,
+    VOTE_CHOICES,
+    ComparisonPair,
+    ComparisonVote,
+    Image,
+    PairShow,
+    PairSkip,
+    Rater,
+    Round,
+    utcnow,
+)
 
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
 
@@ -138,35 +149,44 @@ def _offerable(session: Session, experiment_id: int, rater_id: int, kind: str) -
     "vs base" pair, and round r-1's image is the old side of round r's "vs previous" pair. A rater who met one side
     of a pair before could tell which side is which: an image met twice in one round is the new one, and across
     rounds the image met in an earlier round is the old one (found by review, 3 Dec 2026, and again for rounds).
-    So a rater is offered only a pair whose two images they have met in none of the experiment's A/B pairs they
-    voted on or skipped; the other raters answer the rest."""
-    return [(pid, index) for pid, index, _, _ in _offerable_rows(session, experiment_id, rater_id, kind)]
+    So a rater is offered only a pair whose two images they have met in none of the experiment's other A/B pairs
+    they voted on, skipped or were shown (``serve_pair``: a pair on screen counts, found by review); the other
+    raters answer the rest."""
+    return [(pid, index) for pid, index, _, _, _ in _offerable_rows(session, experiment_id, rater_id, kind)]
 
 
-def _offerable_rows(session: Session, experiment_id: int, rater_id: int, kind: str) -> list[tuple[int, int, int, int]]:
-    """``_offerable`` with each pair's images: (pair id, round index, image a id, image b id)."""
+def _offerable_rows(session: Session, experiment_id: int, rater_id: int,
+                    kind: str) -> list[tuple[int, int, int, int, bool]]:
+    """``_offerable`` with each pair's images and whether it is on the rater's screen (shown, not yet answered):
+    (pair id, round index, image a id, image b id, shown)."""
+    shown = select(PairShow.pair_id).where(PairShow.rater_id == rater_id)
     rows = session.execute(
-        select(ComparisonPair.id, Round.index, ComparisonPair.image_a_id, ComparisonPair.image_b_id)
+        select(ComparisonPair.id, Round.index, ComparisonPair.image_a_id, ComparisonPair.image_b_id,
+               ComparisonPair.id.in_(shown))
         .join(Round, Round.id == ComparisonPair.round_id)
         .where(*_unvoted(experiment_id, rater_id, kind))
     ).all()
+    rows = [(pid, index, a, b, bool(on_screen)) for pid, index, a, b, on_screen in rows]
     if kind != "ab" or not rows:
-        return [tuple(r) for r in rows]
-    seen = _seen_images(session, experiment_id, rater_id, kind)
-    return [(pid, index, a, b) for pid, index, a, b in rows if a not in seen and b not in seen]
+        return rows
+    met = _met_images(session, experiment_id, rater_id, kind)
+    # a pair's own showing does not withhold it: the pair on screen is offered again until it is answered
+    return [row for row in rows if met.get(row[2], set()) <= {row[0]} and met.get(row[3], set()) <= {row[0]}]
 
 
-def _seen_images(session: Session, experiment_id: int, rater_id: int, kind: str) -> set[int]:
-    """The images of every pair of this kind in the experiment that the rater has been shown: voted on or skipped."""
-    seen: set[int] = set()
-    for table in (ComparisonVote, PairSkip):
-        for a, b in session.execute(
-                select(ComparisonPair.image_a_id, ComparisonPair.image_b_id)
+def _met_images(session: Session, experiment_id: int, rater_id: int, kind: str) -> dict[int, set[int]]:
+    """Image id -> the pairs holding it, of every pair of this kind in the experiment that the rater has met: voted
+    on, skipped, or been shown (``serve_pair``)."""
+    met: dict[int, set[int]] = {}
+    for table in (ComparisonVote, PairSkip, PairShow):
+        for pid, a, b in session.execute(
+                select(ComparisonPair.id, ComparisonPair.image_a_id, ComparisonPair.image_b_id)
                 .join(table, table.pair_id == ComparisonPair.id)
                 .where(ComparisonPair.experiment_id == experiment_id, ComparisonPair.kind == kind,
                        table.rater_id == rater_id)):
-            seen.update((a, b))
-    return seen
+            met.setdefault(a, set()).add(pid)
+            met.setdefault(b, set()).add(pid)
+    return met
 
 
 def may_answer(*, session: Session, pair_id: int, rater_id: int) -> bool:
@@ -181,20 +201,40 @@ def may_answer(*, session: Session, pair_id: int, rater_id: int) -> bool:
 
 
 def next_pair(*, session: Session, experiment_id: int, rater_id: int, kind: str) -> ComparisonPair | None:
-    """A pair of this kind the rater may vote on (``_offerable``), or None when none is left.
+    """A pair of this kind the rater may vote on (``_offerable``), or None when none is left. Reads only: the page
+    calls ``serve_pair``, which records the showing.
 
-    The newest round's pairs come first; within a round the order is a hash of (pair, rater), so raters see the
-    pairs in different, stable orders (a page reload shows the same pair)."""
-    rows = _offerable(session, experiment_id, rater_id, _kind(kind))
+    A pair shown to the rater and not yet answered comes first; then the newest round's pairs; within a round the
+    order is a hash of (pair, rater), so raters see the pairs in different, stable orders (a page reload shows the
+    same pair)."""
+    rows = _offerable_rows(session, experiment_id, rater_id, _kind(kind))
     if not rows:
         return None
-    chosen = min(rows, key=lambda row: _offer_order(row[0], row[1], rater_id))[0]
+    chosen = min(rows, key=lambda row: _offer_order(row[0], row[1], rater_id, row[4]))[0]
     return session.get(ComparisonPair, chosen)
 
 
-def _offer_order(pair_id: int, round_index: int, rater_id: int) -> tuple[int, bytes]:
-    """``next_pair`` offers the offerable pair with the smallest key: the newest round first, then a hash."""
-    return -round_index, hashlib.sha256(f"{pair_id}:{rater_id}".encode()).digest()
+def serve_pair(*, session: Session, experiment_id: int, rater_id: int, kind: str) -> ComparisonPair | None:
+    """``next_pair``, recorded as shown to the rater (``pair_shows``): until they vote on it or skip it, it is offered
+    to them again, first, and its images count as met, so no pair added while it is on screen (a new round's eval
+    grid, ``app.ab.add_dependent_pairs``) is offered with one of them (found by review: newest round first, the next
+    page showed such a pair, its shared image always the old side).
+
+    The rater's row is locked first, as a vote locks it: two pages served at once both chose before either recorded
+    its showing (PostgreSQL); now they are served one at a time and the second shows the first's pair."""
+    session.scalars(select(Rater.id).where(Rater.id == rater_id).with_for_update()).all()
+    pair = next_pair(session=session, experiment_id=experiment_id, rater_id=rater_id, kind=kind)
+    if pair is not None:
+        session.execute(repo._dialect_insert(session)(PairShow)
+                        .values(pair_id=pair.id, rater_id=rater_id, created_at=utcnow())
+                        .on_conflict_do_nothing(index_elements=[PairShow.pair_id, PairShow.rater_id]))
+    return pair
+
+
+def _offer_order(pair_id: int, round_index: int, rater_id: int, shown: bool = False) -> tuple[bool, int, bytes]:
+    """``next_pair`` offers the offerable pair with the smallest key: the pair on the rater's screen first, then the
+    newest round, then a hash."""
+    return not shown, -round_index, hashlib.sha256(f"{pair_id}:{rater_id}".encode()).digest()
 
 
 def count_unvoted(*, session: Session, experiment_id: int, rater_id: int, kind: str) -> int:
@@ -210,7 +250,7 @@ def count_unvoted(*, session: Session, experiment_id: int, rater_id: int, kind: 
         return len(rows)
     met: set[int] = set()
     count = 0
-    for _, _, a, b in sorted(rows, key=lambda row: _offer_order(row[0], row[1], rater_id)):
+    for _, _, a, b, _ in sorted(rows, key=lambda row: _offer_order(row[0], row[1], rater_id, row[4])):
         if a not in met and b not in met:
             met.update((a, b))
             count += 1

@@ -485,6 +485,20 @@ class PairSkip(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class PairShow(Base):
+    """A comparison pair was put on a rater's screen (migration 0011). A blind A/B pair shown and not yet answered
+    is offered to that rater again, first, until they vote on it or skip it, and its images count as met by them
+    (``db.comparisons``): otherwise a pair added while it was on screen could be offered next with one of its images."""
+
+    __tablename__ = "pair_shows"
+    __table_args__ = (UniqueConstraint("pair_id", "rater_id"), Index(None, "rater_id"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    pair_id: Mapped[int] = mapped_column(ForeignKey("comparison_pairs.id", ondelete="CASCADE"))
+    rater_id: Mapped[int] = mapped_column(ForeignKey("raters.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class ComparisonVote(Base):
     """One rater's choice on one pair ('a' left, 'b' right, or 'tie'). Voting again edits this row."""
 

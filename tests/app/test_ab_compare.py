@@ -371,6 +371,58 @@ def test_the_pairs_left_count_is_how_many_pairs_the_rater_will_be_offered(ui_wor
     assert counts == list(range(len(offered), -1, -1)) and len(offered) == 2, (counts, offered)
 
 
+def _page_pair(world, rater) -> tuple[int, int, int] | None:
+    """(pair id, image a, image b) of the pair the Compare page shows the rater now, or None."""
+    page = ui_compare.pair_html(world.factory, world.settings.data_dir, rater, world.experiment_id, "ab")
+    found = re.search(r"data-pair-id='(\d+)'", page)
+    if found is None:
+        return None
+    with read_session(world.factory) as s:
+        pair = comparisons.get_pair(session=s, pair_id=int(found.group(1)))
+        return pair.id, pair.image_a_id, pair.image_b_id
+
+
+def test_a_pair_on_screen_counts_as_met_and_comes_back_until_answered(ui_world):
+    """Only the pairs a rater had voted on or skipped counted as met, not the one on their screen. When a new round's
+    pairs appeared meanwhile (newest first), the page's next load showed a pair sharing an image with the one just
+    seen, and the shared image was always the old side (a review: 3 of 8 raters). A pair is now recorded as shown
+    when the page serves it, offered again (a reload shows it) until the rater votes on it or skips it, and its
+    images count as met: no rater is ever shown one image in two pairs."""
+    with write_session(ui_world.factory) as s:
+        round1 = repo.create_round(session=s, experiment_id=ui_world.experiment_id, index=1,
+                                   adapter_path="adapters/x/round_1").id
+        round2 = repo.create_round(session=s, experiment_id=ui_world.experiment_id, index=2,
+                                   adapter_path="adapters/x/round_2").id
+    ui_world.add_round_images(round1, 2, kind="eval", prompts=("a shape",))
+    with write_session(ui_world.factory) as s:
+        ab.create_round_pairs(session=s, round_id=round1, seed=1)
+    names = ["alice", "bob", "root"]
+    for i in range(5):
+        auth.add_user(ui_world.factory, name=f"r{i}", role="rater", password="correct horse battery")
+        names.append(f"r{i}")
+    raters = {name: who(ui_world, name) for name in names}
+    shown = {name: [_page_pair(ui_world, rater)] for name, rater in raters.items()}  # round 1's pairs on screen
+    assert all(first is not None for first, in shown.values())
+    # round 2's grid is published while every rater has a round 1 pair on screen: two pairs per cell, against round 1
+    # and the base, each holding an image of a round 1 pair
+    ui_world.add_round_images(round2, 2, kind="eval", prompts=("a shape",))
+    with write_session(ui_world.factory) as s:
+        ab.create_round_pairs(session=s, round_id=round2, seed=2)
+    reloads = {name: [_page_pair(ui_world, rater), _page_pair(ui_world, rater)] for name, rater in raters.items()}
+    leaks = {name: pages for name, pages in reloads.items()  # a different pair holding an image of the one on screen
+             if any(page[0] != shown[name][0][0] and set(page[1:]) & set(shown[name][0][1:]) for page in pages)}
+    assert leaks == {}
+    # the tab selected again, a reload: the same pair until it is answered
+    assert reloads == {name: [pages[0], pages[0]] for name, pages in shown.items()}
+    for k, (name, rater) in enumerate(raters.items()):
+        while (current := shown[name][-1]) is not None:
+            choice = "skip" if k % 3 == 0 else "a"
+            ui_compare.vote(ui_world.factory, rater, ui_world.experiment_id, "ab", {"pair_id": current[0], "choice": choice})
+            shown[name].append(_page_pair(ui_world, rater))
+        images = [image for pair in shown[name][:-1] for image in pair[1:]]
+        assert len(images) == len(set(images)), (name, shown[name])  # no image met in two pairs
+
+
 def test_a_reopen_says_it_dropped_the_rollback_it_cancelled(ui_world):
     """A rollback lives in the queued train job, which a reopen cancels; the next close trained from the newest round
     and nothing said the rollback was gone. Found by review."""

@@ -183,6 +183,50 @@ def test_migration_0010_records_what_a_closed_round_wanted_and_older_rounds_are_
         engine.dispose()
 
 
+def test_migration_0011_adds_pair_shows_and_downgrades_without_them(empty_db_url):
+    """0011 adds pair_shows (the pairs put on a rater's screen, db.comparisons.serve_pair); a downgrade to 0010 drops
+    the table and leaves the pairs, and upgrading again starts it empty."""
+    from db import comparisons, repo
+    from db.engine import read_session, session_factory, write_session
+    from db.models import PairShow
+
+    migrate.upgrade(empty_db_url)
+    engine = make_engine(empty_db_url)
+    try:
+        with write_session(session_factory(engine)) as s:
+            rater = repo.create_rater(session=s, name="alice", password_hash="h").id
+            exp = repo.create_experiment(session=s, name="e", model_spec="m", method="greedy", config={}, budgets=[1],
+                                         prompts=["p"]).id
+            base = repo.create_round(session=s, experiment_id=exp, index=0).id
+            round1 = repo.create_round(session=s, experiment_id=exp, index=1, adapter_path="adapters/e/round_1").id
+            images = [repo.add_image(session=s, round_id=r, prompt="p", seed=0, file_path=f"{r}.png", sha256="0" * 64,
+                                     embedding=b"\0" * 8, embedding_dim=2, kind="eval").id for r in (base, round1)]
+            pair = comparisons.create_pairs(session=s, experiment_id=exp, round_id=round1, kind="ab",
+                                            pairs=[tuple(images)])[0].id
+            assert comparisons.serve_pair(session=s, experiment_id=exp, rater_id=rater, kind="ab").id == pair
+        with read_session(session_factory(engine)) as s:
+            assert [(row.pair_id, row.rater_id) for row in s.query(PairShow)] == [(pair, rater)]
+    finally:
+        engine.dispose()
+    migrate.downgrade(empty_db_url, "0010")
+    assert "pair_shows" not in _tables(empty_db_url) and "comparison_pairs" in _tables(empty_db_url)
+    engine = make_engine(empty_db_url)
+    try:
+        with engine.connect() as c:
+            assert c.exec_driver_sql("SELECT id FROM comparison_pairs").scalars().all() == [pair]
+    finally:
+        engine.dispose()
+    migrate.upgrade(empty_db_url, "0011")
+    assert "pair_shows" in _tables(empty_db_url) and _drift(empty_db_url) == []
+    engine = make_engine(empty_db_url)
+    try:
+        with read_session(session_factory(engine)) as s:
+            assert s.query(PairShow).count() == 0
+            assert comparisons.next_pair(session=s, experiment_id=exp, rater_id=rater, kind="ab").id == pair
+    finally:
+        engine.dispose()
+
+
 def test_an_upgrade_that_cannot_do_what_it_says_is_one_sentence(empty_db_url):
     """A target below the database's revision did nothing and said nothing; a database whose alembic_version was
     emptied (its tables there) failed with 'table already exists', on PostgreSQL a 100-line traceback (found by
