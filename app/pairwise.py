@@ -246,21 +246,27 @@ def round_vote_labels(session: Session, round_id: int, overlap: int) -> tuple[in
 
 
 def progress(session: Session, experiment: Experiment | None, who: Who) -> PairProgress:
+    return _progress(session, experiment, who)[0]
+
+
+def _progress(session: Session, experiment: Experiment | None, who: Who) -> tuple[PairProgress, Round | None]:
+    """``progress`` and the open round it was counted on (None when none is open). A caller that goes on with the
+    open round takes this one: on PostgreSQL (READ COMMITTED) reading it again could find it closed meanwhile."""
     if experiment is None:
-        return PairProgress(None, None, None)
+        return PairProgress(None, None, None), None
     feedback = feedback_of(experiment)
     round_ = repo.get_open_round(session=session, experiment_id=experiment.id)
     if round_ is None:
         rounds = repo.list_rounds(session=session, experiment_id=experiment.id)
         last = rounds[-1] if rounds else None
-        return PairProgress(experiment.name, last.index if last else None, last.status if last else None, feedback)
+        return PairProgress(experiment.name, last.index if last else None, last.status if last else None, feedback), None
     counts = _vote_counts(session, round_.id)
     mine = _mine(session, round_.id, who.rater_id)
     overlap = experiment.overlap
     return PairProgress(
         experiment.name, round_.index, round_.status, feedback, pairs=len(counts), votes=sum(counts.values()),
         labels=sum(min(n, overlap) for n in counts.values()), labels_wanted=_wanted(session, round_.id, counts, overlap),
-        you_voted=len(mine), you_left=len(_offered(session, round_.id, who.rater_id, overlap)))
+        you_voted=len(mine), you_left=len(_offered(session, round_.id, who.rater_id, overlap))), round_
 
 
 def progress_html(p: PairProgress) -> str:
@@ -385,11 +391,14 @@ def offered_pair(session: Session, experiment: Experiment | None,
                  who: Who) -> tuple[PairProgress, ComparisonPair | None, str]:
     """(the rater's progress, the next pair offered to them or None, why there is none) for the Pairs tab and the
     public API alike. Reads only: a pair is not reserved. The reason is '' when the experiment asks for no
-    comparisons or no round is open (the progress says so); image ``a`` of the pair is shown on the left."""
-    p = progress(session, experiment, who)
-    if experiment is None or not wants_pairs(p.feedback) or p.round_status != "labeling":
+    comparisons or no round is open (the progress says so); image ``a`` of the pair is shown on the left.
+
+    The open round is read once, by the progress, and the pair chosen from it: read again, a close committed in
+    between (PostgreSQL, READ COMMITTED) left it None and the API answered a bare "Error" (found by review). A pair of
+    a round closed since is refused when voted on, as one offered just before the close is."""
+    p, round_ = _progress(session, experiment, who)
+    if experiment is None or round_ is None or not wants_pairs(p.feedback):
         return p, None, ""
-    round_ = repo.get_open_round(session=session, experiment_id=experiment.id)
     offered = _offered(session, round_.id, who.rater_id, experiment.overlap)
     if not offered:
         msg = (f"You have compared (or skipped) every pair of round {round_.index} that still needs a comparison. "

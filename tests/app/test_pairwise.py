@@ -365,3 +365,30 @@ def test_several_raters_votes_on_one_pair_are_one_comparison_like_their_ratings_
     pos = {i: k for k, i in enumerate(fb.image_ids)}
     np.testing.assert_allclose(fb.pairs, [[pos[pair.image_a_id], pos[pair.image_b_id], 2 / 3]])
     assert (fb.n_votes, fb.n_ratings) == (3, 3)  # what was counted: 3 votes and 3 ratings, one label each way
+
+
+def test_a_round_closed_while_the_pair_is_chosen_is_no_error(ui_world, monkeypatch):
+    """PostgreSQL, READ COMMITTED: ``offered_pair`` read the open round in ``progress`` and then again on its own; a
+    close committed between the two reads left the second None and ``round_.id`` raised AttributeError (a bare "Error"
+    from the API, the Pairs tab's poll failed). Found by review. Here the close lands right after the first read's
+    counts, as it could there; the round is read once now, and the answer is that read's."""
+    world = ui_world
+    pairwise.set_feedback(world.factory, who(world, "root"), world.experiment_id, "pairs")
+    closed = {"now": False}
+    open_round, vote_counts = repo.get_open_round, pairwise._vote_counts
+
+    def get_open_round(*, session, experiment_id):
+        return None if closed["now"] else open_round(session=session, experiment_id=experiment_id)
+
+    def counted_then_closed(session, round_id):
+        counts = vote_counts(session, round_id)
+        closed["now"] = True  # what a READ COMMITTED statement sees from here on
+        return counts
+
+    monkeypatch.setattr(repo, "get_open_round", get_open_round)
+    monkeypatch.setattr(pairwise, "_vote_counts", counted_then_closed)
+    view = pairwise.next_pair(world.factory, world.settings.data_dir, who(world, "alice"), world.experiment_id)
+    assert view.pair_id is not None and view.message == ""
+    closed["now"] = False
+    out = ui_pairs.api_pair(world.factory, world.settings.data_dir, who(world, "alice"))
+    assert out["round"] == 0 and out["pair"]["pair_id"] == view.pair_id
