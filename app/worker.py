@@ -711,6 +711,12 @@ class Worker:
         outcome: dict[str, Any] = {}
 
         def write(s) -> dict[str, Any]:
+            # the experiment's row locked before its feedback is read (after the job's, before the round's: the lock
+            # order in repo.lock_experiment). pairwise.set_feedback locks it too and then makes the open round's
+            # pairs, and cannot see this round open before this commits; read without the lock, a change to "pairs"
+            # committed in between left a pairs-only round with no pairs on PostgreSQL (found by review). Now the
+            # change either commits first and is read here, or waits and then finds this round open
+            experiment_row = repo.lock_experiment(session=s, experiment_id=experiment_id)
             outcome["added"] = self._add_missing_images(s, this.id, rows)
             round_ = repo.get_round(session=s, round_id=this.id)
             if round_.status == "generating":  # also when no query images were due: the round opens all the same
@@ -720,7 +726,7 @@ class Worker:
                              **({} if selection_record is None else {"selection": selection_record})}
                 repo.update_round_metrics(session=s, round_id=this.id, metrics=finite_json(published))
             # issue 14 item 1: pairs of query images of one prompt, when the experiment asks for comparisons
-            if rows and pairwise.wants_pairs(pairwise.feedback_of(repo.get_experiment(session=s, experiment_id=experiment_id))):
+            if rows and pairwise.wants_pairs(pairwise.feedback_of(experiment_row)):
                 pairwise.create_round_pairs(session=s, experiment_id=experiment_id, round_id=this.id)
             # the dashboard's eval grid: its own job, queued in this transaction (a crash cannot lose it) and only once
             eval_job, created = job_queue.ensure_job(session=s, kind="eval", experiment_id=experiment_id, round_id=this.id,

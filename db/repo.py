@@ -145,7 +145,12 @@ def lock_experiment(*, session: Session, experiment_id: int) -> Experiment:
     """The experiment, its row locked for the rest of the transaction and read afresh (``get_experiment`` reads it
     without a lock). For a change decided on what it reads: on PostgreSQL, a Pause that read 'active' while Finish
     ran then wrote 'paused' over 'finished', and two settings changes each rewrote the whole config from their own
-    copy, the second undoing the first (found by review). Lock it before its rounds."""
+    copy, the second undoing the first (found by review).
+
+    Lock order, in every transaction that takes more than one of these on PostgreSQL: a job's row (a worker's
+    publish, which updates its job first; a rollback's queued train job), then the experiment, then its rounds, then
+    their images and pairs. Finish locks the jobs last but with NOWAIT (``db.jobs.live_job``): a publish holding its
+    job and waiting here makes Finish a Conflict at once, not a deadlock."""
     # FOR NO KEY UPDATE (key_share), not FOR UPDATE: inserting a row that references the experiment (a round's
     # train job, a pair) takes a key-share lock on it, which FOR UPDATE blocks; Finish (this lock, then the rounds)
     # against Close (a round, then its job's insert) then deadlocked on PostgreSQL (found by review)

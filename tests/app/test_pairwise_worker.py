@@ -9,6 +9,7 @@ from itertools import combinations
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 
 from app import pairwise, services, storage, ui_rate
@@ -125,3 +126,58 @@ def test_the_worker_trains_on_scores_and_pairs_together(worker_world):
     assert fit["n_ties"] == len(pair_ids[2::3]) and fit["bt_scale"] is not None
     assert train["labels"] == 6 + len(pair_ids)
     worker.close()
+
+
+def test_a_feedback_change_while_the_round_is_published_is_not_lost(worker_world_any_db, monkeypatch):
+    """PostgreSQL: the generate job read the feedback setting in its publish without locking the experiment, and
+    ``set_feedback`` (which locks it) could not see the round being opened: a change to "pairs" committed between the
+    worker's read and its commit left a pairs-only round open with no pairs, stuck (found by review). Here the admin's
+    change holds the experiment's lock, having found no open round, while the worker publishes; the worker now waits
+    for it, reads "pairs" and makes the pairs. (SQLite serialises write transactions: the race cannot happen there.)"""
+    import threading
+    import time
+
+    from sqlalchemy import text
+
+    world = worker_world_any_db
+    if world.settings.db_url.startswith("sqlite"):
+        pytest.skip("SQLite serialises write transactions (BEGIN IMMEDIATE): a feedback change cannot land mid-publish")
+    eid = world.create_experiment("feedback-race")
+    with write_session(world.factory) as s:
+        admin = repo.create_rater(session=s, name="root", password_hash="h", role="admin").id
+    held, release = threading.Event(), threading.Event()
+    add_audit = repo.add_audit
+
+    def audit_then_hold(**kwargs):  # set_feedback's last step before its commit: the change is made, not committed
+        add_audit(**kwargs)
+        if kwargs.get("action") == "experiment.feedback":
+            held.set()
+            assert release.wait(120)
+
+    monkeypatch.setattr(repo, "add_audit", audit_then_hold)
+    answers: dict[str, object] = {}
+    change = threading.Thread(target=lambda: answers.setdefault("feedback", pairwise.set_feedback(
+        world.factory, Who(admin, "root", "admin", False), eid, "pairs")))
+    change.start()
+    assert held.wait(60)  # "pairs" written, the experiment locked, round 0 not open yet: no pairs made by the admin
+    worker = world.worker()
+    publish = threading.Thread(target=lambda: answers.setdefault("ran", worker.run_once()))
+    publish.start()
+
+    def waiting_for_a_lock() -> bool:
+        with world.factory() as s:
+            return bool(s.execute(text("SELECT count(*) FROM pg_locks WHERE NOT granted")).scalar())
+
+    deadline = time.monotonic() + 240
+    while publish.is_alive() and not waiting_for_a_lock() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    release.set()
+    change.join(60)
+    publish.join(240)
+    assert answers["ran"] is True and worker.last_error is None and "0 pairs" not in answers["feedback"]
+    worker.close()
+    with read_session(world.factory) as s:
+        round0 = repo.get_round_by_index(session=s, experiment_id=eid, index=0)
+        made = comparisons.list_pairs(session=s, experiment_id=eid, kind="preference", round_id=round0.id)
+        assert round0.status == "labeling" and pairwise.feedback_of(repo.get_experiment(session=s, experiment_id=eid)) == "pairs"
+        assert len(made) > 0
