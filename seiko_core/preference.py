@@ -331,7 +331,10 @@ def fit_preference_reward(
                            y_ho if ns_ho else None, (pi_tr, pj_tr, po_tr) if np_tr else None,
                            (pi_ho, pj_ho, po_ho) if np_ho else None, log_scale, y_std, unit_logit=not n_s)
     metrics.update({
-        "n": n_s + n_p, "n_items": n, "n_scores": n_s, "n_pairs": n_p, "n_ties": int((p[:, 2] == 0.5).sum()) if n_p else 0,
+        # comparisons whose outcome is 0.5: a tie, or votes split evenly (one left, one right); the shares cannot tell
+        # which, so this is not called a count of ties (it was "n_ties"; found by review)
+        "n": n_s + n_p, "n_items": n, "n_scores": n_s, "n_pairs": n_p,
+        "n_even_pairs": int((p[:, 2] == 0.5).sum()) if n_p else 0,
         "n_train": n_tr, "n_holdout": ns_ho + np_ho, "epochs_run": epochs_run, "best_epoch": best_epoch,
         "y_mean": float(model.y_mean), "y_std": float(model.y_std), "seed": int(seed), "sgld": bool(sgld),
         "unit": UNIT_SCORE if n_s else UNIT_BT_LOGIT, "scores_set_aside": set_aside,
@@ -342,7 +345,8 @@ def fit_preference_reward(
 
 def _metrics(model: RewardEnsemble, x, xs_tr, y_tr, xs_ho, y_ho, pairs_tr, pairs_ho, log_scale: Tensor, y_std: float,
              *, unit_logit: bool) -> dict[str, Any]:
-    """Fit metrics in the reward's units: score MSEs, comparisons' NLL (in BT logits) and accuracy (ties left out)."""
+    """Fit metrics in the reward's units: score MSEs, comparisons' NLL (in BT logits) and accuracy (even comparisons,
+    outcome 0.5, left out)."""
 
     def preds(rows: Tensor) -> Tensor:
         return _standardised_predictions(model, rows).double() * model.y_std.double() + model.y_mean.double()

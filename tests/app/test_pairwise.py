@@ -268,6 +268,37 @@ def test_training_feedback_rows_by_hand(ui_world):
     assert again.votes_sha256 != both.votes_sha256 and again.n_votes == 3
 
 
+def test_the_reward_fit_does_not_call_a_split_of_votes_a_tie(ui_world):
+    """A pair's votes reach the fit as one outcome, the left image's share: one vote left and one right is 0.5, as a
+    tie vote is, and the fit's "n_ties" counted such splits as ties (found by review). The fit cannot tell the two
+    apart; it reports what it counts, ``n_even_pairs``: the comparisons whose votes came out even."""
+    import torch
+
+    from seiko_core.preference import fit_preference_reward
+    from seiko_core.reward import RewardConfig
+
+    world = ui_world
+    set_feedback_directly(world, "pairs", overlap=2)
+    with write_session(world.factory) as s:
+        for im in repo.list_images(session=s, round_id=world.round_id, kind="query"):
+            im.embedding, im.embedding_dim = struct.pack("<2f", float(im.id), float(-im.id)), 2
+        pairwise.create_round_pairs(session=s, experiment_id=world.experiment_id, round_id=world.round_id)
+    pairs = _pairs(world)
+    alice, bob = who(world, "alice"), who(world, "bob")
+    pairwise.submit_vote(world.factory, alice, pairs[0].id, "a")  # split: one vote each way, no tie
+    pairwise.submit_vote(world.factory, bob, pairs[0].id, "b")
+    pairwise.submit_vote(world.factory, alice, pairs[1].id, "tie")  # a tie
+    pairwise.submit_vote(world.factory, alice, pairs[2].id, "a")
+    pairwise.submit_vote(world.factory, bob, pairs[2].id, "a")
+    with read_session(world.factory) as s:
+        fb = pairwise.training_feedback(s, experiment_id=world.experiment_id, up_to_round_index=0, feedback="pairs",
+                                        rated=[])
+    assert sorted(fb.pairs[:, 2].tolist()) == [0.5, 0.5, 1.0] and fb.n_votes == 5
+    fit = fit_preference_reward(torch.from_numpy(fb.embeddings), pairs=torch.from_numpy(fb.pairs),
+                                cfg=RewardConfig(num_heads=2, hidden=(4,), dropout=(), max_epochs=3, patience=3), seed=0)
+    assert "n_ties" not in fit.metrics and fit.metrics["n_even_pairs"] == 2 and fit.metrics["n_pairs"] == 3
+
+
 def test_pairs_of_prompts_of_every_size_cover_each_image_at_most_twice():
     images = [(i, f"p{i % 5}", i) for i in range(23)]  # groups of 5, 5, 5, 4, 4
     planned = pairwise.plan_pairs(images, salt=1)

@@ -123,7 +123,7 @@ def test_the_worker_trains_on_scores_and_pairs_together(worker_world):
     assert snap["feedback"] == "both" and snap["votes"] == len(pair_ids) and snap["ratings"] == 12
     assert snap["images"] == len(compared | set(query[:6]))  # rated or compared, each once
     assert fit["unit"] == "score" and fit["n_scores"] == 6 and fit["n_pairs"] == len(pair_ids)
-    assert fit["n_ties"] == len(pair_ids[2::3]) and fit["bt_scale"] is not None
+    assert fit["n_even_pairs"] == len(pair_ids[2::3]) and fit["bt_scale"] is not None  # one vote a pair: its ties
     assert train["labels"] == 6 + len(pair_ids)
     worker.close()
 

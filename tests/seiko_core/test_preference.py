@@ -104,7 +104,7 @@ def test_fit_reports_the_hand_computed_loss_of_its_own_rewards():
     r = fit.ensemble(x).double()  # (3, 2) logits
     hand = sum(bt_hand(float(r[int(a), h]), float(r[int(b), h]), float(o)) for a, b, o in pairs.tolist() for h in range(2))
     assert fit.metrics["train_pair_nll"] == pytest.approx(hand / (len(pairs) * 2), rel=1e-6)
-    assert fit.metrics["n_holdout"] == 0 and fit.metrics["n_pairs"] == 5 and fit.metrics["n_ties"] == 1
+    assert fit.metrics["n_holdout"] == 0 and fit.metrics["n_pairs"] == 5 and fit.metrics["n_even_pairs"] == 1
     # what the data say: 0 beats 1 twice, 2 beats 1 twice: item 1 is the worst under every head
     assert bool((r[1] < r[0]).all()) and bool((r[1] < r[2]).all())
 
@@ -241,7 +241,7 @@ def test_ties_pull_two_items_together():
     r = fit.ensemble(x)
     gap_tie = (r[0] - r[1]).abs()
     assert bool((gap_tie < 0.3).all()) and bool((r[0] - r[2] > 1.0).all()) and bool((r[1] - r[2] > 1.0).all())
-    assert fit.metrics["n_ties"] == 6
+    assert fit.metrics["n_even_pairs"] == 6
     assert fit.metrics["train_pair_accuracy"] == 1.0  # ties are left out of the accuracy, the six decided pairs are right
 
 
