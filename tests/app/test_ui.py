@@ -618,7 +618,7 @@ def test_dashboard_table_plot_grid_and_worker(ui_world):
         job_queue.claim_job(session=s, worker_id="w1", lease_s=60)
         job_queue.heartbeat(session=s, job_id=job.id, worker_id="w1", lease_s=60,
                             progress={"phase": "finetune", "step": 3, "total": 12, "eta_s": 95})
-    d = ui_dashboard.load(ui_world.factory, None)
+    d = ui_dashboard.load(ui_world.factory, None, admin=True)  # the live round in full: an admin's view
     assert d.table == [["0", "labeling", "6", "3", "3", "6", "–", "–", "6.00", "5.50", "0.250", "0.0123", "3"]]
     assert "finetune" in d.worker and "step 3 of 12 (25%)" in d.worker and "ETA 1 min 35 s" in d.worker
     assert "width:25.0%" in d.worker
