@@ -93,7 +93,7 @@ def resolve_spec(spec: str, *, what: str = "Model", marker: str = "model_index.j
     ``marker`` and ``kind`` name the thing asked for: a diffusers pipeline by default, or an image encoder (a
     transformers directory, whose marker is config.json)."""
     if not spec or not spec.strip():
-        raise ModelLoadError("No model given: pass a local diffusers directory or a hub id such as runwayml/stable-diffusion-v1-5.")
+        raise ModelLoadError("No model given: pass a local diffusers directory or a hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5.")
     path = Path(spec).expanduser()
     if path.exists():
         if not path.is_dir():
