@@ -239,18 +239,25 @@ def credentials_changed(account: str) -> None:
         throttle.forget_account(account)
 
 
+LOOPBACK_KEY = "loopback"  # every address of this machine's loopback: 127.0.0.0/8, ::1, ::ffff:127.x.x.x
+
+
 def address_key(ip: str | None) -> str:
     """The per-address counter's key: the address, or for IPv6 its /64 (one host is commonly handed a whole /64, so
-    that each of its addresses counting alone would multiply the address limit without end)."""
+    that each of its addresses counting alone would multiply the address limit without end). Every loopback address
+    is one key (``LOOPBACK_KEY``): a user of this machine may connect from any of 127.0.0.0/8 (or ::1, or
+    ::ffff:127.x.x.x), and each counted alone gave 16 million fresh address limits (found by review)."""
     if not ip:
         return "?"
     try:
         address = ipaddress.ip_address(ip)
     except ValueError:
         return ip
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # ::ffff:10.0.0.1 is 10.0.0.1
+    if address.is_loopback:
+        return LOOPBACK_KEY
     if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)  # ::ffff:10.0.0.1 is 10.0.0.1
         return str(ipaddress.ip_network(f"{address}/64", strict=False))
     return str(address)
 

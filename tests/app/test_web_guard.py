@@ -1047,6 +1047,39 @@ def test_ipv6_addresses_of_one_slash_64_share_the_address_limit():
     assert sessions.address_key("::ffff:10.0.0.1") == "10.0.0.1" and sessions.address_key("10.0.0.1") == "10.0.0.1"
 
 
+def test_every_loopback_address_shares_one_address_limit(ui_world):
+    """A user of this machine dodged the per-address sign-in limit by connecting from other loopback addresses
+    (127.0.9.22, 127.0.9.23, ...: each its own key, 16 million fresh limits; found by review). 127.0.0.0/8, ::1 and
+    ::ffff:127.x.x.x are one key now, as an IPv6 /64 is."""
+    loopback = ["127.0.0.1", "127.0.9.22", "127.255.255.254", "::1", "::ffff:127.0.0.9", "0:0:0:0:0:0:0:1"]
+    assert {sessions.address_key(ip) for ip in loopback} == {sessions.LOOPBACK_KEY}
+    assert sessions.address_key("10.0.0.1") == "10.0.0.1" and sessions.address_key("::ffff:10.0.0.1") == "10.0.0.1"
+    assert sessions.address_key("128.0.0.1") == "128.0.0.1" and sessions.address_key("::2") == "::/64"
+    rule = sessions.ThrottleRule(free=3, base_s=10, max_s=100)
+    t = sessions.LoginThrottle(per_ip=rule, per_account=sessions.ThrottleRule(free=1000, base_s=1, max_s=1),
+                               monotonic=lambda: 0.0)
+    for i in range(1, 5):
+        t.failed(f"127.0.9.{i}", f"user{i}")  # another loopback address for each guess
+    for ip in loopback:
+        assert t.wait_s(ip, "someone") > 0, ip
+    assert t.wait_s("10.0.0.1", "someone") == 0
+    # and through the server: guesses sent from 127.0.9.x share the limit of 127.0.0.1
+    throttle = sessions.LoginThrottle(per_ip=sessions.ThrottleRule(free=3, base_s=30, max_s=60),
+                                      per_account=sessions.ThrottleRule(free=1000, base_s=1, max_s=1))
+    demo, url = launch(ui_world, throttle=throttle)
+    try:
+        codes = []
+        for i in range(6):
+            transport = httpx.HTTPTransport(local_address=f"127.0.9.{20 + i}")
+            with httpx.Client(base_url=url, timeout=30, transport=transport) as http:
+                codes.append(http.post("/login", data={"username": f"u{i}", "password": "wrong password"}).status_code)
+        assert codes[:4] == [400] * 4 and set(codes[4:]) == {429}, codes
+        r = httpx.post(url + "/login", data={"username": "alice", "password": UI_PASSWORD}, timeout=30)
+        assert r.status_code == 429, r.text  # 127.0.0.1 is the same address
+    finally:
+        demo.close()
+
+
 def test_forwarded_for_is_not_believed_when_no_proxy_is_trusted(ui_world, monkeypatch, caplog):
     """From this machine (another user of a shared one), rotating X-Forwarded-For made every guess a new address to
     the throttle. With no proxy trusted (the default since a review found the old default, 127.0.0.1 and ::1,
