@@ -22,6 +22,13 @@ handlers' own checks (who is signed in, their role) never see them. A review (3 
   id, that session's): an event id is bound to the account whose request made it (the guard reads the id in the
   answer) and any other id gets 404. Each account's bindings are bounded by its own count only, so nobody can push
   another account's out.
+- **Results that are not waiting** (a review of 5 Dec 2026): ``/queue/data`` naming a session with no event waiting
+  for its results (a new hash, or one whose results were read), and ``GET /call/{api}/{event id}`` for an event
+  whose results were read, reached Gradio, which started a 200 event stream and raised a 404 inside it: ~5 KB of
+  chained tracebacks in the log per request. Both are a 404 with one sentence now (``waiting``), and an event made
+  by ``POST /call/{api}`` is read only under that ``api`` (the guard records it). A session hash is what Gradio's
+  clients make (``SESSION_HASH``: the page's is base 36, gradio_client's a UUID); any other (a NUL in
+  ``/heartbeat/%00`` logged an httpx.InvalidURL traceback) is refused (400) in a query, a path or a JSON body.
 - **Memory.** Gradio keeps every session's input values in memory (a copy of each input an event was sent), up to
   10,000 sessions, whoever made them; a curl-style ``POST /gradio_api/call/{api}`` with no session hash makes a
   session of its own. A signed-in rater sending 200 KB inputs under fresh hashes grew the server by 0.47 MB a session,
@@ -53,6 +60,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -81,6 +89,11 @@ EVENTS_IN_FLIGHT = 32
 UNOWNED_GRACE_S = 30.0  # a session no account holds keeps its state this long (an event may be making it)
 SWEEP_EVERY_S = 5.0
 CALL = f"{API}/call/"
+# a Gradio session hash as its clients make it: the page's Math.random().toString(36) (about 11 characters), gradio_client's
+# uuid4 (36); anything else (a NUL, a slash, a megabyte) is refused before Gradio puts it in a URL or a dict
+SESSION_HASH = re.compile(r"[A-Za-z0-9_-]{1,64}")
+BAD_SESSION_HASH = "A session hash is 1 to 64 letters, digits, '-' or '_'."
+NOT_WAITING = "No event of yours is waiting for its results in that session."
 MAX_DEPTH = 64  # nesting a body may have; the app's inputs are a few levels deep
 
 
@@ -207,18 +220,46 @@ def event_inputs_refusal(path: str, parsed_body: Any, fns: dict[int, Any] | None
 
 
 def session_hash_of(path: str, query_string: bytes, parsed_body: Any) -> str | None:
-    """The Gradio session hash a request names (path, query or JSON body), or None. A query that names more than one
-    is refused (ValueError): the guard would check one and Gradio read another."""
+    """The Gradio session hash a request names (path, query or JSON body), or None. Refused (ValueError, its sentence):
+    a query that names more than one (the guard would check one and Gradio read another), and a hash that is not
+    ``SESSION_HASH`` (a JSON body's that is not null nor a string too)."""
     if path.startswith(HEARTBEAT):
-        return path[len(HEARTBEAT):].rstrip("/") or None
+        return _checked_hash(path[len(HEARTBEAT):].rstrip("/") or None)
     values = parse_qs(query_string.decode("latin-1"), keep_blank_values=True).get("session_hash", [])
     if len(values) > 1:
         raise ValueError("The request names more than one session_hash.")
     if path.rstrip("/") == QUEUE_DATA:
-        return values[0] if values else None
-    if isinstance(parsed_body, dict) and isinstance(parsed_body.get("session_hash"), str):
-        return parsed_body["session_hash"]
+        return _checked_hash(values[0]) if values else None
+    if isinstance(parsed_body, dict) and parsed_body.get("session_hash") is not None:
+        return _checked_hash(parsed_body["session_hash"])
     return None
+
+
+def _checked_hash(value: Any) -> Any:
+    if value is not None and not (isinstance(value, str) and SESSION_HASH.fullmatch(value)):
+        raise ValueError(BAD_SESSION_HASH)
+    return value
+
+
+def reads_session(path: str, method: str | None) -> bool:
+    """Whether the request reads a session's waiting results: ``GET /gradio_api/queue/data``."""
+    return method in ("GET", "HEAD") and path.rstrip("/") == QUEUE_DATA
+
+
+def waiting(queue: Any, session: str | None) -> bool:
+    """Whether session ``session`` has an event whose results are waiting to be read (Gradio's ``queue/data`` raises
+    a 404 inside its event stream otherwise, and waits for ever where the session's results were all read)."""
+    return session is not None and session in queue.pending_messages_per_session \
+        and bool(queue.pending_event_ids_session.get(session))
+
+
+def session_of_event(queue: Any, event_id: str) -> str | None:
+    """The session whose results ``GET /call/{api}/{event_id}`` reads (as Gradio finds it), None when no session holds
+    the event (Gradio then reads the session named by the event id, whatever it holds)."""
+    event = queue.event_ids_to_events.get(event_id)
+    if event is not None:
+        return event.session_hash
+    return next((s for s, ids in list(queue.pending_event_ids_session.items()) if event_id in ids), None)
 
 
 class Owners:
@@ -337,12 +378,26 @@ def outstanding(user: str, queue: Any, *owners: Owners) -> int:
 def event_of(path: str, method: str | None) -> str | None:
     """The event id a ``GET /gradio_api/call/{api}/{event id}`` (or ``/call/v2/...``) reads the results of, else
     None. Gradio answers it for any caller, and when no event has that id it reads the session of that hash."""
+    read = call_read_of(path, method)
+    return read[1] if read else None
+
+
+def call_read_of(path: str, method: str | None) -> tuple[str, str] | None:
+    """(api name, event id) of a ``GET /gradio_api/call/{api}/{event id}`` (or ``/call/v2/{api}/{event id}``), else
+    None. Gradio ignores the api name; the guard reads an event only under the name it was made with."""
     if method not in ("GET", "HEAD") or not path.startswith(CALL):
         return None
     parts = path[len(CALL):].strip("/").split("/")
     if len(parts) == 3 and parts[0] == "v2":  # /call/v2/{api}/{id}; /call/v2/{id} is /call/{api}/{id} with api "v2"
         parts = parts[1:]
-    return parts[1] if len(parts) == 2 and parts[1] else None
+    return (parts[0], parts[1]) if len(parts) == 2 and parts[1] else None
+
+
+def call_api_of(path: str, method: str | None) -> str | None:
+    """The api name a curl-style ``POST /gradio_api/call/{api}`` (or ``/call/v2/{api}``) makes an event of, else None."""
+    if method != "POST" or not path.startswith(CALL):
+        return None
+    return path[len(CALL):].strip("/").removeprefix("v2/") or None
 
 
 def makes_event(path: str, method: str | None) -> bool:

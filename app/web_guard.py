@@ -29,8 +29,10 @@ For every HTTP and websocket request, before Gradio sees it:
   checking the sign-in), and Gradio's upload routes are not answered (404): the app takes no files.
 - **Gradio's own routes** (``app.gradio_routes``): deep links are not answered (404) nor opened (400), nor are the
   routes the app does not use, its file routes (``/gradio_api/file=...``) among them; an event's inputs that carry a file object are refused (400) before Gradio fetches
-  it; a Gradio session hash is bound to the account that first used it (403 for any other, 401 signed out), and
-  an event's results (``GET /gradio_api/call/{api}/{event id}``) are read only by the account that made it.
+  it; a Gradio session hash is bound to the account that first used it (403 for any other, 401 signed out) and
+  must be the short token Gradio's clients make (400), and an event's results (``GET /gradio_api/call/{api}/{event
+  id}``) are read only by the account that made it, under the api it made it by, and only while they wait to be
+  read (else 404, one sentence: Gradio raised inside the event stream it had started, a traceback per request).
 - **Cookies**: every ``Set-Cookie`` the app sends is ``SameSite=Lax`` (Gradio's own say ``SameSite=None``), and
   ``Secure`` when the request shows HTTPS (``WebGuard._https_shown``: an https public URL, TLS, the session cookie
   above, or the browser's own ``Origin: https://...``, as the sign-in's POST carries), so that a page making the
@@ -360,8 +362,11 @@ class WebGuard:
         self._admitting: dict[str, int] = {}  # account -> its event-making requests not yet answered (event loop only)
         self.session_owners = gradio_routes.Owners(gradio_routes.SESSIONS_PER_ACCOUNT, on_forget=self._drop_state,
                                                    pinned=self.heartbeats.__contains__)
-        self.event_owners = gradio_routes.Owners(gradio_routes.EVENTS_PER_ACCOUNT, on_forget=self._drop_state,
+        self.event_owners = gradio_routes.Owners(gradio_routes.EVENTS_PER_ACCOUNT, on_forget=self._forget_event,
                                                  pinned=self._event_running)
+        # an event made by ``POST /gradio_api/call/{api}`` -> that api: its results are read under that name only
+        # (an entry goes when its account forgets the event)
+        self.event_apis: dict[str, str] = {}
         self._swept_at = time.monotonic()
 
     def _blocks(self) -> Any:
@@ -378,6 +383,21 @@ class WebGuard:
     def _event_running(self, event: str) -> bool:
         queue = self._queue()
         return queue is not None and event in queue.event_ids_to_events
+
+    def _forget_event(self, event: str) -> None:
+        self.event_apis.pop(event, None)
+        self._drop_state(event)  # a curl-style call's session is named by its event id
+
+    def _results_waiting(self, session: str | None) -> bool:
+        """Whether ``session`` has results waiting to be read (``gradio_routes.waiting``; True before the queue
+        exists)."""
+        queue = self._queue()
+        return queue is None or gradio_routes.waiting(queue, session)
+
+    def _event_waiting(self, event: str) -> bool:
+        """Whether the results of event ``event`` are waiting to be read (its session's, as Gradio finds it)."""
+        queue = self._queue()
+        return queue is None or gradio_routes.waiting(queue, gradio_routes.session_of_event(queue, event))
 
     def _drop_state(self, key: str) -> None:
         holder = getattr(self.gradio_app, "state_holder", None)
@@ -461,16 +481,25 @@ class WebGuard:
             response = await self._logout(scope, headers)
             await self._lax(response, secure)(scope, receive, send)
             return
+        try:  # one hash (a query naming two is refused), of the shape Gradio's clients make
+            named = gradio_routes.session_hash_of(path, scope.get("query_string", b""), parsed)
+        except ValueError as exc:
+            await self._refuse(scope, receive, send, str(exc), 400)
+            return
+        read = gradio_routes.call_read_of(path, method)  # (api, event id) of GET /gradio_api/call/{api}/{event id}
         if self.sessions is not None:
             user = await self._check_session(headers)
-            try:
-                named = gradio_routes.session_hash_of(path, scope.get("query_string", b""), parsed)
-            except ValueError as exc:
-                await self._refuse(scope, receive, send, str(exc), 400)
-                return
             # a curl-style call's session is named by its event id: another account may not name it (found by review)
             if named is not None and user is not None and self.event_owners.owner(named) not in (None, user):
                 await self._refuse(scope, receive, send, "This session of the app belongs to another account.", 403)
+                return
+            # results are read only where an event of the account's waits for them (Gradio raised a 404 inside the
+            # stream it had started: a traceback in the log per request; found by review); not claimed on the way
+            if named is not None and user is not None and gradio_routes.reads_session(path, method) \
+                    and self.session_owners.owner(named) in (None, user) and not (
+                        user in (self.session_owners.owner(named), self.event_owners.owner(named))
+                        and self._results_waiting(named)):
+                await self._refuse(scope, receive, send, gradio_routes.NOT_WAITING, 404)
                 return
             if named is not None and (why := self.session_owners.refusal(named, user)) is not None:
                 await self._refuse(scope, receive, send, why, 401 if user is None else 403)
@@ -494,6 +523,13 @@ class WebGuard:
             if event is not None and self.event_owners.owner(event) != user:
                 await self._refuse(scope, receive, send, "There is no event of yours with that id.", 404)
                 return
+            if read is not None and self.event_apis.get(read[1]) != read[0]:
+                await self._refuse(scope, receive, send, "That event was not made by that API; read it under the name "
+                                   "it was made with.", 404)
+                return
+            if read is not None and not self._event_waiting(read[1]):
+                await self._refuse(scope, receive, send, gradio_routes.NOT_WAITING, 404)
+                return
             if user is not None and (named is not None or gradio_routes.makes_event(path, method)):
                 self._sweep()
             if user is not None and named is not None and path.startswith(gradio_routes.HEARTBEAT) and method == "GET":
@@ -502,9 +538,14 @@ class WebGuard:
             if user is not None and gradio_routes.makes_event(path, method):
                 await self._make_event(user, scope, receive, self._lax_send(send, secure))
                 return
-        elif (refused := self._event_refusal(path, method, parsed)) is not None:  # local mode: past its token
-            await self._refuse(scope, receive, send, *refused)
-            return
+        else:  # local mode: past its token
+            if (refused := self._event_refusal(path, method, parsed)) is not None:
+                await self._refuse(scope, receive, send, *refused)
+                return
+            if (named is not None and gradio_routes.reads_session(path, method) and not self._results_waiting(named)) \
+                    or (read is not None and not self._event_waiting(read[1])):
+                await self._refuse(scope, receive, send, gradio_routes.NOT_WAITING, 404)
+                return
         await self.inner(scope, receive, self._lax_send(send, secure))
 
     def _event_refusal(self, path: str, method: str | None, parsed: Any) -> tuple[str, int] | None:
@@ -535,7 +576,8 @@ class WebGuard:
         try:
             # asked for uncompressed, so the answer's event id can be read as it passes
             scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k.lower() != b"accept-encoding"]}
-            await self.inner(scope, receive, self._event_recording_send(send, user))
+            api = gradio_routes.call_api_of(get_route_path(scope), scope.get("method"))
+            await self.inner(scope, receive, self._event_recording_send(send, user, api))
         finally:
             self._admitting[user] -= 1
             if not self._admitting[user]:
@@ -551,9 +593,10 @@ class WebGuard:
             if not self.heartbeats[session]:
                 del self.heartbeats[session]
 
-    def _event_recording_send(self, send: Send, user: str) -> Send:
+    def _event_recording_send(self, send: Send, user: str, api: str | None = None) -> Send:
         """A ``send`` that binds the event id in a successful answer (``{"event_id": ...}``) to ``user``, so that only
-        they may read its results (``GET /gradio_api/call/{api}/{event id}``)."""
+        they may read its results (``GET /gradio_api/call/{api}/{event id}``), and records ``api`` (the name of a
+        ``POST /gradio_api/call/{api}``), the one its results are read under."""
         state: dict[str, Any] = {"status": 0, "body": b""}
 
         async def wrapped(message: dict[str, Any]) -> None:
@@ -562,7 +605,8 @@ class WebGuard:
             elif message["type"] == "http.response.body" and state["status"] == 200 and len(state["body"]) < 4096:
                 state["body"] += message.get("body", b"")
                 if not message.get("more_body", False) and (event := gradio_routes.event_id_in(state["body"])):
-                    self.event_owners.claim(event, user)
+                    if self.event_owners.claim(event, user) and api:
+                        self.event_apis[event] = api
             await send(message)
 
         return wrapped

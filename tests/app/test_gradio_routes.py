@@ -43,8 +43,47 @@ def test_the_session_hash_a_request_names():
     assert gr_routes.session_hash_of("/gradio_api/queue/data", b"session_hash=xyz", None) == "xyz"
     assert gr_routes.session_hash_of("/gradio_api/queue/data", b"", None) is None
     assert gr_routes.session_hash_of("/gradio_api/queue/join", b"", {"session_hash": "q"}) == "q"
-    assert gr_routes.session_hash_of("/gradio_api/queue/join", b"", {"session_hash": 5}) is None
+    assert gr_routes.session_hash_of("/gradio_api/queue/join", b"", {"session_hash": None}) is None
     assert gr_routes.session_hash_of("/config", b"", None) is None
+
+
+def test_a_session_hash_is_a_short_token_as_gradios_clients_make_it():
+    import pytest
+
+    for good in ("k3j9x0a2bq1", "0b6f0a52-43a5-4b4c-9a53-1d2e4b7f9c11", "a", "A_-9" * 16):
+        assert gr_routes.session_hash_of(f"/gradio_api/heartbeat/{good}", b"", None) == good
+        assert gr_routes.session_hash_of("/gradio_api/queue/data", f"session_hash={good}".encode(), None) == good
+        assert gr_routes.session_hash_of("/gradio_api/queue/join", b"", {"session_hash": good}) == good
+    for bad in ("", "a b", "x" * 65, "\x00", "\u00e9", "a.b", "a%00"):
+        with pytest.raises(ValueError, match="1 to 64 letters"):
+            gr_routes.session_hash_of("/gradio_api/queue/data", f"session_hash={bad}".encode(), None)
+        with pytest.raises(ValueError, match="1 to 64 letters"):
+            gr_routes.session_hash_of("/gradio_api/call/next_batch", b"", {"session_hash": bad})
+        if bad:
+            with pytest.raises(ValueError, match="1 to 64 letters"):
+                gr_routes.session_hash_of(f"/gradio_api/heartbeat/{bad}", b"", None)
+    for bad in (5, True, ["a"], {"a": 1}):
+        with pytest.raises(ValueError, match="1 to 64 letters"):
+            gr_routes.session_hash_of("/gradio_api/queue/join", b"", {"session_hash": bad})
+
+
+def test_results_wait_only_while_an_event_of_the_session_is_unread():
+    from types import SimpleNamespace
+
+    queue = SimpleNamespace(pending_messages_per_session={"s": [], "read": [], "c1": []},
+                            pending_event_ids_session={"s": {"e1"}, "read": set(), "c1": {"c1"}},
+                            event_ids_to_events={"e1": SimpleNamespace(session_hash="s")})
+    assert gr_routes.waiting(queue, "s") and gr_routes.waiting(queue, "c1")
+    assert not gr_routes.waiting(queue, "read") and not gr_routes.waiting(queue, "new") and not gr_routes.waiting(queue, None)
+    assert gr_routes.session_of_event(queue, "e1") == "s" and gr_routes.session_of_event(queue, "c1") == "c1"
+    assert gr_routes.session_of_event(queue, "gone") is None
+    assert gr_routes.call_read_of("/gradio_api/call/next_batch/e1", "GET") == ("next_batch", "e1")
+    assert gr_routes.call_read_of("/gradio_api/call/v2/next_batch/e1", "GET") == ("next_batch", "e1")
+    assert gr_routes.call_read_of("/gradio_api/call/v2/e1", "GET") == ("v2", "e1")
+    assert gr_routes.call_api_of("/gradio_api/call/next_batch", "POST") == "next_batch"
+    assert gr_routes.call_api_of("/gradio_api/call/v2/next_batch", "POST") == "next_batch"
+    assert gr_routes.call_api_of("/gradio_api/queue/join", "POST") is None
+    assert gr_routes.reads_session("/gradio_api/queue/data", "GET") and not gr_routes.reads_session("/gradio_api/queue/join", "POST")
 
 
 def test_owners_first_account_wins_and_an_account_forgets_only_its_own_oldest():

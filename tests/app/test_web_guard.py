@@ -1593,3 +1593,92 @@ def test_gradios_file_routes_are_not_answered_even_for_a_file_in_its_temporary_f
     finally:
         secret.unlink()
 
+
+
+# -- found in the security review of 5 Dec 2026 (each test fails on the code before it) ------------------------------
+
+
+def _no_traceback(capfd, caplog) -> None:
+    """Nothing the server wrote (its stderr, or a log record) is a traceback or an unhandled error."""
+    time.sleep(0.3)  # a stream Gradio ended with an exception is logged once the answer is done
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Exception in ASGI application" not in err, err[-3000:]
+    bad = [r.getMessage() for r in caplog.records if r.levelno >= 40 or r.exc_info]
+    assert not bad, bad
+
+
+def test_reading_results_that_are_not_waiting_is_one_sentence_not_a_traceback(served, capfd, caplog):
+    """Found by review: ``GET /gradio_api/queue/data`` naming a session with no event waiting (a new hash, or one whose
+    results were read), and ``GET /gradio_api/call/{api}/{id}`` with the caller's own event id under another API's
+    name (or read twice), were passed to Gradio, which started a 200 event stream and then raised a 404 inside it:
+    ~5 KB of chained tracebacks in the log per request, unthrottled. Each is a 404 with one sentence now, before
+    Gradio; reading one's own waiting results still works."""
+    _, demo, url = served
+    capfd.readouterr()
+    with signed_in(url, "alice") as http, signed_in(url, "bob") as bob:
+        fresh = http.get("/gradio_api/queue/data", params={"session_hash": "never-used-1"})
+        assert (fresh.status_code, fresh.text) == (404, "No event of yours is waiting for its results in that "
+                                                        "session."), fresh.text
+        r = queue_join(http, demo, "next_batch", [1, ""], "alices-read")
+        assert r.status_code == 200, r.text
+        with http.stream("GET", "/gradio_api/queue/data", params={"session_hash": "alices-read"}) as stream:
+            assert stream.status_code == 200
+            assert any("process_completed" in line for line in stream.iter_lines())
+        again = http.get("/gradio_api/queue/data", params={"session_hash": "alices-read"})  # read already
+        assert (again.status_code, again.text) == (404, fresh.text)
+        theirs = bob.get("/gradio_api/queue/data", params={"session_hash": "alices-read"})
+        assert theirs.status_code == 403 and "belongs to another account" in theirs.text  # as before
+        made = http.post("/gradio_api/call/next_batch", json={"data": [1, ""]})
+        assert made.status_code == 200, made.text
+        event = made.json()["event_id"]
+        finished(demo, event)
+        for path in (f"/gradio_api/call/submit_rating/{event}", f"/gradio_api/call/v2/next_pair/{event}",
+                     f"/gradio_api/call/v2/{event}"):
+            r = http.get(path)
+            assert r.status_code == 404 and r.text == "That event was not made by that API; read it under the " \
+                                                      "name it was made with.", (path, r.status_code, r.text)
+        with http.stream("GET", f"/gradio_api/call/next_batch/{event}") as stream:  # its own name: read
+            assert stream.status_code == 200
+            assert "event: complete" in "\n".join(stream.iter_lines())
+        r = http.get(f"/gradio_api/call/next_batch/{event}")  # read already: nothing waits
+        assert (r.status_code, r.text) == (404, "No event of yours is waiting for its results in that session.")
+        made = http.post("/gradio_api/call/v2/next_batch", json={"limit": 1})  # v2 too: read under its own name
+        assert made.status_code == 200, made.text
+        r = http.get(f"/gradio_api/call/v2/next_batch/{made.json()['event_id']}")
+        assert r.status_code == 200 and "event: complete" in r.text, r.text[:300]
+    _no_traceback(capfd, caplog)
+
+
+def test_a_session_hash_must_be_a_short_token(served, capfd, caplog):
+    """Found by review: ``GET /gradio_api/heartbeat/%00`` (a NUL in the session hash) logged an httpx.InvalidURL
+    traceback when the client left, and a hash of any length or character was passed on. A session hash is what
+    Gradio's own clients make (the page: base 36, about 11 characters; gradio_client: a UUID): 1 to 64 letters,
+    digits, '-' or '_'; anything else is refused (400, one sentence) in a query, a path or a JSON body."""
+    _, demo, url = served
+    sentence = "A session hash is 1 to 64 letters, digits, '-' or '_'."
+    capfd.readouterr()
+    with signed_in(url, "alice") as http:
+        for bad in ("", "a b", "x" * 65, "\x00", "é", "a/b", "a.b"):
+            r = http.get("/gradio_api/queue/data", params={"session_hash": bad})
+            assert (r.status_code, r.text) == (400, sentence), (bad, r.status_code, r.text)
+            r = http.post(
+                "/gradio_api/queue/join", json={"data": [1, ""], "fn_index": next(
+                    i for i, bf in demo.fns.items() if bf.fn is not None and bf.fn.__name__ == "next_batch"),
+                    "session_hash": bad, "event_data": None, "trigger_id": None})
+            assert (r.status_code, r.text) == (400, sentence), (bad, r.status_code, r.text)
+            r = http.post("/gradio_api/call/next_batch", json={"data": [1, ""], "session_hash": bad})
+            assert (r.status_code, r.text) == (400, sentence), (bad, r.status_code, r.text)
+        for bad in (5, ["a"], {"a": 1}):
+            r = http.post("/gradio_api/call/next_batch", json={"data": [1, ""], "session_hash": bad})
+            assert (r.status_code, r.text) == (400, sentence), (bad, r.status_code, r.text)
+        for raw in ("%00", "a%20b", "x" * 65, "a.b"):
+            r = http.get(f"/gradio_api/heartbeat/{raw}")
+            assert (r.status_code, r.text) == (400, sentence), (raw, r.status_code, r.text)
+        # what Gradio's clients make passes: the page's base-36 hash and gradio_client's UUID
+        for good in ("k3j9x0a2bq1", "0b6f0a52-43a5-4b4c-9a53-1d2e4b7f9c11", "_-" * 32):
+            with http.stream("GET", f"/gradio_api/heartbeat/{good}") as beat:
+                assert beat.status_code == 200, good
+            r = queue_join(http, demo, "next_batch", [1, ""], good)
+            assert r.status_code == 200, (good, r.text)
+            finished(demo, r.json()["event_id"])
+    _no_traceback(capfd, caplog)
