@@ -43,6 +43,7 @@ from app import (
 from app.auth import AuthError, Who
 from app.settings import Settings
 from app.ui_assets import CSS
+from db.checks import findable_id, shown, whole_number
 
 TITLE = "SEIKO studio"
 
@@ -288,7 +289,9 @@ def build_demo(services: AppServices) -> gr.Blocks:
             who = _who(services, request)
             if exp_id is None:
                 return gr.skip()
-            exp_id = int(exp_id)
+            exp_id = whole_number(exp_id)  # int() raised a TypeError on a list (a traceback; found by review)
+            if not findable_id(exp_id):
+                raise refusal(f"An experiment is picked by its id, a positive whole number, not {shown(exp_id)}.")
             # recorded before the batch is drawn: a timer's tick that read the old experiment writes nothing and
             # leases nothing (ui_rate_tab.Picks); put back if this pick fails (the page then stays as it was)
             before = picks.pick(request, rate=exp_id, shown=exp_id)

@@ -1682,3 +1682,26 @@ def test_a_session_hash_must_be_a_short_token(served, capfd, caplog):
             assert r.status_code == 200, (good, r.text)
             finished(demo, r.json()["event_id"])
     _no_traceback(capfd, caplog)
+
+
+def _fn_id(demo, name: str, module: str | None = None) -> int:
+    (fn_id,) = [i for i, bf in demo.fns.items() if bf.fn is not None and bf.fn.__name__ == name
+                and (module is None or bf.fn.__module__ == module)]
+    return fn_id
+
+
+def test_the_experiment_selector_refuses_a_value_that_is_no_id_in_one_sentence(ui_world):
+    """``on_experiment`` took ``int(exp_id)``: a list raised a TypeError (a traceback; found by review). It takes a
+    whole number (5.0 or "5" too, as the other ids of the app) and refuses anything else in one sentence."""
+    import gradio as gr
+
+    from app.ui import AppServices
+
+    demo = ui.build_demo(AppServices(factory=ui_world.factory, settings=ui_world.settings, local_mode=False))
+    on_experiment = demo.fns[_fn_id(demo, "on_experiment", "app.ui")].fn
+    alice = gr.Request(username="alice", client={"host": "127.0.0.1", "port": 1})
+    for bad in ([1], {"a": 1}, "nope", 1.5, -1, 0):
+        with pytest.raises(gr.Error, match="An experiment is picked by its id, a positive whole number, not "):
+            on_experiment(bad, None, alice)
+    out = on_experiment(str(ui_world.experiment_id), None, alice)
+    assert ui_world.experiment_id in out
