@@ -235,6 +235,7 @@ def set_role(factory: sessionmaker[Session], *, name: str, role: str, actor: Who
         before = rater.role
         repo.set_rater_role(session=s, rater_id=rater.id, role=role)
         audit(s, actor, "user.role", name, before=before, after=role)
+    app_sessions.rater_changed(rater.id)  # its sessions stay; the role the front door read with them is forgotten
 
 
 def delete_user(factory: sessionmaker[Session], *, name: str, actor: Who | None = None) -> None:

@@ -29,6 +29,12 @@ handlers' own checks (who is signed in, their role) never see them. A review (3 
   by ``POST /call/{api}`` is read only under that ``api`` (the guard records it). A session hash is what Gradio's
   clients make (``SESSION_HASH``: the page's is base 36, gradio_client's a UUID); any other (a NUL in
   ``/heartbeat/%00`` logged an httpx.InvalidURL traceback) is refused (400) in a query, a path or a JSON body.
+- **Input values** (a review of 5 Dec 2026): Gradio checks an event's values against its components before the
+  handler runs, and answered a wrong one with a traceback in the log (or an empty ``error: null``), even on an
+  admin's event sent by a rater: a choice not in a dropdown's list, text where a number goes (a TypeError in its
+  bounds check). An event whose handler is marked ``admin_only`` (where it is declared) is refused for anyone but an
+  admin with the handlers' own sentence (403), and each value is checked for its component's kind (``value_refusal``:
+  a number, true or false, text, one of the choices) and refused in one sentence naming the input (400).
 - **Memory.** Gradio keeps every session's input values in memory (a copy of each input an event was sent), up to
   10,000 sessions, whoever made them; a curl-style ``POST /gradio_api/call/{api}`` with no session hash makes a
   session of its own. A signed-in rater sending 200 KB inputs under fresh hashes grew the server by 0.47 MB a session,
@@ -161,6 +167,106 @@ def event_target_refusal(path: str, parsed_body: Any, fns: dict[int, Any] | None
     return None
 
 
+ADMIN_ONLY_MARK = "_seiko_admin_only"
+
+
+def admin_only(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark an event handler as an admin's (it refuses anyone else first thing, ``admin_of(request)``): the guard then
+    refuses the event for a rater before Gradio checks its values (``app.web_guard``). Put it on the handler where it
+    is declared."""
+    setattr(handler, ADMIN_ONLY_MARK, True)
+    return handler
+
+
+def is_admin_only(handler: Any) -> bool:
+    """Whether ``handler`` (a function, or a bound method of one) is marked ``admin_only``."""
+    return getattr(handler, ADMIN_ONLY_MARK, False) is True
+
+
+def event_function(path: str, parsed_body: Any, fns: dict[int, Any] | None) -> Any:
+    """The Blocks function an event post runs (``/queue/join``'s ``fn_index``, ``POST /call/{api}``'s name), or None."""
+    if fns is None:
+        return None
+    if path.rstrip("/") == f"{API}/queue/join":
+        fn = parsed_body.get("fn_index") if isinstance(parsed_body, dict) else None
+        return None if isinstance(fn, bool) or not isinstance(fn, int) else fns.get(fn)
+    if path.startswith(CALL):
+        name = path[len(CALL):].strip("/").removeprefix("v2/")
+        return next((f for f in fns.values() if f.api_name == name), None)
+    return None
+
+
+def session_blocks(state_holder: Any, session: Any) -> dict[int, Any] | None:
+    """The components of session ``session`` as its events changed them (a dropdown's choices set by the page's load),
+    by id, without making the session; None when Gradio holds no state of it."""
+    data = getattr(state_holder, "session_data", None)
+    state = data.get(session) if isinstance(data, dict) and isinstance(session, str) else None
+    config = getattr(state, "blocks_config", None)
+    blocks = getattr(config, "blocks", None)
+    return blocks if isinstance(blocks, dict) else None
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _same(value: Any, choice: Any) -> bool:
+    """Whether ``value`` (from JSON) is ``choice``: numbers by value, true/false and text only as themselves."""
+    if isinstance(value, bool) or isinstance(choice, bool) or isinstance(value, str) or isinstance(choice, str):
+        return type(value) is type(choice) and value == choice
+    return isinstance(value, int | float) and isinstance(choice, int | float) and value == choice
+
+
+def _finite_number(value: Any) -> bool:
+    import math
+
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def value_refusal(block: Any, value: Any, position: int) -> str | None:
+    """Why ``value`` cannot be the value of input component ``block`` (the event's ``position``-th input, from 0), in
+    one sentence naming the input, or None. Null is every component's empty value (Gradio passes it on as None). A
+    number: a finite number; a checkbox: true or false; a textbox: text; a dropdown or radio: one of its choices (a
+    list of them where it takes several), or text where it takes a value of its own. Other components are not checked
+    here (a gr.State's value is the server's, not the request's)."""
+    from gradio import components
+
+    if value is None or getattr(block, "stateful", False):
+        return None
+    label = getattr(block, "label", None)
+    label = " ".join(str(label).split()) if label else ""
+    name = f"'{label if len(label) <= 60 else label[:57] + '...'}'" if label else f"number {position + 1}"
+    if isinstance(block, components.Number):
+        if not _finite_number(value):
+            return f"The input {name} takes a number, got {_shown(value)}."
+    elif isinstance(block, components.Checkbox):
+        if not isinstance(value, bool):
+            return f"The input {name} takes true or false, got {_shown(value)}."
+    elif isinstance(block, components.Textbox):
+        if not isinstance(value, str):
+            return f"The input {name} takes text, got {_shown(value)}."
+    elif isinstance(block, components.Dropdown | components.Radio):
+        choices = [c[1] if isinstance(c, tuple | list) and len(c) == 2 else c for c in (block.choices or [])]
+        custom = isinstance(block, components.Dropdown) and block.allow_custom_value
+
+        def allowed(v: Any) -> bool:
+            return any(_same(v, c) for c in choices) or (custom and (isinstance(v, str) or _finite_number(v)))
+
+        listed = ", ".join(_shown(c, 24) for c in choices[:10]) + (", ..." if len(choices) > 10 else "")
+        multiple = isinstance(block, components.Dropdown) and block.multiselect
+        if (multiple and isinstance(value, list) and all(allowed(v) for v in value)) or (not multiple and allowed(value)):
+            return None
+        if not choices and not custom:
+            return f"The input {name} has no choices to pick from in this page yet, got {_shown(value)}; reload the page."
+        what = f"one of its choices ({listed})" if choices else ""
+        if custom:
+            what = f"{what} or a value of its own" if what else "a value of its own (text or a number)"
+        what = f"a list of values, each {what}" if multiple else what
+        return f"The input {name} takes {what}, got {_shown(value)}."
+    return None
+
+
 def _api_parameters(block_fn: Any) -> tuple[list[str], set[str]]:
     """(the parameter names, the required ones) of an API function: the names Gradio itself gives its inputs
     (``input_parameter_names``, what its API info and /call/v2 use), required where the function gives no default."""
@@ -174,11 +280,14 @@ def _api_parameters(block_fn: Any) -> tuple[list[str], set[str]]:
     return names, {n for n in names if n in params and params[n].default is inspect.Parameter.empty}
 
 
-def event_inputs_refusal(path: str, parsed_body: Any, fns: dict[int, Any] | None) -> str | None:
+def event_inputs_refusal(path: str, parsed_body: Any, fns: dict[int, Any] | None,
+                         blocks: dict[int, Any] | None = None) -> str | None:
     """Why an event post's inputs cannot be run (one sentence), or None; call it after ``event_target_refusal``
     found the target. Gradio met these with a 500 or an empty error and a traceback in the log for each (found by
     review): a page-only event (``fn_index`` of an event with no server function), fewer input values than the
-    event takes, and a ``/call/v2`` body whose names are not the API's parameters or lack a required one."""
+    event takes, a value its component does not take (``value_refusal``; ``blocks``: the session's components as
+    its events changed them, ``session_blocks``), and a ``/call/v2`` body whose names are not the API's parameters or
+    lack a required one."""
     if fns is None:
         return None
     if path.rstrip("/") == f"{API}/queue/join":
@@ -192,6 +301,13 @@ def event_inputs_refusal(path: str, parsed_body: Any, fns: dict[int, Any] | None
             return "The event's data must be a list of its input values."
         if len(data) < len(block_fn.inputs):
             return f"That event takes {len(block_fn.inputs)} input values, got {len(data)}."
+        if getattr(block_fn, "batch", False):
+            return None  # each value a list of values (the app has no batch event)
+        props = set(getattr(block_fn, "component_prop_inputs", None) or ())
+        for i, block in enumerate(block_fn.inputs):
+            block = (blocks or {}).get(getattr(block, "_id", None), block)
+            if i not in props and (why := value_refusal(block, data[i], i)) is not None:
+                return why
         return None
     if not path.startswith(CALL):
         return None

@@ -2,8 +2,9 @@
 
 Every handler first finds who is asking and refuses anyone but an admin (``admin_of(request)`` raises gr.Error;
 the ``app.ui_admin`` / ``app.ui_export`` / ``app.ui_quality`` functions they call check the role again and write the
-audit log). The handlers only turn those functions' results and refusals into Gradio outputs. They are looked up
-by name in tests (``demo.fns``), so keep their names.
+audit log). Each such handler is marked ``@admin_only`` (``app.gradio_routes``), so that the front door refuses its
+event for a rater before Gradio checks its values. The handlers only turn those functions' results and refusals into
+Gradio outputs. They are looked up by name in tests (``demo.fns``), so keep their names.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import gradio as gr
 
 from app import ui_admin, ui_compare, ui_export, ui_options, ui_pairs, ui_quality
 from app.auth import Who
+from app.gradio_routes import admin_only
 from db.models import EXPORT_FORMATS
 from seiko_core.config import MAX_EPOCHS, MAX_KL_WEIGHT, MAX_SECONDS, METHODS
 from seiko_core.models import public_name
@@ -34,6 +36,7 @@ class AdminHandlers:
 
     # ---- the tab and its timer ------------------------------------------------------------
 
+    @admin_only
     def on_admin_tab(self, exp_id, request: gr.Request):
         who = self.admin_of(request)
         factory = self.factory
@@ -77,6 +80,7 @@ class AdminHandlers:
     def _target(self, exp_id) -> int:
         return self.shown(lambda: ui_admin.selected_experiment(self.factory, exp_id))
 
+    @admin_only
     def on_close(self, exp_id, request: gr.Request):
         who = self.admin_of(request)
         target = self._target(exp_id)
@@ -84,18 +88,21 @@ class AdminHandlers:
         return self._ask(question, {"action": "close", "experiment_id": exp_id, "target": target, "round": index},
                          f"Yes, close round {index} and train")
 
+    @admin_only
     def on_finish_ask(self, exp_id, request: gr.Request):
         who = self.admin_of(request)
         target = self._target(exp_id)
         return self._ask(self.shown(lambda: ui_admin.finish_question(self.factory, who, target)),
                          {"action": "finish", "experiment_id": exp_id, "target": target}, "Yes, finish it")
 
+    @admin_only
     def on_archive_ask(self, exp_id, request: gr.Request):
         who = self.admin_of(request)
         target = self._target(exp_id)
         return self._ask(self.shown(lambda: ui_admin.finish_question(self.factory, who, target, archive=True)),
                          {"action": "archive", "experiment_id": exp_id, "target": target}, "Yes, finish and archive it")
 
+    @admin_only
     def on_stop_ask(self, exp_id, job_id, request: gr.Request):
         who = self.admin_of(request)
         target = self._target(exp_id)
@@ -103,6 +110,7 @@ class AdminHandlers:
         return self._ask(question, {"action": "stop", "experiment_id": exp_id, "target": target, "job_id": jid,
                                     "worker": worker}, f"Yes, stop job {jid}")
 
+    @admin_only
     def on_confirm(self, pending, exp_id, request: gr.Request):
         who = self.admin_of(request)
         factory = self.factory
@@ -121,51 +129,60 @@ class AdminHandlers:
         return (message, ui_admin.round_status_html(factory, target), ui_admin.jobs_table(factory, who, target),
                 gr.Row(visible=False), None, gr.Dropdown(choices=choices))
 
+    @admin_only
     def on_cancel(self, request: gr.Request):
         self.admin_of(request)
         return gr.Row(visible=False), None
 
     # ---- recovery, dashboard access, export, pause ------------------------------------------
 
+    @admin_only
     def on_retry(self, exp_id, job_id, request: gr.Request):
         who = self.admin_of(request)
         message, status = self._after_change(self.shown(lambda: ui_admin.retry_job(self.factory, who, exp_id, job_id)),
                                              exp_id)
         return message, status, ui_admin.jobs_table(self.factory, who, exp_id), ""
 
+    @admin_only
     def on_reopen(self, exp_id, request: gr.Request):
         who = self.admin_of(request)
         message, status = self._after_change(self.shown(lambda: ui_admin.reopen_round(self.factory, who, exp_id)), exp_id)
         return message, status, ui_admin.jobs_table(self.factory, who, exp_id)
 
+    @admin_only
     def on_dash_access(self, exp_id, allowed, request: gr.Request):
         who = self.admin_of(request)
         message = self.shown(lambda: ui_admin.set_dashboard_access(self.factory, who, exp_id, bool(allowed)))
         gr.Info(message)
         return message
 
+    @admin_only
     def on_build_export(self, exp_id, round_index, fmt, request: gr.Request):
         who = self.admin_of(request)
         built = self.shown(lambda: ui_export.build(self.factory, self.services.settings, who, exp_id, round_index, fmt))
         gr.Info(built.message())
         return built.message(), built.link_html(), ui_export.exports_table(self.factory, who, exp_id)
 
+    @admin_only
     def on_pause(self, exp_id, request: gr.Request):
         who = self.admin_of(request)
         return self._after_change(self.shown(lambda: ui_admin.set_paused(self.factory, who, exp_id, True)), exp_id)
 
+    @admin_only
     def on_resume(self, exp_id, request: gr.Request):
         who = self.admin_of(request)
         return self._after_change(self.shown(lambda: ui_admin.set_paused(self.factory, who, exp_id, False)), exp_id)
 
     # ---- new experiment -------------------------------------------------------------------
 
+    @admin_only
     def on_preset(self, name, request: gr.Request):
         self.admin_of(request)
         d = self.shown(lambda: ui_admin.preset_defaults(name))
         return (d["method"], d["budgets"], d["prompts"], ui_admin.METHOD_DEFAULT, d["kl_weight"], d["epochs"],
                 d["max_seconds"])
 
+    @admin_only
     def on_create(self, name, preset_name, model, method, aggregation, kl, overlap, budgets, prompts, epochs=None,
                   max_seconds=None, request: gr.Request = None):
         who = self.admin_of(request)
@@ -183,6 +200,7 @@ class AdminHandlers:
 
     # ---- accounts and the audit log -------------------------------------------------------
 
+    @admin_only
     def on_add_user(self, name, role, password, request: gr.Request):
         who = self.admin_of(request)
         message = self.shown(lambda: ui_admin.add_user(self.factory, who, name, role, password))
@@ -193,6 +211,7 @@ class AdminHandlers:
         names = ui_admin.user_names(self.factory, who)
         return ui_admin.users_table(self.factory, who), gr.Dropdown(choices=names), ui_admin.audit_table(self.factory, who)
 
+    @admin_only
     def on_admin_accounts(self, request: gr.Request):
         return self._accounts_view(self.admin_of(request))
 
@@ -202,34 +221,42 @@ class AdminHandlers:
         gr.Info(message)
         return (message, *self._accounts_view(who), "")
 
+    @admin_only
     def on_user_disable(self, name, request: gr.Request):
         return self._account_change(request, lambda who: ui_admin.disable_user(self.factory, who, name))
 
+    @admin_only
     def on_user_enable(self, name, request: gr.Request):
         return self._account_change(request, lambda who: ui_admin.enable_user(self.factory, who, name))
 
+    @admin_only
     def on_user_delete(self, name, request: gr.Request):
         return self._account_change(request, lambda who: ui_admin.delete_user(self.factory, who, name))
 
+    @admin_only
     def on_user_role(self, name, role, request: gr.Request):
         return self._account_change(request, lambda who: ui_admin.set_user_role(self.factory, who, name, role))
 
+    @admin_only
     def on_user_password(self, name, password, request: gr.Request):
         return self._account_change(request, lambda who: ui_admin.set_user_password(self.factory, who, name, password))
 
     # ---- rater quality (issue 14, item 2) -----------------------------------------------------
 
+    @admin_only
     def on_quality(self, exp_id, request: gr.Request):
         who = self.admin_of(request)
         summary_html, rows = self.shown(lambda: ui_quality.report(self.factory, who, exp_id))
         return summary_html, rows, ui_quality.standardize_enabled(self.factory, exp_id)
 
+    @admin_only
     def on_standardize(self, exp_id, enabled, request: gr.Request):
         who = self.admin_of(request)
         message = self.shown(lambda: ui_quality.set_standardize(self.factory, who, exp_id, bool(enabled)))
         gr.Info(message)
         return message
 
+    @admin_only
     def on_gold(self, exp_id, image_id, score, request: gr.Request):
         who = self.admin_of(request)
         message = self.shown(lambda: ui_quality.set_gold(self.factory, who, exp_id, image_id, score))

@@ -21,6 +21,7 @@ from sqlalchemy import select
 
 from app import ab, ui_images
 from app.auth import Who
+from app.gradio_routes import admin_only
 from app.ui_rate import pick_experiment, png_data_uri, resolved_experiment_id
 from db import comparisons, repo
 from db.checks import MAX_ID, shown
@@ -260,11 +261,13 @@ def build_rollback(services, exp_state, admin_of: Callable, shown: Callable, pri
         pending = gr.State(None)
         result = gr.Markdown(elem_id="rollback-result")
 
+    @admin_only
     def on_rollback_ask(exp_id, from_index, request: gr.Request):
         who = admin_of(request)  # refuses a rater; ab.rollback_question and train_next_from check the role again
         text, index = shown(lambda: ab.rollback_question(services.factory, who, exp_id, from_index))
         return gr.update(visible=True), text, {"experiment": exp_id, "from": from_index, "round": index}
 
+    @admin_only
     def on_rollback(pending_value, exp_id, request: gr.Request):
         who = admin_of(request)
         if not isinstance(pending_value, dict) or pending_value.get("experiment") != exp_id:

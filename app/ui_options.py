@@ -10,6 +10,7 @@ from typing import Any
 
 from app import experiment_options
 from app.experiment_options import MAX_CANDIDATE_FACTOR, MAX_REPEAT_SHARE, SELECTIONS, ExperimentOptions
+from app.gradio_routes import admin_only
 
 
 def describe(options: experiment_options.ExperimentOptions) -> str:
@@ -103,6 +104,7 @@ def build_admin(services, exp_state, admin_of: Callable, shown: Callable, privat
         values = shown(lambda: form_values(services.factory, exp_id))
         return *values, {"experiment_id": exp_id, "values": list(values)}
 
+    @admin_only
     def on_save(exp_id, sel, fac, sh, ac, rep, before, request: gr.Request):
         who = admin_of(request)  # refuses a rater; set_options checks the role again
         if isinstance(before, dict) and before.get("experiment_id") != exp_id:

@@ -24,6 +24,7 @@ import gradio as gr  # at module level: the handlers' ``request: gr.Request`` an
 
 from app import pairwise
 from app.auth import Who
+from app.gradio_routes import admin_only
 from db import checks, repo
 from db.engine import read_session
 from db.errors import InvalidInput
@@ -276,6 +277,7 @@ def build_admin(services, exp_state, admin_of: Callable, shown: Callable, privat
             button = gr.Button("Set feedback", scale=0, min_width=160, elem_id="set-feedback")
         result = gr.Markdown(elem_id="feedback-result")
 
+    @admin_only
     def on_set(exp_id, value, request: gr.Request):
         who = admin_of(request)  # refuses a rater; pairwise.set_feedback checks the role again
         if exp_id is None:

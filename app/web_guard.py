@@ -88,7 +88,7 @@ from starlette.requests import Request, cookie_parser
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 
 from app import auth, gradio_routes
-from app.sessions import LoginThrottle, SessionStore, StaleSignIn
+from app.sessions import LoginThrottle, SessionInfo, SessionStore, StaleSignIn
 
 log = logging.getLogger("seiko.web")
 
@@ -488,7 +488,8 @@ class WebGuard:
             return
         read = gradio_routes.call_read_of(path, method)  # (api, event id) of GET /gradio_api/call/{api}/{event id}
         if self.sessions is not None:
-            user = await self._check_session(headers)
+            signed_in = await self._check_session(headers)
+            user = signed_in.name if signed_in is not None else None
             # a curl-style call's session is named by its event id: another account may not name it (found by review)
             if named is not None and user is not None and self.event_owners.owner(named) not in (None, user):
                 await self._refuse(scope, receive, send, "This session of the app belongs to another account.", 403)
@@ -513,7 +514,7 @@ class WebGuard:
                                    401 if user is None else 404)
                 return
             # an event that is not the app's, signed in (signed out, Gradio's own sign-in check answers 401 first)
-            if user is not None and (refused := self._event_refusal(path, method, parsed)) is not None:
+            if signed_in is not None and (refused := self._event_refusal(path, method, parsed, signed_in)) is not None:
                 await self._refuse(scope, receive, send, *refused)
                 return
             event = gradio_routes.event_of(path, method)
@@ -548,16 +549,27 @@ class WebGuard:
                 return
         await self.inner(scope, receive, self._lax_send(send, secure))
 
-    def _event_refusal(self, path: str, method: str | None, parsed: Any) -> tuple[str, int] | None:
+    def _event_refusal(self, path: str, method: str | None, parsed: Any,
+                       signed_in: SessionInfo | None = None) -> tuple[str, int] | None:
         """(sentence, status) refusing an event post, or None: an fn_index or API name the app does not have (404:
-        it raised in Gradio, a 500 and a traceback per request, and a private handler was callable by name), or
-        inputs its function cannot take (400: ``gradio_routes.event_inputs_refusal``)."""
+        it raised in Gradio, a 500 and a traceback per request, and a private handler was callable by name), an
+        admin's event (``gradio_routes.admin_only``) for ``signed_in`` when they are not an admin (403, the handlers'
+        own sentence; local mode's one user is the admin), or inputs its function cannot take (400:
+        ``gradio_routes.event_inputs_refusal``, against the session's components as its events changed them)."""
         if not gradio_routes.is_event_post(path, method):  # a POST of an event's body
             return None
         fns = self._fns()
         if (why := gradio_routes.event_target_refusal(path, parsed, fns)) is not None:
             return why, 404
-        if (why := gradio_routes.event_inputs_refusal(path, parsed, fns)) is not None:
+        block_fn = gradio_routes.event_function(path, parsed, fns)
+        if signed_in is not None and block_fn is not None and gradio_routes.is_admin_only(block_fn.fn):
+            try:
+                auth.require_admin(auth.Who(signed_in.rater_id, signed_in.name, signed_in.role, local=False))
+            except auth.AuthError as e:
+                return _sentence(str(e)), 403
+        session = parsed.get("session_hash") if isinstance(parsed, dict) else None
+        blocks = gradio_routes.session_blocks(getattr(self.gradio_app, "state_holder", None), session)
+        if (why := gradio_routes.event_inputs_refusal(path, parsed, fns, blocks)) is not None:
             return why, 400
         return None
 
@@ -712,11 +724,11 @@ class WebGuard:
     async def _in_thread(self, pool: ThreadPoolExecutor, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
-    async def _check_session(self, headers: Headers) -> str | None:
+    async def _check_session(self, headers: Headers) -> SessionInfo | None:
         """Withdraw from Gradio every session token of this request that is no longer valid; re-admit valid ones.
-        Returns the account a valid one signs in (None: nobody is signed in)."""
+        Returns the session Gradio's handlers will run as (None: nobody is signed in)."""
         assert self.sessions is not None
-        user = None
+        runs_as = None
         for position, token in enumerate(self._tokens(headers)):
             known, info = self.sessions.cached(token)
             if not known:  # the database, in a thread: a read (and at most once a minute a write) per session
@@ -729,8 +741,8 @@ class WebGuard:
                     # the account Gradio's handlers will run as: the first cookie present (the secure one, then the
                     # other), whether or not valid; the last valid one was taken before, so with two cookies of two
                     # accounts the session bindings went to one account and the handlers ran as the other (review)
-                    user = info.name
-        return user
+                    runs_as = info
+        return runs_as
 
     # -- request bodies ------------------------------------------------------------------------
 

@@ -194,3 +194,56 @@ def test_events_waiting_running_or_unread_are_counted_per_account():
     queue = SimpleNamespace(pending_event_ids_session={"page": {"e-page", "e2"}, "call-1": {"call-1"}, "bobs": {"x"}})
     assert gr_routes.outstanding("alice", queue, sessions, events) == 3
     assert gr_routes.outstanding("carol", queue, sessions, events) == 0
+
+
+def test_an_input_value_is_checked_against_its_components_kind():
+    import gradio as gr
+
+    number, box, text = gr.Number(label="Round"), gr.Checkbox(label="Allowed"), gr.Textbox(label="Name")
+    pick = gr.Dropdown(label="Experiment", choices=[("a", 1), ("b", 2)])
+    several = gr.Dropdown(label="Tags", choices=["x", "y"], multiselect=True)
+    custom = gr.Dropdown(label="Account", choices=[], allow_custom_value=True)
+    role = gr.Radio(label="Role", choices=["rater", "admin"])
+    for block, value in ((number, 3), (number, 2.5), (number, 10**30), (box, False), (text, ""), (pick, 2), (pick, 2.0),
+                         (several, ["y", "x"]), (several, []), (custom, "bob"), (role, "admin"), (gr.State(), "x")):
+        assert gr_routes.value_refusal(block, value, 0) is None, (block, value)
+    for block in (number, box, text, pick, several, custom, role):
+        assert gr_routes.value_refusal(block, None, 0) is None  # every component's empty value
+    assert gr_routes.value_refusal(number, "abc", 1) == "The input 'Round' takes a number, got 'abc'."
+    for value in (float("nan"), float("inf"), True, [1]):
+        assert "takes a number" in gr_routes.value_refusal(number, value, 1), value
+    assert gr_routes.value_refusal(box, 1, 0) == "The input 'Allowed' takes true or false, got 1."
+    assert gr_routes.value_refusal(text, 5, 0) == "The input 'Name' takes text, got 5."
+    assert gr_routes.value_refusal(pick, "nope", 0) == "The input 'Experiment' takes one of its choices (1, 2), got 'nope'."
+    for value in (True, "1", [1], {"a": 1}, 3):  # true is not 1 here, nor "1"
+        assert "takes one of its choices" in gr_routes.value_refusal(pick, value, 0), value
+    assert gr_routes.value_refusal(several, "x", 0) == ("The input 'Tags' takes a list of values, each one of its "
+                                                        "choices ('x', 'y'), got 'x'.")
+    assert "a list of values, each one of its choices" in gr_routes.value_refusal(several, ["x", "z"], 0)
+    assert gr_routes.value_refusal(custom, ["bob"], 0) == ("The input 'Account' takes a value of its own (text or a "
+                                                          "number), got ['bob'].")
+    assert gr_routes.value_refusal(gr.Dropdown(label="A", choices=["x"], allow_custom_value=True), True, 0) == \
+        "The input 'A' takes one of its choices ('x') or a value of its own, got True."
+    assert gr_routes.value_refusal(role, "god", 0) == "The input 'Role' takes one of its choices ('rater', 'admin'), got 'god'."
+    assert "no choices to pick from" in gr_routes.value_refusal(gr.Dropdown(label="Experiment", choices=[]), 1, 0)
+    assert gr_routes.value_refusal(gr.Number(), "x", 2) == "The input number 3 takes a number, got 'x'."
+    long = gr_routes.value_refusal(gr.Textbox(label="x" * 100), 1, 0)
+    assert long == f"The input '{'x' * 57}...' takes text, got 1."
+
+
+def test_admin_only_marks_a_handler_and_its_bound_methods():
+    @gr_routes.admin_only
+    def handler(request=None):
+        return request
+
+    class Handlers:
+        @gr_routes.admin_only
+        def on_admin(self, request=None):
+            return request
+
+        def on_rate(self, request=None):
+            return request
+
+    h = Handlers()
+    assert gr_routes.is_admin_only(handler) and gr_routes.is_admin_only(h.on_admin) and handler(5) == 5
+    assert not gr_routes.is_admin_only(h.on_rate) and not gr_routes.is_admin_only(None)

@@ -1146,7 +1146,8 @@ def test_an_event_input_that_is_a_file_object_is_refused_before_gradio_reads_it(
         assert r.status_code == 400 and "takes no files" in r.text, (r.status_code, r.text[:200])
         r = http.post("/gradio_api/queue/join", content=b"{not json", headers={"Content-Type": "application/json"})
         assert r.status_code == 400 and r.text == "The request body is not JSON."
-        assert queue_join(http, demo, "on_gold", [None, "plain text"]).status_code == 200  # an ordinary input passes
+    with signed_in(url, "root") as http:  # an ordinary input passes (on_gold is an admin's event)
+        assert queue_join(http, demo, "on_gold", [None, "plain text"]).status_code == 200
 
 
 def test_a_session_hash_belongs_to_the_account_that_first_used_it(served):
@@ -1167,8 +1168,7 @@ def test_a_session_hash_belongs_to_the_account_that_first_used_it(served):
                     ("POST", "/gradio_api/queue/join", {"json": {"data": [], "fn_index": fn_index, "session_hash": owned}})):
                 r = alice.request(method, path, **kwargs)
                 assert r.status_code == 403 and "belongs to another account" in r.text, (path, r.status_code, r.text[:200])
-            assert alice.post("/gradio_api/queue/join", json={"data": [None] * len(demo.fns[fn_index].inputs), "fn_index": fn_index, "session_hash": "alices",
-                                                              "event_data": None, "trigger_id": None}).status_code == 200
+            assert queue_join(alice, demo, "next_batch", [1, ""], "alices").status_code == 200  # her own session
         r = httpx.get(url + f"/gradio_api/heartbeat/{owned}")
         assert r.status_code == 401 and "Sign in first" in r.text
         with root.stream("GET", "/gradio_api/queue/data", params={"session_hash": owned}) as stream:
@@ -1396,7 +1396,7 @@ def test_events_the_app_does_not_have_and_private_ones_by_name_are_refused(serve
             assert r.status_code == 404 and "no public API named" in r.text, (name, r.status_code, r.text[:200])
         assert http.get("/gradio_api/token").status_code == 404
         assert http.post("/gradio_api/call/next_batch", json={"data": [1, ""]}).status_code == 200
-        assert queue_join(http, demo, "on_gold", [None, "plain text"]).status_code == 200
+        assert queue_join(http, demo, "next_batch", [1, ""]).status_code == 200
 
 
 def test_an_event_is_cancelled_only_by_its_own_account(served):
@@ -1409,8 +1409,7 @@ def test_an_event_is_cancelled_only_by_its_own_account(served):
         r = root.post("/gradio_api/queue/join", json={"data": [None] * len(demo.fns[fn_index].inputs), "fn_index": fn_index, "session_hash": "root-s",
                                                       "event_data": None, "trigger_id": None})
         roots = r.json()["event_id"]
-        r = alice.post("/gradio_api/queue/join", json={"data": [None] * len(demo.fns[fn_index].inputs), "fn_index": fn_index, "session_hash": "alice-s",
-                                                       "event_data": None, "trigger_id": None})
+        r = queue_join(alice, demo, "next_batch", [1, ""], "alice-s")  # on_admin_tab is an admin's event
         alices = r.json()["event_id"]
         for event in (roots, "no-such-event", None):
             r = alice.post("/gradio_api/cancel", json={"session_hash": "alice-s", "fn_index": fn_index, "event_id": event})
@@ -1487,6 +1486,8 @@ def test_a_refused_request_leaves_no_traceback_in_the_servers_log(served, capfd)
         answer = http.get(f"/gradio_api/call/submit_rating/{r.json()['event_id']}").text
         assert "event: error" in answer and "image" in answer.lower()
         r = queue_join(http, demo, "on_create", ["x", "shapes", "", "bootstrap", "mean", 0.05, 1, "4", "a shape"])
+        assert (r.status_code, r.text) == (403, "'alice' is a rater; only an admin can do this.")  # before Gradio now
+        r = queue_join(http, demo, "next_batch", [1, "no such experiment"])  # the handler's own refusal
         assert r.status_code == 200, r.text
         finished(demo, r.json()["event_id"])
     err = capfd.readouterr().err
@@ -1500,7 +1501,8 @@ def test_an_event_post_gradio_cannot_run_is_one_sentence_not_a_500(served, capfd
     well-formed call still runs."""
     world, demo, url = served
     page_only = next(i for i, bf in demo.fns.items() if bf.fn is None)
-    (create,) = [i for i, bf in demo.fns.items() if bf.fn is not None and bf.fn.__name__ == "on_create"]
+    (selector,) = [i for i, bf in demo.fns.items() if bf.fn is not None and bf.fn.__name__ == "on_experiment"
+                 and bf.fn.__module__ == "app.ui"]  # a rater's event (an admin's is refused first for a rater)
     capfd.readouterr()
     with signed_in(url) as http:
         cases = [
@@ -1513,8 +1515,8 @@ def test_an_event_post_gradio_cannot_run_is_one_sentence_not_a_500(served, capfd
                                                             "values (image_id, score)."),
             ("/gradio_api/queue/join", {"fn_index": page_only, "data": [], "session_hash": "x1"},
              "That event runs in the page only; there is nothing to run on the server."),
-            ("/gradio_api/queue/join", {"fn_index": create, "data": [], "session_hash": "x2"},
-             f"That event takes {len(demo.fns[create].inputs)} input values, got 0."),
+            ("/gradio_api/queue/join", {"fn_index": selector, "data": [], "session_hash": "x2"},
+             f"That event takes {len(demo.fns[selector].inputs)} input values, got 0."),
         ]
         for path, body, sentence in cases:
             r = http.post(path, json=body)
@@ -1688,6 +1690,117 @@ def _fn_id(demo, name: str, module: str | None = None) -> int:
     (fn_id,) = [i for i, bf in demo.fns.items() if bf.fn is not None and bf.fn.__name__ == name
                 and (module is None or bf.fn.__module__ == module)]
     return fn_id
+
+
+def _join(http: httpx.Client, fn_id: int, data: list, session: str) -> httpx.Response:
+    return http.post("/gradio_api/queue/join", json={"data": data, "fn_index": fn_id, "session_hash": session,
+                                                     "event_data": None, "trigger_id": None})
+
+
+def _stored(world) -> tuple:
+    from db.models import Experiment, Export
+
+    with read_session(world.factory) as s:
+        return (sorted((r.name, r.role, r.disabled_at is None, r.password_hash) for r in s.query(Rater)),
+                s.query(Export).count(), sorted((e.id, repr(e.config)) for e in s.query(Experiment)))
+
+
+def _read(http: httpx.Client, session: str) -> list[dict]:
+    """The messages of ``session``'s waiting results, up to its close."""
+    messages = []
+    with http.stream("GET", "/gradio_api/queue/data", params={"session_hash": session}) as stream:
+        assert stream.status_code == 200
+        for line in stream.iter_lines():
+            if line.startswith("data:"):
+                messages.append(json.loads(line[5:]))
+                if messages[-1].get("msg") == "close_stream":
+                    break
+    return messages
+
+
+def test_an_event_gradio_would_refuse_for_its_values_is_one_sentence_before_gradio(served, capfd, caplog):
+    """Found by review: Gradio checks an event's values against its components before the handler runs, and a value
+    it refused (a choice not in the list, text where a number goes) wrote a traceback to the log, or answered
+    ``error: null``, even for an admin's event sent by a rater, whose role check never ran: the experiment selector
+    with "nope" or [1] (a TypeError in its handler), the export's round "abc", a role "superuser", a feedback
+    "bogus". A rater now gets the admin handlers' own sentence for an admin's event, and a value that is not of its
+    component's kind is refused in one sentence naming the input; nothing is changed and nothing logged."""
+    world, demo, url = served
+    before = _stored(world)
+    export, role, add_user = (_fn_id(demo, n) for n in ("on_build_export", "on_user_role", "on_add_user"))
+    feedback, access, gold = _fn_id(demo, "on_set", "app.ui_pairs"), _fn_id(demo, "on_dash_access"), _fn_id(demo, "on_gold")
+    selector, load = _fn_id(demo, "on_experiment", "app.ui"), _fn_id(demo, "on_load")
+    capfd.readouterr()
+    rater = "'alice' is a rater; only an admin can do this."
+    with signed_in(url, "alice") as http:
+        for fn_id, data in ((export, [None, "abc", "diffusers"]), (role, ["root", "superuser"]),
+                            (add_user, ["x", "god", "pw-123456789"]), (feedback, [None, "bogus"]),
+                            (export, [world.experiment_id, 0, "ratings"])):  # good values too: the role decides
+            r = _join(http, fn_id, data, "alices-page")
+            assert (r.status_code, r.text) == (403, rater), (demo.fns[fn_id].fn.__name__, r.status_code, r.text)
+        # the experiment selector, in a page whose load set its choices
+        assert _join(http, load, [None], "alices-page").status_code == 200
+        assert any(m.get("msg") == "process_completed" and m.get("success") for m in _read(http, "alices-page"))
+        for data, got in ((["nope", None], "'nope'"), ([[1], None], "[1]"), ([{"a": 1}, None], "{'a': 1}"),
+                          ([True, None], "True"), ([world.experiment_id + 1000, None], str(world.experiment_id + 1000))):
+            r = _join(http, selector, data, "alices-page")
+            assert (r.status_code, r.text) == (400, f"The input 'Experiment' takes one of its choices "
+                                                    f"({world.experiment_id}), got {got}."), (data, r.text)
+        r = _join(http, selector, ["nope", None], "alices-other-page")  # a page that was never loaded
+        assert r.status_code == 400 and "no choices to pick from in this page yet" in r.text, r.text
+        r = _join(http, selector, [world.experiment_id, None], "alices-page")  # the page's own pick still works
+        assert r.status_code == 200, r.text
+        done = [m for m in _read(http, "alices-page") if m.get("msg") == "process_completed"]
+        assert done and done[-1]["success"], done
+    with signed_in(url, "root") as http:  # an admin: the same values, each refused naming its input
+        for fn_id, data, said in (
+                (export, [None, "abc", "diffusers"], "takes a number, got 'abc'."),
+                (role, ["root", "superuser"], "takes one of its choices ('rater', 'admin'), got 'superuser'."),
+                (add_user, ["x", "god", "pw-123456789"], "takes one of its choices ('rater', 'admin'), got 'god'."),
+                (feedback, [None, "bogus"], "takes one of its choices ('scores', 'pairs', 'both'), got 'bogus'."),
+                (access, [None, "yes"], "takes true or false, got 'yes'."),
+                (gold, [None, 5, "3"], "takes text, got 5.")):
+            r = _join(http, fn_id, data, "roots-page")
+            assert r.status_code == 400 and r.text.startswith("The input '") and r.text.endswith(said), (data, r.text)
+        for raw in ("NaN", "Infinity", "1e999"):
+            r = http.post("/gradio_api/queue/join", headers={"Content-Type": "application/json"},
+                          content=f'{{"data": [null, {raw}, "ratings"], "fn_index": {export}, '
+                                  f'"session_hash": "roots-page"}}'.encode())
+            assert r.status_code == 400 and "takes a number, got" in r.text, (raw, r.text)
+    time.sleep(0.3)
+    assert _stored(world) == before
+    with signed_in(url, "alice") as http:  # made an admin: at once, though the guard read her role with her session
+        assert _join(http, export, [None, None, "ratings"], "alices-page").status_code == 403
+        auth.set_role(world.factory, name="alice", role="admin")
+        r = _join(http, feedback, [None, "bogus"], "alices-page")
+        assert r.status_code == 400 and r.text.endswith("got 'bogus'."), r.text
+    _no_traceback(capfd, caplog)
+
+
+def test_every_handler_that_refuses_a_rater_first_is_marked_admin_only(served):
+    """The front door knows an admin's event by its handler's mark (``gradio_routes.admin_only``, put where the
+    handler is declared): every handler whose first statement is ``admin_of(request)`` carries it, and no other does."""
+    import ast
+    import inspect
+    import textwrap
+
+    from app import gradio_routes
+
+    _, demo, _ = served
+    marked, refusing = set(), set()
+    for bf in demo.fns.values():
+        if bf.fn is None:
+            continue
+        key = f"{bf.fn.__module__}:{bf.fn.__qualname__}"
+        tree = ast.parse(textwrap.dedent(inspect.getsource(bf.fn)))
+        body = [s for s in tree.body[0].body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
+        first = ast.unparse(body[0])
+        if "admin_of(request)" in first or "_account_change(request" in first:
+            refusing.add(key)
+        if gradio_routes.is_admin_only(bf.fn):
+            marked.add(key)
+    assert marked == refusing, (sorted(marked - refusing), sorted(refusing - marked))
+    assert len(marked) >= 25, sorted(marked)
 
 
 def test_the_experiment_selector_refuses_a_value_that_is_no_id_in_one_sentence(ui_world):

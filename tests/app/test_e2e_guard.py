@@ -1,0 +1,71 @@
+"""The page's own events in a real browser (Debian's chromium through playwright) pass the front door's checks of
+their values (``app.gradio_routes.value_refusal``, ``admin_only``): a rater picking an experiment in the selector (a
+dropdown whose choices the page's load set), an admin's checkbox, radio, numbers, text and dropdowns on the Admin tab.
+
+Skipped without /usr/bin/chromium (``bash scripts/install_browser.sh``) or the ``playwright`` package (the ``e2e``
+fixture, tests/app/e2e_support.py).
+"""
+
+from __future__ import annotations
+
+import time
+
+from app import ui_admin, ui_options, ui_pairs
+from tests.app.e2e_support import MARKS, sign_in, watch_errors
+
+pytestmark = MARKS
+
+
+def test_the_pages_own_values_pass_the_front_doors_checks(ui_world, e2e):
+    demo, browser = e2e(ui_world.services(batch_size=4))
+    url = demo.local_url.replace("localhost", "127.0.0.1")
+    factory, exp_id = ui_world.factory, ui_world.experiment_id
+    joins: list[tuple[int, str]] = []  # every event the pages sent, as answered: (status, the answer if refused)
+
+    def watched(name: str):
+        page = browser.new_context().new_page()
+        page.on("response", lambda r: joins.append((r.status, "" if r.ok else r.text()[:200]))
+                if r.url.split("?")[0].endswith("/gradio_api/queue/join") else None)
+        errors = watch_errors(page)
+        sign_in(page, url, name)
+        return page, errors
+
+    def then(page, action) -> None:
+        """Do ``action`` (a click) and wait until the event it sends is answered."""
+        before = len(joins)
+        action()
+        deadline = time.monotonic() + 60
+        while len(joins) <= before:
+            assert time.monotonic() < deadline, joins
+            page.wait_for_timeout(100)
+
+    def eventually(check) -> None:
+        deadline = time.monotonic() + 60
+        while not check():
+            assert time.monotonic() < deadline, [j for j in joins if j[0] != 200]  # the refused ones, if any
+            time.sleep(0.1)
+
+    alice, alice_errors = watched("alice")
+    root, root_errors = watched("root")
+    for page in (alice, root):  # a dropdown whose choices the page's load set
+        page.get_by_label("Experiment").click()
+        then(page, page.get_by_role("option", name="ui-exp (active)").click)
+    root.get_by_role("tab", name="Admin").click()
+    then(root, root.locator("#dashboard-access input").click)  # a checkbox
+    root.get_by_role("button", name="Feedback: scores or pairwise comparisons").click()
+    root.locator("#feedback-choice").get_by_text("both", exact=True).click()
+    then(root, root.locator("#set-feedback").click)  # a radio
+    root.get_by_role("button", name="Round options").click()
+    root.locator("#opt-auto-close input").click()
+    then(root, root.locator("#save-round-options").click)  # a dropdown, numbers and a checkbox
+    root.get_by_role("button", name="Rollback").click()
+    then(root, root.locator("#rollback").click)  # a number
+    root.get_by_role("button", name="Rater quality").click()
+    then(root, root.locator("#set-gold").click)  # text
+    root.get_by_role("button", name="Export").click()
+    then(root, root.locator("#build-export").click)  # a number and a dropdown
+    eventually(lambda: ui_admin.raters_see_dashboard(factory, exp_id) and ui_pairs.feedback_value(factory, exp_id)
+               == "both" and ui_options.form_values(factory, exp_id)[3] is True)
+    refused = [j for j in joins if j[0] != 200]
+    assert not refused and len(joins) >= 9, joins
+    assert not alice_errors + root_errors, alice_errors + root_errors
