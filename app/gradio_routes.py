@@ -22,9 +22,9 @@ handlers' own checks (who is signed in, their role) never see them. A review (3 
   id, that session's): an event id is bound to the account whose request made it (the guard reads the id in the
   answer) and any other id gets 404. Each account's bindings are bounded by its own count only, so nobody can push
   another account's out.
-- **Results that are not waiting** (a review of 5 Dec 2026): ``/queue/data`` naming a session with no event waiting
-  for its results (a new hash, or one whose results were read), and ``GET /call/{api}/{event id}`` for an event
-  whose results were read, reached Gradio, which started a 200 event stream and raised a 404 inside it: ~5 KB of
+- **Results that are not waiting** (a review of 5 Dec 2026): ``/queue/data`` naming a session Gradio holds no
+  messages for (a new hash, ``has_results_stream``), and ``GET /call/{api}/{event id}`` for an event whose results
+  were read (``waiting``), reached Gradio, which started a 200 event stream and raised a 404 inside it: ~5 KB of
   chained tracebacks in the log per request. Both are a 404 with one sentence now (``waiting``), and an event made
   by ``POST /call/{api}`` is read only under that ``api`` (the guard records it). A session hash is what Gradio's
   clients make (``SESSION_HASH``: the page's is base 36, gradio_client's a UUID); any other (a NUL in
@@ -367,6 +367,13 @@ def waiting(queue: Any, session: str | None) -> bool:
     a 404 inside its event stream otherwise, and waits for ever where the session's results were all read)."""
     return session is not None and session in queue.pending_messages_per_session \
         and bool(queue.pending_event_ids_session.get(session))
+
+
+def has_results_stream(queue: Any, session: str | None) -> bool:
+    """Whether Gradio's ``queue/data`` would serve session ``session``: it has a queue of messages (made when the
+    session first joins an event, kept afterwards); Gradio raises a 404 inside the stream it started otherwise. A
+    session whose results were all read has one, and its stream waits for the next event, as the page expects."""
+    return session is not None and session in queue.pending_messages_per_session
 
 
 def session_of_event(queue: Any, event_id: str) -> str | None:

@@ -389,10 +389,12 @@ class WebGuard:
         self._drop_state(event)  # a curl-style call's session is named by its event id
 
     def _results_waiting(self, session: str | None) -> bool:
-        """Whether ``session`` has results waiting to be read (``gradio_routes.waiting``; True before the queue
-        exists)."""
+        """Whether ``session`` has a stream of results Gradio would serve (``gradio_routes.has_results_stream``; True
+        before the queue exists). Not whether an event is unread: the page opens its stream as it joins an event, so
+        the stream can arrive before the join is queued, and refusing it then left the page waiting for ever (a
+        browser test failed 1 run in 7 so)."""
         queue = self._queue()
-        return queue is None or gradio_routes.waiting(queue, session)
+        return queue is None or gradio_routes.has_results_stream(queue, session)
 
     def _event_waiting(self, event: str) -> bool:
         """Whether the results of event ``event`` are waiting to be read (its session's, as Gradio finds it)."""

@@ -75,6 +75,8 @@ def test_results_wait_only_while_an_event_of_the_session_is_unread():
                             event_ids_to_events={"e1": SimpleNamespace(session_hash="s")})
     assert gr_routes.waiting(queue, "s") and gr_routes.waiting(queue, "c1")
     assert not gr_routes.waiting(queue, "read") and not gr_routes.waiting(queue, "new") and not gr_routes.waiting(queue, None)
+    assert gr_routes.has_results_stream(queue, "s") and gr_routes.has_results_stream(queue, "read")  # Gradio serves both
+    assert not gr_routes.has_results_stream(queue, "new") and not gr_routes.has_results_stream(queue, None)
     assert gr_routes.session_of_event(queue, "e1") == "s" and gr_routes.session_of_event(queue, "c1") == "c1"
     assert gr_routes.session_of_event(queue, "gone") is None
     assert gr_routes.call_read_of("/gradio_api/call/next_batch/e1", "GET") == ("next_batch", "e1")

@@ -1626,8 +1626,8 @@ def test_reading_results_that_are_not_waiting_is_one_sentence_not_a_traceback(se
         with http.stream("GET", "/gradio_api/queue/data", params={"session_hash": "alices-read"}) as stream:
             assert stream.status_code == 200
             assert any("process_completed" in line for line in stream.iter_lines())
-        again = http.get("/gradio_api/queue/data", params={"session_hash": "alices-read"})  # read already
-        assert (again.status_code, again.text) == (404, fresh.text)
+        # a session whose results were read keeps its stream (Gradio's own rule): the page opens it as it joins its
+        # next event, sometimes before the join is queued, and a 404 then left the page waiting for ever
         theirs = bob.get("/gradio_api/queue/data", params={"session_hash": "alices-read"})
         assert theirs.status_code == 403 and "belongs to another account" in theirs.text  # as before
         made = http.post("/gradio_api/call/next_batch", json={"data": [1, ""]})
