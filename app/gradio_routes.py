@@ -25,7 +25,7 @@ handlers' own checks (who is signed in, their role) never see them. A review (3 
 - **Results that are not waiting** (a review of 5 Dec 2026): ``/queue/data`` naming a session Gradio holds no
   messages for (a new hash, ``has_results_stream``), and ``GET /call/{api}/{event id}`` for an event whose results
   were read (``waiting``), reached Gradio, which started a 200 event stream and raised a 404 inside it: ~5 KB of
-  chained tracebacks in the log per request. Both are a 404 with one sentence now (``waiting``), and an event made
+  chained tracebacks in the log per request. Both are a 404 with one sentence now, and an event made
   by ``POST /call/{api}`` is read only under that ``api`` (the guard records it). A session hash is what Gradio's
   clients make (``SESSION_HASH``: the page's is base 36, gradio_client's a UUID); any other (a NUL in
   ``/heartbeat/%00`` logged an httpx.InvalidURL traceback) is refused (400) in a query, a path or a JSON body.
@@ -365,8 +365,7 @@ def reads_session(path: str, method: str | None) -> bool:
 def waiting(queue: Any, session: str | None) -> bool:
     """Whether session ``session`` has an event whose results are waiting to be read (Gradio's ``queue/data`` raises
     a 404 inside its event stream otherwise, and waits for ever where the session's results were all read)."""
-    return session is not None and session in queue.pending_messages_per_session \
-        and bool(queue.pending_event_ids_session.get(session))
+    return has_results_stream(queue, session) and bool(queue.pending_event_ids_session.get(session))
 
 
 def has_results_stream(queue: Any, session: str | None) -> bool:

@@ -53,10 +53,13 @@ class AdminHandlers:
         if not who.is_admin:
             return (gr.skip(),) * 7
         factory = self.factory
-        summary_html, rows = self.shown(lambda: ui_quality.report(factory, who, exp_id))
         return (ui_admin.raters_see_dashboard(factory, exp_id), ui_admin.jobs_table(factory, who, exp_id),
-                ui_export.exports_table(factory, who, exp_id), "", summary_html, rows,
-                ui_quality.standardize_enabled(factory, exp_id))
+                ui_export.exports_table(factory, who, exp_id), "", *self._quality(who, exp_id))
+
+    def _quality(self, who: Who, exp_id):
+        """(the rater-quality summary, its rows, whether scores are standardised) of experiment ``exp_id``."""
+        summary_html, rows = self.shown(lambda: ui_quality.report(self.factory, who, exp_id))
+        return summary_html, rows, ui_quality.standardize_enabled(self.factory, exp_id)
 
     def on_admin_timer(self, exp_id, request: gr.Request):
         who = self.who_of(request)
@@ -246,8 +249,7 @@ class AdminHandlers:
     @admin_only
     def on_quality(self, exp_id, request: gr.Request):
         who = self.admin_of(request)
-        summary_html, rows = self.shown(lambda: ui_quality.report(self.factory, who, exp_id))
-        return summary_html, rows, ui_quality.standardize_enabled(self.factory, exp_id)
+        return self._quality(who, exp_id)
 
     @admin_only
     def on_standardize(self, exp_id, enabled, request: gr.Request):

@@ -32,7 +32,8 @@ For every HTTP and websocket request, before Gradio sees it:
   it; a Gradio session hash is bound to the account that first used it (403 for any other, 401 signed out) and
   must be the short token Gradio's clients make (400), and an event's results (``GET /gradio_api/call/{api}/{event
   id}``) are read only by the account that made it, under the api it made it by, and only while they wait to be
-  read (else 404, one sentence: Gradio raised inside the event stream it had started, a traceback per request).
+  read; a session's stream (``/queue/data``) only where Gradio holds messages for it (else 404, one sentence:
+  Gradio raised inside the event stream it had started, a traceback per request).
 - **Cookies**: every ``Set-Cookie`` the app sends is ``SameSite=Lax`` (Gradio's own say ``SameSite=None``), and
   ``Secure`` when the request shows HTTPS (``WebGuard._https_shown``: an https public URL, TLS, the session cookie
   above, or the browser's own ``Origin: https://...``, as the sign-in's POST carries), so that a page making the
@@ -496,8 +497,8 @@ class WebGuard:
             if named is not None and user is not None and self.event_owners.owner(named) not in (None, user):
                 await self._refuse(scope, receive, send, "This session of the app belongs to another account.", 403)
                 return
-            # results are read only where an event of the account's waits for them (Gradio raised a 404 inside the
-            # stream it had started: a traceback in the log per request; found by review); not claimed on the way
+            # a session's stream only where the account owns it and Gradio holds messages for it (Gradio raised a 404
+            # inside the stream it had started: a traceback in the log per request; found by review); not claimed here
             if named is not None and user is not None and gradio_routes.reads_session(path, method) \
                     and self.session_owners.owner(named) in (None, user) and not (
                         user in (self.session_owners.owner(named), self.event_owners.owner(named))

@@ -315,18 +315,12 @@ def test_with_once_a_group_that_ends_badly_is_not_started_again(monkeypatch, tmp
     supervisor start a fresh group, and another, until it gave up (found by review): --once runs one group; its job is
     handed back and the status says it failed."""
     import argparse
-    from types import SimpleNamespace
 
     from app import train_dist
 
-    starts = tmp_path / "starts"
-    script = (f"import os, time; open({str(starts)!r}, 'a').write(os.environ['RANK']); r = int(os.environ['RANK']); "
-              "time.sleep(3 if r == 0 else 0.1); raise SystemExit(0)")
-    monkeypatch.setattr(train_dist, "rank_command", lambda args, worker_id: [sys.executable, "-c", script])
+    starts, handed, settings = _fake_group(
+        monkeypatch, tmp_path, "import time; r = int(os.environ['RANK']); time.sleep(3 if r == 0 else 0.1); raise SystemExit(0)")
     monkeypatch.setattr(train_dist, "FOLLOWER_GRACE_S", 0.2)
-    handed = []
-    monkeypatch.setattr(train_dist, "hand_back_jobs", lambda settings, worker_id, reason: handed.append(reason) or [])
-    settings = SimpleNamespace(db_url="sqlite:///unused.db", data_dir=tmp_path, model="unused")
     args = argparse.Namespace(processes=2, once=True, lease_s=60, poll_s=1, nice=0)
     assert train_dist.supervise(args, settings, "w") == 1
     assert sorted(starts.read_text()) == ["0", "1"] and len(handed) == 1  # one group, its job handed back
@@ -338,7 +332,6 @@ def test_rank_0_says_once_that_the_schema_changed_and_the_group_is_not_started_a
     that was never held, fresh groups that each refused again, the sentence printed 3N+1 times (found by review). Rank
     0 now stops its followers, says it once and exits SCHEMA_EXIT; the supervisor ends with status 1, no new group."""
     import argparse
-    from types import SimpleNamespace
 
     from app import train_dist
     from db.errors import SchemaOutOfDate
@@ -350,13 +343,9 @@ def test_rank_0_says_once_that_the_schema_changed_and_the_group_is_not_started_a
     args = argparse.Namespace(processes=2, once=False, lease_s=60, poll_s=1, nice=0)
     assert train_dist.run_rank(args, None, "w") == train_dist.SCHEMA_EXIT and stopped == [True]
 
-    starts = tmp_path / "starts"
-    script = (f"import os, time; open({str(starts)!r}, 'a').write(os.environ['RANK']); r = int(os.environ['RANK']); "
-              f"time.sleep(0.5 if r == 0 else 0.1); raise SystemExit({train_dist.SCHEMA_EXIT} if r == 0 else 0)")
-    monkeypatch.setattr(train_dist, "rank_command", lambda args, worker_id: [sys.executable, "-c", script])
-    handed = []
-    monkeypatch.setattr(train_dist, "hand_back_jobs", lambda settings, worker_id, reason: handed.append(reason) or [])
-    settings = SimpleNamespace(db_url="sqlite:///unused.db", data_dir=tmp_path, model="unused")
+    starts, handed, settings = _fake_group(monkeypatch, tmp_path, (
+        f"import time; r = int(os.environ['RANK']); time.sleep(0.5 if r == 0 else 0.1); "
+        f"raise SystemExit({train_dist.SCHEMA_EXIT} if r == 0 else 0)"))
     assert train_dist.supervise(args, settings, "w") == 1
     assert sorted(starts.read_text()) == ["0", "1"] and handed == []  # one group, nothing handed back
 
@@ -383,20 +372,31 @@ def test_with_once_a_train_job_that_failed_in_the_group_exits_1(monkeypatch, tmp
     group; under --once the supervisor returned that 75 as its own status, where --once promises 1 for a job that
     failed (found by review). One group, status 1."""
     import argparse
+
+    from app import train_dist
+
+    starts, handed, settings = _fake_group(monkeypatch, tmp_path, (
+        f"import time; r = int(os.environ['RANK']); time.sleep(0.5 if r == 0 else 60); "
+        f"raise SystemExit({train_dist.RESTART_EXIT} if r == 0 else 0)"))
+    args = argparse.Namespace(processes=2, once=True, lease_s=60, poll_s=1, nice=0)
+    assert train_dist.supervise(args, settings, "w") == 1
+    assert sorted(starts.read_text()) == ["0", "1"] and len(handed) == 1  # one group; the follower was stopped
+
+
+def _fake_group(monkeypatch, tmp_path, rank_script: str):
+    """Ranks that each record their rank in a file, then run ``rank_script`` (``python -c``, ``os`` imported), and
+    hand-backs recorded instead of made. Returns (the file of starts, the hand-back reasons, settings for supervise)."""
     from types import SimpleNamespace
 
     from app import train_dist
 
     starts = tmp_path / "starts"
-    script = (f"import os, time; open({str(starts)!r}, 'a').write(os.environ['RANK']); r = int(os.environ['RANK']); "
-              f"time.sleep(0.5 if r == 0 else 60); raise SystemExit({train_dist.RESTART_EXIT} if r == 0 else 0)")
+    starts.write_text("")
+    script = f"import os; open({str(starts)!r}, 'a').write(os.environ['RANK']); " + rank_script
     monkeypatch.setattr(train_dist, "rank_command", lambda args, worker_id: [sys.executable, "-c", script])
-    handed = []
+    handed: list[str] = []
     monkeypatch.setattr(train_dist, "hand_back_jobs", lambda settings, worker_id, reason: handed.append(reason) or [])
-    settings = SimpleNamespace(db_url="sqlite:///unused.db", data_dir=tmp_path, model="unused")
-    args = argparse.Namespace(processes=2, once=True, lease_s=60, poll_s=1, nice=0)
-    assert train_dist.supervise(args, settings, "w") == 1
-    assert sorted(starts.read_text()) == ["0", "1"] and len(handed) == 1  # one group; the follower was stopped
+    return starts, handed, SimpleNamespace(db_url="sqlite:///unused.db", data_dir=tmp_path, model="unused")
 
 
 def _supervise_with_a_signal(monkeypatch, tmp_path, rank_script: str, *, at: str) -> tuple[int, str, list, float]:
@@ -406,13 +406,10 @@ def _supervise_with_a_signal(monkeypatch, tmp_path, rank_script: str, *, at: str
     ranks started (one digit each), the hand-backs and the seconds it took. The test process's handlers are restored."""
     import argparse
     import signal
-    from types import SimpleNamespace
 
     from app import train_dist
 
-    starts = tmp_path / "starts"
-    starts.write_text("")
-    script = f"import os; open({str(starts)!r}, 'a').write(os.environ['RANK']); " + rank_script
+    starts, handed, settings = _fake_group(monkeypatch, tmp_path, rank_script)
     calls = {"first-rank-command": 0, "second-port": 0}
 
     def signal_at(name: str, when: int) -> None:
@@ -420,15 +417,12 @@ def _supervise_with_a_signal(monkeypatch, tmp_path, rank_script: str, *, at: str
         if name == at and calls[name] == when:
             signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)  # the supervisor's handler, as the signal runs it
 
-    real_free_port, real_popen = train_dist._free_port, subprocess.Popen
+    real_free_port, real_popen, real_command = train_dist._free_port, subprocess.Popen, train_dist.rank_command
     monkeypatch.setattr(train_dist, "rank_command",
-                        lambda args, worker_id: signal_at("first-rank-command", 1) or [sys.executable, "-c", script])
+                        lambda args, worker_id: signal_at("first-rank-command", 1) or real_command(args, worker_id))
     monkeypatch.setattr(train_dist, "_free_port", lambda: signal_at("second-port", 2) or real_free_port())
     monkeypatch.setattr(subprocess, "Popen", lambda cmd, **kw: real_popen(
         cmd, preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM}), **kw))
-    handed = []
-    monkeypatch.setattr(train_dist, "hand_back_jobs", lambda settings, worker_id, reason: handed.append(reason) or [])
-    settings = SimpleNamespace(db_url="sqlite:///unused.db", data_dir=tmp_path, model="unused")
     args = argparse.Namespace(processes=2, once=False, lease_s=60, poll_s=1, nice=0)
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     began = time.monotonic()
