@@ -30,9 +30,15 @@ Rating = tuple[Hashable, Hashable, float]
 
 
 def _score(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating) or not math.isfinite(float(value)):
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
         raise ValueError(f"a score must be a finite number, got {value!r}")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf  # an integer too large for a float
+    if not math.isfinite(number):
+        raise ValueError(f"a score must be a finite number, got {value!r}")
+    return number
 
 
 def _table(ratings: Iterable[Rating]) -> dict[Hashable, dict[Hashable, float]]:
@@ -46,6 +52,67 @@ def _table(ratings: Iterable[Rating]) -> dict[Hashable, dict[Hashable, float]]:
             raise ValueError(f"rater {rater!r} rated item {item!r} twice; pass repeated ratings to self_consistency instead")
         table[item][rater] = _score(score)
     return dict(table)
+
+
+_NUMBER_TYPES = (int, float, np.integer, np.floating)
+
+
+def _scores(raw: list[object]) -> np.ndarray:
+    """``raw`` as float64, each checked as ``_score`` does; the per-value check runs only where a fast one cannot."""
+    kinds = set(map(type, raw))
+    if all(issubclass(k, _NUMBER_TYPES) and not issubclass(k, bool | np.bool_) for k in kinds):
+        try:
+            out = np.asarray(raw, dtype=np.float64)
+        except OverflowError:
+            out = None
+        if out is not None and np.isfinite(out).all():
+            return out
+    return np.asarray([_score(v) for v in raw], dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class Coded:
+    """Ratings as arrays, checked once: ``items[i]``, ``raters[i]`` index ``item_ids`` / ``rater_ids``; no (item,
+    rater) twice. Every function here that takes ratings also takes a ``Coded`` (``coded(ratings)``), so a report
+    that computes several figures from the same ratings checks and codes them once."""
+
+    items: np.ndarray  # int64 codes
+    raters: np.ndarray  # int64 codes
+    scores: np.ndarray  # float64
+    item_ids: tuple[Hashable, ...]
+    rater_ids: tuple[Hashable, ...]
+
+    def subset(self, mask: np.ndarray) -> Coded:
+        """The ratings where ``mask`` holds (codes kept, so ids still read through ``item_ids`` / ``rater_ids``)."""
+        return Coded(self.items[mask], self.raters[mask], self.scores[mask], self.item_ids, self.rater_ids)
+
+
+def coded(ratings: Iterable[Rating] | Coded) -> Coded:
+    """``(item, rater, score)`` ratings as a ``Coded``; the same checks and sentences as every function here."""
+    if isinstance(ratings, Coded):
+        return ratings
+    item_code: dict[Hashable, int] = {}
+    rater_code: dict[Hashable, int] = {}
+    items, raters, raw = [], [], []
+    for row in ratings:
+        if not isinstance(row, tuple | list) or len(row) != 3:
+            raise ValueError(f"a rating must be an (item, rater, score) triple, got {row!r}")
+        item, rater, score = row
+        items.append(item_code.setdefault(item, len(item_code)))
+        raters.append(rater_code.setdefault(rater, len(rater_code)))
+        raw.append(score)
+    it, rt = np.asarray(items, dtype=np.int64), np.asarray(raters, dtype=np.int64)
+    if len(it):
+        key = it * len(rater_code) + rt
+        order = np.argsort(key, kind="stable")
+        again = order[1:][key[order][1:] == key[order][:-1]]  # the later rows of each (item, rater) seen before
+        if len(again):
+            first = int(again.min())
+            item_ids, rater_ids = list(item_code), list(rater_code)
+            raise ValueError(f"rater {rater_ids[rt[first]]!r} rated item {item_ids[it[first]]!r} twice; pass repeated "
+                             "ratings to self_consistency instead")
+    scores = _scores(raw)
+    return Coded(it, rt, scores, tuple(item_code), tuple(rater_code))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -64,26 +131,45 @@ class Alpha:
     reason: str = ""  # why alpha is None
 
 
-def _units(ratings: Iterable[Rating]) -> list[list[float]]:
-    return [list(by_rater.values()) for by_rater in _table(ratings).values() if len(by_rater) >= 2]
-
-
-def coincidences(ratings: Iterable[Rating]) -> tuple[list[float], np.ndarray]:
+def coincidences(ratings: Iterable[Rating] | Coded) -> tuple[list[float], np.ndarray]:
     """The values present and the coincidence matrix ``o[c, k]`` over items with at least two ratings."""
-    return _coincidences(_units(ratings))
-
-
-def _coincidences(units: list[list[float]]) -> tuple[list[float], np.ndarray]:
-    values = sorted({v for unit in units for v in unit})
-    index = {v: i for i, v in enumerate(values)}
-    o = np.zeros((len(values), len(values)))
-    for unit in units:
-        counts = np.zeros(len(values))
-        for v in unit:
-            counts[index[v]] += 1
-        # pairs of values from different raters: counts_c * counts_k, less the pairs of a value with itself
-        o += (np.outer(counts, counts) - np.diag(counts)) / (len(unit) - 1)
+    values, o, _ = _coincidences(_pairable(coded(ratings)))
     return values, o
+
+
+def _pairable(c: Coded) -> Coded:
+    """The ratings of items rated at least twice."""
+    per_item = np.bincount(c.items, minlength=len(c.item_ids))
+    return c.subset(per_item[c.items] >= 2)
+
+
+def _coincidences(c: Coded) -> tuple[list[float], np.ndarray, int]:
+    """(values, o, units) of ratings whose items all have two or more ratings.
+
+    ``o = sum_u (n_u n_u^T - diag(n_u)) / (m_u - 1)``, ``n_u`` the count of each value in item u: the pairs of values
+    from different raters. Counted over each item's distinct values, so the work grows with the ratings, not with
+    items x values."""
+    values, value_idx = np.unique(c.scores, return_inverse=True)
+    n_values = len(values)
+    o = np.zeros((n_values, n_values))
+    if not len(c.items):
+        return [], o, 0
+    m = np.bincount(c.items)
+    # (item, value) cells with their counts, sorted by item
+    cell, count = np.unique(c.items * n_values + value_idx.astype(np.int64), return_counts=True)
+    item, value = cell // n_values, cell % n_values
+    weight = 1.0 / (m[item] - 1)
+    # every ordered pair of cells of the same item: cell i with each cell of its item's block
+    start = np.searchsorted(item, item, side="left")
+    length = np.searchsorted(item, item, side="right") - start
+    left = np.repeat(np.arange(len(cell)), length)
+    offset = np.arange(len(left)) - np.repeat(np.cumsum(length) - length, length)
+    right = start[left] + offset
+    pair_weight = weight[left] * count[left] * count[right]
+    o += np.bincount(value[left] * n_values + value[right], weights=pair_weight,
+                     minlength=n_values * n_values).reshape(n_values, n_values)
+    o -= np.diag(np.bincount(value, weights=weight * count, minlength=n_values))
+    return [float(v) for v in values], o, int(np.count_nonzero(m >= 2))
 
 
 def distance_matrix(values: list[float], n_c: np.ndarray, metric: str) -> np.ndarray:
@@ -102,34 +188,36 @@ def distance_matrix(values: list[float], n_c: np.ndarray, metric: str) -> np.nda
     return (between - (n_c[:, None] + n_c[None, :]) / 2) ** 2
 
 
-def krippendorff_alpha(ratings: Iterable[Rating], metric: str = "ordinal") -> Alpha:
+def krippendorff_alpha(ratings: Iterable[Rating] | Coded, metric: str = "ordinal") -> Alpha:
     """Krippendorff's alpha of ``(item, rater, score)`` ratings; items rated once do not count."""
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose from {list(METRICS)}")
-    units = _units(ratings)
-    values, o = _coincidences(units)
-    n_c = o.sum(axis=1)
-    n = float(n_c.sum())
-    pairable = sum(len(u) for u in units)
+    pairable = _pairable(coded(ratings))
+    values, o, units = _coincidences(pairable)
     if not units:
         return Alpha(None, metric, 0, 0, None, None, "no item was rated by two or more raters")
+    n_c = o.sum(axis=1)
+    n = float(n_c.sum())
     d = distance_matrix(values, n_c, metric)
     observed = float((o * d).sum() / n)
     expected = float((np.outer(n_c, n_c) * d).sum() / (n * (n - 1)))
     if expected == 0:
-        return Alpha(None, metric, len(units), pairable, observed, expected,
+        return Alpha(None, metric, units, len(pairable.items), observed, expected,
                      "every rating has the same value, so agreement is undefined")
-    return Alpha(1.0 - observed / expected, metric, len(units), pairable, observed, expected)
+    return Alpha(1.0 - observed / expected, metric, units, len(pairable.items), observed, expected)
 
 
 def alpha_by_group(ratings: Iterable[tuple[Hashable, Hashable, Hashable, float]], metric: str = "ordinal") -> dict[Hashable, Alpha]:
     """Alpha per group (e.g. per round) of ``(group, item, rater, score)`` ratings."""
-    groups: dict[Hashable, list[Rating]] = defaultdict(list)
+    groups: dict[Hashable, int] = {}
+    codes, triples = [], []
     for row in ratings:
         if not isinstance(row, tuple | list) or len(row) != 4:
             raise ValueError(f"a grouped rating must be a (group, item, rater, score) tuple, got {row!r}")
-        groups[row[0]].append((row[1], row[2], row[3]))
-    return {g: krippendorff_alpha(rows, metric) for g, rows in groups.items()}
+        codes.append(groups.setdefault(row[0], len(groups)))
+        triples.append((row[1], row[2], row[3]))
+    all_rows, group_of = coded(triples), np.asarray(codes, dtype=np.int64)
+    return {g: krippendorff_alpha(all_rows.subset(group_of == k), metric) for g, k in groups.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,15 +253,18 @@ class GoldError:
     bias: float  # mean (score - known answer): positive for a rater who scores high
 
 
-def gold_errors(ratings: Iterable[Rating], gold: Mapping[Hashable, float]) -> dict[Hashable, GoldError]:
+def gold_errors(ratings: Iterable[Rating] | Coded, gold: Mapping[Hashable, float]) -> dict[Hashable, GoldError]:
     """Per rater, their error on the items of ``gold`` (item -> known score) among ``(item, rater, score)`` ratings."""
     known = {item: _score(v) for item, v in gold.items()}
-    errors: dict[Hashable, list[float]] = defaultdict(list)
-    for item, by_rater in _table(ratings).items():
-        if item in known:
-            for rater, score in by_rater.items():
-                errors[rater].append(score - known[item])
-    return {r: GoldError(r, len(e), float(np.mean(np.abs(e))), float(np.mean(e))) for r, e in errors.items()}
+    c = coded(ratings)
+    answer = np.asarray([known.get(item, np.nan) for item in c.item_ids], dtype=np.float64)[c.items]
+    on_gold = ~np.isnan(answer)
+    error, rater = c.scores[on_gold] - answer[on_gold], c.raters[on_gold]
+    out = {}
+    for r in np.unique(rater):
+        e = error[rater == r]
+        out[c.rater_ids[r]] = GoldError(c.rater_ids[r], len(e), float(np.mean(np.abs(e))), float(np.mean(e)))
+    return out
 
 
 @dataclass(frozen=True)
@@ -194,26 +285,30 @@ class RaterStats:
         return self.high - self.low
 
 
-def rater_stats(ratings: Iterable[Rating]) -> dict[Hashable, RaterStats]:
+def rater_stats(ratings: Iterable[Rating] | Coded) -> dict[Hashable, RaterStats]:
     """Per rater: how many, mean, spread and range used, and agreement with the others on the items they share."""
-    table = _table(ratings)
-    own: dict[Hashable, list[float]] = defaultdict(list)
-    pairs: dict[Hashable, list[tuple[float, float]]] = defaultdict(list)  # (own score, others' mean)
-    for by_rater in table.values():
-        for rater, score in by_rater.items():
-            own[rater].append(score)
-            others = [v for r, v in by_rater.items() if r != rater]
-            if others:
-                pairs[rater].append((score, float(np.mean(others))))
+    c = coded(ratings)
+    if not len(c.items):
+        return {}
+    per_item = np.bincount(c.items)
+    item_sum = np.bincount(c.items, weights=c.scores)
+    shared = per_item[c.items] >= 2
+    others = np.where(shared, (item_sum[c.items] - c.scores) / np.maximum(per_item[c.items] - 1, 1), np.nan)
+    order = np.argsort(c.raters, kind="stable")  # each rater's rows together, in the order given
+    raters = c.raters[order]
+    starts = np.flatnonzero(np.r_[True, raters[1:] != raters[:-1]])
     out = {}
-    for rater, scores in own.items():
-        a = np.asarray(scores)
-        p = np.asarray(pairs.get(rater, []), dtype=float).reshape(-1, 2)
+    for begin, end in zip(starts, np.r_[starts[1:], len(order)], strict=True):
+        rows = order[begin:end]
+        a = c.scores[rows]
+        mine = shared[rows]
+        x, y = a[mine], others[rows][mine]
         corr = None
-        if len(p) >= 3 and p[:, 0].std() > 0 and p[:, 1].std() > 0:
-            corr = float(np.corrcoef(p[:, 0], p[:, 1])[0, 1])
+        if len(x) >= 3 and x.min() < x.max() and y.min() < y.max():
+            corr = float(np.corrcoef(x, y)[0, 1])
+        rater = c.rater_ids[raters[begin]]
         out[rater] = RaterStats(rater, len(a), float(a.mean()), float(a.std()), float(a.min()), float(a.max()),
-                                len(set(scores)), len(p), float(np.abs(p[:, 0] - p[:, 1]).mean()) if len(p) else None, corr)
+                                len(np.unique(a)), len(x), float(np.abs(x - y).mean()) if len(x) else None, corr)
     return out
 
 

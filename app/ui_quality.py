@@ -9,6 +9,8 @@ from __future__ import annotations
 import html
 from typing import Any
 
+import numpy as np
+
 from app import quality
 from app.auth import Who, require_admin
 from app.ui_rate import pick_experiment
@@ -53,10 +55,11 @@ def report(factory, who: Who, experiment_id: int | None) -> tuple[str, list[list
         gold = db_quality.gold_scores(session=s, experiment_id=exp_id)
         names = {r.id: r.name for r in repo.list_raters(session=s)}
         standardized = bool(repo.get_experiment(session=s, experiment_id=exp_id).standardize_scores)
-    triples = [(r.image_id, r.rater_id, r.score) for r in rows]
+    triples = quality.coded([(r.image_id, r.rater_id, r.score) for r in rows])  # checked and coded once, for every figure
     overall = quality.krippendorff_alpha(triples, "ordinal")
     interval = quality.krippendorff_alpha(triples, "interval")
-    per_round = quality.alpha_by_group([(r.round_index, r.image_id, r.rater_id, r.score) for r in rows], "ordinal")
+    round_of = np.asarray([r.round_index for r in rows], dtype=np.int64)
+    per_round = {k: quality.krippendorff_alpha(triples.subset(round_of == k), "ordinal") for k in set(round_of.tolist())}
     rounds = "".join(f"<li>round {k}: {_alpha_text(a)}</li>" for k, a in sorted(per_round.items()))
     summary = (
         "<div id='rater-agreement'><div>Agreement between raters, Krippendorff's alpha for ordinal scores "

@@ -206,3 +206,91 @@ def test_standardize_changes_which_item_wins():
     assert std[3] < std[4] < std[1]
     assert std[4] == pytest.approx(std[2])
     assert std[4] == pytest.approx(sum(s for *_, s in rows) / 6)
+
+
+def reference_rater_stats(rows):
+    """Per rater (n, mean, population sd, low, high, distinct, shared, mad vs others, corr vs others), by plain loops."""
+    by_item = {}
+    for item, rater, score in rows:
+        by_item.setdefault(item, {})[rater] = score
+    own, pairs = {}, {}
+    for item, rater, score in rows:
+        own.setdefault(rater, []).append(score)
+        others = [v for r, v in by_item[item].items() if r != rater]
+        if others:
+            pairs.setdefault(rater, []).append((score, sum(others) / len(others)))
+    out = {}
+    for rater, scores in own.items():
+        n = len(scores)
+        mean = sum(scores) / n
+        sd = (sum((s - mean) ** 2 for s in scores) / n) ** 0.5
+        p = pairs.get(rater, [])
+        mad = sum(abs(a - b) for a, b in p) / len(p) if p else None
+        corr = None
+        xs, ys = [a for a, _ in p], [b for _, b in p]
+        if len(p) >= 3 and len(set(xs)) > 1 and len(set(ys)) > 1:
+            mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+            cov = sum((a - mx) * (b - my) for a, b in p)
+            corr = cov / (sum((a - mx) ** 2 for a in xs) * sum((b - my) ** 2 for b in ys)) ** 0.5
+        out[rater] = (n, mean, sd, min(scores), max(scores), len(set(scores)), len(p), mad, corr)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_array_implementation_matches_plain_loops_on_random_ratings(seed):
+    """Random experiments (1-7 raters an item, integer or fractional scores, items in any order, string and int
+    ids): alpha, per-round alpha, rater statistics and gold errors against the loops above."""
+    rng = random.Random(seed)
+    raters = [f"r{i}" for i in range(rng.randint(2, 9))]
+    rows, grouped = [], []
+    for item in rng.sample(range(1000), rng.randint(5, 120)):
+        for rater in rng.sample(raters, rng.randint(1, min(7, len(raters)))):
+            score = rng.randint(1, 10) if seed % 2 == 0 else rng.choice([1, 2.5, 3, 7.25, 10])
+            rows.append((item if seed % 3 else str(item), rater, score))
+    rng.shuffle(rows)
+    for row in rows:
+        grouped.append((hash(row[0]) % 3, *row))
+    for metric in quality.METRICS:
+        got = quality.krippendorff_alpha(rows, metric)
+        assert got.alpha == pytest.approx(reference_alpha(rows, metric), rel=1e-9, abs=1e-12)
+        for g, a in quality.alpha_by_group(grouped, metric).items():
+            sub = [r[1:] for r in grouped if r[0] == g]
+            pairable = any(sum(1 for s in sub if s[0] == it) >= 2 for it, _, _ in sub)
+            assert (a.alpha is None) == (not pairable) or a.reason.startswith("every rating")
+            if a.alpha is not None:
+                assert a.alpha == pytest.approx(reference_alpha(sub, metric), rel=1e-9, abs=1e-12)
+    want = reference_rater_stats(rows)
+    got = quality.rater_stats(rows)
+    assert set(got) == set(want)
+    for rater, w in want.items():
+        g = got[rater]
+        assert (g.n, g.low, g.high, g.distinct, g.shared) == (w[0], w[3], w[4], w[5], w[6])
+        assert g.mean == pytest.approx(w[1]) and g.std == pytest.approx(w[2])
+        assert (g.mad_vs_others is None) == (w[7] is None) and (g.corr_vs_others is None) == (w[8] is None)
+        if w[7] is not None:
+            assert g.mad_vs_others == pytest.approx(w[7])
+        if w[8] is not None:
+            assert g.corr_vs_others == pytest.approx(w[8], abs=1e-9)
+    gold = {rows[0][0]: 5, rows[-1][0]: 2}
+    errors = quality.gold_errors(rows, gold)
+    for rater in raters:
+        e = [s - gold[i] for i, r, s in rows if r == rater and i in gold]
+        if not e:
+            assert rater not in errors
+        else:
+            assert errors[rater].n == len(e) and errors[rater].bias == pytest.approx(sum(e) / len(e))
+            assert errors[rater].mean_abs_error == pytest.approx(sum(abs(x) for x in e) / len(e))
+
+
+def test_checks_hold_for_arrays_too():
+    """The array path refuses what the per-value check refuses: a bool among numbers, a NaN, an overflowing
+    integer; a duplicate deep in many rows names the first one repeated."""
+    many = [(i, "a", 5) for i in range(500)]
+    with pytest.raises(ValueError, match="finite number"):
+        quality.rater_stats([*many, (900, "a", True)])
+    with pytest.raises(ValueError, match="finite number"):
+        quality.rater_stats([*many, (900, "a", float("inf"))])
+    with pytest.raises(ValueError, match="finite number"):
+        quality.rater_stats([*many, (900, "a", 10 ** 400)])
+    with pytest.raises(ValueError, match="rater 'a' rated item 7 twice"):
+        quality.krippendorff_alpha([*many, (9, "b", 4), (7, "a", 3), (8, "a", 1), (8, "a", 2)])
