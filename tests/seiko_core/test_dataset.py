@@ -55,3 +55,13 @@ def test_pixel_reader_reads_drawn_images():
     shape = np.mean([r.shape == s.shape for r, s in zip(readings, data.specs)])
     assert color >= 0.97 and bg >= 0.97, (color, bg)
     assert shape >= 0.8, shape
+
+
+def test_pixel_reader_reads_each_drawn_shape():
+    """Per shape, on drawn images (the ground truth): each shape reads right at least 97% of the time. The triangle
+    read 0.876 while its template was centred on the mask's centroid by its parameter centre (0.15 r off)."""
+    data = ds.generate(400, seed=12345)
+    readings = [read(im) for im in data.images]
+    for shape in ds.SHAPES:
+        got = [r.shape == s.shape for r, s in zip(readings, data.specs) if s.shape == shape]
+        assert len(got) >= 10 and np.mean(got) >= 0.97, (shape, len(got), np.mean(got))
