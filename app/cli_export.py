@@ -27,8 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     lora.add_argument("--round", type=int, required=True, metavar="K", help="round index (1 or later: round 0 has no adapter)")
     lora.add_argument("--format", choices=FORMATS, required=True, help="diffusers, kohya or merged")
     lora.add_argument("--out", required=True, metavar="DIR", help="new directory to write")
-    ratings = what.add_parser("ratings", help="every rating, comparison vote, repeat rating, skip and gold score of an "
-                                              "experiment as JSONL plus the PNGs they name")
+    ratings = what.add_parser("ratings", help="every rating, comparison vote, repeat rating, skip, gold score and pair "
+                                              "shown of an experiment as JSONL plus the PNGs they name")
     ratings.add_argument("--experiment", type=int, required=True, metavar="E", help="experiment id")
     ratings.add_argument("--out", required=True, metavar="DIR", help="new directory to write")
     ratings.add_argument("--rater-names", action="store_true",

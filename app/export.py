@@ -180,9 +180,10 @@ class DatasetRows:
     repeat_ratings: list[dict[str, Any]]
     skips: list[dict[str, Any]]  # image skips (kind 'image') and comparison pair skips (kind 'pair')
     gold: list[dict[str, Any]]
+    pair_shows: list[dict[str, Any]]  # comparison pairs put on a rater's screen (``db.comparisons.serve_pair``)
 
     def empty(self) -> bool:
-        return not (self.ratings or self.votes or self.repeat_ratings or self.skips or self.gold)
+        return not (self.ratings or self.votes or self.repeat_ratings or self.skips or self.gold or self.pair_shows)
 
 
 def _image_fields(image: Image, index: int) -> dict[str, Any]:
@@ -192,16 +193,18 @@ def _image_fields(image: Image, index: int) -> dict[str, Any]:
 
 def dataset_rows(settings: Settings, experiment_id: int, *, rater_names: bool = False) -> DatasetRows:
     """The experiment's ratings (oldest first), comparison votes (oldest pair first), repeat ratings, image and pair
-    skips, and gold scores, read in one transaction. Raters are named ``rater-1``, ``rater-2``, ... (in the order of
+    skips, gold scores, and the comparison pairs shown to raters (each with whether it was answered: by a vote, a
+    skip, or not yet), read in one transaction. Raters are named ``rater-1``, ``rater-2``, ... (in the order of
     their accounts), the same rater the same name in every file; ``rater_names`` gives their account names instead. A
     data set is made to be shared, and the account names, the names people sign in with, went into it (found by
     review). A gold score does not name the admin who set it.
 
     The export held the ratings and the votes only, though it promises every rating: the repeat ratings (the raters'
-    self-consistency), the skips and the gold scores were left out (found by review)."""
+    self-consistency), the skips and the gold scores were left out (found by review). So were the pairs shown
+    (``pair_shows``): which pairs each rater saw, and which they left unanswered (found by review, 5 Dec 2026)."""
     from sqlalchemy.orm import aliased
 
-    from db.models import ComparisonPair, ComparisonVote, GoldScore, PairSkip, RepeatRating, Skip
+    from db.models import ComparisonPair, ComparisonVote, GoldScore, PairShow, PairSkip, RepeatRating, Skip
 
     engine, factory = _factory(settings)
     try:
@@ -263,8 +266,18 @@ def dataset_rows(settings: Settings, experiment_id: int, *, rater_names: bool = 
                  "skipped_at": skip.created_at}
                 for skip, pair, a, b, index in s.execute(pair_stmt(PairSkip))
             ]
+            voted = select(ComparisonVote.id).where(ComparisonVote.pair_id == PairShow.pair_id,
+                                                    ComparisonVote.rater_id == PairShow.rater_id).exists()
+            skipped = select(PairSkip.id).where(PairSkip.pair_id == PairShow.pair_id,
+                                                PairSkip.rater_id == PairShow.rater_id).exists()
+            shows = [
+                {**pair_fields(pair, a, b, index), "kind": pair.kind, "rater": show.rater_id,
+                 "shown_at": show.created_at, "answered": "vote" if was_voted else "skip" if was_skipped else None}
+                for show, pair, a, b, index, was_voted, was_skipped
+                in s.execute(pair_stmt(PairShow).add_columns(voted, skipped))
+            ]
             skips = [*image_skips, *pair_skips]
-            named = (*ratings, *votes, *repeats, *skips)
+            named = (*ratings, *votes, *repeats, *skips, *shows)
             ids = sorted({row["rater"] for row in named})
             if rater_names:
                 names = dict(s.execute(select(Rater.id, Rater.name).where(Rater.id.in_(ids))).all()) if ids else {}
@@ -272,18 +285,20 @@ def dataset_rows(settings: Settings, experiment_id: int, *, rater_names: bool = 
                 names = {rater_id: f"rater-{k}" for k, rater_id in enumerate(ids, start=1)}
             for row in named:
                 row["rater"] = names[row["rater"]]
-            return DatasetRows(ratings, votes, repeats, skips, gold)
+            return DatasetRows(ratings, votes, repeats, skips, gold, shows)
     finally:
         engine.dispose()
 
 
 def export_ratings_to(settings: Settings, experiment_id: int, out_dir: str | Path, *,
                       rater_names: bool = False) -> ExportResult:
-    """Export every rating, comparison vote, repeat rating, skip and gold score of the experiment, with the images
-    they name, into the new directory ``out_dir``; raters as ``rater-N`` unless ``rater_names`` (``dataset_rows``)."""
+    """Export every rating, comparison vote, repeat rating, skip, gold score and pair shown of the experiment, with the
+    images they name, into the new directory ``out_dir``; raters as ``rater-N`` unless ``rater_names``
+    (``dataset_rows``)."""
     rows = dataset_rows(settings, experiment_id, rater_names=rater_names)
     if rows.empty():
-        raise ExportError(f"Experiment {experiment_id} has no ratings, comparisons, skips or gold scores to export yet.")
+        raise ExportError(f"Experiment {experiment_id} has no ratings, comparisons, skips, gold scores or pairs shown "
+                          "to export yet.")
 
     def read_image(file_path: str) -> bytes:
         path = _inside_data_dir(settings, file_path, "image")
@@ -292,7 +307,7 @@ def export_ratings_to(settings: Settings, experiment_id: int, out_dir: str | Pat
         return path.read_bytes()
 
     return core.export_ratings_dataset(rows.ratings, out_dir, read_image, rows.votes, repeat_ratings=rows.repeat_ratings,
-                                       skips=rows.skips, gold=rows.gold)
+                                       skips=rows.skips, gold=rows.gold, pair_shows=rows.pair_shows)
 
 
 def export_ratings(settings: Settings, experiment_id: int) -> Path:

@@ -10,8 +10,8 @@ Formats:
   ``.lora_up.weight`` and ``.alpha`` (a scalar: kohya scales by ``alpha / rank``);
 - ``merged``: the base pipeline with the LoRA fused into its weights and the LoRA layers removed,
   saved as safetensors (no ``base_layer`` or ``lora_`` keys: it loads as a plain model);
-- ratings: ``metadata.jsonl`` (one row per rating), ``comparisons.jsonl``, ``repeat_ratings.jsonl``, ``skips.jsonl``
-  and ``gold.jsonl`` (each only when it has rows) + the PNGs they name under ``images/``.
+- ratings: ``metadata.jsonl`` (one row per rating), ``comparisons.jsonl``, ``repeat_ratings.jsonl``, ``skips.jsonl``,
+  ``gold.jsonl`` and ``pair_shows.jsonl`` (each only when it has rows) + the PNGs they name under ``images/``.
 
 Every directory is written atomically (``checkpoint.atomic_directory``: temp dir, fsync, rename) with a
 ``manifest.json`` of sha256 hashes; the single kohya file and the ratings zip by ``seiko_core.atomic.atomic_write``. No
@@ -57,6 +57,9 @@ SKIP_FIELDS = {"image": ("file_path", "round", "rater", "skipped_at"),
                "pair": ("file_path_a", "file_path_b", "round", "pair_kind", "rater", "skipped_at")}
 GOLD_FILE = "gold.jsonl"  # one row per gold item: an image with a known score set by an admin
 GOLD_FIELDS = ("file_path", "round", "score", "set_at")
+PAIR_SHOWS_FILE = "pair_shows.jsonl"  # one row per comparison pair put on a rater's screen, and whether they answered it
+PAIR_SHOW_FIELDS = ("file_path_a", "file_path_b", "round", "kind", "rater", "shown_at", "answered")
+PAIR_SHOW_ANSWERS = ("vote", "skip", None)
 _KOHYA_KEY = re.compile(r"lora_unet_[A-Za-z0-9_]+\.(lora_down\.weight|lora_up\.weight|alpha)")
 
 
@@ -471,10 +474,12 @@ def export_ratings_dataset(rows: Iterable[Mapping[str, Any]], out_dir: str | Pat
                            comparisons: Iterable[Mapping[str, Any]] = (), *,
                            repeat_ratings: Iterable[Mapping[str, Any]] = (),
                            skips: Iterable[Mapping[str, Any]] = (),
-                           gold: Iterable[Mapping[str, Any]] = ()) -> ExportResult:
+                           gold: Iterable[Mapping[str, Any]] = (),
+                           pair_shows: Iterable[Mapping[str, Any]] = ()) -> ExportResult:
     """Ratings as ``metadata.jsonl`` (one row per rating), comparison votes as ``comparisons.jsonl`` (one row per vote),
-    repeat ratings as ``repeat_ratings.jsonl``, image and pair skips as ``skips.jsonl`` and gold scores as
-    ``gold.jsonl`` + the images they name under ``images/`` + a manifest counting each.
+    repeat ratings as ``repeat_ratings.jsonl``, image and pair skips as ``skips.jsonl``, gold scores as
+    ``gold.jsonl`` and the comparison pairs shown to raters as ``pair_shows.jsonl`` + the images they name under
+    ``images/`` + a manifest counting each.
 
     Each rating row needs ``file_path`` (passed to ``image_reader`` to get the PNG's bytes), ``prompt``, ``seed``,
     ``round``, ``rater``, ``score`` and ``rated_at``; an ``image_sha256`` is checked against the bytes and any
@@ -483,18 +488,23 @@ def export_ratings_dataset(rows: Iterable[Mapping[str, Any]], out_dir: str | Pat
     ``file_path_a`` (the left image), ``file_path_b``, ``choice`` ('a', 'b' or 'tie'), ``round``, ``kind``, ``rater``
     and ``voted_at`` (``image_sha256_a``/``_b`` checked when given) and gets ``file_name_a``/``file_name_b``.
     A repeat rating row needs ``REPEAT_FIELDS``, a gold row ``GOLD_FIELDS``; a skip row has ``kind`` 'image' (and
-    ``SKIP_FIELDS['image']``, one image) or 'pair' (and ``SKIP_FIELDS['pair']``, two images). The files other than
+    ``SKIP_FIELDS['image']``, one image) or 'pair' (and ``SKIP_FIELDS['pair']``, two images); a pair shown row needs
+    ``PAIR_SHOW_FIELDS``, its ``answered`` one of 'vote', 'skip' or None (not answered). The files other than
     ``metadata.jsonl`` are written only when they have rows.
     """
     out_dir = _fresh_destination(out_dir)
     rows, comparisons = list(rows), list(comparisons)
-    repeat_ratings, skips, gold = list(repeat_ratings), list(skips), list(gold)
-    if not (rows or comparisons or repeat_ratings or skips or gold):
+    repeat_ratings, skips, gold, pair_shows = list(repeat_ratings), list(skips), list(gold), list(pair_shows)
+    if not (rows or comparisons or repeat_ratings or skips or gold or pair_shows):
         raise ExportError("There are no ratings or comparisons to export.")
     _check_fields("Rating", rows, RATING_FIELDS)
     _check_fields("Comparison", comparisons, COMPARISON_FIELDS)
     _check_fields("Repeat rating", repeat_ratings, REPEAT_FIELDS)
     _check_fields("Gold", gold, GOLD_FIELDS)
+    _check_fields("Pair shown", pair_shows, PAIR_SHOW_FIELDS)
+    for i, row in enumerate(pair_shows):
+        if row["answered"] not in PAIR_SHOW_ANSWERS:
+            raise ExportError(f"Pair shown row {i} has answered {row['answered']!r}; it is one of {list(PAIR_SHOW_ANSWERS)}.")
     for i, row in enumerate(skips):
         if row.get("kind") not in SKIP_FIELDS:
             raise ExportError(f"Skip row {i} has kind {row.get('kind')!r}; a skip's kind is one of {list(SKIP_FIELDS)}.")
@@ -537,7 +547,8 @@ def export_ratings_dataset(rows: Iterable[Mapping[str, Any]], out_dir: str | Pat
         write_lines(DATASET_FILE, rows, "rated_at")
         for name, items, time_field in ((COMPARISONS_FILE, comparisons, "voted_at"),
                                         (REPEATS_FILE, repeat_ratings, "rated_at"),
-                                        (SKIPS_FILE, skips, "skipped_at"), (GOLD_FILE, gold, "set_at")):
+                                        (SKIPS_FILE, skips, "skipped_at"), (GOLD_FILE, gold, "set_at"),
+                                        (PAIR_SHOWS_FILE, pair_shows, "shown_at")):
             if items:
                 write_lines(name, items, time_field)
 
@@ -546,7 +557,8 @@ def export_ratings_dataset(rows: Iterable[Mapping[str, Any]], out_dir: str | Pat
              "repeat_ratings": len(repeat_ratings), "repeat_ratings_file": REPEATS_FILE if repeat_ratings else None,
              "skips": {kind: sum(1 for row in skips if row["kind"] == kind) for kind in SKIP_FIELDS},
              "skips_file": SKIPS_FILE if skips else None,
-             "gold": len(gold), "gold_file": GOLD_FILE if gold else None}
+             "gold": len(gold), "gold_file": GOLD_FILE if gold else None,
+             "pair_shows": len(pair_shows), "pair_shows_file": PAIR_SHOWS_FILE if pair_shows else None}
     digest = _publish(atomic_directory, out_dir, write, extra=extra)
     return ExportResult(out_dir, "ratings", digest)
 
@@ -583,6 +595,12 @@ def read_skips(directory: str | Path) -> list[dict]:
 def read_gold(directory: str | Path) -> list[dict]:
     """The gold scores of an exported ratings dataset (none when it has no such file), after verifying its manifest."""
     return _optional_lines(Path(directory), GOLD_FILE)
+
+
+def read_pair_shows(directory: str | Path) -> list[dict]:
+    """The comparison pairs shown to raters in an exported ratings dataset (none when it has no such file, as in an
+    export made before they were exported), after verifying its manifest."""
+    return _optional_lines(Path(directory), PAIR_SHOWS_FILE)
 
 
 def _optional_lines(directory: Path, name: str) -> list[dict]:

@@ -668,3 +668,123 @@ def test_cli_an_audit_log_it_cannot_write_hides_neither_the_export_nor_the_refus
     warning, error = capsys.readouterr().err.strip().splitlines()
     assert warning.startswith("warning: the refused export could not be recorded in the audit log: ")
     assert error.startswith("error: Export check (a) failed") and not (tmp_path / "x").exists()
+
+
+def test_the_ratings_dataset_holds_the_pairs_shown_to_each_rater_and_whether_they_answered(tmp_path):
+    """The pairs put on a rater's screen (table pair_shows, migration 0011) were not exported: a data set could not
+    tell which pairs each rater was shown, nor which they left unanswered (found by review). They are in
+    pair_shows.jsonl now, in the manifest, under the same pseudonyms as the other files. Checked against the
+    database's own rows, read with plain SQL."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import text
+
+    from app import export
+    from db import comparisons
+    from seiko_core.checkpoint import CheckpointError
+    from seiko_core.export import read_comparisons, read_pair_shows, read_skips
+
+    colors = ("red", "blue", "green", "white")
+    with _dataset_world(tmp_path, "shown", colors, "abcd") as (settings, s, exp, r0, ids, names):
+        ann = repo.create_rater(session=s, name="ann@example.com", password_hash="scrypt$SECRETHASH")
+        bob = repo.create_rater(session=s, name="bob@example.com", password_hash="scrypt$SECRETHASH")
+        cat = repo.create_rater(session=s, name="cat@example.com", password_hash="scrypt$SECRETHASH")
+        comparisons.create_pairs(session=s, experiment_id=exp.id, round_id=r0.id, kind="preference",
+                                 pairs=[(ids[0], ids[1]), (ids[2], ids[3])])
+        # a blind A/B pair: round 1's image of a cell against round 0's
+        content = png("black")
+        sha = hashlib.sha256(content).hexdigest()
+        (settings.data_dir / "images" / f"{sha}.png").write_bytes(content)
+        r1 = repo.create_round(session=s, experiment_id=exp.id, index=1, adapter_path="adapters/x/round_1")
+        new = repo.add_image(session=s, round_id=r1.id, prompt="a", seed=0, file_path=f"images/{sha}.png", sha256=sha,
+                             embedding=b"\0" * 8, embedding_dim=2, kind="eval").id
+        (ab,) = comparisons.create_pairs(session=s, experiment_id=exp.id, round_id=r1.id, kind="ab",
+                                         pairs=[(new, ids[0])])
+        served = {}
+        for who in (ann, bob, cat):
+            served[who.name] = comparisons.serve_pair(session=s, experiment_id=exp.id, rater_id=who.id,
+                                                      kind="preference").id
+        comparisons.record_vote(session=s, pair_id=served[ann.name], rater_id=ann.id, choice="a")
+        comparisons.record_skip(session=s, pair_id=served[bob.name], rater_id=bob.id)  # cat's is left unanswered
+        assert comparisons.serve_pair(session=s, experiment_id=exp.id, rater_id=cat.id, kind="ab").id == ab.id
+        exp_id, accounts = exp.id, {ann.id: ann.name, bob.id: bob.name, cat.id: cat.name}
+
+    # the database's own rows, read with plain SQL: (pair, rater's account, pair kind, left and right sha256,
+    # shown at, answered by a vote / a skip / not)
+    engine = make_engine(settings.db_url)
+    try:
+        with engine.connect() as c:
+            db_rows = c.execute(text(
+                "SELECT ps.pair_id, ps.rater_id, cp.kind, a.sha256, b.sha256, ps.created_at,"
+                " EXISTS (SELECT 1 FROM comparison_votes v WHERE v.pair_id = ps.pair_id AND v.rater_id = ps.rater_id),"
+                " EXISTS (SELECT 1 FROM pair_skips k WHERE k.pair_id = ps.pair_id AND k.rater_id = ps.rater_id)"
+                " FROM pair_shows ps JOIN comparison_pairs cp ON cp.id = ps.pair_id"
+                " JOIN images a ON a.id = cp.image_a_id JOIN images b ON b.id = cp.image_b_id")).all()
+    finally:
+        engine.dispose()
+    assert len(db_rows) == 4
+
+    def shown_at(value) -> datetime:
+        value = value if isinstance(value, datetime) else datetime.fromisoformat(value)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    expected = sorted((pair, accounts[rater], kind, f"images/{a}.png", f"images/{b}.png", shown_at(at),
+                       "vote" if voted else "skip" if skipped else None)
+                      for pair, rater, kind, a, b, at, voted, skipped in db_rows)
+
+    def exported(rows, rename=lambda name: name):
+        return sorted((r["pair_id"], rename(r["rater"]), r["kind"], r["file_name_a"], r["file_name_b"],
+                       datetime.fromisoformat(r["shown_at"]), r["answered"]) for r in rows)
+
+    named = export.export_ratings_to(settings, exp_id, tmp_path / "named", rater_names=True)
+    assert exported(read_pair_shows(named.path)) == expected
+    # by hand: ann voted on hers, bob skipped his, cat left hers and the A/B pair unanswered
+    assert sorted((row[1], row[2], row[6]) for row in expected) == [
+        ("ann@example.com", "preference", "vote"), ("bob@example.com", "preference", "skip"),
+        ("cat@example.com", "ab", None), ("cat@example.com", "preference", None)]
+
+    result = export.export_ratings_to(settings, exp_id, tmp_path / "r")
+    shows = read_pair_shows(result.path)
+    pseudonyms = {"rater-1": "ann@example.com", "rater-2": "bob@example.com", "rater-3": "cat@example.com"}
+    assert exported(shows, pseudonyms.__getitem__) == expected
+    # the same rater under the same name as in the other files
+    (vote,) = read_comparisons(result.path)
+    (skip,) = read_skips(result.path)
+    assert (vote["rater"], vote["pair_id"]) == ("rater-1", served["ann@example.com"])
+    assert (skip["rater"], skip["pair_id"]) == ("rater-2", served["bob@example.com"])
+    ab_row = next(r for r in shows if r["kind"] == "ab")
+    assert (ab_row["round"], ab_row["image_id_a"], ab_row["image_id_b"], ab_row["prompt_a"], ab_row["seed_b"]) == (
+        1, new, ids[0], "a", 0)
+    assert all(r["shown_at"].endswith("+00:00") for r in shows)
+    # the manifest counts the file and covers it: an edited row is refused on reading
+    manifest = verify(result.path)
+    assert (manifest["pair_shows"], manifest["pair_shows_file"]) == (4, "pair_shows.jsonl")
+    assert "pair_shows.jsonl" in manifest["files"]
+    text_all = "".join(p.read_text() for p in result.path.iterdir() if p.is_file())
+    for private in ("example.com", "HASH", "scrypt", "file_path", str(settings.data_dir)):
+        assert private not in text_all, private
+    path = result.path / "pair_shows.jsonl"
+    path.chmod(0o644)
+    path.write_text(path.read_text().replace('"answered": null', '"answered": "vote"'))
+    with pytest.raises(CheckpointError, match="does not match its manifest"):
+        read_pair_shows(result.path)
+
+
+def test_pairs_shown_and_never_answered_are_a_dataset_of_their_own(tmp_path):
+    """An experiment whose pairs were shown and not yet answered was refused as having nothing to export."""
+    from app import export
+    from db import comparisons
+    from seiko_core.export import read_comparisons, read_pair_shows
+
+    with _dataset_world(tmp_path, "shown only", ("red", "blue"), "ab") as (settings, s, exp, r0, ids, names):
+        ann = repo.create_rater(session=s, name="ann", password_hash="x$h")
+        (pair,) = comparisons.create_pairs(session=s, experiment_id=exp.id, round_id=r0.id, kind="preference",
+                                           pairs=[(ids[1], ids[0])])
+        comparisons.serve_pair(session=s, experiment_id=exp.id, rater_id=ann.id, kind="preference")
+        exp_id = exp.id
+    result = export.export_ratings_to(settings, exp_id, tmp_path / "r")
+    assert read_ratings_dataset(result.path) == [] and read_comparisons(result.path) == []
+    (show,) = read_pair_shows(result.path)
+    assert (show["pair_id"], show["rater"], show["answered"], show["file_name_a"], show["file_name_b"]) == (
+        pair.id, "rater-1", None, names[1], names[0])
+    assert sorted(f"images/{p.name}" for p in (result.path / "images").iterdir()) == sorted(names)

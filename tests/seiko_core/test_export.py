@@ -346,6 +346,26 @@ def test_ratings_dataset_refuses_a_skip_of_unknown_kind_or_without_its_fields(tm
     assert verify(res.path)["skips"] == {"image": 1, "pair": 0}
 
 
+def test_ratings_dataset_refuses_a_pair_shown_without_its_fields_or_with_an_unknown_answer(tmp_path):
+    """The pairs shown to raters (pair_shows.jsonl, which the export left out): a row without its fields, or whose
+    ``answered`` is not 'vote', 'skip' or None, is one sentence and nothing written; shows alone are still exported."""
+    from seiko_core.export import read_pair_shows
+
+    show = {"file_path_a": "a.png", "file_path_b": "b.png", "round": 0, "kind": "ab", "rater": "rater-1",
+            "shown_at": "2025-01-01T00:00:00+00:00", "answered": None}
+    with pytest.raises(ExportError, match=r"^Pair shown row 0 lacks \['answered'\]"):
+        export_ratings_dataset([], tmp_path / "a", lambda p: png("red"),
+                               pair_shows=[{k: v for k, v in show.items() if k != "answered"}])
+    with pytest.raises(ExportError, match=r"^Pair shown row 0 has answered 'maybe'; it is one of \['vote', 'skip', None\]\.$"):
+        export_ratings_dataset([], tmp_path / "b", lambda p: png("red"), pair_shows=[{**show, "answered": "maybe"}])
+    assert not [p for p in tmp_path.iterdir()]
+    images = {"a.png": png("red"), "b.png": png("blue")}
+    res = export_ratings_dataset([], tmp_path / "d", images.__getitem__, pair_shows=[show, {**show, "answered": "skip"}])
+    manifest = verify(res.path)
+    assert (manifest["pair_shows"], manifest["pair_shows_file"], manifest["comparisons_file"]) == (2, "pair_shows.jsonl", None)
+    assert [row["answered"] for row in read_pair_shows(res.path)] == [None, "skip"]
+
+
 def test_a_kohya_export_of_a_module_kohya_cannot_name_is_refused(tmp_path):
     """The shapes preset (the app's default, on models/shapes-sd) trains add_embedding.proj; the kohya file named it
     lora_unet_add_embedding_proj, which diffusers' kohya loader reads back as add.embedding.proj and drops, so the
