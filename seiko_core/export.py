@@ -604,9 +604,18 @@ def read_pair_shows(directory: str | Path) -> list[dict]:
 
 
 def _optional_lines(directory: Path, name: str) -> list[dict]:
-    verify(directory)
+    """The rows of ``name``, a file the export writes only when it has rows, after verifying the manifest; none when the
+    manifest does not list it. ``verify`` checks the files the manifest lists only: such a file added to the directory
+    afterwards (a pair_shows.jsonl dropped into an export made before there was one) was read as the export's own
+    (found while adding pair_shows.jsonl, 5 Dec 2026)."""
+    manifest = verify(directory)
     path = directory / name
-    return _json_lines(path) if path.exists() else []
+    if name not in manifest["files"]:
+        if path.exists() or path.is_symlink():
+            raise CheckpointError(f"{str(path)!r} is not in the export's manifest: it was added after the export was "
+                                  "made; remove it to read the export.")
+        return []
+    return _json_lines(path)
 
 
 def _json_lines(path: Path) -> list[dict]:

@@ -581,3 +581,22 @@ def test_a_destination_created_while_the_export_is_written_is_left_alone(tmp_pat
     else:
         assert read_ratings_dataset(out)[0]["score"] == 2
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+@pytest.mark.parametrize("name", ["comparisons.jsonl", "repeat_ratings.jsonl", "skips.jsonl", "gold.jsonl",
+                                  "pair_shows.jsonl"])
+def test_a_ratings_file_added_after_the_export_is_refused_not_read(tmp_path, name):
+    """The manifest's check covers the files it lists only: a file the export did not write (it had no rows), added
+    to the directory afterwards, was read back as the export's own rows (found while adding pair_shows.jsonl)."""
+    from seiko_core import export as core
+
+    row = {"file_path": "a.png", "prompt": "p", "seed": 0, "round": 0, "rater": "rater-1", "score": 5,
+           "rated_at": "2025-01-01T00:00:00+00:00"}
+    res = export_ratings_dataset([row], tmp_path / "ds", {"a.png": png("red")}.__getitem__)
+    reader = {"comparisons.jsonl": core.read_comparisons, "repeat_ratings.jsonl": core.read_repeat_ratings,
+              "skips.jsonl": core.read_skips, "gold.jsonl": core.read_gold, "pair_shows.jsonl": core.read_pair_shows}[name]
+    assert reader(res.path) == []  # absent: no rows
+    (res.path / name).write_text(json.dumps({"rater": "forged", "kind": "image"}) + "\n")
+    with pytest.raises(CheckpointError, match=rf"{name}' is not in the export's manifest: it was added after the export"):
+        reader(res.path)
+    assert len(core.read_ratings_dataset(res.path)) == 1  # the export's own files still read
