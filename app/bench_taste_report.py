@@ -5,7 +5,9 @@
 Per run directory (its ``results.json``): one row per round with the mean over seeds and the per-seed values of the
 share rated >= 6, the mean rating, variety (pixels / embeddings, % of round 0), the variety of the images the
 person liked (the same measures, % of round 0's variety of all its images; mean over the seeds with at least two
-liked images, and how many), the wait and the reward model's held-out Spearman correlation. With ``--paired A B``: per seed, B's minus A's share >= 6 and mean rating in the last
+liked images, and how many), the wait and the reward model's held-out Spearman correlation, on all the round's
+images and on its honest (randomly chosen) images ("-" where a run did not record it: older runs; ``--rescore`` fills
+it in). With ``--paired A B``: per seed, B's minus A's share >= 6 and mean rating in the last
 round (the runs share seeds: the same experiment ids, so the same round-0 images), with the mean difference. With
 ``--pooled``: one more table that pools every ``--paired`` pair's seeds (e.g. two people x 6 seeds = 12 pairs): the
 mean difference of the last round's share >= 6 with its 95% t-interval, the wins (a tie counts half), the mean
@@ -27,7 +29,8 @@ import numpy as np
 from seiko_core.stats import mean_ci95, number_or_none, wins
 
 REPORTED = ("share_ge6", "mean_rating", "variety_pixels_pct_round0", "variety_embedding_pct_round0",
-            "variety_liked_pixels_pct_round0", "variety_liked_embedding_pct_round0", "wait_s", "reward_corr")
+            "variety_liked_pixels_pct_round0", "variety_liked_embedding_pct_round0", "wait_s", "reward_corr",
+            "reward_corr_honest")
 
 
 def _doc_problem(doc: Any) -> str | None:
@@ -105,15 +108,16 @@ def run_table(doc: dict[str, Any], name: str) -> str:
              f"x{opts.get('candidate_factor')}, "
              f"seeds {', '.join(seeds)} ({len(complete)} complete); mean (per seed)", "",
              "| round | share >= 6, % | mean rating | variety px, % | variety emb, % | liked images' variety px / emb, % "
-             "| wait, s | reward model rho |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| wait, s | reward model rho | reward model rho, honest images |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for k in range(n_rounds):
         lines.append(f"| {k} | {_fmt(_seed_values(doc, k, 'share_ge6'), 100)} | {_fmt(_seed_values(doc, k, 'mean_rating'), 1, 2)} "
                      f"| {_fmt(_seed_values(doc, k, 'variety_pixels_pct_round0'))} "
                      f"| {_fmt(_seed_values(doc, k, 'variety_embedding_pct_round0'))} "
                      f"| {_mean(_seed_values(doc, k, 'variety_liked_pixels_pct_round0'))} / "
                      f"{_mean(_seed_values(doc, k, 'variety_liked_embedding_pct_round0'))} "
-                     f"| {_fmt(_seed_values(doc, k, 'wait_s'))} | {_fmt(_seed_values(doc, k, 'reward_corr'), 1, 2)} |")
+                     f"| {_fmt(_seed_values(doc, k, 'wait_s'))} | {_fmt(_seed_values(doc, k, 'reward_corr'), 1, 2)} "
+                     f"| {_fmt(_seed_values(doc, k, 'reward_corr_honest'), 1, 2)} |")
     return "\n".join(lines)
 
 

@@ -991,3 +991,61 @@ def test_finished_runs_of_different_lengths_are_compared_at_their_common_last_ro
     got = report.pooled_pairs([(short, long)])
     assert got["n"] == 2 and got["share_diff"] == pytest.approx(20.0) and got["left_out"] == []
     assert "| 0 | 2 | 30 -> 50 | +20 |" in report.paired(short, long, "short", "long")
+
+
+def _table_cells(text: str, name: str) -> dict[int, dict[str, str]]:
+    """Round -> {column header: cell} of the run table headed ``**name**`` in the report's output."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"**{name}**"))
+    header = next(i for i in range(start, len(lines)) if lines[i].startswith("| round |"))
+    columns = [c.strip() for c in lines[header].strip("|").split("|")]
+    rows = {}
+    for line in lines[header + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert len(cells) == len(columns), line
+        rows[int(cells[0])] = dict(zip(columns, cells, strict=True))
+    return rows
+
+
+def test_the_report_shows_the_reward_models_correlation_on_the_honest_images(tmp_path, capsys):
+    """The run table showed the reward model's held-out rho on every image of a round (``reward_corr``), which a
+    selection mode biases down, but not its rho on the round's honest, randomly chosen images
+    (``reward_corr_honest``), which bench-taste records (found by review). A seed or a run that lacks it (older
+    results) shows "-"."""
+    from app import bench_taste_report as report
+
+    def round_(k, rho=None, honest="absent"):
+        r = {"round": k, "share_ge6": 0.5, "mean_rating": 5.0, "variety_pixels_pct_round0": 100.0,
+             "variety_embedding_pct_round0": 100.0, "wait_s": None if k == 0 else 30.0, "reward_corr": rho}
+        if honest != "absent":
+            r["reward_corr_honest"] = honest
+        return r
+
+    new = {"config": {"person": "purple", "options": {"selection": "spread", "candidate_factor": 2}},
+           "seeds": {"0": {"complete": True, "rounds": [round_(0, None, None), round_(1, 0.50, 0.25),
+                                                        round_(2, 0.60, 0.75)]},
+                     "1": {"complete": True, "rounds": [round_(0), round_(1, 0.40),  # recorded before the honest rho
+                                                        round_(2, 0.70, 0.45)]}}}
+    old = {"config": {"person": "purple", "options": {"selection": "random", "candidate_factor": 1}},
+           "seeds": {"0": {"complete": True, "rounds": [round_(0), round_(1, 0.30)]}}}
+    for name, doc in (("new", new), ("old", old)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(__import__("json").dumps(doc))
+    assert report.main([str(tmp_path / "new"), str(tmp_path / "old")]) == 0
+    out = capsys.readouterr().out
+
+    rows = _table_cells(out, "new")
+    honest = "reward model rho, honest images"
+    # the mean of the seeds that have one, then each seed's value in seed order: by hand
+    assert [rows[k][honest] for k in (0, 1, 2)] == ["-", "**0.25** (0.25 / -)", "**0.60** (0.75 / 0.45)"]
+    assert [rows[k]["reward model rho"] for k in (0, 1, 2)] == ["-", "**0.45** (0.50 / 0.40)", "**0.65** (0.60 / 0.70)"]
+    old_rows = _table_cells(out, "old")
+    assert [old_rows[k][honest] for k in (0, 1)] == ["-", "-"]
+    assert old_rows[1]["reward model rho"] == "**0.30** (0.30)"
+
+    new["seeds"]["0"]["rounds"][1]["reward_corr_honest"] = "0.25"
+    (tmp_path / "new" / "results.json").write_text(__import__("json").dumps(new))
+    with pytest.raises(ValueError, match=r"seed 0, round 1: reward_corr_honest is \"0.25\", not a number\)$"):
+        report.load(tmp_path / "new")
