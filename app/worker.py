@@ -372,6 +372,10 @@ class Worker:
         self.last_error: str | None = None  # the error of the last job this worker ran, None if it succeeded
         self.current_job: int | None = None  # the id of the job being processed, None while idle
         self._interrupted = False  # interrupt_for_signal raised for the current job: its hand-back is under way
+        # run_once is claiming (from before the claim's transaction until current_job is set): a stop signal then is
+        # held in _held_signal, not raised, and run_once acts on it once it knows whether it holds a job
+        self._claiming = False
+        self._held_signal: int | None = None
         self._model: ModelParts | None = None  # one loaded base model, for the spec of the last job
         self._adapters: dict[str, Path] = {}  # adapter name on the cached UNet -> the directory it was loaded from
         self._started = False
@@ -447,9 +451,23 @@ class Worker:
         worker ends. Any later signal during that job only logs that the stop is under way: a second one (Ctrl-C and
         the supervisor's forwarded SIGTERM, or two SIGTERMs) raised again inside the hand-back, which left the job
         running under a dead lease, to cost an attempt later (found by review). Idle, SIGINT raises KeyboardInterrupt
-        as Python's own handler does, and SIGTERM only stops."""
+        as Python's own handler does, and SIGTERM only stops.
+
+        While :meth:`run_once` claims a job (``_claiming``: from before the claim's transaction until ``current_job``
+        is set) nothing is raised: the signal is held, and run_once hands a claimed job back at once, then raises
+        KeyboardInterrupt for a held SIGINT (a claim that took nothing raises it as an idle worker would). A
+        KeyboardInterrupt raised there, after the claim's commit, left the job 'running' under this worker's lease
+        until it ran out, and the next claim cost it an attempt (found by the second review)."""
         self.stop()
         if self.current_job is None:
+            if self._claiming:
+                if self._held_signal is None:
+                    self._held_signal = signum
+                    self._interrupted = True  # a later signal only logs: it must not interrupt the hand-back either
+                else:
+                    log.warning("worker %r: signal %d while it claims a job; the stop is under way", self.worker_id,
+                                signum)
+                return
             if signum == signal.SIGINT:
                 raise KeyboardInterrupt
             return
@@ -470,13 +488,24 @@ class Worker:
     def run_once(self) -> bool:
         """Claim and process one job; False when there was none. A failed job is recorded on its row (and retried)."""
         self.start()
-        with write_session(self.factory) as s:
-            row = job_queue.claim_job(session=s, worker_id=self.worker_id, lease_s=self.lease_s, kinds=sorted(self.handlers))
-            if row is not None:  # a claim (none: nothing to take, no query added to an idle poll) is rolled back
-                migrate.check_unchanged(s, self._schema_head, self._schema_known)
-            job = None if row is None else ClaimedJob(row.id, row.kind, row.experiment_id, row.round_id, dict(row.payload or {}),
-                                                      row.attempts, row.max_attempts)
+        # from here until current_job is set below, a stop signal is held (interrupt_for_signal), not raised: raised
+        # after the claim's commit it would leave the claimed job running under this worker's lease
+        self._claiming, self._held_signal, job = True, None, None
+        try:
+            with write_session(self.factory) as s:
+                row = job_queue.claim_job(session=s, worker_id=self.worker_id, lease_s=self.lease_s,
+                                          kinds=sorted(self.handlers))
+                if row is not None:  # a claim (none: nothing to take, no query added to an idle poll) is rolled back
+                    migrate.check_unchanged(s, self._schema_head, self._schema_known)
+                job = None if row is None else ClaimedJob(row.id, row.kind, row.experiment_id, row.round_id,
+                                                          dict(row.payload or {}), row.attempts, row.max_attempts)
+        finally:
+            if job is None:  # nothing claimed, or the claim failed and was rolled back: idle again
+                self._claiming = self._interrupted = False
         if job is None:
+            held, self._held_signal = self._held_signal, None
+            if held == signal.SIGINT:  # Ctrl-C while it claimed nothing: as an idle worker's
+                raise KeyboardInterrupt
             return False
         log.info("job %d (%s, attempt %d of %d) claimed by %r", job.id, job.kind, job.attempts, job.max_attempts, self.worker_id)
         fault_point("claim", job.attempts)
@@ -485,9 +514,12 @@ class Worker:
         run = _Run(job, progress, heartbeat)
         start = time.monotonic()
         try:
-            # from here a SIGTERM or SIGINT raises (interrupt_for_signal: a job is held), handed back below
+            # from here a SIGTERM or SIGINT raises (interrupt_for_signal: a job is held), handed back below; one that
+            # came while it claimed was held, and set _stopping
             self.current_job = job.id
+            self._claiming = False
             if self._stopping.is_set():
+                self._interrupted = True  # a signal during the hand-back below only logs
                 raise _StoppedAsItClaimed
             heartbeat.start()
             result = self.handlers[job.kind](run)
@@ -499,6 +531,8 @@ class Worker:
                     session=s, job_id=job.id, worker_id=self.worker_id, attempt=job.attempts)):
                 log.info("job %d (%s) handed back: worker %r was stopped as it claimed it", job.id, job.kind,
                          self.worker_id)
+            if self._held_signal == signal.SIGINT:  # Ctrl-C as it claimed: it ends as a Ctrl-C during the job does
+                raise KeyboardInterrupt from None
         except JobYield as gave_way:
             heartbeat.stop()  # no heartbeat may extend the lease once it is handed back
             self.last_error = None
@@ -533,7 +567,8 @@ class Worker:
         finally:
             heartbeat.stop()
             self.current_job = None
-            self._interrupted = False
+            self._claiming = self._interrupted = False
+            self._held_signal = None
         return True
 
     def _fail(self, job: ClaimedJob, error: str) -> None:

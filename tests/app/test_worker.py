@@ -901,6 +901,105 @@ def test_a_worker_stopped_while_it_claims_hands_the_job_back_without_running_it(
     worker.close()
 
 
+@pytest.mark.parametrize("signum", [2, 15], ids=["sigint", "sigterm"])
+@pytest.mark.parametrize("where", ["as-the-claim-commits", "at-the-claim-fault-point", "building-the-heartbeat"])
+def test_a_stop_signal_right_after_the_claim_commits_hands_the_job_back_at_once(worker_world, monkeypatch, where, signum):
+    """A Ctrl-C between the claim's commit and run_once marking the job as its own (``current_job``) found the worker
+    "idle": interrupt_for_signal raised KeyboardInterrupt there, outside the try that hands a job back, so the job
+    stayed 'running' under this worker's lease until it ran out, and the next claim cost it an attempt (found by the
+    second review). A stop signal anywhere in the claim is now held until the job is the worker's, then hands it back
+    at once with its attempt unused; Ctrl-C still ends in KeyboardInterrupt (exit 130), SIGTERM in a clean return."""
+    import signal
+
+    from app import worker as worker_mod
+
+    world = worker_world
+    eid = world.create_experiment("stopped-after-the-claim")
+    worker = world.worker()  # a 30 s lease: a job still 'running' after run_once would wait that long
+    worker.start()
+    ran, fired = [], []
+
+    def signal_once():
+        if not fired:
+            fired.append(signum)
+            worker.interrupt_for_signal(signum)  # what the installed handler does when the signal lands here
+
+    if where == "as-the-claim-commits":  # the first write session is the claim's: the signal once it has committed
+        real_factory = worker.factory
+
+        def factory():
+            session = real_factory()
+            real_close = session.close
+
+            def close():
+                real_close()
+                signal_once()
+
+            session.close = close
+            return session
+
+        worker.factory = factory
+    elif where == "at-the-claim-fault-point":
+        real_fault_point = worker_mod.fault_point
+        monkeypatch.setattr(worker_mod, "fault_point",
+                            lambda name, attempt: (signal_once() if name == "claim" else None, real_fault_point(name, attempt)))
+    else:
+        real_heartbeat = worker_mod.Heartbeat
+
+        def heartbeat(*args, **kwargs):
+            signal_once()
+            return real_heartbeat(*args, **kwargs)
+
+        monkeypatch.setattr(worker_mod, "Heartbeat", heartbeat)
+    worker.handlers["generate"] = lambda run: ran.append(run.job.id) or {}
+    if signum == signal.SIGINT:
+        with pytest.raises(KeyboardInterrupt):
+            worker.run_once()
+    else:
+        assert worker.run_once() is True
+    assert fired == [signum] and ran == []
+    (job,) = _jobs(world, eid)
+    assert (job.status, job.attempts, job.error, job.lease_owner, job.lease_expires_at) == ("queued", 0, None, None, None)
+    assert worker.current_job is None and worker._stopping.is_set()
+    # the worker's own state is back to idle: the next signal behaves as an idle one does
+    worker._stopping.clear()
+    assert worker.interrupt_for_signal(signal.SIGTERM) is None
+    with pytest.raises(KeyboardInterrupt):
+        worker.interrupt_for_signal(signal.SIGINT)
+    worker.close()
+
+
+@pytest.mark.parametrize("signum", [2, 15], ids=["sigint", "sigterm"])
+def test_a_stop_signal_during_a_claim_that_finds_nothing_stops_as_an_idle_one(worker_world, monkeypatch, signum):
+    """The other side of the held signal: a claim that takes nothing (the queue empty) leaves the worker as an idle
+    signal would, Ctrl-C raising KeyboardInterrupt and SIGTERM only stopping it, with nothing claimed."""
+    import signal
+
+    from app import worker as worker_mod
+
+    world = worker_world
+    worker = world.worker()
+    real_claim = job_queue.claim_job
+
+    def claim(**kwargs):
+        row = real_claim(**kwargs)
+        worker.interrupt_for_signal(signum)
+        return row
+
+    monkeypatch.setattr(worker_mod.job_queue, "claim_job", claim)
+    if signum == signal.SIGINT:
+        with pytest.raises(KeyboardInterrupt):
+            worker.run_once()
+    else:
+        assert worker.run_once() is False
+    assert worker._stopping.is_set() and worker.current_job is None
+    monkeypatch.setattr(worker_mod.job_queue, "claim_job", real_claim)
+    worker._stopping.clear()
+    with pytest.raises(KeyboardInterrupt):  # idle again
+        worker.interrupt_for_signal(signal.SIGINT)
+    worker.close()
+
+
 def test_an_eval_job_with_a_kl_that_is_not_finite_finishes_and_stores_it_as_null(worker_world, monkeypatch):
     """The eval job saves its KL values in its payload after each chunk; a NaN (a diverged adapter) was refused by
     the payload's strict-JSON check, rolling the chunk back, so the job failed on every retry. Found by review."""
