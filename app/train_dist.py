@@ -261,6 +261,13 @@ def run_rank(args: argparse.Namespace, settings, worker_id: str) -> int:
     signal.signal(signal.SIGINT, worker.interrupt_for_signal)
     from db.errors import SchemaOutOfDate
 
+    told: list[bool] = []  # "stop" was sent (or begun): a stop signal inside that send must not start a second one
+
+    def stop_followers() -> None:
+        if not told:
+            told.append(True)
+            group.stop_followers()
+
     try:
         worker.start()
         had_job: bool | None = False
@@ -268,7 +275,7 @@ def run_rank(args: argparse.Namespace, settings, worker_id: str) -> int:
             try:
                 had_job = worker.run_once_outlasting_outages()  # None: the database was out, waited for
             except SchemaOutOfDate as exc:  # `db upgrade` under a running group: no job was claimed
-                group.stop_followers()
+                stop_followers()
                 print(exc, file=sys.stderr)
                 return SCHEMA_EXIT
             if group.broken:
@@ -278,10 +285,27 @@ def run_rank(args: argparse.Namespace, settings, worker_id: str) -> int:
                 break
             if had_job is False:
                 worker._stopping.wait(worker.poll_s)
-        group.stop_followers()
+        stop_followers()
         if args.once and had_job is None:  # its one try met a database outage: not a job done (found by review)
             return 1
         return 0 if worker.last_error is None or not args.once else 1
+    except (KeyboardInterrupt, SystemExit) as exc:
+        # a stop signal (Worker.interrupt_for_signal): a job held was handed back by run_once. The KeyboardInterrupt
+        # of Ctrl-C left run_rank with a Python traceback, and rank 0 died without telling its followers to stop, so
+        # each printed gloo's "Connection closed by peer" traceback as well (found by the second review)
+        if not (isinstance(exc, KeyboardInterrupt) or worker._stopping.is_set()):
+            raise  # a SystemExit of a job's own code, no stop asked: run_once recorded it as the job's failure
+        ctrl_c = isinstance(exc, KeyboardInterrupt)
+        if group.broken:  # a train job was stopped: the followers may be inside a collective, "stop" cannot reach them
+            then = "a train job was under way, so the supervisor stops its followers"
+        else:
+            then = "its followers were told to stop"
+            stop_followers()
+        log.warning("rank 0 of worker %r was stopped by %s; %s", worker_id, "Ctrl-C (SIGINT)" if ctrl_c else "SIGTERM",
+                    then)
+        if ctrl_c:
+            return 128 + signal.SIGINT
+        return exc.code if isinstance(exc.code, int) else 1
     finally:
         worker.close()
 
@@ -421,8 +445,15 @@ def supervise(args: argparse.Namespace, settings, worker_id: str) -> int:
                     p.kill()
                     p.wait()
             return 1 if code == SCHEMA_EXIT else code
-        reason = f"rank {ended} of worker {worker_id!r} {_describe(code)}; the group was stopped and the job handed back"
-        log.warning("%s", reason)
+        if stopping and ended == 0 and code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+            # rank 0 obeyed the stop (Worker.interrupt_for_signal: its job handed back, its followers told to stop
+            # unless a train step's collective held them); this said "the job handed back" as a warning, for a job
+            # that rank 0 had handed back itself or that there never was (found by the second review)
+            reason = f"worker {worker_id!r} was stopped (signal {stopping}): rank 0 ended with status {code}"
+            log.info("%s; the group is stopped", reason)
+        else:
+            reason = f"rank {ended} of worker {worker_id!r} {_describe(code)}; the group was stopped and the job handed back"
+            log.warning("%s", reason)
         for p in procs:
             if p.poll() is None:
                 p.kill()

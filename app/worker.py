@@ -457,7 +457,12 @@ class Worker:
         is set) nothing is raised: the signal is held, and run_once hands a claimed job back at once, then raises
         KeyboardInterrupt for a held SIGINT (a claim that took nothing raises it as an idle worker would). A
         KeyboardInterrupt raised there, after the claim's commit, left the job 'running' under this worker's lease
-        until it ran out, and the next claim cost it an attempt (found by the second review)."""
+        until it ran out, and the next claim cost it an attempt (found by the second review).
+
+        Idle and stopping already (an earlier signal, or the job's hand-back done), a signal only logs: the second of
+        Ctrl-C and the forwarded SIGTERM raised in rank 0 of ``--processes N`` after its job was handed back, as it
+        told its followers to stop (found by the second review)."""
+        stopping = self._stopping.is_set()
         self.stop()
         if self.current_job is None:
             if self._claiming:
@@ -467,6 +472,9 @@ class Worker:
                 else:
                     log.warning("worker %r: signal %d while it claims a job; the stop is under way", self.worker_id,
                                 signum)
+                return
+            if stopping:
+                log.warning("worker %r: signal %d while it stops; the stop is under way", self.worker_id, signum)
                 return
             if signum == signal.SIGINT:
                 raise KeyboardInterrupt

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,6 +32,8 @@ from seiko_core.config import from_dict, to_dict
 from seiko_core.loop import train_round
 from seiko_core.models import load_model
 from seiko_core.presets import shapes
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_batch_split_over_processes():
@@ -367,6 +370,75 @@ def test_rank_0_stops_on_sigint_and_sigterm_with_the_workers_one_handler(monkeyp
     assert all(getattr(h, "__name__", None) == "interrupt_for_signal" for h in handlers.values()), handlers
 
 
+# rank 0 of `worker --processes 2` as the supervisor starts it (python -m app worker, in the group's environment), with
+# a stand-in for the process group; its generate job is stopped as a terminal's Ctrl-C stops the group: SIGINT, and the
+# SIGTERM the supervisor forwards
+_RANK_0_SCRIPT = r"""
+import os, signal, sys, time
+from app import __main__ as entry, train_dist, worker as worker_mod
+
+class StandInGroup:
+    rank, world, device, broken = 0, 2, "cpu", False
+
+    def stop_followers(self):
+        print("the followers were told to stop", file=sys.stderr, flush=True)
+
+def ctrl_c(run):
+    os.kill(os.getpid(), signal.SIGINT)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(60)
+    raise SystemExit("the signals were not handled")
+
+real_init = worker_mod.Worker.__init__
+
+def init(self, *args, **kwargs):
+    real_init(self, *args, **kwargs)
+    self.handlers["generate"] = ctrl_c
+
+train_dist.Group, train_dist._die_with_parent, worker_mod.Worker.__init__ = StandInGroup, lambda: None, init
+sys.exit(entry.main(["worker", "--worker-id", "dp", "--poll-s", "0.2", "--nice", "0"]))
+"""
+
+
+@pytest.mark.parametrize("when", ["during-a-job", "idle"])
+def test_ctrl_c_in_rank_0_is_one_sentence_and_the_job_is_handed_back(worker_world, when):
+    """Ctrl-C reaches rank 0 of `worker --processes N` (with the SIGTERM its supervisor forwards): run_once handed the
+    job back and raised KeyboardInterrupt, which left run_rank and printed a Python traceback; rank 0 died of SIGINT
+    without telling its followers to stop, so they printed gloo's "Connection closed by peer" traceback too (found by
+    the second review). Rank 0 now says it in one sentence, tells its followers to stop and exits 130, idle or busy."""
+    from app import train_dist
+
+    w = worker_world
+    eid = w.create_experiment("ctrl-c") if when == "during-a-job" else None
+    env = {**os.environ, train_dist.GROUP_ENV: str(os.getpid()), "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0",
+           "SEIKO_DB_URL": w.settings.db_url, "SEIKO_DATA_DIR": str(w.settings.data_dir), "SEIKO_MODEL": str(w.model_dir),
+           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.Popen([sys.executable, "-c", _RANK_0_SCRIPT], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        if when == "idle":  # an empty queue: the signals come while it polls
+            seen = []
+            while not any(" ready (" in line for line in seen):
+                line = proc.stderr.readline()
+                assert line, "".join(seen)
+                seen.append(line)
+            proc.send_signal(signal.SIGINT)
+            proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=300)
+        err = ("".join(seen) if when == "idle" else "") + err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130 and "Traceback" not in err, err[-4000:]
+    assert err.count("the followers were told to stop") == 1, err[-4000:]
+    assert "rank 0 of worker 'dp' was stopped by Ctrl-C (SIGINT)" in err, err[-4000:]
+    if eid is not None:
+        with read_session(w.factory) as s:
+            (job,) = s.query(Job).filter_by(experiment_id=eid).all()
+            assert (job.status, job.attempts, job.error, job.lease_owner) == ("queued", 0, None, None)
+
+
 def test_with_once_a_train_job_that_failed_in_the_group_exits_1(monkeypatch, tmp_path):
     """Rank 0 leaves with RESTART_EXIT (75) when a train job ended abnormally, so that the supervisor starts a fresh
     group; under --once the supervisor returned that 75 as its own status, where --once promises 1 for a job that
@@ -457,3 +529,59 @@ def test_a_stop_signal_between_two_groups_starts_no_fresh_group(monkeypatch, tmp
     status, starts, handed, _ = _supervise_with_a_signal(monkeypatch, tmp_path, rank_script, at="second-port")
     # one group only: rank 0 started once (rank 1 may be killed before it records its start: its rank 0 ends at once)
     assert (status, starts.count("0"), len(handed)) == (1, 1, 1), (status, starts, handed)
+
+
+def test_a_rank_0_that_obeyed_the_stop_is_not_reported_as_a_crash(monkeypatch, tmp_path, caplog):
+    """Rank 0 stopped by Ctrl-C or SIGTERM during a train job exits 130 or 143 with its job handed back, leaving its
+    followers (inside a collective) to the supervisor, which logged a warning that the rank "exited with status 130;
+    the group was stopped and the job handed back" (found by the second review). It says the worker was stopped; the
+    followers are still stopped, and a job rank 0 could not hand back is still handed back."""
+    import logging
+
+    rank_script = ("import signal, sys, time; r = int(os.environ['RANK']); "
+                   "signal.signal(signal.SIGTERM, lambda *a: os._exit(143)); "
+                   "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM}); "
+                   "time.sleep(30)")  # rank 0 ends only on the forwarded SIGTERM; rank 1 never ends by itself
+    with caplog.at_level(logging.INFO, logger="seiko.worker.group"):
+        status, starts, handed, seconds = _supervise_with_a_signal(monkeypatch, tmp_path, rank_script,
+                                                                   at="first-rank-command")
+    assert (status, sorted(starts), len(handed)) == (143, ["0", "1"], 1) and seconds < 30, (status, starts, handed)
+    said = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert ("INFO", "worker 'w' was stopped (signal 15): rank 0 ended with status 143; the group is stopped") in said, said
+    assert not [m for level, m in said if level == "WARNING"], said
+
+
+def test_a_second_stop_signal_does_not_interrupt_rank_0_telling_its_followers_to_stop(worker_world, monkeypatch):
+    """Idle rank 0 gets the supervisor's SIGTERM first (its loop ends) and the terminal's Ctrl-C while it sends its
+    followers "stop": the handler, idle again, raised KeyboardInterrupt in the middle of that broadcast, so a follower
+    could be left half-way through a message (found by the second review). Once the worker stops, a signal only
+    logs: the message goes out whole and rank 0 ends as the SIGTERM asked (0)."""
+    import argparse
+
+    from app import train_dist
+    from app import worker as worker_mod
+
+    handlers: dict = {}
+    sent: list[str] = []
+
+    class StandInGroup:
+        rank, world, device, broken = 0, 2, "cpu", False
+
+        def stop_followers(self):
+            sent.append("begun")
+            handlers[signal.SIGINT](signal.SIGINT, None)  # Ctrl-C lands inside the broadcast
+            sent.append("whole")
+
+    monkeypatch.setattr(signal, "signal", lambda signum, handler: handlers.__setitem__(signum, handler))
+    monkeypatch.setattr(train_dist, "_die_with_parent", lambda: None)
+    monkeypatch.setattr(train_dist, "Group", StandInGroup)
+    monkeypatch.setattr(worker_mod.Worker, "run_once_outlasting_outages",  # idle; the supervisor's SIGTERM comes
+                        lambda self: handlers[signal.SIGTERM](signal.SIGTERM, None) or False)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    args = argparse.Namespace(processes=2, once=False, lease_s=60, poll_s=0.05, nice=0)
+    try:
+        status = train_dist.run_rank(args, worker_world.settings, "w")
+    except KeyboardInterrupt:
+        pytest.fail("the Ctrl-C left run_rank as KeyboardInterrupt")
+    assert (status, sent) == (0, ["begun", "whole"])

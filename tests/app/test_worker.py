@@ -964,6 +964,7 @@ def test_a_stop_signal_right_after_the_claim_commits_hands_the_job_back_at_once(
     # the worker's own state is back to idle: the next signal behaves as an idle one does
     worker._stopping.clear()
     assert worker.interrupt_for_signal(signal.SIGTERM) is None
+    worker._stopping.clear()
     with pytest.raises(KeyboardInterrupt):
         worker.interrupt_for_signal(signal.SIGINT)
     worker.close()
