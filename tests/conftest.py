@@ -5,6 +5,7 @@ SQLite always runs; PostgreSQL runs when SEIKO_TEST_PG_URL is set
 """
 
 import os
+import signal
 
 import pytest
 
@@ -26,6 +27,18 @@ DB_BACKENDS = [
         ],
     ),
 ]
+
+
+@pytest.fixture(autouse=True)
+def _signal_mask_unchanged():
+    """Fail a test that leaves this thread's signal mask changed: every later subprocess would inherit the blocked
+    signals (a worker test once left SIGINT and SIGTERM blocked, and the Ctrl-C tests after it failed). The mask is
+    put back first, so one leak fails one test."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    yield
+    after = signal.pthread_sigmask(signal.SIG_SETMASK, before)
+    if after != before:
+        pytest.fail(f"the test left signals {sorted(s.name for s in after - before)} blocked", pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -814,10 +815,16 @@ def test_a_second_stop_signal_does_not_interrupt_the_hand_back(worker_world, mon
     worker = world.worker()
     if how == "ctrl-c-and-sigterm-pending-together":
         def job(run):  # both pending at once: CPython runs SIGINT's handler, then SIGTERM's inside the except branch
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-            os.kill(os.getpid(), signal.SIGINT)
-            os.kill(os.getpid(), signal.SIGTERM)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+            # sent to this thread, not the process: a process-directed signal is delivered to any thread that does
+            # not block it (the heartbeat's), so the handler ran before the unblock and left this thread's mask
+            # blocked for the rest of the session, and every later subprocess inherited it
+            me = threading.get_ident()
+            old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            try:
+                signal.pthread_kill(me, signal.SIGINT)
+                signal.pthread_kill(me, signal.SIGTERM)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)
             for _ in range(10**6):
                 pass
             pytest.fail("the signals were not handled")
