@@ -2,7 +2,8 @@
 
 Passwords are hashed with scrypt (``hashlib.scrypt``, a fresh 16-byte salt each) and stored as
 ``scrypt$N$r$p$salt$hash`` (base64); checks use a constant-time compare. This module never stores
-or logs a plain password.
+or logs a plain password. A sign-in whose password matches a hash made with older parameters stores it hashed with
+today's (``check_login``); that is not a password change, so no session ends.
 
 Two modes, fixed when the server starts:
 
@@ -28,6 +29,7 @@ import getpass
 import hashlib
 import hmac
 import ipaddress
+import logging
 import os
 import unicodedata
 from collections.abc import Callable
@@ -43,9 +45,12 @@ from db.engine import read_session, write_session
 from db.errors import Conflict, NotFound
 from db.models import Rater
 
+log = logging.getLogger("seiko.auth")
+
 # OWASP's Password Storage Cheat Sheet: scrypt N=2**17, r=8, p=1, or an equal-cost setting such as N=2**14, r=8, p=5,
 # which this is: 16 MiB per hash (so concurrent sign-ins stay light) and 5 passes (it was p=1, a fifth of the
-# minimum; found by a security review). Stored hashes carry their own parameters: older ones still verify
+# minimum; found by a security review). Stored hashes carry their own parameters: older ones still verify, and are
+# made again with these at their account's next sign-in (``needs_rehash``)
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 5
 SALT_BYTES, KEY_BYTES = 16, 32
 MIN_PASSWORD_LENGTH = 8
@@ -79,6 +84,12 @@ def check_password_strength(password: str) -> None:
 def hash_password(password: str) -> str:
     """A salted scrypt hash of ``password`` as ``scrypt$N$r$p$salt$hash``."""
     check_password_strength(password)
+    return _new_hash(password)
+
+
+def _new_hash(password: str) -> str:
+    """``hash_password`` without the strength rules: a password set under older rules is hashed again at sign-in as
+    it is (its owner knows no other)."""
     salt = os.urandom(SALT_BYTES)
     key = _scrypt(password, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
     return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(key)}"
@@ -96,6 +107,15 @@ def verify_password(password: str, stored: str) -> bool:
     n, r, p = (int(x) for x in parts[1:4])
     salt, expected = base64.b64decode(parts[4]), base64.b64decode(parts[5])
     return hmac.compare_digest(_scrypt(password, salt, n, r, p), expected)
+
+
+def needs_rehash(stored: str) -> bool:
+    """Whether ``stored`` (a hash in our format) was made with other scrypt parameters (N, r, p) than a new hash gets:
+    a sign-in that matched it stores the password hashed anew (``check_login``)."""
+    parts = stored.split("$") if isinstance(stored, str) else []
+    if len(parts) != 6 or parts[0] != "scrypt":
+        return False
+    return tuple(int(x) for x in parts[1:4]) != (SCRYPT_N, SCRYPT_R, SCRYPT_P)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,7 +336,14 @@ WRONG_CREDENTIALS = "Incorrect credentials."
 def check_login(factory: sessionmaker[Session], username: str, password: str) -> LoginCheck:
     """Check a sign-in (slow on purpose: one scrypt hash, also for unknown names, so timing does not reveal them).
 
-    Run it off the event loop (``app.web_guard`` runs it in a thread pool of its own)."""
+    Run it off the event loop (``app.web_guard`` runs it in a thread pool of its own).
+
+    A password that matched a hash made with older scrypt parameters (``needs_rehash``: p=1 before a security review
+    raised it) is hashed again with today's and stored (``_upgrade_hash``); a refused sign-in changes nothing."""
+    return _check_login(factory, username, password, upgrade=True)
+
+
+def _check_login(factory: sessionmaker[Session], username: str, password: str, *, upgrade: bool) -> LoginCheck:
     if not isinstance(username, str) or not isinstance(password, str) or not username or len(password) > MAX_PASSWORD_LENGTH:
         return LoginCheck(None, WRONG_CREDENTIALS, wrong_credentials=True)
     if "\x00" in username:  # no account has one (names are checked), and PostgreSQL cannot look it up
@@ -330,11 +357,44 @@ def check_login(factory: sessionmaker[Session], username: str, password: str) ->
         stored = rater.password_hash if rater is not None else _DUMMY_HASH
         rater_id, disabled = (rater.id, rater.disabled_at is not None) if rater is not None else (None, False)
         stamp = credentials_stamp(rater) if rater is not None else ""
+        account = rater.name if rater is not None else ""
     if not verify_password(password, stored) or rater_id is None:
         return LoginCheck(None, WRONG_CREDENTIALS, wrong_credentials=True, known_name=rater_id is not None)
     if disabled:
         return LoginCheck(None, f"the account {username!r} is disabled; ask an admin", known_name=True, disabled=True)
+    if upgrade and needs_rehash(stored):
+        upgraded = _upgrade_hash(factory, rater_id, account, password, stored, stamp)
+        if upgraded is None:
+            # the stored hash changed after it was read: a sign-in at the same time upgraded it (the same password,
+            # hashed with today's parameters), or the password was changed or the account disabled. Decided again on
+            # what is stored now (one more hash, only in that race): the first passes, the others are refused as
+            # they would be had they come a moment later
+            return _check_login(factory, username, password, upgrade=False)
+        stored, stamp = upgraded
     return LoginCheck(rater_id, None, password_hash=stored, credentials=stamp)
+
+
+def _upgrade_hash(factory: sessionmaker[Session], rater_id: int, account: str, password: str, checked: str,
+                  stamp: str) -> tuple[str, str] | None:
+    """Store ``password`` hashed with today's parameters in place of ``checked``, the older hash it just matched;
+    (the new hash, the account's credentials stamp with it), or None when the stored hash is no longer ``checked``
+    (then nothing is written: a newer password is never overwritten with this one's hash).
+
+    A re-hash is not a password change: the account's sessions are not ended (``SessionStore`` binds a session to the
+    hash only while it starts, in ``start``, and the sign-in starts its session with the new hash), nor is
+    ``credentials_changed_at`` stamped. The credentials stamp does change (it digests the hash), so this process's
+    sign-in throttles carry the browsers and addresses exempt under the old stamp over to the new one
+    (``sessions.credentials_restamped``)."""
+    hashed = _new_hash(password)
+    with write_session(factory) as s:
+        if not repo.upgrade_rater_password_hash(session=s, rater_id=rater_id, checked_hash=checked,
+                                                password_hash=hashed):
+            return None
+        new_stamp = credentials_stamp(s.get(Rater, rater_id, populate_existing=True))
+    app_sessions.credentials_restamped(account, stamp, new_stamp)
+    log.info("the password hash of %r was made again with today's scrypt parameters (N=%d, r=%d, p=%d) at its sign-in",
+             account[:64], SCRYPT_N, SCRYPT_R, SCRYPT_P)
+    return hashed, new_stamp
 
 
 def credentials_stamp(rater: Rater) -> str:

@@ -240,6 +240,16 @@ def credentials_changed(account: str) -> None:
         throttle.forget_account(account)
 
 
+def credentials_restamped(account: str, old: str, new: str) -> None:
+    """An account's password was hashed again, the password unchanged (``app.auth``: an upgrade of an older hash's
+    parameters at sign-in): its credentials stamp is ``new`` now. Every sign-in throttle in this process carries the
+    browsers and addresses that signed in under ``old`` over to ``new``: what they earned was knowing this password,
+    which still holds. (A throttle in another process sees the stamp change and drops theirs, as for a password
+    change: the safe side.)"""
+    for throttle in list(_THROTTLES):
+        throttle.restamp(account, old, new)
+
+
 LOOPBACK_KEY = "loopback"  # every address of this machine's loopback: 127.0.0.0/8, ::1, ::ffff:127.x.x.x
 
 
@@ -347,6 +357,20 @@ class LoginThrottle:
                 del self._known[key]
             for key in [k for k in self._keys if k[0] == "device" and k[1].partition("\0")[2] == name]:
                 del self._keys[key]
+
+    def restamp(self, account: str, old: str, new: str) -> None:
+        """The devices and addresses that signed in to ``account`` under credentials stamp ``old`` hold ``new`` instead
+        (see ``credentials_restamped``); those under another stamp are left as they are."""
+        if not old:
+            return
+        name = (account or "")[:200]
+        with self._lock:
+            for device, (at, stamp) in list(self._devices.get(name, {}).items()):
+                if stamp == old:
+                    self._devices[name][device] = (at, new)
+            for key, (at, stamp) in list(self._known.items()):
+                if key[1] == name and stamp == old:
+                    self._known[key] = (at, new)
 
     def _exempt(self, remembered: tuple[float, str] | None, now: float, credentials: str) -> bool:
         return remembered is not None and now - remembered[0] <= self.known_s and remembered[1] == credentials

@@ -1428,6 +1428,24 @@ def set_rater_password_hash(*, session: Session, rater_id: int, password_hash: s
     return rater
 
 
+def upgrade_rater_password_hash(*, session: Session, rater_id: int, checked_hash: str, password_hash: str) -> bool:
+    """Store ``password_hash`` (the same password hashed again with stronger parameters) only where the stored hash is
+    still ``checked_hash``, the one a sign-in's password just matched; whether it was stored. One conditional UPDATE:
+    a password changed meanwhile, or an upgrade by a sign-in at the same time, is never overwritten.
+
+    Not a password change, unlike ``set_rater_password_hash``: the password is the same, so the rater's sessions stay
+    and ``credentials_changed_at`` is left as it is."""
+    for what, value in (("checked_hash", checked_hash), ("password_hash", password_hash)):
+        if not isinstance(value, str) or not value:
+            raise InvalidInput(f"{what} must be a non-empty string (hash the password in the app)")
+    result = session.execute(
+        update(Rater).where(Rater.id == rater_id, Rater.password_hash == checked_hash)
+        .values(password_hash=password_hash),
+        execution_options={"synchronize_session": False},
+    )
+    return result.rowcount == 1
+
+
 def set_rater_disabled(*, session: Session, rater_id: int, disabled: bool, now: datetime | None = None) -> Rater:
     """Disable (the rater cannot sign in; their sessions and image leases end) or enable an account. Ratings stay
     either way. A change of state stamps ``credentials_changed_at``: whatever the sign-in throttle exempted before

@@ -613,3 +613,195 @@ def test_an_admin_deleting_their_own_account_is_refused_in_one_sentence(db_facto
     assert [u.name for u in auth.list_users(db_factory)] == ["ann", "bob"]
     auth.delete_user(db_factory, name="ann", actor=auth.Who(bob, "bob", "admin", local=False))
     assert [u.name for u in auth.list_users(db_factory)] == ["bob"]
+
+
+# ---------------------------------------------------------------------------------------------
+# older hashes made again at sign-in (5 Dec 2026, second review)
+# ---------------------------------------------------------------------------------------------
+
+TODAY = (2**14, 8, 5)  # the parameters a new hash gets (auth.SCRYPT_N, _R, _P), written out
+
+
+def _old_hash(password: str, n: int = 2**14, r: int = 8, p: int = 1) -> str:
+    """A hash as the app stored it before its cost was raised (p=1), made with hashlib directly."""
+    import base64
+    import hashlib
+    import os
+
+    salt = os.urandom(16)
+    key = hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, dklen=32, maxmem=64 * 1024 * 1024)
+    return f"scrypt${n}${r}${p}${base64.b64encode(salt).decode()}${base64.b64encode(key).decode()}"
+
+
+def _matches(password: str, stored: str) -> tuple[int, int, int] | None:
+    """The (N, r, p) of ``stored`` when ``password`` matches it, computed with hashlib directly; None otherwise."""
+    import base64
+    import hashlib
+
+    _, n, r, p, salt, key = stored.split("$")
+    n, r, p = int(n), int(r), int(p)
+    made = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), n=n, r=r, p=p, dklen=32,
+                          maxmem=64 * 1024 * 1024)
+    return (n, r, p) if made == base64.b64decode(key) else None
+
+
+def _stored_as(factory, name: str, stored: str) -> int:
+    """Put ``stored`` in place of ``name``'s hash (as an older version of the app left it); the rater id."""
+    from db.models import Rater
+
+    with write_session(factory) as s:
+        rater = repo.get_rater_by_name(session=s, name=name)
+        s.query(Rater).filter(Rater.id == rater.id).update({"password_hash": stored})
+        return rater.id
+
+
+def _row(factory, name: str) -> tuple:
+    with read_session(factory) as s:
+        rater = repo.get_rater_by_name(session=s, name=name)
+        return rater.password_hash, rater.credentials_changed_at, rater.disabled_at
+
+
+def test_a_sign_in_makes_an_older_hash_again_with_todays_parameters_and_keeps_the_sessions(db_factory):
+    """Found in the second review of 5 Dec 2026: hashes made before the cost was raised (p=1) verified but were never
+    made again, so an account that signs in kept the weak hash for ever. A sign-in that matches one now stores the
+    password hashed with today's parameters. That is not a password change: the session the sign-in starts (bound to
+    the hash it matched) starts, the account's other sessions stay, and so do its browsers' sign-in exemptions. A
+    refused sign-in (a wrong password; the right one of a disabled account) changes nothing."""
+    from app.sessions import LoginThrottle, SessionStore, ThrottleRule
+    from db.models import UserSession
+
+    assert (auth.SCRYPT_N, auth.SCRYPT_R, auth.SCRYPT_P) == TODAY
+    auth.add_user(db_factory, name="alice", role="rater", password=PASSWORD)
+    auth.add_user(db_factory, name="bob", role="rater", password=PASSWORD)
+    auth.add_user(db_factory, name="admin2", role="admin", password=PASSWORD)
+    old = _old_hash(PASSWORD)
+    alice_id = _stored_as(db_factory, "alice", old)
+    _stored_as(db_factory, "bob", _old_hash(PASSWORD))
+    assert _matches(PASSWORD, old) == (2**14, 8, 1)
+    other = _session(db_factory, "alice")  # a session of alice's in another browser
+    before = _row(db_factory, "alice")
+    old_stamp = auth.current_credentials_stamp(db_factory, "alice")
+    rule = ThrottleRule(free=1, base_s=10, max_s=100)
+    t = LoginThrottle(per_ip=rule, per_account=rule, per_device=rule, monotonic=lambda: 0.0)
+    t.succeeded("10.0.0.1", "alice", "alices-other-browser", credentials=old_stamp)
+    for _ in range(3):
+        t.failed("10.0.0.1", "mallory")  # the shared address is locked
+    locked = t.wait_s("10.0.0.1", "dave")
+    assert locked > 0
+
+    for wrong in ("", PASSWORD + "!", "correct horse batter"):
+        assert auth.check_login(db_factory, "alice", wrong).wrong_credentials
+    assert _row(db_factory, "alice") == before  # a wrong password: nothing changed
+    auth.set_disabled(db_factory, name="bob", disabled=True)
+    bob_before = _row(db_factory, "bob")
+    assert auth.check_login(db_factory, "bob", PASSWORD).disabled
+    assert _row(db_factory, "bob") == bob_before and _matches(PASSWORD, bob_before[0]) == (2**14, 8, 1)
+
+    checked = auth.check_login(db_factory, "alice", PASSWORD)
+    stored, changed_at, _ = _row(db_factory, "alice")
+    assert checked.refusal is None and checked.rater_id == alice_id
+    assert _matches(PASSWORD, stored) == TODAY and stored != old  # made again, the same password
+    assert changed_at == before[1]  # not a password change
+    assert checked.password_hash == stored  # the hash this sign-in's session is bound to
+    assert checked.credentials == auth.current_credentials_stamp(db_factory, "alice") != old_stamp
+    store = SessionStore(db_factory, idle_s=600, max_s=3600)
+    new = store.start(checked.rater_id, "10.0.0.1", password_hash=checked.password_hash)  # no StaleSignIn
+    assert store.check(new) is not None and store.check(other) is not None
+    with read_session(db_factory) as s:
+        assert s.query(UserSession).filter(UserSession.ended_at.isnot(None)).count() == 0
+    # the other browser's exemption was earned with this password, which still holds: it stays
+    assert t.wait_s("10.0.0.1", "alice", "alices-other-browser", credentials=checked.credentials) == 0
+    assert t.wait_s("10.0.0.1", "alice", "alices-other-browser", credentials="") == locked  # (the lock is real)
+    again = auth.check_login(db_factory, "alice", PASSWORD)  # today's hash is kept as it is
+    assert again.refusal is None and _row(db_factory, "alice")[0] == stored
+    assert not auth.check_login(db_factory, "alice", PASSWORD + "!").rater_id
+
+
+def test_an_older_password_that_todays_rules_refuse_is_made_again_all_the_same(db_factory):
+    """A password set under older rules (here 5 characters, and one ending in a space) may be shorter than a new one
+    may be: its owner knows no other, so the sign-in still succeeds and the hash is made again as it is."""
+    auth.add_user(db_factory, name="carol", role="rater", password=PASSWORD)
+    for legacy in ("short", "ends in a space "):
+        with pytest.raises(ValueError):
+            auth.check_password_strength(legacy)
+        _stored_as(db_factory, "carol", _old_hash(legacy, p=2))
+        checked = auth.check_login(db_factory, "carol", legacy)
+        assert checked.refusal is None, checked
+        assert _matches(legacy, _row(db_factory, "carol")[0]) == TODAY
+
+
+def test_two_sign_ins_at_once_make_an_older_hash_again_once_and_both_start(db_factory, monkeypatch):
+    """Two sign-ins of one account that both read the older hash: the first to write stores its new hash; the other
+    finds the stored hash changed, writes nothing and decides on what is stored now (the same password), so both
+    succeed and both sessions start. Run deterministically: the second sign-in runs whole inside the first, after the
+    first matched the old hash and before it writes."""
+    from app.sessions import SessionStore
+
+    auth.add_user(db_factory, name="alice", role="rater", password=PASSWORD)
+    _stored_as(db_factory, "alice", _old_hash(PASSWORD))
+    real, started, inner = auth._new_hash, [], []
+
+    def another_sign_in_meanwhile(password):
+        if not started:  # the first sign-in's hash: the second runs now (its own hash is made as usual)
+            started.append(1)
+            inner.append(auth.check_login(db_factory, "alice", PASSWORD))
+        return real(password)
+
+    monkeypatch.setattr(auth, "_new_hash", another_sign_in_meanwhile)
+    outer = auth.check_login(db_factory, "alice", PASSWORD)
+    stored = _row(db_factory, "alice")[0]
+    assert inner[0].refusal is None and outer.refusal is None
+    assert inner[0].password_hash == outer.password_hash == stored and _matches(PASSWORD, stored) == TODAY
+    assert inner[0].credentials == outer.credentials == auth.current_credentials_stamp(db_factory, "alice")
+    store = SessionStore(db_factory, idle_s=600, max_s=3600)
+    tokens = [store.start(c.rater_id, "10.0.0.1", password_hash=c.password_hash) for c in (inner[0], outer)]
+    assert all(store.check(tok) is not None for tok in tokens)
+
+
+def test_two_sign_ins_at_once_in_threads_all_succeed(db_factory):
+    """The same with real threads: whichever writes first, every sign-in succeeds, starts its session, and the stored
+    hash is today's and matches the password."""
+    import threading
+
+    from app.sessions import SessionStore
+
+    auth.add_user(db_factory, name="alice", role="rater", password=PASSWORD)
+    _stored_as(db_factory, "alice", _old_hash(PASSWORD))
+    store = SessionStore(db_factory, idle_s=600, max_s=3600)
+    barrier, got = threading.Barrier(3), []
+
+    def sign_in():
+        barrier.wait(30)
+        checked = auth.check_login(db_factory, "alice", PASSWORD)
+        got.append((checked, store.start(checked.rater_id, "10.0.0.1", password_hash=checked.password_hash)))
+
+    threads = [threading.Thread(target=sign_in) for _ in range(3)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    assert len(got) == 3 and all(c.refusal is None for c, _ in got), got
+    assert all(store.check(tok) is not None for _, tok in got)
+    assert _matches(PASSWORD, _row(db_factory, "alice")[0]) == TODAY
+
+
+def test_a_password_changed_while_a_sign_in_makes_the_old_hash_again_is_kept(db_factory, monkeypatch):
+    """A password change that lands after a sign-in matched the older hash and before it writes the new one: the
+    sign-in writes nothing (the stored hash is no longer the one it checked), so the new password stays, and the
+    sign-in with the old password is refused, as it would be a moment later."""
+    auth.add_user(db_factory, name="alice", role="rater", password=PASSWORD)
+    _stored_as(db_factory, "alice", _old_hash(PASSWORD))
+    real, changed = auth._new_hash, []
+
+    def a_password_change_meanwhile(password):
+        if not changed:  # the sign-in's hash: the change lands now (its own hash is made as usual)
+            changed.append(1)
+            auth.set_password(db_factory, name="alice", password="a new password")
+        return real(password)
+
+    monkeypatch.setattr(auth, "_new_hash", a_password_change_meanwhile)
+    checked = auth.check_login(db_factory, "alice", PASSWORD)
+    assert changed and checked.refusal == auth.WRONG_CREDENTIALS and checked.rater_id is None
+    stored = _row(db_factory, "alice")[0]
+    assert _matches("a new password", stored) == TODAY and _matches(PASSWORD, stored) is None
+    assert auth.check_login(db_factory, "alice", "a new password").refusal is None

@@ -746,6 +746,45 @@ def test_a_password_changed_during_the_sign_in_check_gets_no_session_over_http(u
         demo.close()
 
 
+def test_a_sign_in_over_an_older_hash_makes_it_again_and_ends_no_session_over_http(served):
+    """Found in the second review of 5 Dec 2026: a hash made before the scrypt cost was raised (p=1) was never made
+    again. Over HTTP now: a wrong password leaves it as it is; the right one signs in (the session it starts is bound
+    to the new hash, so ``SessionStore.start`` does not take it for a password change) and stores today's hash; the
+    session the account had open in another browser stays, read afresh from the database."""
+    import base64
+    import hashlib
+    import os
+
+    from db.engine import write_session
+
+    world, _, url = served
+    earlier = sign_in(url, "alice")  # another browser of alice's, signed in before the upgrade
+    salt = os.urandom(16)
+    key = hashlib.scrypt(UI_PASSWORD.encode(), salt=salt, n=2**14, r=8, p=1, dklen=32)
+    old = f"scrypt${2**14}$8$1${base64.b64encode(salt).decode()}${base64.b64encode(key).decode()}"
+    with write_session(world.factory) as s:  # as the app stored it before the cost was raised
+        s.query(Rater).filter(Rater.name == "alice").update({"password_hash": old})
+
+    def stored() -> str:
+        with read_session(world.factory) as s:
+            return repo.get_rater_by_name(session=s, name="alice").password_hash
+
+    with httpx.Client(base_url=url, timeout=30) as http:
+        r = http.post("/login", data={"username": "alice", "password": UI_PASSWORD + "!"})
+        assert r.status_code == 400 and stored() == old
+        r = http.post("/login", data={"username": "alice", "password": UI_PASSWORD})
+        assert r.status_code == 200, r.text
+        _, n, r_, p, salt_b64, key_b64 = stored().split("$")
+        assert (int(n), int(r_), int(p)) == (2**14, 8, 5)
+        assert hashlib.scrypt(UI_PASSWORD.encode(), salt=base64.b64decode(salt_b64), n=int(n), r=int(r_), p=int(p),
+                              dklen=32, maxmem=64 * 1024 * 1024) == base64.b64decode(key_b64)
+        sessions.rater_changed(world.accounts["alice"])  # no cached answer: each session is read from the database
+        assert config_user(http) == 200 and config_user(earlier) == 200
+    with read_session(world.factory) as s:
+        assert s.query(UserSession).filter(UserSession.ended_at.isnot(None)).count() == 0
+    earlier.close()
+
+
 def test_sign_in_hashes_off_the_event_loop(ui_world):
     """Before: the scrypt check ran inside Gradio's async /login, on the event loop. Here a deliberately slow check
     (3 s) runs while another request is answered well within it (under 2 s: a margin for a loaded CI machine)."""
