@@ -34,7 +34,9 @@ handlers' own checks (who is signed in, their role) never see them. A review (3 
   admin's event sent by a rater: a choice not in a dropdown's list, text where a number goes (a TypeError in its
   bounds check). An event whose handler is marked ``admin_only`` (where it is declared) is refused for anyone but an
   admin with the handlers' own sentence (403), and each value is checked for its component's kind (``value_refusal``:
-  a number, true or false, text, one of the choices) and refused in one sentence naming the input (400).
+  a number, true or false, text, one of the choices) and refused in one sentence naming the input (400). A number
+  outside its component's minimum or maximum still met Gradio's own range check, a traceback in the log for each (a
+  second review): it is refused too, the sentence naming the range.
 - **Memory.** Gradio keeps every session's input values in memory (a copy of each input an event was sent), up to
   10,000 sessions, whoever made them; a curl-style ``POST /gradio_api/call/{api}`` with no session hash makes a
   session of its own. A signed-in rater sending 200 KB inputs under fresh hashes grew the server by 0.47 MB a session,
@@ -224,12 +226,24 @@ def _finite_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _number_range(low: float | None, high: float | None) -> str:
+    """A number component's range in words: "from 0 to 0.5", "of at least 1", "of at most 8"."""
+
+    def shown(x: float) -> str:
+        return str(int(x)) if isinstance(x, float) and x.is_integer() else str(x)
+
+    if low is not None and high is not None:
+        return f"from {shown(low)} to {shown(high)}"
+    return f"of at least {shown(low)}" if low is not None else f"of at most {shown(high)}"
+
+
 def value_refusal(block: Any, value: Any, position: int) -> str | None:
     """Why ``value`` cannot be the value of input component ``block`` (the event's ``position``-th input, from 0), in
     one sentence naming the input, or None. Null is every component's empty value (Gradio passes it on as None). A
-    number: a finite number; a checkbox: true or false; a textbox: text; a dropdown or radio: one of its choices (a
-    list of them where it takes several), or text where it takes a value of its own. Other components are not checked
-    here (a gr.State's value is the server's, not the request's)."""
+    number: a finite number within the component's minimum and maximum (the sentence names them); a checkbox: true
+    or false; a textbox: text; a dropdown or radio: one of its choices (a list of them where it takes several), or
+    text where it takes a value of its own. Other components are not checked here (a gr.State's value is the
+    server's, not the request's)."""
     from gradio import components
 
     if value is None or getattr(block, "stateful", False):
@@ -240,6 +254,11 @@ def value_refusal(block: Any, value: Any, position: int) -> str | None:
     if isinstance(block, components.Number):
         if not _finite_number(value):
             return f"The input {name} takes a number, got {_shown(value)}."
+        # Gradio's own range check (Number.preprocess) raised gr.Error with a traceback in the log (found by the second
+        # review of 5 Dec 2026): the same rule here, an edge included, before Gradio runs
+        low, high = getattr(block, "minimum", None), getattr(block, "maximum", None)
+        if (low is not None and value < low) or (high is not None and value > high):
+            return f"The input {name} takes a number {_number_range(low, high)}, got {_shown(value)}."
     elif isinstance(block, components.Checkbox):
         if not isinstance(value, bool):
             return f"The input {name} takes true or false, got {_shown(value)}."

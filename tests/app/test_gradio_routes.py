@@ -233,6 +233,32 @@ def test_an_input_value_is_checked_against_its_components_kind():
     assert long == f"The input '{'x' * 57}...' takes text, got 1."
 
 
+def test_a_number_outside_its_components_range_is_refused_exactly_where_gradio_would_raise():
+    """Second review of 5 Dec 2026: Gradio's own range check (``Number.preprocess``) raised with a traceback in the log
+    for a number outside a component's minimum or maximum. The guard refuses such a number first, naming the range,
+    and exactly those Gradio would refuse (checked against Gradio itself): an edge passes."""
+    import gradio as gr
+    from gradio.exceptions import Error
+
+    blocks = (gr.Number(label="Share", minimum=0, maximum=0.5), gr.Number(label="Epochs", minimum=1, precision=0),
+              gr.Number(label="Cap", maximum=8), gr.Number(label="Free"), gr.Number(label="Floats", minimum=-1.5,
+                                                                                     maximum=2.0))
+    for block in blocks:
+        for value in (-10**9, -2, -1.5, -1, -0.05, 0, 0.25, 0.5, 0.51, 0.9, 1, 2, 2.0000001, 8, 8.5, 10**30):
+            try:
+                block.preprocess(value)
+                gradio_refuses = False
+            except Error:
+                gradio_refuses = True
+            refusal = gr_routes.value_refusal(block, value, 0)
+            assert (refusal is not None) == gradio_refuses, (block.label, value, refusal)
+    share, epochs, cap, _, floats = blocks
+    assert gr_routes.value_refusal(share, 0.9, 0) == "The input 'Share' takes a number from 0 to 0.5, got 0.9."
+    assert gr_routes.value_refusal(epochs, 0, 0) == "The input 'Epochs' takes a number of at least 1, got 0."
+    assert gr_routes.value_refusal(cap, 9, 0) == "The input 'Cap' takes a number of at most 8, got 9."
+    assert gr_routes.value_refusal(floats, 3, 0) == "The input 'Floats' takes a number from -1.5 to 2, got 3."
+
+
 def test_admin_only_marks_a_handler_and_its_bound_methods():
     @gr_routes.admin_only
     def handler(request=None):

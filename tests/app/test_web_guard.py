@@ -1816,6 +1816,46 @@ def test_an_event_gradio_would_refuse_for_its_values_is_one_sentence_before_grad
     _no_traceback(capfd, caplog)
 
 
+def test_an_admins_number_out_of_its_inputs_range_is_one_sentence_before_gradio(served, capfd, caplog):
+    """Found in the second review of 5 Dec 2026: a number outside its input's minimum or maximum on the Admin tab (a
+    repeat share of 0.9, a candidate factor of 9, a KL weight of -1, 0 epochs) reached Gradio, whose own range check
+    raised and left a traceback in the server's log. The guard refuses it first, in one sentence naming the input and
+    the range the page declares for it (written out here from app/ui_options.py and app/ui_admin_tab.py); nothing is
+    stored, nothing logged, and a number at the edge of its range still passes."""
+    world, demo, url = served
+    before = _stored(world)
+    save, create = _fn_id(demo, "on_save", "app.ui_options"), _fn_id(demo, "on_create")
+    capfd.readouterr()
+    with signed_in(url, "root") as http:
+        for fn_id, data, said in (
+                (save, [None, None, None, None, None, 0.9, None],
+                 "The input 'Repeat share (empty: as is)' takes a number from 0 to 0.5, got 0.9."),
+                (save, [None, None, None, None, None, -0.05, None],
+                 "The input 'Repeat share (empty: as is)' takes a number from 0 to 0.5, got -0.05."),
+                (save, [None, None, 9, None, None, None, None],
+                 "The input 'Candidate factor' takes a number from 1 to 8, got 9."),
+                (save, [None, None, None, 1.5, None, None, None],
+                 "The input 'Honest share' takes a number from 0 to 1, got 1.5."),
+                (create, [None] * 5 + [-1] + [None] * 5, "The input 'KL weight' takes a number of at least 0, got -1."),
+                (create, [None] * 6 + [0] + [None] * 4,
+                 "The input 'Ratings per image (overlap)' takes a number of at least 1, got 0."),
+                (create, [None] * 9 + [0, None],
+                 "The input 'Fine-tuning epochs per round' takes a number of at least 1, got 0."),
+                (create, [None] * 10 + [-5],
+                 "The input 'Fine-tuning time limit per round, s (0 = none)' takes a number of at least 0, got -5.")):
+            r = _join(http, fn_id, data, "roots-page")
+            assert (r.status_code, r.text) == (400, said), (data, r.status_code, r.text)
+        time.sleep(0.3)
+        assert _stored(world) == before
+        for data in ([None, None, 8, 1, None, 0.5, None], [None, None, 1, 0, None, 0, None]):  # the edges pass
+            r = _join(http, save, data, "roots-page")
+            assert r.status_code == 200, (data, r.text)
+            done = [m for m in _read(http, "roots-page") if m.get("msg") == "process_completed"]
+            # past Gradio's range check to the handler, whose own answer is that no experiment is picked in this page
+            assert done and done[-1]["output"]["error"] == "Select an experiment first.", (data, done)
+    _no_traceback(capfd, caplog)
+
+
 def test_every_handler_that_refuses_a_rater_first_is_marked_admin_only(served):
     """The front door knows an admin's event by its handler's mark (``gradio_routes.admin_only``, put where the
     handler is declared): every handler whose first statement is ``admin_of(request)`` carries it, and no other does."""
