@@ -36,7 +36,8 @@ handlers' own checks (who is signed in, their role) never see them. A review (3 
   admin with the handlers' own sentence (403), and each value is checked for its component's kind (``value_refusal``:
   a number, true or false, text, one of the choices) and refused in one sentence naming the input (400). A number
   outside its component's minimum or maximum still met Gradio's own range check, a traceback in the log for each (a
-  second review): it is refused too, the sentence naming the range.
+  second review): it is refused too, the sentence naming the range. On ``/queue/join`` (``is_page_join``) these
+  refusals are JSON, ``{"detail": sentence}``, which the page shows in its error toast.
 - **Memory.** Gradio keeps every session's input values in memory (a copy of each input an event was sent), up to
   10,000 sessions, whoever made them; a curl-style ``POST /gradio_api/call/{api}`` with no session hash makes a
   session of its own. A signed-in rater sending 200 KB inputs under fresh hashes grew the server by 0.47 MB a session,
@@ -183,6 +184,11 @@ def admin_only(handler: Callable[..., Any]) -> Callable[..., Any]:
 def is_admin_only(handler: Any) -> bool:
     """Whether ``handler`` (a function, or a bound method of one) is marked ``admin_only``."""
     return getattr(handler, ADMIN_ONLY_MARK, False) is True
+
+
+def is_page_join(path: str) -> bool:
+    """Whether ``path`` is ``/queue/join``, the route the page's own Gradio client sends its events to."""
+    return path.rstrip("/") == f"{API}/queue/join"
 
 
 def event_function(path: str, parsed_body: Any, fns: dict[int, Any] | None) -> Any:

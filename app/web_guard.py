@@ -33,7 +33,9 @@ For every HTTP and websocket request, before Gradio sees it:
   must be the short token Gradio's clients make (400), and an event's results (``GET /gradio_api/call/{api}/{event
   id}``) are read only by the account that made it, under the api it made it by, and only while they wait to be
   read; a session's stream (``/queue/data``) only where Gradio holds messages for it (else 404, one sentence:
-  Gradio raised inside the event stream it had started, a traceback per request).
+  Gradio raised inside the event stream it had started, a traceback per request). A refusal is its sentence as plain
+  text, except an event refused on ``/queue/join``, the page's own route: ``{"detail": sentence}`` (JSON), which the
+  page's Gradio client shows in its error toast (plain text showed there as a JSON parse error).
 - **Cookies**: every ``Set-Cookie`` the app sends is ``SameSite=Lax`` (Gradio's own say ``SameSite=None``), and
   ``Secure`` when the request shows HTTPS (``WebGuard._https_shown``: an https public URL, TLS, the session cookie
   above, or the browser's own ``Origin: https://...``, as the sign-in's POST carries), so that a page making the
@@ -518,7 +520,7 @@ class WebGuard:
                 return
             # an event that is not the app's, signed in (signed out, Gradio's own sign-in check answers 401 first)
             if signed_in is not None and (refused := self._event_refusal(path, method, parsed, signed_in)) is not None:
-                await self._refuse(scope, receive, send, *refused)
+                await self._refuse(scope, receive, send, *refused, detail=gradio_routes.is_page_join(path))
                 return
             event = gradio_routes.event_of(path, method)
             if event is not None and user is None:
@@ -544,7 +546,7 @@ class WebGuard:
                 return
         else:  # local mode: past its token
             if (refused := self._event_refusal(path, method, parsed)) is not None:
-                await self._refuse(scope, receive, send, *refused)
+                await self._refuse(scope, receive, send, *refused, detail=gradio_routes.is_page_join(path))
                 return
             if (named is not None and gradio_routes.reads_session(path, method) and not self._results_waiting(named)) \
                     or (read is not None and not self._event_waiting(read[1])):
@@ -626,12 +628,18 @@ class WebGuard:
 
         return wrapped
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send, why: str, status: int) -> None:
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, why: str, status: int, *,
+                      detail: bool = False) -> None:
         """Answer with ``why`` (one sentence): as the body with ``status`` over HTTP, as the close reason (1008) of a
-        websocket."""
+        websocket. ``detail``: as ``{"detail": why}`` (JSON), for the page's own event route, whose Gradio client
+        reads every answer as JSON and shows ``detail`` in its error toast; a plain sentence there showed as "Could
+        not parse server response: SyntaxError ..." (found by the second review of 5 Dec 2026, once a number the
+        admin typed out of its range was refused there)."""
         self.stats.refused += 1
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008, "reason": why[:120]})
+        elif detail:
+            await JSONResponse({"detail": why}, status_code=status)(scope, receive, send)
         else:
             await PlainTextResponse(why, status_code=status)(scope, receive, send)
 

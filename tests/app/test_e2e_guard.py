@@ -1,6 +1,7 @@
 """The page's own events in a real browser (Debian's chromium through playwright) pass the front door's checks of
 their values (``app.gradio_routes.value_refusal``, ``admin_only``): a rater picking an experiment in the selector (a
-dropdown whose choices the page's load set), an admin's checkbox, radio, numbers, text and dropdowns on the Admin tab.
+dropdown whose choices the page's load set), an admin's checkbox, radio, numbers, text and dropdowns on the Admin tab;
+and a number typed out of its range is refused with its sentence shown in the page.
 
 Skipped without /usr/bin/chromium (``bash scripts/install_browser.sh``) or the ``playwright`` package (the ``e2e``
 fixture, tests/app/e2e_support.py).
@@ -69,3 +70,15 @@ def test_the_pages_own_values_pass_the_front_doors_checks(ui_world, e2e):
     refused = [j for j in joins if j[0] != 200]
     assert not refused and len(joins) >= 9, joins
     assert not alice_errors + root_errors, alice_errors + root_errors
+    # a number typed out of its range is refused by the front door (second review of 5 Dec 2026), and the page shows
+    # its sentence: answered as plain text, the toast said "Could not parse server response: SyntaxError ..."
+    root.locator("#opt-repeat-share input[type=number]").fill("0.9")
+    sentence = "The input 'Repeat share (empty: as is)' takes a number from 0 to 0.5, got 0.9."
+    before = len(joins)
+    root.locator("#save-round-options").click()
+    root.get_by_text(sentence).first.wait_for(timeout=30_000)  # the error toast
+    # the page's other events (its timers) may be answered meanwhile: the save's is the 400 among them
+    eventually(lambda: any(status == 400 and sentence in text for status, text in joins[before:]))
+    assert "Could not parse server response" not in root.content()
+    assert ui_options.form_values(factory, exp_id)[4] != 0.9  # nothing stored
+    assert not root_errors, root_errors

@@ -838,6 +838,15 @@ def test_bad_sign_in_forms_get_one_sentence(served):
 # ---------------------------------------------------------------------------------------------
 
 
+def sentence_of(r: httpx.Response) -> str:
+    """A refusal's sentence: the body, or on ``/gradio_api/queue/join`` (the page's event route, whose Gradio client
+    reads every answer as JSON and shows its ``detail``) the ``detail`` of a JSON body."""
+    if r.request.url.path.rstrip("/").endswith("/gradio_api/queue/join"):
+        assert r.headers["content-type"].startswith("application/json"), (r.headers, r.text)
+        return r.json()["detail"]
+    return r.text
+
+
 def config_user(http: httpx.Client) -> int:
     return http.get("/config").status_code
 
@@ -1429,7 +1438,7 @@ def test_events_the_app_does_not_have_and_private_ones_by_name_are_refused(serve
     with signed_in(url, "alice") as http:
         r = http.post("/gradio_api/queue/join", json={"data": [], "fn_index": 9999, "session_hash": "s-unknown",
                                                       "event_data": None, "trigger_id": None})
-        assert r.status_code == 404 and "no event with that number" in r.text, (r.status_code, r.text[:200])
+        assert r.status_code == 404 and "no event with that number" in sentence_of(r), (r.status_code, r.text[:200])
         for name in ("nosuch", "on_user_delete", "v2/on_user_delete"):
             r = http.post(f"/gradio_api/call/{name}", json={"data": []})
             assert r.status_code == 404 and "no public API named" in r.text, (name, r.status_code, r.text[:200])
@@ -1525,7 +1534,7 @@ def test_a_refused_request_leaves_no_traceback_in_the_servers_log(served, capfd)
         answer = http.get(f"/gradio_api/call/submit_rating/{r.json()['event_id']}").text
         assert "event: error" in answer and "image" in answer.lower()
         r = queue_join(http, demo, "on_create", ["x", "shapes", "", "bootstrap", "mean", 0.05, 1, "4", "a shape"])
-        assert (r.status_code, r.text) == (403, "'alice' is a rater; only an admin can do this.")  # before Gradio now
+        assert (r.status_code, sentence_of(r)) == (403, "'alice' is a rater; only an admin can do this.")  # before Gradio
         r = queue_join(http, demo, "next_batch", [1, "no such experiment"])  # the handler's own refusal
         assert r.status_code == 200, r.text
         finished(demo, r.json()["event_id"])
@@ -1559,7 +1568,7 @@ def test_an_event_post_gradio_cannot_run_is_one_sentence_not_a_500(served, capfd
         ]
         for path, body, sentence in cases:
             r = http.post(path, json=body)
-            assert (r.status_code, r.text) == (400, sentence), (path, body)
+            assert (r.status_code, sentence_of(r)) == (400, sentence), (path, body)
         r = http.post("/gradio_api/call/v2/next_batch", json={"limit": 1})  # a default left out: fine in v2
         assert r.status_code == 200, r.text
         answer = http.get(f"/gradio_api/call/next_batch/{r.json()['event_id']}").text
@@ -1776,17 +1785,17 @@ def test_an_event_gradio_would_refuse_for_its_values_is_one_sentence_before_grad
                             (add_user, ["x", "god", "pw-123456789"]), (feedback, [None, "bogus"]),
                             (export, [world.experiment_id, 0, "ratings"])):  # good values too: the role decides
             r = _join(http, fn_id, data, "alices-page")
-            assert (r.status_code, r.text) == (403, rater), (demo.fns[fn_id].fn.__name__, r.status_code, r.text)
+            assert (r.status_code, sentence_of(r)) == (403, rater), (demo.fns[fn_id].fn.__name__, r.status_code, r.text)
         # the experiment selector, in a page whose load set its choices
         assert _join(http, load, [None], "alices-page").status_code == 200
         assert any(m.get("msg") == "process_completed" and m.get("success") for m in _read(http, "alices-page"))
         for data, got in ((["nope", None], "'nope'"), ([[1], None], "[1]"), ([{"a": 1}, None], "{'a': 1}"),
                           ([True, None], "True"), ([world.experiment_id + 1000, None], str(world.experiment_id + 1000))):
             r = _join(http, selector, data, "alices-page")
-            assert (r.status_code, r.text) == (400, f"The input 'Experiment' takes one of its choices "
+            assert (r.status_code, sentence_of(r)) == (400, f"The input 'Experiment' takes one of its choices "
                                                     f"({world.experiment_id}), got {got}."), (data, r.text)
         r = _join(http, selector, ["nope", None], "alices-other-page")  # a page that was never loaded
-        assert r.status_code == 400 and "no choices to pick from in this page yet" in r.text, r.text
+        assert r.status_code == 400 and "no choices to pick from in this page yet" in sentence_of(r), r.text
         r = _join(http, selector, [world.experiment_id, None], "alices-page")  # the page's own pick still works
         assert r.status_code == 200, r.text
         done = [m for m in _read(http, "alices-page") if m.get("msg") == "process_completed"]
@@ -1800,19 +1809,19 @@ def test_an_event_gradio_would_refuse_for_its_values_is_one_sentence_before_grad
                 (access, [None, "yes"], "takes true or false, got 'yes'."),
                 (gold, [None, 5, "3"], "takes text, got 5.")):
             r = _join(http, fn_id, data, "roots-page")
-            assert r.status_code == 400 and r.text.startswith("The input '") and r.text.endswith(said), (data, r.text)
+            assert r.status_code == 400 and sentence_of(r).startswith("The input '") and sentence_of(r).endswith(said), (data, r.text)
         for raw in ("NaN", "Infinity", "1e999"):
             r = http.post("/gradio_api/queue/join", headers={"Content-Type": "application/json"},
                           content=f'{{"data": [null, {raw}, "ratings"], "fn_index": {export}, '
                                   f'"session_hash": "roots-page"}}'.encode())
-            assert r.status_code == 400 and "takes a number, got" in r.text, (raw, r.text)
+            assert r.status_code == 400 and "takes a number, got" in sentence_of(r), (raw, r.text)
     time.sleep(0.3)
     assert _stored(world) == before
     with signed_in(url, "alice") as http:  # made an admin: at once, though the guard read her role with her session
         assert _join(http, export, [None, None, "ratings"], "alices-page").status_code == 403
         auth.set_role(world.factory, name="alice", role="admin")
         r = _join(http, feedback, [None, "bogus"], "alices-page")
-        assert r.status_code == 400 and r.text.endswith("got 'bogus'."), r.text
+        assert r.status_code == 400 and sentence_of(r).endswith("got 'bogus'."), r.text
     _no_traceback(capfd, caplog)
 
 
@@ -1844,7 +1853,7 @@ def test_an_admins_number_out_of_its_inputs_range_is_one_sentence_before_gradio(
                 (create, [None] * 10 + [-5],
                  "The input 'Fine-tuning time limit per round, s (0 = none)' takes a number of at least 0, got -5.")):
             r = _join(http, fn_id, data, "roots-page")
-            assert (r.status_code, r.text) == (400, said), (data, r.status_code, r.text)
+            assert (r.status_code, sentence_of(r)) == (400, said), (data, r.status_code, r.text)
         time.sleep(0.3)
         assert _stored(world) == before
         for data in ([None, None, 8, 1, None, 0.5, None], [None, None, 1, 0, None, 0, None]):  # the edges pass

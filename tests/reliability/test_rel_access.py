@@ -258,7 +258,9 @@ def test_a_rater_cannot_run_admin_handlers(rel_server):
             data = inputs[name] + [None] * (len(fn.inputs) - len(inputs[name]))
             r = http.post("/gradio_api/queue/join", json={"data": data, "fn_index": ids[name], "event_data": None,
                                                           "session_hash": f"alice-admin-{i}", "trigger_id": None})
-            assert (r.status_code, r.text) == (403, "'alice' is a rater; only an admin can do this."), (name, r.text)
+            # as JSON (the page's Gradio client shows its detail in the error toast)
+            assert (r.status_code, r.json()) == (403, {"detail": "'alice' is a rater; only an admin can do this."}), \
+                (name, r.text)
     assert db_state(world) == before
     # and the admin may (the check is the role, not a broken handler), through the queue too
     with signed_in(url, "root") as http:
