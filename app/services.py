@@ -146,5 +146,6 @@ def set_paused(*, factory, experiment_id: int, paused: bool) -> None:
 
 
 def round_budget(cfg: SeikoConfig, index: int) -> int:
-    """Images to generate for round ``index`` (the last budget repeats once the list runs out)."""
-    return cfg.budgets[min(index, len(cfg.budgets) - 1)]
+    """Images to generate for round ``index`` (the last budget repeats once the list runs out): ``repo.round_budget``,
+    the rule the progress counts use too."""
+    return repo.round_budget(cfg.budgets, index)

@@ -93,7 +93,7 @@ def round_rows(session: Session, experiment: Experiment) -> list[RoundRow]:
     rows = []
     for r in repo.list_rounds(session=session, experiment_id=experiment.id):
         st = stats[r.id]
-        budget = experiment.budgets[r.index] if r.index < len(experiment.budgets) else None
+        budget = repo.round_budget(experiment.budgets, r.index)  # the worker's rule: the last budget past the list
         wanted = st.labels_wanted if st.n_images else (None if budget is None else budget * experiment.overlap)
         votes = pairwise.round_vote_labels(session, r.id, experiment.overlap) if pairwise.wants_pairs(feedback) else None
         rows.append(RoundRow(

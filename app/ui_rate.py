@@ -219,7 +219,7 @@ def _progress(session: Session, experiment: Experiment | None,
     # when it shows them: page_progress_html)
     counts = db_quality.repeat_counts(session=session, round_id=round_.id, rater_id=who.rater_id)
     again_scored, again_pending = counts[0], _handed_back(session, round_, counts[1])
-    budget = experiment.budgets[round_.index] if round_.index < len(experiment.budgets) else None
+    budget = repo.round_budget(experiment.budgets, round_.index)  # the worker's rule: the last budget past the list
     return Progress(
         experiment=experiment.name,
         round_index=round_.index,

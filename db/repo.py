@@ -81,6 +81,17 @@ ROUND_TRANSITIONS: dict[str, tuple[str, ...]] = {
 MAX_OVERLAP = 1000  # ratings wanted per image: more raters than any team has, and what an INTEGER holds
 
 
+def round_budget(budgets: Sequence[int], index: int) -> int | None:
+    """The budget of round ``index`` (images generated, ratings wanted): ``budgets[index]``, and the last budget again
+    for every round past the end of the list (as the worker generates them). None only for an empty list. The one
+    rule for the worker (app.services.round_budget) and every count that shows a round's budget: progress read None
+    past the list while the worker generated the last budget again (found by review)."""
+    budgets = list(budgets or ())
+    if not budgets:
+        return None
+    return budgets[min(max(index, 0), len(budgets) - 1)]
+
+
 def create_experiment(
     *,
     session: Session,
@@ -989,7 +1000,7 @@ class RoundProgress:
     rated_images: int  # with at least one rating
     complete_images: int  # with at least ``overlap`` ratings
     ratings: int  # all ratings of the round's images
-    budget: int | None  # ratings wanted this round (experiment.budgets[index]); None past the list
+    budget: int | None  # ratings wanted this round (``round_budget``: the last budget again past the list)
     rater_rated: int | None = None  # the given rater's ratings in this round
     rater_skipped: int | None = None
     rater_remaining: int | None = None  # images still to offer the rater (see next_images_for_rater)
@@ -1108,7 +1119,7 @@ def round_progress(*, session: Session, round_id: int, rater_id: int | None = No
             func.coalesce(func.sum(capped), 0),
         )
     ).one()
-    budget = experiment.budgets[round_.index] if round_.index < len(experiment.budgets) else None
+    budget = round_budget(experiment.budgets, round_.index)
     wanted = recorded_wanted(round_, kind)  # a closed round: what it wanted when it closed
     if wanted is None:
         wanted = _labels_wanted(session, round_id, kind, overlap, dict(session.execute(

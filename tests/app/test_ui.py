@@ -630,6 +630,34 @@ def test_dashboard_table_plot_grid_and_worker(ui_world):
     assert ui_dashboard.metric({}, "kl") is None
 
 
+def test_a_round_past_the_budgets_list_counts_the_budget_the_worker_generates(ui_world):
+    """Budgets (3, 5): the worker generates 5 images for round 2 and every later round (the last budget again), but
+    the rating page's progress, repo.round_progress and the dashboard read None for a round past the list (found by
+    review). They all read the budget the worker generates now."""
+    from app import services
+    from seiko_core.config import SeikoConfig
+
+    w = ui_world
+    assert services.round_budget(SeikoConfig(budgets=(3, 5)), 2) == 5  # what the worker generates for round 2
+    with write_session(w.factory) as s:
+        repo.get_experiment(session=s, experiment_id=w.experiment_id).budgets = [3, 5]
+    open_id = w.round_id
+    for index in (1, 2):  # rounds 0 and 1 done, round 2 (past the list) open
+        with write_session(w.factory) as s:
+            repo.set_round_status(session=s, round_id=open_id, status="training")
+            repo.set_round_status(session=s, round_id=open_id, status="done")
+            open_id = repo.create_round(session=s, experiment_id=w.experiment_id, index=index,
+                                        adapter_path=f"adapters/r{index}").id
+        w.add_round_images(open_id, 2, start=20 * index)
+        with write_session(w.factory) as s:
+            repo.open_round(session=s, round_id=open_id)
+    with read_session(w.factory) as s:
+        experiment = repo.get_experiment(session=s, experiment_id=w.experiment_id)
+        assert ui_rate.progress(s, experiment, who(w, "alice")).budget == 5
+        assert repo.round_progress(session=s, round_id=open_id).budget == 5
+        assert [row.budget for row in ui_dashboard.round_rows(s, experiment)] == [3, 5, 5]
+
+
 def test_dashboard_names_the_job_the_worker_takes_next_and_the_eval_grid(ui_world):
     """An older eval job waits behind a train job (db.jobs.claim_job): the dashboard names the train job as next;
     a running eval job reads as the eval grid."""
