@@ -111,10 +111,27 @@ def set_options(factory, who, experiment_id: int, **changes: Any) -> ExperimentO
     """An admin changes some of an experiment's options (checked, audit-logged); returns the new options.
 
     A change applies from the next round that is generated (selection, candidate_factor, honest_share), the
-    next rating (auto_close) or the next images handed out (repeat_share)."""
+    next rating (auto_close) or the next images handed out (repeat_share); with auto_close on, a round already
+    rated in full is closed at once (``save_options``)."""
+    return save_options(factory, who, experiment_id, **changes).options
+
+
+@dataclass(frozen=True)
+class Saved:
+    options: ExperimentOptions
+    closed: tuple[int, int] | None  # (round index, train job id) when auto-close closed the open round on saving
+
+
+def save_options(factory, who, experiment_id: int, **changes: Any) -> Saved:
+    """``set_options``, and the round auto-close closed on saving, if any. With auto_close on, the open round is
+    checked at once (``app.auto_close.maybe_close``, as a resume does): one already rated in full had no later
+    rating, skip or account change to close it, so turning auto-close on for it never closed it (found by review).
+    The options are committed first; a refusal to close says so and that they are saved."""
+    from app import auto_close as closer
     from app.auth import require_admin
     from db import repo
-    from db.engine import write_session
+    from db.engine import read_session, write_session
+    from db.errors import DbError
 
     require_admin(who)
     with write_session(factory) as s:
@@ -124,4 +141,15 @@ def set_options(factory, who, experiment_id: int, **changes: Any) -> ExperimentO
         experiment.config = with_options(dict(experiment.config), new)
         repo.add_audit(session=s, actor_id=who.rater_id, actor_name=who.name, action="experiment.options",
                        target=f"experiment {experiment_id}", detail=dict(changes))
-    return new
+    if not new.auto_close:
+        return Saved(new, None)
+    with read_session(factory) as s:
+        open_ = repo.get_open_round(session=s, experiment_id=experiment_id)
+        index = None if open_ is None else open_.index
+    if index is None:
+        return Saved(new, None)
+    try:
+        job_id = closer.maybe_close(factory, experiment_id, index)
+    except DbError as e:
+        raise type(e)(f"the options are saved, but auto-close could not close round {index}: {e}") from e
+    return Saved(new, None if job_id is None else (index, job_id))

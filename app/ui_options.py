@@ -61,8 +61,12 @@ def save(factory, who, experiment_id: int | None, selection: Any, candidate_fact
     if isinstance(loaded, list | tuple) and len(loaded) == len(FIELDS):
         before = dict(zip(FIELDS, loaded, strict=True))
         changes = {k: v for k, v in changes.items() if v != before[k]}
-    new = experiment_options.set_options(factory, who, int(experiment_id), **changes)
-    return "Saved. " + describe(new)
+    saved = experiment_options.save_options(factory, who, int(experiment_id), **changes)
+    message = "Saved. " + describe(saved.options)
+    if saved.closed is not None:
+        index, job_id = saved.closed
+        message += (f" Round {index} had every rating it wants, so auto-close closed it (training job {job_id}).")
+    return message
 
 
 def build_admin(services, exp_state, admin_of: Callable, shown: Callable, private: dict[str, Any] | None = None, *,

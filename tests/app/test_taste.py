@@ -795,6 +795,42 @@ def test_resuming_closes_a_round_whose_budget_was_rated_while_paused(ui_world):
         assert repo.get_round(session=s, round_id=ui_world.round_id).status == "training"
 
 
+def test_turning_auto_close_on_closes_a_round_already_rated_in_full(ui_world):
+    """Auto-close runs after a rating, a skip, a resume or an account change; a round rated in full before an admin
+    turned it on had none of those left, so it never closed by itself (found by review). Saving the option closes it,
+    as the Close button would, and the form says so; saving it again (or another option) closes nothing more."""
+    from app import auth, ui_options
+
+    alice, root = _who(ui_world, "alice"), Who(ui_world.accounts["root"], "root", "admin", local=False)
+    for image_id in ui_world.image_ids:
+        ui_rate.submit(ui_world.factory, alice, image_id, 5)
+    assert _train_jobs(ui_world) == []  # off (the default): the admin closes rounds
+    options = experiment_options.set_options(ui_world.factory, root, ui_world.experiment_id, auto_close=True)
+    assert options.auto_close is True and len(_train_jobs(ui_world)) == 1
+    with read_session(ui_world.factory) as s:
+        assert repo.get_round(session=s, round_id=ui_world.round_id).status == "training"
+    entries = [e for e in auth.list_audit(ui_world.factory, limit=50) if e.action == "round.close"]
+    assert len(entries) == 1 and entries[0].actor == auto_close.ACTOR
+    message = ui_options.save(ui_world.factory, root, ui_world.experiment_id, "random", 1, 0.25, True)
+    assert "closed" not in message and len(_train_jobs(ui_world)) == 1  # no round open now: nothing more
+
+
+def test_the_options_form_says_when_saving_auto_close_closed_the_round(ui_world_factory):
+    from app import ui_options
+
+    world = ui_world_factory(n_images=2)
+    root = Who(world.accounts["root"], "root", "admin", local=False)
+    ui_rate.submit(world.factory, _who(world, "alice"), world.image_ids[0], 5)
+    message = ui_options.save(world.factory, root, world.experiment_id, "random", 1, 0.25, True)
+    assert "closed" not in message and _train_jobs(world) == []  # one image still wants its rating
+    experiment_options.set_options(world.factory, root, world.experiment_id, auto_close=False)
+    ui_rate.submit(world.factory, _who(world, "alice"), world.image_ids[1], 5)
+    assert _train_jobs(world) == []  # off again: the last rating closed nothing
+    message = ui_options.save(world.factory, root, world.experiment_id, "random", 1, 0.25, True)
+    (job_id,) = _train_jobs(world)
+    assert message.endswith(f"Round 0 had every rating it wants, so auto-close closed it (training job {job_id}).")
+
+
 def test_an_image_every_rater_skipped_does_not_keep_the_round_from_closing_by_itself(ui_world):
     """labels_wanted was images x overlap whoever skipped: once every account had skipped an image (for one person,
     a single skip) the round could never be complete, auto-close never fired, and raters were told the next round
