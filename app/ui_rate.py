@@ -766,7 +766,10 @@ def undo(factory, data_dir, who: Who, state_value: dict | None, *, batch_size: i
             message = "There is nothing to undo in this round."
         else:
             image_id = undone.image_id
-            if image_id in state.skipped:
+            if undone.skipped:  # the undone score had taken back a skip: skipped again, as before it (repo.undo_last)
+                if image_id not in state.skipped:
+                    state.skipped.append(image_id)
+            elif image_id in state.skipped:
                 state.skipped.remove(image_id)
             if image_id not in state.batch:  # it was in an earlier batch: bring it back to the front
                 state.batch.insert(0, image_id)

@@ -917,14 +917,32 @@ class Undone:
     image_id: int
     action: str  # "rate", "skip", or a repeat's "repeat" (its second score) or "repeat_skip"
     restored_score: int | None  # the score the rating went back to; None when the rating was removed (or a skip)
+    skipped: bool = False  # the undone score had taken back a skip of the image: it is skipped again
+
+
+def _replaced_skip(session: Session, step_id: int, rater_id: int, image_id: int, skip_action: str) -> UndoStep | None:
+    """The skip step (``skip_action``: "skip" or "repeat_skip") that the score recorded by step ``step_id`` took back,
+    or None: the rater's newest step for the image below it, if it is such a skip. It is still on the stack, as the
+    skip was not undone (an undo deletes its step), and nothing but a score of the image takes a skip back (a rating
+    cannot be skipped): so a skip step right below a new score, for the same image, is the skip that score replaced."""
+    below = session.scalar(
+        select(UndoStep)
+        .where(UndoStep.rater_id == rater_id, UndoStep.image_id == image_id, UndoStep.id < step_id)
+        .order_by(UndoStep.id.desc())
+        .limit(1)
+    )
+    return below if below is not None and below.action == skip_action else None
 
 
 def undo_last(*, session: Session, rater_id: int, round_id: int) -> Undone | None:
     """Take back the rater's newest rating or skip in the round (which must be open); None when there is none.
 
-    A new rating is removed, an edit gets its previous score back, a skip is lifted. A step whose effect is gone (a
-    skip that a later rating of the image took back, a rating removed since) is dropped and the next one taken: such
-    a step used to be undone as nothing, without a word (found by review)."""
+    Each undo takes back one action, newest first, and leaves what was there before it: a new rating is removed, an
+    edit gets its previous score back, a skip is lifted, and a new score that had taken back a skip of the image (a
+    key pressed on a skipped card) is removed and the skip is back (``_replaced_skip``); the skip's own step stays
+    on the stack, so the next undo lifts it. That rating used to be removed with the skip lost, and the next undo
+    went on to the action before (found by review). A step whose effect is gone (a rating removed since, a repeat
+    dropped) is dropped and the next one taken: such a step used to be undone as nothing, without a word."""
     round_ = get_round(session=session, round_id=round_id)
     if round_.status != "labeling":
         raise Conflict(f"round {round_.index} is closed for labeling (it is {round_.status!r}); nothing can be undone")
@@ -938,7 +956,7 @@ def undo_last(*, session: Session, rater_id: int, round_id: int) -> Undone | Non
         )
         if step is None:
             return None
-        image_id, action, previous = step.image_id, step.action, step.previous_score
+        image_id, action, previous, step_id = step.image_id, step.action, step.previous_score, step.id
         session.delete(step)
         session.flush()
         if action == "skip":
@@ -947,22 +965,29 @@ def undo_last(*, session: Session, rater_id: int, round_id: int) -> Undone | Non
             delete_skip(session=session, image_id=image_id, rater_id=rater_id)
             return Undone(image_id, action, None)
         if action in ("repeat", "repeat_skip"):  # an image handed to the rater again (app.repeats)
-            if (undone := _undo_repeat(session, image_id, rater_id, action, previous)) is None:
+            if (undone := _undo_repeat(session, image_id, rater_id, action, previous, step_id)) is None:
                 continue
             return undone
         if find_rating(session=session, image_id=image_id, rater_id=rater_id) is None:
             continue
         if previous is None:
             delete_rating(session=session, image_id=image_id, rater_id=rater_id)
-            return Undone(image_id, action, None)
+            if (skip_step := _replaced_skip(session, step_id, rater_id, image_id, "skip")) is None:
+                return Undone(image_id, action, None)
+            skip = add_skip(session=session, image_id=image_id, rater_id=rater_id)  # as it was: no lease either
+            skip.created_at = skip_step.created_at  # when it was skipped (exports show it)
+            session.flush()
+            return Undone(image_id, action, None, skipped=True)
         add_rating(session=session, image_id=image_id, rater_id=rater_id, score=previous)
         return Undone(image_id, action, previous)
 
 
-def _undo_repeat(session: Session, image_id: int, rater_id: int, action: str, previous: int | None) -> Undone | None:
-    """Take back a repeat's score (back to the one it replaced, or none: the image is pending as a repeat again) or
-    a repeat's skip; None when its effect is gone (the repeat dropped, or scored since the skip). Repeats were not
-    on the undo stack, so 'u' after scoring one took back the rating before it (found by review)."""
+def _undo_repeat(session: Session, image_id: int, rater_id: int, action: str, previous: int | None,
+                 step_id: int) -> Undone | None:
+    """Take back a repeat's score (back to the one it replaced, or none: the image is pending as a repeat again, or
+    skipped again when that score had taken back a skip of it, ``_replaced_skip``) or a repeat's skip; None when its
+    effect is gone (the repeat dropped, or scored since the skip). Repeats were not on the undo stack, so 'u' after
+    scoring one took back the rating before it (found by review)."""
     from db.models import RepeatOffer, RepeatRating
 
     offer = session.scalar(select(RepeatOffer).where(RepeatOffer.image_id == image_id, RepeatOffer.rater_id == rater_id))
@@ -978,12 +1003,14 @@ def _undo_repeat(session: Session, image_id: int, rater_id: int, action: str, pr
         return Undone(image_id, action, None)
     if second is None:
         return None
+    skipped = False
     if previous is None:
         session.delete(second)
+        skipped = offer.skipped = _replaced_skip(session, step_id, rater_id, image_id, "repeat_skip") is not None
     else:
         second.score = previous
     session.flush()
-    return Undone(image_id, action, previous)
+    return Undone(image_id, action, previous, skipped=skipped)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -406,6 +406,43 @@ def test_undoing_an_edit_keeps_the_images_repeat(ui_world_factory):
     assert first_ratings(world, alice) == {} and offers(world) == []
 
 
+def test_undoing_a_repeats_score_that_replaced_its_skip_puts_the_skip_back(ui_world_factory):
+    """Rate an ordinary card, skip a repeat, score the repeat (the skip taken back), then undo: the score went and the
+    repeat was pending again, neither skipped nor scored (a state that never was), and the second undo took back the
+    ordinary card's rating instead of the skip (found by review). Each undo takes back one action, newest first:
+    the repeat is skipped again, then its skip is lifted, then the ordinary rating goes; the counts as before each."""
+    world = ui_world_factory(n_images=12)
+    alice, me, data = world.accounts["alice"], who(world, "alice"), world.settings.data_dir
+    set_share(world, 0.5)
+    view, again, ordinary = page_with_a_repeat(world, me)
+    rep, other = again[0], ordinary[0]
+
+    def now():
+        with read_session(world.factory) as s:
+            o = db_quality.find_repeat_offer(session=s, image_id=rep, rater_id=alice)
+            second = db_quality.find_repeat_rating(session=s, image_id=rep, rater_id=alice)
+            experiment = repo.get_experiment(session=s, experiment_id=world.experiment_id)
+            return ((o.skipped, getattr(second, "score", None), first_ratings(world, alice).get(other, (None,))[0]),
+                    db_quality.repeat_counts(session=s, round_id=world.round_id, rater_id=alice),
+                    repo.round_progress(session=s, round_id=world.round_id, rater_id=alice, kind="query"),
+                    ui_rate.progress(s, experiment, me))
+
+    before = [now()]
+    for act, payload in ((ui_rate.rate, {"image_id": other, "score": 6}), (ui_rate.skip, {"image_id": rep}),
+                         (ui_rate.rate, {"image_id": rep, "score": 9})):
+        view = act(world.factory, data, me, view.state, payload, batch_size=4)
+        assert view.message is None
+        before.append(now())
+    assert before.pop()[0] == (False, 9, 6)  # scoring the skipped repeat took its skip back
+    for expected, mark in (((True, None, 6), "skipped"), ((False, None, 6), "open"), ((False, None, None), "open")):
+        view = ui_rate.undo(world.factory, data, me, view.state, batch_size=4)
+        assert view.message is None
+        state = before.pop()
+        assert state[0] == expected and now() == state
+        assert json.loads(view.marks)["cards"][str(rep)]["state"] == mark
+    assert (rep, alice, False) in offers(world) and first_ratings(world, alice)[rep][0] == 3  # the first rating as it was
+
+
 def test_saving_the_admin_form_leaves_an_untouched_repeat_share_as_it_was(ui_world):
     set_share(ui_world, 0.3)
     demo = ui.build_demo(ui_world.services())

@@ -146,19 +146,73 @@ def test_skip_hides_the_image_and_can_be_taken_back(ui_world):
         assert repo.find_skip(session=s, image_id=skipped, rater_id=ui_world.accounts["alice"]) is None
 
 
-def test_every_undo_takes_something_back_after_a_skip_was_rated(ui_world):
-    """Rate A, skip B, rate B, then undo three times: the first undo removed B's rating, the second found B's skip
-    gone (the rating had taken it back) and did nothing without a word, and only the third reached A (found by
-    review). A step whose effect is gone is passed over."""
+def state_of(world, page, images) -> tuple:
+    """What an undo must put back: the rater's rating and skip of each image, the round's counts as the rater sees them
+    (repo.round_progress: labels, labels wanted, rated, skipped, left) and the page's progress line."""
+    with read_session(world.factory) as s:
+        mine = tuple((getattr(repo.find_rating(session=s, image_id=i, rater_id=page.who.rater_id), "score", None),
+                      repo.find_skip(session=s, image_id=i, rater_id=page.who.rater_id) is not None) for i in images)
+        counts = repo.round_progress(session=s, round_id=world.round_id, rater_id=page.who.rater_id, kind="query")
+        experiment = repo.get_experiment(session=s, experiment_id=world.experiment_id)
+        return mine, counts, ui_rate.progress(s, experiment, page.who)
+
+
+def test_every_undo_takes_back_one_action_and_puts_back_what_was_there_before_it(ui_world):
+    """Rate A, skip B, rate B, then undo four times. A rating takes back the rater's skip of the image (a key landing
+    on a skipped card); undoing it removed the rating and left B neither rated nor skipped, a state that never was,
+    and the next undo, finding B's skip gone, went on to take back A's rating (found by review; this test used to
+    assert that). Each undo takes back one action, newest first, and leaves exactly what was there before it: B
+    skipped again, then B's skip lifted, then A's rating gone, with the round's counts and the page's progress line
+    as they were before each action."""
+    page = Page(ui_world, "alice")
+    a, b = page.batch[0], page.batch[1]
+    before = [state_of(ui_world, page, (a, b))]
+    page.rate(a, 4)
+    before.append(state_of(ui_world, page, (a, b)))
+    page.skip(b)
+    before.append(state_of(ui_world, page, (a, b)))
+    page.rate(b, 6)
+    assert state_of(ui_world, page, (a, b))[0] == ((4, False), (6, False))  # the rating took the skip back
+    expected = [((4, False), (None, True)), ((4, False), (None, False)), ((None, False), (None, False))]
+    for mine in expected:
+        view = page.undo()
+        assert view.message is None
+        now = before.pop()
+        assert now[0] == mine and state_of(ui_world, page, (a, b)) == now
+    assert page.marks[str(a)]["state"] == page.marks[str(b)]["state"] == "open"
+    assert "nothing to undo" in page.undo().message
+
+
+def test_undoing_a_rating_that_replaced_a_skip_puts_the_skip_back_and_the_card_shows_it(ui_world):
+    """Skip B, rate A, rate B (the skip taken back), undo: B is skipped again, not offered to the rater, its card
+    marked skipped, the skip's time as it was; undo again: A's rating goes (the newest action left); once more: B's
+    skip is lifted, the card is open and B is offered again."""
+    from db.models import Skip, UndoStep
+
     page = Page(ui_world, "alice")
     a, b, alice = page.batch[0], page.batch[1], ui_world.accounts["alice"]
-    page.rate(a, 4)
     page.skip(b)
+    with write_session(ui_world.factory) as s:  # the skip was an hour ago
+        for row in (*s.scalars(select(Skip)), *s.scalars(select(UndoStep))):
+            row.created_at -= timedelta(hours=1)
+        skipped_at = s.scalars(select(Skip.created_at).where(Skip.image_id == b)).one()
+    page.rate(a, 4)
     page.rate(b, 6)
     page.undo()
-    assert rating_of(ui_world, b, alice) is None and rating_of(ui_world, a, alice) == 4
+    assert (rating_of(ui_world, b, alice), rating_of(ui_world, a, alice)) == (None, 4)
+    assert page.marks[str(b)]["state"] == "skipped"
+    with read_session(ui_world.factory) as s:
+        restored_at = s.scalars(select(Skip.created_at).where(Skip.image_id == b, Skip.rater_id == alice)).one()
+    assert abs(restored_at - skipped_at) < timedelta(seconds=1)  # when it was skipped (exports show it), not now
+    assert b not in Page(ui_world, "alice", batch_size=6).batch  # skipped: not offered to her again
+    bob = who(ui_world, "bob")  # and, as after her skip, her page holds no place on it against the others
+    assert b in [i["image_id"] for i in ui_rate.api_batch(ui_world.factory, ui_world.settings.data_dir, bob, limit=6)["items"]]
     page.undo()
-    assert rating_of(ui_world, a, alice) is None
+    assert rating_of(ui_world, a, alice) is None and page.marks[str(b)]["state"] == "skipped"
+    page.undo()
+    with read_session(ui_world.factory) as s:
+        assert repo.find_skip(session=s, image_id=b, rater_id=alice) is None
+    assert page.marks[str(b)]["state"] == "open"
     assert "nothing to undo" in page.undo().message
 
 

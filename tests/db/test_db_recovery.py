@@ -378,6 +378,42 @@ def test_undo_history_is_kept_in_the_database(db_factory, make_world):
         assert repo.find_rating(session=s, image_id=c, rater_id=ann).score == 2
 
 
+
+def test_undo_puts_back_a_skip_that_a_rating_and_its_edit_took_back(db_factory, make_world):
+    """Skip a, rate b, rate a (the skip taken back), edit a: four undos take back the four actions, newest first, each
+    leaving what was there before it (a rating of a skipped image used to be undone with the skip lost, and the next
+    undo went on to the action before: found by review). Read from a fresh session each time."""
+    world = make_world(n_images=3)
+    ann = world.rater_ids[0]
+    a, b, _ = world.image_ids
+
+    def state():
+        with read_session(db_factory) as s:
+            return tuple((getattr(repo.find_rating(session=s, image_id=i, rater_id=ann), "score", None),
+                          repo.find_skip(session=s, image_id=i, rater_id=ann) is not None) for i in (a, b))
+
+    seen = [state()]
+    with write_session(db_factory) as s:
+        repo.add_skip(session=s, image_id=a, rater_id=ann)
+        repo.add_undo_step(session=s, rater_id=ann, image_id=a, action="skip")
+    seen.append(state())
+    for image_id, score, previous in ((b, 5, None), (a, 7, None), (a, 2, 7)):
+        with write_session(db_factory) as s:
+            repo.add_rating(session=s, image_id=image_id, rater_id=ann, score=score)
+            repo.add_undo_step(session=s, rater_id=ann, image_id=image_id, action="rate", previous_score=previous)
+        seen.append(state())
+    assert seen == [((None, False), (None, False)), ((None, True), (None, False)), ((None, True), (5, False)),
+                    ((7, False), (5, False)), ((2, False), (5, False))]
+    undone = []
+    for expected in reversed(seen[:-1]):
+        with write_session(db_factory) as s:
+            undone.append(repo.undo_last(session=s, rater_id=ann, round_id=world.round_id))
+        assert state() == expected
+    assert undone == [repo.Undone(a, "rate", 7), repo.Undone(a, "rate", None, skipped=True), repo.Undone(b, "rate", None),
+                      repo.Undone(a, "skip", None)]
+    with write_session(db_factory) as s:
+        assert repo.undo_last(session=s, rater_id=ann, round_id=world.round_id) is None
+
 def test_raters_see_the_dashboard_only_when_allowed(db_factory, make_world):
     world = make_world()
     with read_session(db_factory) as s:
