@@ -62,7 +62,7 @@ def run_pairs(parts, cfg: SeikoConfig, oracle, temperature: float, tie_eps: floa
     start = time.time()
     rounds = [{"round": 0, "labels": 0, "budget": 0, **pretrained, "wall_s": 0.0, "elapsed_s": 0.0}]
     run = {"method": cfg.method, "seed": run_seed, "status": "running", "budgets": list(cfg.budgets), "rounds": rounds,
-           "feedback": FEEDBACK}
+           "feedback": FEEDBACK, "noise_seed_family": sim.noise_seed_family(len(cfg.budgets))}
     emb_d, pairs_d = [], []
     n_images = 0
     prev = None
@@ -76,7 +76,7 @@ def run_pairs(parts, cfg: SeikoConfig, oracle, temperature: float, tie_eps: floa
         # 2. feedback: the simulated person compares images 2k and 2k+1
         true = sim._score(oracle, imgs, prompts)
         local = torch.arange(2 * budget).view(budget, 2)
-        gen = torch.Generator().manual_seed(sim.train_seed(run_seed, i) + 7)
+        gen = torch.Generator().manual_seed(sim.noise_seed(run_seed, i, len(cfg.budgets)))
         choices = simulate_pair_choices(true, local, temperature=temperature, tie_eps=tie_eps, generator=gen)
         # 3. grow D: the images' embeddings and the comparisons, indexed into all images so far
         emb_d.append(emb.cpu())

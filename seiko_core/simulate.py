@@ -67,11 +67,24 @@ DEFAULT_EVAL_SEEDS_PER_PROMPT = 16
 # stays below GEN_SEED_BASE only for s < 100: from s = 100 on a run's fine-tuning noise was another run's query noise
 # (s = 100, round 1 is seed 0's round 20; found by review), so run seeds lie in [0, MAX_RUN_SEED). Every published
 # run used seeds below 100, so none changes.
+#
+# The seed families of one run (run seed s, rounds r = 1..R, train seed T = train_seed(s, r) = s * 100 + r), each a
+# range no other family reaches:
+#   T: the round's prompt draw (loop.round_prompts), reward fit (reward.fit_reward) and LoRA initialisation;
+#      T * 7919 + a constant below 5 * 10^7 (fine-tuning's batch draw; the fit's cross-validation, SGLD and prior) and
+#      T * 1_000_003 + 17 (SEIKO-TS's posterior draw): all below 10^10
+#   fine-tuning trajectories: (T + 1) * 10^6 + n, n < config.MAX_ROUND_TRAJECTORIES = 10^6 (checked): below 10^10
+#   query images: GEN_SEED_BASE + s * 10^7 + r * 10^5 + j, j < MAX_ROUND_BUDGET; eval images: EVAL_SEED_BASE + k
+#   feedback noise (noise_seed): T + 7 in a run of at most SHORT_RUN_ROUNDS rounds, as every published run (so they
+#      reproduce), else NOISE_SEED_BASE + T. T + 7 is round r + 7's train seed: in a run of 8 or more rounds, round r's
+#      rating noise and round r + 7's reward fit and LoRA initialisation drew one random stream (found by review)
 GEN_SEED_BASE = 10**10
 MAX_RUN_SEED = 100
 MAX_ROUNDS = 99  # round indices 0..98: train seed s * 100 + r < 10^4 - 1, under a million trajectories a round
 EVAL_SEED_BASE = 9 * 10**10
 MAX_ROUND_BUDGET = 10**5
+SHORT_RUN_ROUNDS = 7
+NOISE_SEED_BASE = 5 * 10**10  # above every query image seed (< 1.1 * 10^10), below every eval seed
 
 
 class SimulationError(ValueError):
@@ -162,6 +175,17 @@ def gen_seeds(run_seed: int, round_index: int, n: int) -> list[int]:
 
 def train_seed(run_seed: int, round_index: int) -> int:
     return run_seed * 100 + round_index
+
+
+def noise_seed(run_seed: int, round_index: int, n_rounds: int) -> int:
+    """The seed of round ``round_index``'s feedback noise in a run of ``n_rounds`` rounds (see the seed families above)."""
+    t = train_seed(run_seed, round_index)
+    return t + 7 if n_rounds <= SHORT_RUN_ROUNDS else NOISE_SEED_BASE + t
+
+
+def noise_seed_family(n_rounds: int) -> str:
+    """How a run of ``n_rounds`` rounds seeds its feedback noise, as its record in results.json says it."""
+    return "train_seed + 7" if n_rounds <= SHORT_RUN_ROUNDS else f"{NOISE_SEED_BASE} + train_seed"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -374,7 +398,8 @@ def run_one(parts, cfg: SeikoConfig, oracle, sigma: float, ev: EvalSet, run_seed
     reset_adapters(parts)
     start = time.time()
     rounds = [{"round": 0, "labels": 0, "budget": 0, **pretrained, "wall_s": 0.0, "elapsed_s": 0.0}]
-    run = {"method": cfg.method, "seed": run_seed, "status": "running", "budgets": list(cfg.budgets), "rounds": rounds}
+    run = {"method": cfg.method, "seed": run_seed, "status": "running", "budgets": list(cfg.budgets), "rounds": rounds,
+           "noise_seed_family": noise_seed_family(len(cfg.budgets))}
     emb_d, y_d = [], []
     prev = None
     images = None
@@ -386,7 +411,7 @@ def run_one(parts, cfg: SeikoConfig, oracle, sigma: float, ev: EvalSet, run_seed
                                    on_progress=bars(f"{cfg.method}/s{run_seed}/r{i}") if bars else None)
         # 2. feedback: oracle + noise
         true = _score(oracle, imgs, prompts)
-        gen = torch.Generator().manual_seed(train_seed(run_seed, i) + 7)
+        gen = torch.Generator().manual_seed(noise_seed(run_seed, i, len(cfg.budgets)))
         y = noisy_feedback(true, sigma, gen)
         # 3. grow D
         emb_d.append(emb.cpu())

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 
@@ -263,3 +265,82 @@ def test_run_seeds_keep_their_image_seeds_apart():
                                                "--seeds", "100", "--out", "/nonexistent"])
     with pytest.raises(simulate.SimulationError, match=r"seeds must lie in \[0, 100\)"):
         simulate.check_common_args(args)
+
+
+
+def _run_recording_seeds(monkeypatch, model_dir, out, budgets: str, *, pairs: bool = False) -> tuple[list[int], Counter, dict]:
+    """One Greedy run of seed 3 with ``budgets`` on the tiny model (``pairs``: seiko_core.pairwise_sim's), every seed
+    it gives a random generator recorded (torch generators, torch's global seed, numpy's generators): (the feedback
+    noise generators' seeds in round order, every other seed the run used with its count, the run's record)."""
+    from seiko_core import oracles, pairwise_sim
+
+    seen: Counter = Counter()
+    noise: list[int] = []
+
+    class Recording(torch.Generator):
+        def manual_seed(self, seed):
+            seen[int(seed)] += 1
+            return super().manual_seed(seed)
+
+    real_manual_seed, real_rng = torch.manual_seed, np.random.default_rng
+    real_noisy, real_choices = oracles.noisy_feedback, pairwise_sim.simulate_pair_choices
+
+    def manual_seed(seed):
+        seen[int(seed)] += 1
+        return real_manual_seed(seed)
+
+    def default_rng(seed=None):
+        seen[int(seed)] += 1
+        return real_rng(seed)
+
+    def noisy_feedback(scores, sigma, generator=None):
+        noise.append(generator.initial_seed())
+        return real_noisy(scores, sigma, generator)
+
+    def simulate_pair_choices(*args, generator=None, **kwargs):
+        noise.append(generator.initial_seed())
+        return real_choices(*args, generator=generator, **kwargs)
+
+    monkeypatch.setattr(torch, "Generator", Recording)
+    monkeypatch.setattr(torch, "manual_seed", manual_seed)
+    monkeypatch.setattr(np.random, "default_rng", default_rng)
+    monkeypatch.setattr(oracles, "noisy_feedback", noisy_feedback)
+    monkeypatch.setattr(pairwise_sim, "simulate_pair_choices", simulate_pair_choices)
+    argv = ["--model", str(model_dir), "--method", "greedy", "--oracle", "purple", "--out", str(out), *TINY,
+            "--budgets", budgets, "--seeds", "3", "--set", "finetune.epochs=1"]
+    threads = torch.get_num_threads()
+    try:
+        assert (pairwise_sim if pairs else simulate).main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+        monkeypatch.undo()
+    seen.subtract(Counter(noise))  # each noise generator's own manual_seed
+    return noise, +seen, json.loads((out / "results.json").read_text())["runs"]["greedy"]["3"]
+
+
+@pytest.mark.parametrize("pairs", [False, True], ids=["ratings", "pairs"])
+def test_feedback_noise_seeds_share_no_stream_with_the_runs_other_seeds(random_model_dir, tmp_path, monkeypatch, pairs):
+    """Round r's feedback noise (ratings, or pairwise_sim's choices) was seeded train_seed + 7, the train seed of round
+    r + 7 (its reward fit, LoRA initialisation and prompt draw): in a run of 8 rounds or more, round r's noise and
+    round r + 7's fit drew one random stream. Found by review. Brute force: every seed an 8-round run hands a random
+    generator is recorded, and no noise seed is among the others (query and eval images, trajectories, fits, ...)."""
+    noise, others, run = _run_recording_seeds(monkeypatch, random_model_dir, tmp_path / "long", "4,4,4,4,4,4,4,4",
+                                              pairs=pairs)
+    assert len(noise) == len(set(noise)) == 8
+    assert set(noise).isdisjoint(others), sorted(set(noise) & set(others))
+    # the recording saw the run's other seeds: 4 (ratings) or 8 (pairs) query images a round, eval images, fits, ...
+    assert sum(1 for s in others if s >= simulate.GEN_SEED_BASE) >= 8 * 4 and len(others) > 8 * 5
+    assert run["noise_seed_family"] == "50000000000 + train_seed"
+
+
+def test_published_runs_keep_their_feedback_noise_seeds(random_model_dir, tmp_path, monkeypatch):
+    """Every published run had at most 4 rounds: a run of up to 7 keeps today's noise seeds (the train seed + 7, i.e.
+    run seed * 100 + round + 7), seen in what a 4-round run hands its noise generator, and over the whole short-run
+    domain."""
+    noise, others, run = _run_recording_seeds(monkeypatch, random_model_dir, tmp_path / "short", "4,4,4,4")
+    assert noise == [308, 309, 310, 311] and run["noise_seed_family"] == "train_seed + 7"
+    assert set(noise).isdisjoint(others)
+    for s in range(simulate.MAX_RUN_SEED):
+        for n_rounds in range(1, 8):
+            assert [simulate.noise_seed(s, r, n_rounds) for r in range(1, n_rounds + 1)] == \
+                [s * 100 + r + 7 for r in range(1, n_rounds + 1)]
