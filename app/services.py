@@ -20,7 +20,7 @@ from db import jobs as job_queue
 from db import repo
 from db.engine import write_session
 from db.errors import InvalidInput
-from seiko_core.config import METHODS, SeikoConfig, check_round_limits, from_dict, to_dict
+from seiko_core.config import METHODS, SeikoConfig, check_round_limits, check_round_trajectories, from_dict, to_dict
 from seiko_core.presets import PRESETS, preset
 
 
@@ -82,6 +82,7 @@ def build_config(spec: ExperimentSpec) -> SeikoConfig:
         cfg.optimism.aggregation = spec.aggregation
     try:
         cfg = from_dict(to_dict(cfg))  # re-validate every field
+        check_round_trajectories(cfg)  # as a round trains: after for_method, Non-adaptive's one round has K x the epochs
     except ValueError as exc:
         raise InvalidInput(str(exc)) from exc
     return cfg

@@ -384,6 +384,39 @@ def check_round_limits(cfg: SeikoConfig) -> None:
            f"finetune.kl_weight (the KL weight) must be at most {MAX_KL_WEIGHT:g}, got {_number_shown(ft.kl_weight)}")
 
 
+# Fine-tuning draws trajectory n of the round trained with seed T from the seed (T + 1) * 10^6 + n
+# (seiko_core.finetune), so one round's trajectories must stay under a million, or its last ones take the first seeds
+# of the round trained with T + 1 (the simulator's next round). `--set finetune.epochs=1000
+# finetune.trajectories_per_epoch=2000` passed every check (found by review). Checked on the config a round trains
+# with, after for_method (Non-adaptive's one round has K times the epochs): check_round_trajectories.
+MAX_ROUND_TRAJECTORIES = 10**6
+
+
+def round_trajectories(ft: FinetuneConfig) -> int:
+    """The trajectories one round's fine-tuning renders, all processes together: ``epochs`` epochs of whole optimiser
+    steps of ``batch_size * grad_accum`` trajectories (``batch_size`` is the global batch: app.train_dist splits it)."""
+    return ft.epochs * ft.steps_per_epoch() * ft.batch_size * ft.grad_accum
+
+
+def trajectory_limit_message(n: int, what: str) -> str:
+    """The sentence that refuses ``n`` trajectories in one round (``what`` names the round)."""
+    return (f"{what} would fine-tune on {n:,} trajectories, but a round's trajectory seeds have room for fewer than "
+            f"{MAX_ROUND_TRAJECTORIES:,} before the next round's (seiko_core.finetune); lower finetune.epochs or "
+            "finetune.trajectories_per_epoch")
+
+
+def check_round_trajectories(cfg: SeikoConfig) -> None:
+    """A round of ``cfg`` (the config a round trains with: after ``for_method``) renders fewer than
+    :data:`MAX_ROUND_TRAJECTORIES` trajectories; a ValueError with one sentence if not."""
+    ft = cfg.finetune
+    n = round_trajectories(ft)
+    if cfg.method == "nonadaptive":
+        what = f"Non-adaptive's one round ({ft.epochs:,} epochs: K times the epochs per round)"
+    else:
+        what = f"each round ({ft.epochs:,} epochs)"
+    _check(n < MAX_ROUND_TRAJECTORIES, trajectory_limit_message(n, what))
+
+
 def to_dict(cfg: Any) -> dict:
     """JSON-ready dict of a config (tuples become lists)."""
     return asdict(cfg)

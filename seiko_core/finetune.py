@@ -25,7 +25,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from . import lora
-from .config import TRUNCATIONS
+from .config import MAX_ROUND_TRAJECTORIES, TRUNCATIONS, trajectory_limit_message
 from .features import embed_images
 from .sampling import (
     DDIMSchedule,
@@ -289,6 +289,10 @@ def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: st
     if not prompts:
         raise ValueError("fine-tuning needs at least one prompt")
     acc = accelerator or shared_accelerator(ft.mixed_precision, cpu=parts.device.type == "cpu")
+    world = acc.num_processes
+    n_round = ft.steps_per_epoch(world) * ft.epochs * ft.grad_accum * ft.batch_size * world
+    if n_round >= MAX_ROUND_TRAJECTORIES:  # seed_base below: more would take the next train seed's trajectory seeds
+        raise ValueError(trajectory_limit_message(n_round, "this round"))
     restart_loss_scale(acc)
     scaler = getattr(acc, "scaler", None)
     unet = parts.unet

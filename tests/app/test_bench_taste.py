@@ -1049,3 +1049,15 @@ def test_the_report_shows_the_reward_models_correlation_on_the_honest_images(tmp
     (tmp_path / "new" / "results.json").write_text(__import__("json").dumps(new))
     with pytest.raises(ValueError, match=r"seed 0, round 1: reward_corr_honest is \"0.25\", not a number\)$"):
         report.load(tmp_path / "new")
+def test_check_overrides_refuses_a_round_of_a_million_trajectories(tmp_path):
+    """The worker seeds a round's trajectories (train seed + 1) * 10^6 + n, as the simulator does: bench-taste's --set
+    took 1,000 epochs of 2,000 trajectories (2,000,000 a round, into the next train seed's block). Found by review."""
+    from app.experiment_options import ExperimentOptions
+
+    cfg = bench_taste.BenchConfig(person="purple", rounds=1, budget=4, seeds=(0,), out=tmp_path, model="m",
+                                  options=ExperimentOptions(),
+                                  overrides=("finetune.epochs=1000", "finetune.trajectories_per_epoch=2000"))
+    with pytest.raises(bench_taste.BenchError) as err:
+        cfg.check_overrides()
+    assert str(err.value).startswith("each round (1,000 epochs) would fine-tune on 2,000,000 trajectories, but a "
+                                     "round's trajectory seeds have room for fewer than 1,000,000")

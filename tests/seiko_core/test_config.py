@@ -150,3 +150,21 @@ def test_every_preset_survives_the_dict_round_trip(name, method):
     assert again == cfg and to_dict(again) == to_dict(cfg)
     assert from_dict(json.loads(json.dumps(to_dict(cfg)))) == cfg  # as stored with an experiment
     assert from_dict(to_dict(SeikoConfig())) == SeikoConfig()  # the bare default (no prompts) stays valid as a config
+
+
+def test_a_round_that_would_reach_a_million_trajectories_is_refused_in_one_sentence():
+    """A round's trajectory seeds are a block of a million (seiko_core.finetune): the new-experiment form (and the
+    CLI and API, through build_config) took Non-adaptive with 8 rounds at 1,000 epochs: 8,000 epochs of 128
+    trajectories, 1,024,000 in its one round, into the next train seed's block (found by review). The same per-round
+    settings for Greedy (128,000 a round) are taken."""
+    from app import services
+
+    spec = services.ExperimentSpec(name="x", preset="sd15", method="nonadaptive", budgets=(8,) * 8, finetune_epochs=1000)
+    with pytest.raises(services.InvalidInput) as refused:
+        services.build_config(spec)
+    assert str(refused.value) == (
+        "Non-adaptive's one round (8,000 epochs: K times the epochs per round) would fine-tune on 1,024,000 "
+        "trajectories, but a round's trajectory seeds have room for fewer than 1,000,000 before the next round's "
+        "(seiko_core.finetune); lower finetune.epochs or finetune.trajectories_per_epoch")
+    greedy = services.build_config(services.ExperimentSpec(**{**spec.__dict__, "method": "greedy"}))
+    assert greedy.finetune.epochs == 1000 and greedy.finetune.trajectories_per_epoch == 128

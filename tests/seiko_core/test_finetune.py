@@ -692,3 +692,42 @@ def test_the_rounds_head_spread_is_the_population_sd_as_the_other_spreads(random
     assert preds.shape[1] > 1
     by_hand = float(((preds - preds.mean(1, keepdims=True)) ** 2).mean(1).__pow__(0.5).mean())
     assert out.metrics["train_head_spread"] == pytest.approx(by_hand, rel=1e-5)
+
+
+def test_a_round_draws_its_trajectories_from_its_own_seed_block_and_a_million_is_refused(random_parts, monkeypatch):
+    """Trajectory n of the round trained with seed T is seeded (T + 1) * 10^6 + n, so a round of a million
+    trajectories or more took the first seeds of the round trained with T + 1 (the simulator's next round). Found by
+    review: `--set finetune.epochs=1000 finetune.trajectories_per_epoch=2000` was accepted. Observed: a round hands its
+    trajectories exactly the first round_trajectories(ft) seeds of its block; a round that would reach a million is
+    refused in one sentence before the UNet is touched."""
+    from seiko_core import finetune as finetune_module
+
+    real = finetune_module.trajectory_loss
+
+    def no_trajectory(*args, **kwargs):
+        raise AssertionError("a trajectory was rendered: the round was not refused")
+
+    cfg = tiny_cfg()
+    lora.add_adapter(random_parts.unet, "round_1", cfg.finetune)
+    cfg.finetune.trajectories_per_epoch, cfg.finetune.epochs = 1000, 1000  # batch 2, 1 pass a step: 10^6 exactly
+    monkeypatch.setattr(finetune_module, "trajectory_loss", no_trajectory)
+    with pytest.raises(ValueError) as refused:
+        finetune(random_parts, redness, ["a shape"], cfg, adapter="round_1", reference=None, seed=41)
+    assert str(refused.value).startswith("this round would fine-tune on 1,000,000 trajectories, but a round's "
+                                         "trajectory seeds have room for fewer than 1,000,000")
+    assert "\n" not in str(refused.value) and not random_parts.unet.training
+
+    from seiko_core.config import round_trajectories
+
+    seen: list[int] = []
+
+    def recording(parts, reward_fn, prompts, seeds, *args, **kwargs):
+        seen.extend(seeds)
+        return real(parts, reward_fn, prompts, seeds, *args, **kwargs)
+
+    monkeypatch.setattr(finetune_module, "trajectory_loss", recording)
+    # 5 trajectories an epoch in steps of 2 x 2: 2 steps an epoch, 8 trajectories; 2 epochs
+    cfg.finetune.trajectories_per_epoch, cfg.finetune.grad_accum, cfg.finetune.epochs = 5, 2, 2
+    res = finetune(random_parts, redness, ["a shape"], cfg, adapter="round_1", reference=None, seed=41)
+    assert res.steps == 4 and round_trajectories(cfg.finetune) == 16
+    assert seen == list(range(42 * 10**6, 42 * 10**6 + 16))

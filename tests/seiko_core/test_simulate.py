@@ -152,6 +152,33 @@ def test_set_overrides_share_the_forms_per_round_limits():
             setup(override)
 
 
+def test_a_round_that_would_reach_a_million_trajectories_is_refused():
+    """Round r's trajectory seeds are (train seed + 1) * 10^6 + n: `--set finetune.epochs=1000
+    finetune.trajectories_per_epoch=2000` (2,048,000 trajectories a round) passed, and round r's seeds ran into round
+    r + 1's. Found by review. Refused in one sentence, for Non-adaptive's one round (K x the epochs) too."""
+    from types import SimpleNamespace
+
+    def setup(methods, *overrides):
+        args = SimpleNamespace(preset="sd15", set=list(overrides), ucb_form=None, bonus_alpha=None, eval_n=None, kl_n=8,
+                               noise_sigma=0.5, model="unused", oracle="purple")
+        oracle = SimpleNamespace(default_sigma=0.5, spread=1.0)
+        return simulate.campaign_setup(args, None, oracle, methods, (8,) * 8)
+
+    with pytest.raises(simulate.SimulationError) as refused:
+        setup(("greedy",), "finetune.epochs=1000", "finetune.trajectories_per_epoch=2000")
+    assert str(refused.value).startswith("each round (1,000 epochs) would fine-tune on 2,048,000 trajectories, but a "
+                                         "round's trajectory seeds have room for fewer than 1,000,000")
+    assert "\n" not in str(refused.value)
+    # sd15: 128 trajectories an epoch; 1,000 epochs a round is 128,000, and Non-adaptive's one round of 8 is 1,024,000
+    _, cfgs, *_ = setup(("greedy", "ucb"), "finetune.epochs=1000")
+    assert cfgs["greedy"].finetune.epochs == 1000
+    with pytest.raises(simulate.SimulationError, match=r"^Non-adaptive's one round \(8,000 epochs: K times the epochs "
+                                                        r"per round\) would fine-tune on 1,024,000 trajectories"):
+        setup(("greedy", "nonadaptive"), "finetune.epochs=1000")
+    _, cfgs, *_ = setup(("nonadaptive",), "finetune.epochs=976", "finetune.trajectories_per_epoch=128")
+    assert cfgs["nonadaptive"].finetune.epochs == 7808  # 999,424 trajectories: taken
+
+
 def test_parallel_jobs_give_the_sequential_results(tiny_run, tmp_path):
     """--jobs 2: the two runs in their own processes; each run's figures equal the sequential run's."""
     out, argv = tiny_run
