@@ -80,7 +80,10 @@ DEFAULT_EVAL_SEEDS_PER_PROMPT = 16
 #      rating noise and round r + 7's reward fit and LoRA initialisation drew one random stream (found by review)
 GEN_SEED_BASE = 10**10
 MAX_RUN_SEED = 100
-MAX_ROUNDS = 99  # round indices 0..98: train seed s * 100 + r < 10^4 - 1, under a million trajectories a round
+# rounds 1..98: train seed s * 100 + r <= 9,998, so a round's trajectory seeds ((T + 1) * 10^6 + n, n < 10^6) stay below
+# GEN_SEED_BASE. It was 99 (the comment said round indices 0..98, but rounds count from 1): run seed 99's round 99
+# (T = 9,999) drew trajectories from 10^10 + n, run seed 0's query image seeds from its 100,000th on (found by review)
+MAX_ROUNDS = 98
 EVAL_SEED_BASE = 9 * 10**10
 MAX_ROUND_BUDGET = 10**5
 SHORT_RUN_ROUNDS = 7

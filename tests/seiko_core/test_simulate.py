@@ -285,7 +285,7 @@ def test_run_seeds_keep_their_image_seeds_apart():
     seeds (s = 100, round 1 is seed 0's round 20): 'independent' seeds shared noise. Found by review. Brute force over
     the allowed seeds and a round's worth of trajectories: every fine-tuning seed lies below every image seed."""
     lowest_image = min(simulate.gen_seeds(0, 0, 1)[0], simulate.EVAL_SEED_BASE)
-    highest_finetune = (simulate.train_seed(simulate.MAX_RUN_SEED - 1, simulate.MAX_ROUNDS - 1) + 1) * 10**6 + 10**6 - 1
+    highest_finetune = (simulate.train_seed(simulate.MAX_RUN_SEED - 1, simulate.MAX_ROUNDS) + 1) * 10**6 + 10**6 - 1
     assert highest_finetune < lowest_image
     assert (simulate.train_seed(100, 1) + 1) * 10**6 == simulate.gen_seeds(0, 20, 1)[0]  # the overlap past the bound
     args = simulate.build_parser().parse_args(["--oracle", "purple", "--method", "greedy", "--budgets", "4",
@@ -293,6 +293,30 @@ def test_run_seeds_keep_their_image_seeds_apart():
     with pytest.raises(simulate.SimulationError, match=r"seeds must lie in \[0, 100\)"):
         simulate.check_common_args(args)
 
+
+
+def test_the_last_rounds_trajectory_seeds_stay_below_every_image_seed():
+    """--budgets took 99 rounds (the bound's comment counted round indices from 0; rounds count from 1): run seed 99's
+    round 99 has train seed 9,999 and drew its trajectories from 10^10 + n, run seed 0's query image seeds from its
+    100,000th trajectory on. Found by review. Brute force over what check_common_args takes: the most rounds, the
+    highest run seed, a round's most trajectories (config.MAX_ROUND_TRAJECTORIES, refused from there on)."""
+    from seiko_core.config import MAX_ROUND_TRAJECTORIES
+
+    def taken(n_rounds: int) -> bool:
+        args = simulate.build_parser().parse_args(["--oracle", "purple", "--method", "greedy", "--budgets",
+                                                   ",".join(["1"] * n_rounds), "--seeds", "0,99", "--out", "/nonexistent"])
+        try:
+            simulate.check_common_args(args)
+            return True
+        except simulate.SimulationError:
+            return False
+
+    most = max(n for n in range(1, 120) if taken(n))
+    assert not any(taken(n) for n in range(most + 1, 120))
+    last_train_seed = max(simulate.train_seed(s, r) for s in (0, simulate.MAX_RUN_SEED - 1) for r in range(1, most + 1))
+    highest_trajectory = (last_train_seed + 1) * 10**6 + MAX_ROUND_TRAJECTORIES - 1
+    lowest_image = min(simulate.gen_seeds(s, r, 1)[0] for s in (0, simulate.MAX_RUN_SEED - 1) for r in range(1, most + 1))
+    assert highest_trajectory < lowest_image, (most, last_train_seed)
 
 
 def _run_recording_seeds(monkeypatch, model_dir, out, budgets: str, *, pairs: bool = False) -> tuple[list[int], Counter, dict]:
