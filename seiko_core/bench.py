@@ -653,7 +653,7 @@ def bench_round(parts, *, cfg: SeikoConfig | None = None, seed: int = 0, log=pri
     from .oracles import ORACLES, feedback
     from .presets import shapes
 
-    if cfg is None:  # the definition of a round: one fine-tuning epoch (the shapes preset itself runs 3)
+    if cfg is None:  # the definition of a round: one fine-tuning epoch (the shapes preset runs 5, stopped at 23 s)
         cfg = shapes()
         cfg.finetune.epochs = 1
     n = cfg.budgets[0]
