@@ -227,9 +227,17 @@ def _same(value: Any, choice: Any) -> bool:
 
 
 def _finite_number(value: Any) -> bool:
+    """Whether ``value`` is a number Gradio can take as a float: not true/false, not inf or NaN, and not an integer
+    too large for a float (over ~1.8e308: math.isfinite and Gradio's float() raised OverflowError, a 500 and a
+    traceback; found by review)."""
     import math
 
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an int past the largest float: not a number this app takes
+        return False
 
 
 def _number_range(low: float | None, high: float | None) -> str:

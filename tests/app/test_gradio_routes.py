@@ -38,6 +38,27 @@ def test_bodies_with_a_file_object_anywhere_are_refused():
     assert gr_routes.body_refusal(b"[" * 100_000 + b"]" * 100_000)[0] is not None  # refused, not a crash
 
 
+def test_a_number_too_large_for_a_float_is_refused_in_one_sentence():
+    """A JSON integer over ~1.8e308 in a Number input raised OverflowError in the guard's check (math.isfinite): a 500
+    and a traceback. It is no number Gradio can take (float() of it overflows), so it is the usual sentence."""
+    import gradio as gr
+
+    for value in (10**309, -(10**400), int(1.7e308) * 2):
+        try:
+            float(value)
+        except OverflowError:
+            pass
+        else:
+            raise AssertionError(f"{value} fits a float")
+        assert gr_routes.value_refusal(gr.Number(label="Round"), value, 0) == \
+            f"The input 'Round' takes a number, got {gr_routes._shown(value)}."
+        custom = gr.Dropdown(label="Account", choices=[], allow_custom_value=True)
+        assert "takes a value of its own" in gr_routes.value_refusal(custom, value, 0)
+    for value in (10**308, int(1.7e308), -5, 0):  # as large as a float goes, and ordinary ones
+        assert gr_routes.value_refusal(gr.Number(label="Round"), value, 0) is None, value
+        assert gr_routes.value_refusal(gr.Dropdown(label="Account", choices=[], allow_custom_value=True), value, 0) is None
+
+
 def test_the_session_hash_a_request_names():
     assert gr_routes.session_hash_of("/gradio_api/heartbeat/abc", b"", None) == "abc"
     assert gr_routes.session_hash_of("/gradio_api/queue/data", b"session_hash=xyz", None) == "xyz"
