@@ -573,7 +573,7 @@ def check_author(session: Session, what: str, rater_id: int | None) -> None:
 def get_rater_by_name(*, session: Session, name: str) -> Rater:
     rater = session.scalar(select(Rater).where(Rater.name == name))
     if rater is None:
-        raise NotFound(f"there is no rater named {name!r}")
+        raise NotFound(f"there is no rater named {shown(name)}")
     return rater
 
 

@@ -1024,3 +1024,17 @@ def test_a_sessions_pick_is_put_back_when_it_fails_and_forgotten_when_its_page_c
     (unload,) = [bf.fn for bf in demo.fns.values() if any(t[1] == "unload" for t in bf.targets)]
     unload(in_session("alice"))
     assert len(picks) == 0
+
+
+def test_an_account_name_the_admin_typed_that_names_nobody_is_not_repeated_at_any_length(ui_world):
+    """The Account chooser takes a name of its own: a 100,000-character one came back whole in the refusal of each
+    account action (found by review); it is cut as the app's other refusals are."""
+    root, name = who(ui_world, "root"), "x" * 100_000
+    for action in (lambda: ui_admin.disable_user(ui_world.factory, root, name),
+                   lambda: ui_admin.enable_user(ui_world.factory, root, name),
+                   lambda: ui_admin.delete_user(ui_world.factory, root, name),
+                   lambda: ui_admin.set_user_role(ui_world.factory, root, name, "admin"),
+                   lambda: ui_admin.set_user_password(ui_world.factory, root, name, "a long enough password")):
+        with pytest.raises(NotFound) as refused:
+            action()
+        assert "no rater named 'xxx" in str(refused.value) and len(str(refused.value)) < 100, str(refused.value)[:200]

@@ -82,6 +82,17 @@ def test_unknown_ids_are_not_found(db_factory):
                 call()
 
 
+def test_a_rater_name_that_is_not_found_is_not_repeated_at_any_length(db_factory):
+    """A look-up by a 100,000-character name repeated all of it in the refusal (an admin's account chooser takes a
+    name of its own); the other refusals cut what they repeat to 40 characters."""
+    with read_session(db_factory) as s:
+        with pytest.raises(NotFound) as refused:
+            repo.get_rater_by_name(session=s, name="x" * 100_000)
+        assert str(refused.value) == "there is no rater named 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx..."
+        with pytest.raises(NotFound, match="^there is no rater named 'nobody'$"):  # a short one whole
+            repo.get_rater_by_name(session=s, name="nobody")
+
+
 def test_text_with_a_nul_character_gets_a_sentence_on_every_database(db_factory, make_world):
     """PostgreSQL cannot hold or compare text with a NUL character: a look-up by such a name, a new account or a job
     error holding one was a DataError there (a server error) while SQLite answered. Found by review."""
