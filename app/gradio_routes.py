@@ -104,6 +104,12 @@ SESSION_HASH = re.compile(r"[A-Za-z0-9_-]{1,64}")
 BAD_SESSION_HASH = "A session hash is 1 to 64 letters, digits, '-' or '_'."
 NOT_WAITING = "No event of yours is waiting for its results in that session."
 MAX_DEPTH = 64  # nesting a body may have; the app's inputs are a few levels deep
+# values (numbers, texts, true/false/null, lists, objects: the body itself and everything in it) a body may carry. The
+# app's largest event (the New-experiment form: 11 inputs, none a list) carries about 20 with the body's own fields.
+# A 256 KiB body of ~131,000 small values cost ~220 ms of the event loop to walk (a review of 5 Dec 2026, second
+# review); the walk stops at this count
+MAX_VALUES = 256
+TOO_MANY_VALUES = f"The request body carries more than {MAX_VALUES} values; no event of this app takes that many."
 
 
 FILE_ROUTES = (f"{API}/file=", f"{API}/file/", "/file=", "/file/")  # Gradio's routes that serve a file by its path
@@ -128,27 +134,42 @@ def is_event_post(path: str, method: str | None) -> bool:
 
 
 def body_refusal(body: bytes) -> tuple[str | None, Any]:
-    """(why the event body is refused or None, the parsed body). Refused: a body that is not JSON, one nested
-    deeper than MAX_DEPTH, and one that carries a Gradio file object anywhere."""
+    """(why the event body is refused or None, the parsed body). Refused: a body that is not JSON, and one that
+    ``parsed_refusal`` refuses."""
     if not body:
         return None, None
     try:
         parsed = json.loads(body)
     except (ValueError, RecursionError):
         return "The request body is not JSON.", None
+    why = parsed_refusal(parsed)
+    return (why, None) if why is not None else (None, parsed)
+
+
+def parsed_refusal(parsed: Any) -> str | None:
+    """Why a parsed event body is refused (one sentence), or None: one nested deeper than MAX_DEPTH, one that carries
+    more than MAX_VALUES values in all (counted by each list's and object's length before it is walked, so the walk
+    stops within MAX_VALUES values), and one that carries a Gradio file object anywhere."""
     stack: list[tuple[Any, int]] = [(parsed, 0)]
+    count = 1
     while stack:
         value, depth = stack.pop()
         if depth > MAX_DEPTH:
-            return f"The request body is nested deeper than {MAX_DEPTH} levels.", None
+            return f"The request body is nested deeper than {MAX_DEPTH} levels."
         if isinstance(value, dict):
             meta = value.get("meta")
             if isinstance(meta, dict) and "_type" in meta:
-                return "This app takes no files; an input that is a file object was refused.", None
-            stack.extend((v, depth + 1) for v in value.values())
+                return "This app takes no files; an input that is a file object was refused."
+            children: Any = value.values()
         elif isinstance(value, list):
-            stack.extend((v, depth + 1) for v in value)
-    return None, parsed
+            children = value
+        else:
+            continue
+        count += len(children)
+        if count > MAX_VALUES:
+            return TOO_MANY_VALUES
+        stack.extend((v, depth + 1) for v in children)
+    return None
 
 
 def event_target_refusal(path: str, parsed_body: Any, fns: dict[int, Any] | None) -> str | None:

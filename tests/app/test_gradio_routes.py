@@ -38,6 +38,41 @@ def test_bodies_with_a_file_object_anywhere_are_refused():
     assert gr_routes.body_refusal(b"[" * 100_000 + b"]" * 100_000)[0] is not None  # refused, not a crash
 
 
+def _values(value) -> int:
+    """How many JSON values ``value`` is: itself and, recursively, every item and member value."""
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return 1 + sum(_values(v) for v in children)
+
+
+def test_a_body_of_more_values_than_any_event_takes_is_refused_and_the_walk_stops_early():
+    """A review's 256 KiB body of ~131,000 zeros was walked value by value (~220 ms of the event loop); a body now
+    carries at most MAX_VALUES values (counted here by plain recursion), and the walk stops at that count."""
+    limit = gr_routes.MAX_VALUES
+    sentence = f"The request body carries more than {limit} values; no event of this app takes that many."
+    assert gr_routes.body_refusal(("[" + ",".join(["0"] * 131_000) + "]").encode()) == (sentence, None)
+    for data in ([0] * (limit - 2), [[0] * 10 for _ in range((limit - 2) // 11)], [{"a": [1, 2]}] * ((limit - 2) // 4)):
+        body = {"data": data}
+        assert _values(body) <= limit, _values(body)
+        why, parsed = gr_routes.body_refusal(json.dumps(body).encode())
+        assert why is None and parsed == body
+        body["data"].extend([0] * (limit + 1 - _values(body)))  # one value over
+        assert _values(body) == limit + 1 and gr_routes.body_refusal(json.dumps(body).encode()) == (sentence, None)
+    walked = []
+
+    class Counted(list):  # a list that tells when the walk goes through it
+        def __iter__(self):
+            walked.append(len(self))
+            return super().__iter__()
+
+    # 100,000 lists in one list: the walk looked into every one of them
+    assert gr_routes.parsed_refusal({"data": Counted(Counted([0]) for _ in range(100_000))}) == sentence
+    assert len(walked) <= 1, len(walked)
+    wide = {"data": Counted(Counted([0] * 3) for _ in range(limit // 5))}  # under the limit: each list walked once
+    assert _values(wide) <= limit
+    walked.clear()
+    assert gr_routes.parsed_refusal(wide) is None and len(walked) == limit // 5 + 1
+
+
 def test_a_number_too_large_for_a_float_is_refused_in_one_sentence():
     """A JSON integer over ~1.8e308 in a Number input raised OverflowError in the guard's check (math.isfinite): a 500
     and a traceback. It is no number Gradio can take (float() of it overflows), so it is the usual sentence."""

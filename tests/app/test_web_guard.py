@@ -24,7 +24,7 @@ import pytest
 from app import auth, sessions, ui, web_guard
 from app.settings import Settings
 from db import repo
-from db.engine import read_session
+from db.engine import read_session, write_session
 from db.models import Rater, UserSession
 
 UI_PASSWORD = "correct horse battery"  # tests/app/conftest.py gives every ui_world account this password
@@ -536,6 +536,116 @@ def test_the_guard_matches_paths_as_the_router_does_under_a_root_path():
         assert call("/seiko/gradio_api/queue/join", "/seiko") == (200, b"inner") and seen == ["/seiko/gradio_api/queue/join"]
     finally:
         guard.close()
+
+
+def _guard_with_accounts(factory):
+    """A WebGuard with accounts around an inner app that records what reaches it, driven in-process (no server):
+    (guard, what reached the inner app, a function (path, body, token=None) -> (status, body, receive calls))."""
+    from types import SimpleNamespace
+
+    reached = []
+
+    async def inner(scope, receive, send):
+        message = await receive()
+        reached.append((scope["path"], len(message.get("body", b""))))
+        await web_guard.JSONResponse({"event_id": "e1"})(scope, receive, send)
+
+    gradio_app = SimpleNamespace(cookie_id="t", tokens={}, get_blocks=lambda: None)
+    store = sessions.SessionStore(factory, idle_s=600, max_s=3600)
+    guard = web_guard.WebGuard(inner, gradio_app=gradio_app, policy=web_guard.GuardPolicy(False), sessions=store)
+
+    def post(path: str, body: bytes, token: str | None = None) -> tuple[int, bytes, int]:
+        sent, reads = [], []
+
+        async def receive():
+            reads.append(1)
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        headers = [(b"host", b"127.0.0.1:7860"), (b"content-type", b"application/json"),
+                   (b"content-length", str(len(body)).encode())]
+        if token is not None:
+            headers.append((b"cookie", f"access-token-unsecure-t={token}".encode()))
+        scope = {"type": "http", "method": "POST", "path": path, "root_path": "", "query_string": b"",
+                 "headers": headers, "client": ("127.0.0.1", 5000), "scheme": "http"}
+        asyncio.run(guard(scope, receive, send))
+        return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:]), len(reads)
+
+    return guard, reached, store, post
+
+
+# what the review sent: 256 KiB of small values (~131,000 zeros), ~220 ms of the event loop each to parse and walk
+MANY_VALUES = ('{"data":[' + ",".join(["0"] * ((256 * 1024 - 100) // 2)) + "]}").encode()
+
+
+def test_an_event_body_from_nobody_is_refused_before_it_is_read(db_factory, monkeypatch):
+    """An event post's body was read, parsed and walked before the sign-in was checked, ~220 ms of the event loop per
+    256 KiB of small values from anyone: 8 clients slowed a signed-in rater's next batch from 0.36 s to 9 s (a
+    review). Signed out, every event route now gets Gradio's own 401 before the body is read."""
+    from app import gradio_routes
+
+    parsed = []
+    real = gradio_routes.body_refusal
+    monkeypatch.setattr(gradio_routes, "body_refusal", lambda body: parsed.append(len(body)) or real(body))
+    assert len(MANY_VALUES) <= web_guard.MAX_REQUEST_BODY
+    guard, reached, _, post = _guard_with_accounts(db_factory)
+    try:
+        for path in ("/gradio_api/queue/join", "/gradio_api/call/next_batch", "/gradio_api/call/v2/next_batch",
+                     "/gradio_api/cancel", "/gradio_api/reset"):
+            status, body, reads = post(path, MANY_VALUES)
+            assert status == 401 and json.loads(body)["detail"]["error"] == "Not authenticated", (path, status, body[:200])
+            assert reads == 0, path  # the body was not even received
+        status, _, _ = post("/gradio_api/queue/join", MANY_VALUES, token="no-such-session")
+        assert status == 401
+        assert parsed == [] and reached == []
+    finally:
+        guard.close()
+
+
+def test_a_signed_in_event_body_with_more_values_than_any_event_takes_is_one_sentence(db_factory):
+    """Signed in, the same body is refused in one sentence without reaching Gradio, and a real event's body passes."""
+    with write_session(db_factory) as s:
+        rater_id = repo.create_rater(session=s, name="alice", password_hash="not-a-real-hash").id
+    guard, reached, store, post = _guard_with_accounts(db_factory)
+    token = store.start(rater_id, "127.0.0.1")
+    try:
+        status, body, _ = post("/gradio_api/queue/join", MANY_VALUES, token=token)
+        assert status == 400 and body.decode() == ("The request body carries more than 256 values; no event of this "
+                                                   "app takes that many."), (status, body[:300])
+        assert reached == []
+        event = json.dumps({"data": [1, "", None, "text, with, commas"] * 2, "event_data": None, "fn_index": 3,
+                            "trigger_id": 7, "session_hash": "abc123"}).encode()
+        status, body, _ = post("/gradio_api/queue/join", event, token=token)
+        assert status == 200 and reached == [("/gradio_api/queue/join", len(event))], (status, body[:300])
+    finally:
+        guard.close()
+
+
+def test_every_event_of_the_app_carries_far_fewer_values_than_the_limit(ui_world):
+    """MAX_VALUES against the app's own events: the body the page sends for each registered event (its five fields,
+    select data, and every input at its largest: a multiselect dropdown with all its choices), its values counted by
+    plain recursion, is a quarter of the limit at most."""
+    from gradio import components
+
+    from app import gradio_routes
+
+    def values(value) -> int:
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        return 1 + sum(values(v) for v in children)
+
+    demo = ui.build_demo(ui_world.services())
+    largest = 0
+    for fn_index, block_fn in demo.fns.items():
+        data = [list(block.choices or []) if isinstance(block, components.Dropdown) and block.multiselect else "x"
+                for block in block_fn.inputs]
+        body = {"data": data, "event_data": {"index": [0, 0], "value": "x", "selected": True}, "fn_index": fn_index,
+                "trigger_id": 1, "session_hash": "abc123"}
+        largest = max(largest, values(body))
+        assert gradio_routes.parsed_refusal(body) is None, block_fn.name
+    assert max(len(f.inputs) for f in demo.fns.values()) >= 10  # the New-experiment form's was found
+    assert 4 * largest <= gradio_routes.MAX_VALUES, largest
 
 
 # ---------------------------------------------------------------------------------------------
