@@ -8,6 +8,14 @@ pipeline; the experiment's ratings as a dataset), chosen by experiment id and ro
 handler does (the sign-in session's cookie, or local mode on localhost), answers only admins, looks the id up in
 the database and serves exactly the file recorded there (checked to lie under ``<data_dir>/exports/``). The URL
 carries no path, so nothing can be traversed; an unknown id, a non-admin or a missing file get one sentence.
+
+A request another site's page made the browser send (``Sec-Fetch-Site: cross-site`` or ``same-site``: an image or a
+script of a page on another port of the same host or on a sibling name, which SameSite=Lax cookies reach) is refused
+(403) unless it opens the download as a page (``Sec-Fetch-Mode: navigate`` with ``Sec-Fetch-Dest: document``): each
+call hashed the whole file and wrote an ``export.download`` audit row, so such a page could make an admin's browser
+repeat that at will (found by review). The app's own link (``same-origin``), an address typed or bookmarked
+(``none``) and clients that send no such header (curl, scripts) are served. A HEAD request is answered as a GET
+would be (the file is checked the same way) but writes no audit row: nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -168,8 +176,29 @@ def _refusal(status: int, text: str) -> Response:
     return PlainTextResponse(text, status_code=status, headers={"Cache-Control": "no-store"})
 
 
+# what a browser says of a request another site's page made it send (Fetch Metadata); such a request is answered only
+# when it opens the download as a page
+OTHER_SITE = frozenset({"cross-site", "same-site"})
+OTHER_SITE_REFUSAL = ("An export is downloaded from the app's own page or by opening its address, not by another "
+                      "site's page.")
+
+
+def _other_sites_request(request: Request) -> bool:
+    """Whether ``request`` was made by another site's page for something other than opening it as a page (an image, a
+    script, a frame, a fetch): ``Sec-Fetch-Site`` is cross-site or same-site, and the request is not a top-level
+    navigation (``Sec-Fetch-Mode: navigate`` and ``Sec-Fetch-Dest: document``). False without the headers (curl)."""
+    headers = request.headers
+    if headers.get("sec-fetch-site", "").strip().lower() not in OTHER_SITE:
+        return False
+    return not (headers.get("sec-fetch-mode", "").strip().lower() == "navigate"
+                and headers.get("sec-fetch-dest", "").strip().lower() == "document")
+
+
 def serve(services, request: Request) -> Response:
-    """``GET /seiko/export/<id>``: the built archive of export ``id``, for admins only."""
+    """``GET /seiko/export/<id>``: the built archive of export ``id``, for admins only (and HEAD: the same answer
+    without the file, and no audit row)."""
+    if _other_sites_request(request):
+        return _refusal(403, OTHER_SITE_REFUSAL)
     username = _username(request)
     host = request.client.host if request.client else None
     try:
@@ -200,8 +229,10 @@ def serve(services, request: Request) -> Response:
         return _refusal(409, f"The file of export {int(raw)} has changed since it was built (its sha256 differs from "
                              "the one recorded); build the export again.")
     media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    # who took the ratings (or a model) away, and when: only building the export was audited (found by review)
-    auth.record(services.factory, who, "export.download", f"export {int(raw)}", file=path.name)
+    # who took the ratings (or a model) away, and when: only building the export was audited (found by review); a
+    # HEAD takes nothing away
+    if request.method != "HEAD":
+        auth.record(services.factory, who, "export.download", f"export {int(raw)}", file=path.name)
     return FileResponse(path, media_type=media, filename=path.name, headers={"Cache-Control": "no-store"})
 
 

@@ -333,6 +333,65 @@ def test_the_browser_builds_every_format_by_id_and_the_route_serves_exactly_that
         engine.dispose()
 
 
+def test_an_export_is_not_served_to_another_sites_page_and_a_head_writes_no_audit_row(ui_world):
+    """GET /seiko/export/<id> hashed the file and wrote an export.download audit row on every call, HEAD too, and
+    refused only a foreign Origin, which an image or a frame never sends: a page on another port of the same host or
+    on a sibling name (SameSite=Lax cookies reach it) could make an admin's browser call it at will (a review). Such a
+    request is refused now unless it opens the download as a page; the app's own link, a typed address and clients
+    without Fetch Metadata headers (curl) are served; a HEAD is answered and audited as nothing downloaded."""
+    from types import SimpleNamespace
+
+    from starlette.requests import Request
+
+    from app import auth, ui_export
+
+    data = b"rating,image\n5,1\n"
+    exports = ui_world.settings.data_dir / "exports"
+    exports.mkdir(parents=True, exist_ok=True)
+    (exports / "ratings.zip").write_bytes(data)
+    with write_session(ui_world.factory) as s:
+        export_id = repo.add_export(session=s, experiment_id=ui_world.experiment_id, round_index=None, fmt="ratings",
+                                    file_path="exports/ratings.zip", sha256=hashlib.sha256(data).hexdigest(),
+                                    size_bytes=len(data), created_by=ui_world.accounts["root"]).id
+    services = SimpleNamespace(factory=ui_world.factory, settings=ui_world.settings, local_mode=False)
+    app = SimpleNamespace(tokens={"admin-token": "root"}, cookie_id="t")  # Gradio's token table
+
+    def call(method: str = "GET", site: str | None = None, mode: str | None = None, dest: str | None = None):
+        headers = [(b"cookie", b"access-token-t=admin-token")]
+        for name, value in (("sec-fetch-site", site), ("sec-fetch-mode", mode), ("sec-fetch-dest", dest)):
+            if value is not None:
+                headers.append((name.encode(), value.encode()))
+        scope = {"type": "http", "method": method, "path": f"/seiko/export/{export_id}", "query_string": b"",
+                 "headers": headers, "client": ("127.0.0.1", 5000), "path_params": {"export_id": str(export_id)},
+                 "app": app}
+        return ui_export.serve(services, Request(scope))
+
+    def downloads() -> int:
+        return sum(1 for row in auth.list_audit(ui_world.factory) if row.action == "export.download")
+
+    served = [(None, None, None),  # curl, a script
+              ("same-origin", "navigate", "document"), ("same-origin", "no-cors", "empty"),  # the app's own page
+              ("none", "navigate", "document"),  # the address typed or bookmarked
+              ("cross-site", "navigate", "document"), ("same-site", "navigate", "document")]  # opened as a page
+    for n, headers in enumerate(served, start=1):
+        response = call("GET", *headers)
+        assert response.status_code == 200 and Path(response.path).read_bytes() == data, headers
+        assert downloads() == n, headers
+    for headers in (("cross-site", "no-cors", "image"), ("same-site", "no-cors", "image"),
+                    ("same-site", "navigate", "iframe"), ("cross-site", "cors", "empty"), ("same-site", "no-cors", "script"),
+                    ("Cross-Site", "no-cors", "image"), ("cross-site", None, None)):
+        for method in ("GET", "HEAD"):
+            response = call(method, *headers)
+            assert response.status_code == 403 and response.body == (b"An export is downloaded from the app's own page "
+                                                                      b"or by opening its address, not by another "
+                                                                      b"site's page."), (method, headers)
+    assert downloads() == len(served)  # none of those was recorded
+    head = call("HEAD")
+    assert head.status_code == 200 and Path(head.path).read_bytes() == data  # answered as the GET would be
+    assert call("HEAD", "same-origin", "no-cors", "empty").status_code == 200
+    assert downloads() == len(served)  # a HEAD downloads nothing
+
+
 def test_an_export_of_a_no_op_lora_fails_and_is_not_published(world):
     """Round 2's adapter is a no-op: the browser's build refuses it with one sentence, records no export, writes no
     file and logs the refusal (the CLI's refusal: test_cli_refuses_unknown_ids_with_one_sentence)."""

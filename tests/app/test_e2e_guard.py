@@ -2,6 +2,7 @@
 their values (``app.gradio_routes.value_refusal``, ``admin_only``): a rater picking an experiment in the selector (a
 dropdown whose choices the page's load set), an admin's checkbox, radio, numbers, text and dropdowns on the Admin tab;
 and a number typed out of its range is refused with its sentence shown in the page.
+And an export's download (``app.ui_export``) as Chromium sends it: from the app's page, and not for another port's.
 
 Skipped without /usr/bin/chromium (``bash scripts/install_browser.sh``) or the ``playwright`` package (the ``e2e``
 fixture, tests/app/e2e_support.py).
@@ -82,3 +83,72 @@ def test_the_pages_own_values_pass_the_front_doors_checks(ui_world, e2e):
     assert "Could not parse server response" not in root.content()
     assert ui_options.form_values(factory, exp_id)[4] != 0.9  # nothing stored
     assert not root_errors, root_errors
+
+
+def test_an_export_downloads_from_the_apps_page_and_not_for_another_ports_page(ui_world, e2e):
+    """In Chromium, as the browser sends Fetch Metadata (``app.ui_export``): the admin's click on a download link of the
+    app's own page downloads the export; an image on a page served from another port of the same host (SameSite=Lax
+    cookies reach the app from there) is refused, nothing audited; a link on that page, opened, still downloads."""
+    import hashlib
+    import http.server
+    import threading
+
+    from app import auth
+    from db import repo
+    from db.engine import write_session
+    from tests.app.e2e_support import free_port
+
+    data = b"rating,image\n5,1\n"
+    (ui_world.settings.data_dir / "exports").mkdir(parents=True, exist_ok=True)
+    (ui_world.settings.data_dir / "exports" / "ratings.zip").write_bytes(data)
+    with write_session(ui_world.factory) as s:
+        export_id = repo.add_export(session=s, experiment_id=ui_world.experiment_id, round_index=None, fmt="ratings",
+                                    file_path="exports/ratings.zip", sha256=hashlib.sha256(data).hexdigest(),
+                                    size_bytes=len(data), created_by=ui_world.accounts["root"]).id
+
+    def downloads() -> int:
+        return sum(1 for row in auth.list_audit(ui_world.factory) if row.action == "export.download")
+
+    demo, browser = e2e(ui_world.services(batch_size=4))
+    url = demo.local_url.replace("localhost", "127.0.0.1").rstrip("/")
+    link = f"{url}/seiko/export/{export_id}"
+    other = (f"<html><body><img id='img' src='{link}'><a id='go' href='{link}'>export</a></body></html>").encode()
+
+    class OtherSite(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(other)))
+            self.end_headers()
+            self.wfile.write(other)
+
+        def log_message(self, *args):
+            pass
+
+    other_server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), OtherSite)
+    threading.Thread(target=other_server.serve_forever, daemon=True).start()
+    try:
+        context = browser.new_context(accept_downloads=True)
+        page = context.new_page()
+        sign_in(page, url, "root")
+        page.evaluate("href => { const a = document.createElement('a'); a.id = 'dl'; a.href = href; a.download = '';"
+                      " a.textContent = 'download'; document.body.appendChild(a); }", f"/seiko/export/{export_id}")
+        with page.expect_download() as got:
+            page.locator("#dl").click()
+        assert open(got.value.path(), "rb").read() == data and downloads() == 1
+        answered: list[str] = []  # the image's request, answered (Chromium's ORB then blocks the answer to the page)
+        page.on("response", lambda r: answered.append(r.url) if r.url == link else None)
+        page.on("requestfailed", lambda r: answered.append(r.url) if r.url == link else None)
+        page.goto(f"http://127.0.0.1:{other_server.server_address[1]}/")
+        page.wait_for_load_state("load")
+        deadline = time.monotonic() + 30
+        while not answered:
+            assert time.monotonic() < deadline, "the image was never requested"
+            page.wait_for_timeout(100)
+        assert downloads() == 1  # the image: refused, not recorded (it was, with the session's cookie, before)
+        with page.expect_download() as got:
+            page.locator("#go").click()  # opened from that page: a top-level navigation
+        assert open(got.value.path(), "rb").read() == data and downloads() == 2
+    finally:
+        other_server.shutdown()
+        other_server.server_close()
