@@ -805,3 +805,28 @@ def test_a_password_changed_while_a_sign_in_makes_the_old_hash_again_is_kept(db_
     stored = _row(db_factory, "alice")[0]
     assert _matches("a new password", stored) == TODAY and _matches(PASSWORD, stored) is None
     assert auth.check_login(db_factory, "alice", "a new password").refusal is None
+
+
+def test_a_wrong_guess_at_an_older_hash_costs_todays_hash_too(db_factory, monkeypatch):
+    """Found by the second attack of 5 Dec 2026: an account still holding a p=1 hash answered a wrong password about
+    5x faster than an unknown name (whose check runs today's parameters), which told the name exists. The refusal
+    now runs today's parameters as well; counted here by the scrypt calls, not by the clock."""
+    auth.add_user(db_factory, name="carol", role="rater", password=PASSWORD)
+    _stored_as(db_factory, "carol", _old_hash(PASSWORD))
+    calls: list[tuple[int, int, int]] = []
+    real = auth._scrypt
+    monkeypatch.setattr(auth, "_scrypt", lambda pw, salt, n, r, p: calls.append((n, r, p)) or real(pw, salt, n, r, p))
+
+    assert auth.check_login(db_factory, "nobody-by-that-name", "a wrong guess!").wrong_credentials
+    unknown = list(calls)
+    calls.clear()
+    assert auth.check_login(db_factory, "carol", "a wrong guess!").wrong_credentials
+    assert unknown == [TODAY]
+    assert TODAY in calls and (2**14, 8, 1) in calls  # the real check, and today's cost on top
+    assert _matches(PASSWORD, _row(db_factory, "carol")[0]) == (2**14, 8, 1)  # nothing stored
+
+
+def test_a_refused_account_name_is_not_repeated_at_any_length():
+    with pytest.raises(ValueError) as err:
+        auth.check_account_name("x" * 100_000 + "\n")
+    assert len(str(err.value)) < 300 and "U+000A" in str(err.value)
