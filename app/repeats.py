@@ -21,11 +21,17 @@ asks ``plan`` for them (new ones only when the option is above 0):
   batch holds beside them (not their unanswered cards, which come back first, their lease live or run out): so none
   once those have run out and none in a batch of one (a last batch of repeats only, or a batch whose only new cards were repeats, told the
   rater what they were);
-- which images: drawn with a generator seeded by (rater, round, repeats so far); where in the batch: drawn with one
-  seeded by (rater, round, the repeated image ids, the batch's length), so the place does not follow from the batch's
-  length alone. A repeat handed out and not answered yet comes back in the next batch (as the rater's other
-  unanswered cards do; as many as the batch holds), until it is scored or skipped on the page, also once the share
-  is set to 0 mid-round: then no new ones are handed out, and the pending ones count as before (below).
+- which images: drawn with a generator seeded by (rater, round, repeats so far). Where in the batch (``mix``,
+  ``left_open``): a batch is the rater's unanswered cards first, then the cards new to them; the new ones, ordinary
+  images and new repeats alike, in one per-rater drawn order (``card_key``, a hash of rater, round and image), so a
+  repeat lands anywhere among them and nowhere else. A repeat handed out and not answered yet comes back in the next
+  batch among the rater's other unanswered cards (as many as the batch holds), until it is scored or skipped on the
+  page, also once the share is set to 0 mid-round: then no new ones are handed out, and the pending ones count as
+  before (below). The unanswered cards come in the order they were first handed out (an ordinary card's lease grant,
+  a repeat's offer, both at the batch's clock), those of one batch in ``card_key`` order, the order they were shown
+  in: so they come back in the order the rater first saw them, whatever they are. Repeats used to be put at drawn
+  places anywhere in the batch while the unanswered ordinary cards came first: a new card ahead of a card left open
+  meant that one of the two was a repeat (found by review).
 
 Nothing on the page or in the API says that an image is a repeat, and the page's cards show no image id or seed.
 The round's counters (labels, ratings, images rated) move with ordinary ratings only (a repeat is no label); the
@@ -64,6 +70,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy.orm import Session
@@ -91,12 +98,22 @@ def _rng(rater_id: int, round_id: int, key: object) -> random.Random:
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 
+@dataclass(frozen=True)
+class Planned:
+    """The repeats of a batch (``plan``): ``pending``, handed out before and not answered yet (all of them, oldest offer
+    first: they go among the rater's unanswered cards, ``left_open``), and ``new``, offered now (``mix``)."""
+
+    pending: list[int] = field(default_factory=list)
+    new: list[int] = field(default_factory=list)
+
+
 def plan(session: Session, round_: Round, rater_id: int, size: int, share: float, *,
-         now: datetime | None = None) -> list[int]:
-    """Image ids to hand the rater again in a batch of ``size``: the unanswered repeats first, then new ones, whose
-    offers are recorded here (in the caller's write transaction). ``now``: the clock (leases), the time by default."""
+         now: datetime | None = None) -> Planned:
+    """The repeats of a batch of ``size`` for the rater: the unanswered ones, and new ones, whose offers are recorded
+    here (in the caller's write transaction) with ``now`` as the time they are handed out. ``now``: the batch's clock
+    (leases), the time by default."""
     if size < 1:
-        return []
+        return Planned()
     # the round first, as every write that locks it (lease_images locks it next anyway): two batches drawn at once for
     # the same rater do not both offer the same image
     repo.lock_round(session=session, round_id=round_.id)
@@ -104,23 +121,24 @@ def plan(session: Session, round_: Round, rater_id: int, size: int, share: float
     # share 0 too (turned off mid-round: no new ones). Dropped, they left "left for you" lower by them, and a repeat
     # still on the page moved the counters unlike any other card when scored (found by review); held back by the cap,
     # they vanished from a reloaded page while its ordinary cards came back
-    out = db_quality.pending_repeats(session=session, round_id=round_.id, rater_id=rater_id)[:size]
+    pending = db_quality.pending_repeats(session=session, round_id=round_.id, rater_id=rater_id)
+    out = pending[:size]
     if share <= 0:
-        return out
+        return Planned(pending)
     cap = min(size, max(1, math.floor(share * size + 1e-9)))
     room = cap - len(out)
     if room <= 0:
-        return out
+        return Planned(pending)
     ratings = db_quality.rated_in_round(session=session, round_id=round_.id, rater_id=rater_id)
     if len(ratings) < MIN_RATED:
-        return out
+        return Planned(pending)
     offers = db_quality.repeat_offers_in_round(session=session, round_id=round_.id, rater_id=rater_id)
     allowed = math.floor(share / (1.0 - share) * len(ratings) + 1e-9) - len(offers)
     last = max((o.created_at for o in offers), default=None)
     since = len(ratings) if last is None else sum(1 for r in ratings if r.created_at > last)
     n_new = min(room, allowed, since)
     if n_new <= 0:
-        return out
+        return Planned(pending)
     # no more new ones than the ordinary images new to the rater that the batch will hold beside them: not their
     # unanswered cards (leased to them, the lease live or not: they come back first, app.ui_rate.draw_batch, and the
     # rater knows them), and at least as many as the new repeats. "Left for you" rises by the new repeats, so a batch
@@ -133,21 +151,34 @@ def plan(session: Session, round_: Round, rater_id: int, size: int, share: float
                                         now=now) - held
     n_new = min(n_new, fresh, (size - len(out) - held) // 2)
     if n_new <= 0:
-        return out
+        return Planned(pending)
     offered = {o.image_id for o in offers}
     # the images they rated (or edited) last, as many as the batch holds: maybe still on a page, so not repeated yet
     recent = {r.image_id for r in sorted(ratings, key=lambda r: (r.updated_at, r.id))[-size:]}
     candidates = sorted(r.image_id for r in ratings if r.image_id not in offered and r.image_id not in recent)
     chosen = _rng(rater_id, round_.id, len(offers)).sample(candidates, min(n_new, len(candidates)))
     for image_id in chosen:
-        db_quality.add_repeat_offer(session=session, image_id=image_id, rater_id=rater_id)
-    return out + chosen
+        db_quality.add_repeat_offer(session=session, image_id=image_id, rater_id=rater_id, now=now)
+    return Planned(pending, chosen)
+
+
+def card_key(rater_id: int, round_id: int, image_id: int) -> str:
+    """Where a card goes among the cards handed to the rater at the same time: a per-rater drawn order, the same
+    for an ordinary image and a repeat."""
+    return hashlib.sha256(f"card:{rater_id}:{round_id}:{image_id}".encode()).hexdigest()
 
 
 def mix(ordinary: list[int], again: list[int], rater_id: int, round_id: int) -> list[int]:
-    """The batch: ``again`` put at drawn places among ``ordinary`` (whose order is kept)."""
-    out = list(ordinary)
-    rng = _rng(rater_id, round_id, f"mix:{sorted(again)}:{len(out)}")
-    for image_id in again:
-        out.insert(rng.randint(0, len(out)), image_id)
-    return out
+    """A batch's cards new to the rater: the ordinary images and the new repeats ``again`` in one order
+    (``card_key``), which does not depend on which of them are repeats."""
+    return sorted([*ordinary, *again], key=lambda image_id: card_key(rater_id, round_id, image_id))
+
+
+def left_open(session: Session, round_id: int, rater_id: int, ordinary: list[int], pending: list[int]) -> list[int]:
+    """The rater's unanswered cards in the order a batch shows them: ``ordinary`` (``repo.unanswered_image_ids``) and
+    the ``pending`` repeats alike, by when they were first handed out (an ordinary card's lease grant, a repeat's
+    offer), those handed out together in ``card_key`` order: the order ``mix`` showed them in."""
+    handed = repo.lease_grants(session=session, rater_id=rater_id, image_ids=ordinary)
+    offers = db_quality.repeat_offers_of(session=session, rater_id=rater_id, image_ids=pending)
+    handed.update({image_id: offers[image_id].created_at for image_id in pending})
+    return sorted([*ordinary, *pending], key=lambda image_id: (handed[image_id], card_key(rater_id, round_id, image_id)))

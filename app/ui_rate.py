@@ -44,7 +44,7 @@ from app import auto_close, experiment_options, repeats, storage, ui_images
 from app.auth import Who
 from db import quality as db_quality
 from db import repo
-from db.checks import MAX_ID, shown, whole_number
+from db.checks import MAX_ID, check_now, shown, whole_number
 from db.engine import read_session, write_session
 from db.errors import Conflict, InvalidInput, NotFound
 from db.models import SCORE_MAX, SCORE_MIN, Experiment, Image, Round, utcnow
@@ -356,19 +356,31 @@ def _rater_order(rater_id: int, image_id: int) -> str:
 def draw_batch(session: Session, round_: Round, who: Who, size: int, *, lease_s: float = LEASE_S,
                now: datetime | None = None) -> list[Image]:
     """Up to ``size`` images for the rater, leased to them (in a write transaction): first their unanswered cards
-    (``repo.unanswered_image_ids``: leased to them before, the lease live or run out; live ones first), then offered
-    ones drawn from the least-rated in a per-rater order. With ``repeat_share`` on, some places go to images the rater
-    rated before (``app.repeats``, which counts the same unanswered cards as the rater's; not leased: they need no
-    other rater's place). ``now``: the clock (leases), the time by default."""
+    (``repo.unanswered_image_ids``: leased to them before, the lease live or run out), then offered ones drawn from
+    the least-rated in a per-rater order. With ``repeat_share`` on, some places go to images the rater rated before
+    (``app.repeats``, which counts the same unanswered cards as the rater's; not leased: they need no other rater's
+    place): a pending one among the unanswered cards, which come in the order they were first handed out
+    (``repeats.left_open``), a new one among the new cards (``repeats.mix``). ``now``: the clock (leases), the time by
+    default."""
+    now = check_now(now)  # one clock for the batch: its leases' grants and its repeats' offers tie (repeats.left_open)
     # comparisons only (issue 14 item 1): no 1-10 rating, so no repeat either, not even a pending one, and of the
     # rater's unanswered cards only those still on their page (a live lease), as before
     pairs = _pairs_only(session, round_.experiment_id)
-    again = [] if pairs else repeats.plan(session, round_, who.rater_id, size, repeats.share_of(session, round_), now=now)
-    size -= len(again)
-    known = (repo.held_image_ids(session=session, round_id=round_.id, rater_id=who.rater_id, now=now) if pairs else
-             repo.unanswered_image_ids(session=session, round_id=round_.id, rater_id=who.rater_id, kind="query", now=now))
-    chosen = known[:size]
-    if len(chosen) < size:
+    if pairs:
+        planned = repeats.Planned()
+        known = repo.held_image_ids(session=session, round_id=round_.id, rater_id=who.rater_id, now=now)
+        block = known[:size]
+    else:
+        planned = repeats.plan(session, round_, who.rater_id, size, repeats.share_of(session, round_), now=now)
+        known = repo.unanswered_image_ids(session=session, round_id=round_.id, rater_id=who.rater_id, kind="query",
+                                          now=now)
+        # a pending repeat goes among the cards left open, in the order they were handed out, never ahead of or behind
+        # them: the ordinary ones came first and repeats anywhere, so a new card ahead of a card left open told that
+        # one of the two was a repeat (found by review)
+        block = repeats.left_open(session, round_.id, who.rater_id, known, planned.pending)[:size]
+    room = size - len(block) - len(planned.new)
+    fresh: list[int] = []
+    if room > 0:
         mine = set(known)
         candidates = [im for im in _offered(session, round_, who, size * CANDIDATE_FACTOR + len(known), now=now)
                       if im.id not in mine]
@@ -376,12 +388,16 @@ def draw_batch(session: Session, round_: Round, who: Who, size: int, *, lease_s:
                                      now=now)
         # images another rater still has on their page (past its reserving window, repo.lease_images) come last
         candidates.sort(key=lambda im: (im.id in others, _rater_order(who.rater_id, im.id)))
-        chosen += [im.id for im in candidates[: size - len(chosen)]]
-    granted = repo.lease_images(session=session, round_id=round_.id, rater_id=who.rater_id, image_ids=chosen,
-                                lease_s=lease_s, now=now)
-    if again:
-        granted = repeats.mix(granted, again, who.rater_id, round_.id)
-    return [repo.get_image(session=session, image_id=i) for i in granted]
+        fresh = [im.id for im in candidates[:room]]
+    again = set(planned.pending)
+    granted = set(repo.lease_images(session=session, round_id=round_.id, rater_id=who.rater_id,
+                                    image_ids=[i for i in block if i not in again] + fresh, lease_s=lease_s, now=now))
+    batch = [i for i in block if i in again or i in granted]
+    fresh = [i for i in fresh if i in granted]
+    # the new cards in one drawn order whether a batch has new repeats or not: the cards of a batch with none kept
+    # another order, and cards left open come back in the order they were shown (repeats.left_open)
+    batch += repeats.mix(fresh, planned.new, who.rater_id, round_.id)
+    return [repo.get_image(session=session, image_id=i) for i in batch]
 
 
 def png_data_uri(data_dir, image: Image) -> str | None:

@@ -9,12 +9,13 @@ Same conventions as ``db.repo``: keyword-only, the caller owns the transaction, 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from db import repo
-from db.checks import MAX_ID
+from db.checks import MAX_ID, check_now
 from db.errors import Conflict, InvalidInput
 from db.models import IMAGE_KINDS, SCORE_MAX, SCORE_MIN, GoldScore, Image, Rater, Rating, RepeatOffer, RepeatRating, Round, Skip
 
@@ -109,14 +110,15 @@ def find_repeat_rating(*, session: Session, image_id: int, rater_id: int) -> Rep
     return session.scalar(select(RepeatRating).where(RepeatRating.image_id == image_id, RepeatRating.rater_id == rater_id))
 
 
-def add_repeat_offer(*, session: Session, image_id: int, rater_id: int) -> RepeatOffer:
-    """Record that the image is handed to the rater again; they must have rated it, and it happens once per image."""
+def add_repeat_offer(*, session: Session, image_id: int, rater_id: int, now: datetime | None = None) -> RepeatOffer:
+    """Record that the image is handed to the rater again; they must have rated it, and it happens once per image.
+    ``now``: when it is handed out (the batch's clock, which its leases' grants get too), the time by default."""
     repo.get_image(session=session, image_id=image_id)
     if repo.find_rating(session=session, image_id=image_id, rater_id=rater_id) is None:
         raise Conflict(f"rater {rater_id} has not rated image {image_id} yet, so it cannot be shown to them again")
     if find_repeat_offer(session=session, image_id=image_id, rater_id=rater_id) is not None:
         raise Conflict(f"image {image_id} was already shown to rater {rater_id} a second time")
-    row = RepeatOffer(image_id=image_id, rater_id=rater_id)
+    row = RepeatOffer(image_id=image_id, rater_id=rater_id, created_at=check_now(now))
     session.add(row)
     session.flush()
     return row

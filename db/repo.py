@@ -852,6 +852,17 @@ def unanswered_image_ids(*, session: Session, round_id: int, rater_id: int, kind
     return list(session.scalars(stmt))
 
 
+def lease_grants(*, session: Session, rater_id: int, image_ids: Iterable[int]) -> dict[int, datetime]:
+    """image id -> the grant time of the rater's lease on it (``ImageLease.created_at``: when it was handed to them,
+    kept however often the lease is renewed or ended; see ``lease_images``), for those of ``image_ids`` they have one."""
+    ids = [_int("image id", i) for i in image_ids]
+    if not ids:
+        return {}
+    stmt = select(ImageLease.image_id, ImageLease.created_at).where(ImageLease.rater_id == _int("rater id", rater_id),
+                                                                    ImageLease.image_id.in_(ids))
+    return {image_id: created_at for image_id, created_at in session.execute(stmt)}
+
+
 def held_by_others(*, session: Session, image_ids: Iterable[int], rater_id: int, now: datetime | None = None) -> set[int]:
     """Those of the images on which another rater holds a live lease, in its reserving window or not."""
     ids = [_int("image id", i) for i in image_ids]
