@@ -339,13 +339,17 @@ def build_demo(services: AppServices) -> gr.Blocks:
             """Rate one image from 1 (worst) to 10 (best); saved at once, durable when this call returns.
 
             Rating an image you rated before changes your score (an edit; for an image handed to you
-            again, the score you gave it that time). Refused, changing nothing:
-            a score outside 1-10, an unknown image, an image of a round closed for labeling, and an
-            image not offered to you (other raters already gave it the ratings it needs). Rating an image
-            you skipped takes the skip back.
+            again, the score you gave it that time). Accepted, whether or not next_batch handed it to you:
+            any image of a round open for labeling that you rated before, that you have on your page
+            (handed to you by next_batch or the web page: for 10 minutes, or until the page takes a new
+            batch), or that still needs ratings (other raters have not already given or reserved the
+            ratings it needs; an image you skipped too: rating it takes the skip back). Refused, changing
+            nothing: a score outside 1-10, an unknown image, an image of a round closed for labeling, an
+            evaluation image, an image of an experiment that asks for comparisons only, and an image not
+            offered to you (other raters already gave or reserved the ratings it needs).
 
             Parameters:
-                image_id: the "image_id" of an item from next_batch.
+                image_id: an image's id, as the "image_id" of an item from next_batch (or any image taken as above).
                 score: a whole number from 1 to 10.
             Returns:
                 A dict with "image_id", "score", "previous_score" (None for a new rating), "edited" and "progress".

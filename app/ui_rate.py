@@ -14,10 +14,13 @@ them to Gradio events and the API. Rules (checked here, on the server, for the U
   the image's place against the others for at most ``repo.RESERVE_S`` (30 minutes) from the rater's first lease on
   it (a new window only after it was not held for as long); past that the holder may still rate it, and the others
   may be offered it too, after the images nobody holds.
-- Rating an image is allowed when the rater already rated it (an edit) or when it is still offered
-  to them (a skipped image too: rating it takes the skip back); anything else (closed round, unknown
-  image, an image other raters have rated or reserved fully, an eval image, a score outside 1-10) is
-  refused with one sentence and changes nothing.
+- Rating an image is allowed when the rater already rated it (an edit), holds a live lease on it (it is on
+  their page, past its reserving window too) or when it is still offered to them (a skipped image too: rating it
+  takes the skip back), whether or not it was ever handed to them: a lease reserves an image, it does not gate its
+  rating (the API's ``submit_rating`` takes any such image id, and a rater can always rate blindly anyway);
+  anything else (closed round, unknown image, an image other raters have rated or reserved fully, an eval image,
+  an experiment that asks for comparisons only, a score outside 1-10) is refused with one sentence and changes
+  nothing. The page takes a rating only for a card of its batch (or an edit of one rated in the round).
 - Undo takes back the rater's newest rating or skip of the open round. The history is in the database
   (``repo.undo_last``), so it survives a reload and follows the rater to another browser.
 - With the experiment option ``repeat_share`` above 0 (off by default), a batch now and then holds, blind, an image
@@ -533,7 +536,8 @@ def _cards(session: Session, data_dir, state: RateState, who: Who) -> list[Card]
     return out
 
 
-def _empty_message(session: Session, experiment: Experiment | None) -> str:
+def _empty_message(session: Session, experiment: Experiment | None, who: Who) -> str:
+    """What the page's empty grid and the API's empty batch say to ``who``: why nothing is handed to them."""
     if experiment is None:
         return "There is no experiment yet. An admin creates one on the Admin tab."
     if experiment.status == "finished":
@@ -544,13 +548,28 @@ def _empty_message(session: Session, experiment: Experiment | None) -> str:
         return "No round is open for labeling right now. New images appear here by themselves when the next round opens."
     if _pairs_only(session, experiment.id):  # issue 14 item 1
         return "This experiment asks for comparisons of two images, not 1-10 ratings: compare them on the Pairs tab."
-    return f"You have rated every image of round {round_.index} that still needs a rating. Thank you! The next round's images will appear here."
+    # each wording true to why nothing is left: "you have rated every image that still needs a rating" was said too
+    # when the rater had rated none (others filled the round) and while others held the images left (found by review)
+    if repo.count_reserved_by_others(session=session, round_id=round_.id, rater_id=who.rater_id, kind="query"):
+        return (f"Every image of round {round_.index} that still needs a rating and that you have neither rated nor "
+                "skipped is being rated by someone else right now; try again in a few minutes.")
+    skipped = (repo.count_images_for_rater(session=session, round_id=round_.id, rater_id=who.rater_id, kind="query",
+                                           include_skipped=True)
+               - repo.count_images_for_rater(session=session, round_id=round_.id, rater_id=who.rater_id, kind="query"))
+    if skipped or repo.count_ratings_by(session=session, round_id=round_.id, rater_id=who.rater_id, kind="query"):
+        done = "rated or skipped" if skipped else "rated"
+        return (f"You have {done} every image of round {round_.index} that still needs a rating. Thank you! "
+                "The next round's images will appear here.")
+    return f"Round {round_.index} has all the ratings it needs. The next round's images will appear here."
 
 
 def _render(session: Session, data_dir, state: RateState, who: Who, *, new_grid: bool, message: str | None = None) -> View:
     experiment = (repo.get_experiment(session=session, experiment_id=state.experiment_id)
                   if state.experiment_id is not None else None)
-    grid = grid_html(_cards(session, data_dir, state, who), _empty_message(session, experiment)) if new_grid else None
+    grid = None
+    if new_grid:
+        cards = _cards(session, data_dir, state, who)
+        grid = grid_html(cards, "" if cards else _empty_message(session, experiment, who))
     state.ack += 1
     return View(grid, json.dumps(_marks(session, state, who)), page_progress_html(session, experiment, who),
                 state.to_value(), message)
@@ -829,5 +848,5 @@ def api_batch(factory, data_dir, who: Who, *, limit: int, experiment: str = "") 
             "round": round_.index if round_ is not None else None,
             "items": items,
             "progress": progress(s, exp, who).as_dict(),
-            "message": _empty_message(s, exp) if not items else f"{len(items)} images to rate with submit_rating",
+            "message": _empty_message(s, exp, who) if not items else f"{len(items)} images to rate with submit_rating",
         }

@@ -776,6 +776,32 @@ def count_images_for_rater(
     return session.scalar(stmt) or 0
 
 
+def count_reserved_by_others(*, session: Session, round_id: int, rater_id: int, kind: str | None = None,
+                             now: datetime | None = None) -> int:
+    """How many images of the open round the rater has neither rated nor skipped that still want ratings (fewer than
+    the overlap) but are not offered to them now only because other raters' leases hold the places left
+    (``lease_images``): the images someone else is rating right now."""
+    now = _now(now)
+    round_ = get_round(session=session, round_id=round_id)
+    if round_.status != "labeling":
+        raise Conflict(f"round {round_.index} is not open for labeling (it is {round_.status!r})")
+    get_rater(session=session, rater_id=rater_id)
+    overlap = get_experiment(session=session, experiment_id=round_.experiment_id).overlap
+    clauses = [Image.round_id == round_id, _unseen_by(rater_id), _ratings_count(Image.id) < overlap,
+               _ratings_count(Image.id) + _others_leases(rater_id, now) >= overlap]  # _offered_to_rater's, turned
+    if kind is not None:
+        clauses.append(Image.kind == _choice("image kind", kind, IMAGE_KINDS))
+    return session.scalar(select(func.count(Image.id)).where(*clauses)) or 0
+
+
+def count_ratings_by(*, session: Session, round_id: int, rater_id: int, kind: str | None = None) -> int:
+    """How many images of the round the rater has rated (their first ratings; a repeat's second score is apart)."""
+    clauses = [Image.round_id == _int("round id", round_id), Rating.rater_id == _int("rater id", rater_id)]
+    if kind is not None:
+        clauses.append(Image.kind == _choice("image kind", kind, IMAGE_KINDS))
+    return session.scalar(select(func.count(Rating.id)).join(Image, Image.id == Rating.image_id).where(*clauses)) or 0
+
+
 # ---------------------------------------------------------------------------------------------
 # image leases: images handed out to a rater are reserved to them for a while
 # ---------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from datetime import timedelta
@@ -546,6 +547,64 @@ def test_only_the_rating_and_comparison_calls_are_public(ui_world):
     assert public == ["next_batch", "next_pair", "submit_comparison", "submit_rating"]
     named = {fn.api_name: fn for fn in demo.fns.values()}
     assert "1 (worst) to 10 (best)" in named["submit_rating"].fn.__doc__
+
+
+def test_submit_rating_takes_an_image_never_handed_out_and_its_description_says_so(ui_world):
+    """The API's description said image_id is "the image_id of an item from next_batch", but an image of the open
+    round that was never handed to the caller is taken as well (a lease reserves an image, it does not gate its
+    rating; second review). The description now says what is taken and what is refused."""
+    demo = ui.build_demo(ui_world.services())
+    described = " ".join(demo.get_api_info()["named_endpoints"]["/submit_rating"]["description"].split())
+    bob = who(ui_world, "bob")
+    image = ui_world.image_ids[0]
+    with read_session(ui_world.factory) as s:  # never handed to bob: no lease of his at all
+        assert s.scalars(select(ImageLease).where(ImageLease.rater_id == bob.rater_id)).all() == []
+    assert ui_rate.submit(ui_world.factory, bob, image, 7)["score"] == 7
+    assert "whether or not next_batch handed it to you" in described
+    with pytest.raises(Conflict, match="not offered"):  # and what it refuses: overlap 1, bob rated it
+        ui_rate.submit(ui_world.factory, who(ui_world, "alice"), image, 7)
+    assert "an image not offered to you (other raters already gave or reserved the ratings it needs)" in described
+    with pytest.raises(Conflict, match="evaluation image"):
+        ui_rate.submit(ui_world.factory, bob, ui_world.eval_image_ids[0], 7)
+    assert "an evaluation image" in described
+
+
+def test_an_empty_batch_says_why_nothing_is_left(ui_world_factory):
+    """'You have rated every image of round N that still needs a rating' was said whatever the reason: also to a
+    rater who rated none (others filled the round) and while the images left were on other raters' pages (second
+    review). Each reason now has its own sentence, on the page and in the API alike."""
+    world = ui_world_factory(n_images=3)
+    alice, bob = who(world, "alice"), who(world, "bob")
+    data = world.settings.data_dir
+
+    def says(rater) -> str:
+        api = ui_rate.api_batch(world.factory, data, rater, limit=8)
+        page = ui_rate.load_batch(world.factory, data, rater, None, batch_size=4)
+        assert api["items"] == [] and page.state["batch"] == []
+        assert html.escape(api["message"]) in page.grid
+        return api["message"]
+
+    bobs = ui_rate.api_batch(world.factory, data, bob, limit=8)["items"]  # on bob's "page": all three, overlap 1
+    assert len(bobs) == 3
+    assert says(alice) == ("Every image of round 0 that still needs a rating and that you have neither rated nor "
+                           "skipped is being rated by someone else right now; try again in a few minutes.")
+    ui_rate.submit(world.factory, bob, bobs[0]["image_id"], 5)
+    assert says(alice).startswith("Every image of round 0 that still needs a rating")  # the two others still held
+    for item in bobs[1:]:
+        ui_rate.submit(world.factory, bob, item["image_id"], 5)
+    assert says(alice) == "Round 0 has all the ratings it needs. The next round's images will appear here."
+    assert says(bob) == ("You have rated every image of round 0 that still needs a rating. Thank you! "
+                         "The next round's images will appear here.")
+
+
+def test_an_empty_batch_after_skips_says_rated_or_skipped(ui_world_factory):
+    world = ui_world_factory(n_images=2)
+    page = Page(world, "alice", batch_size=4)
+    first, second = page.batch
+    page.rate(first, 5)
+    view = page.skip(second)
+    assert page.batch == [] and ("You have rated or skipped every image of round 0 that still needs a rating. "
+                                 "Thank you!") in view.grid
 
 
 # ---------------------------------------------------------------------------------------------
