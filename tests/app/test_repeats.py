@@ -385,6 +385,28 @@ def test_skipping_a_scored_repeat_says_to_score_it_again(ui_world_factory):
         assert db_quality.repeat_rows(session=s, experiment_id=world.experiment_id) == [(alice, 3, 8)]
 
 
+def test_skipping_a_scored_card_is_refused_in_one_sentence_whatever_the_card(ui_world_factory):
+    """'s' on a card already scored (a stale second tab, a hand-made event): an ordinary card was refused with "rater 1
+    has already rated image 10; undo the rating before skipping it", a repeat with "you have already scored this image;
+    ..." (second review): the refusal told which was which, and showed ids. Now one sentence for both, with no id."""
+    world = ui_world_factory(n_images=12)
+    alice, me, data = world.accounts["alice"], who(world, "alice"), world.settings.data_dir
+    set_share(world, 0.5)
+    view, again, ordinary = page_with_a_repeat(world, me)
+    refusals = {}
+    for image_id in (again[0], ordinary[0]):
+        view = ui_rate.rate(world.factory, data, me, view.state, {"image_id": image_id, "score": 8}, batch_size=4)
+        view = ui_rate.skip(world.factory, data, me, view.state, {"image_id": image_id}, batch_size=4)
+        refusals[image_id] = view.message
+    assert refusals[again[0]] == refusals[ordinary[0]] and refusals[again[0]]
+    assert not re.search(r"\d", refusals[again[0]]), refusals  # no image id, no rater id
+    with read_session(world.factory) as s:  # nothing was skipped, both scores stand
+        assert db_quality.repeat_rows(session=s, experiment_id=world.experiment_id) == [(alice, 3, 8)]
+        assert repo.find_rating(session=s, image_id=ordinary[0], rater_id=alice).score == 8
+        assert repo.find_skip(session=s, image_id=ordinary[0], rater_id=alice) is None
+    assert (again[0], alice, False) in offers(world)
+
+
 def test_undoing_an_edit_keeps_the_images_repeat(ui_world_factory):
     world = ui_world_factory(n_images=8)
     alice, me, data = world.accounts["alice"], who(world, "alice"), world.settings.data_dir
