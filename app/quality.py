@@ -42,15 +42,12 @@ def _score(value: object) -> float:
 
 
 def _table(ratings: Iterable[Rating]) -> dict[Hashable, dict[Hashable, float]]:
-    """item -> {rater: score}; a rater rating the same item twice is refused (repeats go to self_consistency)."""
+    """item -> {rater: score}, checked as ``coded`` checks (a rater rating the same item twice is refused: repeats go
+    to self_consistency)."""
+    c = coded(ratings)
     table: dict[Hashable, dict[Hashable, float]] = defaultdict(dict)
-    for row in ratings:
-        if not isinstance(row, tuple | list) or len(row) != 3:
-            raise ValueError(f"a rating must be an (item, rater, score) triple, got {row!r}")
-        item, rater, score = row
-        if rater in table[item]:
-            raise ValueError(f"rater {rater!r} rated item {item!r} twice; pass repeated ratings to self_consistency instead")
-        table[item][rater] = _score(score)
+    for item, rater, score in zip(c.items.tolist(), c.raters.tolist(), c.scores.tolist(), strict=True):
+        table[c.item_ids[item]][c.rater_ids[rater]] = score
     return dict(table)
 
 
