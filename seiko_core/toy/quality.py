@@ -94,6 +94,13 @@ def write_model_card(model_dir: str | Path, quality: dict) -> None:
     g, zs = quality["generated"], quality["encoder_zero_shot_accuracy"]
     cfg = quality["build_config"]
     t = quality.get("timings_s", {})
+    unet_refine = encoder_refine = ""
+    if cfg.get("unet_refine_steps", 0) > 0:
+        unet_refine = (f"\n- UNet refinement: {cfg['unet_refine_steps']} more steps at learning rate {cfg['unet_refine_lr']}, "
+                       f"captions drawn so that every named shape is drawn as often ({t.get('unet_refine_s', '?')} s);")
+    if cfg.get("clip_refine_steps", 0) > 0:
+        encoder_refine = (f"\n- image encoder refinement: {cfg['clip_refine_steps']} contrastive steps with the text tower "
+                          f"frozen ({t.get('refine_s', '?')} s);")
     card = f"""# shapes-sd: the embedded Stable-Diffusion-shaped model
 
 A tiny model of the same architecture family as Stable Diffusion 1.x (CLIP text encoder, `AutoencoderKL`,
@@ -119,7 +126,7 @@ image = pipe("a large red circle on a white background", num_inference_steps=30,
 - CLIP: {cfg['clip_steps']} contrastive steps at batch {cfg['clip_batch']} with soft targets (a partial caption matches every image it is true of) ({t.get('clip_s', '?')} s);
 - VAE: {cfg['vae_steps']} steps at batch {cfg['vae_batch']}, MSE + L1 + small KL ({t.get('vae_s', '?')} s);
 - UNet: {cfg['unet_steps']} steps at batch {cfg['unet_batch']}, epsilon prediction, SD 1.x scaled-linear betas,
-  {cfg['caption_dropout']:.0%} caption dropout for classifier-free guidance, EMA {cfg['ema_decay']} ({t.get('unet_s', '?')} s).
+  {cfg['caption_dropout']:.0%} caption dropout for classifier-free guidance, EMA {cfg['ema_decay']} ({t.get('unet_s', '?')} s);{unet_refine}{encoder_refine}
 
 ## Measured quality (`QUALITY.json`, written by the build)
 On {quality['samples']} fresh samples ({quality['sampler']['ddim_steps']} DDIM steps, guidance {quality['sampler']['guidance']}) from prompts naming shape,
@@ -129,7 +136,7 @@ colour, background and size, read back by a pixel-level check (nearest palette c
 |---|---|---|
 | colour fidelity | {g['color_fidelity']:.3f} | 0.85 |
 | background fidelity | {g['background_fidelity']:.3f} | 0.90 |
-| shape fidelity | {g['shape_fidelity']:.3f} | - |
+| shape fidelity | {g['shape_fidelity']:.3f} | 0.85 |
 | image encoder zero-shot accuracy (shape / colour / background / size, mean) | {quality['encoder_zero_shot_mean']:.3f} | 0.90 |
 
 Zero-shot accuracy per attribute on 1,000 held-out drawn images: {json.dumps({k: round(v, 3) for k, v in zs.items()})}.
@@ -142,4 +149,5 @@ background are rare, so a rater's preference can lie where the pretrained model 
 
 {ds.vocabulary_table()}
 """
+    card = card.replace(";\n\n## Measured quality", ".\n\n## Measured quality")  # the training list's last item
     (model_dir / "README.md").write_text(card)

@@ -133,7 +133,7 @@ def test_unet_refinement_moves_only_the_unet_and_reruns_on_a_finished_build(tmp_
     from seiko_core.toy.build import build
 
     full, plain = BuildConfig.quick(), BuildConfig.quick()
-    full.unet_refine_steps = 4
+    full.unet_refine_steps, plain.unet_refine_steps = 4, 0
     build(tmp_path / "full", full)
     build(tmp_path / "plain", plain)
     for part in ("vae", "text_encoder", "image_encoder"):
@@ -146,6 +146,8 @@ def test_unet_refinement_moves_only_the_unet_and_reruns_on_a_finished_build(tmp_
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     quality = json.loads((tmp_path / "plain" / "QUALITY.json").read_text())
     assert quality["build_config"]["unet_refine_steps"] == 4 and "unet_refine_s" in quality["timings_s"]
+    assert "_name_or_path" not in json.loads((tmp_path / "plain" / "unet" / "config.json").read_text())
+    assert "UNet refinement: 4 more steps" in (tmp_path / "plain" / "README.md").read_text()
 
 
 def test_refine_unet_on_a_directory_that_is_not_a_build_says_so(tmp_path, capsys):
