@@ -370,8 +370,8 @@ def check_round_limits(cfg: SeikoConfig) -> None:
     """The per-round values a person chose (each round's budget, its fine-tuning epochs, time limit and KL weight) are
     within :data:`MAX_BUDGET`, :data:`MAX_EPOCHS`, :data:`MAX_SECONDS` and :data:`MAX_KL_WEIGHT`; a ValueError with one
     sentence naming the field and its limit. Call it on the per-round config, before ``for_method``: the app's
-    experiments (app.services.build_config: the new-experiment form and every other way one is created) and the
-    simulator's campaigns (``--set``) do."""
+    experiments (app.services.build_config: the new-experiment form and every other way one is created), the
+    simulator's campaigns and bench-taste (``--set``) do."""
     ft = cfg.finetune
     big = [b for b in cfg.budgets if b > MAX_BUDGET]
     _check(not big, f"budgets (labels per round) must be at most {MAX_BUDGET:,} each, got {_number_shown(big[0]) if big else ''}")

@@ -666,6 +666,9 @@ def test_the_report_refuses_to_pool_runs_without_a_common_seed():
     ("prompts=abc", "prompts must be a list, got 'abc'"),
     ("finetune.target_modules=to_q", "target_modules must be a list, got 'to_q'"),
     ("prompts=[1,2]", "prompts must be non-empty texts, got [1, 2]"),
+    ("finetune.kl_weight=1e308", "finetune.kl_weight (the KL weight) must be at most 1000, got 1e+308"),
+    ("finetune.max_seconds=1e300", "finetune.max_seconds (the fine-tuning time limit per round) must be at most 604,800 s "
+                                   "(7 days), got 1e+300"),
 ])
 def test_check_overrides_refuses_a_bad_set_in_one_sentence_naming_the_field(tmp_path, override, expected):
     from app.experiment_options import ExperimentOptions
