@@ -557,9 +557,46 @@ def run_seed(cfg: BenchConfig, seed: int, person: people.Person, on_round) -> li
     worker = subprocess.Popen(worker_command(settings), env=worker_env(settings), stdout=log_file,
                               stderr=subprocess.STDOUT, start_new_session=True)
     want_scores, want_pairs = pairwise.wants_scores(cfg.feedback), pairwise.wants_pairs(cfg.feedback)
+    labels_given = 0  # ratings and comparisons of the rounds so far: what the next round's model is trained on
+
+    def measure(k: int, votes: int, ties: int, wait_s: float | None) -> None:
+        """Round ``k``'s record from what the database holds, appended to ``rounds``."""
+        nonlocal labels_given
+        with read_session(factory) as s:
+            round_ = repo.get_round_by_index(session=s, experiment_id=experiment_id, index=k)
+            query = repo.list_images(session=s, round_id=round_.id, kind="query")
+            rated = {r.image_id: r.score for r in _ratings(s, [im.id for im in query])}
+            honest = set(selection.honest_ids(round_.metrics, query))
+            mode = ((round_.metrics or {}).get("selection") or {}).get("selection", "random")
+            pix = stored_pixels(data_dir, query)
+            emb = embeddings_of(query).astype(np.float64)
+            offered = _pairs_offered(s, round_.id) if want_pairs else None
+            if want_scores:
+                scores = rated
+            else:  # the honest measure: the person's ratings of every query image, taken here and never submitted
+                images = as_images(pix)
+                scores = dict(zip([im.id for im in query], person.rate(images, [im.prompt for im in query])))
+            quality = round_reward_quality(s, data_dir, experiment_id, k, query, scores=scores, honest=honest)
+            parts = wait_breakdown(round_.metrics) if k else None
+            fitted = trained_on(round_.metrics) if k else None
+            liked = liked_flags(scores, query)
+        rounds.append(round_record(k, [scores[i] for i in scores], [scores[i] for i in scores if i in honest], pix, emb,
+                                   wait_s=wait_s, labels_trained=labels_given, base=rounds[0] if rounds else None,
+                                   mode=mode, reward_model=quality, wait_parts=parts, ratings=len(rated),
+                                   comparisons=votes, ties=ties, pairs_offered=offered,
+                                   measured_by="ratings" if want_scores else "person", trained_on=fitted,
+                                   liked=liked))
+        labels_given += rounds[-1]["labels"]
+        if k < cfg.rounds and not rounds[-1]["labels"]:
+            raise BenchError(f"round {k} offers no pairs to compare (no two of its {len(query)} images share a "
+                             "prompt), so it has nothing to train on; give a larger --budget")
+
     try:
         closed_at: float | None = None
-        labels_given = 0  # ratings and comparisons of the rounds so far: what the next round's model is trained on
+        # With auto-close, a round closes at its last label and the worker trains at once: its record is taken after
+        # the next round's images have come, so the bench's own work neither takes CPU from the fine-tuning (which
+        # stops at its time limit) nor delays noticing the images. Without it the record comes before the close.
+        unmeasured: tuple[int, int, int, float | None] | None = None
         for k in range(cfg.rounds + 1):
             if want_scores:
                 batch, came = _wait_for_batch(factory, data_dir, who, worker, experiment_id, k, limit, cfg.round_timeout_s)
@@ -567,6 +604,10 @@ def run_seed(cfg: BenchConfig, seed: int, person: people.Person, on_round) -> li
                 batch, came = _wait_for_pairs(factory, data_dir, who, worker, experiment_id, k, cfg.round_timeout_s)
                 batch = {"items": []}
             wait_s = None if closed_at is None else came - closed_at
+            if unmeasured is not None:
+                measure(*unmeasured)
+                on_round(rounds)
+                unmeasured = None
             last_label_at = None
             votes = ties = 0
             if want_pairs:  # before the ratings: with "both", auto-close closes the round at its last rating
@@ -582,44 +623,19 @@ def run_seed(cfg: BenchConfig, seed: int, person: people.Person, on_round) -> li
                 batch = ui_rate.api_batch(factory, data_dir, who, limit=limit, experiment=EXPERIMENT)
                 if batch["round"] != k:
                     break
-            with read_session(factory) as s:
-                round_ = repo.get_round_by_index(session=s, experiment_id=experiment_id, index=k)
-                query = repo.list_images(session=s, round_id=round_.id, kind="query")
-                rated = {r.image_id: r.score for r in _ratings(s, [im.id for im in query])}
-                honest = set(selection.honest_ids(round_.metrics, query))
-                mode = ((round_.metrics or {}).get("selection") or {}).get("selection", "random")
-                pix = stored_pixels(data_dir, query)
-                emb = embeddings_of(query).astype(np.float64)
-                offered = _pairs_offered(s, round_.id) if want_pairs else None
-                if want_scores:
-                    scores = rated
-                else:  # the honest measure: the person's ratings of every query image, taken here and never submitted
-                    images = as_images(pix)
-                    scores = dict(zip([im.id for im in query], person.rate(images, [im.prompt for im in query])))
-                quality = round_reward_quality(s, data_dir, experiment_id, k, query, scores=scores, honest=honest)
-                parts = wait_breakdown(round_.metrics) if k else None
-                fitted = trained_on(round_.metrics) if k else None
-                liked = liked_flags(scores, query)
-            rounds.append(round_record(k, [scores[i] for i in scores], [scores[i] for i in scores if i in honest], pix, emb,
-                                       wait_s=wait_s, labels_trained=labels_given, base=rounds[0] if rounds else None,
-                                       mode=mode, reward_model=quality, wait_parts=parts, ratings=len(rated),
-                                       comparisons=votes, ties=ties, pairs_offered=offered,
-                                       measured_by="ratings" if want_scores else "person", trained_on=fitted,
-                                       liked=liked))
-            labels_given += rounds[-1]["labels"]
+            if k < cfg.rounds and cfg.options.auto_close:
+                with read_session(factory) as s:
+                    status = repo.get_round_by_index(session=s, experiment_id=experiment_id, index=k).status
+                if status == "labeling":
+                    measure(k, votes, ties, wait_s)  # says so if the round had nothing to label
+                    raise BenchError(f"auto_close is on but round {k} stayed open after its last label")
+                closed_at = last_label_at
+                unmeasured = (k, votes, ties, wait_s)
+                continue
+            measure(k, votes, ties, wait_s)
             if k < cfg.rounds:
-                if not rounds[-1]["labels"]:
-                    raise BenchError(f"round {k} offers no pairs to compare (no two of its {len(query)} images share a "
-                                     "prompt), so it has nothing to train on; give a larger --budget")
-                if cfg.options.auto_close:
-                    with read_session(factory) as s:
-                        status = repo.get_round_by_index(session=s, experiment_id=experiment_id, index=k).status
-                    if status == "labeling":
-                        raise BenchError(f"auto_close is on but round {k} stayed open after its last label")
-                    closed_at = last_label_at
-                else:
-                    ui_admin.close_round(factory, who, experiment_id, expected_index=k)
-                    closed_at = time.monotonic()
+                ui_admin.close_round(factory, who, experiment_id, expected_index=k)
+                closed_at = time.monotonic()
             on_round(rounds)
         return rounds
     finally:

@@ -319,6 +319,39 @@ def test_a_tiny_run_drives_the_real_worker_and_records_every_round(tmp_path, wor
             assert new[key] == (None if old[key] is None else pytest.approx(old[key]))
 
 
+def test_with_auto_close_a_round_is_measured_after_the_next_rounds_images_came(tmp_path, worker_model_dir, monkeypatch):
+    """With --auto-close a round closes at its last rating and the worker starts training at once; the bench's own
+    work on that round (pixels, embeddings, the reward model's correlation) waited until the next round's images came,
+    so it neither took CPU from the time-limited fine-tuning nor delayed noticing the images (counted in the wait).
+    Before, the round was measured between its last rating and the wait. Found by review."""
+    from app import people
+    from app.experiment_options import ExperimentOptions
+
+    events = []
+    real_wait, real_record = bench_taste._wait_for_batch, bench_taste.round_record
+
+    def wait(factory, data_dir, who, worker, experiment_id, index, *rest):
+        answer = real_wait(factory, data_dir, who, worker, experiment_id, index, *rest)
+        events.append(("images came", index))
+        return answer
+
+    def record(index, *args, **kwargs):
+        events.append(("measured", index))
+        return real_record(index, *args, **kwargs)
+
+    monkeypatch.setattr(bench_taste, "_wait_for_batch", wait)
+    monkeypatch.setattr(bench_taste, "round_record", record)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = bench_taste.BenchConfig(person="purple", rounds=2, budget=4, seeds=(0,), out=tmp_path, model=str(worker_model_dir),
+                                  options=ExperimentOptions(auto_close=True), tiny=True)
+    rounds = bench_taste.run_seed(cfg, 0, people.load_person("purple"), on_round=lambda so_far: None)
+    assert events == [("images came", 0), ("images came", 1), ("measured", 0), ("images came", 2), ("measured", 1),
+                      ("measured", 2)]
+    assert [r["round"] for r in rounds] == [0, 1, 2] and all(r["ratings"] == 4 for r in rounds)
+    assert rounds[0]["wait_s"] is None and all(r["wait_s"] > 0 for r in rounds[1:])
+    assert [r["labels_trained"] for r in rounds] == [0, 4, 8]
+
+
 def test_a_tiny_pairs_run_compares_through_the_pair_api_and_the_worker_fits_on_the_comparisons(tmp_path, worker_model_dir):
     """--feedback pairs end to end on the tiny model: the person answers every pair a round offers (next_pair,
     submit_comparison), rates nothing, and each train job fitted on the comparisons so far. Seed 0 at budget 4 offers
