@@ -1,4 +1,5 @@
-"""``python -m app worker [--once] [--worker-id ID] [--lease-s N] [--poll-s N] [--nice N] [--processes N]``: run the background worker.
+"""``python -m app worker [--once] [--worker-id ID] [--lease-s N] [--poll-s N] [--stop-grace-s N] [--nice N] [--processes N]``:
+run the background worker.
 
 ``--processes N`` (N > 1) runs train jobs data-parallel over N processes (app.train_dist; docs/worker.md).
 
@@ -37,6 +38,7 @@ def positive_seconds(value: str) -> float:
 
 
 DEFAULT_NICE = 10
+STOP_GRACE_S = 30.0  # --stop-grace-s: a stopped job stuck longer ends the process (app.worker.Watchdog)
 
 
 def default_worker_id() -> str:
@@ -72,6 +74,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lease-s", type=positive_seconds, default=60.0,
                         help="seconds a claimed job stays ours without a heartbeat; heartbeats come every third of it (default 60)")
     parser.add_argument("--poll-s", type=positive_seconds, default=1.0, help="seconds to wait when the queue is empty (default 1)")
+    parser.add_argument("--stop-grace-s", type=positive_seconds, default=STOP_GRACE_S,
+                        help="seconds a job may take to return after a stop (a stop signal, or its lease lost) before the "
+                             f"process ends with status 75, the job left to be taken again (default {STOP_GRACE_S:g})")
     parser.add_argument("--nice", type=_niceness, default=DEFAULT_NICE,
                         help=f"CPU priority increment for this process, 0-19 (default {DEFAULT_NICE}: the web app answers first)")
     parser.add_argument("--processes", type=_processes, default=1,
@@ -116,14 +121,16 @@ def main(args: argparse.Namespace) -> int:
         os.nice(args.nice)  # before torch starts its threads, which inherit it
     if train_dist.in_group():
         return train_dist.run_rank(args, settings, worker_id)
-    from app.worker import Worker, WorkerRefused
+    from app.worker import Watchdog, Worker, WorkerRefused
 
     worker = Worker(settings, worker_id, lease_s=args.lease_s, poll_s=args.poll_s)
 
     # idle: SIGTERM makes run_forever return (exit 0), Ctrl-C exits 130; busy: the job is handed back (queued again,
-    # no attempt used), then the worker exits; a second signal does not interrupt that hand-back
+    # no attempt used), then the worker exits; a second signal does not interrupt that hand-back. A job stuck in a
+    # call that never returns ends the process with status 75 --stop-grace-s seconds after the stop (Watchdog)
     signal.signal(signal.SIGTERM, worker.interrupt_for_signal)
     signal.signal(signal.SIGINT, worker.interrupt_for_signal)
+    watchdog = Watchdog(worker, args.stop_grace_s)
     try:
         try:
             worker.start()
@@ -142,3 +149,4 @@ def main(args: argparse.Namespace) -> int:
         return 130
     finally:
         worker.close()
+        watchdog.close()

@@ -233,7 +233,7 @@ def _die_with_parent() -> None:
 
 def run_rank(args: argparse.Namespace, settings, worker_id: str) -> int:
     """The body of one rank (``python -m app worker`` started by the supervisor)."""
-    from app.worker import Worker
+    from app.worker import Watchdog, Worker
 
     _die_with_parent()
     if int(os.environ.get("RANK", "0") or 0) > 0:  # before the group forms: the signals can come at any time
@@ -259,6 +259,7 @@ def run_rank(args: argparse.Namespace, settings, worker_id: str) -> int:
     # as the SIGTERM the supervisor forwards, and the second signal must not interrupt that hand-back
     signal.signal(signal.SIGTERM, worker.interrupt_for_signal)
     signal.signal(signal.SIGINT, worker.interrupt_for_signal)
+    watchdog = Watchdog(worker, args.stop_grace_s)  # a job stuck in a call that never returns: status 75 (RESTART_EXIT)
     from db.errors import SchemaOutOfDate
 
     told: list[bool] = []  # "stop" was sent (or begun): a stop signal inside that send must not start a second one
@@ -308,6 +309,7 @@ def run_rank(args: argparse.Namespace, settings, worker_id: str) -> int:
         return exc.code if isinstance(exc.code, int) else 1
     finally:
         worker.close()
+        watchdog.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,7 +325,7 @@ def _free_port() -> int:
 
 def rank_command(args: argparse.Namespace, worker_id: str) -> list[str]:
     cmd = [sys.executable, "-m", "app", "worker", "--worker-id", worker_id, "--lease-s", str(args.lease_s),
-           "--poll-s", str(args.poll_s), "--nice", str(args.nice)]
+           "--poll-s", str(args.poll_s), "--stop-grace-s", str(args.stop_grace_s), "--nice", str(args.nice)]
     return cmd + (["--once"] if args.once else [])
 
 

@@ -43,6 +43,7 @@ import json
 import logging
 import math
 import os
+import select
 import signal
 import threading
 import time
@@ -262,6 +263,77 @@ class Heartbeat:
                 return
 
 
+EX_TEMPFAIL = 75  # the status a worker its Watchdog ends exits with (sysexits.h): restart it, the job is retried
+
+
+class Watchdog:
+    """Ends the process (status EX_TEMPFAIL, after one log sentence) when a stop was seen and the job has not
+    returned within ``grace_s`` seconds.
+
+    A stop reaches a job only through the job's own code: a stop signal's handler raises at the main thread's next
+    bytecode, a lost lease (an admin's stop) at the next progress report. A call that never returns (a query waiting
+    on a lock, a collective whose peer is gone, a driver that hangs) sees neither, and the worker hung for ever, its
+    heartbeat keeping the lease (found by the third review). The watchdog sees a stop signal on the wakeup fd that
+    CPython's C-level handler writes to (``signal.set_wakeup_fd``), which works while the Python handler never gets
+    to run, and a lost lease on the running job's ``JobProgress.lost``. It leaves the job's row as a killed worker
+    does: the lease runs out and a worker takes the job again (an attempt used); an admin's stop stands.
+
+    ``python -m app worker`` (one process, or rank 0 of ``--processes N``; ``grace_s`` is its ``--stop-grace-s``,
+    default 30) makes one in its main thread, after its signal handlers are installed, and closes it when the worker
+    has ended; a Worker used in-process (the tests) has none."""
+
+    TICK_S = 0.5
+
+    def __init__(self, worker: Worker, grace_s: float) -> None:
+        self.worker, self.grace_s = worker, float(grace_s)
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._write_fd, False)  # the C-level handler must never block on it
+        self._old_fd = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stop-watchdog", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop watching (the worker has ended) and give the wakeup fd back; from the main thread."""
+        self._closed.set()
+        self._thread.join()
+        signal.set_wakeup_fd(self._old_fd)
+        os.close(self._read_fd)
+        os.close(self._write_fd)
+
+    def _run(self) -> None:
+        deadline: float | None = None
+        watched: _Run | None = None  # the job whose lease was lost; None once a stop signal came (the whole process)
+        why = ""
+        while not self._closed.is_set():
+            ready, _, _ = select.select([self._read_fd], [], [], self.TICK_S)
+            signals = set(os.read(self._read_fd, 512)) if ready else set()
+            now, run = time.monotonic(), self.worker.current_run
+            if signals & {signal.SIGINT, signal.SIGTERM} or self.worker._stopping.is_set():
+                if deadline is None or watched is not None:
+                    deadline, watched, why = deadline or now + self.grace_s, None, "the stop signal"
+            elif deadline is None and run is not None and run.progress.lost.is_set():
+                deadline, watched, why = now + self.grace_s, run, "its lease was lost"
+            if watched is not None and run is not watched:  # the job returned (LeaseLost at its next report)
+                deadline = watched = None
+            if deadline is not None and now >= deadline and not self._closed.is_set():
+                self._end(run, why)
+
+    def _end(self, run: _Run | None, why: str) -> None:
+        if run is None:
+            log.critical("worker %r has not stopped %.0f s after the stop signal; the process ends now with status %d",
+                         self.worker.worker_id, self.grace_s, EX_TEMPFAIL)
+        else:
+            then = ("its row is left as it is" if run.progress.lost.is_set() else
+                    "it is taken again once its lease runs out, as a killed worker's")
+            log.critical("worker %r: job %d (%s) has not returned %.0f s after %s (stuck in a call that does not "
+                         "return); the process ends now with status %d and %s", self.worker.worker_id, run.job.id,
+                         run.job.kind, self.grace_s, why, EX_TEMPFAIL, then)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(EX_TEMPFAIL)
+
+
 # ---------------------------------------------------------------------------------------------
 # the worker
 # ---------------------------------------------------------------------------------------------
@@ -371,6 +443,7 @@ class Worker:
         self.eval_chunk = eval_chunk  # eval grid cells per chunk: between chunks an eval job may give way
         self.last_error: str | None = None  # the error of the last job this worker ran, None if it succeeded
         self.current_job: int | None = None  # the id of the job being processed, None while idle
+        self.current_run: _Run | None = None  # that job's run (its progress), for the Watchdog
         self._interrupted = False  # interrupt_for_signal raised for the current job: its hand-back is under way
         # run_once is claiming (from before the claim's transaction until current_job is set): a stop signal then is
         # held in _held_signal, not raised, and run_once acts on it once it knows whether it holds a job
@@ -524,7 +597,7 @@ class Worker:
         try:
             # from here a SIGTERM or SIGINT raises (interrupt_for_signal: a job is held), handed back below; one that
             # came while it claimed was held, and set _stopping
-            self.current_job = job.id
+            self.current_job, self.current_run = job.id, run
             self._claiming = False
             if self._stopping.is_set():
                 self._interrupted = True  # a signal during the hand-back below only logs
@@ -574,7 +647,7 @@ class Worker:
             log.info("job %d (%s) done in %.1f s: %s", job.id, job.kind, time.monotonic() - start, result)
         finally:
             heartbeat.stop()
-            self.current_job = None
+            self.current_job = self.current_run = None
             self._claiming = self._interrupted = False
             self._held_signal = None
         return True

@@ -221,7 +221,7 @@ def test_a_follower_that_leaves_first_on_rank_0s_stop_is_not_taken_for_a_crash(m
     handed = []
     monkeypatch.setattr(train_dist, "hand_back_jobs", lambda settings, worker_id, reason: handed.append(reason) or [])
     settings = SimpleNamespace(db_url="sqlite:///unused.db", data_dir=tmp_path, model="unused")
-    args = argparse.Namespace(processes=2, once=once, lease_s=60, poll_s=1, nice=0)
+    args = argparse.Namespace(processes=2, once=once, lease_s=60, poll_s=1, stop_grace_s=30, nice=0)
     assert train_dist.supervise(args, settings, "w") == 0
     assert handed == []
 
@@ -275,6 +275,7 @@ def _fake_rank_0(monkeypatch, run_once, handlers: dict | None = None) -> list:
     class FakeWorker:
         def __init__(self, *args, **kwargs):
             self._stopping, self.last_error, self.poll_s, self.current_job = threading.Event(), None, 0, None
+            self.current_run = None  # what app.worker.Watchdog watches
 
         def start(self):
             pass
@@ -306,7 +307,7 @@ def test_rank_0_with_once_fails_when_the_database_was_out(monkeypatch, tmp_path)
 
     outcomes = []
     _fake_rank_0(monkeypatch, lambda: outcomes.pop(0))
-    args = argparse.Namespace(processes=2, once=True, lease_s=60, poll_s=1, nice=0)
+    args = argparse.Namespace(processes=2, once=True, lease_s=60, poll_s=1, stop_grace_s=30, nice=0)
     outcomes[:] = [None]
     assert train_dist.run_rank(args, None, "w") == 1
     outcomes[:] = [False]
@@ -324,7 +325,7 @@ def test_with_once_a_group_that_ends_badly_is_not_started_again(monkeypatch, tmp
     starts, handed, settings = _fake_group(
         monkeypatch, tmp_path, "import time; r = int(os.environ['RANK']); time.sleep(3 if r == 0 else 0.1); raise SystemExit(0)")
     monkeypatch.setattr(train_dist, "FOLLOWER_GRACE_S", 0.2)
-    args = argparse.Namespace(processes=2, once=True, lease_s=60, poll_s=1, nice=0)
+    args = argparse.Namespace(processes=2, once=True, lease_s=60, poll_s=1, stop_grace_s=30, nice=0)
     assert train_dist.supervise(args, settings, "w") == 1
     assert sorted(starts.read_text()) == ["0", "1"] and len(handed) == 1  # one group, its job handed back
 
@@ -343,7 +344,7 @@ def test_rank_0_says_once_that_the_schema_changed_and_the_group_is_not_started_a
         raise SchemaOutOfDate("the database schema changed from 0009 to 0010 while the worker ran")
 
     stopped = _fake_rank_0(monkeypatch, refused)
-    args = argparse.Namespace(processes=2, once=False, lease_s=60, poll_s=1, nice=0)
+    args = argparse.Namespace(processes=2, once=False, lease_s=60, poll_s=1, stop_grace_s=30, nice=0)
     assert train_dist.run_rank(args, None, "w") == train_dist.SCHEMA_EXIT and stopped == [True]
 
     starts, handed, settings = _fake_group(monkeypatch, tmp_path, (
@@ -362,7 +363,7 @@ def test_rank_0_stops_on_sigint_and_sigterm_with_the_workers_one_handler(monkeyp
 
     handlers: dict = {}
     _fake_rank_0(monkeypatch, lambda: False, handlers)
-    args = argparse.Namespace(processes=2, once=True, lease_s=60, poll_s=1, nice=0)
+    args = argparse.Namespace(processes=2, once=True, lease_s=60, poll_s=1, stop_grace_s=30, nice=0)
     from app import train_dist
 
     assert train_dist.run_rank(args, None, "w") == 0
@@ -450,7 +451,7 @@ def test_with_once_a_train_job_that_failed_in_the_group_exits_1(monkeypatch, tmp
     starts, handed, settings = _fake_group(monkeypatch, tmp_path, (
         f"import time; r = int(os.environ['RANK']); time.sleep(0.5 if r == 0 else 60); "
         f"raise SystemExit({train_dist.RESTART_EXIT} if r == 0 else 0)"))
-    args = argparse.Namespace(processes=2, once=True, lease_s=60, poll_s=1, nice=0)
+    args = argparse.Namespace(processes=2, once=True, lease_s=60, poll_s=1, stop_grace_s=30, nice=0)
     assert train_dist.supervise(args, settings, "w") == 1
     assert sorted(starts.read_text()) == ["0", "1"] and len(handed) == 1  # one group; the follower was stopped
 
@@ -495,7 +496,7 @@ def _supervise_with_a_signal(monkeypatch, tmp_path, rank_script: str, *, at: str
     monkeypatch.setattr(train_dist, "_free_port", lambda: signal_at("second-port", 2) or real_free_port())
     monkeypatch.setattr(subprocess, "Popen", lambda cmd, **kw: real_popen(
         cmd, preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM}), **kw))
-    args = argparse.Namespace(processes=2, once=False, lease_s=60, poll_s=1, nice=0)
+    args = argparse.Namespace(processes=2, once=False, lease_s=60, poll_s=1, stop_grace_s=30, nice=0)
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     began = time.monotonic()
     try:
@@ -579,7 +580,7 @@ def test_a_second_stop_signal_does_not_interrupt_rank_0_telling_its_followers_to
                         lambda self: handlers[signal.SIGTERM](signal.SIGTERM, None) or False)
     monkeypatch.setenv("RANK", "0")
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    args = argparse.Namespace(processes=2, once=False, lease_s=60, poll_s=0.05, nice=0)
+    args = argparse.Namespace(processes=2, once=False, lease_s=60, poll_s=0.05, stop_grace_s=30, nice=0)
     try:
         status = train_dist.run_rank(args, worker_world.settings, "w")
     except KeyboardInterrupt:

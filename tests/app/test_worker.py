@@ -579,6 +579,130 @@ def test_an_idle_worker_ends_on_one_stop_signal_as_before(tmp_path, _sqlite_at_h
     assert proc.returncode == status and "Traceback" not in err, err
 
 
+# `python -m app worker` whose generate step never returns, run by `python -c HUNG_WORKER MODE worker ...`:
+# - "hang": the step waits on an Event for ever (a stop signal would still interrupt it; an admin's stop does not);
+# - "deaf": it blocks SIGINT and SIGTERM in the main thread first, so a stop signal lands on another thread and the
+#   Python handler never runs: a call that never gets back to the interpreter (libpq waiting on a lock retries
+#   after EINTR, a collective whose peer is gone, a hung driver);
+HUNG_WORKER = """
+import signal, sys, threading
+from app import worker
+
+def hang(self, run):
+    if sys.argv[1] == "deaf":
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    print(f"job {run.job.id} hangs", file=sys.stderr, flush=True)
+    threading.Event().wait()
+
+worker.Worker._generate = hang
+from app.__main__ import main
+sys.exit(main(sys.argv[2:]))
+"""
+STOP_GRACE_S, HUNG_LEASE_S = 3.0, 3.0
+
+
+def _hung_worker(world, tmp_path, mode: str) -> tuple[subprocess.Popen, Path]:
+    log = tmp_path / f"worker-{mode}.log"
+    env = {**os.environ, "SEIKO_DB_URL": world.settings.db_url, "SEIKO_DATA_DIR": str(world.settings.data_dir),
+           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", HUNG_WORKER, mode, "worker", "--worker-id", "hung", "--nice", "0",
+                                 "--lease-s", str(HUNG_LEASE_S), "--poll-s", "0.2", "--stop-grace-s", str(STOP_GRACE_S)],
+                                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    return proc, log
+
+
+def _wait_for_line(proc: subprocess.Popen, log: Path, text: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text():
+        assert proc.poll() is None, f"the worker exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"no {text!r} in the worker's log:\n{log.read_text()[-3000:]}"
+        time.sleep(0.1)
+
+
+def _seconds_to_end(proc: subprocess.Popen, log: Path, stopped: float) -> float:
+    try:
+        proc.wait(timeout=STOP_GRACE_S + 30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"the worker never ended after the stop:\n{log.read_text()[-3000:]}")
+    return time.monotonic() - stopped
+
+
+def test_a_job_stuck_where_a_stop_signal_cannot_reach_ends_the_worker_with_status_75(worker_world, tmp_path):
+    """A stop signal reaches a job only at its next Python bytecode: a job stuck in a call that never returns kept the
+    worker alive for ever after SIGTERM, its heartbeat keeping the lease (found by the third review). The watchdog sees
+    the signal all the same and, the job not returned --stop-grace-s later, ends the process with status 75 in one
+    sentence; the job is left as kill -9 leaves it, and taken again once its lease runs out."""
+    import signal
+
+    world = worker_world
+    eid = world.create_experiment("stuck-deaf")
+    proc, log = _hung_worker(world, tmp_path, "deaf")
+    try:
+        (job,) = _jobs(world, eid)
+        _wait_for_line(proc, log, f"job {job.id} hangs")
+        stopped = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        took = _seconds_to_end(proc, log, stopped)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert proc.returncode == 75, text[-3000:]
+    assert STOP_GRACE_S <= took < STOP_GRACE_S + 5, (took, text[-3000:])
+    told = [line for line in text.splitlines() if "has not returned" in line]
+    assert len(told) == 1 and "Traceback" not in text, text[-3000:]
+    assert (f"job {job.id} (generate) has not returned 3 s after the stop signal" in told[0]
+            and "status 75" in told[0] and "taken again once its lease runs out" in told[0]), told
+    (row,) = _jobs(world, eid)
+    assert (row.status, row.lease_owner, row.attempts, row.error) == ("running", "hung", 1, None)  # as kill -9 leaves it
+    deadline = time.monotonic() + HUNG_LEASE_S + 30
+    while True:  # claimable again once the lease has run out: the next worker takes it, an attempt used
+        with write_session(world.factory) as s:
+            claimed = job_queue.claim_job(session=s, worker_id="next", lease_s=30)
+            claimed = None if claimed is None else (claimed.id, claimed.attempts, claimed.lease_owner)
+        if claimed is not None:
+            break
+        assert time.monotonic() < deadline, "the job never became claimable again"
+        time.sleep(0.2)
+    assert claimed == (job.id, 2, "next")
+
+
+def test_a_job_stuck_after_an_admin_stopped_it_ends_the_worker_with_status_75(worker_world, tmp_path):
+    """An admin's stop (the job failed, no owner) reaches a job at its next progress report: a job stuck in a call
+    that never returns kept the worker hung for ever (the Admin tab says "restart it too"; found by the third review).
+    The heartbeat sees the lease lost and, the job not returned --stop-grace-s later, the watchdog ends the process
+    with status 75 in one sentence; the admin's stop stands."""
+    world = worker_world
+    eid = world.create_experiment("stuck-stopped")
+    reason = "stopped by root while worker 'hung' ran it"
+    proc, log = _hung_worker(world, tmp_path, "hang")
+    try:
+        (job,) = _jobs(world, eid)
+        _wait_for_line(proc, log, f"job {job.id} hangs")
+        with write_session(world.factory) as s:
+            job_queue.stop_job(session=s, job_id=job.id, reason=reason, expected_owner="hung")
+        stopped = time.monotonic()
+        took = _seconds_to_end(proc, log, stopped)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert proc.returncode == 75, text[-3000:]
+    # the heartbeat notices within a third of the lease, then the grace
+    assert STOP_GRACE_S <= took < STOP_GRACE_S + HUNG_LEASE_S / 3 + 5, (took, text[-3000:])
+    told = [line for line in text.splitlines() if "has not returned" in line]
+    assert len(told) == 1 and "Traceback" not in text, text[-3000:]
+    assert (f"job {job.id} (generate) has not returned 3 s after its lease was lost" in told[0]
+            and "status 75" in told[0] and "its row is left as it is" in told[0]), told
+    (row,) = _jobs(world, eid)
+    assert (row.status, row.lease_owner, row.error) == ("failed", None, reason)
+
+
 def test_query_images_are_published_before_the_eval_grid_and_a_retry_finishes_the_grid(worker_world, monkeypatch):
     """Issue 12: the rater's images are open for labeling while the eval grid is still to come (its own job). An eval
     job that fails is retried; the round's train job goes first, and the retry adds only the grid, even when the round
