@@ -580,6 +580,17 @@ class Worker:
                     migrate.check_unchanged(s, self._schema_head, self._schema_known)
                 job = None if row is None else ClaimedJob(row.id, row.kind, row.experiment_id, row.round_id,
                                                           dict(row.payload or {}), row.attempts, row.max_attempts)
+        except Exception as exc:
+            if self._held_signal == signal.SIGINT:
+                # Ctrl-C as the claim failed (a database outage): run_forever waited the outage out, found the worker
+                # stopping and returned, so Ctrl-C ended it with status 0 (found by the third review). Ctrl-C wins;
+                # the claim's error is said in the same sentence, and it stays the KeyboardInterrupt's cause
+                self._held_signal = None
+                cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+                log.warning("worker %r: stopped by Ctrl-C (SIGINT) while its claim failed (%s: %s); nothing was claimed",
+                            self.worker_id, type(exc).__name__, cause[0][:200] if cause else "no message")
+                raise KeyboardInterrupt from exc
+            raise
         finally:
             if job is None:  # nothing claimed, or the claim failed and was rolled back: idle again
                 self._claiming = self._interrupted = False

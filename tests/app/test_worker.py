@@ -584,8 +584,11 @@ def test_an_idle_worker_ends_on_one_stop_signal_as_before(tmp_path, _sqlite_at_h
 # - "deaf": it blocks SIGINT and SIGTERM in the main thread first, so a stop signal lands on another thread and the
 #   Python handler never runs: a call that never gets back to the interpreter (libpq waiting on a lock retries
 #   after EINTR, a collective whose peer is gone, a hung driver);
+# - "outage": no job runs; the claim takes a Ctrl-C (held: the worker is claiming), then fails as the database
+#   goes away.
 HUNG_WORKER = """
 import signal, sys, threading
+from sqlalchemy.exc import OperationalError
 from app import worker
 
 def hang(self, run):
@@ -594,7 +597,13 @@ def hang(self, run):
     print(f"job {run.job.id} hangs", file=sys.stderr, flush=True)
     threading.Event().wait()
 
+def claim(**kwargs):
+    signal.raise_signal(signal.SIGINT)
+    raise OperationalError("UPDATE jobs ...", {}, Exception("server closed the connection unexpectedly"))
+
 worker.Worker._generate = hang
+if sys.argv[1] == "outage":
+    worker.job_queue.claim_job = claim
 from app.__main__ import main
 sys.exit(main(sys.argv[2:]))
 """
@@ -701,6 +710,62 @@ def test_a_job_stuck_after_an_admin_stopped_it_ends_the_worker_with_status_75(wo
             and "status 75" in told[0] and "its row is left as it is" in told[0]), told
     (row,) = _jobs(world, eid)
     assert (row.status, row.lease_owner, row.error) == ("failed", None, reason)
+
+
+def test_ctrl_c_as_the_claim_meets_a_database_outage_exits_130_in_one_sentence(worker_world, tmp_path):
+    """Ctrl-C held while the worker claims, then a claim that fails on a database outage: run_forever waited the outage
+    out, found the worker stopping and returned, so `python -m app worker` exited 0 (found by the third review)."""
+    proc, log = _hung_worker(worker_world, tmp_path, "outage")
+    try:
+        proc.wait(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert proc.returncode == 130 and "Traceback" not in text, text[-3000:]
+    told = [line for line in text.splitlines() if "Ctrl-C" in line]
+    assert len(told) == 1 and "while its claim failed (OperationalError: server closed the connection unexpectedly)" \
+        in told[0], text[-3000:]
+
+
+@pytest.mark.parametrize("signum", [2, 15], ids=["sigint", "sigterm"])
+def test_a_stop_signal_held_as_the_claim_meets_a_database_outage_stops_the_worker_as_that_signal(worker_world, monkeypatch,
+                                                                                                caplog, signum):
+    """The in-process side of the above: a held Ctrl-C and a claim that fails on an outage end run_forever in
+    KeyboardInterrupt (the outage its cause, said in the one sentence); a held SIGTERM still just stops it. Nothing is
+    claimed either way."""
+    import logging
+    import signal
+
+    from sqlalchemy.exc import OperationalError
+
+    from app import worker as worker_mod
+
+    world = worker_world
+    eid = world.create_experiment("stopped-in-an-outage")  # a job to claim: the outage, not an empty queue, is why
+    worker = world.worker()
+    worker.start()
+
+    def claim(**kwargs):
+        worker.interrupt_for_signal(signum)  # held: the worker is claiming
+        raise OperationalError("UPDATE jobs ...", {}, Exception("server closed the connection unexpectedly"))
+
+    monkeypatch.setattr(worker_mod.job_queue, "claim_job", claim)
+    with caplog.at_level(logging.WARNING, logger="seiko.worker"):
+        if signum == signal.SIGINT:
+            with pytest.raises(KeyboardInterrupt) as raised:
+                worker.run_forever()
+            assert isinstance(raised.value.__cause__, OperationalError)
+            told = [r.getMessage() for r in caplog.records if "Ctrl-C" in r.getMessage()]
+            assert told == ["worker 'worker-1': stopped by Ctrl-C (SIGINT) while its claim failed (OperationalError: "
+                            "server closed the connection unexpectedly); nothing was claimed"]
+        else:
+            worker.run_forever()  # returns: `python -m app worker` exits 0, as for a SIGTERM at any idle moment
+    assert worker._stopping.is_set() and worker.current_job is None and not worker._claiming
+    (job,) = _jobs(world, eid)
+    assert (job.status, job.attempts, job.lease_owner) == ("queued", 0, None)
+    worker.close()
 
 
 def test_query_images_are_published_before_the_eval_grid_and_a_retry_finishes_the_grid(worker_world, monkeypatch):
