@@ -345,13 +345,13 @@ def hand_back_jobs(settings, worker_id: str, reason: str) -> list[int]:
         except OperationalError:  # the supervisor carries on: the jobs' leases run out and a worker takes them again
             log.exception("worker %r: the database could not be reached to hand its jobs back", worker_id)
             return handed
-        for job_id, attempt in claims:
+        for job_id, claim in claims:
             try:
                 with write_session(factory) as s:
-                    # under the attempt read above: a twin with the same worker id that claimed the job again since
+                    # under the claim read above: a twin with the same worker id that claimed the job again since
                     # (its lease ran out) is not failed in its place (found by review)
                     job = job_queue.fail_job(session=s, job_id=job_id, worker_id=worker_id, error=reason, retry=True,
-                                             attempt=attempt)
+                                             claim=claim)
                     log.warning("job %d handed back (%s): %s", job_id, job.status, reason)
                     handed.append(job_id)
             except LeaseLost as exc:  # finished or taken over in between: nothing to hand back

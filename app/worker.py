@@ -218,9 +218,9 @@ class Heartbeat:
     """A thread that extends the job's lease every ``min(lease_s / 3, PROGRESS_EVERY_S)`` seconds and writes the latest progress."""
 
     def __init__(self, factory, job_id: int, worker_id: str, lease_s: float, progress: JobProgress,
-                 attempt: int | None = None) -> None:
+                 claim: int | None = None) -> None:
         self.factory, self.job_id, self.worker_id, self.lease_s = factory, job_id, worker_id, lease_s
-        self.attempt = attempt  # the claim's attempt: a twin with the same worker id that took the job over is not us
+        self.claim = claim  # the claim's number: a twin with the same worker id that took the job over is not us
         self.progress = progress
         # progress is written at least every PROGRESS_EVERY_S: the rating page shows it while a rater waits
         self.interval = min(lease_s / 3, PROGRESS_EVERY_S)
@@ -240,7 +240,7 @@ class Heartbeat:
             try:
                 with write_session(self.factory) as s:
                     held = job_queue.heartbeat(session=s, job_id=self.job_id, worker_id=self.worker_id, lease_s=self.lease_s,
-                                               progress=self.progress.latest(), attempt=self.attempt)
+                                               progress=self.progress.latest(), claim=self.claim)
             except Exception:
                 # The lease keeps running; if heartbeats keep failing the job is taken over and this worker's
                 # publish fails with LeaseLost. Log every failure with its traceback and keep trying.
@@ -252,7 +252,7 @@ class Heartbeat:
                 try:
                     with read_session(self.factory) as s:
                         why = job_queue.lost_lease(session=s, job_id=self.job_id, worker_id=self.worker_id,
-                                                   attempt=self.attempt)
+                                                   claim=self.claim)
                 except Exception:
                     log.exception("job %d: what became of it could not be read", self.job_id)
                     why = None
@@ -357,6 +357,7 @@ class ClaimedJob:
     payload: dict[str, Any]
     attempts: int
     max_attempts: int
+    claim: int  # the job's claim count this claim set (db.jobs): what the worker's writes to the job are checked by
 
 
 @dataclass
@@ -579,7 +580,8 @@ class Worker:
                 if row is not None:  # a claim (none: nothing to take, no query added to an idle poll) is rolled back
                     migrate.check_unchanged(s, self._schema_head, self._schema_known)
                 job = None if row is None else ClaimedJob(row.id, row.kind, row.experiment_id, row.round_id,
-                                                          dict(row.payload or {}), row.attempts, row.max_attempts)
+                                                          dict(row.payload or {}), row.attempts, row.max_attempts,
+                                                          row.claims)
         except Exception as exc:
             if self._held_signal == signal.SIGINT:
                 # Ctrl-C as the claim failed (a database outage): run_forever waited the outage out, found the worker
@@ -602,7 +604,7 @@ class Worker:
         log.info("job %d (%s, attempt %d of %d) claimed by %r", job.id, job.kind, job.attempts, job.max_attempts, self.worker_id)
         fault_point("claim", job.attempts)
         progress = JobProgress(job.id, self.worker_id, job.attempts)
-        heartbeat = Heartbeat(self.factory, job.id, self.worker_id, self.lease_s, progress, job.attempts)
+        heartbeat = Heartbeat(self.factory, job.id, self.worker_id, self.lease_s, progress, job.claim)
         run = _Run(job, progress, heartbeat)
         start = time.monotonic()
         try:
@@ -620,7 +622,7 @@ class Worker:
             # attempt used; it ran the whole job before, so a service manager's stop ended in SIGKILL (found by review)
             self.last_error = None
             if self._release(job, "handed back", lambda s: job_queue.yield_job(
-                    session=s, job_id=job.id, worker_id=self.worker_id, attempt=job.attempts)):
+                    session=s, job_id=job.id, worker_id=self.worker_id, claim=job.claim)):
                 log.info("job %d (%s) handed back: worker %r was stopped as it claimed it", job.id, job.kind,
                          self.worker_id)
             if self._held_signal == signal.SIGINT:  # Ctrl-C as it claimed: it ends as a Ctrl-C during the job does
@@ -647,7 +649,7 @@ class Worker:
                 # Ctrl-C, or SIGTERM (app.cli_worker asks stop() first): the job did nothing wrong, so it is queued
                 # again without using up an attempt; three restarts during a training no longer fail it for good
                 if self._release(job, "handed back", lambda s: job_queue.yield_job(
-                        session=s, job_id=job.id, worker_id=self.worker_id, attempt=job.attempts)):
+                        session=s, job_id=job.id, worker_id=self.worker_id, claim=job.claim)):
                     log.info("job %d (%s) handed back: worker %r was stopped (%s); attempt %d of %d not counted",
                              job.id, job.kind, self.worker_id, type(exc).__name__, job.attempts, job.max_attempts)
             else:  # a SystemExit from inside the job's own code: an attempt, as any failure
@@ -666,7 +668,7 @@ class Worker:
     def _fail(self, job: ClaimedJob, error: str) -> None:
         status = []
         if self._release(job, "recorded as failed", lambda s: status.append(job_queue.fail_job(
-                session=s, job_id=job.id, worker_id=self.worker_id, error=error, retry=True, attempt=job.attempts).status)):
+                session=s, job_id=job.id, worker_id=self.worker_id, error=error, retry=True, claim=job.claim).status)):
             log.info("job %d is now %s (attempt %d of %d)", job.id, status[0], job.attempts, job.max_attempts)
 
     def _release(self, job: ClaimedJob, doing: str, write: Callable[[Any], Any]) -> bool:
@@ -688,7 +690,7 @@ class Worker:
     def _hand_back(self, job: ClaimedJob, gave_way: JobYield, seconds: float) -> None:
         """Queue the job again as it was before this claim (no attempt used, no error)."""
         if not self._release(job, "handed back", lambda s: job_queue.yield_job(
-                session=s, job_id=job.id, worker_id=self.worker_id, payload=gave_way.payload, attempt=job.attempts)):
+                session=s, job_id=job.id, worker_id=self.worker_id, payload=gave_way.payload, claim=job.claim)):
             return
         w = gave_way.waiting
         log.info("job %d (%s, round %d) YIELDS to job %d (%s, experiment %s), which a person waits for, after %.1f s: "
@@ -699,7 +701,7 @@ class Worker:
     def _cancel(self, job: ClaimedJob, cancelled: JobCancelled) -> None:
         """Fail the job for good with the reason its experiment's other jobs were cancelled with."""
         if not self._release(job, "cancelled", lambda s: job_queue.fail_job(
-                session=s, job_id=job.id, worker_id=self.worker_id, error=cancelled.reason, attempt=job.attempts)):
+                session=s, job_id=job.id, worker_id=self.worker_id, error=cancelled.reason, claim=job.claim)):
             return
         log.info("job %d (%s, round %d) stopped: %s; %d of %d eval images stored stay", job.id, job.kind,
                  cancelled.round_index, cancelled.reason, cancelled.images, cancelled.grid)
@@ -721,9 +723,9 @@ class Worker:
             try:
                 with write_session(self.factory) as s:
                     job_queue.heartbeat(session=s, job_id=run.job.id, worker_id=self.worker_id, lease_s=self.lease_s,
-                                        progress=run.progress.latest(), attempt=run.job.attempts)
+                                        progress=run.progress.latest(), claim=run.job.claim)
                     done = job_queue.complete_job(session=s, job_id=run.job.id, worker_id=self.worker_id,
-                                                  result=finite_json(result), attempt=run.job.attempts)
+                                                  result=finite_json(result), claim=run.job.claim)
                     more = write(s)
                     if more:
                         done.result = finite_json({**result, **more})
@@ -747,11 +749,11 @@ class Worker:
                 tried = True
 
     def _done_by_me(self, claimed: ClaimedJob) -> bool:
-        """Whether the job is done under this worker's lease of this attempt (complete_job keeps the lease's owner
-        and the attempt count)."""
+        """Whether the job is done under this worker's lease of this claim (complete_job keeps the lease's owner
+        and the claim count)."""
         with read_session(self.factory) as s:
             job = job_queue.get_job(session=s, job_id=claimed.id)
-            return job.status == "done" and job.lease_owner == self.worker_id and job.attempts == claimed.attempts
+            return job.status == "done" and job.lease_owner == self.worker_id and job.claims == claimed.claim
 
     # -- models -------------------------------------------------------------------------------
 
@@ -1002,7 +1004,7 @@ class Worker:
         reason to stop it, else None. The chunk is stored either way."""
         with write_session(self.factory) as s:
             job_queue.save_payload(session=s, job_id=run.job.id, worker_id=self.worker_id,
-                                   payload={**run.job.payload, "partial": partial}, attempt=run.job.attempts)
+                                   payload={**run.job.payload, "partial": partial}, claim=run.job.claim)
             self._add_missing_images(s, round_id, rows)
             s.flush()
             fault_point("eval_chunk", run.job.attempts)
@@ -1197,7 +1199,7 @@ class Worker:
         stale = [d for d in dirs if d.exists()]
         if stale:
             with write_session(self.factory) as s:
-                job_queue.held_job(session=s, job_id=run.job.id, worker_id=self.worker_id, attempt=run.job.attempts)
+                job_queue.held_job(session=s, job_id=run.job.id, worker_id=self.worker_id, claim=run.job.claim)
                 for d in stale:
                     storage.retire(d)
 

@@ -4,9 +4,13 @@ A worker claims a job for ``lease_s`` seconds (``claim_job``) and extends the le
 (``heartbeat``, outside any transaction). If it dies, the lease runs out and another worker reclaims the job
 (attempts + 1); after ``max_attempts`` the job fails. A worker whose job was reclaimed cannot complete or fail it
 (``LeaseLost``), so its late result is rolled back with its transaction. Ownership is the worker id and, when the
-caller gives it, the attempt its claim returned (``attempt=``): two workers with the same id (a container's fixed
-host name and PID 1) are told apart by their claims, so the one whose lease ran out cannot finish its twin's job. An admin can queue a failed job again
-(``retry_job``).
+caller gives it, the claim number its claim returned (``claim=``, the job's ``claims``: every claim adds one and
+nothing takes one back): two workers with the same id (a container's fixed host name and PID 1, or one
+``--worker-id`` given twice) are told apart by their claims, so the one whose lease ran out, or whose job an admin
+stopped, cannot finish its twin's job. An admin can queue a failed job again (``retry_job``). The attempt number
+fenced the writes before (migration 0012), but it repeats: a retry sets it back to 0 and a yield takes one back, so
+a worker whose claim an admin had stopped stored its result under its twin's claim of the retried job (found by
+review).
 
 Priority: a person waits for "generate" and "train" jobs (the next images); an "eval" job (the dashboard's eval grid)
 waits for nobody. ``claim_job`` takes the person's work first, and a running eval job looks for it between chunks of
@@ -174,10 +178,10 @@ def list_jobs(*, session: Session, status: str | None = None, experiment_id: int
 
 
 def held_job_claims(*, session: Session, worker_id: str) -> list[tuple[int, int]]:
-    """(id, attempt) of every running job whose lease ``worker_id`` holds, oldest first (however many jobs the queue
-    has): the attempt fences what the caller then does to the job, as a claim's does (``_owned_running_job``)."""
-    stmt = select(Job.id, Job.attempts).where(Job.status == "running", Job.lease_owner == worker_id).order_by(Job.id)
-    return [(job_id, attempts) for job_id, attempts in session.execute(stmt)]
+    """(id, claim) of every running job whose lease ``worker_id`` holds, oldest first (however many jobs the queue
+    has): the claim number fences what the caller then does to the job, as a claim's does (``_owned_running_job``)."""
+    stmt = select(Job.id, Job.claims).where(Job.status == "running", Job.lease_owner == worker_id).order_by(Job.id)
+    return [(job_id, claims) for job_id, claims in session.execute(stmt)]
 
 
 def _claimable(now: datetime) -> Any:
@@ -222,7 +226,8 @@ def claim_job(
     One ``UPDATE ... WHERE id = (SELECT ... LIMIT 1) RETURNING``: on SQLite the write lock taken
     by BEGIN IMMEDIATE serializes claims; on PostgreSQL ``FOR UPDATE SKIP LOCKED`` in the
     subquery, and the claimability test repeated on the updated row, keep two workers apart.
-    Expired jobs that have used all their attempts are marked failed first.
+    Expired jobs that have used all their attempts are marked failed first. The job's ``claims`` goes up by one:
+    the caller passes it as ``claim=`` to what it then does to the job.
     """
     check_name("worker_id", worker_id)
     lease = check_lease(lease_s)
@@ -254,6 +259,7 @@ def claim_job(
             lease_expires_at=now + lease,
             heartbeat_at=now,
             attempts=Job.attempts + 1,
+            claims=Job.claims + 1,
             updated_at=now,
         )
         .returning(Job)
@@ -261,8 +267,8 @@ def claim_job(
     return session.scalars(stmt, execution_options={"synchronize_session": False, "populate_existing": True}).one_or_none()
 
 
-def _check_attempt(attempt: int | None) -> int | None:
-    return None if attempt is None else check_int("attempt", attempt, minimum=1)
+def _check_claim(claim: int | None) -> int | None:
+    return None if claim is None else check_int("claim", claim, minimum=1)
 
 
 def heartbeat(
@@ -273,14 +279,14 @@ def heartbeat(
     lease_s: float,
     progress: dict[str, Any] | None = None,
     now: datetime | None = None,
-    attempt: int | None = None,
+    claim: int | None = None,
 ) -> bool:
     """Extend the lease (and record ``progress``: phase, step, total, eta_s) if ``worker_id`` still owns the job
-    (and, with ``attempt``, still under the claim that returned that attempt number).
+    (and, with ``claim``, still under the claim that returned that claim number).
 
     Returns False when it does not (the job was reclaimed, finished or failed): stop working on it.
     """
-    attempt = _check_attempt(attempt)
+    claim = _check_claim(claim)
     lease = check_lease(lease_s)
     now = check_now(now)
     values: dict[str, Any] = {"lease_expires_at": now + lease, "heartbeat_at": now, "updated_at": now}
@@ -289,44 +295,45 @@ def heartbeat(
             raise InvalidInput(f"progress must be a dict (phase, step, total, eta_s), got {type(progress).__name__}")
         values["progress"] = check_json("progress", progress)
     owned = [Job.id == job_id, Job.lease_owner == worker_id, Job.status == "running"]
-    if attempt is not None:
-        owned.append(Job.attempts == attempt)
+    if claim is not None:
+        owned.append(Job.claims == claim)
     result = session.execute(update(Job).where(*owned).values(**values), execution_options={"synchronize_session": False})
     return result.rowcount == 1
 
 
-def held_job(*, session: Session, job_id: int, worker_id: str, attempt: int | None = None) -> Job:
-    """The job, its row locked for the rest of the transaction, if ``worker_id`` still holds it (under ``attempt``,
+def held_job(*, session: Session, job_id: int, worker_id: str, claim: int | None = None) -> Job:
+    """The job, its row locked for the rest of the transaction, if ``worker_id`` still holds it (under ``claim``,
     when given); LeaseLost otherwise.
 
     While the lock is held no other worker can claim the job or finish it (on SQLite the write transaction alone
     does this): for work outside the database that only the holder may do, such as renaming its files."""
-    return _owned_running_job(session, job_id, worker_id, attempt)
+    return _owned_running_job(session, job_id, worker_id, claim)
 
 
-def _owned_running_job(session: Session, job_id: int, worker_id: str, attempt: int | None) -> Job:
-    """The job, row-locked, if ``worker_id`` holds it and (with ``attempt``) its attempt count is still the one that
+def _owned_running_job(session: Session, job_id: int, worker_id: str, claim: int | None) -> Job:
+    """The job, row-locked, if ``worker_id`` holds it and (with ``claim``) its claim count is still the one that
     worker's claim set; LeaseLost otherwise."""
-    attempt = _check_attempt(attempt)
+    claim = _check_claim(claim)
     job = session.scalars(
         select(Job).where(Job.id == job_id).with_for_update(), execution_options={"populate_existing": True}
     ).one_or_none()
     if job is None:
         raise NotFound(f"there is no job with id {job_id}")
-    if (why := _not_held(job, worker_id, attempt)) is not None:
+    if (why := _not_held(job, worker_id, claim)) is not None:
         raise LeaseLost(why)
     return job
 
 
-def _not_held(job: Job, worker_id: str, attempt: int | None) -> str | None:
-    """Why ``worker_id`` (under ``attempt``, when given) no longer holds ``job``, worded by what became of the job, or
+def _not_held(job: Job, worker_id: str, claim: int | None) -> str | None:
+    """Why ``worker_id`` (under ``claim``, when given) no longer holds ``job``, worded by what became of the job, or
     None if it does. An admin's stop or cancel was told as "its lease expired and the job was reclaimed" (found by
     review), which sent the operator looking for another worker."""
     if job.status == "running" and job.lease_owner == worker_id:
-        if attempt is None or job.attempts == attempt:
+        if claim is None or job.claims == claim:
             return None
-        return (f"worker {worker_id!r} no longer holds job {job.id}: its lease of attempt {attempt} expired and the job "
-                f"was reclaimed as attempt {job.attempts} (by a worker with the same id)")
+        return (f"worker {worker_id!r} no longer holds job {job.id}: its claim {claim} ended (its lease expired, or an "
+                f"admin stopped the job) and the job was claimed again as claim {job.claims}, attempt {job.attempts} "
+                "(by a worker with the same id)")
     head = f"worker {worker_id!r} no longer holds job {job.id} (it is {job.status!r}, held by {job.lease_owner!r})"
     if job.status == "running":
         return f"{head}; its lease expired and the job was reclaimed"
@@ -341,22 +348,22 @@ def _not_held(job: Job, worker_id: str, attempt: int | None) -> str | None:
     return f"{head}; it was handed back to the queue (or retried by an admin) and waits for a worker"
 
 
-def lost_lease(*, session: Session, job_id: int, worker_id: str, attempt: int | None = None) -> str | None:
+def lost_lease(*, session: Session, job_id: int, worker_id: str, claim: int | None = None) -> str | None:
     """What ``held_job`` would raise as LeaseLost, read without locking: one sentence, or None while ``worker_id``
     still holds the job (or there is no such job). For a worker whose heartbeat found the job no longer its own."""
-    attempt = _check_attempt(attempt)
+    claim = _check_claim(claim)
     job = session.get(Job, job_id, populate_existing=True) if findable_id(job_id) else None
-    return None if job is None else _not_held(job, worker_id, attempt)
+    return None if job is None else _not_held(job, worker_id, claim)
 
 
 def complete_job(*, session: Session, job_id: int, worker_id: str, result: dict[str, Any] | None = None,
-                 attempt: int | None = None) -> Job:
-    """Mark a running job done. Raises LeaseLost if ``worker_id`` no longer owns it (under ``attempt``, when given)."""
+                 claim: int | None = None) -> Job:
+    """Mark a running job done. Raises LeaseLost if ``worker_id`` no longer owns it (under ``claim``, when given)."""
     if result is not None:
         if not isinstance(result, dict):
             raise InvalidInput(f"result must be a dict, got {type(result).__name__}")
         check_json("result", result)
-    job = _owned_running_job(session, job_id, worker_id, attempt)
+    job = _owned_running_job(session, job_id, worker_id, claim)
     job.status = "done"
     job.result = result
     job.lease_expires_at = None
@@ -365,14 +372,14 @@ def complete_job(*, session: Session, job_id: int, worker_id: str, result: dict[
 
 
 def fail_job(*, session: Session, job_id: int, worker_id: str, error: str, retry: bool = False,
-             attempt: int | None = None) -> Job:
+             claim: int | None = None) -> Job:
     """Record an error. With ``retry`` and attempts left the job is queued again, else it fails.
 
-    Raises LeaseLost if ``worker_id`` no longer owns it (under ``attempt``, when given).
+    Raises LeaseLost if ``worker_id`` no longer owns it (under ``claim``, when given).
     """
     if not isinstance(error, str) or not error.strip():
         raise InvalidInput(f"error must be a non-empty message, got {error!r}")
-    job = _owned_running_job(session, job_id, worker_id, attempt)
+    job = _owned_running_job(session, job_id, worker_id, claim)
     job.error = error.replace("\x00", "\\x00")  # an exception's text may hold one; the database cannot
     job.lease_expires_at = None
     if retry and job.attempts < job.max_attempts:
@@ -385,13 +392,13 @@ def fail_job(*, session: Session, job_id: int, worker_id: str, error: str, retry
 
 
 def save_payload(*, session: Session, job_id: int, worker_id: str, payload: dict[str, Any],
-                 attempt: int | None = None) -> Job:
+                 claim: int | None = None) -> Job:
     """Replace a running job's payload (what a re-run needs to carry on where this one stopped), if ``worker_id``
-    still owns it (under ``attempt``, when given); raises LeaseLost otherwise."""
+    still owns it (under ``claim``, when given); raises LeaseLost otherwise."""
     if not isinstance(payload, dict):
         raise InvalidInput(f"payload must be a dict, got {type(payload).__name__}")
     check_json("payload", payload)
-    job = _owned_running_job(session, job_id, worker_id, attempt)
+    job = _owned_running_job(session, job_id, worker_id, claim)
     job.payload = dict(payload)
     job.updated_at = utcnow()
     session.flush()
@@ -399,18 +406,19 @@ def save_payload(*, session: Session, job_id: int, worker_id: str, payload: dict
 
 
 def yield_job(*, session: Session, job_id: int, worker_id: str, payload: dict[str, Any] | None = None,
-              now: datetime | None = None, attempt: int | None = None) -> Job:
+              now: datetime | None = None, claim: int | None = None) -> Job:
     """Hand a running job back to the queue without using up an attempt (it gave way to work a person waits for).
 
-    Only while ``worker_id`` owns it, under ``attempt`` when given (LeaseLost otherwise, and nothing changes): queued again with the attempt count
-    it had before this claim, no lease, no error recorded; ``payload`` (if given) replaces its payload. The caller
-    stops its heartbeats first, so the lease is released in this one transaction."""
+    Only while ``worker_id`` owns it, under ``claim`` when given (LeaseLost otherwise, and nothing changes): queued
+    again with the attempt count it had before this claim (its claim count stays), no lease, no error recorded;
+    ``payload`` (if given) replaces its payload. The caller stops its heartbeats first, so the lease is released in
+    this one transaction."""
     now = check_now(now)
     if payload is not None:
         if not isinstance(payload, dict):
             raise InvalidInput(f"payload must be a dict, got {type(payload).__name__}")
         check_json("payload", payload)
-    job = _owned_running_job(session, job_id, worker_id, attempt)
+    job = _owned_running_job(session, job_id, worker_id, claim)
     job.status = "queued"
     job.attempts = max(0, job.attempts - 1)  # the claim counted an attempt; a job that gave way did not use it
     job.lease_owner = None
@@ -493,7 +501,7 @@ def stop_job(*, session: Session, job_id: int, reason: str, expected_owner: str 
 
 def retry_job(*, session: Session, job_id: int) -> Job:
     """Queue a failed job again with all its attempts (an admin's retry after fixing the cause); refused with
-    ``retry_refusal``'s sentence."""
+    ``retry_refusal``'s sentence. Its claim count stays: a worker whose claim of it was stopped stays fenced off."""
     job = _locked_job(session, job_id)
     if (why := retry_refusal(session, job)) is not None:
         raise Conflict(why)

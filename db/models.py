@@ -327,6 +327,10 @@ class Job(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    # every claim adds one and nothing takes one back (an admin's retry resets ``attempts``, a yield lowers it): the
+    # number a worker's writes are checked against (db.jobs), so a claim that ended cannot write under a later one
+    # by a worker with the same id (migration 0012)
+    claims: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     error: Mapped[str | None] = mapped_column(Text)
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSONText)  # {"phase", "step", "total", "eta_s"}
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONText)

@@ -159,7 +159,7 @@ def test_hand_back_finds_a_held_job_behind_ten_thousand_newer_ones(worker_world)
     with write_session(worker_world.factory) as s:
         old = job_queue.enqueue_job(session=s, kind="eval")
         s.flush()
-        old.status, old.lease_owner, old.lease_expires_at, old.attempts = "running", "gpu-box", until, 1
+        old.status, old.lease_owner, old.lease_expires_at, old.attempts, old.claims = "running", "gpu-box", until, 1, 1
         s.execute(insert(Job), [{"kind": "eval", "status": "running", "payload": {}, "lease_owner": "other",
                                  "lease_expires_at": until, "attempts": 1} for _ in range(10_000)])
         old_id = old.id
@@ -183,7 +183,7 @@ def test_hand_back_does_not_fail_a_newer_claim_of_a_twin_with_the_same_id(worker
     with write_session(worker_world.factory) as s:
         job = job_queue.enqueue_job(session=s, kind="eval")
         s.flush()
-        job.status, job.lease_owner, job.lease_expires_at, job.attempts = "running", "gpu-box", utcnow(), 1
+        job.status, job.lease_owner, job.lease_expires_at, job.attempts, job.claims = "running", "gpu-box", utcnow(), 1, 1
         job_id = job.id
     real_write_session = db_engine.write_session
     opened = []

@@ -331,9 +331,9 @@ def test_the_job_table_labels_an_error_kept_from_an_earlier_attempt(ui_world):
         with write_session(ui_world.factory) as s:
             job = job_queue.claim_job(session=s, worker_id="w", lease_s=30)
             if ending == "complete":
-                job_queue.complete_job(session=s, job_id=job.id, worker_id="w", attempt=job.attempts)
+                job_queue.complete_job(session=s, job_id=job.id, worker_id="w", claim=job.claims)
             else:
-                job_queue.fail_job(session=s, job_id=job.id, worker_id="w", attempt=job.attempts,
+                job_queue.fail_job(session=s, job_id=job.id, worker_id="w", claim=job.claims,
                                    error="RuntimeError: CUDA out of memory", retry=ending == "fail")
     rows = {row[0]: row for row in ui_admin.jobs_table(ui_world.factory, who(ui_world, "root"), ui_world.experiment_id)}
     assert rows[str(ids[0])][3:] == ["done", "2 of 3", "earlier attempt: RuntimeError: CUDA out of memory"]

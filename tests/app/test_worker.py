@@ -438,14 +438,55 @@ def test_a_stale_worker_cannot_publish_over_its_twin_with_the_same_id(worker_wor
 
     monkeypatch.setattr(worker_module, "train_round", train_then_lose_the_lease_to_a_twin)
     assert a.run_once() is True
-    assert a.last_error == (f"worker 'vm-1' no longer holds job {job_id}: its lease of attempt 1 expired and the job "
-                            "was reclaimed as attempt 2 (by a worker with the same id)")
+    assert a.last_error == (f"worker 'vm-1' no longer holds job {job_id}: its claim 1 ended (its lease expired, or "
+                            "an admin stopped the job) and the job was claimed again as claim 2, attempt 2 (by a "
+                            "worker with the same id)")
     with read_session(world.factory) as s:
         job = job_queue.get_job(session=s, job_id=job_id)
         assert (job.status, job.lease_owner, job.attempts, job.result) == ("running", "vm-1", 2, None)
         assert [r.index for r in repo.list_rounds(session=s, experiment_id=eid)] == [0]  # A published nothing
     with write_session(world.factory) as s:  # the twin, the real holder, publishes
-        job_queue.complete_job(session=s, job_id=job_id, worker_id="vm-1", attempt=2, result={"by": "the twin"})
+        job_queue.complete_job(session=s, job_id=job_id, worker_id="vm-1", claim=2, result={"by": "the twin"})
+    a.close()
+
+
+def test_a_worker_whose_job_an_admin_stopped_and_retried_cannot_publish_over_its_twins_claim(worker_world, caplog):
+    """Two workers started with the same explicit --worker-id. An admin stops A's job and retries it, and B claims it
+    again: the retry had set the attempts back to 0, so B's claim was attempt 1 as A's had been, and A, which went on
+    working, stored its result as B's (its writes were checked by worker id and attempt number). Found by the third
+    review. Every claim raises the job's claim count, which nothing lowers: A's result is refused, in one sentence
+    that the log says too, and B's claim is left as it was."""
+    import logging
+
+    world = worker_world
+    eid = world.create_experiment("stopped-and-retried")
+    a = world.worker("vm-1")
+    taken = []
+
+    def job(run):
+        with write_session(world.factory) as s:  # the admin: stop, then retry
+            job_queue.stop_job(session=s, job_id=run.job.id, reason="stopped by root", expected_owner="vm-1")
+        with write_session(world.factory) as s:
+            job_queue.retry_job(session=s, job_id=run.job.id)
+        with write_session(world.factory) as s:  # the twin, started with the same --worker-id
+            twin = job_queue.claim_job(session=s, worker_id="vm-1", lease_s=60)
+            taken.append((twin.id, twin.attempts, twin.lease_owner))
+        a._publish(run, lambda s: None, {"by": "A"})  # A, still working, publishes as any handler does
+        return {"by": "A"}
+
+    a.handlers["generate"] = job
+    with caplog.at_level(logging.WARNING, logger="seiko.worker"):
+        assert a.run_once()
+    (row,) = _jobs(world, eid)
+    assert taken == [(row.id, 1, "vm-1")]  # the same attempt number as A's claim
+    refused = (f"worker 'vm-1' no longer holds job {row.id}: its claim 1 ended (its lease expired, or an admin stopped "
+               "the job) and the job was claimed again as claim 2, attempt 1 (by a worker with the same id)")
+    assert a.last_error == refused and f"job {row.id}: {refused}; this worker's result is discarded" in caplog.text
+    assert (row.status, row.lease_owner, row.attempts, row.result) == ("running", "vm-1", 1, None)
+    with write_session(world.factory) as s:  # the twin, the real holder, publishes
+        job_queue.complete_job(session=s, job_id=row.id, worker_id="vm-1", claim=2, result={"by": "the twin"})
+    (row,) = _jobs(world, eid)
+    assert (row.status, row.result) == ("done", {"by": "the twin"})
     a.close()
 
 
@@ -522,7 +563,7 @@ def test_a_worker_whose_job_an_admin_stopped_is_told_so_not_that_it_was_reclaime
     assert worker.last_error == told
     assert told in caplog.text and "reclaimed" not in caplog.text and "another worker" not in caplog.text
     with pytest.raises(LeaseLost) as publish, write_session(world.factory) as s:  # its publish is told the same
-        job_queue.complete_job(session=s, job_id=row.id, worker_id="worker-1", result={}, attempt=1)
+        job_queue.complete_job(session=s, job_id=row.id, worker_id="worker-1", result={}, claim=1)
     assert str(publish.value) == told
     worker.close()
 

@@ -111,36 +111,85 @@ def test_an_expired_lease_is_reclaimed_and_the_stale_worker_cannot_finish(db_fac
 def test_a_stale_worker_cannot_finish_the_job_its_twin_with_the_same_id_took_over(db_factory, make_world):
     """Two workers with one id (the old default HOST-PID repeats in containers: a fixed host name, PID 1): the one
     whose lease ran out kept heartbeating and completed the job its twin had claimed again, throwing the real
-    holder's work away. Found by review. Ownership is now the id and the attempt the claim returned."""
+    holder's work away. Found by review. Ownership is now the id and the claim number the claim returned."""
     world = make_world()
     (job_id,) = _enqueue(db_factory, world.experiment_id)
     assert _claim(db_factory, "vm-1", T0, lease_s=10) == (job_id, 1, "running", "vm-1")  # the one that stalls
     assert _claim(db_factory, "vm-1", T0 + timedelta(seconds=11), lease_s=10) == (job_id, 2, "running", "vm-1")
-    stale = f"worker 'vm-1' no longer holds job {job_id}: its lease of attempt 1 expired and the job was reclaimed " \
-            "as attempt 2 (by a worker with the same id)"
+    stale = f"worker 'vm-1' no longer holds job {job_id}: its claim 1 ended (its lease expired, or an admin stopped " \
+            "the job) and the job was claimed again as claim 2, attempt 2 (by a worker with the same id)"
     with write_session(db_factory) as s:
-        assert not job_queue.heartbeat(session=s, job_id=job_id, worker_id="vm-1", lease_s=10, attempt=1,
+        assert not job_queue.heartbeat(session=s, job_id=job_id, worker_id="vm-1", lease_s=10, claim=1,
                                        now=T0 + timedelta(seconds=12))
-    for act in (lambda s: job_queue.held_job(session=s, job_id=job_id, worker_id="vm-1", attempt=1),
-                lambda s: job_queue.complete_job(session=s, job_id=job_id, worker_id="vm-1", attempt=1,
+    for act in (lambda s: job_queue.held_job(session=s, job_id=job_id, worker_id="vm-1", claim=1),
+                lambda s: job_queue.complete_job(session=s, job_id=job_id, worker_id="vm-1", claim=1,
                                                  result={"by": "the stale one"}),
-                lambda s: job_queue.fail_job(session=s, job_id=job_id, worker_id="vm-1", attempt=1, error="late"),
-                lambda s: job_queue.save_payload(session=s, job_id=job_id, worker_id="vm-1", attempt=1, payload={}),
-                lambda s: job_queue.yield_job(session=s, job_id=job_id, worker_id="vm-1", attempt=1)):
+                lambda s: job_queue.fail_job(session=s, job_id=job_id, worker_id="vm-1", claim=1, error="late"),
+                lambda s: job_queue.save_payload(session=s, job_id=job_id, worker_id="vm-1", claim=1, payload={}),
+                lambda s: job_queue.yield_job(session=s, job_id=job_id, worker_id="vm-1", claim=1)):
         with pytest.raises(LeaseLost) as info, write_session(db_factory) as s:
             act(s)
         assert str(info.value) == stale
     for bad in (0, "2", True, 2.0):
-        with pytest.raises(InvalidInput, match="attempt must be"), write_session(db_factory) as s:
-            job_queue.complete_job(session=s, job_id=job_id, worker_id="vm-1", attempt=bad)
+        with pytest.raises(InvalidInput, match="claim must be"), write_session(db_factory) as s:
+            job_queue.complete_job(session=s, job_id=job_id, worker_id="vm-1", claim=bad)
     with write_session(db_factory) as s:  # the real holder carries on and publishes
-        assert job_queue.heartbeat(session=s, job_id=job_id, worker_id="vm-1", lease_s=10, attempt=2,
+        assert job_queue.heartbeat(session=s, job_id=job_id, worker_id="vm-1", lease_s=10, claim=2,
                                    now=T0 + timedelta(seconds=13))
-        job_queue.held_job(session=s, job_id=job_id, worker_id="vm-1", attempt=2)
-        job_queue.complete_job(session=s, job_id=job_id, worker_id="vm-1", attempt=2, result={"by": "the holder"})
+        job_queue.held_job(session=s, job_id=job_id, worker_id="vm-1", claim=2)
+        job_queue.complete_job(session=s, job_id=job_id, worker_id="vm-1", claim=2, result={"by": "the holder"})
     with read_session(db_factory) as s:
         job = job_queue.get_job(session=s, job_id=job_id)
         assert (job.status, job.attempts, job.result) == ("done", 2, {"by": "the holder"})
+
+
+@pytest.mark.parametrize("between", ["an admin's stop and retry", "a yield"])
+def test_a_claim_that_ended_cannot_write_under_a_later_claim_with_the_same_attempt_number(db_factory, make_world,
+                                                                                          between):
+    """Writes were checked against the worker id and the attempt number, and attempt numbers repeat: an admin's retry
+    sets them back to 0, a yield takes one back. Two workers given the same --worker-id: the first one's claim ended
+    (an admin stopped its job and retried it, or it gave way), the second claimed the job as attempt 1 again, and the
+    first one's heartbeat, result or failure went through as the second's. Found by the third review. Every claim
+    now raises the job's claim count, which nothing lowers, and the writes are checked against it."""
+    world = make_world()
+    (job_id,) = _enqueue(db_factory, world.experiment_id)
+    with write_session(db_factory) as s:
+        first = job_queue.claim_job(session=s, worker_id="vm-1", lease_s=60, now=T0)
+        first_claim = (first.attempts, first.claims)
+    assert first_claim == (1, 1)
+    with write_session(db_factory) as s:
+        if between == "a yield":
+            job_queue.yield_job(session=s, job_id=job_id, worker_id="vm-1", claim=1)
+        else:
+            job_queue.stop_job(session=s, job_id=job_id, reason="stopped by root", expected_owner="vm-1")
+            job_queue.retry_job(session=s, job_id=job_id)
+    with write_session(db_factory) as s:
+        second = job_queue.claim_job(session=s, worker_id="vm-1", lease_s=60, now=T0 + timedelta(seconds=1))
+        assert (second.id, second.attempts, second.claims, second.lease_owner) == (job_id, 1, 2, "vm-1")
+    stale = (f"worker 'vm-1' no longer holds job {job_id}: its claim 1 ended (its lease expired, or an admin stopped "
+             "the job) and the job was claimed again as claim 2, attempt 1 (by a worker with the same id)")
+    with write_session(db_factory) as s:
+        assert not job_queue.heartbeat(session=s, job_id=job_id, worker_id="vm-1", lease_s=600, claim=1,
+                                       progress={"phase": "stale"}, now=T0 + timedelta(seconds=2))
+    with read_session(db_factory) as s:
+        assert job_queue.lost_lease(session=s, job_id=job_id, worker_id="vm-1", claim=1) == stale
+    for act in (lambda s: job_queue.complete_job(session=s, job_id=job_id, worker_id="vm-1", claim=1,
+                                                 result={"by": "the first claim"}),
+                lambda s: job_queue.fail_job(session=s, job_id=job_id, worker_id="vm-1", claim=1, error="late"),
+                lambda s: job_queue.save_payload(session=s, job_id=job_id, worker_id="vm-1", claim=1, payload={}),
+                lambda s: job_queue.yield_job(session=s, job_id=job_id, worker_id="vm-1", claim=1)):
+        with pytest.raises(LeaseLost) as info, write_session(db_factory) as s:
+            act(s)
+        assert str(info.value) == stale
+    with read_session(db_factory) as s:  # the second claim's job, untouched by the first
+        job = job_queue.get_job(session=s, job_id=job_id)
+        assert (job.status, job.lease_owner, job.result, job.progress) == ("running", "vm-1", None, None)
+        assert job.lease_expires_at == T0 + timedelta(seconds=61)
+    with write_session(db_factory) as s:
+        job_queue.complete_job(session=s, job_id=job_id, worker_id="vm-1", claim=2, result={"by": "the second claim"})
+    with read_session(db_factory) as s:
+        job = job_queue.get_job(session=s, job_id=job_id)
+        assert (job.status, job.attempts, job.claims, job.result) == ("done", 1, 2, {"by": "the second claim"})
 
 
 @pytest.mark.parametrize("action", ["reopen", "finish"])
@@ -165,7 +214,7 @@ def test_reopen_and_finish_cancel_a_job_whose_lease_expired_by_the_callers_clock
     # told as a cancel, not as "its lease expired and the job was reclaimed" (found by review)
     cancelled = r"it is 'failed', held by None\); an admin stopped or cancelled it \(cancelled: "
     with pytest.raises(LeaseLost, match=cancelled), write_session(db_factory) as s:
-        job_queue.complete_job(session=s, job_id=job_id, worker_id="w1", attempt=1)
+        job_queue.complete_job(session=s, job_id=job_id, worker_id="w1", claim=1)
 
 
 def test_a_job_that_used_all_attempts_fails(db_factory, make_world):

@@ -216,13 +216,53 @@ def test_migration_0011_adds_pair_shows_and_downgrades_without_them(empty_db_url
             assert c.exec_driver_sql("SELECT id FROM comparison_pairs").scalars().all() == [pair]
     finally:
         engine.dispose()
-    migrate.upgrade(empty_db_url, "0011")
+    migrate.upgrade(empty_db_url)  # through 0011 (head has more: the drift check needs head)
     assert "pair_shows" in _tables(empty_db_url) and _drift(empty_db_url) == []
     engine = make_engine(empty_db_url)
     try:
         with read_session(session_factory(engine)) as s:
             assert s.query(PairShow).count() == 0
             assert comparisons.next_pair(session=s, experiment_id=exp, rater_id=rater, kind="ab").id == pair
+    finally:
+        engine.dispose()
+
+
+def test_migration_0012_counts_claims_from_the_attempts_and_downgrades_without_them(empty_db_url):
+    """0012 adds jobs.claims (the claim counter a worker's writes are checked against, db.jobs): a job there at the
+    upgrade starts from its attempt count, and the next claim counts on from there; a downgrade drops the column and
+    keeps the jobs."""
+    from db import jobs as job_queue
+    from db import repo
+    from db.engine import session_factory, write_session
+
+    migrate.upgrade(empty_db_url)
+    engine = make_engine(empty_db_url)
+    try:
+        with write_session(session_factory(engine)) as s:
+            exp = repo.create_experiment(session=s, name="e", model_spec="m", method="greedy", config={}, budgets=[1],
+                                         prompts=["p"]).id
+            job = job_queue.enqueue_job(session=s, kind="train", experiment_id=exp).id
+    finally:
+        engine.dispose()
+    migrate.downgrade(empty_db_url, "0011")
+    assert "claims" not in {col["name"] for col in _columns(empty_db_url, "jobs")}
+    _execute(empty_db_url, f"UPDATE jobs SET attempts = 2 WHERE id = {job}")  # two claims before the upgrade
+    migrate.upgrade(empty_db_url, "0012")
+    engine = make_engine(empty_db_url)
+    try:
+        with engine.connect() as c:
+            assert c.exec_driver_sql("SELECT attempts, claims FROM jobs").all() == [(2, 2)]
+        with write_session(session_factory(engine)) as s:
+            claimed = job_queue.claim_job(session=s, worker_id="w", lease_s=10)
+            assert (claimed.id, claimed.attempts, claimed.claims) == (job, 3, 3)
+    finally:
+        engine.dispose()
+
+
+def _columns(url: str, table: str) -> list[dict]:
+    engine = make_engine(url)
+    try:
+        return inspect(engine).get_columns(table)
     finally:
         engine.dispose()
 
