@@ -27,11 +27,13 @@ asks ``plan`` for them (new ones only when the option is above 0):
   repeat lands anywhere among them and nowhere else. A repeat handed out and not answered yet comes back in the next
   batch among the rater's other unanswered cards (as many as the batch holds), until it is scored or skipped on the
   page, also once the share is set to 0 mid-round: then no new ones are handed out, and the pending ones count as
-  before (below). The unanswered cards come in the order they were first handed out (an ordinary card's lease grant,
-  a repeat's offer, both at the batch's clock), those of one batch in ``card_key`` order, the order they were shown
-  in: so they come back in the order the rater first saw them, whatever they are. Repeats used to be put at drawn
-  places anywhere in the batch while the unanswered ordinary cards came first: a new card ahead of a card left open
-  meant that one of the two was a repeat (found by review).
+  before (below). The unanswered cards come in the order they were first handed out (an ordinary card's lease's
+  first hand-out, a repeat's offer, both at the batch's clock), those of one batch in ``card_key`` order, the order
+  they were shown in: so they come back in the order the rater first saw them, whatever they are. Repeats used to be
+  put at drawn places anywhere in the batch while the unanswered ordinary cards came first: a new card ahead of a
+  card left open meant that one of the two was a repeat (found by review). An ordinary card was ordered by its
+  lease's grant, which starts again when the lease ran out 30 minutes (``repo.RESERVE_S``) before: a card left open
+  that long came back behind the repeats of its batch (found by the third review; migration 0013).
 
 Nothing on the page or in the API says that an image is a repeat, and the page's cards show no image id or seed.
 The round's counters (labels, ratings, images rated) move with ordinary ratings only (a repeat is no label); the
@@ -176,8 +178,9 @@ def mix(ordinary: list[int], again: list[int], rater_id: int, round_id: int) -> 
 
 def left_open(session: Session, round_id: int, rater_id: int, ordinary: list[int], pending: list[int]) -> list[int]:
     """The rater's unanswered cards in the order a batch shows them: ``ordinary`` (``repo.unanswered_image_ids``) and
-    the ``pending`` repeats alike, by when they were first handed out (an ordinary card's lease grant, a repeat's
-    offer), those handed out together in ``card_key`` order: the order ``mix`` showed them in."""
+    the ``pending`` repeats alike, by when they were first handed out (an ordinary card's lease's first hand-out,
+    ``repo.lease_grants``; a repeat's offer), those handed out together in ``card_key`` order: the order ``mix``
+    showed them in."""
     handed = repo.lease_grants(session=session, rater_id=rater_id, image_ids=ordinary)
     offers = db_quality.repeat_offers_of(session=session, rater_id=rater_id, image_ids=pending)
     handed.update({image_id: offers[image_id].created_at for image_id in pending})

@@ -365,7 +365,7 @@ def draw_batch(session: Session, round_: Round, who: Who, size: int, *, lease_s:
     place): a pending one among the unanswered cards, which come in the order they were first handed out
     (``repeats.left_open``), a new one among the new cards (``repeats.mix``). ``now``: the clock (leases), the time by
     default."""
-    now = check_now(now)  # one clock for the batch: its leases' grants and its repeats' offers tie (repeats.left_open)
+    now = check_now(now)  # one clock for the batch: its leases' first hand-outs and its repeats' offers tie (repeats.left_open)
     # comparisons only (issue 14 item 1): no 1-10 rating, so no repeat either, not even a pending one, and of the
     # rater's unanswered cards only those still on their page (a live lease), as before
     pairs = _pairs_only(session, round_.experiment_id)

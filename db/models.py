@@ -269,6 +269,9 @@ class ImageLease(Base):
     rater_id: Mapped[int] = mapped_column(ForeignKey("raters.id", ondelete="CASCADE"))
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # when the image was first handed to the rater: set with the row and never changed, where ``created_at`` (the
+    # reserving window's start) starts again after a lease ran out ``RESERVE_S`` before (migration 0013)
+    first_handed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class UndoStep(Base):

@@ -112,7 +112,7 @@ def find_repeat_rating(*, session: Session, image_id: int, rater_id: int) -> Rep
 
 def add_repeat_offer(*, session: Session, image_id: int, rater_id: int, now: datetime | None = None) -> RepeatOffer:
     """Record that the image is handed to the rater again; they must have rated it, and it happens once per image.
-    ``now``: when it is handed out (the batch's clock, which its leases' grants get too), the time by default."""
+    ``now``: when it is handed out (the batch's clock, which its leases' first hand-outs get too), the time by default."""
     repo.get_image(session=session, image_id=image_id)
     if repo.find_rating(session=session, image_id=image_id, rater_id=rater_id) is None:
         raise Conflict(f"rater {rater_id} has not rated image {image_id} yet, so it cannot be shown to them again")

@@ -822,7 +822,8 @@ def lease_images(
     lease that has not been held for ``RESERVE_S`` starts a new window when taken again. So a rater can hold an
     image's place at most half the time however they go about it, and the other raters get it in between. Past the
     window the holder still has the image on their page and may rate it, and other raters may be offered it too (so
-    an image can end with more ratings than the overlap)."""
+    an image can end with more ratings than the overlap). The row's ``first_handed_at`` is set when it is written and
+    never changed (``lease_grants``)."""
     lease = _lease(lease_s)
     now = _now(now)
     ids = [_int("image id", i) for i in image_ids]
@@ -841,7 +842,7 @@ def lease_images(
             continue
         session.execute(
             insert(ImageLease)
-            .values(image_id=image_id, rater_id=rater_id, expires_at=now + lease, created_at=now)
+            .values(image_id=image_id, rater_id=rater_id, expires_at=now + lease, created_at=now, first_handed_at=now)
             .on_conflict_do_update(index_elements=[ImageLease.image_id, ImageLease.rater_id],
                                    set_={"expires_at": now + lease, "created_at": fresh_grant})
         )
@@ -879,13 +880,15 @@ def unanswered_image_ids(*, session: Session, round_id: int, rater_id: int, kind
 
 
 def lease_grants(*, session: Session, rater_id: int, image_ids: Iterable[int]) -> dict[int, datetime]:
-    """image id -> the grant time of the rater's lease on it (``ImageLease.created_at``: when it was handed to them,
-    kept however often the lease is renewed or ended; see ``lease_images``), for those of ``image_ids`` they have one."""
+    """image id -> when the image was first handed to the rater (``ImageLease.first_handed_at``: kept however often
+    the lease is renewed, ended or granted anew; see ``lease_images``), for those of ``image_ids`` they have a lease
+    on. Not the grant (``created_at``): a lease that ran out ``RESERVE_S`` before it is taken again is granted anew,
+    so a card left open that long came back behind the repeats handed out with it (found by the third review)."""
     ids = [_int("image id", i) for i in image_ids]
     if not ids:
         return {}
-    stmt = select(ImageLease.image_id, ImageLease.created_at).where(ImageLease.rater_id == _int("rater id", rater_id),
-                                                                    ImageLease.image_id.in_(ids))
+    stmt = select(ImageLease.image_id, ImageLease.first_handed_at).where(ImageLease.rater_id == _int("rater id", rater_id),
+                                                                         ImageLease.image_id.in_(ids))
     return {image_id: created_at for image_id, created_at in session.execute(stmt)}
 
 

@@ -768,6 +768,31 @@ def test_mid_round_a_card_left_open_past_its_lease_gets_no_repeat_beside_it_in_a
     assert not set(batch) & set(first_ratings(world, alice)) and len(offers(world)) == 1
 
 
+def test_cards_left_open_over_30_minutes_come_back_in_the_order_they_were_first_handed_out(ui_world_factory):
+    """Cards left open come back in the order they were first handed out: an ordinary card by its lease, a repeat by
+    its offer. A lease that had run out RESERVE_S (30 minutes) before the next batch was granted anew, and the order
+    used the grant: an ordinary card left open that long came back behind the repeats handed out with it, so the
+    cards that moved to the front were repeats (found by the third review). The time an image was first handed to
+    the rater is now kept apart from the grant (migration 0013), and renewing the lease leaves it: a batch of two
+    repeats and two ordinary images, left open and fetched again over 30 minutes after its leases ran out, twice (the
+    first fetch grants the leases anew, the second used to show it), comes back in the order it was first shown."""
+    world, alice, me, data, view, batch, rated = _third_batch(ui_world_factory)
+    again = [i for i in batch if i in rated]
+    assert len(batch) == 4 and len(again) == 2
+    assert batch != sorted(batch, key=lambda i: i not in again)  # an ordinary card ahead of a repeat: a move would show
+    for hours in (1, 2):  # LEASE_S is 10 minutes: each fetch comes over 30 minutes after the leases it renews ran out
+        later = utcnow() + timedelta(hours=hours)
+        with write_session(world.factory) as s:
+            round_ = repo.get_round(session=s, round_id=world.round_id)
+            assert [im.id for im in ui_rate.draw_batch(s, round_, me, 4, now=later)] == batch, (hours, again)
+    ordinary = [i for i in batch if i not in again]
+    with read_session(world.factory) as s:  # their leases were granted anew: the reserving window did start again
+        grants = [lease.created_at for lease in s.scalars(select(ImageLease).where(
+            ImageLease.rater_id == alice, ImageLease.image_id.in_(ordinary)))]
+    assert len(grants) == 2 and min(grants) > utcnow() + timedelta(minutes=90)
+    assert len(offers(world)) == 2
+
+
 # ---------------------------------------------------------------------------------------------
 # review: repeats turned off mid-round, a repeat still on the page moved the counters unlike any other card
 # ---------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, select
 
 from db import migrate
 from db.engine import make_engine
@@ -255,6 +255,58 @@ def test_migration_0012_counts_claims_from_the_attempts_and_downgrades_without_t
         with write_session(session_factory(engine)) as s:
             claimed = job_queue.claim_job(session=s, worker_id="w", lease_s=10)
             assert (claimed.id, claimed.attempts, claimed.claims) == (job, 3, 3)
+    finally:
+        engine.dispose()
+
+
+def test_migration_0013_keeps_when_a_card_was_first_handed_out_and_downgrades_without_it(empty_db_url):
+    """0013 adds image_leases.first_handed_at (the order a rater's cards left open come back in, app.repeats): a
+    lease there at the upgrade gets its grant time, and a lease granted anew (run out 30 minutes before) keeps it
+    where the grant moves on; a downgrade drops the column and keeps the leases."""
+    from datetime import UTC, datetime, timedelta
+
+    from db import repo
+    from db.engine import read_session, session_factory, write_session
+    from db.models import ImageLease
+
+    t0 = datetime(2030, 1, 1, tzinfo=UTC)
+    migrate.upgrade(empty_db_url)
+    engine = make_engine(empty_db_url)
+    try:
+        with write_session(session_factory(engine)) as s:
+            rater = repo.create_rater(session=s, name="alice", password_hash="h").id
+            exp = repo.create_experiment(session=s, name="e", model_spec="m", method="greedy", config={}, budgets=[1],
+                                         prompts=["p"]).id
+            round_ = repo.create_round(session=s, experiment_id=exp).id
+            image = repo.add_image(session=s, round_id=round_, prompt="p", seed=0, file_path="i.png", sha256="0" * 64,
+                                   embedding=b"\0" * 8, embedding_dim=2).id
+            repo.open_round(session=s, round_id=round_)
+            repo.lease_images(session=s, round_id=round_, rater_id=rater, image_ids=[image], lease_s=600, now=t0)
+    finally:
+        engine.dispose()
+    migrate.downgrade(empty_db_url, "0012")
+    assert "first_handed_at" not in {col["name"] for col in _columns(empty_db_url, "image_leases")}
+    migrate.upgrade(empty_db_url)  # through 0013
+    assert _drift(empty_db_url) == []
+    engine = make_engine(empty_db_url)
+    later = t0 + timedelta(hours=1)
+    try:
+        with read_session(session_factory(engine)) as s:
+            assert repo.lease_grants(session=s, rater_id=rater, image_ids=[image]) == {image: t0}
+        with write_session(session_factory(engine)) as s:  # the lease ran out 50 minutes ago: granted anew
+            assert repo.lease_images(session=s, round_id=round_, rater_id=rater, image_ids=[image], lease_s=600,
+                                     now=later) == [image]
+        with read_session(session_factory(engine)) as s:
+            lease = s.scalars(select(ImageLease)).one()
+            assert (lease.created_at, lease.first_handed_at) == (later, t0)
+            assert repo.lease_grants(session=s, rater_id=rater, image_ids=[image]) == {image: t0}
+    finally:
+        engine.dispose()
+    migrate.downgrade(empty_db_url, "0012")
+    engine = make_engine(empty_db_url)
+    try:
+        with engine.connect() as c:
+            assert c.exec_driver_sql("SELECT image_id, rater_id FROM image_leases").all() == [(image, rater)]
     finally:
         engine.dispose()
 
