@@ -673,10 +673,12 @@ def _rate(session: Session, who: Who, image_id: int, score: int) -> tuple[int | 
     if existing is not None and db_quality.find_repeat_offer(session=session, image_id=image_id,
                                                              rater_id=who.rater_id) is not None:
         # handed to the rater again (the server's record, never the client's word): their first rating stays as it is
+        offer = db_quality.find_repeat_offer(session=session, image_id=image_id, rater_id=who.rater_id)
+        skipped_at = utcnow() if offer.skipped else None  # a repeat's skip keeps no time (repo.add_undo_step)
         previous = db_quality.set_repeat_score(session=session, image_id=image_id, rater_id=who.rater_id, score=score)
         if previous != score:  # on the undo stack as any score: 'u' took back the rating before it (review)
             repo.add_undo_step(session=session, rater_id=who.rater_id, image_id=image_id, action="repeat",
-                               previous_score=previous)
+                               previous_score=previous, skipped_at=skipped_at if previous is None else None)
         return previous, True
     if existing is None and not repo.holds_lease(session=session, image_id=image_id, rater_id=who.rater_id):
         if not repo.count_images_for_rater(session=session, round_id=round_.id, rater_id=who.rater_id, kind="query",
@@ -686,9 +688,12 @@ def _rate(session: Session, who: Who, image_id: int, score: int) -> tuple[int | 
                 "needs; nothing was saved"
             )
     previous = existing.score if existing is not None else None
+    skip = None if existing is not None else repo.find_skip(session=session, image_id=image_id, rater_id=who.rater_id)
+    skipped_at = skip.created_at if skip is not None else None  # the rating takes it back; its undo puts it back
     repo.add_rating(session=session, image_id=image_id, rater_id=who.rater_id, score=score)
     if previous != score:
-        repo.add_undo_step(session=session, rater_id=who.rater_id, image_id=image_id, action="rate", previous_score=previous)
+        repo.add_undo_step(session=session, rater_id=who.rater_id, image_id=image_id, action="rate", previous_score=previous,
+                           skipped_at=skipped_at)
     return previous, False
 
 
@@ -799,6 +804,8 @@ def undo(factory, data_dir, who: Who, state_value: dict | None, *, batch_size: i
             if round_id is not None:
                 repo.lock_round(session=s, round_id=round_id)  # the round first, as every write that locks it
             undone = None if round_id is None else repo.undo_last(session=s, rater_id=who.rater_id, round_id=round_id)
+            done = repo.round_progress(session=s, round_id=round_id, rater_id=who.rater_id) if (
+                undone is None and round_id is not None) else None
             if undone is not None and undone.action == "rate" and undone.restored_score is None:
                 # the first rating is gone: its repeat (app.repeats) has nothing left to agree with (an undone edit
                 # leaves a first rating, and the repeat with it)
@@ -808,7 +815,12 @@ def undo(factory, data_dir, who: Who, state_value: dict | None, *, batch_size: i
                 # its undo do not restart the window in which it holds a place against the other raters
                 repo.lease_images(session=s, round_id=round_id, rater_id=who.rater_id, image_ids=[undone.image_id],
                                   lease_s=LEASE_S)
-        if undone is None:
+        if undone is None and done is not None and done.rater_rated + done.rater_skipped:
+            # their older ratings and skips are past the undo history (repo.UNDO_KEEP): "nothing to undo" said
+            # otherwise, beside their ratings (found by review, 5 Dec 2026)
+            message = (f"There is nothing more to undo in this round: undo goes back at most {repo.UNDO_KEEP} steps, "
+                       "and your earlier ratings and skips stay as they are.")
+        elif undone is None:
             message = "There is nothing to undo in this round."
         else:
             image_id = undone.image_id

@@ -288,6 +288,9 @@ class UndoStep(Base):
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
     action: Mapped[str] = mapped_column(String(16))
     previous_score: Mapped[int | None] = mapped_column(Integer)
+    # migration 0014: a new score that took back a skip of the image: when that skip was made (a repeat's skip keeps
+    # no time: the score's), so that undoing the score puts the skip back even once the skip's own step has gone
+    skipped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

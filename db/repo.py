@@ -934,15 +934,24 @@ def _end_leases(session: Session, *clauses: Any, now: datetime | None = None) ->
 UNDO_KEEP = 200  # steps kept per rater; older ones are dropped
 
 
-def add_undo_step(*, session: Session, rater_id: int, image_id: int, action: str, previous_score: int | None = None) -> UndoStep:
+def add_undo_step(*, session: Session, rater_id: int, image_id: int, action: str, previous_score: int | None = None,
+                  skipped_at: datetime | None = None) -> UndoStep:
     """Record a rating (with the score it replaced, None for a new one), a skip, or a repeat's second score or skip
-    (app.repeats), for ``undo_last``."""
+    (app.repeats), for ``undo_last``. ``skipped_at``: a new score took back a skip of the image made then (a repeat's
+    skip keeps no time: pass the score's); undoing the score puts the skip back, whether or not the skip's own step
+    is still kept."""
     _choice("undo action", action, UNDO_ACTIONS)
     if previous_score is not None:
         _int("previous score", previous_score, minimum=SCORE_MIN, maximum=SCORE_MAX)
+    if skipped_at is not None:
+        if action not in ("rate", "repeat") or previous_score is not None:
+            raise InvalidInput(f"only a new score takes back a skip; a {action!r} step with previous score "
+                               f"{previous_score!r} cannot have skipped_at")
+        skipped_at = _now(skipped_at)
     check_author(session, "rater id", _int("rater id", rater_id))  # None is refused too: a step has its rater
     get_image(session=session, image_id=_int("image id", image_id))
-    step = UndoStep(rater_id=rater_id, image_id=image_id, action=action, previous_score=previous_score)
+    step = UndoStep(rater_id=rater_id, image_id=image_id, action=action, previous_score=previous_score,
+                    skipped_at=skipped_at)
     session.add(step)
     session.flush()
     oldest_kept = select(UndoStep.id).where(UndoStep.rater_id == rater_id).order_by(UndoStep.id.desc()).offset(UNDO_KEEP).limit(1)
@@ -964,7 +973,9 @@ def _replaced_skip(session: Session, step_id: int, rater_id: int, image_id: int,
     """The skip step (``skip_action``: "skip" or "repeat_skip") that the score recorded by step ``step_id`` took back,
     or None: the rater's newest step for the image below it, if it is such a skip. It is still on the stack, as the
     skip was not undone (an undo deletes its step), and nothing but a score of the image takes a skip back (a rating
-    cannot be skipped): so a skip step right below a new score, for the same image, is the skip that score replaced."""
+    cannot be skipped): so a skip step right below a new score, for the same image, is the skip that score replaced.
+    Only a step from before migration 0014 needs it: a newer one records the skip (``UndoStep.skipped_at``), which
+    holds when the skip's step has been dropped from the history (``UNDO_KEEP``)."""
     below = session.scalar(
         select(UndoStep)
         .where(UndoStep.rater_id == rater_id, UndoStep.image_id == image_id, UndoStep.id < step_id)
@@ -996,7 +1007,8 @@ def undo_last(*, session: Session, rater_id: int, round_id: int) -> Undone | Non
         )
         if step is None:
             return None
-        image_id, action, previous, step_id = step.image_id, step.action, step.previous_score, step.id
+        image_id, action, previous, step_id, skipped_at = (step.image_id, step.action, step.previous_score, step.id,
+                                                           step.skipped_at)
         session.delete(step)
         session.flush()
         if action == "skip":
@@ -1005,17 +1017,19 @@ def undo_last(*, session: Session, rater_id: int, round_id: int) -> Undone | Non
             delete_skip(session=session, image_id=image_id, rater_id=rater_id)
             return Undone(image_id, action, None)
         if action in ("repeat", "repeat_skip"):  # an image handed to the rater again (app.repeats)
-            if (undone := _undo_repeat(session, image_id, rater_id, action, previous, step_id)) is None:
+            if (undone := _undo_repeat(session, image_id, rater_id, action, previous, step_id, skipped_at)) is None:
                 continue
             return undone
         if find_rating(session=session, image_id=image_id, rater_id=rater_id) is None:
             continue
         if previous is None:
             delete_rating(session=session, image_id=image_id, rater_id=rater_id)
-            if (skip_step := _replaced_skip(session, step_id, rater_id, image_id, "skip")) is None:
+            if skipped_at is None and (skip_step := _replaced_skip(session, step_id, rater_id, image_id, "skip")):
+                skipped_at = skip_step.created_at  # a step from before migration 0014
+            if skipped_at is None:
                 return Undone(image_id, action, None)
             skip = add_skip(session=session, image_id=image_id, rater_id=rater_id)  # as it was: no lease either
-            skip.created_at = skip_step.created_at  # when it was skipped (exports show it)
+            skip.created_at = skipped_at  # when it was skipped (exports show it)
             session.flush()
             return Undone(image_id, action, None, skipped=True)
         add_rating(session=session, image_id=image_id, rater_id=rater_id, score=previous)
@@ -1023,7 +1037,7 @@ def undo_last(*, session: Session, rater_id: int, round_id: int) -> Undone | Non
 
 
 def _undo_repeat(session: Session, image_id: int, rater_id: int, action: str, previous: int | None,
-                 step_id: int) -> Undone | None:
+                 step_id: int, skipped_at: datetime | None) -> Undone | None:
     """Take back a repeat's score (back to the one it replaced, or none: the image is pending as a repeat again, or
     skipped again when that score had taken back a skip of it, ``_replaced_skip``) or a repeat's skip; None when its
     effect is gone (the repeat dropped, or scored since the skip). Repeats were not on the undo stack, so 'u' after
@@ -1046,7 +1060,8 @@ def _undo_repeat(session: Session, image_id: int, rater_id: int, action: str, pr
     skipped = False
     if previous is None:
         session.delete(second)
-        skipped = offer.skipped = _replaced_skip(session, step_id, rater_id, image_id, "repeat_skip") is not None
+        skipped = offer.skipped = (skipped_at is not None
+                                   or _replaced_skip(session, step_id, rater_id, image_id, "repeat_skip") is not None)
     else:
         second.score = previous
     session.flush()

@@ -467,6 +467,32 @@ def test_undoing_a_repeats_score_that_replaced_its_skip_puts_the_skip_back(ui_wo
     assert (rep, alice, False) in offers(world) and first_ratings(world, alice)[rep][0] == 3  # the first rating as it was
 
 
+def test_undoing_a_repeats_score_puts_back_its_skip_once_the_skips_step_has_left_the_history(ui_world_factory):
+    """Skip a repeat, then 200 edits of an ordinary card (the history keeps repo.UNDO_KEEP steps: the skip's step is
+    dropped), score the repeat (the skip taken back), undo: the repeat was left pending, neither skipped nor scored
+    (found by review, 5 Dec 2026). Now it is skipped again and not handed out."""
+    world = ui_world_factory(n_images=12)
+    alice, me, data = world.accounts["alice"], who(world, "alice"), world.settings.data_dir
+    set_share(world, 0.5)
+    view, again, ordinary = page_with_a_repeat(world, me)
+    rep, other = again[0], ordinary[0]
+    view = ui_rate.skip(world.factory, data, me, view.state, {"image_id": rep}, batch_size=4)
+    assert view.message is None and (rep, alice, True) in offers(world)
+    with read_session(world.factory) as s:
+        skipped = db_quality.repeat_counts(session=s, round_id=world.round_id, rater_id=alice)
+    with write_session(world.factory) as s:
+        for k in range(200):
+            ui_rate.rate_in_session(s, me, other, 1 + k % 2)
+    view = ui_rate.rate(world.factory, data, me, view.state, {"image_id": rep, "score": 9}, batch_size=4)
+    assert view.message is None and (rep, alice, False) in offers(world)
+    view = ui_rate.undo(world.factory, data, me, view.state, batch_size=4)
+    assert view.message is None and (rep, alice, True) in offers(world)
+    assert json.loads(view.marks)["cards"][str(rep)]["state"] == "skipped"
+    with read_session(world.factory) as s:
+        assert db_quality.find_repeat_rating(session=s, image_id=rep, rater_id=alice) is None
+        assert db_quality.repeat_counts(session=s, round_id=world.round_id, rater_id=alice) == skipped  # not pending
+
+
 def test_saving_the_admin_form_leaves_an_untouched_repeat_share_as_it_was(ui_world):
     set_share(ui_world, 0.3)
     demo = ui.build_demo(ui_world.services())

@@ -217,6 +217,51 @@ def test_undoing_a_rating_that_replaced_a_skip_puts_the_skip_back_and_the_card_s
     assert "nothing to undo" in page.undo().message
 
 
+def test_undoing_a_rating_puts_back_a_skip_whose_own_step_has_left_the_undo_history(ui_world):
+    """Skip A, then 200 edits of B (the history keeps a rater's newest repo.UNDO_KEEP steps: A's skip step is dropped),
+    rate A (the skip taken back), undo. The undo found A's skip by its step, so it removed the rating with the skip
+    lost and A was offered again (found by review, 5 Dec 2026). Now A is skipped again, at its time, not offered."""
+    from db.models import Skip, UndoStep
+
+    page = Page(ui_world, "alice")
+    a, b, alice = page.batch[0], page.batch[1], ui_world.accounts["alice"]
+    page.skip(a)
+    with read_session(ui_world.factory) as s:
+        skipped_at = s.scalars(select(Skip.created_at).where(Skip.image_id == a, Skip.rater_id == alice)).one()
+    with write_session(ui_world.factory) as s:
+        for k in range(200):
+            ui_rate.rate_in_session(s, page.who, b, 1 + k % 2)
+    with read_session(ui_world.factory) as s:  # the skip's own step is gone; the skip stands
+        assert s.scalars(select(UndoStep.id).where(UndoStep.rater_id == alice, UndoStep.image_id == a)).all() == []
+        assert repo.find_skip(session=s, image_id=a, rater_id=alice) is not None
+    assert page.rate(a, 7).message is None and rating_of(ui_world, a, alice) == 7
+    assert page.undo().message is None
+    assert rating_of(ui_world, a, alice) is None and page.marks[str(a)]["state"] == "skipped"
+    with read_session(ui_world.factory) as s:
+        restored_at = s.scalars(select(Skip.created_at).where(Skip.image_id == a, Skip.rater_id == alice)).one()
+    assert abs(restored_at - skipped_at) < timedelta(seconds=1)
+    assert a not in Page(ui_world, "alice", batch_size=6).batch and rating_of(ui_world, b, alice) == 2
+
+
+def test_undo_says_so_when_the_rest_is_older_than_its_history(ui_world, monkeypatch):
+    """Rate A, B, C with a history of 2 steps: two undos take back C and B; the third said "There is nothing to undo
+    in this round." beside A's rating (found by review, 5 Dec 2026). It says nothing more can be undone, how far undo
+    goes back, and that A's rating stays; with nothing of the rater's left, the sentence is as before."""
+    monkeypatch.setattr(repo, "UNDO_KEEP", 2)
+    page = Page(ui_world, "alice")
+    a, b, c = page.batch[:3]
+    alice = ui_world.accounts["alice"]
+    for image_id in (a, b, c):
+        page.rate(image_id, 5)
+    assert page.undo().message is None and page.undo().message is None
+    message = page.undo().message
+    assert message.startswith("There is nothing more to undo in this round") and "at most 2 steps" in message
+    assert message.count(".") == 1 and "stay as they are" in message
+    assert [rating_of(ui_world, i, alice) for i in (a, b, c)] == [5, None, None]
+    other = Page(ui_world, "bob")
+    assert other.undo().message == "There is nothing to undo in this round."
+
+
 def test_skip_and_undo_do_not_restart_the_reservation(ui_world_factory):
     """Before: a skip deleted the lease and its undo leased the image afresh, so skip-and-undo renewed a rater's hold
     on an image for ever. Now the lease keeps its first grant (repo.lease_images): 31 minutes after it, the image comes

@@ -380,3 +380,47 @@ def test_a_migration_behind_an_open_transaction_gives_up_in_one_sentence(empty_d
         engine.dispose()
     migrate.upgrade(empty_db_url)
     assert migrate.current_revision(empty_db_url) == migrate.head_revision()
+
+
+def test_migration_0014_records_the_skip_a_score_took_back_and_older_steps_undo_as_before(empty_db_url):
+    """0014 adds undo_steps.skipped_at (a new score that took back a skip: when the skip was made). A downgrade to
+    0013 keeps the steps without it; upgraded again they hold NULL, and undoing such a score still puts the skip
+    back by the skip's own step below it, as before 0014."""
+    from db import repo
+    from db.engine import read_session, session_factory, write_session
+    from db.models import UndoStep
+
+    migrate.upgrade(empty_db_url)
+    engine = make_engine(empty_db_url)
+    try:
+        with write_session(session_factory(engine)) as s:
+            rater = repo.create_rater(session=s, name="alice", password_hash="h").id
+            exp = repo.create_experiment(session=s, name="e", model_spec="m", method="greedy", config={}, budgets=[1],
+                                         prompts=["p"])
+            round_ = repo.create_round(session=s, experiment_id=exp.id).id
+            image = repo.add_image(session=s, round_id=round_, prompt="p", seed=0, file_path="i.png", sha256="0" * 64,
+                                   embedding=b"\0" * 8, embedding_dim=2).id
+            repo.open_round(session=s, round_id=round_)
+            skipped_at = repo.add_skip(session=s, image_id=image, rater_id=rater).created_at
+            repo.add_undo_step(session=s, rater_id=rater, image_id=image, action="skip")
+            repo.add_rating(session=s, image_id=image, rater_id=rater, score=4)
+            repo.add_undo_step(session=s, rater_id=rater, image_id=image, action="rate", skipped_at=skipped_at)
+        with read_session(session_factory(engine)) as s:
+            assert [st.skipped_at is not None for st in s.query(UndoStep).order_by(UndoStep.id)] == [False, True]
+    finally:
+        engine.dispose()
+    migrate.downgrade(empty_db_url, "0013")
+    migrate.upgrade(empty_db_url)
+    assert _drift(empty_db_url) == []
+    engine = make_engine(empty_db_url)
+    try:
+        with read_session(session_factory(engine)) as s:
+            assert [(st.action, st.skipped_at) for st in s.query(UndoStep).order_by(UndoStep.id)] == [("skip", None),
+                                                                                                     ("rate", None)]
+        with write_session(session_factory(engine)) as s:
+            assert repo.undo_last(session=s, rater_id=rater, round_id=round_) == repo.Undone(image, "rate", None,
+                                                                                             skipped=True)
+            assert repo.find_rating(session=s, image_id=image, rater_id=rater) is None
+            assert repo.find_skip(session=s, image_id=image, rater_id=rater) is not None
+    finally:
+        engine.dispose()
