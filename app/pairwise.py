@@ -22,7 +22,8 @@ so closing a round waits for votes in flight and no vote lands after the close. 
 has not voted on it (nor skipped it) while it has fewer votes than the experiment's overlap; voting again on the
 same pair edits the vote. ``skip`` (can't judge, an image that does not load) sets the pair aside for that rater:
 not offered to them again, no vote, no label, nothing in training (before 3 Dec 2026 the only way past a pair was
-a vote, so "can't judge" went into training as a tie). Bad input is refused with one sentence and writes nothing.
+a vote, so "can't judge" went into training as a tie); a vote on it later (the API) takes the skip back. Bad input
+is refused with one sentence and writes nothing.
 
 Budget. With ``"pairs"`` a round's labels are pair votes: progress counts votes (at most ``overlap`` per pair)
 against pairs x overlap, and a round can be closed once it has a vote. With ``"both"`` ratings count as before

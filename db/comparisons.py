@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, aliased
 
 from db import repo
@@ -263,7 +263,12 @@ def count_unvoted(*, session: Session, experiment_id: int, rater_id: int, kind: 
 
 
 def record_vote(*, session: Session, pair_id: int, rater_id: int, choice: str) -> ComparisonVote:
-    """Record the rater's choice on a pair: 'a' (left), 'b' (right) or 'tie'. Voting again edits the choice."""
+    """Record the rater's choice on a pair: 'a' (left), 'b' (right) or 'tie'. Voting again edits the choice.
+
+    A vote takes back the rater's skip of the pair, if any, as a rating takes back a skip of its image
+    (``repo.add_rating``): a rater answers a pair once, by a vote or a skip (``record_skip`` refuses a voted pair). A
+    preference pair skipped and then voted on through the API (its id kept, or a second tab) kept the skip beside the
+    vote, so the ratings dataset held a skip and a vote of one rater on one pair (found by review, 5 Dec 2026)."""
     if choice not in VOTE_CHOICES:
         raise InvalidInput(f"a vote must be one of {list(VOTE_CHOICES)} ('a' left, 'b' right), got {choice!r}")
     pair = get_pair(session=session, pair_id=pair_id)
@@ -277,7 +282,9 @@ def record_vote(*, session: Session, pair_id: int, rater_id: int, choice: str) -
                                set_={"choice": choice, "updated_at": now})
         .returning(ComparisonVote)
     )
-    return session.scalars(stmt, execution_options={"populate_existing": True}).one()
+    vote = session.scalars(stmt, execution_options={"populate_existing": True}).one()
+    session.execute(delete(PairSkip).where(PairSkip.pair_id == pair.id, PairSkip.rater_id == rater_id))
+    return vote
 
 
 @dataclass(frozen=True)

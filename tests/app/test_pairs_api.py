@@ -294,6 +294,29 @@ def test_a_skipped_pair_is_not_offered_again_and_counts_nowhere(pairs_world):
     assert fb.pairs is not None and len(fb.pairs) == 1  # alice's one vote; the skip is not a tie
 
 
+def test_a_vote_on_a_pair_the_rater_skipped_takes_the_skip_back(pairs_world):
+    """A pair skipped, then voted on through the API (its id kept): the vote was saved and the skip kept beside it, so
+    the ratings dataset held both a skip and a vote of alice on the pair, and the other way round (a vote, then a skip)
+    was refused (found by review, 5 Dec 2026). A vote takes the skip back, as a rating takes back a skip of its image:
+    one answer per pair and rater."""
+    from app import export
+
+    w = pairs_world
+    fns = api_fns(w)
+    submit, next_pair = fns["submit_comparison"], fns["next_pair"]
+    pid = next_pair(request=request("alice"))["pair"]["pair_id"]
+    submit(pid, "skip", request=request("alice"))
+    out = submit(pid, "right", request=request("alice"))
+    assert (out["choice"], out["previous_choice"]) == ("b", None)
+    with read_session(w.factory) as s:
+        assert comparisons.skipped_pairs(session=s, rater_id=w.accounts["alice"]) == set()
+    rows = export.dataset_rows(w.settings, w.experiment_id)
+    answers = [("vote", r["choice"]) for r in rows.votes if r["pair_id"] == pid]
+    answers += [("skip", None) for r in rows.skips if r.get("pair_id") == pid]
+    assert answers == [("vote", "b")]
+    assert "change your choice instead of skipping" in refusal(submit, pid, "skip", request=request("alice"))
+
+
 def test_a_blind_ab_pair_can_be_skipped(ui_world):
     from app import ab, ui_compare
 
