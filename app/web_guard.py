@@ -595,13 +595,16 @@ class WebGuard:
     async def _make_event(self, user: str, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass on a request that makes an event (``gradio_routes.makes_event``): refused (429) when the account has
         EVENTS_IN_FLIGHT events waiting, running or unread, those admitted and not yet answered counted too (requests
-        sent at once all saw a low count: found by review); else the answer's event id is bound to ``user``."""
+        sent at once all saw a low count: found by review); else the answer's event id is bound to ``user``. The
+        refusal is JSON on the page's own route, as every event refused there (``_refuse``): it was plain text, which
+        the page's Gradio client showed as a JSON parse error (found by review, 5 Dec 2026)."""
         queue = self._queue()
         waiting = self._admitting.get(user, 0) + (
             0 if queue is None else gradio_routes.outstanding(user, queue, self.session_owners, self.event_owners))
         if waiting >= gradio_routes.EVENTS_IN_FLIGHT:
             await self._refuse(scope, receive, send, f"You have {gradio_routes.EVENTS_IN_FLIGHT} requests waiting for "
-                               "an answer or unread; read their answers before sending more.", 429)
+                               "an answer or unread; read their answers before sending more.", 429,
+                               detail=gradio_routes.is_page_join(get_route_path(scope)))
             return
         self._admitting[user] = self._admitting.get(user, 0) + 1  # no await since the count: one request at a time
         try:

@@ -576,6 +576,33 @@ def _guard_with_accounts(factory):
     return guard, reached, store, post
 
 
+def test_too_many_events_in_flight_on_the_pages_route_is_a_json_detail(db_factory, monkeypatch):
+    """An account past EVENTS_IN_FLIGHT events is refused 429. On /queue/join, the page's own route, the refusal was
+    plain text, unlike every other event refused there: the page's Gradio client reads the answer as JSON and showed
+    "Could not parse server response" instead of the sentence (found by review, 5 Dec 2026). It is ``{"detail":
+    sentence}`` there now; a curl-style call (POST /call/{api}) still gets the sentence as plain text."""
+    from app import gradio_routes
+
+    with write_session(db_factory) as s:
+        rater_id = repo.create_rater(session=s, name="alice", password_hash="not-a-real-hash").id
+    guard, reached, store, post = _guard_with_accounts(db_factory)
+    monkeypatch.setattr(guard, "_queue", lambda: object())  # a queue that holds EVENTS_IN_FLIGHT of hers
+    monkeypatch.setattr(gradio_routes, "outstanding", lambda user, queue, *owners: gradio_routes.EVENTS_IN_FLIGHT)
+    token = store.start(rater_id, "127.0.0.1")
+    sentence = (f"You have {gradio_routes.EVENTS_IN_FLIGHT} requests waiting for an answer or unread; read their "
+                "answers before sending more.")
+    event = json.dumps({"data": [1, ""], "event_data": None, "fn_index": 3, "trigger_id": 7,
+                        "session_hash": "abc123"}).encode()
+    try:
+        status, body, _ = post("/gradio_api/queue/join", event, token=token)
+        assert (status, json.loads(body)) == (429, {"detail": sentence}), (status, body[:300])
+        status, body, _ = post("/gradio_api/call/next_batch", json.dumps({"data": [1, ""]}).encode(), token=token)
+        assert (status, body.decode()) == (429, sentence)
+        assert reached == []
+    finally:
+        guard.close()
+
+
 # what the review sent: 256 KiB of small values (~131,000 zeros), ~220 ms of the event loop each to parse and walk
 MANY_VALUES = ('{"data":[' + ",".join(["0"] * ((256 * 1024 - 100) // 2)) + "]}").encode()
 
