@@ -2,7 +2,8 @@
 (Single files: ``seiko_core.atomic``, whose temporary names and fsync this module shares.)
 
 A reader never sees a partial directory under its final name, and ``verify`` proves the files are the
-ones written. The manifest is JSON; weights are safetensors.
+ones written (in a model's directory, that there are no others: ``LOADED_WHOLE``). The manifest is JSON; weights
+are safetensors.
 """
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ from seiko_core.atomic import TMP_PREFIX, claim_new, fsync_dir, release_claim, t
 
 MANIFEST = "manifest.json"
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+# the manifest formats of the directories a stock loader reads whole, finding the weights by what the directory holds
+# (an adapter and the diffusers and kohya LoRA exports: ``load_lora_weights(dir)``; a merged pipeline:
+# ``from_pretrained(dir)``): ``verify`` refuses a file there that the manifest does not list. Those were ignored,
+# so a file dropped into an export verified; the ratings dataset's readers refuse one by the names they read
+# (``seiko_core.export``), and a reward model reads its own files by name (found by review, 5 Dec 2026).
+LOADED_WHOLE = ("diffusers-lora", "kohya-lora", "diffusers-pipeline-merged")
 
 
 class CheckpointError(RuntimeError):
@@ -96,7 +103,8 @@ def atomic_directory(final: str | Path, write: Callable[[Path], None], extra: di
 
 
 def verify(directory: str | Path) -> dict:
-    """The manifest of ``directory`` after checking every file's hash; CheckpointError otherwise."""
+    """The manifest of ``directory`` after checking every file's hash, and in a directory a stock loader reads whole
+    (``LOADED_WHOLE``) that it holds no file the manifest does not list; CheckpointError otherwise."""
     directory = Path(directory)
     path = directory / MANIFEST
     if not path.is_file():
@@ -120,6 +128,13 @@ def verify(directory: str | Path) -> dict:
             raise CheckpointError(f"Checkpoint {str(directory)!r} is missing {name} (or it is a link).")
         if sha256_file(f) != sha:
             raise CheckpointError(f"Checkpoint file {str(f)!r} does not match its manifest hash (corrupt or altered).")
+    if manifest.get("format") in LOADED_WHOLE:
+        for p in sorted(directory.rglob("*")):
+            name = p.relative_to(directory).as_posix()
+            if (p.is_symlink() or p.is_file()) and name != MANIFEST and name not in files:
+                raise CheckpointError(f"The manifest of checkpoint {str(directory)!r} does not list {name}, which the "
+                                      "directory holds: it was added after the checkpoint was written; remove it to "
+                                      "use the checkpoint.")
     return manifest
 
 

@@ -583,6 +583,33 @@ def test_a_destination_created_while_the_export_is_written_is_left_alone(tmp_pat
     assert not list(tmp_path.glob(".tmp-*"))
 
 
+def test_a_file_dropped_into_a_lora_export_is_refused_by_name(adapter_dir, tmp_path):
+    """verify checked the files a manifest lists only: a file dropped into an exported LoRA directory, which stock
+    ``load_lora_weights(dir)`` reads by looking at what it holds, verified, while the ratings export refuses a file
+    its manifest does not list (found by review, 5 Dec 2026). Now refused in one sentence naming the file; removed,
+    the export verifies as before."""
+    exports = {"diffusers": export_diffusers_lora(adapter_dir, tmp_path / "d").path,
+               "kohya": export_kohya_lora_dir(adapter_dir, tmp_path / "k", name="round1").path}
+    for kind, path in exports.items():
+        manifest = verify(path)
+        for dropped in ("pytorch_lora_weights.bin", "extra/round1.safetensors", "link.safetensors"):
+            f = path / dropped
+            if dropped.startswith("link"):
+                f.symlink_to(next(path.glob("*.safetensors")))
+            else:
+                f.parent.mkdir(exist_ok=True)
+                f.write_bytes(b"not written by the export")
+            with pytest.raises(CheckpointError) as info:
+                verify(path)
+            said = str(info.value)
+            assert f"does not list {dropped}, which the directory holds" in said, (kind, said)
+            assert said.endswith("remove it to use the checkpoint.") and "\n" not in said
+            f.unlink()
+            if f.parent != path:
+                f.parent.rmdir()
+            assert verify(path) == manifest, (kind, dropped)
+
+
 @pytest.mark.parametrize("name", ["comparisons.jsonl", "repeat_ratings.jsonl", "skips.jsonl", "gold.jsonl",
                                   "pair_shows.jsonl"])
 def test_a_ratings_file_added_after_the_export_is_refused_not_read(tmp_path, name):
