@@ -45,6 +45,13 @@ def ensure_demo_experiment(factory, settings: Settings) -> int | None:
     return lifecycle.create_experiment(factory=factory, spec=spec, default_model=settings.model)
 
 
+# The status a worker exits with when its watchdog ended a job stuck after a stop (app.worker.EX_TEMPFAIL): the job
+# is taken again by the next worker, so the demo starts a fresh one rather than stopping, at most MAX_WORKER_RESTARTS
+# times a run.
+WORKER_RESTART_STATUS = 75
+MAX_WORKER_RESTARTS = 5
+
+
 def worker_command(settings: Settings) -> list[str]:
     """The worker's command line. The database URL is not on it (it may hold a password, and a command line is
     readable by every local user in ps: found by review); ``worker_env`` hands it over."""
@@ -97,8 +104,16 @@ def main(args: argparse.Namespace) -> int:
         except ServeError as exc:  # a port in use, a host that does not resolve: one sentence, as `serve` says it
             print(f"error: {exc}", file=sys.stderr)
             return 1
+        restarts = 0
         while not stop.wait(0.5):
             if worker is not None and worker.poll() is not None:
+                if worker.returncode == WORKER_RESTART_STATUS and restarts < MAX_WORKER_RESTARTS and not stop.is_set():
+                    restarts += 1
+                    worker = subprocess.Popen(worker_command(settings), env=worker_env(settings), start_new_session=True)
+                    print(f"the worker ended a job that was stuck after a stop (status {WORKER_RESTART_STATUS}); started a "
+                          f"fresh worker (pid {worker.pid}; restart {restarts} of at most {MAX_WORKER_RESTARTS})",
+                          file=sys.stderr, flush=True)
+                    continue
                 print(f"the worker exited with status {worker.returncode}; stopping the demo", file=sys.stderr, flush=True)
                 status = 1
                 break

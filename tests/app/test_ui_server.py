@@ -184,6 +184,41 @@ def test_demo_starts_worker_and_ui_and_stops_both_on_sigterm(tmp_path, monkeypat
         httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
 
 
+def test_the_demo_starts_a_fresh_worker_when_its_watchdog_ended_a_stuck_job(tmp_path, monkeypatch, capsys):
+    """A worker whose watchdog ended a job stuck after a stop exits 75 (app.worker.EX_TEMPFAIL), leaving the job to be
+    taken again: the demo starts a fresh worker and goes on, where it stopped the whole demo on any worker exit."""
+    from app.worker import EX_TEMPFAIL
+
+    assert cli_demo.WORKER_RESTART_STATUS == EX_TEMPFAIL
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model_index.json").write_text("{}")
+    first, pid_file = tmp_path / "first.done", tmp_path / "worker.pid"
+    fake_worker = (f"import os, signal, sys, time, pathlib; first = pathlib.Path({str(first)!r})\n"
+                   f"if not first.exists(): first.write_text('x'); sys.exit({EX_TEMPFAIL})\n"
+                   f"open({str(pid_file)!r}, 'w').write(str(os.getpid())); "
+                   "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); time.sleep(120)")
+    monkeypatch.setattr(cli_demo, "worker_command", lambda settings: [sys.executable, "-c", fake_worker])
+    monkeypatch.setenv("SEIKO_LOCAL_TOKEN", "demo-test-local-token-43")
+    port = free_port()
+
+    def stop_when_the_second_worker_runs() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not pid_file.exists():
+            time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=stop_when_the_second_worker_runs, daemon=True).start()
+    rc = app_main(["demo", "--port", str(port), "--data-dir", str(tmp_path / "data"), "--model", str(model)])
+    captured = capsys.readouterr()
+    assert rc == 0, captured
+    assert pid_file.exists(), captured
+    assert "the worker ended a job that was stuck after a stop (status 75); started a fresh worker" in captured.err
+    assert "stopping the demo" in captured.out and "worker stopped (status 0)" in captured.out
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid_file.read_text()), 0)
+
+
 def test_the_idle_server_wakes_up_a_few_dozen_times_a_second_not_a_thousand(ui_world, monkeypatch):
     """Gradio's queue polls every 1 ms when idle (8% of a core beside the training worker); ui.quiet_idle_polling
     slows that to QUEUE_IDLE_POLL_S. Counted here as the short sleeps the server's event loop actually takes."""
