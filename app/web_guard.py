@@ -36,8 +36,9 @@ For every HTTP and websocket request, before Gradio sees it:
   id}``) are read only by the account that made it, under the api it made it by, and only while they wait to be
   read; a session's stream (``/queue/data``) only where Gradio holds messages for it (else 404, one sentence:
   Gradio raised inside the event stream it had started, a traceback per request). A refusal is its sentence as plain
-  text, except an event refused on ``/queue/join``, the page's own route: ``{"detail": sentence}`` (JSON), which the
-  page's Gradio client shows in its error toast (plain text showed there as a JSON parse error).
+  text, except on ``/queue/join``, the page's own route, where every refusal (an event's, a session hash's, a
+  body's, the sign-in's or local token's) is ``{"detail": sentence}`` (JSON), which the page's Gradio client shows in
+  its error toast (plain text showed there as a JSON parse error).
 - **Cookies**: every ``Set-Cookie`` the app sends is ``SameSite=Lax`` (Gradio's own say ``SameSite=None``), and
   ``Secure`` when the request shows HTTPS (``WebGuard._https_shown``: an https public URL, TLS, the session cookie
   above, or the browser's own ``Origin: https://...``, as the sign-in's POST carries), so that a page making the
@@ -464,9 +465,8 @@ class WebGuard:
                 await PlainTextResponse(text, status_code=404)(scope, receive, send)
                 return
             checked = await self._bounded_body(headers, receive)
-            if isinstance(checked, Response):
-                self.stats.refused += 1
-                await checked(scope, receive, send)
+            if isinstance(checked, tuple):
+                await self._refuse(scope, receive, send, *checked)
                 return
             receive = checked
         if (why := gradio_routes.query_refusal(scope.get("query_string", b""))) is not None:
@@ -534,7 +534,7 @@ class WebGuard:
                 return
             # an event that is not the app's, signed in (signed out, Gradio's own sign-in check answers 401 first)
             if signed_in is not None and (refused := self._event_refusal(path, method, parsed, signed_in)) is not None:
-                await self._refuse(scope, receive, send, *refused, detail=gradio_routes.is_page_join(path))
+                await self._refuse(scope, receive, send, *refused)
                 return
             event = gradio_routes.event_of(path, method)
             if event is not None and user is None:
@@ -560,7 +560,7 @@ class WebGuard:
                 return
         else:  # local mode: past its token
             if (refused := self._event_refusal(path, method, parsed)) is not None:
-                await self._refuse(scope, receive, send, *refused, detail=gradio_routes.is_page_join(path))
+                await self._refuse(scope, receive, send, *refused)
                 return
             if (named is not None and gradio_routes.reads_session(path, method) and not self._results_waiting(named)) \
                     or (read is not None and not self._event_waiting(read[1])):
@@ -596,15 +596,14 @@ class WebGuard:
         """Pass on a request that makes an event (``gradio_routes.makes_event``): refused (429) when the account has
         EVENTS_IN_FLIGHT events waiting, running or unread, those admitted and not yet answered counted too (requests
         sent at once all saw a low count: found by review); else the answer's event id is bound to ``user``. The
-        refusal is JSON on the page's own route, as every event refused there (``_refuse``): it was plain text, which
-        the page's Gradio client showed as a JSON parse error (found by review, 5 Dec 2026)."""
+        refusal is JSON on the page's own route, as every refusal there (``_refuse``): it was plain text, which the
+        page's Gradio client showed as a JSON parse error (found by review, 5 Dec 2026)."""
         queue = self._queue()
         waiting = self._admitting.get(user, 0) + (
             0 if queue is None else gradio_routes.outstanding(user, queue, self.session_owners, self.event_owners))
         if waiting >= gradio_routes.EVENTS_IN_FLIGHT:
             await self._refuse(scope, receive, send, f"You have {gradio_routes.EVENTS_IN_FLIGHT} requests waiting for "
-                               "an answer or unread; read their answers before sending more.", 429,
-                               detail=gradio_routes.is_page_join(get_route_path(scope)))
+                               "an answer or unread; read their answers before sending more.", 429)
             return
         self._admitting[user] = self._admitting.get(user, 0) + 1  # no await since the count: one request at a time
         try:
@@ -650,17 +649,19 @@ class WebGuard:
         message = getattr(self._blocks(), "auth_message", None)
         return JSONResponse({"detail": {"error": "Not authenticated", "auth_message": message}}, status_code=401)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send, why: str, status: int, *,
-                      detail: bool = False) -> None:
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, why: str, status: int) -> None:
         """Answer with ``why`` (one sentence): as the body with ``status`` over HTTP, as the close reason (1008) of a
-        websocket. ``detail``: as ``{"detail": why}`` (JSON), for the page's own event route, whose Gradio client
-        reads every answer as JSON and shows ``detail`` in its error toast; a plain sentence there showed as "Could
-        not parse server response: SyntaxError ..." (found by the second review of 5 Dec 2026, once a number the
-        admin typed out of its range was refused there)."""
+        websocket. On the page's own event route (``gradio_routes.is_page_join``), whatever refused the request, the
+        body is ``{"detail": why}`` (JSON): the page's Gradio client reads every answer there as JSON and shows
+        ``detail`` in its error toast; a plain sentence showed as "Could not parse server response: SyntaxError ..."
+        (found by the second review of 5 Dec 2026 for a refused event, and by the third for the 403 of a session hash
+        another account holds, a tab left open after signing in as someone else, an unreadable body and a bad session
+        hash: the route now decides, not each refusal). Elsewhere (``POST /call/{api}``, curl's and scripts' route)
+        the sentence is plain text."""
         self.stats.refused += 1
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008, "reason": why[:120]})
-        elif detail:
+        elif gradio_routes.is_page_join(get_route_path(scope)):
             await JSONResponse({"detail": why}, status_code=status)(scope, receive, send)
         else:
             await PlainTextResponse(why, status_code=status)(scope, receive, send)
@@ -779,22 +780,22 @@ class WebGuard:
 
     # -- request bodies ------------------------------------------------------------------------
 
-    async def _bounded_body(self, headers: Headers, receive: Receive) -> Receive | Response:
-        """``receive`` for a request whose body is at most MAX_REQUEST_BODY bytes, else the refusal to send.
+    async def _bounded_body(self, headers: Headers, receive: Receive) -> Receive | tuple[str, int]:
+        """``receive`` for a request whose body is at most MAX_REQUEST_BODY bytes, else the refusal to send (sentence,
+        status: ``_refuse``).
 
         A chunked body (``Transfer-Encoding``, which the server's parser obeys over a ``Content-Length`` sent beside
         it) is read here, up to the limit, and replayed to the app. Otherwise the declared length is checked as it
         stands: the server holds the client to it."""
         limit = MAX_REQUEST_BODY
-        too_large = PlainTextResponse(f"The request body is larger than the {limit // 1024} KiB this app accepts.",
-                                      status_code=413)
+        too_large = f"The request body is larger than the {limit // 1024} KiB this app accepts.", 413
         if "transfer-encoding" not in headers:
             length = headers.get("content-length")
             if length is None:
                 return receive  # no body
             length = length.strip()
             if not (length.isascii() and length.isdecimal()):
-                return PlainTextResponse("The Content-Length header is not a whole number of bytes.", status_code=400)
+                return "The Content-Length header is not a whole number of bytes.", 400
             return too_large if len(length) > 12 or int(length) > limit else receive
         body = await self._read_body(receive, limit)
         if body is None:

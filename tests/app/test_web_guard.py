@@ -146,7 +146,7 @@ def test_a_foreign_preflight_gets_no_cors_answer_whatever_the_host(served, host,
     r = httpx.options(url + "/gradio_api/queue/join", headers={
         "Host": host, "Origin": EVIL, "Access-Control-Request-Method": "POST",
         "Access-Control-Request-Headers": "content-type"})
-    assert r.status_code == 403 and why in r.text
+    assert r.status_code == 403 and why in sentence_of(r)
     assert_no_cors(r)
 
 
@@ -480,7 +480,7 @@ def test_a_huge_body_is_refused_before_anything_reads_it(served):
             yield b"x" * 16384
 
     r = httpx.post(url + "/gradio_api/queue/join", content=chunks(20), headers={"Content-Type": "application/json"})
-    assert r.status_code == 413 and "256 KiB" in r.text
+    assert r.status_code == 413 and "256 KiB" in sentence_of(r)
     # a small Content-Length beside Transfer-Encoding: chunked (the server's parser frames the body as chunked)
     big = b"".join(b"4000\r\n" + b"x" * 0x4000 + b"\r\n" for _ in range(20)) + b"0\r\n\r\n"
     answer = _raw_request(url, f"POST /gradio_api/queue/join HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
@@ -603,6 +603,96 @@ def test_too_many_events_in_flight_on_the_pages_route_is_a_json_detail(db_factor
         guard.close()
 
 
+def page_client_reads(status: int, body: bytes) -> tuple[int, str]:
+    """What the page's Gradio client makes of an answer to its /queue/join post (gradio's ``post_data`` and
+    ``submit`` in its frontend): the body read as JSON, a parse error answered as status 500 and the message "Could
+    not parse server response: ..."; the toast shows ``detail``, else ``error``."""
+    try:
+        answer = json.loads(body)
+    except ValueError as e:
+        return 500, f"Could not parse server response: {e}"
+    return status, answer.get("detail") or answer.get("error")
+
+
+def test_every_refusal_on_the_pages_join_route_is_a_json_detail(db_factory):
+    """On /queue/join, the page's own route, its Gradio client reads every answer as JSON and shows its ``detail``;
+    events refused for their values and the 429 were JSON already, but the 403 for a session another account holds
+    (normal use: a tab left open after signing in as someone else), an unreadable body, a bad session hash and a body
+    over the size limit were plain text, which the page showed as "Could not parse server response" (third review,
+    5 Dec 2026). Each is ``{"detail": sentence}`` there now, with its status; POST /call/{api} (curl, scripts) keeps
+    the plain sentence."""
+    with write_session(db_factory) as s:
+        alice = repo.create_rater(session=s, name="alice", password_hash="not-a-real-hash").id
+        bob = repo.create_rater(session=s, name="bob", password_hash="not-a-real-hash").id
+    guard, reached, store, post = _guard_with_accounts(db_factory)
+    alices, bobs = store.start(alice, "127.0.0.1"), store.start(bob, "127.0.0.1")
+
+    def event(session_hash: str) -> bytes:
+        return json.dumps({"data": [1, ""], "event_data": None, "fn_index": 3, "trigger_id": 7,
+                           "session_hash": session_hash}).encode()
+
+    def call(session_hash: str) -> bytes:
+        return json.dumps({"data": [1, ""], "session_hash": session_hash}).encode()
+
+    theirs = "This session of the app belongs to another account."
+    too_big = b" " * (256 * 1024 + 1)
+    try:
+        # alice's tab: its session is hers, and so is the event it made (the inner app answers event id "e1")
+        assert post("/gradio_api/queue/join", event("alices-tab"), token=alices)[0] == 200
+        # (the page's body, the same refusal's curl-style body, status, sentence)
+        cases = [(event("alices-tab"), call("alices-tab"), 403, theirs),  # her tab, now signed in as bob
+                 (event("e1"), call("e1"), 403, theirs),  # her event's id named as the session
+                 (b"{not json", b"{not json", 400, "The request body is not JSON."),
+                 (event("a/b"), call("a/b"), 400, "A session hash is 1 to 64 letters, digits, '-' or '_'."),
+                 (too_big, too_big, 413, "The request body is larger than the 256 KiB this app accepts.")]
+        for join_body, call_body, status, sentence in cases:
+            answered, text, _ = post("/gradio_api/queue/join", join_body, token=bobs)
+            assert page_client_reads(answered, text) == (status, sentence), (status, text[:300])
+            assert json.loads(text) == {"detail": sentence}
+            answered, text, _ = post("/gradio_api/call/next_batch", call_body, token=bobs)
+            assert (answered, text.decode()) == (status, sentence)  # curl's route: the plain sentence
+        assert reached == [("/gradio_api/queue/join", len(event("alices-tab")))]  # nothing of bob's reached Gradio
+    finally:
+        guard.close()
+
+
+def test_local_modes_refusal_on_the_pages_join_route_is_a_json_detail():
+    """Local mode: a page left open while the app restarted holds the old token, and its next event was refused (401)
+    in plain text, which its Gradio client showed as a parse error. On the join route, under a root path too, the
+    refusal is ``{"detail": sentence}``; elsewhere the plain sentence."""
+    from types import SimpleNamespace
+
+    async def inner(scope, receive, send):
+        raise AssertionError("a request without the token reached the app")
+
+    guard = web_guard.WebGuard(inner, gradio_app=SimpleNamespace(cookie_id="t"), policy=web_guard.GuardPolicy(True),
+                               local_token=LOCAL_TOKEN)
+
+    def post(path: str, root: str) -> tuple[int, bytes]:
+        sent = []
+
+        async def receive():
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": path, "root_path": root, "query_string": b"",
+                 "headers": [(b"host", b"127.0.0.1:7860"), (b"x-seiko-token", b"the-token-before-a-restart"),
+                             (b"content-type", b"application/json"), (b"content-length", b"2")]}
+        asyncio.run(guard(scope, receive, send))
+        return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+    try:
+        status, body = post("/gradio_api/queue/join", "")
+        assert status == 401 and page_client_reads(status, body)[1].startswith("This app runs without user accounts"), body
+        assert post("/seiko/gradio_api/queue/join", "/seiko") == (status, body)
+        status, body = post("/gradio_api/call/next_batch", "")
+        assert status == 401 and body.decode() == json.loads(post("/gradio_api/queue/join", "")[1])["detail"]
+    finally:
+        guard.close()
+
+
 # what the review sent: 256 KiB of small values (~131,000 zeros), ~220 ms of the event loop each to parse and walk
 MANY_VALUES = ('{"data":[' + ",".join(["0"] * ((256 * 1024 - 100) // 2)) + "]}").encode()
 
@@ -639,8 +729,8 @@ def test_a_signed_in_event_body_with_more_values_than_any_event_takes_is_one_sen
     token = store.start(rater_id, "127.0.0.1")
     try:
         status, body, _ = post("/gradio_api/queue/join", MANY_VALUES, token=token)
-        assert status == 400 and body.decode() == ("The request body carries more than 256 values; no event of this "
-                                                   "app takes that many."), (status, body[:300])
+        assert status == 400 and json.loads(body) == {"detail": "The request body carries more than 256 values; no "
+                                                      "event of this app takes that many."}, (status, body[:300])
         assert reached == []
         event = json.dumps({"data": [1, "", None, "text, with, commas"] * 2, "event_data": None, "fn_index": 3,
                             "trigger_id": 7, "session_hash": "abc123"}).encode()
@@ -1323,14 +1413,14 @@ def test_an_event_input_that_is_a_file_object_is_refused_before_gradio_reads_it(
     file_object = {"path": "http://127.0.0.1:1/x", "url": "http://127.0.0.1:1/x", "meta": {"_type": "gradio.FileData"}}
     with signed_in(url, "alice") as http:
         r = queue_join(http, demo, "on_gold", [None, file_object])
-        assert r.status_code == 400 and "takes no files" in r.text, (r.status_code, r.text[:200])
+        assert r.status_code == 400 and "takes no files" in sentence_of(r), (r.status_code, r.text[:200])
         fn_index = next(i for i, bf in demo.fns.items() if bf.fn is not None and bf.fn.__name__ == "on_gold")
         escaped = ('{"data": [null, {"path": "/etc/passwd", "meta": {"\\u005ftype": "gradio.FileData"}}], '
                    f'"fn_index": {fn_index}, "session_hash": "s-escaped"}}').encode()
         r = http.post("/gradio_api/queue/join", content=escaped, headers={"Content-Type": "application/json"})
-        assert r.status_code == 400 and "takes no files" in r.text, (r.status_code, r.text[:200])
+        assert r.status_code == 400 and "takes no files" in sentence_of(r), (r.status_code, r.text[:200])
         r = http.post("/gradio_api/queue/join", content=b"{not json", headers={"Content-Type": "application/json"})
-        assert r.status_code == 400 and r.text == "The request body is not JSON."
+        assert r.status_code == 400 and sentence_of(r) == "The request body is not JSON."
     with signed_in(url, "root") as http:  # an ordinary input passes (on_gold is an admin's event)
         assert queue_join(http, demo, "on_gold", [None, "plain text"]).status_code == 200
 
@@ -1352,7 +1442,8 @@ def test_a_session_hash_belongs_to_the_account_that_first_used_it(served):
                     ("POST", "/gradio_api/cancel", {"json": {"session_hash": owned, "fn_index": fn_index, "event_id": "e"}}),
                     ("POST", "/gradio_api/queue/join", {"json": {"data": [], "fn_index": fn_index, "session_hash": owned}})):
                 r = alice.request(method, path, **kwargs)
-                assert r.status_code == 403 and "belongs to another account" in r.text, (path, r.status_code, r.text[:200])
+                assert (r.status_code, sentence_of(r)) == (403, "This session of the app belongs to another account."), \
+                    (path, r.status_code, r.text[:200])
             assert queue_join(alice, demo, "next_batch", [1, ""], "alices").status_code == 200  # her own session
         r = httpx.get(url + f"/gradio_api/heartbeat/{owned}")
         assert r.status_code == 401 and "Sign in first" in r.text
@@ -1852,7 +1943,7 @@ def test_a_session_hash_must_be_a_short_token(served, capfd, caplog):
                 "/gradio_api/queue/join", json={"data": [1, ""], "fn_index": next(
                     i for i, bf in demo.fns.items() if bf.fn is not None and bf.fn.__name__ == "next_batch"),
                     "session_hash": bad, "event_data": None, "trigger_id": None})
-            assert (r.status_code, r.text) == (400, sentence), (bad, r.status_code, r.text)
+            assert (r.status_code, sentence_of(r)) == (400, sentence), (bad, r.status_code, r.text)
             r = http.post("/gradio_api/call/next_batch", json={"data": [1, ""], "session_hash": bad})
             assert (r.status_code, r.text) == (400, sentence), (bad, r.status_code, r.text)
         for bad in (5, ["a"], {"a": 1}):
