@@ -19,6 +19,22 @@ def _tables(url):
         engine.dispose()
 
 
+def _alice_and_an_image(s, *, open_round: bool = True) -> tuple[int, int, int]:
+    """A rater (alice) and one image of round 0 of an experiment, the round opened unless ``open_round`` is False:
+    (rater id, round id, image id)."""
+    from db import repo
+
+    rater = repo.create_rater(session=s, name="alice", password_hash="h").id
+    exp = repo.create_experiment(session=s, name="e", model_spec="m", method="greedy", config={}, budgets=[1],
+                                 prompts=["p"]).id
+    round_ = repo.create_round(session=s, experiment_id=exp).id
+    image = repo.add_image(session=s, round_id=round_, prompt="p", seed=0, file_path="i.png", sha256="0" * 64,
+                           embedding=b"\0" * 8, embedding_dim=2).id
+    if open_round:
+        repo.open_round(session=s, round_id=round_)
+    return rater, round_, image
+
+
 def _drift(url):
     engine = make_engine(url)
     try:
@@ -101,7 +117,6 @@ def test_migration_0009_lets_repeats_onto_the_undo_stack_and_downgrades(empty_db
     import pytest
     from sqlalchemy.exc import IntegrityError
 
-    from db import repo
     from db.engine import session_factory, write_session
 
     def insert(c, action: str) -> None:
@@ -112,12 +127,7 @@ def test_migration_0009_lets_repeats_onto_the_undo_stack_and_downgrades(empty_db
     engine = make_engine(empty_db_url)
     try:
         with write_session(session_factory(engine)) as s:
-            rater = repo.create_rater(session=s, name="alice", password_hash="h").id
-            exp = repo.create_experiment(session=s, name="e", model_spec="m", method="greedy", config={}, budgets=[1],
-                                         prompts=["p"])
-            round_ = repo.create_round(session=s, experiment_id=exp.id)
-            image = repo.add_image(session=s, round_id=round_.id, prompt="p", seed=0, file_path="i.png", sha256="0" * 64,
-                                   embedding=b"\0" * 8, embedding_dim=2).id
+            rater, _, image = _alice_and_an_image(s, open_round=False)
     finally:
         engine.dispose()
     migrate.downgrade(empty_db_url, "0008")
@@ -274,13 +284,7 @@ def test_migration_0013_keeps_when_a_card_was_first_handed_out_and_downgrades_wi
     engine = make_engine(empty_db_url)
     try:
         with write_session(session_factory(engine)) as s:
-            rater = repo.create_rater(session=s, name="alice", password_hash="h").id
-            exp = repo.create_experiment(session=s, name="e", model_spec="m", method="greedy", config={}, budgets=[1],
-                                         prompts=["p"]).id
-            round_ = repo.create_round(session=s, experiment_id=exp).id
-            image = repo.add_image(session=s, round_id=round_, prompt="p", seed=0, file_path="i.png", sha256="0" * 64,
-                                   embedding=b"\0" * 8, embedding_dim=2).id
-            repo.open_round(session=s, round_id=round_)
+            rater, round_, image = _alice_and_an_image(s)
             repo.lease_images(session=s, round_id=round_, rater_id=rater, image_ids=[image], lease_s=600, now=t0)
     finally:
         engine.dispose()
@@ -394,13 +398,7 @@ def test_migration_0014_records_the_skip_a_score_took_back_and_older_steps_undo_
     engine = make_engine(empty_db_url)
     try:
         with write_session(session_factory(engine)) as s:
-            rater = repo.create_rater(session=s, name="alice", password_hash="h").id
-            exp = repo.create_experiment(session=s, name="e", model_spec="m", method="greedy", config={}, budgets=[1],
-                                         prompts=["p"])
-            round_ = repo.create_round(session=s, experiment_id=exp.id).id
-            image = repo.add_image(session=s, round_id=round_, prompt="p", seed=0, file_path="i.png", sha256="0" * 64,
-                                   embedding=b"\0" * 8, embedding_dim=2).id
-            repo.open_round(session=s, round_id=round_)
+            rater, round_, image = _alice_and_an_image(s)
             skipped_at = repo.add_skip(session=s, image_id=image, rater_id=rater).created_at
             repo.add_undo_step(session=s, rater_id=rater, image_id=image, action="skip")
             repo.add_rating(session=s, image_id=image, rater_id=rater, score=4)
