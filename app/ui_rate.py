@@ -670,10 +670,9 @@ def _rate(session: Session, who: Who, image_id: int, score: int) -> tuple[int | 
         raise Conflict(f"this experiment asks for comparisons of two images, not 1-10 ratings; image {image_id} was not "
                        "rated (compare on the Pairs tab)")
     existing = repo.find_rating(session=session, image_id=image_id, rater_id=who.rater_id)
-    if existing is not None and db_quality.find_repeat_offer(session=session, image_id=image_id,
-                                                             rater_id=who.rater_id) is not None:
+    if existing is not None and (offer := db_quality.find_repeat_offer(session=session, image_id=image_id,
+                                                                       rater_id=who.rater_id)) is not None:
         # handed to the rater again (the server's record, never the client's word): their first rating stays as it is
-        offer = db_quality.find_repeat_offer(session=session, image_id=image_id, rater_id=who.rater_id)
         skipped_at = utcnow() if offer.skipped else None  # a repeat's skip keeps no time (repo.add_undo_step)
         previous = db_quality.set_repeat_score(session=session, image_id=image_id, rater_id=who.rater_id, score=score)
         if previous != score:  # on the undo stack as any score: 'u' took back the rating before it (review)
