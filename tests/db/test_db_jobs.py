@@ -108,6 +108,20 @@ def test_an_expired_lease_is_reclaimed_and_the_stale_worker_cannot_finish(db_fac
         job_queue.complete_job(session=s, job_id=job_id, worker_id="new")
 
 
+def _claim_1s_writes_are_refused(factory, job_id, stale):
+    """Every write worker 'vm-1' may make under claim 1 (hold, complete, fail, save the payload, yield) raises
+    LeaseLost with the sentence ``stale`` and writes nothing."""
+    for act in (lambda s: job_queue.held_job(session=s, job_id=job_id, worker_id="vm-1", claim=1),
+                lambda s: job_queue.complete_job(session=s, job_id=job_id, worker_id="vm-1", claim=1,
+                                                 result={"by": "the stale claim"}),
+                lambda s: job_queue.fail_job(session=s, job_id=job_id, worker_id="vm-1", claim=1, error="late"),
+                lambda s: job_queue.save_payload(session=s, job_id=job_id, worker_id="vm-1", claim=1, payload={}),
+                lambda s: job_queue.yield_job(session=s, job_id=job_id, worker_id="vm-1", claim=1)):
+        with pytest.raises(LeaseLost) as info, write_session(factory) as s:
+            act(s)
+        assert str(info.value) == stale
+
+
 def test_a_stale_worker_cannot_finish_the_job_its_twin_with_the_same_id_took_over(db_factory, make_world):
     """Two workers with one id (the old default HOST-PID repeats in containers: a fixed host name, PID 1): the one
     whose lease ran out kept heartbeating and completed the job its twin had claimed again, throwing the real
@@ -121,15 +135,7 @@ def test_a_stale_worker_cannot_finish_the_job_its_twin_with_the_same_id_took_ove
     with write_session(db_factory) as s:
         assert not job_queue.heartbeat(session=s, job_id=job_id, worker_id="vm-1", lease_s=10, claim=1,
                                        now=T0 + timedelta(seconds=12))
-    for act in (lambda s: job_queue.held_job(session=s, job_id=job_id, worker_id="vm-1", claim=1),
-                lambda s: job_queue.complete_job(session=s, job_id=job_id, worker_id="vm-1", claim=1,
-                                                 result={"by": "the stale one"}),
-                lambda s: job_queue.fail_job(session=s, job_id=job_id, worker_id="vm-1", claim=1, error="late"),
-                lambda s: job_queue.save_payload(session=s, job_id=job_id, worker_id="vm-1", claim=1, payload={}),
-                lambda s: job_queue.yield_job(session=s, job_id=job_id, worker_id="vm-1", claim=1)):
-        with pytest.raises(LeaseLost) as info, write_session(db_factory) as s:
-            act(s)
-        assert str(info.value) == stale
+    _claim_1s_writes_are_refused(db_factory, job_id, stale)
     for bad in (0, "2", True, 2.0):
         with pytest.raises(InvalidInput, match="claim must be"), write_session(db_factory) as s:
             job_queue.complete_job(session=s, job_id=job_id, worker_id="vm-1", claim=bad)
@@ -173,14 +179,7 @@ def test_a_claim_that_ended_cannot_write_under_a_later_claim_with_the_same_attem
                                        progress={"phase": "stale"}, now=T0 + timedelta(seconds=2))
     with read_session(db_factory) as s:
         assert job_queue.lost_lease(session=s, job_id=job_id, worker_id="vm-1", claim=1) == stale
-    for act in (lambda s: job_queue.complete_job(session=s, job_id=job_id, worker_id="vm-1", claim=1,
-                                                 result={"by": "the first claim"}),
-                lambda s: job_queue.fail_job(session=s, job_id=job_id, worker_id="vm-1", claim=1, error="late"),
-                lambda s: job_queue.save_payload(session=s, job_id=job_id, worker_id="vm-1", claim=1, payload={}),
-                lambda s: job_queue.yield_job(session=s, job_id=job_id, worker_id="vm-1", claim=1)):
-        with pytest.raises(LeaseLost) as info, write_session(db_factory) as s:
-            act(s)
-        assert str(info.value) == stale
+    _claim_1s_writes_are_refused(db_factory, job_id, stale)
     with read_session(db_factory) as s:  # the second claim's job, untouched by the first
         job = job_queue.get_job(session=s, job_id=job_id)
         assert (job.status, job.lease_owner, job.result, job.progress) == ("running", "vm-1", None, None)
