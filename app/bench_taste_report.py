@@ -8,10 +8,12 @@ person liked (the same measures, % of round 0's variety of all its images; mean 
 liked images, and how many), the wait and the reward model's held-out Spearman correlation, on all the round's
 images and on its honest (randomly chosen) images ("-" where a run did not record it: older runs; ``--rescore`` fills
 it in). With ``--paired A B``: per seed, B's minus A's share >= 6 and mean rating in the last
-round (the runs share seeds: the same experiment ids, so the same round-0 images), with the mean difference. With
+round (the runs share seeds: the same experiment ids, so the same round-0 images), and the variety in embeddings of
+all the round's images and of the liked ones, with the mean differences. With
 ``--pooled``: one more table that pools every ``--paired`` pair's seeds (e.g. two people x 6 seeds = 12 pairs): the
 mean difference of the last round's share >= 6 with its 95% t-interval, the wins (a tie counts half), the mean
-difference of variety in embeddings and the longest wait of the B runs. With ``--goals``: over every round after
+difference of variety in embeddings and the longest wait of the B runs; then each variety (pixels, embeddings, and the
+liked images' both) paired by seed with its 95% t-interval. With ``--goals``: over every round after
 round 0 of the runs given, how many met issue 12's share goal, its variety goal, and both, and the correlation of the
 share with the variety in embeddings.
 """
@@ -121,22 +123,48 @@ def run_table(doc: dict[str, Any], name: str) -> str:
     return "\n".join(lines)
 
 
+VARIETIES = (("variety px", "variety_pixels_pct_round0"), ("variety emb", "variety_embedding_pct_round0"),
+             ("liked images' variety px", "variety_liked_pixels_pct_round0"),
+             ("liked images' variety emb", "variety_liked_embedding_pct_round0"))
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    """B minus A where both runs measured it (a round with fewer than two images, or two liked images, has none)."""
+    return None if a is None or b is None else b - a
+
+
 def paired(a: dict[str, Any], b: dict[str, Any], name_a: str, name_b: str) -> str:
     """Per seed, B minus A at the last round both reached; the mean is over the seeds both runs finished (a seed a run
-    did not finish is shown, marked, at the round it reached, and left out of the mean)."""
+    did not finish is shown, marked, at the round it reached, and left out of the mean). The variety in embeddings of
+    all the round's images and of the images the person liked is paired by seed too, so a difference in variety
+    between two arms is read seed by seed, as the share is (they were compared as unpaired means: found by review)."""
     rows, diffs_share, diffs_mean = [], [], []
+    diffs_var: dict[str, list[float]] = {"variety_embedding_pct_round0": [], "variety_liked_embedding_pct_round0": []}
     for seed, k, last_a, last_b, _, finished in _last_round_pairs(a, b):
         ds = 100 * (last_b["share_ge6"] - last_a["share_ge6"])
         dm = last_b["mean_rating"] - last_a["mean_rating"]
+        cells = []
+        for key, diffs in diffs_var.items():
+            va, vb = last_a.get(key), last_b.get(key)
+            d = _diff(va, vb)
+            if finished and d is not None:
+                diffs.append(d)
+            cells.append(f"{_pct(va)} -> {_pct(vb)} | {'-' if d is None else f'{d:+.0f}'}")
         if finished:
             diffs_share.append(ds)
             diffs_mean.append(dm)
         rows.append(f"| {seed} | {k}{'' if finished else ' (unfinished)'} | {100 * last_a['share_ge6']:.0f} -> "
                     f"{100 * last_b['share_ge6']:.0f} | {ds:+.0f} "
-                    f"| {last_a['mean_rating']:.2f} -> {last_b['mean_rating']:.2f} | {dm:+.2f} |")
+                    f"| {last_a['mean_rating']:.2f} -> {last_b['mean_rating']:.2f} | {dm:+.2f} | {' | '.join(cells)} |")
     head = [f"Paired by seed, last round: {name_a} -> {name_b}", "",
-            "| seed | round | share >= 6, % | difference | mean rating | difference |", "|---|---|---|---|---|---|"]
-    tail = [f"| mean | | | {np.mean(diffs_share):+.1f} | | {np.mean(diffs_mean):+.2f} |"] if diffs_share else []
+            "| seed | round | share >= 6, % | difference | mean rating | difference | variety emb, % | difference "
+            "| liked images' variety emb, % | difference |", "|---|---|---|---|---|---|---|---|---|---|"]
+    var_means = "".join(f" | | {np.mean(d):+.1f} ({len(d)})" if d else " | | -" for d in diffs_var.values())
+    tail = [f"| mean | | | {np.mean(diffs_share):+.1f} | | {np.mean(diffs_mean):+.2f}{var_means} |"] if diffs_share else []
     return "\n".join(head + rows + tail)
 
 
@@ -162,7 +190,8 @@ def pooled_pairs(pairs: list[tuple[dict[str, Any], dict[str, Any]]],
     both runs finished count; the others are named in ``left_out``. ValueError (one sentence) when a run's seed would
     be pooled twice (a run in two pairs, or on both sides of one): its pairs would not be independent, and it would
     count twice (found by review). A run is the same when its results are equal (one directory given twice)."""
-    share, variety, waits, left_out = [], [], [], []
+    share, waits, left_out = [], [], []
+    variety: dict[str, list[float]] = {key: [] for _, key in VARIETIES}
     pooled: list[tuple[dict[str, Any], str, str]] = []  # (run, its name, seed) of every seed pooled so far
     names = names or [("A", "B")] * len(pairs)
     for (a, b), (name_a, name_b) in zip(pairs, names, strict=True):
@@ -176,30 +205,43 @@ def pooled_pairs(pairs: list[tuple[dict[str, Any], dict[str, Any]]],
                                      "--paired pair, or on both sides of one); give each run in one pair only")
                 pooled.append((run, name, seed))
             share.append(100 * (last_b["share_ge6"] - last_a["share_ge6"]))
-            va, vb = last_a.get("variety_embedding_pct_round0"), last_b.get("variety_embedding_pct_round0")
-            if va is not None and vb is not None:  # null when a round had fewer than two images (found by review)
-                variety.append(vb - va)
+            for key, diffs in variety.items():
+                d = _diff(last_a.get(key), last_b.get(key))
+                if d is not None:  # null when a round had fewer than two images (found by review), or two liked ones
+                    diffs.append(d)
             waits += [r["wait_s"] for r in rounds_b if r.get("wait_s") is not None]
     if not share:
         raise ValueError("the paired runs share no seed that both finished; nothing to pool")
     mean, half = mean_ci95(share)
     won = wins(share)
+    varieties = {key: {"n": len(d), "diff": mean_ci95(d)[0], "ci95": mean_ci95(d)[1], "wins": wins(d)}
+                 for key, d in variety.items() if d}
+    emb = varieties.get("variety_embedding_pct_round0")
     return {"n": len(share), "share_diff": mean, "share_ci95": half, "wins": won,
-            "variety_emb_diff": float(np.mean(variety)) if variety else None, "max_wait_s": max(waits) if waits else None,
-            "left_out": left_out}
+            "variety_emb_diff": emb["diff"] if emb else None, "varieties": varieties,
+            "max_wait_s": max(waits) if waits else None, "left_out": left_out}
+
+
+def _ci(mean: float, half: float) -> str:
+    return "-" if np.isnan(half) else f"[{mean - half:+.1f}, {mean + half:+.1f}]"
 
 
 def pooled_table(pairs: list[tuple[dict[str, Any], dict[str, Any]]], names: list[tuple[str, str]]) -> str:
     p = pooled_pairs(pairs, names)
-    ci = "-" if np.isnan(p["share_ci95"]) else f"[{p['share_diff'] - p['share_ci95']:+.1f}, {p['share_diff'] + p['share_ci95']:+.1f}]"
     wait = "-" if p["max_wait_s"] is None else f"{p['max_wait_s']:.1f}"
     variety = "-" if p["variety_emb_diff"] is None else f"{p['variety_emb_diff']:+.1f}"
     label = "; ".join(f"{a} -> {b}" for a, b in names)
+    var_rows = [f"| {what} | {v['n']} | {v['diff']:+.1f} {_ci(v['diff'], v['ci95'])} | {v['wins']:g}/{v['n']} |"
+                for what, key in VARIETIES if (v := p["varieties"].get(key))]
     return "\n".join([f"Pooled over {len(pairs)} paired runs ({label})", "",
                       "| pairs | share >= 6, mean difference, points [95% CI] | wins | variety emb., difference, points | longest wait, s |",
                       "|---|---|---|---|---|",
-                      f"| {p['n']} | {p['share_diff']:+.1f} {ci} | {p['wins']:g}/{p['n']} | {variety} | {wait} |"]
-                     + ([f"\nLeft out (a run did not finish them): {', '.join(p['left_out'])}."] if p["left_out"] else []))
+                      f"| {p['n']} | {p['share_diff']:+.1f} {_ci(p['share_diff'], p['share_ci95'])} | {p['wins']:g}/{p['n']} | {variety} | {wait} |"]
+                     + ([f"\nLeft out (a run did not finish them): {', '.join(p['left_out'])}."] if p["left_out"] else [])
+                     + (["", "Variety paired by seed (B minus A, points of round 0's variety; a seed counts where both "
+                         "runs measured it: the liked images' variety needs two liked images in each)", "",
+                         "| measure | pairs | mean difference [95% CI] | wins |", "|---|---|---|---|"] + var_rows
+                        if var_rows else []))
 
 
 def rescore(run_dir: Path) -> int:

@@ -1097,3 +1097,39 @@ def test_check_overrides_refuses_a_round_of_a_million_trajectories(tmp_path):
         cfg.check_overrides()
     assert str(err.value).startswith("each round (1,000 epochs) would fine-tune on 2,000,000 trajectories, but a "
                                      "round's trajectory seeds have room for fewer than 1,000,000")
+
+
+def test_the_report_pairs_the_variety_by_seed_and_leaves_out_a_seed_without_two_liked_images():
+    """The variety of two arms, and of the images the person liked, was read as two unpaired means over seeds (found
+    by review): the seed-to-seed spread of variety hides in them what pairing shows. Checked against differences
+    worked out by hand: embeddings 80 -> 60 and 90 -> 100 (-20, +10), liked 50 -> 30 and 70 -> none."""
+    from app import bench_taste_report as report
+
+    before = _doc([[0.0, 0.25], [0.0, 0.5], [0.0, 0.5]], [[1.0, 2.0], [1.0, 3.0], [1.0, 3.0]])
+    after = _doc([[0.0, 0.75], [0.0, 0.5], [0.0, 0.5]], [[1.0, 4.0], [1.0, 2.5], [1.0, 3.0]])
+    for doc, emb, liked, px in ((before, (80.0, 90.0, 70.0), (50.0, 70.0, 40.0), (100.0, 90.0, 80.0)),
+                                (after, (60.0, 100.0, 70.0), (30.0, None, 45.0), (70.0, 95.0, 80.0))):
+        for seed in range(3):
+            last = doc["seeds"][str(seed)]["rounds"][1]
+            last["variety_embedding_pct_round0"], last["variety_liked_embedding_pct_round0"] = emb[seed], liked[seed]
+            last["variety_pixels_pct_round0"] = px[seed]
+    text = report.paired(before, after, "before", "after")
+    assert "| 0 | 1 | 25 -> 75 | +50 | 2.00 -> 4.00 | +2.00 | 80 -> 60 | -20 | 50 -> 30 | -20 |" in text
+    assert "| 1 | 1 | 50 -> 50 | +0 | 3.00 -> 2.50 | -0.50 | 90 -> 100 | +10 | 70 -> - | - |" in text
+    assert text.endswith("| mean | | | +16.7 | | +0.50 | | -3.3 (3) | | -7.5 (2) |")  # (-20 + 10 + 0) / 3; (-20 + 5) / 2
+    got = report.pooled_pairs([(before, after)])["varieties"]
+    # embeddings: differences -20, +10, 0; the t interval from its definition, t(2) = 4.303
+    d = [-20.0, 10.0, 0.0]
+    m = sum(d) / 3
+    sd = math.sqrt(sum((x - m) ** 2 for x in d) / 2)
+    assert got["variety_embedding_pct_round0"]["n"] == 3
+    assert got["variety_embedding_pct_round0"]["diff"] == pytest.approx(m)
+    assert got["variety_embedding_pct_round0"]["ci95"] == pytest.approx(4.303 * sd / math.sqrt(3), rel=1e-3)
+    assert got["variety_embedding_pct_round0"]["wins"] == 1.5  # one gain, one tie
+    assert got["variety_liked_embedding_pct_round0"]["n"] == 2  # seed 1's arm B liked fewer than two images
+    assert got["variety_liked_embedding_pct_round0"]["diff"] == pytest.approx(-7.5)
+    assert got["variety_pixels_pct_round0"]["diff"] == pytest.approx((-30 + 5 + 0) / 3)
+    assert "variety_liked_pixels_pct_round0" not in got  # no run measured it
+    table = report.pooled_table([(before, after)], [("before", "after")])
+    assert f"| variety emb | 3 | {m:+.1f} [{m - 4.303 * sd / math.sqrt(3):+.1f}, {m + 4.303 * sd / math.sqrt(3):+.1f}] | 1.5/3 |" in table
+    assert "| liked images' variety emb | 2 | -7.5 " in table and "liked images' variety px" not in table
