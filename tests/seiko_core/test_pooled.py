@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from seiko_core import pooled
@@ -187,3 +188,36 @@ def test_a_tie_counts_as_half_a_win_in_every_table():
             for m in ("greedy", "ucb")}
     rows = simulate.table_rows({"runs": {m: {str(r["seed"]): r for r in rs} for m, rs in runs.items()}})
     assert [r["wins"] for r in rows if r["method"] == "ucb"] == [1.0]
+
+
+@pytest.mark.parametrize("k, n", [(78, 96), (96, 96), (0, 96), (1, 10), (5, 7)])
+def test_wilson_interval_is_the_set_of_proportions_the_share_is_within_two_errors_of(k, n):
+    """By brute force from the interval's definition: the p on a fine grid for which the observed share lies within
+    1.96 standard errors sqrt(p (1 - p) / n) of p, against the closed form."""
+    from seiko_core.stats import wilson_ci95
+
+    grid = np.linspace(0.0, 1.0, 200_001)
+    inside = grid[np.abs(k / n - grid) <= 1.959964 * np.sqrt(grid * (1 - grid) / n) + 1e-15]
+    lo, hi = wilson_ci95(k, n)
+    assert lo == pytest.approx(inside.min(), abs=1e-5) and hi == pytest.approx(inside.max(), abs=1e-5)
+    assert 0.0 <= lo <= k / n <= hi <= 1.0
+    with pytest.raises(ValueError, match="0 <= successes <= n"):
+        wilson_ci95(n + 1, n)
+
+
+def test_the_shipped_models_quality_file_carries_each_fidelitys_interval():
+    """QUALITY.json's fidelities are shares of 96 samples: each carries its 95% interval, and the model card shows it,
+    so a figure near its target (shape 0.81 against 0.85) is read with its uncertainty."""
+    import json
+    from pathlib import Path
+
+    from seiko_core.stats import wilson_ci95
+
+    model = Path(__file__).resolve().parents[2] / "models" / "shapes-sd"
+    q = json.loads((model / "QUALITY.json").read_text())
+    for key, share in q["generated"].items():
+        k = round(share * q["samples"])
+        assert k / q["samples"] == pytest.approx(share)
+        assert q["generated_ci95"][key] == pytest.approx(list(wilson_ci95(k, q["samples"])), abs=5e-4)
+    lo, hi = q["generated_ci95"]["shape_fidelity"]
+    assert f"| shape fidelity | {q['generated']['shape_fidelity']:.3f} (95% CI {lo:.2f}-{hi:.2f}) | 0.85 |" in (model / "README.md").read_text()
