@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--model", required=True, help="a directory written by `build`")
     q.add_argument("--guidance", type=float, default=None, help="classifier-free guidance for the fidelity samples")
     q.add_argument("--steps", type=int, default=None, help="DDIM steps for the fidelity samples")
+    q.add_argument("--samples", type=int, default=None, help="fresh samples for the fidelity figures (default: the build's)")
     r = sub.add_parser("refine-encoder", help="run the build's last stage (image-encoder refinement) on a finished "
                        "build made before that stage existed, then re-measure")
     r.add_argument("--model", required=True, help="a directory written by `build`")
@@ -37,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--steps", type=int, default=None, help="refinement steps (default: the build's)")
     u.add_argument("--threads", type=int, default=None, help="CPU threads (default: the build's)")
     args = parser.parse_args(argv)
+    if args.command == "quality" and args.samples is not None and args.samples < 1:
+        parser.error(f"--samples must be at least 1, got {args.samples}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     if args.command in ("quality", "refine-encoder", "refine-unet"):
         model = Path(args.model)
@@ -55,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "quality":
-        quality = remeasure(args.model, guidance=args.guidance, steps=args.steps)
+        quality = remeasure(args.model, guidance=args.guidance, steps=args.steps, samples=args.samples)
         print(json.dumps({k: v for k, v in quality.items() if k != "build_config"}, indent=2))
         return 0
     if args.command == "refine-encoder":

@@ -588,7 +588,8 @@ def refine_unet_existing(model_dir: str | Path, steps: int | None = None, thread
     return _measure_refined(model_dir, cfg, old, "unet_refine_s", refine_s)
 
 
-def remeasure(model_dir: str | Path, *, guidance: float | None = None, steps: int | None = None) -> dict:
+def remeasure(model_dir: str | Path, *, guidance: float | None = None, steps: int | None = None,
+              samples: int | None = None) -> dict:
     """Measure a built model again (e.g. with other sampler settings) and rewrite QUALITY.json and the card.
 
     Training timings and the build config are kept from the original build; the sampler used is recorded.
@@ -602,11 +603,16 @@ def remeasure(model_dir: str | Path, *, guidance: float | None = None, steps: in
         cfg.quality_guidance = guidance
     if steps is not None:
         cfg.quality_steps = steps
+    if samples is not None:
+        if samples < 1:
+            raise ValueError(f"the fidelity figures need at least 1 sample, got {samples}")
+        cfg.quality_samples = samples
     torch.set_num_threads(cfg.threads)
     quality = measure_quality(model_dir, cfg)
     quality["timings_s"] = old.get("timings_s", {})
     quality["build_config"] = old["build_config"]
-    quality["remeasured_with"] = {"quality_guidance": cfg.quality_guidance, "quality_steps": cfg.quality_steps}
+    quality["remeasured_with"] = {"quality_guidance": cfg.quality_guidance, "quality_steps": cfg.quality_steps,
+                                  "quality_samples": cfg.quality_samples}
     atomic.write_text(model_dir / "QUALITY.json", json.dumps(quality, indent=2))
     write_model_card(model_dir, quality)
     return quality

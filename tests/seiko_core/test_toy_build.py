@@ -156,3 +156,24 @@ def test_refine_unet_on_a_directory_that_is_not_a_build_says_so(tmp_path, capsys
     with pytest.raises(SystemExit):
         main(["refine-unet", "--model", str(tmp_path)])
     assert "is not a model written by `build`" in capsys.readouterr().err
+
+
+def test_quality_remeasures_on_the_samples_asked_and_records_each_fidelitys_interval(tmp_path, capsys):
+    """``quality --samples N`` measures on N fresh samples (the precision a figure near its target needs) and
+    records N, the sampler and each fidelity's Wilson interval from the counts; N < 1 is refused in one sentence."""
+    from seiko_core.stats import wilson_ci95
+    from seiko_core.toy.__main__ import main
+    from seiko_core.toy.build import build
+
+    build(tmp_path / "m", BuildConfig.quick())
+    before = json.loads((tmp_path / "m" / "QUALITY.json").read_text())
+    assert before["samples"] == BuildConfig.quick().quality_samples
+    assert main(["quality", "--model", str(tmp_path / "m"), "--samples", "12"]) == 0
+    q = json.loads((tmp_path / "m" / "QUALITY.json").read_text())
+    assert q["samples"] == 12 and q["remeasured_with"]["quality_samples"] == 12
+    for key, share in q["generated"].items():
+        assert q["generated_ci95"][key] == pytest.approx(list(wilson_ci95(round(share * 12), 12)), abs=5e-4)
+    assert q["timings_s"] == before["timings_s"] and q["build_config"] == before["build_config"]
+    with pytest.raises(SystemExit):
+        main(["quality", "--model", str(tmp_path / "m"), "--samples", "0"])
+    assert "--samples must be at least 1, got 0" in capsys.readouterr().err
