@@ -324,6 +324,9 @@ def build_demo(services: AppServices) -> gr.Blocks:
             raters have already rated as often as the experiment wants (its overlap) are not offered.
             An experiment may hand you, now and then, an image you rated before: your score for it then
             is kept apart (it measures consistency) and leaves your first rating as it was.
+            Images handed to you are reserved to you for 10 minutes; you hold at most your share of the
+            round unrated at a time (its images x overlap / the raters, at least the page's batch size),
+            so past it you get fewer than "limit" (your unrated ones again): rate them to get more.
 
             Parameters:
                 limit: how many images to return, from 1 to 64.
@@ -333,7 +336,8 @@ def build_demo(services: AppServices) -> gr.Blocks:
                 "items": a list of {"image_id", "prompt", "seed", "png_base64"} (the PNG file, base64).
             """
             who = _who(services, request)
-            return _shown(lambda: ui_rate.api_batch(factory, data_dir, who, limit=limit, experiment=experiment))
+            return _shown(lambda: ui_rate.api_batch(factory, data_dir, who, limit=limit, experiment=experiment,
+                                                    batch_size=size))
 
         def submit_rating(image_id: int, score: int, request: gr.Request = None) -> dict:
             """Rate one image from 1 (worst) to 10 (best); saved at once, durable when this call returns.

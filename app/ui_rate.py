@@ -356,15 +356,29 @@ def _rater_order(rater_id: int, image_id: int) -> str:
     return hashlib.sha256(f"{rater_id}:{image_id}".encode()).hexdigest()
 
 
+def lease_cap(session: Session, round_: Round, batch_size: int) -> int:
+    """How many live leases one rater may hold in ``round_`` at a time (``draw_batch``): their fair share of the
+    round's ratings, ceil(query images x overlap / accounts that can still rate), and never fewer than the rating
+    page's ``batch_size``. Alone on a round a rater may so hold all of it; with others, one ``next_batch(64)`` no
+    longer reserves a whole round of 32 images for 10 minutes while every other rater is told the images are being
+    rated by someone else (found by the fourth review)."""
+    images = repo.count_images(session=session, round_id=round_.id, kind="query")
+    overlap = repo.get_experiment(session=session, experiment_id=round_.experiment_id).overlap
+    raters = max(1, repo.enabled_accounts(session))
+    return max(batch_size, -(-images * overlap // raters))
+
+
 def draw_batch(session: Session, round_: Round, who: Who, size: int, *, lease_s: float = LEASE_S,
-               now: datetime | None = None) -> list[Image]:
+               now: datetime | None = None, cap: int | None = None) -> list[Image]:
     """Up to ``size`` images for the rater, leased to them (in a write transaction): first their unanswered cards
     (``repo.unanswered_image_ids``: leased to them before, the lease live or run out), then offered ones drawn from
     the least-rated in a per-rater order. With ``repeat_share`` on, some places go to images the rater rated before
     (``app.repeats``, which counts the same unanswered cards as the rater's; not leased: they need no other rater's
     place): a pending one among the unanswered cards, which come in the order they were first handed out
     (``repeats.left_open``), a new one among the new cards (``repeats.mix``). ``now``: the clock (leases), the time by
-    default."""
+    default. ``cap``: the most live leases the rater may hold in the round (``lease_cap``; with ``size`` as the
+    page's batch size when None): past it the batch has fewer new cards, or none, but always the cards the rater
+    holds a live lease on (up to ``size``)."""
     now = check_now(now)  # one clock for the batch: its leases' first hand-outs and its repeats' offers tie (repeats.left_open)
     # comparisons only (issue 14 item 1): no 1-10 rating, so no repeat either, not even a pending one, and of the
     # rater's unanswered cards only those still on their page (a live lease), as before
@@ -381,7 +395,20 @@ def draw_batch(session: Session, round_: Round, who: Who, size: int, *, lease_s:
         # them: the ordinary ones came first and repeats anywhere, so a new card ahead of a card left open told that
         # one of the two was a repeat (found by review)
         block = repeats.left_open(session, round_.id, who.rater_id, known, planned.pending)[:size]
-    room = size - len(block) - len(planned.new)
+    again = set(planned.pending)
+    # the lease cap: the rater's live leases in the round stay, and new ones (a card left open whose lease ran out, a
+    # fresh image) only as far as the cap allows; a repeat is not leased (it needs no other rater's place)
+    held = set(repo.held_image_ids(session=session, round_id=round_.id, rater_id=who.rater_id, now=now))
+    allowed = (lease_cap(session, round_, size) if cap is None else cap) - len(held)
+    kept = []
+    for i in block:
+        if i not in again and i not in held:
+            if allowed <= 0:
+                continue  # still the rater's unanswered card: it comes back in a later batch, once the cap allows
+            allowed -= 1
+        kept.append(i)
+    block = kept
+    room = min(size - len(block) - len(planned.new), allowed)
     fresh: list[int] = []
     if room > 0:
         mine = set(known)
@@ -392,7 +419,6 @@ def draw_batch(session: Session, round_: Round, who: Who, size: int, *, lease_s:
         # images another rater still has on their page (past its reserving window, repo.lease_images) come last
         candidates.sort(key=lambda im: (im.id in others, _rater_order(who.rater_id, im.id)))
         fresh = [im.id for im in candidates[:room]]
-    again = set(planned.pending)
     granted = set(repo.lease_images(session=session, round_id=round_.id, rater_id=who.rater_id,
                                     image_ids=[i for i in block if i not in again] + fresh, lease_s=lease_s, now=now))
     batch = [i for i in block if i in again or i in granted]
@@ -850,8 +876,9 @@ def _after_action(factory, data_dir, who: Who, state: RateState, *, batch_size: 
 # ---------------------------------------------------------------------------------------------
 
 
-def api_batch(factory, data_dir, who: Who, *, limit: int, experiment: str = "") -> dict[str, Any]:
-    """The next images for the rater, with their PNG bytes (base64), for the public ``next_batch`` endpoint."""
+def api_batch(factory, data_dir, who: Who, *, limit: int, experiment: str = "", batch_size: int = 8) -> dict[str, Any]:
+    """The next images for the rater, with their PNG bytes (base64), for the public ``next_batch`` endpoint. ``batch_size``: the rating page's (``AppServices.batch_size``), the least
+    ``lease_cap`` lets a rater hold: past the cap a batch has fewer images than ``limit``, and says why."""
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_API_BATCH:
         raise InvalidInput(f"limit must be a whole number from 1 to {MAX_API_BATCH}, got {shown(limit)}")
     if experiment is not None and not isinstance(experiment, str):
@@ -862,13 +889,19 @@ def api_batch(factory, data_dir, who: Who, *, limit: int, experiment: str = "") 
             return {"experiment": None, "round": None, "items": [], "progress": Progress(None, None, None).as_dict(),
                     "message": "there is no experiment yet"}
         round_ = repo.get_open_round(session=s, experiment_id=exp.id)
-        images = draw_batch(s, round_, who, limit) if round_ is not None else []
+        cap = lease_cap(s, round_, batch_size) if round_ is not None else None
+        images = draw_batch(s, round_, who, limit, cap=cap) if round_ is not None else []
         items = [{"image_id": im.id, "prompt": im.prompt, "seed": im.seed, "png_base64": png_base64(data_dir, im)}
                  for im in images]
+        message = _empty_message(s, exp, who) if not items else f"{len(items)} images to rate with submit_rating"
+        if items and len(items) < limit and cap is not None and len(
+                repo.held_image_ids(session=s, round_id=round_.id, rater_id=who.rater_id)) >= cap:
+            message += (f"; you may hold at most {cap} unrated images of this round at a time (the others' share), "
+                        "so rate these to get more")
         return {
             "experiment": exp.name,
             "round": round_.index if round_ is not None else None,
             "items": items,
             "progress": progress(s, exp, who).as_dict(),
-            "message": _empty_message(s, exp, who) if not items else f"{len(items)} images to rate with submit_rating",
+            "message": message,
         }

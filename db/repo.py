@@ -502,6 +502,14 @@ def list_images(*, session: Session, round_id: int, kind: str | None = None) -> 
     return list(session.scalars(stmt))
 
 
+def count_images(*, session: Session, round_id: int, kind: str | None = None) -> int:
+    """How many images the round has (of ``kind``), counted in SQL."""
+    stmt = select(func.count(Image.id)).where(Image.round_id == round_id)
+    if kind is not None:
+        stmt = stmt.where(Image.kind == _choice("image kind", kind, IMAGE_KINDS))
+    return session.scalar(stmt) or 0
+
+
 # ---------------------------------------------------------------------------------------------
 # raters
 # ---------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -501,6 +502,63 @@ def test_api_batch(ui_world):
         ui_rate.api_batch(ui_world.factory, ui_world.settings.data_dir, alice, limit=0)
     with pytest.raises(NotFound, match="no experiment named"):
         ui_rate.api_batch(ui_world.factory, ui_world.settings.data_dir, alice, limit=3, experiment="nope")
+
+
+def test_one_next_batch_leaves_the_other_raters_images(ui_world_factory):
+    """Found by the fourth review: one next_batch(64) leased a whole round of 32 images for 10 minutes, and every
+    other rater was told the images were being rated by someone else. A rater holds at most their share of the round
+    (32 images x overlap 1 / 3 accounts, rounded up), never fewer than the page's batch size (8)."""
+    world = ui_world_factory(n_images=32)  # overlap 1; accounts alice, bob (raters), root (admin)
+    data, bob, alice = world.settings.data_dir, who(world, "bob"), who(world, "alice")
+    share = max(8, math.ceil(32 * 1 / 3))
+    first = ui_rate.api_batch(world.factory, data, bob, limit=64)
+    bobs = [i["image_id"] for i in first["items"]]
+    assert len(bobs) == share == 11 and f"at most {share} unrated images" in first["message"]
+    alices = [i["image_id"] for i in ui_rate.api_batch(world.factory, data, alice, limit=8)["items"]]
+    assert len(alices) == 8 and not set(alices) & set(bobs)  # overlap 1: nobody gets an image another holds
+    # past the cap bob gets his own unrated images again, none lost and none new
+    again = [i["image_id"] for i in ui_rate.api_batch(world.factory, data, bob, limit=64)["items"]]
+    assert sorted(again) == sorted(bobs)
+    with read_session(world.factory) as s:
+        assert len(repo.held_image_ids(session=s, round_id=world.round_id, rater_id=bob.rater_id)) == share
+    # his page shows his held images, and takes no new ones beside them
+    page = Page(world, "bob", batch_size=8)
+    assert len(page.batch) == 8 and set(page.batch) <= set(bobs)
+    ui_rate.submit(world.factory, bob, bobs[0], 5)  # one rated: room for one more
+    more = [i["image_id"] for i in ui_rate.api_batch(world.factory, data, bob, limit=64)["items"]]
+    assert len(more) == share and len(set(more) - set(bobs)) == 1 and bobs[0] not in more
+
+
+def test_a_rater_alone_still_rates_the_whole_round_batch_after_batch(ui_world_factory):
+    """The lease cap leaves a rater who rates alone (the others never come) every image of the round, a share at a
+    time: 32 images in batches of at most ceil(32 / 3 accounts) = 11."""
+    world = ui_world_factory(n_images=32)
+    data, bob = world.settings.data_dir, who(world, "bob")
+    sizes = []
+    while items := ui_rate.api_batch(world.factory, data, bob, limit=64)["items"]:
+        sizes.append(len(items))
+        for item in items:
+            ui_rate.submit(world.factory, bob, item["image_id"], 7)
+        assert len(sizes) < 10
+    assert sizes == [11, 11, 10]
+    assert sorted(im for im, rater, _ in all_ratings(world) if rater == bob.rater_id) == sorted(world.image_ids)
+
+
+def test_the_only_rater_holds_the_whole_round_at_once(ui_world_factory):
+    """With no other account that can rate (local mode: the local admin alone), the share is the whole round."""
+    world = ui_world_factory(n_images=32, accounts=False)
+    me = auth.identify(world.factory, local_mode=True, username=None, client_host="127.0.0.1")
+    out = ui_rate.api_batch(world.factory, world.settings.data_dir, me, limit=64)
+    assert sorted(i["image_id"] for i in out["items"]) == sorted(world.image_ids)
+
+
+def test_a_rater_holds_at_least_the_pages_batch_size(ui_world):
+    """Where a share is smaller than the page's batch size (6 images x overlap 1 / 3 accounts = 2 against 4), the
+    batch size is the cap: a rater's API batch is as large as the batch the page would give them."""
+    data, bob, alice = ui_world.settings.data_dir, who(ui_world, "bob"), who(ui_world, "alice")
+    bobs = ui_rate.api_batch(ui_world.factory, data, bob, limit=6, batch_size=4)["items"]
+    assert len(bobs) == 4
+    assert len(ui_rate.api_batch(ui_world.factory, data, alice, limit=6, batch_size=4)["items"]) == 2
 
 
 # ---------------------------------------------------------------------------------------------
