@@ -42,6 +42,7 @@ from app import (
 )
 from app.auth import AuthError, Who
 from app.settings import Settings
+from app.storage import UnsafePath
 from app.ui_assets import CSS
 from db.checks import findable_id, shown, whole_number
 
@@ -123,17 +124,23 @@ def _admin(services: AppServices, request: gr.Request | None) -> Who:
 def _shown(fn: Callable[[], Any]) -> Any:
     """Run ``fn``; a refusal (a ValueError from the db layer or a form check, or AuthError) or a fault of the files
     it reads (an adapter whose files no longer match its manifest, a model that cannot be loaded) becomes a gr.Error
-    with its sentence, not Gradio's bare "Error"."""
+    with its sentence, not Gradio's bare "Error". A fault whose text names a server path (a path leading out of the
+    data dir, a file error) gets a sentence of its own; the log has the details."""
     from seiko_core.checkpoint import CheckpointError
     from seiko_core.models import ModelLoadError
 
     try:
         return fn()
+    except UnsafePath as e:  # a path from the database leads out of the data dir: its text names the data dir
+        log.error("%s", e)
+        raise refusal("A file of the data directory could not be read safely; the server's log names it.") from e
     except (AuthError, ValueError, CheckpointError, ModelLoadError) as e:
         raise refusal(_sentence(e)) from e
     except OSError as e:  # a full disk or a permission: the file writes are atomic, so nothing half-written stays
         log.exception("a file could not be read or written")
-        raise refusal(f"A file could not be read or written ({e.strerror or e}: {e.filename}).") from e  # logged above
+        # the path stays in the log: the toast named the server's file (its data dir) to whoever asked (fourth review)
+        raise refusal(f"A file could not be read or written ({e.strerror or type(e).__name__}); the server's log names "
+                      "it.") from e  # logged above
 
 
 def banner_html(services: AppServices, who: Who) -> str:
@@ -333,7 +340,8 @@ def build_demo(services: AppServices) -> gr.Blocks:
                 experiment: the experiment's name; empty for the experiment now being labeled.
             Returns:
                 A dict with "experiment", "round", "message", "progress" (round and personal counts) and
-                "items": a list of {"image_id", "prompt", "seed", "png_base64"} (the PNG file, base64).
+                "items": a list of {"image_id", "prompt", "seed", "png_base64"} (the PNG file, base64;
+                null when the server cannot read the image's file).
             """
             who = _who(services, request)
             return _shown(lambda: ui_rate.api_batch(factory, data_dir, who, limit=limit, experiment=experiment,

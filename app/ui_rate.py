@@ -37,6 +37,7 @@ import base64
 import hashlib
 import html
 import json
+import logging
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -55,6 +56,8 @@ from db.models import SCORE_MAX, SCORE_MIN, Experiment, Image, Round, utcnow
 CANDIDATE_FACTOR = 4  # a batch is drawn from the first batch_size * 4 offered images, shuffled per rater
 LEASE_S = 600.0  # how long images handed out stay reserved to their rater
 MAX_API_BATCH = 64
+
+log = logging.getLogger(__name__)
 
 
 class NotOffered(Conflict):
@@ -429,17 +432,34 @@ def draw_batch(session: Session, round_: Round, who: Who, size: int, *, lease_s:
     return [repo.get_image(session=session, image_id=i) for i in batch]
 
 
-def png_data_uri(data_dir, image: Image) -> str | None:
-    """The image file as a ``data:`` URI (the data dir is never exposed to the browser), or None if missing."""
-    path = storage.resolve(data_dir, image.file_path)
-    if not path.is_file():
+def png_bytes(data_dir, image: Image) -> bytes | None:
+    """The image's file, or None when it is missing or cannot be read: a link out of the data dir
+    (``storage.UnsafePath``), no permission, a disk error. That is the one card's problem, logged here with the path:
+    one damaged file failed the rater's whole batch with a message naming the server's data dir (found by the fourth
+    review). A missing file is expected after a data dir was cleaned by hand, and logged too."""
+    try:
+        path = storage.resolve(data_dir, image.file_path)
+        if not path.is_file():
+            log.warning("image %s: its file %r is missing from the data dir; its card shows it as missing",
+                        image.id, image.file_path)
+            return None
+        return path.read_bytes()
+    except (storage.UnsafePath, OSError) as e:
+        log.error("image %s: its file %r cannot be read (%s); its card shows it as missing", image.id, image.file_path, e)
         return None
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def png_data_uri(data_dir, image: Image) -> str | None:
+    """The image file as a ``data:`` URI (the data dir is never exposed to the browser), or None if it is missing or
+    cannot be read (``png_bytes``)."""
+    data = png_bytes(data_dir, image)
+    return None if data is None else "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
 def png_base64(data_dir, image: Image) -> str | None:
-    path = storage.resolve(data_dir, image.file_path)
-    return base64.b64encode(path.read_bytes()).decode("ascii") if path.is_file() else None
+    """The image file in base64, or None if it is missing or cannot be read (``png_bytes``)."""
+    data = png_bytes(data_dir, image)
+    return None if data is None else base64.b64encode(data).decode("ascii")
 
 
 @dataclass
@@ -877,7 +897,8 @@ def _after_action(factory, data_dir, who: Who, state: RateState, *, batch_size: 
 
 
 def api_batch(factory, data_dir, who: Who, *, limit: int, experiment: str = "", batch_size: int = 8) -> dict[str, Any]:
-    """The next images for the rater, with their PNG bytes (base64), for the public ``next_batch`` endpoint. ``batch_size``: the rating page's (``AppServices.batch_size``), the least
+    """The next images for the rater, with their PNG bytes (base64; None for a file the server cannot read), for the
+    public ``next_batch`` endpoint. ``batch_size``: the rating page's (``AppServices.batch_size``), the least
     ``lease_cap`` lets a rater hold: past the cap a batch has fewer images than ``limit``, and says why."""
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_API_BATCH:
         raise InvalidInput(f"limit must be a whole number from 1 to {MAX_API_BATCH}, got {shown(limit)}")

@@ -561,6 +561,74 @@ def test_a_rater_holds_at_least_the_pages_batch_size(ui_world):
     assert len(ui_rate.api_batch(ui_world.factory, data, alice, limit=6, batch_size=4)["items"]) == 2
 
 
+def test_one_unreadable_image_is_its_cards_problem_not_the_batchs(ui_world, tmp_path, caplog, monkeypatch):
+    """Found by the fourth review: one image file replaced by a link out of the data dir failed the rater's whole
+    batch with a refusal naming the server's data dir. Now that card shows its image as missing (no path), the
+    path is in the server's log, and the rest of the batch comes; a file that cannot be read (an OSError) alike."""
+    import logging
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    data = Path(ui_world.settings.data_dir)
+    with read_session(ui_world.factory) as s:
+        linked, unreadable = [SimpleNamespace(id=i, file_path=repo.get_image(session=s, image_id=i).file_path)
+                              for i in ui_world.image_ids[:2]]
+    outside = tmp_path / "outside-the-data-dir.txt"
+    outside.write_text("not an image")
+    (data / linked.file_path).unlink()
+    (data / linked.file_path).symlink_to(outside)
+    broken = (data / unreadable.file_path).resolve()
+    read_bytes = Path.read_bytes
+
+    def failing(path):
+        if path == broken:
+            raise PermissionError(13, "Permission denied", str(path))
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", failing)
+    alice = who(ui_world, "alice")
+    caplog.set_level(logging.WARNING, logger="app.ui_rate")
+    out = ui_rate.api_batch(ui_world.factory, data, alice, limit=6)
+    by_id = {i["image_id"]: i["png_base64"] for i in out["items"]}
+    assert sorted(by_id) == sorted(ui_world.image_ids)  # the whole batch came
+    assert by_id[linked.id] is None and by_id[unreadable.id] is None
+    assert all(by_id[i] for i in ui_world.image_ids[2:])
+    assert str(data.resolve()) not in json.dumps(out) and str(tmp_path) not in json.dumps(out)
+    logged = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any(linked.file_path in r.getMessage() for r in logged)
+    assert any(unreadable.file_path in r.getMessage() for r in logged)
+    page = Page(ui_world, "alice", batch_size=6)  # her page: the two cards show "image file missing", the rest their image
+    assert len(page.batch) == 6 and page.view.grid.count("image file missing") == 2
+    assert page.view.grid.count("src='data:image/png;base64,") == 4 and str(tmp_path) not in page.view.grid
+
+
+def test_a_fault_whose_text_names_a_server_path_reaches_nobody(caplog):
+    """``_shown`` turned any ValueError and OSError into the toast's text: a path leading out of the data dir named
+    the data dir and a file error named the server's file (found by the fourth review). Each now gets a sentence of
+    its own, the details in the log."""
+    import logging
+
+    from app.storage import UnsafePath
+
+    def raising(e):
+        def fn():
+            raise e
+        return fn
+
+    faults = [
+        (UnsafePath("path 'images/d0/x.png' points outside the data dir '/srv/secret-data' (through a symbolic link)"),
+         "/srv/secret-data"),
+        (PermissionError(13, "Permission denied", "/srv/secret-data/images/x.png"), "/srv/secret-data"),
+    ]
+    caplog.set_level(logging.ERROR, logger="app.ui")
+    for fault, secret in faults:
+        with pytest.raises(gr.Error) as refused:
+            ui._shown(fault if callable(fault) else raising(fault))
+        text = refused.value.message
+        assert secret not in text and "\\u" not in text and text.endswith("."), text
+    assert sum("/srv/secret-data" in r.getMessage() or r.exc_info is not None for r in caplog.records) >= 2
+
+
 # ---------------------------------------------------------------------------------------------
 # roles and local mode, through the Gradio-facing functions
 # ---------------------------------------------------------------------------------------------
