@@ -44,7 +44,7 @@ from app.auth import AuthError, Who
 from app.settings import Settings
 from app.storage import UnsafePath
 from app.ui_assets import CSS
-from db.checks import findable_id, shown, whole_number
+from db.checks import UNICODE_REFUSAL, findable_id, shown, whole_number
 
 TITLE = "SEIKO studio"
 
@@ -124,13 +124,18 @@ def _admin(services: AppServices, request: gr.Request | None) -> Who:
 def _shown(fn: Callable[[], Any]) -> Any:
     """Run ``fn``; a refusal (a ValueError from the db layer or a form check, or AuthError) or a fault of the files
     it reads (an adapter whose files no longer match its manifest, a model that cannot be loaded) becomes a gr.Error
-    with its sentence, not Gradio's bare "Error". A fault whose text names a server path (a path leading out of the
-    data dir, a file error) gets a sentence of its own; the log has the details."""
+    with its sentence, not Gradio's bare "Error". A fault whose text is Python's (a UnicodeError) or names a server
+    path (a path leading out of the data dir, a file error) gets a sentence of its own; the log has the details."""
     from seiko_core.checkpoint import CheckpointError
     from seiko_core.models import ModelLoadError
 
     try:
         return fn()
+    except UnicodeError as e:  # a ValueError whose text is Python's ("'utf-8' codec can't encode character ..."): a
+        # text no check refused reached an encoder (found by the fourth review); db.engine refuses such text first
+        log.exception("a text could not be encoded or decoded")
+        raise refusal(UNICODE_REFUSAL if isinstance(e, UnicodeEncodeError)
+                      else "A text could not be read as Unicode; the server's log has the details.") from e  # logged
     except UnsafePath as e:  # a path from the database leads out of the data dir: its text names the data dir
         log.error("%s", e)
         raise refusal("A file of the data directory could not be read safely; the server's log names it.") from e

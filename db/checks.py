@@ -25,6 +25,9 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 # ("integer out of range"); one id range on both, so a larger one is refused (or not found), the same on each
 MAX_ID = 2**31 - 1
 NUL = "\x00"  # PostgreSQL text cannot hold it (SQLite can): refused on both
+# a lone surrogate ("\ud800", which JSON's \u escapes can carry) will not encode as UTF-8: the drivers raised Python's
+# own "'utf-8' codec can't encode ..." and the API passed it on (found by the fourth review); refused on both
+UNICODE_REFUSAL = "A text value contains a character that is not valid Unicode."
 _MAX_DIGITS = 20  # longer digit strings are refused as they stand (int() of 4,301 digits or more raises its own error)
 
 
@@ -86,7 +89,20 @@ def check_name(what: str, value: Any) -> str:
 def check_text(what: str, value: str) -> str:
     if NUL in value:
         raise InvalidInput(f"{what} contains a NUL character (\\x00), which the database cannot hold")
+    if not encodable(value):
+        raise InvalidInput(f"{what} contains a character that is not valid Unicode (a lone surrogate)")
     return value
+
+
+def encodable(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8 (it does unless it holds a lone surrogate, U+D800 to U+DFFF)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_json(what: str, value: Any) -> Any:

@@ -17,7 +17,9 @@ that takes no lock) and never commits.
 
 On both, a statement whose parameters hold text with a NUL character is refused (``db.errors.InvalidInput``)
 before it is sent: PostgreSQL cannot store or compare such text (a DataError, where SQLite would answer), so a
-sign-in name or an experiment name with one got a server error on PostgreSQL only.
+sign-in name or an experiment name with one got a server error on PostgreSQL only. Text that will not encode as
+UTF-8 (a lone surrogate, "\\ud800") is refused the same way, with ``db.checks.UNICODE_REFUSAL``: both drivers raised
+Python's own "'utf-8' codec can't encode ..." for it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.checks import UNICODE_REFUSAL, encodable
 from db.errors import InvalidInput
 
 BUSY_TIMEOUT_MS = 10_000
@@ -89,6 +92,8 @@ def _refuse_nul_text(conn: Any, cursor: Any, statement: str, parameters: Any, co
         elif isinstance(item, str) and "\x00" in item:
             raise InvalidInput("a text value contains a NUL character (\\x00), which the database cannot hold; "
                                "nothing was saved")
+        elif isinstance(item, str) and not encodable(item):
+            raise InvalidInput(UNICODE_REFUSAL)
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -602,10 +602,13 @@ def test_one_unreadable_image_is_its_cards_problem_not_the_batchs(ui_world, tmp_
     assert page.view.grid.count("src='data:image/png;base64,") == 4 and str(tmp_path) not in page.view.grid
 
 
-def test_a_fault_whose_text_names_a_server_path_reaches_nobody(caplog):
+UNICODE_REFUSAL = "A text value contains a character that is not valid Unicode."
+
+
+def test_a_fault_whose_text_names_a_server_path_or_is_pythons_reaches_nobody(caplog):
     """``_shown`` turned any ValueError and OSError into the toast's text: a path leading out of the data dir named
-    the data dir and a file error named the server's file (found by the fourth review). Each now gets a sentence of
-    its own, the details in the log."""
+    the data dir, a file error named the server's file, and a UnicodeError was Python's own words ("'utf-8' codec
+    can't encode ..."; found by the fourth review). Each now gets a sentence of its own, the details in the log."""
     import logging
 
     from app.storage import UnsafePath
@@ -619,6 +622,8 @@ def test_a_fault_whose_text_names_a_server_path_reaches_nobody(caplog):
         (UnsafePath("path 'images/d0/x.png' points outside the data dir '/srv/secret-data' (through a symbolic link)"),
          "/srv/secret-data"),
         (PermissionError(13, "Permission denied", "/srv/secret-data/images/x.png"), "/srv/secret-data"),
+        ("\ud800".encode, "codec"),
+        (b"\xff".decode, "codec"),
     ]
     caplog.set_level(logging.ERROR, logger="app.ui")
     for fault, secret in faults:
@@ -626,7 +631,26 @@ def test_a_fault_whose_text_names_a_server_path_reaches_nobody(caplog):
             ui._shown(fault if callable(fault) else raising(fault))
         text = refused.value.message
         assert secret not in text and "\\u" not in text and text.endswith("."), text
-    assert sum("/srv/secret-data" in r.getMessage() or r.exc_info is not None for r in caplog.records) >= 2
+    with pytest.raises(gr.Error) as refused:
+        ui._shown("\ud800".encode)
+    assert refused.value.message == UNICODE_REFUSAL
+    assert sum("/srv/secret-data" in r.getMessage() or r.exc_info is not None for r in caplog.records) >= 4
+
+
+def test_text_that_is_not_valid_unicode_gets_one_sentence(ui_world):
+    """Found by the fourth review: next_batch with the experiment "\\ud800" (JSON can carry a lone surrogate)
+    answered with Python's "'utf-8' codec can't encode character ..."; it is refused as a NUL is, with a sentence."""
+    alice = who(ui_world, "alice")
+    for name in ("\ud800", "ui-exp\udfff"):
+        with pytest.raises(InvalidInput) as refused:
+            ui_rate.api_batch(ui_world.factory, ui_world.settings.data_dir, alice, limit=1, experiment=name)
+        assert str(refused.value) == UNICODE_REFUSAL
+    with pytest.raises(gr.Error) as shown_:
+        ui._shown(lambda: ui_rate.api_batch(ui_world.factory, ui_world.settings.data_dir, alice, limit=1,
+                                            experiment="\ud800"))
+    assert shown_.value.message == UNICODE_REFUSAL
+    with pytest.raises(NotFound, match="no experiment named 'caf"):  # valid non-ASCII text is looked up as before
+        ui_rate.api_batch(ui_world.factory, ui_world.settings.data_dir, alice, limit=1, experiment="café ✓ 𝄞")
 
 
 # ---------------------------------------------------------------------------------------------

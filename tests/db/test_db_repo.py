@@ -52,6 +52,9 @@ def test_experiment_round_trip_and_unique_name(db_factory, make_world):
         ("prompts", ["a cat\x00"], r"contains a NUL character \(\\x00\)"),
         ("model_spec", "models/x\x00", r"model_spec contains a NUL character"),
         ("name", "exp\x00", r"experiment name contains a NUL character"),
+        # found by the fourth review: a lone surrogate reached the driver, which raised Python's own codec error
+        ("name", "exp\ud800", r"experiment name contains a character that is not valid Unicode"),
+        ("prompts", ["a cat\udfff"], r"contains a character that is not valid Unicode"),
         ("name", "two\nlines", r"contains the control or format character U\+000A"),
         ("name", "\u202etxt.exe", r"contains the control or format character U\+202E"),
         ("name", "red \x1b[31m", r"contains the control or format character U\+001B"),
@@ -108,6 +111,24 @@ def test_text_with_a_nul_character_gets_a_sentence_on_every_database(db_factory,
         job_queue.fail_job(session=s, job_id=claimed.id, worker_id="w1", error="boom \x00 in a file name")
     with read_session(db_factory) as s:
         assert job_queue.get_job(session=s, job_id=job.id).error == "boom \\x00 in a file name"
+
+
+def test_text_that_is_not_valid_unicode_gets_a_sentence_on_every_database(db_factory, make_world):
+    """Text that will not encode as UTF-8 (a lone surrogate, which JSON's \\u escapes can carry) reached the drivers,
+    which raised Python's "'utf-8' codec can't encode character ..." (a ValueError the app showed as it stood; found
+    by the fourth review). It is refused before the statement is sent, as a NUL is, with one sentence."""
+    make_world()
+    sentence = "A text value contains a character that is not valid Unicode."
+    with read_session(db_factory) as s:
+        for name in ("\ud800", "exp\udc00x"):
+            with pytest.raises(InvalidInput) as refused:
+                repo.get_experiment_by_name(session=s, name=name)
+            assert str(refused.value) == sentence
+        with pytest.raises(NotFound, match="no experiment named 'caf"):  # valid text beyond ASCII is looked up as before
+            repo.get_experiment_by_name(session=s, name="café ✓ 𝄞")
+    with pytest.raises(InvalidInput, match="rater name contains a character that is not valid Unicode"), \
+            write_session(db_factory) as s:
+        repo.create_rater(session=s, name="a\ud800b", password_hash="x$hash")
 
 
 def test_a_clock_in_another_zone_is_stored_as_utc(db_factory, make_world):
