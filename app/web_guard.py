@@ -365,6 +365,7 @@ class WebGuard:
         # A page's session is pinned while its heartbeat is open, an event while it waits or runs (found by review: a
         # script's sessions pushed out the page of the same account, whose next rating was lost).
         self.heartbeats: dict[str, int] = {}  # session hash -> open heartbeat streams (touched only on the event loop)
+        self.streams: set[str] = set()  # sessions whose results stream is open (``_one_stream``; event loop only)
         self._admitting: dict[str, int] = {}  # account -> its event-making requests not yet answered (event loop only)
         self.session_owners = gradio_routes.Owners(gradio_routes.SESSIONS_PER_ACCOUNT, on_forget=self._drop_state,
                                                    pinned=self.heartbeats.__contains__)
@@ -566,6 +567,9 @@ class WebGuard:
                     or (read is not None and not self._event_waiting(read[1])):
                 await self._refuse(scope, receive, send, gradio_routes.NOT_WAITING, 404)
                 return
+        if (stream := self._streamed_session(path, method, named, read)) is not None:
+            await self._one_stream(stream, scope, receive, self._lax_send(send, secure))
+            return
         await self.inner(scope, receive, self._lax_send(send, secure))
 
     def _event_refusal(self, path: str, method: str | None, parsed: Any,
@@ -625,6 +629,38 @@ class WebGuard:
             self.heartbeats[session] -= 1
             if not self.heartbeats[session]:
                 del self.heartbeats[session]
+
+    def _streamed_session(self, path: str, method: str | None, named: str | None,
+                          read: tuple[str, str] | None) -> str | None:
+        """The session whose results the request streams (``GET /queue/data`` names it; ``GET /call/{api}/{event}``
+        reads its event's session, as Gradio finds it), or None."""
+        if named is not None and gradio_routes.reads_session(path, method):
+            return named
+        if read is None:
+            return None
+        queue = self._queue()
+        return (gradio_routes.session_of_event(queue, read[1]) if queue is not None else None) or read[1]
+
+    async def _one_stream(self, session: str, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass on a stream of ``session``'s results, one at a time per session (found by the fourth review of 5 Dec
+        2026): with two open, the one a client dropped made Gradio delete the session's messages, and the other,
+        already answering 200, raised a 404 inside itself, a 78-line traceback each time. A second waits up to
+        STREAM_WAIT_S for the first to end (a page opens its next stream as the last one closes), then gets 409 with
+        one sentence; one whose session lost its messages meanwhile gets the 404 sentence before Gradio."""
+        deadline = time.monotonic() + STREAM_WAIT_S
+        while session in self.streams:
+            if time.monotonic() >= deadline:
+                await self._refuse(scope, receive, send, ONE_STREAM, 409)
+                return
+            await asyncio.sleep(STREAM_POLL_S)
+        if not self._results_waiting(session):
+            await self._refuse(scope, receive, send, gradio_routes.NOT_WAITING, 404)
+            return
+        self.streams.add(session)
+        try:
+            await self.inner(scope, receive, send)
+        finally:
+            self.streams.discard(session)
 
     def _event_recording_send(self, send: Send, user: str, api: str | None = None) -> Send:
         """A ``send`` that binds the event id in a successful answer (``{"event_id": ...}``) to ``user``, so that only
@@ -1035,6 +1071,11 @@ class WebGuard:
         return response
 
 
+# one stream of a session's results at a time (``WebGuard._one_stream``): a second waits this long for the first to
+# end, checking every STREAM_POLL_S, then is refused
+STREAM_WAIT_S = 2.0
+STREAM_POLL_S = 0.05
+ONE_STREAM = "Another stream is already reading this session's results; a session has one open at a time."
 HASH_THREAD_NICE = 10
 DEVICE_BYTES = 24
 DEVICE_TOKEN = re.compile(r"[A-Za-z0-9_-]{32}")  # secrets.token_urlsafe(24)

@@ -1,0 +1,86 @@
+"""The guard's handling of result streams: findings of the fourth review of 5 Dec 2026, each
+reproduced against a real server on 127.0.0.1 (the helpers and the ``served`` fixture are test_web_guard's)."""
+
+from __future__ import annotations
+
+import socket
+import time
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from app import web_guard
+from tests.app.test_web_guard import _no_traceback, joined, launch, queue_join, signed_in
+
+
+@pytest.fixture
+def served(ui_world):
+    demo, url = launch(ui_world)
+    yield ui_world, demo, url
+    demo.close()
+
+
+def _raw_stream(url: str, http: httpx.Client, session: str) -> socket.socket:
+    """``GET /gradio_api/queue/data`` for ``session`` on a connection of its own, with ``http``'s cookies, left open."""
+    parts = urlsplit(url)
+    cookie = "; ".join(f"{name}={value}" for name, value in http.cookies.items())
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=15)
+    sock.sendall(f"GET /gradio_api/queue/data?session_hash={session} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+                 f"Cookie: {cookie}\r\n\r\n".encode())
+    return sock
+
+
+def _status(sock: socket.socket) -> tuple[int, bytes]:
+    """The status of the answer on ``sock`` and what came with it so far."""
+    got = b""
+    while b"\r\n" not in got:
+        chunk = sock.recv(4096)
+        assert chunk, got
+        got += chunk
+    return int(got.split(b" ", 2)[1]), got
+
+
+def _streamed(http: httpx.Client, session: str) -> None:
+    """Read ``session``'s stream as the page does, to its end (Gradio closes it when the session's events are read)."""
+    with http.stream("GET", "/gradio_api/queue/data", params={"session_hash": session}) as stream:
+        assert stream.status_code == 200, stream.read()
+        assert any("process_completed" in line for line in stream.iter_lines())
+
+
+def test_a_second_stream_of_one_session_is_refused_and_leaves_no_traceback(served, capfd, caplog):
+    """Found by the fourth review of 5 Dec 2026: a rater opened two ``GET /gradio_api/queue/data`` streams of one
+    session and dropped one; Gradio then deleted the session's messages and the other stream, already answering 200,
+    raised a 404 inside itself: 78 lines of traceback in the log, repeatable by any rater. A session has one stream
+    at a time now (a second gets 409, one sentence), and the page's own sequence, each stream opened as the last one
+    closed, is answered as before."""
+    _, demo, url = served
+    capfd.readouterr()
+    session = "two-streams"
+    with signed_in(url, "alice") as http:
+        joined(http, demo, session)
+        _streamed(http, session)
+        r = queue_join(http, demo, "next_batch", [1, ""], session)  # the page's next event, its stream opened at once
+        assert r.status_code == 200, r.text
+        _streamed(http, session)
+        # every result read: the session keeps its stream (Gradio's rule), which waits for the next event
+        first = _raw_stream(url, http, session)
+        second = None
+        try:
+            assert _status(first)[0] == 200
+            second = _raw_stream(url, http, session)
+            started = time.monotonic()
+            second_status, second_answer = _status(second)
+            waited = time.monotonic() - started
+            first.close()  # the client drops it: Gradio deletes the session's messages
+            time.sleep(11)  # a stream Gradio still runs finds that within 10 s (its wait for a message)
+        finally:
+            first.close()
+            if second is not None:
+                second.close()
+        again = http.get("/gradio_api/queue/data", params={"session_hash": session})
+    _no_traceback(capfd, caplog)
+    assert second_status == 409 and second_answer.endswith(web_guard.ONE_STREAM.encode()), second_answer
+    assert waited >= web_guard.STREAM_WAIT_S * 0.9  # it waited for the first to end
+    # the dropped stream took the session's messages with it: one sentence, before Gradio
+    assert (again.status_code, again.text) == (404, "No event of yours is waiting for its results in that session.")
