@@ -18,7 +18,8 @@ For every HTTP and websocket request, before Gradio sees it:
   ``X-Forwarded-Proto``, an https public URL of that name, or the always-Secure session cookie on a Host that is not
   this machine (``WebGuard._scheme``: a session established over HTTPS).
 - **Proxies** (local mode): a request that carries a header a reverse proxy adds (``X-Forwarded-For``, ``Via``, ...)
-  gets 403: without accounts only this machine may use the app.
+  gets 403: without accounts only this machine may use the app. With accounts no forwarding header is passed on to
+  Gradio (``FORWARDING_HEADERS``), whose page root believed ``X-Forwarded-Host`` from anyone.
 - **Local token** (local mode): every request shows the secret drawn when the app started (``AppServices.local_token``):
   a cookie set when the browser opened the address the app printed (``/?token=...``, answered with a redirect to the
   same address without it), or the ``X-Seiko-Token`` header (scripts, gradio_client). Otherwise 401. Without it,
@@ -139,6 +140,22 @@ def new_local_token() -> str:
 # comes from somewhere else, so local mode refuses it (behind a proxy, run with accounts).
 PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip", "via")
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+# Headers Gradio reads for its page root (``root`` in /config, the address the page's client calls; found by the
+# fourth review of 5 Dec 2026: ``X-Forwarded-Host: evil.example`` from anyone made it ``https://evil.example``).
+# The server (uvicorn) has already taken the scheme and client address from a trusted proxy's X-Forwarded-Proto and
+# -For (``trust_proxies``) when the guard runs, so none of them is passed on: the root is the request's own Host and
+# scheme. X-Forwarded-Host is believed from nobody (a proxy passes the name in Host, as the guard's Host and Origin
+# checks read it); X-Gradio-Server is Gradio's server-side rendering's, which this app does not use.
+FORWARDING_HEADERS = frozenset((b"forwarded", b"x-forwarded-host", b"x-forwarded-proto", b"x-forwarded-for",
+                                b"x-real-ip", b"x-gradio-server"))
+
+
+def without_forwarding(scope: Scope) -> Scope:
+    """``scope`` without FORWARDING_HEADERS (itself when it has none)."""
+    headers = scope.get("headers") or []
+    if not any(k.lower() in FORWARDING_HEADERS for k, _ in headers):
+        return scope
+    return {**scope, "headers": [(k, v) for k, v in headers if k.lower() not in FORWARDING_HEADERS]}
 
 
 def _sentence(text: str) -> str:
@@ -450,6 +467,7 @@ class WebGuard:
         if refusal is not None:
             await self._refuse(scope, receive, send, _sentence(refusal), 403)
             return
+        scope = without_forwarding(scope)
         path, method = get_route_path(scope), scope.get("method")
         # every cookie this answer sets is Secure when the request shows HTTPS, whoever set it (Gradio or the guard)
         secure = self._https_shown(headers, scheme)

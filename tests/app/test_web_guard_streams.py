@@ -1,4 +1,4 @@
-"""The guard's handling of result streams: findings of the fourth review of 5 Dec 2026, each
+"""The guard's handling of result streams and forwarding headers: findings of the fourth review of 5 Dec 2026, each
 reproduced against a real server on 127.0.0.1 (the helpers and the ``served`` fixture are test_web_guard's)."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from app import web_guard
+from app.settings import Settings
 from tests.app.test_web_guard import _no_traceback, joined, launch, queue_join, signed_in
 
 
@@ -90,3 +91,50 @@ def test_a_second_stream_of_one_session_is_refused_and_leaves_no_traceback(serve
     assert waited >= web_guard.STREAM_WAIT_S * 0.9  # it waited for the first to end
     # the dropped stream took the session's messages with it: one sentence, before Gradio
     assert (again.status_code, again.text) == (404, "No event of yours is waiting for its results in that session.")
+
+
+def _root(http: httpx.Client, **headers: str) -> str:
+    r = http.get("/config", headers=headers)
+    assert r.status_code == 200, r.text
+    return r.json()["root"]
+
+
+FORGED = {"X-Forwarded-Host": "evil.example", "X-Forwarded-Proto": "https",
+          "Forwarded": "host=evil.example;proto=https", "X-Gradio-Server": "https://evil.example"}
+
+
+def test_gradios_page_root_believes_no_forwarding_header_from_a_peer_that_is_not_a_trusted_proxy(ui_world, monkeypatch):
+    """Found by the fourth review of 5 Dec 2026: ``GET /config`` with ``X-Forwarded-Host: evil.example`` and
+    ``X-Forwarded-Proto: https`` from any client gave ``"root": "https://evil.example"`` (the address the page's
+    client calls), though forwarding headers are believed only from SEIKO_TRUSTED_PROXIES. The root is the request's
+    own Host and scheme now."""
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "127.0.0.1")  # restored after the test; set below as `serve` would
+    web_guard.trust_proxies(Settings.from_env({"data_dir": "/tmp/x"}, environ={}))  # no proxy trusted (the default)
+    demo, url = launch(ui_world)
+    try:
+        with signed_in(url) as http:
+            assert _root(http) == url
+            for name, value in FORGED.items():
+                assert _root(http, **{name: value}) == url, name
+            assert _root(http, **FORGED) == url
+    finally:
+        demo.close()
+
+
+def test_gradios_page_root_takes_a_trusted_proxys_scheme_and_the_host_it_passes_on(ui_world, monkeypatch):
+    """From a trusted proxy (SEIKO_TRUSTED_PROXIES=127.0.0.1) the root takes its ``X-Forwarded-Proto: https`` (the
+    server's scheme, as the cookies and the Origin check do), and its host from Host (the README's proxy passes it
+    on: ``proxy_set_header Host $host``); an X-Forwarded-Host, which a proxy passes on from the client unless told
+    otherwise, is not believed."""
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "")  # restored after the test; set below as `serve` would
+    web_guard.trust_proxies(Settings.from_env({"data_dir": "/tmp/x", "trusted_proxies": "127.0.0.1"}, environ={}))
+    demo, url = launch(ui_world)
+    try:
+        with signed_in(url) as http:
+            over_tls, port = url.replace("http://", "https://"), urlsplit(url).port
+            assert _root(http, **{"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.5"}) == over_tls
+            assert _root(http, **{"X-Forwarded-Proto": "https", "Host": f"localhost:{port}"}) == f"https://localhost:{port}"
+            assert _root(http, **FORGED) == over_tls
+            assert _root(http) == url
+    finally:
+        demo.close()
