@@ -428,7 +428,9 @@ class WebGuard:
     def _drop_state(self, key: str) -> None:
         holder = getattr(self.gradio_app, "state_holder", None)
         if holder is not None:
-            gradio_routes.drop_session_state(holder, key, self._queue())
+            # a session whose stream is open keeps its messages: Gradio's stream raised a 404 inside itself when they
+            # went, a traceback in the log (found while fixing the two streams of one session, 5 Dec 2026)
+            gradio_routes.drop_session_state(holder, key, None if key in self.streams else self._queue())
 
     def _sweep(self) -> None:
         """At most every SWEEP_EVERY_S: drop the state of sessions no account holds (``gradio_routes.sweep_unowned``)."""
@@ -437,7 +439,8 @@ class WebGuard:
             return
         self._swept_at = time.monotonic()
         dropped = gradio_routes.sweep_unowned(
-            holder, lambda k: self.session_owners.owner(k) is not None or self.event_owners.owner(k) is not None,
+            holder, lambda k: k in self.streams or self.session_owners.owner(k) is not None
+            or self.event_owners.owner(k) is not None,
             queue=self._queue())
         if dropped:
             log.info("dropped the in-memory state of %d session(s) no account holds", dropped)

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from app import web_guard
+from app import gradio_routes, web_guard
 from app.settings import Settings
 from tests.app.test_web_guard import _no_traceback, joined, launch, queue_join, signed_in
 
@@ -138,3 +138,35 @@ def test_gradios_page_root_takes_a_trusted_proxys_scheme_and_the_host_it_passes_
             assert _root(http) == url
     finally:
         demo.close()
+
+
+def test_a_session_pushed_out_while_its_stream_is_open_keeps_its_messages_and_leaves_no_traceback(ui_world, capfd,
+                                                                                                  caplog, monkeypatch):
+    """Found while fixing the two streams: the guard itself took an open stream's session away the same way. An
+    account's sessions past SESSIONS_PER_ACCOUNT (2 * that, pinned ones too) are forgotten, and a forgotten one lost
+    its messages, so its open stream raised Gradio's 404 inside itself (the same traceback), as did the sweep of
+    sessions no account holds. A session keeps its messages while its stream is open, forgotten or not."""
+    monkeypatch.setattr(gradio_routes, "SESSIONS_PER_ACCOUNT", 1)  # read when the guard starts: at most 2 sessions
+    monkeypatch.setattr(gradio_routes, "SWEEP_EVERY_S", 0.0)  # and a forgotten one swept at the next request
+    monkeypatch.setattr(gradio_routes, "UNOWNED_GRACE_S", 0.0)
+    demo, url = launch(ui_world)
+    capfd.readouterr()
+    session = "kept-open"
+    try:
+        with signed_in(url, "alice") as http:
+            joined(http, demo, session)
+            _streamed(http, session)
+            stream = _raw_stream(url, http, session)
+            try:
+                assert _status(stream)[0] == 200
+                for i in range(4):  # other tabs: each claims a session, its heartbeat opened and closed
+                    with http.stream("GET", f"/gradio_api/heartbeat/tab-{i}") as beat:
+                        assert beat.status_code == 200
+                kept = session in demo._queue.pending_messages_per_session
+                time.sleep(11)  # a stream whose messages went raises within 10 s (its wait for a message)
+            finally:
+                stream.close()
+    finally:
+        demo.close()
+    _no_traceback(capfd, caplog)
+    assert kept  # its messages were kept while it was open
