@@ -267,16 +267,22 @@ EX_TEMPFAIL = 75  # the status a worker its Watchdog ends exits with (sysexits.h
 
 
 class Watchdog:
-    """Ends the process (status EX_TEMPFAIL, after one log sentence) when a stop was seen and the job has not
-    returned within ``grace_s`` seconds.
+    """Ends the process (after one log sentence) when a stop was seen and the worker has not ended within ``grace_s``
+    seconds: with EX_TEMPFAIL when a job is held, with a normal stop's status when none is.
 
     A stop reaches a job only through the job's own code: a stop signal's handler raises at the main thread's next
     bytecode, a lost lease (an admin's stop) at the next progress report. A call that never returns (a query waiting
     on a lock, a collective whose peer is gone, a driver that hangs) sees neither, and the worker hung for ever, its
     heartbeat keeping the lease (found by the third review). The watchdog sees a stop signal on the wakeup fd that
     CPython's C-level handler writes to (``signal.set_wakeup_fd``), which works while the Python handler never gets
-    to run, and a lost lease on the running job's ``JobProgress.lost``. It leaves the job's row as a killed worker
-    does: the lease runs out and a worker takes the job again (an attempt used); an admin's stop stands.
+    to run, and a lost lease on the running job's ``JobProgress.lost``.
+
+    - A job held: the job's row is left as a killed worker leaves it: the lease runs out and a worker takes the job
+      again (an attempt used); an admin's stop stands.
+    - A stop signal while no job is held (the worker starting up, loading its model, or claiming): the process ends
+      as a stop of an idle worker does, status 0 for SIGTERM and 130 for Ctrl-C. It exited 75 ("a job was stuck,
+      restart me"), so ``python -m app demo`` started a fresh worker that the operator had stopped (found by the
+      fourth review).
 
     ``python -m app worker`` (one process, or rank 0 of ``--processes N``; ``grace_s`` is its ``--stop-grace-s``,
     default 30) makes one in its main thread, after its signal handlers are installed, and closes it when the worker
@@ -286,6 +292,7 @@ class Watchdog:
 
     def __init__(self, worker: Worker, grace_s: float) -> None:
         self.worker, self.grace_s = worker, float(grace_s)
+        self._signal: int | None = None  # the first stop signal seen (SIGINT or SIGTERM)
         self._read_fd, self._write_fd = os.pipe()
         os.set_blocking(self._write_fd, False)  # the C-level handler must never block on it
         self._old_fd = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
@@ -307,9 +314,12 @@ class Watchdog:
         why = ""
         while not self._closed.is_set():
             ready, _, _ = select.select([self._read_fd], [], [], self.TICK_S)
-            signals = set(os.read(self._read_fd, 512)) if ready else set()
+            signals = os.read(self._read_fd, 512) if ready else b""
+            stops = [signum for signum in signals if signum in (signal.SIGINT, signal.SIGTERM)]
+            if stops and self._signal is None:
+                self._signal = stops[0]  # in the order they came: the first decides, as in interrupt_for_signal
             now, run = time.monotonic(), self.worker.current_run
-            if signals & {signal.SIGINT, signal.SIGTERM} or self.worker._stopping.is_set():
+            if stops or self.worker._stopping.is_set():
                 if deadline is None or watched is not None:
                     deadline, watched, why = deadline or now + self.grace_s, None, "the stop signal"
             elif deadline is None and run is not None and run.progress.lost.is_set():
@@ -318,20 +328,26 @@ class Watchdog:
                 deadline = watched = None
             if deadline is not None and now >= deadline and not self._closed.is_set():
                 self._end(run, why)
+                return
 
     def _end(self, run: _Run | None, why: str) -> None:
         if run is None:
-            log.critical("worker %r has not stopped %.0f s after the stop signal; the process ends now with status %d",
-                         self.worker.worker_id, self.grace_s, EX_TEMPFAIL)
+            ctrl_c = self._signal == signal.SIGINT
+            status = 128 + signal.SIGINT if ctrl_c else 0
+            by = {signal.SIGINT: "by Ctrl-C (SIGINT)", signal.SIGTERM: "by SIGTERM"}.get(self._signal, "")
+            log.warning("worker %r was stopped%s while it held no job and has not ended %.0f s later (still starting "
+                        "up, or waiting on the database); the process ends now with status %d, as a stopped idle "
+                        "worker's", self.worker.worker_id, f" {by}" if by else "", self.grace_s, status)
         else:
+            status = EX_TEMPFAIL
             then = ("its row is left as it is" if run.progress.lost.is_set() else
                     "it is taken again once its lease runs out, as a killed worker's")
             log.critical("worker %r: job %d (%s) has not returned %.0f s after %s (stuck in a call that does not "
                          "return); the process ends now with status %d and %s", self.worker.worker_id, run.job.id,
-                         run.job.kind, self.grace_s, why, EX_TEMPFAIL, then)
+                         run.job.kind, self.grace_s, why, status, then)
         for handler in logging.getLogger().handlers:
             handler.flush()
-        os._exit(EX_TEMPFAIL)
+        os._exit(status)
 
 
 # ---------------------------------------------------------------------------------------------

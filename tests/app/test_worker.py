@@ -626,9 +626,12 @@ def test_an_idle_worker_ends_on_one_stop_signal_as_before(tmp_path, _sqlite_at_h
 #   Python handler never runs: a call that never gets back to the interpreter (libpq waiting on a lock retries
 #   after EINTR, a collective whose peer is gone, a hung driver);
 # - "outage": no job runs; the claim takes a Ctrl-C (held: the worker is claiming), then fails as the database
-#   goes away.
+#   goes away;
+# - "slowstart": the worker's start-up (its model libraries' import) takes a minute, in Python (a stop signal's
+#   handler runs, and start-up carries on: only SIGINT would raise);
+# - "deafstart": the same start-up with SIGINT and SIGTERM blocked in the main thread (a loader stuck in C).
 HUNG_WORKER = """
-import signal, sys, threading
+import signal, sys, threading, time
 from sqlalchemy.exc import OperationalError
 from app import worker
 
@@ -642,9 +645,17 @@ def claim(**kwargs):
     signal.raise_signal(signal.SIGINT)
     raise OperationalError("UPDATE jobs ...", {}, Exception("server closed the connection unexpectedly"))
 
+def slow_start():
+    if sys.argv[1] == "deafstart":
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    print("start-up is slow", file=sys.stderr, flush=True)
+    time.sleep(60)
+
 worker.Worker._generate = hang
 if sys.argv[1] == "outage":
     worker.job_queue.claim_job = claim
+if sys.argv[1].endswith("start"):
+    worker._import_model_libraries = slow_start
 from app.__main__ import main
 sys.exit(main(sys.argv[2:]))
 """
@@ -751,6 +762,45 @@ def test_a_job_stuck_after_an_admin_stopped_it_ends_the_worker_with_status_75(wo
             and "status 75" in told[0] and "its row is left as it is" in told[0]), told
     (row,) = _jobs(world, eid)
     assert (row.status, row.lease_owner, row.error) == ("failed", None, reason)
+
+
+@pytest.mark.parametrize("mode, signum, status", [
+    pytest.param("slowstart", 15, 0, id="sigterm"),
+    pytest.param("deafstart", 2, 130, id="sigint-deaf"),
+])
+def test_a_stop_during_a_slow_start_up_ends_the_worker_as_a_stop_not_as_a_stuck_job(worker_world, tmp_path, mode, signum,
+                                                                                     status):
+    """A stop signal while the worker starts up (its imports, a model loading) slower than --stop-grace-s: the
+    watchdog ended it with status 75, "a job was stuck, restart me", though no job was held and the operator had asked
+    it to stop, so `python -m app demo` started a fresh one (found by the fourth review). It ends as a stopped idle
+    worker does (0 for SIGTERM, 130 for Ctrl-C), in one sentence, --stop-grace-s after the signal; the demo restarts a
+    worker only on 75 (`app.cli_demo.WORKER_RESTART_STATUS`). The queue's job is not touched."""
+    import signal
+
+    from app import cli_demo
+
+    world = worker_world
+    eid = world.create_experiment("slow-start")
+    proc, log = _hung_worker(world, tmp_path, mode)
+    try:
+        _wait_for_line(proc, log, "start-up is slow")
+        stopped = time.monotonic()
+        proc.send_signal(signal.Signals(signum))
+        took = _seconds_to_end(proc, log, stopped)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert proc.returncode == status != cli_demo.WORKER_RESTART_STATUS, text[-3000:]
+    assert STOP_GRACE_S <= took < STOP_GRACE_S + 5, (took, text[-3000:])  # the start-up alone would take 60 s
+    told = [line for line in text.splitlines() if "held no job" in line]
+    assert len(told) == 1 and "Traceback" not in text and "has not returned" not in text, text[-3000:]
+    by = "Ctrl-C (SIGINT)" if signum == signal.SIGINT else "SIGTERM"
+    assert (f"worker 'hung' was stopped by {by} while it held no job and has not ended 3 s later" in told[0]
+            and f"ends now with status {status}" in told[0]), told
+    (row,) = _jobs(world, eid)
+    assert (row.status, row.lease_owner, row.attempts) == ("queued", None, 0)
 
 
 def test_ctrl_c_as_the_claim_meets_a_database_outage_exits_130_in_one_sentence(worker_world, tmp_path):
