@@ -230,9 +230,10 @@ class Heartbeat:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, *, wait: bool = True) -> None:
+        """No more heartbeats; with ``wait``, return once the thread has ended (not when it may be stuck itself)."""
         self._stop.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
+        if wait and self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join()
 
     def _run(self) -> None:
@@ -277,8 +278,13 @@ class Watchdog:
     CPython's C-level handler writes to (``signal.set_wakeup_fd``), which works while the Python handler never gets
     to run, and a lost lease on the running job's ``JobProgress.lost``.
 
-    - A job held: the job's row is left as a killed worker leaves it: the lease runs out and a worker takes the job
-      again (an attempt used); an admin's stop stands.
+    - A stop signal while a job is held: the job is handed back as the worker's own hand-back of a stopped job does
+      (``db.jobs.yield_job`` under its claim: queued again, no attempt used), within HAND_BACK_S seconds from this
+      thread; the operator stopped the worker, the job did not fail. It cost an attempt, as a killed worker's lease
+      that runs out does, so a job stopped three times while in a long call failed for good (found by the fourth
+      review). If the database does not take the hand-back in time (it may be what the job is stuck on), the job is
+      left as ``kill -9`` leaves it: taken again once its lease runs out, an attempt used.
+    - A lost lease: nothing is written; an admin's stop stands.
     - A stop signal while no job is held (the worker starting up, loading its model, or claiming): the process ends
       as a stop of an idle worker does, status 0 for SIGTERM and 130 for Ctrl-C. It exited 75 ("a job was stuck,
       restart me"), so ``python -m app demo`` started a fresh worker that the operator had stopped (found by the
@@ -289,6 +295,7 @@ class Watchdog:
     has ended; a Worker used in-process (the tests) has none."""
 
     TICK_S = 0.5
+    HAND_BACK_S = 5.0  # the longest the watchdog waits for its hand-back of a stopped job before the process ends
 
     def __init__(self, worker: Worker, grace_s: float) -> None:
         self.worker, self.grace_s = worker, float(grace_s)
@@ -340,14 +347,40 @@ class Watchdog:
                         "worker's", self.worker.worker_id, f" {by}" if by else "", self.grace_s, status)
         else:
             status = EX_TEMPFAIL
-            then = ("its row is left as it is" if run.progress.lost.is_set() else
-                    "it is taken again once its lease runs out, as a killed worker's")
+            if run.progress.lost.is_set():
+                then = "its row is left as it is"
+            else:
+                then = self._hand_back(run)
             log.critical("worker %r: job %d (%s) has not returned %.0f s after %s (stuck in a call that does not "
                          "return); the process ends now with status %d and %s", self.worker.worker_id, run.job.id,
                          run.job.kind, self.grace_s, why, status, then)
         for handler in logging.getLogger().handlers:
             handler.flush()
         os._exit(status)
+
+    def _hand_back(self, run: _Run) -> str:
+        """Queue the stopped job again without using an attempt (``yield_job`` under its claim: a twin's later claim
+        is not touched), from a thread given HAND_BACK_S seconds; what became of the job, for the log sentence."""
+        job, said = run.job, []
+        run.heartbeat.stop(wait=False)  # it may be stuck too; a heartbeat after the hand-back is refused by the claim
+
+        def write() -> None:
+            try:
+                with write_session(self.worker.factory) as s:
+                    job_queue.yield_job(session=s, job_id=job.id, worker_id=self.worker.worker_id, claim=job.claim)
+                said.append(f"it is queued again, attempt {job.attempts} of {job.max_attempts} not counted")
+            except LeaseLost as exc:  # the worker's own hand-back came first, or the lease ran out meanwhile
+                said.append(f"it was not handed back: {exc}")
+            except Exception as exc:  # said in the one sentence: its type and first line
+                first = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+                said.append(f"it could not be handed back ({type(exc).__name__}: {first[0][:200] if first else ''}); it "
+                            "is taken again once its lease runs out, as a killed worker's (an attempt used)")
+
+        writer = threading.Thread(target=write, name="stop-watchdog-hand-back", daemon=True)
+        writer.start()
+        writer.join(self.HAND_BACK_S)
+        return said[0] if said else (f"its hand-back did not finish within {self.HAND_BACK_S:g} s; it is taken again "
+                                     "once its lease runs out, as a killed worker's (an attempt used)")
 
 
 # ---------------------------------------------------------------------------------------------
