@@ -48,6 +48,11 @@ log = logging.getLogger("seiko.worker.group")
 GROUP_ENV = "SEIKO_WORKER_GROUP"  # set by the supervisor on its ranks: the supervisor's pid
 RESTART_EXIT = 75  # a rank's exit status asking the supervisor for a fresh group (EX_TEMPFAIL)
 SCHEMA_EXIT = 78  # rank 0 found the database's schema changed under it (EX_CONFIG): said once, no fresh group
+# rank 0's watchdog (app.worker.Watchdog) ended a job stuck after a stop: a fresh group as for RESTART_EXIT, and when
+# none follows (stopping, --once) the supervisor exits with app.worker.EX_TEMPFAIL (75), as one worker process does.
+# It was RESTART_EXIT, which the supervisor then turned into 1 ("the job failed"), so a service manager or script that
+# restarts a worker on 75 did not restart this one (found by the fourth review)
+WATCHDOG_EXIT = 76
 QUICK_FAILURE_S = 60.0  # a group that ends sooner than this after starting counts as a quick failure
 MAX_QUICK_FAILURES = 3  # the supervisor gives up after this many quick failures in a row
 FOLLOWER_GRACE_S = 60.0  # a follower ended cleanly (or while stopping): how long rank 0 has to end as well
@@ -259,7 +264,8 @@ def run_rank(args: argparse.Namespace, settings, worker_id: str) -> int:
     # as the SIGTERM the supervisor forwards, and the second signal must not interrupt that hand-back
     signal.signal(signal.SIGTERM, worker.interrupt_for_signal)
     signal.signal(signal.SIGINT, worker.interrupt_for_signal)
-    watchdog = Watchdog(worker, args.stop_grace_s)  # a job stuck in a call that never returns: status 75 (RESTART_EXIT)
+    # a job stuck in a call that never returns: WATCHDOG_EXIT, which the supervisor tells apart from RESTART_EXIT
+    watchdog = Watchdog(worker, args.stop_grace_s, status=WATCHDOG_EXIT)
     from db.errors import SchemaOutOfDate
 
     told: list[bool] = []  # "stop" was sent (or begun): a stop signal inside that send must not start a second one
@@ -329,8 +335,9 @@ def rank_command(args: argparse.Namespace, worker_id: str) -> list[str]:
     return cmd + (["--once"] if args.once else [])
 
 
-def hand_back_jobs(settings, worker_id: str, reason: str) -> list[int]:
-    """Queue again (one attempt used) every job still running under ``worker_id``; returns their ids."""
+def hand_back_jobs(settings, worker_id: str, reason: str, *, counted: bool = True) -> list[int]:
+    """Queue again every job still running under ``worker_id``; returns their ids. ``counted``: one attempt used
+    (``fail_job``, the reason its error); else none (``yield_job``: the group was stopped, the job did not fail)."""
     from db import jobs as job_queue
     from db.engine import make_engine, session_factory, write_session
     from db.errors import LeaseLost
@@ -350,8 +357,11 @@ def hand_back_jobs(settings, worker_id: str, reason: str) -> list[int]:
                 with write_session(factory) as s:
                     # under the claim read above: a twin with the same worker id that claimed the job again since
                     # (its lease ran out) is not failed in its place (found by review)
-                    job = job_queue.fail_job(session=s, job_id=job_id, worker_id=worker_id, error=reason, retry=True,
-                                             claim=claim)
+                    if counted:
+                        job = job_queue.fail_job(session=s, job_id=job_id, worker_id=worker_id, error=reason,
+                                                 retry=True, claim=claim)
+                    else:
+                        job = job_queue.yield_job(session=s, job_id=job_id, worker_id=worker_id, claim=claim)
                     log.warning("job %d handed back (%s): %s", job_id, job.status, reason)
                     handed.append(job_id)
             except LeaseLost as exc:  # finished or taken over in between: nothing to hand back
@@ -364,6 +374,8 @@ def hand_back_jobs(settings, worker_id: str, reason: str) -> list[int]:
 
 
 def _describe(code: int) -> str:
+    if code == WATCHDOG_EXIT:
+        return f"exited with status {code} (its watchdog ended a job stuck after a stop)"
     return f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
 
 
@@ -371,7 +383,11 @@ def _stopped_status(code: int) -> int:
     """The supervisor's status for a group that ended abnormally with ``code`` (rank 0's, or the rank that ended
     first) when no fresh group follows (``--once``, or stopping). RESTART_EXIT is rank 0 asking for a fresh group after
     its train job failed, not a status for the caller: ``--once`` promises 1 when its job failed, and returned 75
-    (found by review)."""
+    (found by review). WATCHDOG_EXIT (rank 0's watchdog ended a stuck job) is EX_TEMPFAIL, 75, as one worker's is."""
+    from app.worker import EX_TEMPFAIL
+
+    if code == WATCHDOG_EXIT:
+        return EX_TEMPFAIL
     return 1 if code in (0, RESTART_EXIT) else (128 - code if code < 0 else code)
 
 
@@ -447,11 +463,14 @@ def supervise(args: argparse.Namespace, settings, worker_id: str) -> int:
                     p.kill()
                     p.wait()
             return 1 if code == SCHEMA_EXIT else code
-        if stopping and ended == 0 and code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+        obeyed = stopping and ended == 0 and code in (128 + signal.SIGINT, 128 + signal.SIGTERM, WATCHDOG_EXIT)
+        if obeyed:
             # rank 0 obeyed the stop (Worker.interrupt_for_signal: its job handed back, its followers told to stop
-            # unless a train step's collective held them); this said "the job handed back" as a warning, for a job
+            # unless a train step's collective held them), or its watchdog ended a job stuck after it (handed back
+            # too, unless the database did not take it); this said "the job handed back" as a warning, for a job
             # that rank 0 had handed back itself or that there never was (found by the second review)
-            reason = f"worker {worker_id!r} was stopped (signal {stopping}): rank 0 ended with status {code}"
+            stuck = " (its watchdog ended a job stuck after the stop)" if code == WATCHDOG_EXIT else ""
+            reason = f"worker {worker_id!r} was stopped (signal {stopping}): rank 0 ended with status {code}{stuck}"
             log.info("%s; the group is stopped", reason)
         else:
             reason = f"rank {ended} of worker {worker_id!r} {_describe(code)}; the group was stopped and the job handed back"
@@ -461,10 +480,12 @@ def supervise(args: argparse.Namespace, settings, worker_id: str) -> int:
                 p.kill()
         for p in procs:
             p.wait()
-        hand_back_jobs(settings, worker_id, reason)
+        # a job rank 0 could not hand back after a stop is queued again without using an attempt, as rank 0's own
+        # hand-back would have: the group was stopped, the job did not fail (found by the fourth review)
+        hand_back_jobs(settings, worker_id, reason, counted=not obeyed)
         if stopping or args.once:  # --once runs one group: another would be a second run (found by review)
             return _stopped_status(code)
-        quick = quick + 1 if time.monotonic() - started < QUICK_FAILURE_S and code != RESTART_EXIT else 0
+        quick = quick + 1 if time.monotonic() - started < QUICK_FAILURE_S and code not in (RESTART_EXIT, WATCHDOG_EXIT) else 0
         if quick >= MAX_QUICK_FAILURES:
             log.error("worker %r: the group ended %d times in a row within %.0f s of starting; giving up",
                       worker_id, quick, QUICK_FAILURE_S)

@@ -269,7 +269,7 @@ EX_TEMPFAIL = 75  # the status a worker its Watchdog ends exits with (sysexits.h
 
 class Watchdog:
     """Ends the process (after one log sentence) when a stop was seen and the worker has not ended within ``grace_s``
-    seconds: with EX_TEMPFAIL when a job is held, with a normal stop's status when none is.
+    seconds: with ``status`` (EX_TEMPFAIL) when a job is held, with a normal stop's status when none is.
 
     A stop reaches a job only through the job's own code: a stop signal's handler raises at the main thread's next
     bytecode, a lost lease (an admin's stop) at the next progress report. A call that never returns (a query waiting
@@ -292,13 +292,14 @@ class Watchdog:
 
     ``python -m app worker`` (one process, or rank 0 of ``--processes N``; ``grace_s`` is its ``--stop-grace-s``,
     default 30) makes one in its main thread, after its signal handlers are installed, and closes it when the worker
-    has ended; a Worker used in-process (the tests) has none."""
+    has ended; a Worker used in-process (the tests) has none. Rank 0 passes its own ``status``
+    (``app.train_dist.WATCHDOG_EXIT``), which its supervisor tells apart from a rank that failed."""
 
     TICK_S = 0.5
     HAND_BACK_S = 5.0  # the longest the watchdog waits for its hand-back of a stopped job before the process ends
 
-    def __init__(self, worker: Worker, grace_s: float) -> None:
-        self.worker, self.grace_s = worker, float(grace_s)
+    def __init__(self, worker: Worker, grace_s: float, *, status: int = EX_TEMPFAIL) -> None:
+        self.worker, self.grace_s, self.status = worker, float(grace_s), status
         self._signal: int | None = None  # the first stop signal seen (SIGINT or SIGTERM)
         self._read_fd, self._write_fd = os.pipe()
         os.set_blocking(self._write_fd, False)  # the C-level handler must never block on it
@@ -346,7 +347,7 @@ class Watchdog:
                         "up, or waiting on the database); the process ends now with status %d, as a stopped idle "
                         "worker's", self.worker.worker_id, f" {by}" if by else "", self.grace_s, status)
         else:
-            status = EX_TEMPFAIL
+            status = self.status
             if run.progress.lost.is_set():
                 then = "its row is left as it is"
             else:

@@ -467,8 +467,9 @@ def _fake_group(monkeypatch, tmp_path, rank_script: str):
     starts.write_text("")
     script = f"import os; open({str(starts)!r}, 'a').write(os.environ['RANK']); " + rank_script
     monkeypatch.setattr(train_dist, "rank_command", lambda args, worker_id: [sys.executable, "-c", script])
-    handed: list[str] = []
-    monkeypatch.setattr(train_dist, "hand_back_jobs", lambda settings, worker_id, reason: handed.append(reason) or [])
+    handed: list[str] = []  # each hand-back's reason; "not counted: reason" for one that uses no attempt
+    monkeypatch.setattr(train_dist, "hand_back_jobs", lambda settings, worker_id, reason, counted=True: handed.append(
+        reason if counted else f"not counted: {reason}") or [])
     return starts, handed, SimpleNamespace(db_url="sqlite:///unused.db", data_dir=tmp_path, model="unused")
 
 
@@ -586,3 +587,125 @@ def test_a_second_stop_signal_does_not_interrupt_rank_0_telling_its_followers_to
     except KeyboardInterrupt:
         pytest.fail("the Ctrl-C left run_rank as KeyboardInterrupt")
     assert (status, sent) == (0, ["begun", "whole"])
+
+
+def test_rank_0s_watchdog_exit_is_75_from_the_supervisor_when_no_fresh_group_follows(monkeypatch, tmp_path):
+    """Rank 0's watchdog (a job stuck after a stop) exited 75, which is also rank 0's "my train job failed, start a
+    fresh group" (RESTART_EXIT): the supervisor took it for that and exited 1 under --once or a stop, where one worker
+    process exits 75 ("restart me, the job is retried"; found by the fourth review). Rank 0's watchdog now says
+    WATCHDOG_EXIT: with --once the supervisor exits 75 (EX_TEMPFAIL); without, it starts a fresh group, not counted
+    as a quick failure; a train job's failure (RESTART_EXIT) under --once is still 1."""
+    import argparse
+
+    from app import train_dist
+    from app.worker import EX_TEMPFAIL
+
+    once = argparse.Namespace(processes=2, once=True, lease_s=60, poll_s=1, stop_grace_s=30, nice=0)
+    starts, handed, settings = _fake_group(monkeypatch, tmp_path, (
+        f"import time; r = int(os.environ['RANK']); time.sleep(0.5 if r == 0 else 60); "
+        f"raise SystemExit({train_dist.WATCHDOG_EXIT} if r == 0 else 0)"))
+    assert train_dist.supervise(once, settings, "w") == EX_TEMPFAIL == 75
+    assert sorted(starts.read_text()) == ["0", "1"] and len(handed) == 1  # one group; a job still held is handed back
+
+    # no --once, no stop: fresh groups until rank 0 ends cleanly (the fourth group), none taken for a quick failure
+    # (3 in a row would give up with status 1)
+    starts, handed, settings = _fake_group(monkeypatch, tmp_path, (
+        f"import time; r = int(os.environ['RANK']); "
+        f"groups = open({str(tmp_path / 'starts')!r}).read().count(os.environ['RANK']); "
+        f"time.sleep(0.3 if r == 0 else 60 if groups < 4 else 0.1); "
+        f"raise SystemExit(({train_dist.WATCHDOG_EXIT} if groups < 4 else 0) if r == 0 else 0)"))
+    forever = argparse.Namespace(processes=2, once=False, lease_s=60, poll_s=1, stop_grace_s=30, nice=0)
+    assert train_dist.supervise(forever, settings, "w") == 0
+    assert starts.read_text().count("0") == 4 and len(handed) == 3
+
+
+def test_a_stopped_group_whose_rank_0_watchdog_ended_a_stuck_job_exits_75_and_hands_back_free(monkeypatch, tmp_path,
+                                                                                             caplog):
+    """The same under a stop signal: the supervisor exits 75 (it exited 1), says the group was stopped (not that a
+    rank crashed), and a job rank 0 could not hand back is queued again without using an attempt (the group was
+    stopped; the job did not fail)."""
+    import logging
+
+    from app import train_dist
+
+    rank_script = ("import signal, sys, time; r = int(os.environ['RANK']); "
+                   f"signal.signal(signal.SIGTERM, lambda *a: os._exit({train_dist.WATCHDOG_EXIT})); "
+                   "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM}); "
+                   "time.sleep(30)")  # rank 0 ends on the forwarded SIGTERM, as its watchdog would; rank 1 never
+    with caplog.at_level(logging.INFO, logger="seiko.worker.group"):
+        status, starts, handed, seconds = _supervise_with_a_signal(monkeypatch, tmp_path, rank_script,
+                                                                   at="first-rank-command")
+    # one group (rank 1 may be killed before it records its start: rank 0 ends as soon as the signal comes)
+    assert (status, starts.count("0"), seconds < 30) == (75, 1, True), (status, starts, handed, seconds)
+    assert handed == ["not counted: worker 'w' was stopped (signal 15): rank 0 ended with status 76 (its watchdog "
+                      "ended a job stuck after the stop)"], handed
+    assert not [r for r in caplog.records if r.levelname == "WARNING"], caplog.records
+
+
+# `python -m app worker --processes 2` whose ranks run as `python -c _DEAF_RANK worker ...`: rank 0's generate job
+# blocks SIGINT and SIGTERM in its main thread and never returns (a call stuck in C, as a collective whose peer is gone)
+_DEAF_RANK = r"""
+import signal, sys, threading
+from app import worker
+
+def deaf(self, run):
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    print(f"job {run.job.id} hangs", file=sys.stderr, flush=True)
+    threading.Event().wait()
+
+worker.Worker._generate = deaf
+from app.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
+_DEAF_SUPERVISOR = r"""
+import sys
+from app import train_dist
+real = train_dist.rank_command
+train_dist.rank_command = lambda args, worker_id: [sys.executable, "-c", sys.argv[1], *real(args, worker_id)[3:]]
+from app.__main__ import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.slow
+def test_a_stopped_group_whose_rank_0_is_stuck_exits_75_with_its_job_queued_again(worker_world, tmp_path):
+    """Real processes: SIGTERM to `worker --processes 2` whose rank 0 is stuck where the signal cannot reach it. The
+    supervisor forwards it; rank 0's watchdog hands the job back and ends rank 0 --stop-grace-s later; the supervisor
+    exits 75 as one worker does (it exited 1, and the job had used an attempt and carried the rank's exit as its
+    error; found by the fourth review). The job is queued again with no attempt used."""
+    from app import train_dist
+
+    w = worker_world
+    eid = w.create_experiment("stuck-group")
+    log_path = tmp_path / "group.log"
+    env = {**os.environ, "SEIKO_DB_URL": w.settings.db_url, "SEIKO_DATA_DIR": str(w.settings.data_dir),
+           "SEIKO_MODEL": str(w.model_dir), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
+           "TOKENIZERS_PARALLELISM": "false"}
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", _DEAF_SUPERVISOR, _DEAF_RANK, "worker", "--processes", "2",
+                                 "--worker-id", "dp", "--lease-s", "30", "--poll-s", "0.2", "--stop-grace-s", "3",
+                                 "--nice", "0"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        with read_session(w.factory) as s:
+            (job_id,) = [job.id for job in s.query(Job).filter_by(experiment_id=eid)]
+        deadline = time.monotonic() + 180
+        while f"job {job_id} hangs" not in log_path.read_text(errors="replace"):
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text(errors="replace")[-5000:]
+            time.sleep(0.2)
+        stopped = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        took = time.monotonic() - stopped
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log_path.read_text(errors="replace")
+    assert proc.returncode == 75, text[-5000:]
+    assert 3 <= took < 30, (took, text[-5000:])
+    told = [line for line in text.splitlines() if "has not returned" in line]
+    assert len(told) == 1 and f"status {train_dist.WATCHDOG_EXIT}" in told[0] and "attempt 1 of 3 not counted" in \
+        told[0], text[-5000:]
+    with read_session(w.factory) as s:
+        (row,) = s.query(Job).filter_by(experiment_id=eid).all()
+        assert (row.status, row.attempts, row.lease_owner, row.error) == ("queued", 0, None, None)
