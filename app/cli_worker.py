@@ -76,7 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--poll-s", type=positive_seconds, default=1.0, help="seconds to wait when the queue is empty (default 1)")
     parser.add_argument("--stop-grace-s", type=positive_seconds, default=STOP_GRACE_S,
                         help="seconds a job may take to return after a stop (a stop signal, or its lease lost) before the "
-                             f"process ends with status 75, the job left to be taken again (default {STOP_GRACE_S:g})")
+                             "process ends with status 75, the job left to be taken again (after a stop signal it is "
+                             "handed back first, no attempt used); a stop while no job is held (a slow start-up) ends "
+                             f"the process as a stop then, status 0 or 130 for Ctrl-C (default {STOP_GRACE_S:g})")
     parser.add_argument("--nice", type=_niceness, default=DEFAULT_NICE,
                         help=f"CPU priority increment for this process, 0-19 (default {DEFAULT_NICE}: the web app answers first)")
     parser.add_argument("--processes", type=_processes, default=1,
@@ -127,7 +129,8 @@ def main(args: argparse.Namespace) -> int:
 
     # idle: SIGTERM makes run_forever return (exit 0), Ctrl-C exits 130; busy: the job is handed back (queued again,
     # no attempt used), then the worker exits; a second signal does not interrupt that hand-back. A job stuck in a
-    # call that never returns ends the process with status 75 --stop-grace-s seconds after the stop (Watchdog)
+    # call that never returns ends the process with status 75 --stop-grace-s seconds after the stop, handed back by
+    # the Watchdog; a stop with no job held (start-up stuck) ends it then with 0 or 130, as above
     signal.signal(signal.SIGTERM, worker.interrupt_for_signal)
     signal.signal(signal.SIGINT, worker.interrupt_for_signal)
     watchdog = Watchdog(worker, args.stop_grace_s)
