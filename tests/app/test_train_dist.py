@@ -547,7 +547,8 @@ def test_a_rank_0_that_obeyed_the_stop_is_not_reported_as_a_crash(monkeypatch, t
     with caplog.at_level(logging.INFO, logger="seiko.worker.group"):
         status, starts, handed, seconds = _supervise_with_a_signal(monkeypatch, tmp_path, rank_script,
                                                                    at="first-rank-command")
-    assert (status, sorted(starts), len(handed)) == (143, ["0", "1"], 1) and seconds < 30, (status, starts, handed)
+    # one group, rank 0 started once (rank 1 may be stopped before it records its start: flaky as first written)
+    assert (status, starts.count("0"), len(handed)) == (143, 1, 1) and seconds < 30, (status, starts, handed)
     said = [(r.levelname, r.getMessage()) for r in caplog.records]
     assert ("INFO", "worker 'w' was stopped (signal 15): rank 0 ended with status 143; the group is stopped") in said, said
     assert not [m for level, m in said if level == "WARNING"], said
