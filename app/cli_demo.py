@@ -19,6 +19,7 @@ import threading
 
 from app import services as lifecycle
 from app.cli_serve import ServeError, build_services, check_model, install_stop_handlers, launch
+from app.cli_worker import STOP_GRACE_S
 from app.cli_worker import positive_seconds as seconds
 from app.settings import ENV_VARS, Settings
 from app.settings import add_arguments as add_settings_arguments
@@ -28,12 +29,19 @@ from db.engine import read_session
 DEMO_EXPERIMENT = "demo"
 
 
+# The worker's own stop takes up to its --stop-grace-s for a stuck job, then up to app.worker.Watchdog.HAND_BACK_S (5 s)
+# to hand the job back without using an attempt; 10 s more to exit. At 30 s (the grace alone) the demo killed a stuck
+# worker before its hand-back, so the job used an attempt (found by the fourth review).
+STOP_TIMEOUT_S = STOP_GRACE_S + 5.0 + 10.0
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_settings_arguments(parser, server=True)
     parser.add_argument("--batch-size", type=int, default=8, help="images per rating batch (default 8)")
     parser.add_argument("--no-worker", action="store_true", help="start only the web app (run `python -m app worker` yourself)")
     # a positive number: a negative one killed the worker at once, before it could hand its job back (found by review)
-    parser.add_argument("--stop-timeout", type=seconds, default=30.0, help="seconds the worker gets to stop before it is killed")
+    parser.add_argument("--stop-timeout", type=seconds, default=STOP_TIMEOUT_S,
+                        help=f"seconds the worker gets to stop before it is killed (default {STOP_TIMEOUT_S:g})")
 
 
 def ensure_demo_experiment(factory, settings: Settings) -> int | None:

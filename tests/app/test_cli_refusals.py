@@ -393,3 +393,18 @@ def test_a_worker_id_the_job_table_refuses_is_one_sentence_at_the_start(tmp_path
         settings = Settings.from_env({"data_dir": str(data), "db_url": f"sqlite:///{data / 'seiko.db'}"}, environ={})
         with pytest.raises(InvalidInput, match="worker_id"):
             Worker(settings, worker_id)
+
+
+def test_the_demos_default_stop_timeout_outlasts_the_workers_grace_and_its_hand_back():
+    """The demo killed the worker 30 s after its SIGTERM: exactly the worker's --stop-grace-s, so a job stuck after the
+    stop was killed before the watchdog could hand it back (5 s more), and used an attempt (found by the fourth
+    review). The default now leaves the grace, the hand-back and time to exit."""
+    import argparse
+
+    from app import cli_demo, cli_worker
+    from app.worker import Watchdog
+
+    parser = argparse.ArgumentParser()
+    cli_demo.add_arguments(parser)
+    default = parser.parse_args([]).stop_timeout
+    assert default >= cli_worker.STOP_GRACE_S + Watchdog.HAND_BACK_S + 5.0, default
