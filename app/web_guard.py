@@ -116,6 +116,9 @@ SIGN_IN_WAIT_S = 10.0  # how long a sign-in waits for another of the same accoun
 SIGN_IN_WAITERS = 4  # at most this many wait per account; more get 503 at once
 GRADIO_TOKENS_MAX = 10_000
 LOGOUT_PATHS = ("/logout", "/logout/")
+# a signed-out event on the page's own route (/queue/join): the page's Gradio client shows ``detail`` in its error
+# toast, and Gradio's own 401 there had an object as ``detail`` (fourth review, 5 Dec 2026)
+SIGNED_OUT = "You are signed out (your session ended or was ended); reload the page to sign in again."
 MAX_LOGIN_BODY = 16 * 1024
 # Every request body is refused above this size before anything reads it. FastAPI parses a JSON body before it runs a
 # route's sign-in dependency, so without a cap anyone could make the server buffer and parse gigabytes; the app's
@@ -504,8 +507,11 @@ class WebGuard:
                 # rater's next batch from 0.36 s to 9 s; Gradio answers nobody's event 401 whatever it carries
                 signed_in, session_checked = await self._check_session(headers), True
                 if signed_in is None:
-                    self.stats.refused += 1
-                    await self._not_authenticated()(scope, receive, send)
+                    if gradio_routes.is_page_join(path):  # the page's route: its one-sentence detail (_refuse)
+                        await self._refuse(scope, receive, send, SIGNED_OUT, 401)
+                    else:
+                        self.stats.refused += 1
+                        await self._not_authenticated()(scope, receive, send)
                     return
             body = await self._read_body(receive, MAX_REQUEST_BODY)
             why, parsed = gradio_routes.body_refusal(body or b"") if body is not None else ("The request ended early.", None)

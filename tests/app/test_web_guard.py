@@ -554,7 +554,7 @@ def _guard_with_accounts(factory):
     store = sessions.SessionStore(factory, idle_s=600, max_s=3600)
     guard = web_guard.WebGuard(inner, gradio_app=gradio_app, policy=web_guard.GuardPolicy(False), sessions=store)
 
-    def post(path: str, body: bytes, token: str | None = None) -> tuple[int, bytes, int]:
+    def post(path: str, body: bytes, token: str | None = None, root: str = "") -> tuple[int, bytes, int]:
         sent, reads = [], []
 
         async def receive():
@@ -568,7 +568,7 @@ def _guard_with_accounts(factory):
                    (b"content-length", str(len(body)).encode())]
         if token is not None:
             headers.append((b"cookie", f"access-token-unsecure-t={token}".encode()))
-        scope = {"type": "http", "method": "POST", "path": path, "root_path": "", "query_string": b"",
+        scope = {"type": "http", "method": "POST", "path": root + path, "root_path": root, "query_string": b"",
                  "headers": headers, "client": ("127.0.0.1", 5000), "scheme": "http"}
         asyncio.run(guard(scope, receive, send))
         return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:]), len(reads)
@@ -712,11 +712,39 @@ def test_an_event_body_from_nobody_is_refused_before_it_is_read(db_factory, monk
         for path in ("/gradio_api/queue/join", "/gradio_api/call/next_batch", "/gradio_api/call/v2/next_batch",
                      "/gradio_api/cancel", "/gradio_api/reset"):
             status, body, reads = post(path, MANY_VALUES)
-            assert status == 401 and json.loads(body)["detail"]["error"] == "Not authenticated", (path, status, body[:200])
+            detail = json.loads(body)["detail"]  # the page's route: one sentence (the next test); elsewhere Gradio's own
+            assert status == 401 and (detail == web_guard.SIGNED_OUT if path.endswith("/join")
+                                      else detail["error"] == "Not authenticated"), (path, status, body[:200])
             assert reads == 0, path  # the body was not even received
         status, _, _ = post("/gradio_api/queue/join", MANY_VALUES, token="no-such-session")
         assert status == 401
         assert parsed == [] and reached == []
+    finally:
+        guard.close()
+
+
+def test_a_signed_out_event_on_the_pages_join_route_is_a_one_sentence_detail(db_factory):
+    """Signed out (a session that ended while the page stayed open), the page's event got Gradio's own 401, whose
+    ``detail`` is an object ({"error": ..., "auth_message": ...}): the page's Gradio client puts ``detail`` in its
+    error toast, which showed no sentence (fourth review, 5 Dec 2026). On /queue/join, under a root path too, it is
+    ``{"detail": sentence}`` with 401 now, like every other refusal there; the body is still not read."""
+    with write_session(db_factory) as s:
+        rater_id = repo.create_rater(session=s, name="alice", password_hash="not-a-real-hash").id
+    guard, reached, store, post = _guard_with_accounts(db_factory)
+    ended = store.start(rater_id, "127.0.0.1")
+    store.end(ended)
+    event = json.dumps({"data": [1, ""], "event_data": None, "fn_index": 3, "trigger_id": 7,
+                        "session_hash": "abc123"}).encode()
+    try:
+        for root in ("", "/seiko"):
+            for token in (None, ended, "no-such-session"):
+                status, body, reads = post("/gradio_api/queue/join", event, token=token, root=root)
+                answer = json.loads(body)
+                assert status == 401 and set(answer) == {"detail"} and isinstance(answer["detail"], str), (root, body)
+                shown = page_client_reads(status, body)[1]
+                assert shown.endswith(".") and shown.count(". ") == 0 and "sign in" in shown, shown  # one sentence
+                assert reads == 0
+        assert reached == []
     finally:
         guard.close()
 
