@@ -29,7 +29,9 @@ For every HTTP and websocket request, before Gradio sees it:
 - **Size**: a request body over ``MAX_REQUEST_BODY`` gets 413 before anything reads it (FastAPI would parse it before
   checking the sign-in), and Gradio's upload routes are not answered (404): the app takes no files. With accounts, an
   event's body (``gradio_routes.is_event_post``) is read only from someone signed in (nobody gets Gradio's own 401
-  first), and is refused past ``gradio_routes.MAX_VALUES`` values, the walk over it stopping there.
+  first), is refused past ``MAX_EVENT_BODY`` bytes (16 KiB; an admin's event on ``/queue/join``, whose forms carry
+  free text, past ``MAX_REQUEST_BODY``) before it is parsed, and past ``gradio_routes.MAX_VALUES`` values, the walk
+  over it stopping there.
 - **Gradio's own routes** (``app.gradio_routes``): deep links are not answered (404) nor opened (400), nor are the
   routes the app does not use, its file routes (``/gradio_api/file=...``) among them; an event's inputs that carry a file object are refused (400) before Gradio fetches
   it; a Gradio session hash is bound to the account that first used it (403 for any other, 401 signed out) and
@@ -124,6 +126,13 @@ MAX_LOGIN_BODY = 16 * 1024
 # route's sign-in dependency, so without a cap anyone could make the server buffer and parse gigabytes; the app's
 # largest legitimate bodies (an event's inputs: a score, a few options) are well under a kilobyte.
 MAX_REQUEST_BODY = 256 * 1024
+# An event's body is parsed (json.loads) before it is checked: up to 256 KiB cost ~14 ms of the event loop per request
+# (small numbers; fourth review, 5 Dec 2026). Only an admin's forms on the page's own route carry free text (the New
+# experiment form's prompts, one per line, have no bound); every other event body (a rating, a vote, a choice of
+# experiment, the public APIs' calls, /cancel, /reset) is well under a kilobyte
+# (test_every_event_a_rater_sends_is_far_below_the_event_body_limit). Those are refused past MAX_EVENT_BODY, by
+# Content-Length before anything is read, or by the bytes streamed in, before anything is parsed (_event_body_limit).
+MAX_EVENT_BODY = 16 * 1024
 # Gradio's routes that take files exist whatever the page holds; this app has no upload or recording component, and
 # a file sent to them is left in a temporary folder that nothing cleans (a signed-in rater could fill the disk). They
 # are not answered. Compared with the path the router sees (a root path such as GRADIO_ROOT_PATH taken off).
@@ -513,12 +522,15 @@ class WebGuard:
                         self.stats.refused += 1
                         await self._not_authenticated()(scope, receive, send)
                     return
-            body = await self._read_body(receive, MAX_REQUEST_BODY)
-            why, parsed = gradio_routes.body_refusal(body or b"") if body is not None else ("The request ended early.", None)
+            read = await self._event_body(headers, receive, self._event_body_limit(path, signed_in))
+            if isinstance(read, tuple):
+                await self._refuse(scope, receive, send, *read)
+                return
+            why, parsed = gradio_routes.body_refusal(read)
             if why is not None:
                 await self._refuse(scope, receive, send, why, 400)
                 return
-            receive = self._replay(body or b"", receive)
+            receive = self._replay(read, receive)
         if scope["type"] == "http" and path in LOGIN_PATHS and method == "POST" and not self.policy.local_mode:
             response = await self._login(scope, receive, secure)
             await self._lax(response, secure)(scope, receive, send)
@@ -864,6 +876,31 @@ class WebGuard:
         if body is None:
             return too_large  # over the limit (or the client left: then nobody reads the answer)
         return self._replay(body, receive)
+
+    def _event_body_limit(self, path: str, signed_in: SessionInfo | None) -> int:
+        """The most bytes an event post's body may have: MAX_REQUEST_BODY for an admin's event on the page's own route
+        (its forms carry free text; local mode's one user is the admin), MAX_EVENT_BODY for every other."""
+        admin = self.sessions is None or (signed_in is not None and signed_in.role == "admin")
+        return MAX_REQUEST_BODY if admin and gradio_routes.is_page_join(path) else MAX_EVENT_BODY
+
+    async def _event_body(self, headers: Headers, receive: Receive, limit: int) -> bytes | tuple[str, int]:
+        """An event post's body, at most ``limit`` bytes, or the refusal to send (sentence, status): a declared
+        Content-Length over the limit is refused before anything is read, a streamed body as soon as its bytes pass
+        it (``_bounded_body`` checked the length's form and MAX_REQUEST_BODY already)."""
+        too_large = f"The request body is larger than the {limit // 1024} KiB this app accepts for this event.", 413
+        length = headers.get("content-length", "").strip()
+        if "transfer-encoding" not in headers and length.isascii() and length.isdecimal() and int(length) > limit:
+            return too_large
+        body = b""
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return "The request ended early.", 400
+            body += message.get("body", b"")
+            if len(body) > limit:
+                return too_large
+            if not message.get("more_body", False):
+                return body
 
     @staticmethod
     def _replay(body: bytes, receive: Receive) -> Receive:

@@ -750,9 +750,11 @@ def test_a_signed_out_event_on_the_pages_join_route_is_a_one_sentence_detail(db_
 
 
 def test_a_signed_in_event_body_with_more_values_than_any_event_takes_is_one_sentence(db_factory):
-    """Signed in, the same body is refused in one sentence without reaching Gradio, and a real event's body passes."""
+    """Signed in, the same body is refused in one sentence without reaching Gradio, and a real event's body passes.
+    (An admin's: only an admin's event on the page's route may be this large; a rater's is refused by its size, the
+    next test.)"""
     with write_session(db_factory) as s:
-        rater_id = repo.create_rater(session=s, name="alice", password_hash="not-a-real-hash").id
+        rater_id = repo.create_rater(session=s, name="alice", password_hash="not-a-real-hash", role="admin").id
     guard, reached, store, post = _guard_with_accounts(db_factory)
     token = store.start(rater_id, "127.0.0.1")
     try:
@@ -766,6 +768,125 @@ def test_a_signed_in_event_body_with_more_values_than_any_event_takes_is_one_sen
         assert status == 200 and reached == [("/gradio_api/queue/join", len(event))], (status, body[:300])
     finally:
         guard.close()
+
+
+def _chunked_post(guard, path: str, body: bytes, token: str) -> tuple[int, bytes, int]:
+    """``body`` posted to ``guard`` in 4 KiB pieces with Transfer-Encoding: chunked (no Content-Length): (status,
+    answer's body, how many pieces the guard took)."""
+    pieces = [body[i:i + 4096] for i in range(0, len(body), 4096)] or [b""]
+    sent, taken = [], []
+
+    async def receive():
+        taken.append(1)
+        if len(taken) > len(pieces):
+            return {"type": "http.disconnect"}
+        return {"type": "http.request", "body": pieces[len(taken) - 1], "more_body": len(taken) < len(pieces)}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": path, "root_path": "", "query_string": b"",
+             "headers": [(b"host", b"127.0.0.1:7860"), (b"content-type", b"application/json"),
+                         (b"transfer-encoding", b"chunked"), (b"cookie", f"access-token-unsecure-t={token}".encode())],
+             "client": ("127.0.0.1", 5000), "scheme": "http"}
+    asyncio.run(guard(scope, receive, send))
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:]), len(taken)
+
+
+def test_a_raters_event_body_past_the_event_limit_is_refused_before_it_is_parsed(db_factory, monkeypatch):
+    """A signed-in rater's event body was parsed (json.loads) up to 256 KiB before it was checked, ~14 ms of the event
+    loop per request of small numbers (fourth review, 5 Dec 2026), though nothing a rater sends is near a kilobyte
+    (next test). Every event body but an admin's on the page's own route (its forms carry free text: an experiment's
+    prompts) is refused past MAX_EVENT_BODY now: by its Content-Length before a byte is read, by the bytes streamed in
+    when chunked, one sentence (JSON on /queue/join), nothing parsed. An admin's 200 KiB of prompts still passes."""
+    from app import gradio_routes
+
+    parsed = []
+    real = gradio_routes.body_refusal
+    monkeypatch.setattr(gradio_routes, "body_refusal", lambda body: parsed.append(len(body)) or real(body))
+    with write_session(db_factory) as s:
+        rater = repo.create_rater(session=s, name="alice", password_hash="not-a-real-hash").id
+        admin = repo.create_rater(session=s, name="root", password_hash="not-a-real-hash", role="admin").id
+    guard, reached, store, post = _guard_with_accounts(db_factory)
+    raters, admins = store.start(rater, "127.0.0.1"), store.start(admin, "127.0.0.1")
+    limit = web_guard.MAX_EVENT_BODY
+    assert 16 * 1024 <= limit <= 64 * 1024 < web_guard.MAX_REQUEST_BODY
+    sentence = f"The request body is larger than the {limit // 1024} KiB this app accepts for this event."
+
+    def event(size: int) -> bytes:  # a body of exactly ``size`` bytes: one long text input
+        shell = json.dumps({"data": [""], "event_data": None, "fn_index": 3, "trigger_id": 7, "session_hash": "abc"})
+        return shell.replace('[""]', '["' + "x" * (size - len(shell)) + '"]').encode()
+
+    try:
+        assert len(event(limit)) == limit and len(event(limit + 1)) == limit + 1
+        for path in ("/gradio_api/queue/join", "/gradio_api/call/next_batch", "/gradio_api/cancel",
+                     "/gradio_api/reset"):
+            status, body, reads = post(path, event(limit + 1), token=raters)
+            shown = json.loads(body)["detail"] if path.endswith("/join") else body.decode()
+            assert (status, shown, reads) == (413, sentence, 0), (path, status, body[:200])  # not even received
+            status, body, taken = _chunked_post(guard, path, event(limit + 4096), raters)
+            shown = json.loads(body)["detail"] if path.endswith("/join") else body.decode()
+            assert (status, shown) == (413, sentence), (path, status, body[:200])
+        for path in ("/gradio_api/call/next_batch", "/gradio_api/cancel"):  # an admin's too, off the page's route
+            assert post(path, event(limit + 1), token=admins)[:2] == (413, sentence.encode())
+        assert parsed == [] and reached == []
+        # at the limit a rater's event is read and passes; an admin's large form on the page's route passes
+        assert post("/gradio_api/queue/join", event(limit), token=raters)[0] == 200
+        prompts = json.dumps({"data": ["\n".join(f"a photo of object {i}, studio light" for i in range(6000))],
+                              "event_data": None, "fn_index": 41, "trigger_id": 132, "session_hash": "roots"}).encode()
+        assert 150 * 1024 < len(prompts) <= web_guard.MAX_REQUEST_BODY
+        assert post("/gradio_api/queue/join", prompts, token=admins)[0] == 200
+        assert _chunked_post(guard, "/gradio_api/queue/join", prompts, admins)[0] == 200
+        assert parsed == [limit, len(prompts), len(prompts)]
+        assert reached == [("/gradio_api/queue/join", limit), ("/gradio_api/queue/join", len(prompts)),
+                           ("/gradio_api/queue/join", len(prompts))]
+    finally:
+        guard.close()
+
+
+def test_every_event_a_rater_sends_is_far_below_the_event_body_limit(ui_world):
+    """MAX_EVENT_BODY against the app's own events: for every event a rater may send (not ``admin_only``) and every
+    public API, the body the page (or a client of the API) sends with each input at its largest (a text at the longest
+    name the database holds, a number at its longest spelling, every choice of a multiselect, the custom events' data
+    with the largest ids), measured as JSON bytes, is a quarter of the limit at most. No such event takes free text
+    (a Textbox), which has no bound; if one ever does, its limit needs another look."""
+    from gradio import components
+
+    from app import gradio_routes
+    from db.models import NAME_MAX
+
+    demo = ui.build_demo(ui_world.services())
+    big = 2 ** 53
+    longest_number = -1.2345678901234567e-300
+    name = "é" * NAME_MAX  # JSON escapes it: 6 bytes a letter
+    event_data = [None, {"image_id": big, "score": 10, "seq": big}, {"pair_id": big, "choice": "right", "seq": big},
+                  {"index": [big, big], "value": name, "selected": True}]
+
+    def largest(block):
+        if isinstance(block, components.State):
+            return None  # kept on the server; the page sends null
+        if isinstance(block, components.Textbox):
+            raise AssertionError(f"a rater's event takes free text ({block.label!r}): check MAX_EVENT_BODY")
+        if isinstance(block, components.Dropdown) and block.multiselect:
+            return [name] * max(len(block.choices or []), 64)
+        if isinstance(block, components.Number):
+            return longest_number
+        return name
+
+    sizes = {}
+    for fn_index, block_fn in demo.fns.items():
+        if block_fn.fn is not None and gradio_routes.is_admin_only(block_fn.fn):
+            continue
+        data = [largest(block) for block in block_fn.inputs]
+        for extra in event_data:
+            page = {"data": data, "event_data": extra, "fn_index": big, "trigger_id": big, "session_hash": "s" * 64}
+            key = f"join {fn_index} ({block_fn.name})"
+            sizes[key] = max(sizes.get(key, 0), len(json.dumps(page).encode()))
+        if block_fn.api_name and getattr(block_fn, "api_visibility", "public") == "public":  # POST /call/{api}
+            sizes[f"/call/{block_fn.api_name}"] = len(json.dumps({"data": [name] * len(block_fn.inputs)}).encode())
+    sizes["cancel"] = len(json.dumps({"event_id": "e" * 64, "session_hash": "s" * 64, "fn_index": big}).encode())
+    assert len(sizes) >= 20 and any(k.startswith("/call/") for k in sizes), sorted(sizes)
+    assert 4 * max(sizes.values()) <= web_guard.MAX_EVENT_BODY, max(sizes.items(), key=lambda kv: kv[1])
 
 
 def test_every_event_of_the_app_carries_far_fewer_values_than_the_limit(ui_world):
