@@ -234,7 +234,7 @@ _THROTTLES: weakref.WeakSet[LoginThrottle] = weakref.WeakSet()
 
 def credentials_changed(account: str) -> None:
     """An account's password changed, or the account was disabled or deleted: every sign-in throttle in this process
-    forgets the browsers and addresses that signed in to it, so whoever knew the old password loses the exemptions
+    forgets the browsers that signed in to it, so whoever knew the old password loses the exemptions
     that knowledge earned (they start again under the address's and the account's limits)."""
     for throttle in list(_THROTTLES):
         throttle.forget_account(account)
@@ -243,7 +243,7 @@ def credentials_changed(account: str) -> None:
 def credentials_restamped(account: str, old: str, new: str) -> None:
     """An account's password was hashed again, the password unchanged (``app.auth``: an upgrade of an older hash's
     parameters at sign-in): its credentials stamp is ``new`` now. Every sign-in throttle in this process carries the
-    browsers and addresses that signed in under ``old`` over to ``new``: what they earned was knowing this password,
+    browsers that signed in under ``old`` over to ``new``: what they earned was knowing this password,
     which still holds. (A throttle in another process sees the stamp change and drops theirs, as for a password
     change: the safe side.)"""
     for throttle in list(_THROTTLES):
@@ -276,22 +276,24 @@ def address_key(ip: str | None) -> str:
 class LoginThrottle:
     """Failed sign-ins per client address and per account, with exponential backoff. Thread-safe.
 
-    An account's lock does not bar an address that signed in to that account within ``known_s``: otherwise anyone
-    could keep any account (an admin's too) locked with a wrong guess each time the lock runs out, its owner
-    included. Such an address is still held to its own per-address limit.
+    Anyone could keep any account (an admin's too) locked with a wrong guess each time the lock runs out, its owner
+    included; and people behind one address (an office NAT) share that address's limit, so one of them guessing could
+    lock the others out. A browser that signed in to an account gets a device token (``app.web_guard``: a random
+    cookie); for that account and within ``known_s`` the browser is held only to the device's own limit
+    (``per_device``), not to the address's or the account's locks, and its failures count against the device alone.
+    Known devices live in memory (a restart forgets them).
 
-    People behind one address (an office NAT) share that address's limit, so one of them guessing could lock the
-    others out. A browser that signed in to an account gets a device token (``app.web_guard``: a random cookie); for
-    that account and within ``known_s`` the browser is held only to the device's own limit (``per_device``), not to the
-    address's or the account's locks, and its failures count against the device alone. Known addresses and devices
-    live in memory (a restart forgets them).
+    An address alone earns nothing (fourth review, 5 Dec 2026): an address that signed in to the account within
+    ``known_s`` was exempt from the account's lock too, so whoever shared it with the owner (an office NAT, a mobile
+    carrier's, a proxy) guessed the owner's password at the address's limit, past the account's lock, their guesses
+    never counted against the account. The owner's own browser (its device token) is what gets past the lock now; a
+    browser of the owner's without the token (a new one, cookies cleared) waits for the lock like anyone.
 
-    Each remembered address and device keeps the ``credentials`` stamp of the sign-in that earned it
-    (``app.auth.credentials_stamp``: the account's id, its password hash and when it was last disabled or enabled).
-    The exemption holds only while the caller passes the same stamp, read from the database at the attempt, so a
-    password changed or an account disabled (or disabled and enabled again) by another process (``python -m app
-    users ...`` beside the running app) ends it too; ``credentials_changed`` is the same thing for this process, at
-    once."""
+    Each remembered device keeps the ``credentials`` stamp of the sign-in that earned it (``app.auth.credentials_stamp``:
+    the account's id, its password hash and when it was last disabled or enabled). The exemption holds only while the
+    caller passes the same stamp, read from the database at the attempt, so a password changed or an account disabled
+    (or disabled and enabled again) by another process (``python -m app users ...`` beside the running app) ends it
+    too; ``credentials_changed`` is the same thing for this process, at once."""
 
     def __init__(
         self,
@@ -307,8 +309,6 @@ class LoginThrottle:
         self.rules = {"ip": per_ip, "account": per_account, "device": per_device}
         self.forget_s, self.known_s, self._monotonic, self.max_keys = forget_s, known_s, monotonic, max_keys
         self._keys: dict[tuple[str, str], _Failures] = {}
-        # (address, account) -> (its last successful sign-in, that sign-in's credentials stamp)
-        self._known: dict[tuple[str, str], tuple[float, str]] = {}
         # account -> {device token: (its last successful sign-in, stamp)}, the newest DEVICES_PER_ACCOUNT per account
         self._devices: dict[str, dict[str, tuple[float, str]]] = {}
         self._lock = threading.Lock()
@@ -349,18 +349,16 @@ class LoginThrottle:
                     self._in_flight.pop(key, None)
 
     def forget_account(self, account: str) -> None:
-        """Forget the devices and addresses that signed in to ``account`` (see ``credentials_changed``)."""
+        """Forget the devices that signed in to ``account`` (see ``credentials_changed``)."""
         name = (account or "")[:200]
         with self._lock:
             self._devices.pop(name, None)
-            for key in [k for k in self._known if k[1] == name]:
-                del self._known[key]
             for key in [k for k in self._keys if k[0] == "device" and k[1].partition("\0")[2] == name]:
                 del self._keys[key]
 
     def restamp(self, account: str, old: str, new: str) -> None:
-        """The devices and addresses that signed in to ``account`` under credentials stamp ``old`` hold ``new`` instead
-        (see ``credentials_restamped``); those under another stamp are left as they are."""
+        """The devices that signed in to ``account`` under credentials stamp ``old`` hold ``new`` instead (see
+        ``credentials_restamped``); those under another stamp are left as they are."""
         if not old:
             return
         name = (account or "")[:200]
@@ -368,9 +366,6 @@ class LoginThrottle:
             for device, (at, stamp) in list(self._devices.get(name, {}).items()):
                 if stamp == old:
                     self._devices[name][device] = (at, new)
-            for key, (at, stamp) in list(self._known.items()):
-                if key[1] == name and stamp == old:
-                    self._known[key] = (at, new)
 
     def _exempt(self, remembered: tuple[float, str] | None, now: float, credentials: str) -> bool:
         return remembered is not None and now - remembered[0] <= self.known_s and remembered[1] == credentials
@@ -381,17 +376,14 @@ class LoginThrottle:
         name = (account or "")[:200]
         if device and self._exempt(self._devices.get(name, {}).get(device), now, credentials):
             return [("device", f"{device}\0{name}")]  # a browser that signed in to this account: its own limit there
-        keys = [("ip", address_key(ip)), ("account", name)]
-        if ip and self._exempt(self._known.get((ip, name)), now, credentials):
-            keys = keys[:1]  # a known address: the account's lock is not for it, its own limit is
-        return keys
+        return [("ip", address_key(ip)), ("account", name)]  # an address that signed in before is no key (class doc)
 
     def remembers(self, ip: str | None, account: str | None, device: str | None = None) -> bool:
-        """Whether the address or the device signed in to ``account`` before, so that the attempt's credentials stamp
-        decides its limits (otherwise the stamp changes nothing and need not be read)."""
+        """Whether the device signed in to ``account`` before, so that the attempt's credentials stamp decides its
+        limits (otherwise the stamp changes nothing and need not be read). ``ip``: unused (an address earns nothing)."""
         name = (account or "")[:200]
         with self._lock:
-            return bool(device and device in self._devices.get(name, {})) or bool(ip and (ip, name) in self._known)
+            return bool(device and device in self._devices.get(name, {}))
 
     def wait_s(self, ip: str | None, account: str | None, device: str | None = None, *, credentials: str = "") -> float:
         """Seconds until a sign-in from ``ip`` (and the browser's ``device`` token, if any) for ``account`` may be
@@ -426,8 +418,6 @@ class LoginThrottle:
         name = (account or "")[:200]
         with self._lock:
             self._keys.pop(("account", name), None)
-            if ip:
-                self._remember(self._known, (ip, name), (now, credentials))
             if device:
                 self._keys.pop(("device", f"{device}\0{name}"), None)
                 self._remember_device(name, device, (now, credentials))
@@ -443,13 +433,6 @@ class LoginThrottle:
         tokens[device] = entry
         while len(tokens) > DEVICES_PER_ACCOUNT:
             del tokens[next(iter(tokens))]
-
-    def _remember(self, known: dict[tuple[str, str], tuple[float, str]], key: tuple[str, str],
-                  entry: tuple[float, str]) -> None:
-        if len(known) >= self.max_keys:  # bounded: keep the newest half
-            for k, _ in sorted(known.items(), key=lambda kv: kv[1])[: len(known) // 2]:
-                del known[k]
-        known[key] = entry
 
     def _prune(self, now: float) -> None:
         stale = [k for k, f in self._keys.items() if now - f.last > self.forget_s or f.locked_until < now]

@@ -973,7 +973,7 @@ class WebGuard:
         username, password = unicodedata.normalize("NFC", form.get("username", "").strip()), form.get("password", "")
         device = Request(scope).cookies.get(self._device_cookie())
         device = device if device and DEVICE_TOKEN.fullmatch(device) else None  # anything else: no device
-        # a browser or address exempt from some locks stays so only while the account's credentials are those it
+        # a browser exempt from some locks stays so only while the account's credentials are those it
         # signed in with; read here, so a password changed by another process (the users CLI) ends it too
         credentials = ""
         if username and self.throttle.remembers(ip, username, device):
@@ -1165,7 +1165,7 @@ LOGOUT_PAGE = f"""<!doctype html><html><head><meta charset="utf-8"><title>Log ou
 def trust_proxies(settings: Any) -> None:
     """Tell uvicorn (read when Gradio starts its server, from FORWARDED_ALLOW_IPS) whose X-Forwarded-For and
     X-Forwarded-Proto to believe: ``Settings.trusted_proxies``. A client address taken from a header anyone may send
-    would let one client pose as many, or as an address that signed in to an account, to the sign-in throttle."""
+    would let one client pose as many addresses to the sign-in throttle."""
     os.environ["FORWARDED_ALLOW_IPS"] = ",".join(settings.trusted_proxies)  # "" trusts nobody
 
 

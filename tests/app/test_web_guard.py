@@ -992,27 +992,53 @@ def test_throttle_backoff_doubles_and_forgets():
     assert t.wait_s("1.2.3.4", "alice") == 0
 
 
-def test_a_locked_account_still_admits_an_address_it_signed_in_from():
-    """Anyone could keep any account locked with a wrong guess each time the lock ran out, its owner included; an
-    address that signed in to the account before is not barred by the account's lock (only by its own limit)."""
+def test_a_locked_account_admits_its_owners_browser_not_the_address_it_signed_in_from():
+    """Anyone could keep any account locked with a wrong guess each time the lock ran out, its owner included. An
+    address that signed in to the account within 30 days was exempt from the account's lock, so whoever shared that
+    address with the owner (an office NAT, a mobile carrier's) guessed at the address's limit past the account's lock,
+    their failures never counted against the account (fourth review, 5 Dec 2026). The owner's browser (its device
+    token from a past sign-in) is what gets past the lock now, held to its own limit; the address alone earns nothing,
+    and a browser of the owner's without the token waits like anyone."""
     clock = [0.0]
-    t = sessions.LoginThrottle(per_ip=sessions.ThrottleRule(free=3, base_s=10, max_s=100),
-                               per_account=sessions.ThrottleRule(free=2, base_s=10, max_s=100),
-                               known_s=1000, monotonic=lambda: clock[0])
-    t.succeeded("10.0.0.5", "root")  # the owner's address
-    for _ in range(3):
-        t.failed("203.0.113.9", "root")  # someone else's guesses lock the account
-    assert t.wait_s("203.0.113.9", "root") == 10 and t.wait_s("198.51.100.1", "root") == 10  # unknown addresses wait
-    assert t.wait_s("10.0.0.5", "root") == 0  # the owner does not
-    assert t.wait_s(None, "root") == 10  # no address is never known
-    for _ in range(4):
+    rule = sessions.ThrottleRule(free=2, base_s=10, max_s=100)
+    t = sessions.LoginThrottle(per_ip=sessions.ThrottleRule(free=20, base_s=10, max_s=100), per_account=rule,
+                               per_device=rule, known_s=1000, monotonic=lambda: clock[0])
+    t.succeeded("10.0.0.5", "root", "roots-browser")  # the owner, behind the office's one address
+    for _ in range(3):  # a colleague behind the same address guesses root's password, without the owner's browser
         t.failed("10.0.0.5", "root")
-    assert t.wait_s("10.0.0.5", "root") == 10  # a known address is held to its own limit
-    clock[0] = 2000.0  # long after its last sign-in: no longer known
-    t.failed("203.0.113.9", "root")
-    t.failed("203.0.113.9", "root")
-    t.failed("203.0.113.9", "root")
-    assert t.wait_s("10.0.0.5", "root") > 0
+    assert t.wait_s("10.0.0.5", "root") == 10  # the account's lock holds for the shared address (it was 0)
+    assert t.wait_s("10.0.0.5", "bob") == 0  # the address itself is far from its own limit
+    assert t.wait_s("10.0.0.5", "root", "roots-browser") == 0  # the owner's browser gets in
+    assert t.wait_s("10.0.0.5", "root", "a-made-up-token") == 10
+    clock[0] = 20.0  # the lock ran out: the colleague's next guess counts against the account, locking it longer
+    t.failed("10.0.0.5", "root")
+    assert t.wait_s("10.0.0.5", "root") == 20 and t.wait_s("203.0.113.9", "root") == 20
+    for _ in range(3):  # the owner's browser is held to its own limit
+        t.failed("10.0.0.5", "root", "roots-browser")
+    assert t.wait_s("10.0.0.5", "root", "roots-browser") == 10
+    clock[0] = 2000.0  # long after its last sign-in: the browser is no longer known
+    for _ in range(3):
+        t.failed("203.0.113.9", "root")
+    assert t.wait_s("10.0.0.5", "root", "roots-browser") > 0
+
+
+def test_behind_a_shared_address_a_locked_accounts_guesser_waits_and_its_owners_browser_signs_in(ui_world):
+    """Over HTTP: every client here comes from 127.0.0.1, one address as behind an office NAT. alice signs in (her
+    browser gets its device cookie); someone else there guesses her password: after the account's free failures they
+    get 429 (before, the address alice signed in from was exempt from her account's lock: they kept guessing at the
+    address's limit), while alice's browser still signs in."""
+    throttle = sessions.LoginThrottle(per_account=sessions.ThrottleRule(free=3, base_s=30, max_s=60))
+    demo, url = launch(ui_world, throttle=throttle)
+    try:
+        with httpx.Client(base_url=url, timeout=30) as alices, httpx.Client(base_url=url, timeout=30) as other:
+            assert alices.post("/login", data={"username": "alice", "password": UI_PASSWORD}).status_code == 200
+            codes = [other.post("/login", data={"username": "alice", "password": f"guess {i}"}).status_code
+                     for i in range(5)]
+            assert codes == [400, 400, 400, 400, 429], codes
+            assert other.post("/login", data={"username": "alice", "password": UI_PASSWORD}).status_code == 429
+            assert alices.post("/login", data={"username": "alice", "password": UI_PASSWORD}).status_code == 200
+    finally:
+        demo.close()
 
 
 def test_a_browser_that_signed_in_is_not_barred_by_its_addresss_or_accounts_lock():
@@ -1028,10 +1054,11 @@ def test_a_browser_that_signed_in_is_not_barred_by_its_addresss_or_accounts_lock
     t.succeeded("10.0.0.1", "mallory", "mallorys-browser")
     for _ in range(4):
         t.failed("10.0.0.1", "alice")  # someone at the same address guesses alice's password, without a device
-    assert t.wait_s("10.0.0.1", "bob") == 10 and t.wait_s("10.0.0.1", "alice") == 10  # the address is locked
+    assert t.wait_s("10.0.0.1", "bob") == 10  # the address is locked
+    assert t.wait_s("10.0.0.1", "alice") == 20  # and alice's account (her address earns no exemption: fourth review)
     assert t.wait_s("10.0.0.1", "alice", "alices-browser") == 0  # alice's own browser is not
-    assert t.wait_s("10.0.0.1", "alice", "mallorys-browser") == 10  # a device known for another account is no key
-    assert t.wait_s("10.0.0.1", "alice", "made-up") == 10
+    assert t.wait_s("10.0.0.1", "alice", "mallorys-browser") == 20  # a device known for another account is no key
+    assert t.wait_s("10.0.0.1", "alice", "made-up") == 20
     for _ in range(3):
         t.failed("10.0.0.1", "alice", "alices-browser")  # the device's own failures count against it alone
     assert t.wait_s("10.0.0.1", "alice", "alices-browser") == 10 and t.wait_s("10.0.0.1", "mallory", "mallorys-browser") == 0
