@@ -46,7 +46,11 @@ For every HTTP and websocket request, before Gradio sees it:
   ``Secure`` when the request shows HTTPS (``WebGuard._https_shown``: an https public URL, TLS, the session cookie
   above, or the browser's own ``Origin: https://...``, as the sign-in's POST carries), so that a page making the
   browser ask for ``http://`` the same name gets no cookie sent in clear. Over plain http they are not (local use on
-  http://127.0.0.1, a LAN without TLS), since a browser would not keep them.
+  http://127.0.0.1, a LAN without TLS), since a browser would not keep them. Over HTTPS the session and device
+  cookies are named ``__Host-...`` (one session cookie, not Gradio's two), which a browser keeps only from this host
+  over HTTPS, so a sibling subdomain or a plain-http man in the middle can neither plant nor shadow them; Gradio's
+  names are not read there (a browser signed in before signs in again), and the app behind the guard sees only the
+  session the guard decided on, under Gradio's name (``WebGuard._inner_cookies``).
 - **Sign-in** (with accounts): ``POST /login`` is answered here. Throttled per client address and per account
   (``app.sessions.LoginThrottle``: 429 while locked, without hashing), the scrypt check runs in a thread pool of
   its own (``hash_workers`` threads at nice 10 on Linux, at most ``max_pending`` sign-ins waiting, else 503), so a
@@ -514,7 +518,7 @@ class WebGuard:
                 # the sign-in before the body (found by review): an event body from nobody was read, parsed and walked
                 # first, ~220 ms of the event loop per 256 KiB of small values, and 8 such clients slowed a signed-in
                 # rater's next batch from 0.36 s to 9 s; Gradio answers nobody's event 401 whatever it carries
-                signed_in, session_checked = await self._check_session(headers), True
+                signed_in, session_checked = await self._check_session(headers, secure), True
                 if signed_in is None:
                     if gradio_routes.is_page_join(path):  # the page's route: its one-sentence detail (_refuse)
                         await self._refuse(scope, receive, send, SIGNED_OUT, 401)
@@ -532,13 +536,15 @@ class WebGuard:
                 return
             receive = self._replay(read, receive)
         if scope["type"] == "http" and path in LOGIN_PATHS and method == "POST" and not self.policy.local_mode:
-            response = await self._login(scope, receive, secure)
+            response = await self._login(scope, receive, secure, headers)
             await self._lax(response, secure)(scope, receive, send)
             return
         if scope["type"] == "http" and path in LOGOUT_PATHS:
             response = await self._logout(scope, headers)
             await self._lax(response, secure)(scope, receive, send)
             return
+        if self.sessions is not None:  # Gradio (and the export route) see the session the guard decided on, only it
+            scope = self._inner_cookies(scope, self._tokens(headers, secure))
         try:  # one hash (a query naming two is refused), of the shape Gradio's clients make
             named = gradio_routes.session_hash_of(path, scope.get("query_string", b""), parsed)
         except ValueError as exc:
@@ -547,7 +553,7 @@ class WebGuard:
         read = gradio_routes.call_read_of(path, method)  # (api, event id) of GET /gradio_api/call/{api}/{event id}
         if self.sessions is not None:
             if not session_checked:
-                signed_in = await self._check_session(headers)
+                signed_in = await self._check_session(headers, secure)
             user = signed_in.name if signed_in is not None else None
             # a curl-style call's session is named by its event id: another account may not name it (found by review)
             if named is not None and user is not None and self.event_owners.owner(named) not in (None, user):
@@ -776,16 +782,66 @@ class WebGuard:
 
     # -- cookies -------------------------------------------------------------------------------
 
-    def _device_cookie(self) -> str:
-        return f"seiko-device-{self.gradio_app.cookie_id}"
+    # Over HTTPS the session and device cookies are named ``__Host-...`` (fourth review, 5 Dec 2026): a browser keeps
+    # such a cookie only when it is Secure, has Path=/ and no Domain, and was set over HTTPS by this very host, so
+    # neither a sibling subdomain (a Domain=.example.org cookie) nor anyone on a plain-http path can set or shadow it.
+    # Without that prefix a page on another subdomain could plant its own account's session under the name Gradio
+    # reads, signing the visitor in as that account (their ratings going to it). Over plain http the names stay as
+    # they were (a browser refuses a __Host- cookie without Secure, and keeps no Secure one from http but localhost).
+    # An old name presented over HTTPS is not read: a browser signed in before the change signs in again (the sign-in
+    # page's sentence), as it would after a restart's lost device or an expired session; reading it meanwhile would
+    # keep open the very way in the prefix closes, for as long as any old name is honoured.
+
+    def _device_cookie(self, secure: bool = False) -> str:
+        return f"{HOST_PREFIX if secure else ''}seiko-device-{self.gradio_app.cookie_id}"
 
     def _cookie_names(self) -> tuple[str, str]:
+        """Gradio's own session cookie names (Gradio reads them): the one always Secure, the plain one; used over plain
+        http only, and always inside (``_inner_cookies``)."""
         cookie_id = self.gradio_app.cookie_id
         return f"access-token-{cookie_id}", f"access-token-unsecure-{cookie_id}"
 
-    def _tokens(self, headers: Headers) -> list[str]:
+    def _host_cookie(self) -> str:
+        """The session cookie's name over HTTPS."""
+        return f"{HOST_PREFIX}access-token-{self.gradio_app.cookie_id}"
+
+    def _tokens(self, headers: Headers, secure: bool) -> list[str]:
+        """The session tokens this request presents, the one Gradio's handlers run as first: the ``__Host-`` cookie's
+        alone where it has one (a browser sends it only to the host that set it over HTTPS); else none when the request
+        shows HTTPS (``secure``: an old or planted name is not read there); else Gradio's two names, as over http."""
         cookies = cookie_parser(headers.get("cookie", ""))
+        if token := cookies.get(self._host_cookie()):
+            return [token]
+        if secure:
+            return []
         return list(dict.fromkeys(t for name in self._cookie_names() if (t := cookies.get(name))))
+
+    def _presented(self, headers: Headers) -> list[str]:
+        """Every session token the request carries, under any name: what a log out or a new sign-in in this browser
+        ends."""
+        cookies = cookie_parser(headers.get("cookie", ""))
+        names = (self._host_cookie(), *self._cookie_names())
+        return list(dict.fromkeys(t for name in names if (t := cookies.get(name))))
+
+    def _device(self, headers: Headers, secure: bool) -> str | None:
+        """The browser's device token (``sessions.LoginThrottle``), read as ``_tokens`` reads the session's."""
+        cookies = cookie_parser(headers.get("cookie", ""))
+        device = cookies.get(self._device_cookie(True)) or (None if secure else cookies.get(self._device_cookie()))
+        return device if device and DEVICE_TOKEN.fullmatch(device) else None  # anything else: no device
+
+    def _inner_cookies(self, scope: Scope, tokens: list[str]) -> Scope:
+        """``scope`` with its Cookie header as the app behind the guard should see it: every session cookie the
+        browser sent (any name, any number of Cookie headers) taken out, and Gradio's own name set to the token the
+        guard decided on (``_tokens``' first), if any. Gradio reads its names itself, so a cookie the guard does not
+        read (an old name over HTTPS, one a sibling subdomain planted) must not reach it either."""
+        names = {self._host_cookie(), *self._cookie_names()}
+        kept = [part.strip() for k, v in scope["headers"] if k.lower() == b"cookie"
+                for part in v.decode("latin-1").split(";")
+                if part.strip() and part.split("=", 1)[0].strip() not in names]
+        if tokens:
+            kept.insert(0, f"{self._cookie_names()[0]}={tokens[0]}")
+        headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"cookie"]
+        return {**scope, "headers": headers + ([(b"cookie", "; ".join(kept).encode("latin-1"))] if kept else [])}
 
     @staticmethod
     def _lax_send(send: Send, secure: bool = False) -> Send:
@@ -805,8 +861,8 @@ class WebGuard:
 
     def _scheme(self, scope: Scope, headers: Headers) -> str:
         """The request's scheme as the browser used it: the server's (``https`` when TLS ends here or a trusted proxy
-        says so), or ``https`` (``wss``) when the request carries the session cookie that is always Secure
-        (``access-token-...``) and its Host is not this machine: a browser keeps and sends a Secure cookie only over
+        says so), or ``https`` (``wss``) when the request carries a session cookie that is always Secure
+        (``__Host-access-token-...``, or Gradio's ``access-token-...``) and its Host is not this machine: a browser keeps and sends a Secure cookie only over
         HTTPS (and to localhost, which is why that is left out), so the session was established, and the request
         sent, over HTTPS behind a proxy that does not say so. An ``http://`` Origin is then refused (GuardPolicy):
         a page on plain http of the same name (which anyone on the path can write) cannot use an HTTPS session."""
@@ -816,7 +872,8 @@ class WebGuard:
         host = split_host(headers.get("host"))
         if host is None or auth.is_loopback(host[0]) or host[0].rstrip(".").endswith(".localhost"):
             return scheme
-        if cookie_parser(headers.get("cookie", "")).get(self._cookie_names()[0]):
+        cookies = cookie_parser(headers.get("cookie", ""))
+        if cookies.get(self._cookie_names()[0]) or cookies.get(self._host_cookie()):
             return "https" if scheme == "http" else "wss"
         return scheme
 
@@ -833,12 +890,12 @@ class WebGuard:
     async def _in_thread(self, pool: ThreadPoolExecutor, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
-    async def _check_session(self, headers: Headers) -> SessionInfo | None:
+    async def _check_session(self, headers: Headers, secure: bool) -> SessionInfo | None:
         """Withdraw from Gradio every session token of this request that is no longer valid; re-admit valid ones.
         Returns the session Gradio's handlers will run as (None: nobody is signed in)."""
         assert self.sessions is not None
         runs_as = None
-        for position, token in enumerate(self._tokens(headers)):
+        for position, token in enumerate(self._tokens(headers, secure)):
             known, info = self.sessions.cached(token)
             if not known:  # the database, in a thread: a read (and at most once a minute a write) per session
                 info = await self._in_thread(self.db_pool, self.sessions.check, token)
@@ -962,7 +1019,7 @@ class WebGuard:
             return {k: v for k, v in form.items() if isinstance(v, str)}
         return "send the sign-in form as application/x-www-form-urlencoded or multipart/form-data"
 
-    async def _login(self, scope: Scope, receive: Receive, secure: bool = False) -> Response:
+    async def _login(self, scope: Scope, receive: Receive, secure: bool, headers: Headers) -> Response:
         client = scope.get("client")
         ip = client[0] if client else None
         form = await self._form(scope, receive)
@@ -971,8 +1028,7 @@ class WebGuard:
         # the name as stored (composed, NFC): the throttle counts an account's guesses under it, however it was typed
         # (a decomposed accent, a Kelvin sign for K each counted as another account; found by review)
         username, password = unicodedata.normalize("NFC", form.get("username", "").strip()), form.get("password", "")
-        device = Request(scope).cookies.get(self._device_cookie())
-        device = device if device and DEVICE_TOKEN.fullmatch(device) else None  # anything else: no device
+        device = self._device(headers, secure)
         # a browser exempt from some locks stays so only while the account's credentials are those it
         # signed in with; read here, so a password changed by another process (the users CLI) ends it too
         credentials = ""
@@ -988,7 +1044,7 @@ class WebGuard:
             return JSONResponse({"detail": f"Too many failed sign-ins; try again in {seconds} second{'s' if seconds != 1 else ''}."},
                                 status_code=429, headers={"Retry-After": str(seconds)})
         try:
-            return await self._checked_login(scope, ip, username, password, device, credentials, secure)
+            return await self._checked_login(scope, ip, username, password, device, credentials, secure, headers)
         finally:
             self.throttle.release(ticket)  # after the outcome is counted, so the next guess sees it
 
@@ -1011,7 +1067,7 @@ class WebGuard:
         return SIGN_IN_WINDOW_S - (now - recent[0]) if len(recent) >= SIGN_INS_PER_ACCOUNT else 0.0
 
     async def _checked_login(self, scope: Scope, ip: str | None, username: str, password: str, device: str | None,
-                             credentials: str, secure: bool = False) -> Response:
+                             credentials: str, secure: bool, headers: Headers) -> Response:
         """The sign-in's limits, then its check (``_check_and_start``): at most SIGN_INS_PER_ACCOUNT successes per
         window (429), one sign-in of an account checked at a time (another waits for its end, up to
         SIGN_IN_WAIT_S, as a script signing in from several threads does), at most ``max_pending`` hashing (503)."""
@@ -1038,7 +1094,7 @@ class WebGuard:
         # held until the outcome is recorded (the success counted), so that the next sign-in sees it (found by review)
         done = self._checking[username] = asyncio.Event()
         try:
-            return await self._check_and_start(scope, ip, username, password, device, credentials, secure)
+            return await self._check_and_start(scope, ip, username, password, device, credentials, secure, headers)
         finally:
             del self._checking[username]
             done.set()
@@ -1058,7 +1114,7 @@ class WebGuard:
                 del self._waiting[username]
 
     async def _check_and_start(self, scope: Scope, ip: str | None, username: str, password: str, device: str | None,
-                               credentials: str, secure: bool = False) -> Response:
+                               credentials: str, secure: bool, headers: Headers) -> Response:
         self.pending += 1
         try:
             result = await self._in_thread(self.hash_pool, auth.check_login, self.factory, username, password)
@@ -1090,7 +1146,7 @@ class WebGuard:
         assert self.sessions is not None
         # the cookies set below replace this browser's old session, if it had one (as another user, or the same): it
         # ends in the same transaction, as a log out would (it stayed valid until it expired; found by review)
-        replaced = self._tokens(Headers(scope=scope))
+        replaced = self._presented(headers)
         try:
             token = await self._in_thread(self.db_pool, functools.partial(
                 self.sessions.start, result.rater_id, ip, password_hash=result.password_hash, replaces=replaced))
@@ -1107,13 +1163,18 @@ class WebGuard:
         log.info("%r signed in from %s", username[:64], ip)
         response = JSONResponse({"success": True})
         secure_name, plain_name = self._cookie_names()
-        response.set_cookie(secure_name, token, httponly=True, samesite="lax", secure=True, path="/")
-        # Secure too when the sign-in showed HTTPS (``_https_shown``: the public URL, TLS, or the login page's own
-        # https Origin behind a proxy that does not say so), so that the token never travels over plain HTTP after it
-        response.set_cookie(plain_name, token, httponly=True, samesite="lax", secure=secure, path="/")
+        if secure:  # the sign-in showed HTTPS (``_https_shown``): one __Host- cookie (see "cookies" below)
+            response.set_cookie(self._host_cookie(), token, httponly=True, samesite="lax", secure=True, path="/")
+            cookies = cookie_parser(headers.get("cookie", ""))
+            for old in (secure_name, plain_name, self._device_cookie()):
+                if old in cookies:  # names from before, no longer read over HTTPS: gone from the browser
+                    response.delete_cookie(old, path="/", secure=True, httponly=True, samesite="lax")
+        else:
+            response.set_cookie(secure_name, token, httponly=True, samesite="lax", secure=True, path="/")
+            response.set_cookie(plain_name, token, httponly=True, samesite="lax", secure=False, path="/")
         # this browser signed in to this account: the address's and the account's sign-in locks are not for it
         # (sessions.LoginThrottle)
-        response.set_cookie(self._device_cookie(), device, max_age=int(self.throttle.known_s), httponly=True,
+        response.set_cookie(self._device_cookie(secure), device, max_age=int(self.throttle.known_s), httponly=True,
                             samesite="lax", secure=secure, path="/")
         return response
 
@@ -1125,13 +1186,15 @@ class WebGuard:
             return HTMLResponse(LOGOUT_PAGE)
         if method != "POST":
             return PlainTextResponse("Log out with POST /logout.", status_code=405, headers={"Allow": "GET, POST"})
-        for token in self._tokens(headers):
+        for token in self._presented(headers):
             if self.sessions is not None:
                 await self._in_thread(self.db_pool, self.sessions.end, token, "logout")
             self.gradio_app.tokens.pop(token, None)
         response = RedirectResponse("/", status_code=303)
         for name in self._cookie_names():
             response.delete_cookie(name, path="/", httponly=True, samesite="lax")
+        if self._host_cookie() in cookie_parser(headers.get("cookie", "")):  # a browser keeps it only if Secure
+            response.delete_cookie(self._host_cookie(), path="/", secure=True, httponly=True, samesite="lax")
         return response
 
 
@@ -1142,6 +1205,7 @@ STREAM_POLL_S = 0.05
 ONE_STREAM = "Another stream is already reading this session's results; a session has one open at a time."
 HASH_THREAD_NICE = 10
 DEVICE_BYTES = 24
+HOST_PREFIX = "__Host-"  # a cookie only this host sets, over HTTPS (WebGuard's "cookies")
 DEVICE_TOKEN = re.compile(r"[A-Za-z0-9_-]{32}")  # secrets.token_urlsafe(24)
 
 

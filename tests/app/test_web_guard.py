@@ -246,14 +246,15 @@ def test_behind_an_https_proxy_that_does_not_say_so_the_cookies_are_secure_and_h
         over_tls = httpx.post(url + "/login", data=form, headers={"Host": name, "Origin": f"https://{name}"})
         assert over_tls.status_code == 200, over_tls.text
         cookies = over_tls.headers.get_list("set-cookie")
-        assert len(cookies) == 3 and all(_secure(c) for c in cookies), cookies  # both session cookies and the device's
+        assert len(cookies) == 2 and all(_secure(c) for c in cookies), cookies  # the session's and the device's
         # a plain-http deployment at that name (no TLS anywhere): only the cookie that always was is Secure
         plain = httpx.post(url + "/login", data=form, headers={"Host": name, "Origin": f"http://{name}"})
         assert plain.status_code == 200, plain.text
         assert sorted(_secure(c) for c in plain.headers.get_list("set-cookie")) == [False, False, True]
         jar = {c.split("=", 1)[0]: c.split("=", 1)[1].split(";")[0] for c in cookies}
-        session = "; ".join(f"{k}={v}" for k, v in jar.items() if k.startswith("access-token"))
-        plain_only = "; ".join(f"{k}={v}" for k, v in jar.items() if k.startswith("access-token-unsecure"))
+        session = "; ".join(f"{k}={v}" for k, v in jar.items() if k.startswith("__Host-access-token"))
+        plain_jar = {c.split("=", 1)[0]: c.split("=", 1)[1].split(";")[0] for c in plain.headers.get_list("set-cookie")}
+        plain_only = "; ".join(f"{k}={v}" for k, v in plain_jar.items() if k.startswith("access-token-unsecure"))
         # the session established over https: a page on http://<name> may not use it; its own https page may
         r = httpx.get(url + "/gradio_api/user", headers={"Host": name, "Origin": f"http://{name}", "Cookie": session})
         assert r.status_code == 403 and "are refused" in r.text, (r.status_code, r.text[:200])
@@ -269,6 +270,80 @@ def test_behind_an_https_proxy_that_does_not_say_so_the_cookies_are_secure_and_h
         local = httpx.post(url + "/login", data=form, headers={"Origin": f"http://127.0.0.1:{port}"})
         assert sorted(_secure(c) for c in local.headers.get_list("set-cookie")) == [False, False, True]
         assert "strict-transport-security" not in over_tls.headers  # HTTPS is not known from the configuration
+    finally:
+        demo.close()
+
+
+def _set_cookies(response: httpx.Response) -> dict[str, list[str]]:
+    """The Set-Cookie headers of ``response`` by cookie name: [value, attribute, ...] (attributes lower-cased)."""
+    out = {}
+    for c in response.headers.get_list("set-cookie"):
+        first, *attrs = [p.strip() for p in c.split(";")]
+        name, value = first.split("=", 1)
+        out[name] = [value, *(a.lower() for a in attrs)]
+    return out
+
+
+def test_over_https_the_session_cookie_is_host_prefixed_and_a_planted_one_is_not_read(ui_world):
+    """The session cookie had no ``__Host-`` prefix (fourth review, 5 Dec 2026): a page on a sibling subdomain (or a
+    man in the middle on any plain-http page of the domain) could set a cookie of Gradio's session name for
+    Domain=.example.org, and the app read it: the visitor ran as the planter's account (their ratings going to it).
+    Over HTTPS (here: the sign-in's https Origin behind a proxy that does not say so) the sign-in sets one
+    ``__Host-`` session cookie and a ``__Host-`` device cookie (Secure, Path=/, no Domain: a browser keeps such a
+    cookie only from this host over HTTPS), and Gradio's names are not read there, beside it or alone; over plain
+    http the names stay as they were. An old name over HTTPS (signed in before the change) reads as signed out; its
+    next sign-in there takes the old names out of the browser, and log out ends and clears them all."""
+    demo, url = launch(ui_world, allowed_hosts="seiko.example.org")
+    name = "seiko.example.org"
+    tls = {"Host": name, "Origin": f"https://{name}"}
+    form = {"username": "alice", "password": UI_PASSWORD}
+    cookie_id = demo.server_app.cookie_id
+    host_name, gradio_name = f"__Host-access-token-{cookie_id}", f"access-token-{cookie_id}"
+    plain_name = f"access-token-unsecure-{cookie_id}"
+
+    def user(cookie: str, headers: dict | None = None) -> object:
+        r = httpx.get(url + "/gradio_api/user", headers={"Host": name, **(headers or {}), "Cookie": cookie})
+        assert r.status_code == 200, (r.status_code, r.text[:200])
+        return r.json()
+
+    try:
+        r = httpx.post(url + "/login", data=form, headers=tls)
+        assert r.status_code == 200, r.text
+        set_ = _set_cookies(r)
+        assert sorted(set_) == sorted([host_name, f"__Host-seiko-device-{cookie_id}"]), set_
+        for _value, *attrs in set_.values():
+            assert "secure" in attrs and "path=/" in attrs and not any(a.startswith("domain") for a in attrs), attrs
+        alices = set_[host_name][0]
+        bobs = _set_cookies(httpx.post(url + "/login", data={"username": "bob", "password": UI_PASSWORD},
+                                       headers=tls))[host_name][0]
+        assert user(f"{host_name}={alices}") == "alice"  # Gradio sees the __Host- session (as its own name)
+        assert user(f"{host_name}={alices}", {"Origin": f"https://{name}"}) == "alice"
+        # bob's session planted under Gradio's names (Domain=.example.org by a sibling): not read over HTTPS
+        for planted in (f"{gradio_name}={bobs}", f"{plain_name}={bobs}; {gradio_name}={bobs}"):
+            assert user(f"{planted}; {host_name}={alices}") == "alice", planted  # beside alice's: hers counts
+            assert user(f"{host_name}={alices}; {planted}") == "alice", planted
+            assert user(planted) is None, planted  # alone: nobody (it was bob)
+            assert user(planted, {"Origin": f"https://{name}"}) is None, planted
+        assert user(f"{plain_name}={bobs}", {"Origin": f"https://{name}"}) is None  # the plain name, over HTTPS
+        # over plain http (127.0.0.1, no https anywhere): Gradio's two names as before, and read
+        plain = httpx.post(url + "/login", data=form)
+        assert sorted(_set_cookies(plain)) == sorted([gradio_name, plain_name, f"seiko-device-{cookie_id}"])
+        plains = _set_cookies(plain)[plain_name][0]
+        assert httpx.get(url + "/gradio_api/user", headers={"Cookie": f"{plain_name}={plains}"}).json() == "alice"
+        # the old names over HTTPS (a browser signed in before the change): signed out, told so on the page's route
+        r = httpx.post(url + "/gradio_api/queue/join", headers={**tls, "Cookie": f"{gradio_name}={plains}"},
+                       json={"data": [], "fn_index": 0, "session_hash": "abc123"})
+        assert r.status_code == 401 and r.json() == {"detail": web_guard.SIGNED_OUT}, r.text
+        again = httpx.post(url + "/login", data=form, headers={**tls, "Cookie": f"{gradio_name}={plains}; "
+                                                                               f"{plain_name}={plains}"})
+        cleared = _set_cookies(again)
+        assert "max-age=0" in cleared[gradio_name] and "max-age=0" in cleared[plain_name], cleared  # deleted
+        assert "max-age=0" not in cleared[host_name], cleared
+        assert httpx.get(url + "/gradio_api/user", headers={"Cookie": f"{plain_name}={plains}"}).json() is None  # ended
+        # log out over HTTPS ends the __Host- session and clears it
+        out = httpx.post(url + "/logout", headers={**tls, "Cookie": f"{host_name}={alices}"})
+        assert out.status_code == 303 and {"max-age=0", "secure"} <= set(_set_cookies(out)[host_name]), out.headers
+        assert user(f"{host_name}={alices}") is None
     finally:
         demo.close()
 
