@@ -8,8 +8,10 @@
                  adapter, train their slice of every global batch and report their adapter's checksum.
 
 The ranks find each other through the variables torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
-MASTER_PORT), so each rank's accelerate ``Accelerator`` is an ordinary multi-process one (NCCL on GPUs, gloo on
-CPUs): ``seiko_core.accel.shared_accelerator`` makes it once per process. The experiment's
+MASTER_PORT, and TORCHELASTIC_USE_AGENT_STORE: as torchrun's agent does, the supervisor hosts the rendezvous store,
+on 127.0.0.1 only, ``group_store``; gloo's and NCCL's sockets are on the loopback interface too unless the operator
+names one, ``group_env``), so each rank's accelerate ``Accelerator`` is an ordinary multi-process one (NCCL on GPUs,
+gloo on CPUs): ``seiko_core.accel.shared_accelerator`` makes it once per process. The experiment's
 ``finetune.batch_size`` is the GLOBAL batch: each rank renders ``batch_size / N`` trajectories of it, so an
 experiment trains the same (up to floating-point differences) on 1 or N processes.
 
@@ -323,10 +325,52 @@ def run_rank(args: argparse.Namespace, settings, worker_id: str) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+GROUP_ADDR = "127.0.0.1"  # every rank is a child of the supervisor, on this machine
+LOOPBACK_INTERFACES = ("lo", "lo0")  # Linux's, the BSDs' and macOS's name of the loopback interface
+TRANSPORT_INTERFACE_ENV = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
+
+
+def group_store(addr: str = GROUP_ADDR) -> tuple[Any, int]:
+    """The group's rendezvous store, hosted by the supervisor (as torchrun's agent hosts it), listening on ``addr``
+    only: (the store, its port). The ranks connect to it as clients (``TORCHELASTIC_USE_AGENT_STORE``,
+    ``group_env``). Rank 0 hosted it before, and torch's TCPStore listens on every interface whatever MASTER_ADDR
+    says (``*:port``; fourth review, 5 Dec 2026): anyone who could reach the machine could read and write the group's
+    keys. Here the socket is bound to ``addr`` first and handed to the store (``master_listen_fd``), which also ends
+    the race of a port found free, closed, and bound again later by rank 0."""
+    import torch.distributed as dist
+    from torch.distributed.constants import default_pg_timeout
+
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    listener = socket.create_server((addr, 0), family=family)
+    port = listener.getsockname()[1]
+    store = dist.TCPStore(addr, port, None, is_master=True, timeout=default_pg_timeout, wait_for_workers=False,
+                          master_listen_fd=listener.detach())  # the store owns the socket from here
+    return store, port
+
+
+def loopback_interface() -> str | None:
+    """This machine's loopback interface's name, or None where it is not one of LOOPBACK_INTERFACES."""
+    try:
+        names = {name for _, name in socket.if_nameindex()}
+    except OSError:
+        return None
+    return next((name for name in LOOPBACK_INTERFACES if name in names), None)
+
+
+def group_env(environ: dict[str, str], settings, n: int, port: int, addr: str = GROUP_ADDR) -> dict[str, str]:
+    """The environment of every rank of a group of ``n`` (RANK and LOCAL_RANK added per rank): ``environ`` with the
+    rendezvous at ``addr:port`` (``group_store``, joined as a client), and gloo's and NCCL's own sockets on the
+    loopback interface unless the operator named one (``GLOO_SOCKET_IFNAME``, ``NCCL_SOCKET_IFNAME`` in
+    ``environ``): gloo binds to the address this machine's name resolves to, NCCL to the first interface that is not
+    loopback, either reachable from the network."""
+    env = {**environ, GROUP_ENV: str(os.getpid()), "WORLD_SIZE": str(n), "LOCAL_WORLD_SIZE": str(n),
+           "MASTER_ADDR": addr, "MASTER_PORT": str(port), "TORCHELASTIC_USE_AGENT_STORE": "True",
+           "SEIKO_DB_URL": settings.db_url, "SEIKO_DATA_DIR": str(settings.data_dir), "SEIKO_MODEL": str(settings.model)}
+    loopback = loopback_interface()
+    for name in TRANSPORT_INTERFACE_ENV:
+        if loopback and not environ.get(name):
+            env[name] = loopback
+    return env
 
 
 def rank_command(args: argparse.Namespace, worker_id: str) -> list[str]:
@@ -414,10 +458,7 @@ def supervise(args: argparse.Namespace, settings, worker_id: str) -> int:
     quick = 0
     code: int | None = None  # the status the last group ended with
     while True:
-        port = _free_port()
-        env = {**os.environ, GROUP_ENV: str(os.getpid()), "WORLD_SIZE": str(n), "LOCAL_WORLD_SIZE": str(n),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "SEIKO_DB_URL": settings.db_url,
-               "SEIKO_DATA_DIR": str(settings.data_dir), "SEIKO_MODEL": str(settings.model)}
+        store, port = group_store()  # a fresh one per group (no keys of the last), dropped with the next
         if stopping:
             # stopped while no group ran (before the first, or after the last ended and its jobs were handed back): a
             # fresh group started anyway, and nothing forwarded the stop to it, so the supervisor ran until SIGKILL
@@ -428,6 +469,7 @@ def supervise(args: argparse.Namespace, settings, worker_id: str) -> int:
             return _stopped_status(code)
         forwarded = False
         procs = []
+        env = group_env(dict(os.environ), settings, n, port)
         for r in range(n):
             procs.append(subprocess.Popen(rank_command(args, worker_id),
                                           env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}))

@@ -8,6 +8,7 @@ Adam's float tolerance) what ONE process trains with the same global batch.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -491,10 +492,10 @@ def _supervise_with_a_signal(monkeypatch, tmp_path, rank_script: str, *, at: str
         if name == at and calls[name] == when:
             signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)  # the supervisor's handler, as the signal runs it
 
-    real_free_port, real_popen, real_command = train_dist._free_port, subprocess.Popen, train_dist.rank_command
+    real_store, real_popen, real_command = train_dist.group_store, subprocess.Popen, train_dist.rank_command
     monkeypatch.setattr(train_dist, "rank_command",
                         lambda args, worker_id: signal_at("first-rank-command", 1) or real_command(args, worker_id))
-    monkeypatch.setattr(train_dist, "_free_port", lambda: signal_at("second-port", 2) or real_free_port())
+    monkeypatch.setattr(train_dist, "group_store", lambda: signal_at("second-port", 2) or real_store())
     monkeypatch.setattr(subprocess, "Popen", lambda cmd, **kw: real_popen(
         cmd, preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM}), **kw))
     args = argparse.Namespace(processes=2, once=False, lease_s=60, poll_s=1, stop_grace_s=30, nice=0)
@@ -710,3 +711,83 @@ def test_a_stopped_group_whose_rank_0_is_stuck_exits_75_with_its_job_queued_agai
     with read_session(w.factory) as s:
         (row,) = s.query(Job).filter_by(experiment_id=eid).all()
         assert (row.status, row.attempts, row.lease_owner, row.error) == ("queued", 0, None, None)
+
+
+def _listening(pid: int) -> list[str]:
+    """The addresses process ``pid`` listens on (TCP), from /proc (sockets by inode, the process's fds)."""
+    import ipaddress
+
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = []
+    for table, width in (("tcp", 4), ("tcp6", 16)):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A" or fields[9] not in inodes:  # 0A: LISTEN
+                continue
+            hex_addr, hex_port = fields[1].split(":")
+            raw = bytes.fromhex(hex_addr)
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, width, 4))  # each 32-bit word is little-endian
+            found.append(f"{ipaddress.ip_address(raw)}:{int(hex_port, 16)}")
+    return found
+
+
+def _loopback(address: str) -> bool:
+    import ipaddress
+
+    ip = ipaddress.ip_address(address.rsplit(":", 1)[0])
+    return ip.is_loopback or (ip.version == 6 and ip.ipv4_mapped is not None and ip.ipv4_mapped.is_loopback)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_groups_rendezvous_and_transport_listen_on_loopback_only(tmp_path):
+    """``--processes N``: rank 0 hosted the group's rendezvous (torch's TCPStore), which listens on every interface
+    whatever MASTER_ADDR says (``*:port``; fourth review, 5 Dec 2026), so anyone who could reach the machine could
+    read and write the group's keys. The supervisor hosts it now, bound to 127.0.0.1, and gloo's and NCCL's sockets
+    are put on the loopback interface unless the operator named one. Checked from /proc: every socket the
+    supervisor's store and two real ranks (gloo, as ``supervise`` starts them) listen on is loopback."""
+    from types import SimpleNamespace
+
+    from app import train_dist
+
+    settings = SimpleNamespace(db_url="sqlite:///unused.db", data_dir=tmp_path, model="unused")
+    env = train_dist.group_env({"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path)}, settings, 2, 1234)
+    loopback = train_dist.loopback_interface()
+    assert loopback is not None  # Linux: "lo"
+    assert env["GLOO_SOCKET_IFNAME"] == env["NCCL_SOCKET_IFNAME"] == loopback and env["MASTER_ADDR"] == "127.0.0.1"
+    named = train_dist.group_env({"GLOO_SOCKET_IFNAME": "eth1", "NCCL_SOCKET_IFNAME": "ib0"}, settings, 2, 1234)
+    assert (named["GLOO_SOCKET_IFNAME"], named["NCCL_SOCKET_IFNAME"]) == ("eth1", "ib0")  # the operator's choice
+
+    store, port = train_dist.group_store()
+    mine = [a for a in _listening(os.getpid()) if a.endswith(f":{port}")]
+    assert mine and all(_loopback(a) for a in mine), mine
+    import inspect
+
+    code = ("import json, os, sys\nfrom pathlib import Path\nfrom app import train_dist\nimport torch.distributed as dist\n"
+            + inspect.getsource(_listening) +
+            "g = train_dist.Group()\nprint('LISTENING', json.dumps(_listening(os.getpid())), flush=True)\n"
+            "dist.barrier()\ndist.destroy_process_group()\n")
+    base = train_dist.group_env({k: v for k, v in os.environ.items() if k not in train_dist.TRANSPORT_INTERFACE_ENV},
+                                settings, 2, port)
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env={**base, "RANK": str(r), "LOCAL_RANK": str(r),
+                                                           "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"})
+             for r in range(2)]
+    try:
+        outs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    del store
+    for p, (out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-2000:]
+        (line,) = [x for x in out.splitlines() if x.startswith("LISTENING ")]
+        addresses = json.loads(line.split(" ", 1)[1])
+        assert addresses and all(_loopback(a) for a in addresses), addresses  # gloo's, on lo
