@@ -124,7 +124,7 @@ GRADIO_TOKENS_MAX = 10_000
 LOGOUT_PATHS = ("/logout", "/logout/")
 # a signed-out event on the page's own route (/queue/join): the page's Gradio client shows ``detail`` in its error
 # toast, and Gradio's own 401 there had an object as ``detail`` (fourth review, 5 Dec 2026)
-SIGNED_OUT = "You are signed out (your session ended or was ended); reload the page to sign in again."
+SIGNED_OUT = "You are signed out (your session has ended); reload the page to sign in again."
 MAX_LOGIN_BODY = 16 * 1024
 # Every request body is refused above this size before anything reads it. FastAPI parses a JSON body before it runs a
 # route's sign-in dependency, so without a cap anyone could make the server buffer and parse gigabytes; the app's
@@ -862,9 +862,9 @@ class WebGuard:
     def _scheme(self, scope: Scope, headers: Headers) -> str:
         """The request's scheme as the browser used it: the server's (``https`` when TLS ends here or a trusted proxy
         says so), or ``https`` (``wss``) when the request carries a session cookie that is always Secure
-        (``__Host-access-token-...``, or Gradio's ``access-token-...``) and its Host is not this machine: a browser keeps and sends a Secure cookie only over
-        HTTPS (and to localhost, which is why that is left out), so the session was established, and the request
-        sent, over HTTPS behind a proxy that does not say so. An ``http://`` Origin is then refused (GuardPolicy):
+        (``__Host-access-token-...``, or Gradio's ``access-token-...``) and its Host is not this machine: a browser
+        keeps and sends a Secure cookie only over HTTPS (and to localhost, which is why that is left out), so the
+        session was established, and the request sent, over HTTPS behind a proxy that does not say so. An ``http://`` Origin is then refused (GuardPolicy):
         a page on plain http of the same name (which anyone on the path can write) cannot use an HTTPS session."""
         scheme = scope.get("scheme", "http")
         if scheme not in ("http", "ws") or self.policy.local_mode:
