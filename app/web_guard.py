@@ -865,7 +865,11 @@ class WebGuard:
         (``__Host-access-token-...``, or Gradio's ``access-token-...``) and its Host is not this machine: a browser
         keeps and sends a Secure cookie only over HTTPS (and to localhost, which is why that is left out), so the
         session was established, and the request sent, over HTTPS behind a proxy that does not say so. An ``http://`` Origin is then refused (GuardPolicy):
-        a page on plain http of the same name (which anyone on the path can write) cannot use an HTTPS session."""
+        a page on plain http of the same name (which anyone on the path can write) cannot use an HTTPS session.
+        Likewise when the request carries Fetch Metadata (``Sec-Fetch-Site``): a browser sends it only to an origin it
+        trusts, HTTPS (or localhost, left out too). Without that, a page load (a GET, no Origin) carrying no
+        ``__Host-`` cookie but a Gradio-named one a sibling subdomain planted read as plain http, and the planted
+        session was read (fourth review, 5 Dec 2026)."""
         scheme = scope.get("scheme", "http")
         if scheme not in ("http", "ws") or self.policy.local_mode:
             return scheme
@@ -873,7 +877,7 @@ class WebGuard:
         if host is None or auth.is_loopback(host[0]) or host[0].rstrip(".").endswith(".localhost"):
             return scheme
         cookies = cookie_parser(headers.get("cookie", ""))
-        if cookies.get(self._cookie_names()[0]) or cookies.get(self._host_cookie()):
+        if cookies.get(self._cookie_names()[0]) or cookies.get(self._host_cookie()) or "sec-fetch-site" in headers:
             return "https" if scheme == "http" else "wss"
         return scheme
 

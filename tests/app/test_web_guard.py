@@ -325,6 +325,15 @@ def test_over_https_the_session_cookie_is_host_prefixed_and_a_planted_one_is_not
             assert user(planted) is None, planted  # alone: nobody (it was bob)
             assert user(planted, {"Origin": f"https://{name}"}) is None, planted
         assert user(f"{plain_name}={bobs}", {"Origin": f"https://{name}"}) is None  # the plain name, over HTTPS
+        # a page load (no Origin) shows HTTPS by its Fetch Metadata, which a browser sends only over HTTPS: the plain
+        # name planted alone was read there (bob)
+        navigate = {"Sec-Fetch-Site": "none", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
+        assert user(f"{plain_name}={bobs}", navigate) is None
+        assert user(f"{plain_name}={bobs}; {host_name}={alices}", navigate) == "alice"
+        port = url.rsplit(":", 1)[1]  # a browser on this machine over plain http sends it too: read as before
+        r = httpx.get(url + "/gradio_api/user", headers={"Host": f"127.0.0.1:{port}", **navigate,
+                                                         "Cookie": f"{plain_name}={bobs}"})
+        assert r.json() == "bob"
         # over plain http (127.0.0.1, no https anywhere): Gradio's two names as before, and read
         plain = httpx.post(url + "/login", data=form)
         assert sorted(_set_cookies(plain)) == sorted([gradio_name, plain_name, f"seiko-device-{cookie_id}"])
