@@ -12,7 +12,7 @@ import pytest
 
 from app import gradio_routes, web_guard
 from app.settings import Settings
-from tests.app.test_web_guard import _no_traceback, joined, launch, queue_join, signed_in
+from tests.app.test_web_guard import UI_PASSWORD, _no_traceback, joined, launch, queue_join, signed_in
 
 
 @pytest.fixture
@@ -131,10 +131,18 @@ def test_gradios_page_root_takes_a_trusted_proxys_scheme_and_the_host_it_passes_
     demo, url = launch(ui_world)
     try:
         with signed_in(url) as http:
+            # over HTTPS only the __Host- session cookie is read (the same review's cookie fix): sign in over it too
+            tls = httpx.post(url + "/login", data={"username": "alice", "password": UI_PASSWORD},
+                             headers={"X-Forwarded-Proto": "https"})
+            assert tls.status_code == 200, tls.text
+            session = "; ".join(c.split(";")[0] for c in tls.headers.get_list("set-cookie")
+                                if c.startswith("__Host-access-token"))
+            assert session, tls.headers.get_list("set-cookie")
             over_tls, port = url.replace("http://", "https://"), urlsplit(url).port
-            assert _root(http, **{"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.5"}) == over_tls
-            assert _root(http, **{"X-Forwarded-Proto": "https", "Host": f"localhost:{port}"}) == f"https://localhost:{port}"
-            assert _root(http, **FORGED) == over_tls
+            tls_headers = {"X-Forwarded-Proto": "https", "Cookie": session}
+            assert _root(http, **tls_headers, **{"X-Forwarded-For": "203.0.113.5"}) == over_tls
+            assert _root(http, **tls_headers, **{"Host": f"localhost:{port}"}) == f"https://localhost:{port}"
+            assert _root(http, **{**FORGED, "Cookie": session}) == over_tls
             assert _root(http) == url
     finally:
         demo.close()
