@@ -1,5 +1,6 @@
 """``python -m app users add NAME --role admin|rater [--password-file F] | list | passwd NAME [--password-file F]
-| disable NAME | enable NAME | delete NAME | role NAME admin|rater | audit [--limit N]``.
+| disable NAME | enable NAME | delete NAME | role NAME admin|rater | audit [--limit N]
+| raters EXPERIMENT [everyone | NAME ...]``.
 
 The password is never an argument (``ps`` would show it): it is read from the first line of ``--password-file``,
 asked for twice on a terminal, or read as the first line of standard input (``python -m app users add alice --role
@@ -9,7 +10,8 @@ exists the web app asks everyone to sign in (restart it after adding the first o
 A password change and ``disable`` end the account's sessions (a running web app notices within seconds).
 ``delete`` refuses an account that has ratings (disable it instead, which keeps them); the last enabled admin
 cannot be disabled, deleted or made a rater. Every change is written to the audit log ("command line (USER)");
-``audit`` prints the newest entries.
+``audit`` prints the newest entries. ``raters`` prints who may rate an experiment (by id or name), or sets it:
+``everyone``, or only the accounts named (``app.members``; admins always may).
 """
 
 from __future__ import annotations
@@ -53,7 +55,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     role.add_argument("role", choices=auth.ROLES)
     audit = actions.add_parser("audit", help="print the newest entries of the audit log (admin actions)")
     audit.add_argument("--limit", type=int, default=50, help="how many entries (default 50)")
-    for sub in (add, passwd, listing, disable, enable, delete, role, audit):
+    raters = actions.add_parser("raters", help="who may rate an experiment: print it, or set it to 'everyone' or to "
+                                               "the accounts named (admins always may)")
+    raters.add_argument("experiment", help="the experiment's id or name")
+    raters.add_argument("names", nargs="*", metavar="NAME", help="'everyone', or the accounts that may rate it")
+    for sub in (add, passwd, listing, disable, enable, delete, role, audit, raters):
         add_settings_arguments(sub)
 
 
@@ -84,6 +90,23 @@ def read_password(given: Path | None) -> str:
     return line.rstrip("\r\n")
 
 
+def _raters(factory, experiment: str, names: list[str]) -> int:
+    """``users raters EXPERIMENT [everyone | NAME ...]`` (``app.members``; audit-logged as the command line)."""
+    from app import members
+    from db import repo
+    from db.engine import read_session
+
+    with read_session(factory) as s:
+        exp = (repo.get_experiment(session=s, experiment_id=int(experiment)) if experiment.strip().isdigit()
+               else repo.get_experiment_by_name(session=s, name=experiment))
+        exp_id, exp_name = exp.id, exp.name
+    if names:
+        print(members.set_raters(factory, None, exp_id, members.parse_names(",".join(names))))
+    else:
+        print(f"experiment {exp_id} ({exp_name!r}): {members.raters_text(factory, exp_id)}")
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
     settings = Settings.from_args(args)
     try:
@@ -111,6 +134,8 @@ def main(args: argparse.Namespace) -> int:
                 for e in entries:
                     print(f"{e.at}  {e.actor}  {e.action}  {e.target}  {e.detail}".rstrip())
                 return 0
+            if args.action == "raters":
+                return _raters(factory, args.experiment, args.names)
             if args.action in ("disable", "enable"):
                 auth.set_disabled(factory, name=args.name, disabled=args.action == "disable")
                 print(f"{args.name!r} is {args.action}d" + (": its sessions ended" if args.action == "disable" else ""))

@@ -50,6 +50,7 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from app import members
 from app.auth import Who, require_admin
 from db import comparisons, repo
 from db.checks import MAX_ID, shown, whole_number
@@ -326,6 +327,7 @@ def vote_in_session(session: Session, who: Who, pair_id: int, choice: str) -> st
     # then the pair itself (FOR UPDATE, as a rating locks its image): on PostgreSQL two raters racing for the last
     # vote a pair needs would otherwise both count the votes before either inserts, and both be saved
     session.scalars(select(ComparisonPair.id).where(ComparisonPair.id == pair_id).with_for_update()).all()
+    members.check(session, who, round_.experiment_id)  # a rater the experiment does not list: refused, nothing saved
     if round_.status != "labeling":
         raise Conflict(f"round {round_.index} is closed for comparisons (it is {round_.status}); pair {pair_id} "
                        "was not saved")
@@ -414,7 +416,10 @@ def next_pair(factory, data_dir, who: Who, experiment_id: int | None) -> PairVie
     from app import ui_rate
 
     with read_session(factory) as s:
-        experiment = ui_rate.pick_experiment(s, experiment_id)
+        try:
+            experiment = ui_rate.pick_experiment(s, experiment_id, who)  # one the rater may rate (app.members)
+        except members.NotARater as e:  # the tab (and its timer) shows the sentence, and no pair
+            return PairView(experiment_id, None, None, None, None, "", str(e))
         p, pair, msg = offered_pair(s, experiment, who)
         exp_id = experiment.id if experiment is not None else None
         if pair is None:

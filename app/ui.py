@@ -286,7 +286,7 @@ def build_demo(services: AppServices) -> gr.Blocks:
 
         def on_load(state, request: gr.Request):
             who = _who(services, request)
-            choices = ui_admin.experiment_choices(factory)
+            choices = ui_admin.experiment_choices(factory, who)  # a rater's: only those they may rate (app.members)
             view = ui_rate.load_batch(factory, data_dir, who, state, batch_size=size)
             exp_id = view.state["experiment_id"]
             return (banner_html(services, who), gr.Dropdown(choices=choices, value=exp_id), gr.Tab(visible=who.is_admin),

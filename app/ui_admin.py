@@ -363,6 +363,13 @@ def selected_experiment(factory, experiment_id: int | None) -> int:
     return _experiment_id(factory, experiment_id)
 
 
+def resolved_or_none(factory, experiment_id: int | None) -> int | None:
+    """``_experiment_id``, or None when there is no experiment yet."""
+    with read_session(factory) as s:
+        exp = pick_experiment(s, experiment_id)
+        return None if exp is None else exp.id
+
+
 def _experiment_id(factory, experiment_id: int | None) -> int:
     with read_session(factory) as s:
         exp = pick_experiment(s, experiment_id)
@@ -449,10 +456,14 @@ def audit_table(factory, who: Who, limit: int = 200) -> list[list[str]]:
     return [[e.at, e.actor, e.action, e.target, e.detail] for e in auth.list_audit(factory, limit=limit)]
 
 
-def experiment_choices(factory) -> list[tuple[str, int]]:
-    """(label, id) for the experiment selector, newest first; archived experiments are left out."""
+def experiment_choices(factory, who: Who | None = None) -> list[tuple[str, int]]:
+    """(label, id) for the experiment selector, newest first; archived experiments are left out, and for ``who``
+    those they may not rate (``app.members``; an admin may rate every one)."""
+    from app import members
+
     with read_session(factory) as s:
-        return [(f"{e.name} ({e.status})", e.id) for e in reversed(repo.list_experiments(session=s, archived=False))]
+        return [(f"{e.name} ({e.status})", e.id) for e in reversed(repo.list_experiments(session=s, archived=False))
+                if who is None or members.may_rate(s, who, e.id)]
 
 
 def round_status_html(factory, experiment_id: int | None) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 import gradio as gr
 
-from app import ui_admin, ui_compare, ui_export, ui_options, ui_pairs, ui_quality
+from app import members, ui_admin, ui_compare, ui_export, ui_options, ui_pairs, ui_quality
 from app.auth import Who
 from app.gradio_routes import admin_only
 from db.models import EXPORT_FORMATS
@@ -158,6 +158,24 @@ class AdminHandlers:
         message = self.shown(lambda: ui_admin.set_dashboard_access(self.factory, who, exp_id, bool(allowed)))
         gr.Info(message)
         return message
+
+    @admin_only
+    def on_set_raters(self, exp_id, text, request: gr.Request):
+        """Who may rate the experiment: ``everyone`` (or empty), or account names separated by commas
+        (``app.members``; audit-logged)."""
+        who = self.admin_of(request)
+        target = self._target(exp_id)
+        message = self.shown(lambda: members.set_raters(self.factory, who, target, members.parse_names(text)))
+        gr.Info(message)
+        return message, members.raters_text(self.factory, target)
+
+    def on_show_raters(self, exp_id, request: gr.Request):
+        """The raters field of the selected experiment; to an admin only (what a handler returns reaches a rater's
+        browser too, hidden tab or not)."""
+        who = self.who_of(request)
+        if not who.is_admin:
+            return gr.skip()
+        return self.shown(lambda: members.raters_text(self.factory, ui_admin.resolved_or_none(self.factory, exp_id)))
 
     @admin_only
     def on_build_export(self, exp_id, round_index, fmt, request: gr.Request):
@@ -306,6 +324,11 @@ def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callab
                                         elem_id="archive-experiment")
             dash_access = gr.Checkbox(label="Raters may see this experiment's dashboard (its plots can bias their "
                                             "ratings)", value=False, elem_id="dashboard-access")
+            with gr.Row():  # app.members: who rates this experiment (admins always may)
+                raters_box = gr.Textbox(label="Raters of this experiment: 'everyone', or account names separated by "
+                                              "commas (admins always may rate)", value=members.EVERYONE,
+                                        elem_id="experiment-raters")
+                raters_btn = gr.Button("Set raters", scale=0, min_width=140, elem_id="set-experiment-raters")
         ui_compare.build_rollback(services, exp_state, h.admin_of, h.shown,
                                   private=private)
         with gr.Accordion("Export", open=False):
@@ -408,6 +431,9 @@ def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callab
     retry_btn.click(h.on_retry, [exp_state, retry_id], [admin_result, admin_status, jobs_df, retry_id], **private)
     reopen_btn.click(h.on_reopen, [exp_state], [admin_result, admin_status, jobs_df], **private)
     dash_access.input(h.on_dash_access, [exp_state, dash_access], [admin_result], **private)
+    raters_btn.click(h.on_set_raters, [exp_state, raters_box], [admin_result, raters_box], **private)
+    admin_tab.select(h.on_show_raters, [exp_state], [raters_box], **private)
+    exp_state.change(h.on_show_raters, [exp_state], [raters_box], **private)
     x_build.click(h.on_build_export, [exp_state, x_round, x_format], [admin_result, x_link, exports_df],
                   concurrency_limit=1, concurrency_id="export", **private)
     pause_btn.click(h.on_pause, [exp_state], [admin_result, admin_status], **private)

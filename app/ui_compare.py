@@ -19,7 +19,7 @@ from typing import Any
 import gradio as gr
 from sqlalchemy import select
 
-from app import ab, ui_images
+from app import ab, members, ui_images
 from app.auth import Who
 from app.gradio_routes import admin_only
 from app.ui_rate import pick_experiment, png_data_uri, resolved_experiment_id
@@ -91,7 +91,10 @@ def pair_html(factory, data_dir, who: Who, experiment_id: int | None, kind: str)
     """The next pair of ``kind`` for this rater in the experiment (or a sentence saying there is none), recorded as
     shown to them (``comparisons.serve_pair``): a reload shows it again until they answer it."""
     with write_session(factory) as s:
-        experiment = pick_experiment(s, experiment_id)
+        try:
+            experiment = pick_experiment(s, experiment_id, who)  # one the rater may rate (app.members)
+        except members.NotARater as e:  # the sentence, and nothing recorded as shown
+            return f"<div class='cmp-root'><div class='cmp-empty' id='cmp-not-a-rater'>{html.escape(str(e))}</div></div>"
         if experiment is None:
             return "<div class='cmp-root'><div class='cmp-empty'>There is no experiment yet.</div></div>"
         if experiment.status == "finished":
@@ -130,7 +133,7 @@ def vote(factory, who: Who, experiment_id: int | None, kind: str, payload: dict[
     if isinstance(pair_id, bool) or not isinstance(pair_id, int) or not 1 <= pair_id <= MAX_ID:
         raise InvalidInput(f"a vote needs the pair's id, got {shown(pair_id)}")
     with write_session(factory) as s:
-        experiment = pick_experiment(s, experiment_id)  # the experiment the page shows pairs of (pair_html's rule)
+        experiment = pick_experiment(s, experiment_id, who)  # the experiment the page shows pairs of (pair_html's rule)
         pair = comparisons.get_pair(session=s, pair_id=pair_id)
         if experiment is None or pair.kind != kind or pair.experiment_id != experiment.id:
             raise InvalidInput(f"pair {pair_id} is not a {kind} pair of this experiment")

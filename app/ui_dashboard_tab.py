@@ -14,13 +14,14 @@ from typing import Any
 
 import gradio as gr
 
-from app import ui_admin, ui_compare, ui_dashboard, ui_rate, ui_taste
+from app import members, ui_admin, ui_compare, ui_dashboard, ui_rate, ui_taste
 from app.auth import Who
 
 
 def visible(factory, who: Who, exp_id: int | None) -> bool:
-    """Whether ``who`` may see the dashboard of experiment ``exp_id``."""
-    return who.is_admin or ui_admin.raters_see_dashboard(factory, exp_id)
+    """Whether ``who`` may see the dashboard of experiment ``exp_id``: an admin, or a rater of it (``app.members``)
+    where the experiment lets raters see it."""
+    return who.is_admin or (ui_admin.raters_see_dashboard(factory, exp_id) and members.may_rate_id(factory, who, exp_id))
 
 
 class DashboardHandlers:

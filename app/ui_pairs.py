@@ -144,7 +144,7 @@ def api_pair(factory, data_dir, who: Who, *, experiment: str = "") -> dict[str, 
     if experiment is not None and not isinstance(experiment, str):
         raise InvalidInput(f"the experiment name must be text (empty for the experiment being labeled), got {checks.shown(experiment)}")
     with read_session(factory) as s:
-        exp = ui_rate.experiment_by_name(s, experiment)
+        exp = ui_rate.experiment_by_name(s, experiment, who)  # one the rater may rate (app.members), or refused
         if exp is None:
             return {"experiment": None, "round": None, "pair": None,
                     "progress": pairwise.PairProgress(None, None, None).as_dict(), "message": "there is no experiment yet"}

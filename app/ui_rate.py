@@ -44,7 +44,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app import auto_close, experiment_options, repeats, storage, ui_images
+from app import auto_close, experiment_options, members, repeats, storage, ui_images
 from app.auth import Who
 from db import quality as db_quality
 from db import repo
@@ -69,11 +69,17 @@ class NotOffered(Conflict):
 # ---------------------------------------------------------------------------------------------
 
 
-def pick_experiment(session: Session, experiment_id: int | None = None) -> Experiment | None:
-    """``experiment_id``'s experiment, else the newest one with a round open for labeling, else the newest active one."""
+def pick_experiment(session: Session, experiment_id: int | None = None, who: Who | None = None) -> Experiment | None:
+    """``experiment_id``'s experiment, else the newest one with a round open for labeling, else the newest active one.
+    With ``who``: only an experiment they may rate (``app.members``): one named that they may not is refused
+    (``members.NotARater``), and the default is picked among those they may."""
     if experiment_id is not None:
-        return repo.get_experiment(session=session, experiment_id=experiment_id)
-    experiments = repo.list_experiments(session=session, archived=False)
+        experiment = repo.get_experiment(session=session, experiment_id=experiment_id)
+        if who is not None:
+            members.check(session, who, experiment.id)
+        return experiment
+    experiments = [e for e in repo.list_experiments(session=session, archived=False)
+                   if who is None or members.may_rate(session, who, e.id)]
     for exp in reversed(experiments):
         if repo.get_open_round(session=session, experiment_id=exp.id) is not None:
             return exp
@@ -92,11 +98,15 @@ def resolved_experiment_id(factory, experiment_id: int | None) -> int | None:
         return None if exp is None else exp.id
 
 
-def experiment_by_name(session: Session, name: str) -> Experiment | None:
+def experiment_by_name(session: Session, name: str, who: Who | None = None) -> Experiment | None:
+    """The experiment named ``name`` (empty: ``pick_experiment``'s default); with ``who``, one they may rate only."""
     name = (name or "").strip()
     if not name:
-        return pick_experiment(session)
-    return repo.get_experiment_by_name(session=session, name=name)
+        return pick_experiment(session, who=who)
+    experiment = repo.get_experiment_by_name(session=session, name=name)
+    if who is not None and experiment is not None:
+        members.check(session, who, experiment.id)
+    return experiment
 
 
 # ---------------------------------------------------------------------------------------------
@@ -631,7 +641,10 @@ def load_batch(factory, data_dir, who: Who, state_value: dict | None, *, batch_s
     """A fresh batch for the rater (of ``experiment_id``, or the experiment now being labeled)."""
     old = RateState.from_value(state_value)
     with write_session(factory) as s:
-        experiment = pick_experiment(s, experiment_id if experiment_id is not None else old.experiment_id)
+        wanted = experiment_id if experiment_id is not None else old.experiment_id
+        if experiment_id is None and isinstance(wanted, int) and not members.may_rate(s, who, wanted):
+            wanted = None  # the page's experiment is no longer one the rater may rate: the default instead
+        experiment = pick_experiment(s, wanted, who)  # one they may rate; one picked that they may not is refused
         state = RateState(experiment_id=experiment.id if experiment else None, ack=old.ack)
         round_ = repo.get_open_round(session=s, experiment_id=experiment.id) if experiment else None
         if round_ is not None:
@@ -708,6 +721,7 @@ def rate_in_session(session: Session, who: Who, image_id: int, score: int) -> in
 def _rate(session: Session, who: Who, image_id: int, score: int) -> tuple[int | None, bool]:
     """``rate_in_session``, and whether the score was a repeat's second score."""
     image, round_ = repo.lock_image_for_rating(session=session, image_id=image_id)  # checks, then insert: no race
+    members.check(session, who, round_.experiment_id)  # a rater the experiment does not list: refused, nothing saved
     if round_.status != "labeling":
         raise Conflict(f"round {round_.index} is closed for labeling (it is {round_.status}); image {image_id} was not rated")
     if image.kind != "query":
@@ -806,6 +820,7 @@ def skip(factory, data_dir, who: Who, state_value: dict | None, payload: dict[st
             raise Conflict(f"image {image_id} is not in your current batch; reload the page")
         with write_session(factory) as s:
             _, round_ = repo.lock_image_for_rating(session=s, image_id=image_id)  # as _rate: no undo or close between
+            members.check(s, who, round_.experiment_id)  # as _rate: a rater the experiment does not list
             rated = repo.find_rating(session=s, image_id=image_id, rater_id=who.rater_id) is not None
             again = rated and db_quality.find_repeat_offer(session=s, image_id=image_id, rater_id=who.rater_id) is not None
             if round_.status == "labeling" and (
@@ -848,6 +863,7 @@ def undo(factory, data_dir, who: Who, state_value: dict | None, *, batch_size: i
                 round_id = open_.id if open_ is not None else None
             if round_id is not None:
                 repo.lock_round(session=s, round_id=round_id)  # the round first, as every write that locks it
+                members.check(s, who, repo.get_round(session=s, round_id=round_id).experiment_id)
             undone = None if round_id is None else repo.undo_last(session=s, rater_id=who.rater_id, round_id=round_id)
             done = repo.round_progress(session=s, round_id=round_id, rater_id=who.rater_id) if (
                 undone is None and round_id is not None) else None
@@ -878,7 +894,7 @@ def undo(factory, data_dir, who: Who, state_value: dict | None, *, batch_size: i
                 state.batch.insert(0, image_id)
                 new_grid = True
     except (Conflict, NotFound) as e:
-        message = f"Cannot undo: {e}"
+        message = str(e) if isinstance(e, members.NotARater) else f"Cannot undo: {e}"
     with read_session(factory) as s:
         return _render(s, data_dir, state, who, new_grid=new_grid, message=message)
 
@@ -905,7 +921,7 @@ def api_batch(factory, data_dir, who: Who, *, limit: int, experiment: str = "", 
     if experiment is not None and not isinstance(experiment, str):
         raise InvalidInput(f"the experiment name must be text (empty for the experiment being labeled), got {shown(experiment)}")
     with write_session(factory) as s:  # handing images out leases them to the rater
-        exp = experiment_by_name(s, experiment)
+        exp = experiment_by_name(s, experiment, who)  # one the rater may rate (app.members), or refused
         if exp is None:
             return {"experiment": None, "round": None, "items": [], "progress": Progress(None, None, None).as_dict(),
                     "message": "there is no experiment yet"}

@@ -152,6 +152,9 @@ class Experiment(Base):
     archived_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # archived: finished and hidden from the selector
     # rater quality (migration 0004): z-score each rater's scores before the reward fit (app.quality.standardize)
     standardize_scores: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # migration 0015: False, every rater may rate it (the default, and every experiment made before 0015); True, only
+    # the accounts listed in experiment_raters (and admins) may
+    raters_limited: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     rounds: Mapped[list[Round]] = relationship(back_populates="experiment", order_by="Round.index")
 
@@ -493,6 +496,18 @@ class PairSkip(Base):
     pair_id: Mapped[int] = mapped_column(ForeignKey("comparison_pairs.id", ondelete="CASCADE"))
     rater_id: Mapped[int] = mapped_column(ForeignKey("raters.id", ondelete="CASCADE"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ExperimentRater(Base):
+    """An account that may rate an experiment whose raters are limited (``Experiment.raters_limited``; migration 0015).
+    Admins may rate every experiment whether listed or not (``app.members``)."""
+
+    __tablename__ = "experiment_raters"
+    __table_args__ = (Index(None, "rater_id"),)
+
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True)
+    rater_id: Mapped[int] = mapped_column(ForeignKey("raters.id", ondelete="CASCADE"), primary_key=True)
+    added_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class PairShow(Base):

@@ -182,7 +182,7 @@ def test_migration_0010_records_what_a_closed_round_wanted_and_older_rounds_are_
     finally:
         engine.dispose()
     migrate.downgrade(empty_db_url, "0009")
-    migrate.upgrade(empty_db_url, "0010")
+    migrate.upgrade(empty_db_url)  # through 0010 to head: the models read experiments.raters_limited (0015)
     engine = make_engine(empty_db_url)
     try:
         with read_session(session_factory(engine)) as s:  # closed before 0010 recorded it: counted live, as before 0010
@@ -420,5 +420,59 @@ def test_migration_0014_records_the_skip_a_score_took_back_and_older_steps_undo_
                                                                                              skipped=True)
             assert repo.find_rating(session=s, image_id=image, rater_id=rater) is None
             assert repo.find_skip(session=s, image_id=image, rater_id=rater) is not None
+    finally:
+        engine.dispose()
+
+
+def test_migration_0015_keeps_older_experiments_open_to_every_rater_and_downgrades_without_the_lists(empty_db_url):
+    """0015 adds experiments.raters_limited and experiment_raters (app.members). An experiment there at the upgrade,
+    with a rater and a rating, stays open to every rater; a list set after it is dropped by a downgrade to 0014,
+    which keeps the experiment, its rater and the rating."""
+    from db import members, repo
+    from db.engine import read_session, session_factory, write_session
+
+    migrate.upgrade(empty_db_url, "0014")
+    engine = make_engine(empty_db_url)
+    try:
+        # 0014's schema has no raters_limited (the models have it), so the rows are written with SQL
+        with engine.begin() as c:
+            c.exec_driver_sql("INSERT INTO experiments (id, name, model_spec, method, config, budgets, prompts, status, "
+                              "overlap, created_at, raters_see_dashboard, standardize_scores) VALUES "
+                              "(1, 'old', 'x', 'greedy', '{}', '[1]', '[\"p\"]', 'active', 1, '2026-11-30 00:00:00', "
+                              "false, false)")
+            c.exec_driver_sql("INSERT INTO raters (id, name, role, password_hash, created_at) VALUES "
+                              "(1, 'alice', 'rater', 'h', '2026-11-30 00:00:00'), (2, 'bob', 'rater', 'h', "
+                              "'2026-11-30 00:00:00')")
+    finally:
+        engine.dispose()
+    migrate.upgrade(empty_db_url)
+    assert _drift(empty_db_url) == []
+    engine = make_engine(empty_db_url)
+    try:
+        with read_session(session_factory(engine)) as s:
+            assert repo.get_experiment(session=s, experiment_id=1).raters_limited is False
+            assert members.rater_ids(session=s, experiment_id=1) is None
+            assert all(members.listed(session=s, experiment_id=1, rater_id=r) for r in (1, 2))
+        with write_session(session_factory(engine)) as s:
+            members.set_raters(session=s, experiment_id=1, rater_ids=[1])
+        with read_session(session_factory(engine)) as s:
+            assert [members.listed(session=s, experiment_id=1, rater_id=r) for r in (1, 2)] == [True, False]
+    finally:
+        engine.dispose()
+    migrate.downgrade(empty_db_url, "0014")
+    assert "experiment_raters" not in _tables(empty_db_url)
+    assert "raters_limited" not in {col["name"] for col in _columns(empty_db_url, "experiments")}
+    engine = make_engine(empty_db_url)
+    try:
+        with engine.connect() as c:
+            assert c.exec_driver_sql("SELECT id, name FROM experiments").all() == [(1, "old")]
+            assert c.exec_driver_sql("SELECT count(*) FROM raters").scalar() == 2
+    finally:
+        engine.dispose()
+    migrate.upgrade(empty_db_url)  # the lists start empty again: every experiment open to every rater
+    engine = make_engine(empty_db_url)
+    try:
+        with read_session(session_factory(engine)) as s:
+            assert members.rater_ids(session=s, experiment_id=1) is None
     finally:
         engine.dispose()

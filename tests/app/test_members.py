@@ -1,0 +1,209 @@
+"""Per-experiment raters (app.members, migration 0015): an experiment is open to every rater, or only to the accounts
+an admin lists; admins always may rate. Checked on the server on every route a rater reads or writes an experiment's
+items by: the page's handlers (the experiment selector, rate, skip, undo, the Pairs and Compare tabs, the dashboard)
+and the public API (next_batch, submit_rating, next_pair, submit_comparison). A rater not listed gets one sentence
+and nothing is written. The fixtures' world: experiment 'ui-exp' with an open round of 6 query images, overlap 1,
+raters alice and bob, admin root."""
+
+from __future__ import annotations
+
+import gradio as gr
+import pytest
+from sqlalchemy import func, select
+
+from app import auth, members, pairwise, ui, ui_admin, ui_compare, ui_dashboard_tab, ui_pairs, ui_rate
+from app.ui_rate_tab import RateHandlers
+from db import repo
+from db.engine import read_session, write_session
+from db.models import AuditEntry, ComparisonVote, ImageLease, PairSkip, Rating, Skip
+
+
+def sentence(world) -> str:
+    # the brief's wording, written out here rather than taken from the code
+    return f"You are not a rater of experiment {world.experiment_id}; an admin can add you."
+
+
+def who(world, name: str) -> auth.Who:
+    return auth.identify(world.factory, local_mode=False, username=name, client_host="127.0.0.1")
+
+
+def request(name: str) -> gr.Request:
+    return gr.Request(username=name, client={"host": "127.0.0.1", "port": 5000})
+
+
+def refusal(fn, *args, **kwargs) -> str:
+    with pytest.raises(gr.Error) as info:
+        fn(*args, **kwargs)
+    return info.value.message
+
+
+def rows(world, model, name: str | None = None) -> int:
+    """How many rows of ``model`` there are (of account ``name`` only, when given)."""
+    with read_session(world.factory) as s:
+        stmt = select(func.count()).select_from(model)
+        if name is not None:
+            stmt = stmt.where(model.rater_id == world.accounts[name])
+        return s.scalar(stmt)
+
+
+def only(world, *names: str) -> str:
+    return members.set_raters(world.factory, who(world, "root"), world.experiment_id, list(names))
+
+
+def everyone(world) -> str:
+    return members.set_raters(world.factory, who(world, "root"), world.experiment_id, None)
+
+
+def fns(world) -> tuple[dict, dict]:
+    """(the public API's functions by name, the page's handlers by name) of the app ``ui.build_demo`` builds."""
+    demo = ui.build_demo(world.services())
+    api = {fn.api_name: fn.fn for fn in demo.fns.values() if fn.api_name and fn.fn is not None}
+    page = {(fn.fn.__module__, fn.fn.__name__): fn.fn for fn in demo.fns.values() if fn.fn is not None}
+    return api, page
+
+
+def test_an_experiment_is_open_to_every_rater_until_an_admin_lists_its_raters(ui_world):
+    assert members.raters_text(ui_world.factory, ui_world.experiment_id) == "everyone"
+    api, _ = fns(ui_world)
+    for name in ("alice", "bob"):
+        assert api["next_batch"](1, "ui-exp", request(name))["items"]
+    message = only(ui_world, "alice")
+    assert "alice" in message and "ui-exp" in message
+    assert members.raters_text(ui_world.factory, ui_world.experiment_id) == "alice"
+    with read_session(ui_world.factory) as s:
+        entry = s.scalars(select(AuditEntry).where(AuditEntry.action == "experiment.raters")).one()
+        assert (entry.actor_name, entry.target) == ("root", f"experiment {ui_world.experiment_id}")
+
+
+def test_a_listed_rater_rates_through_the_page_and_the_api(ui_world):
+    only(ui_world, "alice")
+    api, _ = fns(ui_world)
+    batch = api["next_batch"](2, "ui-exp", request("alice"))
+    assert len(batch["items"]) == 2
+    assert api["submit_rating"](batch["items"][0]["image_id"], 7, request("alice"))["score"] == 7
+    view = ui_rate.load_batch(ui_world.factory, ui_world.settings.data_dir, who(ui_world, "alice"), None, batch_size=2,
+                              experiment_id=ui_world.experiment_id)
+    view = ui_rate.rate(ui_world.factory, ui_world.settings.data_dir, who(ui_world, "alice"), view.state,
+                        {"image_id": view.state["batch"][0], "score": 4}, batch_size=2)
+    assert view.message is None
+    assert rows(ui_world, Rating, "alice") == 2
+    # an admin is not listed and still rates
+    mine = api["next_batch"](1, "ui-exp", request("root"))["items"]
+    assert api["submit_rating"](mine[0]["image_id"], 3, request("root"))["score"] == 3
+
+
+def test_an_unlisted_rater_is_refused_on_every_route_and_nothing_is_written(ui_world):
+    world = ui_world
+    data_dir, exp = world.settings.data_dir, world.experiment_id
+    bob = who(world, "bob")
+    # bob rated one image while the experiment was open to everyone: his undo is refused below, the rating kept
+    rated = world.image_ids[0]
+    ui_rate.submit(world.factory, bob, rated, 5)
+    # a page of bob's from before he was taken off the list
+    state = ui_rate.load_batch(world.factory, data_dir, bob, None, batch_size=3, experiment_id=exp).state
+    assert state["batch"]
+    only(world, "alice")
+    with write_session(world.factory) as s:  # his page's leases given back, so that the counts below start clean
+        repo.release_leases(session=s, round_id=world.round_id, rater_id=bob.rater_id)
+    before = {model: rows(world, model) for model in (Rating, Skip, ImageLease, ComparisonVote, PairSkip)}
+    api, page = fns(world)
+
+    # the public API
+    assert refusal(api["next_batch"], 4, "ui-exp", request("bob")) == sentence(world)
+    assert refusal(api["submit_rating"], world.image_ids[1], 6, request("bob")) == sentence(world)
+    assert api["next_batch"](4, "", request("bob"))["items"] == []  # the default: none he may rate
+    # the page: the selector, and rate / skip / undo through the Rate tab's handlers
+    assert refusal(page[("app.ui", "on_experiment")], exp, None, request("bob")) == sentence(world)
+    warnings: list = []
+    handlers = RateHandlers(world.services(), lambda r: who(world, r.username), warnings.append)
+    card = state["batch"][0]
+    handlers.on_rate(state, gr.EventData(None, {"image_id": card, "score": 8, "seq": 1}), request("bob"))
+    handlers.on_skip(state, gr.EventData(None, {"image_id": card, "seq": 2}), request("bob"))
+    handlers.on_undo(state, gr.EventData(None, {"seq": 3}), request("bob"))
+    assert warnings == [sentence(world)] * 3
+    # a new batch on a page left on the experiment: the default (none he may rate), no lease
+    view = ui_rate.load_batch(world.factory, data_dir, bob, state, batch_size=3)
+    assert view.state["batch"] == [] and view.state["experiment_id"] is None
+    # the selector offers him nothing; alice and the admin see the experiment
+    assert ui_admin.experiment_choices(world.factory, bob) == []
+    assert [i for _, i in ui_admin.experiment_choices(world.factory, who(world, "alice"))] == [exp]
+    assert [i for _, i in ui_admin.experiment_choices(world.factory, who(world, "root"))] == [exp]
+    # the dashboard, even where the experiment lets raters see it
+    ui_admin.set_dashboard_access(world.factory, who(world, "root"), exp, True)
+    assert ui_dashboard_tab.visible(world.factory, who(world, "alice"), exp)
+    assert not ui_dashboard_tab.visible(world.factory, bob, exp)
+    # blind A/B (the Compare tab): the sentence instead of a pair, and a vote refused before anything is read
+    assert sentence(world) in ui_compare.pair_html(world.factory, data_dir, bob, exp, "ab")
+    with pytest.raises(members.NotARater, match=sentence(world)):
+        ui_compare.vote(world.factory, bob, exp, "ab", {"pair_id": 1, "choice": "a"})
+
+    after = {model: rows(world, model) for model in before}
+    assert after == before
+    with read_session(world.factory) as s:
+        assert repo.find_rating(session=s, image_id=rated, rater_id=bob.rater_id).score == 5  # the undo was refused
+
+
+def test_pair_votes_of_an_unlisted_rater_are_refused_on_the_page_and_the_api(ui_world):
+    world = ui_world
+    pairwise.set_feedback(world.factory, who(world, "root"), world.experiment_id, "pairs")
+    only(world, "alice")
+    api, _ = fns(world)
+    pair = api["next_pair"]("ui-exp", request("alice"))["pair"]
+    assert pair is not None
+    assert refusal(api["next_pair"], "ui-exp", request("bob")) == sentence(world)
+    for choice in ("a", "skip"):
+        assert refusal(api["submit_comparison"], pair["pair_id"], choice, request("bob")) == sentence(world)
+    page, message = ui_pairs.vote(world.factory, world.settings.data_dir, who(world, "bob"), world.experiment_id,
+                                  {"pair_id": pair["pair_id"], "choice": "b"})
+    assert message == sentence(world)
+    assert sentence(world) in ui_pairs.pair_view_html(world.factory, world.settings.data_dir, who(world, "bob"),
+                                                      world.experiment_id)
+    assert "data-pair-id" not in page
+    assert rows(world, ComparisonVote) == 0 and rows(world, PairSkip) == 0
+    assert api["submit_comparison"](pair["pair_id"], "a", request("alice"))["side"] == "left"
+    assert rows(world, ComparisonVote, "alice") == 1
+
+
+def test_switching_an_experiment_back_to_everyone_restores_access(ui_world):
+    only(ui_world, "alice")
+    api, _ = fns(ui_world)
+    assert refusal(api["next_batch"], 2, "ui-exp", request("bob")) == sentence(ui_world)
+    assert "Every rater" in everyone(ui_world)
+    assert members.raters_text(ui_world.factory, ui_world.experiment_id) == "everyone"
+    batch = api["next_batch"](2, "ui-exp", request("bob"))
+    assert api["submit_rating"](batch["items"][0]["image_id"], 9, request("bob"))["score"] == 9
+    assert rows(ui_world, Rating, "bob") == 1
+    with read_session(ui_world.factory) as s:
+        details = [e.detail for e in s.scalars(select(AuditEntry).where(AuditEntry.action == "experiment.raters")
+                                               .order_by(AuditEntry.id))]
+    assert details == [{"raters": ["alice"]}, {"raters": "everyone"}]
+
+
+def test_only_an_admin_sets_raters_and_an_unknown_account_changes_nothing(ui_world):
+    with pytest.raises(auth.AuthError):
+        members.set_raters(ui_world.factory, who(ui_world, "alice"), ui_world.experiment_id, ["alice"])
+    with pytest.raises(ValueError, match="no account named 'carol'"):
+        only(ui_world, "alice", "carol")
+    assert members.raters_text(ui_world.factory, ui_world.experiment_id) == "everyone"
+    assert members.parse_names(" everyone ") is None and members.parse_names("") is None
+    assert members.parse_names("alice, bob\nalice") == ["alice", "bob"]
+
+
+def test_the_admin_tab_and_the_command_line_set_raters(ui_world, capsys):
+    from app import cli_users
+    from app.__main__ import main
+
+    _, page = fns(ui_world)
+    on_set = page[("app.ui_admin_tab", "on_set_raters")]
+    with pytest.raises(gr.Error):
+        on_set(ui_world.experiment_id, "alice", request("bob"))
+    message, field = on_set(ui_world.experiment_id, "alice, bob", request("root"))
+    assert field == "alice, bob" and "alice, bob" in message
+    assert cli_users  # the command below runs through the module's main
+    db = ["--db-url", ui_world.settings.db_url, "--data-dir", str(ui_world.settings.data_dir)]
+    assert main(["users", "raters", "ui-exp", "bob", *db]) == 0
+    assert members.raters_text(ui_world.factory, ui_world.experiment_id) == "bob"
+    assert main(["users", "raters", str(ui_world.experiment_id), *db]) == 0
+    assert capsys.readouterr().out.strip().endswith(": bob")
+    assert main(["users", "raters", "ui-exp", "everyone", *db]) == 0
+    assert members.raters_text(ui_world.factory, ui_world.experiment_id) == "everyone"
