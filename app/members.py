@@ -21,6 +21,7 @@ from db.engine import read_session, write_session
 from db.errors import Conflict, InvalidInput, NotFound
 
 EVERYONE = "everyone"
+NONE_FOR_YOU = "There is no experiment you may rate yet; an admin can add you."
 
 
 class NotARater(Conflict):

@@ -595,6 +595,8 @@ def _cards(session: Session, data_dir, state: RateState, who: Who) -> list[Card]
 def _empty_message(session: Session, experiment: Experiment | None, who: Who) -> str:
     """What the page's empty grid and the API's empty batch say to ``who``: why nothing is handed to them."""
     if experiment is None:
+        if repo.list_experiments(session=session, archived=False):  # there are some, none the rater may rate
+            return members.NONE_FOR_YOU
         return "There is no experiment yet. An admin creates one on the Admin tab."
     if experiment.status == "finished":
         return (f"Experiment {experiment.name} is finished: it asks for no more ratings. Pick another "
@@ -923,8 +925,9 @@ def api_batch(factory, data_dir, who: Who, *, limit: int, experiment: str = "", 
     with write_session(factory) as s:  # handing images out leases them to the rater
         exp = experiment_by_name(s, experiment, who)  # one the rater may rate (app.members), or refused
         if exp is None:
+            none = members.NONE_FOR_YOU if repo.list_experiments(session=s, archived=False) else "there is no experiment yet"
             return {"experiment": None, "round": None, "items": [], "progress": Progress(None, None, None).as_dict(),
-                    "message": "there is no experiment yet"}
+                    "message": none}
         round_ = repo.get_open_round(session=s, experiment_id=exp.id)
         cap = lease_cap(s, round_, batch_size) if round_ is not None else None
         images = draw_batch(s, round_, who, limit, cap=cap) if round_ is not None else []

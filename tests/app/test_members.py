@@ -111,7 +111,8 @@ def test_an_unlisted_rater_is_refused_on_every_route_and_nothing_is_written(ui_w
     # the public API
     assert refusal(api["next_batch"], 4, "ui-exp", request("bob")) == sentence(world)
     assert refusal(api["submit_rating"], world.image_ids[1], 6, request("bob")) == sentence(world)
-    assert api["next_batch"](4, "", request("bob"))["items"] == []  # the default: none he may rate
+    default = api["next_batch"](4, "", request("bob"))  # the default: none he may rate
+    assert default["items"] == [] and default["message"] == "There is no experiment you may rate yet; an admin can add you."
     # the page: the selector, and rate / skip / undo through the Rate tab's handlers
     assert refusal(page[("app.ui", "on_experiment")], exp, None, request("bob")) == sentence(world)
     warnings: list = []
