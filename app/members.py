@@ -84,6 +84,10 @@ def set_raters(factory, who: Who | None, experiment_id: int, names: list[str] | 
         auth.audit(s, who, "experiment.raters", f"experiment {experiment_id}",
                    raters=EVERYONE if names is None else names)
         exp_name = experiment.name
+    # fewer accounts that may rate it want fewer ratings (db.repo.can_still_rate): its round may be complete now
+    from app import auto_close
+
+    auto_close.after_raters_changed(factory)
     if names is None:
         return f"Every rater may now rate experiment {exp_name!r}."
     if not names:

@@ -311,7 +311,7 @@ def own_repeats(session: Session, round_: Round, rater_id: int, *, counts: tuple
     pending = _handed_back(session, round_, pending)  # as "left for you"
     unwanted = 0
     if skipped:
-        enabled = repo.enabled_accounts(session)
+        enabled = repo.enabled_accounts(session, round_.experiment_id)  # those who may rate it (app.members)
         overlap = repo.get_experiment(session=session, experiment_id=round_.experiment_id).overlap
         unwanted = sum(1 for others_rated, others_skipped in skipped.values()
                        if others_rated < enabled - others_skipped <= overlap)

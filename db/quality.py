@@ -183,7 +183,8 @@ def skipped_repeats(*, session: Session, round_id: int, rater_id: int) -> dict[i
     rated_after = select(Rating.id).where(Rating.image_id == Skip.image_id, Rating.rater_id == Skip.rater_id)
     skipped = dict(session.execute(
         select(Skip.image_id, func.count(Skip.id)).join(Rater, Rater.id == Skip.rater_id)
-        .where(Skip.image_id.in_(images), Skip.rater_id != rater_id, repo.can_still_rate(),
+        .where(Skip.image_id.in_(images), Skip.rater_id != rater_id,
+               repo.can_still_rate(repo.get_round(session=session, round_id=round_id).experiment_id),
                ~rated_after.exists())
         .group_by(Skip.image_id)).all())
     return {i: (int(rated.get(i, 0)), int(skipped.get(i, 0))) for i in images}

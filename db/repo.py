@@ -1103,14 +1103,16 @@ def _labels_wanted(session: Session, round_id: int, kind: str | None, overlap: i
     (enabled accounts less those who skipped it and did not rate it after), never fewer than it has. An image every
     rater skipped (one skip, for a single person) no longer keeps the round from being complete: auto-close, the
     progress bar and the close question all read this (found by review, 3 Dec 2026; pairs: ``app.pairwise._wanted``)."""
+    experiment_id = get_round(session=session, round_id=round_id).experiment_id
     stmt = (select(Skip.image_id, func.count(Skip.id)).join(Rater, Rater.id == Skip.rater_id)
             .join(Image, Image.id == Skip.image_id)
-            .where(Image.round_id == round_id, can_still_rate(),
+            .where(Image.round_id == round_id, can_still_rate(experiment_id),
                    ~select(Rating.id).where(Rating.image_id == Skip.image_id, Rating.rater_id == Skip.rater_id).exists())
             .group_by(Skip.image_id))
     if kind is not None:
         stmt = stmt.where(Image.kind == kind)
-    return wanted_after_skips(session, counts, dict(session.execute(stmt).all()), overlap)
+    return wanted_after_skips(session, counts, dict(session.execute(stmt).all()), overlap,
+                              enabled=enabled_accounts(session, experiment_id))
 
 
 LOCAL_ADMIN_HASH = "!local-admin: no password; exists only while the app runs without accounts on localhost"
@@ -1118,20 +1120,34 @@ LOCAL_ADMIN_HASH = "!local-admin: no password; exists only while the app runs wi
 only while no account exists."""
 
 
-def can_still_rate() -> Any:
+def can_still_rate(experiment_id: Any = None) -> Any:
     """A where-clause on ``Rater``: the rater can still give labels. An enabled account; the local-mode admin only
     while no other account exists (once one does, local mode has ended and nobody can act as it; its row stays).
     Counting the leftover local admin kept a round short of ratings nobody could give, so it never completed
-    and auto-close never fired (found by review)."""
+    and auto-close never fired (found by review). With ``experiment_id``: and the rater may rate that experiment
+    (``may_rate_experiment``): a round of an experiment limited to two accounts wanted ratings from every account,
+    so it never completed either (found with migration 0015)."""
     other = aliased(Rater)
-    return and_(Rater.disabled_at.is_(None),
-                or_(Rater.password_hash != LOCAL_ADMIN_HASH,
-                    ~select(other.id).where(other.password_hash != LOCAL_ADMIN_HASH).exists()))
+    clause = and_(Rater.disabled_at.is_(None),
+                  or_(Rater.password_hash != LOCAL_ADMIN_HASH,
+                      ~select(other.id).where(other.password_hash != LOCAL_ADMIN_HASH).exists()))
+    return clause if experiment_id is None else and_(clause, may_rate_experiment(experiment_id))
 
 
-def enabled_accounts(session: Session) -> int:
-    """How many raters can still give labels (``can_still_rate``)."""
-    return session.scalar(select(func.count(Rater.id)).where(can_still_rate())) or 0
+def may_rate_experiment(experiment_id: Any) -> Any:
+    """A where-clause on ``Rater``: the rater may rate the experiment (migration 0015, ``app.members``): an admin,
+    any rater of an experiment open to every rater, or one listed for it."""
+    from db.models import ExperimentRater
+
+    limited = select(Experiment.id).where(Experiment.id == experiment_id, Experiment.raters_limited.is_(True))
+    listed = select(ExperimentRater.rater_id).where(ExperimentRater.experiment_id == experiment_id,
+                                                    ExperimentRater.rater_id == Rater.id)
+    return or_(Rater.role == "admin", ~limited.exists(), listed.exists())
+
+
+def enabled_accounts(session: Session, experiment_id: Any = None) -> int:
+    """How many raters can still give labels (``can_still_rate``; of experiment ``experiment_id``, when given)."""
+    return session.scalar(select(func.count(Rater.id)).where(can_still_rate(experiment_id))) or 0
 
 
 def wanted_after_skips(session: Session, counts: dict[int, int], skipped: dict[int, int], overlap: int, *,
@@ -1151,11 +1167,12 @@ def pair_votes_wanted(session: Session, round_: Round, counts: dict[int, int], o
     skipped = dict(session.execute(
         select(PairSkip.pair_id, func.count(PairSkip.id)).join(Rater, Rater.id == PairSkip.rater_id)
         .join(ComparisonPair, ComparisonPair.id == PairSkip.pair_id)
-        .where(ComparisonPair.round_id == round_.id, ComparisonPair.kind == "preference", can_still_rate(),
+        .where(ComparisonPair.round_id == round_.id, ComparisonPair.kind == "preference",
+               can_still_rate(round_.experiment_id),
                ~select(ComparisonVote.id).where(ComparisonVote.pair_id == PairSkip.pair_id,
                                                 ComparisonVote.rater_id == PairSkip.rater_id).exists())
         .group_by(PairSkip.pair_id)).all())
-    return wanted_after_skips(session, counts, skipped, overlap)
+    return wanted_after_skips(session, counts, skipped, overlap, enabled=enabled_accounts(session, round_.experiment_id))
 
 
 def wanted_now(session: Session, round_: Round) -> dict[str, int]:
@@ -1365,10 +1382,10 @@ def round_rating_stats(*, session: Session, experiment_id: int, kind: str | None
     skipped = dict(session.execute(
         select(Skip.image_id, func.count(Skip.id)).join(Rater, Rater.id == Skip.rater_id)
         .join(Image, Image.id == Skip.image_id).join(Round, Round.id == Image.round_id)
-        .where(*image_filter, can_still_rate(),
+        .where(*image_filter, can_still_rate(experiment_id),
                ~select(Rating.id).where(Rating.image_id == Skip.image_id, Rating.rater_id == Skip.rater_id).exists())
         .group_by(Skip.image_id)).tuples().all())
-    enabled = enabled_accounts(session)
+    enabled = enabled_accounts(session, experiment_id)
     stats = []
     for round_ in list_rounds(session=session, experiment_id=experiment_id):
         n_rated, n_ratings, mean = aggregates.get(round_.id, (0, 0, None))

@@ -208,3 +208,22 @@ def test_the_admin_tab_and_the_command_line_set_raters(ui_world, capsys):
     assert capsys.readouterr().out.strip().endswith(": bob")
     assert main(["users", "raters", "ui-exp", "everyone", *db]) == 0
     assert members.raters_text(ui_world.factory, ui_world.experiment_id) == "everyone"
+
+
+def test_a_round_wants_ratings_only_from_the_accounts_that_may_rate_it(ui_world_factory):
+    """Overlap 3 with only alice listed: alice and the admin may rate, so each of the 6 images wants 2 ratings
+    (it wanted 3 from the 3 accounts, more than its raters could give, so the round never completed)."""
+    world = ui_world_factory(overlap=3)
+
+    def wanted() -> int:
+        with read_session(world.factory) as s:
+            return repo.round_progress(session=s, round_id=world.round_id, kind="query").labels_wanted
+
+    n = len(world.image_ids)
+    assert wanted() == n * min(3, 3)  # alice, bob, root
+    only(world, "alice")
+    assert wanted() == n * min(3, 2)  # alice, root
+    only(world, "alice", "bob")
+    assert wanted() == n * min(3, 3)
+    everyone(world)
+    assert wanted() == n * 3
