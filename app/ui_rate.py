@@ -371,13 +371,14 @@ def _rater_order(rater_id: int, image_id: int) -> str:
 
 def lease_cap(session: Session, round_: Round, batch_size: int) -> int:
     """How many live leases one rater may hold in ``round_`` at a time (``draw_batch``): their fair share of the
-    round's ratings, ceil(query images x overlap / accounts that can still rate), and never fewer than the rating
+    round's ratings, ceil(query images x overlap / accounts that can still rate it: ``repo.can_still_rate`` of its
+    experiment), and never fewer than the rating
     page's ``batch_size``. Alone on a round a rater may so hold all of it; with others, one ``next_batch(64)`` no
     longer reserves a whole round of 32 images for 10 minutes while every other rater is told the images are being
     rated by someone else (found by the fourth review)."""
     images = repo.count_images(session=session, round_id=round_.id, kind="query")
     overlap = repo.get_experiment(session=session, experiment_id=round_.experiment_id).overlap
-    raters = max(1, repo.enabled_accounts(session))
+    raters = max(1, repo.enabled_accounts(session, round_.experiment_id))  # those who may rate this experiment
     return max(batch_size, -(-images * overlap // raters))
 
 

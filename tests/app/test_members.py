@@ -227,3 +227,17 @@ def test_a_round_wants_ratings_only_from_the_accounts_that_may_rate_it(ui_world_
     assert wanted() == n * min(3, 3)
     everyone(world)
     assert wanted() == n * 3
+
+
+def test_a_raters_share_of_a_rounds_leases_counts_only_the_accounts_that_may_rate_it(ui_world):
+    """The lease cap (one rater's fair share of a round, ceil(images x overlap / raters)) counted every enabled
+    account: on an experiment limited to alice, she and the admin are the only ones who can rate, so each may hold
+    half of the 6 images, not a third (the two fourth-review fixes met on main)."""
+    with read_session(ui_world.factory) as s:
+        round_ = repo.get_open_round(session=s, experiment_id=ui_world.experiment_id)
+        assert ui_rate.lease_cap(s, round_, batch_size=1) == 2  # 6 images / root, alice, bob
+    only(ui_world, "alice")
+    with read_session(ui_world.factory) as s:
+        round_ = repo.get_open_round(session=s, experiment_id=ui_world.experiment_id)
+        assert ui_rate.lease_cap(s, round_, batch_size=1) == 3  # 6 / root, alice
+        assert ui_rate.lease_cap(s, round_, batch_size=4) == 4  # never fewer than the page's batch
