@@ -68,9 +68,12 @@ def scores(mode: str, preds: torch.Tensor) -> torch.Tensor:
 def half_ranks(x: np.ndarray) -> np.ndarray:
     """Twice each value's rank among ``x`` (0 = lowest), tied values sharing their average rank: whole numbers, so
     that sums of ranks that are equal compare equal (as fractions ``k / (m - 1)`` they may differ in the last bit)."""
-    below = (x[None, :] < x[:, None]).sum(axis=1)
-    equal = (x[None, :] == x[:, None]).sum(axis=1)
-    return 2 * below + equal - 1
+    # from one sort, O(m log m): the m x m comparison matrices it was built from made spread's picks roughly cubic
+    # in the candidates (140 s for 4096 of them: fourth review)
+    ordered = np.sort(x)
+    below = np.searchsorted(ordered, x, "left")  # values strictly below
+    upto = np.searchsorted(ordered, x, "right")  # values below or equal
+    return 2 * below + (upto - below) - 1
 
 
 def spread_order(score: list[float], emb: np.ndarray, chosen: list[int], n_pick: int) -> list[int]:
@@ -81,17 +84,20 @@ def spread_order(score: list[float], emb: np.ndarray, chosen: list[int], n_pick:
     nearest = np.full(len(s), np.inf)
     for c in chosen:
         nearest = np.minimum(nearest, np.linalg.norm(unit - unit[c], axis=1))
-    already = set(chosen)
-    left = [i for i in range(len(s)) if i not in already]
+    remaining = np.ones(len(s), dtype=bool)
+    remaining[list(chosen)] = False
     picks: list[int] = []
     for _ in range(n_pick):
-        rest = np.asarray(left)
+        rest = np.flatnonzero(remaining)  # ascending indices
         total = half_ranks(s[rest]) + half_ranks(nearest[rest])  # both ranks share the scale: whole numbers compare exactly
-        best = min(range(len(rest)), key=lambda j: (-total[j], -s[rest[j]], rest[j]))
-        pick = int(rest[best])
+        # the largest total, then the higher score, then the lower index (rest is ascending: the first of the ties)
+        best = total == total.max()
+        score_best = s[rest] == s[rest][best].max()
+        pick = int(rest[np.flatnonzero(best & score_best)[0]])
         picks.append(pick)
-        left.remove(pick)
-        nearest = np.minimum(nearest, np.linalg.norm(unit - unit[pick], axis=1))
+        remaining[pick] = False
+        left = np.flatnonzero(remaining)  # only the candidates still in play need their nearest distance
+        nearest[left] = np.minimum(nearest[left], np.linalg.norm(unit[left] - unit[pick], axis=1))
     return picks
 
 
