@@ -870,8 +870,9 @@ class Worker:
             parts = self._parts(model_spec)
             adapter = self._use_adapter(parts, this)
             sample_started = time.monotonic()
+            # uint8 (what the PNGs store): a quarter of float32's host memory for sd15's thousands of candidates
             images, emb = generate_batch(parts, adapter, [p for p, _ in query], [s for _, s in query], cfg,
-                                         on_progress=progress.callback("sample_query"))
+                                         on_progress=progress.callback("sample_query"), as_uint8=True)
             sample_wall_s = round(time.monotonic() - sample_started, 3)
             if not query_done:
                 reward_dir = storage.resolve(self.settings.data_dir, storage.reward_path(experiment_id, k)) if k else None
@@ -1003,7 +1004,7 @@ class Worker:
                         report(offset + step, len(render) * steps, metrics)  # this claim's whole rendering
 
                     images, emb = generate_batch(parts, adapter, [p for p, _ in cells], [sd for _, sd in cells], cfg,
-                                                 on_progress=on_progress)
+                                                 on_progress=on_progress, as_uint8=True)
                     rows = self._store_images(images, emb, cells, "eval")
                     rendered += len(cells)
                 else:

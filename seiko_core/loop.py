@@ -21,7 +21,7 @@ from .features import embed_images, embed_images_batched
 from .finetune import FinetuneResult, finetune
 from .optimism import LinearUCB, fit_bonus, optimistic_reward, thompson_draw
 from .reward import RewardEnsemble, fit_reward
-from .sampling import sample
+from .sampling import quantize, sample_batches
 
 ProgressFn = Callable[[int, int, dict], None]
 
@@ -38,21 +38,58 @@ def round_prompts(cfg: SeikoConfig, n: int, seed: int) -> list[str]:
     return picks
 
 
+EMBED_CHUNK = 64  # embed_images_batched's chunk: images are embedded in these groups, as the whole set once was
+
+
 @torch.no_grad()
 def generate_batch(parts, adapter: str | None, prompts: list[str], seeds: list[int], cfg: SeikoConfig,
-                   on_progress: ProgressFn | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (B, 3, H, W) in [0, 1] from round ``adapter``'s model (None: the base) and their embeddings (B, D)."""
+                   on_progress: ProgressFn | None = None, *, as_uint8: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (B, 3, H, W) in [0, 1] from round ``adapter``'s model (None: the base) and their embeddings (B, D).
+
+    With ``as_uint8`` the images come back as the uint8 pixels a PNG stores (``sampling.quantize``), a quarter of
+    the host memory. Each sampling batch is embedded as it comes out (in the same groups of ``EMBED_CHUNK`` from the
+    start as embedding the whole set at once, so the same embeddings), and only one chunk at a time goes to the
+    device: the whole round used to go to the device in one piece (48 GiB float32 at sd15's round 3) and be held
+    twice as float32 on the host (fourth review)."""
+    if not prompts:
+        raise ValueError("no prompts were given, so there are no images to generate")
     lora.activate(parts.unet, adapter)
     sc = cfg.sampling
-    images = sample(parts, prompts, seeds, steps=sc.steps, guidance=sc.guidance, eta=sc.eta, batch_size=sc.batch_size,
-                    on_progress=on_progress)
-    embeddings = embed_images_batched(parts, images.to(parts.device)).cpu()
-    # nothing non-finite is published for people to rate (a damaged adapter or model drew black images: review)
-    for what, values in (("images", images), ("image embeddings", embeddings)):
-        if not torch.isfinite(values).all():
-            bad = int((~torch.isfinite(values.reshape(len(values), -1))).any(dim=1).sum())
+    n = len(prompts)
+    images = embeddings = None
+    pending: list[torch.Tensor] = []  # decoded float batches not yet embedded (fewer than EMBED_CHUNK images)
+    filled = bad_images = bad_embeddings = 0
+
+    def flush(final: bool) -> None:
+        nonlocal images, embeddings, pending, filled, bad_images, bad_embeddings
+        ready = torch.cat(pending) if len(pending) > 1 else pending[0]
+        take = len(ready) if final else len(ready) // EMBED_CHUNK * EMBED_CHUNK
+        if take == 0:
+            return
+        part, rest = ready[:take], ready[take:]
+        emb = embed_images_batched(parts, part, batch_size=EMBED_CHUNK)  # chunk by chunk to the device; back on host
+        if images is None:
+            images = torch.empty((n, *part.shape[1:]), dtype=torch.uint8 if as_uint8 else part.dtype)
+            embeddings = torch.empty((n, emb.shape[1]), dtype=emb.dtype)
+        # nothing non-finite is published for people to rate (a damaged adapter or model drew black images: review)
+        bad_images += int((~torch.isfinite(part.reshape(take, -1))).any(dim=1).sum())
+        bad_embeddings += int((~torch.isfinite(emb)).any(dim=1).sum())
+        images[filled:filled + take] = quantize(part) if as_uint8 else part
+        embeddings[filled:filled + take] = emb
+        filled += take
+        pending = [rest] if len(rest) else []
+
+    for batch in sample_batches(parts, prompts, seeds, steps=sc.steps, guidance=sc.guidance, eta=sc.eta,
+                                batch_size=sc.batch_size, on_progress=on_progress):
+        pending.append(batch)
+        if sum(len(b) for b in pending) >= EMBED_CHUNK:
+            flush(final=False)
+    if pending:
+        flush(final=True)
+    for what, bad in (("images", bad_images), ("image embeddings", bad_embeddings)):
+        if bad:
             source = "the base model" if adapter is None else f"adapter {adapter!r}"
-            raise ValueError(f"{bad} of the {len(values)} {what} drawn with {source} are not finite numbers: the "
+            raise ValueError(f"{bad} of the {n} {what} drawn with {source} are not finite numbers: the "
                              "model's or the adapter's weights are damaged; nothing was saved")
     return images, embeddings
 
@@ -145,7 +182,8 @@ def train_round(parts, embeddings: torch.Tensor, scores: torch.Tensor | None, cf
 @torch.no_grad()
 def predicted_reward(parts, ensemble: RewardEnsemble, images: torch.Tensor) -> tuple[float, float]:
     """(mean prediction over images and heads, mean across-head std) of the ensemble on ``images``."""
-    return predicted_reward_of_embeddings(ensemble, embed_images_batched(parts, images.to(parts.device)))
+    # the images stay where they are: embed_images_batched sends one chunk at a time to the device (fourth review)
+    return predicted_reward_of_embeddings(ensemble, embed_images_batched(parts, images))
 
 
 @torch.no_grad()

@@ -197,35 +197,61 @@ def decode(parts, latents: torch.Tensor) -> torch.Tensor:
 def sample(parts, prompts: list[str], seeds: list[int], *, steps: int = 50, guidance: float = 7.5, eta: float = 1.0,
            batch_size: int = 16, on_progress: ProgressFn | None = None) -> torch.Tensor:
     """Images (B, 3, H, W) in [0, 1] for ``prompts`` with one seed each; the same seed gives the same image."""
+    return torch.cat(list(sample_batches(parts, prompts, seeds, steps=steps, guidance=guidance, eta=eta,
+                                         batch_size=batch_size, on_progress=on_progress)))
+
+
+def sample_batches(parts, prompts: list[str], seeds: list[int], *, steps: int = 50, guidance: float = 7.5,
+                   eta: float = 1.0, batch_size: int = 16, on_progress: ProgressFn | None = None):
+    """:func:`sample`'s images one sampling batch at a time, float32 (b, 3, H, W) on the host, as they are decoded:
+    a caller that turns each batch into what it keeps (embeddings, uint8 pixels) never holds the whole set as float."""
     if len(prompts) != len(seeds):
         raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt")
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     sched = DDIMSchedule.from_scheduler(parts.scheduler, steps)
     dev = DeviceSchedule.of(sched, eta, parts.device)
-    out = []
+    return _sample_batches(parts, prompts, seeds, sched, dev, steps=steps, guidance=guidance, eta=eta,
+                           batch_size=batch_size, on_progress=on_progress)
+
+
+def _sample_batches(parts, prompts, seeds, sched, dev, *, steps, guidance, eta, batch_size, on_progress):
     total = len(prompts) * steps
     done = 0
     for lo in range(0, len(prompts), batch_size):
-        p, s = prompts[lo:lo + batch_size], seeds[lo:lo + batch_size]
-        cond, uncond = encode_prompts(parts, p)
-        z = trajectory_noise(parts, SeedNoise(s, parts.device, parts.dtype), steps, eta)
-        x = z[0]
-        for i in range(len(dev)):
-            a, ap, sigma = dev.alpha[i], dev.alpha_prev[i], dev.sigma[i]
-            eps = model_eps(parts.unet, x, dev.timesteps[i], cond, uncond, guidance, a, sched.prediction_type)
-            mean = ddim_mean(x, eps, a, ap, sigma)
-            x = mean + sigma * z[i + 1] if eta > 0 else mean
-            done += len(p)
-            if on_progress is not None:
-                on_progress(done, total, {"phase": "sample"})
-        out.append(decode(parts, x).float().cpu())
-    return torch.cat(out)
+        images = _sample_one_batch(parts, prompts[lo:lo + batch_size], seeds[lo:lo + batch_size], sched, dev,
+                                   steps=steps, guidance=guidance, eta=eta, on_progress=on_progress, done=done,
+                                   total=total)
+        done += len(images) * len(dev)
+        yield images  # outside no_grad: the caller's code between batches runs in its own grad mode
+
+
+@torch.no_grad()
+def _sample_one_batch(parts, p, s, sched, dev, *, steps, guidance, eta, on_progress, done, total):
+    cond, uncond = encode_prompts(parts, p)
+    z = trajectory_noise(parts, SeedNoise(s, parts.device, parts.dtype), steps, eta)
+    x = z[0]
+    for i in range(len(dev)):
+        a, ap, sigma = dev.alpha[i], dev.alpha_prev[i], dev.sigma[i]
+        eps = model_eps(parts.unet, x, dev.timesteps[i], cond, uncond, guidance, a, sched.prediction_type)
+        mean = ddim_mean(x, eps, a, ap, sigma)
+        x = mean + sigma * z[i + 1] if eta > 0 else mean
+        done += len(p)
+        if on_progress is not None:
+            on_progress(done, total, {"phase": "sample"})
+    return decode(parts, x).float().cpu()
+
+
+def quantize(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) float in [0, 1] -> uint8 (B, 3, H, W), the pixels a PNG stores; uint8 input is returned as is."""
+    if images.dtype == torch.uint8:
+        return images
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 def to_uint8(images: torch.Tensor):
-    """(B, 3, H, W) float in [0, 1] -> numpy uint8 (B, H, W, 3)."""
-    return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    """(B, 3, H, W) float in [0, 1] (or uint8 from :func:`quantize`) -> numpy uint8 (B, H, W, 3)."""
+    return quantize(images).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def grid(images: torch.Tensor, cols: int | None = None, scale: int = 4, pad: int = 2):

@@ -96,7 +96,7 @@ def test_a_running_eval_job_stops_cleanly_when_its_experiment_is_finished(ui_wor
     monkeypatch.setattr(worker, "_use_adapter", lambda parts, round_: None)
     calls = []
 
-    def render(parts, adapter, prompts, seeds, cfg, on_progress=None):
+    def render(parts, adapter, prompts, seeds, cfg, on_progress=None, as_uint8=False):
         calls.append(list(seeds))
         with write_session(ui_world.factory) as s:  # the admin finishes the experiment while the chunk renders
             repo.finish_experiment(session=s, experiment_id=ui_world.experiment_id)

@@ -186,8 +186,8 @@ def test_non_finite_images_are_not_published(random_parts, monkeypatch):
     from seiko_core import loop
     from seiko_core.config import SeikoConfig
 
-    monkeypatch.setattr(loop, "sample", lambda parts, prompts, seeds, **kw: torch.full((len(prompts), 3, 32, 32),
-                                                                                       float("nan")))
+    monkeypatch.setattr(loop, "sample_batches", lambda parts, prompts, seeds, **kw: iter([torch.full(
+        (len(prompts), 3, 32, 32), float("nan"))]))
     with pytest.raises(ValueError, match=r"^2 of the 2 images drawn with the base model are not finite numbers"):
         loop.generate_batch(random_parts, None, ["a", "b"], [0, 1], SeikoConfig())
 
