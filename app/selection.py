@@ -114,6 +114,10 @@ def choose(mode: str, n_show: int, n_candidates: int, *, seed: int, preds: torch
     if preds.shape[0] != n_candidates:
         raise ValueError(f"{preds.shape[0]} predictions for {n_candidates} candidates")
     s = scores(mode, preds.detach().to("cpu", torch.float64)).tolist()
+    if any(math.isnan(v) for v in s):  # no order to rank them by (spread's pick found no best and failed obscurely)
+        bad = sum(1 for v in s if math.isnan(v))
+        raise ValueError(f"the reward model scored {bad} of the {n_candidates} candidates as not a number, so they "
+                         "cannot be ranked: its weights or the images' embeddings are damaged; nothing was shown")
     by_score = sorted(range(n_candidates), key=lambda i: (-s[i], i))
     n_honest = honest_count(honest_share, n_show)
     honest = perm[:n_honest]

@@ -80,6 +80,19 @@ def test_choose_spread_seeded_case_unchanged():
     assert ranks == SEEDED_RANKS
 
 
+def test_a_score_that_is_not_a_number_is_refused_in_one_sentence():
+    preds = torch.zeros(6, 2, dtype=torch.float64)
+    preds[2] = float("nan")
+    for mode in ("spread", "optimistic", "uncertainty"):
+        try:
+            selection.choose(mode, 3, 6, seed=0, preds=preds, emb=torch.eye(6))
+        except ValueError as refused:
+            assert str(refused).startswith("the reward model scored 1 of the 6 candidates as not a number")
+            assert "\n" not in str(refused)
+        else:
+            raise AssertionError(f"{mode}: a NaN score was ranked")
+
+
 SEEDED_SHOWN = [1, 9, 11, 13, 15, 16, 17, 18, 19, 20, 21, 22, 23, 25, 26, 28, 30, 32, 34, 37]
 SEEDED_RANKS = [29, 10, 38, 40, 26, 24, 27, 36, 30, 19, 22, 9, 21, 17, 28, 8, 12, 4, 7, 6, 5, 15, 11, 1, 37, 16, 20, 32, 18,
                 23, 3, 35, 2, 25, 14, 31, 33, 13, 39, 34]
