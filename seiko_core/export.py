@@ -339,7 +339,10 @@ def load_base_pipeline(base_model: str | Path, *, device: str | torch.device = "
 
     try:
         name, local = resolve_spec(str(base_model))
-        pipe = _load_pretrained(StableDiffusionPipeline.from_pretrained, name, local, "Model", use_safetensors=True)
+        # no safety checker, as load_model and the export check load it: the worker's hub download skips that folder,
+        # so asking for it here fetched 1.2 GB more (and shipped it in the merged model) or, offline, failed
+        pipe = _load_pretrained(StableDiffusionPipeline.from_pretrained, name, local, "Model", safety_checker=None,
+                                requires_safety_checker=False, use_safetensors=True)
     except ModelLoadError as exc:
         raise ExportError(str(exc)) from exc
     pipe.set_progress_bar_config(disable=True)

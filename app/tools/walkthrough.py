@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         from diffusers import StableDiffusionPipeline
 
         # safetensors only, here too: a model with pickled (.bin) weights is refused, not unpickled
-        pipe = StableDiffusionPipeline.from_pretrained(model, local_files_only=True, use_safetensors=True)
+        pipe = StableDiffusionPipeline.from_pretrained(model, local_files_only=True, use_safetensors=True,
+                                                       safety_checker=None, requires_safety_checker=False)
         pipe.load_lora_weights(str(out), use_safetensors=True)
         img = pipe(["a shape"] * 4, num_inference_steps=20, guidance_scale=7.5, eta=1.0,
                    generator=[torch.Generator().manual_seed(s) for s in range(4)]).images

@@ -627,3 +627,40 @@ def test_a_ratings_file_added_after_the_export_is_refused_not_read(tmp_path, nam
     with pytest.raises(CheckpointError, match=rf"{name}' is not in the export's manifest: it was added after the export"):
         reader(res.path)
     assert len(core.read_ratings_dataset(res.path)) == 1  # the export's own files still read
+
+
+def test_a_merged_export_of_a_base_listing_a_safety_checker_without_weights_loads_offline_in_stock_diffusers(
+        random_model_dir, adapter_dir, tmp_path, monkeypatch):
+    """What the worker leaves in the hub cache for SD 1.5: a model_index.json naming a safety_checker whose folder has
+    a config but no weights (load_model passes safety_checker=None, so diffusers never downloads them). The merged
+    export's loader asked for the checker: offline it failed ("no file named model.safetensors ... safety_checker"),
+    online it fetched 1.2 GB more and shipped it in the merged model (found by review, 5 Dec 2026). Now the export is
+    written without a checker, and stock ``from_pretrained(export)`` with no arguments loads it offline."""
+    import shutil
+
+    from seiko_core.models import load_model
+
+    base = tmp_path / "sd-with-checker-entry"
+    shutil.copytree(random_model_dir, base)
+    index = json.loads((base / "model_index.json").read_text())
+    index["safety_checker"] = ["stable_diffusion", "StableDiffusionSafetyChecker"]
+    (base / "model_index.json").write_text(json.dumps(index))
+    (base / "safety_checker").mkdir()
+    (base / "safety_checker" / "config.json").write_text(json.dumps({
+        "architectures": ["StableDiffusionSafetyChecker"], "model_type": "clip", "projection_dim": 8,
+        "text_config": {"hidden_size": 8, "intermediate_size": 16, "num_attention_heads": 2, "num_hidden_layers": 1,
+                        "vocab_size": 100},
+        "vision_config": {"hidden_size": 8, "intermediate_size": 16, "num_attention_heads": 2, "num_hidden_layers": 1,
+                          "image_size": 32, "patch_size": 16}}))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert load_model(str(base), device="cpu").pipeline.safety_checker is None  # the worker loads this base
+    res = export_merged_pipeline(base, adapter_dir, tmp_path / "merged")
+    manifest = verify(res.path)
+    assert not (res.path / "safety_checker").exists()
+    assert not [f for f in manifest["files"] if f.startswith("safety_checker/")]
+    saved = json.loads((res.path / "model_index.json").read_text())
+    assert saved.get("safety_checker") in (None, [None, None]), saved
+    merged = stock(res.path)  # stock diffusers, no safety_checker argument, local files only
+    assert merged.safety_checker is None and lora_keys(merged.unet) == []
+    torch.testing.assert_close(unet_out(merged.unet), unet_out(stock(export_merged_pipeline(
+        random_model_dir, adapter_dir, tmp_path / "merged-plain").path).unet), rtol=0, atol=0)
