@@ -675,6 +675,12 @@ def poll(factory, data_dir, who: Who, state_value: dict | None, *, batch_size: i
     """The rating tab's timer: a new batch when the rater has none and images are waiting, else None."""
     state = RateState.from_value(state_value)
     with read_session(factory) as s:
+        removed = isinstance(state.experiment_id, int) and not members.may_rate(s, who, state.experiment_id)
+    if removed:
+        # the rater was taken off the page's experiment: the page moves to one they may rate (load_batch's default),
+        # where every tick redrew the old experiment's progress counts (found by the fourth review)
+        return load_batch(factory, data_dir, who, state_value, batch_size=batch_size)
+    with read_session(factory) as s:
         experiment = pick_experiment(s, state.experiment_id)
         round_ = repo.get_open_round(session=s, experiment_id=experiment.id) if experiment else None
         if state.batch and round_ is not None and round_.id == state.round_id:

@@ -241,3 +241,20 @@ def test_a_raters_share_of_a_rounds_leases_counts_only_the_accounts_that_may_rat
         round_ = repo.get_open_round(session=s, experiment_id=ui_world.experiment_id)
         assert ui_rate.lease_cap(s, round_, batch_size=1) == 3  # 6 / root, alice
         assert ui_rate.lease_cap(s, round_, batch_size=4) == 4  # never fewer than the page's batch
+
+
+def test_a_waiting_page_of_a_rater_taken_off_its_experiment_moves_on_instead_of_redrawing_its_progress(ui_world):
+    """The rating page's timer redrew the progress counts of an experiment its rater had just been taken off, on every
+    tick, until the page picked another (found by the fourth review). The tick now moves the page as a fresh load
+    does: to an experiment the rater may rate, here none."""
+    with write_session(ui_world.factory) as s:
+        repo.set_round_status(session=s, round_id=ui_world.round_id, status="training")  # a page waiting for images
+    alice = who(ui_world, "alice")
+    page = ui_rate.load_batch(ui_world.factory, ui_world.settings.data_dir, alice, None, batch_size=4)
+    assert page.state["experiment_id"] == ui_world.experiment_id
+    tick = ui_rate.poll(ui_world.factory, ui_world.settings.data_dir, alice, page.state, batch_size=4)
+    assert tick.keep_state and "no round is open" in tick.progress  # waiting on ui-exp, as before
+    only(ui_world, "bob")
+    tick = ui_rate.poll(ui_world.factory, ui_world.settings.data_dir, alice, page.state, batch_size=4)
+    assert not tick.keep_state and tick.state["experiment_id"] is None, tick.state
+    assert "no round is open" not in tick.progress and "There is no experiment you may rate yet" in tick.grid + tick.progress
