@@ -589,6 +589,28 @@ def test_file_uploads_are_not_answered_even_signed_in(served):
             assert r.status_code == 404 and r.text == "This app takes no file uploads.", (path, r.status_code, r.text[:200])
 
 
+def _drive(guard, path: str, headers: list[tuple[bytes, bytes]], pieces: tuple[bytes, ...] = (b"",), *,
+           root: str = "", client: bool = False) -> tuple[int, bytes, int]:
+    """POST to ``guard`` in-process (no server): ``pieces`` are the request body's ASGI messages (more than one: a
+    chunked body); (status, the answer's body, how many times the guard called receive)."""
+    sent, taken = [], []
+
+    async def receive():
+        taken.append(1)
+        if len(taken) > len(pieces):
+            return {"type": "http.disconnect"}
+        return {"type": "http.request", "body": pieces[len(taken) - 1], "more_body": len(taken) < len(pieces)}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": path, "root_path": root, "query_string": b"", "headers": headers}
+    if client:
+        scope.update(client=("127.0.0.1", 5000), scheme="http")
+    asyncio.run(guard(scope, receive, send))
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:]), len(taken)
+
+
 def test_the_guard_matches_paths_as_the_router_does_under_a_root_path():
     """With a root path (GRADIO_ROOT_PATH=/seiko, the usual set-up behind a proxy), the router matched
     /seiko/gradio_api/upload as the upload route while the guard compared the raw path."""
@@ -601,18 +623,8 @@ def test_the_guard_matches_paths_as_the_router_does_under_a_root_path():
     guard = web_guard.WebGuard(inner, gradio_app=None, policy=web_guard.GuardPolicy(True), local_token=LOCAL_TOKEN)
 
     def call(path: str, root: str) -> tuple[int, bytes]:
-        sent = []
-
-        async def receive():
-            return {"type": "http.request", "body": b"", "more_body": False}
-
-        async def send(message):
-            sent.append(message)
-
-        scope = {"type": "http", "method": "POST", "path": path, "root_path": root, "query_string": b"",
-                 "headers": [(b"host", b"127.0.0.1:7860"), (b"x-seiko-token", LOCAL_TOKEN.encode())]}
-        asyncio.run(guard(scope, receive, send))
-        return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+        headers = [(b"host", b"127.0.0.1:7860"), (b"x-seiko-token", LOCAL_TOKEN.encode())]
+        return _drive(guard, path, headers, root=root)[:2]
 
     try:
         assert call("/seiko/gradio_api/upload", "/seiko") == (404, b"This app takes no file uploads.")
@@ -639,23 +651,11 @@ def _guard_with_accounts(factory):
     guard = web_guard.WebGuard(inner, gradio_app=gradio_app, policy=web_guard.GuardPolicy(False), sessions=store)
 
     def post(path: str, body: bytes, token: str | None = None, root: str = "") -> tuple[int, bytes, int]:
-        sent, reads = [], []
-
-        async def receive():
-            reads.append(1)
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        async def send(message):
-            sent.append(message)
-
         headers = [(b"host", b"127.0.0.1:7860"), (b"content-type", b"application/json"),
                    (b"content-length", str(len(body)).encode())]
         if token is not None:
             headers.append((b"cookie", f"access-token-unsecure-t={token}".encode()))
-        scope = {"type": "http", "method": "POST", "path": root + path, "root_path": root, "query_string": b"",
-                 "headers": headers, "client": ("127.0.0.1", 5000), "scheme": "http"}
-        asyncio.run(guard(scope, receive, send))
-        return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:]), len(reads)
+        return _drive(guard, root + path, headers, (body,), root=root, client=True)
 
     return guard, reached, store, post
 
@@ -753,19 +753,9 @@ def test_local_modes_refusal_on_the_pages_join_route_is_a_json_detail():
                                local_token=LOCAL_TOKEN)
 
     def post(path: str, root: str) -> tuple[int, bytes]:
-        sent = []
-
-        async def receive():
-            return {"type": "http.request", "body": b"{}", "more_body": False}
-
-        async def send(message):
-            sent.append(message)
-
-        scope = {"type": "http", "method": "POST", "path": path, "root_path": root, "query_string": b"",
-                 "headers": [(b"host", b"127.0.0.1:7860"), (b"x-seiko-token", b"the-token-before-a-restart"),
-                             (b"content-type", b"application/json"), (b"content-length", b"2")]}
-        asyncio.run(guard(scope, receive, send))
-        return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+        headers = [(b"host", b"127.0.0.1:7860"), (b"x-seiko-token", b"the-token-before-a-restart"),
+                   (b"content-type", b"application/json"), (b"content-length", b"2")]
+        return _drive(guard, path, headers, (b"{}",), root=root)[:2]
 
     try:
         status, body = post("/gradio_api/queue/join", "")
@@ -857,24 +847,10 @@ def test_a_signed_in_event_body_with_more_values_than_any_event_takes_is_one_sen
 def _chunked_post(guard, path: str, body: bytes, token: str) -> tuple[int, bytes, int]:
     """``body`` posted to ``guard`` in 4 KiB pieces with Transfer-Encoding: chunked (no Content-Length): (status,
     answer's body, how many pieces the guard took)."""
-    pieces = [body[i:i + 4096] for i in range(0, len(body), 4096)] or [b""]
-    sent, taken = [], []
-
-    async def receive():
-        taken.append(1)
-        if len(taken) > len(pieces):
-            return {"type": "http.disconnect"}
-        return {"type": "http.request", "body": pieces[len(taken) - 1], "more_body": len(taken) < len(pieces)}
-
-    async def send(message):
-        sent.append(message)
-
-    scope = {"type": "http", "method": "POST", "path": path, "root_path": "", "query_string": b"",
-             "headers": [(b"host", b"127.0.0.1:7860"), (b"content-type", b"application/json"),
-                         (b"transfer-encoding", b"chunked"), (b"cookie", f"access-token-unsecure-t={token}".encode())],
-             "client": ("127.0.0.1", 5000), "scheme": "http"}
-    asyncio.run(guard(scope, receive, send))
-    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:]), len(taken)
+    pieces = tuple(body[i:i + 4096] for i in range(0, len(body), 4096)) or (b"",)
+    headers = [(b"host", b"127.0.0.1:7860"), (b"content-type", b"application/json"),
+               (b"transfer-encoding", b"chunked"), (b"cookie", f"access-token-unsecure-t={token}".encode())]
+    return _drive(guard, path, headers, pieces, client=True)
 
 
 def test_a_raters_event_body_past_the_event_limit_is_refused_before_it_is_parsed(db_factory, monkeypatch):
