@@ -691,6 +691,20 @@ def _seconds_to_end(proc: subprocess.Popen, log: Path, stopped: float) -> float:
     return time.monotonic() - stopped
 
 
+def _stopped_after(proc: subprocess.Popen, log: Path, line: str, stop) -> float:
+    """Wait for ``line`` in the hung worker's log, then ``stop()`` it: the seconds from the stop to its end (the
+    worker is killed before this returns or raises, if it lives on)."""
+    try:
+        _wait_for_line(proc, log, line)
+        stopped = time.monotonic()
+        stop()
+        return _seconds_to_end(proc, log, stopped)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_a_job_stuck_where_a_stop_signal_cannot_reach_ends_the_worker_with_status_75(worker_world, tmp_path):
     """A stop signal reaches a job only at its next Python bytecode: a job stuck in a call that never returns kept the
     worker alive for ever after SIGTERM, its heartbeat keeping the lease (found by the third review). The watchdog sees
@@ -701,17 +715,9 @@ def test_a_job_stuck_where_a_stop_signal_cannot_reach_ends_the_worker_with_statu
 
     world = worker_world
     eid = world.create_experiment("stuck-deaf")
+    (job,) = _jobs(world, eid)  # queued with the experiment, before a worker starts
     proc, log = _hung_worker(world, tmp_path, "deaf")
-    try:
-        (job,) = _jobs(world, eid)
-        _wait_for_line(proc, log, f"job {job.id} hangs")
-        stopped = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        took = _seconds_to_end(proc, log, stopped)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    took = _stopped_after(proc, log, f"job {job.id} hangs", lambda: proc.send_signal(signal.SIGTERM))
     text = log.read_text()
     assert proc.returncode == 75, text[-3000:]
     assert STOP_GRACE_S <= took < STOP_GRACE_S + 5, (took, text[-3000:])
@@ -734,18 +740,14 @@ def test_a_job_stuck_after_an_admin_stopped_it_ends_the_worker_with_status_75(wo
     world = worker_world
     eid = world.create_experiment("stuck-stopped")
     reason = "stopped by root while worker 'hung' ran it"
-    proc, log = _hung_worker(world, tmp_path, "hang")
-    try:
-        (job,) = _jobs(world, eid)
-        _wait_for_line(proc, log, f"job {job.id} hangs")
+    (job,) = _jobs(world, eid)  # queued with the experiment, before a worker starts
+
+    def stop() -> None:
         with write_session(world.factory) as s:
             job_queue.stop_job(session=s, job_id=job.id, reason=reason, expected_owner="hung")
-        stopped = time.monotonic()
-        took = _seconds_to_end(proc, log, stopped)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+
+    proc, log = _hung_worker(world, tmp_path, "hang")
+    took = _stopped_after(proc, log, f"job {job.id} hangs", stop)
     text = log.read_text()
     assert proc.returncode == 75, text[-3000:]
     # the heartbeat notices within a third of the lease, then the grace
@@ -776,15 +778,7 @@ def test_a_stop_during_a_slow_start_up_ends_the_worker_as_a_stop_not_as_a_stuck_
     world = worker_world
     eid = world.create_experiment("slow-start")
     proc, log = _hung_worker(world, tmp_path, mode)
-    try:
-        _wait_for_line(proc, log, "start-up is slow")
-        stopped = time.monotonic()
-        proc.send_signal(signal.Signals(signum))
-        took = _seconds_to_end(proc, log, stopped)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    took = _stopped_after(proc, log, "start-up is slow", lambda: proc.send_signal(signal.Signals(signum)))
     text = log.read_text()
     assert proc.returncode == status != cli_demo.WORKER_RESTART_STATUS, text[-3000:]
     assert STOP_GRACE_S <= took < STOP_GRACE_S + 5, (took, text[-3000:])  # the start-up alone would take 60 s
