@@ -214,7 +214,7 @@ def pooled_pairs(pairs: list[tuple[dict[str, Any], dict[str, Any]]],
         raise ValueError("the paired runs share no seed that both finished; nothing to pool")
     mean, half = mean_ci95(share)
     won = wins(share)
-    varieties = {key: {"n": len(d), "diff": mean_ci95(d)[0], "ci95": mean_ci95(d)[1], "wins": wins(d)}
+    varieties = {key: dict(zip(("diff", "ci95"), mean_ci95(d), strict=True), n=len(d), wins=wins(d))
                  for key, d in variety.items() if d}
     emb = varieties.get("variety_embedding_pct_round0")
     return {"n": len(share), "share_diff": mean, "share_ci95": half, "wins": won,

@@ -84,7 +84,10 @@ def embed_images(parts, images: torch.Tensor) -> torch.Tensor:
     return F.normalize(embeds, dim=-1)
 
 
-def embed_images_batched(parts, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+EMBED_BATCH = 64  # images embedded at a time (one chunk on the device)
+
+
+def embed_images_batched(parts, images: torch.Tensor, batch_size: int = EMBED_BATCH) -> torch.Tensor:
     """:func:`embed_images` in chunks of ``batch_size`` under ``no_grad``; float32 (N, D) on ``images``' device."""
     _check_images(images)
     if batch_size < 1:

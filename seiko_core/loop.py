@@ -17,7 +17,7 @@ import torch
 from . import finetune as _finetune_module
 from . import lora
 from .config import SeikoConfig
-from .features import embed_images, embed_images_batched
+from .features import EMBED_BATCH, embed_images, embed_images_batched
 from .finetune import FinetuneResult, finetune
 from .optimism import LinearUCB, fit_bonus, optimistic_reward, thompson_draw
 from .reward import RewardEnsemble, fit_reward
@@ -38,7 +38,7 @@ def round_prompts(cfg: SeikoConfig, n: int, seed: int) -> list[str]:
     return picks
 
 
-EMBED_CHUNK = 64  # embed_images_batched's chunk: images are embedded in these groups, as the whole set once was
+EMBED_CHUNK = EMBED_BATCH  # embed_images_batched's chunk: images are embedded in these groups, as the whole set once was
 
 
 @torch.no_grad()
