@@ -1,7 +1,7 @@
 """Exports you can trust: every model export is re-loaded by stock diffusers in a fresh process and checked.
 
-The check renders one fixed prompt and seed three times, with the experiment's sampler settings (DDIM steps,
-guidance, eta):
+The check renders one fixed prompt and seed three times, with the experiment's sampler settings (guidance, eta; DDIM
+steps up to :data:`CHECK_MAX_STEPS`), at the model's own image size up to :data:`CHECK_MAX_SIDE` pixels:
 
 - **base**: the base model in stock diffusers (``StableDiffusionPipeline.from_pretrained``), in the child process;
 - **export**: the export in stock diffusers, in the same child process: the base pipeline plus
@@ -55,6 +55,16 @@ MIN_BASE_MEAN_ABS = 0.1
 MAX_APP_MEAN_ABS = 0.5
 MAX_APP_MAX_ABS = 16
 
+# What the check renders, at most. Neither of its two claims (the export changes the model; the export is the app's
+# model) depends on the image size or the step count: the same weights act at every position of every step. So a
+# large model is checked on a smaller image and fewer steps. SD 1.5 (512 px, the sd15 preset's 50 steps) then renders
+# 128 px in 10 steps: a UNet pass with guidance measured 20 s at 512 px and 2.3 s at 128 px on one CPU thread, so
+# the three renders went from about 50 minutes, inside the web server, to about 70 s (BENCHMARKS.md, "The export
+# check on SD 1.5"). The shapes model (32 px, 10 steps), on which the thresholds above were measured, is checked
+# exactly as before.
+CHECK_MAX_SIDE = 128
+CHECK_MAX_STEPS = 10
+
 KINDS = ("lora", "merged")  # how the child loads the export: base + load_lora_weights, or from_pretrained
 DEFAULT_SEED = 20240  # the one fixed seed of the check
 CHILD_TIMEOUT_S = 3600.0
@@ -82,6 +92,7 @@ class CheckSettings:
     eta: float = 1.0
     device: str = "cpu"
     timeout_s: float = CHILD_TIMEOUT_S
+    max_side: int = CHECK_MAX_SIDE  # image side in pixels, at most (see check_latent_side)
 
     @classmethod
     def for_config(cls, base_model: str, cfg, *, prompt: str | None = None, seed: int = DEFAULT_SEED,
@@ -97,8 +108,19 @@ class CheckSettings:
         # unconditional prediction, so the two could never agree and every export was refused (found by review):
         # the check then renders both at 1, which still tells whether the export carries the trained weights
         guidance = float(s.guidance) if float(s.guidance) >= 1.0 else 1.0
-        return cls(base_model=str(base_model), prompt=chosen, seed=int(seed), steps=int(s.steps),
+        return cls(base_model=str(base_model), prompt=chosen, seed=int(seed), steps=min(int(s.steps), CHECK_MAX_STEPS),
                    guidance=guidance, eta=float(s.eta), device=device)
+
+
+def check_latent_side(native: int, vae_factor: int, down_blocks: int, max_side: int) -> int:
+    """The latent side the check renders at: the model's own (``native``), halved while the image (latent x
+    ``vae_factor``) is wider than ``max_side`` pixels and the half still suits the UNet (a multiple of
+    2^(down_blocks - 1), what its down-sampling needs). Both renderers compute it from their own pipeline's config."""
+    multiple = 2 ** max(0, int(down_blocks) - 1)
+    side = int(native)
+    while side * vae_factor > max_side and side % 2 == 0 and (side // 2) % multiple == 0:
+        side //= 2
+    return side
 
 
 @dataclass(frozen=True)
@@ -223,8 +245,10 @@ def render_app(settings: CheckSettings, adapter_dir: str | Path) -> np.ndarray:
     with _quiet_loading(), _base_model_loads(settings):  # the check answers in one sentence; loading bars would bury it
         parts = load_model(settings.base_model, device=settings.device)
     lora.load_adapter(parts, adapter_dir, "export_check")
+    side = check_latent_side(parts.sample_size, parts.pipeline.vae_scale_factor,
+                             len(parts.unet.config.down_block_types), settings.max_side)
     images = sample(parts, [settings.prompt], [settings.seed], steps=settings.steps, guidance=settings.guidance,
-                    eta=settings.eta, batch_size=1)
+                    eta=settings.eta, batch_size=1, latent_side=side)
     return to_uint8(images)[0]
 
 
@@ -250,6 +274,7 @@ def render_stock(kind: str, export_path: str | Path, settings: CheckSettings, *,
         job = {"kind": kind, "export": str(Path(export_path).resolve()), "weight_name": weight_name,
                "base_model": settings.base_model, "prompt": settings.prompt, "seed": settings.seed,
                "steps": settings.steps, "guidance": settings.guidance, "eta": settings.eta, "device": settings.device,
+               "max_side": settings.max_side,
                "out_dir": out}
         try:
             proc = subprocess.run([sys.executable, "-m", "seiko_core.export_verify"], input=json.dumps(job),
@@ -304,7 +329,11 @@ def _stock_pipeline(name_or_dir: str, device: str):
 def _render(pipe, job: dict, path: Path) -> None:
     import torch
 
-    image = pipe([job["prompt"]], num_inference_steps=int(job["steps"]), guidance_scale=float(job["guidance"]),
+    latent = check_latent_side(int(pipe.unet.config.sample_size), pipe.vae_scale_factor,
+                               len(pipe.unet.config.down_block_types), int(job["max_side"]))
+    side = latent * pipe.vae_scale_factor
+    image = pipe([job["prompt"]], height=side, width=side, num_inference_steps=int(job["steps"]),
+                 guidance_scale=float(job["guidance"]),
                  eta=float(job["eta"]), generator=[torch.Generator().manual_seed(int(job["seed"]))],
                  output_type="pil").images[0]
     image.save(path, format="PNG")
@@ -332,7 +361,8 @@ def child(job: dict) -> dict:
 
 def main() -> int:
     job = json.loads(sys.stdin.read())
-    missing = [k for k in ("kind", "export", "base_model", "prompt", "seed", "steps", "guidance", "eta", "device", "out_dir")
+    missing = [k for k in ("kind", "export", "base_model", "prompt", "seed", "steps", "guidance", "eta", "device",
+                                  "max_side", "out_dir")
                if k not in job]
     if missing or job["kind"] not in KINDS:
         print(f"error: the check's job lacks {missing} or has an unknown kind {job.get('kind')!r}", file=sys.stderr)

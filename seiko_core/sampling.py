@@ -160,11 +160,12 @@ def initial_latents(parts, noise: SeedNoise) -> torch.Tensor:
     return noise.next((c, s, s))
 
 
-def trajectory_noise(parts, noise: SeedNoise, steps: int, eta: float) -> torch.Tensor:
+def trajectory_noise(parts, noise: SeedNoise, steps: int, eta: float, latent_side: int | None = None) -> torch.Tensor:
     """(1 + steps, B, C, S, S) when ``eta > 0`` (the initial latents, then one draw per step), else (1, B, C, S, S):
-    the same values, in the same order, as :func:`initial_latents` followed by one ``noise.next`` per step."""
+    the same values, in the same order, as :func:`initial_latents` followed by one ``noise.next`` per step.
+    ``latent_side``: S, when not the model's own ``sample_size`` (the export check renders smaller images)."""
     c = parts.unet.config.in_channels
-    s = parts.sample_size
+    s = parts.sample_size if latent_side is None else int(latent_side)
     return noise.draws((c, s, s), 1 + (steps if eta > 0 else 0))
 
 
@@ -195,14 +196,16 @@ def decode(parts, latents: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def sample(parts, prompts: list[str], seeds: list[int], *, steps: int = 50, guidance: float = 7.5, eta: float = 1.0,
-           batch_size: int = 16, on_progress: ProgressFn | None = None) -> torch.Tensor:
-    """Images (B, 3, H, W) in [0, 1] for ``prompts`` with one seed each; the same seed gives the same image."""
+           batch_size: int = 16, on_progress: ProgressFn | None = None, latent_side: int | None = None) -> torch.Tensor:
+    """Images (B, 3, H, W) in [0, 1] for ``prompts`` with one seed each; the same seed gives the same image.
+    ``latent_side``: the latent's side when not the model's own (images ``latent_side x`` the VAE's factor wide)."""
     return torch.cat(list(sample_batches(parts, prompts, seeds, steps=steps, guidance=guidance, eta=eta,
-                                         batch_size=batch_size, on_progress=on_progress)))
+                                         batch_size=batch_size, on_progress=on_progress, latent_side=latent_side)))
 
 
 def sample_batches(parts, prompts: list[str], seeds: list[int], *, steps: int = 50, guidance: float = 7.5,
-                   eta: float = 1.0, batch_size: int = 16, on_progress: ProgressFn | None = None):
+                   eta: float = 1.0, batch_size: int = 16, on_progress: ProgressFn | None = None,
+                   latent_side: int | None = None):
     """:func:`sample`'s images one sampling batch at a time, float32 (b, 3, H, W) on the host, as they are decoded:
     a caller that turns each batch into what it keeps (embeddings, uint8 pixels) never holds the whole set as float."""
     if len(prompts) != len(seeds):
@@ -212,24 +215,25 @@ def sample_batches(parts, prompts: list[str], seeds: list[int], *, steps: int = 
     sched = DDIMSchedule.from_scheduler(parts.scheduler, steps)
     dev = DeviceSchedule.of(sched, eta, parts.device)
     return _sample_batches(parts, prompts, seeds, sched, dev, steps=steps, guidance=guidance, eta=eta,
-                           batch_size=batch_size, on_progress=on_progress)
+                           batch_size=batch_size, on_progress=on_progress, latent_side=latent_side)
 
 
-def _sample_batches(parts, prompts, seeds, sched, dev, *, steps, guidance, eta, batch_size, on_progress):
+def _sample_batches(parts, prompts, seeds, sched, dev, *, steps, guidance, eta, batch_size, on_progress,
+                    latent_side=None):
     total = len(prompts) * steps
     done = 0
     for lo in range(0, len(prompts), batch_size):
         images = _sample_one_batch(parts, prompts[lo:lo + batch_size], seeds[lo:lo + batch_size], sched, dev,
                                    steps=steps, guidance=guidance, eta=eta, on_progress=on_progress, done=done,
-                                   total=total)
+                                   total=total, latent_side=latent_side)
         done += len(images) * len(dev)
         yield images  # outside no_grad: the caller's code between batches runs in its own grad mode
 
 
 @torch.no_grad()
-def _sample_one_batch(parts, p, s, sched, dev, *, steps, guidance, eta, on_progress, done, total):
+def _sample_one_batch(parts, p, s, sched, dev, *, steps, guidance, eta, on_progress, done, total, latent_side=None):
     cond, uncond = encode_prompts(parts, p)
-    z = trajectory_noise(parts, SeedNoise(s, parts.device, parts.dtype), steps, eta)
+    z = trajectory_noise(parts, SeedNoise(s, parts.device, parts.dtype), steps, eta, latent_side)
     x = z[0]
     for i in range(len(dev)):
         a, ap, sigma = dev.alpha[i], dev.alpha_prev[i], dev.sigma[i]

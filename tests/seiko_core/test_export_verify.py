@@ -15,12 +15,15 @@ from seiko_core import lora, model_card
 from seiko_core.config import FinetuneConfig
 from seiko_core.export import export_diffusers_lora, export_kohya_lora_dir, export_merged_pipeline
 from seiko_core.export_verify import (
+    CHECK_MAX_SIDE,
+    CHECK_MAX_STEPS,
     MAX_APP_MAX_ABS,
     MAX_APP_MEAN_ABS,
     MIN_BASE_MEAN_ABS,
     CheckSettings,
     Pixels,
     VerificationError,
+    check_latent_side,
     render_app,
     verify_export,
 )
@@ -161,3 +164,50 @@ def test_an_experiment_sampling_below_guidance_1_can_still_be_checked(random_mod
     res = export_diffusers_lora(good_adapter, tmp_path / "export")
     result = verify_export("lora", res.path, good_adapter, low, app_image=render_app(low, good_adapter))
     assert result.passed, result.failure
+
+
+def test_the_check_side_halves_a_large_model_down_to_its_cap_and_leaves_a_small_one_alone():
+    """Worked by hand: SD 1.5 (latent 64, VAE x8, 4 down blocks: latents a multiple of 8) renders 128 px (latent 16);
+    SD 2.x-768 (latent 96) 192 px (latent 24: the next half, 12, is no multiple of 8); 576 px (latent 72: 36 is no
+    multiple of 8) stays whole; the shapes model (32 px) and anything at or under the cap are untouched."""
+    assert check_latent_side(64, 8, 4, CHECK_MAX_SIDE) == 16
+    assert check_latent_side(96, 8, 4, CHECK_MAX_SIDE) == 24
+    assert check_latent_side(72, 8, 4, CHECK_MAX_SIDE) == 72
+    assert check_latent_side(16, 2, 2, CHECK_MAX_SIDE) == 16
+    assert check_latent_side(16, 2, 2, 32) == 16 and check_latent_side(16, 2, 2, 31) == 8
+    assert check_latent_side(16, 2, 1, 2) == 1  # one down block: any side suits it
+
+
+def test_a_large_experiments_check_takes_at_most_ten_steps_and_a_small_ones_its_own():
+    from seiko_core.presets import preset
+
+    sd15, shapes = preset("sd15"), preset("shapes")
+    assert sd15.sampling.steps == 50 and shapes.sampling.steps == 10  # what the two presets sample with
+    assert CheckSettings.for_config("base", sd15).steps == CHECK_MAX_STEPS == 10
+    assert CheckSettings.for_config("base", shapes).steps == 10
+
+
+@pytest.fixture(scope="module")
+def small_settings(settings):
+    """The tiny model (32 px, latent 16) checked at 16 px: the path a 512 px model takes at 128."""
+    return CheckSettings(**{**settings.__dict__, "max_side": 16})
+
+
+def test_a_check_on_a_smaller_image_still_tells_a_good_export_from_a_no_op_and_a_wrong_one(
+        random_model_dir, small_settings, good_adapter, tmp_path):
+    app = render_app(small_settings, good_adapter)
+    assert app.shape == (16, 16, 3)  # the app's renderer drew the smaller image
+    good = export_diffusers_lora(good_adapter, tmp_path / "good")
+    r = verify_export("lora", good.path, good_adapter, small_settings, app_image=app)
+    assert r.passed and r.settings["max_side"] == 16
+    assert r.vs_app.mean_abs <= MAX_APP_MEAN_ABS  # stock diffusers drew the same 16 px image (else: a size error)
+    noop = make_adapter(random_model_dir, tmp_path / "noop", sigma=0.0)
+    with pytest.raises(VerificationError, match=r"check \(a\) failed"):
+        verify_export("lora", export_diffusers_lora(noop, tmp_path / "n").path, noop, small_settings)
+    wrong = export_diffusers_lora(good_adapter, tmp_path / "wrong")
+    path = wrong.path / lora.WEIGHT_NAME
+    with safe_open(path, "pt") as f:
+        meta = f.metadata()
+    save_file({k: v * 1.5 if ".lora.up." in k else v for k, v in load_file(path).items()}, str(path), metadata=meta)
+    with pytest.raises(VerificationError, match=r"check \(b\) failed"):
+        verify_export("lora", wrong.path, good_adapter, small_settings, app_image=app)
