@@ -361,9 +361,8 @@ def child(job: dict) -> dict:
 
 def main() -> int:
     job = json.loads(sys.stdin.read())
-    missing = [k for k in ("kind", "export", "base_model", "prompt", "seed", "steps", "guidance", "eta", "device",
-                                  "max_side", "out_dir")
-               if k not in job]
+    needed = ("kind", "export", "base_model", "prompt", "seed", "steps", "guidance", "eta", "device", "max_side", "out_dir")
+    missing = [k for k in needed if k not in job]
     if missing or job["kind"] not in KINDS:
         print(f"error: the check's job lacks {missing} or has an unknown kind {job.get('kind')!r}", file=sys.stderr)
         return 2
