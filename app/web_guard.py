@@ -398,7 +398,8 @@ class WebGuard:
         # A page's session is pinned while its heartbeat is open, an event while it waits or runs (found by review: a
         # script's sessions pushed out the page of the same account, whose next rating was lost).
         self.heartbeats: dict[str, int] = {}  # session hash -> open heartbeat streams (touched only on the event loop)
-        self.streams: set[str] = set()  # sessions whose results stream is open (``_one_stream``; event loop only)
+        # session -> its open stream of results (``_one_stream``; event loop only)
+        self.streams: dict[str, _Stream] = {}
         self._admitting: dict[str, int] = {}  # account -> its event-making requests not yet answered (event loop only)
         self.session_owners = gradio_routes.Owners(gradio_routes.SESSIONS_PER_ACCOUNT, on_forget=self._drop_state,
                                                    pinned=self.heartbeats.__contains__)
@@ -613,7 +614,8 @@ class WebGuard:
                 await self._refuse(scope, receive, send, gradio_routes.NOT_WAITING, 404)
                 return
         if (stream := self._streamed_session(path, method, named, read)) is not None:
-            await self._one_stream(stream, scope, receive, self._lax_send(send, secure))
+            await self._one_stream(stream, signed_in.name if signed_in is not None else None, scope, receive,
+                                   self._lax_send(send, secure))
             return
         await self.inner(scope, receive, self._lax_send(send, secure))
 
@@ -686,14 +688,26 @@ class WebGuard:
         queue = self._queue()
         return (gradio_routes.session_of_event(queue, read[1]) if queue is not None else None) or read[1]
 
-    async def _one_stream(self, session: str, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _one_stream(self, session: str, user: str | None, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass on a stream of ``session``'s results, one at a time per session (found by the fourth review of 5 Dec
         2026): with two open, the one a client dropped made Gradio delete the session's messages, and the other,
-        already answering 200, raised a 404 inside itself, a 78-line traceback each time. A second waits up to
-        STREAM_WAIT_S for the first to end (a page opens its next stream as the last one closes), then gets 409 with
-        one sentence; one whose session lost its messages meanwhile gets the 404 sentence before Gradio."""
+        already answering 200, raised a 404 inside itself, a 78-line traceback each time.
+
+        A second request for the stream the session has open (the same route, the same account) takes it over (found
+        by the fifth review of 5 Dec 2026): a connection that died unnoticed (a laptop that slept, a dropped Wi-Fi)
+        held the stream, so the page's own new stream got 409 until it was reloaded. Gradio's stream goes on, one per
+        session, and is passed on to the newest connection (``_Stream``); the older one's answer is ended, and it gets
+        nothing more. Gradio sees no disconnect, so the session keeps its messages and its events (Gradio drops both
+        when a stream's client leaves). Any other request for an open stream (one that has not answered yet, or is
+        ending) waits up to STREAM_WAIT_S for it to end (a page opens its next stream as the last one closes), then
+        gets 409 with one sentence; one whose session lost its messages meanwhile gets the 404 sentence before
+        Gradio."""
+        path, method = get_route_path(scope), scope.get("method")
         deadline = time.monotonic() + STREAM_WAIT_S
-        while session in self.streams:
+        while (live := self.streams.get(session)) is not None:
+            if live.movable(path, method, user):
+                await live.take_over(_Reader(send), receive)
+                return
             if time.monotonic() >= deadline:
                 await self._refuse(scope, receive, send, ONE_STREAM, 409)
                 return
@@ -701,11 +715,17 @@ class WebGuard:
         if not self._results_waiting(session):
             await self._refuse(scope, receive, send, gradio_routes.NOT_WAITING, 404)
             return
-        self.streams.add(session)
-        try:
-            await self.inner(scope, receive, send)
-        finally:
-            self.streams.discard(session)
+        stream, reader = _Stream(path, method, user), _Reader(send)
+        self.streams[session] = stream
+        stream.begin(self.inner, scope, reader)
+
+        def ended(_: Any) -> None:  # the session's stream is open until Gradio's ends, whichever connection holds it
+            if self.streams.get(session) is stream:
+                del self.streams[session]
+
+        assert stream.task is not None
+        stream.task.add_done_callback(ended)
+        await stream.follow(reader, receive)
 
     def _event_recording_send(self, send: Send, user: str, api: str | None = None) -> Send:
         """A ``send`` that binds the event id in a successful answer (``{"event_id": ...}``) to ``user``, so that only
@@ -1202,11 +1222,155 @@ class WebGuard:
         return response
 
 
-# one stream of a session's results at a time (``WebGuard._one_stream``): a second waits this long for the first to
-# end, checking every STREAM_POLL_S, then is refused
+# one stream of a session's results at a time (``WebGuard._one_stream``): a second that may not take the first over
+# waits this long for it to end, checking every STREAM_POLL_S, then is refused; one that takes it over waits at most
+# this long for the first's answer to end
 STREAM_WAIT_S = 2.0
 STREAM_POLL_S = 0.05
 ONE_STREAM = "Another stream is already reading this session's results; a session has one open at a time."
+LAST_BODY = {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+class _Reader:
+    """A connection that reads a session's stream of results (``_Stream``)."""
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.lock = asyncio.Lock()  # one message at a time on this connection
+        self.ready = asyncio.Event()  # it may be sent to: set once an older connection's answer ended (``take_over``)
+        self.started = False  # the answer's start was sent
+        self.finished = False  # the answer's last body was sent
+        self.left = asyncio.Event()  # a newer connection took the stream over
+        self.ended = asyncio.Event()  # this connection is done with the stream (``_Stream.follow`` returned)
+
+    async def pass_on(self, message: dict[str, Any], start: dict[str, Any]) -> None:
+        """Send ``message`` on this connection, the answer's ``start`` first where it had none."""
+        await self.ready.wait()
+        async with self.lock:
+            if not self.started:
+                await self.send(start)
+                self.started = True
+            if message is not start:
+                await self.send(message)
+                self.finished = message["type"] == "http.response.body" and not message.get("more_body", False)
+
+    async def end(self, start: dict[str, Any]) -> None:
+        """End this connection's answer (a newer one took its stream over): the last body, the start first where it
+        had none, so the client reads a stream that ended."""
+        async with self.lock:
+            if self.finished:
+                return
+            if not self.started:
+                await self.send(start)
+                self.started = True
+            await self.send(LAST_BODY)
+            self.finished = True
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class _Stream:
+    """One session's stream of results as Gradio writes it (a task of its own), passed on to the newest connection
+    that asked for it (``WebGuard._one_stream``). Gradio's ``send`` is ``write``: each message goes to the connection
+    that holds the stream when it is written (waiting for it, as Gradio waited for the server), and one a connection
+    was sending when it was taken over goes to the newer one. Gradio's ``receive`` is ``receive``: the request, then
+    a disconnect when the connection holding the stream leaves (then Gradio ends it, dropping the session's messages
+    and events, as it does for any client that leaves); a connection taken over leaves Gradio's stream alone."""
+
+    def __init__(self, path: str, method: str | None, user: str | None) -> None:
+        self.path, self.method, self.user = path, method, user
+        self.reader: _Reader | None = None  # the connection that holds the stream (None: it left)
+        self.start: dict[str, Any] | None = None  # Gradio's start of the answer, once sent
+        self.over = False  # Gradio sent the answer's last body
+        self.gone = asyncio.Event()  # the connection holding the stream left
+        self.task: asyncio.Task[Any] | None = None  # Gradio's stream
+        self._asked = False
+
+    def movable(self, path: str, method: str | None, user: str | None) -> bool:
+        """Whether a request for ``path`` by ``user`` may take this stream over: the same route and account, and the
+        stream answering 200, not ending."""
+        return ((self.path, self.method, self.user) == (path, method, user) and self.start is not None
+                and self.start.get("status") == 200 and not self.over and not self.gone.is_set()
+                and self.task is not None and not self.task.done())
+
+    async def receive(self) -> dict[str, Any]:
+        if not self._asked:
+            self._asked = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def write(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.start = message
+        elif not message.get("more_body", False):
+            self.over = True
+        while (reader := self.reader) is not None:
+            passing = asyncio.ensure_future(reader.pass_on(message, self.start or message))
+            left = asyncio.ensure_future(reader.left.wait())
+            try:
+                await asyncio.wait({passing, left}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                left.cancel()
+                if not passing.done():
+                    passing.cancel()
+            if passing.done():
+                passing.result()  # what the connection's send raised is Gradio's, as before
+                return
+        # the connection holding the stream left: the message goes nowhere, as the server drops a send to a client that
+        # left (Gradio learns it from ``receive``)
+
+    def begin(self, inner: Callable[[Scope, Receive, Send], Awaitable[None]], scope: Scope, reader: _Reader) -> None:
+        """Start Gradio's stream (``self.task``) for ``reader``, the connection that asked first."""
+        self.reader = reader
+        reader.ready.set()
+        self.task = asyncio.ensure_future(inner(scope, self.receive, self.write))
+
+    async def take_over(self, reader: _Reader, receive: Receive) -> None:
+        """``reader``, a newer connection, takes the stream over (``follow``)."""
+        old, self.reader = self.reader, reader
+        if old is not None:
+            old.left.set()
+        await self.follow(reader, receive, old)
+
+    async def follow(self, reader: _Reader, receive: Receive, old: _Reader | None = None) -> None:
+        """Until ``reader``'s part ends: Gradio's stream ended (what it raised is raised here), a newer connection took
+        it over (this answer ends), or this client left (Gradio is told and its stream waited for). Taken over from
+        ``old``: its answer ends first (waited for up to STREAM_WAIT_S: a dead connection whose buffers are full may
+        never take it), then this one's starts at once, not at Gradio's next message."""
+        assert self.task is not None
+        task = self.task
+        waiters: list[asyncio.Future[Any]] = []
+        try:
+            if old is not None:
+                waiters.append(asyncio.ensure_future(old.ended.wait()))
+                await asyncio.wait(waiters, timeout=STREAM_WAIT_S)
+                reader.ready.set()
+                if not reader.left.is_set() and self.start is not None:
+                    await reader.pass_on(self.start, self.start)
+            waiters += [asyncio.ensure_future(_until_disconnect(receive)), asyncio.ensure_future(reader.left.wait())]
+            await asyncio.wait([*waiters[-2:], task], return_when=asyncio.FIRST_COMPLETED)
+            if reader.left.is_set():  # read the event, not its waiter, which may not have run yet
+                await reader.end(self.start or {"type": "http.response.start", "status": 200, "headers": []})
+                return
+            if not task.done():  # this client left while it held the stream
+                self.reader = None
+                self.gone.set()
+                await asyncio.wait({task})
+            task.result()
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+            reader.ended.set()
+            if self.reader is reader and not task.done():  # this request was cancelled (the server stopping)
+                self.reader = None
+                self.gone.set()
+                task.cancel()
+
+
 HASH_THREAD_NICE = 10
 DEVICE_BYTES = 24
 HOST_PREFIX = "__Host-"  # a cookie only this host sets, over HTTPS (WebGuard's "cookies")

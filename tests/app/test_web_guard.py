@@ -593,21 +593,33 @@ def _drive(guard, path: str, headers: list[tuple[bytes, bytes]], pieces: tuple[b
            root: str = "", client: bool = False) -> tuple[int, bytes, int]:
     """POST to ``guard`` in-process (no server): ``pieces`` are the request body's ASGI messages (more than one: a
     chunked body); (status, the answer's body, how many times the guard called receive)."""
-    sent, taken = [], []
+    return asyncio.run(_drive_async(guard, path, headers, pieces, root=root, client=client))
+
+
+async def _drive_async(guard, path: str, headers: list[tuple[bytes, bytes]], pieces: tuple[bytes, ...] = (b"",), *,
+                       root: str = "", client: bool = False, method: str = "POST", query: bytes = b"",
+                       sent: list | None = None, leaves: asyncio.Event | None = None) -> tuple[int, bytes, int]:
+    """``_drive`` inside a running event loop, so that requests can be open at once: ``method`` and ``query`` as
+    given, the ASGI messages the guard sends appended to ``sent`` as they come, and the client there until
+    ``leaves`` is set (its disconnect; without it, the client leaves once the body is read)."""
+    sent, taken = [] if sent is None else sent, []
 
     async def receive():
         taken.append(1)
         if len(taken) > len(pieces):
+            if leaves is not None:
+                await leaves.wait()
             return {"type": "http.disconnect"}
         return {"type": "http.request", "body": pieces[len(taken) - 1], "more_body": len(taken) < len(pieces)}
 
     async def send(message):
         sent.append(message)
 
-    scope = {"type": "http", "method": "POST", "path": path, "root_path": root, "query_string": b"", "headers": headers}
+    scope = {"type": "http", "method": method, "path": path, "root_path": root, "query_string": query,
+             "headers": headers}
     if client:
         scope.update(client=("127.0.0.1", 5000), scheme="http")
-    asyncio.run(guard(scope, receive, send))
+    await guard(scope, receive, send)
     return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:]), len(taken)
 
 
