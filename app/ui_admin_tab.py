@@ -23,6 +23,11 @@ from seiko_core.config import MAX_EPOCHS, MAX_KL_WEIGHT, MAX_SECONDS, METHODS
 from seiko_core.models import public_name
 from seiko_core.presets import PRESETS
 
+# next to the dashboard-access checkbox: the Compare tab's A/B is blind only while raters cannot see the dashboard, whose
+# eval grid shows each round's images under their round (docs/ab-and-rollback.md; fifth review, 5 Dec 2026)
+BLIND_AB_NOTE = ("Keep this off for a blind A/B: the dashboard shows which round's images are which, so a rater who "
+                 "sees it can tell the Compare tab's sides apart.")
+
 
 class AdminHandlers:
     """The Admin tab's event handlers. ``who_of(request)`` / ``admin_of(request)`` find the signed-in rater (gr.Error
@@ -323,7 +328,7 @@ def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callab
                 archive_btn = gr.Button("Archive experiment", variant="stop", scale=0, min_width=180,
                                         elem_id="archive-experiment")
             dash_access = gr.Checkbox(label="Raters may see this experiment's dashboard (its plots can bias their "
-                                            "ratings)", value=False, elem_id="dashboard-access")
+                                            "ratings)", value=False, elem_id="dashboard-access", info=BLIND_AB_NOTE)
             with gr.Row():  # app.members: who rates this experiment (admins always may)
                 raters_box = gr.Textbox(label="Raters of this experiment: 'everyone', or account names separated by "
                                               "commas (admins always may rate)", value=members.EVERYONE,

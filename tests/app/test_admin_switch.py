@@ -225,3 +225,27 @@ def test_a_rater_picking_another_experiment_gets_none_of_the_admin_tabs_settings
     admin_tab = [page.block(elem_id) for elem_id in ADMIN_SHOWN]
     assert [component.elem_id for component, _ in page.written if component in admin_tab] == []
     assert page.values[page.block(label="Experiment")._id] == b  # the rater's page did move to B
+
+
+def test_the_admin_tab_says_next_to_the_dashboard_access_that_a_blind_ab_needs_it_off(ui_world):
+    """Found by the fifth review of 5 Dec 2026: with raters allowed to see the dashboard the Compare tab's A/B is not
+    blind (the dashboard's eval grid shows which round's images are which), and the Admin tab said nothing of it. The
+    checkbox that lets raters see the dashboard says so now, in the page's own config (what the browser renders),
+    inside the Admin tab."""
+    config = ui.build_demo(ui_world.services()).get_config_file()
+    by_id = {c["id"]: c for c in config["components"]}
+
+    def inside(node: dict) -> list[int]:
+        return [node["id"], *(i for child in node.get("children", []) for i in inside(child))]
+
+    def find(node: dict, elem_id: str) -> dict | None:
+        if by_id.get(node["id"], {}).get("props", {}).get("elem_id") == elem_id:
+            return node
+        return next((found for child in node.get("children", []) if (found := find(child, elem_id))), None)
+
+    admin_tab = find(config["layout"], "tab-admin")
+    assert admin_tab is not None
+    (checkbox,) = [by_id[i] for i in inside(admin_tab) if by_id[i]["props"].get("elem_id") == "dashboard-access"]
+    assert checkbox["type"] == "checkbox"
+    assert checkbox["props"]["info"] == ("Keep this off for a blind A/B: the dashboard shows which round's images are "
+                                         "which, so a rater who sees it can tell the Compare tab's sides apart.")
