@@ -598,10 +598,12 @@ def _drive(guard, path: str, headers: list[tuple[bytes, bytes]], pieces: tuple[b
 
 async def _drive_async(guard, path: str, headers: list[tuple[bytes, bytes]], pieces: tuple[bytes, ...] = (b"",), *,
                        root: str = "", client: bool = False, method: str = "POST", query: bytes = b"",
-                       sent: list | None = None, leaves: asyncio.Event | None = None) -> tuple[int, bytes, int]:
+                       sent: list | None = None, leaves: asyncio.Event | None = None,
+                       sending=None) -> tuple[int, bytes, int]:
     """``_drive`` inside a running event loop, so that requests can be open at once: ``method`` and ``query`` as
-    given, the ASGI messages the guard sends appended to ``sent`` as they come, and the client there until
-    ``leaves`` is set (its disconnect; without it, the client leaves once the body is read)."""
+    given, the ASGI messages the guard sends appended to ``sent`` as they come (each after ``await sending(message)``
+    where given: a connection that holds a send up), and the client there until ``leaves`` is set (its disconnect;
+    without it, the client leaves once the body is read)."""
     sent, taken = [] if sent is None else sent, []
 
     async def receive():
@@ -613,6 +615,8 @@ async def _drive_async(guard, path: str, headers: list[tuple[bytes, bytes]], pie
         return {"type": "http.request", "body": pieces[len(taken) - 1], "more_body": len(taken) < len(pieces)}
 
     async def send(message):
+        if sending is not None:
+            await sending(message)
         sent.append(message)
 
     scope = {"type": "http", "method": method, "path": path, "root_path": root, "query_string": query,

@@ -149,14 +149,10 @@ def _answered(sent: list) -> bytes:
     return b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
 
 
-def test_a_new_stream_of_a_session_takes_over_its_open_one_and_other_sessions_are_untouched(db_factory):
-    """Found by the fifth review of 5 Dec 2026: a session's stream on a connection that died unnoticed (a laptop that
-    slept, a dropped Wi-Fi) still counted as open, so the page's own new stream got 409 and the rater saw a broken
-    page until reloading. A new stream of the same session, by the same account, takes over now: it is answered 200
-    and gets the session's messages from then on; the older one's answer is ended (its last body) and gets nothing
-    more. Still one stream per session: Gradio runs one (never two at once) and one connection is answered at a time
-    (the older one's answer ends before the newer one's starts). Another session's stream, and another account's
-    request for the taken session (403), change nothing."""
+def _streams_guard(db_factory):
+    """A WebGuard with accounts (alice and bob, signed in) around ``_gradio_like_streams``, alice's page
+    "alices-page" and bob's "bobs-page" held by their accounts as a page's first event does: (guard, session token
+    by name, the queues, the streams running, the most at once)."""
     with write_session(db_factory) as s:
         ids = {name: repo.create_rater(session=s, name=name, password_hash="not-a-real-hash").id
                for name in ("alice", "bob")}
@@ -165,8 +161,38 @@ def test_a_new_stream_of_a_session_takes_over_its_open_one_and_other_sessions_ar
     store = sessions.SessionStore(db_factory, idle_s=600, max_s=3600)
     guard = web_guard.WebGuard(inner, gradio_app=gradio_app, policy=web_guard.GuardPolicy(False), sessions=store)
     tokens = {name: store.start(rater_id, "127.0.0.1") for name, rater_id in ids.items()}
-    guard.session_owners.claim("alices-page", "alice")  # each page joined an event first: its account holds it
+    guard.session_owners.claim("alices-page", "alice")
     guard.session_owners.claim("bobs-page", "bob")
+    return guard, tokens, queues, running, most
+
+
+def _open_stream(guard, token: str, session: str, sent: list, sending=None) -> tuple[asyncio.Task, list, asyncio.Event]:
+    """``GET /gradio_api/queue/data`` of ``session`` with ``token``'s cookie, in-process and left open: (its task,
+    what the guard sent on it, set it for the client to leave)."""
+    leaves = asyncio.Event()
+    headers = [(b"host", b"127.0.0.1:7860"), (b"cookie", f"access-token-unsecure-t={token}".encode())]
+    task = asyncio.ensure_future(_drive_async(guard, "/gradio_api/queue/data", headers, method="GET",
+                                              query=f"session_hash={session}".encode(), client=True, sent=sent,
+                                              leaves=leaves, sending=sending))
+    return task, sent, leaves
+
+
+async def _until(check, what: str, within_s: float = 5.0) -> None:
+    deadline = time.monotonic() + within_s
+    while not check():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.01)
+
+
+def test_a_new_stream_of_a_session_takes_over_its_open_one_and_other_sessions_are_untouched(db_factory):
+    """Found by the fifth review of 5 Dec 2026: a session's stream on a connection that died unnoticed (a laptop that
+    slept, a dropped Wi-Fi) still counted as open, so the page's own new stream got 409 and the rater saw a broken
+    page until reloading. A new stream of the same session, by the same account, takes over now: it is answered 200
+    and gets the session's messages from then on; the older one's answer is ended (its last body) and gets nothing
+    more. Still one stream per session: Gradio runs one (never two at once) and one connection is answered at a time
+    (the older one's answer ends before the newer one's starts). Another session's stream, and another account's
+    request for the taken session (403), change nothing."""
+    guard, tokens, queues, running, most = _streams_guard(db_factory)
     log: list[tuple[str, str, dict]] = []  # (session, connection, message) in the order the guard sent them
 
     def open_stream(name: str, session: str, connection: str) -> tuple[asyncio.Task, list, asyncio.Event]:
@@ -175,44 +201,33 @@ def test_a_new_stream_of_a_session_takes_over_its_open_one_and_other_sessions_ar
                 log.append((session, connection, message))
                 super().append(message)
 
-        sent, leaves = Logged(), asyncio.Event()
-        headers = [(b"host", b"127.0.0.1:7860"), (b"cookie", f"access-token-unsecure-t={tokens[name]}".encode())]
-        task = asyncio.ensure_future(_drive_async(guard, "/gradio_api/queue/data", headers, method="GET",
-                                                  query=f"session_hash={session}".encode(), client=True, sent=sent,
-                                                  leaves=leaves))
-        return task, sent, leaves
-
-    async def until(check, what: str) -> None:
-        deadline = time.monotonic() + 5
-        while not check():
-            assert time.monotonic() < deadline, what
-            await asyncio.sleep(0.01)
+        return _open_stream(guard, tokens[name], session, Logged())
 
     async def scenario() -> dict:
         first, first_sent, _ = open_stream("alice", "alices-page", "first")  # its client never leaves: it slept
         bobs, bobs_sent, bob_leaves = open_stream("bob", "bobs-page", "bob")
-        await until(lambda: first_sent and bobs_sent and "alices-page" in queues and "bobs-page" in queues, "opened")
+        await _until(lambda: first_sent and bobs_sent and "alices-page" in queues and "bobs-page" in queues, "opened")
         queues["alices-page"].put_nowait("one")
-        await until(lambda: b"data: one" in _answered(first_sent), "the first stream reads its session's messages")
+        await _until(lambda: b"data: one" in _answered(first_sent), "the first stream reads its session's messages")
         second, second_sent, second_leaves = open_stream("alice", "alices-page", "second")  # the page, awake again
-        await until(lambda: second_sent, "the second stream answered")
+        await _until(lambda: second_sent, "the second stream answered")
         status = second_sent[0]["status"]
         assert status == 200, (status, _answered(second_sent))
-        await until(first.done, "the first stream's answer ended")
+        await _until(first.done, "the first stream's answer ended")
         queues["alices-page"].put_nowait("two")
         queues["bobs-page"].put_nowait("for bob")
-        await until(lambda: b"data: two" in _answered(second_sent) and b"data: for bob" in _answered(bobs_sent),
+        await _until(lambda: b"data: two" in _answered(second_sent) and b"data: for bob" in _answered(bobs_sent),
                     "each stream reads its own session's messages")
         refused = await _drive_async(guard, "/gradio_api/queue/data", [
             (b"host", b"127.0.0.1:7860"), (b"cookie", f"access-token-unsecure-t={tokens['bob']}".encode())],
             method="GET", query=b"session_hash=alices-page", client=True)
         queues["alices-page"].put_nowait("three")
-        await until(lambda: b"data: three" in _answered(second_sent), "the second stream still reads")
+        await _until(lambda: b"data: three" in _answered(second_sent), "the second stream still reads")
         seen = {"first": _answered(first_sent), "first_last": first_sent[-1], "refused": refused[:2],
                 "running": dict(running), "bob_done": bobs.done()}
         second_leaves.set()  # the page goes: Gradio's stream learns it and ends, as for any client that leaves
         await second
-        await until(lambda: "alices-page" not in guard.streams, "the guard forgets the stream")
+        await _until(lambda: "alices-page" not in guard.streams, "the guard forgets the stream")
         seen["alices_messages_kept"] = "alices-page" in queues
         bob_leaves.set()
         await bobs
@@ -236,6 +251,51 @@ def test_a_new_stream_of_a_session_takes_over_its_open_one_and_other_sessions_ar
         elif not message.get("more_body", False):
             answered[session] -= 1
     assert [c for s, c, m in log if s == "alices-page" and m["type"] == "http.response.start"] == ["first", "second"]
+
+
+def test_a_message_a_dead_connection_held_up_goes_to_the_stream_that_took_it_over(db_factory):
+    """The fifth review's take-over where the dead connection's buffers are full, so the server's send on it waits
+    (for the peer that never reads): the message it was sending when a newer stream took over goes to the newer one,
+    once, and the newer one's answer starts after waiting STREAM_WAIT_S at most for the older one's to end; the older
+    one gets nothing more."""
+    guard, tokens, queues, running, most = _streams_guard(db_factory)
+    wakes = None  # set: the dead connection's send goes on (its peer came back, or the server gave it up)
+
+    async def held_up(message):  # the dead connection: its start and first message went, then the buffers were full
+        if message["type"] == "http.response.body" and b"one" not in message.get("body", b""):
+            await wakes.wait()
+
+    async def scenario() -> dict:
+        nonlocal wakes
+        wakes = asyncio.Event()
+        first, first_sent, _ = _open_stream(guard, tokens["alice"], "alices-page", [], held_up)
+        await _until(lambda: "alices-page" in queues and first_sent, "opened")
+        queues["alices-page"].put_nowait("one")
+        queues["alices-page"].put_nowait("two")  # Gradio's send of it waits on the dead connection
+        await _until(lambda: b"data: one" in _answered(first_sent), "the first message went")
+        await asyncio.sleep(0.1)
+        second, second_sent, second_leaves = _open_stream(guard, tokens["alice"], "alices-page", [])
+        asked = time.monotonic()
+        await _until(lambda: b"data: two" in _answered(second_sent), "the held-up message goes to the new stream",
+                     within_s=web_guard.STREAM_WAIT_S + 3)
+        waited = time.monotonic() - asked
+        queues["alices-page"].put_nowait("three")
+        await _until(lambda: b"data: three" in _answered(second_sent), "and the next")
+        wakes.set()  # the dead connection's send returns at last: its answer ends, with nothing more on it
+        await first
+        second_leaves.set()
+        await second
+        return {"first": (first_sent[0]["status"], _answered(first_sent), first_sent[-1].get("more_body")),
+                "second": (second_sent[0]["status"], _answered(second_sent)), "waited": waited}
+
+    try:
+        seen = asyncio.run(scenario())
+    finally:
+        guard.close()
+    assert seen["first"] == (200, b"data: one\n\n", False)
+    assert seen["second"] == (200, b"data: two\n\ndata: three\n\n")
+    assert web_guard.STREAM_WAIT_S * 0.9 <= seen["waited"] < web_guard.STREAM_WAIT_S + 2, seen["waited"]
+    assert dict(most) == {"alices-page": 1}
 
 
 def _root(http: httpx.Client, **headers: str) -> str:
