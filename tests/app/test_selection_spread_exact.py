@@ -156,6 +156,28 @@ def test_the_gram_matrix_is_kept_only_within_gram_bytes():
     assert selection.GRAM_BYTES == 16384 * 16384 * 4  # the sd15 preset's largest round keeps it: 1 GiB
 
 
+def test_half_ranks_from_runs_equal_the_pairwise_definition_with_nan_and_signed_zero():
+    """half_ranks now reads runs of equal values off one sort: checked pair by pair, NaN above every number and tied
+    with NaN (numpy's sort order: a damaged embedding's distance), -0.0 equal to 0.0, inf, and empty input."""
+    def order_key(v: float) -> tuple[int, float]:
+        return (1, 0.0) if math.isnan(v) else (0, v)
+
+    rng = np.random.default_rng(15)
+    for trial in range(300):
+        m = int(rng.integers(0, 30))
+        x = rng.integers(-2, 3, size=m).astype(np.float64)
+        r = rng.random(m)
+        x[r < 0.15] = np.nan
+        x[(r >= 0.15) & (r < 0.25)] = np.inf
+        x[(r >= 0.25) & (r < 0.35)] = -0.0
+        if trial % 5 == 0:
+            x = rng.normal(size=m)
+        keys = [order_key(v) for v in x]
+        want = [2 * sum(1 for w in keys if w < k) + sum(1 for w in keys if w == k) - 1 for k in keys]
+        got = selection.half_ranks(x)
+        assert got.tolist() == want and got.dtype == np.int64
+
+
 def test_spread_picks_equal_the_definition_on_float32_embeddings():
     """Embeddings passed as float32 (choose passes float64): distances in float32, where the float32 bound does not
     hold, so every candidate is measured exactly, as before."""
