@@ -91,6 +91,7 @@ def half_ranks(x: np.ndarray) -> np.ndarray:
 # the float32 Gram matrix of the candidates' unit embeddings is kept when it fits in this many bytes (16,384
 # candidates: exactly 1 GiB); above it each chosen image's row is computed when needed (a float32 matrix-vector product)
 GRAM_BYTES = 2**30
+EXACT_ROWS = 4096  # exact distances are measured in blocks of this many rows (2 x 25 MB of temporaries at 768-d)
 
 
 def spread_order(score: list[float], emb: np.ndarray, chosen: list[int], n_pick: int, *,
@@ -108,9 +109,11 @@ def spread_order(score: list[float], emb: np.ndarray, chosen: list[int], n_pick:
     Gram matrix (or row) gives each squared distance within a proven bound (``_float32_margin``); only the candidates
     that the bound cannot show to be at least as far as their nearest get the exact distance above. Ranks of score
     among the remaining candidates are kept up to date as the picks leave (no sort per pick); the distances' ranks
-    come from one sort per pick (``half_ranks``). Memory: the float64 unit
-    embeddings, their float32 copy and, if at most ``gram_bytes`` (n x n x 4 bytes), the Gram matrix: at 16,384 x 768
-    that is 100.7 MB + 50.3 MB + 1.07 GB; above ``gram_bytes`` a row of n float32 per chosen image instead."""
+    come from one sort per pick (``half_ranks``).
+
+    Memory: the float64 unit embeddings, their float32 copy, blocks of ``EXACT_ROWS`` exact differences and, if at
+    most ``gram_bytes`` (n x n x 4 bytes), the Gram matrix: at 16,384 x 768 that is 100.7 MB + 50.3 MB + 2 x 25.2 MB +
+    1.07 GB, about 1.27 GB; above ``gram_bytes`` a row of n float32 per chosen image instead of the matrix."""
     if n_pick <= 0:
         return []
     unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
@@ -137,10 +140,11 @@ def spread_order(score: list[float], emb: np.ndarray, chosen: list[int], n_pick:
             maybe = np.flatnonzero(~(approx > skip_above))  # NaN (a damaged embedding) is measured too, as before
         else:
             maybe = np.arange(left.size)
-        if maybe.size:
-            exact = np.linalg.norm(unit[left[maybe]] - unit[c], axis=1)
-            nearest[maybe] = np.minimum(nearest[maybe], exact)
-            skip_above[maybe] = (nearest[maybe] * rel + shift) ** 2 + err
+        for start in range(0, maybe.size, EXACT_ROWS):  # row by row: the same bits whatever the block
+            part = maybe[start:start + EXACT_ROWS]
+            exact = np.linalg.norm(unit[left[part]] - unit[c], axis=1)
+            nearest[part] = np.minimum(nearest[part], exact)
+            skip_above[part] = (nearest[part] * rel + shift) ** 2 + err
 
     for c in chosen:
         add(int(c))
@@ -170,13 +174,13 @@ def _float32_margin(dim: int) -> tuple[float, float, float]:
     """(rel, shift, err) such that a float32 squared distance ``approx`` above ``(d * rel + shift) ** 2 + err`` proves
     the exact (float64, row-wise norm) distance of the two unit embeddings is at least ``d``.
 
-    With u the float64 unit rows (norm <= 1 + (dim + 4) x 2^-53) and a = float32(u): |a - u| <= 2^-24 |u| (per component,
-    round to nearest; float32 underflow adds at most sqrt(dim) x 2^-150), so |a_i - a_c| and |u_i - u_c| differ by at
-    most 2^-23 (x1.000001): ``shift`` = 2^-22. ``approx`` = |a_i|^2 + |a_c|^2 - 2 a_i.a_c, the squares summed in float64
-    (error ~dim x 2^-53) and the float32 dot product within gamma = dim x 2^-24 / (1 - dim x 2^-24) of |a_i| |a_c|
-    (any summation order, FMA or not): |approx - |a_i - a_c|^2| <= 2 gamma x 1.000001 + 1e-13; ``err`` = 4 gamma +
-    1e-12. The row-wise norm is within (dim + 4) x 2^-53 relative of |u_i - u_c|: ``rel`` = 1 + (2 dim + 16) x 2^-53.
-    All with at least twice the room the bound needs."""
+    With u the float64 unit rows (norm <= 1 + (dim + 4) x 2^-53) and a = float32(u): |a - u| <= 2^-24 |u| (per
+    component, round to nearest; float32 underflow adds at most sqrt(dim) x 2^-150), so |a_i - a_c| and |u_i - u_c|
+    differ by at most 2^-23 (x1.000001): ``shift`` = 2^-22. ``approx`` = |a_i|^2 + |a_c|^2 - 2 a_i.a_c, the squares
+    summed in float64 (error ~dim x 2^-53) and the float32 dot product within gamma = dim x 2^-24 / (1 - dim x 2^-24)
+    of |a_i| |a_c| (any summation order, FMA or not): |approx - |a_i - a_c|^2| <= 2 gamma x 1.000001 + 1e-13; ``err``
+    = 4 gamma + 1e-12. The row-wise norm is within (dim + 4) x 2^-53 relative of |u_i - u_c|: ``rel`` = 1 + (2 dim +
+    16) x 2^-53. All with at least twice the room the bound needs."""
     unit_round = 2.0**-24
     if dim * unit_round >= 0.25:  # no useful bound: every candidate is measured exactly
         return 1.0, 0.0, math.inf

@@ -210,3 +210,14 @@ def test_only_candidates_the_bound_cannot_clear_are_measured_exactly(monkeypatch
     assert selection.spread_order(score, emb, chosen, n_pick) == want
     every_remaining_each_time = k * n + sum(n - k - j for j in range(n_pick))
     assert sum(rows) < 0.05 * every_remaining_each_time, (sum(rows), every_remaining_each_time)
+
+
+def test_exact_distances_measured_in_small_blocks_give_the_same_picks(monkeypatch):
+    """The exact distances are measured EXACT_ROWS rows at a time (bounded temporaries); blocks of 5 rows here."""
+    monkeypatch.setattr(selection, "EXACT_ROWS", 5)
+    rng = np.random.default_rng(18)
+    emb = rng.normal(size=(70, 12))
+    emb[35:] = emb[:35] * 2.0
+    score = rng.integers(0, 3, size=70).astype(np.float64).tolist()
+    want = brute_spread_order(score, emb, [0, 50], 40)
+    assert both_ways(score, emb, [0, 50], 40) == (want, want)
