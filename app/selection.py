@@ -212,6 +212,10 @@ def choose(mode: str, n_show: int, n_candidates: int, *, seed: int, preds: torch
         if emb is None or emb.shape[0] != n_candidates:
             raise ValueError(f"selection 'spread' needs one embedding per candidate ({n_candidates}), got "
                              f"{None if emb is None else emb.shape[0]}")
+        if bad := int((~torch.isfinite(emb)).any(dim=1).sum()):  # a NaN distance ranked as the farthest: picked first
+            raise ValueError(f"{bad} of the {n_candidates} candidates' image embeddings are not finite numbers, so "
+                             "'spread' cannot measure how far apart they are: the image encoder's output is damaged; "
+                             "nothing was shown")
         order = honest + spread_order(s, emb.detach().to("cpu", torch.float64).numpy(), honest, n_show - n_honest)
         placed = set(order)
         order += [i for i in by_score if i not in placed]

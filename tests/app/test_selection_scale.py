@@ -93,6 +93,22 @@ def test_a_score_that_is_not_a_number_is_refused_in_one_sentence():
             raise AssertionError(f"{mode}: a NaN score was ranked")
 
 
+def test_an_embedding_that_is_not_a_number_is_refused_in_one_sentence_not_picked_as_the_farthest():
+    """A NaN in one candidate's embedding made its distances NaN, ranked above every number: it was shown early."""
+    preds = torch.tensor([[5.0], [3.0], [3.0], [3.0]], dtype=torch.float64)
+    emb = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [float("nan"), 0.0]])
+    for bad in (emb, emb.nan_to_num(nan=float("inf"))):
+        try:
+            selection.choose("spread", 2, 4, seed=0, preds=preds, emb=bad)
+        except ValueError as refused:
+            assert str(refused).startswith("1 of the 4 candidates' image embeddings are not finite numbers")
+            assert "\n" not in str(refused)
+        else:
+            raise AssertionError("a candidate with a non-finite embedding was ranked")
+    finite = selection.choose("spread", 2, 4, seed=0, preds=preds, emb=emb.nan_to_num(nan=0.5))
+    assert sum(c.shown for c in finite) == 2
+
+
 SEEDED_SHOWN = [1, 9, 11, 13, 15, 16, 17, 18, 19, 20, 21, 22, 23, 25, 26, 28, 30, 32, 34, 37]
 SEEDED_RANKS = [29, 10, 38, 40, 26, 24, 27, 36, 30, 19, 22, 9, 21, 17, 28, 8, 12, 4, 7, 6, 5, 15, 11, 1, 37, 16, 20, 32, 18,
                 23, 3, 35, 2, 25, 14, 31, 33, 13, 39, 34]
