@@ -858,12 +858,18 @@ def skip(factory, data_dir, who: Who, state_value: dict | None, payload: dict[st
 def undo(factory, data_dir, who: Who, state_value: dict | None, *, batch_size: int) -> View:
     """Undo the rater's newest rating or skip of the open round (the history is in the database, so it survives a
     reload): a new rating is removed, an edit gets its previous score back, a skip is lifted. The image comes back
-    to the page, leased to the rater again. A repeat's score or skip (app.repeats) is undone as any other: the image
-    is pending as a repeat again (or gets its earlier second score back); undoing the first rating of a repeated image
-    drops its repeat (undoing an edit of it keeps the repeat)."""
+    to the page, leased to the rater again, to be rated again. The lease cap holds all the same (``lease_cap``: the
+    most live leases the rater may hold in the round): where the undone image's lease would take the rater past it,
+    the newest of their other leases in the round is given back, and its card leaves the page (it stays the rater's
+    unanswered card: a later batch brings it back first, once the cap allows). The undone image is what the rater
+    asked for, so it keeps its place. Undoing a rating after the batch moved on otherwise held the cap and one more,
+    one more again at each undo (found by the fifth review). A repeat's score or skip (app.repeats) is undone as any
+    other: the image is pending as a repeat again (or gets its earlier second score back); undoing the first rating of
+    a repeated image drops its repeat (undoing an edit of it keeps the repeat)."""
     state = RateState.from_value(state_value)
     message = None
     new_grid = False
+    trimmed: list[int] = []
     try:
         with write_session(factory) as s:
             round_id = state.round_id
@@ -885,6 +891,7 @@ def undo(factory, data_dir, who: Who, state_value: dict | None, *, batch_size: i
                 # its undo do not restart the window in which it holds a place against the other raters
                 repo.lease_images(session=s, round_id=round_id, rater_id=who.rater_id, image_ids=[undone.image_id],
                                   lease_s=LEASE_S)
+                trimmed = _within_cap(s, round_id, who, batch_size, keep=undone.image_id)
         if undone is None and done is not None and done.rater_rated + done.rater_skipped:
             # their older ratings and skips are past the undo history (repo.UNDO_KEEP): "nothing to undo" said
             # otherwise, beside their ratings (found by review, 5 Dec 2026)
@@ -902,10 +909,25 @@ def undo(factory, data_dir, who: Who, state_value: dict | None, *, batch_size: i
             if image_id not in state.batch:  # it was in an earlier batch: bring it back to the front
                 state.batch.insert(0, image_id)
                 new_grid = True
+            if set(trimmed) & set(state.batch):  # given back to keep the rater within the cap: off the page
+                state.batch = [i for i in state.batch if i not in trimmed]
+                new_grid = True
     except (Conflict, NotFound) as e:
         message = str(e) if isinstance(e, members.NotARater) else f"Cannot undo: {e}"
     with read_session(factory) as s:
         return _render(s, data_dir, state, who, new_grid=new_grid, message=message)
+
+
+def _within_cap(session: Session, round_id: int, who: Who, batch_size: int, *, keep: int) -> list[int]:
+    """Give back the rater's newest live leases in the round, other than on ``keep``, past ``lease_cap``; returns
+    the images given back (``undo``)."""
+    held = repo.held_image_ids(session=session, round_id=round_id, rater_id=who.rater_id)  # oldest lease first
+    excess = len(held) - lease_cap(session, repo.get_round(session=session, round_id=round_id), batch_size)
+    if excess <= 0:
+        return []
+    trimmed = [i for i in reversed(held) if i != keep][:excess]
+    repo.release_leases_of(session=session, rater_id=who.rater_id, image_ids=trimmed)
+    return trimmed
 
 
 def _after_action(factory, data_dir, who: Who, state: RateState, *, batch_size: int, message: str | None) -> View:

@@ -926,6 +926,14 @@ def release_leases(*, session: Session, round_id: int, rater_id: int, keep: Iter
     return _end_leases(session, *clauses)
 
 
+def release_leases_of(*, session: Session, rater_id: int, image_ids: Iterable[int]) -> int:
+    """Give back the rater's live leases on ``image_ids`` (the rows stay, see ``_end_leases``); returns how many."""
+    ids = [_int("image id", i) for i in image_ids]
+    if not ids:
+        return 0
+    return _end_leases(session, ImageLease.rater_id == _int("rater id", rater_id), ImageLease.image_id.in_(ids))
+
+
 def _end_leases(session: Session, *clauses: Any, now: datetime | None = None) -> int:
     """End the live leases matching ``clauses`` now; the rows stay, with the time of their first grant
     (``lease_images``). Returns how many were live."""

@@ -258,3 +258,65 @@ def test_a_waiting_page_of_a_rater_taken_off_its_experiment_moves_on_instead_of_
     tick = ui_rate.poll(ui_world.factory, ui_world.settings.data_dir, alice, page.state, batch_size=4)
     assert not tick.keep_state and tick.state["experiment_id"] is None, tick.state
     assert "no round is open" not in tick.progress and "There is no experiment you may rate yet" in tick.grid + tick.progress
+
+
+# ---------------------------------------------------------------------------------------------
+# the fifth review: undo and the lease cap, "admins only" from the Admin tab and the command line, and the
+# membership check against an admin's change in flight on PostgreSQL
+# ---------------------------------------------------------------------------------------------
+
+
+def live_leases(world, name: str) -> set[int]:
+    """The images of the open round on which account ``name`` holds a live lease and that they have neither rated nor
+    skipped: counted from the tables here, not by the code under test."""
+    from db.models import Image, utcnow
+
+    rater_id = world.accounts[name]
+    with read_session(world.factory) as s:
+        rated = select(Rating.id).where(Rating.image_id == ImageLease.image_id, Rating.rater_id == rater_id)
+        skipped = select(Skip.id).where(Skip.image_id == ImageLease.image_id, Skip.rater_id == rater_id)
+        return set(s.scalars(select(ImageLease.image_id).join(Image, Image.id == ImageLease.image_id).where(
+            Image.round_id == world.round_id, ImageLease.rater_id == rater_id, ImageLease.expires_at > utcnow(),
+            ~rated.exists(), ~skipped.exists())))
+
+
+def test_undo_never_leaves_a_rater_holding_more_leases_than_their_share(ui_world_factory):
+    """The lease cap (``ui_rate.lease_cap``) limits the live leases a rater holds in a round; undo gave the undone image
+    back as a lease on top of a full batch, so a rater who rated a batch, got the next one and pressed undo held the
+    cap and one more, and undoing again added one each time (found by the fifth review). Now the undone image comes
+    back to be rated again, and the newest other card leaves the page (its lease given back; it stays the rater's, so
+    a later batch brings it back first): the cards open on the page are the ones leased to the rater, never more than
+    the cap. 12 images, overlap 1, 3 accounts: a share of 4, the page's batch of 4."""
+    world = ui_world_factory(n_images=12)
+    alice, data_dir, size = who(world, "alice"), world.settings.data_dir, 4
+    with read_session(world.factory) as s:
+        cap = ui_rate.lease_cap(s, repo.get_open_round(session=s, experiment_id=world.experiment_id), batch_size=size)
+    assert cap == 4  # ceil(12 x 1 / 3) = 4, and the page's batch is 4
+    view = ui_rate.load_batch(world.factory, data_dir, alice, None, batch_size=size, experiment_id=world.experiment_id)
+    first = list(view.state["batch"])
+    assert len(first) == 4 and live_leases(world, "alice") == set(first)
+    for image_id in first:
+        view = ui_rate.rate(world.factory, data_dir, alice, view.state, {"image_id": image_id, "score": 6},
+                            batch_size=size)
+        assert view.message is None
+    second = list(view.state["batch"])  # the first batch done: the next one, leased in full
+    assert len(second) == 4 and not set(second) & set(first) and live_leases(world, "alice") == set(second)
+
+    def open_cards(state) -> set[int]:
+        with read_session(world.factory) as s:
+            return {i for i in state["batch"] if repo.find_rating(session=s, image_id=i, rater_id=alice.rater_id) is None
+                    and repo.find_skip(session=s, image_id=i, rater_id=alice.rater_id) is None}
+
+    for n, undone in enumerate(reversed(first), start=1):  # undo the first batch's ratings, newest first
+        view = ui_rate.undo(world.factory, data_dir, alice, view.state, batch_size=size)
+        assert view.message is None, view.message
+        held = live_leases(world, "alice")
+        assert undone in view.state["batch"] and undone in held, n  # back on the page, to be rated again
+        assert len(held) <= cap, (n, sorted(held))
+        assert open_cards(view.state) == held, n  # a card left on the page is one held for the rater
+    # the undone image is rated again; no lease past the cap on the way
+    view = ui_rate.rate(world.factory, data_dir, alice, view.state, {"image_id": first[0], "score": 2}, batch_size=size)
+    assert view.message is None and len(live_leases(world, "alice")) <= cap
+    with read_session(world.factory) as s:
+        assert repo.find_rating(session=s, image_id=first[0], rater_id=alice.rater_id).score == 2
+
