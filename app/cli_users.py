@@ -1,6 +1,6 @@
 """``python -m app users add NAME --role admin|rater [--password-file F] | list | passwd NAME [--password-file F]
 | disable NAME | enable NAME | delete NAME | role NAME admin|rater | audit [--limit N]
-| raters EXPERIMENT [everyone | NAME ...]``.
+| raters EXPERIMENT [everyone | admins | NAME ...]``.
 
 The password is never an argument (``ps`` would show it): it is read from the first line of ``--password-file``,
 asked for twice on a terminal, or read as the first line of standard input (``python -m app users add alice --role
@@ -11,7 +11,8 @@ A password change and ``disable`` end the account's sessions (a running web app 
 ``delete`` refuses an account that has ratings (disable it instead, which keeps them); the last enabled admin
 cannot be disabled, deleted or made a rater. Every change is written to the audit log ("command line (USER)");
 ``audit`` prints the newest entries. ``raters`` prints who may rate an experiment (by id or name), or sets it:
-``everyone``, or only the accounts named (``app.members``; admins always may).
+``everyone``, ``admins`` (only admins may rate it), or only the accounts named (``app.members``; admins always may;
+either word mixed with names is refused).
 """
 
 from __future__ import annotations
@@ -55,10 +56,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     role.add_argument("role", choices=auth.ROLES)
     audit = actions.add_parser("audit", help="print the newest entries of the audit log (admin actions)")
     audit.add_argument("--limit", type=int, default=50, help="how many entries (default 50)")
-    raters = actions.add_parser("raters", help="who may rate an experiment: print it, or set it to 'everyone' or to "
-                                               "the accounts named (admins always may)")
+    raters = actions.add_parser("raters", help="who may rate an experiment: print it, or set it to 'everyone', to "
+                                               "'admins' (only admins), or to the accounts named (admins always may)")
     raters.add_argument("experiment", help="the experiment's id or name")
-    raters.add_argument("names", nargs="*", metavar="NAME", help="'everyone', or the accounts that may rate it")
+    raters.add_argument("names", nargs="*", metavar="NAME",
+                        help="'everyone', 'admins' (only admins may rate it), or the accounts that may rate it (not "
+                             "a mix of a word and names)")
     for sub in (add, passwd, listing, disable, enable, delete, role, audit, raters):
         add_settings_arguments(sub)
 
@@ -91,7 +94,8 @@ def read_password(given: Path | None) -> str:
 
 
 def _raters(factory, experiment: str, names: list[str]) -> int:
-    """``users raters EXPERIMENT [everyone | NAME ...]`` (``app.members``; audit-logged as the command line)."""
+    """``users raters EXPERIMENT [everyone | admins | NAME ...]`` (``app.members``; audit-logged as the command
+    line)."""
     from app import members
     from db import repo
     from db.engine import read_session

@@ -21,6 +21,7 @@ from db.engine import read_session, write_session
 from db.errors import Conflict, InvalidInput, NotFound
 
 EVERYONE = "everyone"
+ADMINS = "admins"  # the admin's field and the command line: only admins may rate the experiment
 NONE_FOR_YOU = "There is no experiment you may rate yet; an admin can add you."
 
 
@@ -52,22 +53,31 @@ def may_rate_id(factory, who: Who, experiment_id: int | None) -> bool:
 
 
 def parse_names(text: Any) -> list[str] | None:
-    """The admin's field: empty or ``everyone`` -> None (every rater); else account names separated by commas or new
-    lines."""
+    """The admin's field (and the command line's words, joined by commas): empty or ``everyone`` -> None (every
+    rater); ``admins`` -> [] (only admins may rate it); else account names separated by commas or new lines. Either
+    word (in any case) mixed with names is refused: ``admins, alice`` could mean alice and the admins, or a slip
+    (found by the fifth review, when 'admins only' could not be set at all)."""
     if text is None:
         return None
     if not isinstance(text, str):
-        raise InvalidInput(f"raters are account names separated by commas, or 'everyone', got {text!r}")
+        raise InvalidInput(f"raters are account names separated by commas, 'everyone' or 'admins', got {text!r}")
     names = [n.strip() for n in text.replace("\n", ",").split(",") if n.strip()]
-    if not names or (len(names) == 1 and names[0].lower() == EVERYONE):
+    words = [n for n in names if n.lower() in (EVERYONE, ADMINS)]
+    if words and len(names) > 1:
+        raise InvalidInput(f"{words[0]!r} stands alone: give 'everyone', 'admins' (only admins may rate), or the "
+                           "accounts' names, not a mix; nothing was changed")
+    if not names or names[0].lower() == EVERYONE:
         return None
+    if names[0].lower() == ADMINS:
+        return []
     return list(dict.fromkeys(names))
 
 
 def set_raters(factory, who: Who | None, experiment_id: int, names: list[str] | None) -> str:
     """An admin (``who``; None: the command line, ``python -m app users raters``) opens experiment ``experiment_id``
-    to every rater (``names`` None) or limits it to the named accounts; recorded in the audit log
-    ("experiment.raters") in the same transaction. Unknown names are refused, changing nothing."""
+    to every rater (``names`` None), limits it to the named accounts, or to admins only (``names`` empty); recorded
+    in the audit log ("experiment.raters": ``everyone``, ``admins`` or the names) in the same transaction. Unknown
+    names are refused, changing nothing."""
     if who is not None:
         require_admin(who)
     with write_session(factory) as s:
@@ -82,7 +92,7 @@ def set_raters(factory, who: Who | None, experiment_id: int, names: list[str] | 
                     raise NotFound(f"there is no account named {name!r}; nothing was changed") from e
         db_members.set_raters(session=s, experiment_id=experiment_id, rater_ids=ids)
         auth.audit(s, who, "experiment.raters", f"experiment {experiment_id}",
-                   raters=EVERYONE if names is None else names)
+                   raters=EVERYONE if names is None else names or ADMINS)
         exp_name = experiment.name
     # fewer accounts that may rate it want fewer ratings (db.repo.can_still_rate): its round may be complete now
     from app import auto_close
@@ -96,11 +106,15 @@ def set_raters(factory, who: Who | None, experiment_id: int, names: list[str] | 
 
 
 def raters_text(factory, experiment_id: int | None) -> str:
-    """The admin field's value for an experiment: ``everyone``, or its accounts' names separated by commas."""
+    """The admin field's value for an experiment: ``everyone``, ``admins`` (no account listed: only admins may rate
+    it), or its accounts' names separated by commas. It is read back by ``parse_names`` as the same setting: an
+    admins-only experiment showed an empty field, which set it back to every rater (fifth review)."""
     if experiment_id is None:
         return EVERYONE
     with read_session(factory) as s:
         ids = db_members.rater_ids(session=s, experiment_id=experiment_id)
         if ids is None:
             return EVERYONE
+        if not ids:
+            return ADMINS
         return ", ".join(repo.get_rater(session=s, rater_id=i).name for i in ids)

@@ -166,8 +166,8 @@ class AdminHandlers:
 
     @admin_only
     def on_set_raters(self, exp_id, text, request: gr.Request):
-        """Who may rate the experiment: ``everyone`` (or empty), or account names separated by commas
-        (``app.members``; audit-logged)."""
+        """Who may rate the experiment: ``everyone`` (or empty), ``admins`` (only admins), or account names separated
+        by commas (``app.members``; audit-logged)."""
         who = self.admin_of(request)
         target = self._target(exp_id)
         message = self.shown(lambda: members.set_raters(self.factory, who, target, members.parse_names(text)))
@@ -330,8 +330,9 @@ def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callab
             dash_access = gr.Checkbox(label="Raters may see this experiment's dashboard (its plots can bias their "
                                             "ratings)", value=False, elem_id="dashboard-access", info=BLIND_AB_NOTE)
             with gr.Row():  # app.members: who rates this experiment (admins always may)
-                raters_box = gr.Textbox(label="Raters of this experiment: 'everyone', or account names separated by "
-                                              "commas (admins always may rate)", value=members.EVERYONE,
+                raters_box = gr.Textbox(label="Raters of this experiment: 'everyone', 'admins' (only admins), or "
+                                              "account names separated by commas (admins always may rate)",
+                                        value=members.EVERYONE, placeholder="everyone | admins | alice, bob",
                                         elem_id="experiment-raters")
                 raters_btn = gr.Button("Set raters", scale=0, min_width=140, elem_id="set-experiment-raters")
         ui_compare.build_rollback(services, exp_state, h.admin_of, h.shown,

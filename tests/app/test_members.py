@@ -320,3 +320,58 @@ def test_undo_never_leaves_a_rater_holding_more_leases_than_their_share(ui_world
     with read_session(world.factory) as s:
         assert repo.find_rating(session=s, image_id=first[0], rater_id=alice.rater_id).score == 2
 
+
+def test_admins_only_is_set_from_the_command_line_and_the_admin_tab_and_a_mix_is_refused(ui_world, capsys):
+    """db.members takes an empty list as 'only admins may rate', but neither the Admin tab's field nor ``users raters``
+    could say it: empty meant everyone, and an experiment left with no account showed an empty field, which opened it
+    to every rater when set again (found by the fifth review). The word ``admins`` says it now, alone: mixed with
+    names (or ``everyone`` with names) it is refused with one sentence and nothing changes."""
+    from app.__main__ import main
+
+    world = ui_world
+    api, page = fns(world)
+    on_set = page[("app.ui_admin_tab", "on_set_raters")]
+    db = ["--db-url", world.settings.db_url, "--data-dir", str(world.settings.data_dir)]
+
+    def audited() -> list:
+        with read_session(world.factory) as s:
+            return [(e.actor_name, e.detail) for e in s.scalars(
+                select(AuditEntry).where(AuditEntry.action == "experiment.raters").order_by(AuditEntry.id))]
+
+    def only_admins_rate() -> None:  # what a rater and an admin get, through the public API
+        for name in ("alice", "bob"):
+            assert refusal(api["next_batch"], 1, "ui-exp", request(name)) == sentence(world)
+        assert api["next_batch"](1, "ui-exp", request("root"))["items"]
+
+    # the command line
+    assert main(["users", "raters", "ui-exp", "admins", *db]) == 0
+    assert "Only admins may now rate experiment 'ui-exp'" in capsys.readouterr().out
+    only_admins_rate()
+    assert main(["users", "raters", "ui-exp", *db]) == 0
+    assert capsys.readouterr().out.strip().endswith(": admins")
+    for words in (["admins", "alice"], ["alice", "ADMINS"], ["everyone", "bob"]):
+        assert main(["users", "raters", "ui-exp", *words, *db]) == 1
+        out = capsys.readouterr()
+        assert out.out == "" and out.err.count("\n") == 1 and "nothing was changed" in out.err, (words, out)
+        assert "not a mix" in out.err
+    only_admins_rate()
+    [(actor, detail)] = audited()  # one entry: the refused mixes wrote none
+    assert actor.startswith("command line") and detail == {"raters": "admins"}
+
+    # the Admin tab: its field shows the word, and setting the field as shown keeps the experiment admins-only
+    assert page[("app.ui_admin_tab", "on_show_raters")](world.experiment_id, request("root")) == "admins"
+    everyone(world)
+    message, field = on_set(world.experiment_id, " Admins ", request("root"))
+    assert field == "admins" and "Only admins may now rate" in message
+    message, field = on_set(world.experiment_id, field, request("root"))
+    assert field == "admins"
+    only_admins_rate()
+    for text in ("admins, alice", "alice\nadmins", "everyone, bob"):
+        with pytest.raises(gr.Error, match="not a mix; nothing was changed"):
+            on_set(world.experiment_id, text, request("root"))
+    assert members.raters_text(world.factory, world.experiment_id) == "admins"
+    assert audited()[1:] == [("root", {"raters": "everyone"}), ("root", {"raters": "admins"}),
+                             ("root", {"raters": "admins"})]
+    with pytest.raises(gr.Error):  # a rater cannot set it
+        on_set(world.experiment_id, "admins", request("bob"))
+
