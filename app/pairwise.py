@@ -322,8 +322,11 @@ def vote_in_session(session: Session, who: Who, pair_id: int, choice: str) -> st
     pair = comparisons.get_pair(session=session, pair_id=pair_id)
     if pair.kind != KIND:
         raise Conflict(f"pair {pair_id} is a blind A/B pair, not a preference pair; it is voted on elsewhere")
+    # the experiment shared, then the round, as a rating locks them (repo.lock_image_for_rating): a change of who may
+    # rate it waits for the vote, or the vote for it (fifth review)
+    repo.share_experiment(session=session, experiment_id=pair.experiment_id)
     round_ = session.scalar(select(Round).where(Round.id == pair.round_id).with_for_update(read=True),
-                            execution_options={"populate_existing": True})  # the round first, as a rating does
+                            execution_options={"populate_existing": True})
     # then the pair itself (FOR UPDATE, as a rating locks its image): on PostgreSQL two raters racing for the last
     # vote a pair needs would otherwise both count the votes before either inserts, and both be saved
     session.scalars(select(ComparisonPair.id).where(ComparisonPair.id == pair_id).with_for_update()).all()

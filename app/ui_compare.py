@@ -137,9 +137,13 @@ def vote(factory, who: Who, experiment_id: int | None, kind: str, payload: dict[
         pair = comparisons.get_pair(session=s, pair_id=pair_id)
         if experiment is None or pair.kind != kind or pair.experiment_id != experiment.id:
             raise InvalidInput(f"pair {pair_id} is not a {kind} pair of this experiment")
-        # the pair's round FOR SHARE, as a rating holds its round: finish_experiment locks every round first, so on
-        # PostgreSQL a vote that read 'active' could commit after the finish and change final win rates (found by
-        # review); the status is read again once the lock is held
+        # the experiment shared (repo.share_experiment), then the pair's round FOR SHARE, as a rating holds them: a
+        # change of who may rate it waits for the vote, or the vote for it, and the check is made again under the lock
+        # (fifth review); finish_experiment locks every round first, so on PostgreSQL a vote that read 'active' could
+        # commit after the finish and change final win rates (found by review); the status is read again once the
+        # lock is held
+        repo.share_experiment(session=s, experiment_id=experiment.id)
+        members.check(s, who, experiment.id)
         s.scalars(select(Round.id).where(Round.id == pair.round_id).with_for_update(read=True)).all()
         s.refresh(experiment)
         if experiment.status == "finished":  # its win rates are final: a vote now would change them after the fact

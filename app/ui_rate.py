@@ -877,8 +877,12 @@ def undo(factory, data_dir, who: Who, state_value: dict | None, *, batch_size: i
                 open_ = repo.get_open_round(session=s, experiment_id=state.experiment_id)
                 round_id = open_.id if open_ is not None else None
             if round_id is not None:
-                repo.lock_round(session=s, round_id=round_id)  # the round first, as every write that locks it
-                members.check(s, who, repo.get_round(session=s, round_id=round_id).experiment_id)
+                # the experiment (shared: a change of who may rate it waits, repo.share_experiment), then the round,
+                # as every write that locks them
+                experiment_id = repo.get_round(session=s, round_id=round_id).experiment_id
+                repo.share_experiment(session=s, experiment_id=experiment_id)
+                repo.lock_round(session=s, round_id=round_id)
+                members.check(s, who, experiment_id)
             undone = None if round_id is None else repo.undo_last(session=s, rater_id=who.rater_id, round_id=round_id)
             done = repo.round_progress(session=s, round_id=round_id, rater_id=who.rater_id) if (
                 undone is None and round_id is not None) else None

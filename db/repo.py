@@ -172,6 +172,21 @@ def lock_experiment(*, session: Session, experiment_id: int) -> Experiment:
     return experiment
 
 
+def share_experiment(*, session: Session, experiment_id: int) -> Experiment:
+    """The experiment, its row locked FOR SHARE for the rest of the transaction and read afresh: a rater's write
+    (``lock_image_for_rating``, undo) holds it while it checks who may rate (``app.members``) and writes. Every change
+    of that list locks the row (``lock_experiment``, FOR NO KEY UPDATE, which FOR SHARE blocks and is blocked by), so
+    on PostgreSQL a rating in flight is waited for and one sent while the change is in flight waits for it and reads
+    the list as it committed; read without the lock, a rating checked before a change that took its rater off was
+    inserted after the change committed (found by the fifth review). Many raters share the lock at once. Taken
+    before the experiment's rounds and images (``lock_experiment``'s order); SQLite leaves the clause out."""
+    experiment = session.get(Experiment, experiment_id, with_for_update={"read": True},
+                             populate_existing=True) if findable_id(experiment_id) else None
+    if experiment is None:
+        raise NotFound(f"there is no experiment with id {experiment_id}")
+    return experiment
+
+
 def get_experiment_by_name(*, session: Session, name: str) -> Experiment:
     experiment = session.scalar(select(Experiment).where(Experiment.name == name))
     if experiment is None:
@@ -602,17 +617,23 @@ def count_raters(*, session: Session, role: str | None = None) -> int:
 
 
 def lock_image_for_rating(*, session: Session, image_id: int) -> tuple[Image, Round]:
-    """The image's round (locked FOR SHARE), then the image (row-locked FOR UPDATE), until the transaction ends.
+    """The image's experiment (locked FOR SHARE, ``share_experiment``), its round (locked FOR SHARE), then the image
+    (row-locked FOR UPDATE), until the transaction ends.
 
     On PostgreSQL this serialises raters racing for the last rating an image needs (the overlap check, then the
-    insert) and holds off a concurrent close of the round; SQLite's write transactions are serialised already
-    (BEGIN IMMEDIATE) and SQLAlchemy leaves the clauses out there. The round is locked first, as in every write
-    that locks a round (``lock_round``: closing, leasing, undoing): a lease's insert takes a key-share lock on its
-    image, so locking the image first here could deadlock with a batch being handed out."""
+    insert), holds off a concurrent close of the round and a change of who may rate the experiment (the check in
+    ``app.members``, then the insert); SQLite's write transactions are serialised already (BEGIN IMMEDIATE) and
+    SQLAlchemy leaves the clauses out there. The experiment is locked before its round, as Close and Finish lock
+    them, and the round first of the rest, as in every write that locks a round (``lock_round``: closing, leasing,
+    undoing): a lease's insert takes a key-share lock on its image, so locking the image first here could deadlock
+    with a batch being handed out."""
     _int("image id", image_id)
-    round_id = session.scalar(select(Image.round_id).where(Image.id == image_id))
-    if round_id is None:
+    row = session.execute(select(Image.round_id, Round.experiment_id).join(Round, Round.id == Image.round_id)
+                          .where(Image.id == image_id)).first()
+    if row is None:
         raise NotFound(f"there is no image with id {image_id}")
+    round_id, experiment_id = row
+    share_experiment(session=session, experiment_id=experiment_id)
     round_ = session.scalar(
         select(Round).where(Round.id == round_id).with_for_update(read=True),
         execution_options={"populate_existing": True},

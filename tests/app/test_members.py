@@ -375,3 +375,135 @@ def test_admins_only_is_set_from_the_command_line_and_the_admin_tab_and_a_mix_is
     with pytest.raises(gr.Error):  # a rater cannot set it
         on_set(world.experiment_id, "admins", request("bob"))
 
+
+def _pg_only(world) -> None:
+    if world.settings.db_url.startswith("sqlite"):
+        pytest.skip("SQLite serialises write transactions (BEGIN IMMEDIATE): an admin's change cannot land between a "
+                    "rating's check and its insert")
+
+
+def _waits_for_a_lock(world, thread, *, seconds: float = 30) -> bool:
+    """Whether ``thread`` waits for a row lock in this database (PostgreSQL's view of it), polled until it does, it
+    ends, or ``seconds`` pass: False when it ended without waiting."""
+    import time
+
+    from sqlalchemy import text
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and thread.is_alive():
+        with world.factory() as s:
+            if s.execute(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                              "AND wait_event_type = 'Lock'")).scalar():
+                return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.mark.parametrize("action", ["rating", "pair vote"])
+def test_a_rating_sent_while_an_admin_takes_its_rater_off_waits_and_is_refused(ui_world, monkeypatch, action):
+    """PostgreSQL: the membership check read the list without a lock, so a rating (or a pair vote) sent while an
+    admin's change taking its rater off was in flight (made, not committed) was checked against the old list and
+    saved (found by the fifth review). The admin's change holds the experiment's row; the rating's check now shares
+    that lock, so it waits for the change, reads the list as committed and is refused, nothing saved."""
+    import threading
+
+    from app.auth import audit as real_audit
+
+    world = ui_world
+    _pg_only(world)
+    only(world, "alice", "bob")
+    bob = who(world, "bob")
+    if action == "rating":
+        def send():
+            return ui_rate.submit(world.factory, bob, world.image_ids[0], 4)
+        model = Rating
+    else:
+        pairwise.set_feedback(world.factory, who(world, "root"), world.experiment_id, "pairs")
+        api, _ = fns(world)
+        pair_id = api["next_pair"]("ui-exp", request("bob"))["pair"]["pair_id"]
+
+        def send():
+            return pairwise.submit_vote(world.factory, bob, pair_id, "a")
+        model = ComparisonVote
+    held, release = threading.Event(), threading.Event()
+
+    def audit_then_hold(session, who_, action, *args, **kwargs):  # set_raters' last step: the change made, uncommitted
+        real_audit(session, who_, action, *args, **kwargs)
+        if action == "experiment.raters" and not held.is_set():
+            held.set()
+            assert release.wait(60)
+
+    monkeypatch.setattr(members.auth, "audit", audit_then_hold)
+    answers: dict[str, object] = {}
+
+    def run(key, fn):
+        try:
+            answers[key] = fn()
+        except Exception as e:  # noqa: BLE001 - the test reads it below
+            answers[key] = e
+
+    change = threading.Thread(target=run, args=("change", lambda: only(world, "alice")))
+    change.start()
+    assert held.wait(30)
+    rating = threading.Thread(target=run, args=("rating", send))
+    rating.start()
+    try:
+        waited = _waits_for_a_lock(world, rating)
+    finally:
+        release.set()
+        change.join(30)
+        rating.join(30)
+    assert not change.is_alive() and not rating.is_alive()
+    assert "Only alice" in str(answers["change"])
+    assert waited, f"the rating did not wait for the admin's change in flight: {answers['rating']!r}"
+    assert isinstance(answers["rating"], members.NotARater) and str(answers["rating"]) == sentence(world)
+    assert rows(world, model, "bob") == 0
+
+
+def test_an_admin_taking_a_rater_off_waits_for_their_rating_in_flight(ui_world, monkeypatch):
+    """PostgreSQL, the other order: a rating that passed the check and has not committed yet. The admin's change took
+    the rater off and committed meanwhile, and the rating was saved after it, by a rater the committed list no longer
+    held (found by the fifth review). Now the change waits for the rating's commit: the rating is saved before the
+    change, as the list stood when it was checked, and the change then lands."""
+    import threading
+
+    world = ui_world
+    _pg_only(world)
+    only(world, "alice", "bob")
+    image = world.image_ids[0]
+    held, release = threading.Event(), threading.Event()
+    real_add_rating = repo.add_rating
+
+    def add_then_hold(**kwargs):  # the rating checked and inserted, not committed
+        out = real_add_rating(**kwargs)
+        held.set()
+        assert release.wait(60)
+        return out
+
+    monkeypatch.setattr(repo, "add_rating", add_then_hold)
+    answers: dict[str, object] = {}
+
+    def run(key, fn):
+        try:
+            answers[key] = fn()
+        except Exception as e:  # noqa: BLE001 - the test reads it below
+            answers[key] = e
+
+    rating = threading.Thread(target=run, args=("rating", lambda: ui_rate.submit(world.factory, who(world, "bob"), image, 4)))
+    rating.start()
+    assert held.wait(30)
+    change = threading.Thread(target=run, args=("change", lambda: only(world, "alice")))
+    change.start()
+    try:
+        waited = _waits_for_a_lock(world, change)
+        # while the rating is in flight, the committed list still holds bob (a change that did not wait is visible)
+        listed_meanwhile = members.raters_text(world.factory, world.experiment_id)
+    finally:
+        release.set()
+        rating.join(30)
+        change.join(30)
+    assert not change.is_alive() and not rating.is_alive()
+    assert waited and listed_meanwhile == "alice, bob", (
+        f"the admin's change committed ({listed_meanwhile!r}) while a rating checked against the old list was in flight")
+    assert answers["rating"]["score"] == 4 and "Only alice" in str(answers["change"])
+    assert rows(world, Rating, "bob") == 1 and members.raters_text(world.factory, world.experiment_id) == "alice"
