@@ -174,6 +174,9 @@ def _name_char(c: str) -> bool:
     return base.isascii() and base.isalpha() and bool(marks) and all(unicodedata.combining(m) for m in marks)
 
 
+RESERVED_NAMES = {"everyone": "every rater", "admins": "admins only"}
+
+
 def check_account_name(name: Any) -> str:
     """Refuse (ValueError, one sentence) an account name with a character other than those ``_name_char`` takes; the
     name is read composed (NFC), as it is stored."""
@@ -182,6 +185,11 @@ def check_account_name(name: Any) -> str:
         if (bad := next((c for c in name if not _name_char(c)), None)) is not None:
             raise ValueError(f"an account name takes Latin letters (accented ones too), digits, spaces and . _ - ' @ "
                              f"only; {shown(name)} has {bad!r} (U+{ord(bad):04X})")
+        # the words of an experiment's rater list (app.members, in any case): an account so named could not be listed
+        # alone there, the word would win (found by the fifth review)
+        if name.strip().casefold() in RESERVED_NAMES:
+            raise ValueError(f"{name.strip()!r} is not an account name: in an experiment's list of raters it means "
+                             f"{RESERVED_NAMES[name.strip().casefold()]}; choose another name")
     return name
 
 

@@ -830,3 +830,18 @@ def test_a_refused_account_name_is_not_repeated_at_any_length():
     with pytest.raises(ValueError) as err:
         auth.check_account_name("x" * 100_000 + "\n")
     assert len(str(err.value)) < 300 and "U+000A" in str(err.value)
+
+
+def test_an_account_cannot_be_named_after_a_word_of_the_raters_list(db_factory):
+    """An account named 'admins' or 'everyone' (any case) could not be listed alone as an experiment's rater: the
+    raters field reads the word, not the name (fifth review). Such names are refused when the account is made."""
+    from app import members
+
+    for typed in ("admins", "Everyone", " ADMINS "):
+        assert members.parse_names(typed) in (None, [])  # what the field makes of it: a word, not that account
+        with pytest.raises(ValueError, match="is not an account name: in an experiment's list of raters") as refused:
+            auth.add_user(db_factory, name=typed, role="rater", password=PASSWORD)
+        assert "\n" not in str(refused.value)
+    assert not any(u.name.strip().lower() in ("admins", "everyone") for u in auth.list_users(db_factory))
+    auth.add_user(db_factory, name="admins team", role="rater", password=PASSWORD)  # a name that only contains one
+    assert members.parse_names("admins team") == ["admins team"]
