@@ -43,16 +43,24 @@ EMBED_CHUNK = EMBED_BATCH  # embed_images_batched's chunk: images are embedded i
 
 @torch.no_grad()
 def generate_batch(parts, adapter: str | None, prompts: list[str], seeds: list[int], cfg: SeikoConfig,
-                   on_progress: ProgressFn | None = None, *, as_uint8: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                   on_progress: ProgressFn | None = None, *, as_uint8: bool = False,
+                   pixels_out: Callable[[tuple[int, ...]], np.ndarray | None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (B, 3, H, W) in [0, 1] from round ``adapter``'s model (None: the base) and their embeddings (B, D).
 
     With ``as_uint8`` the images come back as the uint8 pixels a PNG stores (``sampling.quantize``), a quarter of
     the host memory. Each sampling batch is embedded as it comes out (in the same groups of ``EMBED_CHUNK`` from the
     start as embedding the whole set at once, so the same embeddings), and only one chunk at a time goes to the
     device: the whole round used to go to the device in one piece (48 GiB float32 at sd15's round 3) and be held
-    twice as float32 on the host (fourth review)."""
+    twice as float32 on the host (fourth review).
+
+    With ``as_uint8``, ``pixels_out(shape)`` may give the writable uint8 numpy array of ``shape`` (B, 3, H, W) that
+    the pixels are written into, batch by batch (the worker's memory map of a file when they are too many for the
+    host's memory: 12 GiB at sd15's round 3, fifth review); the images returned are a tensor sharing its memory. When
+    it returns None, or without it, they are a tensor in memory."""
     if not prompts:
         raise ValueError("no prompts were given, so there are no images to generate")
+    if pixels_out is not None and not as_uint8:
+        raise ValueError("pixels_out holds uint8 pixels; it needs as_uint8=True")
     lora.activate(parts.unet, adapter)
     sc = cfg.sampling
     n = len(prompts)
@@ -69,7 +77,14 @@ def generate_batch(parts, adapter: str | None, prompts: list[str], seeds: list[i
         part, rest = ready[:take], ready[take:]
         emb = embed_images_batched(parts, part, batch_size=EMBED_CHUNK)  # chunk by chunk to the device; back on host
         if images is None:
-            images = torch.empty((n, *part.shape[1:]), dtype=torch.uint8 if as_uint8 else part.dtype)
+            shape = (n, *part.shape[1:])
+            out = None if pixels_out is None else pixels_out(shape)
+            if out is not None and (out.shape != shape or out.dtype != np.uint8 or not out.flags.writeable):
+                got, out = f"a {out.dtype} array of shape {out.shape}", None
+                raise ValueError(f"pixels_out gave {got}, not a writable uint8 one of shape {shape}")
+            images = (torch.from_numpy(out) if out is not None
+                      else torch.empty(shape, dtype=torch.uint8 if as_uint8 else part.dtype))
+            del out  # held by ``images`` alone (see the end: a traceback keeps the frames)
             embeddings = torch.empty((n, emb.shape[1]), dtype=emb.dtype)
         # nothing non-finite is published for people to rate (a damaged adapter or model drew black images: review)
         bad_images += int((~torch.isfinite(part.reshape(take, -1))).any(dim=1).sum())
@@ -79,18 +94,24 @@ def generate_batch(parts, adapter: str | None, prompts: list[str], seeds: list[i
         filled += take
         pending = [rest] if len(rest) else []
 
-    for batch in sample_batches(parts, prompts, seeds, steps=sc.steps, guidance=sc.guidance, eta=sc.eta,
-                                batch_size=sc.batch_size, on_progress=on_progress):
-        pending.append(batch)
-        if sum(len(b) for b in pending) >= EMBED_CHUNK:
-            flush(final=False)
-    if pending:
-        flush(final=True)
-    for what, bad in (("images", bad_images), ("image embeddings", bad_embeddings)):
-        if bad:
-            source = "the base model" if adapter is None else f"adapter {adapter!r}"
-            raise ValueError(f"{bad} of the {n} {what} drawn with {source} are not finite numbers: the "
-                             "model's or the adapter's weights are damaged; nothing was saved")
+    try:
+        for batch in sample_batches(parts, prompts, seeds, steps=sc.steps, guidance=sc.guidance, eta=sc.eta,
+                                    batch_size=sc.batch_size, on_progress=on_progress):
+            pending.append(batch)
+            if sum(len(b) for b in pending) >= EMBED_CHUNK:
+                flush(final=False)
+        if pending:
+            flush(final=True)
+        for what, bad in (("images", bad_images), ("image embeddings", bad_embeddings)):
+            if bad:
+                source = "the base model" if adapter is None else f"adapter {adapter!r}"
+                raise ValueError(f"{bad} of the {n} {what} drawn with {source} are not finite numbers: the "
+                                 "model's or the adapter's weights are damaged; nothing was saved")
+    except BaseException:
+        # a traceback keeps this frame (and flush's): not the pixels, which may be the caller's memory map of a
+        # scratch file, gigabytes of disk held until the traceback goes (fifth review)
+        images = None
+        raise
     return images, embeddings
 
 

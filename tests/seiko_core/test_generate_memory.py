@@ -61,3 +61,53 @@ def test_images_and_embeddings_equal_the_whole_set_path(random_parts, batch_size
     assert torch.equal(pixels, (ref_images.clamp(0, 1) * 255).round().to(torch.uint8))
     assert torch.equal(emb8, ref_emb)
 
+
+
+def test_pixels_out_receives_the_same_pixels_and_no_traceback_keeps_it(random_parts):
+    """The worker's scratch file (fifth review): with ``pixels_out`` the uint8 pixels are written into the array it
+    gives, the same as in memory, and the images returned share its memory; an error mid-way leaves no reference to
+    it in the traceback's frames (a memory map there held gigabytes of disk until the traceback went)."""
+    import gc
+    import weakref
+
+    import numpy as np
+
+    n = CHUNK + 9
+    prompts, seeds = [f"shape {i % 3}" for i in range(n)], [50 + i for i in range(n)]
+    cfg = _cfg(8)
+    want, want_emb = loop.generate_batch(random_parts, None, prompts, seeds, cfg, as_uint8=True)
+    given = {}
+
+    def out(shape):
+        given["array"] = np.full(shape, 7, dtype=np.uint8)
+        return given["array"]
+
+    pixels, emb = loop.generate_batch(random_parts, None, prompts, seeds, cfg, as_uint8=True, pixels_out=out)
+    assert torch.equal(pixels, want) and torch.equal(emb, want_emb)
+    assert np.array_equal(given["array"], want.numpy())  # written into the array given, not a copy of it
+    assert pixels.data_ptr() == given["array"].ctypes.data
+    assert torch.equal(loop.generate_batch(random_parts, None, prompts, seeds, cfg, as_uint8=True,
+                                           pixels_out=lambda shape: None)[0], want)  # None: in memory
+
+    with pytest.raises(ValueError, match="pixels_out holds uint8 pixels; it needs as_uint8=True"):
+        loop.generate_batch(random_parts, None, prompts, seeds, cfg, pixels_out=out)
+    with pytest.raises(ValueError, match=r"pixels_out gave a uint8 array of shape \(3,\), not a writable uint8 one"):
+        loop.generate_batch(random_parts, None, prompts[:3], seeds[:3], cfg, as_uint8=True,
+                            pixels_out=lambda shape: np.zeros(3, np.uint8))
+
+    refs = []
+
+    def tracked(shape):
+        array = np.zeros(shape, dtype=np.uint8)
+        refs.append(weakref.ref(array))
+        return array
+
+    def stop(done, total, info):
+        if refs:  # after the first chunk was written into the array
+            raise RuntimeError("stopped after the first chunk")
+
+    with pytest.raises(RuntimeError, match="stopped after the first chunk") as info:
+        loop.generate_batch(random_parts, None, prompts, seeds, cfg, on_progress=stop, as_uint8=True, pixels_out=tracked)
+    gc.collect()
+    assert len(refs) == 1 and info.tb is not None
+    assert refs[0]() is None  # the traceback (kept in ``info``) holds no reference to the array
