@@ -3,6 +3,7 @@
     <data_dir>/images/ab/abcdef....png        content-addressed by the sha256 of the PNG bytes (identical images dedup)
     <data_dir>/adapters/exp{E}/round_{k}/     round k's LoRA adapter (seiko_core.lora.save_adapter: atomic, manifest)
     <data_dir>/reward/exp{E}/round_{k}/       the reward ensemble (+ UCB bonus) that adapter k was trained against
+    <data_dir>/scratch/                       a job's working files too large for memory (:func:`scratch_array`)
 
 The database stores paths relative to the data dir (forward slashes); :func:`resolve` turns one back into
 a path and refuses anything that could point outside (absolute paths, ``..``, backslashes).
@@ -14,8 +15,10 @@ Every file and directory appears under its final name only when complete: it is 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
+import math
 import os
 import shutil
 import time
@@ -23,13 +26,16 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+import numpy as np
+
 from app.settings import SettingsError
-from seiko_core.atomic import TMP_PREFIX, fsync_dir, write_bytes
+from seiko_core.atomic import TMP_PREFIX, fsync_dir, temp_sibling, write_bytes
 from seiko_core.checkpoint import sha256_file
 
 IMAGES = "images"
 ADAPTERS = "adapters"
 REWARD = "reward"
+SCRATCH = "scratch"
 
 
 class UnsafePath(ValueError):
@@ -144,7 +150,65 @@ def clean_partials(data_dir: str | Path, *, min_age_s: float = 0.0) -> list[Path
     """
     root = Path(data_dir)
     parents = [p for top in (IMAGES, ADAPTERS, REWARD) for p in (root / top).glob("*") if p.is_dir()]
+    # a scratch file's name, left by a process killed between making and mapping it (scratch_array)
+    parents += [root / SCRATCH] if (root / SCRATCH).is_dir() else []
     return _remove_stale(parents, min_age_s)
+
+
+def _allocate(fd: int, size: int) -> None:
+    """Give the file ``fd`` ``size`` bytes of disk blocks now (ENOSPC here, not when a page of its memory map is
+    written: that is a SIGBUS, which kills the process)."""
+    if hasattr(os, "posix_fallocate"):
+        try:
+            os.posix_fallocate(fd, 0, size)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):  # a file system without it: written below
+                raise
+    zeros = bytes(16 << 20)
+    for start in range(0, size, len(zeros)):
+        os.pwrite(fd, zeros[: min(len(zeros), size - start)], start)
+
+
+def _amount(n: int) -> str:
+    """``n`` bytes for a person: 12.0 KiB, 12.0 GiB."""
+    if n < 1024:
+        return f"{n} bytes"
+    power = min(3, int(math.log(n, 1024)))
+    return f"{n / 1024**power:.1f} {('KiB', 'MiB', 'GiB')[power - 1]}"
+
+
+def scratch_array(data_dir: str | Path, label: str, shape: tuple[int, ...], *, what: str) -> np.ndarray:
+    """A zeroed uint8 array of ``shape`` held in a file rather than in memory: a numpy memory map of a file made as
+    ``<data_dir>/scratch/.tmp-<label>-<random>``, for data too large for the host's memory (a round's candidate
+    pixels: 12 GiB at sd15's scale). Its pages are the kernel's file cache, written back and dropped as memory is
+    needed, so the process's own memory does not grow with it.
+
+    The file's disk space is allocated first: a full disk is one OSError (ENOSPC) saying how much room ``what``
+    needs, before anything is written (a page of a memory map with no disk block behind it is a SIGBUS when
+    written, which kills the process). The file's name is removed as soon as it is mapped: its disk space is in
+    use until the mapping ends, with the last reference to the array, also on error, and a killed process's goes
+    with the process; no other process (a worker starting beside this one) can remove it meanwhile. A name left
+    by a process killed in between is removed by :func:`clean_partials`."""
+    size = math.prod(shape)
+    if size < 1:
+        raise ValueError(f"a scratch array needs at least one byte, got shape {shape}")
+    folder = Path(data_dir) / SCRATCH
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = temp_sibling(folder / label)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        try:
+            _allocate(fd, size)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise OSError(exc.errno, f"No space left on device for {what}: they need {_amount(size)} in "
+                                     f"{str(folder)!r} while the job runs, so free that much space there") from exc
+        return np.memmap(path, dtype=np.uint8, mode="r+", shape=shape)
+    finally:
+        os.close(fd)
+        path.unlink(missing_ok=True)
 
 
 EXPORT_PARTIALS_AGE_S = 24 * 3600.0  # an export being written is never this old (a merged SD pipeline takes minutes)

@@ -87,6 +87,9 @@ log = logging.getLogger("seiko.worker")
 ERROR_MAX_CHARS = 2000  # a job's error message is one sentence; a runaway message is cut here
 
 
+# a generate job's candidates' uint8 pixels up to this size are held in memory, larger ones in a scratch file of the
+# data dir (storage.scratch_array): sd15's round 3 has 16,384 candidates of 512x512x3, 12 GiB (fifth review)
+PIXELS_IN_MEMORY_MAX_BYTES = 512 << 20
 FAULT_ENV = "SEIKO_FAULT_PHASE"  # fault injection: see the module docstring
 
 
@@ -476,7 +479,8 @@ class Worker:
     """``Worker(settings, worker_id).run_forever()``; ``run_once()`` processes at most one job (tests, ``--once``)."""
 
     def __init__(self, settings: Settings, worker_id: str, lease_s: float = 60, poll_s: float = 1.0, *,
-                 device: str | torch.device | None = None, eval_chunk: int = EVAL_CHUNK) -> None:
+                 device: str | torch.device | None = None, eval_chunk: int = EVAL_CHUNK,
+                 pixels_in_memory_max_bytes: int = PIXELS_IN_MEMORY_MAX_BYTES) -> None:
         if isinstance(lease_s, bool) or not isinstance(lease_s, int | float) or not math.isfinite(lease_s) or lease_s <= 0:
             raise ValueError(f"lease_s must be a positive number of seconds, got {lease_s!r}")
         if isinstance(poll_s, bool) or not isinstance(poll_s, int | float) or not math.isfinite(poll_s) or poll_s < 0:
@@ -485,7 +489,13 @@ class Worker:
         check_name("worker_id", worker_id)
         if isinstance(eval_chunk, bool) or not isinstance(eval_chunk, int) or eval_chunk < 1:
             raise ValueError(f"eval_chunk must be a whole number of images from 1, got {eval_chunk!r}")
+        if (isinstance(pixels_in_memory_max_bytes, bool) or not isinstance(pixels_in_memory_max_bytes, int)
+                or pixels_in_memory_max_bytes < 0):
+            raise ValueError(f"pixels_in_memory_max_bytes must be a whole number of bytes from 0, got "
+                             f"{pixels_in_memory_max_bytes!r}")
         self.settings, self.worker_id = settings, worker_id
+        # a generate job's candidate pixels above this size are kept in a scratch file of the data dir, not in memory
+        self.pixels_in_memory_max_bytes = pixels_in_memory_max_bytes
         self.lease_s, self.poll_s, self.device = float(lease_s), float(poll_s), device
         self.engine = make_engine(settings.db_url)
         self.factory = session_factory(self.engine)
@@ -869,21 +879,30 @@ class Worker:
             progress.set("load_model")
             parts = self._parts(model_spec)
             adapter = self._use_adapter(parts, this)
-            sample_started = time.monotonic()
-            # uint8 (what the PNGs store): a quarter of float32's host memory for sd15's thousands of candidates
-            images, emb = generate_batch(parts, adapter, [p for p, _ in query], [s for _, s in query], cfg,
-                                         on_progress=progress.callback("sample_query"), as_uint8=True)
-            sample_wall_s = round(time.monotonic() - sample_started, 3)
-            if not query_done:
-                reward_dir = storage.resolve(self.settings.data_dir, storage.reward_path(experiment_id, k)) if k else None
-                if reward_dir is not None and mode != "random":
-                    verify(reward_dir)  # its files as the train job wrote them: a flipped bit would choose what people see
-                images, emb, query, chosen = selection.select_query(
-                    images, emb, query, options=options, mode=mode, n_show=n, seed=derive_seed(experiment_id, k, "select"),
-                    reward_dir=reward_dir, device=parts.device)
-                selection_record = chosen
-            query_wall_s = round(time.monotonic() - started, 3)
-            rows = self._store_images(images, emb, query, "query")
+            images = None
+            try:
+                sample_started = time.monotonic()
+                # uint8 (what the PNGs store): a quarter of float32's host memory for sd15's thousands of
+                # candidates; beyond pixels_in_memory_max_bytes in a scratch file, not in memory (fifth review)
+                images, emb = generate_batch(parts, adapter, [p for p, _ in query], [s for _, s in query], cfg,
+                                             on_progress=progress.callback("sample_query"), as_uint8=True,
+                                             pixels_out=self._candidate_pixels(job.id, k))
+                sample_wall_s = round(time.monotonic() - sample_started, 3)
+                keep = None
+                if not query_done:
+                    reward_dir = storage.resolve(self.settings.data_dir, storage.reward_path(experiment_id, k)) if k else None
+                    if reward_dir is not None and mode != "random":
+                        verify(reward_dir)  # its files as the train job wrote them: a flipped bit would choose what people see
+                    keep, query, chosen = selection.select_query(
+                        emb, query, options=options, mode=mode, n_show=n, seed=derive_seed(experiment_id, k, "select"),
+                        reward_dir=reward_dir, device=parts.device)
+                    selection_record = chosen
+                query_wall_s = round(time.monotonic() - started, 3)
+                rows = self._store_images(images, emb, query, "query", keep)
+            finally:
+                # the scratch file's memory map (its disk space) ends with the last reference to the pixels, and a
+                # traceback keeps this frame: none is left here, also on error
+                images = None
         # the job's own time: the query part only (the eval grid is the eval job's, with its own wall_s)
         generate_metrics = {"query_images": n, "eval_images": n_grid, "query_wall_s": query_wall_s,
                             "sample_wall_s": sample_wall_s,  # generating the candidates alone (the UI's wait estimate)
@@ -932,14 +951,33 @@ class Worker:
             repo.add_image(session=s, round_id=round_id, **r)
         return len(missing)
 
-    def _store_images(self, images: torch.Tensor, emb: torch.Tensor, pairs: list[tuple[str, int]], kind: str) -> list[dict[str, Any]]:
-        pixels = to_uint8(images)
+    def _candidate_pixels(self, job_id: int, round_index: int):
+        """generate_batch's ``pixels_out``: None (in memory) up to ``pixels_in_memory_max_bytes``, else the memory
+        map of a scratch file of the data dir (``storage.scratch_array``: its disk space is freed when the map ends)."""
+        def allocate(shape: tuple[int, ...]) -> np.ndarray | None:
+            if math.prod(shape) <= self.pixels_in_memory_max_bytes:
+                return None
+            return storage.scratch_array(self.settings.data_dir, f"job{job_id}-candidates", shape,
+                                         what=f"round {round_index}'s {shape[0]} candidate images")
+        return allocate
+
+    def _store_images(self, images: torch.Tensor, emb: torch.Tensor, pairs: list[tuple[str, int]], kind: str,
+                      keep: list[int] | None = None) -> list[dict[str, Any]]:
+        """Image rows of ``pairs`` (PNG files written), the i-th being ``images[keep[i]]`` (``images[i]`` without
+        ``keep``). One image's pixels at a time: ``images`` may be a scratch file's memory map (fifth review)."""
+        index = range(len(pairs)) if keep is None else keep
+        if len(index) != len(pairs):
+            raise ValueError(f"{len(index)} image indices for {len(pairs)} (prompt, seed) pairs")
         emb = emb.detach().to("cpu", torch.float32).numpy().astype("<f4")
         rows = []
-        for i, (prompt, seed) in enumerate(pairs):
-            stored = storage.write_image(self.settings.data_dir, storage.encode_png(pixels[i]))
-            rows.append({"prompt": prompt, "seed": int(seed), "file_path": stored.path, "sha256": stored.sha256,
-                         "embedding": emb[i].tobytes(), "embedding_dim": int(emb.shape[1]), "kind": kind})
+        try:
+            for j, (prompt, seed) in zip(index, pairs):
+                pixels = to_uint8(images[j:j + 1])[0].copy()  # one image's, apart from the map (PIL copies it anyway)
+                stored = storage.write_image(self.settings.data_dir, storage.encode_png(pixels))
+                rows.append({"prompt": prompt, "seed": int(seed), "file_path": stored.path, "sha256": stored.sha256,
+                             "embedding": emb[j].tobytes(), "embedding_dim": int(emb.shape[1]), "kind": kind})
+        finally:
+            images = None  # a traceback keeps this frame: not the pixels (a scratch file's memory map, see _generate)
         return rows
 
     # -- eval ---------------------------------------------------------------------------------
