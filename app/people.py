@@ -205,7 +205,7 @@ def model_image_size(model_spec: str, default: int = 32) -> int:
     try:
         latent = int(config("unet")["sample_size"])
         return latent * 2 ** (len(config("vae")["block_out_channels"]) - 1)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):  # Recursion: nested too deeply for json
         return default
 
 

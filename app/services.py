@@ -101,10 +101,13 @@ def check_model_spec(model_spec: str) -> str:
     one sentence."""
     from huggingface_hub import try_to_load_from_cache
 
-    from seiko_core.models import ModelLoadError, _hub_offline, resolve_spec
+    from seiko_core.models import ModelLoadError, _hub_offline, check_model_configs, resolve_spec
 
     try:
         name, local = resolve_spec(model_spec)
+        # its configs parsed as the loader will: a model_index.json nested 200,000 deep was accepted here and failed
+        # every generate job with a RecursionError (found by the fifth review)
+        check_model_configs(name, local)
     except ModelLoadError as exc:
         raise InvalidInput(f"{str(exc).rstrip('.')}; nothing was created") from exc
     if not local and _hub_offline() and not isinstance(try_to_load_from_cache(name, "model_index.json"), str):

@@ -113,6 +113,8 @@ def check_json(what: str, value: Any) -> Any:
         json.dumps(value, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise InvalidInput(f"{what} cannot be stored as JSON: {e}") from e
+    except RecursionError as e:  # a list nested thousands deep
+        raise InvalidInput(f"{what} cannot be stored as JSON: it is nested too deeply") from e
     stack = [value]
     while stack:
         item = stack.pop()

@@ -111,7 +111,7 @@ def verify(directory: str | Path) -> dict:
         raise CheckpointError(f"Checkpoint {str(directory)!r} has no {MANIFEST}; it is incomplete or not a checkpoint.")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:  # Recursion: 200,000 nested '[' (review)
         raise CheckpointError(f"Checkpoint manifest {str(path)!r} is not valid JSON.") from exc
     files = manifest.get("files") if isinstance(manifest, dict) else None
     if not isinstance(files, dict) or not files:

@@ -127,6 +127,9 @@ def _check_local_configs(path: Path) -> None:
             continue
         try:
             value = json.loads(config.read_text(encoding="utf-8"))
+        except RecursionError as exc:  # json's C parser gives up on 200,000 nested '[' (found by the fifth review)
+            raise ModelLoadError(f"Model file {str(config)!r} is not a config this loader reads (its JSON is nested "
+                                 "too deeply).") from exc
         except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
             raise ModelLoadError(f"Model file {str(config)!r} is not valid JSON ({exc}).".splitlines()[0]) from exc
         if not isinstance(value, dict):
@@ -139,7 +142,7 @@ def _check_local_configs(path: Path) -> None:
     for index in sorted([*path.glob("*.safetensors.index.json"), *path.glob("*/*.safetensors.index.json")]):
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
-        except (json.JSONDecodeError, UnicodeDecodeError, OSError, AttributeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError, AttributeError, RecursionError) as exc:
             raise ModelLoadError(f"Model file {str(index)!r} is not a JSON object with a weight_map.") from exc
         if not isinstance(weight_map, dict):
             raise ModelLoadError(f"Model file {str(index)!r} has no weight_map object.")
@@ -196,6 +199,22 @@ def check_hub_files(name: str) -> None:
         return
     _check_local_configs(snapshot)
     _check_hub_blobs(snapshot)
+
+
+def check_model_configs(name: str, local: bool) -> None:
+    """The configs the loader would read for model ``name`` (as ``resolve_spec`` gives it) are JSON objects it can
+    read, or ModelLoadError with one sentence: a local directory's, or a hub id's cached snapshot's (nothing when it
+    is not cached; no weights are hashed). For a check before anything is written (experiment creation)."""
+    if local:
+        _check_local_configs(Path(name))
+        return
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot = Path(snapshot_download(name, allow_patterns=_CONFIGS, local_files_only=True))
+    except (OSError, ValueError):  # LocalEntryNotFoundError (not cached), HFValidationError (not a hub id)
+        return
+    _check_local_configs(snapshot)
 
 
 def _load_pretrained(loader, name: str, local: bool, what: str, **kwargs):

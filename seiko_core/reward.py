@@ -79,6 +79,8 @@ def read_artifact(path_dir: str | Path, weights_name: str, meta_name: str, expec
         meta = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{str(meta_path)!r} is not valid JSON ({err})") from err
+    except RecursionError as err:  # json's parser gives up on 200,000 nested '[' (found by the fifth review)
+        raise ValueError(f"{str(meta_path)!r} is not valid JSON (it is nested too deeply)") from err
     if not isinstance(meta, dict) or meta.get("format") != expected_format:
         raise ValueError(f"{str(meta_path)!r} is not a {expected_format} file")
     if meta.get("version") != _VERSION:

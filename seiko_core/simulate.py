@@ -124,6 +124,8 @@ def _parse_value(text: str):
         return json.loads(text)
     except json.JSONDecodeError:
         return text  # a bare string such as per_step
+    except RecursionError as exc:  # 200,000 nested '[' (found by the fifth review)
+        raise SimulationError(f"--set value {text[:20]!r}... is JSON nested too deeply to read") from exc
 
 
 def apply_overrides(cfg: SeikoConfig, overrides: Sequence[str]) -> SeikoConfig:
