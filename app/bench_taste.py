@@ -146,12 +146,13 @@ class BenchConfig:
         """``config`` (an experiment's SEIKO config dict) with ``overrides`` applied, checked by SeikoConfig."""
         if not self.overrides:
             return config
-        from seiko_core.config import check_round_limits, check_round_trajectories, check_runnable
+        from seiko_core.config import check_prompts, check_round_limits, check_round_trajectories, check_runnable
         from seiko_core.simulate import SimulationError, apply_overrides
 
         try:
             cfg = apply_overrides(from_dict(config), self.overrides)
             check_round_limits(cfg)  # the limits the app's experiments and the simulator's --set are held to
+            check_prompts(cfg)
             check_runnable(cfg)  # prompts=[] is a valid config, but the worker's first round has nothing to sample
             check_round_trajectories(cfg)  # the worker's trajectory seeds: under a million a round
             return to_dict(cfg)

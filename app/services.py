@@ -20,7 +20,15 @@ from db import jobs as job_queue
 from db import repo
 from db.engine import write_session
 from db.errors import InvalidInput
-from seiko_core.config import METHODS, SeikoConfig, check_round_limits, check_round_trajectories, from_dict, to_dict
+from seiko_core.config import (
+    METHODS,
+    SeikoConfig,
+    check_prompts,
+    check_round_limits,
+    check_round_trajectories,
+    from_dict,
+    to_dict,
+)
 from seiko_core.presets import PRESETS, preset
 
 
@@ -69,6 +77,7 @@ def build_config(spec: ExperimentSpec) -> SeikoConfig:
         cfg.finetune.max_seconds = float(spec.finetune_max_seconds) or None
     try:  # per round, before for_method scales Non-adaptive's one round (the form, the CLI and the API all come here)
         check_round_limits(cfg)
+        check_prompts(cfg)  # at most PROMPT_MAX_BYTES each: the images table indexes the whole prompt (fifth review)
     except ValueError as exc:
         raise InvalidInput(str(exc)) from exc
     if spec.method is not None:

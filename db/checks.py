@@ -18,7 +18,7 @@ from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
 from db.errors import InvalidInput
-from db.models import NAME_MAX, utcnow
+from db.models import NAME_MAX, PROMPT_MAX_BYTES, utcnow
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # ids are Integer columns: 64-bit in SQLite but 32-bit on PostgreSQL, where a larger value in a query is a DataError
@@ -91,6 +91,17 @@ def check_text(what: str, value: str) -> str:
         raise InvalidInput(f"{what} contains a NUL character (\\x00), which the database cannot hold")
     if not encodable(value):
         raise InvalidInput(f"{what} contains a character that is not valid Unicode (a lone surrogate)")
+    return value
+
+
+def check_prompt(what: str, value: str, limit: int = PROMPT_MAX_BYTES) -> str:
+    """A prompt of at most ``limit`` bytes in UTF-8 (``db.models.PROMPT_MAX_BYTES``: the images table indexes the whole
+    prompt, and PostgreSQL refuses an index row over 2,704 bytes), after ``check_text``."""
+    check_text(what, value)
+    size = len(value.encode("utf-8"))
+    if size > limit:
+        raise InvalidInput(f"{what} is {size:,} bytes in UTF-8; the limit is {limit:,} bytes (CLIP reads only a "
+                           "prompt's first 77 tokens, and the database indexes the whole prompt)")
     return value
 
 

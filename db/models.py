@@ -53,6 +53,14 @@ EXPORT_FORMATS = ("diffusers", "kohya", "merged", "ratings")
 SCORE_MIN, SCORE_MAX = 1, 10
 NAME_MAX = 200
 METHOD_MAX = 64
+# a prompt's UTF-8 bytes: images(round_id, kind, prompt, seed) is a unique btree index on PostgreSQL, whose rows cannot
+# exceed 2,704 bytes after compression, so a 950-character CJK prompt passed and every insert of its images failed
+# (found by the fifth review). CLIP reads only a prompt's first 77 tokens, so 1,000 bytes lose nothing it sees.
+# seiko_core.config.PROMPT_MAX_BYTES is the same number (db does not import seiko_core).
+PROMPT_MAX_BYTES = 1000
+# an image's prompt is a sampling prompt, maybe after the config's quality_template and a space (each at most
+# PROMPT_MAX_BYTES): 2,001 bytes of incompressible text and the other key columns fit under PostgreSQL's 2,704
+IMAGE_PROMPT_MAX_BYTES = 2 * PROMPT_MAX_BYTES + 1
 
 
 def utcnow() -> datetime:

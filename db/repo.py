@@ -29,6 +29,7 @@ from db.checks import check_json as _json
 from db.checks import check_lease as _lease
 from db.checks import check_name as _name
 from db.checks import check_now as _now
+from db.checks import check_prompt as _prompt
 from db.checks import check_relative_path as _relative_path
 from db.checks import check_sha256 as _sha256
 from db.checks import check_text as _text
@@ -37,6 +38,7 @@ from db.models import (
     EXPERIMENT_STATUSES,
     EXPORT_FORMATS,
     IMAGE_KINDS,
+    IMAGE_PROMPT_MAX_BYTES,
     METHOD_MAX,
     RATER_ROLES,
     ROUND_STATUSES,
@@ -123,7 +125,7 @@ def create_experiment(
     for p in prompts:
         if not isinstance(p, str) or not p.strip():
             raise InvalidInput(f"each prompt must be a non-empty string, got {p!r}")
-        _text(f"prompt {shown(p)}", p)
+        _prompt(f"prompt {shown(p)}", p)
     _int("overlap (ratings wanted per image)", overlap, minimum=1, maximum=MAX_OVERLAP)
     if session.scalar(select(Experiment.id).where(Experiment.name == name)) is not None:
         raise Conflict(f"an experiment named {name!r} already exists")
@@ -475,6 +477,7 @@ def add_image(
     _choice("image kind", kind, IMAGE_KINDS)
     if not isinstance(prompt, str) or not prompt.strip():
         raise InvalidInput(f"prompt must be a non-empty string, got {prompt!r}")
+    _prompt(f"the image's prompt {shown(prompt)}", prompt, IMAGE_PROMPT_MAX_BYTES)  # not the raw SQL error (review)
     _int("seed", seed, minimum=0, maximum=2**63 - 1)
     _relative_path("file_path", file_path)
     _sha256("sha256", sha256)

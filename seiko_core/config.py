@@ -17,6 +17,12 @@ METHODS = ("nonadaptive", "greedy", "ucb", "ucb_cov", "bootstrap", "ts")  # ucb:
 # seiko_core.optimism.OPTIMISM's names, written out so that a config is checked without importing torch
 AGGREGATIONS = ("mean", "max", "softmax", "ucb_heads", "thompson")
 
+# the most UTF-8 bytes a prompt (or the quality template) may have: the app's images table indexes the whole prompt,
+# and PostgreSQL refuses an index row over 2,704 bytes (a 950-character CJK prompt was accepted and round 0 never
+# opened; found by the fifth review). CLIP reads only a prompt's first 77 tokens, so 1,000 bytes lose nothing it
+# sees. The same number as db.models.PROMPT_MAX_BYTES.
+PROMPT_MAX_BYTES = 1000
+
 
 def _check(cond: bool, msg: str) -> None:
     if not cond:
@@ -53,6 +59,16 @@ def _kind_error(name: str, kind: str, value: Any) -> str | None:
 def _texts(name: str, values: tuple) -> None:
     """Every item of the list field ``name`` is a non-empty text (a prompt of 1 or "" would reach the text encoder)."""
     _check(all(isinstance(v, str) and v.strip() for v in values), f"{name} must be non-empty texts, got {list(values)!r}")
+
+
+def _prompt_sizes(name: str, values: tuple) -> None:
+    """Every text of ``name`` is at most PROMPT_MAX_BYTES in UTF-8; the sentence names the first that is not."""
+    for v in values:
+        size = len(v.encode("utf-8", "surrogatepass"))  # a lone surrogate is the database's to refuse, in its words
+        shown = repr(v) if len(v) <= 40 else repr(v[:37]) + "..."
+        _check(size <= PROMPT_MAX_BYTES,
+               f"{name} {shown} is {size:,} bytes in UTF-8; the limit is {PROMPT_MAX_BYTES:,} bytes per prompt (CLIP "
+               "reads only a prompt's first 77 tokens, and the database indexes the whole prompt)")
 
 
 def _check_finite(obj: Any) -> None:
@@ -364,6 +380,16 @@ MAX_KL_WEIGHT = 1e3  # 100,000x the reference's 0.01: the KL term then outweighs
 
 def _number_shown(value: float) -> str:
     return str(value) if _whole(value) and abs(value) < 10**15 else f"{value:.6g}"
+
+
+def check_prompts(cfg: SeikoConfig) -> None:
+    """The prompts a person chose are ones the app can store: each prompt, eval prompt and the quality template at
+    most :data:`PROMPT_MAX_BYTES` in UTF-8; a ValueError with one sentence naming the first too long and the limit.
+    Called where check_round_limits is (a new experiment, the simulator's and bench-taste's ``--set``), not by
+    ``__post_init__``: an experiment stored before the limit keeps loading."""
+    _prompt_sizes("prompt", cfg.prompts)
+    _prompt_sizes("eval prompt", cfg.eval_prompts)
+    _prompt_sizes("quality_template", (cfg.quality_template,))
 
 
 def check_round_limits(cfg: SeikoConfig) -> None:

@@ -52,7 +52,16 @@ import torch
 from tqdm import tqdm
 
 from .atomic import write_text
-from .config import METHODS, SeikoConfig, check_round_limits, check_round_trajectories, check_runnable, from_dict, to_dict
+from .config import (
+    METHODS,
+    SeikoConfig,
+    check_prompts,
+    check_round_limits,
+    check_round_trajectories,
+    check_runnable,
+    from_dict,
+    to_dict,
+)
 from .stats import mean_ci95, t975, wins  # noqa: F401  (re-exported: reports import them from here)
 
 RESULTS = "results.json"
@@ -883,6 +892,7 @@ def campaign_setup(args, parts, oracle, methods, budgets):
         base = apply_overrides(base, args.set)
         check_runnable(base)  # e.g. --set prompts=[]: a valid config with nothing to sample
         check_round_limits(base)  # e.g. --set finetune.epochs=1e9: per round, before method_config scales Non-adaptive
+        check_prompts(base)
         cfgs = {m: method_config(base, m, args) for m in methods}
         for cfg in cfgs.values():  # as each trains: Non-adaptive's one round has K times the epochs
             check_round_trajectories(cfg)
