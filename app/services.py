@@ -27,6 +27,7 @@ from seiko_core.config import (
     check_round_limits,
     check_round_trajectories,
     from_dict,
+    prompt_key,
     to_dict,
 )
 from seiko_core.presets import PRESETS, preset
@@ -61,8 +62,10 @@ def build_config(spec: ExperimentSpec) -> SeikoConfig:
         cfg.prompts = tuple(p.strip() for p in spec.prompts if p.strip())
     if spec.eval_prompts is not None:
         cfg.eval_prompts = tuple(p.strip() for p in spec.eval_prompts if p.strip())
-    else:  # the preset's held-out prompts, less any the experiment samples
-        cfg.eval_prompts = tuple(p for p in cfg.eval_prompts if p not in set(cfg.prompts))
+    else:  # the preset's held-out prompts, less any the experiment samples as CLIP reads them ('A small square' is
+        # 'a small square': exact strings were compared, and that one stayed "held out"; found by the fifth review)
+        sampled = {prompt_key(p) for p in cfg.prompts}
+        cfg.eval_prompts = tuple(p for p in cfg.eval_prompts if prompt_key(p) not in sampled)
     if not cfg.prompts:
         raise InvalidInput("an experiment needs at least one sampling prompt")
     if not cfg.eval_prompts:
