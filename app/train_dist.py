@@ -22,7 +22,9 @@ Failures: if any rank ends (a crash, ``kill -9``), the supervisor kills the othe
 this worker back to the queue (``db.jobs.fail_job(retry=True)``, one attempt used; a lease that runs out does the
 same if the supervisor itself died) and starts a fresh group, which takes the job again. Rank 0 leaves the
 group (exit status 75, restarted the same way) whenever a train job ended abnormally on it while the
-followers may still be inside a collective. Every rank dies with the supervisor (PR_SET_PDEATHSIG on Linux).
+followers may still be inside a collective. Once rank 0 has ended, whatever it told its followers, the supervisor
+tells them to stop through the group's store (``FollowerStopWatch``) and kills those left after FOLLOWERS_STOP_S.
+Every rank dies with the supervisor (PR_SET_PDEATHSIG on Linux).
 Publishing stays exactly once: only rank 0 publishes, in ``repo.publish_round``'s one transaction.
 """
 
@@ -58,6 +60,13 @@ WATCHDOG_EXIT = 76
 QUICK_FAILURE_S = 60.0  # a group that ends sooner than this after starting counts as a quick failure
 MAX_QUICK_FAILURES = 3  # the supervisor gives up after this many quick failures in a row
 FOLLOWER_GRACE_S = 60.0  # a follower ended cleanly (or while stopping): how long rank 0 has to end as well
+# rank 0 has ended: the supervisor tells the followers to stop through the group's store (FollowerStopWatch) and gives
+# them this long, all together, before it kills the rest. It waited up to 60 s for EACH follower, and only rank 0's
+# "stop" over the control group told them: rank 0 ended by its watchdog, or stopped while the group was forming, never
+# sent it (found by the fifth review)
+FOLLOWERS_STOP_S = 5.0
+FOLLOWERS_STOP_KEY = "seiko/followers-stop"  # set in the group's store by the supervisor; its value is the reason
+FOLLOWER_TOLD_S = 5.0  # a follower whose collective failed waits this long to be told to stop before it reports a crash
 CONTROL_TIMEOUT = timedelta(days=365)  # followers wait on the control group while rank 0 is idle or generating
 
 
@@ -219,6 +228,43 @@ class Group:
 # ---------------------------------------------------------------------------------------------
 
 
+class FollowerStopWatch:
+    """A follower's ear on the group's store: when the supervisor sets FOLLOWERS_STOP_KEY (rank 0 has ended), the
+    follower says so in one sentence and ends at once with status 0, whatever its main thread is in (the group's
+    formation, a collective, loading a model). Rank 0's "stop" over the control group reaches a follower only when
+    rank 0 sends it: rank 0 ended by its watchdog, or stopped while the group was forming, left its followers in a
+    collective or in the formation until the supervisor killed them, up to 60 s each later, or to die of gloo's
+    "Connection closed by peer" with a traceback (found by the fifth review)."""
+
+    POLL_S = 0.1
+
+    def __init__(self, rank: int, worker_id: str) -> None:
+        import threading
+
+        import torch.distributed as dist
+
+        self.rank, self.worker_id = rank, worker_id
+        self.told = threading.Event()
+        self._store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), None, is_master=False,
+                                    timeout=timedelta(seconds=60), wait_for_workers=False)
+        threading.Thread(target=self._run, name="follower-stop-watch", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            while not self._store.check([FOLLOWERS_STOP_KEY]):
+                time.sleep(self.POLL_S)
+            reason = self._store.get(FOLLOWERS_STOP_KEY).decode(errors="replace")
+        except Exception:  # the supervisor's store is gone: the supervisor is too, and this rank dies with it
+            log.exception("rank %d of worker %r: the group's store could not be read; a stop is not heard from it",
+                          self.rank, self.worker_id)
+            return
+        self.told.set()
+        log.info("rank %d of worker %r stops: %s", self.rank, self.worker_id, reason)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(0)
+
+
 def _ignore_stop_signals() -> None:
     """A follower leaves on rank 0's "stop" (or dies with the supervisor), not on the SIGTERM or Ctrl-C that a service
     manager or a terminal sends to the whole process group: dying at once, it looked like a crash, and the
@@ -243,10 +289,11 @@ def run_rank(args: argparse.Namespace, settings, worker_id: str) -> int:
     from app.worker import Watchdog, Worker
 
     _die_with_parent()
-    if int(os.environ.get("RANK", "0") or 0) > 0:  # before the group forms: the signals can come at any time
+    rank = int(os.environ.get("RANK", "0") or 0)
+    if rank > 0:  # before the group forms: the signals can come at any time
         _ignore_stop_signals()
-    group = Group()
-    if group.rank > 0:
+        watch = FollowerStopWatch(rank, worker_id)
+        group = Group()
         worker = Worker(settings, f"{worker_id}/rank{group.rank}", lease_s=args.lease_s, poll_s=args.poll_s, device=group.device)
         try:
             while True:
@@ -256,9 +303,14 @@ def run_rank(args: argparse.Namespace, settings, worker_id: str) -> int:
                 if header.get("cmd") != "train":
                     raise RuntimeError(f"rank {group.rank} got an unknown command {header.get('cmd')!r} from rank 0")
                 group.follow_train(worker, header, tensors)
+        except RuntimeError:  # gloo's "Connection closed by peer" when rank 0 has ended: the supervisor says so
+            if watch.told.wait(FOLLOWER_TOLD_S):
+                return 0  # the watch said why, in one sentence, and ends the process
+            raise
         finally:
             worker.close()
 
+    group = Group()
     worker = Worker(settings, worker_id, lease_s=args.lease_s, poll_s=args.poll_s, device=group.device)
     worker.group = group
 
@@ -435,6 +487,26 @@ def _stopped_status(code: int) -> int:
     return 1 if code in (0, RESTART_EXIT) else (128 - code if code < 0 else code)
 
 
+def _tell_followers(store, reason: str) -> None:
+    """Tell the group's followers to stop (FollowerStopWatch), ``reason`` the sentence each logs; a store that does not
+    take it is logged, and the followers are killed as before."""
+    try:
+        store.set(FOLLOWERS_STOP_KEY, reason)
+    except Exception:
+        log.exception("the followers could not be told to stop through the group's store; they are killed instead")
+
+
+def _end_followers(followers: list[subprocess.Popen], grace_s: float) -> None:
+    """Wait up to ``grace_s`` seconds in all for the told ``followers`` to end, then kill those left."""
+    deadline = time.monotonic() + grace_s
+    for p in followers:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 def supervise(args: argparse.Namespace, settings, worker_id: str) -> int:
     """Start N ranks, restart them all when one ends abnormally; return when rank 0 ends normally (or gives up)."""
     n = int(args.processes)
@@ -495,15 +567,12 @@ def supervise(args: argparse.Namespace, settings, worker_id: str) -> int:
                 ended, code = 0, procs[0].returncode
             except subprocess.TimeoutExpired:
                 pass  # rank 0 carries on without it: the group is broken
-        # rank 0 ended by itself and sent its followers "stop": a clean end, or SCHEMA_EXIT (it said why, once; it
-        # held no job, so nothing is handed back and no fresh group is started)
+        if procs[0].poll() is not None:  # rank 0 has ended: its followers are told to stop, whatever it told them
+            _tell_followers(store, f"rank 0 {_describe(procs[0].returncode)}")
+        # rank 0 ended by itself: a clean end, or SCHEMA_EXIT (it said why, once; it held no job, so nothing is handed
+        # back and no fresh group is started)
         if ended == 0 and (code == SCHEMA_EXIT or code in (0, 1) and (stopping or args.once or code == 0)):
-            for p in procs[1:]:
-                try:
-                    p.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            _end_followers(procs[1:], FOLLOWERS_STOP_S)
             return 1 if code == SCHEMA_EXIT else code
         obeyed = stopping and ended == 0 and code in (128 + signal.SIGINT, 128 + signal.SIGTERM, WATCHDOG_EXIT)
         if obeyed:
@@ -517,11 +586,11 @@ def supervise(args: argparse.Namespace, settings, worker_id: str) -> int:
         else:
             reason = f"rank {ended} of worker {worker_id!r} {_describe(code)}; the group was stopped and the job handed back"
             log.warning("%s", reason)
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-        for p in procs:
-            p.wait()
+        if procs[0].poll() is None:  # a follower ended first: rank 0 is killed, its followers told as well
+            procs[0].kill()
+            procs[0].wait()
+            _tell_followers(store, f"rank {ended} {_describe(code)}")
+        _end_followers(procs[1:], FOLLOWERS_STOP_S)
         # a job rank 0 could not hand back after a stop is queued again without using an attempt, as rank 0's own
         # hand-back would have: the group was stopped, the job did not fail (found by the fourth review)
         hand_back_jobs(settings, worker_id, reason, counted=not obeyed)

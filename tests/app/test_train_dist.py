@@ -468,6 +468,7 @@ def _fake_group(monkeypatch, tmp_path, rank_script: str):
     starts.write_text("")
     script = f"import os; open({str(starts)!r}, 'a').write(os.environ['RANK']); " + rank_script
     monkeypatch.setattr(train_dist, "rank_command", lambda args, worker_id: [sys.executable, "-c", script])
+    monkeypatch.setattr(train_dist, "FOLLOWERS_STOP_S", 0.5)  # these stand-in followers do not hear a stop: killed
     handed: list[str] = []  # each hand-back's reason; "not counted: reason" for one that uses no attempt
     monkeypatch.setattr(train_dist, "hand_back_jobs", lambda settings, worker_id, reason, counted=True: handed.append(
         reason if counted else f"not counted: {reason}") or [])
@@ -708,6 +709,65 @@ def test_a_stopped_group_whose_rank_0_is_stuck_exits_75_with_its_job_queued_agai
     told = [line for line in text.splitlines() if "has not returned" in line]
     assert len(told) == 1 and f"status {train_dist.WATCHDOG_EXIT}" in told[0] and "attempt 1 of 3 not counted" in \
         told[0], text[-5000:]
+    with read_session(w.factory) as s:
+        (row,) = s.query(Job).filter_by(experiment_id=eid).all()
+        assert (row.status, row.attempts, row.lease_owner, row.error) == ("queued", 0, None, None)
+
+
+def _group_run(w, tmp_path, argv: list[str], ready: str, extra_env: dict[str, str]) -> tuple[subprocess.Popen, str, float, float]:
+    """`worker --processes 2` (``argv``: the command) in a session of its own, stopped as a service manager stops it:
+    SIGTERM to every process of the session once ``ready`` is in its log. Returns (the process, its log, the seconds
+    from the signal to its end, the seconds from the log's first line with "has not returned", or from the signal,
+    to its end), its ranks' pids checked gone."""
+    log_path = tmp_path / "group.log"
+    env = {**os.environ, "SEIKO_DB_URL": w.settings.db_url, "SEIKO_DATA_DIR": str(w.settings.data_dir),
+           "SEIKO_MODEL": str(w.model_dir), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
+           "TOKENIZERS_PARALLELISM": "false", **extra_env}
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while ready not in log_path.read_text(errors="replace"):
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text(errors="replace")[-5000:]
+            time.sleep(0.1)
+        signalled = rank_0_gone = time.monotonic()
+        os.killpg(proc.pid, signal.SIGTERM)
+        while proc.poll() is None and time.monotonic() < signalled + 90:
+            if rank_0_gone == signalled and "has not returned" in log_path.read_text(errors="replace"):
+                rank_0_gone = time.monotonic()
+            time.sleep(0.05)
+        ended = time.monotonic()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    text = log_path.read_text(errors="replace")
+    pids = [int(pid) for pid in re.findall(r"rank \d of 2 started \(pid (\d+)\)", text)]
+    assert len(pids) == 2 and not [pid for pid in pids if Path(f"/proc/{pid}").exists()], (pids, text[-5000:])
+    return proc, text, ended - signalled, ended - rank_0_gone
+
+
+def test_rank_0s_watchdog_exit_stops_its_followers_at_once(worker_world, tmp_path):
+    """Rank 0's watchdog ends it (status 76) when its job is stuck after a stop: it hands the job back first, but
+    nothing told the followers, which died of gloo's "Connection closed by peer" (a traceback each) or were killed,
+    whichever came first (found by the fifth review). The supervisor now tells them through the group's store: each
+    says why in one sentence and leaves, and every process is gone within seconds of rank 0's end; the job is queued
+    again with no attempt used, and the supervisor exits 75."""
+    from app import train_dist
+
+    w = worker_world
+    eid = w.create_experiment("stuck-group")
+    with read_session(w.factory) as s:
+        (job_id,) = [job.id for job in s.query(Job).filter_by(experiment_id=eid)]
+    proc, text, _, took = _group_run(
+        w, tmp_path, [sys.executable, "-c", _DEAF_SUPERVISOR, _DEAF_RANK, "worker", "--processes", "2", "--worker-id",
+                      "dp", "--lease-s", "30", "--poll-s", "0.2", "--stop-grace-s", "1", "--nice", "0"],
+        f"job {job_id} hangs", {})
+    assert proc.returncode == 75, text[-5000:]
+    assert "has not returned" in text and took < 15, (took, text[-5000:])
+    assert "Traceback" not in text, text[-5000:]
+    assert (f"rank 1 of worker 'dp' stops: rank 0 exited with status {train_dist.WATCHDOG_EXIT} (its watchdog ended a "
+            "job stuck after a stop)") in text, text[-5000:]
     with read_session(w.factory) as s:
         (row,) = s.query(Job).filter_by(experiment_id=eid).all()
         assert (row.status, row.attempts, row.lease_owner, row.error) == ("queued", 0, None, None)
