@@ -67,6 +67,10 @@ FOLLOWER_GRACE_S = 60.0  # a follower ended cleanly (or while stopping): how lon
 FOLLOWERS_STOP_S = 5.0
 FOLLOWERS_STOP_KEY = "seiko/followers-stop"  # set in the group's store by the supervisor; its value is the reason
 FOLLOWER_TOLD_S = 5.0  # a follower whose collective failed waits this long to be told to stop before it reports a crash
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}  # blocked in a rank from its start until its own handling is in place
+# tests only: rank 0 pauses for SECONDS while its process group forms, before init_process_group ("init") or before
+# the control group ("ctrl"): "init:5". A stop signal then lands inside the group's formation
+TEST_FORMING_PAUSE_ENV = "SEIKO_TEST_RANK0_FORMING_PAUSE"
 CONTROL_TIMEOUT = timedelta(days=365)  # followers wait on the control group while rank 0 is idle or generating
 
 
@@ -111,10 +115,12 @@ class Group:
         from seiko_core.accel import shared_accelerator
 
         self.cpu = not torch.cuda.is_available()
+        _test_forming_pause("init")
         acc = shared_accelerator("no", cpu=self.cpu)  # joins the process group (once per process)
         if acc.num_processes < 2:
             raise RuntimeError(f"the worker group expected several processes but accelerate sees {acc.num_processes}")
         self.rank, self.world, self.device = acc.process_index, acc.num_processes, acc.device
+        _test_forming_pause("ctrl")
         self.ctrl = dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT)
         self.broken = False  # rank 0: a train job ended abnormally; leave the group so that it restarts
 
@@ -223,9 +229,43 @@ class Group:
         self.send({"cmd": "stop"})
 
 
+def _test_forming_pause(point: str) -> None:
+    """Tests only (TEST_FORMING_PAUSE_ENV): rank 0 sleeps at ``point`` of its group's formation, saying so first."""
+    spec = os.environ.get(TEST_FORMING_PAUSE_ENV, "")
+    if not spec or int(os.environ.get("RANK", "0") or 0) != 0:
+        return
+    where, _, seconds = spec.partition(":")
+    if where == point:
+        log.warning("test hook %s: rank 0 pauses %s s before %s while its process group forms", TEST_FORMING_PAUSE_ENV,
+                    seconds, "init_process_group" if point == "init" else "the control group")
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        time.sleep(float(seconds))
+
+
 # ---------------------------------------------------------------------------------------------
 # a rank process
 # ---------------------------------------------------------------------------------------------
+
+
+class StoppedWhileForming(BaseException):
+    """Rank 0 got a stop signal while its process group was forming (raised by its handler at that time)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+_forming_stops: list[int] = []  # the stop signals rank 0 got while its group was forming
+
+
+def _stop_while_forming(signum: int, frame: Any = None) -> None:
+    """Rank 0's SIGTERM and SIGINT handler while its group forms: the first raises, a later one (the supervisor's
+    forwarded SIGTERM after a terminal's Ctrl-C) must not interrupt that stop, and only logs."""
+    _forming_stops.append(signum)
+    if len(_forming_stops) == 1:
+        raise StoppedWhileForming(signum)
+    log.warning("rank 0: signal %d while it stops; the stop is under way", signum)
 
 
 class FollowerStopWatch:
@@ -293,6 +333,7 @@ def run_rank(args: argparse.Namespace, settings, worker_id: str) -> int:
     if rank > 0:  # before the group forms: the signals can come at any time
         _ignore_stop_signals()
         watch = FollowerStopWatch(rank, worker_id)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked since the start (supervise)
         group = Group()
         worker = Worker(settings, f"{worker_id}/rank{group.rank}", lease_s=args.lease_s, poll_s=args.poll_s, device=group.device)
         try:
@@ -310,7 +351,23 @@ def run_rank(args: argparse.Namespace, settings, worker_id: str) -> int:
         finally:
             worker.close()
 
-    group = Group()
+    # a stop while the group forms: the process ended of SIGTERM's default action (the supervisor reported a rank
+    # killed by signal 15), or printed Ctrl-C's traceback from inside init_process_group, and the followers waited in
+    # the formation until the supervisor killed them, 60 s each later (found by the fifth review). The signals are
+    # blocked from the rank's start (supervise) to here, so one that came while it started up is handled now
+    signal.signal(signal.SIGTERM, _stop_while_forming)
+    signal.signal(signal.SIGINT, _stop_while_forming)
+    held: list[int] = []  # a stop signal between the formation and the worker's own handler: replayed to it
+    try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        group = Group()
+        signal.signal(signal.SIGTERM, lambda signum, frame: held.append(signum))
+        signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    except StoppedWhileForming as exc:
+        ctrl_c = exc.signum == signal.SIGINT
+        log.warning("rank 0 of worker %r was stopped by %s while its process group was forming; it held no job, and "
+                    "the supervisor tells its followers to stop", worker_id, "Ctrl-C (SIGINT)" if ctrl_c else "SIGTERM")
+        return 128 + signal.SIGINT if ctrl_c else 0  # as a stopped idle worker
     worker = Worker(settings, worker_id, lease_s=args.lease_s, poll_s=args.poll_s, device=group.device)
     worker.group = group
 
@@ -330,6 +387,8 @@ def run_rank(args: argparse.Namespace, settings, worker_id: str) -> int:
             group.stop_followers()
 
     try:
+        for signum in held:  # as if they came now: SIGTERM stops the idle worker, Ctrl-C raises KeyboardInterrupt
+            worker.interrupt_for_signal(signum)
         worker.start()
         had_job: bool | None = False
         while not worker._stopping.is_set():
@@ -543,8 +602,14 @@ def supervise(args: argparse.Namespace, settings, worker_id: str) -> int:
         procs = []
         env = group_env(dict(os.environ), settings, n, port)
         for r in range(n):
-            procs.append(subprocess.Popen(rank_command(args, worker_id),
-                                          env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}))
+            # each rank starts with the stop signals blocked (the mask is inherited) and unblocks them once its own
+            # handling is in place (run_rank): one that came earlier, during its imports, killed rank 0 outright
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+            try:
+                procs.append(subprocess.Popen(rank_command(args, worker_id),
+                                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}))
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             log.info("worker %r: rank %d of %d started (pid %d)", worker_id, r, n, procs[-1].pid)
         started = time.monotonic()
         ended = None
