@@ -298,10 +298,10 @@ class FollowerStopWatch:
             log.exception("rank %d of worker %r: the group's store could not be read; a stop is not heard from it",
                           self.rank, self.worker_id)
             return
-        self.told.set()
         log.info("rank %d of worker %r stops: %s", self.rank, self.worker_id, reason)
         for handler in logging.getLogger().handlers:
             handler.flush()
+        self.told.set()  # after the sentence: a main thread waiting for it (its collective failed) returns at once
         os._exit(0)
 
 
