@@ -38,9 +38,15 @@ def may_rate(session: Session, who: Who, experiment_id: int) -> bool:
     return who.is_admin or db_members.listed(session=session, experiment_id=experiment_id, rater_id=who.rater_id)
 
 
-def check(session: Session, who: Who, experiment_id: int) -> None:
-    """Raise ``NotARater`` (one sentence) unless ``who`` may rate experiment ``experiment_id``."""
+def check(session: Session, who: Who, experiment_id: int, *, unknown: str | None = None) -> None:
+    """Raise ``NotARater`` (one sentence) unless ``who`` may rate experiment ``experiment_id``. With ``unknown`` (the
+    sentence for a target that does not exist, as the rater named it: ``repo.no_image_with_id`` ...) a rater the
+    experiment does not list gets that as a ``NotFound`` instead: where they named the experiment, an image or a pair
+    themselves, the refusal told them it exists, its experiment's id and which image ids are its (found by the fifth
+    review). Admins may rate every experiment, so they keep every full sentence."""
     if not may_rate(session, who, experiment_id):
+        if unknown is not None:
+            raise NotFound(unknown)
         raise NotARater(refusal(experiment_id))
 
 

@@ -320,17 +320,19 @@ def vote_in_session(session: Session, who: Who, pair_id: int, choice: str) -> st
 
     Raises a db error (one sentence) and writes nothing when the vote is refused."""
     pair = comparisons.get_pair(session=session, pair_id=pair_id)
-    if pair.kind != KIND:
-        raise Conflict(f"pair {pair_id} is a blind A/B pair, not a preference pair; it is voted on elsewhere")
     # the experiment shared, then the round, as a rating locks them (repo.lock_image_for_rating): a change of who may
     # rate it waits for the vote, or the vote for it (fifth review)
     repo.share_experiment(session=session, experiment_id=pair.experiment_id)
+    # a rater the experiment does not list: refused as for a pair that does not exist (not its kind nor experiment),
+    # nothing saved
+    members.check(session, who, pair.experiment_id, unknown=comparisons.no_pair_with_id(pair_id))
+    if pair.kind != KIND:
+        raise Conflict(f"pair {pair_id} is a blind A/B pair, not a preference pair; it is voted on elsewhere")
     round_ = session.scalar(select(Round).where(Round.id == pair.round_id).with_for_update(read=True),
                             execution_options={"populate_existing": True})
     # then the pair itself (FOR UPDATE, as a rating locks its image): on PostgreSQL two raters racing for the last
     # vote a pair needs would otherwise both count the votes before either inserts, and both be saved
     session.scalars(select(ComparisonPair.id).where(ComparisonPair.id == pair_id).with_for_update()).all()
-    members.check(session, who, round_.experiment_id)  # a rater the experiment does not list: refused, nothing saved
     if round_.status != "labeling":
         raise Conflict(f"round {round_.index} is closed for comparisons (it is {round_.status}); pair {pair_id} "
                        "was not saved")
@@ -420,7 +422,8 @@ def next_pair(factory, data_dir, who: Who, experiment_id: int | None) -> PairVie
 
     with read_session(factory) as s:
         try:
-            experiment = ui_rate.pick_experiment(s, experiment_id, who)  # one the rater may rate (app.members)
+            # one the rater may rate (app.members); the id is the page's state (app.ui's exp_state)
+            experiment = ui_rate.pick_experiment(s, experiment_id, who, from_state=True)
         except members.NotARater as e:  # the tab (and its timer) shows the sentence, and no pair
             return PairView(experiment_id, None, None, None, None, "", str(e))
         p, pair, msg = offered_pair(s, experiment, who)

@@ -92,7 +92,8 @@ def pair_html(factory, data_dir, who: Who, experiment_id: int | None, kind: str)
     shown to them (``comparisons.serve_pair``): a reload shows it again until they answer it."""
     with write_session(factory) as s:
         try:
-            experiment = pick_experiment(s, experiment_id, who)  # one the rater may rate (app.members)
+            # one the rater may rate (app.members); the id is the page's state (app.ui's exp_state)
+            experiment = pick_experiment(s, experiment_id, who, from_state=True)
         except members.NotARater as e:  # the sentence, and nothing recorded as shown
             return f"<div class='cmp-root'><div class='cmp-empty' id='cmp-not-a-rater'>{html.escape(str(e))}</div></div>"
         if experiment is None:
@@ -133,8 +134,12 @@ def vote(factory, who: Who, experiment_id: int | None, kind: str, payload: dict[
     if isinstance(pair_id, bool) or not isinstance(pair_id, int) or not 1 <= pair_id <= MAX_ID:
         raise InvalidInput(f"a vote needs the pair's id, got {shown(pair_id)}")
     with write_session(factory) as s:
-        experiment = pick_experiment(s, experiment_id, who)  # the experiment the page shows pairs of (pair_html's rule)
+        # the experiment the page shows pairs of (pair_html's rule: the page's state)
+        experiment = pick_experiment(s, experiment_id, who, from_state=True)
         pair = comparisons.get_pair(session=s, pair_id=pair_id)
+        # a pair of an experiment that does not list the rater: refused as a pair that does not exist (its kind and
+        # experiment told them it exists; fifth review); checked again below under the experiment's lock
+        members.check(s, who, pair.experiment_id, unknown=comparisons.no_pair_with_id(pair_id))
         if experiment is None or pair.kind != kind or pair.experiment_id != experiment.id:
             raise InvalidInput(f"pair {pair_id} is not a {kind} pair of this experiment")
         # the experiment shared (repo.share_experiment), then the pair's round FOR SHARE, as a rating holds them: a

@@ -69,14 +69,18 @@ class NotOffered(Conflict):
 # ---------------------------------------------------------------------------------------------
 
 
-def pick_experiment(session: Session, experiment_id: int | None = None, who: Who | None = None) -> Experiment | None:
+def pick_experiment(session: Session, experiment_id: int | None = None, who: Who | None = None, *,
+                    from_state: bool = False) -> Experiment | None:
     """``experiment_id``'s experiment, else the newest one with a round open for labeling, else the newest active one.
-    With ``who``: only an experiment they may rate (``app.members``): one named that they may not is refused
-    (``members.NotARater``), and the default is picked among those they may."""
+    With ``who``: only an experiment they may rate (``app.members``): one named that they may not is refused as one
+    that does not exist (``NotFound``: the refusal does not tell them it exists; fifth review), and the default is
+    picked among those they may. ``from_state``: the id is the page's own (server-side state, set only when the rater
+    could pick it), so one they were taken off since is refused by name (``members.NotARater``)."""
     if experiment_id is not None:
         experiment = repo.get_experiment(session=session, experiment_id=experiment_id)
         if who is not None:
-            members.check(session, who, experiment.id)
+            members.check(session, who, experiment.id,
+                          unknown=None if from_state else repo.no_experiment_with_id(experiment_id))
         return experiment
     experiments = [e for e in repo.list_experiments(session=session, archived=False)
                    if who is None or members.may_rate(session, who, e.id)]
@@ -105,7 +109,7 @@ def experiment_by_name(session: Session, name: str, who: Who | None = None) -> E
         return pick_experiment(session, who=who)
     experiment = repo.get_experiment_by_name(session=session, name=name)
     if who is not None and experiment is not None:
-        members.check(session, who, experiment.id)
+        members.check(session, who, experiment.id, unknown=repo.no_experiment_named(name))
     return experiment
 
 
@@ -730,7 +734,8 @@ def rate_in_session(session: Session, who: Who, image_id: int, score: int) -> in
 def _rate(session: Session, who: Who, image_id: int, score: int) -> tuple[int | None, bool]:
     """``rate_in_session``, and whether the score was a repeat's second score."""
     image, round_ = repo.lock_image_for_rating(session=session, image_id=image_id)  # checks, then insert: no race
-    members.check(session, who, round_.experiment_id)  # a rater the experiment does not list: refused, nothing saved
+    # a rater the experiment does not list: refused as for an image that does not exist, nothing saved
+    members.check(session, who, round_.experiment_id, unknown=repo.no_image_with_id(image_id))
     if round_.status != "labeling":
         raise Conflict(f"round {round_.index} is closed for labeling (it is {round_.status}); image {image_id} was not rated")
     if image.kind != "query":
@@ -829,7 +834,8 @@ def skip(factory, data_dir, who: Who, state_value: dict | None, payload: dict[st
             raise Conflict(f"image {image_id} is not in your current batch; reload the page")
         with write_session(factory) as s:
             _, round_ = repo.lock_image_for_rating(session=s, image_id=image_id)  # as _rate: no undo or close between
-            members.check(s, who, round_.experiment_id)  # as _rate: a rater the experiment does not list
+            # as _rate: a rater the experiment does not list
+            members.check(s, who, round_.experiment_id, unknown=repo.no_image_with_id(image_id))
             rated = repo.find_rating(session=s, image_id=image_id, rater_id=who.rater_id) is not None
             again = rated and db_quality.find_repeat_offer(session=s, image_id=image_id, rater_id=who.rater_id) is not None
             if round_.status == "labeling" and (

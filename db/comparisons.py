@@ -97,10 +97,16 @@ def create_pairs(*, session: Session, experiment_id: int, round_id: int, kind: s
     return rows
 
 
+def no_pair_with_id(pair_id: Any) -> str:
+    """The sentence for a pair id that names none (and for a pair of an experiment that does not list the rater,
+    ``app.members.check``'s ``unknown``: the refusal does not tell them the pair exists; fifth review)."""
+    return f"there is no comparison pair with id {pair_id}"
+
+
 def get_pair(*, session: Session, pair_id: int) -> ComparisonPair:
     pair = session.get(ComparisonPair, _id("pair id", pair_id))
     if pair is None:
-        raise NotFound(f"there is no comparison pair with id {pair_id}")
+        raise NotFound(no_pair_with_id(pair_id))
     return pair
 
 

@@ -147,10 +147,26 @@ def create_experiment(
     return experiment
 
 
+def no_experiment_with_id(experiment_id: Any) -> str:
+    """The sentence for an experiment id that names none; a rater an experiment does not list gets it too
+    (``app.members.check``'s ``unknown``), so a refusal does not tell them the experiment exists (fifth review)."""
+    return f"there is no experiment with id {experiment_id}"
+
+
+def no_experiment_named(name: Any) -> str:
+    """The sentence for a name that names no experiment (and, as ``no_experiment_with_id``, for one hidden)."""
+    return f"there is no experiment named {shown(name)}"
+
+
+def no_image_with_id(image_id: Any) -> str:
+    """The sentence for an image id that names none (and, as ``no_experiment_with_id``, for one hidden)."""
+    return f"there is no image with id {image_id}"
+
+
 def get_experiment(*, session: Session, experiment_id: int) -> Experiment:
     experiment = session.get(Experiment, experiment_id) if findable_id(experiment_id) else None
     if experiment is None:
-        raise NotFound(f"there is no experiment with id {experiment_id}")
+        raise NotFound(no_experiment_with_id(experiment_id))
     return experiment
 
 
@@ -170,7 +186,7 @@ def lock_experiment(*, session: Session, experiment_id: int) -> Experiment:
     experiment = session.get(Experiment, experiment_id, with_for_update={"key_share": True},
                              populate_existing=True) if findable_id(experiment_id) else None
     if experiment is None:
-        raise NotFound(f"there is no experiment with id {experiment_id}")
+        raise NotFound(no_experiment_with_id(experiment_id))
     return experiment
 
 
@@ -185,14 +201,14 @@ def share_experiment(*, session: Session, experiment_id: int) -> Experiment:
     experiment = session.get(Experiment, experiment_id, with_for_update={"read": True},
                              populate_existing=True) if findable_id(experiment_id) else None
     if experiment is None:
-        raise NotFound(f"there is no experiment with id {experiment_id}")
+        raise NotFound(no_experiment_with_id(experiment_id))
     return experiment
 
 
 def get_experiment_by_name(*, session: Session, name: str) -> Experiment:
     experiment = session.scalar(select(Experiment).where(Experiment.name == name))
     if experiment is None:
-        raise NotFound(f"there is no experiment named {shown(name)}")
+        raise NotFound(no_experiment_named(name))
     return experiment
 
 
@@ -509,7 +525,7 @@ def add_image(
 def get_image(*, session: Session, image_id: int) -> Image:
     image = session.get(Image, image_id) if findable_id(image_id) else None
     if image is None:
-        raise NotFound(f"there is no image with id {image_id}")
+        raise NotFound(no_image_with_id(image_id))
     return image
 
 
@@ -634,7 +650,7 @@ def lock_image_for_rating(*, session: Session, image_id: int) -> tuple[Image, Ro
     row = session.execute(select(Image.round_id, Round.experiment_id).join(Round, Round.id == Image.round_id)
                           .where(Image.id == image_id)).first()
     if row is None:
-        raise NotFound(f"there is no image with id {image_id}")
+        raise NotFound(no_image_with_id(image_id))
     round_id, experiment_id = row
     share_experiment(session=session, experiment_id=experiment_id)
     round_ = session.scalar(

@@ -15,12 +15,27 @@ from app import auth, members, pairwise, ui, ui_admin, ui_compare, ui_dashboard_
 from app.ui_rate_tab import RateHandlers
 from db import repo
 from db.engine import read_session, write_session
+from db.errors import NotFound
 from db.models import AuditEntry, ComparisonVote, ImageLease, PairSkip, Rating, Skip
 
 
 def sentence(world) -> str:
     # the brief's wording, written out here rather than taken from the code
     return f"You are not a rater of experiment {world.experiment_id}; an admin can add you."
+
+
+def no_experiment(name: str = "ui-exp") -> str:
+    # what a rater not listed gets where they name the experiment: the answer for a name that names none (written
+    # out here; the fifth review's test checks it against that answer)
+    return f"There is no experiment named {name!r}."
+
+
+def no_experiment_id(world) -> str:
+    return f"There is no experiment with id {world.experiment_id}."
+
+
+def no_image(image_id: int) -> str:
+    return f"There is no image with id {image_id}."
 
 
 def who(world, name: str) -> auth.Who:
@@ -109,19 +124,20 @@ def test_an_unlisted_rater_is_refused_on_every_route_and_nothing_is_written(ui_w
     api, page = fns(world)
 
     # the public API
-    assert refusal(api["next_batch"], 4, "ui-exp", request("bob")) == sentence(world)
-    assert refusal(api["submit_rating"], world.image_ids[1], 6, request("bob")) == sentence(world)
+    assert refusal(api["next_batch"], 4, "ui-exp", request("bob")) == no_experiment()
+    assert refusal(api["submit_rating"], world.image_ids[1], 6, request("bob")) == no_image(world.image_ids[1])
     default = api["next_batch"](4, "", request("bob"))  # the default: none he may rate
     assert default["items"] == [] and default["message"] == "There is no experiment you may rate yet; an admin can add you."
     # the page: the selector, and rate / skip / undo through the Rate tab's handlers
-    assert refusal(page[("app.ui", "on_experiment")], exp, None, request("bob")) == sentence(world)
+    assert refusal(page[("app.ui", "on_experiment")], exp, None, request("bob")) == no_experiment_id(world)
     warnings: list = []
     handlers = RateHandlers(world.services(), lambda r: who(world, r.username), warnings.append)
     card = state["batch"][0]
     handlers.on_rate(state, gr.EventData(None, {"image_id": card, "score": 8, "seq": 1}), request("bob"))
     handlers.on_skip(state, gr.EventData(None, {"image_id": card, "seq": 2}), request("bob"))
     handlers.on_undo(state, gr.EventData(None, {"seq": 3}), request("bob"))
-    assert warnings == [sentence(world)] * 3
+    # rate and skip name the image: refused as one that does not exist; undo takes back his own step: named
+    assert warnings == [f"there is no image with id {card}"] * 2 + [sentence(world)]
     # a new batch on a page left on the experiment: the default (none he may rate), no lease
     view = ui_rate.load_batch(world.factory, data_dir, bob, state, batch_size=3)
     assert view.state["batch"] == [] and view.state["experiment_id"] is None
@@ -151,12 +167,14 @@ def test_pair_votes_of_an_unlisted_rater_are_refused_on_the_page_and_the_api(ui_
     api, _ = fns(world)
     pair = api["next_pair"]("ui-exp", request("alice"))["pair"]
     assert pair is not None
-    assert refusal(api["next_pair"], "ui-exp", request("bob")) == sentence(world)
+    assert refusal(api["next_pair"], "ui-exp", request("bob")) == no_experiment()
     for choice in ("a", "skip"):
-        assert refusal(api["submit_comparison"], pair["pair_id"], choice, request("bob")) == sentence(world)
+        assert (refusal(api["submit_comparison"], pair["pair_id"], choice, request("bob"))
+                == f"There is no comparison pair with id {pair['pair_id']}.")
     page, message = ui_pairs.vote(world.factory, world.settings.data_dir, who(world, "bob"), world.experiment_id,
                                   {"pair_id": pair["pair_id"], "choice": "b"})
-    assert message == sentence(world)
+    assert message == f"there is no comparison pair with id {pair['pair_id']}"
+    # the page's own experiment (its server-side state, set while he could pick it): named, as before
     assert sentence(world) in ui_pairs.pair_view_html(world.factory, world.settings.data_dir, who(world, "bob"),
                                                       world.experiment_id)
     assert "data-pair-id" not in page
@@ -165,10 +183,58 @@ def test_pair_votes_of_an_unlisted_rater_are_refused_on_the_page_and_the_api(ui_
     assert rows(world, ComparisonVote, "alice") == 1
 
 
+def answer(fn, *args) -> tuple:
+    """What a caller sees of ``fn(*args)``: the error's kind, title and sentence, or what it returned."""
+    try:
+        out = fn(*args)
+    except gr.Error as e:
+        return "gr.Error", e.title, e.message
+    except Exception as e:  # noqa: BLE001 - the answer is compared below
+        return type(e).__name__, None, str(e)
+    return "returned", None, repr(out)
+
+
+def test_an_unlisted_rater_cannot_tell_a_hidden_experiment_image_or_pair_from_none(ui_world):
+    """An unlisted rater naming an experiment (by name or id), an image or a pair of it got 'You are not a rater of
+    experiment 2', where a name or id that names nothing got 'There is no ...': the experiment's existence, its id and
+    which image and pair ids are its leaked (found by the fifth review). Each answer for the hidden target must now be
+    the answer for one that does not exist, with that name or id put in, and nothing written."""
+    world = ui_world
+    exp, image, data_dir = world.experiment_id, world.image_ids[1], world.settings.data_dir
+    pairwise.set_feedback(world.factory, who(world, "root"), exp, "pairs")
+    only(world, "alice")
+    api, page = fns(world)
+    pair = api["next_pair"]("ui-exp", request("alice"))["pair"]["pair_id"]
+    bob = who(world, "bob")
+    before = {model: rows(world, model) for model in (Rating, Skip, ImageLease, ComparisonVote, PairSkip)}
+    gone_name, gone_id = "no-such-exp", 987654
+    entry_points = {  # name -> (the call on a target, the hidden target, its kind: 'name' or 'id')
+        "next_batch": (lambda t: api["next_batch"](4, t, request("bob")), "ui-exp", "name"),
+        "next_pair": (lambda t: api["next_pair"](t, request("bob")), "ui-exp", "name"),
+        "submit_rating": (lambda t: api["submit_rating"](t, 6, request("bob")), image, "id"),
+        "submit_comparison": (lambda t: api["submit_comparison"](t, "a", request("bob")), pair, "id"),
+        "submit_comparison skip": (lambda t: api["submit_comparison"](t, "skip", request("bob")), pair, "id"),
+        "the selector": (lambda t: page[("app.ui", "on_experiment")](t, None, request("bob")), exp, "id"),
+        "the Pairs tab's vote": (lambda t: ui_pairs.vote(world.factory, data_dir, bob, None,
+                                                         {"pair_id": t, "choice": "b"})[1], pair, "id"),
+        "the Compare tab's vote": (lambda t: ui_compare.vote(world.factory, bob, None, "ab", {"pair_id": t, "choice": "a"}),
+                                   pair, "id"),
+    }  # the Pairs and Compare tabs' pages take the page's own experiment (server-side state), never one sent
+    for name, (call, hidden, kind) in entry_points.items():
+        gone = gone_name if kind == "name" else gone_id
+        kind_, title, text = answer(call, gone)
+        assert kind_ != "returned" or str(gone) in text, name  # the target that does not exist is named or refused
+        expected = (kind_, title, text.replace(str(gone), str(hidden)))
+        assert answer(call, hidden) == expected, name
+    assert {model: rows(world, model) for model in before} == before
+    # an admin still gets the full answers: the experiment is theirs to rate
+    assert api["next_pair"]("ui-exp", request("root"))["pair"] is not None
+
+
 def test_switching_an_experiment_back_to_everyone_restores_access(ui_world):
     only(ui_world, "alice")
     api, _ = fns(ui_world)
-    assert refusal(api["next_batch"], 2, "ui-exp", request("bob")) == sentence(ui_world)
+    assert refusal(api["next_batch"], 2, "ui-exp", request("bob")) == no_experiment()
     assert "Every rater" in everyone(ui_world)
     assert members.raters_text(ui_world.factory, ui_world.experiment_id) == "everyone"
     batch = api["next_batch"](2, "ui-exp", request("bob"))
@@ -340,7 +406,7 @@ def test_admins_only_is_set_from_the_command_line_and_the_admin_tab_and_a_mix_is
 
     def only_admins_rate() -> None:  # what a rater and an admin get, through the public API
         for name in ("alice", "bob"):
-            assert refusal(api["next_batch"], 1, "ui-exp", request(name)) == sentence(world)
+            assert refusal(api["next_batch"], 1, "ui-exp", request(name)) == no_experiment()
         assert api["next_batch"](1, "ui-exp", request("root"))["items"]
 
     # the command line
@@ -456,7 +522,10 @@ def test_a_rating_sent_while_an_admin_takes_its_rater_off_waits_and_is_refused(u
     assert not change.is_alive() and not rating.is_alive()
     assert "Only alice" in str(answers["change"])
     assert waited, f"the rating did not wait for the admin's change in flight: {answers['rating']!r}"
-    assert isinstance(answers["rating"], members.NotARater) and str(answers["rating"]) == sentence(world)
+    # refused as a target that does not exist (the fifth review's rule for an unlisted rater), nothing saved
+    hidden = (f"there is no image with id {world.image_ids[0]}" if action == "rating"
+              else f"there is no comparison pair with id {pair_id}")
+    assert isinstance(answers["rating"], NotFound) and str(answers["rating"]) == hidden
     assert rows(world, model, "bob") == 0
 
 
