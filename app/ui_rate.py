@@ -398,6 +398,12 @@ def draw_batch(session: Session, round_: Round, who: Who, size: int, *, lease_s:
     page's batch size when None): past it the batch has fewer new cards, or none, but always the cards the rater
     holds a live lease on (up to ``size``)."""
     now = check_now(now)  # one clock for the batch: its leases' first hand-outs and its repeats' offers tie (repeats.left_open)
+    # the experiment shared (repo.share_experiment, before the round that lease_images locks), then who may rate it:
+    # checked without the lock, a rater an admin was taking off still got leases after the change committed, holding
+    # the images back from the others for 10 minutes (found by the fifth review). The change waits for a hand-out in
+    # flight (and gives the leases back, db.members.set_raters), or the hand-out for it (refused, nothing leased)
+    repo.share_experiment(session=session, experiment_id=round_.experiment_id)
+    members.check(session, who, round_.experiment_id)
     # comparisons only (issue 14 item 1): no 1-10 rating, so no repeat either, not even a pending one, and of the
     # rater's unanswered cards only those still on their page (a live lease), as before
     pairs = _pairs_only(session, round_.experiment_id)

@@ -53,4 +53,7 @@ def set_raters(*, session: Session, experiment_id: int, rater_ids: Sequence[int]
     experiment.raters_limited = rater_ids is not None
     session.add_all(ExperimentRater(experiment_id=experiment_id, rater_id=rater_id) for rater_id in ids)
     session.flush()
+    # an account taken off gives its live leases back now, in this transaction (the experiment's row is held, so no
+    # batch is handed out meanwhile: app.ui_rate.draw_batch shares it): its images go to the others at once
+    repo.release_leases_of_others(session=session, experiment_id=experiment_id)
     return experiment

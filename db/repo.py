@@ -966,6 +966,16 @@ def release_leases(*, session: Session, round_id: int, rater_id: int, keep: Iter
     return _end_leases(session, *clauses)
 
 
+def release_leases_of_others(*, session: Session, experiment_id: int) -> int:
+    """End the live leases on the experiment's images held by accounts that may not rate it
+    (``may_rate_experiment``); returns how many. Called where the list of who may rate it changes, in that
+    transaction: a rater taken off held their batch until its leases ran out (10 minutes), holding those images
+    back from the others (found by the fifth review)."""
+    images = select(Image.id).join(Round, Round.id == Image.round_id).where(Round.experiment_id == experiment_id)
+    allowed = select(Rater.id).where(Rater.id == ImageLease.rater_id, may_rate_experiment(experiment_id))
+    return _end_leases(session, ImageLease.image_id.in_(images), ~allowed.exists())
+
+
 def release_leases_of(*, session: Session, rater_id: int, image_ids: Iterable[int]) -> int:
     """Give back the rater's live leases on ``image_ids`` (the rows stay, see ``_end_leases``); returns how many."""
     ids = [_int("image id", i) for i in image_ids]

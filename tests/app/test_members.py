@@ -346,6 +346,28 @@ def live_leases(world, name: str) -> set[int]:
             ~rated.exists(), ~skipped.exists())))
 
 
+def test_a_rater_taken_off_gives_back_their_leases_at_once_and_another_rater_gets_the_images(ui_world):
+    """A rater taken off an experiment kept the live leases of the batch on their page until they ran out (10
+    minutes): their ratings were refused, but those images were held back from every other rater (found by the fifth
+    review). The admin's change now ends them in its transaction: counted from the tables, none is left, and another
+    rater is handed those images at once."""
+    world = ui_world
+    api, _ = fns(world)
+    n = len(world.image_ids)
+    held = {it["image_id"] for it in api["next_batch"](n, "ui-exp", request("bob"))["items"]}
+    assert held and live_leases(world, "bob") == held
+    # alice gets (and rates) the rest: overlap 1, so bob's images are all that is left to rate
+    rest = {it["image_id"] for it in api["next_batch"](n, "ui-exp", request("alice"))["items"]}
+    assert rest == set(world.image_ids) - held
+    for image_id in rest:
+        api["submit_rating"](image_id, 5, request("alice"))
+    assert api["next_batch"](n, "ui-exp", request("alice"))["items"] == []  # bob's leases hold the others back
+    only(world, "alice")
+    assert live_leases(world, "bob") == set()
+    got = {it["image_id"] for it in api["next_batch"](n, "ui-exp", request("alice"))["items"]}
+    assert got == held and live_leases(world, "alice") == held
+
+
 def test_undo_never_leaves_a_rater_holding_more_leases_than_their_share(ui_world_factory):
     """The lease cap (``ui_rate.lease_cap``) limits the live leases a rater holds in a round; undo gave the undone image
     back as a lease on top of a full batch, so a rater who rated a batch, got the next one and pressed undo held the
@@ -465,7 +487,7 @@ def _waits_for_a_lock(world, thread, *, seconds: float = 30) -> bool:
     return False
 
 
-@pytest.mark.parametrize("action", ["rating", "pair vote"])
+@pytest.mark.parametrize("action", ["rating", "pair vote", "batch"])
 def test_a_rating_sent_while_an_admin_takes_its_rater_off_waits_and_is_refused(ui_world, monkeypatch, action):
     """PostgreSQL: the membership check read the list without a lock, so a rating (or a pair vote) sent while an
     admin's change taking its rater off was in flight (made, not committed) was checked against the old list and
@@ -483,7 +505,7 @@ def test_a_rating_sent_while_an_admin_takes_its_rater_off_waits_and_is_refused(u
         def send():
             return ui_rate.submit(world.factory, bob, world.image_ids[0], 4)
         model = Rating
-    else:
+    elif action == "pair vote":
         pairwise.set_feedback(world.factory, who(world, "root"), world.experiment_id, "pairs")
         api, _ = fns(world)
         pair_id = api["next_pair"]("ui-exp", request("bob"))["pair"]["pair_id"]
@@ -491,6 +513,10 @@ def test_a_rating_sent_while_an_admin_takes_its_rater_off_waits_and_is_refused(u
         def send():
             return pairwise.submit_vote(world.factory, bob, pair_id, "a")
         model = ComparisonVote
+    else:  # a hand-out (ui_rate.draw_batch) leases images: none to a rater taken off (fifth review)
+        def send():
+            return ui_rate.api_batch(world.factory, world.settings.data_dir, bob, limit=3, experiment="ui-exp")
+        model = ImageLease
     held, release = threading.Event(), threading.Event()
 
     def audit_then_hold(session, who_, action, *args, **kwargs):  # set_raters' last step: the change made, uncommitted
@@ -522,10 +548,12 @@ def test_a_rating_sent_while_an_admin_takes_its_rater_off_waits_and_is_refused(u
     assert not change.is_alive() and not rating.is_alive()
     assert "Only alice" in str(answers["change"])
     assert waited, f"the rating did not wait for the admin's change in flight: {answers['rating']!r}"
-    # refused as a target that does not exist (the fifth review's rule for an unlisted rater), nothing saved
-    hidden = (f"there is no image with id {world.image_ids[0]}" if action == "rating"
-              else f"there is no comparison pair with id {pair_id}")
-    assert isinstance(answers["rating"], NotFound) and str(answers["rating"]) == hidden
+    if action == "batch":  # his pick passed before the change committed: named, as the page's experiment
+        assert isinstance(answers["rating"], members.NotARater) and str(answers["rating"]) == sentence(world)
+    else:  # refused as a target that does not exist (the fifth review's rule for an unlisted rater), nothing saved
+        hidden = (f"there is no image with id {world.image_ids[0]}" if action == "rating"
+                  else f"there is no comparison pair with id {pair_id}")
+        assert isinstance(answers["rating"], NotFound) and str(answers["rating"]) == hidden
     assert rows(world, model, "bob") == 0
 
 
