@@ -37,10 +37,16 @@ from db.errors import Conflict, InvalidInput, LeaseLost, NotFound
 from db.models import JOB_KINDS, JOB_STATUSES, Experiment, Job, Round, utcnow
 
 
+def no_experiment_with_id(experiment_id: Any) -> str:
+    """The sentence for an experiment id that names none; a rater an experiment does not list gets it too
+    (``app.members.check``'s ``unknown``), so a refusal does not tell them the experiment exists (fifth review)."""
+    return f"there is no experiment with id {experiment_id}"
+
+
 def _experiment(session: Session, experiment_id: int) -> Experiment:
     experiment = session.get(Experiment, experiment_id) if findable_id(experiment_id) else None
     if experiment is None:
-        raise NotFound(f"there is no experiment with id {experiment_id}")
+        raise NotFound(no_experiment_with_id(experiment_id))
     return experiment
 
 

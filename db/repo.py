@@ -147,10 +147,7 @@ def create_experiment(
     return experiment
 
 
-def no_experiment_with_id(experiment_id: Any) -> str:
-    """The sentence for an experiment id that names none; a rater an experiment does not list gets it too
-    (``app.members.check``'s ``unknown``), so a refusal does not tell them the experiment exists (fifth review)."""
-    return f"there is no experiment with id {experiment_id}"
+no_experiment_with_id = job_queue.no_experiment_with_id  # one sentence for both modules
 
 
 def no_experiment_named(name: Any) -> str:
