@@ -527,12 +527,7 @@ def test_a_rating_sent_while_an_admin_takes_its_rater_off_waits_and_is_refused(u
 
     monkeypatch.setattr(members.auth, "audit", audit_then_hold)
     answers: dict[str, object] = {}
-
-    def run(key, fn):
-        try:
-            answers[key] = fn()
-        except Exception as e:  # noqa: BLE001 - the test reads it below
-            answers[key] = e
+    run = _recorder(answers)
 
     change = threading.Thread(target=run, args=("change", lambda: only(world, "alice")))
     change.start()
@@ -579,12 +574,7 @@ def test_an_admin_taking_a_rater_off_waits_for_their_rating_in_flight(ui_world, 
 
     monkeypatch.setattr(repo, "add_rating", add_then_hold)
     answers: dict[str, object] = {}
-
-    def run(key, fn):
-        try:
-            answers[key] = fn()
-        except Exception as e:  # noqa: BLE001 - the test reads it below
-            answers[key] = e
+    run = _recorder(answers)
 
     rating = threading.Thread(target=run, args=("rating", lambda: ui_rate.submit(world.factory, who(world, "bob"), image, 4)))
     rating.start()
@@ -604,3 +594,13 @@ def test_an_admin_taking_a_rater_off_waits_for_their_rating_in_flight(ui_world, 
         f"the admin's change committed ({listed_meanwhile!r}) while a rating checked against the old list was in flight")
     assert answers["rating"]["score"] == 4 and "Only alice" in str(answers["change"])
     assert rows(world, Rating, "bob") == 1 and members.raters_text(world.factory, world.experiment_id) == "alice"
+
+
+def _recorder(answers: dict[str, object]):
+    """``run(key, fn)`` for a thread: ``fn()``'s value, or what it raised, into ``answers[key]`` (the test reads it)."""
+    def run(key, fn):
+        try:
+            answers[key] = fn()
+        except Exception as e:  # noqa: BLE001 - the test reads it
+            answers[key] = e
+    return run

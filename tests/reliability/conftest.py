@@ -17,6 +17,7 @@ from types import ModuleType
 import pytest
 
 from app.tools import harness
+from db.engine import make_engine, session_factory
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -93,3 +94,20 @@ def rel_server(tmp_path_factory, _sqlite_at_head) -> Iterator[tuple]:
     yield world, demo, demo.local_url.rstrip("/")
     demo.close()
     world._engine.dispose()
+
+
+# the prompt and held-out tests (test_rel_prompts, test_rel_held_out): a session factory on ``db_url`` and a model
+# directory that experiment creation accepts
+@pytest.fixture
+def factory(db_url):
+    engine = make_engine(db_url)
+    yield session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def model_dir(tmp_path) -> str:
+    """A directory creation accepts as a model (its configs are JSON objects); nothing here loads it."""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model_index.json").write_text("{}")
+    return str(tmp_path / "model")

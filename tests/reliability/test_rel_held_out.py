@@ -9,28 +9,13 @@ from pathlib import Path
 import pytest
 
 from app import services
-from db.engine import make_engine, read_session, session_factory
+from db.engine import read_session
 from db.errors import InvalidInput
 from db.models import Experiment
 from seiko_core.config import SeikoConfig, check_prompts, prompt_key
 from seiko_core.presets import preset
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def factory(db_url):
-    engine = make_engine(db_url)
-    yield session_factory(engine)
-    engine.dispose()
-
-
-@pytest.fixture
-def model_dir(tmp_path) -> str:
-    """A directory creation accepts as a model (its configs are JSON objects); nothing here loads it."""
-    (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "model_index.json").write_text("{}")
-    return str(tmp_path / "model")
 
 
 def _create(factory, model_dir, **spec) -> int:

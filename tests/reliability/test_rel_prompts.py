@@ -17,7 +17,7 @@ from app import services
 from app.bench_taste import BenchConfig, BenchError
 from app.experiment_options import ExperimentOptions
 from db import repo
-from db.engine import make_engine, read_session, session_factory, write_session
+from db.engine import read_session, write_session
 from db.errors import InvalidInput
 from db.models import IMAGE_PROMPT_MAX_BYTES, PROMPT_MAX_BYTES, Experiment, Image, Job
 from seiko_core import config as seiko_config
@@ -29,21 +29,6 @@ def random_cjk(n_chars: int, seed: int = 0) -> str:
     characters of the CJK block, 3 bytes each in UTF-8."""
     rng = random.Random(seed)
     return "".join(chr(rng.randrange(0x4E00, 0xA000)) for _ in range(n_chars))
-
-
-@pytest.fixture
-def factory(db_url):
-    engine = make_engine(db_url)
-    yield session_factory(engine)
-    engine.dispose()
-
-
-@pytest.fixture
-def model_dir(tmp_path) -> str:
-    """A directory creation accepts as a model (its configs are JSON objects); nothing here loads it."""
-    (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "model_index.json").write_text("{}")
-    return str(tmp_path / "model")
 
 
 def _create(factory, model_dir, **spec) -> int:
