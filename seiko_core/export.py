@@ -623,8 +623,29 @@ def _optional_lines(directory: Path, name: str) -> list[dict]:
 
 def _json_lines(path: Path) -> list[dict]:
     """A JSON-lines file's records, split on newlines only: the rows are written with ensure_ascii=False, so a prompt
-    may hold U+2028, U+2029 or U+0085, which str.splitlines also splits on (found by review)."""
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line]
+    may hold U+2028, U+2029 or U+0085, which str.splitlines also splits on (found by review). A line that is not a
+    JSON object (a hand-edited dataset whose manifest was written again to match) is refused in one sentence naming
+    its line, not a JSONDecodeError or RecursionError (fifth review)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{str(path)!r} is not UTF-8 text ({exc.reason} at byte {exc.start}); it is not an "
+                              "export's rows.") from exc
+    rows = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line:
+            continue
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError; deep nesting a RecursionError
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            raise CheckpointError(f"Line {number} of {str(path)!r} is not JSON ({reason}); it is not an export's "
+                                  "rows.") from exc
+        if not isinstance(row, dict):
+            raise CheckpointError(f"Line {number} of {str(path)!r} is a JSON {type(row).__name__}, not a row (an "
+                                  "object); it is not an export's rows.")
+        rows.append(row)
+    return rows
 
 
 # ------------------------------------------------------------------------------------------------- zip

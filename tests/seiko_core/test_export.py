@@ -664,3 +664,34 @@ def test_a_merged_export_of_a_base_listing_a_safety_checker_without_weights_load
     assert merged.safety_checker is None and lora_keys(merged.unet) == []
     torch.testing.assert_close(unet_out(merged.unet), unet_out(stock(export_merged_pipeline(
         random_model_dir, adapter_dir, tmp_path / "merged-plain").path).unet), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("bad, said", [
+    ('{"prompt": "a star", "score": ', r"Line 2 of .* is not JSON \("),
+    ("[" * 200_000, r"Line 2 of .* is not JSON \(nested too deeply\)"),
+    ("[1, 2]", r"Line 2 of .* is a JSON list, not a row \(an object\)"),
+    (b"\xff\xfe", r"is not UTF-8 text \(invalid start byte at byte \d+\)"),
+])
+def test_a_hand_edited_dataset_line_is_refused_in_one_sentence_naming_it(tmp_path, bad, said):
+    """A shared dataset whose rows file was edited and its manifest written again to match verifies, and a line that
+    is not a JSON object raised JSONDecodeError, RecursionError or (a list) nothing at all until a row was used."""
+    import json as json_
+
+    files = {"images/a.png": png("red")}
+    rows = [{"file_path": "images/a.png", "prompt": "a red circle", "seed": 1, "round": 0, "rater": "ann", "score": 7,
+             "rated_at": "2025-01-02T03:04:05+00:00", "image_id": 1}]
+    res = export_ratings_dataset(rows, tmp_path / "ds", files.__getitem__)
+    data = res.path / DATASET_FILE
+    good = data.read_bytes()
+    data.write_bytes(good + (bad if isinstance(bad, bytes) else bad.encode()) + b"\n")
+    manifest = json_.loads((res.path / "manifest.json").read_text())
+    manifest["files"][DATASET_FILE]["sha256"] = hashlib.sha256(data.read_bytes()).hexdigest()
+    (res.path / "manifest.json").write_text(json_.dumps(manifest))
+    verify(res.path)  # the manifest matches: only the line itself can be refused
+    with pytest.raises(CheckpointError, match=said) as refused:
+        read_ratings_dataset(res.path)
+    assert "\n" not in str(refused.value) and len(str(refused.value)) < 400
+    data.write_bytes(good)
+    manifest["files"][DATASET_FILE]["sha256"] = hashlib.sha256(good).hexdigest()
+    (res.path / "manifest.json").write_text(json_.dumps(manifest))
+    assert read_ratings_dataset(res.path)[0]["score"] == 7
