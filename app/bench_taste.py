@@ -849,7 +849,7 @@ def run(cfg: BenchConfig, command: list[str], log=print) -> dict[str, Any]:
     if results_path.exists() or results_path.is_symlink():
         try:
             previous = json.loads(results_path.read_text())
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
             previous = exc
         if not isinstance(previous, dict) or not isinstance(previous.get("seeds", {}), dict):
             raise BenchError(f"{results_path} is not a bench-taste results file; give another --out")

@@ -73,6 +73,8 @@ def load(run_dir: Path) -> dict[str, Any]:
         raise ValueError(f"{path} is not a bench-taste results file (not UTF-8 text)") from exc
     except ValueError as exc:
         raise ValueError(f"{path} is not a bench-taste results file (not JSON)") from exc
+    except RecursionError as exc:
+        raise ValueError(f"{path} is not a bench-taste results file (JSON nested too deeply)") from exc
     problem = _doc_problem(doc)
     if problem:
         raise ValueError(f"{path} is not a bench-taste results file ({problem})")

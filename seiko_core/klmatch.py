@@ -196,7 +196,7 @@ def _source(src: Path, scale: str, to: str) -> tuple[dict, list[str]]:
         results = json.loads(path.read_text())
         seeds_scale = {str(r["seed"]) for r in finished_runs(results, scale)}
         seeds_to = {str(r["seed"]) for r in finished_runs(results, to)}
-    except (ValueError, KeyError, TypeError, SimulationError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError, SimulationError) as exc:  # RecursionError: nested JSON
         raise KLMatchError(f"{str(path)!r} could not be read as simulator results ({exc})") from exc
     seeds = sorted(seeds_scale & seeds_to, key=int)
     if not seeds:

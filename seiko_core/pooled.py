@@ -251,7 +251,7 @@ def _load(dirs: list[Path]) -> list[dict] | None:
         path = d / RESULTS
         try:
             results = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:  # not UTF-8 or not JSON; RecursionError: nested too deeply
             print(f"error: cannot read {path}: {exc}", file=sys.stderr)
             return None
         if not isinstance(results, dict) or not {"settings", "pretrained", "runs"} <= results.keys():

@@ -253,7 +253,7 @@ def load_results(path: Path, settings: dict) -> dict:
         return {"format": FORMAT, "version": VERSION, "settings": settings, "pretrained": None, "runs": {}}
     try:
         data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deeply
         raise SimulationError(f"{path} cannot be read as a results file ({exc}); choose another --out or delete it") from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise SimulationError(f"{path} is not a {FORMAT} results file")

@@ -917,6 +917,7 @@ def test_a_kept_seed_record_that_is_not_one_is_refused_naming_the_file(bench_run
 
 @pytest.mark.parametrize("text, expected", [
     ("[1, 2]", "{path} is not a bench-taste results file; give another --out"),
+    ("[" * 200_000, "{path} is not a bench-taste results file; give another --out"),  # RecursionError (fifth review)
     ("{}", "{path} holds a run with other settings; give those settings again to resume it, or another --out"),
 ])
 def test_the_results_file_refusals_never_suggest_removing_it(bench_run, text, expected):
@@ -944,6 +945,7 @@ def test_the_results_file_refusals_never_suggest_removing_it(bench_run, text, ex
     ('{"config": {"options": {}}, "seeds": {"0": {"rounds": [{"wait_s": Infinity}]}}}',
      "seed 0, round 0: wait_s is Infinity, not a number"),
     ("{not json", "not JSON"),
+    ("[" * 200_000, "JSON nested too deeply"),  # was a RecursionError (fifth review)
     (b"\xff\xfe\x00binary", "not UTF-8 text"),
     (None, "is a directory"),
 ])
