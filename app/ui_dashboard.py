@@ -60,13 +60,21 @@ NOT_FOR_RATERS = ("<div id='dashboard-hidden'>This experiment's dashboard is for
 
 def metric(metrics: dict[str, Any] | None, name: str) -> float | None:
     """The first of ``METRIC_KEYS[name]`` present in ``metrics`` as a float, else None."""
-    for key in METRIC_KEYS[name]:
+    return metric_source(metrics, name)[0]
+
+
+def metric_source(metrics: dict[str, Any] | None, name: str) -> tuple[float | None, bool]:
+    """(value, from_fallback): the first of ``METRIC_KEYS[name]`` present in ``metrics`` as a float (None if none),
+    and whether it came from a fallback key rather than the first. A fallback measures something else: the KL's is the
+    last optimiser step's batch KL over the attached steps only (a sixth review found it shown as the KL to the previous
+    round without a word), the predicted reward's is on the training data, not the eval images."""
+    for i, key in enumerate(METRIC_KEYS[name]):
         value: Any = metrics or {}
         for part in key.split("."):
             value = value.get(part) if isinstance(value, dict) else None
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    return None
+            return float(value), i > 0
+    return None, False
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,9 @@ class RoundRow:
     pred_spread: float | None
     kl: float | None
     labels: float | None
+    # True where the figure is the training fallback (METRIC_KEYS' second key): the eval grid has not been drawn
+    pred_from_training: bool = False
+    kl_from_training: bool = False
 
 
 def round_rows(session: Session, experiment: Experiment) -> list[RoundRow]:
@@ -96,12 +107,16 @@ def round_rows(session: Session, experiment: Experiment) -> list[RoundRow]:
         budget = repo.round_budget(experiment.budgets, r.index)  # the worker's rule: the last budget past the list
         wanted = st.labels_wanted if st.n_images else (None if budget is None else budget * experiment.overlap)
         votes = pairwise.round_vote_labels(session, r.id, experiment.overlap) if pairwise.wants_pairs(feedback) else None
+        pred_mean, pred_fallback = metric_source(r.metrics, "pred_mean")
+        pred_spread, spread_fallback = metric_source(r.metrics, "pred_spread")
+        kl, kl_fallback = metric_source(r.metrics, "kl")
         rows.append(RoundRow(
             index=r.index, status=r.status, images=st.n_images, rated_images=st.n_rated_images, ratings=st.n_ratings,
             budget=budget, ratings_wanted=wanted if pairwise.wants_scores(feedback) else None,
             comparisons=None if votes is None else votes[0], comparisons_wanted=None if votes is None else votes[1],
-            human_mean=st.mean_score, pred_mean=metric(r.metrics, "pred_mean"), pred_spread=metric(r.metrics, "pred_spread"),
-            kl=metric(r.metrics, "kl"), labels=metric(r.metrics, "labels"),
+            human_mean=st.mean_score, pred_mean=pred_mean, pred_spread=pred_spread,
+            kl=kl, labels=metric(r.metrics, "labels"),
+            pred_from_training=pred_fallback or spread_fallback, kl_from_training=kl_fallback,
         ))
     return rows
 
@@ -112,9 +127,22 @@ def _fmt(value: float | int | None, digits: int = 0) -> str:
     return f"{value:.{digits}f}"
 
 
+# appended to a figure that is the training fallback, explained under the table (TRAINING_NOTE)
+TRAINING_MARK = " (train)"
+TRAINING_NOTE = ("A figure marked (train) is not yet the eval grid's: Predicted and Spread are then on the round's training "
+                 "images, and KL to prev is the last optimiser step's batch KL over the attached sampler steps only. "
+                 "They are replaced once the eval grid is drawn.")
+
+
+def _fmt_src(value: float | None, digits: int, from_training: bool) -> str:
+    return _fmt(value, digits) + (TRAINING_MARK if from_training and value is not None else "")
+
+
 def table(rows: list[RoundRow]) -> list[list[str]]:
     return [[str(r.index), r.status, _fmt(r.images), _fmt(r.rated_images), _fmt(r.ratings), _fmt(r.ratings_wanted),
-             _fmt(r.comparisons), _fmt(r.comparisons_wanted), _fmt(r.human_mean, 2), _fmt(r.pred_mean, 2), _fmt(r.pred_spread, 3), _fmt(r.kl, 4), _fmt(r.labels)] for r in rows]
+             _fmt(r.comparisons), _fmt(r.comparisons_wanted), _fmt(r.human_mean, 2),
+             _fmt_src(r.pred_mean, 2, r.pred_from_training), _fmt_src(r.pred_spread, 3, r.pred_from_training),
+             _fmt_src(r.kl, 4, r.kl_from_training), _fmt(r.labels)] for r in rows]
 
 
 def figure(rows: list[RoundRow]) -> Figure:
@@ -139,7 +167,15 @@ def figure(rows: list[RoundRow]) -> Figure:
     ax1.set_xlabel("round")
     ax1.legend(fontsize=8, loc="best")
     kx, ky = series("kl")
-    ax2.plot(kx, ky, "o-", color="#9333ea")
+    ax2.plot(kx, ky, "-", color="#9333ea")
+    ex = [(r.index, r.kl) for r in rows if r.kl is not None and not r.kl_from_training]
+    tx = [(r.index, r.kl) for r in rows if r.kl is not None and r.kl_from_training]
+    if ex:
+        ax2.plot(*zip(*ex), "o", color="#9333ea", label="on the eval grid")
+    if tx:  # hollow: another quantity (TRAINING_NOTE), drawn apart so that it is not read as the eval grid's
+        ax2.plot(*zip(*tx), "o", mfc="none", color="#9333ea", label="last training step (no eval grid yet)")
+    if tx:
+        ax2.legend(fontsize=8, loc="best")
     ax2.set_title("KL to previous round")
     ax2.set_xlabel("round")
     ax3.bar(x, [r.ratings for r in rows], color="#94a3b8", label="ratings given")

@@ -72,6 +72,7 @@ def build(services, exp_state, dash_state, who_of: Callable, private: dict[str, 
         gr.Markdown("### Rounds")
         rounds_table = gr.Dataframe(headers=ui_dashboard.HEADERS, value=[], interactive=False, wrap=False,
                                     elem_id="rounds-table")
+        gr.Markdown(ui_dashboard.TRAINING_NOTE, elem_id="rounds-table-note")
         plot = gr.Plot(label="Per round", elem_id="rounds-plot")
         gr.Markdown("### The same eval prompts and seeds, one column per round's model")
         eval_grid = gr.HTML(elem_id="eval-grid")

@@ -161,7 +161,9 @@ class RewardConfig:
 # - covariance (reference code, A = Cov(f) + lambda I, does not shrink): alpha = 0.5 / sqrt(F) with F = 16 features,
 #   so a point at the data's typical Mahalanobis distance (sqrt(F)) gets half a standard deviation. (A review found
 #   the bonus dominated by the uncentred features' mean, as in the reference code: about 1.4 stds on rated and new
-#   images alike; BENCHMARKS.md, "Correction".)
+#   images alike; BENCHMARKS.md, "Correction".) Both forms also move with the learned features' scale through the
+#   absolute lambda the spec fixes (a sixth review: 0.38 / 0.67 / 0.85 stds for the textbook form at 32 labels with the
+#   features x 0.1 / x 1 / x 10, the same predictions; BENCHMARKS.md, "Second correction").
 UCB_DEFAULT_ALPHA: dict[str, float] = {"textbook": 1.0, "covariance": 0.125}
 
 
@@ -214,7 +216,10 @@ class SamplingConfig:
         _check(self.steps >= 1, f"steps must be at least 1, got {self.steps}")
         _check(self.guidance >= 0, f"guidance must be non-negative (1: no guidance), got {self.guidance}")
         _check(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
-        _check(self.eta >= 0, f"eta must be non-negative, got {self.eta}")
+        # above 1 the DDIM step's sigma exceeds what 1 - alpha_prev leaves for the direction term: diffusers' step
+        # returns NaN there, and a clamp would silently sample something that is not DDIM (a sixth review)
+        _check(0 <= self.eta <= 1, f"eta must be between 0 (deterministic DDIM) and 1 (the reference's stochastic DDIM), "
+                                   f"got {self.eta}")
         _check_finite(self)
 
 

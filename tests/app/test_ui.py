@@ -1292,3 +1292,25 @@ def test_an_account_name_the_admin_typed_that_names_nobody_is_not_repeated_at_an
         with pytest.raises(NotFound) as refused:
             action()
         assert "no rater named 'xxx" in str(refused.value) and len(str(refused.value)) < 100, str(refused.value)[:200]
+
+
+def test_a_training_fallback_is_labelled_not_shown_as_the_eval_grids_figure(ui_world):
+    """Sixth review: with no eval grid drawn yet, the dashboard's "KL to prev" showed the last optimiser step's batch KL
+    (attached steps only) and "Predicted" the training images' mean, unmarked, as if they were the eval grid's figures.
+    Now such a figure carries "(train)", the tab explains it, and the plot draws it hollow with its own legend."""
+    with write_session(ui_world.factory) as s:
+        repo.update_round_metrics(session=s, round_id=ui_world.round_id, metrics={
+            "train": {"train_pred_mean": 4.25, "train_head_spread": 0.5, "finetune": {"kl_last": 0.0321}, "labels": 3}})
+    d = ui_dashboard.load(ui_world.factory, None, admin=True)
+    row = dict(zip(ui_dashboard.HEADERS, d.table[0]))
+    assert row["KL to prev"] == "0.0321 (train)"
+    assert row["Predicted"] == "4.25 (train)" and row["Spread (sd)"] == "0.500 (train)"
+    assert "(train)" in ui_dashboard.TRAINING_NOTE and "attached" in ui_dashboard.TRAINING_NOTE
+    ax2 = ui_dashboard.figure(d.rows).axes[1]
+    assert [t.get_text() for t in ax2.get_legend().get_texts()] == ["last training step (no eval grid yet)"]
+    # the eval grid's own figures replace them, unmarked
+    with write_session(ui_world.factory) as s:
+        repo.update_round_metrics(session=s, round_id=ui_world.round_id, metrics={
+            "eval": {"pred_reward": 5.5, "head_spread": 0.25, "kl_to_prev": 0.0123}})
+    row = dict(zip(ui_dashboard.HEADERS, ui_dashboard.load(ui_world.factory, None, admin=True).table[0]))
+    assert (row["KL to prev"], row["Predicted"], row["Spread (sd)"]) == ("0.0123", "5.50", "0.250")

@@ -103,3 +103,22 @@ def test_stock_diffusers_reproduces_our_images_for_the_same_seeds(random_parts, 
     stock = pipe(prompts, num_inference_steps=5, guidance_scale=4.0, eta=1.0, output_type="pt",
                  generator=[torch.Generator().manual_seed(s) for s in seeds]).images
     torch.testing.assert_close(ours, stock.float(), rtol=0, atol=2e-3)
+
+
+def test_an_eta_above_one_is_refused_where_diffusers_step_is_undefined():
+    """Sixth review: eta > 1 was accepted; diffusers' own DDIM step has no real value there (NaN: sigma^2 exceeds
+    1 - alpha_prev) and this sampler clamped it, sampling something that is not DDIM. Refused in one sentence now;
+    eta 1 (the reference) stays."""
+    from seiko_core.config import SamplingConfig
+
+    sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                          clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    sched.set_timesteps(50)
+    g = torch.Generator().manual_seed(0)
+    x, out = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 4, 8, 8, generator=g)
+    undefined = [int(t) for t in sched.timesteps if torch.isnan(sched.step(out, int(t), x, eta=1.5).prev_sample).any()]
+    assert undefined  # the independent fact the refusal rests on
+    assert not any(torch.isnan(sched.step(out, int(t), x, eta=1.0).prev_sample).any() for t in sched.timesteps)
+    with pytest.raises(ValueError, match=r"^eta must be between 0 \(deterministic DDIM\) and 1 .*got 1.5$"):
+        SamplingConfig(eta=1.5)
+    assert SamplingConfig(eta=1.0).eta == 1.0 and SamplingConfig(eta=0.0).eta == 0.0
