@@ -15,10 +15,8 @@ Every file and directory appears under its final name only when complete: it is 
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
-import math
 import os
 import shutil
 import time
@@ -26,16 +24,14 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-import numpy as np
-
 from app.settings import SettingsError
-from seiko_core.atomic import TMP_PREFIX, fsync_dir, temp_sibling, write_bytes
+from seiko_core.atomic import TMP_PREFIX, fsync_dir, write_bytes
 from seiko_core.checkpoint import sha256_file
+from seiko_core.scratch import SCRATCH, scratch_array  # noqa: F401  (the worker's, and the tests', storage.scratch_array)
 
 IMAGES = "images"
 ADAPTERS = "adapters"
 REWARD = "reward"
-SCRATCH = "scratch"
 
 
 class UnsafePath(ValueError):
@@ -153,62 +149,6 @@ def clean_partials(data_dir: str | Path, *, min_age_s: float = 0.0) -> list[Path
     # a scratch file's name, left by a process killed between making and mapping it (scratch_array)
     parents += [root / SCRATCH] if (root / SCRATCH).is_dir() else []
     return _remove_stale(parents, min_age_s)
-
-
-def _allocate(fd: int, size: int) -> None:
-    """Give the file ``fd`` ``size`` bytes of disk blocks now (ENOSPC here, not when a page of its memory map is
-    written: that is a SIGBUS, which kills the process)."""
-    if hasattr(os, "posix_fallocate"):
-        try:
-            os.posix_fallocate(fd, 0, size)
-            return
-        except OSError as exc:
-            if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):  # a file system without it: written below
-                raise
-    zeros = bytes(16 << 20)
-    for start in range(0, size, len(zeros)):
-        os.pwrite(fd, zeros[: min(len(zeros), size - start)], start)
-
-
-def _amount(n: int) -> str:
-    """``n`` bytes for a person: 12.0 KiB, 12.0 GiB."""
-    if n < 1024:
-        return f"{n} bytes"
-    power = min(3, int(math.log(n, 1024)))
-    return f"{n / 1024**power:.1f} {('KiB', 'MiB', 'GiB')[power - 1]}"
-
-
-def scratch_array(data_dir: str | Path, label: str, shape: tuple[int, ...], *, what: str) -> np.ndarray:
-    """A zeroed uint8 array of ``shape`` held in a file rather than in memory: a numpy memory map of a file made as
-    ``<data_dir>/scratch/.tmp-<label>-<random>``, for data too large for the host's memory (a round's candidate
-    pixels: 12 GiB at sd15's scale). Its pages are the kernel's file cache, written back and dropped as memory is
-    needed, so the process's own memory does not grow with it.
-
-    The file's disk space is allocated first: a full disk is one OSError (ENOSPC) saying how much room ``what``
-    needs, before anything is written (a page of a memory map with no disk block behind it is a SIGBUS when
-    written, which kills the process). The file's name is removed as soon as it is mapped: its disk space is in
-    use until the mapping ends, with the last reference to the array, also on error, and a killed process's goes
-    with the process; no other process (a worker starting beside this one) can remove it meanwhile. A name left
-    by a process killed in between is removed by :func:`clean_partials`."""
-    size = math.prod(shape)
-    if size < 1:
-        raise ValueError(f"a scratch array needs at least one byte, got shape {shape}")
-    folder = Path(data_dir) / SCRATCH
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = temp_sibling(folder / label)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        try:
-            _allocate(fd, size)
-        except OSError as exc:
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
-            raise OSError(exc.errno, f"No space left on device for {what}: they need {_amount(size)} in "
-                                     f"{str(folder)!r} while the job runs, so free that much space there") from exc
-        return np.memmap(path, dtype=np.uint8, mode="r+", shape=shape)
-    finally:
-        os.close(fd)
-        path.unlink(missing_ok=True)
 
 
 EXPORT_PARTIALS_AGE_S = 24 * 3600.0  # an export being written is never this old (a merged SD pipeline takes minutes)

@@ -81,15 +81,13 @@ from seiko_core.loop import generate_batch, predicted_reward_of_embeddings, roun
 from seiko_core.models import ModelParts, load_model
 from seiko_core.reward import RewardEnsemble
 from seiko_core.sampling import to_uint8
+from seiko_core.scratch import PIXELS_IN_MEMORY_MAX_BYTES, PixelSpill, check_max_bytes
 
 log = logging.getLogger("seiko.worker")
 
 ERROR_MAX_CHARS = 2000  # a job's error message is one sentence; a runaway message is cut here
 
 
-# a generate job's candidates' uint8 pixels up to this size are held in memory, larger ones in a scratch file of the
-# data dir (storage.scratch_array): sd15's round 3 has 16,384 candidates of 512x512x3, 12 GiB (fifth review)
-PIXELS_IN_MEMORY_MAX_BYTES = 512 << 20
 FAULT_ENV = "SEIKO_FAULT_PHASE"  # fault injection: see the module docstring
 
 
@@ -489,10 +487,7 @@ class Worker:
         check_name("worker_id", worker_id)
         if isinstance(eval_chunk, bool) or not isinstance(eval_chunk, int) or eval_chunk < 1:
             raise ValueError(f"eval_chunk must be a whole number of images from 1, got {eval_chunk!r}")
-        if (isinstance(pixels_in_memory_max_bytes, bool) or not isinstance(pixels_in_memory_max_bytes, int)
-                or pixels_in_memory_max_bytes < 0):
-            raise ValueError(f"pixels_in_memory_max_bytes must be a whole number of bytes from 0, got "
-                             f"{pixels_in_memory_max_bytes!r}")
+        check_max_bytes(pixels_in_memory_max_bytes)
         self.settings, self.worker_id = settings, worker_id
         # a generate job's candidate pixels above this size are kept in a scratch file of the data dir, not in memory
         self.pixels_in_memory_max_bytes = pixels_in_memory_max_bytes
@@ -953,13 +948,11 @@ class Worker:
 
     def _candidate_pixels(self, job_id: int, round_index: int):
         """generate_batch's ``pixels_out``: None (in memory) up to ``pixels_in_memory_max_bytes``, else the memory
-        map of a scratch file of the data dir (``storage.scratch_array``: its disk space is freed when the map ends)."""
-        def allocate(shape: tuple[int, ...]) -> np.ndarray | None:
-            if math.prod(shape) <= self.pixels_in_memory_max_bytes:
-                return None
-            return storage.scratch_array(self.settings.data_dir, f"job{job_id}-candidates", shape,
-                                         what=f"round {round_index}'s {shape[0]} candidate images")
-        return allocate
+        map of a scratch file of the data dir (``seiko_core.scratch.scratch_array``: its disk space is freed when the
+        map ends; a data dir on a tmpfs is named once in the log, since the file saves no memory there)."""
+        spill = PixelSpill(Path(self.settings.data_dir), self.pixels_in_memory_max_bytes)
+        return spill.pixels_out(f"job{job_id}-candidates",
+                                lambda shape: f"round {round_index}'s {shape[0]} candidate images", np.uint8)
 
     def _store_images(self, images: torch.Tensor, emb: torch.Tensor, pairs: list[tuple[str, int]], kind: str,
                       keep: list[int] | None = None) -> list[dict[str, Any]]:
