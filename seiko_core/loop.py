@@ -53,14 +53,13 @@ def generate_batch(parts, adapter: str | None, prompts: list[str], seeds: list[i
     device: the whole round used to go to the device in one piece (48 GiB float32 at sd15's round 3) and be held
     twice as float32 on the host (fourth review).
 
-    With ``as_uint8``, ``pixels_out(shape)`` may give the writable uint8 numpy array of ``shape`` (B, 3, H, W) that
-    the pixels are written into, batch by batch (the worker's memory map of a file when they are too many for the
-    host's memory: 12 GiB at sd15's round 3, fifth review); the images returned are a tensor sharing its memory. When
-    it returns None, or without it, they are a tensor in memory."""
+    ``pixels_out(shape)`` may give the writable numpy array of ``shape`` (B, 3, H, W) that the pixels are written
+    into, batch by batch: uint8 with ``as_uint8``, else float32 (the worker's, or a simulator's, memory map of a file
+    when they are too many for the host's memory: 12 GiB of uint8 at sd15's round 3, fifth review; 48 GiB of the
+    simulators' float32, sixth review); the images returned are a tensor sharing its memory, holding the same values
+    as in memory. When it returns None, or without it, they are a tensor in memory."""
     if not prompts:
         raise ValueError("no prompts were given, so there are no images to generate")
-    if pixels_out is not None and not as_uint8:
-        raise ValueError("pixels_out holds uint8 pixels; it needs as_uint8=True")
     lora.activate(parts.unet, adapter)
     sc = cfg.sampling
     n = len(prompts)
@@ -78,12 +77,13 @@ def generate_batch(parts, adapter: str | None, prompts: list[str], seeds: list[i
         emb = embed_images_batched(parts, part, batch_size=EMBED_CHUNK)  # chunk by chunk to the device; back on host
         if images is None:
             shape = (n, *part.shape[1:])
+            dtype = torch.uint8 if as_uint8 else part.dtype  # float32: sample_batches' images
             out = None if pixels_out is None else pixels_out(shape)
-            if out is not None and (out.shape != shape or out.dtype != np.uint8 or not out.flags.writeable):
+            want = torch.empty(0, dtype=dtype).numpy().dtype
+            if out is not None and (out.shape != shape or out.dtype != want or not out.flags.writeable):
                 got, out = f"a {out.dtype} array of shape {out.shape}", None
-                raise ValueError(f"pixels_out gave {got}, not a writable uint8 one of shape {shape}")
-            images = (torch.from_numpy(out) if out is not None
-                      else torch.empty(shape, dtype=torch.uint8 if as_uint8 else part.dtype))
+                raise ValueError(f"pixels_out gave {got}, not a writable {want} one of shape {shape}")
+            images = torch.from_numpy(out) if out is not None else torch.empty(shape, dtype=dtype)
             del out  # held by ``images`` alone (see the end: a traceback keeps the frames)
             embeddings = torch.empty((n, emb.shape[1]), dtype=emb.dtype)
         # nothing non-finite is published for people to rate (a damaged adapter or model drew black images: review)

@@ -89,7 +89,8 @@ def test_pixels_out_receives_the_same_pixels_and_no_traceback_keeps_it(random_pa
     assert torch.equal(loop.generate_batch(random_parts, None, prompts, seeds, cfg, as_uint8=True,
                                            pixels_out=lambda shape: None)[0], want)  # None: in memory
 
-    with pytest.raises(ValueError, match="pixels_out holds uint8 pixels; it needs as_uint8=True"):
+    with pytest.raises(ValueError, match=r"pixels_out gave a uint8 array of shape \(73, 3, \d+, \d+\), not a writable "
+                                         r"float32 one"):  # float images want a float32 array
         loop.generate_batch(random_parts, None, prompts, seeds, cfg, pixels_out=out)
     with pytest.raises(ValueError, match=r"pixels_out gave a uint8 array of shape \(3,\), not a writable uint8 one"):
         loop.generate_batch(random_parts, None, prompts[:3], seeds[:3], cfg, as_uint8=True,
@@ -111,3 +112,25 @@ def test_pixels_out_receives_the_same_pixels_and_no_traceback_keeps_it(random_pa
     gc.collect()
     assert len(refs) == 1 and info.tb is not None
     assert refs[0]() is None  # the traceback (kept in ``info``) holds no reference to the array
+
+
+def test_float_pixels_out_receives_the_same_float32_images(random_parts):
+    """The simulators' scratch file (sixth review): without ``as_uint8`` the float32 images are written into the
+    float32 array ``pixels_out`` gives, bit for bit what the in-memory path returns (the oracles rate these values),
+    and the images returned share its memory."""
+    import numpy as np
+
+    n = CHUNK + 9
+    prompts, seeds = [f"shape {i % 3}" for i in range(n)], [70 + i for i in range(n)]
+    cfg = _cfg(8)
+    want, want_emb = loop.generate_batch(random_parts, None, prompts, seeds, cfg)
+    given = {}
+
+    def out(shape):
+        given["array"] = np.full(shape, np.nan, dtype=np.float32)
+        return given["array"]
+
+    images, emb = loop.generate_batch(random_parts, None, prompts, seeds, cfg, pixels_out=out)
+    assert images.dtype == torch.float32 and images.data_ptr() == given["array"].ctypes.data
+    assert np.array_equal(given["array"], want.numpy()) and torch.equal(emb, want_emb)
+    assert want.numpy().tobytes() == given["array"].tobytes()  # the same bits, NaN-free
