@@ -1,5 +1,5 @@
-"""``python -m app worker [--once] [--worker-id ID] [--lease-s N] [--poll-s N] [--stop-grace-s N] [--nice N] [--processes N]``:
-run the background worker.
+"""``python -m app worker [--once] [--worker-id ID] [--lease-s N] [--poll-s N] [--stop-grace-s N] [--nice N] [--processes N]
+[--pixels-in-memory-max-mib MIB]``: run the background worker.
 
 ``--processes N`` (N > 1) runs train jobs data-parallel over N processes (app.train_dist; docs/worker.md).
 
@@ -21,6 +21,7 @@ from app.settings import add_arguments as add_settings_arguments
 from db import migrate
 from db.checks import check_name
 from db.errors import InvalidInput, SchemaOutOfDate
+from seiko_core.scratch import add_max_mib_argument
 
 MAX_SECONDS = 86_400.0  # a day: 1e12 passed and crashed the worker (a lease's end past what a date holds; review)
 
@@ -83,6 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"CPU priority increment for this process, 0-19 (default {DEFAULT_NICE}: the web app answers first)")
     parser.add_argument("--processes", type=_processes, default=1,
                         help="train jobs data-parallel over N processes, one per GPU (default 1; see docs/worker.md)")
+    add_max_mib_argument(parser, "the data dir")  # a generate job's candidates beyond it: <data dir>/scratch
     add_settings_arguments(parser, model=False)  # each job loads its experiment's own model
 
 
@@ -125,7 +127,8 @@ def main(args: argparse.Namespace) -> int:
         return train_dist.run_rank(args, settings, worker_id)
     from app.worker import Watchdog, Worker, WorkerRefused
 
-    worker = Worker(settings, worker_id, lease_s=args.lease_s, poll_s=args.poll_s)
+    worker = Worker(settings, worker_id, lease_s=args.lease_s, poll_s=args.poll_s,
+                    pixels_in_memory_max_bytes=args.pixels_in_memory_max_bytes)
 
     # idle: SIGTERM makes run_forever return (exit 0), Ctrl-C exits 130; busy: the job is handed back (queued again,
     # no attempt used), then the worker exits; a second signal does not interrupt that hand-back. A job stuck in a

@@ -47,6 +47,8 @@ from typing import Any
 import torch
 from sqlalchemy.exc import OperationalError
 
+from seiko_core.scratch import MIB
+
 log = logging.getLogger("seiko.worker.group")
 
 GROUP_ENV = "SEIKO_WORKER_GROUP"  # set by the supervisor on its ranks: the supervisor's pid
@@ -335,7 +337,8 @@ def run_rank(args: argparse.Namespace, settings, worker_id: str) -> int:
         watch = FollowerStopWatch(rank, worker_id)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked since the start (supervise)
         group = Group()
-        worker = Worker(settings, f"{worker_id}/rank{group.rank}", lease_s=args.lease_s, poll_s=args.poll_s, device=group.device)
+        worker = Worker(settings, f"{worker_id}/rank{group.rank}", lease_s=args.lease_s, poll_s=args.poll_s, device=group.device,
+                        pixels_in_memory_max_bytes=args.pixels_in_memory_max_bytes)
         try:
             while True:
                 header, tensors = group.receive()
@@ -368,7 +371,8 @@ def run_rank(args: argparse.Namespace, settings, worker_id: str) -> int:
         log.warning("rank 0 of worker %r was stopped by %s while its process group was forming; it held no job, and "
                     "the supervisor tells its followers to stop", worker_id, "Ctrl-C (SIGINT)" if ctrl_c else "SIGTERM")
         return 128 + signal.SIGINT if ctrl_c else 0  # as a stopped idle worker
-    worker = Worker(settings, worker_id, lease_s=args.lease_s, poll_s=args.poll_s, device=group.device)
+    worker = Worker(settings, worker_id, lease_s=args.lease_s, poll_s=args.poll_s, device=group.device,
+                    pixels_in_memory_max_bytes=args.pixels_in_memory_max_bytes)
     worker.group = group
 
     # busy: hand the job back, then leave (the supervisor stops the rest); a terminal's Ctrl-C reaches rank 0 as well
@@ -486,7 +490,8 @@ def group_env(environ: dict[str, str], settings, n: int, port: int, addr: str = 
 
 def rank_command(args: argparse.Namespace, worker_id: str) -> list[str]:
     cmd = [sys.executable, "-m", "app", "worker", "--worker-id", worker_id, "--lease-s", str(args.lease_s),
-           "--poll-s", str(args.poll_s), "--stop-grace-s", str(args.stop_grace_s), "--nice", str(args.nice)]
+           "--poll-s", str(args.poll_s), "--stop-grace-s", str(args.stop_grace_s), "--nice", str(args.nice),
+           "--pixels-in-memory-max-mib", repr(args.pixels_in_memory_max_bytes / MIB)]
     return cmd + (["--once"] if args.once else [])
 
 
