@@ -69,6 +69,7 @@ from .config import FinetuneConfig, OptimismConfig, RewardConfig, SeikoConfig
 from .finetune import at_least_fp32, gaussian_kl, reward_loss, trajectory_loss
 from .presets import SHAPES_PROMPTS
 from .sampling import DDIMSchedule, SeedNoise, ddim_mean, ddim_sigma, decode, encode_prompts, initial_latents, sample
+from .scratch import PixelSpill, add_max_mib_argument, float_pixels
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs" / "sd15"
@@ -647,8 +648,9 @@ def bench_memory(args, ks: list[int], log=print) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------- full round
-def bench_round(parts, *, cfg: SeikoConfig | None = None, seed: int = 0, log=print) -> dict:
-    """(c): one SEIKO round (default: the shapes preset), timed from the first labels to the next batch of images."""
+def bench_round(parts, *, cfg: SeikoConfig | None = None, seed: int = 0, log=print, spill: PixelSpill | None = None) -> dict:
+    """(c): one SEIKO round (default: the shapes preset), timed from the first labels to the next batch of images.
+    ``spill``: images beyond its limit are kept in a scratch file, not in memory (the same values)."""
     from .loop import generate_batch, round_prompts, train_round
     from .oracles import ORACLES, feedback
     from .presets import shapes
@@ -661,13 +663,16 @@ def bench_round(parts, *, cfg: SeikoConfig | None = None, seed: int = 0, log=pri
     gen = torch.Generator().manual_seed(seed)
     # round 0's batch and its (simulated) ratings: the state a round starts from; not timed
     prompts0 = round_prompts(cfg, n, seed)
-    images0, emb0 = generate_batch(parts, None, prompts0, list(range(n)), cfg)
+    images0, emb0 = generate_batch(parts, None, prompts0, list(range(n)), cfg,
+                                   pixels_out=float_pixels(spill, "round0-images", f"round 0's {n} images"))
     scores0 = feedback(oracle, images0, prompts0, generator=gen)
     t0 = time.perf_counter()
     outcome = train_round(parts, emb0, scores0, cfg, new_index=1, prev_adapter=None, seed=seed)
     t1 = time.perf_counter()
     prompts1 = round_prompts(cfg, n, seed + 1)
-    images1, _ = generate_batch(parts, outcome.adapter, prompts1, list(range(n, 2 * n)), cfg)
+    images0 = None  # rated: its memory (or scratch file) goes before the next batch is drawn
+    images1, _ = generate_batch(parts, outcome.adapter, prompts1, list(range(n, 2 * n)), cfg,
+                                pixels_out=float_pixels(spill, "round1-images", f"round 1's {n} images"))
     t2 = time.perf_counter()
     ft_s = float(outcome.finetune.metrics["wall_s"])
     rec = {"labels": n, "sampling_steps": cfg.sampling.steps, "finetune_trajectories": outcome.finetune.metrics["trajectories"],
@@ -788,6 +793,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default=None, help="where to put generated files (tokenizer, random model)")
+    add_max_mib_argument(ap, "--workdir")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     return ap
 
@@ -850,7 +856,8 @@ def run(args, log=print) -> dict:
         parts = load_bench_model(args.model, device, workdir=args.workdir)
         if args.channels_last:
             parts.unet.to(memory_format=torch.channels_last)
-        result["round"] = bench_round(parts, seed=args.seed, log=log)
+        result["round"] = bench_round(parts, seed=args.seed, log=log,
+                                      spill=PixelSpill(args.workdir, args.pixels_in_memory_max_bytes))
     result["machine"]["loadavg_end"] = list(os.getloadavg())
     return result
 

@@ -32,6 +32,7 @@ import torch
 from . import simulate as sim
 from .config import SeikoConfig
 from .preference import logistic_temperature, simulate_pair_choices
+from .scratch import PixelSpill
 
 FEEDBACK = "pairs"
 
@@ -54,8 +55,10 @@ def train_pair_round(parts, embeddings: torch.Tensor, pairs: torch.Tensor, cfg: 
 
 
 def run_pairs(parts, cfg: SeikoConfig, oracle, temperature: float, tie_eps: float, ev: sim.EvalSet, run_seed: int,
-              pretrained: dict, *, on_round=None, bars: sim.Bars | None = None, grid_path: Path | None = None) -> dict:
-    """``simulate.run_one`` with B comparisons per round of budget B; returns the run record (same keys, plus pairs')."""
+              pretrained: dict, *, on_round=None, bars: sim.Bars | None = None, grid_path: Path | None = None,
+              spill: PixelSpill | None = None) -> dict:
+    """``simulate.run_one`` with B comparisons per round of budget B; returns the run record (same keys, plus pairs').
+    ``spill``: generated images beyond its limit are kept in a scratch file, not in memory (the same values)."""
     from .loop import generate_batch
 
     sim.reset_adapters(parts)
@@ -72,7 +75,9 @@ def run_pairs(parts, cfg: SeikoConfig, oracle, temperature: float, tie_eps: floa
         # 1. sample two images of each of the round's `budget` prompts from the current model
         prompts = pair_prompts(cfg, budget, seed=sim.train_seed(run_seed, i))
         imgs, emb = generate_batch(parts, prev, prompts, sim.gen_seeds(run_seed, i, 2 * budget), cfg,
-                                   on_progress=bars(f"{cfg.method}/s{run_seed}/r{i}") if bars else None)
+                                   on_progress=bars(f"{cfg.method}/s{run_seed}/r{i}") if bars else None,
+                                   pixels_out=sim.float_pixels(spill, f"{cfg.method}-seed{run_seed}-round{i}",
+                                                               f"round {i}'s {2 * budget} images"))
         # 2. feedback: the simulated person compares images 2k and 2k+1
         true = sim._score(oracle, imgs, prompts)
         local = torch.arange(2 * budget).view(budget, 2)
@@ -90,8 +95,9 @@ def run_pairs(parts, cfg: SeikoConfig, oracle, temperature: float, tie_eps: floa
                                    on_progress=bars(f"{cfg.method}/s{run_seed}/r{i}") if bars else None)
         train_s = time.time() - t1
         # 6. evaluate on the fixed held-out set
+        imgs = None  # rated: its memory (or scratch file) goes before the eval images are drawn
         m, images = sim.evaluate(parts, cfg, oracle, ev, adapter=outcome.adapter, prev_adapter=prev, outcome=outcome,
-                                 bars=bars)
+                                 bars=bars, spill=spill)
         ft = outcome.metrics["finetune"]
         fit = outcome.metrics["reward_fit"]
         o = choices[:, 2]
@@ -127,12 +133,12 @@ def run_pairs(parts, cfg: SeikoConfig, oracle, temperature: float, tie_eps: floa
 
 
 def _worker_run(cfg: SeikoConfig, temperature: float, tie_eps: float, ev: sim.EvalSet, seed: int, pretrained: dict,
-                grid_path: Path) -> dict:
+                grid_path: Path, spill: PixelSpill | None = None) -> dict:
     def on_round(run):
         print(sim.round_line(cfg.method, seed, run["rounds"][-1]), file=sys.stderr, flush=True)
 
     return run_pairs(sim._WORKER["parts"], cfg, sim._WORKER["oracle"], temperature, tie_eps, ev, seed, pretrained,
-                     on_round=on_round, grid_path=grid_path)
+                     on_round=on_round, grid_path=grid_path, spill=spill)
 
 
 def summarise(results: dict, out: Path) -> str:
@@ -187,12 +193,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
+    spill = sim.spill_of(args)
+
     def pool_task(method, seed, pretrained, grid_path):
-        return _worker_run, cfgs[method], temperature, tie_eps, ev, seed, pretrained, grid_path
+        return _worker_run, cfgs[method], temperature, tie_eps, ev, seed, pretrained, grid_path, spill
 
     def serial_run(method, seed, pretrained, on_round, bars, grid_path):
         return run_pairs(parts, cfgs[method], oracle, temperature, tie_eps, ev, seed, pretrained, on_round=on_round,
-                         bars=bars, grid_path=grid_path)
+                         bars=bars, grid_path=grid_path, spill=spill)
 
     return sim.run_campaign(args, argv, parts=parts, oracle=oracle, base=base, ev=ev, settings=settings,
                             methods=methods, seeds=seeds, pool_task=pool_task, serial_run=serial_run,

@@ -32,6 +32,7 @@ SCRATCH = "scratch"
 PIXELS_IN_MEMORY_MAX_BYTES = 512 << 20
 MIB = 1 << 20
 MEMORY_FS_TYPES = frozenset({"tmpfs", "ramfs"})  # file systems whose files are pages of memory
+MOUNTS = "/proc/mounts"  # Linux's mount table; absent elsewhere (then nothing is said)
 
 
 def _allocate(fd: int, size: int) -> None:
@@ -99,12 +100,12 @@ def _unescape_mount_point(field: str) -> str:
     return field
 
 
-def mount_fstype(path: str | Path, mounts: str | Path = "/proc/mounts") -> str | None:
+def mount_fstype(path: str | Path, mounts: str | Path | None = None) -> str | None:
     """The file system type of the mount that holds ``path`` (or would hold it: its nearest existing folder), from
     the mount table ``mounts`` (Linux's /proc/mounts); None where there is no such table (another system) or no
     mount in it holds the path."""
     try:
-        text = Path(mounts).read_text(errors="replace")
+        text = Path(MOUNTS if mounts is None else mounts).read_text(errors="replace")
     except OSError:
         return None
     target = Path(os.path.abspath(path))
@@ -126,7 +127,7 @@ def mount_fstype(path: str | Path, mounts: str | Path = "/proc/mounts") -> str |
 _noted: set[str] = set()
 
 
-def note_if_tmpfs(folder: str | Path, mounts: str | Path = "/proc/mounts") -> bool:
+def note_if_tmpfs(folder: str | Path, mounts: str | Path | None = None) -> bool:
     """Say once in the log (per folder, per process) that ``folder`` is on a file system held in memory (tmpfs,
     ramfs), where a scratch file saves no memory; True if it is. Not an error: the job runs all the same."""
     fstype = mount_fstype(folder, mounts)
@@ -166,6 +167,13 @@ class PixelSpill:
             return array
 
         return allocate
+
+
+def float_pixels(spill: PixelSpill | None, label: str, what: str | Callable[[tuple[int, ...]], str]
+                 ) -> Callable[[tuple[int, ...]], np.ndarray | None] | None:
+    """``generate_batch``'s ``pixels_out`` for the float32 images a simulator's oracle rates: in memory up to
+    ``spill``'s limit, else in a scratch file of its folder (the same values either way); None without ``spill``."""
+    return None if spill is None else spill.pixels_out(label, what, np.float32)
 
 
 def check_max_bytes(value: object) -> int:

@@ -62,6 +62,7 @@ from .config import (
     from_dict,
     to_dict,
 )
+from .scratch import PixelSpill, add_max_mib_argument, float_pixels
 from .stats import mean_ci95, t975, wins  # noqa: F401  (re-exported: reports import them from here)
 
 RESULTS = "results.json"
@@ -334,14 +335,16 @@ def uncertainty_calibration(preds: torch.Tensor, r_opt: torch.Tensor, true: torc
 
 
 def evaluate(parts, cfg: SeikoConfig, oracle, ev: EvalSet, *, adapter: str | None, prev_adapter: str | None,
-             outcome=None, bars: Bars | None = None) -> tuple[dict, torch.Tensor]:
-    """Eval metrics of ``adapter``'s model (None: pretrained) on the fixed set, and the eval images."""
+             outcome=None, bars: Bars | None = None, spill: PixelSpill | None = None) -> tuple[dict, torch.Tensor]:
+    """Eval metrics of ``adapter``'s model (None: pretrained) on the fixed set, and the eval images (beyond
+    ``spill``'s limit a scratch file's memory map)."""
     from .finetune import trajectory_kl
     from .loop import generate_batch
     from .optimism import optimistic_reward
 
     t0 = time.time()
-    images, emb = generate_batch(parts, adapter, ev.prompts, ev.seeds, cfg, on_progress=bars("eval") if bars else None)
+    images, emb = generate_batch(parts, adapter, ev.prompts, ev.seeds, cfg, on_progress=bars("eval") if bars else None,
+                                 pixels_out=float_pixels(spill, "eval-images", f"the {len(ev.seeds)} eval images"))
     true = _score(oracle, images, ev.prompts)
     m = {"true_reward_mean": float(true.mean()), "true_reward_std": float(true.std()),
          "true_reward_median": float(true.median()), "true_reward_max": float(true.max())}
@@ -403,9 +406,10 @@ def reset_adapters(parts) -> None:
 
 def run_one(parts, cfg: SeikoConfig, oracle, sigma: float, ev: EvalSet, run_seed: int, pretrained: dict, *,
             on_round=None, bars: Bars | None = None, grid_path: Path | None = None,
-            adapter_dir: Path | None = None) -> dict:
+            adapter_dir: Path | None = None, spill: PixelSpill | None = None) -> dict:
     """One method (``cfg.method``, budgets already per method) from the pretrained model; returns the run record.
-    ``adapter_dir``: where the final round's adapter is saved (``--keep-adapters``; :mod:`seiko_core.klmatch` reads it)."""
+    ``adapter_dir``: where the final round's adapter is saved (``--keep-adapters``; :mod:`seiko_core.klmatch` reads it).
+    ``spill``: generated images beyond its limit are kept in a scratch file, not in memory (the same values)."""
     from .loop import generate_batch, round_prompts, train_round
     from .oracles import noisy_feedback
 
@@ -422,7 +426,9 @@ def run_one(parts, cfg: SeikoConfig, oracle, sigma: float, ev: EvalSet, run_seed
         # 1. sample the round's budget from the current model
         prompts = round_prompts(cfg, budget, seed=train_seed(run_seed, i))
         imgs, emb = generate_batch(parts, prev, prompts, gen_seeds(run_seed, i, budget), cfg,
-                                   on_progress=bars(f"{cfg.method}/s{run_seed}/r{i}") if bars else None)
+                                   on_progress=bars(f"{cfg.method}/s{run_seed}/r{i}") if bars else None,
+                                   pixels_out=float_pixels(spill, f"{cfg.method}-seed{run_seed}-round{i}",
+                                                           f"round {i}'s {budget} images"))
         # 2. feedback: oracle + noise
         true = _score(oracle, imgs, prompts)
         gen = torch.Generator().manual_seed(noise_seed(run_seed, i, len(cfg.budgets)))
@@ -437,7 +443,9 @@ def run_one(parts, cfg: SeikoConfig, oracle, sigma: float, ev: EvalSet, run_seed
                               seed=train_seed(run_seed, i), on_progress=bars(f"{cfg.method}/s{run_seed}/r{i}") if bars else None)
         train_s = time.time() - t1
         # 6. evaluate on the fixed held-out set
-        m, images = evaluate(parts, cfg, oracle, ev, adapter=outcome.adapter, prev_adapter=prev, outcome=outcome, bars=bars)
+        imgs = None  # rated: its memory (or scratch file) goes before the eval images are drawn
+        m, images = evaluate(parts, cfg, oracle, ev, adapter=outcome.adapter, prev_adapter=prev, outcome=outcome, bars=bars,
+                             spill=spill)
         ft = outcome.metrics["finetune"]
         fit = outcome.metrics["reward_fit"]
         rounds.append({
@@ -492,12 +500,12 @@ def _worker_init(model: str, oracle_spec: str, device: str | None, threads: int)
 
 
 def _worker_run(cfg: SeikoConfig, sigma: float, ev: EvalSet, seed: int, pretrained: dict, grid_path: Path,
-                adapter_dir: Path | None = None) -> dict:
+                adapter_dir: Path | None = None, spill: PixelSpill | None = None) -> dict:
     def on_round(run):
         print(round_line(cfg.method, seed, run["rounds"][-1]), file=sys.stderr, flush=True)
 
     return run_one(_WORKER["parts"], cfg, _WORKER["oracle"], sigma, ev, seed, pretrained, on_round=on_round,
-                   grid_path=grid_path, adapter_dir=adapter_dir)
+                   grid_path=grid_path, adapter_dir=adapter_dir, spill=spill)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -708,6 +716,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no inner progress bars (per-round lines still print)")
     p.add_argument("--keep-adapters", action="store_true",
                    help="save each run's final adapter under OUT/adapters/METHOD_seedSEED (for seiko_core.klmatch)")
+    add_max_mib_argument(p, "OUT")
     return p
 
 
@@ -820,7 +829,7 @@ def run_campaign(args, argv, *, parts, oracle, base: SeikoConfig, ev: EvalSet, s
 
     # round 0: the pretrained model on the eval set, once for every run
     if results.get("pretrained") is None:
-        m, images = evaluate(parts, base, oracle, ev, adapter=None, prev_adapter=None, bars=bars)
+        m, images = evaluate(parts, base, oracle, ev, adapter=None, prev_adapter=None, bars=bars, spill=spill_of(args))
         bars.close()
         results["pretrained"] = m
         save_grid(images, out / "grids" / "pretrained.png")
@@ -909,6 +918,11 @@ def campaign_setup(args, parts, oracle, methods, budgets):
     return base, cfgs, ev, sigma, settings
 
 
+def spill_of(args) -> PixelSpill:
+    """Where a campaign's generated images beyond ``--pixels-in-memory-max-mib`` go: ``OUT/scratch``."""
+    return PixelSpill(Path(args.out), args.pixels_in_memory_max_bytes)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -930,12 +944,14 @@ def main(argv: list[str] | None = None) -> int:
     def adapter_dir(method, seed):
         return Path(args.out) / ADAPTERS / f"{method}_seed{seed}" if args.keep_adapters else None
 
+    spill = spill_of(args)
+
     def pool_task(method, seed, pretrained, grid_path):
-        return _worker_run, cfgs[method], sigma, ev, seed, pretrained, grid_path, adapter_dir(method, seed)
+        return _worker_run, cfgs[method], sigma, ev, seed, pretrained, grid_path, adapter_dir(method, seed), spill
 
     def serial_run(method, seed, pretrained, on_round, bars, grid_path):
         return run_one(parts, cfgs[method], oracle, sigma, ev, seed, pretrained, on_round=on_round, bars=bars,
-                       grid_path=grid_path, adapter_dir=adapter_dir(method, seed))
+                       grid_path=grid_path, adapter_dir=adapter_dir(method, seed), spill=spill)
 
     return run_campaign(args, argv, parts=parts, oracle=oracle, base=base, ev=ev, settings=settings, methods=methods,
                         seeds=seeds, pool_task=pool_task, serial_run=serial_run, summarise_fn=summarise,

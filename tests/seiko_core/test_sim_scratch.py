@@ -1,0 +1,250 @@
+"""The simulators' generated images beyond ``--pixels-in-memory-max-mib`` live in a scratch file, not in memory (sixth
+review): ``simulate``, ``pairwise_sim`` and ``bench``'s round kept every round's and every eval set's images as
+float32 in the process (48 GiB at sd15's scale). The app's worker already kept its uint8 candidates in a scratch
+file past ``pixels_in_memory_max_bytes``; the simulators now reuse that code (``seiko_core.scratch``), with float32.
+
+The figures must not move: the oracles rate the same float values from the file as from memory, so a run forced
+into the file (a limit of 0 MiB) gives results.json figures and grids identical, bit for bit, to a run in memory."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from seiko_core import pairwise_sim, scratch, simulate
+from tests.seiko_core.test_simulate import TINY
+
+
+def _mapped_scratch_bytes(folder: Path) -> list[tuple[str, int]]:
+    """This process's memory maps of files under ``folder``/scratch: (path as the kernel shows it, bytes mapped)."""
+    maps = "/proc/self/maps"
+    if not os.path.exists(maps):
+        pytest.skip("no /proc/self/maps here to see the process's memory maps")
+    prefix = str((folder / scratch.SCRATCH).resolve()) + "/"
+    found = []
+    with open(maps) as f:
+        for line in f:
+            if prefix in line:
+                start, end = (int(a, 16) for a in line.split()[0].split("-"))
+                found.append((line.split(None, 5)[-1].strip(), end - start))
+    return found
+
+
+def _figures(results: dict) -> str:
+    """results.json's figures without its times (keys ending in _s) and invocation records, as canonical JSON
+    (NaN compares equal as text)."""
+    def strip(d: dict) -> dict:
+        return {k: v for k, v in d.items() if not k.endswith("_s")}
+
+    runs = {m: {s: {**{k: v for k, v in run.items() if k not in ("rounds", "wall_s")},
+                    "rounds": [strip(r) for r in run["rounds"]]} for s, run in seeds.items()}
+            for m, seeds in results["runs"].items()}
+    return json.dumps({"pretrained": strip(results["pretrained"]), "runs": runs, "settings": results["settings"]},
+                      sort_keys=True)
+
+
+def _spied_run(module, argv, out: Path, monkeypatch) -> tuple[list[dict], list[dict]]:
+    """``module.main(argv)`` with its oracle scoring watched: for every batch the oracle rates, how its images are
+    held (the process's maps of OUT/scratch files at that moment, the images' bytes); and every scratch array made."""
+    scored, made = [], []
+    real_score, real_array = simulate._score, scratch.scratch_array
+
+    def score(oracle, images, prompts, *args, **kwargs):
+        scored.append({"n": len(images), "nbytes": images.numel() * images.element_size(), "dtype": images.dtype,
+                       "maps": _mapped_scratch_bytes(out)})
+        return real_score(oracle, images, prompts, *args, **kwargs)
+
+    def array(data_dir, label, shape, *, what, dtype=np.uint8):
+        a = real_array(data_dir, label, shape, what=what, dtype=dtype)
+        made.append({"label": label, "shape": shape, "dtype": np.dtype(dtype), "what": what, "memmap": isinstance(a, np.memmap)})
+        return a
+
+    monkeypatch.setattr(simulate, "_score", score)
+    monkeypatch.setattr(scratch, "scratch_array", array)
+    threads = torch.get_num_threads()
+    try:
+        assert module.main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+        monkeypatch.undo()
+    return scored, made
+
+
+@pytest.mark.parametrize("module", [simulate, pairwise_sim], ids=["simulate", "pairwise_sim"])
+def test_a_run_in_the_scratch_file_gives_the_figures_of_a_run_in_memory(module, random_model_dir, tmp_path,
+                                                                         monkeypatch):
+    """Bootstrap, 2 rounds of 4 labels (8 images a round for pairs), 2 eval images: once with the default limit
+    (512 MiB: all in memory), once with 0 MiB (every batch in a scratch file). Every figure of results.json and
+    both grids' PNG bytes are identical; in the second run every batch the oracle rated was, at that moment, a
+    memory map of a removed file of OUT/scratch as large as its float32 images, and nothing is left there after."""
+    base = ["--model", str(random_model_dir), "--method", "bootstrap", "--oracle", "purple", *TINY]
+    mem, disk = tmp_path / "memory", tmp_path / "scratch"
+    scored_mem, made_mem = _spied_run(module, [*base, "--out", str(mem)], mem, monkeypatch)
+    scored_disk, made_disk = _spied_run(module, [*base, "--out", str(disk), "--pixels-in-memory-max-mib", "0"], disk,
+                                        monkeypatch)
+
+    a, b = (json.loads((d / "results.json").read_text()) for d in (mem, disk))
+    assert _figures(a) == _figures(b)
+    assert b["runs"]["bootstrap"]["0"]["rounds"][-1]["true_reward_mean"] == a["runs"]["bootstrap"]["0"]["rounds"][-1]["true_reward_mean"]
+    for grid in ("pretrained.png", "bootstrap_seed0.png"):
+        assert (mem / "grids" / grid).read_bytes() == (disk / "grids" / grid).read_bytes(), grid
+
+    per_round = 8 if module is pairwise_sim else 4
+    # pretrained eval, then per round: the round's images, its eval images
+    assert [s["n"] for s in scored_mem] == [s["n"] for s in scored_disk] == [2, per_round, 2, per_round, 2]
+    assert made_mem == [] and all(s["maps"] == [] for s in scored_mem)  # 512 MiB: in memory, as before
+    assert [(m["label"], m["shape"][0], m["dtype"], m["memmap"]) for m in made_disk] == [
+        ("eval-images", 2, np.float32, True), ("bootstrap-seed0-round1", per_round, np.float32, True),
+        ("eval-images", 2, np.float32, True), ("bootstrap-seed0-round2", per_round, np.float32, True),
+        ("eval-images", 2, np.float32, True)]
+    for s in scored_disk:
+        assert s["dtype"] == torch.float32
+        # the batch being rated is one removed file's map (the previous eval set's may be mapped beside it)
+        assert any(path.endswith(" (deleted)") and s["nbytes"] <= size < s["nbytes"] + 4 * 4096
+                   for path, size in s["maps"]), s
+    assert sorted(p.name for p in (disk / scratch.SCRATCH).iterdir()) == []
+
+
+def test_bench_round_in_the_scratch_file_gives_the_same_round(random_model_dir, tmp_path, monkeypatch):
+    """bench's round (c): the same fine-tuning rewards (they come from the ratings of round 0's images) and the next
+    batch of the same shape, with both batches in scratch files of the work dir past a limit of 0 bytes."""
+    from seiko_core import bench
+    from seiko_core.models import load_model
+    from seiko_core.presets import shapes
+
+    def cfg():
+        c = shapes()
+        c.budgets = (4,)
+        c.sampling.steps = 2
+        c.finetune.epochs = 1
+        c.finetune.trajectories_per_epoch = 2
+        c.finetune.batch_size = 2
+        c.finetune.max_seconds = None
+        c.reward.max_epochs = 3
+        return c
+
+    made = []
+    real = scratch.scratch_array
+    monkeypatch.setattr(scratch, "scratch_array",
+                        lambda *a, **k: made.append((a[1], a[2], np.dtype(k["dtype"]))) or real(*a, **k))
+    recs = []
+    for spill in (None, scratch.PixelSpill(tmp_path, 0)):
+        torch.manual_seed(0)
+        recs.append(bench.bench_round(load_model(str(random_model_dir), device="cpu"), cfg=cfg(), spill=spill,
+                                      log=lambda m: None))
+    keys = ("reward_first", "reward_last", "images", "labels", "finetune_trajectories")
+    assert [recs[0][k] for k in keys] == [recs[1][k] for k in keys]
+    assert [(label, shape[0], dtype) for label, shape, dtype in made] == [("round0-images", 4, np.float32),
+                                                                           ("round1-images", 4, np.float32)]
+
+
+def test_pixel_spill_keeps_what_fits_in_memory():
+    """The limit counts bytes of the dtype: 2 float32 images of 3x4x4 are 384 bytes."""
+    spill = scratch.PixelSpill(Path("/nonexistent-never-used"), 384)
+    assert spill.pixels_out("x", "y", np.float32)((2, 3, 4, 4)) is None
+    assert spill.pixels_out("x", "y", np.uint8)((8, 3, 4, 4)) is None
+    for bad in (-1, 1.5, True, "512"):
+        with pytest.raises(ValueError, match="pixels_in_memory_max_bytes must be a whole number of bytes from 0"):
+            scratch.PixelSpill(Path("."), bad)
+
+
+# ------------------------------------------------------------------------------------------ the command-line flag
+@pytest.mark.parametrize("value", ["-1", "abc", "nan", "inf", ""])
+@pytest.mark.parametrize("command", ["simulate", "pairwise_sim", "bench", "worker"])
+def test_a_bad_limit_is_one_sentence(command, value, tmp_path, capsys):
+    """A negative or non-number --pixels-in-memory-max-mib is refused by the argument parser in one sentence, before
+    anything is loaded (an unknown flag before this change)."""
+    argv = ["--pixels-in-memory-max-mib", value]
+    with pytest.raises(SystemExit) as exit_:
+        if command == "worker":
+            from app.__main__ import main
+
+            main(["worker", *argv])
+        elif command == "bench":
+            from seiko_core import bench
+
+            bench.main(argv)
+        else:
+            {"simulate": simulate, "pairwise_sim": pairwise_sim}[command].main(
+                ["--model", "unused", "--oracle", "purple", "--out", str(tmp_path), *argv])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.endswith(f"error: argument --pixels-in-memory-max-mib: expected a number of MiB from 0 (the generated "
+                        f"pixels held in memory before the rest go to a scratch file), got {value!r}"), err
+
+
+@pytest.mark.parametrize("value, expected", [("0", 0), ("512", 512 << 20), ("0.5", 1 << 19), ("1e3", 1000 << 20)])
+def test_the_limit_in_mib_is_bytes(value, expected):
+    args = simulate.build_parser().parse_args(["--oracle", "purple", "--out", "x", "--pixels-in-memory-max-mib", value])
+    assert args.pixels_in_memory_max_bytes == expected
+    assert simulate.build_parser().parse_args(["--oracle", "purple", "--out", "x"]).pixels_in_memory_max_bytes == 512 << 20
+
+
+def test_the_flag_is_in_every_help_and_reaches_the_worker(monkeypatch):
+    """--help of each command names the flag; the worker's value reaches Worker(pixels_in_memory_max_bytes=) and a
+    --processes group's ranks' command line."""
+    import argparse
+
+    from app import cli_worker, train_dist
+    from seiko_core import bench
+
+    parsers = [simulate.build_parser(), pairwise_sim.build_parser(), bench.build_parser()]
+    worker_parser = argparse.ArgumentParser()
+    cli_worker.add_arguments(worker_parser)
+    for p in [*parsers, worker_parser]:
+        text = " ".join(p.format_help().split())
+        assert "--pixels-in-memory-max-mib MIB" in text and "scratch file" in text and "(default 512;" in text, p.prog
+    args = worker_parser.parse_args(["--pixels-in-memory-max-mib", "3.5"])
+    assert args.pixels_in_memory_max_bytes == 3.5 * 2**20
+    cmd = train_dist.rank_command(args, "w")
+    assert cmd[cmd.index("--pixels-in-memory-max-mib") + 1] == "3.5"
+    assert worker_parser.parse_args(cmd[4:]).pixels_in_memory_max_bytes == args.pixels_in_memory_max_bytes
+
+
+# ------------------------------------------------------------------------------------------------------- tmpfs
+def _mount_table(tmp_path: Path) -> Path:
+    """A mount table as Linux writes it: the root on ext4, tmp_path/mem on a tmpfs, tmp_path/mem/disk on ext4
+    again (a disk mounted inside it), and a tmpfs whose mount point holds a space (written \\040)."""
+    table = tmp_path / "mounts"
+    spaced = str(tmp_path / "my mem").replace(" ", "\\040")
+    table.write_text(f"/dev/sda1 / ext4 rw,relatime 0 0\n"
+                     f"tmpfs {tmp_path / 'mem'} tmpfs rw,nosuid 0 0\n"
+                     f"/dev/sdb1 {tmp_path / 'mem' / 'disk'} ext4 rw 0 0\n"
+                     f"tmpfs {spaced} tmpfs rw 0 0\n")
+    return table
+
+
+def test_the_mount_of_a_path_is_read_from_the_mount_table(tmp_path):
+    table = _mount_table(tmp_path)
+    assert scratch.mount_fstype(tmp_path / "mem", table) == "tmpfs"
+    assert scratch.mount_fstype(tmp_path / "mem" / "out" / "scratch", table) == "tmpfs"  # not made yet: its mount
+    assert scratch.mount_fstype(tmp_path / "mem" / "disk" / "out", table) == "ext4"
+    assert scratch.mount_fstype(tmp_path / "memory", table) == "ext4"  # a name that starts alike is not inside
+    assert scratch.mount_fstype(tmp_path / "my mem" / "x", table) == "tmpfs"
+    assert scratch.mount_fstype(tmp_path / "x", tmp_path / "no-such-table") is None  # no /proc: nothing said
+
+
+def test_a_scratch_folder_on_a_tmpfs_is_said_once_in_the_log(tmp_path, monkeypatch, caplog):
+    """A data dir (or OUT) on a tmpfs: the scratch file is memory too, so it saves nothing. The first spill there says
+    so in one warning naming the folder and suggesting a directory on disk; later spills say nothing more; a folder on
+    disk, nothing at all. The arrays are made all the same (not an error)."""
+    monkeypatch.setattr(scratch, "MOUNTS", str(_mount_table(tmp_path)))
+    monkeypatch.setattr(scratch, "_noted", set())
+    on_tmpfs, on_disk = tmp_path / "mem" / "out", tmp_path / "mem" / "disk" / "out"
+    with caplog.at_level(logging.WARNING, logger="seiko.scratch"):
+        for folder in (on_tmpfs, on_tmpfs, on_disk):
+            a = scratch.PixelSpill(folder, 0).pixels_out("t", "the pixels", np.float32)((2, 3))
+            assert isinstance(a, np.memmap) and a.dtype == np.float32 and a.shape == (2, 3)
+            del a
+    (record,) = caplog.records
+    message = record.getMessage()
+    assert record.levelno == logging.WARNING
+    assert message == (f"The scratch folder {on_tmpfs / 'scratch'} is on a tmpfs, which is memory, so the pixels kept "
+                       f"there beyond --pixels-in-memory-max-mib save no memory; give a data or output directory on disk.")
+    assert message.count(". ") == 0
