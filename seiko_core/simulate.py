@@ -31,6 +31,10 @@ resuming with different settings is refused.
 ``--threads`` torch threads (default: the CPUs shared out); results.json is then rewritten after every finished
 run. A run's result does not depend on how many run beside it: every run starts from the pretrained weights with
 its own seeds.
+
+A batch of generated images beyond ``--pixels-in-memory-max-mib`` (default 512 MiB of float32) is kept in a scratch
+file of ``OUT/scratch`` rather than in the process's memory (``seiko_core.scratch``; its disk space reserved first, the
+file gone when the images are); the figures are the same bit for bit.
 """
 
 from __future__ import annotations
