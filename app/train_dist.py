@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from sqlalchemy.exc import OperationalError
 
-from seiko_core.scratch import MIB
+from seiko_core.scratch import MIB, PIXELS_IN_MEMORY_MAX_BYTES
 
 log = logging.getLogger("seiko.worker.group")
 
@@ -338,7 +338,7 @@ def run_rank(args: argparse.Namespace, settings, worker_id: str) -> int:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked since the start (supervise)
         group = Group()
         worker = Worker(settings, f"{worker_id}/rank{group.rank}", lease_s=args.lease_s, poll_s=args.poll_s, device=group.device,
-                        pixels_in_memory_max_bytes=args.pixels_in_memory_max_bytes)
+                        pixels_in_memory_max_bytes=_pixels_limit(args))
         try:
             while True:
                 header, tensors = group.receive()
@@ -372,7 +372,7 @@ def run_rank(args: argparse.Namespace, settings, worker_id: str) -> int:
                     "the supervisor tells its followers to stop", worker_id, "Ctrl-C (SIGINT)" if ctrl_c else "SIGTERM")
         return 128 + signal.SIGINT if ctrl_c else 0  # as a stopped idle worker
     worker = Worker(settings, worker_id, lease_s=args.lease_s, poll_s=args.poll_s, device=group.device,
-                    pixels_in_memory_max_bytes=args.pixels_in_memory_max_bytes)
+                    pixels_in_memory_max_bytes=_pixels_limit(args))
     worker.group = group
 
     # busy: hand the job back, then leave (the supervisor stops the rest); a terminal's Ctrl-C reaches rank 0 as well
@@ -488,10 +488,15 @@ def group_env(environ: dict[str, str], settings, n: int, port: int, addr: str = 
     return env
 
 
+def _pixels_limit(args: argparse.Namespace) -> int:
+    """``--pixels-in-memory-max-mib`` in bytes; the default where ``args`` were not made by ``app.cli_worker``."""
+    return getattr(args, "pixels_in_memory_max_bytes", PIXELS_IN_MEMORY_MAX_BYTES)
+
+
 def rank_command(args: argparse.Namespace, worker_id: str) -> list[str]:
     cmd = [sys.executable, "-m", "app", "worker", "--worker-id", worker_id, "--lease-s", str(args.lease_s),
            "--poll-s", str(args.poll_s), "--stop-grace-s", str(args.stop_grace_s), "--nice", str(args.nice),
-           "--pixels-in-memory-max-mib", repr(args.pixels_in_memory_max_bytes / MIB)]
+           "--pixels-in-memory-max-mib", repr(_pixels_limit(args) / MIB)]
     return cmd + (["--once"] if args.once else [])
 
 
