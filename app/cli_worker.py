@@ -84,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"CPU priority increment for this process, 0-19 (default {DEFAULT_NICE}: the web app answers first)")
     parser.add_argument("--processes", type=_processes, default=1,
                         help="train jobs data-parallel over N processes, one per GPU (default 1; see docs/worker.md)")
-    add_max_mib_argument(parser, "the data dir")  # a generate job's candidates beyond it: <data dir>/scratch
+    add_max_mib_argument(parser, "DATA_DIR")  # a generate job's candidates beyond it: <data dir>/scratch
     add_settings_arguments(parser, model=False)  # each job loads its experiment's own model
 
 

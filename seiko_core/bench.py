@@ -793,7 +793,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default=None, help="where to put generated files (tokenizer, random model)")
-    add_max_mib_argument(ap, "--workdir")
+    add_max_mib_argument(ap, "WORKDIR")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     return ap
 
