@@ -51,6 +51,11 @@ handlers' own checks (who is signed in, their role) never see them. A review (3 
   count), a forgotten session's unread results are dropped with its state, and an account may have
   ``EVENTS_IN_FLIGHT`` events waiting, running or unread at once, those being admitted counted too (429 past that).
   ``/gradio_api/run/`` and ``/api/``, which run a handler outside the queue, are not answered.
+- **Turns** (the sixth review of 5 Dec 2026): each event runs a few calls at a time for all users together (its
+  concurrency limit, ``app.ui.PAGE_CONCURRENCY``), so one account's 24 page loads in flight held every other user's
+  page load 4-7 s. An account may have ``EVENTS_PER_HANDLER`` calls of one event (one ``fn_index``, one API) waiting
+  or running (429 past that, one sentence: ``too_many_of_one_event``); results left unread count only towards
+  ``EVENTS_IN_FLIGHT``.
 - **Routes the app does not use** (proxying, streaming, monitoring, the vibe editor, run history, dev reload, custom
   components, profiling) are not answered (404), so none of them is an attack surface. Nor is ``/gradio_api/token``,
   which handed the HttpOnly session cookie's token to any script of the page (a later review). Nor are Gradio's
@@ -95,6 +100,11 @@ EVENTS_PER_ACCOUNT = 64
 # a page's session (its heartbeat open) and an event still waiting or running are pinned: not counted, and forgotten
 # only past twice the count in all; and an account may have this many events waiting or running at once (more are refused, 429)
 EVENTS_IN_FLIGHT = 32
+# and at most this many of them of one event (one fn_index, one API) waiting or running: each event runs a few at a
+# time for everyone (its concurrency limit, ``app.ui``), so one account's 24 page loads in flight held every other
+# account's page load 4-7 s behind them (a review of 5 Dec 2026, sixth review). The page sends one of an event at a
+# time (the rating grid's own queue, Gradio's "once" trigger mode); a script that waits for each answer needs one.
+EVENTS_PER_HANDLER = 2
 UNOWNED_GRACE_S = 30.0  # a session no account holds keeps its state this long (an event may be making it)
 SWEEP_EVERY_S = 5.0
 CALL = f"{API}/call/"
@@ -549,6 +559,27 @@ def outstanding(user: str, queue: Any, *owners: Owners) -> int:
     a review's script sent 120 events to one session it kept using and never read them, 360 results held)."""
     keys = {k for o in owners for k in o.keys_of(user)}
     return sum(len(queue.pending_event_ids_session.get(k, ())) for k in keys)
+
+
+def running_of(user: str, queue: Any, fn_id: int, *owners: Owners) -> int:
+    """How many events of ``user``'s sessions (the keys ``owners`` hold for them) run the Blocks function ``fn_id`` and
+    are still waiting or running (in Gradio's ``event_ids_to_events``; a finished one's unread results do not hold
+    the event's turn and count only towards ``outstanding``)."""
+    keys = {k for o in owners for k in o.keys_of(user)}
+    events = queue.event_ids_to_events
+    count = 0
+    for key in keys:
+        for event_id in list(queue.pending_event_ids_session.get(key, ())):
+            event = events.get(event_id)
+            if event is not None and getattr(getattr(event, "fn", None), "_id", None) == fn_id:
+                count += 1
+    return count
+
+
+def too_many_of_one_event() -> str:
+    """The refusal of an account's event past ``EVENTS_PER_HANDLER`` of that event waiting or running (one sentence)."""
+    return (f"You have {EVENTS_PER_HANDLER} requests of this kind waiting for an answer; wait for their answers "
+            "before sending another.")
 
 
 def event_of(path: str, method: str | None) -> str | None:

@@ -56,6 +56,14 @@ log = logging.getLogger(__name__)
 # most 20 ms to the first request after a quiet spell and 0.1 s to a progress bar.
 QUEUE_IDLE_POLL_S = 0.02
 QUEUE_PROGRESS_POLL_S = 0.1
+# How many calls of one page event (a page load, a tab shown, a timer's refresh) run at once, for everyone together.
+# Gradio's default is one: each event had one queue for all users, so a rater with 24 page loads in flight held every
+# other user's page load 4-7 s instead of 0.22 s (the sixth review of 5 Dec 2026). These handlers read (or lease
+# images under the experiment's lock, as next_batch does four at a time), and the guard lets one account have
+# ``gradio_routes.EVENTS_PER_HANDLER`` of an event waiting or running, so 8 lets four accounts fill an event before a
+# fifth waits; on 2 cores more would only interleave the same work. Events that change state (the admin's buttons and
+# switches) set a limit of one, as before, and the rating group ("rating": ratings, skips, votes) its own 4.
+PAGE_CONCURRENCY = 8
 
 
 @dataclass(frozen=True)
@@ -419,5 +427,6 @@ def build_demo(services: AppServices) -> gr.Blocks:
         gr.api(next_pair, api_name="next_pair", concurrency_limit=4, concurrency_id="api_read")
         gr.api(submit_comparison, api_name="submit_comparison", concurrency_limit=4, concurrency_id="rating")
 
-    quiet_idle_polling(demo)
+    demo.queue(default_concurrency_limit=PAGE_CONCURRENCY)  # events that set no limit of their own (the page's reads)
+    quiet_idle_polling(demo)  # after queue(): it makes a new Queue
     return demo

@@ -421,50 +421,53 @@ def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callab
             audit_df = gr.Dataframe(headers=ui_admin.AUDIT_HEADERS, value=[], interactive=False, wrap=True,
                                     elem_id="audit-log")
 
+    # the buttons and switches that change state (or ask to) run one at a time, as Gradio's default did; the events
+    # that show the tab and its timer run app.ui.PAGE_CONCURRENCY at a time
+    serial = {**private, "concurrency_limit": 1}
     admin_tab.select(h.on_admin_tab, [exp_state], [admin_status, users_df, jobs_df, dash_access, exports_df], **private)
     exp_state.change(h.on_admin_experiment, [exp_state],
                      [dash_access, jobs_df, exports_df, x_link, q_summary, q_table, q_standardize], **private)
     admin_timer.tick(h.on_admin_timer, [exp_state], [admin_status, jobs_df], show_progress="hidden", **private)
 
     confirm_outputs = [confirm_row, confirm_text, pending_state, confirm_btn]
-    close_btn.click(h.on_close, [exp_state], confirm_outputs, **private)
-    finish_btn.click(h.on_finish_ask, [exp_state], confirm_outputs, **private)
-    archive_btn.click(h.on_archive_ask, [exp_state], confirm_outputs, **private)
-    stop_btn.click(h.on_stop_ask, [exp_state, retry_id], confirm_outputs, **private)
+    close_btn.click(h.on_close, [exp_state], confirm_outputs, **serial)
+    finish_btn.click(h.on_finish_ask, [exp_state], confirm_outputs, **serial)
+    archive_btn.click(h.on_archive_ask, [exp_state], confirm_outputs, **serial)
+    stop_btn.click(h.on_stop_ask, [exp_state, retry_id], confirm_outputs, **serial)
     confirm_btn.click(h.on_confirm, [pending_state, exp_state],
-                      [admin_result, admin_status, jobs_df, confirm_row, pending_state, experiment_dd], **private)
-    cancel_btn.click(h.on_cancel, None, [confirm_row, pending_state], **private)
-    retry_btn.click(h.on_retry, [exp_state, retry_id], [admin_result, admin_status, jobs_df, retry_id], **private)
-    reopen_btn.click(h.on_reopen, [exp_state], [admin_result, admin_status, jobs_df], **private)
-    dash_access.input(h.on_dash_access, [exp_state, dash_access], [admin_result], **private)
-    raters_btn.click(h.on_set_raters, [exp_state, raters_box], [admin_result, raters_box], **private)
+                      [admin_result, admin_status, jobs_df, confirm_row, pending_state, experiment_dd], **serial)
+    cancel_btn.click(h.on_cancel, None, [confirm_row, pending_state], **serial)
+    retry_btn.click(h.on_retry, [exp_state, retry_id], [admin_result, admin_status, jobs_df, retry_id], **serial)
+    reopen_btn.click(h.on_reopen, [exp_state], [admin_result, admin_status, jobs_df], **serial)
+    dash_access.input(h.on_dash_access, [exp_state, dash_access], [admin_result], **serial)
+    raters_btn.click(h.on_set_raters, [exp_state, raters_box], [admin_result, raters_box], **serial)
     admin_tab.select(h.on_show_raters, [exp_state], [raters_box], **private)
     exp_state.change(h.on_show_raters, [exp_state], [raters_box], **private)
     x_build.click(h.on_build_export, [exp_state, x_round, x_format], [admin_result, x_link, exports_df],
                   concurrency_limit=1, concurrency_id="export", **private)
-    pause_btn.click(h.on_pause, [exp_state], [admin_result, admin_status], **private)
-    resume_btn.click(h.on_resume, [exp_state], [admin_result, admin_status], **private)
+    pause_btn.click(h.on_pause, [exp_state], [admin_result, admin_status], **serial)
+    resume_btn.click(h.on_resume, [exp_state], [admin_result, admin_status], **serial)
 
     f_preset.change(h.on_preset, [f_preset], [f_method, f_budgets, f_prompts, f_aggregation, f_kl, f_epochs, f_max_s],
                     **private)
     create_btn.click(h.on_create, [f_name, f_preset, f_model, f_method, f_aggregation, f_kl, f_overlap, f_budgets, f_prompts,
                                    f_epochs, f_max_s],
-                     [admin_result, experiment_dd, exp_state, admin_status], **private)
+                     [admin_result, experiment_dd, exp_state, admin_status], **serial)
 
     add_user_event = add_user_btn.click(h.on_add_user, [u_name, u_role, u_password], [admin_result, users_df, u_password],
-                                        **private)
+                                        **serial)
     admin_tab.select(h.on_admin_accounts, None, [users_df, m_name, audit_df], **private)
     add_user_event.then(h.on_admin_accounts, None, [users_df, m_name, audit_df], **private)
     account_outputs = [admin_result, users_df, m_name, audit_df, m_password]
-    m_disable_btn.click(h.on_user_disable, [m_name], account_outputs, **private)
-    m_enable_btn.click(h.on_user_enable, [m_name], account_outputs, **private)
-    m_delete_btn.click(h.on_user_delete, [m_name], account_outputs, **private)
-    m_role_btn.click(h.on_user_role, [m_name, m_role], account_outputs, **private)
-    m_password_btn.click(h.on_user_password, [m_name, m_password], account_outputs, **private)
+    m_disable_btn.click(h.on_user_disable, [m_name], account_outputs, **serial)
+    m_enable_btn.click(h.on_user_enable, [m_name], account_outputs, **serial)
+    m_delete_btn.click(h.on_user_delete, [m_name], account_outputs, **serial)
+    m_role_btn.click(h.on_user_role, [m_name, m_role], account_outputs, **serial)
+    m_password_btn.click(h.on_user_password, [m_name, m_password], account_outputs, **serial)
 
     quality_outputs = [q_summary, q_table, q_standardize]
     admin_tab.select(h.on_quality, [exp_state], quality_outputs, **private)
     q_refresh.click(h.on_quality, [exp_state], quality_outputs, **private)
-    q_standardize.input(h.on_standardize, [exp_state, q_standardize], [admin_result], **private)
-    q_gold_btn.click(h.on_gold, [exp_state, q_gold_image, q_gold_score], [admin_result, q_summary, q_table], **private)
+    q_standardize.input(h.on_standardize, [exp_state, q_standardize], [admin_result], **serial)
+    q_gold_btn.click(h.on_gold, [exp_state, q_gold_image, q_gold_score], [admin_result, q_summary, q_table], **serial)
     return AdminTab(tab=admin_tab, status=admin_status)

@@ -230,7 +230,10 @@ def build_tab(services, exp_state, who_of: Callable, shown: Callable, *, kind: s
     tab.select(on_show, [exp_state], [view], **private)
     # redrawn when another experiment is picked: the old experiment's pair stayed and every vote was refused (review)
     exp_state.change(on_show, [exp_state], [view], **private)
-    view.vote(on_vote, [exp_state], [view], show_progress="hidden", concurrency_id="rating", **private)
+    # the rating group's limit (4, as the Rate and Pairs tabs'): Gradio keeps the lowest any member sets, and this one
+    # set none, so a first vote here put the group at the default
+    view.vote(on_vote, [exp_state], [view], show_progress="hidden", concurrency_id="rating", concurrency_limit=4,
+              **private)
     return tab
 
 
@@ -289,6 +292,6 @@ def build_rollback(services, exp_state, admin_of: Callable, shown: Callable, pri
         gr.Info(message)
         return message, gr.update(visible=False), None
 
-    button.click(on_rollback_ask, [exp_state, source], [confirm_row, question, pending], **private)
-    yes.click(on_rollback, [pending, exp_state], [result, confirm_row, pending], **private)
+    button.click(on_rollback_ask, [exp_state, source], [confirm_row, question, pending], concurrency_limit=1, **private)
+    yes.click(on_rollback, [pending, exp_state], [result, confirm_row, pending], concurrency_limit=1, **private)
     return button

@@ -129,6 +129,6 @@ def build_admin(services, exp_state, admin_of: Callable, shown: Callable, privat
         return filled(exp_id)
 
     button.click(on_save, [exp_state, selection, factor, share, auto, repeat, loaded],
-                 [result, selection, factor, share, auto, repeat, loaded], **private)
+                 [result, selection, factor, share, auto, repeat, loaded], concurrency_limit=1, **private)
     exp_state.change(on_experiment, [exp_state], [selection, factor, share, auto, repeat, loaded], **private)
     return button

@@ -293,6 +293,6 @@ def build_admin(services, exp_state, admin_of: Callable, shown: Callable, privat
             return gr.skip()
         return shown(lambda: feedback_value(services.factory, exp_id))
 
-    button.click(on_set, [exp_state, choice], [result], **private)
+    button.click(on_set, [exp_state, choice], [result], concurrency_limit=1, **private)
     exp_state.change(show_feedback, [exp_state], [choice], **private)
     return button

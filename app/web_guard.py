@@ -401,6 +401,7 @@ class WebGuard:
         # session -> its open stream of results (``_one_stream``; event loop only)
         self.streams: dict[str, _Stream] = {}
         self._admitting: dict[str, int] = {}  # account -> its event-making requests not yet answered (event loop only)
+        self._admitting_fn: dict[tuple[str, int | None], int] = {}  # (account, fn id) -> the same, of that function
         self.session_owners = gradio_routes.Owners(gradio_routes.SESSIONS_PER_ACCOUNT, on_forget=self._drop_state,
                                                    pinned=self.heartbeats.__contains__)
         self.event_owners = gradio_routes.Owners(gradio_routes.EVENTS_PER_ACCOUNT, on_forget=self._forget_event,
@@ -603,7 +604,9 @@ class WebGuard:
                 await self._while_beating(named, scope, receive, self._lax_send(send, secure))
                 return
             if user is not None and gradio_routes.makes_event(path, method):
-                await self._make_event(user, scope, receive, self._lax_send(send, secure))
+                block_fn = gradio_routes.event_function(path, parsed, self._fns())
+                await self._make_event(user, scope, receive, self._lax_send(send, secure),
+                                       getattr(block_fn, "_id", None))
                 return
         else:  # local mode: past its token
             if (refused := self._event_refusal(path, method, parsed)) is not None:
@@ -643,10 +646,12 @@ class WebGuard:
             return why, 400
         return None
 
-    async def _make_event(self, user: str, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _make_event(self, user: str, scope: Scope, receive: Receive, send: Send, fn_id: int | None = None) -> None:
         """Pass on a request that makes an event (``gradio_routes.makes_event``): refused (429) when the account has
         EVENTS_IN_FLIGHT events waiting, running or unread, those admitted and not yet answered counted too (requests
-        sent at once all saw a low count: found by review); else the answer's event id is bound to ``user``. The
+        sent at once all saw a low count: found by review), or EVENTS_PER_HANDLER events of the Blocks function
+        ``fn_id`` waiting or running (admitted ones counted too: one account's page loads in flight held every other
+        account's behind them; the sixth review of 5 Dec 2026); else the answer's event id is bound to ``user``. The
         refusal is JSON on the page's own route, as every refusal there (``_refuse``): it was plain text, which the
         page's Gradio client showed as a JSON parse error (found by review, 5 Dec 2026)."""
         queue = self._queue()
@@ -656,7 +661,13 @@ class WebGuard:
             await self._refuse(scope, receive, send, f"You have {gradio_routes.EVENTS_IN_FLIGHT} requests waiting for "
                                "an answer or unread; read their answers before sending more.", 429)
             return
+        mine = (user, fn_id)
+        if fn_id is not None and self._admitting_fn.get(mine, 0) + (0 if queue is None else gradio_routes.running_of(
+                user, queue, fn_id, self.session_owners, self.event_owners)) >= gradio_routes.EVENTS_PER_HANDLER:
+            await self._refuse(scope, receive, send, gradio_routes.too_many_of_one_event(), 429)
+            return
         self._admitting[user] = self._admitting.get(user, 0) + 1  # no await since the count: one request at a time
+        self._admitting_fn[mine] = self._admitting_fn.get(mine, 0) + 1
         try:
             # asked for uncompressed, so the answer's event id can be read as it passes
             scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k.lower() != b"accept-encoding"]}
@@ -666,6 +677,9 @@ class WebGuard:
             self._admitting[user] -= 1
             if not self._admitting[user]:
                 del self._admitting[user]
+            self._admitting_fn[mine] -= 1
+            if not self._admitting_fn[mine]:
+                del self._admitting_fn[mine]
 
     async def _while_beating(self, session: str, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass a page's heartbeat on, the session pinned (``Owners``) while the stream is open."""
