@@ -185,6 +185,9 @@ def check_account_name(name: Any) -> str:
         if (bad := next((c for c in name if not _name_char(c)), None)) is not None:
             raise ValueError(f"an account name takes Latin letters (accented ones too), digits, spaces and . _ - ' @ "
                              f"only; {shown(name)} has {bad!r} (U+{ord(bad):04X})")
+        # "'", "-" or ".." named nobody anyone could tell apart in a list or the audit log (the sixth review)
+        if name and not any(c.isalnum() for c in name):
+            raise ValueError(f"an account name needs at least one letter or digit; {shown(name)} has none")
         # the words of an experiment's rater list (app.members, in any case): an account so named could not be listed
         # alone there, the word would win (found by the fifth review)
         if name.strip().casefold() in RESERVED_NAMES:
@@ -305,6 +308,24 @@ def list_users(factory: sessionmaker[Session]) -> list[UserRow]:
     with read_session(factory) as s:
         return [UserRow(r.id, r.name, r.role, r.created_at.strftime("%Y-%m-%d %H:%M"), r.disabled_at is not None)
                 for r in _accounts(s)]
+
+
+def name_warnings(factory: sessionmaker[Session]) -> list[str]:
+    """One sentence for each group of accounts whose names read the same (``repo.name_key``) and each account whose
+    name has no letter or digit. New accounts are refused both; these are accounts made before the check knew of them
+    (ŧ ħ ł ŀ ø read as t h l l o, and names of punctuation only, since the sixth review of 5 Dec 2026). They are kept
+    as they are (each signs in by its exact name, its ratings its own); an admin who does not know one of them can
+    disable or delete it."""
+    with read_session(factory) as s:
+        names = [r.name for r in _accounts(s)]
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(repo.name_key(name), []).append(name)
+    out = [f"the accounts {', '.join(repr(n) for n in same)} have names that read the same; each is kept, and signs in "
+           "by its exact name" for same in groups.values() if len(same) > 1]
+    out += [f"the account {name!r} has no letter or digit in its name; it is kept, and signs in by that name"
+            for name in names if not any(c.isalnum() for c in name)]
+    return out
 
 
 @dataclass(frozen=True)

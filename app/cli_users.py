@@ -9,8 +9,9 @@ exists the web app asks everyone to sign in (restart it after adding the first o
 
 A password change and ``disable`` end the account's sessions (a running web app notices within seconds).
 ``delete`` refuses an account that has ratings (disable it instead, which keeps them); the last enabled admin
-cannot be disabled, deleted or made a rater. Every change is written to the audit log ("command line (USER)");
-``audit`` prints the newest entries. ``raters`` prints who may rate an experiment (by id or name), or sets it:
+cannot be disabled, deleted or made a rater. ``list`` ends with a note on accounts whose names read the same, or have
+no letter or digit, made before new accounts were refused both (they are kept). Every change is written to the audit
+log ("command line (USER)"); ``audit`` prints the newest entries. ``raters`` prints who may rate an experiment (by id or name), or sets it:
 ``everyone``, ``admins`` (only admins may rate it), or only the accounts named (``app.members``; admins always may;
 either word mixed with names is refused).
 """
@@ -127,6 +128,8 @@ def main(args: argparse.Namespace) -> int:
                 print("no accounts (the web app runs in local mode: localhost only, one local admin)")
             for u in users:
                 print(f"{u.id:>4}  {u.role:<5}  {u.name}  (since {u.created_at}){'  DISABLED' if u.disabled else ''}")
+            for warning in auth.name_warnings(factory):  # accounts made before the name check refused them
+                print(f"note: {warning}")
             return 0
         try:
             if args.action == "audit":

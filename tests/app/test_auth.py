@@ -845,3 +845,62 @@ def test_an_account_cannot_be_named_after_a_word_of_the_raters_list(db_factory):
     assert not any(u.name.strip().lower() in ("admins", "everyone") for u in auth.list_users(db_factory))
     auth.add_user(db_factory, name="admins team", role="rater", password=PASSWORD)  # a name that only contains one
     assert members.parse_names("admins team") == ["admins team"]
+
+
+def test_names_with_a_struck_letter_read_as_the_name_they_copy_and_punctuation_alone_is_no_name(db_factory):
+    """The sixth review (5 Dec 2026) made 'ŧom' beside 'tom' and 'ałice' beside 'alice': a letter with a stroke, a bar
+    or a middle dot (ŧ ħ ł ŀ ø đ) reads as the letter, but NFKD leaves it whole, so the look-alike check let it pass.
+    And names of punctuation only ("'", '-', '..') were accepted: nobody could tell such accounts apart in a list."""
+    for name in ("tom", "alice", "helen", "bjorn", "lola", "dora"):
+        auth.add_user(db_factory, name=name, role="rater", password=PASSWORD)
+    for copy, of in (("\u0167om", "tom"), ("\u0166OM", "tom"), ("a\u0142ice", "alice"), ("a\u0140ice", "alice"),
+                     ("\u0127elen", "helen"), ("bj\u00f8rn", "bjorn"), ("BJ\u00d8RN", "bjorn"), ("\u0141ola", "lola"),
+                     ("\u0111ora", "dora")):
+        with pytest.raises(ValueError, match=f"reads the same as the existing account '{of}'") as refused:
+            auth.add_user(db_factory, name=copy, role="rater", password=PASSWORD)
+        assert "\n" not in str(refused.value)
+    for name in ("'", "-", "..", "'-'", "@", " . "):
+        with pytest.raises(ValueError, match="needs at least one letter or digit") as refused:
+            auth.add_user(db_factory, name=name, role="rater", password=PASSWORD)
+        assert "\n" not in str(refused.value)
+    for name in ("o'brien", "-7-", "x.", "Ø"):  # a letter or a digit among the marks is a name
+        auth.add_user(db_factory, name=name, role="rater", password=PASSWORD)
+    assert sorted(u.name for u in auth.list_users(db_factory)) == sorted(
+        ["tom", "alice", "helen", "bjorn", "lola", "dora", "o'brien", "-7-", "x.", "Ø"])
+
+
+def test_every_letter_a_name_takes_reads_as_a_basic_latin_letter_unless_it_is_a_letter_of_its_own():
+    """Brute force over the name alphabet's Latin-1 and Latin Extended-A letters (``auth._name_char``): each one's key
+    is made of basic Latin letters, except the few that are letters of their own (æ œ þ ŋ, and ŉ, an apostrophe and
+    n), so a name cannot copy another with a letter the look-alike check leaves as it is (ŧ ħ ł ŀ ø did, sixth review)."""
+    own = {"\u00e6", "\u00fe", "\u014b", "\u0153", "\u02bcn"}
+    for c in map(chr, range(0x00C0, 0x0180)):
+        if not auth._name_char(c) or not c.isalpha():
+            continue
+        key = repo.name_key(c)
+        assert (key.isascii() and key.isalpha()) or key in own, (c, f"U+{ord(c):04X}", key)
+
+
+def test_accounts_made_before_the_name_check_knew_them_are_kept_and_listed_with_a_note(db_url, db_factory, capsys):
+    """Accounts that the check now refuses may exist ('ŧom' beside 'tom', a name "'"): the key is computed when an
+    account is made, never stored, so nothing needs migrating and both keep signing in by their exact names; ``users
+    list`` says which read the same or have no letter or digit, so an admin can disable one they do not know."""
+    from db.models import Rater
+
+    base = ["--db-url", db_url]
+    assert app_main(["users", "add", "root", "--role", "admin", "--password-file", password_file(PASSWORD), *base]) == 0
+    auth.add_user(db_factory, name="tom", role="rater", password=PASSWORD)
+    with write_session(db_factory) as s:  # as the earlier check let them in
+        hashed = auth.hash_password(PASSWORD)
+        s.add_all([Rater(name="\u0167om", role="rater", password_hash=hashed),
+                   Rater(name="'", role="rater", password_hash=hashed)])
+    capsys.readouterr()
+    assert app_main(["users", "list", *base]) == 0
+    out = capsys.readouterr().out
+    assert "note: the accounts 'tom', '\u0167om' have names that read the same; each is kept" in out, out
+    assert "note: the account \"'\" has no letter or digit in its name; it is kept" in out, out
+    assert out.count("note:") == 2, out
+    with read_session(db_factory) as s:
+        ids = {r.name: r.id for r in s.query(Rater)}
+    for name in ("tom", "\u0167om", "'"):
+        assert auth.check_login(db_factory, name, PASSWORD).rater_id == ids[name], name
