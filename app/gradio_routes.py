@@ -104,7 +104,9 @@ EVENTS_IN_FLIGHT = 32
 # time for everyone (its concurrency limit, ``app.ui``), so one account's 24 page loads in flight held every other
 # account's page load 4-7 s behind them (a review of 5 Dec 2026, sixth review). The page sends one of an event at a
 # time (the rating grid's own queue, Gradio's "once" trigger mode); a script that waits for each answer needs one.
-EVENTS_PER_HANDLER = 2
+# Three, not two: an account's open tabs count together, and three tabs' timer refreshes may overlap on a busy machine
+# (each would otherwise show an error in a background tab).
+EVENTS_PER_HANDLER = 3
 UNOWNED_GRACE_S = 30.0  # a session no account holds keeps its state this long (an event may be making it)
 SWEEP_EVERY_S = 5.0
 CALL = f"{API}/call/"

@@ -60,8 +60,8 @@ QUEUE_PROGRESS_POLL_S = 0.1
 # Gradio's default is one: each event had one queue for all users, so a rater with 24 page loads in flight held every
 # other user's page load 4-7 s instead of 0.22 s (the sixth review of 5 Dec 2026). These handlers read (or lease
 # images under the experiment's lock, as next_batch does four at a time), and the guard lets one account have
-# ``gradio_routes.EVENTS_PER_HANDLER`` of an event waiting or running, so 8 lets four accounts fill an event before a
-# fifth waits; on 2 cores more would only interleave the same work. Events that change state (the admin's buttons and
+# ``gradio_routes.EVENTS_PER_HANDLER`` (3) of an event waiting or running, so 8 lets two accounts and part of a third
+# fill an event before others wait; on 2 cores more would only interleave the same work. Events that change state (the admin's buttons and
 # switches) set a limit of one, as before, and the rating group ("rating": ratings, skips, votes) its own 4.
 PAGE_CONCURRENCY = 8
 

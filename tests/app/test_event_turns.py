@@ -116,19 +116,19 @@ def test_another_accounts_page_load_is_not_queued_behind_a_held_one(app_served, 
         finished(demo, held)
 
 
-def test_an_account_may_have_two_of_one_event_waiting_or_running(app_served, monkeypatch):
-    """Alice's next_batch calls are held in their handler: her third is refused (429, one sentence; JSON on the page's
+def test_an_account_may_have_three_of_one_event_waiting_or_running(app_served, monkeypatch):
+    """Alice's next_batch calls are held in their handler: her fourth is refused (429, one sentence; JSON on the page's
     own route), while her other events and Bob's next_batch are admitted and run; once hers end she may call again.
     Before, she could have EVENTS_IN_FLIGHT (32) of one event waiting, each holding other accounts' calls of it back."""
     _, demo, url = app_served
-    assert gradio_routes.EVENTS_PER_HANDLER == 2
+    assert gradio_routes.EVENTS_PER_HANDLER == 3
     sentence = gradio_routes.too_many_of_one_event()
     assert sentence.count(".") == 1 and sentence.endswith(".")
     gate, entered = _hold(monkeypatch, ui_rate, "api_batch", "alice")
     with signed_in(url, "alice") as alice, signed_in(url, "bob") as bob:
         held = []
         try:
-            for _ in range(2):
+            for _ in range(gradio_routes.EVENTS_PER_HANDLER):
                 r = alice.post("/gradio_api/call/next_batch", json={"data": [1, ""]})
                 assert r.status_code == 200, r.text
                 held.append(r.json()["event_id"])
