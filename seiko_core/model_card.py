@@ -151,14 +151,39 @@ def write(directory: str | Path, card: Mapping[str, Any]) -> None:
     (directory / CARD_MD).write_text(markdown(card), encoding="utf-8")
 
 
+def _loads(text: str | bytes, what: str) -> Any:
+    """``json.loads`` of a card or a header: ValueError with one sentence naming ``what`` when it is not UTF-8 JSON.
+    JSON nested too deeply (200,000 '[') raised json's RecursionError out of the readers here, where the other JSON
+    readers say it in one sentence since the fifth review (found by the sixth review)."""
+    try:
+        return json.loads(text)
+    except RecursionError as exc:
+        raise ValueError(f"{what} is not one this code reads (its JSON is nested too deeply)") from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{what} is not one this code reads (not UTF-8 text)") from exc
+    except ValueError as exc:  # JSONDecodeError
+        raise ValueError(f"{what} is not one this code reads (not JSON: {exc})") from exc
+
+
 def read(directory: str | Path) -> dict:
-    return json.loads((Path(directory) / CARD_JSON).read_text(encoding="utf-8"))
+    """``directory``'s ``model_card.json``; FileNotFoundError when there is none, ValueError (one sentence naming the
+    file) when it is not a JSON object."""
+    path = Path(directory) / CARD_JSON
+    card = _loads(path.read_bytes(), f"the model card {str(path)!r}")
+    if not isinstance(card, dict):
+        raise ValueError(f"the model card {str(path)!r} is not one this code reads (a {type(card).__name__}, not a "
+                         "JSON object)")
+    return card
 
 
 # --------------------------------------------------------------------------- the card in a safetensors header
-def _split(raw: bytes) -> tuple[dict, bytes]:
+def _split(raw: bytes, name: str = "the file") -> tuple[dict, bytes]:
     (n,) = struct.unpack("<Q", raw[:8])
-    return json.loads(raw[8:8 + n]), raw[8 + n:]
+    header = _loads(raw[8:8 + n], f"the safetensors header of {name!r}")
+    if not isinstance(header, dict):
+        raise ValueError(f"the safetensors header of {name!r} is not one this code reads (a {type(header).__name__}, "
+                         "not a JSON object)")
+    return header, raw[8 + n:]
 
 
 def stamp_safetensors(path: str | Path, metadata: Mapping[str, str]) -> None:
@@ -168,7 +193,7 @@ def stamp_safetensors(path: str | Path, metadata: Mapping[str, str]) -> None:
     check verified are the weights published; a reader that loads the result and compares proves it."""
     path = Path(path)
     raw = path.read_bytes()
-    header, data = _split(raw)
+    header, data = _split(raw, path.name)
     meta = dict(header.get("__metadata__") or {})
     meta.update({str(k): str(v) for k, v in metadata.items()})
     header["__metadata__"] = meta

@@ -96,3 +96,45 @@ def test_a_value_nested_too_deeply_for_json_is_refused_before_the_database():
         value = [value]
     with pytest.raises(InvalidInput, match="^config cannot be stored as JSON: it is nested too deeply$"):
         check_json("config", value)
+
+
+BALANCED = "[" * 100_000 + "]" * 100_000  # well-formed JSON, just too deep for the parser
+
+
+@pytest.mark.parametrize("text", [DEEP, BALANCED], ids=["unclosed", "balanced"])
+def test_a_model_card_nested_too_deeply_is_one_sentence(tmp_path, text):
+    """``seiko_core.model_card.read`` (the card programs read from an export) let json's RecursionError out: a
+    traceback where the other readers got one sentence in the fifth review (found by the sixth review). Now a
+    ValueError naming the file; a card that is JSON but not an object is one too, and a good card still reads."""
+    from seiko_core import model_card
+
+    path = tmp_path / model_card.CARD_JSON
+    path.write_text(text)
+    with pytest.raises(RecursionError):  # the premise, from the stock library
+        json.loads(text)
+    with pytest.raises(ValueError, match=r"^the model card '.*model_card\.json' is not one this code reads \(its JSON "
+                                         r"is nested too deeply\)$") as refused:
+        model_card.read(tmp_path)
+    assert "\n" not in str(refused.value)
+    path.write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"is not one this code reads \(a list, not a JSON object\)$"):
+        model_card.read(tmp_path)
+    path.write_text(json.dumps({"schema": model_card.SCHEMA}))
+    assert model_card.read(tmp_path) == {"schema": model_card.SCHEMA}
+
+
+def test_a_safetensors_header_nested_too_deeply_is_one_sentence_and_the_file_is_kept(tmp_path):
+    """The card's other reader, the safetensors header that ``stamp_safetensors`` rewrites: a header nested too deeply
+    raised RecursionError (sixth review). Now one sentence naming the file, which is left as it was."""
+    import struct
+
+    from seiko_core import model_card
+
+    blob = BALANCED.encode()
+    path = tmp_path / "lora.safetensors"
+    raw = struct.pack("<Q", len(blob)) + blob
+    path.write_bytes(raw)
+    with pytest.raises(ValueError, match=r"^the safetensors header of 'lora\.safetensors' is not one this code reads "
+                                         r"\(its JSON is nested too deeply\)$"):
+        model_card.stamp_safetensors(path, {model_card.HEADER_KEY: "{}"})
+    assert path.read_bytes() == raw
