@@ -106,6 +106,21 @@ def experiment_config(experiment) -> SeikoConfig:
     return from_dict({k: v for k, v in raw.items() if k != "app"})  # "app": app.experiment_options, not SEIKO's
 
 
+def stored_config_warning(name: str, cfg: SeikoConfig) -> str | None:
+    """One sentence flagging an experiment stored before creation refused what its prompts are (``check_prompts``: a
+    prompt, eval prompt or quality template over PROMPT_MAX_BYTES in UTF-8, or an eval prompt that is a sampling
+    prompt as CLIP reads it, ``prompt_key``), or None. Such an experiment loaded and ran unflagged (found by the sixth
+    review); it still loads and runs, and nothing of it changes: the Admin tab's status and the worker's log of each
+    of its jobs say this, so the admin knows why its eval grid is not held out or its prompts are cut."""
+    try:
+        check_prompts(cfg)
+    except ValueError as exc:
+        return (f"Experiment {name!r} was stored before its prompts were checked as a new experiment's are, and would "
+                f"be refused now: {exc}; it still runs, and its rounds, images and ratings stay readable and "
+                "exportable, but a new experiment with corrected prompts is needed to go on without this problem.")
+    return None
+
+
 def check_model_spec(model_spec: str) -> str:
     """``model_spec`` as the experiment stores it, if the worker can load it: a local diffusers directory (with
     model_index.json), made absolute (a relative one was read as a hub id by a worker started from another

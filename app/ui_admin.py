@@ -481,4 +481,10 @@ def round_status_html(factory, experiment_id: int | None) -> str:
             failed = (f"<div class='err' id='failed-job'>Job {job.id} ({job.kind}) failed after {job.attempts} attempts: "
                       f"{html.escape((job.error or 'no error recorded')[:300])}. Fix the cause, then press "
                       "<b>Retry failed job</b>.</div>")
-        return f"<div id='admin-round-status'><b>{html.escape(exp.name)}</b> is {exp.status}; {where}.</div>{failed}"
+        try:
+            flagged = services.stored_config_warning(exp.name, services.experiment_config(exp))
+        except ValueError as exc:  # a config this code cannot read at all: said here too, as its jobs will say it
+            flagged = f"Experiment {exp.name!r}'s stored config cannot be read: {exc}"
+        flag = "" if flagged is None else f"<div class='err' id='experiment-flag'>{html.escape(flagged)}</div>"
+        return (f"<div id='admin-round-status'><b>{html.escape(exp.name)}</b> is {exp.status}; {where}.</div>{flag}"
+                f"{failed}")

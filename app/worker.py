@@ -65,7 +65,7 @@ from app import (
     selection,
     storage,
 )
-from app.services import experiment_config, round_budget
+from app.services import experiment_config, round_budget, stored_config_warning
 from app.settings import Settings, shown_url
 from db import comparisons, migrate, repo
 from db import jobs as job_queue
@@ -416,6 +416,14 @@ class _Run:
     job: ClaimedJob
     progress: JobProgress
     heartbeat: Heartbeat
+
+
+def _flag_stored_config(job, name: str, cfg) -> None:
+    """Log, as a warning, that the job's experiment was stored with prompts creation now refuses
+    (``services.stored_config_warning``); the job runs as before (sixth review)."""
+    flagged = stored_config_warning(name, cfg)
+    if flagged is not None:
+        log.warning("job %d (%s): %s", job.id, job.kind, flagged)
 
 
 def _training_digest(*tensors: torch.Tensor | None) -> str:
@@ -850,6 +858,7 @@ class Worker:
             this = _round_info(s, round_row)
             existing = {(im.kind, im.prompt, im.seed) for im in repo.list_images(session=s, round_id=this.id)}
             experiment_id, model_spec, cfg = experiment.id, experiment.model_spec, experiment_config(experiment)
+            _flag_stored_config(job, experiment.name, cfg)
             options = experiment_options.of(experiment)
         query_done = any(kind == "query" for kind, _, _ in existing)
         # a re-run after the query images were published may find the round closed already: it only makes sure that
@@ -999,6 +1008,7 @@ class Worker:
             prev = None if parent is None else _round_info(s, parent)
             stored = {(im.prompt, int(im.seed)) for im in repo.list_images(session=s, round_id=this.id, kind="eval")}
             experiment_id, model_spec, cfg = experiment.id, experiment.model_spec, experiment_config(experiment)
+            _flag_stored_config(job, experiment.name, cfg)
         if this.status in ("generating", "failed"):
             raise Conflict(f"round {k} is {this.status!r}; its eval grid is rendered once its query images are published")
         grid = _eval_grid(cfg)
@@ -1149,6 +1159,7 @@ class Worker:
             per_rating = (db_quality.rating_rows(session=s, experiment_id=experiment.id, up_to_rating_id=watermark)
                           if standardize else [])
             experiment_id, model_spec, cfg = experiment.id, experiment.model_spec, experiment_config(experiment)
+            _flag_stored_config(job, experiment.name, cfg)
             # issue 14 item 1: pairwise comparisons, alone or with the ratings (app.pairwise)
             feedback = pairwise.feedback_of(experiment)
             pair_data = (None if published or feedback == "scores" else pairwise.worker_training_data(
