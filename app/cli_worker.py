@@ -1,5 +1,5 @@
 """``python -m app worker [--once] [--worker-id ID] [--lease-s N] [--poll-s N] [--stop-grace-s N] [--nice N] [--processes N]
-[--pixels-in-memory-max-mib MIB]``: run the background worker.
+[--pixels-in-memory-max-mib MIB] [--group-timeout S]``: run the background worker.
 
 ``--processes N`` (N > 1) runs train jobs data-parallel over N processes (app.train_dist; docs/worker.md).
 
@@ -39,6 +39,7 @@ def positive_seconds(value: str) -> float:
 
 
 DEFAULT_NICE = 10
+GROUP_TIMEOUT_S = 120.0  # --group-timeout: app.train_dist.GROUP_TIMEOUT_S (not imported here: it imports torch)
 STOP_GRACE_S = 30.0  # --stop-grace-s: a stopped job stuck longer ends the process (app.worker.Watchdog)
 
 
@@ -85,6 +86,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--processes", type=_processes, default=1,
                         help="train jobs data-parallel over N processes, one per GPU (default 1; see docs/worker.md)")
     add_max_mib_argument(parser, "DATA_DIR")  # a generate job's candidates beyond it: <data dir>/scratch
+    parser.add_argument("--group-timeout", type=positive_seconds, default=GROUP_TIMEOUT_S,
+                        help="with --processes N: seconds rank 0 waits for every process to join the group before it "
+                             "names the missing ones; a fresh group follows, and after 3 such groups in a row (or one, "
+                             "with --once) the worker exits with status 1. A stop signal meanwhile is obeyed at once "
+                             f"(default {GROUP_TIMEOUT_S:g})")
     add_settings_arguments(parser, model=False)  # each job loads its experiment's own model
 
 

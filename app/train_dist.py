@@ -73,6 +73,15 @@ STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}  # blocked in a rank from its sta
 # tests only: rank 0 pauses for SECONDS while its process group forms, before init_process_group ("init") or before
 # the control group ("ctrl"): "init:5". A stop signal then lands inside the group's formation
 TEST_FORMING_PAUSE_ENV = "SEIKO_TEST_RANK0_FORMING_PAUSE"
+# --group-timeout: how long rank 0 waits for every rank to join its process group. The ranks joined in
+# init_process_group, whose own wait (torch's, 30 minutes) a stop signal could not interrupt: rank 0 with a follower
+# that never arrived stopped only when torch gave up (found by the sixth review). Each rank now says it is there in the
+# group's store (ARRIVED_KEY) and waits, in Python, until every rank has, so a stop is heard at once and a missing
+# rank is named after this long; init_process_group starts only when all are there
+GROUP_TIMEOUT_S = 120.0
+GROUP_TIMEOUT_EXIT = 69  # rank 0: a rank did not join within --group-timeout (EX_UNAVAILABLE); the supervisor says 1
+ARRIVED_KEY = "seiko/arrived/rank{}"  # set in the group's store by each rank as it joins; its value is the rank's pid
+FORMING_POLL_S = 0.1
 CONTROL_TIMEOUT = timedelta(days=365)  # followers wait on the control group while rank 0 is idle or generating
 
 
@@ -108,16 +117,50 @@ def adapter_digest(unet, adapter: str) -> str:
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "int64": torch.int64, "int32": torch.int32}
 
 
+class GroupFormationTimeout(RuntimeError):
+    """Not every rank joined the process group within --group-timeout; the message names the missing ranks."""
+
+    def __init__(self, missing: list[int], world: int, timeout_s: float) -> None:
+        ranks = f"rank {missing[0]}" if len(missing) == 1 else "ranks " + ", ".join(str(r) for r in missing)
+        super().__init__(f"{ranks} of {world} did not join the process group within {timeout_s:g} s (--group-timeout)")
+        self.missing, self.timeout_s = missing, timeout_s
+
+
+def await_ranks(timeout_s: float = GROUP_TIMEOUT_S, *, poll_s: float = FORMING_POLL_S) -> None:
+    """Say in the group's store that this rank is there (ARRIVED_KEY), then wait until every rank has, polling in
+    Python so that a stop signal's handler runs at once; GroupFormationTimeout naming the missing ranks after
+    ``timeout_s`` (a follower waits a minute longer: rank 0 decides, and the supervisor then tells it to stop)."""
+    import torch.distributed as dist
+
+    rank, world = int(os.environ.get("RANK", "0") or 0), int(os.environ["WORLD_SIZE"])
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), None, is_master=False,
+                          timeout=timedelta(seconds=60), wait_for_workers=False)
+    store.set(ARRIVED_KEY.format(rank), str(os.getpid()))
+    if rank == 0:
+        log.info("rank 0 waits up to %g s (--group-timeout) for the group's %d processes to join", timeout_s, world)
+    timeout_s += 0.0 if rank == 0 else 60.0
+    deadline = time.monotonic() + timeout_s
+    waiting = [r for r in range(world) if r != rank]
+    while True:
+        waiting = [r for r in waiting if not store.check([ARRIVED_KEY.format(r)])]
+        if not waiting:
+            return
+        if time.monotonic() >= deadline:
+            raise GroupFormationTimeout(waiting, world, timeout_s)
+        time.sleep(poll_s)
+
+
 class Group:
     """One rank's view of the worker's process group: the control channel, the Accelerator and the train step."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeout_s: float = GROUP_TIMEOUT_S) -> None:
         import torch.distributed as dist
 
         from seiko_core.accel import shared_accelerator
 
         self.cpu = not torch.cuda.is_available()
         _test_forming_pause("init")
+        await_ranks(timeout_s)  # every rank is there: init_process_group does not wait on one that never comes
         acc = shared_accelerator("no", cpu=self.cpu)  # joins the process group (once per process)
         if acc.num_processes < 2:
             raise RuntimeError(f"the worker group expected several processes but accelerate sees {acc.num_processes}")
@@ -336,7 +379,11 @@ def run_rank(args: argparse.Namespace, settings, worker_id: str) -> int:
         _ignore_stop_signals()
         watch = FollowerStopWatch(rank, worker_id)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked since the start (supervise)
-        group = Group()
+        try:
+            group = Group(args.group_timeout)
+        except GroupFormationTimeout as exc:  # rank 0 never came, and no supervisor told this rank to stop
+            log.error("rank %d of worker %r: %s; it stops", rank, worker_id, exc)
+            return 1
         worker = Worker(settings, f"{worker_id}/rank{group.rank}", lease_s=args.lease_s, poll_s=args.poll_s, device=group.device,
                         pixels_in_memory_max_bytes=_pixels_limit(args))
         try:
@@ -363,9 +410,12 @@ def run_rank(args: argparse.Namespace, settings, worker_id: str) -> int:
     held: list[int] = []  # a stop signal between the formation and the worker's own handler: replayed to it
     try:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-        group = Group()
+        group = Group(args.group_timeout)
         signal.signal(signal.SIGTERM, lambda signum, frame: held.append(signum))
         signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    except GroupFormationTimeout as exc:
+        log.error("rank 0 of worker %r: %s; it held no job, and the supervisor stops the group", worker_id, exc)
+        return GROUP_TIMEOUT_EXIT
     except StoppedWhileForming as exc:
         ctrl_c = exc.signum == signal.SIGINT
         log.warning("rank 0 of worker %r was stopped by %s while its process group was forming; it held no job, and "
@@ -496,7 +546,8 @@ def _pixels_limit(args: argparse.Namespace) -> int:
 def rank_command(args: argparse.Namespace, worker_id: str) -> list[str]:
     cmd = [sys.executable, "-m", "app", "worker", "--worker-id", worker_id, "--lease-s", str(args.lease_s),
            "--poll-s", str(args.poll_s), "--stop-grace-s", str(args.stop_grace_s), "--nice", str(args.nice),
-           "--pixels-in-memory-max-mib", repr(_pixels_limit(args) / MIB)]
+           "--pixels-in-memory-max-mib", repr(_pixels_limit(args) / MIB),
+           "--group-timeout", str(args.group_timeout)]
     return cmd + (["--once"] if args.once else [])
 
 
@@ -541,6 +592,8 @@ def hand_back_jobs(settings, worker_id: str, reason: str, *, counted: bool = Tru
 def _describe(code: int) -> str:
     if code == WATCHDOG_EXIT:
         return f"exited with status {code} (its watchdog ended a job stuck after a stop)"
+    if code == GROUP_TIMEOUT_EXIT:
+        return f"exited with status {code} (not every rank joined its process group within --group-timeout)"
     return f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
 
 
@@ -553,7 +606,7 @@ def _stopped_status(code: int) -> int:
 
     if code == WATCHDOG_EXIT:
         return EX_TEMPFAIL
-    return 1 if code in (0, RESTART_EXIT) else (128 - code if code < 0 else code)
+    return 1 if code in (0, RESTART_EXIT, GROUP_TIMEOUT_EXIT) else (128 - code if code < 0 else code)
 
 
 def _tell_followers(store, reason: str) -> None:
@@ -671,9 +724,16 @@ def supervise(args: argparse.Namespace, settings, worker_id: str) -> int:
         hand_back_jobs(settings, worker_id, reason, counted=not obeyed)
         if stopping or args.once:  # --once runs one group: another would be a second run (found by review)
             return _stopped_status(code)
-        quick = quick + 1 if time.monotonic() - started < QUICK_FAILURE_S and code not in (RESTART_EXIT, WATCHDOG_EXIT) else 0
+        # a group that did not form counts as a quick failure however long --group-timeout is: three in a row and the
+        # supervisor gives up, rather than wait that long again and again for a rank that does not come
+        quick = quick + 1 if (time.monotonic() - started < QUICK_FAILURE_S and code not in (RESTART_EXIT, WATCHDOG_EXIT)
+                              or ended == 0 and code == GROUP_TIMEOUT_EXIT) else 0
         if quick >= MAX_QUICK_FAILURES:
-            log.error("worker %r: the group ended %d times in a row within %.0f s of starting; giving up",
-                      worker_id, quick, QUICK_FAILURE_S)
+            if ended == 0 and code == GROUP_TIMEOUT_EXIT:
+                log.error("worker %r: the group did not form %d times in a row within --group-timeout (%g s); giving up",
+                          worker_id, quick, args.group_timeout)
+            else:
+                log.error("worker %r: the group ended %d times in a row within %.0f s of starting; giving up",
+                          worker_id, quick, QUICK_FAILURE_S)
             return 1
         log.info("worker %r: starting a fresh group of %d processes", worker_id, n)

@@ -9,6 +9,7 @@ Adam's float tolerance) what ONE process trains with the same global batch.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -224,7 +225,7 @@ def test_a_follower_that_leaves_first_on_rank_0s_stop_is_not_taken_for_a_crash(m
     handed = []
     monkeypatch.setattr(train_dist, "hand_back_jobs", lambda settings, worker_id, reason: handed.append(reason) or [])
     settings = SimpleNamespace(db_url="sqlite:///unused.db", data_dir=tmp_path, model="unused")
-    args = argparse.Namespace(processes=2, once=once, lease_s=60, poll_s=1, stop_grace_s=30, nice=0)
+    args = argparse.Namespace(processes=2, once=once, lease_s=60, poll_s=1, stop_grace_s=30, nice=0, group_timeout=120)
     assert train_dist.supervise(args, settings, "w") == 0
     assert handed == []
 
@@ -272,6 +273,9 @@ def _fake_rank_0(monkeypatch, run_once, handlers: dict | None = None) -> list:
     class FakeGroup:
         rank, broken, device = 0, False, None
 
+        def __init__(self, timeout_s: float) -> None:
+            assert timeout_s == 120  # the args' --group-timeout
+
         def stop_followers(self):
             stopped.append(True)
 
@@ -310,7 +314,7 @@ def test_rank_0_with_once_fails_when_the_database_was_out(monkeypatch, tmp_path)
 
     outcomes = []
     _fake_rank_0(monkeypatch, lambda: outcomes.pop(0))
-    args = argparse.Namespace(processes=2, once=True, lease_s=60, poll_s=1, stop_grace_s=30, nice=0)
+    args = argparse.Namespace(processes=2, once=True, lease_s=60, poll_s=1, stop_grace_s=30, nice=0, group_timeout=120)
     outcomes[:] = [None]
     assert train_dist.run_rank(args, None, "w") == 1
     outcomes[:] = [False]
@@ -328,7 +332,7 @@ def test_with_once_a_group_that_ends_badly_is_not_started_again(monkeypatch, tmp
     starts, handed, settings = _fake_group(
         monkeypatch, tmp_path, "import time; r = int(os.environ['RANK']); time.sleep(3 if r == 0 else 0.1); raise SystemExit(0)")
     monkeypatch.setattr(train_dist, "FOLLOWER_GRACE_S", 0.2)
-    args = argparse.Namespace(processes=2, once=True, lease_s=60, poll_s=1, stop_grace_s=30, nice=0)
+    args = argparse.Namespace(processes=2, once=True, lease_s=60, poll_s=1, stop_grace_s=30, nice=0, group_timeout=120)
     assert train_dist.supervise(args, settings, "w") == 1
     assert sorted(starts.read_text()) == ["0", "1"] and len(handed) == 1  # one group, its job handed back
 
@@ -347,7 +351,7 @@ def test_rank_0_says_once_that_the_schema_changed_and_the_group_is_not_started_a
         raise SchemaOutOfDate("the database schema changed from 0009 to 0010 while the worker ran")
 
     stopped = _fake_rank_0(monkeypatch, refused)
-    args = argparse.Namespace(processes=2, once=False, lease_s=60, poll_s=1, stop_grace_s=30, nice=0)
+    args = argparse.Namespace(processes=2, once=False, lease_s=60, poll_s=1, stop_grace_s=30, nice=0, group_timeout=120)
     assert train_dist.run_rank(args, None, "w") == train_dist.SCHEMA_EXIT and stopped == [True]
 
     starts, handed, settings = _fake_group(monkeypatch, tmp_path, (
@@ -366,7 +370,7 @@ def test_rank_0_stops_on_sigint_and_sigterm_with_the_workers_one_handler(monkeyp
 
     handlers: dict = {}
     _fake_rank_0(monkeypatch, lambda: False, handlers)
-    args = argparse.Namespace(processes=2, once=True, lease_s=60, poll_s=1, stop_grace_s=30, nice=0)
+    args = argparse.Namespace(processes=2, once=True, lease_s=60, poll_s=1, stop_grace_s=30, nice=0, group_timeout=120)
     from app import train_dist
 
     assert train_dist.run_rank(args, None, "w") == 0
@@ -383,6 +387,9 @@ from app import __main__ as entry, train_dist, worker as worker_mod
 
 class StandInGroup:
     rank, world, device, broken = 0, 2, "cpu", False
+
+    def __init__(self, timeout_s):
+        pass
 
     def stop_followers(self):
         print("the followers were told to stop", file=sys.stderr, flush=True)
@@ -454,7 +461,7 @@ def test_with_once_a_train_job_that_failed_in_the_group_exits_1(monkeypatch, tmp
     starts, handed, settings = _fake_group(monkeypatch, tmp_path, (
         f"import time; r = int(os.environ['RANK']); time.sleep(0.5 if r == 0 else 60); "
         f"raise SystemExit({train_dist.RESTART_EXIT} if r == 0 else 0)"))
-    args = argparse.Namespace(processes=2, once=True, lease_s=60, poll_s=1, stop_grace_s=30, nice=0)
+    args = argparse.Namespace(processes=2, once=True, lease_s=60, poll_s=1, stop_grace_s=30, nice=0, group_timeout=120)
     assert train_dist.supervise(args, settings, "w") == 1
     assert sorted(starts.read_text()) == ["0", "1"] and len(handed) == 1  # one group; the follower was stopped
 
@@ -501,7 +508,7 @@ def _supervise_with_a_signal(monkeypatch, tmp_path, rank_script: str, *, at: str
     monkeypatch.setattr(train_dist, "group_store", lambda: signal_at("second-port", 2) or real_store())
     monkeypatch.setattr(subprocess, "Popen", lambda cmd, **kw: real_popen(
         cmd, preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM}), **kw))
-    args = argparse.Namespace(processes=2, once=False, lease_s=60, poll_s=1, stop_grace_s=30, nice=0)
+    args = argparse.Namespace(processes=2, once=False, lease_s=60, poll_s=1, stop_grace_s=30, nice=0, group_timeout=120)
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     began = time.monotonic()
     try:
@@ -574,6 +581,9 @@ def test_a_second_stop_signal_does_not_interrupt_rank_0_telling_its_followers_to
     class StandInGroup:
         rank, world, device, broken = 0, 2, "cpu", False
 
+        def __init__(self, timeout_s: float) -> None:
+            pass
+
         def stop_followers(self):
             sent.append("begun")
             handlers[signal.SIGINT](signal.SIGINT, None)  # Ctrl-C lands inside the broadcast
@@ -586,7 +596,7 @@ def test_a_second_stop_signal_does_not_interrupt_rank_0_telling_its_followers_to
                         lambda self: handlers[signal.SIGTERM](signal.SIGTERM, None) or False)
     monkeypatch.setenv("RANK", "0")
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    args = argparse.Namespace(processes=2, once=False, lease_s=60, poll_s=0.05, stop_grace_s=30, nice=0)
+    args = argparse.Namespace(processes=2, once=False, lease_s=60, poll_s=0.05, stop_grace_s=30, nice=0, group_timeout=120)
     try:
         status = train_dist.run_rank(args, worker_world.settings, "w")
     except KeyboardInterrupt:
@@ -605,7 +615,7 @@ def test_rank_0s_watchdog_exit_is_75_from_the_supervisor_when_no_fresh_group_fol
     from app import train_dist
     from app.worker import EX_TEMPFAIL
 
-    once = argparse.Namespace(processes=2, once=True, lease_s=60, poll_s=1, stop_grace_s=30, nice=0)
+    once = argparse.Namespace(processes=2, once=True, lease_s=60, poll_s=1, stop_grace_s=30, nice=0, group_timeout=120)
     starts, handed, settings = _fake_group(monkeypatch, tmp_path, (
         f"import time; r = int(os.environ['RANK']); time.sleep(0.5 if r == 0 else 60); "
         f"raise SystemExit({train_dist.WATCHDOG_EXIT} if r == 0 else 0)"))
@@ -619,7 +629,7 @@ def test_rank_0s_watchdog_exit_is_75_from_the_supervisor_when_no_fresh_group_fol
         f"groups = open({str(tmp_path / 'starts')!r}).read().count(os.environ['RANK']); "
         f"time.sleep(0.3 if r == 0 else 60 if groups < 4 else 0.1); "
         f"raise SystemExit(({train_dist.WATCHDOG_EXIT} if groups < 4 else 0) if r == 0 else 0)"))
-    forever = argparse.Namespace(processes=2, once=False, lease_s=60, poll_s=1, stop_grace_s=30, nice=0)
+    forever = argparse.Namespace(processes=2, once=False, lease_s=60, poll_s=1, stop_grace_s=30, nice=0, group_timeout=120)
     assert train_dist.supervise(forever, settings, "w") == 0
     assert starts.read_text().count("0") == 4 and len(handed) == 3
 
@@ -785,6 +795,110 @@ def test_a_stop_while_the_group_forms_stops_rank_0_as_a_stop_and_its_followers_a
     with read_session(w.factory) as s:
         (row,) = s.query(Job).filter_by(experiment_id=eid).all()
         assert (row.status, row.attempts, row.lease_owner, row.error) == ("queued", 0, None, None)
+
+
+@pytest.mark.parametrize("how", ["stop", "timeout"])
+def test_rank_0_with_a_follower_that_never_joins_stops_at_once_or_names_it_after_the_group_timeout(worker_world,
+                                                                                                  tmp_path, how):
+    """Rank 0 of a group of 2 whose follower never comes (here: never started). It waited in init_process_group,
+    inside torch, for torch's own timeout (30 minutes): a SIGTERM was not even heard until then (found by the sixth
+    review). Now every rank says in the group's store that it is there and rank 0 waits for them in Python: a SIGTERM
+    stops it within seconds as a stop while the group forms (status 0), and without one it gives up after
+    --group-timeout with one sentence naming the missing rank (GROUP_TIMEOUT_EXIT). The queued job is untouched."""
+    from types import SimpleNamespace
+
+    from app import train_dist
+
+    w = worker_world
+    eid = w.create_experiment("lonely")
+    store, port = train_dist.group_store()  # the supervisor's part: the group's store, and no follower
+    settings = SimpleNamespace(db_url=w.settings.db_url, data_dir=w.settings.data_dir, model=w.model_dir)
+    env = {**train_dist.group_env(dict(os.environ), settings, 2, port), "RANK": "0", "LOCAL_RANK": "0",
+           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "TOKENIZERS_PARALLELISM": "false"}
+    argv = [sys.executable, "-m", "app", "worker", "--worker-id", "dp", "--poll-s", "0.2", "--nice", "0"]
+    if how == "timeout":
+        argv += ["--group-timeout", "2"]
+    log_path = tmp_path / "rank0.log"
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while "rank 0 waits up to" not in log_path.read_text(errors="replace"):
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text(errors="replace")[-5000:]
+            time.sleep(0.1)
+        waiting = time.monotonic()
+        if how == "stop":
+            time.sleep(1.0)  # well inside the formation
+            waiting = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"rank 0 still waits 30 s later:\n{log_path.read_text(errors='replace')[-5000:]}")
+        took = time.monotonic() - waiting
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        del store
+    text = log_path.read_text(errors="replace")
+    assert "Traceback" not in text, text[-5000:]
+    if how == "stop":
+        assert proc.returncode == 0 and took < 5, (proc.returncode, took, text[-5000:])
+        assert text.count("rank 0 of worker 'dp' was stopped by SIGTERM while its process group was forming") == 1, text
+    else:
+        assert proc.returncode == train_dist.GROUP_TIMEOUT_EXIT and 2 <= took < 10, (proc.returncode, took, text[-5000:])
+        said = [line for line in text.splitlines() if "did not join" in line]
+        assert len(said) == 1 and said[0].endswith(
+            "rank 0 of worker 'dp': rank 1 of 2 did not join the process group within 2 s (--group-timeout); it held "
+            "no job, and the supervisor stops the group"), text[-5000:]
+    with read_session(w.factory) as s:
+        (row,) = s.query(Job).filter_by(experiment_id=eid).all()
+        assert (row.status, row.attempts, row.lease_owner, row.error) == ("queued", 0, None, None)
+
+
+def test_a_group_that_does_not_form_is_given_up_after_three_tries_and_says_1(monkeypatch, tmp_path, caplog):
+    """Rank 0's GROUP_TIMEOUT_EXIT is one failed formation: the supervisor reports it as that, counts it as a quick
+    failure however long --group-timeout was (three in a row and it gives up with status 1, not wait again and
+    again), and under --once exits 1 after the one group."""
+    import argparse
+
+    from app import train_dist
+
+    monkeypatch.setattr(train_dist, "QUICK_FAILURE_S", 0.0)  # as if each formation took longer than a quick failure
+    starts, handed, settings = _fake_group(monkeypatch, tmp_path, (
+        f"import time; r = int(os.environ['RANK']); time.sleep(0.3 if r == 0 else 60); "
+        f"raise SystemExit({train_dist.GROUP_TIMEOUT_EXIT} if r == 0 else 0)"))
+    args = argparse.Namespace(processes=2, once=False, lease_s=60, poll_s=1, stop_grace_s=30, nice=0, group_timeout=120)
+    with caplog.at_level(logging.ERROR, logger="seiko.worker.group"):
+        assert train_dist.supervise(args, settings, "w") == 1
+    assert sorted(starts.read_text()) == ["0", "0", "0", "1", "1", "1"], starts.read_text()
+    assert [r.getMessage() for r in caplog.records if "giving up" in r.getMessage()] == [
+        "worker 'w': the group did not form 3 times in a row within --group-timeout (120 s); giving up"]
+    assert len(handed) == 3 and all("not every rank joined its process group within --group-timeout" in h
+                                    for h in handed), handed
+    starts.write_text("")
+    assert train_dist.supervise(argparse.Namespace(**{**vars(args), "once": True}), settings, "w") == 1
+    assert sorted(starts.read_text()) == ["0", "1"]
+
+
+def test_the_group_timeout_is_an_option_that_reaches_every_rank():
+    """``--group-timeout`` (default 120 s, a positive number of seconds) is passed on to the ranks the supervisor
+    starts."""
+    import argparse
+
+    from app import cli_worker, train_dist
+
+    parser = argparse.ArgumentParser()
+    cli_worker.add_arguments(parser)
+    assert parser.parse_args([]).group_timeout == train_dist.GROUP_TIMEOUT_S == 120
+    args = parser.parse_args(["--processes", "2", "--group-timeout", "7.5"])
+    command = train_dist.rank_command(args, "w")
+    assert command[command.index("--group-timeout") + 1] == "7.5"
+    assert command[3] == "worker" and parser.parse_args(command[4:]).group_timeout == 7.5  # what the rank reads
+    for bad in ("0", "-1", "soon"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--group-timeout", bad])
 
 
 def test_rank_0s_watchdog_exit_stops_its_followers_at_once(worker_world, tmp_path):
