@@ -3,8 +3,9 @@ lists (``db.members``, migration 0015). Admins may rate every experiment.
 
 Checked on the server wherever a rater reads or writes an experiment's items (``check``): the rating page's batch
 and the API's ``next_batch``, rating, skipping, undoing, pair votes (the Pairs and Compare tabs and the API's
-``next_pair`` / ``submit_comparison``) and the dashboard. A rater who is not listed gets one sentence
-(``NotARater``) and nothing is written; the experiment selector shows a rater only the experiments they may rate.
+``next_pair`` / ``submit_comparison``) and the dashboard. A rater who is not listed gets one sentence (``NotARater``,
+or where they would learn of the experiment that way the sentence for one that does not exist: ``check``'s
+``unknown``, ``PAGE_EXPERIMENT_GONE``) and nothing is written; the experiment selector shows a rater only the experiments they may rate.
 """
 
 from __future__ import annotations
@@ -23,6 +24,13 @@ from db.errors import Conflict, InvalidInput, NotFound
 EVERYONE = "everyone"
 ADMINS = "admins"  # the admin's field and the command line: only admins may rate the experiment
 NONE_FOR_YOU = "There is no experiment you may rate yet; an admin can add you."
+
+
+# what the Pairs and Compare tabs answer when the experiment the page holds (its server-side state) names none the
+# rater may rate: one that does not exist, and one an admin took them off (or made admins-only) while the page was
+# open. One sentence for both, with no name and no id: it said "You are not a rater of experiment N" where one that
+# does not exist got "There is no experiment with id N", so a rater not listed learned it exists (sixth review)
+PAGE_EXPERIMENT_GONE = "This page's experiment does not exist (any more); pick one in the Experiment list."
 
 
 class NotARater(Conflict):

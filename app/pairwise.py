@@ -55,7 +55,7 @@ from app.auth import Who, require_admin
 from db import comparisons, repo
 from db.checks import MAX_ID, shown, whole_number
 from db.engine import read_session, write_session
-from db.errors import Conflict, InvalidInput
+from db.errors import Conflict, InvalidInput, NotFound
 from db.models import ComparisonPair, ComparisonVote, Experiment, Image, Round
 
 FEEDBACKS = ("scores", "pairs", "both")
@@ -424,8 +424,8 @@ def next_pair(factory, data_dir, who: Who, experiment_id: int | None) -> PairVie
         try:
             # one the rater may rate (app.members); the id is the page's state (app.ui's exp_state)
             experiment = ui_rate.pick_experiment(s, experiment_id, who, from_state=True)
-        except members.NotARater as e:  # the tab (and its timer) shows the sentence, and no pair
-            return PairView(experiment_id, None, None, None, None, "", str(e))
+        except NotFound as e:  # members.PAGE_EXPERIMENT_GONE: the tab (and its timer) shows it, and no pair
+            return PairView(None, None, None, None, None, "", str(e))
         p, pair, msg = offered_pair(s, experiment, who)
         exp_id = experiment.id if experiment is not None else None
         if pair is None:

@@ -26,7 +26,7 @@ from app.ui_rate import pick_experiment, png_data_uri, resolved_experiment_id
 from db import comparisons, repo
 from db.checks import MAX_ID, shown
 from db.engine import read_session, write_session
-from db.errors import Conflict, InvalidInput
+from db.errors import Conflict, InvalidInput, NotFound
 from db.models import Rater, Round
 
 CHOICES = {"a": "left", "b": "right", "tie": "tie"}
@@ -94,8 +94,8 @@ def pair_html(factory, data_dir, who: Who, experiment_id: int | None, kind: str)
         try:
             # one the rater may rate (app.members); the id is the page's state (app.ui's exp_state)
             experiment = pick_experiment(s, experiment_id, who, from_state=True)
-        except members.NotARater as e:  # the sentence, and nothing recorded as shown
-            return f"<div class='cmp-root'><div class='cmp-empty' id='cmp-not-a-rater'>{html.escape(str(e))}</div></div>"
+        except NotFound as e:  # members.PAGE_EXPERIMENT_GONE, and nothing recorded as shown
+            return f"<div class='cmp-root'><div class='cmp-empty' id='cmp-no-experiment'>{html.escape(str(e))}</div></div>"
         if experiment is None:
             return "<div class='cmp-root'><div class='cmp-empty'>There is no experiment yet.</div></div>"
         if experiment.status == "finished":
@@ -148,7 +148,7 @@ def vote(factory, who: Who, experiment_id: int | None, kind: str, payload: dict[
         # commit after the finish and change final win rates (found by review); the status is read again once the
         # lock is held
         repo.share_experiment(session=s, experiment_id=experiment.id)
-        members.check(s, who, experiment.id)
+        members.check(s, who, experiment.id, unknown=members.PAGE_EXPERIMENT_GONE)  # pick_experiment's answer
         s.scalars(select(Round.id).where(Round.id == pair.round_id).with_for_update(read=True)).all()
         s.refresh(experiment)
         if experiment.status == "finished":  # its win rates are final: a vote now would change them after the fact

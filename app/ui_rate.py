@@ -48,7 +48,7 @@ from app import auto_close, experiment_options, members, repeats, storage, ui_im
 from app.auth import Who
 from db import quality as db_quality
 from db import repo
-from db.checks import MAX_ID, check_now, shown, whole_number
+from db.checks import MAX_ID, check_now, findable_id, shown, whole_number
 from db.engine import read_session, write_session
 from db.errors import Conflict, InvalidInput, NotFound
 from db.models import SCORE_MAX, SCORE_MIN, Experiment, Image, Round, utcnow
@@ -74,13 +74,17 @@ def pick_experiment(session: Session, experiment_id: int | None = None, who: Who
     """``experiment_id``'s experiment, else the newest one with a round open for labeling, else the newest active one.
     With ``who``: only an experiment they may rate (``app.members``): one named that they may not is refused as one
     that does not exist (``NotFound``: the refusal does not tell them it exists; fifth review), and the default is
-    picked among those they may. ``from_state``: the id is the page's own (server-side state, set only when the rater
-    could pick it), so one they were taken off since is refused by name (``members.NotARater``)."""
+    picked among those they may. ``from_state``: the id is the page's own (server-side state: the Pairs and Compare
+    tabs), checked again on every request: one the rater was taken off since, and one that names none, get one
+    sentence with no name nor id (``members.PAGE_EXPERIMENT_GONE``, a ``NotFound``); it named the experiment by id
+    where one that does not exist got another sentence (sixth review)."""
     if experiment_id is not None:
-        experiment = repo.get_experiment(session=session, experiment_id=experiment_id)
-        if who is not None:
-            members.check(session, who, experiment.id,
-                          unknown=None if from_state else repo.no_experiment_with_id(experiment_id))
+        unknown = members.PAGE_EXPERIMENT_GONE if from_state else repo.no_experiment_with_id(experiment_id)
+        if who is not None:  # before anything about the experiment is read: for a rater not listed, it does not exist
+            members.check(session, who, experiment_id, unknown=unknown)
+        experiment = session.get(Experiment, experiment_id) if findable_id(experiment_id) else None
+        if experiment is None:
+            raise NotFound(unknown)
         return experiment
     experiments = [e for e in repo.list_experiments(session=session, archived=False)
                    if who is None or members.may_rate(session, who, e.id)]

@@ -16,7 +16,7 @@ from app.ui_rate_tab import RateHandlers
 from db import repo
 from db.engine import read_session, write_session
 from db.errors import NotFound
-from db.models import AuditEntry, ComparisonVote, ImageLease, PairSkip, Rating, Skip
+from db.models import AuditEntry, ComparisonVote, ImageLease, PairShow, PairSkip, Rating, Skip
 
 
 def sentence(world) -> str:
@@ -32,6 +32,12 @@ def no_experiment(name: str = "ui-exp") -> str:
 
 def no_experiment_id(world) -> str:
     return f"There is no experiment with id {world.experiment_id}."
+
+
+def page_gone() -> str:
+    # what the Pairs and Compare tabs answer for their page's experiment when it is hidden from the rater or names none
+    # (the sixth review's rule; written out here, as html.escape writes it on the page)
+    return "This page&#x27;s experiment does not exist (any more); pick one in the Experiment list."
 
 
 def no_image(image_id: int) -> str:
@@ -149,10 +155,12 @@ def test_an_unlisted_rater_is_refused_on_every_route_and_nothing_is_written(ui_w
     ui_admin.set_dashboard_access(world.factory, who(world, "root"), exp, True)
     assert ui_dashboard_tab.visible(world.factory, who(world, "alice"), exp)
     assert not ui_dashboard_tab.visible(world.factory, bob, exp)
-    # blind A/B (the Compare tab): the sentence instead of a pair, and a vote refused before anything is read
-    assert sentence(world) in ui_compare.pair_html(world.factory, data_dir, bob, exp, "ab")
-    with pytest.raises(members.NotARater, match=sentence(world)):
+    # blind A/B (the Compare tab): the page's experiment answered as one that does not exist (sixth review) instead
+    # of a pair, and a vote refused before anything is read
+    assert page_gone() in ui_compare.pair_html(world.factory, data_dir, bob, exp, "ab")
+    with pytest.raises(NotFound) as refused:
         ui_compare.vote(world.factory, bob, exp, "ab", {"pair_id": 1, "choice": "a"})
+    assert str(refused.value) == page_gone().replace("&#x27;", "'")
 
     after = {model: rows(world, model) for model in before}
     assert after == before
@@ -174,8 +182,8 @@ def test_pair_votes_of_an_unlisted_rater_are_refused_on_the_page_and_the_api(ui_
     page, message = ui_pairs.vote(world.factory, world.settings.data_dir, who(world, "bob"), world.experiment_id,
                                   {"pair_id": pair["pair_id"], "choice": "b"})
     assert message == f"there is no comparison pair with id {pair['pair_id']}"
-    # the page's own experiment (its server-side state, set while he could pick it): named, as before
-    assert sentence(world) in ui_pairs.pair_view_html(world.factory, world.settings.data_dir, who(world, "bob"),
+    # the page's own experiment (its server-side state, set while he could pick it): as one that does not exist
+    assert page_gone() in ui_pairs.pair_view_html(world.factory, world.settings.data_dir, who(world, "bob"),
                                                       world.experiment_id)
     assert "data-pair-id" not in page
     assert rows(world, ComparisonVote) == 0 and rows(world, PairSkip) == 0
@@ -604,3 +612,81 @@ def _recorder(answers: dict[str, object]):
         except Exception as e:  # noqa: BLE001 - the test reads it
             answers[key] = e
     return run
+
+
+# ---------------------------------------------------------------------------------------------
+# the sixth review: the Pairs and Compare tabs' own experiment (the page's server-side state), and a hidden
+# experiment's row lock on PostgreSQL
+# ---------------------------------------------------------------------------------------------
+
+
+def _ab_pairs(world) -> None:
+    """Blind A/B pairs in the experiment: round 1's eval grid against round 0's (as tests/app/test_ab_compare.py)."""
+    from app import ab
+
+    with write_session(world.factory) as s:
+        round1 = repo.create_round(session=s, experiment_id=world.experiment_id, index=1,
+                                   adapter_path="adapters/x/round_1").id
+    world.add_round_images(round1, 2, kind="eval", prompts=("a shape",))
+    with write_session(world.factory) as s:
+        assert ab.create_round_pairs(session=s, round_id=round1, seed=7)
+
+
+def _text(answer_: tuple) -> str:
+    return " ".join(str(part) for part in answer_)
+
+
+@pytest.mark.parametrize("change", ["taken off", "admins only"])
+def test_a_pairs_or_compare_page_left_open_answers_a_rater_taken_off_as_for_no_experiment(ui_world, change):
+    """The Pairs and Compare tabs keep the experiment the rater picked in the page's state. Once an admin took the
+    rater off it (or made it admins-only) with their page open, the tabs' next answer said "You are not a rater of
+    experiment N", where an experiment that does not exist got "There is no experiment with id N" (as a toast): the
+    page told a rater not listed that the experiment exists, and its id (found by the sixth review). Every handler of
+    the two tabs now checks the list again and answers, for the experiment hidden from the rater, byte for byte what
+    it answers for a page whose experiment does not exist: no pair, no image, no name, no id; nothing is written."""
+    world = ui_world
+    exp, gone = world.experiment_id, 987654
+    pairwise.set_feedback(world.factory, who(world, "root"), exp, "pairs")
+    _ab_pairs(world)
+    _, page = fns(world)
+    bob = request("bob")
+    # bob's page, opened while he may rate the experiment: each tab shows him a pair
+    pairs_page, n, _ = page[("app.ui_pairs", "on_show")](exp, 0, bob)
+    compare_page = page[("app.ui_compare", "on_show")](exp, bob)
+    assert "data-pair-id" in pairs_page and "data-pair-id" in compare_page
+    pair = int(pairs_page.split("data-pair-id='")[1].split("'")[0])
+    ab_pair = int(compare_page.split("data-pair-id='")[1].split("'")[0])
+    if change == "taken off":
+        only(world, "alice")
+    else:
+        only(world)
+    before = {model: rows(world, model) for model in (ComparisonVote, PairSkip, PairShow, Rating, ImageLease)}
+
+    handlers = {  # each handler of the two tabs that reads the page's experiment, as the page calls it
+        "Pairs: tab shown": lambda e: page[("app.ui_pairs", "on_show")](e, n, bob),
+        "Pairs: vote": lambda e: page[("app.ui_pairs", "on_vote")](
+            e, n, gr.EventData(None, {"pair_id": pair, "choice": "a"}), bob),
+        "Pairs: skip": lambda e: page[("app.ui_pairs", "on_vote")](
+            e, n, gr.EventData(None, {"pair_id": pair, "choice": "skip"}), bob),
+        "Pairs: timer on an empty page": lambda e: page[("app.ui_pairs", "on_poll")](
+            e, n, {"pair": False, "digest": ""}, bob),
+        "Compare: tab shown": lambda e: page[("app.ui_compare", "on_show")](e, bob),
+        "Compare: vote": lambda e: page[("app.ui_compare", "on_vote")](
+            e, gr.EventData(None, {"pair_id": ab_pair, "choice": "a"}), bob),
+        "Compare: skip": lambda e: page[("app.ui_compare", "on_vote")](
+            e, gr.EventData(None, {"pair_id": ab_pair, "choice": "skip"}), bob),
+    }
+    for name, call in handlers.items():
+        hidden, nothing = answer(call, exp), answer(call, gone)
+        assert hidden == nothing, name
+        text = _text(hidden)
+        assert str(gone) not in text, name  # so the answer names no id at all: it is the same for both
+        assert "ui-exp" not in text and f"experiment {exp}" not in text, name
+        assert "data-pair-id" not in text and "<img" not in text, name
+    assert {model: rows(world, model) for model in before} == before
+    # alice (listed, or an admin for admins-only) still gets her pairs, and bob his once he is listed again
+    assert "data-pair-id" in page[("app.ui_pairs", "on_show")](exp, n, request("root" if change == "admins only"
+                                                                               else "alice"))[0]
+    everyone(world)
+    assert "data-pair-id" in page[("app.ui_pairs", "on_show")](exp, n, bob)[0]
+    assert "data-pair-id" in page[("app.ui_compare", "on_show")](exp, bob)
