@@ -5,7 +5,8 @@ Checked on the server wherever a rater reads or writes an experiment's items (``
 and the API's ``next_batch``, rating, skipping, undoing, pair votes (the Pairs and Compare tabs and the API's
 ``next_pair`` / ``submit_comparison``) and the dashboard. A rater who is not listed gets one sentence (``NotARater``,
 or where they would learn of the experiment that way the sentence for one that does not exist: ``check``'s
-``unknown``, ``PAGE_EXPERIMENT_GONE``) and nothing is written; the experiment selector shows a rater only the experiments they may rate.
+``unknown``, ``PAGE_EXPERIMENT_GONE``) and nothing is written; the experiment selector shows a rater only the
+experiments they may rate. A write checks before the experiment's share lock and again under it (``share``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from db import members as db_members
 from db import repo
 from db.engine import read_session, write_session
 from db.errors import Conflict, InvalidInput, NotFound
+from db.models import Experiment
 
 EVERYONE = "everyone"
 ADMINS = "admins"  # the admin's field and the command line: only admins may rate the experiment
@@ -56,6 +58,15 @@ def check(session: Session, who: Who, experiment_id: int, *, unknown: str | None
         if unknown is not None:
             raise NotFound(unknown)
         raise NotARater(refusal(experiment_id))
+
+
+def share(session: Session, who: Who, experiment_id: int, *, unknown: str | None = None) -> Experiment:
+    """The experiment's row shared for a write of ``who``'s (``repo.share_experiment``), ``check``-ed (with
+    ``unknown``) before the lock and again under it: a rater not listed is refused at once, never waiting on an
+    admin's change in flight (the wait told an experiment hidden from them from one that does not exist; sixth
+    review), and one listed is checked again once the change has committed."""
+    return repo.share_experiment(session=session, experiment_id=experiment_id,
+                                 check=lambda exp_id: check(session, who, exp_id, unknown=unknown))
 
 
 def may_rate_id(factory, who: Who, experiment_id: int | None) -> bool:

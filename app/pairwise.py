@@ -321,11 +321,10 @@ def vote_in_session(session: Session, who: Who, pair_id: int, choice: str) -> st
     Raises a db error (one sentence) and writes nothing when the vote is refused."""
     pair = comparisons.get_pair(session=session, pair_id=pair_id)
     # the experiment shared, then the round, as a rating locks them (repo.lock_image_for_rating): a change of who may
-    # rate it waits for the vote, or the vote for it (fifth review)
-    repo.share_experiment(session=session, experiment_id=pair.experiment_id)
-    # a rater the experiment does not list: refused as for a pair that does not exist (not its kind nor experiment),
-    # nothing saved
-    members.check(session, who, pair.experiment_id, unknown=comparisons.no_pair_with_id(pair_id))
+    # rate it waits for the vote, or the vote for it (fifth review). A rater the experiment does not list: refused as
+    # for a pair that does not exist (not its kind nor experiment), nothing saved, before the lock (a wait on an
+    # admin's change told that it exists; sixth review) and again under it
+    members.share(session, who, pair.experiment_id, unknown=comparisons.no_pair_with_id(pair_id))
     if pair.kind != KIND:
         raise Conflict(f"pair {pair_id} is a blind A/B pair, not a preference pair; it is voted on elsewhere")
     round_ = session.scalar(select(Round).where(Round.id == pair.round_id).with_for_update(read=True),

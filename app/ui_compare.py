@@ -147,8 +147,7 @@ def vote(factory, who: Who, experiment_id: int | None, kind: str, payload: dict[
         # (fifth review); finish_experiment locks every round first, so on PostgreSQL a vote that read 'active' could
         # commit after the finish and change final win rates (found by review); the status is read again once the
         # lock is held
-        repo.share_experiment(session=s, experiment_id=experiment.id)
-        members.check(s, who, experiment.id, unknown=members.PAGE_EXPERIMENT_GONE)  # pick_experiment's answer
+        members.share(s, who, experiment.id, unknown=members.PAGE_EXPERIMENT_GONE)  # pick_experiment's answer
         s.scalars(select(Round.id).where(Round.id == pair.round_id).with_for_update(read=True)).all()
         s.refresh(experiment)
         if experiment.status == "finished":  # its win rates are final: a vote now would change them after the fact

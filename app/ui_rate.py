@@ -405,9 +405,9 @@ def draw_batch(session: Session, round_: Round, who: Who, size: int, *, lease_s:
     # the experiment shared (repo.share_experiment, before the round that lease_images locks), then who may rate it:
     # checked without the lock, a rater an admin was taking off still got leases after the change committed, holding
     # the images back from the others for 10 minutes (found by the fifth review). The change waits for a hand-out in
-    # flight (and gives the leases back, db.members.set_raters), or the hand-out for it (refused, nothing leased)
-    repo.share_experiment(session=session, experiment_id=round_.experiment_id)
-    members.check(session, who, round_.experiment_id)
+    # flight (and gives the leases back, db.members.set_raters), or the hand-out for it (refused, nothing leased);
+    # checked before the lock too (members.share: a rater not listed never waits on it; sixth review)
+    members.share(session, who, round_.experiment_id)
     # comparisons only (issue 14 item 1): no 1-10 rating, so no repeat either, not even a pending one, and of the
     # rater's unanswered cards only those still on their page (a live lease), as before
     pairs = _pairs_only(session, round_.experiment_id)
@@ -741,11 +741,18 @@ def rate_in_session(session: Session, who: Who, image_id: int, score: int) -> in
     return _rate(session, who, image_id, score)[0]
 
 
+def _may_rate_image(session: Session, who: Who, image_id: int):
+    """``repo.lock_image_for_rating``'s check for ``who``: a rater the image's experiment does not list is refused
+    as for an image that does not exist (``members.check``'s ``unknown``)."""
+    return lambda experiment_id: members.check(session, who, experiment_id, unknown=repo.no_image_with_id(image_id))
+
+
 def _rate(session: Session, who: Who, image_id: int, score: int) -> tuple[int | None, bool]:
     """``rate_in_session``, and whether the score was a repeat's second score."""
-    image, round_ = repo.lock_image_for_rating(session=session, image_id=image_id)  # checks, then insert: no race
-    # a rater the experiment does not list: refused as for an image that does not exist, nothing saved
-    members.check(session, who, round_.experiment_id, unknown=repo.no_image_with_id(image_id))
+    # checks, then insert: no race. A rater the experiment does not list: refused as for an image that does not
+    # exist, nothing saved, before any lock (a wait on an admin's change told that it exists; sixth review) and again
+    # under the experiment's lock
+    image, round_ = repo.lock_image_for_rating(session=session, image_id=image_id, check=_may_rate_image(session, who, image_id))
     if round_.status != "labeling":
         raise Conflict(f"round {round_.index} is closed for labeling (it is {round_.status}); image {image_id} was not rated")
     if image.kind != "query":
@@ -843,9 +850,8 @@ def skip(factory, data_dir, who: Who, state_value: dict | None, payload: dict[st
         if image_id not in state.batch:
             raise Conflict(f"image {image_id} is not in your current batch; reload the page")
         with write_session(factory) as s:
-            _, round_ = repo.lock_image_for_rating(session=s, image_id=image_id)  # as _rate: no undo or close between
-            # as _rate: a rater the experiment does not list
-            members.check(s, who, round_.experiment_id, unknown=repo.no_image_with_id(image_id))
+            # as _rate: no undo or close between, and a rater the experiment does not list refused before any lock
+            _, round_ = repo.lock_image_for_rating(session=s, image_id=image_id, check=_may_rate_image(s, who, image_id))
             rated = repo.find_rating(session=s, image_id=image_id, rater_id=who.rater_id) is not None
             again = rated and db_quality.find_repeat_offer(session=s, image_id=image_id, rater_id=who.rater_id) is not None
             if round_.status == "labeling" and (
@@ -893,12 +899,11 @@ def undo(factory, data_dir, who: Who, state_value: dict | None, *, batch_size: i
                 open_ = repo.get_open_round(session=s, experiment_id=state.experiment_id)
                 round_id = open_.id if open_ is not None else None
             if round_id is not None:
-                # the experiment (shared: a change of who may rate it waits, repo.share_experiment), then the round,
-                # as every write that locks them
+                # the experiment (shared: a change of who may rate it waits, repo.share_experiment; who may rate it
+                # checked before the lock and under it, members.share), then the round, as every write that locks them
                 experiment_id = repo.get_round(session=s, round_id=round_id).experiment_id
-                repo.share_experiment(session=s, experiment_id=experiment_id)
+                members.share(s, who, experiment_id)
                 repo.lock_round(session=s, round_id=round_id)
-                members.check(s, who, experiment_id)
             undone = None if round_id is None else repo.undo_last(session=s, rater_id=who.rater_id, round_id=round_id)
             done = repo.round_progress(session=s, round_id=round_id, rater_id=who.rater_id) if (
                 undone is None and round_id is not None) else None

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -188,18 +188,29 @@ def lock_experiment(*, session: Session, experiment_id: int) -> Experiment:
     return experiment
 
 
-def share_experiment(*, session: Session, experiment_id: int) -> Experiment:
+def share_experiment(*, session: Session, experiment_id: int,
+                     check: Callable[[int], None] | None = None) -> Experiment:
     """The experiment, its row locked FOR SHARE for the rest of the transaction and read afresh: a rater's write
     (``lock_image_for_rating``, undo) holds it while it checks who may rate (``app.members``) and writes. Every change
     of that list locks the row (``lock_experiment``, FOR NO KEY UPDATE, which FOR SHARE blocks and is blocked by), so
     on PostgreSQL a rating in flight is waited for and one sent while the change is in flight waits for it and reads
     the list as it committed; read without the lock, a rating checked before a change that took its rater off was
     inserted after the change committed (found by the fifth review). Many raters share the lock at once. Taken
-    before the experiment's rounds and images (``lock_experiment``'s order); SQLite leaves the clause out."""
+    before the experiment's rounds and images (``lock_experiment``'s order); SQLite leaves the clause out.
+
+    ``check``: who may write (the app's rule, ``app.members``; raises to refuse), called with the experiment's id
+    first, without the lock, and again once the lock is held. Checked only under the lock, a request for an
+    experiment hidden from its rater waited for an admin's change of it in flight where one that does not exist was
+    answered at once, so the wait told that it exists (found by the sixth review); refused before the lock, it never
+    touches it, and one allowed then is checked again against the list as it stands under the lock."""
+    if check is not None:
+        check(experiment_id)
     experiment = session.get(Experiment, experiment_id, with_for_update={"read": True},
                              populate_existing=True) if findable_id(experiment_id) else None
     if experiment is None:
         raise NotFound(no_experiment_with_id(experiment_id))
+    if check is not None:
+        check(experiment_id)
     return experiment
 
 
@@ -660,7 +671,8 @@ def count_raters(*, session: Session, role: str | None = None) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def lock_image_for_rating(*, session: Session, image_id: int) -> tuple[Image, Round]:
+def lock_image_for_rating(*, session: Session, image_id: int,
+                          check: Callable[[int], None] | None = None) -> tuple[Image, Round]:
     """The image's experiment (locked FOR SHARE, ``share_experiment``), its round (locked FOR SHARE), then the image
     (row-locked FOR UPDATE), until the transaction ends.
 
@@ -670,14 +682,15 @@ def lock_image_for_rating(*, session: Session, image_id: int) -> tuple[Image, Ro
     SQLAlchemy leaves the clauses out there. The experiment is locked before its round, as Close and Finish lock
     them, and the round first of the rest, as in every write that locks a round (``lock_round``: closing, leasing,
     undoing): a lease's insert takes a key-share lock on its image, so locking the image first here could deadlock
-    with a batch being handed out."""
+    with a batch being handed out. ``check``: ``share_experiment``'s (before any lock, and again under the
+    experiment's)."""
     _int("image id", image_id)
     row = session.execute(select(Image.round_id, Round.experiment_id).join(Round, Round.id == Image.round_id)
                           .where(Image.id == image_id)).first()
     if row is None:
         raise NotFound(no_image_with_id(image_id))
     round_id, experiment_id = row
-    share_experiment(session=session, experiment_id=experiment_id)
+    share_experiment(session=session, experiment_id=experiment_id, check=check)
     round_ = session.scalar(
         select(Round).where(Round.id == round_id).with_for_update(read=True),
         execution_options={"populate_existing": True},

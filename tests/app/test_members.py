@@ -690,3 +690,78 @@ def test_a_pairs_or_compare_page_left_open_answers_a_rater_taken_off_as_for_no_e
     everyone(world)
     assert "data-pair-id" in page[("app.ui_pairs", "on_show")](exp, n, bob)[0]
     assert "data-pair-id" in page[("app.ui_compare", "on_show")](exp, bob)
+
+
+@pytest.mark.parametrize("action", ["rating", "skip", "pair vote", "undo"])
+def test_a_rater_not_listed_is_answered_at_once_while_an_admin_holds_the_experiment(ui_world, action):
+    """PostgreSQL: a rater's write took the experiment's row FOR SHARE before it checked who may rate it, so for an
+    experiment hidden from the rater the answer waited for an admin's change of that experiment in flight (its row
+    locked), where an image or pair that does not exist was answered at once: the wait told the rater that the id
+    exists (found by the sixth review). The list is now checked first, without the lock: a rater not listed is
+    answered at once, the lock untouched; one who may rate still takes the lock and is checked again under it, so a
+    listed rater's write still waits for the admin's change (the fifth review's race stays fixed)."""
+    import threading
+    import time
+
+    from db.models import Experiment
+
+    world = ui_world
+    _pg_only(world)
+    exp, image, data_dir = world.experiment_id, world.image_ids[0], world.settings.data_dir
+    target = image
+    if action == "pair vote":
+        pairwise.set_feedback(world.factory, who(world, "root"), exp, "pairs")
+        api, _ = fns(world)
+        target = api["next_pair"]("ui-exp", request("alice"))["pair"]["pair_id"]
+    only(world, "alice")
+    bob, alice = who(world, "bob"), who(world, "alice")
+    if action == "undo":
+        ui_rate.submit(world.factory, alice, image, 4)  # something for alice to undo
+
+    def send(rater):
+        """What the rater sees of the action: the refusal's sentence, or None when it was saved."""
+        page = {"experiment_id": exp, "round_id": world.round_id, "batch": [image]}
+        if action == "rating":
+            ui_rate.submit(world.factory, rater, target, 4)
+            return None
+        if action == "skip":
+            return ui_rate.skip(world.factory, data_dir, rater, page, {"image_id": target}, batch_size=4).message
+        if action == "pair vote":
+            pairwise.submit_vote(world.factory, rater, target, "a")
+            return None
+        return ui_rate.undo(world.factory, data_dir, rater, page, batch_size=4).message
+
+    expected = {  # what bob is told, written out: the fifth review's answers for a rater not listed
+        "rating": f"there is no image with id {image}", "skip": f"there is no image with id {image}",
+        "pair vote": f"there is no comparison pair with id {target}",
+        "undo": sentence(world),  # his own step: named, as before
+    }[action]
+    before = {model: rows(world, model) for model in (Rating, Skip, ComparisonVote, PairSkip, ImageLease)}
+    answers: dict[str, object] = {}
+    run = _recorder(answers)
+    bob_thread = threading.Thread(target=run, args=("bob", lambda: send(bob)))
+    alice_thread = threading.Thread(target=run, args=("alice", lambda: send(alice)))
+    admin = world.factory()  # an admin's change of the experiment in flight: its row locked, not committed
+    try:
+        admin.execute(select(Experiment.id).where(Experiment.id == exp).with_for_update())
+        started = time.monotonic()
+        bob_thread.start()
+        bob_thread.join(10)
+        took = time.monotonic() - started
+        answered_while_held = not bob_thread.is_alive()
+        alice_thread.start()
+        alice_waited = _waits_for_a_lock(world, alice_thread)
+    finally:
+        admin.rollback()
+        admin.close()
+        bob_thread.join(30)
+        if alice_thread.ident is not None:
+            alice_thread.join(30)
+    assert answered_while_held and took < 2.0, (
+        f"a rater not listed waited for the admin's lock on a hidden experiment ({took:.1f} s): {answers.get('bob')!r}")
+    got = answers["bob"]
+    assert (str(got) if isinstance(got, Exception) else got) == expected
+    assert alice_waited, f"a listed rater's {action} did not wait for the admin's change in flight: {answers['alice']!r}"
+    assert answers["alice"] is None, answers["alice"]  # saved once the lock was let go
+    after = {model: rows(world, model, "bob") for model in before}
+    assert after == dict.fromkeys(before, 0)  # nothing of bob's written
