@@ -391,7 +391,7 @@ def lease_cap(session: Session, round_: Round, batch_size: int) -> int:
 
 
 def draw_batch(session: Session, round_: Round, who: Who, size: int, *, lease_s: float = LEASE_S,
-               now: datetime | None = None, cap: int | None = None) -> list[Image]:
+               now: datetime | None = None, cap: int | None = None, unknown: str | None = None) -> list[Image]:
     """Up to ``size`` images for the rater, leased to them (in a write transaction): first their unanswered cards
     (``repo.unanswered_image_ids``: leased to them before, the lease live or run out), then offered ones drawn from
     the least-rated in a per-rater order. With ``repeat_share`` on, some places go to images the rater rated before
@@ -400,14 +400,15 @@ def draw_batch(session: Session, round_: Round, who: Who, size: int, *, lease_s:
     (``repeats.left_open``), a new one among the new cards (``repeats.mix``). ``now``: the clock (leases), the time by
     default. ``cap``: the most live leases the rater may hold in the round (``lease_cap``; with ``size`` as the
     page's batch size when None): past it the batch has fewer new cards, or none, but always the cards the rater
-    holds a live lease on (up to ``size``)."""
+    holds a live lease on (up to ``size``). ``unknown``: the answer (``members.check``'s) to a rater not listed, as
+    for the experiment the request named not existing; without it they are told they are not its rater."""
     now = check_now(now)  # one clock for the batch: its leases' first hand-outs and its repeats' offers tie (repeats.left_open)
     # the experiment shared (repo.share_experiment, before the round that lease_images locks), then who may rate it:
     # checked without the lock, a rater an admin was taking off still got leases after the change committed, holding
     # the images back from the others for 10 minutes (found by the fifth review). The change waits for a hand-out in
     # flight (and gives the leases back, db.members.set_raters), or the hand-out for it (refused, nothing leased);
     # checked before the lock too (members.share: a rater not listed never waits on it; sixth review)
-    members.share(session, who, round_.experiment_id)
+    members.share(session, who, round_.experiment_id, unknown=unknown)
     # comparisons only (issue 14 item 1): no 1-10 rating, so no repeat either, not even a pending one, and of the
     # rater's unanswered cards only those still on their page (a live lease), as before
     pairs = _pairs_only(session, round_.experiment_id)
@@ -984,7 +985,11 @@ def api_batch(factory, data_dir, who: Who, *, limit: int, experiment: str = "", 
                     "message": none}
         round_ = repo.get_open_round(session=s, experiment_id=exp.id)
         cap = lease_cap(s, round_, batch_size) if round_ is not None else None
-        images = draw_batch(s, round_, who, limit, cap=cap) if round_ is not None else []
+        # a rater an admin takes off while this waits on the lock: refused as the name not existing, as the same
+        # request after the change (it named the experiment's id: sixth review)
+        named = (experiment or "").strip()
+        unknown = repo.no_experiment_named(named) if named else None
+        images = draw_batch(s, round_, who, limit, cap=cap, unknown=unknown) if round_ is not None else []
         items = [{"image_id": im.id, "prompt": im.prompt, "seed": im.seed, "png_base64": png_base64(data_dir, im)}
                  for im in images]
         message = _empty_message(s, exp, who) if not items else f"{len(items)} images to rate with submit_rating"

@@ -551,8 +551,9 @@ def test_a_rating_sent_while_an_admin_takes_its_rater_off_waits_and_is_refused(u
     assert not change.is_alive() and not rating.is_alive()
     assert "Only alice" in str(answers["change"])
     assert waited, f"the rating did not wait for the admin's change in flight: {answers['rating']!r}"
-    if action == "batch":  # his pick passed before the change committed: named, as the page's experiment
-        assert isinstance(answers["rating"], members.NotARater) and str(answers["rating"]) == sentence(world)
+    if action == "batch":  # named in the request: refused as that name not existing, as after the change (sixth review)
+        assert isinstance(answers["rating"], NotFound) and str(answers["rating"]) == repo.no_experiment_named("ui-exp")
+        assert str(world.experiment_id) not in str(answers["rating"])
     else:  # refused as a target that does not exist (the fifth review's rule for an unlisted rater), nothing saved
         hidden = (f"there is no image with id {world.image_ids[0]}" if action == "rating"
                   else f"there is no comparison pair with id {pair_id}")
