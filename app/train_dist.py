@@ -712,7 +712,10 @@ def supervise(args: argparse.Namespace, settings, worker_id: str) -> int:
             reason = f"worker {worker_id!r} was stopped (signal {stopping}): rank 0 ended with status {code}{stuck}"
             log.info("%s; the group is stopped", reason)
         else:
-            reason = f"rank {ended} of worker {worker_id!r} {_describe(code)}; the group was stopped and the job handed back"
+            # a group that never formed held no job: nothing to hand back (the sixth review found this said it was)
+            after = ("the group is given up; no job was claimed" if ended == 0 and code == GROUP_TIMEOUT_EXIT
+                     else "the group was stopped and the job handed back")
+            reason = f"rank {ended} of worker {worker_id!r} {_describe(code)}; {after}"
             log.warning("%s", reason)
         if procs[0].poll() is None:  # a follower ended first: rank 0 is killed, its followers told as well
             procs[0].kill()

@@ -877,6 +877,8 @@ def test_a_group_that_does_not_form_is_given_up_after_three_tries_and_says_1(mon
         "worker 'w': the group did not form 3 times in a row within --group-timeout (120 s); giving up"]
     assert len(handed) == 3 and all("not every rank joined its process group within --group-timeout" in h
                                     for h in handed), handed
+    # it held no job: not said to have handed one back (sixth review)
+    assert all(h.endswith("the group is given up; no job was claimed") for h in handed), handed
     starts.write_text("")
     assert train_dist.supervise(argparse.Namespace(**{**vars(args), "once": True}), settings, "w") == 1
     assert sorted(starts.read_text()) == ["0", "1"]
