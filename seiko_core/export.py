@@ -60,6 +60,9 @@ GOLD_FIELDS = ("file_path", "round", "score", "set_at")
 PAIR_SHOWS_FILE = "pair_shows.jsonl"  # one row per comparison pair put on a rater's screen, and whether they answered it
 PAIR_SHOW_FIELDS = ("file_path_a", "file_path_b", "round", "kind", "rater", "shown_at", "answered")
 PAIR_SHOW_ANSWERS = ("vote", "skip", None)
+SCORE_MIN, SCORE_MAX = 1, 10  # db.models' score range (a CHECK on ratings, repeat_ratings and gold_scores): fixed
+VOTE_CHOICES = ("a", "b", "tie")  # db.models.VOTE_CHOICES
+_FILE_NAME = re.compile(rf"{IMAGES_DIR}/([0-9a-f]{{64}})\.png")
 _KOHYA_KEY = re.compile(r"lora_unet_[A-Za-z0-9_]+\.(lora_down\.weight|lora_up\.weight|alpha)")
 
 
@@ -543,9 +546,15 @@ def export_ratings_dataset(rows: Iterable[Mapping[str, Any]], out_dir: str | Pat
             return out
 
         def write_lines(name: str, items: list[Mapping[str, Any]], time_field: str) -> None:
+            records = [record(row, time_field) for row in items]
+            images = {file_name: file_name[len(IMAGES_DIR) + 1:-4] for file_name in written.values()}
+            problem = _rows_problem(name, records, images, None)  # what read_* would refuse is not written
+            if problem:
+                number, why = problem
+                raise ExportError(f"{_WHAT[name]} row {number - 1} {why}.")  # counted from 0 as _check_fields does
             with open(tmp / name, "w", encoding="utf-8") as f:
-                for row in items:
-                    f.write(json.dumps(record(row, time_field), sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n")
+                for out in records:
+                    f.write(json.dumps(out, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n")
 
         write_lines(DATASET_FILE, rows, "rated_at")
         for name, items, time_field in ((COMPARISONS_FILE, comparisons, "voted_at"),
@@ -575,8 +584,7 @@ def _sha256_bytes(data: bytes) -> str:
 def read_ratings_dataset(directory: str | Path) -> list[dict]:
     """The rows of an exported ratings dataset, after verifying its manifest."""
     directory = Path(directory)
-    verify(directory)
-    return _json_lines(directory / DATASET_FILE)
+    return _checked_lines(directory, verify(directory), DATASET_FILE)
 
 
 def read_comparisons(directory: str | Path) -> list[dict]:
@@ -617,21 +625,146 @@ def _optional_lines(directory: Path, name: str) -> list[dict]:
         if path.exists() or path.is_symlink():
             raise CheckpointError(f"{str(path)!r} is not in the export's manifest: it was added after the export was "
                                   "made; remove it to read the export.")
+        _check_count(path, manifest, name, [])
         return []
-    return _json_lines(path)
+    return _checked_lines(directory, manifest, name)
 
 
-def _json_lines(path: Path) -> list[dict]:
+# the fields each file's rows hold, as written (file_path -> file_name); skips by their kind
+_ROW_FIELDS = {
+    DATASET_FILE: RATING_FIELDS, COMPARISONS_FILE: COMPARISON_FIELDS, REPEATS_FILE: REPEAT_FIELDS,
+    GOLD_FILE: GOLD_FIELDS, PAIR_SHOWS_FILE: PAIR_SHOW_FIELDS,
+    **{f"{SKIPS_FILE}:{kind}": fields for kind, fields in SKIP_FIELDS.items()}}
+_WHAT = {DATASET_FILE: "Rating", COMPARISONS_FILE: "Comparison", REPEATS_FILE: "Repeat rating", SKIPS_FILE: "Skip",
+         GOLD_FILE: "Gold", PAIR_SHOWS_FILE: "Pair shown"}
+_COUNTED = {DATASET_FILE: "rows", COMPARISONS_FILE: "comparisons", REPEATS_FILE: "repeat_ratings", SKIPS_FILE: "skips",
+            GOLD_FILE: "gold", PAIR_SHOWS_FILE: "pair_shows"}  # the manifest's count of each file's rows
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _row_problem(name: str, row: Mapping[str, Any], images: Mapping[str, str]) -> str | None:
+    """Why ``row``, a row of the export's file ``name`` as written, is not one the export writes (None when it is):
+    a field missing, a score that is not a whole number from SCORE_MIN to SCORE_MAX, an unknown choice, kind or
+    answer, or an image that is not ``images/<sha256>.png`` of a file the export holds (``images``: its file names,
+    each to the sha256 of its bytes)."""
+    key = name
+    if name == SKIPS_FILE:
+        if row.get("kind") not in SKIP_FIELDS:
+            return f"has kind {row.get('kind')!r}, not one of {list(SKIP_FIELDS)}"
+        key = f"{SKIPS_FILE}:{row['kind']}"
+    fields = [f.replace("file_path", "file_name") for f in _ROW_FIELDS[key]]
+    missing = [f for f in fields if f not in row]
+    if missing:
+        return f"lacks {missing} (every row has {fields})"
+    if "score" in fields and not (_whole(row["score"]) and SCORE_MIN <= row["score"] <= SCORE_MAX):
+        return f"has score {row['score']!r}, not a whole number from {SCORE_MIN} to {SCORE_MAX}"
+    if "choice" in fields and row["choice"] not in VOTE_CHOICES:
+        return f"has choice {row['choice']!r}, not one of {list(VOTE_CHOICES)}"
+    if "answered" in fields and row["answered"] not in PAIR_SHOW_ANSWERS:
+        return f"has answered {row['answered']!r}, not one of {list(PAIR_SHOW_ANSWERS)}"
+    if not (_whole(row["round"]) and row["round"] >= 0):
+        return f"has round {row['round']!r}, not a whole number from 0"
+    if "rater" in fields and not (isinstance(row["rater"], str) and row["rater"]):
+        return f"has rater {row['rater']!r}, not a name"
+    if "seed" in fields and not _whole(row["seed"]):
+        return f"has seed {row['seed']!r}, not a whole number"
+    for field in fields:
+        if field.endswith("_at") and not isinstance(row[field], str):
+            return f"has {field} {row[field]!r}, not an ISO time"
+    for field in (f for f in fields if f.startswith("file_name")):
+        file_name = row[field]
+        match = _FILE_NAME.fullmatch(file_name) if isinstance(file_name, str) else None
+        if match is None:
+            return f"has {field} {file_name!r}, not {IMAGES_DIR}/<sha256>.png"
+        if images.get(file_name) != match.group(1):
+            return f"names {file_name!r}, which is not an image of the export (its manifest does not list it as such)"
+        said = row.get(field.replace("file_name", "image_sha256"))
+        if said is not None and said != match.group(1):
+            return f"has {field.replace('file_name', 'image_sha256')} {said!r}, not the sha256 of {file_name!r}"
+    return None
+
+
+def _identity(name: str, row: Mapping[str, Any]) -> tuple:
+    """What the database holds once per row of ``name``: a rater's rating, repeat or skip of an image, their vote,
+    skip or showing of a pair, an image's gold score. An image is its ``image_id`` (two images may have the same
+    bytes, so the same file_name: a rater may rate both), a pair its ``pair_id``; rows without them (an export made
+    in code) by what names them."""
+    def image(suffix: str = "") -> tuple:
+        if f"image_id{suffix}" in row:
+            return ("id", row[f"image_id{suffix}"])
+        return (row[f"file_name{suffix}"], row["round"], row.get(f"kind{suffix}"), row.get(f"prompt{suffix}"),
+                row.get(f"seed{suffix}"))
+
+    if name == SKIPS_FILE and row["kind"] == "pair" or name in (COMPARISONS_FILE, PAIR_SHOWS_FILE):
+        kind = row["pair_kind"] if name == SKIPS_FILE else row["kind"]
+        pair = ("id", row["pair_id"]) if "pair_id" in row else (image("_a"), image("_b"), row["round"], kind)
+        return ("pair", pair, row["rater"])
+    return ("image", image(), row.get("rater"))
+
+
+def _rows_problem(name: str, rows: list[Mapping[str, Any]], images: Mapping[str, str],
+                  numbers: list[int] | None) -> tuple[int | None, str] | None:
+    """The first row of ``name`` that is not one the export writes, with its line number from ``numbers`` (else its
+    index + 1), and why; None when every row is one."""
+    seen: dict[str, int] = {}
+    for index, row in enumerate(rows):
+        number = numbers[index] if numbers else index + 1
+        problem = _row_problem(name, row, images)
+        if problem:
+            return number, problem
+        what, *_ = identity = _identity(name, row)
+        key = json.dumps(identity, sort_keys=True, default=str)
+        if key in seen:
+            earlier = f"line {seen[key]}" if numbers else f"row {seen[key] - 1}"
+            return number, f"repeats {earlier} (the same {'rater and ' if 'rater' in row else ''}{what})"
+        seen[key] = number
+    return None
+
+
+def _check_count(path: Path, manifest: dict, name: str, rows: list[dict]) -> None:
+    """The manifest's count of ``name``'s rows (the skips by kind) must be what the file holds."""
+    counted = manifest.get(_COUNTED[name])
+    if counted is None:  # an export made before the file was
+        return
+    held: Any = len(rows)
+    if name == SKIPS_FILE:
+        held = {kind: sum(1 for row in rows if row.get("kind") == kind) for kind in SKIP_FIELDS}
+    if counted != held:
+        raise CheckpointError(f"{str(path)!r} holds {held} rows where the export's manifest counts {counted}; it is not "
+                              "an export's rows.")
+
+
+def _checked_lines(directory: Path, manifest: dict, name: str) -> list[dict]:
+    """The rows of ``name`` after checking each is one the export writes (``_row_problem``), none twice, and as many
+    as the manifest counts. The manifest's hashes say the file is the one the manifest lists, not that the export
+    wrote it: a dataset whose rows were edited and its manifest written again to match was read with a score of 11,
+    "NaN" or true, a row twice, or an image named '../../../etc/passwd' or not in the export (sixth review)."""
+    path = directory / name
+    rows, numbers = _json_lines(path, numbered=True)
+    images = {file_name: info.get("sha256") for file_name, info in manifest["files"].items()
+              if isinstance(info, dict) and _FILE_NAME.fullmatch(file_name)}
+    problem = _rows_problem(name, rows, images, numbers)
+    if problem:
+        number, why = problem
+        raise CheckpointError(f"Line {number} of {str(path)!r} {why}; it is not an export's rows.")
+    _check_count(path, manifest, name, rows)
+    return rows
+
+
+def _json_lines(path: Path, *, numbered: bool = False):
     """A JSON-lines file's records, split on newlines only: the rows are written with ensure_ascii=False, so a prompt
     may hold U+2028, U+2029 or U+0085, which str.splitlines also splits on (found by review). A line that is not a
     JSON object (a hand-edited dataset whose manifest was written again to match) is refused in one sentence naming
-    its line, not a JSONDecodeError or RecursionError (fifth review)."""
+    its line, not a JSONDecodeError or RecursionError (fifth review). ``numbered``: (the rows, their line numbers)."""
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise CheckpointError(f"{str(path)!r} is not UTF-8 text ({exc.reason} at byte {exc.start}); it is not an "
                               "export's rows.") from exc
-    rows = []
+    rows, numbers = [], []
     for number, line in enumerate(text.split("\n"), start=1):
         if not line:
             continue
@@ -645,7 +778,8 @@ def _json_lines(path: Path) -> list[dict]:
             raise CheckpointError(f"Line {number} of {str(path)!r} is a JSON {type(row).__name__}, not a row (an "
                                   "object); it is not an export's rows.")
         rows.append(row)
-    return rows
+        numbers.append(number)
+    return (rows, numbers) if numbered else rows
 
 
 # ------------------------------------------------------------------------------------------------- zip

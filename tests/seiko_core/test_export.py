@@ -18,7 +18,12 @@ from seiko_core import lora
 from seiko_core.checkpoint import CheckpointError, verify
 from seiko_core.config import FinetuneConfig
 from seiko_core.export import (
+    COMPARISONS_FILE,
     DATASET_FILE,
+    GOLD_FILE,
+    PAIR_SHOWS_FILE,
+    REPEATS_FILE,
+    SKIPS_FILE,
     ExportError,
     export_diffusers_lora,
     export_kohya_lora,
@@ -360,7 +365,7 @@ def test_ratings_dataset_refuses_a_pair_shown_without_its_fields_or_with_an_unkn
         export_ratings_dataset([], tmp_path / "b", lambda p: png("red"), pair_shows=[{**show, "answered": "maybe"}])
     assert not [p for p in tmp_path.iterdir()]
     images = {"a.png": png("red"), "b.png": png("blue")}
-    res = export_ratings_dataset([], tmp_path / "d", images.__getitem__, pair_shows=[show, {**show, "answered": "skip"}])
+    res = export_ratings_dataset([], tmp_path / "d", images.__getitem__, pair_shows=[show, {**show, "rater": "rater-2", "answered": "skip"}])  # one show per pair and rater (db)
     manifest = verify(res.path)
     assert (manifest["pair_shows"], manifest["pair_shows_file"], manifest["comparisons_file"]) == (2, "pair_shows.jsonl", None)
     assert [row["answered"] for row in read_pair_shows(res.path)] == [None, "skip"]
@@ -695,3 +700,114 @@ def test_a_hand_edited_dataset_line_is_refused_in_one_sentence_naming_it(tmp_pat
     manifest["files"][DATASET_FILE]["sha256"] = hashlib.sha256(good).hexdigest()
     (res.path / "manifest.json").write_text(json_.dumps(manifest))
     assert read_ratings_dataset(res.path)[0]["score"] == 7
+
+
+def _forgeable_export(tmp_path):
+    """An export with a row in each of its six files (two ratings), every image a PNG of its own."""
+    images = {name: png(color) for name, color in (("a", "red"), ("b", "blue"), ("c", "green"))}
+    when = "2025-01-02T03:04:05+00:00"
+    image = {"prompt": "p", "seed": 1, "round": 0}
+    pair = {"file_path_a": "a", "file_path_b": "b", "round": 0, "pair_id": 1}
+    rows = [{**image, "file_path": "a", "rater": "rater-1", "score": 5, "rated_at": when, "image_id": 1,
+             "image_sha256": hashlib.sha256(images["a"]).hexdigest()},
+            {**image, "file_path": "b", "seed": 2, "rater": "rater-1", "score": 10, "rated_at": when, "image_id": 2}]
+    res = export_ratings_dataset(
+        rows, tmp_path / "orig", images.__getitem__,
+        [{**pair, "choice": "tie", "kind": "preference", "rater": "rater-1", "voted_at": when}],
+        repeat_ratings=[{"file_path": "a", "round": 0, "rater": "rater-1", "score": 1, "rated_at": when, "image_id": 1}],
+        skips=[{**image, "kind": "image", "file_path": "c", "rater": "rater-1", "skipped_at": when, "image_id": 3},
+               {**pair, "kind": "pair", "pair_kind": "ab", "rater": "rater-2", "skipped_at": when}],
+        gold=[{"file_path": "b", "round": 0, "score": 9, "set_at": when, "image_id": 2}],
+        pair_shows=[{**pair, "kind": "ab", "rater": "rater-2", "shown_at": when, "answered": "skip"}])
+    return res.path
+
+
+_OTHER = "images/" + "0" * 64 + ".png"
+_DATASET_FORGERIES = {  # file, how its rows are edited, what the refusal says
+    "score 11": (DATASET_FILE, lambda r: [{**r[0], "score": 11}, r[1]], r"Line 1 of .* has score 11, not a whole"),
+    "score NaN": (DATASET_FILE, lambda r: [{**r[0], "score": "NaN"}, r[1]], r"Line 1 .* has score 'NaN', not a whole"),
+    "score true": (DATASET_FILE, lambda r: [{**r[0], "score": True}, r[1]], r"Line 1 .* has score True, not a whole"),
+    "scores 0.3 and 73": (DATASET_FILE, lambda r: [{**r[0], "score": 0.3}, {**r[1], "score": 73}],
+                          r"Line 1 .* has score 0\.3, not a whole number from 1 to 10"),
+    "a row twice": (DATASET_FILE, lambda r: [r[0], r[1], r[0]], r"Line 3 .* repeats line 1 \(the same rater and image\)"),
+    "an image outside": (DATASET_FILE, lambda r: [{**r[0], "file_name": "../../../etc/passwd"}, r[1]],
+                         r"Line 1 .* has file_name '\.\./\.\./\.\./etc/passwd', not images/<sha256>\.png"),
+    "an image not in it": (DATASET_FILE, lambda r: [{**r[0], "file_name": _OTHER}, r[1]],
+                           r"Line 1 .* names 'images/0+\.png', which is not an image of the export"),
+    "an image's name on another's bytes": (DATASET_FILE, lambda r: [{**r[0], "file_name": r[1]["file_name"]}, r[1]],
+                                           r"Line 1 .* has image_sha256 '[0-9a-f]+', not the sha256 of 'images/"),
+    "fields missing": (DATASET_FILE, lambda r: [{"x": 1}, r[1]], r"Line 1 .* lacks \['file_name', 'prompt', 'seed'"),
+    "a row less than counted": (DATASET_FILE, lambda r: r[:1], r"metadata\.jsonl' holds 1 rows where the export's "
+                                                               r"manifest counts 2"),
+    "choice 'c'": (COMPARISONS_FILE, lambda r: [{**r[0], "choice": "c"}], r"Line 1 .* has choice 'c', not one of"),
+    "vote image not in it": (COMPARISONS_FILE, lambda r: [{**r[0], "file_name_b": _OTHER}], r"Line 1 .* names 'images/0+"),
+    "vote twice": (COMPARISONS_FILE, lambda r: r * 2, r"Line 2 .* repeats line 1 \(the same rater and pair\)"),
+    "repeat score 0": (REPEATS_FILE, lambda r: [{**r[0], "score": 0}], r"Line 1 of .*repeat_ratings\.jsonl' has score 0"),
+    "repeat twice": (REPEATS_FILE, lambda r: r * 2, r"Line 2 .* repeats line 1"),
+    "skip of a vote": (SKIPS_FILE, lambda r: [{**r[0], "kind": "vote"}, r[1]], r"Line 1 .* has kind 'vote', not one"),
+    "pair skip's image": (SKIPS_FILE, lambda r: [r[0], {**r[1], "file_name_a": "a.png"}], r"Line 2 .* has file_name_a"),
+    "skips counted by kind": (SKIPS_FILE, lambda r: [r[0], {**r[0], "image_id": 9}],
+                              r"holds \{'image': 2, 'pair': 0\} rows where the export's manifest counts "
+                              r"\{'image': 1, 'pair': 1\}"),
+    "gold score 10.5": (GOLD_FILE, lambda r: [{**r[0], "score": 10.5}], r"Line 1 of .*gold\.jsonl' has score 10\.5"),
+    "gold round -1": (GOLD_FILE, lambda r: [{**r[0], "round": -1}], r"has round -1, not a whole number from 0"),
+    "shown answered 'maybe'": (PAIR_SHOWS_FILE, lambda r: [{**r[0], "answered": "maybe"}], r"has answered 'maybe'"),
+}
+
+
+@pytest.mark.parametrize("forgery", list(_DATASET_FORGERIES))
+def test_a_dataset_edited_with_its_manifest_written_again_is_refused_row_by_row(tmp_path, forgery):
+    """The readers checked the manifest's hashes and that each line is a JSON object; a dataset whose rows were edited
+    and its manifest written again to match was read with a score of 11, "NaN", true, 0.3 or 73, a row twice, an image
+    named '../../../etc/passwd' or not in the export, a row of no fields, fewer rows than counted (sixth review). Each
+    row is now checked as the export writes it (db.models' scores, choices and answers; images the manifest hashes
+    under their sha256; one row per rater and image or pair), refused in one sentence naming its line."""
+    import shutil
+
+    from seiko_core import export as core
+    from seiko_core.checkpoint import write_manifest
+
+    clean = _forgeable_export(tmp_path)
+    readers = {DATASET_FILE: read_ratings_dataset, COMPARISONS_FILE: core.read_comparisons,
+               REPEATS_FILE: core.read_repeat_ratings, SKIPS_FILE: core.read_skips, GOLD_FILE: core.read_gold,
+               PAIR_SHOWS_FILE: core.read_pair_shows}
+    name, edit, said = _DATASET_FORGERIES[forgery]
+    forged = tmp_path / "forged"
+    shutil.copytree(clean, forged)
+    rows = [json.loads(line) for line in (forged / name).read_text().splitlines()]
+    (forged / name).write_text("".join(json.dumps(row) + "\n" for row in edit(rows)))
+    manifest = json.loads((forged / "manifest.json").read_text())
+    (forged / "manifest.json").unlink()
+    write_manifest(forged, {k: v for k, v in manifest.items() if k != "files"})  # the forger's manifest verifies
+    verify(forged)
+    with pytest.raises(CheckpointError, match=said) as refused:
+        readers[name](forged)
+    text = str(refused.value)
+    assert text.endswith("it is not an export's rows.") and "\n" not in text and len(text) < 400, text
+    got = {file: reader(clean) for file, reader in readers.items()}  # the export as written reads, every file
+    assert [(r["score"], r["seed"]) for r in got[DATASET_FILE]] == [(5, 1), (10, 2)]
+    assert [len(got[f]) for f in readers] == [2, 1, 1, 2, 1, 1]
+    assert {r["file_name"] for r in got[DATASET_FILE]} <= set(verify(clean)["files"])
+
+
+def test_the_dataset_score_range_and_choices_are_the_databases():
+    """The readers refuse a score or choice the database could not hold; their ranges are db.models'."""
+    from db import models
+    from seiko_core import export as core
+
+    assert (core.SCORE_MIN, core.SCORE_MAX) == (models.SCORE_MIN, models.SCORE_MAX)
+    assert core.VOTE_CHOICES == models.VOTE_CHOICES
+
+
+def test_an_export_refuses_rows_its_readers_would_refuse(tmp_path):
+    """What read_ratings_dataset refuses is not written: a score outside 1-10 or the same rater's image twice is one
+    sentence and no export."""
+    row = {"file_path": "a.png", "prompt": "p", "seed": 1, "round": 0, "rater": "ann", "score": 5, "rated_at": "2025-01-01",
+           "image_id": 1}
+    with pytest.raises(ExportError, match=r"^Rating row 0 has score 11, not a whole number from 1 to 10\.$"):
+        export_ratings_dataset([{**row, "score": 11}], tmp_path / "a", lambda p: png("red"))
+    with pytest.raises(ExportError, match=r"^Rating row 1 repeats row 0 \(the same rater and image\)\.$"):
+        export_ratings_dataset([row, row], tmp_path / "b", lambda p: png("red"))
+    assert not list(tmp_path.iterdir())
+    assert [r["score"] for r in read_ratings_dataset(export_ratings_dataset(
+        [row, {**row, "image_id": 2, "seed": 2}], tmp_path / "c", lambda p: png("red")).path)] == [5, 5]
