@@ -7,11 +7,10 @@ import json
 import logging
 import shutil
 import sys
-import time
 from pathlib import Path
 
 from ..atomic import temp_sibling
-from .build import BuildConfig, build, refine_existing, refine_unet_existing, remeasure
+from .build import BuildConfig, RefineError, build, refine_existing, refine_unet_existing, remeasure, replace_model
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,11 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--steps", type=int, default=None, help="DDIM steps for the fidelity samples")
     q.add_argument("--samples", type=int, default=None, help="fresh samples for the fidelity figures (default: the build's)")
     r = sub.add_parser("refine-encoder", help="run the build's last stage (image-encoder refinement) on a finished "
-                       "build made before that stage existed, then re-measure")
+                       "build made before that stage existed, then re-measure (on a copy: the old model is moved aside to "
+                       "MODEL.replaced-<UTC time>)")
     r.add_argument("--model", required=True, help="a directory written by `build`")
     r.add_argument("--steps", type=int, default=None, help="refinement steps (default: the build's)")
     u = sub.add_parser("refine-unet", help="run the UNet-refinement stage (every named shape drawn as often) on a "
-                       "finished build, then re-measure")
+                       "finished build, then re-measure (on a copy: the old model is moved aside to "
+                       "MODEL.replaced-<UTC time>)")
     u.add_argument("--model", required=True, help="a directory written by `build`")
     u.add_argument("--steps", type=int, default=None, help="refinement steps (default: the build's)")
     u.add_argument("--threads", type=int, default=None, help="CPU threads (default: the build's)")
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     # a full disk, a missing file; the commands that read a finished model also an edited QUALITY.json
     faults: tuple[type[Exception], ...] = (OSError,)
     if args.command in ("quality", "refine-encoder", "refine-unet"):
-        faults = (OSError, json.JSONDecodeError, KeyError)
+        faults = (OSError, json.JSONDecodeError, KeyError, RefineError)
     try:
         return _run(args)
     except faults as exc:
@@ -93,11 +94,7 @@ def build_in_place_of(out: Path, cfg: BuildConfig) -> dict:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # the partial build only; ``out`` was never touched
         raise
-    if out.exists():
-        aside = out.with_name(f"{out.name}.replaced-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}")
-        out.rename(aside)
-        print(f"the model that was at {out} is now at {aside}", file=sys.stderr)
-    tmp.rename(out)
+    replace_model(out, tmp)
     return quality
 
 

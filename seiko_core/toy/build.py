@@ -18,7 +18,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import shutil
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -518,12 +522,16 @@ def refine_existing(model_dir: str | Path, steps: int | None = None) -> dict:
     """Run the encoder-refinement stage on a finished build (one built before the stage existed) and re-measure.
 
     The training data is drawn again from the build's own config (same images and captions); only
-    ``image_encoder/`` and ``text_projection.safetensors`` are rewritten.
+    ``image_encoder/`` and ``text_projection.safetensors`` change. The refine runs on a copy (``_refine_in_copy``):
+    the model at ``model_dir`` is moved aside, not overwritten.
     """
+    return _refine_in_copy(model_dir, lambda copy: _refine_encoder_at(copy, steps))
+
+
+def _refine_encoder_at(model_dir: Path, steps: int | None) -> dict:
     from safetensors.torch import load_file, save_file
     from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
-    model_dir = Path(model_dir)
     old = json.loads((model_dir / "QUALITY.json").read_text())
     cfg = _saved_config(old)
     cfg.clip_refine_steps = BuildConfig.clip_refine_steps if steps is None else steps
@@ -540,6 +548,46 @@ def refine_existing(model_dir: str | Path, steps: int | None = None) -> dict:
     image_encoder.save_pretrained(model_dir / "image_encoder", safe_serialization=True)
     save_file(text_proj, str(model_dir / "text_projection.safetensors"))
     return _measure_refined(model_dir, cfg, old, "refine_s", refine_s)
+
+
+class RefineError(RuntimeError):
+    """A refine of a finished build that failed; the build is as it was (the message says so, in one sentence)."""
+
+
+def replace_model(out: Path, new: Path) -> Path | None:
+    """Move ``new`` (a finished model beside ``out``) to ``out``; a model already at ``out`` is moved aside to
+    ``out.replaced-<UTC time>``, not deleted (its adapters depend on it), and that path returned."""
+    aside = None
+    if out.exists():
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        aside, n = out.with_name(f"{out.name}.replaced-{stamp}"), 1
+        while os.path.lexists(aside):  # two in one second: a rename onto an empty directory would replace it
+            aside, n = out.with_name(f"{out.name}.replaced-{stamp}-{n}"), n + 1
+        out.rename(aside)
+        print(f"the model that was at {out} is now at {aside}", file=sys.stderr)
+    new.rename(out)
+    return aside
+
+
+def _refine_in_copy(model_dir: str | Path, refine: Callable[[Path], dict]) -> dict:
+    """``refine(copy)`` on a copy of the finished build at ``model_dir`` (a temporary sibling: twice its size on
+    disk for the while), then the copy moved into its place and the build moved aside (``replace_model``). The
+    refines saved over the build's own files: a kill or a full disk in the middle left a model of mixed or truncated
+    weights, and even a refine that finished lost the UNet the round adapters had been trained on (sixth review). A
+    failure now removes the copy and leaves the build as it was."""
+    model_dir = Path(model_dir).expanduser().absolute()
+    copy = atomic.temp_sibling(model_dir)
+    try:
+        shutil.copytree(model_dir, copy, symlinks=True)
+        quality = refine(copy)
+    except BaseException as exc:
+        shutil.rmtree(copy, ignore_errors=True)  # the copy only; the build was never written to
+        if not isinstance(exc, Exception):  # Ctrl-C, SystemExit: as they were
+            raise
+        raise RefineError(f"Refining {str(model_dir)!r} failed ({type(exc).__name__}: {exc}); the model there is as "
+                          "it was.") from exc
+    replace_model(model_dir, copy)
+    return quality
 
 
 def _measure_refined(model_dir: Path, cfg: BuildConfig, old: dict, timing: str, seconds: float) -> dict:
@@ -560,12 +608,16 @@ def refine_unet_existing(model_dir: str | Path, steps: int | None = None, thread
     """Run the UNet-refinement stage on a finished build and re-measure; only ``unet/`` is rewritten.
 
     The training data is drawn again from the build's own config and encoded by the model's own VAE (same images,
-    captions and latents, up to floating-point order).
+    captions and latents, up to floating-point order). The refine runs on a copy (``_refine_in_copy``): the model at
+    ``model_dir``, whose UNet the round adapters were trained on, is moved aside, not overwritten.
     """
+    return _refine_in_copy(model_dir, lambda copy: _refine_unet_at(copy, steps, threads))
+
+
+def _refine_unet_at(model_dir: Path, steps: int | None, threads: int | None) -> dict:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    model_dir = Path(model_dir)
     old = json.loads((model_dir / "QUALITY.json").read_text())
     cfg = _saved_config(old)
     cfg.unet_refine_steps = BuildConfig.unet_refine_steps if steps is None else steps

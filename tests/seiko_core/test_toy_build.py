@@ -1,6 +1,7 @@
 """The shapes model's build: its loss weighting against a closed form, and the architecture it saves."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -177,3 +178,87 @@ def test_quality_remeasures_on_the_samples_asked_and_records_each_fidelitys_inte
     with pytest.raises(SystemExit):
         main(["quality", "--model", str(tmp_path / "m"), "--samples", "0"])
     assert "--samples must be at least 1, got 0" in capsys.readouterr().err
+
+
+def _tree(d):
+    from pathlib import Path
+
+    return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(Path(d).rglob("*")) if p.is_file()}
+
+
+@pytest.fixture()
+def finished_build(random_model_dir, tmp_path, monkeypatch):
+    """The tiny random model as a finished build (a QUALITY.json of 4 images), the refine stages' training replaced
+    by a small change of the weights and the quality measure by a stub: what the refines save, not how they train."""
+    import shutil
+    from dataclasses import asdict
+
+    from seiko_core.toy import build as build_module
+    from seiko_core.toy import quality
+
+    model = tmp_path / "models" / "shapes-sd"
+    shutil.copytree(random_model_dir, model)
+    (model / "QUALITY.json").write_text(json.dumps({"build_config": {**asdict(BuildConfig.quick()), "n_images": 4},
+                                                    "timings_s": {"unet_s": 1.0}}))
+
+    def nudge(module):
+        with torch.no_grad():
+            next(module.parameters()).add_(1.0)
+
+    monkeypatch.setattr(build_module, "refine_unet", lambda cfg, unet, *args: nudge(unet))
+    monkeypatch.setattr(build_module, "refine_encoder", lambda cfg, data, tok, text, image, proj: (
+        nudge(image), {k: v + 1 for k, v in proj.items()})[1])
+    monkeypatch.setattr(quality, "measure_quality", lambda model_dir, cfg: {"measured": True})
+    monkeypatch.setattr(quality, "write_model_card", lambda model_dir, q: None)
+    return model
+
+
+def _fail_half_way(*args, **kwargs):
+    """A full disk in the middle of a save (``save_pretrained(self, directory)``, ``save_file(tensors, file)``): part
+    of a weights file written, then ENOSPC."""
+    from pathlib import Path
+
+    target = Path(args[-1])
+    if target.suffix != ".safetensors":  # save_pretrained(directory)
+        target.mkdir(parents=True, exist_ok=True)
+        target = target / "diffusion_pytorch_model.safetensors"
+    target.write_bytes(b"half a weights file")
+    raise OSError(28, "No space left on device")
+
+
+@pytest.mark.parametrize("stage", ["refine-unet", "refine-encoder"])
+def test_a_refine_that_fails_while_saving_leaves_the_build_byte_identical_and_one_that_finishes_keeps_it_aside(
+        finished_build, monkeypatch, stage):
+    """refine-unet and refine-encoder saved over the finished build's own files (unet/; image_encoder/ then
+    text_projection.safetensors): a full disk or a kill in the middle left truncated or mixed weights, and a refine
+    that finished lost the UNet the round adapters were trained on (sixth review). Now they refine a copy: a failure
+    leaves the build byte for byte as it was and says so in one sentence; a success moves the build aside."""
+    import diffusers
+    import safetensors.torch
+
+    from seiko_core.toy.build import RefineError, refine_existing, refine_unet_existing
+
+    refine = {"refine-unet": lambda m: refine_unet_existing(m, steps=1, threads=1),
+              "refine-encoder": lambda m: refine_existing(m, steps=1)}[stage]
+    before = _tree(finished_build)
+    with monkeypatch.context() as m:
+        if stage == "refine-unet":
+            m.setattr(diffusers.UNet2DConditionModel, "save_pretrained", _fail_half_way)
+        else:  # image_encoder/ saved, then text_projection.safetensors fails: a mixed model, in place
+            m.setattr(safetensors.torch, "save_file", _fail_half_way)
+        with pytest.raises(RefineError) as failed:
+            refine(finished_build)
+    said = str(failed.value)
+    assert re.fullmatch(r"Refining '.*shapes-sd' failed \(OSError: \[Errno 28\] No space left on device\); the model "
+                        r"there is as it was\.", said), said
+    assert _tree(finished_build) == before
+    assert [p.name for p in finished_build.parent.iterdir()] == ["shapes-sd"]  # no copy left beside it
+
+    assert refine(finished_build)["measured"] is True  # the stub measured the refined model
+    after = _tree(finished_build)
+    changed = {name for name in before if after.get(name) != before[name]}
+    weights = {"refine-unet": {"unet/diffusion_pytorch_model.safetensors"},
+               "refine-encoder": {"image_encoder/model.safetensors", "text_projection.safetensors"}}[stage]
+    assert weights <= changed and changed <= weights | {"QUALITY.json", "build_config.json", "unet/config.json"}
+    (aside,) = [p for p in finished_build.parent.iterdir() if p.name.startswith("shapes-sd.replaced-")]
+    assert _tree(aside) == before  # the old model, every byte, beside the new one
