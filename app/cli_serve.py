@@ -127,13 +127,17 @@ def install_stop_handlers(stop: threading.Event) -> Callable[[], None]:
 
 def launch(services) -> object:
     """Start the web app in a background thread; returns the gr.Blocks (call ``.close()`` to stop it)."""
-    from app import web_guard
+    from app import net_limits, web_guard
     from app.ui import build_demo, launch_kwargs
 
     host = services.settings.host
     if not resolves(host):  # not the port's fault: it was reported as a busy port (found by review)
         raise ServeError(f"the listen address {host!r} (--host) is neither an IP address nor a name this machine can "
                          "resolve")
+    try:
+        limits = net_limits.Limits.from_env()
+    except net_limits.LimitsError as exc:
+        raise ServeError(str(exc)) from exc
     demo = build_demo(services)
     web_guard.trust_proxies(services.settings)
     kwargs = launch_kwargs(services)
@@ -146,6 +150,11 @@ def launch(services) -> object:
     if web_guard.installed(demo.server_app) is None:  # fail closed: no Host/Origin checks, no sessions
         demo.close()
         raise ServeError("the app's origin and session guard did not start (app.web_guard); not serving without it")
+    # a deadline for each request's head and caps on open connections (app.net_limits; found by the sixth review of
+    # 5 Dec 2026: connections that never finished their headers were held without limit, before the guard sees them)
+    if net_limits.install(demo, limits, trusted_proxies=services.settings.trusted_proxies) is None:
+        demo.close()
+        raise ServeError("the server's connection limits could not be set (app.net_limits); not serving without them")
     if services.local_mode:  # the address with its secret: only a browser that opens it may use the app
         print(f"SEIKO studio on {services.local_url(demo.local_url)} (local mode: no accounts, this computer only; "
               "open this address, token included); Ctrl-C stops it", flush=True)

@@ -112,7 +112,7 @@ def test_serving_accounts_to_the_network_without_a_public_url_warns_once_at_star
     address other computers reach without a public URL; not on this computer only, nor with the URL set."""
     from types import SimpleNamespace
 
-    from app import cli_serve, web_guard
+    from app import cli_serve, net_limits, web_guard
     from app.settings import Settings
 
     class FakeDemo:
@@ -124,6 +124,7 @@ def test_serving_accounts_to_the_network_without_a_public_url_warns_once_at_star
     monkeypatch.setattr(ui, "build_demo", lambda services: FakeDemo())
     monkeypatch.setattr(ui, "launch_kwargs", lambda services: {})
     monkeypatch.setattr(web_guard, "installed", lambda app: object())
+    monkeypatch.setattr(net_limits, "install", lambda demo, limits, **kw: object())
     monkeypatch.setenv("FORWARDED_ALLOW_IPS", "")  # trust_proxies sets it; restored after the test
 
     def started(host: str, public_url: str | None = None, local_mode: bool = False) -> str:

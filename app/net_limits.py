@@ -1,0 +1,277 @@
+"""Limits on the server's connections, below the web guard: a deadline for a request's head, and caps on the
+connections open per client address and in all.
+
+``app.web_guard`` sees a request only once its line and headers are complete, and the server Gradio starts (uvicorn,
+h11) gave a request's head no deadline and held any number of connections. A review (5 Dec 2026, sixth) showed what
+that allowed anyone, signed in or not: 1,500 connections that each sent ``GET / HTTP/1.1``, a Host and the start of
+one more header, then nothing, all stayed open; with the open-file limit at 600, 700 of them made the login page time
+out, and every connection the server then failed to accept logged a traceback (Python 3.11's accept loop retries
+each waiting connection: 38,905 tracebacks, 18 MB of log in 13 s).
+
+``install`` puts, into the server a launched Blocks runs (``demo.server``, a ``uvicorn.Server``):
+
+- ``LimitedH11Protocol`` (uvicorn's h11 protocol) for every new connection: a connection whose request line and
+  headers are not complete within ``Limits.head_deadline_s`` of it opening (or of the previous answer ending, on a kept
+  alive connection) is closed, with a 408 and one sentence when it sent part of a head; one past
+  ``Limits.per_address`` open from its address gets 429 and one sentence and is closed at once, one past
+  ``Limits.total`` 503. An address of a trusted proxy (SEIKO_TRUSTED_PROXIES) counts towards the total only, since
+  every person behind it comes from it.
+- an exception handler on the server's event loop that logs a failed accept (no file descriptor left) at most once
+  every ``ACCEPT_LOG_EVERY_S``, with the count held back and no traceback; anything else goes to asyncio's own handler.
+
+The limits come from the environment (``Limits.from_env``): SEIKO_HEAD_TIMEOUT_S (default 10),
+SEIKO_CONNECTIONS_PER_ADDRESS (default 64) and SEIKO_MAX_CONNECTIONS (default 512, and never more than half the
+process's open-file limit, so that the limit is not reached by connections alone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import functools
+import ipaddress
+import logging
+import os
+import resource
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+log = logging.getLogger(__name__)
+
+ENV_HEAD_TIMEOUT = "SEIKO_HEAD_TIMEOUT_S"
+ENV_PER_ADDRESS = "SEIKO_CONNECTIONS_PER_ADDRESS"
+ENV_TOTAL = "SEIKO_MAX_CONNECTIONS"
+DEFAULT_HEAD_DEADLINE_S = 10.0
+DEFAULT_PER_ADDRESS = 64  # a browser opens at most 6 connections to a host over HTTP/1.1
+DEFAULT_TOTAL = 512
+ACCEPT_LOG_EVERY_S = 10.0
+
+SLOW_HEAD = "The request's line and headers did not arrive within {s:g} seconds; the connection is closed."
+TOO_MANY_FROM_ADDRESS = ("Your address has {n} connections open to this server, the most it may have; close some and "
+                         "try again.")
+TOO_MANY_IN_ALL = "The server has {n} connections open, the most it takes; try again in a moment."
+
+
+class LimitsError(ValueError):
+    """A limit in the environment is not a number the server can use; the message says which."""
+
+
+def _fd_limit() -> int | None:
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else int(soft)
+
+
+@dataclass(frozen=True)
+class Limits:
+    head_deadline_s: float = DEFAULT_HEAD_DEADLINE_S
+    per_address: int = DEFAULT_PER_ADDRESS
+    total: int = DEFAULT_TOTAL
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, fd_limit: int | None = -1) -> Limits:
+        """The limits SEIKO_HEAD_TIMEOUT_S, SEIKO_CONNECTIONS_PER_ADDRESS and SEIKO_MAX_CONNECTIONS ask for (LimitsError
+        for one that is not a positive number); the total is at most half ``fd_limit`` (the process's soft open-file
+        limit unless given; None for none)."""
+        env = os.environ if environ is None else environ
+        fd_limit = _fd_limit() if fd_limit == -1 else fd_limit
+
+        def number(name: str, default: float, kind: Callable[[str], float], low: float, high: float) -> float:
+            raw = env.get(name, "").strip()
+            if not raw:
+                return default
+            try:
+                value = kind(raw)
+            except ValueError:
+                value = float("nan")
+            if not low <= value <= high:  # nan too
+                raise LimitsError(f"{name} must be a {'whole ' if kind is int else ''}number from {low:g} to {high:g}, "
+                                  f"not {raw[:40]!r}")
+            return value
+
+        head = number(ENV_HEAD_TIMEOUT, DEFAULT_HEAD_DEADLINE_S, float, 1, 600)
+        per_address = int(number(ENV_PER_ADDRESS, DEFAULT_PER_ADDRESS, int, 1, 100_000))
+        total = int(number(ENV_TOTAL, DEFAULT_TOTAL, int, 1, 1_000_000))
+        if fd_limit is not None:
+            total = max(1, min(total, fd_limit // 2))
+        return cls(head_deadline_s=head, per_address=per_address, total=total)
+
+
+class Gate:
+    """The connections open, per client address and in all (touched only on the server's event loop)."""
+
+    def __init__(self, limits: Limits, exempt: Iterable[str] = ()) -> None:
+        self.limits = limits
+        self.exempt = [ipaddress.ip_network(n, strict=False) for n in exempt]
+        self.open: dict[str, int] = {}
+        self.total = 0
+        self.refused = 0
+        self.closed_slow = 0
+        self._refusal_log = _Every(ACCEPT_LOG_EVERY_S)
+
+    def _exempt(self, host: str) -> bool:
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in net for net in self.exempt)
+
+    def admit(self, host: str | None) -> tuple[int, str] | None:
+        """None, the connection from ``host`` counted (``release`` it when it closes), or (status, sentence)."""
+        if self.total >= self.limits.total:
+            return self._refuse(503, TOO_MANY_IN_ALL.format(n=self.limits.total), "in all")
+        key = host or "?"
+        if not self._exempt(key) and self.open.get(key, 0) >= self.limits.per_address:
+            return self._refuse(429, TOO_MANY_FROM_ADDRESS.format(n=self.limits.per_address), f"from {key}")
+        self.open[key] = self.open.get(key, 0) + 1
+        self.total += 1
+        return None
+
+    def release(self, host: str | None) -> None:
+        key = host or "?"
+        left = self.open.get(key, 0) - 1
+        if left > 0:
+            self.open[key] = left
+        else:
+            self.open.pop(key, None)
+        self.total -= 1
+
+    def _refuse(self, status: int, sentence: str, where: str) -> tuple[int, str]:
+        self.refused += 1
+        if (held := self._refusal_log.due()) is not None:
+            log.warning("refused a connection: too many open %s (%d refused since the last such line)", where, held)
+        return status, sentence
+
+
+class _Every:
+    """Whether a log line is due: the first, then at most one every ``every_s``; ``due`` returns the count of calls
+    since the last line (itself included), or None when the line is not due."""
+
+    def __init__(self, every_s: float) -> None:
+        self.every_s, self._last, self._held = every_s, None, 0
+
+    def due(self) -> int | None:
+        now = time.monotonic()
+        self._held += 1
+        if self._last is not None and now - self._last < self.every_s:
+            return None
+        self._last, held, self._held = now, self._held, 0
+        return held
+
+
+def _answer(status: int, sentence: str) -> bytes:
+    """A whole HTTP/1.1 answer with ``sentence`` as its body, closing the connection (written before any request, so
+    built here: h11 sends an answer only to a request it has read)."""
+    reason = {408: b"Request Timeout", 429: b"Too Many Requests", 503: b"Service Unavailable"}[status]
+    body = sentence.encode()
+    return (b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
+            b"connection: close\r\ncache-control: no-store\r\n\r\n%s" % (status, reason, len(body), body))
+
+
+class LimitedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for each request's head and the connection caps of a ``Gate``."""
+
+    def __init__(self, *args: Any, gate: Gate, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = gate
+        self._admitted = False
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_bytes = False  # part of a head arrived since the deadline was set
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        host = self.client[0] if self.client else None
+        refused = self.gate.admit(host)
+        if refused is not None:
+            transport.write(_answer(*refused))
+            transport.close()
+            return
+        self._admitted = True
+        self._set_head_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_deadline()
+        if self._admitted:
+            self._admitted = False
+            self.gate.release(self.client[0] if self.client else None)
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._head_timer is not None:
+            self._head_bytes = True
+        super().data_received(data)
+        if self._head_timer is not None and self.conn.their_state is not h11.IDLE:
+            self._cancel_head_deadline()  # the head is complete (or refused, 400)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():  # kept alive: the next request's head has its own deadline
+            self._set_head_deadline()
+
+    def _set_head_deadline(self) -> None:
+        self._cancel_head_deadline()
+        self._head_bytes = False
+        self._head_timer = self.loop.call_later(self.gate.limits.head_deadline_s, self._head_too_slow)
+
+    def _cancel_head_deadline(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+            return
+        self.gate.closed_slow += 1
+        if self._head_bytes:  # a connection that sent nothing (a browser's spare one) is closed without an answer
+            self.transport.write(_answer(408, SLOW_HEAD.format(s=self.gate.limits.head_deadline_s)))
+        self.transport.close()
+
+
+class AcceptLog:
+    """An event loop exception handler: a failed accept for want of file descriptors (or memory) is logged at most
+    once every ``every_s`` with the count held back and no traceback; anything else goes to the loop's default."""
+
+    RESOURCE_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+    def __init__(self, every_s: float = ACCEPT_LOG_EVERY_S) -> None:
+        self._every = _Every(every_s)
+        self.failed = 0
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in self.RESOURCE_ERRNOS and "accept" in str(context.get("message")):
+            self.failed += 1
+            if (held := self._every.due()) is not None:
+                log.error("could not accept %d connection(s) (%s): the process's open-file limit is reached; "
+                          "connections are refused until some close (logged at most every %g s)",
+                          held, exc.strerror or exc, self._every.every_s)
+            return
+        loop.default_exception_handler(context)
+
+
+@dataclass
+class Installed:
+    gate: Gate
+    accept_log: AcceptLog
+
+
+def install(demo: Any, limits: Limits, *, trusted_proxies: Iterable[str] = ()) -> Installed | None:
+    """Put the limits into the uvicorn server ``demo`` (a launched gr.Blocks) runs: every connection made from now on
+    is a ``LimitedH11Protocol`` (uvicorn makes each with ``config.http_protocol_class``), and the server's event loop
+    logs failed accepts through ``AcceptLog``. None when ``demo`` runs no uvicorn server this can reach."""
+    server = getattr(demo, "server", None)
+    config = getattr(server, "config", None)
+    servers = getattr(server, "servers", None)
+    if config is None or not getattr(config, "loaded", False) or not servers:
+        return None
+    loop = servers[0].get_loop()
+    gate = Gate(limits, exempt=trusted_proxies)
+    accept_log = AcceptLog()
+    config.http_protocol_class = functools.partial(LimitedH11Protocol, gate=gate)
+    loop.call_soon_threadsafe(loop.set_exception_handler, accept_log)
+    return Installed(gate=gate, accept_log=accept_log)

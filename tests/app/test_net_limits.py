@@ -1,0 +1,255 @@
+"""The server's connection limits (app.net_limits), on the server `serve` starts (app.cli_serve.launch).
+
+Found by the sixth review of 5 Dec 2026: a connection that sent the start of a request's head and then nothing was
+held for ever (the web guard sees a request only once its head is complete), any number of them from one address,
+and with the open-file limit reached every failed accept logged a traceback (38,905 in 13 s)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import resource
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app import cli_serve, net_limits
+from app.ui import AppServices
+
+PARTIAL_HEAD = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nX-a: "
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def served(ui_world, monkeypatch):
+    """``served(**env)``: the app launched as `serve` launches it, with the SEIKO_* limits in ``env``; its base URL."""
+    demos = []
+
+    def serve(**env: str) -> str:
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        settings = dataclasses.replace(ui_world.settings, port=free_port())
+        services = AppServices(factory=ui_world.factory, settings=settings, local_mode=False, batch_size=4)
+        demos.append(cli_serve.launch(services))
+        return demos[-1].local_url.rstrip("/")
+
+    yield serve
+    for demo in demos:
+        demo.close()
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def _connect(port: int, source: str = "127.0.0.1") -> socket.socket:
+    s = socket.socket()
+    s.bind((source, 0))
+    s.settimeout(10)
+    s.connect(("127.0.0.1", port))
+    return s
+
+
+def _closed_within(s: socket.socket, seconds: float) -> tuple[bool, bytes]:
+    """Whether the server closed ``s`` within ``seconds``, and what it sent first."""
+    s.settimeout(seconds)
+    got = b""
+    try:
+        while chunk := s.recv(4096):
+            got += chunk
+        return True, got
+    except TimeoutError:
+        return False, got
+    except ConnectionResetError:
+        return True, got
+
+
+def test_a_connection_that_does_not_finish_its_request_head_is_closed_at_the_deadline(served):
+    url = served(SEIKO_HEAD_TIMEOUT_S="2")
+    port = _port(url)
+    silent, partial = _connect(port), _connect(port)
+    partial.sendall(PARTIAL_HEAD % port)
+    started = time.monotonic()
+    closed, answer = _closed_within(partial, 8)
+    assert closed and 1.5 <= time.monotonic() - started <= 6, (closed, time.monotonic() - started)
+    assert answer.startswith(b"HTTP/1.1 408 ") and b"did not arrive within 2 seconds" in answer, answer
+    closed, answer = _closed_within(silent, 4)  # sent nothing: closed without an answer
+    assert closed and answer == b""
+    # a whole request is answered, and a kept-alive connection's next request has the same deadline
+    with httpx.Client() as client:
+        assert client.get(f"{url}/").status_code == 200
+        time.sleep(2.5)  # past the deadline of the first connection's head: this one's was met
+        assert client.get(f"{url}/").status_code == 200
+
+
+def test_a_head_sent_slowly_but_within_the_deadline_is_answered(served):
+    url = served(SEIKO_HEAD_TIMEOUT_S="3")
+    port = _port(url)
+    s = _connect(port)
+    head = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: close\r\n\r\n" % port
+    for piece in (head[:10], head[10:30], head[30:]):
+        s.sendall(piece)
+        time.sleep(0.6)
+    closed, answer = _closed_within(s, 10)
+    assert closed and answer.startswith(b"HTTP/1.1 200 "), answer[:80]
+
+
+def test_one_address_holds_at_most_its_share_of_connections_and_another_is_still_answered(served):
+    url = served(SEIKO_CONNECTIONS_PER_ADDRESS="4", SEIKO_HEAD_TIMEOUT_S="60")
+    port = _port(url)
+    held = [_connect(port) for _ in range(4)]
+    for s in held:
+        s.sendall(PARTIAL_HEAD % port)
+    time.sleep(0.3)
+    fifth = _connect(port)
+    closed, answer = _closed_within(fifth, 3)
+    assert closed and answer.startswith(b"HTTP/1.1 429 ") and b"4 connections open" in answer, answer
+    # another address (127.0.0.2 is this machine too) is answered meanwhile
+    other = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"))
+    with other:
+        assert other.get(f"{url}/").status_code == 200
+    # the held ones still count: none of them was closed; closing one lets its address in again
+    for s in held:
+        s.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            s.recv(1)
+    held.pop().close()
+    time.sleep(0.3)
+    assert httpx.get(f"{url}/").status_code == 200
+    for s in held:
+        s.close()
+
+
+def test_the_total_cap_refuses_with_503():
+    gate = net_limits.Gate(net_limits.Limits(per_address=10, total=3))
+    assert [gate.admit(f"10.0.0.{i}") for i in range(3)] == [None] * 3
+    status, sentence = gate.admit("10.0.0.9")
+    assert status == 503 and "3 connections open" in sentence
+    gate.release("10.0.0.1")
+    assert gate.admit("10.0.0.9") is None
+
+
+def test_a_trusted_proxy_counts_towards_the_total_only():
+    gate = net_limits.Gate(net_limits.Limits(per_address=2, total=5), exempt=["127.0.0.1"])
+    assert [gate.admit("127.0.0.1") for _ in range(5)] == [None] * 5
+    assert gate.admit("127.0.0.1")[0] == 503
+    gate2 = net_limits.Gate(net_limits.Limits(per_address=2, total=5), exempt=["10.1.0.0/16"])
+    assert gate2.admit("10.2.0.1") is None and gate2.admit("10.2.0.1") is None
+    assert gate2.admit("10.2.0.1")[0] == 429
+
+
+def test_limits_from_the_environment_are_checked_and_the_total_stays_under_the_open_file_limit():
+    assert net_limits.Limits.from_env({}, fd_limit=None) == net_limits.Limits(10.0, 64, 512)
+    assert net_limits.Limits.from_env({}, fd_limit=600).total == 300
+    got = net_limits.Limits.from_env({"SEIKO_HEAD_TIMEOUT_S": "2.5", "SEIKO_CONNECTIONS_PER_ADDRESS": "8",
+                                      "SEIKO_MAX_CONNECTIONS": "100"}, fd_limit=None)
+    assert got == net_limits.Limits(2.5, 8, 100)
+    for name, bad in (("SEIKO_HEAD_TIMEOUT_S", "0"), ("SEIKO_HEAD_TIMEOUT_S", "nan"), ("SEIKO_CONNECTIONS_PER_ADDRESS", "2.5"),
+                      ("SEIKO_MAX_CONNECTIONS", "-1"), ("SEIKO_MAX_CONNECTIONS", "lots")):
+        with pytest.raises(net_limits.LimitsError, match=name):
+            net_limits.Limits.from_env({name: bad}, fd_limit=None)
+
+
+def test_serve_refuses_a_bad_limit_in_one_sentence(ui_world, monkeypatch):
+    monkeypatch.setenv("SEIKO_CONNECTIONS_PER_ADDRESS", "many")
+    settings = dataclasses.replace(ui_world.settings, port=free_port())
+    with pytest.raises(cli_serve.ServeError, match="SEIKO_CONNECTIONS_PER_ADDRESS must be a whole number"):
+        cli_serve.launch(AppServices(factory=ui_world.factory, settings=settings, local_mode=False))
+
+
+def test_failed_accepts_are_logged_once_every_few_seconds_without_a_traceback(caplog):
+    import asyncio
+    import errno
+
+    handler = net_limits.AcceptLog(every_s=60)
+    loop = asyncio.new_event_loop()
+    try:
+        with caplog.at_level(logging.DEBUG):
+            for _ in range(5000):
+                handler(loop, {"message": "socket.accept() out of system resource",
+                               "exception": OSError(errno.EMFILE, "Too many open files")})
+    finally:
+        loop.close()
+    lines = [r for r in caplog.records if r.name == "app.net_limits"]
+    assert len(lines) == 1 and lines[0].exc_info is None and "open-file limit" in lines[0].getMessage()
+    assert handler.failed == 5000
+
+
+def test_the_served_app_under_a_low_open_file_limit_stays_answering_and_logs_no_traceback_flood(ui_world, tmp_path):
+    """The review's reproduction: `serve` with an open-file limit of 600, 700 connections each holding a partial head.
+    Before, the login page timed out and the log took thousands of tracebacks a second."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model_index.json").write_text("{}")
+    port = free_port()
+    settings = ui_world.settings
+    log_path = tmp_path / "serve.log"
+
+    def low_fd_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (600, 600))
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEIKO_")}
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--port", str(port), "--data-dir",
+                                 str(settings.data_dir), "--db-url", settings.db_url, "--model", str(model)],
+                                stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=low_fd_limit, env=env,
+                                cwd=Path(__file__).resolve().parents[2])
+    socks: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-2000:]
+            time.sleep(0.3)
+        sources = [f"127.0.0.{i}" for i in range(2, 6)]  # 4 other addresses (this machine too), 175 each
+        for i in range(700):
+            try:
+                s = _connect(port, sources[i % len(sources)])
+                s.sendall(PARTIAL_HEAD % port)
+                socks.append(s)
+            except OSError:
+                break
+        time.sleep(3)
+        started = time.monotonic()
+        answer = httpx.post(f"http://127.0.0.1:{port}/login", data={"username": "alice", "password": "wrong one"},
+                            timeout=10)
+        assert answer.status_code < 500 and time.monotonic() - started < 5, answer.status_code
+        time.sleep(2)
+    finally:
+        for s in socks:
+            s.close()
+        proc.terminate()
+        proc.wait(timeout=30)
+    text = log_path.read_text()
+    assert text.count("Traceback") == 0, text[-3000:]
+    assert len(text.splitlines()) < 60, text[-3000:]
+
+
+def test_serve_puts_the_accept_log_on_the_servers_event_loop(ui_world):
+    settings = dataclasses.replace(ui_world.settings, port=free_port())
+    demo = cli_serve.launch(AppServices(factory=ui_world.factory, settings=settings, local_mode=False))
+    try:
+        loop = demo.server.servers[0].get_loop()
+        deadline = time.monotonic() + 5
+        while not isinstance(loop.get_exception_handler(), net_limits.AcceptLog) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert isinstance(loop.get_exception_handler(), net_limits.AcceptLog)
+        assert isinstance(demo.server.config.http_protocol_class.func, type)
+        assert issubclass(demo.server.config.http_protocol_class.func, net_limits.LimitedH11Protocol)
+    finally:
+        demo.close()
