@@ -183,12 +183,19 @@ OTHER_SITE_REFUSAL = ("An export is downloaded from the app's own page or by ope
                       "site's page.")
 
 
+def other_site(headers: Any) -> bool:
+    """Whether the browser says another site's page made it send the request (``Sec-Fetch-Site`` cross-site or
+    same-site); False without the header (curl, scripts) and for the app's own page (same-origin) or an address typed
+    (none). ``headers``: a case-insensitive mapping (Starlette's Headers). Also used by ``app.web_guard``."""
+    return headers.get("sec-fetch-site", "").strip().lower() in OTHER_SITE
+
+
 def _other_sites_request(request: Request) -> bool:
     """Whether ``request`` was made by another site's page for something other than opening it as a page (an image, a
     script, a frame, a fetch): ``Sec-Fetch-Site`` is cross-site or same-site, and the request is not a top-level
     navigation (``Sec-Fetch-Mode: navigate`` and ``Sec-Fetch-Dest: document``). False without the headers (curl)."""
     headers = request.headers
-    if headers.get("sec-fetch-site", "").strip().lower() not in OTHER_SITE:
+    if not other_site(headers):
         return False
     return not (headers.get("sec-fetch-mode", "").strip().lower() == "navigate"
                 and headers.get("sec-fetch-dest", "").strip().lower() == "document")

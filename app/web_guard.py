@@ -100,7 +100,7 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import Request, cookie_parser
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 
-from app import auth, gradio_routes
+from app import auth, gradio_routes, ui_export
 from app.sessions import LoginThrottle, SessionInfo, SessionStore, StaleSignIn
 
 log = logging.getLogger("seiko.web")
@@ -398,6 +398,7 @@ class WebGuard:
         # A page's session is pinned while its heartbeat is open, an event while it waits or runs (found by review: a
         # script's sessions pushed out the page of the same account, whose next rating was lost).
         self.heartbeats: dict[str, int] = {}  # session hash -> open heartbeat streams (touched only on the event loop)
+        self.open_streams: dict[str, int] = {}  # account -> its open heartbeats and result streams (event loop only)
         # session -> its open stream of results (``_one_stream``; event loop only)
         self.streams: dict[str, _Stream] = {}
         self._admitting: dict[str, int] = {}  # account -> its event-making requests not yet answered (event loop only)
@@ -553,6 +554,12 @@ class WebGuard:
             await self._refuse(scope, receive, send, str(exc), 400)
             return
         read = gradio_routes.call_read_of(path, method)  # (api, event id) of GET /gradio_api/call/{api}/{event id}
+        # a heartbeat or a stream of results opened by another site's page (an <img> there sends the Lax cookie) is
+        # refused before its session hash is claimed, as the export download is (ui_export.other_site): it let any
+        # site a signed-in person visits claim session hashes for them and hold streams open (sixth review)
+        if self._stream_route(path, method, named, read) and ui_export.other_site(headers):
+            await self._refuse(scope, receive, send, OTHER_SITE_STREAM, 403)
+            return
         if self.sessions is not None:
             if not session_checked:
                 signed_in = await self._check_session(headers, secure)
@@ -601,7 +608,7 @@ class WebGuard:
             if user is not None and (named is not None or gradio_routes.makes_event(path, method)):
                 self._sweep()
             if user is not None and named is not None and path.startswith(gradio_routes.HEARTBEAT) and method == "GET":
-                await self._while_beating(named, scope, receive, self._lax_send(send, secure))
+                await self._while_beating(named, user, scope, receive, self._lax_send(send, secure))
                 return
             if user is not None and gradio_routes.makes_event(path, method):
                 block_fn = gradio_routes.event_function(path, parsed, self._fns())
@@ -681,15 +688,43 @@ class WebGuard:
             if not self._admitting_fn[mine]:
                 del self._admitting_fn[mine]
 
-    async def _while_beating(self, session: str, scope: Scope, receive: Receive, send: Send) -> None:
-        """Pass a page's heartbeat on, the session pinned (``Owners``) while the stream is open."""
+    async def _while_beating(self, session: str, user: str, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass a page's heartbeat on, the session pinned (``Owners``) while the stream is open; refused (429) when
+        ``user`` has STREAMS_PER_ACCOUNT streams open."""
+        if self._streams_full(user):
+            await self._refuse(scope, receive, send, TOO_MANY_STREAMS.format(n=STREAMS_PER_ACCOUNT), 429)
+            return
         self.heartbeats[session] = self.heartbeats.get(session, 0) + 1
+        self._stream_opened(user)
         try:
             await self.inner(scope, receive, send)
         finally:
+            self._stream_closed(user)
             self.heartbeats[session] -= 1
             if not self.heartbeats[session]:
                 del self.heartbeats[session]
+
+    @staticmethod
+    def _stream_route(path: str, method: str | None, named: str | None, read: tuple[str, str] | None) -> bool:
+        """Whether the request opens a heartbeat or a stream of results (``GET /heartbeat/H``, ``/queue/data``,
+        ``/call/{api}/{event id}``)."""
+        return method == "GET" and (path.startswith(gradio_routes.HEARTBEAT) or read is not None
+                                    or (named is not None and gradio_routes.reads_session(path, method)))
+
+    def _streams_full(self, user: str | None) -> bool:
+        return user is not None and self.open_streams.get(user, 0) >= STREAMS_PER_ACCOUNT
+
+    def _stream_opened(self, user: str | None) -> None:
+        if user is not None:
+            self.open_streams[user] = self.open_streams.get(user, 0) + 1
+
+    def _stream_closed(self, user: str | None) -> None:
+        if user is not None:
+            left = self.open_streams.get(user, 0) - 1
+            if left > 0:
+                self.open_streams[user] = left
+            else:
+                self.open_streams.pop(user, None)
 
     def _streamed_session(self, path: str, method: str | None, named: str | None,
                           read: tuple[str, str] | None) -> str | None:
@@ -715,7 +750,22 @@ class WebGuard:
         when a stream's client leaves). Any other request for an open stream (one that has not answered yet, or is
         ending) waits up to STREAM_WAIT_S for it to end (a page opens its next stream as the last one closes), then
         gets 409 with one sentence; one whose session lost its messages meanwhile gets the 404 sentence before
-        Gradio."""
+        Gradio. An account holds at most STREAMS_PER_ACCOUNT streams and heartbeats open (429 past it; a take-over
+        passes)."""
+        path, method = get_route_path(scope), scope.get("method")
+        live = self.streams.get(session)
+        # an account past STREAMS_PER_ACCOUNT open is refused (429), but for a take-over: the stream it takes ends
+        if (live is None or not live.movable(path, method, user)) and self._streams_full(user):
+            await self._refuse(scope, receive, send, TOO_MANY_STREAMS.format(n=STREAMS_PER_ACCOUNT), 429)
+            return
+        self._stream_opened(user)
+        try:
+            await self._one_stream_opened(session, user, scope, receive, send)
+        finally:
+            self._stream_closed(user)
+
+    async def _one_stream_opened(self, session: str, user: str | None, scope: Scope, receive: Receive,
+                                 send: Send) -> None:
         path, method = get_route_path(scope), scope.get("method")
         deadline = time.monotonic() + STREAM_WAIT_S
         while (live := self.streams.get(session)) is not None:
@@ -1239,6 +1289,15 @@ class WebGuard:
 # one stream of a session's results at a time (``WebGuard._one_stream``): a second that may not take the first over
 # waits this long for it to end, checking every STREAM_POLL_S, then is refused; one that takes it over waits at most
 # this long for the first's answer to end
+# heartbeats and result streams an account may hold open at once (a page holds two, a heartbeat and its results);
+# one past it gets 429 (found by the sixth review of 5 Dec 2026: one rater held 150 heartbeats, each a connection and a
+# task of the server's, and more at will); read at each request
+STREAMS_PER_ACCOUNT = 16
+TOO_MANY_STREAMS = ("Your account has {n} of the app's streams open (each open page holds two); close some of its "
+                    "pages and try again.")
+# a stream or heartbeat another site's page made the browser open (an <img>, a link: the Lax cookie goes with a GET)
+OTHER_SITE_STREAM = ("The app's heartbeat and result streams are opened by its own page, not by another site's; this "
+                     "request came from another site.")
 STREAM_WAIT_S = 2.0
 STREAM_POLL_S = 0.05
 ONE_STREAM = "Another stream is already reading this session's results; a session has one open at a time."

@@ -383,3 +383,91 @@ def test_a_session_pushed_out_while_its_stream_is_open_keeps_its_messages_and_le
         demo.close()
     _no_traceback(capfd, caplog)
     assert kept  # its messages were kept while it was open
+
+
+def _raw_get(url: str, http: httpx.Client, target: str, **headers: str) -> socket.socket:
+    """``GET target`` on a connection of its own, with ``http``'s cookies and ``headers``, left open."""
+    parts = urlsplit(url)
+    cookie = "; ".join(f"{name}={value}" for name, value in http.cookies.items())
+    extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=15)
+    sock.sendall(f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nCookie: {cookie}\r\n{extra}\r\n".encode())
+    return sock
+
+
+def _answer(http: httpx.Client, target: str, headers: dict[str, str]) -> tuple[int, str]:
+    """The status of ``GET target`` and, unless it is a 200 (a stream that may never end), its body."""
+    with http.stream("GET", target, headers=headers) as r:
+        return r.status_code, "" if r.status_code == 200 else r.read().decode()
+
+
+def test_another_sites_page_cannot_open_a_heartbeat_or_a_stream_for_a_signed_in_person(served):
+    """Found by the sixth review of 5 Dec 2026: ``GET /gradio_api/heartbeat/H`` answered a request another site's page
+    made the browser send (an <img>: the Lax cookie goes with it, ``Sec-Fetch-Site: cross-site``, or same-site from a
+    sibling subdomain), so any site a signed-in person visited could claim session hashes for them and hold streams
+    open; ``/queue/data`` and ``/call/{api}/{event}`` likewise reached the session checks. Each is refused (403, one
+    sentence) before the hash is claimed; the app's own page (same-origin) and clients without the header still work."""
+    world, demo, url = served
+    with signed_in(url, "alice") as alice, signed_in(url, "bob") as bob:
+        for site in ("cross-site", "same-site", "Cross-Site"):
+            for target in ("/gradio_api/heartbeat/xsite-claimed", "/gradio_api/queue/data?session_hash=xsite-claimed",
+                           "/gradio_api/call/next_batch/some-event"):
+                status, text = _answer(alice, target, {"Sec-Fetch-Site": site, "Sec-Fetch-Mode": "no-cors",
+                                                       "Sec-Fetch-Dest": "image"})
+                assert status == 403 and text == web_guard.OTHER_SITE_STREAM, (site, target, status, text)
+            # a top-level navigation from another site (a link) is refused as well: no page opens these as a page
+            assert _answer(alice, "/gradio_api/heartbeat/xsite-claimed", {
+                "Sec-Fetch-Site": site, "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"})[0] == 403
+        # the hash was not claimed for alice: bob's own page may use it
+        with bob.stream("GET", "/gradio_api/heartbeat/xsite-claimed", headers={"Sec-Fetch-Site": "same-origin"}) as beat:
+            assert beat.status_code == 200
+        for site in ("same-origin", "none", None):
+            headers = {"Sec-Fetch-Site": site} if site else {}
+            with alice.stream("GET", "/gradio_api/heartbeat/alice-own", headers=headers) as beat:
+                assert beat.status_code == 200, site
+
+
+def test_an_account_holds_at_most_its_share_of_streams_open(ui_world, monkeypatch, capfd, caplog):
+    """Found by the sixth review of 5 Dec 2026: one signed-in rater held 150 heartbeats open (each a connection and a
+    task of the server's), and more at will. An account holds at most STREAMS_PER_ACCOUNT heartbeats and result
+    streams open; one more gets 429 and one sentence, another account is untouched, and closing one lets one in."""
+    monkeypatch.setattr(web_guard, "STREAMS_PER_ACCOUNT", 3)
+    demo, url = launch(ui_world)
+    capfd.readouterr()
+    held: list[socket.socket] = []
+    try:
+        with signed_in(url, "alice") as alice, signed_in(url, "bob") as bob:
+            for i in range(3):
+                held.append(_raw_get(url, alice, f"/gradio_api/heartbeat/beat-{i}"))
+                assert _status(held[-1])[0] == 200
+            over = _raw_get(url, alice, "/gradio_api/heartbeat/beat-3")
+            status, body = _status(over)
+            over.close()
+            assert status == 429 and body.decode() == web_guard.TOO_MANY_STREAMS.format(n=3), body
+            joined(alice, demo, "results-over")  # a stream of results counts too
+            over = _raw_stream(url, alice, "results-over")
+            status, body = _status(over)
+            over.close()
+            assert status == 429, body
+            with bob.stream("GET", "/gradio_api/heartbeat/bob-beat") as beat:
+                assert beat.status_code == 200
+            held.pop().close()
+            deadline = time.monotonic() + 5
+            while True:  # the server sees the close (its disconnect) at once; a moment for it to reach the count
+                with alice.stream("GET", "/gradio_api/heartbeat/beat-4") as beat:
+                    if beat.status_code == 200:
+                        break
+                assert time.monotonic() < deadline, "the closed heartbeat still counted"
+                time.sleep(0.1)
+            while True:  # with a heartbeat closed (beat-4 too, as the server sees its close), the results are read
+                with alice.stream("GET", "/gradio_api/queue/data", params={"session_hash": "results-over"}) as stream:
+                    if stream.status_code == 200:
+                        assert any("process_completed" in line for line in stream.iter_lines())
+                        break
+                assert time.monotonic() < deadline + 5, "the closed heartbeat still counted"
+                time.sleep(0.1)
+    finally:
+        for s in held:
+            s.close()
+        demo.close()
+    _no_traceback(capfd, caplog)
