@@ -67,18 +67,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         add_settings_arguments(sub)
 
 
+# a first line is read up to this many characters: a longest password and its line end ('\r\n'). A file or pipe without
+# a line end (/dev/zero) was read whole before (6 GB and still reading, found by review)
+_LINE_LIMIT = auth.MAX_PASSWORD_LENGTH + 2
+
+
+def _first_line(f) -> str:
+    """The first line of ``f`` without its line end, read up to ``_LINE_LIMIT`` characters; a longer one is refused."""
+    line = f.readline(_LINE_LIMIT).rstrip("\r\n")
+    if len(line) > auth.MAX_PASSWORD_LENGTH:
+        raise ValueError(f"a password may have at most {auth.MAX_PASSWORD_LENGTH} characters")
+    return line
+
+
 def read_password(given: Path | None) -> str:
     """The password from the first line of the file ``given``, a terminal prompt (twice), or the first line of
-    standard input."""
+    standard input (a first line longer than a password may be is refused before the rest is read)."""
     if given is not None:
         try:
             with open(given, encoding="utf-8") as f:
-                line = f.readline()
+                line = _first_line(f)
         except (OSError, UnicodeDecodeError) as exc:
             raise ValueError(f"could not read a password from {str(given)!r} ({getattr(exc, 'strerror', None) or exc})") from exc
-        if not line.rstrip("\r\n"):
+        if not line:
             raise ValueError(f"the password file {str(given)!r} is empty")
-        return line.rstrip("\r\n")
+        return line
     if sys.stdin.isatty():
         try:
             first = getpass.getpass("password: ")
@@ -88,10 +101,13 @@ def read_password(given: Path | None) -> str:
         if again != first:
             raise ValueError("the two passwords differ")
         return first
-    line = sys.stdin.readline()
-    if not line:
+    raw = sys.stdin.readline(_LINE_LIMIT)
+    if not raw:
         raise ValueError("no password given: type it on a terminal, pipe it on standard input, or use --password-file")
-    return line.rstrip("\r\n")
+    line = raw.rstrip("\r\n")
+    if len(line) > auth.MAX_PASSWORD_LENGTH:
+        raise ValueError(f"a password may have at most {auth.MAX_PASSWORD_LENGTH} characters")
+    return line
 
 
 def _raters(factory, experiment: str, names: list[str]) -> int:

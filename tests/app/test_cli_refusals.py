@@ -408,3 +408,59 @@ def test_the_demos_default_stop_timeout_outlasts_the_workers_grace_and_its_hand_
     cli_demo.add_arguments(parser)
     default = parser.parse_args([]).stop_timeout
     assert default >= cli_worker.STOP_GRACE_S + Watchdog.HAND_BACK_S + 5.0, default
+
+
+def _users_add(data: Path, *argv: str, stdin=None) -> subprocess.CompletedProcess:
+    """``users add`` in a child whose address space is capped at 3 GiB and whose run at 60 s: reading a whole endless
+    input grows past the cap (a MemoryError, not the sentence) instead of filling the machine."""
+    import os
+    import resource
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SEIKO_")}
+    return subprocess.run([sys.executable, "-m", "app", "users", "add", "e5", "--role", "admin", *argv,
+                           "--data-dir", str(data)], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          stdin=stdin, preexec_fn=cap, env={**base, "HF_HUB_OFFLINE": "1"})
+
+
+def test_a_password_line_without_an_end_is_refused_after_a_passwords_length_not_read_whole(tmp_path, _sqlite_at_head):
+    """``users add --password-file /dev/zero`` (and ``< /dev/zero``, and a 10 MB file without a line end) read the
+    whole "first line": 6 GB and never an answer (found by the sixth review). The first line is read up to a longest
+    password and its line end; a longer one is refused with the password-length sentence and no account is added."""
+    import os
+    import shutil
+
+    data = tmp_path / "d"
+    data.mkdir()
+    shutil.copy(_sqlite_at_head, data / "seiko.db")
+    big = tmp_path / "big.txt"
+    big.write_bytes(b"p" * 10_000_000)
+    expected = "error: a password may have at most 1024 characters"
+    for argv, stdin in ((["--password-file", str(big)], None), (["--password-file", "/dev/zero"], None),
+                        ([], "/dev/zero"), ([], str(big))):
+        with open(stdin or os.devnull, "rb") as source:
+            proc = _users_add(data, *argv, stdin=source)
+        assert proc.returncode == 1 and one_sentence(proc) == expected, (argv, stdin, proc.stderr[-2000:])
+    over = tmp_path / "over.txt"
+    over.write_text("p" * 1025 + "\n")
+    proc = _users_add(data, "--password-file", str(over))
+    assert proc.returncode == 1 and one_sentence(proc) == expected
+    proc = run_cli("users", "list", "--data-dir", str(data))
+    assert "e5" not in proc.stdout, proc.stdout
+    # the longest password a sign-in accepts, with a Windows line end, is still read whole and set
+    longest = "q" * 1024
+    (tmp_path / "longest.txt").write_bytes(longest.encode() + b"\r\nignored\n")
+    proc = _users_add(data, "--password-file", str(tmp_path / "longest.txt"))
+    assert proc.returncode == 0 and "added admin 'e5'" in proc.stdout, proc.stderr
+    from app import auth
+    from db.engine import make_engine, session_factory
+
+    engine = make_engine(f"sqlite:///{data / 'seiko.db'}")
+    try:
+        factory = session_factory(engine)
+        assert auth.check_login(factory, "e5", longest).refusal is None
+        assert auth.check_login(factory, "e5", longest[:-1]).refusal is not None
+    finally:
+        engine.dispose()
