@@ -5,12 +5,25 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import shutil
 import sys
 from pathlib import Path
 
 from ..atomic import temp_sibling
-from .build import BuildConfig, RefineError, build, refine_existing, refine_unet_existing, remeasure, replace_model
+from ..checkpoint import CheckpointError
+from ..models import ModelLoadError
+from ..sampling import SchedulerConfigError
+from .build import (
+    BuildConfig,
+    QualityFileError,
+    RefineError,
+    build,
+    refine_existing,
+    refine_unet_existing,
+    remeasure,
+    replace_model,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,6 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "quality" and args.samples is not None and args.samples < 1:
         parser.error(f"--samples must be at least 1, got {args.samples}")
+    # --steps 0 or -3 and --threads 0 raised ValueError and RuntimeError tracebacks deep in the commands (sixth review)
+    for flag in ("steps", "threads"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            parser.error(f"--{flag} must be at least 1, got {value}")
+    guidance = getattr(args, "guidance", None)
+    if guidance is not None and not (math.isfinite(guidance) and guidance >= 0):
+        parser.error(f"--guidance must be a finite number of at least 0, got {guidance}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     if args.command in ("quality", "refine-encoder", "refine-unet"):
         model = Path(args.model)
@@ -52,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         faults = (OSError, json.JSONDecodeError, KeyError, RefineError)
     try:
         return _run(args)
+    except (ModelLoadError, CheckpointError, SchedulerConfigError, QualityFileError) as exc:
+        # the project's own refusals are sentences already (a model with NaN weights was a traceback: sixth review)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except faults as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

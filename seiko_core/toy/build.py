@@ -512,6 +512,21 @@ def build(out: str | Path, cfg: BuildConfig) -> dict:
     return quality
 
 
+class QualityFileError(ValueError):
+    """A model's QUALITY.json that is not what ``build`` writes (one sentence)."""
+
+
+def _read_quality(model_dir: Path) -> dict:
+    """A build's QUALITY.json: a JSON object holding its ``build_config`` object (a list there, or a config that is
+    not an object, raised TypeError deep in the commands that re-measure; found by the sixth review)."""
+    path = model_dir / "QUALITY.json"
+    quality = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(quality, dict) or not isinstance(quality.get("build_config"), dict):
+        raise QualityFileError(f"{str(path)!r} is not a QUALITY.json written by `build` (it must be a JSON object "
+                               "holding a build_config object)")
+    return quality
+
+
 def _saved_config(quality: dict) -> BuildConfig:
     """The BuildConfig a QUALITY.json records (fields added since that build take their defaults)."""
     fields = set(BuildConfig.__dataclass_fields__)
@@ -532,7 +547,8 @@ def _refine_encoder_at(model_dir: Path, steps: int | None) -> dict:
     from safetensors.torch import load_file, save_file
     from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
-    old = json.loads((model_dir / "QUALITY.json").read_text())
+    model_dir = Path(model_dir)
+    old = _read_quality(model_dir)
     cfg = _saved_config(old)
     cfg.clip_refine_steps = BuildConfig.clip_refine_steps if steps is None else steps
     torch.set_num_threads(cfg.threads)
@@ -618,7 +634,8 @@ def _refine_unet_at(model_dir: Path, steps: int | None, threads: int | None) -> 
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    old = json.loads((model_dir / "QUALITY.json").read_text())
+    model_dir = Path(model_dir)
+    old = _read_quality(model_dir)
     cfg = _saved_config(old)
     cfg.unet_refine_steps = BuildConfig.unet_refine_steps if steps is None else steps
     torch.set_num_threads(cfg.threads if threads is None else threads)
@@ -649,7 +666,7 @@ def remeasure(model_dir: str | Path, *, guidance: float | None = None, steps: in
     from .quality import measure_quality, write_model_card
 
     model_dir = Path(model_dir)
-    old = json.loads((model_dir / "QUALITY.json").read_text())
+    old = _read_quality(model_dir)
     cfg = _saved_config(old)
     if guidance is not None:
         cfg.quality_guidance = guidance

@@ -464,3 +464,49 @@ def test_a_password_line_without_an_end_is_refused_after_a_passwords_length_not_
         assert auth.check_login(factory, "e5", longest[:-1]).refusal is not None
     finally:
         engine.dispose()
+
+
+def _copy_with_nan(tmp_path: Path, component: str) -> Path:
+    """A copy of the shipped model whose ``component`` holds a NaN in its first floating-point tensor."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "nan-model"
+    shutil.copytree(MODEL, model)
+    file = model / component / ("diffusion_pytorch_model.safetensors" if component in ("unet", "vae") else "model.safetensors")
+    tensors = load_file(str(file))
+    name = next(k for k, v in tensors.items() if v.is_floating_point())
+    tensors[name] = tensors[name].clone()
+    tensors[name].view(-1)[0] = float("nan")
+    save_file(tensors, str(file), metadata={"format": "pt"})
+    return model
+
+
+def test_the_toy_commands_refuse_a_broken_model_bad_numbers_and_a_bad_quality_file_in_one_sentence(tmp_path):
+    """`python -m seiko_core.toy quality` on a model with a NaN text encoder (ModelLoadError), with --steps 0 or -3
+    (ValueError), on a QUALITY.json that is a list (TypeError), and `refine-unet --threads 0` (RuntimeError) printed
+    tracebacks (found by the sixth review). Each is one sentence now, and the model's QUALITY.json is untouched."""
+    model = _copy_with_nan(tmp_path, "text_encoder")
+    before = (model / "QUALITY.json").read_bytes()
+    proc = run_cli("quality", "--model", str(model), "--samples", "1", module="seiko_core.toy")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert "non-finite weights in text_encoder" in line, proc.stderr
+    assert (model / "QUALITY.json").read_bytes() == before
+    for argv, expected in ((["quality", "--steps", "0"], "--steps must be at least 1, got 0"),
+                           (["quality", "--steps", "-3"], "--steps must be at least 1, got -3"),
+                           (["quality", "--guidance", "nan"], "--guidance must be a finite number of at least 0, got nan"),
+                           (["refine-encoder", "--steps", "0"], "--steps must be at least 1, got 0"),
+                           (["refine-unet", "--threads", "0"], "--threads must be at least 1, got 0"),
+                           (["refine-unet", "--steps", "-1"], "--steps must be at least 1, got -1")):
+        proc = run_cli(*argv, "--model", MODEL, module="seiko_core.toy")
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr and expected in proc.stderr, (argv, proc.stderr)
+    for text in ("[1, 2]", '{"build_config": [1]}', '"x"'):
+        (model / "QUALITY.json").write_text(text)
+        for command in ("quality", "refine-encoder", "refine-unet"):
+            proc = run_cli(command, "--model", str(model), module="seiko_core.toy")
+            assert proc.returncode == 1 and one_sentence(proc) == (
+                f"error: {str(model / 'QUALITY.json')!r} is not a QUALITY.json written by `build` (it must be a JSON "
+                "object holding a build_config object)"), (command, text, proc.stderr[-3000:])
+            assert (model / "QUALITY.json").read_text() == text
