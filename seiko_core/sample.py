@@ -7,6 +7,8 @@ a round's LoRA adapter (as saved by the fine-tuning step).
 from __future__ import annotations
 
 import argparse
+import errno
+import math
 import sys
 from pathlib import Path
 
@@ -30,33 +32,59 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="PNG file to write")
     args = p.parse_args(argv)
 
+    from .checkpoint import CheckpointError
     from .models import ModelLoadError, load_model
-    from .presets import preset
+    from .presets import PRESETS, preset
     from .sampling import grid, sample
 
+    # checked before the model is loaded (an unknown preset was refused only after it; sixth review), and a value of
+    # 0 is the value asked for, not "the preset's" (--steps 0 ran the preset's steps, --guidance 0 its guidance)
     if args.n < 1:
         p.error("--n must be at least 1")
+    if args.preset is not None and args.preset not in PRESETS:
+        p.error(f"unknown preset {args.preset!r}; choose from {', '.join(sorted(PRESETS))}")
+    if args.steps is not None and args.steps < 1:
+        p.error(f"--steps must be at least 1, got {args.steps}")
+    if args.guidance is not None and not (math.isfinite(args.guidance) and args.guidance >= 0):
+        p.error(f"--guidance must be a finite number of at least 0, got {args.guidance}")  # nan made a PNG
+    if args.eta is not None and not (math.isfinite(args.eta) and 0 <= args.eta <= 1):
+        p.error(f"--eta must be a number from 0 to 1, got {args.eta}")
+    for flag in ("cols", "scale"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            p.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    out = Path(args.out)
+    try:  # before hours of sampling: a path under a file (--out /etc/hostname/s.png) was a traceback at the end
+        if out.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "it is a directory")
+        if out.parent.exists() and not out.parent.is_dir():  # mkdir says "File exists"
+            raise NotADirectoryError(errno.ENOTDIR, f"{str(out.parent)!r} is not a directory")
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"error: cannot write {str(out)!r}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     try:
         parts = load_model(args.model)
-    except ModelLoadError as exc:
+        small = parts.sample_size <= 32
+        cfg = preset(args.preset or ("shapes" if small else "sd15")).sampling
+        if args.adapter:
+            from .lora import load_adapter
+
+            load_adapter(parts, args.adapter, name="sample")
+    except (ModelLoadError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    small = parts.sample_size <= 32
-    cfg = preset(args.preset or ("shapes" if small else "sd15")).sampling
-    if args.adapter:
-        from .lora import load_adapter
-
-        load_adapter(parts, args.adapter, name="sample")
     prompts = [args.prompt[k % len(args.prompt)] for k in range(args.n)]
     seeds = [args.seed + k for k in range(args.n)]
-    steps = args.steps or cfg.steps
+    steps = cfg.steps if args.steps is None else args.steps
     with tqdm(total=args.n * steps, desc="sampling", unit="img-step") as bar:
-        images = sample(parts, prompts, seeds, steps=steps, guidance=args.guidance or cfg.guidance,
+        images = sample(parts, prompts, seeds, steps=steps, guidance=cfg.guidance if args.guidance is None else args.guidance,
                         eta=cfg.eta if args.eta is None else args.eta, batch_size=cfg.batch_size,
                         on_progress=lambda done, total, _m: bar.update(done - bar.n))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    grid(images, cols=args.cols, scale=args.scale or (4 if small else 1)).save(out)
+    try:
+        grid(images, cols=args.cols, scale=args.scale or (4 if small else 1)).save(out)
+    except OSError as exc:
+        print(f"error: cannot write {str(out)!r}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     print(out.resolve())
     return 0
 

@@ -510,3 +510,51 @@ def test_the_toy_commands_refuse_a_broken_model_bad_numbers_and_a_bad_quality_fi
                 f"error: {str(model / 'QUALITY.json')!r} is not a QUALITY.json written by `build` (it must be a JSON "
                 "object holding a build_config object)"), (command, text, proc.stderr[-3000:])
             assert (model / "QUALITY.json").read_text() == text
+
+
+def test_sample_refuses_bad_values_before_loading_and_a_bad_adapter_or_output_in_one_sentence(tmp_path):
+    """`python -m seiko_core.sample` (found by the sixth review): an unknown --preset was refused only after the model
+    had loaded, --steps -3, an adapter directory without weights and --out under a file were tracebacks, and wrong
+    values were used silently: --steps 0 ran the preset's steps, --guidance 0 sampled with the preset's guidance,
+    --guidance nan made a PNG. Each bad value is refused before the model is loaded; 0 guidance is 0."""
+    from PIL import Image
+
+    nowhere = str(tmp_path / "no-model")  # a refusal naming the value, not the model, shows it came first
+    for argv, expected in ((["--preset", "nosuch"], "unknown preset 'nosuch'; choose from sd15, shapes"),
+                           (["--steps", "0"], "--steps must be at least 1, got 0"),
+                           (["--steps", "-3"], "--steps must be at least 1, got -3"),
+                           (["--guidance", "nan"], "--guidance must be a finite number of at least 0, got nan"),
+                           (["--guidance", "-1"], "--guidance must be a finite number of at least 0, got -1.0"),
+                           (["--eta", "1.5"], "--eta must be a number from 0 to 1, got 1.5"),
+                           (["--cols", "0"], "--cols must be at least 1, got 0")):
+        out = tmp_path / "refused.png"
+        proc = run_cli("--model", nowhere, "--prompt", "a red circle", "--n", "1", "--out", str(out), *argv,
+                       module="seiko_core.sample")
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr and expected in proc.stderr, (argv, proc.stderr)
+        assert not out.exists()
+    (tmp_path / "a-file").write_text("x")
+    proc = run_cli("--model", MODEL, "--prompt", "p", "--n", "1", "--out", str(tmp_path / "a-file" / "s.png"),
+                   module="seiko_core.sample")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert one_sentence(proc) == (f"error: cannot write {str(tmp_path / 'a-file' / 's.png')!r}: "
+                                  f"{str(tmp_path / 'a-file')!r} is not a directory")
+    proc = run_cli("--model", MODEL, "--prompt", "p", "--n", "1", "--out", str(tmp_path / "a-file" / "deeper" / "s.png"),
+                   module="seiko_core.sample")
+    assert proc.returncode == 1 and one_sentence(proc).startswith("error: cannot write "), proc.stderr
+    (tmp_path / "empty-adapter").mkdir()
+    proc = run_cli("--model", MODEL, "--prompt", "p", "--n", "1", "--adapter", str(tmp_path / "empty-adapter"),
+                   "--out", str(tmp_path / "a.png"), module="seiko_core.sample")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"Adapter directory {str(tmp_path / 'empty-adapter')!r} has no pytorch_lora_weights.safetensors" in proc.stderr
+    assert not (tmp_path / "a.png").exists()
+    # --guidance 0 is the unconditional model: the image does not depend on the prompt, unlike the preset's guidance
+    pixels = {}
+    for guidance in ("0", None):
+        for prompt in ("a red circle", "a blue square on a white background"):
+            out = tmp_path / f"g{guidance}-{len(prompt)}.png"
+            proc = run_cli("--model", MODEL, "--prompt", prompt, "--n", "1", "--steps", "3", "--out", str(out),
+                           *(["--guidance", guidance] if guidance else []), module="seiko_core.sample")
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            pixels[guidance, prompt] = np.asarray(Image.open(out))
+    assert np.array_equal(pixels["0", "a red circle"], pixels["0", "a blue square on a white background"])
+    assert not np.array_equal(pixels[None, "a red circle"], pixels[None, "a blue square on a white background"])
