@@ -66,6 +66,27 @@ def make_data_dir(data_dir: str | Path) -> str | None:
             f"{mode & ~0o007:04o}")
 
 
+def check_writable(data_dir: str | Path) -> None:
+    """Write and remove a probe file in the data directory and in each of its folders the worker writes (images,
+    adapters, reward models, scratch) that exists; SettingsError naming the folder if one cannot be written (or is a
+    file). A worker run by a user who cannot write there loaded its model, generated a whole round, failed writing
+    the images and was given the job again twice, regenerating each time (found by the sixth review)."""
+    root = Path(data_dir)
+    for folder in [root] + [root / top for top in (IMAGES, ADAPTERS, REWARD, SCRATCH) if os.path.lexists(root / top)]:
+        probe = temp_sibling(folder / "write-probe")  # the prefix a clean-up removes, should this process die here
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, b"probe")
+            finally:
+                os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise SettingsError(f"cannot write in {str(folder)!r} ({exc.strerror or exc}), where the worker keeps "
+                                "images, adapters and reward models: give this user write access to the data "
+                                "directory or choose another one") from exc
+
+
 def _check_relative(rel: str) -> PurePosixPath:
     if not isinstance(rel, str) or not rel:
         raise UnsafePath(f"a data-dir path must be a non-empty string, got {rel!r}")

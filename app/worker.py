@@ -539,6 +539,9 @@ class Worker:
         # 0700 when new, wherever the database is; no access for others when it exists (found by review)
         if tightened := storage.make_data_dir(self.settings.data_dir):
             log.info("%s", tightened)
+        # before any job is claimed and any model loaded: a data dir it cannot write failed only after a round was
+        # generated, and each retry generated it again (sixth review)
+        storage.check_writable(self.settings.data_dir)
         # A live worker's temporary entries are seconds old; anything untouched for a whole lease is from a dead one.
         removed = storage.clean_partials(self.settings.data_dir, min_age_s=self.lease_s)
         for path in removed:

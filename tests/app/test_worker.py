@@ -1674,3 +1674,87 @@ def test_an_eval_whose_reward_model_is_not_there_says_so(tmp_path, caplog):
     out = _reward_metrics(tmp_path, "rewards/exp1/round_2", 2, np.zeros((3, 8), dtype=np.float32))
     assert out == {"reward_model_missing": "rewards/exp1/round_2"}
     assert any("round 2's reward model is not at" in r.getMessage() for r in caplog.records)
+
+
+def _queued_jobs(world) -> list[tuple[str, str, int]]:
+    from sqlalchemy import select
+
+    from db.engine import read_session
+    from db.models import Job
+
+    with read_session(world.factory) as s:
+        return [(j.kind, j.status, j.attempts) for j in s.scalars(select(Job).order_by(Job.id))]
+
+
+def test_a_worker_refuses_a_data_dir_it_cannot_write_before_claiming_a_job(worker_world, monkeypatch):
+    """A worker run by a user who could not write the data dir loaded the model, generated the round, failed with a
+    PermissionError traceback writing the images, and the job was queued again for attempts 2 and 3, each generating
+    the round again (found by the sixth review). The worker now writes a probe file at its start and refuses there,
+    in one sentence naming the folder; no job is claimed and the probe leaves nothing behind."""
+    import re
+    import stat
+
+    from app.settings import SettingsError
+
+    world = worker_world
+    world.create_experiment()
+    before = _queued_jobs(world)
+    data = world.settings.data_dir
+    # a folder the worker writes that is a file: a real failure whoever runs the test (root passes any chmod)
+    Path(data).mkdir(parents=True)
+    (Path(data) / "images").write_text("not a folder")
+    worker = world.worker()
+    try:
+        with pytest.raises(SettingsError, match=rf"^cannot write in '{re.escape(str(Path(data) / 'images'))}' "
+                                                r"\(Not a directory\), where the worker keeps images"):
+            worker.start()
+        assert not worker._started
+    finally:
+        worker.close()
+    assert _queued_jobs(world) == before  # nothing claimed, no attempt used
+    (Path(data) / "images").unlink()
+    # no write permission on the data dir: a real one for a user, the probe's own refusal for root
+    os.chmod(data, stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        if os.geteuid() == 0:
+            real_open = os.open
+
+            def refusing_open(path, flags, *args, **kwargs):
+                if flags & os.O_CREAT and Path(path).parent == Path(data):
+                    raise PermissionError(13, "Permission denied", str(path))
+                return real_open(path, flags, *args, **kwargs)
+
+            monkeypatch.setattr(storage.os, "open", refusing_open)
+        worker = world.worker()
+        try:
+            with pytest.raises(SettingsError, match=rf"^cannot write in '{re.escape(str(data))}' \(Permission denied\)"):
+                worker.start()
+        finally:
+            worker.close()
+        monkeypatch.undo()
+    finally:
+        os.chmod(data, stat.S_IRWXU)
+    assert _queued_jobs(world) == before
+    worker = world.worker()  # and with the folder writable again it starts, leaving no probe behind
+    try:
+        worker.start()
+    finally:
+        worker.close()
+    assert not [p for p in Path(data).rglob("*") if "probe" in p.name]
+
+
+def test_the_worker_command_refuses_a_data_dir_it_cannot_write_in_one_sentence(tmp_path, _sqlite_at_head):
+    import shutil
+
+    data = tmp_path / "d"
+    data.mkdir()
+    shutil.copy(_sqlite_at_head, data / "seiko.db")
+    (data / "adapters").write_text("not a folder")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEIKO_")}
+    proc = subprocess.run([sys.executable, "-m", "app", "worker", "--once", "--data-dir", str(data)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300, env={**env, "HF_HUB_OFFLINE": "1"})
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "torchvision" not in ln]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[-1] == (f"error: cannot write in {str(data / 'adapters')!r} (Not a directory), where the worker keeps "
+                         "images, adapters and reward models: give this user write access to the data directory or "
+                         "choose another one"), proc.stderr
