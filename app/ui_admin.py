@@ -478,7 +478,8 @@ def round_status_html(factory, experiment_id: int | None) -> str:
         job_id = newest_failed_job(factory, exp.id)
         if job_id is not None:
             job = job_queue.get_job(session=s, job_id=job_id)
-            failed = (f"<div class='err' id='failed-job'>Job {job.id} ({job.kind}) failed after {job.attempts} attempts: "
+            failed = (f"<div class='err' id='failed-job'>Job {job.id} ({job.kind}) failed after {job.attempts} "
+                      f"attempt{'' if job.attempts == 1 else 's'}: "
                       f"{html.escape((job.error or 'no error recorded')[:300])}. Fix the cause, then press "
                       "<b>Retry failed job</b>.</div>")
         try:

@@ -78,7 +78,7 @@ from seiko_core.checkpoint import MANIFEST, CheckpointError, atomic_directory, s
 from seiko_core.config import SeikoConfig, to_dict
 from seiko_core.finetune import trajectory_kl
 from seiko_core.loop import generate_batch, predicted_reward_of_embeddings, round_prompts, train_round
-from seiko_core.models import ModelParts, load_model
+from seiko_core.models import ModelLoadError, ModelParts, load_model
 from seiko_core.reward import RewardEnsemble
 from seiko_core.sampling import to_uint8
 from seiko_core.scratch import PIXELS_IN_MEMORY_MAX_BYTES, PixelSpill, check_max_bytes
@@ -126,6 +126,21 @@ class JobCancelled(Exception):
 # ---------------------------------------------------------------------------------------------
 # seeds
 # ---------------------------------------------------------------------------------------------
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether a model or adapter that could not be loaded may load on another attempt: the error was caused by a
+    connection or a timeout (a hub download), not by the files."""
+    seen = set()
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        # requests' and urllib3's are not the built-in ones: told by their names (ConnectionError, ReadTimeout ...)
+        if isinstance(cause, ConnectionError | TimeoutError) or type(cause).__name__.endswith(
+                ("ConnectionError", "Timeout", "TimeoutError")):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def derive_seed(*parts: Any, bits: int = 31) -> int:
@@ -704,6 +719,21 @@ class Worker:
         except LeaseLost as exc:
             self.last_error = str(exc)
             log.warning("job %d: %s; this worker's result is discarded", job.id, exc)
+        except (ModelLoadError, CheckpointError) as exc:
+            if _transient(exc):
+                self.last_error = f"{type(exc).__name__}: {exc}"[:ERROR_MAX_CHARS]
+                log.exception("job %d (%s) failed after %.1f s", job.id, job.kind, time.monotonic() - start)
+                heartbeat.stop()
+                self._fail(job, self.last_error)
+            else:
+                # the job's input is at fault (a model directory removed or damaged, an adapter that does not verify):
+                # another attempt meets the same, so the job fails now, with the sentence and no traceback (it logged
+                # 15 lines and was queued twice more; sixth review)
+                self.last_error = str(exc)[:ERROR_MAX_CHARS]
+                log.error("job %d (%s) failed after %.1f s: %s", job.id, job.kind, time.monotonic() - start,
+                          self.last_error)
+                heartbeat.stop()
+                self._fail(job, self.last_error, retry=False)
         except Exception as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"[:ERROR_MAX_CHARS]
             log.exception("job %d (%s) failed after %.1f s", job.id, job.kind, time.monotonic() - start)
@@ -731,10 +761,10 @@ class Worker:
             self._held_signal = None
         return True
 
-    def _fail(self, job: ClaimedJob, error: str) -> None:
+    def _fail(self, job: ClaimedJob, error: str, *, retry: bool = True) -> None:
         status = []
         if self._release(job, "recorded as failed", lambda s: status.append(job_queue.fail_job(
-                session=s, job_id=job.id, worker_id=self.worker_id, error=error, retry=True, claim=job.claim).status)):
+                session=s, job_id=job.id, worker_id=self.worker_id, error=error, retry=retry, claim=job.claim).status)):
             log.info("job %d is now %s (attempt %d of %d)", job.id, status[0], job.attempts, job.max_attempts)
 
     def _release(self, job: ClaimedJob, doing: str, write: Callable[[Any], Any]) -> bool:

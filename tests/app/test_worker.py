@@ -318,17 +318,22 @@ def test_a_generate_job_queues_exactly_one_eval_job_even_when_it_runs_again(work
 
 
 def test_a_failing_job_records_its_error_and_is_retried(worker_world, tmp_path):
+    """A fault that another attempt may not meet (here a read error of the disk) is recorded and retried up to the
+    job's attempts; a model that is gone fails at once since the sixth review (the test after the next ones)."""
     world = worker_world
-    eid = world.create_experiment("broken")  # a mistyped model is refused at creation: break it afterwards
-    with write_session(world.factory) as s:
-        repo.get_experiment(session=s, experiment_id=eid).model_spec = str(tmp_path / "no-such-model")
+    eid = world.create_experiment("broken")
     worker = world.worker()
+
+    def disk_error(run):
+        raise OSError(5, "Input/output error")
+
+    worker.handlers["generate"] = disk_error
     for attempt in (1, 2, 3):
         assert worker.run_once() is True
         (job,) = _jobs(world, eid)
-        assert job.attempts == attempt and "does not exist" in job.error
+        assert job.attempts == attempt and "Input/output error" in job.error
         assert job.status == ("failed" if attempt == 3 else "queued")
-        assert "ModelLoadError" in worker.last_error
+        assert worker.last_error == "OSError: [Errno 5] Input/output error"
     assert worker.run_once() is False
     worker.close()
 
@@ -1758,3 +1763,43 @@ def test_the_worker_command_refuses_a_data_dir_it_cannot_write_in_one_sentence(t
     assert lines[-1] == (f"error: cannot write in {str(data / 'adapters')!r} (Not a directory), where the worker keeps "
                          "images, adapters and reward models: give this user write access to the data directory or "
                          "choose another one"), proc.stderr
+
+
+def test_a_job_whose_model_is_gone_fails_at_once_with_its_sentence_and_no_traceback(worker_world, tmp_path, caplog):
+    """The model directory removed after the experiment was created: the worker logged a 15-line traceback ending
+    in ModelLoadError "Model path ... does not exist." and queued the job again for two more attempts, which met the
+    same (found by the sixth review). A model or adapter that cannot be loaded is the input's fault: the job fails
+    at once, the log has the sentence and no traceback, and the Admin tab shows the sentence as its last error."""
+    import html
+    import logging
+    import shutil
+
+    from app import ui_admin
+    from app.auth import local_admin
+    from db.models import Job
+
+    world = worker_world
+    model = tmp_path / "model-copy"
+    shutil.copytree(world.model_dir, model)
+    experiment_id = world.create_experiment(model_spec=str(model))
+    shutil.rmtree(model)
+    worker = world.worker()
+    try:
+        with caplog.at_level(logging.INFO, logger="seiko"):
+            assert worker.run_once() is True
+        assert worker.run_once() is False  # nothing queued again
+    finally:
+        worker.close()
+    sentence = f"Model path {str(model)!r} does not exist."
+    with read_session(world.factory) as s:
+        (job,) = s.query(Job).filter(Job.experiment_id == experiment_id).all()
+        assert (job.status, job.attempts, job.error) == ("failed", 1, sentence)
+        job_id, max_attempts = job.id, job.max_attempts
+    assert worker.last_error == sentence
+    failures = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.getMessage().endswith(sentence) for r in failures] == [True], [r.getMessage() for r in failures]
+    assert not any(r.exc_info for r in caplog.records) and "Traceback" not in caplog.text
+    rows = ui_admin.jobs_table(world.factory, local_admin(world.factory), experiment_id)
+    assert [row[3:] for row in rows] == [["failed", f"1 of {max_attempts}", sentence]]
+    assert (f"Job {job_id} (generate) failed after 1 attempt: {html.escape(sentence)}. Fix the cause"
+            in ui_admin.round_status_html(world.factory, experiment_id))
