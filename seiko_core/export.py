@@ -140,6 +140,11 @@ def read_adapter(adapter_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict
     foreign = [k for k in state if not k.startswith("unet.") or not k.endswith((".lora.down.weight", ".lora.up.weight"))]
     if foreign:
         raise CheckpointError(f"Adapter {str(adapter_dir)!r} has keys outside the diffusers UNet LoRA format, e.g. {foreign[0]!r}.")
+    # an adapter rewritten as int16 (its manifest written again to match) was exported (sixth review)
+    integral = next((k for k, t in state.items() if not t.is_floating_point()), None)
+    if integral is not None:
+        raise CheckpointError(f"Adapter {str(adapter_dir)!r} holds weights that are not floating-point numbers "
+                              f"({integral!r} is {str(state[integral].dtype).removeprefix('torch.')}).")
     # found by review: an adapter of NaN weights was exported and its check passed (both renderers drew the same
     # broken image)
     broken = next((k for k, t in state.items() if not bool(torch.isfinite(t).all())), None)

@@ -225,6 +225,10 @@ def _load_errors_at_debug():
         source.removeFilter(demote)
 
 
+# safetensors' names of the floating-point dtypes a LoRA weight may be stored in
+_FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16"})
+
+
 def inject(unet, path: str | Path, name: str) -> None:
     """Add the adapter saved in directory ``path`` to ``unet`` as ``name``, through diffusers' loader
     (``unet.load_lora_adapter``: its LoraConfig from the file's header). Every tensor of the file must land in the
@@ -238,6 +242,15 @@ def inject(unet, path: str | Path, name: str) -> None:
     try:
         with safe_open(str(weights), "pt") as f:
             n_tensors = sum(1 for k in f.keys() if k.startswith("unet."))
+            # an adapter rewritten as int16 (its manifest written again) was loaded and cast (sixth review)
+            integral = next(((k, d) for k in f.keys() if (d := f.get_slice(k).get_dtype()) not in _FLOAT_DTYPES), None)
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"Adapter {str(path)!r} could not be read ({_load_error_sentence(exc)}).") from exc
+    if integral is not None:
+        kind = {"I8": "int8", "I16": "int16", "I32": "int32", "I64": "int64", "U8": "uint8", "BOOL": "bool"}
+        raise CheckpointError(f"Adapter {str(path)!r} holds weights that are not floating-point numbers "
+                              f"({integral[0]!r} is {kind.get(integral[1], integral[1])}).")
+    try:
         with _load_errors_at_debug():
             unet.load_lora_adapter(str(path), weight_name=WEIGHT_NAME, prefix="unet", adapter_name=name,
                                    use_safetensors=True, local_files_only=True)

@@ -445,6 +445,29 @@ def test_an_adapter_file_missing_a_tensor_is_named_as_such(adapter_dir, random_m
         lora.load_adapter(parts, _forged(adapter_dir, tmp_path, "short", drop_one), "round_1")
 
 
+def test_an_adapter_rewritten_as_integers_is_refused_by_the_export_and_the_loader(adapter_dir, random_model_dir, tmp_path):
+    """An adapter whose tensors were rewritten as int16 (its manifest written again to match) was exported and loaded,
+    its weights cast back to floats (found by the sixth review). Both refuse it in one sentence, naming a tensor."""
+    from safetensors.torch import save_file
+
+    from seiko_core.models import load_model
+
+    def as_int16(d):
+        state = load_file(str(d / lora.WEIGHT_NAME))
+        save_file({k: (t * 1000).to(torch.int16) for k, t in state.items()}, str(d / lora.WEIGHT_NAME))
+
+    forged = _forged(adapter_dir, tmp_path, "int16", as_int16)
+    assert all(not t.is_floating_point() for t in load_file(str(forged / lora.WEIGHT_NAME)).values())
+    with pytest.raises(CheckpointError, match=r"holds weights that are not floating-point numbers \('unet\..*' is int16\)\.$"):
+        export_diffusers_lora(forged, tmp_path / "out-int16")
+    assert not (tmp_path / "out-int16").exists()
+    parts = load_model(str(random_model_dir), device="cpu")
+    with pytest.raises(CheckpointError, match=r"holds weights that are not floating-point numbers \('unet\..*' is int16\)\.$"):
+        lora.load_adapter(parts, forged, "round_1")
+    assert not lora.has_adapter(parts.unet, "round_1")
+    lora.load_adapter(parts, adapter_dir, "round_1")  # the genuine one still loads
+
+
 def test_a_diverged_adapter_is_not_written(random_model_dir, tmp_path):
     from seiko_core.models import load_model
 
