@@ -309,6 +309,48 @@ def _absent_from_files(module: torch.nn.Module) -> list[str]:
             if not any(n in suffixes or any(n.endswith("." + k) for k in keys) for n in group)]
 
 
+_FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16"})  # safetensors' names of the floating-point dtypes
+_DTYPE_NAMES = {"I8": "int8", "I16": "int16", "I32": "int32", "I64": "int64", "U8": "uint8", "BOOL": "bool"}
+
+
+def _integral_weight(module: torch.nn.Module) -> tuple[str, str] | None:
+    """(name, dtype) of a parameter that the module's safetensors files store as something other than floating-point
+    numbers, else None. The loaders cast such a tensor to the model's dtype without a word: a UNet tensor stored as
+    int32 loaded (found by the sixth review). Buffers (CLIP's int64 position_ids) are not parameters and may be
+    integers."""
+    from safetensors import SafetensorError, safe_open
+
+    directory = _weights_dir(module)
+    if directory is None:
+        return None
+    files: list[Path] = []
+    for stem in ("diffusion_pytorch_model", "model"):
+        index = directory / f"{stem}.safetensors.index.json"
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+                files = sorted({directory / name for name in weight_map.values()})
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                return None  # the loader has read it already; a broken index is not this check's to report
+            break
+        if (directory / f"{stem}.safetensors").is_file():
+            files = [directory / f"{stem}.safetensors"]
+            break
+    params = {name for name, _ in module.named_parameters(remove_duplicate=False)}
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                for key in handle.keys():
+                    if not {key.split(".", i)[-1] for i in range(key.count(".") + 1)} & params:
+                        continue
+                    dtype = handle.get_slice(key).get_dtype()
+                    if dtype not in _FLOAT_DTYPES:
+                        return key, _DTYPE_NAMES.get(dtype, dtype)
+        except (SafetensorError, OSError) as exc:
+            raise ModelLoadError(f"Model file {str(file)!r} is not a readable safetensors file ({exc}).".splitlines()[0]) from exc
+    return None
+
+
 def _check_weights(spec: str, components: dict[str, torch.nn.Module]) -> None:
     """Refuse a model with a component that lacks weights (left on the meta device: a tensor missing from its file)
     or holds non-finite ones: a NaN in the UNet drew a round of black images that people rated before anything
@@ -323,6 +365,14 @@ def _check_weights(spec: str, components: dict[str, torch.nn.Module]) -> None:
         if bad:
             raise ModelLoadError(f"Model {spec!r} has non-finite weights in {what} ({len(bad)} tensor"
                                  f"{'s' if len(bad) != 1 else ''}, e.g. {bad[0]}); its files are damaged.")
+        if integral := _integral_weight(module):
+            raise ModelLoadError(f"Model {spec!r} stores {what}'s weight {integral[0]} as {integral[1]}, not as "
+                                 "floating-point numbers; its files are damaged.")
+    sample_size = components["unet"].config.sample_size
+    # -5 loaded, and the sampler then asked for latents of a negative size (found by the sixth review)
+    if isinstance(sample_size, bool) or not isinstance(sample_size, int) or sample_size < 1:
+        raise ModelLoadError(f"Model {spec!r} has sample_size={sample_size!r} in its unet config.json; it must be a "
+                             "positive whole number (the latent's side).")
 
 
 def load_model(spec: str, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,

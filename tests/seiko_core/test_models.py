@@ -112,6 +112,42 @@ def test_a_base_model_with_non_finite_or_missing_weights_is_refused(random_model
     assert "\n" not in str(refused.value) and "vae" in str(refused.value), str(refused.value)
 
 
+@pytest.mark.parametrize("component", ["unet", "vae", "text_encoder", "image_encoder"])
+def test_a_model_weight_stored_as_integers_is_refused(random_model_dir, tmp_path, component):
+    """A UNet tensor rewritten as int32 loaded, cast back to floats by the loader without a word (found by the sixth
+    review). A parameter stored as anything but floating-point numbers is refused, naming it; an integer buffer (CLIP's
+    position_ids, which older checkpoints store) is not a weight and still loads."""
+    def as_int32(tensors):
+        name = next(k for k in sorted(tensors) if k.endswith(".weight"))
+        tensors[name] = (tensors[name] * 100).to(torch.int32)
+        return tensors
+
+    with pytest.raises(ModelLoadError, match=rf"^Model .* stores {component}'s weight \S+\.weight as int32, not as "
+                                             r"floating-point numbers; its files are damaged\.$"):
+        load_model(_copy_with(random_model_dir, tmp_path, component, as_int32), device="cpu")
+    if component == "text_encoder":
+        def with_position_ids(tensors):
+            tensors["text_model.embeddings.position_ids"] = torch.arange(77, dtype=torch.int64)[None]
+            return tensors
+
+        load_model(_copy_with(random_model_dir, tmp_path / "ids", component, with_position_ids), device="cpu")
+
+
+@pytest.mark.parametrize("sample_size", [-5, 0])
+def test_a_unet_config_with_a_sample_size_below_one_is_refused(random_model_dir, tmp_path, sample_size):
+    """sample_size -5 in unet/config.json loaded (found by the sixth review)."""
+    import json
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(random_model_dir, bad)
+    config = json.loads((bad / "unet" / "config.json").read_text())
+    (bad / "unet" / "config.json").write_text(json.dumps({**config, "sample_size": sample_size}))
+    with pytest.raises(ModelLoadError, match=rf"^Model .* has sample_size={sample_size} in its unet config\.json; it "
+                                             r"must be a positive whole number \(the latent's side\)\.$"):
+        load_model(str(bad), device="cpu")
+
+
 def test_a_sharded_index_that_names_a_pickle_is_refused(random_model_dir, tmp_path):
     """A diffusion_pytorch_model.safetensors.index.json whose weight_map names a .bin shard made diffusers load that
     pickle with torch.load, use_safetensors or not (found by review)."""
