@@ -137,7 +137,7 @@ def _transient(exc: BaseException) -> bool:
         seen.add(id(cause))
         # requests' and urllib3's are not the built-in ones: told by their names (ConnectionError, ReadTimeout ...)
         if isinstance(cause, ConnectionError | TimeoutError) or type(cause).__name__.endswith(
-                ("ConnectionError", "Timeout", "TimeoutError")):
+                ("ConnectionError", "ConnectError", "Timeout", "TimeoutError")):
             return True
         cause = cause.__cause__ or cause.__context__
     return False

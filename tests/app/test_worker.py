@@ -1803,3 +1803,27 @@ def test_a_job_whose_model_is_gone_fails_at_once_with_its_sentence_and_no_traceb
     assert [row[3:] for row in rows] == [["failed", f"1 of {max_attempts}", sentence]]
     assert (f"Job {job_id} (generate) failed after 1 attempt: {html.escape(sentence)}. Fix the cause"
             in ui_admin.round_status_html(world.factory, experiment_id))
+
+
+def test_a_model_that_could_not_be_downloaded_is_still_retried(worker_world):
+    """The input faults fail at once (the test above); a model load that failed on a connection or a timeout (a hub
+    download) may work on another attempt, and is queued again as before."""
+    from seiko_core.models import ModelLoadError
+
+    world = worker_world
+    eid = world.create_experiment()
+
+    def download_fails(run):
+        try:
+            raise ConnectionError("connection reset by peer")
+        except ConnectionError as exc:
+            raise ModelLoadError("Could not load Model 'org/model': connection reset by peer") from exc
+
+    worker = world.worker()
+    worker.handlers["generate"] = download_fails
+    try:
+        assert worker.run_once() is True
+    finally:
+        worker.close()
+    (job,) = _jobs(world, eid)
+    assert (job.status, job.attempts) == ("queued", 1) and "connection reset" in job.error
