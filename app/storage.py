@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from app.settings import SettingsError
-from seiko_core.atomic import TMP_PREFIX, fsync_dir, write_bytes
+from seiko_core.atomic import TMP_PREFIX, fsync_dir, temp_sibling, write_bytes
 from seiko_core.checkpoint import sha256_file
 from seiko_core.scratch import SCRATCH, scratch_array  # noqa: F401  (the worker's, and the tests', storage.scratch_array)
 

@@ -592,6 +592,7 @@ def _refine_in_copy(model_dir: str | Path, refine: Callable[[Path], dict]) -> di
     weights, and even a refine that finished lost the UNet the round adapters had been trained on (sixth review). A
     failure now removes the copy and leaves the build as it was."""
     model_dir = Path(model_dir).expanduser().absolute()
+    _read_quality(model_dir)  # a QUALITY.json that is no build's is refused naming the build's own file, before any copy
     copy = atomic.temp_sibling(model_dir)
     try:
         shutil.copytree(model_dir, copy, symlinks=True)
