@@ -53,6 +53,14 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             p.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     out = Path(args.out)
+    from PIL import Image
+
+    Image.init()  # PIL's registered extensions; an unknown one (--out g.xyz) was a ValueError after all the sampling
+    image_format = Image.registered_extensions().get(out.suffix.lower())
+    if image_format is None or image_format not in Image.SAVE:
+        ending = f"the extension {out.suffix!r}" if out.suffix else "a name without an extension"
+        print(f"error: cannot write {str(out)!r}: PIL writes no image format for {ending}; use .png", file=sys.stderr)
+        return 1
     try:  # before hours of sampling: a path under a file (--out /etc/hostname/s.png) was a traceback at the end
         if out.is_dir():
             raise IsADirectoryError(errno.EISDIR, "it is a directory")

@@ -558,3 +558,20 @@ def test_sample_refuses_bad_values_before_loading_and_a_bad_adapter_or_output_in
             pixels[guidance, prompt] = np.asarray(Image.open(out))
     assert np.array_equal(pixels["0", "a red circle"], pixels["0", "a blue square on a white background"])
     assert not np.array_equal(pixels[None, "a red circle"], pixels[None, "a blue square on a white background"])
+
+
+@pytest.mark.parametrize("name, ending", [("g.xyz", "the extension '.xyz'"), ("grid", "a name without an extension")])
+def test_sample_refuses_an_out_file_pil_cannot_write_before_loading_the_model(tmp_path, name, ending):
+    """`python -m seiko_core.sample --out g.xyz` sampled the whole grid and then printed PIL's ValueError ("unknown file
+    extension") as a traceback (sixth review). The extension is checked against the formats PIL saves, before the model
+    (here one that does not exist) is loaded."""
+    from PIL import Image
+
+    Image.init()
+    assert ".xyz" not in Image.registered_extensions()  # the stock library does not know it
+    out = tmp_path / name
+    proc = run_cli("--model", str(tmp_path / "no-model"), "--prompt", "p", "--n", "1", "--out", str(out),
+                   module="seiko_core.sample")
+    assert proc.returncode == 1, proc.stderr
+    assert one_sentence(proc) == f"error: cannot write {str(out)!r}: PIL writes no image format for {ending}; use .png"
+    assert not out.exists()
