@@ -524,7 +524,46 @@ def _read_quality(model_dir: Path) -> dict:
     if not isinstance(quality, dict) or not isinstance(quality.get("build_config"), dict):
         raise QualityFileError(f"{str(path)!r} is not a QUALITY.json written by `build` (it must be a JSON object "
                                "holding a build_config object)")
+    for key, value in quality["build_config"].items():
+        # a value of the wrong type ("threads": "x", a list) was a TypeError deep in the command (sixth review)
+        if key in _CONFIG_KINDS and not _CONFIG_KINDS[key][0](value):
+            raise QualityFileError(f"{str(path)!r} is not a QUALITY.json written by `build` (its build_config "
+                                   f"{key!r} must be {_CONFIG_KINDS[key][1]}, got {json.dumps(value)[:40]})")
     return quality
+
+
+def _whole(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _real(v: object) -> bool:
+    return (_whole(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+def _config_kinds() -> dict[str, tuple[Callable[[object], bool], str]]:
+    """Per BuildConfig field, a check of a JSON value for it and what it must be (from the field's type)."""
+    import typing
+
+    kinds: dict[str, tuple[Callable[[object], bool], str]] = {}
+    for name, hint in typing.get_type_hints(BuildConfig).items():
+        if hint is bool:
+            kinds[name] = (lambda v: isinstance(v, bool), "true or false")
+        elif hint is int:
+            kinds[name] = (_whole, "a whole number")
+        elif hint is float:
+            kinds[name] = (_real, "a finite number")
+        elif hint is str:
+            kinds[name] = (lambda v: isinstance(v, str), "a string")
+        elif typing.get_origin(hint) is tuple and all(a is int for a in typing.get_args(hint)):
+            n = len(typing.get_args(hint))
+            kinds[name] = (lambda v, n=n: isinstance(v, list) and len(v) == n and all(map(_whole, v)),
+                           f"a list of {n} whole numbers")
+        else:
+            raise TypeError(f"BuildConfig.{name} has a type ({hint}) that QUALITY.json's check does not know")
+    return kinds
+
+
+_CONFIG_KINDS = _config_kinds()
 
 
 def _saved_config(quality: dict) -> BuildConfig:

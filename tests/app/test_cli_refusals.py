@@ -575,3 +575,30 @@ def test_sample_refuses_an_out_file_pil_cannot_write_before_loading_the_model(tm
     assert proc.returncode == 1, proc.stderr
     assert one_sentence(proc) == f"error: cannot write {str(out)!r}: PIL writes no image format for {ending}; use .png"
     assert not out.exists()
+
+
+@pytest.mark.parametrize("key, value, must_be", [
+    ("threads", "x", "a whole number"), ("threads", [2], "a whole number"), ("threads", 2.5, "a whole number"),
+    ("clip_lr", "fast", "a finite number"), ("unet_text_pool", 1, "true or false"),
+    ("unet_channels", [32, 64, 128], "a list of 2 whole numbers"), ("seed", True, "a whole number")])
+def test_the_toy_commands_refuse_a_build_config_value_of_the_wrong_type_naming_the_key(tmp_path, key, value, must_be):
+    """A QUALITY.json whose build_config held "threads": "x" (or a list, or a number where a whole number belongs) ended
+    in a TypeError traceback deep in `quality` / `refine-encoder` / `refine-unet` (sixth review). Each value is checked
+    against BuildConfig's field types when the file is read: one sentence naming the key, nothing changed or copied."""
+    import shutil
+
+    model = tmp_path / "m"
+    model.mkdir()
+    shutil.copy(Path(MODEL) / "model_index.json", model)
+    quality = json.loads((Path(MODEL) / "QUALITY.json").read_text())
+    quality["build_config"][key] = value
+    text = json.dumps(quality)
+    (model / "QUALITY.json").write_text(text)
+    for command in ("quality", "refine-encoder", "refine-unet"):
+        proc = run_cli(command, "--model", str(model), module="seiko_core.toy")
+        assert proc.returncode == 1, (command, proc.stderr[-3000:])
+        assert one_sentence(proc) == (
+            f"error: {str(model / 'QUALITY.json')!r} is not a QUALITY.json written by `build` (its build_config "
+            f"{key!r} must be {must_be}, got {json.dumps(value)})"), (command, proc.stderr[-3000:])
+        assert (model / "QUALITY.json").read_text() == text
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no copy left beside it
