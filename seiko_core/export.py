@@ -343,7 +343,7 @@ def load_base_pipeline(base_model: str | Path, *, device: str | torch.device = "
     diffusion_pytorch_model.safetensors.index.json naming a .bin shard, which load_model refuses, was unpickled here)."""
     from diffusers import StableDiffusionPipeline
 
-    from .models import ModelLoadError, _load_pretrained, resolve_spec
+    from .models import ModelLoadError, _check_weights, _load_pretrained, resolve_spec
 
     try:
         name, local = resolve_spec(str(base_model))
@@ -351,6 +351,9 @@ def load_base_pipeline(base_model: str | Path, *, device: str | torch.device = "
         # so asking for it here fetched 1.2 GB more (and shipped it in the merged model) or, offline, failed
         pipe = _load_pretrained(StableDiffusionPipeline.from_pretrained, name, local, "Model", safety_checker=None,
                                 requires_safety_checker=False, use_safetensors=True)
+        # load_model's check: a base damaged after the experiment was created (a NaN, an integer weight) went into a
+        # merged export unchecked (sixth review)
+        _check_weights(str(base_model), {"unet": pipe.unet, "vae": pipe.vae, "text_encoder": pipe.text_encoder})
     except ModelLoadError as exc:
         raise ExportError(str(exc)) from exc
     pipe.set_progress_bar_config(disable=True)

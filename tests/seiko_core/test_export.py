@@ -834,3 +834,27 @@ def test_an_export_refuses_rows_its_readers_would_refuse(tmp_path):
     assert not list(tmp_path.iterdir())
     assert [r["score"] for r in read_ratings_dataset(export_ratings_dataset(
         [row, {**row, "image_id": 2, "seed": 2}], tmp_path / "c", lambda p: png("red")).path)] == [5, 5]
+
+
+def test_a_merged_export_of_a_base_with_a_nan_weight_is_refused_in_one_sentence_and_writes_nothing(
+        random_model_dir, adapter_dir, tmp_path):
+    """load_model refuses a model with non-finite weights, but the merged export loaded its base by its own loader
+    without that check: a base damaged after the experiment was created (a NaN in a UNet weight no LoRA layer
+    touches) went into the merged model (sixth review). The export now runs load_model's check on the base."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    base = tmp_path / "damaged-base"
+    shutil.copytree(random_model_dir, base)
+    file = base / "unet" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(str(file))
+    assert "conv_in.weight" in tensors and not any("conv_in" in k for k in load_file(str(adapter_dir / lora.WEIGHT_NAME)))
+    tensors["conv_in.weight"] = tensors["conv_in.weight"].clone()
+    tensors["conv_in.weight"].view(-1)[3] = float("nan")
+    save_file(tensors, str(file), metadata={"format": "pt"})
+    with pytest.raises(ExportError) as refused:
+        export_merged_pipeline(base, adapter_dir, tmp_path / "merged")
+    assert str(refused.value) == (f"Model {str(base)!r} has non-finite weights in unet (1 tensor, e.g. conv_in.weight); "
+                                  "its files are damaged.")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged-base"]  # no export, no temporary sibling
