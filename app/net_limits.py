@@ -12,7 +12,9 @@ each waiting connection: 38,905 tracebacks, 18 MB of log in 13 s).
 
 - ``LimitedH11Protocol`` (uvicorn's h11 protocol) for every new connection: a connection whose request line and
   headers are not complete within ``Limits.head_deadline_s`` of it opening (or of the previous answer ending, on a kept
-  alive connection) is closed, with a 408 and one sentence when it sent part of a head; one past
+  alive connection) is closed, with a 408 and one sentence when it sent part of a head; a request whose body has not
+  all arrived within ``Limits.body_deadline_s`` of its head's end is closed too, with a 408 and one sentence unless it
+  was answered already (the web guard's 413, say); one past
   ``Limits.per_address`` open from its address gets 429 and one sentence and is closed at once, one past
   ``Limits.total`` 503. An address of a trusted proxy (SEIKO_TRUSTED_PROXIES) counts towards the total only, since
   every person behind it comes from it.
@@ -20,6 +22,7 @@ each waiting connection: 38,905 tracebacks, 18 MB of log in 13 s).
   every ``ACCEPT_LOG_EVERY_S``, with the count held back and no traceback; anything else goes to asyncio's own handler.
 
 The limits come from the environment (``Limits.from_env``): SEIKO_HEAD_TIMEOUT_S (default 10),
+SEIKO_BODY_TIMEOUT_S (default 30; the app's bodies are at most 256 KiB, ``web_guard.MAX_REQUEST_BODY``),
 SEIKO_CONNECTIONS_PER_ADDRESS (default 64) and SEIKO_MAX_CONNECTIONS (default 512, and never more than half the
 process's open-file limit, so that the limit is not reached by connections alone).
 """
@@ -44,14 +47,17 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 log = logging.getLogger(__name__)
 
 ENV_HEAD_TIMEOUT = "SEIKO_HEAD_TIMEOUT_S"
+ENV_BODY_TIMEOUT = "SEIKO_BODY_TIMEOUT_S"
 ENV_PER_ADDRESS = "SEIKO_CONNECTIONS_PER_ADDRESS"
 ENV_TOTAL = "SEIKO_MAX_CONNECTIONS"
 DEFAULT_HEAD_DEADLINE_S = 10.0
+DEFAULT_BODY_DEADLINE_S = 30.0
 DEFAULT_PER_ADDRESS = 64  # a browser opens at most 6 connections to a host over HTTP/1.1
 DEFAULT_TOTAL = 512
 ACCEPT_LOG_EVERY_S = 10.0
 
 SLOW_HEAD = "The request's line and headers did not arrive within {s:g} seconds; the connection is closed."
+SLOW_BODY = "The request's body did not arrive within {s:g} seconds of its headers; the connection is closed."
 TOO_MANY_FROM_ADDRESS = ("Your address has {n} connections open to this server, the most it may have; close some and "
                          "try again.")
 TOO_MANY_IN_ALL = "The server has {n} connections open, the most it takes; try again in a moment."
@@ -71,10 +77,12 @@ class Limits:
     head_deadline_s: float = DEFAULT_HEAD_DEADLINE_S
     per_address: int = DEFAULT_PER_ADDRESS
     total: int = DEFAULT_TOTAL
+    body_deadline_s: float = DEFAULT_BODY_DEADLINE_S
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, fd_limit: int | None = -1) -> Limits:
-        """The limits SEIKO_HEAD_TIMEOUT_S, SEIKO_CONNECTIONS_PER_ADDRESS and SEIKO_MAX_CONNECTIONS ask for (LimitsError
+        """The limits SEIKO_HEAD_TIMEOUT_S, SEIKO_BODY_TIMEOUT_S, SEIKO_CONNECTIONS_PER_ADDRESS and SEIKO_MAX_CONNECTIONS
+        ask for (LimitsError
         for one that is not a positive number); the total is at most half ``fd_limit`` (the process's soft open-file
         limit unless given; None for none)."""
         env = os.environ if environ is None else environ
@@ -94,11 +102,12 @@ class Limits:
             return value
 
         head = number(ENV_HEAD_TIMEOUT, DEFAULT_HEAD_DEADLINE_S, float, 1, 600)
+        body = number(ENV_BODY_TIMEOUT, DEFAULT_BODY_DEADLINE_S, float, 1, 600)
         per_address = int(number(ENV_PER_ADDRESS, DEFAULT_PER_ADDRESS, int, 1, 100_000))
         total = int(number(ENV_TOTAL, DEFAULT_TOTAL, int, 1, 1_000_000))
         if fd_limit is not None:
             total = max(1, min(total, fd_limit // 2))
-        return cls(head_deadline_s=head, per_address=per_address, total=total)
+        return cls(head_deadline_s=head, per_address=per_address, total=total, body_deadline_s=body)
 
 
 class Gate:
@@ -173,7 +182,7 @@ def _answer(status: int, sentence: str) -> bytes:
 
 
 class LimitedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with a deadline for each request's head and the connection caps of a ``Gate``."""
+    """uvicorn's h11 protocol with a deadline for each request's head and body, and the connection caps of a ``Gate``."""
 
     def __init__(self, *args: Any, gate: Gate, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -181,6 +190,7 @@ class LimitedH11Protocol(H11Protocol):
         self._admitted = False
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_bytes = False  # part of a head arrived since the deadline was set
+        self._body_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -195,6 +205,7 @@ class LimitedH11Protocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_deadline()
+        self._cancel_body_deadline()
         if self._admitted:
             self._admitted = False
             self.gate.release(self.client[0] if self.client else None)
@@ -206,6 +217,14 @@ class LimitedH11Protocol(H11Protocol):
         super().data_received(data)
         if self._head_timer is not None and self.conn.their_state is not h11.IDLE:
             self._cancel_head_deadline()  # the head is complete (or refused, 400)
+        # a body's deadline runs from its head's end until it has all arrived, answered meanwhile or not: a body sent a
+        # byte every few seconds held the connection for ever (sixth review; each byte put off uvicorn's keep-alive
+        # timeout after an early answer such as the web guard's 413)
+        if self.conn.their_state is h11.SEND_BODY:
+            if self._body_timer is None and not self.transport.is_closing():
+                self._body_timer = self.loop.call_later(self.gate.limits.body_deadline_s, self._body_too_slow)
+        else:
+            self._cancel_body_deadline()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -229,6 +248,25 @@ class LimitedH11Protocol(H11Protocol):
         self.gate.closed_slow += 1
         if self._head_bytes:  # a connection that sent nothing (a browser's spare one) is closed without an answer
             self.transport.write(_answer(408, SLOW_HEAD.format(s=self.gate.limits.head_deadline_s)))
+        self.transport.close()
+
+
+    def _cancel_body_deadline(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_too_slow(self) -> None:
+        self._body_timer = None
+        if self.transport.is_closing() or self.conn.their_state is not h11.SEND_BODY:
+            return
+        self.gate.closed_slow += 1
+        if self.cycle is not None and not self.cycle.response_complete:
+            # as uvicorn does when the client goes: the app's receive() gets http.disconnect, its answer is dropped
+            self.cycle.disconnected = True
+            self.cycle.message_event.set()
+        if self.conn.our_state is h11.SEND_RESPONSE:  # nothing answered yet
+            self.transport.write(_answer(408, SLOW_BODY.format(s=self.gate.limits.body_deadline_s)))
         self.transport.close()
 
 

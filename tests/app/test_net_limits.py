@@ -105,6 +105,59 @@ def test_a_head_sent_slowly_but_within_the_deadline_is_answered(served):
     assert closed and answer.startswith(b"HTTP/1.1 200 "), answer[:80]
 
 
+def _trickle_body(s: socket.socket, head: bytes, every_s: float, for_s: float) -> tuple[float | None, bytes]:
+    """Send ``head``, then one byte of body every ``every_s`` seconds for up to ``for_s``: the seconds after the head
+    until the server closed ``s`` (None if it did not) and all it sent."""
+    s.sendall(head)
+    started, got = time.monotonic(), b""
+    s.settimeout(every_s)
+    while time.monotonic() - started < for_s:
+        try:
+            s.sendall(b"a")
+        except (BrokenPipeError, ConnectionResetError):
+            return time.monotonic() - started, got
+        try:
+            while chunk := s.recv(4096):
+                got += chunk
+            return time.monotonic() - started, got
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            return time.monotonic() - started, got
+    return None, got
+
+
+def test_a_request_body_sent_a_byte_at_a_time_is_closed_at_the_body_deadline(served):
+    """Found by the sixth review: once a request's head was complete nothing limited its body, so POST /login with
+    Content-Length: 100000 and a byte every few seconds held the connection (and the sign-in's wait for its form)
+    for as long as the client liked; one answered early (413 for a body over the cap) was held too, each byte
+    putting off uvicorn's keep-alive timeout. Now the body has SEIKO_BODY_TIMEOUT_S from its head's end."""
+    url = served(SEIKO_BODY_TIMEOUT_S="3", SEIKO_HEAD_TIMEOUT_S="60")
+    port = _port(url)
+    head = (b"POST /login HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: %d\r\n\r\n")
+    closed_after, answer = _trickle_body(_connect(port), head % (port, 100_000), every_s=0.5, for_s=15)
+    assert closed_after is not None and 2.5 <= closed_after <= 7, (closed_after, answer[:200])
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert answer.endswith(b"The request's body did not arrive within 3 seconds of its headers; the connection is "
+                           b"closed."), answer
+    # a body over the app's cap is answered at once (413) and the connection, still sending, closed at the deadline
+    closed_after, answer = _trickle_body(_connect(port), head % (port, 10_000_000), every_s=0.5, for_s=15)
+    assert closed_after is not None and closed_after <= 7, (closed_after, answer[:200])
+    assert answer.startswith(b"HTTP/1.1 413 ") and answer.count(b"HTTP/1.1 ") == 1, answer[:300]
+    # a form sent whole, and one sent in pieces within the deadline, are answered as before
+    assert httpx.post(f"{url}/login", data={"username": "alice", "password": "wrong one"}).status_code < 500
+    s = _connect(port)
+    form = b"username=alice&password=wrong"
+    s.sendall(head % (port, len(form)) + form[:5])
+    time.sleep(1)
+    s.sendall(form[5:])
+    s.settimeout(10)
+    answer = s.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 ") and not answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    s.close()
+
+
 def test_one_address_holds_at_most_its_share_of_connections_and_another_is_still_answered(served):
     url = served(SEIKO_CONNECTIONS_PER_ADDRESS="4", SEIKO_HEAD_TIMEOUT_S="60")
     port = _port(url)
@@ -150,12 +203,14 @@ def test_a_trusted_proxy_counts_towards_the_total_only():
 
 
 def test_limits_from_the_environment_are_checked_and_the_total_stays_under_the_open_file_limit():
-    assert net_limits.Limits.from_env({}, fd_limit=None) == net_limits.Limits(10.0, 64, 512)
+    assert net_limits.Limits.from_env({}, fd_limit=None) == net_limits.Limits(10.0, 64, 512, 30.0)
     assert net_limits.Limits.from_env({}, fd_limit=600).total == 300
     got = net_limits.Limits.from_env({"SEIKO_HEAD_TIMEOUT_S": "2.5", "SEIKO_CONNECTIONS_PER_ADDRESS": "8",
-                                      "SEIKO_MAX_CONNECTIONS": "100"}, fd_limit=None)
-    assert got == net_limits.Limits(2.5, 8, 100)
-    for name, bad in (("SEIKO_HEAD_TIMEOUT_S", "0"), ("SEIKO_HEAD_TIMEOUT_S", "nan"), ("SEIKO_CONNECTIONS_PER_ADDRESS", "2.5"),
+                                      "SEIKO_MAX_CONNECTIONS": "100", "SEIKO_BODY_TIMEOUT_S": "45"}, fd_limit=None)
+    assert got == net_limits.Limits(2.5, 8, 100, 45.0)
+    for name, bad in (("SEIKO_HEAD_TIMEOUT_S", "0"), ("SEIKO_HEAD_TIMEOUT_S", "nan"), ("SEIKO_BODY_TIMEOUT_S", "0.5"),
+                      ("SEIKO_BODY_TIMEOUT_S", "inf"), ("SEIKO_BODY_TIMEOUT_S", "soon"),
+                      ("SEIKO_CONNECTIONS_PER_ADDRESS", "2.5"),
                       ("SEIKO_MAX_CONNECTIONS", "-1"), ("SEIKO_MAX_CONNECTIONS", "lots")):
         with pytest.raises(net_limits.LimitsError, match=name):
             net_limits.Limits.from_env({name: bad}, fd_limit=None)
