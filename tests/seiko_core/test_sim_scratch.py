@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,22 +17,13 @@ import pytest
 import torch
 
 from seiko_core import pairwise_sim, scratch, simulate
+from tests.app.test_candidate_scratch import _mapped_scratch_files
 from tests.seiko_core.test_simulate import TINY
 
 
 def _mapped_scratch_bytes(folder: Path) -> list[tuple[str, int]]:
     """This process's memory maps of files under ``folder``/scratch: (path as the kernel shows it, bytes mapped)."""
-    maps = "/proc/self/maps"
-    if not os.path.exists(maps):
-        pytest.skip("no /proc/self/maps here to see the process's memory maps")
-    prefix = str((folder / scratch.SCRATCH).resolve()) + "/"
-    found = []
-    with open(maps) as f:
-        for line in f:
-            if prefix in line:
-                start, end = (int(a, 16) for a in line.split()[0].split("-"))
-                found.append((line.split(None, 5)[-1].strip(), end - start))
-    return found
+    return _mapped_scratch_files(folder)  # the worker's test reads the same folder (storage.SCRATCH is scratch.SCRATCH)
 
 
 def _figures(results: dict) -> str:
