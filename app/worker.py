@@ -130,13 +130,17 @@ class JobCancelled(Exception):
 
 def _transient(exc: BaseException) -> bool:
     """Whether a model or adapter that could not be loaded may load on another attempt: the error was caused by a
-    connection or a timeout (a hub download), not by the files."""
+    connection or a timeout (a hub download), or by running out of memory (another worker, or this one later, may
+    have it: torch's OutOfMemoryError is a RuntimeError, which load_model reports as a ModelLoadError), not by the
+    files."""
     seen = set()
     cause = exc.__cause__ or exc.__context__
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
         # requests' and urllib3's are not the built-in ones: told by their names (ConnectionError, ReadTimeout ...)
-        if isinstance(cause, ConnectionError | TimeoutError) or type(cause).__name__.endswith(
+        if isinstance(cause, ConnectionError | TimeoutError | MemoryError) or type(cause).__name__ == "OutOfMemoryError":
+            return True
+        if type(cause).__name__.endswith(
                 ("ConnectionError", "ConnectError", "Timeout", "TimeoutError")):
             return True
         cause = cause.__cause__ or cause.__context__

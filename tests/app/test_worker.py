@@ -1827,3 +1827,32 @@ def test_a_model_that_could_not_be_downloaded_is_still_retried(worker_world):
         worker.close()
     (job,) = _jobs(world, eid)
     assert (job.status, job.attempts) == ("queued", 1) and "connection reset" in job.error
+
+
+@pytest.mark.parametrize("cause", ["torch", "host"])
+def test_a_model_load_that_ran_out_of_memory_is_retried(worker_world, cause):
+    """Input faults fail at once (sixth review), but load_model reports a RuntimeError such as torch's
+    OutOfMemoryError as a ModelLoadError too: a GPU too small on one worker failed the job for every worker. Out of
+    memory (torch's or the host's MemoryError) is queued again, as a connection error is."""
+    import torch
+
+    from seiko_core.models import ModelLoadError
+
+    world = worker_world
+    eid = world.create_experiment()
+    error = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB") if cause == "torch" else MemoryError()
+
+    def load_fails(run):
+        try:
+            raise error
+        except (RuntimeError, MemoryError) as exc:
+            raise ModelLoadError("Could not load Model 'org/model': out of memory") from exc
+
+    worker = world.worker()
+    worker.handlers["generate"] = load_fails
+    try:
+        assert worker.run_once() is True
+    finally:
+        worker.close()
+    (job,) = _jobs(world, eid)
+    assert (job.status, job.attempts) == ("queued", 1) and "out of memory" in job.error
