@@ -138,10 +138,8 @@ def _transient(exc: BaseException) -> bool:
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
         # requests' and urllib3's are not the built-in ones: told by their names (ConnectionError, ReadTimeout ...)
-        if isinstance(cause, ConnectionError | TimeoutError | MemoryError) or type(cause).__name__ == "OutOfMemoryError":
-            return True
-        if type(cause).__name__.endswith(
-                ("ConnectionError", "ConnectError", "Timeout", "TimeoutError")):
+        if isinstance(cause, ConnectionError | TimeoutError | MemoryError) or type(cause).__name__.endswith(
+                ("ConnectionError", "ConnectError", "Timeout", "TimeoutError", "OutOfMemoryError")):
             return True
         cause = cause.__cause__ or cause.__context__
     return False
@@ -723,26 +721,20 @@ class Worker:
         except LeaseLost as exc:
             self.last_error = str(exc)
             log.warning("job %d: %s; this worker's result is discarded", job.id, exc)
-        except (ModelLoadError, CheckpointError) as exc:
-            if _transient(exc):
-                self.last_error = f"{type(exc).__name__}: {exc}"[:ERROR_MAX_CHARS]
-                log.exception("job %d (%s) failed after %.1f s", job.id, job.kind, time.monotonic() - start)
-                heartbeat.stop()
-                self._fail(job, self.last_error)
-            else:
+        except Exception as exc:
+            heartbeat.stop()
+            if isinstance(exc, ModelLoadError | CheckpointError) and not _transient(exc):
                 # the job's input is at fault (a model directory removed or damaged, an adapter that does not verify):
                 # another attempt meets the same, so the job fails now, with the sentence and no traceback (it logged
                 # 15 lines and was queued twice more; sixth review)
                 self.last_error = str(exc)[:ERROR_MAX_CHARS]
                 log.error("job %d (%s) failed after %.1f s: %s", job.id, job.kind, time.monotonic() - start,
                           self.last_error)
-                heartbeat.stop()
                 self._fail(job, self.last_error, retry=False)
-        except Exception as exc:
-            self.last_error = f"{type(exc).__name__}: {exc}"[:ERROR_MAX_CHARS]
-            log.exception("job %d (%s) failed after %.1f s", job.id, job.kind, time.monotonic() - start)
-            heartbeat.stop()
-            self._fail(job, self.last_error)
+            else:
+                self.last_error = f"{type(exc).__name__}: {exc}"[:ERROR_MAX_CHARS]
+                log.exception("job %d (%s) failed after %.1f s", job.id, job.kind, time.monotonic() - start)
+                self._fail(job, self.last_error)
         except BaseException as exc:  # KeyboardInterrupt, SystemExit: hand the job back before stopping
             heartbeat.stop()
             if isinstance(exc, KeyboardInterrupt) or self._stopping.is_set():

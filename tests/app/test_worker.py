@@ -1805,27 +1805,33 @@ def test_a_job_whose_model_is_gone_fails_at_once_with_its_sentence_and_no_traceb
             in ui_admin.round_status_html(world.factory, experiment_id))
 
 
-def test_a_model_that_could_not_be_downloaded_is_still_retried(worker_world):
-    """The input faults fail at once (the test above); a model load that failed on a connection or a timeout (a hub
-    download) may work on another attempt, and is queued again as before."""
+def _job_after_a_failed_model_load(world, cause: BaseException, message: str):
+    """One generate job whose model load fails with ModelLoadError(``message``) raised from ``cause``; its job row."""
     from seiko_core.models import ModelLoadError
 
-    world = worker_world
     eid = world.create_experiment()
 
-    def download_fails(run):
+    def load_fails(run):
         try:
-            raise ConnectionError("connection reset by peer")
-        except ConnectionError as exc:
-            raise ModelLoadError("Could not load Model 'org/model': connection reset by peer") from exc
+            raise cause
+        except BaseException as exc:
+            raise ModelLoadError(f"Could not load Model 'org/model': {message}") from exc
 
     worker = world.worker()
-    worker.handlers["generate"] = download_fails
+    worker.handlers["generate"] = load_fails
     try:
         assert worker.run_once() is True
     finally:
         worker.close()
     (job,) = _jobs(world, eid)
+    return job
+
+
+def test_a_model_that_could_not_be_downloaded_is_still_retried(worker_world):
+    """The input faults fail at once (the test above); a model load that failed on a connection or a timeout (a hub
+    download) may work on another attempt, and is queued again as before."""
+    job = _job_after_a_failed_model_load(worker_world, ConnectionError("connection reset by peer"),
+                                         "connection reset by peer")
     assert (job.status, job.attempts) == ("queued", 1) and "connection reset" in job.error
 
 
@@ -1836,23 +1842,6 @@ def test_a_model_load_that_ran_out_of_memory_is_retried(worker_world, cause):
     memory (torch's or the host's MemoryError) is queued again, as a connection error is."""
     import torch
 
-    from seiko_core.models import ModelLoadError
-
-    world = worker_world
-    eid = world.create_experiment()
     error = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB") if cause == "torch" else MemoryError()
-
-    def load_fails(run):
-        try:
-            raise error
-        except (RuntimeError, MemoryError) as exc:
-            raise ModelLoadError("Could not load Model 'org/model': out of memory") from exc
-
-    worker = world.worker()
-    worker.handlers["generate"] = load_fails
-    try:
-        assert worker.run_once() is True
-    finally:
-        worker.close()
-    (job,) = _jobs(world, eid)
+    job = _job_after_a_failed_model_load(worker_world, error, "out of memory")
     assert (job.status, job.attempts) == ("queued", 1) and "out of memory" in job.error
