@@ -300,6 +300,11 @@ class FinetuneConfig:
         _check_finite(self)
 
 
+def with_quality_template(cfg, prompt: str) -> str:
+    """``prompt`` prefixed with ``cfg.quality_template`` (the reference's form: the template, a space, the prompt)."""
+    return f"{cfg.quality_template} {prompt}"
+
+
 @dataclass
 class SeikoConfig:
     method: str = "bootstrap"  # nonadaptive, greedy, ucb, bootstrap or ts (see METHOD_OPTIMISM)

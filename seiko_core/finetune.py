@@ -25,7 +25,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from . import lora
-from .config import MAX_ROUND_TRAJECTORIES, TRUNCATIONS, trajectory_limit_message
+from .config import MAX_ROUND_TRAJECTORIES, TRUNCATIONS, trajectory_limit_message, with_quality_template
 from .features import embed_images
 from .sampling import (
     DDIMSchedule,
@@ -260,6 +260,20 @@ def trajectory_loss(parts, reward_fn: RewardFn, prompts: list[str], seeds: list[
     return loss, r, traj
 
 
+def templated(prompts: list[str], idx: list[int], gen: torch.Generator, cfg, *, rank: int = 0, world: int = 1) -> list[str]:
+    """The prompts ``idx`` of ``prompts``, a ``good_prompt_prop`` fraction prefixed with ``quality_template``: the same
+    prompt distribution as the round's images (``loop.round_prompts``), so the model is fine-tuned on the prompts it is
+    asked (SEIKO.md's outer loop, step 1). ``idx`` is this rank's slice of the global micro-batch of ``len(idx) *
+    world``; the prefix draw is global too (from ``gen``, shared by all ranks), so N ranks draw as one process would.
+    Without a template (the shapes preset) nothing is drawn from ``gen``: its stream is the one it always was."""
+    chosen = [prompts[i] for i in idx]
+    if not cfg.quality_template or cfg.good_prompt_prop <= 0:
+        return chosen
+    b = len(idx)
+    good = (torch.rand(b * world, generator=gen) < cfg.good_prompt_prop).tolist()[rank * b:(rank + 1) * b]
+    return [with_quality_template(cfg, p) if g else p for p, g in zip(chosen, good)]
+
+
 def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: str, reference: str | None, seed: int,
              on_progress: ProgressFn | None = None, accelerator=None, spent_s: float = 0.0) -> FinetuneResult:
     """Train LoRA adapter ``adapter`` (already added, initialised from ``reference``) toward ``reward_fn``.
@@ -334,7 +348,7 @@ def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: st
             for _ in range(ft.grad_accum):
                 # the global micro-batch of b * world trajectories; this rank renders its slice [rank*b, (rank+1)*b)
                 idx = torch.randint(0, len(prompts), (b * world,), generator=gen).tolist()[rank * b:(rank + 1) * b]
-                batch_prompts = [prompts[i] for i in idx]
+                batch_prompts = templated(prompts, idx, gen, cfg, rank=rank, world=world)
                 seeds = [seed_base + n_traj + rank * b + j for j in range(b)]
                 n_traj += b * world
                 attached = attached_steps(len(schedule), ft.truncation, ft.truncation_k, gen)

@@ -16,7 +16,7 @@ import torch
 
 from . import finetune as _finetune_module
 from . import lora
-from .config import SeikoConfig
+from .config import SeikoConfig, with_quality_template
 from .features import EMBED_BATCH, embed_images, embed_images_batched
 from .finetune import FinetuneResult, finetune
 from .optimism import LinearUCB, fit_bonus, optimistic_reward, thompson_draw
@@ -34,7 +34,7 @@ def round_prompts(cfg: SeikoConfig, n: int, seed: int) -> list[str]:
     picks = [cfg.prompts[i] for i in rng.integers(0, len(cfg.prompts), size=n)]
     if cfg.quality_template and cfg.good_prompt_prop > 0:
         good = rng.random(n) < cfg.good_prompt_prop
-        picks = [f"{cfg.quality_template} {p}" if g else p for p, g in zip(picks, good)]
+        picks = [with_quality_template(cfg, p) if g else p for p, g in zip(picks, good)]
     return picks
 
 

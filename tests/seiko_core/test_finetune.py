@@ -731,3 +731,55 @@ def test_a_round_draws_its_trajectories_from_its_own_seed_block_and_a_million_is
     res = finetune(random_parts, redness, ["a shape"], cfg, adapter="round_1", reference=None, seed=41)
     assert res.steps == 4 and round_trajectories(cfg.finetune) == 16
     assert seen == list(range(42 * 10**6, 42 * 10**6 + 16))
+
+
+def test_training_prompts_get_the_quality_template_as_the_rounds_images_do(random_parts, monkeypatch):
+    """Found (seventh review): the round's images take the quality template on a ``good_prompt_prop`` fraction of
+    their prompts (``loop.round_prompts``, SEIKO.md step 1), but fine-tuning drew its prompts from the bare list, so
+    the sd15 preset's model was never trained on a templated prompt though a fifth of the prompts it is asked are.
+    Observed here through the prompts each trajectory is rendered with."""
+    from seiko_core import finetune as finetune_module
+
+    real = finetune_module.trajectory_loss
+    seen: list[str] = []
+
+    def recording(parts, reward_fn, prompts, seeds, *args, **kwargs):
+        seen.extend(prompts)
+        return real(parts, reward_fn, prompts, seeds, *args, **kwargs)
+
+    monkeypatch.setattr(finetune_module, "trajectory_loss", recording)
+    bare = ["a red circle", "a blue square"]
+
+    def prompts_of_a_round(template: str, prop: float) -> list[str]:
+        seen.clear()
+        cfg = tiny_cfg()
+        cfg.quality_template, cfg.good_prompt_prop = template, prop
+        cfg.finetune.trajectories_per_epoch = 16
+        if lora.has_adapter(random_parts.unet, "round_1"):
+            random_parts.unet.delete_adapters("round_1")
+        lora.add_adapter(random_parts.unet, "round_1", cfg.finetune)
+        finetune(random_parts, redness, bare, cfg, adapter="round_1", reference=None, seed=3)
+        return list(seen)
+
+    every = prompts_of_a_round("a beautiful photo of", 1.0)
+    assert len(every) == 16 and set(every) <= {f"a beautiful photo of {p}" for p in bare}
+    half = prompts_of_a_round("a beautiful photo of", 0.5)
+    templated = [p for p in half if p.startswith("a beautiful photo of ")]
+    assert 0 < len(templated) < 16 and set(half) <= {*bare, *(f"a beautiful photo of {p}" for p in bare)}
+    # no template (the shapes preset): the bare prompts, the same draw as a template that is never used
+    assert prompts_of_a_round("", 0.5) == prompts_of_a_round("a beautiful photo of", 0.0)
+    assert set(prompts_of_a_round("", 0.5)) <= set(bare)
+
+
+def test_the_template_draw_is_global_across_ranks():
+    """N data-parallel ranks draw the template's mask as one process drawing the global micro-batch would."""
+    from seiko_core.finetune import templated
+
+    cfg = tiny_cfg()
+    cfg.quality_template, cfg.good_prompt_prop = "nice", 0.5
+    prompts = [f"p{i}" for i in range(8)]
+    whole = templated(prompts, list(range(8)), torch.Generator().manual_seed(5), cfg)
+    parts = [templated(prompts, list(range(4 * r, 4 * r + 4)), torch.Generator().manual_seed(5), cfg, rank=r, world=2)
+             for r in range(2)]
+    assert parts[0] + parts[1] == whole and any(p.startswith("nice ") for p in whole)
+    assert any(not p.startswith("nice ") for p in whole)
