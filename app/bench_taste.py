@@ -66,7 +66,7 @@ from app.settings import Settings
 from seiko_core import atomic
 from seiko_core.config import from_dict, to_dict
 from seiko_core.preference import logistic_temperature, simulate_pair_choices
-from seiko_core.stats import number_or_none
+from seiko_core.stats import number_or_none, pearson
 
 EXPERIMENT = "demo"
 POLL_S = 0.25
@@ -284,11 +284,6 @@ def _ranks(x: np.ndarray) -> np.ndarray:
 
 def correlations(pred: np.ndarray, scores: np.ndarray) -> dict[str, float | None]:
     """Pearson's r and Spearman's rho of two equal-length vectors; None where either is constant."""
-    def pearson(a, b):
-        a, b = a - a.mean(), b - b.mean()
-        den = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
-        return None if den == 0 else float((a * b).sum()) / den
-
     pred, scores = np.asarray(pred, dtype=np.float64), np.asarray(scores, dtype=np.float64)
     return {"pearson": pearson(pred, scores), "spearman": pearson(_ranks(pred), _ranks(scores))}
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from seiko_core.stats import mean_ci95, number_or_none, wins
+from seiko_core.stats import mean_ci95, number_or_none, pearson, wins
 
 REPORTED = ("share_ge6", "mean_rating", "variety_pixels_pct_round0", "variety_embedding_pct_round0",
             "variety_liked_pixels_pct_round0", "variety_liked_embedding_pct_round0", "wait_s", "reward_corr",
@@ -312,7 +312,7 @@ def goals_across(docs: list[dict[str, Any]]) -> dict[str, Any]:
     if not share:
         raise ValueError("no round after round 0 with its variety measured in these runs")
     x, y = np.asarray(share, dtype=np.float64), np.asarray(emb, dtype=np.float64)
-    r = None if x.std() == 0 or y.std() == 0 else float(np.corrcoef(x, y)[0, 1])
+    r = pearson(x, y)
     hit = x >= GOAL_SHARE - 1e-12
     return {"rounds": len(x), "share_goal": int(hit.sum()), "variety_goal": int(sum(both_var)),
             "both": int(sum(h and v for h, v in zip(hit, both_var))), "r_share_variety_emb": r}

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from seiko_core.simulate import LABELS, METHODS, RESULTS, final_rewards, finished_runs
-from seiko_core.stats import mean_ci95, t975, wins
+from seiko_core.stats import mean_ci95, pearson, t975, wins
 
 
 def pretrained_spread(results: dict) -> float:
@@ -129,8 +129,9 @@ def equal_kl_table(all_results: list[dict], baseline: str = "greedy") -> str:
             kl = np.array(list(kls.values()))
             reward = np.array([rewards[seed] for seed in kls], dtype=float)
             label = f"- {res['settings']['oracle']}, {LABELS.get(method, method)}:"
-            if kl.std() > 0 and reward.std() > 0:
-                lines.append(f"{label} r = {np.corrcoef(kl, reward)[0, 1]:+.2f} ({len(kls)} seeds)")
+            r = pearson(kl, reward)
+            if r is not None:
+                lines.append(f"{label} r = {r:+.2f} ({len(kls)} seeds)")
             else:
                 lines.append(f"{label} r undefined, the KL or the reward is the same on all {len(kls)} seeds")
     return "\n".join(lines) + "\n"

@@ -67,7 +67,7 @@ from .config import (
     to_dict,
 )
 from .scratch import PixelSpill, add_max_mib_argument, float_pixels
-from .stats import mean_ci95, t975, wins  # noqa: F401  (re-exported: reports import them from here)
+from .stats import mean_ci95, pearson, t975, wins  # noqa: F401  (re-exported: reports import them from here)
 
 RESULTS = "results.json"
 CURVE = "curve.png"
@@ -313,10 +313,8 @@ def _score(oracle, images: torch.Tensor, prompts: list[str], batch: int = 256) -
 
 def _pearson(a: torch.Tensor, b: torch.Tensor) -> float | None:
     """Pearson correlation of two 1-d tensors; None when either is constant (or has fewer than 2 values)."""
-    if a.numel() < 2:
-        return None
-    c = float(torch.corrcoef(torch.stack([a.double(), b.double()]))[0, 1])
-    return c if math.isfinite(c) else None
+    c = pearson(a.detach().double().cpu().numpy(), b.detach().double().cpu().numpy())
+    return c if c is not None and math.isfinite(c) else None
 
 
 def uncertainty_calibration(preds: torch.Tensor, r_opt: torch.Tensor, true: torch.Tensor) -> dict:

@@ -41,6 +41,20 @@ def wilson_ci95(successes: int, n: int) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def pearson(a, b) -> float | None:
+    """Pearson's r of two equal-length sequences; None when either is constant (every value the same) or has fewer
+    than two values. Constancy is read from the values themselves (their max equals their min), not from a centred
+    sum of squares: the mean of equal floats is not always that float (3 x 0.1 / 3), so a constant series centred on
+    it left a few 1e-17 residues and r came out 0.0 where it is undefined (found by review)."""
+    x, y = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
+    if len(x) != len(y):
+        raise ValueError(f"a correlation needs two sequences of one length, got {len(x)} and {len(y)}")
+    if len(x) < 2 or x.max() == x.min() or y.max() == y.min():
+        return None
+    x, y = x - x.mean(), y - y.mean()
+    return float(np.clip((x * y).sum() / math.sqrt(float((x * x).sum()) * float((y * y).sum())), -1.0, 1.0))
+
+
 def wins(differences) -> float:
     """Paired wins of B over A from the differences B - A: a positive one counts 1, an exact tie 1/2 (the rule every
     table here states; the simulator's and the pooled tables counted a tie as a loss, found by review)."""

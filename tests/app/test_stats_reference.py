@@ -1,0 +1,74 @@
+"""The project's reported statistics against independent references (seventh review, 5 Dec 2026): correlations
+against exact rational arithmetic."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+from app.bench_taste import correlations
+from app.bench_taste_report import goals_across
+from seiko_core import stats
+from seiko_core.simulate import _pearson, uncertainty_calibration
+
+
+def exact_pearson(a, b) -> float | None:
+    """Pearson's r from exact rationals of the float inputs: None when a side's sum of squares is exactly 0."""
+    x, y = [Fraction(float(v)) for v in a], [Fraction(float(v)) for v in b]
+    mx, my = sum(x) / len(x), sum(y) / len(y)
+    sxy = sum((u - mx) * (v - my) for u, v in zip(x, y, strict=True))
+    sxx, syy = sum((u - mx) ** 2 for u in x), sum((v - my) ** 2 for v in y)
+    if sxx == 0 or syy == 0:
+        return None
+    return math.copysign(math.sqrt(sxy * sxy / (sxx * syy)), sxy)
+
+
+def exact_ranks(values) -> list[float]:
+    """Average ranks from 0, by counting: (values below) + (ties - 1) / 2."""
+    return [sum(w < v for w in values) + (sum(w == v for w in values) - 1) / 2 for v in values]
+
+
+CONSTANT_SERIES = [[0.1] * 3, [0.1] * 7, [0.3] * 10, [5.7] * 7, [1 / 3] * 10, [9.95] * 7]
+
+
+@pytest.mark.parametrize("series", CONSTANT_SERIES, ids=lambda s: f"{s[0]:.3g}x{len(s)}")
+def test_a_correlation_with_a_constant_series_is_undefined_not_zero(series):
+    """The mean of n equal floats is not always that float (0.1 + 0.1 + 0.1 = 0.30000000000000004), so centring left
+    1e-17 residues and the held-out correlation, the goals' r and the simulator's calibration read 0.0 where r is
+    undefined; their docstrings promise None."""
+    other = np.arange(len(series), dtype=float)
+    assert exact_pearson(series, other) is None  # the reference: no spread, no correlation
+    assert stats.pearson(series, other) is None
+    assert stats.pearson(other, series) is None
+    assert correlations(np.asarray(series), other) == {"pearson": None, "spearman": None}
+    assert _pearson(torch.tensor(series, dtype=torch.float64), torch.tensor(other)) is None
+    cal = uncertainty_calibration(torch.tensor(series, dtype=torch.float64)[:, None].repeat(1, 2),
+                                  torch.tensor(series, dtype=torch.float64) + 0.5, torch.tensor(other))
+    assert cal == {"spread_abs_error_corr": None, "bonus_error_corr": None}  # spread 0; a constant bonus of 0.5
+    rounds = [{"share_ge6": series[0] / 10, "variety_embedding_pct_round0": 70.0 + 10 * k,
+               "variety_pixels_pct_round0": 90.0} for k in range(len(series))]
+    doc = {"seeds": {"0": {"rounds": [{}] + rounds}}}
+    assert goals_across([doc])["r_share_variety_emb"] is None
+
+
+def test_correlations_match_exact_arithmetic_with_ties_and_small_n():
+    rng = np.random.default_rng(7)
+    checked = 0
+    for trial in range(300):
+        n = int(rng.integers(2, 12))
+        a = rng.integers(1, 5, n).astype(float)  # many ties
+        b = rng.integers(1, 11, n) + (rng.normal(0, 1, n) if trial % 2 else 0.0)
+        got = correlations(a, b)
+        for key, ref in (("pearson", exact_pearson(a, b)), ("spearman", exact_pearson(exact_ranks(list(a)),
+                                                                                      exact_ranks(list(b))))):
+            if ref is None:
+                assert got[key] is None
+            else:
+                assert got[key] == pytest.approx(ref, abs=1e-12)
+                checked += 1
+    assert checked > 400
+    assert correlations(np.array([1.0, 2.0]), np.array([5.0, 3.0]))["pearson"] == -1.0  # two points: +-1 exactly
