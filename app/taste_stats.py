@@ -114,7 +114,8 @@ def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float | None, float
     denom = 1.0 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return p, max(0.0, centre - half), min(1.0, centre + half)
+    # at k = 0 (k = n) the lower (upper) end is exactly 0 (1); centre - half rounds to 5.6e-17 there (found by review)
+    return p, 0.0 if k <= 0 else max(0.0, centre - half), 1.0 if k >= n else min(1.0, centre + half)
 
 
 def clustered_intervals(scores: list[float], groups: list[object]) -> tuple[tuple[float | None, float | None, float | None],

@@ -370,7 +370,8 @@ def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, fl
     z2 = z * z
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # at 0 (n) successes the lower (upper) end is exactly 0 (1); centre - half rounds to 5.6e-17 there
+    return (0.0 if successes == 0 else max(0.0, centre - half)), (1.0 if successes == n else min(1.0, centre + half))
 
 
 def win_stats(wins: int, losses: int, ties: int, pairs: int = 0) -> dict[str, Any]:

@@ -38,7 +38,8 @@ def wilson_ci95(successes: int, n: int) -> tuple[float, float]:
     z, p = 1.959964, successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # at 0 (n) successes the lower (upper) end is exactly 0 (1); centre - half rounds to 5.6e-17 there
+    return (0.0 if successes == 0 else max(0.0, centre - half)), (1.0 if successes == n else min(1.0, centre + half))
 
 
 def pearson(a, b) -> float | None:

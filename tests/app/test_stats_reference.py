@@ -1,5 +1,5 @@
 """The project's reported statistics against independent references (seventh review, 5 Dec 2026): correlations
-against exact rational arithmetic."""
+against exact rational arithmetic, Wilson intervals against the roots of their defining quadratic."""
 
 from __future__ import annotations
 
@@ -10,10 +10,14 @@ import numpy as np
 import pytest
 import torch
 
+from app import taste_stats
 from app.bench_taste import correlations
 from app.bench_taste_report import goals_across
+from db import comparisons
 from seiko_core import stats
 from seiko_core.simulate import _pearson, uncertainty_calibration
+
+Z = 1.959963984540054
 
 
 def exact_pearson(a, b) -> float | None:
@@ -72,3 +76,30 @@ def test_correlations_match_exact_arithmetic_with_ties_and_small_n():
                 checked += 1
     assert checked > 400
     assert correlations(np.array([1.0, 2.0]), np.array([5.0, 3.0]))["pearson"] == -1.0  # two points: +-1 exactly
+
+
+def wilson_roots(k: float, n: float) -> tuple[float, float]:
+    """The Wilson interval as the roots p of (k/n - p)^2 = z^2 p (1 - p) / n."""
+    ph = k / n
+    a, b, c = 1 + Z * Z / n, -(2 * ph + Z * Z / n), ph * ph
+    disc = math.sqrt(b * b - 4 * a * c)
+    return (-b - disc) / (2 * a), (-b + disc) / (2 * a)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 6, 7, 9, 12, 24, 25, 96, 100, 255])
+def test_wilson_intervals_match_the_quadratic_and_reach_0_and_1_exactly(n):
+    """At 0 successes the interval's lower end is 0, at n the upper end is 1 (the quadratic's root there, exactly);
+    the three copies gave 5.6e-17 and 0.9999999999999999 for many n."""
+    for k in [x / 2 for x in range(0, 2 * n + 1)]:
+        lo, hi = wilson_roots(k, n)
+        got = [taste_stats.wilson_interval(k, n)[1:], comparisons.wilson_interval(k, n)]
+        if k == int(k):
+            got.append(stats.wilson_ci95(int(k), n))
+        for g in got:
+            assert g[0] == pytest.approx(max(0.0, lo), abs=1e-7)
+            assert g[1] == pytest.approx(min(1.0, hi), abs=1e-7)
+    for lo_hi in (taste_stats.wilson_interval(0, n)[1:], comparisons.wilson_interval(0, n), stats.wilson_ci95(0, n)):
+        assert lo_hi[0] == 0.0
+    for lo_hi in (taste_stats.wilson_interval(n, n)[1:], comparisons.wilson_interval(n, n), stats.wilson_ci95(n, n)):
+        assert lo_hi[1] == 1.0
+    assert comparisons.win_stats(0, n, 0)["ci95"][0] == 0.0 and comparisons.win_stats(n, 0, 0)["ci95"][1] == 1.0
