@@ -67,7 +67,7 @@ from .config import (
     to_dict,
 )
 from .scratch import PixelSpill, add_max_mib_argument, float_pixels
-from .stats import mean_ci95, pearson, t975, wins  # noqa: F401  (re-exported: reports import them from here)
+from .stats import interval_text, mean_ci95, pearson, t975, wins  # noqa: F401  (re-exported: reports import them from here)
 
 RESULTS = "results.json"
 CURVE = "curve.png"
@@ -634,10 +634,10 @@ def write_table(results: dict, path: Path) -> str:
     for r in table_rows(results):
         per = ", ".join(f"{v:.2f}" for _, v in sorted(r["per_seed"].items(), key=lambda kv: int(kv[0])))
         paired = ("-" if r["method"] == "greedy" or not r["paired_n"] else
-                  f"{r['paired_diff']:+.3f} [{r['paired_diff'] - r['paired_ci95']:+.3f}, {r['paired_diff'] + r['paired_ci95']:+.3f}]")
+                  f"{r['paired_diff']:+.3f} {interval_text(r['paired_diff'], r['paired_ci95'], '+.3f')}")
         wins = "-" if r["method"] == "greedy" or not r["paired_n"] else f"{r['wins']:g}/{r['paired_n']}"
         lines.append(f"| {LABELS.get(r['method'], r['method'])} | {r['rounds']} | {r['labels']} | {r['finetune_steps']} | "
-                     f"**{r['mean']:.3f}** [{r['mean'] - r['ci95']:.3f}, {r['mean'] + r['ci95']:.3f}] | {paired} | {wins} | "
+                     f"**{r['mean']:.3f}** {interval_text(r['mean'], r['ci95'], '.3f')} | {paired} | {wins} | "
                      f"{per} | {r['kl_base']:.3g} | {r['wall_s'] / 60:.1f} min |")
     quality = reward_quality_rows(results)
     if quality:

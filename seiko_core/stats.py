@@ -29,6 +29,14 @@ def mean_ci95(values) -> tuple[float, float]:
     return float(v.mean()), float(t975(len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
 
 
+def interval_text(mean: float, half: float, fmt: str) -> str:
+    """"[mean - half, mean + half]" in ``fmt`` (e.g. "+.2f"), or "[no interval: one value]" where the half-width is
+    nan (:func:`mean_ci95` of one value: a t interval needs two); the tables printed "[+nan, +nan]" (found by review)."""
+    if math.isnan(half):
+        return "[no interval: one value]"
+    return f"[{mean - half:{fmt}}, {mean + half:{fmt}}]"
+
+
 def wilson_ci95(successes: int, n: int) -> tuple[float, float]:
     """The 95% Wilson score interval of a proportion ``successes / n``: the p for which the observed share lies within
     1.96 standard errors sqrt(p (1 - p) / n) of p. Unlike the normal approximation it stays inside [0, 1] and is not

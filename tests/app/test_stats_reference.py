@@ -103,3 +103,29 @@ def test_wilson_intervals_match_the_quadratic_and_reach_0_and_1_exactly(n):
     for lo_hi in (taste_stats.wilson_interval(n, n)[1:], comparisons.wilson_interval(n, n), stats.wilson_ci95(n, n)):
         assert lo_hi[1] == 1.0
     assert comparisons.win_stats(0, n, 0)["ci95"][0] == 0.0 and comparisons.win_stats(n, 0, 0)["ci95"][1] == 1.0
+
+
+def _one_round_results(finals: dict[str, dict[int, float]]) -> dict:
+    runs = {m: {str(s): {"seed": s, "status": "done", "wall_s": 60.0,
+                         "rounds": [{"true_reward_mean": 0.0, "labels": 0, "kl_base": 0.0},
+                                    {"true_reward_mean": v, "labels": 4, "kl_base": 1.0, "finetune_steps": 2}]}
+                for s, v in by_seed.items()} for m, by_seed in finals.items()}
+    return {"settings": {"oracle": "a", "budgets": [4], "noise_sigma": 0.1, "eval": {"seeds": [0, 1]}},
+            "pretrained": {"true_reward_mean": 0.0, "true_reward_std": 1.0}, "runs": runs}
+
+
+def test_a_table_of_one_seed_says_it_has_no_interval_instead_of_printing_nan(tmp_path):
+    """A t interval needs two values (0 degrees of freedom for one); the simulator's and the pooled tables printed
+    "[+nan, +nan]" for one seed or pair."""
+    from seiko_core import pooled
+    from seiko_core.simulate import write_table
+
+    one = _one_round_results({"greedy": {0: 1.0}, "ucb": {0: 2.0}})
+    for text in (pooled.pooled_table([one]), write_table(one, tmp_path / "table.md")):
+        assert "nan" not in text.lower() and "[no interval: one value]" in text
+    # two seeds: the interval is t(0.975, 1) = tan(0.475 pi) times sd / sqrt(2), printed as before
+    two = _one_round_results({"greedy": {0: 1.0, 1: 1.0}, "ucb": {0: 2.0, 1: 3.0}})  # differences +1, +2
+    half = stats.t975(1) * math.sqrt(0.5) / math.sqrt(2)
+    assert stats.t975(1) == pytest.approx(math.tan(0.475 * math.pi), abs=1e-3)
+    assert f"**+1.50** [{1.5 - half:+.2f}, {1.5 + half:+.2f}] | 2/2 |" in pooled.pooled_table([two])
+    assert f"+1.500 [{1.5 - half:+.3f}, {1.5 + half:+.3f}] | 2/2 |" in write_table(two, tmp_path / "table2.md")
