@@ -26,8 +26,9 @@ from app import alarms, pairwise, storage, ui_images
 from app.ui_rate import pick_experiment
 from db import jobs as job_queue
 from db import repo
+from db.checks import check_now
 from db.engine import read_session
-from db.models import Experiment, Job, utcnow
+from db.models import Experiment, Job
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +280,7 @@ def worker_html(session: Session, experiment: Experiment, *, errors: bool = True
     """The worker's state for the experiment; a failed job's error text (paths, tracebacks) only with ``errors``
     (admins: raters who may see the dashboard are told a job failed, not why)."""
     jobs = job_queue.list_jobs(session=session, experiment_id=experiment.id, limit=50)
-    now = utcnow()
+    now = check_now(None, session)  # the database's clock, which the workers' heartbeats are stamped by
     # generate and train jobs before eval jobs (db.jobs.claim_job), then the oldest: the running job shown is the one
     # a person waits for (an eval job running beside it on another worker comes second), the queued one the next taken
     def order(j: Job) -> tuple[bool, int]:

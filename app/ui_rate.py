@@ -163,7 +163,7 @@ def next_round_wait(session: Session, experiment: Experiment) -> dict[str, Any] 
     p = job.progress or {}
     eta = p.get("eta_s") if job.status == "running" else None
     behind = None
-    now = utcnow()
+    now = check_now(None, session)  # the database's clock, which the workers' leases are written by
     if (job.status == "queued" and experiment.status != "paused"
             and job_queue.live_job(session, now, kinds=job_queue.PERSON_KINDS) is None
             and job_queue.live_job(session, now, kind="eval") is not None):
@@ -402,7 +402,7 @@ def draw_batch(session: Session, round_: Round, who: Who, size: int, *, lease_s:
     page's batch size when None): past it the batch has fewer new cards, or none, but always the cards the rater
     holds a live lease on (up to ``size``). ``unknown``: the answer (``members.check``'s) to a rater not listed, as
     for the experiment the request named not existing; without it they are told they are not its rater."""
-    now = check_now(now)  # one clock for the batch: its leases' first hand-outs and its repeats' offers tie (repeats.left_open)
+    now = check_now(now, session)  # one clock for the batch: its leases' first hand-outs and its repeats' offers tie (repeats.left_open)
     # the experiment shared (repo.share_experiment, before the round that lease_images locks), then who may rate it:
     # checked without the lock, a rater an admin was taking off still got leases after the change committed, holding
     # the images back from the others for 10 minutes (found by the fifth review). The change waits for a hand-out in

@@ -166,10 +166,27 @@ def check_lease(lease_s: Any) -> timedelta:
     return timedelta(seconds=lease_s)
 
 
-def check_now(now: datetime | None) -> datetime:
-    """The caller's clock (tests pass one), or the current UTC time when None."""
+def check_now(now: datetime | None, session: Any = None) -> datetime:
+    """The caller's clock (tests pass one); when None, the current UTC time by ``db_clock(session)``: the database's
+    clock on PostgreSQL, this machine's without a session."""
     if now is None:
-        return utcnow()
+        return utcnow() if session is None else db_clock(session)
     if now.tzinfo is None:
         raise InvalidInput(f"now must be a timezone-aware datetime, got naive {now!r}")
     return now.astimezone(UTC)  # UTC, as stored: a value bound without the column's type keeps its wall-clock digits
+
+
+def db_clock(session: Any) -> datetime:
+    """The current UTC time by the database server's clock on PostgreSQL (``clock_timestamp()``), by this machine's
+    on SQLite (one file: every process that opens it runs on this machine).
+
+    Leases (a worker's on a job, a rater's on an image) are written by one machine and judged expired by another: on
+    PostgreSQL several machines share the database, and each used its own clock. A worker whose clock ran 90 s
+    behind wrote leases that every other worker saw as expired at once and took over (its job was run twice, and
+    its attempts used up), one running ahead took every live job over (found by the seventh review); now the one
+    clock they all read is the database's."""
+    from sqlalchemy import func, select
+
+    if session.get_bind().dialect.name != "postgresql":
+        return utcnow()
+    return session.scalar(select(func.clock_timestamp())).astimezone(UTC)

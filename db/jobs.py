@@ -94,7 +94,7 @@ def cancel_jobs(session: Session, reason: str, *, now: datetime | None = None, *
     """Mark the queued jobs (and running ones whose lease expired at ``now``) matching ``where`` failed with
     ``reason``. A caller that asked ``live_job`` first passes the same ``now``: a lease that was expired for that
     check must be expired for this one, or the job stays running and its worker can still complete it."""
-    now = check_now(now)
+    now = check_now(now, session)
     clauses = [or_(Job.status == "queued", and_(Job.status == "running", Job.lease_expires_at < now)),
                *(getattr(Job, k) == v for k, v in where.items())]
     result = session.execute(
@@ -211,7 +211,7 @@ def waiting_job(*, session: Session, kinds: Iterable[str] = PERSON_KINDS, now: d
 
     A running eval job asks this between chunks of its work: it gives way when a person's job is claimable (one of a
     paused experiment is not, so it is no reason to give way)."""
-    now = check_now(now)
+    now = check_now(now, session)
     kinds = [check_choice("job kind", k, JOB_KINDS) for k in kinds]
     return session.scalar(select(Job).where(_claimable(now), Job.kind.in_(kinds)).order_by(Job.id).limit(1))
 
@@ -237,7 +237,7 @@ def claim_job(
     """
     check_name("worker_id", worker_id)
     lease = check_lease(lease_s)
-    now = check_now(now)
+    now = check_now(now, session)
     kinds = None if kinds is None else [check_choice("job kind", k, JOB_KINDS) for k in kinds]
     expired = and_(Job.status == "running", Job.lease_expires_at < now)
     session.execute(
@@ -294,7 +294,7 @@ def heartbeat(
     """
     claim = _check_claim(claim)
     lease = check_lease(lease_s)
-    now = check_now(now)
+    now = check_now(now, session)
     values: dict[str, Any] = {"lease_expires_at": now + lease, "heartbeat_at": now, "updated_at": now}
     if progress is not None:
         if not isinstance(progress, dict):
@@ -419,7 +419,7 @@ def yield_job(*, session: Session, job_id: int, worker_id: str, payload: dict[st
     again with the attempt count it had before this claim (its claim count stays), no lease, no error recorded;
     ``payload`` (if given) replaces its payload. The caller stops its heartbeats first, so the lease is released in
     this one transaction."""
-    now = check_now(now)
+    now = check_now(now, session)
     if payload is not None:
         if not isinstance(payload, dict):
             raise InvalidInput(f"payload must be a dict, got {type(payload).__name__}")

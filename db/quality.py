@@ -118,7 +118,7 @@ def add_repeat_offer(*, session: Session, image_id: int, rater_id: int, now: dat
         raise Conflict(f"rater {rater_id} has not rated image {image_id} yet, so it cannot be shown to them again")
     if find_repeat_offer(session=session, image_id=image_id, rater_id=rater_id) is not None:
         raise Conflict(f"image {image_id} was already shown to rater {rater_id} a second time")
-    row = RepeatOffer(image_id=image_id, rater_id=rater_id, created_at=check_now(now))
+    row = RepeatOffer(image_id=image_id, rater_id=rater_id, created_at=check_now(now, session))
     session.add(row)
     session.flush()
     return row

@@ -266,7 +266,7 @@ def finish_experiment(*, session: Session, experiment_id: int, now: datetime | N
     job is no obstacle: it sees the experiment finished when it stores its next chunk and stops there, its job
     failed with the same "cancelled" message and its grid kept as far as it got (if it had stored its last chunk
     already, it publishes its metrics onto the rounds that are done now)."""
-    now = _now(now)
+    now = _now(now, session)
     experiment = lock_experiment(session=session, experiment_id=experiment_id)
     if experiment.status == "finished":
         return experiment
@@ -291,7 +291,7 @@ def finish_experiment(*, session: Session, experiment_id: int, now: datetime | N
 
 def archive_experiment(*, session: Session, experiment_id: int, now: datetime | None = None) -> Experiment:
     """Finish the experiment (see ``finish_experiment``) and hide it from the experiment selector. Idempotent."""
-    now = _now(now)
+    now = _now(now, session)
     experiment = finish_experiment(session=session, experiment_id=experiment_id, now=now)
     if experiment.archived_at is None:
         experiment.archived_at = now
@@ -446,7 +446,7 @@ def reopen_round(*, session: Session, round_id: int, now: datetime | None = None
 
     Refused while the worker is training on it, once its training result is published (the next round exists),
     and for a finished experiment."""
-    now = _now(now)
+    now = _now(now, session)
     round_ = lock_round(session=session, round_id=round_id)
     experiment = get_experiment(session=session, experiment_id=round_.experiment_id)
     if experiment.status == "finished":
@@ -733,7 +733,7 @@ def add_rating(*, session: Session, image_id: int, rater_id: int, score: int) ->
         raise InvalidInput(f"a rating must be a whole number from {SCORE_MIN} to {SCORE_MAX}, got {score!r}")
     _labeling_image(session, image_id)
     get_rater(session=session, rater_id=_int("rater id", rater_id))
-    now = utcnow()
+    now = _now(None, session)  # the clock the rater's leases were written by (db.checks.db_clock)
     insert = _dialect_insert(session)
     stmt = (
         insert(Rating)
@@ -825,7 +825,7 @@ def _offered_to_rater(session: Session, round_id: int, rater_id: int, kind: str 
     clauses = [
         Image.round_id == round_id,
         _unseen_by(rater_id, include_skipped=include_skipped),
-        _ratings_count(Image.id) + _others_leases(rater_id, _now(now)) < overlap,
+        _ratings_count(Image.id) + _others_leases(rater_id, _now(now, session)) < overlap,
     ]
     if kind is not None:
         clauses.append(Image.kind == _choice("image kind", kind, IMAGE_KINDS))
@@ -843,7 +843,7 @@ def next_images_for_rater(
     """
     _int("limit", limit, minimum=1)
     clauses = _offered_to_rater(session, round_id, rater_id, kind, now=now)
-    taken = _ratings_count(Image.id) + _others_leases(rater_id, _now(now), reserving_only=False)
+    taken = _ratings_count(Image.id) + _others_leases(rater_id, _now(now, session), reserving_only=False)
     stmt = select(Image).where(*clauses).order_by(taken, Image.id).limit(limit)
     return list(session.scalars(stmt))
 
@@ -867,7 +867,7 @@ def count_reserved_by_others(*, session: Session, round_id: int, rater_id: int, 
     """How many images of the open round the rater has neither rated nor skipped that still want ratings (fewer than
     the overlap) but are not offered to them now only because other raters' leases hold the places left
     (``lease_images``): the images someone else is rating right now."""
-    now = _now(now)
+    now = _now(now, session)
     round_ = get_round(session=session, round_id=round_id)
     if round_.status != "labeling":
         raise Conflict(f"round {round_.index} is not open for labeling (it is {round_.status!r})")
@@ -911,7 +911,7 @@ def lease_images(
     an image can end with more ratings than the overlap). The row's ``first_handed_at`` is set when it is written and
     never changed (``lease_grants``)."""
     lease = _lease(lease_s)
-    now = _now(now)
+    now = _now(now, session)
     ids = [_int("image id", i) for i in image_ids]
     lock_round(session=session, round_id=round_id)
     if not ids:
@@ -938,7 +938,7 @@ def lease_images(
 
 def held_image_ids(*, session: Session, round_id: int, rater_id: int, now: datetime | None = None) -> list[int]:
     """The images of the round the rater holds a live lease on and has neither rated nor skipped, oldest lease first."""
-    now = _now(now)
+    now = _now(now, session)
     stmt = (
         select(ImageLease.image_id)
         .join(Image, Image.id == ImageLease.image_id)
@@ -955,7 +955,7 @@ def unanswered_image_ids(*, session: Session, round_id: int, rater_id: int, kind
     they have neither rated nor skipped and that are still offered to them (``next_images_for_rater``'s rule); those
     they hold a live lease on first, then oldest lease first. The rater has seen them, so they are not new to them
     whether their lease is live or not (a batch serves them first, and ``app.repeats`` counts them as the rater's)."""
-    now = _now(now)
+    now = _now(now, session)
     stmt = (
         select(Image.id)
         .join(ImageLease, and_(ImageLease.image_id == Image.id, ImageLease.rater_id == rater_id))
@@ -984,14 +984,14 @@ def held_by_others(*, session: Session, image_ids: Iterable[int], rater_id: int,
     if not ids:
         return set()
     stmt = select(ImageLease.image_id).where(ImageLease.image_id.in_(ids), ImageLease.rater_id != _int("rater id", rater_id),
-                                             ImageLease.expires_at > _now(now))
+                                             ImageLease.expires_at > _now(now, session))
     return set(session.scalars(stmt))
 
 
 def holds_lease(*, session: Session, image_id: int, rater_id: int, now: datetime | None = None) -> bool:
     """Whether the rater holds a live lease on the image (it is on their page: they may rate it, see ``lease_images``)."""
     stmt = select(ImageLease.id).where(ImageLease.image_id == _int("image id", image_id),
-                                       ImageLease.rater_id == _int("rater id", rater_id), ImageLease.expires_at > _now(now))
+                                       ImageLease.rater_id == _int("rater id", rater_id), ImageLease.expires_at > _now(now, session))
     return session.scalar(stmt) is not None
 
 
@@ -1025,7 +1025,7 @@ def release_leases_of(*, session: Session, rater_id: int, image_ids: Iterable[in
 def _end_leases(session: Session, *clauses: Any, now: datetime | None = None) -> int:
     """End the live leases matching ``clauses`` now; the rows stay, with the time of their first grant
     (``lease_images``). Returns how many were live."""
-    now = _now(now)
+    now = _now(now, session)
     stmt = update(ImageLease).where(*clauses, ImageLease.expires_at > now).values(expires_at=now)
     return session.execute(stmt, execution_options={"synchronize_session": False}).rowcount
 
@@ -1051,7 +1051,7 @@ def add_undo_step(*, session: Session, rater_id: int, image_id: int, action: str
         if action not in ("rate", "repeat") or previous_score is not None:
             raise InvalidInput(f"only a new score takes back a skip; a {action!r} step with previous score "
                                f"{previous_score!r} cannot have skipped_at")
-        skipped_at = _now(skipped_at)
+        skipped_at = _now(skipped_at, session)
     check_author(session, "rater id", _int("rater id", rater_id))  # None is refused too: a step has its rater
     get_image(session=session, image_id=_int("image id", image_id))
     step = UndoStep(rater_id=rater_id, image_id=image_id, action=action, previous_score=previous_score,
@@ -1623,7 +1623,7 @@ def end_sessions(*, session: Session, rater_id: int, reason: str, now: datetime 
     _choice("session end reason", reason, SESSION_END_REASONS)
     result = session.execute(
         update(UserSession).where(UserSession.rater_id == rater_id, UserSession.ended_at.is_(None))
-        .values(ended_at=_now(now), end_reason=reason),
+        .values(ended_at=_now(now, session), end_reason=reason),
         execution_options={"synchronize_session": False},
     )
     return result.rowcount
@@ -1633,7 +1633,7 @@ def set_rater_password_hash(*, session: Session, rater_id: int, password_hash: s
     """Store a new password hash and end the rater's sessions (whoever signed in with the old password is out)."""
     if not isinstance(password_hash, str) or not password_hash:
         raise InvalidInput("password_hash must be a non-empty string (hash the password in the app)")
-    now = _now(now)
+    now = _now(now, session)
     rater = get_rater(session=session, rater_id=rater_id)
     rater.password_hash = password_hash
     rater.credentials_changed_at = now
@@ -1668,7 +1668,7 @@ def set_rater_disabled(*, session: Session, rater_id: int, disabled: bool, now: 
     nobody else was offered meanwhile (found by review)."""
     if not isinstance(disabled, bool):
         raise InvalidInput(f"disabled must be True or False, got {disabled!r}")
-    now = _now(now)
+    now = _now(now, session)
     rater = get_rater(session=session, rater_id=rater_id)
     if disabled:
         if rater.disabled_at is None:
@@ -1719,7 +1719,7 @@ def create_session(
 ) -> UserSession:
     """A new sign-in session; the caller keeps the token and gives only its sha256."""
     _sha256("token_sha256", token_sha256)
-    now = _now(now)
+    now = _now(now, session)
     if expires_at.tzinfo is None or expires_at <= now:
         raise InvalidInput(f"expires_at must be a timezone-aware time after now, got {expires_at!r}")
     get_rater(session=session, rater_id=rater_id)
@@ -1736,7 +1736,7 @@ def find_session(*, session: Session, token_sha256: str) -> UserSession | None:
 
 def touch_session(*, session: Session, session_id: int, now: datetime | None = None) -> None:
     """Record activity on a session (the idle limit counts from here)."""
-    session.execute(update(UserSession).where(UserSession.id == session_id).values(last_seen_at=_now(now)),
+    session.execute(update(UserSession).where(UserSession.id == session_id).values(last_seen_at=_now(now, session)),
                     execution_options={"synchronize_session": False})
 
 
@@ -1745,7 +1745,7 @@ def end_session(*, session: Session, token_sha256: str, reason: str, now: dateti
     _choice("session end reason", reason, SESSION_END_REASONS)
     row = find_session(session=session, token_sha256=token_sha256)
     if row is not None and row.ended_at is None:
-        row.ended_at, row.end_reason = _now(now), reason
+        row.ended_at, row.end_reason = _now(now, session), reason
         session.flush()
     return row
 

@@ -420,3 +420,62 @@ def test_finishing_an_experiment_while_its_round_is_being_closed_cancels_the_new
         jobs = job_queue.list_jobs(session=s, experiment_id=world.experiment_id)
         assert [(j.kind, j.status) for j in jobs] == [("train", "failed")], [(j.kind, j.status) for j in jobs]
         assert repo.get_round(session=s, round_id=world.round_id).status == "done"
+
+
+def _database_now(factory):
+    """The PostgreSQL server's clock, read on its own (what the test compares the leases with)."""
+    from sqlalchemy import text
+
+    with read_session(factory) as s:
+        return s.execute(text("SELECT clock_timestamp()")).scalar_one()
+
+
+@pytest.mark.parametrize("skew_s", [-90, 90])
+def test_a_worker_whose_clock_is_off_neither_loses_nor_takes_a_live_job_on_postgresql(db_factory, db_url, make_world,
+                                                                                     monkeypatch, skew_s):
+    """Several machines share a PostgreSQL database, and each judged a lease by its own clock: a worker whose clock ran
+    90 s behind wrote a 60 s lease that every other worker saw as expired at once (its job was taken over, run twice,
+    its attempts used up), and one whose clock ran 90 s ahead took over the others' live jobs. Found by the seventh
+    review. Now every lease is written and judged by the database's clock."""
+    import db.checks
+
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite is one file on one machine: every process that opens it shares its clock")
+    world = make_world()
+    with write_session(db_factory) as s:
+        first = job_queue.enqueue_job(session=s, kind="train", experiment_id=world.experiment_id).id
+        second = job_queue.enqueue_job(session=s, kind="train", experiment_id=world.experiment_id).id
+    real = db.checks.utcnow
+    skewed = {"worker": None}
+
+    def clock():  # the machine of the worker named in skewed["worker"] is skew_s off; the others' are right
+        return real() + timedelta(seconds=skew_s) if skewed["worker"] else real()
+
+    monkeypatch.setattr(db.checks, "utcnow", clock)
+
+    def claim(worker, skewed_machine):
+        skewed["worker"] = skewed_machine
+        with write_session(db_factory) as s:
+            job = job_queue.claim_job(session=s, worker_id=worker, lease_s=60)
+            return None if job is None else (job.id, job.lease_owner, job.lease_expires_at)
+
+    before = _database_now(db_factory)
+    if skew_s < 0:  # the worker behind claims first; the right one must not take its job over
+        job_id, owner, expires = claim("behind", True)
+        assert (job_id, owner) == (first, "behind")
+        assert claim("right", False)[:2] == (second, "right")
+        assert claim("right-2", False) is None, "a live job was taken over"
+    else:  # the right worker claims first; the one ahead must not take its job over
+        job_id, owner, expires = claim("right", False)
+        assert (job_id, owner) == (first, "right")
+        assert claim("ahead", True)[:2] == (second, "ahead")
+        assert claim("ahead-2", True) is None, "a live job was taken over"
+    after = _database_now(db_factory)
+    # the lease runs 60 s from the claim by the database's clock, whoever's clock was off
+    assert before + timedelta(seconds=60) <= expires <= after + timedelta(seconds=60)
+    skewed["worker"] = skew_s < 0
+    with write_session(db_factory) as s:  # and the worker that holds it still does
+        assert job_queue.heartbeat(session=s, job_id=first, worker_id=owner, lease_s=60, claim=1)
+    with read_session(db_factory) as s:
+        job = job_queue.get_job(session=s, job_id=first)
+        assert (job.status, job.lease_owner, job.attempts) == ("running", owner, 1)
