@@ -64,6 +64,8 @@ def _sqlite_file(url: str) -> Path | None:
 
 
 LOCK_TIMEOUT_S = 10.0  # PostgreSQL: how long a migration waits for a table's lock before it gives up (migrations/env.py)
+# PostgreSQL: the advisory lock that lets one migration run at a time (migrations/env.py); any fixed 64-bit number
+MIGRATION_LOCK_KEY = 0x5E1C0_0016
 
 
 def _run(step, url: str, rev: str) -> None:
@@ -95,12 +97,16 @@ def check_upgrade(url: str, rev: str) -> None:
             tables = set(inspect(engine).get_table_names()) & set(Base.metadata.tables)  # another app's are not ours
         finally:
             engine.dispose()
-        if tables:
+        # another process may have migrated it between the two reads (two upgrades at once: the second was told the
+        # database had tables but no revision; found by the seventh review): its revision is committed with its tables
+        current = current_revision(url) if tables else None
+        if tables and current is None:
             raise InvalidInput(f"the database has the app's tables ({', '.join(sorted(tables)[:3])}, ...) but no "
                                "schema revision recorded (alembic_version is empty or missing): restore it from a "
                                "backup, or record the revision its tables are at (`alembic stamp <revision>`); "
                                "nothing was changed")
-        return
+        if current is None:
+            return
     script = ScriptDirectory.from_config(_config())
     try:
         below = rev not in ("head", "heads") and rev != current and current in {

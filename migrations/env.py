@@ -48,6 +48,14 @@ def run_migrations_online() -> None:
     try:
         with engine.connect() as connection:
             if connection.dialect.name == "postgresql":
+                # one migration at a time: two processes upgrading at once (each container's start-up) both read the
+                # old revision and ran the same steps; the second failed with "duplicate key ... pg_type_typname_nsp_index"
+                # or "column ... already exists" (found by the seventh review). The second waits here, then reads the
+                # revision the first committed and has nothing left to do. A session lock, taken before lock_timeout
+                # is set (a migration may take longer than that); it ends with the connection, which engine.dispose()
+                # below closes (and a process that dies drops)
+                connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": migrate.MIGRATION_LOCK_KEY})
+                connection.commit()
                 # an ALTER waits for every open transaction on its table, and every new query queues behind it: a
                 # migration beside a running server froze sign-ins with no limit (found by review). It gives up instead
                 # (db.migrate words it), and PostgreSQL's DDL is transactional: nothing is changed then

@@ -476,3 +476,92 @@ def test_migration_0015_keeps_older_experiments_open_to_every_rater_and_downgrad
             assert members.rater_ids(session=s, experiment_id=1) is None
     finally:
         engine.dispose()
+
+
+def _upgrade_after(url, start, report):
+    """A process that runs ``migrate.upgrade(url)`` once every such process is ready; reports "ok" or the error."""
+    start.wait(120)
+    try:
+        migrate.upgrade(url)
+        report.put("ok")
+    except Exception as exc:  # reported to the test, which shows it
+        report.put(f"{type(exc).__name__}: {exc}")
+
+
+def _two_upgrades_at_once(url, *, held=None):
+    """Two processes run ``migrate.upgrade(url)`` at once; returns what each reported. ``held`` (PostgreSQL): a
+    connection whose open transaction holds back both migrations' first ALTER; it is rolled back once both wait, so
+    both have read the old revision before either commits."""
+    import multiprocessing
+    import time
+
+    from sqlalchemy import text
+
+    context = multiprocessing.get_context("spawn")
+    start, report = context.Barrier(2), context.Queue()
+    processes = [context.Process(target=_upgrade_after, args=(url, start, report)) for _ in range(2)]
+    for p in processes:
+        p.start()
+    try:
+        if held is not None:
+            deadline = time.monotonic() + 60
+            watcher = make_engine(url)
+            try:
+                while True:  # each look in a transaction of its own: one transaction sees one snapshot of the activity
+                    with watcher.connect() as c:
+                        waiting = c.execute(text("SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                                                 "current_database() AND wait_event_type = 'Lock'")).scalar_one()
+                    if waiting >= 2:
+                        break
+                    assert time.monotonic() < deadline, "the two migrations never both waited"
+                    time.sleep(0.1)
+            finally:
+                watcher.dispose()
+            held.rollback()
+        return sorted(report.get(timeout=240) for _ in processes)
+    finally:
+        for p in processes:
+            p.join(60)
+
+
+def test_two_upgrades_at_once_both_succeed(empty_db_url):
+    """Two processes upgrading one database at once (each container running `db upgrade` at its start): on
+    PostgreSQL both read the old revision and ran the same steps, and the second failed with a traceback ("duplicate
+    key value violates unique constraint pg_type_typname_nsp_index" from an empty database, "column first_handed_at
+    of relation image_leases already exists" from 0012); on SQLite the second could be told the database had the
+    app's tables but no revision (it read the revision before the first committed, the tables after). Found by the
+    seventh review. Now one migrates and the other finds the database at head."""
+    from sqlalchemy import text
+
+    assert _two_upgrades_at_once(empty_db_url) == ["ok", "ok"]
+    assert migrate.current_revision(empty_db_url) == migrate.head_revision()
+    assert _drift(empty_db_url) == []
+    if empty_db_url.startswith("sqlite"):
+        return
+    migrate.downgrade(empty_db_url, "0012")
+    engine = make_engine(empty_db_url)
+    try:
+        with engine.connect() as held:
+            held.execute(text("SELECT count(*) FROM image_leases"))  # 0013 alters image_leases: both wait on this
+            assert _two_upgrades_at_once(empty_db_url, held=held) == ["ok", "ok"]
+    finally:
+        engine.dispose()
+    assert migrate.current_revision(empty_db_url) == migrate.head_revision()
+    assert _drift(empty_db_url) == []
+
+
+def test_an_upgrade_finds_the_database_another_process_migrated_between_its_reads(empty_db_url, monkeypatch):
+    """The interleaving of the SQLite race above, made certain: the revision is read before another process's
+    migration commits (none yet), the tables after it (all there). It was refused as "the app's tables but no
+    schema revision recorded"; now the revision is read again, and the upgrade has nothing left to do."""
+    migrate.upgrade(empty_db_url)  # the other process's migration, committed
+    real, calls = migrate.current_revision, []
+
+    def first_read_before_the_commit(url):
+        calls.append(url)
+        return None if len(calls) == 1 else real(url)
+
+    monkeypatch.setattr(migrate, "current_revision", first_read_before_the_commit)
+    migrate.upgrade(empty_db_url)
+    monkeypatch.undo()
+    assert len(calls) >= 2 and migrate.current_revision(empty_db_url) == migrate.head_revision()
