@@ -32,7 +32,8 @@ test-slow: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
-# Rebuild the embedded model from scratch (113 minutes measured on 2 CPU cores with the build defaults, 96 + 17 for the encoder refinement; BENCHMARKS.md).
+# Rebuild the embedded model from scratch (93 minutes measured alone on 2 CPU cores with the build defaults: 76 for the build
+# without the UNet refinement, 17 for the refinement; README.md, "The embedded shapes model"; BENCHMARKS.md).
 build-model: setup
 	$(PY) -m seiko_core.toy build --out models/shapes-sd
 
