@@ -479,7 +479,7 @@ def vae_factor(vae) -> int:
 # ------------------------------------------------------------------------------------------ the estimate
 def combine(m: dict, *, steps: int = 50, quantile: float = 0.999, truncation: str = "per_step", k: int = 10) -> dict:
     """Per-component bytes and the peak of one micro-batch, at the expected, a high-quantile and the maximal number
-    of attached steps: random under per_step truncation (the sd15 preset's), exactly ``k`` under per_trajectory
+    of attached steps: random under per_step truncation (the reference's), exactly ``k`` under per_trajectory
     and stratified.
 
     Peak = weights + LoRA/AdamW state + saved graph (attached steps, detached steps' latent chain, VAE decode,
@@ -628,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weights", choices=("fp32", "half"), default="fp32",
                     help="what-if: 'half' holds the frozen weights in fp16/bf16 (the product loads fp32)")
     ap.add_argument("--truncation", choices=TRUNCATIONS, default="per_step",
-                    help="per_step: the sd15 preset's (random, 25 of 50 steps attached on average); per_trajectory "
+                    help="per_step: the reference's (random, 25 of 50 steps attached on average); per_trajectory "
                          "and stratified: exactly --k steps")
     ap.add_argument("--k", type=int, default=10, help="attached steps under per_trajectory and stratified truncation")
     ap.add_argument("--steps", type=int, default=50, help="DDIM steps (per_step truncation)")

@@ -4,7 +4,7 @@
         --oracle purple --seeds 0,1,2 --out runs/purple
 
 For every method and seed the model starts from the pretrained weights (one model per process; every
-LoRA adapter is deleted between runs) and runs the outer loop of SEIKO.md: per round, sample the
+LoRA adapter is deleted between runs) and runs SEIKO's outer loop: per round, sample the
 round's budget of images from the current model (``round_prompts`` and per-(seed, round) image seeds),
 rate them with the oracle plus Gaussian noise (default sigma: the oracle's ``default_sigma``), grow the
 feedback set D, fit the reward ensemble and fine-tune a new LoRA adapter (``train_round``). Non-adaptive
@@ -19,7 +19,8 @@ model, evaluated once and shared by all runs.
 
 Outputs in ``--out``: ``results.json`` (rewritten after every round, so a killed run resumes: finished
 runs are skipped, an unfinished one restarts), ``curve.png`` (true reward vs labels used, mean over
-seeds and a +-1 std band), ``table.md`` (final true reward mean +- std over seeds per method) and
+seeds and a +-1 std band), ``table.md`` (per method the final true reward, mean [95% CI] over seeds, and its paired difference to
+Greedy on the seeds they share) and
 ``grids/`` (the eval images of the pretrained model and of each run's final model).
 
 Hyper-parameters come from ``--preset`` (default: shapes for a small model, else sd15); ``--set

@@ -238,3 +238,17 @@ def test_attached_step_estimate_matches_the_product_rollout(random_parts):
     assert plain["prev_call_recompute"] is None
     allowance = memory.combine(m)["backward_allowance_parts"]["unet_backward"]
     assert allowance >= m["prev_call_recompute"]["recompute_bytes"]
+
+
+def test_truncation_help_names_the_sd15_presets_truncation_rightly(capsys):
+    """`--truncation`'s help said per_step was "the sd15 preset's", but the preset fine-tunes per_trajectory (K = 10)
+    since 4 Dec 2026 (seventh review): whatever truncation the help calls the sd15 preset's must be the preset's own."""
+    import re
+
+    from seiko_core.presets import sd15
+
+    with pytest.raises(SystemExit):
+        memory.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    named = re.findall(r"(per_step|per_trajectory|stratified)(?: and \w+)?: the sd15 preset's", text)
+    assert all(name == sd15().finetune.truncation for name in named), (named, sd15().finetune.truncation)
