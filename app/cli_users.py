@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     disable.add_argument("name")
     enable = actions.add_parser("enable", help="enable a disabled account")
     enable.add_argument("name")
-    delete = actions.add_parser("delete", help="delete an account that has no ratings (otherwise disable it)")
+    delete = actions.add_parser("delete", help="delete an account that has no ratings, comparison votes or repeat ratings (otherwise disable it)")
     delete.add_argument("name")
     role = actions.add_parser("role", help="make an account an admin or a rater")
     role.add_argument("name")
