@@ -30,6 +30,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import repo
+from db.checks import db_clock
 from db.engine import read_session, write_session
 from db.models import Rater, utcnow
 
@@ -82,14 +83,19 @@ class SessionStore:
         idle_s: float,
         max_s: float,
         recheck_s: float = 2.0,
-        now: Callable[[], datetime] = utcnow,
+        now: Callable[[], datetime] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         max_cached: int = 50_000,
     ) -> None:
         if not (idle_s > 0 and max_s > 0 and recheck_s >= 0):
             raise ValueError(f"session limits must be positive, got idle {idle_s!r} s and absolute {max_s!r} s")
         self.factory, self.idle, self.max = factory, timedelta(seconds=idle_s), timedelta(seconds=max_s)
-        self.recheck_s, self._now, self._monotonic, self.max_cached = recheck_s, now, monotonic, max_cached
+        self.recheck_s, self._monotonic, self.max_cached = recheck_s, monotonic, max_cached
+        # None: the database's clock (``db_clock``; a test passes its own). Sessions are written by one app server and
+        # judged by another on PostgreSQL, each with its own clock: an app server running 2 h ahead saw every session
+        # started elsewhere as idle and signed its people out at once (found by the seventh review). The database is
+        # read inside each transaction; between reads, this machine's clock plus the offset last measured.
+        self._given_now, self._offset = now, timedelta(0)
         self.touch_every = min(timedelta(seconds=60), self.idle / 10)  # last_seen_at is written at most this often
         self._cache: dict[str, _Cached] = {}
         self._lock = threading.Lock()
@@ -113,8 +119,8 @@ class SessionStore:
         password may have changed (or the account been disabled) since it was read: then no session starts
         (StaleSignIn), checked in the same transaction that would write it."""
         token = secrets.token_urlsafe(TOKEN_BYTES)
-        now = self._now()
         with write_session(self.factory) as s:
+            now = self._now(s)
             if password_hash is not None:
                 # read locked (FOR SHARE): a password change or a disable committing between this check and the
                 # insert below could not see the new session to end it, which then outlived it on PostgreSQL (found
@@ -138,7 +144,7 @@ class SessionStore:
         """End the session of ``token`` (idempotent); whether such a session exists."""
         digest = token_digest(token)
         with write_session(self.factory) as s:
-            row = repo.end_session(session=s, token_sha256=digest, reason=reason, now=self._now())
+            row = repo.end_session(session=s, token_sha256=digest, reason=reason, now=self._now(s))
         with self._lock:
             self._cache.pop(digest, None)
         return row is not None
@@ -154,6 +160,17 @@ class SessionStore:
             self._cache.clear()
 
     # -- check ---------------------------------------------------------------------------------
+
+    def _now(self, s: Session | None = None) -> datetime:
+        """The time sessions are written and judged by: the test's clock if one was given, else the database's
+        (read in ``s``; without a session, this machine's clock plus the offset measured at the last read)."""
+        if self._given_now is not None:
+            return self._given_now()
+        if s is None:
+            return utcnow() + self._offset
+        now = db_clock(s)
+        self._offset = now - utcnow()
+        return now
 
     def _alive(self, expires_at: datetime, last_seen_at: datetime, now: datetime) -> bool:
         return now < expires_at and now - last_seen_at < self.idle
@@ -187,10 +204,11 @@ class SessionStore:
                 return None
             if self._alive(cached.expires_at, cached.last_seen_at, now) and now - cached.last_seen_at < self.touch_every:
                 return cached.info
-        return self._read(digest, now)
+        return self._read(digest)
 
-    def _read(self, digest: str, now: datetime) -> SessionInfo | None:
+    def _read(self, digest: str) -> SessionInfo | None:
         with read_session(self.factory) as s:
+            now = self._now(s)
             row = repo.find_session(session=s, token_sha256=digest)
             rater = s.get(Rater, row.rater_id) if row is not None else None
             valid = (row is not None and rater is not None and row.ended_at is None and rater.disabled_at is None

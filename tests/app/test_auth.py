@@ -904,3 +904,52 @@ def test_accounts_made_before_the_name_check_knew_them_are_kept_and_listed_with_
         ids = {r.name: r.id for r in s.query(Rater)}
     for name in ("tom", "\u0167om", "'"):
         assert auth.check_login(db_factory, name, PASSWORD).rater_id == ids[name], name
+
+
+@pytest.mark.parametrize("skew_s", [-7200, 7200])
+def test_a_session_is_timed_by_the_databases_clock_whichever_app_server_is_off(db_factory, db_url, monkeypatch,
+                                                                               skew_s):
+    """Found (seventh review): on PostgreSQL several app servers share the sessions table, and each wrote and judged a
+    session by its own clock: one running 2 h ahead saw every session started elsewhere as expired and signed its
+    people out; one running 2 h behind started sessions that the others saw as expired at once. Now sessions are
+    written and judged by the database's clock (SQLite: one file, one machine, one clock)."""
+    from datetime import timedelta
+
+    from sqlalchemy import text
+
+    import app.sessions as sessions_mod
+    import db.checks
+
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite is one file on one machine: every process that opens it shares its clock")
+    real = db.checks.utcnow
+    off = {"on": False}  # while on, "this machine" is the app server whose clock is skew_s off
+
+    def clock():
+        return real() + timedelta(seconds=skew_s) if off["on"] else real()
+
+    # this machine's clock, wherever the store reads it (its module, and the clock its constructor defaults to)
+    monkeypatch.setattr(sessions_mod, "utcnow", clock)
+    monkeypatch.setattr(db.checks, "utcnow", clock)
+    defaults = dict(sessions_mod.SessionStore.__init__.__kwdefaults__ or {})
+    if callable(defaults.get("now")):
+        monkeypatch.setitem(sessions_mod.SessionStore.__init__.__kwdefaults__, "now", clock)
+    auth.add_user(db_factory, name="alice", role="rater", password=PASSWORD)
+    with read_session(db_factory) as s:
+        alice = repo.get_rater_by_name(session=s, name="alice").id
+    right = sessions_mod.SessionStore(db_factory, idle_s=600, max_s=3600, recheck_s=0)
+    skewed = sessions_mod.SessionStore(db_factory, idle_s=600, max_s=3600, recheck_s=0)
+
+    token = right.start(alice, "127.0.0.1")  # started on the right server, checked on the skewed one
+    off["on"] = True
+    assert skewed.check(token) is not None, "a live session was judged expired by a server whose clock is off"
+    off["on"] = False
+    assert right.check(token) is not None
+
+    off["on"] = True
+    other = skewed.start(alice, "127.0.0.1")  # started on the skewed server, checked on the right one
+    off["on"] = False
+    assert right.check(other) is not None, "a session started by a server whose clock is off is judged expired"
+    with read_session(db_factory) as s:
+        expires, db_now = s.execute(text("SELECT expires_at, clock_timestamp() FROM sessions ORDER BY id DESC LIMIT 1")).one()
+    assert timedelta(seconds=3590) <= expires - db_now <= timedelta(seconds=3600)
