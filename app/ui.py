@@ -99,7 +99,11 @@ def who_from_request(services: AppServices, request: gr.Request | None) -> Who:
     username = getattr(request, "username", None) if request is not None else None
     client = getattr(request, "client", None) if request is not None else None
     host = getattr(client, "host", None) if client is not None else None
-    return auth.identify(services.factory, local_mode=services.local_mode, username=username, client_host=host)
+    who = auth.identify(services.factory, local_mode=services.local_mode, username=username, client_host=host)
+    # the session is checked again when the event runs, not only when its request came in (seventh review)
+    if not services.local_mode and (why := web_guard.session_ended(request)) is not None:
+        raise AuthError(why)
+    return who
 
 
 def _sentence(e: BaseException) -> str:

@@ -1517,6 +1517,36 @@ def installed(gradio_app: Any) -> WebGuard | None:
     return stack if isinstance(stack, WebGuard) else None
 
 
+# an event whose turn came after its session ended (seventh review, 5 Dec 2026)
+SESSION_ENDED = ("your session ended (you signed out, or the account's password changed) before this request's turn "
+                 "came, so nothing was done; reload the page to sign in again")
+
+
+def session_ended(request: Any) -> str | None:
+    """Why an event may not run now although its request was let in (one sentence), or None.
+
+    The guard checks the session of every HTTP request, but Gradio runs an event when its turn in the queue comes, as
+    the user name it read at the join: a session that ended in between (a log out, a password change, its idle or
+    absolute limit) still ran the event as its account (found by the seventh review: a rating sent before a log out,
+    or an admin's action sent before the password of a stolen account was changed, was carried out afterwards).
+    ``request``: the handler's ``gr.Request``; it holds the join's HTTP request, whose cookie is the session the guard
+    let in (``WebGuard._inner_cookies``), checked again here against the session store (its cache, or the database).
+    None for a request with no HTTP request behind it (a handler called as a function), in local mode (no sessions),
+    and where no guard is installed (then nobody is signed in: ``auth.refuse_direct_sign_in``)."""
+    http = getattr(request, "request", None)  # gr.Request keeps the fastapi Request it was made from, or None
+    scope = getattr(http, "scope", None)
+    if not isinstance(scope, dict):
+        return None
+    guard = installed(scope.get("app"))
+    if guard is None or guard.sessions is None:
+        return None
+    token = http.cookies.get(guard._cookie_names()[0])  # the one session the guard let in, under Gradio's name
+    info = guard.sessions.check(token) if token else None
+    if info is None or info.name != getattr(request, "username", None):
+        return SESSION_ENDED
+    return None
+
+
 def lifespan(services: Any, **options: Any) -> Callable[[Any], Any]:
     """A lifespan for ``launch(app_kwargs={"lifespan": ...})`` that installs the guard when the server starts."""
 
