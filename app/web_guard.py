@@ -60,7 +60,9 @@ For every HTTP and websocket request, before Gradio sees it:
   (``app.sessions.SessionStore``) whose token becomes Gradio's session cookie.
 - **Sessions**: on every request the session cookie is checked against the database (idle and absolute expiry,
   log out, password change, disabled account); a token that is no longer valid is withdrawn from Gradio, which
-  then treats the request as signed out.
+  then treats the request as signed out. An event is checked again when its turn in Gradio's queue comes
+  (``session_ended``, called by every handler through ``app.ui.who_from_request``): one whose session ended while
+  it waited is not carried out.
 - **Log out**: ``POST /logout`` ends the session in the database and clears the cookies. ``GET /logout`` ends
   nothing (a link on another site could otherwise sign people out): it shows a page with the log-out button.
 
