@@ -200,6 +200,13 @@ def blocked_paths(settings: Settings) -> list[str]:
     return out
 
 
+def _url_host(host: str) -> str:
+    """``host`` as a URL spells it: an IPv6 address in brackets. Gradio builds its own address from the name it is
+    given (and asks it for its start-up call): ``--host ::1`` stopped `serve` with httpx's "Invalid port: ':1:7860'"
+    and a traceback (found by the seventh review of 5 Dec 2026); Gradio takes the brackets off to listen."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 def launch_kwargs(services: AppServices) -> dict[str, Any]:
     """Keyword arguments for ``build_demo(services).launch(...)``: CSS, file-route blocks, and sign-in with accounts."""
     kwargs: dict[str, Any] = {
@@ -217,7 +224,7 @@ def launch_kwargs(services: AppServices) -> dict[str, Any]:
         # endpoint would answer requests the guard was not written for
         "ssr_mode": False,
         "mcp_server": False,
-        "server_name": services.settings.host,
+        "server_name": _url_host(services.settings.host),
         "server_port": services.settings.port,
     }
     if not services.local_mode:

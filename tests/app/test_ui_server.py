@@ -256,3 +256,30 @@ def test_a_gradio_without_the_queue_intervals_is_served_at_its_own_rate_with_a_w
     with caplog.at_level("WARNING", logger="app.ui"):
         assert ui.quiet_idle_polling(Bare()) is False
     assert "keeps its own" in caplog.text
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
+def test_serve_listens_on_an_ipv6_address(ui_world):
+    """Found by the seventh review of 5 Dec 2026: `serve --host ::1` stopped with httpx's "Invalid port: ':1:7860'"
+    and a traceback (Gradio made its own address, http://::1:7860/, from the name as given)."""
+    import dataclasses
+
+    from app import cli_serve
+    from app.ui import AppServices
+
+    settings = dataclasses.replace(ui_world.settings, host="::1", port=free_port())
+    demo = cli_serve.launch(AppServices(factory=ui_world.factory, settings=settings, local_mode=False))
+    try:
+        assert demo.local_url == f"http://[::1]:{settings.port}/"
+        assert httpx.get(f"http://[::1]:{settings.port}/", timeout=10).status_code == 200
+    finally:
+        demo.close()
