@@ -15,9 +15,9 @@ each waiting connection: 38,905 tracebacks, 18 MB of log in 13 s).
   alive connection) is closed, with a 408 and one sentence when it sent part of a head; a request whose body has not
   all arrived within ``Limits.body_deadline_s`` of its head's end is closed too, with a 408 and one sentence unless it
   was answered already (the web guard's 413, say); one past
-  ``Limits.per_address`` open from its address gets 429 and one sentence and is closed at once, one past
-  ``Limits.total`` 503. An address of a trusted proxy (SEIKO_TRUSTED_PROXIES) counts towards the total only, since
-  every person behind it comes from it.
+  ``Limits.per_address`` open from its address (an IPv6 address's /64, ``counting_key``: one client holds a whole
+  /64) gets 429 and one sentence and is closed at once, one past ``Limits.total`` 503. An address of a trusted proxy
+  (SEIKO_TRUSTED_PROXIES) counts towards the total only, since every person behind it comes from it.
 - an exception handler on the server's event loop that logs a failed accept (no file descriptor left) at most once
   every ``ACCEPT_LOG_EVERY_S``, with the count held back and no traceback; anything else goes to asyncio's own handler.
 
@@ -110,8 +110,35 @@ class Limits:
         return cls(head_deadline_s=head, per_address=per_address, total=total, body_deadline_s=body)
 
 
+IPV6_PREFIX = 64  # an IPv6 client is counted by its /64: one subscriber, site or host holds a whole /64
+
+
+def counting_key(host: str | None) -> str:
+    """The key the connections from ``host`` (a peer's address as the socket gives it) are counted under: an IPv4
+    address as itself, an IPv4-mapped IPv6 address (``::ffff:a.b.c.d``, an IPv4 client of a dual-stack socket) as that
+    IPv4 address, any other IPv6 address as its /64 (``2001:db8:1:2::/64``; a link-local one with its zone), anything
+    else (no address, a Unix socket) as itself or ``?``.
+
+    Found by the seventh review of 5 Dec 2026: counted per exact address, one IPv6 client, which controls at least a
+    /64 (2^64 addresses, picked per connection with no more than a socket option), was not held by the per-address
+    cap at all."""
+    if not host:
+        return "?"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        network = ipaddress.IPv6Network((int(address), IPV6_PREFIX), strict=False)
+        return f"{network}%{address.scope_id}" if address.scope_id else str(network)
+    return str(address)
+
+
 class Gate:
-    """The connections open, per client address and in all (touched only on the server's event loop)."""
+    """The connections open, per client (``counting_key``: an IPv4 address, an IPv6 /64) and in all (touched only on
+    the server's event loop)."""
 
     def __init__(self, limits: Limits, exempt: Iterable[str] = ()) -> None:
         self.limits = limits
@@ -122,26 +149,29 @@ class Gate:
         self.closed_slow = 0
         self._refusal_log = _Every(ACCEPT_LOG_EVERY_S)
 
-    def _exempt(self, host: str) -> bool:
+    def _exempt(self, host: str | None) -> bool:
+        """Whether ``host`` is a trusted proxy's address (an IPv4-mapped IPv6 address matches as its IPv4 address too:
+        a dual-stack server sees an IPv4 proxy as ::ffff:a.b.c.d)."""
         try:
-            address = ipaddress.ip_address(host)
+            address = ipaddress.ip_address(host or "")
         except ValueError:
             return False
-        return any(address in net for net in self.exempt)
+        forms = [address] + ([address.ipv4_mapped] if getattr(address, "ipv4_mapped", None) is not None else [])
+        return any(form in net for form in forms for net in self.exempt)
 
     def admit(self, host: str | None) -> tuple[int, str] | None:
         """None, the connection from ``host`` counted (``release`` it when it closes), or (status, sentence)."""
         if self.total >= self.limits.total:
             return self._refuse(503, TOO_MANY_IN_ALL.format(n=self.limits.total), "in all")
-        key = host or "?"
-        if not self._exempt(key) and self.open.get(key, 0) >= self.limits.per_address:
+        key = counting_key(host)
+        if not self._exempt(host) and self.open.get(key, 0) >= self.limits.per_address:
             return self._refuse(429, TOO_MANY_FROM_ADDRESS.format(n=self.limits.per_address), f"from {key}")
         self.open[key] = self.open.get(key, 0) + 1
         self.total += 1
         return None
 
     def release(self, host: str | None) -> None:
-        key = host or "?"
+        key = counting_key(host)
         left = self.open.get(key, 0) - 1
         if left > 0:
             self.open[key] = left

@@ -308,3 +308,88 @@ def test_serve_puts_the_accept_log_on_the_servers_event_loop(ui_world):
         assert issubclass(demo.server.config.http_protocol_class.func, net_limits.LimitedH11Protocol)
     finally:
         demo.close()
+
+
+def test_ipv6_peers_are_counted_per_64_and_ipv4_mapped_ones_as_their_ipv4_address():
+    """Found by the seventh review of 5 Dec 2026: the caps counted each exact address, and one IPv6 client holds a
+    whole /64 (2^64 addresses), so it could open any number of connections, each from an address of its own. Checked
+    against the prefix computed from the address's integer (its top 64 bits), not the code's own network call."""
+    import ipaddress
+    import random
+
+    rng = random.Random(7)
+    prefixes = [rng.getrandbits(64) for _ in range(4)]
+    peers = [str(ipaddress.IPv6Address((p << 64) | rng.getrandbits(64))) for p in prefixes for _ in range(5)]
+    for a in peers:
+        for b in peers:
+            same_64 = int(ipaddress.IPv6Address(a)) >> 64 == int(ipaddress.IPv6Address(b)) >> 64
+            assert (net_limits.counting_key(a) == net_limits.counting_key(b)) == same_64, (a, b)
+    # the documentation prefix, spelled out
+    assert net_limits.counting_key("2001:db8:1:2:aaaa:bbbb:cccc:dddd") == "2001:db8:1:2::/64"
+    # an IPv4 client of a dual-stack socket, and IPv4 itself
+    assert net_limits.counting_key("::ffff:192.0.2.7") == net_limits.counting_key("192.0.2.7") == "192.0.2.7"
+    assert net_limits.counting_key("192.0.2.8") != net_limits.counting_key("192.0.2.7")
+    assert net_limits.counting_key(None) == "?"
+    # a link-local peer is counted per interface (its zone)
+    assert net_limits.counting_key("fe80::1%eth0") != net_limits.counting_key("fe80::1%eth1")
+
+    gate = net_limits.Gate(net_limits.Limits(per_address=3, total=100))
+    one_client = [f"2001:db8:1:2:{i:x}::1" for i in range(1, 5)]  # four addresses of one /64
+    assert [gate.admit(p) for p in one_client[:3]] == [None] * 3
+    status, sentence = gate.admit(one_client[3])
+    assert status == 429 and "3 connections open" in sentence
+    assert gate.admit("2001:db8:1:3::1") is None  # the next /64 is another client
+    gate.release(one_client[0])
+    assert gate.admit(one_client[3]) is None
+    assert gate.admit("::ffff:10.0.0.1") is None and gate.admit("10.0.0.1") is None and gate.admit("10.0.0.1") is None
+    assert gate.admit("::ffff:10.0.0.1")[0] == 429  # one IPv4 client, whichever way the socket spells it
+
+
+def test_a_trusted_ipv4_proxy_seen_as_an_ipv4_mapped_address_is_still_trusted():
+    """Found by the seventh review: SEIKO_TRUSTED_PROXIES=127.0.0.1, and a server socket that shows IPv4 peers as
+    ::ffff:127.0.0.1, counted the proxy (every person behind it) against one address's cap."""
+    gate = net_limits.Gate(net_limits.Limits(per_address=2, total=10), exempt=["127.0.0.1"])
+    assert [gate.admit("::ffff:127.0.0.1") for _ in range(5)] == [None] * 5
+    gate6 = net_limits.Gate(net_limits.Limits(per_address=2, total=10), exempt=["2001:db8::/48"])
+    assert [gate6.admit(f"2001:db8:0:{i}::1") for i in range(5)] == [None] * 5
+    assert gate6.admit("2001:db9::1") is None and gate6.admit("2001:db9::2") is None
+    assert gate6.admit("2001:db9::3")[0] == 429
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
+def test_ipv6_connections_to_the_served_app_are_capped_per_64(ui_world, monkeypatch):
+    """The app served on ::1: IPv6 connections are counted (under their /64, ::/64 for ::1), one past the cap gets
+    429, and closing one lets the client in again."""
+    monkeypatch.setenv("SEIKO_CONNECTIONS_PER_ADDRESS", "3")
+    monkeypatch.setenv("SEIKO_HEAD_TIMEOUT_S", "60")
+    settings = dataclasses.replace(ui_world.settings, host="::1", port=free_port())
+    demo = cli_serve.launch(AppServices(factory=ui_world.factory, settings=settings, local_mode=False))
+    port = settings.port
+    held: list[socket.socket] = []
+    try:
+        for _ in range(3):
+            s = socket.create_connection(("::1", port), timeout=10)
+            s.sendall(b"GET / HTTP/1.1\r\nHost: [::1]:%d\r\nX-a: " % port)
+            held.append(s)
+        time.sleep(0.3)
+        over = socket.create_connection(("::1", port), timeout=10)
+        closed, answer = _closed_within(over, 3)
+        assert closed and answer.startswith(b"HTTP/1.1 429 ") and b"3 connections open" in answer, answer
+        gate = demo.server.config.http_protocol_class.keywords["gate"]
+        assert gate.open == {"::/64": 3}, gate.open
+        held.pop().close()
+        time.sleep(0.3)
+        assert httpx.get(f"http://[::1]:{port}/").status_code == 200
+    finally:
+        for s in held:
+            s.close()
+        demo.close()
