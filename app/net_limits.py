@@ -121,7 +121,8 @@ def counting_key(host: str | None) -> str:
 
     Found by the seventh review of 5 Dec 2026: counted per exact address, one IPv6 client, which controls at least a
     /64 (2^64 addresses, picked per connection with no more than a socket option), was not held by the per-address
-    cap at all."""
+    cap at all. (``sessions.address_key``, the sign-in throttle's key, counts IPv6 per /64 too, but puts every
+    loopback address under one key; here each loopback IPv4 address counts alone, as before.)"""
     if not host:
         return "?"
     try:
