@@ -141,6 +141,11 @@ def launch(services) -> object:
     demo = build_demo(services)
     web_guard.trust_proxies(services.settings)
     kwargs = launch_kwargs(services)
+    # the connection limits go into the server as it starts, before it listens (seventh review of 5 Dec 2026: put in
+    # after launch returned, they missed the connections of its first 0.4 s); install below finds them there
+    app_kwargs = kwargs["app_kwargs"] = dict(kwargs.get("app_kwargs", {}))
+    app_kwargs["lifespan"] = net_limits.before_listening(app_kwargs.get("lifespan"), limits,
+                                                         trusted_proxies=services.settings.trusted_proxies)
     try:
         demo.launch(prevent_thread_lock=True, quiet=True, **kwargs)
     except OSError as exc:  # Gradio's "Cannot find empty port": another server (a second demo?) holds it

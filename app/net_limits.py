@@ -8,7 +8,8 @@ one more header, then nothing, all stayed open; with the open-file limit at 600,
 out, and every connection the server then failed to accept logged a traceback (Python 3.11's accept loop retries
 each waiting connection: 38,905 tracebacks, 18 MB of log in 13 s).
 
-``install`` puts, into the server a launched Blocks runs (``demo.server``, a ``uvicorn.Server``):
+``before_listening`` (a lifespan around the app's own, given to ``launch``) puts, into the server a Blocks starts (a
+``uvicorn.Server``), before it listens, and ``install`` finds in place once ``launch`` returns (or puts in then):
 
 - ``LimitedH11Protocol`` (uvicorn's h11 protocol) for every new connection: a connection whose request line and
   headers are not complete within ``Limits.head_deadline_s`` of it opening (or of the previous answer ending, on a kept
@@ -38,6 +39,7 @@ import os
 import resource
 import time
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -329,16 +331,70 @@ class Installed:
     accept_log: AcceptLog
 
 
+def _installed_on(config: Any) -> Gate | None:
+    """The gate of the limits already in ``config`` (a uvicorn Config), or None."""
+    made = getattr(config, "http_protocol_class", None)
+    if isinstance(made, functools.partial) and made.func is LimitedH11Protocol:
+        return made.keywords.get("gate")
+    return None
+
+
+def _starting_server_config() -> Any | None:
+    """The uvicorn Config of the server whose start-up is running this code: uvicorn runs an app's lifespan in a task
+    of its own, ``LifespanOn.main``, whose ``config`` it then listens with. None anywhere else."""
+    from uvicorn.config import Config
+    from uvicorn.lifespan.on import LifespanOn
+
+    task = asyncio.current_task()
+    frame = getattr(task.get_coro(), "cr_frame", None) if task is not None else None
+    owner = frame.f_locals.get("self") if frame is not None else None
+    config = owner.config if isinstance(owner, LifespanOn) else None
+    return config if isinstance(config, Config) else None
+
+
+def before_listening(lifespan: Callable[[Any], Any] | None, limits: Limits, *,
+                     trusted_proxies: Iterable[str] = ()) -> Callable[[Any], Any]:
+    """``lifespan`` (an app's, for ``gr.Blocks.launch(app_kwargs={"lifespan": ...})``; None for none) that first puts
+    the limits into the uvicorn server starting it, as ``install`` does: uvicorn runs the lifespan's start-up before
+    it listens, and makes each connection with the protocol class its config names when the connection comes, so
+    that no connection is made without the limits.
+
+    Found by the seventh review of 5 Dec 2026: installed once ``launch`` had returned, the limits missed every
+    connection made meanwhile (about 0.4 s after the port opened, Gradio's own start-up calls included); such a
+    connection had no head deadline for its whole life. ``install`` after ``launch`` finds them in place."""
+
+    @asynccontextmanager
+    async def _lifespan(app: Any):
+        config = _starting_server_config()
+        if config is not None and _installed_on(config) is None:
+            config.http_protocol_class = functools.partial(LimitedH11Protocol, gate=Gate(limits, exempt=trusted_proxies))
+            asyncio.get_running_loop().set_exception_handler(AcceptLog())
+        if lifespan is None:
+            yield
+        else:
+            async with lifespan(app):
+                yield
+
+    return _lifespan
+
+
 def install(demo: Any, limits: Limits, *, trusted_proxies: Iterable[str] = ()) -> Installed | None:
     """Put the limits into the uvicorn server ``demo`` (a launched gr.Blocks) runs: every connection made from now on
     is a ``LimitedH11Protocol`` (uvicorn makes each with ``config.http_protocol_class``), and the server's event loop
-    logs failed accepts through ``AcceptLog``. None when ``demo`` runs no uvicorn server this can reach."""
+    logs failed accepts through ``AcceptLog``. Where ``before_listening`` put them in already, those are kept (and
+    returned). None when ``demo`` runs no uvicorn server this can reach."""
     server = getattr(demo, "server", None)
     config = getattr(server, "config", None)
     servers = getattr(server, "servers", None)
     if config is None or not getattr(config, "loaded", False) or not servers:
         return None
     loop = servers[0].get_loop()
+    if (gate := _installed_on(config)) is not None:
+        handler = loop.get_exception_handler()
+        if isinstance(handler, AcceptLog):
+            return Installed(gate=gate, accept_log=handler)
+    log.warning("the connection limits were put in after the server started listening; connections made before "
+                "then have none")
     gate = Gate(limits, exempt=trusted_proxies)
     accept_log = AcceptLog()
     config.http_protocol_class = functools.partial(LimitedH11Protocol, gate=gate)

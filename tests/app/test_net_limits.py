@@ -393,3 +393,46 @@ def test_ipv6_connections_to_the_served_app_are_capped_per_64(ui_world, monkeypa
         for s in held:
             s.close()
         demo.close()
+
+
+def test_a_connection_made_the_moment_the_port_opens_has_the_limits(ui_world, monkeypatch, caplog):
+    """Found by the seventh review of 5 Dec 2026: the limits were put into the server after ``launch`` returned, about
+    0.4 s after the port opened; a connection made meanwhile had no head deadline for its whole life. A client that
+    connects the moment the port opens, and sends part of a head, is closed at the deadline like any other."""
+    import threading
+
+    monkeypatch.setenv("SEIKO_HEAD_TIMEOUT_S", "1")
+    port = free_port()
+    settings = dataclasses.replace(ui_world.settings, port=port)
+    first: list[socket.socket] = []
+    stop = threading.Event()
+
+    def connect_the_moment_it_opens() -> None:
+        while not stop.is_set():
+            s = socket.socket()
+            try:
+                s.connect(("127.0.0.1", port))
+            except OSError:
+                s.close()
+                time.sleep(0.0005)
+                continue
+            s.sendall(PARTIAL_HEAD % port)
+            first.append(s)
+            return
+
+    client = threading.Thread(target=connect_the_moment_it_opens)
+    client.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="app.net_limits"):
+            demo = cli_serve.launch(AppServices(factory=ui_world.factory, settings=settings, local_mode=False))
+    finally:
+        stop.set()
+        client.join()
+    try:
+        assert first, "the client never connected"
+        closed, answer = _closed_within(first[0], 6)
+        assert closed and answer.startswith(b"HTTP/1.1 408 "), answer[:100]
+        assert not [r for r in caplog.records if "after the server started listening" in r.getMessage()]
+    finally:
+        first[0].close()
+        demo.close()
