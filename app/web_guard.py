@@ -41,7 +41,9 @@ For every HTTP and websocket request, before Gradio sees it:
   Gradio raised inside the event stream it had started, a traceback per request). A refusal is its sentence as plain
   text, except on ``/queue/join``, the page's own route, where every refusal (an event's, a session hash's, a
   body's, the sign-in's or local token's) is ``{"detail": sentence}`` (JSON), which the page's Gradio client shows in
-  its error toast (plain text showed there as a JSON parse error).
+  its error toast (plain text showed there as a JSON parse error); and on ``/queue/data``, the page's stream of
+  results, an account's one stream too many, which is answered as a failed event (``_page_stream_error``): a 429
+  there made the page say the connection was lost and reload, in a loop.
 - **Cookies**: every ``Set-Cookie`` the app sends is ``SameSite=Lax`` (Gradio's own say ``SameSite=None``), and
   ``Secure`` when the request shows HTTPS (``WebGuard._https_shown``: an https public URL, TLS, the session cookie
   above, or the browser's own ``Origin: https://...``, as the sign-in's POST carries), so that a page making the
@@ -77,6 +79,7 @@ import asyncio
 import functools
 import html
 import ipaddress
+import json
 import logging
 import math
 import os
@@ -758,7 +761,11 @@ class WebGuard:
         live = self.streams.get(session)
         # an account past STREAMS_PER_ACCOUNT open is refused (429), but for a take-over: the stream it takes ends
         if (live is None or not live.movable(path, method, user)) and self._streams_full(user):
-            await self._refuse(scope, receive, send, TOO_MANY_STREAMS.format(n=STREAMS_PER_ACCOUNT), 429)
+            if gradio_routes.reads_session(path, method):  # the page's own stream: an error it shows (_page_stream_error)
+                self.stats.refused += 1
+                await _page_stream_error(TOO_MANY_STREAMS.format(n=STREAMS_PER_ACCOUNT))(scope, receive, send)
+            else:
+                await self._refuse(scope, receive, send, TOO_MANY_STREAMS.format(n=STREAMS_PER_ACCOUNT), 429)
             return
         self._stream_opened(user)
         try:
@@ -1301,6 +1308,22 @@ TOO_MANY_STREAMS = ("Your account has {n} of the app's streams open (each open p
 OTHER_SITE_STREAM = ("The app's heartbeat and result streams are opened by its own page, not by another site's; this "
                      "request came from another site.")
 STREAM_WAIT_S = 2.0
+
+
+def _page_stream_error(sentence: str) -> Response:
+    """A refused stream of the page's results (``GET /queue/data``) as the page's Gradio client shows it: 200 and a
+    stream of two messages, the error of a failed event (``process_completed`` with ``output.error``, no event id, so
+    every event the page waits on gets it: an error toast with ``sentence``, the event ended) and ``close_stream`` (the
+    page opens a new stream for its next event).
+
+    Found by the seventh review of 5 Dec 2026: refused with 429, the page's client (gradio's JS client, which reads
+    a stream's answer only when it is 2xx) took the refusal for a lost connection: "Connection to the server was lost.
+    Attempting reconnection..." and a reload 2 s later, whose next event was refused again; the sentence never
+    showed."""
+    failed = {"msg": "process_completed", "success": False,
+              "output": {"error": sentence, "title": "Error", "visible": True}}
+    body = "".join(f"data: {json.dumps(m)}\n\n" for m in (failed, {"msg": "close_stream"}))
+    return Response(body, media_type="text/event-stream", headers={"Cache-Control": "no-store"})
 STREAM_POLL_S = 0.05
 ONE_STREAM = "Another stream is already reading this session's results; a session has one open at a time."
 LAST_BODY = {"type": "http.response.body", "body": b"", "more_body": False}

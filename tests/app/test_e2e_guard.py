@@ -152,3 +152,41 @@ def test_an_export_downloads_from_the_apps_page_and_not_for_another_ports_page(u
     finally:
         other_server.shutdown()
         other_server.server_close()
+
+
+def test_a_refused_stream_of_results_shows_its_sentence_and_the_next_event_works(ui_world, e2e, monkeypatch):
+    """Found by the seventh review of 5 Dec 2026: an account past its streams (web_guard.STREAMS_PER_ACCOUNT) had the
+    page's stream of results refused with 429, which the page's Gradio client reads as a lost connection: "Connection
+    to the server was lost. Attempting reconnection..." and a reload 2 s later, never the sentence. Now the page shows
+    the sentence in its error toast, stays as it is, and its next event, once a stream is free, is answered."""
+    from app import web_guard
+
+    demo, browser = e2e(ui_world.services(batch_size=4))
+    url = demo.local_url.replace("localhost", "127.0.0.1")
+    streams: list[int] = []  # the statuses of the page's streams of results, as answered
+    page = browser.new_context().new_page()
+    page.on("response", lambda r: streams.append(r.status) if "/gradio_api/queue/data" in r.url else None)
+    loads: list[str] = []
+    page.on("load", lambda p: loads.append(p.url))
+    errors = watch_errors(page)
+    sign_in(page, url, "alice")
+    loaded = len(loads)
+    monkeypatch.setattr(web_guard, "STREAMS_PER_ACCOUNT", 0)  # read at each request: every stream is now one too many
+    page.get_by_label("Experiment").click()
+    page.get_by_role("option", name="ui-exp (active)").click()
+    sentence = web_guard.TOO_MANY_STREAMS.format(n=0)
+    page.get_by_text(sentence).first.wait_for(timeout=30_000)  # the error toast
+    page.wait_for_timeout(3000)  # the reconnection poll ran every 2 s and reloaded the page
+    assert "Connection to the server was lost" not in page.content()
+    assert len(loads) == loaded, loads
+    monkeypatch.setattr(web_guard, "STREAMS_PER_ACCOUNT", 16)
+    for close in page.locator(".toast-close").all():  # the toast lies over the selector
+        close.click()
+    before = len(streams)
+    page.get_by_label("Experiment").click()
+    page.get_by_role("option", name="ui-exp (active)").click()
+    deadline = time.monotonic() + 60
+    while 200 not in streams[before:]:  # the page opened a new stream for this event (close_stream let it)
+        assert time.monotonic() < deadline, streams
+        page.wait_for_timeout(100)
+    assert not errors, errors

@@ -4,6 +4,7 @@ reproduced against a real server on 127.0.0.1 (the helpers and the ``served`` fi
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from collections import Counter
@@ -448,7 +449,15 @@ def test_an_account_holds_at_most_its_share_of_streams_open(ui_world, monkeypatc
             over = _raw_stream(url, alice, "results-over")
             status, body = _status(over)
             over.close()
-            assert status == 429, body
+            # the page's stream is refused in the form its Gradio client shows (seventh review): 200, the error of a
+            # failed event, then close_stream (a 429 read as a lost connection: the page reloaded, in a loop)
+            assert status == 200, body
+            messages = [json.loads(line[len(b"data: "):]) for line in body.split(b"\n") if line.startswith(b"data: ")]
+            assert [m["msg"] for m in messages] == ["process_completed", "close_stream"], body
+            assert messages[0]["success"] is False and "event_id" not in messages[0], messages
+            assert messages[0]["output"]["error"] == web_guard.TOO_MANY_STREAMS.format(n=3), messages
+            assert messages[0]["output"]["visible"] is True, messages
+            assert demo.server_app.middleware_stack.stats.refused >= 2
             with bob.stream("GET", "/gradio_api/heartbeat/bob-beat") as beat:
                 assert beat.status_code == 200
             held.pop().close()
