@@ -17,7 +17,8 @@ each waiting connection: 38,905 tracebacks, 18 MB of log in 13 s).
   all arrived within ``Limits.body_deadline_s`` of its head's end is closed too, with a 408 and one sentence unless it
   was answered already (the web guard's 413, say); one past
   ``Limits.per_address`` open from its address (an IPv6 address's /64, ``counting_key``: one client holds a whole
-  /64) gets 429 and one sentence and is closed at once, one past ``Limits.total`` 503. An address of a trusted proxy
+  /64) gets 429 and one sentence (as ``{"detail": sentence}``, which the page's Gradio client shows for an event)
+  and is closed at once, one past ``Limits.total`` 503. An address of a trusted proxy
   (SEIKO_TRUSTED_PROXIES) counts towards the total only, since every person behind it comes from it.
 - an exception handler on the server's event loop that logs a failed accept (no file descriptor left) at most once
   every ``ACCEPT_LOG_EVERY_S``, with the count held back and no traceback; anything else goes to asyncio's own handler.
@@ -34,6 +35,7 @@ import asyncio
 import errno
 import functools
 import ipaddress
+import json
 import logging
 import os
 import resource
@@ -205,13 +207,14 @@ class _Every:
         return held
 
 
-def _answer(status: int, sentence: str) -> bytes:
-    """A whole HTTP/1.1 answer with ``sentence`` as its body, closing the connection (written before any request, so
-    built here: h11 sends an answer only to a request it has read)."""
+def _answer(status: int, sentence: str, *, as_json: bool = False) -> bytes:
+    """A whole HTTP/1.1 answer with ``sentence`` as its body (as ``{"detail": sentence}`` with ``as_json``), closing
+    the connection (written before any request, so built here: h11 sends an answer only to a request it has read)."""
     reason = {408: b"Request Timeout", 429: b"Too Many Requests", 503: b"Service Unavailable"}[status]
-    body = sentence.encode()
-    return (b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
-            b"connection: close\r\ncache-control: no-store\r\n\r\n%s" % (status, reason, len(body), body))
+    body = json.dumps({"detail": sentence}).encode() if as_json else sentence.encode()
+    kind = b"application/json" if as_json else b"text/plain; charset=utf-8"
+    return (b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n"
+            b"connection: close\r\ncache-control: no-store\r\n\r\n%s" % (status, reason, kind, len(body), body))
 
 
 class LimitedH11Protocol(H11Protocol):
@@ -230,7 +233,10 @@ class LimitedH11Protocol(H11Protocol):
         host = self.client[0] if self.client else None
         refused = self.gate.admit(host)
         if refused is not None:
-            transport.write(_answer(*refused))
+            # {"detail": sentence}: written before the request is read, so whatever it is; the page's Gradio client
+            # reads its event's answer (POST /queue/join) as JSON and shows ``detail`` (a 503 as its own "busy"
+            # sentence), where plain text showed "Could not parse server response: SyntaxError ..." (seventh review)
+            transport.write(_answer(*refused, as_json=True))
             transport.close()
             return
         self._admitted = True

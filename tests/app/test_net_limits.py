@@ -436,3 +436,31 @@ def test_a_connection_made_the_moment_the_port_opens_has_the_limits(ui_world, mo
     finally:
         first[0].close()
         demo.close()
+
+
+def test_a_refused_connection_is_answered_in_the_form_the_pages_gradio_client_shows(served):
+    """Found by the seventh review of 5 Dec 2026: a connection refused by the caps was answered in plain text; the
+    page's Gradio client reads its event's answer (POST /gradio_api/queue/join) as JSON and shows its ``detail`` (and
+    a 503 as "This application is currently busy"), so the refusal showed as "Could not parse server response:
+    SyntaxError: Unexpected token 'Y' ...". Now the answer is {"detail": sentence}, whatever the request was."""
+    url = served(SEIKO_CONNECTIONS_PER_ADDRESS="2", SEIKO_MAX_CONNECTIONS="3", SEIKO_HEAD_TIMEOUT_S="60")
+    port = _port(url)
+    held = [_connect(port) for _ in range(2)]
+    try:
+        for s in held:
+            s.sendall(PARTIAL_HEAD % port)
+        time.sleep(0.3)
+        event = {"data": [], "fn_index": 0, "session_hash": "abc"}
+        answer = httpx.post(f"{url}/gradio_api/queue/join", json=event)
+        assert answer.status_code == 429 and answer.headers["content-type"] == "application/json", answer.text
+        assert answer.json() == {"detail": net_limits.TOO_MANY_FROM_ADDRESS.format(n=2)}
+        held.append(_connect(port, "127.0.0.2"))  # the third in all
+        held[-1].sendall(PARTIAL_HEAD % port)
+        time.sleep(0.3)
+        other = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.3"))
+        with other:
+            answer = other.post(f"{url}/gradio_api/queue/join", json=event)
+        assert answer.status_code == 503 and answer.json() == {"detail": net_limits.TOO_MANY_IN_ALL.format(n=3)}
+    finally:
+        for s in held:
+            s.close()
