@@ -15,7 +15,8 @@ each waiting connection: 38,905 tracebacks, 18 MB of log in 13 s).
   headers are not complete within ``Limits.head_deadline_s`` of it opening (or of the previous answer ending, on a kept
   alive connection) is closed, with a 408 and one sentence when it sent part of a head; a request whose body has not
   all arrived within ``Limits.body_deadline_s`` of its head's end is closed too, with a 408 and one sentence unless it
-  was answered already (the web guard's 413, say); one past
+  was answered already (the web guard's 413, say); an answer the client leaves unread (the server's write buffer
+  full, writing paused) for ``Limits.body_deadline_s`` is dropped and the connection closed; one past
   ``Limits.per_address`` open from its address (an IPv6 address's /64, ``counting_key``: one client holds a whole
   /64) gets 429 and one sentence (as ``{"detail": sentence}``, which the page's Gradio client shows for an event)
   and is closed at once, one past ``Limits.total`` 503. An address of a trusted proxy
@@ -227,6 +228,7 @@ class LimitedH11Protocol(H11Protocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_bytes = False  # part of a head arrived since the deadline was set
         self._body_timer: asyncio.TimerHandle | None = None
+        self._send_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -245,6 +247,7 @@ class LimitedH11Protocol(H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_deadline()
         self._cancel_body_deadline()
+        self._cancel_send_deadline()
         if self._admitted:
             self._admitted = False
             self.gate.release(self.client[0] if self.client else None)
@@ -289,6 +292,33 @@ class LimitedH11Protocol(H11Protocol):
             self.transport.write(_answer(408, SLOW_HEAD.format(s=self.gate.limits.head_deadline_s)))
         self.transport.close()
 
+
+    # An answer the client does not read: the transport's buffer fills and it pauses writing (the app's send waits);
+    # a client that never reads held the connection, its task and buffers for ever (seventh review of 5 Dec 2026:
+    # 5 connections that asked for a 4.5 MB asset and read nothing were all still open, and counted, 25 s later).
+    # Writing paused for ``Limits.body_deadline_s`` without a pause's end (the buffer drained to its low mark) closes
+    # the connection, its buffer dropped.
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._send_timer is None and not self.transport.is_closing():
+            self._send_timer = self.loop.call_later(self.gate.limits.body_deadline_s, self._send_too_slow)
+
+    def resume_writing(self) -> None:
+        self._cancel_send_deadline()
+        super().resume_writing()
+
+    def _cancel_send_deadline(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def _send_too_slow(self) -> None:
+        self._send_timer = None
+        self.gate.closed_slow += 1
+        if self.cycle is not None and not self.cycle.response_complete:  # the app's send sees the client gone
+            self.cycle.disconnected = True
+            self.cycle.message_event.set()
+        self.transport.abort()  # close() would wait for the buffer to be read; connection_lost follows
 
     def _cancel_body_deadline(self) -> None:
         if self._body_timer is not None:

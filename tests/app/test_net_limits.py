@@ -464,3 +464,42 @@ def test_a_refused_connection_is_answered_in_the_form_the_pages_gradio_client_sh
     finally:
         for s in held:
             s.close()
+
+
+def test_an_answer_the_client_does_not_read_is_dropped_at_the_deadline(served):
+    """Found by the seventh review of 5 Dec 2026: a client that asked for a large file (the page's 4.5 MB plot script)
+    and read nothing held the connection, its task and the server's buffers for ever, counted against the caps; 64
+    such from each of 8 addresses held every connection the server takes. Now writing that has been paused (the
+    buffer full) for SEIKO_BODY_TIMEOUT_S closes the connection: the client gets less than the file, then the end."""
+    import gradio
+
+    asset = max((Path(gradio.__file__).parent / "templates" / "frontend" / "assets").glob("*.js"),
+                key=lambda p: p.stat().st_size)
+    size = asset.stat().st_size
+    assert size > 2_000_000, size
+    url = served(SEIKO_BODY_TIMEOUT_S="2")
+    port = _port(url)
+    request = b"GET /assets/%s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % (asset.name.encode(), port)
+
+    def fetch(read_after_s: float) -> bytes:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", port))
+        s.sendall(request)
+        time.sleep(read_after_s)
+        got = b""
+        s.settimeout(10)
+        try:
+            while chunk := s.recv(65536):
+                got += chunk
+                if len(got) >= size:
+                    break
+        except (ConnectionResetError, TimeoutError):
+            pass
+        s.close()
+        return got
+
+    got = fetch(read_after_s=6)  # unread for three times the deadline
+    assert got.startswith(b"HTTP/1.1 200 ") and len(got) < size, len(got)
+    got = fetch(read_after_s=0.5)  # read at once: all of it
+    assert got.startswith(b"HTTP/1.1 200 ") and len(got) > size, len(got)
