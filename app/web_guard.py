@@ -111,6 +111,7 @@ from app.sessions import LoginThrottle, SessionInfo, SessionStore, StaleSignIn
 log = logging.getLogger("seiko.web")
 
 Scope = dict[str, Any]
+Message = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -613,7 +614,8 @@ class WebGuard:
             if user is not None and (named is not None or gradio_routes.makes_event(path, method)):
                 self._sweep()
             if user is not None and named is not None and path.startswith(gradio_routes.HEARTBEAT) and method == "GET":
-                await self._while_beating(named, user, scope, receive, self._lax_send(send, secure))
+                await self._while_beating(named, user, scope, receive, self._lax_send(send, secure),
+                                          headers=headers, secure=secure)
                 return
             if user is not None and gradio_routes.makes_event(path, method):
                 block_fn = gradio_routes.event_function(path, parsed, self._fns())
@@ -693,16 +695,49 @@ class WebGuard:
             if not self._admitting_fn[mine]:
                 del self._admitting_fn[mine]
 
-    async def _while_beating(self, session: str, user: str, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _while_beating(self, session: str, user: str, scope: Scope, receive: Receive, send: Send, *,
+                             headers: Headers, secure: bool) -> None:
         """Pass a page's heartbeat on, the session pinned (``Owners``) while the stream is open; refused (429) when
-        ``user`` has STREAMS_PER_ACCOUNT streams open."""
+        ``user`` has STREAMS_PER_ACCOUNT streams open.
+
+        The stream ends (as if the page had gone) within HEARTBEAT_RECHECK_S of the sign-in session it was opened with
+        ending: a heartbeat opened before a log out (or a password change, or the account being disabled) kept
+        answering for as long as the page stayed open, the Gradio session pinned and one of the account's streams
+        held, though every new request with that cookie was refused (found by the seventh review)."""
         if self._streams_full(user):
             await self._refuse(scope, receive, send, TOO_MANY_STREAMS.format(n=STREAMS_PER_ACCOUNT), 429)
             return
         self.heartbeats[session] = self.heartbeats.get(session, 0) + 1
         self._stream_opened(user)
+        answer = {"started": False, "complete": False, "ended": False}
+
+        async def noting(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                answer["started"] = True
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                answer["complete"] = True
+            await send(message)
+
+        async def while_signed_in() -> Message:
+            """The client's next message, or a disconnect once the session the stream was opened with has ended."""
+            pending = asyncio.ensure_future(receive())
+            try:
+                while True:
+                    done, _ = await asyncio.wait({pending}, timeout=HEARTBEAT_RECHECK_S)
+                    if done:
+                        return pending.result()
+                    info = await self._check_session(headers, secure)
+                    if info is None or info.name != user:
+                        answer["ended"] = True
+                        return {"type": "http.disconnect"}
+            finally:
+                if not pending.done():
+                    pending.cancel()
+
         try:
-            await self.inner(scope, receive, send)
+            await self.inner(scope, while_signed_in, noting)
+            if answer["ended"] and answer["started"] and not answer["complete"]:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})  # ended, not broken off
         finally:
             self._stream_closed(user)
             self.heartbeats[session] -= 1
@@ -1302,6 +1337,7 @@ class WebGuard:
 # one past it gets 429 (found by the sixth review of 5 Dec 2026: one rater held 150 heartbeats, each a connection and a
 # task of the server's, and more at will); read at each request
 STREAMS_PER_ACCOUNT = 16
+HEARTBEAT_RECHECK_S = 5.0  # an open heartbeat's sign-in session is checked again this often (``_while_beating``)
 TOO_MANY_STREAMS = ("Your account has {n} of the app's streams open (each open page holds two); close some of its "
                     "pages and try again.")
 # a stream or heartbeat another site's page made the browser open (an <img>, a link: the Lax cookie goes with a GET)

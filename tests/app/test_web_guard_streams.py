@@ -480,3 +480,46 @@ def test_an_account_holds_at_most_its_share_of_streams_open(ui_world, monkeypatc
             s.close()
         demo.close()
     _no_traceback(capfd, caplog)
+
+
+def test_a_heartbeat_opened_before_a_log_out_ends_with_its_session(ui_world, monkeypatch, capfd, caplog):
+    """Found by the seventh review of 5 Dec 2026: a heartbeat opened before a log out kept answering "ALIVE" every
+    15 s for as long as its connection stayed open (the Gradio session pinned, one of the account's streams held),
+    though every new request with that cookie was refused. Now it ends within HEARTBEAT_RECHECK_S of the session
+    ending, properly (the chunked answer's last chunk, no traceback), and the account's slots are free again."""
+    monkeypatch.setattr(web_guard, "STREAMS_PER_ACCOUNT", 2)
+    monkeypatch.setattr(web_guard, "HEARTBEAT_RECHECK_S", 0.3)
+    demo, url = launch(ui_world)
+    capfd.readouterr()
+    held: list[socket.socket] = []
+    try:
+        with signed_in(url, "alice") as old, signed_in(url, "alice") as new:
+            for i in range(2):
+                held.append(_raw_get(url, old, f"/gradio_api/heartbeat/old-beat-{i}"))
+                status, _ = _status(held[-1])
+                assert status == 200
+            time.sleep(1.0)  # several checks of a live session: its heartbeats stay open
+            with new.stream("GET", "/gradio_api/heartbeat/new-beat") as beat:
+                assert beat.status_code == 429  # the account's two streams are the old page's
+            assert old.post("/logout", follow_redirects=False).status_code == 303
+            for sock in held:  # each ends: the chunked answer's terminating chunk, then the connection's end
+                sock.settimeout(5)
+                got = b""
+                while not got.endswith(b"0\r\n\r\n"):
+                    chunk = sock.recv(4096)
+                    if not chunk:
+                        break
+                    got += chunk
+                assert got.endswith(b"0\r\n\r\n"), got
+            deadline = time.monotonic() + 5
+            while True:  # the slots are free: the new session's page opens its heartbeat
+                with new.stream("GET", "/gradio_api/heartbeat/new-beat") as beat:
+                    if beat.status_code == 200:
+                        break
+                assert time.monotonic() < deadline, "the ended session's heartbeats still counted"
+                time.sleep(0.1)
+        _no_traceback(capfd, caplog)
+    finally:
+        for s in held:
+            s.close()
+        demo.close()
