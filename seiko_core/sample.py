@@ -9,10 +9,51 @@ from __future__ import annotations
 import argparse
 import errno
 import math
+import os
 import sys
 from pathlib import Path
 
 from tqdm import tqdm
+
+from .atomic import atomic_write, temp_sibling
+
+
+class GridOutError(ValueError):
+    """``--out`` cannot be written: one sentence naming the path."""
+
+
+def check_grid_out(out: Path) -> str:
+    """The PIL format that writes the grid (an RGB image) to ``out``, checked before the model is loaded; GridOutError
+    with one sentence when PIL has no writer of RGB images for its extension (``.xyz``; ``.xbm``, whose writer takes
+    only black-and-white images; ``.h5``, whose writer is a stub) or its folder cannot hold a new file (a path under
+    a file, a folder that refuses new files). Each of these was found only when the grid was saved, after all the
+    sampling (sixth and seventh reviews). The folder is made if it does not exist."""
+    import io
+
+    from PIL import Image
+
+    Image.init()
+    image_format = Image.registered_extensions().get(out.suffix.lower())
+    if image_format is None or image_format not in Image.SAVE:
+        ending = f"the extension {out.suffix!r}" if out.suffix else "a name without an extension"
+        raise GridOutError(f"cannot write {str(out)!r}: PIL writes no image format for {ending}; use .png")
+    try:  # the grid's mode through the format's own writer, on one pixel
+        Image.new("RGB", (1, 1)).save(io.BytesIO(), format=image_format)
+    except (OSError, ValueError, KeyError) as exc:
+        raise GridOutError(f"cannot write {str(out)!r}: PIL cannot write an RGB image as {image_format} ({exc}); "
+                           "use .png") from exc
+    try:
+        if out.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "it is a directory")
+        if out.parent.exists() and not out.parent.is_dir():  # mkdir says "File exists"
+            raise NotADirectoryError(errno.ENOTDIR, f"{str(out.parent)!r} is not a directory")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe = temp_sibling(out)  # a new file in the folder, as the grid's temporary file will be
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        probe.unlink()
+    except OSError as exc:
+        raise GridOutError(f"cannot write {str(out)!r}: {exc.strerror or exc}") from exc
+    return image_format
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,22 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             p.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     out = Path(args.out)
-    from PIL import Image
-
-    Image.init()  # PIL's registered extensions; an unknown one (--out g.xyz) was a ValueError after all the sampling
-    image_format = Image.registered_extensions().get(out.suffix.lower())
-    if image_format is None or image_format not in Image.SAVE:
-        ending = f"the extension {out.suffix!r}" if out.suffix else "a name without an extension"
-        print(f"error: cannot write {str(out)!r}: PIL writes no image format for {ending}; use .png", file=sys.stderr)
-        return 1
-    try:  # before hours of sampling: a path under a file (--out /etc/hostname/s.png) was a traceback at the end
-        if out.is_dir():
-            raise IsADirectoryError(errno.EISDIR, "it is a directory")
-        if out.parent.exists() and not out.parent.is_dir():  # mkdir says "File exists"
-            raise NotADirectoryError(errno.ENOTDIR, f"{str(out.parent)!r} is not a directory")
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        print(f"error: cannot write {str(out)!r}: {exc.strerror or exc}", file=sys.stderr)
+    try:
+        image_format = check_grid_out(out)
+    except GridOutError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     try:
         parts = load_model(args.model)
@@ -88,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         images = sample(parts, prompts, seeds, steps=steps, guidance=cfg.guidance if args.guidance is None else args.guidance,
                         eta=cfg.eta if args.eta is None else args.eta, batch_size=cfg.batch_size,
                         on_progress=lambda done, total, _m: bar.update(done - bar.n))
-    try:
-        grid(images, cols=args.cols, scale=args.scale or (4 if small else 1)).save(out)
+    picture = grid(images, cols=args.cols, scale=args.scale or (4 if small else 1))
+    try:  # a temporary name renamed into place: a failed write (a full disk) leaves no half PNG, an old grid whole
+        atomic_write(out, lambda tmp: picture.save(tmp, format=image_format))
     except OSError as exc:
         print(f"error: cannot write {str(out)!r}: {exc.strerror or exc}", file=sys.stderr)
         return 1

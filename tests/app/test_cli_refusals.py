@@ -577,6 +577,71 @@ def test_sample_refuses_an_out_file_pil_cannot_write_before_loading_the_model(tm
     assert not out.exists()
 
 
+@pytest.mark.parametrize("name", ["g.xbm", "g.msp", "g.h5"])
+def test_sample_refuses_a_format_that_cannot_hold_an_rgb_grid_before_loading_the_model(tmp_path, name):
+    """`python -m seiko_core.sample --out g.xbm` passed the extension check (PIL registers a writer for it) and failed
+    only when the grid was saved, after the model was loaded and every image sampled (seventh review): XBM's and MSP's
+    writers take only black-and-white images, HDF5's is a stub. Each is refused before the model (one that does not
+    exist) is loaded, with the stock library's own refusal of an RGB image in that format."""
+    import io
+
+    from PIL import Image
+
+    Image.init()
+    image_format = Image.registered_extensions()[Path(name).suffix]
+    with pytest.raises((OSError, ValueError)) as refused:  # the stock library refuses an RGB image in this format
+        Image.new("RGB", (1, 1)).save(io.BytesIO(), format=image_format)
+    out = tmp_path / name
+    proc = run_cli("--model", str(tmp_path / "no-model"), "--prompt", "p", "--n", "1", "--out", str(out),
+                   module="seiko_core.sample")
+    assert proc.returncode == 1, proc.stderr
+    assert one_sentence(proc) == (f"error: cannot write {str(out)!r}: PIL cannot write an RGB image as {image_format} "
+                                  f"({refused.value}); use .png")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sample_refuses_a_folder_that_takes_no_new_file_before_loading_the_model(tmp_path):
+    """A folder that refuses new files (/sys refuses even root) was found only when the grid was saved, after all the
+    sampling (seventh review). A new file is tried there before the model (one that does not exist) is loaded."""
+    import errno
+    import os
+
+    with pytest.raises(OSError) as refused:  # the operating system's own answer to a new file there
+        os.close(os.open("/sys/seiko-probe.png", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    proc = run_cli("--model", str(tmp_path / "no-model"), "--prompt", "p", "--n", "1", "--out", "/sys/g.png",
+                   module="seiko_core.sample")
+    assert refused.value.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT)
+    assert proc.returncode == 1, proc.stderr
+    assert one_sentence(proc) == f"error: cannot write '/sys/g.png': {refused.value.strerror}"
+
+
+def test_sample_leaves_no_half_grid_and_keeps_the_old_one_when_the_write_fails(tmp_path):
+    """The grid was saved straight into --out: a write that failed half-way (a full disk; here the process's file-size
+    limit, 4 KiB, below the grid's PNG) left a truncated PNG in place of the earlier grid (seventh review). It is
+    written to a temporary name and renamed: the earlier file is untouched and nothing else is left in the folder."""
+    import resource
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    out = folder / "g.png"
+    out.write_bytes(b"the earlier grid")
+    # -B and HOME: the limit holds for every file the process writes, and CPython writes a cached .pyc with one
+    # unchecked write (a truncated one, here, would break the next import of that module)
+    argv = [sys.executable, "-B", "-m", "seiko_core.sample", "--model", MODEL, "--prompt", "a red circle", "--n", "4",
+            "--steps", "1", "--scale", "8", "--out", str(out)]
+    env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path / "home")}
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300, env=env,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096)))
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and proc.stderr.strip().splitlines()[-1] == (
+        f"error: cannot write {str(out)!r}: File too large"), proc.stderr[-3000:]
+    assert out.read_bytes() == b"the earlier grid"
+    assert sorted(p.name for p in folder.iterdir()) == ["g.png"]
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)  # no limit
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and sorted(p.name for p in folder.iterdir()) == ["g.png"]
+
+
 @pytest.mark.parametrize("key, value, must_be", [
     ("threads", "x", "a whole number"), ("threads", [2], "a whole number"), ("threads", 2.5, "a whole number"),
     ("clip_lr", "fast", "a finite number"), ("unet_text_pool", 1, "true or false"),
