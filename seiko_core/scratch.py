@@ -12,17 +12,18 @@ once in the log.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .atomic import temp_sibling
+from .atomic import TMP_PREFIX, temp_sibling
 
 log = logging.getLogger("seiko.scratch")
 
@@ -91,6 +92,42 @@ def scratch_array(data_dir: str | Path, label: str, shape: tuple[int, ...], *, w
     finally:
         os.close(fd)
         path.unlink(missing_ok=True)
+
+
+def remove_scratch(folder: str | Path) -> list[Path]:
+    """Remove ``<folder>/scratch`` of a command that owns ``folder`` (a simulator's OUT, bench's work dir): first
+    the ``.tmp-`` names in it, each a scratch file's name left by a process killed between making the file and
+    mapping it (its disk space, a whole batch's, reserved until the name goes), then the folder itself if that
+    leaves it empty. Anything else in it is not a scratch file: it stays, and so does the folder. Returns the
+    names removed. Not for the app's data dir, which live workers share (``app.storage.clean_partials``)."""
+    root = Path(folder) / SCRATCH
+    try:
+        entries = sorted(root.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    removed = []
+    for entry in entries:
+        if entry.name.startswith(TMP_PREFIX) and not entry.is_dir():
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+    try:
+        root.rmdir()
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
+            raise
+    return removed
+
+
+@contextlib.contextmanager
+def scratch_removed(folder: str | Path) -> Iterator[None]:
+    """``<folder>/scratch`` removed (``remove_scratch``) when the block starts, a killed earlier run's, and when it
+    ends, normally, by an exception or by Ctrl-C: a command's scratch folder, and any name a killed worker process of
+    it left there, do not outlive the command (seventh review: the simulators left OUT/scratch behind)."""
+    remove_scratch(folder)
+    try:
+        yield
+    finally:
+        remove_scratch(folder)
 
 
 def _unescape_mount_point(field: str) -> str:

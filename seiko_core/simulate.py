@@ -67,7 +67,7 @@ from .config import (
     from_dict,
     to_dict,
 )
-from .scratch import PixelSpill, add_max_mib_argument, float_pixels
+from .scratch import PixelSpill, add_max_mib_argument, float_pixels, scratch_removed
 from .stats import interval_text, mean_ci95, pearson, t975, wins  # noqa: F401  (re-exported: reports import them from here)
 
 RESULTS = "results.json"
@@ -825,68 +825,70 @@ def run_campaign(args, argv, *, parts, oracle, base: SeikoConfig, ev: EvalSet, s
     except SimulationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    record_invocation(results, list(sys.argv if argv is None else argv), jobs=args.jobs, device=str(parts.device))
-    results_path = out / RESULTS
-    bars = Bars(enabled=not args.no_progress)
-    t_all = time.time()
+    # OUT/scratch (generated images beyond --pixels-in-memory-max-mib) goes when the campaign ends, however it ends
+    with scratch_removed(out):
+        record_invocation(results, list(sys.argv if argv is None else argv), jobs=args.jobs, device=str(parts.device))
+        results_path = out / RESULTS
+        bars = Bars(enabled=not args.no_progress)
+        t_all = time.time()
 
-    # round 0: the pretrained model on the eval set, once for every run
-    if results.get("pretrained") is None:
-        m, images = evaluate(parts, base, oracle, ev, adapter=None, prev_adapter=None, bars=bars, spill=spill_of(args))
-        bars.close()
-        results["pretrained"] = m
-        save_grid(images, out / "grids" / "pretrained.png")
-        write_json_atomic(results_path, results)
-    pretrained = {k: v for k, v in results["pretrained"].items()}
-    tqdm.write(f"pretrained: true reward {pretrained['true_reward_mean']:.3f} +- {pretrained['true_reward_std']:.3f} "
-               f"on {len(ev.seeds)} eval images; {pretrained_note}")
-
-    # seed-major, so that a partial result compares every method on the same seeds
-    todo = [(m, s) for s in seeds for m in methods if results["runs"].get(m, {}).get(str(s), {}).get("status") != "done"]
-    def finished(method: str, seed: int, run: dict) -> None:
-        results["runs"].setdefault(method, {})[str(seed)] = run
-        write_json_atomic(results_path, results)
-        summarise_fn(results, out)
-
-    with tqdm(total=len(methods) * len(seeds), initial=len(methods) * len(seeds) - len(todo), desc="runs",
-              dynamic_ncols=True) as outer:
-        if args.jobs > 1 and len(todo) > 1:
+        # round 0: the pretrained model on the eval set, once for every run
+        if results.get("pretrained") is None:
+            m, images = evaluate(parts, base, oracle, ev, adapter=None, prev_adapter=None, bars=bars, spill=spill_of(args))
             bars.close()
-            with ProcessPoolExecutor(max_workers=min(args.jobs, len(todo)), mp_context=_spawn(),
-                                     initializer=_worker_init,
-                                     initargs=(args.model, args.oracle, args.device, args.threads)) as pool:
-                pending = {pool.submit(*pool_task(m, s, pretrained, out / "grids" / f"{m}_seed{s}.png")): (m, s)
-                           for m, s in todo}
-                try:
-                    while pending:
-                        done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                        for fut in done:
-                            method, seed = pending.pop(fut)
-                            finished(method, seed, fut.result())
-                            outer.set_postfix(method=method, seed=seed)
-                            outer.update(1)
-                except BaseException:
-                    for fut in pending:  # a failed run stops the others that have not started; finished ones are saved
-                        fut.cancel()
-                    raise
-        else:
-            for method, seed in todo:
-                outer.set_postfix(method=method, seed=seed)
+            results["pretrained"] = m
+            save_grid(images, out / "grids" / "pretrained.png")
+            write_json_atomic(results_path, results)
+        pretrained = {k: v for k, v in results["pretrained"].items()}
+        tqdm.write(f"pretrained: true reward {pretrained['true_reward_mean']:.3f} +- {pretrained['true_reward_std']:.3f} "
+                   f"on {len(ev.seeds)} eval images; {pretrained_note}")
 
-                def on_round(run, method=method, seed=seed):
-                    bars.close()
-                    results["runs"].setdefault(method, {})[str(seed)] = run
-                    write_json_atomic(results_path, results)
-                    tqdm.write(round_line(method, seed, run["rounds"][-1]))
+        # seed-major, so that a partial result compares every method on the same seeds
+        todo = [(m, s) for s in seeds for m in methods if results["runs"].get(m, {}).get(str(s), {}).get("status") != "done"]
+        def finished(method: str, seed: int, run: dict) -> None:
+            results["runs"].setdefault(method, {})[str(seed)] = run
+            write_json_atomic(results_path, results)
+            summarise_fn(results, out)
 
-                run = serial_run(method, seed, pretrained, on_round, bars, out / "grids" / f"{method}_seed{seed}.png")
-                finished(method, seed, run)
-                outer.update(1)
-    results["invocations"][-1]["wall_s"] = time.time() - t_all
-    write_json_atomic(results_path, results)
-    tqdm.write(summarise_fn(results, out))
-    tqdm.write(f"wrote {results_path}, {out / CURVE}, {out / TABLE} ({(time.time() - t_all) / 60:.1f} min)")
-    return 0
+        with tqdm(total=len(methods) * len(seeds), initial=len(methods) * len(seeds) - len(todo), desc="runs",
+                  dynamic_ncols=True) as outer:
+            if args.jobs > 1 and len(todo) > 1:
+                bars.close()
+                with ProcessPoolExecutor(max_workers=min(args.jobs, len(todo)), mp_context=_spawn(),
+                                         initializer=_worker_init,
+                                         initargs=(args.model, args.oracle, args.device, args.threads)) as pool:
+                    pending = {pool.submit(*pool_task(m, s, pretrained, out / "grids" / f"{m}_seed{s}.png")): (m, s)
+                               for m, s in todo}
+                    try:
+                        while pending:
+                            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                            for fut in done:
+                                method, seed = pending.pop(fut)
+                                finished(method, seed, fut.result())
+                                outer.set_postfix(method=method, seed=seed)
+                                outer.update(1)
+                    except BaseException:
+                        for fut in pending:  # a failed run stops the others that have not started; finished ones are saved
+                            fut.cancel()
+                        raise
+            else:
+                for method, seed in todo:
+                    outer.set_postfix(method=method, seed=seed)
+
+                    def on_round(run, method=method, seed=seed):
+                        bars.close()
+                        results["runs"].setdefault(method, {})[str(seed)] = run
+                        write_json_atomic(results_path, results)
+                        tqdm.write(round_line(method, seed, run["rounds"][-1]))
+
+                    run = serial_run(method, seed, pretrained, on_round, bars, out / "grids" / f"{method}_seed{seed}.png")
+                    finished(method, seed, run)
+                    outer.update(1)
+        results["invocations"][-1]["wall_s"] = time.time() - t_all
+        write_json_atomic(results_path, results)
+        tqdm.write(summarise_fn(results, out))
+        tqdm.write(f"wrote {results_path}, {out / CURVE}, {out / TABLE} ({(time.time() - t_all) / 60:.1f} min)")
+        return 0
 
 
 def campaign_setup(args, parts, oracle, methods, budgets):

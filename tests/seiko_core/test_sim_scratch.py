@@ -72,7 +72,7 @@ def test_a_run_in_the_scratch_file_gives_the_figures_of_a_run_in_memory(module, 
     """Bootstrap, 2 rounds of 4 labels (8 images a round for pairs), 2 eval images: once with the default limit
     (512 MiB: all in memory), once with 0 MiB (every batch in a scratch file). Every figure of results.json and
     both grids' PNG bytes are identical; in the second run every batch the oracle rated was, at that moment, a
-    memory map of a removed file of OUT/scratch as large as its float32 images, and nothing is left there after."""
+    memory map of a removed file of OUT/scratch as large as its float32 images, and OUT/scratch is gone after."""
     base = ["--model", str(random_model_dir), "--method", "bootstrap", "--oracle", "purple", *TINY]
     mem, disk = tmp_path / "memory", tmp_path / "scratch"
     scored_mem, made_mem = _spied_run(module, [*base, "--out", str(mem)], mem, monkeypatch)
@@ -98,7 +98,54 @@ def test_a_run_in_the_scratch_file_gives_the_figures_of_a_run_in_memory(module, 
         # the batch being rated is one removed file's map (the previous eval set's may be mapped beside it)
         assert any(path.endswith(" (deleted)") and s["nbytes"] <= size < s["nbytes"] + 4 * 4096
                    for path, size in s["maps"]), s
-    assert sorted(p.name for p in (disk / scratch.SCRATCH).iterdir()) == []
+    assert not (disk / scratch.SCRATCH).exists()  # the folder goes with the command (seventh review)
+
+
+@pytest.mark.parametrize("ending", ["error", "ctrl-c"])
+def test_the_scratch_folder_goes_when_a_run_ends_by_an_error_or_ctrl_c(ending, random_model_dir, tmp_path, monkeypatch):
+    """The simulators left OUT/scratch behind (seventh review), and with it any scratch file's name a killed process
+    left there, its disk space (a whole batch's) reserved. A run whose oracle fails (or is interrupted by Ctrl-C) while
+    rating round 1's images, held in a scratch file at that moment: the failure reaches the caller as it was, and
+    OUT/scratch is gone, the name a killed earlier run left in it too. (A normal end: the test above.)"""
+    out = tmp_path / "out"
+    stale = out / scratch.SCRATCH / ".tmp-eval-images-0badf00d"  # a killed run's, made before this one
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(bytes(4096))
+    raised = {"error": RuntimeError("the oracle failed"), "ctrl-c": KeyboardInterrupt()}[ending]
+    seen = []
+    real_score = simulate._score
+
+    def score(oracle, images, prompts, *args, **kwargs):
+        seen.append(sorted(p.name for p in (out / scratch.SCRATCH).iterdir()))
+        if len(seen) == 2:  # round 1's images (the first call rates the pretrained eval images)
+            seen.append(_mapped_scratch_bytes(out))
+            raise raised
+        return real_score(oracle, images, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(simulate, "_score", score)
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(type(raised)) as caught:
+            simulate.main(["--model", str(random_model_dir), "--method", "bootstrap", "--oracle", "purple", *TINY,
+                           "--out", str(out), "--pixels-in-memory-max-mib", "0"])
+    finally:
+        torch.set_num_threads(threads)
+    assert caught.value is raised
+    assert seen[0] == seen[1] == []  # the stale name went when the run started; the run's own files have no name
+    assert any(path.endswith(" (deleted)") for path, _ in seen[2])  # round 1's images were in a scratch file
+    assert not (out / scratch.SCRATCH).exists()
+    assert (out / "results.json").is_file()  # the pretrained row, written before: kept
+
+
+def test_remove_scratch_leaves_what_is_not_a_scratch_files_name(tmp_path):
+    """Only ``.tmp-`` files go: a file of another name (not the simulators') stays, and so does the folder."""
+    folder = tmp_path / scratch.SCRATCH
+    folder.mkdir()
+    (folder / ".tmp-x-1234abcd").write_bytes(b"a killed run's")
+    (folder / "notes.txt").write_text("someone's")
+    assert scratch.remove_scratch(tmp_path) == [folder / ".tmp-x-1234abcd"]
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+    assert scratch.remove_scratch(tmp_path / "nothing-here") == []
 
 
 def test_bench_round_in_the_scratch_file_gives_the_same_round(random_model_dir, tmp_path, monkeypatch):
