@@ -13,6 +13,7 @@ archives, benchmark results.
 
 from __future__ import annotations
 
+import errno
 import os
 import uuid
 from collections.abc import Callable
@@ -34,6 +35,21 @@ def temp_sibling(final: str | Path) -> Path:
     """A fresh temporary name next to ``final``, with the prefix the clean-up functions look for."""
     final = Path(final)
     return final.parent / f"{TMP_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
+
+
+def check_can_write(final: str | Path) -> None:
+    """Check, before long work, that ``atomic_write(final, ...)`` can make its file: the folder is made if missing
+    and a new file is made and removed there (a temporary sibling, as the real write's). OSError naming the fault
+    otherwise: a path under a file (ENOTDIR), a directory in its place (EISDIR), a folder that takes no new file."""
+    final = Path(final)
+    if final.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "it is a directory", str(final))
+    if final.parent.exists() and not final.parent.is_dir():  # mkdir would say "File exists"
+        raise NotADirectoryError(errno.ENOTDIR, f"{str(final.parent)!r} is not a directory", str(final.parent))
+    final.parent.mkdir(parents=True, exist_ok=True)
+    probe = temp_sibling(final)
+    os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    probe.unlink()
 
 
 def atomic_write(final: str | Path, write: Callable[[Path], None], *, new: bool = False) -> Path:

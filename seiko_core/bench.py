@@ -51,6 +51,7 @@ import copy
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -65,11 +66,12 @@ from pathlib import Path
 import torch
 
 from . import lora
+from .atomic import atomic_write, check_can_write
 from .config import FinetuneConfig, OptimismConfig, RewardConfig, SeikoConfig
 from .finetune import at_least_fp32, gaussian_kl, reward_loss, trajectory_loss
 from .presets import SHAPES_PROMPTS
 from .sampling import DDIMSchedule, SeedNoise, ddim_mean, ddim_sigma, decode, encode_prompts, initial_latents, sample
-from .scratch import PixelSpill, add_max_mib_argument, float_pixels
+from .scratch import PixelSpill, add_max_mib_argument, float_pixels, scratch_removed
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs" / "sd15"
@@ -864,17 +866,28 @@ def run(args, log=print) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.out and not args._child:
+        try:  # before the benchmark: an --out that cannot be written was a traceback after all of it (seventh review)
+            check_can_write(args.out)
+        except OSError as exc:
+            print(f"error: cannot write --out {args.out!r}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+    made_workdir = args.workdir is None
     _resolve(args)
     if args._child:
         path, k = args._child.split(":")
         args.child_path, args.child_k = path, int(k)
         print(json.dumps(memory_child(args)))
         return 0
-    result = run(args, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    try:  # the work dir's scratch folder, and a work dir made here (a temporary folder), go when the run ends
+        with scratch_removed(args.workdir):
+            result = run(args, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    finally:
+        if made_workdir:
+            shutil.rmtree(args.workdir)
     print(format_table(result))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2, default=str))
+    if args.out:  # a temporary name renamed into place: a failed write leaves no half file and an earlier one whole
+        atomic_write(args.out, lambda tmp: tmp.write_text(json.dumps(result, indent=2, default=str)))
     return 0
 
 

@@ -7,15 +7,13 @@ a round's LoRA adapter (as saved by the fine-tuning step).
 from __future__ import annotations
 
 import argparse
-import errno
 import math
-import os
 import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
-from .atomic import atomic_write, temp_sibling
+from .atomic import atomic_write, check_can_write
 
 
 class GridOutError(ValueError):
@@ -43,14 +41,7 @@ def check_grid_out(out: Path) -> str:
         raise GridOutError(f"cannot write {str(out)!r}: PIL cannot write an RGB image as {image_format} ({exc}); "
                            "use .png") from exc
     try:
-        if out.is_dir():
-            raise IsADirectoryError(errno.EISDIR, "it is a directory")
-        if out.parent.exists() and not out.parent.is_dir():  # mkdir says "File exists"
-            raise NotADirectoryError(errno.ENOTDIR, f"{str(out.parent)!r} is not a directory")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        probe = temp_sibling(out)  # a new file in the folder, as the grid's temporary file will be
-        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-        probe.unlink()
+        check_can_write(out)
     except OSError as exc:
         raise GridOutError(f"cannot write {str(out)!r}: {exc.strerror or exc}") from exc
     return image_format

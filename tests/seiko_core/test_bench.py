@@ -198,3 +198,55 @@ def test_sd15_arch_harness_runs_tiny(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(out.read_text())
     assert res["finetune"][0]["check"]["loss_abs_diff"] < 1e-4
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_the_benchmark(tmp_path, monkeypatch, capsys):
+    """`--out` was first written after every measurement (an hour on a GPU): one under a file, or in a folder that
+    takes no new file (/sys refuses even root), was a traceback at the end (seventh review). Both are refused, in one
+    sentence, before anything runs."""
+    ran = []
+    monkeypatch.setattr(bench, "run", lambda args, log=print: ran.append(args))
+    (tmp_path / "a-file").write_text("x")
+    for out, reason in ((tmp_path / "a-file" / "b.json", f"{str(tmp_path / 'a-file')!r} is not a directory"),
+                        (Path("/sys/seiko-bench.json"), None)):
+        assert bench.main(["--model", str(tmp_path / "none"), "--device", "cpu", "--out", str(out)]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: cannot write --out {str(out)!r}: "), err
+        assert reason is None or err[0].endswith(reason), err
+    assert ran == [] and not Path("/sys/seiko-bench.json").exists()
+
+
+@pytest.mark.parametrize("ending", ["normal", "ctrl-c"])
+def test_the_work_dir_it_made_goes_and_a_given_one_loses_only_its_scratch(ending, random_model_dir, tmp_path,
+                                                                          monkeypatch, capsys):
+    """Without --workdir the bench made a temporary folder (the tokenizer, a random model, the round's scratch files)
+    and left it behind on every run (seventh review). It goes when the run ends, normally or by Ctrl-C; a --workdir
+    that was given stays, only its scratch folder goes (with a name a killed scratch file left)."""
+    made = []
+    real_mkdtemp = bench.tempfile.mkdtemp
+    monkeypatch.setattr(bench.tempfile, "mkdtemp", lambda **kw: made.append(real_mkdtemp(**kw)) or made[-1])
+    real_run = bench.run
+
+    def run(args, log=print):
+        (Path(args.workdir) / "scratch").mkdir(parents=True, exist_ok=True)
+        (Path(args.workdir) / "scratch" / ".tmp-round0-images-0badf00d").write_bytes(bytes(100))
+        if ending == "ctrl-c":
+            raise KeyboardInterrupt
+        return real_run(args, log=log)
+
+    monkeypatch.setattr(bench, "run", run)
+    argv = ["--model", str(random_model_dir), "--device", "cpu", "--steps", "2", "--reps", "1", "--sample-batches", "1",
+            "--parts", "sampling", "--no-flops", "--threads", "1"]
+    threads = torch.get_num_threads()
+    try:
+        for extra in ([], ["--workdir", str(tmp_path / "wd")]):
+            if ending == "ctrl-c":
+                with pytest.raises(KeyboardInterrupt):
+                    bench.main([*argv, *extra])
+            else:
+                assert bench.main([*argv, *extra]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    (temporary,) = made
+    assert Path(temporary).name.startswith("seiko-bench-") and not Path(temporary).exists()
+    assert (tmp_path / "wd").is_dir() and not (tmp_path / "wd" / "scratch").exists()
