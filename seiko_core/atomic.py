@@ -38,16 +38,19 @@ def temp_sibling(final: str | Path) -> Path:
 
 
 def check_can_write(final: str | Path) -> None:
-    """Check, before long work, that ``atomic_write(final, ...)`` can make its file: the folder is made if missing
-    and a new file is made and removed there (a temporary sibling, as the real write's). OSError naming the fault
-    otherwise: a path under a file (ENOTDIR), a directory in its place (EISDIR), a folder that takes no new file."""
+    """Check, before long work, that ``atomic_write(final, ...)`` can make its file, leaving nothing behind: a new
+    file is made and removed in ``final``'s folder, or, where that folder does not exist yet, in the nearest one
+    that does (where ``atomic_write`` will make the missing ones). OSError naming the fault otherwise: a directory in
+    ``final``'s place (EISDIR), a path under a file (ENOTDIR), a folder that takes no new file (EACCES, EROFS)."""
     final = Path(final)
     if final.is_dir():
         raise IsADirectoryError(errno.EISDIR, "it is a directory", str(final))
-    if final.parent.exists() and not final.parent.is_dir():  # mkdir would say "File exists"
-        raise NotADirectoryError(errno.ENOTDIR, f"{str(final.parent)!r} is not a directory", str(final.parent))
-    final.parent.mkdir(parents=True, exist_ok=True)
-    probe = temp_sibling(final)
+    folder = final.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():  # mkdir would say "File exists"
+        raise NotADirectoryError(errno.ENOTDIR, f"{str(folder)!r} is not a directory", str(folder))
+    probe = temp_sibling(folder / final.name)
     os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     probe.unlink()
 

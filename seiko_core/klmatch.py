@@ -32,7 +32,9 @@ from pathlib import Path
 
 import torch
 
+from .atomic import check_can_write
 from .config import METHODS, from_dict
+from .scratch import PixelSpill, add_max_mib_argument, scratch_removed
 
 MATCHED_ADAPTER = "kl_matched"
 
@@ -140,9 +142,11 @@ def _final(run: dict) -> dict:
 
 
 def match_seed(parts, cfg, oracle, ev, adapter_path: Path, target: float, *, rel_tol: float,
-               max_evals: int) -> tuple[ScaleSearch, dict]:
+               max_evals: int, spill=None) -> tuple[ScaleSearch, dict]:
     """The search for one seed, then the scaled model's eval metrics (``simulate.evaluate``, no reward model).
-    KL(1) is measured on the reloaded adapter (``m["reload_kl_at_one"]``), not taken from the run's record."""
+    KL(1) is measured on the reloaded adapter (``m["reload_kl_at_one"]``), not taken from the run's record.
+    ``spill`` (a ``scratch.PixelSpill``): the eval images beyond its limit are kept in a scratch file, as the
+    simulator keeps the same eval set's (seventh review: they were all held in memory here)."""
     from . import lora
     from .finetune import trajectory_kl
     from .simulate import evaluate, reset_adapters
@@ -162,7 +166,7 @@ def match_seed(parts, cfg, oracle, ev, adapter_path: Path, target: float, *, rel
         kl_at_one = kl_of(1.0)
         search = find_scale(kl_of, target, kl_at_one=kl_at_one, rel_tol=rel_tol, max_evals=max_evals)
         scaled.set(search.scale)
-        m, _ = evaluate(parts, cfg, oracle, ev, adapter=MATCHED_ADAPTER, prev_adapter=None)
+        m, _ = evaluate(parts, cfg, oracle, ev, adapter=MATCHED_ADAPTER, prev_adapter=None, spill=spill)
     finally:
         reset_adapters(parts)
     m["reload_kl_at_one"] = kl_at_one
@@ -181,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="KL evaluations of the search per seed at most, after the one at s = 1 (default 8)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    add_max_mib_argument(p, "OUT")
     return p
 
 
@@ -222,6 +227,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rel-tol must lie in (0, 1) and --max-evals be at least 1")
     if args.out.resolve() == args.src.resolve():
         parser.error("--out must be another directory than the source: the source's results.json would be replaced")
+    try:  # before the model loads: an --out that cannot be written was found only then (seventh review)
+        check_can_write(args.out / "results.json")
+    except OSError as exc:
+        print(f"error: cannot write --out {str(args.out)!r}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     try:
         results, seeds = _source(args.src, args.scale, args.to)
         try:
@@ -247,31 +257,34 @@ def main(argv: list[str] | None = None) -> int:
            "runs": {args.scale: {}}}
     args.out.mkdir(parents=True, exist_ok=True)
     t_all = time.time()
-    for seed in seeds:
-        t0 = time.time()
-        src_run = runs_scale[seed]
-        before = _final(src_run)
-        target = float(_final(runs_to[seed])["kl_base"])
-        try:
-            search, m = match_seed(parts, cfg, oracle, ev, args.src / ADAPTERS / f"{args.scale}_seed{seed}", target,
-                                   rel_tol=args.rel_tol, max_evals=args.max_evals)
-        except (KLMatchError, CheckpointError) as exc:
-            print(f"error: {args.scale} seed {seed}: {exc}", file=sys.stderr)
-            return 2
-        if abs(m["reload_kl_at_one"] - before["kl_base"]) > 1e-3 * max(1.0, abs(before["kl_base"])):
-            print(f"warning: {args.scale} seed {seed}: the reloaded adapter's KL {m['reload_kl_at_one']:.4g} differs from "
-                  f"the run's {before['kl_base']:.4g}", file=sys.stderr)
-        # the scaled model's own figures only (no reward model, no training figures: nothing was trained); the
-        # trained model's beside them under unscaled_*
-        final = {"round": before["round"], "labels": before["labels"], "budget": before.get("budget"), **m,
-                 "kl_prev": None, "kl_scale": search.scale, "kl_target": target, "kl_matched": search.matched,
-                 "kl_evals": evals_record(search.evals), "unscaled_true_reward_mean": before["true_reward_mean"],
-                 "unscaled_kl_base": before["kl_base"], "match_s": time.time() - t0}
-        out["runs"][args.scale][seed] = {**src_run, "rounds": [*src_run["rounds"][:-1], final]}
-        write_json_atomic(args.out / "results.json", out)
-        print(f"{args.scale} seed {seed}: s {search.scale:.3f} KL {search.kl:.3g} (target {target:.3g}, "
-              f"{'matched' if search.matched else 'NOT matched'}, {len(search.evals)} KLs) true reward "
-              f"{before['true_reward_mean']:.3f} -> {m['true_reward_mean']:.3f} ({time.time() - t0:.0f}s)", flush=True)
+    spill = PixelSpill(args.out, args.pixels_in_memory_max_bytes)
+    with scratch_removed(args.out):  # OUT/scratch goes when the command ends, however it ends
+        for seed in seeds:
+            t0 = time.time()
+            src_run = runs_scale[seed]
+            before = _final(src_run)
+            target = float(_final(runs_to[seed])["kl_base"])
+            try:
+                search, m = match_seed(parts, cfg, oracle, ev, args.src / ADAPTERS / f"{args.scale}_seed{seed}", target,
+                                       rel_tol=args.rel_tol, max_evals=args.max_evals,
+                                       spill=spill)
+            except (KLMatchError, CheckpointError) as exc:
+                print(f"error: {args.scale} seed {seed}: {exc}", file=sys.stderr)
+                return 2
+            if abs(m["reload_kl_at_one"] - before["kl_base"]) > 1e-3 * max(1.0, abs(before["kl_base"])):
+                print(f"warning: {args.scale} seed {seed}: the reloaded adapter's KL {m['reload_kl_at_one']:.4g} differs from "
+                      f"the run's {before['kl_base']:.4g}", file=sys.stderr)
+            # the scaled model's own figures only (no reward model, no training figures: nothing was trained); the
+            # trained model's beside them under unscaled_*
+            final = {"round": before["round"], "labels": before["labels"], "budget": before.get("budget"), **m,
+                     "kl_prev": None, "kl_scale": search.scale, "kl_target": target, "kl_matched": search.matched,
+                     "kl_evals": evals_record(search.evals), "unscaled_true_reward_mean": before["true_reward_mean"],
+                     "unscaled_kl_base": before["kl_base"], "match_s": time.time() - t0}
+            out["runs"][args.scale][seed] = {**src_run, "rounds": [*src_run["rounds"][:-1], final]}
+            write_json_atomic(args.out / "results.json", out)
+            print(f"{args.scale} seed {seed}: s {search.scale:.3f} KL {search.kl:.3g} (target {target:.3g}, "
+                  f"{'matched' if search.matched else 'NOT matched'}, {len(search.evals)} KLs) true reward "
+                  f"{before['true_reward_mean']:.3f} -> {m['true_reward_mean']:.3f} ({time.time() - t0:.0f}s)", flush=True)
     out["klmatch"]["wall_s"] = time.time() - t_all
     write_json_atomic(args.out / "results.json", out)
     n_ok = sum(r["rounds"][-1]["kl_matched"] for r in out["runs"][args.scale].values())

@@ -25,7 +25,7 @@ def check_grid_out(out: Path) -> str:
     with one sentence when PIL has no writer of RGB images for its extension (``.xyz``; ``.xbm``, whose writer takes
     only black-and-white images; ``.h5``, whose writer is a stub) or its folder cannot hold a new file (a path under
     a file, a folder that refuses new files). Each of these was found only when the grid was saved, after all the
-    sampling (sixth and seventh reviews). The folder is made if it does not exist."""
+    sampling (sixth and seventh reviews)."""
     import io
 
     from PIL import Image

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -229,3 +230,49 @@ def test_pairwise_sim_refuses_keep_adapters(tmp_path, capsys):
         pairwise_sim.main(["--model", "unused", "--method", "greedy", "--oracle", "purple", "--out", str(tmp_path),
                            "--keep-adapters"])
     assert "--keep-adapters is not supported by pairwise_sim" in capsys.readouterr().err
+
+
+def test_klmatch_keeps_the_eval_images_past_the_limit_in_a_scratch_file_with_the_same_figures(kept_run, tmp_path,
+                                                                                              monkeypatch):
+    """klmatch evaluates each scaled model on the run's whole eval set, the set the simulator keeps in a scratch file
+    past --pixels-in-memory-max-mib; klmatch held it in memory, whatever its size (seventh review). With a limit of 0
+    MiB the eval images are one float32 scratch array per seed, the figures are those of a run in memory, and OUT/scratch
+    is gone after."""
+    from seiko_core import scratch
+
+    made = []
+    real = scratch.scratch_array
+    monkeypatch.setattr(scratch, "scratch_array",
+                        lambda *a, **k: made.append((a[1], a[2][0], np.dtype(k["dtype"]))) or real(*a, **k))
+    figures = []
+    for name, extra in (("memory", []), ("disk", ["--pixels-in-memory-max-mib", "0"])):
+        out = tmp_path / name
+        before = len(made)
+        assert klmatch.main([str(kept_run), "--scale", "greedy", "--to", "bootstrap", "--out", str(out), "--threads",
+                             "1", "--max-evals", "2", *extra]) == 0
+        final = json.loads((out / "results.json").read_text())["runs"]["greedy"]["0"]["rounds"][-1]
+        figures.append({k: v for k, v in final.items() if not k.endswith("_s")})
+        n_eval = len(json.loads((kept_run / "results.json").read_text())["settings"]["eval"]["seeds"])
+        assert made[before:] == ([] if name == "memory" else [("eval-images", n_eval, np.float32)])
+        assert not (out / scratch.SCRATCH).exists()
+    assert figures[0] == figures[1]
+
+
+def test_klmatch_refuses_an_out_it_cannot_write_before_loading_the_model(kept_run, tmp_path, monkeypatch, capsys):
+    """--out was made only after the model had loaded: one under a file, or in a folder that takes no new file (/sys
+    refuses even root), was a traceback there (seventh review). One sentence now, before the model loads; nothing
+    is made."""
+    from seiko_core import models
+
+    loads = []
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: loads.append(a))
+    (tmp_path / "a-file").write_text("x")
+    for out, reason in ((tmp_path / "a-file" / "m", f"{str(tmp_path / 'a-file')!r} is not a directory"),
+                        (tmp_path / "a-file", f"{str(tmp_path / 'a-file')!r} is not a directory"),
+                        (Path("/sys/seiko-klmatch"), None)):
+        assert klmatch.main([str(kept_run), "--scale", "greedy", "--to", "bootstrap", "--out", str(out)]) == 2
+        (line,) = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+        assert line.startswith(f"error: cannot write --out {str(out)!r}: "), line
+        assert reason is None or line.endswith(reason), line
+    assert loads == [] and not Path("/sys/seiko-klmatch").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
