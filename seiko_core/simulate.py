@@ -56,7 +56,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .atomic import write_text
+from .atomic import atomic_write, check_can_write, write_text
 from .config import (
     METHODS,
     SeikoConfig,
@@ -388,8 +388,10 @@ def evaluate(parts, cfg: SeikoConfig, oracle, ev: EvalSet, *, adapter: str | Non
 def save_grid(images: torch.Tensor, path: Path) -> None:
     from .sampling import grid
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    grid(images, cols=16, scale=3 if images.shape[-1] <= 64 else 1).save(path)
+    picture = grid(images, cols=16, scale=3 if images.shape[-1] <= 64 else 1)
+    # a temporary name renamed into place: a write that fails half-way (a full disk, a kill) leaves the earlier grid
+    # whole, not a truncated PNG in its place (seventh review)
+    atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -764,6 +766,11 @@ def check_common_args(args, *, images_per_label: int = 1) -> tuple[tuple[str, ..
         raise SimulationError(f"--jobs must lie in [1, 64], got {args.jobs}")
     if args.threads is not None and args.threads < 1:
         raise SimulationError(f"--threads must be >= 1, got {args.threads}")
+    try:  # before the model loads: --out was made only after it, a traceback there if it could not be (seventh review)
+        check_can_write(Path(args.out) / RESULTS)
+    except OSError as exc:
+        raise SimulationError(f"the output directory {args.out} cannot be written ({exc.strerror or exc}); "
+                              "give another --out") from exc
     return methods, budgets, seeds
 
 

@@ -285,3 +285,46 @@ def test_a_scratch_folder_on_a_tmpfs_is_said_once_in_the_log(tmp_path, monkeypat
     assert message == (f"The scratch folder {on_tmpfs / 'scratch'} is on a tmpfs, which is memory, so the pixels kept "
                        f"there beyond --pixels-in-memory-max-mib save no memory; give a data or output directory on disk.")
     assert message.count(". ") == 0
+
+
+# ------------------------------------------------------------------------------------------------------- --out
+@pytest.mark.parametrize("module", [simulate, pairwise_sim], ids=["simulate", "pairwise_sim"])
+def test_an_out_that_cannot_be_written_is_refused_before_the_model_loads(module, tmp_path, capsys):
+    """--out was made only after the model (an hour's load of a large one from a slow disk) and the oracle had loaded:
+    one under a file, or in a folder that takes no new file (/sys refuses even root), was refused only then (seventh
+    review). It is refused with the argument errors now: the model named here does not exist, and the sentence is
+    about --out; nothing is made."""
+    (tmp_path / "a-file").write_text("x")
+    for out, reason in ((tmp_path / "a-file" / "o", f"{str(tmp_path / 'a-file')!r} is not a directory"),
+                        (Path("/sys/seiko-sim"), None)):
+        with pytest.raises(SystemExit) as exit_:
+            module.main(["--model", str(tmp_path / "no-model"), "--oracle", "purple", "--out", str(out)])
+        assert exit_.value.code == 2
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+        assert f"error: the output directory {out} cannot be written ({reason or ''}" in line, line
+        assert line.endswith("); give another --out"), line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"] and not Path("/sys/seiko-sim").exists()
+
+
+def test_a_grid_whose_write_fails_half_way_leaves_the_earlier_grid(tmp_path, monkeypatch):
+    """save_grid wrote the PNG straight into its place: a write that failed half-way (a full disk: here PIL's PNG
+    writer writes part of the file, then the disk is full) left a truncated PNG instead of the earlier grid (seventh
+    review). It is written under a temporary name and renamed: the earlier grid is whole, nothing else is left."""
+    import errno
+
+    from PIL import Image
+
+    path = tmp_path / "grids" / "pretrained.png"
+    simulate.save_grid(torch.rand(2, 3, 8, 8), path)
+    earlier = path.read_bytes()
+    assert earlier[:8] == b"\x89PNG\r\n\x1a\n"
+
+    def full_disk(im, fp, filename):
+        fp.write(b"\x89PNG\r\n\x1a\n half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setitem(Image.SAVE, "PNG", full_disk)
+    with pytest.raises(OSError, match="No space left on device"):
+        simulate.save_grid(torch.rand(2, 3, 8, 8), path)
+    assert path.read_bytes() == earlier
+    assert sorted(p.name for p in path.parent.iterdir()) == ["pretrained.png"]
