@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from .atomic import DestinationTaken, atomic_write
+from .atomic import DestinationTaken, atomic_write, check_can_write
 from .checkpoint import MANIFEST, CheckpointError, atomic_directory, sha256_file, verify
 from .lora import WEIGHT_NAME, inject, write_weights
 from .models import is_local_spec, public_name
@@ -89,6 +89,11 @@ def _fresh_destination(path: str | Path) -> Path:
             raise ExportError(f"Export destination {str(path)!r} already exists and is empty (an export killed as it "
                               "finished leaves one); remove it or choose a new path.")
         raise ExportError(f"Export destination {str(path)!r} already exists; choose a new path or remove it first.")
+    try:  # before the export's work (a merged pipeline loads and fuses the base first): it was found only after it
+        check_can_write(path)
+    except OSError as exc:
+        raise ExportError(f"Export destination {str(path)!r} cannot be written ({exc.strerror or exc}); choose "
+                          "another path.") from exc
     return path
 
 

@@ -475,7 +475,29 @@ def test_cli_an_out_it_cannot_write_is_one_sentence(world, tmp_path, capsys):
     out = tmp_path / "a-file" / "export"
     assert cli(world, "ratings", "--experiment", str(world.experiment_id), "--out", str(out)) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: could not write the export (") and len(err.splitlines()) == 1, err
+    assert err == (f"error: Export destination {str(out)!r} cannot be written ({str(tmp_path / 'a-file')!r} is not a "
+                   "directory); choose another path."), err
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "sys"])
+def test_cli_a_merged_export_to_a_place_it_cannot_write_is_refused_before_the_base_loads(world, tmp_path, capsys,
+                                                                                        monkeypatch, where):
+    """A merged export loaded the base pipeline and fused the adapter into it (a minute and 4 GiB at sd15's size)
+    before its --out was first written: one under a file, or in a folder that takes no new file (/sys refuses even
+    root), was found only then (seventh review). Refused before the base loads now, in one sentence; nothing made."""
+    from seiko_core import export as core
+
+    loads = []
+    real = core.load_base_pipeline
+    monkeypatch.setattr(core, "load_base_pipeline", lambda *a, **k: loads.append(a) or real(*a, **k))
+    (tmp_path / "a-file").write_text("x")
+    out = tmp_path / "a-file" / "merged" if where == "under-a-file" else Path("/sys/seiko-merged")
+    assert cli(world, "lora", "--experiment", str(world.experiment_id), "--round", "1", "--format", "merged",
+               "--out", str(out)) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: Export destination {str(out)!r} cannot be written ("), err
+    assert loads == [] and not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
 
 
 @contextlib.contextmanager
