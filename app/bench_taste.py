@@ -808,7 +808,8 @@ def plot(path: Path, cfg: BenchConfig, summary: list[dict[str, Any]]) -> None:
     fig.suptitle(f"bench-taste: person {cfg.person}, feedback {cfg.feedback}, selection {cfg.options.selection}, "
                  f"{len(cfg.seeds)} seed(s) "
                  f"(mean; band: min-max)", fontsize=10)
-    fig.savefig(path)
+    # a temporary name renamed into place: a write that fails half-way leaves the earlier plot whole (seventh review)
+    atomic.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def _num(value: float | None, fmt: str, unit: str = "") -> str:
@@ -830,13 +831,18 @@ def run(cfg: BenchConfig, command: list[str], log=print) -> dict[str, Any]:
 
     model = check_model_spec(cfg.model)  # a mistyped --model: one sentence, before any seed's data dir is made
     people.check_person(person, people.model_image_size(cfg.model))
-    cfg = replace(cfg, provenance=(("model_sha256", model_sha256(model)), ("person_sha256", person_sha256(cfg.person))))
-    # per invocation, not part of the settings: a resume may run other code (the commit tells which)
-    invocations = [{"command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": git_commit()}]
     try:
         cfg.out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise BenchError(f"the output directory {cfg.out} cannot be made ({exc.strerror or exc}); give another --out") from exc
+    try:  # an existing folder that takes no new file: results.json's first write was a traceback (seventh review)
+        atomic.check_can_write(cfg.out / "results.json")
+    except OSError as exc:
+        raise BenchError(f"the output directory {cfg.out} cannot be written ({exc.strerror or exc}); give another "
+                         "--out") from exc
+    cfg = replace(cfg, provenance=(("model_sha256", model_sha256(model)), ("person_sha256", person_sha256(cfg.person))))
+    # per invocation, not part of the settings: a resume may run other code (the commit tells which)
+    invocations = [{"command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": git_commit()}]
     results_path = cfg.out / "results.json"
     seeds: dict[str, dict[str, Any]] = {}
     unfinished: set[str] = set()

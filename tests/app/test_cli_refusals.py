@@ -218,6 +218,48 @@ def test_simulate_and_bench_taste_refuse_a_results_file_that_is_not_one(tmp_path
         bench_taste.run(cfg, ["test"], log=lambda line: None)
 
 
+def test_bench_taste_refuses_an_out_folder_that_takes_no_new_file_in_one_sentence(tmp_path, monkeypatch):
+    """An existing --out that takes no new file (/sys refuses even root) passed the mkdir check and was a
+    PermissionError traceback at results.json's first write, after the model had been hashed (seventh review).
+    One BenchError sentence now, before the hash."""
+    from app import bench_taste
+    from app.experiment_options import ExperimentOptions
+
+    hashed = []
+    monkeypatch.setattr(bench_taste, "model_sha256", lambda model: hashed.append(model) or "0" * 64)
+    cfg = bench_taste.BenchConfig(person="purple", rounds=1, budget=8, seeds=(0,), out=Path("/sys"), model=MODEL,
+                                  options=ExperimentOptions())
+    with pytest.raises(bench_taste.BenchError) as refused:
+        bench_taste.run(cfg, ["test"], log=lambda line: None)
+    assert str(refused.value).startswith("the output directory /sys cannot be written (")
+    assert str(refused.value).endswith("); give another --out") and hashed == []
+
+
+def test_bench_taste_plot_whose_write_fails_half_way_leaves_the_earlier_plot(tmp_path, monkeypatch):
+    """bench_taste.png was saved straight into its place: a write that failed half-way (a full disk; here the figure
+    writes part of the file, then the disk is full) left a truncated PNG instead of the earlier plot (seventh review)."""
+    import errno
+
+    import matplotlib.figure
+
+    from app import bench_taste
+    from app.experiment_options import ExperimentOptions
+
+    cfg = bench_taste.BenchConfig(person="purple", rounds=1, budget=8, seeds=(0,), out=tmp_path, model=MODEL,
+                                  options=ExperimentOptions())
+    path = tmp_path / "bench_taste.png"
+    path.write_bytes(b"the earlier plot")
+
+    def full_disk(self, fname, **kwargs):
+        Path(fname).write_bytes(b"\x89PNG\r\n\x1a\n half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full_disk)
+    with pytest.raises(OSError, match="No space left on device"):
+        bench_taste.plot(path, cfg, bench_taste.summarise({}))
+    assert path.read_bytes() == b"the earlier plot" and sorted(p.name for p in tmp_path.iterdir()) == ["bench_taste.png"]
+
+
 def test_bench_taste_refuses_a_missing_model_and_a_bad_timeout_before_writing_anything(tmp_path):
     out = tmp_path / "out"
     proc = run_cli("bench-taste", "--person", "purple", "--rounds", "1", "--budget", "8", "--seeds", "0", "--out", str(out),
