@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map
 
+from .atomic import check_can_write, write_text
 from .config import TRUNCATIONS
 
 GIB = 2**30
@@ -635,6 +636,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grid", action="store_true", help="every combination of fp32/fp16, checkpointing on/off, batch 2/4")
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     args = ap.parse_args(argv)
+    if args.out:
+        try:  # before the estimate: an --out that cannot be written was a traceback after it (seventh review)
+            check_can_write(args.out)
+        except OSError as exc:
+            print(f"error: cannot write --out {str(args.out)!r}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
     start = time.time()
     modules = sd15_meta_modules()
     if args.grid:
@@ -659,8 +666,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['largest_unit']['unit']} {_gib(r['largest_unit']['recompute_bytes'])} GiB")
     print(f"({time.time() - start:.1f} s)", file=sys.stderr)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(_jsonable(results if args.grid else results[0]), indent=2) + "\n")
+        write_text(args.out, json.dumps(_jsonable(results if args.grid else results[0]), indent=2) + "\n")  # atomic
     return 0
 
 

@@ -252,3 +252,30 @@ def test_truncation_help_names_the_sd15_presets_truncation_rightly(capsys):
     text = " ".join(capsys.readouterr().out.split())
     named = re.findall(r"(per_step|per_trajectory|stratified)(?: and \w+)?: the sd15 preset's", text)
     assert all(name == sd15().finetune.truncation for name in named), (named, sd15().finetune.truncation)
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_the_estimate(tmp_path, monkeypatch, capsys):
+    """`python -m seiko_core.memory --out F` first wrote F after the estimate (a minute with --grid): one under a file,
+    or in a folder that takes no new file (/sys refuses even root), was a traceback then (seventh review). One
+    sentence before the estimate now; and a good --out gets the JSON, with no temporary file beside it."""
+    import json
+    from pathlib import Path
+
+    estimated = []
+    monkeypatch.setattr(memory, "sd15_meta_modules", lambda: estimated.append(1))
+    (tmp_path / "a-file").write_text("x")
+    for out, reason in ((tmp_path / "a-file" / "m.json", f"{str(tmp_path / 'a-file')!r} is not a directory"),
+                        (Path("/sys/seiko-memory.json"), None)):
+        assert memory.main(["--out", str(out)]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: cannot write --out {str(out)!r}: "), err
+        assert reason is None or err[0].endswith(reason), err
+    assert estimated == []
+    monkeypatch.setattr(memory, "sd15_meta_modules", lambda: None)
+    monkeypatch.setattr(memory, "estimate", lambda *a, **k: {"x": 1, "unet_batch": 2, "checkpointing": True,
+                                                             "vae_checkpointing": False, "weights_dtype": "fp32",
+                                                             "largest_unit": None})
+    monkeypatch.setattr(memory, "table", lambda r: "")
+    out = tmp_path / "new" / "m.json"
+    assert memory.main(["--out", str(out)]) == 0
+    assert json.loads(out.read_text())["x"] == 1 and [p.name for p in out.parent.iterdir()] == ["m.json"]
