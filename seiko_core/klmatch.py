@@ -225,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--scale and --to must be different methods")
     if not (0 < args.rel_tol < 1) or args.max_evals < 1:
         parser.error("--rel-tol must lie in (0, 1) and --max-evals be at least 1")
+    if args.threads is not None and args.threads < 1:  # torch's RuntimeError traceback, once the source was read
+        parser.error(f"--threads must be at least 1, got {args.threads}")
     if args.out.resolve() == args.src.resolve():
         parser.error("--out must be another directory than the source: the source's results.json would be replaced")
     try:  # before the model loads: an --out that cannot be written was found only then (seventh review)

@@ -276,3 +276,15 @@ def test_klmatch_refuses_an_out_it_cannot_write_before_loading_the_model(kept_ru
         assert reason is None or line.endswith(reason), line
     assert loads == [] and not Path("/sys/seiko-klmatch").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+@pytest.mark.parametrize("threads", ["0", "-1"])
+def test_klmatch_refuses_a_thread_count_below_one_in_one_sentence(kept_run, tmp_path, capsys, threads):
+    """--threads -1 reached torch.set_num_threads, a RuntimeError traceback; --threads 0 was ignored silently (seventh
+    review). Both are refused by the argument checks, as the simulator refuses them; nothing is made."""
+    with pytest.raises(SystemExit) as exit_:
+        klmatch.main([str(kept_run), "--scale", "greedy", "--to", "bootstrap", "--out", str(tmp_path / "m"),
+                      "--threads", threads])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(f"error: --threads must be at least 1, got {threads}")
+    assert not (tmp_path / "m").exists()
