@@ -5,7 +5,8 @@ disk space reserved first); ``PixelSpill`` gives ``seiko_core.loop.generate_batc
 batch of pixels beyond a limit (``PIXELS_IN_MEMORY_MAX_BYTES`` by default, ``--pixels-in-memory-max-mib`` on the
 command lines). The app's worker keeps a generate job's uint8 candidates there (fifth review), the simulators
 (``seiko_core.simulate``, ``seiko_core.pairwise_sim``) and ``seiko_core.bench``'s round their float32 images
-(sixth review). A scratch folder on a tmpfs saves nothing (its pages are memory): :func:`note_if_tmpfs` says so
+(sixth review), ``seiko_core.klmatch`` its eval images (seventh review); a command that owns its folder removes
+``<folder>/scratch`` when it ends (:func:`scratch_removed`). A scratch folder on a tmpfs saves nothing (its pages are memory): :func:`note_if_tmpfs` says so
 once in the log.
 """
 

@@ -35,7 +35,7 @@ its own seeds.
 
 A batch of generated images beyond ``--pixels-in-memory-max-mib`` (default 512 MiB of float32) is kept in a scratch
 file of ``OUT/scratch`` rather than in the process's memory (``seiko_core.scratch``; its disk space reserved first, the
-file gone when the images are); the figures are the same bit for bit.
+file gone when the images are, the folder when the campaign ends); the figures are the same bit for bit.
 """
 
 from __future__ import annotations
