@@ -171,14 +171,20 @@ class Gate:
         """None, the connection from ``host`` counted (``release`` it when it closes), or (status, sentence)."""
         if self.total >= self.limits.total:
             return self._refuse(503, TOO_MANY_IN_ALL.format(n=self.limits.total), "in all")
+        if self._exempt(host):  # a trusted proxy counts towards the total only: not towards its /64 neighbours'
+            self.total += 1
+            return None
         key = counting_key(host)
-        if not self._exempt(host) and self.open.get(key, 0) >= self.limits.per_address:
+        if self.open.get(key, 0) >= self.limits.per_address:
             return self._refuse(429, TOO_MANY_FROM_ADDRESS.format(n=self.limits.per_address), f"from {key}")
         self.open[key] = self.open.get(key, 0) + 1
         self.total += 1
         return None
 
     def release(self, host: str | None) -> None:
+        if self._exempt(host):
+            self.total -= 1
+            return
         key = counting_key(host)
         left = self.open.get(key, 0) - 1
         if left > 0:
