@@ -175,14 +175,15 @@ class SessionStore:
     def _alive(self, expires_at: datetime, last_seen_at: datetime, now: datetime) -> bool:
         return now < expires_at and now - last_seen_at < self.idle
 
-    def cached(self, token: str) -> tuple[bool, SessionInfo | None]:
+    def cached(self, token: str, max_age_s: float | None = None) -> tuple[bool, SessionInfo | None]:
         """(True, the answer) when ``check`` can answer from memory without the database; else (False, None).
-        Cheap enough for the event loop."""
+        Cheap enough for the event loop. ``max_age_s``: how old a remembered answer may be (default ``recheck_s``;
+        an open heartbeat, checked every few seconds, takes one as old as its own interval)."""
         if not isinstance(token, str) or not token or len(token) > 256:
             return True, None
         with self._lock:
             cached = self._cache.get(token_digest(token))
-        if cached is None or self._monotonic() - cached.checked >= self.recheck_s:
+        if cached is None or self._monotonic() - cached.checked >= (self.recheck_s if max_age_s is None else max_age_s):
             return False, None
         if cached.info is None:
             return True, None

@@ -709,7 +709,7 @@ class WebGuard:
             return
         self.heartbeats[session] = self.heartbeats.get(session, 0) + 1
         self._stream_opened(user)
-        answer = {"started": False, "complete": False, "ended": False}
+        answer = {"started": False, "complete": False, "ended": False, "unchecked": False}
 
         async def noting(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -726,7 +726,18 @@ class WebGuard:
                     done, _ = await asyncio.wait({pending}, timeout=HEARTBEAT_RECHECK_S)
                     if done:
                         return pending.result()
-                    info = await self._check_session(headers, secure)
+                    try:  # an answer up to one interval old will do: the page's other stream checked it meanwhile
+                        info = await self._check_session(headers, secure, max_age_s=HEARTBEAT_RECHECK_S)
+                    except Exception as e:  # logged; the stream stays open and is checked next time
+                        # the database out for a moment (a restart, a fail-over) ended every open page's heartbeat,
+                        # and Gradio then dropped the page's queued events (found by review): only a definite
+                        # answer (no such session, or another account's) ends the stream
+                        if not answer["unchecked"]:
+                            log.warning("could not check the sign-in session of an open heartbeat (%s: %s); it stays "
+                                        "open and is checked again in %g s", type(e).__name__, e, HEARTBEAT_RECHECK_S)
+                        answer["unchecked"] = True
+                        continue
+                    answer["unchecked"] = False
                     if info is None or info.name != user:
                         answer["ended"] = True
                         return {"type": "http.disconnect"}
@@ -1022,13 +1033,14 @@ class WebGuard:
     async def _in_thread(self, pool: ThreadPoolExecutor, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
-    async def _check_session(self, headers: Headers, secure: bool) -> SessionInfo | None:
+    async def _check_session(self, headers: Headers, secure: bool, max_age_s: float | None = None) -> SessionInfo | None:
         """Withdraw from Gradio every session token of this request that is no longer valid; re-admit valid ones.
-        Returns the session Gradio's handlers will run as (None: nobody is signed in)."""
+        Returns the session Gradio's handlers will run as (None: nobody is signed in). ``max_age_s``: how old an
+        answer the session store remembers may be (``SessionStore.cached``)."""
         assert self.sessions is not None
         runs_as = None
         for position, token in enumerate(self._tokens(headers, secure)):
-            known, info = self.sessions.cached(token)
+            known, info = self.sessions.cached(token, max_age_s)
             if not known:  # the database, in a thread: a read (and at most once a minute a write) per session
                 info = await self._in_thread(self.db_pool, self.sessions.check, token)
             if info is None:

@@ -523,3 +523,49 @@ def test_a_heartbeat_opened_before_a_log_out_ends_with_its_session(ui_world, mon
         for s in held:
             s.close()
         demo.close()
+
+
+def test_a_heartbeat_outlives_a_moment_without_the_database(ui_world, monkeypatch, capfd, caplog):
+    """Found by review: the heartbeat's session check (every HEARTBEAT_RECHECK_S) raised out of the stream when the
+    database was out for a moment (a restart, a fail-over), which ended every open page's heartbeat (Gradio then drops
+    the page's queued events) with a traceback each. Now the stream stays open, one warning is logged, and it is
+    checked again: a log out afterwards still ends it."""
+    from sqlalchemy.exc import OperationalError
+
+    monkeypatch.setattr(web_guard, "HEARTBEAT_RECHECK_S", 0.3)
+    demo, url = launch(ui_world)
+    guard = demo.server_app.middleware_stack
+    real_check = sessions.SessionStore.check
+    down = {"on": False}
+
+    def check(self, token):
+        if down["on"]:
+            raise OperationalError("SELECT sessions", {}, Exception("server closed the connection unexpectedly"))
+        return real_check(self, token)
+
+    monkeypatch.setattr(sessions.SessionStore, "check", check)
+    capfd.readouterr()
+    sock = None
+    try:
+        with signed_in(url, "alice") as alice:
+            sock = _raw_get(url, alice, "/gradio_api/heartbeat/through-outage")
+            assert _status(sock)[0] == 200
+            down["on"] = True
+            time.sleep(1.5)  # several checks, each failing
+            down["on"] = False
+            assert "through-outage" in guard.heartbeats, "the heartbeat ended when its check could not reach the database"
+            warned = [r.getMessage() for r in caplog.records if "open heartbeat" in r.getMessage()]
+            assert len(warned) == 1 and "OperationalError" in warned[0], warned
+            caplog.clear()
+            assert alice.post("/logout", follow_redirects=False).status_code == 303
+            sock.settimeout(5)
+            got = b""
+            while not got.endswith(b"0\r\n\r\n"):
+                chunk = sock.recv(4096)
+                assert chunk, got
+                got += chunk
+        _no_traceback(capfd, caplog)
+    finally:
+        if sock is not None:
+            sock.close()
+        demo.close()
