@@ -801,19 +801,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _resolve(args) -> None:
+    """The arguments checked (one sentence each), then the work dir made: checked after it, a refused run left its
+    temporary folder behind (found by review)."""
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda was asked for but torch sees no CUDA device")
-    cuda = args.device.startswith("cuda")
-    args.precision_resolved = args.precision if args.precision != "auto" else ("bf16" if cuda else "fp32")
-    args.checkpointing_resolved = args.checkpointing if args.checkpointing != "auto" else ("blocks" if cuda else "none")
-    args.workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="seiko-bench-"))
-    args.workdir.mkdir(parents=True, exist_ok=True)
     for name in ("steps", "batch", "reps"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name} must be at least 1")
+    if args.threads is not None and args.threads < 1:
+        raise SystemExit(f"--threads must be at least 1 (leave it out for torch's default), got {args.threads}")
+    cuda = args.device.startswith("cuda")
+    args.precision_resolved = args.precision if args.precision != "auto" else ("bf16" if cuda else "fp32")
+    args.checkpointing_resolved = args.checkpointing if args.checkpointing != "auto" else ("blocks" if cuda else "none")
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="seiko-bench-"))
+    args.workdir.mkdir(parents=True, exist_ok=True)
 
 
 def run(args, log=print) -> dict:

@@ -250,3 +250,22 @@ def test_the_work_dir_it_made_goes_and_a_given_one_loses_only_its_scratch(ending
     (temporary,) = made
     assert Path(temporary).name.startswith("seiko-bench-") and not Path(temporary).exists()
     assert (tmp_path / "wd").is_dir() and not (tmp_path / "wd" / "scratch").exists()
+
+
+@pytest.mark.parametrize("bad", [["--steps", "0"], ["--reps", "0"], ["--threads", "-1"], ["--threads", "0"]])
+def test_a_refused_argument_leaves_no_temporary_work_dir(bad, tmp_path, monkeypatch):
+    """Found by review: the temporary work dir was made before --steps/--batch/--reps were checked (and --threads -1
+    was a torch RuntimeError after it), so a refused run left its folder behind. Refused in one sentence, nothing
+    made."""
+    made = []
+    real_mkdtemp = bench.tempfile.mkdtemp
+    monkeypatch.setattr(bench.tempfile, "mkdtemp", lambda **kw: made.append(real_mkdtemp(**kw)) or made[-1])
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(SystemExit) as refused:
+            bench.main(["--model", str(tmp_path / "none"), "--device", "cpu", *bad])
+    finally:
+        torch.set_num_threads(threads)
+    assert isinstance(refused.value.code, str) and "\n" not in refused.value.code, refused.value.code
+    assert refused.value.code.startswith(f"{bad[0]} must be at least 1"), refused.value.code
+    assert made == []
