@@ -32,6 +32,8 @@ def mean_ci95(values) -> tuple[float, float]:
 def interval_text(mean: float, half: float, fmt: str) -> str:
     """"[mean - half, mean + half]" in ``fmt`` (e.g. "+.2f"), or "[no interval: one value]" where the half-width is
     nan (:func:`mean_ci95` of one value: a t interval needs two); the tables printed "[+nan, +nan]" (found by review)."""
+    if math.isnan(mean):  # a value that is not a number (a run whose reward went NaN): not "one value" (review)
+        return "[no interval: a value is not a number]"
     if math.isnan(half):
         return "[no interval: one value]"
     return f"[{mean - half:{fmt}}, {mean + half:{fmt}}]"

@@ -129,3 +129,12 @@ def test_a_table_of_one_seed_says_it_has_no_interval_instead_of_printing_nan(tmp
     assert stats.t975(1) == pytest.approx(math.tan(0.475 * math.pi), abs=1e-3)
     assert f"**+1.50** [{1.5 - half:+.2f}, {1.5 + half:+.2f}] | 2/2 |" in pooled.pooled_table([two])
     assert f"+1.500 [{1.5 - half:+.3f}, {1.5 + half:+.3f}] | 2/2 |" in write_table(two, tmp_path / "table2.md")
+
+
+def test_an_interval_over_a_value_that_is_not_a_number_does_not_say_one_value():
+    """Found by review: three seeds, one of whose rewards went NaN, printed "[no interval: one value]"."""
+    assert stats.interval_text(*stats.mean_ci95([0.5, float("nan"), 0.7]), "+.2f") == \
+        "[no interval: a value is not a number]"
+    assert stats.interval_text(*stats.mean_ci95([0.5]), "+.2f") == "[no interval: one value]"
+    half = stats.t975(1) * math.sqrt(0.02) / math.sqrt(2)  # two values 0.5, 0.7: sd sqrt(0.02)
+    assert stats.interval_text(*stats.mean_ci95([0.5, 0.7]), "+.2f") == f"[{0.6 - half:+.2f}, {0.6 + half:+.2f}]"
