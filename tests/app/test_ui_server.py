@@ -19,6 +19,7 @@ from app.__main__ import main as app_main
 from db import jobs as job_queue
 from db import repo
 from db.engine import make_engine, read_session, session_factory
+from tests.app.test_net_limits import _ipv6_loopback
 
 UI_PASSWORD = "correct horse battery"  # tests/app/conftest.py gives every ui_world account this password
 
@@ -256,15 +257,6 @@ def test_a_gradio_without_the_queue_intervals_is_served_at_its_own_rate_with_a_w
     with caplog.at_level("WARNING", logger="app.ui"):
         assert ui.quiet_idle_polling(Bare()) is False
     assert "keeps its own" in caplog.text
-
-
-def _ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
 
 @pytest.mark.skipif(not _ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")

@@ -482,6 +482,17 @@ def test_an_account_holds_at_most_its_share_of_streams_open(ui_world, monkeypatc
     _no_traceback(capfd, caplog)
 
 
+def _to_last_chunk(sock: socket.socket) -> bytes:
+    """What comes on ``sock`` up to a chunked answer's terminating chunk, which must come within 5 s."""
+    sock.settimeout(5)
+    got = b""
+    while not got.endswith(b"0\r\n\r\n"):
+        chunk = sock.recv(4096)
+        assert chunk, got  # the connection closed before the answer's end
+        got += chunk
+    return got
+
+
 def test_a_heartbeat_opened_before_a_log_out_ends_with_its_session(ui_world, monkeypatch, capfd, caplog):
     """Found by the seventh review of 5 Dec 2026: a heartbeat opened before a log out kept answering "ALIVE" every
     15 s for as long as its connection stayed open (the Gradio session pinned, one of the account's streams held),
@@ -502,15 +513,8 @@ def test_a_heartbeat_opened_before_a_log_out_ends_with_its_session(ui_world, mon
             with new.stream("GET", "/gradio_api/heartbeat/new-beat") as beat:
                 assert beat.status_code == 429  # the account's two streams are the old page's
             assert old.post("/logout", follow_redirects=False).status_code == 303
-            for sock in held:  # each ends: the chunked answer's terminating chunk, then the connection's end
-                sock.settimeout(5)
-                got = b""
-                while not got.endswith(b"0\r\n\r\n"):
-                    chunk = sock.recv(4096)
-                    if not chunk:
-                        break
-                    got += chunk
-                assert got.endswith(b"0\r\n\r\n"), got
+            for sock in held:  # each ends: the chunked answer's terminating chunk
+                _to_last_chunk(sock)
             deadline = time.monotonic() + 5
             while True:  # the slots are free: the new session's page opens its heartbeat
                 with new.stream("GET", "/gradio_api/heartbeat/new-beat") as beat:
@@ -558,12 +562,7 @@ def test_a_heartbeat_outlives_a_moment_without_the_database(ui_world, monkeypatc
             assert len(warned) == 1 and "OperationalError" in warned[0], warned
             caplog.clear()
             assert alice.post("/logout", follow_redirects=False).status_code == 303
-            sock.settimeout(5)
-            got = b""
-            while not got.endswith(b"0\r\n\r\n"):
-                chunk = sock.recv(4096)
-                assert chunk, got
-                got += chunk
+            _to_last_chunk(sock)
         _no_traceback(capfd, caplog)
     finally:
         if sock is not None:
