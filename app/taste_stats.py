@@ -29,6 +29,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import SCORE_MAX, SCORE_MIN, Image, Rating, Round
+from seiko_core.stats import wilson_bounds
 
 LIKED = 6  # a rating >= 6 counts as liked
 Z95 = 1.959963984540054
@@ -110,12 +111,7 @@ def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float | None, float
     """(share, low, high): k successes of n with Wilson's score interval; Nones for n = 0."""
     if n == 0:
         return None, None, None
-    p = k / n
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    # at k = 0 (k = n) the lower (upper) end is exactly 0 (1); centre - half rounds to 5.6e-17 there (found by review)
-    return p, 0.0 if k <= 0 else max(0.0, centre - half), 1.0 if k >= n else min(1.0, centre + half)
+    return k / n, *wilson_bounds(k, n, z)
 
 
 def clustered_intervals(scores: list[float], groups: list[object]) -> tuple[tuple[float | None, float | None, float | None],

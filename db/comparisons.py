@@ -18,7 +18,6 @@ not shown on the dashboard).
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +40,7 @@ from db.models import (
     Round,
     utcnow,
 )
+from seiko_core.stats import wilson_bounds
 
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
 
@@ -366,12 +366,7 @@ def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, fl
         raise InvalidInput(f"an interval needs at least one vote, got n={n}")
     if not 0 <= successes <= n:
         raise InvalidInput(f"successes must be between 0 and n={n}, got {successes}")
-    p = successes / n
-    z2 = z * z
-    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
-    half = z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    # at 0 (n) successes the lower (upper) end is exactly 0 (1); centre - half rounds to 5.6e-17 there
-    return (0.0 if successes == 0 else max(0.0, centre - half)), (1.0 if successes == n else min(1.0, centre + half))
+    return wilson_bounds(successes, n, z)
 
 
 def win_stats(wins: int, losses: int, ties: int, pairs: int = 0) -> dict[str, Any]:

@@ -45,11 +45,19 @@ def wilson_ci95(successes: int, n: int) -> tuple[float, float]:
     empty at 0 or n successes (a fidelity of 1.000 on 96 samples is [0.962, 1])."""
     if n < 1 or not 0 <= successes <= n:
         raise ValueError(f"a proportion needs 0 <= successes <= n and n >= 1, got {successes} of {n}")
-    z, p = 1.959964, successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    # at 0 (n) successes the lower (upper) end is exactly 0 (1); centre - half rounds to 5.6e-17 there
-    return (0.0 if successes == 0 else max(0.0, centre - half)), (1.0 if successes == n else min(1.0, centre + half))
+    return wilson_bounds(successes, n, 1.959964)
+
+
+def wilson_bounds(successes: float, n: int, z: float) -> tuple[float, float]:
+    """Wilson's score interval (low, high) of ``successes / n`` at the normal quantile ``z``: the one formula behind
+    ``wilson_ci95``, the dashboard's band (``app.taste_stats``) and the A/B win rate (``db.comparisons``), each of
+    which checks its own arguments first (``n`` >= 1, 0 <= ``successes`` <= ``n``; halves allowed for ties)."""
+    p = successes / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    # at 0 (n) successes the lower (upper) end is exactly 0 (1); centre - half rounds to 5.6e-17 there (review)
+    return (0.0 if successes <= 0 else max(0.0, centre - half)), (1.0 if successes >= n else min(1.0, centre + half))
 
 
 def pearson(a, b) -> float | None:
