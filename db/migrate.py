@@ -20,7 +20,8 @@ from alembic.script.revision import RevisionError
 from alembic.util import CommandError
 from sqlalchemy import make_url
 
-from db.engine import make_engine, sqlstate
+from db import engine as db_engine
+from db.engine import SQLITE_BEGIN_OPTION, make_engine, sqlstate
 from db.errors import InvalidInput, SchemaOutOfDate
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -75,6 +76,12 @@ def _run(step, url: str, rev: str) -> None:
     try:
         step(_config(url), rev)
     except OperationalError as exc:
+        code = getattr(exc.orig, "sqlite_errorcode", None)
+        if code is not None and code & 0xFF in (5, 6):  # SQLite's busy or locked: its busy_timeout ran out
+            # the whole migration is one transaction begun IMMEDIATE (migrations/env.py): nothing was written
+            raise InvalidInput(f"the database is in use: its write lock was not granted in "
+                               f"{db_engine.BUSY_TIMEOUT_MS / 1000:g} s (a server, a worker or an open transaction holds it); "
+                               "stop them and run it again; nothing was changed") from exc
         if sqlstate(exc) != "55P03":  # PostgreSQL's lock_timeout ran out (lock_not_available)
             raise
         raise InvalidInput(f"the database is in use: a table's lock was not granted in {LOCK_TIMEOUT_S:.0f} s (a "
@@ -94,7 +101,8 @@ def check_upgrade(url: str, rev: str) -> None:
         try:
             from sqlalchemy import inspect
 
-            tables = set(inspect(engine).get_table_names()) & set(Base.metadata.tables)  # another app's are not ours
+            with engine.connect().execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"}) as connection:  # a read
+                tables = set(inspect(connection).get_table_names()) & set(Base.metadata.tables)  # another app's: not ours
         finally:
             engine.dispose()
         # another process may have migrated it between the two reads (two upgrades at once: the second was told the
@@ -237,7 +245,9 @@ def current_revision(url: str) -> str | None:
         return None
     engine = make_engine(url)
     try:
-        with engine.connect() as connection:
+        # a read (DEFERRED on SQLite): it waited for the write lock, and beside a server's long write it failed with
+        # "database is locked" before the upgrade got to say the database is in use
+        with engine.connect().execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"}) as connection:
             return MigrationContext.configure(connection).get_current_revision()
     finally:
         engine.dispose()

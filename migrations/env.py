@@ -62,7 +62,13 @@ def run_migrations_online() -> None:
                 connection.execute(text(f"SET lock_timeout = '{int(migrate.LOCK_TIMEOUT_S * 1000)}ms'"))
                 connection.commit()  # a session setting: it outlives this commit, and the migration's own transaction
                 # must not run inside the one the SET began (it was rolled back with it at close)
-            _configure(connection=connection)
+            # SQLite: every step in one transaction, begun IMMEDIATE (db.engine) before the revision is read. Alembic
+            # counts SQLite's DDL as not transactional and committed each step on its own: a second upgrade at once
+            # took the write lock between two of the first's steps, read the revision then, and ran the steps the
+            # first went on to run ("duplicate column name: first_handed_at"; CI, 5 Dec 2026). Our engine issues BEGIN
+            # itself, so SQLite's DDL is transactional here; a step that fails now leaves the database at the revision
+            # it had, as on PostgreSQL, not part-way
+            _configure(connection=connection, transactional_ddl=True)
             with context.begin_transaction():
                 context.run_migrations()
             if connection.dialect.name == "sqlite":

@@ -4,8 +4,9 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, select
 
 from db import migrate
+from db import testing as dbt
 from db.engine import make_engine
-from db.errors import SchemaOutOfDate
+from db.errors import InvalidInput, SchemaOutOfDate
 from db.models import Base
 
 APP_TABLES = {t.name for t in Base.metadata.sorted_tables}
@@ -565,3 +566,50 @@ def test_an_upgrade_finds_the_database_another_process_migrated_between_its_read
     migrate.upgrade(empty_db_url)
     monkeypatch.undo()
     assert len(calls) >= 2 and migrate.current_revision(empty_db_url) == migrate.head_revision()
+
+
+def test_an_upgrade_that_fails_part_way_leaves_the_database_at_the_revision_it_had(empty_db_url):
+    """Every step of one upgrade is one transaction, on SQLite as on PostgreSQL: 0013 fails here (its column is
+    already there), and 0012, which ran before it, is undone with it. On SQLite each step had committed on its own, so
+    the database was left at 0012 (and a second upgrade at once could take the write lock between two steps: CI's
+    "duplicate column name: first_handed_at")."""
+    from sqlalchemy import text
+
+    migrate.upgrade(empty_db_url, "0011")
+    engine = make_engine(empty_db_url)
+    try:
+        with engine.begin() as c:
+            c.execute(text("ALTER TABLE image_leases ADD COLUMN first_handed_at TIMESTAMP"))
+    finally:
+        engine.dispose()
+    with pytest.raises(Exception, match="first_handed_at"):
+        migrate.upgrade(empty_db_url)
+    assert migrate.current_revision(empty_db_url) == "0011"
+    engine = make_engine(empty_db_url)
+    try:
+        assert "claims" not in {c["name"] for c in inspect(engine).get_columns("jobs")}  # 0012's column, undone
+    finally:
+        engine.dispose()
+
+
+def test_a_sqlite_upgrade_beside_a_held_write_lock_is_refused_in_one_sentence(tmp_path, monkeypatch):
+    """A server's write transaction held longer than SQLite's busy timeout: the upgrade says the database is in use,
+    and nothing is changed (it waited for the lock before it read the revision, the whole upgrade one transaction)."""
+    from sqlalchemy import text
+
+    from db import engine as db_engine
+
+    url = dbt.sqlite_url(tmp_path / "busy.db")
+    migrate.upgrade(url, "0014")
+    monkeypatch.setattr(db_engine, "BUSY_TIMEOUT_MS", 300)
+    holder = make_engine(url)
+    try:
+        with holder.connect() as held:
+            held.execute(text("SELECT count(*) FROM raters"))  # BEGIN IMMEDIATE (db.engine): the write lock is held
+            with pytest.raises(InvalidInput, match=r"^the database is in use: its write lock was not granted in 0.3 s "):
+                migrate.upgrade(url)
+    finally:
+        holder.dispose()
+    assert migrate.current_revision(url) == "0014"
+    migrate.upgrade(url)
+    assert migrate.current_revision(url) == migrate.head_revision()
