@@ -865,10 +865,14 @@ def skip(factory, data_dir, who: Who, state_value: dict | None, payload: dict[st
             if again:
                 db_quality.skip_repeat(session=s, image_id=image_id, rater_id=who.rater_id)  # app.repeats
                 repo.add_undo_step(session=s, rater_id=who.rater_id, image_id=image_id, action="repeat_skip")
-            elif repo.find_skip(session=s, image_id=image_id, rater_id=who.rater_id) is None:
+            else:
+                skipped_before = repo.find_skip(session=s, image_id=image_id, rater_id=who.rater_id) is not None
+                # add_skip, skipped before or not: it refuses a round not open for labeling (a card skipped before the
+                # round closed, skipped again after it, was taken without a word: found by the state machine test)
                 repo.add_skip(session=s, image_id=image_id, rater_id=who.rater_id)
-                repo.add_undo_step(session=s, rater_id=who.rater_id, image_id=image_id, action="skip")
-                skipped_now = True
+                if not skipped_before:
+                    repo.add_undo_step(session=s, rater_id=who.rater_id, image_id=image_id, action="skip")
+                    skipped_now = True
         if skipped_now:  # a skip lowers what the round wants: it may be complete now (found by review)
             auto_close.after_rating(factory, image_id)
         if image_id not in state.skipped:

@@ -4,7 +4,7 @@ plain in-memory model of what the database and the page's undo history must hold
 
 The model's rules are the documented ones (app/ui_rate.py): a rater may rate an image of their current batch
 that is still offered to them (fewer ratings than the overlap; one they skipped too, which takes the skip back)
-or that they rated before (an edit); a skipped image is not offered again; undo takes back the rater's newest
+or that they rated before (an edit, taken after the image left the batch too); a skipped image is not offered again; undo takes back the rater's newest
 rating or skip of the open round (a new rating is removed, an edit gets its previous score back, a skip is
 lifted), from a history kept in the database; nothing changes once the round is closed.
 """
@@ -97,7 +97,7 @@ class RatingPage(RuleBasedStateMachine):
         in_batch = image_id in self.state["batch"]
         self.show(ui_rate.rate(self.factory, self.data_dir, self.alice, self.state, {"image_id": image_id, "score": score},
                                batch_size=BATCH))
-        if not in_batch:
+        if not in_batch and key not in self.ratings:  # an edit of an image she rated is taken when it left the batch
             assert self.last_message and "not in your current batch" in self.last_message
         elif self.closed:
             assert self.last_message and "closed for labeling" in self.last_message
@@ -125,7 +125,7 @@ class RatingPage(RuleBasedStateMachine):
         elif self.closed:
             assert self.last_message and "not open for labeling" in self.last_message
         elif key in self.ratings:
-            assert self.last_message and "undo the rating before skipping" in self.last_message
+            assert self.last_message and "you have already scored this image" in self.last_message
         else:
             assert self.last_message is None
             if key not in self.skips:
@@ -226,6 +226,33 @@ def template(_sqlite_at_head):
 
 EXAMPLES = int(os.environ.get("SEIKO_STATEFUL_EXAMPLES", "12"))
 COMMON = dict(deadline=None, suppress_health_check=list(HealthCheck), database=None, stateful_step_count=25)
+
+
+def _run(steps) -> None:
+    """One sequence of the state machine's rules, the invariant checked after each, as Hypothesis runs them."""
+    machine = RatingPage()
+    machine.setup()
+    try:
+        machine.database_matches_the_model()
+        for name, kwargs in steps:
+            getattr(machine, name)(**kwargs)
+            machine.database_matches_the_model()
+    finally:
+        machine.teardown()
+
+
+# sequences the derandomized run below does not reach (Hypothesis found them when run after other tests): each failed
+# before 5 Dec 2026, the first two on the model (rules it had not been told), the third on the page
+@pytest.mark.parametrize("steps", [
+    pytest.param([("alice_new_batch", {}), ("alice_rates", {"i": 3, "score": 1}), ("alice_new_batch", {}),
+                  ("alice_new_batch", {}), ("alice_rates", {"i": 3, "score": 1})], id="edit after the image left the batch"),
+    pytest.param([("alice_new_batch", {}), ("alice_rates", {"i": 3, "score": 3}), ("alice_skips", {"i": 3})],
+                 id="skip of a scored card"),
+    pytest.param([("alice_new_batch", {}), ("alice_skips", {"i": 3}), ("bob_rates_through_the_api", {"i": 1, "score": 9}),
+                  ("admin_closes_the_round", {}), ("alice_skips", {"i": 3})], id="skip again once the round closed"),
+])
+def test_rating_page_sequences(template, steps):
+    _run(steps)
 
 
 def test_rating_page_state_machine(template):
