@@ -624,12 +624,16 @@ def _empty_message(session: Session, experiment: Experiment | None, who: Who) ->
         return "This experiment asks for comparisons of two images, not 1-10 ratings: compare them on the Pairs tab."
     # each wording true to why nothing is left: "you have rated every image that still needs a rating" was said too
     # when the rater had rated none (others filled the round) and while others held the images left (found by review)
-    if repo.count_reserved_by_others(session=session, round_id=round_.id, rater_id=who.rater_id, kind="query"):
+    # one clock for the three counts (db.checks.db_clock: a round trip on PostgreSQL each): read for each, a lease
+    # counted as live in one and as run out in the next, and the difference below took two "now"s (eighth review)
+    now = check_now(None, session)
+    if repo.count_reserved_by_others(session=session, round_id=round_.id, rater_id=who.rater_id, kind="query", now=now):
         return (f"Every image of round {round_.index} that still needs a rating and that you have neither rated nor "
                 "skipped is being rated by someone else right now; try again in a few minutes.")
     skipped = (repo.count_images_for_rater(session=session, round_id=round_.id, rater_id=who.rater_id, kind="query",
-                                           include_skipped=True)
-               - repo.count_images_for_rater(session=session, round_id=round_.id, rater_id=who.rater_id, kind="query"))
+                                           include_skipped=True, now=now)
+               - repo.count_images_for_rater(session=session, round_id=round_.id, rater_id=who.rater_id, kind="query",
+                                             now=now))
     if skipped or repo.count_ratings_by(session=session, round_id=round_.id, rater_id=who.rater_id, kind="query"):
         done = "rated or skipped" if skipped else "rated"
         return (f"You have {done} every image of round {round_.index} that still needs a rating. Thank you! "

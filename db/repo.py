@@ -842,8 +842,12 @@ def next_images_for_rater(
     lease counting as a rating, however old, so an image another rater holds comes after the free ones), then oldest.
     """
     _int("limit", limit, minimum=1)
+    # the clock read once: which leases reserve a place and which count towards the order are judged by one "now".
+    # Read for each (two round trips to the database's clock on PostgreSQL), a lease could be live for one and run
+    # out for the other (found by the eighth review)
+    now = _now(now, session)
     clauses = _offered_to_rater(session, round_id, rater_id, kind, now=now)
-    taken = _ratings_count(Image.id) + _others_leases(rater_id, _now(now, session), reserving_only=False)
+    taken = _ratings_count(Image.id) + _others_leases(rater_id, now, reserving_only=False)
     stmt = select(Image).where(*clauses).order_by(taken, Image.id).limit(limit)
     return list(session.scalars(stmt))
 

@@ -16,11 +16,11 @@ from sqlalchemy import make_url, select
 
 from app import auth, ui, ui_admin, ui_dashboard, ui_rate
 from app.auth import AuthError, users_exist
+from db import checks, repo
 from db import jobs as job_queue
-from db import repo
 from db.engine import read_session, write_session
 from db.errors import Conflict, InvalidInput, NotFound
-from db.models import ImageLease, Rating
+from db.models import ImageLease, Rating, utcnow
 
 
 def who(world, name: str) -> auth.Who:
@@ -790,6 +790,27 @@ def test_an_empty_batch_says_why_nothing_is_left(ui_world_factory):
     assert says(alice) == "Round 0 has all the ratings it needs. The next round's images will appear here."
     assert says(bob) == ("You have rated every image of round 0 that still needs a rating. Thank you! "
                          "The next round's images will appear here.")
+
+
+def test_an_empty_batch_reads_the_clock_once_for_its_counts(ui_world_factory, monkeypatch):
+    """Why a batch is empty was told from three counts that each read the clock (a round trip to the database's on
+    PostgreSQL), and "skipped" was the difference of two of them: each judged the leases by its own "now" (eighth
+    review). Now the clock is read once and the three counts take it."""
+    world = ui_world_factory(n_images=1)
+    bob = who(world, "bob")
+    [item] = ui_rate.api_batch(world.factory, world.settings.data_dir, bob, limit=8)["items"]
+    ui_rate.submit(world.factory, bob, item["image_id"], 5)
+    readings = []
+
+    def counted_clock(session):
+        readings.append(utcnow())
+        return readings[-1]
+
+    monkeypatch.setattr(checks, "db_clock", counted_clock)
+    with read_session(world.factory) as s:
+        experiment = repo.get_experiment(session=s, experiment_id=world.experiment_id)
+        said = ui_rate._empty_message(s, experiment, bob)
+    assert said.startswith("You have rated every image of round 0") and len(readings) == 1
 
 
 def test_an_empty_batch_after_skips_says_rated_or_skipped(ui_world_factory):

@@ -1,10 +1,11 @@
 import struct
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select
 
+from db import checks, repo
 from db import jobs as job_queue
-from db import repo
 from db.engine import read_session, write_session
 from db.errors import Conflict, InvalidInput, NotFound
 from db.models import Rating, Skip
@@ -360,6 +361,34 @@ def test_next_images_respect_ratings_skips_and_overlap(db_factory, make_world):
         10,
     )
     assert (progress.rater_rated, progress.rater_skipped, progress.rater_remaining) == (1, 0, 1)
+
+
+def test_next_images_judge_leases_by_one_reading_of_the_clock(db_factory, make_world, monkeypatch):
+    """``next_images_for_rater`` read the clock twice (two round trips to the database's on PostgreSQL): once for the
+    leases that reserve a place, once for the live leases that put an image last. A lease live at the first reading
+    and run out at the second put the image another rater held first (eighth review). Now one reading: the order is
+    the one the same call gives with that reading passed as ``now``."""
+    world = make_world(n_images=2, n_raters=2, overlap=2)
+    (i1, i2), (r1, r2) = world.image_ids, world.rater_ids
+    t0 = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+    with write_session(db_factory) as s:  # r2's lease on i1: past its reserving window, live until t0 + 10 s
+        granted_at = t0 - timedelta(seconds=repo.RESERVE_S + 100)
+        assert repo.lease_images(session=s, round_id=world.round_id, rater_id=r2, image_ids=[i1],
+                                 lease_s=repo.RESERVE_S + 110, now=granted_at) == [i1]
+    with read_session(db_factory) as s:  # the oracle: the clock given, no reading at all
+        expected = [im.id for im in repo.next_images_for_rater(session=s, round_id=world.round_id, rater_id=r1, limit=5,
+                                                                now=t0)]
+    assert expected == [i2, i1]  # i1 is on r2's page: last
+    readings = []
+
+    def ticking_clock(session):  # a minute later at each reading
+        readings.append(t0 + timedelta(minutes=len(readings)))
+        return readings[-1]
+
+    monkeypatch.setattr(checks, "db_clock", ticking_clock)
+    with read_session(db_factory) as s:
+        got = [im.id for im in repo.next_images_for_rater(session=s, round_id=world.round_id, rater_id=r1, limit=5)]
+    assert (got, readings) == (expected, [t0])
 
 
 def test_next_images_of_a_closed_round_is_refused(db_factory, make_world):
