@@ -144,13 +144,12 @@ def _worker_run(cfg: SeikoConfig, temperature: float, tie_eps: float, ev: sim.Ev
 def summarise(results: dict, out: Path) -> str:
     """simulate's curve and table, the table headed by the pairwise feedback's settings."""
     sim.write_curve(results, out / sim.CURVE)
-    text = sim.write_table(results, out / sim.TABLE)
     fb = results["settings"]["feedback"]
     head = (f"**Pairwise feedback**: each label is one comparison of two images of a prompt (2 images per label); "
             f"choice temperature {fb['temperature']:.3g}, ties when the true scores differ by at most "
             f"{fb['tie_eps']:.3g}; the noise sigma below is the rating noise the temperature is equivalent to.\n\n")
-    (out / sim.TABLE).write_text(head + text)
-    return head + text
+    # one atomic write of the whole file (sim.write_table): it was written in place twice, without its head first
+    return sim.write_table(results, out / sim.TABLE, head=head)
 
 
 def build_parser():

@@ -540,6 +540,8 @@ def method_curve(runs: list[dict], key: str = "true_reward_mean") -> tuple[np.nd
 
 
 def write_curve(results: dict, path: Path) -> None:
+    """The curve figure, written atomically (``atomic_write``): a run killed or a disk full while it is saved leaves
+    the file as it was, or none, never a cut-off image under the final name (eighth review)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -569,8 +571,10 @@ def write_curve(results: dict, path: Path) -> None:
     ax2.set_yscale("symlog", linthresh=1e-2)
     ax2.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:  # the temporary name has no suffix of its own: the format is the final name's
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".") or "png"))
+    finally:
+        plt.close(fig)
 
 
 def table_rows(results: dict, baseline: str = "greedy") -> list[dict]:
@@ -624,7 +628,17 @@ def reward_quality_rows(results: dict) -> list[dict]:
     return rows
 
 
-def write_table(results: dict, path: Path) -> str:
+def write_table(results: dict, path: Path, head: str = "") -> str:
+    """``head`` and ``table_text(results)`` written atomically to ``path`` (``write_text``): written in place, a run
+    killed or a disk full mid-write left a cut-off table under the final name, read as a result (eighth review).
+    Returns the text written."""
+    text = head + table_text(results)
+    write_text(path, text)
+    return text
+
+
+def table_text(results: dict) -> str:
+    """The results table as Markdown (see ``write_table``)."""
     s = results["settings"]
     pre = results.get("pretrained") or {}
     lines = [f"Oracle `{s['oracle']}`, budgets {s['budgets']} (Non-adaptive: {sum(s['budgets'])} in one round), "
@@ -661,9 +675,7 @@ def write_table(results: dict, path: Path) -> str:
             lines.append(f"| {LABELS.get(q['method'], q['method'])} | {q['round']} | {q['labels']} | "
                          f"{q['mean']:.2f} [{q['min']:.2f}, {q['max']:.2f}] (n={q['n']}) | {neg} | "
                          f"{cal(q.get('spread_abs_error_corr'))} | {cal(q.get('bonus_error_corr'))} |")
-    text = "\n".join(lines) + "\n"
-    path.write_text(text)
-    return text
+    return "\n".join(lines) + "\n"
 
 
 def summarise(results: dict, out: Path) -> str:

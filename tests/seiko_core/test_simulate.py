@@ -249,6 +249,81 @@ def test_reward_quality_rows_by_hand(tmp_path):
     assert "| - | +0.30 [-0.97, +1.00] (n=2) |" in simulate.write_table(results, tmp_path / "table.md")  # clipped at 1
 
 
+def _summary_results(value: float, *, pairs: bool = False) -> dict:
+    """A finished one-method, one-seed results dict: enough for the table and the curve."""
+    rounds = [{"labels": 0, "kl_base": 0.0, "true_reward_mean": 0.0},
+              {"labels": 8, "kl_base": 0.1, "true_reward_mean": value, "finetune_steps": 1}]
+    settings = {"oracle": "x", "budgets": [8], "noise_sigma": 0.1, "eval": {"seeds": [1, 2]}}
+    if pairs:
+        settings["feedback"] = {"kind": "pairs", "temperature": 0.2, "tie_eps": 0.0, "images_per_label": 2}
+    return {"runs": {"greedy": {"0": {"method": "greedy", "seed": 0, "status": "done", "wall_s": 1.0, "rounds": rounds}}},
+            "settings": settings, "pretrained": {"true_reward_mean": 0.0, "true_reward_std": 1.0}}
+
+
+def _full_disk_text(monkeypatch):
+    """Path.write_text as on a full disk: the first half of the text reaches the file, then ENOSPC."""
+    import errno
+    from pathlib import Path
+
+    def full_disk(self, data, encoding=None, errors=None, newline=None):
+        with open(self, "w", encoding=encoding) as f:
+            f.write(data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+
+
+@pytest.mark.parametrize("tool", ["simulate", "pairwise_sim"])
+def test_a_table_whose_write_fails_half_way_leaves_the_earlier_one(tmp_path, monkeypatch, tool):
+    """``table.md`` (simulate's ``write_table``, the pairwise simulation's ``summarise``) was written in place: a disk
+    full half-way left a cut-off table under the final name, read as a result (eighth review). It is written under a
+    temporary name and renamed, as results.json is: the earlier table is whole and nothing else is left."""
+    from seiko_core import pairwise_sim
+
+    path = tmp_path / simulate.TABLE
+    if tool == "simulate":
+        write = lambda value: simulate.write_table(_summary_results(value), path)  # noqa: E731
+    else:
+        monkeypatch.setattr(simulate, "write_curve", lambda results, p: None)  # the curve has its own test
+        write = lambda value: pairwise_sim.summarise(_summary_results(value, pairs=True), tmp_path)  # noqa: E731
+    earlier = write(0.25)
+    assert path.read_text() == earlier and "**0.250**" in earlier
+    _full_disk_text(monkeypatch)
+    with pytest.raises(OSError, match="No space left on device"):
+        write(0.75)
+    assert path.read_text() == earlier
+    assert sorted(p.name for p in tmp_path.iterdir()) == [simulate.TABLE]
+
+
+def test_a_curve_whose_write_fails_half_way_leaves_the_earlier_one(tmp_path, monkeypatch):
+    """``curve.png`` was saved in place: a disk full half-way left a truncated PNG under the final name (eighth
+    review). It is saved under a temporary name and renamed: the earlier curve is whole, nothing else is left."""
+    import errno
+
+    from matplotlib.figure import Figure
+
+    path = tmp_path / simulate.CURVE
+    simulate.write_curve(_summary_results(0.25), path)
+    earlier = path.read_bytes()
+    assert earlier[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = Figure.savefig
+
+    def full_disk(self, fname, **kwargs):  # the whole PNG made in memory, half of it reaches the file
+        import io
+
+        buf = io.BytesIO()
+        saved(self, buf, **{**kwargs, "format": "png"})
+        with open(fname, "wb") as f:
+            f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", full_disk)
+    with pytest.raises(OSError, match="No space left on device"):
+        simulate.write_curve(_summary_results(0.75), path)
+    assert path.read_bytes() == earlier
+    assert sorted(p.name for p in tmp_path.iterdir()) == [simulate.CURVE]
+
+
 def test_uncertainty_calibration_against_numpy():
     """The two diagnostics are plain Pearson correlations, checked against numpy on random heads."""
     import numpy as np
