@@ -71,7 +71,7 @@ from .config import FinetuneConfig, OptimismConfig, RewardConfig, SeikoConfig
 from .finetune import at_least_fp32, gaussian_kl, reward_loss, trajectory_loss
 from .presets import SHAPES_PROMPTS
 from .sampling import DDIMSchedule, SeedNoise, ddim_mean, ddim_sigma, decode, encode_prompts, initial_latents, sample
-from .scratch import PixelSpill, add_max_mib_argument, float_pixels, scratch_removed
+from .scratch import PixelSpill, add_max_mib_argument, exit_on_sigterm, float_pixels, scratch_removed
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs" / "sd15"
@@ -896,4 +896,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    exit_on_sigterm()  # SIGTERM ends it as Ctrl-C does: its scratch folder goes
     raise SystemExit(main())

@@ -34,7 +34,7 @@ import torch
 
 from .atomic import check_can_write
 from .config import METHODS, from_dict
-from .scratch import PixelSpill, add_max_mib_argument, scratch_removed
+from .scratch import PixelSpill, add_max_mib_argument, exit_on_sigterm, scratch_removed
 
 MATCHED_ADAPTER = "kl_matched"
 
@@ -295,4 +295,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    exit_on_sigterm()  # SIGTERM ends it as Ctrl-C does: its scratch folder goes
     raise SystemExit(main())

@@ -32,7 +32,7 @@ import torch
 from . import simulate as sim
 from .config import SeikoConfig
 from .preference import logistic_temperature, simulate_pair_choices
-from .scratch import PixelSpill
+from .scratch import PixelSpill, exit_on_sigterm
 
 FEEDBACK = "pairs"
 
@@ -207,4 +207,5 @@ def main(argv: list[str] | None = None) -> int:
                             pretrained_note=f"pairwise feedback, temperature {temperature:.3g}, ties within {tie_eps:.3g}")
 
 if __name__ == "__main__":
+    exit_on_sigterm()  # SIGTERM ends it as Ctrl-C does: its scratch folder goes
     raise SystemExit(main())

@@ -6,7 +6,7 @@ batch of pixels beyond a limit (``PIXELS_IN_MEMORY_MAX_BYTES`` by default, ``--p
 command lines). The app's worker keeps a generate job's uint8 candidates there (fifth review), the simulators
 (``seiko_core.simulate``, ``seiko_core.pairwise_sim``) and ``seiko_core.bench``'s round their float32 images
 (sixth review), ``seiko_core.klmatch`` its eval images (seventh review); a command that owns its folder removes
-``<folder>/scratch`` when it ends (:func:`scratch_removed`). A scratch folder on a tmpfs saves nothing (its pages are memory): :func:`note_if_tmpfs` says so
+``<folder>/scratch`` when it ends (:func:`scratch_removed`), also on SIGTERM (:func:`exit_on_sigterm`). A scratch folder on a tmpfs saves nothing (its pages are memory): :func:`note_if_tmpfs` says so
 once in the log.
 """
 
@@ -18,6 +18,7 @@ import errno
 import logging
 import math
 import os
+import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,6 +130,21 @@ def scratch_removed(folder: str | Path) -> Iterator[None]:
         yield
     finally:
         remove_scratch(folder)
+
+
+def exit_on_sigterm() -> None:
+    """For a command line's ``if __name__ == "__main__"`` only (never on import, never in the app's server or worker,
+    which handle SIGTERM themselves): SIGTERM raises SystemExit(143, 128 + SIGTERM as a shell reports it) in the main
+    thread, so the command ends as on Ctrl-C, its ``finally`` blocks run: its scratch folder goes
+    (:func:`scratch_removed`), and a work dir it made. SIGTERM's default action ended the process where it stood and
+    left them, a whole batch's images maybe (eighth review: ``timeout``, ``docker stop``, a batch system's time
+    limit). A later SIGTERM is ignored: the first asked for the end already, and must not cut its clean-up short."""
+    signal.signal(signal.SIGTERM, _exit_for_sigterm)
+
+
+def _exit_for_sigterm(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise SystemExit(128 + signum)
 
 
 def _unescape_mount_point(field: str) -> str:

@@ -67,7 +67,7 @@ from .config import (
     from_dict,
     to_dict,
 )
-from .scratch import PixelSpill, add_max_mib_argument, float_pixels, scratch_removed
+from .scratch import PixelSpill, add_max_mib_argument, exit_on_sigterm, float_pixels, scratch_removed
 from .stats import interval_text, mean_ci95, pearson, t975, wins  # noqa: F401  (re-exported: reports import them from here)
 
 RESULTS = "results.json"
@@ -982,4 +982,5 @@ def main(argv: list[str] | None = None) -> int:
                         pretrained_note=f"feedback sigma {sigma:.3g}")
 
 if __name__ == "__main__":
+    exit_on_sigterm()  # SIGTERM ends it as Ctrl-C does: its scratch folder goes
     raise SystemExit(main())

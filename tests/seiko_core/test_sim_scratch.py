@@ -328,3 +328,56 @@ def test_a_grid_whose_write_fails_half_way_leaves_the_earlier_grid(tmp_path, mon
         simulate.save_grid(torch.rand(2, 3, 8, 8), path)
     assert path.read_bytes() == earlier
     assert sorted(p.name for p in path.parent.iterdir()) == ["pretrained.png"]
+
+
+BLOCKING_ORACLE = '''
+import signal
+from pathlib import Path
+
+
+def blocking(images, prompts):
+    Path({marker!r}).write_text("rating")
+    signal.pause()  # until a signal comes: the test's SIGTERM
+    raise AssertionError("signal.pause returned")
+'''
+
+
+@pytest.mark.parametrize("module", ["seiko_core.simulate", "seiko_core.pairwise_sim"])
+def test_the_scratch_folder_goes_when_a_run_is_stopped_by_sigterm(module, random_model_dir, tmp_path):
+    """SIGTERM (``timeout``, ``docker stop``, a batch system's limit) ended a simulator where it stood: its clean-up
+    did not run and OUT/scratch stayed behind, with it any scratch file's name and the disk space it reserves (eighth
+    review). The command line, stopped by SIGTERM while its oracle rates images held in a scratch file (a limit of
+    0 MiB), now ends as on Ctrl-C: status 143 (128 + SIGTERM), no traceback, and OUT/scratch is gone."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out, marker = tmp_path / "out", tmp_path / "rating"
+    oracle = tmp_path / "blocking_oracle.py"
+    oracle.write_text(BLOCKING_ORACLE.format(marker=str(marker)))
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SEIKO_")}, "HF_HUB_OFFLINE": "1"}
+    repo = Path(__file__).resolve().parents[2]
+    with open(tmp_path / "stderr", "w+") as err:
+        proc = subprocess.Popen([sys.executable, "-m", module, "--model", str(random_model_dir), "--method", "greedy",
+                                 "--oracle", f"{oracle}:blocking", *TINY, "--out", str(out),
+                                 "--pixels-in-memory-max-mib", "0"],
+                                cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            deadline = time.monotonic() + 300  # a bound on loading the model, not a timing
+            while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert marker.exists(), "the oracle was never called"
+            assert (out / scratch.SCRATCH).is_dir()  # the images it rates are in a scratch file of OUT/scratch
+            proc.send_signal(signal.SIGTERM)
+            rc = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        err.seek(0)
+        stderr = err.read()
+    assert not (out / scratch.SCRATCH).exists(), stderr
+    assert rc == 128 + signal.SIGTERM, stderr
+    assert "Traceback" not in stderr, stderr
