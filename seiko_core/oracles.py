@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .scratch import Terminated
 from .toy.dataset import COLORS
 
 Oracle = Callable[[torch.Tensor, list[str]], torch.Tensor]
@@ -271,6 +272,9 @@ def _import_file(path_text: str):
     sys.modules[module_name] = module  # dataclasses and pickling-free introspection look modules up here
     try:
         spec.loader.exec_module(module)
+    except Terminated:  # SIGTERM during the import (scratch.exit_on_sigterm): the command ends as asked, status 143
+        del sys.modules[module_name]
+        raise
     except (Exception, SystemExit) as exc:  # a file that calls sys.exit() on import is refused, not obeyed
         del sys.modules[module_name]
         raise OracleError(f"oracle file {path_text!r} failed to import: {type(exc).__name__}: "

@@ -142,9 +142,14 @@ def exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, _exit_for_sigterm)
 
 
+class Terminated(SystemExit):
+    """The SystemExit that SIGTERM raises (:func:`exit_on_sigterm`): code that turns a SystemExit into an error of
+    its own (a user's oracle file that calls sys.exit() on import is refused) lets this one through."""
+
+
 def _exit_for_sigterm(signum: int, frame: object) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise SystemExit(128 + signum)
+    raise Terminated(128 + signum)
 
 
 def _unescape_mount_point(field: str) -> str:

@@ -381,3 +381,24 @@ def test_the_scratch_folder_goes_when_a_run_is_stopped_by_sigterm(module, random
     assert not (out / scratch.SCRATCH).exists(), stderr
     assert rc == 128 + signal.SIGTERM, stderr
     assert "Traceback" not in stderr, stderr
+
+
+def test_sigterm_while_a_users_oracle_file_is_imported_ends_the_run_as_asked(random_model_dir, tmp_path):
+    """SIGTERM arriving while the simulator imports the user's oracle file (here the file sends it to its own process)
+    was taken for the file's own sys.exit(): "failed to import: SystemExit: 143", status 2. It ends the run as any
+    SIGTERM does now: status 143, no word about the file (eighth review)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    oracle = tmp_path / "stopped_oracle.py"
+    oracle.write_text("import os\nimport signal\n\nos.kill(os.getpid(), signal.SIGTERM)\nimport time\n\ntime.sleep(60)\n\n\n"
+                      "def score(images, prompts):\n    return [0.0] * len(images)\n")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SEIKO_")}, "HF_HUB_OFFLINE": "1"}
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-m", "seiko_core.simulate", "--model", str(random_model_dir), "--method",
+                           "greedy", "--oracle", f"{oracle}:score", *TINY, "--out", str(tmp_path / "out")],
+                          cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr
+    assert "failed to import" not in done.stderr and "Traceback" not in done.stderr, done.stderr
