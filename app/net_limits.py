@@ -18,8 +18,9 @@ each waiting connection: 38,905 tracebacks, 18 MB of log in 13 s).
   was answered already (the web guard's 413, say); an answer the client leaves unread (the server's write buffer
   full, writing paused) for ``Limits.body_deadline_s`` is dropped and the connection closed; one past
   ``Limits.per_address`` open from its address (an IPv6 address's /64, ``counting_key``: one client holds a whole
-  /64) gets 429 and one sentence (as ``{"detail": sentence}``, which the page's Gradio client shows for an event)
-  and is closed at once, one past ``Limits.total`` 503. An address of a trusted proxy
+  /64) gets 429 and one sentence (as ``{"detail": sentence}``, which the page's Gradio client shows for an event,
+  and the page's ``ui_assets.STREAMS_JS`` for its heartbeat or stream of results, retrying them) and is closed at
+  once, one past ``Limits.total`` 503. An address of a trusted proxy
   (SEIKO_TRUSTED_PROXIES) counts towards the total only, since every person behind it comes from it.
 - an exception handler on the server's event loop that logs a failed accept (no file descriptor left) at most once
   every ``ACCEPT_LOG_EVERY_S``, with the count held back and no traceback; anything else goes to asyncio's own handler.

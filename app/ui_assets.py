@@ -1,4 +1,4 @@
-"""The page's CSS and the rating grid's JavaScript (keyboard first), as strings for ``app.ui``.
+"""The page's CSS and its JavaScript (the rating grid, keyboard first; its refused streams), as strings.
 
 The rating grid is a ``gr.HTML`` whose ``js_on_load`` (GRID_JS) listens for keys and clicks and
 sends custom events with ``trigger('rate' | 'skip' | 'undo', data)``; the Python listeners
@@ -6,9 +6,15 @@ sends custom events with ``trigger('rate' | 'skip' | 'undo', data)``; the Python
 time, in the order given: the next is sent when the server has answered the previous one (the
 "marks" component's value changes, MARKS_JS), so a fast typist's ratings are never reordered.
 A card shows a score as saved only once the server has written it.
+
+STREAMS_JS (``streams_head``), which ``app.web_guard`` puts first in the page's head, handles the page's streams (its
+stream of results and its heartbeat) refused by the server: retried a bounded number of times where that can help,
+and said in one sentence, where Gradio's client reloaded the page or said nothing (eighth review, 5 Dec 2026).
 """
 
 from __future__ import annotations
+
+import json
 
 CSS = """
 :root { --seiko-accent: #2563eb; --seiko-ok: #15803d; --seiko-muted: #6b7280; }
@@ -25,6 +31,10 @@ CSS = """
 .seiko-progress .bar > div { height: 100%; background: var(--seiko-ok); }
 .seiko-progress .you { color: var(--seiko-muted); }
 #rating-marks { display: none !important; }
+/* STREAMS_JS: the page's one sentence about a refused stream (retrying, or what to do) */
+#seiko-connection { position: fixed; top: .5rem; left: 50%; transform: translateX(-50%); z-index: 1100;
+  max-width: min(44rem, 92vw); background: #fef3c7; border: 1px solid #f59e0b; color: #78350f; border-radius: 8px;
+  padding: .5rem .9rem; font-size: .95rem; box-shadow: 0 2px 8px rgba(0,0,0,.15); }
 
 .rg-help { color: var(--seiko-muted); font-size: .9rem; margin: .2rem 0 .6rem; }
 .rg-help kbd, .seiko-kbd { border: 1px solid #cbd5e1; border-bottom-width: 2px; border-radius: 4px; padding: 0 .35em;
@@ -236,3 +246,124 @@ function apply() {
 watch('value', apply);
 apply();
 """
+
+# What the page says when the server refuses one of its two streams (STREAMS_JS): Gradio's stream of results
+# (GET .../queue/data) and its heartbeat (GET .../heartbeat/H). Each refusal's own sentence comes first.
+STREAM_WAITS_S = (1, 2, 4, 8, 16, 30)  # a refusal worth retrying is retried after these waits, then no more
+STREAM_RETRIED = (409, 429, 503)  # the connection caps (429, 503: app.net_limits), one stream at a time (409: web_guard)
+STREAM_SAID = (400, 401, 403, 404)  # web_guard's other refusals of a stream: said at once (retrying cannot cure them)
+STREAM_RETRYING = "This page tries again by itself in {s} s."
+STREAM_GAVE_UP = "This page stopped trying; wait a few minutes, then reload it."
+STREAM_RELOAD = "Reload this page to go on."
+STREAM_SIGNED_OUT = "Your sign-in session has ended; reload this page to sign in again."
+STREAM_NO_SENTENCE = "The server refused this page's connection ({status})."
+
+STREAMS_JS = r"""
+(() => {
+  // The page's streams refused by the server: app.net_limits' connection caps answer 429 or 503 before reading a
+  // request (so whatever it is), app.web_guard may answer 409 (another stream reads the session), 404 (nothing waits
+  // in the session), 401 (signed out). Gradio's client takes any refused stream of results for a lost connection
+  // (its toast, then a reload 2 s later, in a loop while the refusals last), and a refused heartbeat for nothing
+  // (never opened again). Found by the eighth review of 5 Dec 2026. Now (this script wraps the fetch Gradio's client
+  // reads both with; web_guard puts it first in the page, before that client starts): a refusal worth retrying is
+  // retried after WAITS_S, the wait said in #seiko-connection; one that is not (or the last) ends the events the page
+  // waits on with its sentence (Gradio's error toast, as web_guard's _page_stream_error does), and a refused
+  // heartbeat's sentence stays in #seiko-connection. Nothing reloads the page. Any other answer (a proxy's 502 while
+  // the app restarts) is Gradio's to handle, as before.
+  if (window.__seikoStreams) return;
+  const WAITS_S = __WAITS_S__, RETRIED = __RETRIED__, SAID = __SAID__;
+  const RETRYING = __RETRYING__, GAVE_UP = __GAVE_UP__, RELOAD = __RELOAD__, SIGNED_OUT = __SIGNED_OUT__;
+  const NO_SENTENCE = __NO_SENTENCE__;
+  const realFetch = window.fetch.bind(window);
+  const said = { data: '', heartbeat: '' };
+  window.__seikoStreams = { said };
+
+  function notice(stream, text) {  // the page's one sentence about its streams, '' for none
+    said[stream] = text;
+    const shown = said.data || said.heartbeat;
+    let el = document.getElementById('seiko-connection');
+    if (!el && !shown) return;
+    if (!el) {
+      el = document.createElement('div');
+      el.id = 'seiko-connection';
+      el.setAttribute('role', 'alert');
+      document.body.appendChild(el);
+    }
+    el.textContent = shown;
+    el.hidden = !shown;
+  }
+
+  async function sentenceOf(response) {  // the refusal's sentence: {"detail": sentence} or plain text
+    const text = (await response.text()).trim(), type = response.headers.get('content-type') || '';
+    if (type.includes('json')) {
+      try {
+        const detail = JSON.parse(text).detail;
+        if (typeof detail === 'string') return detail;
+        if (detail && typeof detail.error === 'string') return detail.error;
+      } catch (e) {
+        console.warn('a refused stream answered JSON that does not parse', e);
+      }
+    }
+    return (type.startsWith('text/plain') && text.slice(0, 400)) || NO_SENTENCE.replace('{status}', response.status);
+  }
+
+  function wait(ms, signal) {
+    return new Promise((resolve, reject) => {
+      if (signal && signal.aborted) { reject(signal.reason); return; }
+      const id = setTimeout(resolve, ms);
+      if (signal) signal.addEventListener('abort', () => { clearTimeout(id); reject(signal.reason); }, { once: true });
+    });
+  }
+
+  // {response, text}: the answer, and (unless it is 2xx) what to tell the person, after the retries WAITS_S allows
+  async function answered(stream, request) {
+    for (let attempt = 0; ; attempt++) {
+      const response = await realFetch(request.clone());
+      if (response.ok) { notice(stream, ''); return { response, text: '' }; }
+      if (!RETRIED.includes(response.status) && !SAID.includes(response.status)) {  // not the app's: Gradio's way
+        notice(stream, '');
+        return { response, text: '' };
+      }
+      if (response.status === 401) return { response, text: SIGNED_OUT };
+      const sentence = await sentenceOf(response);
+      if (!RETRIED.includes(response.status)) return { response, text: `${sentence} ${RELOAD}` };
+      if (attempt >= WAITS_S.length) return { response, text: `${sentence} ${GAVE_UP}` };
+      notice(stream, `${sentence} ${RETRYING.replace('{s}', WAITS_S[attempt])}`);
+      await wait(WAITS_S[attempt] * 1000, request.signal);
+    }
+  }
+
+  function failedEvents(text) {  // as web_guard._page_stream_error: every waiting event ends with text, the stream too
+    const failed = { msg: 'process_completed', success: false, output: { error: text, title: 'Error', visible: true } };
+    const body = [failed, { msg: 'close_stream' }].map((m) => `data: ${JSON.stringify(m)}\n\n`).join('');
+    return new Response(body, { status: 200, headers: { 'Content-Type': 'text/event-stream' } });
+  }
+
+  window.fetch = async function (input, init) {
+    const url = new URL(input instanceof Request ? input.url : String(input), window.location.href);
+    const method = ((init && init.method) || (input instanceof Request ? input.method : 'GET')).toUpperCase();
+    const stream = method !== 'GET' ? null : url.pathname.endsWith('/gradio_api/queue/data') ? 'data'
+      : url.pathname.includes('/gradio_api/heartbeat/') ? 'heartbeat' : null;
+    if (!stream) return realFetch(input, init);
+    const { response, text } = await answered(stream, new Request(input instanceof Request ? input : url.href, init));
+    if (!text) return response;
+    if (stream === 'heartbeat') {  // Gradio's client gives a refused heartbeat up, silently: the sentence stays here
+      notice(stream, text);
+      return response;
+    }
+    notice(stream, '');  // the events' error toast says it
+    return failedEvents(text);
+  };
+})();
+"""
+
+
+def streams_head() -> str:
+    """STREAMS_JS with its sentences and waits, as a ``<script>`` (web_guard puts it first in the page's head)."""
+    values = {"__WAITS_S__": list(STREAM_WAITS_S), "__RETRIED__": list(STREAM_RETRIED), "__SAID__": list(STREAM_SAID),
+              "__RETRYING__": STREAM_RETRYING, "__GAVE_UP__": STREAM_GAVE_UP, "__RELOAD__": STREAM_RELOAD,
+              "__SIGNED_OUT__": STREAM_SIGNED_OUT, "__NO_SENTENCE__": STREAM_NO_SENTENCE}
+    js = STREAMS_JS
+    for name, value in values.items():
+        js = js.replace(name, json.dumps(value))
+    return f"<script>{js}</script>"

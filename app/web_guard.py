@@ -43,7 +43,10 @@ For every HTTP and websocket request, before Gradio sees it:
   body's, the sign-in's or local token's) is ``{"detail": sentence}`` (JSON), which the page's Gradio client shows in
   its error toast (plain text showed there as a JSON parse error); and on ``/queue/data``, the page's stream of
   results, an account's one stream too many, which is answered as a failed event (``_page_stream_error``): a 429
-  there made the page say the connection was lost and reload, in a loop.
+  there made the page say the connection was lost and reload, in a loop. The page itself (``GET /``, Gradio's HTML)
+  carries ``PAGE_SCRIPT`` first in its head (``ui_assets.STREAMS_JS``), which handles every other refusal of its
+  streams, the connection caps' included (app.net_limits answers before a request is read): retried with a wait it
+  states, or said in one sentence, never a reload.
 - **Cookies**: every ``Set-Cookie`` the app sends is ``SameSite=Lax`` (Gradio's own say ``SameSite=None``), and
   ``Secure`` when the request shows HTTPS (``WebGuard._https_shown``: an https public URL, TLS, the session cookie
   above, or the browser's own ``Origin: https://...``, as the sign-in's POST carries), so that a page making the
@@ -105,7 +108,7 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import Request, cookie_parser
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 
-from app import auth, gradio_routes, ui_export
+from app import auth, gradio_routes, ui_assets, ui_export
 from app.sessions import LoginThrottle, SessionInfo, SessionStore, StaleSignIn
 
 log = logging.getLogger("seiko.web")
@@ -307,6 +310,41 @@ def _framing_send(send: Send, path: str = "", hsts: bool = False) -> Send:
             kept = [(k, v) for k, v in message.get("headers", []) if k.lower() not in replaced]
             extra = ([] if cacheable else [(b"cache-control", b"no-store")]) + ([HSTS_HEADER] if hsts else [])
             message = {**message, "headers": [*kept, *FRAMING_HEADERS, *SAFETY_HEADERS, *extra]}
+        await send(message)
+
+    return wrapped
+
+
+# ui_assets.STREAMS_JS, first in the page's head: Gradio's client opens the page's heartbeat as it starts, before the
+# scripts ``launch(head=...)`` gives run, so only a script in the page's own HTML sees it refused
+PAGE_SCRIPT = ui_assets.streams_head().encode()
+
+
+def _page_script_send(send: Send) -> Send:
+    """``send`` with PAGE_SCRIPT put right after the ``<head>`` of a 200 HTML answer (the page, Gradio's template, is
+    one small body; its Content-Length follows). Any other answer passes as it is.
+
+    Found by the eighth review of 5 Dec 2026: a heartbeat the connection caps (app.net_limits) refused showed nothing
+    and was never opened again, and a refused stream of results made the page say its connection was lost and reload;
+    Gradio's client reads both with the page's ``fetch``, which STREAMS_JS wraps before that client starts."""
+    held: dict[str, Any] = {}
+
+    async def wrapped(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            kind = Headers(raw=message.get("headers", [])).get("content-type", "")
+            if message.get("status") == 200 and kind.startswith("text/html") \
+                    and "content-encoding" not in Headers(raw=message.get("headers", [])):
+                held["start"], held["body"] = message, b""
+                return
+        elif message["type"] == "http.response.body" and "start" in held:
+            held["body"] += message.get("body", b"")
+            if message.get("more_body", False):
+                return
+            body = held["body"].replace(b"<head>", b"<head>" + PAGE_SCRIPT, 1)
+            start = held.pop("start")
+            headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+            await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+            message = {**message, "body": body, "more_body": False}
         await send(message)
 
     return wrapped
@@ -634,7 +672,10 @@ class WebGuard:
             await self._one_stream(stream, signed_in.name if signed_in is not None else None, scope, receive,
                                    self._lax_send(send, secure))
             return
-        await self.inner(scope, receive, self._lax_send(send, secure))
+        send = self._lax_send(send, secure)
+        if scope["type"] == "http" and path == "/" and method == "GET":  # the page: its streams' refusals (STREAMS_JS)
+            send = _page_script_send(send)
+        await self.inner(scope, receive, send)
 
     def _event_refusal(self, path: str, method: str | None, parsed: Any,
                        signed_in: SessionInfo | None = None) -> tuple[str, int] | None:

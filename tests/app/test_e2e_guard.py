@@ -190,3 +190,130 @@ def test_a_refused_stream_of_results_shows_its_sentence_and_the_next_event_works
         assert time.monotonic() < deadline, streams
         page.wait_for_timeout(100)
     assert not errors, errors
+
+
+# what #seiko-connection (app.ui_assets.STREAMS_JS) said, in order, recorded from before the page's own scripts run
+RECORD_NOTICES = """
+window.__notices = [];
+new MutationObserver(() => {
+  const el = document.getElementById('seiko-connection');
+  const text = el && !el.hidden ? el.textContent : '';
+  if (window.__notices[window.__notices.length - 1] !== text) window.__notices.push(text);
+}).observe(document, { subtree: true, childList: true, characterData: true, attributes: true });
+"""
+
+
+def _as_written(raw: bytes) -> dict:
+    """An HTTP answer as written on the wire (``net_limits._answer``'s bytes), as playwright's ``route.fulfill`` takes
+    it."""
+    head, body = raw.split(b"\r\n\r\n", 1)
+    status_line, *lines = head.decode().split("\r\n")
+    return {"status": int(status_line.split()[1]), "headers": dict(line.split(": ", 1) for line in lines),
+            "body": body}
+
+
+def _rate_first_card(page, key: str) -> None:
+    """Rate the first open card with ``key`` and wait until the server has answered."""
+    page.locator(".rg-card[data-state=open]").first.focus()
+    page.keyboard.press(key)
+    page.wait_for_function("window.__seiko && !window.__seiko.busy && window.__seiko.queue.length === 0"
+                           " && !document.querySelector('.rg-card[data-state=pending]')", timeout=60_000)
+
+
+def test_streams_refused_by_the_connection_caps_are_retried_and_said_without_a_reload(ui_world, e2e):
+    """Found by the eighth review of 5 Dec 2026: the connection caps (app.net_limits) answer 429 before reading a
+    request, so the page's stream of results got the plain 429 (the guard's failed-event answer is for its own
+    refusal only): Gradio's client said the connection was lost and reloaded the page 2 s later, making more
+    connections; a refused heartbeat showed nothing and was never opened again (the session not pinned). And the
+    guard's 409 (another stream reads the session) reloaded the page too. Now each is retried after a wait the page
+    states in one sentence (the refusal's own, then when it tries again), the heartbeat opens, the rating whose
+    stream was refused is answered and recorded, and the page is never reloaded."""
+    from app import net_limits, ui_assets, web_guard
+    from db import repo
+    from db.engine import read_session
+
+    demo, browser = e2e(ui_world.services(batch_size=4))
+    url = demo.local_url.replace("localhost", "127.0.0.1")
+    caps = _as_written(net_limits._answer(429, net_limits.TOO_MANY_FROM_ADDRESS.format(n=64), as_json=True))
+    one_stream = {"status": 409, "headers": {"content-type": "text/plain; charset=utf-8"},
+                  "body": web_guard.ONE_STREAM}  # as the guard answers it (PlainTextResponse)
+    refusals = {"heartbeat": [caps, caps], "data": []}  # the stream of results: refused once the page has loaded
+    refused: list[str] = []
+
+    def refuse(kind: str):
+        def handle(route, request) -> None:
+            if request.method == "GET" and refusals[kind]:
+                refused.append(kind)
+                route.fulfill(**refusals[kind].pop(0))
+            else:
+                route.continue_()
+        return handle
+
+    page = browser.new_context().new_page()
+    page.add_init_script(RECORD_NOTICES)
+    page.route(lambda u: "/gradio_api/heartbeat/" in u, refuse("heartbeat"))
+    page.route(lambda u: "/gradio_api/queue/data" in u, refuse("data"))
+    loads: list[str] = []
+    page.on("load", lambda p: loads.append(p.url))
+    errors = watch_errors(page)
+    sign_in(page, url, "alice", wait_for="#rating-grid .rg-card")
+    loaded = len(loads)
+    guard = web_guard.installed(demo.server_app)
+    session = page.evaluate("window.__gradio_session_hash__")
+    deadline = time.monotonic() + 60
+    while session not in guard.heartbeats:  # the heartbeat is open (pinned) after its refusals
+        assert time.monotonic() < deadline, (refused, page.evaluate("window.__notices"))
+        page.wait_for_timeout(100)
+    refusals["data"] = [caps, one_stream]
+    _rate_first_card(page, "7")  # its stream of results is refused twice: the rating waits, then is answered
+    card = page.locator(".rg-card[data-state=rated]")
+    assert card.count() == 1 and card.get_attribute("data-score") == "7"
+    with read_session(ui_world.factory) as s:
+        rated = repo.find_rating(session=s, image_id=int(card.get_attribute("data-image-id")),
+                                 rater_id=ui_world.accounts["alice"])
+        assert rated is not None and rated.score == 7
+    page.wait_for_timeout(2500)  # Gradio's reconnection poll ran every 2 s and reloaded the page
+    notices = page.evaluate("window.__notices")
+    caps_sentence = net_limits.TOO_MANY_FROM_ADDRESS.format(n=64)
+    for said in (f"{caps_sentence} {ui_assets.STREAM_RETRYING.format(s=1)}",
+                 f"{web_guard.ONE_STREAM} {ui_assets.STREAM_RETRYING.format(s=2)}"):
+        assert said in notices, notices
+    assert notices[-1] == "", notices  # answered: nothing more to say
+    assert sorted(refused) == ["data", "data", "heartbeat", "heartbeat"], refused
+    assert len(loads) == loaded, loads
+    assert "Connection to the server was lost" not in page.content()
+    assert not errors, errors
+
+
+def test_a_stream_the_guard_refuses_for_good_says_why_and_the_page_is_not_reloaded(ui_world, e2e, monkeypatch):
+    """Found by the eighth review of 5 Dec 2026: the guard's 404 for the page's stream of results (nothing waits in
+    the session: its messages were dropped) made Gradio's client say the connection was lost and reload the page.
+    Now the events the page waits on end with the refusal's sentence and what to do (Gradio's error toast), the page
+    stays, and its next event, once the stream is served again, is answered."""
+    from app import gradio_routes, ui_assets, web_guard
+
+    demo, browser = e2e(ui_world.services(batch_size=4))
+    url = demo.local_url.replace("localhost", "127.0.0.1")
+    streams: list[int] = []
+    page = browser.new_context().new_page()
+    page.on("response", lambda r: streams.append(r.status) if "/gradio_api/queue/data" in r.url else None)
+    loads: list[str] = []
+    page.on("load", lambda p: loads.append(p.url))
+    errors = watch_errors(page)
+    sign_in(page, url, "alice", wait_for="#rating-grid .rg-card")
+    loaded = len(loads)
+    monkeypatch.setattr(web_guard.WebGuard, "_results_waiting", lambda self, session: False)
+    before = len(streams)
+    page.get_by_label("Experiment").click()
+    page.get_by_role("option", name="ui-exp (active)").click()
+    page.get_by_text(f"{gradio_routes.NOT_WAITING} {ui_assets.STREAM_RELOAD}").first.wait_for(timeout=30_000)
+    page.wait_for_timeout(3000)  # the reconnection poll ran every 2 s and reloaded the page
+    assert streams[before:].count(404) == 1, streams  # not retried: nothing will wait there
+    assert "Connection to the server was lost" not in page.content()
+    assert len(loads) == loaded, loads
+    monkeypatch.undo()
+    before = len(streams)
+    _rate_first_card(page, "4")  # the page's next event: answered, through a stream served again
+    assert 200 in streams[before:], streams
+    assert page.locator(".rg-card[data-state=rated]").get_attribute("data-score") == "4"
+    assert not errors, errors

@@ -568,3 +568,22 @@ def test_a_heartbeat_outlives_a_moment_without_the_database(ui_world, monkeypatc
         if sock is not None:
             sock.close()
         demo.close()
+
+
+def test_the_page_carries_its_streams_script_before_gradios_client(served):
+    """Eighth review of 5 Dec 2026: the page's handling of its refused streams (ui_assets.STREAMS_JS) must run before
+    Gradio's client opens the heartbeat, as that client starts; a script given to ``launch(head=...)`` runs after.
+    The guard puts it first in the page's head, signed in or not (the login page is the same page), the answer's
+    length following; nothing else is changed."""
+    _, _, url = served
+    with httpx.Client(base_url=url) as anonymous, signed_in(url, "alice") as http:
+        for client in (anonymous, http):
+            page = client.get("/")
+            assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+            assert int(page.headers["content-length"]) == len(page.content)
+            head = page.content.index(b"<head>") + len(b"<head>")
+            assert page.content[head:head + len(web_guard.PAGE_SCRIPT)] == web_guard.PAGE_SCRIPT
+            assert page.content.count(web_guard.PAGE_SCRIPT) == 1
+            assert page.content.index(web_guard.PAGE_SCRIPT) < page.content.index(b'<script type="module"')
+            config = http.get("/config")  # any other answer as Gradio gave it
+            assert config.status_code == 200 and web_guard.PAGE_SCRIPT not in config.content
