@@ -14,6 +14,7 @@ from sqlalchemy import text
 
 from db import migrate
 from db.engine import make_engine
+from db.errors import InvalidInput
 from db.migrate import render_item
 from db.models import Base
 
@@ -41,9 +42,25 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
+def _check_foreign_keys(connection) -> None:
+    """SQLite: refuse (InvalidInput, one sentence) a migration that ends with rows whose foreign keys point nowhere,
+    before it commits, so the database keeps the revision it had. The check ran after the commit: such a database was
+    migrated all the same and the command ended in a RuntimeError traceback that blamed the migration (the rows may
+    predate it: the sqlite3 shell does not enforce foreign keys), and the check's own transaction, begun IMMEDIATE,
+    could wait past the busy timeout behind a server's write and be reported as "nothing was changed" (eighth
+    review)."""
+    problems = connection.execute(text("PRAGMA foreign_key_check")).fetchall()
+    if problems:
+        shown = ", ".join(f"{table} row {rowid} -> {parent}" for table, rowid, parent, _fk in problems[:5])
+        more = f" and {len(problems) - 5} more" if len(problems) > 5 else ""
+        raise InvalidInput(f"the database has rows whose foreign keys point nowhere ({shown}{more}): delete them "
+                           "(`PRAGMA foreign_key_check` lists them) or restore a backup, then run it again; nothing "
+                           "was changed")
+
+
 def run_migrations_online() -> None:
     # Foreign keys are off while migrating SQLite (batch mode drops and recreates tables) and
-    # checked once the migration has committed.
+    # checked at the migration's end, inside its transaction (_check_foreign_keys).
     engine = make_engine(_url(), sqlite_foreign_keys=False)
     try:
         with engine.connect() as connection:
@@ -71,11 +88,8 @@ def run_migrations_online() -> None:
             _configure(connection=connection, transactional_ddl=True)
             with context.begin_transaction():
                 context.run_migrations()
-            if connection.dialect.name == "sqlite":
-                problems = connection.execute(text("PRAGMA foreign_key_check")).fetchall()
-                connection.rollback()
-                if problems:
-                    raise RuntimeError(f"the migration left rows whose foreign keys point nowhere: {problems[:5]}")
+                if connection.dialect.name == "sqlite":
+                    _check_foreign_keys(connection)
     finally:
         engine.dispose()
 

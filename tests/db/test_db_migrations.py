@@ -613,3 +613,79 @@ def test_a_sqlite_upgrade_beside_a_held_write_lock_is_refused_in_one_sentence(tm
     assert migrate.current_revision(url) == "0014"
     migrate.upgrade(url)
     assert migrate.current_revision(url) == migrate.head_revision()
+
+
+def _orphan_session(url):
+    """A sign-in session whose account is gone, written as the sqlite3 shell would (foreign keys off there)."""
+    import sqlite3
+
+    connection = sqlite3.connect(migrate._sqlite_file(url))
+    try:
+        connection.execute("INSERT INTO raters (name, role, password_hash, created_at) "
+                           "VALUES ('gone', 'rater', 'h', '2026-01-01 00:00:00')")
+        connection.execute("INSERT INTO sessions (rater_id, token_sha256, created_at, last_seen_at, expires_at) VALUES "
+                           "(1, 't', '2026-01-01 00:00:00', '2026-01-01 00:00:00', '2026-01-01 00:00:00')")
+        connection.execute("DELETE FROM raters")
+        connection.commit()
+    finally:
+        connection.close()
+
+
+def test_rows_whose_foreign_keys_point_nowhere_refuse_a_sqlite_migration_in_one_sentence_and_change_nothing(tmp_path):
+    """SQLite's foreign_key_check ran after the migration had committed: a database with a row whose parent is gone
+    was migrated all the same, and the command ended in a RuntimeError traceback that blamed the migration (every
+    later `db upgrade`, at head, again). Found by the eighth review. Now the check runs inside the migration's
+    transaction: one sentence, and the database stays at the revision it had."""
+    url = dbt.sqlite_url(tmp_path / "orphan.db")
+    migrate.upgrade(url, "0014")
+    _orphan_session(url)
+    for step in (lambda: migrate.upgrade(url), lambda: migrate.downgrade(url, "0013")):
+        with pytest.raises(InvalidInput, match=r"^the database has rows whose foreign keys point nowhere \(sessions "
+                                               r"row 1 -> raters\): .*; nothing was changed$"):
+            step()
+        assert migrate.current_revision(url) == "0014"
+    engine = make_engine(url)
+    try:
+        assert "raters_limited" not in {c["name"] for c in inspect(engine).get_columns("experiments")}  # 0015's
+        assert "skipped_at" in {c["name"] for c in inspect(engine).get_columns("undo_steps")}  # 0014's, kept
+    finally:
+        engine.dispose()
+
+
+def test_a_writer_taking_the_lock_as_a_sqlite_migration_commits_does_not_make_it_report_nothing_changed(
+        tmp_path, monkeypatch):
+    """The foreign_key_check after the commit began a transaction of its own, IMMEDIATE: a server's write that took
+    the lock as the migration committed, held past the busy timeout, made the upgrade say "the database is in use
+    ...; nothing was changed", though the migration had committed (found by the eighth review). The check is part of
+    the migration's transaction now: the upgrade succeeds."""
+    from contextlib import contextmanager
+
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy import text
+
+    from db import engine as db_engine
+
+    url = dbt.sqlite_url(tmp_path / "taken.db")
+    migrate.upgrade(url, "0014")
+    monkeypatch.setattr(db_engine, "BUSY_TIMEOUT_MS", 300)
+    holder = make_engine(url)
+    real = MigrationContext.begin_transaction
+    with holder.connect() as held:
+
+        @contextmanager
+        def then_a_writer(self, _per_migration=False):
+            with real(self, _per_migration):
+                yield
+            if not _per_migration:  # the migration's one transaction has committed
+                held.execute(text("SELECT count(*) FROM raters"))  # BEGIN IMMEDIATE: the write lock, held
+
+        monkeypatch.setattr(MigrationContext, "begin_transaction", then_a_writer)
+        try:
+            migrate.upgrade(url)
+            assert held.in_transaction()  # the writer did take the lock
+        finally:
+            held.rollback()
+            monkeypatch.undo()
+    holder.dispose()
+    assert migrate.current_revision(url) == migrate.head_revision()
+
