@@ -217,7 +217,9 @@ def check_downgrade(url: str, rev: str) -> None:
 
         engine = make_engine(url)
         try:
-            with engine.connect() as connection:
+            # a read (DEFERRED on SQLite): it waited for the write lock, and beside a server's long write it failed
+            # with "database is locked", not the sentence the downgrade itself gives (eighth review)
+            with engine.connect().execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"}) as connection:
                 disabled = connection.execute(text("SELECT name FROM raters WHERE disabled_at IS NOT NULL")).scalars().all()
         finally:
             engine.dispose()

@@ -689,3 +689,25 @@ def test_a_writer_taking_the_lock_as_a_sqlite_migration_commits_does_not_make_it
     holder.dispose()
     assert migrate.current_revision(url) == migrate.head_revision()
 
+
+def test_a_sqlite_downgrade_below_0002_beside_a_held_write_lock_is_refused_in_one_sentence(tmp_path, monkeypatch):
+    """check_downgrade's look for disabled accounts (a downgrade below 0002) began IMMEDIATE, a read that waited for
+    the write lock: beside a server's long write it failed with sqlite3's "database is locked" (SQL: BEGIN IMMEDIATE),
+    not the sentence an upgrade or a shorter downgrade gives (found by the eighth review). It reads DEFERRED now."""
+    from sqlalchemy import text
+
+    from db import engine as db_engine
+
+    url = dbt.sqlite_url(tmp_path / "busy-down.db")
+    migrate.upgrade(url)
+    monkeypatch.setattr(db_engine, "BUSY_TIMEOUT_MS", 300)
+    holder = make_engine(url)
+    try:
+        with holder.connect() as held:
+            held.execute(text("SELECT count(*) FROM raters"))  # BEGIN IMMEDIATE (db.engine): the write lock is held
+            with pytest.raises(InvalidInput, match=r"^the database is in use: its write lock was not granted in 0.3 s "
+                                                   r".*; nothing was changed$"):
+                migrate.downgrade(url, "base")
+    finally:
+        holder.dispose()
+    assert migrate.current_revision(url) == migrate.head_revision()
