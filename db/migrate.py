@@ -195,7 +195,8 @@ def _copy_sqlite(path: Path, target: Path) -> None:
 
 def check_downgrade(url: str, rev: str) -> None:
     """Refuse (InvalidInput, one sentence, nothing changed) a downgrade to ``rev`` that cannot or should not run: no
-    database there, a revision that does not exist or is not below the database's, or one that would drop the mark
+    database there, none recorded (to any target but 'base'), a revision that does not exist or is not below the
+    database's, or one that would drop the mark
     of a disabled account (0002's downgrade drops ``raters.disabled_at``: after an upgrade the account could sign in
     again; found by review). Run before anything is copied or changed (a backup was made before an unknown revision
     was refused)."""
@@ -204,6 +205,10 @@ def check_downgrade(url: str, rev: str) -> None:
         raise InvalidInput(f"there is no database at {str(path)!r} to downgrade; nothing was changed")
     script = ScriptDirectory.from_config(_config())
     current = current_revision(url)
+    if current is None and rev != "base":
+        # alembic's own words came after the copy, and said nothing of whether anything changed (eighth review)
+        raise InvalidInput("the database has no schema revision recorded (never migrated, or taken down to base), so "
+                           f"there is nothing to downgrade to {rev!r}; nothing was changed")
     try:
         # alembic's own downgrade path, which counts a relative target ("-1") from the database's revision (the
         # upgrade path counted it from the newest one: at 0008, "-7" was checked as 0003 and went to 0001; review)

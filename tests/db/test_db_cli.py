@@ -383,3 +383,24 @@ def test_a_downgrade_that_would_enable_disabled_accounts_or_names_no_revision_is
         assert main(["db", "downgrade", "-1", "--yes", "--data-dir", str(data_dir)]) == 0
         assert migrate.current_revision(url) == expected
     assert main(["db", "downgrade", "0002", "--yes", "--data-dir", str(data_dir)]) == 0  # the mark survives that
+
+
+def test_a_downgrade_of_a_database_never_migrated_is_refused_first_in_one_sentence(tmp_path, capsys):
+    """check_downgrade checked the target only against a recorded revision: a database with none (never migrated, or
+    taken to base) was copied, password hashes and all, and then refused by alembic's own words ("the schema migration
+    was refused: Destination 0014 is not a valid downgrade target from current head(s)", "Relative revision -1 didn't
+    produce 1 migrations", "Can't locate revision identified by 'nope'"), none saying whether anything had changed.
+    Found by the eighth review. Now one sentence before anything is copied; 'base' is still nothing to do."""
+    import sqlite3
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    sqlite3.connect(data_dir / "seiko.db").close()  # a database file, never migrated
+    for rev in ("0014", "-1", "nope"):
+        assert main(["db", "downgrade", rev, "--yes", "--data-dir", str(data_dir)]) == 1
+        err = capsys.readouterr().err
+        assert err == (f"error: the database has no schema revision recorded (never migrated, or taken down to base), "
+                       f"so there is nothing to downgrade to {rev!r}; nothing was changed\n"), err
+        assert not list(data_dir.glob("seiko.db.bak-*"))  # no copy made
+    assert main(["db", "downgrade", "base", "--yes", "--data-dir", str(data_dir)]) == 0
+    assert "database at base (no schema)" in capsys.readouterr().out
