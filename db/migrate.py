@@ -92,7 +92,8 @@ def _run(step, url: str, rev: str) -> None:
 def check_upgrade(url: str, rev: str) -> None:
     """Refuse (InvalidInput, one sentence, nothing changed) an upgrade that cannot do what it says: a database with
     the app's tables but no recorded revision (the upgrade failed with 'table already exists', on PostgreSQL a
-    traceback: found by review), or a target below the database's revision (it did nothing and said nothing)."""
+    traceback: found by review), a target below the database's revision (it did nothing and said nothing), or a
+    revision this code does not know (``_refuse_unknown``)."""
     current = current_revision(url)
     if current is None:
         from db.models import Base
@@ -115,6 +116,7 @@ def check_upgrade(url: str, rev: str) -> None:
                                "nothing was changed")
         if current is None:
             return
+    _refuse_unknown(current)
     script = ScriptDirectory.from_config(_config())
     try:
         below = rev not in ("head", "heads") and rev != current and current in {
@@ -195,10 +197,9 @@ def _copy_sqlite(path: Path, target: Path) -> None:
 
 def check_downgrade(url: str, rev: str) -> None:
     """Refuse (InvalidInput, one sentence, nothing changed) a downgrade to ``rev`` that cannot or should not run: no
-    database there, none recorded (to any target but 'base'), a revision that does not exist or is not below the
-    database's, or one that would drop the mark
-    of a disabled account (0002's downgrade drops ``raters.disabled_at``: after an upgrade the account could sign in
-    again; found by review). Run before anything is copied or changed (a backup was made before an unknown revision
+    database there, none recorded (to any target but 'base'), one this code does not know, a revision that does not
+    exist or is not below the database's, or one that would drop the mark of a disabled account (0002's downgrade
+    drops ``raters.disabled_at``: after an upgrade the account could sign in again; found by review). Run before anything is copied or changed (a backup was made before an unknown revision
     was refused)."""
     path = _sqlite_file(url)
     if path is not None and not path.is_file():
@@ -209,6 +210,8 @@ def check_downgrade(url: str, rev: str) -> None:
         # alembic's own words came after the copy, and said nothing of whether anything changed (eighth review)
         raise InvalidInput("the database has no schema revision recorded (never migrated, or taken down to base), so "
                            f"there is nothing to downgrade to {rev!r}; nothing was changed")
+    if current is not None:
+        _refuse_unknown(current)
     try:
         # alembic's own downgrade path, which counts a relative target ("-1") from the database's revision (the
         # upgrade path counted it from the newest one: at 0008, "-7" was checked as 0003 and went to 0001; review)
@@ -232,6 +235,15 @@ def check_downgrade(url: str, rev: str) -> None:
             raise InvalidInput(f"{len(disabled)} account(s) are disabled ({', '.join(map(repr, disabled[:5]))}); a "
                                "downgrade below 0002 drops that mark, so they could sign in again after an upgrade: "
                                "delete them first, or downgrade to 0002 or later; nothing was changed")
+
+
+def _refuse_unknown(current: str) -> None:
+    """Refuse (InvalidInput) a migration of a database at a revision this code does not know: newer code migrated it
+    (old code's `db upgrade` at a rolled-back deployment's start). The upgrade was refused in alembic's words ("Can't
+    locate revision identified by '0999'"), the downgrade as a revision not found, neither saying what to run (eighth
+    review)."""
+    if not _known(current):
+        raise InvalidInput(f"{_advice(current, head_revision())}; nothing was changed")
 
 
 def downgrade(url: str, rev: str) -> None:

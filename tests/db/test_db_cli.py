@@ -404,3 +404,26 @@ def test_a_downgrade_of_a_database_never_migrated_is_refused_first_in_one_senten
         assert not list(data_dir.glob("seiko.db.bak-*"))  # no copy made
     assert main(["db", "downgrade", "base", "--yes", "--data-dir", str(data_dir)]) == 0
     assert "database at base (no schema)" in capsys.readouterr().out
+
+
+def test_an_upgrade_or_downgrade_of_a_schema_newer_than_the_code_says_so_in_one_sentence(tmp_path, capsys):
+    """Old code run on a database newer code migrated (a rolled-back deployment whose start runs `db upgrade`): the
+    upgrade was refused in alembic's words, "the schema migration was refused: Can't locate revision identified by
+    '0999'", and the downgrade as "cannot downgrade from 0999 to '0014' (No such revision or branch '0999'); the
+    revisions are [...]": neither said that newer code had migrated it and what to run (check_at_head says so: found
+    by review), the upgrade not whether anything had changed. Found by the eighth review."""
+    import sqlite3
+
+    data_dir = tmp_path / "data"
+    assert main(["db", "upgrade", "--data-dir", str(data_dir)]) == 0
+    with sqlite3.connect(data_dir / "seiko.db") as db:
+        db.execute("UPDATE alembic_version SET version_num = '0999'")
+    capsys.readouterr()
+    said = (f"error: the database schema is at 0999, which this code does not know: it was migrated by newer code; "
+            f"run that code (its own `db downgrade` can take the schema back to {migrate.head_revision()} for this "
+            f"one); nothing was changed\n")
+    for args in (["upgrade"], ["upgrade", "0014"], ["downgrade", "0014", "--yes"], ["downgrade", "-1", "--yes"]):
+        assert main(["db", *args, "--data-dir", str(data_dir)]) == 1
+        assert capsys.readouterr().err == said, args
+    assert not list(data_dir.glob("seiko.db.bak-*"))  # no copy made
+    assert migrate.current_revision(f"sqlite:///{data_dir / 'seiko.db'}") == "0999"
