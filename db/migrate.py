@@ -75,6 +75,13 @@ def _run(step, url: str, rev: str) -> None:
 
     try:
         step(_config(url), rev)
+    except CommandError as exc:
+        # alembic's own refusal (a target it cannot find, or one the database has moved past since it was checked: two
+        # downgrades at once) reached the command line bare, saying neither where the database was nor whether anything
+        # had changed (eighth review). The migration is one transaction on both backends: nothing was
+        current = current_revision(url)
+        raise InvalidInput(f"the schema migration was refused: {str(exc).rstrip('.')} (the database is at "
+                           f"{current or 'base'}); nothing was changed") from exc
     except OperationalError as exc:
         code = getattr(exc.orig, "sqlite_errorcode", None)
         if code is not None and code & 0xFF in (5, 6):  # SQLite's busy or locked: its busy_timeout ran out

@@ -711,3 +711,25 @@ def test_a_sqlite_downgrade_below_0002_beside_a_held_write_lock_is_refused_in_on
     finally:
         holder.dispose()
     assert migrate.current_revision(url) == migrate.head_revision()
+
+
+def test_a_target_alembic_refuses_is_one_sentence_that_says_nothing_was_changed(tmp_path, monkeypatch):
+    """Alembic's own refusals reached the command line bare, "the schema migration was refused: Can't locate revision
+    identified by 'bogus'" (`db upgrade bogus`), or, for two downgrades at once (each checked against the revision
+    before the other ran: the second found 0003 where it had checked 0015), "... Destination 0005 is not a valid
+    downgrade target from current head(s)", neither saying whether anything had changed, nor where the database was.
+    Found by the eighth review (the second in 1 of 3 runs of two `db downgrade` processes). The migration is one
+    transaction on both backends, so nothing was."""
+    url = dbt.sqlite_url(tmp_path / "refused.db")
+    migrate.upgrade(url)
+    with pytest.raises(InvalidInput, match=r"^the schema migration was refused: Can't locate revision identified by "
+                                           rf"'bogus' \(the database is at {migrate.head_revision()}\); nothing was "
+                                           r"changed$"):
+        migrate.upgrade(url, "bogus")
+    migrate.downgrade(url, "0003")  # the other process's downgrade, after this one's check had read 0015
+    monkeypatch.setattr(migrate, "check_downgrade", lambda url, rev: None)
+    with pytest.raises(InvalidInput, match=r"^the schema migration was refused: Destination 0005 is not a valid "
+                                           r"downgrade target from current head\(s\) \(the database is at 0003\); "
+                                           r"nothing was changed$"):
+        migrate.downgrade(url, "0005")
+    assert migrate.current_revision(url) == "0003"
