@@ -206,8 +206,8 @@ def check_downgrade(url: str, rev: str) -> None:
     """Refuse (InvalidInput, one sentence, nothing changed) a downgrade to ``rev`` that cannot or should not run: no
     database there, none recorded (to any target but 'base'), one this code does not know, a revision that does not
     exist or is not below the database's, or one that would drop the mark of a disabled account (0002's downgrade
-    drops ``raters.disabled_at``: after an upgrade the account could sign in again; found by review). Run before anything is copied or changed (a backup was made before an unknown revision
-    was refused)."""
+    drops ``raters.disabled_at``: after an upgrade the account could sign in again; found by review). Run before
+    anything is copied or changed (a backup was made before an unknown revision was refused)."""
     path = _sqlite_file(url)
     if path is not None and not path.is_file():
         raise InvalidInput(f"there is no database at {str(path)!r} to downgrade; nothing was changed")
