@@ -228,20 +228,28 @@ def check_downgrade(url: str, rev: str) -> None:
         raise InvalidInput(f"cannot downgrade from {current} to {rev!r} ({str(exc).rstrip('.')}); the revisions are "
                            f"{[r.revision for r in script.walk_revisions()][::-1]} or 'base'; nothing was changed") from exc
     if "0002" in steps:
-        from sqlalchemy import text
-
         engine = make_engine(url)
         try:
             # a read (DEFERRED on SQLite): it waited for the write lock, and beside a server's long write it failed
             # with "database is locked", not the sentence the downgrade itself gives (eighth review)
             with engine.connect().execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"}) as connection:
-                disabled = connection.execute(text("SELECT name FROM raters WHERE disabled_at IS NOT NULL")).scalars().all()
+                refuse_disabled_accounts(connection)
         finally:
             engine.dispose()
-        if disabled:
-            raise InvalidInput(f"{len(disabled)} account(s) are disabled ({', '.join(map(repr, disabled[:5]))}); a "
-                               "downgrade below 0002 drops that mark, so they could sign in again after an upgrade: "
-                               "delete them first, or downgrade to 0002 or later; nothing was changed")
+
+
+def refuse_disabled_accounts(connection) -> None:
+    """Refuse (InvalidInput) a downgrade below 0002 while an account is disabled: 0002's downgrade drops that mark.
+    ``check_downgrade`` looks before anything is copied; 0002's downgrade looks again inside the migration's one
+    transaction, since an account disabled after the first look (a live server's admin, while a large database was
+    copied), or a relative downgrade another at once had moved below, lost its mark (eighth review)."""
+    from sqlalchemy import text
+
+    disabled = connection.execute(text("SELECT name FROM raters WHERE disabled_at IS NOT NULL")).scalars().all()
+    if disabled:
+        raise InvalidInput(f"{len(disabled)} account(s) are disabled ({', '.join(map(repr, disabled[:5]))}); a "
+                           "downgrade below 0002 drops that mark, so they could sign in again after an upgrade: "
+                           "delete them first, or downgrade to 0002 or later; nothing was changed")
 
 
 def _refuse_unknown(current: str) -> None:

@@ -53,7 +53,11 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    """Downgrade schema."""
+    """Downgrade schema: refused while an account is disabled (the mark goes with ``raters.disabled_at``, and the
+    account could sign in again after an upgrade), looked for here, inside the migration's transaction."""
+    from db.migrate import refuse_disabled_accounts
+
+    refuse_disabled_accounts(op.get_bind())
     op.drop_table('audit_log')
     op.drop_index(op.f('ix_sessions_rater_id'), table_name='sessions')
     op.drop_table('sessions')

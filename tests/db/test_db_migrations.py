@@ -733,3 +733,34 @@ def test_a_target_alembic_refuses_is_one_sentence_that_says_nothing_was_changed(
                                            r"nothing was changed$"):
         migrate.downgrade(url, "0005")
     assert migrate.current_revision(url) == "0003"
+
+
+def test_a_downgrade_below_0002_is_refused_by_a_disabled_account_found_after_its_check(empty_db_url, monkeypatch):
+    """check_downgrade looked for disabled accounts in a transaction of its own, before the copy and the migration:
+    an account disabled after that look (by a live server's admin, while a large database was copied), or a relative
+    downgrade that another at once had moved below (both checked "-1" at 0003, the second ran 0002's downgrade), lost
+    its mark, and could sign in again after an upgrade. Found by the eighth review. 0002's downgrade looks again
+    inside the migration's transaction: one sentence, nothing changed."""
+    from sqlalchemy import text
+
+    from db.engine import session_factory, write_session
+
+    migrate.upgrade(empty_db_url, "0003")
+    engine = make_engine(empty_db_url)
+    try:
+        with write_session(session_factory(engine)) as s:
+            s.execute(text("INSERT INTO raters (name, role, password_hash, created_at, disabled_at) VALUES "
+                           "('mallory', 'rater', 'h', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+    finally:
+        engine.dispose()
+    monkeypatch.setattr(migrate, "check_downgrade", lambda url, rev: None)  # it looked before the account was disabled
+    with pytest.raises(InvalidInput, match=r"^1 account\(s\) are disabled \('mallory'\); a downgrade below 0002 drops "
+                                           r"that mark, .*; nothing was changed$"):
+        migrate.downgrade(empty_db_url, "0001")
+    assert migrate.current_revision(empty_db_url) == "0003"
+    engine = make_engine(empty_db_url)
+    try:
+        with engine.connect() as c:
+            assert c.execute(text("SELECT name FROM raters WHERE disabled_at IS NOT NULL")).scalars().all() == ["mallory"]
+    finally:
+        engine.dispose()
