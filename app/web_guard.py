@@ -340,10 +340,12 @@ def _page_script_send(send: Send) -> Send:
             held["body"] += message.get("body", b"")
             if message.get("more_body", False):
                 return
-            body = held["body"].replace(b"<head>", b"<head>" + PAGE_SCRIPT, 1)
-            start = held.pop("start")
-            headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
-            await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+            start, body = held.pop("start"), held["body"]
+            if b"<head>" in body:  # a HEAD's body too: its Content-Length must be the GET's (RFC 9110, 8.6)
+                body = body.replace(b"<head>", b"<head>" + PAGE_SCRIPT, 1)
+                headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+                start = {**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]}
+            await send(start)
             message = {**message, "body": body, "more_body": False}
         await send(message)
 
@@ -673,7 +675,8 @@ class WebGuard:
                                    self._lax_send(send, secure))
             return
         send = self._lax_send(send, secure)
-        if scope["type"] == "http" and path == "/" and method == "GET":  # the page: its streams' refusals (STREAMS_JS)
+        # the page: its streams' refusals (STREAMS_JS); a HEAD of it too, so that its Content-Length is the GET's
+        if scope["type"] == "http" and path == "/" and method in ("GET", "HEAD"):
             send = _page_script_send(send)
         await self.inner(scope, receive, send)
 

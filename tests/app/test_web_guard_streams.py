@@ -587,3 +587,16 @@ def test_the_page_carries_its_streams_script_before_gradios_client(served):
             assert page.content.index(web_guard.PAGE_SCRIPT) < page.content.index(b'<script type="module"')
             config = http.get("/config")  # any other answer as Gradio gave it
             assert config.status_code == 200 and web_guard.PAGE_SCRIPT not in config.content
+
+
+
+def test_a_head_of_the_page_says_the_length_its_get_has(served):
+    """Found by the eighth review of 5 Dec 2026 (its second reader): the guard put PAGE_SCRIPT in the page's GET only,
+    so ``HEAD /`` said the template's own Content-Length (13,341 bytes where the GET's was 18,895): a server must not
+    send a HEAD a Content-Length other than the GET's (RFC 9110, 8.6). Now both say the length of the page sent."""
+    _, _, url = served
+    with httpx.Client(base_url=url) as anonymous, signed_in(url, "alice") as http:
+        for client in (anonymous, http):
+            page, head = client.get("/"), client.head("/")
+            assert head.status_code == 200 and head.content == b""
+            assert int(head.headers["content-length"]) == len(page.content) == int(page.headers["content-length"])
