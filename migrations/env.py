@@ -71,7 +71,14 @@ def run_migrations_online() -> None:
                 # revision the first committed and has nothing left to do. A session lock, taken before lock_timeout
                 # is set (a migration may take longer than that); it ends with the connection, which engine.dispose()
                 # below closes (and a process that dies drops)
-                connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": migrate.MIGRATION_LOCK_KEY})
+                # It waits without a limit (lock_timeout 0: a role's or database's own lock_timeout made it fail as "a
+                # table's lock was not granted", eighth review), and says so first: it waited without a word
+                connection.execute(text("SET lock_timeout = 0"))
+                key = {"key": migrate.MIGRATION_LOCK_KEY}
+                if not connection.execute(text("SELECT pg_try_advisory_lock(:key)"), key).scalar_one():
+                    migrate.log.warning("another migration of this database is running (a `db upgrade` or `db "
+                                        "downgrade` elsewhere); waiting for it to end")
+                    connection.execute(text("SELECT pg_advisory_lock(:key)"), key)
                 connection.commit()
                 # an ALTER waits for every open transaction on its table, and every new query queues behind it: a
                 # migration beside a running server froze sign-ins with no limit (found by review). It gives up instead

@@ -764,3 +764,50 @@ def test_a_downgrade_below_0002_is_refused_by_a_disabled_account_found_after_its
             assert c.execute(text("SELECT name FROM raters WHERE disabled_at IS NOT NULL")).scalars().all() == ["mallory"]
     finally:
         engine.dispose()
+
+
+def test_a_postgresql_upgrade_waits_for_another_migration_and_says_so(empty_db_url, caplog):
+    """PostgreSQL: an upgrade started while another migration holds the migration lock waited without a word, and
+    with a lock_timeout set on the database (or the role) it failed at once, told that "a table's lock was not
+    granted" and to stop the server (eighth review). It says it waits for the other migration now, waits as long as
+    that takes, then finds nothing left to do."""
+    import logging
+    import threading
+    import time
+
+    from sqlalchemy import create_engine, make_url, text
+
+    if empty_db_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL's migration lock; SQLite's write lock is the busy-timeout test above")
+    name = make_url(empty_db_url).database
+    admin = create_engine(empty_db_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as c:
+            c.execute(text(f'ALTER DATABASE "{name}" SET lock_timeout = \'100ms\''))
+        with admin.connect() as holder:
+            holder.execute(text("SELECT pg_advisory_lock(:key)"), {"key": migrate.MIGRATION_LOCK_KEY})
+            outcome: list[object] = []
+
+            def upgrade():
+                try:
+                    migrate.upgrade(empty_db_url)
+                    outcome.append("ok")
+                except Exception as exc:  # reported by the assertion below
+                    outcome.append(exc)
+
+            with caplog.at_level(logging.WARNING, logger="db.migrate"):
+                worker = threading.Thread(target=upgrade)
+                worker.start()
+                deadline = time.monotonic() + 60
+                while not any("another migration of this database is running" in r.getMessage() for r in caplog.records):
+                    assert not outcome, outcome  # it ended instead of waiting
+                    assert time.monotonic() < deadline, "the upgrade never said it waits"
+                    time.sleep(0.05)
+                time.sleep(0.5)  # five times the database's lock_timeout
+                assert not outcome, outcome
+                holder.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": migrate.MIGRATION_LOCK_KEY})
+                worker.join(120)
+        assert outcome == ["ok"]
+        assert migrate.current_revision(empty_db_url) == migrate.head_revision()
+    finally:
+        admin.dispose()
