@@ -249,12 +249,16 @@ apply();
 
 # What the page says when the server refuses one of its two streams (STREAMS_JS): Gradio's stream of results
 # (GET .../queue/data) and its heartbeat (GET .../heartbeat/H). Each refusal's own sentence comes first.
-STREAM_WAITS_S = (1, 2, 4, 8, 16, 30)  # a refusal worth retrying is retried after these waits, then no more
+# A refusal worth retrying is retried after these waits, then no more. Together (27 s) under the 30 s a rated card
+# waits for its answer (GRID_JS's pump): waits of 1-30 s (61 s) outlasted it, the card showed as open again before the
+# late answer came, and a person who scored it again sent a second rating (review of the eighth review's script)
+STREAM_WAITS_S = (1, 2, 4, 8, 12)
 STREAM_RETRIED = (409, 429, 503)  # the connection caps (429, 503: app.net_limits), one stream at a time (409: web_guard)
 STREAM_SAID = (400, 401, 403, 404)  # web_guard's other refusals of a stream: said at once (retrying cannot cure them)
 STREAM_RETRYING = "This page tries again by itself in {s} s."
-STREAM_GAVE_UP = "This page stopped trying; wait a few minutes, then reload it."
-STREAM_RELOAD = "Reload this page to go on."
+STREAM_GAVE_UP = ("This page has stopped trying for now: your next action tries again; if that fails too, wait a few "
+                  "minutes, then reload the page.")  # Gradio's client opens the stream again at the next event
+STREAM_RELOAD = "If your next action fails too, reload this page."  # the next event opens a stream of its own
 STREAM_SIGNED_OUT = "Your sign-in session has ended; reload this page to sign in again."
 STREAM_NO_SENTENCE = "The server refused this page's connection ({status})."
 
@@ -351,7 +355,8 @@ STREAMS_JS = r"""
       notice(stream, text);
       return response;
     }
-    notice(stream, '');  // the events' error toast says it
+    // the events' error toast says it, and the box keeps it once the toast is gone, until a stream is answered
+    notice(stream, text);
     return failedEvents(text);
   };
 })();

@@ -220,6 +220,15 @@ def _rate_first_card(page, key: str) -> None:
                            " && !document.querySelector('.rg-card[data-state=pending]')", timeout=60_000)
 
 
+def _without_timers(services):
+    """The page's own timers (the rating page looks for new images every 10 s, the dashboard every 5 s) held off: each
+    tick is an event, whose stream a test's refusal took as well, so a toast over the page and one refusal more came
+    at the tick's whim (a refused tick's toast covered the experiment menu in the whole suite: the click timed out)."""
+    import dataclasses
+
+    return dataclasses.replace(services, rate_poll_s=3600.0, dashboard_refresh_s=3600.0)
+
+
 def test_streams_refused_by_the_connection_caps_are_retried_and_said_without_a_reload(ui_world, e2e):
     """Found by the eighth review of 5 Dec 2026: the connection caps (app.net_limits) answer 429 before reading a
     request, so the page's stream of results got the plain 429 (the guard's failed-event answer is for its own
@@ -232,7 +241,7 @@ def test_streams_refused_by_the_connection_caps_are_retried_and_said_without_a_r
     from db import repo
     from db.engine import read_session
 
-    demo, browser = e2e(ui_world.services(batch_size=4))
+    demo, browser = e2e(_without_timers(ui_world.services(batch_size=4)))
     url = demo.local_url.replace("localhost", "127.0.0.1")
     caps = _as_written(net_limits._answer(429, net_limits.TOO_MANY_FROM_ADDRESS.format(n=64), as_json=True))
     one_stream = {"status": 409, "headers": {"content-type": "text/plain; charset=utf-8"},
@@ -292,7 +301,7 @@ def test_a_stream_the_guard_refuses_for_good_says_why_and_the_page_is_not_reload
     stays, and its next event, once the stream is served again, is answered."""
     from app import gradio_routes, ui_assets, web_guard
 
-    demo, browser = e2e(ui_world.services(batch_size=4))
+    demo, browser = e2e(_without_timers(ui_world.services(batch_size=4)))
     url = demo.local_url.replace("localhost", "127.0.0.1")
     streams: list[int] = []
     page = browser.new_context().new_page()
