@@ -73,12 +73,16 @@ def run_migrations_online() -> None:
                 # below closes (and a process that dies drops)
                 # It waits without a limit (lock_timeout 0: a role's or database's own lock_timeout made it fail as "a
                 # table's lock was not granted", eighth review), and says so first: it waited without a word
+                # (and no statement_timeout on it either: a role's, common on managed servers, cut the wait short with
+                # a bare QueryCanceled; the role's own comes back for the migration's statements below)
                 connection.execute(text("SET lock_timeout = 0"))
+                connection.execute(text("SET statement_timeout = 0"))
                 key = {"key": migrate.MIGRATION_LOCK_KEY}
                 if not connection.execute(text("SELECT pg_try_advisory_lock(:key)"), key).scalar_one():
                     migrate.log.warning("another migration of this database is running (a `db upgrade` or `db "
                                         "downgrade` elsewhere); waiting for it to end")
                     connection.execute(text("SELECT pg_advisory_lock(:key)"), key)
+                connection.execute(text("RESET statement_timeout"))
                 connection.commit()
                 # an ALTER waits for every open transaction on its table, and every new query queues behind it: a
                 # migration beside a running server froze sign-ins with no limit (found by review). It gives up instead

@@ -55,9 +55,12 @@ def upgrade() -> None:
 def downgrade() -> None:
     """Downgrade schema: refused while an account is disabled (the mark goes with ``raters.disabled_at``, and the
     account could sign in again after an upgrade), looked for here, inside the migration's transaction."""
+    from alembic import context
+
     from db.migrate import refuse_disabled_accounts
 
-    refuse_disabled_accounts(op.get_bind())
+    if not context.is_offline_mode():  # `--sql` writes the SQL and reads nothing: there is no database to look in
+        refuse_disabled_accounts(op.get_bind())
     op.drop_table('audit_log')
     op.drop_index(op.f('ix_sessions_rater_id'), table_name='sessions')
     op.drop_table('sessions')

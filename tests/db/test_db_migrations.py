@@ -769,7 +769,7 @@ def test_a_downgrade_below_0002_is_refused_by_a_disabled_account_found_after_its
 def test_a_postgresql_upgrade_waits_for_another_migration_and_says_so(empty_db_url, caplog):
     """PostgreSQL: an upgrade started while another migration holds the migration lock waited without a word, and
     with a lock_timeout set on the database (or the role) it failed at once, told that "a table's lock was not
-    granted" and to stop the server (eighth review). It says it waits for the other migration now, waits as long as
+    granted" and to stop the server, and with a statement_timeout in a bare QueryCanceled (eighth review). It says it waits for the other migration now, waits as long as
     that takes, then finds nothing left to do."""
     import logging
     import threading
@@ -784,6 +784,7 @@ def test_a_postgresql_upgrade_waits_for_another_migration_and_says_so(empty_db_u
     try:
         with admin.connect() as c:
             c.execute(text(f'ALTER DATABASE "{name}" SET lock_timeout = \'100ms\''))
+            c.execute(text(f'ALTER DATABASE "{name}" SET statement_timeout = \'300ms\''))  # a bare QueryCanceled
         with admin.connect() as holder:
             holder.execute(text("SELECT pg_advisory_lock(:key)"), {"key": migrate.MIGRATION_LOCK_KEY})
             outcome: list[object] = []
@@ -803,7 +804,7 @@ def test_a_postgresql_upgrade_waits_for_another_migration_and_says_so(empty_db_u
                     assert not outcome, outcome  # it ended instead of waiting
                     assert time.monotonic() < deadline, "the upgrade never said it waits"
                     time.sleep(0.05)
-                time.sleep(0.5)  # five times the database's lock_timeout
+                time.sleep(1.0)  # ten times the database's lock_timeout, three times its statement_timeout
                 assert not outcome, outcome
                 holder.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": migrate.MIGRATION_LOCK_KEY})
                 worker.join(120)
@@ -811,3 +812,15 @@ def test_a_postgresql_upgrade_waits_for_another_migration_and_says_so(empty_db_u
         assert migrate.current_revision(empty_db_url) == migrate.head_revision()
     finally:
         admin.dispose()
+
+
+def test_the_sql_of_a_downgrade_through_0002_is_written_without_a_database(capsys):
+    """`alembic downgrade 0003:0001 --sql` writes the SQL and reads nothing: 0002's downgrade, which looks for
+    disabled accounts in the database (eighth review), failed there with "'NoneType' object has no attribute
+    'scalars'" (offline, its connection answers nothing); it writes the SQL again."""
+    from alembic import command
+
+    url = "postgresql+psycopg://nobody@127.0.0.1:1/not_there"  # offline: never connected to
+    command.downgrade(migrate._config(url), "0003:0001", sql=True)
+    out = capsys.readouterr().out
+    assert "DROP TABLE audit_log" in out and "DROP TABLE sessions" in out
