@@ -331,9 +331,9 @@ def _page_script_send(send: Send) -> Send:
 
     async def wrapped(message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
-            kind = Headers(raw=message.get("headers", [])).get("content-type", "")
-            if message.get("status") == 200 and kind.startswith("text/html") \
-                    and "content-encoding" not in Headers(raw=message.get("headers", [])):
+            headers = Headers(raw=message.get("headers", []))
+            if message.get("status") == 200 and headers.get("content-type", "").startswith("text/html") \
+                    and "content-encoding" not in headers:
                 held["start"], held["body"] = message, b""
                 return
         elif message["type"] == "http.response.body" and "start" in held:

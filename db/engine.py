@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.checks import UNICODE_REFUSAL, encodable
@@ -125,6 +125,12 @@ def read_session(factory: sessionmaker[Session]) -> Iterator[Session]:
             session.rollback()
 
 
+def reading(engine: Engine) -> Connection:
+    """A connection of ``engine`` whose transactions begin DEFERRED on SQLite: a read that takes no write lock, as
+    ``read_session``'s, for code that works on a bare connection (db.migrate's revision and table reads)."""
+    return engine.connect().execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"})
+
+
 @contextmanager
 def read_snapshot(factory: sessionmaker[Session]) -> Iterator[Session]:
     """``read_session`` whose statements all see one snapshot: REPEATABLE READ on PostgreSQL (its default, READ
@@ -150,6 +156,14 @@ _REFUSAL_WORDS = ("no such table", "no such column", "not a database", "authenti
                   "not permitted to log in", "ssl was required", "does not support ssl")
 
 
+def sqlite_code(exc: BaseException) -> int | None:
+    """SQLite's primary result code of a database error (sqlite3's ``sqlite_errorcode``, extended bits dropped), or
+    None."""
+    orig = getattr(exc, "orig", None) or exc
+    code = getattr(orig, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else None
+
+
 def sqlstate(exc: BaseException) -> str | None:
     """PostgreSQL's SQLSTATE of a database error (psycopg's ``sqlstate``, psycopg2's ``pgcode``), or None."""
     orig = getattr(exc, "orig", None) or exc
@@ -165,11 +179,9 @@ def is_outage(exc: BaseException) -> bool:
     none) by what the message says."""
     if getattr(exc, "connection_invalidated", False):
         return True
-    orig = getattr(exc, "orig", None) or exc
-    code = getattr(orig, "sqlite_errorcode", None)
-    if isinstance(code, int):
-        return code & 0xFF in _SQLITE_OUTAGE_CODES
+    if (code := sqlite_code(exc)) is not None:
+        return code in _SQLITE_OUTAGE_CODES
     if (state := sqlstate(exc)) is not None:
         return state[:2] in _OUTAGE_STATES
-    message = str(orig).lower()
+    message = str(getattr(exc, "orig", None) or exc).lower()
     return not any(word in message for word in _REFUSAL_WORDS)

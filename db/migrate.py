@@ -21,7 +21,7 @@ from alembic.util import CommandError
 from sqlalchemy import make_url
 
 from db import engine as db_engine
-from db.engine import SQLITE_BEGIN_OPTION, make_engine, sqlstate
+from db.engine import make_engine, reading, sqlite_code, sqlstate
 from db.errors import InvalidInput, SchemaOutOfDate
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -83,8 +83,7 @@ def _run(step, url: str, rev: str) -> None:
         raise InvalidInput(f"the schema migration was refused: {str(exc).rstrip('.')} (the database is at "
                            f"{current or 'base'}); nothing was changed") from exc
     except OperationalError as exc:
-        code = getattr(exc.orig, "sqlite_errorcode", None)
-        if code is not None and code & 0xFF in (5, 6):  # SQLite's busy or locked: its busy_timeout ran out
+        if sqlite_code(exc) in (5, 6):  # SQLite's busy or locked: its busy_timeout ran out
             # the whole migration is one transaction begun IMMEDIATE (migrations/env.py): nothing was written
             raise InvalidInput(f"the database is in use: its write lock was not granted in "
                                f"{db_engine.BUSY_TIMEOUT_MS / 1000:g} s (a server, a worker or an open transaction holds it); "
@@ -109,7 +108,7 @@ def check_upgrade(url: str, rev: str) -> None:
         try:
             from sqlalchemy import inspect
 
-            with engine.connect().execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"}) as connection:  # a read
+            with reading(engine) as connection:
                 tables = set(inspect(connection).get_table_names()) & set(Base.metadata.tables)  # another app's: not ours
         finally:
             engine.dispose()
@@ -232,7 +231,7 @@ def check_downgrade(url: str, rev: str) -> None:
         try:
             # a read (DEFERRED on SQLite): it waited for the write lock, and beside a server's long write it failed
             # with "database is locked", not the sentence the downgrade itself gives (eighth review)
-            with engine.connect().execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"}) as connection:
+            with reading(engine) as connection:
                 refuse_disabled_accounts(connection)
         finally:
             engine.dispose()
@@ -281,7 +280,7 @@ def current_revision(url: str) -> str | None:
     try:
         # a read (DEFERRED on SQLite): it waited for the write lock, and beside a server's long write it failed with
         # "database is locked" before the upgrade got to say the database is in use
-        with engine.connect().execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"}) as connection:
+        with reading(engine) as connection:
             return MigrationContext.configure(connection).get_current_revision()
     finally:
         engine.dispose()
