@@ -24,6 +24,8 @@ Python's own "'utf-8' codec can't encode ..." for it.
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -63,7 +65,7 @@ def make_engine(url: str, *, sqlite_foreign_keys: bool = True, echo: bool = Fals
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            cursor.execute("PRAGMA journal_mode = WAL")
+            _set_wal(cursor)
             cursor.execute("PRAGMA synchronous = FULL")
             cursor.execute(f"PRAGMA foreign_keys = {'ON' if sqlite_foreign_keys else 'OFF'}")
         finally:
@@ -123,6 +125,21 @@ def read_session(factory: sessionmaker[Session]) -> Iterator[Session]:
             yield session
         finally:
             session.rollback()
+
+
+def _set_wal(cursor: Any) -> None:
+    """``PRAGMA journal_mode = WAL``, tried again every 10 ms for up to the busy timeout while SQLite answers it busy:
+    it does so at once, without the busy handler, while another process opens or migrates a new database (two
+    `db upgrade` at once on a new file: 5 of 50 failed "database is locked" here, eighth review)."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if sqlite_code(exc) != 5 or time.monotonic() >= deadline:  # not busy, or busy for too long: said as is
+                raise
+        time.sleep(0.01)
 
 
 def reading(engine: Engine) -> Connection:
