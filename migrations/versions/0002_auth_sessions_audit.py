@@ -54,11 +54,19 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     """Downgrade schema: refused while an account is disabled (the mark goes with ``raters.disabled_at``, and the
-    account could sign in again after an upgrade), looked for here, inside the migration's transaction."""
+    account could sign in again after an upgrade), looked for here, inside the migration's transaction, with the
+    raters held still on PostgreSQL from the look to the drop."""
     from alembic import context
 
     from db.migrate import refuse_disabled_accounts
 
+    if op.get_context().dialect.name == "postgresql":
+        # the look below must hold the raters still until the column is dropped: under READ COMMITTED a plain SELECT
+        # locks nothing, and an account another connection disabled after it (a live server's admin) lost its mark
+        # with the column (ninth review). SHARE mode lets the raters be read, not changed, until this transaction
+        # ends; a disabling under way is waited for (within lock_timeout, migrations/env.py) and then seen. SQLite's
+        # migration holds the database's write lock from its BEGIN IMMEDIATE already
+        op.execute("LOCK TABLE raters IN SHARE MODE")
     if not context.is_offline_mode():  # `--sql` writes the SQL and reads nothing: there is no database to look in
         refuse_disabled_accounts(op.get_bind())
     op.drop_table('audit_log')

@@ -766,6 +766,119 @@ def test_a_downgrade_below_0002_is_refused_by_a_disabled_account_found_after_its
         engine.dispose()
 
 
+
+def _mallory(url: str, *, disabled: bool) -> None:
+    """An account 'mallory', disabled or not, written with SQL (the models are the newest schema's, not this one's)."""
+    from sqlalchemy import text
+
+    from db.engine import session_factory, write_session
+
+    engine = make_engine(url)
+    try:
+        with write_session(session_factory(engine)) as s:
+            s.execute(text("INSERT INTO raters (name, role, password_hash, created_at, disabled_at) VALUES ('mallory', "
+                           f"'rater', 'h', CURRENT_TIMESTAMP, {'CURRENT_TIMESTAMP' if disabled else 'NULL'})"))
+    finally:
+        engine.dispose()
+
+
+def _disabled_names(url: str) -> list[str]:
+    from sqlalchemy import text
+
+    engine = make_engine(url)
+    try:
+        with engine.connect() as c:
+            return c.execute(text("SELECT name FROM raters WHERE disabled_at IS NOT NULL")).scalars().all()
+    finally:
+        engine.dispose()
+
+
+def test_a_postgresql_downgrade_below_0002_refuses_a_disabling_between_its_look_and_the_drop(empty_db_url, monkeypatch):
+    """PostgreSQL: 0002's downgrade looked for disabled accounts inside its transaction, but under READ COMMITTED the
+    look locked nothing: an account another connection disabled (a live server's admin) after the look and before the
+    column was dropped lost its mark, and the downgrade went through (found by the ninth review). The look now holds
+    the raters still (LOCK TABLE raters IN SHARE MODE first): such a disabling is held off until the migration ends
+    (here refused by its own lock_timeout), so no committed mark is lost."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+
+    from db.engine import sqlstate
+
+    if empty_db_url.startswith("sqlite"):
+        pytest.skip("SQLite: the migration holds the database's write lock from its BEGIN IMMEDIATE, before the look")
+    migrate.upgrade(empty_db_url, "0002")  # not 0003: its downgrade alters the raters, which holds them from there
+    _mallory(empty_db_url, disabled=False)
+    look = migrate.refuse_disabled_accounts
+    disabling: list[str] = []
+
+    def look_then_disable(connection) -> None:
+        look(connection)  # nobody is disabled yet
+        other = make_engine(empty_db_url)
+        try:
+            with other.connect() as c:
+                c.execute(text("SET lock_timeout = '200ms'"))  # held off, it gives up; let through, it never waits
+                try:
+                    c.execute(text("UPDATE raters SET disabled_at = CURRENT_TIMESTAMP WHERE name = 'mallory'"))
+                    c.commit()
+                    disabling.append("committed")
+                except OperationalError as exc:
+                    assert sqlstate(exc) == "55P03", exc  # lock_not_available: held off by the migration
+                    disabling.append("held off")
+        finally:
+            other.dispose()
+
+    monkeypatch.setattr(migrate, "check_downgrade", lambda url, rev: None)
+    monkeypatch.setattr(migrate, "refuse_disabled_accounts", look_then_disable)
+    migrate.downgrade(empty_db_url, "0001")
+    assert disabling == ["held off"], "an account was disabled between the look and the drop, and its mark was lost"
+    assert migrate.current_revision(empty_db_url) == "0001"
+
+
+def test_a_postgresql_downgrade_below_0002_waits_for_a_disabling_under_way_and_then_refuses(empty_db_url):
+    """PostgreSQL: a disabling under way when 0002's downgrade looked (not yet committed, so unseen) committed while
+    the downgrade waited for the raters' lock to drop the column, and its mark went with the column (ninth review).
+    The look now waits for it (LOCK TABLE raters IN SHARE MODE), sees it, and refuses: nothing changed."""
+    import threading
+    import time
+
+    from sqlalchemy import text
+
+    if empty_db_url.startswith("sqlite"):
+        pytest.skip("SQLite: a disabling under way holds the write lock, which the migration's BEGIN IMMEDIATE waits for")
+    migrate.upgrade(empty_db_url, "0002")
+    _mallory(empty_db_url, disabled=False)
+    admin = make_engine(empty_db_url)
+    outcome: list[object] = []
+
+    def downgrade() -> None:
+        try:
+            migrate.downgrade(empty_db_url, "0001")
+            outcome.append("downgraded")
+        except Exception as exc:  # reported by the assertion below
+            outcome.append(exc)
+
+    try:
+        with admin.connect() as disabling, admin.connect() as watch:
+            disabling.execute(text("UPDATE raters SET disabled_at = CURRENT_TIMESTAMP WHERE name = 'mallory'"))
+            # check_downgrade's own look (its own transaction) does not see it: not committed yet
+            thread = threading.Thread(target=downgrade)
+            thread.start()
+            deadline = time.monotonic() + 30
+            waiting = text("SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'raters'::regclass")
+            while not watch.execute(waiting).scalar_one():  # the migration waits on the raters: commit then
+                watch.rollback()
+                assert not outcome and time.monotonic() < deadline, outcome or "the downgrade never waited"
+                time.sleep(0.01)
+            disabling.commit()
+            thread.join(60)
+    finally:
+        admin.dispose()
+    assert len(outcome) == 1 and isinstance(outcome[0], InvalidInput), outcome
+    assert str(outcome[0]).startswith("1 account(s) are disabled ('mallory')"), outcome[0]
+    assert migrate.current_revision(empty_db_url) == "0002"
+    assert _disabled_names(empty_db_url) == ["mallory"]
+
+
 def test_a_postgresql_upgrade_waits_for_another_migration_and_says_so(empty_db_url, caplog):
     """PostgreSQL: an upgrade started while another migration holds the migration lock waited without a word, and
     with a lock_timeout set on the database (or the role) it failed at once, told that "a table's lock was not
