@@ -11,13 +11,18 @@ from app.settings import Settings, shown_url
 from app.settings import add_arguments as add_settings_arguments
 from db import migrate
 
+DOWNGRADE_HELP = (
+    "Migrate the schema down to REV ('base' drops every table); asks for --yes. A SQLite file is copied first, under "
+    "the write lock the downgrade then takes, so the copy holds everything the downgrade drops; a PostgreSQL database "
+    "is not copied (pg_dump it first, with the server and the workers stopped).")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     up = actions.add_parser("upgrade", help="migrate the schema up (default: to the newest revision)")
     up.add_argument("rev", nargs="?", default="head", help="target revision (default: head)")
-    down = actions.add_parser("downgrade", help="migrate the schema down to REV ('base' drops every table); asks for "
-                              "--yes, and copies a SQLite file first")
+    down = actions.add_parser("downgrade", help="migrate the schema down to REV ('base' drops every table)",
+                              description=DOWNGRADE_HELP)
     down.add_argument("rev", help="target revision, e.g. -1 or base")
     down.add_argument("--yes", action="store_true", help="do it: a downgrade drops tables or columns and their data")
     actions.add_parser("current", help="show the database's revision and the revision this code needs")
@@ -41,12 +46,12 @@ def main(args: argparse.Namespace) -> int:
         shown = shown_url(settings.db_url)
         migrate.check_downgrade(settings.db_url, args.rev)  # before the copy: an unknown revision left one (review)
         print(f"downgrading the database {shown!r} to {args.rev}", flush=True)
-        backup = migrate.backup_sqlite(settings.db_url)
-        if backup is None and make_url(settings.db_url).get_backend_name() != "sqlite":
-            print("no copy is made of a PostgreSQL database; take one with pg_dump first if you need it", flush=True)
-        if backup is not None:
-            print(f"copied the database to {backup}")
-        migrate.downgrade(settings.db_url, args.rev)
+        if make_url(settings.db_url).get_backend_name() != "sqlite":
+            # a copy taken beside a live server misses what it writes before the downgrade takes its locks
+            print("no copy is made of a PostgreSQL database; take one with pg_dump first, with the server and the "
+                  "workers stopped, if you need it", flush=True)
+        migrate.downgrade(settings.db_url, args.rev,
+                          copied=lambda backup: print(f"copied the database to {backup}", flush=True))
         print(f"database at {migrate.current_revision(settings.db_url) or 'base (no schema)'}")
         return 0
     current, head = migrate.current_revision(settings.db_url), migrate.head_revision()

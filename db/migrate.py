@@ -10,6 +10,7 @@ import logging
 import os
 import sqlite3
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from alembic import command
@@ -69,12 +70,21 @@ LOCK_TIMEOUT_S = 10.0  # PostgreSQL: how long a migration waits for a table's lo
 MIGRATION_LOCK_KEY = 0x5E1C0_0016
 
 
-def _run(step, url: str, rev: str) -> None:
-    """``step`` (alembic's command.upgrade or downgrade) to ``rev``; a lock not granted is one sentence."""
+# config.attributes key: a callable(connection) that migrations/env.py calls inside the migration's transaction, once
+# it holds the lock (SQLite: the write lock of its BEGIN IMMEDIATE), before the revision is read and any step runs
+IN_TRANSACTION = "seiko_in_transaction"
+
+
+def _run(step, url: str, rev: str, in_transaction=None) -> None:
+    """``step`` (alembic's command.upgrade or downgrade) to ``rev``; a lock not granted is one sentence.
+    ``in_transaction``: see ``IN_TRANSACTION``."""
     from sqlalchemy.exc import OperationalError
 
+    config = _config(url)
+    if in_transaction is not None:
+        config.attributes[IN_TRANSACTION] = in_transaction
     try:
-        step(_config(url), rev)
+        step(config, rev)
     except CommandError as exc:
         # alembic's own refusal (a target it cannot find, or one the database has moved past since it was checked: two
         # downgrades at once) reached the command line bare, saying neither where the database was nor whether anything
@@ -260,12 +270,25 @@ def _refuse_unknown(current: str) -> None:
         raise InvalidInput(f"{_advice(current, head_revision())}; nothing was changed")
 
 
-def downgrade(url: str, rev: str) -> None:
+def downgrade(url: str, rev: str, *, copied: Callable[[Path], None] | None = None) -> None:
     """Migrate down to ``rev`` ("base" removes every table), after ``check_downgrade``. A SQLite file that does not
     exist is not created: there is nothing to downgrade (one was made with the default mode, 0644, and kept by the
-    next upgrade: review)."""
+    next upgrade: review).
+
+    ``copied``: copy a SQLite database first (``backup_sqlite``) and call ``copied`` with the copy's path. The copy is
+    made inside the migration's transaction, once it holds the write lock the downgrade then uses, so it holds every
+    write the downgrade removes: copied before the lock, what a live server wrote in between to a table or column the
+    downgrade drops was in neither the copy nor the result (ninth review); a write after the copy now waits for the
+    downgrade (for the busy timeout). A copy that fails stops the downgrade (InvalidInput), nothing changed.
+    PostgreSQL gets no copy here (see `db downgrade`)."""
     check_downgrade(url, rev)
-    _run(command.downgrade, url, rev)
+    in_transaction = None
+    if copied is not None and _sqlite_file(url) is not None:
+        def in_transaction(_connection) -> None:
+            copy = backup_sqlite(url)
+            if copy is not None:
+                copied(copy)
+    _run(command.downgrade, url, rev, in_transaction)
 
 
 def current_revision(url: str) -> str | None:

@@ -98,6 +98,8 @@ def run_migrations_online() -> None:
             # it had, as on PostgreSQL, not part-way
             _configure(connection=connection, transactional_ddl=True)
             with context.begin_transaction():
+                if (in_transaction := config.attributes.get(migrate.IN_TRANSACTION)) is not None:
+                    in_transaction(connection)  # db.migrate.downgrade's copy, made under the lock the steps then use
                 context.run_migrations()
                 if connection.dialect.name == "sqlite":
                     _check_foreign_keys(connection)

@@ -427,3 +427,64 @@ def test_an_upgrade_or_downgrade_of_a_schema_newer_than_the_code_says_so_in_one_
         assert capsys.readouterr().err == said, args
     assert not list(data_dir.glob("seiko.db.bak-*"))  # no copy made
     assert migrate.current_revision(f"sqlite:///{data_dir / 'seiko.db'}") == "0999"
+
+
+def _alice_and_an_experiment(url: str) -> tuple[int, int]:
+    """A rater and an experiment in the database at ``url``: (rater id, experiment id)."""
+    from db import repo
+    from db.engine import make_engine, session_factory, write_session
+
+    engine = make_engine(url)
+    try:
+        with write_session(session_factory(engine)) as s:
+            rater = repo.create_rater(session=s, name="alice", password_hash="h").id
+            exp = repo.create_experiment(session=s, name="e", model_spec="m", method="greedy", config={}, budgets=[1],
+                                         prompts=["p"]).id
+    finally:
+        engine.dispose()
+    return rater, exp
+
+
+def test_the_copy_before_a_downgrade_holds_what_a_live_server_wrote_before_the_downgrade_locked(tmp_path, monkeypatch,
+                                                                                               capsys):
+    """`db downgrade` copied a SQLite database before the migration took the write lock: what a live server wrote in
+    between, to a table or column the downgrade drops (a rater added to an experiment's list, 0015's
+    experiment_raters), was in neither the copy nor the result (found by the ninth review). The copy is made inside the
+    migration's transaction now, under the write lock its steps then use: a write right after the copy waits for the
+    downgrade (here refused at once: no busy timeout), so every write it drops is in the copy."""
+    import sqlite3
+
+    data_dir = tmp_path / "data"
+    assert main(["db", "upgrade", "--data-dir", str(data_dir)]) == 0
+    path = data_dir / "seiko.db"
+    rater, exp = _alice_and_an_experiment(f"sqlite:///{path}")
+    copy_sqlite = migrate._copy_sqlite
+    server: list[str] = []
+
+    def copy_then_write(source, target) -> None:
+        copy_sqlite(source, target)
+        live = sqlite3.connect(path, timeout=0, isolation_level=None)  # a live server's write, right after the copy
+        try:
+            live.execute("INSERT INTO experiment_raters (experiment_id, rater_id, added_at) VALUES (?, ?, "
+                         "CURRENT_TIMESTAMP)", (exp, rater))
+            server.append("written")
+        except sqlite3.OperationalError as exc:
+            assert "database is locked" in str(exc), exc  # held off by the downgrade's write lock
+            server.append("held off")
+        finally:
+            live.close()
+
+    monkeypatch.setattr(migrate, "_copy_sqlite", copy_then_write)
+    assert main(["db", "downgrade", "0014", "--yes", "--data-dir", str(data_dir)]) == 0
+    (backup,) = data_dir.glob("seiko.db.bak-*")
+    assert f"copied the database to {backup}" in capsys.readouterr().out
+    copy = sqlite3.connect(backup)
+    try:
+        kept = copy.execute("SELECT experiment_id, rater_id FROM experiment_raters").fetchall()
+    finally:
+        copy.close()
+    # a write the downgrade dropped is in the copy, or it was held off: never in neither
+    assert kept == [(exp, rater)] if server == ["written"] else server == ["held off"] and kept == [], (server, kept)
+    assert server == ["held off"], "the server's write went in between the copy and the downgrade's lock"
+    assert migrate.current_revision(f"sqlite:///{path}") == "0014"
+
