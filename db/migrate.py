@@ -11,6 +11,7 @@ import os
 import sqlite3
 import stat
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 from alembic import command
@@ -289,6 +290,27 @@ def downgrade(url: str, rev: str, *, copied: Callable[[Path], None] | None = Non
             if copy is not None:
                 copied(copy)
     _run(command.downgrade, url, rev, in_transaction)
+
+
+def live_job_leases(url: str) -> list[tuple[int, str, datetime]]:
+    """(job id, worker id, lease end) of every running job whose lease has not run out: a worker working on it now
+    (its heartbeats extend the lease; one that died lets it run out). The only mark of a live process this project
+    keeps in the database: a server, or a worker between jobs, leaves none. Empty for a database with no schema."""
+    from sqlalchemy import select
+
+    from db.models import Job, utcnow
+
+    if current_revision(url) is None:
+        return []
+    engine = make_engine(url)
+    try:
+        with reading(engine) as connection:
+            rows = connection.execute(select(Job.id, Job.lease_owner, Job.lease_expires_at)
+                                      .where(Job.status == "running", Job.lease_expires_at > utcnow())
+                                      .order_by(Job.id)).all()
+    finally:
+        engine.dispose()
+    return [(job_id, owner or "?", until) for job_id, owner, until in rows]
 
 
 def current_revision(url: str) -> str | None:

@@ -488,3 +488,50 @@ def test_the_copy_before_a_downgrade_holds_what_a_live_server_wrote_before_the_d
     assert server == ["held off"], "the server's write went in between the copy and the downgrade's lock"
     assert migrate.current_revision(f"sqlite:///{path}") == "0014"
 
+
+def test_a_downgrade_beside_a_worker_on_a_job_is_refused_unless_told_and_warns_of_what_it_cannot_see(tmp_path,
+                                                                                                   capsys):
+    """`db downgrade` beside a live worker was neither refused nor warned (ninth review). A running job whose lease
+    has not run out (its worker's heartbeats extend it) is the one mark of a live process the database keeps: the
+    downgrade is refused in one sentence while one is there, unless --ignore-live-worker is given; a lease run out (a
+    worker that died) refuses nothing. A server, or a worker between jobs, leaves no mark: a warning says so, and the
+    command's help."""
+    from datetime import timedelta
+
+    from db import jobs
+    from db.engine import make_engine, session_factory, write_session
+    from db.models import utcnow
+
+    data_dir = tmp_path / "data"
+    assert main(["db", "upgrade", "--data-dir", str(data_dir)]) == 0
+    url = f"sqlite:///{data_dir / 'seiko.db'}"
+    engine = make_engine(url)
+    try:
+        with write_session(session_factory(engine)) as s:
+            for _ in range(2):
+                jobs.enqueue_job(session=s, kind="eval")
+            jobs.claim_job(session=s, worker_id="gone", lease_s=60, now=utcnow() - timedelta(hours=1))
+        capsys.readouterr()
+        assert main(["db", "downgrade", "0014", "--yes", "--data-dir", str(data_dir)]) == 0  # a lease run out: no one
+        assert "warning: a running server, or a worker between jobs, leaves no mark" in capsys.readouterr().err
+        assert main(["db", "upgrade", "--data-dir", str(data_dir)]) == 0
+        with write_session(session_factory(engine)) as s:
+            live = jobs.claim_job(session=s, worker_id="w1", lease_s=600).id
+    finally:
+        engine.dispose()
+    for backup in data_dir.glob("seiko.db.bak-*"):
+        backup.unlink()
+    capsys.readouterr()
+    assert main(["db", "downgrade", "0014", "--yes", "--data-dir", str(data_dir)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: worker 'w1' is working on job {live} (its lease runs to ") and err.endswith(
+        "UTC): stop the workers and the server first, or run it again with --ignore-live-worker; nothing was "
+        "changed\n"), err
+    assert migrate.current_revision(url) == migrate.head_revision() and not list(data_dir.glob("seiko.db.bak-*"))
+    assert main(["db", "downgrade", "0014", "--yes", "--ignore-live-worker", "--data-dir", str(data_dir)]) == 0
+    assert migrate.current_revision(url) == "0014"
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["db", "downgrade", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "a worker between jobs, leaves no mark" in help_text and "--ignore-live-worker" in help_text, help_text
