@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from seiko_core.atomic import write_text
+
 VARIANTS = {"min1": {"min_holdout": 1}, "min8": {"min_holdout": 8}, "none": {"holdout": 0.0}, "cv4": {"cv_folds": 4}}
 
 
@@ -115,9 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{key}: {_interval(v)} over {v['n']} cells; by seed {_interval(v['by_seed'])} over "
               f"{v['by_seed']['n']} seeds")
     print(json.dumps(means, indent=1))
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(a).items()}, "rows": rows, "summary": summary,
-                                 "means": means}, indent=1, allow_nan=False))
+    # a temporary name renamed into place: a run stopped while writing leaves no half file under --out
+    write_text(a.out, json.dumps({"args": {k: str(v) for k, v in vars(a).items()}, "rows": rows, "summary": summary,
+                                  "means": means}, indent=1, allow_nan=False))
     return 0
 
 

@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from seiko_core.atomic import write_text
+
 GRADIO_IDLE_POLL_S = 0.001  # gradio.queueing.Queue's values on Linux (gradio 6.x)
 GRADIO_PROGRESS_POLL_S = 0.01
 
@@ -87,8 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mean {name:16s}: {mean['cpu_percent_of_a_core']:.1f}% of a core, "
               f"{mean['context_switches_per_s']:.0f} context switches/s")
     if args.json is not None:
-        args.json.write_text(json.dumps({"seconds": args.seconds, "blocks": results, "means": means,
-                                         "machine": platform.platform(), "python": sys.version.split()[0]}, indent=2))
+        # a temporary name renamed into place: a run stopped while writing leaves the earlier file whole, not half a file
+        write_text(args.json, json.dumps({"seconds": args.seconds, "blocks": results, "means": means,
+                                          "machine": platform.platform(), "python": sys.version.split()[0]}, indent=2))
     return 0
 
 

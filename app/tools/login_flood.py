@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from seiko_core.atomic import write_text
+
 MODES = ("guard", "guard-no-throttle", "gradio")
 
 
@@ -77,12 +79,15 @@ def serve(db_url: str, data_dir: str, port: int, mode: str) -> int:
     guard = web_guard.installed(demo.server_app)
     print(f"serving {mode} on {demo.local_url} (guard {'on' if guard else 'off'})", flush=True)
     stats_file = Path(data_dir) / "guard-stats.json"
-    stats_file.parent.mkdir(parents=True, exist_ok=True)
+    written = None
     try:
         while True:
             time.sleep(0.5)
             if guard is not None:
-                stats_file.write_text(json.dumps({"refused": guard.stats.refused, "logins": guard.stats.logins}))
+                text = json.dumps({"refused": guard.stats.refused, "logins": guard.stats.logins})
+                if text != written:  # renamed into place: the measuring process reads it while this one runs
+                    write_text(stats_file, text)
+                    written = text
     finally:
         demo.close()
 
@@ -94,8 +99,9 @@ def serve(db_url: str, data_dir: str, port: int, mode: str) -> int:
 
 def flood(url: str, rate: float, out: str) -> int:
     """While the file OUT.on exists, send ``rate`` wrong sign-ins a second (open loop); stop when OUT.stop appears.
-    Writes how they were answered to OUT. Plain asyncio sockets, one connection per request, so the attacker's own
-    CPU use stays small next to the server's on a shared machine."""
+    Writes how they were answered to OUT (renamed into place whole: the measuring process reads it). Plain asyncio
+    sockets, one connection per request, so the attacker's own CPU use stays small next to the server's on a shared
+    machine."""
     from urllib.parse import urlencode, urlsplit
 
     parts = urlsplit(url)
@@ -160,8 +166,8 @@ def flood(url: str, rate: float, out: str) -> int:
 
     open(out + ".ready", "w").close()
     sent, seconds = asyncio.run(run())
-    Path(out).write_text(json.dumps({"sent": sent, "seconds": round(seconds, 2), "rate": round(sent / max(seconds, 1e-9), 1),
-                                     "answers": counts, "answer_ms": summary_ms(answer_s)}))
+    write_text(out, json.dumps({"sent": sent, "seconds": round(seconds, 2), "rate": round(sent / max(seconds, 1e-9), 1),
+                                "answers": counts, "answer_ms": summary_ms(answer_s)}))
     return 0
 
 
@@ -305,8 +311,8 @@ def main(argv: list[str] | None = None) -> int:
                            max_phase_s=args.max_phase_s)
             results["runs"].append(run)
             results["machine"]["loadavg_after"] = os.getloadavg()
-            if args.json:  # after each mode, so a later failure keeps the earlier figures
-                Path(args.json).write_text(json.dumps(results, indent=2))
+            if args.json:  # after each mode, so a later failure keeps the earlier figures (whole: renamed into place)
+                write_text(args.json, json.dumps(results, indent=2))
             f = run["flood"]
             print(f"{mode:>18}: submit_rating p95 {run['baseline_ms']['p95']} ms alone, {run['flood_ms']['p95']} ms during "
                   f"{f['rate']} wrong sign-ins/s (x{run['p95_ratio']}); p50 {run['baseline_ms']['p50']} -> "

@@ -1,0 +1,148 @@
+"""The measuring tools' result files are renamed into place whole (ninth review): ``holdout_check``, ``idle_cpu`` and
+``login_flood`` wrote theirs in place, so a run stopped while writing (SIGTERM, a full disk) left half a JSON file
+that a later reader took for a result, or, for ``login_flood``, instead of the earlier mode's figures. Each write
+here is made to fail half-way (the first half of the text written, then the disk is full): the earlier file is
+whole and nothing else is left beside it."""
+
+from __future__ import annotations
+
+import errno
+import json
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REAL_WRITE_TEXT = Path.write_text
+
+
+def _full_disk_on(monkeypatch, name: str, *, at: int = 1) -> list[Path]:
+    """``Path.write_text`` of a file named ``name`` (or a temporary sibling of it, ``.tmp-<name>-...``) writes the
+    first half of its text and raises ENOSPC on the ``at``-th such write; other writes are untouched. Returns the
+    paths written."""
+    seen: list[Path] = []
+
+    def write_text(self, data, *args, **kwargs):
+        if self.name != name and not self.name.startswith(f".tmp-{name}-"):
+            return REAL_WRITE_TEXT(self, data, *args, **kwargs)
+        seen.append(self)
+        if len(seen) < at:
+            return REAL_WRITE_TEXT(self, data, *args, **kwargs)
+        REAL_WRITE_TEXT(self, data[: len(data) // 2], *args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+    return seen
+
+
+def test_holdout_check_leaves_no_half_results_file(tmp_path, monkeypatch, capsys):
+    """16 drawn images (stand-ins: random embeddings, two people's ratings), one fit of 8 labels: the results file's
+    write fails half-way; --out does not exist after (the tool refuses an existing --out, so a half file there
+    would also block the rerun) and the folder holds nothing else."""
+    from app.tools import holdout_check
+
+    gen = torch.Generator().manual_seed(0)
+    monkeypatch.setattr(holdout_check, "draw", lambda model, n: (torch.zeros(n, 3, 4, 4), torch.randn(n, 16, generator=gen),
+                                                                   [f"p{i}" for i in range(n)]))
+    monkeypatch.setattr(holdout_check, "ratings_of", lambda images, prompts: {
+        "a": np.arange(len(prompts), dtype=float) % 10 + 1, "b": (np.arange(len(prompts), dtype=float) * 7) % 10 + 1})
+    out = tmp_path / "res" / "holdout.json"
+    seen = _full_disk_on(monkeypatch, out.name)
+    with pytest.raises(OSError, match="No space left on device"):
+        holdout_check.main(["--images", "16", "--sizes", "8", "--seeds", "1", "--variants", "min1", "none",
+                            "--out", str(out)])
+    assert len(seen) == 1
+    assert not out.exists()
+    assert list(out.parent.iterdir()) == []
+    capsys.readouterr()
+
+
+def test_idle_cpu_keeps_the_earlier_results_whole(tmp_path, monkeypatch, capsys):
+    from app.tools import idle_cpu
+
+    out = tmp_path / "idle.json"
+    out.write_text('{"an earlier": "run"}')
+    seen = _full_disk_on(monkeypatch, out.name)
+    with pytest.raises(OSError, match="No space left on device"):
+        idle_cpu.main(["--seconds", "0.1", "--blocks", "1", "--json", str(out)])
+    assert len(seen) == 1
+    assert json.loads(out.read_text()) == {"an earlier": "run"}
+    assert [p.name for p in tmp_path.iterdir()] == ["idle.json"]
+    capsys.readouterr()
+
+
+def test_login_flood_keeps_the_earlier_modes_figures_whole(tmp_path, monkeypatch, capsys):
+    """The file is rewritten after each mode so that a later failure keeps the earlier figures: a failure while the
+    second mode's figures were written left half a file instead (the measurement itself stands in here)."""
+    from app.tools import login_flood
+
+    def run_mode(mode, **kwargs):
+        ms = {"n": 20, "p50": 1.0, "p95": 2.0}
+        return {"mode": mode, "baseline_ms": ms, "flood_ms": ms, "p95_ratio": 1.0, "rating_timeouts": 0,
+                "flood": {"rate": 50.0, "answers": {"401": 10}}, "server_login_stats": None}
+
+    monkeypatch.setattr(login_flood, "run_mode", run_mode)
+    out = tmp_path / "flood.json"
+    seen = _full_disk_on(monkeypatch, out.name, at=2)
+    with pytest.raises(OSError, match="No space left on device"):
+        login_flood.main(["--mode", "all", "--ratings", "20", "--json", str(out)])
+    assert len(seen) == 2
+    assert [run["mode"] for run in json.loads(out.read_text())["runs"]] == ["guard"]
+    assert [p.name for p in tmp_path.iterdir()] == ["flood.json"]
+    capsys.readouterr()
+
+
+def test_login_flood_flooders_answer_file_is_whole_or_absent(tmp_path, monkeypatch):
+    """The flood process writes how its sign-ins were answered when told to stop; the measuring process reads it."""
+    from app.tools import login_flood
+
+    out = tmp_path / "guard-flood.json"
+    Path(f"{out}.stop").touch()  # stop at once: nothing is sent
+    _full_disk_on(monkeypatch, out.name)
+    with pytest.raises(OSError, match="No space left on device"):
+        login_flood.flood("http://127.0.0.1:9", 10.0, str(out))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["guard-flood.json.ready", "guard-flood.json.stop"]
+
+
+def test_login_flood_servers_sign_in_figures_are_whole_while_it_runs(tmp_path, monkeypatch):
+    """The server process rewrites data_dir/guard-stats.json every half second while the measuring process may read
+    it (after the flood, the server still running). Here the server's app is a stand-in and its loop is stepped: the
+    second write (the figures changed) fails half-way, and the file holds the first figures, whole."""
+    from app import ui, web_guard
+    from app.tools import login_flood
+
+    stats = types.SimpleNamespace(refused={"429": 1}, logins=3)
+    closed = []
+
+    class Demo:
+        server_app, local_url = object(), "http://127.0.0.1:1/"
+
+        def launch(self, **kwargs):
+            pass
+
+        def close(self):
+            closed.append(True)
+
+    ticks = []
+
+    def sleep(seconds):
+        ticks.append(seconds)
+        if len(ticks) == 2:
+            stats.logins = 4  # new figures: written again
+        if len(ticks) > 3:
+            raise AssertionError("the second write did not fail")
+
+    monkeypatch.setattr(ui, "build_demo", lambda services: Demo())
+    monkeypatch.setattr(ui, "launch_kwargs", lambda services: {"app_kwargs": {}})
+    monkeypatch.setattr(web_guard, "installed", lambda app: types.SimpleNamespace(stats=stats))
+    monkeypatch.setattr(login_flood, "time", types.SimpleNamespace(sleep=sleep))
+    data = tmp_path / "data"
+    data.mkdir()
+    _full_disk_on(monkeypatch, "guard-stats.json", at=2)
+    with pytest.raises(OSError, match="No space left on device"):
+        login_flood.serve(f"sqlite:///{tmp_path / 'unused.db'}", str(data), 1, "guard")
+    assert closed == [True]
+    assert json.loads((data / "guard-stats.json").read_text()) == {"refused": {"429": 1}, "logins": 3}
+    assert [p.name for p in data.iterdir()] == ["guard-stats.json"]
