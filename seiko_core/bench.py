@@ -66,18 +66,19 @@ from pathlib import Path
 import torch
 
 from . import lora
-from .atomic import atomic_write, check_can_write
+from .atomic import TMP_PREFIX, atomic_write, check_can_write
 from .config import FinetuneConfig, OptimismConfig, RewardConfig, SeikoConfig
 from .finetune import at_least_fp32, gaussian_kl, reward_loss, trajectory_loss
 from .presets import SHAPES_PROMPTS
 from .sampling import DDIMSchedule, SeedNoise, ddim_mean, ddim_sigma, decode, encode_prompts, initial_latents, sample
-from .scratch import PixelSpill, add_max_mib_argument, exit_on_sigterm, float_pixels, scratch_removed
+from .scratch import PixelSpill, add_max_mib_argument, exit_on_sigterm, float_pixels
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs" / "sd15"
 SHAPES_DIR = REPO / "models" / "shapes-sd"
 SD15_TOKEN_LENGTH = 77
 PATHS = ("ours", "baseline")
+SCRATCH_FOLDER_PREFIX = f"{TMP_PREFIX}bench-"  # a run's own folder in its work dir, for its scratch files
 
 
 # ------------------------------------------------------------------------------------------------- FLOPs
@@ -794,8 +795,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--image-size", type=int, default=None, help="sd15-arch only: image-encoder input side (default 224)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--workdir", default=None, help="where to put generated files (tokenizer, random model)")
-    add_max_mib_argument(ap, "WORKDIR")
+    ap.add_argument("--workdir", default=None,
+                    help="where to put generated files (tokenizer, random model); the round's scratch files go in a "
+                         f"folder of the run's own in it ({SCRATCH_FOLDER_PREFIX}*), removed when the run ends, and "
+                         "nothing else there is removed (default: a temporary folder, removed when the run ends)")
+    add_max_mib_argument(ap, f"WORKDIR/{SCRATCH_FOLDER_PREFIX}*")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     return ap
 
@@ -863,7 +867,7 @@ def run(args, log=print) -> dict:
         if args.channels_last:
             parts.unet.to(memory_format=torch.channels_last)
         result["round"] = bench_round(parts, seed=args.seed, log=log,
-                                      spill=PixelSpill(args.workdir, args.pixels_in_memory_max_bytes))
+                                      spill=PixelSpill(args.scratch_folder, args.pixels_in_memory_max_bytes))
     result["machine"]["loadavg_end"] = list(os.getloadavg())
     return result
 
@@ -883,9 +887,15 @@ def main(argv: list[str] | None = None) -> int:
         args.child_path, args.child_k = path, int(k)
         print(json.dumps(memory_child(args)))
         return 0
-    try:  # the work dir's scratch folder, and a work dir made here (a temporary folder), go when the run ends
-        with scratch_removed(args.workdir):
+    try:  # the run's scratch folder, and a work dir made here (a temporary folder), go when the run ends
+        # The round's scratch files go in a folder of this run's own, never in WORKDIR/scratch: a --workdir may be a
+        # live data dir, whose worker makes and maps its scratch files in DATA_DIR/scratch; cleaning that folder took a
+        # name from under the worker (its job failed) and removed the folder the worker had just made (ninth review).
+        args.scratch_folder = Path(tempfile.mkdtemp(prefix=SCRATCH_FOLDER_PREFIX, dir=args.workdir))
+        try:
             result = run(args, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+        finally:
+            shutil.rmtree(args.scratch_folder)  # every name in it is this run's
     finally:
         if made_workdir:
             shutil.rmtree(args.workdir)

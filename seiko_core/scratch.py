@@ -97,7 +97,7 @@ def scratch_array(data_dir: str | Path, label: str, shape: tuple[int, ...], *, w
 
 
 def remove_scratch(folder: str | Path) -> list[Path]:
-    """Remove ``<folder>/scratch`` of a command that owns ``folder`` (a simulator's OUT, bench's work dir): first
+    """Remove ``<folder>/scratch`` of a command that owns ``folder`` (a simulator's OUT, klmatch's OUT): first
     the ``.tmp-`` names in it, each a scratch file's name left by a process killed between making the file and
     mapping it (its disk space, a whole batch's, reserved until the name goes), then the folder itself if that
     leaves it empty. Anything else in it is not a scratch file: it stays, and so does the folder. Returns the

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -217,19 +218,25 @@ def test_an_out_that_cannot_be_written_is_refused_before_the_benchmark(tmp_path,
 
 
 @pytest.mark.parametrize("ending", ["normal", "ctrl-c"])
-def test_the_work_dir_it_made_goes_and_a_given_one_loses_only_its_scratch(ending, random_model_dir, tmp_path,
-                                                                          monkeypatch, capsys):
+def test_the_work_dir_it_made_goes_and_a_given_one_loses_only_the_runs_scratch(ending, random_model_dir, tmp_path,
+                                                                               monkeypatch, capsys):
     """Without --workdir the bench made a temporary folder (the tokenizer, a random model, the round's scratch files)
     and left it behind on every run (seventh review). It goes when the run ends, normally or by Ctrl-C; a --workdir
-    that was given stays, only its scratch folder goes (with a name a killed scratch file left)."""
+    that was given stays, only the run's own scratch folder in it goes (with a name a killed scratch file left in
+    it), and what else is there stays (ninth review)."""
     made = []
     real_mkdtemp = bench.tempfile.mkdtemp
     monkeypatch.setattr(bench.tempfile, "mkdtemp", lambda **kw: made.append(real_mkdtemp(**kw)) or made[-1])
     real_run = bench.run
+    given = tmp_path / "wd"
+    (given / "notes").mkdir(parents=True)
+    (given / "notes" / ".tmp-mine").write_text("not the bench's")
 
     def run(args, log=print):
-        (Path(args.workdir) / "scratch").mkdir(parents=True, exist_ok=True)
-        (Path(args.workdir) / "scratch" / ".tmp-round0-images-0badf00d").write_bytes(bytes(100))
+        own = Path(args.scratch_folder)
+        assert own.parent == Path(args.workdir) and own.name.startswith(".tmp-bench-")
+        (own / "scratch").mkdir()
+        (own / "scratch" / ".tmp-round0-images-0badf00d").write_bytes(bytes(100))
         if ending == "ctrl-c":
             raise KeyboardInterrupt
         return real_run(args, log=log)
@@ -239,7 +246,7 @@ def test_the_work_dir_it_made_goes_and_a_given_one_loses_only_its_scratch(ending
             "--parts", "sampling", "--no-flops", "--threads", "1"]
     threads = torch.get_num_threads()
     try:
-        for extra in ([], ["--workdir", str(tmp_path / "wd")]):
+        for extra in ([], ["--workdir", str(given)]):
             if ending == "ctrl-c":
                 with pytest.raises(KeyboardInterrupt):
                     bench.main([*argv, *extra])
@@ -247,9 +254,47 @@ def test_the_work_dir_it_made_goes_and_a_given_one_loses_only_its_scratch(ending
                 assert bench.main([*argv, *extra]) == 0
     finally:
         torch.set_num_threads(threads)
-    (temporary,) = made
-    assert Path(temporary).name.startswith("seiko-bench-") and not Path(temporary).exists()
-    assert (tmp_path / "wd").is_dir() and not (tmp_path / "wd" / "scratch").exists()
+    assert [Path(m).name.startswith("seiko-bench-") for m in made] == [True, False, False]  # the work dir, 2 own folders
+    assert not any(Path(m).exists() for m in made)
+    assert sorted(p.relative_to(given).as_posix() for p in given.rglob("*")) == ["notes", "notes/.tmp-mine"]
+
+
+def test_a_work_dir_that_is_a_live_data_dir_keeps_its_workers_scratch_file(random_model_dir, tmp_path, monkeypatch,
+                                                                            capsys):
+    """A --workdir that is a live app's data dir: its worker makes a scratch file as DATA_DIR/scratch/.tmp-job7-...
+    and maps it by that name a moment later (``scratch.scratch_array``). The bench removed every ``.tmp-`` name in
+    WORKDIR/scratch, and that folder, when a run started and when it ended, so the worker's name (its job then
+    failed) or the folder it had just made could go (ninth review). A real run of (b) and a round (a stand-in that
+    spills its images into a scratch file): the worker's file and folder are as they were, the round's scratch
+    file was in a folder of the run's own, and nothing of the run is left."""
+    from seiko_core import scratch
+
+    data = tmp_path / "data"
+    workers = data / scratch.SCRATCH / ".tmp-job7-candidates-0badf00d"
+    workers.parent.mkdir(parents=True)
+    workers.write_bytes(b"a worker's candidates")
+    before = sorted(data.rglob("*"))
+    seen = []
+
+    def bench_round(parts, *, seed, log, spill):
+        images = spill.pixels_out("round0-images", "round 0's images", np.float32)((2, 3))
+        seen.append((spill.folder, [p.relative_to(data) for p in sorted(data.rglob("*"))], isinstance(images, np.memmap)))
+        return {}
+
+    monkeypatch.setattr(bench, "bench_round", bench_round)
+    threads = torch.get_num_threads()
+    try:
+        assert bench.main(["--model", str(random_model_dir), "--device", "cpu", "--steps", "2", "--reps", "1",
+                           "--sample-batches", "1", "--parts", "sampling,round", "--no-flops", "--threads", "1",
+                           "--workdir", str(data), "--pixels-in-memory-max-mib", "0"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    ((folder, during, spilled),) = seen
+    assert Path(scratch.SCRATCH) / workers.name in during  # the worker's name, while the run went on
+    assert workers.read_bytes() == b"a worker's candidates" and sorted(data.rglob("*")) == before
+    assert spilled and folder.parent == data and folder.name.startswith(".tmp-bench-")
+    own = folder.relative_to(data)
+    assert during == [own, own / scratch.SCRATCH, Path(scratch.SCRATCH), Path(scratch.SCRATCH) / workers.name]
 
 
 @pytest.mark.parametrize("bad", [["--steps", "0"], ["--reps", "0"], ["--threads", "-1"], ["--threads", "0"]])
