@@ -31,7 +31,8 @@ resuming with different settings is refused.
 ``--jobs N`` runs N (method, seed) runs at once, each in its own process with its own copy of the model and
 ``--threads`` torch threads (default: the CPUs shared out); results.json is then rewritten after every finished
 run. A run's result does not depend on how many run beside it: every run starts from the pretrained weights with
-its own seeds.
+its own seeds. A SIGTERM, a Ctrl-C or a failed run ends the worker processes' runs in flight at once (an unfinished
+run is redone on a resume; the finished ones are in results.json).
 
 A batch of generated images beyond ``--pixels-in-memory-max-mib`` (default 512 MiB of float32) is kept in a scratch
 file of ``OUT/scratch`` rather than in the process's memory (``seiko_core.scratch``; its disk space reserved first, the
@@ -823,6 +824,26 @@ def record_invocation(results: dict, argv: list[str], *, jobs: int, device: str)
                                                   "code": code})
 
 
+def stop_workers(pool: ProcessPoolExecutor, out: Path, grace_s: float = 30.0) -> None:
+    """End ``pool``'s worker processes now, runs in flight included, and wait for them: SIGTERM (a worker installs no
+    handler: it ends where it stands), SIGKILL for one still there after ``grace_s``. Then the ``.tmp-`` entries a
+    worker stopped while writing left in OUT's grids and adapters folders are removed (the campaign owns OUT; a
+    scratch file's name in OUT/scratch goes with ``scratch_removed``)."""
+    from .checkpoint import clean_partials
+
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # CPython's table of the pool's workers
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(grace_s)
+        if process.is_alive():
+            process.kill()
+            process.join()
+    for folder in (out / "grids", out / ADAPTERS):
+        clean_partials(folder)
+
+
 def run_campaign(args, argv, *, parts, oracle, base: SeikoConfig, ev: EvalSet, settings: dict,
                  methods: Sequence[str], seeds: Sequence[int], pool_task, serial_run, summarise_fn,
                  pretrained_note: str) -> int:
@@ -889,6 +910,9 @@ def run_campaign(args, argv, *, parts, oracle, base: SeikoConfig, ev: EvalSet, s
                     except BaseException:
                         for fut in pending:  # a failed run stops the others that have not started; finished ones are saved
                             fut.cancel()
+                        # and those in flight, whose records would not be saved: the pool's exit waited for them, so a
+                        # SIGTERM or Ctrl-C ended the campaign only when they ended (ninth review)
+                        stop_workers(pool, out)
                         raise
             else:
                 for method, seed in todo:

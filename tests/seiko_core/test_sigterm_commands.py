@@ -9,6 +9,7 @@ timings."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -109,6 +110,33 @@ def _stop(proc: subprocess.Popen, err) -> tuple[int, str]:
     return rc, err.read()
 
 
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (an ended process whose status nobody has collected)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (children, theirs, ...), from /proc."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+                continue
+    found, todo = [], [pid]
+    while todo:
+        pid = todo.pop()
+        children = [p for p, parent in parents.items() if parent == pid]
+        found += children
+        todo += children
+    return found
+
+
 def test_bench_stopped_by_sigterm_ends_143_and_leaves_no_scratch_or_work_dir(random_model_dir, tmp_path):
     """bench's round (4 labels) is stopped while its oracle rates round 0's images, held in a scratch file of the run's
     folder in its temporary work dir (no --workdir): status 143, no traceback, and the work dir is gone with its
@@ -158,3 +186,44 @@ def test_klmatch_stopped_by_sigterm_ends_143_and_leaves_no_scratch(random_model_
     assert rc == 128 + signal.SIGTERM, stderr
     assert "Traceback" not in stderr, stderr
     assert list(out.iterdir()) == [], stderr
+
+
+def test_sigterm_to_a_campaign_of_jobs_stops_its_workers_runs_in_flight(random_model_dir, tmp_path):
+    """``--jobs 2``, two runs, each worker process rating its first images (held in a scratch file) with an oracle
+    that waits for a signal. SIGTERM to the campaign: it waited for the runs in flight before cleaning up, here for
+    ever (the pool's exit joins its workers). It stops its workers now: status 143 within the bound, no traceback,
+    no process of it left (the workers, multiprocessing's helpers), and OUT has no scratch folder and no ``.tmp-``
+    file (a worker stopped while writing a grid or an adapter); results.json keeps the pretrained row. (pairwise_sim
+    runs the same ``run_campaign``.)"""
+    (tmp_path / "oracle.py").write_text(ORACLE)
+    out = tmp_path / "out"
+    below: list[int] = []
+    with open(tmp_path / "stderr", "w+") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "seiko_core.simulate", "--model", str(random_model_dir), "--method",
+                                 "greedy,bootstrap", "--oracle", f"{tmp_path / 'oracle.py'}:in_workers_waits", *TINY,
+                                 "--jobs", "2", "--out", str(out), "--pixels-in-memory-max-mib", "0"],
+                                cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            _wait_until("two workers rating", lambda: len(list(tmp_path.glob("rating-*"))) == 2, proc)
+            workers = sorted(int(p.name.split("-")[1]) for p in tmp_path.glob("rating-*"))
+            below = _descendants(proc.pid)
+            assert set(workers) <= set(below), (workers, below)
+            assert (out / scratch.SCRATCH).is_dir()
+            rc, stderr = _stop(proc, err)
+        finally:
+            if proc.poll() is None:
+                stray = _descendants(proc.pid)  # a killed campaign's workers outlive it: end them too
+                proc.kill()
+                proc.wait()
+                for pid in stray:
+                    if _alive(pid):
+                        os.kill(pid, signal.SIGKILL)
+    assert rc == 128 + signal.SIGTERM, stderr
+    assert "Traceback" not in stderr, stderr
+    deadline = time.monotonic() + 30  # multiprocessing's resource tracker ends once the campaign's end closes its pipe
+    while any(_alive(pid) for pid in below) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [pid for pid in below if _alive(pid)] == [], stderr
+    assert sorted(p.name for p in out.iterdir()) == ["grids", "results.json"], stderr
+    assert json.loads((out / "results.json").read_text())["pretrained"]["true_reward_mean"] is not None
+    assert [p.name for p in out.rglob(".tmp-*")] == [], stderr
