@@ -16,9 +16,10 @@ each waiting connection: 38,905 tracebacks, 18 MB of log in 13 s).
   alive connection) is closed, with a 408 and one sentence when it sent part of a head; a request whose body has not
   all arrived within ``Limits.body_deadline_s`` of its head's end is closed too, with a 408 and one sentence unless it
   was answered already (the web guard's 413, say); an answer the client leaves unread (the server's write buffer
-  full, writing paused) for ``Limits.body_deadline_s`` is dropped and the connection closed; one past
-  ``Limits.per_address`` open from its address (an IPv6 address's /64, ``counting_key``: one client holds a whole
-  /64) gets 429 and one sentence (as ``{"detail": sentence}``, which the page's Gradio client shows for an event,
+  full, writing paused) for ``Limits.body_deadline_s`` is dropped and the connection closed; one its network
+  (an IPv4 address, an IPv6 address's /64, ``counting_key``: one client holds a whole /64) may not open now (``Gate``:
+  a network's share shrinks as the total fills, down to ``FAIR_SHARE``; ``Limits.per_address`` when set) gets 429
+  and one sentence (as ``{"detail": sentence}``, which the page's Gradio client shows for an event,
   and the page's ``ui_assets.STREAMS_JS`` for its heartbeat or stream of results, retrying them) and is closed at
   once, one past ``Limits.total`` 503. An address of a trusted proxy
   (SEIKO_TRUSTED_PROXIES) counts towards the total only, since every person behind it comes from it.
@@ -29,8 +30,8 @@ each waiting connection: 38,905 tracebacks, 18 MB of log in 13 s).
 
 The limits come from the environment (``Limits.from_env``): SEIKO_HEAD_TIMEOUT_S (default 10),
 SEIKO_BODY_TIMEOUT_S (default 30; the app's bodies are at most 256 KiB, ``web_guard.MAX_REQUEST_BODY``),
-SEIKO_CONNECTIONS_PER_ADDRESS (default 64) and SEIKO_MAX_CONNECTIONS (default 512, and never more than half the
-process's open-file limit, so that the limit is not reached by connections alone).
+SEIKO_CONNECTIONS_PER_ADDRESS (default none: ``Gate``'s shares only) and SEIKO_MAX_CONNECTIONS (default 512, and
+never more than half the process's open-file limit, so that the limit is not reached by connections alone).
 """
 
 from __future__ import annotations
@@ -60,14 +61,17 @@ ENV_PER_ADDRESS = "SEIKO_CONNECTIONS_PER_ADDRESS"
 ENV_TOTAL = "SEIKO_MAX_CONNECTIONS"
 DEFAULT_HEAD_DEADLINE_S = 10.0
 DEFAULT_BODY_DEADLINE_S = 30.0
-DEFAULT_PER_ADDRESS = 64  # a browser opens at most 6 connections to a host over HTTP/1.1
+DEFAULT_PER_ADDRESS = None  # no fixed cap per network, only ``Gate``'s shares
 DEFAULT_TOTAL = 512
+FAIR_SHARE = 8  # what each network may always hold while the total has room (a browser opens at most 6 per host)
 ACCEPT_LOG_EVERY_S = 10.0
 
 SLOW_HEAD = "The request's line and headers did not arrive within {s:g} seconds; the connection is closed."
 SLOW_BODY = "The request's body did not arrive within {s:g} seconds of its headers; the connection is closed."
 TOO_MANY_FROM_ADDRESS = ("Your address has {n} connections open to this server, the most it may have; close some and "
                          "try again.")
+TOO_MANY_WHILE_BUSY = ("The server is busy and your address has {n} connections open to it, the most one address may "
+                       "have while it is this busy; close some or try again in a moment.")
 TOO_MANY_IN_ALL = "The server has {n} connections open, the most it takes; try again in a moment."
 
 
@@ -83,7 +87,7 @@ def _fd_limit() -> int | None:
 @dataclass(frozen=True)
 class Limits:
     head_deadline_s: float = DEFAULT_HEAD_DEADLINE_S
-    per_address: int = DEFAULT_PER_ADDRESS
+    per_address: int | None = DEFAULT_PER_ADDRESS  # None: no fixed cap per network (``Gate`` has its own)
     total: int = DEFAULT_TOTAL
     body_deadline_s: float = DEFAULT_BODY_DEADLINE_S
 
@@ -96,7 +100,7 @@ class Limits:
         env = os.environ if environ is None else environ
         fd_limit = _fd_limit() if fd_limit == -1 else fd_limit
 
-        def number(name: str, default: float, kind: Callable[[str], float], low: float, high: float) -> float:
+        def number(name: str, default: Any, kind: Callable[[str], float], low: float, high: float) -> Any:
             raw = env.get(name, "").strip()
             if not raw:
                 return default
@@ -111,7 +115,7 @@ class Limits:
 
         head = number(ENV_HEAD_TIMEOUT, DEFAULT_HEAD_DEADLINE_S, float, 1, 600)
         body = number(ENV_BODY_TIMEOUT, DEFAULT_BODY_DEADLINE_S, float, 1, 600)
-        per_address = int(number(ENV_PER_ADDRESS, DEFAULT_PER_ADDRESS, int, 1, 100_000))
+        per_address = number(ENV_PER_ADDRESS, DEFAULT_PER_ADDRESS, int, 1, 100_000)  # None unless set
         total = int(number(ENV_TOTAL, DEFAULT_TOTAL, int, 1, 1_000_000))
         if fd_limit is not None:
             total = max(1, min(total, fd_limit // 2))
@@ -146,8 +150,28 @@ def counting_key(host: str | None) -> str:
 
 
 class Gate:
-    """The connections open, per client (``counting_key``: an IPv4 address, an IPv6 /64) and in all (touched only on
-    the server's event loop)."""
+    """The connections open, per client network (``counting_key``: an IPv4 address, an IPv6 /64) and in all (touched
+    only on the server's event loop), and whether a network may open one more. A network holding ``h`` while ``n``
+    are open in all may, while ``n`` is below ``Limits.total`` (503 once it is not), if ``h`` is below the larger of
+
+    - ``FAIR_SHARE`` (8, about four open pages): every network's own first connections, and
+    - what is left of the first half of the total once its own are counted again: ``h < total / 2 - n``, so that
+      its cap shrinks as the total fills and is ``FAIR_SHARE`` from a little under half the total on;
+
+    and below ``Limits.per_address`` when that is set (by default it is not); 429 otherwise. One busy network alone
+    (a LAN whose people share one IPv6 /64 or one NAT address) holds up to a quarter of the total (128 of the
+    default 512, about 64 open pages); with one other network holding all it may, half that; and so on down.
+
+    So a few networks cannot fill the total: a network opens its 9th connection or later only while fewer than
+    half the total are open, so at most half the total is ever held that way, and the rest takes networks of at most
+    8 each: filling the total takes more than total / 16 networks (over 32 of the default 512; 38 opening all they
+    may one after another), where 8 networks holding the old per-address cap of 64 each filled it; until then every
+    other network still gets its first 8. Found by the ninth review of 6 Dec 2026: those 8 networks locked everybody
+    else out, and all the people of a LAN that shares one IPv6 /64 shared that cap of 64.
+
+    Signed-in users are not told apart from anonymous connections: the caps answer as a connection opens, before
+    any request (so before any session cookie) is read, which is what bounds what an anonymous client can hold; a
+    signed-in account's own long-lived requests (heartbeats, streams of results) are capped by ``app.web_guard``."""
 
     def __init__(self, limits: Limits, exempt: Iterable[str] = ()) -> None:
         self.limits = limits
@@ -169,16 +193,20 @@ class Gate:
         return any(form in net for form in forms for net in self.exempt)
 
     def admit(self, host: str | None) -> tuple[int, str] | None:
-        """None, the connection from ``host`` counted (``release`` it when it closes), or (status, sentence)."""
+        """None, the connection from ``host`` counted (``release`` it when it closes), or (status, sentence): 503 with
+        the total open, 429 for a network at ``Limits.per_address`` (when set) or at its share now (see the class)."""
         if self.total >= self.limits.total:
             return self._refuse(503, TOO_MANY_IN_ALL.format(n=self.limits.total), "in all")
         if self._exempt(host):  # a trusted proxy counts towards the total only: not towards its /64 neighbours'
             self.total += 1
             return None
         key = counting_key(host)
-        if self.open.get(key, 0) >= self.limits.per_address:
+        held = self.open.get(key, 0)
+        if self.limits.per_address is not None and held >= self.limits.per_address:
             return self._refuse(429, TOO_MANY_FROM_ADDRESS.format(n=self.limits.per_address), f"from {key}")
-        self.open[key] = self.open.get(key, 0) + 1
+        if held >= FAIR_SHARE and 2 * (held + self.total) >= self.limits.total:  # h >= max(8, total / 2 - n)
+            return self._refuse(429, TOO_MANY_WHILE_BUSY.format(n=held), f"from {key}, its share now")
+        self.open[key] = held + 1
         self.total += 1
         return None
 

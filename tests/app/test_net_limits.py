@@ -7,13 +7,16 @@ and with the open-file limit reached every failed accept logged a traceback (38,
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
+import random
 import resource
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -193,6 +196,99 @@ def test_the_total_cap_refuses_with_503():
     assert gate.admit("10.0.0.9") is None
 
 
+def _network(n: int) -> Callable[[], str]:
+    """A client network (an IPv6 /64, 2001:db8:0:n::/64) that opens each connection from an address of its own."""
+    counter = itertools.count(1)
+    return lambda: f"2001:db8:0:{n:x}:{next(counter):x}::1"
+
+
+def _fill(gate: net_limits.Gate, networks: list[Callable[[], str]], order: str, rng: random.Random) -> list[int]:
+    """``networks`` open connections through ``gate``, in ``order``, until the gate refuses each of them (without a
+    release nothing refused is admitted later: the total only grows); how many each holds."""
+    held = [0] * len(networks)
+    if order == "one after another":
+        for i, network in enumerate(networks):
+            while gate.admit(network()) is None:
+                held[i] += 1
+        return held
+    live = list(range(len(networks)))
+    while live:
+        turn = list(live) if order == "round robin" else [rng.choice(live)]
+        for i in turn:
+            if gate.admit(networks[i]()) is None:
+                held[i] += 1
+            else:
+                live.remove(i)
+    return held
+
+
+def test_a_few_networks_cannot_fill_the_total_and_every_other_network_still_gets_its_share():
+    """Found by the ninth review of 6 Dec 2026: the total (512) was filled by 8 networks holding the per-address cap
+    (64) each, and every other client was refused. Brute force over simulated /64s opening connections from a new
+    address each, in three orders: up to 32 networks, each opening all it may, leave any other network its first 8
+    connections. One after another, each network's share is half the one before (a quarter of the total for the
+    first) down to 8, and 38 fill the total."""
+    rng = random.Random(9)
+    total = 512
+    for m in range(1, 33):
+        for order in ("one after another", "round robin", "random"):
+            gate = net_limits.Gate(net_limits.Limits(total=total))
+            held = _fill(gate, [_network(n) for n in range(m)], order, rng)
+            assert sum(held) == gate.total < total, (m, order, held)
+            newcomer = _network(0xFFFF)
+            assert [gate.admit(newcomer()) for _ in range(8)] == [None] * 8, (m, order, held)
+    gate = net_limits.Gate(net_limits.Limits(total=total))
+    held = _fill(gate, [_network(n) for n in range(38)], "one after another", rng)
+    assert held == [128, 64, 32, 16] + [8] * 34 and gate.total == total
+    assert gate.admit(_network(0xFFFF)())[0] == 503
+
+
+def test_no_history_of_opens_and_closes_by_32_networks_locks_another_network_out():
+    """Random opens and closes by 32 networks (with the total well within reach of their counts): after every step a
+    network that holds nothing is still let in."""
+    rng = random.Random(6)
+    total = 512
+    gate = net_limits.Gate(net_limits.Limits(total=total))
+    networks = [_network(n) for n in range(32)]
+    open_: list[str] = []
+    for _ in range(30_000):
+        if open_ and rng.random() < 0.3:
+            gate.release(open_.pop(rng.randrange(len(open_))))
+        else:
+            address = networks[rng.randrange(32)]()
+            if gate.admit(address) is None:
+                open_.append(address)
+        assert gate.total == len(open_)
+        probe = "2001:db8:ffff:ffff::1"
+        assert gate.admit(probe) is None, (len(open_), gate.open)
+        gate.release(probe)
+
+
+def test_one_busy_network_alone_holds_a_quarter_of_the_total():
+    """Found by the ninth review: all the people of a LAN that shares one IPv6 /64 (or one NAT address) shared one cap
+    of 64 connections, about 30 open pages. Alone on the server such a network now holds a quarter of the total; with
+    that open, another network still gets its share (half that), and a third its first 8."""
+    for total in (512, 300, 100):
+        gate = net_limits.Gate(net_limits.Limits(total=total))
+        lan = [f"2001:db8:1:2:{i:x}::1" for i in range(1, total + 1)]
+        admitted = [a for a in lan if gate.admit(a) is None]
+        assert len(admitted) == -(-total // 4), total
+        refused = gate.admit("2001:db8:1:2:ffff::1")
+        assert refused[0] == 429 and f"{len(admitted)} connections open" in refused[1]
+        other = sum(gate.admit("198.51.100.7") is None for _ in range(total))  # another network, behind a NAT
+        assert other >= 8 and (total != 512 or other == 64), (total, other)
+        assert [gate.admit("2001:db8:7::1") for _ in range(8)] == [None] * 8, total
+        for a in admitted[:10]:
+            gate.release(a)
+        assert gate.total == len(admitted) - 10 + other + 8
+    # the same through an IPv4 NAT address
+    gate = net_limits.Gate(net_limits.Limits(total=512))
+    assert sum(gate.admit("203.0.113.9") is None for _ in range(400)) == 128
+    # and a cap set with SEIKO_CONNECTIONS_PER_ADDRESS still holds below that
+    gate = net_limits.Gate(net_limits.Limits(total=512, per_address=100))
+    assert sum(gate.admit("203.0.113.9") is None for _ in range(400)) == 100
+
+
 def test_a_trusted_proxy_counts_towards_the_total_only():
     gate = net_limits.Gate(net_limits.Limits(per_address=2, total=5), exempt=["127.0.0.1"])
     assert [gate.admit("127.0.0.1") for _ in range(5)] == [None] * 5
@@ -203,7 +299,7 @@ def test_a_trusted_proxy_counts_towards_the_total_only():
 
 
 def test_limits_from_the_environment_are_checked_and_the_total_stays_under_the_open_file_limit():
-    assert net_limits.Limits.from_env({}, fd_limit=None) == net_limits.Limits(10.0, 64, 512, 30.0)
+    assert net_limits.Limits.from_env({}, fd_limit=None) == net_limits.Limits(10.0, None, 512, 30.0)
     assert net_limits.Limits.from_env({}, fd_limit=600).total == 300
     got = net_limits.Limits.from_env({"SEIKO_HEAD_TIMEOUT_S": "2.5", "SEIKO_CONNECTIONS_PER_ADDRESS": "8",
                                       "SEIKO_MAX_CONNECTIONS": "100", "SEIKO_BODY_TIMEOUT_S": "45"}, fd_limit=None)
@@ -559,3 +655,4 @@ def test_malformed_requests_and_websocket_upgrades_do_not_flood_the_log(served, 
     assert answers.count(b"HTTP/1.1 400") == 120 and len(answers) == 180, set(answers)  # answered as before
     for text in net_limits.REPEATED_WARNINGS:  # exactly one each: 120 requests' worth, and the log was read
         assert len([m for m in logged if text in m]) == 1, [m for m in logged if text in m][:5]
+
