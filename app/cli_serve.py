@@ -13,6 +13,8 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from contextlib import asynccontextmanager
+from typing import Any
 
 from app.settings import Settings
 from app.settings import add_arguments as add_settings_arguments
@@ -57,6 +59,39 @@ def resolves(host: str) -> bool:
     except (OSError, UnicodeError):
         return False
     return True
+
+
+def _any_ipv6(host: Any) -> bool:
+    """Whether ``host`` is ``::`` (however spelt: ``0::0`` too)."""
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host) == ipaddress.IPv6Address("::")
+    except ValueError:
+        return False
+
+
+def on_both_families(lifespan: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
+    """``lifespan`` (an app's; None for none) that first has the uvicorn server starting it, when told to listen on
+    ``::`` (every IPv6 address), listen on every IPv4 address too: asyncio's ``create_server``, which uvicorn listens
+    with, makes a socket for ``::`` IPv6-only (it sets IPV6_V6ONLY whatever the system's default), so IPv4 clients
+    were refused (found by the ninth review of 6 Dec 2026). Asked for the host ``""`` instead, asyncio listens on
+    every address of each family this machine has, a socket each (0.0.0.0 and ::; one without IPv6 listens on IPv4
+    only). uvicorn listens with its config's host once the lifespan's start-up has run."""
+    from app.net_limits import starting_server_config
+
+    @asynccontextmanager
+    async def _lifespan(app: Any):
+        config = starting_server_config()
+        if config is not None and _any_ipv6(config.host):
+            config.host = ""
+        if lifespan is None:
+            yield
+        else:
+            async with lifespan(app):
+                yield
+
+    return _lifespan
 
 
 def build_services(settings: Settings, *, batch_size: int = 8):
@@ -144,7 +179,7 @@ def launch(services) -> object:
     # the connection limits go into the server as it starts, before it listens (seventh review of 5 Dec 2026: put in
     # after launch returned, they missed the connections of its first 0.4 s); install below finds them there
     app_kwargs = kwargs["app_kwargs"] = dict(kwargs.get("app_kwargs", {}))
-    app_kwargs["lifespan"] = net_limits.before_listening(app_kwargs.get("lifespan"), limits,
+    app_kwargs["lifespan"] = net_limits.before_listening(on_both_families(app_kwargs.get("lifespan")), limits,
                                                          trusted_proxies=services.settings.trusted_proxies)
     try:
         demo.launch(prevent_thread_lock=True, quiet=True, **kwargs)

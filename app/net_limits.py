@@ -447,7 +447,7 @@ def _installed_on(config: Any) -> Gate | None:
     return None
 
 
-def _starting_server_config() -> Any | None:
+def starting_server_config() -> Any | None:
     """The uvicorn Config of the server whose start-up is running this code: uvicorn runs an app's lifespan in a task
     of its own, ``LifespanOn.main``, whose ``config`` it then listens with. None anywhere else."""
     from uvicorn.config import Config
@@ -473,7 +473,7 @@ def before_listening(lifespan: Callable[[Any], Any] | None, limits: Limits, *,
 
     @asynccontextmanager
     async def _lifespan(app: Any):
-        config = _starting_server_config()
+        config = starting_server_config()
         if config is not None and _installed_on(config) is None:
             config.http_protocol_class = functools.partial(LimitedH11Protocol, gate=Gate(limits, exempt=trusted_proxies))
             asyncio.get_running_loop().set_exception_handler(AcceptLog())

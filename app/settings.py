@@ -3,7 +3,7 @@
     SEIKO_DATA_DIR  images, adapters, exports and the default SQLite file    (default ./data)
     SEIKO_DB_URL    SQLAlchemy URL                                           (default sqlite:///<data_dir>/seiko.db)
     SEIKO_MODEL     base model directory                                     (default models/shapes-sd)
-    SEIKO_HOST      address the web app listens on                           (default 127.0.0.1)
+    SEIKO_HOST      address the web app listens on (:: for every IPv4 and IPv6 one)  (default 127.0.0.1)
     SEIKO_PORT      port the web app listens on                              (default 7860)
     SEIKO_PUBLIC_URL  the address people open, e.g. https://seiko.example.org: the one other origin
                       allowed to send signed-in requests                    (default none: same origin only)
@@ -25,6 +25,7 @@ commands that serve (serve, demo); the others neither use nor check them.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -313,10 +314,21 @@ def _model(value: Any) -> str:
 
 
 def _host(value: Any) -> str:
-    """The listen address (an IP address or a host name; ``app.cli_serve`` says when a name does not resolve)."""
+    """The listen address (an IP address or a host name; ``app.cli_serve`` says when a name does not resolve). An
+    IPv6 address may come in brackets, as in a URL (``[::1]``, as people type it): they are taken off. Before (ninth
+    review of 6 Dec 2026) ``--host [::1]`` was refused as "neither an IP address nor a name this machine can
+    resolve"."""
     text = str(value).strip()
     if not text or any(c.isspace() for c in text):
         raise SettingsError(f"the listen address (--host) must be an IP address or a host name, got {text!r}")
+    if text.startswith("[") or text.endswith("]"):
+        inner = text[1:-1] if text.startswith("[") and text.endswith("]") else ""
+        try:
+            ipaddress.IPv6Address(inner)
+        except ValueError:
+            raise SettingsError(f"the listen address (--host) {text!r} must be an IPv6 address in brackets, such as "
+                                "[::1], or an address or host name without brackets") from None
+        return inner
     return text
 
 
@@ -387,7 +399,9 @@ def add_arguments(parser: argparse.ArgumentParser, *, server: bool = False, mode
     if model:
         group.add_argument("--model", help=f"base model of new experiments [${ENV_VARS['model']}, default {DEFAULT_MODEL}]")
     if server:
-        group.add_argument("--host", help=f"listen address [${ENV_VARS['host']}, default {DEFAULT_HOST}]")
+        group.add_argument("--host", help="listen address: an IP address (an IPv6 one with or without brackets, ::1 or "
+                           "[::1]) or a host name; :: listens on every IPv4 and IPv6 address of this machine, "
+                           f"0.0.0.0 on every IPv4 one [${ENV_VARS['host']}, default {DEFAULT_HOST}]")
         group.add_argument("--port", type=_port_argument, help=f"listen port [${ENV_VARS['port']}, default {DEFAULT_PORT}]")
         group.add_argument("--trusted-proxies", help="addresses whose X-Forwarded-For/-Proto are believed, comma-separated, "
                            f"or none [${ENV_VARS['trusted_proxies']}, default none; 127.0.0.1 for a proxy on this machine]")

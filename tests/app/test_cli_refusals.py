@@ -70,7 +70,10 @@ def test_a_bad_listen_address_or_port_refuses_only_the_commands_that_serve(tmp_p
     refuses `serve` at the start, in one sentence."""
     for env, expected in (({"SEIKO_PORT": "abc"}, "error: the port must be a whole number from 1 to 65535, got 'abc'"),
                           ({"SEIKO_HOST": "a b"}, "error: the listen address (--host) must be an IP address or a host "
-                                                  "name, got 'a b'")):
+                                                  "name, got 'a b'"),
+                          ({"SEIKO_HOST": "[::1"}, "error: the listen address (--host) '[::1' must be an IPv6 address "
+                                                  "in brackets, such as [::1], or an address or host name without "
+                                                  "brackets")):
         for argv in (["db", "upgrade"], ["db", "current"], ["users", "list"]):
             proc = run_cli(*argv, "--data-dir", str(tmp_path / "d"), env=env)
             assert proc.returncode == 0 and "Traceback" not in proc.stderr, (argv, proc.stderr)

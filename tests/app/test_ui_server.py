@@ -275,3 +275,67 @@ def test_serve_listens_on_an_ipv6_address(ui_world):
         assert httpx.get(f"http://[::1]:{settings.port}/", timeout=10).status_code == 200
     finally:
         demo.close()
+
+
+def test_a_listen_address_in_brackets_is_taken_as_its_ipv6_address_and_a_malformed_one_refused_in_one_sentence():
+    """Found by the ninth review of 6 Dec 2026: `serve --host [::1]`, as people type an IPv6 address (as in a URL),
+    was refused as "neither an IP address nor a name this machine can resolve"."""
+    from app.settings import Settings, SettingsError
+
+    def host(value: str) -> str:
+        return Settings.from_env({"data_dir": "/tmp/x", "host": value}, environ={}).host
+
+    assert host("[::1]") == "::1" and host(" [2001:db8::7] ") == "2001:db8::7" and host("[::]") == "::"
+    assert host("::1") == "::1" and host("127.0.0.1") == "127.0.0.1" and host("localhost") == "localhost"
+    assert Settings.from_env({"data_dir": "/tmp/x"}, environ={"SEIKO_HOST": "[fe80::1%eth0]"}).host == "fe80::1%eth0"
+    for bad in ("[::1", "::1]", "[127.0.0.1]", "[localhost]", "[]", "[[::1]]", "[::1]:7860"):
+        with pytest.raises(SettingsError) as refused:
+            host(bad)
+        said = str(refused.value)
+        assert said.count(". ") == 0 and repr(bad) in said and "[::1]" in said, said
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
+def test_serve_on_a_bracketed_ipv6_address_answers_there(ui_world):
+    import dataclasses
+
+    from app import cli_serve
+    from app.settings import Settings
+
+    given = Settings.from_env({"data_dir": "/tmp/x", "host": "[::1]"}, environ={})
+    settings = dataclasses.replace(ui_world.settings, host=given.host, port=free_port())
+    demo = cli_serve.launch(ui.AppServices(factory=ui_world.factory, settings=settings, local_mode=False))
+    try:
+        assert httpx.get(f"http://[::1]:{settings.port}/", timeout=10).status_code == 200
+    finally:
+        demo.close()
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
+def test_serve_on_any_ipv6_address_answers_ipv4_clients_too(ui_world):
+    """Found by the ninth review of 6 Dec 2026: `serve --host ::` listened on IPv6 only (asyncio, which uvicorn
+    listens with, makes a socket for :: IPv6-only whatever the system's default), so IPv4 clients were refused. Real
+    connections over both loopbacks; the caps count each client as before (an IPv4 one by its IPv4 address)."""
+    import dataclasses
+
+    from app import cli_serve, net_limits
+
+    settings = dataclasses.replace(ui_world.settings, host="::", port=free_port())
+    demo = cli_serve.launch(ui.AppServices(factory=ui_world.factory, settings=settings, local_mode=False))
+    try:
+        families = {s.family for server in demo.server.servers for s in server.sockets}
+        assert families == {socket.AF_INET, socket.AF_INET6}, families
+        for url in (f"http://127.0.0.1:{settings.port}/", f"http://[::1]:{settings.port}/"):
+            assert httpx.get(url, timeout=10).status_code == 200, url
+        gate = demo.server.config.http_protocol_class.keywords["gate"]
+        assert isinstance(gate, net_limits.Gate)
+        held = socket.create_connection(("127.0.0.1", settings.port), timeout=10)
+        try:
+            deadline = time.monotonic() + 5
+            while "127.0.0.1" not in gate.open and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert gate.open.get("127.0.0.1") == 1, gate.open
+        finally:
+            held.close()
+    finally:
+        demo.close()
