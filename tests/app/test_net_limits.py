@@ -639,7 +639,8 @@ def test_malformed_requests_and_websocket_upgrades_do_not_flood_the_log(served, 
     logger.addHandler(keep)
     bad = (b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nX: " + b"a" * 20_000 + b"\r\n\r\n",
            b"GET / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n" % port)
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n" % port,
+           b"GET / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nX-A: 1\r\n 2\r\n\r\n" % port)  # a folded header (ninth review)
     answers = []
     try:
         for _ in range(60):
@@ -652,7 +653,75 @@ def test_malformed_requests_and_websocket_upgrades_do_not_flood_the_log(served, 
         time.sleep(0.5)
     finally:
         logger.removeHandler(keep)
-    assert answers.count(b"HTTP/1.1 400") == 120 and len(answers) == 180, set(answers)  # answered as before
-    for text in net_limits.REPEATED_WARNINGS:  # exactly one each: 120 requests' worth, and the log was read
+    assert answers.count(b"HTTP/1.1 400") == 180 and len(answers) == 240, set(answers)  # answered as before
+    for text in net_limits.REPEATED_WARNINGS:  # exactly one each: 60 requests' worth or more, and the log was read
         assert len([m for m in logged if text in m]) == 1, [m for m in logged if text in m][:5]
 
+
+def _ask(port: int, *chunks: bytes) -> bytes:
+    """What the server sends back, until it closes, for ``chunks`` sent over one raw connection a moment apart."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        for i, chunk in enumerate(chunks):
+            if i:
+                time.sleep(0.2)  # the server reads the chunk before on its own
+            s.sendall(chunk)
+        closed, answer = _closed_within(s, 10)
+        assert closed, answer[:300]
+        return answer
+    finally:
+        s.close()
+
+
+def test_a_request_with_a_folded_header_line_is_refused_with_400_before_it_reaches_the_app(served):
+    """Found by the ninth review of 6 Dec 2026: h11 joins a header line that starts with a space or a tab (obs-fold)
+    to the header before it. A trusted proxy that passes such a line on as it came, with its own X-Forwarded-For put
+    first, had its header extended by the client (``127.0.0.9`` and `` , 203.0.113.7`` read as ``127.0.0.9 ,
+    203.0.113.7``, whose last entry uvicorn takes as the client). Over raw sockets against the served app: the same
+    header on one line is answered; folded (by a space, by a tab, across two sends, in a pipelined second request)
+    it is refused with 400 and one sentence."""
+    port = _port(served())
+    host = b"Host: 127.0.0.1:%d\r\n" % port
+    one_line = b"GET / HTTP/1.1\r\n" + host + b"X-Forwarded-For: 127.0.0.9 , 203.0.113.7\r\nConnection: close\r\n\r\n"
+    assert _ask(port, one_line).startswith(b"HTTP/1.1 200 ")
+    refused = b"HTTP/1.1 400 "
+    sentence = net_limits.FOLDED_HEADER.encode()
+    for folded in (b"X-Forwarded-For: 127.0.0.9\r\n , 203.0.113.7\r\n", b"X-Forwarded-For: 127.0.0.9\r\n\t, 203.0.113.7\r\n",
+                   b"Accept: text/html\n \n"):
+        answer = _ask(port, b"GET / HTTP/1.1\r\n" + host + folded + b"Connection: close\r\n\r\n")
+        assert answer.startswith(refused) and answer.endswith(sentence), answer[:300]
+    answer = _ask(port, b"GET / HTTP/1.1\r\n" + host + b"X-Forwarded-For: 127.0.0.9\r\n", b" , 203.0.113.7\r\n\r\n")
+    assert answer.startswith(refused) and answer.endswith(sentence), answer[:300]
+    # pipelined: the first request answered, the second (folded) refused
+    first = b"GET / HTTP/1.1\r\n" + host + b"\r\n"
+    answer = _ask(port, first + b"GET / HTTP/1.1\r\n" + host + b"X-A: 1\r\n\t2\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.count(b"HTTP/1.1 ") == 2, answer[:300]
+    assert answer.endswith(sentence) and refused in answer
+
+
+def test_a_folded_head_is_found_exactly_where_h11_joins_header_lines():
+    """``folded_head`` against h11 itself over random heads: a head is folded exactly when h11 reads fewer headers
+    than it has header lines (it joined some), or refuses a head that starts its headers with a fold."""
+    import h11
+
+    rng = random.Random(5)
+    pieces = [b"X-A: 1", b" cont", b"\tcont", b"  ", b"X-B: two words", b"\t", b"Accept: */*"]
+    after = b"GET /next HTTP/1.1\r\n X: y\r\n\r\n"  # a folded request after it changes nothing
+    folds = 0
+    for _ in range(3000):
+        lines = ([b"Host: h"] if rng.random() < 0.8 else []) + [rng.choice(pieces) for _ in range(rng.randrange(1, 6))]
+        end = rng.choice([b"\r\n", b"\n"])
+        head = b"GET / HTTP/1.1" + end + b"".join(line + rng.choice([b"\r\n", b"\n"]) for line in lines) + end
+        conn = h11.Connection(h11.SERVER)
+        conn.receive_data(head + after)
+        try:
+            event = conn.next_event()
+            joined = len(event.headers) < len(lines)
+        except h11.RemoteProtocolError:
+            if lines[0][:1] not in (b" ", b"\t"):  # h11's "continuation line at start of headers"
+                continue  # refused by h11 for another reason (no Host)
+            joined = True
+        assert net_limits.folded_head(head + after) == joined, head
+        assert not net_limits.folded_head(head[:-1])  # not judged before the head is complete
+        folds += joined
+    assert 500 < folds < 2500, folds
