@@ -132,9 +132,23 @@ def _finalize(src: RoundSource, facts: dict, fmt: str, kind: str, files: list[st
     return finalize
 
 
+STEM_NAME_BYTES = 60  # of the experiment's name in a kohya file's name, in UTF-8
+
+
 def _stem(src: RoundSource) -> str:
-    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in src.experiment_name)[:60]
-    return f"seiko_{safe}_round{src.round_index}"
+    """``seiko_<name>_round<k>``, the name's letters and digits kept (anything else as ``_``) up to STEM_NAME_BYTES
+    bytes of UTF-8. It was cut at 60 characters: a name of 60 letters of 4 bytes each (mathematical bold letters,
+    CJK extension B) made a file name of 265 bytes, over the 255 a file system allows, and every kohya export of
+    that experiment was refused as 'File name too long; choose another path', which no path could change (found by
+    review, ninth)."""
+    safe, size = [], 0
+    for c in src.experiment_name:
+        c = c if c.isalnum() or c in "-_" else "_"
+        size += len(c.encode("utf-8"))
+        if size > STEM_NAME_BYTES:
+            break
+        safe.append(c)
+    return f"seiko_{''.join(safe)}_round{src.round_index}"
 
 
 def _generated(settings: Settings, label: str) -> Path:

@@ -869,3 +869,30 @@ def test_pairs_shown_and_never_answered_are_a_dataset_of_their_own(tmp_path):
     assert (show["pair_id"], show["rater"], show["answered"], show["file_name_a"], show["file_name_b"]) == (
         pair.id, "rater-1", None, names[1], names[0])
     assert sorted(f"images/{p.name}" for p in (result.path / "images").iterdir()) == sorted(names)
+
+
+def test_a_kohya_export_of_an_experiment_named_in_four_byte_letters_is_written(world, tmp_path, capsys):
+    """The kohya file is named after the experiment, cut at 60 characters: 60 mathematical bold letters (4 bytes each
+    in UTF-8) made a name over the 255 bytes a file system takes, and the export was refused as 'File name too long;
+    choose another path' (found by review, ninth). Stock diffusers reads the file written."""
+    from diffusers import StableDiffusionPipeline
+
+    name = "\U0001d412\U0001d404\U0001d408\U0001d40a\U0001d40e" * 14  # 'SEIKO' in bold letters: 70 characters
+    engine = make_engine(world.settings.db_url)
+    with write_session(session_factory(engine)) as s:
+        exp = repo.create_experiment(session=s, name=name, model_spec=world.settings.model, method="ucb",
+                                     config={"method": "ucb", "sampling": {"steps": 8, "guidance": 4.0}},
+                                     budgets=[2], prompts=["a red circle"])
+        repo.create_round(session=s, experiment_id=exp.id)
+        repo.create_round(session=s, experiment_id=exp.id, adapter_path="adapters/exp1/round_1")
+        exp_id = exp.id
+    engine.dispose()
+    out = tmp_path / "k"
+    assert cli(world, "lora", "--experiment", str(exp_id), "--round", "1", "--format", "kohya", "--out", str(out)) == 0, \
+        capsys.readouterr().err
+    (file,) = out.glob("*.safetensors")
+    limit = 255 - len(".tmp-") - len("-12345678")  # the atomic write's temporary name must fit too
+    assert file.name.startswith("seiko_\U0001d412") and len(file.name.encode()) <= limit
+    pipe = StableDiffusionPipeline.from_pretrained(world.settings.model, local_files_only=True)
+    pipe.load_lora_weights(str(out), weight_name=file.name)
+    assert pipe.unet.peft_config  # the LoRA loaded
