@@ -577,7 +577,7 @@ def export_ratings_dataset(rows: Iterable[Mapping[str, Any]], out_dir: str | Pat
             if items:
                 write_lines(name, items, time_field)
 
-    extra = {"format": "seiko-ratings-jsonl", "rows": len(rows), "dataset_file": DATASET_FILE,
+    extra = {"format": DATASET_FORMAT, "rows": len(rows), "dataset_file": DATASET_FILE,
              "comparisons": len(comparisons), "comparisons_file": COMPARISONS_FILE if comparisons else None,
              "repeat_ratings": len(repeat_ratings), "repeat_ratings_file": REPEATS_FILE if repeat_ratings else None,
              "skips": {kind: sum(1 for row in skips if row["kind"] == kind) for kind in SKIP_FIELDS},
@@ -594,10 +594,29 @@ def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+DATASET_FORMAT = "seiko-ratings-jsonl"  # the manifest's "format" of a ratings dataset
+
+
+def _dataset_manifest(directory: Path) -> dict:
+    """The verified manifest of the ratings dataset ``directory``: of that format, and listing ``metadata.jsonl``
+    (which every export writes, empty or not). The readers verified the files a manifest lists and read theirs by name:
+    a ``metadata.jsonl`` the manifest does not list (dropped from it, then edited) was read as the export's rows, and a
+    directory that is not a ratings dataset (an adapter) was a FileNotFoundError, or no comparisons (found by review,
+    ninth)."""
+    manifest = verify(directory)
+    if manifest.get("format") != DATASET_FORMAT:
+        raise CheckpointError(f"{str(directory)!r} is not a ratings dataset (its manifest's format is "
+                              f"{manifest.get('format')!r}, not {DATASET_FORMAT!r}).")
+    if DATASET_FILE not in manifest["files"]:
+        raise CheckpointError(f"The manifest of ratings dataset {str(directory)!r} does not list {DATASET_FILE}, which "
+                              "every export writes; it is not an export's manifest.")
+    return manifest
+
+
 def read_ratings_dataset(directory: str | Path) -> list[dict]:
     """The rows of an exported ratings dataset, after verifying its manifest."""
     directory = Path(directory)
-    return _checked_lines(directory, verify(directory), DATASET_FILE)
+    return _checked_lines(directory, _dataset_manifest(directory), DATASET_FILE)
 
 
 def read_comparisons(directory: str | Path) -> list[dict]:
@@ -632,7 +651,7 @@ def _optional_lines(directory: Path, name: str) -> list[dict]:
     manifest does not list it. ``verify`` checks the files the manifest lists only: such a file added to the directory
     afterwards (a pair_shows.jsonl dropped into an export made before there was one) was read as the export's own
     (found while adding pair_shows.jsonl, 5 Dec 2026)."""
-    manifest = verify(directory)
+    manifest = _dataset_manifest(directory)
     path = directory / name
     if name not in manifest["files"]:
         if path.exists() or path.is_symlink():

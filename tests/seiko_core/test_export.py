@@ -858,3 +858,31 @@ def test_a_merged_export_of_a_base_with_a_nan_weight_is_refused_in_one_sentence_
     assert str(refused.value) == (f"Model {str(base)!r} has non-finite weights in unet (1 tensor, e.g. conv_in.weight); "
                                   "its files are damaged.")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged-base"]  # no export, no temporary sibling
+
+
+def test_the_dataset_readers_refuse_rows_their_manifest_does_not_list_and_a_directory_that_is_no_dataset(
+        tmp_path, adapter_dir):
+    """The readers verified the files the manifest lists, then read their own by name: a metadata.jsonl dropped from
+    the manifest and then edited (a score 5 made 9) was read as the export's rows, and an adapter directory read as a
+    dataset was a FileNotFoundError (read_ratings_dataset) or a dataset with no comparisons (read_comparisons; found by
+    review, ninth). Each is one sentence now, and nothing is read."""
+    import shutil
+
+    from seiko_core import export as core
+    from seiko_core.checkpoint import MANIFEST
+
+    forged = tmp_path / "forged"
+    shutil.copytree(_forgeable_export(tmp_path), forged)
+    manifest = json.loads((forged / MANIFEST).read_text())
+    del manifest["files"][DATASET_FILE]
+    (forged / MANIFEST).write_text(json.dumps(manifest))
+    text = (forged / DATASET_FILE).read_text()
+    assert text.count('"score": 5') == 1
+    (forged / DATASET_FILE).write_text(text.replace('"score": 5', '"score": 9'))
+    with pytest.raises(CheckpointError, match=r"does not list metadata\.jsonl, which every export writes"):
+        read_ratings_dataset(forged)
+    readers = (read_ratings_dataset, core.read_comparisons, core.read_repeat_ratings, core.read_skips, core.read_gold,
+               core.read_pair_shows)
+    for read in readers:
+        with pytest.raises(CheckpointError, match=r"is not a ratings dataset \(its manifest's format is 'diffusers-lora'"):
+            read(adapter_dir)
