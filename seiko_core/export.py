@@ -166,7 +166,43 @@ def read_adapter(adapter_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict
         if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
             raise CheckpointError(f"Adapter {str(adapter_dir)!r} has {field}={value!r} in adapter_config.json; "
                                   "it must be a positive number.")
+    _check_header_config(adapter_dir, config)
     return state, config, manifest
+
+
+# the LoraConfig fields that set what an adapter computes, with peft's defaults (a field a config leaves out)
+_SCALE_FIELDS = {"r": None, "lora_alpha": None, "use_rslora": False, "use_dora": False, "rank_pattern": {},
+                 "alpha_pattern": {}, "target_modules": None}
+
+
+def _check_header_config(adapter_dir: Path, config: Mapping[str, Any]) -> None:
+    """``adapter_config.json`` must say what the LoraConfig in the weights' safetensors header says: the app (and the
+    merged export) load an adapter by the header (diffusers' ``load_lora_adapter``), the diffusers and kohya exports
+    took r and lora_alpha from adapter_config.json, so one edited (its manifest written again) was exported at
+    another scale than the model the app renders (found by review, ninth). ``save_adapter`` writes both alike."""
+    from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(adapter_dir / WEIGHT_NAME), "pt") as f:
+            text = (f.metadata() or {}).get(LORA_ADAPTER_METADATA_KEY)
+        header = json.loads(text) if text is not None else None
+    except (SafetensorError, OSError, ValueError, RecursionError) as exc:
+        raise CheckpointError(f"Adapter {str(adapter_dir)!r} has a weights header that could not be read ({exc}).") from exc
+    if not isinstance(header, dict):
+        raise CheckpointError(f"Adapter {str(adapter_dir)!r} has no LoraConfig in its weights' header, which the "
+                              "loaders read; it is not a SEIKO adapter.")
+    loaded = {k.removeprefix("unet."): v for k, v in header.items() if k.startswith("unet.")}
+
+    def norm(value: Any) -> Any:
+        return sorted(value) if isinstance(value, list | tuple) else value
+
+    for name, default in _SCALE_FIELDS.items():
+        said, read = norm(config.get(name, default)), norm(loaded.get(name, default))
+        if said != read:
+            raise CheckpointError(f"Adapter {str(adapter_dir)!r} has {name}={said!r} in adapter_config.json but {read!r} "
+                                  "in the LoraConfig of its weights' header, which the loaders read; it was edited "
+                                  "after it was written.")
 
 
 def _copy_json_files(src: Path, dst: Path, names: Iterable[str]) -> None:

@@ -311,8 +311,10 @@ def test_an_rslora_adapters_kohya_header_states_the_alpha_its_keys_hold(adapter_
     for f in adapter_dir.iterdir():
         if f.name != "manifest.json":
             (rs / f.name).write_bytes(f.read_bytes())
-    config = json.loads((rs / "adapter_config.json").read_text())
-    (rs / "adapter_config.json").write_text(json.dumps({**config, "use_rslora": True}))
+    config = {**json.loads((rs / "adapter_config.json").read_text()), "use_rslora": True}
+    (rs / "adapter_config.json").write_text(json.dumps(config))
+    state = load_file(str(adapter_dir / lora.WEIGHT_NAME))  # its weights' header says rsLoRA too, as save_adapter writes
+    lora.write_weights(rs, {k.removeprefix("unet."): v for k, v in state.items()}, config)
     write_manifest(rs)
     for source, out, want in ((adapter_dir, "plain.safetensors", float(ALPHA)),
                               (rs, "rs.safetensors", ALPHA * RANK**0.5)):
@@ -886,3 +888,28 @@ def test_the_dataset_readers_refuse_rows_their_manifest_does_not_list_and_a_dire
     for read in readers:
         with pytest.raises(CheckpointError, match=r"is not a ratings dataset \(its manifest's format is 'diffusers-lora'"):
             read(adapter_dir)
+
+
+@pytest.mark.parametrize("field,value", [("lora_alpha", ALPHA * 2), ("use_rslora", True), ("r", RANK + 1)])
+def test_an_adapter_whose_config_file_and_weights_header_disagree_is_refused_not_exported_at_another_scale(
+        adapter_dir, random_model_dir, reference, tmp_path, field, value):
+    """The app loads an adapter by the LoraConfig in its weights' safetensors header (diffusers' load_lora_adapter);
+    the diffusers and kohya exports took r and lora_alpha from adapter_config.json. One edited (its manifest written
+    again) was exported at another scale than the model the app renders: stock diffusers' image of the kohya export
+    differed from the app's (found by review, ninth). The exports refuse it in one sentence, and write nothing."""
+    from seiko_core.models import load_model
+
+    def edit(d):
+        config = json.loads((d / "adapter_config.json").read_text())
+        (d / "adapter_config.json").write_text(json.dumps({**config, field: value}))
+
+    forged = _forged(adapter_dir, tmp_path, "forged", edit)
+    parts = load_model(str(random_model_dir), device="cpu")
+    lora.load_adapter(parts, forged, "x")  # the app renders the header's config: the model it trained
+    torch.testing.assert_close(unet_out(parts.unet), reference[1], rtol=0, atol=1e-5)
+    said = rf"has {field}=.* in adapter_config\.json but .* in the LoraConfig of its weights' header"
+    with pytest.raises(CheckpointError, match=said):
+        export_kohya_lora(forged, tmp_path / "k.safetensors")
+    with pytest.raises(CheckpointError, match=said):
+        export_diffusers_lora(forged, tmp_path / "d")
+    assert not (tmp_path / "k.safetensors").exists() and not (tmp_path / "d").exists()
