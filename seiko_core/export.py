@@ -356,6 +356,11 @@ pipe.load_lora_weights("path/to/{file}")
 def export_kohya_lora_dir(adapter_dir: str | Path, out_dir: str | Path, *, name: str = "seiko_lora",
                           base_model: str = "BASE_MODEL", finalize: Finalize | None = None) -> ExportResult:
     """A directory holding the kohya file ``<name>.safetensors``, a README and a manifest (atomic)."""
+    # a name is a file's name in the export, nothing more: '../x' was written beside the export's directory, and the
+    # export published without its weights as a success ('sub/x' under a folder of its own, '.x' hidden; found by
+    # review, ninth)
+    if not name or name.startswith(".") or any(c in name for c in "/\\\0"):
+        raise ExportError(f"A kohya LoRA's name must be a plain file name (no '/', '\\', or leading '.'), got {name!r}.")
     out_dir = _fresh_destination(out_dir)
     adapter_dir = Path(adapter_dir)
     _, _, manifest = read_adapter(adapter_dir)

@@ -913,3 +913,13 @@ def test_an_adapter_whose_config_file_and_weights_header_disagree_is_refused_not
     with pytest.raises(CheckpointError, match=said):
         export_diffusers_lora(forged, tmp_path / "d")
     assert not (tmp_path / "k.safetensors").exists() and not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("name", ["../escaped", "sub/x", "..\\\\x", ".hidden", ""])
+def test_a_kohya_name_that_is_not_a_plain_file_name_is_refused_and_nothing_is_written(adapter_dir, tmp_path, name):
+    """export_kohya_lora_dir wrote ``<name>.safetensors`` under its temporary directory as given: '../escaped' landed
+    beside the export, which was published without its weights and reported as written (found by review, ninth)."""
+    out = tmp_path / "out" / "k"
+    with pytest.raises(ExportError, match="must be a plain file name"):
+        export_kohya_lora_dir(adapter_dir, out, name=name)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
