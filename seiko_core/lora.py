@@ -264,6 +264,13 @@ def inject(unet, path: str | Path, name: str) -> None:
     if not all(torch.isfinite(p).all() for _, p in _named(unet, name)):
         unet.delete_adapters(name)
         raise CheckpointError(f"The adapter in {str(path)!r} holds weights that are not finite numbers.")
+    # the scale lora_alpha / r comes from the file's header: one saying lora_alpha NaN (JSON as Python reads it) was
+    # loaded, and every image after it was NaN; a negative one turned the adapter around (found by review, ninth)
+    bad = _bad_scale(unet.peft_config[name])
+    if bad is not None:
+        unet.delete_adapters(name)
+        raise CheckpointError(f"The adapter in {str(path)!r} has {bad} in its LoraConfig; r and lora_alpha must be "
+                              "positive finite numbers.")
     loaded = len(_named(unet, name))
     if loaded != n_tensors or not n_tensors:
         if has_adapter(unet, name):
@@ -273,6 +280,20 @@ def inject(unet, path: str | Path, name: str) -> None:
                                   f"layers' weights, its file holds {n_tensors}.")
         raise CheckpointError(f"Only {loaded} of the adapter's {n_tensors} LoRA tensors in {str(path)!r} matched this UNet; "
                               "is it the base model the adapter was trained on?")
+
+
+def _bad_scale(config) -> str | None:
+    """``field=value`` of the first of ``config``'s r, lora_alpha, rank_pattern and alpha_pattern values that is not a
+    positive finite number; None when every one is."""
+    import math
+
+    values = [("r", config.r), ("lora_alpha", config.lora_alpha),
+              *((f"rank_pattern[{k!r}]", v) for k, v in (config.rank_pattern or {}).items()),
+              *((f"alpha_pattern[{k!r}]", v) for k, v in (config.alpha_pattern or {}).items())]
+    for field, value in values:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not (math.isfinite(value) and value > 0):
+            return f"{field}={value!r}"
+    return None
 
 
 def load_adapter(parts, path: str | Path, name: str, *, check_manifest: bool = True) -> None:

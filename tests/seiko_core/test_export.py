@@ -923,3 +923,32 @@ def test_a_kohya_name_that_is_not_a_plain_file_name_is_refused_and_nothing_is_wr
     with pytest.raises(ExportError, match="must be a plain file name"):
         export_kohya_lora_dir(adapter_dir, out, name=name)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("alpha", ["NaN", "-6.0", "Infinity"])
+def test_an_adapter_whose_header_scale_is_not_a_positive_number_is_not_loaded(adapter_dir, random_model_dir, tmp_path,
+                                                                              alpha):
+    """The loader takes lora_alpha from the weights' header, which Python's JSON reads NaN and Infinity in: an adapter
+    whose header said NaN (its manifest written again) was loaded, and the UNet's output was NaN; -6.0 turned the
+    adapter around (found by review, ninth). Refused in one sentence, nothing left on the UNet; no export is made."""
+    from safetensors.torch import save_file
+
+    from seiko_core.models import load_model
+
+    def edit(d):
+        weights = d / lora.WEIGHT_NAME
+        with safe_open(weights, "pt") as f:
+            meta = f.metadata()
+        header = meta["lora_adapter_metadata"]
+        assert f'"unet.lora_alpha": {ALPHA}' in header
+        meta["lora_adapter_metadata"] = header.replace(f'"unet.lora_alpha": {ALPHA}', f'"unet.lora_alpha": {alpha}')
+        save_file(load_file(str(weights)), str(weights), metadata=meta)
+
+    forged = _forged(adapter_dir, tmp_path, "forged", edit)
+    parts = load_model(str(random_model_dir), device="cpu")
+    with pytest.raises(CheckpointError, match=r"has lora_alpha=(nan|-6\.0|inf) in its LoraConfig; r and lora_alpha must"):
+        lora.load_adapter(parts, forged, "x")
+    assert not lora.has_adapter(parts.unet, "x") and torch.isfinite(unet_out(parts.unet)).all()
+    with pytest.raises(CheckpointError):
+        export_kohya_lora(forged, tmp_path / "k.safetensors")
+    assert not (tmp_path / "k.safetensors").exists()
