@@ -54,6 +54,8 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from app.ui_assets import NOT_RUN_HEADER
+
 log = logging.getLogger(__name__)
 
 ENV_HEAD_TIMEOUT = "SEIKO_HEAD_TIMEOUT_S"
@@ -254,8 +256,12 @@ def _answer(status: int, sentence: str, *, as_json: bool = False) -> bytes:
     reason = {400: b"Bad Request", 408: b"Request Timeout", 429: b"Too Many Requests", 503: b"Service Unavailable"}[status]
     body = json.dumps({"detail": sentence}).encode() if as_json else sentence.encode()
     kind = b"application/json" if as_json else b"text/plain; charset=utf-8"
-    return (b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n"
-            b"connection: close\r\ncache-control: no-store\r\n\r\n%s" % (status, reason, kind, len(body), body))
+    # a cap's refusal (429, 503) is written before the request is read: whatever it asked was not done, which the page
+    # says with NOT_RUN_HEADER, so that it may send an event (a rating) again (ui_assets.STREAMS_JS; ninth review)
+    not_run = b"%s: 1\r\n" % NOT_RUN_HEADER.encode() if status in (429, 503) else b""
+    return (b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n%s"
+            b"connection: close\r\ncache-control: no-store\r\n\r\n%s" % (status, reason, kind, len(body), not_run,
+                                                                          body))
 
 
 _HEAD_END = re.compile(rb"\n\r?\n")  # where h11 ends a request's head (h11._receivebuffer.blank_line_regex)

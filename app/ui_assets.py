@@ -9,7 +9,9 @@ A card shows a score as saved only once the server has written it.
 
 STREAMS_JS (``streams_head``), which ``app.web_guard`` puts first in the page's head, handles the page's streams (its
 stream of results and its heartbeat) refused by the server: retried a bounded number of times where that can help,
-and said in one sentence, where Gradio's client reloaded the page or said nothing (eighth review, 5 Dec 2026).
+and said in one sentence, where Gradio's client reloaded the page or said nothing (eighth review, 5 Dec 2026). It
+keeps the heartbeat open (one the server ends is opened again), and sends again an event the server refused before
+it reached the app (``NOT_RUN_HEADER``) (ninth review, 6 Dec 2026).
 """
 
 from __future__ import annotations
@@ -248,7 +250,8 @@ apply();
 """
 
 # What the page says when the server refuses one of its two streams (STREAMS_JS): Gradio's stream of results
-# (GET .../queue/data) and its heartbeat (GET .../heartbeat/H). Each refusal's own sentence comes first.
+# (GET .../queue/data) and its heartbeat (GET .../heartbeat/H), or an event (POST .../queue/join) that was not run.
+# Each refusal's own sentence comes first.
 # A refusal worth retrying is retried after these waits, then no more. Together (27 s) under the 30 s a rated card
 # waits for its answer (GRID_JS's pump): waits of 1-30 s (61 s) outlasted it, the card showed as open again before the
 # late answer came, and a person who scored it again sent a second rating (review of the eighth review's script)
@@ -261,6 +264,15 @@ STREAM_GAVE_UP = ("This page has stopped trying for now: your next action tries 
 STREAM_RELOAD = "If your next action fails too, reload this page."  # the next event opens a stream of its own
 STREAM_SIGNED_OUT = "Your sign-in session has ended; reload this page to sign in again."
 STREAM_NO_SENTENCE = "The server refused this page's connection ({status})."
+STREAM_UNREACHABLE = "The server cannot be reached."  # the heartbeat's request failed: no answer at all
+STREAM_ENDED = "The server keeps ending this page's connection."  # heartbeats ended by the server, each soon after opening
+# An event refused before it reached the app (NOT_RUN_HEADER) is sent again after STREAM_WAITS_S; after the last:
+EVENT_NOT_DONE = "Your last action was not carried out (the server refused it {n} times); do it again in a minute."
+# The answer's header that says a refusal (429, 503) came before the request reached the app, so nothing it asked was
+# done: app.net_limits' connection caps (written before the request is read) and web_guard's caps on an account's
+# events. Only such an event is sent again: a rating sent twice is two undo steps (and an undo sent twice takes back
+# two ratings), so one the app may have run is not.
+NOT_RUN_HEADER = "x-seiko-not-run"
 
 STREAMS_JS = r"""
 (() => {
@@ -272,19 +284,28 @@ STREAMS_JS = r"""
   // reads both with; web_guard puts it first in the page, before that client starts): a refusal worth retrying is
   // retried after WAITS_S, the wait said in #seiko-connection; one that is not (or the last) ends the events the page
   // waits on with its sentence (Gradio's error toast, as web_guard's _page_stream_error does), and a refused
-  // heartbeat's sentence stays in #seiko-connection. Nothing reloads the page. Any other answer (a proxy's 502 while
-  // the app restarts) is Gradio's to handle, as before.
+  // heartbeat's sentence stays in #seiko-connection. Nothing reloads the page. Any other answer of a stream of results
+  // (a proxy's 502 while the app restarts) is Gradio's to handle, as before.
+  // Ninth review of 6 Dec 2026: (1) Gradio's client opens the heartbeat once (open_heartbeat: never again once it has
+  // one, ended or not), so a heartbeat the server ended (a restart, a log out, a cap) or that could not be opened stayed
+  // gone: the server dropped the page's session and the page never learnt that the server was gone or back. The
+  // heartbeat Gradio gets is now this script's (keptHeartbeat): each one the server ends is opened again, and its
+  // refusals and failures are retried after WAITS_S, said in #seiko-connection, until Gradio closes it. (2) An event
+  // (POST .../queue/join) the caps refused was lost (Gradio's toast, the rating gone); one refused before it reached the
+  // app (NOT_RUN header) is sent again after WAITS_S, and if every try is refused #seiko-connection says so.
   if (window.__seikoStreams) return;
   const WAITS_S = __WAITS_S__, RETRIED = __RETRIED__, SAID = __SAID__;
   const RETRYING = __RETRYING__, GAVE_UP = __GAVE_UP__, RELOAD = __RELOAD__, SIGNED_OUT = __SIGNED_OUT__;
-  const NO_SENTENCE = __NO_SENTENCE__;
+  const NO_SENTENCE = __NO_SENTENCE__, UNREACHABLE = __UNREACHABLE__, ENDED = __ENDED__;
+  const NOT_DONE = __NOT_DONE__, NOT_RUN = __NOT_RUN__;
   const realFetch = window.fetch.bind(window);
-  const said = { data: '', heartbeat: '' };
+  const said = { event: '', data: '', heartbeat: '' };
+  let resumeHeartbeat = null;  // set while a heartbeat that stopped trying waits for the page's next action
   window.__seikoStreams = { said };
 
   function notice(stream, text) {  // the page's one sentence about its streams, '' for none
     said[stream] = text;
-    const shown = said.data || said.heartbeat;
+    const shown = said.event || said.data || said.heartbeat;
     let el = document.getElementById('seiko-connection');
     if (!el && !shown) return;
     if (!el) {
@@ -297,8 +318,9 @@ STREAMS_JS = r"""
     el.hidden = !shown;
   }
 
-  async function sentenceOf(response) {  // the refusal's sentence: {"detail": sentence} or plain text
-    const text = (await response.text()).trim(), type = response.headers.get('content-type') || '';
+  function sentenceOf(response, text) {  // the refusal's sentence: {"detail": sentence} or plain text
+    const type = response.headers.get('content-type') || '';
+    text = text.trim();
     if (type.includes('json')) {
       try {
         const detail = JSON.parse(text).detail;
@@ -324,14 +346,22 @@ STREAMS_JS = r"""
     for (let attempt = 0; ; attempt++) {
       const response = await realFetch(request.clone());
       if (response.ok) { notice(stream, ''); return { response, text: '' }; }
-      if (!RETRIED.includes(response.status) && !SAID.includes(response.status)) {  // not the app's: Gradio's way
+      // an event is sent again only when the refusal shows it was not run (NOT_RUN); any other refusal is Gradio's
+      const retried = RETRIED.includes(response.status) && (stream !== 'event' || response.headers.get(NOT_RUN) === '1');
+      if (!retried && (stream === 'event' || !SAID.includes(response.status))) {  // not the app's: Gradio's way
         notice(stream, '');
         return { response, text: '' };
       }
       if (response.status === 401) return { response, text: SIGNED_OUT };
-      const sentence = await sentenceOf(response);
-      if (!RETRIED.includes(response.status)) return { response, text: `${sentence} ${RELOAD}` };
-      if (attempt >= WAITS_S.length) return { response, text: `${sentence} ${GAVE_UP}` };
+      const body = await response.text();
+      const sentence = sentenceOf(response, body);
+      const kept = new Response(body, { status: response.status, statusText: response.statusText,
+                                        headers: response.headers });  // read again by Gradio's client
+      if (!retried) return { response: kept, text: `${sentence} ${RELOAD}` };
+      if (attempt >= WAITS_S.length) {
+        const last = stream === 'event' ? NOT_DONE.replace('{n}', attempt + 1) : GAVE_UP;
+        return { response: kept, text: `${sentence} ${last}` };
+      }
       notice(stream, `${sentence} ${RETRYING.replace('{s}', WAITS_S[attempt])}`);
       await wait(WAITS_S[attempt] * 1000, request.signal);
     }
@@ -343,21 +373,105 @@ STREAMS_JS = r"""
     return new Response(body, { status: 200, headers: { 'Content-Type': 'text/event-stream' } });
   }
 
+  // The page's heartbeat as Gradio's client gets it: one stream, open until that client aborts it, made of the
+  // heartbeats this script opens one after another. One the server ends is opened again after the next of WAITS_S (the
+  // count starts again once one has stayed open the longest wait); a refusal or failure of the opening is retried
+  // after the next of WAITS_S, said in #seiko-connection. Past the last wait (or at a refusal retrying cannot cure)
+  // the sentence stays and the heartbeat waits for the page's next action, which starts the count again.
+  function keptHeartbeat(request) {
+    const signal = request.signal, longest = 1000 * WAITS_S[WAITS_S.length - 1];
+    let attempt = 0, reader = null, openedAt = 0, cancelled = false;
+
+    async function stopped(text) {  // the sentence stays until the page's next action (or Gradio's abort)
+      notice('heartbeat', text);
+      await new Promise((resolve, reject) => {
+        resumeHeartbeat = resolve;
+        signal.addEventListener('abort', () => reject(signal.reason), { once: true });
+        if (signal.aborted) reject(signal.reason);
+      });
+      attempt = 0;
+    }
+
+    async function afterWait(sentence) {  // the next wait, said when there is a sentence; false: none left
+      if (attempt >= WAITS_S.length) return false;
+      if (sentence) notice('heartbeat', `${sentence} ${RETRYING.replace('{s}', WAITS_S[attempt])}`);
+      await wait(WAITS_S[attempt++] * 1000, signal);
+      return true;
+    }
+
+    async function open() {  // an open heartbeat's reader, the refusals and failures retried
+      for (;;) {
+        if (cancelled) return null;
+        let response;
+        try {
+          response = await realFetch(request.clone());
+        } catch (e) {
+          if (signal.aborted || cancelled) throw e;
+          if (!(await afterWait(UNREACHABLE))) await stopped(`${UNREACHABLE} ${GAVE_UP}`);
+          continue;
+        }
+        if (response.ok && response.body) {
+          notice('heartbeat', '');
+          openedAt = Date.now();
+          return response.body.getReader();
+        }
+        const sentence = response.status === 401 ? SIGNED_OUT : sentenceOf(response, await response.text());
+        if (SAID.includes(response.status)) {
+          await stopped(response.status === 401 ? sentence : `${sentence} ${RELOAD}`);
+        } else if (!(await afterWait(sentence))) {
+          await stopped(`${sentence} ${GAVE_UP}`);
+        }
+      }
+    }
+
+    const body = new ReadableStream({
+      async pull(controller) {
+        for (;;) {
+          if (!reader) reader = await open();
+          if (cancelled) {  // Gradio's client let it go meanwhile
+            if (reader) reader.cancel();
+            return;
+          }
+          let chunk;
+          try {
+            chunk = await reader.read();
+          } catch (e) {  // broken off (the server went): opened again as an ended one is
+            if (signal.aborted || cancelled) throw e;
+            chunk = { done: true };
+          }
+          if (!chunk.done) { controller.enqueue(chunk.value); return; }
+          reader = null;  // ended by the server
+          if (Date.now() - openedAt >= longest) attempt = 0;
+          if (!(await afterWait(''))) await stopped(`${ENDED} ${GAVE_UP}`);
+        }
+      },
+      cancel(reason) {
+        cancelled = true;
+        if (reader) return reader.cancel(reason);
+      },
+    });
+    return new Response(body, { status: 200, headers: { 'Content-Type': 'text/event-stream' } });
+  }
+
   window.fetch = async function (input, init) {
     const url = new URL(input instanceof Request ? input.url : String(input), window.location.href);
     const method = ((init && init.method) || (input instanceof Request ? input.method : 'GET')).toUpperCase();
-    const stream = method !== 'GET' ? null : url.pathname.endsWith('/gradio_api/queue/data') ? 'data'
+    const stream = method === 'POST' ? (url.pathname.endsWith('/gradio_api/queue/join') ? 'event' : null)
+      : method !== 'GET' ? null : url.pathname.endsWith('/gradio_api/queue/data') ? 'data'
       : url.pathname.includes('/gradio_api/heartbeat/') ? 'heartbeat' : null;
     if (!stream) return realFetch(input, init);
-    const { response, text } = await answered(stream, new Request(input instanceof Request ? input : url.href, init));
-    if (!text) return response;
-    if (stream === 'heartbeat') {  // Gradio's client gives a refused heartbeat up, silently: the sentence stays here
-      notice(stream, text);
-      return response;
+    const request = new Request(input instanceof Request ? input : url.href, init);
+    if (stream === 'heartbeat') return keptHeartbeat(request);
+    if (stream === 'event' && resumeHeartbeat) {  // the page's next action: a heartbeat that stopped tries again
+      const resume = resumeHeartbeat;
+      resumeHeartbeat = null;
+      resume();
     }
-    // the events' error toast says it, and the box keeps it once the toast is gone, until a stream is answered
-    notice(stream, text);
-    return failedEvents(text);
+    const { response, text } = await answered(stream, request);
+    if (!text) return response;
+    notice(stream, text);  // kept on the page once Gradio's toast is gone, until this kind of request is answered
+    // an event's refusal is Gradio's to show as well (its toast); the stream's events end with the sentence
+    return stream === 'event' ? response : failedEvents(text);
   };
 })();
 """
@@ -367,7 +481,9 @@ def streams_head() -> str:
     """STREAMS_JS with its sentences and waits, as a ``<script>`` (web_guard puts it first in the page's head)."""
     values = {"__WAITS_S__": list(STREAM_WAITS_S), "__RETRIED__": list(STREAM_RETRIED), "__SAID__": list(STREAM_SAID),
               "__RETRYING__": STREAM_RETRYING, "__GAVE_UP__": STREAM_GAVE_UP, "__RELOAD__": STREAM_RELOAD,
-              "__SIGNED_OUT__": STREAM_SIGNED_OUT, "__NO_SENTENCE__": STREAM_NO_SENTENCE}
+              "__SIGNED_OUT__": STREAM_SIGNED_OUT, "__NO_SENTENCE__": STREAM_NO_SENTENCE,
+              "__UNREACHABLE__": STREAM_UNREACHABLE, "__ENDED__": STREAM_ENDED, "__NOT_DONE__": EVENT_NOT_DONE,
+              "__NOT_RUN__": NOT_RUN_HEADER}
     js = STREAMS_JS
     for name, value in values.items():
         js = js.replace(name, json.dumps(value))

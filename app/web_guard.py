@@ -717,12 +717,12 @@ class WebGuard:
             0 if queue is None else gradio_routes.outstanding(user, queue, self.session_owners, self.event_owners))
         if waiting >= gradio_routes.EVENTS_IN_FLIGHT:
             await self._refuse(scope, receive, send, f"You have {gradio_routes.EVENTS_IN_FLIGHT} requests waiting for "
-                               "an answer or unread; read their answers before sending more.", 429)
+                               "an answer or unread; read their answers before sending more.", 429, not_run=True)
             return
         mine = (user, fn_id)
         if fn_id is not None and self._admitting_fn.get(mine, 0) + (0 if queue is None else gradio_routes.running_of(
                 user, queue, fn_id, self.session_owners, self.event_owners)) >= gradio_routes.EVENTS_PER_HANDLER:
-            await self._refuse(scope, receive, send, gradio_routes.too_many_of_one_event(), 429)
+            await self._refuse(scope, receive, send, gradio_routes.too_many_of_one_event(), 429, not_run=True)
             return
         self._admitting[user] = self._admitting.get(user, 0) + 1  # no await since the count: one request at a time
         self._admitting_fn[mine] = self._admitting_fn.get(mine, 0) + 1
@@ -913,7 +913,8 @@ class WebGuard:
         message = getattr(self._blocks(), "auth_message", None)
         return JSONResponse({"detail": {"error": "Not authenticated", "auth_message": message}}, status_code=401)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send, why: str, status: int) -> None:
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, why: str, status: int, *,
+                      not_run: bool = False) -> None:
         """Answer with ``why`` (one sentence): as the body with ``status`` over HTTP, as the close reason (1008) of a
         websocket. On the page's own event route (``gradio_routes.is_page_join``), whatever refused the request, the
         body is ``{"detail": why}`` (JSON): the page's Gradio client reads every answer there as JSON and shows
@@ -921,14 +922,16 @@ class WebGuard:
         (found by the second review of 5 Dec 2026 for a refused event, and by the third for the 403 of a session hash
         another account holds, a tab left open after signing in as someone else, an unreadable body and a bad session
         hash: the route now decides, not each refusal). Elsewhere (``POST /call/{api}``, curl's and scripts' route)
-        the sentence is plain text."""
+        the sentence is plain text. ``not_run``: the request was refused before it reached the app, so nothing it asked
+        was done: the answer says so (``ui_assets.NOT_RUN_HEADER``), and the page sends the event again later."""
         self.stats.refused += 1
+        headers = {ui_assets.NOT_RUN_HEADER: "1"} if not_run else None
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008, "reason": why[:120]})
         elif gradio_routes.is_page_join(get_route_path(scope)):
-            await JSONResponse({"detail": why}, status_code=status)(scope, receive, send)
+            await JSONResponse({"detail": why}, status_code=status, headers=headers)(scope, receive, send)
         else:
-            await PlainTextResponse(why, status_code=status)(scope, receive, send)
+            await PlainTextResponse(why, status_code=status, headers=headers)(scope, receive, send)
 
     # -- local mode's token -----------------------------------------------------------------------
 

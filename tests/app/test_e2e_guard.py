@@ -326,3 +326,125 @@ def test_a_stream_the_guard_refuses_for_good_says_why_and_the_page_is_not_reload
     assert 200 in streams[before:], streams
     assert page.locator(".rg-card[data-state=rated]").get_attribute("data-score") == "4"
     assert not errors, errors
+
+
+def _first(n: int, refuse, real):
+    """``real``, but ``refuse(*args)`` answers the first ``n`` calls ``refuse`` picks out (a truthy answer refuses)."""
+    left = {"n": n}
+
+    def wrapped(*args, **kwargs):
+        if left["n"] and (answer := refuse(*args, **kwargs)):
+            left["n"] -= 1
+            return answer
+        return real(*args, **kwargs)
+
+    return wrapped, left
+
+
+def test_a_heartbeat_the_server_ends_is_opened_again_through_its_refusals(ui_world, e2e, monkeypatch):
+    """Found by the ninth review of 6 Dec 2026: Gradio's client opens the page's heartbeat once, so one the server
+    ended (here the guard's check of an open heartbeat's sign-in says, once, that it ended) was never opened again:
+    the session unpinned, the page deaf to the server going or coming back. Against the real server and guard: the
+    page opens it again, through two refusals by the account's cap on streams (429, each said with its wait), and the
+    session is pinned again; no reload."""
+    from app import ui_assets, web_guard
+
+    demo, browser = e2e(_without_timers(ui_world.services(batch_size=4)))
+    url = demo.local_url.replace("localhost", "127.0.0.1")
+    beats: list[int] = []  # the statuses of the page's heartbeats, as answered
+    page = browser.new_context().new_page()
+    page.add_init_script(RECORD_NOTICES)
+    page.on("response", lambda r: beats.append(r.status) if "/gradio_api/heartbeat/" in r.url else None)
+    loads: list[str] = []
+    page.on("load", lambda p: loads.append(p.url))
+    errors = watch_errors(page)
+    sign_in(page, url, "alice", wait_for="#rating-grid .rg-card")
+    loaded = len(loads)
+    guard = web_guard.installed(demo.server_app)
+    session = page.evaluate("window.__gradio_session_hash__")
+
+    def until(check, what: str, within_s: float = 60.0) -> None:
+        deadline = time.monotonic() + within_s
+        while not check():
+            assert time.monotonic() < deadline, (what, beats, page.evaluate("window.__notices"))
+            page.wait_for_timeout(100)
+
+    until(lambda: session in guard.heartbeats, "the heartbeat opened")
+    real_check = web_guard.WebGuard._check_session
+
+    ends = {"n": 1}
+
+    async def ends_once(self, headers, secure, max_age_s=None):  # max_age_s: an open heartbeat's check (only)
+        if max_age_s is not None and ends["n"]:
+            ends["n"] = 0
+            return None  # the sign-in session "ended": the guard ends the heartbeat (its last chunk)
+        return await real_check(self, headers, secure, max_age_s)
+
+    full, left = _first(2, lambda self, user: user == "alice", web_guard.WebGuard._streams_full)
+    monkeypatch.setattr(web_guard, "HEARTBEAT_RECHECK_S", 0.2)  # the open one's next check comes within 5 s
+    monkeypatch.setattr(web_guard.WebGuard, "_check_session", ends_once)
+    until(lambda: session not in guard.heartbeats, "the server ended the heartbeat")
+    monkeypatch.setattr(web_guard.WebGuard, "_streams_full", full)
+    until(lambda: session in guard.heartbeats and beats[-1] == 200, "the heartbeat opened again")  # after 1, 2, 4 s
+    assert left["n"] == 0 and beats == [200, 429, 429, 200], beats
+    notices = page.evaluate("window.__notices")
+    sentence = web_guard.TOO_MANY_STREAMS.format(n=web_guard.STREAMS_PER_ACCOUNT)
+    for s in (2, 4):  # the end's wait (1 s) is not said: it opened again at once
+        assert f"{sentence} {ui_assets.STREAM_RETRYING.format(s=s)}" in notices, notices
+    assert notices[-1] == "", notices
+    assert len(loads) == loaded, loads
+    assert not errors, errors
+
+
+def test_an_event_the_guards_caps_refuse_is_sent_again_and_done_once(ui_world, e2e, monkeypatch):
+    """Found by the ninth review of 6 Dec 2026: an event the guard's caps refused (429 before it reached the app: an
+    account's events in flight, app.gradio_routes.EVENTS_IN_FLIGHT) showed its sentence and was lost: the rating was
+    not recorded unless the person pressed again. Against the real server and guard: refused twice, the rating is
+    sent again after 1 s and 2 s (each wait said), recorded once (one undo step: it ran once), the card shows it, and
+    the box is cleared; no reload."""
+    from sqlalchemy import func, select
+
+    from app import gradio_routes, ui_assets
+    from db import repo
+    from db.engine import read_session
+    from db.models import UndoStep
+
+    demo, browser = e2e(_without_timers(ui_world.services(batch_size=4)))
+    url = demo.local_url.replace("localhost", "127.0.0.1")
+    joins: list[tuple[int, str | None]] = []  # the page's events as answered: (status, the not-run header)
+    refusals: list[str] = []  # the refusals' sentences
+    page = browser.new_context().new_page()
+    page.add_init_script(RECORD_NOTICES)
+
+    def answered(r) -> None:
+        if r.url.split("?")[0].endswith("/gradio_api/queue/join"):
+            joins.append((r.status, r.headers.get(ui_assets.NOT_RUN_HEADER)))
+            if r.status == 429:
+                refusals.append(r.json()["detail"])
+
+    page.on("response", answered)
+    loads: list[str] = []
+    page.on("load", lambda p: loads.append(p.url))
+    errors = watch_errors(page)
+    sign_in(page, url, "alice", wait_for="#rating-grid .rg-card")
+    loaded = len(loads)
+    outstanding, left = _first(2, lambda user, *_: user == "alice" and gradio_routes.EVENTS_IN_FLIGHT,
+                               gradio_routes.outstanding)
+    monkeypatch.setattr(gradio_routes, "outstanding", outstanding)
+    before = len(joins)
+    _rate_first_card(page, "7")
+    assert left["n"] == 0 and joins[before:] == [(429, "1"), (429, "1"), (200, None)], joins[before:]
+    card = page.locator(".rg-card[data-state=rated]")
+    assert card.count() == 1 and card.get_attribute("data-score") == "7"
+    alice = ui_world.accounts["alice"]
+    with read_session(ui_world.factory) as s:
+        rated = repo.find_rating(session=s, image_id=int(card.get_attribute("data-image-id")), rater_id=alice)
+        assert rated is not None and rated.score == 7
+        assert s.scalar(select(func.count()).select_from(UndoStep).where(UndoStep.rater_id == alice)) == 1
+    notices = page.evaluate("window.__notices")
+    assert len(set(refusals)) == 1 and str(gradio_routes.EVENTS_IN_FLIGHT) in refusals[0], refusals
+    for s in (1, 2):
+        assert f"{refusals[0]} {ui_assets.STREAM_RETRYING.format(s=s)}" in notices, notices
+    assert notices[-1] == "", notices
+    assert len(loads) == loaded, loads
+    assert not errors, errors

@@ -25,8 +25,9 @@ const answers = JSON.parse(answersJson), fetched = [], waits = [], elements = {}
 async function server(input, init) {
   const request = input instanceof Request ? input : new Request(input, init);
   fetched.push([request.method, new URL(request.url).pathname]);
-  const [status, type, body] = answers.length > 1 ? answers.shift() : answers[0];
-  return new Response(body, { status, headers: { 'content-type': type } });
+  const [status, type, body, headers] = answers.length > 1 ? answers.shift() : answers[0];
+  if (status === 0) throw new TypeError('Failed to fetch');  // no answer: the server is gone
+  return new Response(body, { status, headers: { 'content-type': type, ...(headers || {}) } });
 }
 const document = {
   getElementById: (id) => elements[id] || null,
@@ -39,9 +40,47 @@ const document = {
 };
 const window = { fetch: server, location: { href: 'http://app.test/' } };
 const context = vm.createContext({ window, document, console, Request, Response, URL, Headers, AbortController, setImmediate,
+  ReadableStream, TextDecoder,
   setTimeout: (fn, ms) => { waits.push(ms); if (!hold) setImmediate(fn); return waits.length; }, clearTimeout() {} });
 vm.runInContext(pageJs, context);
 context.controller = new AbortController();
+context.fetched = fetched;
+const ticks = async (check) => {  // the page's work goes on (its timers fire at once) until check() holds
+  for (let i = 0; i < 100000 && !check(); i++) await new Promise((resolve) => setImmediate(resolve));
+  if (!check()) throw new Error('the page never got there');
+};
+// the page's heartbeat as Gradio's client reads it (the page's timers firing) until ``first`` (given what came so far)
+// holds; then, with an ``action`` (the page's next action, say), that runs and the reading goes on until ``second``
+// holds; then it is aborted, as Gradio's client closes it. Answered as a Response of what was read.
+context.heartbeat = async (first, action, second) => {
+  const response = await window.fetch(new Request('http://app.test/gradio_api/heartbeat/abc', { signal: context.controller.signal }));
+  const reader = response.body.getReader(), decoder = new TextDecoder();
+  let text = '', ended = '';
+  (async () => {
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) { ended = 'done'; return; }
+        text += decoder.decode(value);
+      }
+    } catch (e) {
+      ended = e.name;
+    }
+  })();
+  await ticks(() => first(text) || ended);
+  if (action) {
+    await action();
+    await ticks(() => second(text) || ended);
+  }
+  context.controller.abort();
+  await ticks(() => ended);
+  return new Response(text + (ended === 'AbortError' ? '' : `[${ended}]`), { status: response.status, headers: response.headers });
+};
+context.ticks = ticks;
+context.stopped = () => {  // the heartbeat's sentence says it has stopped trying (no wait left, or none would help)
+  const text = window.__seikoStreams.said.heartbeat;
+  return Boolean(text) && !text.includes('tries again by itself');
+};
 (async () => {
   let result;
   try {
@@ -56,7 +95,10 @@ context.controller = new AbortController();
 """
 
 DATA = "window.fetch('http://app.test/gradio_api/queue/data?session_hash=abc', { headers: { Accept: 'text/event-stream' } })"
-HEARTBEAT = "window.fetch(new Request('http://app.test/gradio_api/heartbeat/abc'))"
+HEARTBEAT_READ = "heartbeat((text) => text.length > 0)"  # the heartbeat, read until something came
+HEARTBEAT_STOPPED = "heartbeat(stopped)"  # read until the page has stopped trying
+ALIVE = [200, "text/event-stream", "data: ALIVE\n\n"]  # a heartbeat the server ends after its first message
+JOIN = "window.fetch('http://app.test/gradio_api/queue/join', { method: 'POST', body: '{}' })"
 CAPS = net_limits.TOO_MANY_FROM_ADDRESS.format(n=64)
 CAPS_ANSWER = [429, "application/json", json.dumps({"detail": CAPS})]
 RETRYING = [f"{CAPS} {ui_assets.STREAM_RETRYING.format(s=s)}" for s in ui_assets.STREAM_WAITS_S]
@@ -97,11 +139,47 @@ def test_a_stream_of_results_the_caps_keep_refusing_is_tried_a_bounded_number_of
 
 
 def test_a_refused_heartbeat_is_retried_until_answered_and_the_notice_goes(tmp_path):
-    out = run_page(tmp_path, [[503, "application/json", json.dumps({"detail": "Busy."})], CAPS_ANSWER,
-                              [200, "text/event-stream", "data: ALIVE\n\n"]], HEARTBEAT)
-    assert out["fetched"] == [["GET", "/gradio_api/heartbeat/abc"]] * 3 and out["waits"] == [1000, 2000]
+    out = run_page(tmp_path, [[503, "application/json", json.dumps({"detail": "Busy."})], CAPS_ANSWER, ALIVE],
+                   HEARTBEAT_READ)
+    assert out["fetched"][:3] == [["GET", "/gradio_api/heartbeat/abc"]] * 3 and out["waits"][:2] == [1000, 2000]
     assert out["result"] == {"status": 200, "type": "text/event-stream", "body": "data: ALIVE\n\n"}
-    assert out["said"] == [f"Busy. {ui_assets.STREAM_RETRYING.format(s=1)}", RETRYING[1], ""]
+    assert out["said"][:3] == [f"Busy. {ui_assets.STREAM_RETRYING.format(s=1)}", RETRYING[1], ""]
+    assert set(out["said"][3:]) <= {""}
+
+
+def test_a_heartbeat_the_server_ends_is_opened_again_with_the_waits(tmp_path):
+    """Found by the ninth review of 6 Dec 2026: Gradio's client opens the heartbeat once (its open_heartbeat does
+    nothing once it has one, ended or not), so a heartbeat the server ended was never opened again: the server dropped
+    the page's session, and the page never noticed the server gone or back. Each heartbeat the server ends is opened
+    again after the next of STREAM_WAITS_S, and Gradio's client reads one stream throughout."""
+    out = run_page(tmp_path, [ALIVE], "heartbeat((text) => text.split('ALIVE').length > 4)")
+    assert out["result"]["status"] == 200 and out["result"]["body"].startswith("data: ALIVE\n\n" * 4)
+    assert out["fetched"][:4] == [["GET", "/gradio_api/heartbeat/abc"]] * 4
+    assert out["waits"][:3] == [1000, 2000, 4000]
+    assert out["said"] == []  # an ended heartbeat opened again is nothing to say
+
+
+def test_a_heartbeat_the_server_keeps_ending_stops_after_the_last_wait_and_the_next_action_opens_it(tmp_path):
+    """Past the last of STREAM_WAITS_S (every heartbeat ended soon after it opened) the page says so and stops trying;
+    the page's next action (an event) opens it again, the waits counted from the first."""
+    n = len(ui_assets.STREAM_WAITS_S)
+    out = run_page(tmp_path, [ALIVE], "heartbeat(stopped, () => window.fetch('http://app.test/gradio_api/queue/join', "
+                   f"{{ method: 'POST', body: '{{}}' }}), () => fetched.length > {n + 3})")
+    beats = [f for f in out["fetched"] if f[1] == "/gradio_api/heartbeat/abc"]
+    assert out["fetched"][:n + 2] == [["GET", "/gradio_api/heartbeat/abc"]] * (n + 1) + [["POST", "/gradio_api/queue/join"]]
+    assert len(beats) >= n + 2
+    assert out["waits"][:n + 1] == [1000 * s for s in ui_assets.STREAM_WAITS_S] + [1000]
+    assert out["said"][0] == f"{ui_assets.STREAM_ENDED} {ui_assets.STREAM_GAVE_UP}" and "" in out["said"]  # then opened
+
+
+def test_a_heartbeat_that_cannot_reach_the_server_says_so_and_goes_on_when_it_is_back(tmp_path):
+    gone = [0, "", ""]  # the request failed: no answer at all (the server stopped, the network dropped)
+    out = run_page(tmp_path, [ALIVE, gone, gone, ALIVE], "heartbeat((text) => text.split('ALIVE').length > 2)")
+    assert out["result"]["body"].startswith("data: ALIVE\n\n" * 2)
+    assert out["fetched"][:4] == [["GET", "/gradio_api/heartbeat/abc"]] * 4
+    assert out["waits"][:3] == [1000, 2000, 4000]  # ended; then two failures, each said
+    unreachable = [f"{ui_assets.STREAM_UNREACHABLE} {ui_assets.STREAM_RETRYING.format(s=s)}" for s in (2, 4)]
+    assert out["said"][:3] == [*unreachable, ""] and set(out["said"][3:]) <= {""}
 
 
 def test_refusals_that_retrying_cannot_cure_are_said_at_once(tmp_path):
@@ -114,17 +192,20 @@ def test_refusals_that_retrying_cannot_cure_are_said_at_once(tmp_path):
     out = run_page(tmp_path, [[401, "text/plain; charset=utf-8", "Sign in first."]], DATA)
     assert len(out["fetched"]) == 1 and messages(out["result"]["body"]) == server_failed_events(
         ui_assets.STREAM_SIGNED_OUT)
-    out = run_page(tmp_path, [[401, "application/json", json.dumps({"detail": "Sign in first."})]], HEARTBEAT)
-    assert len(out["fetched"]) == 1 and out["result"]["status"] == 401
+    out = run_page(tmp_path, [[401, "application/json", json.dumps({"detail": "Sign in first."})]], HEARTBEAT_STOPPED)
+    assert len(out["fetched"]) == 1 and out["waits"] == [] and out["result"]["body"] == ""
     assert out["said"] == [ui_assets.STREAM_SIGNED_OUT]
-    out = run_page(tmp_path, [[404, "application/json", ""]], HEARTBEAT)  # no sentence of its own
+    out = run_page(tmp_path, [[404, "application/json", ""]], HEARTBEAT_STOPPED)  # no sentence of its own
     assert out["said"] == [f"{ui_assets.STREAM_NO_SENTENCE.format(status=404)} {ui_assets.STREAM_RELOAD}"]
 
 
 def test_other_requests_and_answers_pass_untouched_and_an_abort_ends_the_wait(tmp_path):
-    out = run_page(tmp_path, [CAPS_ANSWER], "window.fetch('http://app.test/gradio_api/queue/join', { method: 'POST', body: '{}' })")
-    assert out["fetched"] == [["POST", "/gradio_api/queue/join"]] and out["result"]["status"] == 429
-    assert out["waits"] == [] and out["said"] == []  # the join's refusal: Gradio's own toast shows its detail
+    # an event's 429 or 503 that does not say it was not run (Gradio's own, a proxy's): the app may have run it, so it
+    # is not sent again; Gradio's own toast shows its detail
+    for status in (429, 503):
+        out = run_page(tmp_path, [[status, *CAPS_ANSWER[1:]]], JOIN)
+        assert out["fetched"] == [["POST", "/gradio_api/queue/join"]] and out["result"]["status"] == status
+        assert out["waits"] == [] and out["said"] == []
     # an answer that is not the app's (a proxy's 502 while the app restarts) is Gradio's to handle, as before
     out = run_page(tmp_path, [CAPS_ANSWER, [502, "text/html", "<html>Bad Gateway</html>"]], DATA)
     assert len(out["fetched"]) == 2 and out["result"]["status"] == 502 and out["said"] == [RETRYING[0], ""]
@@ -133,6 +214,37 @@ def test_other_requests_and_answers_pass_untouched_and_an_abort_ends_the_wait(tm
                    "'http://app.test/gradio_api/queue/data?session_hash=abc', { signal: controller.signal }); "
                    "setImmediate(() => setImmediate(() => controller.abort())); return answer; })()", hold_timers=True)
     assert out["result"] == {"error": "AbortError"} and len(out["fetched"]) <= 1
+
+
+NOT_RUN = {ui_assets.NOT_RUN_HEADER: "1"}
+
+
+def test_an_event_refused_before_it_reached_the_app_is_sent_again_with_the_waits(tmp_path):
+    """Found by the ninth review of 6 Dec 2026: an event (a rating, a skip) the caps refused (429, 503) showed its
+    sentence and was lost unless the person did it again. One whose refusal says it was not run (NOT_RUN_HEADER: the
+    connection caps and the guard's caps on events) is sent again after each of STREAM_WAITS_S, the wait said, and the
+    answer that comes is Gradio's; one every try of which is refused says in the box that it was not carried out, and
+    Gradio's client gets the last refusal as it was (its toast shows the detail)."""
+    refused = [429, "application/json", json.dumps({"detail": CAPS}), NOT_RUN]
+    out = run_page(tmp_path, [refused, [503, *refused[1:]], [200, "application/json", '{"event_id": "e1"}']], JOIN)
+    assert out["fetched"] == [["POST", "/gradio_api/queue/join"]] * 3 and out["waits"] == [1000, 2000]
+    assert out["result"] == {"status": 200, "type": "application/json", "body": '{"event_id": "e1"}'}
+    assert out["said"] == RETRYING[:2] + [""]
+    out = run_page(tmp_path, [refused], JOIN)
+    tries = len(ui_assets.STREAM_WAITS_S) + 1
+    assert out["fetched"] == [["POST", "/gradio_api/queue/join"]] * tries
+    assert out["waits"] == [1000 * s for s in ui_assets.STREAM_WAITS_S]
+    assert out["result"] == {"status": 429, "type": "application/json", "body": json.dumps({"detail": CAPS})}
+    assert out["said"] == RETRYING + [f"{CAPS} {ui_assets.EVENT_NOT_DONE.format(n=tries)}"]
+
+
+def test_the_caps_answers_say_nothing_was_run():
+    """The connection caps answer before reading the request: their 429 and 503 carry NOT_RUN_HEADER (a 408 for a
+    slow head does not: the page sends no event again for it)."""
+    for status in (429, 503):
+        head = net_limits._answer(status, "x", as_json=True).split(b"\r\n\r\n")[0].decode().lower()
+        assert f"\r\n{ui_assets.NOT_RUN_HEADER}: 1\r\n" in head, head
+    assert ui_assets.NOT_RUN_HEADER not in net_limits._answer(408, "x").decode().lower()
 
 
 def test_the_retries_end_before_a_rated_card_stops_waiting_for_its_answer():
