@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from db.comparisons import pair_bootstrap_interval, win_stats
+from seiko_core.atomic import write_text
 
 WIN_RATES = (0.5, 0.6, 0.7, 0.9)
 VOTES = (10, 20, 50, 100, 400)
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown(result))
     if args.json is not None:
         try:
-            args.json.write_text(json.dumps(result, indent=2) + "\n")
+            write_text(args.json, json.dumps(result, indent=2) + "\n")
         except OSError as exc:
             raise SystemExit(f"ab_coverage: cannot write {args.json}: {exc.strerror or exc}") from None
     return 0

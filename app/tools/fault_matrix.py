@@ -67,6 +67,7 @@ from db import jobs as job_queue
 from db import repo
 from db.engine import read_session
 from db.models import Checkpoint, Image, Job, Rating, Round, utcnow
+from seiko_core.atomic import write_text
 from seiko_core.checkpoint import MANIFEST, sha256_file, verify
 
 PHASES = ("claim", "snapshot", "reward_fit", "finetune", "save", "publish", "sample_query", "publish_query", "sample_eval",
@@ -606,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
         results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
         results["ok"] = not failed
         if args.json:
-            args.json.write_text(json.dumps(results, indent=2, default=str))
+            write_text(args.json, json.dumps(results, indent=2, default=str))
         print(json.dumps(results, indent=2, default=str))
     return 1 if failed else 0
 

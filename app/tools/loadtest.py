@@ -35,6 +35,7 @@ from app.tools import harness
 from db import jobs as job_queue
 from db.engine import read_session
 from db.models import Image, Job, Rating
+from seiko_core.atomic import write_text
 
 
 def pct(values: list[float], q: float) -> float:
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         lab.close()
         print(json.dumps(results, indent=2, default=str))
         if args.json:
-            args.json.write_text(json.dumps(results, indent=2, default=str))
+            write_text(args.json, json.dumps(results, indent=2, default=str))
         if tmp is not None:
             tmp.cleanup()
     return 0 if ok else 1

@@ -29,6 +29,7 @@ from db import migrate, repo
 from db.engine import make_engine, session_factory, write_session
 from db.models import GoldScore, Image, Rating, RepeatRating, Round
 from db.testing import sqlite_url
+from seiko_core.atomic import write_text
 
 
 def build(url: str, *, n_ratings: int, rounds: int, raters: int, overlap: int, seed: int) -> auth.Who:
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             out["sizes"].append(line)
             print(json.dumps(line), flush=True)
     if a.json:
-        a.json.write_text(json.dumps(out, indent=1) + "\n")
+        write_text(a.json, json.dumps(out, indent=1) + "\n")
     return 0
 
 

@@ -35,6 +35,7 @@ from db import migrate, repo
 from db import testing as dbt
 from db.engine import make_engine, read_session, session_factory, write_session
 from db.errors import Conflict
+from seiko_core.atomic import write_text
 
 
 def _world(factory, data_dir: Path, name: str, n_images: int, n_raters: int, overlap: int = 1) -> tuple[int, int, list[int]]:
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:
-        args.json.write_text(text + "\n")
+        write_text(args.json, text + "\n")
     return 1 if any(c["errors"] for c in result["collisions"]) else 0
 
 

@@ -44,6 +44,7 @@ from app.settings import DEFAULT_MODEL, Settings
 from app.tools.harness import wait_for
 from db import repo
 from db.engine import make_engine, read_session, session_factory
+from seiko_core.atomic import write_text
 
 LAST_ROUND_RATED = 12  # the last round is rated only this far: the rating page's screenshot shows the rest
 BATCH = 32  # images per next_batch call
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             shots = Path(args.shots)
             shots.mkdir(parents=True, exist_ok=True)
             doc = {"person": person.name, "rounds_trained": args.rounds, "rounds": rows}
-            (shots / "walkthrough.json").write_text(json.dumps(doc, indent=2) + "\n")
+            write_text(shots / "walkthrough.json", json.dumps(doc, indent=2) + "\n")
             shoot(f"{url.rstrip('/')}/?token={token}", shots, last_round=args.rounds, timeout_s=args.timeout)
         out = data / "export-lora"
         subprocess.run([sys.executable, "-m", "app", "export", "lora", "--data-dir", str(data), "--experiment", "1",

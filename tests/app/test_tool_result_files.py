@@ -146,3 +146,182 @@ def test_login_flood_servers_sign_in_figures_are_whole_while_it_runs(tmp_path, m
     assert closed == [True]
     assert json.loads((data / "guard-stats.json").read_text()) == {"refused": {"429": 1}, "logins": 3}
     assert [p.name for p in data.iterdir()] == ["guard-stats.json"]
+
+
+# ----------------------------------------------------------------------- the other measuring tools (ninth review)
+# ab_coverage, fault_matrix, loadtest, quality_speed, raters_check and walkthrough wrote their JSON in place too: each
+# is run here with its measurement stood in (or tiny), the results file's write failing half-way.
+def test_ab_coverage_keeps_the_earlier_results_whole(tmp_path, monkeypatch, capsys):
+    """Its one sentence for a file it cannot write stands; the earlier file is whole, nothing is left beside it."""
+    from app.tools import ab_coverage
+
+    out = tmp_path / "ab.json"
+    out.write_text('{"an earlier": "run"}')
+    seen = _full_disk_on(monkeypatch, out.name)
+    with pytest.raises(SystemExit, match=f"ab_coverage: cannot write {out}: No space left on device"):
+        ab_coverage.main(["--trials", "1", "--resamples", "100", "--json", str(out)])
+    assert len(seen) == 1
+    assert json.loads(out.read_text()) == {"an earlier": "run"}
+    assert [p.name for p in tmp_path.iterdir()] == ["ab.json"]
+    capsys.readouterr()
+
+
+def test_fault_matrix_keeps_the_earlier_results_whole(tmp_path, monkeypatch, capsys):
+    """No phase, no server or disk trial: the model, the lab and the concurrent writer stand in."""
+    from app.tools import fault_matrix
+
+    class Writer:
+        def __init__(self, lab, name):
+            pass
+
+        def finish(self):
+            return 0
+
+    monkeypatch.setattr(fault_matrix, "build_model", lambda out: out)
+    monkeypatch.setattr(fault_matrix, "make_lab", lambda root, model_dir: types.SimpleNamespace(close=lambda: None))
+    monkeypatch.setattr(fault_matrix, "RatingWriter", Writer)
+    out = tmp_path / "res" / "matrix.json"
+    out.parent.mkdir()
+    out.write_text('{"an earlier": "run"}')
+    seen = _full_disk_on(monkeypatch, out.name)
+    with pytest.raises(OSError, match="No space left on device"):
+        fault_matrix.main(["--phases", "", "--server-trials", "0", "--disk-trials", "0", "--workdir",
+                           str(tmp_path / "work"), "--json", str(out)])
+    assert len(seen) == 1
+    assert json.loads(out.read_text()) == {"an earlier": "run"}
+    assert [p.name for p in out.parent.iterdir()] == ["matrix.json"]
+    capsys.readouterr()
+
+
+def test_loadtest_keeps_the_earlier_results_whole(tmp_path, monkeypatch, capsys):
+    """No rater, no training: the lab, its round and its server stand in (the file is written in the clean-up)."""
+    import contextlib
+
+    from app.tools import harness, loadtest
+
+    class Server:
+        url = "http://127.0.0.1:9/"
+
+        def __init__(self, lab, logs, name, batch_size):
+            self.log = logs / f"{name}.log"
+            self.log.write_text("")
+
+        def wait_ready(self):
+            pass
+
+        def stop(self):
+            pass
+
+    class NoRows:
+        def query(self, *entities):
+            return self
+
+        def join(self, *args):
+            return self
+
+        def filter(self, *args):
+            return []
+
+    monkeypatch.setattr(loadtest, "top_processes", lambda: [])
+    monkeypatch.setattr(harness, "make_lab", lambda root, model_dir: types.SimpleNamespace(factory=None,
+                                                                                           close=lambda: None))
+    monkeypatch.setattr(harness, "fake_open_round", lambda lab, name, n, **kwargs: (1, 1, []))
+    monkeypatch.setattr(harness, "ServerProc", Server)
+    monkeypatch.setattr(loadtest, "read_session", lambda factory: contextlib.nullcontext(NoRows()))
+    out = tmp_path / "load.json"
+    out.write_text('{"an earlier": "run"}')
+    seen = _full_disk_on(monkeypatch, out.name)
+    with pytest.raises(OSError, match="No space left on device"):
+        loadtest.main(["--raters", "0", "--ratings", "1", "--no-train", "--workdir", str(tmp_path / "work"),
+                       "--json", str(out)])
+    assert len(seen) == 1
+    assert json.loads(out.read_text()) == {"an earlier": "run"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["load.json", "work"]
+    capsys.readouterr()
+
+
+def test_quality_speed_keeps_the_earlier_results_whole(tmp_path, monkeypatch, capsys):
+    """One size of 10 ratings, the database's filling and the report stood in."""
+    from app.tools import quality_speed
+
+    monkeypatch.setattr(quality_speed.migrate, "upgrade", lambda url: None)
+    monkeypatch.setattr(quality_speed, "build", lambda url, **kwargs: None)
+    monkeypatch.setattr(quality_speed.ui_quality, "report", lambda factory, who, experiment: (None, [1, 2]))
+    out = tmp_path / "speed.json"
+    out.write_text('{"an earlier": "run"}')
+    seen = _full_disk_on(monkeypatch, out.name)
+    with pytest.raises(OSError, match="No space left on device"):
+        quality_speed.main(["--ratings", "10", "--repeats", "1", "--json", str(out)])
+    assert len(seen) == 1
+    assert json.loads(out.read_text()) == {"an earlier": "run"}
+    assert [p.name for p in tmp_path.iterdir()] == ["speed.json"]
+    capsys.readouterr()
+
+
+def test_raters_check_keeps_the_earlier_results_whole(tmp_path, monkeypatch, capsys):
+    """The close race and the collisions stand in."""
+    from app.tools import raters_check
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.setattr(raters_check.tempfile, "mkdtemp", lambda prefix: str(work))
+    monkeypatch.setattr(raters_check.migrate, "upgrade", lambda url: None)
+    monkeypatch.setattr(raters_check, "close_race", lambda factory, data_dir, trials: {"trials": trials})
+    monkeypatch.setattr(raters_check, "collisions", lambda factory, data_dir, *args: {"errors": []})
+    out = tmp_path / "raters.json"
+    out.write_text('{"an earlier": "run"}')
+    seen = _full_disk_on(monkeypatch, out.name)
+    with pytest.raises(OSError, match="No space left on device"):
+        raters_check.main(["--trials", "1", "--repeat", "1", "--json", str(out)])
+    assert len(seen) == 1
+    assert json.loads(out.read_text()) == {"an earlier": "run"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raters.json", "work"]
+    capsys.readouterr()
+
+
+def test_walkthrough_keeps_the_earlier_walkthrough_json_whole(tmp_path, monkeypatch, capsys):
+    """One round, nothing rated: the demo process, its web app and the database stand in; walkthrough.json's write
+    (before the screenshots) fails half-way, and the demo is still stopped."""
+    import contextlib
+
+    from app.tools import walkthrough
+
+    signals = []
+
+    class Demo:
+        returncode = None
+
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def send_signal(self, sig):
+            signals.append(sig)
+
+        def wait(self, timeout=None):
+            return 0
+
+        def poll(self):
+            return None
+
+    monkeypatch.setattr(walkthrough.subprocess, "Popen", Demo)
+    monkeypatch.setattr(walkthrough, "wait_for", lambda *args, **kwargs: object())
+    monkeypatch.setattr(walkthrough, "make_engine", lambda url: None)
+    monkeypatch.setattr(walkthrough, "session_factory", lambda engine: None)
+    monkeypatch.setattr(walkthrough, "read_session", lambda factory: contextlib.nullcontext(None))
+    monkeypatch.setattr(walkthrough, "_await_round", lambda client, demo, k, timeout: ({"items": [], "round": k}, 0.0))
+    monkeypatch.setattr(walkthrough.repo, "list_experiments", lambda session: [types.SimpleNamespace(id=1)])
+    monkeypatch.setattr(walkthrough.services, "close_round", lambda factory, experiment_id: None)
+    monkeypatch.setattr(walkthrough, "shoot", lambda *args, **kwargs: pytest.fail("the write did not fail"))
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    out = shots / "walkthrough.json"
+    out.write_text('{"an earlier": "run"}')
+    seen = _full_disk_on(monkeypatch, out.name)
+    with pytest.raises(OSError, match="No space left on device"):
+        walkthrough.main(["--data-dir", str(tmp_path / "data"), "--rounds", "1", "--shots", str(shots),
+                          "--model", str(tmp_path / "no-model")])
+    assert len(seen) == 1
+    assert json.loads(out.read_text()) == {"an earlier": "run"}
+    assert [p.name for p in shots.iterdir()] == ["walkthrough.json"]
+    assert len(signals) == 1
+    capsys.readouterr()
