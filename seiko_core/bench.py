@@ -71,14 +71,15 @@ from .config import FinetuneConfig, OptimismConfig, RewardConfig, SeikoConfig
 from .finetune import at_least_fp32, gaussian_kl, reward_loss, trajectory_loss
 from .presets import SHAPES_PROMPTS
 from .sampling import DDIMSchedule, SeedNoise, ddim_mean, ddim_sigma, decode, encode_prompts, initial_latents, sample
-from .scratch import PixelSpill, add_max_mib_argument, exit_on_sigterm, float_pixels
+from .scratch import PixelSpill, add_max_mib_argument, exit_on_sigterm, float_pixels, own_scratch_folder
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs" / "sd15"
 SHAPES_DIR = REPO / "models" / "shapes-sd"
 SD15_TOKEN_LENGTH = 77
 PATHS = ("ours", "baseline")
-SCRATCH_FOLDER_PREFIX = f"{TMP_PREFIX}bench-"  # a run's own folder in its work dir, for its scratch files
+SCRATCH_COMMAND = "bench"  # a run's own folder in its work dir, for its scratch files: .tmp-bench-*
+SCRATCH_FOLDER_PREFIX = f"{TMP_PREFIX}{SCRATCH_COMMAND}-"
 
 
 # ------------------------------------------------------------------------------------------------- FLOPs
@@ -891,11 +892,8 @@ def main(argv: list[str] | None = None) -> int:
         # The round's scratch files go in a folder of this run's own, never in WORKDIR/scratch: a --workdir may be a
         # live data dir, whose worker makes and maps its scratch files in DATA_DIR/scratch; cleaning that folder took a
         # name from under the worker (its job failed) and removed the folder the worker had just made (ninth review).
-        args.scratch_folder = Path(tempfile.mkdtemp(prefix=SCRATCH_FOLDER_PREFIX, dir=args.workdir))
-        try:
+        with own_scratch_folder(args.workdir, SCRATCH_COMMAND) as args.scratch_folder:
             result = run(args, log=lambda msg: print(msg, file=sys.stderr, flush=True))
-        finally:
-            shutil.rmtree(args.scratch_folder)  # every name in it is this run's
     finally:
         if made_workdir:
             shutil.rmtree(args.workdir)

@@ -34,7 +34,7 @@ import torch
 
 from .atomic import check_can_write
 from .config import METHODS, from_dict
-from .scratch import PixelSpill, add_max_mib_argument, exit_on_sigterm, scratch_removed
+from .scratch import PixelSpill, add_max_mib_argument, exit_on_sigterm, own_scratch_folder
 
 MATCHED_ADAPTER = "kl_matched"
 
@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="KL evaluations of the search per seed at most, after the one at s = 1 (default 8)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    add_max_mib_argument(p, "OUT")
+    add_max_mib_argument(p, "OUT/.tmp-klmatch-*")
     return p
 
 
@@ -259,8 +259,10 @@ def main(argv: list[str] | None = None) -> int:
            "runs": {args.scale: {}}}
     args.out.mkdir(parents=True, exist_ok=True)
     t_all = time.time()
-    spill = PixelSpill(args.out, args.pixels_in_memory_max_bytes)
-    with scratch_removed(args.out):  # OUT/scratch goes when the command ends, however it ends
+    # the eval images beyond the limit go in a folder of the run's own, OUT/.tmp-klmatch-*/scratch, removed when the
+    # command ends, however it ends; never OUT/scratch, a live data dir's worker's (ninth review)
+    with own_scratch_folder(args.out, "klmatch") as own:
+        spill = PixelSpill(own, args.pixels_in_memory_max_bytes)
         for seed in seeds:
             t0 = time.time()
             src_run = runs_scale[seed]

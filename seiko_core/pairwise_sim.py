@@ -192,14 +192,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    spill = sim.spill_of(args)
-
+    # sim.spill_of(args) when a run starts: its folder is made by run_campaign
     def pool_task(method, seed, pretrained, grid_path):
-        return _worker_run, cfgs[method], temperature, tie_eps, ev, seed, pretrained, grid_path, spill
+        return _worker_run, cfgs[method], temperature, tie_eps, ev, seed, pretrained, grid_path, sim.spill_of(args)
 
     def serial_run(method, seed, pretrained, on_round, bars, grid_path):
         return run_pairs(parts, cfgs[method], oracle, temperature, tie_eps, ev, seed, pretrained, on_round=on_round,
-                         bars=bars, grid_path=grid_path, spill=spill)
+                         bars=bars, grid_path=grid_path, spill=sim.spill_of(args))
 
     return sim.run_campaign(args, argv, parts=parts, oracle=oracle, base=base, ev=ev, settings=settings,
                             methods=methods, seeds=seeds, pool_task=pool_task, serial_run=serial_run,

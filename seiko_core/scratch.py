@@ -5,8 +5,8 @@ disk space reserved first); ``PixelSpill`` gives ``seiko_core.loop.generate_batc
 batch of pixels beyond a limit (``PIXELS_IN_MEMORY_MAX_BYTES`` by default, ``--pixels-in-memory-max-mib`` on the
 command lines). The app's worker keeps a generate job's uint8 candidates there (fifth review), the simulators
 (``seiko_core.simulate``, ``seiko_core.pairwise_sim``) and ``seiko_core.bench``'s round their float32 images
-(sixth review), ``seiko_core.klmatch`` its eval images (seventh review); a command that owns its folder removes
-``<folder>/scratch`` when it ends (:func:`scratch_removed`), also on SIGTERM (:func:`exit_on_sigterm`). A scratch folder on a tmpfs saves nothing (its pages are memory): :func:`note_if_tmpfs` says so
+(sixth review), ``seiko_core.klmatch`` its eval images (seventh review); those commands keep them in a folder of
+the run's own (:func:`own_scratch_folder`), removed when the run ends, also on SIGTERM (:func:`exit_on_sigterm`). A scratch folder on a tmpfs saves nothing (its pages are memory): :func:`note_if_tmpfs` says so
 once in the log.
 """
 
@@ -18,7 +18,9 @@ import errno
 import logging
 import math
 import os
+import shutil
 import signal
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,47 +98,26 @@ def scratch_array(data_dir: str | Path, label: str, shape: tuple[int, ...], *, w
         path.unlink(missing_ok=True)
 
 
-def remove_scratch(folder: str | Path) -> list[Path]:
-    """Remove ``<folder>/scratch`` of a command that owns ``folder`` (a simulator's OUT, klmatch's OUT): first
-    the ``.tmp-`` names in it, each a scratch file's name left by a process killed between making the file and
-    mapping it (its disk space, a whole batch's, reserved until the name goes), then the folder itself if that
-    leaves it empty. Anything else in it is not a scratch file: it stays, and so does the folder. Returns the
-    names removed. Not for the app's data dir, which live workers share (``app.storage.clean_partials``)."""
-    root = Path(folder) / SCRATCH
-    try:
-        entries = sorted(root.iterdir())
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    removed = []
-    for entry in entries:
-        if entry.name.startswith(TMP_PREFIX) and not entry.is_dir():
-            entry.unlink(missing_ok=True)
-            removed.append(entry)
-    try:
-        root.rmdir()
-    except OSError as exc:
-        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
-            raise
-    return removed
-
-
 @contextlib.contextmanager
-def scratch_removed(folder: str | Path) -> Iterator[None]:
-    """``<folder>/scratch`` removed (``remove_scratch``) when the block starts, a killed earlier run's, and when it
-    ends, normally, by an exception or by Ctrl-C: a command's scratch folder, and any name a killed worker process of
-    it left there, do not outlive the command (seventh review: the simulators left OUT/scratch behind)."""
-    remove_scratch(folder)
+def own_scratch_folder(parent: str | Path, command: str) -> Iterator[Path]:
+    """A folder of this run's own in ``parent``, ``<parent>/.tmp-<command>-<random>``, for a ``PixelSpill``'s scratch
+    files (its ``scratch`` folder inside), removed with everything in it when the block ends, normally, by an
+    exception, by Ctrl-C or SIGTERM (:func:`exit_on_sigterm`). Never ``<parent>/scratch``: ``parent`` (bench's
+    --workdir, a simulator's or klmatch's OUT) may be a live data dir, whose worker makes and maps its scratch files
+    in DATA_DIR/scratch; cleaning that folder took a name from under the worker (its job failed) and removed the
+    folder it had just made (ninth review)."""
+    folder = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{command}-", dir=parent))
     try:
-        yield
+        yield folder
     finally:
-        remove_scratch(folder)
+        shutil.rmtree(folder)  # every name in it is this run's
 
 
 def exit_on_sigterm() -> None:
     """For a command line's ``if __name__ == "__main__"`` only (never on import, never in the app's server or worker,
     which handle SIGTERM themselves): SIGTERM raises SystemExit(143, 128 + SIGTERM as a shell reports it) in the main
     thread, so the command ends as on Ctrl-C, its ``finally`` blocks run: its scratch folder goes
-    (:func:`scratch_removed`), and a work dir it made. SIGTERM's default action ended the process where it stood and
+    (:func:`own_scratch_folder`), and a work dir it made. SIGTERM's default action ended the process where it stood and
     left them, a whole batch's images maybe (eighth review: ``timeout``, ``docker stop``, a batch system's time
     limit). A later SIGTERM is ignored: the first asked for the end already, and must not cut its clean-up short."""
     signal.signal(signal.SIGTERM, _exit_for_sigterm)

@@ -35,8 +35,10 @@ its own seeds. A SIGTERM, a Ctrl-C or a failed run ends the worker processes' ru
 run is redone on a resume; the finished ones are in results.json).
 
 A batch of generated images beyond ``--pixels-in-memory-max-mib`` (default 512 MiB of float32) is kept in a scratch
-file of ``OUT/scratch`` rather than in the process's memory (``seiko_core.scratch``; its disk space reserved first, the
-file gone when the images are, the folder when the campaign ends); the figures are the same bit for bit.
+file of a folder of the run's own, ``OUT/.tmp-simulate-*/scratch``, rather than in the process's memory
+(``seiko_core.scratch``; its disk space reserved first, the file gone when the images are, the folder when the
+campaign ends; ``OUT/scratch``, a live data dir's worker's maybe, is never touched); the figures are the same bit
+for bit.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .atomic import atomic_write, check_can_write, write_text
+from .atomic import TMP_PREFIX, atomic_write, check_can_write, write_text
 from .config import (
     METHODS,
     SeikoConfig,
@@ -68,13 +70,14 @@ from .config import (
     from_dict,
     to_dict,
 )
-from .scratch import PixelSpill, add_max_mib_argument, exit_on_sigterm, float_pixels, scratch_removed
+from .scratch import PixelSpill, add_max_mib_argument, exit_on_sigterm, float_pixels, own_scratch_folder
 from .stats import interval_text, mean_ci95, pearson, t975, wins  # noqa: F401  (re-exported: reports import them from here)
 
 RESULTS = "results.json"
 CURVE = "curve.png"
 TABLE = "table.md"
 ADAPTERS = "adapters"
+SCRATCH_COMMAND = "simulate"  # the run's own folder for its scratch files: OUT/.tmp-simulate-* (also pairwise_sim's)
 FORMAT = "seiko-simulate"
 VERSION = 1
 DEFAULT_EVAL_SEEDS_PER_PROMPT = 16
@@ -734,7 +737,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no inner progress bars (per-round lines still print)")
     p.add_argument("--keep-adapters", action="store_true",
                    help="save each run's final adapter under OUT/adapters/METHOD_seedSEED (for seiko_core.klmatch)")
-    add_max_mib_argument(p, "OUT")
+    add_max_mib_argument(p, f"OUT/{TMP_PREFIX}{SCRATCH_COMMAND}-*")
     return p
 
 
@@ -828,7 +831,7 @@ def stop_workers(pool: ProcessPoolExecutor, out: Path, grace_s: float = 30.0) ->
     """End ``pool``'s worker processes now, runs in flight included, and wait for them: SIGTERM (a worker installs no
     handler: it ends where it stands), SIGKILL for one still there after ``grace_s``. Then the ``.tmp-`` entries a
     worker stopped while writing left in OUT's grids and adapters folders are removed (the campaign owns OUT; a
-    scratch file's name in OUT/scratch goes with ``scratch_removed``)."""
+    scratch file's name goes with the run's own folder, ``own_scratch_folder``)."""
     from .checkpoint import clean_partials
 
     processes = list((getattr(pool, "_processes", None) or {}).values())  # CPython's table of the pool's workers
@@ -865,8 +868,9 @@ def run_campaign(args, argv, *, parts, oracle, base: SeikoConfig, ev: EvalSet, s
     except SimulationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    # OUT/scratch (generated images beyond --pixels-in-memory-max-mib) goes when the campaign ends, however it ends
-    with scratch_removed(out):
+    # generated images beyond --pixels-in-memory-max-mib go in a folder of the run's own, OUT/.tmp-simulate-*/scratch,
+    # removed when the campaign ends, however it ends; never OUT/scratch, a live data dir's worker's (ninth review)
+    with own_scratch_folder(out, SCRATCH_COMMAND) as args.scratch_folder:
         record_invocation(results, list(sys.argv if argv is None else argv), jobs=args.jobs, device=str(parts.device))
         results_path = out / RESULTS
         bars = Bars(enabled=not args.no_progress)
@@ -967,8 +971,9 @@ def campaign_setup(args, parts, oracle, methods, budgets):
 
 
 def spill_of(args) -> PixelSpill:
-    """Where a campaign's generated images beyond ``--pixels-in-memory-max-mib`` go: ``OUT/scratch``."""
-    return PixelSpill(Path(args.out), args.pixels_in_memory_max_bytes)
+    """Where a campaign's generated images beyond ``--pixels-in-memory-max-mib`` go: the ``scratch`` folder of the
+    run's own folder (``args.scratch_folder``, made by ``run_campaign``: OUT/.tmp-simulate-*)."""
+    return PixelSpill(Path(args.scratch_folder), args.pixels_in_memory_max_bytes)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -992,14 +997,14 @@ def main(argv: list[str] | None = None) -> int:
     def adapter_dir(method, seed):
         return Path(args.out) / ADAPTERS / f"{method}_seed{seed}" if args.keep_adapters else None
 
-    spill = spill_of(args)
-
+    # spill_of(args) when a run starts: its folder is made by run_campaign
     def pool_task(method, seed, pretrained, grid_path):
-        return _worker_run, cfgs[method], sigma, ev, seed, pretrained, grid_path, adapter_dir(method, seed), spill
+        return (_worker_run, cfgs[method], sigma, ev, seed, pretrained, grid_path, adapter_dir(method, seed),
+                spill_of(args))
 
     def serial_run(method, seed, pretrained, on_round, bars, grid_path):
         return run_one(parts, cfgs[method], oracle, sigma, ev, seed, pretrained, on_round=on_round, bars=bars,
-                       grid_path=grid_path, adapter_dir=adapter_dir(method, seed), spill=spill)
+                       grid_path=grid_path, adapter_dir=adapter_dir(method, seed), spill=spill_of(args))
 
     return run_campaign(args, argv, parts=parts, oracle=oracle, base=base, ev=ev, settings=settings, methods=methods,
                         seeds=seeds, pool_task=pool_task, serial_run=serial_run, summarise_fn=summarise,

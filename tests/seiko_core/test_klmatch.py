@@ -236,8 +236,8 @@ def test_klmatch_keeps_the_eval_images_past_the_limit_in_a_scratch_file_with_the
                                                                                               monkeypatch):
     """klmatch evaluates each scaled model on the run's whole eval set, the set the simulator keeps in a scratch file
     past --pixels-in-memory-max-mib; klmatch held it in memory, whatever its size (seventh review). With a limit of 0
-    MiB the eval images are one float32 scratch array per seed, the figures are those of a run in memory, and OUT/scratch
-    is gone after."""
+    MiB the eval images are one float32 scratch array per seed, the figures are those of a run in memory, and its scratch
+    folder is gone after."""
     from seiko_core import scratch
 
     made = []
@@ -254,8 +254,26 @@ def test_klmatch_keeps_the_eval_images_past_the_limit_in_a_scratch_file_with_the
         figures.append({k: v for k, v in final.items() if not k.endswith("_s")})
         n_eval = len(json.loads((kept_run / "results.json").read_text())["settings"]["eval"]["seeds"])
         assert made[before:] == ([] if name == "memory" else [("eval-images", n_eval, np.float32)])
-        assert not (out / scratch.SCRATCH).exists()
+        assert sorted(p.name for p in out.iterdir()) == ["results.json"]  # no scratch folder of its own left
     assert figures[0] == figures[1]
+
+
+def test_klmatch_leaves_a_workers_scratch_file_in_out_scratch(kept_run, tmp_path):
+    """klmatch emptied and removed OUT/scratch when it started and ended: an --out that is a live data dir, whose
+    worker makes its scratch files in DATA_DIR/scratch (a ``.tmp-`` name until mapped), lost the worker's file (its
+    job failed). Its scratch files go in a folder of its own now (OUT/.tmp-klmatch-*), removed alone: a file placed in
+    OUT/scratch before a run past the limit (0 MiB: the eval images in a scratch file) is there after it, whole."""
+    from seiko_core import scratch
+
+    out = tmp_path / "out"
+    workers = out / scratch.SCRATCH / ".tmp-round1-candidates-0badf00d"
+    workers.parent.mkdir(parents=True)
+    workers.write_bytes(b"a worker's pixels")
+    assert klmatch.main([str(kept_run), "--scale", "greedy", "--to", "bootstrap", "--out", str(out), "--threads",
+                         "1", "--max-evals", "1", "--pixels-in-memory-max-mib", "0"]) == 0
+    assert workers.read_bytes() == b"a worker's pixels"
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
+        "results.json", "scratch", "scratch/.tmp-round1-candidates-0badf00d"]
 
 
 def test_klmatch_refuses_an_out_it_cannot_write_before_loading_the_model(kept_run, tmp_path, monkeypatch, capsys):

@@ -162,9 +162,9 @@ def test_bench_stopped_by_sigterm_ends_143_and_leaves_no_scratch_or_work_dir(ran
 
 
 def test_klmatch_stopped_by_sigterm_ends_143_and_leaves_no_scratch(random_model_dir, tmp_path):
-    """klmatch stopped while the source's oracle rates a scaled model's eval images, held in OUT/scratch: status 143,
+    """klmatch stopped while the source's oracle rates a scaled model's eval images, held in a scratch file of the run's own folder: status 143,
     no traceback, and OUT holds nothing (no scratch folder; no results.json, since no seed was finished). Without
-    ``exit_on_sigterm`` OUT/scratch stayed."""
+    ``exit_on_sigterm`` the scratch folder stayed."""
     (tmp_path / "oracle.py").write_text(ORACLE)
     src, out = tmp_path / "src", tmp_path / "out"
     run_simulate(["--model", str(random_model_dir), "--method", "greedy,bootstrap", "--oracle",
@@ -177,7 +177,7 @@ def test_klmatch_stopped_by_sigterm_ends_143_and_leaves_no_scratch(random_model_
                                 cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=err)
         try:
             _wait_until("rating", (tmp_path / "rating").exists, proc)
-            assert (out / scratch.SCRATCH).is_dir()  # the eval images are in a scratch file of OUT/scratch
+            assert len(list(out.glob(f".tmp-klmatch-*/{scratch.SCRATCH}"))) == 1  # the eval images' folder, the run's own
             rc, stderr = _stop(proc, err)
         finally:
             if proc.poll() is None:
@@ -208,7 +208,7 @@ def test_sigterm_to_a_campaign_of_jobs_stops_its_workers_runs_in_flight(random_m
             workers = sorted(int(p.name.split("-")[1]) for p in tmp_path.glob("rating-*"))
             below = _descendants(proc.pid)
             assert set(workers) <= set(below), (workers, below)
-            assert (out / scratch.SCRATCH).is_dir()
+            assert len(list(out.glob(f".tmp-simulate-*/{scratch.SCRATCH}"))) == 1
             rc, stderr = _stop(proc, err)
         finally:
             if proc.poll() is None:

@@ -21,9 +21,16 @@ from tests.app.test_candidate_scratch import _mapped_scratch_files
 from tests.seiko_core.test_simulate import TINY
 
 
-def _mapped_scratch_bytes(folder: Path) -> list[tuple[str, int]]:
-    """This process's memory maps of files under ``folder``/scratch: (path as the kernel shows it, bytes mapped)."""
-    return _mapped_scratch_files(folder)  # the worker's test reads the same folder (storage.SCRATCH is scratch.SCRATCH)
+def _own_folders(out: Path) -> list[Path]:
+    """The run's own folders in OUT (``scratch.own_scratch_folder``), whose ``scratch`` folder holds its scratch files."""
+    return sorted(out.glob(".tmp-simulate-*"))
+
+
+def _mapped_scratch_bytes(out: Path) -> list[tuple[str, int]]:
+    """This process's memory maps of files under the run's own scratch folders in ``out``
+    (OUT/.tmp-simulate-*/scratch): (path as the kernel shows it, bytes mapped)."""
+    # the worker's test reads a folder's scratch folder the same way (storage.SCRATCH is scratch.SCRATCH)
+    return [m for own in _own_folders(out) for m in _mapped_scratch_files(own)]
 
 
 def _figures(results: dict) -> str:
@@ -41,7 +48,7 @@ def _figures(results: dict) -> str:
 
 def _spied_run(module, argv, out: Path, monkeypatch) -> tuple[list[dict], list[dict]]:
     """``module.main(argv)`` with its oracle scoring watched: for every batch the oracle rates, how its images are
-    held (the process's maps of OUT/scratch files at that moment, the images' bytes); and every scratch array made."""
+    held (the process's maps of the run's own scratch files at that moment, the images' bytes); and every scratch array made."""
     scored, made = [], []
     real_score, real_array = simulate._score, scratch.scratch_array
 
@@ -72,7 +79,8 @@ def test_a_run_in_the_scratch_file_gives_the_figures_of_a_run_in_memory(module, 
     """Bootstrap, 2 rounds of 4 labels (8 images a round for pairs), 2 eval images: once with the default limit
     (512 MiB: all in memory), once with 0 MiB (every batch in a scratch file). Every figure of results.json and
     both grids' PNG bytes are identical; in the second run every batch the oracle rated was, at that moment, a
-    memory map of a removed file of OUT/scratch as large as its float32 images, and OUT/scratch is gone after."""
+    memory map of a removed file of the run's own scratch folder (OUT/.tmp-simulate-*/scratch) as large as its
+    float32 images, and that folder is gone after; OUT/scratch was never made."""
     base = ["--model", str(random_model_dir), "--method", "bootstrap", "--oracle", "purple", *TINY]
     mem, disk = tmp_path / "memory", tmp_path / "scratch"
     scored_mem, made_mem = _spied_run(module, [*base, "--out", str(mem)], mem, monkeypatch)
@@ -98,25 +106,26 @@ def test_a_run_in_the_scratch_file_gives_the_figures_of_a_run_in_memory(module, 
         # the batch being rated is one removed file's map (the previous eval set's may be mapped beside it)
         assert any(path.endswith(" (deleted)") and s["nbytes"] <= size < s["nbytes"] + 4 * 4096
                    for path, size in s["maps"]), s
-    assert not (disk / scratch.SCRATCH).exists()  # the folder goes with the command (seventh review)
+    assert not (disk / scratch.SCRATCH).exists() and _own_folders(disk) == []  # it goes with the command
 
 
 @pytest.mark.parametrize("ending", ["error", "ctrl-c"])
 def test_the_scratch_folder_goes_when_a_run_ends_by_an_error_or_ctrl_c(ending, random_model_dir, tmp_path, monkeypatch):
-    """The simulators left OUT/scratch behind (seventh review), and with it any scratch file's name a killed process
-    left there, its disk space (a whole batch's) reserved. A run whose oracle fails (or is interrupted by Ctrl-C) while
-    rating round 1's images, held in a scratch file at that moment: the failure reaches the caller as it was, and
-    OUT/scratch is gone, the name a killed earlier run left in it too. (A normal end: the test above.)"""
+    """The simulators left their scratch folder behind (seventh review). A run whose oracle fails (or is interrupted by
+    Ctrl-C) while rating round 1's images, held in a scratch file at that moment: the failure reaches the caller as it
+    was, and the run's own folder (OUT/.tmp-simulate-*) is gone. A ``.tmp-`` name in OUT/scratch is not the run's (an
+    OUT that is a live data dir: a worker's scratch file between its making and its mapping) and stays (ninth review:
+    it was removed when the run started). (A normal end: the test above.)"""
     out = tmp_path / "out"
-    stale = out / scratch.SCRATCH / ".tmp-eval-images-0badf00d"  # a killed run's, made before this one
-    stale.parent.mkdir(parents=True)
-    stale.write_bytes(bytes(4096))
+    workers = out / scratch.SCRATCH / ".tmp-eval-images-0badf00d"
+    workers.parent.mkdir(parents=True)
+    workers.write_bytes(bytes(4096))
     raised = {"error": RuntimeError("the oracle failed"), "ctrl-c": KeyboardInterrupt()}[ending]
     seen = []
     real_score = simulate._score
 
     def score(oracle, images, prompts, *args, **kwargs):
-        seen.append(sorted(p.name for p in (out / scratch.SCRATCH).iterdir()))
+        seen.append(sorted(p.name for own in _own_folders(out) for p in (own / scratch.SCRATCH).iterdir()))
         if len(seen) == 2:  # round 1's images (the first call rates the pretrained eval images)
             seen.append(_mapped_scratch_bytes(out))
             raise raised
@@ -131,21 +140,34 @@ def test_the_scratch_folder_goes_when_a_run_ends_by_an_error_or_ctrl_c(ending, r
     finally:
         torch.set_num_threads(threads)
     assert caught.value is raised
-    assert seen[0] == seen[1] == []  # the stale name went when the run started; the run's own files have no name
+    assert seen[0] == seen[1] == []  # the run's own files have no name once mapped
     assert any(path.endswith(" (deleted)") for path, _ in seen[2])  # round 1's images were in a scratch file
-    assert not (out / scratch.SCRATCH).exists()
+    assert _own_folders(out) == []
+    assert workers.read_bytes() == bytes(4096)
+    assert sorted(p.name for p in workers.parent.iterdir()) == [workers.name]
     assert (out / "results.json").is_file()  # the pretrained row, written before: kept
 
 
-def test_remove_scratch_leaves_what_is_not_a_scratch_files_name(tmp_path):
-    """Only ``.tmp-`` files go: a file of another name (not the simulators') stays, and so does the folder."""
-    folder = tmp_path / scratch.SCRATCH
-    folder.mkdir()
-    (folder / ".tmp-x-1234abcd").write_bytes(b"a killed run's")
-    (folder / "notes.txt").write_text("someone's")
-    assert scratch.remove_scratch(tmp_path) == [folder / ".tmp-x-1234abcd"]
-    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
-    assert scratch.remove_scratch(tmp_path / "nothing-here") == []
+@pytest.mark.parametrize("module", [simulate, pairwise_sim], ids=["simulate", "pairwise_sim"])
+def test_a_workers_scratch_file_in_out_scratch_survives_a_run(module, random_model_dir, tmp_path):
+    """The simulators emptied and removed OUT/scratch when a campaign started and ended: an --out that is a live data
+    dir, whose worker makes its scratch files in DATA_DIR/scratch (a ``.tmp-`` name until mapped), lost the worker's
+    file (its job failed) and the folder it had just made. A file placed in OUT/scratch before a whole run past the
+    limit (0 MiB: every batch in a scratch file) is there after it, whole, and so is the folder; the run's own
+    scratch folder is gone (ninth review)."""
+    out = tmp_path / "out"
+    workers = out / scratch.SCRATCH / ".tmp-round1-candidates-0badf00d"
+    workers.parent.mkdir(parents=True)
+    workers.write_bytes(b"a worker's pixels")
+    threads = torch.get_num_threads()
+    try:
+        assert module.main(["--model", str(random_model_dir), "--method", "bootstrap", "--oracle", "purple", *TINY,
+                            "--out", str(out), "--pixels-in-memory-max-mib", "0"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert workers.read_bytes() == b"a worker's pixels"
+    assert sorted(p.name for p in workers.parent.iterdir()) == [workers.name]
+    assert _own_folders(out) == []
 
 
 def test_bench_round_in_the_scratch_file_gives_the_same_round(random_model_dir, tmp_path, monkeypatch):
@@ -347,7 +369,7 @@ def test_the_scratch_folder_goes_when_a_run_is_stopped_by_sigterm(module, random
     """SIGTERM (``timeout``, ``docker stop``, a batch system's limit) ended a simulator where it stood: its clean-up
     did not run and OUT/scratch stayed behind, with it any scratch file's name and the disk space it reserves (eighth
     review). The command line, stopped by SIGTERM while its oracle rates images held in a scratch file (a limit of
-    0 MiB), now ends as on Ctrl-C: status 143 (128 + SIGTERM), no traceback, and OUT/scratch is gone."""
+    0 MiB), now ends as on Ctrl-C: status 143 (128 + SIGTERM), no traceback, and its scratch folder is gone."""
     import os
     import signal
     import subprocess
@@ -369,7 +391,7 @@ def test_the_scratch_folder_goes_when_a_run_is_stopped_by_sigterm(module, random
             while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert marker.exists(), "the oracle was never called"
-            assert (out / scratch.SCRATCH).is_dir()  # the images it rates are in a scratch file of OUT/scratch
+            assert len(_own_folders(out)) == 1  # the images it rates are in a scratch file of the run's own
             proc.send_signal(signal.SIGTERM)
             rc = proc.wait(timeout=120)
         finally:
@@ -378,7 +400,7 @@ def test_the_scratch_folder_goes_when_a_run_is_stopped_by_sigterm(module, random
                 proc.wait()
         err.seek(0)
         stderr = err.read()
-    assert not (out / scratch.SCRATCH).exists(), stderr
+    assert not (out / scratch.SCRATCH).exists() and _own_folders(out) == [], stderr
     assert rc == 128 + signal.SIGTERM, stderr
     assert "Traceback" not in stderr, stderr
 
