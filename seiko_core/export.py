@@ -40,7 +40,7 @@ import torch
 
 from .atomic import DestinationTaken, atomic_write, check_can_write
 from .checkpoint import MANIFEST, CheckpointError, atomic_directory, sha256_file, verify
-from .lora import WEIGHT_NAME, inject, write_weights
+from .lora import WEIGHT_NAME, _load_error_sentence, inject, write_weights
 from .models import is_local_spec, public_name
 
 FORMATS = ("diffusers", "kohya", "merged")
@@ -416,8 +416,13 @@ def merge_lora(pipe, adapter_dir: str | Path) -> None:
         inject(pipe.unet, adapter_dir, adapter)
     except CheckpointError as exc:
         raise ExportError(str(exc)) from exc
-    # 2. W <- W + scale * B @ A in every targeted layer (safe_fusing refuses NaN weights)
-    pipe.fuse_lora(components=["unet"], lora_scale=1.0, safe_fusing=True, adapter_names=[adapter])
+    # 2. W <- W + scale * B @ A in every targeted layer (safe_fusing refuses NaN weights). Its refusal, a ValueError,
+    #    reached the CLI as a traceback (found by review, ninth): one sentence now, and nothing is published
+    try:
+        pipe.fuse_lora(components=["unet"], lora_scale=1.0, safe_fusing=True, adapter_names=[adapter])
+    except ValueError as exc:
+        raise ExportError(f"The adapter in {str(adapter_dir)!r} could not be fused into the base model "
+                          f"({_load_error_sentence(exc)}); nothing was exported.") from exc
     # 3. drop the LoRA layers: plain Linear modules again, so nothing reloads as random attention weights
     pipe.unload_lora_weights()
     left = lora_keys(pipe.unet)

@@ -271,6 +271,14 @@ def inject(unet, path: str | Path, name: str) -> None:
         unet.delete_adapters(name)
         raise CheckpointError(f"The adapter in {str(path)!r} has {bad} in its LoraConfig; r and lora_alpha must be "
                               "positive finite numbers.")
+    # a finite but huge lora_alpha (1e30) passed that check, and its scaled delta overflowed: every output was NaN or
+    # inf, and fusing it (the merged export) failed in diffusers with a ValueError traceback (found by review, ninth)
+    overflow = _nonfinite_merge(unet, name)
+    if overflow is not None:
+        unet.delete_adapters(name)
+        raise CheckpointError(f"The adapter in {str(path)!r} gives weights that are not finite numbers once scaled by "
+                              f"its lora_alpha / r and added to the base (in {overflow!r}); its LoraConfig or weights are "
+                              "damaged.")
     loaded = len(_named(unet, name))
     if loaded != n_tensors or not n_tensors:
         if has_adapter(unet, name):
@@ -280,6 +288,20 @@ def inject(unet, path: str | Path, name: str) -> None:
                                   f"layers' weights, its file holds {n_tensors}.")
         raise CheckpointError(f"Only {loaded} of the adapter's {n_tensors} LoRA tensors in {str(path)!r} matched this UNet; "
                               "is it the base model the adapter was trained on?")
+
+
+def _nonfinite_merge(unet, name: str) -> str | None:
+    """The first layer of adapter ``name`` whose merged weight, the base weight plus peft's own scaled delta
+    (``get_delta_weight``: scale * B @ A, what fusing adds), is not finite; None when every one is."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    with torch.no_grad():
+        for module_name, m in unet.named_modules():
+            if isinstance(m, BaseTunerLayer) and name in getattr(m, "lora_A", {}):
+                merged = m.get_base_layer().weight + m.get_delta_weight(name)
+                if not bool(torch.isfinite(merged).all()):
+                    return module_name
+    return None
 
 
 def _bad_scale(config) -> str | None:

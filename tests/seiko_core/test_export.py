@@ -952,3 +952,65 @@ def test_an_adapter_whose_header_scale_is_not_a_positive_number_is_not_loaded(ad
     with pytest.raises(CheckpointError):
         export_kohya_lora(forged, tmp_path / "k.safetensors")
     assert not (tmp_path / "k.safetensors").exists()
+
+
+def _rescaled(d, alpha: float, factor: float) -> None:
+    """Adapter copy ``d`` with its weights times ``factor`` and lora_alpha ``alpha`` in both its weights' header and
+    adapter_config.json (they agree, as save_adapter writes them)."""
+    from safetensors.torch import save_file
+
+    weights = d / lora.WEIGHT_NAME
+    with safe_open(weights, "pt") as f:
+        meta = f.metadata()
+    header = json.loads(meta["lora_adapter_metadata"])
+    header["unet.lora_alpha"] = alpha
+    meta["lora_adapter_metadata"] = json.dumps(header)
+    save_file({k: v * factor for k, v in load_file(str(weights)).items()}, str(weights), metadata=meta)
+    config = json.loads((d / "adapter_config.json").read_text())
+    (d / "adapter_config.json").write_text(json.dumps({**config, "lora_alpha": alpha}))
+
+
+def _largest_merged_weight(base_dir, adapter, alpha: float) -> float:
+    """max |W + (alpha / r) up @ down| over the adapted layers, in float64 from the raw files alone."""
+    base = load_file(base_dir / "unet" / "diffusion_pytorch_model.safetensors")
+    state = load_file(adapter / lora.WEIGHT_NAME)
+    largest = 0.0
+    for key in (k for k in state if k.endswith(".lora.down.weight")):
+        module = key.removeprefix("unet.").removesuffix(".lora.down.weight")
+        down, up = state[key].double(), state[key.replace(".down.", ".up.")].double()
+        merged = base[f"{module}.weight"].double() + (alpha / RANK) * (up @ down).reshape(base[f"{module}.weight"].shape)
+        largest = max(largest, merged.abs().max().item())
+    return largest
+
+
+def test_an_adapter_whose_scaled_delta_is_not_finite_is_not_loaded_and_its_merged_export_is_one_sentence(
+        adapter_dir, random_model_dir, tmp_path, monkeypatch):
+    """lora_alpha 1e30 is a positive finite number, so it passed the header check; with these weights alpha / r * up @
+    down is past float32's range, the adapter loaded, the UNet's output was inf / NaN, and the merged export failed in
+    diffusers' fuse with a ValueError that reached the CLI as a traceback (found by review, ninth). The load refuses it
+    in one sentence with nothing left on the UNet; the merged export is one sentence and publishes nothing, also when
+    the fuse is what refuses it."""
+    from seiko_core.models import load_model
+
+    huge = _forged(adapter_dir, tmp_path, "huge", lambda d: _rescaled(d, 1e30, 1e6))
+    fine = _forged(adapter_dir, tmp_path, "fine", lambda d: _rescaled(d, ALPHA, 1e6))
+    assert _largest_merged_weight(random_model_dir, huge, 1e30) > torch.finfo(torch.float32).max
+    assert _largest_merged_weight(random_model_dir, fine, ALPHA) < 1e20  # the same weights at alpha 6: in range
+    parts = load_model(str(random_model_dir), device="cpu")
+    with pytest.raises(CheckpointError) as refused:
+        lora.load_adapter(parts, huge, "x")
+    assert re.fullmatch(r"The adapter in '.*/huge' gives weights that are not finite numbers once scaled by its "
+                        r"lora_alpha / r and added to the base \(in '[\w.]+'\); its LoraConfig or weights are damaged\.",
+                        str(refused.value)), str(refused.value)
+    assert not lora.has_adapter(parts.unet, "x") and torch.isfinite(unet_out(parts.unet)).all()
+    lora.load_adapter(parts, fine, "y")  # not a limit on alpha or on the weights alone
+    assert lora.has_adapter(parts.unet, "y")
+
+    with pytest.raises(ExportError, match=r"gives weights that are not finite numbers once scaled"):
+        export_merged_pipeline(random_model_dir, huge, tmp_path / "merged")
+    monkeypatch.setattr(lora, "_nonfinite_merge", lambda unet, name: None, raising=False)  # the fuse's own check
+    with pytest.raises(ExportError) as fused:
+        export_merged_pipeline(random_model_dir, huge, tmp_path / "merged")
+    assert re.fullmatch(r"The adapter in '.*/huge' could not be fused into the base model \([^\n]*\); nothing was "
+                        r"exported\.", str(fused.value)), str(fused.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fine", "huge"]  # no export, no temporary sibling
