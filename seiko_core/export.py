@@ -167,7 +167,34 @@ def read_adapter(adapter_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict
             raise CheckpointError(f"Adapter {str(adapter_dir)!r} has {field}={value!r} in adapter_config.json; "
                                   "it must be a positive number.")
     _check_header_config(adapter_dir, config)
+    for name in _ADAPTER_JSON:  # copied into the diffusers and merged exports as they are
+        _check_json_object(adapter_dir, name)
     return state, config, manifest
+
+
+_ADAPTER_JSON = ("seiko_config.json", "metrics.json")  # the JSON objects save_adapter writes beside the weights
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _check_json_object(adapter_dir: Path, name: str) -> None:
+    """``adapter_dir / name``, when there is one, must be a JSON object (NaN and Infinity are not JSON): the exports
+    copied seiko_config.json and metrics.json unread, so one that was not JSON, or a list, was published as the
+    export's (found by review, ninth)."""
+    path = adapter_dir / name
+    if not path.is_file():
+        return
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).splitlines()[0]
+        raise CheckpointError(f"Adapter {str(adapter_dir)!r} has a {name} that is not valid JSON ({reason}); it was "
+                              "damaged or edited after the adapter was written.") from exc
+    if not isinstance(value, dict):
+        raise CheckpointError(f"Adapter {str(adapter_dir)!r} has a {name} that is a JSON {type(value).__name__}, not "
+                              "an object; it was damaged or edited after the adapter was written.")
 
 
 # the LoraConfig fields that set what an adapter computes, with peft's defaults (a field a config leaves out)
@@ -257,7 +284,7 @@ def export_diffusers_lora(adapter_dir: str | Path, out_dir: str | Path, *, base_
 
     def write(tmp: Path) -> None:
         write_weights(tmp, layers, config)
-        _copy_json_files(adapter_dir, tmp, ("adapter_config.json", "seiko_config.json", "metrics.json"))
+        _copy_json_files(adapter_dir, tmp, ("adapter_config.json", *_ADAPTER_JSON))
         (tmp / "README.md").write_text(_DIFFUSERS_README.format(weights=WEIGHT_NAME, r=config["r"], alpha=config["lora_alpha"],
                                                                 base=_loadable_base(base_model), sampling=_SAMPLING))
         card.append(finalize(tmp) if finalize else None)
@@ -506,7 +533,7 @@ def export_merged_pipeline(base_model_dir: str | Path, adapter_dir: str | Path, 
         if others:
             raise ExportError(f"save_pretrained wrote files other than safetensors, JSON and text ({others[:5]}); "
                               "refusing to publish them.")
-        _copy_json_files(adapter_dir, tmp, ("seiko_config.json", "metrics.json"))
+        _copy_json_files(adapter_dir, tmp, _ADAPTER_JSON)
         (tmp / "README.md").write_text(_MERGED_README.format(base=public_name(base_model_dir), sampling=_SAMPLING))
         card.append(finalize(tmp) if finalize else None)
 

@@ -1014,3 +1014,20 @@ def test_an_adapter_whose_scaled_delta_is_not_finite_is_not_loaded_and_its_merge
     assert re.fullmatch(r"The adapter in '.*/huge' could not be fused into the base model \([^\n]*\); nothing was "
                         r"exported\.", str(fused.value)), str(fused.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fine", "huge"]  # no export, no temporary sibling
+
+
+@pytest.mark.parametrize("name,text,said", [
+    ("seiko_config.json", '{"method": "ucb"', r"a seiko_config\.json that is not valid JSON \(Expecting"),
+    ("metrics.json", '{"loss": NaN}', r"a metrics\.json that is not valid JSON \(NaN is not a JSON value\)"),
+    ("metrics.json", "[0.5]", r"a metrics\.json that is a JSON list, not an object"),
+])
+def test_an_adapters_seiko_config_or_metrics_that_is_not_a_json_object_is_refused_not_exported(
+        adapter_dir, random_model_dir, tmp_path, name, text, said):
+    """The diffusers and merged exports copied seiko_config.json and metrics.json unread: one that was not JSON (its
+    manifest written again) was published as the export's (found by review, ninth). Refused in one sentence now."""
+    forged = _forged(adapter_dir, tmp_path, "forged", lambda d: (d / name).write_text(text))
+    with pytest.raises(CheckpointError, match=said):
+        export_diffusers_lora(forged, tmp_path / "d")
+    with pytest.raises(CheckpointError, match=said):
+        export_merged_pipeline(random_model_dir, forged, tmp_path / "m")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["forged"]
