@@ -471,21 +471,55 @@ pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)  # SEIKO sampl
 {sampling}"""
 
 
-def _base_tokenizer_dirs(base_model: str | Path) -> dict[str, Path]:
-    """The base model's tokenizer directories (``tokenizer``, ``tokenizer_2``) by name, local or in the hub cache."""
+# the files beside a model's components that the embedded shapes model (seiko_core.toy.build) is loaded with and
+# save_pretrained does not write: the text projection of its CLIP (the quality measures and the toy commands read
+# it) and the build's record (the toy commands need QUALITY.json; build_config.json is the build's settings)
+MODEL_EXTRAS = ("text_projection.safetensors", "QUALITY.json", "build_config.json")
+
+
+def _base_root(base_model: str | Path) -> Path:
+    """The base model's directory, local or its snapshot in the hub cache (tokenizers and MODEL_EXTRAS only)."""
     from .models import ModelLoadError, _hub_offline, resolve_spec
 
     try:
         name, local = resolve_spec(str(base_model))
         if local:
-            root = Path(name)
-        else:
-            from huggingface_hub import snapshot_download
+            return Path(name)
+        from huggingface_hub import snapshot_download
 
-            root = Path(snapshot_download(name, allow_patterns=["tokenizer*/*"], local_files_only=_hub_offline()))
+        return Path(snapshot_download(name, allow_patterns=["tokenizer*/*", *MODEL_EXTRAS],
+                                      local_files_only=_hub_offline()))
     except (ModelLoadError, OSError, ValueError) as exc:
         raise ExportError(f"Could not find base model {str(base_model)!r}'s tokenizer files: {exc}".splitlines()[0]) from exc
+
+
+def _base_tokenizer_dirs(root: Path) -> dict[str, Path]:
+    """The base model's tokenizer directories (``tokenizer``, ``tokenizer_2``) by name."""
     return {p.name: p for p in sorted(root.glob("tokenizer*")) if p.is_dir()}
+
+
+def _base_extras(root: Path) -> dict[str, bytes]:
+    """The MODEL_EXTRAS the base has, by name, each checked to be what its name says (a safetensors file, a JSON
+    object): a merged export of the shapes model left them out, so it could not be the base of a shapes experiment
+    (found by review, ninth)."""
+    from safetensors import SafetensorError, safe_open
+
+    extras = {}
+    for name in MODEL_EXTRAS:
+        path = root / name
+        if not path.is_file():
+            continue
+        try:
+            if name.endswith(".safetensors"):
+                with safe_open(str(path), "pt") as f:
+                    list(f.keys())
+            elif not isinstance(json.loads(path.read_text(encoding="utf-8")), dict):
+                raise ValueError("not a JSON object")
+            extras[name] = path.read_bytes()
+        except (SafetensorError, OSError, ValueError, RecursionError) as exc:
+            raise ExportError(f"Base model file {str(path)!r} could not be read as {Path(name).suffix[1:]} ("
+                              f"{_load_error_sentence(exc)}); nothing was exported.") from exc
+    return extras
 
 
 def _complete_tokenizers(tmp: Path, base_tokenizers: dict[str, Path]) -> None:
@@ -522,7 +556,8 @@ def export_merged_pipeline(base_model_dir: str | Path, adapter_dir: str | Path, 
     _, _, manifest = read_adapter(adapter_dir)
     pipe = load_base_pipeline(base_model_dir, device=device)
     merge_lora(pipe, adapter_dir)
-    base_tokenizers = _base_tokenizer_dirs(base_model_dir)
+    base_root = _base_root(base_model_dir)
+    base_tokenizers, base_extras = _base_tokenizer_dirs(base_root), _base_extras(base_root)
 
     def write(tmp: Path) -> None:
         pipe.save_pretrained(tmp, safe_serialization=True)
@@ -533,6 +568,9 @@ def export_merged_pipeline(base_model_dir: str | Path, adapter_dir: str | Path, 
         if others:
             raise ExportError(f"save_pretrained wrote files other than safetensors, JSON and text ({others[:5]}); "
                               "refusing to publish them.")
+        for name, data in base_extras.items():
+            if not (tmp / name).exists():  # never one save_pretrained wrote
+                (tmp / name).write_bytes(data)
         _copy_json_files(adapter_dir, tmp, _ADAPTER_JSON)
         (tmp / "README.md").write_text(_MERGED_README.format(base=public_name(base_model_dir), sampling=_SAMPLING))
         card.append(finalize(tmp) if finalize else None)
