@@ -106,11 +106,27 @@ def own_scratch_folder(parent: str | Path, command: str) -> Iterator[Path]:
     --workdir, a simulator's or klmatch's OUT) may be a live data dir, whose worker makes and maps its scratch files
     in DATA_DIR/scratch; cleaning that folder took a name from under the worker (its job failed) and removed the
     folder it had just made (ninth review)."""
+    _say_leftovers(Path(parent), command)
     folder = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{command}-", dir=parent))
     try:
         yield folder
     finally:
         shutil.rmtree(folder)  # every name in it is this run's
+
+
+LEFTOVERS = ("{parent} holds {n} folder(s) of earlier {command} runs ({names}): a run stopped by SIGKILL or a crash of the "
+             "machine leaves its own (scratch files, maybe a whole batch's images); remove them if no {command} run is "
+             "using them now.")
+
+
+def _say_leftovers(parent: Path, command: str) -> None:
+    """A warning naming the folders of ``command``'s earlier runs in ``parent``. Not removed here: one may be a run's
+    going on now (two runs into one OUT, or a run on another machine sharing the disk), and whose is not known; the
+    commands cleaned their scratch folder by name at start before the ninth review, which took a live worker's."""
+    names = sorted(path.name for path in parent.glob(f"{TMP_PREFIX}{command}-*") if path.is_dir())
+    if names:
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        log.warning(LEFTOVERS.format(parent=parent, n=len(names), command=command, names=shown))
 
 
 def exit_on_sigterm() -> None:

@@ -203,6 +203,27 @@ def test_bench_round_in_the_scratch_file_gives_the_same_round(random_model_dir, 
                                                                            ("round1-images", 4, np.float32)]
 
 
+def test_a_killed_runs_own_folder_is_named_in_a_warning_and_kept(tmp_path, caplog):
+    """A run stopped by SIGKILL leaves its own folder (nothing of it runs to remove it); the next run of the command
+    names it in a warning and leaves it (it may be another run's going on now), and another command's is not named."""
+    left = tmp_path / ".tmp-simulate-abc123"
+    (left / "scratch").mkdir(parents=True)
+    (tmp_path / ".tmp-klmatch-zzz").mkdir()
+    (tmp_path / ".tmp-simulate-file").write_bytes(b"")  # a file, not a run's folder
+    with caplog.at_level(logging.WARNING, logger="seiko.scratch"):
+        with scratch.own_scratch_folder(tmp_path, "simulate") as own:
+            assert own.parent == tmp_path and own != left
+    said = [r.getMessage() for r in caplog.records if r.name == "seiko.scratch"]
+    assert len(said) == 1 and ".tmp-simulate-abc123" in said[0] and "1 folder" in said[0], said
+    assert ".tmp-klmatch-zzz" not in said[0] and ".tmp-simulate-file" not in said[0]
+    assert left.is_dir() and (left / "scratch").is_dir()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="seiko.scratch"):
+        with scratch.own_scratch_folder(tmp_path, "bench"):
+            pass
+    assert not [r for r in caplog.records if r.name == "seiko.scratch"]
+
+
 def test_pixel_spill_keeps_what_fits_in_memory():
     """The limit counts bytes of the dtype: 2 float32 images of 3x4x4 are 384 bytes."""
     spill = scratch.PixelSpill(Path("/nonexistent-never-used"), 384)
