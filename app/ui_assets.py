@@ -254,7 +254,10 @@ apply();
 # Each refusal's own sentence comes first.
 # A refusal worth retrying is retried after these waits, then no more. Together (27 s) under the 30 s a rated card
 # waits for its answer (GRID_JS's pump): waits of 1-30 s (61 s) outlasted it, the card showed as open again before the
-# late answer came, and a person who scored it again sent a second rating (review of the eighth review's script)
+# late answer came, and a person who scored it again sent a second rating (review of the eighth review's script).
+# The 27 s are one action's, counted from its event's first POST: the stream of results that serves the event has
+# what is left of them (each wait cut to the time left; none left, no more tries), so an event retried for 27 s and
+# then its refused stream retried for another 27 s no longer outlast the card's 30 s (ninth review, 6 Dec 2026)
 STREAM_WAITS_S = (1, 2, 4, 8, 12)
 STREAM_RETRIED = (409, 429, 503)  # the connection caps (429, 503: app.net_limits), one stream at a time (409: web_guard)
 STREAM_SAID = (400, 401, 403, 404)  # web_guard's other refusals of a stream: said at once (retrying cannot cure them)
@@ -293,14 +296,21 @@ STREAMS_JS = r"""
   // refusals and failures are retried after WAITS_S, said in #seiko-connection, until Gradio closes it. (2) An event
   // (POST .../queue/join) the caps refused was lost (Gradio's toast, the rating gone); one refused before it reached the
   // app (NOT_RUN header) is sent again after WAITS_S, and if every try is refused #seiko-connection says so.
+  // (3) The retries' 27 s (WAITS_S together) were each request's: an event retried for 27 s, then its refused stream of
+  // results retried for 27 s more, went past the 30 s a rated card waits before it shows as open again (GRID_JS), so a
+  // second score could be sent. They are now the action's: an event's tries end 27 s after its first POST (its
+  // deadline), and the stream of results opened for it (Gradio's client opens it once the event's POST is answered)
+  // has only what is left of that deadline; each wait is cut to the time left, and none left ends the tries.
   if (window.__seikoStreams) return;
   const WAITS_S = __WAITS_S__, RETRIED = __RETRIED__, SAID = __SAID__;
   const RETRYING = __RETRYING__, GAVE_UP = __GAVE_UP__, RELOAD = __RELOAD__, SIGNED_OUT = __SIGNED_OUT__;
   const NO_SENTENCE = __NO_SENTENCE__, UNREACHABLE = __UNREACHABLE__, ENDED = __ENDED__;
   const NOT_DONE = __NOT_DONE__, NOT_RUN = __NOT_RUN__;
+  const BUDGET_MS = 1000 * WAITS_S.reduce((a, b) => a + b, 0);  // one action's retries, its event's and its stream's
   const realFetch = window.fetch.bind(window);
   const said = { event: '', data: '', heartbeat: '' };
   let resumeHeartbeat = null;  // set while a heartbeat that stopped trying waits for the page's next action
+  let lastDeadline = null;  // the deadline of the action whose event's POST was answered last (the stream serves it)
   window.__seikoStreams = { said };
 
   function notice(stream, text) {  // the page's one sentence about its streams, '' for none
@@ -342,7 +352,8 @@ STREAMS_JS = r"""
   }
 
   // {response, text}: the answer, and (unless it is 2xx) what to tell the person, after the retries WAITS_S allows
-  async function answered(stream, request) {
+  // before deadline (Date.now() time: the action's, shared by its event and the stream serving it)
+  async function answered(stream, request, deadline) {
     for (let attempt = 0; ; attempt++) {
       const response = await realFetch(request.clone());
       if (response.ok) { notice(stream, ''); return { response, text: '' }; }
@@ -358,12 +369,14 @@ STREAMS_JS = r"""
       const kept = new Response(body, { status: response.status, statusText: response.statusText,
                                         headers: response.headers });  // read again by Gradio's client
       if (!retried) return { response: kept, text: `${sentence} ${RELOAD}` };
-      if (attempt >= WAITS_S.length) {
+      // the next wait, cut to the action's time left; shorter than the first wait (or none left): no more tries
+      const ms = attempt < WAITS_S.length ? Math.min(1000 * WAITS_S[attempt], deadline - Date.now()) : 0;
+      if (ms < 1000 * WAITS_S[0]) {
         const last = stream === 'event' ? NOT_DONE.replace('{n}', attempt + 1) : GAVE_UP;
         return { response: kept, text: `${sentence} ${last}` };
       }
-      notice(stream, `${sentence} ${RETRYING.replace('{s}', WAITS_S[attempt])}`);
-      await wait(WAITS_S[attempt] * 1000, request.signal);
+      notice(stream, `${sentence} ${RETRYING.replace('{s}', Math.ceil(ms / 1000))}`);
+      await wait(ms, request.signal);
     }
   }
 
@@ -467,7 +480,11 @@ STREAMS_JS = r"""
       resumeHeartbeat = null;
       resume();
     }
-    const { response, text } = await answered(stream, request);
+    // an event starts an action (its deadline); a stream of results has the deadline of the event answered last, the
+    // one Gradio's client opened it for (a stream with no event answered before it has a whole one of its own)
+    const deadline = stream === 'event' || lastDeadline === null ? Date.now() + BUDGET_MS : lastDeadline;
+    const { response, text } = await answered(stream, request, deadline);
+    if (stream === 'event' && response.ok) lastDeadline = deadline;
     if (!text) return response;
     notice(stream, text);  // kept on the page once Gradio's toast is gone, until this kind of request is answered
     // an event's refusal is Gradio's to show as well (its toast); the stream's events end with the sentence

@@ -16,12 +16,15 @@ NODE = shutil.which("node")
 pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed: the page's JavaScript is run with node")
 
 # answers: what the stub server answers, in order ([status, content type, body]); then ``call`` (a JS expression
-# giving a promise: the page's fetch of something) runs, every timer firing at once unless HOLD_TIMERS
+# giving a promise: the page's fetch of something) runs, every timer firing at once unless HOLD_TIMERS. The page's
+# clock (Date.now) is the harness's: a timer that fires moves it on to the time it was due, so the page sees the time
+# its waits took (the requests take none)
 HARNESS = r"""
 const fs = require('fs'), vm = require('vm');
 const [pageJs, answersJson, call, hold] = [fs.readFileSync(process.argv[2], 'utf8'), process.argv[3], process.argv[4],
                                            process.argv[5] === 'hold'];
 const answers = JSON.parse(answersJson), fetched = [], waits = [], elements = {};
+let clock = 0;
 async function server(input, init) {
   const request = input instanceof Request ? input : new Request(input, init);
   fetched.push([request.method, new URL(request.url).pathname]);
@@ -41,7 +44,13 @@ const document = {
 const window = { fetch: server, location: { href: 'http://app.test/' } };
 const context = vm.createContext({ window, document, console, Request, Response, URL, Headers, AbortController, setImmediate,
   ReadableStream, TextDecoder,
-  setTimeout: (fn, ms) => { waits.push(ms); if (!hold) setImmediate(fn); return waits.length; }, clearTimeout() {} });
+  setTimeout: (fn, ms) => {
+    waits.push(ms);
+    const due = clock + ms;
+    if (!hold) setImmediate(() => { clock = Math.max(clock, due); fn(); });
+    return waits.length;
+  }, clearTimeout() {} });
+vm.runInContext('Date.now = () => __now();', Object.assign(context, { __now: () => clock }));
 vm.runInContext(pageJs, context);
 context.controller = new AbortController();
 context.fetched = fetched;
@@ -254,3 +263,34 @@ def test_the_retries_end_before_a_rated_card_stops_waiting_for_its_answer():
 
     waited_ms = int(re.search(r"setTimeout\(\(\) => api\.ack\(\), (\d+)\)", ui_assets.GRID_JS).group(1))
     assert 1000 * sum(ui_assets.STREAM_WAITS_S) < waited_ms
+
+
+def test_an_event_and_the_stream_serving_it_share_one_deadline_under_a_rated_cards_wait(tmp_path):
+    """Found by the ninth review of 6 Dec 2026: the 27 s of retries (STREAM_WAITS_S together) were each request's, so
+    an event retried for 27 s and then its refused stream of results retried for 27 s more (54 s) went past the 30 s a
+    rated card waits for its answer (GRID_JS), and the card showed as open again while its rating was on its way. The
+    event's POST and the stream opened for it now share one deadline, 27 s after the POST: the stream has what is left
+    (each wait cut to the time left), then ends its events saying the page stopped trying."""
+    budget_ms = 1000 * sum(ui_assets.STREAM_WAITS_S)
+    refused = [429, "application/json", json.dumps({"detail": CAPS}), NOT_RUN]
+    joined = [200, "application/json", '{"event_id": "e1"}']
+    then_data = f"{JOIN}.then(() => {DATA})"
+    gave_up = f"{CAPS} {ui_assets.STREAM_GAVE_UP}"
+    # refused three times (1 + 2 + 4 s), then joined; its stream refused every time: 20 s left for the stream
+    out = run_page(tmp_path, [refused] * 3 + [joined, CAPS_ANSWER], then_data)
+    assert out["fetched"][:4] == [["POST", "/gradio_api/queue/join"]] * 4
+    assert set(map(tuple, out["fetched"][4:])) == {("GET", "/gradio_api/queue/data")}
+    assert out["waits"][:3] == [1000, 2000, 4000] and sum(out["waits"]) == budget_ms
+    assert out["waits"][3:] == [1000, 2000, 4000, 8000, budget_ms - 7000 - 15000]  # the last wait cut to the time left
+    assert messages(out["result"]["body"]) == server_failed_events(gave_up)
+    assert out["said"][-2:] == [f"{CAPS} {ui_assets.STREAM_RETRYING.format(s=5)}", gave_up]  # the cut wait, said
+    # the event's tries used the whole deadline (joined at the last try): its refused stream is not tried again
+    n = len(ui_assets.STREAM_WAITS_S)
+    out = run_page(tmp_path, [refused] * n + [joined, CAPS_ANSWER], then_data)
+    assert out["fetched"] == [["POST", "/gradio_api/queue/join"]] * (n + 1) + [["GET", "/gradio_api/queue/data"]]
+    assert out["waits"] == [1000 * s for s in ui_assets.STREAM_WAITS_S]
+    assert messages(out["result"]["body"]) == server_failed_events(gave_up) and out["said"][-1] == gave_up
+    # a later action (its event answered at once) has a whole deadline of its own for its stream
+    out = run_page(tmp_path, [refused] * n + [joined, joined, CAPS_ANSWER],
+                   f"{JOIN}.then(() => {JOIN}).then(() => {DATA})")
+    assert out["waits"] == [1000 * s for s in ui_assets.STREAM_WAITS_S] * 2
