@@ -71,6 +71,12 @@ LOCK_TIMEOUT_S = 10.0  # PostgreSQL: how long a migration waits for a table's lo
 MIGRATION_LOCK_KEY = 0x5E1C0_0016
 
 
+# PostgreSQL's SQLSTATEs of a transaction it rolled back to let another go on, which running it again can mend: a
+# deadlock (0002's downgrade beside a live server), and a serialization failure (a database or role whose
+# default_transaction_isolation is repeatable read or serializable)
+_ROLLED_BACK = {"40P01": "a deadlock with another transaction", "40001": "a conflict with another transaction's changes"}
+
+
 # config.attributes key: a callable(connection) that migrations/env.py calls inside the migration's transaction, once
 # it holds the lock (SQLite: the write lock of its BEGIN IMMEDIATE), before the revision is read and any step runs
 IN_TRANSACTION = "seiko_in_transaction"
@@ -99,7 +105,16 @@ def _run(step, url: str, rev: str, in_transaction=None) -> None:
             raise InvalidInput(f"the database is in use: its write lock was not granted in "
                                f"{db_engine.BUSY_TIMEOUT_MS / 1000:g} s (a server, a worker or an open transaction holds it); "
                                "stop them and run it again; nothing was changed") from exc
-        if sqlstate(exc) != "55P03":  # PostgreSQL's lock_timeout ran out (lock_not_available)
+        state = sqlstate(exc)
+        if state in _ROLLED_BACK:
+            # PostgreSQL ended the migration's transaction to let another go on: 0002's downgrade holds the raters (LOCK
+            # TABLE ... IN SHARE MODE) and then drops sessions and audit_log, so a server's transaction holding one of
+            # those and waiting for the raters deadlocks with it. It ended with psycopg's bare DeadlockDetected (ninth
+            # review). The whole migration is that one transaction, rolled back: nothing was changed
+            raise InvalidInput(f"the database ended the migration to resolve {_ROLLED_BACK[state]} (a server or a "
+                               "worker using the same tables): its transaction was rolled back, so nothing was "
+                               "changed; run it again") from exc
+        if state != "55P03":  # PostgreSQL's lock_timeout ran out (lock_not_available)
             raise
         raise InvalidInput(f"the database is in use: a table's lock was not granted in {LOCK_TIMEOUT_S:.0f} s (a "
                            "server, a worker or an open transaction holds it); stop them and run it again; nothing "

@@ -879,6 +879,87 @@ def test_a_postgresql_downgrade_below_0002_waits_for_a_disabling_under_way_and_t
     assert _disabled_names(empty_db_url) == ["mallory"]
 
 
+def test_a_postgresql_migration_ended_by_a_deadlock_or_a_serialization_failure_is_one_sentence(empty_db_url,
+                                                                                                monkeypatch):
+    """PostgreSQL: 0002's downgrade holds the raters (LOCK TABLE raters IN SHARE MODE), then drops audit_log and
+    sessions. A live server's transaction that holds audit_log (an audit row written) and then waits for the raters
+    (disabling an account) deadlocks with it; PostgreSQL ended the migration, which ended in psycopg's bare
+    DeadlockDetected (ninth review). A real deadlock is staged here (the server's transaction waits first, with a long
+    deadlock_timeout, so PostgreSQL ends the migration), and a real serialization failure (SQLSTATE 40001, raised by the
+    server inside the migration: a database whose default isolation is serializable can give one): each is one
+    sentence saying nothing was changed and to run it again, and the database is at 0002 with all its tables."""
+    import threading
+    import time
+
+    from sqlalchemy import text
+
+    from db.engine import sqlstate
+
+    if empty_db_url.startswith("sqlite"):
+        pytest.skip("SQLite: the migration holds the database's write lock from its BEGIN IMMEDIATE; nothing waits on it")
+    migrate.upgrade(empty_db_url, "0002")
+    _mallory(empty_db_url, disabled=False)
+    look = migrate.refuse_disabled_accounts
+    monkeypatch.setattr(migrate, "check_downgrade", lambda url, rev: None)  # it would run the hooks below too
+    server = make_engine(empty_db_url)
+    disabling: list[object] = []
+    try:
+        with server.connect() as admin, server.connect() as watch:
+            # the migration, which waits second, is the one PostgreSQL's deadlock check finds and ends
+            admin.execute(text("SET deadlock_timeout = '60s'"))
+            admin.execute(text("INSERT INTO audit_log (at, actor_name, action) VALUES (CURRENT_TIMESTAMP, 'root', "
+                               "'disable')"))
+            pid = admin.execute(text("SELECT pg_backend_pid()")).scalar_one()
+
+            def disable() -> None:
+                try:
+                    admin.execute(text("UPDATE raters SET disabled_at = CURRENT_TIMESTAMP WHERE name = 'mallory'"))
+                    disabling.append("updated")
+                except Exception as exc:  # reported by the assertion below
+                    disabling.append(exc)
+
+            thread = threading.Thread(target=disable)
+
+            def look_then_the_server_waits_for_the_raters(connection) -> None:
+                look(connection)  # the migration holds the raters now
+                thread.start()
+                waiting = text("SELECT count(*) FROM pg_locks WHERE NOT granted AND pid = :pid "
+                               "AND relation = 'raters'::regclass")
+                deadline = time.monotonic() + 30
+                while not watch.execute(waiting, {"pid": pid}).scalar_one():
+                    watch.rollback()
+                    assert not disabling and time.monotonic() < deadline, disabling or "the server never waited"
+                    time.sleep(0.01)
+                watch.rollback()
+
+            monkeypatch.setattr(migrate, "refuse_disabled_accounts", look_then_the_server_waits_for_the_raters)
+            with pytest.raises(InvalidInput) as deadlocked:
+                migrate.downgrade(empty_db_url, "0001")
+            thread.join(60)
+            admin.rollback()
+    finally:
+        server.dispose()
+    assert disabling == ["updated"], disabling  # the server's transaction went on once the migration was ended
+    assert sqlstate(deadlocked.value.__cause__) == "40P01", deadlocked.value.__cause__
+    said = str(deadlocked.value)
+    assert "deadlock" in said and "nothing was changed" in said and said.endswith("run it again"), said
+    assert "\n" not in said and "40P01" not in said and "Traceback" not in said, said
+    assert migrate.current_revision(empty_db_url) == "0002"
+    assert {"sessions", "audit_log", "raters"} <= _tables(empty_db_url) and _disabled_names(empty_db_url) == []
+
+    def serialization_failure(connection) -> None:
+        connection.execute(text("DO $$ BEGIN RAISE EXCEPTION 'could not serialize access due to concurrent update' "
+                                "USING ERRCODE = 'serialization_failure'; END $$"))
+
+    monkeypatch.setattr(migrate, "refuse_disabled_accounts", serialization_failure)
+    with pytest.raises(InvalidInput) as conflicted:
+        migrate.downgrade(empty_db_url, "0001")
+    assert sqlstate(conflicted.value.__cause__) == "40001", conflicted.value.__cause__
+    said = str(conflicted.value)
+    assert "nothing was changed" in said and said.endswith("run it again") and "\n" not in said, said
+    assert migrate.current_revision(empty_db_url) == "0002" and {"sessions", "audit_log"} <= _tables(empty_db_url)
+
+
 def test_a_postgresql_upgrade_waits_for_another_migration_and_says_so(empty_db_url, caplog):
     """PostgreSQL: an upgrade started while another migration holds the migration lock waited without a word, and
     with a lock_timeout set on the database (or the role) it failed at once, told that "a table's lock was not
