@@ -433,7 +433,9 @@ def test_an_event_the_guards_caps_refuse_is_sent_again_and_done_once(ui_world, e
     monkeypatch.setattr(gradio_routes, "outstanding", outstanding)
     before = len(joins)
     _rate_first_card(page, "7")
-    assert left["n"] == 0 and joins[before:] == [(429, "1"), (429, "1"), (200, None)], joins[before:]
+    # the page's other events may follow the rating's three answers (a run once saw two more 200s), none refused
+    assert left["n"] == 0 and joins[before:before + 3] == [(429, "1"), (429, "1"), (200, None)], joins[before:]
+    assert all(status == 200 for status, _ in joins[before + 3:]), joins[before:]
     card = page.locator(".rg-card[data-state=rated]")
     assert card.count() == 1 and card.get_attribute("data-score") == "7"
     alice = ui_world.accounts["alice"]
