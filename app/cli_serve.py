@@ -13,7 +13,6 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from contextlib import asynccontextmanager
 from typing import Any
 
 from app.settings import Settings
@@ -78,20 +77,13 @@ def on_both_families(lifespan: Callable[[Any], Any] | None) -> Callable[[Any], A
     were refused (found by the ninth review of 6 Dec 2026). Asked for the host ``""`` instead, asyncio listens on
     every address of each family this machine has, a socket each (0.0.0.0 and ::; one without IPv6 listens on IPv4
     only). uvicorn listens with its config's host once the lifespan's start-up has run."""
-    from app.net_limits import starting_server_config
+    from app.net_limits import before_start
 
-    @asynccontextmanager
-    async def _lifespan(app: Any):
-        config = starting_server_config()
-        if config is not None and _any_ipv6(config.host):
+    def both_families(config: Any) -> None:
+        if _any_ipv6(config.host):
             config.host = ""
-        if lifespan is None:
-            yield
-        else:
-            async with lifespan(app):
-                yield
 
-    return _lifespan
+    return before_start(lifespan, both_families)
 
 
 def build_services(settings: Settings, *, batch_size: int = 8):

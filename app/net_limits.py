@@ -512,13 +512,25 @@ def before_listening(lifespan: Callable[[Any], Any] | None, limits: Limits, *,
     connection made meanwhile (about 0.4 s after the port opened, Gradio's own start-up calls included); such a
     connection had no head deadline for its whole life. ``install`` after ``launch`` finds them in place."""
 
-    @asynccontextmanager
-    async def _lifespan(app: Any):
-        config = starting_server_config()
-        if config is not None and _installed_on(config) is None:
+    def limit(config: Any) -> None:
+        if _installed_on(config) is None:
             config.http_protocol_class = functools.partial(LimitedH11Protocol, gate=Gate(limits, exempt=trusted_proxies))
             asyncio.get_running_loop().set_exception_handler(AcceptLog())
             _quiet_uvicorn_repeats()
+
+    return before_start(lifespan, limit)
+
+
+def before_start(lifespan: Callable[[Any], Any] | None, change: Callable[[Any], None]) -> Callable[[Any], Any]:
+    """``lifespan`` (an app's; None for none) that first calls ``change`` with the uvicorn Config of the server
+    starting it (``starting_server_config``; not called where there is none): uvicorn listens, and makes each
+    connection, with what that config says once the lifespan's start-up has run."""
+
+    @asynccontextmanager
+    async def _lifespan(app: Any):
+        config = starting_server_config()
+        if config is not None:
+            change(config)
         if lifespan is None:
             yield
         else:

@@ -37,6 +37,22 @@ def _full_disk_on(monkeypatch, name: str, *, at: int = 1) -> list[Path]:
     return seen
 
 
+EARLIER = {"an earlier": "run"}
+
+
+def _a_failed_write_keeps_the_earlier_file(monkeypatch, out: Path, run, *, raises=OSError,
+                                           match="No space left on device", beside=()) -> None:
+    """``out`` holds an earlier result; ``run()``'s one write of it fails half-way (``_full_disk_on``) and raises
+    ``raises``; the earlier file is then whole, and nothing is left beside it but ``beside``."""
+    out.write_text(json.dumps(EARLIER))
+    seen = _full_disk_on(monkeypatch, out.name)
+    with pytest.raises(raises, match=match):
+        run()
+    assert len(seen) == 1
+    assert json.loads(out.read_text()) == EARLIER
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted([out.name, *beside])
+
+
 def test_holdout_check_leaves_no_half_results_file(tmp_path, monkeypatch, capsys):
     """16 drawn images (stand-ins: random embeddings, two people's ratings), one fit of 8 labels: the results file's
     write fails half-way; --out does not exist after (the tool refuses an existing --out, so a half file there
@@ -63,13 +79,8 @@ def test_idle_cpu_keeps_the_earlier_results_whole(tmp_path, monkeypatch, capsys)
     from app.tools import idle_cpu
 
     out = tmp_path / "idle.json"
-    out.write_text('{"an earlier": "run"}')
-    seen = _full_disk_on(monkeypatch, out.name)
-    with pytest.raises(OSError, match="No space left on device"):
-        idle_cpu.main(["--seconds", "0.1", "--blocks", "1", "--json", str(out)])
-    assert len(seen) == 1
-    assert json.loads(out.read_text()) == {"an earlier": "run"}
-    assert [p.name for p in tmp_path.iterdir()] == ["idle.json"]
+    argv = ["--seconds", "0.1", "--blocks", "1", "--json", str(out)]
+    _a_failed_write_keeps_the_earlier_file(monkeypatch, out, lambda: idle_cpu.main(argv))
     capsys.readouterr()
 
 
@@ -156,13 +167,10 @@ def test_ab_coverage_keeps_the_earlier_results_whole(tmp_path, monkeypatch, caps
     from app.tools import ab_coverage
 
     out = tmp_path / "ab.json"
-    out.write_text('{"an earlier": "run"}')
-    seen = _full_disk_on(monkeypatch, out.name)
-    with pytest.raises(SystemExit, match=f"ab_coverage: cannot write {out}: No space left on device"):
-        ab_coverage.main(["--trials", "1", "--resamples", "100", "--json", str(out)])
-    assert len(seen) == 1
-    assert json.loads(out.read_text()) == {"an earlier": "run"}
-    assert [p.name for p in tmp_path.iterdir()] == ["ab.json"]
+    argv = ["--trials", "1", "--resamples", "100", "--json", str(out)]
+    sentence = f"ab_coverage: cannot write {out}: No space left on device"  # its one sentence for it stands
+    _a_failed_write_keeps_the_earlier_file(monkeypatch, out, lambda: ab_coverage.main(argv), raises=SystemExit,
+                                           match=sentence)
     capsys.readouterr()
 
 
@@ -182,14 +190,9 @@ def test_fault_matrix_keeps_the_earlier_results_whole(tmp_path, monkeypatch, cap
     monkeypatch.setattr(fault_matrix, "RatingWriter", Writer)
     out = tmp_path / "res" / "matrix.json"
     out.parent.mkdir()
-    out.write_text('{"an earlier": "run"}')
-    seen = _full_disk_on(monkeypatch, out.name)
-    with pytest.raises(OSError, match="No space left on device"):
-        fault_matrix.main(["--phases", "", "--server-trials", "0", "--disk-trials", "0", "--workdir",
-                           str(tmp_path / "work"), "--json", str(out)])
-    assert len(seen) == 1
-    assert json.loads(out.read_text()) == {"an earlier": "run"}
-    assert [p.name for p in out.parent.iterdir()] == ["matrix.json"]
+    argv = ["--phases", "", "--server-trials", "0", "--disk-trials", "0", "--workdir", str(tmp_path / "work"),
+            "--json", str(out)]
+    _a_failed_write_keeps_the_earlier_file(monkeypatch, out, lambda: fault_matrix.main(argv))
     capsys.readouterr()
 
 
@@ -229,14 +232,8 @@ def test_loadtest_keeps_the_earlier_results_whole(tmp_path, monkeypatch, capsys)
     monkeypatch.setattr(harness, "ServerProc", Server)
     monkeypatch.setattr(loadtest, "read_session", lambda factory: contextlib.nullcontext(NoRows()))
     out = tmp_path / "load.json"
-    out.write_text('{"an earlier": "run"}')
-    seen = _full_disk_on(monkeypatch, out.name)
-    with pytest.raises(OSError, match="No space left on device"):
-        loadtest.main(["--raters", "0", "--ratings", "1", "--no-train", "--workdir", str(tmp_path / "work"),
-                       "--json", str(out)])
-    assert len(seen) == 1
-    assert json.loads(out.read_text()) == {"an earlier": "run"}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["load.json", "work"]
+    argv = ["--raters", "0", "--ratings", "1", "--no-train", "--workdir", str(tmp_path / "work"), "--json", str(out)]
+    _a_failed_write_keeps_the_earlier_file(monkeypatch, out, lambda: loadtest.main(argv), beside=("work",))
     capsys.readouterr()
 
 
@@ -248,13 +245,8 @@ def test_quality_speed_keeps_the_earlier_results_whole(tmp_path, monkeypatch, ca
     monkeypatch.setattr(quality_speed, "build", lambda url, **kwargs: None)
     monkeypatch.setattr(quality_speed.ui_quality, "report", lambda factory, who, experiment: (None, [1, 2]))
     out = tmp_path / "speed.json"
-    out.write_text('{"an earlier": "run"}')
-    seen = _full_disk_on(monkeypatch, out.name)
-    with pytest.raises(OSError, match="No space left on device"):
-        quality_speed.main(["--ratings", "10", "--repeats", "1", "--json", str(out)])
-    assert len(seen) == 1
-    assert json.loads(out.read_text()) == {"an earlier": "run"}
-    assert [p.name for p in tmp_path.iterdir()] == ["speed.json"]
+    argv = ["--ratings", "10", "--repeats", "1", "--json", str(out)]
+    _a_failed_write_keeps_the_earlier_file(monkeypatch, out, lambda: quality_speed.main(argv))
     capsys.readouterr()
 
 
@@ -269,13 +261,8 @@ def test_raters_check_keeps_the_earlier_results_whole(tmp_path, monkeypatch, cap
     monkeypatch.setattr(raters_check, "close_race", lambda factory, data_dir, trials: {"trials": trials})
     monkeypatch.setattr(raters_check, "collisions", lambda factory, data_dir, *args: {"errors": []})
     out = tmp_path / "raters.json"
-    out.write_text('{"an earlier": "run"}')
-    seen = _full_disk_on(monkeypatch, out.name)
-    with pytest.raises(OSError, match="No space left on device"):
-        raters_check.main(["--trials", "1", "--repeat", "1", "--json", str(out)])
-    assert len(seen) == 1
-    assert json.loads(out.read_text()) == {"an earlier": "run"}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["raters.json", "work"]
+    argv = ["--trials", "1", "--repeat", "1", "--json", str(out)]
+    _a_failed_write_keeps_the_earlier_file(monkeypatch, out, lambda: raters_check.main(argv), beside=("work",))
     capsys.readouterr()
 
 
@@ -315,13 +302,8 @@ def test_walkthrough_keeps_the_earlier_walkthrough_json_whole(tmp_path, monkeypa
     shots = tmp_path / "shots"
     shots.mkdir()
     out = shots / "walkthrough.json"
-    out.write_text('{"an earlier": "run"}')
-    seen = _full_disk_on(monkeypatch, out.name)
-    with pytest.raises(OSError, match="No space left on device"):
-        walkthrough.main(["--data-dir", str(tmp_path / "data"), "--rounds", "1", "--shots", str(shots),
-                          "--model", str(tmp_path / "no-model")])
-    assert len(seen) == 1
-    assert json.loads(out.read_text()) == {"an earlier": "run"}
-    assert [p.name for p in shots.iterdir()] == ["walkthrough.json"]
+    argv = ["--data-dir", str(tmp_path / "data"), "--rounds", "1", "--shots", str(shots), "--model",
+            str(tmp_path / "no-model")]
+    _a_failed_write_keeps_the_earlier_file(monkeypatch, out, lambda: walkthrough.main(argv))
     assert len(signals) == 1
     capsys.readouterr()
