@@ -163,7 +163,10 @@ class Gate:
     - what is left of the first half of the total once its own are counted again: ``h < total / 2 - n``, so that
       its cap shrinks as the total fills and is ``FAIR_SHARE`` from a little under half the total on;
 
-    and below ``Limits.per_address`` when that is set (by default it is not); 429 otherwise. One busy network alone
+    429 otherwise. ``Limits.per_address``, when set (SEIKO_CONNECTIONS_PER_ADDRESS; by default it is not), is each
+    network's cap instead of these shares, higher or lower: an operator who set it for an office behind one address
+    asked for that many (set above the shares, it had raised nothing without a word: found by the review of this
+    change), and a few networks can then fill the total again. One busy network alone
     (a LAN whose people share one IPv6 /64 or one NAT address) holds up to a quarter of the total (128 of the
     default 512, about 64 open pages); with one other network holding all it may, half that; and so on down.
 
@@ -199,7 +202,7 @@ class Gate:
 
     def admit(self, host: str | None) -> tuple[int, str] | None:
         """None, the connection from ``host`` counted (``release`` it when it closes), or (status, sentence): 503 with
-        the total open, 429 for a network at ``Limits.per_address`` (when set) or at its share now (see the class)."""
+        the total open, 429 for a network at ``Limits.per_address`` (when set) or else at its share now (the class)."""
         if self.total >= self.limits.total:
             return self._refuse(503, TOO_MANY_IN_ALL.format(n=self.limits.total), "in all")
         if self._exempt(host):  # a trusted proxy counts towards the total only: not towards its /64 neighbours'
@@ -207,9 +210,10 @@ class Gate:
             return None
         key = counting_key(host)
         held = self.open.get(key, 0)
-        if self.limits.per_address is not None and held >= self.limits.per_address:
-            return self._refuse(429, TOO_MANY_FROM_ADDRESS.format(n=self.limits.per_address), f"from {key}")
-        if held >= FAIR_SHARE and 2 * (held + self.total) >= self.limits.total:  # h >= max(8, total / 2 - n)
+        if self.limits.per_address is not None:  # the operator's fixed cap, in place of the shares
+            if held >= self.limits.per_address:
+                return self._refuse(429, TOO_MANY_FROM_ADDRESS.format(n=self.limits.per_address), f"from {key}")
+        elif held >= FAIR_SHARE and 2 * (held + self.total) >= self.limits.total:  # h >= max(8, total / 2 - n)
             return self._refuse(429, TOO_MANY_WHILE_BUSY.format(n=held), f"from {key}, its share now")
         self.open[key] = held + 1
         self.total += 1

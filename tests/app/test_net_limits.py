@@ -284,9 +284,13 @@ def test_one_busy_network_alone_holds_a_quarter_of_the_total():
     # the same through an IPv4 NAT address
     gate = net_limits.Gate(net_limits.Limits(total=512))
     assert sum(gate.admit("203.0.113.9") is None for _ in range(400)) == 128
-    # and a cap set with SEIKO_CONNECTIONS_PER_ADDRESS still holds below that
+    # a cap set with SEIKO_CONNECTIONS_PER_ADDRESS is each network's instead of the shares, below them or above (an
+    # office behind one address: set to 300, it was still held to 128 without a word)
     gate = net_limits.Gate(net_limits.Limits(total=512, per_address=100))
     assert sum(gate.admit("203.0.113.9") is None for _ in range(400)) == 100
+    gate = net_limits.Gate(net_limits.Limits(total=512, per_address=300))
+    assert sum(gate.admit("203.0.113.9") is None for _ in range(400)) == 300
+    assert sum(gate.admit("203.0.113.10") is None for _ in range(400)) == 212  # the total's 512 reached: 503
 
 
 def test_a_trusted_proxy_counts_towards_the_total_only():
