@@ -111,9 +111,13 @@ def own_scratch_folder(parent: str | Path, command: str) -> Iterator[Path]:
     try:
         yield folder
     finally:
-        shutil.rmtree(folder)  # every name in it is this run's
+        # every name in it is this run's; one that cannot be removed (a file a stopped process holds open on NFS, say)
+        # is said, not raised: raised here, it took the place of how the run ended (an error, Ctrl-C, SIGTERM's 143)
+        shutil.rmtree(folder, onerror=lambda function, path, exc_info: log.warning(NOT_REMOVED.format(
+            folder=folder, path=path, error=exc_info[1])))
 
 
+NOT_REMOVED = "{path} could not be removed ({error}); remove {folder} once no process is using it."
 LEFTOVERS = ("{parent} holds {n} folder(s) of earlier {command} runs ({names}): a run stopped by SIGKILL or a crash of the "
              "machine leaves its own (scratch files, maybe a whole batch's images); remove them if no {command} run is "
              "using them now.")

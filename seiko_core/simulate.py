@@ -48,9 +48,10 @@ import json
 import math
 import os
 import platform
+import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -827,13 +828,13 @@ def record_invocation(results: dict, argv: list[str], *, jobs: int, device: str)
                                                   "code": code})
 
 
-def stop_workers(pool: ProcessPoolExecutor, out: Path, grace_s: float = 30.0) -> None:
+def stop_workers(pool: ProcessPoolExecutor, out: Path, runs: Iterable[tuple[str, int]], *,
+                 grace_s: float = 30.0) -> None:
     """End ``pool``'s worker processes now, runs in flight included, and wait for them: SIGTERM (a worker installs no
-    handler: it ends where it stands), SIGKILL for one still there after ``grace_s``. Then the ``.tmp-`` entries a
-    worker stopped while writing left in OUT's grids and adapters folders are removed (the campaign owns OUT; a
-    scratch file's name goes with the run's own folder, ``own_scratch_folder``)."""
-    from .checkpoint import clean_partials
-
+    handler: it ends where it stands), SIGKILL for one still there after ``grace_s``. Then the ``.tmp-`` entries of
+    ``runs`` (the (method, seed) pairs not finished) a worker stopped while writing left in OUT's grids and adapters
+    folders are removed, theirs only: another campaign into the same OUT may be writing its own (a scratch file's
+    name goes with the run's own folder, ``own_scratch_folder``)."""
     processes = list((getattr(pool, "_processes", None) or {}).values())  # CPython's table of the pool's workers
     for process in processes:
         if process.is_alive():
@@ -843,8 +844,13 @@ def stop_workers(pool: ProcessPoolExecutor, out: Path, grace_s: float = 30.0) ->
         if process.is_alive():
             process.kill()
             process.join()
-    for folder in (out / "grids", out / ADAPTERS):
-        clean_partials(folder)
+    for method, seed in runs:
+        for partial in [*(out / "grids").glob(f"{TMP_PREFIX}{method}_seed{seed}.png-*"),
+                        *(out / ADAPTERS).glob(f"{TMP_PREFIX}{method}_seed{seed}-*")]:
+            if partial.is_dir() and not partial.is_symlink():
+                shutil.rmtree(partial)
+            else:
+                partial.unlink()
 
 
 def run_campaign(args, argv, *, parts, oracle, base: SeikoConfig, ev: EvalSet, settings: dict,
@@ -916,7 +922,7 @@ def run_campaign(args, argv, *, parts, oracle, base: SeikoConfig, ev: EvalSet, s
                             fut.cancel()
                         # and those in flight, whose records would not be saved: the pool's exit waited for them, so a
                         # SIGTERM or Ctrl-C ended the campaign only when they ended (ninth review)
-                        stop_workers(pool, out)
+                        stop_workers(pool, out, pending.values())
                         raise
             else:
                 for method, seed in todo:

@@ -224,6 +224,52 @@ def test_a_killed_runs_own_folder_is_named_in_a_warning_and_kept(tmp_path, caplo
     assert not [r for r in caplog.records if r.name == "seiko.scratch"]
 
 
+def test_a_scratch_folder_that_cannot_be_removed_is_said_and_the_run_ends_as_it_did(tmp_path, monkeypatch, caplog):
+    """A name in the run's own folder that cannot be removed (a file a stopped process holds open on NFS) raised
+    from the clean-up and took the place of how the run ended (its error, Ctrl-C, SIGTERM's exit 143); now it is a
+    warning naming the folder, and the run's own ending stands."""
+    import errno
+    import os
+
+    real_rmdir = os.rmdir
+
+    def busy_rmdir(path, *args, **kwargs):
+        if str(path).endswith(scratch.SCRATCH):
+            raise OSError(errno.EBUSY, "Device or resource busy")
+        return real_rmdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rmdir", busy_rmdir)
+    with caplog.at_level(logging.WARNING, logger="seiko.scratch"):
+        with pytest.raises(RuntimeError, match="the run's own error"):
+            with scratch.own_scratch_folder(tmp_path, "simulate") as own:
+                (own / scratch.SCRATCH).mkdir()
+                raise RuntimeError("the run's own error")
+    said = [r.getMessage() for r in caplog.records if r.name == "seiko.scratch"]
+    assert any(str(own) in m and "Device or resource busy" in m for m in said), said
+    assert (own / scratch.SCRATCH).is_dir()
+
+
+def test_stopping_a_campaigns_workers_removes_its_own_partial_files_only(tmp_path):
+    """The partial grids and adapters of the runs a stopped campaign had not finished go; another campaign's into
+    the same OUT (a run of theirs, or a seed this one was not running) and the finished files stay."""
+    import types
+
+    out = tmp_path
+    grids, adapters = out / "grids", out / simulate.ADAPTERS
+    grids.mkdir()
+    adapters.mkdir()
+    ours = [grids / ".tmp-greedy_seed0.png-1a2b3c4d", adapters / ".tmp-greedy_seed0-5e6f7a8b"]
+    theirs = [grids / ".tmp-greedy_seed1.png-11111111", grids / ".tmp-ucb_seed0.png-22222222",
+              adapters / ".tmp-ucb_seed0-33333333", grids / "greedy_seed0.png"]
+    for path in ours[:1] + theirs[:2] + theirs[3:]:
+        path.write_bytes(b"x")
+    for path in (ours[1], theirs[2]):
+        (path / "weights").mkdir(parents=True)
+    simulate.stop_workers(types.SimpleNamespace(_processes={}), out, [("greedy", 0), ("bootstrap", 0)])
+    assert [p.exists() for p in ours] == [False, False]
+    assert [p.exists() for p in theirs] == [True] * 4
+
+
 def test_pixel_spill_keeps_what_fits_in_memory():
     """The limit counts bytes of the dtype: 2 float32 images of 3x4x4 are 384 bytes."""
     spill = scratch.PixelSpill(Path("/nonexistent-never-used"), 384)
