@@ -272,10 +272,12 @@ _HEAD_END = re.compile(rb"\n\r?\n")  # where h11 ends a request's head (h11._rec
 _FOLDED_LINE = re.compile(rb"\n[ \t]")  # a line that starts with a space or a tab: h11 joins it to the one before
 
 
-def folded_head(buffered: bytes) -> bool:
+def folded_head(buffered: bytes, start: int = 0) -> bool:
     """Whether the request head at the start of ``buffered`` (what h11 holds unread, the next request first) is
     complete and has a folded header line (obs-fold, RFC 9112 5.2: a line that starts with a space or a tab, which
-    h11 joins to the header before it with a space).
+    h11 joins to the header before it with a space). ``start``: where to look for the head's end, for a caller that
+    knows the head did not end before ``start + 2`` (the end, ``\n\r\n``, is 3 bytes): a head sent a byte at a time
+    was searched whole at each byte (a review of this change), now each byte once.
 
     Found by the ninth review of 6 Dec 2026: a proxy that passes such a line on as it came, with a header of its own
     put before the client's, had its header's value extended by the client: ``X-Forwarded-For: <client>`` followed by
@@ -283,7 +285,7 @@ def folded_head(buffered: bytes) -> bool:
     address from a trusted proxy's X-Forwarded-For as its last entry that is not a trusted proxy, so the sign-in
     throttle counted an address the client chose. RFC 9112 lets a server refuse a request with one (400) instead of
     joining it. (A chunked body's trailer may be folded too; uvicorn hands no trailer to the app.)"""
-    end = _HEAD_END.search(buffered)
+    end = _HEAD_END.search(buffered, start)
     return end is not None and _FOLDED_LINE.search(buffered, 0, end.start() + 1) is not None
 
 
@@ -296,6 +298,7 @@ class LimitedH11Protocol(H11Protocol):
         self._admitted = False
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_bytes = False  # part of a head arrived since the deadline was set
+        self._head_searched = 0  # how much of h11's buffer ``folded_head`` found no head's end in (``handle_events``)
         self._body_timer: asyncio.TimerHandle | None = None
         self._send_timer: asyncio.TimerHandle | None = None
 
@@ -341,15 +344,19 @@ class LimitedH11Protocol(H11Protocol):
         """uvicorn's, but a request head with a folded header line (obs-fold) is refused with 400 and one sentence
         (``folded_head``) before h11 reads it. uvicorn calls this once the data received is in h11's buffer, and
         again for a pipelined request's head once the answer before it is complete."""
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing() \
-                and folded_head(self.conn.trailing_data[0]):
-            self.logger.warning(FOLDED_WARNING)
-            self.transport.write(_answer(400, FOLDED_HEADER))
-            self.transport.close()
-            return
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            buffered = self.conn.trailing_data[0]
+            searched = self._head_searched if len(buffered) >= self._head_searched else 0  # a buffer taken from: anew
+            if folded_head(buffered, max(0, searched - 2)):
+                self.logger.warning(FOLDED_WARNING)
+                self.transport.write(_answer(400, FOLDED_HEADER))
+                self.transport.close()
+                return
+            self._head_searched = len(buffered)  # no head's end before this (less its last 2 bytes): not again
         super().handle_events()
 
     def on_response_complete(self) -> None:
+        self._head_searched = 0  # the next request's head starts where this one's body ended
         super().on_response_complete()
         if not self.transport.is_closing():  # kept alive: the next request's head has its own deadline
             self._set_head_deadline()

@@ -703,6 +703,38 @@ def test_a_request_with_a_folded_header_line_is_refused_with_400_before_it_reach
     assert answer.endswith(sentence) and refused in answer
 
 
+def test_a_head_sent_a_byte_at_a_time_is_searched_once_not_again_at_each_byte(served, monkeypatch):
+    """A review of the fold check: at each piece of a head that arrived, ``folded_head`` searched h11's whole buffer
+    again, so a head trickled a byte at a time cost its length squared (16 KiB, h11's limit: 134 million bytes
+    searched within the head's deadline, per connection). Over a raw socket against the served app, a 600-byte head
+    sent in 1-byte pieces: the bytes searched come to a few times its length, and it is answered; folded, refused."""
+    port = _port(served())
+    searched: list[int] = []
+    real = net_limits.folded_head
+
+    def counting(buffered: bytes, start: int = 0) -> bool:
+        searched.append(len(buffered) - start)
+        return real(buffered, start) if start else real(buffered)
+
+    monkeypatch.setattr(net_limits, "folded_head", counting)
+    host = b"Host: 127.0.0.1:%d\r\n" % port
+    for fold, status in ((b"", b"HTTP/1.1 200 "), (b"\r\n\tfolded", b"HTTP/1.1 400 ")):
+        head = b"GET / HTTP/1.1\r\n" + host + b"X-Padding: " + b"p" * 500 + fold + b"\r\nConnection: close\r\n\r\n"
+        searched.clear()
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        try:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for i in range(len(head)):
+                s.sendall(head[i:i + 1])
+                time.sleep(0.001)
+            closed, answer = _closed_within(s, 10)
+        finally:
+            s.close()
+        assert closed and answer.startswith(status), answer[:200]
+        assert len(searched) > 20, len(searched)  # it did arrive in many pieces
+        assert sum(searched) < 4 * len(head), (sum(searched), len(head), len(searched))
+
+
 def test_a_folded_head_is_found_exactly_where_h11_joins_header_lines():
     """``folded_head`` against h11 itself over random heads: a head is folded exactly when h11 reads fewer headers
     than it has header lines (it joined some), or refuses a head that starts its headers with a fold."""
@@ -727,5 +759,9 @@ def test_a_folded_head_is_found_exactly_where_h11_joins_header_lines():
             joined = True
         assert net_limits.folded_head(head + after) == joined, head
         assert not net_limits.folded_head(head[:-1])  # not judged before the head is complete
+        # searched from where a shorter buffer ended (less 2), as the protocol does, the answer is the same
+        k = rng.randrange(len(head))
+        assert not net_limits.folded_head(head[:k])
+        assert net_limits.folded_head(head + after, max(0, k - 2)) == joined, (head, k)
         folds += joined
     assert 500 < folds < 2500, folds
