@@ -110,6 +110,22 @@ def _stop(proc: subprocess.Popen, err) -> tuple[int, str]:
     return rc, err.read()
 
 
+def _terminated_once_ready(proc: subprocess.Popen, err, ready, scratch_folders) -> str:
+    """Once ``ready()`` (its oracle is rating), ``proc`` has one scratch folder (``scratch_folders()``) and is sent
+    SIGTERM: it ends with status 143 and no traceback (killed if it has not ended). Its stderr."""
+    try:
+        _wait_until("rating", ready, proc)
+        assert len(list(scratch_folders())) == 1
+        rc, stderr = _stop(proc, err)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert rc == 128 + signal.SIGTERM, stderr
+    assert "Traceback" not in stderr, stderr
+    return stderr
+
+
 def _alive(pid: int) -> bool:
     """Whether process ``pid`` exists and is not a zombie (an ended process whose status nobody has collected)."""
     try:
@@ -148,16 +164,8 @@ def test_bench_stopped_by_sigterm_ends_143_and_leaves_no_scratch_or_work_dir(ran
                                  "--parts", "round", "--threads", "1", "--pixels-in-memory-max-mib", "0"],
                                 cwd=REPO, env=_env(TMPDIR=str(tmp), SEIKO_BENCH_TEST_MARKER=str(marker)),
                                 stdout=subprocess.DEVNULL, stderr=err)
-        try:
-            _wait_until("rating", marker.exists, proc)
-            assert len(list(tmp.glob(f"seiko-bench-*/.tmp-bench-*/{scratch.SCRATCH}"))) == 1  # the images' folder
-            rc, stderr = _stop(proc, err)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    assert rc == 128 + signal.SIGTERM, stderr
-    assert "Traceback" not in stderr, stderr
+        stderr = _terminated_once_ready(proc, err, marker.exists,  # the images' folder:
+                                        lambda: tmp.glob(f"seiko-bench-*/.tmp-bench-*/{scratch.SCRATCH}"))
     assert list(tmp.glob("seiko-bench-*")) == [], stderr
 
 
@@ -175,16 +183,9 @@ def test_klmatch_stopped_by_sigterm_ends_143_and_leaves_no_scratch(random_model_
                                  "bootstrap", "--out", str(out), "--threads", "1", "--max-evals", "1",
                                  "--pixels-in-memory-max-mib", "0"],
                                 cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=err)
-        try:
-            _wait_until("rating", (tmp_path / "rating").exists, proc)
-            assert len(list(out.glob(f".tmp-klmatch-*/{scratch.SCRATCH}"))) == 1  # the eval images' folder, the run's own
-            rc, stderr = _stop(proc, err)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    assert rc == 128 + signal.SIGTERM, stderr
-    assert "Traceback" not in stderr, stderr
+        # the eval images' folder, the run's own:
+        stderr = _terminated_once_ready(proc, err, (tmp_path / "rating").exists,
+                                        lambda: out.glob(f".tmp-klmatch-*/{scratch.SCRATCH}"))
     assert list(out.iterdir()) == [], stderr
 
 
