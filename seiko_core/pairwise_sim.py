@@ -35,6 +35,7 @@ from .preference import logistic_temperature, simulate_pair_choices
 from .scratch import PixelSpill, exit_on_sigterm
 
 FEEDBACK = "pairs"
+SCRATCH_COMMAND = "pairwise_sim"  # its runs' own folders: OUT/.tmp-pairwise_sim-* (simulate's name before the tenth review)
 
 
 def pair_prompts(cfg: SeikoConfig, n_pairs: int, seed: int) -> list[str]:
@@ -153,7 +154,7 @@ def summarise(results: dict, out: Path) -> str:
 
 
 def build_parser():
-    p = sim.build_parser()
+    p = sim.build_parser(SCRATCH_COMMAND)
     p.prog = "python -m seiko_core.pairwise_sim"
     p.description = __doc__
     p.add_argument("--temperature", type=float, default=None,
@@ -203,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     return sim.run_campaign(args, argv, parts=parts, oracle=oracle, base=base, ev=ev, settings=settings,
                             methods=methods, seeds=seeds, pool_task=pool_task, serial_run=serial_run,
                             summarise_fn=summarise,
-                            pretrained_note=f"pairwise feedback, temperature {temperature:.3g}, ties within {tie_eps:.3g}")
+                            pretrained_note=f"pairwise feedback, temperature {temperature:.3g}, ties within {tie_eps:.3g}",
+                            scratch_command=SCRATCH_COMMAND)
 
 if __name__ == "__main__":
     exit_on_sigterm()  # SIGTERM ends it as Ctrl-C does: its scratch folder goes

@@ -78,7 +78,7 @@ RESULTS = "results.json"
 CURVE = "curve.png"
 TABLE = "table.md"
 ADAPTERS = "adapters"
-SCRATCH_COMMAND = "simulate"  # the run's own folder for its scratch files: OUT/.tmp-simulate-* (also pairwise_sim's)
+SCRATCH_COMMAND = "simulate"  # the run's own folder for its scratch files: OUT/.tmp-simulate-* (pairwise_sim: its own)
 FORMAT = "seiko-simulate"
 VERSION = 1
 DEFAULT_EVAL_SEEDS_PER_PROMPT = 16
@@ -710,7 +710,7 @@ def code_version() -> dict:
     return {"commit": git("rev-parse", "HEAD"), "seiko_core_changes": status.splitlines() if status else []}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(scratch_command: str = SCRATCH_COMMAND) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m seiko_core.simulate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="models/shapes-sd", help="local diffusers directory or hub id")
@@ -738,7 +738,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no inner progress bars (per-round lines still print)")
     p.add_argument("--keep-adapters", action="store_true",
                    help="save each run's final adapter under OUT/adapters/METHOD_seedSEED (for seiko_core.klmatch)")
-    add_max_mib_argument(p, f"OUT/{TMP_PREFIX}{SCRATCH_COMMAND}-*")
+    add_max_mib_argument(p, f"OUT/{TMP_PREFIX}{scratch_command}-*")
     return p
 
 
@@ -835,7 +835,11 @@ def stop_workers(pool: ProcessPoolExecutor, out: Path, runs: Iterable[tuple[str,
     ``runs`` (the (method, seed) pairs not finished) a worker stopped while writing left in OUT's grids and adapters
     folders are removed, theirs only: another campaign into the same OUT may be writing its own (a scratch file's
     name goes with the run's own folder, ``own_scratch_folder``)."""
-    processes = list((getattr(pool, "_processes", None) or {}).values())  # CPython's table of the pool's workers
+    table = getattr(pool, "_processes", None)  # CPython's table of the pool's workers (no public way to reach them)
+    if table is None:  # a Python without it: said, not passed over as if there were no workers (tenth review)
+        print(f"warning: this Python's {type(pool).__name__} does not show its worker processes; the runs in flight "
+              "are not stopped and the campaign ends when they end", file=sys.stderr)
+    processes = list((table or {}).values())
     for process in processes:
         if process.is_alive():
             process.terminate()
@@ -855,7 +859,7 @@ def stop_workers(pool: ProcessPoolExecutor, out: Path, runs: Iterable[tuple[str,
 
 def run_campaign(args, argv, *, parts, oracle, base: SeikoConfig, ev: EvalSet, settings: dict,
                  methods: Sequence[str], seeds: Sequence[int], pool_task, serial_run, summarise_fn,
-                 pretrained_note: str) -> int:
+                 pretrained_note: str, scratch_command: str = SCRATCH_COMMAND) -> int:
     """Everything after the settings, shared by ``simulate`` and ``pairwise_sim``: results.json loaded (a resume;
     other settings are refused), the pretrained row once, then every (method, seed) run not done yet, seed-major, in
     a process pool (``--jobs``) or in this process; results.json is rewritten after every run.
@@ -874,9 +878,10 @@ def run_campaign(args, argv, *, parts, oracle, base: SeikoConfig, ev: EvalSet, s
     except SimulationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    # generated images beyond --pixels-in-memory-max-mib go in a folder of the run's own, OUT/.tmp-simulate-*/scratch,
+    # generated images beyond --pixels-in-memory-max-mib go in a folder of the run's own, OUT/.tmp-<command>-*/scratch
+    # (pairwise_sim's its own name since the tenth review: its leftovers were named as simulate's),
     # removed when the campaign ends, however it ends; never OUT/scratch, a live data dir's worker's (ninth review)
-    with own_scratch_folder(out, SCRATCH_COMMAND) as args.scratch_folder:
+    with own_scratch_folder(out, scratch_command) as args.scratch_folder:
         record_invocation(results, list(sys.argv if argv is None else argv), jobs=args.jobs, device=str(parts.device))
         results_path = out / RESULTS
         bars = Bars(enabled=not args.no_progress)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 import threading
 import time
@@ -159,6 +160,28 @@ def collisions(factory, data_dir: Path, n_raters: int, n_images: int, batch: int
             "round_complete": p.complete_images == n_images, "errors": errors, "seconds": round(time.monotonic() - began, 2)}
 
 
+def _check(args, tmp: Path) -> dict:
+    """The two checks on a fresh database: ``args.db_url`` (wiped) or a SQLite file in ``tmp``."""
+    url = args.db_url or dbt.sqlite_url(tmp / "seiko.db")
+    if args.db_url:
+        dbt.reset_postgres_to_head(url)
+    else:
+        migrate.upgrade(url)
+    settings = Settings.from_env({"data_dir": str(tmp / "data"), "db_url": url, "model": "m"}, environ={})
+    engine = make_engine(url)
+    factory = session_factory(engine)
+    if args.without_fix:
+        repo.lock_round = lambda *, session, round_id: repo.get_round(session=session, round_id=round_id)
+        repo.lease_images = lambda *, session, round_id, rater_id, image_ids, lease_s, now=None: list(dict.fromkeys(image_ids))
+    try:
+        return {"backend": engine.dialect.name, "without_fix": args.without_fix,
+                "close_race": close_race(factory, settings.data_dir, args.trials),
+                "collisions": [collisions(factory, settings.data_dir, args.raters, args.images, args.batch, args.overlap)
+                               for _ in range(args.repeat)]}
+    finally:
+        engine.dispose()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--db-url", help="a PostgreSQL URL (wiped!); default: a fresh SQLite file")
@@ -172,24 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="seiko-raters-check-"))
-    url = args.db_url or dbt.sqlite_url(tmp / "seiko.db")
-    if args.db_url:
-        dbt.reset_postgres_to_head(url)
-    else:
-        migrate.upgrade(url)
-    settings = Settings.from_env({"data_dir": str(tmp / "data"), "db_url": url, "model": "m"}, environ={})
-    engine = make_engine(url)
-    factory = session_factory(engine)
-    if args.without_fix:
-        repo.lock_round = lambda *, session, round_id: repo.get_round(session=session, round_id=round_id)
-        repo.lease_images = lambda *, session, round_id, rater_id, image_ids, lease_s, now=None: list(dict.fromkeys(image_ids))
-    try:
-        result = {"backend": engine.dialect.name, "without_fix": args.without_fix,
-                  "close_race": close_race(factory, settings.data_dir, args.trials),
-                  "collisions": [collisions(factory, settings.data_dir, args.raters, args.images, args.batch, args.overlap)
-                                 for _ in range(args.repeat)]}
+    try:  # its database (SQLite) and data dir are scratch: removed however the check ends (they were left in /tmp)
+        result = _check(args, tmp)
     finally:
-        engine.dispose()
+        shutil.rmtree(tmp)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

@@ -262,7 +262,35 @@ def test_raters_check_keeps_the_earlier_results_whole(tmp_path, monkeypatch, cap
     monkeypatch.setattr(raters_check, "collisions", lambda factory, data_dir, *args: {"errors": []})
     out = tmp_path / "raters.json"
     argv = ["--trials", "1", "--repeat", "1", "--json", str(out)]
-    _a_failed_write_keeps_the_earlier_file(monkeypatch, out, lambda: raters_check.main(argv), beside=("work",))
+    _a_failed_write_keeps_the_earlier_file(monkeypatch, out, lambda: raters_check.main(argv))  # "work" went too
+    capsys.readouterr()
+
+
+def test_raters_check_removes_its_scratch_database_however_it_ends(tmp_path, monkeypatch, capsys):
+    """Its SQLite file and data dir are scratch (tenth review: they were left in the temporary folder, one per run):
+    gone after a run that ends well and after one whose check raises, the exception going on unchanged."""
+    from app.tools import raters_check
+
+    made = []
+
+    def mkdtemp(prefix):
+        made.append(tmp_path / f"work{len(made)}")
+        made[-1].mkdir()
+        return str(made[-1])
+
+    monkeypatch.setattr(raters_check.tempfile, "mkdtemp", mkdtemp)
+    monkeypatch.setattr(raters_check, "collisions", lambda factory, data_dir, *args: {"errors": []})
+    monkeypatch.setattr(raters_check, "close_race", lambda factory, data_dir, trials: {"trials": trials})
+    assert raters_check.main(["--trials", "1", "--repeat", "1"]) == 0
+    assert made[0].name == "work0" and (not made[0].exists())
+
+    def broken(factory, data_dir, trials):
+        raise RuntimeError("the close race broke")
+
+    monkeypatch.setattr(raters_check, "close_race", broken)
+    with pytest.raises(RuntimeError, match="the close race broke"):
+        raters_check.main(["--trials", "1", "--repeat", "1"])
+    assert len(made) == 2 and not made[1].exists()
     capsys.readouterr()
 
 

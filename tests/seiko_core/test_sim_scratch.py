@@ -22,8 +22,9 @@ from tests.seiko_core.test_simulate import TINY
 
 
 def _own_folders(out: Path) -> list[Path]:
-    """The run's own folders in OUT (``scratch.own_scratch_folder``), whose ``scratch`` folder holds its scratch files."""
-    return sorted(out.glob(".tmp-simulate-*"))
+    """The run's own folders in OUT (``scratch.own_scratch_folder``), whose ``scratch`` folder holds its scratch files:
+    simulate's or pairwise_sim's."""
+    return sorted([*out.glob(".tmp-simulate-*"), *out.glob(".tmp-pairwise_sim-*")])
 
 
 def _mapped_scratch_bytes(out: Path) -> list[tuple[str, int]]:
@@ -106,6 +107,8 @@ def test_a_run_in_the_scratch_file_gives_the_figures_of_a_run_in_memory(module, 
         # the batch being rated is one removed file's map (the previous eval set's may be mapped beside it)
         assert any(path.endswith(" (deleted)") and s["nbytes"] <= size < s["nbytes"] + 4 * 4096
                    for path, size in s["maps"]), s
+        # in a folder named for the command that made it (pairwise_sim's were simulate's until the tenth review)
+        assert all(f"/.tmp-{module.SCRATCH_COMMAND}-" in path for path, _ in s["maps"]), s
     assert not (disk / scratch.SCRATCH).exists() and _own_folders(disk) == []  # it goes with the command
 
 
@@ -268,6 +271,20 @@ def test_stopping_a_campaigns_workers_removes_its_own_partial_files_only(tmp_pat
     simulate.stop_workers(types.SimpleNamespace(_processes={}), out, [("greedy", 0), ("bootstrap", 0)])
     assert [p.exists() for p in ours] == [False, False]
     assert [p.exists() for p in theirs] == [True] * 4
+
+
+def test_stop_workers_says_so_when_it_cannot_see_the_workers(tmp_path, capsys):
+    """A pool without CPython's private table of its workers: one warning that the runs in flight go on (they were
+    passed over as if the pool had none, tenth review); the partial files are still removed."""
+    import types
+
+    (tmp_path / "grids").mkdir()
+    partial = tmp_path / "grids" / ".tmp-greedy_seed0.png-1a2b3c4d"
+    partial.write_bytes(b"x")
+    simulate.stop_workers(types.SimpleNamespace(), tmp_path, [("greedy", 0)])
+    err = capsys.readouterr().err
+    assert "does not show its worker processes; the runs in flight are not stopped" in err, err
+    assert not partial.exists()
 
 
 def test_pixel_spill_keeps_what_fits_in_memory():
