@@ -110,13 +110,43 @@ def verify_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(_scrypt(password, salt, n, r, p), expected)
 
 
+def _parameters(stored: str) -> tuple[int, int, int] | None:
+    """The (N, r, p) of a hash in our format, else None."""
+    parts = stored.split("$") if isinstance(stored, str) else []
+    if len(parts) != 6 or parts[0] != "scrypt":
+        return None
+    n, r, p = (int(x) for x in parts[1:4])
+    return n, r, p
+
+
+def _spend_the_rest_of_todays_cost(password: str, stored: str) -> None:
+    """Hash ``password`` (salt and result thrown away) for the scrypt work that checking it against ``stored`` fell
+    short of a check with today's parameters. scrypt's work is N * r * p (p mixes over N blocks of 128 * r bytes, one
+    after the other); the shortfall is spent in today's r, as one call of today's N for its whole multiples and one
+    call per power of two of the rest. A refusal then costs what an unknown name's does (one hash with today's
+    parameters, ``_DUMMY_HASH``), whatever parameters the account's hash was made with: a hash made with p=1 cost a
+    fifth of it, then (with today's whole hash on top) six fifths, each telling the name is an account's (found by the
+    tenth review, 6 Dec 2026). A hash costing more than today's (none is made) is left as it is."""
+    params = _parameters(stored)
+    if params is None:
+        return
+    n, r, p = params
+    blocks = (SCRYPT_N * SCRYPT_R * SCRYPT_P - n * r * p) // SCRYPT_R  # in blocks of 128 * SCRYPT_R bytes
+    if blocks <= 0:
+        return
+    if blocks // SCRYPT_N:
+        _scrypt(password, _PAD_SALT, SCRYPT_N, SCRYPT_R, blocks // SCRYPT_N)
+    rest = blocks % SCRYPT_N
+    for bit in range(1, SCRYPT_N.bit_length()):  # scrypt takes N = 2, 4, 8, ...: a rest of one block is left out
+        if rest & (1 << bit):
+            _scrypt(password, _PAD_SALT, 1 << bit, SCRYPT_R, 1)
+
+
 def needs_rehash(stored: str) -> bool:
     """Whether ``stored`` (a hash in our format) was made with other scrypt parameters (N, r, p) than a new hash gets:
     a sign-in that matched it stores the password hashed anew (``check_login``)."""
-    parts = stored.split("$") if isinstance(stored, str) else []
-    if len(parts) != 6 or parts[0] != "scrypt":
-        return False
-    return tuple(int(x) for x in parts[1:4]) != (SCRYPT_N, SCRYPT_R, SCRYPT_P)
+    params = _parameters(stored)
+    return params is not None and params != (SCRYPT_N, SCRYPT_R, SCRYPT_P)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,12 +418,14 @@ def _check_login(factory: sessionmaker[Session], username: str, password: str, *
         rater_id, disabled = (rater.id, rater.disabled_at is not None) if rater is not None else (None, False)
         stamp = credentials_stamp(rater) if rater is not None else ""
         account = rater.name if rater is not None else ""
-    if not verify_password(password, stored) or rater_id is None:
-        if rater_id is not None and needs_rehash(stored):
-            # a hash made with cheaper parameters (p=1) answered a wrong guess about 5x faster than an unknown name
-            # (today's parameters, _DUMMY_HASH), which told the account exists (found by the second attack, 5 Dec
-            # 2026): spend today's cost as well, so the refusal takes at least as long as an unknown name's
-            verify_password(password, _DUMMY_HASH)
+    matched = verify_password(password, stored)
+    if not matched or rater_id is None or disabled:
+        # every refusal costs what an unknown name's does (one hash with today's parameters): a hash made with cheaper
+        # ones (p=1) answered a wrong guess about 5x faster (the second attack, 5 Dec 2026), and then, with today's
+        # whole hash on top, 6/5 as slow (the tenth review), either way telling the account exists; and the right
+        # password of such a disabled account (answered as a wrong one) was told by the clock
+        _spend_the_rest_of_todays_cost(password, stored)
+    if not matched or rater_id is None:
         return LoginCheck(None, WRONG_CREDENTIALS, wrong_credentials=True, known_name=rater_id is not None)
     if disabled:
         return LoginCheck(None, f"the account {username!r} is disabled; ask an admin", known_name=True, disabled=True)
@@ -469,6 +501,7 @@ def refuse_direct_sign_in(username: str, password: str) -> bool:
     return False
 
 
+_PAD_SALT = b"\0" * SALT_BYTES  # the salt of ``_spend_the_rest_of_todays_cost``'s hashes, which nothing compares
 _DUMMY_HASH = f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(b'0' * SALT_BYTES)}${_b64(b'0' * KEY_BYTES)}"
 
 

@@ -807,23 +807,62 @@ def test_a_password_changed_while_a_sign_in_makes_the_old_hash_again_is_kept(db_
     assert auth.check_login(db_factory, "alice", "a new password").refusal is None
 
 
-def test_a_wrong_guess_at_an_older_hash_costs_todays_hash_too(db_factory, monkeypatch):
-    """Found by the second attack of 5 Dec 2026: an account still holding a p=1 hash answered a wrong password about
-    5x faster than an unknown name (whose check runs today's parameters), which told the name exists. The refusal
-    now runs today's parameters as well; counted here by the scrypt calls, not by the clock."""
-    auth.add_user(db_factory, name="carol", role="rater", password=PASSWORD)
-    _stored_as(db_factory, "carol", _old_hash(PASSWORD))
-    calls: list[tuple[int, int, int]] = []
-    real = auth._scrypt
-    monkeypatch.setattr(auth, "_scrypt", lambda pw, salt, n, r, p: calls.append((n, r, p)) or real(pw, salt, n, r, p))
+def _scrypt_work(monkeypatch) -> list[int]:
+    """Every ``hashlib.scrypt`` call from now on, as its work N * r * p (scrypt's cost: p mixes of 128 * r * N bytes,
+    one after the other), recorded while the stock function runs."""
+    import hashlib
 
-    assert auth.check_login(db_factory, "nobody-by-that-name", "a wrong guess!").wrong_credentials
-    unknown = list(calls)
-    calls.clear()
-    assert auth.check_login(db_factory, "carol", "a wrong guess!").wrong_credentials
-    assert unknown == [TODAY]
-    assert TODAY in calls and (2**14, 8, 1) in calls  # the real check, and today's cost on top
-    assert _matches(PASSWORD, _row(db_factory, "carol")[0]) == (2**14, 8, 1)  # nothing stored
+    work: list[int] = []
+    real = hashlib.scrypt
+
+    def counted(password, *, salt, n, r, p, **kwargs):
+        work.append(n * r * p)
+        return real(password, salt=salt, n=n, r=r, p=p, **kwargs)
+
+    monkeypatch.setattr(hashlib, "scrypt", counted)
+    return work
+
+
+def test_every_refused_sign_in_costs_what_an_unknown_names_does(db_factory, monkeypatch):
+    """A refusal's time must not tell whether the name is an account's. The second attack of 5 Dec 2026 found an
+    account still holding a p=1 hash refused a wrong password about 5x faster than an unknown name; its fix ran
+    today's whole hash on top of the p=1 check, so such a refusal then cost 6/5 of an unknown name's (the tenth review,
+    6 Dec 2026, measured p=1 then p=5 at 507 ms against 430 ms for p=5 alone on this machine: an account that had not
+    signed in since the cost was raised was told apart from no account in a few guesses). And the right password of a
+    disabled account holding a p=1 hash, answered as a wrong one on purpose, cost a fifth of a wrong guess, so the
+    clock said the password was right. Each refusal is counted here in scrypt's work, N * r * p, by the calls the stock
+    hashlib makes, against the unknown name's."""
+    auth.add_user(db_factory, name="carol", role="rater", password=PASSWORD)  # today's hash
+    for name, stored in (("dave", _old_hash(PASSWORD)), ("erin", _old_hash(PASSWORD, p=2)),
+                         ("fay", _old_hash(PASSWORD, n=2**13)), ("gus", _old_hash(PASSWORD)), ("hal", None)):
+        auth.add_user(db_factory, name=name, role="rater", password=PASSWORD)
+        if stored is not None:
+            _stored_as(db_factory, name, stored)
+    for name in ("gus", "hal"):
+        auth.set_disabled(db_factory, name=name, disabled=True)
+    work = _scrypt_work(monkeypatch)
+
+    def cost(name: str, password: str) -> int:
+        work.clear()
+        result = auth.check_login(db_factory, name, password)
+        assert result.refusal is not None and result.rater_id is None
+        return sum(work)
+
+    unknown = cost("nobody-by-that-name", "a wrong guess!")
+    assert unknown > 0
+    costs = {what: cost(name, password) for what, name, password in (
+        ("today's hash, wrong password", "carol", "a wrong guess!"),
+        ("p=1 hash, wrong password", "dave", "a wrong guess!"),
+        ("p=2 hash, wrong password", "erin", "a wrong guess!"),
+        ("N=2^13 hash, wrong password", "fay", "a wrong guess!"),
+        ("disabled, p=1 hash, right password", "gus", PASSWORD),
+        ("disabled, p=1 hash, wrong password", "gus", "a wrong guess!"),
+        ("disabled, today's hash, right password", "hal", PASSWORD),
+        ("the local admin's name", auth.LOCAL_ADMIN_NAME, "a wrong guess!"),
+    )}
+    assert costs == dict.fromkeys(costs, unknown), (unknown, costs)
+    for name, params in (("dave", (2**14, 8, 1)), ("erin", (2**14, 8, 2)), ("fay", (2**13, 8, 1))):
+        assert _matches(PASSWORD, _row(db_factory, name)[0]) == params  # a refusal stores nothing
 
 
 def test_a_refused_account_name_is_not_repeated_at_any_length():
