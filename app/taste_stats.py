@@ -3,7 +3,9 @@ confidence interval, from the database's ratings (the dashboard's first plot, an
 
 - mean: Student's t interval, mean +- t(0.975, n - 1) * s / sqrt(n), s the sample standard deviation (n - 1);
   n is the number of ratings (every rating of every query image of the round); none for n < 2 (with several
-  ratings per image, below: none for fewer than 2 images);
+  ratings per image, below: none for fewer than 2 images), and none when every rating is the same: s = 0 then,
+  and a band of zero width claimed the mean exactly from two ratings of 7 (found by the tenth review; a t interval
+  with no spread is undefined, as scipy's t.interval with scale 0 is);
 - share >= 6: Wilson's score interval at z = 1.959964 (the 97.5% normal quantile).
 
 With several ratings of one image (overlap > 1) the ratings are not independent draws: the images are. Then
@@ -95,12 +97,13 @@ def t_quantile(p: float, df: float) -> float:
 
 
 def mean_interval(scores: list[float]) -> tuple[float | None, float | None, float | None]:
-    """(mean, low, high) with the 95% t interval; (None, None, None) without scores; no interval for one score."""
+    """(mean, low, high) with the 95% t interval; (None, None, None) without scores; no interval for one score, nor
+    for scores that are all the same (no spread to measure one by: it had zero width)."""
     n = len(scores)
     if n == 0:
         return None, None, None
     mean = sum(scores) / n
-    if n < 2:
+    if n < 2 or max(scores) == min(scores):
         return mean, None, None
     sd = math.sqrt(sum((x - mean) ** 2 for x in scores) / (n - 1))
     half = t_quantile(0.975, n - 1) * sd / math.sqrt(n)
@@ -132,9 +135,10 @@ def clustered_intervals(scores: list[float], groups: list[object]) -> tuple[tupl
     def cluster_var(values: dict[object, list[float]], centre: float) -> float:
         return k / (k - 1) * sum((sum(v) - len(v) * centre) ** 2 for v in values.values()) / (n * n)
 
-    if k < 2:
+    if k < 2 or max(scores) == min(scores):  # one image, or no spread at all: no interval (``mean_interval``)
         mean_ci = (mean, None, None)
-        n_eff = 1.0  # one image: as much as one rating says about the share
+        # one image: as much as one rating says about the share; equal ratings: all liked or none, so count images
+        n_eff = 1.0 if k < 2 else float(k)
     else:
         # never below the plain s^2 / N (a design effect of at least 1, as for the share): images whose mean ratings
         # happened to agree gave a zero-width band (found by review)

@@ -138,3 +138,41 @@ def test_an_interval_over_a_value_that_is_not_a_number_does_not_say_one_value():
     assert stats.interval_text(*stats.mean_ci95([0.5]), "+.2f") == "[no interval: one value]"
     half = stats.t975(1) * math.sqrt(0.02) / math.sqrt(2)  # two values 0.5, 0.7: sd sqrt(0.02)
     assert stats.interval_text(*stats.mean_ci95([0.5, 0.7]), "+.2f") == f"[{0.6 - half:+.2f}, {0.6 + half:+.2f}]"
+
+
+def exact_sample_variance(values) -> Fraction:
+    """s^2 with n - 1, in exact rationals of the inputs."""
+    x = [Fraction(float(v)) for v in values]
+    m = sum(x) / len(x)
+    return sum((v - m) ** 2 for v in x) / (len(x) - 1)
+
+
+@pytest.mark.parametrize("scores, images", [([7, 7], [1, 2]), ([10] * 5, [1, 2, 3, 4, 5]), ([1, 1, 1], None),
+                                            ([4] * 6, [1, 1, 2, 2, 3, 3]), ([6] * 40, [i // 4 for i in range(40)])],
+                         ids=["two-images-rated-7", "five-10s", "three-1s-plain", "three-images-x2-rated-4",
+                              "ten-images-x4-rated-6"])
+def test_ratings_that_are_all_the_same_get_no_mean_band_not_one_of_zero_width(scores, images):
+    """Found by the tenth review: two images rated 7 drew a 95% band [7, 7] on the dashboard's first plot, as if two
+    ratings fixed the mean exactly. The t interval is mean +- t s / sqrt(n) with s from the ratings; with s = 0 it is
+    undefined (scipy's t.interval with scale 0 gives nan), as it is for one rating: no band, the mean still drawn.
+    The share's Wilson interval is still there (it is defined at 0 or n successes), over the images."""
+    assert exact_sample_variance(scores) == 0  # the reference: no spread to measure an interval by
+    r = taste_stats.round_taste(1, scores, images)
+    assert r.mean == scores[0] and (r.mean_low, r.mean_high) == (None, None)
+    draws = len(set(images)) if images is not None else len(scores)
+    liked = draws if scores[0] >= taste_stats.LIKED else 0
+    lo, hi = wilson_roots(liked, draws)
+    assert (r.share_low, r.share_high) == pytest.approx((max(0.0, lo), min(1.0, hi)), abs=1e-7)
+    ax = taste_stats.figure([r]).axes[0]
+    assert "95% CI (t)" not in ax.get_legend_handles_labels()[1]
+
+
+def test_ratings_one_point_apart_keep_their_t_band():
+    """The rule is no spread at all, not a small one: 7 and 8 on two images is t(0.975, 1) = tan(0.475 pi) times
+    s / sqrt(2) = 1/2 either side (cut at 10, the top of the scale), 7, 7, 8 on three is t(0.975, 2) s / sqrt(3)."""
+    r = taste_stats.round_taste(1, [7, 8], [1, 2])
+    half = math.tan(0.475 * math.pi) * math.sqrt(exact_sample_variance([7, 8])) / math.sqrt(2)
+    assert (r.mean_low, r.mean_high) == pytest.approx((7.5 - half, 10.0), rel=1e-9)
+    t2 = 0.95 * math.sqrt(2 / (4 * 0.975 * 0.025))  # Student's t with 2 df: (2p - 1) sqrt(2 / (4 p (1 - p)))
+    half = t2 * math.sqrt(exact_sample_variance([7, 7, 8])) / math.sqrt(3)
+    assert taste_stats.mean_interval([7.0, 7.0, 8.0])[1:] == pytest.approx((22 / 3 - half, 22 / 3 + half), rel=1e-9)
