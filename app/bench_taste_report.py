@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from seiko_core.stats import mean_ci95, number_or_none, pearson, wins
+from seiko_core.stats import NO_SPREAD, mean_ci95, number_or_none, pearson, wins
 
 REPORTED = ("share_ge6", "mean_rating", "variety_pixels_pct_round0", "variety_embedding_pct_round0",
             "variety_liked_pixels_pct_round0", "variety_liked_embedding_pct_round0", "wait_s", "reward_corr",
@@ -225,7 +225,8 @@ def pooled_pairs(pairs: list[tuple[dict[str, Any], dict[str, Any]]],
 
 
 def _ci(mean: float, half: float) -> str:
-    return "-" if np.isnan(half) else f"[{mean - half:+.1f}, {mean + half:+.1f}]"
+    """The 95% interval, "-" for one pair, ``NO_SPREAD`` for pairs whose differences are all the same (s = 0)."""
+    return "-" if np.isnan(half) else NO_SPREAD if half == 0 else f"[{mean - half:+.1f}, {mean + half:+.1f}]"
 
 
 def pooled_table(pairs: list[tuple[dict[str, Any], dict[str, Any]]], names: list[tuple[str, str]]) -> str:

@@ -22,21 +22,33 @@ def t975(df: int) -> float:
 
 
 def mean_ci95(values) -> tuple[float, float]:
-    """(mean, half-width of the 95% t confidence interval); the half-width is nan for fewer than two values."""
+    """(mean, half-width of the 95% t confidence interval); the half-width is nan for fewer than two values, and
+    exactly 0 for values that are all the same (their mean is that value: the mean of 3 x 0.1 is not, in floats,
+    and their sd came out 1.7e-17), which :func:`interval_text` shows as no interval."""
     v = np.asarray(list(values), dtype=float)
     if len(v) < 2:
         return float(v.mean()) if len(v) else float("nan"), float("nan")
+    if v.max() == v.min():  # NaN compares unequal: a value that is not a number falls through to a NaN mean
+        return float(v[0]), 0.0
     return float(v.mean()), float(t975(len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
 
 
 def interval_text(mean: float, half: float, fmt: str) -> str:
     """"[mean - half, mean + half]" in ``fmt`` (e.g. "+.2f"), or "[no interval: one value]" where the half-width is
-    nan (:func:`mean_ci95` of one value: a t interval needs two); the tables printed "[+nan, +nan]" (found by review)."""
+    nan (:func:`mean_ci95` of one value: a t interval needs two); the tables printed "[+nan, +nan]" (found by review).
+    A half-width of 0 (values all the same: s = 0, where the t interval is undefined, as scipy's t.interval with
+    scale 0 is) is "[no interval: every value the same]": "[+1.00, +1.00]" read as a mean known exactly (tenth
+    review)."""
     if math.isnan(mean):  # a value that is not a number (a run whose reward went NaN): not "one value" (review)
         return "[no interval: a value is not a number]"
     if math.isnan(half):
         return "[no interval: one value]"
+    if half == 0:
+        return NO_SPREAD
     return f"[{mean - half:{fmt}}, {mean + half:{fmt}}]"
+
+
+NO_SPREAD = "[no interval: every value the same]"
 
 
 def wilson_ci95(successes: int, n: int) -> tuple[float, float]:

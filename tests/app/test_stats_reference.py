@@ -176,3 +176,36 @@ def test_ratings_one_point_apart_keep_their_t_band():
     t2 = 0.95 * math.sqrt(2 / (4 * 0.975 * 0.025))  # Student's t with 2 df: (2p - 1) sqrt(2 / (4 p (1 - p)))
     half = t2 * math.sqrt(exact_sample_variance([7, 7, 8])) / math.sqrt(3)
     assert taste_stats.mean_interval([7.0, 7.0, 8.0])[1:] == pytest.approx((22 / 3 - half, 22 / 3 + half), rel=1e-9)
+
+
+@pytest.mark.parametrize("series", CONSTANT_SERIES, ids=lambda s: f"{s[0]:.3g}x{len(s)}")
+def test_a_mean_of_values_all_the_same_has_no_interval_in_the_benchmark_tables(series):
+    """Found by the tenth review: seeds (or pairs) whose values are all the same printed "[+0.10, +0.10]" (a sd of
+    1.7e-17 from the float mean of 3 x 0.1) or "[+5.70, +5.70]": a mean known exactly. With s = 0 the t interval is
+    undefined (scipy's t.interval with scale 0 is nan); the mean is the value itself, exactly."""
+    assert exact_sample_variance(series) == 0  # the reference
+    mean, half = stats.mean_ci95(series)
+    assert mean == series[0] and half == 0.0
+    assert stats.interval_text(mean, half, "+.2f") == "[no interval: every value the same]"
+    # a value that is not a number among equal ones is still that, not "every value the same"
+    assert stats.interval_text(*stats.mean_ci95([*series, float("nan")]), "+.2f") == \
+        "[no interval: a value is not a number]"
+
+
+def test_the_pooled_bench_table_shows_no_interval_for_pairs_that_all_differ_alike():
+    """Two seeds whose share >= 6 both rose by 25 points: the pooled row said "+25.0 [+25.0, +25.0]"."""
+    from app import bench_taste_report as report
+
+    def doc(shares):
+        return {"config": {"person": "purple", "options": {"selection": "random", "candidate_factor": 1}},
+                "seeds": {str(i): {"complete": True, "rounds": [
+                    {"share_ge6": s, "mean_rating": 5.0, "variety_pixels_pct_round0": 100.0,
+                     "variety_embedding_pct_round0": 100.0, "wait_s": None}]} for i, s in enumerate(shares)}}
+
+    table = report.pooled_table([(doc([0.25, 0.5]), doc([0.5, 0.75]))], [("a", "b")])
+    assert exact_sample_variance([25, 25]) == 0
+    assert "| 2 | +25.0 [no interval: every value the same] | 2/2 |" in table
+    assert "[+25.0, +25.0]" not in table and "[+0.0, +0.0]" not in table  # the varieties' differences: 0 and 0
+    spread = report.pooled_table([(doc([0.25, 0.5]), doc([0.5, 1.0]))], [("a", "b")])
+    half = math.tan(0.475 * math.pi) * math.sqrt(exact_sample_variance([25, 50])) / math.sqrt(2)
+    assert f"| 2 | +37.5 [{37.5 - half:+.1f}, {37.5 + half:+.1f}] | 2/2 |" in spread
