@@ -339,12 +339,14 @@ def standardize(ratings: Iterable[Rating]) -> dict[tuple[Hashable, Hashable], fl
         return {}
     pooled = np.asarray([v for vs in by_rater.values() for v in vs])
     mu, sd = float(pooled.mean()), float(pooled.std())
-    moments = {r: (float(np.mean(v)), float(np.std(v))) for r, v in by_rater.items()}
+    # a rater's constancy read from the scores themselves, not from the std: the float mean of 3 x 0.1 is not 0.1, so
+    # the std came out 1.4e-17 and every z -1.0, not 0 (tenth review; whole-number scores were not affected)
+    moments = {r: (float(np.mean(v)), float(np.std(v)), max(v) == min(v)) for r, v in by_rater.items()}
     out = {}
     for item, by in table.items():
         for rater, score in by.items():
-            m, s = moments[rater]
-            z = 0.0 if s == 0 else (score - m) / s
+            m, s, constant = moments[rater]
+            z = 0.0 if constant or s == 0 else (score - m) / s
             out[(item, rater)] = mu + z * sd
     return out
 

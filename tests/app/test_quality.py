@@ -5,6 +5,7 @@ pairs for the coincidence matrix, the ordinal metric summed category by category
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -294,3 +295,24 @@ def test_checks_hold_for_arrays_too():
         quality.rater_stats([*many, (900, "a", 10 ** 400)])
     with pytest.raises(ValueError, match="rater 'a' rated item 7 twice"):
         quality.krippendorff_alpha([*many, (9, "b", 4), (7, "a", 3), (8, "a", 1), (8, "a", 2)])
+
+
+@pytest.mark.parametrize("value", [0.1, 0.3, 1 / 3, 5.7, 9.95])
+def test_standardize_puts_a_rater_whose_scores_are_all_the_same_at_the_pooled_mean(value):
+    """The docstring's rule for a rater with no spread (z = 0, the pooled mean) was read from a float std: the mean
+    of 3 x 0.1 is not 0.1, the std came out 1.4e-17, and each of their scores became -0.82 where the pooled mean is
+    2.55 (tenth review). The reference: exact rationals, whose variance of the constant rater is 0."""
+    from fractions import Fraction
+
+    ratings = [(i, "flat", value) for i in range(3)] + [(0, "wide", 1.0), (1, "wide", 5.0), (2, "wide", 9.0)]
+    exact = [Fraction(float(s)) for _, _, s in ratings]
+    flat = exact[:3]
+    assert sum((x - sum(flat) / 3) ** 2 for x in flat) == 0
+    pooled_mean = float(sum(exact) / len(exact))
+    out = quality.standardize(ratings)
+    for i in range(3):
+        assert out[(i, "flat")] == pytest.approx(pooled_mean, abs=1e-12)
+    # the rater with a spread is unchanged: pooled mean + z * pooled sd, z = (score - 5) / sd(1, 5, 9)
+    pooled_sd = math.sqrt(float(sum((x - sum(exact) / 6) ** 2 for x in exact) / 6))
+    for i, score in enumerate((1.0, 5.0, 9.0)):
+        assert out[(i, "wide")] == pytest.approx(pooled_mean + (score - 5.0) / math.sqrt(32 / 3) * pooled_sd, abs=1e-12)
