@@ -283,8 +283,13 @@ def _ranks(x: np.ndarray) -> np.ndarray:
 
 
 def correlations(pred: np.ndarray, scores: np.ndarray) -> dict[str, float | None]:
-    """Pearson's r and Spearman's rho of two equal-length vectors; None where either is constant."""
+    """Pearson's r and Spearman's rho of two equal-length vectors; None where either is constant, and both None where a
+    value is not a finite number (a reward model gone wrong): Spearman's ranks put NaN above every number and gave a
+    correlation (0.8 for one NaN among four predictions, where scipy's spearmanr gives nan), and Pearson's NaN stopped
+    results.json from being written (it allows no NaN); found by the tenth review."""
     pred, scores = np.asarray(pred, dtype=np.float64), np.asarray(scores, dtype=np.float64)
+    if not (np.isfinite(pred).all() and np.isfinite(scores).all()):
+        return {"pearson": None, "spearman": None}
     return {"pearson": pearson(pred, scores), "spearman": pearson(_ranks(pred), _ranks(scores))}
 
 

@@ -209,3 +209,23 @@ def test_the_pooled_bench_table_shows_no_interval_for_pairs_that_all_differ_alik
     spread = report.pooled_table([(doc([0.25, 0.5]), doc([0.5, 1.0]))], [("a", "b")])
     half = math.tan(0.475 * math.pi) * math.sqrt(exact_sample_variance([25, 50])) / math.sqrt(2)
     assert f"| 2 | +37.5 [{37.5 - half:+.1f}, {37.5 + half:+.1f}] | 2/2 |" in spread
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_a_reward_models_correlation_over_a_prediction_that_is_not_finite_is_undefined(bad):
+    """Found by the tenth review: one NaN among four predictions gave Spearman's rho 0.8 (its ranks put NaN above
+    every number; scipy's spearmanr gives nan) and Pearson's r NaN, which results.json (written without NaN) refused,
+    so the run's results were not written; an infinite prediction made Pearson's r NaN the same way. A correlation of
+    a value that is not a finite number is taken as undefined: None, as for a constant series, and the record is
+    written."""
+    import json
+
+    from app.bench_taste import reward_figures
+
+    pred = np.array([0.1, bad, 0.3, 0.5])
+    got = reward_figures(1, pred, [3, 5, 4, 8], [True, True, True, False])
+    assert (got["pearson"], got["spearman"]) == (None, None)
+    assert (got["honest"]["pearson"], got["honest"]["spearman"]) == (None, None)
+    json.dumps(got, allow_nan=False)
+    finite = reward_figures(1, np.array([0.1, 0.2, 0.3, 0.5]), [3, 5, 4, 8])  # the same scores, finite: as before
+    assert finite["spearman"] == pytest.approx(exact_pearson(exact_ranks([0.1, 0.2, 0.3, 0.5]), exact_ranks([3, 5, 4, 8])))
