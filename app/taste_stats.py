@@ -226,6 +226,22 @@ def experiment_taste(session: Session, experiment_id: int) -> list[RoundTaste]:
     return out
 
 
+def _bands(ax, rows: list[RoundTaste], low: str, high: str, scale: float, color: str, alpha: float, label: str) -> None:
+    """The rounds' intervals (``low``, ``high``) shaded between neighbouring rounds that both have one, and as a bar
+    for a round whose neighbours have none. One band through the rounds that had one was drawn across a round without
+    it (no ratings, one image, ratings all the same) as if that round had the interpolated interval of its neighbours
+    (tenth review)."""
+    lo = [math.nan if getattr(r, low) is None else scale * getattr(r, low) for r in rows]
+    hi = [math.nan if getattr(r, high) is None else scale * getattr(r, high) for r in rows]
+    x = [r.index for r in rows]
+    has = [not math.isnan(v) for v in lo]
+    ax.fill_between(x, lo, hi, where=has, color=color, alpha=alpha, label=label)
+    alone = [k for k in range(len(rows)) if has[k] and not (k > 0 and has[k - 1]) and not (k + 1 < len(rows) and has[k + 1])]
+    if alone:  # a band of one round has no width: its interval as a bar
+        ax.vlines([x[k] for k in alone], [lo[k] for k in alone], [hi[k] for k in alone], color=color, alpha=2 * alpha,
+                  linewidth=6)
+
+
 def figure(rows: list[RoundTaste]):
     """Mean rating (left axis, 1-10) and share >= 6 (right axis, %) per round, each with its 95% band."""
     from matplotlib.figure import Figure
@@ -237,13 +253,10 @@ def figure(rows: list[RoundTaste]):
     if pts:
         x = [r.index for r in pts]
         ax.plot(x, [r.mean for r in pts], "o-", color="#15803d", label="mean rating")
-        band = [r for r in pts if r.mean_low is not None]
-        if band:
-            ax.fill_between([r.index for r in band], [r.mean_low for r in band], [r.mean_high for r in band],
-                            color="#15803d", alpha=0.18, label="95% CI (t)")
+        if any(r.mean_low is not None for r in pts):
+            _bands(ax, rows, "mean_low", "mean_high", 1.0, "#15803d", 0.18, "95% CI (t)")
         ax2.plot(x, [100 * r.share for r in pts], "s--", color="#c2410c", label=f"share rated >= {LIKED}")
-        ax2.fill_between(x, [100 * r.share_low for r in pts], [100 * r.share_high for r in pts], color="#c2410c",
-                         alpha=0.12, label="95% CI (Wilson)")
+        _bands(ax2, rows, "share_low", "share_high", 100.0, "#c2410c", 0.12, "95% CI (Wilson)")
         if any(r.honest_n is not None for r in pts):  # a selection mode chose some images: the model's own, apart
             own = [r for r in pts if r.honest_mean is not None or r.honest_n is None]
             ax.plot([r.index for r in own], [r.mean if r.honest_n is None else r.honest_mean for r in own], "o:",

@@ -229,3 +229,37 @@ def test_a_reward_models_correlation_over_a_prediction_that_is_not_finite_is_und
     json.dumps(got, allow_nan=False)
     finite = reward_figures(1, np.array([0.1, 0.2, 0.3, 0.5]), [3, 5, 4, 8])  # the same scores, finite: as before
     assert finite["spearman"] == pytest.approx(exact_pearson(exact_ranks([0.1, 0.2, 0.3, 0.5]), exact_ranks([3, 5, 4, 8])))
+
+
+def test_the_plots_bands_are_not_drawn_across_a_round_without_an_interval():
+    """Found by the tenth review: the mean's band was one shape through the rounds that had an interval, so a round
+    without one (ratings all the same, one image) between two with one was shaded with its neighbours' interpolated
+    interval, and the share's band crossed a round with no ratings the same way. Now no shaded shape spans such a
+    round, and a round whose neighbours have no interval still shows its own, as a bar from its low to its high."""
+    from matplotlib.collections import LineCollection, PolyCollection
+
+    rows = [taste_stats.round_taste(0, [4, 6, 7]), taste_stats.round_taste(1, [7, 7]),
+            taste_stats.round_taste(2, [5, 6, 8]), taste_stats.round_taste(3, []),
+            taste_stats.round_taste(4, [3, 9]), taste_stats.round_taste(5, [3, 9, 5])]
+    assert rows[1].mean_low is None and rows[3].n == 0 and rows[0].mean_low is not None
+    mean_ax, share_ax = taste_stats.figure(rows).axes
+
+    def spans(ax, label):
+        (band,) = [c for c in ax.collections if isinstance(c, PolyCollection) and c.get_label() == label]
+        return [(min(p.vertices[:, 0]), max(p.vertices[:, 0])) for p in band.get_paths()]
+
+    def bars(ax):
+        return sorted((float(s[0][0]), float(s[0][1]), float(s[1][1])) for c in ax.collections
+                      if isinstance(c, LineCollection) for s in c.get_segments())
+
+    for lo, hi in spans(mean_ax, "95% CI (t)"):
+        assert not lo < 1 < hi and not lo < 3 < hi
+    for lo, hi in spans(share_ax, "95% CI (Wilson)"):
+        assert not lo < 3 < hi  # round 3 has no ratings
+    assert (4, 5) in spans(mean_ax, "95% CI (t)") and (0, 2) in spans(share_ax, "95% CI (Wilson)")
+    # rounds 0 and 2 have a mean interval and no neighbour with one: each is a bar at its own interval
+    got = bars(mean_ax)
+    assert len(got) == 2
+    for (x, lo, hi), k in zip(got, (0, 2), strict=True):
+        assert (x, lo, hi) == pytest.approx((k, rows[k].mean_low, rows[k].mean_high))
+    assert bars(share_ax) == []
