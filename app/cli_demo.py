@@ -18,7 +18,7 @@ import sys
 import threading
 
 from app import services as lifecycle
-from app.cli_serve import ServeError, build_services, check_model, install_stop_handlers, launch
+from app.cli_serve import ServeError, build_services, check_model, install_stop_handlers, launch, register_server
 from app.cli_worker import STOP_GRACE_S
 from app.cli_worker import positive_seconds as seconds
 from app.settings import ENV_VARS, Settings
@@ -93,6 +93,12 @@ def main(args: argparse.Namespace) -> int:
     except ServeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    try:
+        presence = register_server(services.factory)  # `db downgrade` refuses while it runs (db.presence)
+    except ServeError as exc:
+        engine.dispose()
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     created = ensure_demo_experiment(services.factory, settings)
     if created is not None:
         print(f"created experiment {DEMO_EXPERIMENT!r} (preset shapes, model {settings.model}); the worker generates round 0",
@@ -134,4 +140,5 @@ def main(args: argparse.Namespace) -> int:
             rc = stop_worker(worker, args.stop_timeout)
             print(f"worker stopped (status {rc})", flush=True)
         restore()
+        presence.close()
         engine.dispose()

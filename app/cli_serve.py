@@ -197,6 +197,21 @@ def launch(services) -> object:
     return demo
 
 
+def register_server(factory):
+    """This server's row in the database's live processes (``db.presence.Presence``, started; ``close()`` it at exit),
+    so that `db downgrade` refuses while it runs: a server left no mark before (tenth review). ServeError when the
+    schema moved from this code's revision since it was checked (the row is registered in a transaction that checks it
+    once more: a downgrade then cannot slip in between)."""
+    from db.presence import Presence
+
+    presence = Presence(factory, "server", migrate.head_revision())
+    try:
+        presence.start()
+    except SchemaOutOfDate as exc:
+        raise ServeError(str(exc)) from exc
+    return presence
+
+
 def main(args: argparse.Namespace) -> int:
     settings = Settings.from_args(args)
     try:
@@ -204,6 +219,12 @@ def main(args: argparse.Namespace) -> int:
         check_model(settings.model)
         engine, services = build_services(settings, batch_size=args.batch_size)
     except (SchemaOutOfDate, ServeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        presence = register_server(services.factory)
+    except ServeError as exc:
+        engine.dispose()
         print(f"error: {exc}", file=sys.stderr)
         return 1
     stop = threading.Event()
@@ -223,4 +244,5 @@ def main(args: argparse.Namespace) -> int:
         if demo is not None:
             demo.close()
         restore()
+        presence.close()
         engine.dispose()

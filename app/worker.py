@@ -73,6 +73,7 @@ from db import quality as db_quality
 from db.checks import check_name
 from db.engine import is_outage, make_engine, read_session, session_factory, write_session
 from db.errors import Conflict, InvalidInput, LeaseLost
+from db.presence import Presence
 from seiko_core import lora
 from seiko_core.checkpoint import MANIFEST, CheckpointError, atomic_directory, sha256_file, verify
 from seiko_core.config import SeikoConfig, to_dict
@@ -533,6 +534,7 @@ class Worker:
         self._model: ModelParts | None = None  # one loaded base model, for the spec of the last job
         self._adapters: dict[str, Path] = {}  # adapter name on the cached UNet -> the directory it was loaded from
         self._started = False
+        self._presence: Presence | None = None  # this worker's row in live_processes, from start() to close()
         self._stopping = threading.Event()
         self._db_wait = 0.0  # run_once_outlasting_outages' current wait while the database cannot be reached
         self.group = None  # app.train_dist.Group when this worker is rank 0 of `python -m app worker --processes N`
@@ -563,6 +565,13 @@ class Worker:
         removed = storage.clean_partials(self.settings.data_dir, min_age_s=self.lease_s)
         for path in removed:
             log.info("removed partial %s left by a killed writer", path)
+        # a row in the database's live processes until close(), so that `db downgrade` refuses while this worker runs,
+        # between jobs too: only a running job's lease showed one before (tenth review). Registered in a transaction
+        # that checks the schema once more (SchemaOutOfDate: a downgrade ran since the check above)
+        if self._presence is None:
+            presence = Presence(self.factory, "worker", self._schema_head)
+            presence.start()
+            self._presence = presence
         self._started = True
         log.info("worker %r ready (database %s, data dir %s, lease %.1f s)", self.worker_id,
                  shown_url(self.engine.url), self.settings.data_dir, self.lease_s)
@@ -646,6 +655,9 @@ class Worker:
         raise SystemExit(128 + signum)
 
     def close(self) -> None:
+        if self._presence is not None:
+            self._presence.close()  # its row removed: a clean exit
+            self._presence = None
         self.engine.dispose()
 
     # -- one job ------------------------------------------------------------------------------

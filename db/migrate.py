@@ -286,10 +286,13 @@ def _refuse_unknown(current: str) -> None:
         raise InvalidInput(f"{_advice(current, head_revision())}; nothing was changed")
 
 
-def downgrade(url: str, rev: str, *, copied: Callable[[Path], None] | None = None) -> None:
+def downgrade(url: str, rev: str, *, copied: Callable[[Path], None] | None = None, refuse_live: bool = True) -> None:
     """Migrate down to ``rev`` ("base" removes every table), after ``check_downgrade``. A SQLite file that does not
     exist is not created: there is nothing to downgrade (one was made with the default mode, 0644, and kept by the
     next upgrade: review).
+
+    ``refuse_live``: refuse (LiveProcesses, nothing changed) while a server or worker is live (``refuse_live_processes``),
+    checked inside the migration's transaction, before anything is copied or dropped.
 
     ``copied``: copy a SQLite database first (``backup_sqlite``) and call ``copied`` with the copy's path. The copy is
     made inside the migration's transaction, once it holds the write lock the downgrade then uses, so it holds every
@@ -298,34 +301,48 @@ def downgrade(url: str, rev: str, *, copied: Callable[[Path], None] | None = Non
     downgrade (for the busy timeout). A copy that fails stops the downgrade (InvalidInput), nothing changed.
     PostgreSQL gets no copy here (see `db downgrade`)."""
     check_downgrade(url, rev)
-    in_transaction = None
-    if copied is not None and _sqlite_file(url) is not None:
-        def in_transaction(_connection) -> None:
-            copy = backup_sqlite(url)
-            if copy is not None:
-                copied(copy)
+    copy = copied is not None and _sqlite_file(url) is not None
+
+    def in_transaction(connection) -> None:
+        if refuse_live:
+            refuse_live_processes(connection)
+        if copy:
+            backup = backup_sqlite(url)
+            if backup is not None:
+                copied(backup)
     _run(command.downgrade, url, rev, in_transaction)
 
 
-def live_job_leases(url: str) -> list[tuple[int, str, datetime]]:
-    """(job id, worker id, lease end) of every running job whose lease has not run out: a worker working on it now
-    (its heartbeats extend the lease; one that died lets it run out). The only mark of a live process this project
-    keeps in the database: a server, or a worker between jobs, leaves none. Empty for a database with no schema."""
-    from sqlalchemy import select
+class LiveProcesses(InvalidInput):
+    """`db downgrade` refused: a server or a worker is live (``refuse_live_processes``)."""
 
+
+def refuse_live_processes(connection, *, now: datetime | None = None) -> None:
+    """Raise LiveProcesses (one sentence naming each process: kind, host and pid) while a server or a worker has a
+    fresh heartbeat in ``live_processes`` (migration 0016, ``db.presence``), or a worker holds a running job's lease
+    that has not run out. Called by ``downgrade`` inside the migration's transaction, once it holds the lock
+    (SQLite's write lock; PostgreSQL's advisory lock and ``live_processes`` in SHARE mode), so no process can register
+    between this look and the drop: one starting meanwhile waits, then finds the downgraded schema and refuses to
+    start. It was a separate read before the migration, and a server, or a worker between jobs, left no mark at all
+    (tenth review)."""
+    from sqlalchemy import inspect, select
+
+    from db import presence
     from db.models import Job, utcnow
 
-    if current_revision(url) is None:
-        return []
-    engine = make_engine(url)
-    try:
-        with reading(engine) as connection:
-            rows = connection.execute(select(Job.id, Job.lease_owner, Job.lease_expires_at)
-                                      .where(Job.status == "running", Job.lease_expires_at > utcnow())
-                                      .order_by(Job.id)).all()
-    finally:
-        engine.dispose()
-    return [(job_id, owner or "?", until) for job_id, owner, until in rows]
+    now = now or utcnow()
+    presence.lock_live_processes(connection)
+    shown = [f"a {p.kind} on host {p.host!r} with pid {p.pid}, last heard from {max(0, (now - p.heartbeat_at).total_seconds()):.0f} s ago"
+             for p in presence.live(connection, now=now)]
+    if inspect(connection).has_table(Job.__tablename__):
+        shown += [f"worker {owner or '?'!r} working on job {job_id} under a lease that runs to {until:%H:%M:%S} UTC"
+                  for job_id, owner, until in connection.execute(
+                      select(Job.id, Job.lease_owner, Job.lease_expires_at)
+                      .where(Job.status == "running", Job.lease_expires_at > now).order_by(Job.id))]
+    if shown:
+        more = f"; and {len(shown) - 5} more" if len(shown) > 5 else ""
+        raise LiveProcesses(f"the database is in use by {len(shown)} live process(es) ({'; '.join(shown[:5])}{more}): "
+                            "stop them first, or run it again with --ignore-live-processes; nothing was changed")
 
 
 def current_revision(url: str) -> str | None:

@@ -50,6 +50,8 @@ JOB_KINDS = ("generate", "train", "eval")
 JOB_STATUSES = ("queued", "running", "done", "failed")
 UNDO_ACTIONS = ("rate", "skip", "repeat", "repeat_skip")
 EXPORT_FORMATS = ("diffusers", "kohya", "merged", "ratings")
+PROCESS_KINDS = ("server", "worker")
+HOST_MAX = 255  # a host name (a DNS name is at most 253 characters)
 SCORE_MIN, SCORE_MAX = 1, 10
 NAME_MAX = 200
 METHOD_MAX = 64
@@ -353,6 +355,23 @@ class Job(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONText)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class LiveProcess(Base):
+    """A running server or worker (migration 0016; ``db.presence``): registered at its start, its ``heartbeat_at``
+    refreshed every ``db.presence.HEARTBEAT_S`` seconds, removed at a clean exit. A row whose heartbeat is older than
+    ``db.presence.STALE_AFTER_S`` is a process that died (kill -9, a lost machine) and counts for nothing. `db
+    downgrade` refuses while a fresh one is there: a server, or a worker between jobs, left no mark before."""
+
+    __tablename__ = "live_processes"
+    __table_args__ = (CheckConstraint(_in("kind", PROCESS_KINDS), name="kind"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    host: Mapped[str] = mapped_column(String(HOST_MAX))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Checkpoint(Base):

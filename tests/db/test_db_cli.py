@@ -489,49 +489,119 @@ def test_the_copy_before_a_downgrade_holds_what_a_live_server_wrote_before_the_d
     assert migrate.current_revision(f"sqlite:///{path}") == "0014"
 
 
-def test_a_downgrade_beside_a_worker_on_a_job_is_refused_unless_told_and_warns_of_what_it_cannot_see(tmp_path,
-                                                                                                   capsys):
-    """`db downgrade` beside a live worker was neither refused nor warned (ninth review). A running job whose lease
-    has not run out (its worker's heartbeats extend it) is the one mark of a live process the database keeps: the
-    downgrade is refused in one sentence while one is there, unless --ignore-live-worker is given; a lease run out (a
-    worker that died) refuses nothing. A server, or a worker between jobs, leaves no mark: a warning says so, and the
-    command's help."""
+def _set_heartbeats(url, when) -> None:
+    """Every live_processes row's heartbeat set to ``when``, directly (no sleeps)."""
+    from sqlalchemy import update
+
+    from db.engine import make_engine, session_factory, write_session
+    from db.models import LiveProcess
+
+    engine = make_engine(url)
+    try:
+        with write_session(session_factory(engine)) as s:
+            s.execute(update(LiveProcess).values(heartbeat_at=when))
+    finally:
+        engine.dispose()
+
+
+def _register(url, kind, host, pid) -> None:
+    from db import presence
+    from db.engine import make_engine, session_factory, write_session
+
+    engine = make_engine(url)
+    try:
+        with write_session(session_factory(engine)) as s:
+            presence.register(s, kind=kind, head=migrate.head_revision(), host=host, pid=pid)
+    finally:
+        engine.dispose()
+
+
+def test_a_downgrade_beside_a_live_process_is_refused_unless_told(tmp_path, capsys):
+    """`db downgrade` beside a live worker was neither refused nor warned (ninth review); then only a running job's
+    lease was seen, and a server, or a worker between jobs, left no mark: the command could only warn (tenth review).
+    Each now keeps a row in live_processes (migration 0016) whose heartbeat it refreshes: a fresh row, or a running
+    job's live lease, refuses the downgrade in one sentence naming kind, host and pid, unless --ignore-live-processes
+    (or its old name, --ignore-live-worker) is given; a row or a lease run out (a process that died) refuses
+    nothing."""
     from datetime import timedelta
 
-    from db import jobs
+    from db import jobs, presence
     from db.engine import make_engine, session_factory, write_session
     from db.models import utcnow
 
     data_dir = tmp_path / "data"
-    assert main(["db", "upgrade", "--data-dir", str(data_dir)]) == 0
     url = f"sqlite:///{data_dir / 'seiko.db'}"
+    head = migrate.head_revision()
+
+    def downgrade(*flags) -> int:
+        for backup in data_dir.glob("seiko.db.bak-*"):
+            backup.unlink()
+        capsys.readouterr()
+        return main(["db", "downgrade", "0014", "--yes", *flags, "--data-dir", str(data_dir)])
+
+    def refused(*said) -> None:
+        assert downgrade() == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: the database is in use by ") and err.count("\n") == 1, err
+        assert err.endswith("): stop them first, or run it again with --ignore-live-processes; nothing was "
+                            "changed\n"), err
+        for part in said:
+            assert part in err, (part, err)
+        assert migrate.current_revision(url) == head and not list(data_dir.glob("seiko.db.bak-*"))
+
+    assert main(["db", "upgrade", "--data-dir", str(data_dir)]) == 0
+    # a server alone: no job, no lease
+    _register(url, "server", "web1", 4321)
+    refused("by 1 live process(es) (a server on host 'web1' with pid 4321, last heard from ")
+    _register(url, "worker", "gpu1", 99)
+    refused("by 2 live process(es)", "a server on host 'web1' with pid 4321", "a worker on host 'gpu1' with pid 99")
+    # heartbeats older than STALE_AFTER_S: processes that died; nothing refuses
+    _set_heartbeats(url, utcnow() - timedelta(seconds=presence.STALE_AFTER_S + 1))
+    assert downgrade() == 0 and migrate.current_revision(url) == "0014"
+    assert main(["db", "upgrade", "--data-dir", str(data_dir)]) == 0
     engine = make_engine(url)
     try:
         with write_session(session_factory(engine)) as s:
             for _ in range(2):
                 jobs.enqueue_job(session=s, kind="eval")
             jobs.claim_job(session=s, worker_id="gone", lease_s=60, now=utcnow() - timedelta(hours=1))
-        capsys.readouterr()
-        assert main(["db", "downgrade", "0014", "--yes", "--data-dir", str(data_dir)]) == 0  # a lease run out: no one
-        assert "warning: a running server, or a worker between jobs, leaves no mark" in capsys.readouterr().err
+        assert downgrade() == 0  # a lease run out: no one
         assert main(["db", "upgrade", "--data-dir", str(data_dir)]) == 0
         with write_session(session_factory(engine)) as s:
             live = jobs.claim_job(session=s, worker_id="w1", lease_s=600).id
     finally:
         engine.dispose()
-    for backup in data_dir.glob("seiko.db.bak-*"):
-        backup.unlink()
-    capsys.readouterr()
-    assert main(["db", "downgrade", "0014", "--yes", "--data-dir", str(data_dir)]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith(f"error: worker 'w1' is working on job {live} (its lease runs to ") and err.endswith(
-        "UTC): stop the workers and the server first, or run it again with --ignore-live-worker; nothing was "
-        "changed\n"), err
-    assert migrate.current_revision(url) == migrate.head_revision() and not list(data_dir.glob("seiko.db.bak-*"))
-    assert main(["db", "downgrade", "0014", "--yes", "--ignore-live-worker", "--data-dir", str(data_dir)]) == 0
-    assert migrate.current_revision(url) == "0014"
+    refused(f"by 1 live process(es) (worker 'w1' working on job {live} under a lease that runs to ")
+    _register(url, "server", "web1", 4321)
+    for flag in ("--ignore-live-worker", "--ignore-live-processes"):
+        assert downgrade(flag) == 0 and migrate.current_revision(url) == "0014"
+        assert main(["db", "upgrade", "--data-dir", str(data_dir)]) == 0
+        _register(url, "server", "web1", 4321)
     capsys.readouterr()
     with pytest.raises(SystemExit):
         main(["db", "downgrade", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    assert "a worker between jobs, leaves no mark" in help_text and "--ignore-live-worker" in help_text, help_text
+    assert "Refused while a server or a worker is live" in help_text and "--ignore-live-processes" in help_text \
+        and "--ignore-live-worker" in help_text and "leaves no mark" not in help_text, help_text
+
+
+def test_a_process_that_registers_after_the_downgrades_first_checks_is_still_refused(tmp_path, capsys, monkeypatch):
+    """The look for live processes was a read of its own before the migration began: a worker that claimed a job (or
+    a server that started) between that look and the migration's lock went unseen, and the downgrade dropped what it
+    wrote to (tenth review). The look is now made inside the migration's transaction, under its lock: a server
+    registering after the downgrade's checks and before its lock is refused all the same."""
+    data_dir = tmp_path / "data"
+    url = f"sqlite:///{data_dir / 'seiko.db'}"
+    assert main(["db", "upgrade", "--data-dir", str(data_dir)]) == 0
+    checked, started = migrate.check_downgrade, []
+
+    def then_a_server_starts(*args, **kwargs):
+        checked(*args, **kwargs)
+        if not started:  # once: after the command's own check, before migrate.downgrade's
+            started.append(_register(url, "server", "late", 7))
+
+    monkeypatch.setattr(migrate, "check_downgrade", then_a_server_starts)
+    capsys.readouterr()
+    assert main(["db", "downgrade", "0014", "--yes", "--data-dir", str(data_dir)]) == 1
+    assert "by 1 live process(es) (a server on host 'late' with pid 7, last heard from " in capsys.readouterr().err
+    assert migrate.current_revision(url) == migrate.head_revision() and not list(data_dir.glob("seiko.db.bak-*"))

@@ -1,3 +1,5 @@
+from datetime import timedelta
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -523,6 +525,37 @@ def _two_upgrades_at_once(url, *, held=None):
     finally:
         for p in processes:
             p.join(60)
+
+
+def test_migration_0016_adds_live_processes_and_downgrades_without_them(empty_db_url):
+    """0016 adds live_processes (db.presence: a running server or worker, with kind, host, pid, started_at and
+    heartbeat_at; nothing secret). A downgrade to 0015 drops the table with its rows (a stale one: a process that
+    died refuses nothing), and an upgrade makes it again, empty."""
+    from db import presence
+    from db.engine import session_factory, write_session
+    from db.models import utcnow
+
+    migrate.upgrade(empty_db_url, "0015")
+    assert "live_processes" not in _tables(empty_db_url)
+    migrate.upgrade(empty_db_url, "0016")
+    engine = make_engine(empty_db_url)
+    try:
+        assert {c["name"] for c in inspect(engine).get_columns("live_processes")} == {
+            "id", "kind", "host", "pid", "started_at", "heartbeat_at"}
+        with write_session(session_factory(engine)) as s:
+            presence.register(s, kind="server", head="0016", host="h", pid=1, now=utcnow() - timedelta(hours=1))
+    finally:
+        engine.dispose()
+    migrate.downgrade(empty_db_url, "0015")
+    assert "live_processes" not in _tables(empty_db_url) and migrate.current_revision(empty_db_url) == "0015"
+    migrate.upgrade(empty_db_url)
+    engine = make_engine(empty_db_url)
+    try:
+        with engine.connect() as c:
+            assert c.exec_driver_sql("SELECT COUNT(*) FROM live_processes").scalar_one() == 0
+    finally:
+        engine.dispose()
+    assert _drift(empty_db_url) == []
 
 
 def test_two_upgrades_at_once_both_succeed(empty_db_url):

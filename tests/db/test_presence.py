@@ -1,0 +1,150 @@
+"""Live processes (db.presence, migration 0016): a server or a worker keeps a row while it runs, so that `db
+downgrade` can see it (a server, or a worker between jobs, left no mark before: tenth review of 6 Dec 2026)."""
+
+import logging
+import os
+import socket
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
+
+from db import migrate, presence
+from db.engine import make_engine, read_session, reading, session_factory, write_session
+from db.errors import SchemaOutOfDate
+from db.models import LiveProcess, utcnow
+
+
+def _rows(factory):
+    with read_session(factory) as s:
+        return s.execute(select(LiveProcess.id, LiveProcess.kind, LiveProcess.host, LiveProcess.pid,
+                                LiveProcess.heartbeat_at).order_by(LiveProcess.id)).all()
+
+
+def _age_all(factory, seconds):
+    """Every row's heartbeat set ``seconds`` into the past, directly (no sleeps)."""
+    when = utcnow() - timedelta(seconds=seconds)
+    with write_session(factory) as s:
+        s.execute(update(LiveProcess).values(heartbeat_at=when))
+    return when
+
+
+def _live(factory):
+    with read_session(factory) as s:
+        return presence.live(s.connection())
+
+
+def test_a_process_registers_refreshes_and_removes_its_row(db_factory):
+    """start() registers kind, this host's name and this process's pid; a heartbeat refreshes heartbeat_at (a row gone
+    meanwhile, deleted as stale after a long stall, is registered again); close() removes the row and ends the
+    thread."""
+    proc = presence.Presence(db_factory, "server", migrate.head_revision(), interval_s=3600)
+    proc.start()
+    try:
+        ((row_id, kind, host, pid, _),) = _rows(db_factory)
+        assert (row_id, kind, host, pid) == (proc.row_id, "server", socket.gethostname(), os.getpid())
+        assert [(p.kind, p.pid) for p in _live(db_factory)] == [("server", os.getpid())]
+        old = _age_all(db_factory, 3600)
+        assert _live(db_factory) == []  # stale: as if the process had died
+        proc.beat_once()
+        ((_, _, _, _, beat_at),) = _rows(db_factory)
+        assert beat_at > old + timedelta(seconds=3000) and [p.pid for p in _live(db_factory)] == [os.getpid()]
+        with write_session(db_factory) as s:
+            s.execute(LiveProcess.__table__.delete())
+        proc.beat_once()
+        assert [(r.id, r.kind) for r in _rows(db_factory)] == [(proc.row_id, "server")]
+    finally:
+        proc.close()
+    assert _rows(db_factory) == [] and not proc._thread.is_alive()
+    proc.beat_once()  # after close: writes nothing
+    assert _rows(db_factory) == []
+
+
+def test_a_stale_row_is_ignored_and_deleted_by_the_next_registration(db_factory):
+    """A process killed with no clean exit leaves its row: once its heartbeat is STALE_AFTER_S old it is not live,
+    and the next registration deletes it; a row just younger than that is live and kept."""
+    head = migrate.head_revision()
+    with write_session(db_factory) as s:
+        dead = presence.register(s, kind="worker", head=head, host="gone", pid=11,
+                                 now=utcnow() - timedelta(seconds=presence.STALE_AFTER_S + 1))
+        slow = presence.register(s, kind="worker", head=head, host="slow", pid=12,
+                                 now=utcnow() - timedelta(seconds=presence.STALE_AFTER_S - 10))
+    assert [p.host for p in _live(db_factory)] == ["slow"]
+    with write_session(db_factory) as s:
+        fresh = presence.register(s, kind="server", head=head, host="new", pid=13)
+    assert [r.id for r in _rows(db_factory)] == [slow, fresh] and dead not in (slow, fresh)
+    assert [(p.kind, p.host, p.pid) for p in _live(db_factory)] == [("worker", "slow", 12), ("server", "new", 13)]
+
+
+def test_a_heartbeat_that_cannot_be_written_is_a_warning_not_a_crash(db_factory, monkeypatch, caplog):
+    """A heartbeat or the removal at exit that fails (the database restarting) is logged as a warning and the
+    process goes on; it is tried again at the next heartbeat."""
+    proc = presence.Presence(db_factory, "server", migrate.head_revision(), interval_s=3600)
+    proc.start()
+    real_beat = presence.beat
+
+    def down(*args, **kwargs):
+        raise OperationalError("UPDATE live_processes", {}, Exception("server closed the connection unexpectedly"))
+
+    monkeypatch.setattr(presence, "beat", down)
+    monkeypatch.setattr(presence, "unregister", down)
+    old = _age_all(db_factory, 10)
+    with caplog.at_level(logging.WARNING, logger="db.presence"):
+        proc.beat_once()
+        proc.close()
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(said) == 2 and "the server's heartbeat could not be written to the database (OperationalError: server " \
+        "closed the connection unexpectedly)" in said[0] and "could not be removed" in said[1], said
+    ((*_, beat_at),) = _rows(db_factory)
+    assert beat_at == old  # nothing written; the row goes stale
+    monkeypatch.setattr(presence, "beat", real_beat)
+
+
+def test_a_registration_against_a_schema_that_moved_is_refused(empty_db_url):
+    """A process registers in the transaction that reads the revision once more: a database not at this code's
+    revision (a downgrade that ran after the process's own check, whose lock the registration waited for) refuses the
+    start with SchemaOutOfDate and leaves no row; a database below 0016 has no table, and says so the same way."""
+    migrate.upgrade(empty_db_url)
+    engine = make_engine(empty_db_url)
+    factory = session_factory(engine)
+    try:
+        with pytest.raises(SchemaOutOfDate, match=r"changed from 0099 to 0016 as the worker started"):
+            with write_session(factory) as s:
+                presence.register(s, kind="worker", head="0099")
+        assert _rows(factory) == []
+        migrate.downgrade(empty_db_url, "0015")
+        with pytest.raises(SchemaOutOfDate, match=r"changed from 0016 to 0015 as the server started"):
+            presence.Presence(factory, "server", "0016").start()
+        with reading(engine) as connection:
+            assert presence.live(connection) == []  # no table: nothing live, no error
+    finally:
+        engine.dispose()
+
+
+def test_a_downgrade_is_refused_while_a_fresh_row_is_there_and_drops_the_table(empty_db_url):
+    """migrate.downgrade refuses (LiveProcesses, one sentence naming kind, host and pid; nothing changed) while a row's
+    heartbeat is fresh; a stale row, or refuse_live=False, lets it go on, and below 0016 the table is gone."""
+    migrate.upgrade(empty_db_url)
+    engine = make_engine(empty_db_url)
+    factory = session_factory(engine)
+    try:
+        with write_session(factory) as s:
+            presence.register(s, kind="worker", head=migrate.head_revision(), host="gpu1", pid=4242)
+        with pytest.raises(migrate.LiveProcesses) as refused:
+            migrate.downgrade(empty_db_url, "0015")
+        assert str(refused.value).startswith("the database is in use by 1 live process(es) (a worker on host 'gpu1' "
+                                             "with pid 4242, last heard from "), refused.value
+        assert migrate.current_revision(empty_db_url) == "0016" and len(_rows(factory)) == 1
+        _age_all(factory, presence.STALE_AFTER_S + 1)
+        migrate.downgrade(empty_db_url, "0015")
+        assert migrate.current_revision(empty_db_url) == "0015"
+        migrate.upgrade(empty_db_url)
+        with write_session(factory) as s:
+            presence.register(s, kind="server", head=migrate.head_revision(), host="web1", pid=1)
+        migrate.downgrade(empty_db_url, "0015", refuse_live=False)
+        assert migrate.current_revision(empty_db_url) == "0015"
+        with reading(engine) as connection:
+            migrate.refuse_live_processes(connection)  # below 0016: nothing to see, nothing refused
+    finally:
+        engine.dispose()
