@@ -30,6 +30,7 @@ from db.models import HOST_MAX, PROCESS_KINDS, LiveProcess, utcnow
 
 HEARTBEAT_S = 15.0  # how often a live process refreshes its row
 STALE_AFTER_S = 3 * HEARTBEAT_S  # a row not refreshed for this long is a process that died
+CLOSE_WAIT_S = 5.0  # how long close() waits for a heartbeat under way before it leaves the row to go stale
 TABLE = LiveProcess.__tablename__
 
 log = logging.getLogger(__name__)
@@ -167,8 +168,13 @@ class Presence:
         """Stop the heartbeats and remove the row (a failure is a warning: the row goes stale)."""
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join(self.interval_s)
-        with self._lock:
+            self._thread.join(CLOSE_WAIT_S)
+        # a heartbeat stuck in a database call holds the lock: the exit does not wait for it past CLOSE_WAIT_S
+        if not self._lock.acquire(timeout=CLOSE_WAIT_S):
+            log.warning("the %s's heartbeat is stuck in a database call, so its row in the database's live processes "
+                        "is left; it counts as gone %g s after its last heartbeat", self.kind, STALE_AFTER_S)
+            return
+        try:
             self._closed = True
             if self.row_id is None:
                 return
@@ -179,6 +185,8 @@ class Presence:
             except Exception as exc:  # at exit: the row is left to go stale, as a killed process's
                 log.warning("the %s's row in the database's live processes could not be removed (%s); it counts as "
                             "gone %g s after its last heartbeat", self.kind, _short(exc), STALE_AFTER_S)
+        finally:
+            self._lock.release()
 
 
 def _moved(kind: str, head: str, found: list[str]) -> str:

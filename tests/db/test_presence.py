@@ -148,3 +148,33 @@ def test_a_downgrade_is_refused_while_a_fresh_row_is_there_and_drops_the_table(e
             migrate.refuse_live_processes(connection)  # below 0016: nothing to see, nothing refused
     finally:
         engine.dispose()
+
+
+def test_close_does_not_wait_for_a_heartbeat_stuck_in_the_database(db_factory, monkeypatch, caplog):
+    """A heartbeat stuck in a database call (a lock never granted) held the lock close() takes, so the server's exit
+    would have waited for it without end: close() now gives up after CLOSE_WAIT_S with a warning, leaving the row to
+    go stale."""
+    import threading
+
+    proc = presence.Presence(db_factory, "server", migrate.head_revision(), interval_s=3600)
+    proc.start()
+    entered, release = threading.Event(), threading.Event()
+
+    def stuck(*args, **kwargs):
+        entered.set()
+        release.wait(30)
+        return True
+
+    monkeypatch.setattr(presence, "beat", stuck)
+    monkeypatch.setattr(presence, "CLOSE_WAIT_S", 0.05)
+    beating = threading.Thread(target=proc.beat_once)
+    beating.start()
+    try:
+        assert entered.wait(30)
+        with caplog.at_level(logging.WARNING, logger="db.presence"):
+            proc.close()
+        assert any("heartbeat is stuck in a database call" in r.getMessage() for r in caplog.records), caplog.text
+        assert len(_rows(db_factory)) == 1  # left, to go stale
+    finally:
+        release.set()
+        beating.join(30)
