@@ -588,20 +588,36 @@ def test_a_downgrade_beside_a_live_process_is_refused_unless_told(tmp_path, caps
 def test_a_process_that_registers_after_the_downgrades_first_checks_is_still_refused(tmp_path, capsys, monkeypatch):
     """The look for live processes was a read of its own before the migration began: a worker that claimed a job (or
     a server that started) between that look and the migration's lock went unseen, and the downgrade dropped what it
-    wrote to (tenth review). The look is now made inside the migration's transaction, under its lock: a server
-    registering after the downgrade's checks and before its lock is refused all the same."""
+    wrote to (tenth review). The look is now made inside the migration's transaction, under its lock: a server that
+    registers, and a worker that claims a job, after every check before the migration are refused all the same."""
+    from db import jobs
+    from db.engine import make_engine, session_factory, write_session
+
     data_dir = tmp_path / "data"
     url = f"sqlite:///{data_dir / 'seiko.db'}"
     assert main(["db", "upgrade", "--data-dir", str(data_dir)]) == 0
-    checked, started = migrate.check_downgrade, []
+    engine = make_engine(url)
+    try:
+        with write_session(session_factory(engine)) as s:
+            jobs.enqueue_job(session=s, kind="eval")
+    finally:
+        engine.dispose()
+    migrating = migrate._run
 
-    def then_a_server_starts(*args, **kwargs):
-        checked(*args, **kwargs)
-        if not started:  # once: after the command's own check, before migrate.downgrade's
-            started.append(_register(url, "server", "late", 7))
+    def started_as_the_migration_begins(*args, **kwargs):
+        _register(url, "server", "late", 7)
+        claimer = make_engine(url)
+        try:
+            with write_session(session_factory(claimer)) as s:
+                jobs.claim_job(session=s, worker_id="w-late", lease_s=600)
+        finally:
+            claimer.dispose()
+        return migrating(*args, **kwargs)
 
-    monkeypatch.setattr(migrate, "check_downgrade", then_a_server_starts)
+    monkeypatch.setattr(migrate, "_run", started_as_the_migration_begins)
     capsys.readouterr()
     assert main(["db", "downgrade", "0014", "--yes", "--data-dir", str(data_dir)]) == 1
-    assert "by 1 live process(es) (a server on host 'late' with pid 7, last heard from " in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "by 2 live process(es) (a server on host 'late' with pid 7, last heard from " in err, err
+    assert "; worker 'w-late' working on job 1 under a lease that runs to " in err, err
     assert migrate.current_revision(url) == migrate.head_revision() and not list(data_dir.glob("seiko.db.bak-*"))
