@@ -17,7 +17,8 @@ each waiting connection: 38,905 tracebacks, 18 MB of log in 13 s).
   all arrived within ``Limits.body_deadline_s`` of its head's end is closed too, with a 408 and one sentence unless it
   was answered already (the web guard's 413, say); an answer the client leaves unread (the server's write buffer
   full, writing paused) for ``Limits.body_deadline_s`` is dropped and the connection closed; one its network
-  (an IPv4 address, an IPv6 address's /64, ``counting_key``: one client holds a whole /64) may not open now (``Gate``:
+  (an IPv4 address, an IPv6 address's /64, ``counting_key``: one client holds a whole /64; and the /64's /56 and /48,
+  ``wider_keys``, which one home or site may hold whole) may not open now (``Gate``:
   a network's share shrinks as the total fills, down to ``FAIR_SHARE``; ``Limits.per_address`` when set) gets 429
   and one sentence (as ``{"detail": sentence}``, which the page's Gradio client shows for an event,
   and the page's ``ui_assets.STREAMS_JS`` for its heartbeat or stream of results, retrying them) and is closed at
@@ -75,6 +76,10 @@ TOO_MANY_FROM_ADDRESS = ("Your address has {n} connections open to this server, 
                          "try again.")
 TOO_MANY_WHILE_BUSY = ("The server is busy and your address has {n} connections open to it, the most one address may "
                        "have while it is this busy; close some or try again in a moment.")
+TOO_MANY_FROM_NETWORK = ("Your network ({net}) has {n} connections open to this server, the most it may have; close "
+                         "some and try again.")
+NETWORK_WHILE_BUSY = ("The server is busy and your network ({net}) has {n} connections open to it, the most such a "
+                      "network may have while it is this busy; close some or try again in a moment.")
 FOLDED_HEADER = ("The request has a header line folded onto the one before it (a line that starts with a space or a "
                  "tab), which this server does not accept; send each header on one line.")
 TOO_MANY_IN_ALL = "The server has {n} connections open, the most it takes; try again in a moment."
@@ -128,6 +133,10 @@ class Limits:
 
 
 IPV6_PREFIX = 64  # an IPv6 client is counted by its /64: one subscriber, site or host holds a whole /64
+# the wider IPv6 prefixes a /64 is counted under too, and how many networks' shares each may hold (``Gate``): an ISP
+# delegates a /56 or a /48 to one home or site, 256 or 65,536 /64s, so counted per /64 alone one such customer (64 of
+# its /64s, a /58) filled the total (tenth review of 6 Dec 2026)
+IPV6_WIDER = ((56, 2), (48, 4))
 
 
 def counting_key(host: str | None) -> str:
@@ -154,6 +163,23 @@ def counting_key(host: str | None) -> str:
     return str(address)
 
 
+def wider_keys(host: str | None) -> list[tuple[str, int]]:
+    """The wider networks the connections from ``host`` are counted under besides ``counting_key``'s, each with how
+    many networks' shares it may hold (``IPV6_WIDER``): an IPv6 address's /56 and /48 (``2001:db8:1::/48``, a
+    link-local one's with its zone); none for an IPv4 address (an IPv4-mapped one too) or anything else."""
+    try:
+        address = ipaddress.ip_address(host or "")
+    except ValueError:
+        return []
+    if not isinstance(address, ipaddress.IPv6Address) or address.ipv4_mapped is not None:
+        return []
+    keys = []
+    for prefix, shares in IPV6_WIDER:
+        network = ipaddress.IPv6Network((int(address), prefix), strict=False)
+        keys.append((f"{network}%{address.scope_id}" if address.scope_id else str(network), shares))
+    return keys
+
+
 class Gate:
     """The connections open, per client network (``counting_key``: an IPv4 address, an IPv6 /64) and in all (touched
     only on the server's event loop), and whether a network may open one more. A network holding ``h`` while ``n``
@@ -177,6 +203,18 @@ class Gate:
     other network still gets its first 8. Found by the ninth review of 6 Dec 2026: those 8 networks locked everybody
     else out, and all the people of a LAN that shares one IPv6 /64 shared that cap of 64.
 
+    An IPv6 /64 is counted under its /56 and its /48 too (``wider_keys``), each with a share of its own by the same
+    rule, of twice and four times a network's (``IPV6_WIDER``): ``FAIR_SHARE`` becomes 16 for a /56 and 32 for a
+    /48, and ``Limits.per_address`` when set twice and four times it. A connection is let in only when its /64, its
+    /56 and its /48 each may open one more. Found by the tenth review of 6 Dec 2026: counted per /64 alone, one home
+    or site, which an ISP delegates a /56 or a /48 (256 or 65,536 /64s), held 8 per /64 however busy the server
+    was, so 64 of its /64s (a /58) filled the total and locked every other client out. Now such a prefix holds at
+    most a quarter of the total alone, as one /64 does, and once half the total is open 32 at most (16 for a /56),
+    however many /64s it opens from; filling the total takes 12 /48s opening all they may one after another. Two
+    /64s of different /48s count apart as before. Unrelated people who share a /48 (a campus, a mobile carrier's
+    pool) share its share as the people behind one NAT address share one address's; wider than a /48 nothing is
+    counted, since one /32 is a whole ISP's customers.
+
     Signed-in users are not told apart from anonymous connections: the caps answer as a connection opens, before
     any request (so before any session cookie) is read, which is what bounds what an anonymous client can hold; a
     signed-in account's own long-lived requests (heartbeats, streams of results) are capped by ``app.web_guard``."""
@@ -184,7 +222,8 @@ class Gate:
     def __init__(self, limits: Limits, exempt: Iterable[str] = ()) -> None:
         self.limits = limits
         self.exempt = [ipaddress.ip_network(n, strict=False) for n in exempt]
-        self.open: dict[str, int] = {}
+        self.open: dict[str, int] = {}  # per ``counting_key``
+        self.open_wider: dict[str, int] = {}  # per ``wider_keys``: an IPv6 /56 and /48
         self.total = 0
         self.refused = 0
         self.closed_slow = 0
@@ -208,27 +247,35 @@ class Gate:
         if self._exempt(host):  # a trusted proxy counts towards the total only: not towards its /64 neighbours'
             self.total += 1
             return None
-        key = counting_key(host)
-        held = self.open.get(key, 0)
-        if self.limits.per_address is not None:  # the operator's fixed cap, in place of the shares
-            if held >= self.limits.per_address:
-                return self._refuse(429, TOO_MANY_FROM_ADDRESS.format(n=self.limits.per_address), f"from {key}")
-        elif held >= FAIR_SHARE and 2 * (held + self.total) >= self.limits.total:  # h >= max(8, total / 2 - n)
-            return self._refuse(429, TOO_MANY_WHILE_BUSY.format(n=held), f"from {key}, its share now")
-        self.open[key] = held + 1
+        counted = self._counted(host)
+        for key, shares, counts in counted:  # the network, then (IPv6) its /56 and /48: each may open one more
+            held = counts.get(key, 0)
+            if self.limits.per_address is not None:  # the operator's fixed cap, in place of the shares
+                if held >= (cap := shares * self.limits.per_address):
+                    sentence = TOO_MANY_FROM_ADDRESS if shares == 1 else TOO_MANY_FROM_NETWORK
+                    return self._refuse(429, sentence.format(n=cap, net=key), f"from {key}")
+            elif held >= shares * FAIR_SHARE and 2 * (held + self.total) >= self.limits.total:  # h >= max(8, total / 2 - n)
+                sentence = TOO_MANY_WHILE_BUSY if shares == 1 else NETWORK_WHILE_BUSY
+                return self._refuse(429, sentence.format(n=held, net=key), f"from {key}, its share now")
+        for key, _shares, counts in counted:
+            counts[key] = counts.get(key, 0) + 1
         self.total += 1
         return None
+
+    def _counted(self, host: str | None) -> list[tuple[str, int, dict[str, int]]]:
+        """The keys a connection from ``host`` counts under, each with its networks' shares and its counts."""
+        return [(counting_key(host), 1, self.open)] + [(k, n, self.open_wider) for k, n in wider_keys(host)]
 
     def release(self, host: str | None) -> None:
         if self._exempt(host):
             self.total -= 1
             return
-        key = counting_key(host)
-        left = self.open.get(key, 0) - 1
-        if left > 0:
-            self.open[key] = left
-        else:
-            self.open.pop(key, None)
+        for key, _shares, counts in self._counted(host):
+            left = counts.get(key, 0) - 1
+            if left > 0:
+                counts[key] = left
+            else:
+                counts.pop(key, None)
         self.total -= 1
 
     def _refuse(self, status: int, sentence: str, where: str) -> tuple[int, str]:

@@ -7,6 +7,7 @@ and with the open-file limit reached every failed accept logged a traceback (38,
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import itertools
 import logging
 import os
@@ -197,9 +198,18 @@ def test_the_total_cap_refuses_with_503():
 
 
 def _network(n: int) -> Callable[[], str]:
-    """A client network (an IPv6 /64, 2001:db8:0:n::/64) that opens each connection from an address of its own."""
+    """A client network (an IPv6 /64, 2001:db8:n:1::/64, alone in its /48) that opens each connection from an
+    address of its own."""
     counter = itertools.count(1)
-    return lambda: f"2001:db8:0:{n:x}:{next(counter):x}::1"
+    return lambda: f"2001:db8:{n:x}:1:{next(counter):x}::1"
+
+
+def _spread(prefix: str, width: int, rng: random.Random) -> Callable[[], str]:
+    """A client that holds the IPv6 network ``prefix``/``width`` (a /48 or a /56 an ISP delegated to one home or site)
+    and opens each connection from another /64 of it, in a random order (up to 4,096 of them, then again)."""
+    base = int(ipaddress.IPv6Address(prefix))
+    subnets = itertools.cycle(rng.sample(range(2 ** (64 - width)), min(2 ** (64 - width), 4096)))
+    return lambda: str(ipaddress.IPv6Address(base | next(subnets) << 64 | 1))
 
 
 def _fill(gate: net_limits.Gate, networks: list[Callable[[], str]], order: str, rng: random.Random) -> list[int]:
@@ -241,6 +251,68 @@ def test_a_few_networks_cannot_fill_the_total_and_every_other_network_still_gets
     held = _fill(gate, [_network(n) for n in range(38)], "one after another", rng)
     assert held == [128, 64, 32, 16] + [8] * 34 and gate.total == total
     assert gate.admit(_network(0xFFFF)())[0] == 503
+
+
+def test_one_48_or_56_opening_from_many_64s_holds_a_bounded_share_and_every_other_network_keeps_its_own():
+    """Found by the tenth review of 6 Dec 2026: an IPv6 client was counted by its /64 alone, and an ISP delegates a
+    /56 or a /48 (256 or 65,536 /64s) to one home or site; opening from a /64 of its own each time, one such client
+    was let in up to the total (every /64 under its 8), and 64 of its /64s filled it. Now a /56 and a /48 have
+    shares of their own (twice and four times a network's): checked against the rule's closed form, a prefix alone
+    holds a quarter of the total, as one /64 does; with half the total open it gets 16 (/56) or 32 (/48); /48s one
+    after another fill the total only 12 at a time; and whatever one /48 opens, in any order among 32 unrelated
+    networks, every other network still gets its first 8."""
+    rng = random.Random(10)
+    total = 512
+    for prefix, width in (("2001:db8:aaaa::", 48), ("2001:db8:aaaa:bb00::", 56)):
+        gate = net_limits.Gate(net_limits.Limits(total=total))
+        client = _spread(prefix, width, rng)
+        assert sum(gate.admit(client()) is None for _ in range(total)) == total // 4, width
+        status, sentence = gate.admit(client())
+        assert status == 429 and f"{prefix}/{width}" in sentence and "128 connections" in sentence, sentence
+        assert [gate.admit(_network(n)()) for n in range(8)] == [None] * 8  # other networks are let in
+        # with more than half the total held by 20 unrelated networks, the prefix gets its own share and no more
+        gate = net_limits.Gate(net_limits.Limits(total=total))
+        held = _fill(gate, [_network(n) for n in range(20)], "one after another", rng)
+        assert sum(held) == 128 + 64 + 32 + 16 + 8 * 16 > total // 2
+        assert sum(gate.admit(client()) is None for _ in range(total)) == {48: 32, 56: 16}[width]
+        assert [gate.admit(_network(0xFFFF)()) for _ in range(8)] == [None] * 8
+    # /48s one after another, each from /64s of its own: a network entering with N held in all holds h while
+    # h < 32 or 2 (h + N + h) < total, so max(32, ceil((total - 2 N) / 4)) and at most what is left of the total
+    gate = net_limits.Gate(net_limits.Limits(total=total))
+    held = _fill(gate, [_spread(f"2001:db8:{0xa000 + n:x}::", 48, rng) for n in range(13)], "one after another", rng)
+    expected, n_open = [], 0
+    for _ in range(13):
+        expected.append(min(total - n_open, max(32, -(-(total - 2 * n_open) // 4))))
+        n_open += expected[-1]
+    assert held == expected == [128, 64, 32, 32] + [32] * 8 + [0], held
+    # one /48 opening all it may, in any order among m unrelated networks doing the same: the others keep their 8
+    for m in (0, 1, 4, 16, 32):
+        for order in ("one after another", "round robin", "random"):
+            gate = net_limits.Gate(net_limits.Limits(total=total))
+            networks = [_network(n) for n in range(m)]
+            networks.insert(rng.randrange(m + 1), _spread("2001:db8:bbbb::", 48, rng))
+            held = _fill(gate, networks, order, rng)
+            assert sum(held) == gate.total < total, (m, order, held)
+            assert max(held) <= total // 4
+            assert [gate.admit(_network(0xFFFF)()) for _ in range(8)] == [None] * 8, (m, order, held)
+    # the same /56 and /48 whatever the last bits: checked against the address's integer, not the code's own call
+    addresses = [str(ipaddress.IPv6Address(rng.getrandbits(128))) for _ in range(20)]
+    addresses += [str(ipaddress.IPv6Address(int(ipaddress.IPv6Address(a)) ^ rng.getrandbits(72))) for a in addresses]
+    for a in addresses:
+        for b in addresses:
+            keys_a, keys_b = net_limits.wider_keys(a), net_limits.wider_keys(b)
+            for (key_a, _), (key_b, _), bits in zip(keys_a, keys_b, (56, 48), strict=True):
+                same = int(ipaddress.IPv6Address(a)) >> (128 - bits) == int(ipaddress.IPv6Address(b)) >> (128 - bits)
+                assert (key_a == key_b) == same, (a, b, bits)
+    assert net_limits.wider_keys("2001:db8:1:2ff::1") == [("2001:db8:1:200::/56", 2), ("2001:db8:1::/48", 4)]
+    assert net_limits.wider_keys("192.0.2.7") == net_limits.wider_keys("::ffff:192.0.2.7") == []
+    # a fixed cap (SEIKO_CONNECTIONS_PER_ADDRESS) is each /64's, twice it a /56's, four times it a /48's
+    gate = net_limits.Gate(net_limits.Limits(total=512, per_address=5))
+    client = _spread("2001:db8:cccc:cc00::", 56, rng)
+    assert sum(gate.admit(client()) is None for _ in range(100)) == 10
+    assert gate.admit(client()) == (429, net_limits.TOO_MANY_FROM_NETWORK.format(net="2001:db8:cccc:cc00::/56", n=10))
+    client = _spread("2001:db8:dddd::", 48, rng)
+    assert sum(gate.admit(client()) is None for _ in range(100)) == 20
 
 
 def test_no_history_of_opens_and_closes_by_32_networks_locks_another_network_out():
