@@ -82,6 +82,8 @@ NETWORK_WHILE_BUSY = ("The server is busy and your network ({net}) has {n} conne
                       "network may have while it is this busy; close some or try again in a moment.")
 FOLDED_HEADER = ("The request has a header line folded onto the one before it (a line that starts with a space or a "
                  "tab), which this server does not accept; send each header on one line.")
+BARE_LF = ("The request has a line in its head that ends in a bare LF, not CR LF, which this server does not "
+           "accept; end each line of the request line and headers with CR LF.")
 TOO_MANY_IN_ALL = "The server has {n} connections open, the most it takes; try again in a moment."
 
 
@@ -336,6 +338,26 @@ def folded_head(buffered: bytes, start: int = 0) -> bool:
     return end is not None and _FOLDED_LINE.search(buffered, 0, end.start() + 1) is not None
 
 
+_BARE_LF = re.compile(rb"(?<!\r)\n")  # a line end that is not CR LF
+
+
+def bare_lf_head(buffered: bytes, start: int = 0) -> bool:
+    """Whether the request head at the start of ``buffered`` (as for ``folded_head``; ``start`` the same too) is
+    complete and has a line that ends in a bare LF (``\n`` with no ``\r`` before it), its end included.
+
+    Found by the tenth review of 6 Dec 2026: h11 ends a head's lines at a bare LF as at CR LF, and its head at
+    ``\n\n`` (RFC 9112 2.2 lets a recipient do so), while a proxy may not: one that takes a bare LF for part of a
+    header's value, and passes it on as it came, sends ``X-A: 1\nContent-Length: 40`` as one header that h11 reads
+    as two, or ``...\r\n\nGET /other ...`` as one head that h11 reads as two requests: a request the proxy never
+    saw (request smuggling: the proxy's checks, and X-Forwarded-For, skipped). No browser or HTTP client library sends
+    a bare LF in a head, and RFC 9112 lets a server refuse a malformed request with 400, so this server does, before
+    h11 reads it (Node's parser has refused them since 2023 for the same reason). A chunked body's chunk lines need
+    CR LF in h11 already; its trailer may end in bare LFs, which only a proxy that passes a chunked body on as it came
+    would see (nginx, which sends the body on with a Content-Length, does not)."""
+    end = _HEAD_END.search(buffered, start)
+    return end is not None and _BARE_LF.search(buffered, 0, end.end()) is not None
+
+
 class LimitedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with a deadline for each request's head and body, and the connection caps of a ``Gate``."""
 
@@ -388,15 +410,17 @@ class LimitedH11Protocol(H11Protocol):
             self._cancel_body_deadline()
 
     def handle_events(self) -> None:
-        """uvicorn's, but a request head with a folded header line (obs-fold) is refused with 400 and one sentence
-        (``folded_head``) before h11 reads it. uvicorn calls this once the data received is in h11's buffer, and
+        """uvicorn's, but a request head with a folded header line (obs-fold, ``folded_head``) or a line that ends in a
+        bare LF (``bare_lf_head``) is refused with 400 and one sentence before h11 reads it. uvicorn calls this once the data received is in h11's buffer, and
         again for a pipelined request's head once the answer before it is complete."""
         if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
             buffered = self.conn.trailing_data[0]
             searched = self._head_searched if len(buffered) >= self._head_searched else 0  # a buffer taken from: anew
-            if folded_head(buffered, max(0, searched - 2)):
-                self.logger.warning(FOLDED_WARNING)
-                self.transport.write(_answer(400, FOLDED_HEADER))
+            refused = (FOLDED_WARNING, FOLDED_HEADER) if folded_head(buffered, max(0, searched - 2)) else (
+                (BARE_LF_WARNING, BARE_LF) if bare_lf_head(buffered, max(0, searched - 2)) else None)
+            if refused is not None:
+                self.logger.warning(refused[0])
+                self.transport.write(_answer(400, refused[1]))
                 self.transport.close()
                 return
             self._head_searched = len(buffered)  # no head's end before this (less its last 2 bytes): not again
@@ -499,8 +523,9 @@ class AcceptLog:
 # uvicorn's warnings for a request it cannot serve, one line each time (its h11 protocol): anyone can send such
 # requests as fast as connections open, a line each (seventh review of 5 Dec 2026: 992 bad requests in 3 s, 996 lines)
 FOLDED_WARNING = "Refused a request with a folded header line (obs-fold)."  # logged by LimitedH11Protocol
+BARE_LF_WARNING = "Refused a request with a line that ends in a bare LF."  # logged by LimitedH11Protocol
 REPEATED_WARNINGS = ("Invalid HTTP request received.", "Unsupported upgrade request.",
-                     "No supported WebSocket library detected.", FOLDED_WARNING)
+                     "No supported WebSocket library detected.", FOLDED_WARNING, BARE_LF_WARNING)
 
 
 class QuietRepeats(logging.Filter):

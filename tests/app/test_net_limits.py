@@ -716,7 +716,8 @@ def test_malformed_requests_and_websocket_upgrades_do_not_flood_the_log(served, 
     bad = (b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nX: " + b"a" * 20_000 + b"\r\n\r\n",
            b"GET / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n" % port,
-           b"GET / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nX-A: 1\r\n 2\r\n\r\n" % port)  # a folded header (ninth review)
+           b"GET / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nX-A: 1\r\n 2\r\n\r\n" % port,  # a folded header (ninth review)
+           b"GET / HTTP/1.1\nHost: 127.0.0.1:%d\n\n" % port)  # bare LFs (tenth review)
     answers = []
     try:
         for _ in range(60):
@@ -729,7 +730,7 @@ def test_malformed_requests_and_websocket_upgrades_do_not_flood_the_log(served, 
         time.sleep(0.5)
     finally:
         logger.removeHandler(keep)
-    assert answers.count(b"HTTP/1.1 400") == 180 and len(answers) == 240, set(answers)  # answered as before
+    assert answers.count(b"HTTP/1.1 400") == 240 and len(answers) == 300, set(answers)  # answered as before
     for text in net_limits.REPEATED_WARNINGS:  # exactly one each: 60 requests' worth or more, and the log was read
         assert len([m for m in logged if text in m]) == 1, [m for m in logged if text in m][:5]
 
@@ -773,6 +774,66 @@ def test_a_request_with_a_folded_header_line_is_refused_with_400_before_it_reach
     answer = _ask(port, first + b"GET / HTTP/1.1\r\n" + host + b"X-A: 1\r\n\t2\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 200 ") and answer.count(b"HTTP/1.1 ") == 2, answer[:300]
     assert answer.endswith(sentence) and refused in answer
+
+
+def test_a_request_head_with_a_bare_lf_line_end_is_refused_with_400_before_it_reaches_the_app(served):
+    """Found by the tenth review of 6 Dec 2026: h11 ends a head's lines at a bare LF (and the head at ``\n\n``) as at
+    CR LF; a proxy that takes a bare LF for part of a header's value and passes it on as it came forwards a head that
+    h11 reads as other headers (``X-A: 1\nContent-Length: 40``: a body the proxy never saw, read as the next request)
+    or as two requests. Over raw sockets against the served app: such heads (a bare LF ending the request line, a
+    header, the head; sent whole, across two sends, pipelined after a good request) are refused with 400 and one
+    sentence, and the one request the proxy would have forwarded is not answered a second time; the same heads with
+    CR LF are answered, and a bare LF in a request's body is not the head's business."""
+    port = _port(served())
+    host = b"Host: 127.0.0.1:%d\r\n" % port
+    refused = b"HTTP/1.1 400 "
+    sentence = net_limits.BARE_LF.encode()
+    crlf = b"GET / HTTP/1.1\r\n" + host + b"X-A: 1\r\nConnection: close\r\n\r\n"
+    assert _ask(port, crlf).startswith(b"HTTP/1.1 200 ")
+    smuggled = b"GET /gradio_api/info HTTP/1.1\r\n" + host + b"Connection: close\r\n\r\n"
+    for head in (b"GET / HTTP/1.1\n" + host + b"Connection: close\r\n\r\n",
+                 b"GET / HTTP/1.1\r\n" + host + b"X-A: 1\nConnection: close\r\n\r\n",
+                 b"GET / HTTP/1.1\r\n" + host + b"Connection: close\r\n\n",
+                 b"GET / HTTP/1.1\r\n" + host + b"X-A: 1\nContent-Length: %d\r\n\r\n" % len(smuggled) + smuggled,
+                 b"GET / HTTP/1.1\r\n" + host + b"X-A: 1\r\n\n" + smuggled):
+        answer = _ask(port, head)
+        assert answer.startswith(refused) and answer.endswith(sentence) and answer.count(b"HTTP/1.1 ") == 1, (
+            head, answer[:300])
+    answer = _ask(port, b"GET / HTTP/1.1\r\n" + host, b"X-A: 1\nConnection: close\r\n\r\n")  # across two sends
+    assert answer.startswith(refused) and answer.endswith(sentence), answer[:300]
+    # pipelined: the first request answered, the second (a bare LF) refused
+    answer = _ask(port, b"GET / HTTP/1.1\r\n" + host + b"\r\n" + b"GET / HTTP/1.1\r\n" + host + b"X-A: 1\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.count(b"HTTP/1.1 ") == 2, answer[:300]
+    assert answer.endswith(sentence) and refused in answer
+    # a bare LF in a body, then a good request on the same connection: both answered
+    body = b"a\nb\n\nc"
+    answer = _ask(port, b"GET / HTTP/1.1\r\n" + host + b"Content-Length: %d\r\n\r\n" % len(body) + body + crlf)
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.count(b"HTTP/1.1 200 ") == 2 and sentence not in answer, (
+        answer[:300])
+
+
+def test_a_bare_lf_head_is_found_exactly_where_h11_ends_a_line_at_a_bare_lf():
+    """``bare_lf_head`` against h11 itself over random heads: h11 reads a head whose lines all end in CR LF the same
+    with every CR LF turned into a bare LF, so a head has a bare LF line end exactly when putting CR before each LF
+    (where there is none) changes the bytes. Checked on heads of random line ends, and on every prefix."""
+    import h11
+
+    rng = random.Random(11)
+    for _ in range(2000):
+        lines = [b"GET / HTTP/1.1", b"Host: h"] + [rng.choice([b"X-A: 1", b"Accept: */*", b"X-B: two words"])
+                                                    for _ in range(rng.randrange(0, 4))] + [b""]
+        ends = [rng.choice([b"\r\n", b"\r\n", b"\n"]) for _ in lines]
+        head = b"".join(line + end for line, end in zip(lines, ends, strict=True))
+        as_crlf = b"".join(line + b"\r\n" for line in lines)
+        conn = h11.Connection(h11.SERVER)  # h11 reads both the same (so only the line ends differ)
+        conn.receive_data(head)
+        twin = h11.Connection(h11.SERVER)
+        twin.receive_data(as_crlf)
+        assert conn.next_event() == twin.next_event()
+        assert net_limits.bare_lf_head(head + b"GET /next HTTP/1.1\nX: y\n\n") == (b"\n" in ends), head
+        assert not any(net_limits.bare_lf_head(head[:k]) for k in range(len(head)))  # not before it is complete
+        k = rng.randrange(len(head))  # searched from where a shorter buffer ended (less 2), as the protocol does
+        assert net_limits.bare_lf_head(head, max(0, k - 2)) == (b"\n" in ends), (head, k)
 
 
 def test_a_head_sent_a_byte_at_a_time_is_searched_once_not_again_at_each_byte(served, monkeypatch):
