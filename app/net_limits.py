@@ -23,7 +23,8 @@ each waiting connection: 38,905 tracebacks, 18 MB of log in 13 s).
   and one sentence (as ``{"detail": sentence}``, which the page's Gradio client shows for an event,
   and the page's ``ui_assets.STREAMS_JS`` for its heartbeat or stream of results, retrying them) and is closed at
   once, one past ``Limits.total`` 503. An address of a trusted proxy
-  (SEIKO_TRUSTED_PROXIES) counts towards the total only, since every person behind it comes from it.
+  (SEIKO_TRUSTED_PROXIES) counts towards the total only, since every person behind it comes from it; the requests it
+  passes on are shared out per client by ``share_behind_proxy`` instead (429 past a client's share, as above).
 - an exception handler on the server's event loop that logs a failed accept (no file descriptor left) at most once
   every ``ACCEPT_LOG_EVERY_S``, with the count held back and no traceback; anything else goes to asyncio's own handler.
 - a filter on uvicorn's error log (``QuietRepeats``) that lets its one-line warning for each malformed request or
@@ -53,6 +54,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import h11
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from app.ui_assets import NOT_RUN_HEADER
@@ -226,6 +228,8 @@ class Gate:
         self.exempt = [ipaddress.ip_network(n, strict=False) for n in exempt]
         self.open: dict[str, int] = {}  # per ``counting_key``
         self.open_wider: dict[str, int] = {}  # per ``wider_keys``: an IPv6 /56 and /48
+        # the requests in progress that trusted proxies passed on, by the client each names (``share_behind_proxy``)
+        self.behind_proxy: Gate | None = Gate(limits) if self.exempt else None
         self.total = 0
         self.refused = 0
         self.closed_slow = 0
@@ -358,6 +362,46 @@ def bare_lf_head(buffered: bytes, start: int = 0) -> bool:
     return end is not None and _BARE_LF.search(buffered, 0, end.end()) is not None
 
 
+async def share_behind_proxy(app: Any, proxy: ProxyHeadersMiddleware, gate: Gate, scope: Any, receive: Any,
+                             send: Any) -> None:
+    """``app`` (the server's whole app, ``proxy`` its outermost part) for a connection from a trusted proxy: each request
+    is counted, while it is in progress, under the client its X-Forwarded-For names as uvicorn reads it (``proxy``'s
+    own ``trusted_hosts``: the last entry that is not a trusted proxy, the client address the app then sees), and is
+    refused with 429 and ``{"detail": sentence}`` when that client (its network, /56 and /48: ``Gate``) may not have
+    one more in progress now; the connection, the proxy's, stays open.
+
+    Found by the tenth review of 6 Dec 2026: behind a proxy every connection comes from the proxy's address, so the
+    per-network shares held nobody behind it (a trusted proxy counts towards the total only), and one client of the
+    proxy could hold every connection the server takes. What can be done at the connection layer is not more: a
+    connection is let in or refused before its request's head, where X-Forwarded-For is, arrives, and a proxy that
+    keeps its connections to the app alive (nginx's ``keepalive``) sends one client's request and then another's on
+    the same one. But an HTTP/1.1 connection carries one request at a time, so a request in progress holds one of the
+    proxy's connections for its client: counting those per client gives each client behind the proxy its share of
+    them, by the same rule as a direct client's connections. What is not shared out per client: a head still arriving
+    (its client is not known yet; a proxy that reads whole heads before passing them on, as nginx does, sends none
+    slowly) and the proxy's idle kept-alive connections (nobody's; the proxy's own settings bound them). A request
+    that names no client (no X-Forwarded-For) is not counted: it is the proxy's own, or the proxy is set up to send
+    no client address, and then every person behind it is one client (README)."""
+    if scope["type"] != "http":
+        return await app(scope, receive, send)
+    forwarded = b", ".join(value for name, value in scope["headers"] if name == b"x-forwarded-for")
+    client = proxy.trusted_hosts.get_trusted_client_address(forwarded.decode("latin1"))[0] if forwarded else ""
+    if not client:
+        return await app(scope, receive, send)
+    refused = gate.admit(client)
+    if refused is not None:
+        body = json.dumps({"detail": refused[1]}).encode()
+        await send({"type": "http.response.start", "status": refused[0],
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
+                                (b"cache-control", b"no-store"), (NOT_RUN_HEADER.encode(), b"1")]})
+        await send({"type": "http.response.body", "body": body})
+        return None
+    try:
+        return await app(scope, receive, send)
+    finally:
+        gate.release(client)
+
+
 class LimitedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with a deadline for each request's head and body, and the connection caps of a ``Gate``."""
 
@@ -383,6 +427,12 @@ class LimitedH11Protocol(H11Protocol):
             transport.close()
             return
         self._admitted = True
+        # a trusted proxy's connection: its requests are shared out per client (``share_behind_proxy``); uvicorn takes
+        # the client from X-Forwarded-For only in its ProxyHeadersMiddleware, the app's outermost part when it does
+        behind = self.gate.behind_proxy
+        if (behind is not None and isinstance(self.app, ProxyHeadersMiddleware) and self.gate._exempt(host)
+                and host in self.app.trusted_hosts):  # and uvicorn believes its X-Forwarded-For
+            self.app = functools.partial(share_behind_proxy, self.app, self.app, behind)
         self._set_head_deadline()
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import itertools
+import json
 import logging
 import os
 import random
@@ -515,6 +516,58 @@ def test_ipv6_peers_are_counted_per_64_and_ipv4_mapped_ones_as_their_ipv4_addres
     assert gate.admit(one_client[3]) is None
     assert gate.admit("::ffff:10.0.0.1") is None and gate.admit("10.0.0.1") is None and gate.admit("10.0.0.1") is None
     assert gate.admit("::ffff:10.0.0.1")[0] == 429  # one IPv4 client, whichever way the socket spells it
+
+
+def test_requests_through_a_trusted_proxy_are_shared_out_per_client_it_names(ui_world, monkeypatch):
+    """Found by the tenth review of 6 Dec 2026: behind a trusted proxy every connection comes from the proxy, which
+    counts towards the total only, so nothing held one client behind it to a share. Each request in progress holds
+    one of the proxy's connections; now those are counted per client its X-Forwarded-For names. The served app, this
+    machine trusted as the proxy, raw sockets as the proxy's connections: with 3 requests of 203.0.113.5 in
+    progress (bodies still to come) and a fixed cap of 3, a 4th of its requests gets 429 (it was answered 200) while
+    another client's is answered, and the direct connections were not refused; once one ends, it is answered."""
+    monkeypatch.setenv("SEIKO_CONNECTIONS_PER_ADDRESS", "3")
+    monkeypatch.setenv("SEIKO_HEAD_TIMEOUT_S", "60")
+    monkeypatch.setenv("SEIKO_BODY_TIMEOUT_S", "60")
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "")  # serve sets it from the settings; put back after
+    settings = dataclasses.replace(ui_world.settings, port=free_port(), trusted_proxies=("127.0.0.1",))
+    demo = cli_serve.launch(AppServices(factory=ui_world.factory, settings=settings, local_mode=False))
+    port = settings.port
+    gate = demo.server.config.http_protocol_class.keywords["gate"]
+    host = b"Host: 127.0.0.1:%d\r\n" % port
+
+    def through_proxy(client: bytes) -> bytes:
+        return b"GET / HTTP/1.1\r\n" + host + b"X-Forwarded-For: %s\r\nConnection: close\r\n\r\n" % client
+
+    def until(done: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 10
+        while not done():
+            assert time.monotonic() < deadline, gate.behind_proxy.open
+            time.sleep(0.02)
+
+    held: list[socket.socket] = []
+    try:
+        for _ in range(3):
+            s = _connect(port)
+            s.sendall(b"POST /login HTTP/1.1\r\n" + host + b"X-Forwarded-For: 203.0.113.5\r\n"
+                      b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nuser")
+            held.append(s)
+        until(lambda: gate.behind_proxy.open.get("203.0.113.5") == 3)
+        answer = _ask(port, through_proxy(b"203.0.113.5"))
+        assert answer.startswith(b"HTTP/1.1 429 ") and answer.count(b"HTTP/1.1 ") == 1, answer[:300]
+        assert b"x-seiko-not-run: 1" in answer.lower() and answer.endswith(
+            json.dumps({"detail": net_limits.TOO_MANY_FROM_ADDRESS.format(n=3)}).encode()), answer
+        # the client as uvicorn reads it: the last entry that is not a trusted proxy (here, after one the client sent)
+        assert _ask(port, through_proxy(b"198.51.100.1, 203.0.113.5")).startswith(b"HTTP/1.1 429 ")
+        assert _ask(port, through_proxy(b"203.0.113.5, 203.0.113.6")).startswith(b"HTTP/1.1 200 ")
+        assert _ask(port, through_proxy(b"2001:db8:1:2::5")).startswith(b"HTTP/1.1 200 ")
+        assert gate.open == {} and gate.total >= 3  # the proxy's connections: the total only
+        held.pop().close()  # its request ends (the client went): the client may have another in progress
+        until(lambda: gate.behind_proxy.open.get("203.0.113.5") == 2)
+        assert _ask(port, through_proxy(b"203.0.113.5")).startswith(b"HTTP/1.1 200 ")
+    finally:
+        for s in held:
+            s.close()
+        demo.close()
 
 
 def test_a_trusted_ipv4_proxy_seen_as_an_ipv4_mapped_address_is_still_trusted():
