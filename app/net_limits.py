@@ -213,8 +213,8 @@ class Gate:
     /56 and its /48 each may open one more. Found by the tenth review of 6 Dec 2026: counted per /64 alone, one home
     or site, which an ISP delegates a /56 or a /48 (256 or 65,536 /64s), held 8 per /64 however busy the server
     was, so 64 of its /64s (a /58) filled the total and locked every other client out. Now such a prefix holds at
-    most a quarter of the total alone, as one /64 does, and once half the total is open 32 at most (16 for a /56),
-    however many /64s it opens from; filling the total takes 12 /48s opening all they may one after another. Two
+    most a quarter of the total alone, as one /64 does, and once half the total is open it opens more only while it
+    holds fewer than 32 (16 for a /56), however many /64s it opens from; filling the total takes 12 /48s opening all they may one after another. Two
     /64s of different /48s count apart as before. Unrelated people who share a /48 (a campus, a mobile carrier's
     pool) share its share as the people behind one NAT address share one address's; wider than a /48 nothing is
     counted, since one /32 is a whole ISP's customers.
@@ -260,7 +260,7 @@ class Gate:
                 if held >= (cap := shares * self.limits.per_address):
                     sentence = TOO_MANY_FROM_ADDRESS if shares == 1 else TOO_MANY_FROM_NETWORK
                     return self._refuse(429, sentence.format(n=cap, net=key), f"from {key}")
-            elif held >= shares * FAIR_SHARE and 2 * (held + self.total) >= self.limits.total:  # h >= max(8, total / 2 - n)
+            elif held >= shares * FAIR_SHARE and 2 * (held + self.total) >= self.limits.total:  # h >= max(8 * shares, total / 2 - n)
                 sentence = TOO_MANY_WHILE_BUSY if shares == 1 else NETWORK_WHILE_BUSY
                 return self._refuse(429, sentence.format(n=held, net=key), f"from {key}, its share now")
         for key, _shares, counts in counted:
