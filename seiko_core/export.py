@@ -474,7 +474,36 @@ pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)  # SEIKO sampl
 # the files beside a model's components that the embedded shapes model (seiko_core.toy.build) is loaded with and
 # save_pretrained does not write: the text projection of its CLIP (the quality measures and the toy commands read
 # it) and the build's record (the toy commands need QUALITY.json; build_config.json is the build's settings)
-MODEL_EXTRAS = ("text_projection.safetensors", "QUALITY.json", "build_config.json")
+QUALITY_FILE = "QUALITY.json"
+MODEL_EXTRAS = ("text_projection.safetensors", QUALITY_FILE, "build_config.json")
+
+# what QUALITY.json says in a merged export in place of the base's figures, which it keeps under BASE_QUALITY_KEY
+BASE_QUALITY_KEY = "base_model_quality"
+_MERGED_QUALITY_README = """
+`QUALITY.json` holds the figures measured on the base model `{base}` (under `base_model_quality`), not on this model:
+the adapter changes what it draws. `python -m seiko_core.toy quality --model path/to/a/copy` measures this model on a
+copy of this directory (it writes the copy's own `QUALITY.json`, `README.md` and `samples.png`).
+"""
+
+
+def _merged_quality(data: bytes, base: str) -> bytes:
+    """The base's QUALITY.json as a merged export carries it. Its figures were measured on the base model, not on the
+    base with the adapter fused in; the export carried them unchanged, so they read as the merged model's (found by
+    review, tenth). They move under ``base_model_quality``, and ``figures_of`` says whose they are; ``build_config``
+    stays at the top, where the toy commands read it (``python -m seiko_core.toy quality --model <a copy>`` measures
+    the merged model and writes its own figures in its place). A base that is itself a merged export keeps its file
+    as it is: its figures are already marked as its own base's."""
+    quality = json.loads(data)  # a JSON object: _base_extras checked it
+    if quality.get("figures_of") == "base_model":
+        return data
+    marked = {"figures_of": "base_model", "base_model": base,
+              "note": f"The figures under {BASE_QUALITY_KEY} were measured on the base model {base}, before a SEIKO "
+                      "adapter was merged into it; this model has not been measured (python -m seiko_core.toy quality "
+                      "--model <a copy of this directory> measures it).",
+              BASE_QUALITY_KEY: {k: v for k, v in quality.items() if k != "build_config"}}
+    if "build_config" in quality:
+        marked["build_config"] = quality["build_config"]
+    return (json.dumps(marked, indent=2) + "\n").encode("utf-8")
 
 
 def _base_root(base_model: str | Path) -> Path:
@@ -558,6 +587,7 @@ def export_merged_pipeline(base_model_dir: str | Path, adapter_dir: str | Path, 
     merge_lora(pipe, adapter_dir)
     base_root = _base_root(base_model_dir)
     base_tokenizers, base_extras = _base_tokenizer_dirs(base_root), _base_extras(base_root)
+    base = public_name(base_model_dir)  # the base by its name (a hub id as given, a local directory's own name)
 
     def write(tmp: Path) -> None:
         pipe.save_pretrained(tmp, safe_serialization=True)
@@ -570,14 +600,15 @@ def export_merged_pipeline(base_model_dir: str | Path, adapter_dir: str | Path, 
                               "refusing to publish them.")
         for name, data in base_extras.items():
             if not (tmp / name).exists():  # never one save_pretrained wrote
-                (tmp / name).write_bytes(data)
+                (tmp / name).write_bytes(_merged_quality(data, base) if name == QUALITY_FILE else data)
         _copy_json_files(adapter_dir, tmp, _ADAPTER_JSON)
-        (tmp / "README.md").write_text(_MERGED_README.format(base=public_name(base_model_dir), sampling=_SAMPLING))
+        (tmp / "README.md").write_text(_MERGED_README.format(base=base, sampling=_SAMPLING)
+                                       + (_MERGED_QUALITY_README.format(base=base) if QUALITY_FILE in base_extras else ""))
         card.append(finalize(tmp) if finalize else None)
 
     card: list = []
-    # the base by its name (a hub id as given, a local directory's own name): its path is the server's
-    extra = {**_provenance("diffusers-pipeline-merged", adapter_dir, manifest), "base_model": public_name(base_model_dir)}
+    # the base by its name: its path is the server's
+    extra = {**_provenance("diffusers-pipeline-merged", adapter_dir, manifest), "base_model": base}
     digest = _publish(atomic_directory, out_dir, write, extra=extra)
     return ExportResult(out_dir, "merged", digest, card[-1] if card else None)
 

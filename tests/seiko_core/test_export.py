@@ -1039,7 +1039,10 @@ def test_a_merged_export_of_the_shapes_model_keeps_its_extra_files_and_loads_bac
     """A merged export of models/shapes-sd left out text_projection.safetensors, QUALITY.json and build_config.json,
     which the shapes model is loaded with (the quality measures, the toy commands): it could not be the base of a new
     shapes experiment (found by review, ninth). Every safetensors / JSON file beside the shapes model's components is
-    in the export, byte for byte, and the export, loaded by the app's own loader, draws the LoRA model's images."""
+    in the export, byte for byte, but QUALITY.json; the export, loaded by the app's own loader, draws the LoRA model's
+    images. QUALITY.json was carried unchanged too, so the base's figures read as the merged model's (found by review,
+    tenth): they are under base_model_quality now, marked as the base's, and the toy commands still read its
+    build_config."""
     from seiko_core.models import load_model
     from seiko_core.presets import preset
     from seiko_core.toy.build import _read_quality
@@ -1060,9 +1063,16 @@ def test_a_merged_export_of_the_shapes_model_keeps_its_extra_files_and_loads_bac
     assert {"text_projection.safetensors", "QUALITY.json"} <= set(extras)
     listed = verify(res.path)["files"]
     for name in extras:
-        assert (res.path / name).read_bytes() == (model / name).read_bytes(), name
+        if name != "QUALITY.json":
+            assert (res.path / name).read_bytes() == (model / name).read_bytes(), name
         assert name in listed, name
-    assert _read_quality(res.path) == _read_quality(model)  # the toy commands' reader of a build
+    base_quality = json.loads((model / "QUALITY.json").read_text())
+    merged_quality = _read_quality(res.path)  # the toy commands' reader of a build accepts it
+    assert merged_quality["build_config"] == base_quality["build_config"]
+    assert merged_quality["figures_of"] == "base_model" and merged_quality["base_model"] == "shapes-sd"
+    assert merged_quality["base_model_quality"] == {k: v for k, v in base_quality.items() if k != "build_config"}
+    assert not {"generated", "samples", "encoder_zero_shot_accuracy"} & set(merged_quality)  # no figure reads as its own
+    assert "measured on the base model `shapes-sd`" in (res.path / "README.md").read_text()
 
     settings = dict(steps=3, guidance=4.0, eta=1.0)
     base = sample(load_model(str(model), device="cpu"), PROMPTS, SEEDS, **settings)
@@ -1072,3 +1082,17 @@ def test_a_merged_export_of_the_shapes_model_keeps_its_extra_files_and_loads_bac
     merged = sample(load_model(str(res.path), device="cpu"), PROMPTS, SEEDS, **settings)
     assert (ours - base).abs().max() > 0.05  # the adapter really changes the images
     torch.testing.assert_close(merged, ours, rtol=0, atol=2e-3)
+
+
+def test_a_merged_exports_quality_file_keeps_a_base_that_is_itself_a_merged_export_marked_as_it_was():
+    """The merged export of a merged export: its base's QUALITY.json already holds its own base's figures, marked; they
+    are carried as they are, not nested one level deeper under a second base_model_quality."""
+    from seiko_core.export import _merged_quality
+
+    built = {"samples": 480, "generated": {"shape_fidelity": 0.78}, "build_config": {"seed": 0}}
+    once = _merged_quality(json.dumps(built).encode(), "shapes-sd")
+    assert json.loads(once) == {
+        "figures_of": "base_model", "base_model": "shapes-sd", "note": json.loads(once)["note"],
+        "base_model_quality": {"samples": 480, "generated": {"shape_fidelity": 0.78}}, "build_config": {"seed": 0}}
+    assert "shapes-sd" in json.loads(once)["note"]
+    assert _merged_quality(once, "r2-merged") == once
