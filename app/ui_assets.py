@@ -11,7 +11,9 @@ STREAMS_JS (``streams_head``), which ``app.web_guard`` puts first in the page's 
 stream of results and its heartbeat) refused by the server: retried a bounded number of times where that can help,
 and said in one sentence, where Gradio's client reloaded the page or said nothing (eighth review, 5 Dec 2026). It
 keeps the heartbeat open (one the server ends is opened again), and sends again an event the server refused before
-it reached the app (``NOT_RUN_HEADER``) (ninth review, 6 Dec 2026).
+it reached the app (``NOT_RUN_HEADER``) (ninth review, 6 Dec 2026). It ends a stream of results that has said nothing
+for ACTION_SILENT_S, and one the network broke, with a sentence in place of Gradio's reload when the same server
+answers again; a page action waits for its answer from the stream's last message (tenth review, 6 Dec 2026).
 """
 
 from __future__ import annotations
@@ -84,8 +86,16 @@ CSS = """
 .seiko-evalgrid .none { width: 96px; height: 96px; background: #f3f4f6; border-radius: 4px; }
 """
 
+# A page action waits this long for its answer (GRID_JS), counted from the last thing the server said: the action's
+# sending, or any message on the page's stream of results (Gradio's server sends one at least every 15 s while an event
+# waits: its heartbeat message, gradio.utils.get_heartbeat_rate). A stream of results silent this long is ended with
+# STREAM_SILENT (STREAMS_JS). It was 30 s from the action's sending whatever the stream said: an action waiting its turn
+# in a busy queue was given up while the server still answered, and the next went beside it (tenth review, 6 Dec 2026)
+ACTION_SILENT_S = 30
+
 GRID_JS = r"""
 const grid = element;
+const SILENT_MS = __SILENT_MS__;
 const api = (window.__seiko = window.__seiko || {});
 api.queue = []; api.busy = false; api.inflight = null; api.pending = api.pending || {};
 
@@ -123,14 +133,24 @@ function markPending(card, text) {
   card.dataset.state = 'pending';
   setStatus(card, text);
 }
+// no answer (the connection dropped; a handler's error is answered, app.ui_rate_tab): go on with the next action.
+// Only the answer that echoes this action's number releases the next (MARKS_JS), so a late answer releases nothing.
+// The wait runs from the last thing the server said (the action's sending, or any message on the stream of results,
+// which STREAMS_JS notes): an action waiting its turn in a busy queue, its stream answering, is waited for
+function waited() {
+  const streams = window.__seikoStreams;
+  const since = Math.max(api.sentAt || 0, (streams && streams.answeredAt) || 0);
+  const left = since + SILENT_MS - Date.now();
+  if (left > 0) { api.timer = setTimeout(waited, left); return; }
+  api.ack();
+}
 function pump() {
   if (api.busy || !api.queue.length) return;
   api.busy = true;
   api.inflight = api.queue.shift();
   clearTimeout(api.timer);
-  // no answer (the connection dropped; a handler's error is answered, app.ui_rate_tab): go on with the next action.
-  // Only the answer that echoes this action's number releases the next (MARKS_JS), so a late answer releases nothing
-  api.timer = setTimeout(() => api.ack(), 30000);
+  api.sentAt = Date.now();
+  api.timer = setTimeout(waited, SILENT_MS);
   trigger(api.inflight[0], api.inflight[1]);
 }
 api.ack = function () {
@@ -225,7 +245,7 @@ function settle() {
 }
 watch('value', settle);
 settle();
-"""
+""".replace("__SILENT_MS__", str(1000 * ACTION_SILENT_S))
 
 MARKS_JS = r"""
 const api = (window.__seiko = window.__seiko || {});
@@ -276,6 +296,12 @@ EVENT_NOT_DONE = "Your last action was not carried out (the server refused it {n
 # events. Only such an event is sent again: a rating sent twice is two undo steps (and an undo sent twice takes back
 # two ratings), so one the app may have run is not.
 NOT_RUN_HEADER = "x-seiko-not-run"
+# The stream of results said nothing for ACTION_SILENT_S (STREAMS_JS ends it; tenth review, 6 Dec 2026):
+STREAM_SILENT = ("The server has not answered this page for {s} s, so the page stopped waiting: your last action may or "
+                 "may not have been saved, and your next action shows what was.")
+# The network dropped under the stream of results or an event's POST, and the same server answers again (STREAMS_JS):
+STREAM_LOST = ("The connection to the server was lost: your last action may or may not have been saved, and your next "
+               "action shows what was.")
 
 STREAMS_JS = r"""
 (() => {
@@ -306,12 +332,14 @@ STREAMS_JS = r"""
   const RETRYING = __RETRYING__, GAVE_UP = __GAVE_UP__, RELOAD = __RELOAD__, SIGNED_OUT = __SIGNED_OUT__;
   const NO_SENTENCE = __NO_SENTENCE__, UNREACHABLE = __UNREACHABLE__, ENDED = __ENDED__;
   const NOT_DONE = __NOT_DONE__, NOT_RUN = __NOT_RUN__;
+  const SILENT_MS = __SILENT_MS__, SILENT = __SILENT__, LOST = __LOST__;
   const BUDGET_MS = 1000 * WAITS_S.reduce((a, b) => a + b, 0);  // one action's retries, its event's and its stream's
   const realFetch = window.fetch.bind(window);
   const said = { event: '', data: '', heartbeat: '' };
   let resumeHeartbeat = null;  // set while a heartbeat that stopped trying waits for the page's next action
   let lastDeadline = null;  // the deadline of the action whose event's POST was answered last (the stream serves it)
-  window.__seikoStreams = { said };
+  // answeredAt: when the stream of results last said anything (Date.now()); GRID_JS waits for an action from then
+  const streams = (window.__seikoStreams = { said, answeredAt: 0 });
 
   function notice(stream, text) {  // the page's one sentence about its streams, '' for none
     said[stream] = text;
@@ -380,10 +408,112 @@ STREAMS_JS = r"""
     }
   }
 
-  function failedEvents(text) {  // as web_guard._page_stream_error: every waiting event ends with text, the stream too
+  function failedBody(text) {  // as web_guard._page_stream_error: every waiting event ends with text, the stream too
     const failed = { msg: 'process_completed', success: false, output: { error: text, title: 'Error', visible: true } };
-    const body = [failed, { msg: 'close_stream' }].map((m) => `data: ${JSON.stringify(m)}\n\n`).join('');
-    return new Response(body, { status: 200, headers: { 'Content-Type': 'text/event-stream' } });
+    return [failed, { msg: 'close_stream' }].map((m) => `data: ${JSON.stringify(m)}\n\n`).join('');
+  }
+
+  function failedEvents(text) {
+    return new Response(failedBody(text), { status: 200, headers: { 'Content-Type': 'text/event-stream' } });
+  }
+
+  // Tenth review of 6 Dec 2026: a request of the page's that got no answer at all (the network dropped) made Gradio's
+  // client say the connection was lost and reload the page once the server answered again, the same server or not:
+  // the ratings typed but not yet sent (GRID_JS's queue), the experiment picked (the reload shows the default one) and
+  // the open tab were lost. Now this waits until the server answers (its app_id, as Gradio's client asks, the wait said
+  // in #seiko-connection) and answers whether it is the server this page came from (window.gradio_config.app_id):
+  // then the page goes on, its events ended with a sentence; another server (restarted: its events and the page's
+  // session are new) is Gradio's to handle, by a reload as before.
+  async function sameServer(stream, request) {
+    const url = new URL(request.url);
+    url.pathname = url.pathname.replace(/\/queue\/(join|data)$/, '/app_id');
+    url.search = '';
+    const mine = window.gradio_config ? window.gradio_config.app_id : undefined;
+    for (let attempt = 0; ; attempt++) {
+      let response = null;
+      try {
+        response = await realFetch(url.href, { signal: request.signal });
+      } catch (e) {
+        if (request.signal.aborted) throw e;
+      }
+      if (response && response.ok) {
+        notice(stream, '');
+        let theirs;
+        try {
+          theirs = (await response.json()).app_id;
+        } catch (e) {
+          console.warn('the server answered its app_id with something that is not JSON', e);
+        }
+        return mine !== undefined && theirs === mine;
+      }
+      const s = WAITS_S[Math.min(attempt, WAITS_S.length - 1)];
+      notice(stream, `${UNREACHABLE} ${RETRYING.replace('{s}', s)}`);
+      await wait(1000 * s, request.signal);
+    }
+  }
+
+  // The stream of results as Gradio's client reads it (tenth review of 6 Dec 2026): each message it brings is noted
+  // (streams.answeredAt: GRID_JS waits for an action from the last one), and one that says nothing for SILENT_MS
+  // (Gradio's server sends a message at least every 15 s while an event waits) is let go and its events ended with
+  // SILENT, as one the network broke is with LOST; Gradio's client then opens a new one for the next event. A silent
+  // stream stayed open for good: Gradio's client waited on it, and every later action's answer with it.
+  function watchedResults(request, response) {
+    const reader = response.body.getReader(), encoder = new TextEncoder();
+    let ended = false, lost = false, last = Date.now(), timer = null;
+    streams.answeredAt = last;
+    const body = new ReadableStream({
+      start(controller) {
+        const end = (how) => { if (!ended) { ended = true; clearTimeout(timer); how(); } };
+        const failed = async (text, error) => {  // the stream let go: its events end with text (the same server)
+          lost = true;
+          clearTimeout(timer);
+          let same;
+          try {
+            same = await sameServer('data', request);
+          } catch (e) {  // Gradio's client aborted it meanwhile
+            end(() => controller.error(e));
+            return;
+          }
+          end(() => {
+            if (!same) { controller.error(error); return; }  // another server: Gradio's way (a reload)
+            notice('data', text);
+            controller.enqueue(encoder.encode(failedBody(text)));
+            controller.close();
+          });
+        };
+        const check = () => {
+          if (ended || lost) return;
+          const left = last + SILENT_MS - Date.now();
+          if (left > 0) { timer = setTimeout(check, left); return; }
+          failed(SILENT.replace('{s}', SILENT_MS / 1000), new TypeError('the stream of results went silent'));
+          reader.cancel();  // let go of the request
+        };
+        timer = setTimeout(check, SILENT_MS);
+        (async () => {
+          for (;;) {
+            let chunk;
+            try {
+              chunk = await reader.read();
+            } catch (e) {
+              if (ended || lost) return;
+              if (request.signal.aborted) { end(() => controller.error(e)); return; }  // Gradio's client let it go
+              failed(LOST, e);  // broken off: the network dropped
+              return;
+            }
+            if (ended || lost) return;
+            if (chunk.done) { end(() => controller.close()); return; }
+            last = streams.answeredAt = Date.now();
+            controller.enqueue(chunk.value);
+          }
+        })();
+      },
+      cancel(reason) {
+        ended = true;
+        clearTimeout(timer);
+        return reader.cancel(reason);
+      },
+    });
+    return new Response(body, { status: response.status, statusText: response.statusText, headers: response.headers });
   }
 
   // The page's heartbeat as Gradio's client gets it: one stream, open until that client aborts it, made of the
@@ -483,8 +613,19 @@ STREAMS_JS = r"""
     // an event starts an action (its deadline); a stream of results has the deadline of the event answered last, the
     // one Gradio's client opened it for (a stream with no event answered before it has a whole one of its own)
     const deadline = stream === 'event' || lastDeadline === null ? Date.now() + BUDGET_MS : lastDeadline;
-    const { response, text } = await answered(stream, request, deadline);
+    let answer;
+    try {
+      answer = await answered(stream, request, deadline);
+    } catch (e) {  // no answer at all (the network dropped): Gradio's client reloaded the page (sameServer)
+      if (request.signal.aborted || !(await sameServer(stream, request))) throw e;
+      notice(stream, LOST);
+      // an event that may have reached the app is not sent again (an undo sent twice takes back two ratings)
+      return stream === 'event' ? new Response(JSON.stringify({ detail: LOST }), {
+        status: 503, headers: { 'Content-Type': 'application/json' } }) : failedEvents(LOST);
+    }
+    const { response, text } = answer;
     if (stream === 'event' && response.ok) lastDeadline = deadline;
+    if (stream === 'data' && response.ok && response.body) return watchedResults(request, response);
     if (!text) return response;
     notice(stream, text);  // kept on the page once Gradio's toast is gone, until this kind of request is answered
     // an event's refusal is Gradio's to show as well (its toast); the stream's events end with the sentence
@@ -500,7 +641,8 @@ def streams_head() -> str:
               "__RETRYING__": STREAM_RETRYING, "__GAVE_UP__": STREAM_GAVE_UP, "__RELOAD__": STREAM_RELOAD,
               "__SIGNED_OUT__": STREAM_SIGNED_OUT, "__NO_SENTENCE__": STREAM_NO_SENTENCE,
               "__UNREACHABLE__": STREAM_UNREACHABLE, "__ENDED__": STREAM_ENDED, "__NOT_DONE__": EVENT_NOT_DONE,
-              "__NOT_RUN__": NOT_RUN_HEADER}
+              "__NOT_RUN__": NOT_RUN_HEADER, "__SILENT_MS__": 1000 * ACTION_SILENT_S, "__SILENT__": STREAM_SILENT,
+              "__LOST__": STREAM_LOST}
     js = STREAMS_JS
     for name, value in values.items():
         js = js.replace(name, json.dumps(value))

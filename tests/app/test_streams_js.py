@@ -257,12 +257,13 @@ def test_the_caps_answers_say_nothing_was_run():
 
 
 def test_the_retries_end_before_a_rated_card_stops_waiting_for_its_answer():
-    """The rating grid waits 30 s for an action's answer, then shows the card as open again (GRID_JS's pump): retries
-    lasting longer (1-30 s, 61 s in all) let a person score a card again whose first score was still on its way."""
+    """The rating grid waits ACTION_SILENT_S (30 s) for an action's answer, then shows the card as open again
+    (GRID_JS's pump): retries lasting longer (1-30 s, 61 s in all) let a person score a card again whose first score
+    was still on its way."""
     import re
 
-    waited_ms = int(re.search(r"setTimeout\(\(\) => api\.ack\(\), (\d+)\)", ui_assets.GRID_JS).group(1))
-    assert 1000 * sum(ui_assets.STREAM_WAITS_S) < waited_ms
+    waited_ms = int(re.search(r"const SILENT_MS = (\d+);", ui_assets.GRID_JS).group(1))
+    assert waited_ms == 1000 * ui_assets.ACTION_SILENT_S and 1000 * sum(ui_assets.STREAM_WAITS_S) < waited_ms
 
 
 def test_an_event_and_the_stream_serving_it_share_one_deadline_under_a_rated_cards_wait(tmp_path):
@@ -294,3 +295,214 @@ def test_an_event_and_the_stream_serving_it_share_one_deadline_under_a_rated_car
     out = run_page(tmp_path, [refused] * n + [joined, joined, CAPS_ANSWER],
                    f"{JOIN}.then(() => {JOIN}).then(() => {DATA})")
     assert out["waits"] == [1000 * s for s in ui_assets.STREAM_WAITS_S] * 2
+
+
+# The page's two scripts together (STREAMS_JS first, then the rating grid's GRID_JS with stubs for Gradio's element,
+# trigger and watch) against a stub server, on a clock of their own: each timer fires at its due time, in due order
+# (the page's and the stub server's alike), the clock moving to it. ``scenario`` is a JS function body, awaited; what
+# it returns is printed. It sees: window (gradio_config.app_id = 7), api (window.__seiko), runUntil(ms), now(),
+# serve(handler) (handler(method, path, request) answers each request the page sends; it may throw, a request that got
+# no answer), sse(steps) (a stream of results: [at ms, message | 'error' | 'end'], open and silent after the last),
+# fetched (every request as [method, path]), notices() (what #seiko-connection said), and gradio, the stub of Gradio's
+# client: trigger(name, data) POSTs the event and reads the stream of results it opens (gradio.read: its text, how it
+# ended and when)
+CLOCKED = r"""
+const fs = require('fs'), vm = require('vm');
+const [streamsJs, gridJs, scenario] = [fs.readFileSync(process.argv[2], 'utf8'), fs.readFileSync(process.argv[3], 'utf8'),
+                                       fs.readFileSync(process.argv[4], 'utf8')];
+let clock = 0, ids = 0, handler = null;
+const timers = [], fetched = [], elements = {}, encoder = new TextEncoder();
+const setT = (fn, ms) => { timers.push({ id: ++ids, due: clock + Math.max(0, ms || 0), fn }); return ids; };
+const clearT = (id) => { const i = timers.findIndex((t) => t.id === id); if (i >= 0) timers.splice(i, 1); };
+const settle = async () => { for (let i = 0; i < 40; i++) await new Promise((resolve) => setImmediate(resolve)); };
+async function runUntil(t) {
+  await settle();
+  for (;;) {
+    timers.sort((a, b) => a.due - b.due || a.id - b.id);
+    if (!timers.length || timers[0].due > t) break;
+    const next = timers.shift();
+    clock = next.due;
+    next.fn();
+    await settle();
+  }
+  clock = t;
+}
+function sse(steps) {
+  let ctl;
+  const body = new ReadableStream({ start(c) { ctl = c; } });
+  for (const [at, m] of steps) {
+    setT(() => {
+      if (m === 'error') ctl.error(new TypeError('network error'));
+      else if (m === 'end') ctl.close();
+      else ctl.enqueue(encoder.encode(`data: ${JSON.stringify(m)}\n\n`));
+    }, at - clock);
+  }
+  return new Response(body, { status: 200, headers: { 'content-type': 'text/event-stream' } });
+}
+async function server(input, init) {
+  const request = input instanceof Request ? input : new Request(input, init);
+  const path = new URL(request.url).pathname;
+  fetched.push([request.method, path]);
+  return handler(request.method, path, request);
+}
+const document = {
+  activeElement: null, addEventListener() {}, removeEventListener() {}, querySelector: () => null,
+  getElementById: (id) => elements[id] || null,
+  createElement: () => {
+    const el = { said: [], setAttribute() {}, hidden: false };
+    Object.defineProperty(el, 'textContent', { get: () => el.said[el.said.length - 1], set: (v) => el.said.push(v) });
+    return el;
+  },
+  body: { appendChild: (el) => { elements[el.id] = el; } },
+};
+const window = { fetch: server, location: { href: 'http://app.test/' }, gradio_config: { app_id: 7 } };
+const context = vm.createContext({ window, document, console, Request, Response, URL, Headers, AbortController,
+  ReadableStream, TextDecoder, TextEncoder, setTimeout: setT, clearTimeout: clearT });
+vm.runInContext('Date.now = () => __now();', Object.assign(context, { __now: () => clock }));
+vm.runInContext(streamsJs, context);
+const gradio = { read: null, join: null };
+gradio.trigger = (name, data) => {
+  (async () => {
+    const joined = await window.fetch('http://app.test/gradio_api/queue/join', { method: 'POST', body: '{}' });
+    gradio.join = { status: joined.status, body: await joined.text() };
+    if (!joined.ok) return;
+    const read = (gradio.read = { text: '', ended: '', at: null });
+    const response = await window.fetch('http://app.test/gradio_api/queue/data?session_hash=abc');
+    const reader = response.body.getReader(), decoder = new TextDecoder();
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) { read.ended = 'done'; break; }
+        read.text += decoder.decode(value);
+      }
+    } catch (e) {
+      read.ended = e.name;
+    }
+    read.at = clock;
+  })().catch((e) => { gradio.join = { error: e.name }; });
+};
+const grid = { querySelectorAll: () => [], querySelector: () => null, addEventListener() {}, contains: () => false,
+               isConnected: true };
+vm.runInContext(`(function (element, trigger, watch, props) {\n${gridJs}\n})`, context)(grid, gradio.trigger, () => {}, {});
+const api = window.__seiko;
+const notices = () => (elements['seiko-connection'] ? elements['seiko-connection'].said : []);
+const run = new Function('window', 'api', 'runUntil', 'now', 'serve', 'sse', 'fetched', 'notices', 'gradio',
+                         `return (async () => {\n${scenario}\n})();`);
+run(window, api, runUntil, () => clock, (h) => { handler = h; }, sse, fetched, notices, gradio)
+  .then((result) => console.log(JSON.stringify(result)));
+"""
+
+
+def run_clocked(tmp_path, scenario: str) -> dict:
+    streams = ui_assets.streams_head().removeprefix("<script>").removesuffix("</script>")
+    for name, text in (("streams.js", streams), ("grid.js", ui_assets.GRID_JS), ("scenario.js", scenario),
+                       ("clocked.js", CLOCKED)):
+        (tmp_path / name).write_text(text)
+    out = subprocess.run([NODE, str(tmp_path / "clocked.js"), *(str(tmp_path / n) for n in
+                                                                ("streams.js", "grid.js", "scenario.js"))],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+SILENT_MS = 1000 * ui_assets.ACTION_SILENT_S
+SILENT = ui_assets.STREAM_SILENT.format(s=ui_assets.ACTION_SILENT_S)
+# the stub server: an event joins; its stream of results is ``steps``; the app_id answers are ``ids`` in turn (None: no
+# answer at all), the last kept
+SERVER = """
+const ids = %s;
+serve((method, path) => {
+  if (path.endsWith('/queue/join')) {
+    if (%s) throw new TypeError('Failed to fetch');
+    return new Response('{"event_id": "e1"}', { status: 200, headers: { 'content-type': 'application/json' } });
+  }
+  if (path.endsWith('/queue/data')) return sse(%s);
+  const id = ids.length > 1 ? ids.shift() : ids[0];
+  if (id === null) throw new TypeError('Failed to fetch');
+  return new Response(JSON.stringify({ app_id: id }), { status: 200, headers: { 'content-type': 'application/json' } });
+});
+"""
+
+
+def server(steps: list, ids: list, *, join_fails: bool = False) -> str:
+    return SERVER % (json.dumps(ids), "true" if join_fails else "false", json.dumps(steps))
+
+
+def test_an_action_is_waited_for_while_its_stream_answers_and_a_silent_stream_is_ended(tmp_path):
+    """Found by the tenth review of 6 Dec 2026: a rated card waited 30 s from its sending, whatever the stream of results
+    said: an action waiting its turn in a busy queue (the stream answering: the queue's estimates, Gradio's heartbeat
+    message every 15 s) was given up at 30 s, its card shown as before, and the next action sent beside it (an undo
+    then ran before the rating it was to take back). And a stream of results gone silent (a half-open connection)
+    stayed open for good: Gradio's client waited on it, and every later action with it. Now the wait runs from the
+    stream's last message, and a stream silent for ACTION_SILENT_S ends its events with one sentence, no reload."""
+    beats = [[t, {"msg": "heartbeat"}] for t in range(10_000, 100_001, 10_000)]
+    steps = [[0, {"msg": "estimation", "event_id": "e1", "rank": 40}], *beats]
+    out = run_clocked(tmp_path, server(steps, [7]) + """
+const acks = [], ack = api.ack;
+api.ack = () => { acks.push(now()); ack(); };
+api.send('undo', {});
+await runUntil(99000);
+const waiting = api.inflight !== null;  // 99 s: still waited for, its stream answering every 10 s
+await runUntil(400000);
+return { waiting, acks, read: gradio.read, notices: notices(), fetched };
+""")
+    assert out["waiting"] is True
+    assert out["acks"] == [100_000 + SILENT_MS]  # let go ACTION_SILENT_S after the stream's last message, once
+    read = out["read"]
+    assert read["ended"] == "done" and read["at"] == 100_000 + SILENT_MS
+    assert messages(read["text"])[-2:] == server_failed_events(SILENT)  # the events end with the sentence
+    assert out["notices"] == [SILENT]
+    assert out["fetched"].count(["GET", "/gradio_api/app_id"]) == 1  # the same server: no reload
+
+
+def test_a_stream_lost_to_the_network_ends_its_events_once_the_same_server_answers_and_not_for_another(tmp_path):
+    """Found by the tenth review of 6 Dec 2026: a stream of results the network broke made Gradio's client say the
+    connection was lost and reload the page once the server answered, losing the ratings typed but not yet sent, the
+    experiment picked (the reload shows the default one) and the open tab. Now the page waits for the server (the wait
+    said), and if it is the one the page came from (its app_id) ends the events with one sentence and goes on; a
+    different server (restarted: the page's session is gone) is Gradio's to handle, by its reload, as before."""
+    steps = [[0, {"msg": "estimation", "event_id": "e1", "rank": 1}], [5000, "error"]]
+    scenario = """
+api.send('rate', { image_id: 3, score: 7 });
+await runUntil(100000);
+return { read: gradio.read, notices: notices(), fetched };
+"""
+    out = run_clocked(tmp_path, server(steps, [None, None, 7]) + scenario)
+    read = out["read"]
+    assert read["ended"] == "done" and read["at"] == 5000 + 1000 + 2000  # the server answered after 1 s and 2 s
+    assert messages(read["text"])[-2:] == server_failed_events(ui_assets.STREAM_LOST)
+    waits = [f"{ui_assets.STREAM_UNREACHABLE} {ui_assets.STREAM_RETRYING.format(s=s)}" for s in (1, 2)]
+    assert out["notices"] == [*waits, "", ui_assets.STREAM_LOST]
+    assert out["fetched"].count(["GET", "/gradio_api/app_id"]) == 3
+    out = run_clocked(tmp_path, server(steps, [8]) + scenario)  # another server now
+    assert out["read"]["ended"] == "TypeError" and out["notices"] in ([], [""])
+
+
+def test_an_event_whose_post_got_no_answer_is_said_and_not_sent_again(tmp_path):
+    """Tenth review of 6 Dec 2026: an event's POST that got no answer (the network dropped) made Gradio's client reload
+    the page. It may have reached the app, so it is not sent again (an undo sent twice takes back two ratings); once
+    the same server answers, the event ends with one sentence (Gradio's toast) and the page goes on."""
+    scenario = """
+api.send('undo', {});
+await runUntil(100000);
+return { join: gradio.join, notices: notices(), fetched };
+"""
+    out = run_clocked(tmp_path, server([], [7], join_fails=True) + scenario)
+    assert out["join"]["status"] == 503 and json.loads(out["join"]["body"]) == {"detail": ui_assets.STREAM_LOST}
+    assert out["fetched"].count(["POST", "/gradio_api/queue/join"]) == 1
+    assert out["notices"][-1] == ui_assets.STREAM_LOST
+    out = run_clocked(tmp_path, server([], [8], join_fails=True) + scenario)  # another server: Gradio's way
+    assert out["join"] == {"error": "TypeError"}
+
+
+def test_a_silent_stream_waits_longer_than_twice_gradios_heartbeat():
+    """The server sends a message on an open stream of results at least every heartbeat (gradio.utils' rate, 15 s
+    unless GRADIO_HEARTBEAT_INTERVAL says otherwise): ACTION_SILENT_S must not cut a stream that is only between two."""
+    import os
+
+    from gradio import utils
+
+    rate = utils.get_heartbeat_rate()
+    if "GRADIO_HEARTBEAT_INTERVAL" not in os.environ:
+        assert rate == 15
+    assert ui_assets.ACTION_SILENT_S >= 2 * rate
