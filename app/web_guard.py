@@ -320,6 +320,25 @@ def _framing_send(send: Send, path: str = "", hsts: bool = False) -> Send:
 PAGE_SCRIPT = ui_assets.streams_head().encode()
 
 
+def _queue_refusal_send(send: Send) -> Send:
+    """``send`` for the page's event route (``/queue/join``) with ``ui_assets.NOT_RUN_HEADER`` added to a 503.
+
+    Found by the tenth review of 6 Dec 2026: Gradio answers an event 503 when its queue is full (``queue(max_size=)``)
+    or stopped (the server shutting down), both before the event is put in the queue, so nothing it asked was done;
+    the page sent only events whose refusal said so again, and lost these (its toast, the rating gone). Gradio raises
+    no other 503 there, nor does the guard (its refusals of an event are 400-429), so a 503 on this route, answered in
+    this process and not by a proxy, is one that did not run: the page sends it again (STREAMS_JS)."""
+
+    async def wrapped(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start" and message.get("status") == 503:
+            name = ui_assets.NOT_RUN_HEADER.encode()
+            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != name]
+            message = {**message, "headers": [*headers, (name, b"1")]}
+        await send(message)
+
+    return wrapped
+
+
 def _page_script_send(send: Send) -> Send:
     """``send`` with PAGE_SCRIPT put right after the ``<head>`` of a 200 HTML answer (the page, Gradio's template, is
     one small body; its Content-Length follows). Any other answer passes as it is.
@@ -537,6 +556,8 @@ class WebGuard:
             return
         scope = without_forwarding(scope)
         path, method = get_route_path(scope), scope.get("method")
+        if scope["type"] == "http" and method == "POST" and gradio_routes.is_page_join(path):
+            send = _queue_refusal_send(send)
         # every cookie this answer sets is Secure when the request shows HTTPS, whoever set it (Gradio or the guard)
         secure = self._https_shown(headers, scheme)
         if self.local_token is not None and (gate := self._local_gate(scope, headers, path, method)) is not None:

@@ -450,3 +450,55 @@ def test_an_event_the_guards_caps_refuse_is_sent_again_and_done_once(ui_world, e
     assert notices[-1] == "", notices
     assert len(loads) == loaded, loads
     assert not errors, errors
+
+
+def test_an_event_gradios_full_queue_refused_is_sent_again_and_done_once(ui_world, e2e, monkeypatch):
+    """Found by the tenth review of 6 Dec 2026: Gradio's queue, full (``queue(max_size=)``), answers an event 503
+    before queueing it; the page sent again only refusals that said nothing was run, so the rating was lost (a toast,
+    the card as before). Against the real server: Gradio's queue refuses the rating twice as full, the guard says it
+    was not run, the page sends it again after 1 s and 2 s, and it is recorded once (one undo step); no reload."""
+    from sqlalchemy import func, select
+
+    from app import ui_assets
+    from db import repo
+    from db.engine import read_session
+    from db.models import UndoStep
+
+    demo, browser = e2e(_without_timers(ui_world.services(batch_size=4)))
+    url = demo.local_url.replace("localhost", "127.0.0.1")
+    joins: list[tuple[int, str | None]] = []
+    page = browser.new_context().new_page()
+    page.add_init_script(RECORD_NOTICES)
+    page.on("response", lambda r: joins.append((r.status, r.headers.get(ui_assets.NOT_RUN_HEADER)))
+            if r.url.split("?")[0].endswith("/gradio_api/queue/join") else None)
+    loads: list[str] = []
+    page.on("load", lambda p: loads.append(p.url))
+    errors = watch_errors(page)
+    sign_in(page, url, "alice", wait_for="#rating-grid .rg-card")
+    loaded = len(loads)
+    queue = demo._queue
+    full = f"Queue is full. Max size is 0 and size is {len(queue)}."
+    push, left = _first(2, lambda body, *_, **__: demo.fns[body.fn_index].name == "on_rate"
+                        and (False, full, "queue_full"), queue.push)
+
+    async def pushed(body, request, username):  # Gradio's Queue.push is a coroutine: its refusal is awaited too
+        answer = push(body, request, username)
+        return await answer if not isinstance(answer, tuple) else answer
+
+    monkeypatch.setattr(queue, "push", pushed)
+    before = len(joins)
+    _rate_first_card(page, "7")
+    assert left["n"] == 0 and joins[before:before + 3] == [(503, "1"), (503, "1"), (200, None)], joins[before:]
+    card = page.locator(".rg-card[data-state=rated]")
+    assert card.count() == 1 and card.get_attribute("data-score") == "7"
+    alice = ui_world.accounts["alice"]
+    with read_session(ui_world.factory) as s:
+        rated = repo.find_rating(session=s, image_id=int(card.get_attribute("data-image-id")), rater_id=alice)
+        assert rated is not None and rated.score == 7
+        assert s.scalar(select(func.count()).select_from(UndoStep).where(UndoStep.rater_id == alice)) == 1
+    notices = page.evaluate("window.__notices")
+    for s in (1, 2):
+        assert f"{full} {ui_assets.STREAM_RETRYING.format(s=s)}" in notices, notices
+    assert notices[-1] == "", notices
+    assert len(loads) == loaded, loads
+    assert not errors, errors

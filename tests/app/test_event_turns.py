@@ -155,3 +155,33 @@ def test_an_account_may_have_three_of_one_event_waiting_or_running(app_served, m
         r = alice.post("/gradio_api/call/next_batch", json={"data": [1, ""]})  # ended (unread): not counted here
         assert r.status_code == 200, r.text
         finished(demo, r.json()["event_id"])
+
+
+def test_an_event_gradios_full_or_stopped_queue_refused_says_it_was_not_run(app_served, monkeypatch):
+    """Found by the tenth review of 6 Dec 2026: Gradio answers an event 503 when its queue is full (``max_size``) or
+    stopped, before the event is queued, so nothing was done; the answer did not say so (``NOT_RUN_HEADER``), so the
+    page did not send it again and the rating was lost. The page's route now says so on such a 503 (the page then
+    sends it again, tests/app/test_streams_js.py); the event did not run, and sent again it runs once."""
+    _, demo, url = app_served
+    queue = demo._queue
+    ran: list[str] = []
+    real = ui_rate.api_batch
+    monkeypatch.setattr(ui_rate, "api_batch", lambda *a, **k: ran.append(a[2].name) or real(*a, **k))
+    with signed_in(url, "alice") as alice:
+        monkeypatch.setattr(queue, "max_size", 0)  # Gradio's own check: len(queue) >= max_size
+        r = queue_join(alice, demo, "next_batch", [1, ""], "alicefull")
+        assert r.status_code == 503 and r.json()["detail"].startswith("Queue is full."), r.text
+        assert r.headers.get(ui_assets.NOT_RUN_HEADER) == "1"
+        assert ran == [] and not queue.event_ids_to_events
+        monkeypatch.setattr(queue, "max_size", None)
+        r = queue_join(alice, demo, "next_batch", [1, ""], "alicefull")  # sent again: runs, once
+        assert r.status_code == 200 and ui_assets.NOT_RUN_HEADER not in r.headers, r.text
+        finished(demo, r.json()["event_id"])
+        assert ran == ["alice"]
+        r = alice.post("/gradio_api/call/next_batch", json={"data": [1, ""]})  # a script's route: as Gradio answers
+        assert r.status_code == 200, r.text
+        finished(demo, r.json()["event_id"])
+        queue.stopped = True  # the server shutting down (last: the queue's loop ends; the fixture closes the demo)
+        r = queue_join(alice, demo, "next_batch", [1, ""], "alicefull")
+        assert (r.status_code, r.json()) == (503, {"detail": "Queue is stopped."})
+        assert r.headers.get(ui_assets.NOT_RUN_HEADER) == "1" and ran == ["alice", "alice"]
