@@ -502,3 +502,49 @@ def test_an_event_gradios_full_queue_refused_is_sent_again_and_done_once(ui_worl
     assert notices[-1] == "", notices
     assert len(loads) == loaded, loads
     assert not errors, errors
+
+
+def test_a_stream_of_results_the_network_broke_is_said_and_the_page_goes_on_without_a_reload(ui_world, e2e):
+    """Found by the tenth review of 6 Dec 2026: a stream of results that got no answer (the network dropped) made
+    Gradio's client say "Connection to the server was lost. Attempting reconnection..." and reload the page once the
+    server answered, losing what the page held (ratings typed but not yet sent, the experiment picked, the tab).
+    Against the real server and Gradio's client: the rating's stream fails as a dropped network fails it; the same
+    server answers, so the page says the action may or may not have been saved and stays; the rating had reached the
+    app, and the next rating's answer shows both."""
+    from app import ui_assets
+
+    demo, browser = e2e(_without_timers(ui_world.services(batch_size=4)))
+    url = demo.local_url.replace("localhost", "127.0.0.1")
+    page = browser.new_context().new_page()
+    page.add_init_script(RECORD_NOTICES)
+    broken = {"n": 0}
+
+    def drop_once(route, request) -> None:
+        if request.method == "GET" and broken["n"] == 0:
+            broken["n"] = 1
+            route.abort("internetdisconnected")
+        else:
+            route.continue_()
+
+    loads: list[str] = []
+    page.on("load", lambda p: loads.append(p.url))
+    errors = watch_errors(page)
+    sign_in(page, url, "alice", wait_for="#rating-grid .rg-card")
+    loaded = len(loads)
+    page.route(lambda u: "/gradio_api/queue/data" in u, drop_once)
+    first = page.locator(".rg-card[data-state=open]").first.get_attribute("data-image-id")
+    _rate_first_card(page, "7")  # its stream broken: answered by the page's sentence; the card waits its 30 s
+    assert broken["n"] == 1
+    page.get_by_text(ui_assets.STREAM_LOST).first.wait_for(timeout=30_000)
+    # the first card shows as open again once its 30 s passed (the page never heard); the next action, on another card,
+    # opens a new stream, is answered, and its marks show what the first did
+    page.locator(f".rg-card[data-state=open]:not([data-image-id='{first}'])").first.focus()
+    page.keyboard.press("5")
+    page.wait_for_function("window.__seiko && !window.__seiko.busy && window.__seiko.queue.length === 0"
+                           " && !document.querySelector('.rg-card[data-state=pending]')", timeout=60_000)
+    assert page.locator(f".rg-card[data-image-id='{first}']").get_attribute("data-score") == "7"
+    assert page.locator(".rg-card[data-state=rated]").count() == 2
+    assert ui_assets.STREAM_LOST in page.evaluate("window.__notices")
+    assert "Connection to the server was lost" not in page.content()
+    assert len(loads) == loaded, loads
+    assert not errors, errors
