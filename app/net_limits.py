@@ -223,14 +223,16 @@ class Gate:
     any request (so before any session cookie) is read, which is what bounds what an anonymous client can hold; a
     signed-in account's own long-lived requests (heartbeats, streams of results) are capped by ``app.web_guard``."""
 
-    def __init__(self, limits: Limits, exempt: Iterable[str] = ()) -> None:
+    def __init__(self, limits: Limits, exempt: Iterable[str] = (), *, outer: Gate | None = None) -> None:
         self.limits = limits
         self.exempt = [ipaddress.ip_network(n, strict=False) for n in exempt]
         self.open: dict[str, int] = {}  # per ``counting_key``
         self.open_wider: dict[str, int] = {}  # per ``wider_keys``: an IPv6 /56 and /48
         # the requests in progress that trusted proxies passed on, by the client each names (``share_behind_proxy``)
-        self.behind_proxy: Gate | None = Gate(limits) if self.exempt else None
+        self.behind_proxy: Gate | None = Gate(limits, outer=self) if self.exempt else None
+        self.outer = outer  # behind_proxy's: the connections' gate, whose direct clients load the server too
         self.total = 0
+        self.proxies_open = 0  # of ``total``: trusted proxies' connections
         self.refused = 0
         self.closed_slow = 0
         self._refusal_log = _Every(ACCEPT_LOG_EVERY_S)
@@ -252,6 +254,7 @@ class Gate:
             return self._refuse(503, TOO_MANY_IN_ALL.format(n=self.limits.total), "in all")
         if self._exempt(host):  # a trusted proxy counts towards the total only: not towards its /64 neighbours'
             self.total += 1
+            self.proxies_open += 1
             return None
         counted = self._counted(host)
         for key, shares, counts in counted:  # the network, then (IPv6) its /56 and /48: each may open one more
@@ -260,13 +263,24 @@ class Gate:
                 if held >= (cap := shares * self.limits.per_address):
                     sentence = TOO_MANY_FROM_ADDRESS if shares == 1 else TOO_MANY_FROM_NETWORK
                     return self._refuse(429, sentence.format(n=cap, net=key), f"from {key}")
-            elif held >= shares * FAIR_SHARE and 2 * (held + self.total) >= self.limits.total:  # h >= max(8 * shares, total / 2 - n)
+            elif held >= shares * FAIR_SHARE and 2 * (held + self._load()) >= self.limits.total:  # h >= max(8 * shares, total / 2 - n)
                 sentence = TOO_MANY_WHILE_BUSY if shares == 1 else NETWORK_WHILE_BUSY
                 return self._refuse(429, sentence.format(n=held, net=key), f"from {key}, its share now")
         for key, _shares, counts in counted:
             counts[key] = counts.get(key, 0) + 1
         self.total += 1
         return None
+
+    def _load(self) -> int:
+        """What the busy rule counts as open: this gate's own, and for ``behind_proxy`` (requests in progress through
+        the proxies) the direct clients' connections beside them too; not the proxies' connections themselves, idle
+        kept-alive ones included, which would shrink every proxied client's share (a direct client's rule counts them:
+        they are connections). Without the direct ones, a client behind the proxy was held to the proxied requests'
+        load alone: with 400 direct connections open and 50 proxied, one proxied client could open about 200 more
+        while a direct one was held to 8 (found by a read-only review, tenth review)."""
+        if self.outer is None:
+            return self.total
+        return self.total + self.outer.total - self.outer.proxies_open
 
     def _counted(self, host: str | None) -> list[tuple[str, int, dict[str, int]]]:
         """The keys a connection from ``host`` counts under, each with its networks' shares and its counts."""
@@ -275,6 +289,7 @@ class Gate:
     def release(self, host: str | None) -> None:
         if self._exempt(host):
             self.total -= 1
+            self.proxies_open -= 1
             return
         for key, _shares, counts in self._counted(host):
             left = counts.get(key, 0) - 1

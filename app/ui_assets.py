@@ -619,9 +619,11 @@ STREAMS_JS = r"""
     } catch (e) {  // no answer at all (the network dropped): Gradio's client reloaded the page (sameServer)
       if (request.signal.aborted || !(await sameServer(stream, request))) throw e;
       notice(stream, LOST);
-      // an event that may have reached the app is not sent again (an undo sent twice takes back two ratings)
+      // an event that may have reached the app is not sent again (an undo sent twice takes back two ratings); 502,
+      // not 503: Gradio's client shows its own "currently busy. Please try again." for a 503, the detail unread,
+      // inviting the very repeat this avoids, and a 502's detail as it is (found by a read-only review)
       return stream === 'event' ? new Response(JSON.stringify({ detail: LOST }), {
-        status: 503, headers: { 'Content-Type': 'application/json' } }) : failedEvents(LOST);
+        status: 502, headers: { 'Content-Type': 'application/json' } }) : failedEvents(LOST);
     }
     const { response, text } = answer;
     if (stream === 'event' && response.ok) lastDeadline = deadline;

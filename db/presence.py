@@ -21,16 +21,18 @@ import socket
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from time import monotonic
 
 from sqlalchemy import delete, inspect, select, text, update
 
-from db.engine import read_session, write_session
+from db.engine import read_session, sqlite_code, sqlstate, write_session
 from db.errors import SchemaOutOfDate
 from db.models import HOST_MAX, PROCESS_KINDS, LiveProcess, utcnow
 
 HEARTBEAT_S = 15.0  # how often a live process refreshes its row
 STALE_AFTER_S = 3 * HEARTBEAT_S  # a row not refreshed for this long is a process that died
 CLOSE_WAIT_S = 5.0  # how long close() waits for a heartbeat under way before it leaves the row to go stale
+START_WAIT_S = 600.0  # how long start() waits for a database write lock held by another (a long downgrade)
 TABLE = LiveProcess.__tablename__
 
 log = logging.getLogger(__name__)
@@ -123,17 +125,35 @@ class Presence:
 
     def start(self) -> None:
         with self._lock:
-            try:
-                with write_session(self.factory) as s:
-                    self.row_id = register(s, kind=self.kind, head=self.head)
-            except SchemaOutOfDate:
-                raise
-            except Exception as exc:  # the database down at the start: said, and tried again
-                # a registration that waited for a downgrade's lock may find the table dropped: the schema says so
-                self._check_schema()
-                log.warning("the %s could not register itself as live in the database (%s); `db downgrade` cannot "
-                            "see it until a heartbeat does, tried every %g s", self.kind, _short(exc), self.interval_s)
+            deadline = monotonic() + START_WAIT_S
+            while True:
+                try:
+                    with write_session(self.factory) as s:
+                        self.row_id = register(s, kind=self.kind, head=self.head)
+                    break
+                except SchemaOutOfDate:
+                    raise
+                except Exception as exc:
+                    # a write lock held past the busy timeout (a downgrade copying a large SQLite database, or its
+                    # table rebuilds; PostgreSQL's lock on this table): waited for, up to START_WAIT_S, then the
+                    # schema is read as it is after it. Not waited for, the process went on with a warning, its
+                    # read of the schema seeing the head (the downgrade not committed yet), and served the older
+                    # schema unregistered once it committed (found by a read-only review, tenth review)
+                    if _lock_not_granted(exc) and monotonic() < deadline:
+                        log.info("the %s waits for a database write lock to register itself as live (%s)",
+                                 self.kind, _short(exc))
+                        continue
+                    self._start_failed(exc)
+                    break
         self._thread.start()
+
+    def _start_failed(self, exc: Exception) -> None:
+        """The registration failed for a reason other than the schema (the database down at the start): said, and
+        tried again at each heartbeat. One that waited for a downgrade's lock may find the table dropped: the schema
+        says so (SchemaOutOfDate)."""
+        self._check_schema()
+        log.warning("the %s could not register itself as live in the database (%s); `db downgrade` cannot see it "
+                    "until a heartbeat does, tried every %g s", self.kind, _short(exc), self.interval_s)
 
     def _check_schema(self) -> None:
         """Raise SchemaOutOfDate unless the database is at ``head``; a read that fails is a warning."""
@@ -167,10 +187,11 @@ class Presence:
     def close(self) -> None:
         """Stop the heartbeats and remove the row (a failure is a warning: the row goes stale)."""
         self._stop.set()
+        deadline = monotonic() + CLOSE_WAIT_S  # one wait in all: it was CLOSE_WAIT_S for each (read-only review)
         if self._thread.is_alive():
             self._thread.join(CLOSE_WAIT_S)
         # a heartbeat stuck in a database call holds the lock: the exit does not wait for it past CLOSE_WAIT_S
-        if not self._lock.acquire(timeout=CLOSE_WAIT_S):
+        if not self._lock.acquire(timeout=max(0.0, deadline - monotonic())):
             log.warning("the %s's heartbeat is stuck in a database call, so its row in the database's live processes "
                         "is left; it counts as gone %g s after its last heartbeat", self.kind, STALE_AFTER_S)
             return
@@ -200,3 +221,8 @@ def _short(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None)
     lines = str(orig if orig is not None else exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def _lock_not_granted(exc: BaseException) -> bool:
+    """SQLite's busy or locked (its busy timeout ran out), or PostgreSQL's lock_not_available (55P03)."""
+    return sqlite_code(exc) in (5, 6) or sqlstate(exc) == "55P03"

@@ -375,6 +375,23 @@ def test_a_trusted_proxy_counts_towards_the_total_only():
     assert gate2.admit("10.2.0.1")[0] == 429
 
 
+def test_a_client_behind_the_proxy_is_held_to_the_load_of_the_direct_clients_too():
+    """Found by a read-only review (tenth review): the per-client shares behind a trusted proxy counted only the
+    requests in progress through it, so beside 400 direct connections (of 512) one proxied client could hold 128 while
+    a direct client was held to 8. The direct connections count now (the proxies' own, idle kept-alive ones
+    included, still do not): past 8, a proxied client is refused as a direct one is, and with nothing else open it
+    gets its quarter of the total as before."""
+    gate = net_limits.Gate(net_limits.Limits(total=512), exempt=["10.0.0.1"])
+    assert all(gate.admit(f"198.51.{i // 200}.{i % 200}") is None for i in range(400))  # direct clients, 1 each
+    assert all(gate.admit("10.0.0.1") is None for _ in range(50))  # the proxy's connections
+    behind = gate.behind_proxy
+    assert sum(behind.admit("203.0.113.5") is None for _ in range(200)) == 8
+    assert behind.admit("203.0.113.5")[0] == 429
+    alone = net_limits.Gate(net_limits.Limits(total=512), exempt=["10.0.0.1"])
+    assert all(alone.admit("10.0.0.1") is None for _ in range(50))
+    assert sum(alone.behind_proxy.admit("203.0.113.5") is None for _ in range(300)) == 128  # 2 * (h + h) < 512
+
+
 def test_limits_from_the_environment_are_checked_and_the_total_stays_under_the_open_file_limit():
     assert net_limits.Limits.from_env({}, fd_limit=None) == net_limits.Limits(10.0, None, 512, 30.0)
     assert net_limits.Limits.from_env({}, fd_limit=600).total == 300

@@ -488,11 +488,33 @@ await runUntil(100000);
 return { join: gradio.join, notices: notices(), fetched };
 """
     out = run_clocked(tmp_path, server([], [7], join_fails=True) + scenario)
-    assert out["join"]["status"] == 503 and json.loads(out["join"]["body"]) == {"detail": ui_assets.STREAM_LOST}
+    assert out["join"]["status"] == 502 and json.loads(out["join"]["body"]) == {"detail": ui_assets.STREAM_LOST}
     assert out["fetched"].count(["POST", "/gradio_api/queue/join"]) == 1
     assert out["notices"][-1] == ui_assets.STREAM_LOST
     out = run_clocked(tmp_path, server([], [8], join_fails=True) + scenario)  # another server: Gradio's way
     assert out["join"] == {"error": "TypeError"}
+
+
+def test_gradios_client_shows_the_detail_of_the_lost_events_status_not_its_own_busy_sentence():
+    """The installed Gradio client's answer to an event's POST (its bundle, read as shipped): a 503 shows its own
+    "This application is currently busy. Please try again." and drops the detail, which told a person whose rating
+    may have been saved to send it again (found by a read-only review, tenth review: the lost event was answered
+    503); a 502 falls to the branch that shows ``detail``."""
+    import re
+    from pathlib import Path
+
+    import gradio
+
+    bundles = [p.read_text(errors="replace") for p in
+               (Path(gradio.__file__).parent / "templates" / "frontend" / "assets").glob("index-*.js")]
+    client = next(text for text in bundles if "queue/join" in text and "currently busy" in text)
+    busy = re.search(r"(\w+)=`This application is currently busy\. Please try again\. `", client).group(1)
+    # the status chain of the join's answer: 503 -> the busy sentence; 422 -> detail; any other non-200 -> detail
+    assert re.search(r"\w+===503\)\w+\(\{type:`status`,stage:`error`,message:" + busy + ",", client)
+    assert re.search(r"else if\((\w+)!==200\)\{let \1=\w+\?\.error===\w+;\w+\(\{type:`status`,stage:`error`,"
+                     r"broken:\1,message:\1\?\w+:\w+\.detail\|\|\w+\.error", client)
+    assert "===502" not in client
+    assert "status: 502," in ui_assets.STREAMS_JS and "status: 503," not in ui_assets.STREAMS_JS
 
 
 def test_a_silent_stream_waits_longer_than_twice_gradios_heartbeat():

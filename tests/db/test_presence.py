@@ -178,3 +178,76 @@ def test_close_does_not_wait_for_a_heartbeat_stuck_in_the_database(db_factory, m
     finally:
         release.set()
         beating.join(30)
+
+
+def _locked_error():
+    """SQLite's "database is locked" (SQLITE_BUSY, 5) as SQLAlchemy raises it once the busy timeout runs out."""
+    import sqlite3
+
+    orig = sqlite3.OperationalError("database is locked")
+    orig.sqlite_errorcode = 5
+    return OperationalError("INSERT INTO live_processes", {}, orig)
+
+
+def test_a_start_waits_for_a_write_lock_held_past_the_busy_timeout(db_factory, monkeypatch, caplog):
+    """A write lock held longer than the busy timeout (a downgrade copying a large SQLite database) made the start
+    give up registering with a warning, after a read of the schema that still saw the head (the downgrade not
+    committed): the process went on unregistered and then served the older schema (found by a read-only review,
+    tenth review). The registration is tried again while the lock is not granted, up to START_WAIT_S; past that, the
+    warning as before."""
+    real, calls = presence.register, []
+
+    def busy_twice(*args, **kwargs):
+        calls.append(1)
+        if len(calls) <= 2:
+            raise _locked_error()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(presence, "register", busy_twice)
+    proc = presence.Presence(db_factory, "server", migrate.head_revision(), interval_s=3600)
+    with caplog.at_level(logging.WARNING, logger="db.presence"):
+        proc.start()
+    try:
+        assert len(calls) == 3 and [r.kind for r in _rows(db_factory)] == ["server"]
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    finally:
+        proc.close()
+    calls.clear()
+    monkeypatch.setattr(presence, "START_WAIT_S", 0.0)  # never granted within the wait: said, as before
+    late = presence.Presence(db_factory, "worker", migrate.head_revision(), interval_s=3600)
+    with caplog.at_level(logging.WARNING, logger="db.presence"):
+        late.start()
+    late.close()
+    assert len(calls) == 1 and any("could not register itself as live" in r.getMessage() for r in caplog.records)
+
+
+def test_close_waits_at_most_close_wait_s_in_all(db_factory, monkeypatch, caplog):
+    """close() waited CLOSE_WAIT_S for the heartbeat thread and then CLOSE_WAIT_S more for the lock, twice what it
+    says (found by a read-only review, tenth review): one deadline now, on a clock that the thread's join moves on by
+    its whole wait (nothing sleeps)."""
+    clock = [1000.0]
+    monkeypatch.setattr(presence, "monotonic", lambda: clock[0])
+    proc = presence.Presence(db_factory, "server", migrate.head_revision(), interval_s=3600)
+    proc.start()
+
+    class StuckThread:
+        def is_alive(self):
+            return True
+
+        def join(self, timeout):
+            clock[0] += timeout
+
+    class StuckLock:
+        waited: list = []
+
+        def acquire(self, timeout):
+            self.waited.append(timeout)
+            return False
+
+    real_thread = proc._thread
+    proc._thread, proc._lock = StuckThread(), StuckLock()
+    with caplog.at_level(logging.WARNING, logger="db.presence"):
+        proc.close()
+    real_thread.join(30)
+    assert StuckLock.waited == [0.0], StuckLock.waited
+    assert any("heartbeat is stuck in a database call" in r.getMessage() for r in caplog.records), caplog.text
