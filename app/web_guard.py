@@ -60,7 +60,8 @@ For every HTTP and websocket request, before Gradio sees it:
   (``app.sessions.LoginThrottle``: 429 while locked, without hashing), the scrypt check runs in a thread pool of
   its own (``hash_workers`` threads at nice 10 on Linux, at most ``max_pending`` sign-ins waiting, else 503), so a
   flood of guesses neither blocks the event loop nor takes the threads, or the CPU, that serve ratings. An account
-  has one sign-in checked at a time and at most ``SIGN_INS_PER_ACCOUNT`` successes a minute, so one account cannot
+  has one sign-in checked at a time and at most ``SIGN_INS_PER_ACCOUNT`` successes a minute (the 429 past that is
+  given to a right password only, so it tells nothing about which names are accounts), so one account cannot
   take every sign-in slot with its own password. Success starts a server-side session
   (``app.sessions.SessionStore``) whose token becomes Gradio's session cookie.
 - **Sessions**: on every request the session cookie is checked against the database (idle and absolute expiry,
@@ -122,7 +123,8 @@ LOGIN_PATHS = ("/login", "/login/")
 # Successful sign-ins are limited too (found by review): a rater looping on their own correct password (each time
 # without the cookie) held every sign-in slot, so an admin's sign-in got 503, and each success added a session row
 # and a token in Gradio's memory. An account signs in at most SIGN_INS_PER_ACCOUNT times per SIGN_IN_WINDOW_S (429
-# after that, without hashing), has one sign-in checked at a time (another waits for it), and Gradio's token
+# after that, to the right password only: answered before the check, it told whoever asked that the name was an
+# account's, tenth review), has one sign-in checked at a time (another waits for it), and Gradio's token
 # table keeps at most GRADIO_TOKENS_MAX entries (the oldest dropped: a valid session's token is put back by its next
 # request, which checks it against the session store).
 SIGN_INS_PER_ACCOUNT = 10
@@ -1280,17 +1282,11 @@ class WebGuard:
 
     async def _checked_login(self, scope: Scope, ip: str | None, username: str, password: str, device: str | None,
                              credentials: str, secure: bool, headers: Headers) -> Response:
-        """The sign-in's limits, then its check (``_check_and_start``): at most SIGN_INS_PER_ACCOUNT successes per
-        window (429), one sign-in of an account checked at a time (another waits for its end, up to
+        """The sign-in's limits, then its check (``_check_and_start``, which answers 429 to a right password past
+        SIGN_INS_PER_ACCOUNT successes in the window): one sign-in of an account checked at a time (another waits for its end, up to
         SIGN_IN_WAIT_S, as a script signing in from several threads does), at most ``max_pending`` hashing (503)."""
         deadline = time.monotonic() + SIGN_IN_WAIT_S  # one wait in all, however many turns it loses
         while True:
-            if wait := self._sign_in_wait(username):
-                self.stats.logins["throttled"] += 1
-                seconds = max(1, math.ceil(wait))
-                return JSONResponse({"detail": f"Too many sign-ins to this account in a short time; try again in "
-                                               f"{seconds} second{'s' if seconds != 1 else ''}."},
-                                    status_code=429, headers={"Retry-After": str(seconds)})
             checking = self._checking.get(username)
             if checking is None:
                 break
@@ -1351,6 +1347,15 @@ class WebGuard:
             log.warning("sign-in as %r from %s refused: %s", username[:64], ip, result.refusal)
             self.stats.logins["refused"] += 1
             return JSONResponse({"detail": _sentence(result.refusal)}, status_code=403)
+        # the success limit is applied once the password proved right (tenth review, 6 Dec 2026): answered before the
+        # check, its 429 told anyone that the name was an account's whose owner had just signed in many times, where
+        # a name that is no account's got 400; now whoever lacks the password gets the same answer for both
+        if wait := self._sign_in_wait(username):
+            self.stats.logins["throttled"] += 1
+            seconds = max(1, math.ceil(wait))
+            return JSONResponse({"detail": f"Too many sign-ins to this account in a short time; try again in "
+                                           f"{seconds} second{'s' if seconds != 1 else ''}."},
+                                status_code=429, headers={"Retry-After": str(seconds)})
         device = device or secrets.token_urlsafe(DEVICE_BYTES)
         # remembered before the session starts: a password change that lands meanwhile either makes start refuse or
         # forgets this device after it was remembered (auth.set_password -> sessions.credentials_changed)

@@ -1957,7 +1957,7 @@ def test_an_account_signing_in_over_and_over_neither_blocks_others_nor_grows_mem
     """Only failed sign-ins were limited: a rater looping on their own correct password (dropping the cookie each
     time) held all the sign-in slots, so an admin's sign-in got 503, and each success added a token to Gradio's
     table that stayed there for good (found by review). An account's sign-ins are checked one at a time and at most
-    SIGN_INS_PER_ACCOUNT per window succeed (429 after, without hashing); Gradio's table keeps the newest
+    SIGN_INS_PER_ACCOUNT per window succeed (429 after, to the right password); Gradio's table keeps the newest
     GRADIO_TOKENS_MAX tokens, and a session whose token was dropped from it still works (its next request puts it
     back)."""
     monkeypatch.setattr(web_guard, "GRADIO_TOKENS_MAX", 3)
@@ -2388,3 +2388,40 @@ def test_the_experiment_selector_refuses_a_value_that_is_no_id_in_one_sentence(u
             on_experiment(bad, None, alice)
     out = on_experiment(str(ui_world.experiment_id), None, alice)
     assert ui_world.experiment_id in out
+
+
+# -- found in the tenth review of 6 Dec 2026 (each test fails on the code before it) ---------------------------------
+
+
+def test_the_success_limit_tells_no_one_without_the_password_which_names_are_accounts(ui_world, monkeypatch):
+    """The 429 "Too many sign-ins to this account in a short time" was answered before the password was checked, so
+    whoever sent a wrong guess learnt that the name was an account's (its owner had just signed in often), where a
+    name that is no account's got 400 (found by review). It is given to the right password only now: a known name
+    and an unknown one get the same answers (status, body, headers) to the same guesses, throttle included, while the
+    owner with the password is still held to the limit."""
+    monkeypatch.setattr(web_guard, "SIGN_INS_PER_ACCOUNT", 2)
+    # a clock that stands still: the failure throttle's locks do not run out between two guesses, however slow the run
+    throttle = sessions.LoginThrottle(monotonic=lambda: 0.0)
+    demo, url = launch(ui_world, throttle=throttle)
+    try:
+        for _ in range(web_guard.SIGN_INS_PER_ACCOUNT):  # bob's owner signs in, each time as a new browser
+            sign_in(url, "bob").close()
+        r = httpx.post(url + "/login", data={"username": "bob", "password": UI_PASSWORD}, timeout=30)
+        assert r.status_code == 429 and r.json()["detail"].startswith("Too many sign-ins to this account"), r.text
+
+        def answers(name: str) -> list:
+            with httpx.Client(base_url=url, timeout=30) as http:
+                out = []
+                for i in range(8):
+                    r = http.post("/login", data={"username": name, "password": f"guess {i}"})
+                    out.append((r.status_code, r.text, sorted((k, v) for k, v in r.headers.items() if k != "date")))
+                return out
+
+        known, unknown = answers("bob"), answers("nobody-by-this-name")
+        assert known == unknown
+        # the failure throttle (5 free, then locked) answers both alike; never the success limit's sentence
+        assert [a[0] for a in known] == [400] * 6 + [429] * 2, known
+        assert not any("to this account" in a[1] for a in known)
+    finally:
+        demo.close()
+
