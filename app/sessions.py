@@ -18,6 +18,7 @@ The state lives in the server process's memory: a restart forgets it.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import ipaddress
 import secrets
 import threading
@@ -248,6 +249,7 @@ class ThrottleRule:
 
 
 DEVICES_PER_ACCOUNT = 5  # browsers remembered per account for the sign-in throttle
+PRUNE_TO = 0.75  # a full sign-in throttle table is cut to this share of its max_keys (LoginThrottle._prune)
 _THROTTLES: weakref.WeakSet[LoginThrottle] = weakref.WeakSet()
 
 
@@ -418,9 +420,10 @@ class LoginThrottle:
     def failed(self, ip: str | None, account: str | None, device: str | None = None, *, credentials: str = "") -> None:
         now = self._monotonic()
         with self._lock:
-            if len(self._keys) >= self.max_keys:
-                self._prune(now)
-            for key in self._keys_for(ip, account, device, now, credentials):
+            keys = self._keys_for(ip, account, device, now, credentials)
+            if len(self._keys) + sum(k not in self._keys for k in keys) > self.max_keys:
+                self._prune(now, spare=keys)
+            for key in keys:
                 rule = self.rules[key[0]]
                 f = self._keys.get(key)
                 if f is None or now - f.last > self.forget_s:
@@ -453,10 +456,21 @@ class LoginThrottle:
         while len(tokens) > DEVICES_PER_ACCOUNT:
             del tokens[next(iter(tokens))]
 
-    def _prune(self, now: float) -> None:
-        stale = [k for k, f in self._keys.items() if now - f.last > self.forget_s or f.locked_until < now]
-        for k in stale:
+    def _prune(self, now: float, spare: Sequence[tuple[str, str]] = ()) -> None:
+        """Make room in a full table (call with the lock held): the counters past ``forget_s`` go, then, if the table
+        is still over PRUNE_TO of ``max_keys``, the least telling ones, fewest failures past their rule's ``free``
+        first (the oldest of those first), down to that size; ``spare``: the counters about to count a failure.
+
+        It deleted every counter not locked at that moment (tenth review, 6 Dec 2026): a flood of guesses at made-up
+        names (one each, from many addresses) filled the table and wiped a targeted account's count between two of
+        its locks, so its backoff started over at one second. A counter with more failures now outranks those with
+        fewer (a flood's one-guess names). One pass costs O(n log n) and frees a quarter of the table, so it runs
+        about once per ``max_keys // 4`` new counters."""
+        for k in [k for k, f in self._keys.items() if now - f.last > self.forget_s]:
             del self._keys[k]
-        if len(self._keys) >= self.max_keys:  # still full of live locks: keep the newest half
-            for k, _ in sorted(self._keys.items(), key=lambda kv: kv[1].last)[: len(self._keys) // 2]:
+        keep = int(self.max_keys * PRUNE_TO)
+        if len(self._keys) > keep:
+            least = heapq.nsmallest(len(self._keys) - keep, ((k, f) for k, f in self._keys.items() if k not in spare),
+                                    key=lambda kv: (kv[1].count - self.rules[kv[0][0]].free, kv[1].last))
+            for k, _ in least:
                 del self._keys[k]

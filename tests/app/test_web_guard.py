@@ -2425,3 +2425,39 @@ def test_the_success_limit_tells_no_one_without_the_password_which_names_are_acc
     finally:
         demo.close()
 
+
+
+def test_a_flood_of_other_names_does_not_reset_a_targeted_accounts_backoff():
+    """When the sign-in throttle's table filled, it deleted every counter not locked at that moment (found by review):
+    between two of a targeted account's locks, a flood of guesses at made-up names (one each, from many addresses)
+    wiped its count, so its backoff started over at one lock's length. The least telling counters go first now
+    (fewest failures past the rule's free ones, then the oldest), the table stays within its size, and a clean-up
+    frees a quarter of it, so it runs about once per quarter table of new counters."""
+    clock = [0.0]
+    rule = sessions.ThrottleRule(free=3, base_s=10, max_s=100_000)
+    t = sessions.LoginThrottle(per_ip=rule, per_account=rule, max_keys=50, monotonic=lambda: clock[0])
+    for _ in range(6):  # root's password guessed: 3 free failures, then locks of 10, 20, 40 s
+        t.failed("203.0.113.1", "root")
+    for i in range(3):  # bob's: one failure short of his first lock
+        t.failed(f"203.0.113.{10 + i}", "bob")
+    assert t.wait_s("198.51.100.7", "root") == 40 and t.wait_s("198.51.100.7", "bob") == 0
+    prunes = [0]
+    prune = t._prune
+
+    def counted(now: float, **spare) -> None:
+        prunes[0] += 1
+        prune(now, **spare)
+
+    t._prune = counted
+    clock[0] = 100.0  # root's lock has run out (the counts are remembered for forget_s)
+    new_keys = 0
+    for i in range(500):  # two new counters each: the address's and the name's
+        t.failed(f"10.0.{i // 250}.{i % 250}", f"made-up-{i}")
+        new_keys += 2
+        assert len(t._keys) <= t.max_keys
+    freed = t.max_keys - int(t.max_keys * sessions.PRUNE_TO)
+    assert 0 < prunes[0] <= new_keys // (freed - 2) + 1, prunes  # (a failure adds at most two counters)
+    t.failed("203.0.113.1", "root")  # the 7th failure: 10 * 2 ** (7 - 3 - 1) s, as had there been no flood
+    assert t.wait_s("198.51.100.7", "root") == 80
+    t.failed("203.0.113.20", "bob")  # his 4th: the first lock
+    assert t.wait_s("198.51.100.7", "bob") == 10
