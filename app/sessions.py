@@ -420,18 +420,30 @@ class LoginThrottle:
     def failed(self, ip: str | None, account: str | None, device: str | None = None, *, credentials: str = "") -> None:
         now = self._monotonic()
         with self._lock:
-            keys = self._keys_for(ip, account, device, now, credentials)
-            if len(self._keys) + sum(k not in self._keys for k in keys) > self.max_keys:
-                self._prune(now, spare=keys)
-            for key in keys:
-                rule = self.rules[key[0]]
-                f = self._keys.get(key)
-                if f is None or now - f.last > self.forget_s:
-                    f = self._keys[key] = _Failures()
-                f.count += 1
-                f.last = now
-                if f.count > rule.free:
-                    f.locked_until = now + min(rule.max_s, rule.base_s * 2 ** min(f.count - rule.free - 1, 60))
+            self._count(self._keys_for(ip, account, device, now, credentials), now)
+
+    def over_limit(self, ip: str | None, account: str | None, device: str | None = None, *,
+                   credentials: str = "") -> None:
+        """A right password refused by the success limit (``app.web_guard``): a failure of the counters that bar
+        the attempt, the account's own excepted (counting it would set the account apart from a name that is no
+        account's, whose guesses never reach the limit): the address's, or the remembered browser's."""
+        now = self._monotonic()
+        with self._lock:
+            self._count([k for k in self._keys_for(ip, account, device, now, credentials) if k[0] != "account"], now)
+
+    def _count(self, keys: list[tuple[str, str]], now: float) -> None:
+        """One failure on each of ``keys``; call with the lock held."""
+        if len(self._keys) + sum(k not in self._keys for k in keys) > self.max_keys:
+            self._prune(now, spare=keys)
+        for key in keys:
+            rule = self.rules[key[0]]
+            f = self._keys.get(key)
+            if f is None or now - f.last > self.forget_s:
+                f = self._keys[key] = _Failures()
+            f.count += 1
+            f.last = now
+            if f.count > rule.free:
+                f.locked_until = now + min(rule.max_s, rule.base_s * 2 ** min(f.count - rule.free - 1, 60))
 
     def succeeded(self, ip: str | None, account: str | None, device: str | None = None, *,
                   credentials: str = "") -> None:

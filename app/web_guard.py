@@ -1351,6 +1351,12 @@ class WebGuard:
         # check, its 429 told anyone that the name was an account's whose owner had just signed in many times, where
         # a name that is no account's got 400; now whoever lacks the password gets the same answer for both
         if wait := self._sign_in_wait(username):
+            # and is a failure of the address's: past the limit, each try cost a hash and was counted nowhere, so a
+            # password holder looping from one address kept the hashing thread busy and, from a few accounts, every
+            # sign-in slot (found by a read-only review); the address's backoff now refuses such a loop before hashing,
+            # alike for every name (the account's own counter is left: it would tell the account apart); a browser the
+            # account remembers is held to its own counter, as its failures are
+            self.throttle.over_limit(ip, username, device, credentials=credentials)
             self.stats.logins["throttled"] += 1
             seconds = max(1, math.ceil(wait))
             return JSONResponse({"detail": f"Too many sign-ins to this account in a short time; try again in "

@@ -2426,6 +2426,37 @@ def test_the_success_limit_tells_no_one_without_the_password_which_names_are_acc
         demo.close()
 
 
+def test_a_password_holder_looping_past_the_success_limit_is_stopped_before_hashing(ui_world, monkeypatch):
+    """With the success limit's 429 moved after the check, each try past it cost a hash and was counted nowhere: a
+    loop on a right password kept the one hashing thread busy (found by a read-only review of the change). Each such
+    try is now a failure of its address (not of the account, which would set it apart from a name that is no
+    account's): past the address's free failures, the address throttle answers 429 without hashing (the hashes
+    counted, not timed)."""
+    monkeypatch.setattr(web_guard, "SIGN_INS_PER_ACCOUNT", 2)
+    throttle = sessions.LoginThrottle(monotonic=lambda: 0.0)  # a clock that stands still: no lock runs out
+    hashed = []
+    real = auth.check_login
+
+    def counted(*args, **kwargs):
+        hashed.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(auth, "check_login", counted)
+    demo, url = launch(ui_world, throttle=throttle)
+    try:
+        for _ in range(web_guard.SIGN_INS_PER_ACCOUNT):
+            sign_in(url, "bob").close()
+        free = throttle.rules["ip"].free
+        statuses = []
+        for _ in range(free + 5):
+            r = httpx.post(url + "/login", data={"username": "bob", "password": UI_PASSWORD}, timeout=30)
+            statuses.append(r.status_code)
+        assert statuses == [429] * (free + 5), statuses
+        # hashed: the limit's own sign-ins, the address's free failures and the one that locked it; not the four after
+        assert len(hashed) == web_guard.SIGN_INS_PER_ACCOUNT + free + 1, len(hashed)
+    finally:
+        demo.close()
+
 
 def test_a_flood_of_other_names_does_not_reset_a_targeted_accounts_backoff():
     """When the sign-in throttle's table filled, it deleted every counter not locked at that moment (found by review):
