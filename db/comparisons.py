@@ -10,9 +10,11 @@ newer one) and ``'preference'`` (two query images of one round, for pairwise rew
 
 The A/B win rate of round r against an opponent counts a tie as half a win:
 ``rate = (wins + ties / 2) / n`` over all votes ``n`` on r's pairs against that opponent, with a 95% Wilson score
-interval on that rate (votes treated as independent trials; see docs/ab-and-rollback.md). ``pair_bootstrap_interval`` is a
-bootstrap over whole pairs instead, for when votes far outnumber pairs (measured by ``python -m app.tools.ab_coverage``;
-not shown on the dashboard).
+interval on that rate. With overlap above 1 several raters vote on one pair and their votes are not independent
+trials: ``ab_win_rates`` then gives Wilson's interval at the effective number of votes ``n / deff``
+(``clustered_win_interval``; the same design-effect correction as the dashboard's liked share, app.taste_stats),
+which is Wilson's own interval when every pair has one vote. ``pair_bootstrap_interval`` is a bootstrap over
+whole pairs (measured by ``python -m app.tools.ab_coverage``; not shown on the dashboard).
 """
 
 from __future__ import annotations
@@ -369,16 +371,63 @@ def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, fl
     return wilson_bounds(successes, n, z)
 
 
-def win_stats(wins: int, losses: int, ties: int, pairs: int = 0) -> dict[str, Any]:
+def clustered_win_interval(votes_by_pair: Sequence[tuple[int, int, int]], z: float = Z95) -> tuple[float, float]:
+    """Wilson's interval for the pooled win rate ``(wins + ties / 2) / N`` of votes clustered by pair: Wilson at the
+    effective number of votes ``N / deff`` (never more than N), ``deff`` the ratio of the rate's cluster-robust
+    variance over the K pairs with votes, ``K / (K - 1) * sum_j (s_j - n_j rate)^2 / N^2`` (s_j the pair's score,
+    n_j its votes), to the variance as if the N votes were independent, ``sum_i (y_i - rate)^2 / ((N - 1) N)``
+    (y_i a vote's 1, 1/2 or 0). One vote on every pair: exactly Wilson's interval over the N votes. Every vote the
+    same (no spread to measure deff by): the number of pairs; one pair: one vote's worth, as ``app.taste_stats``.
+
+    Chosen over ``pair_bootstrap_interval`` for the dashboard: it needs no random draws (the table does not change
+    between refreshes), is Wilson's interval itself when every pair has one vote, and keeps Wilson's ends inside
+    [0, 1]; a percentile bootstrap over the 16 pairs of a round is itself too narrow (it has no small-sample
+    correction) and says nothing below two pairs."""
+    counts = []
+    for pair in votes_by_pair:
+        if (not isinstance(pair, tuple | list) or len(pair) != 3
+                or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in pair)):
+            raise InvalidInput(f"each pair's votes must be (wins, losses, ties), whole numbers >= 0, got {pair!r}")
+        if sum(pair) > 0:
+            counts.append(tuple(pair))
+    if not counts:
+        raise InvalidInput("an interval needs at least one vote, got none")
+    n = sum(sum(c) for c in counts)
+    wins, losses, ties = (sum(c[i] for c in counts) for i in range(3))
+    rate = (wins + ties / 2) / n
+    k = len(counts)
+    if k == n:  # one vote on every pair: independent votes, Wilson's interval as it is
+        return wilson_interval(wins + ties / 2, n, z)
+    spread = wins * (1 - rate) ** 2 + ties * (0.5 - rate) ** 2 + losses * rate ** 2
+    if k < 2:
+        n_eff = 1.0
+    elif spread == 0:  # every vote the same: count pairs, the conservative end
+        n_eff = float(k)
+    else:
+        cluster = k / (k - 1) * sum((w + t / 2 - (w + los + t) * rate) ** 2 for w, los, t in counts) / (n * n)
+        n_eff = n / max(1.0, cluster / (spread / ((n - 1) * n)))
+    return wilson_interval(rate * n_eff, n_eff, z)
+
+
+def win_stats(wins: int, losses: int, ties: int, pairs: int = 0,
+              by_pair: Sequence[tuple[int, int, int]] | None = None) -> dict[str, Any]:
     """{wins, losses, ties, n, pairs, rate, ci95}: ties count half; rate and ci95 are None without votes.
 
     ``pairs`` is how many distinct pairs the n votes are on: votes on the same pair (same prompt and seed) are not
-    independent evidence about the model, so an interval over n votes on few pairs is narrower than it should be."""
+    independent evidence about the model, so an interval over n votes on few pairs is narrower than it should be.
+    ``by_pair`` (each pair's (wins, losses, ties), summing to the totals): ci95 is ``clustered_win_interval``, which
+    allows for that; without it, Wilson's interval over the n votes as independent trials."""
     n = wins + losses + ties
     if n == 0:
         return {"wins": 0, "losses": 0, "ties": 0, "n": 0, "pairs": 0, "rate": None, "ci95": None}
     score = wins + ties / 2
-    lo, hi = wilson_interval(score, n)
+    if by_pair is None:
+        lo, hi = wilson_interval(score, n)
+    else:
+        totals = [sum(c[i] for c in by_pair) for i in range(3)]
+        if totals != [wins, losses, ties]:
+            raise InvalidInput(f"the pairs' votes add up to {totals}, not the totals {[wins, losses, ties]}")
+        lo, hi = clustered_win_interval(by_pair)
     return {"wins": wins, "losses": losses, "ties": ties, "n": n, "pairs": pairs, "rate": score / n, "ci95": [lo, hi]}
 
 
@@ -399,7 +448,7 @@ def ab_win_rates(*, session: Session, experiment_id: int) -> dict[int, dict[str,
         .where(ComparisonPair.experiment_id == experiment_id, ComparisonPair.kind == "ab")
     ).all()
     tallies: dict[int, dict[str, list[int]]] = {}
-    voted_pairs: dict[tuple[int, str], set[int]] = {}
+    voted_pairs: dict[tuple[int, str], dict[int, list[int]]] = {}  # each pair's (wins, losses, ties)
     for pair_id, pair_round, round_a, round_b, choice in rows:
         if (round_a == pair_round) == (round_b == pair_round):
             raise Conflict(f"an A/B pair of round id {pair_round} has images of rounds {round_a} and {round_b}; "
@@ -420,15 +469,14 @@ def ab_win_rates(*, session: Session, experiment_id: int) -> dict[int, dict[str,
         slot = 2 if choice == "tie" else (0 if choice == new_side else 1)
         for name in against:
             tally[name][slot] += 1
-            voted_pairs.setdefault((pair_round, name), set()).add(pair_id)
+            voted_pairs.setdefault((pair_round, name), {}).setdefault(pair_id, [0, 0, 0])[slot] += 1
     out: dict[int, dict[str, Any]] = {}
     for round_id, tally in sorted(tallies.items(), key=lambda item: rounds[item[0]].index):
         parent = parents[round_id]
-        out[rounds[round_id].index] = {
-            "parent_index": None if parent is None else parent.index,
-            "vs_previous": win_stats(*tally["vs_previous"], len(voted_pairs.get((round_id, "vs_previous"), ()))),
-            "vs_base": win_stats(*tally["vs_base"], len(voted_pairs.get((round_id, "vs_base"), ()))),
-        }
+        out[rounds[round_id].index] = {"parent_index": None if parent is None else parent.index}
+        for name in ("vs_previous", "vs_base"):
+            by_pair = [tuple(c) for c in voted_pairs.get((round_id, name), {}).values()]
+            out[rounds[round_id].index][name] = win_stats(*tally[name], len(by_pair), by_pair)
     return out
 
 

@@ -186,6 +186,28 @@ def test_vote_through_the_gradio_handler_and_the_dashboard_table(ui_world):
                        gr.Request(username=None, client={"host": "127.0.0.1", "port": 5000}))
 
 
+def test_the_ab_table_widens_the_interval_when_raters_agree_within_pairs(ui_world):
+    """Two raters vote alike on each of round 1's two pairs (one pair won, the other lost): four votes, but two pairs'
+    worth of evidence. The table showed Wilson's interval over the 4 votes as independent (tenth review); now the
+    design-effect one (deff 3 here, by hand: cluster variance 2 / 2^2 * 2 = 1/4 over 1 / (3 * 4)), Wilson at 4/3."""
+    round1 = _round1_with_eval_grid(ui_world)
+    with write_session(ui_world.factory) as s:
+        ab.create_round_pairs(session=s, round_id=round1, seed=3)
+    pairs = _pairs(ui_world, round1)
+    assert len(pairs) == 2
+    with write_session(ui_world.factory) as s:
+        for (pair_id, a, _), new_wins in zip(pairs, (True, False), strict=True):
+            new_left = repo.get_image(session=s, image_id=a).round_id == round1
+            choice = "a" if new_left == new_wins else "b"
+            for name in ("alice", "bob"):
+                comparisons.record_vote(session=s, pair_id=pair_id, rater_id=ui_world.accounts[name], choice=choice)
+    rows = ui_compare.ab_rows(ui_world.factory, ui_world.experiment_id)
+    lo, hi = comparisons.wilson_interval(2 / 3, 4 / 3)
+    plain = comparisons.wilson_interval(2, 4)
+    assert lo < plain[0] and hi > plain[1]
+    assert rows == [["1", "base", f"0.50 [{lo:.2f}, {hi:.2f}] (4, 2)", f"0.50 [{lo:.2f}, {hi:.2f}] (4, 2)"]]
+
+
 def _open_round1_with_a_rating(world) -> int:
     """Round 0 done, round 1 (with an adapter) open for labeling with one rating; returns round 1's id."""
     with write_session(world.factory) as s:
