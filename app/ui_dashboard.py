@@ -13,6 +13,7 @@ import html
 import io
 import json
 import logging
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -69,13 +70,29 @@ def metric_source(metrics: dict[str, Any] | None, name: str) -> tuple[float | No
     and whether it came from a fallback key rather than the first. A fallback measures something else: the KL's is the
     last optimiser step's batch KL over the attached steps only (a sixth review found it shown as the KL to the previous
     round without a word), the predicted reward's is on the training data, not the eval images."""
+    value, i = _metric_lookup(metrics, name)
+    if value is None or not math.isfinite(value):
+        return None, False
+    return value, i > 0
+
+
+def metric_not_a_number(metrics: dict[str, Any] | None, name: str) -> bool:
+    """Whether the figure ``metric_source`` would read for ``name`` is NaN or infinite (a training run that diverged):
+    ``metric_source`` gives None for it, and the table shows NOT_A_NUMBER instead of "nan" or "inf" (tenth review).
+    The fallback key is not read then: it measures something else, and would be shown as if nothing had gone wrong."""
+    value, _ = _metric_lookup(metrics, name)
+    return value is not None and not math.isfinite(value)
+
+
+def _metric_lookup(metrics: dict[str, Any] | None, name: str) -> tuple[float | None, int]:
+    """(the first of ``METRIC_KEYS[name]`` present in ``metrics`` as a number, finite or not, its key's place)."""
     for i, key in enumerate(METRIC_KEYS[name]):
         value: Any = metrics or {}
         for part in key.split("."):
             value = value.get(part) if isinstance(value, dict) else None
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value), i > 0
-    return None, False
+            return float(value), i
+    return None, 0
 
 
 @dataclass(frozen=True)
@@ -97,6 +114,8 @@ class RoundRow:
     # True where the figure is the training fallback (METRIC_KEYS' second key): the eval grid has not been drawn
     pred_from_training: bool = False
     kl_from_training: bool = False
+    # the figures ("pred_mean", "pred_spread", "kl", "labels") recorded as NaN or infinite: None above, NOT_A_NUMBER shown
+    not_a_number: tuple[str, ...] = ()
 
 
 def round_rows(session: Session, experiment: Experiment) -> list[RoundRow]:
@@ -118,6 +137,7 @@ def round_rows(session: Session, experiment: Experiment) -> list[RoundRow]:
             human_mean=st.mean_score, pred_mean=pred_mean, pred_spread=pred_spread,
             kl=kl, labels=metric(r.metrics, "labels"),
             pred_from_training=pred_fallback or spread_fallback, kl_from_training=kl_fallback,
+            not_a_number=tuple(n for n in ("pred_mean", "pred_spread", "kl", "labels") if metric_not_a_number(r.metrics, n)),
         ))
     return rows
 
@@ -132,7 +152,10 @@ def _fmt(value: float | int | None, digits: int = 0) -> str:
 TRAINING_MARK = " (train)"
 TRAINING_NOTE = ("A figure marked (train) is not yet the eval grid's: Predicted and Spread are then on the round's training "
                  "images, and KL to prev is the last optimiser step's batch KL over the attached sampler steps only. "
-                 "They are replaced once the eval grid is drawn.")
+                 "They are replaced once the eval grid is drawn. A figure recorded as NaN or infinite (a training run "
+                 "that diverged) is shown as – (not a number) and left out of the plot.")
+# a round's figure recorded as NaN or infinite: the table printed "nan" or "inf" (tenth review)
+NOT_A_NUMBER = "– (not a number)"
 
 
 def _fmt_src(value: float | None, digits: int, from_training: bool) -> str:
@@ -140,10 +163,14 @@ def _fmt_src(value: float | None, digits: int, from_training: bool) -> str:
 
 
 def table(rows: list[RoundRow]) -> list[list[str]]:
+    def cell(r: RoundRow, name: str, text: str) -> str:
+        return NOT_A_NUMBER if name in r.not_a_number else text
+
     return [[str(r.index), r.status, _fmt(r.images), _fmt(r.rated_images), _fmt(r.ratings), _fmt(r.ratings_wanted),
              _fmt(r.comparisons), _fmt(r.comparisons_wanted), _fmt(r.human_mean, 2),
-             _fmt_src(r.pred_mean, 2, r.pred_from_training), _fmt_src(r.pred_spread, 3, r.pred_from_training),
-             _fmt_src(r.kl, 4, r.kl_from_training), _fmt(r.labels)] for r in rows]
+             cell(r, "pred_mean", _fmt_src(r.pred_mean, 2, r.pred_from_training)),
+             cell(r, "pred_spread", _fmt_src(r.pred_spread, 3, r.pred_from_training)),
+             cell(r, "kl", _fmt_src(r.kl, 4, r.kl_from_training)), cell(r, "labels", _fmt(r.labels))] for r in rows]
 
 
 def figure(rows: list[RoundRow]) -> Figure:

@@ -12,7 +12,7 @@ from pathlib import Path
 import gradio as gr
 import pytest
 from gradio import utils as gradio_utils
-from sqlalchemy import make_url, select
+from sqlalchemy import make_url, select, text
 
 from app import auth, ui, ui_admin, ui_dashboard, ui_rate
 from app.auth import AuthError, users_exist
@@ -1313,6 +1313,37 @@ def test_an_account_name_the_admin_typed_that_names_nobody_is_not_repeated_at_an
         with pytest.raises(NotFound) as refused:
             action()
         assert "no rater named 'xxx" in str(refused.value) and len(str(refused.value)) < 100, str(refused.value)[:200]
+
+
+def test_a_round_figure_that_is_not_a_number_is_shown_as_such_never_nan_or_inf(ui_world):
+    """Tenth review: a round's metric recorded as NaN or an infinity (a diverged run) reached the table as "nan" and
+    "inf". Now the cell says "– (not a number)", the note under the table says why, the plot leaves it out, and the
+    training fallback is not shown in its place (it measures something else)."""
+    metrics = {"eval": {"pred_reward": float("nan"), "head_spread": 0.25, "kl_to_prev": float("inf")},
+               "train": {"finetune": {"kl_last": 0.5}, "labels": float("-inf")}}
+    assert ui_dashboard.metric(metrics, "kl") is None and ui_dashboard.metric(metrics, "pred_spread") == 0.25
+    row = ui_dashboard.RoundRow(
+        index=1, status="done", images=2, rated_images=2, ratings=2, budget=2, ratings_wanted=2, comparisons=None,
+        comparisons_wanted=None, human_mean=5.0, pred_mean=ui_dashboard.metric(metrics, "pred_mean"),
+        pred_spread=0.25, kl=ui_dashboard.metric(metrics, "kl"), labels=ui_dashboard.metric(metrics, "labels"),
+        not_a_number=tuple(n for n in ("pred_mean", "pred_spread", "kl", "labels")
+                           if ui_dashboard.metric_not_a_number(metrics, n)))
+    cells = dict(zip(ui_dashboard.HEADERS, ui_dashboard.table([row])[0]))
+    assert cells["Predicted"] == cells["KL to prev"] == cells["Labels used"] == "– (not a number)"
+    assert cells["Spread (sd)"] == "0.250"
+    assert "not a number" in ui_dashboard.TRAINING_NOTE
+    assert len(ui_dashboard.figure([row]).axes) == 3
+    # through the dashboard's own rows: the app's writes refuse such a number (``repo.update_round_metrics``, the
+    # engine's JSON serializer), but SQLite's JSON text written by hand keeps it, and Python's json reads it back
+    with write_session(ui_world.factory) as s:
+        if s.get_bind().dialect.name != "sqlite":
+            return  # PostgreSQL's jsonb refuses NaN and Infinity: nothing to read back
+        s.execute(text("UPDATE rounds SET metrics = :m WHERE id = :i"),
+                  {"m": json.dumps(metrics), "i": ui_world.round_id})
+    d = ui_dashboard.load(ui_world.factory, None, admin=True)
+    shown = dict(zip(ui_dashboard.HEADERS, d.table[0]))
+    assert shown["Predicted"] == shown["KL to prev"] == shown["Labels used"] == "– (not a number)"
+    assert not any(word in " ".join(d.table[0]) for word in ("nan", "inf"))
 
 
 def test_a_training_fallback_is_labelled_not_shown_as_the_eval_grids_figure(ui_world):
