@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from seiko_core.stats import NO_SPREAD, mean_ci95, number_or_none, pearson, wins
+from seiko_core.stats import NO_SPREAD, mean_ci95, number_or_none, pearson, wins, wins_text
 
 REPORTED = ("share_ge6", "mean_rating", "variety_pixels_pct_round0", "variety_embedding_pct_round0",
             "variety_liked_pixels_pct_round0", "variety_liked_embedding_pct_round0", "wait_s", "reward_corr",
@@ -234,12 +234,12 @@ def pooled_table(pairs: list[tuple[dict[str, Any], dict[str, Any]]], names: list
     wait = "-" if p["max_wait_s"] is None else f"{p['max_wait_s']:.1f}"
     variety = "-" if p["variety_emb_diff"] is None else f"{p['variety_emb_diff']:+.1f}"
     label = "; ".join(f"{a} -> {b}" for a, b in names)
-    var_rows = [f"| {what} | {v['n']} | {v['diff']:+.1f} {_ci(v['diff'], v['ci95'])} | {v['wins']:g}/{v['n']} |"
+    var_rows = [f"| {what} | {v['n']} | {v['diff']:+.1f} {_ci(v['diff'], v['ci95'])} | {wins_text(v['wins'], v['n'])} |"
                 for what, key in VARIETIES if (v := p["varieties"].get(key))]
     return "\n".join([f"Pooled over {len(pairs)} paired runs ({label})", "",
                       "| pairs | share >= 6, mean difference, points [95% CI] | wins | variety emb., difference, points | longest wait, s |",
                       "|---|---|---|---|---|",
-                      f"| {p['n']} | {p['share_diff']:+.1f} {_ci(p['share_diff'], p['share_ci95'])} | {p['wins']:g}/{p['n']} | {variety} | {wait} |"]
+                      f"| {p['n']} | {p['share_diff']:+.1f} {_ci(p['share_diff'], p['share_ci95'])} | {wins_text(p['wins'], p['n'])} | {variety} | {wait} |"]
                      + ([f"\nLeft out (a run did not finish them): {', '.join(p['left_out'])}."] if p["left_out"] else [])
                      + (["", "Variety paired by seed (B minus A, points of round 0's variety; a seed counts where both "
                          "runs measured it: the liked images' variety needs two liked images in each)", "",

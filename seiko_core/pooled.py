@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from seiko_core.simulate import LABELS, METHODS, RESULTS, final_rewards, finished_runs
-from seiko_core.stats import interval_text, mean_ci95, pearson, t975, wins
+from seiko_core.stats import interval_text, mean_ci95, pearson, t975, wins, wins_text
 
 
 def pretrained_spread(results: dict) -> float:
@@ -193,7 +193,7 @@ def _format_rows(rows: list[dict]) -> list[str]:
     for r in rows:
         pairs = " + ".join(f"{n} {o}" for o, n in r["per_oracle"].items())
         lines.append(f"| {LABELS.get(r['method'], r['method'])} | {pairs} | **{r['mean']:+.2f}** "
-                     f"{interval_text(r['mean'], r['ci95'], '+.2f')} | {r['wins']:g}/{r['n']} |")
+                     f"{interval_text(r['mean'], r['ci95'], '+.2f')} | {wins_text(r['wins'], r['n'])} |")
     return lines
 
 

@@ -72,7 +72,7 @@ from .config import (
     to_dict,
 )
 from .scratch import PixelSpill, add_max_mib_argument, exit_on_sigterm, float_pixels, own_scratch_folder
-from .stats import interval_text, mean_ci95, pearson, t975, wins  # noqa: F401  (re-exported: reports import them from here)
+from .stats import interval_text, mean_ci95, pearson, t975, wins, wins_text  # noqa: F401  (re-exported: reports import them from here)
 
 RESULTS = "results.json"
 CURVE = "curve.png"
@@ -657,7 +657,7 @@ def table_text(results: dict) -> str:
         per = ", ".join(f"{v:.2f}" for _, v in sorted(r["per_seed"].items(), key=lambda kv: int(kv[0])))
         paired = ("-" if r["method"] == "greedy" or not r["paired_n"] else
                   f"{r['paired_diff']:+.3f} {interval_text(r['paired_diff'], r['paired_ci95'], '+.3f')}")
-        wins = "-" if r["method"] == "greedy" or not r["paired_n"] else f"{r['wins']:g}/{r['paired_n']}"
+        wins = "-" if r["method"] == "greedy" or not r["paired_n"] else wins_text(r['wins'], r['paired_n'])
         lines.append(f"| {LABELS.get(r['method'], r['method'])} | {r['rounds']} | {r['labels']} | {r['finetune_steps']} | "
                      f"**{r['mean']:.3f}** {interval_text(r['mean'], r['ci95'], '.3f')} | {paired} | {wins} | "
                      f"{per} | {r['kl_base']:.3g} | {r['wall_s'] / 60:.1f} min |")

@@ -88,8 +88,22 @@ def pearson(a, b) -> float | None:
 
 def wins(differences) -> float:
     """Paired wins of B over A from the differences B - A: a positive one counts 1, an exact tie 1/2 (the rule every
-    table here states; the simulator's and the pooled tables counted a tie as a loss, found by review)."""
-    return float(sum(1.0 if d > 0 else 0.5 if d == 0 else 0.0 for d in differences))
+    table here states; the simulator's and the pooled tables counted a tie as a loss, found by review). NaN when a
+    difference is NaN (a run whose reward went NaN): neither a win, a tie nor a loss, so the count of n is undefined,
+    as the mean of those differences is (:func:`mean_ci95`); it was counted as a loss (tenth review). Tables show it
+    with :func:`wins_text`."""
+    ds = [float(d) for d in differences]
+    if any(math.isnan(d) for d in ds):
+        return float("nan")
+    return float(sum(1.0 if d > 0 else 0.5 if d == 0 else 0.0 for d in ds))
+
+
+NO_WINS = "[no count: a value is not a number]"
+
+
+def wins_text(won: float, n: int) -> str:
+    """"won/n" (``won`` from :func:`wins`, halves kept), or NO_WINS where ``won`` is NaN: "nan/5" read as a count."""
+    return NO_WINS if math.isnan(won) else f"{won:g}/{n}"
 
 
 def number_or_none(value) -> bool:

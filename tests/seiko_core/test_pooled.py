@@ -190,6 +190,19 @@ def test_a_tie_counts_as_half_a_win_in_every_table():
     assert [r["wins"] for r in rows if r["method"] == "ucb"] == [1.0]
 
 
+def test_a_difference_that_is_not_a_number_is_no_loss():
+    """Tenth review: a paired difference that is NaN (a run whose reward went NaN) counted as a loss, so a table said
+    "1/2" where one of the two pairs has no outcome at all. Now the count is undefined, as the row's mean is, and the
+    tables say so instead of printing "nan/2"."""
+    from seiko_core.stats import wins
+
+    assert math.isnan(wins([1.0, float("nan")])) and math.isnan(wins(np.array([float("nan"), -1.0])))
+    assert wins([1.0, 0.0, -1.0]) == 1.5  # still 1 win, 1 tie, 1 loss without one
+    broken = _results("a", 1.0, {"greedy": {0: 1.0, 1: 2.0}, "ucb": {0: 2.0, 1: float("nan")}})
+    table = pooled.pooled_table([broken])
+    assert "| [no count: a value is not a number] |" in table and "1/2" not in table and "nan/" not in table
+
+
 @pytest.mark.parametrize("k, n", [(78, 96), (96, 96), (0, 96), (1, 10), (5, 7)])
 def test_wilson_interval_is_the_set_of_proportions_the_share_is_within_two_errors_of(k, n):
     """By brute force from the interval's definition: the p on a fine grid for which the observed share lies within
