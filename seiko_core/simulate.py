@@ -673,7 +673,11 @@ def table_text(results: dict) -> str:
             if c is None:
                 return "-"
             m, h, n = c  # a t-interval of correlations, shown within the range a correlation can take
-            return f"{m:+.2f} [{max(-1.0, m - h):+.2f}, {min(1.0, m + h):+.2f}] (n={n})" if n > 1 else f"{m:+.2f} (n=1)"
+            if n < 2 and not math.isnan(m):
+                return f"{m:+.2f} (n=1)"
+            if math.isnan(m) or h == 0:  # interval_text's words: equal values printed "[m, m]" (tenth review)
+                return f"{'' if math.isnan(m) else f'{m:+.2f} '}{interval_text(m, h, '+.2f')} (n={n})"
+            return f"{m:+.2f} [{max(-1.0, m - h):+.2f}, {min(1.0, m + h):+.2f}] (n={n})"
 
         for q in quality:
             neg = ", ".join(str(x) for x in q["negative_seeds"]) or "-"

@@ -247,6 +247,12 @@ def test_reward_quality_rows_by_hand(tmp_path):
     m, h, n = simulate.reward_quality_rows(results)[0]["bonus_error_corr"]
     assert n == 2 and abs(m - 0.3) < 1e-12 and abs(h - 12.706 * 0.1) < 1e-3
     assert "| - | +0.30 [-0.97, +1.00] (n=2) |" in simulate.write_table(results, tmp_path / "table.md")  # clipped at 1
+    # seeds whose calibration is the same: the project's words for no interval, not "[+0.20, +0.20]" (tenth review)
+    results["runs"]["greedy"]["2"]["rounds"][1]["bonus_error_corr"] = 0.2
+    assert "| - | +0.20 [no interval: every value the same] (n=2) |" in simulate.write_table(results, tmp_path / "t.md")
+    # one that is not a number (an old results file): said so, not "+nan [+nan, +nan]"
+    results["runs"]["greedy"]["2"]["rounds"][1]["bonus_error_corr"] = float("nan")
+    assert "| - | [no interval: a value is not a number] (n=2) |" in simulate.write_table(results, tmp_path / "t.md")
 
 
 def _summary_results(value: float, *, pairs: bool = False) -> dict:
