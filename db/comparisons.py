@@ -371,6 +371,18 @@ def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, fl
     return wilson_bounds(successes, n, z)
 
 
+def _voted_pairs(votes_by_pair: Sequence[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """Each pair's (wins, losses, ties), checked (InvalidInput, one sentence), pairs without votes left out."""
+    counts = []
+    for pair in votes_by_pair:
+        if (not isinstance(pair, tuple | list) or len(pair) != 3
+                or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in pair)):
+            raise InvalidInput(f"each pair's votes must be (wins, losses, ties), whole numbers >= 0, got {pair!r}")
+        if sum(pair) > 0:
+            counts.append(tuple(pair))
+    return counts
+
+
 def clustered_win_interval(votes_by_pair: Sequence[tuple[int, int, int]], z: float = Z95) -> tuple[float, float]:
     """Wilson's interval for the pooled win rate ``(wins + ties / 2) / N`` of votes clustered by pair: Wilson at the
     effective number of votes ``N / deff`` (never more than N), ``deff`` the ratio of the rate's cluster-robust
@@ -383,13 +395,7 @@ def clustered_win_interval(votes_by_pair: Sequence[tuple[int, int, int]], z: flo
     between refreshes), is Wilson's interval itself when every pair has one vote, and keeps Wilson's ends inside
     [0, 1]; a percentile bootstrap over the 16 pairs of a round is itself too narrow (it has no small-sample
     correction) and says nothing below two pairs."""
-    counts = []
-    for pair in votes_by_pair:
-        if (not isinstance(pair, tuple | list) or len(pair) != 3
-                or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in pair)):
-            raise InvalidInput(f"each pair's votes must be (wins, losses, ties), whole numbers >= 0, got {pair!r}")
-        if sum(pair) > 0:
-            counts.append(tuple(pair))
+    counts = _voted_pairs(votes_by_pair)
     if not counts:
         raise InvalidInput("an interval needs at least one vote, got none")
     n = sum(sum(c) for c in counts)
@@ -493,13 +499,7 @@ def pair_bootstrap_interval(votes_by_pair: Sequence[tuple[int, int, int]], *, le
         raise InvalidInput(f"level must be between 0 and 1, got {level!r}")
     if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 100:
         raise InvalidInput(f"resamples must be a whole number of at least 100, got {resamples!r}")
-    counts = []
-    for pair in votes_by_pair:
-        if (not isinstance(pair, tuple | list) or len(pair) != 3
-                or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in pair)):
-            raise InvalidInput(f"each pair's votes must be (wins, losses, ties), whole numbers >= 0, got {pair!r}")
-        if sum(pair) > 0:
-            counts.append(pair)
+    counts = _voted_pairs(votes_by_pair)
     if len(counts) < 2:
         raise InvalidInput(f"a bootstrap over pairs needs at least two pairs with votes, got {len(counts)}")
     import numpy as np

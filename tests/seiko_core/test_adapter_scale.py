@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from seiko_core import lora
 from seiko_core.checkpoint import CheckpointError, write_manifest
@@ -23,6 +23,7 @@ from seiko_core.export import ExportError, export_merged_pipeline
 from seiko_core.models import load_model
 from seiko_core.presets import shapes
 from seiko_core.sampling import sample
+from tests.seiko_core.test_export import _rescaled
 
 SHAPES_MODEL = Path(__file__).resolve().parents[2] / "models" / "shapes-sd"
 BOUND = 100  # the documented bound: a delta's Frobenius norm at most 100 times its base weight's, layer by layer
@@ -38,15 +39,7 @@ def _rescaled_copy(src: Path, dst: Path, *, alpha: float, factor: float = 1.0) -
     for f in src.iterdir():
         if f.name != "manifest.json":
             (dst / f.name).write_bytes(f.read_bytes())
-    weights = dst / lora.WEIGHT_NAME
-    with safe_open(weights, "pt") as f:
-        meta = f.metadata()
-    header = json.loads(meta["lora_adapter_metadata"])
-    header["unet.lora_alpha"] = alpha
-    meta["lora_adapter_metadata"] = json.dumps(header)
-    save_file({k: v * factor for k, v in load_file(str(weights)).items()}, str(weights), metadata=meta)
-    config = json.loads((dst / "adapter_config.json").read_text())
-    (dst / "adapter_config.json").write_text(json.dumps({**config, "lora_alpha": alpha}))
+    _rescaled(dst, alpha, factor)
     write_manifest(dst, {"adapter": "round_1", "format": "diffusers-lora"})
     return dst
 
