@@ -212,6 +212,29 @@ def _as_written(raw: bytes) -> dict:
             "body": body}
 
 
+def _rated_once_after_two_retries(page, ui_world, sentence: str) -> None:
+    """The rating sent again after two refusals was stored once: one card rated 7, alice's rating 7 and one undo
+    step in the database, and the page said ``sentence`` with each retry's wait (1 s, 2 s), then nothing."""
+    from sqlalchemy import func, select
+
+    from app import ui_assets
+    from db import repo
+    from db.engine import read_session
+    from db.models import UndoStep
+
+    card = page.locator(".rg-card[data-state=rated]")
+    assert card.count() == 1 and card.get_attribute("data-score") == "7"
+    alice = ui_world.accounts["alice"]
+    with read_session(ui_world.factory) as s:
+        rated = repo.find_rating(session=s, image_id=int(card.get_attribute("data-image-id")), rater_id=alice)
+        assert rated is not None and rated.score == 7
+        assert s.scalar(select(func.count()).select_from(UndoStep).where(UndoStep.rater_id == alice)) == 1
+    notices = page.evaluate("window.__notices")
+    for s in (1, 2):
+        assert f"{sentence} {ui_assets.STREAM_RETRYING.format(s=s)}" in notices, notices
+    assert notices[-1] == "", notices
+
+
 def _rate_first_card(page, key: str) -> None:
     """Rate the first open card with ``key`` and wait until the server has answered."""
     page.locator(".rg-card[data-state=open]").first.focus()
@@ -402,12 +425,7 @@ def test_an_event_the_guards_caps_refuse_is_sent_again_and_done_once(ui_world, e
     not recorded unless the person pressed again. Against the real server and guard: refused twice, the rating is
     sent again after 1 s and 2 s (each wait said), recorded once (one undo step: it ran once), the card shows it, and
     the box is cleared; no reload."""
-    from sqlalchemy import func, select
-
     from app import gradio_routes, ui_assets
-    from db import repo
-    from db.engine import read_session
-    from db.models import UndoStep
 
     demo, browser = e2e(_without_timers(ui_world.services(batch_size=4)))
     url = demo.local_url.replace("localhost", "127.0.0.1")
@@ -436,18 +454,8 @@ def test_an_event_the_guards_caps_refuse_is_sent_again_and_done_once(ui_world, e
     # the page's other events may follow the rating's three answers (a run once saw two more 200s), none refused
     assert left["n"] == 0 and joins[before:before + 3] == [(429, "1"), (429, "1"), (200, None)], joins[before:]
     assert all(status == 200 for status, _ in joins[before + 3:]), joins[before:]
-    card = page.locator(".rg-card[data-state=rated]")
-    assert card.count() == 1 and card.get_attribute("data-score") == "7"
-    alice = ui_world.accounts["alice"]
-    with read_session(ui_world.factory) as s:
-        rated = repo.find_rating(session=s, image_id=int(card.get_attribute("data-image-id")), rater_id=alice)
-        assert rated is not None and rated.score == 7
-        assert s.scalar(select(func.count()).select_from(UndoStep).where(UndoStep.rater_id == alice)) == 1
-    notices = page.evaluate("window.__notices")
     assert len(set(refusals)) == 1 and str(gradio_routes.EVENTS_IN_FLIGHT) in refusals[0], refusals
-    for s in (1, 2):
-        assert f"{refusals[0]} {ui_assets.STREAM_RETRYING.format(s=s)}" in notices, notices
-    assert notices[-1] == "", notices
+    _rated_once_after_two_retries(page, ui_world, refusals[0])
     assert len(loads) == loaded, loads
     assert not errors, errors
 
@@ -457,12 +465,7 @@ def test_an_event_gradios_full_queue_refused_is_sent_again_and_done_once(ui_worl
     before queueing it; the page sent again only refusals that said nothing was run, so the rating was lost (a toast,
     the card as before). Against the real server: Gradio's queue refuses the rating twice as full, the guard says it
     was not run, the page sends it again after 1 s and 2 s, and it is recorded once (one undo step); no reload."""
-    from sqlalchemy import func, select
-
     from app import ui_assets
-    from db import repo
-    from db.engine import read_session
-    from db.models import UndoStep
 
     demo, browser = e2e(_without_timers(ui_world.services(batch_size=4)))
     url = demo.local_url.replace("localhost", "127.0.0.1")
@@ -489,17 +492,7 @@ def test_an_event_gradios_full_queue_refused_is_sent_again_and_done_once(ui_worl
     before = len(joins)
     _rate_first_card(page, "7")
     assert left["n"] == 0 and joins[before:before + 3] == [(503, "1"), (503, "1"), (200, None)], joins[before:]
-    card = page.locator(".rg-card[data-state=rated]")
-    assert card.count() == 1 and card.get_attribute("data-score") == "7"
-    alice = ui_world.accounts["alice"]
-    with read_session(ui_world.factory) as s:
-        rated = repo.find_rating(session=s, image_id=int(card.get_attribute("data-image-id")), rater_id=alice)
-        assert rated is not None and rated.score == 7
-        assert s.scalar(select(func.count()).select_from(UndoStep).where(UndoStep.rater_id == alice)) == 1
-    notices = page.evaluate("window.__notices")
-    for s in (1, 2):
-        assert f"{full} {ui_assets.STREAM_RETRYING.format(s=s)}" in notices, notices
-    assert notices[-1] == "", notices
+    _rated_once_after_two_retries(page, ui_world, full)
     assert len(loads) == loaded, loads
     assert not errors, errors
 
