@@ -189,7 +189,9 @@ def test_vote_through_the_gradio_handler_and_the_dashboard_table(ui_world):
 def test_the_ab_table_widens_the_interval_when_raters_agree_within_pairs(ui_world):
     """Two raters vote alike on each of round 1's two pairs (one pair won, the other lost): four votes, but two pairs'
     worth of evidence. The table showed Wilson's interval over the 4 votes as independent (tenth review); now the
-    design-effect one (deff 3 here, by hand: cluster variance 2 / 2^2 * 2 = 1/4 over 1 / (3 * 4)), Wilson at 4/3."""
+    design-effect one (deff 3 here, by hand: cluster variance 2 / 2^2 * 2 = 1/4 over 1 / (3 * 4)), Wilson at 4/3,
+    at Student's t with 2 - 1 degrees of freedom, 12.706 (eleventh review; it was the normal 1.96): two pairs say
+    next to nothing about the pairs a round could be asked about."""
     round1 = _round1_with_eval_grid(ui_world)
     with write_session(ui_world.factory) as s:
         ab.create_round_pairs(session=s, round_id=round1, seed=3)
@@ -202,9 +204,10 @@ def test_the_ab_table_widens_the_interval_when_raters_agree_within_pairs(ui_worl
             for name in ("alice", "bob"):
                 comparisons.record_vote(session=s, pair_id=pair_id, rater_id=ui_world.accounts[name], choice=choice)
     rows = ui_compare.ab_rows(ui_world.factory, ui_world.experiment_id)
-    lo, hi = comparisons.wilson_interval(2 / 3, 4 / 3)
+    lo, hi = comparisons.wilson_interval(2 / 3, 4 / 3, 12.706)  # t(0.975, 1 df) = tan(0.475 pi)
     plain = comparisons.wilson_interval(2, 4)
     assert lo < plain[0] and hi > plain[1]
+    assert (f"{lo:.2f}", f"{hi:.2f}") == ("0.00", "1.00")
     assert rows == [["1", "base", f"0.50 [{lo:.2f}, {hi:.2f}] (4, 2)", f"0.50 [{lo:.2f}, {hi:.2f}] (4, 2)"]]
 
 
