@@ -3,21 +3,27 @@
     python -m app.tools.ab_coverage                       # defaults: --trials 2000 --seed 0 --resamples 1000
     python -m app.tools.ab_coverage --trials 20000 --seed 1 --json coverage.json
 
-The intervals are the project's own: ``db.comparisons.win_stats`` (a 95% Wilson interval on
-``(wins + ties / 2) / votes``, votes treated as independent) and ``db.comparisons.pair_bootstrap_interval`` (a
-percentile bootstrap over whole pairs). Only the votes are simulated here, with numpy.
+The intervals are the project's own: the dashboard's, ``db.comparisons.win_stats`` given each pair's votes
+(``by_pair``, as ``ab_win_rates`` gives them), which is ``clustered_win_interval`` (Wilson's interval on
+``(wins + ties / 2) / votes`` at the effective number of votes, at Student's t with pairs - 1 degrees of freedom
+where the votes on a pair move together; exactly Wilson's interval over the votes when every pair has one vote);
+for comparison, ``win_stats`` without ``by_pair`` (Wilson over the votes as independent trials, what the dashboard
+showed before 6 Dec 2026) and ``db.comparisons.pair_bootstrap_interval`` (a percentile bootstrap over whole
+pairs). Only the votes are simulated here, with numpy.
 
 (a) Independent votes: each vote is a win with probability ``p - t/2``, a tie with ``t``, a loss with the rest, so
 the estimand ``P(win) + P(tie)/2`` is ``p``; p in {0.5, 0.6, 0.7, 0.9}, votes n in {10, 20, 50, 100, 400},
-tie probability t in {0, 0.2}.
+tie probability t in {0, 0.2}. Each vote is on a pair of its own (one rater per pair), as the dashboard is then
+given them.
 
 (b) Clustered votes, as the app collects them: 16 pairs (the shapes preset's eval grid per opponent), each rater
 votes once on every pair, so n in {16, 64, 256} is 1, 4 or 16 votes per pair. Pair j has its own win probability
 ``q_j ~ Beta(p * k, (1 - p) * k)`` (no ties), drawn afresh in every trial: the 16 pairs are a sample of the
 prompts and seeds the round could be asked about. The estimand for "this round is better in general" is the mean
 over that population, ``p``. Two votes on one pair are correlated by ``1 / (k + 1)`` (the intra-class
-correlation), so the Wilson interval's variance is too small by about ``1 + (votes per pair - 1) / (k + 1)``.
-Reported beside it: the Wilson interval's coverage of the 16 drawn pairs' own mean (what it does estimate) and
+correlation), so the independent-vote Wilson interval's variance is too small by about
+``1 + (votes per pair - 1) / (k + 1)``. Reported: the dashboard's (clustered) interval's coverage of ``p``; the
+independent-vote Wilson interval's coverage of ``p`` and of the 16 drawn pairs' own mean (what it does estimate);
 the pair bootstrap's coverage of ``p``; p in {0.5, 0.7}, concentration k in {2, 8, 32}.
 
 Coverage is the share of trials whose interval holds the estimand (ends included); its Monte-Carlo standard
@@ -59,8 +65,13 @@ def _se(coverage: float, trials: int) -> float:
     return math.sqrt(coverage * (1 - coverage) / trials)
 
 
+def _one_vote_per_pair(wins: int, losses: int, ties: int) -> list[tuple[int, int, int]]:
+    return [(1, 0, 0)] * wins + [(0, 1, 0)] * losses + [(0, 0, 1)] * ties
+
+
 def independent_coverage(p: float, n: int, tie: float, *, trials: int, seed: int = 0) -> dict[str, Any]:
-    """Coverage of ``win_stats``'s interval over ``trials`` draws of ``n`` independent votes (see (a) above)."""
+    """Coverage of the dashboard's interval (``win_stats`` given each vote as a pair's one vote) over ``trials`` draws
+    of ``n`` independent votes (see (a) above)."""
     win, loss = p - tie / 2, 1 - p - tie / 2
     if win < 0 or loss < -1e-12:
         raise ValueError(f"a win rate of {p} cannot hold ties with probability {tie}")
@@ -68,7 +79,7 @@ def independent_coverage(p: float, n: int, tie: float, *, trials: int, seed: int
     outcomes, which = np.unique(counts, axis=0, return_inverse=True)  # the interval once per distinct outcome
     covered, width = np.empty(len(outcomes), dtype=bool), np.empty(len(outcomes))
     for k, (w, t, los) in enumerate(outcomes.tolist()):
-        lo, hi = win_stats(w, los, t)["ci95"]
+        lo, hi = win_stats(w, los, t, n, _one_vote_per_pair(w, los, t))["ci95"]
         covered[k], width[k] = lo <= p <= hi, hi - lo
     which = which.reshape(-1)
     coverage = float(covered[which].mean())
@@ -78,8 +89,9 @@ def independent_coverage(p: float, n: int, tie: float, *, trials: int, seed: int
 
 def clustered_coverage(p: float, n: int, concentration: float, *, trials: int, seed: int = 0,
                        resamples: int = 1000, pairs: int = PAIRS) -> dict[str, Any]:
-    """Coverage of ``win_stats`` and ``pair_bootstrap_interval`` when ``n`` votes fall evenly on ``pairs`` pairs
-    whose win probabilities are drawn from Beta(p k, (1 - p) k) (see (b) above)."""
+    """Coverage of the dashboard's interval (``win_stats`` with ``by_pair``: "clustered"), ``win_stats`` over the votes
+    as independent ("wilson", "wilson_these_pairs") and ``pair_bootstrap_interval`` ("bootstrap") when ``n`` votes
+    fall evenly on ``pairs`` pairs whose win probabilities are drawn from Beta(p k, (1 - p) k) (see (b) above)."""
     if n % pairs:
         raise ValueError(f"{n} votes cannot be spread evenly over {pairs} pairs")
     per_pair = n // pairs
@@ -87,24 +99,29 @@ def clustered_coverage(p: float, n: int, concentration: float, *, trials: int, s
     q = rng.beta(p * concentration, (1 - p) * concentration, size=(trials, pairs))
     wins = rng.binomial(per_pair, q)
     boot_seeds = rng.integers(0, 2**63, size=trials)
-    wilson_pop = wilson_grid = boot_pop = 0
-    wilson_width = boot_width = 0.0
+    wilson_pop = wilson_grid = boot_pop = clustered_pop = 0
+    wilson_width = boot_width = clustered_width = 0.0
     for t in range(trials):
         row = wins[t].tolist()
         total = sum(row)
+        by_pair = [(w, per_pair - w, 0) for w in row]
+        lo, hi = win_stats(total, n - total, 0, pairs, by_pair)["ci95"]  # the dashboard's (ab_win_rates)
+        clustered_pop += lo <= p <= hi
+        clustered_width += hi - lo
         lo, hi = win_stats(total, n - total, 0, pairs)["ci95"]
         wilson_pop += lo <= p <= hi
         wilson_grid += lo <= float(q[t].mean()) <= hi
         wilson_width += hi - lo
-        blo, bhi = pair_bootstrap_interval([(w, per_pair - w, 0) for w in row], resamples=resamples,
-                                           seed=int(boot_seeds[t]))
+        blo, bhi = pair_bootstrap_interval(by_pair, resamples=resamples, seed=int(boot_seeds[t]))
         boot_pop += blo <= p <= bhi
         boot_width += bhi - blo
     out: dict[str, Any] = {"p": p, "n": n, "pairs": pairs, "votes_per_pair": per_pair, "concentration": concentration,
                            "icc": 1 / (concentration + 1), "trials": trials, "resamples": resamples}
-    for name, hits in (("wilson", wilson_pop), ("wilson_these_pairs", wilson_grid), ("bootstrap", boot_pop)):
+    for name, hits in (("clustered", clustered_pop), ("wilson", wilson_pop), ("wilson_these_pairs", wilson_grid),
+                       ("bootstrap", boot_pop)):
         coverage = hits / trials
         out[name] = {"coverage": coverage, "se": _se(coverage, trials)}
+    out["clustered"]["mean_width"] = clustered_width / trials
     out["wilson"]["mean_width"] = wilson_width / trials
     out["bootstrap"]["mean_width"] = boot_width / trials
     return out
@@ -129,7 +146,8 @@ def _cell(stat: dict[str, Any]) -> str:
 def markdown(result: dict[str, Any]) -> str:
     s = result["settings"]
     lines = [f"Coverage of the 95% interval ({s['trials']} trials per cell, seed {s['seed']}; ± is the Monte-Carlo "
-             "standard error).", "", "(a) Independent votes (db.comparisons.win_stats, Wilson):", "",
+             "standard error).", "", "(a) Independent votes, one per pair (the dashboard's interval, "
+             "db.comparisons.win_stats with by_pair: Wilson's):", "",
              "| true rate p | P(tie) | " + " | ".join(f"n={n}" for n in VOTES) + " |",
              "|---:|---:|" + "---:|" * len(VOTES)]
     cells = {(r["p"], r["tie"], r["n"]): r for r in result["independent"]}
@@ -138,13 +156,15 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {p:.1f} | {tie:.1f} | " + " | ".join(_cell(cells[p, tie, n]) for n in VOTES) + " |")
     lines += ["", f"(b) Clustered votes: {s['pairs']} pairs, pair win probability ~ Beta(p k, (1 - p) k), estimand p "
               f"(the pair population's mean); pair bootstrap with {s['resamples']} resamples:", "",
-              "| p | k (ICC) | votes | per pair | Wilson covers p | Wilson covers these pairs' mean | "
-              "pair bootstrap covers p | Wilson width | bootstrap width |",
-              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "| p | k (ICC) | votes | per pair | dashboard (clustered) covers p | independent-vote Wilson covers p | "
+              "Wilson covers these pairs' mean | pair bootstrap covers p | dashboard width | Wilson width | "
+              "bootstrap width |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["clustered"]:
         lines.append(f"| {r['p']:.1f} | {r['concentration']:g} ({r['icc']:.2f}) | {r['n']} | {r['votes_per_pair']} | "
-                     f"{_cell(r['wilson'])} | {_cell(r['wilson_these_pairs'])} | {_cell(r['bootstrap'])} | "
-                     f"{r['wilson']['mean_width']:.3f} | {r['bootstrap']['mean_width']:.3f} |")
+                     f"{_cell(r['clustered'])} | {_cell(r['wilson'])} | {_cell(r['wilson_these_pairs'])} | "
+                     f"{_cell(r['bootstrap'])} | {r['clustered']['mean_width']:.3f} | {r['wilson']['mean_width']:.3f} | "
+                     f"{r['bootstrap']['mean_width']:.3f} |")
     lines += ["", f"({s['seconds']} s)"]
     return "\n".join(lines)
 

@@ -50,8 +50,44 @@ def test_a_win_rate_that_cannot_hold_the_ties_is_refused():
 
 
 def test_the_tool_uses_the_projects_own_interval(monkeypatch):
-    monkeypatch.setattr(ab_coverage, "win_stats", lambda w, los, t, pairs=0: {"ci95": [0.0, 0.01]})
+    monkeypatch.setattr(ab_coverage, "win_stats", lambda w, los, t, pairs=0, by_pair=None: {"ci95": [0.0, 0.01]})
     assert ab_coverage.independent_coverage(0.7, 50, 0.0, trials=200)["coverage"] == 0.0
+
+
+def test_the_tool_measures_the_interval_the_dashboard_shows(monkeypatch):
+    """The dashboard's rates come from ``win_stats`` given each pair's votes (``ab_win_rates``); the tool measured only
+    ``win_stats`` without them, Wilson over the votes as independent, which the dashboard stopped showing on 6 Dec
+    2026 (found by the tenth review, fixed in the eleventh). Here only the call with each pair's votes is stood in."""
+    real = cmp.win_stats
+    calls = []
+
+    def stand_in(w, los, t, pairs=0, by_pair=None):
+        if by_pair is None:
+            return real(w, los, t, pairs)
+        calls.append((w, los, t, list(by_pair)))
+        return {"ci95": [0.0, 0.01]}
+
+    monkeypatch.setattr(ab_coverage, "win_stats", stand_in)
+    cell = ab_coverage.clustered_coverage(0.7, 64, 2.0, trials=50, seed=0, resamples=100)
+    assert cell["clustered"]["coverage"] == 0.0 and cell["wilson"]["coverage"] > 0.5
+    assert len(calls) == 50 and all(len(v) == 16 and all(sum(c) == 4 for c in v) for *_, v in calls)
+    assert all(sum(c[0] for c in v) == w and w + los == 64 and t == 0 for w, los, t, v in calls)
+    calls.clear()
+    ab_coverage.independent_coverage(0.6, 20, 0.2, trials=100)  # independent votes: a pair of their own each
+    assert calls and all(len(v) == 20 and all(sum(c) == 1 for c in v) for *_, v in calls)
+    assert all([sum(c[i] for c in v) for i in range(3)] == [w, los, t] for w, los, t, v in calls)
+
+
+def test_the_dashboards_interval_covers_clustered_votes_where_the_independent_one_falls_short():
+    """16 pairs of 16 votes with strong pair effects (k = 2): the dashboard's clustered interval near 95%, the
+    independent-vote one far below; with one vote per pair the two are the same interval (Wilson's)."""
+    one = ab_coverage.clustered_coverage(0.7, 16, 2.0, trials=600, seed=0, resamples=100)
+    many = ab_coverage.clustered_coverage(0.7, 256, 2.0, trials=600, seed=0, resamples=100)
+    assert one["clustered"] == one["wilson"]
+    assert many["clustered"]["coverage"] > 0.93 and many["wilson"]["coverage"] < 0.8
+    assert many["clustered"]["se"] == pytest.approx(math.sqrt(many["clustered"]["coverage"]
+                                                             * (1 - many["clustered"]["coverage"]) / 600))
+    assert many["clustered"]["mean_width"] > 1.5 * many["wilson"]["mean_width"]
 
 
 def test_many_votes_per_pair_make_the_wilson_interval_too_narrow_and_the_pair_bootstrap_helps():
@@ -110,9 +146,11 @@ def test_main_prints_both_tables_and_writes_json(tmp_path, capsys):
     assert ab_coverage.main(["--trials", "20", "--seed", "2", "--resamples", "100", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "| 0.7 | 0.2 |" in text and "| 0.5 | 2 (0.33) | 256 | 16 |" in text
+    assert "dashboard (clustered) covers p" in text
     data = json.loads(out.read_text())
     assert data["settings"]["trials"] == 20 and data["settings"]["seed"] == 2
     assert len(data["independent"]) == 4 * 2 * 5 and len(data["clustered"]) == 2 * 3 * 3
+    assert all({"coverage", "se", "mean_width"} <= set(row["clustered"]) for row in data["clustered"])
     assert all(0 <= row["coverage"] <= 1 for row in data["independent"])
 
 
