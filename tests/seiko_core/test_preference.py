@@ -109,6 +109,41 @@ def test_fit_reports_the_hand_computed_loss_of_its_own_rewards():
     assert bool((r[1] < r[0]).all()) and bool((r[1] < r[2]).all())
 
 
+# --- against the closed-form maximum-likelihood estimate (eleventh review) -----------------------------------------------
+# The fit has no prior or penalty (``prior_scale`` is refused, the optimiser has no weight decay): each head minimises
+# its bootstrap-weighted Bradley-Terry NLL. Where every comparison's own minimum is reachable at once, that is the
+# minimum whatever the (positive) weights, so the maximum-likelihood rewards are known in closed form.
+MLE_CFG = RewardConfig(num_heads=3, hidden=(4,), dropout=(), lr=1e-2, max_epochs=2000, patience=100, holdout=0.0)
+
+
+@pytest.mark.parametrize("wins,losses", [(3, 1), (1, 4), (5, 2)])
+def test_two_items_fit_the_closed_form_log_odds_of_their_votes(wins, losses):
+    """One pair's votes as item 0's share: the Bradley-Terry MLE of r0 - r1 is log(wins / losses) (the NLL's
+    derivative sigmoid(d) - wins / (wins + losses) is zero there), under every head, in logits, mean zero."""
+    x = torch.eye(2)
+    fit = fit_preference_reward(x, pairs=torch.tensor([[0.0, 1.0, wins / (wins + losses)]]), cfg=MLE_CFG, seed=0)
+    r = fit.ensemble(x).double()
+    assert fit.metrics["unit"] == UNIT_BT_LOGIT and fit.metrics["n_holdout"] == 0
+    torch.testing.assert_close(r[0] - r[1], torch.full((3,), math.log(wins / losses), dtype=torch.float64),
+                               rtol=0, atol=0.02)
+    torch.testing.assert_close(r.sum(dim=0), torch.zeros(3, dtype=torch.float64), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_three_items_fit_the_strengths_that_make_every_share_exact(seed):
+    """Shares made from strengths with r0 - r1 = 0.8 and r1 - r2 = -1.3 (so item 0 beats item 2 with share
+    sigmoid(-0.5)). Every comparison's NLL is least there, so it is the MLE under any head's bootstrap weights; each
+    comparison is said three times so that no head's resample leaves an item pair unlinked."""
+    a, b = 0.8, -1.3
+    sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    pairs = torch.tensor([[0, 1, sig(a)], [1, 2, sig(b)], [0, 2, sig(a + b)]] * 3)
+    x = torch.eye(3)
+    r = fit_preference_reward(x, pairs=pairs, cfg=MLE_CFG, seed=seed).ensemble(x).double()
+    torch.testing.assert_close(r[0] - r[1], torch.full((3,), a, dtype=torch.float64), rtol=0, atol=0.02)
+    torch.testing.assert_close(r[1] - r[2], torch.full((3,), b, dtype=torch.float64), rtol=0, atol=0.02)
+    torch.testing.assert_close(r.sum(dim=0), torch.zeros(3, dtype=torch.float64), rtol=0, atol=1e-5)
+
+
 # --- recovery of a known preference function ----------------------------------------------------------------------------
 
 
