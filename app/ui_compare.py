@@ -184,8 +184,8 @@ def _rate(stats: dict[str, Any] | None) -> str:
 
 def ab_rows(factory, experiment_id: int | None) -> list[list[str]]:
     """One row per trained round: the round it was trained from (both branches of a rollback are listed) and its
-    A/B win rates (ties count half; 95% Wilson interval, widened by the design effect when several raters voted on one
-    pair: ``comparisons.clustered_win_interval``)."""
+    A/B win rates (ties count half; 95% Wilson interval, widened by the design effect, at Student's t over the pairs,
+    when several raters voted on one pair: ``comparisons.clustered_win_interval``)."""
     with read_session(factory) as s:
         experiment = pick_experiment(s, experiment_id)
         if experiment is None:
