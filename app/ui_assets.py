@@ -13,12 +13,20 @@ and said in one sentence, where Gradio's client reloaded the page or said nothin
 keeps the heartbeat open (one the server ends is opened again), and sends again an event the server refused before
 it reached the app (``NOT_RUN_HEADER``) (ninth review, 6 Dec 2026). It ends a stream of results that has said nothing
 for ACTION_SILENT_S, and one the network broke, with a sentence in place of Gradio's reload when the same server
-answers again; a page action waits for its answer from the stream's last message (tenth review, 6 Dec 2026).
+answers again; a page action waits for its answer from the stream's last message (tenth review, 6 Dec 2026). Once
+the server has started on an action it is waited for ACTION_RUN_S at most (a hung handler), and while the server cannot
+be reached the actions not yet sent wait in the page's queue, said, and go in order once it answers; the silent bound
+follows Gradio's heartbeat interval (eleventh review, 6 Dec 2026).
 """
 
 from __future__ import annotations
 
 import json
+import math
+
+from gradio import utils as gradio_utils
+
+from db.engine import BUSY_TIMEOUT_MS
 
 CSS = """
 :root { --seiko-accent: #2563eb; --seiko-ok: #15803d; --seiko-muted: #6b7280; }
@@ -87,15 +95,55 @@ CSS = """
 """
 
 # A page action waits this long for its answer (GRID_JS), counted from the last thing the server said: the action's
-# sending, or any message on the page's stream of results (Gradio's server sends one at least every 15 s while an event
-# waits: its heartbeat message, gradio.utils.get_heartbeat_rate). A stream of results silent this long is ended with
+# sending, or any message on the page's stream of results (Gradio's server sends one at least every heartbeat while an
+# event waits: its heartbeat message, gradio.utils.get_heartbeat_rate). A stream of results silent this long is ended with
 # STREAM_SILENT (STREAMS_JS). It was 30 s from the action's sending whatever the stream said: an action waiting its turn
-# in a busy queue was given up while the server still answered, and the next went beside it (tenth review, 6 Dec 2026)
-ACTION_SILENT_S = 30
+# in a busy queue was given up while the server still answered, and the next went beside it (tenth review, 6 Dec 2026).
+# The bound is twice the heartbeat and at least ACTION_SILENT_MIN_S: it was 30 s on the note that the heartbeat is 15 s,
+# while GRADIO_HEARTBEAT_INTERVAL sets it (40 s there cut every waiting stream at 30 s; eleventh review, 6 Dec 2026)
+ACTION_SILENT_MIN_S = 30
+
+
+def action_silent_s() -> int:
+    """ACTION_SILENT_S for the heartbeat Gradio's server sends now (its GRADIO_HEARTBEAT_INTERVAL)."""
+    return max(ACTION_SILENT_MIN_S, math.ceil(2 * gradio_utils.get_heartbeat_rate()))
+
+
+ACTION_SILENT_S = action_silent_s()
+
+# Once the server has started on a page action (its stream's process_starts for the action's event), the page waits
+# at most ACTION_RUN_S for the answer, heartbeats or not (GRID_JS). The rule: no server-side limit bounds a handler (app/
+# sets none); what bounds one is the database's: a write transaction waits at most db.engine.BUSY_TIMEOUT_MS for SQLite's
+# write lock, and one page action opens at most ACTION_WRITES of them (a rating or skip that ends the batch: its own
+# write, auto-close's, the next batch's leases; an undo one), the work itself taking milliseconds; ACTION_SILENT_S more
+# is the margin for the answer to reach the page. A handler past that is hung (on PostgreSQL, which sets no lock
+# timeout, a lock held for good): heartbeats kept its stream alive, so the page waited for good and the card stayed
+# pending (found by the tenth review, fixed by the eleventh, 6 Dec 2026)
+ACTION_WRITES = 3
+
+
+def action_run_s() -> int:
+    return ACTION_WRITES * math.ceil(BUSY_TIMEOUT_MS / 1000) + action_silent_s()
+
+
+ACTION_RUN_S = action_run_s()
+# What the page says then (#seiko-connection) and does: the card is free again, nothing is sent again by itself (the
+# server keeps no id of a page's request to recognise one sent twice; a rating sent again with the same score is stored
+# once, one undo step, ui_rate._rate, but an undo sent twice takes back two ratings)
+ACTION_OVERDUE_RATE = ("The server started on your rating ({score}) {s} s ago and has not confirmed it, so this page "
+                       "stopped waiting: it may or may not be saved. The card can be scored again; the same score is "
+                       "stored only once.")
+ACTION_OVERDUE = ("The server started on your last action {s} s ago and has not confirmed it, so this page stopped "
+                  "waiting: it may or may not have been done, and your next action shows what was.")
+# While the server cannot be reached (a request of the page waits for it, STREAMS_JS), the actions not yet sent wait in
+# the page's queue, in order, and go once it answers (eleventh review: each was given up after 30 s, its rating lost)
+ACTION_HELD = ("The server cannot be reached: this page keeps {n} waiting and sends each, in order, once it answers "
+               "again; keep this page open.")
 
 GRID_JS = r"""
 const grid = element;
-const SILENT_MS = __SILENT_MS__;
+const SILENT_MS = __SILENT_MS__, RUN_MS = __RUN_MS__;
+const OVERDUE_RATE = __OVERDUE_RATE__, OVERDUE = __OVERDUE__, HELD = __HELD__;
 const api = (window.__seiko = window.__seiko || {});
 api.queue = []; api.busy = false; api.inflight = null; api.pending = api.pending || {};
 
@@ -136,16 +184,44 @@ function markPending(card, text) {
 // no answer (the connection dropped; a handler's error is answered, app.ui_rate_tab): go on with the next action.
 // Only the answer that echoes this action's number releases the next (MARKS_JS), so a late answer releases nothing.
 // The wait runs from the last thing the server said (the action's sending, or any message on the stream of results,
-// which STREAMS_JS notes): an action waiting its turn in a busy queue, its stream answering, is waited for
+// which STREAMS_JS notes): an action waiting its turn in a busy queue, its stream answering, is waited for.
+// Eleventh review (6 Dec 2026): (1) once the server has started on the action (STREAMS_JS notes its event's
+// process_starts) it is waited for RUN_MS at most, heartbeats or not: a hung handler was waited on for good, the card
+// pending. Then the page says so in one sentence and frees the card; nothing is sent again by itself (the server has no
+// id to know a request sent twice). (2) While the server cannot be reached (a request of the page waits for it in
+// STREAMS_JS) the action is not given up and the next are not sent: they wait here, their number said, and go in order
+// once it answers; each was given up after 30 s, its rating lost. An action whose event the page ended (no answer to
+// its POST, or its stream lost or silent: STREAMS_JS says so) is let go at once.
+function streams() { return window.__seikoStreams; }
+function say(text) { const s = streams(); if (s && s.notice) s.notice('action', text); }
+function held() {  // the actions not yet sent while the server cannot be reached, said with their number
+  const n = api.queue.length;
+  api.holding = n > 0;
+  say(n ? HELD.replace('{n}', n === 1 ? '1 action' : n + ' actions') : '');
+}
+function overdue(action) {
+  const s = String(RUN_MS / 1000);
+  return action[0] === 'rate' ? OVERDUE_RATE.replace('{score}', action[1].score).replace('{s}', s)
+    : OVERDUE.replace('{s}', s);
+}
 function waited() {
-  const streams = window.__seikoStreams;
-  const since = Math.max(api.sentAt || 0, (streams && streams.answeredAt) || 0);
-  const left = since + SILENT_MS - Date.now();
+  const s = streams();
+  const seq = api.inflight ? api.inflight[1].seq : undefined;
+  if (s && s.ended && s.ended(seq)) { api.ack(); return; }  // its event ended by the page, said there
+  if (s && s.waiting > 0) { held(); api.timer = setTimeout(waited, SILENT_MS); return; }  // kept until it answers
+  const since = Math.max(api.sentAt || 0, (s && s.answeredAt) || 0, (s && s.backAt) || 0);
+  const started = s && s.startedAt ? s.startedAt(seq) : undefined;
+  const due = Math.min(since + SILENT_MS, started === undefined ? Infinity : started + RUN_MS);
+  const left = due - Date.now();
   if (left > 0) { api.timer = setTimeout(waited, left); return; }
+  if (started !== undefined && Date.now() >= started + RUN_MS && api.inflight) say(overdue(api.inflight));
   api.ack();
 }
 function pump() {
   if (api.busy || !api.queue.length) return;
+  const s = streams();
+  if (s && s.waiting > 0) { held(); return; }  // sent once the server answers again (s.onChange)
+  if (api.holding) { api.holding = false; say(''); }
   api.busy = true;
   api.inflight = api.queue.shift();
   clearTimeout(api.timer);
@@ -153,13 +229,22 @@ function pump() {
   api.timer = setTimeout(waited, SILENT_MS);
   trigger(api.inflight[0], api.inflight[1]);
 }
-api.ack = function () {
+// STREAMS_JS calls this when the server could not be reached or answers again, or an event's state changed
+if (streams()) {
+  streams().onChange = () => {
+    if (api.busy) { clearTimeout(api.timer); waited(); } else { pump(); }
+    const s = streams();
+    if (api.holding && !(s.waiting > 0)) { api.holding = false; say(''); }
+  };
+}
+api.ack = function (answered) {
   clearTimeout(api.timer);
   const done = api.inflight; api.inflight = null; api.busy = false;
   if (done && done[1] && done[1].image_id !== undefined) {
     const id = String(done[1].image_id);
     api.pending[id] = Math.max(0, (api.pending[id] || 1) - 1);
   }
+  if (answered && !api.holding) say('');  // an answer: a sentence about an earlier action is done with
   if (api.marks) api.applyMarks(api.marks);
   pump();
 };
@@ -167,6 +252,8 @@ function send(name, data) {
   api.seq = (api.seq || 0) + 1;  // the server echoes it as marks.done with its answer (app.ui_rate_tab)
   api.queue.push([name, Object.assign({}, data, { seq: api.seq })]);
   pump();
+  const s = streams();
+  if (s && s.waiting > 0) held();  // one more waiting, said
 }
 // the page's Undo button queues its undo here too, behind the ratings still on their way (app.ui_rate_tab): sent
 // straight to the server, a click overtook them and took back an older rating (found by review, 3 Dec 2026)
@@ -245,7 +332,17 @@ function settle() {
 }
 watch('value', settle);
 settle();
-""".replace("__SILENT_MS__", str(1000 * ACTION_SILENT_S))
+"""
+
+
+def grid_js() -> str:
+    """GRID_JS with its waits (for the heartbeat Gradio's server sends now) and sentences."""
+    values = {"__SILENT_MS__": 1000 * action_silent_s(), "__RUN_MS__": 1000 * action_run_s(),
+              "__OVERDUE_RATE__": ACTION_OVERDUE_RATE, "__OVERDUE__": ACTION_OVERDUE, "__HELD__": ACTION_HELD}
+    js = GRID_JS
+    for name, value in values.items():
+        js = js.replace(name, json.dumps(value))
+    return js
 
 MARKS_JS = r"""
 const api = (window.__seiko = window.__seiko || {});
@@ -260,9 +357,9 @@ function apply() {
   // an action the server could not handle (app.ui_rate_tab answer_action) is answered with 'failed' and no cards:
   // the cards keep the last marks (the failed card shows its state before the action) and the next action goes
   // 'stale' (the same for the cards): an action answered after the rater picked another experiment, whose page is shown
-  if (marks.failed || marks.stale) { if (answered) api.ack(); return; }
+  if (marks.failed || marks.stale) { if (answered) api.ack(true); return; }
   api.marks = marks;
-  if (answered) { api.ack(); return; }
+  if (answered) { api.ack(true); return; }
   if (api.applyMarks) api.applyMarks(marks);
 }
 watch('value', apply);
@@ -335,15 +432,64 @@ STREAMS_JS = r"""
   const SILENT_MS = __SILENT_MS__, SILENT = __SILENT__, LOST = __LOST__;
   const BUDGET_MS = 1000 * WAITS_S.reduce((a, b) => a + b, 0);  // one action's retries, its event's and its stream's
   const realFetch = window.fetch.bind(window);
-  const said = { event: '', data: '', heartbeat: '' };
+  const said = { action: '', event: '', data: '', heartbeat: '' };  // action: GRID_JS's
   let resumeHeartbeat = null;  // set while a heartbeat that stopped trying waits for the page's next action
   let lastDeadline = null;  // the deadline of the action whose event's POST was answered last (the stream serves it)
-  // answeredAt: when the stream of results last said anything (Date.now()); GRID_JS waits for an action from then
-  const streams = (window.__seikoStreams = { said, answeredAt: 0 });
+  // answeredAt: when the stream of results last said anything (Date.now()); GRID_JS waits for an action from then.
+  // Eleventh review of 6 Dec 2026, for GRID_JS: waiting, how many of the page's requests wait for a server that gave no
+  // answer (sameServer), and backAt, when it last answered again; startedAt(seq), when the server started on the page
+  // action numbered seq (its event's process_starts), and ended(seq), whether this script ended its event (its POST
+  // got no answer, or the stream serving it was lost or went silent); onChange, GRID_JS's, called when these change
+  const streams = (window.__seikoStreams = { said, answeredAt: 0, waiting: 0, backAt: 0, onChange: null });
+  const eventOf = new Map(), seqOf = new Map();  // a page action's seq <-> its event's id (the join's answer)
+  const startedAt = new Map(), endedSeqs = new Set(), open = new Set();  // by event id; seqs; event ids not completed
+  streams.startedAt = (seq) => startedAt.get(eventOf.get(seq));
+  streams.ended = (seq) => seq !== undefined && endedSeqs.has(seq);
+  streams.notice = (stream, text) => notice(stream, text);
+  function changed() { if (typeof streams.onChange === 'function') streams.onChange(); }
+  function forget(id) {  // an event answered: nothing more to know of it
+    const seq = seqOf.get(id);
+    seqOf.delete(id); open.delete(id); startedAt.delete(id);
+    if (seq !== undefined) eventOf.delete(seq);
+  }
+  function endOpen() {  // the events the stream of results served, ended by this script's sentence
+    for (const id of open) {
+      const seq = seqOf.get(id);
+      if (seq !== undefined) endedSeqs.add(seq);
+      forget(id);
+    }
+  }
+  async function actionSeq(request) {  // the page action's number an event carries (Gradio's join: event_data.seq)
+    let body;
+    try {
+      body = JSON.parse(await request.clone().text());
+    } catch (e) {
+      console.warn('an event whose body is not JSON', e);
+      return undefined;
+    }
+    const seq = body && body.event_data && body.event_data.seq;
+    return Number.isInteger(seq) ? seq : undefined;
+  }
+  async function joined(seq, response) {  // a page action's event joined the queue: its id, from the answer
+    let id;
+    try {
+      id = (await response.clone().json()).event_id;
+    } catch (e) {
+      console.warn('a joined event whose answer is not JSON', e);
+    }
+    if (typeof id !== 'string') return;
+    open.add(id);
+    if (seq !== undefined) { eventOf.set(seq, id); seqOf.set(id, seq); }
+  }
+  function heard(message) {  // a message of the stream of results about an event
+    if (!message || typeof message.event_id !== 'string') return;
+    if (message.msg === 'process_starts') { startedAt.set(message.event_id, Date.now()); changed(); }
+    if (message.msg === 'process_completed') forget(message.event_id);
+  }
 
   function notice(stream, text) {  // the page's one sentence about its streams, '' for none
     said[stream] = text;
-    const shown = said.event || said.data || said.heartbeat;
+    const shown = said.action || said.event || said.data || said.heartbeat;
     let el = document.getElementById('seiko-connection');
     if (!el && !shown) return;
     if (!el) {
@@ -429,37 +575,66 @@ STREAMS_JS = r"""
     url.pathname = url.pathname.replace(/\/queue\/(join|data)$/, '/app_id');
     url.search = '';
     const mine = window.gradio_config ? window.gradio_config.app_id : undefined;
-    for (let attempt = 0; ; attempt++) {
-      let response = null;
-      try {
-        response = await realFetch(url.href, { signal: request.signal });
-      } catch (e) {
-        if (request.signal.aborted) throw e;
-      }
-      if (response && response.ok) {
-        notice(stream, '');
-        let theirs;
+    let counted = false;  // in streams.waiting from the first probe that got no answer
+    try {
+      for (let attempt = 0; ; attempt++) {
+        let response = null;
         try {
-          theirs = (await response.json()).app_id;
+          response = await realFetch(url.href, { signal: request.signal });
         } catch (e) {
-          console.warn('the server answered its app_id with something that is not JSON', e);
+          if (request.signal.aborted) throw e;
         }
-        return mine !== undefined && theirs === mine;
+        if (response && response.ok) {
+          notice(stream, '');
+          if (counted) streams.backAt = Date.now();
+          let theirs;
+          try {
+            theirs = (await response.json()).app_id;
+          } catch (e) {
+            console.warn('the server answered its app_id with something that is not JSON', e);
+          }
+          return mine !== undefined && theirs === mine;
+        }
+        if (!counted) {
+          counted = true;
+          streams.waiting++;
+          changed();
+        }
+        const s = WAITS_S[Math.min(attempt, WAITS_S.length - 1)];
+        notice(stream, `${UNREACHABLE} ${RETRYING.replace('{s}', s)}`);
+        await wait(1000 * s, request.signal);
       }
-      const s = WAITS_S[Math.min(attempt, WAITS_S.length - 1)];
-      notice(stream, `${UNREACHABLE} ${RETRYING.replace('{s}', s)}`);
-      await wait(1000 * s, request.signal);
+    } finally {
+      if (counted) streams.waiting--;
     }
   }
 
   // The stream of results as Gradio's client reads it (tenth review of 6 Dec 2026): each message it brings is noted
   // (streams.answeredAt: GRID_JS waits for an action from the last one), and one that says nothing for SILENT_MS
-  // (Gradio's server sends a message at least every 15 s while an event waits) is let go and its events ended with
+  // (Gradio's server sends a message at least every heartbeat while an event waits) is let go and its events ended with
   // SILENT, as one the network broke is with LOST; Gradio's client then opens a new one for the next event. A silent
   // stream stayed open for good: Gradio's client waited on it, and every later action's answer with it.
   function watchedResults(request, response) {
-    const reader = response.body.getReader(), encoder = new TextEncoder();
-    let ended = false, lost = false, last = Date.now(), timer = null;
+    const reader = response.body.getReader(), encoder = new TextEncoder(), decoder = new TextDecoder();
+    let ended = false, lost = false, last = Date.now(), timer = null, buffer = '';
+    const scan = (bytes) => {  // the messages read so far (Gradio's: "data: {json}" each, a blank line after)
+      buffer += decoder.decode(bytes, { stream: true });
+      const parts = buffer.split('\n\n');
+      buffer = parts.pop();
+      for (const part of parts) {
+        for (const line of part.split('\n')) {
+          if (!line.startsWith('data:')) continue;
+          let message;
+          try {
+            message = JSON.parse(line.slice(5));
+          } catch (e) {
+            console.warn('a message of the stream of results is not JSON', e);
+            continue;
+          }
+          heard(message);
+        }
+      }
+    };
     streams.answeredAt = last;
     const body = new ReadableStream({
       start(controller) {
@@ -480,6 +655,7 @@ STREAMS_JS = r"""
             controller.enqueue(encoder.encode(failedBody(text)));
             controller.close();
           });
+          if (same) { endOpen(); changed(); }
         };
         const check = () => {
           if (ended || lost) return;
@@ -504,6 +680,7 @@ STREAMS_JS = r"""
             if (chunk.done) { end(() => controller.close()); return; }
             last = streams.answeredAt = Date.now();
             controller.enqueue(chunk.value);
+            scan(chunk.value);
           }
         })();
       },
@@ -613,12 +790,17 @@ STREAMS_JS = r"""
     // an event starts an action (its deadline); a stream of results has the deadline of the event answered last, the
     // one Gradio's client opened it for (a stream with no event answered before it has a whole one of its own)
     const deadline = stream === 'event' || lastDeadline === null ? Date.now() + BUDGET_MS : lastDeadline;
+    const action = stream === 'event' ? actionSeq(request) : undefined;  // read beside the sending
     let answer;
     try {
       answer = await answered(stream, request, deadline);
     } catch (e) {  // no answer at all (the network dropped): Gradio's client reloaded the page (sameServer)
       if (request.signal.aborted || !(await sameServer(stream, request))) throw e;
+      const seq = await action;
       notice(stream, LOST);
+      if (seq !== undefined) endedSeqs.add(seq);  // the page action it was: GRID_JS lets it go and sends the next
+      if (stream === 'data') endOpen();
+      changed();
       // an event that may have reached the app is not sent again (an undo sent twice takes back two ratings); 502,
       // not 503: Gradio's client shows its own "currently busy. Please try again." for a 503, the detail unread,
       // inviting the very repeat this avoids, and a 502's detail as it is (found by a read-only review)
@@ -626,7 +808,10 @@ STREAMS_JS = r"""
         status: 502, headers: { 'Content-Type': 'application/json' } }) : failedEvents(LOST);
     }
     const { response, text } = answer;
-    if (stream === 'event' && response.ok) lastDeadline = deadline;
+    if (stream === 'event' && response.ok) {
+      lastDeadline = deadline;
+      await joined(await action, response);
+    }
     if (stream === 'data' && response.ok && response.body) return watchedResults(request, response);
     if (!text) return response;
     notice(stream, text);  // kept on the page once Gradio's toast is gone, until this kind of request is answered
@@ -643,7 +828,7 @@ def streams_head() -> str:
               "__RETRYING__": STREAM_RETRYING, "__GAVE_UP__": STREAM_GAVE_UP, "__RELOAD__": STREAM_RELOAD,
               "__SIGNED_OUT__": STREAM_SIGNED_OUT, "__NO_SENTENCE__": STREAM_NO_SENTENCE,
               "__UNREACHABLE__": STREAM_UNREACHABLE, "__ENDED__": STREAM_ENDED, "__NOT_DONE__": EVENT_NOT_DONE,
-              "__NOT_RUN__": NOT_RUN_HEADER, "__SILENT_MS__": 1000 * ACTION_SILENT_S, "__SILENT__": STREAM_SILENT,
+              "__NOT_RUN__": NOT_RUN_HEADER, "__SILENT_MS__": 1000 * action_silent_s(), "__SILENT__": STREAM_SILENT,
               "__LOST__": STREAM_LOST}
     js = STREAMS_JS
     for name, value in values.items():

@@ -20,7 +20,7 @@ import gradio as gr
 
 from app import ui_rate
 from app.auth import Who
-from app.ui_assets import GRID_JS, MARKS_JS
+from app.ui_assets import MARKS_JS, grid_js
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ def build(services, rate_state, who_of: Callable, warn: Callable, private: dict[
     h = RateHandlers(services, who_of, warn)
     with gr.Tab("Rate", id="rate", elem_id="tab-rate"):
         progress = gr.HTML(elem_id="rate-progress")
-        grid = gr.HTML(value="", elem_id="rating-grid", js_on_load=GRID_JS, apply_default_css=False)
+        grid = gr.HTML(value="", elem_id="rating-grid", js_on_load=grid_js(), apply_default_css=False)
         marks = gr.HTML(value="", elem_id="rating-marks", html_template="", js_on_load=MARKS_JS)
         with gr.Row():
             new_batch_btn = gr.Button("New batch", size="sm", variant="secondary", scale=0)

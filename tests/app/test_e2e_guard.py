@@ -594,3 +594,61 @@ def test_a_stream_of_results_the_network_broke_is_said_and_the_page_goes_on_with
     assert "Connection to the server was lost" not in page.content()
     assert len(loads) == loaded, loads
     assert not errors, errors
+
+
+def test_a_rating_whose_handler_hangs_is_given_up_at_its_deadline_and_the_card_can_be_scored_again(ui_world, e2e,
+                                                                                                    monkeypatch):
+    """Found by the tenth review of 6 Dec 2026, fixed by the eleventh: a handler that hung (the server said
+    process_starts, then nothing but heartbeats) was waited on for good, the card pending. Against the real server and
+    Gradio's client (its event's body carries the action's number, its stream the process_starts), the deadline cut
+    to 3 s: the page says the rating was not confirmed and frees the card; the late answer shows it rated; scored again
+    with the same score, it is stored once (one undo step); no reload."""
+    import threading
+
+    from sqlalchemy import func, select
+
+    from app import ui_assets, ui_rate
+    from db import repo
+    from db.engine import read_session
+    from db.models import UndoStep
+
+    monkeypatch.setattr(ui_assets, "action_run_s", lambda: 3)
+    release, real, calls = threading.Event(), ui_rate.rate, []
+
+    def hangs_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            release.wait(60)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ui_rate, "rate", hangs_once)
+    demo, browser = e2e(_without_timers(ui_world.services(batch_size=4)))
+    url = demo.local_url.replace("localhost", "127.0.0.1")
+    page = browser.new_context().new_page()
+    page.add_init_script(RECORD_NOTICES)
+    loads: list[str] = []
+    page.on("load", lambda p: loads.append(p.url))
+    errors = watch_errors(page)
+    sign_in(page, url, "alice", wait_for="#rating-grid .rg-card")
+    loaded = len(loads)
+    first = page.locator(".rg-card[data-state=open]").first.get_attribute("data-image-id")
+    card = page.locator(f".rg-card[data-image-id='{first}']")
+    card.focus()
+    page.keyboard.press("7")
+    page.get_by_text(ui_assets.ACTION_OVERDUE_RATE.format(score=7, s=3)).first.wait_for(timeout=30_000)
+    page.wait_for_function("window.__seiko && !window.__seiko.busy", timeout=10_000)
+    assert card.get_attribute("data-state") == "open" and len(calls) == 1  # freed; not sent again
+    release.set()  # the late answer shows what was saved
+    page.wait_for_function(f"document.querySelector(\".rg-card[data-image-id='{first}']\").dataset.state === 'rated'",
+                           timeout=30_000)
+    card.focus()
+    page.keyboard.press("7")
+    page.wait_for_function("window.__seiko && !window.__seiko.busy && window.__seiko.queue.length === 0"
+                           " && !document.querySelector('.rg-card[data-state=pending]')", timeout=60_000)
+    alice = ui_world.accounts["alice"]
+    with read_session(ui_world.factory) as s:
+        assert repo.find_rating(session=s, image_id=int(first), rater_id=alice).score == 7
+        assert s.scalar(select(func.count()).select_from(UndoStep).where(UndoStep.rater_id == alice)) == 1
+    assert len(calls) == 2 and card.get_attribute("data-score") == "7"
+    assert len(loads) == loaded, loads
+    assert not errors, errors

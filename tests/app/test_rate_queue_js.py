@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from app.ui_assets import GRID_JS, MARKS_JS
+from app.ui_assets import MARKS_JS, grid_js
 
 NODE = shutil.which("node")
 pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed: the page's JavaScript is run with node")
@@ -53,7 +53,7 @@ console.log(JSON.stringify(log));
 
 def run_page(tmp_path, script: str) -> list:
     files = []
-    for name, text in (("grid.js", GRID_JS), ("marks.js", MARKS_JS), ("script.js", script)):
+    for name, text in (("grid.js", grid_js()), ("marks.js", MARKS_JS), ("script.js", script)):
         (tmp_path / name).write_text(text)
         files.append(str(tmp_path / name))
     (tmp_path / "harness.js").write_text(HARNESS)
@@ -203,3 +203,51 @@ def test_a_handler_that_raises_is_answered_with_its_number(ui_world, caplog, mon
     assert json.loads(outputs[1]) == {"failed": True, "done": 4}
     assert "reload the page" in warnings[-1]
     assert any("database is locked" in (r.exc_text or "") for r in caplog.records)
+
+
+def test_a_page_action_opens_no_more_write_transactions_than_its_deadline_counts(ui_world):
+    """The page gives up an action ACTION_RUN_S after the server started on it (eleventh review, app.ui_assets): each
+    write transaction waits at most the busy timeout for SQLite's write lock, and the deadline counts ACTION_WRITES of
+    them. Counted here, by the engine's own begin events, over a rater's whole round with auto-close on (a rating
+    that ends a batch and the round: the rating, auto-close's closing, the next batch's leases), skips and undos:
+    none opens more, and one opens that many."""
+    from sqlalchemy import event
+
+    from app import auth, experiment_options, ui_assets, ui_rate
+    from db.engine import SQLITE_BEGIN_OPTION
+
+    root = auth.identify(ui_world.factory, local_mode=False, username="root", client_host="127.0.0.1")
+    experiment_options.set_options(ui_world.factory, root, ui_world.experiment_id, auto_close=True)
+    alice = ui_rate_who(ui_world)
+    engine = ui_world.factory.kw["bind"]
+    writes = [0]
+
+    def began(conn) -> None:
+        if conn.get_execution_options().get(SQLITE_BEGIN_OPTION) == "IMMEDIATE":
+            writes[0] += 1
+
+    def counted(act, *args, **kwargs) -> tuple[int, object]:  # the write transactions act opened, and its result
+        writes[0] = 0
+        result = act(ui_world.factory, data_dir, alice, *args, batch_size=size, **kwargs)
+        return writes[0], result
+
+    data_dir, size = ui_world.settings.data_dir, 4
+    state = ui_rate.load_batch(ui_world.factory, data_dir, alice, None, batch_size=size).state
+    event.listen(engine, "begin", began)
+    try:
+        seen = []
+        first = state["batch"][0]
+        seen.append(counted(ui_rate.skip, state, {"image_id": first})[0])
+        seen.append(counted(ui_rate.undo, state)[0])
+        rated: set[int] = set()
+        for _ in range(3 * len(ui_world.image_ids)):  # every image the round offers alice, batch after batch
+            left = [i for i in state["batch"] if i not in rated]
+            if not left:
+                break
+            n, view = counted(ui_rate.rate, state, {"image_id": left[0], "score": 6})
+            seen.append(n)
+            rated.add(left[0])
+            state = view.state
+    finally:
+        event.remove(engine, "begin", began)
+    assert max(seen) == ui_assets.ACTION_WRITES, seen

@@ -262,7 +262,7 @@ def test_the_retries_end_before_a_rated_card_stops_waiting_for_its_answer():
     was still on its way."""
     import re
 
-    waited_ms = int(re.search(r"const SILENT_MS = (\d+);", ui_assets.GRID_JS).group(1))
+    waited_ms = int(re.search(r"const SILENT_MS = (\d+),", ui_assets.grid_js()).group(1))
     assert waited_ms == 1000 * ui_assets.ACTION_SILENT_S and 1000 * sum(ui_assets.STREAM_WAITS_S) < waited_ms
 
 
@@ -363,7 +363,10 @@ vm.runInContext(streamsJs, context);
 const gradio = { read: null, join: null };
 gradio.trigger = (name, data) => {
   (async () => {
-    const joined = await window.fetch('http://app.test/gradio_api/queue/join', { method: 'POST', body: '{}' });
+    // the body as Gradio's client sends it (its bundle: {data, event_data, fn_index, trigger_id} and the session;
+    // event_data is trigger's data: test_e2e_guard's test_a_ratings_event_carries_its_number_as_gradios_client_sends_it)
+    const body = JSON.stringify({ data: [null], event_data: data, fn_index: 3, trigger_id: 9, session_hash: 'abc' });
+    const joined = await window.fetch('http://app.test/gradio_api/queue/join', { method: 'POST', body });
     gradio.join = { status: joined.status, body: await joined.text() };
     if (!joined.ok) return;
     const read = (gradio.read = { text: '', ended: '', at: null });
@@ -395,7 +398,7 @@ run(window, api, runUntil, () => clock, (h) => { handler = h; }, sse, fetched, n
 
 def run_clocked(tmp_path, scenario: str) -> dict:
     streams = ui_assets.streams_head().removeprefix("<script>").removesuffix("</script>")
-    for name, text in (("streams.js", streams), ("grid.js", ui_assets.GRID_JS), ("scenario.js", scenario),
+    for name, text in (("streams.js", streams), ("grid.js", ui_assets.grid_js()), ("scenario.js", scenario),
                        ("clocked.js", CLOCKED)):
         (tmp_path / name).write_text(text)
     out = subprocess.run([NODE, str(tmp_path / "clocked.js"), *(str(tmp_path / n) for n in
@@ -528,3 +531,121 @@ def test_a_silent_stream_waits_longer_than_twice_gradios_heartbeat():
     if "GRADIO_HEARTBEAT_INTERVAL" not in os.environ:
         assert rate == 15
     assert ui_assets.ACTION_SILENT_S >= 2 * rate
+
+
+def action_sentence(template: str, **values) -> str:
+    return template.format(s=ui_assets.ACTION_RUN_S, **values)
+
+
+# the stub server of the eleventh review's tests: each join gets the next event id (e1, e2, ...) and is recorded with the
+# action's number its body carries and the time; each stream of results is ``steps(id)`` (times from its opening); the
+# app_id answers 7. ``up`` (a JS expression) says whether the server answers at all
+EVENTS = """
+let n = 0;
+const joins = [];
+serve((method, path, request) => {
+  if (!(%s)) throw new TypeError('Failed to fetch');
+  if (path.endsWith('/queue/join')) {
+    n += 1;
+    return request.clone().text().then((text) => {
+      joins.push([JSON.parse(text).event_data.seq, now()]);
+      return new Response(JSON.stringify({ event_id: 'e' + n }), { status: 200,
+                                                                   headers: { 'content-type': 'application/json' } });
+    });
+  }
+  if (path.endsWith('/queue/data')) {
+    const id = 'e' + n, steps = %s;
+    return sse(steps.map(([at, m]) => [now() + at, m]));
+  }
+  return new Response(JSON.stringify({ app_id: 7 }), { status: 200, headers: { 'content-type': 'application/json' } });
+});
+"""
+
+
+def test_a_handler_that_started_and_never_answers_is_given_up_after_its_deadline_and_said(tmp_path):
+    """Found by the tenth review of 6 Dec 2026, fixed by the eleventh: a handler that hangs (the server took the event,
+    said process_starts, then never answered) was waited on for good: Gradio's heartbeats kept its stream alive, so
+    the silent-stream rule never fired and the card stayed pending. Once the server has started on an action the page
+    waits ACTION_RUN_S at most (the most the handler can legitimately take, app.ui_assets), then says in one sentence
+    that the rating was not confirmed, frees the card and sends the next action; the rating is not sent again."""
+    beats = [[t, {"msg": "heartbeat"}] for t in range(10_000, 400_001, 10_000)]
+    steps = "[[1000, { msg: 'process_starts', event_id: id }], ..." + json.dumps(beats) + "]"
+    out = run_clocked(tmp_path, EVENTS % ("true", steps) + """
+const acks = [], ack = api.ack;
+api.ack = (answered) => { acks.push(now()); ack(answered); };
+api.send('rate', { image_id: 3, score: 7 });
+api.send('rate', { image_id: 4, score: 5 });
+await runUntil(1000 + RUN_MS - 1);
+const before = { acks: acks.slice(), inflight: api.inflight[1].seq };
+await runUntil(1000 + RUN_MS);
+return { before, acks, joins, inflight: api.inflight[1].seq, notices: notices() };
+""".replace("RUN_MS", str(1000 * ui_assets.ACTION_RUN_S)))
+    run_ms = 1000 * ui_assets.ACTION_RUN_S
+    assert out["before"] == {"acks": [], "inflight": 1}  # waited for while the handler may still legitimately run
+    assert out["acks"] == [1000 + run_ms] and out["inflight"] == 2  # then given up (its card freed: GRID_JS's ack)
+    assert out["joins"] == [[1, 0], [2, 1000 + run_ms]]  # the next went; the rating was not sent again
+    assert out["notices"][-1] == action_sentence(ui_assets.ACTION_OVERDUE_RATE, score=7)
+
+
+def test_an_action_waiting_its_turn_is_not_cut_by_the_handlers_deadline(tmp_path):
+    """The deadline runs from the server's start on the action (process_starts), not from its sending: an action
+    waiting its turn in the queue (estimations, heartbeats) longer than ACTION_RUN_S is still waited for, and an
+    answer that comes is taken as before."""
+    beats = [[t, {"msg": "heartbeat"}] for t in range(10_000, 400_001, 10_000)]
+    steps = "[[0, { msg: 'estimation', event_id: id, rank: 50 }], ..." + json.dumps(beats) + "]"
+    out = run_clocked(tmp_path, EVENTS % ("true", steps) + """
+api.send('undo', {});
+await runUntil(390000);
+return { busy: api.busy, notices: notices() };
+""")
+    assert out["busy"] is True and out["notices"] == []
+
+
+def test_actions_made_while_the_server_cannot_be_reached_wait_and_go_in_order_once_it_answers(tmp_path):
+    """Found by the tenth review of 6 Dec 2026, fixed by the eleventh: while the server could not be reached, each
+    action was given up 30 s after its sending (no message came), its card shown as before and the next sent, to fail
+    the same way: every rating made then was lost. Now, while a request of the page waits for the server, the action
+    sent is not given up and the next are not sent: they wait in the page's queue, their number said, and go in order
+    once the server answers again. The one whose POST got no answer may have reached the app: it is not sent again
+    (said by STREAM_LOST), and the next's answer shows what was saved."""
+    steps = "[[100, { msg: 'process_starts', event_id: id }], [200, { msg: 'process_completed', event_id: id }]]"
+    out = run_clocked(tmp_path, EVENTS % ("window.up", steps) + """
+window.up = false;
+api.send('rate', { image_id: 1, score: 7 });
+await runUntil(5000);
+api.send('rate', { image_id: 2, score: 6 });
+api.send('skip', { image_id: 3 });
+await runUntil(200000);  // 200 s without the server
+const during = { posts: fetched.filter(([m]) => m === 'POST').length, inflight: api.inflight[1].seq,
+                 queued: api.queue.map((a) => a[1].seq), notices: notices().slice() };
+window.up = true;
+await runUntil(400000);
+return { during, joins, busy: api.busy, queued: api.queue.length, notices: notices() };
+""")
+    during = out["during"]
+    assert during["posts"] == 1 and during["inflight"] == 1 and during["queued"] == [2, 3]  # nothing given up
+    held = [ui_assets.ACTION_HELD.format(n=n) for n in ("1 action", "2 actions")]
+    said = [text for text in during["notices"] if text in held]
+    assert [t for i, t in enumerate(said) if i == 0 or said[i - 1] != t] == held  # the number waiting, said
+    assert during["notices"][-1] == held[1]
+    assert [seq for seq, _ in out["joins"]] == [2, 3]  # in order, once it answered (seq 1's POST got no answer)
+    assert all(at >= 200_000 for _, at in out["joins"])
+    assert out["busy"] is False and out["queued"] == 0
+    assert ui_assets.STREAM_LOST in out["notices"] and held[1] not in out["notices"][-3:]
+
+
+def test_the_silent_bound_follows_gradios_heartbeat_interval(monkeypatch):
+    """The page's silent-stream bound (30 s) assumed Gradio's 15 s heartbeat, but GRADIO_HEARTBEAT_INTERVAL sets it:
+    at 40 s every waiting action's stream was cut at 30 s between two heartbeats (eleventh review). The bound is twice
+    the heartbeat the server sends (gradio.utils' own reading of the variable), at least 30 s, in both scripts."""
+    import re
+
+    from gradio import utils
+
+    monkeypatch.setenv("GRADIO_HEARTBEAT_INTERVAL", "40")
+    rate = utils.get_heartbeat_rate()
+    assert rate == 40
+    assert int(re.search(r"const SILENT_MS = (\d+),", ui_assets.streams_head()).group(1)) == 2 * 1000 * rate
+    assert int(re.search(r"const SILENT_MS = (\d+),", ui_assets.grid_js()).group(1)) == 2 * 1000 * rate
+    monkeypatch.setenv("GRADIO_HEARTBEAT_INTERVAL", "5")
+    assert int(re.search(r"const SILENT_MS = (\d+),", ui_assets.streams_head()).group(1)) == 30_000
