@@ -25,15 +25,18 @@ last enabled admin account cannot be disabled, deleted or made a rater.
 from __future__ import annotations
 
 import base64
+import functools
 import getpass
 import hashlib
 import hmac
 import ipaddress
 import logging
 import os
+import string
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -73,18 +76,61 @@ def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
     return hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p, dklen=KEY_BYTES, maxmem=64 * 1024 * 1024)
 
 
-def check_password_strength(password: str) -> None:
+# the most common passwords, written for this project (one a line, # for notes): refused alone or followed only by
+# digits and punctuation (``check_password_strength``)
+COMMON_PASSWORDS_FILE = Path(__file__).with_name("common_passwords.txt")
+# runs of consecutive letters, digits or keys: a password that reads along one of these (either way) is refused
+SEQUENCES = ("abcdefghijklmnopqrstuvwxyz", "01234567890", "qwertyuiop", "asdfghjkl", "zxcvbnm")
+NAME_IN_PASSWORD_MIN = 3  # a shorter account name ("al") is refused as the whole password only, not as a part of one
+
+
+def _folded(text: str) -> str:
+    """``text`` as the password rules compare it: compatibility forms and accents dropped (NFKD, no marks), case-folded."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+
+
+_TRAILING = string.digits + string.punctuation  # what may follow a common password and still be it ("Password1!")
+
+
+@functools.cache
+def common_passwords() -> frozenset[str]:
+    """The entries of COMMON_PASSWORDS_FILE, folded, without the digits and punctuation they end with (the rule reads a
+    password so: "abc123" and "abc2026!" are the same entry, "abc")."""
+    lines = COMMON_PASSWORDS_FILE.read_text(encoding="utf-8").splitlines()
+    entries = (_folded(line.strip()).rstrip(_TRAILING) for line in lines if line.strip() and not line.startswith("#"))
+    return frozenset(e for e in entries if e)
+
+
+def check_password_strength(password: str, name: str | None = None) -> None:
+    """Refuse (ValueError, one sentence) a password a new one may not be: under MIN_PASSWORD_LENGTH or over
+    MAX_PASSWORD_LENGTH characters, starting or ending with spaces, the account's ``name`` (case and accents aside) or
+    holding it (a name of NAME_IN_PASSWORD_MIN characters or more), one character repeated, a run along one of
+    SEQUENCES (12345678, abcdefgh, qwertyui, backwards too), or one of the most common passwords (``common_passwords``)
+    alone or followed only by digits and punctuation. Passwords set under older rules still sign in (``_new_hash``)."""
     if not isinstance(password, str) or len(password) < MIN_PASSWORD_LENGTH:
         raise ValueError(f"a password needs at least {MIN_PASSWORD_LENGTH} characters")
     if len(password) > MAX_PASSWORD_LENGTH:
         raise ValueError(f"a password may have at most {MAX_PASSWORD_LENGTH} characters")
     if password != password.strip():
         raise ValueError("a password may not start or end with spaces")
+    folded = _folded(password)
+    account = _folded(name.strip()) if isinstance(name, str) else ""
+    if account and (folded == account or (len(account) >= NAME_IN_PASSWORD_MIN and account in folded)):
+        raise ValueError("a password may not be or contain the account's name")
+    if len(set(folded)) == 1:
+        raise ValueError("a password may not be one character repeated")
+    if folded and any(folded in run or folded in run[::-1] for run in SEQUENCES):
+        raise ValueError("a password may not be a run of consecutive letters, digits or keys, such as 12345678, "
+                         "abcdefgh or qwertyui")
+    if folded.rstrip(_TRAILING) in common_passwords():
+        raise ValueError("that password is one of the most commonly used ones, which are tried first; choose another")
 
 
-def hash_password(password: str) -> str:
-    """A salted scrypt hash of ``password`` as ``scrypt$N$r$p$salt$hash``."""
-    check_password_strength(password)
+def hash_password(password: str, name: str | None = None) -> str:
+    """A salted scrypt hash of ``password`` as ``scrypt$N$r$p$salt$hash``, once ``check_password_strength`` (for the
+    account ``name``, if given) passed it."""
+    check_password_strength(password, name)
     return _new_hash(password)
 
 
@@ -233,7 +279,7 @@ def add_user(factory: sessionmaker[Session], *, name: str, role: str, password: 
     name = check_account_name(name)  # stored composed: an accent typed as a separate mark signs in either way
     if repo.name_key(name) == repo.name_key(LOCAL_ADMIN_NAME):
         raise ValueError(f"the name {LOCAL_ADMIN_NAME!r} is reserved for the app's local mode; choose another")
-    hashed = hash_password(password)
+    hashed = hash_password(password, name)
     with write_session(factory) as s:
         rater_id = repo.create_rater(session=s, name=name, role=role, password_hash=hashed).id
         audit(s, actor, "user.add", name, role=role)
@@ -263,7 +309,7 @@ def _keep_an_admin(session: Session, rater, what: str) -> None:
 
 def set_password(factory: sessionmaker[Session], *, name: str, password: str, actor: Who | None = None) -> None:
     """Change an account's password; its sessions end (whoever signed in with the old one is signed out)."""
-    hashed = hash_password(password)
+    hashed = hash_password(password, name)
     with write_session(factory) as s:
         rater = _account(s, name)
         repo.set_rater_password_hash(session=s, rater_id=rater.id, password_hash=hashed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 
@@ -57,10 +58,10 @@ def test_weak_passwords_are_refused(bad):
 def test_a_password_sign_in_would_refuse_cannot_be_set(db_factory):
     """Sign-in refuses passwords over 1,024 characters before hashing; such a password could be set, and the account
     then never signed in (each try counting towards its lock-out)."""
-    longest = "p" * auth.MAX_PASSWORD_LENGTH
+    longest = ("pass phrase " * 100)[: auth.MAX_PASSWORD_LENGTH - 1] + "!"  # one character repeated is refused
     auth.hash_password(longest)  # the longest that can sign in can be set
     with pytest.raises(ValueError, match="a password may have at most 1024 characters"):
-        auth.hash_password(longest + "p")
+        auth.hash_password(longest + "!")
     auth.add_user(db_factory, name="erin", role="rater", password=longest)
     assert auth.check_login(db_factory, "erin", longest).refusal is None
 
@@ -992,3 +993,83 @@ def test_a_session_is_timed_by_the_databases_clock_whichever_app_server_is_off(d
     with read_session(db_factory) as s:
         expires, db_now = s.execute(text("SELECT expires_at, clock_timestamp() FROM sessions ORDER BY id DESC LIMIT 1")).one()
     assert timedelta(seconds=3590) <= expires - db_now <= timedelta(seconds=3600)
+
+
+# ---------------------------------------------------------------------------------------------
+# eleventh review (6 Dec 2026): the acting admin's own password for a password change on the web, and common passwords
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_users_cli_sets_a_password_without_the_current_one(db_url, capsys):
+    """The command line is the machine's owner's (a shell on the server): it sets any account's password with no
+    current password asked for, as before; its new password is held to the same rules as the web page's."""
+    base = ["--db-url", db_url]
+    assert app_main(["users", "add", "root", "--role", "admin", "--password-file", password_file(PASSWORD), *base]) == 0
+    assert app_main(["users", "passwd", "root", "--password-file", password_file("Rooted in the garden"), *base]) == 1
+    assert "error: a password may not be or contain the account's name" in capsys.readouterr().err
+    assert app_main(["users", "passwd", "root", "--password-file", password_file("letmein2026!"), *base]) == 1
+    assert "most commonly used" in capsys.readouterr().err
+    assert app_main(["users", "passwd", "root", "--password-file", password_file("a fresh secret phrase"), *base]) == 0
+    engine = make_engine(db_url)
+    try:
+        assert auth.check_login(session_factory(engine), "root", "a fresh secret phrase").refusal is None
+    finally:
+        engine.dispose()
+
+
+NAME_RULE = "a password may not be or contain the account's name"
+REPEAT_RULE = "a password may not be one character repeated"
+RUN_RULE = "a password may not be a run of consecutive letters, digits or keys, such as 12345678, abcdefgh or qwertyui"
+COMMON_RULE = "that password is one of the most commonly used ones, which are tried first; choose another"
+
+
+@pytest.mark.parametrize("name, password, sentence", [
+    ("Margaret", "margaret", NAME_RULE), ("margaret", "MARGARET", NAME_RULE), ("Kåre", "kare's own password", NAME_RULE),
+    ("bob", "my name is Bob!", NAME_RULE), ("Jo-Anne Smith", "jo-anne smith", NAME_RULE),
+    ("zed", "aaaaaaaa", REPEAT_RULE), ("zed", "7777777777", REPEAT_RULE), ("zed", "xXxXxXxXxX", REPEAT_RULE),
+    ("zed", "12345678", RUN_RULE), ("zed", "0123456789", RUN_RULE), ("zed", "87654321", RUN_RULE),
+    ("zed", "abcdefgh", RUN_RULE), ("zed", "ABCDEFGHIJK", RUN_RULE), ("zed", "qwertyui", RUN_RULE),
+    ("zed", "poiuytrewq", RUN_RULE), ("zed", "asdfghjkl", RUN_RULE), ("zed", "zyxwvutsrq", RUN_RULE),
+    ("zed", "password", COMMON_RULE), ("zed", "Password1", COMMON_RULE), ("zed", "P@ssw0rd!", COMMON_RULE),
+    ("zed", "letmein!", COMMON_RULE), ("zed", "iloveyou", COMMON_RULE), ("zed", "welcome1", COMMON_RULE),
+    ("zed", "admin123", COMMON_RULE), ("zed", "qwerty123", COMMON_RULE), ("zed", "Sunshine2026!", COMMON_RULE),
+    ("zed", "trustno1", COMMON_RULE), ("zed", "trustno7!", COMMON_RULE), ("zed", "abc12345", COMMON_RULE),
+])
+def test_a_password_that_is_the_name_a_repeat_a_run_or_a_common_one_cannot_be_set(db_factory, name, password, sentence):
+    """Eleventh review: no password was refused but for its length, so 'password', '12345678', 'aaaaaaaa' or the account's
+    own name could be set. Each is refused now with its one sentence, when an account is made and when its password is
+    set (the web page's and the command line's path), and nothing is stored."""
+    with pytest.raises(ValueError) as refused:
+        auth.add_user(db_factory, name=name, role="admin", password=password)
+    assert str(refused.value) == sentence
+    assert auth.list_users(db_factory) == []
+    auth.add_user(db_factory, name=name, role="admin", password=PASSWORD)
+    with pytest.raises(ValueError) as refused:
+        auth.set_password(db_factory, name=name, password=password)
+    assert str(refused.value) == sentence
+    assert auth.check_login(db_factory, name, PASSWORD).refusal is None
+
+
+@pytest.mark.parametrize("name, password", [
+    ("alice", "correct horse battery"), ("al", "al's garden gate"), ("zed", "hello world!"), ("zed", "1234567a"),
+    ("zed", "abcdefgi"), ("zed", "aaaaaaab"), ("zed", "passwords are long sentences"),
+])
+def test_passwords_near_the_refused_ones_can_be_set(db_factory, name, password):
+    """The rules refuse what they say and no more: a short name (under 3 characters) only as the whole password, a
+    run or a repeat only as the whole password, a common password only alone or with digits and punctuation after it."""
+    auth.add_user(db_factory, name=name, role="admin", password=password)
+    assert auth.check_login(db_factory, name, password).refusal is None
+
+
+def test_every_listed_common_password_is_refused_alone_and_with_digits_after_it():
+    """The list is data (app/common_passwords.txt), read by the rule: each entry, in capitals too and with a year and a
+    mark after it, is refused; an entry inside a longer phrase is not."""
+    path = Path(auth.__file__).with_name("common_passwords.txt")
+    entries = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
+               if line.strip() and not line.startswith("#")]
+    assert 40 <= len(entries) <= 100
+    for entry in entries:
+        for password in (entry.upper().ljust(8, "1"), entry + "2026!"):
+            with pytest.raises(ValueError, match="commonly used|run of consecutive|one character repeated"):
+                auth.check_password_strength(password)
+        auth.check_password_strength(f"my {entry} and a tree")

@@ -925,10 +925,15 @@ def test_the_new_experiment_form_refuses_values_over_their_limits(ui_world, tmp_
 
 def test_admin_adds_users(ui_world):
     root = who(ui_world, "root")
-    assert "Added rater 'carol'" in ui_admin.add_user(ui_world.factory, root, "carol", "rater", "carols password")
+    assert "Added rater 'carol'" in ui_admin.add_user(ui_world.factory, root, "carol", "rater", "her own passphrase")
     assert [row[1] for row in ui_admin.users_table(ui_world.factory, root)] == ["alice", "bob", "root", "carol"]
     with pytest.raises(ValueError, match="at least 8"):
         ui_admin.add_user(ui_world.factory, root, "dave", "rater", "short")
+    with pytest.raises(ValueError, match="^a password may not be or contain the account's name$"):  # eleventh review
+        ui_admin.add_user(ui_world.factory, root, "dave", "rater", "daves password")
+    with pytest.raises(ValueError, match="most commonly used"):
+        ui_admin.add_user(ui_world.factory, root, "dave", "rater", "iloveyou")
+    assert "dave" not in [row[1] for row in ui_admin.users_table(ui_world.factory, root)]
 
 
 # ---------------------------------------------------------------------------------------------
