@@ -31,6 +31,7 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import math
 import os
 import string
 import unicodedata
@@ -308,7 +309,11 @@ def _keep_an_admin(session: Session, rater, what: str) -> None:
 
 
 def set_password(factory: sessionmaker[Session], *, name: str, password: str, actor: Who | None = None) -> None:
-    """Change an account's password; its sessions end (whoever signed in with the old one is signed out)."""
+    """Change an account's password; its sessions end (whoever signed in with the old one is signed out).
+
+    Nothing here asks for anyone's current password: the command line (``python -m app users passwd``) calls this for
+    the machine's owner, who has a shell on the server and is trusted already. The web page's change goes through
+    ``confirm_own_password`` first (``app.ui_admin.set_user_password``)."""
     hashed = hash_password(password, name)
     with write_session(factory) as s:
         rater = _account(s, name)
@@ -316,6 +321,57 @@ def set_password(factory: sessionmaker[Session], *, name: str, password: str, ac
         audit(s, actor, "user.password", name)
     app_sessions.rater_changed(rater.id)
     app_sessions.credentials_changed(name)
+
+
+def check_new_password(factory: sessionmaker[Session], *, name: str, password: Any) -> None:
+    """Refuse (one sentence) a password change that ``set_password`` would refuse, before anything is hashed: no account
+    ``name``, or a ``password`` that ``check_password_strength`` refuses for it."""
+    with read_session(factory) as s:
+        _account(s, name)
+    check_password_strength(password, name)
+
+
+YOUR_PASSWORD_MISSING = ("type your own password in \"Your password\" to set an account's password (a session left open "
+                         "must not be enough to take over accounts); nothing was changed")
+YOUR_PASSWORD_WRONG = "the password in \"Your password\" is not yours, so nothing was changed"
+
+
+def confirm_own_password(factory: sessionmaker[Session], who: Who, password: Any, *, throttle: app_sessions.LoginThrottle,
+                         ip: str | None, target: str) -> None:
+    """Check that ``password`` is the signed-in ``who``'s own current one, before the web page sets the password of the
+    account ``target`` (``who``'s own or another's): otherwise AuthError (one sentence) and an audit entry
+    "user.password.refused", nothing changed.
+
+    A stolen or left-open admin session could set every account's password, and so take them all over (found by the
+    eleventh review). The check is a sign-in's: the same scrypt verification (``check_login``'s, without re-hashing an
+    older hash), and the same sign-in ``throttle`` with ``who``'s name and the request's address ``ip``: a locked
+    account or address is refused before hashing, and a wrong password counts as a failed sign-in of both, so this box
+    cannot guess the admin's password faster than the sign-in page can. No browser is exempt here (no device token):
+    whoever holds the session holds that browser. A missing password costs no guess and is not counted."""
+    if not isinstance(password, str) or not password:
+        _refuse_password_change(factory, who, target, "no password of the acting admin given", ip)
+        raise AuthError(YOUR_PASSWORD_MISSING)
+    wait, ticket = throttle.admit(ip, who.name)
+    if ticket is None:
+        seconds = max(1, math.ceil(wait))
+        _refuse_password_change(factory, who, target, "sign-ins throttled", ip)
+        raise AuthError(f"too many failed sign-ins; try again in {seconds} second{'s' if seconds != 1 else ''} "
+                        "(nothing was changed)")
+    try:
+        checked = _check_login(factory, who.name, password, upgrade=False)
+        if checked.refusal is None and checked.rater_id == who.rater_id:
+            throttle.succeeded(ip, who.name)
+            return
+        throttle.failed(ip, who.name)
+    finally:
+        throttle.release(ticket)  # after the outcome is counted, as a sign-in's
+    _refuse_password_change(factory, who, target, "wrong password of the acting admin", ip)
+    raise AuthError(YOUR_PASSWORD_WRONG)
+
+
+def _refuse_password_change(factory: sessionmaker[Session], who: Who, target: str, reason: str, ip: str | None) -> None:
+    log.warning("setting the password of %r by %r from %s refused: %s", target[:64], who.name[:64], ip, reason)
+    record(factory, who, "user.password.refused", target, reason=reason)
 
 
 def set_disabled(factory: sessionmaker[Session], *, name: str, disabled: bool, actor: Who | None = None) -> None:

@@ -7,7 +7,10 @@ asked for twice on a terminal, or read as the first line of standard input (``py
 rater < pw.txt``). Once any account
 exists the web app asks everyone to sign in (restart it after adding the first one).
 
-A password change and ``disable`` end the account's sessions (a running web app notices within seconds).
+A password change and ``disable`` end the account's sessions (a running web app notices within seconds). ``passwd``
+asks for nobody's current password, where the web page asks for the acting admin's (``auth.confirm_own_password``):
+whoever runs this has a shell on the server, with the database in reach, and is trusted already. A new password is
+held to the same rules as on the web page (``auth.check_password_strength``).
 ``delete`` refuses an account that has ratings (disable it instead, which keeps them); the last enabled admin
 cannot be disabled, deleted or made a rater. ``list`` ends with a note on accounts whose names read the same, or have
 no letter or digit, made before new accounts were refused both (they are kept). Every change is written to the audit

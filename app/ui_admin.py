@@ -14,6 +14,7 @@ from typing import Any
 
 from app import auth, auto_close, services
 from app.auth import Who, require_admin
+from app.sessions import LoginThrottle
 from app.ui_rate import pick_experiment
 from db import jobs as job_queue
 from db import repo
@@ -443,10 +444,25 @@ def set_user_role(factory, who: Who, name: Any, role: Any) -> str:
     return f"{name!r} is now {'an admin' if role == 'admin' else 'a rater'} (from their next request)."
 
 
-def set_user_password(factory, who: Who, name: Any, password: Any) -> str:
+# the sign-in throttle of a password change made with no web guard in front (a handler called as a function): the
+# guard's own otherwise (``app.ui_admin_tab``), so that its failures lock the sign-in page too
+THROTTLE_WITHOUT_GUARD = LoginThrottle()
+
+
+def set_user_password(factory, who: Who, name: Any, password: Any, your_password: Any = None, *,
+                      throttle: LoginThrottle | None = None, ip: str | None = None) -> str:
+    """Set the password of the account ``name`` (the admin's own or another's) to ``password``, once ``your_password``
+    proved to be the acting admin's own (``auth.confirm_own_password``: checked and throttled as a sign-in from ``ip``
+    with ``throttle``, a refusal audited). The account and the new password are checked first, so a typing slip there
+    costs no guess. The local-mode admin has no password to give, and in local mode no account exists to set one of."""
     require_admin(who)
     name = _account_name(name)
-    auth.set_password(factory, name=name, password=password if isinstance(password, str) else "", actor=who)
+    password = password if isinstance(password, str) else ""
+    auth.check_new_password(factory, name=name, password=password)
+    if not who.local:
+        auth.confirm_own_password(factory, who, your_password, throttle=throttle or THROTTLE_WITHOUT_GUARD, ip=ip,
+                                  target=name)
+    auth.set_password(factory, name=name, password=password, actor=who)
     return f"{name!r} has a new password; their sessions ended, so they sign in again with it."
 
 

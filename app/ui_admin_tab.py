@@ -15,7 +15,7 @@ from typing import Any
 
 import gradio as gr
 
-from app import members, ui_admin, ui_compare, ui_export, ui_options, ui_pairs, ui_quality
+from app import members, ui_admin, ui_compare, ui_export, ui_options, ui_pairs, ui_quality, web_guard
 from app.auth import Who
 from app.gradio_routes import admin_only
 from db.models import EXPORT_FORMATS
@@ -264,8 +264,12 @@ class AdminHandlers:
         return self._account_change(request, lambda who: ui_admin.set_user_role(self.factory, who, name, role))
 
     @admin_only
-    def on_user_password(self, name, password, request: gr.Request):
-        return self._account_change(request, lambda who: ui_admin.set_user_password(self.factory, who, name, password))
+    def on_user_password(self, name, password, your_password=None, request: gr.Request = None):
+        """Set an account's password, the acting admin's own password given in "Your password" (checked and counted
+        as a sign-in by the web guard's throttle, from the request's address). Both password boxes are emptied."""
+        throttle, ip = web_guard.sign_in_throttle(request), web_guard.client_address(request)
+        return (*self._account_change(request, lambda who: ui_admin.set_user_password(
+            self.factory, who, name, password, your_password, throttle=throttle, ip=ip)), "")
 
     # ---- rater quality (issue 14, item 2) -----------------------------------------------------
 
@@ -405,12 +409,15 @@ def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callab
                 u_password = gr.Textbox(label="Password (8+ characters)", type="password")
             add_user_btn = gr.Button("Add user")
             gr.Markdown("Manage an account: disabling signs it out everywhere (its ratings stay); a new password "
-                        "ends its sessions; an account with ratings or votes cannot be deleted (disable it instead).")
+                        "ends its sessions, and setting one (yours or another's) asks for your own password; an "
+                        "account with ratings or votes cannot be deleted (disable it instead).")
             with gr.Row():
                 m_name = gr.Dropdown(label="Account", choices=[], value=None, allow_custom_value=True,
                                      elem_id="manage-account")
                 m_role = gr.Radio(label="New role", choices=["rater", "admin"], value="rater")
                 m_password = gr.Textbox(label="New password (8+ characters)", type="password")
+                m_your_password = gr.Textbox(label="Your password (to set a password)", type="password",
+                                             elem_id="your-password")
             with gr.Row():
                 m_disable_btn = gr.Button("Disable", scale=0, min_width=120, elem_id="user-disable")
                 m_enable_btn = gr.Button("Enable", scale=0, min_width=120, elem_id="user-enable")
@@ -463,7 +470,8 @@ def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callab
     m_enable_btn.click(h.on_user_enable, [m_name], account_outputs, **serial)
     m_delete_btn.click(h.on_user_delete, [m_name], account_outputs, **serial)
     m_role_btn.click(h.on_user_role, [m_name, m_role], account_outputs, **serial)
-    m_password_btn.click(h.on_user_password, [m_name, m_password], account_outputs, **serial)
+    m_password_btn.click(h.on_user_password, [m_name, m_password, m_your_password], [*account_outputs, m_your_password],
+                         **serial)
 
     quality_outputs = [q_summary, q_table, q_standardize]
     admin_tab.select(h.on_quality, [exp_state], quality_outputs, **private)

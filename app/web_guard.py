@@ -1699,6 +1699,23 @@ def session_ended(request: Any) -> str | None:
     return None
 
 
+def sign_in_throttle(request: Any) -> LoginThrottle | None:
+    """The sign-in throttle of the guard in front of the app that ``request`` (a handler's ``gr.Request``) came to, or
+    None (a handler called as a function, or no guard installed). A check of the admin's own password on the Admin tab
+    (``auth.confirm_own_password``) counts with it, so that its failures are the sign-in page's."""
+    http = getattr(request, "request", None)
+    scope = getattr(http, "scope", None)
+    guard = installed(scope.get("app")) if isinstance(scope, dict) else None
+    return guard.throttle if guard is not None else None
+
+
+def client_address(request: Any) -> str | None:
+    """The address ``request`` (a handler's ``gr.Request``) came from, as the guard's sign-in counts it (the
+    connection's, or a trusted proxy's client), or None."""
+    client = getattr(request, "client", None) if request is not None else None
+    return getattr(client, "host", None) if client is not None else None
+
+
 def lifespan(services: Any, **options: Any) -> Callable[[Any], Any]:
     """A lifespan for ``launch(app_kwargs={"lifespan": ...})`` that installs the guard when the server starts."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from db import quality as db_quality
 from db.engine import make_engine, read_session, session_factory, write_session
 
 PASSWORD = "correct horse battery"
+UI_PASSWORD = "correct horse battery"  # tests/app/conftest.py gives every ui_world account this password
 
 
 def test_hash_is_salted_and_verifies():
@@ -323,7 +325,7 @@ def test_admin_tab_account_functions_check_the_role_and_fill_the_audit_log(ui_wo
                                                                     "disabled"]
     assert "enabled" in ui_admin.enable_user(ui_world.factory, root, " bob ")
     assert "an admin" in ui_admin.set_user_role(ui_world.factory, root, "alice", "admin")
-    assert "new password" in ui_admin.set_user_password(ui_world.factory, root, "bob", "long enough password")
+    assert "new password" in ui_admin.set_user_password(ui_world.factory, root, "bob", "long enough password", UI_PASSWORD)
     with pytest.raises(ValueError, match="at least 8 characters"):
         ui_admin.set_user_password(ui_world.factory, root, "bob", None)
     with pytest.raises(ValueError, match="choose an account first"):
@@ -998,6 +1000,86 @@ def test_a_session_is_timed_by_the_databases_clock_whichever_app_server_is_off(d
 # ---------------------------------------------------------------------------------------------
 # eleventh review (6 Dec 2026): the acting admin's own password for a password change on the web, and common passwords
 # ---------------------------------------------------------------------------------------------
+
+
+def _refusals(factory) -> list[tuple[str, str, str]]:
+    return [(e.actor, e.target, e.detail) for e in auth.list_audit(factory) if e.action == "user.password.refused"]
+
+
+def test_setting_a_password_on_the_admin_tab_needs_the_acting_admins_own_password(ui_world):
+    """Eleventh review: an admin's session (stolen, or left open) set any account's password, another admin's too,
+    with nothing more asked, and so could take over every account. Now the admin's own current password is asked for
+    ("Your password"): missing or wrong, the change is refused in one sentence, nothing changes and the refusal is in
+    the audit log; another admin's password does not do; the admin's own password does, for another account's
+    password and for their own."""
+    from app import sessions, ui_admin
+
+    f = ui_world.factory
+    auth.set_role(f, name="alice", role="admin")
+    root = auth.identify(f, local_mode=False, username="root", client_host="10.0.0.7")
+    alice = auth.identify(f, local_mode=False, username="alice", client_host="10.0.0.7")
+    throttle = sessions.LoginThrottle(monotonic=lambda: 0.0)
+    change = "a fresh secret phrase"
+    tries = [(root, "bob", None, auth.YOUR_PASSWORD_MISSING), (root, "bob", "", auth.YOUR_PASSWORD_MISSING),
+             (root, "bob", UI_PASSWORD + "!", auth.YOUR_PASSWORD_WRONG),
+             (root, "alice", "not my password", auth.YOUR_PASSWORD_WRONG),  # another admin's account
+             (alice, "root", "not my password", auth.YOUR_PASSWORD_WRONG),
+             (root, "root", "not my password", auth.YOUR_PASSWORD_WRONG)]  # its own
+    for actor, target, given, sentence in tries:
+        with pytest.raises(auth.AuthError) as refused:
+            ui_admin.set_user_password(f, actor, target, change, given, throttle=throttle, ip="10.0.0.7")
+        assert str(refused.value) == sentence
+        assert "nothing was changed" in sentence
+    for name in ("root", "alice", "bob"):  # nothing changed: the old password signs in, the new one does not
+        assert auth.check_login(f, name, UI_PASSWORD).refusal is None
+        assert auth.check_login(f, name, change).refusal is not None
+    assert [(actor, target) for actor, target, _ in _refusals(f)][::-1] == [
+        ("root", "bob"), ("root", "bob"), ("root", "bob"), ("root", "alice"), ("alice", "root"), ("root", "root")]
+    assert [json.loads(d)["reason"] for _, _, d in _refusals(f)][::-1] == (
+        ["no password of the acting admin given"] * 2 + ["wrong password of the acting admin"] * 4)
+    with pytest.raises(auth.AuthError):  # the password is the acting admin's own, not any admin's
+        ui_admin.set_user_password(f, alice, "bob", change, UI_PASSWORD.replace("battery", "batteries"),
+                                   throttle=throttle, ip="10.0.0.7")
+    assert "new password" in ui_admin.set_user_password(f, root, "bob", change, UI_PASSWORD, throttle=throttle,
+                                                        ip="10.0.0.7")
+    assert auth.check_login(f, "bob", change).refusal is None and auth.check_login(f, "bob", UI_PASSWORD).refusal
+    assert "new password" in ui_admin.set_user_password(f, alice, "alice", change, UI_PASSWORD, throttle=throttle,
+                                                        ip="10.0.0.7")  # one's own: one's current password
+    assert auth.check_login(f, "alice", change).refusal is None
+    assert [(e.actor, e.action, e.target) for e in auth.list_audit(f)[:2]] == [("alice", "user.password", "alice"),
+                                                                                ("root", "user.password", "bob")]
+
+
+def test_a_wrong_own_password_on_the_admin_tab_counts_as_a_failed_sign_in(ui_world):
+    """The "Your password" box is checked with the sign-in's throttle: each wrong password is a failed sign-in of the
+    admin's account and of the address, so past the account's free failures the account is locked for sign-in too (read
+    with the throttle's own ``wait_s``, as the sign-in page reads it), and while locked even the right password is
+    refused before it is checked, and the refusal audited. A missing password is no guess and is not counted."""
+    from app import sessions, ui_admin
+
+    f = ui_world.factory
+    root = auth.identify(f, local_mode=False, username="root", client_host="10.0.0.7")
+    rule = sessions.ThrottleRule(free=3, base_s=60, max_s=600)
+    throttle = sessions.LoginThrottle(per_ip=sessions.ThrottleRule(free=1000, base_s=1, max_s=1), per_account=rule,
+                                      monotonic=lambda: 0.0)
+    for _ in range(5):
+        with pytest.raises(auth.AuthError):
+            ui_admin.set_user_password(f, root, "bob", "a fresh secret phrase", None, throttle=throttle, ip="10.0.0.7")
+    assert throttle.wait_s("10.0.0.7", "root") == 0  # missing: not counted
+    for _ in range(3):
+        with pytest.raises(auth.AuthError, match="is not yours"):
+            ui_admin.set_user_password(f, root, "bob", "a fresh secret phrase", "a guess", throttle=throttle,
+                                       ip="10.0.0.7")
+    assert throttle.wait_s("10.0.0.7", "root") == 0  # three free failures, as a sign-in's
+    with pytest.raises(auth.AuthError, match="is not yours"):
+        ui_admin.set_user_password(f, root, "bob", "a fresh secret phrase", "a guess", throttle=throttle, ip="10.0.0.7")
+    assert throttle.wait_s("10.0.0.7", "root") == 60  # the fourth locks the account for sign-in, from any address
+    assert throttle.wait_s("10.9.9.9", "root") == 60 and throttle.wait_s("10.9.9.9", "alice") == 0
+    with pytest.raises(auth.AuthError, match=r"too many failed sign-ins; try again in 60 seconds \(nothing was changed\)"):
+        ui_admin.set_user_password(f, root, "bob", "a fresh secret phrase", UI_PASSWORD, throttle=throttle,
+                                   ip="10.0.0.7")
+    assert auth.check_login(f, "bob", UI_PASSWORD).refusal is None  # nothing changed
+    assert json.loads(_refusals(f)[0][2])["reason"] == "sign-ins throttled"
 
 
 def test_the_users_cli_sets_a_password_without_the_current_one(db_url, capsys):

@@ -1911,6 +1911,34 @@ def test_an_accounts_guesses_count_as_one_however_its_name_is_spelled(ui_world):
         demo.close()
 
 
+def test_the_admin_tabs_your_password_is_checked_and_counted_by_the_sign_in_throttle(ui_world):
+    """Eleventh review: the Admin tab's "Set password" asked the signed-in admin for nothing more. Served, its event takes
+    the admin's own password ("Your password"), checked with the sign-in's throttle, the guard's: wrong ones count as
+    failed sign-ins of the admin's account, so past the free failures the admin's right password at /login (another
+    browser) is locked out too (429); nothing was changed meanwhile; the admin's own password sets it."""
+    throttle = sessions.LoginThrottle(per_ip=sessions.ThrottleRule(free=1000, base_s=1, max_s=1),
+                                      per_account=sessions.ThrottleRule(free=2, base_s=60, max_s=120))
+    demo, url = launch(ui_world, throttle=throttle)
+    try:
+        with signed_in(url, "root") as root:
+            r = queue_join(root, demo, "on_user_password", ["bob", "a fresh secret phrase", UI_PASSWORD])
+            assert r.status_code == 200, r.text
+            finished(demo, r.json()["event_id"])
+            assert auth.check_login(ui_world.factory, "bob", "a fresh secret phrase").refusal is None
+            for i in range(3):
+                r = queue_join(root, demo, "on_user_password", ["alice", "a fresh secret phrase", f"guess {i}"])
+                assert r.status_code == 200, r.text
+                finished(demo, r.json()["event_id"])
+        assert auth.check_login(ui_world.factory, "alice", UI_PASSWORD).refusal is None  # unchanged
+        refused = [e for e in auth.list_audit(ui_world.factory) if e.action == "user.password.refused"]
+        assert [(e.actor, e.target) for e in refused] == [("root", "alice")] * 3
+        with httpx.Client(base_url=url, timeout=30) as other:
+            assert other.post("/login", data={"username": "root", "password": UI_PASSWORD}).status_code == 429
+            assert other.post("/login", data={"username": "bob", "password": "a fresh secret phrase"}).status_code == 200
+    finally:
+        demo.close()
+
+
 def test_events_the_app_does_not_have_and_private_ones_by_name_are_refused(served):
     """A review: an unknown fn_index or API name raised in Gradio (a bare 500 and a traceback in the log per request,
     which any rater could repeat); a private handler (the admin tab's) could be called by name, its role check the
