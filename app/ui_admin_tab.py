@@ -415,7 +415,7 @@ def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callab
                 m_name = gr.Dropdown(label="Account", choices=[], value=None, allow_custom_value=True,
                                      elem_id="manage-account")
                 m_role = gr.Radio(label="New role", choices=["rater", "admin"], value="rater")
-                m_password = gr.Textbox(label="New password (8+ characters)", type="password")
+                m_password = gr.Textbox(label="New password (8+ characters)", type="password", elem_id="new-password")
                 m_your_password = gr.Textbox(label="Your password (to set a password)", type="password",
                                              elem_id="your-password")
             with gr.Row():

@@ -1,5 +1,6 @@
 """Sessions in a real browser (Debian's chromium through playwright): sign in through app.web_guard, log out with
-the page's button (a POST that ends the session on the server), and an admin disabling an account on the admin tab.
+the page's button (a POST that ends the session on the server), and an admin disabling an account on the admin tab
+and setting its password (with the admin's own).
 
 Skipped without /usr/bin/chromium (``bash scripts/install_browser.sh``) or the ``playwright`` package (the ``e2e``
 fixture, tests/app/e2e_support.py).
@@ -10,9 +11,16 @@ from __future__ import annotations
 import httpx
 
 from app import auth
-from tests.app.e2e_support import MARKS, sign_in, watch_errors
+from db import repo
+from db.engine import read_session
+from tests.app.e2e_support import MARKS, PASSWORD, sign_in, watch_errors
 
 pytestmark = MARKS
+
+
+def stored_hash(world, name: str) -> str:
+    with read_session(world.factory) as s:
+        return repo.get_rater_by_name(session=s, name=name).password_hash
 
 
 def test_log_out_ends_the_session_and_an_admin_disables_an_account(ui_world, e2e):
@@ -54,4 +62,18 @@ def test_log_out_ends_the_session_and_an_admin_disables_an_account(ui_world, e2e
     root.get_by_text("Audit log", exact=True).click()
     root.wait_for_function("document.querySelector('#audit-log') && "
                            "document.querySelector('#audit-log').innerText.includes('user.disable')", timeout=60_000)
+
+    # setting bob's password asks for root's own (eleventh review): a wrong one is refused and nothing changes; root's
+    # own sets it, and both password boxes are emptied
+    root.locator("#new-password input").fill("a fresh secret phrase")
+    root.locator("#your-password input").fill("not my password")
+    root.locator("#user-password").click()
+    root.get_by_text("is not yours, so nothing was changed").first.wait_for(timeout=60_000)
+    assert auth.verify_password(PASSWORD, stored_hash(ui_world, "bob"))  # bob is disabled: his hash, not a sign-in
+    assert [e.action for e in auth.list_audit(ui_world.factory)][0] == "user.password.refused"
+    root.locator("#your-password input").fill(PASSWORD)
+    root.locator("#user-password").click()
+    root.get_by_text("'bob' has a new password").first.wait_for(timeout=60_000)
+    assert auth.verify_password("a fresh secret phrase", stored_hash(ui_world, "bob"))
+    assert root.locator("#your-password input").input_value() == root.locator("#new-password input").input_value() == ""
     assert not errors + root_errors, errors + root_errors
