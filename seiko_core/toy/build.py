@@ -532,6 +532,21 @@ def _read_quality(model_dir: Path) -> dict:
     return quality
 
 
+def _build_timings(quality: dict) -> dict:
+    """The build's stage timings (``timings_s``) a QUALITY.json records, to keep when a stage is re-run or the model
+    measured again. A merged export's QUALITY.json (``seiko_core.export._merged_quality``) keeps the base's under
+    ``base_model_quality`` with the base's figures, and its ``build_config`` (the base's build) at the top: the refines
+    and ``quality`` on a copy of it read ``timings_s`` at the top only, so the copy's QUALITY.json and card lost every
+    stage's time but the one just run ("? s"; found by review, eleventh). They are the build's, whichever of the two
+    holds them."""
+    from ..export import BASE_QUALITY_KEY
+
+    timings = quality.get("timings_s")
+    if timings is None and quality.get("figures_of") == "base_model":
+        timings = (quality.get(BASE_QUALITY_KEY) or {}).get("timings_s")
+    return dict(timings) if isinstance(timings, dict) else {}
+
+
 def _whole(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -653,7 +668,7 @@ def _measure_refined(model_dir: Path, cfg: BuildConfig, old: dict, timing: str, 
 
     atomic.write_text(model_dir / "build_config.json", json.dumps(asdict(cfg), indent=2))
     quality = measure_quality(model_dir, cfg)
-    quality["timings_s"] = {**old.get("timings_s", {}), timing: round(seconds, 1)}
+    quality["timings_s"] = {**_build_timings(old), timing: round(seconds, 1)}
     quality["build_config"] = asdict(cfg)
     atomic.write_text(model_dir / "QUALITY.json", json.dumps(quality, indent=2))
     write_model_card(model_dir, quality)
@@ -718,7 +733,7 @@ def remeasure(model_dir: str | Path, *, guidance: float | None = None, steps: in
         cfg.quality_samples = samples
     torch.set_num_threads(cfg.threads)
     quality = measure_quality(model_dir, cfg)
-    quality["timings_s"] = old.get("timings_s", {})
+    quality["timings_s"] = _build_timings(old)
     quality["build_config"] = old["build_config"]
     quality["remeasured_with"] = {"quality_guidance": cfg.quality_guidance, "quality_steps": cfg.quality_steps,
                                   "quality_samples": cfg.quality_samples}

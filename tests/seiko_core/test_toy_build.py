@@ -262,3 +262,27 @@ def test_a_refine_that_fails_while_saving_leaves_the_build_byte_identical_and_on
     assert weights <= changed and changed <= weights | {"QUALITY.json", "build_config.json", "unet/config.json"}
     (aside,) = [p for p in finished_build.parent.iterdir() if p.name.startswith("shapes-sd.replaced-")]
     assert _tree(aside) == before  # the old model, every byte, beside the new one
+
+
+@pytest.mark.parametrize("command", ["refine-unet", "refine-encoder", "quality"])
+def test_a_refine_or_remeasure_of_a_merged_exports_copy_keeps_the_builds_timings(finished_build, command):
+    """A merged export's QUALITY.json keeps the base build's figures, its timings among them, under base_model_quality
+    (seiko_core.export._merged_quality, tenth review). The refines and ``quality`` on a copy of it kept only the
+    top-level timings_s, which it has none of: the copy's QUALITY.json held the stage just run and nothing else, and
+    its card said '? s' for every other stage (found by review, eleventh). The build's timings (here {'unet_s': 1.0},
+    as the fixture's build wrote them) are kept, with the re-run stage's own added."""
+    from seiko_core.export import _merged_quality
+    from seiko_core.toy.build import refine_existing, refine_unet_existing, remeasure
+
+    built = json.loads((finished_build / "QUALITY.json").read_text())
+    (finished_build / "QUALITY.json").write_bytes(_merged_quality(json.dumps(built).encode(), "shapes-sd"))
+    assert "timings_s" not in json.loads((finished_build / "QUALITY.json").read_text())  # the merged export's layout
+    run, stage = {"refine-unet": (lambda m: refine_unet_existing(m, steps=1, threads=1), "unet_refine_s"),
+                  "refine-encoder": (lambda m: refine_existing(m, steps=1), "refine_s"),
+                  "quality": (lambda m: remeasure(m, samples=1), None)}[command]
+    quality = run(finished_build)
+    written = json.loads((finished_build / "QUALITY.json").read_text())
+    assert written["timings_s"] == quality["timings_s"]
+    kept = {k: v for k, v in written["timings_s"].items() if k != stage}
+    assert kept == built["timings_s"] == {"unet_s": 1.0}
+    assert stage is None or isinstance(written["timings_s"][stage], float)
