@@ -13,6 +13,10 @@ Formats:
 - ratings: ``metadata.jsonl`` (one row per rating), ``comparisons.jsonl``, ``repeat_ratings.jsonl``, ``skips.jsonl``,
   ``gold.jsonl`` and ``pair_shows.jsonl`` (each only when it has rows) + the PNGs they name under ``images/``.
 
+Every model export is checked against the base model it extends before anything is written (``check_on_base``:
+the adapter is loaded onto the base's UNet by ``lora.inject``, the loader of the worker, whose checks include the size
+of each layer's delta against its base weight); it is refused in one sentence otherwise.
+
 Every directory is written atomically (``checkpoint.atomic_directory``: temp dir, fsync, rename) with a
 ``manifest.json`` of sha256 hashes; the single kohya file and the ratings zip by ``seiko_core.atomic.atomic_write``. No
 pickles: weights are safetensors, everything else JSON or text.
@@ -274,12 +278,14 @@ def _loadable_base(base_model: str | Path) -> str:
     return f"path/to/{public_name(text)}"
 
 
-def export_diffusers_lora(adapter_dir: str | Path, out_dir: str | Path, *, base_model: str = "BASE_MODEL",
+def export_diffusers_lora(adapter_dir: str | Path, out_dir: str | Path, *, base_model: str | Path,
                           finalize: Finalize | None = None) -> ExportResult:
-    """The adapter as a diffusers LoRA directory that stock ``pipe.load_lora_weights(out_dir)`` reads."""
+    """The adapter as a diffusers LoRA directory that stock ``pipe.load_lora_weights(out_dir)`` reads, after
+    ``check_on_base`` against ``base_model``, the model it was trained on."""
     out_dir = _fresh_destination(out_dir)
     adapter_dir = Path(adapter_dir)
     state, config, manifest = read_adapter(adapter_dir)
+    check_on_base(base_model, adapter_dir)
     layers = {k.removeprefix("unet."): v for k, v in state.items()}
 
     def write(tmp: Path) -> None:
@@ -292,6 +298,43 @@ def export_diffusers_lora(adapter_dir: str | Path, out_dir: str | Path, *, base_
     card: list = []
     digest = _publish(atomic_directory, out_dir, write, extra=_provenance("diffusers-lora", adapter_dir, manifest))
     return ExportResult(out_dir, "diffusers", digest, card[-1] if card else None)
+
+
+def load_base_unet(base_model: str | Path):
+    """The UNet of ``base_model`` alone, by the app's own loader and with its checks (``load_base_pipeline``'s, for
+    the one component ``check_on_base`` needs)."""
+    from diffusers import UNet2DConditionModel
+
+    from .models import ModelLoadError, _check_weights, _load_pretrained, resolve_spec
+
+    try:
+        name, local = resolve_spec(str(base_model))
+        unet = _load_pretrained(UNet2DConditionModel.from_pretrained, name, local, "Model", subfolder="unet",
+                                use_safetensors=True)
+        _check_weights(str(base_model), {"unet": unet})
+    except ModelLoadError as exc:
+        raise ExportError(str(exc)) from exc
+    return unet
+
+
+def _inject_checked(unet, adapter_dir: str | Path, name: str) -> None:
+    """``lora.inject`` (the worker's loader, with every check it makes: each tensor lands in this UNet, r and
+    lora_alpha are positive finite numbers, each layer's merged weight is finite and its delta at most
+    ``lora.DELTA_RATIO_MAX`` times its base weight), its refusal as an ExportError."""
+    try:
+        inject(unet, adapter_dir, name)
+    except CheckpointError as exc:
+        raise ExportError(str(exc)) from exc
+
+
+def check_on_base(base_model: str | Path, adapter_dir: str | Path) -> None:
+    """Refuse (ExportError, one sentence) an adapter that the app would refuse to load onto ``base_model``: the one
+    check of every model export, made before anything is written. The merged export loaded the adapter by
+    ``lora.inject``, whose checks refuse an adapter whose delta dwarfs the weight it adjusts (tenth review); the
+    diffusers and kohya exports read its files only, so without the app's finalize (whose check loads it in the app)
+    such an adapter, lora_alpha 1e30 on ordinary weights, was exported, and every image drawn with it was NaN (found
+    by review, eleventh)."""
+    _inject_checked(load_base_unet(base_model), adapter_dir, "seiko_export_check")
 
 
 def _provenance(fmt: str, adapter_dir: Path, manifest: dict) -> dict:
@@ -337,15 +380,25 @@ def kohya_state_dict(state: Mapping[str, torch.Tensor], config: Mapping[str, Any
     return out
 
 
-def export_kohya_lora(adapter_dir: str | Path, out_file: str | Path) -> ExportResult:
-    """One kohya/A1111-style LoRA ``.safetensors`` file, written atomically (temp file, fsync, rename)."""
-    from safetensors.torch import save_file
-
+def export_kohya_lora(adapter_dir: str | Path, out_file: str | Path, *, base_model: str | Path) -> ExportResult:
+    """One kohya/A1111-style LoRA ``.safetensors`` file, written atomically (temp file, fsync, rename), after
+    ``check_on_base`` against ``base_model``, the model the adapter was trained on."""
     out_file = _fresh_destination(out_file)
     if out_file.suffix != ".safetensors":
         raise ExportError(f"A kohya LoRA file must end in .safetensors, got {out_file.name!r}.")
     adapter_dir = Path(adapter_dir)
     state, config, _ = read_adapter(adapter_dir)
+    write = _kohya_writer(adapter_dir, state, config)
+    check_on_base(base_model, adapter_dir)
+    _publish(atomic_write, out_file, write)
+    return ExportResult(out_file, "kohya", sha256_file(out_file))
+
+
+def _kohya_writer(adapter_dir: Path, state: dict[str, torch.Tensor], config: Mapping[str, Any]) -> Callable[[Path], None]:
+    """What writes the kohya file of the adapter ``read_adapter`` read from ``adapter_dir`` (``state``, ``config``)
+    to the path it is given; a conversion it cannot make is refused here, before anything is written."""
+    from safetensors.torch import save_file
+
     weights = kohya_state_dict(state, config)
     ranks = sorted({w.shape[0] for k, w in weights.items() if k.endswith(".lora_down.weight")})
     alphas = sorted({float(w) for k, w in weights.items() if k.endswith(".alpha")})
@@ -359,8 +412,7 @@ def export_kohya_lora(adapter_dir: str | Path, out_file: str | Path) -> ExportRe
         "seiko_source_manifest_sha256": sha256_file(adapter_dir / MANIFEST),
         "format": "pt",
     }
-    _publish(atomic_write, out_file, lambda tmp: save_file(weights, str(tmp), metadata=header))
-    return ExportResult(out_file, "kohya", sha256_file(out_file))
+    return lambda path: save_file(weights, str(path), metadata=header)
 
 
 _KOHYA_README = """# SEIKO LoRA adapter (kohya / A1111 format)
@@ -380,9 +432,10 @@ pipe.load_lora_weights("path/to/{file}")
 """
 
 
-def export_kohya_lora_dir(adapter_dir: str | Path, out_dir: str | Path, *, name: str = "seiko_lora",
-                          base_model: str = "BASE_MODEL", finalize: Finalize | None = None) -> ExportResult:
-    """A directory holding the kohya file ``<name>.safetensors``, a README and a manifest (atomic)."""
+def export_kohya_lora_dir(adapter_dir: str | Path, out_dir: str | Path, *, base_model: str | Path,
+                          name: str = "seiko_lora", finalize: Finalize | None = None) -> ExportResult:
+    """A directory holding the kohya file ``<name>.safetensors``, a README and a manifest (atomic), after
+    ``check_on_base`` against ``base_model``, the model the adapter was trained on."""
     # a name is a file's name in the export, nothing more: '../x' was written beside the export's directory, and the
     # export published without its weights as a success ('sub/x' under a folder of its own, '.x' hidden; found by
     # review, ninth)
@@ -390,11 +443,13 @@ def export_kohya_lora_dir(adapter_dir: str | Path, out_dir: str | Path, *, name:
         raise ExportError(f"A kohya LoRA's name must be a plain file name (no '/', '\\', or leading '.'), got {name!r}.")
     out_dir = _fresh_destination(out_dir)
     adapter_dir = Path(adapter_dir)
-    _, _, manifest = read_adapter(adapter_dir)
+    state, config, manifest = read_adapter(adapter_dir)
+    write_file = _kohya_writer(adapter_dir, state, config)
+    check_on_base(base_model, adapter_dir)
     file = f"{name}.safetensors"
 
     def write(tmp: Path) -> None:
-        export_kohya_lora(adapter_dir, tmp / file)
+        write_file(tmp / file)
         (tmp / "README.md").write_text(_KOHYA_README.format(file=file, stem=name, base=_loadable_base(base_model)))
         card.append(finalize(tmp) if finalize else None)
 
@@ -439,10 +494,7 @@ def merge_lora(pipe, adapter_dir: str | Path) -> None:
     adapter = "seiko_export"
     # 1. inject the LoRA with its own config (r, lora_alpha, target_modules) from its safetensors header, by the
     #    loader the worker uses (diffusers' load_lora_adapter); every tensor must match a layer of this base UNet
-    try:
-        inject(pipe.unet, adapter_dir, adapter)
-    except CheckpointError as exc:
-        raise ExportError(str(exc)) from exc
+    _inject_checked(pipe.unet, adapter_dir, adapter)
     # 2. W <- W + scale * B @ A in every targeted layer (safe_fusing refuses NaN weights). Its refusal, a ValueError,
     #    reached the CLI as a traceback (found by review, ninth): one sentence now, and nothing is published
     try:

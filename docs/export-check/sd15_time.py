@@ -48,7 +48,7 @@ with torch.no_grad():
             p.copy_(torch.randn(p.shape, generator=g) * 0.02)
 lora.save_adapter(unet, "round_1", work / "round_1")
 del parts, unet
-export = export_diffusers_lora(work / "round_1", work / "export")
+export = export_diffusers_lora(work / "round_1", work / "export", base_model=base)
 settings = CheckSettings(base_model=str(base), prompt="a photo of a red circle", steps=10, guidance=7.5, eta=1.0)
 t0 = time.perf_counter()
 result = verify_export("lora", export.path, work / "round_1", settings)

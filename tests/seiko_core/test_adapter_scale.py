@@ -19,7 +19,13 @@ from safetensors.torch import load_file
 from seiko_core import lora
 from seiko_core.checkpoint import CheckpointError, write_manifest
 from seiko_core.config import FinetuneConfig
-from seiko_core.export import ExportError, export_merged_pipeline
+from seiko_core.export import (
+    ExportError,
+    export_diffusers_lora,
+    export_kohya_lora,
+    export_kohya_lora_dir,
+    export_merged_pipeline,
+)
 from seiko_core.models import load_model
 from seiko_core.presets import shapes
 from seiko_core.sampling import sample
@@ -171,3 +177,32 @@ def test_the_bound_is_100_times_the_base_weights_frobenius_norm_layer_by_layer(r
     assert _sizes(random_model_dir, small)[1] == pytest.approx(ratio, rel=1e-4)
     lora.load_adapter(parts, small, "z")
     assert lora.has_adapter(parts.unet, "z")
+
+
+@pytest.mark.parametrize("alpha,factor", [(1e30, 1.0), (4.0, 1e6)], ids=["alpha-1e30", "weights-x1e6"])
+def test_every_export_refuses_such_an_adapter_without_finalize_and_writes_nothing(random_model_dir, tmp_path, alpha,
+                                                                                   factor):
+    """The merged export loads the adapter by lora.inject, and so refused it; the diffusers and kohya exports only read
+    its files, so called without finalize (whose check loads it in the app) they exported it, and stock diffusers
+    drew NaN with it (found by review, eleventh). Each export now loads it onto the base's UNet by the same loader
+    first: the same sentence, and no file, not even a temporary sibling, is left. The same adapter's weights at their
+    trained size export by every path."""
+    source = _tiny_adapter(random_model_dir, tmp_path / "a")
+    huge = _rescaled_copy(source, tmp_path / "huge", alpha=alpha, factor=factor)
+    assert _sizes(random_model_dir, huge)[1] > 1e6 and _sizes(random_model_dir, source)[1] < BOUND  # from the files
+    exports = {
+        "diffusers": lambda adapter, out: export_diffusers_lora(adapter, out, base_model=random_model_dir),
+        "kohya": lambda adapter, out: export_kohya_lora(adapter, out.with_suffix(".safetensors"),
+                                                        base_model=random_model_dir),
+        "kohya-dir": lambda adapter, out: export_kohya_lora_dir(adapter, out, base_model=random_model_dir),
+        "merged": lambda adapter, out: export_merged_pipeline(random_model_dir, adapter, out),
+    }
+    for name, export in exports.items():
+        with pytest.raises(ExportError, match=REFUSED):
+            export(huge, tmp_path / name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "huge"]  # no export, no temporary sibling
+    written = tmp_path / "written"
+    written.mkdir()
+    for name, export in exports.items():
+        export(source, written / name)
+    assert sorted(p.name for p in written.iterdir()) == ["diffusers", "kohya-dir", "kohya.safetensors", "merged"]

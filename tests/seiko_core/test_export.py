@@ -89,8 +89,8 @@ def images(pipe) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def diffusers_export(adapter_dir, tmp_path_factory):
-    return export_diffusers_lora(adapter_dir, tmp_path_factory.mktemp("exports") / "d")
+def diffusers_export(random_model_dir, adapter_dir, tmp_path_factory):
+    return export_diffusers_lora(adapter_dir, tmp_path_factory.mktemp("exports") / "d", base_model=random_model_dir)
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def test_diffusers_export_loads_in_stock_diffusers_and_reproduces_our_images(ran
 
 def test_kohya_export_has_kohya_keys_and_reloads_equal_to_the_diffusers_format(random_model_dir, adapter_dir, reference,
                                                                                  tmp_path):
-    res = export_kohya_lora(adapter_dir, tmp_path / "seiko.safetensors")
+    res = export_kohya_lora(adapter_dir, tmp_path / "seiko.safetensors", base_model=random_model_dir)
     weights = load_file(res.path)
     src = load_file(adapter_dir / lora.WEIGHT_NAME)
     assert all(re.fullmatch(r"lora_unet_[a-z0-9_]+\.(lora_down\.weight|lora_up\.weight|alpha)", k) for k in weights)
@@ -142,7 +142,7 @@ def test_kohya_export_has_kohya_keys_and_reloads_equal_to_the_diffusers_format(r
     pipe.load_lora_weights(res.path)
     torch.testing.assert_close(unet_out(pipe.unet), reference[1], rtol=0, atol=1e-5)
 
-    packaged = export_kohya_lora_dir(adapter_dir, tmp_path / "k", name="round1")
+    packaged = export_kohya_lora_dir(adapter_dir, tmp_path / "k", name="round1", base_model=random_model_dir)
     assert (packaged.path / "round1.safetensors").is_file() and "<lora:round1:1>" in (packaged.path / "README.md").read_text()
     assert set(verify(packaged.path)["files"]) == {"round1.safetensors", "README.md"}
 
@@ -193,22 +193,22 @@ def test_merged_weights_equal_the_closed_form_base_plus_alpha_over_rank_up_down(
     assert all(torch.equal(base[k], merged[k]) for k in untouched)  # and nothing else did
 
 
-def test_exports_refuse_a_tampered_adapter_and_an_existing_destination(adapter_dir, tmp_path):
+def test_exports_refuse_a_tampered_adapter_and_an_existing_destination(random_model_dir, adapter_dir, tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
     for f in adapter_dir.iterdir():
         (bad / f.name).write_bytes(f.read_bytes())
     (bad / "metrics.json").write_text("{}")
     with pytest.raises(CheckpointError, match="does not match its manifest"):
-        export_diffusers_lora(bad, tmp_path / "out")
+        export_diffusers_lora(bad, tmp_path / "out", base_model=random_model_dir)
     assert not (tmp_path / "out").exists()
     (tmp_path / "taken").mkdir()
     with pytest.raises(ExportError, match="already exists"):
-        export_diffusers_lora(adapter_dir, tmp_path / "taken")
+        export_diffusers_lora(adapter_dir, tmp_path / "taken", base_model=random_model_dir)
     with pytest.raises(ExportError, match=r"must end in \.safetensors"):
-        export_kohya_lora(adapter_dir, tmp_path / "x.ckpt")
+        export_kohya_lora(adapter_dir, tmp_path / "x.ckpt", base_model=random_model_dir)
     with pytest.raises(ExportError, match="does not exist"):
-        export_kohya_lora(tmp_path / "nowhere", tmp_path / "x.safetensors")
+        export_kohya_lora(tmp_path / "nowhere", tmp_path / "x.safetensors", base_model=random_model_dir)
     assert not list(tmp_path.glob(".tmp-*"))
 
 
@@ -298,7 +298,7 @@ def test_a_prompt_with_unicode_line_separators_reads_back(tmp_path):
     assert [r["prompt_a"] for r in read_comparisons(res.path)] == [prompt]
 
 
-def test_an_rslora_adapters_kohya_header_states_the_alpha_its_keys_hold(adapter_dir, tmp_path):
+def test_an_rslora_adapters_kohya_header_states_the_alpha_its_keys_hold(random_model_dir, adapter_dir, tmp_path):
     """kohya scales by alpha / rank, so an rsLoRA adapter (scale lora_alpha / sqrt(rank)) gets per-key alphas of
     lora_alpha * sqrt(rank); the header's ss_network_alpha said lora_alpha (found by review). It now states what the
     keys hold, for a plain adapter too."""
@@ -318,7 +318,7 @@ def test_an_rslora_adapters_kohya_header_states_the_alpha_its_keys_hold(adapter_
     write_manifest(rs)
     for source, out, want in ((adapter_dir, "plain.safetensors", float(ALPHA)),
                               (rs, "rs.safetensors", ALPHA * RANK**0.5)):
-        export_kohya_lora(source, tmp_path / out)
+        export_kohya_lora(source, tmp_path / out, base_model=random_model_dir)
         with safe_open(tmp_path / out, "pt") as f:
             alphas = {float(f.get_tensor(k)) for k in f.keys() if k.endswith(".alpha")}
             assert len(alphas) == 1 and alphas.pop() == pytest.approx(want)
@@ -388,11 +388,11 @@ def test_a_kohya_export_of_a_module_kohya_cannot_name_is_refused(tmp_path):
     out = tmp_path / "round_1"
     lora.save_adapter(parts.unet, "round_1", out, config={"method": "greedy"}, metrics={})
     with pytest.raises(ExportError) as info:
-        export_kohya_lora(out, tmp_path / "x.safetensors")
+        export_kohya_lora(out, tmp_path / "x.safetensors", base_model=model)
     assert str(info.value) == ("The adapter trains add_embedding.proj, which kohya/A1111 LoRA files have no name for "
                                "(their loaders drop it); export it as a diffusers LoRA or a merged pipeline.")
     assert not (tmp_path / "x.safetensors").exists()
-    export_diffusers_lora(out, tmp_path / "diffusers")  # the diffusers format carries it
+    export_diffusers_lora(out, tmp_path / "diffusers", base_model=model)  # the diffusers format carries it
 
 
 def _forged(adapter_dir, tmp_path, name, change):
@@ -409,7 +409,7 @@ def _forged(adapter_dir, tmp_path, name, change):
     return copy
 
 
-def test_an_adapter_with_a_bad_config_or_weights_that_are_not_finite_is_refused_with_a_sentence(adapter_dir, tmp_path):
+def test_an_adapter_with_a_bad_config_or_weights_that_are_not_finite_is_refused_with_a_sentence(random_model_dir, adapter_dir, tmp_path):
     """Found by review: an adapter_config.json that is a list was a traceback ('list' object has no attribute 'get'),
     r='four' was blamed on diffusers, and an adapter of NaN weights was exported and its check passed."""
     from safetensors.torch import save_file
@@ -428,7 +428,7 @@ def test_an_adapter_with_a_bad_config_or_weights_that_are_not_finite_is_refused_
         ("nan", nan_weights, "holds weights that are not finite numbers"),
     ]:
         with pytest.raises(CheckpointError, match=message):
-            export_diffusers_lora(_forged(adapter_dir, tmp_path, name, change), tmp_path / f"out-{name}")
+            export_diffusers_lora(_forged(adapter_dir, tmp_path, name, change), tmp_path / f"out-{name}", base_model=random_model_dir)
         assert not (tmp_path / f"out-{name}").exists()
 
 
@@ -461,7 +461,7 @@ def test_an_adapter_rewritten_as_integers_is_refused_by_the_export_and_the_loade
     forged = _forged(adapter_dir, tmp_path, "int16", as_int16)
     assert all(not t.is_floating_point() for t in load_file(str(forged / lora.WEIGHT_NAME)).values())
     with pytest.raises(CheckpointError, match=r"holds weights that are not floating-point numbers \('unet\..*' is int16\)\.$"):
-        export_diffusers_lora(forged, tmp_path / "out-int16")
+        export_diffusers_lora(forged, tmp_path / "out-int16", base_model=random_model_dir)
     assert not (tmp_path / "out-int16").exists()
     parts = load_model(str(random_model_dir), device="cpu")
     with pytest.raises(CheckpointError, match=r"holds weights that are not floating-point numbers \('unet\..*' is int16\)\.$"):
@@ -482,16 +482,16 @@ def test_a_diverged_adapter_is_not_written(random_model_dir, tmp_path):
     assert not (tmp_path / "round_1").exists()
 
 
-def test_an_export_onto_a_dangling_link_is_refused(adapter_dir, tmp_path):
+def test_an_export_onto_a_dangling_link_is_refused(random_model_dir, adapter_dir, tmp_path):
     """A link to nowhere was not 'existing': the export was written where it pointed, and the message named the
     temporary path (found by review)."""
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
     with pytest.raises(ExportError, match="already exists"):
-        export_diffusers_lora(adapter_dir, tmp_path / "dangling")
+        export_diffusers_lora(adapter_dir, tmp_path / "dangling", base_model=random_model_dir)
     assert not (tmp_path / "nowhere").exists()
 
 
-def test_an_empty_destination_left_by_a_killed_export_is_named_as_such(adapter_dir, tmp_path):
+def test_an_empty_destination_left_by_a_killed_export_is_named_as_such(random_model_dir, adapter_dir, tmp_path):
     """An export killed between its claim (an empty file or directory, atomic.claim_new) and its rename leaves the
     empty claim, and the next export there said only 'already exists': it now says the entry is empty and why one
     may be there. A non-empty destination and a link keep the plain sentence; nothing is removed either way."""
@@ -499,17 +499,17 @@ def test_an_empty_destination_left_by_a_killed_export_is_named_as_such(adapter_d
 
     claim_new(tmp_path / "killed", directory=True)
     with pytest.raises(ExportError, match="already exists and is empty .*killed"):
-        export_diffusers_lora(adapter_dir, tmp_path / "killed")
+        export_diffusers_lora(adapter_dir, tmp_path / "killed", base_model=random_model_dir)
     claim_new(tmp_path / "killed.safetensors", directory=False)
     with pytest.raises(ExportError, match="already exists and is empty"):
-        export_kohya_lora(adapter_dir, tmp_path / "killed.safetensors")
+        export_kohya_lora(adapter_dir, tmp_path / "killed.safetensors", base_model=random_model_dir)
     assert (tmp_path / "killed").is_dir() and (tmp_path / "killed.safetensors").is_file()
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "mine.txt").write_text("keep")
     (tmp_path / "link").symlink_to(tmp_path / "killed")
     for taken in ("full", "link"):
         with pytest.raises(ExportError, match="already exists; choose a new path") as info:
-            export_diffusers_lora(adapter_dir, tmp_path / taken)
+            export_diffusers_lora(adapter_dir, tmp_path / taken, base_model=random_model_dir)
         assert "is empty" not in str(info.value)
     assert (tmp_path / "full" / "mine.txt").read_text() == "keep"
 
@@ -613,13 +613,13 @@ def test_a_destination_created_while_the_export_is_written_is_left_alone(tmp_pat
     assert not list(tmp_path.glob(".tmp-*"))
 
 
-def test_a_file_dropped_into_a_lora_export_is_refused_by_name(adapter_dir, tmp_path):
+def test_a_file_dropped_into_a_lora_export_is_refused_by_name(random_model_dir, adapter_dir, tmp_path):
     """verify checked the files a manifest lists only: a file dropped into an exported LoRA directory, which stock
     ``load_lora_weights(dir)`` reads by looking at what it holds, verified, while the ratings export refuses a file
     its manifest does not list (found by review, 5 Dec 2026). Now refused in one sentence naming the file; removed,
     the export verifies as before."""
-    exports = {"diffusers": export_diffusers_lora(adapter_dir, tmp_path / "d").path,
-               "kohya": export_kohya_lora_dir(adapter_dir, tmp_path / "k", name="round1").path}
+    exports = {"diffusers": export_diffusers_lora(adapter_dir, tmp_path / "d", base_model=random_model_dir).path,
+               "kohya": export_kohya_lora_dir(adapter_dir, tmp_path / "k", name="round1", base_model=random_model_dir).path}
     for kind, path in exports.items():
         manifest = verify(path)
         for dropped in ("pytorch_lora_weights.bin", "extra/round1.safetensors", "link.safetensors"):
@@ -909,19 +909,19 @@ def test_an_adapter_whose_config_file_and_weights_header_disagree_is_refused_not
     torch.testing.assert_close(unet_out(parts.unet), reference[1], rtol=0, atol=1e-5)
     said = rf"has {field}=.* in adapter_config\.json but .* in the LoraConfig of its weights' header"
     with pytest.raises(CheckpointError, match=said):
-        export_kohya_lora(forged, tmp_path / "k.safetensors")
+        export_kohya_lora(forged, tmp_path / "k.safetensors", base_model=random_model_dir)
     with pytest.raises(CheckpointError, match=said):
-        export_diffusers_lora(forged, tmp_path / "d")
+        export_diffusers_lora(forged, tmp_path / "d", base_model=random_model_dir)
     assert not (tmp_path / "k.safetensors").exists() and not (tmp_path / "d").exists()
 
 
 @pytest.mark.parametrize("name", ["../escaped", "sub/x", "..\\\\x", ".hidden", ""])
-def test_a_kohya_name_that_is_not_a_plain_file_name_is_refused_and_nothing_is_written(adapter_dir, tmp_path, name):
+def test_a_kohya_name_that_is_not_a_plain_file_name_is_refused_and_nothing_is_written(random_model_dir, adapter_dir, tmp_path, name):
     """export_kohya_lora_dir wrote ``<name>.safetensors`` under its temporary directory as given: '../escaped' landed
     beside the export, which was published without its weights and reported as written (found by review, ninth)."""
     out = tmp_path / "out" / "k"
     with pytest.raises(ExportError, match="must be a plain file name"):
-        export_kohya_lora_dir(adapter_dir, out, name=name)
+        export_kohya_lora_dir(adapter_dir, out, name=name, base_model=random_model_dir)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
@@ -950,7 +950,7 @@ def test_an_adapter_whose_header_scale_is_not_a_positive_number_is_not_loaded(ad
         lora.load_adapter(parts, forged, "x")
     assert not lora.has_adapter(parts.unet, "x") and torch.isfinite(unet_out(parts.unet)).all()
     with pytest.raises(CheckpointError):
-        export_kohya_lora(forged, tmp_path / "k.safetensors")
+        export_kohya_lora(forged, tmp_path / "k.safetensors", base_model=random_model_dir)
     assert not (tmp_path / "k.safetensors").exists()
 
 
@@ -1029,7 +1029,7 @@ def test_an_adapters_seiko_config_or_metrics_that_is_not_a_json_object_is_refuse
     manifest written again) was published as the export's (found by review, ninth). Refused in one sentence now."""
     forged = _forged(adapter_dir, tmp_path, "forged", lambda d: (d / name).write_text(text))
     with pytest.raises(CheckpointError, match=said):
-        export_diffusers_lora(forged, tmp_path / "d")
+        export_diffusers_lora(forged, tmp_path / "d", base_model=random_model_dir)
     with pytest.raises(CheckpointError, match=said):
         export_merged_pipeline(random_model_dir, forged, tmp_path / "m")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["forged"]

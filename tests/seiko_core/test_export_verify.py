@@ -74,7 +74,7 @@ def test_pixel_differences_by_hand():
 
 def test_a_no_op_lora_export_fails_check_a(random_model_dir, settings, tmp_path):
     noop = make_adapter(random_model_dir, tmp_path / "noop", sigma=0.0)  # B = 0: W x + s B A x == W x exactly
-    res = export_diffusers_lora(noop, tmp_path / "export")
+    res = export_diffusers_lora(noop, tmp_path / "export", base_model=random_model_dir)
     with pytest.raises(VerificationError) as exc:
         verify_export("lora", res.path, noop, settings)
     message = str(exc.value)
@@ -85,8 +85,8 @@ def test_a_no_op_lora_export_fails_check_a(random_model_dir, settings, tmp_path)
     assert result.vs_base == Pixels(0.0, 0, 0.0) and not result.passed
 
 
-def test_a_good_diffusers_export_passes_both_checks(settings, good_adapter, app_image, tmp_path):
-    res = export_diffusers_lora(good_adapter, tmp_path / "export")
+def test_a_good_diffusers_export_passes_both_checks(random_model_dir, settings, good_adapter, app_image, tmp_path):
+    res = export_diffusers_lora(good_adapter, tmp_path / "export", base_model=random_model_dir)
     result = verify_export("lora", res.path, good_adapter, settings, app_image=app_image)
     assert result.passed and result.failure is None
     assert result.vs_base.mean_abs > MIN_BASE_MEAN_ABS
@@ -95,9 +95,9 @@ def test_a_good_diffusers_export_passes_both_checks(settings, good_adapter, app_
     assert "Checked: stock diffusers" in result.sentence()
 
 
-def test_a_tampered_export_fails_check_b(settings, good_adapter, app_image, tmp_path):
+def test_a_tampered_export_fails_check_b(random_model_dir, settings, good_adapter, app_image, tmp_path):
     """The export's LoRA scaled by 1.5 (what a wrong lora_alpha would do): it changes the model, but not into the app's."""
-    res = export_diffusers_lora(good_adapter, tmp_path / "export")
+    res = export_diffusers_lora(good_adapter, tmp_path / "export", base_model=random_model_dir)
     path = res.path / lora.WEIGHT_NAME
     with safe_open(path, "pt") as f:
         meta = f.metadata()
@@ -116,7 +116,7 @@ def test_a_tampered_export_fails_check_b(settings, good_adapter, app_image, tmp_
 
 def test_kohya_and_merged_exports_pass_through_their_own_loaders(random_model_dir, settings, good_adapter, app_image,
                                                                  tmp_path):
-    kohya = export_kohya_lora_dir(good_adapter, tmp_path / "k", name="round1")
+    kohya = export_kohya_lora_dir(good_adapter, tmp_path / "k", name="round1", base_model=random_model_dir)
     r = verify_export("lora", kohya.path, good_adapter, settings, weight_name="round1.safetensors", app_image=app_image)
     assert r.passed and "weight_name='round1.safetensors'" in r.loader
     merged = export_merged_pipeline(random_model_dir, good_adapter, tmp_path / "m")
@@ -132,7 +132,7 @@ def test_finalize_failure_publishes_nothing(settings, random_model_dir, tmp_path
         verify_export("lora", tmp, noop, settings)
 
     with pytest.raises(VerificationError, match=r"check \(a\) failed"):
-        export_diffusers_lora(noop, tmp_path / "out" / "export", finalize=finalize)
+        export_diffusers_lora(noop, tmp_path / "out" / "export", finalize=finalize, base_model=random_model_dir)
     assert list((tmp_path / "out").iterdir()) == []
 
 
@@ -161,7 +161,7 @@ def test_an_experiment_sampling_below_guidance_1_can_still_be_checked(random_mod
     assert low.guidance == 1.0
     usual = SeikoConfig(prompts=("a red circle",), eval_prompts=("a star",))
     assert CheckSettings.for_config(str(random_model_dir), usual, seed=5).guidance == usual.sampling.guidance == 7.5
-    res = export_diffusers_lora(good_adapter, tmp_path / "export")
+    res = export_diffusers_lora(good_adapter, tmp_path / "export", base_model=random_model_dir)
     result = verify_export("lora", res.path, good_adapter, low, app_image=render_app(low, good_adapter))
     assert result.passed, result.failure
 
@@ -197,14 +197,14 @@ def test_a_check_on_a_smaller_image_still_tells_a_good_export_from_a_no_op_and_a
         random_model_dir, small_settings, good_adapter, tmp_path):
     app = render_app(small_settings, good_adapter)
     assert app.shape == (16, 16, 3)  # the app's renderer drew the smaller image
-    good = export_diffusers_lora(good_adapter, tmp_path / "good")
+    good = export_diffusers_lora(good_adapter, tmp_path / "good", base_model=random_model_dir)
     r = verify_export("lora", good.path, good_adapter, small_settings, app_image=app)
     assert r.passed and r.settings["max_side"] == 16
     assert r.vs_app.mean_abs <= MAX_APP_MEAN_ABS  # stock diffusers drew the same 16 px image (else: a size error)
     noop = make_adapter(random_model_dir, tmp_path / "noop", sigma=0.0)
     with pytest.raises(VerificationError, match=r"check \(a\) failed"):
-        verify_export("lora", export_diffusers_lora(noop, tmp_path / "n").path, noop, small_settings)
-    wrong = export_diffusers_lora(good_adapter, tmp_path / "wrong")
+        verify_export("lora", export_diffusers_lora(noop, tmp_path / "n", base_model=random_model_dir).path, noop, small_settings)
+    wrong = export_diffusers_lora(good_adapter, tmp_path / "wrong", base_model=random_model_dir)
     path = wrong.path / lora.WEIGHT_NAME
     with safe_open(path, "pt") as f:
         meta = f.metadata()
