@@ -16,7 +16,7 @@ DOWNGRADE_HELP = (
     "Migrate the schema down to REV ('base' drops every table); asks for --yes. A SQLite file is copied first, under "
     "the write lock the downgrade then takes, so the copy holds everything the downgrade drops; a PostgreSQL database "
     "is not copied (pg_dump it first, with the server and the workers stopped). Refused while a server or a worker is "
-    "live: each keeps a row in the database's live processes while it runs, its heartbeat refreshed every "
+    "live (with --processes N, its supervisor too): each keeps a row in the database's live processes while it runs, its heartbeat refreshed every "
     f"{HEARTBEAT_S:g} s and counted as gone {STALE_AFTER_S:g} s after the last one (a process killed with no clean "
     "exit), and a worker's running job keeps a lease; the look is made inside the downgrade's own transaction, so a "
     "process starting meanwhile waits for it and then refuses the older schema (--ignore-live-processes overrides: "

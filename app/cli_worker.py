@@ -126,7 +126,7 @@ def main(args: argparse.Namespace) -> int:
     rank = f"[rank {os.environ.get('RANK')}] " if train_dist.in_group() else ""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s {rank}%(name)s: %(message)s")
     if args.processes > 1 and not train_dist.in_group():  # the supervisor: no model, no job, its ranks do the work
-        return train_dist.supervise(args, settings, worker_id)
+        return train_dist.run_supervisor(args, settings, worker_id)  # with its own row in live_processes
     if args.nice:
         os.nice(args.nice)  # before torch starts its threads, which inherit it
     if train_dist.in_group():

@@ -629,6 +629,37 @@ def _end_followers(followers: list[subprocess.Popen], grace_s: float) -> None:
             p.wait()
 
 
+SUPERVISOR_KIND = "supervisor"  # the supervisor's kind in live_processes (db.presence, migration 0017)
+
+
+def run_supervisor(args: argparse.Namespace, settings, worker_id: str) -> int:
+    """``supervise`` with the supervisor's own row in the database's live processes (``db.presence.Presence``, kind
+    'supervisor'), registered before it starts a rank and removed when it returns: the ranks kept rows and the
+    supervisor none, so between two groups (one ended, the next not started) `db downgrade` saw nothing live and ran
+    while the supervisor was alive and about to start ranks against the downgraded schema (found by review, eleventh).
+    A schema that moved since this code's check (the registration reads it once more) is refused in one sentence,
+    status 1, before any rank starts."""
+    from db import migrate
+    from db.engine import make_engine, session_factory
+    from db.errors import SchemaOutOfDate
+    from db.presence import Presence
+
+    engine = make_engine(settings.db_url)
+    try:
+        presence = Presence(session_factory(engine), SUPERVISOR_KIND, migrate.head_revision())
+        try:
+            presence.start()
+        except SchemaOutOfDate as exc:  # as a worker says it (app.cli_worker)
+            print(exc, file=sys.stderr)
+            return 1
+        try:
+            return supervise(args, settings, worker_id)
+        finally:
+            presence.close()  # its row removed: `db downgrade` may go on once the ranks' rows are gone too
+    finally:
+        engine.dispose()
+
+
 def supervise(args: argparse.Namespace, settings, worker_id: str) -> int:
     """Start N ranks, restart them all when one ends abnormally; return when rank 0 ends normally (or gives up)."""
     n = int(args.processes)

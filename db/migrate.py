@@ -332,7 +332,7 @@ def refuse_live_processes(connection, *, now: datetime | None = None) -> None:
 
     now = now or utcnow()
     presence.lock_live_processes(connection)
-    shown = [f"a {p.kind} on host {p.host!r} with pid {p.pid}, last heard from {max(0, (now - p.heartbeat_at).total_seconds()):.0f} s ago"
+    shown = [f"a {presence.described(p.kind)} on host {p.host!r} with pid {p.pid}, last heard from {max(0, (now - p.heartbeat_at).total_seconds()):.0f} s ago"
              for p in presence.live(connection, now=now)]
     if inspect(connection).has_table(Job.__tablename__):
         shown += [f"worker {owner or '?'!r} working on job {job_id} under a lease that runs to {until:%H:%M:%S} UTC"

@@ -50,7 +50,7 @@ JOB_KINDS = ("generate", "train", "eval")
 JOB_STATUSES = ("queued", "running", "done", "failed")
 UNDO_ACTIONS = ("rate", "skip", "repeat", "repeat_skip")
 EXPORT_FORMATS = ("diffusers", "kohya", "merged", "ratings")
-PROCESS_KINDS = ("server", "worker")
+PROCESS_KINDS = ("server", "worker", "supervisor")  # supervisor: of `worker --processes N` (0017)
 HOST_MAX = 255  # a host name (a DNS name is at most 253 characters)
 SCORE_MIN, SCORE_MAX = 1, 10
 NAME_MAX = 200
@@ -358,7 +358,9 @@ class Job(Base):
 
 
 class LiveProcess(Base):
-    """A running server or worker (migration 0016; ``db.presence``): registered at its start, its ``heartbeat_at``
+    """A running server, worker or worker supervisor (the parent process of `python -m app worker --processes N`,
+    which starts and restarts its ranks: migration 0017) (migration 0016; ``db.presence``): registered at its start,
+    its ``heartbeat_at``
     refreshed every ``db.presence.HEARTBEAT_S`` seconds, removed at a clean exit. A row whose heartbeat is older than
     ``db.presence.STALE_AFTER_S`` is a process that died (kill -9, a lost machine) and counts for nothing. `db
     downgrade` refuses while a fresh one is there: a server, or a worker between jobs, left no mark before."""

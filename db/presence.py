@@ -1,4 +1,6 @@
-"""Live processes (migration 0016): each server and worker keeps a row in ``live_processes`` while it runs.
+"""Live processes (migration 0016): each server and worker keeps a row in ``live_processes`` while it runs, and so
+does the supervisor of `python -m app worker --processes N` (kind 'supervisor', migration 0017), which starts the
+ranks and restarts them.
 
 ``Presence(factory, kind, head).start()`` registers the process (kind, host name, pid) in the same transaction that
 checks the schema is still at ``head``, and a background thread refreshes its ``heartbeat_at`` every ``HEARTBEAT_S``
@@ -47,6 +49,11 @@ class Seen:
     pid: int
     started_at: datetime
     heartbeat_at: datetime
+
+
+def described(kind: str) -> str:
+    """A kind as the messages name it: 'supervisor' is the supervisor of `python -m app worker --processes N`."""
+    return "worker supervisor" if kind == "supervisor" else kind
 
 
 def this_host() -> str:
@@ -141,7 +148,7 @@ class Presence:
                     # schema unregistered once it committed (found by a read-only review, tenth review)
                     if _lock_not_granted(exc) and monotonic() < deadline:
                         log.info("the %s waits for a database write lock to register itself as live (%s)",
-                                 self.kind, _short(exc))
+                                 described(self.kind), _short(exc))
                         continue
                     self._start_failed(exc)
                     break
@@ -153,7 +160,7 @@ class Presence:
         says so (SchemaOutOfDate)."""
         self._check_schema()
         log.warning("the %s could not register itself as live in the database (%s); `db downgrade` cannot see it "
-                    "until a heartbeat does, tried every %g s", self.kind, _short(exc), self.interval_s)
+                    "until a heartbeat does, tried every %g s", described(self.kind), _short(exc), self.interval_s)
 
     def _check_schema(self) -> None:
         """Raise SchemaOutOfDate unless the database is at ``head``; a read that fails is a warning."""
@@ -161,7 +168,7 @@ class Presence:
             with read_session(self.factory) as s:
                 found = s.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
         except Exception as exc:  # the database down: the registration is tried again at each heartbeat
-            log.warning("the %s could not read the schema revision either (%s)", self.kind, _short(exc))
+            log.warning("the %s could not read the schema revision either (%s)", described(self.kind), _short(exc))
             return
         if found != [self.head]:
             raise SchemaOutOfDate(_moved(self.kind, self.head, found))
@@ -177,7 +184,7 @@ class Presence:
                         self.row_id = register(s, kind=self.kind, head=self.head)
             except Exception as exc:  # a heartbeat never ends the server or the worker
                 log.warning("the %s's heartbeat could not be written to the database (%s); `db downgrade` may take "
-                            "it for gone once it is %g s old; trying again in %g s", self.kind, _short(exc),
+                            "it for gone once it is %g s old; trying again in %g s", described(self.kind), _short(exc),
                             STALE_AFTER_S, self.interval_s)
 
     def _run(self) -> None:
@@ -193,7 +200,7 @@ class Presence:
         # a heartbeat stuck in a database call holds the lock: the exit does not wait for it past CLOSE_WAIT_S
         if not self._lock.acquire(timeout=max(0.0, deadline - monotonic())):
             log.warning("the %s's heartbeat is stuck in a database call, so its row in the database's live processes "
-                        "is left; it counts as gone %g s after its last heartbeat", self.kind, STALE_AFTER_S)
+                        "is left; it counts as gone %g s after its last heartbeat", described(self.kind), STALE_AFTER_S)
             return
         try:
             self._closed = True
@@ -205,14 +212,14 @@ class Presence:
                 self.row_id = None
             except Exception as exc:  # at exit: the row is left to go stale, as a killed process's
                 log.warning("the %s's row in the database's live processes could not be removed (%s); it counts as "
-                            "gone %g s after its last heartbeat", self.kind, _short(exc), STALE_AFTER_S)
+                            "gone %g s after its last heartbeat", described(self.kind), _short(exc), STALE_AFTER_S)
         finally:
             self._lock.release()
 
 
 def _moved(kind: str, head: str, found: list[str]) -> str:
     shown = ", ".join(found) or "no revision"
-    return (f"the database schema changed from {head} to {shown} as the {kind} started (a `db downgrade` or `db "
+    return (f"the database schema changed from {head} to {shown} as the {described(kind)} started (a `db downgrade` or `db "
             "upgrade` ran meanwhile); run `python -m app db upgrade`, or the code of that revision")
 
 

@@ -85,3 +85,67 @@ def test_a_worker_registers_at_its_start_and_removes_its_row_at_close(worker_wor
     finally:
         worker.close()
     assert _rows(world.factory) == []
+
+
+def _worker_group_args(tmp_path):
+    from app import cli_worker
+    from app.settings import Settings
+
+    parser = argparse.ArgumentParser()
+    cli_worker.add_arguments(parser)
+    args = parser.parse_args(["--data-dir", str(tmp_path / "d"), "--processes", "2", "--worker-id", "dp"])
+    url = Settings.from_args(args).db_url
+    migrate.upgrade(url)
+    return args, url
+
+
+def test_the_supervisor_of_a_worker_group_keeps_its_own_row_while_it_runs_and_removes_it_at_exit(tmp_path, monkeypatch):
+    """`worker --processes N`: each rank kept a row, the supervisor that starts and restarts them none, so between two
+    groups `db downgrade` saw nothing live and ran while the supervisor was about to start ranks on the old schema
+    (found by review, eleventh). The supervisor registers a 'supervisor' row before it starts a rank (here, while the
+    loop that starts them runs) and removes it when it returns; a downgrade meanwhile is refused naming it."""
+    from app import cli_worker, train_dist
+    from db.engine import make_engine, session_factory
+
+    args, url = _worker_group_args(tmp_path)
+    engine = make_engine(url)
+    factory = session_factory(engine)
+    seen = {}
+
+    def supervise(args_, settings, worker_id):  # where the ranks would start
+        seen["rows"] = _rows(factory)
+        with pytest.raises(migrate.LiveProcesses,
+                           match=rf"a worker supervisor on host '.+' with pid {os.getpid()}, last heard"):
+            migrate.downgrade(url, "0016")
+        seen["worker_id"] = worker_id
+        return 0
+
+    monkeypatch.setattr(train_dist, "supervise", supervise)
+    try:
+        assert cli_worker.main(args) == 0
+        assert seen == {"rows": [("supervisor", os.getpid())], "worker_id": "dp"}
+        assert _rows(factory) == []
+    finally:
+        engine.dispose()
+    migrate.downgrade(url, "0016")  # the row is gone: nothing refuses
+    assert migrate.current_revision(url) == "0016"
+
+
+def test_the_supervisor_starts_no_rank_once_the_schema_moved_under_its_check(tmp_path, monkeypatch, capsys):
+    """The supervisor's row is registered in a transaction that reads the revision once more: a downgrade that ran
+    after the command's check refuses the start in one sentence, status 1, and no rank is started."""
+    from app import cli_worker, train_dist
+
+    args, url = _worker_group_args(tmp_path)
+    check = migrate.check_at_head
+
+    def checked_then_downgraded(db_url):
+        check(db_url)
+        migrate.downgrade(url, "0016")
+
+    monkeypatch.setattr(migrate, "check_at_head", checked_then_downgraded)
+    monkeypatch.setattr(train_dist, "supervise", lambda *a: pytest.fail("it started ranks on a downgraded schema"))
+    assert cli_worker.main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"the database schema changed from {migrate.head_revision()} to 0016 as the worker "
+                          "supervisor started") and err.count("\n") == 1, err

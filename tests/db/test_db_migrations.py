@@ -558,6 +558,47 @@ def test_migration_0016_adds_live_processes_and_downgrades_without_them(empty_db
     assert _drift(empty_db_url) == []
 
 
+def test_migration_0017_lets_the_worker_supervisor_register_and_downgrades_without_its_rows(empty_db_url):
+    """0017 lets a 'supervisor' row into live_processes (the supervisor of `worker --processes N`, eleventh review),
+    which 0016's CHECK on kind refuses. A downgrade to 0016 deletes the supervisors' rows (stale ones here: a fresh one
+    refuses the downgrade) and keeps the others, and the CHECK refuses a supervisor again."""
+    from sqlalchemy.exc import IntegrityError
+
+    from db import presence
+    from db.engine import session_factory, write_session
+    from db.models import LiveProcess, utcnow
+
+    def register(kind: str, head: str, pid: int) -> None:
+        engine = make_engine(empty_db_url)
+        try:
+            with write_session(session_factory(engine)) as s:
+                presence.register(s, kind=kind, head=head, host="h", pid=pid, now=utcnow() - timedelta(hours=1))
+        finally:
+            engine.dispose()
+
+    def rows() -> list:
+        engine = make_engine(empty_db_url)
+        try:
+            with engine.connect() as c:
+                return c.execute(select(LiveProcess.kind, LiveProcess.pid).order_by(LiveProcess.pid)).all()
+        finally:
+            engine.dispose()
+
+    migrate.upgrade(empty_db_url, "0016")
+    with pytest.raises(IntegrityError):
+        register("supervisor", "0016", 1)
+    migrate.upgrade(empty_db_url, "0017")
+    register("worker", "0017", 2)
+    register("supervisor", "0017", 3)
+    assert rows() == [("worker", 2), ("supervisor", 3)]
+    migrate.downgrade(empty_db_url, "0016")
+    assert migrate.current_revision(empty_db_url) == "0016" and rows() == [("worker", 2)]
+    with pytest.raises(IntegrityError):
+        register("supervisor", "0016", 4)
+    migrate.upgrade(empty_db_url)
+    assert _drift(empty_db_url) == []
+
+
 def test_two_upgrades_at_once_both_succeed(empty_db_url):
     """Two processes upgrading one database at once (each container running `db upgrade` at its start): on
     PostgreSQL both read the old revision and ran the same steps, and the second failed with a traceback ("duplicate
