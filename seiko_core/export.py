@@ -302,18 +302,18 @@ def export_diffusers_lora(adapter_dir: str | Path, out_dir: str | Path, *, base_
 
 def load_base_unet(base_model: str | Path):
     """The UNet of ``base_model`` alone, by the app's own loader and with its checks (``load_base_pipeline``'s, for
-    the one component ``check_on_base`` needs)."""
+    the one component ``check_on_base`` needs); a base that cannot be loaded is refused as the export check's own
+    (``export_verify.base_model_loads``: a VerificationError, one sentence)."""
     from diffusers import UNet2DConditionModel
 
-    from .models import ModelLoadError, _check_weights, _load_pretrained, resolve_spec
+    from .export_verify import base_model_loads
+    from .models import _check_weights, _load_pretrained, resolve_spec
 
-    try:
+    with base_model_loads(base_model):
         name, local = resolve_spec(str(base_model))
         unet = _load_pretrained(UNet2DConditionModel.from_pretrained, name, local, "Model", subfolder="unet",
                                 use_safetensors=True)
         _check_weights(str(base_model), {"unet": unet})
-    except ModelLoadError as exc:
-        raise ExportError(str(exc)) from exc
     return unet
 
 

@@ -222,17 +222,18 @@ def _quiet_loading():
 
 
 @contextlib.contextmanager
-def _base_model_loads(settings: CheckSettings):
+def base_model_loads(base_model: str | Path):
     """A base model that cannot be loaded (a local directory gone, a hub cache file damaged: ModelLoadError, a
     RuntimeError) as a VerificationError that says so: it was a traceback from the CLI (found by review), and the
-    export itself is not at fault."""
+    export itself is not at fault. The check on the base every model export makes first (``export.check_on_base``)
+    says it the same way."""
     from .models import ModelLoadError
 
     try:
         yield
     except ModelLoadError as exc:
         reason = str(exc).strip().rstrip(".")
-        raise VerificationError(f"The export check could not load the base model {settings.base_model!r} ({reason}); "
+        raise VerificationError(f"The export check could not load the base model {str(base_model)!r} ({reason}); "
                                 "the export itself was not checked, and it was not published.") from exc
 
 
@@ -242,7 +243,7 @@ def render_app(settings: CheckSettings, adapter_dir: str | Path) -> np.ndarray:
     from .models import load_model
     from .sampling import sample, to_uint8
 
-    with _quiet_loading(), _base_model_loads(settings):  # the check answers in one sentence; loading bars would bury it
+    with _quiet_loading(), base_model_loads(settings.base_model):  # the check answers in one sentence; loading bars would bury it
         parts = load_model(settings.base_model, device=settings.device)
     lora.load_adapter(parts, adapter_dir, "export_check")
     side = check_latent_side(parts.sample_size, parts.pipeline.vae_scale_factor,
@@ -261,7 +262,7 @@ def render_stock(kind: str, export_path: str | Path, settings: CheckSettings, *,
 
     if kind not in KINDS:
         raise ValueError(f"unknown export kind {kind!r}; choose from {list(KINDS)}")
-    with _base_model_loads(settings):
+    with base_model_loads(settings.base_model):
         if is_local_spec(settings.base_model):
             # a local base directory gone, not a pipeline, or with files the child's loader refuses (a shard index
             # naming a .bin): said of the base model, not as the child's failure to re-load the export
