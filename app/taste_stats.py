@@ -17,8 +17,9 @@ number of images when every rating is liked, or none). With
 one rating per image both reduce exactly to the plain intervals above. A review measured what the plain intervals
 gave at overlap 3: 80% coverage for the mean's, 84% for the share's, where 95% is claimed.
 
-No scipy here: the t quantile is found by bisection on the t distribution's CDF, written with the regularised
-incomplete beta function (continued fraction, modified Lentz).
+No scipy here: the t quantile is ``seiko_core.stats.t975`` (bisection on the t distribution's CDF, written with the
+regularised incomplete beta function; continued fraction, modified Lentz), the one implementation, which
+``db.comparisons`` uses too.
 """
 
 from __future__ import annotations
@@ -31,69 +32,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import SCORE_MAX, SCORE_MIN, Image, Rating, Round
-from seiko_core.stats import wilson_bounds
+from seiko_core.stats import t975, wilson_bounds
 
 LIKED = 6  # a rating >= 6 counts as liked
 Z95 = 1.959963984540054
-
-
-def _betacf(a: float, b: float, x: float) -> float:
-    tiny, eps = 1e-300, 3e-16
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 500):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c if abs(1.0 + aa / c) > tiny else tiny
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c if abs(1.0 + aa / c) > tiny else tiny
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < eps:
-            break
-    return h
-
-
-def betainc(a: float, b: float, x: float) -> float:
-    """The regularised incomplete beta function I_x(a, b)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
-    if x < (a + 1.0) / (a + b + 2.0):
-        return front * _betacf(a, b, x) / a
-    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
-
-
-def t_cdf(t: float, df: float) -> float:
-    tail = 0.5 * betainc(df / 2.0, 0.5, df / (df + t * t))
-    return 1.0 - tail if t >= 0 else tail
-
-
-def t_quantile(p: float, df: float) -> float:
-    """The p-quantile of Student's t with ``df`` degrees of freedom (0.5 < p < 1), by bisection to 1e-12."""
-    if not 0.5 < p < 1.0 or df <= 0:
-        raise ValueError(f"t_quantile needs 0.5 < p < 1 and df > 0, got p={p}, df={df}")
-    lo, hi = 0.0, 1.0
-    while t_cdf(hi, df) < p:
-        hi *= 2.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if t_cdf(mid, df) < p:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-12:
-            break
-    return 0.5 * (lo + hi)
 
 
 def mean_interval(scores: list[float]) -> tuple[float | None, float | None, float | None]:
@@ -106,7 +48,7 @@ def mean_interval(scores: list[float]) -> tuple[float | None, float | None, floa
     if n < 2 or max(scores) == min(scores):
         return mean, None, None
     sd = math.sqrt(sum((x - mean) ** 2 for x in scores) / (n - 1))
-    half = t_quantile(0.975, n - 1) * sd / math.sqrt(n)
+    half = t975(n - 1) * sd / math.sqrt(n)
     return mean, mean - half, mean + half
 
 
@@ -143,7 +85,7 @@ def clustered_intervals(scores: list[float], groups: list[object]) -> tuple[tupl
         # never below the plain s^2 / N (a design effect of at least 1, as for the share): images whose mean ratings
         # happened to agree gave a zero-width band (found by review)
         plain = sum((x - mean) ** 2 for x in scores) / (n - 1) / n
-        half = t_quantile(0.975, k - 1) * math.sqrt(max(cluster_var(by_group, mean), plain))
+        half = t975(k - 1) * math.sqrt(max(cluster_var(by_group, mean), plain))
         mean_ci = (mean, mean - half, mean + half)
         srs = p * (1 - p) / (n - 1)
         liked_groups = {g: [1.0 if x >= LIKED else 0.0 for x in v] for g, v in by_group.items()}

@@ -393,14 +393,15 @@ def clustered_win_interval(votes_by_pair: Sequence[tuple[int, int, int]]) -> tup
 
     The quantile follows the variance the interval rests on. Where ``N / deff`` comes from the cluster-robust
     variance (deff > 1), that variance is estimated from K pairs, with K - 1 degrees of freedom, so the quantile is
-    Student's t, ``seiko_core.stats.t975(K - 1)`` (tabulated; between tabulated df the next one below, so never
-    below the exact quantile): 2.131 at the 16 pairs of a round, 1.980 from 121 pairs on. Elsewhere the interval is
+    Student's t, ``seiko_core.stats.t975(K - 1)`` (the exact quantile since the eleventh review; it was a table's
+    value at the next tabulated df below): 2.1314 at the 16 pairs of a round, 1.9720 at 200. Elsewhere the interval is
     Wilson's own, whose binomial variance is not estimated from the pairs' spread, at the normal 1.96: one vote on
     every pair (independent votes), deff at or below 1 (the votes on a pair disagree as much as independent ones;
     never narrowed below Wilson over the N votes), every vote the same (the K pairs counted as K trials), one pair
     (one vote's worth). Measured (eleventh review, ``tests/app/test_stats_reference.py``): at 16 pairs of 16 votes
     each the normal quantile held the true rate in 93.6% / 93.5% of draws (p = 0.5 / 0.7), t in 95.85% / 95.3%
-    (8% wider); at 200 pairs 94.8% / 94.8% and 95.0% / 95.0% (1% wider).
+    (8% wider); at 200 pairs 94.8% / 94.8% and 95.0% / 94.9% (0.6% wider; with the table's 1.980 it was 95.0% /
+    95.0%, 1% wider).
 
     Chosen over ``pair_bootstrap_interval`` for the dashboard: it needs no random draws (the table does not change
     between refreshes), is Wilson's interval itself when every pair has one vote, and keeps Wilson's ends inside

@@ -3,6 +3,7 @@ table, and the admin's rollback action (role checked, audit-logged)."""
 
 from __future__ import annotations
 
+import math
 import random
 import re
 import warnings
@@ -190,8 +191,8 @@ def test_the_ab_table_widens_the_interval_when_raters_agree_within_pairs(ui_worl
     """Two raters vote alike on each of round 1's two pairs (one pair won, the other lost): four votes, but two pairs'
     worth of evidence. The table showed Wilson's interval over the 4 votes as independent (tenth review); now the
     design-effect one (deff 3 here, by hand: cluster variance 2 / 2^2 * 2 = 1/4 over 1 / (3 * 4)), Wilson at 4/3,
-    at Student's t with 2 - 1 degrees of freedom, 12.706 (eleventh review; it was the normal 1.96): two pairs say
-    next to nothing about the pairs a round could be asked about."""
+    at Student's t with 2 - 1 degrees of freedom, tan(0.475 pi) = 12.7062 (eleventh review; it was the normal 1.96):
+    two pairs say next to nothing about the pairs a round could be asked about."""
     round1 = _round1_with_eval_grid(ui_world)
     with write_session(ui_world.factory) as s:
         ab.create_round_pairs(session=s, round_id=round1, seed=3)
@@ -204,7 +205,7 @@ def test_the_ab_table_widens_the_interval_when_raters_agree_within_pairs(ui_worl
             for name in ("alice", "bob"):
                 comparisons.record_vote(session=s, pair_id=pair_id, rater_id=ui_world.accounts[name], choice=choice)
     rows = ui_compare.ab_rows(ui_world.factory, ui_world.experiment_id)
-    lo, hi = comparisons.wilson_interval(2 / 3, 4 / 3, 12.706)  # t(0.975, 1 df) = tan(0.475 pi)
+    lo, hi = comparisons.wilson_interval(2 / 3, 4 / 3, math.tan(0.475 * math.pi))  # t(0.975, 1 df), closed form
     plain = comparisons.wilson_interval(2, 4)
     assert lo < plain[0] and hi > plain[1]
     assert (f"{lo:.2f}", f"{hi:.2f}") == ("0.00", "1.00")
