@@ -26,6 +26,7 @@ from typing import Any
 import gradio as gr
 from gradio import utils as gradio_utils
 from sqlalchemy import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import (
@@ -45,6 +46,7 @@ from app.settings import Settings
 from app.storage import UnsafePath
 from app.ui_assets import CSS
 from db.checks import UNICODE_REFUSAL, findable_id, shown, whole_number
+from db.engine import lock_refusal
 
 TITLE = "SEIKO studio"
 
@@ -153,6 +155,11 @@ def _shown(fn: Callable[[], Any]) -> Any:
         raise refusal("A file of the data directory could not be read safely; the server's log names it.") from e
     except (AuthError, ValueError, CheckpointError, ModelLoadError) as e:
         raise refusal(_sentence(e)) from e
+    except OperationalError as e:
+        if (busy := lock_refusal(e)) is None:  # the database away or broken: Gradio's "Error", the traceback logged
+            raise
+        # a lock held past the bound (SQLite's busy timeout, PostgreSQL's lock_timeout): rolled back, try again
+        raise refusal(_sentence(busy)) from e
     except OSError as e:  # a full disk or a permission: the file writes are atomic, so nothing half-written stays
         log.exception("a file could not be read or written")
         # the path stays in the log: the toast named the server's file (its data dir) to whoever asked (fourth review)

@@ -21,6 +21,7 @@ import gradio as gr
 from app import ui_rate
 from app.auth import Who
 from app.ui_assets import MARKS_JS, grid_js
+from db.engine import lock_refusal
 
 log = logging.getLogger(__name__)
 
@@ -147,10 +148,16 @@ class RateHandlers:
             return self.view_outputs(view, payload)
         except gr.Error as exc:  # a refusal (signed out, account removed): its sentence is for the rater
             self.warn(exc.message)
-        except Exception:
-            log.exception("a Rate tab action failed")
-            self.warn("the server could not handle this action (its log has the error); reload the page to see what "
-                      "was saved")
+        except Exception as exc:
+            if (busy := lock_refusal(exc)) is not None:
+                # a lock held past the bound (SQLite's busy timeout, PostgreSQL's lock_timeout): the transaction was
+                # rolled back, so the rater may send it again; not a fault of the server's, so no traceback
+                log.warning("a Rate tab action waited too long for a database lock: %s", getattr(exc, "orig", None) or exc)
+                self.warn(busy)
+            else:
+                log.exception("a Rate tab action failed")
+                self.warn("the server could not handle this action (its log has the error); reload the page to see "
+                          "what was saved")
         failed: dict[str, Any] = {"failed": True}
         seq = action_number(payload)
         if seq is not None:

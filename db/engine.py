@@ -12,6 +12,13 @@ SQLite is set up for a web app and a worker writing at the same time (one file, 
   recipe: the driver's own BEGIN is switched off (``isolation_level = None``) and we emit BEGIN on
   the engine's ``begin`` event.
 
+On PostgreSQL every connection gets ``lock_timeout`` = ``BUSY_TIMEOUT_MS`` (``_bound_lock_waits``), the same bound as
+SQLite's busy timeout: a statement waiting for a row or table lock gives up with LockNotAvailable (SQLSTATE 55P03), which
+``lock_not_granted`` and ``lock_refusal`` treat as SQLite's "database is locked". Nothing bounded a lock wait there, so a
+page action could wait on a lock for good while the rating page (app.ui_assets.ACTION_RUN_S, counted from this bound) had
+given up on it (eleventh review). A path that means to wait longer says so for its own transaction (migrations/env.py:
+``SET lock_timeout``; db.presence's registration tries again up to its own START_WAIT_S).
+
 Sessions made by ``session_factory`` begin IMMEDIATE; ``read_session`` begins DEFERRED (a snapshot
 that takes no lock) and never commits.
 
@@ -51,6 +58,7 @@ def make_engine(url: str, *, sqlite_foreign_keys: bool = True, echo: bool = Fals
     if parsed.get_backend_name() != "sqlite":
         engine = create_engine(url, echo=echo, pool_pre_ping=True)
         event.listen(engine, "before_cursor_execute", _refuse_nul_text)
+        event.listen(engine, "connect", _bound_lock_waits)
         return engine
     if parsed.database in (None, "", ":memory:"):
         raise ValueError(
@@ -79,6 +87,19 @@ def make_engine(url: str, *, sqlite_foreign_keys: bool = True, echo: bool = Fals
         conn.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
+
+
+def _bound_lock_waits(dbapi_connection: Any, _record: Any) -> None:
+    """PostgreSQL's ``connect``: ``SET lock_timeout`` to BUSY_TIMEOUT_MS for the session (in autocommit, so the first
+    transaction's rollback does not undo it), over a role's, a database's or the URL's own ``options`` one: the page's
+    deadline counts this bound. Read at each connect, so a test may shorten it."""
+    autocommit = dbapi_connection.autocommit
+    dbapi_connection.autocommit = True
+    try:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(f"SET lock_timeout = {int(BUSY_TIMEOUT_MS)}")
+    finally:
+        dbapi_connection.autocommit = autocommit
 
 
 def _refuse_nul_text(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
@@ -188,14 +209,31 @@ def sqlstate(exc: BaseException) -> str | None:
     return state if isinstance(state, str) and state else None
 
 
+def lock_not_granted(exc: BaseException) -> bool:
+    """Whether a database error says a lock was not granted in time: SQLite's busy or locked (its busy timeout ran
+    out: "database is locked"), or PostgreSQL's lock_not_available (55P03: lock_timeout ran out, or NOWAIT). The
+    transaction is rolled back; trying it again later can succeed."""
+    return sqlite_code(exc) in (5, 6) or sqlstate(exc) == "55P03"
+
+
+def lock_refusal(exc: BaseException) -> str | None:
+    """The one sentence for a lock not granted in time (``lock_not_granted``), on either backend; None for any other
+    error. The transaction that waited was rolled back whole; one an action committed before it stands (a rating
+    saved, the next batch's leases not), so the sentence says only the change that waited was not saved."""
+    if not lock_not_granted(exc):
+        return None
+    return (f"the database is busy: another transaction held a lock this needed for more than "
+            f"{BUSY_TIMEOUT_MS / 1000:g} s, so the change that waited for it was not saved; try again in a moment")
+
+
 def is_outage(exc: BaseException) -> bool:
     """Whether an OperationalError says the database is out of reach for now (wait and try again: a restart, a
     fail-over, a lock held too long) rather than that it refuses for good (a missing table, a wrong password, a
     database that does not exist), which waiting never mends (found by review: a worker retried those forever).
     Decided by SQLite's result code, else PostgreSQL's SQLSTATE, else (psycopg's errors at connection time carry
     none) by what the message says."""
-    if getattr(exc, "connection_invalidated", False):
-        return True
+    if getattr(exc, "connection_invalidated", False) or lock_not_granted(exc):
+        return True  # a lock held too long: PostgreSQL's 55P03 is class 55 ("object not in prerequisite state")
     if (code := sqlite_code(exc)) is not None:
         return code in _SQLITE_OUTAGE_CODES
     if (state := sqlstate(exc)) is not None:

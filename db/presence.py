@@ -27,7 +27,7 @@ from time import monotonic
 
 from sqlalchemy import delete, inspect, select, text, update
 
-from db.engine import read_session, sqlite_code, sqlstate, write_session
+from db.engine import lock_not_granted, read_session, write_session
 from db.errors import SchemaOutOfDate
 from db.models import HOST_MAX, PROCESS_KINDS, LiveProcess, utcnow
 
@@ -142,11 +142,12 @@ class Presence:
                     raise
                 except Exception as exc:
                     # a write lock held past the busy timeout (a downgrade copying a large SQLite database, or its
-                    # table rebuilds; PostgreSQL's lock on this table): waited for, up to START_WAIT_S, then the
+                    # table rebuilds; PostgreSQL's lock on this table, each try bounded by the lock_timeout db.engine
+                    # sets, the busy timeout's bound): waited for, up to START_WAIT_S, then the
                     # schema is read as it is after it. Not waited for, the process went on with a warning, its
                     # read of the schema seeing the head (the downgrade not committed yet), and served the older
                     # schema unregistered once it committed (found by a read-only review, tenth review)
-                    if _lock_not_granted(exc) and monotonic() < deadline:
+                    if lock_not_granted(exc) and monotonic() < deadline:
                         log.info("the %s waits for a database write lock to register itself as live (%s)",
                                  described(self.kind), _short(exc))
                         continue
@@ -229,7 +230,3 @@ def _short(exc: BaseException) -> str:
     lines = str(orig if orig is not None else exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
-
-def _lock_not_granted(exc: BaseException) -> bool:
-    """SQLite's busy or locked (its busy timeout ran out), or PostgreSQL's lock_not_available (55P03)."""
-    return sqlite_code(exc) in (5, 6) or sqlstate(exc) == "55P03"

@@ -1,0 +1,159 @@
+"""A page action waits for a database lock at most db.engine.BUSY_TIMEOUT_MS, on SQLite and on PostgreSQL, and a wait
+that runs out is one sentence (eleventh review)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import gradio as gr
+import pytest
+from sqlalchemy import func, select
+
+from db import engine as db_engine
+from db.engine import lock_refusal, write_session
+from db.models import Image, Rating
+
+BOUND_MS = 500  # BUSY_TIMEOUT_MS for these tests: short, so a wait that ends ends soon
+
+
+def _who(world):
+    from app import auth
+
+    return auth.identify(world.factory, local_mode=False, username="alice", client_host="127.0.0.1")
+
+
+def _hold_image(factory, image_id: int):
+    """An open write transaction holding what a rating of ``image_id`` needs: SQLite's write lock (BEGIN IMMEDIATE),
+    PostgreSQL's row lock on the image (FOR UPDATE), as another rater's rating of it would."""
+    held = factory()
+    held.execute(select(Image.id).where(Image.id == image_id).with_for_update())  # SQLite: begins IMMEDIATE
+    return held
+
+
+def _ratings(factory, image_id: int) -> int:
+    with write_session(factory) as s:
+        return s.scalar(select(func.count()).select_from(Rating).where(Rating.image_id == image_id))
+
+
+def test_a_rating_behind_a_held_lock_gives_up_after_the_busy_timeout_with_one_sentence(ui_world, monkeypatch):
+    """On PostgreSQL nothing bounded a lock wait (no lock_timeout): a rating behind another transaction's row lock on
+    its image waited for good, while the page gave the action up ACTION_RUN_S after the server started it, a bound
+    counted from SQLite's busy timeout (app.ui_assets). Now every connection's lock_timeout is BUSY_TIMEOUT_MS
+    (db.engine), and a lock not granted in it, on either backend, answers the action ``failed`` with one sentence
+    (db.engine.lock_refusal; it was "the server could not handle this action" and a traceback on SQLite). Nothing of
+    it was saved, and the same rating sent again once the lock is gone is saved once."""
+    from app import ui_rate
+    from app.ui_rate_tab import RateHandlers
+
+    monkeypatch.setattr(db_engine, "BUSY_TIMEOUT_MS", BOUND_MS)
+    ui_world._engine.dispose()  # the pool's connections were set up with the old bound; new ones get this one
+    alice = _who(ui_world)
+    warnings: list = []
+    handlers = RateHandlers(ui_world.services(), lambda request: alice, warnings.append)
+    state = ui_rate.load_batch(ui_world.factory, ui_world.settings.data_dir, alice, None, batch_size=4).state
+    image = state["batch"][0]
+    request = gr.Request(username="alice", client={"host": "127.0.0.1", "port": 1})
+    payload = {"image_id": image, "score": 7, "seq": 3}
+    out: dict = {}
+
+    def act():
+        started = time.monotonic()
+        out["outputs"] = handlers.on_rate(state, gr.EventData(None, payload), request)
+        out["took"] = time.monotonic() - started
+
+    held = _hold_image(ui_world.factory, image)
+    try:
+        thread = threading.Thread(target=act, daemon=True)
+        thread.start()
+        thread.join(60)  # generous: a wait with no bound never ends
+        ended = not thread.is_alive()
+    finally:
+        held.rollback()
+        held.close()
+        thread.join(60)
+    assert ended, "the rating still waited for the lock long after the busy timeout"
+    assert out["took"] >= 0.5 * BOUND_MS / 1000, out  # it waited for the lock, not refused at once
+    assert json.loads(out["outputs"][1]) == {"failed": True, "done": 3}
+    expected = lock_refusal(_lock_error())
+    assert warnings == [expected] and "was not saved" in expected and f"{BOUND_MS / 1000:g} s" in expected
+    assert _ratings(ui_world.factory, image) == 0
+    outputs = handlers.on_rate(state, gr.EventData(None, payload), request)  # sent again, the lock gone
+    assert json.loads(outputs[1])["done"] == 3 and _ratings(ui_world.factory, image) == 1
+
+
+def _lock_error():
+    """PostgreSQL's lock_not_available as SQLAlchemy raises it (the sentence is the same for SQLite's busy)."""
+    from sqlalchemy.exc import OperationalError
+
+    class LockNotAvailable(Exception):
+        sqlstate = "55P03"
+
+    return OperationalError("SELECT", {}, LockNotAvailable("canceling statement due to lock timeout"))
+
+
+def test_a_workers_claim_behind_a_held_lock_is_waited_out_not_the_end_of_the_worker(worker_world_any_db, monkeypatch):
+    """A claim behind a lock on the jobs (a migration's, an admin's transaction) waited for good on PostgreSQL; with
+    lock_timeout it fails after BUSY_TIMEOUT_MS with lock_not_available (55P03), which is_outage took for a refusal
+    for good (class 55, not an outage): the worker would have ended. It is waited out, as SQLite's "database is
+    locked" is, and the next claim, the lock gone, takes the job."""
+    from sqlalchemy import text
+
+    monkeypatch.setattr(db_engine, "BUSY_TIMEOUT_MS", BOUND_MS)
+    world = worker_world_any_db
+    world.create_experiment("behind-a-lock")  # queues its first generate job
+    worker = world.worker()
+    worker.start()
+    claimed: list = []
+    worker.handlers = {kind: claimed.append for kind in worker.handlers}  # the job is only claimed, not run
+    worker.stop()  # no wait (1 s) after the failed claim; a job claimed now is handed straight back
+    held = world.factory()
+    held.execute(text("LOCK TABLE jobs IN EXCLUSIVE MODE" if held.get_bind().dialect.name == "postgresql"
+                      else "SELECT 1"))  # SQLite: its write lock
+    out: dict = {}
+    thread = threading.Thread(target=lambda: out.update(result=worker.run_once_outlasting_outages()), daemon=True)
+    try:
+        thread.start()
+        thread.join(60)
+        ended = not thread.is_alive()
+    finally:
+        held.rollback()
+        held.close()
+        thread.join(60)
+    try:
+        assert ended, "the claim still waited for the lock long after the busy timeout"
+        assert out == {"result": None}  # waited out (an outage), not raised
+        assert worker.run_once_outlasting_outages() is True  # the lock gone: claimed (and handed back, stopping)
+    finally:
+        worker.close()
+
+
+def test_the_pages_other_actions_say_a_lock_not_granted_in_the_same_sentence():
+    """app.ui._shown (the admin's and the dashboard's actions): a lock not granted in time was Gradio's bare "Error";
+    it is the sentence the Rate tab gives. Any other OperationalError (the database away) is raised as it was."""
+    from sqlalchemy.exc import OperationalError
+
+    from app.ui import _shown
+
+    def locked():
+        raise _lock_error()
+
+    with pytest.raises(gr.Error) as shown:
+        _shown(locked)
+    sentence = lock_refusal(_lock_error())
+    assert shown.value.message == sentence[0].upper() + sentence[1:] + "."
+
+    def away():
+        raise OperationalError("SELECT", {}, Exception("server closed the connection unexpectedly"))
+
+    with pytest.raises(OperationalError):
+        _shown(away)
+
+
+def test_a_command_says_a_lock_not_granted_in_the_same_sentence():
+    """A command (`users add`, `export`) that met a lock not granted in time said "the database could not be used
+    (canceling statement due to lock timeout)", as if the database were away; it says the same sentence as the page."""
+    from app.__main__ import refusal
+
+    assert refusal(_lock_error()) == lock_refusal(_lock_error())
