@@ -137,6 +137,24 @@ ACTION_OVERDUE = ("The server started on your last action {s} s ago and has not 
                   "waiting: it may or may not have been done, and your next action shows what was.")
 # While the server cannot be reached (a request of the page waits for it, STREAMS_JS), the actions not yet sent wait in
 # the page's queue, in order, and go once it answers (eleventh review: each was given up after 30 s, its rating lost)
+# An action that waits its turn in the server's queue (not started: Gradio's estimation messages give its rank, the
+# number of events of its concurrency group waiting ahead of it) is waited for while that queue moves, however long.
+# The rule (found by a read-only review of the eleventh review's change, 6 Dec 2026: an action queued behind handlers
+# that hung was waited on for good, heartbeats keeping its stream alive, the card pending, nothing said): a rank that
+# has not moved for ACTION_RUN_S means no event ahead of it finished or started in that time, so every handler the
+# server runs for that group has run ACTION_RUN_S at least, hung by the rule above. The page then treats the action as
+# it treats one whose own handler hung: it says so in one sentence (how many wait ahead of it, from its rank), frees
+# the card and sends the next; nothing is sent again. The event stays in the server's queue and may still run once the
+# queue moves: for a rating that is safe (the same score is stored once; a new score is a new rating), and the
+# sentence says what may still happen. {ahead} is one of ACTION_AHEAD (rank 0, 1, more).
+ACTION_QUEUED_RATE = ("Your rating ({score}) is still waiting its turn on the server, behind {ahead}, and that queue "
+                      "has not moved for {s} s, so this page stopped waiting: it may still be saved once the queue "
+                      "moves. The card can be scored again; the same score is stored only once.")
+ACTION_QUEUED = ("Your last action is still waiting its turn on the server, behind {ahead}, and that queue has not "
+                 "moved for {s} s, so this page stopped waiting: it may still be done once the queue moves, and your "
+                 "next action shows what was.")
+ACTION_AHEAD = ("only the actions the server is running", "1 other action and those the server is running",
+                "{n} other actions and those the server is running")
 ACTION_HELD = ("The server cannot be reached: this page keeps {n} waiting and sends each, in order, once it answers "
                "again; keep this page open.")
 
@@ -144,6 +162,7 @@ GRID_JS = r"""
 const grid = element;
 const SILENT_MS = __SILENT_MS__, RUN_MS = __RUN_MS__;
 const OVERDUE_RATE = __OVERDUE_RATE__, OVERDUE = __OVERDUE__, HELD = __HELD__;
+const QUEUED_RATE = __QUEUED_RATE__, QUEUED = __QUEUED__, AHEAD = __AHEAD__;
 const api = (window.__seiko = window.__seiko || {});
 api.queue = []; api.busy = false; api.inflight = null; api.pending = api.pending || {};
 
@@ -204,6 +223,14 @@ function overdue(action) {
   return action[0] === 'rate' ? OVERDUE_RATE.replace('{score}', action[1].score).replace('{s}', s)
     : OVERDUE.replace('{s}', s);
 }
+// (3) An action waiting its turn in the server's queue (not started) is waited for while its rank moves; a rank that
+// has not moved for RUN_MS means every handler ahead of it has run that long, hung by the rule of (1): the page says
+// so (how many wait ahead, from the rank), frees the card and sends the next, as in (1) (app.ui_assets ACTION_QUEUED)
+function stuck(action, rank) {
+  const ahead = AHEAD[Math.min(rank, 2)].replace('{n}', rank), s = String(RUN_MS / 1000);
+  return (action[0] === 'rate' ? QUEUED_RATE.replace('{score}', action[1].score) : QUEUED)
+    .replace('{ahead}', ahead).replace('{s}', s);
+}
 function waited() {
   const s = streams();
   const seq = api.inflight ? api.inflight[1].seq : undefined;
@@ -211,10 +238,13 @@ function waited() {
   if (s && s.waiting > 0) { held(); api.timer = setTimeout(waited, SILENT_MS); return; }  // kept until it answers
   const since = Math.max(api.sentAt || 0, (s && s.answeredAt) || 0, (s && s.backAt) || 0);
   const started = s && s.startedAt ? s.startedAt(seq) : undefined;
-  const due = Math.min(since + SILENT_MS, started === undefined ? Infinity : started + RUN_MS);
-  const left = due - Date.now();
+  const queued = started === undefined && s && s.queuedAt ? s.queuedAt(seq) : undefined;  // {rank, since}
+  const deadline = started !== undefined ? started + RUN_MS : queued ? queued.since + RUN_MS : Infinity;
+  const left = Math.min(since + SILENT_MS, deadline) - Date.now();
   if (left > 0) { api.timer = setTimeout(waited, left); return; }
-  if (started !== undefined && Date.now() >= started + RUN_MS && api.inflight) say(overdue(api.inflight));
+  if (Date.now() >= deadline && api.inflight) {
+    say(started !== undefined ? overdue(api.inflight) : stuck(api.inflight, queued.rank));
+  }
   api.ack();
 }
 function pump() {
@@ -338,7 +368,8 @@ settle();
 def grid_js() -> str:
     """GRID_JS with its waits (for the heartbeat Gradio's server sends now) and sentences."""
     values = {"__SILENT_MS__": 1000 * action_silent_s(), "__RUN_MS__": 1000 * action_run_s(),
-              "__OVERDUE_RATE__": ACTION_OVERDUE_RATE, "__OVERDUE__": ACTION_OVERDUE, "__HELD__": ACTION_HELD}
+              "__OVERDUE_RATE__": ACTION_OVERDUE_RATE, "__OVERDUE__": ACTION_OVERDUE, "__HELD__": ACTION_HELD,
+              "__QUEUED_RATE__": ACTION_QUEUED_RATE, "__QUEUED__": ACTION_QUEUED, "__AHEAD__": list(ACTION_AHEAD)}
     js = GRID_JS
     for name, value in values.items():
         js = js.replace(name, json.dumps(value))
@@ -444,12 +475,16 @@ STREAMS_JS = r"""
   const eventOf = new Map(), seqOf = new Map();  // a page action's seq <-> its event's id (the join's answer)
   const startedAt = new Map(), endedSeqs = new Set(), open = new Set();  // by event id; seqs; event ids not completed
   streams.startedAt = (seq) => startedAt.get(eventOf.get(seq));
+  // queuedAt(seq): {rank, since} of the page action numbered seq while it waits its turn (its event's estimation
+  // messages: rank, the events waiting ahead of it; since, when the rank was first heard or last moved)
+  const ranked = new Map();  // by event id
+  streams.queuedAt = (seq) => ranked.get(eventOf.get(seq));
   streams.ended = (seq) => seq !== undefined && endedSeqs.has(seq);
   streams.notice = (stream, text) => notice(stream, text);
   function changed() { if (typeof streams.onChange === 'function') streams.onChange(); }
   function forget(id) {  // an event answered: nothing more to know of it
     const seq = seqOf.get(id);
-    seqOf.delete(id); open.delete(id); startedAt.delete(id);
+    seqOf.delete(id); open.delete(id); startedAt.delete(id); ranked.delete(id);
     if (seq !== undefined) eventOf.delete(seq);
   }
   function endOpen() {  // the events the stream of results served, ended by this script's sentence
@@ -483,6 +518,10 @@ STREAMS_JS = r"""
   }
   function heard(message) {  // a message of the stream of results about an event
     if (!message || typeof message.event_id !== 'string') return;
+    if (message.msg === 'estimation' && Number.isInteger(message.rank)) {
+      const was = ranked.get(message.event_id);
+      if (!was || was.rank !== message.rank) ranked.set(message.event_id, { rank: message.rank, since: Date.now() });
+    }
     if (message.msg === 'process_starts') { startedAt.set(message.event_id, Date.now()); changed(); }
     if (message.msg === 'process_completed') forget(message.event_id);
   }

@@ -589,16 +589,57 @@ return { before, acks, joins, inflight: api.inflight[1].seq, notices: notices() 
 
 def test_an_action_waiting_its_turn_is_not_cut_by_the_handlers_deadline(tmp_path):
     """The deadline runs from the server's start on the action (process_starts), not from its sending: an action
-    waiting its turn in the queue (estimations, heartbeats) longer than ACTION_RUN_S is still waited for, and an
-    answer that comes is taken as before."""
+    waiting its turn in a queue that moves (estimations, their rank going down, and heartbeats) longer than
+    ACTION_RUN_S is still waited for, and an answer that comes is taken as before."""
     beats = [[t, {"msg": "heartbeat"}] for t in range(10_000, 400_001, 10_000)]
-    steps = "[[0, { msg: 'estimation', event_id: id, rank: 50 }], ..." + json.dumps(beats) + "]"
+    ranks = [[t, {"msg": "estimation", "rank": 50 - t // 20_000}] for t in range(0, 400_001, 20_000)]
+    steps = ("[..." + json.dumps(ranks) + ".map(([t, m]) => [t, Object.assign({ event_id: id }, m)]), ..."
+             + json.dumps(beats) + "]")
     out = run_clocked(tmp_path, EVENTS % ("true", steps) + """
 api.send('undo', {});
 await runUntil(390000);
 return { busy: api.busy, notices: notices() };
 """)
     assert out["busy"] is True and out["notices"] == []
+
+
+def test_an_action_whose_queue_does_not_move_is_given_up_after_the_handlers_deadline_and_said(tmp_path):
+    """Found by a read-only review of the eleventh review's change (6 Dec 2026): the deadline counted only from
+    process_starts, so an action queued behind handlers that hung (the "rating" group's 4 places taken) waited for
+    good, heartbeats keeping its stream alive, its card pending and nothing said. Now a rank that has not moved for
+    ACTION_RUN_S (every handler ahead has run that long: hung) is treated as a hung handler of its own: one sentence
+    (how many wait ahead, from the rank), the card freed, the next action sent; nothing is sent again."""
+    run_ms = 1000 * ui_assets.ACTION_RUN_S
+    beats = [[t, {"msg": "heartbeat"}] for t in range(10_000, 400_001, 10_000)]
+    # rank 50, then 49 at 30 s; from then on only heartbeats and the same rank again (others joined behind it)
+    ranks = [[0, 50], [30_000, 49], [45_000, 49], [50_000, 49]]
+    estimations = [[t, {"msg": "estimation", "rank": r}] for t, r in ranks]
+    steps = ("[..." + json.dumps(estimations) + ".map(([t, m]) => [t, Object.assign({ event_id: id }, m)]), ..."
+             + json.dumps(beats) + "]")
+    scenario = """
+const acks = [];
+const ack = api.ack;
+api.ack = (answered) => { acks.push(now()); ack(answered); };
+api.send(FIRST);
+api.send('rate', { image_id: 4, score: 5 });
+await runUntil(30000 + RUN_MS - 1);
+const before = { acks: acks.slice(), inflight: api.inflight[1].seq, notices: notices().slice() };
+await runUntil(30000 + RUN_MS);
+return { before, acks, joins, inflight: api.inflight[1].seq, notices: notices() };
+""".replace("RUN_MS", str(run_ms))
+    out = run_clocked(tmp_path, EVENTS % ("true", steps) + scenario.replace("FIRST", "'rate', { image_id: 3, score: 7 }"))
+    assert out["before"] == {"acks": [], "inflight": 1, "notices": []}  # the queue moved at 30 s: waited for
+    assert out["acks"] == [30_000 + run_ms] and out["inflight"] == 2  # ACTION_RUN_S after its rank last moved
+    assert out["joins"] == [[1, 0], [2, 30_000 + run_ms]]  # the next went; the rating was not sent again
+    ahead = ui_assets.ACTION_AHEAD[2].format(n=49)
+    assert out["notices"][-1] == action_sentence(ui_assets.ACTION_QUEUED_RATE, score=7, ahead=ahead)
+    assert "49 other actions" in out["notices"][-1]
+    # an undo next in line (rank 0: only the actions the server runs ahead of it), from its first rank on
+    steps = ("[[0, { msg: 'estimation', event_id: id, rank: 0 }], ..." + json.dumps(beats) + "]")
+    out = run_clocked(tmp_path, EVENTS % ("true", steps) + scenario.replace("FIRST", "'undo', {}")
+                      .replace("30000 + ", "0 + "))
+    assert out["acks"] == [run_ms] and out["joins"] == [[1, 0], [2, run_ms]]
+    assert out["notices"][-1] == action_sentence(ui_assets.ACTION_QUEUED, ahead=ui_assets.ACTION_AHEAD[0])
 
 
 def test_actions_made_while_the_server_cannot_be_reached_wait_and_go_in_order_once_it_answers(tmp_path):
