@@ -644,7 +644,11 @@ STREAMS_JS = r"""
         await wait(1000 * s, request.signal);
       }
     } finally {
-      if (counted) streams.waiting--;
+      // out of the count, the grid told (it sends what it held when nothing else waits): on the abort path (Gradio's
+      // client let the stream go during the probe) nothing else told it, and the actions held stayed held, said, until
+      // the rater acted again (found by a read-only review, 6 Dec 2026). No recursion: the grid's onChange only sets
+      // timers and starts events, whose requests come back here asynchronously
+      if (counted) { streams.waiting--; changed(); }
     }
   }
 

@@ -305,7 +305,7 @@ def test_an_event_and_the_stream_serving_it_share_one_deadline_under_a_rated_car
 # no answer), sse(steps) (a stream of results: [at ms, message | 'error' | 'end'], open and silent after the last),
 # fetched (every request as [method, path]), notices() (what #seiko-connection said), and gradio, the stub of Gradio's
 # client: trigger(name, data) POSTs the event and reads the stream of results it opens (gradio.read: its text, how it
-# ended and when)
+# ended and when; gradio.controller.abort() lets it go, as Gradio's client does once it waits on no event)
 CLOCKED = r"""
 const fs = require('fs'), vm = require('vm');
 const [streamsJs, gridJs, scenario] = [fs.readFileSync(process.argv[2], 'utf8'), fs.readFileSync(process.argv[3], 'utf8'),
@@ -370,7 +370,9 @@ gradio.trigger = (name, data) => {
     gradio.join = { status: joined.status, body: await joined.text() };
     if (!joined.ok) return;
     const read = (gradio.read = { text: '', ended: '', at: null });
-    const response = await window.fetch('http://app.test/gradio_api/queue/data?session_hash=abc');
+    gradio.controller = new AbortController();  // Gradio's client aborts its stream of results (abort())
+    const response = await window.fetch('http://app.test/gradio_api/queue/data?session_hash=abc',
+                                        { signal: gradio.controller.signal });
     const reader = response.body.getReader(), decoder = new TextDecoder();
     try {
       for (;;) {
@@ -439,7 +441,9 @@ def test_an_action_is_waited_for_while_its_stream_answers_and_a_silent_stream_is
     stayed open for good: Gradio's client waited on it, and every later action with it. Now the wait runs from the
     stream's last message, and a stream silent for ACTION_SILENT_S ends its events with one sentence, no reload."""
     beats = [[t, {"msg": "heartbeat"}] for t in range(10_000, 100_001, 10_000)]
-    steps = [[0, {"msg": "estimation", "event_id": "e1", "rank": 40}], *beats]
+    # the queue moves (a rank that stays put for ACTION_RUN_S is a stuck queue: the eleventh review's rule)
+    ranks = [[t, {"msg": "estimation", "event_id": "e1", "rank": 40 - t // 20_000}] for t in range(0, 100_001, 20_000)]
+    steps = sorted([*ranks, *beats], key=lambda step: step[0])
     out = run_clocked(tmp_path, server(steps, [7]) + """
 const acks = [], ack = api.ack;
 api.ack = () => { acks.push(now()); ack(); };
@@ -673,6 +677,37 @@ return { during, joins, busy: api.busy, queued: api.queue.length, notices: notic
     assert all(at >= 200_000 for _, at in out["joins"])
     assert out["busy"] is False and out["queued"] == 0
     assert ui_assets.STREAM_LOST in out["notices"] and held[1] not in out["notices"][-3:]
+
+
+def test_actions_held_while_a_probe_waits_are_sent_when_gradios_client_aborts_the_probed_stream(tmp_path):
+    """Found by a read-only review of the eleventh review's change (6 Dec 2026): the probe for the server (sameServer)
+    took itself out of streams.waiting without telling the grid, so when Gradio's client aborted the stream being
+    probed for (it lets a stream go once it waits on no event) nobody sent the actions held meanwhile: they stayed held,
+    the sentence on the page, until the rater acted again. Now the grid hears of it and sends them, in order."""
+    steps = ("id === 'e1' ? [[100, { msg: 'process_starts', event_id: id }], "
+             "[200, { msg: 'process_completed', event_id: id }], [5000, 'error']] : "
+             "[[100, { msg: 'process_starts', event_id: id }], [200, { msg: 'process_completed', event_id: id }]]")
+    out = run_clocked(tmp_path, EVENTS % ("window.up", steps) + """
+window.up = true;
+api.send('rate', { image_id: 1, score: 7 });
+await runUntil(300);
+api.ack(true);  // its answer (MARKS_JS): nothing in flight now
+window.up = false;
+await runUntil(5500);  // the stream broke at 5 s; the probe for the server gets no answer
+api.send('rate', { image_id: 2, score: 6 });
+api.send('skip', { image_id: 3 });
+await runUntil(6500);
+const during = { queued: api.queue.map((a) => a[1].seq), busy: api.busy, notice: notices().slice(-1)[0] };
+window.up = true;
+await runUntil(7000);
+gradio.controller.abort();  // Gradio's client lets the stream go during the probe
+await runUntil(200000);
+return { during, joins, queued: api.queue.length, busy: api.busy, read: gradio.read, notices: notices() };
+""")
+    assert out["during"] == {"queued": [2, 3], "busy": False, "notice": ui_assets.ACTION_HELD.format(n="2 actions")}
+    assert [seq for seq, _ in out["joins"]] == [1, 2, 3] and out["joins"][1][1] == 7000  # sent at once, in order
+    assert out["queued"] == 0 and out["busy"] is False
+    assert ui_assets.ACTION_HELD.format(n="2 actions") not in out["notices"][-2:]
 
 
 def test_the_silent_bound_follows_gradios_heartbeat_interval(monkeypatch):
