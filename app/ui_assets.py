@@ -16,7 +16,9 @@ for ACTION_SILENT_S, and one the network broke, with a sentence in place of Grad
 answers again; a page action waits for its answer from the stream's last message (tenth review, 6 Dec 2026). Once
 the server has started on an action it is waited for ACTION_RUN_S at most (a hung handler), and while the server cannot
 be reached the actions not yet sent wait in the page's queue, said, and go in order once it answers; the silent bound
-follows Gradio's heartbeat interval (eleventh review, 6 Dec 2026).
+follows Gradio's heartbeat interval (eleventh review, 6 Dec 2026). An action whose queue has not moved for
+ACTION_RUN_S is given up as a hung one is; the actions kept while the server cannot be reached are said lost if it
+comes back restarted (the page reloads), and counted after the reload (read-only review of the eleventh's change).
 """
 
 from __future__ import annotations
@@ -155,14 +157,23 @@ ACTION_QUEUED = ("Your last action is still waiting its turn on the server, behi
                  "next action shows what was.")
 ACTION_AHEAD = ("only the actions the server is running", "1 other action and those the server is running",
                 "{n} other actions and those the server is running")
+# It said the page "sends each, in order, once it answers again", but a server that answers again as another one (a
+# restart: STREAMS_JS's sameServer) is Gradio's to handle, by a reload, and what the page kept is lost with it (found by
+# a read-only review, 6 Dec 2026). The sentence now says so, and the page notes how many it keeps (sessionStorage, this
+# tab only; a count, nothing that could be sent again): after a reload it says how many were not sent (ACTION_HELD_LOST).
+# Sending them after the reload is not done: the page has no account of its own to check they are the same rater's,
+# and an undo kept behind a rating the restart may have lost would take back another one.
 ACTION_HELD = ("The server cannot be reached: this page keeps {n} waiting and sends each, in order, once it answers "
-               "again; keep this page open.")
+               "again; keep this page open. If the server restarts meanwhile, the page reloads and what it keeps is "
+               "lost.")
+ACTION_HELD_LOST = ("The page reloaded while it kept {n} waiting for the server, so they were not sent: "
+                    "the cards show what was saved; do the rest again.")
 
 GRID_JS = r"""
 const grid = element;
 const SILENT_MS = __SILENT_MS__, RUN_MS = __RUN_MS__;
 const OVERDUE_RATE = __OVERDUE_RATE__, OVERDUE = __OVERDUE__, HELD = __HELD__;
-const QUEUED_RATE = __QUEUED_RATE__, QUEUED = __QUEUED__, AHEAD = __AHEAD__;
+const QUEUED_RATE = __QUEUED_RATE__, QUEUED = __QUEUED__, AHEAD = __AHEAD__, HELD_LOST = __HELD_LOST__;
 const api = (window.__seiko = window.__seiko || {});
 api.queue = []; api.busy = false; api.inflight = null; api.pending = api.pending || {};
 
@@ -212,11 +223,41 @@ function markPending(card, text) {
 // once it answers; each was given up after 30 s, its rating lost. An action whose event the page ended (no answer to
 // its POST, or its stream lost or silent: STREAMS_JS says so) is let go at once.
 function streams() { return window.__seikoStreams; }
+// the server cannot be reached (a request waits for it), or came back as another one (restarted: the page reloads)
+function unreachable() { const s = streams(); return !!s && (s.waiting > 0 || !!s.restarted); }
 function say(text) { const s = streams(); if (s && s.notice) s.notice('action', text); }
+function actions(n) { return n === 1 ? '1 action' : n + ' actions'; }
+// how many the page keeps while the server cannot be reached, noted for this tab (sessionStorage): a reload (Gradio's,
+// for a server that came back restarted) loses them, and the page it loads says how many (HELD_LOST)
+const HELD_KEY = 'seiko-held-actions';
+function noteHeld(n) {
+  let store = null;
+  try {
+    store = window.sessionStorage || null;
+  } catch (e) {
+    console.warn('this page cannot note the actions it keeps (sessionStorage)', e);
+  }
+  if (!store) return null;
+  try {
+    const was = Number(store.getItem(HELD_KEY)) || 0;
+    if (n === undefined) return was;
+    if (n > 0) store.setItem(HELD_KEY, String(n)); else store.removeItem(HELD_KEY);
+    return was;
+  } catch (e) {
+    console.warn('this page cannot note the actions it keeps (sessionStorage)', e);
+    return null;
+  }
+}
 function held() {  // the actions not yet sent while the server cannot be reached, said with their number
   const n = api.queue.length;
   api.holding = n > 0;
-  say(n ? HELD.replace('{n}', n === 1 ? '1 action' : n + ' actions') : '');
+  noteHeld(n);
+  say(n ? HELD.replace('{n}', actions(n)) : '');
+}
+function unheld() {  // the server answers again: what was kept goes now
+  api.holding = false;
+  noteHeld(0);
+  say('');
 }
 function overdue(action) {
   const s = String(RUN_MS / 1000);
@@ -235,7 +276,7 @@ function waited() {
   const s = streams();
   const seq = api.inflight ? api.inflight[1].seq : undefined;
   if (s && s.ended && s.ended(seq)) { api.ack(); return; }  // its event ended by the page, said there
-  if (s && s.waiting > 0) { held(); api.timer = setTimeout(waited, SILENT_MS); return; }  // kept until it answers
+  if (unreachable()) { held(); api.timer = setTimeout(waited, SILENT_MS); return; }  // kept until it answers
   const since = Math.max(api.sentAt || 0, (s && s.answeredAt) || 0, (s && s.backAt) || 0);
   const started = s && s.startedAt ? s.startedAt(seq) : undefined;
   const queued = started === undefined && s && s.queuedAt ? s.queuedAt(seq) : undefined;  // {rank, since}
@@ -249,9 +290,8 @@ function waited() {
 }
 function pump() {
   if (api.busy || !api.queue.length) return;
-  const s = streams();
-  if (s && s.waiting > 0) { held(); return; }  // sent once the server answers again (s.onChange)
-  if (api.holding) { api.holding = false; say(''); }
+  if (unreachable()) { held(); return; }  // sent once the server answers again (s.onChange)
+  if (api.holding) unheld();
   api.busy = true;
   api.inflight = api.queue.shift();
   clearTimeout(api.timer);
@@ -263,8 +303,7 @@ function pump() {
 if (streams()) {
   streams().onChange = () => {
     if (api.busy) { clearTimeout(api.timer); waited(); } else { pump(); }
-    const s = streams();
-    if (api.holding && !(s.waiting > 0)) { api.holding = false; say(''); }
+    if (api.holding && !unreachable()) unheld();
   };
 }
 api.ack = function (answered) {
@@ -282,8 +321,7 @@ function send(name, data) {
   api.seq = (api.seq || 0) + 1;  // the server echoes it as marks.done with its answer (app.ui_rate_tab)
   api.queue.push([name, Object.assign({}, data, { seq: api.seq })]);
   pump();
-  const s = streams();
-  if (s && s.waiting > 0) held();  // one more waiting, said
+  if (unreachable()) held();  // one more waiting, said
 }
 // the page's Undo button queues its undo here too, behind the ratings still on their way (app.ui_rate_tab): sent
 // straight to the server, a click overtook them and took back an older rating (found by review, 3 Dec 2026)
@@ -362,6 +400,10 @@ function settle() {
 }
 watch('value', settle);
 settle();
+{
+  const lost = noteHeld(undefined);  // kept by the page before a reload, never sent
+  if (lost) { noteHeld(0); say(HELD_LOST.replace('{n}', actions(lost))); }
+}
 """
 
 
@@ -369,7 +411,8 @@ def grid_js() -> str:
     """GRID_JS with its waits (for the heartbeat Gradio's server sends now) and sentences."""
     values = {"__SILENT_MS__": 1000 * action_silent_s(), "__RUN_MS__": 1000 * action_run_s(),
               "__OVERDUE_RATE__": ACTION_OVERDUE_RATE, "__OVERDUE__": ACTION_OVERDUE, "__HELD__": ACTION_HELD,
-              "__QUEUED_RATE__": ACTION_QUEUED_RATE, "__QUEUED__": ACTION_QUEUED, "__AHEAD__": list(ACTION_AHEAD)}
+              "__QUEUED_RATE__": ACTION_QUEUED_RATE, "__QUEUED__": ACTION_QUEUED, "__AHEAD__": list(ACTION_AHEAD),
+              "__HELD_LOST__": ACTION_HELD_LOST}
     js = GRID_JS
     for name, value in values.items():
         js = js.replace(name, json.dumps(value))
@@ -471,7 +514,9 @@ STREAMS_JS = r"""
   // answer (sameServer), and backAt, when it last answered again; startedAt(seq), when the server started on the page
   // action numbered seq (its event's process_starts), and ended(seq), whether this script ended its event (its POST
   // got no answer, or the stream serving it was lost or went silent); onChange, GRID_JS's, called when these change
-  const streams = (window.__seikoStreams = { said, answeredAt: 0, waiting: 0, backAt: 0, onChange: null });
+  // restarted: a probe found another server than the page's (Gradio's client reloads the page)
+  const streams = (window.__seikoStreams = { said, answeredAt: 0, waiting: 0, backAt: 0, onChange: null,
+                                             restarted: false });
   const eventOf = new Map(), seqOf = new Map();  // a page action's seq <-> its event's id (the join's answer)
   const startedAt = new Map(), endedSeqs = new Set(), open = new Set();  // by event id; seqs; event ids not completed
   streams.startedAt = (seq) => startedAt.get(eventOf.get(seq));
@@ -632,6 +677,9 @@ STREAMS_JS = r"""
           } catch (e) {
             console.warn('the server answered its app_id with something that is not JSON', e);
           }
+          // another server (restarted): Gradio's client reloads the page; until then the grid sends nothing more
+          // (streams.restarted): what it keeps is counted as lost (ACTION_HELD_LOST), none sent to the new server
+          if (mine !== undefined && theirs !== undefined && theirs !== mine) streams.restarted = true;
           return mine !== undefined && theirs === mine;
         }
         if (!counted) {

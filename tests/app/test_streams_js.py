@@ -305,7 +305,8 @@ def test_an_event_and_the_stream_serving_it_share_one_deadline_under_a_rated_car
 # no answer), sse(steps) (a stream of results: [at ms, message | 'error' | 'end'], open and silent after the last),
 # fetched (every request as [method, path]), notices() (what #seiko-connection said), and gradio, the stub of Gradio's
 # client: trigger(name, data) POSTs the event and reads the stream of results it opens (gradio.read: its text, how it
-# ended and when; gradio.controller.abort() lets it go, as Gradio's client does once it waits on no event)
+# ended and when; gradio.controller.abort() lets it go, as Gradio's client does once it waits on no event), and
+# reload(), the page loaded again in the tab (both scripts anew, the grid's api returned; sessionStorage kept)
 CLOCKED = r"""
 const fs = require('fs'), vm = require('vm');
 const [streamsJs, gridJs, scenario] = [fs.readFileSync(process.argv[2], 'utf8'), fs.readFileSync(process.argv[3], 'utf8'),
@@ -355,7 +356,10 @@ const document = {
   },
   body: { appendChild: (el) => { elements[el.id] = el; } },
 };
-const window = { fetch: server, location: { href: 'http://app.test/' }, gradio_config: { app_id: 7 } };
+const stored = new Map();  // the tab's sessionStorage, kept over reload()
+const sessionStorage = { getItem: (k) => (stored.has(k) ? stored.get(k) : null), setItem: (k, v) => stored.set(k, String(v)),
+                         removeItem: (k) => stored.delete(k) };
+const window = { fetch: server, location: { href: 'http://app.test/' }, gradio_config: { app_id: 7 }, sessionStorage };
 const context = vm.createContext({ window, document, console, Request, Response, URL, Headers, AbortController,
   ReadableStream, TextDecoder, TextEncoder, setTimeout: setT, clearTimeout: clearT });
 vm.runInContext('Date.now = () => __now();', Object.assign(context, { __now: () => clock }));
@@ -388,12 +392,22 @@ gradio.trigger = (name, data) => {
 };
 const grid = { querySelectorAll: () => [], querySelector: () => null, addEventListener() {}, contains: () => false,
                isConnected: true };
-vm.runInContext(`(function (element, trigger, watch, props) {\n${gridJs}\n})`, context)(grid, gradio.trigger, () => {}, {});
+const startGrid = () => vm.runInContext(`(function (element, trigger, watch, props) {\n${gridJs}\n})`, context)(
+  grid, gradio.trigger, () => {}, {});
+startGrid();
 const api = window.__seiko;
+// the page loaded again in the same tab (Gradio's reload): the page's scripts anew (the grid's api returned),
+// sessionStorage kept
+const reload = () => {
+  delete window.__seiko; delete window.__seikoStreams; window.fetch = server;
+  vm.runInContext(streamsJs, context);
+  startGrid();
+  return window.__seiko;
+};
 const notices = () => (elements['seiko-connection'] ? elements['seiko-connection'].said : []);
-const run = new Function('window', 'api', 'runUntil', 'now', 'serve', 'sse', 'fetched', 'notices', 'gradio',
+const run = new Function('window', 'api', 'runUntil', 'now', 'serve', 'sse', 'fetched', 'notices', 'gradio', 'reload',
                          `return (async () => {\n${scenario}\n})();`);
-run(window, api, runUntil, () => clock, (h) => { handler = h; }, sse, fetched, notices, gradio)
+run(window, api, runUntil, () => clock, (h) => { handler = h; }, sse, fetched, notices, gradio, reload)
   .then((result) => console.log(JSON.stringify(result)));
 """
 
@@ -708,6 +722,41 @@ return { during, joins, queued: api.queue.length, busy: api.busy, read: gradio.r
     assert [seq for seq, _ in out["joins"]] == [1, 2, 3] and out["joins"][1][1] == 7000  # sent at once, in order
     assert out["queued"] == 0 and out["busy"] is False
     assert ui_assets.ACTION_HELD.format(n="2 actions") not in out["notices"][-2:]
+
+
+def test_actions_held_when_the_server_comes_back_restarted_are_said_lost_before_and_counted_after_the_reload(tmp_path):
+    """Found by a read-only review of the eleventh review's change (6 Dec 2026): ACTION_HELD said the page sends the
+    actions it keeps once the server answers again, but a server that comes back restarted (another app_id) is
+    Gradio's to handle, by a reload, and the kept actions (the page's memory) were lost without a word. Now the
+    sentence says a restart loses them, none is sent to the new server, and the reloaded page says how many were not
+    sent (a count kept for the tab); a further reload says nothing more."""
+    out = run_clocked(tmp_path, """
+let appId = null, joins = 0;  // null: no answer at all
+serve((method, path) => {
+  if (appId === null) throw new TypeError('Failed to fetch');
+  if (path.endsWith('/queue/join')) { joins += 1; return new Response('{"event_id": "x"}', { status: 200 }); }
+  if (path.endsWith('/queue/data')) return sse([]);
+  return new Response(JSON.stringify({ app_id: appId }), { status: 200, headers: { 'content-type': 'application/json' } });
+});
+api.send('rate', { image_id: 1, score: 7 });  // its POST gets no answer: the page waits for the server
+await runUntil(2000);
+api.send('rate', { image_id: 2, score: 6 });
+api.send('skip', { image_id: 3 });
+await runUntil(5000);
+const during = notices().slice(-1)[0];
+appId = 8;  // back, restarted
+await runUntil(60000);
+const before = { joins, join: gradio.join, stored: window.sessionStorage.getItem('seiko-held-actions') };
+const page = reload();
+const after = { queued: page.queue.length, notice: notices().slice(-1)[0] };
+reload();
+return { during, before, after, notices: notices(), joins };
+""")
+    assert out["during"] == ui_assets.ACTION_HELD.format(n="2 actions")
+    assert "restarts" in out["during"] and "lost" in out["during"]  # what happens then, said while they wait
+    assert out["before"]["joins"] == 0 and out["before"]["join"] == {"error": "TypeError"}  # Gradio's way: a reload
+    assert out["after"] == {"queued": 0, "notice": ui_assets.ACTION_HELD_LOST.format(n="2 actions")}
+    assert out["notices"].count(out["after"]["notice"]) == 1 and out["joins"] == 0  # said once; none sent
 
 
 def test_the_silent_bound_follows_gradios_heartbeat_interval(monkeypatch):
