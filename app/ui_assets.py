@@ -654,50 +654,93 @@ STREAMS_JS = r"""
   // in #seiko-connection) and answers whether it is the server this page came from (window.gradio_config.app_id):
   // then the page goes on, its events ended with a sentence; another server (restarted: its events and the page's
   // session are new) is Gradio's to handle, by a reload as before.
+  // Eleventh review of 6 Dec 2026: when Gradio's client aborted the request probed for, the probe ended without an
+  // answer from the server, yet took itself out of streams.waiting and told the grid, which sent its first held action
+  // at once into a server still down: that POST got no answer and was ended as lost, never sent again. Now an aborted
+  // probe that counted hands its count to the page's own probe (probeOnOwn: not tied to any request, one at a time),
+  // and the grid hears of it only once the server answers.
   async function sameServer(stream, request) {
     const url = new URL(request.url);
     url.pathname = url.pathname.replace(/\/queue\/(join|data)$/, '/app_id');
     url.search = '';
-    const mine = window.gradio_config ? window.gradio_config.app_id : undefined;
-    let counted = false;  // in streams.waiting from the first probe that got no answer
+    const probe = { attempt: 0, counted: false };
+    let response;
     try {
-      for (let attempt = 0; ; attempt++) {
-        let response = null;
-        try {
-          response = await realFetch(url.href, { signal: request.signal });
-        } catch (e) {
-          if (request.signal.aborted) throw e;
-        }
-        if (response && response.ok) {
-          notice(stream, '');
-          if (counted) streams.backAt = Date.now();
-          let theirs;
-          try {
-            theirs = (await response.json()).app_id;
-          } catch (e) {
-            console.warn('the server answered its app_id with something that is not JSON', e);
-          }
-          // another server (restarted): Gradio's client reloads the page; until then the grid sends nothing more
-          // (streams.restarted): what it keeps is counted as lost (ACTION_HELD_LOST), none sent to the new server
-          if (mine !== undefined && theirs !== undefined && theirs !== mine) streams.restarted = true;
-          return mine !== undefined && theirs === mine;
-        }
-        if (!counted) {
-          counted = true;
-          streams.waiting++;
-          changed();
-        }
-        const s = WAITS_S[Math.min(attempt, WAITS_S.length - 1)];
-        notice(stream, `${UNREACHABLE} ${RETRYING.replace('{s}', s)}`);
-        await wait(1000 * s, request.signal);
-      }
-    } finally {
-      // out of the count, the grid told (it sends what it held when nothing else waits): on the abort path (Gradio's
-      // client let the stream go during the probe) nothing else told it, and the actions held stayed held, said, until
-      // the rater acted again (found by a read-only review, 6 Dec 2026). No recursion: the grid's onChange only sets
-      // timers and starts events, whose requests come back here asynchronously
-      if (counted) { streams.waiting--; changed(); }
+      response = await untilAnswered(stream, url.href, request.signal, probe);
+    } catch (e) {  // Gradio's client aborted the request: no answer yet, the count (if any) goes on without it
+      if (probe.counted) probeOnOwn(stream, url.href, probe);
+      throw e;
     }
+    try {
+      return await answeredSame(response, probe.counted);
+    } finally {  // out of the count, the grid told (it sends what it held when nothing else waits). No recursion:
+      // the grid's onChange only sets timers and starts events, whose requests come back here asynchronously
+      if (probe.counted) { streams.waiting--; changed(); }
+    }
+  }
+
+  // The server's answer to a probe (its app_id): whether it is the server this page came from
+  async function answeredSame(response, counted) {
+    if (counted) streams.backAt = Date.now();
+    const mine = window.gradio_config ? window.gradio_config.app_id : undefined;
+    let theirs;
+    try {
+      theirs = (await response.json()).app_id;
+    } catch (e) {
+      console.warn('the server answered its app_id with something that is not JSON', e);
+    }
+    // another server (restarted): Gradio's client reloads the page; until then the grid sends nothing more
+    // (streams.restarted): what it keeps is counted as lost (ACTION_HELD_LOST), none sent to the new server
+    if (mine !== undefined && theirs !== undefined && theirs !== mine) streams.restarted = true;
+    return mine !== undefined && theirs === mine;
+  }
+
+  // The probe's loop: asks href until the server answers (its 2xx response), WAITS_S between tries (said as stream's
+  // notice), in streams.waiting from the first try that got no answer (probe.counted; the caller takes it out) and the
+  // grid told; probe.attempt, the tries so far. Throws when signal (if any) aborts, the count left to the caller.
+  async function untilAnswered(stream, href, signal, probe) {
+    for (;; probe.attempt++) {
+      let response = null;
+      try {
+        response = await realFetch(href, signal ? { signal } : {});
+      } catch (e) {
+        if (signal && signal.aborted) throw e;
+      }
+      if (response && response.ok) { notice(stream, ''); return response; }
+      if (!probe.counted) {
+        probe.counted = true;
+        streams.waiting++;
+        changed();
+      }
+      const s = WAITS_S[Math.min(probe.attempt, WAITS_S.length - 1)];
+      notice(stream, `${UNREACHABLE} ${RETRYING.replace('{s}', s)}`);
+      await wait(1000 * s, signal);
+    }
+  }
+
+  // The page's own probe, one at a time: it takes over the count of a probe whose request was aborted (probe: counted,
+  // its tries so far) and goes on from its next try, now, until the server answers; then out of the count, the grid
+  // told. A further aborted probe meanwhile gives its count up (the one counted already holds the grid), its notice
+  // cleared with the own probe's once the server answers: waiting is counted once and released once.
+  let ownProbe = null;  // the streams whose notice the running own probe clears, null when none runs
+  function probeOnOwn(stream, href, probe) {
+    if (ownProbe) {
+      ownProbe.add(stream);
+      streams.waiting--;
+      return;
+    }
+    const noticed = (ownProbe = new Set([stream]));
+    probe.attempt++;  // its next try (the aborted probe's wait, cut short, is over)
+    (async () => {
+      try {
+        await answeredSame(await untilAnswered(stream, href, null, probe), true);
+      } finally {
+        ownProbe = null;
+        for (const s of noticed) notice(s, '');
+        streams.waiting--;
+        changed();
+      }
+    })().catch((e) => console.error("the page's own probe for the server failed", e));
   }
 
   // The stream of results as Gradio's client reads it (tenth review of 6 Dec 2026): each message it brings is noted

@@ -724,6 +724,62 @@ return { during, joins, queued: api.queue.length, busy: api.busy, read: gradio.r
     assert ui_assets.ACTION_HELD.format(n="2 actions") not in out["notices"][-2:]
 
 
+def test_actions_held_while_a_probe_waits_stay_held_when_its_stream_is_aborted_until_the_server_answers(tmp_path):
+    """Found by a read-only review of the eleventh review's change (6 Dec 2026): when Gradio's client aborted the
+    stream being probed for, the probe took itself out of streams.waiting and told the grid though the server had not
+    answered: the grid sent its first held action at once into a server still down, whose POST got no answer and was
+    ended as lost, never sent again. Now the page probes on its own (the same waits, one probe however many were
+    aborted) and the held actions go, in order, only once the server answers."""
+    steps = ("id === 'e1' ? [[100, { msg: 'process_starts', event_id: id }], "
+             "[200, { msg: 'process_completed', event_id: id }], [5000, 'error']] : "
+             "[[100, { msg: 'process_starts', event_id: id }], [200, { msg: 'process_completed', event_id: id }]]")
+    out = run_clocked(tmp_path, EVENTS % ("window.up", steps) + """
+const s = window.__seikoStreams;
+const probes = () => fetched.filter(([m, p]) => p.endsWith('/app_id')).length;
+window.up = true;
+api.send('rate', { image_id: 1, score: 7 });
+await runUntil(300);
+api.ack(true);  // its answer (MARKS_JS): nothing in flight now
+window.up = false;
+await runUntil(5500);  // the stream broke at 5 s; the probe for the server gets no answer
+api.send('rate', { image_id: 2, score: 6 });
+api.send('skip', { image_id: 3 });
+// a second stream of the page's probing for the server, aborted too (Gradio's client lets it go)
+const other = new AbortController();
+const second = window.fetch('http://app.test/gradio_api/queue/data?session_hash=abc', { signal: other.signal })
+  .catch((e) => e.name);
+await runUntil(6500);
+const before = s.waiting;
+gradio.controller.abort();  // Gradio's client lets the probed streams go while the server is still down
+other.abort();
+await runUntil(60000);
+const during = { waiting: s.waiting, posts: fetched.filter(([m]) => m === 'POST').length, queued: api.queue.length,
+                 notice: notices().slice(-1)[0], second: await second };
+const probesDown = probes();
+window.up = true;
+await runUntil(200000);
+return { before, during, probesDown, probesAfter: probes(), joins, waiting: s.waiting, queued: api.queue.length,
+         busy: api.busy, notices: notices() };
+""")
+    assert out["before"] == 2  # both probes counted while they waited
+    held = ui_assets.ACTION_HELD.format(n="2 actions")
+    assert out["during"] == {"waiting": 1, "posts": 1, "queued": 2, "notice": held, "second": "AbortError"}
+    # before the aborts: the broken stream's probe tried at 5 s and 6 s (waiting 2 s more), the second's at 5.5 s and
+    # 6.5 s; then one probe of the page's own, from 6.5 s on with the broken stream's next wait, until it is answered
+    waits = ui_assets.STREAM_WAITS_S
+    t, attempt, own = 6500, 2, [6500]
+    while t <= 60_000:
+        t += 1000 * waits[min(attempt, len(waits) - 1)]
+        attempt += 1
+        own.append(t)
+    answered_at = own.pop()  # the first try after the server came back at 60 s
+    assert out["probesDown"] == 4 + len(own)
+    assert out["probesAfter"] > out["probesDown"]
+    assert [seq for seq, _ in out["joins"]] == [1, 2, 3] and out["joins"][1][1] == answered_at  # in order, then
+    assert out["waiting"] == 0 and out["queued"] == 0 and out["busy"] is False
+    assert held not in out["notices"][-2:]
+
+
 def test_actions_held_when_the_server_comes_back_restarted_are_said_lost_before_and_counted_after_the_reload(tmp_path):
     """Found by a read-only review of the eleventh review's change (6 Dec 2026): ACTION_HELD said the page sends the
     actions it keeps once the server answers again, but a server that comes back restarted (another app_id) is
