@@ -17,18 +17,24 @@ number of images when every rating is liked, or none). With
 one rating per image both reduce exactly to the plain intervals above. A review measured what the plain intervals
 gave at overlap 3: 80% coverage for the mean's, 84% for the share's, where 95% is claimed.
 
-Where the share's interval rests on that cluster-robust variance (deff > 1, several ratings on some image), the
-variance is estimated from K images, with K - 1 degrees of freedom, so its Wilson interval is taken at Student's
-``t975(K - 1)`` rather than the normal 1.96, the rule ``db.comparisons.clustered_win_interval`` follows for the A/B
-pairs; elsewhere (one rating per image, deff at or below 1, every rating liked or none, one image) it stays at 1.96.
-Measured (eleventh review, ``tests/app/test_stats_reference.py``; image effect sd 1.5 about 5, rater noise sd 1,
-whole scores 1-10, 3 ratings per image, 2000 rounds, seed 0): at the 8 images of one rating batch the share's
-interval at 1.96 held the true share (0.391) in 91.75% of rounds, at t with 7 df in 96.2% (14% wider); at 16
-images 95.25% and 96.6% (7% wider); at the 32 images of a round of the shapes preset 94.7% and 95.55% (4% wider).
+The share's interval follows one rule with the A/B win rate (``seiko_core.stats.clustered_wilson``, used by
+``db.comparisons.clustered_win_interval`` too). Where some image has several ratings and the ratings differ in being
+liked (2 <= K < N images), the share's variance is estimated from K images, with K - 1 degrees of freedom, so its
+Wilson interval at N / max(1, deff) is taken at Student's ``t975(K - 1)``, whatever deff is: continuous across
+deff = 1 (eleventh review: it was the normal 1.96 at deff <= 1 and t above, so the share 24 of 48 on 16 images
+was 10% wider at deff 1.044 than at 0.870, and a deff of exactly 1 went either way by rounding). At the normal
+1.96, Wilson's own interval: one rating per image (independent ratings, over N: which case applies is the design,
+never an estimate), every rating liked or none (the K images as K trials: the interval of one rating on each of K
+images), one image (one rating's worth; t with 0 df does not exist).
+Measured (``tests/app/test_stats_reference.py``; image effect sd 1.5 about 5, rater noise sd 1, whole scores 1-10,
+3 ratings per image, 2000 rounds, seed 0; re-measured after the rule was made continuous): at the 8 images of one
+rating batch the share's interval at 1.96 held the true share (0.391) in 91.75% of rounds, at t with 7 df in
+96.65% (15% wider; 91 of the 2000 rounds had deff <= 1, taken at 1.96 until then: 96.2%); at 16 images 95.25% and
+96.65% (7.5% wider); at the 32 images of a round of the shapes preset 94.7% and 95.55% (4% wider).
 
 No scipy here: the t quantile is ``seiko_core.stats.t975`` (bisection on the t distribution's CDF, written with the
 regularised incomplete beta function; continued fraction, modified Lentz), the one implementation, which
-``db.comparisons`` uses too.
+``db.comparisons`` uses too (through ``clustered_wilson``).
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import SCORE_MAX, SCORE_MIN, Image, Rating, Round
-from seiko_core.stats import t975, wilson_bounds
+from seiko_core.stats import clustered_wilson, t975, wilson_bounds
 
 LIKED = 6  # a rating >= 6 counts as liked
 Z95 = 1.959963984540054
@@ -86,11 +92,9 @@ def clustered_intervals(scores: list[float], groups: list[object]) -> tuple[tupl
     def cluster_var(values: dict[object, list[float]], centre: float) -> float:
         return k / (k - 1) * sum((sum(v) - len(v) * centre) ** 2 for v in values.values()) / (n * n)
 
-    z = Z95  # the share's quantile: the normal's, but where the design effect is used (below)
+    deff = None  # the share's design effect; None for no spread (every rating liked, or none) and for one image
     if k < 2 or max(scores) == min(scores):  # one image, or no spread at all: no interval (``mean_interval``)
         mean_ci = (mean, None, None)
-        # one image: as much as one rating says about the share; equal ratings: all liked or none, so count images
-        n_eff = 1.0 if k < 2 else float(k)
     else:
         # never below the plain s^2 / N (a design effect of at least 1, as for the share): images whose mean ratings
         # happened to agree gave a zero-width band (found by review)
@@ -99,17 +103,12 @@ def clustered_intervals(scores: list[float], groups: list[object]) -> tuple[tupl
         mean_ci = (mean, mean - half, mean + half)
         srs = p * (1 - p) / (n - 1)
         liked_groups = {g: [1.0 if x >= LIKED else 0.0 for x in v] for g, v in by_group.items()}
-        deff = cluster_var(liked_groups, p) / srs if srs > 0 else 0.0
-        if srs == 0:  # every rating liked, or none: no spread to measure a design effect by; count images
-            n_eff = float(k)
-        elif k < n and deff > 1 + 1e-9:  # the variance of K images sets N / deff: t with K - 1 df (eleventh review)
-            n_eff, z = n / deff, t975(k - 1)
-        else:  # one rating per image, or no more spread than independent ratings: N
-            # deff is exactly 1 there in exact arithmetic (and with a single liked rating anywhere), 1 +- 2e-16 in
-            # floats: the margin keeps rounding from choosing between 1.96 and t
-            n_eff = float(n)
-    share_ci = wilson_interval(p * n_eff, n_eff, z)
-    return mean_ci, (p, share_ci[1], share_ci[2])
+        if srs > 0:
+            deff = cluster_var(liked_groups, p) / srs
+    # one rule with the A/B win rate (seiko_core.stats.clustered_wilson): t(K - 1) at N / max(1, deff) where the
+    # ratings are clustered and spread, whatever deff is (eleventh review: 1.96 at deff <= 1 made it jump at 1)
+    lo, hi = clustered_wilson(liked, n, k, deff)
+    return mean_ci, (p, lo, hi)
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ from db.models import (
     Round,
     utcnow,
 )
-from seiko_core.stats import t975, wilson_bounds
+from seiko_core.stats import clustered_wilson, wilson_bounds
 
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
 
@@ -391,17 +391,29 @@ def clustered_win_interval(votes_by_pair: Sequence[tuple[int, int, int]]) -> tup
     (y_i a vote's 1, 1/2 or 0). One vote on every pair: exactly Wilson's interval over the N votes. Every vote the
     same (no spread to measure deff by): the number of pairs; one pair: one vote's worth, as ``app.taste_stats``.
 
-    The quantile follows the variance the interval rests on. Where ``N / deff`` comes from the cluster-robust
-    variance (deff > 1), that variance is estimated from K pairs, with K - 1 degrees of freedom, so the quantile is
-    Student's t, ``seiko_core.stats.t975(K - 1)`` (the exact quantile since the eleventh review; it was a table's
-    value at the next tabulated df below): 2.1314 at the 16 pairs of a round, 1.9720 at 200. Elsewhere the interval is
-    Wilson's own, whose binomial variance is not estimated from the pairs' spread, at the normal 1.96: one vote on
-    every pair (independent votes), deff at or below 1 (the votes on a pair disagree as much as independent ones;
-    never narrowed below Wilson over the N votes), every vote the same (the K pairs counted as K trials), one pair
-    (one vote's worth). Measured (eleventh review, ``tests/app/test_stats_reference.py``): at 16 pairs of 16 votes
-    each the normal quantile held the true rate in 93.6% / 93.5% of draws (p = 0.5 / 0.7), t in 95.85% / 95.3%
-    (8% wider); at 200 pairs 94.8% / 94.8% and 95.0% / 94.9% (0.6% wider; with the table's 1.980 it was 95.0% /
-    95.0%, 1% wider).
+    The rule is ``seiko_core.stats.clustered_wilson``, shared with the dashboard's liked share (``app.taste_stats``).
+    Where the pairs hold several votes and the votes differ (2 <= K < N), the interval rests on the variance over the
+    K pairs, estimated with K - 1 degrees of freedom, so it is Wilson at ``N / max(1, deff)`` at Student's t,
+    ``seiko_core.stats.t975(K - 1)`` (2.1314 at the 16 pairs of a round, 1.9720 at 200), whatever deff is: a deff at
+    or below 1 (the votes on a pair disagree as much as independent ones, or more) never narrows it below Wilson over
+    the N votes at that t. Continuous in deff (eleventh review): it was the normal 1.96 at deff <= 1 and t above, so
+    one vote moved between two of 16 pairs (deff 0.996 to 1.029) widened the interval by 10%, and 2 pairs gave
+    [0.14, 0.69] for 3 wins in 8 votes (deff 0.47) but [0.01, 0.99] for 4 in 10 (deff 1.5); with weak pair effects
+    deff is at or below 1 by chance in nearly half the draws (874 of 2000 in ``app.tools.ab_coverage``'s cell k = 32,
+    64 votes, p = 0.5), and a deff of exactly 1 computed as 1 + 2e-16 chose t, as 1.0 the normal.
+    At the normal 1.96, Wilson's own interval (no variance estimated from a spread): one vote on every pair
+    (independent votes; which case applies is the design, never an estimate), every vote the same (the K pairs as K
+    trials: the same interval as one vote on each of K pairs), one pair (one vote's worth; t with 0 df does not
+    exist). The every-vote-the-same case is not continuous with its nearest neighbour: 16 pairs of 16 votes all won
+    give [0.806, 1], with one vote lost [0.975, 0.999] (deff exactly 1 there).
+
+    Measured (``tests/app/test_stats_reference.py``, 2000 draws, seed 0; re-measured after the eleventh review made
+    the rule continuous: no draw there had deff <= 1, so the figures stood): at 16 pairs of 16 votes each the normal
+    quantile held the true rate in 93.6% / 93.5% of draws (p = 0.5 / 0.7), t in 95.85% / 95.3% (8% wider); at 200
+    pairs 94.8% / 94.8% and 95.0% / 94.9% (0.6% wider; with the table's 1.980 it was 95.0% / 95.0%, 1% wider).
+    Where the pair effects are weak and pairs hold 4 votes, deff is often at or below 1 and t makes the interval
+    conservative: ``python -m app.tools.ab_coverage`` (k = 32, 64 votes) 0.979 / 0.965 at p = 0.5 / 0.7, where 1.96
+    at deff <= 1 gave 0.961 / 0.951 (BENCHMARKS.md).
 
     Chosen over ``pair_bootstrap_interval`` for the dashboard: it needs no random draws (the table does not change
     between refreshes), is Wilson's interval itself when every pair has one vote, and keeps Wilson's ends inside
@@ -414,18 +426,13 @@ def clustered_win_interval(votes_by_pair: Sequence[tuple[int, int, int]]) -> tup
     wins, losses, ties = (sum(c[i] for c in counts) for i in range(3))
     rate = (wins + ties / 2) / n
     k = len(counts)
-    if k == n:  # one vote on every pair: independent votes, Wilson's interval as it is
-        return wilson_interval(wins + ties / 2, n)
+    if k == n or k < 2:  # one vote on every pair, or one pair: no design effect (clustered_wilson's cases)
+        return clustered_wilson(wins + ties / 2, n, k, None)
     spread = wins * (1 - rate) ** 2 + ties * (0.5 - rate) ** 2 + losses * rate ** 2
-    if k < 2:
-        return wilson_interval(rate, 1)  # one vote's worth
-    if spread == 0:  # every vote the same: count pairs, the conservative end
-        return wilson_interval(rate * k, k)
+    if spread == 0:  # every vote the same: no spread to measure a design effect by
+        return clustered_wilson(wins + ties / 2, n, k, None)
     cluster = k / (k - 1) * sum((w + t / 2 - (w + los + t) * rate) ** 2 for w, los, t in counts) / (n * n)
-    deff = cluster / (spread / ((n - 1) * n))
-    if deff <= 1:  # no more spread between pairs than independent votes would show: Wilson over the N votes
-        return wilson_interval(wins + ties / 2, n)
-    return wilson_interval(rate * n / deff, n / deff, t975(k - 1))  # the variance of K pairs: t with K - 1 df
+    return clustered_wilson(wins + ties / 2, n, k, cluster / (spread / ((n - 1) * n)))
 
 
 def win_stats(wins: int, losses: int, ties: int, pairs: int = 0,

@@ -6,7 +6,8 @@
 The intervals are the project's own: the dashboard's, ``db.comparisons.win_stats`` given each pair's votes
 (``by_pair``, as ``ab_win_rates`` gives them), which is ``clustered_win_interval`` (Wilson's interval on
 ``(wins + ties / 2) / votes`` at the effective number of votes, at Student's t with pairs - 1 degrees of freedom
-where the votes on a pair move together; exactly Wilson's interval over the votes when every pair has one vote);
+wherever a pair has several votes and they differ, the design effect never below 1; exactly Wilson's interval over
+the votes when every pair has one vote);
 for comparison, ``win_stats`` without ``by_pair`` (Wilson over the votes as independent trials, what the dashboard
 showed before 6 Dec 2026) and ``db.comparisons.pair_bootstrap_interval`` (a percentile bootstrap over whole
 pairs). Only the votes are simulated here, with numpy.
