@@ -118,9 +118,11 @@ ACTION_SILENT_S = action_silent_s()
 # sets none); what bounds one is the database's: a write transaction waits at most db.engine.BUSY_TIMEOUT_MS for SQLite's
 # write lock, and one page action opens at most ACTION_WRITES of them (a rating or skip that ends the batch: its own
 # write, auto-close's, the next batch's leases; an undo one), the work itself taking milliseconds; ACTION_SILENT_S more
-# is the margin for the answer to reach the page. A handler past that is hung (on PostgreSQL, which sets no lock
-# timeout, a lock held for good): heartbeats kept its stream alive, so the page waited for good and the card stayed
-# pending (found by the tenth review, fixed by the eleventh, 6 Dec 2026)
+# is the margin for the answer to reach the page. A handler past that is hung: heartbeats kept its stream alive, so the
+# page waited for good and the card stayed pending (found by the tenth review, fixed by the eleventh, 6 Dec 2026). On
+# PostgreSQL lock_timeout bounds each lock wait at the same BUSY_TIMEOUT_MS (db.engine), not each transaction, so an
+# action that waits on several locks can outlast the bound while still working: the page's sentence then says that it
+# may or may not be saved, and a score sent again is stored once
 ACTION_WRITES = 3
 
 

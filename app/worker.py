@@ -68,10 +68,11 @@ from app import (
 from app.services import experiment_config, round_budget, stored_config_warning
 from app.settings import Settings, shown_url
 from db import comparisons, migrate, repo
+from db import engine as db_engine
 from db import jobs as job_queue
 from db import quality as db_quality
 from db.checks import check_name
-from db.engine import is_outage, make_engine, read_session, session_factory, write_session
+from db.engine import is_outage, lock_not_granted, make_engine, read_session, session_factory, write_session
 from db.errors import Conflict, InvalidInput, LeaseLost
 from db.presence import Presence
 from seiko_core import lora
@@ -598,8 +599,13 @@ class Worker:
                 log.error("worker %r: the database refused the worker for good (%s)", self.worker_id, exc.orig or exc)
                 raise
             self._db_wait = min(DB_RETRY_MAX_S, max(1.0, 2 * self._db_wait))
-            log.exception("worker %r: the database could not be reached; trying again in %.0f s", self.worker_id,
-                          self._db_wait)
+            if lock_not_granted(exc):  # the database answered: a lock held past the bound (a migration, an admin's
+                # transaction), not an outage; said as such, without a traceback (it read "could not be reached")
+                log.warning("worker %r: a database lock was not granted within %g s (another transaction holds it); "
+                            "trying again in %.0f s", self.worker_id, db_engine.BUSY_TIMEOUT_MS / 1000, self._db_wait)
+            else:
+                log.exception("worker %r: the database could not be reached; trying again in %.0f s", self.worker_id,
+                              self._db_wait)
             self._stopping.wait(self._db_wait)
             return None
         self._db_wait = 0.0

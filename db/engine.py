@@ -12,8 +12,10 @@ SQLite is set up for a web app and a worker writing at the same time (one file, 
   recipe: the driver's own BEGIN is switched off (``isolation_level = None``) and we emit BEGIN on
   the engine's ``begin`` event.
 
-On PostgreSQL every connection gets ``lock_timeout`` = ``BUSY_TIMEOUT_MS`` (``_bound_lock_waits``), the same bound as
-SQLite's busy timeout: a statement waiting for a row or table lock gives up with LockNotAvailable (SQLSTATE 55P03), which
+On PostgreSQL every connection gets ``lock_timeout`` = ``BUSY_TIMEOUT_MS`` (``_bound_lock_waits``), the bound of
+SQLite's busy timeout, though not the same one: SQLite waits once per transaction (for its write lock, at BEGIN
+IMMEDIATE), PostgreSQL bounds each lock wait, so a transaction that waits on several locks may wait several times that
+(second read-only review). A statement waiting for a row or table lock gives up with LockNotAvailable (SQLSTATE 55P03), which
 ``lock_not_granted`` and ``lock_refusal`` treat as SQLite's "database is locked". Nothing bounded a lock wait there, so a
 page action could wait on a lock for good while the rating page (app.ui_assets.ACTION_RUN_S, counted from this bound) had
 given up on it (eleventh review). A path that means to wait longer says so for its own transaction (migrations/env.py:

@@ -78,8 +78,8 @@ def t975(df: int) -> float:
     2.1314 at 15, 1.9799 at 120, towards the normal's 1.95996). It was a printed table's value at the next
     tabulated df below (1.980 for every df above 120: 1.972 is the quantile at 199), conservative but not the
     quantile (eleventh review). Cached: the dashboard asks for the same few df on every refresh."""
-    if df < 1:
-        raise ValueError(f"a t quantile needs at least 1 degree of freedom, got {df}")
+    if not math.isfinite(df) or df < 1:  # inf or nan passed "df < 1" and bisected to a quantile near 0 (review)
+        raise ValueError(f"a t quantile needs a finite number of degrees of freedom, at least 1, got {df}")
     return t_quantile(0.975, df)
 
 

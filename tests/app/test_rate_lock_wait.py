@@ -93,7 +93,8 @@ def _lock_error():
     return OperationalError("SELECT", {}, LockNotAvailable("canceling statement due to lock timeout"))
 
 
-def test_a_workers_claim_behind_a_held_lock_is_waited_out_not_the_end_of_the_worker(worker_world_any_db, monkeypatch):
+def test_a_workers_claim_behind_a_held_lock_is_waited_out_not_the_end_of_the_worker(worker_world_any_db, monkeypatch,
+                                                                                    caplog):
     """A claim behind a lock on the jobs (a migration's, an admin's transaction) waited for good on PostgreSQL; with
     lock_timeout it fails after BUSY_TIMEOUT_MS with lock_not_available (55P03), which is_outage took for a refusal
     for good (class 55, not an outage): the worker would have ended. It is waited out, as SQLite's "database is
@@ -101,6 +102,7 @@ def test_a_workers_claim_behind_a_held_lock_is_waited_out_not_the_end_of_the_wor
     from sqlalchemy import text
 
     monkeypatch.setattr(db_engine, "BUSY_TIMEOUT_MS", BOUND_MS)
+    caplog.set_level("WARNING", logger="seiko.worker")
     world = worker_world_any_db
     world.create_experiment("behind-a-lock")  # queues its first generate job
     worker = world.worker()
@@ -124,6 +126,10 @@ def test_a_workers_claim_behind_a_held_lock_is_waited_out_not_the_end_of_the_wor
     try:
         assert ended, "the claim still waited for the lock long after the busy timeout"
         assert out == {"result": None}  # waited out (an outage), not raised
+        said = [r for r in caplog.records if r.name == "seiko.worker" and "trying again" in r.getMessage()]
+        # said as a lock held, not as "the database could not be reached" with a traceback (second read-only review)
+        assert len(said) == 1 and "lock was not granted" in said[0].getMessage(), [r.getMessage() for r in said]
+        assert said[0].levelname == "WARNING" and said[0].exc_info is None
         assert worker.run_once_outlasting_outages() is True  # the lock gone: claimed (and handed back, stopping)
     finally:
         worker.close()
