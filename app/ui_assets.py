@@ -162,7 +162,8 @@ ACTION_AHEAD = ("only the actions the server is running", "1 other action and th
 # It said the page "sends each, in order, once it answers again", but a server that answers again as another one (a
 # restart: STREAMS_JS's sameServer) is Gradio's to handle, by a reload, and what the page kept is lost with it (found by
 # a read-only review, 6 Dec 2026). The sentence now says so, and the page notes how many it keeps (sessionStorage, this
-# tab only; a count, nothing that could be sent again): after a reload it says how many were not sent (ACTION_HELD_LOST).
+# tab only; a count and who kept it, nothing that could be sent again): after a reload it says how many were not sent
+# (ACTION_HELD_LOST), to that rater only.
 # Sending them after the reload is not done: the page has no account of its own to check they are the same rater's,
 # and an undo kept behind a rating the restart may have lost would take back another one.
 ACTION_HELD = ("The server cannot be reached: this page keeps {n} waiting and sends each, in order, once it answers "
@@ -170,12 +171,17 @@ ACTION_HELD = ("The server cannot be reached: this page keeps {n} waiting and se
                "lost.")
 ACTION_HELD_LOST = ("The page reloaded while it kept {n} waiting for the server, so they were not sent: "
                     "the cards show what was saved; do the rest again.")
+# While a probe found the server restarted and the page waits for its reload, ACTION_HELD (the server "cannot be
+# reached", the kept actions sent "once it answers") was false: it answers, and they are not sent (found by a read-only
+# review, 6 Dec 2026). This is said instead until the reload.
+ACTION_HELD_RESTARTED = "The server restarted: this page reloads now, and the {n} it kept waiting were not sent."
 
 GRID_JS = r"""
 const grid = element;
 const SILENT_MS = __SILENT_MS__, RUN_MS = __RUN_MS__;
 const OVERDUE_RATE = __OVERDUE_RATE__, OVERDUE = __OVERDUE__, HELD = __HELD__;
 const QUEUED_RATE = __QUEUED_RATE__, QUEUED = __QUEUED__, AHEAD = __AHEAD__, HELD_LOST = __HELD_LOST__;
+const HELD_RESTARTED = __HELD_RESTARTED__;
 const api = (window.__seiko = window.__seiko || {});
 api.queue = []; api.busy = false; api.inflight = null; api.pending = api.pending || {};
 
@@ -230,8 +236,34 @@ function unreachable() { const s = streams(); return !!s && (s.waiting > 0 || !!
 function say(text) { const s = streams(); if (s && s.notice) s.notice('action', text); }
 function actions(n) { return n === 1 ? '1 action' : n + ' actions'; }
 // how many the page keeps while the server cannot be reached, noted for this tab (sessionStorage): a reload (Gradio's,
-// for a server that came back restarted) loses them, and the page it loads says how many (HELD_LOST)
+// for a server that came back restarted) loses them, and the page it loads says how many (HELD_LOST). Noted with who
+// is signed in (the tab is not the person: a reload may land on the sign-in page, another person signing in then; found
+// by a read-only review, 6 Dec 2026), and said only to that rater; dropped for anyone else.
 const HELD_KEY = 'seiko-held-actions';
+// who is signed in on this page (app.ui banner_html, which the page's load fills): the name, '' in local mode (one
+// person, no accounts), undefined while not yet known
+function rater() {
+  const banner = document.getElementById('signed-in'), name = banner && banner.querySelector('b');
+  if (name) return name.textContent;
+  return document.getElementById('local-mode') ? '' : undefined;
+}
+// what was noted before this page loaded: {n, who}, or null (nothing, or an older count without who: no one's)
+function notedBefore() {
+  let store = null;
+  try {
+    store = window.sessionStorage || null;
+  } catch (e) {
+    console.warn('this page cannot read the actions it kept (sessionStorage)', e);
+  }
+  if (!store) return null;
+  let noted = null;
+  try {
+    noted = JSON.parse(store.getItem(HELD_KEY) || 'null');
+  } catch (e) {
+    console.warn('the actions this page kept were noted in a form it cannot read (sessionStorage)', e);
+  }
+  return noted && typeof noted === 'object' && Number(noted.n) > 0 && typeof noted.who === 'string' ? noted : null;
+}
 function noteHeld(n) {
   let store = null;
   try {
@@ -241,10 +273,10 @@ function noteHeld(n) {
   }
   if (!store) return null;
   try {
-    const was = Number(store.getItem(HELD_KEY)) || 0;
-    if (n === undefined) return was;
-    if (n > 0) store.setItem(HELD_KEY, String(n)); else store.removeItem(HELD_KEY);
-    return was;
+    const who = rater();  // not yet known: noted for no one (the actions were kept by a page signed in, so known)
+    if (n > 0 && who !== undefined) store.setItem(HELD_KEY, JSON.stringify({ n, who }));
+    else store.removeItem(HELD_KEY);
+    return n;
   } catch (e) {
     console.warn('this page cannot note the actions it keeps (sessionStorage)', e);
     return null;
@@ -254,7 +286,8 @@ function held() {  // the actions not yet sent while the server cannot be reache
   const n = api.queue.length;
   api.holding = n > 0;
   noteHeld(n);
-  say(n ? HELD.replace('{n}', actions(n)) : '');
+  const s = streams();  // another server answered: the page reloads now, nothing sent (STREAMS_JS)
+  say(n ? (s && s.restarted ? HELD_RESTARTED : HELD).replace('{n}', actions(n)) : '');
 }
 function unheld() {  // the server answers again: what was kept goes now
   api.holding = false;
@@ -393,7 +426,19 @@ grid.addEventListener('focusin', (e) => {
   const card = e.target.closest && e.target.closest('.rg-card'); if (card) api.focusId = card.dataset.imageId;
 });
 
+// what a page before the reload kept and never sent, said to the rater who kept it (once who is signed in is known: the
+// page's load fills the banner with the grid's value), dropped for anyone else
+let lostSaid = false;
+function sayLost() {
+  const who = rater();
+  if (lostSaid || who === undefined) return;
+  lostSaid = true;
+  const lost = notedBefore();
+  noteHeld(0);
+  if (lost && lost.who === who) say(HELD_LOST.replace('{n}', actions(lost.n)));
+}
 function settle() {
+  sayLost();
   api.pending = {};
   if (api.marks) api.applyMarks(api.marks);
   const keep = api.focusId && byId(api.focusId);
@@ -402,10 +447,6 @@ function settle() {
 }
 watch('value', settle);
 settle();
-{
-  const lost = noteHeld(undefined);  // kept by the page before a reload, never sent
-  if (lost) { noteHeld(0); say(HELD_LOST.replace('{n}', actions(lost))); }
-}
 """
 
 
@@ -414,7 +455,7 @@ def grid_js() -> str:
     values = {"__SILENT_MS__": 1000 * action_silent_s(), "__RUN_MS__": 1000 * action_run_s(),
               "__OVERDUE_RATE__": ACTION_OVERDUE_RATE, "__OVERDUE__": ACTION_OVERDUE, "__HELD__": ACTION_HELD,
               "__QUEUED_RATE__": ACTION_QUEUED_RATE, "__QUEUED__": ACTION_QUEUED, "__AHEAD__": list(ACTION_AHEAD),
-              "__HELD_LOST__": ACTION_HELD_LOST}
+              "__HELD_LOST__": ACTION_HELD_LOST, "__HELD_RESTARTED__": ACTION_HELD_RESTARTED}
     js = GRID_JS
     for name, value in values.items():
         js = js.replace(name, json.dumps(value))
@@ -691,7 +732,8 @@ STREAMS_JS = r"""
     } catch (e) {
       console.warn('the server answered its app_id with something that is not JSON', e);
     }
-    // another server (restarted): Gradio's client reloads the page; until then the grid sends nothing more
+    // another server (restarted): Gradio's client reloads the page (the page's own probe does: probeOnOwn); until
+    // then the grid sends nothing more
     // (streams.restarted): what it keeps is counted as lost (ACTION_HELD_LOST), none sent to the new server
     if (mine !== undefined && theirs !== undefined && theirs !== mine) streams.restarted = true;
     return mine !== undefined && theirs === mine;
@@ -734,14 +776,19 @@ STREAMS_JS = r"""
     const noticed = (ownProbe = new Set([stream]));
     probe.attempt++;  // its next try (the aborted probe's wait, cut short, is over)
     (async () => {
+      let same = true;
       try {
-        await answeredSame(await untilAnswered(stream, href, null, probe), true);
+        same = await answeredSame(await untilAnswered(stream, href, null, probe), true);
       } finally {
         ownProbe = null;
         for (const s of noticed) notice(s, '');
         streams.waiting--;
-        changed();
+        changed();  // the grid notes what it keeps (restarted: said lost) before the reload below
       }
+      // another server: Gradio's client, its request aborted, saw no broken connection and reloads nothing, so the
+      // grid held every action for good while the server answered (found by a read-only review, 6 Dec 2026). The
+      // page reloads itself, as Gradio's client would; the reloaded page says how many were not sent.
+      if (!same && streams.restarted) window.location.reload();
     })().catch((e) => console.error("the page's own probe for the server failed", e));
   }
 

@@ -26,7 +26,8 @@ const base = {
   Date: { now: () => clock },
   setTimeout: (fn, ms) => { timers.push({ fn, ms }); return timers.length; },
   clearTimeout: (id) => { if (id) timers[id - 1].fn = null; },
-  document: { addEventListener() {}, removeEventListener() {}, activeElement: null, querySelector: () => null },
+  document: { addEventListener() {}, removeEventListener() {}, activeElement: null, querySelector: () => null,
+              getElementById: () => null },
 };
 const element = { querySelectorAll: () => [], querySelector: () => null, contains: () => false,
                   addEventListener() {}, isConnected: true, offsetParent: {} };

@@ -306,7 +306,9 @@ def test_an_event_and_the_stream_serving_it_share_one_deadline_under_a_rated_car
 # fetched (every request as [method, path]), notices() (what #seiko-connection said), and gradio, the stub of Gradio's
 # client: trigger(name, data) POSTs the event and reads the stream of results it opens (gradio.read: its text, how it
 # ended and when; gradio.controller.abort() lets it go, as Gradio's client does once it waits on no event), and
-# reload(), the page loaded again in the tab (both scripts anew, the grid's api returned; sessionStorage kept)
+# reload(), the page loaded again in the tab (both scripts anew, the grid's api returned; sessionStorage kept),
+# signIn(name) (the banner app.ui banner_html fills: who is signed in, null for not yet known) and loaded() (the page's
+# load setting the grid's value: its watch('value') callbacks run)
 CLOCKED = r"""
 const fs = require('fs'), vm = require('vm');
 const [streamsJs, gridJs, scenario] = [fs.readFileSync(process.argv[2], 'utf8'), fs.readFileSync(process.argv[3], 'utf8'),
@@ -392,22 +394,28 @@ gradio.trigger = (name, data) => {
 };
 const grid = { querySelectorAll: () => [], querySelector: () => null, addEventListener() {}, contains: () => false,
                isConnected: true };
+let watchers = [];
 const startGrid = () => vm.runInContext(`(function (element, trigger, watch, props) {\n${gridJs}\n})`, context)(
-  grid, gradio.trigger, () => {}, {});
+  grid, gradio.trigger, (prop, fn) => { if (prop === 'value') watchers.push(fn); }, {});
+const loaded = () => { for (const fn of watchers) fn(); };
+const signIn = (name) => {
+  if (name === null) delete elements['signed-in'];
+  else elements['signed-in'] = { querySelector: (sel) => (sel === 'b' ? { textContent: name } : null) };
+};
 startGrid();
 const api = window.__seiko;
 // the page loaded again in the same tab (Gradio's reload): the page's scripts anew (the grid's api returned),
 // sessionStorage kept
 const reload = () => {
-  delete window.__seiko; delete window.__seikoStreams; window.fetch = server;
+  delete window.__seiko; delete window.__seikoStreams; window.fetch = server; watchers = [];
   vm.runInContext(streamsJs, context);
   startGrid();
   return window.__seiko;
 };
 const notices = () => (elements['seiko-connection'] ? elements['seiko-connection'].said : []);
 const run = new Function('window', 'api', 'runUntil', 'now', 'serve', 'sse', 'fetched', 'notices', 'gradio', 'reload',
-                         `return (async () => {\n${scenario}\n})();`);
-run(window, api, runUntil, () => clock, (h) => { handler = h; }, sse, fetched, notices, gradio, reload)
+                         'signIn', 'loaded', `return (async () => {\n${scenario}\n})();`);
+run(window, api, runUntil, () => clock, (h) => { handler = h; }, sse, fetched, notices, gradio, reload, signIn, loaded)
   .then((result) => console.log(JSON.stringify(result)));
 """
 
@@ -785,8 +793,11 @@ def test_actions_held_when_the_server_comes_back_restarted_are_said_lost_before_
     actions it keeps once the server answers again, but a server that comes back restarted (another app_id) is
     Gradio's to handle, by a reload, and the kept actions (the page's memory) were lost without a word. Now the
     sentence says a restart loses them, none is sent to the new server, and the reloaded page says how many were not
-    sent (a count kept for the tab); a further reload says nothing more."""
+    sent (a count kept for the tab); a further reload says nothing more. Review of that change (6 Dec 2026): between
+    the probe finding another server and the reload, ACTION_HELD still said the server cannot be reached and the kept
+    actions go once it answers; now ACTION_HELD_RESTARTED says what happens."""
     out = run_clocked(tmp_path, """
+signIn('alice');
 let appId = null, joins = 0;  // null: no answer at all
 serve((method, path) => {
   if (appId === null) throw new TypeError('Failed to fetch');
@@ -802,7 +813,7 @@ await runUntil(5000);
 const during = notices().slice(-1)[0];
 appId = 8;  // back, restarted
 await runUntil(60000);
-const before = { joins, join: gradio.join, stored: window.sessionStorage.getItem('seiko-held-actions') };
+const before = { joins, join: gradio.join, said: notices().slice(-1)[0] };
 const page = reload();
 const after = { queued: page.queue.length, notice: notices().slice(-1)[0] };
 reload();
@@ -811,8 +822,107 @@ return { during, before, after, notices: notices(), joins };
     assert out["during"] == ui_assets.ACTION_HELD.format(n="2 actions")
     assert "restarts" in out["during"] and "lost" in out["during"]  # what happens then, said while they wait
     assert out["before"]["joins"] == 0 and out["before"]["join"] == {"error": "TypeError"}  # Gradio's way: a reload
+    assert out["before"]["said"] == ui_assets.ACTION_HELD_RESTARTED.format(n="2 actions")  # until it reloads
     assert out["after"] == {"queued": 0, "notice": ui_assets.ACTION_HELD_LOST.format(n="2 actions")}
     assert out["notices"].count(out["after"]["notice"]) == 1 and out["joins"] == 0  # said once; none sent
+
+
+# kept while the server cannot be reached, then the server restarted (another app_id), found by Gradio's probe
+HELD_THEN_RESTARTED = """
+let appId = null;  // null: no answer at all
+serve((method, path) => {
+  if (appId === null) throw new TypeError('Failed to fetch');
+  if (path.endsWith('/queue/join')) return new Response('{"event_id": "x"}', { status: 200 });
+  if (path.endsWith('/queue/data')) return sse([]);
+  return new Response(JSON.stringify({ app_id: appId }), { status: 200, headers: { 'content-type': 'application/json' } });
+});
+api.send('rate', { image_id: 1, score: 7 });  // its POST gets no answer: the page waits for the server
+await runUntil(2000);
+api.send('rate', { image_id: 2, score: 6 });
+api.send('skip', { image_id: 3 });
+await runUntil(5000);
+appId = 8;
+await runUntil(60000);
+"""
+
+
+def test_actions_kept_before_a_reload_are_said_only_to_the_rater_who_kept_them(tmp_path):
+    """Found by a read-only review of the eleventh review's change (6 Dec 2026): the count of actions kept before a
+    reload was the tab's, not the person's: a reload that landed on the sign-in page, someone else signing in, told
+    them "The page reloaded while it kept 2 actions waiting…" about the previous rater's. Now the count is noted with
+    who is signed in and said only to that rater, once the page knows who is (its load fills the banner), and dropped
+    for anyone else."""
+    lost = ui_assets.ACTION_HELD_LOST.format(n="2 actions")
+    out = run_clocked(tmp_path, "signIn('alice');" + HELD_THEN_RESTARTED + """
+signIn(null);  // the reload lands on the sign-in page; then bob signs in and the page loads
+reload();
+const unknown = notices().slice(-1)[0];
+signIn('bob');
+loaded();
+const bob = { said: notices().slice(-1)[0], stored: window.sessionStorage.getItem('seiko-held-actions') };
+signIn('alice');
+reload();
+loaded();
+return { unknown, bob, alice: notices().slice(-1)[0], notices: notices() };
+""")
+    assert out["unknown"] != lost and out["bob"] == {"said": out["unknown"], "stored": None}  # dropped for bob
+    assert out["alice"] != lost and lost not in out["notices"]  # and not kept for later
+
+    out = run_clocked(tmp_path, "signIn('alice');" + HELD_THEN_RESTARTED + """
+signIn(null);
+reload();
+const unknown = notices().slice(-1)[0];
+signIn('alice');  // the same rater signs in again: the page's load fills the banner and the grid's value
+loaded();
+const said = notices().slice(-1)[0];
+loaded();
+return { unknown, said, notices: notices() };
+""")
+    assert out["unknown"] != lost and out["said"] == lost and out["notices"].count(lost) == 1
+
+
+def test_the_pages_own_probe_that_finds_the_server_restarted_reloads_the_page(tmp_path):
+    """Found by a read-only review of the eleventh review's change (6 Dec 2026): when the page's own probe (taken over
+    from a probe whose stream Gradio's client aborted) found another server, it only set streams.restarted; Gradio's
+    client, its request aborted, saw no broken connection and reloaded nothing, so the grid held every action for good,
+    saying the server cannot be reached while it answered. Now the page reloads itself, after saying what it kept was
+    not sent (ACTION_HELD_RESTARTED), and the reloaded page counts them (ACTION_HELD_LOST)."""
+    out = run_clocked(tmp_path, """
+signIn('alice');
+const reloads = [];
+window.location.reload = () => reloads.push(now());
+let appId = 7, joins = 0;  // null: no answer at all
+serve((method, path) => {
+  if (appId === null) throw new TypeError('Failed to fetch');
+  if (path.endsWith('/queue/join')) { joins += 1; return new Response('{"event_id": "e1"}', { status: 200 }); }
+  if (path.endsWith('/queue/data')) {
+    return sse([[100, { msg: 'process_starts', event_id: 'e1' }], [200, { msg: 'process_completed', event_id: 'e1' }],
+                [5000, 'error']]);
+  }
+  return new Response(JSON.stringify({ app_id: appId }), { status: 200, headers: { 'content-type': 'application/json' } });
+});
+api.send('rate', { image_id: 1, score: 7 });
+await runUntil(300);
+api.ack(true);  // its answer (MARKS_JS): nothing in flight now
+appId = null;
+await runUntil(5500);  // the stream broke at 5 s; the probe for the server gets no answer
+api.send('rate', { image_id: 2, score: 6 });
+api.send('skip', { image_id: 3 });
+await runUntil(6000);
+gradio.controller.abort();  // Gradio's client lets the probed stream go: the page probes on its own
+await runUntil(20000);
+const during = { reloads: reloads.length, said: notices().slice(-1)[0] };
+appId = 8;  // back, restarted
+await runUntil(120000);
+const before = { reloads, said: notices().slice(-1)[0], joins };
+reload();
+return { during, before, after: notices().slice(-1)[0], read: gradio.read.ended };
+""")
+    assert out["read"] == "AbortError"
+    assert out["during"] == {"reloads": 0, "said": ui_assets.ACTION_HELD.format(n="2 actions")}
+    assert len(out["before"]["reloads"]) == 1 and out["before"]["joins"] == 1  # reloaded once, nothing more sent
+    assert out["before"]["said"] == ui_assets.ACTION_HELD_RESTARTED.format(n="2 actions")
+    assert out["after"] == ui_assets.ACTION_HELD_LOST.format(n="2 actions")
 
 
 def test_the_silent_bound_follows_gradios_heartbeat_interval(monkeypatch):
