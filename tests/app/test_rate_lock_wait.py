@@ -4,7 +4,6 @@ that runs out is one sentence (eleventh review)."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 
 import gradio as gr
@@ -14,6 +13,7 @@ from sqlalchemy import func, select
 from db import engine as db_engine
 from db.engine import lock_refusal, write_session
 from db.models import Image, Rating
+from tests.db.lock_support import ended_behind
 
 BOUND_MS = 500  # BUSY_TIMEOUT_MS for these tests: short, so a wait that ends ends soon
 
@@ -63,16 +63,7 @@ def test_a_rating_behind_a_held_lock_gives_up_after_the_busy_timeout_with_one_se
         out["outputs"] = handlers.on_rate(state, gr.EventData(None, payload), request)
         out["took"] = time.monotonic() - started
 
-    held = _hold_image(ui_world.factory, image)
-    try:
-        thread = threading.Thread(target=act, daemon=True)
-        thread.start()
-        thread.join(60)  # generous: a wait with no bound never ends
-        ended = not thread.is_alive()
-    finally:
-        held.rollback()
-        held.close()
-        thread.join(60)
+    ended = ended_behind(_hold_image(ui_world.factory, image), act)
     assert ended, "the rating still waited for the lock long after the busy timeout"
     assert out["took"] >= 0.5 * BOUND_MS / 1000, out  # it waited for the lock, not refused at once
     assert json.loads(out["outputs"][1]) == {"failed": True, "done": 3}
@@ -114,15 +105,7 @@ def test_a_workers_claim_behind_a_held_lock_is_waited_out_not_the_end_of_the_wor
     held.execute(text("LOCK TABLE jobs IN EXCLUSIVE MODE" if held.get_bind().dialect.name == "postgresql"
                       else "SELECT 1"))  # SQLite: its write lock
     out: dict = {}
-    thread = threading.Thread(target=lambda: out.update(result=worker.run_once_outlasting_outages()), daemon=True)
-    try:
-        thread.start()
-        thread.join(60)
-        ended = not thread.is_alive()
-    finally:
-        held.rollback()
-        held.close()
-        thread.join(60)
+    ended = ended_behind(held, lambda: out.update(result=worker.run_once_outlasting_outages()))
     try:
         assert ended, "the claim still waited for the lock long after the busy timeout"
         assert out == {"result": None}  # waited out (an outage), not raised

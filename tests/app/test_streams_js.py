@@ -701,15 +701,12 @@ return { during, joins, busy: api.busy, queued: api.queue.length, notices: notic
     assert ui_assets.STREAM_LOST in out["notices"] and held[1] not in out["notices"][-3:]
 
 
-def test_actions_held_while_a_probe_waits_are_sent_when_gradios_client_aborts_the_probed_stream(tmp_path):
-    """Found by a read-only review of the eleventh review's change (6 Dec 2026): the probe for the server (sameServer)
-    took itself out of streams.waiting without telling the grid, so when Gradio's client aborted the stream being
-    probed for (it lets a stream go once it waits on no event) nobody sent the actions held meanwhile: they stayed held,
-    the sentence on the page, until the rater acted again. Now the grid hears of it and sends them, in order."""
-    steps = ("id === 'e1' ? [[100, { msg: 'process_starts', event_id: id }], "
-             "[200, { msg: 'process_completed', event_id: id }], [5000, 'error']] : "
-             "[[100, { msg: 'process_starts', event_id: id }], [200, { msg: 'process_completed', event_id: id }]]")
-    out = run_clocked(tmp_path, EVENTS % ("window.up", steps) + """
+# The page's stream of results breaks at 5 s (its first action answered at 200 ms), the server gone with it
+# (window.up false): a rating and a skip made then are held while the probe for the server gets no answer
+HELD_AFTER_A_BREAK = EVENTS % ("window.up", "id === 'e1' ? [[100, { msg: 'process_starts', event_id: id }], "
+                               "[200, { msg: 'process_completed', event_id: id }], [5000, 'error']] : "
+                               "[[100, { msg: 'process_starts', event_id: id }], "
+                               "[200, { msg: 'process_completed', event_id: id }]]") + """
 window.up = true;
 api.send('rate', { image_id: 1, score: 7 });
 await runUntil(300);
@@ -718,6 +715,15 @@ window.up = false;
 await runUntil(5500);  // the stream broke at 5 s; the probe for the server gets no answer
 api.send('rate', { image_id: 2, score: 6 });
 api.send('skip', { image_id: 3 });
+"""
+
+
+def test_actions_held_while_a_probe_waits_are_sent_when_gradios_client_aborts_the_probed_stream(tmp_path):
+    """Found by a read-only review of the eleventh review's change (6 Dec 2026): the probe for the server (sameServer)
+    took itself out of streams.waiting without telling the grid, so when Gradio's client aborted the stream being
+    probed for (it lets a stream go once it waits on no event) nobody sent the actions held meanwhile: they stayed held,
+    the sentence on the page, until the rater acted again. Now the grid hears of it and sends them, in order."""
+    out = run_clocked(tmp_path, HELD_AFTER_A_BREAK + """
 await runUntil(6500);
 const during = { queued: api.queue.map((a) => a[1].seq), busy: api.busy, notice: notices().slice(-1)[0] };
 window.up = true;
@@ -738,20 +744,9 @@ def test_actions_held_while_a_probe_waits_stay_held_when_its_stream_is_aborted_u
     answered: the grid sent its first held action at once into a server still down, whose POST got no answer and was
     ended as lost, never sent again. Now the page probes on its own (the same waits, one probe however many were
     aborted) and the held actions go, in order, only once the server answers."""
-    steps = ("id === 'e1' ? [[100, { msg: 'process_starts', event_id: id }], "
-             "[200, { msg: 'process_completed', event_id: id }], [5000, 'error']] : "
-             "[[100, { msg: 'process_starts', event_id: id }], [200, { msg: 'process_completed', event_id: id }]]")
-    out = run_clocked(tmp_path, EVENTS % ("window.up", steps) + """
+    out = run_clocked(tmp_path, HELD_AFTER_A_BREAK + """
 const s = window.__seikoStreams;
 const probes = () => fetched.filter(([m, p]) => p.endsWith('/app_id')).length;
-window.up = true;
-api.send('rate', { image_id: 1, score: 7 });
-await runUntil(300);
-api.ack(true);  // its answer (MARKS_JS): nothing in flight now
-window.up = false;
-await runUntil(5500);  // the stream broke at 5 s; the probe for the server gets no answer
-api.send('rate', { image_id: 2, score: 6 });
-api.send('skip', { image_id: 3 });
 // a second stream of the page's probing for the server, aborted too (Gradio's client lets it go)
 const other = new AbortController();
 const second = window.fetch('http://app.test/gradio_api/queue/data?session_hash=abc', { signal: other.signal })

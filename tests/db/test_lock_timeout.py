@@ -14,6 +14,7 @@ from db import engine as db_engine
 from db import migrate, presence
 from db.engine import is_outage, lock_refusal, make_engine, session_factory, write_session
 from db.models import LiveProcess, Rater
+from tests.db.lock_support import ended_behind
 
 BOUND_MS = 300  # BUSY_TIMEOUT_MS for these tests
 OUTLASTED_S = 4 * BOUND_MS / 1000  # a wait still going on this long after it began has outlasted the bound
@@ -53,15 +54,7 @@ def test_a_write_behind_a_held_row_lock_fails_after_the_bound_as_a_lock_not_gran
             except OperationalError as exc:
                 out["result"] = exc
 
-        thread = threading.Thread(target=write, daemon=True)
-        try:
-            thread.start()
-            thread.join(60)  # generous: a wait with no bound never ends
-            ended = not thread.is_alive()
-        finally:
-            held.rollback()
-            held.close()
-            thread.join(60)
+        ended = ended_behind(held, write)
         assert ended, "the write still waited for the lock long after the bound"
         exc = out["result"]
         assert isinstance(exc, OperationalError), exc
