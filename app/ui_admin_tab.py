@@ -268,9 +268,9 @@ class AdminHandlers:
         """Set an account's password, the acting admin's own password given in "Your password" (checked and counted
         as a sign-in by the web guard's throttle, from the request's address). Both password boxes are emptied once it
         is set; a refusal (gr.Error) leaves them as typed."""
-        throttle, ip = web_guard.sign_in_throttle(request), web_guard.client_address(request)
         return (*self._account_change(request, lambda who: ui_admin.set_user_password(
-            self.factory, who, name, password, your_password, throttle=throttle, ip=ip)), "")
+            self.factory, who, name, password, your_password, throttle=web_guard.sign_in_throttle(request),
+            ip=web_guard.client_address(request))), "")
 
     # ---- rater quality (issue 14, item 2) -----------------------------------------------------
 
