@@ -247,14 +247,18 @@ function rater() {
   if (name) return name.textContent;
   return document.getElementById('local-mode') ? '' : undefined;
 }
+// this tab's sessionStorage, or null where the browser refuses it (said, with what could not be done: ``what``)
+function tabStore(what) {
+  try {
+    return window.sessionStorage || null;
+  } catch (e) {
+    console.warn(`this page cannot ${what} (sessionStorage)`, e);
+    return null;
+  }
+}
 // what was noted before this page loaded: {n, who}, or null (nothing, or an older count without who: no one's)
 function notedBefore() {
-  let store = null;
-  try {
-    store = window.sessionStorage || null;
-  } catch (e) {
-    console.warn('this page cannot read the actions it kept (sessionStorage)', e);
-  }
+  const store = tabStore('read the actions it kept');
   if (!store) return null;
   let noted = null;
   try {
@@ -265,12 +269,7 @@ function notedBefore() {
   return noted && typeof noted === 'object' && Number(noted.n) > 0 && typeof noted.who === 'string' ? noted : null;
 }
 function noteHeld(n) {
-  let store = null;
-  try {
-    store = window.sessionStorage || null;
-  } catch (e) {
-    console.warn('this page cannot note the actions it keeps (sessionStorage)', e);
-  }
+  const store = tabStore('note the actions it keeps');
   if (!store) return null;
   try {
     const who = rater();  // not yet known: noted for no one (the actions were kept by a page signed in, so known)

@@ -783,16 +783,8 @@ return { before, during, probesDown, probesAfter: probes(), joins, waiting: s.wa
     assert held not in out["notices"][-2:]
 
 
-def test_actions_held_when_the_server_comes_back_restarted_are_said_lost_before_and_counted_after_the_reload(tmp_path):
-    """Found by a read-only review of the eleventh review's change (6 Dec 2026): ACTION_HELD said the page sends the
-    actions it keeps once the server answers again, but a server that comes back restarted (another app_id) is
-    Gradio's to handle, by a reload, and the kept actions (the page's memory) were lost without a word. Now the
-    sentence says a restart loses them, none is sent to the new server, and the reloaded page says how many were not
-    sent (a count kept for the tab); a further reload says nothing more. Review of that change (6 Dec 2026): between
-    the probe finding another server and the reload, ACTION_HELD still said the server cannot be reached and the kept
-    actions go once it answers; now ACTION_HELD_RESTARTED says what happens."""
-    out = run_clocked(tmp_path, """
-signIn('alice');
+# kept while the server cannot be reached, then the server restarted (another app_id), found by Gradio's probe
+HELD_THEN_RESTARTED = """
 let appId = null, joins = 0;  // null: no answer at all
 serve((method, path) => {
   if (appId === null) throw new TypeError('Failed to fetch');
@@ -805,9 +797,21 @@ await runUntil(2000);
 api.send('rate', { image_id: 2, score: 6 });
 api.send('skip', { image_id: 3 });
 await runUntil(5000);
-const during = notices().slice(-1)[0];
+const during = notices().slice(-1)[0];  // kept, the server away
 appId = 8;  // back, restarted
 await runUntil(60000);
+"""
+
+
+def test_actions_held_when_the_server_comes_back_restarted_are_said_lost_before_and_counted_after_the_reload(tmp_path):
+    """Found by a read-only review of the eleventh review's change (6 Dec 2026): ACTION_HELD said the page sends the
+    actions it keeps once the server answers again, but a server that comes back restarted (another app_id) is
+    Gradio's to handle, by a reload, and the kept actions (the page's memory) were lost without a word. Now the
+    sentence says a restart loses them, none is sent to the new server, and the reloaded page says how many were not
+    sent (a count kept for the tab); a further reload says nothing more. Review of that change (6 Dec 2026): between
+    the probe finding another server and the reload, ACTION_HELD still said the server cannot be reached and the kept
+    actions go once it answers; now ACTION_HELD_RESTARTED says what happens."""
+    out = run_clocked(tmp_path, "signIn('alice');" + HELD_THEN_RESTARTED + """
 const before = { joins, join: gradio.join, said: notices().slice(-1)[0] };
 const page = reload();
 const after = { queued: page.queue.length, notice: notices().slice(-1)[0] };
@@ -820,25 +824,6 @@ return { during, before, after, notices: notices(), joins };
     assert out["before"]["said"] == ui_assets.ACTION_HELD_RESTARTED.format(n="2 actions")  # until it reloads
     assert out["after"] == {"queued": 0, "notice": ui_assets.ACTION_HELD_LOST.format(n="2 actions")}
     assert out["notices"].count(out["after"]["notice"]) == 1 and out["joins"] == 0  # said once; none sent
-
-
-# kept while the server cannot be reached, then the server restarted (another app_id), found by Gradio's probe
-HELD_THEN_RESTARTED = """
-let appId = null;  // null: no answer at all
-serve((method, path) => {
-  if (appId === null) throw new TypeError('Failed to fetch');
-  if (path.endsWith('/queue/join')) return new Response('{"event_id": "x"}', { status: 200 });
-  if (path.endsWith('/queue/data')) return sse([]);
-  return new Response(JSON.stringify({ app_id: appId }), { status: 200, headers: { 'content-type': 'application/json' } });
-});
-api.send('rate', { image_id: 1, score: 7 });  // its POST gets no answer: the page waits for the server
-await runUntil(2000);
-api.send('rate', { image_id: 2, score: 6 });
-api.send('skip', { image_id: 3 });
-await runUntil(5000);
-appId = 8;
-await runUntil(60000);
-"""
 
 
 def test_actions_kept_before_a_reload_are_said_only_to_the_rater_who_kept_them(tmp_path):
