@@ -5,6 +5,7 @@ closed forms at 1, 2 and 4 degrees of freedom, and the Cornish-Fisher expansion 
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 
 import pytest
 
@@ -66,3 +67,37 @@ def test_t975_needs_a_finite_degree_of_freedom(df):
     no width (second read-only review, 6 Dec 2026)."""
     with pytest.raises(ValueError, match="at least 1, got"):
         stats.t975(df)
+
+
+def _mp_t_quantile(p: float, df: float) -> float:
+    """The p-quantile of Student's t at 50 digits (mpmath's regularised incomplete beta, root by findroot): the
+    reference computed independently of seiko_core.stats, started from the normal's quantile plus its first term."""
+    mp = pytest.importorskip("mpmath")
+    with mp.workdps(50):
+        nu = mp.mpf(df)
+        z = NormalDist().inv_cdf(p)
+        tail = lambda t: mp.betainc(nu / 2, mp.mpf(1) / 2, 0, nu / (nu + t * t), regularized=True) / 2 - (1 - mp.mpf(p))  # noqa: E731
+        return float(mp.findroot(tail, z + (z**3 + z) / (4 * df)))
+
+
+@pytest.mark.parametrize("df", [10**4, 10**5, 10**7, 10**9, 10**12, 10**15, 10**30])
+@pytest.mark.parametrize("p", [0.6, 0.975, 0.9995])
+def test_t_quantile_at_a_huge_degree_of_freedom_is_still_the_quantile(p, df):
+    """Twelfth review (6 Dec 2026): the bisection on the incomplete beta lost the quantile as df grew (the tail's
+    x = df / (df + t^2) rounds towards 1 and lgamma(df / 2) swamps the difference it is taken for): t975(1e9) was
+    1.9599637 and t975(1e12) 1.95991, both below the normal's 1.95996 (the t quantile is above it at every df), and
+    t975(1e300) was 8.6e141. Now within 1e-12 (relative) of an independent 50-digit computation at every df."""
+    got = stats.t_quantile(p, df)
+    assert got == pytest.approx(_mp_t_quantile(p, df), rel=1e-12)
+    assert got > NormalDist().inv_cdf(p) or df > 10**15  # beyond that the two are one float
+
+
+def test_t975_falls_towards_the_normal_as_df_grows_without_bound():
+    """The same finding without mpmath: t975 is above the normal's quantile at every finite df (one float with it
+    from about 1e17 df on), never rises as df grows, and tends to it as z + (z^3 + z) / (4 df) (A&S 26.7.5's first
+    term; the rest is O(df^-2))."""
+    seq = [stats.t975(10**e) for e in range(0, 301, 3)]
+    assert all(a >= b for a, b in zip(seq, seq[1:])) and all(t >= NormalDist().inv_cdf(0.975) for t in seq)
+    assert seq[4] > Z975  # 1e12 df
+    for df in (10**8, 10**12, 10.0**300):
+        assert stats.t975(df) == pytest.approx(Z975 + (Z975**3 + Z975) / (4 * df), rel=1e-14, abs=0)
