@@ -2520,3 +2520,26 @@ def test_a_flood_of_other_names_does_not_reset_a_targeted_accounts_backoff():
     assert t.wait_s("198.51.100.7", "root") == 80
     t.failed("203.0.113.20", "bob")  # his 4th: the first lock
     assert t.wait_s("198.51.100.7", "bob") == 10
+
+
+def test_the_admin_tabs_your_password_counts_against_the_address_it_came_from(ui_world):
+    """Twelfth review: the test above locks the admin's account only (its address rule lets 1000 failures by), so the
+    address the Admin tab's check counts its failures under (``web_guard.client_address``) was never checked: taken as
+    None (no address), the wrong guesses through "Your password" counted under no address and the sign-in page's
+    limit on the address never heard of them. Here the account rule lets everything by and the address rule locks
+    after 2: three wrong own passwords from this machine's address, and a sign-in to another account (its right
+    password) from the same address is locked (429), as after three wrong passwords at /login."""
+    throttle = sessions.LoginThrottle(per_ip=sessions.ThrottleRule(free=2, base_s=60, max_s=120),
+                                      per_account=sessions.ThrottleRule(free=1000, base_s=1, max_s=1))
+    demo, url = launch(ui_world, throttle=throttle)
+    try:
+        with signed_in(url, "root") as root:
+            for i in range(3):
+                r = queue_join(root, demo, "on_user_password", ["alice", "a fresh secret phrase", f"guess {i}"])
+                assert r.status_code == 200, r.text
+                finished(demo, r.json()["event_id"])
+        assert auth.check_login(ui_world.factory, "alice", UI_PASSWORD).refusal is None  # unchanged
+        with httpx.Client(base_url=url, timeout=30) as other:
+            assert other.post("/login", data={"username": "bob", "password": UI_PASSWORD}).status_code == 429
+    finally:
+        demo.close()
