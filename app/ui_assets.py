@@ -104,11 +104,16 @@ CSS = """
 # The bound is twice the heartbeat and at least ACTION_SILENT_MIN_S: it was 30 s on the note that the heartbeat is 15 s,
 # while GRADIO_HEARTBEAT_INTERVAL sets it (40 s there cut every waiting stream at 30 s; eleventh review, 6 Dec 2026)
 ACTION_SILENT_MIN_S = 30
+# ... and at most ACTION_SILENT_MAX_S (10 days): Gradio takes any positive GRADIO_HEARTBEAT_INTERVAL, inf included (no
+# heartbeat), and twice inf or 1e308 was an OverflowError at this module's import (the app did not start), while from
+# about 1.07e6 s the page's waits passed a browser timer's largest delay (2^31 - 1 ms), past which it fires at once
+# (twelfth review, 6 Dec 2026). A heartbeat more than 5 days apart gets less than twice its interval
+ACTION_SILENT_MAX_S = 10 * 24 * 3600
 
 
 def action_silent_s() -> int:
     """ACTION_SILENT_S for the heartbeat Gradio's server sends now (its GRADIO_HEARTBEAT_INTERVAL)."""
-    return max(ACTION_SILENT_MIN_S, math.ceil(2 * gradio_utils.get_heartbeat_rate()))
+    return max(ACTION_SILENT_MIN_S, math.ceil(min(ACTION_SILENT_MAX_S, 2 * gradio_utils.get_heartbeat_rate())))
 
 
 ACTION_SILENT_S = action_silent_s()
