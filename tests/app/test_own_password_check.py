@@ -37,3 +37,26 @@ def test_your_password_must_be_the_acting_admins_own_not_the_targets_nor_another
     assert "new password" in ui_admin.set_user_password(f, alice, "root", NEW, PASSWORDS["alice"], throttle=throttle,
                                                         ip="10.0.0.7")
     assert auth.check_login(f, "bob", NEW).refusal is None and auth.check_login(f, "root", NEW).refusal is None
+
+
+def test_a_slip_in_the_account_or_the_new_password_is_refused_before_your_password_costs_a_guess(ui_world):
+    """``set_user_password`` checks the account and the new password (``auth.check_new_password``) before "Your
+    password" (eleventh review: "a typing slip there costs no guess"), but no test could fail without that check
+    (``set_password`` refuses both later anyway): taken away, a too-short new password or a mistyped account with a
+    wrong own password was a failed sign-in of the admin, and with the right one a sign-in success. Here the admin's
+    account locks at its first counted failure: neither slip is counted nor audited as a refused own password, and the
+    admin can still sign in."""
+    f = ui_world.factory
+    root = auth.identify(f, local_mode=False, username="root", client_host="10.0.0.7")
+    throttle = sessions.LoginThrottle(per_ip=sessions.ThrottleRule(free=1000, base_s=1, max_s=1),
+                                      per_account=sessions.ThrottleRule(free=0, base_s=60, max_s=600),
+                                      monotonic=lambda: 0.0)
+    for target, new, said in (("bob", "short", "at least 8"), ("nobody-here", NEW, "nobody-here")):
+        for given in ("a wrong guess", None):
+            with pytest.raises((ValueError, auth.AuthError), match=said):
+                ui_admin.set_user_password(f, root, target, new, given, throttle=throttle, ip="10.0.0.7")
+    assert throttle.wait_s("10.0.0.7", "root") == 0  # nothing counted
+    assert [e for e in auth.list_audit(f) if e.action == "user.password.refused"] == []
+    with pytest.raises(auth.AuthError, match="is not yours"):  # a real wrong guess is counted, and locks at once
+        ui_admin.set_user_password(f, root, "bob", NEW, "a wrong guess", throttle=throttle, ip="10.0.0.7")
+    assert throttle.wait_s("10.0.0.7", "root") == 60
