@@ -47,10 +47,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import SCORE_MAX, SCORE_MIN, Image, Rating, Round
-from seiko_core.stats import clustered_wilson, t975, wilson_bounds
+from seiko_core.stats import Z95, clustered_wilson, t975, wilson_bounds
 
 LIKED = 6  # a rating >= 6 counts as liked
-Z95 = 1.959963984540054
 
 
 def mean_interval(scores: list[float]) -> tuple[float | None, float | None, float | None]:

@@ -42,9 +42,7 @@ from db.models import (
     Round,
     utcnow,
 )
-from seiko_core.stats import clustered_wilson, wilson_bounds
-
-Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
+from seiko_core.stats import Z95, clustered_wilson, wilson_bounds
 
 
 def _kind(kind: Any) -> str:

@@ -135,13 +135,16 @@ def interval_text(mean: float, half: float, fmt: str) -> str:
 NO_SPREAD = "[no interval: every value the same]"
 
 
+Z95 = 1.959963984540054  # the standard normal's 97.5% quantile: the one copy (app.taste_stats, db.comparisons)
+
+
 def wilson_ci95(successes: int, n: int) -> tuple[float, float]:
     """The 95% Wilson score interval of a proportion ``successes / n``: the p for which the observed share lies within
     1.96 standard errors sqrt(p (1 - p) / n) of p. Unlike the normal approximation it stays inside [0, 1] and is not
     empty at 0 or n successes (a fidelity of 1.000 on 96 samples is [0.962, 1])."""
     if n < 1 or not 0 <= successes <= n:
         raise ValueError(f"a proportion needs 0 <= successes <= n and n >= 1, got {successes} of {n}")
-    return wilson_bounds(successes, n, 1.959964)
+    return wilson_bounds(successes, n, Z95)
 
 
 def wilson_bounds(successes: float, n: int, z: float) -> tuple[float, float]:
@@ -154,9 +157,6 @@ def wilson_bounds(successes: float, n: int, z: float) -> tuple[float, float]:
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     # at 0 (n) successes the lower (upper) end is exactly 0 (1); centre - half rounds to 5.6e-17 there (review)
     return (0.0 if successes <= 0 else max(0.0, centre - half)), (1.0 if successes >= n else min(1.0, centre + half))
-
-
-Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
 
 
 def clustered_wilson(successes: float, n: int, k: int, deff: float | None) -> tuple[float, float]:
