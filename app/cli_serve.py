@@ -107,7 +107,9 @@ def build_services(settings: Settings, *, batch_size: int = 8):
         print(tightened, flush=True)
     for leftover in storage.clean_export_partials(settings.data_dir):
         print(f"removed {leftover}, left by an export that was stopped", flush=True)
-    engine = make_engine(settings.db_url)
+    # each statement of a page action bounded on PostgreSQL (db.engine.WEB_STATEMENT_TIMEOUT_MS); the exports the admin
+    # page builds read through an engine of their own (app.export), without that bound
+    engine = make_engine(settings.db_url, bound_statements=True)
     factory = session_factory(engine)
     local = not auth.users_exist(factory)
     if local and not auth.is_loopback(settings.host):

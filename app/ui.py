@@ -46,7 +46,7 @@ from app.settings import Settings
 from app.storage import UnsafePath
 from app.ui_assets import CSS
 from db.checks import UNICODE_REFUSAL, findable_id, shown, whole_number
-from db.engine import lock_refusal
+from db.engine import bound_refusal
 
 TITLE = "SEIKO studio"
 
@@ -156,9 +156,10 @@ def _shown(fn: Callable[[], Any]) -> Any:
     except (AuthError, ValueError, CheckpointError, ModelLoadError) as e:
         raise refusal(_sentence(e)) from e
     except OperationalError as e:
-        if (busy := lock_refusal(e)) is None:  # the database away or broken: Gradio's "Error", the traceback logged
+        if (busy := bound_refusal(e)) is None:  # the database away or broken: Gradio's "Error", the traceback logged
             raise
-        # a lock held past the bound (SQLite's busy timeout, PostgreSQL's lock_timeout): rolled back, try again
+        # a lock held past the bound (SQLite's busy timeout, PostgreSQL's lock_timeout) or a statement cancelled at
+        # PostgreSQL's statement_timeout (db.engine.WEB_STATEMENT_TIMEOUT_MS): rolled back, try again
         raise refusal(_sentence(busy)) from e
     except OSError as e:  # a full disk or a permission: the file writes are atomic, so nothing half-written stays
         log.exception("a file could not be read or written")

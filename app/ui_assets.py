@@ -127,7 +127,9 @@ ACTION_SILENT_S = action_silent_s()
 # page waited for good and the card stayed pending (found by the tenth review, fixed by the eleventh, 6 Dec 2026). On
 # PostgreSQL lock_timeout bounds each lock wait at the same BUSY_TIMEOUT_MS (db.engine), not each transaction, so an
 # action that waits on several locks can outlast the bound while still working: the page's sentence then says that it
-# may or may not be saved, and a score sent again is stored once
+# may or may not be saved, and a score sent again is stored once. There the server's statements are bounded too
+# (statement_timeout, db.engine.WEB_STATEMENT_TIMEOUT_MS, 30 s: under this deadline; twelfth review), and an operator's
+# own lock_timeout or statement_timeout is kept, so with a longer one of theirs the page may stop waiting first
 ACTION_WRITES = 3
 
 

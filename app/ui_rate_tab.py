@@ -21,7 +21,7 @@ import gradio as gr
 from app import ui_rate
 from app.auth import Who
 from app.ui_assets import MARKS_JS, grid_js
-from db.engine import lock_refusal
+from db.engine import bound_refusal
 
 log = logging.getLogger(__name__)
 
@@ -149,10 +149,11 @@ class RateHandlers:
         except gr.Error as exc:  # a refusal (signed out, account removed): its sentence is for the rater
             self.warn(exc.message)
         except Exception as exc:
-            if (busy := lock_refusal(exc)) is not None:
-                # a lock held past the bound (SQLite's busy timeout, PostgreSQL's lock_timeout): the transaction was
-                # rolled back, so the rater may send it again; not a fault of the server's, so no traceback
-                log.warning("a Rate tab action waited too long for a database lock: %s", getattr(exc, "orig", None) or exc)
+            if (busy := bound_refusal(exc)) is not None:
+                # a lock held past the bound (SQLite's busy timeout, PostgreSQL's lock_timeout), or a statement cancelled
+                # at PostgreSQL's statement_timeout: the transaction was rolled back, so the rater may send it again (not
+                # by itself: a statement that ran that long may run as long again); no fault of the server's, no traceback
+                log.warning("a Rate tab action ran past a database bound: %s", getattr(exc, "orig", None) or exc)
                 self.warn(busy)
             else:
                 log.exception("a Rate tab action failed")

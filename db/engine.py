@@ -12,7 +12,7 @@ SQLite is set up for a web app and a worker writing at the same time (one file, 
   recipe: the driver's own BEGIN is switched off (``isolation_level = None``) and we emit BEGIN on
   the engine's ``begin`` event.
 
-On PostgreSQL every connection gets ``lock_timeout`` = ``BUSY_TIMEOUT_MS`` (``_bound_lock_waits``), the bound of
+On PostgreSQL every connection gets ``lock_timeout`` = ``BUSY_TIMEOUT_MS`` (``_bound_waits``), the bound of
 SQLite's busy timeout, though not the same one: SQLite waits once per transaction (for its write lock, at BEGIN
 IMMEDIATE), PostgreSQL bounds each lock wait, so a transaction that waits on several locks may wait several times that
 (second read-only review). A statement waiting for a row or table lock gives up with LockNotAvailable (SQLSTATE 55P03), which
@@ -20,6 +20,15 @@ IMMEDIATE), PostgreSQL bounds each lock wait, so a transaction that waits on sev
 page action could wait on a lock for good while the rating page (app.ui_assets.ACTION_RUN_S, counted from this bound) had
 given up on it (eleventh review). A path that means to wait longer says so for its own transaction (migrations/env.py:
 ``SET lock_timeout``; db.presence's registration tries again up to its own START_WAIT_S).
+
+The web server's connections (``make_engine(..., bound_statements=True)``, app.cli_serve) also get ``statement_timeout``
+= ``WEB_STATEMENT_TIMEOUT_MS``: nothing bounded how long a statement ran there, so a page action whose query ran for
+minutes held a server thread and its snapshot while the page had given up on it (twelfth review). The other engines
+(the worker, migrations, exports, the commands) set none: a worker's training reads and an export's reads may
+legitimately run long, and an operator at a terminal stops a command with Ctrl-C. Where the operator set a value of
+their own (a role's or a database's ``ALTER ... SET``, the URL's ``options=-c lock_timeout=...``, the server's
+configuration: pg_settings' ``source`` is not ``default``), it is kept, not overridden (twelfth review). The values in
+effect are kept with the connection, so ``bound_refusal`` names the bound that ran out, not ours.
 
 Sessions made by ``session_factory`` begin IMMEDIATE; ``read_session`` begins DEFERRED (a snapshot
 that takes no lock) and never commits.
@@ -46,21 +55,38 @@ from db.checks import UNICODE_REFUSAL, encodable
 from db.errors import InvalidInput
 
 BUSY_TIMEOUT_MS = 10_000
+# PostgreSQL's statement_timeout on the web server's connections: three times the lock bound, so a statement that waits
+# for a lock gives up on the lock first (lock_timeout, 55P03) and one that only runs long (a dashboard's aggregate on a
+# large database) has ample time; below the page's own deadline (app.ui_assets.ACTION_RUN_S, 60 s), so the server
+# ends such a statement before the page stops waiting for its answer. Read at each connect, so a test may shorten it
+WEB_STATEMENT_TIMEOUT_MS = 3 * BUSY_TIMEOUT_MS
+_BOUNDS_KEY = "seiko_pg_bounds"  # a PostgreSQL connection's info: {"lock_timeout": ms, "statement_timeout": ms} in effect
+_BOUNDS_ATTR = "seiko_bounds"  # set on a driver error of a bound that ran out: the bounds of its connection
 SQLITE_BEGIN_OPTION = "seiko_sqlite_begin"  # execution option: "IMMEDIATE" (default) or "DEFERRED"
 _BEGIN_MODES = ("IMMEDIATE", "DEFERRED")
 
 
-def make_engine(url: str, *, sqlite_foreign_keys: bool = True, echo: bool = False) -> Engine:
+def make_engine(url: str, *, sqlite_foreign_keys: bool = True, echo: bool = False,
+                bound_statements: bool = False) -> Engine:
     """An engine for ``url`` (``sqlite:///path`` or ``postgresql+psycopg://...``).
 
     ``sqlite_foreign_keys=False`` is for migrations only: SQLite's batch mode copies and drops
     tables, which enforced foreign keys would cascade or refuse.
+
+    ``bound_statements=True`` (the web server's engine) bounds each statement's run time on PostgreSQL at
+    ``WEB_STATEMENT_TIMEOUT_MS`` (``statement_timeout``); SQLite has no such bound (its statements are local reads and
+    writes of one file, and a lock wait is bounded by its busy timeout).
     """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         engine = create_engine(url, echo=echo, pool_pre_ping=True)
         event.listen(engine, "before_cursor_execute", _refuse_nul_text)
-        event.listen(engine, "connect", _bound_lock_waits)
+
+        @event.listens_for(engine, "connect")
+        def _on_pg_connect(dbapi_connection: Any, record: Any) -> None:
+            _bound_waits(dbapi_connection, record, bound_statements=bound_statements)
+
+        event.listen(engine, "handle_error", _note_bounds)
         return engine
     if parsed.database in (None, "", ":memory:"):
         raise ValueError(
@@ -91,17 +117,44 @@ def make_engine(url: str, *, sqlite_foreign_keys: bool = True, echo: bool = Fals
     return engine
 
 
-def _bound_lock_waits(dbapi_connection: Any, _record: Any) -> None:
-    """PostgreSQL's ``connect``: ``SET lock_timeout`` to BUSY_TIMEOUT_MS for the session (in autocommit, so the first
-    transaction's rollback does not undo it), over a role's, a database's or the URL's own ``options`` one: the page's
-    deadline counts this bound. Read at each connect, so a test may shorten it."""
+def _bound_waits(dbapi_connection: Any, record: Any, *, bound_statements: bool) -> None:
+    """PostgreSQL's ``connect``: ``SET lock_timeout`` to BUSY_TIMEOUT_MS for the session, and with ``bound_statements``
+    ``SET statement_timeout`` to WEB_STATEMENT_TIMEOUT_MS (in autocommit, so the first transaction's rollback does not
+    undo them), each only where the operator set none of their own: a setting whose pg_settings ``source`` is not
+    ``default`` (a role's or a database's ``ALTER ... SET``: "user", "database", "database user"; the URL's ``options``
+    or PGOPTIONS: "client"; the server's configuration file) is kept. These overrode a role's or the URL's own value
+    (twelfth review). The values in effect go in the connection's ``info`` for ``_note_bounds``. Read at each connect,
+    so a test may shorten them."""
+    wanted = {"lock_timeout": int(BUSY_TIMEOUT_MS)}
+    if bound_statements:
+        wanted["statement_timeout"] = int(WEB_STATEMENT_TIMEOUT_MS)
     autocommit = dbapi_connection.autocommit
     dbapi_connection.autocommit = True
+    in_effect: dict[str, int] = {}
     try:
         with dbapi_connection.cursor() as cursor:
-            cursor.execute(f"SET lock_timeout = {int(BUSY_TIMEOUT_MS)}")
+            cursor.execute("SELECT name, setting, source FROM pg_settings "
+                           "WHERE name IN ('lock_timeout', 'statement_timeout')")
+            for name, setting, source in cursor.fetchall():
+                if name in wanted and source == "default":
+                    cursor.execute(f"SET {name} = {wanted[name]}")  # a name of the two above, a whole number of ms
+                    in_effect[name] = wanted[name]
+                else:
+                    in_effect[name] = int(setting)  # pg_settings gives both in ms
     finally:
         dbapi_connection.autocommit = autocommit
+    record.info[_BOUNDS_KEY] = in_effect
+
+
+def _note_bounds(context: Any) -> None:
+    """``handle_error``: a lock not granted (55P03) or a statement cancelled (57014) on PostgreSQL carries the bounds
+    of its connection (``_bound_waits``), so that ``bound_refusal`` says the bound that ran out: the operator's own,
+    where they set one, is not BUSY_TIMEOUT_MS."""
+    if sqlstate(context.original_exception) not in ("55P03", "57014") or context.connection is None:
+        return
+    bounds = context.connection.info.get(_BOUNDS_KEY)
+    if bounds is not None:
+        setattr(context.original_exception, _BOUNDS_ATTR, dict(bounds))
 
 
 def _refuse_nul_text(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
@@ -218,14 +271,80 @@ def lock_not_granted(exc: BaseException) -> bool:
     return sqlite_code(exc) in (5, 6) or sqlstate(exc) == "55P03"
 
 
+def statement_cancelled(exc: BaseException) -> bool:
+    """Whether a database error says PostgreSQL cancelled a statement (query_canceled, 57014: its statement_timeout ran
+    out, or an operator's pg_cancel_backend). The transaction is rolled back; trying it again later can succeed."""
+    return sqlstate(exc) == "57014"
+
+
+def _driver_error(exc: BaseException) -> BaseException:
+    return getattr(exc, "orig", None) or exc
+
+
+def _bound_s(exc: BaseException, name: str, default_ms: int | None) -> float | None:
+    """The bound ``name`` (lock_timeout, statement_timeout) in seconds in effect on the PostgreSQL connection that
+    raised ``exc`` (``_note_bounds``); ``default_ms`` for an error that carries none (one raised outside make_engine's
+    engines); None for a bound of 0 (none)."""
+    ms = getattr(_driver_error(exc), _BOUNDS_ATTR, {}).get(name, default_ms)
+    return ms / 1000 if ms else None
+
+
+def _waited_for_lock(exc: BaseException) -> bool:
+    """Whether a lock not granted (``lock_not_granted``) was waited for up to a bound, not refused at once. SQLite
+    waits out its busy timeout for a plain SQLITE_BUSY (result code 5, no extended bits) only: SQLITE_LOCKED (6, a
+    table locked by another statement on the same connection) and the extended busy codes (BUSY_SNAPSHOT, 517: a
+    snapshot too old to write from) are answered at once. PostgreSQL ends a wait that ran out from ProcessInterrupts
+    (lock_timeout); NOWAIT refuses from where the lock was asked for (heap_lock_tuple for a row). An error without
+    that detail (raised by hand, or by a driver that gives none) counts as waited, as all did before."""
+    orig = _driver_error(exc)
+    if sqlite_code(exc) is not None:
+        return getattr(orig, "sqlite_errorcode", None) == 5
+    source = getattr(getattr(orig, "diag", None), "source_function", None)
+    return source is None or source == "ProcessInterrupts"
+
+
 def lock_refusal(exc: BaseException) -> str | None:
-    """The one sentence for a lock not granted in time (``lock_not_granted``), on either backend; None for any other
-    error. The transaction that waited was rolled back whole; one an action committed before it stands (a rating
-    saved, the next batch's leases not), so the sentence says only the change that waited was not saved."""
+    """The one sentence for a lock not granted (``lock_not_granted``), on either backend; None for any other error.
+    The transaction that waited was rolled back whole; one an action committed before it stands (a rating saved, the
+    next batch's leases not), so the sentence says only the change that waited was not saved. It names the bound that
+    ran out (SQLite's busy timeout; PostgreSQL's lock_timeout of that connection, the operator's own where they set
+    one), and no bound for a lock refused at once (NOWAIT, SQLITE_LOCKED): it said "for more than 10 s" for those too
+    (twelfth review)."""
     if not lock_not_granted(exc):
         return None
-    return (f"the database is busy: another transaction held a lock this needed for more than "
-            f"{BUSY_TIMEOUT_MS / 1000:g} s, so the change that waited for it was not saved; try again in a moment")
+    bound = _bound_s(exc, "lock_timeout", BUSY_TIMEOUT_MS) if sqlite_code(exc) is None else BUSY_TIMEOUT_MS / 1000
+    if not _waited_for_lock(exc) or bound is None:
+        return ("the database is busy: another transaction or statement held a lock this needed, which is not waited "
+                "for here, so the change that needed it was not saved; try again in a moment")
+    return (f"the database is busy: another transaction held a lock this needed for more than {bound:g} s, so the "
+            f"change that waited for it was not saved; try again in a moment")
+
+
+def statement_refusal(exc: BaseException) -> str | None:
+    """The one sentence for a statement PostgreSQL cancelled (``statement_cancelled``); None for any other error. Its
+    transaction was rolled back whole, as for a lock not granted. The bound named is the connection's statement_timeout
+    (the web server's WEB_STATEMENT_TIMEOUT_MS, or the operator's own); an operator's cancel is said as one. The server
+    words the reason in its own language (lc_messages): one it does not say in English is said as either."""
+    if not statement_cancelled(exc):
+        return None
+    bound = _bound_s(exc, "statement_timeout", None)
+    message = str(_driver_error(exc)).lower()
+    if bound is not None and "statement timeout" in message:
+        return (f"the database is busy: a statement of this ran for more than {bound:g} s, its bound, and was "
+                "cancelled, so the change it belonged to was not saved; try again in a moment")
+    if "user request" in message:
+        return ("the database cancelled a statement of this at an operator's request, so the change it belonged to "
+                "was not saved; try again in a moment")
+    within = f" of {bound:g} s" if bound is not None else ""
+    return (f"the database cancelled a statement of this (it ran past its time bound{within}, or an operator cancelled "
+            "it), so the change it belonged to was not saved; try again in a moment")
+
+
+def bound_refusal(exc: BaseException) -> str | None:
+    """The one sentence for a database bound that ran out: a lock not granted (``lock_refusal``) or a statement
+    cancelled (``statement_refusal``); None for any other error. The web page, the Rate tab and the commands all say
+    this one (app.ui, app.ui_rate_tab, app.__main__, app.cli_export)."""
+    return lock_refusal(exc) or statement_refusal(exc)
 
 
 def is_outage(exc: BaseException) -> bool:

@@ -146,3 +146,40 @@ def test_a_command_says_a_lock_not_granted_in_the_same_sentence():
     from app.__main__ import refusal
 
     assert refusal(_lock_error()) == lock_refusal(_lock_error())
+
+
+def test_a_rating_cut_by_the_web_servers_statement_bound_is_one_sentence_and_saved_once_sent_again(ui_world,
+                                                                                                   monkeypatch):
+    """On PostgreSQL nothing bounded how long a statement of a page action ran (twelfth review). The web server's
+    engine (app.cli_serve.build_services) sets statement_timeout now: a rating whose statement runs past it (here it
+    waits behind another transaction's row lock, the lock bound being the longer) is cancelled (57014), nothing of it
+    is saved, the rater reads one sentence naming the bound, and the same rating sent again is saved once."""
+    from app import ui_rate
+    from app.cli_serve import build_services
+    from app.ui_rate_tab import RateHandlers
+
+    if not ui_world.settings.db_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL's statement_timeout")
+    monkeypatch.setattr(db_engine, "WEB_STATEMENT_TIMEOUT_MS", BOUND_MS)  # lock_timeout stays BUSY_TIMEOUT_MS, 10 s
+    engine, services = build_services(ui_world.settings, batch_size=4)
+    try:
+        alice = _who(ui_world)
+        warnings: list = []
+        handlers = RateHandlers(services, lambda request: alice, warnings.append)
+        state = ui_rate.load_batch(services.factory, ui_world.settings.data_dir, alice, None, batch_size=4).state
+        image = state["batch"][0]
+        request = gr.Request(username="alice", client={"host": "127.0.0.1", "port": 1})
+        payload = {"image_id": image, "score": 6, "seq": 5}
+        out: dict = {}
+        ended = ended_behind(_hold_image(ui_world.factory, image),
+                             lambda: out.update(outputs=handlers.on_rate(state, gr.EventData(None, payload), request)))
+        assert ended, "the rating still waited long after its statement's bound"
+        assert json.loads(out["outputs"][1]) == {"failed": True, "done": 5}
+        assert warnings == [f"the database is busy: a statement of this ran for more than {BOUND_MS / 1000:g} s, its "
+                            "bound, and was cancelled, so the change it belonged to was not saved; try again in a "
+                            "moment"]
+        assert _ratings(ui_world.factory, image) == 0
+        outputs = handlers.on_rate(state, gr.EventData(None, payload), request)  # sent again, the lock gone
+        assert json.loads(outputs[1])["done"] == 5 and _ratings(ui_world.factory, image) == 1
+    finally:
+        engine.dispose()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import pytest
 from sqlalchemy import select, text
@@ -167,3 +168,178 @@ def test_a_downgrade_still_waits_past_the_bound_for_live_processes(empty_db_url,
     assert waited, "the downgrade gave up waiting for live_processes within the bound"
     assert out["result"] == "done", out
     assert migrate.current_revision(empty_db_url) == "0015"
+
+
+# -- statement_timeout, the operator's own bounds, and the sentence of each refusal (twelfth review) ------------------
+
+
+def _settings_of(engine) -> dict[str, str]:
+    with engine.connect() as c:
+        return {name: c.execute(text(f"SHOW {name}")).scalar_one() for name in ("lock_timeout", "statement_timeout")}
+
+
+def test_the_web_servers_statements_are_bounded_and_a_cancelled_one_is_one_sentence(db_url, monkeypatch, tmp_path):
+    """On PostgreSQL nothing bounded how long a statement of the web server ran. The server's engine (app.cli_serve.
+    build_services) now sets statement_timeout (db.engine.WEB_STATEMENT_TIMEOUT_MS): a statement past it is cancelled
+    by PostgreSQL (query_canceled, 57014), its transaction rolled back whole, and the page and the commands say one
+    sentence naming the bound. The other engines (the worker's, the migrations', the exports', the commands') get no
+    statement bound."""
+    from app.__main__ import refusal
+    from app.cli_serve import build_services
+    from app.settings import Settings
+
+    _pg_only(db_url)
+    monkeypatch.setattr(db_engine, "WEB_STATEMENT_TIMEOUT_MS", BOUND_MS)
+    settings = Settings.from_env({"data_dir": str(tmp_path / "data"), "db_url": db_url,
+                                  "model": str(tmp_path / "model")}, environ={})
+    engine, services = build_services(settings)
+    plain = make_engine(db_url)
+    try:
+        assert _settings_of(engine) == {"lock_timeout": f"{db_engine.BUSY_TIMEOUT_MS / 1000:g}s",
+                                        "statement_timeout": f"{BOUND_MS}ms"}
+        assert _settings_of(plain)["statement_timeout"] == "0"  # the worker's, migrations', exports' engines
+        with pytest.raises(OperationalError) as cancelled:
+            with write_session(services.factory) as s:
+                s.add(Rater(name="cut", role="rater", password_hash="x$hash"))
+                s.flush()
+                s.execute(text("SELECT pg_sleep(5)"))  # without a bound it ends after 5 s, and the rater is saved
+        exc = cancelled.value
+        assert exc.orig.sqlstate == "57014" and "statement timeout" in str(exc.orig)  # PostgreSQL's own words
+        expected = (f"the database is busy: a statement of this ran for more than {BOUND_MS / 1000:g} s, its bound, "
+                    "and was cancelled, so the change it belonged to was not saved; try again in a moment")
+        assert db_engine.bound_refusal(exc) == expected and refusal(exc) == expected
+        assert lock_refusal(exc) is None
+        assert is_outage(exc)  # a worker meeting an operator's bound waits and tries again, as for a lock
+        with write_session(services.factory) as s:
+            assert s.scalar(select(Rater.id).where(Rater.name == "cut")) is None  # rolled back whole
+    finally:
+        plain.dispose()
+        engine.dispose()
+
+
+def test_an_operators_own_bounds_are_kept_and_named(empty_db_url, short_bound):
+    """A role's, a database's or the URL's own lock_timeout or statement_timeout was overridden by the session's SET
+    (BUSY_TIMEOUT_MS). They are kept now (pg_settings' source is not "default"), and a lock wait that outlasts the
+    operator's lock_timeout names that bound, not BUSY_TIMEOUT_MS. Where the operator set none, ours applies."""
+    from sqlalchemy import make_url
+
+    _pg_only(empty_db_url)
+    name = make_url(empty_db_url).database
+    admin = make_engine(empty_db_url)
+    with admin.connect() as c:
+        c.execute(text("CREATE TABLE held (x integer)"))
+        c.execute(text("INSERT INTO held VALUES (1)"))
+        c.commit()
+    admin.dispose()
+    # the URL's own options: source "client"
+    url_engine = make_engine(f"{empty_db_url}?options=-c%20lock_timeout%3D700")
+    ours = make_engine(empty_db_url)
+    try:
+        assert _settings_of(url_engine) == {"lock_timeout": "700ms", "statement_timeout": "0"}
+        assert _settings_of(ours)["lock_timeout"] == f"{BOUND_MS}ms"
+        holder = ours.connect()
+        try:
+            holder.execute(text("SELECT x FROM held FOR UPDATE"))
+            with pytest.raises(OperationalError) as refused, url_engine.connect() as c:
+                c.execute(text("SELECT x FROM held FOR UPDATE"))
+        finally:
+            holder.rollback()
+            holder.close()
+        assert refused.value.orig.sqlstate == "55P03"
+        assert lock_refusal(refused.value) == ("the database is busy: another transaction held a lock this needed for "
+                                               "more than 0.7 s, so the change that waited for it was not saved; try "
+                                               "again in a moment")
+    finally:
+        url_engine.dispose()
+        ours.dispose()
+    # a role's (in this database: source "database user") and a database's ("database")
+    setter = make_engine(empty_db_url)
+    with setter.connect() as c:
+        c.execute(text(f'ALTER ROLE CURRENT_USER IN DATABASE "{name}" SET lock_timeout = 800'))
+        c.execute(text(f'ALTER DATABASE "{name}" SET statement_timeout = 9000'))
+        c.commit()
+    setter.dispose()
+    kept = make_engine(empty_db_url, bound_statements=True)
+    try:
+        assert _settings_of(kept) == {"lock_timeout": "800ms", "statement_timeout": "9s"}
+    finally:
+        kept.dispose()
+
+
+def test_a_nowait_refusal_is_not_said_as_a_wait(db_url, short_bound):
+    """A lock refused at once, not waited for: PostgreSQL's FOR UPDATE NOWAIT (55P03, as a lock_timeout that ran out)
+    was said as "another transaction held a lock this needed for more than 10 s", a wait that never happened."""
+    _pg_only(db_url)
+    engine = make_engine(db_url)
+    factory = session_factory(engine)
+    try:
+        with write_session(factory) as s:
+            s.add(Rater(name="held", role="rater", password_hash="x$hash"))
+        held = _holder(factory, pg="SELECT id FROM raters WHERE name = 'held' FOR UPDATE")
+        try:
+            with pytest.raises(OperationalError) as refused, write_session(factory) as s:
+                s.execute(select(Rater.id).where(Rater.name == "held").with_for_update(nowait=True)).all()
+        finally:
+            held.rollback()
+            held.close()
+        assert refused.value.orig.sqlstate == "55P03"
+        sentence = lock_refusal(refused.value)
+        assert sentence == ("the database is busy: another transaction or statement held a lock this needed, which is "
+                            "not waited for here, so the change that needed it was not saved; try again in a moment")
+    finally:
+        engine.dispose()
+
+
+def test_sqlites_table_locked_is_not_said_as_a_wait(tmp_path):
+    """SQLite's "database table is locked" (SQLITE_LOCKED, 6: a table another statement of the same connection is
+    reading) is answered at once, without the busy timeout, and was said as a wait of more than 10 s."""
+    import sqlite3
+
+    connection = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
+    try:
+        connection.execute("CREATE TABLE t (x)")
+        connection.executemany("INSERT INTO t VALUES (?)", [(1,), (2,)])
+        reading = connection.execute("SELECT x FROM t")
+        reading.fetchone()  # a statement still reading t
+        with pytest.raises(sqlite3.OperationalError) as locked:
+            connection.execute("DROP TABLE t")
+        reading.close()
+    finally:
+        connection.close()
+    assert locked.value.sqlite_errorcode == sqlite3.SQLITE_LOCKED
+    assert lock_refusal(locked.value) == ("the database is busy: another transaction or statement held a lock this "
+                                          "needed, which is not waited for here, so the change that needed it was not "
+                                          "saved; try again in a moment")
+
+
+def test_an_operators_cancel_is_said_as_one(db_url):
+    """A statement an operator cancelled (pg_cancel_backend: 57014, as a statement_timeout) is said as such."""
+    _pg_only(db_url)
+    engine = make_engine(db_url)
+    try:
+        victim, canceller = engine.connect(), engine.connect()
+        pid = victim.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        victim.commit()
+
+        def cancel():  # once the victim's statement runs
+            query = text("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE pid = :p AND state = 'active' "
+                         "AND query LIKE '%pg_sleep%'")
+            while not canceller.execute(query, {"p": pid}).scalar():
+                canceller.rollback()  # a new snapshot of pg_stat_activity
+                time.sleep(0.01)
+
+        thread = threading.Thread(target=cancel, daemon=True)
+        thread.start()
+        try:
+            with pytest.raises(OperationalError) as cancelled:
+                victim.execute(text("SELECT pg_sleep(30)"))
+        finally:
+            thread.join(60)
+            victim.close()
+            canceller.close()
+        assert cancelled.value.orig.sqlstate == "57014"
+        assert db_engine.bound_refusal(cancelled.value) == (
+            "the database cancelled a statement of this at an operator's request, so the change it belonged to was not "
+            "saved; try again in a moment")
+    finally:
+        engine.dispose()
