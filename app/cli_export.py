@@ -51,7 +51,14 @@ def _audit(settings: Settings, action: str, experiment_id: int, **detail) -> Non
 
 
 def _reason(exc: Exception) -> str:
-    """A database error's own first line: SQLAlchemy's text adds the statement and a link on lines of their own."""
+    """Why the audit entry could not be written: a database bound that ran out in the sentence the web page and the
+    other commands give (db.engine.bound_refusal; it was the driver's "database is locked" or "canceling statement due
+    to lock timeout", twelfth review), else the error's own first line (SQLAlchemy's text adds the statement and a link
+    on lines of their own)."""
+    from db.engine import bound_refusal
+
+    if (busy := bound_refusal(exc)) is not None:
+        return busy
     text = str(getattr(exc, "orig", None) or exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 

@@ -896,3 +896,47 @@ def test_a_kohya_export_of_an_experiment_named_in_four_byte_letters_is_written(w
     pipe = StableDiffusionPipeline.from_pretrained(world.settings.model, local_files_only=True)
     pipe.load_lora_weights(str(out), weight_name=file.name)
     assert pipe.unet.peft_config  # the LoRA loaded
+
+
+def test_cli_an_audit_log_held_by_a_lock_is_said_in_the_pages_sentence(db_url, tmp_path, capsys, monkeypatch):
+    """The audit entry behind another transaction's lock (SQLite's write lock; PostgreSQL's lock on audit_log) waits
+    out the bound and is not written. `python -m app export` worded that itself, as the driver's "database is locked" or
+    "canceling statement due to lock timeout"; it says the sentence the web page and the other commands say
+    (db.engine.bound_refusal, twelfth review). The export it wrote stands and is named."""
+    from sqlalchemy import text
+
+    from db import engine as db_engine
+
+    monkeypatch.setattr(db_engine, "BUSY_TIMEOUT_MS", 300)
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    engine = make_engine(db_url)
+    factory = session_factory(engine)
+    content = png("red")
+    sha = hashlib.sha256(content).hexdigest()
+    (data / "images" / f"{sha}.png").write_bytes(content)
+    with write_session(factory) as s:
+        exp = repo.create_experiment(session=s, name="held", model_spec="m", method="greedy", config={}, budgets=[1],
+                                     prompts=["a"])
+        r0 = repo.create_round(session=s, experiment_id=exp.id)
+        image = repo.add_image(session=s, round_id=r0.id, prompt="a", seed=0, file_path=f"images/{sha}.png",
+                               sha256=sha, embedding=b"\0" * 8, embedding_dim=2)
+        repo.open_round(session=s, round_id=r0.id)
+        ann = repo.create_rater(session=s, name="ann", password_hash="x$h")
+        repo.add_rating(session=s, image_id=image.id, rater_id=ann.id, score=7)
+        e = str(exp.id)
+    held = factory()
+    try:
+        held.execute(text("LOCK TABLE audit_log IN EXCLUSIVE MODE" if held.get_bind().dialect.name == "postgresql"
+                          else "SELECT 1"))  # SQLite: its write lock (BEGIN IMMEDIATE)
+        status = app_main(["export", "ratings", "--experiment", e, "--out", str(tmp_path / "r"), "--data-dir",
+                           str(data), "--db-url", db_url, "--model", "m"])
+    finally:
+        held.rollback()
+        held.close()
+        engine.dispose()
+    err = capsys.readouterr().err
+    assert status == 1 and (tmp_path / "r" / "manifest.json").is_file()
+    assert err == (f"error: wrote the export to {tmp_path / 'r'}, but could not record it in the audit log: the "
+                   "database is busy: another transaction held a lock this needed for more than 0.3 s, so the change "
+                   "that waited for it was not saved; try again in a moment\n")
