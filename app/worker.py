@@ -68,11 +68,10 @@ from app import (
 from app.services import experiment_config, round_budget, stored_config_warning
 from app.settings import Settings, shown_url
 from db import comparisons, migrate, repo
-from db import engine as db_engine
 from db import jobs as job_queue
 from db import quality as db_quality
 from db.checks import check_name
-from db.engine import is_outage, lock_not_granted, make_engine, read_session, session_factory, write_session
+from db.engine import is_outage, lock_not_granted, lock_waited_s, make_engine, read_session, session_factory, write_session
 from db.errors import Conflict, InvalidInput, LeaseLost
 from db.presence import Presence
 from seiko_core import lora
@@ -601,8 +600,11 @@ class Worker:
             self._db_wait = min(DB_RETRY_MAX_S, max(1.0, 2 * self._db_wait))
             if lock_not_granted(exc):  # the database answered: a lock held past the bound (a migration, an admin's
                 # transaction), not an outage; said as such, without a traceback (it read "could not be reached")
-                log.warning("worker %r: a database lock was not granted within %g s (another transaction holds it); "
-                            "trying again in %.0f s", self.worker_id, db_engine.BUSY_TIMEOUT_MS / 1000, self._db_wait)
+                # the bound it waited, the operator's own lock_timeout where they set one (twelfth review)
+                waited = lock_waited_s(exc)
+                log.warning("worker %r: a database lock was not granted %s (another transaction holds it); trying again "
+                            "in %.0f s", self.worker_id, "at once (not waited for)" if waited is None
+                            else f"within {waited:g} s", self._db_wait)
             else:
                 log.exception("worker %r: the database could not be reached; trying again in %.0f s", self.worker_id,
                               self._db_wait)

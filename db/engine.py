@@ -303,6 +303,15 @@ def _waited_for_lock(exc: BaseException) -> bool:
     return source is None or source == "ProcessInterrupts"
 
 
+def lock_waited_s(exc: BaseException) -> float | None:
+    """For a lock not granted (``lock_not_granted``): the seconds it was waited for before it was given up (SQLite's
+    busy timeout; the lock_timeout of the PostgreSQL connection, the operator's own where they set one), or None for
+    a lock refused at once (``_waited_for_lock``)."""
+    if not _waited_for_lock(exc):
+        return None
+    return _bound_s(exc, "lock_timeout", BUSY_TIMEOUT_MS) if sqlite_code(exc) is None else BUSY_TIMEOUT_MS / 1000
+
+
 def lock_refusal(exc: BaseException) -> str | None:
     """The one sentence for a lock not granted (``lock_not_granted``), on either backend; None for any other error.
     The transaction that waited was rolled back whole; one an action committed before it stands (a rating saved, the
@@ -312,8 +321,7 @@ def lock_refusal(exc: BaseException) -> str | None:
     (twelfth review)."""
     if not lock_not_granted(exc):
         return None
-    bound = _bound_s(exc, "lock_timeout", BUSY_TIMEOUT_MS) if sqlite_code(exc) is None else BUSY_TIMEOUT_MS / 1000
-    if not _waited_for_lock(exc) or bound is None:
+    if (bound := lock_waited_s(exc)) is None:
         return ("the database is busy: another transaction or statement held a lock this needed, which is not waited "
                 "for here, so the change that needed it was not saved; try again in a moment")
     return (f"the database is busy: another transaction held a lock this needed for more than {bound:g} s, so the "

@@ -183,3 +183,35 @@ def test_a_rating_cut_by_the_web_servers_statement_bound_is_one_sentence_and_sav
         assert json.loads(outputs[1])["done"] == 5 and _ratings(ui_world.factory, image) == 1
     finally:
         engine.dispose()
+
+
+def test_a_workers_log_names_the_operators_own_lock_bound(worker_world_any_db, monkeypatch, caplog):
+    """The worker's line for a claim behind a held lock said "not granted within 10 s" (BUSY_TIMEOUT_MS) whatever the
+    connection's lock_timeout; with the operator's own kept (twelfth review: here the URL's options, 0.7 s) it names
+    that one."""
+    import dataclasses
+
+    from sqlalchemy import text
+
+    from app.worker import Worker
+
+    world = worker_world_any_db
+    if not world.settings.db_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL's lock_timeout set in the URL")
+    monkeypatch.setattr(db_engine, "BUSY_TIMEOUT_MS", BOUND_MS)
+    caplog.set_level("WARNING", logger="seiko.worker")
+    world.create_experiment("behind-a-lock")  # queues its first generate job
+    settings = dataclasses.replace(world.settings, db_url=f"{world.settings.db_url}?options=-c%20lock_timeout%3D700")
+    worker = Worker(settings, "worker-1", lease_s=30.0, poll_s=0.05, device="cpu")
+    worker.start()
+    worker.stop()
+    held = world.factory()
+    held.execute(text("LOCK TABLE jobs IN EXCLUSIVE MODE"))
+    out: dict = {}
+    ended = ended_behind(held, lambda: out.update(result=worker.run_once_outlasting_outages()))
+    try:
+        assert ended and out == {"result": None}
+        said = [r.getMessage() for r in caplog.records if r.name == "seiko.worker" and "trying again" in r.getMessage()]
+        assert len(said) == 1 and "a database lock was not granted within 0.7 s" in said[0], said
+    finally:
+        worker.close()
