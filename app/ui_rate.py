@@ -579,7 +579,9 @@ def _marks(session: Session, state: RateState, who: Who) -> dict[str, Any]:
         elif image_id in state.taken:
             card.state = "taken"
         cards[str(image_id)] = {"state": card.state, "status": card.status(), **({"score": card.score} if card.score else {})}
-    return {"ack": state.ack, "cards": cards}
+    # the experiment and round shown: the page notes them with the actions it keeps for a restarted server, and sends
+    # them after its reload only to the same (app.ui_assets ACTION_KEPT_ELSEWHERE; twelfth review, 6 Dec 2026)
+    return {"ack": state.ack, "cards": cards, "experiment": state.experiment_id, "round": state.round_id}
 
 
 @dataclass(frozen=True)
@@ -844,6 +846,16 @@ def _rated_in_round(factory, who: Who, image_id: int, round_id: int | None) -> b
                 and repo.find_rating(session=s, image_id=image_id, rater_id=who.rater_id) is not None)
 
 
+def _skipped_in_round(factory, who: Who, image_id: int, round_id: int | None) -> bool:
+    """Whether the rater has skipped ``image_id`` and it is an image of round ``round_id`` (the page's round)."""
+    if round_id is None:
+        return False
+    with read_session(factory) as s:
+        image = s.get(Image, image_id)
+        return (image is not None and image.round_id == round_id
+                and repo.find_skip(session=s, image_id=image_id, rater_id=who.rater_id) is not None)
+
+
 ALREADY_SCORED = "you have already scored this image; score it again to change that score"  # skipping a scored card
 
 
@@ -852,6 +864,11 @@ def skip(factory, data_dir, who: Who, state_value: dict | None, payload: dict[st
     message, skipped_now = None, False
     try:
         image_id = parse_image_id((payload or {}).get("image_id"))
+        if image_id not in state.batch and _skipped_in_round(factory, who, image_id, state.round_id):
+            # skipped already (a skip the page sends again after a restart: its first sending may have arrived, and
+            # the reloaded page's batch leaves skipped images out): done, as a skip sent again in the batch is
+            # (twelfth review, 6 Dec 2026: it was refused as "not in your current batch")
+            return _after_action(factory, data_dir, who, state, batch_size=batch_size, message=None)
         if image_id not in state.batch:
             raise Conflict(f"image {image_id} is not in your current batch; reload the page")
         with write_session(factory) as s:

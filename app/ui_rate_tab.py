@@ -123,7 +123,9 @@ class RateHandlers:
         marks = view.marks
         seq = action_number(answers)
         if seq is not None:
-            marks = json.dumps({**json.loads(marks), "done": seq})
+            # an action refused (its message, nothing changed) says so: the page counts what it sent again after a
+            # restart as done or refused (app.ui_assets ACTION_KEPT_SENT; twelfth review, 6 Dec 2026)
+            marks = json.dumps({**json.loads(marks), "done": seq, **({"refused": True} if view.message else {})})
         if view.keep_state:
             return (gr.skip() if view.grid is None else view.grid, gr.skip(), view.progress, gr.skip())
         return (gr.skip() if view.grid is None else view.grid, marks, view.progress, view.state)

@@ -252,3 +252,58 @@ def test_a_page_action_opens_no_more_write_transactions_than_its_deadline_counts
     finally:
         event.remove(engine, "begin", began)
     assert max(seen) == ui_assets.ACTION_WRITES, seen
+
+
+def test_an_actions_marks_say_what_the_page_shows_and_whether_it_was_refused(ui_world):
+    """Twelfth review (6 Dec 2026): the page sends again after a restart what it kept, only where it shows the same
+    experiment and round, and says how many were done and how many refused: the marks carry the experiment and round
+    shown, and an action the server refused (its warning; nothing changed) says ``refused``."""
+    import gradio as gr
+
+    from app import ui_rate
+    from app.ui_rate_tab import RateHandlers
+
+    warnings: list = []
+    handlers = RateHandlers(ui_world.services(), lambda request: ui_rate_who(ui_world), warnings.append)
+    state = ui_rate.load_batch(ui_world.factory, ui_world.settings.data_dir, ui_rate_who(ui_world), None,
+                               batch_size=4).state
+    image = state["batch"][0]
+    request = gr.Request(username="alice", client={"host": "127.0.0.1", "port": 1})
+
+    def marks(outputs) -> dict:
+        return json.loads(outputs[1])
+
+    done = marks(handlers.on_rate(state, gr.EventData(None, {"image_id": image, "score": 7, "seq": 1}), request))
+    assert (done["experiment"], done["round"]) == (ui_world.experiment_id, state["round_id"]) and "refused" not in done
+    assert not warnings
+    refused = marks(handlers.on_rate(state, gr.EventData(None, {"image_id": image, "score": 11, "seq": 2}), request))
+    assert refused["refused"] is True and refused["done"] == 2 and len(warnings) == 1
+    undone = marks(handlers.on_undo(state, gr.EventData(None, {"seq": 3}), request))
+    assert "refused" not in undone and len(warnings) == 1
+
+
+def test_a_skip_sent_again_after_its_image_left_the_batch_is_done_once(ui_world):
+    """Twelfth review (6 Dec 2026): the page sends again, after a restart, the skip in flight when the connection broke
+    (it may or may not have arrived). One that had arrived was refused ("not in your current batch"): the reloaded
+    page's batch leaves skipped images out. A skip of an image the rater has skipped in the page's round is now done
+    (nothing more written: one undo step); one of an image neither in the batch nor skipped is refused as before."""
+    from sqlalchemy import func, select
+
+    from app import ui_rate
+    from db.engine import read_session
+    from db.models import UndoStep
+
+    alice = ui_rate_who(ui_world)
+    data_dir = ui_world.settings.data_dir
+    state = ui_rate.load_batch(ui_world.factory, data_dir, alice, None, batch_size=2).state
+    image = state["batch"][0]
+    assert ui_rate.skip(ui_world.factory, data_dir, alice, state, {"image_id": image}, batch_size=2).message is None
+    reloaded = ui_rate.load_batch(ui_world.factory, data_dir, alice, None, batch_size=2).state
+    assert image not in reloaded["batch"]
+    again = ui_rate.skip(ui_world.factory, data_dir, alice, reloaded, {"image_id": image}, batch_size=2)
+    assert again.message is None
+    with read_session(ui_world.factory) as s:
+        assert s.scalar(select(func.count()).select_from(UndoStep).where(UndoStep.rater_id == alice.rater_id)) == 1
+    other = next(i for i in ui_world.image_ids if i not in reloaded["batch"] and i != image)
+    refused = ui_rate.skip(ui_world.factory, data_dir, alice, reloaded, {"image_id": other}, batch_size=2)
+    assert "not in your current batch" in refused.message
