@@ -19,6 +19,8 @@ be reached the actions not yet sent wait in the page's queue, said, and go in or
 follows Gradio's heartbeat interval (eleventh review, 6 Dec 2026). An action whose queue has not moved for
 ACTION_RUN_S is given up as a hung one is; the actions kept while the server cannot be reached are said lost if it
 comes back restarted (the page reloads), and counted after the reload (read-only review of the eleventh's change).
+They are now noted for the tab (sessionStorage) and sent again after the reload, in order, once, with the action in
+flight where sending it again is safe; no undo is sent again (twelfth review, 6 Dec 2026: ACTION_KEPT_SENT).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import math
 from gradio import utils as gradio_utils
 
 from db.engine import BUSY_TIMEOUT_MS
+from db.models import SCORE_MAX, SCORE_MIN
 
 CSS = """
 :root { --seiko-accent: #2563eb; --seiko-ok: #15803d; --seiko-muted: #6b7280; }
@@ -167,28 +170,48 @@ ACTION_QUEUED = ("Your last action is still waiting its turn on the server, behi
 ACTION_AHEAD = ("only the actions the server is running", "1 other action and those the server is running",
                 "{n} other actions and those the server is running")
 # It said the page "sends each, in order, once it answers again", but a server that answers again as another one (a
-# restart: STREAMS_JS's sameServer) is Gradio's to handle, by a reload, and what the page kept is lost with it (found by
-# a read-only review, 6 Dec 2026). The sentence now says so, and the page notes how many it keeps (sessionStorage, this
-# tab only; a count and who kept it, nothing that could be sent again): after a reload it says how many were not sent
-# (ACTION_HELD_LOST), to that rater only.
-# Sending them after the reload is not done: the page has no account of its own to check they are the same rater's,
-# and an undo kept behind a rating the restart may have lost would take back another one.
+# restart: STREAMS_JS's sameServer) is Gradio's to handle, by a reload, and what the page kept was lost with it (found by
+# a read-only review, 6 Dec 2026); then the reloaded page only said how many. Twelfth review (6 Dec 2026): what the page
+# keeps is noted for this tab (sessionStorage: who is signed in, the experiment and round shown, each action's kind,
+# image and score, at most ACTION_KEPT_MAX; nothing else) and sent again after the reload, in order, once (the note is
+# dropped before the first goes), to that rater only and only where the reloaded page shows the same experiment and
+# round. The action in flight when the connection broke (it may or may not have arrived) is sent again too where that
+# is safe: a rating or a skip sent again is stored once (ui_rate._rate, ui_rate.skip). An undo is never sent after the
+# reload (it is not: each takes back one more step, and the server has no id to know one sent twice): one kept right
+# after a kept rating or skip takes it back on the page, neither sent; any other is not sent and said, and one in flight
+# is said to be unknown. One sentence then says what was sent and what was refused (ACTION_KEPT_SENT).
+ACTION_KEPT_MAX = 100
 ACTION_HELD = ("The server cannot be reached: this page keeps {n} waiting and sends each, in order, once it answers "
-               "again; keep this page open. If the server restarts meanwhile, the page reloads and what it keeps is "
-               "lost.")
-ACTION_HELD_LOST = ("The page reloaded while it kept {n} waiting for the server, so they were not sent: "
-                    "the cards show what was saved; do the rest again.")
+               "again; keep this page open. If the server restarts meanwhile, the page reloads and sends them then.")
 # While a probe found the server restarted and the page waits for its reload, ACTION_HELD (the server "cannot be
 # reached", the kept actions sent "once it answers") was false: it answers, and they are not sent (found by a read-only
 # review, 6 Dec 2026). This is said instead until the reload.
-ACTION_HELD_RESTARTED = "The server restarted: this page reloads now, and the {n} it kept waiting were not sent."
+ACTION_HELD_RESTARTED = "The server restarted: this page reloads now and sends the {n} it kept waiting after that."
+# After the reload: "{parts}" is ACTION_KEPT_PARTS' parts that have a count, joined with "; "
+ACTION_KEPT_SENT = "The page reloaded after the server restarted, with {n} kept: {parts}."
+ACTION_KEPT_PARTS = {
+    "saved": "{k} sent again and done",
+    "refused": "{k} sent again and refused (its warning says why)",
+    "unconfirmed": "{k} sent again and not confirmed (the cards show what was saved)",
+    "cancelled": "{k} not sent, as an undo kept after a rating or skip takes it back",
+    "undo": "{k} not sent, as an undo sent now could take back another rating or skip than meant (press u again if "
+            "you still want it)",
+    "unsure": "the undo sent as the connection broke may or may not have been done",
+    "over": "{k} not kept (over this page's limit), so not sent",
+}
+ACTION_KEPT_ELSEWHERE = ("The page reloaded after the server restarted, with {n} kept for another experiment or round "
+                         "than it shows now, so none was sent: the cards show what was saved; do the rest again.")
+ACTION_KEPT_UNREADABLE = ("This page found actions noted by an earlier page in a form it cannot read, so it sent none "
+                          "of them: the cards show what was saved.")
 
 GRID_JS = r"""
 const grid = element;
 const SILENT_MS = __SILENT_MS__, RUN_MS = __RUN_MS__;
 const OVERDUE_RATE = __OVERDUE_RATE__, OVERDUE = __OVERDUE__, HELD = __HELD__;
-const QUEUED_RATE = __QUEUED_RATE__, QUEUED = __QUEUED__, AHEAD = __AHEAD__, HELD_LOST = __HELD_LOST__;
-const HELD_RESTARTED = __HELD_RESTARTED__;
+const QUEUED_RATE = __QUEUED_RATE__, QUEUED = __QUEUED__, AHEAD = __AHEAD__;
+const HELD_RESTARTED = __HELD_RESTARTED__, KEPT_MAX = __KEPT_MAX__, SCORES = __SCORES__;
+const KEPT_SENT = __KEPT_SENT__, KEPT_PARTS = __KEPT_PARTS__, KEPT_ELSEWHERE = __KEPT_ELSEWHERE__;
+const KEPT_UNREADABLE = __KEPT_UNREADABLE__;
 const api = (window.__seiko = window.__seiko || {});
 api.queue = []; api.busy = false; api.inflight = null; api.pending = api.pending || {};
 
@@ -242,10 +265,11 @@ function streams() { return window.__seikoStreams; }
 function unreachable() { const s = streams(); return !!s && (s.waiting > 0 || !!s.restarted); }
 function say(text) { const s = streams(); if (s && s.notice) s.notice('action', text); }
 function actions(n) { return n === 1 ? '1 action' : n + ' actions'; }
-// how many the page keeps while the server cannot be reached, noted for this tab (sessionStorage): a reload (Gradio's,
-// for a server that came back restarted) loses them, and the page it loads says how many (HELD_LOST). Noted with who
-// is signed in (the tab is not the person: a reload may land on the sign-in page, another person signing in then; found
-// by a read-only review, 6 Dec 2026), and said only to that rater; dropped for anyone else.
+// what the page keeps while the server cannot be reached, noted for this tab (sessionStorage): a reload (Gradio's, for
+// a server that came back restarted) loses the page's memory, and the page it loads sends them again (resumeKept;
+// app.ui_assets ACTION_KEPT_SENT, twelfth review of 6 Dec 2026). Noted with who is signed in (the tab is not the
+// person: a reload may land on the sign-in page, another person signing in then; found by a read-only review, 6 Dec
+// 2026) and the experiment and round shown, and sent only for that rater, there; dropped for anyone else.
 const HELD_KEY = 'seiko-held-actions';
 // who is signed in on this page (app.ui banner_html, which the page's load fills): the name, '' in local mode (one
 // person, no accounts), undefined while not yet known
@@ -263,42 +287,85 @@ function tabStore(what) {
     return null;
   }
 }
-// what was noted before this page loaded: {n, who}, or null (nothing, or an older count without who: no one's)
-function notedBefore() {
-  const store = tabStore('read the actions it kept');
-  if (!store) return null;
-  let noted = null;
+function idOf(x) { return Number.isSafeInteger(x) && x > 0 ? x : null; }
+// an action as noted: its kind and only what the server needs to do it again (no number: the page sending it numbers it)
+function notedAction(a) {
+  const d = a[1] || {};
+  return a[0] === 'rate' ? ['rate', { image_id: d.image_id, score: d.score }]
+    : a[0] === 'skip' ? ['skip', { image_id: d.image_id }] : ['undo', {}];
+}
+function validAction(a) {
+  if (!Array.isArray(a) || a.length !== 2 || !a[1] || typeof a[1] !== 'object' || Array.isArray(a[1])) return false;
+  const [kind, d] = a, keys = Object.keys(d).sort().join(','), image = idOf(d.image_id) !== null;
+  if (kind === 'rate') {
+    return keys === 'image_id,score' && image && Number.isInteger(d.score) && d.score >= SCORES[0] && d.score <= SCORES[1];
+  }
+  if (kind === 'skip') return keys === 'image_id' && image;
+  return kind === 'undo' && keys === '';
+}
+// what a page before this one noted: the note, 'unreadable' (not JSON, or not the form noteHeld writes: an older page's,
+// another script's, edited), or null (nothing)
+function notedBefore(store) {
+  let raw = null, note = null;
   try {
-    noted = JSON.parse(store.getItem(HELD_KEY) || 'null');
+    raw = store.getItem(HELD_KEY);
+  } catch (e) {
+    console.warn('this page cannot read the actions it kept (sessionStorage)', e);
+    return null;
+  }
+  if (raw === null) return null;
+  try {
+    note = JSON.parse(raw);
   } catch (e) {
     console.warn('the actions this page kept were noted in a form it cannot read (sessionStorage)', e);
+    return 'unreadable';
   }
-  return noted && typeof noted === 'object' && Number(noted.n) > 0 && typeof noted.who === 'string' ? noted : null;
+  const idOrNull = (x) => x === null || idOf(x) !== null;
+  const ok = !!note && typeof note === 'object' && note.v === 2 && typeof note.who === 'string' && note.who.length <= 200
+    && idOrNull(note.experiment) && idOrNull(note.round) && (note.sent === null || validAction(note.sent))
+    && Array.isArray(note.actions) && note.actions.length <= KEPT_MAX && note.actions.every(validAction)
+    && Number.isSafeInteger(note.over) && note.over >= 0;
+  if (!ok) console.warn('the actions this page kept were noted in a form it cannot read (sessionStorage)', raw.slice(0, 200));
+  return ok ? note : 'unreadable';
 }
-function noteHeld(n) {
-  const store = tabStore('note the actions it keeps');
-  if (!store) return null;
+function dropNote(store) {
   try {
-    const who = rater();  // not yet known: noted for no one (the actions were kept by a page signed in, so known)
-    if (n > 0 && who !== undefined) store.setItem(HELD_KEY, JSON.stringify({ n, who }));
-    else store.removeItem(HELD_KEY);
-    return n;
+    store.removeItem(HELD_KEY);
   } catch (e) {
+    console.warn('this page cannot drop the note of the actions it kept (sessionStorage)', e);
+  }
+}
+// the action in flight (it may or may not have arrived) and those waiting, the first KEPT_MAX of them; nothing kept,
+// or who is signed in not known: no note
+function noteHeld() {
+  const store = tabStore('note the actions it keeps');
+  if (!store) return;
+  const who = rater(), marks = api.marks || {}, kept = api.queue.slice(0, KEPT_MAX).map(notedAction);
+  if (!(api.inflight || kept.length) || who === undefined) { dropNote(store); return; }
+  api.noted = true;  // dropped once the server answers again (unheld)
+  try {
+    store.setItem(HELD_KEY, JSON.stringify({ v: 2, who, experiment: idOf(marks.experiment), round: idOf(marks.round),
+      sent: api.inflight ? notedAction(api.inflight) : null, actions: kept, over: api.queue.length - kept.length }));
+  } catch (e) {  // full, or refused: no note rather than an older one (sent again after a reload)
     console.warn('this page cannot note the actions it keeps (sessionStorage)', e);
-    return null;
+    dropNote(store);
   }
 }
 function held() {  // the actions not yet sent while the server cannot be reached, said with their number
   const n = api.queue.length;
   api.holding = n > 0;
-  noteHeld(n);
-  const s = streams();  // another server answered: the page reloads now, nothing sent (STREAMS_JS)
+  noteHeld();
+  const s = streams();  // another server answered: the page reloads now and sends them after (resumeKept)
   say(n ? (s && s.restarted ? HELD_RESTARTED : HELD).replace('{n}', actions(n)) : '');
 }
-function unheld() {  // the server answers again: what was kept goes now
+function unheld() {  // the server answers again: what was kept goes now, its note dropped
+  if (api.noted) {
+    api.noted = false;
+    const store = tabStore('drop the note of the actions it kept');
+    if (store) dropNote(store);
+  }
+  if (api.holding) say('');
   api.holding = false;
-  noteHeld(0);
-  say('');
 }
 function overdue(action) {
   const s = String(RUN_MS / 1000);
@@ -332,7 +399,7 @@ function waited() {
 function pump() {
   if (api.busy || !api.queue.length) return;
   if (unreachable()) { held(); return; }  // sent once the server answers again (s.onChange)
-  if (api.holding) unheld();
+  if (api.holding || api.noted) unheld();
   api.busy = true;
   api.inflight = api.queue.shift();
   clearTimeout(api.timer);
@@ -344,10 +411,11 @@ function pump() {
 if (streams()) {
   streams().onChange = () => {
     if (api.busy) { clearTimeout(api.timer); waited(); } else { pump(); }
-    if (api.holding && !unreachable()) unheld();
+    if ((api.holding || api.noted) && !unreachable()) unheld();
   };
 }
-api.ack = function (answered) {
+// answered: the server's answer came (marks: MARKS_JS's, refused, failed or stale where it did not do the action)
+api.ack = function (answered, marks) {
   clearTimeout(api.timer);
   const done = api.inflight; api.inflight = null; api.busy = false;
   if (done && done[1] && done[1].image_id !== undefined) {
@@ -355,6 +423,13 @@ api.ack = function (answered) {
     api.pending[id] = Math.max(0, (api.pending[id] || 1) - 1);
   }
   if (answered && !api.holding) say('');  // an answer: a sentence about an earlier action is done with
+  if (done && api.resent && api.resent.seqs.delete(done[1].seq)) {  // one sent again after the reload
+    const r = api.resent;
+    if (!answered) r.unconfirmed++;
+    else if (marks && (marks.refused || marks.failed || marks.stale)) r.refused++;
+    else r.saved++;
+    if (!r.seqs.size) sayResent();
+  }
   if (api.marks) api.applyMarks(api.marks);
   pump();
 };
@@ -383,6 +458,7 @@ function skip(card) {
 }
 
 api.applyMarks = function (marks) {
+  resumeKept();  // the page's first marks: the experiment and round it shows
   const info = (marks && marks.cards) || {};
   for (const card of cards()) {
     const id = card.dataset.imageId;
@@ -432,19 +508,77 @@ grid.addEventListener('focusin', (e) => {
   const card = e.target.closest && e.target.closest('.rg-card'); if (card) api.focusId = card.dataset.imageId;
 });
 
-// what a page before the reload kept and never sent, said to the rater who kept it (once who is signed in is known: the
-// page's load fills the banner with the grid's value), dropped for anyone else
-let lostSaid = false;
-function sayLost() {
-  const who = rater();
-  if (lostSaid || who === undefined) return;
-  lostSaid = true;
-  const lost = notedBefore();
-  noteHeld(0);
-  if (lost && lost.who === who) say(HELD_LOST.replace('{n}', actions(lost.n)));
+// what a page before the reload kept (noteHeld), sent again once, in order, to the rater who kept it (once who is
+// signed in is known: the page's load fills the banner with the grid's value), where the page shows the experiment and
+// round it was kept for (its marks): the note is dropped before the first goes, so a further reload sends nothing
+// again; dropped for anyone else, nothing said. Twelfth review, 6 Dec 2026 (the page only said how many were lost).
+let keptChecked = false, kept = null;  // the rater's note, waiting for the page's marks
+function resumeKept() {
+  if (!keptChecked) {
+    const who = rater(), store = tabStore('read the actions it kept');
+    if (who === undefined) return;
+    keptChecked = true;
+    if (!store) return;
+    const note = notedBefore(store);
+    if (note !== null) dropNote(store);
+    if (note === 'unreadable') say(KEPT_UNREADABLE);
+    else if (note && note.who === who) kept = note;
+  }
+  if (!kept || !api.marks) return;
+  const note = kept, n = note.actions.length + (note.sent ? 1 : 0) + note.over;
+  kept = null;
+  if (!n) return;
+  if (note.experiment !== idOf(api.marks.experiment) || note.round !== idOf(api.marks.round)) {
+    say(KEPT_ELSEWHERE.replace('{n}', actions(n)));
+    return;
+  }
+  const plan = resendPlan(note.sent, note.actions);
+  api.resent = { n, saved: 0, refused: 0, unconfirmed: 0, cancelled: plan.cancelled, undo: plan.undo,
+                 over: note.over, unsure: plan.unsure, seqs: new Set() };
+  for (const [kind, data] of plan.send) {
+    send(kind, data);
+    api.resent.seqs.add(api.seq);
+  }
+  if (!plan.send.length) sayResent();
+}
+// what to send again: the action in flight (sent: a rating or skip sent again is stored once), then those kept, in
+// order; an undo is not sent (each takes back one more step): one right after a kept rating or skip takes it back here,
+// neither sent (the same as both sent, done in order), any other is left to the rater (what it would take back is not
+// known: an action of the server's past, one the restart may have lost, or the one in flight), and an undo in flight
+// (sent: unsure) may or may not have been done
+function resendPlan(sent, kept) {
+  const entries = [], stack = [];
+  let cancelled = 0, undo = 0;
+  const unsure = !!sent && sent[0] === 'undo';
+  if (sent && !unsure) { entries.push({ a: sent, kept: false }); stack.push(entries[0]); }
+  for (const a of kept) {
+    if (a[0] !== 'undo') {
+      const e = { a, kept: true };
+      entries.push(e);
+      stack.push(e);
+      continue;
+    }
+    const top = stack.pop();
+    if (top && top.kept) {
+      top.gone = true;
+      cancelled += 2;
+    } else {
+      undo += 1;
+    }
+  }
+  return { send: entries.filter((e) => !e.gone).map((e) => e.a), cancelled, undo, unsure };
+}
+function sayResent() {  // one sentence: what was sent again and what came of it, what was not sent and why
+  const r = api.resent, parts = [];
+  api.resent = null;
+  if (r.unsure) parts.push(KEPT_PARTS.unsure);
+  for (const key of ['saved', 'refused', 'unconfirmed', 'cancelled', 'undo', 'over']) {
+    if (r[key]) parts.push(KEPT_PARTS[key].replace('{k}', r[key]));
+  }
+  say(KEPT_SENT.replace('{n}', actions(r.n)).replace('{parts}', parts.join('; ')));
 }
 function settle() {
-  sayLost();
+  resumeKept();
   api.pending = {};
   if (api.marks) api.applyMarks(api.marks);
   const keep = api.focusId && byId(api.focusId);
@@ -461,7 +595,9 @@ def grid_js() -> str:
     values = {"__SILENT_MS__": 1000 * action_silent_s(), "__RUN_MS__": 1000 * action_run_s(),
               "__OVERDUE_RATE__": ACTION_OVERDUE_RATE, "__OVERDUE__": ACTION_OVERDUE, "__HELD__": ACTION_HELD,
               "__QUEUED_RATE__": ACTION_QUEUED_RATE, "__QUEUED__": ACTION_QUEUED, "__AHEAD__": list(ACTION_AHEAD),
-              "__HELD_LOST__": ACTION_HELD_LOST, "__HELD_RESTARTED__": ACTION_HELD_RESTARTED}
+              "__HELD_RESTARTED__": ACTION_HELD_RESTARTED, "__KEPT_MAX__": ACTION_KEPT_MAX,
+              "__SCORES__": [SCORE_MIN, SCORE_MAX], "__KEPT_SENT__": ACTION_KEPT_SENT, "__KEPT_PARTS__": ACTION_KEPT_PARTS,
+              "__KEPT_ELSEWHERE__": ACTION_KEPT_ELSEWHERE, "__KEPT_UNREADABLE__": ACTION_KEPT_UNREADABLE}
     js = GRID_JS
     for name, value in values.items():
         js = js.replace(name, json.dumps(value))
@@ -480,9 +616,9 @@ function apply() {
   // an action the server could not handle (app.ui_rate_tab answer_action) is answered with 'failed' and no cards:
   // the cards keep the last marks (the failed card shows its state before the action) and the next action goes
   // 'stale' (the same for the cards): an action answered after the rater picked another experiment, whose page is shown
-  if (marks.failed || marks.stale) { if (answered) api.ack(true); return; }
+  if (marks.failed || marks.stale) { if (answered) api.ack(true, marks); return; }
   api.marks = marks;
-  if (answered) { api.ack(true); return; }
+  if (answered) { api.ack(true, marks); return; }
   if (api.applyMarks) api.applyMarks(marks);
 }
 watch('value', apply);
@@ -740,7 +876,7 @@ STREAMS_JS = r"""
     }
     // another server (restarted): Gradio's client reloads the page (the page's own probe does: probeOnOwn); until
     // then the grid sends nothing more
-    // (streams.restarted): what it keeps is counted as lost (ACTION_HELD_LOST), none sent to the new server
+    // (streams.restarted): what it keeps is noted and sent after the reload (GRID_JS resumeKept), none before
     if (mine !== undefined && theirs !== undefined && theirs !== mine) streams.restarted = true;
     return mine !== undefined && theirs === mine;
   }

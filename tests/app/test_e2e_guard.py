@@ -652,3 +652,76 @@ def test_a_rating_whose_handler_hangs_is_given_up_at_its_deadline_and_the_card_c
     assert len(calls) == 2 and card.get_attribute("data-score") == "7"
     assert len(loads) == loaded, loads
     assert not errors, errors
+
+
+def test_actions_kept_while_the_server_restarts_are_sent_again_after_the_reload_and_done_once(ui_world, e2e):
+    """Twelfth review (6 Dec 2026): a server that came back restarted reloaded the page, and what the page kept while
+    it was away (its memory) was lost; the reloaded page only said how many, and the rating in flight when the
+    connection broke was not counted. Against the real server, Gradio's client and Chromium's sessionStorage: the
+    rating's event reaches the app, then the server is away (every request of the page fails: the rating's stream of
+    results too), a second rating and a skip are kept, then the server answers as another one (its app_id) and the page reloads; the reloaded page sends
+    the three again, in order: the first rating (it had reached the app) is stored once (one undo step), and one
+    sentence says the three were done."""
+    from sqlalchemy import func, select
+
+    from app import ui_assets
+    from db import repo
+    from db.engine import read_session
+    from db.models import UndoStep
+
+    demo, browser = e2e(_without_timers(ui_world.services(batch_size=4)))
+    url = demo.local_url.replace("localhost", "127.0.0.1")
+    page = browser.new_context().new_page()
+    page.add_init_script(RECORD_NOTICES)
+    server = {"as": "up", "joins": 0}  # up; away (no answer at all); restarted (another app_id), until the page loads again
+
+    def network(route, request) -> None:
+        if request.is_navigation_request():
+            server["as"] = "up"  # the reload: the same server as before, for the reloaded page
+        if server["as"] == "up" or "/gradio_api/" not in request.url:
+            route.continue_()
+        elif server["joins"] and request.method == "POST" and "/gradio_api/queue/join" in request.url:
+            server["joins"] -= 1  # the rating's event reaches the app; its stream of results gets no answer
+            route.continue_()
+        elif server["as"] == "restarted" and request.url.split("?")[0].endswith("/gradio_api/app_id"):
+            route.fulfill(status=200, content_type="application/json", body='{"app_id": 123456789}')
+        elif server["as"] == "restarted":
+            route.continue_()
+        else:
+            route.abort("internetdisconnected")
+
+    opened = _OpenStreams(page)
+    loads: list[str] = []
+    page.on("load", lambda p: loads.append(p.url))
+    errors = watch_errors(page)
+    sign_in(page, url, "alice", wait_for="#rating-grid .rg-card")
+    loaded = len(loads)
+    opened.wait_closed(page)  # the rating opens its own stream, the one broken
+    ids = [c.get_attribute("data-image-id") for c in page.locator(".rg-card[data-state=open]").all()][:3]
+    page.route("**/*", network)
+    server.update({"as": "away", "joins": 1})
+    page.locator(f".rg-card[data-image-id='{ids[0]}']").focus()
+    page.keyboard.press("7")
+    page.wait_for_function("window.__seikoStreams.waiting > 0 && window.__seiko.busy", timeout=60_000)
+    page.locator(f".rg-card[data-image-id='{ids[1]}']").focus()
+    page.keyboard.press("6")
+    page.locator(f".rg-card[data-image-id='{ids[2]}']").focus()
+    page.keyboard.press("s")
+    page.get_by_text(ui_assets.ACTION_HELD.format(n="2 actions")).first.wait_for(timeout=30_000)
+    server["as"] = "restarted"
+    deadline = time.monotonic() + 90
+    while len(loads) == loaded:  # Gradio's client (or the page's own probe) reloads the page
+        assert time.monotonic() < deadline, page.evaluate("window.__notices")
+        page.wait_for_timeout(200)
+    said = ui_assets.ACTION_KEPT_SENT.format(
+        n="3 actions", parts=ui_assets.ACTION_KEPT_PARTS["saved"].format(k=3))
+    page.get_by_text(said).first.wait_for(timeout=60_000)
+    alice = ui_world.accounts["alice"]
+    with read_session(ui_world.factory) as s:
+        assert repo.find_rating(session=s, image_id=int(ids[0]), rater_id=alice).score == 7
+        assert repo.find_rating(session=s, image_id=int(ids[1]), rater_id=alice).score == 6
+        assert repo.find_skip(session=s, image_id=int(ids[2]), rater_id=alice) is not None
+        assert s.scalar(select(func.count()).select_from(UndoStep).where(UndoStep.rater_id == alice)) == 3
+    assert page.evaluate("window.sessionStorage.getItem('seiko-held-actions')") is None
+    assert len(loads) == loaded + 1, loads
+    assert not errors, errors

@@ -783,8 +783,13 @@ return { before, during, probesDown, probesAfter: probes(), joins, waiting: s.wa
     assert held not in out["notices"][-2:]
 
 
-# kept while the server cannot be reached, then the server restarted (another app_id), found by Gradio's probe
-HELD_THEN_RESTARTED = """
+# kept while the server cannot be reached, then the server restarted (another app_id), found by Gradio's probe: the
+# page shows experiment 4, round 9 (its marks); ``first`` is sent (its POST gets no answer: in flight when the page
+# reloads), then ``kept`` are held
+def held_then_restarted(first: str = "'rate', { image_id: 1, score: 7 }",
+                        kept: tuple[str, ...] = ("'rate', { image_id: 2, score: 6 }", "'skip', { image_id: 3 }")) -> str:
+    return """
+api.marks = { ack: 1, cards: {}, experiment: 4, round: 9 };
 let appId = null, joins = 0;  // null: no answer at all
 serve((method, path) => {
   if (appId === null) throw new TypeError('Failed to fetch');
@@ -792,73 +797,207 @@ serve((method, path) => {
   if (path.endsWith('/queue/data')) return sse([]);
   return new Response(JSON.stringify({ app_id: appId }), { status: 200, headers: { 'content-type': 'application/json' } });
 });
-api.send('rate', { image_id: 1, score: 7 });  // its POST gets no answer: the page waits for the server
+api.send(FIRST);  // its POST gets no answer: the page waits for the server
 await runUntil(2000);
-api.send('rate', { image_id: 2, score: 6 });
-api.send('skip', { image_id: 3 });
+KEPT
 await runUntil(5000);
 const during = notices().slice(-1)[0];  // kept, the server away
 appId = 8;  // back, restarted
 await runUntil(60000);
+""".replace("FIRST", first).replace("KEPT", "\n".join(f"api.send({k});" for k in kept))
+
+
+HELD_THEN_RESTARTED = held_then_restarted()
+# the reloaded page (``page``, its grid's api) and the same server again: each join is recorded (the action's data)
+# and its stream of results says nothing; ``answer(marks)`` answers the action in flight as MARKS_JS does
+RELOADED = """
+const sent = [];
+appId = 7;
+serve((method, path, request) => {
+  if (path.endsWith('/queue/join')) {
+    return request.clone().text().then((text) => {
+      sent.push(JSON.parse(text).event_data);
+      return new Response('{"event_id": "y"}', { status: 200, headers: { 'content-type': 'application/json' } });
+    });
+  }
+  if (path.endsWith('/queue/data')) return sse([]);
+  return new Response(JSON.stringify({ app_id: 7 }), { status: 200, headers: { 'content-type': 'application/json' } });
+});
+let clockAt = 60000;
+const step = async () => { clockAt += 100; await runUntil(clockAt); };
+const answer = async (extra) => { await step(); page.ack(true, Object.assign({ cards: {} }, extra)); await step(); };
 """
 
 
-def test_actions_held_when_the_server_comes_back_restarted_are_said_lost_before_and_counted_after_the_reload(tmp_path):
-    """Found by a read-only review of the eleventh review's change (6 Dec 2026): ACTION_HELD said the page sends the
-    actions it keeps once the server answers again, but a server that comes back restarted (another app_id) is
-    Gradio's to handle, by a reload, and the kept actions (the page's memory) were lost without a word. Now the
-    sentence says a restart loses them, none is sent to the new server, and the reloaded page says how many were not
-    sent (a count kept for the tab); a further reload says nothing more. Review of that change (6 Dec 2026): between
-    the probe finding another server and the reload, ACTION_HELD still said the server cannot be reached and the kept
-    actions go once it answers; now ACTION_HELD_RESTARTED says what happens."""
+def kept_sent(n: str, **parts) -> str:
+    """ACTION_KEPT_SENT with its parts (ACTION_KEPT_PARTS' keys: their counts, in the page's order)."""
+    said = [ui_assets.ACTION_KEPT_PARTS["unsure"]] if parts.pop("unsure", False) else []
+    said += [ui_assets.ACTION_KEPT_PARTS[key].format(k=parts[key])
+             for key in ("saved", "refused", "unconfirmed", "cancelled", "undo", "over") if parts.get(key)]
+    return ui_assets.ACTION_KEPT_SENT.format(n=n, parts="; ".join(said))
+
+
+def test_actions_held_when_the_server_comes_back_restarted_are_sent_again_once_after_the_reload(tmp_path):
+    """Found by a read-only review of the eleventh review's change (6 Dec 2026): a server that comes back restarted
+    (another app_id) is Gradio's to handle, by a reload, and the kept actions (the page's memory) were lost; then the
+    reloaded page only said how many (twelfth review's brief, item 1). And the rating in flight when the connection
+    broke was not counted at all (item 2). Now the page notes what it keeps for the tab (sessionStorage) and the
+    reloaded page sends it again, in order, once: the rating in flight (stored once if it had arrived), then the kept
+    rating and skip; one sentence says what was done and what was refused; a further reload sends nothing."""
     out = run_clocked(tmp_path, "signIn('alice');" + HELD_THEN_RESTARTED + """
 const before = { joins, join: gradio.join, said: notices().slice(-1)[0] };
+const stored = JSON.parse(window.sessionStorage.getItem('seiko-held-actions'));
 const page = reload();
-const after = { queued: page.queue.length, notice: notices().slice(-1)[0] };
-reload();
-return { during, before, after, notices: notices(), joins };
+""" + RELOADED + """
+await step();
+const waiting = { sent: sent.length, notice: notices().slice(-1)[0] };  // nothing before the page's marks
+page.marks = { ack: 1, cards: {}, experiment: 4, round: 9 };
+loaded();
+await step();
+const first = sent.length;
+await answer({ done: 1 });
+await answer({ done: 2, refused: true });
+await answer({ done: 3 });
+const after = { notice: notices().slice(-1)[0], stored: window.sessionStorage.getItem('seiko-held-actions') };
+const again = reload();
+again.marks = page.marks;
+loaded();
+await step();
+return { during, before, stored, waiting, first, sent, after, notices: notices(), joins, later: sent.length };
 """)
     assert out["during"] == ui_assets.ACTION_HELD.format(n="2 actions")
-    assert "restarts" in out["during"] and "lost" in out["during"]  # what happens then, said while they wait
     assert out["before"]["joins"] == 0 and out["before"]["join"] == {"error": "TypeError"}  # Gradio's way: a reload
     assert out["before"]["said"] == ui_assets.ACTION_HELD_RESTARTED.format(n="2 actions")  # until it reloads
-    assert out["after"] == {"queued": 0, "notice": ui_assets.ACTION_HELD_LOST.format(n="2 actions")}
-    assert out["notices"].count(out["after"]["notice"]) == 1 and out["joins"] == 0  # said once; none sent
+    # only what the server needs, no action numbers, the experiment and round shown
+    assert out["stored"] == {"v": 2, "who": "alice", "experiment": 4, "round": 9, "over": 0,
+                             "sent": ["rate", {"image_id": 1, "score": 7}],
+                             "actions": [["rate", {"image_id": 2, "score": 6}], ["skip", {"image_id": 3}]]}
+    assert out["waiting"]["sent"] == 0
+    assert out["first"] == 1  # one at a time: the next once the first is answered
+    assert out["sent"] == [{"image_id": 1, "score": 7, "seq": 1}, {"image_id": 2, "score": 6, "seq": 2},
+                           {"image_id": 3, "seq": 3}]
+    said = kept_sent("3 actions", saved=2, refused=1)
+    assert out["after"] == {"notice": said, "stored": None}
+    assert out["notices"].count(said) == 1 and out["later"] == 3  # said once; nothing sent again by a further reload
 
 
-def test_actions_kept_before_a_reload_are_said_only_to_the_rater_who_kept_them(tmp_path):
+def test_undos_kept_for_a_restarted_server_are_never_sent_again(tmp_path):
+    """Twelfth review (6 Dec 2026): an undo is not idempotent (each takes back one more step, and the server has no id
+    to know one sent twice), and what it would take back after the restart is not known (an action of the server's
+    past, one the restart lost, the one in flight). So no undo is sent after the reload: one kept right after a kept
+    rating or skip takes it back on the page (neither is sent: the same as both sent in order), any other is left to
+    the rater, said, and an undo in flight when the connection broke is said to be unknown. Checked against the
+    effect of the kept actions done in order by hand: only the rating of image 5 is left."""
+    kept = ("'undo', {}", "'rate', { image_id: 2, score: 6 }", "'undo', {}", "'rate', { image_id: 3, score: 4 }",
+            "'skip', { image_id: 4 }", "'undo', {}", "'undo', {}", "'rate', { image_id: 5, score: 9 }")
+    out = run_clocked(tmp_path, "signIn('alice');" + held_then_restarted("'undo', {}", kept) + """
+const page = reload();
+""" + RELOADED + """
+page.marks = { ack: 1, cards: {}, experiment: 4, round: 9 };
+loaded();
+await answer({ done: 1 });
+await step();
+return { sent, notice: notices().slice(-1)[0] };
+""")
+    assert out["sent"] == [{"image_id": 5, "score": 9, "seq": 1}]
+    assert out["notice"] == kept_sent("9 actions", unsure=True, saved=1, cancelled=6, undo=1)
+
+
+def test_actions_kept_for_another_experiment_or_round_are_not_sent_and_said(tmp_path):
+    """The reloaded page shows the default experiment (or the round moved on): what was kept for the one before is
+    not sent there (an undo or a rating would act on another round), and one sentence says so."""
+    for shown in ("experiment: 5, round: 9", "experiment: 4, round: 10"):
+        out = run_clocked(tmp_path, "signIn('alice');" + HELD_THEN_RESTARTED + """
+const page = reload();
+""" + RELOADED + """
+page.marks = { ack: 1, cards: {}, SHOWN };
+loaded();
+await step();
+return { sent, notice: notices().slice(-1)[0], stored: window.sessionStorage.getItem('seiko-held-actions') };
+""".replace("SHOWN", shown))
+        assert out == {"sent": [], "notice": ui_assets.ACTION_KEPT_ELSEWHERE.format(n="3 actions"), "stored": None}
+
+
+@pytest.mark.parametrize("noted", [
+    "not json {", "null", "[1, 2]", '{"n": 2, "who": "alice"}',  # an older page's count
+    '{"v": 2, "who": "alice", "experiment": 4, "round": 9, "sent": null, "over": 0, "actions": [["undo", {"x": 1}]]}',
+    '{"v": 2, "who": "alice", "experiment": 4, "round": 9, "sent": null, "over": 0, '
+    '"actions": [["rate", {"image_id": 2, "score": 11}]]}',
+    '{"v": 2, "who": "alice", "experiment": 4, "round": 9, "sent": ["drop", {}], "over": 0, "actions": []}',
+    '{"v": 2, "who": "alice", "experiment": "4", "round": 9, "sent": null, "over": 0, "actions": []}',
+    '{"v": 2, "who": "alice", "experiment": 4, "round": 9, "sent": null, "over": 0, "actions": ACTIONS}',
+])
+def test_a_note_of_kept_actions_the_page_cannot_read_is_dropped_with_a_sentence(tmp_path, noted):
+    """Twelfth review (6 Dec 2026): the tab's sessionStorage is the page's only by convention (an older page's count,
+    another script, an edit): what is not the form the page writes (or holds more than ACTION_KEPT_MAX actions) is
+    dropped, nothing sent, one sentence said, and the page goes on."""
+    noted = noted.replace("ACTIONS", json.dumps([["skip", {"image_id": 1}]] * (ui_assets.ACTION_KEPT_MAX + 1)))
+    out = run_clocked(tmp_path, "signIn('alice'); let appId = 7;" + """
+window.sessionStorage.setItem('seiko-held-actions', NOTED);
+const page = reload();
+""".replace("NOTED", json.dumps(noted)) + RELOADED + """
+page.marks = { ack: 1, cards: {}, experiment: 4, round: 9 };
+loaded();
+await step();
+page.send('rate', { image_id: 8, score: 2 });  // the page goes on
+await step();
+return { sent, notice: notices().slice(-1)[0], stored: window.sessionStorage.getItem('seiko-held-actions') };
+""")
+    assert out == {"sent": [{"image_id": 8, "score": 2, "seq": 1}], "notice": ui_assets.ACTION_KEPT_UNREADABLE,
+                   "stored": None}
+
+
+def test_the_note_of_kept_actions_is_bounded(tmp_path):
+    """At most ACTION_KEPT_MAX actions are noted (the first, in order); the rest are counted, and said not sent."""
+    over = 3
+    kept = tuple(f"'rate', {{ image_id: {i}, score: 5 }}" for i in range(2, ui_assets.ACTION_KEPT_MAX + over + 2))
+    out = run_clocked(tmp_path, "signIn('alice');" + held_then_restarted(kept=kept) + """
+return JSON.parse(window.sessionStorage.getItem('seiko-held-actions'));
+""")
+    assert out["over"] == over and len(out["actions"]) == ui_assets.ACTION_KEPT_MAX
+    assert [a[1]["image_id"] for a in out["actions"]] == list(range(2, ui_assets.ACTION_KEPT_MAX + 2))
+
+
+def test_actions_kept_before_a_reload_are_sent_only_for_the_rater_who_kept_them(tmp_path):
     """Found by a read-only review of the eleventh review's change (6 Dec 2026): the count of actions kept before a
     reload was the tab's, not the person's: a reload that landed on the sign-in page, someone else signing in, told
-    them "The page reloaded while it kept 2 actions waiting…" about the previous rater's. Now the count is noted with
-    who is signed in and said only to that rater, once the page knows who is (its load fills the banner), and dropped
-    for anyone else."""
-    lost = ui_assets.ACTION_HELD_LOST.format(n="2 actions")
+    them "The page reloaded while it kept 2 actions waiting…" about the previous rater's. Now what is kept is noted
+    with who is signed in and sent (twelfth review) only for that rater, once the page knows who is (its load fills
+    the banner), and dropped for anyone else, nothing said."""
     out = run_clocked(tmp_path, "signIn('alice');" + HELD_THEN_RESTARTED + """
 signIn(null);  // the reload lands on the sign-in page; then bob signs in and the page loads
-reload();
+let page = reload();
+""" + RELOADED + """
+page.marks = { ack: 1, cards: {}, experiment: 4, round: 9 };
 const unknown = notices().slice(-1)[0];
 signIn('bob');
 loaded();
-const bob = { said: notices().slice(-1)[0], stored: window.sessionStorage.getItem('seiko-held-actions') };
+await step();
+const bob = { said: notices().slice(-1)[0], stored: window.sessionStorage.getItem('seiko-held-actions'), sent: sent.length };
 signIn('alice');
-reload();
+page = reload();
+page.marks = { ack: 1, cards: {}, experiment: 4, round: 9 };
 loaded();
-return { unknown, bob, alice: notices().slice(-1)[0], notices: notices() };
+await step();
+return { unknown, bob, alice: notices().slice(-1)[0], sent: sent.length };
 """)
-    assert out["unknown"] != lost and out["bob"] == {"said": out["unknown"], "stored": None}  # dropped for bob
-    assert out["alice"] != lost and lost not in out["notices"]  # and not kept for later
+    assert out["bob"] == {"said": out["unknown"], "stored": None, "sent": 0}  # dropped for bob, nothing said
+    assert out["alice"] == out["unknown"] and out["sent"] == 0  # and not kept for later
 
     out = run_clocked(tmp_path, "signIn('alice');" + HELD_THEN_RESTARTED + """
 signIn(null);
-reload();
-const unknown = notices().slice(-1)[0];
+const page = reload();
+""" + RELOADED + """
+page.marks = { ack: 1, cards: {}, experiment: 4, round: 9 };
+loaded();
+await step();
+const unknown = sent.length;
 signIn('alice');  // the same rater signs in again: the page's load fills the banner and the grid's value
 loaded();
-const said = notices().slice(-1)[0];
-loaded();
-return { unknown, said, notices: notices() };
+await step();
+return { unknown, sent };
 """)
-    assert out["unknown"] != lost and out["said"] == lost and out["notices"].count(lost) == 1
+    assert out["unknown"] == 0 and out["sent"] == [{"image_id": 1, "score": 7, "seq": 1}]
 
 
 def test_the_pages_own_probe_that_finds_the_server_restarted_reloads_the_page(tmp_path):
@@ -866,7 +1005,7 @@ def test_the_pages_own_probe_that_finds_the_server_restarted_reloads_the_page(tm
     from a probe whose stream Gradio's client aborted) found another server, it only set streams.restarted; Gradio's
     client, its request aborted, saw no broken connection and reloaded nothing, so the grid held every action for good,
     saying the server cannot be reached while it answered. Now the page reloads itself, after saying what it kept was
-    not sent (ACTION_HELD_RESTARTED), and the reloaded page counts them (ACTION_HELD_LOST)."""
+    not sent (ACTION_HELD_RESTARTED), and the reloaded page sends them (twelfth review)."""
     out = run_clocked(tmp_path, """
 signIn('alice');
 const reloads = [];
@@ -894,15 +1033,19 @@ await runUntil(20000);
 const during = { reloads: reloads.length, said: notices().slice(-1)[0] };
 appId = 8;  // back, restarted
 await runUntil(120000);
-const before = { reloads, said: notices().slice(-1)[0], joins };
-reload();
-return { during, before, after: notices().slice(-1)[0], read: gradio.read.ended };
+const before = { reloads, said: notices().slice(-1)[0], joins }, read = gradio.read.ended;
+appId = 7;  // the reloaded page's server
+const page = reload();
+page.marks = { ack: 1, cards: {} };  // no experiment known on either page
+loaded();
+await runUntil(121000);
+return { during, before, after: joins, read };
 """)
     assert out["read"] == "AbortError"
     assert out["during"] == {"reloads": 0, "said": ui_assets.ACTION_HELD.format(n="2 actions")}
     assert len(out["before"]["reloads"]) == 1 and out["before"]["joins"] == 1  # reloaded once, nothing more sent
     assert out["before"]["said"] == ui_assets.ACTION_HELD_RESTARTED.format(n="2 actions")
-    assert out["after"] == ui_assets.ACTION_HELD_LOST.format(n="2 actions")
+    assert out["after"] == 2  # the reloaded page sends the first it kept (and the next once that is answered)
 
 
 def test_the_silent_bound_follows_gradios_heartbeat_interval(monkeypatch):
