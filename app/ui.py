@@ -351,6 +351,7 @@ def build_demo(services: AppServices) -> gr.Blocks:
 
         def forget_session(request: gr.Request):
             picks.forget(request)  # the page closed: its pick is not needed any more
+            rate.handlers.answered.forget(request)  # and its actions' numbers
 
         demo.unload(forget_session)
 

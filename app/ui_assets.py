@@ -160,7 +160,8 @@ ACTION_OVERDUE = ("The server started on your last action {s} s ago and has not 
 # it treats one whose own handler hung: it says so in one sentence (how many wait ahead of it, from its rank), frees
 # the card and sends the next; nothing is sent again. The event stays in the server's queue and may still run once the
 # queue moves: for a rating that is safe (the same score is stored once; a new score is a new rating), and the
-# sentence says what may still happen. {ahead} is one of ACTION_AHEAD (rank 0, 1, more).
+# sentence says what may still happen; an undo is refused there once a later action of the page has started (app.
+# ui_rate_tab.Answered; twelfth review, 6 Dec 2026). {ahead} is one of ACTION_AHEAD (rank 0, 1, more).
 ACTION_QUEUED_RATE = ("Your rating ({score}) is still waiting its turn on the server, behind {ahead}, and that queue "
                       "has not moved for {s} s, so this page stopped waiting: it may still be saved once the queue "
                       "moves. The card can be scored again; the same score is stored only once.")

@@ -38,6 +38,7 @@ import hashlib
 import html
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -903,7 +904,14 @@ def skip(factory, data_dir, who: Who, state_value: dict | None, payload: dict[st
     return _after_action(factory, data_dir, who, state, batch_size=batch_size, message=message)
 
 
-def undo(factory, data_dir, who: Who, state_value: dict | None, *, batch_size: int) -> View:
+# an undo the page gave up (its handler overran, or its queue stood still) whose page has had a later action taken up
+# since: done now, it would take back that later action instead of the one meant (app.ui_rate_tab.Answered)
+UNDO_OVERTAKEN = ("this undo was sent before your last action and ran only after it, so it was not done (it would have "
+                  "taken back another rating or skip than meant); press u again if you still want it")
+
+
+def undo(factory, data_dir, who: Who, state_value: dict | None, *, batch_size: int,
+         fresh: Callable[[], bool] | None = None) -> View:
     """Undo the rater's newest rating or skip of the open round (the history is in the database, so it survives a
     reload): a new rating is removed, an edit gets its previous score back, a skip is lifted. The image comes back
     to the page, leased to the rater again, to be rated again. The lease cap holds all the same (``lease_cap``: the
@@ -930,6 +938,8 @@ def undo(factory, data_dir, who: Who, state_value: dict | None, *, batch_size: i
                 experiment_id = repo.get_round(session=s, round_id=round_id).experiment_id
                 members.share(s, who, experiment_id)
                 repo.lock_round(session=s, round_id=round_id)
+                if fresh is not None and not fresh():  # under the round's lock: nothing of the page's lands between
+                    raise Conflict(UNDO_OVERTAKEN)
             undone = None if round_id is None else repo.undo_last(session=s, rater_id=who.rater_id, round_id=round_id)
             done = repo.round_progress(session=s, round_id=round_id, rater_id=who.rater_id) if (
                 undone is None and round_id is not None) else None

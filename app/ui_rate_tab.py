@@ -106,6 +106,52 @@ class Picks:
             return len(self._by)
 
 
+class Answered:
+    """The newest page action (its ``seq``) each browser session (``request.session_hash``: one page load) has sent
+    that the server took up, so that an undo sent before it is not done after it.
+
+    The page gives an action up when its handler overran its deadline or its queue stood still (app.ui_assets
+    ACTION_OVERDUE, ACTION_QUEUED) and sends the next; the given-up event stays on the server and may still run. For
+    a rating or skip that is safe (stored once; a new score is a new rating), but an undo that ran after a rating sent
+    since took that rating back instead of the one meant (twelfth review, 6 Dec 2026). Each action's number is noted
+    when its handler starts (``note``); an undo is done only if, under its round's lock (every rating and skip of the
+    round waits for it there, and it for them), no action of its page with a higher number has been noted
+    (``fresh``): one that started later was sent later (the page sends in order), and is either done already or
+    waits behind the undo's lock, so the undo never lands after it. At most ``MAX`` sessions are kept, the oldest
+    dropped first; a page closed is forgotten (the demo's unload); a restart forgets all (no event of the old server
+    runs after it). A session without a hash (tests, the API) or an action without a number is never held back."""
+
+    MAX = 10_000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by: OrderedDict[str, int] = OrderedDict()
+
+    def note(self, request, seq: int | None) -> None:
+        key = Picks._key(request)
+        if key is None or seq is None:
+            return
+        with self._lock:
+            newest = max(seq, self._by.pop(key, seq))
+            self._by[key] = newest
+            while len(self._by) > self.MAX:
+                self._by.popitem(last=False)
+
+    def fresh(self, request, seq: int | None) -> bool:
+        """Whether no action of the session numbered above ``seq`` has been noted."""
+        key = Picks._key(request)
+        if key is None or seq is None:
+            return True
+        with self._lock:
+            return self._by.get(key, seq) <= seq
+
+    def forget(self, request) -> None:
+        key = Picks._key(request)
+        if key is not None:
+            with self._lock:
+                self._by.pop(key, None)
+
+
 class RateHandlers:
     """The Rate tab's event handlers; ``warn(message)`` shows a refusal as a warning."""
 
@@ -113,6 +159,7 @@ class RateHandlers:
         self.factory, self.data_dir, self.size = services.factory, services.settings.data_dir, services.batch_size
         self.who_of, self.warn = who_of, warn
         self.picks = Picks()  # the experiment each browser session last picked (app.ui's selector records it)
+        self.answered = Answered()  # the newest action each browser session sent that the server took up
 
     def view_outputs(self, view: ui_rate.View, answers: dict[str, Any] | None = None) -> tuple:
         """(grid, marks, progress, state) for a view; its message, if any, shown as a warning. ``answers``: the page
@@ -135,6 +182,7 @@ class RateHandlers:
         database locked or away, a bug) is still answered: its ``seq`` goes back as ``done`` with ``failed``, so the
         page sends its next queued action at once (it waited 30 s per action) and shows the card as it was. The
         error is shown in one sentence, and anything but a refusal is logged with its traceback."""
+        self.answered.note(request, action_number(payload))
         try:
             who = self.who_of(request)
             view = act(who)
@@ -178,8 +226,11 @@ class RateHandlers:
                                                                     batch_size=self.size), request)
 
     def on_undo(self, state, evt: gr.EventData, request: gr.Request):
-        return self.answer_action(event_payload(evt), lambda who: ui_rate.undo(self.factory, self.data_dir, who, state,
-                                                                               batch_size=self.size), request)
+        payload = event_payload(evt)
+        seq = action_number(payload)
+        return self.answer_action(payload, lambda who: ui_rate.undo(
+            self.factory, self.data_dir, who, state, batch_size=self.size,
+            fresh=lambda: self.answered.fresh(request, seq)), request)
 
     def on_new_batch(self, state, request: gr.Request):
         who = self.who_of(request)

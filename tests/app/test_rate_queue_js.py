@@ -307,3 +307,47 @@ def test_a_skip_sent_again_after_its_image_left_the_batch_is_done_once(ui_world)
     other = next(i for i in ui_world.image_ids if i not in reloaded["batch"] and i != image)
     refused = ui_rate.skip(ui_world.factory, data_dir, alice, reloaded, {"image_id": other}, batch_size=2)
     assert "not in your current batch" in refused.message
+
+
+def test_an_undo_the_page_gave_up_is_not_done_after_a_later_action_of_the_page(ui_world):
+    """Twelfth review (6 Dec 2026): the page gives up an undo whose handler overran or whose queue stood still and
+    sends the next action; the undo stayed on the server and, run after a rating sent since, took that rating back
+    instead of the one meant. The server now notes each page's newest action number (per browser session) when its
+    handler starts, and an undo numbered below it is refused with one sentence, nothing changed. Another page's
+    numbers hold nothing back, and an undo in its turn works as before."""
+    import gradio as gr
+
+    from app import ui_rate
+    from app.ui_rate_tab import RateHandlers
+    from db import repo
+    from db.engine import read_session
+
+    alice = ui_rate_who(ui_world)
+    warnings: list = []
+    handlers = RateHandlers(ui_world.services(), lambda request: alice, warnings.append)
+    state = ui_rate.load_batch(ui_world.factory, ui_world.settings.data_dir, alice, None, batch_size=4).state
+    a, b, c = state["batch"][:3]
+    tab = gr.Request(username="alice", session_hash="tab-1")
+
+    def act(handler, seq, request=tab, **data):
+        return handler(state, gr.EventData(None, {**data, "seq": seq}), request)
+
+    def scores() -> list:
+        with read_session(ui_world.factory) as s:
+            return [getattr(repo.find_rating(session=s, image_id=i, rater_id=alice.rater_id), "score", None)
+                    for i in (a, b, c)]
+
+    act(handlers.on_rate, 1, image_id=a, score=7)
+    act(handlers.on_rate, 2, image_id=b, score=6)
+    # the undo numbered 3 was given up by the page, which sent rating 4; the undo runs only now
+    act(handlers.on_rate, 4, image_id=c, score=5)
+    late = json.loads(act(handlers.on_undo, 3)[1])
+    assert scores() == [7, 6, 5] and late["done"] == 3 and late["refused"] is True
+    assert warnings == [f"Cannot undo: {ui_rate.UNDO_OVERTAKEN}"]
+    act(handlers.on_undo, 5)  # an undo in its turn takes back the newest: c
+    assert scores() == [7, 6, None] and len(warnings) == 1
+    act(handlers.on_undo, 1, request=gr.Request(username="alice", session_hash="tab-2"))  # another page: b
+    assert scores() == [7, None, None] and len(warnings) == 1
+    handlers.answered.forget(tab)  # the page closed (the demo's unload): its numbers are gone
+    act(handlers.on_undo, 2)
+    assert scores() == [None, None, None] and len(warnings) == 1
