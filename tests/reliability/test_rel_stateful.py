@@ -126,7 +126,11 @@ class RatingPage(RuleBasedStateMachine):
         key = (self.alice.rater_id, image_id)
         in_batch = image_id in self.state["batch"]
         self.show(ui_rate.skip(self.factory, self.data_dir, self.alice, self.state, {"image_id": image_id}, batch_size=BATCH))
-        if not in_batch:
+        if not in_batch and key in self.skips and self.state["round_id"] is not None:
+            # skipped already in the page's round (a skip the page sends again after a restart; twelfth review): done,
+            # nothing changes
+            assert self.last_message is None
+        elif not in_batch:
             assert self.last_message and "not in your current batch" in self.last_message
         elif self.closed:
             assert self.last_message and "not open for labeling" in self.last_message
