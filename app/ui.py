@@ -232,6 +232,10 @@ def launch_kwargs(services: AppServices) -> dict[str, Any]:
         # endpoint would answer requests the guard was not written for
         "ssr_mode": False,
         "mcp_server": False,
+        # and GRADIO_NUM_WORKERS (twelfth review, 6 Dec 2026): without accounts (no ``auth``) Gradio started static file
+        # servers of its own on the next ports, outside the guard: no local token, any Host, CORS "*", and uploads of
+        # any size into its temporary folder
+        "num_workers": 0,
         "server_name": _url_host(services.settings.host),
         "server_port": services.settings.port,
     }

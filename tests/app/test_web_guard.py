@@ -458,6 +458,31 @@ def test_policy_unit_cases():
     assert web_guard.lax_cookie(b"a=b") == b"a=b; SameSite=Lax"
 
 
+def test_gradio_num_workers_in_the_environment_starts_no_server_the_guard_is_not_in_front_of(ui_world_factory,
+                                                                                            monkeypatch):
+    """Found by the twelfth review (6 Dec 2026): Gradio reads ``GRADIO_NUM_WORKERS`` from the environment when
+    ``launch`` is not told, and without accounts (Gradio has no ``auth`` then) ``GRADIO_NUM_WORKERS=1`` started a
+    static file server of Gradio's own on the next port, outside the guard: no local token, any Host,
+    ``Access-Control-Allow-Origin: *``, and its ``/gradio_api/upload`` took files of any size into Gradio's temporary
+    folder (and served them back) from any page the user visited or any user of the machine. It is pinned to none,
+    as ``GRADIO_SSR_MODE`` and ``GRADIO_MCP_SERVER`` were."""
+    monkeypatch.setenv("GRADIO_NUM_WORKERS", "1")
+    world = ui_world_factory(accounts=False)
+    demo, url = launch(world, local_mode=True)
+    try:
+        port = int(url.rsplit(":", 1)[1])
+        assert httpx.get(url + "/config", headers=LOCAL).status_code == 200  # the app itself is served
+        try:
+            r = httpx.post(f"http://127.0.0.1:{port + 1}/gradio_api/upload", timeout=10,
+                           files={"files": ("x.txt", b"A" * 1000)}, headers={"Origin": EVIL, "Host": "evil.example"})
+            answered = (r.status_code, r.text[:200])
+        except httpx.TransportError:
+            answered = None  # nothing listens there
+        assert answered is None or answered[0] != 200, answered
+    finally:
+        demo.close()
+
+
 def test_local_mode_refuses_a_request_a_proxy_passed_on(served_local):
     """A reverse proxy in front of a local-mode server made every visitor the local admin; its headers are refused."""
     world, demo, url = served_local
