@@ -236,6 +236,8 @@ def launch_kwargs(services: AppServices) -> dict[str, Any]:
         # servers of its own on the next ports, outside the guard: no local token, any Host, CORS "*", and uploads of
         # any size into its temporary folder
         "num_workers": 0,
+        # and GRADIO_SHARE: it downloaded Gradio's tunnel client and opened a public tunnel to the port
+        "share": False,
         "server_name": _url_host(services.settings.host),
         "server_port": services.settings.port,
     }

@@ -483,6 +483,26 @@ def test_gradio_num_workers_in_the_environment_starts_no_server_the_guard_is_not
         demo.close()
 
 
+@pytest.mark.parametrize("accounts", [False, True], ids=["local-mode", "accounts"])
+def test_gradio_share_in_the_environment_opens_no_public_tunnel(ui_world_factory, monkeypatch, accounts):
+    """Found by the twelfth review (6 Dec 2026): ``GRADIO_SHARE=true`` in the environment made ``launch`` download
+    Gradio's tunnel client (a binary, from the internet) and open a public tunnel to the app's port on a share
+    server, whatever ``--host`` said. It is pinned off."""
+    import gradio.networking
+
+    tunnels = []
+
+    def setup_tunnel(**kwargs):
+        tunnels.append(kwargs)
+        raise OSError("no tunnel in this test")
+
+    monkeypatch.setattr(gradio.networking, "setup_tunnel", setup_tunnel)
+    monkeypatch.setenv("GRADIO_SHARE", "true")
+    demo, _ = launch(ui_world_factory(accounts=accounts), local_mode=not accounts)
+    demo.close()
+    assert not tunnels, tunnels
+
+
 def test_local_mode_refuses_a_request_a_proxy_passed_on(served_local):
     """A reverse proxy in front of a local-mode server made every visitor the local admin; its headers are refused."""
     world, demo, url = served_local
