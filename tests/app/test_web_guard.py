@@ -2446,6 +2446,75 @@ def test_every_handler_that_refuses_a_rater_first_is_marked_admin_only(served):
     assert len(marked) >= 25, sorted(marked)
 
 
+def _every_answer(http: httpx.Client, demo, world, page: str, names) -> tuple[str, list[str]]:
+    """Every event of the app whose handler is not marked ``admin_only``, sent through the queue in ``page`` (its load
+    first, as a browser's), each answer read to its end: (all the answers' messages as JSON text, the handlers run)."""
+    from app import gradio_routes
+
+    (load,) = [i for i, bf in demo.fns.items() if bf.fn is not None and bf.fn.__name__ == "on_load"]
+    fns = [load] + [i for i, bf in demo.fns.items() if bf.fn is not None and i != load
+                    and not gradio_routes.is_admin_only(bf.fn)]
+    given = {"next_batch": [4, ""], "next_pair": [""]}  # the public API's: plausible values
+    answers, ran = [], []
+    for fn_id in fns:
+        bf = demo.fns[fn_id]
+        # what the page sends: the experiment for its selector, nothing for its server-side State
+        data = given.get(bf.api_name) or [world.experiment_id if type(b).__name__ == "Dropdown" else None
+                                          for b in bf.inputs]
+        r = _join(http, fn_id, data, page)
+        assert r.status_code == 200, (bf.fn.__qualname__, r.status_code, r.text)
+        messages = _read(http, page)
+        assert any(m.get("msg") == "process_completed" for m in messages), (bf.fn.__qualname__, messages)
+        answers.append(json.dumps(messages))
+        ran.append(names(bf.fn))
+    return "\n".join(answers), ran
+
+
+def test_every_event_a_rater_may_send_answers_nothing_only_admins_see(served):
+    """The Admin tab is hidden from a rater's page, but its events are the page's for everyone: the handlers that fill
+    it on the page's load and at each pick of an experiment are not marked ``admin_only`` (an admin's page runs them
+    unasked) and answer a rater with ``gr.skip()`` (on_admin_experiment: the jobs table with a failed job's error
+    text, the exports and their download addresses, the rater-quality report; on_admin_timer; on_show_raters: the
+    experiment's raters by name; show_feedback; the round options). No test held them to it: the skip could go and
+    nothing failed (a security review, 6 Dec 2026). A rater now runs every event the guard lets through, in a page
+    whose load ran, with the dashboard open to raters, and no answer carries what only admins see; an admin running
+    the same events gets it (so the things looked for are there to be found)."""
+    from app import members, ui_admin, ui_export
+    from db import jobs as job_queue
+
+    world, demo, url = served
+    root = auth.identify(world.factory, local_mode=False, username="root", client_host="127.0.0.1")
+    auth.add_user(world.factory, name="zed hidden", role="rater", password="a long password of zeds")
+    members.set_raters(world.factory, root, world.experiment_id, ["alice", "bob", "zed hidden"])
+    ui_admin.set_dashboard_access(world.factory, root, world.experiment_id, True)
+    error = "ModelLoadError: /srv/secret-models/weights.safetensors is corrupt"
+    with write_session(world.factory) as s:
+        job = job_queue.enqueue_job(session=s, kind="eval", experiment_id=world.experiment_id, round_id=world.round_id)
+        assert job_queue.claim_job(session=s, worker_id="w", lease_s=30).id == job.id
+        job_queue.fail_job(session=s, job_id=job.id, worker_id="w", error=error)
+        bob = repo.get_rater_by_name(session=s, name="bob")
+        repo.add_rating(session=s, image_id=world.image_ids[-1], rater_id=bob.id, score=7)  # something to export
+    built = ui_export.build(world.factory, world.settings, root, world.experiment_id, None, "ratings")
+    for_admins = {"an account the rater never meets": "zed hidden", "a failed job's error": "secret-models",
+                  "an export's download address": ui_export.download_url(built.export_id)}
+    never = {"the data dir": str(world.settings.data_dir), "a password hash": "scrypt$"}
+
+    def names(fn) -> str:
+        return f"{fn.__module__}:{fn.__name__}"
+
+    with signed_in(url, "alice") as http:
+        seen, ran = _every_answer(http, demo, world, "alices-page", names)
+    assert {"app.ui_admin_tab:on_admin_experiment", "app.ui_admin_tab:on_admin_timer",
+            "app.ui_admin_tab:on_show_raters", "app.ui_pairs:show_feedback", "app.ui_options:on_experiment",
+            "app.ui_dashboard_tab:on_dashboard"} <= set(ran), ran
+    leaked = {what: text for what, text in {**for_admins, **never}.items() if text in seen}
+    assert not leaked, leaked
+    with signed_in(url, "root") as http:
+        seen, _ = _every_answer(http, demo, world, "roots-page", names)
+    assert {what: text in seen for what, text in for_admins.items()} == {what: True for what in for_admins}
+    assert not {what for what, text in never.items() if text in seen}
+
+
 def test_the_experiment_selector_refuses_a_value_that_is_no_id_in_one_sentence(ui_world):
     """``on_experiment`` took ``int(exp_id)``: a list raised a TypeError (a traceback; found by review). It takes a
     whole number (5.0 or "5" too, as the other ids of the app) and refuses anything else in one sentence."""
