@@ -9,6 +9,8 @@ handlers' own checks (who is signed in, their role) never see them. A review (3 
   input of an ``gr.HTML`` component, then snapshotted the session, had a link that ran their script in an admin's
   page (and made an admin account); each snapshot also stayed on disk, so any rater could fill it. The app uses no
   deep links: the route is not answered (404) and a ``deep_link`` parameter is refused (400) on every request.
+- **Pages.** ``GET /?page=NAME`` (Gradio's multipage parameter) looked NAME up unchecked: any name but the app's one
+  page was a KeyError, a 500 and a traceback per request (twelfth review): 404 and one sentence (``page_refusal``).
 - **Files in an event's inputs.** Gradio walks every input value for a file object (a dict whose ``meta._type`` is
   ``gradio.FileData``) and fetches it into its cache, from a URL too, before the handler (and its role check) runs.
   The app takes no files (its upload routes are not answered either), so an event body that carries one is refused
@@ -139,6 +141,23 @@ def query_refusal(query_string: bytes) -> str | None:
     if "deep_link" in query:
         return "This app does not open deep links; open its address without the deep_link parameter."
     return None
+
+
+def page_refusal(path: str, method: str | None, query_string: bytes, pages: Any) -> str | None:
+    """Why a request for the page (``GET``/``HEAD /``) is refused (one sentence), or None: its ``page`` parameter
+    (Gradio's multipage one; Gradio reads the last) names a page the app does not have. ``pages``: the Blocks config's
+    ``page`` mapping (None before it is built: the one page, ``""``).
+
+    Found by the twelfth review (6 Dec 2026): Gradio's page route looked the name up unchecked, so any other name was
+    a KeyError for whoever is signed in: a 500 with no sentence and an 80-line traceback in the log per request."""
+    if path != "/" or method not in ("GET", "HEAD"):
+        return None
+    names = parse_qs(query_string.decode("latin-1"), keep_blank_values=True).get("page", [])
+    known = pages if isinstance(pages, dict) else {"": None}
+    unknown = next((n for n in names if n not in known), None)
+    if unknown is None:
+        return None
+    return f"This app has no page named {unknown[:40]!r}; open its address without it."
 
 
 def is_event_post(path: str, method: str | None) -> bool:

@@ -582,6 +582,10 @@ class WebGuard:
         if (why := gradio_routes.query_refusal(scope.get("query_string", b""))) is not None:
             await self._refuse(scope, receive, send, why, 400)
             return
+        if (why := gradio_routes.page_refusal(path, method, scope.get("query_string", b""),
+                                              (getattr(self._blocks(), "config", None) or {}).get("page"))) is not None:
+            await self._refuse(scope, receive, send, why, 404)
+            return
         parsed: Any = None
         signed_in: SessionInfo | None = None
         session_checked = False  # signed_in found already (an event post, with accounts)

@@ -1692,6 +1692,46 @@ def test_deep_links_are_neither_made_nor_opened(served):
     assert httpx.get(url + "/?deep_link=x").status_code == 400
 
 
+def _answer(request, *args, **kwargs) -> tuple[int | None, str]:
+    """(status, body) of ``request(*args, **kwargs)``, or (None, what broke) when the server cut the connection."""
+    try:
+        r = request(*args, **kwargs)
+    except httpx.TransportError as e:
+        return None, type(e).__name__
+    return r.status_code, r.text
+
+
+def test_a_page_the_app_does_not_have_is_one_sentence_not_a_traceback(served, capfd, caplog):
+    """Found by the twelfth review (6 Dec 2026): ``GET /?page=NAME`` (Gradio's multipage parameter) for a page the app
+    does not have raised a KeyError in Gradio's page route for anyone signed in (or holding local mode's token): no
+    answer (the connection was cut) and an 80-line traceback in the server's log per request, which any rater could
+    repeat. The app has one page; any other name gets 404 and one sentence, before Gradio, signed in or not; the page
+    itself, and the empty name Gradio reads as it, still open."""
+    _, _, url = served
+    capfd.readouterr()
+    with signed_in(url, "alice") as http:
+        for method in ("GET", "HEAD"):
+            for name in ("nope", "\"><svg onload=alert(1)>", "x" * 5000):
+                got = _answer(http.request, method, "/", params={"page": name})
+                said = "" if method == "HEAD" else f"This app has no page named {name[:40]!r}; open its address without it."
+                assert got == (404, said), (method, name[:20], got)
+        # Gradio reads the last of two
+        assert _answer(http.get, "/", params=[("page", ""), ("page", "nope")])[0] == 404
+        assert http.get("/", params={"page": ""}).status_code == 200 and http.get("/").status_code == 200
+    assert _answer(httpx.get, url + "/?page=nope")[0] == 404  # signed out too
+    _no_traceback(capfd, caplog)
+
+
+def test_a_page_the_app_does_not_have_is_one_sentence_in_local_mode_too(served_local, capfd, caplog):
+    """The previous test's KeyError without accounts: Gradio renders the page for whoever holds the local token."""
+    _, _, url = served_local
+    capfd.readouterr()
+    got = _answer(httpx.get, url + "/?page=nope", headers=LOCAL)
+    assert got == (404, "This app has no page named 'nope'; open its address without it."), got
+    assert httpx.get(url + "/", headers=LOCAL).status_code == 200
+    _no_traceback(capfd, caplog)
+
+
 def test_routes_the_app_does_not_use_are_not_answered(served):
     _, _, url = served
     with signed_in(url, "root") as http:
