@@ -159,6 +159,18 @@ LOCAL_TOKEN_BYTES = 24
 LOCAL_OPEN_PATHS = frozenset({"/gradio_api/startup-events"})
 
 
+# A path a redirect may send back as its Location: one '/' and then only RFC 3986's path characters, no percent-escape.
+SAME_SITE_PATH = re.compile(r"/(?:[A-Za-z0-9._~!$&'()*+,;=:@-][A-Za-z0-9._~!$&'()*+,;=:@/-]*)?")
+
+
+def same_site_path(path: str) -> str:
+    """``path`` when it can only mean a page of this site, else "/". Found by the twelfth review (6 Dec 2026): the local
+    token's redirect sent the request's path back as its Location with leading slashes collapsed, but browsers read
+    ``/\\host`` as ``//host`` (another site), drop tabs and line ends before reading, and a later hop may decode a
+    percent-escape; so a path with a second leading slash, a backslash, a control character or a '%' is "/"."""
+    return path if SAME_SITE_PATH.fullmatch(path) else "/"
+
+
 def new_local_token() -> str:
     return secrets.token_urlsafe(LOCAL_TOKEN_BYTES)
 
@@ -977,9 +989,9 @@ class WebGuard:
         # the printed address is always answered with the redirect, cookie or not: the secret leaves the address bar
         if scope["type"] == "http" and method in ("GET", "HEAD") and len(offered) == 1 and self._is_local_token(offered[0]):
             rest = urlencode([(k, v) for k, values in query.items() if k != "token" for v in values])
-            # the same address without the token (out of the address bar and the history); a path of "//host"
-            # would be read as another site, so leading slashes collapse to one
-            location = "/" + scope.get("path", "/").lstrip("/") + (f"?{rest}" if rest else "")
+            # the same address without the token (out of the address bar and the history), on this site whatever
+            # the path (same_site_path)
+            location = same_site_path(scope.get("path", "/")) + (f"?{rest}" if rest else "")
             response = RedirectResponse(location, status_code=303)
             response.set_cookie(self._local_cookie(), offered[0], httponly=True, samesite="lax", path="/",
                                 secure=scope.get("scheme") == "https")

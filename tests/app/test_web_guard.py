@@ -550,7 +550,7 @@ def test_local_mode_answers_only_whoever_shows_the_token_it_printed(served_local
         assert again.status_code == 303 and again.headers["location"] == "/"
     # a path that would read as another site keeps to this one
     r = httpx.get(url + f"//evil.example/?token={LOCAL_TOKEN}")
-    assert r.status_code == 303 and r.headers["location"] == "/evil.example/"
+    assert r.status_code == 303 and r.headers["location"] == "/"
     assert httpx.get(url + "/config", headers=LOCAL).status_code == 200
 
 
@@ -691,6 +691,46 @@ def test_the_guard_matches_paths_as_the_router_does_under_a_root_path():
         assert call("/seiko/gradio_api/upload", "/seiko") == (404, b"This app takes no file uploads.")
         assert call("/gradio_api/upload", "") == (404, b"This app takes no file uploads.")
         assert call("/seiko/gradio_api/queue/join", "/seiko") == (200, b"inner") and seen == ["/seiko/gradio_api/queue/join"]
+    finally:
+        guard.close()
+
+
+def _browser_host(location: str, base: str = "http://127.0.0.1:7860/") -> str:
+    """The host a browser goes to for a redirect's Location (WHATWG URL parsing of an http URL: tabs and line ends
+    dropped, a backslash read as a slash), its percent-escapes decoded first (a proxy or a later hop may decode them)."""
+    from urllib.parse import unquote, urljoin, urlsplit
+
+    seen = "".join(c for c in unquote(location) if c not in "\t\n\r").replace("\\", "/")
+    return urlsplit(urljoin(base, seen)).netloc
+
+
+@pytest.mark.parametrize("path", ["/\\evil.example", "//evil.example", "///evil.example/", "/\\/evil.example",
+                                  "/\\\\evil.example/x", "/\t/evil.example", "/\n/evil.example", "\\\\evil.example",
+                                  "/%5Cevil.example"])
+def test_the_local_token_redirect_stays_on_this_site_whatever_the_path(path):
+    """Found by the twelfth review (6 Dec 2026): the ``?token=`` redirect's Location was built from the request's path,
+    leading slashes collapsed but not a backslash, so ``/\\evil.example`` (which browsers read as ``//evil.example``)
+    was sent back as the Location. A path that is not one '/' and no backslash is now redirected to '/'."""
+    from types import SimpleNamespace
+
+    async def inner(scope, receive, send):
+        await web_guard.PlainTextResponse("inner")(scope, receive, send)
+
+    guard = web_guard.WebGuard(inner, gradio_app=SimpleNamespace(cookie_id="t", tokens={}, get_blocks=lambda: None),
+                               policy=web_guard.GuardPolicy(True), local_token=LOCAL_TOKEN)
+    try:
+        for asked, query in ((path, f"token={LOCAL_TOKEN}"), (path, f"token={LOCAL_TOKEN}&view=1")):
+            sent = []
+            status, _, _ = asyncio.run(_drive_async(guard, asked, [(b"host", b"127.0.0.1:7860")], method="GET",
+                                                    query=query.encode(), sent=sent, client=True))
+            headers = {k.decode(): v.decode() for k, v in sent[0]["headers"]}
+            assert status == 303 and _browser_host(headers["location"]) == "127.0.0.1:7860", (asked, headers["location"])
+            assert f"seiko-local-t={LOCAL_TOKEN}" in headers["set-cookie"]
+        # an ordinary path keeps its address, the token taken out
+        sent = []
+        asyncio.run(_drive_async(guard, "/a/b", [(b"host", b"127.0.0.1:7860")], method="GET",
+                                 query=f"view=1&token={LOCAL_TOKEN}".encode(), sent=sent, client=True))
+        assert dict(sent[0]["headers"])[b"location"] == b"/a/b?view=1"
     finally:
         guard.close()
 
