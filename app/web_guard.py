@@ -1226,8 +1226,12 @@ class WebGuard:
         content_type = Headers(scope=scope).get("content-type", "").split(";")[0].strip().lower()
         if content_type == "application/x-www-form-urlencoded":
             try:
-                fields = parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=8, strict_parsing=False)
-            except (UnicodeDecodeError, ValueError) as e:
+                text = body.decode("utf-8")
+            except UnicodeDecodeError:  # its own message is Python's ("'utf-8' codec can't decode byte 0xff ...")
+                return "the sign-in form could not be read: it was not UTF-8 text"
+            try:
+                fields = parse_qs(text, keep_blank_values=True, max_num_fields=8, strict_parsing=False)
+            except ValueError as e:
                 return f"the sign-in form could not be read ({e})"
             return {k: v[0] for k, v in fields.items()}
         if content_type == "multipart/form-data":

@@ -2737,3 +2737,33 @@ def test_the_admin_tabs_your_password_counts_against_the_address_it_came_from(ui
             assert other.post("/login", data={"username": "bob", "password": UI_PASSWORD}).status_code == 429
     finally:
         demo.close()
+
+
+def test_a_sign_in_form_that_is_not_utf8_gets_a_plain_sentence():
+    """Found by the twelfth review (6 Dec 2026): a form body with a byte that is not UTF-8 was answered with Python's
+    codec message ("the sign-in form could not be read ('utf-8' codec can't decode byte 0xff in position ...)")."""
+    from types import SimpleNamespace
+
+    guard = web_guard.WebGuard(None, gradio_app=SimpleNamespace(cookie_id="t", tokens={}, get_blocks=lambda: None),
+                               policy=web_guard.GuardPolicy(True), local_token=LOCAL_TOKEN)
+
+    def form(body: bytes):
+        async def receive():
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        scope = {"type": "http", "method": "POST", "path": "/login", "query_string": b"",
+                 "headers": [(b"content-type", b"application/x-www-form-urlencoded; charset=utf-8")]}
+        return asyncio.run(guard._form(scope, receive))
+
+    try:
+        for body in (b"username=alice&password=\xff\xfe", b"username=\xc3&password=x", b"\x80"):
+            with pytest.raises(UnicodeDecodeError):
+                body.decode("utf-8")  # what the stock codec says of it
+            said = form(body)
+            assert said == "the sign-in form could not be read: it was not UTF-8 text", said
+        # UTF-8 text, escaped or not, is still read whole
+        assert form(b"username=z%C3%BCri&password=gr%C3%BC%C3%9F+dich") == {"username": "züri",
+                                                                                    "password": "grüß dich"}
+        assert form("username=züri&password=grüß".encode()) == {"username": "züri", "password": "grüß"}
+    finally:
+        guard.close()
