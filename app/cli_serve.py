@@ -9,6 +9,7 @@ Ctrl-C or SIGTERM stops it cleanly.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -154,11 +155,23 @@ def install_stop_handlers(stop: threading.Event) -> Callable[[], None]:
     return restore
 
 
+def root_path_refusal(root_path: str) -> str:
+    """Why the app is not served under ``root_path`` (GRADIO_ROOT_PATH), in one sentence. Found by the twelfth review
+    (6 Dec 2026): Gradio reads GRADIO_ROOT_PATH itself and serves its page under it, but the app's own addresses are
+    absolute (the banner's log-out form posts to /logout, log out redirects to /, exports download from
+    /seiko/export/<id>), so behind a proxy that strips the prefix log out missed the app and the session stayed open."""
+    return (f"GRADIO_ROOT_PATH is set ({root_path!r}), but this app must be served at the root of its address (its log "
+            "out and export links are absolute): unset it, and give the app its own host name behind the proxy "
+            "(SEIKO_PUBLIC_URL)")
+
+
 def launch(services) -> object:
     """Start the web app in a background thread; returns the gr.Blocks (call ``.close()`` to stop it)."""
     from app import net_limits, web_guard
     from app.ui import build_demo, launch_kwargs
 
+    if (root_path := os.environ.get("GRADIO_ROOT_PATH", "").strip()) not in ("", "/"):
+        raise ServeError(root_path_refusal(root_path))
     host = services.settings.host
     if not resolves(host):  # not the port's fault: it was reported as a busy port (found by review)
         raise ServeError(f"the listen address {host!r} (--host) is neither an IP address nor a name this machine can "

@@ -150,7 +150,8 @@ MAX_REQUEST_BODY = 256 * 1024
 MAX_EVENT_BODY = 16 * 1024
 # Gradio's routes that take files exist whatever the page holds; this app has no upload or recording component, and
 # a file sent to them is left in a temporary folder that nothing cleans (a signed-in rater could fill the disk). They
-# are not answered. Compared with the path the router sees (a root path such as GRADIO_ROOT_PATH taken off).
+# are not answered. Compared with the path the router sees (an ASGI root path taken off;
+# GRADIO_ROOT_PATH itself is refused at start, app.cli_serve.root_path_refusal).
 UPLOAD_PATHS = frozenset(f"/gradio_api/{name}{slash}" for name in ("upload", "upload_progress", "process_recording")
                          for slash in ("", "/"))
 LOCAL_TOKEN_HEADER = "x-seiko-token"
