@@ -83,6 +83,9 @@ COMMON_PASSWORDS_FILE = Path(__file__).with_name("common_passwords.txt")
 # runs of consecutive letters, digits or keys: a password that reads along one of these (either way) is refused
 SEQUENCES = ("abcdefghijklmnopqrstuvwxyz", "01234567890", "qwertyuiop", "asdfghjkl", "zxcvbnm")
 NAME_IN_PASSWORD_MIN = 3  # a shorter account name ("al") is refused as the whole password only, not as a part of one
+# a stretch of this many characters or more that is one character repeated or reads along one of SEQUENCES (either way)
+# is a run; a password needs MIN_PASSWORD_LENGTH characters outside its runs (``_characters_outside_runs``)
+RUN_MIN = 4
 
 
 def _folded(text: str) -> str:
@@ -91,6 +94,8 @@ def _folded(text: str) -> str:
     return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
 
 
+RUNS_REFUSAL = (f"a password needs at least {MIN_PASSWORD_LENGTH} characters besides its runs of {RUN_MIN} or more "
+                "repeated or consecutive letters, digits or keys (such as aaaa, 1234, dcba or qwer)")
 _TRAILING = string.digits + string.punctuation  # what may follow a common password and still be it ("Password1!")
 
 
@@ -103,12 +108,41 @@ def common_passwords() -> frozenset[str]:
     return frozenset(e for e in entries if e)
 
 
+def _characters_outside_runs(folded: str) -> int:
+    """How many characters of ``folded`` lie outside every run: every stretch of RUN_MIN characters or more that is one
+    character repeated ("aaaa", "!!!!") or reads along one of SEQUENCES, either way ("1234", "dcba", "qwer", "7890").
+    Runs may overlap or touch ("abcd1234" is all runs). Each run found is extended as far as it goes (a stretch that is
+    not a run has no longer one starting where it starts), so this takes a few steps a character."""
+    covered = [False] * len(folded)
+    i = 0
+    while i < len(folded):  # one character repeated: its whole stretch
+        j = i
+        while j < len(folded) and folded[j] == folded[i]:
+            j += 1
+        if j - i >= RUN_MIN:
+            covered[i:j] = [True] * (j - i)
+        i = j
+    lines = SEQUENCES + tuple(line[::-1] for line in SEQUENCES)
+    for i in range(len(folded) - RUN_MIN + 1):
+        end = i + RUN_MIN
+        if not any(folded[i:end] in line for line in lines):
+            continue
+        while end < len(folded) and any(folded[i:end + 1] in line for line in lines):
+            end += 1
+        covered[i:end] = [True] * (end - i)
+    return covered.count(False)
+
+
 def check_password_strength(password: str, name: str | None = None) -> None:
     """Refuse (ValueError, one sentence) a password a new one may not be: under MIN_PASSWORD_LENGTH or over
     MAX_PASSWORD_LENGTH characters, starting or ending with spaces, the account's ``name`` (case and accents aside) or
     holding it (a name of NAME_IN_PASSWORD_MIN characters or more), one character repeated, a run along one of
-    SEQUENCES (12345678, abcdefgh, qwertyui, backwards too), or one of the most common passwords (``common_passwords``)
-    alone or followed only by digits and punctuation. Passwords set under older rules still sign in (``_new_hash``)."""
+    SEQUENCES (12345678, abcdefgh, qwertyui, backwards too), one of the most common passwords (``common_passwords``)
+    alone or followed only by digits and punctuation, or one with fewer than MIN_PASSWORD_LENGTH characters outside
+    its runs (``_characters_outside_runs``: stretches of RUN_MIN or more characters, compared as the rules compare
+    them, that are one character repeated or read along one of SEQUENCES, either way). So "abcdefgh1" (one character
+    outside its run), "1234567a" and "abcdefgh12345678" are refused, and "my 1234 garden gate" (15 outside) is not.
+    Passwords set under older rules still sign in (``_new_hash``)."""
     if not isinstance(password, str) or len(password) < MIN_PASSWORD_LENGTH:
         raise ValueError(f"a password needs at least {MIN_PASSWORD_LENGTH} characters")
     if len(password) > MAX_PASSWORD_LENGTH:
@@ -126,6 +160,9 @@ def check_password_strength(password: str, name: str | None = None) -> None:
                          "abcdefgh or qwertyui")
     if folded.rstrip(_TRAILING) in common_passwords():
         raise ValueError("that password is one of the most commonly used ones, which are tried first; choose another")
+    # "abcdefgh1" passed the run rule above, which looked at the whole password only (the twelfth review, 6 Dec 2026)
+    if _characters_outside_runs(folded) < MIN_PASSWORD_LENGTH:
+        raise ValueError(RUNS_REFUSAL)
 
 
 def hash_password(password: str, name: str | None = None) -> str:

@@ -724,7 +724,7 @@ def test_an_older_password_that_todays_rules_refuse_is_made_again_all_the_same(d
     """A password set under older rules (here 5 characters, and one ending in a space) may be shorter than a new one
     may be: its owner knows no other, so the sign-in still succeeds and the hash is made again as it is."""
     auth.add_user(db_factory, name="carol", role="rater", password=PASSWORD)
-    for legacy in ("short", "ends in a space "):
+    for legacy in ("short", "ends in a space ", "abcdefgh1"):  # "abcdefgh1": refused since the twelfth review
         with pytest.raises(ValueError):
             auth.check_password_strength(legacy)
         _stored_as(db_factory, "carol", _old_hash(legacy, p=2))
@@ -1133,14 +1133,136 @@ def test_a_password_that_is_the_name_a_repeat_a_run_or_a_common_one_cannot_be_se
 
 
 @pytest.mark.parametrize("name, password", [
-    ("alice", "correct horse battery"), ("al", "al's garden gate"), ("zed", "hello world!"), ("zed", "1234567a"),
-    ("zed", "abcdefgi"), ("zed", "aaaaaaab"), ("zed", "passwords are long sentences"),
+    ("alice", "correct horse battery"), ("al", "al's garden gate"), ("zed", "hello world!"), ("zed", "123abc45"),
+    ("zed", "aaab1aaab"), ("zed", "my 1234 garden"), ("zed", "abcdefgh 12 mile"), ("zed", "1111 is my lucky #"),
+    ("zed", "passwords are long sentences"),
 ])
 def test_passwords_near_the_refused_ones_can_be_set(db_factory, name, password):
     """The rules refuse what they say and no more: a short name (under 3 characters) only as the whole password, a
-    run or a repeat only as the whole password, a common password only alone or with digits and punctuation after it."""
+    run of 3 anywhere, a run of 4 or more with 8 characters besides it ("abcdefgh 12 mile": exactly 8), a common
+    password only alone or with digits and punctuation after it."""
     auth.add_user(db_factory, name=name, role="admin", password=password)
     assert auth.check_login(db_factory, name, password).refusal is None
+
+
+# ---------------------------------------------------------------------------------------------
+# twelfth review (6 Dec 2026): a run that makes up most of a password, not only all of it
+# ---------------------------------------------------------------------------------------------
+
+RUNS_RULE = ("a password needs at least 8 characters besides its runs of 4 or more repeated or consecutive letters, "
+             "digits or keys (such as aaaa, 1234, dcba or qwer)")
+LINES = ("abcdefghijklmnopqrstuvwxyz", "01234567890", "qwertyuiop", "asdfghjkl", "zxcvbnm")  # as README.md names them
+
+
+def _outside_runs_by_brute_force(password: str) -> int:
+    """The characters of ``password`` (lower case, ASCII) that no stretch of 4 or more characters covers that is one
+    character repeated or a piece of one of LINES, forwards or backwards: every stretch tried."""
+    covered = set()
+    for i in range(len(password)):
+        for j in range(i + 4, len(password) + 1):
+            piece = password[i:j]
+            if len(set(piece)) == 1 or any(piece in line or piece[::-1] in line for line in LINES):
+                covered.update(range(i, j))
+    return len(password) - len(covered)
+
+
+@pytest.mark.parametrize("password", [
+    "abcdefgh1", "1234567a", "abcdefgi", "aaaaaaab", "abcdefgh12345678", "Abcdefgh!", "1qwertyui", "87654321x",
+    "zyxwvuts7", "my dog!!!!!!!", "7890123456x", "asdf1234qwer", "ab1234567c",
+])
+def test_a_password_that_is_mostly_a_run_cannot_be_set(db_factory, password):
+    """Twelfth review: the run and repeat rules looked at the whole password only, so "abcdefgh1" or "1234567a" could be
+    set. A password needs 8 characters besides its runs of 4 or more (repeated, or along a line of letters, digits or
+    keys, either way); this is refused with one sentence when an account is made and when a password is set, nothing
+    is stored."""
+    assert _outside_runs_by_brute_force(password.lower()) < 8
+    with pytest.raises(ValueError) as refused:
+        auth.add_user(db_factory, name="zed", role="rater", password=password)
+    assert str(refused.value) == RUNS_RULE
+    assert auth.list_users(db_factory) == []
+    auth.add_user(db_factory, name="zed", role="rater", password=PASSWORD)
+    with pytest.raises(ValueError, match="besides its runs"):
+        auth.set_password(db_factory, name="zed", password=password)
+    assert auth.check_login(db_factory, "zed", PASSWORD).refusal is None
+
+
+def test_a_run_with_filler_is_refused_exactly_when_the_filler_is_under_8_characters():
+    """Constructed cases: a run (a piece of a line, either way, or one character repeated, 4 to 26 long) with filler
+    around it of marks that are on no line and never two alike in a row, so the characters besides the run are the
+    filler, known by construction. Refused exactly when there are fewer than 8 of them, whatever the run and where the
+    filler sits."""
+    import random
+
+    rng = random.Random(12)
+    marks = "!#%&*+=?~^"
+    seen = {True: 0, False: 0}
+    for _ in range(3000):
+        if rng.random() < 0.25:
+            run = rng.choice("abz09q!") * rng.randint(4, 12)
+        else:
+            line = rng.choice(LINES)
+            length = rng.randint(4, len(line))
+            start = rng.randint(0, len(line) - length)
+            run = line[start:start + length]
+            run = run[::-1] if rng.random() < 0.5 else run
+            run = run.upper() if rng.random() < 0.2 else run
+        filler = rng.randint(max(0, 8 - len(run)), 12)
+        chars: list[str] = []
+        while len(chars) < filler:
+            chars.append(rng.choice([m for m in marks if not chars or m != chars[-1]]))
+        before = rng.randint(1, filler) if filler else 0  # a mark first: a common word with marks after it is its own rule
+        password = "".join(chars[:before]) + run + "".join(chars[before:])
+        if run[0] in marks and (chars[before - 1:before] == [run[0]] or chars[before:before + 1] == [run[0]]):
+            continue  # a repeated mark next to a filler mark alike: the run is longer than built
+        refused = filler < 8
+        seen[refused] += 1
+        try:
+            auth.check_password_strength(password)
+        except ValueError as e:
+            assert refused, (password, str(e))
+        else:
+            assert not refused, password
+    assert min(seen.values()) > 500, seen
+
+
+def test_the_runs_rule_agrees_with_trying_every_stretch():
+    """Random passwords over a few letters, digits, keys and marks, where runs of every kind and overlapping ones are
+    common: refused by the runs rule exactly when trying every stretch of each leaves fewer than 8 characters outside
+    all runs (the other rules answer first where they apply: a whole run, a common password)."""
+    import random
+
+    rng = random.Random(6)
+
+    def piece() -> str:  # a few characters: random ones, one repeated, or a bit of a line (either way)
+        kind = rng.randrange(3)
+        if kind == 0:
+            return "".join(rng.choice("aeiou2468!#q") for _ in range(rng.randint(1, 4)))
+        if kind == 1:
+            return rng.choice("ab1!q") * rng.randint(2, 6)
+        line = rng.choice(LINES)
+        length = rng.randint(2, 7)
+        start = rng.randint(0, len(line) - length)
+        return line[start:start + length][::rng.choice((1, -1))]
+
+    counts = {True: 0, False: 0}
+    for _ in range(4000):
+        password = ""
+        while len(password) < 8:
+            password += piece()
+        password += "".join(piece() for _ in range(rng.randrange(3)))
+        if password.rstrip("0123456789!#") in auth.common_passwords():
+            continue
+        expected = _outside_runs_by_brute_force(password) < 8
+        counts[expected] += 1
+        try:
+            auth.check_password_strength(password)
+        except ValueError as e:
+            assert expected, (password, str(e))
+            if _outside_runs_by_brute_force(password) > 0:  # not a whole run: this rule's sentence
+                assert str(e) == RUNS_RULE, (password, str(e))
+        else:
+            assert not expected, password
+    assert min(counts.values()) > 400, counts
 
 
 def test_every_listed_common_password_is_refused_alone_and_with_digits_after_it():
