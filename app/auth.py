@@ -349,8 +349,8 @@ def set_password(factory: sessionmaker[Session], *, name: str, password: str, ac
     """Change an account's password; its sessions end (whoever signed in with the old one is signed out).
 
     Nothing here asks for anyone's current password: the command line (``python -m app users passwd``) calls this for
-    the machine's owner, who has a shell on the server and is trusted already. The web page's change goes through
-    ``confirm_own_password`` first (``app.ui_admin.set_user_password``)."""
+    the machine's owner, who has a shell on the server and is trusted already. The web page's changes go through
+    ``change_password`` (``confirm_own_password`` first)."""
     hashed = hash_password(password, name)
     with write_session(factory) as s:
         rater = _account(s, name)
@@ -368,13 +368,37 @@ def check_new_password(factory: sessionmaker[Session], *, name: str, password: A
     check_password_strength(password, name)
 
 
+def change_password(factory: sessionmaker[Session], who: Who, *, name: str, password: Any, current: Any,
+                    throttle: app_sessions.LoginThrottle, ip: str | None, own_form: bool = False) -> None:
+    """The web page's password change, the one path of both forms: the Admin tab's **Set password** (an admin, any
+    account: ``app.ui_admin.set_user_password``) and the Account tab's (anyone signed in, their own account:
+    ``app.ui_account.change_own_password``, ``own_form``, whose sentences name its box "Current password").
+
+    ``who`` sets the password of the account ``name`` to ``password``: anyone but an admin may name only their own
+    account (AuthError, before anything is read). The account and the new password are checked first
+    (``check_new_password``), so a typing slip there costs no guess; then ``current`` must be ``who``'s own current
+    password (``confirm_own_password``: checked and throttled as a sign-in from ``ip`` with ``throttle``, a refusal
+    audited), except for the local-mode admin, who has none; then ``set_password``, which ends every session of the
+    account, the one that asked included, and is audited. A refusal is one sentence and changes nothing."""
+    if not who.is_admin and name != who.name:
+        raise AuthError(f"{who.name!r} is a rater; a rater may change only their own password")
+    check_new_password(factory, name=name, password=password)
+    if not who.local:
+        confirm_own_password(factory, who, current, throttle=throttle, ip=ip, target=name, own_form=own_form)
+    set_password(factory, name=name, password=password, actor=who)
+
+
 YOUR_PASSWORD_MISSING = ("type your own password in \"Your password\" to set an account's password (a session left open "
                          "must not be enough to take over accounts); nothing was changed")
 YOUR_PASSWORD_WRONG = "the password in \"Your password\" is not yours, so nothing was changed"
+# the Account tab's form (a password of one's own, ``change_password(own_form=True)``)
+CURRENT_PASSWORD_MISSING = ("type your current password in \"Current password\" to change it (a session left open must "
+                            "not be enough to take over your account); nothing was changed")
+CURRENT_PASSWORD_WRONG = "the password in \"Current password\" is not your current one, so nothing was changed"
 
 
 def confirm_own_password(factory: sessionmaker[Session], who: Who, password: Any, *, throttle: app_sessions.LoginThrottle,
-                         ip: str | None, target: str) -> None:
+                         ip: str | None, target: str, own_form: bool = False) -> None:
     """Check that ``password`` is the signed-in ``who``'s own current one, before the web page sets the password of the
     account ``target`` (``who``'s own or another's): otherwise AuthError (one sentence) and an audit entry
     "user.password.refused", nothing changed.
@@ -384,10 +408,13 @@ def confirm_own_password(factory: sessionmaker[Session], who: Who, password: Any
     older hash), and the same sign-in ``throttle`` with ``who``'s name and the request's address ``ip``: a locked
     account or address is refused before hashing, and a wrong password counts as a failed sign-in of both, so this box
     cannot guess the admin's password faster than the sign-in page can. No browser is exempt here (no device token):
-    whoever holds the session holds that browser. A missing password costs no guess and is not counted."""
+    whoever holds the session holds that browser. A missing password costs no guess and is not counted. The refusals'
+    sentences name the Admin tab's box ("Your password"), or with ``own_form`` the Account tab's ("Current password")."""
+    missing, wrong = (CURRENT_PASSWORD_MISSING, CURRENT_PASSWORD_WRONG) if own_form else (YOUR_PASSWORD_MISSING,
+                                                                                         YOUR_PASSWORD_WRONG)
     if not isinstance(password, str) or not password:
-        _refuse_password_change(factory, who, target, "no password of the acting admin given", ip)
-        raise AuthError(YOUR_PASSWORD_MISSING)
+        _refuse_password_change(factory, who, target, f"no password of the acting {who.role} given", ip)
+        raise AuthError(missing)
     wait, ticket = throttle.admit(ip, who.name)
     if ticket is None:
         seconds = max(1, math.ceil(wait))
@@ -402,8 +429,8 @@ def confirm_own_password(factory: sessionmaker[Session], who: Who, password: Any
         throttle.failed(ip, who.name)
     finally:
         throttle.release(ticket)  # after the outcome is counted, as a sign-in's
-    _refuse_password_change(factory, who, target, "wrong password of the acting admin", ip)
-    raise AuthError(YOUR_PASSWORD_WRONG)
+    _refuse_password_change(factory, who, target, f"wrong password of the acting {who.role}", ip)
+    raise AuthError(wrong)
 
 
 def _refuse_password_change(factory: sessionmaker[Session], who: Who, target: str, reason: str, ip: str | None) -> None:

@@ -2,7 +2,8 @@
 
 Three tabs: Rate (a keyboard-first grid of the open round's images), Dashboard (per-round metrics,
 the eval grid, the worker's state; refreshes itself) and Admin (experiments, rounds, users; shown
-to admins only, and every admin handler checks the role on the server).
+to admins only, and every admin handler checks the role on the server); besides them Pairs and Compare, and
+Account (anyone signed in changes their own password: ``app.ui_account``).
 
 Each tab has its own builder, which lays the tab out and wires its handlers (methods of a handlers class at
 module level): ``app.ui_rate_tab``, ``app.ui_pairs``, ``app.ui_dashboard_tab``, ``app.ui_compare``,
@@ -31,6 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app import (
     auth,
+    ui_account,  # every signed-in account's own password (the twelfth review)
     ui_admin,
     ui_admin_tab,
     ui_compare,  # issue 14 item 3: the Compare tab (blind A/B), its dashboard table, rollback
@@ -315,6 +317,9 @@ def build_demo(services: AppServices) -> gr.Blocks:
             # admins only
             admin = ui_admin_tab.build(services, exp_state, experiment_dd, who_of, admin_of, _shown, private, picks=picks)
 
+            # everyone with an account: their own password (hidden in local mode, which has none)
+            account = ui_account.build(services, who_of, _shown, private)
+
         # ---- page load ---------------------------------------------------------------------
 
         def on_load(state, request: gr.Request):
@@ -323,9 +328,10 @@ def build_demo(services: AppServices) -> gr.Blocks:
             view = ui_rate.load_batch(factory, data_dir, who, state, batch_size=size)
             exp_id = view.state["experiment_id"]
             return (banner_html(services, who), gr.Dropdown(choices=choices, value=exp_id), gr.Tab(visible=who.is_admin),
-                    *rate.handlers.view_outputs(view), exp_id, gr.Tab(visible=dashboard_visible(who, exp_id)))
+                    *rate.handlers.view_outputs(view), exp_id, gr.Tab(visible=dashboard_visible(who, exp_id)),
+                    gr.Tab(visible=not who.local))
 
-        load_outputs = [banner, experiment_dd, admin.tab, *rate.outputs, exp_state, dash.tab]
+        load_outputs = [banner, experiment_dd, admin.tab, *rate.outputs, exp_state, dash.tab, account.tab]
         demo.load(on_load, [rate_state], load_outputs, **private)
 
         # ---- experiment selector ------------------------------------------------------------

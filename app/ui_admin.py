@@ -452,17 +452,15 @@ THROTTLE_WITHOUT_GUARD = LoginThrottle()
 def set_user_password(factory, who: Who, name: Any, password: Any, your_password: Any = None, *,
                       throttle: LoginThrottle | None = None, ip: str | None = None) -> str:
     """Set the password of the account ``name`` (the admin's own or another's) to ``password``, once ``your_password``
-    proved to be the acting admin's own (``auth.confirm_own_password``: checked and throttled as a sign-in from ``ip``
-    with ``throttle``, a refusal audited). The account and the new password are checked first, so a typing slip there
-    costs no guess. The local-mode admin has no password to give, and in local mode no account exists to set one of."""
+    proved to be the acting admin's own: ``auth.change_password``, the one path of the web page's password changes
+    (the Account tab's too), which checks the account and the new password first, so a typing slip there costs no
+    guess, then ``your_password`` as a sign-in from ``ip`` with ``throttle`` (a refusal audited). The local-mode admin
+    has no password to give, and in local mode no account exists to set one of."""
     require_admin(who)
     name = _account_name(name)
     password = password if isinstance(password, str) else ""
-    auth.check_new_password(factory, name=name, password=password)
-    if not who.local:
-        auth.confirm_own_password(factory, who, your_password, throttle=throttle or THROTTLE_WITHOUT_GUARD, ip=ip,
-                                  target=name)
-    auth.set_password(factory, name=name, password=password, actor=who)
+    auth.change_password(factory, who, name=name, password=password, current=your_password,
+                         throttle=throttle or THROTTLE_WITHOUT_GUARD, ip=ip)
     return f"{name!r} has a new password; their sessions ended, so they sign in again with it."
 
 

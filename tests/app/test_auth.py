@@ -1277,3 +1277,126 @@ def test_every_listed_common_password_is_refused_alone_and_with_digits_after_it(
             with pytest.raises(ValueError, match="commonly used|run of consecutive|one character repeated"):
                 auth.check_password_strength(password)
         auth.check_password_strength(f"my {entry} and a tree")
+
+
+# ---------------------------------------------------------------------------------------------
+# twelfth review (6 Dec 2026): everyone signed in changes their own password on the web (the Account tab)
+# ---------------------------------------------------------------------------------------------
+
+CURRENT_MISSING = ("Type your current password in \"Current password\" to change it (a session left open must not be "
+                   "enough to take over your account); nothing was changed.")
+CURRENT_WRONG = "The password in \"Current password\" is not your current one, so nothing was changed."
+
+
+def _account_tab(world, monkeypatch):
+    """The built page's Account tab handler and a fresh stand-in throttle (the handler, called as a function, has no
+    guard in front of it), with a clock that stands still."""
+    from app import sessions, ui, ui_admin
+
+    throttle = sessions.LoginThrottle(per_ip=sessions.ThrottleRule(free=1000, base_s=1, max_s=1),
+                                      per_account=sessions.ThrottleRule(free=3, base_s=60, max_s=600),
+                                      monotonic=lambda: 0.0)
+    monkeypatch.setattr(ui_admin, "THROTTLE_WITHOUT_GUARD", throttle)
+    demo = ui.build_demo(world.services())
+    (fn,) = [bf for bf in demo.fns.values() if bf.fn is not None and bf.fn.__name__ == "on_own_password"]
+    return fn, throttle
+
+
+def _request(name: str):
+    import gradio as gr
+
+    return gr.Request(username=name, client={"host": "10.0.0.7", "port": 5000})
+
+
+def test_a_rater_changes_their_own_password_on_the_account_tab(ui_world, monkeypatch):
+    """Twelfth review: a rater could not change their password on the web, only an admin could (the Admin tab). The
+    Account tab's form takes the current password and the new one: a missing or wrong current password, or a new one
+    the rules refuse, is one sentence and changes nothing; the right one changes it, ends every session of the account
+    (this one too, as the Admin tab's change does) and no other account's, and is audited."""
+    import gradio as gr
+
+    from app import sessions
+
+    f = ui_world.factory
+    fn, _ = _account_tab(ui_world, monkeypatch)
+    assert [b.label for b in fn.inputs] == ["Current password", "New password (8+ characters)"]  # no account name
+    store = sessions.SessionStore(f, idle_s=3600, max_s=3600, recheck_s=0)
+    alices = [store.start(ui_world.accounts["alice"], "10.0.0.7") for _ in range(2)]
+    bobs = store.start(ui_world.accounts["bob"], "10.0.0.8")
+    new = "a fresh secret phrase"
+    tries = [(None, new, CURRENT_MISSING), ("", new, CURRENT_MISSING), ("not my password", new, CURRENT_WRONG),
+             (UI_PASSWORD, "abcdefgh1", RUNS_RULE[0].upper() + RUNS_RULE[1:] + "."),
+             (UI_PASSWORD, "alice in the garden", "A password may not be or contain the account's name."),
+             (UI_PASSWORD, "short", "A password needs at least 8 characters."), (UI_PASSWORD, None,
+                                                                                 "A password needs at least 8 characters.")]
+    for current, password, sentence in tries:
+        with pytest.raises(gr.Error) as refused:
+            fn.fn(current, password, request=_request("alice"))
+        assert refused.value.message == sentence, (current, password)
+    assert auth.check_login(f, "alice", UI_PASSWORD).refusal is None  # nothing changed
+    assert all(store.check(t) is not None for t in [*alices, bobs])
+    assert [json.loads(d)["reason"] for _, _, d in _refusals(f)][::-1] == (
+        ["no password of the acting rater given"] * 2 + ["wrong password of the acting rater"])
+    message, *boxes = fn.fn(UI_PASSWORD, new, request=_request("alice"))
+    assert "Your password is changed" in message and "sign in again" in message and boxes == ["", ""]
+    assert auth.check_login(f, "alice", new).refusal is None and auth.check_login(f, "alice", UI_PASSWORD).refusal
+    assert [store.check(t) is None for t in [*alices, bobs]] == [True, True, False]  # alice's sessions only
+    assert auth.check_login(f, "bob", UI_PASSWORD).refusal is None and auth.check_login(f, "root", UI_PASSWORD).refusal is None
+    audit = auth.list_audit(f)[0]
+    assert (audit.actor, audit.action, audit.target) == ("alice", "user.password", "alice")
+    message, *_ = fn.fn(UI_PASSWORD, "and yet another phrase", request=_request("root"))  # an admin's own too
+    assert "Your password is changed" in message and auth.check_login(f, "root", "and yet another phrase").refusal is None
+
+
+def test_a_rater_can_change_no_other_accounts_password(ui_world):
+    """The form names no account (the signed-in one is read on the server), and the one path behind both forms,
+    ``auth.change_password``, refuses a rater any account but their own, before anything is read or counted, even with
+    the right current password; the Admin tab's function still refuses a rater outright."""
+    from app import sessions, ui_admin
+
+    f = ui_world.factory
+    alice = auth.identify(f, local_mode=False, username="alice", client_host="10.0.0.7")
+    throttle = sessions.LoginThrottle(monotonic=lambda: 0.0)
+    for target in ("bob", "root", "Alice", "nobody"):
+        with pytest.raises(auth.AuthError, match="^'alice' is a rater; a rater may change only their own password$"):
+            auth.change_password(f, alice, name=target, password="a fresh secret phrase", current=UI_PASSWORD,
+                                 throttle=throttle, ip="10.0.0.7", own_form=True)
+    with pytest.raises(auth.AuthError, match="only an admin"):
+        ui_admin.set_user_password(f, alice, "bob", "a fresh secret phrase", UI_PASSWORD, throttle=throttle)
+    for name in ("alice", "bob", "root"):
+        assert auth.check_login(f, name, UI_PASSWORD).refusal is None
+    assert _refusals(f) == [] and throttle.wait_s("10.0.0.7", "alice") == 0
+
+
+def test_a_wrong_current_password_on_the_account_tab_counts_as_a_failed_sign_in(ui_world, monkeypatch):
+    """The current password is checked with the sign-in's throttle, as the Admin tab's "Your password" is: each wrong
+    one is a failed sign-in of the account, so past the free failures the account is locked for sign-in too, and while
+    locked even the right current password is refused before it is checked. A new password the rules refuse is checked
+    first and costs no guess."""
+    import gradio as gr
+
+    fn, throttle = _account_tab(ui_world, monkeypatch)
+    for _ in range(4):
+        with pytest.raises(gr.Error, match="besides its runs"):
+            fn.fn("a guess", "abcdefgh1", request=_request("alice"))
+    assert throttle.wait_s("10.0.0.7", "alice") == 0
+    for _ in range(4):
+        with pytest.raises(gr.Error, match="is not your current one"):
+            fn.fn("a guess", "a fresh secret phrase", request=_request("alice"))
+    assert throttle.wait_s("10.0.0.7", "alice") == 60 and throttle.wait_s("10.9.9.9", "alice") == 60
+    with pytest.raises(gr.Error) as refused:
+        fn.fn(UI_PASSWORD, "a fresh secret phrase", request=_request("alice"))
+    assert refused.value.message == "Too many failed sign-ins; try again in 60 seconds (nothing was changed)."
+    assert auth.check_login(ui_world.factory, "alice", UI_PASSWORD).refusal is None
+
+
+def test_local_mode_has_no_password_to_change(ui_world_factory):
+    """In local mode the single local admin has no password: the Account tab is hidden and its function refuses in one
+    sentence."""
+    from app import sessions, ui_account
+
+    world = ui_world_factory(accounts=False)
+    local = auth.local_admin(world.factory)
+    with pytest.raises(ValueError, match="^in local mode there are no accounts, so there is no password to change"):
+        ui_account.change_own_password(world.factory, local, "", "a fresh secret phrase",
+                                       throttle=sessions.LoginThrottle())

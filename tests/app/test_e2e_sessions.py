@@ -77,3 +77,34 @@ def test_log_out_ends_the_session_and_an_admin_disables_an_account(ui_world, e2e
     assert auth.verify_password("a fresh secret phrase", stored_hash(ui_world, "bob"))
     assert root.locator("#your-password input").input_value() == root.locator("#new-password input").input_value() == ""
     assert not errors + root_errors, errors + root_errors
+
+
+def test_a_rater_changes_their_own_password_on_the_account_tab(ui_world, e2e):
+    """Twelfth review: a rater had no way to change their password on the web. In a browser, alice (a rater) opens the
+    Account tab: a wrong current password is refused in one sentence and nothing changes; her own changes it, both
+    boxes are emptied, and her session is signed out (every session of hers ends, as the Admin tab's change does); she
+    signs in again with the new password."""
+    demo, browser = e2e(ui_world.services(batch_size=4))
+    url = demo.local_url.replace("localhost", "127.0.0.1")
+    context = browser.new_context()
+    page = context.new_page()
+    errors = watch_errors(page)
+    sign_in(page, url, "alice")
+    page.get_by_role("tab", name="Account").click()
+    page.locator("#current-password input").fill("not my password")
+    page.locator("#own-new-password input").fill("a fresh secret phrase")
+    page.locator("#change-own-password").click()
+    page.get_by_text("is not your current one, so nothing was changed").first.wait_for(timeout=60_000)
+    assert auth.verify_password(PASSWORD, stored_hash(ui_world, "alice"))
+    assert [e.action for e in auth.list_audit(ui_world.factory)][0] == "user.password.refused"
+    page.locator("#current-password input").fill(PASSWORD)
+    page.locator("#change-own-password").click()
+    page.get_by_text("Your password is changed").first.wait_for(timeout=60_000)
+    assert auth.verify_password("a fresh secret phrase", stored_hash(ui_world, "alice"))
+    assert page.locator("#current-password input").input_value() == page.locator("#own-new-password input").input_value() == ""
+    cookies = {c["name"]: c["value"] for c in context.cookies()}
+    assert httpx.get(url.rstrip("/") + "/config", cookies=cookies).status_code in (401, 403)
+    assert not errors, errors
+    again = browser.new_context().new_page()
+    sign_in(again, url, "alice", password="a fresh secret phrase")
+    assert "alice" in again.locator("#signed-in").inner_text()

@@ -58,7 +58,7 @@ def test_page_events_run_several_at_once_and_state_changing_ones_one_at_a_time(u
         assert by_name[name] and all(limit is not None and limit > 1 for limit in by_name[name]), (name, by_name[name])
     writes = ["on_confirm", "on_create", "on_add_user", "on_user_delete", "on_user_role", "on_user_password",
               "on_set_raters", "on_retry", "on_reopen", "on_pause", "on_resume", "on_dash_access", "on_standardize",
-              "on_gold", "on_save", "on_set", "on_rollback", "on_build_export"]
+              "on_gold", "on_save", "on_set", "on_rollback", "on_build_export", "on_own_password"]
     for name in writes:
         assert by_name[name] == {1}, (name, by_name[name])
     rating = {limits[i] for i, fn in demo.fns.items() if fn.fn is not None and fn.concurrency_id == "rating"}

@@ -1010,7 +1010,10 @@ def test_every_event_a_rater_sends_is_far_below_the_event_body_limit(ui_world):
     public API, the body the page (or a client of the API) sends with each input at its largest (a text at the longest
     name the database holds, a number at its longest spelling, every choice of a multiselect, the custom events' data
     with the largest ids), measured as JSON bytes, is a quarter of the limit at most. No such event takes free text
-    (a Textbox), which has no bound; if one ever does, its limit needs another look."""
+    (a Textbox), which has no bound; if one ever does, its limit needs another look. The one exception, the Account
+    tab's password change (twelfth review), takes two password boxes, bounded by auth.MAX_PASSWORD_LENGTH (a longer
+    password is refused): with both at their longest as a browser sends them (UTF-8, 4 bytes a character at most) its
+    body is under the limit itself; a longer body is refused by the guard in one sentence (413)."""
     from gradio import components
 
     from app import gradio_routes
@@ -1023,9 +1026,16 @@ def test_every_event_a_rater_sends_is_far_below_the_event_body_limit(ui_world):
     event_data = [None, {"image_id": big, "score": 10, "seq": big}, {"pair_id": big, "choice": "right", "seq": big},
                   {"index": [big, big], "value": name, "selected": True}]
 
+    # a password box (the Account tab's, twelfth review) takes text of at most auth.MAX_PASSWORD_LENGTH characters
+    # (longer is refused); a browser sends it as UTF-8, 4 bytes a character at most
+    widest = "\U0001F511" * auth.MAX_PASSWORD_LENGTH
+    password_events = {}
+
     def largest(block):
         if isinstance(block, components.State):
             return None  # kept on the server; the page sends null
+        if isinstance(block, components.Textbox) and block.type == "password":
+            return widest
         if isinstance(block, components.Textbox):
             raise AssertionError(f"a rater's event takes free text ({block.label!r}): check MAX_EVENT_BODY")
         if isinstance(block, components.Dropdown) and block.multiselect:
@@ -1039,6 +1049,10 @@ def test_every_event_a_rater_sends_is_far_below_the_event_body_limit(ui_world):
         if block_fn.fn is not None and gradio_routes.is_admin_only(block_fn.fn):
             continue
         data = [largest(block) for block in block_fn.inputs]
+        if widest in data:  # the longest passwords, as the page sends them: under the limit itself
+            page = {"data": data, "event_data": None, "fn_index": big, "trigger_id": big, "session_hash": "s" * 64}
+            password_events[block_fn.name] = len(json.dumps(page, ensure_ascii=False).encode())
+            continue
         for extra in event_data:
             page = {"data": data, "event_data": extra, "fn_index": big, "trigger_id": big, "session_hash": "s" * 64}
             key = f"join {fn_index} ({block_fn.name})"
@@ -1048,6 +1062,8 @@ def test_every_event_a_rater_sends_is_far_below_the_event_body_limit(ui_world):
     sizes["cancel"] = len(json.dumps({"event_id": "e" * 64, "session_hash": "s" * 64, "fn_index": big}).encode())
     assert len(sizes) >= 20 and any(k.startswith("/call/") for k in sizes), sorted(sizes)
     assert 4 * max(sizes.values()) <= web_guard.MAX_EVENT_BODY, max(sizes.items(), key=lambda kv: kv[1])
+    assert list(password_events) == ["on_own_password"]
+    assert max(password_events.values()) <= web_guard.MAX_EVENT_BODY, password_events
 
 
 def test_every_event_of_the_app_carries_far_fewer_values_than_the_limit(ui_world):
@@ -2059,6 +2075,38 @@ def test_the_admin_tabs_your_password_is_checked_and_counted_by_the_sign_in_thro
         assert [(e.actor, e.target) for e in refused] == [("root", "alice")] * 3
         with httpx.Client(base_url=url, timeout=30) as other:
             assert other.post("/login", data={"username": "root", "password": UI_PASSWORD}).status_code == 429
+            assert other.post("/login", data={"username": "bob", "password": "a fresh secret phrase"}).status_code == 200
+    finally:
+        demo.close()
+
+
+def test_a_raters_own_password_change_is_counted_by_the_sign_in_throttle_and_ends_their_sessions(ui_world):
+    """Twelfth review: a rater could not change their own password on the web. Served, the Account tab's event is a
+    rater's (not admin-only: the guard lets it through to its handler) and takes the current password, checked with
+    the guard's sign-in throttle: wrong ones count as failed sign-ins of the account, so past the free failures the
+    right password at /login (another browser) is locked out too (429), nothing changed. Bob's right current password
+    changes his: both his browsers are signed out, Alice's stays, and /login takes the new password."""
+    throttle = sessions.LoginThrottle(per_ip=sessions.ThrottleRule(free=1000, base_s=1, max_s=1),
+                                      per_account=sessions.ThrottleRule(free=2, base_s=60, max_s=120))
+    demo, url = launch(ui_world, throttle=throttle)
+    try:
+        with signed_in(url, "alice") as alice, signed_in(url, "bob") as bob, signed_in(url, "bob") as bob2:
+            for i in range(3):
+                r = queue_join(alice, demo, "on_own_password", [f"guess {i}", "a fresh secret phrase"])
+                assert r.status_code == 200, r.text
+                finished(demo, r.json()["event_id"])
+            assert auth.check_login(ui_world.factory, "alice", UI_PASSWORD).refusal is None  # unchanged
+            refused = [e for e in auth.list_audit(ui_world.factory) if e.action == "user.password.refused"]
+            assert [(e.actor, e.target) for e in refused] == [("alice", "alice")] * 3
+            with httpx.Client(base_url=url, timeout=30) as other:
+                assert other.post("/login", data={"username": "alice", "password": UI_PASSWORD}).status_code == 429
+            r = queue_join(bob, demo, "on_own_password", [UI_PASSWORD, "a fresh secret phrase"])
+            assert r.status_code == 200, r.text
+            finished(demo, r.json()["event_id"])
+            assert config_user(bob) in (401, 403) and config_user(bob2) in (401, 403)
+            assert config_user(alice) == 200
+        with httpx.Client(base_url=url, timeout=30) as other:
+            assert other.post("/login", data={"username": "bob", "password": UI_PASSWORD}).status_code == 400
             assert other.post("/login", data={"username": "bob", "password": "a fresh secret phrase"}).status_code == 200
     finally:
         demo.close()
