@@ -78,24 +78,39 @@ def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
 
 
 # the most common passwords, written for this project (one a line, # for notes): refused alone or followed only by
-# digits and punctuation (``check_password_strength``)
+# digits and punctuation, and taken out wherever they stand when the characters left are counted (``check_password_strength``)
 COMMON_PASSWORDS_FILE = Path(__file__).with_name("common_passwords.txt")
 # runs of consecutive letters, digits or keys: a password that reads along one of these (either way) is refused
 SEQUENCES = ("abcdefghijklmnopqrstuvwxyz", "01234567890", "qwertyuiop", "asdfghjkl", "zxcvbnm")
 NAME_IN_PASSWORD_MIN = 3  # a shorter account name ("al") is refused as the whole password only, not as a part of one
-# a stretch of this many characters or more that is one character repeated or reads along one of SEQUENCES (either way)
-# is a run; a password needs MIN_PASSWORD_LENGTH characters outside its runs (``_characters_outside_runs``)
+# a stretch of this many characters or more that is one character or a group of up to REPEATED_GROUP_MAX characters
+# written again and again, or reads along one of SEQUENCES (either way), is a run; a password needs MIN_PASSWORD_LENGTH
+# characters outside its runs and common passwords (``_characters_left``)
 RUN_MIN = 4
+REPEATED_GROUP_MAX = 4  # "abab", "abcabc", "abcdabcd"; a longer group is a run only when it is a common password
+COMMON_INSIDE_MIN = 5  # a common password this long or longer is taken out wherever it stands ("1password")
+# letters that show nothing (Hangul fillers; U+3164 and U+FFA0 read as U+1160), set aside like format characters
+_BLANK_LETTERS = frozenset("\u115f\u1160")
 
 
 def _folded(text: str) -> str:
-    """``text`` as the password rules compare it: compatibility forms and accents dropped (NFKD, no marks), case-folded."""
-    decomposed = unicodedata.normalize("NFKD", text)
-    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+    """``text`` as the password rules compare it: compatibility forms and case aside (NFKD, case-folded, NFKD again: the
+    Unicode compatibility caseless match), accents and other combining marks, format characters (zero-width spaces,
+    soft hyphens, byte-order marks) and control characters dropped, every space (no-break, line separator) a space."""
+    decomposed = unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", text).casefold())
+    kept = []
+    for c in decomposed:
+        category = unicodedata.category(c)
+        if category in ("Mn", "Me", "Cf", "Cc") or unicodedata.combining(c) or c in _BLANK_LETTERS:
+            continue
+        kept.append(" " if category.startswith("Z") else c)
+    return "".join(kept)
 
 
-RUNS_REFUSAL = (f"a password needs at least {MIN_PASSWORD_LENGTH} characters besides its runs of {RUN_MIN} or more "
-                "repeated or consecutive letters, digits or keys (such as aaaa, 1234, dcba or qwer)")
+RUNS_REFUSAL = (f"a password needs at least {MIN_PASSWORD_LENGTH} characters besides the most common passwords and its "
+                f"runs: {RUN_MIN} or more characters that repeat one character or a group of up to {REPEATED_GROUP_MAX} "
+                "(aaaa, abab, abcabc) or read along letters, digits or keys (1234, dcba, qwer); accents and invisible "
+                "characters do not count")
 _TRAILING = string.digits + string.punctuation  # what may follow a common password and still be it ("Password1!")
 
 
@@ -108,41 +123,74 @@ def common_passwords() -> frozenset[str]:
     return frozenset(e for e in entries if e)
 
 
-def _characters_outside_runs(folded: str) -> int:
-    """How many characters of ``folded`` lie outside every run: every stretch of RUN_MIN characters or more that is one
-    character repeated ("aaaa", "!!!!") or reads along one of SEQUENCES, either way ("1234", "dcba", "qwer", "7890").
-    Runs may overlap or touch ("abcd1234" is all runs). Each run found is extended as far as it goes (a stretch that is
-    not a run has no longer one starting where it starts), so this takes a few steps a character."""
-    covered = [False] * len(folded)
-    i = 0
-    while i < len(folded):  # one character repeated: its whole stretch
-        j = i
-        while j < len(folded) and folded[j] == folded[i]:
-            j += 1
-        if j - i >= RUN_MIN:
-            covered[i:j] = [True] * (j - i)
-        i = j
+def _characters_left(folded: str) -> int:
+    """How many characters of ``folded`` lie outside every common password and run. Taken out: every place a common
+    password (``common_passwords``) of COMMON_INSIDE_MIN characters or more stands, and every run, a stretch of RUN_MIN
+    characters or more that
+
+    - is one group of 1 to REPEATED_GROUP_MAX characters written twice or more in a row ("aaaa", "abab", "abcabc"),
+    - or any group written twice or more in a row that is a common password, alone or with digits and punctuation
+      after it ("test1test1", "abc123abc123"),
+    - or reads along one of SEQUENCES, either way ("1234", "dcba", "qwer", "7890").
+
+    Runs and common passwords may overlap or touch ("abcd1234" is all runs). Each run found is extended as far as it
+    goes, so this takes a few steps a character."""
+    n = len(folded)
+    covered = [False] * n
+
+    def cover(i: int, j: int) -> None:
+        covered[i:j] = [True] * (j - i)
+
+    for p in range(1, REPEATED_GROUP_MAX + 1):  # the stretches where each character is the one p before it
+        start = 0
+        for k in range(p, n + 1):
+            if k < n and folded[k] == folded[k - p]:
+                continue
+            if k - start >= max(RUN_MIN, 2 * p):  # [start, k): one group of p written twice or more
+                cover(start, k)
+            start = k - p + 1
     lines = SEQUENCES + tuple(line[::-1] for line in SEQUENCES)
-    for i in range(len(folded) - RUN_MIN + 1):
+    for i in range(n - RUN_MIN + 1):
         end = i + RUN_MIN
         if not any(folded[i:end] in line for line in lines):
             continue
-        while end < len(folded) and any(folded[i:end + 1] in line for line in lines):
+        while end < n and any(folded[i:end + 1] in line for line in lines):
             end += 1
-        covered[i:end] = [True] * (end - i)
+        cover(i, end)
+    for entry in common_passwords():
+        i = folded.find(entry)
+        while i >= 0:
+            if len(entry) >= COMMON_INSIDE_MIN:
+                cover(i, i + len(entry))
+            after = i + len(entry)  # the entry with each count of the digits and punctuation after it, written again
+            while True:
+                group = folded[i:after]
+                if len(group) > REPEATED_GROUP_MAX and folded[after:after + len(group)] == group:
+                    j = after + len(group)
+                    while folded[j:j + len(group)] == group:
+                        j += len(group)
+                    cover(i, j)
+                if after >= n or folded[after] not in _TRAILING:
+                    break
+                after += 1
+            i = folded.find(entry, i + 1)
     return covered.count(False)
 
 
 def check_password_strength(password: str, name: str | None = None) -> None:
     """Refuse (ValueError, one sentence) a password a new one may not be: under MIN_PASSWORD_LENGTH or over
-    MAX_PASSWORD_LENGTH characters, starting or ending with spaces, the account's ``name`` (case and accents aside) or
-    holding it (a name of NAME_IN_PASSWORD_MIN characters or more), one character repeated, a run along one of
-    SEQUENCES (12345678, abcdefgh, qwertyui, backwards too), one of the most common passwords (``common_passwords``)
-    alone or followed only by digits and punctuation, or one with fewer than MIN_PASSWORD_LENGTH characters outside
-    its runs (``_characters_outside_runs``: stretches of RUN_MIN or more characters, compared as the rules compare
-    them, that are one character repeated or read along one of SEQUENCES, either way). So "abcdefgh1" (one character
-    outside its run), "1234567a" and "abcdefgh12345678" are refused, and "my 1234 garden gate" (15 outside) is not.
-    Passwords set under older rules still sign in (``_new_hash``)."""
+    MAX_PASSWORD_LENGTH characters, starting or ending with spaces, the account's ``name`` (compared as the rules
+    compare, ``_folded``) or holding it (a name of NAME_IN_PASSWORD_MIN characters or more), one character repeated, a
+    run along one of SEQUENCES (12345678, abcdefgh, qwertyui, backwards too), one of the most common passwords
+    (``common_passwords``) alone or followed only by digits and punctuation; and, the rule that covers the rest, one
+    with fewer than MIN_PASSWORD_LENGTH characters left once it is read as the rules read it (``_folded``: case,
+    compatibility forms, accents, format and control characters aside) and its common passwords of COMMON_INSIDE_MIN
+    characters or more and its runs are taken out (``_characters_left``: RUN_MIN or more characters repeating one
+    character or a group of up to REPEATED_GROUP_MAX, or a common password written again, or reading along one of
+    SEQUENCES either way). So "abcdefgh1", "1234567a", "abababab", "11112222", "1password", "passwordpassword", eight
+    accents alone and "password" with a zero-width space are refused; "my 1234 garden" (10 left), "my password is long"
+    (11 left) and "correct horse battery staple" are not. Passwords set under older rules still sign in
+    (``_new_hash``)."""
     if not isinstance(password, str) or len(password) < MIN_PASSWORD_LENGTH:
         raise ValueError(f"a password needs at least {MIN_PASSWORD_LENGTH} characters")
     if len(password) > MAX_PASSWORD_LENGTH:
@@ -160,8 +208,9 @@ def check_password_strength(password: str, name: str | None = None) -> None:
                          "abcdefgh or qwertyui")
     if folded.rstrip(_TRAILING) in common_passwords():
         raise ValueError("that password is one of the most commonly used ones, which are tried first; choose another")
-    # "abcdefgh1" passed the run rule above, which looked at the whole password only (the twelfth review, 6 Dec 2026)
-    if _characters_outside_runs(folded) < MIN_PASSWORD_LENGTH:
+    # "abcdefgh1" passed the run rule above, which looked at the whole password only; "1password", "abababab" and
+    # "password" with a zero-width space passed every rule (the twelfth review, 6 Dec 2026)
+    if _characters_left(folded) < MIN_PASSWORD_LENGTH:
         raise ValueError(RUNS_REFUSAL)
 
 

@@ -674,7 +674,7 @@ def test_admin_handlers_check_the_role_on_the_server(ui_world):
     for call in (lambda: ui_admin.create_experiment(ui_world.factory, rater, form, default_model="m"),
                  lambda: ui_admin.close_round(ui_world.factory, rater, ui_world.experiment_id),
                  lambda: ui_admin.set_paused(ui_world.factory, rater, ui_world.experiment_id, True),
-                 lambda: ui_admin.add_user(ui_world.factory, rater, "eve", "admin", "a long password"),
+                 lambda: ui_admin.add_user(ui_world.factory, rater, "eve", "admin", "a long pass phrase"),
                  lambda: ui_admin.users_table(ui_world.factory, rater)):
         with pytest.raises(AuthError, match="only an admin"):
             call()
@@ -711,9 +711,9 @@ def test_local_mode_page(ui_world_factory):
     assert rating_of(world, world.image_ids[0], me.rater_id) == 7
     # the first account ends local mode: a rater alone would leave nobody to run the app from the web (found by review)
     with pytest.raises(InvalidInput, match="the first account ends local mode, so it must be an admin"):
-        ui_admin.add_user(world.factory, me, "bob", "rater", "a long password")
+        ui_admin.add_user(world.factory, me, "bob", "rater", "a long pass phrase")
     assert not users_exist(world.factory)
-    message = ui_admin.add_user(world.factory, me, "root", "admin", "a long password")
+    message = ui_admin.add_user(world.factory, me, "root", "admin", "a long pass phrase")
     assert "restart" in message
     with pytest.raises(gr.Error, match="restart the app"):
         ui._who(services, request(None, "127.0.0.1"))
@@ -930,7 +930,7 @@ def test_admin_adds_users(ui_world):
     with pytest.raises(ValueError, match="at least 8"):
         ui_admin.add_user(ui_world.factory, root, "dave", "rater", "short")
     with pytest.raises(ValueError, match="^a password may not be or contain the account's name$"):  # eleventh review
-        ui_admin.add_user(ui_world.factory, root, "dave", "rater", "daves password")
+        ui_admin.add_user(ui_world.factory, root, "dave", "rater", "daves pass phrase")
     with pytest.raises(ValueError, match="most commonly used"):
         ui_admin.add_user(ui_world.factory, root, "dave", "rater", "iloveyou")
     assert "dave" not in [row[1] for row in ui_admin.users_table(ui_world.factory, root)]
