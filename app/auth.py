@@ -73,6 +73,19 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+UNENCODABLE_REFUSAL = "a password may hold only characters that can be written as text (it held half of a character pair)"
+
+
+def _encodable(password: str) -> bool:
+    """Whether ``password`` can be written as UTF-8 (a lone surrogate, which a JSON escape such as \\ud800 can carry
+    into an event, cannot: scrypt's input is the UTF-8 bytes)."""
+    try:
+        password.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
     return hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p, dklen=KEY_BYTES, maxmem=64 * 1024 * 1024)
 
@@ -197,6 +210,8 @@ def check_password_strength(password: str, name: str | None = None) -> None:
         raise ValueError(f"a password may have at most {MAX_PASSWORD_LENGTH} characters")
     if password != password.strip():
         raise ValueError("a password may not start or end with spaces")
+    if not _encodable(password):  # a lone surrogate passed every rule, then hashing raised UnicodeEncodeError
+        raise ValueError(UNENCODABLE_REFUSAL)
     folded = _folded(password)
     account = _folded(name.strip()) if isinstance(name, str) else ""
     if account and (folded == account or (len(account) >= NAME_IN_PASSWORD_MIN and account in folded)):
@@ -233,6 +248,9 @@ def verify_password(password: str, stored: str) -> bool:
     """Whether ``password`` matches ``stored`` (constant-time). A hash not in our format (the local admin's marker)
     never matches, after a hash all the same: the answer's time does not tell such a row exists."""
     if not isinstance(password, str):
+        return False
+    if not _encodable(password):  # no stored password is one: it was refused when set (check_password_strength)
+        verify_password("", _DUMMY_HASH)
         return False
     parts = stored.split("$") if isinstance(stored, str) else []
     if len(parts) != 6 or parts[0] != "scrypt":

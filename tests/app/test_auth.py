@@ -57,6 +57,23 @@ def test_weak_passwords_are_refused(bad):
         auth.hash_password(bad)
 
 
+@pytest.mark.parametrize("password", ["\ud800 my garden gate", "my garden gate \udfff", "my \udc00\ud800 garden"])
+def test_a_password_with_half_a_character_pair_is_one_sentence_everywhere(db_factory, password):
+    """A lone surrogate (a JSON escape such as \\ud800 carries one into a Gradio event) cannot be written as UTF-8,
+    scrypt's input: it passed every rule, then hashing raised UnicodeEncodeError (found by the twelfth review). Setting
+    it is refused in one sentence, nothing is stored, and signing in or confirming with it is a plain mismatch."""
+    with pytest.raises(UnicodeEncodeError):
+        password.encode("utf-8")  # the premise, from the codec itself
+    with pytest.raises(ValueError, match="half of a character pair"):
+        auth.hash_password(password)
+    auth.add_user(db_factory, name="erin", role="rater", password=PASSWORD)
+    with pytest.raises(ValueError, match="half of a character pair"):
+        auth.check_new_password(db_factory, name="erin", password=password)
+    assert auth.check_login(db_factory, "erin", PASSWORD).refusal is None  # still the old password
+    assert auth.verify_password(password, auth.hash_password(PASSWORD)) is False
+    assert auth.check_login(db_factory, "erin", password).refusal is not None
+
+
 def test_a_password_sign_in_would_refuse_cannot_be_set(db_factory):
     """Sign-in refuses passwords over 1,024 characters before hashing; such a password could be set, and the account
     then never signed in (each try counting towards its lock-out)."""
