@@ -1480,7 +1480,8 @@ def test_a_rater_changes_their_own_password_on_the_account_tab(ui_world, monkeyp
 
     f = ui_world.factory
     fn, _ = _account_tab(ui_world, monkeypatch)
-    assert [b.label for b in fn.inputs] == ["Current password", "New password (8+ characters)"]  # no account name
+    assert [b.label for b in fn.inputs] == ["Current password", "New password (8+ characters)",
+                                            "Repeat new password"]  # no account name
     store = sessions.SessionStore(f, idle_s=3600, max_s=3600, recheck_s=0)
     alices = [store.start(ui_world.accounts["alice"], "10.0.0.7") for _ in range(2)]
     bobs = store.start(ui_world.accounts["bob"], "10.0.0.8")
@@ -1492,21 +1493,54 @@ def test_a_rater_changes_their_own_password_on_the_account_tab(ui_world, monkeyp
                                                                                  "A password needs at least 8 characters.")]
     for current, password, sentence in tries:
         with pytest.raises(gr.Error) as refused:
-            fn.fn(current, password, request=_request("alice"))
+            fn.fn(current, password, password, request=_request("alice"))
         assert refused.value.message == sentence, (current, password)
     assert auth.check_login(f, "alice", UI_PASSWORD).refusal is None  # nothing changed
     assert all(store.check(t) is not None for t in [*alices, bobs])
     assert [json.loads(d)["reason"] for _, _, d in _refusals(f)][::-1] == (
         ["no password of the acting rater given"] * 2 + ["wrong password of the acting rater"])
-    message, *boxes = fn.fn(UI_PASSWORD, new, request=_request("alice"))
-    assert "Your password is changed" in message and "sign in again" in message and boxes == ["", ""]
+    message, *boxes = fn.fn(UI_PASSWORD, new, new, request=_request("alice"))
+    assert "Your password is changed" in message and "sign in again" in message and boxes == ["", "", ""]
     assert auth.check_login(f, "alice", new).refusal is None and auth.check_login(f, "alice", UI_PASSWORD).refusal
     assert [store.check(t) is None for t in [*alices, bobs]] == [True, True, False]  # alice's sessions only
     assert auth.check_login(f, "bob", UI_PASSWORD).refusal is None and auth.check_login(f, "root", UI_PASSWORD).refusal is None
     audit = auth.list_audit(f)[0]
     assert (audit.actor, audit.action, audit.target) == ("alice", "user.password", "alice")
-    message, *_ = fn.fn(UI_PASSWORD, "and yet another phrase", request=_request("root"))  # an admin's own too
+    message, *_ = fn.fn(UI_PASSWORD, "and yet another phrase", "and yet another phrase", request=_request("root"))  # an admin's own too
     assert "Your password is changed" in message and auth.check_login(f, "root", "and yet another phrase").refusal is None
+
+
+def test_a_new_password_typed_differently_twice_is_refused_before_anything_else(ui_world, monkeypatch):
+    """Twelfth review: the Account tab took the new password once, so a typing slip in it changed the password to one
+    the user did not know and signed them out of every session (an admin or ``users passwd`` to get back in). The new
+    password is typed twice now; the handler compares the two before anything else: one sentence, no guess counted
+    (even with a wrong current password, past the free failures), no audit entry, no session ended, nothing changed.
+    Typed the same, the change goes through and the result links to the sign-in page (a signed-out "/")."""
+    import gradio as gr
+    from markdown_it import MarkdownIt
+
+    from app import sessions
+
+    f = ui_world.factory
+    fn, throttle = _account_tab(ui_world, monkeypatch)
+    store = sessions.SessionStore(f, idle_s=3600, max_s=3600, recheck_s=0)
+    open_ = store.start(ui_world.accounts["alice"], "10.0.0.7")
+    slips = [("a fresh secret phrase", "a fresh secret phrsae"), ("a fresh secret phrase", ""),
+             ("a fresh secret phrase", None), ("a fresh secret phrase", "a fresh secret phrase "),
+             ("", "a fresh secret phrase"), (None, "a fresh secret phrase"), ("abcdefgh1", "abcdefgh2")]
+    for current in (UI_PASSWORD, "a guess", None):
+        for new, repeat in slips:
+            with pytest.raises(gr.Error) as refused:
+                fn.fn(current, new, repeat, request=_request("alice"))
+            assert refused.value.message == ("The new password and \"Repeat new password\" differ (a typing slip?), "
+                                             "so nothing was changed: type the same new password in both."), (new, repeat)
+    assert throttle.wait_s("10.0.0.7", "alice") == 0 and _refusals(f) == []
+    assert store.check(open_) is not None and auth.check_login(f, "alice", UI_PASSWORD).refusal is None
+    assert all(auth.check_login(f, "alice", p).refusal for p in ("a fresh secret phrase", "a fresh secret phrsae"))
+    message, *boxes = fn.fn(UI_PASSWORD, "a fresh secret phrase", "a fresh secret phrase", request=_request("alice"))
+    assert auth.check_login(f, "alice", "a fresh secret phrase").refusal is None and store.check(open_) is None
+    links = [t for block in MarkdownIt().parseInline(message) for t in block.children or [] if t.type == "link_open"]
+    assert [t.attrs["href"] for t in links] == ["/"] and "sign in again" in message and boxes == ["", "", ""]
 
 
 def test_a_rater_can_change_no_other_accounts_password(ui_world):
@@ -1539,14 +1573,14 @@ def test_a_wrong_current_password_on_the_account_tab_counts_as_a_failed_sign_in(
     fn, throttle = _account_tab(ui_world, monkeypatch)
     for _ in range(4):
         with pytest.raises(gr.Error, match="besides the most common passwords and its runs"):
-            fn.fn("a guess", "abcdefgh1", request=_request("alice"))
+            fn.fn("a guess", "abcdefgh1", "abcdefgh1", request=_request("alice"))
     assert throttle.wait_s("10.0.0.7", "alice") == 0
     for _ in range(4):
         with pytest.raises(gr.Error, match="is not your current one"):
-            fn.fn("a guess", "a fresh secret phrase", request=_request("alice"))
+            fn.fn("a guess", "a fresh secret phrase", "a fresh secret phrase", request=_request("alice"))
     assert throttle.wait_s("10.0.0.7", "alice") == 60 and throttle.wait_s("10.9.9.9", "alice") == 60
     with pytest.raises(gr.Error) as refused:
-        fn.fn(UI_PASSWORD, "a fresh secret phrase", request=_request("alice"))
+        fn.fn(UI_PASSWORD, "a fresh secret phrase", "a fresh secret phrase", request=_request("alice"))
     assert refused.value.message == "Too many failed sign-ins; try again in 60 seconds (nothing was changed)."
     assert auth.check_login(ui_world.factory, "alice", UI_PASSWORD).refusal is None
 
@@ -1559,5 +1593,5 @@ def test_local_mode_has_no_password_to_change(ui_world_factory):
     world = ui_world_factory(accounts=False)
     local = auth.local_admin(world.factory)
     with pytest.raises(ValueError, match="^in local mode there are no accounts, so there is no password to change"):
-        ui_account.change_own_password(world.factory, local, "", "a fresh secret phrase",
+        ui_account.change_own_password(world.factory, local, "", "a fresh secret phrase", "a fresh secret phrase",
                                        throttle=sessions.LoginThrottle())

@@ -2085,14 +2085,21 @@ def test_a_raters_own_password_change_is_counted_by_the_sign_in_throttle_and_end
     rater's (not admin-only: the guard lets it through to its handler) and takes the current password, checked with
     the guard's sign-in throttle: wrong ones count as failed sign-ins of the account, so past the free failures the
     right password at /login (another browser) is locked out too (429), nothing changed. Bob's right current password
-    changes his: both his browsers are signed out, Alice's stays, and /login takes the new password."""
+    changes his: both his browsers are signed out, Alice's stays, and /login takes the new password. A "Repeat new
+    password" that differs (sent past the page) is refused by the handler before the current password is checked."""
     throttle = sessions.LoginThrottle(per_ip=sessions.ThrottleRule(free=1000, base_s=1, max_s=1),
                                       per_account=sessions.ThrottleRule(free=2, base_s=60, max_s=120))
     demo, url = launch(ui_world, throttle=throttle)
     try:
         with signed_in(url, "alice") as alice, signed_in(url, "bob") as bob, signed_in(url, "bob") as bob2:
+            for i in range(3):  # a repeat that differs, sent past the page: refused first, no guess counted
+                r = queue_join(alice, demo, "on_own_password", [f"guess {i}", "a fresh secret phrase", "a fresh"])
+                assert r.status_code == 200, r.text
+                finished(demo, r.json()["event_id"])
+            assert [e for e in auth.list_audit(ui_world.factory) if e.action == "user.password.refused"] == []
             for i in range(3):
-                r = queue_join(alice, demo, "on_own_password", [f"guess {i}", "a fresh secret phrase"])
+                r = queue_join(alice, demo, "on_own_password", [f"guess {i}", "a fresh secret phrase",
+                                                                "a fresh secret phrase"])
                 assert r.status_code == 200, r.text
                 finished(demo, r.json()["event_id"])
             assert auth.check_login(ui_world.factory, "alice", UI_PASSWORD).refusal is None  # unchanged
@@ -2100,7 +2107,7 @@ def test_a_raters_own_password_change_is_counted_by_the_sign_in_throttle_and_end
             assert [(e.actor, e.target) for e in refused] == [("alice", "alice")] * 3
             with httpx.Client(base_url=url, timeout=30) as other:
                 assert other.post("/login", data={"username": "alice", "password": UI_PASSWORD}).status_code == 429
-            r = queue_join(bob, demo, "on_own_password", [UI_PASSWORD, "a fresh secret phrase"])
+            r = queue_join(bob, demo, "on_own_password", [UI_PASSWORD, "a fresh secret phrase", "a fresh secret phrase"])
             assert r.status_code == 200, r.text
             finished(demo, r.json()["event_id"])
             assert config_user(bob) in (401, 403) and config_user(bob2) in (401, 403)
