@@ -42,6 +42,12 @@ CHANGED_SIGN_IN = ("Your password is changed. Every session of yours has ended, 
 SIGN_IN_AGAIN_JS = "() => { setTimeout(() => window.location.assign('/'), 3000); }"
 
 
+def check_repeated(new: Any, repeat: Any) -> None:
+    """Refuse (one sentence) a new password whose "Repeat new password" differs: both forms check it first."""
+    if (new if isinstance(new, str) else "") != (repeat if isinstance(repeat, str) else ""):
+        raise InvalidInput(REPEAT_DIFFERS)
+
+
 def change_own_password(factory, who: Who, current: Any, new: Any, repeat: Any, *,
                         throttle: LoginThrottle | None = None, ip: str | None = None) -> str:
     """Change the signed-in ``who``'s own password to ``new``, once ``current`` proved to be it (``auth.change_password``
@@ -49,8 +55,7 @@ def change_own_password(factory, who: Who, current: Any, new: Any, repeat: Any, 
     ``repeat`` (the "Repeat new password" box) must be ``new`` again, checked before anything else: a mismatch is
     refused and costs no guess. Without a guard in front (a handler called as a function) the Admin tab's stand-in
     throttle counts."""
-    if (new if isinstance(new, str) else "") != (repeat if isinstance(repeat, str) else ""):
-        raise InvalidInput(REPEAT_DIFFERS)
+    check_repeated(new, repeat)
     if who.local:
         raise InvalidInput(LOCAL_MODE_REFUSAL)
     auth.change_password(factory, who, name=who.name, password=new if isinstance(new, str) else "", current=current,

@@ -15,7 +15,7 @@ from typing import Any
 
 import gradio as gr
 
-from app import members, ui_admin, ui_compare, ui_export, ui_options, ui_pairs, ui_quality, web_guard
+from app import members, ui_account, ui_admin, ui_compare, ui_export, ui_options, ui_pairs, ui_quality, web_guard
 from app.auth import Who
 from app.gradio_routes import admin_only
 from db.models import EXPORT_FORMATS
@@ -264,13 +264,19 @@ class AdminHandlers:
         return self._account_change(request, lambda who: ui_admin.set_user_role(self.factory, who, name, role))
 
     @admin_only
-    def on_user_password(self, name, password, your_password=None, request: gr.Request = None):
+    def on_user_password(self, name, password, your_password=None, repeat=None, request: gr.Request = None):
         """Set an account's password, the acting admin's own password given in "Your password" (checked and counted
-        as a sign-in by the web guard's throttle, from the request's address). Both password boxes are emptied once it
-        is set; a refusal (gr.Error) leaves them as typed."""
-        return (*self._account_change(request, lambda who: ui_admin.set_user_password(
-            self.factory, who, name, password, your_password, throttle=web_guard.sign_in_throttle(request),
-            ip=web_guard.client_address(request))), "")
+        as a sign-in by the web guard's throttle, from the request's address). A "Repeat new password" that differs
+        from the new one is refused before anything else (``ui_account.check_repeated``: no guess counted). The
+        password boxes are emptied once it is set; a refusal (gr.Error) leaves them as typed."""
+        return (*self._account_change(request, lambda who: self._set_password(
+            who, name, password, repeat, your_password, request)), "", "")
+
+    def _set_password(self, who: Who, name, password, repeat, your_password, request: gr.Request) -> str:
+        ui_account.check_repeated(password, repeat)  # first: a typing slip costs no guess
+        return ui_admin.set_user_password(self.factory, who, name, password, your_password,
+                                          throttle=web_guard.sign_in_throttle(request),
+                                          ip=web_guard.client_address(request))
 
     # ---- rater quality (issue 14, item 2) -----------------------------------------------------
 
@@ -417,6 +423,8 @@ def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callab
                                      elem_id="manage-account")
                 m_role = gr.Radio(label="New role", choices=["rater", "admin"], value="rater")
                 m_password = gr.Textbox(label="New password (8+ characters)", type="password", elem_id="new-password")
+                m_repeat_password = gr.Textbox(label="Repeat new password", type="password",
+                                               elem_id="repeat-password")
                 m_your_password = gr.Textbox(label="Your password (to set a password)", type="password",
                                              elem_id="your-password")
             with gr.Row():
@@ -471,8 +479,8 @@ def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callab
     m_enable_btn.click(h.on_user_enable, [m_name], account_outputs, **serial)
     m_delete_btn.click(h.on_user_delete, [m_name], account_outputs, **serial)
     m_role_btn.click(h.on_user_role, [m_name, m_role], account_outputs, **serial)
-    m_password_btn.click(h.on_user_password, [m_name, m_password, m_your_password], [*account_outputs, m_your_password],
-                         **serial)
+    m_password_btn.click(h.on_user_password, [m_name, m_password, m_your_password, m_repeat_password],
+                         [*account_outputs, m_your_password, m_repeat_password], **serial)
 
     quality_outputs = [q_summary, q_table, q_standardize]
     admin_tab.select(h.on_quality, [exp_state], quality_outputs, **private)

@@ -66,6 +66,7 @@ def test_log_out_ends_the_session_and_an_admin_disables_an_account(ui_world, e2e
     # setting bob's password asks for root's own (eleventh review): a wrong one is refused and nothing changes; root's
     # own sets it, and both password boxes are emptied
     root.locator("#new-password input").fill("a fresh secret phrase")
+    root.locator("#repeat-password input").fill("a fresh secret phrase")
     root.locator("#your-password input").fill("not my password")
     root.locator("#user-password").click()
     root.get_by_text("is not yours, so nothing was changed").first.wait_for(timeout=60_000)

@@ -2056,18 +2056,27 @@ def test_the_admin_tabs_your_password_is_checked_and_counted_by_the_sign_in_thro
     """Eleventh review: the Admin tab's "Set password" asked the signed-in admin for nothing more. Served, its event takes
     the admin's own password ("Your password"), checked with the sign-in's throttle, the guard's: wrong ones count as
     failed sign-ins of the admin's account, so past the free failures the admin's right password at /login (another
-    browser) is locked out too (429); nothing was changed meanwhile; the admin's own password sets it."""
+    browser) is locked out too (429); nothing was changed meanwhile; the admin's own password sets it. A "Repeat new
+    password" that differs (twelfth review) is refused before "Your password" is checked: no guess counted."""
     throttle = sessions.LoginThrottle(per_ip=sessions.ThrottleRule(free=1000, base_s=1, max_s=1),
                                       per_account=sessions.ThrottleRule(free=2, base_s=60, max_s=120))
     demo, url = launch(ui_world, throttle=throttle)
     try:
         with signed_in(url, "root") as root:
-            r = queue_join(root, demo, "on_user_password", ["bob", "a fresh secret phrase", UI_PASSWORD])
+            r = queue_join(root, demo, "on_user_password", ["bob", "a fresh secret phrase", UI_PASSWORD,
+                                                           "a fresh secret phrase"])
             assert r.status_code == 200, r.text
             finished(demo, r.json()["event_id"])
             assert auth.check_login(ui_world.factory, "bob", "a fresh secret phrase").refusal is None
+            for i in range(3):  # a "Repeat new password" that differs (twelfth review): refused first, no guess counted
+                r = queue_join(root, demo, "on_user_password", ["alice", "a fresh secret phrase", f"guess {i}",
+                                                               "a fresh secret phrsae"])
+                assert r.status_code == 200, r.text
+                finished(demo, r.json()["event_id"])
+            assert [e for e in auth.list_audit(ui_world.factory) if e.action == "user.password.refused"] == []
             for i in range(3):
-                r = queue_join(root, demo, "on_user_password", ["alice", "a fresh secret phrase", f"guess {i}"])
+                r = queue_join(root, demo, "on_user_password", ["alice", "a fresh secret phrase", f"guess {i}",
+                                                               "a fresh secret phrase"])
                 assert r.status_code == 200, r.text
                 finished(demo, r.json()["event_id"])
         assert auth.check_login(ui_world.factory, "alice", UI_PASSWORD).refusal is None  # unchanged
