@@ -2793,7 +2793,8 @@ def test_the_admin_tabs_your_password_counts_against_the_address_it_came_from(ui
     try:
         with signed_in(url, "root") as root:
             for i in range(3):
-                r = queue_join(root, demo, "on_user_password", ["alice", "a fresh secret phrase", f"guess {i}"])
+                r = queue_join(root, demo, "on_user_password", ["alice", "a fresh secret phrase", f"guess {i}",
+                                                                "a fresh secret phrase"])  # name, new, yours, repeat
                 assert r.status_code == 200, r.text
                 finished(demo, r.json()["event_id"])
         assert auth.check_login(ui_world.factory, "alice", UI_PASSWORD).refusal is None  # unchanged
