@@ -363,7 +363,9 @@ def build_demo(services: AppServices) -> gr.Blocks:
 
         def forget_session(request: gr.Request):
             picks.forget(request)  # the page closed: its pick is not needed any more
-            rate.handlers.answered.forget(request)  # and its actions' numbers
+            # its actions' numbers are kept (ui_rate_tab.Answered, bounded by its MAX): Gradio runs unload when the
+            # page's heartbeat ends, while an undo the page gave up may still run; forgetting here let it take back a
+            # later rating (twelfth review, 6 Dec 2026)
 
         demo.unload(forget_session)
 

@@ -118,8 +118,9 @@ class Answered:
     round waits for it there, and it for them), no action of its page with a higher number has been noted
     (``fresh``): one that started later was sent later (the page sends in order), and is either done already or
     waits behind the undo's lock, so the undo never lands after it. At most ``MAX`` sessions are kept, the oldest
-    dropped first; a page closed is forgotten (the demo's unload); a restart forgets all (no event of the old server
-    runs after it). A session without a hash (tests, the API) or an action without a number is never held back."""
+    dropped first; a page closed is not forgotten (Gradio runs the demo's unload when the page's heartbeat ends, while
+    an undo it gave up may still be running: forgotten, it took back a later rating; twelfth review, 6 Dec 2026); a
+    restart forgets all (no event of the old server runs after it). A session without a hash (tests, the API) or an action without a number is never held back."""
 
     MAX = 10_000
 
@@ -144,12 +145,6 @@ class Answered:
             return True
         with self._lock:
             return self._by.get(key, seq) <= seq
-
-    def forget(self, request) -> None:
-        key = Picks._key(request)
-        if key is not None:
-            with self._lock:
-                self._by.pop(key, None)
 
 
 class RateHandlers:

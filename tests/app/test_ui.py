@@ -1371,3 +1371,23 @@ def test_a_training_fallback_is_labelled_not_shown_as_the_eval_grids_figure(ui_w
             "eval": {"pred_reward": 5.5, "head_spread": 0.25, "kl_to_prev": 0.0123}})
     row = dict(zip(ui_dashboard.HEADERS, ui_dashboard.load(ui_world.factory, None, admin=True).table[0]))
     assert (row["KL to prev"], row["Predicted"], row["Spread (sd)"]) == ("0.0123", "5.50", "0.250")
+
+
+def test_closing_the_page_keeps_the_undo_guard_for_its_actions_still_running(ui_world):
+    """Twelfth review (6 Dec 2026): Gradio runs the demo's unload when a page's heartbeat ends (closed, reloaded);
+    it forgot the page's action numbers (ui_rate_tab.Answered), so an undo the page had given up, still running on
+    the server, found no number, was taken as fresh and took back the page's later rating. The numbers are kept now
+    (the Answered LRU bounds them): the late undo is refused and both ratings stay."""
+    w = ui_world
+    fns = handlers(ui.build_demo(w.services()))
+    tab = in_session("alice", "tab-1")
+    state = fns["on_experiment"](w.experiment_id, None, tab)[3]
+    a, b = state["batch"][:2]
+    fns["on_rate"](state, gr.EventData(None, {"image_id": a, "score": 7, "seq": 1}), tab)
+    fns["on_rate"](state, gr.EventData(None, {"image_id": b, "score": 6, "seq": 3}), tab)  # sent after undo 2 gave up
+    fns["forget_session"](tab)  # the page closed
+    late = json.loads(fns["on_undo"](state, gr.EventData(None, {"seq": 2}), tab)[1])
+    assert late["done"] == 2 and late["refused"] is True
+    with read_session(w.factory) as s:
+        scores = [repo.find_rating(session=s, image_id=i, rater_id=w.accounts["alice"]).score for i in (a, b)]
+    assert scores == [7, 6]
