@@ -188,11 +188,24 @@ ACTION_HELD = ("The server cannot be reached: this page keeps {n} waiting and se
 # reached", the kept actions sent "once it answers") was false: it answers, and they are not sent (found by a read-only
 # review, 6 Dec 2026). This is said instead until the reload.
 ACTION_HELD_RESTARTED = "The server restarted: this page reloads now and sends the {n} it kept waiting after that."
+# Where the tab's sessionStorage refused the note (full, disabled) or who is signed in is not known yet, ACTION_HELD's
+# and ACTION_HELD_RESTARTED's promise (sent after the reload) was false: the page only warned in the console (found by
+# a read-only review, 6 Dec 2026). These are said instead.
+ACTION_HELD_UNNOTED = ("The server cannot be reached: this page keeps {n} waiting and sends each, in order, once it "
+                       "answers again; keep this page open. They could not be noted for this tab, so a reload (the "
+                       "page's own, if the server restarts meanwhile) loses them.")
+ACTION_HELD_RESTARTED_UNNOTED = ("The server restarted: this page reloads now, and the {n} it kept waiting could not "
+                                 "be noted for this tab, so they cannot be kept across the reload: do them again "
+                                 "after it.")
 # After the reload: "{parts}" is ACTION_KEPT_PARTS' parts that have a count, joined with "; "
 ACTION_KEPT_SENT = "The page reloaded after the server restarted, with {n} kept: {parts}."
 ACTION_KEPT_PARTS = {
     "saved": "{k} sent again and done",
     "refused": "{k} sent again and refused (its warning says why)",
+    # an answer marked failed (the server could not handle it) or stale (another experiment picked meanwhile) was
+    # counted as refused "(its warning says why)": neither has such a warning (found by a read-only review, 6 Dec 2026)
+    "failed": "{k} sent again and not done, as the server could not handle it (its error says so)",
+    "stale": "{k} sent again and not done, as another experiment was picked meanwhile",
     "unconfirmed": "{k} sent again and not confirmed (the cards show what was saved)",
     "cancelled": "{k} not sent, as an undo kept after a rating or skip takes it back",
     "undo": "{k} not sent, as an undo sent now could take back another rating or skip than meant (press u again if "
@@ -200,6 +213,13 @@ ACTION_KEPT_PARTS = {
     "unsure": "the undo sent as the connection broke may or may not have been done",
     "over": "{k} not kept (over this page's limit), so not sent",
 }
+# A note older than ACTION_KEPT_AGE_S is not sent (found by a read-only review, 6 Dec 2026: the note had no age, and a
+# tab reopened or duplicated (both copy sessionStorage) sent rate(A, 3) minutes after the rater rated A 5 on another
+# page). The page notes afresh each time it says what it keeps, so also when it finds the server restarted, just
+# before its reload (seconds): 120 s leaves room for a slow reload and no more. The note is dropped at log out too.
+ACTION_KEPT_AGE_S = 120
+ACTION_KEPT_OLD = ("This page found {n} kept by this tab more than {s} s ago, so none was sent (a newer rating, on "
+                   "another page, may have replaced them): the cards show what was saved; do the rest again.")
 ACTION_KEPT_ELSEWHERE = ("The page reloaded after the server restarted, with {n} kept for another experiment or round "
                          "than it shows now, so none was sent: the cards show what was saved; do the rest again.")
 ACTION_KEPT_UNREADABLE = ("This page found actions noted by an earlier page in a form it cannot read, so it sent none "
@@ -213,6 +233,8 @@ const QUEUED_RATE = __QUEUED_RATE__, QUEUED = __QUEUED__, AHEAD = __AHEAD__;
 const HELD_RESTARTED = __HELD_RESTARTED__, KEPT_MAX = __KEPT_MAX__, SCORES = __SCORES__;
 const KEPT_SENT = __KEPT_SENT__, KEPT_PARTS = __KEPT_PARTS__, KEPT_ELSEWHERE = __KEPT_ELSEWHERE__;
 const KEPT_UNREADABLE = __KEPT_UNREADABLE__;
+const HELD_UNNOTED = __HELD_UNNOTED__, HELD_RESTARTED_UNNOTED = __HELD_RESTARTED_UNNOTED__;
+const KEPT_AGE_MS = __KEPT_AGE_MS__, KEPT_OLD = __KEPT_OLD__;
 const api = (window.__seiko = window.__seiko || {});
 api.queue = []; api.busy = false; api.inflight = null; api.pending = api.pending || {};
 
@@ -325,7 +347,7 @@ function notedBefore(store) {
   const ok = !!note && typeof note === 'object' && note.v === 2 && typeof note.who === 'string' && note.who.length <= 200
     && idOrNull(note.experiment) && idOrNull(note.round) && (note.sent === null || validAction(note.sent))
     && Array.isArray(note.actions) && note.actions.length <= KEPT_MAX && note.actions.every(validAction)
-    && Number.isSafeInteger(note.over) && note.over >= 0;
+    && Number.isSafeInteger(note.over) && note.over >= 0 && Number.isSafeInteger(note.at);
   if (!ok) console.warn('the actions this page kept were noted in a form it cannot read (sessionStorage)', raw.slice(0, 200));
   return ok ? note : 'unreadable';
 }
@@ -336,28 +358,34 @@ function dropNote(store) {
     console.warn('this page cannot drop the note of the actions it kept (sessionStorage)', e);
   }
 }
-// the action in flight (it may or may not have arrived) and those waiting, the first KEPT_MAX of them; nothing kept,
-// or who is signed in not known: no note
+// the action in flight (it may or may not have arrived) and those waiting, the first KEPT_MAX of them, with when they
+// were noted (at: a note older than KEPT_AGE_MS is not sent); nothing kept, or who is signed in not known: no note.
+// Whether they are noted (false: the storage refused, or who is signed in not known; said by held)
 function noteHeld() {
   const store = tabStore('note the actions it keeps');
-  if (!store) return;
+  if (!store) return false;
   const who = rater(), marks = api.marks || {}, kept = api.queue.slice(0, KEPT_MAX).map(notedAction);
-  if (!(api.inflight || kept.length) || who === undefined) { dropNote(store); return; }
+  if (!(api.inflight || kept.length) || who === undefined) { dropNote(store); return false; }
   api.noted = true;  // dropped once the server answers again (unheld)
   try {
     store.setItem(HELD_KEY, JSON.stringify({ v: 2, who, experiment: idOf(marks.experiment), round: idOf(marks.round),
-      sent: api.inflight ? notedAction(api.inflight) : null, actions: kept, over: api.queue.length - kept.length }));
+      sent: api.inflight ? notedAction(api.inflight) : null, actions: kept, over: api.queue.length - kept.length,
+      at: Date.now() }));
+    return true;
   } catch (e) {  // full, or refused: no note rather than an older one (sent again after a reload)
     console.warn('this page cannot note the actions it keeps (sessionStorage)', e);
     dropNote(store);
+    return false;
   }
 }
 function held() {  // the actions not yet sent while the server cannot be reached, said with their number
   const n = api.queue.length;
   api.holding = n > 0;
-  noteHeld();
+  const noted = noteHeld();
   const s = streams();  // another server answered: the page reloads now and sends them after (resumeKept)
-  say(n ? (s && s.restarted ? HELD_RESTARTED : HELD).replace('{n}', actions(n)) : '');
+  const restarted = !!(s && s.restarted);
+  const text = noted ? (restarted ? HELD_RESTARTED : HELD) : (restarted ? HELD_RESTARTED_UNNOTED : HELD_UNNOTED);
+  say(n ? text.replace('{n}', actions(n)) : '');
 }
 function unheld() {  // the server answers again: what was kept goes now, its note dropped
   if (api.noted) {
@@ -427,7 +455,9 @@ api.ack = function (answered, marks) {
   if (done && api.resent && api.resent.seqs.delete(done[1].seq)) {  // one sent again after the reload
     const r = api.resent;
     if (!answered) r.unconfirmed++;
-    else if (marks && (marks.refused || marks.failed || marks.stale)) r.refused++;
+    else if (marks && marks.failed) r.failed++;
+    else if (marks && marks.stale) r.stale++;
+    else if (marks && marks.refused) r.refused++;
     else r.saved++;
     if (!r.seqs.size) sayResent();
   }
@@ -529,12 +559,16 @@ function resumeKept() {
   const note = kept, n = note.actions.length + (note.sent ? 1 : 0) + note.over;
   kept = null;
   if (!n) return;
+  if (Date.now() - note.at > KEPT_AGE_MS) {  // a tab reopened or duplicated later: a newer rating may stand since
+    say(KEPT_OLD.replace('{n}', actions(n)).replace('{s}', String(KEPT_AGE_MS / 1000)));
+    return;
+  }
   if (note.experiment !== idOf(api.marks.experiment) || note.round !== idOf(api.marks.round)) {
     say(KEPT_ELSEWHERE.replace('{n}', actions(n)));
     return;
   }
   const plan = resendPlan(note.sent, note.actions);
-  api.resent = { n, saved: 0, refused: 0, unconfirmed: 0, cancelled: plan.cancelled, undo: plan.undo,
+  api.resent = { n, saved: 0, refused: 0, failed: 0, stale: 0, unconfirmed: 0, cancelled: plan.cancelled, undo: plan.undo,
                  over: note.over, unsure: plan.unsure, seqs: new Set() };
   for (const [kind, data] of plan.send) {
     send(kind, data);
@@ -573,7 +607,7 @@ function sayResent() {  // one sentence: what was sent again and what came of it
   const r = api.resent, parts = [];
   api.resent = null;
   if (r.unsure) parts.push(KEPT_PARTS.unsure);
-  for (const key of ['saved', 'refused', 'unconfirmed', 'cancelled', 'undo', 'over']) {
+  for (const key of ['saved', 'refused', 'failed', 'stale', 'unconfirmed', 'cancelled', 'undo', 'over']) {
     if (r[key]) parts.push(KEPT_PARTS[key].replace('{k}', r[key]));
   }
   say(KEPT_SENT.replace('{n}', actions(r.n)).replace('{parts}', parts.join('; ')));
@@ -586,6 +620,17 @@ function settle() {
   const target = (keep && keep.dataset.state === 'open') ? keep : (firstOpen() || keep || cards()[0]);
   if (target && !document.querySelector('input:focus, textarea:focus')) focusCard(target);
 }
+// log out (app.ui banner_html's form, posted to /logout) drops the note: the same rater signing in again on this tab
+// is not sent what was kept before (found by a read-only review, 6 Dec 2026)
+function onLogout(e) {
+  const form = e.target;
+  if (!form || !form.getAttribute || !/\/logout\/?$/.test(form.getAttribute('action') || '')) return;
+  const store = tabStore('drop the note of the actions it kept');
+  if (store) dropNote(store);
+}
+if (window.__seikoLogoutHandler) document.removeEventListener('submit', window.__seikoLogoutHandler, true);
+window.__seikoLogoutHandler = onLogout;
+document.addEventListener('submit', onLogout, true);
 watch('value', settle);
 settle();
 """
@@ -598,7 +643,9 @@ def grid_js() -> str:
               "__QUEUED_RATE__": ACTION_QUEUED_RATE, "__QUEUED__": ACTION_QUEUED, "__AHEAD__": list(ACTION_AHEAD),
               "__HELD_RESTARTED__": ACTION_HELD_RESTARTED, "__KEPT_MAX__": ACTION_KEPT_MAX,
               "__SCORES__": [SCORE_MIN, SCORE_MAX], "__KEPT_SENT__": ACTION_KEPT_SENT, "__KEPT_PARTS__": ACTION_KEPT_PARTS,
-              "__KEPT_ELSEWHERE__": ACTION_KEPT_ELSEWHERE, "__KEPT_UNREADABLE__": ACTION_KEPT_UNREADABLE}
+              "__KEPT_ELSEWHERE__": ACTION_KEPT_ELSEWHERE, "__KEPT_UNREADABLE__": ACTION_KEPT_UNREADABLE,
+              "__HELD_UNNOTED__": ACTION_HELD_UNNOTED, "__HELD_RESTARTED_UNNOTED__": ACTION_HELD_RESTARTED_UNNOTED,
+              "__KEPT_AGE_MS__": 1000 * ACTION_KEPT_AGE_S, "__KEPT_OLD__": ACTION_KEPT_OLD}
     js = GRID_JS
     for name, value in values.items():
         js = js.replace(name, json.dumps(value))

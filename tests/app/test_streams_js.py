@@ -348,8 +348,11 @@ async function server(input, init) {
   fetched.push([request.method, path]);
   return handler(request.method, path, request);
 }
+const listeners = [];  // the document's, as [type, fn]: submit(action) posts a form there
 const document = {
-  activeElement: null, addEventListener() {}, removeEventListener() {}, querySelector: () => null,
+  activeElement: null, querySelector: () => null,
+  addEventListener: (type, fn) => { listeners.push([type, fn]); },
+  removeEventListener: (type, fn) => { const i = listeners.findIndex((l) => l[0] === type && l[1] === fn); if (i >= 0) listeners.splice(i, 1); },
   getElementById: (id) => elements[id] || null,
   createElement: () => {
     const el = { said: [], setAttribute() {}, hidden: false };
@@ -359,7 +362,9 @@ const document = {
   body: { appendChild: (el) => { elements[el.id] = el; } },
 };
 const stored = new Map();  // the tab's sessionStorage, kept over reload()
-const sessionStorage = { getItem: (k) => (stored.has(k) ? stored.get(k) : null), setItem: (k, v) => stored.set(k, String(v)),
+// window.storageFull: setItem throws as a browser's full (or refused) storage does
+const sessionStorage = { getItem: (k) => (stored.has(k) ? stored.get(k) : null),
+                         setItem: (k, v) => { if (window.storageFull) throw new Error('QuotaExceededError'); stored.set(k, String(v)); },
                          removeItem: (k) => stored.delete(k) };
 const window = { fetch: server, location: { href: 'http://app.test/' }, gradio_config: { app_id: 7 }, sessionStorage };
 const context = vm.createContext({ window, document, console, Request, Response, URL, Headers, AbortController,
@@ -412,10 +417,14 @@ const reload = () => {
   startGrid();
   return window.__seiko;
 };
+const submit = (action) => {  // a form of the page posted (the banner's log out: action '/logout')
+  const form = { getAttribute: (name) => (name === 'action' ? action : null) };
+  for (const [type, fn] of listeners.slice()) if (type === 'submit') fn({ target: form });
+};
 const notices = () => (elements['seiko-connection'] ? elements['seiko-connection'].said : []);
 const run = new Function('window', 'api', 'runUntil', 'now', 'serve', 'sse', 'fetched', 'notices', 'gradio', 'reload',
-                         'signIn', 'loaded', `return (async () => {\n${scenario}\n})();`);
-run(window, api, runUntil, () => clock, (h) => { handler = h; }, sse, fetched, notices, gradio, reload, signIn, loaded)
+                         'signIn', 'loaded', 'submit', `return (async () => {\n${scenario}\n})();`);
+run(window, api, runUntil, () => clock, (h) => { handler = h; }, sse, fetched, notices, gradio, reload, signIn, loaded, submit)
   .then((result) => console.log(JSON.stringify(result)));
 """
 
@@ -676,7 +685,7 @@ def test_actions_made_while_the_server_cannot_be_reached_wait_and_go_in_order_on
     once the server answers again. The one whose POST got no answer may have reached the app: it is not sent again
     (said by STREAM_LOST), and the next's answer shows what was saved."""
     steps = "[[100, { msg: 'process_starts', event_id: id }], [200, { msg: 'process_completed', event_id: id }]]"
-    out = run_clocked(tmp_path, EVENTS % ("window.up", steps) + """
+    out = run_clocked(tmp_path, "signIn('alice');" + EVENTS % ("window.up", steps) + """
 window.up = false;
 api.send('rate', { image_id: 1, score: 7 });
 await runUntil(5000);
@@ -723,7 +732,7 @@ def test_actions_held_while_a_probe_waits_are_sent_when_gradios_client_aborts_th
     took itself out of streams.waiting without telling the grid, so when Gradio's client aborted the stream being
     probed for (it lets a stream go once it waits on no event) nobody sent the actions held meanwhile: they stayed held,
     the sentence on the page, until the rater acted again. Now the grid hears of it and sends them, in order."""
-    out = run_clocked(tmp_path, HELD_AFTER_A_BREAK + """
+    out = run_clocked(tmp_path, "signIn('alice');" + HELD_AFTER_A_BREAK + """
 await runUntil(6500);
 const during = { queued: api.queue.map((a) => a[1].seq), busy: api.busy, notice: notices().slice(-1)[0] };
 window.up = true;
@@ -744,7 +753,7 @@ def test_actions_held_while_a_probe_waits_stay_held_when_its_stream_is_aborted_u
     answered: the grid sent its first held action at once into a server still down, whose POST got no answer and was
     ended as lost, never sent again. Now the page probes on its own (the same waits, one probe however many were
     aborted) and the held actions go, in order, only once the server answers."""
-    out = run_clocked(tmp_path, HELD_AFTER_A_BREAK + """
+    out = run_clocked(tmp_path, "signIn('alice');" + HELD_AFTER_A_BREAK + """
 const s = window.__seikoStreams;
 const probes = () => fetched.filter(([m, p]) => p.endsWith('/app_id')).length;
 // a second stream of the page's probing for the server, aborted too (Gradio's client lets it go)
@@ -833,7 +842,8 @@ def kept_sent(n: str, **parts) -> str:
     """ACTION_KEPT_SENT with its parts (ACTION_KEPT_PARTS' keys: their counts, in the page's order)."""
     said = [ui_assets.ACTION_KEPT_PARTS["unsure"]] if parts.pop("unsure", False) else []
     said += [ui_assets.ACTION_KEPT_PARTS[key].format(k=parts[key])
-             for key in ("saved", "refused", "unconfirmed", "cancelled", "undo", "over") if parts.get(key)]
+             for key in ("saved", "refused", "failed", "stale", "unconfirmed", "cancelled", "undo", "over")
+             if parts.get(key)]
     return ui_assets.ACTION_KEPT_SENT.format(n=n, parts="; ".join(said))
 
 
@@ -869,6 +879,7 @@ return { during, before, stored, waiting, first, sent, after, notices: notices()
     assert out["before"]["joins"] == 0 and out["before"]["join"] == {"error": "TypeError"}  # Gradio's way: a reload
     assert out["before"]["said"] == ui_assets.ACTION_HELD_RESTARTED.format(n="2 actions")  # until it reloads
     # only what the server needs, no action numbers, the experiment and round shown
+    assert out["stored"].pop("at") >= 5000  # noted afresh when the page found the server restarted
     assert out["stored"] == {"v": 2, "who": "alice", "experiment": 4, "round": 9, "over": 0,
                              "sent": ["rate", {"image_id": 1, "score": 7}],
                              "actions": [["rate", {"image_id": 2, "score": 6}], ["skip", {"image_id": 3}]]}
@@ -1063,3 +1074,67 @@ def test_the_silent_bound_follows_gradios_heartbeat_interval(monkeypatch):
     assert int(re.search(r"const SILENT_MS = (\d+),", ui_assets.grid_js()).group(1)) == 2 * 1000 * rate
     monkeypatch.setenv("GRADIO_HEARTBEAT_INTERVAL", "5")
     assert int(re.search(r"const SILENT_MS = (\d+),", ui_assets.streams_head()).group(1)) == 30_000
+
+
+def test_a_kept_action_not_done_for_failing_or_a_stale_pick_is_not_counted_as_refused(tmp_path):
+    """Found by a read-only review (6 Dec 2026): an action sent again after the reload whose answer was marked failed
+    (the server could not handle it) or stale (another experiment picked meanwhile) was counted "refused (its warning
+    says why)", and neither has such a warning. Each is now counted as what it was."""
+    out = run_clocked(tmp_path, "signIn('alice');" + HELD_THEN_RESTARTED + """
+const page = reload();
+""" + RELOADED + """
+page.marks = { ack: 1, cards: {}, experiment: 4, round: 9 };
+loaded();
+await answer({ done: 1, failed: true });
+await answer({ done: 2, stale: true });
+await answer({ done: 3, refused: true });
+return { sent: sent.length, notice: notices().slice(-1)[0] };
+""")
+    assert out == {"sent": 3, "notice": kept_sent("3 actions", refused=1, failed=1, stale=1)}
+
+
+def test_actions_kept_where_the_tab_cannot_note_them_are_not_promised_after_the_reload(tmp_path):
+    """Found by a read-only review (6 Dec 2026): where the tab's sessionStorage refuses the note (full, disabled) the
+    page only warned in the console and still said it "sends the 2 actions it kept waiting after that" (the reload).
+    It now says they cannot be kept across a reload."""
+    out = run_clocked(tmp_path, "signIn('alice'); window.storageFull = true;" + HELD_THEN_RESTARTED + """
+return { during, restarted: notices().slice(-1)[0], stored: window.sessionStorage.getItem('seiko-held-actions') };
+""")
+    assert out == {"during": ui_assets.ACTION_HELD_UNNOTED.format(n="2 actions"),
+                   "restarted": ui_assets.ACTION_HELD_RESTARTED_UNNOTED.format(n="2 actions"), "stored": None}
+
+
+@pytest.mark.parametrize("age_s", [ui_assets.ACTION_KEPT_AGE_S - 1, ui_assets.ACTION_KEPT_AGE_S + 1])
+def test_a_note_of_kept_actions_older_than_its_bound_is_not_sent(tmp_path, age_s):
+    """Found by a read-only review (6 Dec 2026): the note had no age, so a tab reopened (or duplicated: both copy
+    sessionStorage) minutes later sent rate(A, 3) after the rater had rated A 5 on another page. The note now says
+    when it was made; one older than ACTION_KEPT_AGE_S is not sent and said, one younger is sent as before."""
+    note = {"v": 2, "who": "alice", "experiment": 4, "round": 9, "sent": None, "over": 0,
+            "actions": [["rate", {"image_id": 2, "score": 3}]], "at": -1000 * age_s}  # the page loads at 0
+    out = run_clocked(tmp_path, "signIn('alice'); let appId = 7;" + """
+window.sessionStorage.setItem('seiko-held-actions', NOTED);
+const page = reload();
+""".replace("NOTED", json.dumps(json.dumps(note))) + RELOADED + """
+page.marks = { ack: 1, cards: {}, experiment: 4, round: 9 };
+loaded();
+await step();
+return { sent, notice: notices().slice(-1)[0], stored: window.sessionStorage.getItem('seiko-held-actions') };
+""")
+    if age_s > ui_assets.ACTION_KEPT_AGE_S:
+        assert out == {"sent": [], "stored": None,
+                       "notice": ui_assets.ACTION_KEPT_OLD.format(n="1 action", s=ui_assets.ACTION_KEPT_AGE_S)}
+    else:
+        assert out["sent"] == [{"image_id": 2, "score": 3, "seq": 1}] and out["stored"] is None
+
+
+def test_logging_out_drops_the_note_of_kept_actions(tmp_path):
+    """Found by a read-only review (6 Dec 2026): the note survived log out, so the same rater signing in again on the
+    tab was sent what was kept before. The banner's log out form (posted to /logout) drops it; another form does not."""
+    out = run_clocked(tmp_path, "signIn('alice');" + HELD_THEN_RESTARTED + """
+const key = 'seiko-held-actions';
+submit('/search');
+const other = window.sessionStorage.getItem(key) !== null;
+submit('/logout');
+return { other, stored: window.sessionStorage.getItem(key) };
+""")
+    assert out == {"other": True, "stored": None}
