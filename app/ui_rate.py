@@ -818,9 +818,12 @@ def rate(factory, data_dir, who: Who, state_value: dict | None, payload: dict[st
     message = None
     try:
         image_id, score = parse_image_id(payload.get("image_id")), parse_score(payload.get("score"))
-        if image_id not in state.batch and not _rated_in_round(factory, who, image_id, state.round_id):
+        if (image_id not in state.batch and not _rated_in_round(factory, who, image_id, state.round_id)
+                and not _skipped_in_round(factory, who, image_id, state.round_id)):
             # an edit of an image rated in this round is taken even when it left the batch: a correction of a
-            # batch's last card, pressed as the next batch came, was refused (found by review)
+            # batch's last card, pressed as the next batch came, was refused (found by review); so is the rating of
+            # one the rater skipped in this round: a rating sent again after a restart, its skip having arrived, was
+            # refused (the reloaded batch leaves skipped images out; twelfth review, 6 Dec 2026)
             raise Conflict(f"image {image_id} is not in your current batch; reload the page")
         with write_session(factory) as s:
             _, again = _rate(s, who, image_id, score)

@@ -309,6 +309,34 @@ def test_a_skip_sent_again_after_its_image_left_the_batch_is_done_once(ui_world)
     assert "not in your current batch" in refused.message
 
 
+def test_a_rating_sent_again_after_its_images_skip_arrived_is_saved(ui_world):
+    """Found by a read-only review (6 Dec 2026): the page's skip of A arrived, then the connection broke with its
+    rating of A (5) kept; sent again after the reload, the rating was refused ("not in your current batch; reload the
+    page"): the reloaded batch leaves skipped images out. Rating an image the rater skipped in the page's round is
+    what the rater asked for: it is now saved (and the skip taken back); one neither in the batch, rated nor skipped
+    is refused as before."""
+    from app import ui_rate
+    from db import repo
+    from db.engine import read_session
+
+    alice = ui_rate_who(ui_world)
+    data_dir = ui_world.settings.data_dir
+    state = ui_rate.load_batch(ui_world.factory, data_dir, alice, None, batch_size=2).state
+    image = state["batch"][0]
+    assert ui_rate.skip(ui_world.factory, data_dir, alice, state, {"image_id": image}, batch_size=2).message is None
+    reloaded = ui_rate.load_batch(ui_world.factory, data_dir, alice, None, batch_size=2).state
+    assert image not in reloaded["batch"]
+    resent = ui_rate.rate(ui_world.factory, data_dir, alice, reloaded, {"image_id": image, "score": 5}, batch_size=2)
+    assert resent.message is None
+    with read_session(ui_world.factory) as s:
+        assert repo.find_rating(session=s, image_id=image, rater_id=alice.rater_id).score == 5
+        assert repo.find_skip(session=s, image_id=image, rater_id=alice.rater_id) is None
+    other = next(i for i in ui_world.image_ids if i not in resent.state["batch"] and i != image)
+    refused = ui_rate.rate(ui_world.factory, data_dir, alice, resent.state, {"image_id": other, "score": 5},
+                           batch_size=2)
+    assert "not in your current batch" in refused.message
+
+
 def test_an_undo_the_page_gave_up_is_not_done_after_a_later_action_of_the_page(ui_world):
     """Twelfth review (6 Dec 2026): the page gives up an undo whose handler overran or whose queue stood still and
     sends the next action; the undo stayed on the server and, run after a rating sent since, took that rating back

@@ -97,8 +97,9 @@ class RatingPage(RuleBasedStateMachine):
         key = (self.alice.rater_id, image_id)
         in_batch = image_id in self.state["batch"]
         # an edit of an image she rated is taken when it left the batch, while the page is on the image's round (the
-        # only one here; a page loaded once it closed is on none)
-        edit = key in self.ratings and self.state["round_id"] is not None
+        # only one here; a page loaded once it closed is on none); so is the rating of one she skipped there (a rating
+        # sent again after a restart, its skip having arrived; twelfth review, 6 Dec 2026)
+        edit = (key in self.ratings or key in self.skips) and self.state["round_id"] is not None
         self.show(ui_rate.rate(self.factory, self.data_dir, self.alice, self.state, {"image_id": image_id, "score": score},
                                batch_size=BATCH))
         if not in_batch and not edit:
