@@ -842,22 +842,23 @@ def rate(factory, data_dir, who: Who, state_value: dict | None, payload: dict[st
 
 def _rated_in_round(factory, who: Who, image_id: int, round_id: int | None) -> bool:
     """Whether the rater has a rating of ``image_id`` and it is an image of round ``round_id`` (the page's round)."""
-    if round_id is None:
-        return False
-    with read_session(factory) as s:
-        image = s.get(Image, image_id)
-        return (image is not None and image.round_id == round_id
-                and repo.find_rating(session=s, image_id=image_id, rater_id=who.rater_id) is not None)
+    return _marked_in_round(factory, who, image_id, round_id, repo.find_rating)
 
 
 def _skipped_in_round(factory, who: Who, image_id: int, round_id: int | None) -> bool:
     """Whether the rater has skipped ``image_id`` and it is an image of round ``round_id`` (the page's round)."""
+    return _marked_in_round(factory, who, image_id, round_id, repo.find_skip)
+
+
+def _marked_in_round(factory, who: Who, image_id: int, round_id: int | None, find) -> bool:
+    """Whether ``find`` (``repo.find_rating`` or ``repo.find_skip``) has the rater's mark on ``image_id`` and it is an
+    image of round ``round_id``."""
     if round_id is None:
         return False
     with read_session(factory) as s:
         image = s.get(Image, image_id)
         return (image is not None and image.round_id == round_id
-                and repo.find_skip(session=s, image_id=image_id, rater_id=who.rater_id) is not None)
+                and find(session=s, image_id=image_id, rater_id=who.rater_id) is not None)
 
 
 ALREADY_SCORED = "you have already scored this image; score it again to change that score"  # skipping a scored card
