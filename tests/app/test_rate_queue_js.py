@@ -282,6 +282,21 @@ def test_an_actions_marks_say_what_the_page_shows_and_whether_it_was_refused(ui_
     assert "refused" not in undone and len(warnings) == 1
 
 
+def _skipped_then_reloaded(ui_world):
+    """alice skips the first image of her batch (of 2) and the page loads again: (alice, data dir, the image, the
+    reloaded page's state), the skipped image left out of its batch."""
+    from app import ui_rate
+
+    alice = ui_rate_who(ui_world)
+    data_dir = ui_world.settings.data_dir
+    state = ui_rate.load_batch(ui_world.factory, data_dir, alice, None, batch_size=2).state
+    image = state["batch"][0]
+    assert ui_rate.skip(ui_world.factory, data_dir, alice, state, {"image_id": image}, batch_size=2).message is None
+    reloaded = ui_rate.load_batch(ui_world.factory, data_dir, alice, None, batch_size=2).state
+    assert image not in reloaded["batch"]
+    return alice, data_dir, image, reloaded
+
+
 def test_a_skip_sent_again_after_its_image_left_the_batch_is_done_once(ui_world):
     """Twelfth review (6 Dec 2026): the page sends again, after a restart, the skip in flight when the connection broke
     (it may or may not have arrived). One that had arrived was refused ("not in your current batch"): the reloaded
@@ -293,13 +308,7 @@ def test_a_skip_sent_again_after_its_image_left_the_batch_is_done_once(ui_world)
     from db.engine import read_session
     from db.models import UndoStep
 
-    alice = ui_rate_who(ui_world)
-    data_dir = ui_world.settings.data_dir
-    state = ui_rate.load_batch(ui_world.factory, data_dir, alice, None, batch_size=2).state
-    image = state["batch"][0]
-    assert ui_rate.skip(ui_world.factory, data_dir, alice, state, {"image_id": image}, batch_size=2).message is None
-    reloaded = ui_rate.load_batch(ui_world.factory, data_dir, alice, None, batch_size=2).state
-    assert image not in reloaded["batch"]
+    alice, data_dir, image, reloaded = _skipped_then_reloaded(ui_world)
     again = ui_rate.skip(ui_world.factory, data_dir, alice, reloaded, {"image_id": image}, batch_size=2)
     assert again.message is None
     with read_session(ui_world.factory) as s:
@@ -319,13 +328,7 @@ def test_a_rating_sent_again_after_its_images_skip_arrived_is_saved(ui_world):
     from db import repo
     from db.engine import read_session
 
-    alice = ui_rate_who(ui_world)
-    data_dir = ui_world.settings.data_dir
-    state = ui_rate.load_batch(ui_world.factory, data_dir, alice, None, batch_size=2).state
-    image = state["batch"][0]
-    assert ui_rate.skip(ui_world.factory, data_dir, alice, state, {"image_id": image}, batch_size=2).message is None
-    reloaded = ui_rate.load_batch(ui_world.factory, data_dir, alice, None, batch_size=2).state
-    assert image not in reloaded["batch"]
+    alice, data_dir, image, reloaded = _skipped_then_reloaded(ui_world)
     resent = ui_rate.rate(ui_world.factory, data_dir, alice, reloaded, {"image_id": image, "score": 5}, batch_size=2)
     assert resent.message is None
     with read_session(ui_world.factory) as s:
