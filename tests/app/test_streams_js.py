@@ -929,6 +929,18 @@ return { sent, notice: notices().slice(-1)[0], stored: window.sessionStorage.get
         assert out == {"sent": [], "notice": ui_assets.ACTION_KEPT_ELSEWHERE.format(n="3 actions"), "stored": None}
 
 
+def _reloaded_with_note(tmp_path, noted: str, then: str):
+    """alice's page reloads (a restarted server) with ``noted`` as the tab's note of kept actions, shows experiment 4's
+    round 9 and loads; then the script ``then`` runs and its value is returned."""
+    return run_clocked(tmp_path, "signIn('alice'); let appId = 7;" + """
+window.sessionStorage.setItem('seiko-held-actions', NOTED);
+const page = reload();
+""".replace("NOTED", json.dumps(noted)) + RELOADED + """
+page.marks = { ack: 1, cards: {}, experiment: 4, round: 9 };
+loaded();
+await step();""" + then)
+
+
 @pytest.mark.parametrize("noted", [
     "not json {", "null", "[1, 2]", '{"n": 2, "who": "alice"}',  # an older page's count
     '{"v": 2, "who": "alice", "experiment": 4, "round": 9, "sent": null, "over": 0, "actions": [["undo", {"x": 1}]]}',
@@ -943,13 +955,7 @@ def test_a_note_of_kept_actions_the_page_cannot_read_is_dropped_with_a_sentence(
     another script, an edit): what is not the form the page writes (or holds more than ACTION_KEPT_MAX actions) is
     dropped, nothing sent, one sentence said, and the page goes on."""
     noted = noted.replace("ACTIONS", json.dumps([["skip", {"image_id": 1}]] * (ui_assets.ACTION_KEPT_MAX + 1)))
-    out = run_clocked(tmp_path, "signIn('alice'); let appId = 7;" + """
-window.sessionStorage.setItem('seiko-held-actions', NOTED);
-const page = reload();
-""".replace("NOTED", json.dumps(noted)) + RELOADED + """
-page.marks = { ack: 1, cards: {}, experiment: 4, round: 9 };
-loaded();
-await step();
+    out = _reloaded_with_note(tmp_path, noted, """
 page.send('rate', { image_id: 8, score: 2 });  // the page goes on
 await step();
 return { sent, notice: notices().slice(-1)[0], stored: window.sessionStorage.getItem('seiko-held-actions') };
@@ -1111,13 +1117,7 @@ def test_a_note_of_kept_actions_older_than_its_bound_is_not_sent(tmp_path, age_s
     when it was made; one older than ACTION_KEPT_AGE_S is not sent and said, one younger is sent as before."""
     note = {"v": 2, "who": "alice", "experiment": 4, "round": 9, "sent": None, "over": 0,
             "actions": [["rate", {"image_id": 2, "score": 3}]], "at": -1000 * age_s}  # the page loads at 0
-    out = run_clocked(tmp_path, "signIn('alice'); let appId = 7;" + """
-window.sessionStorage.setItem('seiko-held-actions', NOTED);
-const page = reload();
-""".replace("NOTED", json.dumps(json.dumps(note))) + RELOADED + """
-page.marks = { ack: 1, cards: {}, experiment: 4, round: 9 };
-loaded();
-await step();
+    out = _reloaded_with_note(tmp_path, json.dumps(note), """
 return { sent, notice: notices().slice(-1)[0], stored: window.sessionStorage.getItem('seiko-held-actions') };
 """)
     if age_s > ui_assets.ACTION_KEPT_AGE_S:
