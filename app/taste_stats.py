@@ -12,8 +12,8 @@ With several ratings of one image (overlap > 1) the ratings are not independent 
 (``clustered_intervals``) the mean's variance is the ratio estimator's over images (cluster-robust, K images:
 K / (K - 1) * sum_i n_i^2 (m_i - mean)^2 / N^2, never below the plain s^2 / N) with t on K - 1 degrees of freedom,
 and the share's Wilson interval
-uses the effective number of ratings N / deff, deff the same variance over p (1 - p) / (N - 1) (never below 1; the
-number of images when every rating is liked, or none). With
+uses the effective number of ratings N / deff, deff the same variance over p (1 - p) / (N - 1) (never below 1; 1
+where it cannot be estimated: every rating liked, or none, and one image). With
 one rating per image both reduce exactly to the plain intervals above. A review measured what the plain intervals
 gave at overlap 3: 80% coverage for the mean's, 84% for the share's, where 95% is claimed.
 
@@ -24,8 +24,10 @@ Wilson interval at N / max(1, deff) is taken at Student's ``t975(K - 1)``, whate
 deff = 1 (eleventh review: it was the normal 1.96 at deff <= 1 and t above, so the share 24 of 48 on 16 images
 was 10% wider at deff 1.044 than at 0.870, and a deff of exactly 1 went either way by rounding). At the normal
 1.96, Wilson's own interval: one rating per image (independent ratings, over N: which case applies is the design,
-never an estimate), every rating liked or none (the K images as K trials: the interval of one rating on each of K
-images), one image (one rating's worth; t with 0 df does not exist).
+never an estimate). Every rating liked or none is deff 1 at t with K - 1 df, the limit of one rating that differs,
+and one image Wilson over its ratings at t with 1 df (thirteenth review: they were the K images as K trials and one
+rating's worth at 1.96, so one rating that differed could narrow the interval eight-fold, and one image was
+narrower than two images rated alike).
 Measured (``tests/app/test_stats_reference.py``; image effect sd 1.5 about 5, rater noise sd 1, whole scores 1-10,
 3 ratings per image, 2000 rounds, seed 0; re-measured after the rule was made continuous): at the 8 images of one
 rating batch the share's interval at 1.96 held the true share (0.391) in 91.75% of rounds, at t with 7 df in
@@ -91,7 +93,7 @@ def clustered_intervals(scores: list[float], groups: list[object]) -> tuple[tupl
     def cluster_var(values: dict[object, list[float]], centre: float) -> float:
         return k / (k - 1) * sum((sum(v) - len(v) * centre) ** 2 for v in values.values()) / (n * n)
 
-    deff = None  # the share's design effect; None for no spread (every rating liked, or none) and for one image
+    deff = None  # the share's design effect; None (taken as 1) for no spread (every rating liked, or none), one image
     if k < 2 or max(scores) == min(scores):  # one image, or no spread at all: no interval (``mean_interval``)
         mean_ci = (mean, None, None)
     else:

@@ -387,7 +387,8 @@ def clustered_win_interval(votes_by_pair: Sequence[tuple[int, int, int]]) -> tup
     variance over the K pairs with votes, ``K / (K - 1) * sum_j (s_j - n_j rate)^2 / N^2`` (s_j the pair's score,
     n_j its votes), to the variance as if the N votes were independent, ``sum_i (y_i - rate)^2 / ((N - 1) N)``
     (y_i a vote's 1, 1/2 or 0). One vote on every pair: exactly Wilson's interval over the N votes. Every vote the
-    same (no spread to measure deff by): the number of pairs; one pair: one vote's worth, as ``app.taste_stats``.
+    same (no spread to measure deff by) and one pair (no variance between pairs): deff 1, at t with max(1, K - 1)
+    df (thirteenth review; they were the K pairs as K trials and one vote's worth, at 1.96), as ``app.taste_stats``.
 
     The rule is ``seiko_core.stats.clustered_wilson``, shared with the dashboard's liked share (``app.taste_stats``).
     Where the pairs hold several votes and the votes differ (2 <= K < N), the interval rests on the variance over the
@@ -400,10 +401,10 @@ def clustered_win_interval(votes_by_pair: Sequence[tuple[int, int, int]]) -> tup
     deff is at or below 1 by chance in nearly half the draws (874 of 2000 in ``app.tools.ab_coverage``'s cell k = 32,
     64 votes, p = 0.5), and a deff of exactly 1 computed as 1 + 2e-16 chose t, as 1.0 the normal.
     At the normal 1.96, Wilson's own interval (no variance estimated from a spread): one vote on every pair
-    (independent votes; which case applies is the design, never an estimate), every vote the same (the K pairs as K
-    trials: the same interval as one vote on each of K pairs), one pair (one vote's worth; t with 0 df does not
-    exist). The every-vote-the-same case is not continuous with its nearest neighbour: 16 pairs of 16 votes all won
-    give [0.806, 1], with one vote lost [0.975, 0.999] (deff exactly 1 there).
+    (independent votes; which case applies is the design, never an estimate). Every vote the same is the limit of
+    one vote lost (thirteenth review): 16 pairs of 16 votes all won give [0.983, 1], one lost [0.975, 0.999] (deff
+    exactly 1 there); they were [0.806, 1] (the K pairs as K trials at 1.96) and [0.975, 0.999]. One pair: Wilson
+    over its votes at t with 1 df, never narrower than two pairs with the same votes (it was one vote's worth).
 
     Measured (``tests/app/test_stats_reference.py``, 2000 draws, seed 0; re-measured after the eleventh review made
     the rule continuous: no draw there had deff <= 1, so the figures stood): at 16 pairs of 16 votes each the normal
@@ -424,7 +425,7 @@ def clustered_win_interval(votes_by_pair: Sequence[tuple[int, int, int]]) -> tup
     wins, losses, ties = (sum(c[i] for c in counts) for i in range(3))
     rate = (wins + ties / 2) / n
     k = len(counts)
-    if k == n or k < 2:  # one vote on every pair, or one pair: no design effect (clustered_wilson's cases)
+    if k == n or k < 2:  # one vote on every pair, or one pair: no design effect to estimate (clustered_wilson)
         return clustered_wilson(wins + ties / 2, n, k, None)
     spread = wins * (1 - rate) ** 2 + ties * (0.5 - rate) ** 2 + losses * rate ** 2
     if spread == 0:  # every vote the same: no spread to measure a design effect by

@@ -162,37 +162,32 @@ def wilson_bounds(successes: float, n: int, z: float) -> tuple[float, float]:
 def clustered_wilson(successes: float, n: int, k: int, deff: float | None) -> tuple[float, float]:
     """The 95% interval (low, high) of the share ``successes / n`` of ``n`` votes (or ratings) on ``k`` clusters
     (pairs, images), ``deff`` the design effect (the share's cluster-robust variance over the k clusters divided by
-    its variance as if the n votes were independent), None where every vote is the same (no spread to measure it by).
-    The one rule of the A/B win rate (``db.comparisons.clustered_win_interval``) and the dashboard's liked share
-    (``app.taste_stats.clustered_intervals``); each checks its own arguments first. By case, each continuous within it:
+    its variance as if the n votes were independent), None where it cannot be estimated: every vote the same (no
+    spread to measure it by) or one cluster (no variance between clusters). The one rule of the A/B win rate
+    (``db.comparisons.clustered_win_interval``) and the dashboard's liked share (``app.taste_stats.clustered_intervals``);
+    each checks its own arguments first. Two cases, by the design (how many votes each cluster has), never by an
+    estimate:
 
-    - clustered with spread (2 <= k < n, deff not None): Wilson at the effective number ``n / max(1, deff)`` at
-      Student's ``t975(k - 1)``, whatever deff is: the variance is estimated from k clusters. Continuous in deff: at
-      deff <= 1 it is Wilson over the n votes at that same t, so a deff a little below 1 and one a little above give
-      intervals a little apart (eleventh review: at deff <= 1 it was the normal 1.96, so one vote moved between two
-      of 16 pairs, deff 0.996 to 1.029, widened the A/B interval by 10%, 2 pairs gave [0.14, 0.69] or [0.01, 0.99]
-      by which side of 1 deff fell, and a deff of exactly 1 went either way by rounding; numbers in
-      ``db.comparisons.clustered_win_interval``);
     - one vote per cluster (k == n): Wilson over the n votes at the normal 1.96, exactly (independent votes; no
-      variance is estimated from a spread, Wilson's own binomial variance is used). Which case applies follows from
-      the design (how many votes each cluster has), never from an estimate, so no chance change in the votes moves
-      an interval between this case and the one above;
-    - every vote the same (deff None, 2 <= k < n): the k clusters as k trials, Wilson at 1.96: exactly the previous
-      case for one vote on each of k clusters (the votes on a cluster agree, so each counts once), the conservative
-      end (the most a design effect can shrink n to is about k). Not continuous with the nearest votes that differ:
-      one dissenting vote on clusters of equal size has a deff of exactly 1, so its interval is Wilson over the n
-      votes at t (16 pairs of 16 votes all won: [0.806, 1]; one vote lost: [0.975, 0.999]);
-    - one cluster (k == 1): one vote's worth, Wilson of the share over 1 at 1.96 (t with 0 degrees of freedom does
-      not exist); every vote the same on one cluster and one vote on one cluster are this same interval."""
+      variance is estimated from a spread, Wilson's own binomial variance is used);
+    - clustered (k < n): Wilson at the effective number ``n / max(1, deff)`` at Student's ``t975(max(1, k - 1))``,
+      deff taken as 1 where it is None. The variance is estimated from k clusters (k - 1 degrees of freedom); a deff
+      at or below 1 never narrows the interval below Wilson over the n votes at that t (eleventh review: at deff <= 1
+      it was the normal 1.96, so the interval jumped as deff crossed 1).
+
+    Thirteenth review (the rule stated before it was measured): deff None is 1, the floor, because that is its limit
+    from the votes nearest to it: one dissenting vote on clusters of equal size has a deff of exactly 1, so every
+    vote the same and one vote different are now the same formula one success apart (16 pairs of 16 votes all won:
+    [0.983, 1], one lost: [0.975, 0.999]). They were k trials at 1.96 ([0.806, 1]) against n votes at t, so one
+    dissenting vote narrowed the interval from 0.194 to 0.024 wide. One cluster has 1 degree of freedom, not 0: with
+    k = 1 nothing estimates the variance between clusters, so the interval is the n votes' Wilson at t with 1 df
+    (12.7), at least as wide as at k = 2 with the same votes on each, so adding a cluster whose votes equal the
+    others' never widens the interval (it was one vote's worth at 1.96: one pair of 4 votes, 2 won, gave
+    [0.05, 0.95], two such pairs [0.01, 0.99]; one such pair now gives [0.006, 0.994])."""
     if k == n:
         return wilson_bounds(successes, n, Z95)
-    rate = successes / n
-    if k < 2:
-        return wilson_bounds(rate, 1, Z95)
-    if deff is None:
-        return wilson_bounds(rate * k, k, Z95)
-    n_eff = n / max(1.0, deff)
-    return wilson_bounds(rate * n_eff, n_eff, t975(k - 1))
+    n_eff = n / max(1.0, 1.0 if deff is None else deff)
+    return wilson_bounds(successes / n * n_eff, n_eff, t975(max(1, k - 1)))
 
 
 def pearson(a, b) -> float | None:

@@ -113,8 +113,11 @@ def test_the_clustered_win_interval_is_wilsons_with_one_vote_per_pair_and_counts
         lo, hi = comparisons.clustered_win_interval(votes)
         ref = wilson_roots(score, n)
         assert (lo, hi) == pytest.approx((max(0.0, ref[0]), min(1.0, ref[1])), abs=1e-12)
-    # every vote a win on 3 pairs of 4 votes: no spread to measure by, so 3 votes' worth (the pairs), not 12
-    assert comparisons.clustered_win_interval([(4, 0, 0)] * 3) == pytest.approx(comparisons.wilson_interval(3, 3))
+    # every vote a win on 3 pairs of 4 votes: no spread to measure deff by, so deff is 1, its limit from one lost
+    # vote (thirteenth review; it was the 3 pairs as 3 trials at 1.96): Wilson over the 12 votes at t with 2 df,
+    # whose lower end at 12 of 12 is 12 / (12 + t^2)
+    t2 = T975_TABLE[2]
+    assert comparisons.clustered_win_interval([(4, 0, 0)] * 3) == pytest.approx((12 / (12 + t2 * t2), 1.0), abs=1e-6)
     # votes on each pair that disagree more than independent votes would (deff 0 here): deff below 1 is not used to
     # narrow the interval (never narrower than Wilson's over the votes), and the quantile is still t with K - 1 df,
     # as at deff just above 1 (eleventh review: it was the normal 1.96 here)
@@ -184,6 +187,70 @@ def test_a_design_effect_of_exactly_one_gets_one_interval_however_it_rounds(pair
     scores = [7.0] + [2.0] * (n - 1)  # one liked rating: the same design on images
     _, (share, lo, hi) = taste_stats.clustered_intervals(scores, [i // votes_each for i in range(n)])
     assert (lo, hi) == pytest.approx((max(0.0, ref[0]), ref[1]), abs=1e-6)
+
+
+# Student's t 97.5% quantile at 1 degree of freedom, tan(0.475 pi) (the Cauchy distribution's quantile, in closed form)
+T975_DF1 = math.tan(0.475 * math.pi)
+
+
+@pytest.mark.parametrize("pairs, votes_each", [(16, 16), (8, 3), (4, 3), (3, 5)])
+def test_every_vote_the_same_is_the_limit_of_one_dissenting_vote(pairs, votes_each):
+    """All N votes won, then one and two lost (on different pairs of equal size): deff cannot be estimated for the
+    first, is exactly 1 for the second (exact rationals) and at or below 1 for the third, so all three are Wilson
+    over the N votes at t with K - 1 df (the quadratic's roots; the lower end at N of N in closed form,
+    N / (N + t^2)), and each lost vote lowers both ends: the step from none lost to one lost is no larger than
+    Wilson's own steps. Before (thirteenth review) every vote the same was the K pairs as K trials at 1.96, so one
+    lost vote narrowed 16 pairs of 16 from [0.806, 1] to [0.975, 0.999] and raised the lower end by 0.17. The same
+    for ratings all liked, then one and two not liked."""
+    n, t = pairs * votes_each, T975_TABLE[pairs - 1]
+    got_votes, got_share = [], []
+    for lost in range(3):
+        votes = [(votes_each - (j < lost), int(j < lost), 0) for j in range(pairs)]
+        if lost == 1:
+            assert exact_design_effect(votes) == 1
+        if lost == 2:
+            assert exact_design_effect(votes) <= 1
+        lo, hi = wilson_roots(n - lost, n, t)
+        ref = (max(0.0, lo), 1.0 if lost == 0 else hi)
+        if lost == 0:
+            assert ref[0] == pytest.approx(n / (n + t * t), abs=1e-12)
+        got = comparisons.clustered_win_interval(votes)
+        assert got == pytest.approx(ref, abs=1e-6)
+        got_votes.append(got)
+        scores = [2.0 if j < lost and r == 0 else 8.0 for j in range(pairs) for r in range(votes_each)]
+        images = [j for j in range(pairs) for _ in range(votes_each)]
+        _, (share, slo, shi) = taste_stats.clustered_intervals(scores, images)
+        assert share == (n - lost) / n and (slo, shi) == pytest.approx(ref, abs=1e-6)
+        got_share.append((slo, shi))
+    for got in (got_votes, got_share):
+        assert got[0][0] > got[1][0] > got[2][0] and got[0][1] >= got[1][1] >= got[2][1]
+        assert got[0][0] - got[1][0] <= 1.5 * (got[1][0] - got[2][0])
+
+
+@pytest.mark.parametrize("pair", [(2, 2, 0), (3, 1, 0), (4, 0, 0), (1, 2, 1), (5, 11, 0), (1, 0, 0), (0, 1, 0)])
+def test_a_pair_more_with_the_same_votes_never_widens_the_interval(pair):
+    """K pairs, each with the votes ``pair``, for K = 1 to 8: each interval holds the next (adding a pair whose
+    votes are those of the others never widens it). One pair has no variance between pairs to estimate, so it is
+    the independent votes' Wilson at t with 1 df (tan(0.475 pi), closed form), which holds the independent votes'
+    Wilson at 1.96. Before (thirteenth review) one pair was one vote's worth at 1.96, narrower than two pairs: a pair
+    of 4 votes, 2 won, gave [0.05, 0.95], two such pairs [0.01, 0.99]. One vote a pair (the last two) is Wilson
+    over the votes at 1.96 at every K, as before. The same for the ratings of an image."""
+    m, score = sum(pair), pair[0] + pair[2] / 2
+    previous = None
+    for k in range(1, 9):
+        got = comparisons.clustered_win_interval([pair] * k)
+        liked = [8.0] * pair[0] + [2.0] * pair[1]
+        if pair[2] == 0:
+            _, (_, slo, shi) = taste_stats.clustered_intervals(liked * k, [j for j in range(k) for _ in range(m)])
+            assert (slo, shi) == pytest.approx(got, abs=1e-12)
+        if k == 1 and m > 1:
+            lo, hi = wilson_roots(score, m, T975_DF1)
+            assert got == pytest.approx((max(0.0, lo), min(1.0, hi)), abs=1e-6)
+            lo, hi = wilson_roots(score, m)
+            assert got[0] <= max(0.0, lo) and got[1] >= min(1.0, hi)
+        if previous is not None:
+            assert got[0] >= previous[0] - 1e-12 and got[1] <= previous[1] + 1e-12, (k, previous, got)
+        previous = got
 
 
 def test_the_win_interval_is_continuous_across_a_design_effect_of_one():
@@ -318,13 +385,16 @@ def test_ratings_that_are_all_the_same_get_no_mean_band_not_one_of_zero_width(sc
     """Found by the tenth review: two images rated 7 drew a 95% band [7, 7] on the dashboard's first plot, as if two
     ratings fixed the mean exactly. The t interval is mean +- t s / sqrt(n) with s from the ratings; with s = 0 it is
     undefined (scipy's t.interval with scale 0 gives nan), as it is for one rating: no band, the mean still drawn.
-    The share's Wilson interval is still there (it is defined at 0 or n successes), over the images."""
+    The share's Wilson interval is still there (it is defined at 0 or n successes): over the ratings, at 1.96 with
+    one rating per image, at t with K - 1 df where images have several (deff 1, the limit from one rating that
+    differs; thirteenth review: it was the K images as K trials at 1.96)."""
     assert exact_sample_variance(scores) == 0  # the reference: no spread to measure an interval by
     r = taste_stats.round_taste(1, scores, images)
     assert r.mean == scores[0] and (r.mean_low, r.mean_high) == (None, None)
-    draws = len(set(images)) if images is not None else len(scores)
-    liked = draws if scores[0] >= taste_stats.LIKED else 0
-    lo, hi = wilson_roots(liked, draws)
+    k = len(set(images)) if images is not None else len(scores)
+    z = Z if k == len(scores) else {2: 4.302653, 9: 2.262157}[k - 1]  # printed tables
+    liked = len(scores) if scores[0] >= taste_stats.LIKED else 0
+    lo, hi = wilson_roots(liked, len(scores), z)
     assert (r.share_low, r.share_high) == pytest.approx((max(0.0, lo), min(1.0, hi)), abs=1e-7)
     ax = taste_stats.figure([r]).axes[0]
     assert "95% CI (t)" not in ax.get_legend_handles_labels()[1]

@@ -731,9 +731,11 @@ def test_with_one_rating_per_image_the_clustered_intervals_are_the_plain_ones():
     assert taste_stats.clustered_intervals([], []) == ((None, None, None), (None, None, None))
     (m, lo, hi), (p, slo, shi) = taste_stats.clustered_intervals([3.0, 7.0, 9.0], [1, 1, 1])  # one image
     assert (m, lo, hi) == (pytest.approx(19 / 3), None, None) and slo < 0.2 and shi > 0.8
-    # none liked: as many draws as images, not ratings (10 images x 3 ratings is Wilson(0, 10), not Wilson(0, 30))
+    # none liked on 10 images x 3 ratings: deff cannot be estimated, so it is 1, its limit from one rating liked
+    # (thirteenth review; it was the 10 images as 10 trials at 1.96): Wilson(0, 30) at t with 9 df (2.262157, printed
+    # tables), whose upper end is t^2 / (30 + t^2)
     (_, _, _), (p, slo, shi) = taste_stats.clustered_intervals([2.0] * 30, [i // 3 for i in range(30)])
-    assert (p, slo, shi) == pytest.approx(taste_stats.wilson_interval(0, 10), rel=1e-12)
+    assert (p, slo, shi) == pytest.approx((0.0, 0.0, 2.262157**2 / (30 + 2.262157**2)), abs=1e-6)
 
 
 def test_the_dashboards_intervals_cover_at_95_percent_when_several_raters_rate_each_image():
