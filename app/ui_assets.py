@@ -131,8 +131,10 @@ ACTION_SILENT_S = action_silent_s()
 # PostgreSQL lock_timeout bounds each lock wait at the same BUSY_TIMEOUT_MS (db.engine), not each transaction, so an
 # action that waits on several locks can outlast the bound while still working: the page's sentence then says that it
 # may or may not be saved, and a score sent again is stored once. There the server's statements are bounded too
-# (statement_timeout, db.engine.WEB_STATEMENT_TIMEOUT_MS, 30 s: under this deadline; twelfth review), and an operator's
-# own lock_timeout or statement_timeout is kept, so with a longer one of theirs the page may stop waiting first
+# (statement_timeout, db.engine.WEB_STATEMENT_TIMEOUT_MS, 30 s: under this deadline; twelfth review). An operator's own
+# lock_timeout or statement_timeout is kept there only within the server's (db.engine._bound_waits: a statement bound
+# of theirs longer than 30 s, or none, is cut to it, and a lock bound not below the statement bound is a third of it),
+# so no bound of theirs outlasts this deadline (thirteenth review)
 ACTION_WRITES = 3
 
 

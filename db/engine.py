@@ -27,8 +27,11 @@ minutes held a server thread and its snapshot while the page had given up on it 
 (the worker, migrations, exports, the commands) set none: a worker's training reads and an export's reads may
 legitimately run long, and an operator at a terminal stops a command with Ctrl-C. Where the operator set a value of
 their own (a role's or a database's ``ALTER ... SET``, the URL's ``options=-c lock_timeout=...``, the server's
-configuration: pg_settings' ``source`` is not ``default``), it is kept, not overridden (twelfth review). The values in
-effect are kept with the connection, so ``bound_refusal`` names the bound that ran out, not ours.
+configuration: pg_settings' ``source`` is not ``default``), it is kept, not overridden (twelfth review); on the web
+server's engine only within its own bounds, and our lock bound is below a statement bound in effect (``_bound_waits``:
+a lock wait gives up as a lock not granted, not as a statement cancelled; thirteenth review). All of it is one
+statement at connect, one round trip (``_BOUNDS_SQL``). The values in effect are kept with the connection (and a path
+that sets its own says so through ``set_session_bounds``), so ``bound_refusal`` names the bound that ran out, not ours.
 
 Sessions made by ``session_factory`` begin IMMEDIATE; ``read_session`` begins DEFERRED (a snapshot
 that takes no lock) and never commits.
@@ -117,33 +120,88 @@ def make_engine(url: str, *, sqlite_foreign_keys: bool = True, echo: bool = Fals
     return engine
 
 
+# One statement at each PostgreSQL connect, one round trip (thirteenth review: a read of pg_settings, then a SET for each
+# bound left at its default, was two or three). It reads both bounds and their source, works out the bounds wanted
+# (``_bound_waits``), and calls set_config only for a bound that is to change; it answers the bounds then in effect.
+# %(busy)s: BUSY_TIMEOUT_MS; %(web)s: WEB_STATEMENT_TIMEOUT_MS on the web server's engine, else 0 (no statement bound
+# of ours). pg_settings gives both bounds in ms; set_config takes a whole number of ms.
+_BOUNDS_SQL = """
+WITH found AS (
+    SELECT (SELECT setting::bigint FROM pg_settings WHERE name = 'lock_timeout') AS lock_ms,
+           (SELECT source <> 'default' FROM pg_settings WHERE name = 'lock_timeout') AS lock_own,
+           (SELECT setting::bigint FROM pg_settings WHERE name = 'statement_timeout') AS stmt_ms,
+           (SELECT source <> 'default' FROM pg_settings WHERE name = 'statement_timeout') AS stmt_own,
+           %(busy)s::bigint AS busy, %(web)s::bigint AS web
+), statement_wanted AS (
+    SELECT *, CASE WHEN web = 0 THEN stmt_ms
+                   WHEN stmt_own AND stmt_ms > 0 AND stmt_ms <= web THEN stmt_ms
+                   ELSE web END AS stmt_want,
+              CASE WHEN lock_own THEN lock_ms ELSE busy END AS lock_base
+    FROM found
+), wanted AS (
+    SELECT *, CASE WHEN (web > 0 OR NOT lock_own) AND stmt_want > 0 AND NOT (lock_base > 0 AND lock_base < stmt_want)
+                   THEN greatest(1, stmt_want / 3)
+                   ELSE lock_base END AS lock_want
+    FROM statement_wanted
+)
+SELECT lock_want, stmt_want,
+       CASE WHEN lock_want <> lock_ms OR NOT lock_own
+            THEN set_config('lock_timeout', lock_want::text, false) END,
+       CASE WHEN stmt_want <> stmt_ms OR (web > 0 AND NOT stmt_own)
+            THEN set_config('statement_timeout', stmt_want::text, false) END
+FROM wanted
+"""
+
+
 def _bound_waits(dbapi_connection: Any, record: Any, *, bound_statements: bool) -> None:
-    """PostgreSQL's ``connect``: ``SET lock_timeout`` to BUSY_TIMEOUT_MS for the session, and with ``bound_statements``
-    ``SET statement_timeout`` to WEB_STATEMENT_TIMEOUT_MS (in autocommit, so the first transaction's rollback does not
-    undo them), each only where the operator set none of their own: a setting whose pg_settings ``source`` is not
-    ``default`` (a role's or a database's ``ALTER ... SET``: "user", "database", "database user"; the URL's ``options``
-    or PGOPTIONS: "client"; the server's configuration file) is kept. These overrode a role's or the URL's own value
-    (twelfth review). The values in effect go in the connection's ``info`` for ``_note_bounds``. Read at each connect,
-    so a test may shorten them."""
-    wanted = {"lock_timeout": int(BUSY_TIMEOUT_MS)}
-    if bound_statements:
-        wanted["statement_timeout"] = int(WEB_STATEMENT_TIMEOUT_MS)
+    """PostgreSQL's ``connect``: the session's ``lock_timeout`` is BUSY_TIMEOUT_MS and, with ``bound_statements`` (the
+    web server's engine), its ``statement_timeout`` WEB_STATEMENT_TIMEOUT_MS, each only where the operator set none
+    of their own: a setting whose pg_settings ``source`` is not ``default`` (a role's or a database's ``ALTER ...
+    SET``: "user", "database", "database user"; the URL's ``options`` or PGOPTIONS: "client"; the server's
+    configuration file) is kept (twelfth review). Set in autocommit, so the first transaction's rollback does not undo
+    them.
+
+    On the web server's engine the operator's own bounds are kept only within the web's (thirteenth review): the
+    page stops waiting for an action at app.ui_assets.ACTION_RUN_S (60 s), so a statement bound of theirs that is
+    none (0) or longer than WEB_STATEMENT_TIMEOUT_MS is cut to it, and a lock bound that is none or not below the
+    statement bound in effect is a third of it (a lock wait gives up first, as a lock not granted, 55P03: with the
+    operator's longer lock_timeout it ended at the statement bound, 57014, said as a statement that ran long). A
+    shorter bound of theirs is kept. The other engines keep the operator's as they are; on every engine our own lock
+    bound (where the operator set none) is a third of a statement bound of theirs that is not above it, for the same
+    reason.
+
+    One statement, one round trip (``_BOUNDS_SQL``). The values in effect go in the connection's ``info`` for
+    ``_note_bounds``. Read at each connect, so a test may shorten them."""
+    web = int(WEB_STATEMENT_TIMEOUT_MS) if bound_statements else 0
     autocommit = dbapi_connection.autocommit
     dbapi_connection.autocommit = True
-    in_effect: dict[str, int] = {}
     try:
         with dbapi_connection.cursor() as cursor:
-            cursor.execute("SELECT name, setting, source FROM pg_settings "
-                           "WHERE name IN ('lock_timeout', 'statement_timeout')")
-            for name, setting, source in cursor.fetchall():
-                if name in wanted and source == "default":
-                    cursor.execute(f"SET {name} = {wanted[name]}")  # a name of the two above, a whole number of ms
-                    in_effect[name] = wanted[name]
-                else:
-                    in_effect[name] = int(setting)  # pg_settings gives both in ms
+            cursor.execute(_BOUNDS_SQL, {"busy": int(BUSY_TIMEOUT_MS), "web": web})
+            lock_ms, statement_ms, _lock_set, _statement_set = cursor.fetchone()
     finally:
         dbapi_connection.autocommit = autocommit
-    record.info[_BOUNDS_KEY] = in_effect
+    record.info[_BOUNDS_KEY] = {"lock_timeout": int(lock_ms), "statement_timeout": int(statement_ms)}
+
+
+def set_session_bounds(connection: Connection, **bounds_ms: int) -> None:
+    """``SET`` PostgreSQL's ``lock_timeout`` and/or ``statement_timeout`` (whole ms, 0 for none) for the session of
+    ``connection`` (a SQLAlchemy connection of ``make_engine``), and note them with the connection, so that a refusal
+    names the bound in force (``bound_refusal``, db.migrate's sentences): a path that sets its own (migrations/env.py)
+    had its errors worded with the bounds of the connect (thirteenth review)."""
+    noted = dict(connection.info.get(_BOUNDS_KEY) or {})
+    for name, ms in bounds_ms.items():
+        if name not in ("lock_timeout", "statement_timeout"):
+            raise ValueError(f"unknown bound {name!r}; choose from lock_timeout, statement_timeout")
+        connection.execute(text(f"SET {name} = {int(ms)}"))  # a name of the two above, a whole number of ms
+        noted[name] = int(ms)
+    connection.info[_BOUNDS_KEY] = noted
+
+
+def session_bounds(connection: Connection) -> dict[str, int]:
+    """The bounds noted for ``connection``'s session (``_bound_waits``, ``set_session_bounds``), in ms; empty off
+    PostgreSQL."""
+    return dict(connection.info.get(_BOUNDS_KEY) or {})
 
 
 def _note_bounds(context: Any) -> None:
@@ -289,6 +347,12 @@ def _bound_s(exc: BaseException, name: str, default_ms: int | None) -> float | N
     return ms / 1000 if ms else None
 
 
+def session_bound_s(exc: BaseException, name: str) -> float | None:
+    """The bound ``name`` (lock_timeout, statement_timeout) in seconds of the PostgreSQL session that raised ``exc``
+    (as noted at connect or by ``set_session_bounds``); None for none (0) or an error that carries none."""
+    return _bound_s(exc, name, None)
+
+
 def _waited_for_lock(exc: BaseException) -> bool:
     """Whether a lock not granted (``lock_not_granted``) was waited for up to a bound, not refused at once. SQLite
     waits out its busy timeout for a plain SQLITE_BUSY (result code 5, no extended bits) only: SQLITE_LOCKED (6, a
@@ -338,6 +402,11 @@ def statement_refusal(exc: BaseException) -> str | None:
     bound = _bound_s(exc, "statement_timeout", None)
     message = str(_driver_error(exc)).lower()
     if bound is not None and "statement timeout" in message:
+        if lock_outlasts_statement(exc):
+            # a lock wait ends here, not at lock_timeout: it was said as a statement that ran long (thirteenth review)
+            return (f"the database is busy: a statement of this ran, or waited for a lock another transaction held, "
+                    f"for more than {bound:g} s, its bound, and was cancelled, so the change it belonged to was not "
+                    "saved; try again in a moment")
         return (f"the database is busy: a statement of this ran for more than {bound:g} s, its bound, and was "
                 "cancelled, so the change it belonged to was not saved; try again in a moment")
     if "user request" in message:
@@ -346,6 +415,19 @@ def statement_refusal(exc: BaseException) -> str | None:
     within = f" of {bound:g} s" if bound is not None else ""
     return (f"the database cancelled a statement of this (it ran past its time bound{within}, or an operator cancelled "
             "it), so the change it belonged to was not saved; try again in a moment")
+
+
+def lock_outlasts_statement(exc: BaseException) -> bool:
+    """For a statement cancelled at its statement_timeout (``statement_cancelled``): whether a lock wait of its
+    connection ends there too, not at lock_timeout: the connection's lock_timeout (the operator's own, kept where they
+    set one) is none (0) or not below its statement_timeout. Then the statement may have waited for a lock, not run,
+    all that time. The web server's engine never has such bounds (``_bound_waits``); the worker and the commands keep
+    the operator's as they are. An error that carries no bounds (raised outside make_engine's engines) counts as not."""
+    bounds = getattr(_driver_error(exc), _BOUNDS_ATTR, None)
+    if not bounds:
+        return False
+    lock_ms, statement_ms = bounds.get("lock_timeout", 0), bounds.get("statement_timeout", 0)
+    return statement_ms > 0 and (lock_ms == 0 or lock_ms >= statement_ms)
 
 
 def bound_refusal(exc: BaseException) -> str | None:

@@ -147,9 +147,10 @@ class Presence:
                     # schema is read as it is after it. Not waited for, the process went on with a warning, its
                     # read of the schema seeing the head (the downgrade not committed yet), and served the older
                     # schema unregistered once it committed (found by a read-only review, tenth review)
-                    # a wait cut by a statement bound instead (the web server's 30 s statement_timeout, where an
-                    # operator's own lock_timeout, kept by db.engine, is longer or 0) is the same wait: it gave up
-                    # registering and served unregistered (found by a read-only review, twelfth review)
+                    # a wait cut by a statement bound instead (an operator's statement_timeout, where their own
+                    # lock_timeout, kept by db.engine on the worker's engine, is longer or 0; the web server's engine
+                    # keeps its lock bound below its statement bound since the thirteenth review) is the same wait: it
+                    # gave up registering and served unregistered (found by a read-only review, twelfth review)
                     if (lock_not_granted(exc) or statement_cancelled(exc)) and monotonic() < deadline:
                         log.info("the %s waits for a database write lock to register itself as live (%s)",
                                  described(self.kind), _short(exc))

@@ -148,19 +148,21 @@ def test_a_command_says_a_lock_not_granted_in_the_same_sentence():
     assert refusal(_lock_error()) == lock_refusal(_lock_error())
 
 
-def test_a_rating_cut_by_the_web_servers_statement_bound_is_one_sentence_and_saved_once_sent_again(ui_world,
+def test_a_rating_behind_a_lock_on_the_web_server_is_said_as_a_lock_wait_and_saved_once_sent_again(ui_world,
                                                                                                    monkeypatch):
-    """On PostgreSQL nothing bounded how long a statement of a page action ran (twelfth review). The web server's
-    engine (app.cli_serve.build_services) sets statement_timeout now: a rating whose statement runs past it (here it
-    waits behind another transaction's row lock, the lock bound being the longer) is cancelled (57014), nothing of it
-    is saved, the rater reads one sentence naming the bound, and the same rating sent again is saved once."""
+    """On PostgreSQL the web server's engine (app.cli_serve.build_services) bounds its statements (statement_timeout,
+    twelfth review). A rating behind another transaction's row lock, the lock bound (here ours, 10 s) not below the
+    statement bound (here 0.5 s), was cancelled at the statement bound (57014) and said as a statement that "ran for
+    more than 0.5 s". The web engine's lock bound is below its statement bound now (a third of it: thirteenth review),
+    so the wait ends as a lock not granted and is said as one; nothing of it is saved, and the same rating sent again
+    is saved once."""
     from app import ui_rate
     from app.cli_serve import build_services
     from app.ui_rate_tab import RateHandlers
 
     if not ui_world.settings.db_url.startswith("postgresql"):
         pytest.skip("PostgreSQL's statement_timeout")
-    monkeypatch.setattr(db_engine, "WEB_STATEMENT_TIMEOUT_MS", BOUND_MS)  # lock_timeout stays BUSY_TIMEOUT_MS, 10 s
+    monkeypatch.setattr(db_engine, "WEB_STATEMENT_TIMEOUT_MS", BOUND_MS)  # BUSY_TIMEOUT_MS stays 10 s
     engine, services = build_services(ui_world.settings, batch_size=4)
     try:
         alice = _who(ui_world)
@@ -175,9 +177,9 @@ def test_a_rating_cut_by_the_web_servers_statement_bound_is_one_sentence_and_sav
                              lambda: out.update(outputs=handlers.on_rate(state, gr.EventData(None, payload), request)))
         assert ended, "the rating still waited long after its statement's bound"
         assert json.loads(out["outputs"][1]) == {"failed": True, "done": 5}
-        assert warnings == [f"the database is busy: a statement of this ran for more than {BOUND_MS / 1000:g} s, its "
-                            "bound, and was cancelled, so the change it belonged to was not saved; try again in a "
-                            "moment"]
+        assert warnings == [f"the database is busy: another transaction held a lock this needed for more than "
+                            f"{BOUND_MS // 3 / 1000:g} s, so the change that waited for it was not saved; try again "
+                            "in a moment"]
         assert _ratings(ui_world.factory, image) == 0
         outputs = handlers.on_rate(state, gr.EventData(None, payload), request)  # sent again, the lock gone
         assert json.loads(outputs[1])["done"] == 5 and _ratings(ui_world.factory, image) == 1
@@ -215,3 +217,4 @@ def test_a_workers_log_names_the_operators_own_lock_bound(worker_world_any_db, m
         assert len(said) == 1 and "a database lock was not granted within 0.7 s" in said[0], said
     finally:
         worker.close()
+

@@ -190,12 +190,13 @@ def test_the_web_servers_statements_are_bounded_and_a_cancelled_one_is_one_sente
 
     _pg_only(db_url)
     monkeypatch.setattr(db_engine, "WEB_STATEMENT_TIMEOUT_MS", BOUND_MS)
+    monkeypatch.setattr(db_engine, "BUSY_TIMEOUT_MS", BOUND_MS // 3)  # below the statement bound, as ours are
     settings = Settings.from_env({"data_dir": str(tmp_path / "data"), "db_url": db_url,
                                   "model": str(tmp_path / "model")}, environ={})
     engine, services = build_services(settings)
     plain = make_engine(db_url)
     try:
-        assert _settings_of(engine) == {"lock_timeout": f"{db_engine.BUSY_TIMEOUT_MS / 1000:g}s",
+        assert _settings_of(engine) == {"lock_timeout": f"{BOUND_MS // 3}ms",
                                         "statement_timeout": f"{BOUND_MS}ms"}
         assert _settings_of(plain)["statement_timeout"] == "0"  # the worker's, migrations', exports' engines
         with pytest.raises(OperationalError) as cancelled:
@@ -343,3 +344,144 @@ def test_an_operators_cancel_is_said_as_one(db_url):
             "saved; try again in a moment")
     finally:
         engine.dispose()
+
+
+# -- one round trip at connect; the web server's bounds within its own; a lock wait cut by a statement bound (thirteenth
+# review) -------------------------------------------------------------------------------------------------------------
+
+
+def _round_trips_at_connect(engine) -> int:
+    """How many round trips a new connection of ``engine`` makes in its ``connect`` hooks (db.engine's): read from
+    libpq's own trace of the wire (psycopg's ``PGconn.trace``), each round trip ending in the server's ReadyForQuery.
+    The engine's first connection also runs SQLAlchemy's one-time dialect set-up, so a second one, opened while the
+    first is held, is counted."""
+    import os
+    import tempfile
+
+    import psycopg
+    from sqlalchemy import event
+
+    traces: list[str] = []
+
+    @event.listens_for(engine, "do_connect")
+    def _traced(dialect, _record, cargs, cparams):
+        connection = dialect.loaded_dbapi.connect(*cargs, **cparams)
+        handle, path = tempfile.mkstemp(prefix="seiko-pg-trace-")
+        connection.pgconn.trace(handle)
+        connection.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
+        connection.seiko_trace = (handle, path)
+        return connection
+
+    @event.listens_for(engine, "connect")  # after make_engine's own hook: it ran first
+    def _untraced(dbapi_connection, _record):
+        handle, path = dbapi_connection.seiko_trace
+        dbapi_connection.pgconn.untrace()
+        os.close(handle)
+        with open(path) as f:
+            traces.append(f.read())
+        os.unlink(path)
+
+    with engine.connect() as first, engine.connect() as second:
+        first.execute(text("SELECT 1"))
+        second.execute(text("SELECT 1"))
+    return sum(line.split("\t")[2] == "ReadyForQuery" for line in traces[1].splitlines() if line.startswith("B\t"))
+
+
+def test_a_connection_sets_its_bounds_in_one_round_trip(db_url, short_bound):
+    """Each new PostgreSQL connection read pg_settings, then sent a SET for each bound left at its default: two round
+    trips on the worker's and the commands' engines, three on the web server's, before its first statement. It is one
+    statement now, and the bounds are still ours where none is set."""
+    _pg_only(db_url)
+    for bound_statements, expected in ((False, {"lock_timeout": f"{BOUND_MS}ms", "statement_timeout": "0"}),
+                                       (True, {"lock_timeout": f"{BOUND_MS}ms",
+                                               "statement_timeout": f"{db_engine.WEB_STATEMENT_TIMEOUT_MS // 1000}s"})):
+        engine = make_engine(db_url, bound_statements=bound_statements)
+        try:
+            assert _round_trips_at_connect(engine) == 1
+            assert _settings_of(engine) == expected
+        finally:
+            engine.dispose()
+
+
+def _held_row(engine):
+    """A connection of ``engine`` holding a row lock (FOR UPDATE) on the table ``held``."""
+    holder = engine.connect()
+    holder.execute(text("SELECT x FROM held FOR UPDATE"))
+    return holder
+
+
+def _with_held_table(url: str) -> None:
+    admin = make_engine(url)
+    with admin.connect() as c:
+        c.execute(text("CREATE TABLE held (x integer)"))
+        c.execute(text("INSERT INTO held VALUES (1)"))
+        c.commit()
+    admin.dispose()
+
+
+def test_the_web_servers_bounds_stay_within_its_own(empty_db_url, monkeypatch):
+    """The web server's engine kept an operator's lock_timeout and statement_timeout whatever they were: with their
+    lock_timeout 0 (none) or above its statement bound, a page action behind a lock waited until the statement bound
+    and was said as a statement that ran long; with their statement_timeout longer than the page's 60 s (here 2 min),
+    an action could outlast the page. Its statement bound is at most its own now, and its lock bound below that (a
+    third of it where the operator's is none or not below it): a lock wait ends as a lock not granted, in the lock
+    sentence naming that bound. A shorter bound of the operator's is kept (test_an_operators_own_bounds_are_kept_and_
+    named)."""
+    _pg_only(empty_db_url)
+    monkeypatch.setattr(db_engine, "WEB_STATEMENT_TIMEOUT_MS", 600)
+    _with_held_table(empty_db_url)
+    web = make_engine(f"{empty_db_url}?options=-c%20lock_timeout%3D0%20-c%20statement_timeout%3D120000",
+                      bound_statements=True)
+    plain = make_engine(empty_db_url)
+    try:
+        assert _settings_of(web) == {"lock_timeout": "200ms", "statement_timeout": "600ms"}
+        holder = _held_row(plain)
+        try:
+            with pytest.raises(OperationalError) as refused, web.connect() as c:
+                c.execute(text("SELECT x FROM held FOR UPDATE"))
+        finally:
+            holder.rollback()
+            holder.close()
+        assert refused.value.orig.sqlstate == "55P03"
+        assert db_engine.bound_refusal(refused.value) == (
+            "the database is busy: another transaction held a lock this needed for more than 0.2 s, so the change that "
+            "waited for it was not saved; try again in a moment")
+    finally:
+        web.dispose()
+        plain.dispose()
+
+
+def test_a_lock_wait_cut_by_the_statement_bound_is_not_said_as_a_long_statement(empty_db_url):
+    """Where the operator's lock_timeout is none (0) or not below their statement_timeout (kept on the engines other
+    than the web server's: a command's, the worker's), a statement behind a lock is cancelled at the statement bound
+    (57014), and was said as one that "ran for more than 0.5 s". It says now that it ran or waited for a lock that
+    long; one whose lock bound is the shorter keeps the plain sentence."""
+    _pg_only(empty_db_url)
+    _with_held_table(empty_db_url)
+    cut = make_engine(f"{empty_db_url}?options=-c%20lock_timeout%3D0%20-c%20statement_timeout%3D500")
+    plain = make_engine(empty_db_url)
+    try:
+        holder = _held_row(plain)
+        try:
+            with pytest.raises(OperationalError) as cancelled, cut.connect() as c:
+                c.execute(text("SELECT x FROM held FOR UPDATE"))
+        finally:
+            holder.rollback()
+            holder.close()
+        assert cancelled.value.orig.sqlstate == "57014"
+        assert db_engine.bound_refusal(cancelled.value) == (
+            "the database is busy: a statement of this ran, or waited for a lock another transaction held, for more "
+            "than 0.5 s, its bound, and was cancelled, so the change it belonged to was not saved; try again in a "
+            "moment")
+    finally:
+        cut.dispose()
+        plain.dispose()
+    shorter_lock = make_engine(f"{empty_db_url}?options=-c%20lock_timeout%3D200%20-c%20statement_timeout%3D300")
+    try:
+        with pytest.raises(OperationalError) as cancelled, shorter_lock.connect() as c:
+            c.execute(text("SELECT pg_sleep(5)"))
+        assert db_engine.bound_refusal(cancelled.value) == (
+            "the database is busy: a statement of this ran for more than 0.3 s, its bound, and was cancelled, so the "
+            "change it belonged to was not saved; try again in a moment")
+    finally:
+        shorter_lock.dispose()
