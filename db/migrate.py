@@ -22,8 +22,16 @@ from alembic.script.revision import RevisionError
 from alembic.util import CommandError
 from sqlalchemy import make_url
 
-from db import engine as db_engine
-from db.engine import make_engine, reading, sqlite_code, sqlstate
+from db.engine import (
+    lock_not_granted,
+    lock_waited_s,
+    make_engine,
+    reading,
+    session_bound_s,
+    sqlite_code,
+    sqlstate,
+    statement_cancelled,
+)
 from db.errors import InvalidInput, SchemaOutOfDate
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -100,25 +108,47 @@ def _run(step, url: str, rev: str, in_transaction=None) -> None:
         raise InvalidInput(f"the schema migration was refused: {str(exc).rstrip('.')} (the database is at "
                            f"{current or 'base'}); nothing was changed") from exc
     except OperationalError as exc:
-        if sqlite_code(exc) in (5, 6):  # SQLite's busy or locked: its busy_timeout ran out
-            # the whole migration is one transaction begun IMMEDIATE (migrations/env.py): nothing was written
-            raise InvalidInput(f"the database is in use: its write lock was not granted in "
-                               f"{db_engine.BUSY_TIMEOUT_MS / 1000:g} s (a server, a worker or an open transaction holds it); "
-                               "stop them and run it again; nothing was changed") from exc
-        state = sqlstate(exc)
-        if state in _ROLLED_BACK:
-            # PostgreSQL ended the migration's transaction to let another go on: 0002's downgrade holds the raters (LOCK
-            # TABLE ... IN SHARE MODE) and then drops sessions and audit_log, so a server's transaction holding one of
-            # those and waiting for the raters deadlocks with it. It ended with psycopg's bare DeadlockDetected (ninth
-            # review). The whole migration is that one transaction, rolled back: nothing was changed
-            raise InvalidInput(f"the database ended the migration to resolve {_ROLLED_BACK[state]} (a server or a "
-                               "worker using the same tables): its transaction was rolled back, so nothing was "
-                               "changed; run it again") from exc
-        if state != "55P03":  # PostgreSQL's lock_timeout ran out (lock_not_available)
+        if (sentence := _migration_refusal(exc)) is None:
             raise
-        raise InvalidInput(f"the database is in use: a table's lock was not granted in {LOCK_TIMEOUT_S:.0f} s (a "
-                           "server, a worker or an open transaction holds it); stop them and run it again; nothing "
-                           "was changed") from exc
+        raise InvalidInput(sentence) from exc
+
+
+def _migration_refusal(exc: BaseException) -> str | None:
+    """The one sentence for a migration the database ended (``_run``), naming the bound in force, or None for any
+    other error. The whole migration is one transaction on both backends (migrations/env.py): nothing was changed.
+
+    The bounds are those of the migration's own connection, as migrations/env.py set them
+    (``db.engine.set_session_bounds``): SQLite's busy timeout (BUSY_TIMEOUT_MS); on PostgreSQL lock_timeout
+    LOCK_TIMEOUT_S and the statement_timeout the operator set (the role's, the database's, the URL's; none by
+    default). A lock refused at once (SQLite's SQLITE_LOCKED, PostgreSQL's NOWAIT) names no bound, and a statement
+    cut by the operator's statement_timeout (57014, a bare QueryCanceled before) names that one: the sentence said a
+    bound that was not the one in force (thirteenth review)."""
+    held = "(a server, a worker or an open transaction holds it); stop them and run it again; nothing was changed"
+    if lock_not_granted(exc):
+        waited = lock_waited_s(exc)
+        if waited is None:
+            return f"the database is in use: a lock the migration needed was held and is not waited for {held}"
+        if sqlite_code(exc) is not None:  # SQLite's busy: its busy_timeout ran out (the migration begins IMMEDIATE)
+            return f"the database is in use: its write lock was not granted in {waited:g} s {held}"
+        return f"the database is in use: a table's lock was not granted in {waited:g} s {held}"
+    state = sqlstate(exc)
+    if state in _ROLLED_BACK:
+        # PostgreSQL ended the migration's transaction to let another go on: 0002's downgrade holds the raters (LOCK
+        # TABLE ... IN SHARE MODE) and then drops sessions and audit_log, so a server's transaction holding one of
+        # those and waiting for the raters deadlocks with it. It ended with psycopg's bare DeadlockDetected (ninth
+        # review)
+        return (f"the database ended the migration to resolve {_ROLLED_BACK[state]} (a server or a worker using the "
+                "same tables): its transaction was rolled back, so nothing was changed; run it again")
+    if statement_cancelled(exc):
+        bound = session_bound_s(exc, "statement_timeout")
+        if bound is not None and "statement timeout" in str(getattr(exc, "orig", None) or exc).lower():
+            return (f"the database cancelled a statement of the migration at its statement_timeout of {bound:g} s (set "
+                    "for this role, database or URL; the statement ran, or waited for a table's lock, that long), so "
+                    "nothing was changed; run it again with a longer bound for the migration (the URL's "
+                    "?options=-c%20statement_timeout%3D0) or once the server and the workers are stopped")
+        return ("the database cancelled a statement of the migration (an operator's cancel, or its statement_timeout), "
+                "so nothing was changed; run it again")
+    return None
 
 
 def check_upgrade(url: str, rev: str) -> None:

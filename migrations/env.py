@@ -13,7 +13,7 @@ from alembic import context
 from sqlalchemy import text
 
 from db import migrate
-from db.engine import make_engine
+from db.engine import make_engine, session_bounds, set_session_bounds
 from db.errors import InvalidInput
 from db.migrate import render_item
 from db.models import Base
@@ -75,19 +75,21 @@ def run_migrations_online() -> None:
                 # table's lock was not granted", eighth review), and says so first: it waited without a word
                 # (and no statement_timeout on it either: a role's, common on managed servers, cut the wait short with
                 # a bare QueryCanceled; the role's own comes back for the migration's statements below)
-                connection.execute(text("SET lock_timeout = 0"))
-                connection.execute(text("SET statement_timeout = 0"))
+                # each bound is set through db.engine.set_session_bounds, which notes it with the connection: the
+                # migration's refusals (db.migrate) name the bound in force, not the connect's (thirteenth review)
+                own = session_bounds(connection)  # the operator's statement_timeout, or none
+                set_session_bounds(connection, lock_timeout=0, statement_timeout=0)
                 key = {"key": migrate.MIGRATION_LOCK_KEY}
                 if not connection.execute(text("SELECT pg_try_advisory_lock(:key)"), key).scalar_one():
                     migrate.log.warning("another migration of this database is running (a `db upgrade` or `db "
                                         "downgrade` elsewhere); waiting for it to end")
                     connection.execute(text("SELECT pg_advisory_lock(:key)"), key)
-                connection.execute(text("RESET statement_timeout"))
+                set_session_bounds(connection, statement_timeout=own.get("statement_timeout", 0))
                 connection.commit()
                 # an ALTER waits for every open transaction on its table, and every new query queues behind it: a
                 # migration beside a running server froze sign-ins with no limit (found by review). It gives up instead
                 # (db.migrate words it), and PostgreSQL's DDL is transactional: nothing is changed then
-                connection.execute(text(f"SET lock_timeout = '{int(migrate.LOCK_TIMEOUT_S * 1000)}ms'"))
+                set_session_bounds(connection, lock_timeout=int(migrate.LOCK_TIMEOUT_S * 1000))
                 connection.commit()  # a session setting: it outlives this commit, and the migration's own transaction
                 # must not run inside the one the SET began (it was rolled back with it at close)
             # SQLite: every step in one transaction, begun IMMEDIATE (db.engine) before the revision is read. Alembic

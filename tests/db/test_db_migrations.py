@@ -389,6 +389,38 @@ def test_a_migration_behind_an_open_transaction_gives_up_in_one_sentence(empty_d
     assert migrate.current_revision(empty_db_url) == migrate.head_revision()
 
 
+def test_a_migration_cut_by_the_operators_statement_bound_names_that_bound(empty_db_url):
+    """PostgreSQL: a migration whose URL (or role, or database) carries the operator's statement_timeout, shorter than
+    the migration's own lock bound (LOCK_TIMEOUT_S), is cancelled at it (57014) while an ALTER waits behind an open
+    transaction: that reached the command line as a bare QueryCanceled, where a lock wait cut at LOCK_TIMEOUT_S is a
+    sentence. It is one sentence naming the bound in force (0.5 s), nothing changed; the lock sentence names the
+    migration's own lock bound as migrations/env.py sets it, not the connect's."""
+    if empty_db_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL's statement_timeout set in the URL")
+    from sqlalchemy import text
+
+    from db.errors import InvalidInput
+
+    migrate.upgrade(empty_db_url, "0006")
+    cut = f"{empty_db_url}?options=-c%20statement_timeout%3D500"
+    engine = make_engine(empty_db_url)
+    try:
+        with engine.connect() as held:
+            held.execute(text("SELECT count(*) FROM raters"))  # a transaction left open, as a worker's might be
+            with pytest.raises(InvalidInput) as refused:
+                migrate.upgrade(cut)
+            assert str(refused.value).startswith(
+                "the database cancelled a statement of the migration at its statement_timeout of 0.5 s (set for this "
+                "role, database or URL; the statement ran, or waited for a table's lock, that long), so nothing was "
+                "changed; ")
+            assert migrate.current_revision(empty_db_url) == "0006"
+            held.rollback()
+    finally:
+        engine.dispose()
+    migrate.upgrade(cut)  # the transaction gone: the bound is not reached
+    assert migrate.current_revision(empty_db_url) == migrate.head_revision()
+
+
 def test_migration_0014_records_the_skip_a_score_took_back_and_older_steps_undo_as_before(empty_db_url):
     """0014 adds undo_steps.skipped_at (a new score that took back a skip: when the skip was made). A downgrade to
     0013 keeps the steps without it; upgraded again they hold NULL, and undoing such a score still puts the skip
