@@ -71,7 +71,19 @@ from db import comparisons, migrate, repo
 from db import jobs as job_queue
 from db import quality as db_quality
 from db.checks import check_name
-from db.engine import is_outage, lock_not_granted, lock_waited_s, make_engine, read_session, session_factory, write_session
+from db.engine import (
+    bound_refusal,
+    is_outage,
+    lock_not_granted,
+    lock_outlasts_statement,
+    lock_waited_s,
+    make_engine,
+    read_session,
+    session_bound_s,
+    session_factory,
+    statement_cancelled,
+    write_session,
+)
 from db.errors import Conflict, InvalidInput, LeaseLost
 from db.presence import Presence
 from seiko_core import lora
@@ -144,6 +156,25 @@ def _transient(exc: BaseException) -> bool:
             return True
         cause = cause.__cause__ or cause.__context__
     return False
+
+
+def _cancel_reason(exc: BaseException) -> str:
+    """Why PostgreSQL cancelled a statement of the worker (``statement_cancelled``): its statement_timeout, named (the
+    operator's: the worker's engine sets none), and whether a lock wait ends there too; or an operator's cancel."""
+    bound = session_bound_s(exc, "statement_timeout")
+    if bound is not None and "statement timeout" in str(getattr(exc, "orig", None) or exc).lower():
+        ran = "it ran, or waited for a lock another transaction held, that long" if lock_outlasts_statement(exc) \
+            else "it ran that long"
+        return f"the database's statement_timeout of {bound:g} s ran out: {ran}"
+    return "an operator's cancel, or the database's statement_timeout"
+
+
+def _bound_error(exc: BaseException) -> str | None:
+    """The job's error for a statement the database ended at one of its bounds or at an operator's request
+    (``db.engine.bound_refusal``: the page's sentence, less its "try again"), or None for any other error."""
+    if not isinstance(exc, OperationalError) or (said := bound_refusal(exc)) is None:
+        return None
+    return f"{said.removesuffix('; try again in a moment')}; this attempt of the job failed"
 
 
 def derive_seed(*parts: Any, bits: int = 31) -> int:
@@ -605,6 +636,13 @@ class Worker:
                 log.warning("worker %r: a database lock was not granted %s (another transaction holds it); trying again "
                             "in %.0f s", self.worker_id, "at once (not waited for)" if waited is None
                             else f"within {waited:g} s", self._db_wait)
+            elif statement_cancelled(exc):
+                # the operator's statement_timeout (the worker's engine sets none) or an operator's cancel ended the
+                # claim: the database answered, as for a lock held past its bound. It was said as "could not be
+                # reached" with a traceback (thirteenth review). No job is held (the claim was rolled back), so no
+                # attempt is spent: it is tried again, as a claim behind a lock is
+                log.warning("worker %r: the database cancelled its claim of a job (%s); nothing was claimed; trying "
+                            "again in %.0f s", self.worker_id, _cancel_reason(exc), self._db_wait)
             else:
                 log.exception("worker %r: the database could not be reached; trying again in %.0f s", self.worker_id,
                               self._db_wait)
@@ -751,6 +789,14 @@ class Worker:
                 log.error("job %d (%s) failed after %.1f s: %s", job.id, job.kind, time.monotonic() - start,
                           self.last_error)
                 self._fail(job, self.last_error, retry=False)
+            elif (bound := _bound_error(exc)) is not None:
+                # a statement of the job the database ended at one of its bounds (a lock not granted in time, the
+                # operator's statement_timeout) or an operator's cancel: one attempt of the job, as any failure, said in
+                # one sentence. It was the driver's words and a traceback (thirteenth review)
+                self.last_error = bound[:ERROR_MAX_CHARS]
+                log.warning("job %d (%s) failed after %.1f s: %s", job.id, job.kind, time.monotonic() - start,
+                            self.last_error)
+                self._fail(job, self.last_error)
             else:
                 self.last_error = f"{type(exc).__name__}: {exc}"[:ERROR_MAX_CHARS]
                 log.exception("job %d (%s) failed after %.1f s", job.id, job.kind, time.monotonic() - start)

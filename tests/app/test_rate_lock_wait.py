@@ -218,3 +218,85 @@ def test_a_workers_log_names_the_operators_own_lock_bound(worker_world_any_db, m
     finally:
         worker.close()
 
+
+def _cut_worker(world, options: str):
+    """A started worker of ``world`` whose URL carries the operator's own bounds ``options`` (libpq's -c settings)."""
+    import dataclasses
+
+    from app.worker import Worker
+
+    settings = dataclasses.replace(world.settings, db_url=f"{world.settings.db_url}?options={options}")
+    worker = Worker(settings, "worker-1", lease_s=30.0, poll_s=0.05, device="cpu")
+    worker.start()
+    return worker
+
+
+def test_a_workers_claim_cancelled_at_the_operators_statement_bound_is_said_and_costs_nothing(worker_world_any_db,
+                                                                                              caplog):
+    """A claim behind a lock on the jobs where the operator's lock_timeout is none (0) and their statement_timeout is
+    set (kept on the worker's engine): PostgreSQL cancels it at the statement bound (57014). It was logged as "the
+    database could not be reached" with a traceback. No job is held (the claim rolled back), so no attempt is spent:
+    it is said in one warning naming the bound, and tried again as a claim behind a lock is; once the lock is gone
+    the job is claimed."""
+    from sqlalchemy import text
+
+    world = worker_world_any_db
+    if not world.settings.db_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL's statement_timeout set in the URL")
+    caplog.set_level("WARNING", logger="seiko.worker")
+    world.create_experiment("behind-a-lock")  # queues its first generate job
+    worker = _cut_worker(world, "-c%20lock_timeout%3D0%20-c%20statement_timeout%3D500")
+    claimed: list = []
+    worker.handlers = {kind: claimed.append for kind in worker.handlers}  # the job is only claimed, not run
+    worker.stop()  # no wait after the failed claim; a job claimed now is handed straight back
+    held = world.factory()
+    held.execute(text("LOCK TABLE jobs IN EXCLUSIVE MODE"))
+    out: dict = {}
+    ended = ended_behind(held, lambda: out.update(result=worker.run_once_outlasting_outages()))
+    try:
+        assert ended and out == {"result": None}
+        said = [r for r in caplog.records if r.name == "seiko.worker" and "trying again" in r.getMessage()]
+        assert len(said) == 1 and said[0].levelname == "WARNING" and said[0].exc_info is None, \
+            [(r.levelname, r.getMessage()) for r in said]
+        assert ("the database cancelled its claim of a job (the database's statement_timeout of 0.5 s ran out: it ran, "
+                "or waited for a lock another transaction held, that long); nothing was claimed") in said[0].getMessage()
+        assert worker.run_once_outlasting_outages() is True  # the lock gone: claimed (and handed back, stopping)
+    finally:
+        worker.close()
+
+
+def test_a_jobs_statement_cancelled_at_the_operators_statement_bound_fails_one_attempt_in_one_sentence(
+        worker_world_any_db, caplog):
+    """A statement of a job cancelled at the operator's statement_timeout (57014) failed the attempt with the driver's
+    words ("OperationalError: (psycopg.errors.QueryCanceled) ...") as the job's error and a traceback. It is one
+    attempt still (bounded by the job's max_attempts, as any failure), said in one sentence naming the bound."""
+    from sqlalchemy import text
+
+    from db import jobs as job_queue
+    from db.engine import read_session
+
+    world = worker_world_any_db
+    if not world.settings.db_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL's statement_timeout set in the URL")
+    caplog.set_level("INFO", logger="seiko.worker")
+    world.create_experiment("a-long-read")  # queues its first generate job
+    worker = _cut_worker(world, "-c%20statement_timeout%3D300")
+
+    def long_read(run):
+        with write_session(worker.factory) as s:
+            s.execute(text("SELECT pg_sleep(5)"))  # without the bound it ends after 5 s, and the job is done
+        return {}
+
+    worker.handlers = {kind: long_read for kind in worker.handlers}
+    try:
+        assert worker.run_once() is True
+        expected = ("the database is busy: a statement of this ran for more than 0.3 s, its bound, and was cancelled, "
+                    "so the change it belonged to was not saved; this attempt of the job failed")
+        failed = [r for r in caplog.records if "failed after" in r.getMessage()]
+        assert len(failed) == 1 and failed[0].levelname == "WARNING" and failed[0].exc_info is None
+        assert failed[0].getMessage().endswith(expected)
+    finally:
+        worker.close()
+    with read_session(world.factory) as s:
+        [job] = job_queue.list_jobs(session=s)
+        assert (job.status, job.attempts, job.error) == ("queued", 1, expected)
