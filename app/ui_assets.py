@@ -177,8 +177,9 @@ ACTION_AHEAD = ("only the actions the server is running", "1 other action and th
 # a read-only review, 6 Dec 2026); then the reloaded page only said how many. Twelfth review (6 Dec 2026): what the page
 # keeps is noted for this tab (sessionStorage: who is signed in, the experiment and round shown, each action's kind,
 # image and score, at most ACTION_KEPT_MAX; nothing else) and sent again after the reload, in order, once (the note is
-# dropped before the first goes), to that rater only and only where the reloaded page shows the same experiment and
-# round. The action in flight when the connection broke (it may or may not have arrived) is sent again too where that
+# dropped before the first goes), to that rater only, each rating and skip with the round it was kept for (thirteenth
+# review: they were sent only where the reloaded page showed the same experiment and round) and each rating with the
+# score the page knew for its image before it (done only if that still stands). The action in flight when the connection broke (it may or may not have arrived) is sent again too where that
 # is safe: a rating or a skip sent again is stored once (ui_rate._rate, ui_rate.skip). An undo is never sent after the
 # reload (it is not: each takes back one more step, and the server has no id to know one sent twice): one kept right
 # after a kept rating or skip takes it back on the page, neither sent; any other is not sent and said, and one in flight
@@ -208,6 +209,10 @@ ACTION_KEPT_PARTS = {
     # counted as refused "(its warning says why)": neither has such a warning (found by a read-only review, 6 Dec 2026)
     "failed": "{k} sent again and not done, as the server could not handle it (its error says so)",
     "stale": "{k} sent again and not done, as another experiment was picked meanwhile",
+    # a kept rating carries the score the page knew for its image, and is done only where that is still the score
+    # (app.ui_rate ChangedElsewhere; thirteenth review, 6 Dec 2026)
+    "changed": "{k} sent again and not done, as the image's score had changed since this page kept it (its warning "
+               "says so)",
     "unconfirmed": "{k} sent again and not confirmed (the cards show what was saved)",
     "cancelled": "{k} not sent, as an undo kept after a rating or skip takes it back",
     "undo": "{k} not sent, as an undo sent now could take back another rating or skip than meant (press u again if "
@@ -224,6 +229,12 @@ ACTION_KEPT_OLD = ("This page found {n} kept by this tab more than {s} s ago, so
                    "another page, may have replaced them): the cards show what was saved; do the rest again.")
 ACTION_KEPT_ELSEWHERE = ("The page reloaded after the server restarted, with {n} kept for another experiment or round "
                          "than it shows now, so none was sent: the cards show what was saved; do the rest again.")
+# The reloaded page shows the default experiment (or the round moved on): what was kept for another was said not sent
+# (ACTION_KEPT_ELSEWHERE). Each kept rating and skip now goes with the round it was kept for, and the server checks it
+# there (the image of that round, the rater one who may rate it, the round open: app.ui_rate parse_kept_round);
+# ACTION_KEPT_ELSEWHERE is left for a note that names no round (thirteenth review, 6 Dec 2026)
+ACTION_KEPT_SENT_ELSEWHERE = ("The page reloaded after the server restarted and shows another experiment or round than "
+                              "the {n} it kept were for; they were sent for their own: {parts}.")
 ACTION_KEPT_UNREADABLE = ("This page found actions noted by an earlier page in a form it cannot read, so it sent none "
                           "of them: the cards show what was saved.")
 
@@ -236,7 +247,7 @@ const HELD_RESTARTED = __HELD_RESTARTED__, KEPT_MAX = __KEPT_MAX__, SCORES = __S
 const KEPT_SENT = __KEPT_SENT__, KEPT_PARTS = __KEPT_PARTS__, KEPT_ELSEWHERE = __KEPT_ELSEWHERE__;
 const KEPT_UNREADABLE = __KEPT_UNREADABLE__;
 const HELD_UNNOTED = __HELD_UNNOTED__, HELD_RESTARTED_UNNOTED = __HELD_RESTARTED_UNNOTED__;
-const KEPT_AGE_MS = __KEPT_AGE_MS__, KEPT_OLD = __KEPT_OLD__;
+const KEPT_AGE_MS = __KEPT_AGE_MS__, KEPT_OLD = __KEPT_OLD__, KEPT_SENT_ELSEWHERE = __KEPT_SENT_ELSEWHERE__;
 const api = (window.__seiko = window.__seiko || {});
 api.queue = []; api.busy = false; api.inflight = null; api.pending = api.pending || {};
 
@@ -319,11 +330,15 @@ function notedAction(a) {
   return a[0] === 'rate' ? ['rate', { image_id: d.image_id, score: d.score }]
     : a[0] === 'skip' ? ['skip', { image_id: d.image_id }] : ['undo', {}];
 }
-function validAction(a) {
+const isScore = (x) => Number.isInteger(x) && x >= SCORES[0] && x <= SCORES[1];
+// an action of a note of version v: from 3 on a rating carries the score the page knew before it (prior, 'none': no
+// score); a note of 2 (a page before it, across the restart that is the upgrade) is read, its ratings sent without
+function validAction(a, v) {
   if (!Array.isArray(a) || a.length !== 2 || !a[1] || typeof a[1] !== 'object' || Array.isArray(a[1])) return false;
   const [kind, d] = a, keys = Object.keys(d).sort().join(','), image = idOf(d.image_id) !== null;
   if (kind === 'rate') {
-    return keys === 'image_id,score' && image && Number.isInteger(d.score) && d.score >= SCORES[0] && d.score <= SCORES[1];
+    const prior = v === 2 ? keys === 'image_id,score' : keys === 'image_id,prior,score' && (d.prior === 'none' || isScore(d.prior));
+    return prior && image && isScore(d.score);
   }
   if (kind === 'skip') return keys === 'image_id' && image;
   return kind === 'undo' && keys === '';
@@ -346,9 +361,10 @@ function notedBefore(store) {
     return 'unreadable';
   }
   const idOrNull = (x) => x === null || idOf(x) !== null;
-  const ok = !!note && typeof note === 'object' && note.v === 2 && typeof note.who === 'string' && note.who.length <= 200
-    && idOrNull(note.experiment) && idOrNull(note.round) && (note.sent === null || validAction(note.sent))
-    && Array.isArray(note.actions) && note.actions.length <= KEPT_MAX && note.actions.every(validAction)
+  const v = note && note.v, valid = (a) => validAction(a, v);
+  const ok = !!note && typeof note === 'object' && (v === 2 || v === 3) && typeof note.who === 'string'
+    && note.who.length <= 200 && idOrNull(note.experiment) && idOrNull(note.round) && (note.sent === null || valid(note.sent))
+    && Array.isArray(note.actions) && note.actions.length <= KEPT_MAX && note.actions.every(valid)
     && Number.isSafeInteger(note.over) && note.over >= 0 && Number.isSafeInteger(note.at);
   if (!ok) console.warn('the actions this page kept were noted in a form it cannot read (sessionStorage)', raw.slice(0, 200));
   return ok ? note : 'unreadable';
@@ -369,15 +385,30 @@ function noteHeld() {
   const who = rater(), marks = api.marks || {}, kept = api.queue.slice(0, KEPT_MAX).map(notedAction);
   if (!(api.inflight || kept.length) || who === undefined) { dropNote(store); return false; }
   api.noted = true;  // dropped once the server answers again (unheld)
+  const sent = api.inflight ? notedAction(api.inflight) : null;
+  withPriors(sent, kept, marks);
   try {
-    store.setItem(HELD_KEY, JSON.stringify({ v: 2, who, experiment: idOf(marks.experiment), round: idOf(marks.round),
-      sent: api.inflight ? notedAction(api.inflight) : null, actions: kept, over: api.queue.length - kept.length,
-      at: Date.now() }));
+    store.setItem(HELD_KEY, JSON.stringify({ v: 3, who, experiment: idOf(marks.experiment), round: idOf(marks.round),
+      sent, actions: kept, over: api.queue.length - kept.length, at: Date.now() }));
     return true;
   } catch (e) {  // full, or refused: no note rather than an older one (sent again after a reload)
     console.warn('this page cannot note the actions it keeps (sessionStorage)', e);
     dropNote(store);
     return false;
+  }
+}
+// Each kept rating gets the score the page knew for its image before it (prior; 'none': no score): the page's marks
+// (what the server last said), then the kept ratings before it in the order the reloaded page would do them
+// (resendPlan: a rating an undo right after it takes back leaves the score as it was). The server does a kept rating
+// only if that is still the image's score, so a note sent again by a duplicated or reopened tab does not overwrite a
+// newer score given elsewhere (app.ui_rate ChangedElsewhere; thirteenth review, 6 Dec 2026)
+function withPriors(sent, kept, marks) {
+  const cards = (marks && marks.cards) || {}, chain = new Map();
+  for (const e of resendPlan(sent, kept).entries) {
+    if (e.a[0] !== 'rate') continue;
+    const id = e.a[1].image_id, m = cards[String(id)];
+    e.a[1].prior = chain.has(id) ? chain.get(id) : (m && isScore(m.score) ? m.score : 'none');
+    if (!e.gone) chain.set(id, e.a[1].score);
   }
 }
 function held() {  // the actions not yet sent while the server cannot be reached, said with their number
@@ -459,6 +490,7 @@ api.ack = function (answered, marks) {
     if (!answered) r.unconfirmed++;
     else if (marks && marks.failed) r.failed++;
     else if (marks && marks.stale) r.stale++;
+    else if (marks && marks.changed) r.changed++;
     else if (marks && marks.refused) r.refused++;
     else r.saved++;
     if (!r.seqs.size) sayResent();
@@ -542,9 +574,9 @@ grid.addEventListener('focusin', (e) => {
 });
 
 // what a page before the reload kept (noteHeld), sent again once, in order, to the rater who kept it (once who is
-// signed in is known: the page's load fills the banner with the grid's value), where the page shows the experiment and
-// round it was kept for (its marks): the note is dropped before the first goes, so a further reload sends nothing
-// again; dropped for anyone else, nothing said. Twelfth review, 6 Dec 2026 (the page only said how many were lost).
+// signed in is known: the page's load fills the banner with the grid's value), once the page has its marks, each for
+// the round it was kept for (thirteenth review, 6 Dec 2026): the note is dropped before the first goes, so a further
+// reload sends nothing again; dropped for anyone else, nothing said. Twelfth review, 6 Dec 2026 (the page only said how many were lost).
 let keptChecked = false, kept = null;  // the rater's note, waiting for the page's marks
 function resumeKept() {
   if (!keptChecked) {
@@ -565,15 +597,19 @@ function resumeKept() {
     say(KEPT_OLD.replace('{n}', actions(n)).replace('{s}', String(KEPT_AGE_MS / 1000)));
     return;
   }
-  if (note.experiment !== idOf(api.marks.experiment) || note.round !== idOf(api.marks.round)) {
+  // another experiment or round shown (the reload shows the default): each rating and skip goes with the round it
+  // was kept for, which the server checks (thirteenth review, 6 Dec 2026: they were said not sent); a note with no
+  // round (none was shown) has nowhere to send them
+  const elsewhere = note.experiment !== idOf(api.marks.experiment) || note.round !== idOf(api.marks.round);
+  const plan = resendPlan(note.sent, note.actions);
+  if (elsewhere && note.round === null) {
     say(KEPT_ELSEWHERE.replace('{n}', actions(n)));
     return;
   }
-  const plan = resendPlan(note.sent, note.actions);
-  api.resent = { n, saved: 0, refused: 0, failed: 0, stale: 0, unconfirmed: 0, cancelled: plan.cancelled, undo: plan.undo,
-                 over: note.over, unsure: plan.unsure, seqs: new Set() };
+  api.resent = { n, elsewhere, saved: 0, changed: 0, refused: 0, failed: 0, stale: 0, unconfirmed: 0,
+                 cancelled: plan.cancelled, undo: plan.undo, over: note.over, unsure: plan.unsure, seqs: new Set() };
   for (const [kind, data] of plan.send) {
-    send(kind, data);
+    send(kind, note.round === null ? data : Object.assign({}, data, { round: note.round }));
     api.resent.seqs.add(api.seq);
   }
   if (!plan.send.length) sayResent();
@@ -603,16 +639,16 @@ function resendPlan(sent, kept) {
       undo += 1;
     }
   }
-  return { send: entries.filter((e) => !e.gone).map((e) => e.a), cancelled, undo, unsure };
+  return { entries, send: entries.filter((e) => !e.gone).map((e) => e.a), cancelled, undo, unsure };
 }
 function sayResent() {  // one sentence: what was sent again and what came of it, what was not sent and why
   const r = api.resent, parts = [];
   api.resent = null;
   if (r.unsure) parts.push(KEPT_PARTS.unsure);
-  for (const key of ['saved', 'refused', 'failed', 'stale', 'unconfirmed', 'cancelled', 'undo', 'over']) {
+  for (const key of ['saved', 'changed', 'refused', 'failed', 'stale', 'unconfirmed', 'cancelled', 'undo', 'over']) {
     if (r[key]) parts.push(KEPT_PARTS[key].replace('{k}', r[key]));
   }
-  say(KEPT_SENT.replace('{n}', actions(r.n)).replace('{parts}', parts.join('; ')));
+  say((r.elsewhere ? KEPT_SENT_ELSEWHERE : KEPT_SENT).replace('{n}', actions(r.n)).replace('{parts}', parts.join('; ')));
 }
 function settle() {
   resumeKept();
@@ -647,7 +683,8 @@ def grid_js() -> str:
               "__SCORES__": [SCORE_MIN, SCORE_MAX], "__KEPT_SENT__": ACTION_KEPT_SENT, "__KEPT_PARTS__": ACTION_KEPT_PARTS,
               "__KEPT_ELSEWHERE__": ACTION_KEPT_ELSEWHERE, "__KEPT_UNREADABLE__": ACTION_KEPT_UNREADABLE,
               "__HELD_UNNOTED__": ACTION_HELD_UNNOTED, "__HELD_RESTARTED_UNNOTED__": ACTION_HELD_RESTARTED_UNNOTED,
-              "__KEPT_AGE_MS__": 1000 * ACTION_KEPT_AGE_S, "__KEPT_OLD__": ACTION_KEPT_OLD}
+              "__KEPT_AGE_MS__": 1000 * ACTION_KEPT_AGE_S, "__KEPT_OLD__": ACTION_KEPT_OLD,
+              "__KEPT_SENT_ELSEWHERE__": ACTION_KEPT_SENT_ELSEWHERE}
     js = GRID_JS
     for name, value in values.items():
         js = js.replace(name, json.dumps(value))

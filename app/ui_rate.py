@@ -595,6 +595,7 @@ class View:
     state: dict[str, Any]
     message: str | None = None  # a refusal to show as a warning (nothing was changed)
     keep_state: bool = False  # a redraw only: the page's state and marks are not written back (a waiting page's poll)
+    changed: bool = False  # a kept rating not done: its image's score changed since the page kept it (ChangedElsewhere)
 
 
 def _cards(session: Session, data_dir, state: RateState, who: Who) -> list[Card]:
@@ -742,6 +743,53 @@ def parse_image_id(image_id: Any) -> int:
     return image_id
 
 
+class ChangedElsewhere(Conflict):
+    """A rating the page kept while the server was away, sent again after the reload, whose image's score is no longer
+    the one the page knew when it kept it (``expect``): changed on another page (a duplicated or reopened tab sends
+    its note within ACTION_KEPT_AGE_S), or by an action the server did before its restart. Not done."""
+
+
+def changed_elsewhere(image_id: int, before: int | None, now: int | None) -> str:
+    def said(score: int | None) -> str:
+        return "no score" if score is None else str(score)
+
+    return (f"not sent: changed elsewhere. This page kept a rating of image {image_id} while the server was away, when "
+            f"its score was {said(before)}; it is {said(now)} now (changed on another page, or by an action the server "
+            "did before it restarted), so the kept rating was not saved")
+
+
+def parse_prior(value: Any) -> int | None:
+    """The score the page knew for the image before a kept action: a score, or "none" (no score)."""
+    if value == "none":
+        return None
+    value = whole_number(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not SCORE_MIN <= value <= SCORE_MAX:
+        raise InvalidInput(f"the score a kept rating was given over must be a whole number from {SCORE_MIN} to "
+                           f"{SCORE_MAX} or 'none', got {shown(value)}; nothing was saved")
+    return value
+
+
+def parse_kept_round(payload: dict[str, Any]) -> int | None:
+    """The round an action sent again after a reload was kept for (its ``round``), None for an action of the page."""
+    if "round" not in payload:
+        return None
+    round_id = whole_number(payload["round"])
+    if isinstance(round_id, bool) or not isinstance(round_id, int) or not 1 <= round_id <= MAX_ID:
+        raise InvalidInput(f"a kept action's round must be a positive whole number, got {shown(payload['round'])}; "
+                           "nothing was done")
+    return round_id
+
+
+def _check_kept_round(factory, image_id: int, round_id: int) -> None:
+    """An action sent again for the round it was kept for (the page's reload may show another experiment or round):
+    its image must be of that round; who may rate it, and whether it is open, ``_rate`` and ``skip`` check."""
+    with read_session(factory) as s:
+        image = s.get(Image, image_id)
+        if image is None or image.round_id != round_id:
+            raise Conflict(f"image {image_id} is not an image of the round this page kept the action for; nothing "
+                           "was done")
+
+
 def rate_in_session(session: Session, who: Who, image_id: int, score: int) -> int | None:
     """Rate (or re-rate) one image and record the undo step; returns the previous score (None if new).
     Raises a db error, changing nothing. An image handed to the rater again (app.repeats) gets its second score
@@ -755,8 +803,13 @@ def _may_rate_image(session: Session, who: Who, image_id: int):
     return lambda experiment_id: members.check(session, who, experiment_id, unknown=repo.no_image_with_id(image_id))
 
 
-def _rate(session: Session, who: Who, image_id: int, score: int) -> tuple[int | None, bool]:
-    """``rate_in_session``, and whether the score was a repeat's second score."""
+def _rate(session: Session, who: Who, image_id: int, score: int, *, kept: bool = False,
+          expect: int | None = None) -> tuple[int | None, bool]:
+    """``rate_in_session``, and whether the score was a repeat's second score. ``kept``: a rating the page kept while
+    the server was away, sent again after its reload, done only if the image's score (the repeat's second score for
+    a repeat, as the page's card shows it) is still ``expect`` (None: no score), or already ``score`` (it had
+    arrived: stored once); otherwise ``ChangedElsewhere``, nothing written. Compared under the image's lock, in the
+    rating's own transaction (thirteenth review, 6 Dec 2026)."""
     # checks, then insert: no race. A rater the experiment does not list: refused as for an image that does not
     # exist, nothing saved, before any lock (a wait on an admin's change told that it exists; sixth review) and again
     # under the experiment's lock
@@ -772,6 +825,9 @@ def _rate(session: Session, who: Who, image_id: int, score: int) -> tuple[int | 
     if existing is not None and (offer := db_quality.find_repeat_offer(session=session, image_id=image_id,
                                                                        rater_id=who.rater_id)) is not None:
         # handed to the rater again (the server's record, never the client's word): their first rating stays as it is
+        if kept:
+            second = db_quality.find_repeat_rating(session=session, image_id=image_id, rater_id=who.rater_id)
+            _compare_kept(image_id, expect, second.score if second is not None else None, score)
         skipped_at = utcnow() if offer.skipped else None  # a repeat's skip keeps no time (repo.add_undo_step)
         previous = db_quality.set_repeat_score(session=session, image_id=image_id, rater_id=who.rater_id, score=score)
         if previous != score:  # on the undo stack as any score: 'u' took back the rating before it (review)
@@ -786,6 +842,8 @@ def _rate(session: Session, who: Who, image_id: int, score: int) -> tuple[int | 
                 "needs; nothing was saved"
             )
     previous = existing.score if existing is not None else None
+    if kept:
+        _compare_kept(image_id, expect, previous, score)
     skip = None if existing is not None else repo.find_skip(session=session, image_id=image_id, rater_id=who.rater_id)
     skipped_at = skip.created_at if skip is not None else None  # the rating takes it back; its undo puts it back
     repo.add_rating(session=session, image_id=image_id, rater_id=who.rater_id, score=score)
@@ -793,6 +851,11 @@ def _rate(session: Session, who: Who, image_id: int, score: int) -> tuple[int | 
         repo.add_undo_step(session=session, rater_id=who.rater_id, image_id=image_id, action="rate", previous_score=previous,
                            skipped_at=skipped_at)
     return previous, False
+
+
+def _compare_kept(image_id: int, expect: int | None, now: int | None, score: int) -> None:
+    if now != expect and now != score:
+        raise ChangedElsewhere(changed_elsewhere(image_id, expect, now))
 
 
 def submit(factory, who: Who, image_id: Any, score: Any) -> dict[str, Any]:
@@ -811,14 +874,26 @@ def submit(factory, who: Who, image_id: Any, score: Any) -> dict[str, Any]:
             "progress": p.as_dict()}
 
 
-def rate(factory, data_dir, who: Who, state_value: dict | None, payload: dict[str, Any] | None, *, batch_size: int) -> View:
-    """The page's rating: saves, records the undo step, and moves to a new batch when this one is done."""
+def rate(factory, data_dir, who: Who, state_value: dict | None, payload: dict[str, Any] | None, *, batch_size: int,
+         noted: Callable[[], None] | None = None) -> View:
+    """The page's rating: saves, records the undo step, and moves to a new batch when this one is done.
+
+    A rating the page kept while the server was away and sends again after its reload carries the round it was kept
+    for (``round``: checked in place of the page's batch, as the reload may show another experiment or round) and the
+    score the page knew for the image before it (``prior``: a score or "none"): it is done only if that is still the
+    image's score (``_rate``'s ``kept``), else refused as changed elsewhere (thirteenth review, 6 Dec 2026).
+    ``noted``: called in the rating's transaction, under its round's lock, once it is written (``ui_rate_tab.Answered``)."""
     state = RateState.from_value(state_value)
     payload = payload or {}
-    message = None
+    message, changed = None, False
     try:
         image_id, score = parse_image_id(payload.get("image_id")), parse_score(payload.get("score"))
-        if (image_id not in state.batch and not _rated_in_round(factory, who, image_id, state.round_id)
+        kept_round = parse_kept_round(payload)
+        kept = "prior" in payload
+        expect = parse_prior(payload["prior"]) if kept else None
+        if kept_round is not None:
+            _check_kept_round(factory, image_id, kept_round)
+        elif (image_id not in state.batch and not _rated_in_round(factory, who, image_id, state.round_id)
                 and not _skipped_in_round(factory, who, image_id, state.round_id)):
             # an edit of an image rated in this round is taken even when it left the batch: a correction of a
             # batch's last card, pressed as the next batch came, was refused (found by review); so is the rating of
@@ -826,7 +901,9 @@ def rate(factory, data_dir, who: Who, state_value: dict | None, payload: dict[st
             # refused (the reloaded batch leaves skipped images out; twelfth review, 6 Dec 2026)
             raise Conflict(f"image {image_id} is not in your current batch; reload the page")
         with write_session(factory) as s:
-            _, again = _rate(s, who, image_id, score)
+            _, again = _rate(s, who, image_id, score, kept=kept, expect=expect)
+            if noted is not None:
+                noted()
         if not again:  # a repeat's score changes no rating (app.repeats)
             auto_close.after_rating(factory, image_id)  # the experiment option auto_close (off by default)
         if image_id in state.skipped:
@@ -835,9 +912,12 @@ def rate(factory, data_dir, who: Who, state_value: dict | None, payload: dict[st
         message = str(e)
         if image_id not in state.taken:
             state.taken.append(image_id)
+    except ChangedElsewhere as e:
+        message, changed = str(e), True
     except (Conflict, InvalidInput, NotFound) as e:
         message = str(e)
-    return _after_action(factory, data_dir, who, state, batch_size=batch_size, message=message)
+    view = _after_action(factory, data_dir, who, state, batch_size=batch_size, message=message)
+    return replace(view, changed=True) if changed else view
 
 
 def _rated_in_round(factory, who: Who, image_id: int, round_id: int | None) -> bool:
@@ -864,17 +944,25 @@ def _marked_in_round(factory, who: Who, image_id: int, round_id: int | None, fin
 ALREADY_SCORED = "you have already scored this image; score it again to change that score"  # skipping a scored card
 
 
-def skip(factory, data_dir, who: Who, state_value: dict | None, payload: dict[str, Any] | None, *, batch_size: int) -> View:
+def skip(factory, data_dir, who: Who, state_value: dict | None, payload: dict[str, Any] | None, *, batch_size: int,
+         noted: Callable[[], None] | None = None) -> View:
+    """The page's skip. One the page kept while the server was away, sent again after its reload, carries the round
+    it was kept for (``round``), checked in place of the page's batch (thirteenth review, 6 Dec 2026). ``noted``: as
+    ``rate``'s, called only where something was written."""
     state = RateState.from_value(state_value)
     message, skipped_now = None, False
     try:
         image_id = parse_image_id((payload or {}).get("image_id"))
-        if image_id not in state.batch and _skipped_in_round(factory, who, image_id, state.round_id):
+        kept_round = parse_kept_round(payload or {})
+        if kept_round is not None:
+            _check_kept_round(factory, image_id, kept_round)
+        round_id = state.round_id if kept_round is None else kept_round
+        if image_id not in state.batch and _skipped_in_round(factory, who, image_id, round_id):
             # skipped already (a skip the page sends again after a restart: its first sending may have arrived, and
             # the reloaded page's batch leaves skipped images out): done, as a skip sent again in the batch is
             # (twelfth review, 6 Dec 2026: it was refused as "not in your current batch")
             return _after_action(factory, data_dir, who, state, batch_size=batch_size, message=None)
-        if image_id not in state.batch:
+        if image_id not in state.batch and kept_round is None:
             raise Conflict(f"image {image_id} is not in your current batch; reload the page")
         with write_session(factory) as s:
             # as _rate: no undo or close between, and a rater the experiment does not list refused before any lock
@@ -899,9 +987,11 @@ def skip(factory, data_dir, who: Who, state_value: dict | None, payload: dict[st
                 if not skipped_before:
                     repo.add_undo_step(session=s, rater_id=who.rater_id, image_id=image_id, action="skip")
                     skipped_now = True
+            if noted is not None and (again or skipped_now):
+                noted()
         if skipped_now:  # a skip lowers what the round wants: it may be complete now (found by review)
             auto_close.after_rating(factory, image_id)
-        if image_id not in state.skipped:
+        if image_id not in state.skipped and (kept_round is None or image_id in state.batch):
             state.skipped.append(image_id)
     except (Conflict, InvalidInput, NotFound) as e:
         message = str(e)
@@ -915,7 +1005,7 @@ UNDO_OVERTAKEN = ("this undo was sent before your last action and ran only after
 
 
 def undo(factory, data_dir, who: Who, state_value: dict | None, *, batch_size: int,
-         fresh: Callable[[], bool] | None = None) -> View:
+         fresh: Callable[[], bool] | None = None, noted: Callable[[], None] | None = None) -> View:
     """Undo the rater's newest rating or skip of the open round (the history is in the database, so it survives a
     reload): a new rating is removed, an edit gets its previous score back, a skip is lifted. The image comes back
     to the page, leased to the rater again, to be rated again. The lease cap holds all the same (``lease_cap``: the
@@ -925,7 +1015,11 @@ def undo(factory, data_dir, who: Who, state_value: dict | None, *, batch_size: i
     asked for, so it keeps its place. Undoing a rating after the batch moved on otherwise held the cap and one more,
     one more again at each undo (found by the fifth review). A repeat's score or skip (app.repeats) is undone as any
     other: the image is pending as a repeat again (or gets its earlier second score back); undoing the first rating of
-    a repeated image drops its repeat (undoing an edit of it keeps the repeat)."""
+    a repeated image drops its repeat (undoing an edit of it keeps the repeat).
+
+    ``fresh``: checked under the round's lock (every path that undoes takes it; without a round nothing is undone):
+    False refuses the undo (``UNDO_OVERTAKEN``). ``noted``: called under that lock, before the commit, once a step
+    was taken back (``ui_rate_tab.Answered``)."""
     state = RateState.from_value(state_value)
     message = None
     new_grid = False
@@ -957,6 +1051,8 @@ def undo(factory, data_dir, who: Who, state_value: dict | None, *, batch_size: i
                 repo.lease_images(session=s, round_id=round_id, rater_id=who.rater_id, image_ids=[undone.image_id],
                                   lease_s=LEASE_S)
                 trimmed = _within_cap(s, round_id, who, batch_size, keep=undone.image_id)
+            if undone is not None and noted is not None:  # under the round's lock, before the commit
+                noted()
         if undone is None and done is not None and done.rater_rated + done.rater_skipped:
             # their older ratings and skips are past the undo history (repo.UNDO_KEEP): "nothing to undo" said
             # otherwise, beside their ratings (found by review, 5 Dec 2026)

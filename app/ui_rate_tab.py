@@ -108,19 +108,22 @@ class Picks:
 
 class Answered:
     """The newest page action (its ``seq``) each browser session (``request.session_hash``: one page load) has sent
-    that the server took up, so that an undo sent before it is not done after it.
+    that the server did, so that an undo sent before it is not done after it.
 
     The page gives an action up when its handler overran its deadline or its queue stood still (app.ui_assets
     ACTION_OVERDUE, ACTION_QUEUED) and sends the next; the given-up event stays on the server and may still run. For
     a rating or skip that is safe (stored once; a new score is a new rating), but an undo that ran after a rating sent
     since took that rating back instead of the one meant (twelfth review, 6 Dec 2026). Each action's number is noted
-    when its handler starts (``note``); an undo is done only if, under its round's lock (every rating and skip of the
-    round waits for it there, and it for them), no action of its page with a higher number has been noted
-    (``fresh``): one that started later was sent later (the page sends in order), and is either done already or
-    waits behind the undo's lock, so the undo never lands after it. At most ``MAX`` sessions are kept, the oldest
-    dropped first; a page closed is not forgotten (Gradio runs the demo's unload when the page's heartbeat ends, while
-    an undo it gave up may still be running: forgotten, it took back a later rating; twelfth review, 6 Dec 2026); a
-    restart forgets all (no event of the old server runs after it). A session without a hash (tests, the API) or an action without a number is never held back."""
+    once it has written what it did (``note``: called in its transaction, under its round's lock, before the commit);
+    an undo is done only if, under its round's lock, no action of its page with a higher number has been noted
+    (``fresh``). Every rating, skip and undo of the round takes that lock, so a later action that did something is
+    either noted already or waits behind the undo and lands after it, as sent. An action that did nothing (refused,
+    failed, a skip of an image skipped already) is not noted: it was counted from its start, so a later rating that
+    was refused still had the given-up undo refused, though taking it back was what was meant (thirteenth review,
+    6 Dec 2026). At most ``MAX`` sessions are kept, the oldest dropped first; a page closed is not forgotten (Gradio
+    runs the demo's unload when the page's heartbeat ends, while an undo it gave up may still be running: forgotten,
+    it took back a later rating; twelfth review, 6 Dec 2026); a restart forgets all (no event of the old server runs
+    after it). A session without a hash (tests, the API) or an action without a number is never held back."""
 
     MAX = 10_000
 
@@ -137,6 +140,11 @@ class Answered:
             self._by[key] = newest
             while len(self._by) > self.MAX:
                 self._by.popitem(last=False)
+
+    def noter(self, request, payload: dict[str, Any] | None) -> Callable[[], None]:
+        """``note`` for the page action ``payload``, for its handler to call once it has written what it did."""
+        seq = action_number(payload)
+        return lambda: self.note(request, seq)
 
     def fresh(self, request, seq: int | None) -> bool:
         """Whether no action of the session numbered above ``seq`` has been noted."""
@@ -167,7 +175,9 @@ class RateHandlers:
         if seq is not None:
             # an action refused (its message, nothing changed) says so: the page counts what it sent again after a
             # restart as done or refused (app.ui_assets ACTION_KEPT_SENT; twelfth review, 6 Dec 2026)
-            marks = json.dumps({**json.loads(marks), "done": seq, **({"refused": True} if view.message else {})})
+            # a kept rating not done as its image's score changed since says so too (thirteenth review, 6 Dec 2026)
+            marks = json.dumps({**json.loads(marks), "done": seq, **({"refused": True} if view.message else {}),
+                                **({"changed": True} if view.changed else {})})
         if view.keep_state:
             return (gr.skip() if view.grid is None else view.grid, gr.skip(), view.progress, gr.skip())
         return (gr.skip() if view.grid is None else view.grid, marks, view.progress, view.state)
@@ -177,7 +187,6 @@ class RateHandlers:
         database locked or away, a bug) is still answered: its ``seq`` goes back as ``done`` with ``failed``, so the
         page sends its next queued action at once (it waited 30 s per action) and shows the card as it was. The
         error is shown in one sentence, and anything but a refusal is logged with its traceback."""
-        self.answered.note(request, action_number(payload))
         try:
             who = self.who_of(request)
             view = act(who)
@@ -213,19 +222,21 @@ class RateHandlers:
     def on_rate(self, state, evt: gr.EventData, request: gr.Request):
         payload = event_payload(evt)
         return self.answer_action(payload, lambda who: ui_rate.rate(self.factory, self.data_dir, who, state, payload,
-                                                                    batch_size=self.size), request)
+                                                                    batch_size=self.size,
+                                                                    noted=self.answered.noter(request, payload)), request)
 
     def on_skip(self, state, evt: gr.EventData, request: gr.Request):
         payload = event_payload(evt)
         return self.answer_action(payload, lambda who: ui_rate.skip(self.factory, self.data_dir, who, state, payload,
-                                                                    batch_size=self.size), request)
+                                                                    batch_size=self.size,
+                                                                    noted=self.answered.noter(request, payload)), request)
 
     def on_undo(self, state, evt: gr.EventData, request: gr.Request):
         payload = event_payload(evt)
         seq = action_number(payload)
         return self.answer_action(payload, lambda who: ui_rate.undo(
             self.factory, self.data_dir, who, state, batch_size=self.size,
-            fresh=lambda: self.answered.fresh(request, seq)), request)
+            fresh=lambda: self.answered.fresh(request, seq), noted=self.answered.noter(request, payload)), request)
 
     def on_new_batch(self, state, request: gr.Request):
         who = self.who_of(request)

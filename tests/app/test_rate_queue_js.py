@@ -343,8 +343,9 @@ def test_a_rating_sent_again_after_its_images_skip_arrived_is_saved(ui_world):
 def test_an_undo_the_page_gave_up_is_not_done_after_a_later_action_of_the_page(ui_world):
     """Twelfth review (6 Dec 2026): the page gives up an undo whose handler overran or whose queue stood still and
     sends the next action; the undo stayed on the server and, run after a rating sent since, took that rating back
-    instead of the one meant. The server now notes each page's newest action number (per browser session) when its
-    handler starts, and an undo numbered below it is refused with one sentence, nothing changed. Another page's
+    instead of the one meant. The server now notes each page's newest action number (per browser session) that did
+    something (since the thirteenth review: in its transaction, not when its handler starts), and an undo numbered
+    below it is refused with one sentence, nothing changed. Another page's
     numbers hold nothing back, and an undo in its turn works as before."""
     import gradio as gr
 

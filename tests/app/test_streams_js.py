@@ -796,9 +796,10 @@ return { before, during, probesDown, probesAfter: probes(), joins, waiting: s.wa
 # page shows experiment 4, round 9 (its marks); ``first`` is sent (its POST gets no answer: in flight when the page
 # reloads), then ``kept`` are held
 def held_then_restarted(first: str = "'rate', { image_id: 1, score: 7 }",
-                        kept: tuple[str, ...] = ("'rate', { image_id: 2, score: 6 }", "'skip', { image_id: 3 }")) -> str:
+                        kept: tuple[str, ...] = ("'rate', { image_id: 2, score: 6 }", "'skip', { image_id: 3 }"),
+                        cards: str = "{}") -> str:
     return """
-api.marks = { ack: 1, cards: {}, experiment: 4, round: 9 };
+api.marks = { ack: 1, cards: CARDS, experiment: 4, round: 9 };
 let appId = null, joins = 0;  // null: no answer at all
 serve((method, path) => {
   if (appId === null) throw new TypeError('Failed to fetch');
@@ -813,7 +814,7 @@ await runUntil(5000);
 const during = notices().slice(-1)[0];  // kept, the server away
 appId = 8;  // back, restarted
 await runUntil(60000);
-""".replace("FIRST", first).replace("KEPT", "\n".join(f"api.send({k});" for k in kept))
+""".replace("FIRST", first).replace("KEPT", "\n".join(f"api.send({k});" for k in kept)).replace("CARDS", cards)
 
 
 HELD_THEN_RESTARTED = held_then_restarted()
@@ -838,13 +839,15 @@ const answer = async (extra) => { await step(); page.ack(true, Object.assign({ c
 """
 
 
-def kept_sent(n: str, **parts) -> str:
-    """ACTION_KEPT_SENT with its parts (ACTION_KEPT_PARTS' keys: their counts, in the page's order)."""
+def kept_sent(n: str, *, elsewhere: bool = False, **parts) -> str:
+    """ACTION_KEPT_SENT (ACTION_KEPT_SENT_ELSEWHERE) with its parts (ACTION_KEPT_PARTS' keys: their counts, in the
+    page's order)."""
     said = [ui_assets.ACTION_KEPT_PARTS["unsure"]] if parts.pop("unsure", False) else []
     said += [ui_assets.ACTION_KEPT_PARTS[key].format(k=parts[key])
-             for key in ("saved", "refused", "failed", "stale", "unconfirmed", "cancelled", "undo", "over")
+             for key in ("saved", "changed", "refused", "failed", "stale", "unconfirmed", "cancelled", "undo", "over")
              if parts.get(key)]
-    return ui_assets.ACTION_KEPT_SENT.format(n=n, parts="; ".join(said))
+    sentence = ui_assets.ACTION_KEPT_SENT_ELSEWHERE if elsewhere else ui_assets.ACTION_KEPT_SENT
+    return sentence.format(n=n, parts="; ".join(said))
 
 
 def test_actions_held_when_the_server_comes_back_restarted_are_sent_again_once_after_the_reload(tmp_path):
@@ -880,13 +883,14 @@ return { during, before, stored, waiting, first, sent, after, notices: notices()
     assert out["before"]["said"] == ui_assets.ACTION_HELD_RESTARTED.format(n="2 actions")  # until it reloads
     # only what the server needs, no action numbers, the experiment and round shown
     assert out["stored"].pop("at") >= 5000  # noted afresh when the page found the server restarted
-    assert out["stored"] == {"v": 2, "who": "alice", "experiment": 4, "round": 9, "over": 0,
-                             "sent": ["rate", {"image_id": 1, "score": 7}],
-                             "actions": [["rate", {"image_id": 2, "score": 6}], ["skip", {"image_id": 3}]]}
+    assert out["stored"] == {"v": 3, "who": "alice", "experiment": 4, "round": 9, "over": 0,
+                             "sent": ["rate", {"image_id": 1, "score": 7, "prior": "none"}],
+                             "actions": [["rate", {"image_id": 2, "score": 6, "prior": "none"}], ["skip", {"image_id": 3}]]}
     assert out["waiting"]["sent"] == 0
     assert out["first"] == 1  # one at a time: the next once the first is answered
-    assert out["sent"] == [{"image_id": 1, "score": 7, "seq": 1}, {"image_id": 2, "score": 6, "seq": 2},
-                           {"image_id": 3, "seq": 3}]
+    assert out["sent"] == [{"image_id": 1, "score": 7, "prior": "none", "round": 9, "seq": 1},
+                           {"image_id": 2, "score": 6, "prior": "none", "round": 9, "seq": 2},
+                           {"image_id": 3, "round": 9, "seq": 3}]
     said = kept_sent("3 actions", saved=2, refused=1)
     assert out["after"] == {"notice": said, "stored": None}
     assert out["notices"].count(said) == 1 and out["later"] == 3  # said once; nothing sent again by a further reload
@@ -910,23 +914,67 @@ await answer({ done: 1 });
 await step();
 return { sent, notice: notices().slice(-1)[0] };
 """)
-    assert out["sent"] == [{"image_id": 5, "score": 9, "seq": 1}]
+    assert out["sent"] == [{"image_id": 5, "score": 9, "prior": "none", "round": 9, "seq": 1}]
     assert out["notice"] == kept_sent("9 actions", unsure=True, saved=1, cancelled=6, undo=1)
 
 
-def test_actions_kept_for_another_experiment_or_round_are_not_sent_and_said(tmp_path):
-    """The reloaded page shows the default experiment (or the round moved on): what was kept for the one before is
-    not sent there (an undo or a rating would act on another round), and one sentence says so."""
-    for shown in ("experiment: 5, round: 9", "experiment: 4, round: 10"):
+def test_actions_kept_for_another_experiment_or_round_are_sent_for_their_own_and_said(tmp_path):
+    """Found by a read-only review (6 Dec 2026): the reloaded page shows the default experiment (or the round moved
+    on), and what was kept for the one before was said "not sent" (ACTION_KEPT_ELSEWHERE), lost. Each kept rating and
+    skip now goes with the round it was kept for (the server checks it there: tests/app/test_rate_queue_js.py), and
+    one sentence says they were sent for their own experiment or round, and what came of them. A note that names no
+    round (none was shown) still says none was sent."""
+    for shown in ("experiment: 5, round: 12", "experiment: 4, round: 10"):
         out = run_clocked(tmp_path, "signIn('alice');" + HELD_THEN_RESTARTED + """
 const page = reload();
 """ + RELOADED + """
 page.marks = { ack: 1, cards: {}, SHOWN };
 loaded();
-await step();
+await answer({ done: 1 });
+await answer({ done: 2, refused: true });
+await answer({ done: 3 });
 return { sent, notice: notices().slice(-1)[0], stored: window.sessionStorage.getItem('seiko-held-actions') };
 """.replace("SHOWN", shown))
-        assert out == {"sent": [], "notice": ui_assets.ACTION_KEPT_ELSEWHERE.format(n="3 actions"), "stored": None}
+        assert out == {"sent": [{"image_id": 1, "score": 7, "prior": "none", "round": 9, "seq": 1},
+                                {"image_id": 2, "score": 6, "prior": "none", "round": 9, "seq": 2},
+                                {"image_id": 3, "round": 9, "seq": 3}],
+                       "notice": kept_sent("3 actions", elsewhere=True, saved=2, refused=1), "stored": None}
+    note = {"v": 3, "who": "alice", "experiment": None, "round": None, "sent": None, "over": 0, "at": 0,
+            "actions": [["rate", {"image_id": 2, "score": 3, "prior": "none"}]]}
+    out = _reloaded_with_note(tmp_path, json.dumps(note), """
+return { sent, notice: notices().slice(-1)[0] };
+""")
+    assert out == {"sent": [], "notice": ui_assets.ACTION_KEPT_ELSEWHERE.format(n="1 action")}
+
+
+def test_a_kept_rating_carries_the_score_the_page_knew_for_its_image(tmp_path):
+    """Found by a read-only review (6 Dec 2026): a rating sent again after the reload did not carry the score the page
+    knew for its image, so one sent within ACTION_KEPT_AGE_S by a duplicated or reopened tab overwrote a newer score
+    given elsewhere. Each kept rating now carries it (``prior``: the page's marks, then the kept ratings before it in
+    the order they are done, a rating an undo takes back leaving it as it was; "none" for no score), and the server
+    does it only where that still stands (tests/app/test_rate_queue_js.py); one not done for that is said."""
+    kept = ("'rate', { image_id: 1, score: 6 }", "'rate', { image_id: 2, score: 5 }", "'rate', { image_id: 3, score: 2 }",
+            "'undo', {}", "'rate', { image_id: 3, score: 9 }", "'rate', { image_id: 1, score: 8 }")
+    out = run_clocked(tmp_path, "signIn('alice');" + held_then_restarted(
+        kept=kept, cards="{ 1: { state: 'rated', score: 4 }, 2: { state: 'open' }, 3: { state: 'rated', score: 10 } }") + """
+const stored = JSON.parse(window.sessionStorage.getItem('seiko-held-actions'));
+const page = reload();
+""" + RELOADED + """
+page.marks = { ack: 1, cards: {}, experiment: 4, round: 9 };
+loaded();
+await answer({ done: 1 });
+await answer({ done: 2, refused: true, changed: true });
+await answer({ done: 3 });
+await answer({ done: 4 });
+await answer({ done: 5 });
+return { stored, sent, notice: notices().slice(-1)[0] };
+""")
+    # by hand: image 1 was 4, then 7 (in flight), 6, 8; image 2 had none; image 3 was 10, 2 taken back by the undo, 9
+    assert out["stored"]["sent"] == ["rate", {"image_id": 1, "score": 7, "prior": 4}]
+    assert [a[1].get("prior") for a in out["stored"]["actions"]] == [7, "none", 10, None, 10, 6]
+    assert [(d["image_id"], d["score"], d["prior"]) for d in out["sent"]] == [(1, 7, 4), (1, 6, 7), (2, 5, "none"),
+                                                                             (3, 9, 10), (1, 8, 6)]
+    assert out["notice"] == kept_sent("7 actions", saved=4, changed=1, cancelled=2)
 
 
 def _reloaded_with_note(tmp_path, noted: str, then: str):
@@ -1014,7 +1062,7 @@ loaded();
 await step();
 return { unknown, sent };
 """)
-    assert out["unknown"] == 0 and out["sent"] == [{"image_id": 1, "score": 7, "seq": 1}]
+    assert out["unknown"] == 0 and out["sent"] == [{"image_id": 1, "score": 7, "prior": "none", "round": 9, "seq": 1}]
 
 
 def test_the_pages_own_probe_that_finds_the_server_restarted_reloads_the_page(tmp_path):
@@ -1124,7 +1172,8 @@ return { sent, notice: notices().slice(-1)[0], stored: window.sessionStorage.get
         assert out == {"sent": [], "stored": None,
                        "notice": ui_assets.ACTION_KEPT_OLD.format(n="1 action", s=ui_assets.ACTION_KEPT_AGE_S)}
     else:
-        assert out["sent"] == [{"image_id": 2, "score": 3, "seq": 1}] and out["stored"] is None
+        # a note of a page before the thirteenth review (v 2: no prior) is sent as before, with its round
+        assert out["sent"] == [{"image_id": 2, "score": 3, "round": 9, "seq": 1}] and out["stored"] is None
 
 
 def test_logging_out_drops_the_note_of_kept_actions(tmp_path):

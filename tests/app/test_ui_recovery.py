@@ -5,6 +5,7 @@ browser export's download route."""
 from __future__ import annotations
 
 import hashlib
+import json
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -631,3 +632,188 @@ def test_an_experiment_and_its_audit_entry_are_written_together(ui_world, tmp_pa
     ui_admin.create_experiment(ui_world.factory, who(ui_world, "root"), ui_admin.ExperimentForm(name="kept", model=str(model)),
                                default_model="unused")
     assert "experiment.create" in audit_actions(ui_world)
+
+
+# ---------------------------------------------------------------------------------------------
+# actions the page kept while the server was away, sent again after its reload (thirteenth review, 6 Dec 2026)
+# ---------------------------------------------------------------------------------------------
+
+
+def _score(world, image_id: int, rater: str = "alice") -> int | None:
+    with read_session(world.factory) as s:
+        rating = repo.find_rating(session=s, image_id=image_id, rater_id=world.accounts[rater])
+        return None if rating is None else rating.score
+
+
+def _undo_steps(world, rater: str = "alice") -> int:
+    from sqlalchemy import func, select
+
+    from db.models import UndoStep
+
+    with read_session(world.factory) as s:
+        return s.scalar(select(func.count()).select_from(UndoStep).where(UndoStep.rater_id == world.accounts[rater]))
+
+
+def test_a_kept_rating_is_done_only_where_the_score_the_page_knew_still_stands(ui_world):
+    """Found by a read-only review (6 Dec 2026): a rating sent again after the reload did not carry the score the page
+    knew for its image, so one sent by a duplicated or reopened tab (within the note's 120 s) overwrote a newer score
+    given elsewhere. A kept rating now carries it (``prior``, "none" for no score) and is done only where the stored
+    score is still that one, or is already the score sent (it had arrived: stored once); otherwise it is refused as
+    changed elsewhere, nothing written, its marks saying ``changed``. Every stored score against every prior, checked
+    against that rule written out; a rating without ``prior`` (the page's own) is done as before."""
+    import gradio as gr
+
+    from app.ui_rate_tab import RateHandlers
+    from db.errors import NotFound
+
+    w, alice = ui_world, who(ui_world, "alice")
+    state = page(w, "alice").state
+    image, round_id = state["batch"][0], state["round_id"]
+    sent = 6
+    for stored in (None, 4, sent):
+        for prior in ("none", 4, sent, 9):
+            if stored is None:
+                with write_session(w.factory) as s:
+                    try:
+                        repo.delete_rating(session=s, image_id=image, rater_id=alice.rater_id)
+                    except NotFound:
+                        pass  # none to delete
+            else:  # the score given elsewhere (another page: the page's own rating, no prior)
+                assert ui_rate.rate(w.factory, w.settings.data_dir, alice, state, {"image_id": image, "score": stored},
+                                    batch_size=4).message is None
+            steps = _undo_steps(w)
+            view = ui_rate.rate(w.factory, w.settings.data_dir, alice, state,
+                                {"image_id": image, "score": sent, "prior": prior, "round": round_id}, batch_size=4)
+            knew = None if prior == "none" else prior
+            if stored == knew or stored == sent:
+                assert _score(w, image) == sent
+                assert view.message is None, (stored, prior, view.message)
+                assert _undo_steps(w) == steps + (stored != sent)  # stored once
+            else:
+                assert _score(w, image) == stored and _undo_steps(w) == steps, (stored, prior)
+                assert view.changed and view.message == ui_rate.changed_elsewhere(image, knew, stored), (stored, prior)
+                assert view.message.startswith("not sent: changed elsewhere")
+    # the page's own rating (no prior) keeps today's behaviour: done over whatever is stored
+    assert ui_rate.rate(w.factory, w.settings.data_dir, alice, state, {"image_id": image, "score": 2},
+                        batch_size=4).message is None and _score(w, image) == 2
+    # the marks say it, so the page counts it apart (ACTION_KEPT_PARTS changed); a prior that is no score is refused
+    warnings: list = []
+    handlers = RateHandlers(w.services(), lambda request: alice, warnings.append)
+    request = gr.Request(username="alice", session_hash="tab-1")
+    marks = json.loads(handlers.on_rate(state, gr.EventData(None, {"image_id": image, "score": 8, "prior": 5,
+                                                                   "round": round_id, "seq": 1}), request)[1])
+    assert marks["changed"] is True and marks["refused"] is True and marks["done"] == 1 and _score(w, image) == 2
+    for bad in (0, 11, "five", "None", None, 2.5):
+        marks = json.loads(handlers.on_rate(state, gr.EventData(None, {"image_id": image, "score": 8, "prior": bad,
+                                                                       "seq": 2}), request)[1])
+        assert marks["refused"] is True and "changed" not in marks and _score(w, image) == 2, bad
+    assert len(warnings) == 7
+
+
+def test_a_kept_rating_of_a_repeat_compares_the_second_score_the_card_shows(ui_world):
+    """A repeat's card (app.repeats) shows its second score, which the page notes as the score it knew: the server
+    compares a kept rating of it with that second score (the first rating is never touched)."""
+    from db import quality as db_quality
+
+    w, alice = ui_world, who(ui_world, "alice")
+    state = page(w, "alice").state
+    image, round_id = state["batch"][0], state["round_id"]
+    assert ui_rate.rate(w.factory, w.settings.data_dir, alice, state, {"image_id": image, "score": 3},
+                        batch_size=4).message is None
+    with write_session(w.factory) as s:
+        db_quality.add_repeat_offer(session=s, image_id=image, rater_id=alice.rater_id)
+    kept = {"image_id": image, "score": 8, "round": round_id}
+    refused = ui_rate.rate(w.factory, w.settings.data_dir, alice, state, {**kept, "prior": 3}, batch_size=4)
+    with read_session(w.factory) as s:  # the first rating's 3 is not what the card showed: no second score yet
+        assert db_quality.find_repeat_rating(session=s, image_id=image, rater_id=alice.rater_id) is None
+    assert refused.changed
+    done = ui_rate.rate(w.factory, w.settings.data_dir, alice, state, {**kept, "prior": "none"}, batch_size=4)
+    assert done.message is None and _score(w, image) == 3
+    with read_session(w.factory) as s:
+        assert db_quality.find_repeat_rating(session=s, image_id=image, rater_id=alice.rater_id).score == 8
+
+
+def test_actions_kept_for_another_experiment_are_done_for_their_own_round(ui_world):
+    """Found by a read-only review (6 Dec 2026): the reloaded page shows the default experiment, and what was kept for
+    another was said not sent (ACTION_KEPT_ELSEWHERE). A kept rating or skip now goes with the round it was kept
+    for, and the server does it there, whatever the page shows, under the same checks as any rating: the image must be
+    of that round, the rater one who may rate its experiment (else refused as for an image that does not exist), the
+    round open; nothing else is written, and the page shown keeps its batch."""
+    from app import members
+
+    w = ui_world
+    with write_session(w.factory) as s:
+        e2 = repo.create_experiment(session=s, name="other", model_spec="m", method="bootstrap", config={}, budgets=[4],
+                                    prompts=["p"])
+        r2 = repo.create_round(session=s, experiment_id=e2.id)
+        e2id, r2id = e2.id, r2.id
+    w.add_round_images(r2id, 4)
+    with write_session(w.factory) as s:
+        repo.open_round(session=s, round_id=r2id)
+    alice = who(w, "alice")
+    kept_page = ui_rate.load_batch(w.factory, w.settings.data_dir, alice, None, batch_size=4, experiment_id=e2id).state
+    a, b, c = kept_page["batch"][:3]
+    shown = ui_rate.load_batch(w.factory, w.settings.data_dir, alice, None, batch_size=4,
+                               experiment_id=w.experiment_id).state  # the reloaded page: the other experiment
+    rated = ui_rate.rate(w.factory, w.settings.data_dir, alice, shown,
+                         {"image_id": a, "score": 7, "prior": "none", "round": r2id}, batch_size=4)
+    assert rated.message is None and _score(w, a) == 7
+    skipped = ui_rate.skip(w.factory, w.settings.data_dir, alice, rated.state, {"image_id": b, "round": r2id},
+                           batch_size=4)
+    assert skipped.message is None
+    with read_session(w.factory) as s:
+        assert repo.find_skip(session=s, image_id=b, rater_id=alice.rater_id) is not None
+    assert skipped.state["batch"] == shown["batch"] and skipped.state["skipped"] == []
+    # the same rating sent as the page's own (no round) is refused as before: not in the batch shown
+    own = ui_rate.rate(w.factory, w.settings.data_dir, alice, shown, {"image_id": c, "score": 7}, batch_size=4)
+    assert "not in your current batch" in own.message and _score(w, c) is None
+    # an image of another round than the one named is refused, nothing saved
+    wrong = ui_rate.rate(w.factory, w.settings.data_dir, alice, shown,
+                         {"image_id": shown["batch"][0], "score": 7, "prior": "none", "round": r2id}, batch_size=4)
+    assert "not an image of the round" in wrong.message and _score(w, shown["batch"][0]) is None
+    # a rater the kept round's experiment no longer lists: refused as for an image that does not exist
+    members.set_raters(w.factory, who(w, "root"), e2id, ["bob"])
+    for act, payload in ((ui_rate.rate, {"image_id": c, "score": 7, "prior": "none", "round": r2id}),
+                         (ui_rate.skip, {"image_id": c, "round": r2id})):
+        refused = act(w.factory, w.settings.data_dir, alice, shown, payload, batch_size=4)
+        assert refused.message == repo.no_image_with_id(c), refused.message
+    with read_session(w.factory) as s:
+        assert _score(w, c) is None and repo.find_skip(session=s, image_id=c, rater_id=alice.rater_id) is None
+    assert _undo_steps(w) == 2
+
+
+def test_a_later_action_that_did_nothing_does_not_hold_back_an_undo_the_page_gave_up(ui_world):
+    """Found by a read-only review (6 Dec 2026): the late-undo guard (ui_rate_tab.Answered) counted every later action
+    of the page from its start, so an undo the page gave up was refused even when the later action then did nothing
+    (refused), though taking back the rating meant was still right. Only a later action that wrote something counts
+    now (noted in its transaction, under the round's lock): after a refused later rating the late undo takes back the
+    newest rating, the one meant; after a later rating that was saved it is refused as before."""
+    import gradio as gr
+
+    from app.ui_rate_tab import RateHandlers
+
+    w, alice = ui_world, who(ui_world, "alice")
+    warnings: list = []
+    handlers = RateHandlers(w.services(), lambda request: alice, warnings.append)
+    state = page(w, "alice").state
+    a, b, c = state["batch"][:3]
+    other = next(i for i in w.image_ids if i not in state["batch"])
+    tab = gr.Request(username="alice", session_hash="tab-1")
+
+    def act(handler, seq, **data):
+        return json.loads(handler(state, gr.EventData(None, {**data, "seq": seq}), tab)[1])
+
+    act(handlers.on_rate, 1, image_id=a, score=7)
+    act(handlers.on_rate, 2, image_id=b, score=6)
+    # the undo numbered 3 was given up; the page's next actions were refused (a score out of range, an image not in
+    # its batch, a skip of a scored card): nothing done
+    assert act(handlers.on_rate, 4, image_id=c, score=11)["refused"] is True
+    assert act(handlers.on_rate, 5, image_id=other, score=5)["refused"] is True
+    assert act(handlers.on_skip, 6, image_id=a)["refused"] is True
+    late = act(handlers.on_undo, 3)
+    assert "refused" not in late and [_score(w, i) for i in (a, b, c)] == [7, None, None]
+    assert len(warnings) == 3
+    # a later rating that was saved still holds a given-up undo back (the twelfth review's guard)
+    act(handlers.on_rate, 8, image_id=c, score=5)
+    assert act(handlers.on_undo, 7)["refused"] is True and warnings[-1] == f"Cannot undo: {ui_rate.UNDO_OVERTAKEN}"
+    assert [_score(w, i) for i in (a, b, c)] == [7, None, 5]
