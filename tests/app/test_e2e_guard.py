@@ -725,3 +725,53 @@ def test_actions_kept_while_the_server_restarts_are_sent_again_after_the_reload_
     assert page.evaluate("window.sessionStorage.getItem('seiko-held-actions')") is None
     assert len(loads) == loaded + 1, loads
     assert not errors, errors
+
+
+def test_logging_out_drops_the_note_of_kept_actions_in_chromium(ui_world, e2e):
+    """Thirteenth review (6 Dec 2026): the log out's drop of the tab's note of kept actions (GRID_JS onLogout, twelfth
+    review) was tested only by calling the page's submit listener in node. In Chromium, with the banner's real form:
+    a note the page finds at a reload is sent (the control: what the drop guards against), and one there when the
+    rater presses Log out is gone from the tab's sessionStorage on the login page, and nothing is sent when the same
+    rater signs in again on the tab."""
+    from app import ui_assets
+    from db import repo
+    from db.engine import read_session
+
+    demo, browser = e2e(_without_timers(ui_world.services(batch_size=4)))
+    url = demo.local_url.replace("localhost", "127.0.0.1")
+    page = browser.new_context().new_page()
+    page.add_init_script(RECORD_NOTICES)
+    errors = watch_errors(page)
+    sign_in(page, url, "alice", wait_for="#rating-grid .rg-card")
+    ids = [int(c.get_attribute("data-image-id")) for c in page.locator(".rg-card[data-state=open]").all()][:2]
+    alice = ui_world.accounts["alice"]
+
+    def note(image_id: int, score: int) -> None:  # what the page notes while the server is away (noteHeld)
+        page.wait_for_function("window.__seiko && window.__seiko.marks && window.__seiko.marks.round", timeout=60_000)
+        page.evaluate("""([image, score]) => {
+          const marks = window.__seiko.marks;
+          window.sessionStorage.setItem('seiko-held-actions', JSON.stringify({ v: 3, who: 'alice',
+            experiment: marks.experiment, round: marks.round, sent: null, over: 0, at: Date.now(),
+            actions: [['rate', { image_id: image, score, prior: 'none' }]] }));
+        }""", [image_id, score])
+
+    def score(image_id: int):
+        with read_session(ui_world.factory) as s:
+            rating = repo.find_rating(session=s, image_id=image_id, rater_id=alice)
+            return None if rating is None else rating.score
+
+    note(ids[0], 7)
+    page.reload()
+    said = ui_assets.ACTION_KEPT_SENT.format(n="1 action", parts=ui_assets.ACTION_KEPT_PARTS["saved"].format(k=1))
+    page.get_by_text(said).first.wait_for(timeout=60_000)
+    assert score(ids[0]) == 7  # the control: a note found at a reload is sent
+    note(ids[1], 6)
+    page.locator("#logout-button").click()
+    page.wait_for_selector("input[type=password]", timeout=60_000)  # the login page, the same tab
+    assert page.evaluate("window.sessionStorage.getItem('seiko-held-actions')") is None
+    sign_in(page, url, "alice", wait_for="#rating-grid .rg-card")
+    page.wait_for_function("window.__seiko && window.__seiko.marks && !window.__seiko.busy"
+                           " && window.__seiko.queue.length === 0", timeout=60_000)
+    assert score(ids[1]) is None and page.locator(f".rg-card[data-image-id='{ids[1]}']").get_attribute(
+        "data-state") == "open"
+    assert not errors, errors
