@@ -213,7 +213,9 @@ ACTION_KEPT_PARTS = {
     # (app.ui_rate ChangedElsewhere; thirteenth review, 6 Dec 2026)
     "changed": "{k} sent again and not done, as the image's score had changed since this page kept it (its warning "
                "says so)",
-    "unconfirmed": "{k} sent again and not confirmed (the cards show what was saved)",
+    # the reload may show another experiment or round than a kept action's, whose cards say nothing of it (found by
+    # the thirteenth review's page fixes, 6 Dec 2026): the cards of its own round are named
+    "unconfirmed": "{k} sent again and not confirmed (the cards of its round show what was saved)",
     "cancelled": "{k} not sent, as an undo kept after a rating or skip takes it back",
     "undo": "{k} not sent, as an undo sent now could take back another rating or skip than meant (press u again if "
             "you still want it)",
