@@ -79,13 +79,12 @@ def refusal(exc: BaseException) -> str | None:
 
         # the database unreachable or the file not a database; not IntegrityError, ProgrammingError and the other
         # DatabaseError subclasses, which a broken query raises: those keep their traceback
-        from db.engine import bound_refusal
+        from db.engine import bound_refusal, unusable_refusal
 
         if isinstance(exc, OperationalError) and (busy := bound_refusal(exc)) is not None:
             return busy  # a lock held past the bound: the same sentence as the web page's
         if isinstance(exc, OperationalError) or type(exc) is DatabaseError:
-            cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-            return f"the database could not be used ({cause[0] if cause else type(exc).__name__})"
+            return unusable_refusal(exc)
     if "alembic" in sys.modules:
         from alembic.util.exc import CommandError
 

@@ -437,6 +437,14 @@ def bound_refusal(exc: BaseException) -> str | None:
     return lock_refusal(exc) or statement_refusal(exc)
 
 
+def unusable_refusal(exc: BaseException) -> str:
+    """The one sentence for a database error that is no bound's (``bound_refusal``): the database out of reach (a
+    refused connection) or the file not a database, in the driver's first line. The commands say it (app.__main__,
+    db.migrate's steps before a migration)."""
+    cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return f"the database could not be used ({cause[0] if cause else type(exc).__name__})"
+
+
 def is_outage(exc: BaseException) -> bool:
     """Whether an OperationalError says the database is out of reach for now (wait and try again: a restart, a
     fail-over, a lock held too long) rather than that it refuses for good (a missing table, a wrong password, a

@@ -10,7 +10,8 @@ import logging
 import os
 import sqlite3
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from db.engine import (
     sqlite_code,
     sqlstate,
     statement_cancelled,
+    unusable_refusal,
 )
 from db.errors import InvalidInput, SchemaOutOfDate
 
@@ -104,7 +106,8 @@ def _run(step, url: str, rev: str, in_transaction=None) -> None:
         # alembic's own refusal (a target it cannot find, or one the database has moved past since it was checked: two
         # downgrades at once) reached the command line bare, saying neither where the database was nor whether anything
         # had changed (eighth review). The migration is one transaction on both backends: nothing was
-        current = current_revision(url)
+        with _before_migration():  # the revision read after the refusal, as those before the migration
+            current = current_revision(url)
         raise InvalidInput(f"the schema migration was refused: {str(exc).rstrip('.')} (the database is at "
                            f"{current or 'base'}); nothing was changed") from exc
     except OperationalError as exc:
@@ -151,6 +154,24 @@ def _migration_refusal(exc: BaseException) -> str | None:
     return None
 
 
+@contextmanager
+def _before_migration() -> Iterator[None]:
+    """The database's errors in a migration command's steps before (and beside) its one transaction, ``_run``'s: the
+    revision read (``current_revision``), ``check_upgrade``'s table read, ``check_downgrade``'s look for disabled
+    accounts (``refuse_disabled_accounts``). Each is a read, so nothing was changed: a bound that ran out is
+    ``_migration_refusal``'s sentence, naming the bound in force, and any other (a refused connection, a file that is
+    not a database) ``db.engine.unusable_refusal``'s, each as InvalidInput. They ran outside ``_run``: a lock or a
+    statement cut there was the page's sentence (the change "was not saved"), a refused connection the driver's error,
+    and to a caller of this module (db.testing, app.tools) a bare OperationalError (thirteenth review)."""
+    from sqlalchemy.exc import OperationalError
+
+    try:
+        yield
+    except OperationalError as exc:
+        raise InvalidInput(_migration_refusal(exc) or f"{unusable_refusal(exc)}; nothing was changed") from exc
+
+
+@_before_migration()
 def check_upgrade(url: str, rev: str) -> None:
     """Refuse (InvalidInput, one sentence, nothing changed) an upgrade that cannot do what it says: a database with
     the app's tables but no recorded revision (the upgrade failed with 'table already exists', on PostgreSQL a
@@ -257,6 +278,7 @@ def _copy_sqlite(path: Path, target: Path) -> None:
         source.close()
 
 
+@_before_migration()
 def check_downgrade(url: str, rev: str) -> None:
     """Refuse (InvalidInput, one sentence, nothing changed) a downgrade to ``rev`` that cannot or should not run: no
     database there, none recorded (to any target but 'base'), one this code does not know, a revision that does not

@@ -621,3 +621,112 @@ def test_a_process_that_registers_after_the_downgrades_first_checks_is_still_ref
     assert "by 2 live process(es) (a server on host 'late' with pid 7, last heard from " in err, err
     assert "; worker 'w-late' working on job 1 under a lease that runs to " in err, err
     assert migrate.current_revision(url) == migrate.head_revision() and not list(data_dir.glob("seiko.db.bak-*"))
+
+
+# -- the database steps of a migration command before its one transaction (thirteenth review) --------------------------
+# check_upgrade, check_downgrade's revision read and its look for disabled accounts (refuse_disabled_accounts) ran
+# outside migrate._run: a lock or a statement cut there was the page's sentence ("... so the change that waited for it
+# was not saved"), a refused connection the driver's words, and a caller of db.migrate got a bare OperationalError.
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err  # one sentence, no traceback
+    return err.removeprefix("error: ").rstrip("\n")
+
+
+def _held(url: str, statement: str):
+    """A connection of its own holding ``statement``'s lock in an open transaction (a server's, a worker's)."""
+    from sqlalchemy import text
+
+    from db.engine import make_engine
+
+    engine = make_engine(url)
+    connection = engine.connect()
+    connection.execute(text(statement))
+    return engine, connection
+
+
+@pytest.mark.parametrize("bound", ["lock_timeout", "statement_timeout"])
+def test_a_postgresql_bound_that_runs_out_before_the_migration_is_the_migrations_sentence(empty_db_url, capsys, bound):
+    """PostgreSQL: a table lock held by another transaction (a migration's, an admin's) past the bound the URL sets,
+    met by `db upgrade`'s check (the revision read), by `db downgrade`'s revision read and by its look for disabled
+    accounts (a downgrade below 0002), and by `demo`'s upgrade: each is the migration's one sentence naming the bound
+    in force (0.3 s), nothing changed, exit 1. It was the page's sentence, "... so the change that waited for it was
+    not saved; try again in a moment", and db.migrate raised a bare OperationalError."""
+    if empty_db_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL's lock_timeout and statement_timeout set in the URL")
+    from db.errors import InvalidInput
+
+    migrate.upgrade(empty_db_url)
+    head = migrate.head_revision()
+    # lock_timeout=0 leaves only the statement bound: the wait is cut there (57014), not as a lock not granted (55P03)
+    options = ("-c%20lock_timeout%3D300" if bound == "lock_timeout"
+               else "-c%20lock_timeout%3D0%20-c%20statement_timeout%3D300")
+    url = f"{empty_db_url}?options={options}"
+    said = ("the database is in use: a table's lock was not granted in 0.3 s (a server, a worker or an open transaction "
+            "holds it); stop them and run it again; nothing was changed" if bound == "lock_timeout" else
+            "the database cancelled a statement of the migration at its statement_timeout of 0.3 s (set for this role, "
+            "database or URL; the statement ran, or waited for a table's lock, that long), so nothing was changed; ")
+    for table, commands in (("alembic_version", (["db", "upgrade"], ["db", "downgrade", "-1", "--yes"], ["demo"])),
+                            ("raters", (["db", "downgrade", "base", "--yes"],))):
+        engine, held = _held(empty_db_url, f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+        try:
+            for command in commands:
+                assert main([*command, "--db-url", url]) == 1, command
+                assert _one_error_line(capsys).startswith(said), command
+            if table == "alembic_version":
+                with pytest.raises(InvalidInput, match=f"^{said[:40]}"):
+                    migrate.upgrade(url)
+        finally:
+            held.close()
+            engine.dispose()
+        assert migrate.current_revision(empty_db_url) == head
+
+
+def test_a_sqlite_lock_held_before_the_migration_is_the_migrations_sentence(tmp_path, capsys, monkeypatch):
+    """SQLite: another connection holding the database's lock (locking_mode EXCLUSIVE, as the sqlite3 shell may) past
+    the busy timeout, met by `db upgrade`'s check and `db downgrade`'s revision read: the migration's one sentence
+    naming the busy timeout, nothing changed, exit 1 (was the page's "... the change that waited for it was not
+    saved", and a bare OperationalError from db.migrate)."""
+    import sqlite3
+
+    from db import engine as db_engine
+    from db.errors import InvalidInput
+
+    path = tmp_path / "held.db"
+    url = f"sqlite:///{path}"
+    migrate.upgrade(url, "0016")
+    monkeypatch.setattr(db_engine, "BUSY_TIMEOUT_MS", 300)
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("PRAGMA locking_mode = EXCLUSIVE")
+        holder.execute("BEGIN EXCLUSIVE")
+        holder.execute("UPDATE alembic_version SET version_num = version_num")  # the lock taken, kept to the end
+        said = "the database is in use: its write lock was not granted in 0.3 s "
+        for command in (["db", "upgrade"], ["db", "downgrade", "-1", "--yes"]):
+            assert main([*command, "--db-url", url]) == 1, command
+            sentence = _one_error_line(capsys)
+            assert sentence.startswith(said) and sentence.endswith("nothing was changed"), sentence
+        with pytest.raises(InvalidInput, match=f"^{said}"):
+            migrate.upgrade(url)
+    finally:
+        holder.close()
+    assert migrate.current_revision(url) == "0016"
+
+
+def test_a_database_that_refuses_the_connection_is_one_sentence_before_the_migration(capsys):
+    """A PostgreSQL server that refuses the connection (nothing listens on the port): `db upgrade`, `db downgrade` and
+    `demo` say so in one sentence, nothing changed, exit 1; db.migrate raises it as InvalidInput (a bare
+    OperationalError before)."""
+    from db.errors import InvalidInput
+
+    url = "postgresql+psycopg://postgres@127.0.0.1:1/nowhere"  # port 1: nothing listens there
+    for command in (["db", "upgrade"], ["db", "downgrade", "-1", "--yes"], ["demo"]):
+        assert main([*command, "--db-url", url]) == 1, command
+        sentence = _one_error_line(capsys)
+        assert sentence.startswith("the database could not be used (") and "127.0.0.1" in sentence, sentence
+        assert sentence.endswith("; nothing was changed"), sentence
+    for step in (lambda: migrate.upgrade(url), lambda: migrate.check_downgrade(url, "-1")):
+        with pytest.raises(InvalidInput, match=r"^the database could not be used \(.*; nothing was changed$"):
+            step()
