@@ -18,7 +18,7 @@ import sys
 import threading
 
 from app import services as lifecycle
-from app.cli_serve import ServeError, build_services, check_model, install_stop_handlers, launch, register_server
+from app.cli_serve import ServeError, build_services, check_model, check_root_path, install_stop_handlers, launch, register_server
 from app.cli_worker import STOP_GRACE_S
 from app.cli_worker import positive_seconds as seconds
 from app.settings import ENV_VARS, Settings
@@ -87,6 +87,7 @@ def stop_worker(worker: subprocess.Popen, timeout: float) -> int:
 def main(args: argparse.Namespace) -> int:
     settings = Settings.from_args(args)
     try:
+        check_root_path()  # before the migration and the worker: refused after both before (thirteenth review)
         check_model(settings.model)
         migrate.upgrade(settings.db_url)
         engine, services = build_services(settings, batch_size=args.batch_size)

@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from app.settings import Settings
@@ -165,13 +165,23 @@ def root_path_refusal(root_path: str) -> str:
             "(SEIKO_PUBLIC_URL)")
 
 
+def check_root_path(environ: Mapping[str, str] | None = None) -> None:
+    """ServeError (``root_path_refusal``) when GRADIO_ROOT_PATH is set to anything but "" or "/". Called first by every
+    command that serves the web app, before any work: it was refused only in ``launch``, after `demo` had migrated the
+    database and started its worker, and a value of white space alone passed, which Gradio then put in front of every
+    address of its page (both found by the thirteenth review, 6 Dec 2026)."""
+    root_path = (os.environ if environ is None else environ).get("GRADIO_ROOT_PATH", "")
+    if root_path not in ("", "/"):
+        stripped = root_path.strip()  # shown as set where stripping it would show a value that is not refused
+        raise ServeError(root_path_refusal(root_path if stripped in ("", "/") else stripped))
+
+
 def launch(services) -> object:
     """Start the web app in a background thread; returns the gr.Blocks (call ``.close()`` to stop it)."""
     from app import net_limits, web_guard
     from app.ui import build_demo, launch_kwargs
 
-    if (root_path := os.environ.get("GRADIO_ROOT_PATH", "").strip()) not in ("", "/"):
-        raise ServeError(root_path_refusal(root_path))
+    check_root_path()  # again, for a caller that did not check at its start: Gradio reads it as the server starts
     host = services.settings.host
     if not resolves(host):  # not the port's fault: it was reported as a busy port (found by review)
         raise ServeError(f"the listen address {host!r} (--host) is neither an IP address nor a name this machine can "
@@ -230,6 +240,7 @@ def register_server(factory):
 def main(args: argparse.Namespace) -> int:
     settings = Settings.from_args(args)
     try:
+        check_root_path()  # before anything is read, written or started
         migrate.check_at_head(settings.db_url)
         check_model(settings.model)
         engine, services = build_services(settings, batch_size=args.batch_size)

@@ -386,6 +386,26 @@ def test_demo_on_a_port_in_use_is_one_sentence(tmp_path, worker_model_dir):
     assert lines[0].startswith(f"error: could not listen on 127.0.0.1:{port} (")
 
 
+@pytest.mark.parametrize("root_path", ["/seiko", "   ", "\t"])
+def test_a_root_path_is_refused_before_the_demo_or_serve_does_any_work(tmp_path, root_path):
+    """Found by the thirteenth review (6 Dec 2026): GRADIO_ROOT_PATH was refused only as the web server started, after
+    `demo` had migrated the database and started its worker, and a value of white space alone was not refused at all
+    (Gradio puts it in front of its page's addresses). Now both commands refuse it first, in one sentence: no data
+    folder, no database, no worker. (The port is taken so that the code before this fix stopped, not served.)"""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        for argv in (["demo", "--stop-timeout", "20"], ["serve"]):
+            data = tmp_path / argv[0]
+            proc = run_cli(*argv, "--data-dir", str(data), "--port", port, env={"GRADIO_ROOT_PATH": root_path})
+            assert proc.returncode == 1, (argv, proc.stdout, proc.stderr)
+            said = one_sentence(proc)
+            assert said.startswith(f"error: GRADIO_ROOT_PATH is set ({root_path!r}), but this app "
+                                   "must be served at the root of its address"), (argv, said)
+            assert not data.exists() and "worker started" not in proc.stdout, (argv, proc.stdout)
+
+
 def test_the_demo_hands_its_worker_the_database_url_in_the_environment_not_on_its_command_line():
     """The worker the demo starts got --db-url with the PostgreSQL password in it: readable by every local user in
     ps for the worker's whole life, though the operator kept it out of argv with SEIKO_DB_URL (found by review)."""
