@@ -24,6 +24,7 @@ import secrets
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -87,18 +88,25 @@ class SessionStore:
         now: Callable[[], datetime] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         max_cached: int = 50_000,
+        max_refused_cached: int = 10_000,
     ) -> None:
         if not (idle_s > 0 and max_s > 0 and recheck_s >= 0):
             raise ValueError(f"session limits must be positive, got idle {idle_s!r} s and absolute {max_s!r} s")
         self.factory, self.idle, self.max = factory, timedelta(seconds=idle_s), timedelta(seconds=max_s)
         self.recheck_s, self._monotonic, self.max_cached = recheck_s, monotonic, max_cached
+        self.max_refused_cached = max_refused_cached
         # None: the database's clock (``db_clock``; a test passes its own). Sessions are written by one app server and
         # judged by another on PostgreSQL, each with its own clock: an app server running 2 h ahead saw every session
         # started elsewhere as idle and signed its people out at once (found by the seventh review). The database is
         # read inside each transaction; between reads, this machine's clock plus the offset last measured.
         self._given_now, self._offset = now, timedelta(0)
         self.touch_every = min(timedelta(seconds=60), self.idle / 10)  # last_seen_at is written at most this often
-        self._cache: dict[str, _Cached] = {}
+        # two caches, each least-recently-used first: the valid sessions (only a sign-in makes one), and the tokens that
+        # are not one (anyone can send any cookie). One cache emptied itself when full, so a flood of random cookies
+        # sent every real session's checks to the database (found by the thirteenth review, 6 Dec 2026); now unknown
+        # tokens evict only each other
+        self._cache: OrderedDict[str, _Cached] = OrderedDict()
+        self._refused: OrderedDict[str, _Cached] = OrderedDict()
         self._lock = threading.Lock()
         self._last_purge = float("-inf")
         _STORES.add(self)
@@ -138,7 +146,7 @@ class SessionStore:
                 repo.delete_stale_sessions(session=s, before=now - max(STALE_SESSIONS_KEPT, self.max, self.idle))
         with self._lock:
             for old in replaces:
-                self._cache.pop(token_digest(old), None)
+                self._forget(token_digest(old))
         return token
 
     def end(self, token: str, reason: str = "logout") -> bool:
@@ -147,7 +155,7 @@ class SessionStore:
         with write_session(self.factory) as s:
             row = repo.end_session(session=s, token_sha256=digest, reason=reason, now=self._now(s))
         with self._lock:
-            self._cache.pop(digest, None)
+            self._forget(digest)
         return row is not None
 
     def forget_rater(self, rater_id: int) -> None:
@@ -159,6 +167,20 @@ class SessionStore:
     def forget_all(self) -> None:
         with self._lock:
             self._cache.clear()
+            self._refused.clear()
+
+    def _forget(self, digest: str) -> None:  # under self._lock
+        self._cache.pop(digest, None)
+        self._refused.pop(digest, None)
+
+    def _remembered(self, digest: str) -> _Cached | None:
+        """The cached answer for ``digest`` (marked as used just now), or None."""
+        with self._lock:
+            for cache in (self._cache, self._refused):
+                if (cached := cache.get(digest)) is not None:
+                    cache.move_to_end(digest)
+                    return cached
+        return None
 
     # -- check ---------------------------------------------------------------------------------
 
@@ -182,8 +204,7 @@ class SessionStore:
         an open heartbeat, checked every few seconds, takes one as old as its own interval)."""
         if not isinstance(token, str) or not token or len(token) > 256:
             return True, None
-        with self._lock:
-            cached = self._cache.get(token_digest(token))
+        cached = self._remembered(token_digest(token))
         if cached is None or self._monotonic() - cached.checked >= (self.recheck_s if max_age_s is None else max_age_s):
             return False, None
         if cached.info is None:
@@ -199,8 +220,7 @@ class SessionStore:
             return None
         digest = token_digest(token)
         now = self._now()
-        with self._lock:
-            cached = self._cache.get(digest)
+        cached = self._remembered(digest)
         if cached is not None and self._monotonic() - cached.checked < self.recheck_s:
             if cached.info is None:
                 return None
@@ -223,9 +243,12 @@ class SessionStore:
                 repo.touch_session(session=s, session_id=info.session_id, now=now)
             last_seen_at = now
         with self._lock:
-            if len(self._cache) >= self.max_cached:
-                self._cache.clear()  # bounded: random tokens cannot grow it without limit
-            self._cache[digest] = _Cached(info, self._monotonic(), expires_at, last_seen_at)
+            self._forget(digest)
+            cache, most = (self._cache, self.max_cached) if info is not None else (self._refused, self.max_refused_cached)
+            while cache and len(cache) >= most:  # bounded: the least recently used answer goes
+                cache.popitem(last=False)
+            if most > 0:
+                cache[digest] = _Cached(info, self._monotonic(), expires_at, last_seen_at)
         return info
 
 

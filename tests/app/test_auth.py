@@ -289,6 +289,39 @@ def test_password_change_ends_that_users_sessions_only(db_factory):
     assert auth.list_audit(db_factory)[0].actor.startswith("command line (")
 
 
+def test_a_flood_of_random_cookies_leaves_the_real_sessions_cached(db_factory, monkeypatch):
+    """Found by the thirteenth review (6 Dec 2026): the session cache emptied itself whenever it was full, so a flood
+    of random cookies (each one a miss, each one cached as "not a session") pushed every real user's checks to the
+    database. Now the tokens that are not sessions evict only each other, least recently used first: after ten times
+    the cache's size in random cookies, the real sessions are still answered without a database lookup, and a
+    repeated unknown cookie is still answered from memory. Database lookups are counted, not timed."""
+    import secrets
+
+    from app import sessions as sessions_mod
+
+    auth.add_user(db_factory, name="alice", role="rater", password=PASSWORD)
+    auth.add_user(db_factory, name="bob", role="rater", password=PASSWORD)
+    real = [_session(db_factory, "alice"), _session(db_factory, "bob")]
+    lookups: list[str] = []
+    find_session = repo.find_session
+
+    def counted(*, session, token_sha256):
+        lookups.append(token_sha256)
+        return find_session(session=session, token_sha256=token_sha256)
+
+    monkeypatch.setattr(sessions_mod.repo, "find_session", counted)
+    clock = [0.0]  # a still clock: every answer stays fresh, so a lookup means the answer was no longer cached
+    store = sessions_mod.SessionStore(db_factory, idle_s=600, max_s=3600, recheck_s=60, monotonic=lambda: clock[0],
+                                      max_cached=50, max_refused_cached=50)
+    assert all(store.check(t) is not None for t in real) and len(lookups) == 2
+    flood = [secrets.token_urlsafe(32) for _ in range(500)]
+    assert all(store.check(t) is None for t in flood) and len(lookups) == 2 + 500  # each a miss, as it must be
+    assert all(store.check(t) is not None for t in real) and len(lookups) == 502  # both from memory
+    assert all(store.cached(t) == (True, store.check(t)) for t in real) and len(lookups) == 502
+    assert store.check(flood[-1]) is None and store.cached(flood[-1]) == (True, None) and len(lookups) == 502
+    assert store.check(flood[0]) is None and len(lookups) == 503  # the oldest unknown cookie was let go: bounded
+
+
 def test_users_cli_disable_enable_role_delete_audit(db_url, capsys):
     base = ["--db-url", db_url]
     assert app_main(["users", "add", "root", "--role", "admin", "--password-file", password_file(PASSWORD), *base]) == 0
