@@ -100,7 +100,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit
 
 from starlette._utils import get_route_path  # the path Starlette's router matches (root path removed)
 from starlette.datastructures import Headers
@@ -137,6 +137,9 @@ LOGOUT_PATHS = ("/logout", "/logout/")
 # toast, and Gradio's own 401 there had an object as ``detail`` (fourth review, 5 Dec 2026)
 SIGNED_OUT = "You are signed out (your session has ended); reload the page to sign in again."
 MAX_LOGIN_BODY = 16 * 1024
+LOGIN_FORM_FIELDS = 8  # a sign-in sends a name and a password; a few more are let be (and not read)
+LOGIN_FORM_TOO_MANY = f"the sign-in form had more than {LOGIN_FORM_FIELDS} fields; a sign-in sends the name and the password"
+LOGIN_FORM_FILE = "the sign-in form carried a file; a sign-in sends the name and the password as text"
 # Every request body is refused above this size before anything reads it. FastAPI parses a JSON body before it runs a
 # route's sign-in dependency, so without a cap anyone could make the server buffer and parse gigabytes; the app's
 # largest legitimate bodies (an event's inputs: a score, a few options) are well under a kilobyte.
@@ -1220,7 +1223,10 @@ class WebGuard:
                 return body
 
     async def _form(self, scope: Scope, receive: Receive) -> dict[str, str] | str:
-        """The sign-in form's fields, or one sentence saying why it cannot be read."""
+        """The sign-in form's fields, or one sentence saying why it cannot be read. The fields and files are counted
+        here, not by the parsers (``parse_qs``'s max_num_fields, Starlette's max_fields and max_files), whose refusals
+        came out in their own words ("Too many fields. Maximum number of fields is 8.", "Max number of fields
+        exceeded"; found by the thirteenth review, 6 Dec 2026); MAX_LOGIN_BODY, checked first, bounds the parts."""
         body = await self._read_body(receive, MAX_LOGIN_BODY)
         if body is None:
             return f"the sign-in form is larger than {MAX_LOGIN_BODY // 1024} KiB or was not sent whole"
@@ -1230,11 +1236,13 @@ class WebGuard:
                 text = body.decode("utf-8")
             except UnicodeDecodeError:  # its own message is Python's ("'utf-8' codec can't decode byte 0xff ...")
                 return "the sign-in form could not be read: it was not UTF-8 text"
-            try:
-                fields = parse_qs(text, keep_blank_values=True, max_num_fields=8, strict_parsing=False)
-            except ValueError as e:
-                return f"the sign-in form could not be read ({e})"
-            return {k: v[0] for k, v in fields.items()}
+            pairs = parse_qsl(text, keep_blank_values=True)
+            if len(pairs) > LOGIN_FORM_FIELDS:
+                return LOGIN_FORM_TOO_MANY
+            fields: dict[str, str] = {}
+            for key, value in pairs:
+                fields.setdefault(key, value)  # the first of a repeated name, as parse_qs(...)[key][0] gave
+            return fields
         if content_type == "multipart/form-data":
             sent = False
 
@@ -1245,13 +1253,20 @@ class WebGuard:
                 sent = True
                 return {"type": "http.request", "body": body, "more_body": False}
 
+            try:  # no part can be larger than the body, nor more parts than its bytes
+                form = await Request(scope, replay).form(max_files=MAX_LOGIN_BODY, max_fields=MAX_LOGIN_BODY,
+                                                         max_part_size=MAX_LOGIN_BODY)
+            except (HTTPException, MultiPartException):  # Starlette's answer to a malformed multipart body
+                return "the sign-in form could not be read: it was not a well-formed multipart form"
             try:
-                form = await Request(scope, replay).form(max_files=0, max_fields=8)
-            except HTTPException as e:  # Starlette's answer to a malformed multipart body (too many parts, a file)
-                return f"the sign-in form could not be read ({e.detail})"
-            except MultiPartException as e:
-                return f"the sign-in form could not be read ({e.message})"
-            return {k: v for k, v in form.items() if isinstance(v, str)}
+                items = form.multi_items()
+                if any(not isinstance(value, str) for _, value in items):
+                    return LOGIN_FORM_FILE
+                if len(items) > LOGIN_FORM_FIELDS:
+                    return LOGIN_FORM_TOO_MANY
+                return {k: v for k, v in form.items() if isinstance(v, str)}
+            finally:
+                await form.close()  # a file part's spooled buffer
         return "send the sign-in form as application/x-www-form-urlencoded or multipart/form-data"
 
     async def _login(self, scope: Scope, receive: Receive, secure: bool, headers: Headers) -> Response:

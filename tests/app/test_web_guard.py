@@ -1407,10 +1407,49 @@ def test_bad_sign_in_forms_get_one_sentence(served):
     r = httpx.post(url + "/login", json={"username": "alice", "password": UI_PASSWORD})
     assert r.status_code == 400 and "form" in r.json()["detail"]
     r = httpx.post(url + "/login", files={"username": (None, "alice"), "password": ("p.txt", b"data")})
-    assert r.status_code == 400 and "could not be read" in r.json()["detail"]
+    assert r.status_code == 400 and "carried a file" in r.json()["detail"]
     # the login page's own multipart form works
     r = httpx.post(url + "/login", files={"username": (None, "alice"), "password": (None, UI_PASSWORD)})
     assert r.status_code == 200 and r.json() == {"success": True}
+
+
+def test_a_sign_in_form_with_too_many_fields_or_a_file_gets_the_apps_sentence_and_starts_nothing(served):
+    """Found by the thirteenth review (6 Dec 2026): a sign-in form with more than 8 fields was answered in its
+    parser's words, Starlette's "(Too many fields. Maximum number of fields is 8.)" for a multipart form, Python's
+    "(Max number of fields exceeded)" for an urlencoded one, and a file in Starlette's "(Too many files. Maximum number
+    of files is 0.)". Each now gets the app's one sentence and 400, and nothing is stored: no cookie, no session, though
+    the name and password in it are right; the same two fields alone still sign in."""
+    from sqlalchemy import func, select
+    from starlette.formparsers import MultiPartException, MultiPartParser
+
+    world, _, url = served
+    right = {"username": "alice", "password": UI_PASSWORD}
+    extra = {f"note{i}": "x" for i in range(7)}  # 9 fields in all
+    too_many = "The sign-in form had more than 8 fields; a sign-in sends the name and the password."
+    a_file = "The sign-in form carried a file; a sign-in sends the name and the password as text."
+    many_parts = httpx.Request("POST", url + "/login", files={k: (None, v) for k, v in {**right, **extra}.items()})
+    body = many_parts.read()
+
+    async def stock() -> None:  # the stock parser refuses this body at 8 fields: it is the case under test
+        async def chunks():
+            yield body
+
+        await MultiPartParser(many_parts.headers, chunks(), max_fields=8).parse()
+
+    with pytest.raises(MultiPartException):
+        asyncio.run(stock())
+    with httpx.Client(timeout=30) as http:
+        for request, said in ((many_parts, too_many),
+                              (http.build_request("POST", url + "/login", data={**right, **extra}), too_many),
+                              (http.build_request("POST", url + "/login", files={**{k: (None, v) for k, v in right.items()},
+                                                                                 "avatar": ("a.png", b"png")}), a_file)):
+            r = http.send(request)
+            assert (r.status_code, r.json()) == (400, {"detail": said}), r.text
+            assert "set-cookie" not in r.headers and not http.cookies
+    with read_session(world.factory) as s:
+        assert s.scalar(select(func.count()).select_from(UserSession)) == 0
+    with httpx.Client(timeout=30) as http:  # the right name and password, alone: signed in
+        assert http.post(url + "/login", data=right).status_code == 200 and http.cookies
 
 
 # ---------------------------------------------------------------------------------------------
