@@ -350,7 +350,8 @@ class LoginThrottle:
         monotonic: Callable[[], float] = time.monotonic,
         max_keys: int = 100_000,
     ) -> None:
-        self.rules = {"ip": per_ip, "account": per_account, "device": per_device}
+        # a signed-in session's own counter (``_keys_for``) takes a remembered browser's rule
+        self.rules = {"ip": per_ip, "account": per_account, "device": per_device, "session": per_device}
         self.forget_s, self.known_s, self._monotonic, self.max_keys = forget_s, known_s, monotonic, max_keys
         self._keys: dict[tuple[str, str], _Failures] = {}
         # account -> {device token: (its last successful sign-in, stamp)}, the newest DEVICES_PER_ACCOUNT per account
@@ -360,16 +361,16 @@ class LoginThrottle:
         _THROTTLES.add(self)
 
     def admit(self, ip: str | None, account: str | None, device: str | None = None, *,
-              credentials: str = "") -> tuple[float, tuple[tuple[str, str], ...] | None]:
+              credentials: str = "", session: str | None = None) -> tuple[float, tuple[tuple[str, str], ...] | None]:
         """(0, a ticket) when a sign-in may be checked now, else (seconds to wait, None). Give the ticket back with
-        ``release`` once ``failed`` or ``succeeded`` has recorded the outcome.
+        ``release`` once ``failed`` or ``succeeded`` has recorded the outcome. ``session``: see ``_keys_for``.
 
         Guesses sent at once would otherwise all pass the check before the first failure is counted: the counts
         allow ``free`` failures and one more that locks, so near a limit at most that many are checked at a time;
         the others wait a second, while the ones admitted are decided."""
         now = self._monotonic()
         with self._lock:
-            keys = self._keys_for(ip, account, device, now, credentials)
+            keys = self._keys_for(ip, account, device, now, credentials, session)
             wait = self._lock_wait(keys, now)
             if wait > 0:
                 return wait, None
@@ -397,7 +398,7 @@ class LoginThrottle:
         name = (account or "")[:200]
         with self._lock:
             self._devices.pop(name, None)
-            for key in [k for k in self._keys if k[0] == "device" and k[1].partition("\0")[2] == name]:
+            for key in [k for k in self._keys if k[0] in ("device", "session") and k[1].partition("\0")[2] == name]:
                 del self._keys[key]
 
     def restamp(self, account: str, old: str, new: str) -> None:
@@ -415,9 +416,22 @@ class LoginThrottle:
         return remembered is not None and now - remembered[0] <= self.known_s and remembered[1] == credentials
 
     def _keys_for(self, ip: str | None, account: str | None, device: str | None, now: float,
-                  credentials: str) -> list[tuple[str, str]]:
-        """The counters that bar (and count) a sign-in; call with the lock held."""
+                  credentials: str, session: str | None = None) -> list[tuple[str, str]]:
+        """The counters that bar (and count) a sign-in; call with the lock held.
+
+        ``session``: the id of a signed-in session of ``account``, which the caller read from the request's session
+        cookie and checked valid on the server (``app.web_guard.signed_in_session``): a password typed again inside
+        the app (the Account tab's "Current password", the Admin tab's "Your password"; ``app.auth.confirm_own_password``)
+        is held to that session's own counter, under the device rule, as a remembered browser is at the sign-in page.
+        Guesses at the sign-in page under the account's name locked those boxes for the real, signed-in user
+        (thirteenth review, 6 Dec 2026). The session is the proof, as strong as a device token: it exists only after
+        a right password, ends with a password change, and nobody without the password can make another; nothing a
+        request sends chooses the key. Its wrong passwords still count against the address and the account as well
+        (``failed``), so a stolen session's guesses there bring the sign-in page's locks nearer, as they did before;
+        only those locks no longer bar the session."""
         name = (account or "")[:200]
+        if session:
+            return [("session", f"{session}\0{name}")]
         if device and self._exempt(self._devices.get(name, {}).get(device), now, credentials):
             return [("device", f"{device}\0{name}")]  # a browser that signed in to this account: its own limit there
         return [("ip", address_key(ip)), ("account", name)]  # an address that signed in before is no key (class doc)
@@ -429,21 +443,27 @@ class LoginThrottle:
         with self._lock:
             return bool(device and device in self._devices.get(name, {}))
 
-    def wait_s(self, ip: str | None, account: str | None, device: str | None = None, *, credentials: str = "") -> float:
+    def wait_s(self, ip: str | None, account: str | None, device: str | None = None, *, credentials: str = "",
+               session: str | None = None) -> float:
         """Seconds until a sign-in from ``ip`` (and the browser's ``device`` token, if any) for ``account`` may be
         tried (0: now). ``credentials``: the account's stamp now (see the class)."""
         now = self._monotonic()
         with self._lock:
-            return self._lock_wait(self._keys_for(ip, account, device, now, credentials), now)
+            return self._lock_wait(self._keys_for(ip, account, device, now, credentials, session), now)
 
     def _lock_wait(self, keys: list[tuple[str, str]], now: float) -> float:
         """Seconds until every counter of ``keys`` is unlocked; call with the lock held."""
         return max([0.0] + [f.locked_until - now for k in keys if (f := self._keys.get(k))])
 
-    def failed(self, ip: str | None, account: str | None, device: str | None = None, *, credentials: str = "") -> None:
+    def failed(self, ip: str | None, account: str | None, device: str | None = None, *, credentials: str = "",
+               session: str | None = None) -> None:
         now = self._monotonic()
         with self._lock:
-            self._count(self._keys_for(ip, account, device, now, credentials), now)
+            keys = self._keys_for(ip, account, device, now, credentials, session)
+            if session:  # counted against the address and the account too (``_keys_for``), though their locks do not
+                # bar the session
+                keys += [("ip", address_key(ip)), ("account", (account or "")[:200])]
+            self._count(keys, now)
 
     def over_limit(self, ip: str | None, account: str | None, device: str | None = None, *,
                    credentials: str = "") -> None:
@@ -469,11 +489,16 @@ class LoginThrottle:
                 f.locked_until = now + min(rule.max_s, rule.base_s * 2 ** min(f.count - rule.free - 1, 60))
 
     def succeeded(self, ip: str | None, account: str | None, device: str | None = None, *,
-                  credentials: str = "") -> None:
-        """A sign-in with ``credentials`` (the stamp of the password it matched) succeeded."""
+                  credentials: str = "", session: str | None = None) -> None:
+        """A sign-in with ``credentials`` (the stamp of the password it matched) succeeded. Within a signed-in
+        ``session`` (``_keys_for``), only that session's counter is cleared: the account's stays as the sign-in page
+        left it."""
         now = self._monotonic()
         name = (account or "")[:200]
         with self._lock:
+            if session:
+                self._keys.pop(("session", f"{session}\0{name}"), None)
+                return
             self._keys.pop(("account", name), None)
             if device:
                 self._keys.pop(("device", f"{device}\0{name}"), None)

@@ -49,17 +49,17 @@ def check_repeated(new: Any, repeat: Any) -> None:
 
 
 def change_own_password(factory, who: Who, current: Any, new: Any, repeat: Any, *,
-                        throttle: LoginThrottle | None = None, ip: str | None = None) -> str:
+                        throttle: LoginThrottle | None = None, ip: str | None = None, session: str | None = None) -> str:
     """Change the signed-in ``who``'s own password to ``new``, once ``current`` proved to be it (``auth.change_password``
     with the account ``who.name``: the rules, the sign-in ``throttle`` from ``ip``, every session of the account ended).
     ``repeat`` (the "Repeat new password" box) must be ``new`` again, checked before anything else: a mismatch is
     refused and costs no guess. Without a guard in front (a handler called as a function) the Admin tab's stand-in
-    throttle counts."""
+    throttle counts. ``session``: the signed-in session the request runs as (``auth.confirm_own_password``)."""
     check_repeated(new, repeat)
     if who.local:
         raise InvalidInput(LOCAL_MODE_REFUSAL)
     auth.change_password(factory, who, name=who.name, password=new if isinstance(new, str) else "", current=current,
-                         throttle=throttle or ui_admin.THROTTLE_WITHOUT_GUARD, ip=ip, own_form=True)
+                         throttle=throttle or ui_admin.THROTTLE_WITHOUT_GUARD, ip=ip, own_form=True, session=session)
     return CHANGED
 
 
@@ -77,7 +77,7 @@ class AccountHandlers:
         who = self.who_of(request)
         self.shown(lambda: change_own_password(
             self.factory, who, current, new, repeat, throttle=web_guard.sign_in_throttle(request),
-            ip=web_guard.client_address(request)))
+            ip=web_guard.client_address(request), session=web_guard.signed_in_session(request)))
         gr.Info(CHANGED)  # a toast shows no link
         return CHANGED_SIGN_IN, "", "", ""
 

@@ -450,7 +450,7 @@ THROTTLE_WITHOUT_GUARD = LoginThrottle()
 
 
 def set_user_password(factory, who: Who, name: Any, password: Any, your_password: Any = None, *,
-                      throttle: LoginThrottle | None = None, ip: str | None = None) -> str:
+                      throttle: LoginThrottle | None = None, ip: str | None = None, session: str | None = None) -> str:
     """Set the password of the account ``name`` (the admin's own or another's) to ``password``, once ``your_password``
     proved to be the acting admin's own: ``auth.change_password``, the one path of the web page's password changes
     (the Account tab's too), which checks the account and the new password first, so a typing slip there costs no
@@ -460,7 +460,7 @@ def set_user_password(factory, who: Who, name: Any, password: Any, your_password
     name = _account_name(name)
     password = password if isinstance(password, str) else ""
     auth.change_password(factory, who, name=name, password=password, current=your_password,
-                         throttle=throttle or THROTTLE_WITHOUT_GUARD, ip=ip)
+                         throttle=throttle or THROTTLE_WITHOUT_GUARD, ip=ip, session=session)
     return f"{name!r} has a new password; their sessions ended, so they sign in again with it."
 
 

@@ -276,7 +276,8 @@ class AdminHandlers:
         ui_account.check_repeated(password, repeat)  # first: a typing slip costs no guess
         return ui_admin.set_user_password(self.factory, who, name, password, your_password,
                                           throttle=web_guard.sign_in_throttle(request),
-                                          ip=web_guard.client_address(request))
+                                          ip=web_guard.client_address(request),
+                                          session=web_guard.signed_in_session(request))
 
     # ---- rater quality (issue 14, item 2) -----------------------------------------------------
 

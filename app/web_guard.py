@@ -1735,6 +1735,27 @@ def session_ended(request: Any) -> str | None:
     return None
 
 
+def signed_in_session(request: Any) -> str | None:
+    """The id (as text) of the signed-in session that ``request`` (a handler's ``gr.Request``) runs as, checked valid
+    now against the session store and of the account Gradio runs the handler as, or None (no such session, a handler
+    called as a function, local mode, no guard). The sign-in throttle holds a password typed again inside the app to
+    this session's own counter (``sessions.LoginThrottle._keys_for``): the session, read on the server from the cookie
+    the guard let in, is the proof that its browser signed in with the password, so nothing a request sends names
+    another."""
+    http = getattr(request, "request", None)
+    scope = getattr(http, "scope", None)
+    if not isinstance(scope, dict):
+        return None
+    guard = installed(scope.get("app"))
+    if guard is None or guard.sessions is None:
+        return None
+    token = http.cookies.get(guard._cookie_names()[0])
+    info = guard.sessions.check(token) if token else None
+    if info is None or info.name != getattr(request, "username", None):
+        return None
+    return str(info.session_id)
+
+
 def sign_in_throttle(request: Any) -> LoginThrottle | None:
     """The sign-in throttle of the guard in front of the app that ``request`` (a handler's ``gr.Request``) came to, or
     None (a handler called as a function, or no guard installed). A check of the admin's own password on the Admin tab

@@ -20,6 +20,15 @@ from db.engine import make_engine, session_factory, write_session
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture(autouse=True)
+def _fresh_new_password_refusals(monkeypatch) -> None:
+    """Each test starts with no refused new passwords counted (``auth.NEW_PASSWORD_REFUSALS`` lives in the process:
+    refusals of one test would otherwise count in the next)."""
+    from app import auth
+
+    monkeypatch.setattr(auth, "NEW_PASSWORD_REFUSALS", auth.RefusedNewPasswords())
+
+
 # ---------------------------------------------------------------------------------------------
 # worker fixtures: a tiny random-weight model, a tiny SEIKO config, a database and a data dir
 # ---------------------------------------------------------------------------------------------

@@ -1656,3 +1656,43 @@ def test_local_mode_has_no_password_to_change(ui_world_factory):
     with pytest.raises(ValueError, match="^in local mode there are no accounts, so there is no password to change"):
         ui_account.change_own_password(world.factory, local, "", "a fresh secret phrase", "a fresh secret phrase",
                                        throttle=sessions.LoginThrottle())
+
+
+# ---------------------------------------------------------------------------------------------
+# thirteenth review (6 Dec 2026): sign-in and passwords
+# ---------------------------------------------------------------------------------------------
+
+
+def test_new_passwords_the_rules_refuse_are_counted_per_account(ui_world, monkeypatch):
+    """Thirteenth review: the rules run before the current password is checked (a slip costs no guess), and each
+    refusal of a long password cost up to ~40 ms of CPU, with no limit: a rater's page could ask for them as fast as
+    events go. Now an account has RefusedNewPasswords.free refusals a window; past them a change is refused in one
+    sentence before the rules run (counted here by wrapping them), another account is not held back, and once the
+    window has passed the rules run again."""
+    import gradio as gr
+
+    clock = [0.0]
+    monkeypatch.setattr(auth, "NEW_PASSWORD_REFUSALS", auth.RefusedNewPasswords(free=10, window_s=60,
+                                                                                monotonic=lambda: clock[0]))
+    ran = []
+    rules = auth.check_password_strength
+    monkeypatch.setattr(auth, "check_password_strength", lambda *a, **k: (ran.append(a[0]), rules(*a, **k)))
+    fn, _ = _account_tab(ui_world, monkeypatch)
+    weak = "abcdefgh1"
+    for _ in range(10):
+        with pytest.raises(gr.Error, match="besides the most common passwords and its runs"):
+            fn.fn(UI_PASSWORD, weak, weak, request=_request("alice"))
+        clock[0] += 1.0
+    assert len(ran) == 10
+    for _ in range(20):
+        with pytest.raises(gr.Error) as refused:
+            fn.fn(UI_PASSWORD, weak, weak, request=_request("alice"))
+        assert refused.value.message == ("Too many refused new passwords in a short time; try again in 50 seconds "
+                                         "(nothing was changed).")
+    assert len(ran) == 10  # the rules did not run
+    with pytest.raises(gr.Error, match="besides the most common passwords and its runs"):
+        fn.fn(UI_PASSWORD, weak, weak, request=_request("bob"))  # another account
+    assert len(ran) == 11
+    clock[0] += 51.0  # the first refusal has left the window
+    message, *_ = fn.fn(UI_PASSWORD, "a fresh secret phrase", "a fresh secret phrase", request=_request("alice"))
+    assert "Your password is changed" in message and len(ran) == 13  # the change's own check, then set_password's

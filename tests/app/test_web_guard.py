@@ -2167,6 +2167,49 @@ def test_a_raters_own_password_change_is_counted_by_the_sign_in_throttle_and_end
         demo.close()
 
 
+def test_guesses_at_login_do_not_lock_the_password_boxes_of_the_signed_in_owner(ui_world):
+    """Thirteenth review: the sign-in page exempts a remembered browser from the account's lock, but the Account tab's
+    "Current password" and the Admin tab's "Your password" did not: an attacker's wrong guesses at /login under the
+    account's name locked both boxes for the real, signed-in user. Served, the boxes are held to the signed-in
+    session's own counter now: after the attacker locks alice and root at /login, each changes a password from their
+    session. The session is the proof, so it gives nobody more: past its own free failures the box is locked too
+    (even the right password refused, nothing changed), and those wrong guesses still count against the account at
+    /login."""
+    throttle = sessions.LoginThrottle(per_ip=sessions.ThrottleRule(free=1000, base_s=1, max_s=1),
+                                      per_account=sessions.ThrottleRule(free=2, base_s=60, max_s=120),
+                                      per_device=sessions.ThrottleRule(free=2, base_s=60, max_s=120))
+    demo, url = launch(ui_world, throttle=throttle)
+
+    def run(http, fn_name, data):
+        r = queue_join(http, demo, fn_name, data)
+        assert r.status_code == 200, r.text
+        finished(demo, r.json()["event_id"])
+
+    new = "a fresh secret phrase"
+    try:
+        with signed_in(url, "alice") as alice, signed_in(url, "root") as root, httpx.Client(base_url=url,
+                                                                                             timeout=30) as attacker:
+            for name in ("alice", "root"):
+                codes = [attacker.post("/login", data={"username": name, "password": f"guess {i}"}).status_code
+                         for i in range(4)]
+                assert codes[-1] == 429, codes  # the account is locked at the sign-in page
+            run(alice, "on_own_password", [UI_PASSWORD, new, new])
+            assert auth.check_login(ui_world.factory, "alice", new).refusal is None
+            run(root, "on_user_password", ["bob", new, UI_PASSWORD, new])
+            assert auth.check_login(ui_world.factory, "bob", new).refusal is None
+            for i in range(3):  # the session's own limit: two free failures, then its lock
+                run(root, "on_user_password", ["bob", "another long phrase", f"guess {i}", "another long phrase"])
+            run(root, "on_user_password", ["bob", "another long phrase", UI_PASSWORD, "another long phrase"])
+            assert auth.check_login(ui_world.factory, "bob", new).refusal is None  # refused: unchanged
+            refused = [e for e in auth.list_audit(ui_world.factory) if e.action == "user.password.refused"]
+            assert [(e.actor, e.target) for e in refused] == [("root", "bob")] * 3
+            assert throttle.wait_s(None, "root") > 60  # the box's guesses counted against the account too
+            with httpx.Client(base_url=url, timeout=30) as other:
+                assert other.post("/login", data={"username": "root", "password": UI_PASSWORD}).status_code == 429
+    finally:
+        demo.close()
+
+
 def test_events_the_app_does_not_have_and_private_ones_by_name_are_refused(served):
     """A review: an unknown fn_index or API name raised in Gradio (a bare 500 and a traceback in the log per request,
     which any rater could repeat); a private handler (the admin tab's) could be called by name, its role check the
