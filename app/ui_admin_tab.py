@@ -268,9 +268,17 @@ class AdminHandlers:
         """Set an account's password, the acting admin's own password given in "Your password" (checked and counted
         as a sign-in by the web guard's throttle, from the request's address). A "Repeat new password" that differs
         from the new one is refused before anything else (``ui_account.check_repeated``: no guess counted). The
-        password boxes are emptied once it is set; a refusal (gr.Error) leaves them as typed."""
-        return (*self._account_change(request, lambda who: self._set_password(
-            who, name, password, repeat, your_password, request)), "", "")
+        password boxes are emptied once it is set; a refusal (gr.Error) leaves them as typed.
+
+        The last output says whether the admin set their OWN password: then every session of theirs has ended, this
+        page's too, so the sentence is the Account tab's (its "sign in again" a link to the sign-in page) and the page
+        goes there (``build``: ``ui_account.SIGN_IN_AGAIN_JS``). The Admin tab left the page signed out where it was,
+        each next action refused (thirteenth review, 6 Dec 2026)."""
+        who = self.admin_of(request)  # once: the session ends with an own password change
+        message = self.shown(lambda: self._set_password(who, name, password, repeat, your_password, request))
+        own = isinstance(name, str) and name.strip() == who.name  # the account set_password changed (exact name)
+        gr.Info(ui_account.CHANGED if own else message)  # a toast shows no link
+        return (ui_account.CHANGED_SIGN_IN if own else message, *self._accounts_view(who), "", "", "", own)
 
     def _set_password(self, who: Who, name, password, repeat, your_password, request: gr.Request) -> str:
         ui_account.check_repeated(password, repeat)  # first: a typing slip costs no guess
@@ -299,6 +307,10 @@ class AdminHandlers:
         message = self.shown(lambda: ui_quality.set_gold(self.factory, who, exp_id, image_id, score))
         gr.Info(message)
         return (message, *self.shown(lambda: ui_quality.report(self.factory, who, exp_id)))
+
+
+# the step after "Set password" (``build``): given whether it was the admin's own, ``ui_account.SIGN_IN_AGAIN_JS`` then
+OWN_PASSWORD_SIGN_IN_JS = f"(own) => {{ if (own === true) ({ui_account.SIGN_IN_AGAIN_JS})(); }}"
 
 
 @dataclass(frozen=True)
@@ -434,6 +446,8 @@ def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callab
                 m_role_btn = gr.Button("Set role", scale=0, min_width=120, elem_id="user-role")
                 m_password_btn = gr.Button("Set password", scale=0, min_width=140, elem_id="user-password")
                 m_delete_btn = gr.Button("Delete", variant="stop", scale=0, min_width=120, elem_id="user-delete")
+            # set by "Set password": whether it was the admin's own (then the page goes to the sign-in page)
+            m_own_password_set = gr.Checkbox(value=False, visible="hidden", elem_id="own-password-set")
         with gr.Accordion("Audit log", open=False):
             audit_df = gr.Dataframe(headers=ui_admin.AUDIT_HEADERS, value=[], interactive=False, wrap=True,
                                     elem_id="audit-log")
@@ -480,8 +494,12 @@ def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callab
     m_enable_btn.click(h.on_user_enable, [m_name], account_outputs, **serial)
     m_delete_btn.click(h.on_user_delete, [m_name], account_outputs, **serial)
     m_role_btn.click(h.on_user_role, [m_name, m_role], account_outputs, **serial)
-    m_password_btn.click(h.on_user_password, [m_name, m_password, m_your_password, m_repeat_password],
-                         [*account_outputs, m_your_password, m_repeat_password], **serial)
+    password_set = m_password_btn.click(h.on_user_password, [m_name, m_password, m_your_password, m_repeat_password],
+                                        [*account_outputs, m_your_password, m_repeat_password, m_own_password_set],
+                                        **serial)
+    # the admin's own password: this page's session has ended, so after a moment to read the sentence the page goes
+    # to the sign-in page, as the Account tab's change does
+    password_set.success(None, [m_own_password_set], None, js=OWN_PASSWORD_SIGN_IN_JS, **private)
 
     quality_outputs = [q_summary, q_table, q_standardize]
     admin_tab.select(h.on_quality, [exp_state], quality_outputs, **private)

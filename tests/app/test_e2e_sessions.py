@@ -120,3 +120,35 @@ def test_a_rater_changes_their_own_password_on_the_account_tab(ui_world, e2e):
     page.keyboard.press("Enter")
     page.wait_for_selector("#signed-in", timeout=60_000)
     assert "alice" in page.locator("#signed-in").inner_text()
+
+
+def test_an_admin_who_sets_their_own_password_on_the_admin_tab_is_sent_to_the_sign_in_page(ui_world, e2e):
+    """Thirteenth review: the Admin tab's "Set password" on the admin's own account ended every session of theirs, this
+    page's too, but left the page where it was (each next action refused), where the Account tab goes to the sign-in
+    page. In a browser, root sets root's password on the Admin tab: the sentence says so, the page goes to the sign-in
+    page by itself, and root signs in with the new password."""
+    demo, browser = e2e(ui_world.services(batch_size=4))
+    url = demo.local_url.replace("localhost", "127.0.0.1")
+    page = browser.new_context().new_page()
+    errors = watch_errors(page)
+    sign_in(page, url, "root")
+    page.get_by_role("tab", name="Admin").click()
+    page.get_by_text("Users", exact=True).click()
+    chooser = page.locator("#manage-account input")
+    chooser.click()
+    chooser.fill("root")
+    page.keyboard.press("Enter")
+    page.locator("#new-password input").fill("a fresh secret phrase")
+    page.locator("#repeat-password input").fill("a fresh secret phrase")
+    page.locator("#your-password input").fill(PASSWORD)
+    page.locator("#user-password").click()
+    page.get_by_text("Your password is changed").first.wait_for(timeout=60_000)
+    assert auth.verify_password("a fresh secret phrase", stored_hash(ui_world, "root"))
+    assert not errors, errors
+    page.wait_for_selector("#signed-in", state="detached", timeout=60_000)  # the page goes to the sign-in page
+    page.wait_for_selector("input[type=password]", timeout=60_000)
+    page.locator("input:not([type=password])").first.fill("root")
+    page.locator("input[type=password]").fill("a fresh secret phrase")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#signed-in", timeout=60_000)
+    assert "root" in page.locator("#signed-in").inner_text()
