@@ -104,6 +104,14 @@ NAME_IN_PASSWORD_MIN = 3  # a shorter account name ("al") is refused as the whol
 RUN_MIN = 4
 REPEATED_GROUP_MAX = 4  # "abab", "abcabc", "abcdabcd"; a longer group is a run only when it is a common password
 COMMON_INSIDE_MIN = 5  # a common password this long or longer is taken out wherever it stands ("1password")
+# what a common password taken out of a longer one still counts for: whoever guesses must pick it from the list (under
+# 100 entries, in their spellings of case, spaces and leet: about as many guesses as two letters, 26**2 = 676), so a
+# phrase of unrelated words ("hotel guest") is not read as its other words alone; counted once per stretch of common
+# passwords (touching ones, "summerwinter", count once) that is not all a run (a common password written again)
+COMMON_WORD_WORTH = 2
+# the common leet substitutions, read as the letters they stand for when passwords are compared with the list
+# (``_skeleton``); 1 stands for i or l, so 1, i and l read alike ("l3tm31n" is "letmein")
+LEET = str.maketrans({"4": "a", "@": "a", "3": "e", "1": "i", "l": "i", "0": "o", "5": "s", "$": "s", "7": "t"})
 # letters that show nothing (Hangul fillers; U+3164 and U+FFA0 read as U+1160), set aside like format characters
 _BLANK_LETTERS = frozenset("\u115f\u1160")
 
@@ -122,11 +130,37 @@ def _folded(text: str) -> str:
     return "".join(kept)
 
 
-RUNS_REFUSAL = (f"a password needs at least {MIN_PASSWORD_LENGTH} characters besides the most common passwords and its "
-                f"runs: {RUN_MIN} or more characters that repeat one character or a group of up to {REPEATED_GROUP_MAX} "
-                "(aaaa, abab, abcabc) or read along letters, digits or keys (1234, dcba, qwer); accents and invisible "
-                "characters do not count")
+RUNS_REFUSAL = (f"a password needs at least {MIN_PASSWORD_LENGTH} characters besides its runs and the most common "
+                f"passwords (each common one, also spelled with spaces or as p4ssw0rd, counts as {COMMON_WORD_WORTH}): "
+                f"runs are {RUN_MIN} or more characters that repeat one character or a group of up to "
+                f"{REPEATED_GROUP_MAX} (aaaa, abab, abcabc) or read along letters, digits or keys (1234, dcba, qwer); "
+                "accents and invisible characters do not count")
 _TRAILING = string.digits + string.punctuation  # what may follow a common password and still be it ("Password1!")
+
+
+def _skeleton(folded: str) -> tuple[str, list[int]]:
+    """``folded`` as it is compared with the list of common passwords: leet substitutes read as their letters
+    (``LEET``), then every character that is not a letter or a digit (spaces, punctuation) dropped, so "pass word",
+    "p4ssword" and "p@ssw0rd" read "password" (thirteenth review). Returns the skeleton and, for each of its characters,
+    its position in ``folded``."""
+    mapped = folded.translate(LEET)
+    kept = [i for i, c in enumerate(mapped) if c.isalnum()]
+    return "".join(mapped[i] for i in kept), kept
+
+
+@functools.cache
+def _common_skeletons() -> frozenset[str]:
+    """The skeletons (``_skeleton``) of ``common_passwords``."""
+    return frozenset(filter(None, (_skeleton(entry)[0] for entry in common_passwords())))
+
+
+def _is_common(folded: str) -> bool:
+    """Whether ``folded`` is a common password, alone or followed only by digits and punctuation: once those are
+    dropped from its end, it starts with a letter or digit (leet read as letters: "$unshine" does) and its skeleton
+    (``_skeleton``) is a listed one's ("P@ss w0rd 1!" is "password"). Marks before the word are no spelling of it
+    ("!password" is a common password with a character before it, ``_characters_left``'s case)."""
+    core = folded.rstrip(_TRAILING).translate(LEET)
+    return core[:1].isalnum() and _skeleton(core)[0] in _common_skeletons()
 
 
 @functools.cache
@@ -139,9 +173,11 @@ def common_passwords() -> frozenset[str]:
 
 
 def _characters_left(folded: str) -> int:
-    """How many characters of ``folded`` lie outside every common password and run. Taken out: every place a common
-    password (``common_passwords``) of COMMON_INSIDE_MIN characters or more stands, and every run, a stretch of RUN_MIN
-    characters or more that
+    """How many characters ``folded`` counts for once its common passwords and runs are taken out: the characters
+    outside them all, and COMMON_WORD_WORTH for each stretch of common passwords that is not all run. Taken out: every
+    place a common password (``common_passwords``) of COMMON_INSIDE_MIN characters or more stands, compared by
+    skeleton (``_skeleton``: leet read as letters, spaces and punctuation skipped, so "p4ss word" stands where its
+    first and last letters do), and every run, a stretch of RUN_MIN characters or more that
 
     - is one group of 1 to REPEATED_GROUP_MAX characters written twice or more in a row ("aaaa", "abab", "abcabc"),
     - or any group written twice or more in a row that is a common password, alone or with digits and punctuation
@@ -149,9 +185,12 @@ def _characters_left(folded: str) -> int:
     - or reads along one of SEQUENCES, either way ("1234", "dcba", "qwer", "7890").
 
     Runs and common passwords may overlap or touch ("abcd1234" is all runs). Each run found is extended as far as it
-    goes, so this takes a few steps a character."""
+    goes, so this takes a few steps a character: measured on the build machine's one core, about 7 ms for the longest
+    password (1024 characters, a run all along) and 2 ms for 1024 random ones; the change form counts its refusals
+    (``RefusedNewPasswords``)."""
     n = len(folded)
-    covered = [False] * n
+    covered = [False] * n  # by runs (a common password written again is one)
+    common = [False] * n  # by common passwords standing anywhere
 
     def cover(i: int, j: int) -> None:
         covered[i:j] = [True] * (j - i)
@@ -172,11 +211,17 @@ def _characters_left(folded: str) -> int:
         while end < n and any(folded[i:end + 1] in line for line in lines):
             end += 1
         cover(i, end)
+    skeleton, at = _skeleton(folded)
+    for entry in _common_skeletons():
+        if len(entry) < COMMON_INSIDE_MIN:
+            continue
+        i = skeleton.find(entry)
+        while i >= 0:
+            common[at[i]:at[i + len(entry) - 1] + 1] = [True] * (at[i + len(entry) - 1] + 1 - at[i])
+            i = skeleton.find(entry, i + 1)
     for entry in common_passwords():
         i = folded.find(entry)
         while i >= 0:
-            if len(entry) >= COMMON_INSIDE_MIN:
-                cover(i, i + len(entry))
             after = i + len(entry)  # the entry with each count of the digits and punctuation after it, written again
             while True:
                 group = folded[i:after]
@@ -189,7 +234,15 @@ def _characters_left(folded: str) -> int:
                     break
                 after += 1
             i = folded.find(entry, i + 1)
-    return covered.count(False)
+    stretches, in_stretch, counts = 0, False, False  # the stretches of common passwords not all run
+    for k in range(n + 1):
+        if k < n and common[k]:
+            in_stretch, counts = True, counts or not covered[k]
+            continue
+        stretches += in_stretch and counts
+        in_stretch = counts = False
+    left = sum(1 for k in range(n) if not covered[k] and not common[k])
+    return left + COMMON_WORD_WORTH * stretches
 
 
 def check_password_strength(password: str, name: str | None = None) -> None:
@@ -197,15 +250,17 @@ def check_password_strength(password: str, name: str | None = None) -> None:
     MAX_PASSWORD_LENGTH characters, starting or ending with spaces, the account's ``name`` (compared as the rules
     compare, ``_folded``) or holding it (a name of NAME_IN_PASSWORD_MIN characters or more), one character repeated, a
     run along one of SEQUENCES (12345678, abcdefgh, qwertyui, backwards too), one of the most common passwords
-    (``common_passwords``) alone or followed only by digits and punctuation; and, the rule that covers the rest, one
-    with fewer than MIN_PASSWORD_LENGTH characters left once it is read as the rules read it (``_folded``: case,
-    compatibility forms, accents, format and control characters aside) and its common passwords of COMMON_INSIDE_MIN
-    characters or more and its runs are taken out (``_characters_left``: RUN_MIN or more characters repeating one
-    character or a group of up to REPEATED_GROUP_MAX, or a common password written again, or reading along one of
-    SEQUENCES either way). So "abcdefgh1", "1234567a", "abababab", "11112222", "1password", "passwordpassword", eight
-    accents alone and "password" with a zero-width space are refused; "my 1234 garden" (10 left), "my password is long"
-    (11 left) and "correct horse battery staple" are not. Passwords set under older rules still sign in
-    (``_new_hash``)."""
+    (``common_passwords``) alone or followed only by digits and punctuation, compared by skeleton (``_is_common``: leet
+    read as letters, spaces and punctuation skipped, so "pass word" and "p4ssw0rd!" are "password"); and, the rule
+    that covers the rest, one that counts for fewer than MIN_PASSWORD_LENGTH characters once it is read as the rules
+    read it (``_folded``: case, compatibility forms, accents, format and control characters aside) and its common
+    passwords of COMMON_INSIDE_MIN characters or more (by skeleton) and its runs are taken out (``_characters_left``:
+    RUN_MIN or more characters repeating one character or a group of up to REPEATED_GROUP_MAX, or a common password
+    written again, or reading along one of SEQUENCES either way), each stretch of common passwords counting
+    COMMON_WORD_WORTH. So "abcdefgh1", "1234567a", "abababab", "11112222", "1password", "my p4ss word",
+    "passwordpassword", eight accents alone and "password" with a zero-width space are refused; "my 1234 garden" (10),
+    "hotel guest" (6 + 2), "my password is long" (11 + 2) and "purple horse battery staple" are not. Passwords set
+    under older rules still sign in (``_new_hash``)."""
     if not isinstance(password, str) or len(password) < MIN_PASSWORD_LENGTH:
         raise ValueError(f"a password needs at least {MIN_PASSWORD_LENGTH} characters")
     if len(password) > MAX_PASSWORD_LENGTH:
@@ -223,7 +278,8 @@ def check_password_strength(password: str, name: str | None = None) -> None:
     if folded and any(folded in run or folded in run[::-1] for run in SEQUENCES):
         raise ValueError("a password may not be a run of consecutive letters, digits or keys, such as 12345678, "
                          "abcdefgh or qwertyui")
-    if folded.rstrip(_TRAILING) in common_passwords():
+    # "pass word", "p4ssword", "Pa55 w0rd!" passed: the list was compared as written (thirteenth review)
+    if _is_common(folded):
         raise ValueError("that password is one of the most commonly used ones, which are tried first; choose another")
     # "abcdefgh1" passed the run rule above, which looked at the whole password only; "1password", "abababab" and
     # "password" with a zero-width space passed every rule (the twelfth review, 6 Dec 2026)

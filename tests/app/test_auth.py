@@ -1200,9 +1200,10 @@ def test_passwords_near_the_refused_ones_can_be_set(db_factory, name, password):
 # twelfth review (6 Dec 2026): a run that makes up most of a password, not only all of it
 # ---------------------------------------------------------------------------------------------
 
-RUNS_RULE = ("a password needs at least 8 characters besides the most common passwords and its runs: 4 or more "
-             "characters that repeat one character or a group of up to 4 (aaaa, abab, abcabc) or read along letters, "
-             "digits or keys (1234, dcba, qwer); accents and invisible characters do not count")
+RUNS_RULE = ("a password needs at least 8 characters besides its runs and the most common passwords (each common "
+             "one, also spelled with spaces or as p4ssw0rd, counts as 2): runs are 4 or more characters that repeat "
+             "one character or a group of up to 4 (aaaa, abab, abcabc) or read along letters, digits or keys (1234, "
+             "dcba, qwer); accents and invisible characters do not count")
 LINES = ("abcdefghijklmnopqrstuvwxyz", "01234567890", "qwertyuiop", "asdfghjkl", "zxcvbnm")  # as README.md names them
 TRAILING = "0123456789" + "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"  # what may follow a common password and still be it
 
@@ -1215,13 +1216,33 @@ def _common_entries() -> set[str]:
     return entries - {""}
 
 
-def _outside_runs_by_brute_force(password: str) -> int:
-    """The characters of ``password`` (lower case, ASCII) that no stretch covers that is a common password of 5 or more
-    characters, or of 4 or more characters that is a piece of one of LINES (forwards or backwards) or one group written
-    twice or more in a row, a group of 1 to 4 characters or any group that is a common password with only digits and
-    marks after it: every stretch and every group tried."""
+# the leet substitutes the thirteenth review names, as the letter each reads as (1 reads as i or l: i, l and 1 alike)
+LEET_READS = {"4": "a", "@": "a", "3": "e", "1": "i", "l": "i", "0": "o", "5": "s", "$": "s", "7": "t"}
+
+
+def _skeleton(text: str) -> str:
+    """``text`` with each leet substitute read as its letter and every character not a letter or digit left out."""
+    return "".join(c for c in (LEET_READS.get(c, c) for c in text) if c.isalnum())
+
+
+def _is_common_by_skeleton(password: str) -> bool:
+    """Whether ``password`` (lower case), without the digits and marks it ends with, starts with a letter or digit once
+    leet is read and reads as a listed entry."""
+    core = password.rstrip(TRAILING)
+    return (LEET_READS.get(core[:1], core[:1]).isalnum()
+            and _skeleton(core) in {_skeleton(e) for e in _common_entries()} - {""})
+
+
+def _counted_by_brute_force(password: str) -> int:
+    """What ``password`` (lower case, ASCII) counts for: its characters that no stretch covers that is a run or a
+    common password, and 2 for each maximal stretch of common passwords that is not all run. A run: 4 or more characters
+    that are a piece of one of LINES (forwards or backwards) or one group written twice or more in a row, a group of 1
+    to 4 characters or any group that is a common password with only digits and marks after it. A common password: a
+    stretch whose first and last characters are letters or digits once leet is read and whose skeleton
+    (``_skeleton``) is a listed entry's of 5 or more characters. Every stretch and every group tried."""
     common = _common_entries()
-    covered = set()
+    skeletons = {_skeleton(e) for e in common}
+    runs, commons = set(), set()
     for i in range(len(password)):
         for j in range(i + 1, len(password) + 1):
             piece = password[i:j]
@@ -1229,9 +1250,22 @@ def _outside_runs_by_brute_force(password: str) -> int:
                 any(piece in line or piece[::-1] in line for line in LINES)
                 or any(piece == piece[:p] * (len(piece) // p) and (p <= 4 or piece[:p].rstrip(TRAILING) in common)
                        for p in range(1, len(piece) // 2 + 1)))
-            if run or (len(piece) >= 5 and piece in common):
-                covered.update(range(i, j))
-    return len(password) - len(covered)
+            if run:
+                runs.update(range(i, j))
+            ends = LEET_READS.get(piece[0], piece[0]) + LEET_READS.get(piece[-1], piece[-1])
+            if ends.isalnum() and len(_skeleton(piece)) >= 5 and _skeleton(piece) in skeletons:
+                commons.update(range(i, j))
+    stretches, k = 0, 0
+    while k < len(password):
+        if k in commons:
+            j = k
+            while j in commons:
+                j += 1
+            stretches += any(m not in runs for m in range(k, j))
+            k = j
+        else:
+            k += 1
+    return len(password) - len(runs | commons) + 2 * stretches
 
 
 @pytest.mark.parametrize("password", [
@@ -1243,13 +1277,13 @@ def test_a_password_that_is_mostly_a_run_cannot_be_set(db_factory, password):
     set. A password needs 8 characters besides its runs of 4 or more (repeated, or along a line of letters, digits or
     keys, either way); this is refused with one sentence when an account is made and when a password is set, nothing
     is stored."""
-    assert _outside_runs_by_brute_force(password.lower()) < 8
+    assert _counted_by_brute_force(password.lower()) < 8
     with pytest.raises(ValueError) as refused:
         auth.add_user(db_factory, name="zed", role="rater", password=password)
     assert str(refused.value) == RUNS_RULE
     assert auth.list_users(db_factory) == []
     auth.add_user(db_factory, name="zed", role="rater", password=PASSWORD)
-    with pytest.raises(ValueError, match="besides the most common passwords and its runs"):
+    with pytest.raises(ValueError, match="besides its runs and the most common passwords"):
         auth.set_password(db_factory, name="zed", password=password)
     assert auth.check_login(db_factory, "zed", PASSWORD).refusal is None
 
@@ -1318,15 +1352,15 @@ def test_the_runs_rule_agrees_with_trying_every_stretch():
         while len(password) < 8:
             password += piece()
         password += "".join(piece() for _ in range(rng.randrange(3)))
-        if password.rstrip("0123456789!#") in auth.common_passwords():
+        if _is_common_by_skeleton(password):
             continue
-        expected = _outside_runs_by_brute_force(password) < 8
+        expected = _counted_by_brute_force(password) < 8
         counts[expected] += 1
         try:
             auth.check_password_strength(password)
         except ValueError as e:
             assert expected, (password, str(e))
-            if _outside_runs_by_brute_force(password) > 0:  # not a whole run: this rule's sentence
+            if _counted_by_brute_force(password) > 0:  # not a whole run: this rule's sentence
                 assert str(e) == RUNS_RULE, (password, str(e))
         else:
             assert not expected, password
@@ -1351,7 +1385,7 @@ def test_every_listed_common_password_is_refused_alone_and_with_digits_after_it(
 # twelfth review (6 Dec 2026): invisible characters, common passwords with a little around them, repeated groups
 # ---------------------------------------------------------------------------------------------
 
-# each refused for the reason beside it (worked by hand; _outside_runs_by_brute_force agrees where it applies)
+# each refused for the reason beside it (worked by hand; _counted_by_brute_force agrees where it applies)
 REFUSED_SINCE_THE_TWELFTH_REVIEW = [
     ("\u0301" * 8, RUNS_RULE),  # 8 accents alone: nothing is left once accents are set aside
     ("e\u0301" * 8, REPEAT_RULE),  # é eight times: e repeated
@@ -1375,7 +1409,7 @@ REFUSED_SINCE_THE_TWELFTH_REVIEW = [
     ("11112222", RUNS_RULE),  # two runs of one digit
     ("abcabcabc", RUNS_RULE),  # "abc" three times
     ("xyz1xyz1xyz1", RUNS_RULE),  # "xyz1" three times
-    ("hello world!", RUNS_RULE),  # "hello" taken out leaves " world!": 7
+    ("hello world!", COMMON_RULE),  # "helloworld" once the space is skipped (it left " world!", 7; thirteenth review)
     ("ha ha ha ha ha", RUNS_RULE),  # "ha " three characters written again and again: nothing left
 ]
 
@@ -1389,7 +1423,7 @@ def test_a_common_password_with_a_little_around_it_or_a_repeated_group_cannot_be
     one sentence when an account is made and when a password is set; nothing is stored."""
     plain = "".join(c for c in password if c.isascii() and c.isprintable() or c == "\u2028").replace("\u2028", " ")
     if sentence == RUNS_RULE:
-        assert _outside_runs_by_brute_force(plain.lower()) < 8
+        assert _counted_by_brute_force(plain.lower()) < 8
     with pytest.raises(ValueError) as refused:
         auth.add_user(db_factory, name="zed", role="rater", password=password)
     assert str(refused.value) == sentence
@@ -1402,7 +1436,7 @@ def test_a_common_password_with_a_little_around_it_or_a_repeated_group_cannot_be
 
 
 @pytest.mark.parametrize("password", [
-    "correct horse battery staple",  # four words: no common password, no run (28 left)
+    "purple horse battery staple",  # four words: no common password, no run (27 left)
     "my 1234 garden",  # the run "1234" leaves 10
     "my password is long",  # "password" taken out leaves "my  is long": 11
     "papa bear's honey",  # "papa" ("pa" twice) leaves 13
@@ -1416,7 +1450,7 @@ def test_passphrases_around_a_common_word_or_a_repeat_can_be_set(db_factory, pas
     """The rule takes out only what it names: a common password inside a longer phrase, a short repeat or a run leaves
     the phrase's other characters, which count when there are 8 or more of them."""
     plain = password.replace("\u00e9", "e").replace("\u00fc", "u").replace("\u00f6", "o")
-    assert _outside_runs_by_brute_force(plain.lower()) >= 8
+    assert _counted_by_brute_force(plain.lower()) >= 8
     auth.add_user(db_factory, name="zed", role="rater", password=password)
     assert auth.check_login(db_factory, "zed", password).refusal is None
 
@@ -1429,7 +1463,7 @@ def test_the_rule_agrees_with_trying_every_stretch_and_invisible_characters_chan
     """Random passwords built of common passwords, groups written again, runs and other characters, with format,
     combining and control characters put anywhere after the first: refused exactly when the visible password, lower
     case, is a common password with digits and marks after it or has fewer than 8 characters outside everything
-    ``_outside_runs_by_brute_force`` tries."""
+    ``_counted_by_brute_force`` tries."""
     import random
 
     rng = random.Random(2026)
@@ -1460,10 +1494,10 @@ def test_the_rule_agrees_with_trying_every_stretch_and_invisible_characters_chan
         for _ in range(rng.randrange(4)):
             at = rng.randint(1, len(password))
             password = password[:at] + rng.choice(INVISIBLE) + password[at:]
-        if plain.lower().rstrip(TRAILING) in _common_entries():
+        if _is_common_by_skeleton(plain.lower()):
             expected = True
         else:
-            expected = _outside_runs_by_brute_force(plain.lower()) < 8
+            expected = _counted_by_brute_force(plain.lower()) < 8
         counts[expected] += 1
         try:
             auth.check_password_strength(password)
@@ -1605,7 +1639,7 @@ def test_a_wrong_current_password_on_the_account_tab_counts_as_a_failed_sign_in(
 
     fn, throttle = _account_tab(ui_world, monkeypatch)
     for _ in range(4):
-        with pytest.raises(gr.Error, match="besides the most common passwords and its runs"):
+        with pytest.raises(gr.Error, match="besides its runs and the most common passwords"):
             fn.fn("a guess", "abcdefgh1", "abcdefgh1", request=_request("alice"))
     assert throttle.wait_s("10.0.0.7", "alice") == 0
     for _ in range(4):
@@ -1680,7 +1714,7 @@ def test_new_passwords_the_rules_refuse_are_counted_per_account(ui_world, monkey
     fn, _ = _account_tab(ui_world, monkeypatch)
     weak = "abcdefgh1"
     for _ in range(10):
-        with pytest.raises(gr.Error, match="besides the most common passwords and its runs"):
+        with pytest.raises(gr.Error, match="besides its runs and the most common passwords"):
             fn.fn(UI_PASSWORD, weak, weak, request=_request("alice"))
         clock[0] += 1.0
     assert len(ran) == 10
@@ -1690,9 +1724,90 @@ def test_new_passwords_the_rules_refuse_are_counted_per_account(ui_world, monkey
         assert refused.value.message == ("Too many refused new passwords in a short time; try again in 50 seconds "
                                          "(nothing was changed).")
     assert len(ran) == 10  # the rules did not run
-    with pytest.raises(gr.Error, match="besides the most common passwords and its runs"):
+    with pytest.raises(gr.Error, match="besides its runs and the most common passwords"):
         fn.fn(UI_PASSWORD, weak, weak, request=_request("bob"))  # another account
     assert len(ran) == 11
     clock[0] += 51.0  # the first refusal has left the window
     message, *_ = fn.fn(UI_PASSWORD, "a fresh secret phrase", "a fresh secret phrase", request=_request("alice"))
     assert "Your password is changed" in message and len(ran) == 13  # the change's own check, then set_password's
+
+
+def test_an_admin_setting_their_own_password_on_the_admin_tab_is_sent_to_the_sign_in_page(ui_world, monkeypatch):
+    """Thirteenth review: the Account tab sends a user who changed their password to the sign-in page (every session
+    has ended, this page's too), but the Admin tab's "Set password" on the admin's OWN account left the page where it
+    was, signed out, each next action refused. Now its result says so, in the Account tab's sentence with a link to
+    "/", and its last output (the hidden "own-password-set" box) is True, which the step after a success reads to go
+    to "/"; setting another account's password says what it said, the box False, and the page stays."""
+    from markdown_it import MarkdownIt
+
+    from app import sessions, ui, ui_admin
+
+    monkeypatch.setattr(ui_admin, "THROTTLE_WITHOUT_GUARD", sessions.LoginThrottle(monotonic=lambda: 0.0))
+    demo = ui.build_demo(ui_world.services())
+    (fn_index, fn), = [(i, bf) for i, bf in demo.fns.items() if bf.fn is not None and bf.fn.__name__ == "on_user_password"]
+    store = sessions.SessionStore(ui_world.factory, idle_s=3600, max_s=3600, recheck_s=0)
+    roots = store.start(ui_world.accounts["root"], "10.0.0.7")
+
+    def links(message: str) -> list[str]:
+        return [t.attrs["href"] for block in MarkdownIt().parseInline(message) for t in block.children or []
+                if t.type == "link_open"]
+
+    message, *rest = fn.fn("bob", "a fresh secret phrase", UI_PASSWORD, "a fresh secret phrase", request=_request("root"))
+    assert "'bob' has a new password" in message and links(message) == [] and rest[-1] is False
+    assert store.check(roots) is not None
+    message, *rest = fn.fn(" root ", "another long phrase", UI_PASSWORD, "another long phrase", request=_request("root"))
+    assert auth.check_login(ui_world.factory, "root", "another long phrase").refusal is None
+    assert store.check(roots) is None  # this page's session has ended
+    assert "Your password is changed" in message and links(message) == ["/"] and rest[-1] is True
+    assert rest[-4:-1] == ["", "", ""]  # the password boxes emptied
+    own_box = fn.outputs[-1]
+    assert own_box.elem_id == "own-password-set" and own_box.visible == "hidden"
+    # the step after a success takes that box and runs in the browser (its going to "/" is tests/app/test_e2e_sessions.py's)
+    (after,) = [bf for bf in demo.fns.values() if bf.trigger_after == fn_index]
+    assert after.fn is None and after.trigger_only_on_success and after.inputs == [own_box]
+    assert "window.location.assign('/')" in after.js
+
+
+@pytest.mark.parametrize("password, sentence", [
+    ("pass word", COMMON_RULE), ("p4ssword", COMMON_RULE), ("Pa55 w0rd!", COMMON_RULE), ("l3tm31n!!", COMMON_RULE),
+    ("s.u.n.s.h.i.n.e", COMMON_RULE), ("$unsh1ne 2026", COMMON_RULE), ("hello world", COMMON_RULE),
+    ("my p4ss word", RUNS_RULE),  # "p4ss word" reads "password": "my " left, 3 + 2
+    ("1p4ssw0rd", RUNS_RULE), ("x dr4g0n 26", RUNS_RULE),  # "x " and " 26" left: 5 + 2
+    ("dr4g0n 2026", COMMON_RULE),  # "dragon" with a space and digits after it
+])
+def test_spaced_and_leet_forms_of_common_passwords_cannot_be_set(db_factory, password, sentence):
+    """Thirteenth review: the list was compared as written, so "pass word" and "p4ssword" could be set. Passwords are
+    compared with it by skeleton now: leet substitutes read as their letters (4 @ a, 3 e, 1 i or l, 0 o, 5 $ s, 7 t)
+    and spaces and punctuation skipped, for the whole password and for the common passwords taken out of a longer one.
+    Refused in one sentence; the brute force (every stretch tried) agrees."""
+    if sentence == RUNS_RULE:
+        assert _counted_by_brute_force(password.lower()) < 8 and not _is_common_by_skeleton(password.lower())
+    else:
+        assert _is_common_by_skeleton(password.lower())
+    with pytest.raises(ValueError) as refused:
+        auth.add_user(db_factory, name="zed", role="rater", password=password)
+    assert str(refused.value) == sentence
+    assert auth.list_users(db_factory) == []
+
+
+@pytest.mark.parametrize("password", [
+    "hotel guest",  # "guest" taken out: "hotel " 6, and the common word 2
+    "quiet guest room", "a lovely old barn", "summer rain on a hill", "the master plan",
+])
+def test_phrases_of_unrelated_words_with_a_common_one_can_be_set(db_factory, password):
+    """Thirteenth review: "hotel guest" was refused: "guest" (a listed 5-letter word) was taken out and counted as
+    nothing, leaving 6. A common password taken out of a longer one counts as 2 now (whoever guesses must still pick
+    it from the list: about as many guesses as two letters), once per stretch of common words not all run; the
+    brute force agrees."""
+    assert _counted_by_brute_force(password) >= 8
+    auth.add_user(db_factory, name="zed", role="rater", password=password)
+    assert auth.check_login(db_factory, "zed", password).refusal is None
+
+
+def test_a_password_set_before_the_skeleton_rule_still_signs_in(db_factory):
+    """The rules apply when a password is set: a stored "p4ssword" (set before this review) still signs in."""
+    auth.add_user(db_factory, name="zed", role="rater", password=PASSWORD)
+    with write_session(db_factory) as s:
+        rater = repo.get_rater_by_name(session=s, name="zed")
+        repo.set_rater_password_hash(session=s, rater_id=rater.id, password_hash=auth._new_hash("p4ssword"))
+    assert auth.check_login(db_factory, "zed", "p4ssword").refusal is None
