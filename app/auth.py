@@ -131,7 +131,8 @@ def _folded(text: str) -> str:
 
 
 RUNS_REFUSAL = (f"a password needs at least {MIN_PASSWORD_LENGTH} characters besides its runs and the most common "
-                f"passwords (each common one, also spelled with spaces or as p4ssw0rd, counts as {COMMON_WORD_WORTH}): "
+                f"passwords (common ones, also spelled with spaces or as p4ssw0rd, count {COMMON_WORD_WORTH} for each "
+                f"different stretch of them, touching ones together, the same one written again not again): "
                 f"runs are {RUN_MIN} or more characters that repeat one character or a group of up to "
                 f"{REPEATED_GROUP_MAX} (aaaa, abab, abcabc) or read along letters, digits or keys (1234, dcba, qwer); "
                 "accents and invisible characters do not count")
@@ -174,7 +175,8 @@ def common_passwords() -> frozenset[str]:
 
 def _characters_left(folded: str) -> int:
     """How many characters ``folded`` counts for once its common passwords and runs are taken out: the characters
-    outside them all, and COMMON_WORD_WORTH for each stretch of common passwords that is not all run. Taken out: every
+    outside them all, and COMMON_WORD_WORTH for each different stretch of common passwords that is not all run (a
+    stretch of touching common passwords counts once; the same one written again apart counts once). Taken out: every
     place a common password (``common_passwords``) of COMMON_INSIDE_MIN characters or more stands, compared by
     skeleton (``_skeleton``: leet read as letters, spaces and punctuation skipped, so "p4ss word" stands where its
     first and last letters do), and every run, a stretch of RUN_MIN characters or more that
@@ -234,15 +236,21 @@ def _characters_left(folded: str) -> int:
                     break
                 after += 1
             i = folded.find(entry, i + 1)
-    stretches, in_stretch, counts = 0, False, False  # the stretches of common passwords not all run
+    # the stretches of common passwords not all run, each counted once however often written: a stretch written again
+    # apart ("password password password", spaces between) counted again, so three copies of a listed password passed
+    # (found by a read-only review of the thirteenth review's rule, 6 Dec 2026); compared by skeleton ("dr4gon" is
+    # "dragon")
+    stretches: set[str] = set()
+    begin, counts = -1, False
     for k in range(n + 1):
         if k < n and common[k]:
-            in_stretch, counts = True, counts or not covered[k]
+            begin, counts = (k if begin < 0 else begin), counts or not covered[k]
             continue
-        stretches += in_stretch and counts
-        in_stretch = counts = False
+        if begin >= 0 and counts:
+            stretches.add(_skeleton(folded[begin:k])[0])
+        begin, counts = -1, False
     left = sum(1 for k in range(n) if not covered[k] and not common[k])
-    return left + COMMON_WORD_WORTH * stretches
+    return left + COMMON_WORD_WORTH * len(stretches)
 
 
 def check_password_strength(password: str, name: str | None = None) -> None:
@@ -256,7 +264,7 @@ def check_password_strength(password: str, name: str | None = None) -> None:
     read it (``_folded``: case, compatibility forms, accents, format and control characters aside) and its common
     passwords of COMMON_INSIDE_MIN characters or more (by skeleton) and its runs are taken out (``_characters_left``:
     RUN_MIN or more characters repeating one character or a group of up to REPEATED_GROUP_MAX, or a common password
-    written again, or reading along one of SEQUENCES either way), each stretch of common passwords counting
+    written again, or reading along one of SEQUENCES either way), each different stretch of common passwords counting
     COMMON_WORD_WORTH. So "abcdefgh1", "1234567a", "abababab", "11112222", "1password", "my p4ss word",
     "passwordpassword", eight accents alone and "password" with a zero-width space are refused; "my 1234 garden" (10),
     "hotel guest" (6 + 2), "my password is long" (11 + 2) and "purple horse battery staple" are not. Passwords set
@@ -494,14 +502,16 @@ def check_new_password(factory: sessionmaker[Session], *, name: str, password: A
 
 
 class RefusedNewPasswords:
-    """The new passwords ``change_password`` refused by the rules, per acting account, in the last ``window_s``: past
+    """The new passwords ``change_password`` refused by the rules, per key (a signed-in session, or an acting account
+    where there is none: ``change_password``), in the last ``window_s``: past
     ``free`` of them, the next change is refused at once (one sentence, no rule run) until the oldest leaves the window.
 
     The rules run before the current password is checked (a typing slip costs no guess, so they are not counted as
     failed sign-ins), and a refusal of a long password cost up to ~40 ms of CPU (thirteenth review; measured here:
     under 8 ms for a 1024-character run, ~2 ms for 1024 random characters, on one core of the build machine), which a
-    rater's page could ask for as fast as events go. Now each account gets ``free`` refusals a window. Thread-safe;
-    in memory (a restart forgets it); one entry per account that was refused lately."""
+    rater's page could ask for as fast as events go. Now each key gets ``free`` refusals a window. Thread-safe;
+    in memory (a restart forgets it); one entry per key refused lately: past ``PRUNE_AT`` entries, those refused
+    only before the window are dropped (a session's key outlives its session otherwise)."""
 
     def __init__(self, *, free: int = 10, window_s: float = 60.0, monotonic: Callable[[], float] = time.monotonic):
         self.free, self.window_s, self._monotonic = free, window_s, monotonic
@@ -517,15 +527,20 @@ class RefusedNewPasswords:
         return recent
 
     def wait_s(self, account: str) -> float:
-        """Seconds until ``account`` may have a new password checked again (0: now)."""
+        """Seconds until ``account`` (a key: ``change_password``) may have a new password checked again (0: now)."""
         now = self._monotonic()
         with self._lock:
             recent = self._recent(account, now)
             return self.window_s - (now - recent[-self.free]) if len(recent) >= self.free else 0.0
 
+    PRUNE_AT = 1024
+
     def refused(self, account: str) -> None:
         now = self._monotonic()
         with self._lock:
+            if len(self._refused) >= self.PRUNE_AT:
+                for key in list(self._refused):
+                    self._recent(key, now)
             self._recent(account, now)
             self._refused.setdefault(account, []).append(now)
 
@@ -547,18 +562,24 @@ def change_password(factory: sessionmaker[Session], who: Who, *, name: str, pass
     audited), except for the local-mode admin, who has none; then ``set_password``, which ends every session of the
     account, the one that asked included, and is audited. A refusal is one sentence and changes nothing.
     ``session``: the signed-in session the request runs as (``confirm_own_password``). The new passwords the rules
-    refuse are counted per acting account (``NEW_PASSWORD_REFUSALS``): past its limit, a change is refused before
-    the rules run."""
+    refuse are counted per signed-in ``session`` (per acting account where none is given; a name that is no
+    account's is not counted) (``NEW_PASSWORD_REFUSALS``): past its limit, a change is refused before the rules run."""
     if not who.is_admin and name != who.name:
         raise AuthError(f"{who.name!r} is a rater; a rater may change only their own password")
-    if wait := NEW_PASSWORD_REFUSALS.wait_s(who.name):
+    # counted per signed-in session where there is one: keyed by the account, any session of it (a stolen one) could
+    # use up the owner's refusals and so bar the owner's own password change, the way to end that session (found by a
+    # read-only review of the thirteenth review's fixes, 6 Dec 2026)
+    refusals_key = f"session\0{session}" if session else f"account\0{who.name}"
+    if wait := NEW_PASSWORD_REFUSALS.wait_s(refusals_key):
         seconds = max(1, math.ceil(wait))
         raise AuthError(f"too many refused new passwords in a short time; try again in {seconds} second"
                         f"{'s' if seconds != 1 else ''} (nothing was changed)")
     try:
         check_new_password(factory, name=name, password=password)
+    except NotFound:
+        raise  # no account of that name: no rule ran, so it is no refused new password (same review)
     except ValueError:
-        NEW_PASSWORD_REFUSALS.refused(who.name)
+        NEW_PASSWORD_REFUSALS.refused(refusals_key)
         raise
     if not who.local:
         confirm_own_password(factory, who, current, throttle=throttle, ip=ip, target=name, own_form=own_form,
