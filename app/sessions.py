@@ -108,6 +108,9 @@ class SessionStore:
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
         self._refused: OrderedDict[str, _Cached] = OrderedDict()
         self._lock = threading.Lock()
+        # bumped under the lock by every forgetting (an end, a replaced session, a rater's sessions, all): a check that
+        # read the database before one does not cache what it read (``_read``)
+        self._forgets = 0
         self._last_purge = float("-inf")
         _STORES.add(self)
 
@@ -161,15 +164,18 @@ class SessionStore:
     def forget_rater(self, rater_id: int) -> None:
         """Drop the cached answers for a rater's sessions (call after ending them in the database)."""
         with self._lock:
+            self._forgets += 1
             for digest in [d for d, c in self._cache.items() if c.info is not None and c.info.rater_id == rater_id]:
                 del self._cache[digest]
 
     def forget_all(self) -> None:
         with self._lock:
+            self._forgets += 1
             self._cache.clear()
             self._refused.clear()
 
     def _forget(self, digest: str) -> None:  # under self._lock
+        self._forgets += 1
         self._cache.pop(digest, None)
         self._refused.pop(digest, None)
 
@@ -229,6 +235,12 @@ class SessionStore:
         return self._read(digest)
 
     def _read(self, digest: str) -> SessionInfo | None:
+        """The session of ``digest`` as the database has it now, cached unless something was forgotten meanwhile: an
+        end, a log out or a disable committed between this read and the cache's write was overwritten by what was
+        read, so an ended session or a disabled account's was served as valid for up to ``recheck_s`` (found by a
+        read-only review, 6 Dec 2026)."""
+        with self._lock:
+            forgets = self._forgets
         with read_session(self.factory) as s:
             now = self._now(s)
             row = repo.find_session(session=s, token_sha256=digest)
@@ -243,7 +255,10 @@ class SessionStore:
                 repo.touch_session(session=s, session_id=info.session_id, now=now)
             last_seen_at = now
         with self._lock:
-            self._forget(digest)
+            if self._forgets != forgets:
+                return info  # this one answer as read; the next check reads again
+            self._cache.pop(digest, None)  # this answer's own place, cleared: no forgetting (``_forget`` counts)
+            self._refused.pop(digest, None)
             cache, most = (self._cache, self.max_cached) if info is not None else (self._refused, self.max_refused_cached)
             while cache and len(cache) >= most:  # bounded: the least recently used answer goes
                 cache.popitem(last=False)
@@ -351,7 +366,8 @@ class LoginThrottle:
         max_keys: int = 100_000,
     ) -> None:
         # a signed-in session's own counter (``_keys_for``) takes a remembered browser's rule
-        self.rules = {"ip": per_ip, "account": per_account, "device": per_device, "session": per_device}
+        self.rules = {"ip": per_ip, "account": per_account, "device": per_device, "session": per_device,
+                      "in-app": per_device}
         self.forget_s, self.known_s, self._monotonic, self.max_keys = forget_s, known_s, monotonic, max_keys
         self._keys: dict[tuple[str, str], _Failures] = {}
         # account -> {device token: (its last successful sign-in, stamp)}, the newest DEVICES_PER_ACCOUNT per account
@@ -398,7 +414,8 @@ class LoginThrottle:
         name = (account or "")[:200]
         with self._lock:
             self._devices.pop(name, None)
-            for key in [k for k in self._keys if k[0] in ("device", "session") and k[1].partition("\0")[2] == name]:
+            for key in [k for k in self._keys
+                        if k[0] in ("device", "session", "in-app") and k[1].partition("\0")[2] == name]:
                 del self._keys[key]
 
     def restamp(self, account: str, old: str, new: str) -> None:
@@ -428,10 +445,13 @@ class LoginThrottle:
         a right password, ends with a password change, and nobody without the password can make another; nothing a
         request sends chooses the key. Its wrong passwords still count against the address and the account as well
         (``failed``), so a stolen session's guesses there bring the sign-in page's locks nearer, as they did before;
-        only those locks no longer bar the session."""
+        only those locks no longer bar the session. All the sessions of an account share one more counter there
+        ("in-app", under the same rule), so that however many of them leaked, their boxes together get one browser's
+        guesses, not one each (found by a read-only review of these fixes, 6 Dec 2026); guesses at the sign-in page
+        never count on it."""
         name = (account or "")[:200]
         if session:
-            return [("session", f"{session}\0{name}")]
+            return [("session", f"{session}\0{name}"), ("in-app", f"\0{name}")]
         if device and self._exempt(self._devices.get(name, {}).get(device), now, credentials):
             return [("device", f"{device}\0{name}")]  # a browser that signed in to this account: its own limit there
         return [("ip", address_key(ip)), ("account", name)]  # an address that signed in before is no key (class doc)
@@ -491,13 +511,14 @@ class LoginThrottle:
     def succeeded(self, ip: str | None, account: str | None, device: str | None = None, *,
                   credentials: str = "", session: str | None = None) -> None:
         """A sign-in with ``credentials`` (the stamp of the password it matched) succeeded. Within a signed-in
-        ``session`` (``_keys_for``), only that session's counter is cleared: the account's stays as the sign-in page
-        left it."""
+        ``session`` (``_keys_for``), only that session's counter and the account's sessions' shared one are cleared:
+        the account's stays as the sign-in page left it."""
         now = self._monotonic()
         name = (account or "")[:200]
         with self._lock:
-            if session:
+            if session:  # a right password: the sessions' shared counter too (only the password clears it)
                 self._keys.pop(("session", f"{session}\0{name}"), None)
+                self._keys.pop(("in-app", f"\0{name}"), None)
                 return
             self._keys.pop(("account", name), None)
             if device:
