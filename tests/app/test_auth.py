@@ -1200,8 +1200,9 @@ def test_passwords_near_the_refused_ones_can_be_set(db_factory, name, password):
 # twelfth review (6 Dec 2026): a run that makes up most of a password, not only all of it
 # ---------------------------------------------------------------------------------------------
 
-RUNS_RULE = ("a password needs at least 8 characters besides its runs and the most common passwords (each common "
-             "one, also spelled with spaces or as p4ssw0rd, counts as 2): runs are 4 or more characters that repeat "
+RUNS_RULE = ("a password needs at least 8 characters besides its runs and the most common passwords (common ones, "
+             "also spelled with spaces or as p4ssw0rd, count 2 for each different stretch of them, touching ones "
+             "together, the same one written again not again): runs are 4 or more characters that repeat "
              "one character or a group of up to 4 (aaaa, abab, abcabc) or read along letters, digits or keys (1234, "
              "dcba, qwer); accents and invisible characters do not count")
 LINES = ("abcdefghijklmnopqrstuvwxyz", "01234567890", "qwertyuiop", "asdfghjkl", "zxcvbnm")  # as README.md names them
@@ -1235,7 +1236,8 @@ def _is_common_by_skeleton(password: str) -> bool:
 
 def _counted_by_brute_force(password: str) -> int:
     """What ``password`` (lower case, ASCII) counts for: its characters that no stretch covers that is a run or a
-    common password, and 2 for each maximal stretch of common passwords that is not all run. A run: 4 or more characters
+    common password, and 2 for each different maximal stretch of common passwords that is not all run (different by
+    skeleton: the same one written again counts once). A run: 4 or more characters
     that are a piece of one of LINES (forwards or backwards) or one group written twice or more in a row, a group of 1
     to 4 characters or any group that is a common password with only digits and marks after it. A common password: a
     stretch whose first and last characters are letters or digits once leet is read and whose skeleton
@@ -1255,17 +1257,18 @@ def _counted_by_brute_force(password: str) -> int:
             ends = LEET_READS.get(piece[0], piece[0]) + LEET_READS.get(piece[-1], piece[-1])
             if ends.isalnum() and len(_skeleton(piece)) >= 5 and _skeleton(piece) in skeletons:
                 commons.update(range(i, j))
-    stretches, k = 0, 0
+    stretches, k = set(), 0
     while k < len(password):
         if k in commons:
             j = k
             while j in commons:
                 j += 1
-            stretches += any(m not in runs for m in range(k, j))
+            if any(m not in runs for m in range(k, j)):
+                stretches.add(_skeleton(password[k:j]))
             k = j
         else:
             k += 1
-    return len(password) - len(runs | commons) + 2 * stretches
+    return len(password) - len(runs | commons) + 2 * len(stretches)
 
 
 @pytest.mark.parametrize("password", [
@@ -1811,3 +1814,113 @@ def test_a_password_set_before_the_skeleton_rule_still_signs_in(db_factory):
         rater = repo.get_rater_by_name(session=s, name="zed")
         repo.set_rater_password_hash(session=s, rater_id=rater.id, password_hash=auth._new_hash("p4ssword"))
     assert auth.check_login(db_factory, "zed", "p4ssword").refusal is None
+
+
+# ---------------------------------------------------------------------------------------------
+# a read-only review of the thirteenth review's sign-in fixes (6 Dec 2026)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("password", [
+    "password password password", "dragon dragon dragon", "hello hello hello", "letmein letmein letmein",
+    "iloveyou iloveyou iloveyou", "p@ssw0rd p@ssw0rd p@ssw0rd", "Password1 Password1 Password1",
+    "monkey1 monkey1 monkey1",
+])
+def test_a_common_password_written_again_apart_counts_once(db_factory, password):
+    """A common word taken out of a phrase counted 2 for each stretch, and a stretch written again with spaces between
+    was a stretch again, so three spaced copies of a listed password counted 8 and could be set (the rule before
+    refused them). The brute force counts each different stretch once; these count under 8 and are refused in one
+    sentence, nothing stored."""
+    assert _counted_by_brute_force(password.lower()) < 8
+    with pytest.raises(ValueError, match="besides its runs and the most common passwords"):
+        auth.add_user(db_factory, name="zed", role="rater", password=password)
+    assert auth.list_users(db_factory) == []
+
+
+def test_the_password_boxes_of_all_an_accounts_sessions_share_one_more_counter():
+    """Each signed-in session's boxes had their own counter only, so N sessions of an account (leaked, say) got N
+    browsers' guesses there. Now the sessions of one account share one more counter under the same rule: past its free
+    failures in one session, another session's box is barred too, another account's is not; a right password clears
+    it; guesses at the sign-in page never touch it."""
+    from app import sessions
+
+    rule = sessions.ThrottleRule(free=2, base_s=60, max_s=60)
+    t = sessions.LoginThrottle(per_ip=sessions.ThrottleRule(free=1000, base_s=1, max_s=1), per_account=rule,
+                               per_device=rule, monotonic=lambda: 0.0)
+    for _ in range(10):  # the sign-in page: locks the account there, not the boxes
+        t.failed("10.0.0.9", "alice")
+    assert t.wait_s("10.0.0.9", "alice") > 0 and t.wait_s("10.0.0.7", "alice", session="1") == 0
+    for _ in range(3):
+        t.failed("10.0.0.7", "alice", session="1")
+    assert t.wait_s("10.0.0.7", "alice", session="1") > 0
+    assert t.wait_s("10.0.0.8", "alice", session="2") > 0  # another session of alice: barred too
+    assert t.wait_s("10.0.0.7", "bob", session="3") == 0
+    t.succeeded("10.0.0.8", "alice", session="2")  # the right password, in the other session
+    assert t.wait_s("10.0.0.8", "alice", session="2") == 0
+
+
+def test_refused_new_passwords_are_counted_per_session_and_an_unknown_name_is_no_refusal(ui_world, monkeypatch):
+    """The refused new passwords were counted per account, so any session of it (a stolen one) could use them up and
+    bar the owner's own change, the way to end that session; and a name that is no account's (an admin's typing slip
+    on the Admin tab) counted as a refused new password though no rule ran. Now the count is the signed-in session's,
+    and only the rules' refusals count."""
+    from app import sessions
+
+    f = ui_world.factory
+    monkeypatch.setattr(auth, "NEW_PASSWORD_REFUSALS", auth.RefusedNewPasswords(free=3, window_s=60,
+                                                                                monotonic=lambda: 0.0))
+    throttle = sessions.LoginThrottle(monotonic=lambda: 0.0)
+    alice = auth.identify(f, local_mode=False, username="alice", client_host="10.0.0.7")
+    root = auth.identify(f, local_mode=False, username="root", client_host="10.0.0.7")
+
+    def change(who, name, password, session):
+        auth.change_password(f, who, name=name, password=password, current=UI_PASSWORD, throttle=throttle,
+                             ip="10.0.0.7", session=session)
+
+    for _ in range(3):
+        with pytest.raises(ValueError, match="besides its runs"):
+            change(alice, "alice", "abcdefgh1", "101")  # the stolen session
+    with pytest.raises(auth.AuthError, match="too many refused new passwords"):
+        change(alice, "alice", "abcdefgh1", "101")
+    change(alice, "alice", "a fresh secret phrase", "102")  # the owner's session is not barred
+    assert auth.check_login(f, "alice", "a fresh secret phrase").refusal is None
+    for _ in range(5):
+        with pytest.raises(ValueError, match="nobody"):
+            change(root, "nobody", "a fresh secret phrase", "201")
+    change(root, "bob", "another fresh phrase", "201")  # no refusal was counted
+    assert auth.check_login(f, "bob", "another fresh phrase").refusal is None
+
+
+def test_a_session_ended_while_its_check_reads_the_database_is_not_cached_as_valid(db_factory, monkeypatch):
+    """A check that read a valid session from the database and then cached it overwrote an end (log out, disable,
+    password change) that committed between the read and the cache's write: the ended session was served as valid
+    from memory for up to recheck_s. The end is made to land right after the read (inside the lookup); the next
+    check must say the session is gone, and a check with nothing ended meanwhile is still cached."""
+    from app import sessions as sessions_mod
+    from app.sessions import SessionStore
+
+    auth.add_user(db_factory, name="alice", role="rater", password=PASSWORD)
+    store = SessionStore(db_factory, idle_s=600, max_s=3600, recheck_s=3600)
+    token, other = _session(db_factory, "alice"), _session(db_factory, "alice")
+    find = repo.find_session
+    lookups = []
+
+    ending = []
+
+    def find_then_end(*, session, token_sha256):
+        row = find(session=session, token_sha256=token_sha256)
+        if ending:
+            return row  # the end's own lookup
+        lookups.append(token_sha256)
+        if len(lookups) == 1:
+            ending.append(True)
+            store.end(token)  # committed after the read, before the cache's write
+            ending.clear()
+        return row
+
+    monkeypatch.setattr(sessions_mod.repo, "find_session", find_then_end)
+    assert store.check(token) is not None  # as read: valid at that moment
+    assert store.check(token) is None  # not served from memory: read again, ended
+    assert len(lookups) == 2
+    assert store.check(other) is not None and store.check(other) is not None
+    assert len(lookups) == 3  # nothing ended meanwhile: the second check came from memory

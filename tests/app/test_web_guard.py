@@ -2172,7 +2172,7 @@ def test_guesses_at_login_do_not_lock_the_password_boxes_of_the_signed_in_owner(
     "Current password" and the Admin tab's "Your password" did not: an attacker's wrong guesses at /login under the
     account's name locked both boxes for the real, signed-in user. Served, the boxes are held to the signed-in
     session's own counter now: after the attacker locks alice and root at /login, each changes a password from their
-    session. The session is the proof, so it gives nobody more: past its own free failures the box is locked too
+    session. The session is the proof: past the free failures of its own counter the box is locked too
     (even the right password refused, nothing changed), and those wrong guesses still count against the account at
     /login."""
     throttle = sessions.LoginThrottle(per_ip=sessions.ThrottleRule(free=1000, base_s=1, max_s=1),
