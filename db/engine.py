@@ -27,9 +27,10 @@ minutes held a server thread and its snapshot while the page had given up on it 
 (the worker, migrations, exports, the commands) set none: a worker's training reads and an export's reads may
 legitimately run long, and an operator at a terminal stops a command with Ctrl-C. Where the operator set a value of
 their own (a role's or a database's ``ALTER ... SET``, the URL's ``options=-c lock_timeout=...``, the server's
-configuration: pg_settings' ``source`` is not ``default``), it is kept, not overridden (twelfth review); on the web
-server's engine only within its own bounds, and our lock bound is below a statement bound in effect (``_bound_waits``:
-a lock wait gives up as a lock not granted, not as a statement cancelled; thirteenth review). All of it is one
+configuration: pg_settings' ``source`` is not ``default``, nor ``session``, which at connect is a value a pooler's
+earlier client left: thirteenth review), it is kept, not overridden (twelfth review); on the web server's engine only
+within its own bounds, and our lock bound is below a statement bound in effect (``_bound_waits``: a lock wait gives up
+as a lock not granted, not as a statement cancelled; thirteenth review). All of it is one
 statement at connect, one round trip (``_BOUNDS_SQL``). The values in effect are kept with the connection (and a path
 that sets its own says so through ``set_session_bounds``), so ``bound_refusal`` names the bound that ran out, not ours.
 
@@ -125,15 +126,20 @@ def make_engine(url: str, *, sqlite_foreign_keys: bool = True, echo: bool = Fals
 # (``_bound_waits``), and calls set_config only for a bound that is to change; it answers the bounds then in effect.
 # %(busy)s: BUSY_TIMEOUT_MS; %(web)s: WEB_STATEMENT_TIMEOUT_MS on the web server's engine, else 0 (no statement bound
 # of ours). pg_settings gives both bounds in ms; set_config takes a whole number of ms.
+# A bound whose source is "session" at connect was set by a SET or set_config of an earlier client of the same server
+# connection (a pooler's transaction or statement pooling hands one server session to many clients): it is not the
+# operator's, and is taken as the default is (ours where we set one, else none: a statement bound is set back to 0). It
+# was kept as the operator's (thirteenth review). Such pooling is not supported (README: use session pooling).
 _BOUNDS_SQL = """
 WITH found AS (
     SELECT (SELECT setting::bigint FROM pg_settings WHERE name = 'lock_timeout') AS lock_ms,
-           (SELECT source <> 'default' FROM pg_settings WHERE name = 'lock_timeout') AS lock_own,
+           (SELECT source NOT IN ('default', 'session') FROM pg_settings WHERE name = 'lock_timeout') AS lock_own,
            (SELECT setting::bigint FROM pg_settings WHERE name = 'statement_timeout') AS stmt_ms,
-           (SELECT source <> 'default' FROM pg_settings WHERE name = 'statement_timeout') AS stmt_own,
+           (SELECT source NOT IN ('default', 'session') FROM pg_settings WHERE name = 'statement_timeout') AS stmt_own,
            %(busy)s::bigint AS busy, %(web)s::bigint AS web
 ), statement_wanted AS (
-    SELECT *, CASE WHEN web = 0 THEN stmt_ms
+    SELECT *, CASE WHEN web = 0 AND stmt_own THEN stmt_ms
+                   WHEN web = 0 THEN 0
                    WHEN stmt_own AND stmt_ms > 0 AND stmt_ms <= web THEN stmt_ms
                    ELSE web END AS stmt_want,
               CASE WHEN lock_own THEN lock_ms ELSE busy END AS lock_base
@@ -158,7 +164,9 @@ def _bound_waits(dbapi_connection: Any, record: Any, *, bound_statements: bool) 
     web server's engine), its ``statement_timeout`` WEB_STATEMENT_TIMEOUT_MS, each only where the operator set none
     of their own: a setting whose pg_settings ``source`` is not ``default`` (a role's or a database's ``ALTER ...
     SET``: "user", "database", "database user"; the URL's ``options`` or PGOPTIONS: "client"; the server's
-    configuration file) is kept (twelfth review). Set in autocommit, so the first transaction's rollback does not undo
+    configuration file) is kept (twelfth review). A setting whose source is "session" is not: at connect it can only be
+    a SET left by an earlier client of the same server session (a pooler's transaction pooling), and it is taken as the
+    default is (thirteenth review). Set in autocommit, so the first transaction's rollback does not undo
     them.
 
     On the web server's engine the operator's own bounds are kept only within the web's (thirteenth review): the

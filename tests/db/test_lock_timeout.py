@@ -485,3 +485,42 @@ def test_a_lock_wait_cut_by_the_statement_bound_is_not_said_as_a_long_statement(
             "change it belonged to was not saved; try again in a moment")
     finally:
         shorter_lock.dispose()
+
+
+# -- thirteenth review, PostgreSQL bounds (second pass) ----------------------------------------------------------------
+
+
+def _raw_url(url: str) -> str:
+    """``url`` as libpq takes it (psycopg's own connect, no SQLAlchemy driver name)."""
+    from sqlalchemy import make_url
+
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _shown(raw) -> dict[str, str]:
+    return {name: raw.execute(f"SHOW {name}").fetchone()[0] for name in ("lock_timeout", "statement_timeout")}
+
+
+@pytest.mark.parametrize("bound_statements", [False, True])
+def test_a_bound_left_in_the_session_by_an_earlier_client_is_not_taken_as_the_operators(db_url, short_bound,
+                                                                                        monkeypatch, bound_statements):
+    """Under a pooler's transaction pooling (pgbouncer) one server session serves many clients, and a SET or
+    set_config(..., false) of an earlier one is still there at connect, with pg_settings' source "session": it was
+    taken as the operator's own bound and kept (here a lock bound of 0.1 s and a statement bound of 0.4 s, neither
+    ours). At connect "session" can only be such a leak: the bounds are ours, as where none is set (the lock bound
+    BUSY_TIMEOUT_MS; the statement bound WEB_STATEMENT_TIMEOUT_MS on the web server's engine, none on the others)."""
+    import types
+
+    import psycopg
+
+    _pg_only(db_url)
+    monkeypatch.setattr(db_engine, "WEB_STATEMENT_TIMEOUT_MS", 600)
+    with psycopg.connect(_raw_url(db_url), autocommit=True) as raw:
+        raw.execute("SELECT set_config('lock_timeout', '100', false), set_config('statement_timeout', '400', false)")
+        assert _shown(raw) == {"lock_timeout": "100ms", "statement_timeout": "400ms"}  # the earlier client's
+        record = types.SimpleNamespace(info={})
+        db_engine._bound_waits(raw, record, bound_statements=bound_statements)  # what make_engine runs at connect
+        statement_ms = 600 if bound_statements else 0
+        assert _shown(raw) == {"lock_timeout": f"{BOUND_MS}ms",
+                               "statement_timeout": f"{statement_ms}ms" if statement_ms else "0"}
+        assert record.info[db_engine._BOUNDS_KEY] == {"lock_timeout": BOUND_MS, "statement_timeout": statement_ms}
