@@ -196,14 +196,30 @@ def set_session_bounds(connection: Connection, **bounds_ms: int) -> None:
     """``SET`` PostgreSQL's ``lock_timeout`` and/or ``statement_timeout`` (whole ms, 0 for none) for the session of
     ``connection`` (a SQLAlchemy connection of ``make_engine``), and note them with the connection, so that a refusal
     names the bound in force (``bound_refusal``, db.migrate's sentences): a path that sets its own (migrations/env.py)
-    had its errors worded with the bounds of the connect (thirteenth review)."""
+    had its errors worded with the bounds of the connect (thirteenth review).
+
+    The SETs run in autocommit, as ``_bound_waits``' do, so a rollback does not undo them: they were sent in the
+    connection's transaction and noted at once, and a rollback undid the SETs but not the note, which then named a
+    bound not in force (thirteenth review). So ``connection`` must not be in a transaction (ValueError: commit or roll
+    back first)."""
+    names = sorted(bounds_ms)
+    if unknown := [name for name in names if name not in ("lock_timeout", "statement_timeout")]:
+        raise ValueError(f"unknown bound {unknown[0]!r}; choose from lock_timeout, statement_timeout")
+    if connection.in_transaction():
+        raise ValueError("set_session_bounds runs its SET in autocommit, outside a transaction: commit or roll back "
+                         "the connection's transaction first")
     noted = dict(connection.info.get(_BOUNDS_KEY) or {})
-    for name, ms in bounds_ms.items():
-        if name not in ("lock_timeout", "statement_timeout"):
-            raise ValueError(f"unknown bound {name!r}; choose from lock_timeout, statement_timeout")
-        connection.execute(text(f"SET {name} = {int(ms)}"))  # a name of the two above, a whole number of ms
-        noted[name] = int(ms)
-    connection.info[_BOUNDS_KEY] = noted
+    dbapi_connection = connection.connection.dbapi_connection
+    autocommit = dbapi_connection.autocommit
+    dbapi_connection.autocommit = True
+    try:
+        with dbapi_connection.cursor() as cursor:
+            for name in names:
+                cursor.execute(f"SET {name} = {int(bounds_ms[name])}")  # a name of the two above, a whole number of ms
+                noted[name] = int(bounds_ms[name])
+    finally:
+        dbapi_connection.autocommit = autocommit
+        connection.info[_BOUNDS_KEY] = noted
 
 
 def session_bounds(connection: Connection) -> dict[str, int]:

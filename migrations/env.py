@@ -84,14 +84,14 @@ def run_migrations_online() -> None:
                     migrate.log.warning("another migration of this database is running (a `db upgrade` or `db "
                                         "downgrade` elsewhere); waiting for it to end")
                     connection.execute(text("SELECT pg_advisory_lock(:key)"), key)
-                set_session_bounds(connection, statement_timeout=own.get("statement_timeout", 0))
-                connection.commit()
+                connection.commit()  # the advisory lock is the session's; set_session_bounds runs outside a transaction
+                # (its SETs in autocommit: a rollback undid a SET but not its note; thirteenth review), and the
+                # migration's own transaction begins below, not inside one left open here
                 # an ALTER waits for every open transaction on its table, and every new query queues behind it: a
                 # migration beside a running server froze sign-ins with no limit (found by review). It gives up instead
                 # (db.migrate words it), and PostgreSQL's DDL is transactional: nothing is changed then
-                set_session_bounds(connection, lock_timeout=int(migrate.LOCK_TIMEOUT_S * 1000))
-                connection.commit()  # a session setting: it outlives this commit, and the migration's own transaction
-                # must not run inside the one the SET began (it was rolled back with it at close)
+                set_session_bounds(connection, statement_timeout=own.get("statement_timeout", 0),
+                                   lock_timeout=int(migrate.LOCK_TIMEOUT_S * 1000))
             # SQLite: every step in one transaction, begun IMMEDIATE (db.engine) before the revision is read. Alembic
             # counts SQLite's DDL as not transactional and committed each step on its own: a second upgrade at once
             # took the write lock between two of the first's steps, read the revision then, and ran the steps the

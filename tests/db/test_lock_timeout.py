@@ -524,3 +524,27 @@ def test_a_bound_left_in_the_session_by_an_earlier_client_is_not_taken_as_the_op
         assert _shown(raw) == {"lock_timeout": f"{BOUND_MS}ms",
                                "statement_timeout": f"{statement_ms}ms" if statement_ms else "0"}
         assert record.info[db_engine._BOUNDS_KEY] == {"lock_timeout": BOUND_MS, "statement_timeout": statement_ms}
+
+
+def test_session_bounds_set_are_in_force_after_a_rollback(db_url):
+    """set_session_bounds sent its SET in the connection's transaction and noted the bound at once: a rollback undid
+    the SET but not the note, so a refusal named a bound that was not in force. The SETs run in autocommit now (a
+    rollback leaves them), and a connection inside a transaction is refused, its bounds unchanged."""
+    _pg_only(db_url)
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as c:
+            db_engine.set_session_bounds(c, lock_timeout=1234, statement_timeout=4321)
+            c.rollback()
+            shown = {name: c.execute(text(f"SHOW {name}")).scalar_one() for name in ("lock_timeout", "statement_timeout")}
+            assert shown == {"lock_timeout": "1234ms", "statement_timeout": "4321ms"}
+            assert db_engine.session_bounds(c) == {"lock_timeout": 1234, "statement_timeout": 4321}
+            assert c.in_transaction()  # the SHOWs began one
+            with pytest.raises(ValueError, match="commit or roll back"):
+                db_engine.set_session_bounds(c, lock_timeout=1)
+            c.rollback()
+            assert c.execute(text("SHOW lock_timeout")).scalar_one() == "1234ms"
+            assert db_engine.session_bounds(c)["lock_timeout"] == 1234
+            c.rollback()
+    finally:
+        engine.dispose()
