@@ -79,9 +79,9 @@ from db.engine import (
     lock_waited_s,
     make_engine,
     read_session,
-    session_bound_s,
     session_factory,
     statement_cancelled,
+    statement_timeout_ran_out_s,
     write_session,
 )
 from db.errors import Conflict, InvalidInput, LeaseLost
@@ -161,8 +161,7 @@ def _transient(exc: BaseException) -> bool:
 def _cancel_reason(exc: BaseException) -> str:
     """Why PostgreSQL cancelled a statement of the worker (``statement_cancelled``): its statement_timeout, named (the
     operator's: the worker's engine sets none), and whether a lock wait ends there too; or an operator's cancel."""
-    bound = session_bound_s(exc, "statement_timeout")
-    if bound is not None and "statement timeout" in str(getattr(exc, "orig", None) or exc).lower():
+    if (bound := statement_timeout_ran_out_s(exc)) is not None:
         ran = "it ran, or waited for a lock another transaction held, that long" if lock_outlasts_statement(exc) \
             else "it ran that long"
         return f"the database's statement_timeout of {bound:g} s ran out: {ran}"

@@ -423,22 +423,34 @@ def statement_refusal(exc: BaseException) -> str | None:
     words the reason in its own language (lc_messages): one it does not say in English is said as either."""
     if not statement_cancelled(exc):
         return None
-    bound = _bound_s(exc, "statement_timeout", None)
-    message = str(_driver_error(exc)).lower()
-    if bound is not None and "statement timeout" in message:
+    if (cut := statement_timeout_ran_out_s(exc)) is not None:
         if lock_outlasts_statement(exc):
             # a lock wait ends here, not at lock_timeout: it was said as a statement that ran long (thirteenth review)
             return (f"the database is busy: a statement of this ran, or waited for a lock another transaction held, "
-                    f"for more than {bound:g} s, its bound, and was cancelled, so the change it belonged to was not "
+                    f"for more than {cut:g} s, its bound, and was cancelled, so the change it belonged to was not "
                     "saved; try again in a moment")
-        return (f"the database is busy: a statement of this ran for more than {bound:g} s, its bound, and was "
+        return (f"the database is busy: a statement of this ran for more than {cut:g} s, its bound, and was "
                 "cancelled, so the change it belonged to was not saved; try again in a moment")
-    if "user request" in message:
+    bound = session_bound_s(exc, "statement_timeout")
+    if "user request" in str(_driver_error(exc)).lower():
         return ("the database cancelled a statement of this at an operator's request, so the change it belonged to "
                 "was not saved; try again in a moment")
     within = f" of {bound:g} s" if bound is not None else ""
     return (f"the database cancelled a statement of this (it ran past its time bound{within}, or an operator cancelled "
             "it), so the change it belonged to was not saved; try again in a moment")
+
+
+def statement_timeout_ran_out_s(exc: BaseException) -> float | None:
+    """For a statement PostgreSQL cancelled (``statement_cancelled``): the statement_timeout in seconds of its session
+    (as noted at connect or by ``set_session_bounds``) where that is what ran out, as the server says it ("canceling
+    statement due to statement timeout"); None for any other error, an operator's cancel, an error that carries no
+    bounds, or a server that words it in another language (lc_messages). The one test of ``statement_refusal``, the
+    worker's cancel reason (app.worker) and the migration's sentence (db.migrate): it was a copy in each (thirteenth
+    review)."""
+    if not statement_cancelled(exc):
+        return None
+    bound = session_bound_s(exc, "statement_timeout")
+    return bound if bound is not None and "statement timeout" in str(_driver_error(exc)).lower() else None
 
 
 def lock_outlasts_statement(exc: BaseException) -> bool:

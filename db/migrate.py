@@ -25,13 +25,14 @@ from sqlalchemy import make_url
 
 from db.engine import (
     lock_not_granted,
+    lock_outlasts_statement,
     lock_waited_s,
     make_engine,
     reading,
-    session_bound_s,
     sqlite_code,
     sqlstate,
     statement_cancelled,
+    statement_timeout_ran_out_s,
     unusable_refusal,
 )
 from db.errors import InvalidInput, SchemaOutOfDate
@@ -122,10 +123,10 @@ def _migration_refusal(exc: BaseException) -> str | None:
 
     The bounds are those of the migration's own connection, as migrations/env.py set them
     (``db.engine.set_session_bounds``): SQLite's busy timeout (BUSY_TIMEOUT_MS); on PostgreSQL lock_timeout
-    LOCK_TIMEOUT_S and the statement_timeout the operator set (the role's, the database's, the URL's; none by
-    default). A lock refused at once (SQLite's SQLITE_LOCKED, PostgreSQL's NOWAIT) names no bound, and a statement
-    cut by the operator's statement_timeout (57014, a bare QueryCanceled before) names that one: the sentence said a
-    bound that was not the one in force (thirteenth review)."""
+    LOCK_TIMEOUT_S and the statement_timeout the operator set (the role's, the database's, the URL's, the server's
+    configuration; none by default). A lock refused at once (SQLite's SQLITE_LOCKED, PostgreSQL's NOWAIT) names no
+    bound, and a statement cut by the operator's statement_timeout (57014, a bare QueryCanceled before) names that
+    one: the sentence said a bound that was not the one in force (thirteenth review)."""
     held = "(a server, a worker or an open transaction holds it); stop them and run it again; nothing was changed"
     if lock_not_granted(exc):
         waited = lock_waited_s(exc)
@@ -143,12 +144,17 @@ def _migration_refusal(exc: BaseException) -> str | None:
         return (f"the database ended the migration to resolve {_ROLLED_BACK[state]} (a server or a worker using the "
                 "same tables): its transaction was rolled back, so nothing was changed; run it again")
     if statement_cancelled(exc):
-        bound = session_bound_s(exc, "statement_timeout")
-        if bound is not None and "statement timeout" in str(getattr(exc, "orig", None) or exc).lower():
+        if (bound := statement_timeout_ran_out_s(exc)) is not None:
+            # which it was follows the lock bound in force, as db.engine.statement_refusal's: where it is below the
+            # statement bound a lock wait ended there (55P03, above), so this statement ran that long (thirteenth
+            # review: it always said it may have waited for a table's lock, and named no server configuration)
+            waited = lock_outlasts_statement(exc)
+            ran = "the statement ran, or waited for a table's lock, that long" if waited else "the statement ran that long"
+            stopped = " or once the server and the workers are stopped" if waited else ""
             return (f"the database cancelled a statement of the migration at its statement_timeout of {bound:g} s (set "
-                    "for this role, database or URL; the statement ran, or waited for a table's lock, that long), so "
-                    "nothing was changed; run it again with a longer bound for the migration (the URL's "
-                    "?options=-c%20statement_timeout%3D0) or once the server and the workers are stopped")
+                    f"for this role, database or URL, or in the server's configuration; {ran}), so nothing was "
+                    "changed; run it again with a longer bound for the migration (the URL's "
+                    f"?options=-c%20statement_timeout%3D0){stopped}")
         return ("the database cancelled a statement of the migration (an operator's cancel, or its statement_timeout), "
                 "so nothing was changed; run it again")
     return None

@@ -667,7 +667,8 @@ def test_a_postgresql_bound_that_runs_out_before_the_migration_is_the_migrations
     said = ("the database is in use: a table's lock was not granted in 0.3 s (a server, a worker or an open transaction "
             "holds it); stop them and run it again; nothing was changed" if bound == "lock_timeout" else
             "the database cancelled a statement of the migration at its statement_timeout of 0.3 s (set for this role, "
-            "database or URL; the statement ran, or waited for a table's lock, that long), so nothing was changed; ")
+            "database or URL, or in the server's configuration; the statement ran, or waited for a table's lock, that "
+            "long), so nothing was changed; ")
     for table, commands in (("alembic_version", (["db", "upgrade"], ["db", "downgrade", "-1", "--yes"], ["demo"])),
                             ("raters", (["db", "downgrade", "base", "--yes"],))):
         engine, held = _held(empty_db_url, f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")

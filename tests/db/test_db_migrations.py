@@ -411,8 +411,8 @@ def test_a_migration_cut_by_the_operators_statement_bound_names_that_bound(empty
                 migrate.upgrade(cut)
             assert str(refused.value).startswith(
                 "the database cancelled a statement of the migration at its statement_timeout of 0.5 s (set for this "
-                "role, database or URL; the statement ran, or waited for a table's lock, that long), so nothing was "
-                "changed; ")
+                "role, database or URL, or in the server's configuration; the statement ran, or waited for a table's "
+                "lock, that long), so nothing was changed; ")
             assert migrate.current_revision(empty_db_url) == "0006"
             held.rollback()
     finally:

@@ -339,6 +339,7 @@ def test_an_operators_cancel_is_said_as_one(db_url):
             victim.close()
             canceller.close()
         assert cancelled.value.orig.sqlstate == "57014"
+        assert db_engine.statement_timeout_ran_out_s(cancelled.value) is None
         assert db_engine.bound_refusal(cancelled.value) == (
             "the database cancelled a statement of this at an operator's request, so the change it belonged to was not "
             "saved; try again in a moment")
@@ -548,3 +549,48 @@ def test_session_bounds_set_are_in_force_after_a_rollback(db_url):
             c.rollback()
     finally:
         engine.dispose()
+
+
+def test_a_migration_statement_cut_where_the_lock_bound_is_shorter_is_said_as_one_that_ran(empty_db_url):
+    """The migration's sentence for a statement cut at the operator's statement_timeout (57014) was fixed text: it
+    named the role, the database and the URL but not the server's configuration, and said the statement "ran, or
+    waited for a table's lock, that long" where the lock bound in force was below the statement bound (a lock wait
+    ends first there, as a lock not granted). It follows the lock bound now, as db.engine.statement_refusal and the
+    worker's cancel reason do, through the one test of a statement_timeout that ran out
+    (db.engine.statement_timeout_ran_out_s)."""
+    from app.worker import _cancel_reason
+
+    _pg_only(empty_db_url)
+    _with_held_table(empty_db_url)
+    shorter_lock = make_engine(f"{empty_db_url}?options=-c%20lock_timeout%3D200%20-c%20statement_timeout%3D300")
+    try:
+        with pytest.raises(OperationalError) as cancelled, shorter_lock.connect() as c:
+            c.execute(text("SELECT pg_sleep(5)"))
+    finally:
+        shorter_lock.dispose()
+    exc = cancelled.value
+    assert exc.orig.sqlstate == "57014" and db_engine.statement_timeout_ran_out_s(exc) == 0.3
+    assert migrate._migration_refusal(exc) == (
+        "the database cancelled a statement of the migration at its statement_timeout of 0.3 s (set for this role, "
+        "database or URL, or in the server's configuration; the statement ran that long), so nothing was changed; run "
+        "it again with a longer bound for the migration (the URL's ?options=-c%20statement_timeout%3D0)")
+    assert _cancel_reason(exc) == "the database's statement_timeout of 0.3 s ran out: it ran that long"
+    cut = make_engine(f"{empty_db_url}?options=-c%20lock_timeout%3D0%20-c%20statement_timeout%3D300")
+    plain = make_engine(empty_db_url)
+    try:
+        holder = _held_row(plain)
+        try:
+            with pytest.raises(OperationalError) as cancelled, cut.connect() as c:
+                c.execute(text("SELECT x FROM held FOR UPDATE"))
+        finally:
+            holder.rollback()
+            holder.close()
+    finally:
+        cut.dispose()
+        plain.dispose()
+    assert migrate._migration_refusal(cancelled.value) == (
+        "the database cancelled a statement of the migration at its statement_timeout of 0.3 s (set for this role, "
+        "database or URL, or in the server's configuration; the statement ran, or waited for a table's lock, that "
+        "long), so nothing was changed; run it again with a longer bound for the migration (the URL's "
+        "?options=-c%20statement_timeout%3D0) or once the server and the workers are stopped")
+    assert db_engine.statement_timeout_ran_out_s(ValueError("canceling statement due to statement timeout")) is None
