@@ -168,12 +168,17 @@ def _before_migration() -> Iterator[None]:
     ``_migration_refusal``'s sentence, naming the bound in force, and any other (a refused connection, a file that is
     not a database) ``db.engine.unusable_refusal``'s, each as InvalidInput. They ran outside ``_run``: a lock or a
     statement cut there was the page's sentence (the change "was not saved"), a refused connection the driver's error,
-    and to a caller of this module (db.testing, app.tools) a bare OperationalError (thirteenth review)."""
-    from sqlalchemy.exc import OperationalError
+    and to a caller of this module (db.testing, app.tools) a bare OperationalError (thirteenth review). SQLite's "file
+    is not a database" is a plain DatabaseError (SQLITE_NOTADB), not an OperationalError: it went on bare (thirteenth
+    review); the DatabaseError subclasses a broken query raises (a ProgrammingError, an IntegrityError) keep their
+    traceback, as app.__main__'s ``refusal`` does."""
+    from sqlalchemy.exc import DatabaseError, OperationalError
 
     try:
         yield
-    except OperationalError as exc:
+    except DatabaseError as exc:
+        if not isinstance(exc, OperationalError) and type(exc) is not DatabaseError:
+            raise
         raise InvalidInput(_migration_refusal(exc) or f"{unusable_refusal(exc)}; nothing was changed") from exc
 
 

@@ -85,6 +85,24 @@ def test_current_revision_does_not_create_a_missing_sqlite_file(tmp_path):
     assert migrate.current_revision(url) == migrate.head_revision()
 
 
+def test_a_file_that_is_not_a_database_is_one_sentence_before_the_migration(tmp_path):
+    """SQLite's "file is not a database" (SQLITE_NOTADB) is a plain DatabaseError, not an OperationalError: the
+    upgrade's and the downgrade's checks before the migration raised it bare, where a refused connection is
+    db.engine.unusable_refusal's sentence. It is that sentence now, as InvalidInput, and the file is left as it was."""
+    path = tmp_path / "notes.db"
+    notes = "these are a rater's notes, not a database\n" * 40
+    path.write_text(notes)
+    url = dbt.sqlite_url(path)
+    said = "the database could not be used (file is not a database); nothing was changed"
+    for check, rev in ((migrate.check_upgrade, "head"), (migrate.check_downgrade, "base")):
+        with pytest.raises(InvalidInput) as refused:
+            check(url, rev)
+        assert str(refused.value) == said, check
+    with pytest.raises(InvalidInput, match="^the database could not be used \\(file is not a database\\)"):
+        migrate.upgrade(url)
+    assert path.read_text() == notes
+
+
 def test_migration_0007_adds_credentials_changed_at_and_keeps_the_raters(empty_db_url):
     from db import repo
     from db.engine import session_factory, write_session
