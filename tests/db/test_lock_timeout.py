@@ -551,6 +551,26 @@ def test_session_bounds_set_are_in_force_after_a_rollback(db_url):
         engine.dispose()
 
 
+def test_the_workers_lock_bound_is_a_third_of_the_operators_shorter_statement_bound(empty_db_url, tmp_path):
+    """The worker's engine keeps the operator's statement_timeout; where that is not above our lock bound
+    (BUSY_TIMEOUT_MS, 10 s), our lock bound is a third of it, so a lock wait ends first, as a lock not granted: a
+    statement bound of 5 s gives a lock bound of 1666 ms (5000 // 3). One of 20 s leaves ours, 10 s."""
+    from app.settings import Settings
+    from app.worker import Worker
+
+    _pg_only(empty_db_url)
+    for statement_ms, expected in ((5000, {"lock_timeout": "1666ms", "statement_timeout": "5s"}),
+                                   (20000, {"lock_timeout": "10s", "statement_timeout": "20s"})):
+        settings = Settings.from_env({"data_dir": str(tmp_path / "data"),
+                                      "db_url": f"{empty_db_url}?options=-c%20statement_timeout%3D{statement_ms}",
+                                      "model": str(tmp_path / "model")}, environ={})
+        worker = Worker(settings, "worker-1", device="cpu")
+        try:
+            assert _settings_of(worker.engine) == expected
+        finally:
+            worker.engine.dispose()
+
+
 def test_a_migration_statement_cut_where_the_lock_bound_is_shorter_is_said_as_one_that_ran(empty_db_url):
     """The migration's sentence for a statement cut at the operator's statement_timeout (57014) was fixed text: it
     named the role, the database and the URL but not the server's configuration, and said the statement "ran, or
