@@ -780,12 +780,20 @@ def parse_kept_round(payload: dict[str, Any]) -> int | None:
     return round_id
 
 
-def _check_kept_round(factory, image_id: int, round_id: int) -> None:
-    """An action sent again for the round it was kept for (the page's reload may show another experiment or round):
-    its image must be of that round; who may rate it, and whether it is open, ``_rate`` and ``skip`` check."""
+def _action_target(factory, who: Who, image_id: int, round_id: int) -> None:
+    """The gate of an action sent again for the round it was kept for (the page's reload may show another experiment
+    or round): first, that ``who`` may rate the image's experiment, a rater it does not list (and an image that does
+    not exist) refused with one sentence, ``repo.no_image_with_id``'s, whatever the image and round; then that the
+    image is of that round. Whether the round is open, ``_rate`` and ``skip`` check (thirteenth review, 6 Dec 2026:
+    the round was compared first, so a rater outside the image's experiment learnt from the two answers which images
+    exist and which round each is in)."""
+    unknown = repo.no_image_with_id(image_id)
     with read_session(factory) as s:
         image = s.get(Image, image_id)
-        if image is None or image.round_id != round_id:
+        if image is None:
+            raise NotFound(unknown)
+        members.check(s, who, s.get(Round, image.round_id).experiment_id, unknown=unknown)
+        if image.round_id != round_id:
             raise Conflict(f"image {image_id} is not an image of the round this page kept the action for; nothing "
                            "was done")
 
@@ -892,7 +900,7 @@ def rate(factory, data_dir, who: Who, state_value: dict | None, payload: dict[st
         kept = "prior" in payload
         expect = parse_prior(payload["prior"]) if kept else None
         if kept_round is not None:
-            _check_kept_round(factory, image_id, kept_round)
+            _action_target(factory, who, image_id, kept_round)
         elif (image_id not in state.batch and not _rated_in_round(factory, who, image_id, state.round_id)
                 and not _skipped_in_round(factory, who, image_id, state.round_id)):
             # an edit of an image rated in this round is taken even when it left the batch: a correction of a
@@ -955,7 +963,7 @@ def skip(factory, data_dir, who: Who, state_value: dict | None, payload: dict[st
         image_id = parse_image_id((payload or {}).get("image_id"))
         kept_round = parse_kept_round(payload or {})
         if kept_round is not None:
-            _check_kept_round(factory, image_id, kept_round)
+            _action_target(factory, who, image_id, kept_round)
         round_id = state.round_id if kept_round is None else kept_round
         if image_id not in state.batch and _skipped_in_round(factory, who, image_id, round_id):
             # skipped already (a skip the page sends again after a restart: its first sending may have arrived, and

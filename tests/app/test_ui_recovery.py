@@ -654,6 +654,31 @@ def _undo_steps(world, rater: str = "alice") -> int:
         return s.scalar(select(func.count()).select_from(UndoStep).where(UndoStep.rater_id == world.accounts[rater]))
 
 
+def _other_experiment(world) -> tuple[int, int]:
+    """A second experiment, 'other', with its round 0 open and 4 query images: (experiment id, round id)."""
+    with write_session(world.factory) as s:
+        e2 = repo.create_experiment(session=s, name="other", model_spec="m", method="bootstrap", config={}, budgets=[4],
+                                    prompts=["p"])
+        r2 = repo.create_round(session=s, experiment_id=e2.id)
+        e2id, r2id = e2.id, r2.id
+    world.add_round_images(r2id, 4)
+    with write_session(world.factory) as s:
+        repo.open_round(session=s, round_id=r2id)
+    return e2id, r2id
+
+
+def _marks_of(world, rater: str = "alice") -> tuple[int, int, int]:
+    """How many ratings, skips and undo steps the rater has (nothing written: all three unchanged)."""
+    from sqlalchemy import func, select
+
+    from db.models import Rating, Skip, UndoStep
+
+    rater_id = world.accounts[rater]
+    with read_session(world.factory) as s:
+        return tuple(s.scalar(select(func.count()).select_from(t).where(t.rater_id == rater_id))
+                     for t in (Rating, Skip, UndoStep))
+
+
 def test_a_kept_rating_is_done_only_where_the_score_the_page_knew_still_stands(ui_world):
     """Found by a read-only review (6 Dec 2026): a rating sent again after the reload did not carry the score the page
     knew for its image, so one sent by a duplicated or reopened tab (within the note's 120 s) overwrote a newer score
@@ -742,14 +767,7 @@ def test_actions_kept_for_another_experiment_are_done_for_their_own_round(ui_wor
     from app import members
 
     w = ui_world
-    with write_session(w.factory) as s:
-        e2 = repo.create_experiment(session=s, name="other", model_spec="m", method="bootstrap", config={}, budgets=[4],
-                                    prompts=["p"])
-        r2 = repo.create_round(session=s, experiment_id=e2.id)
-        e2id, r2id = e2.id, r2.id
-    w.add_round_images(r2id, 4)
-    with write_session(w.factory) as s:
-        repo.open_round(session=s, round_id=r2id)
+    e2id, r2id = _other_experiment(w)
     alice = who(w, "alice")
     kept_page = ui_rate.load_batch(w.factory, w.settings.data_dir, alice, None, batch_size=4, experiment_id=e2id).state
     a, b, c = kept_page["batch"][:3]
@@ -780,6 +798,38 @@ def test_actions_kept_for_another_experiment_are_done_for_their_own_round(ui_wor
     with read_session(w.factory) as s:
         assert _score(w, c) is None and repo.find_skip(session=s, image_id=c, rater_id=alice.rater_id) is None
     assert _undo_steps(w) == 2
+
+
+def test_a_kept_action_tells_a_rater_outside_the_experiment_nothing_of_its_images_or_rounds(ui_world):
+    """Found by a read-only review (6 Dec 2026, thirteenth review): a kept action's round was compared with its image's
+    before anyone checked that the rater may rate the image's experiment, so a rater outside it learnt from the two
+    answers ("image I is not an image of the round this page kept the action for" against "there is no image with
+    id I") which images exist and which round each is in. Now who may rate is checked first: such a rater gets the
+    one sentence of an image that does not exist, whatever the image and round, and nothing is written."""
+    from app import members
+
+    w = ui_world
+    e2id, r2id = _other_experiment(w)
+    alice = who(w, "alice")
+    with read_session(w.factory) as s:
+        image = repo.list_images(session=s, round_id=r2id, kind="query")[0].id
+    members.set_raters(w.factory, who(w, "root"), e2id, ["bob"])
+    shown = page(w, "alice").state
+    before = _marks_of(w)
+    missing = 10 ** 6
+    # the image in the round named, the image named with another round (an existing one, and one that does not
+    # exist), an image that does not exist: the same answer, the image's "no such image" sentence
+    for image_id, round_id in ((image, r2id), (image, w.round_id), (image, 10 ** 6), (missing, r2id)):
+        for act, payload in ((ui_rate.rate, {"image_id": image_id, "score": 5, "prior": "none", "round": round_id}),
+                             (ui_rate.rate, {"image_id": image_id, "score": 5, "round": round_id}),
+                             (ui_rate.skip, {"image_id": image_id, "round": round_id})):
+            said = act(w.factory, w.settings.data_dir, alice, shown, payload, batch_size=4).message
+            assert said == f"there is no image with id {image_id}", (image_id, round_id, payload, said)
+    assert _marks_of(w) == before
+    # bob, whom the experiment lists, is told the round is not the image's (he may know its images)
+    said = ui_rate.rate(w.factory, w.settings.data_dir, who(w, "bob"), page(w, "bob").state,
+                        {"image_id": image, "score": 5, "prior": "none", "round": w.round_id}, batch_size=4).message
+    assert "not an image of the round" in said and _marks_of(w, "bob") == (0, 0, 0)
 
 
 def test_a_later_action_that_did_nothing_does_not_hold_back_an_undo_the_page_gave_up(ui_world):
