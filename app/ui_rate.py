@@ -780,22 +780,36 @@ def parse_kept_round(payload: dict[str, Any]) -> int | None:
     return round_id
 
 
-def _action_target(factory, who: Who, image_id: int, round_id: int) -> None:
+def _check_rateable(session: Session, image: Image, experiment_id: int, done: str) -> None:
+    """An image is rated or skipped (``done``: "rated", "skipped") only where it is a query image (the page's batch
+    never offers an evaluation image) of an experiment that asks for 1-10 scores (``_offered``'s rule)."""
+    if image.kind != "query":
+        raise Conflict(f"image {image.id} is an evaluation image of the dashboard and is not {done}")
+    if _pairs_only(session, experiment_id):  # issue 14 item 1
+        raise Conflict(f"this experiment asks for comparisons of two images, not 1-10 ratings; image {image.id} was not "
+                       f"{done} (compare on the Pairs tab)")
+
+
+def _action_target(factory, who: Who, image_id: int, round_id: int, done: str) -> None:
     """The gate of an action sent again for the round it was kept for (the page's reload may show another experiment
-    or round): first, that ``who`` may rate the image's experiment, a rater it does not list (and an image that does
-    not exist) refused with one sentence, ``repo.no_image_with_id``'s, whatever the image and round; then that the
-    image is of that round. Whether the round is open, ``_rate`` and ``skip`` check (thirteenth review, 6 Dec 2026:
-    the round was compared first, so a rater outside the image's experiment learnt from the two answers which images
-    exist and which round each is in)."""
+    or round), in place of the page's batch (``done``: "rated", "skipped"): first, that ``who`` may rate the image's
+    experiment, a rater it does not list (and an image that does not exist) refused with one sentence,
+    ``repo.no_image_with_id``'s, whatever the image and round; then that the image is of that round, a query image,
+    of an experiment that asks for scores (``_check_rateable``: a kept skip, which passes no batch, got past them).
+    Whether the round is open, ``_rate`` and ``skip`` check (thirteenth review, 6 Dec 2026: the round was compared
+    first, so a rater outside the image's experiment learnt from the two answers which images exist and which round
+    each is in)."""
     unknown = repo.no_image_with_id(image_id)
     with read_session(factory) as s:
         image = s.get(Image, image_id)
         if image is None:
             raise NotFound(unknown)
-        members.check(s, who, s.get(Round, image.round_id).experiment_id, unknown=unknown)
+        experiment_id = s.get(Round, image.round_id).experiment_id
+        members.check(s, who, experiment_id, unknown=unknown)
         if image.round_id != round_id:
             raise Conflict(f"image {image_id} is not an image of the round this page kept the action for; nothing "
                            "was done")
+        _check_rateable(s, image, experiment_id, done)
 
 
 def rate_in_session(session: Session, who: Who, image_id: int, score: int) -> int | None:
@@ -824,11 +838,7 @@ def _rate(session: Session, who: Who, image_id: int, score: int, *, kept: bool =
     image, round_ = repo.lock_image_for_rating(session=session, image_id=image_id, check=_may_rate_image(session, who, image_id))
     if round_.status != "labeling":
         raise Conflict(f"round {round_.index} is closed for labeling (it is {round_.status}); image {image_id} was not rated")
-    if image.kind != "query":
-        raise Conflict(f"image {image_id} is an evaluation image of the dashboard and is not rated")
-    if _pairs_only(session, round_.experiment_id):  # issue 14 item 1
-        raise Conflict(f"this experiment asks for comparisons of two images, not 1-10 ratings; image {image_id} was not "
-                       "rated (compare on the Pairs tab)")
+    _check_rateable(session, image, round_.experiment_id, "rated")
     existing = repo.find_rating(session=session, image_id=image_id, rater_id=who.rater_id)
     if existing is not None and (offer := db_quality.find_repeat_offer(session=session, image_id=image_id,
                                                                        rater_id=who.rater_id)) is not None:
@@ -900,7 +910,7 @@ def rate(factory, data_dir, who: Who, state_value: dict | None, payload: dict[st
         kept = "prior" in payload
         expect = parse_prior(payload["prior"]) if kept else None
         if kept_round is not None:
-            _action_target(factory, who, image_id, kept_round)
+            _action_target(factory, who, image_id, kept_round, "rated")
         elif (image_id not in state.batch and not _rated_in_round(factory, who, image_id, state.round_id)
                 and not _skipped_in_round(factory, who, image_id, state.round_id)):
             # an edit of an image rated in this round is taken even when it left the batch: a correction of a
@@ -963,7 +973,7 @@ def skip(factory, data_dir, who: Who, state_value: dict | None, payload: dict[st
         image_id = parse_image_id((payload or {}).get("image_id"))
         kept_round = parse_kept_round(payload or {})
         if kept_round is not None:
-            _action_target(factory, who, image_id, kept_round)
+            _action_target(factory, who, image_id, kept_round, "skipped")
         round_id = state.round_id if kept_round is None else kept_round
         if image_id not in state.batch and _skipped_in_round(factory, who, image_id, round_id):
             # skipped already (a skip the page sends again after a restart: its first sending may have arrived, and

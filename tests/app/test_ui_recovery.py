@@ -832,6 +832,38 @@ def test_a_kept_action_tells_a_rater_outside_the_experiment_nothing_of_its_image
     assert "not an image of the round" in said and _marks_of(w, "bob") == (0, 0, 0)
 
 
+def test_a_kept_skip_gets_past_none_of_the_checks_a_skip_of_the_batch_gets(ui_world):
+    """Found by a read-only review (6 Dec 2026, thirteenth review): a kept skip (with ``round``) passes no batch, and
+    the batch was what kept an evaluation image of the dashboard and the images of an experiment that asks for
+    comparisons only (``_offered``) from being skipped, so a forged one was written. The kept rating and skip now
+    share one gate (``ui_rate._action_target``) that refuses both, nothing written."""
+    from app import pairwise
+
+    w = ui_world
+    e2id, r2id = _other_experiment(w)
+    alice, root = who(w, "alice"), who(w, "root")
+    with read_session(w.factory) as s:
+        pairs_image = repo.list_images(session=s, round_id=r2id, kind="query")[0].id
+    pairwise.set_feedback(w.factory, root, e2id, "pairs")
+    shown = ui_rate.load_batch(w.factory, w.settings.data_dir, alice, None, batch_size=4,
+                               experiment_id=w.experiment_id).state
+    before = _marks_of(w)
+    evaluation = w.eval_image_ids[0]
+    for act, extra, done in ((ui_rate.skip, {}, "skipped"), (ui_rate.rate, {"score": 5, "prior": "none"}, "rated")):
+        said = act(w.factory, w.settings.data_dir, alice, shown, {"image_id": evaluation, "round": w.round_id, **extra},
+                   batch_size=4).message
+        assert said == f"image {evaluation} is an evaluation image of the dashboard and is not {done}"
+        said = act(w.factory, w.settings.data_dir, alice, shown, {"image_id": pairs_image, "round": r2id, **extra},
+                   batch_size=4).message
+        assert said == (f"this experiment asks for comparisons of two images, not 1-10 ratings; image {pairs_image} "
+                        f"was not {done} (compare on the Pairs tab)")
+    assert _marks_of(w) == before
+    # a kept skip of a query image of a scored experiment is done as before
+    assert ui_rate.skip(w.factory, w.settings.data_dir, alice, shown, {"image_id": shown["batch"][0],
+                                                                       "round": w.round_id}, batch_size=4).message is None
+    assert _marks_of(w) == (before[0], before[1] + 1, before[2] + 1)
+
+
 def test_a_later_action_that_did_nothing_does_not_hold_back_an_undo_the_page_gave_up(ui_world):
     """Found by a read-only review (6 Dec 2026): the late-undo guard (ui_rate_tab.Answered) counted every later action
     of the page from its start, so an undo the page gave up was refused even when the later action then did nothing
