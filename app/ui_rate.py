@@ -750,12 +750,13 @@ class ChangedElsewhere(Conflict):
 
 
 def changed_elsewhere(image_id: int, before: int | None, now: int | None) -> str:
-    def said(score: int | None) -> str:
-        return "no score" if score is None else str(score)
-
-    return (f"not sent: changed elsewhere. This page kept a rating of image {image_id} while the server was away, when "
-            f"its score was {said(before)}; it is {said(now)} now (changed on another page, or by an action the server "
-            "did before it restarted), so the kept rating was not saved")
+    # it said "not sent" of a rating sent and refused, and "when its score was {before}" where before may be the score
+    # an earlier kept rating of the page would have set, never stored (thirteenth review, 6 Dec 2026)
+    expected = " to have no score" if before is None else f"'s score to be {before}"
+    found = "it has no score" if now is None else f"it is {now}"
+    return (f"not saved: changed elsewhere. This page kept a rating of image {image_id} while the server was away and "
+            f"sent it again after its reload; this page expected the image{expected}, and {found} now (changed on "
+            "another page, or by an action the server did before it restarted), so the kept rating was not saved")
 
 
 def parse_prior(value: Any) -> int | None:

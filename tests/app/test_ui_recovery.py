@@ -695,6 +695,10 @@ def test_a_kept_rating_is_done_only_where_the_score_the_page_knew_still_stands(u
     state = page(w, "alice").state
     image, round_id = state["batch"][0], state["round_id"]
     sent = 6
+    # the rule written out by hand, stored score -> prior -> done (True) or refused as changed elsewhere (False)
+    done = {None: {"none": True, 4: False, 6: False, 9: False},
+            4: {"none": False, 4: True, 6: False, 9: False},
+            6: {"none": True, 4: True, 6: True, 9: True}}  # already the score sent: stored once
     for stored in (None, 4, sent):
         for prior in ("none", 4, sent, 9):
             if stored is None:
@@ -710,14 +714,20 @@ def test_a_kept_rating_is_done_only_where_the_score_the_page_knew_still_stands(u
             view = ui_rate.rate(w.factory, w.settings.data_dir, alice, state,
                                 {"image_id": image, "score": sent, "prior": prior, "round": round_id}, batch_size=4)
             knew = None if prior == "none" else prior
-            if stored == knew or stored == sent:
+            if done[stored][prior]:
                 assert _score(w, image) == sent
                 assert view.message is None, (stored, prior, view.message)
                 assert _undo_steps(w) == steps + (stored != sent)  # stored once
             else:
                 assert _score(w, image) == stored and _undo_steps(w) == steps, (stored, prior)
                 assert view.changed and view.message == ui_rate.changed_elsewhere(image, knew, stored), (stored, prior)
-                assert view.message.startswith("not sent: changed elsewhere")
+                expected = "the image to have no score" if knew is None else f"the image's score to be {knew}"
+                found = "it has no score" if stored is None else f"it is {stored}"
+                assert view.message == (
+                    f"not saved: changed elsewhere. This page kept a rating of image {image} while the server was "
+                    f"away and sent it again after its reload; this page expected {expected}, and {found} now "
+                    "(changed on another page, or by an action the server did before it restarted), so the kept "
+                    "rating was not saved")
     # the page's own rating (no prior) keeps today's behaviour: done over whatever is stored
     assert ui_rate.rate(w.factory, w.settings.data_dir, alice, state, {"image_id": image, "score": 2},
                         batch_size=4).message is None and _score(w, image) == 2
