@@ -208,7 +208,10 @@ ACTION_KEPT_PARTS = {
     # an answer marked failed (the server could not handle it) or stale (another experiment picked meanwhile) was
     # counted as refused "(its warning says why)": neither has such a warning (found by a read-only review, 6 Dec 2026)
     "failed": "{k} sent again and not done, as the server could not handle it (its error says so)",
-    "stale": "{k} sent again and not done, as another experiment was picked meanwhile",
+    # "not done" was untrue: the server judges it stale after the action committed (ui_rate_tab answer_action), and
+    # only the page's answer is dropped (thirteenth review, 6 Dec 2026)
+    "stale": "{k} sent again, answered only after another experiment was picked (the cards of its round show what was "
+             "saved)",
     # a kept rating carries the score the page knew for its image, and is done only where that is still the score
     # (app.ui_rate ChangedElsewhere; thirteenth review, 6 Dec 2026)
     "changed": "{k} sent again and not done, as the image's score had changed since this page kept it (its warning "
@@ -234,9 +237,10 @@ ACTION_KEPT_ELSEWHERE = ("The page reloaded after the server restarted, with {n}
 # The reloaded page shows the default experiment (or the round moved on): what was kept for another was said not sent
 # (ACTION_KEPT_ELSEWHERE). Each kept rating and skip now goes with the round it was kept for, and the server checks it
 # there (the image of that round, the rater one who may rate it, the round open: app.ui_rate parse_kept_round);
-# ACTION_KEPT_ELSEWHERE is left for a note that names no round (thirteenth review, 6 Dec 2026)
+# ACTION_KEPT_ELSEWHERE is left for a note that names no round (thirteenth review, 6 Dec 2026). It said "they were
+# sent for their own" of all {n}, though an undo is never sent (its part says so): each rating and skip is
 ACTION_KEPT_SENT_ELSEWHERE = ("The page reloaded after the server restarted and shows another experiment or round than "
-                              "the {n} it kept were for; they were sent for their own: {parts}.")
+                              "the {n} it kept were for; each rating and skip was sent for its own round: {parts}.")
 ACTION_KEPT_UNREADABLE = ("This page found actions noted by an earlier page in a form it cannot read, so it sent none "
                           "of them: the cards show what was saved.")
 

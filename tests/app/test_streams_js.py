@@ -921,7 +921,7 @@ return { sent, notice: notices().slice(-1)[0] };
 def test_actions_kept_for_another_experiment_or_round_are_sent_for_their_own_and_said(tmp_path):
     """Found by a read-only review (6 Dec 2026): the reloaded page shows the default experiment (or the round moved
     on), and what was kept for the one before was said "not sent" (ACTION_KEPT_ELSEWHERE), lost. Each kept rating and
-    skip now goes with the round it was kept for (the server checks it there: tests/app/test_rate_queue_js.py), and
+    skip now goes with the round it was kept for (the server checks it there: tests/app/test_ui_recovery.py), and
     one sentence says they were sent for their own experiment or round, and what came of them. A note that names no
     round (none was shown) still says none was sent."""
     for shown in ("experiment: 5, round: 12", "experiment: 4, round: 10"):
@@ -939,6 +939,9 @@ return { sent, notice: notices().slice(-1)[0], stored: window.sessionStorage.get
                                 {"image_id": 2, "score": 6, "prior": "none", "round": 9, "seq": 2},
                                 {"image_id": 3, "round": 9, "seq": 3}],
                        "notice": kept_sent("3 actions", elsewhere=True, saved=2, refused=1), "stored": None}
+        assert out["notice"] == ("The page reloaded after the server restarted and shows another experiment or round "
+                                 "than the 3 actions it kept were for; each rating and skip was sent for its own round: "
+                                 "2 sent again and done; 1 sent again and refused (its warning says why).")
     note = {"v": 3, "who": "alice", "experiment": None, "round": None, "sent": None, "over": 0, "at": 0,
             "actions": [["rate", {"image_id": 2, "score": 3, "prior": "none"}]]}
     out = _reloaded_with_note(tmp_path, json.dumps(note), """
@@ -952,7 +955,7 @@ def test_a_kept_rating_carries_the_score_the_page_knew_for_its_image(tmp_path):
     knew for its image, so one sent within ACTION_KEPT_AGE_S by a duplicated or reopened tab overwrote a newer score
     given elsewhere. Each kept rating now carries it (``prior``: the page's marks, then the kept ratings before it in
     the order they are done, a rating an undo takes back leaving it as it was; "none" for no score), and the server
-    does it only where that still stands (tests/app/test_rate_queue_js.py); one not done for that is said."""
+    does it only where that still stands (tests/app/test_ui_recovery.py); one not done for that is said."""
     kept = ("'rate', { image_id: 1, score: 6 }", "'rate', { image_id: 2, score: 5 }", "'rate', { image_id: 3, score: 2 }",
             "'undo', {}", "'rate', { image_id: 3, score: 9 }", "'rate', { image_id: 1, score: 8 }")
     out = run_clocked(tmp_path, "signIn('alice');" + held_then_restarted(
@@ -1145,6 +1148,9 @@ await answer({ done: 3, refused: true });
 return { sent: sent.length, notice: notices().slice(-1)[0] };
 """)
     assert out == {"sent": 3, "notice": kept_sent("3 actions", refused=1, failed=1, stale=1)}
+    # a stale answer is judged after the action committed: not said "not done" (thirteenth review, 6 Dec 2026)
+    assert out["notice"].endswith("; 1 sent again, answered only after another experiment was picked (the cards of "
+                                  "its round show what was saved).")
 
 
 def test_actions_kept_where_the_tab_cannot_note_them_are_not_promised_after_the_reload(tmp_path):
