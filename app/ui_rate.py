@@ -728,18 +728,22 @@ def poll(factory, data_dir, who: Who, state_value: dict | None, *, batch_size: i
 # ---------------------------------------------------------------------------------------------
 
 
-def parse_score(score: Any) -> int:
+def parse_score(score: Any, *, what: str = "a rating", besides: str = "") -> int:
+    """A score from 1 to 10; ``what`` names the value in the refusal's sentence, ``besides`` the other forms the
+    caller takes (``parse_prior``'s 'none')."""
     score = whole_number(score)
     if isinstance(score, bool) or not isinstance(score, int) or not SCORE_MIN <= score <= SCORE_MAX:
-        raise InvalidInput(f"a rating must be a whole number from {SCORE_MIN} to {SCORE_MAX}, got {shown(score)}; "
+        raise InvalidInput(f"{what} must be a whole number from {SCORE_MIN} to {SCORE_MAX}{besides}, got {shown(score)}; "
                            "nothing was saved")
     return score
 
 
-def parse_image_id(image_id: Any) -> int:
+def parse_image_id(image_id: Any, *, what: str = "an image id", then: str = "") -> int:
+    """A row's id (an image's, or ``parse_kept_round``'s round); ``what`` names it in the refusal's sentence, ``then``
+    ends that sentence."""
     image_id = whole_number(image_id)
     if isinstance(image_id, bool) or not isinstance(image_id, int) or not 1 <= image_id <= MAX_ID:
-        raise InvalidInput(f"an image id must be a positive whole number, got {shown(image_id)}")
+        raise InvalidInput(f"{what} must be a positive whole number, got {shown(image_id)}{then}")
     return image_id
 
 
@@ -763,22 +767,14 @@ def parse_prior(value: Any) -> int | None:
     """The score the page knew for the image before a kept action: a score, or "none" (no score)."""
     if value == "none":
         return None
-    value = whole_number(value)
-    if isinstance(value, bool) or not isinstance(value, int) or not SCORE_MIN <= value <= SCORE_MAX:
-        raise InvalidInput(f"the score a kept rating was given over must be a whole number from {SCORE_MIN} to "
-                           f"{SCORE_MAX} or 'none', got {shown(value)}; nothing was saved")
-    return value
+    return parse_score(value, what="the score a kept rating was given over", besides=" or 'none'")
 
 
 def parse_kept_round(payload: dict[str, Any]) -> int | None:
     """The round an action sent again after a reload was kept for (its ``round``), None for an action of the page."""
     if "round" not in payload:
         return None
-    round_id = whole_number(payload["round"])
-    if isinstance(round_id, bool) or not isinstance(round_id, int) or not 1 <= round_id <= MAX_ID:
-        raise InvalidInput(f"a kept action's round must be a positive whole number, got {shown(payload['round'])}; "
-                           "nothing was done")
-    return round_id
+    return parse_image_id(payload["round"], what="a kept action's round", then="; nothing was done")
 
 
 def _check_rateable(session: Session, image: Image, experiment_id: int, done: str) -> None:

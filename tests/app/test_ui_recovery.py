@@ -874,6 +874,36 @@ def test_a_kept_skip_gets_past_none_of_the_checks_a_skip_of_the_batch_gets(ui_wo
     assert _marks_of(w) == (before[0], before[1] + 1, before[2] + 1)
 
 
+@pytest.mark.parametrize("value", [1, 10, 5.0, " 7 ", "10", 0, 11, -1, 2.5, "five", "", None, True, False, [3],
+                                   2 ** 40, "9" * 30, "0", "none", "None", "²"])
+def test_a_kept_actions_prior_and_round_are_read_as_a_score_and_an_id_are(value):
+    """Found by a read-only review (6 Dec 2026, thirteenth review): ``parse_prior`` and ``parse_kept_round`` repeated
+    ``parse_score``'s and ``parse_image_id``'s checks, free to drift apart (and had: a round of "0" was shown as
+    '0', an image id as 0). They call them now: a prior is taken exactly where a score is (and "none"), with its own
+    sentence; a round exactly where an image id is."""
+    def outcome(parse):
+        try:
+            return ("taken", parse(value))
+        except InvalidInput as e:
+            return ("refused", str(e))
+
+    score, prior = outcome(ui_rate.parse_score), outcome(ui_rate.parse_prior)
+    if value == "none":
+        assert prior == ("taken", None)
+    elif score[0] == "taken":
+        assert prior == score
+    else:
+        assert prior == ("refused", f"the score a kept rating was given over must be a whole number from 1 to 10 or "
+                                    f"'none', got {score[1].split(', got ')[1]}")
+    image_id, round_id = outcome(ui_rate.parse_image_id), outcome(lambda v: ui_rate.parse_kept_round({"round": v}))
+    if image_id[0] == "taken":
+        assert round_id == image_id
+    else:
+        assert round_id == ("refused", f"a kept action's round must be a positive whole number, got "
+                                       f"{image_id[1].split(', got ')[1]}; nothing was done")
+    assert ui_rate.parse_kept_round({}) is None
+
+
 def test_a_later_action_that_did_nothing_does_not_hold_back_an_undo_the_page_gave_up(ui_world):
     """Found by a read-only review (6 Dec 2026): the late-undo guard (ui_rate_tab.Answered) counted every later action
     of the page from its start, so an undo the page gave up was refused even when the later action then did nothing
