@@ -108,9 +108,11 @@ class SessionStore:
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
         self._refused: OrderedDict[str, _Cached] = OrderedDict()
         self._lock = threading.Lock()
-        # bumped under the lock by every forgetting (an end, a replaced session, a rater's sessions, all): a check that
-        # read the database before one does not cache what it read (``_read``)
-        self._forgets = 0
+        # the checks reading the database now (``_read``), each marked stale under the lock by a forgetting that may
+        # concern it (its own token's end or replacement; any rater's sessions; all), so it does not cache what it read.
+        # One counter for every forgetting let anyone stop all caching with POST /logout and random cookies (each end
+        # forgets; found by a read-only review, 6 Dec 2026); bounded by the checks running at once
+        self._reads: set[_Read] = set()
         self._last_purge = float("-inf")
         _STORES.add(self)
 
@@ -164,18 +166,22 @@ class SessionStore:
     def forget_rater(self, rater_id: int) -> None:
         """Drop the cached answers for a rater's sessions (call after ending them in the database)."""
         with self._lock:
-            self._forgets += 1
+            for read in self._reads:  # the rater of a read under way is not known yet
+                read.stale = True
             for digest in [d for d, c in self._cache.items() if c.info is not None and c.info.rater_id == rater_id]:
                 del self._cache[digest]
 
     def forget_all(self) -> None:
         with self._lock:
-            self._forgets += 1
+            for read in self._reads:
+                read.stale = True
             self._cache.clear()
             self._refused.clear()
 
     def _forget(self, digest: str) -> None:  # under self._lock
-        self._forgets += 1
+        for read in self._reads:
+            if read.digest == digest:
+                read.stale = True
         self._cache.pop(digest, None)
         self._refused.pop(digest, None)
 
@@ -239,8 +245,17 @@ class SessionStore:
         end, a log out or a disable committed between this read and the cache's write was overwritten by what was
         read, so an ended session or a disabled account's was served as valid for up to ``recheck_s`` (found by a
         read-only review, 6 Dec 2026)."""
+        read = _Read(digest)
         with self._lock:
-            forgets = self._forgets
+            self._reads.add(read)
+        try:
+            return self._read_and_cache(read)
+        finally:
+            with self._lock:
+                self._reads.discard(read)
+
+    def _read_and_cache(self, read: _Read) -> SessionInfo | None:
+        digest = read.digest
         with read_session(self.factory) as s:
             now = self._now(s)
             row = repo.find_session(session=s, token_sha256=digest)
@@ -255,7 +270,7 @@ class SessionStore:
                 repo.touch_session(session=s, session_id=info.session_id, now=now)
             last_seen_at = now
         with self._lock:
-            if self._forgets != forgets:
+            if read.stale:
                 return info  # this one answer as read; the next check reads again
             self._cache.pop(digest, None)  # this answer's own place, cleared: no forgetting (``_forget`` counts)
             self._refused.pop(digest, None)
@@ -270,6 +285,14 @@ class SessionStore:
 # ---------------------------------------------------------------------------------------------
 # throttling
 # ---------------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Read:
+    """A check reading the database for ``digest`` now (``SessionStore._read``); ``stale`` once something it read may
+    have been forgotten since."""
+    digest: str
+    stale: bool = False
 
 
 @dataclass
@@ -390,7 +413,7 @@ class LoginThrottle:
             wait = self._lock_wait(keys, now)
             if wait > 0:
                 return wait, None
-            for key in keys:
+            for key in self._bars(keys, now):
                 pending = self._in_flight.get(key, 0)
                 f = self._keys.get(key)
                 counted = f.count if f is not None and now - f.last <= self.forget_s else 0
@@ -447,8 +470,9 @@ class LoginThrottle:
         (``failed``), so a stolen session's guesses there bring the sign-in page's locks nearer, as they did before;
         only those locks no longer bar the session. All the sessions of an account share one more counter there
         ("in-app", under the same rule), so that however many of them leaked, their boxes together get one browser's
-        guesses, not one each (found by a read-only review of these fixes, 6 Dec 2026); guesses at the sign-in page
-        never count on it."""
+        guesses past each one's first, not one browser's each (found by a read-only review of these fixes, 6 Dec
+        2026); it bars only a session with a failure of its own (``_bars``); guesses at the sign-in page never count
+        on it, and a right password there clears it."""
         name = (account or "")[:200]
         if session:
             return [("session", f"{session}\0{name}"), ("in-app", f"\0{name}")]
@@ -472,8 +496,17 @@ class LoginThrottle:
             return self._lock_wait(self._keys_for(ip, account, device, now, credentials, session), now)
 
     def _lock_wait(self, keys: list[tuple[str, str]], now: float) -> float:
-        """Seconds until every counter of ``keys`` is unlocked; call with the lock held."""
-        return max([0.0] + [f.locked_until - now for k in keys if (f := self._keys.get(k))])
+        """Seconds until every counter of ``keys`` that bars (``_bars``) is unlocked; call with the lock held."""
+        return max([0.0] + [f.locked_until - now for k in self._bars(keys, now) if (f := self._keys.get(k))])
+
+    def _bars(self, keys: list[tuple[str, str]], now: float) -> list[tuple[str, str]]:
+        """The counters of ``keys`` that bar an attempt (all count its failure): the sessions' shared counter
+        ("in-app", ``_keys_for``) only for a session with a failure of its own, so a leaked session's guesses cannot
+        lock the owner's own session out of its password boxes (and so out of changing the password, the way to end
+        the leaked one); the sessions that did guess are barred by it (a read-only review, 6 Dec 2026)."""
+        own = any(k[0] == "session" and (f := self._keys.get(k)) is not None and f.count > 0
+                  and now - f.last <= self.forget_s for k in keys)
+        return [k for k in keys if k[0] != "in-app" or own]
 
     def failed(self, ip: str | None, account: str | None, device: str | None = None, *, credentials: str = "",
                session: str | None = None) -> None:
@@ -521,6 +554,7 @@ class LoginThrottle:
                 self._keys.pop(("in-app", f"\0{name}"), None)
                 return
             self._keys.pop(("account", name), None)
+            self._keys.pop(("in-app", f"\0{name}"), None)  # a right password at the sign-in page clears it too
             if device:
                 self._keys.pop(("device", f"{device}\0{name}"), None)
                 self._remember_device(name, device, (now, credentials))

@@ -1839,24 +1839,39 @@ def test_a_common_password_written_again_apart_counts_once(db_factory, password)
 
 def test_the_password_boxes_of_all_an_accounts_sessions_share_one_more_counter():
     """Each signed-in session's boxes had their own counter only, so N sessions of an account (leaked, say) got N
-    browsers' guesses there. Now the sessions of one account share one more counter under the same rule: past its free
-    failures in one session, another session's box is barred too, another account's is not; a right password clears
-    it; guesses at the sign-in page never touch it."""
+    browsers' guesses there. Now the sessions of one account share one more counter under the same rule, which bars
+    a session with a failure of its own: past its free failures in one session, another session that guessed is
+    barred after its first failure, while a session that never failed (the owner's) is not, so a leaked session cannot
+    lock the owner out of changing the password; another account is not touched; a right password, in a session or
+    at the sign-in page, clears it; guesses at the sign-in page never count on it."""
     from app import sessions
 
     rule = sessions.ThrottleRule(free=2, base_s=60, max_s=60)
-    t = sessions.LoginThrottle(per_ip=sessions.ThrottleRule(free=1000, base_s=1, max_s=1), per_account=rule,
-                               per_device=rule, monotonic=lambda: 0.0)
+
+    def throttle():
+        return sessions.LoginThrottle(per_ip=sessions.ThrottleRule(free=1000, base_s=1, max_s=1), per_account=rule,
+                                      per_device=rule, monotonic=lambda: 0.0)
+
+    t = throttle()
     for _ in range(10):  # the sign-in page: locks the account there, not the boxes
         t.failed("10.0.0.9", "alice")
     assert t.wait_s("10.0.0.9", "alice") > 0 and t.wait_s("10.0.0.7", "alice", session="1") == 0
     for _ in range(3):
         t.failed("10.0.0.7", "alice", session="1")
     assert t.wait_s("10.0.0.7", "alice", session="1") > 0
-    assert t.wait_s("10.0.0.8", "alice", session="2") > 0  # another session of alice: barred too
-    assert t.wait_s("10.0.0.7", "bob", session="3") == 0
-    t.succeeded("10.0.0.8", "alice", session="2")  # the right password, in the other session
-    assert t.wait_s("10.0.0.8", "alice", session="2") == 0
+    assert t.wait_s("10.0.0.8", "alice", session="2") == 0  # the owner's session, no failure of its own: not barred
+    t.failed("10.0.0.6", "alice", session="3")  # another leaked session: one guess, under its own free two
+    assert t.wait_s("10.0.0.6", "alice", session="3") > 0  # barred by the shared counter
+    assert t.wait_s("10.0.0.7", "bob", session="4") == 0
+    t.succeeded("10.0.0.8", "alice", session="2")  # the right password, in the owner's session
+    assert t.wait_s("10.0.0.6", "alice", session="3") == 0
+    t = throttle()
+    for _ in range(3):
+        t.failed("10.0.0.7", "alice", session="1")
+    t.failed("10.0.0.6", "alice", session="3")
+    assert t.wait_s("10.0.0.6", "alice", session="3") > 0
+    t.succeeded("10.0.0.8", "alice")  # the right password at the sign-in page
+    assert t.wait_s("10.0.0.6", "alice", session="3") == 0
 
 
 def test_refused_new_passwords_are_counted_per_session_and_an_unknown_name_is_no_refusal(ui_world, monkeypatch):
@@ -1924,3 +1939,35 @@ def test_a_session_ended_while_its_check_reads_the_database_is_not_cached_as_val
     assert len(lookups) == 2
     assert store.check(other) is not None and store.check(other) is not None
     assert len(lookups) == 3  # nothing ended meanwhile: the second check came from memory
+
+
+def test_log_outs_of_other_tokens_do_not_stop_a_sessions_check_from_being_cached(db_factory, monkeypatch):
+    """Every forgetting (each end, even of a token that is no session's, as anyone's POST /logout with a made-up
+    cookie makes) stopped every check under way from caching what it read, so a stream of them sent every user's
+    checks to the database. Now only a forgetting of the token being read (or of a rater's sessions, or of all) does:
+    log outs of other tokens land inside the lookup, and the next check still comes from memory."""
+    from app import sessions as sessions_mod
+    from app.sessions import SessionStore
+
+    auth.add_user(db_factory, name="alice", role="rater", password=PASSWORD)
+    store = SessionStore(db_factory, idle_s=600, max_s=3600, recheck_s=3600)
+    token = _session(db_factory, "alice")
+    find = repo.find_session
+    lookups = []
+    ending = []
+
+    def find_then_log_out_others(*, session, token_sha256):
+        row = find(session=session, token_sha256=token_sha256)
+        if ending:
+            return row
+        lookups.append(token_sha256)
+        ending.append(True)
+        for n in range(3):
+            store.end(f"made-up-{n}")
+        ending.clear()
+        return row
+
+    monkeypatch.setattr(sessions_mod.repo, "find_session", find_then_log_out_others)
+    assert store.check(token) is not None
+    assert store.check(token) is not None
+    assert len(lookups) == 1  # the second check came from memory
