@@ -238,9 +238,11 @@ ACTION_KEPT_ELSEWHERE = ("The page reloaded after the server restarted, with {n}
 # (ACTION_KEPT_ELSEWHERE). Each kept rating and skip now goes with the round it was kept for, and the server checks it
 # there (the image of that round, the rater one who may rate it, the round open: app.ui_rate parse_kept_round);
 # ACTION_KEPT_ELSEWHERE is left for a note that names no round (thirteenth review, 6 Dec 2026). It said "they were
-# sent for their own" of all {n}, though an undo is never sent (its part says so): each rating and skip is
+# sent for their own" of all {n}, though an undo is never sent (its part says so), and then "each rating and skip was
+# sent", though one an undo kept after it takes back is not, nor one over the note's limit (read-only reviews): only
+# those sent are said sent
 ACTION_KEPT_SENT_ELSEWHERE = ("The page reloaded after the server restarted and shows another experiment or round than "
-                              "the {n} it kept were for; each rating and skip was sent for its own round: {parts}.")
+                              "the {n} it kept were for; those sent went to their own round: {parts}.")
 ACTION_KEPT_UNREADABLE = ("This page found actions noted by an earlier page in a form it cannot read, so it sent none "
                           "of them: the cards show what was saved.")
 

@@ -755,11 +755,13 @@ class ChangedElsewhere(Conflict):
 
 def changed_elsewhere(image_id: int, before: int | None, now: int | None) -> str:
     # it said "not sent" of a rating sent and refused, and "when its score was {before}" where before may be the score
-    # an earlier kept rating of the page would have set, never stored (thirteenth review, 6 Dec 2026)
+    # an earlier kept rating of the page would have set, never stored (thirteenth review, 6 Dec 2026); "sent it again"
+    # was untrue of a kept rating queued behind the one in flight, sent for the first time after the reload (a read-only
+    # review of these fixes)
     expected = " to have no score" if before is None else f"'s score to be {before}"
     found = "it has no score" if now is None else f"it is {now}"
     return (f"not saved: changed elsewhere. This page kept a rating of image {image_id} while the server was away and "
-            f"sent it again after its reload; this page expected the image{expected}, and {found} now (changed on "
+            f"sent it after its reload; this page expected the image{expected}, and {found} now (changed on "
             "another page, or by an action the server did before it restarted), so the kept rating was not saved")
 
 

@@ -940,7 +940,7 @@ return { sent, notice: notices().slice(-1)[0], stored: window.sessionStorage.get
                                 {"image_id": 3, "round": 9, "seq": 3}],
                        "notice": kept_sent("3 actions", elsewhere=True, saved=2, refused=1), "stored": None}
         assert out["notice"] == ("The page reloaded after the server restarted and shows another experiment or round "
-                                 "than the 3 actions it kept were for; each rating and skip was sent for its own round: "
+                                 "than the 3 actions it kept were for; those sent went to their own round: "
                                  "2 sent again and done; 1 sent again and refused (its warning says why).")
     note = {"v": 3, "who": "alice", "experiment": None, "round": None, "sent": None, "over": 0, "at": 0,
             "actions": [["rate", {"image_id": 2, "score": 3, "prior": "none"}]]}

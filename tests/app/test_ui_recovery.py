@@ -725,7 +725,7 @@ def test_a_kept_rating_is_done_only_where_the_score_the_page_knew_still_stands(u
                 found = "it has no score" if stored is None else f"it is {stored}"
                 assert view.message == (
                     f"not saved: changed elsewhere. This page kept a rating of image {image} while the server was "
-                    f"away and sent it again after its reload; this page expected {expected}, and {found} now "
+                    f"away and sent it after its reload; this page expected {expected}, and {found} now "
                     "(changed on another page, or by an action the server did before it restarted), so the kept "
                     "rating was not saved")
     # the page's own rating (no prior) keeps today's behaviour: done over whatever is stored
