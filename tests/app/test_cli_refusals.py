@@ -107,10 +107,11 @@ def test_a_database_that_cannot_be_used_and_a_bad_revision_are_one_sentence(tmp_
     data.mkdir()
     (data / "seiko.db").write_bytes(b"this is not a database, only text that a mistaken copy left here" * 100)
     before = (data / "seiko.db").read_bytes()
-    for argv in (["users", "list"], ["db", "current"], ["db", "upgrade"]):
+    # a migration's own check says so of itself (db.migrate._before_migration, thirteenth review)
+    for argv, after in ((["users", "list"], ""), (["db", "current"], ""), (["db", "upgrade"], "; nothing was changed")):
         proc = run_cli(*argv, "--data-dir", str(data))
         assert proc.returncode == 1, proc.stderr
-        assert one_sentence(proc) == "error: the database could not be used (file is not a database)", argv
+        assert one_sentence(proc) == "error: the database could not be used (file is not a database)" + after, argv
     assert (data / "seiko.db").read_bytes() == before  # untouched
     good = tmp_path / "good"
     assert run_cli("db", "upgrade", "--data-dir", str(good)).returncode == 0
