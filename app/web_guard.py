@@ -1721,18 +1721,26 @@ def session_ended(request: Any) -> str | None:
     let in (``WebGuard._inner_cookies``), checked again here against the session store (its cache, or the database).
     None for a request with no HTTP request behind it (a handler called as a function), in local mode (no sessions),
     and where no guard is installed (then nobody is signed in: ``auth.refuse_direct_sign_in``)."""
+    guarded, info = _request_session(request)
+    return SESSION_ENDED if guarded and info is None else None
+
+
+def _request_session(request: Any) -> tuple[bool, SessionInfo | None]:
+    """(whether a guard with sessions stands in front of ``request``'s HTTP request, the session it let in if that is
+    valid now and of the account Gradio runs the handler as, else None): what ``session_ended`` and
+    ``signed_in_session`` both read, once."""
     http = getattr(request, "request", None)  # gr.Request keeps the fastapi Request it was made from, or None
     scope = getattr(http, "scope", None)
     if not isinstance(scope, dict):
-        return None
+        return False, None
     guard = installed(scope.get("app"))
     if guard is None or guard.sessions is None:
-        return None
+        return False, None
     token = http.cookies.get(guard._cookie_names()[0])  # the one session the guard let in, under Gradio's name
     info = guard.sessions.check(token) if token else None
     if info is None or info.name != getattr(request, "username", None):
-        return SESSION_ENDED
-    return None
+        return True, None
+    return True, info
 
 
 def signed_in_session(request: Any) -> str | None:
@@ -1742,18 +1750,8 @@ def signed_in_session(request: Any) -> str | None:
     this session's own counter (``sessions.LoginThrottle._keys_for``): the session, read on the server from the cookie
     the guard let in, is the proof that its browser signed in with the password, so nothing a request sends names
     another."""
-    http = getattr(request, "request", None)
-    scope = getattr(http, "scope", None)
-    if not isinstance(scope, dict):
-        return None
-    guard = installed(scope.get("app"))
-    if guard is None or guard.sessions is None:
-        return None
-    token = http.cookies.get(guard._cookie_names()[0])
-    info = guard.sessions.check(token) if token else None
-    if info is None or info.name != getattr(request, "username", None):
-        return None
-    return str(info.session_id)
+    _, info = _request_session(request)
+    return str(info.session_id) if info is not None else None
 
 
 def sign_in_throttle(request: Any) -> LoginThrottle | None:
