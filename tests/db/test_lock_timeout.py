@@ -411,6 +411,19 @@ def _held_row(engine):
     return holder
 
 
+
+def _refused_behind_a_held_row(engine, plain) -> OperationalError:
+    """What ``engine`` raises for a SELECT ... FOR UPDATE of the row ``plain`` holds (``_held_row``), the holder let
+    go afterwards."""
+    holder = _held_row(plain)
+    try:
+        with pytest.raises(OperationalError) as refused, engine.connect() as c:
+            c.execute(text("SELECT x FROM held FOR UPDATE"))
+    finally:
+        holder.rollback()
+        holder.close()
+    return refused.value
+
 def _with_held_table(url: str) -> None:
     admin = make_engine(url)
     with admin.connect() as c:
@@ -436,15 +449,9 @@ def test_the_web_servers_bounds_stay_within_its_own(empty_db_url, monkeypatch):
     plain = make_engine(empty_db_url)
     try:
         assert _settings_of(web) == {"lock_timeout": "200ms", "statement_timeout": "600ms"}
-        holder = _held_row(plain)
-        try:
-            with pytest.raises(OperationalError) as refused, web.connect() as c:
-                c.execute(text("SELECT x FROM held FOR UPDATE"))
-        finally:
-            holder.rollback()
-            holder.close()
-        assert refused.value.orig.sqlstate == "55P03"
-        assert db_engine.bound_refusal(refused.value) == (
+        refused = _refused_behind_a_held_row(web, plain)
+        assert refused.orig.sqlstate == "55P03"
+        assert db_engine.bound_refusal(refused) == (
             "the database is busy: another transaction held a lock this needed for more than 0.2 s, so the change that "
             "waited for it was not saved; try again in a moment")
     finally:
@@ -462,15 +469,9 @@ def test_a_lock_wait_cut_by_the_statement_bound_is_not_said_as_a_long_statement(
     cut = make_engine(f"{empty_db_url}?options=-c%20lock_timeout%3D0%20-c%20statement_timeout%3D500")
     plain = make_engine(empty_db_url)
     try:
-        holder = _held_row(plain)
-        try:
-            with pytest.raises(OperationalError) as cancelled, cut.connect() as c:
-                c.execute(text("SELECT x FROM held FOR UPDATE"))
-        finally:
-            holder.rollback()
-            holder.close()
-        assert cancelled.value.orig.sqlstate == "57014"
-        assert db_engine.bound_refusal(cancelled.value) == (
+        cancelled = _refused_behind_a_held_row(cut, plain)
+        assert cancelled.orig.sqlstate == "57014"
+        assert db_engine.bound_refusal(cancelled) == (
             "the database is busy: a statement of this ran, or waited for a lock another transaction held, for more "
             "than 0.5 s, its bound, and was cancelled, so the change it belonged to was not saved; try again in a "
             "moment")
@@ -598,17 +599,11 @@ def test_a_migration_statement_cut_where_the_lock_bound_is_shorter_is_said_as_on
     cut = make_engine(f"{empty_db_url}?options=-c%20lock_timeout%3D0%20-c%20statement_timeout%3D300")
     plain = make_engine(empty_db_url)
     try:
-        holder = _held_row(plain)
-        try:
-            with pytest.raises(OperationalError) as cancelled, cut.connect() as c:
-                c.execute(text("SELECT x FROM held FOR UPDATE"))
-        finally:
-            holder.rollback()
-            holder.close()
+        cancelled = _refused_behind_a_held_row(cut, plain)
     finally:
         cut.dispose()
         plain.dispose()
-    assert migrate._migration_refusal(cancelled.value) == (
+    assert migrate._migration_refusal(cancelled) == (
         "the database cancelled a statement of the migration at its statement_timeout of 0.3 s (set for this role, "
         "database or URL, or in the server's configuration; the statement ran, or waited for a table's lock, that "
         "long), so nothing was changed; run it again with a longer bound for the migration (the URL's "
