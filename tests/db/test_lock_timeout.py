@@ -226,12 +226,7 @@ def test_an_operators_own_bounds_are_kept_and_named(empty_db_url, short_bound):
 
     _pg_only(empty_db_url)
     name = make_url(empty_db_url).database
-    admin = make_engine(empty_db_url)
-    with admin.connect() as c:
-        c.execute(text("CREATE TABLE held (x integer)"))
-        c.execute(text("INSERT INTO held VALUES (1)"))
-        c.commit()
-    admin.dispose()
+    _with_held_table(empty_db_url)
     # the URL's own options: source "client"
     url_engine = make_engine(f"{empty_db_url}?options=-c%20lock_timeout%3D700")
     ours = make_engine(empty_db_url)
@@ -411,7 +406,6 @@ def _held_row(engine):
     return holder
 
 
-
 def _refused_behind_a_held_row(engine, plain) -> OperationalError:
     """What ``engine`` raises for a SELECT ... FOR UPDATE of the row ``plain`` holds (``_held_row``), the holder let
     go afterwards."""
@@ -423,6 +417,7 @@ def _refused_behind_a_held_row(engine, plain) -> OperationalError:
         holder.rollback()
         holder.close()
     return refused.value
+
 
 def _with_held_table(url: str) -> None:
     admin = make_engine(url)
