@@ -154,7 +154,9 @@ def main(args: argparse.Namespace) -> int:
             return 0 if worker.last_error is None else 1
         worker.run_forever()
         return 0
-    except SchemaOutOfDate as exc:  # the schema changed under a running worker (`db upgrade`): one sentence
+    # the schema changed under a running worker (`db upgrade`), or the database cancelled its claims of a job
+    # CLAIM_CANCELS_MAX times in a row (ClaimsCancelled: the operator's statement_timeout): one sentence
+    except (SchemaOutOfDate, WorkerRefused) as exc:
         print(exc, file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl-C: run_once has already handed the current job back

@@ -54,6 +54,7 @@ log = logging.getLogger("seiko.worker.group")
 GROUP_ENV = "SEIKO_WORKER_GROUP"  # set by the supervisor on its ranks: the supervisor's pid
 RESTART_EXIT = 75  # a rank's exit status asking the supervisor for a fresh group (EX_TEMPFAIL)
 SCHEMA_EXIT = 78  # rank 0 found the database's schema changed under it (EX_CONFIG): said once, no fresh group
+# (its claims cancelled by the database CLAIM_CANCELS_MAX times in a row, app.worker.ClaimsCancelled, end it so too)
 # rank 0's watchdog (app.worker.Watchdog) ended a job stuck after a stop: a fresh group as for RESTART_EXIT, and when
 # none follows (stopping, --once) the supervisor exits with app.worker.EX_TEMPFAIL (75), as one worker process does.
 # It was RESTART_EXIT, which the supervisor then turned into 1 ("the job failed"), so a service manager or script that
@@ -371,7 +372,7 @@ def _die_with_parent() -> None:
 
 def run_rank(args: argparse.Namespace, settings, worker_id: str) -> int:
     """The body of one rank (``python -m app worker`` started by the supervisor)."""
-    from app.worker import Watchdog, Worker
+    from app.worker import ClaimsCancelled, Watchdog, Worker
 
     _die_with_parent()
     rank = int(os.environ.get("RANK", "0") or 0)
@@ -448,7 +449,8 @@ def run_rank(args: argparse.Namespace, settings, worker_id: str) -> int:
         while not worker._stopping.is_set():
             try:
                 had_job = worker.run_once_outlasting_outages()  # None: the database was out, waited for
-            except SchemaOutOfDate as exc:  # `db upgrade` under a running group: no job was claimed
+            # `db upgrade` under a running group, or a statement_timeout that cancels every claim: no job was claimed
+            except (SchemaOutOfDate, ClaimsCancelled) as exc:
                 stop_followers()
                 print(exc, file=sys.stderr)
                 return SCHEMA_EXIT

@@ -118,6 +118,12 @@ class WorkerRefused(RuntimeError):
     """The worker cannot start in this environment; the message says what to do instead."""
 
 
+class ClaimsCancelled(WorkerRefused):
+    """``Worker.run_once_outlasting_outages``: the database cancelled CLAIM_CANCELS_MAX claims of a job in a row
+    (57014: the operator's statement_timeout, or an operator's cancel); the message names the bound and what to
+    change. The worker stops (``app.cli_worker``: status 1): under that bound it would never take a job."""
+
+
 class JobYield(Exception):
     """An eval job gives way to ``waiting`` ({"id", "kind", "experiment_id"}), a job a person waits for: the worker
     hands it back to the queue (``db.jobs.yield_job``, no attempt used, no error) with ``payload``, then claims again."""
@@ -258,6 +264,11 @@ class _StoppedAsItClaimed(Exception):
 
 
 DB_RETRY_MAX_S = 30.0  # run_forever's longest wait between tries while the database cannot be reached
+# Claims of a job the database cancelled in a row (57014) after which the worker stops (ClaimsCancelled). With the
+# waits between them (1, 2, 4 ... DB_RETRY_MAX_S s) the 10th comes at least 151 s after the first: a cancel behind a
+# lock held for a while (an admin's transaction) is waited out, one at every claim (a statement_timeout shorter than
+# the claim itself takes) is said once and ends the worker, where it was one warning every 30 s without end
+CLAIM_CANCELS_MAX = 10
 # An eval job stores its grid (and checks for a job a person waits for) every EVAL_CHUNK images: a person's next round
 # waits at most one chunk for it (one sampling batch of this size; with eta > 0 the KL works in chunks alike).
 EVAL_CHUNK = 4
@@ -567,6 +578,8 @@ class Worker:
         self._presence: Presence | None = None  # this worker's row in live_processes, from start() to close()
         self._stopping = threading.Event()
         self._db_wait = 0.0  # run_once_outlasting_outages' current wait while the database cannot be reached
+        # claims in a row the database cancelled (57014), and when the first of them ended (time.monotonic)
+        self._claim_cancels, self._claim_cancels_since = 0, 0.0
         self.group = None  # app.train_dist.Group when this worker is rank 0 of `python -m app worker --processes N`
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -620,7 +633,9 @@ class Worker:
     def run_once_outlasting_outages(self) -> bool | None:
         """:meth:`run_once`; or, when the database cannot be reached, log it, wait (1, 2, 4 ... DB_RETRY_MAX_S seconds
         as the outage goes on) and return None. An OperationalError that is not an outage (``db.engine.is_outage``:
-        a missing table, a wrong password) is raised."""
+        a missing table, a wrong password) is raised. A claim the database cancelled (57014: the operator's
+        statement_timeout, or an operator's cancel) is waited out as well, but the CLAIM_CANCELS_MAX-th in a row
+        raises ClaimsCancelled (one sentence naming the bound and the setting to change) instead."""
         try:
             had_job = self.run_once()
         except OperationalError as exc:
@@ -628,6 +643,12 @@ class Worker:
                 log.error("worker %r: the database refused the worker for good (%s)", self.worker_id, exc.orig or exc)
                 raise
             self._db_wait = min(DB_RETRY_MAX_S, max(1.0, 2 * self._db_wait))
+            cancelled = statement_cancelled(exc)
+            self._claim_cancels = self._claim_cancels + 1 if cancelled else 0  # only those in a row count
+            if self._claim_cancels == 1:
+                self._claim_cancels_since = time.monotonic()
+            if cancelled and self._claim_cancels >= CLAIM_CANCELS_MAX:
+                raise ClaimsCancelled(self._claims_cancelled(exc)) from exc
             if lock_not_granted(exc):  # the database answered: a lock held past the bound (a migration, an admin's
                 # transaction), not an outage; said as such, without a traceback (it read "could not be reached")
                 # the bound it waited, the operator's own lock_timeout where they set one (twelfth review)
@@ -639,16 +660,28 @@ class Worker:
                 # the operator's statement_timeout (the worker's engine sets none) or an operator's cancel ended the
                 # claim: the database answered, as for a lock held past its bound. It was said as "could not be
                 # reached" with a traceback (thirteenth review). No job is held (the claim was rolled back), so no
-                # attempt is spent: it is tried again, as a claim behind a lock is
+                # attempt is spent: it is tried again, as a claim behind a lock is, up to CLAIM_CANCELS_MAX in a row
                 log.warning("worker %r: the database cancelled its claim of a job (%s); nothing was claimed; trying "
-                            "again in %.0f s", self.worker_id, _cancel_reason(exc), self._db_wait)
+                            "again in %.0f s (%d of %d such claims in a row before the worker stops)", self.worker_id,
+                            _cancel_reason(exc), self._db_wait, self._claim_cancels, CLAIM_CANCELS_MAX)
             else:
                 log.exception("worker %r: the database could not be reached; trying again in %.0f s", self.worker_id,
                               self._db_wait)
             self._stopping.wait(self._db_wait)
             return None
-        self._db_wait = 0.0
+        self._db_wait, self._claim_cancels = 0.0, 0
         return had_job
+
+    def _claims_cancelled(self, exc: BaseException) -> str:
+        """The sentence of ``ClaimsCancelled`` for the last cancelled claim ``exc``: how many in a row, over how long,
+        the bound that ran out, and the setting to change."""
+        lock = (", or a lock_timeout below it, so that a wait for a lock ends as a lock not granted, which the worker "
+                "waits out") if lock_outlasts_statement(exc) else ""
+        return (f"worker {self.worker_id!r} stopped: the database cancelled its claim of a job {self._claim_cancels} "
+                f"times in a row over {time.monotonic() - self._claim_cancels_since:.0f} s ({_cancel_reason(exc)}), so "
+                "it would never take a job; nothing was claimed; give the worker a longer statement_timeout (its "
+                "SEIKO_DB_URL's ?options=-c%20statement_timeout%3D0 for none, or the role's, the database's or the "
+                f"server's setting){lock}, then start it again")
 
     def stop(self) -> None:
         """Ask :meth:`run_forever` to return after the current job."""

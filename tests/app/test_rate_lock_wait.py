@@ -4,6 +4,7 @@ that runs out is one sentence (eleventh review)."""
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import gradio as gr
@@ -263,6 +264,156 @@ def test_a_workers_claim_cancelled_at_the_operators_statement_bound_is_said_and_
         assert worker.run_once_outlasting_outages() is True  # the lock gone: claimed (and handed back, stopping)
     finally:
         worker.close()
+
+
+CLAIMS_CANCELLED_MAX = 10  # the rule (docs/worker.md): the 10th claim in a row the database cancels ends the worker
+TINY_CUT = "-c%20lock_timeout%3D0%20-c%20statement_timeout%3D100"  # a claim behind a lock is cancelled after 0.1 s
+
+
+def _jobs_locked(world):
+    """A session of ``world`` holding PostgreSQL's EXCLUSIVE lock on the jobs, as a migration's or an admin's
+    transaction would: a claim waits behind it."""
+    from sqlalchemy import text
+
+    held = world.factory()
+    held.execute(text("LOCK TABLE jobs IN EXCLUSIVE MODE"))
+    return held
+
+
+def _claims_behind_a_lock(world, worker, tries: int) -> dict:
+    """``tries`` claims of ``worker`` (run_once_outlasting_outages) behind ``_jobs_locked``, the lock let go after:
+    {"results": what each returned, "stopped": the WorkerRefused that ended them, if one did}."""
+    from app.worker import WorkerRefused
+
+    out: dict = {"results": []}
+
+    def claim() -> None:
+        try:
+            for _ in range(tries):
+                out["results"].append(worker.run_once_outlasting_outages())
+        except WorkerRefused as exc:
+            out["stopped"] = exc
+
+    assert ended_behind(_jobs_locked(world), claim), "the claims still waited for the lock long after their bound"
+    return out
+
+
+def _queued_untouched(world) -> None:
+    from db import jobs as job_queue
+    from db.engine import read_session
+
+    with read_session(world.factory) as s:
+        [job] = job_queue.list_jobs(session=s)
+        assert (job.status, job.attempts, job.error) == ("queued", 0, None)
+
+
+def _skip_on_sqlite(world) -> None:
+    if not world.settings.db_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL's statement_timeout set in the URL")
+
+
+def test_a_worker_whose_claims_are_cancelled_ten_times_in_a_row_stops_in_one_sentence(worker_world_any_db, caplog):
+    """A statement_timeout of the operator's that cancels every claim of a job (here 0.1 s, with lock_timeout 0, the
+    jobs locked) was one warning per try, every 30 s at most, without end: a worker that could never take a job ran
+    on, quiet but for those lines. The first nine cancels in a row are still waited out, one warning each counting
+    them; the tenth ends the worker (ClaimsCancelled, a WorkerRefused) in one sentence naming statement_timeout, the
+    bound in force and how to change it. No job was claimed, so none spent an attempt."""
+    world = worker_world_any_db
+    _skip_on_sqlite(world)
+    caplog.set_level("WARNING", logger="seiko.worker")
+    world.create_experiment("behind-a-lock")  # queues its first generate job
+    worker = _cut_worker(world, TINY_CUT)
+    worker.stop()  # no wait between the tries
+    try:
+        out = _claims_behind_a_lock(world, worker, CLAIMS_CANCELLED_MAX + 2)  # more than enough: the old code ran on
+    finally:
+        worker.close()
+    assert out["results"] == [None] * (CLAIMS_CANCELLED_MAX - 1), out
+    stopped = out.get("stopped")
+    assert type(stopped).__name__ == "ClaimsCancelled", out
+    assert stopped.__cause__.orig.sqlstate == "57014"
+    pattern = (r"worker 'worker-1' stopped: the database cancelled its claim of a job 10 times in a row over \d+ s "
+               r"\(the database's statement_timeout of 0\.1 s ran out: it ran, or waited for a lock another transaction "
+               r"held, that long\), so it would never take a job; nothing was claimed; give the worker a longer "
+               r"statement_timeout \(its SEIKO_DB_URL's \?options=-c%20statement_timeout%3D0 for none, or the role's, "
+               r"the database's or the server's setting\), or a lock_timeout below it, so that a wait for a lock ends "
+               r"as a lock not granted, which the worker waits out, then start it again")
+    assert re.fullmatch(pattern, str(stopped)), str(stopped)
+    said = [r for r in caplog.records if r.name == "seiko.worker" and "cancelled its claim" in r.getMessage()]
+    assert [r.getMessage().rsplit("(", 1)[1] for r in said] == [
+        f"{n} of 10 such claims in a row before the worker stops)" for n in range(1, CLAIMS_CANCELLED_MAX)]
+    assert all(r.levelname == "WARNING" and r.exc_info is None for r in said)
+    _queued_untouched(world)
+
+
+def test_claims_cancelled_count_only_in_a_row_and_one_cancel_is_still_retried(worker_world_any_db, caplog):
+    """The rule counts cancelled claims in a row: nine cancels (one short of the end), then a claim that goes through
+    (the lock gone), then one more cancel: that one is waited out as the first of a new run, said "1 of 10", and the
+    worker claims the job once the lock is gone again. A count of every cancel ever would have ended it there."""
+    world = worker_world_any_db
+    _skip_on_sqlite(world)
+    caplog.set_level("WARNING", logger="seiko.worker")
+    world.create_experiment("behind-a-lock")  # queues its first generate job
+    worker = _cut_worker(world, TINY_CUT)
+    claimed: list = []
+    worker.handlers = {kind: claimed.append for kind in worker.handlers}  # the job is only claimed, not run
+    worker.stop()  # no wait between the tries; a job claimed now is handed straight back, no attempt used
+    try:
+        first = _claims_behind_a_lock(world, worker, CLAIMS_CANCELLED_MAX - 1)
+        assert first == {"results": [None] * (CLAIMS_CANCELLED_MAX - 1)}, first
+        assert worker.run_once_outlasting_outages() is True  # the lock gone: claimed (and handed back, stopping)
+        caplog.clear()
+        again = _claims_behind_a_lock(world, worker, 1)
+        assert again == {"results": [None]}, again  # a transient cancel: tried again, not the end of the worker
+        said = [r.getMessage() for r in caplog.records if "cancelled its claim" in r.getMessage()]
+        assert len(said) == 1 and said[0].endswith("(1 of 10 such claims in a row before the worker stops)"), said
+        assert worker.run_once_outlasting_outages() is True  # and once the lock is gone the job is claimed
+    finally:
+        worker.close()
+    assert claimed == []  # handed back at each claim (the worker is stopping), never run
+    _queued_untouched(world)
+
+
+def test_the_worker_command_ends_with_status_1_and_the_sentence_when_its_claims_keep_being_cancelled(
+        worker_world_any_db, monkeypatch, capsys):
+    """`python -m app worker` (app.cli_worker.main) behind a statement_timeout that cancels every claim: it ran on
+    for good; it ends with status 1 and the one sentence on stderr (the waits between the tries are cut to none
+    here: DB_RETRY_MAX_S 0)."""
+    import argparse
+    import os
+    import signal
+    import threading
+
+    from app import cli_worker
+    from app import worker as worker_mod
+
+    world = worker_world_any_db
+    _skip_on_sqlite(world)
+    world.create_experiment("behind-a-lock")
+    monkeypatch.setattr(worker_mod, "DB_RETRY_MAX_S", 0.0)
+    parser = argparse.ArgumentParser()
+    cli_worker.add_arguments(parser)
+    args = parser.parse_args(["--data-dir", world.settings.data_dir.as_posix(), "--db-url",
+                              f"{world.settings.db_url}?options={TINY_CUT}", "--worker-id", "w1", "--nice", "0"])
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    # a worker that never stops by itself (the old code) is stopped as a service manager would, to fail, not hang
+    guard = threading.Timer(60, os.kill, (os.getpid(), signal.SIGTERM))
+    held = _jobs_locked(world)
+    try:
+        guard.start()
+        status = cli_worker.main(args)
+    finally:
+        guard.cancel()
+        guard.join()
+        held.rollback()
+        held.close()
+        for signum, handler in handlers.items():  # main installs the worker's
+            signal.signal(signum, handler)
+    err = capsys.readouterr().err
+    assert status == 1
+    assert err.startswith("worker 'w1' stopped: the database cancelled its claim of a job 10 times in a row over ")
+    assert err.endswith(", then start it again\n") and err.count("\n") == 1, err
+    _queued_untouched(world)
 
 
 def test_a_jobs_statement_cancelled_at_the_operators_statement_bound_fails_one_attempt_in_one_sentence(

@@ -361,6 +361,28 @@ def test_rank_0_says_once_that_the_schema_changed_and_the_group_is_not_started_a
     assert sorted(starts.read_text()) == ["0", "1"] and handed == []  # one group, nothing handed back
 
 
+def test_rank_0_whose_claims_keep_being_cancelled_stops_its_followers_and_says_it_once(monkeypatch, capsys):
+    """Rank 0 of `worker --processes N` whose claims the database cancelled ten times in a row (ClaimsCancelled, the
+    operator's statement_timeout; tests/app/test_rate_lock_wait.py provokes it) ends as for a schema changed under it:
+    its followers told to stop, the sentence said once on stderr, SCHEMA_EXIT (EX_CONFIG), on which the supervisor
+    ends with status 1 and starts no fresh group (the test above). It left run_rank as a crash, a fresh group
+    following."""
+    import argparse
+
+    from app import train_dist
+    from app.worker import ClaimsCancelled
+
+    said = "worker 'w' stopped: the database cancelled its claim of a job 10 times in a row over 151 s (...)"
+
+    def cancelled():
+        raise ClaimsCancelled(said)
+
+    stopped = _fake_rank_0(monkeypatch, cancelled)
+    args = argparse.Namespace(processes=2, once=False, lease_s=60, poll_s=1, stop_grace_s=30, nice=0, group_timeout=120)
+    assert train_dist.run_rank(args, None, "w") == train_dist.SCHEMA_EXIT and stopped == [True]
+    assert capsys.readouterr().err == said + "\n"
+
+
 def test_rank_0_stops_on_sigint_and_sigterm_with_the_workers_one_handler(monkeypatch):
     """Ctrl-C reaches rank 0 (started in the terminal's process group) along with the SIGTERM the supervisor
     forwards: rank 0 had Python's default SIGINT and a SIGTERM handler of its own, and the second signal interrupted
