@@ -117,9 +117,12 @@ def _run(step, url: str, rev: str, in_transaction=None) -> None:
         raise InvalidInput(sentence) from exc
 
 
-def _migration_refusal(exc: BaseException) -> str | None:
+def _migration_refusal(exc: BaseException, *, read: bool = False) -> str | None:
     """The one sentence for a migration the database ended (``_run``), naming the bound in force, or None for any
     other error. The whole migration is one transaction on both backends (migrations/env.py): nothing was changed.
+    ``read``: the error came from a read before the migration (``_before_migration``), which takes no write lock: a
+    lock not granted there is said as a read held off. A SQLite read held off by another connection's exclusive lock
+    was said as "its write lock was not granted" (fourteenth review).
 
     The bounds are those of the migration's own connection, as migrations/env.py set them
     (``db.engine.set_session_bounds``): SQLite's busy timeout (BUSY_TIMEOUT_MS); on PostgreSQL lock_timeout
@@ -130,6 +133,10 @@ def _migration_refusal(exc: BaseException) -> str | None:
     held = "(a server, a worker or an open transaction holds it); stop them and run it again; nothing was changed"
     if lock_not_granted(exc):
         waited = lock_waited_s(exc)
+        if read:
+            if waited is None:
+                return f"the database is in use: a read before the migration needed a lock that was held and is not waited for {held}"
+            return f"the database is in use: a read before the migration was held off by a lock for more than {waited:g} s {held}"
         if waited is None:
             return f"the database is in use: a lock the migration needed was held and is not waited for {held}"
         if sqlite_code(exc) is not None:  # SQLite's busy: its busy_timeout ran out (the migration begins IMMEDIATE)
@@ -171,7 +178,8 @@ def _before_migration() -> Iterator[None]:
     and to a caller of this module (db.testing, app.tools) a bare OperationalError (thirteenth review). SQLite's "file
     is not a database" is a plain DatabaseError (SQLITE_NOTADB), not an OperationalError: it went on bare (thirteenth
     review); the DatabaseError subclasses a broken query raises (a ProgrammingError, an IntegrityError) keep their
-    traceback, as app.__main__'s ``refusal`` does."""
+    traceback, as app.__main__'s ``refusal`` does. A lock not granted here is a read held off, not a write lock
+    refused (``_migration_refusal``'s ``read``); the revision read says its own (``current_revision``)."""
     from sqlalchemy.exc import DatabaseError, OperationalError
 
     try:
@@ -179,7 +187,7 @@ def _before_migration() -> Iterator[None]:
     except DatabaseError as exc:
         if not isinstance(exc, OperationalError) and type(exc) is not DatabaseError:
             raise
-        raise InvalidInput(_migration_refusal(exc) or f"{unusable_refusal(exc)}; nothing was changed") from exc
+        raise InvalidInput(_migration_refusal(exc, read=True) or f"{unusable_refusal(exc)}; nothing was changed") from exc
 
 
 @_before_migration()
@@ -408,11 +416,41 @@ def refuse_live_processes(connection, *, now: datetime | None = None) -> None:
                             "stop them first, or run it again with --ignore-live-processes; nothing was changed")
 
 
+class RevisionUnread(InvalidInput):
+    """The schema revision could not be read (``current_revision``): a lock held past its bound, or the read cancelled
+    at a statement bound. ``reason`` says which, as a clause; the message is the whole sentence."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"the schema revision could not be read: {reason}; nothing was changed; try again in a moment")
+
+
+def _read_refusal(exc: BaseException) -> str | None:
+    """What ended a read (a clause, for ``RevisionUnread``) where a bound ran out: a lock not granted (SQLite's busy
+    timeout, PostgreSQL's lock_timeout; a lock refused at once names none) or a statement cancelled (the statement
+    bound in force, as ``_migration_refusal`` names it); None for any other error."""
+    if lock_not_granted(exc):
+        waited = lock_waited_s(exc)
+        within = ", which is not waited for here" if waited is None else f" for more than {waited:g} s"
+        return f"another transaction held a lock the read needed{within} (a migration, or another open transaction)"
+    if statement_cancelled(exc):
+        if (bound := statement_timeout_ran_out_s(exc)) is not None:
+            ran = "ran, or waited for a lock, that long" if lock_outlasts_statement(exc) else "ran that long"
+            return (f"the database cancelled the read at its statement_timeout of {bound:g} s (set for this role, "
+                    f"database or URL, or in the server's configuration; the read {ran})")
+        return "the database cancelled the read (an operator's cancel, or its statement_timeout)"
+    return None
+
+
 def current_revision(url: str) -> str | None:
-    """The revision the database is at, or None for a database that was never migrated.
+    """The revision the database is at, or None for a database that was never migrated. A bound that ran out while
+    it was read (a lock held, a statement cut) is RevisionUnread: it was the database's bare error, which `db
+    current`, `serve` and `worker` said as the rating page's "the change ... was not saved" (fourteenth review).
 
     Does not create a missing SQLite file.
     """
+    from sqlalchemy.exc import OperationalError
+
     path = _sqlite_file(url)
     if path is not None and not path.exists():
         return None
@@ -422,6 +460,10 @@ def current_revision(url: str) -> str | None:
         # "database is locked" before the upgrade got to say the database is in use
         with reading(engine) as connection:
             return MigrationContext.configure(connection).get_current_revision()
+    except OperationalError as exc:
+        if (reason := _read_refusal(exc)) is None:
+            raise  # the database out of reach, or not one: app.__main__ and _before_migration word those
+        raise RevisionUnread(reason) from exc
     finally:
         engine.dispose()
 
@@ -435,7 +477,8 @@ def head_revision() -> str:
 
 
 def check_at_head(url: str) -> None:
-    """Raise SchemaOutOfDate unless the database is at the newest revision."""
+    """Raise SchemaOutOfDate unless the database is at the newest revision; RevisionUnread where it could not be read
+    (``current_revision``)."""
     current, head = current_revision(url), head_revision()
     if current != head:
         raise SchemaOutOfDate(_advice(current, head))

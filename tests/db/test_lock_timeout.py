@@ -4,8 +4,11 @@ mean to wait longer still do (eleventh review)."""
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 
 import pytest
 from sqlalchemy import select, text
@@ -604,3 +607,77 @@ def test_a_migration_statement_cut_where_the_lock_bound_is_shorter_is_said_as_on
         "long), so nothing was changed; run it again with a longer bound for the migration (the URL's "
         "?options=-c%20statement_timeout%3D0) or once the server and the workers are stopped")
     assert db_engine.statement_timeout_ran_out_s(ValueError("canceling statement due to statement timeout")) is None
+
+
+@contextmanager
+def _reads_held_off(url: str, table: str) -> Iterator[None]:
+    """While inside, a read of ``table`` is held off: on PostgreSQL by an open transaction holding it in ACCESS
+    EXCLUSIVE mode (``_holder``); on SQLite by a connection in exclusive locking mode that has written, which holds off
+    every other connection, readers too (a WAL reader waits for no other lock). Let go on the way out."""
+    if url.startswith("postgresql"):
+        engine = make_engine(url)
+        held = _holder(session_factory(engine), pg=f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+        try:
+            yield
+        finally:
+            held.rollback()
+            held.close()
+            engine.dispose()
+        return
+    connection = sqlite3.connect(migrate._sqlite_file(url), isolation_level=None)
+    try:
+        connection.execute("PRAGMA locking_mode = EXCLUSIVE")
+        connection.execute("BEGIN EXCLUSIVE")
+        connection.execute(f"DELETE FROM {table} WHERE 0")  # a write: the exclusive lock is taken, and kept
+        yield
+    finally:
+        connection.close()  # its lock with it
+
+
+UNREAD = (f"another transaction held a lock the read needed for more than {BOUND_MS / 1000:g} s (a migration, or "
+          "another open transaction)")
+
+
+def test_a_revision_read_held_off_by_a_lock_is_said_as_such_by_db_current_serve_worker_and_upgrade(
+        db_url, short_bound, tmp_path, capsys):
+    """The schema revision's read (db.migrate.current_revision, check_at_head) raised the database's bare error for a
+    lock held past its bound: `db current`, `serve` and `worker` said the rating page's "the change that waited for it
+    was not saved", and `db upgrade` (its read wrapped as a migration's) "its write lock was not granted" on SQLite,
+    though a read takes none. Found by the fourteenth review. They say the revision could not be read, and why."""
+    from app.__main__ import main as app_main
+
+    expected = f"the schema revision could not be read: {UNREAD}; nothing was changed; try again in a moment"
+    with _reads_held_off(db_url, "alembic_version"):
+        with pytest.raises(migrate.RevisionUnread) as unread:
+            migrate.check_at_head(db_url)
+        assert str(unread.value) == expected
+        with pytest.raises(migrate.RevisionUnread) as unread:
+            migrate.upgrade(db_url)
+        assert str(unread.value) == expected
+        for argv in (["db", "current"], ["serve"], ["worker", "--once"]):
+            assert app_main([*argv, "--db-url", db_url, "--data-dir", str(tmp_path / "data")]) == 1, argv
+            assert capsys.readouterr().err == f"error: {expected}\n", argv
+    assert migrate.current_revision(db_url) == migrate.head_revision()
+
+
+def test_a_read_before_a_migration_held_off_by_a_lock_is_said_as_a_read(db_url, short_bound, monkeypatch):
+    """A read of the migration command's checks (here check_downgrade's look for disabled accounts) held off by
+    another connection's lock was said as a migration's own lock: on SQLite "its write lock was not granted", though a
+    read takes none (held off by an exclusive lock). Found by the fourteenth review. It says a read was held off."""
+    from db.errors import InvalidInput
+
+    real = migrate.current_revision
+    with ExitStack() as stack:
+
+        def then_held_off(url: str) -> str | None:
+            revision = real(url)
+            stack.enter_context(_reads_held_off(url, "raters"))  # after the revision's read, before the accounts'
+            return revision
+
+        monkeypatch.setattr(migrate, "current_revision", then_held_off)
+        with pytest.raises(InvalidInput) as refused:
+            migrate.check_downgrade(db_url, "0001")
+    assert str(refused.value) == (f"the database is in use: a read before the migration was held off by a lock for "
+                                  f"more than {BOUND_MS / 1000:g} s (a server, a worker or an open transaction holds "
+                                  "it); stop them and run it again; nothing was changed")
+
