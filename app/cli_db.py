@@ -43,7 +43,8 @@ def main(args: argparse.Namespace) -> int:
     settings = Settings.from_args(args)
     if args.action == "upgrade":
         migrate.upgrade(settings.db_url, args.rev)
-        print(f"database at {migrate.current_revision(settings.db_url)} (head is {migrate.head_revision()})")
+        if (current := _read_back(settings.db_url, f"the upgrade to {args.rev!r}")) is not None:
+            print(f"database at {current} (head is {migrate.head_revision()})")
         return 0
     if args.action == "downgrade":
         # found by review: one command dropped every table, ratings included, without a word
@@ -64,8 +65,22 @@ def main(args: argparse.Namespace) -> int:
                   "workers stopped, if you need it", flush=True)
         migrate.downgrade(settings.db_url, args.rev, refuse_live=not args.ignore_live_processes,
                           copied=lambda backup: print(f"copied the database to {backup}", flush=True))
-        print(f"database at {migrate.current_revision(settings.db_url) or 'base (no schema)'}")
+        if (current := _read_back(settings.db_url, f"the downgrade to {args.rev!r}")) is not None:
+            print(f"database at {current}")
         return 0
     current, head = migrate.current_revision(settings.db_url), migrate.head_revision()
     print(f"current: {current or 'base (no schema)'}\nhead:    {head}")
     return 0 if current == head else 1
+
+
+def _read_back(url: str, done: str) -> str | None:
+    """The revision a migration that was ``done`` left (``base (no schema)`` for none), read back to be shown; None,
+    with a warning on stderr, where that read was refused (``migrate.RevisionUnread``: a lock held past its bound, a
+    statement cut). The migration stands, so the command still succeeds: the refusal said "the change ... was not
+    saved" (fourteenth review), and a `db downgrade -1` run again on it would go down a second step."""
+    try:
+        return migrate.current_revision(url) or "base (no schema)"
+    except migrate.RevisionUnread as exc:
+        print(f"warning: {done} was done, but the schema revision could not be read back afterwards: {exc.reason}; "
+              "`python -m app db current` shows it", file=sys.stderr)
+        return None
