@@ -213,13 +213,17 @@ def set_session_bounds(connection: Connection, **bounds_ms: int) -> None:
     autocommit = dbapi_connection.autocommit
     dbapi_connection.autocommit = True
     try:
-        with dbapi_connection.cursor() as cursor:
-            for name in names:
-                cursor.execute(f"SET {name} = {int(bounds_ms[name])}")  # a name of the two above, a whole number of ms
-                noted[name] = int(bounds_ms[name])
+        for name in names:
+            # through SQLAlchemy, not the driver's cursor: a connection dropped here raised psycopg's own error (the
+            # connection not invalidated, its pool's reset failing after it), which no refusal words (fourteenth
+            # review); it is SQLAlchemy's OperationalError now, the connection invalidated, as for any statement
+            connection.exec_driver_sql(f"SET {name} = {int(bounds_ms[name])}")  # one of the two names, whole ms
+            noted[name] = int(bounds_ms[name])
+        connection.commit()  # the transaction SQLAlchemy began for them: in the driver's autocommit, no BEGIN was sent
     finally:
-        dbapi_connection.autocommit = autocommit
-        connection.info[_BOUNDS_KEY] = noted
+        if not connection.invalidated:  # a dropped connection is gone: nothing to set back, nothing to note
+            dbapi_connection.autocommit = autocommit
+            connection.info[_BOUNDS_KEY] = noted
 
 
 def session_bounds(connection: Connection) -> dict[str, int]:

@@ -707,3 +707,37 @@ def test_a_migration_whose_revision_read_back_is_held_off_says_it_was_done(empty
                                            f"afterwards: {UNREAD}; `python -m app db current` shows it\n")
         assert migrate.current_revision(empty_db_url) == ("0015" if name == "downgrade" else migrate.head_revision())
 
+
+def test_a_connection_dropped_while_a_migration_sets_its_bounds_is_one_sentence(empty_db_url, monkeypatch, tmp_path,
+                                                                                 capsys, caplog):
+    """set_session_bounds (migrations/env.py's SETs) ran on the driver's own cursor: a connection dropped there (a
+    server restart, an operator's pg_terminate_backend) raised psycopg's own error ("the connection is lost", from
+    setting its autocommit back), which no refusal words, so `db upgrade` ended in a traceback, and the pool failed to
+    reset the dead connection after it. Found by the fourteenth review. It runs through SQLAlchemy now: its
+    OperationalError, the connection invalidated, one sentence, and nothing changed."""
+    from app.__main__ import main as app_main
+
+    _pg_only(empty_db_url)
+    admin = make_engine(empty_db_url)
+    real, calls = db_engine.set_session_bounds, []
+
+    def dropped_first(connection, **bounds_ms: int) -> None:
+        if not calls:  # the first SET of the migration's connection: its server process ends just before
+            with admin.connect() as c:
+                pid = connection.connection.dbapi_connection.info.backend_pid
+                assert c.execute(text("SELECT pg_terminate_backend(:pid, 10000)"), {"pid": pid}).scalar_one()
+        calls.append(bounds_ms)
+        real(connection, **bounds_ms)
+
+    monkeypatch.setattr(db_engine, "set_session_bounds", dropped_first)  # migrations/env.py imports it at each run
+    try:
+        with caplog.at_level(logging.WARNING):
+            assert app_main(["db", "upgrade", "--db-url", empty_db_url, "--data-dir", str(tmp_path / "data")]) == 1
+    finally:
+        admin.dispose()
+    assert calls, "the migration set no bounds"
+    assert capsys.readouterr().err == ("error: the database could not be used (terminating connection due to "
+                                       "administrator command)\n")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text  # the pool's failed reset
+    monkeypatch.undo()
+    assert migrate.current_revision(empty_db_url) is None
