@@ -495,7 +495,8 @@ def set_password(factory: sessionmaker[Session], *, name: str, password: str, ac
 
 def check_new_password(factory: sessionmaker[Session], *, name: str, password: Any) -> None:
     """Refuse (one sentence) a password change that ``set_password`` would refuse, before anything is hashed: no account
-    ``name``, or a ``password`` that ``check_password_strength`` refuses for it."""
+    ``name``, or a ``password`` that ``check_password_strength`` refuses for it. ``change_password`` runs the two
+    checks apart, as only the second's refusals are counted."""
     with read_session(factory) as s:
         _account(s, name)
     check_password_strength(password, name)
@@ -563,7 +564,8 @@ def change_password(factory: sessionmaker[Session], who: Who, *, name: str, pass
     account, the one that asked included, and is audited. A refusal is one sentence and changes nothing.
     ``session``: the signed-in session the request runs as (``confirm_own_password``). The new passwords the rules
     refuse are counted per signed-in ``session`` (per acting account where none is given; a name that is no
-    account's is not counted) (``NEW_PASSWORD_REFUSALS``): past its limit, a change is refused before the rules run."""
+    account's, or the local-mode admin's, is not counted: no rule ran) (``NEW_PASSWORD_REFUSALS``): past its limit, a
+    change is refused before the rules run."""
     if not who.is_admin and name != who.name:
         raise AuthError(f"{who.name!r} is a rater; a rater may change only their own password")
     # counted per signed-in session where there is one: keyed by the account, any session of it (a stolen one) could
@@ -574,10 +576,12 @@ def change_password(factory: sessionmaker[Session], who: Who, *, name: str, pass
         seconds = max(1, math.ceil(wait))
         raise AuthError(f"too many refused new passwords in a short time; try again in {seconds} second"
                         f"{'s' if seconds != 1 else ''} (nothing was changed)")
+    # the account first, outside the count: no account of that name (same review), or the local-mode admin's (its
+    # ValueError was counted: fourteenth review), ran no rule, so it is no refused new password
+    with read_session(factory) as s:
+        _account(s, name)
     try:
-        check_new_password(factory, name=name, password=password)
-    except NotFound:
-        raise  # no account of that name: no rule ran, so it is no refused new password (same review)
+        check_password_strength(password, name)
     except ValueError:
         NEW_PASSWORD_REFUSALS.refused(refusals_key)
         raise

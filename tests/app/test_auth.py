@@ -1837,6 +1837,38 @@ def test_a_common_password_written_again_apart_counts_once(db_factory, password)
     assert auth.list_users(db_factory) == []
 
 
+# ---------------------------------------------------------------------------------------------
+# fourteenth review (6 Dec 2026): the phrase rule's stretches, the local-mode admin's name, the leet reading of 1
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_local_mode_admins_name_in_set_password_is_refused_but_not_counted(db_factory, monkeypatch):
+    """The refused new passwords are counted because each refusal runs the rules (milliseconds of CPU a page could ask
+    for as fast as events go); a name that is no account's ran no rule and was not counted, but the local-mode admin's
+    own name, typed in the Admin tab's "Set password", was refused by the account check (a ValueError) and counted, so
+    a few such slips barred the real changes that followed. It is refused in its sentence and not counted: after six,
+    the rules' own refusals still get their three free ones."""
+    from app import sessions, ui_admin
+
+    monkeypatch.setattr(auth, "NEW_PASSWORD_REFUSALS", auth.RefusedNewPasswords(free=3, window_s=60,
+                                                                                monotonic=lambda: 0.0))
+    who = auth.identify(db_factory, local_mode=True, username=None, client_host="127.0.0.1")
+    assert who.local and who.name == auth.LOCAL_ADMIN_NAME
+    throttle = sessions.LoginThrottle(monotonic=lambda: 0.0)
+    for password in ("a fresh secret phrase", "abcdefgh1") * 3:
+        with pytest.raises(ValueError) as refused:
+            ui_admin.set_user_password(db_factory, who, auth.LOCAL_ADMIN_NAME, password, None, throttle=throttle,
+                                       ip="127.0.0.1")
+        assert str(refused.value) == "'local admin' is the local-mode admin, not an account"
+    auth.add_user(db_factory, name="zed", role="rater", password=PASSWORD)
+    for _ in range(3):
+        with pytest.raises(ValueError, match="besides its runs"):
+            ui_admin.set_user_password(db_factory, who, "zed", "abcdefgh1", None, throttle=throttle, ip="127.0.0.1")
+    with pytest.raises(auth.AuthError, match="too many refused new passwords"):
+        ui_admin.set_user_password(db_factory, who, "zed", "abcdefgh1", None, throttle=throttle, ip="127.0.0.1")
+    assert auth.check_login(db_factory, "zed", PASSWORD).refusal is None
+
+
 def test_the_password_boxes_of_all_an_accounts_sessions_share_one_more_counter():
     """Each signed-in session's boxes had their own counter only, so N sessions of an account (leaked, say) got N
     browsers' guesses there. Now the sessions of one account share one more counter under the same rule, which bars
