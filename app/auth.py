@@ -33,6 +33,7 @@ import ipaddress
 import logging
 import math
 import os
+import re
 import string
 import threading
 import time
@@ -106,12 +107,18 @@ REPEATED_GROUP_MAX = 4  # "abab", "abcabc", "abcdabcd"; a longer group is a run 
 COMMON_INSIDE_MIN = 5  # a common password this long or longer is taken out wherever it stands ("1password")
 # what a common password taken out of a longer one still counts for: whoever guesses must pick it from the list (under
 # 100 entries, in their spellings of case, spaces and leet: about as many guesses as two letters, 26**2 = 676), so a
-# phrase of unrelated words ("hotel guest") is not read as its other words alone; counted once per stretch of common
-# passwords (touching ones, "summerwinter", count once) that is not all a run (a common password written again)
+# phrase of unrelated words ("hotel guest") is not read as its other words alone; counted for a stretch of common
+# passwords (touching ones, "summerwinter", count once) that is not all a run (a common password written again) and
+# holds a listed one no stretch counted before it held: each listed one is picked once, so written again, or put
+# together again with others already counted ("password dragon passworddragon"), it counts no more
 COMMON_WORD_WORTH = 2
 # the common leet substitutions, read as the letters they stand for when passwords are compared with the list
-# (``_skeleton``); 1 stands for i or l, so 1, i and l read alike ("l3tm31n" is "letmein")
-LEET = str.maketrans({"4": "a", "@": "a", "3": "e", "1": "i", "l": "i", "0": "o", "5": "s", "$": "s", "7": "t"})
+# (``_skeleton``); 1 stands for i or l (``LEET_ONE``)
+LEET = str.maketrans({"4": "a", "@": "a", "3": "e", "0": "o", "5": "s", "$": "s", "7": "t"})
+# 1 is kept in a skeleton and reads as i or as l, either way ("l3tm31n" is "letmein", "he11o" is "hello"); i and l do
+# not read as each other: when 1, i and l were all read as i, "helio" was "hello" and "heliotrope" counted 7 (found by
+# a brute force over the listed words' i/l/1 spellings, fourteenth review)
+LEET_ONE = {"1": "[il1]", "i": "[i1]", "l": "[l1]"}
 # letters that show nothing (Hangul fillers; U+3164 and U+FFA0 read as U+1160), set aside like format characters
 _BLANK_LETTERS = frozenset("\u115f\u1160")
 
@@ -132,7 +139,8 @@ def _folded(text: str) -> str:
 
 RUNS_REFUSAL = (f"a password needs at least {MIN_PASSWORD_LENGTH} characters besides its runs and the most common "
                 f"passwords (common ones, also spelled with spaces or as p4ssw0rd, count {COMMON_WORD_WORTH} for each "
-                f"different stretch of them, touching ones together, the same one written again not again): "
+                f"stretch of them, touching ones together, that holds one not counted before: written again or put "
+                f"together again, they count no more): "
                 f"runs are {RUN_MIN} or more characters that repeat one character or a group of up to "
                 f"{REPEATED_GROUP_MAX} (aaaa, abab, abcabc) or read along letters, digits or keys (1234, dcba, qwer); "
                 "accents and invisible characters do not count")
@@ -142,8 +150,9 @@ _TRAILING = string.digits + string.punctuation  # what may follow a common passw
 def _skeleton(folded: str) -> tuple[str, list[int]]:
     """``folded`` as it is compared with the list of common passwords: leet substitutes read as their letters
     (``LEET``), then every character that is not a letter or a digit (spaces, punctuation) dropped, so "pass word",
-    "p4ssword" and "p@ssw0rd" read "password" (thirteenth review). Returns the skeleton and, for each of its characters,
-    its position in ``folded``."""
+    "p4ssword" and "p@ssw0rd" read "password" (thirteenth review); a 1 stays, read as i or l where skeletons are
+    compared (``_skeleton_pattern``). Returns the skeleton and, for each of its characters, its position in
+    ``folded``."""
     mapped = folded.translate(LEET)
     kept = [i for i, c in enumerate(mapped) if c.isalnum()]
     return "".join(mapped[i] for i in kept), kept
@@ -155,13 +164,34 @@ def _common_skeletons() -> frozenset[str]:
     return frozenset(filter(None, (_skeleton(entry)[0] for entry in common_passwords())))
 
 
+def _skeleton_pattern(skeleton: str) -> str:
+    """A regular expression for the skeletons that read as ``skeleton``: each character itself, but a 1 for an i or
+    an l and an i or an l for a 1 (``LEET_ONE``)."""
+    return "".join(LEET_ONE.get(c, re.escape(c)) for c in skeleton)
+
+
+@functools.cache
+def _common_pattern() -> re.Pattern[str]:
+    """The skeletons that read as one of ``_common_skeletons`` (``_skeleton_pattern``), for a whole match."""
+    return re.compile("|".join(_skeleton_pattern(entry) for entry in sorted(_common_skeletons())))
+
+
+@functools.cache
+def _inside_patterns() -> tuple[tuple[str, re.Pattern[str]], ...]:
+    """Each of ``_common_skeletons`` of COMMON_INSIDE_MIN characters or more, with a pattern that finds every place a
+    skeleton reads as it, overlapping ones too."""
+    return tuple((entry, re.compile(f"(?=({_skeleton_pattern(entry)}))")) for entry in sorted(_common_skeletons())
+                 if len(entry) >= COMMON_INSIDE_MIN)
+
+
 def _is_common(folded: str) -> bool:
     """Whether ``folded`` is a common password, alone or followed only by digits and punctuation: once those are
     dropped from its end, it starts with a letter or digit (leet read as letters: "$unshine" does) and its skeleton
-    (``_skeleton``) is a listed one's ("P@ss w0rd 1!" is "password"). Marks before the word are no spelling of it
-    ("!password" is a common password with a character before it, ``_characters_left``'s case)."""
+    (``_skeleton``) reads as a listed one's (``_skeleton_pattern``: "P@ss w0rd 1!" is "password", "he11o" is "hello").
+    Marks before the word are no spelling of it ("!password" is a common password with a character before it,
+    ``_characters_left``'s case)."""
     core = folded.rstrip(_TRAILING).translate(LEET)
-    return core[:1].isalnum() and _skeleton(core)[0] in _common_skeletons()
+    return core[:1].isalnum() and _common_pattern().fullmatch(_skeleton(core)[0]) is not None
 
 
 @functools.cache
@@ -175,11 +205,14 @@ def common_passwords() -> frozenset[str]:
 
 def _characters_left(folded: str) -> int:
     """How many characters ``folded`` counts for once its common passwords and runs are taken out: the characters
-    outside them all, and COMMON_WORD_WORTH for each different stretch of common passwords that is not all run (a
-    stretch of touching common passwords counts once; the same one written again apart counts once). Taken out: every
-    place a common password (``common_passwords``) of COMMON_INSIDE_MIN characters or more stands, compared by
-    skeleton (``_skeleton``: leet read as letters, spaces and punctuation skipped, so "p4ss word" stands where its
-    first and last letters do), and every run, a stretch of RUN_MIN characters or more that
+    outside them all, and COMMON_WORD_WORTH for each stretch of common passwords that is not all run and holds a
+    listed one (by skeleton) that no stretch counted before it held. So each listed one counts once, read from the
+    left: a stretch of touching ones counts once ("summerwinter": 2), and a stretch made only of listed ones counted
+    already, the same one written again apart or counted ones put together again, counts nothing ("password dragon
+    passworddragon dragonpassword": 2 + 2 and the 3 spaces, 7). Taken out: every place a common password
+    (``common_passwords``) of COMMON_INSIDE_MIN characters or more stands, compared by skeleton (``_skeleton``: leet
+    read as letters, spaces and punctuation skipped, so "p4ss word" stands where its first and last letters do), and
+    every run, a stretch of RUN_MIN characters or more that
 
     - is one group of 1 to REPEATED_GROUP_MAX characters written twice or more in a row ("aaaa", "abab", "abcabc"),
     - or any group written twice or more in a row that is a common password, alone or with digits and punctuation
@@ -214,13 +247,12 @@ def _characters_left(folded: str) -> int:
             end += 1
         cover(i, end)
     skeleton, at = _skeleton(folded)
-    for entry in _common_skeletons():
-        if len(entry) < COMMON_INSIDE_MIN:
-            continue
-        i = skeleton.find(entry)
-        while i >= 0:
-            common[at[i]:at[i + len(entry) - 1] + 1] = [True] * (at[i + len(entry) - 1] + 1 - at[i])
-            i = skeleton.find(entry, i + 1)
+    words: list[tuple[int, int, str]] = []  # where each listed one stands in folded: [begin, end), its skeleton
+    for entry, pattern in _inside_patterns():
+        for match in pattern.finditer(skeleton):
+            begin, end = at[match.start()], at[match.start() + len(entry) - 1] + 1
+            common[begin:end] = [True] * (end - begin)
+            words.append((begin, end, entry))
     for entry in common_passwords():
         i = folded.find(entry)
         while i >= 0:
@@ -236,21 +268,30 @@ def _characters_left(folded: str) -> int:
                     break
                 after += 1
             i = folded.find(entry, i + 1)
-    # the stretches of common passwords not all run, each counted once however often written: a stretch written again
-    # apart ("password password password", spaces between) counted again, so three copies of a listed password passed
-    # (found by a read-only review of the thirteenth review's rule, 6 Dec 2026); compared by skeleton ("dr4gon" is
-    # "dragon")
-    stretches: set[str] = set()
-    begin, counts = -1, False
+    # the stretches of common passwords not all run, from the left, each counted when it holds a listed one not
+    # counted before: a stretch written again apart ("password password password", spaces between) counted again, so
+    # three copies of a listed password passed (found by a read-only review of the thirteenth review's rule, 6 Dec
+    # 2026); and a stretch that was the same listed ones put together again ("passworddragon" after "password
+    # dragon") was a different stretch, so "password dragon passworddragon dragonpassword" counted 11 (fourteenth
+    # review); compared by skeleton ("dr4gon" is "dragon")
+    words.sort()
+    counted: set[str] = set()
+    stretches, w, begin, counts = 0, 0, -1, False
     for k in range(n + 1):
         if k < n and common[k]:
             begin, counts = (k if begin < 0 else begin), counts or not covered[k]
             continue
-        if begin >= 0 and counts:
-            stretches.add(_skeleton(folded[begin:k])[0])
+        if begin >= 0:
+            held = set()
+            while w < len(words) and words[w][0] < k:  # each listed one stands inside one stretch
+                held.add(words[w][2])
+                w += 1
+            if counts and not held <= counted:
+                stretches += 1
+                counted |= held
         begin, counts = -1, False
     left = sum(1 for k in range(n) if not covered[k] and not common[k])
-    return left + COMMON_WORD_WORTH * len(stretches)
+    return left + COMMON_WORD_WORTH * stretches
 
 
 def check_password_strength(password: str, name: str | None = None) -> None:
@@ -264,8 +305,8 @@ def check_password_strength(password: str, name: str | None = None) -> None:
     read it (``_folded``: case, compatibility forms, accents, format and control characters aside) and its common
     passwords of COMMON_INSIDE_MIN characters or more (by skeleton) and its runs are taken out (``_characters_left``:
     RUN_MIN or more characters repeating one character or a group of up to REPEATED_GROUP_MAX, or a common password
-    written again, or reading along one of SEQUENCES either way), each different stretch of common passwords counting
-    COMMON_WORD_WORTH. So "abcdefgh1", "1234567a", "abababab", "11112222", "1password", "my p4ss word",
+    written again, or reading along one of SEQUENCES either way), each stretch of common passwords that holds a listed
+    one not counted before counting COMMON_WORD_WORTH. So "abcdefgh1", "1234567a", "abababab", "11112222", "1password", "my p4ss word",
     "passwordpassword", eight accents alone and "password" with a zero-width space are refused; "my 1234 garden" (10),
     "hotel guest" (6 + 2), "my password is long" (11 + 2) and "purple horse battery staple" are not. Passwords set
     under older rules still sign in (``_new_hash``)."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import io
+import itertools
 import json
 from pathlib import Path
 
@@ -1201,8 +1203,9 @@ def test_passwords_near_the_refused_ones_can_be_set(db_factory, name, password):
 # ---------------------------------------------------------------------------------------------
 
 RUNS_RULE = ("a password needs at least 8 characters besides its runs and the most common passwords (common ones, "
-             "also spelled with spaces or as p4ssw0rd, count 2 for each different stretch of them, touching ones "
-             "together, the same one written again not again): runs are 4 or more characters that repeat "
+             "also spelled with spaces or as p4ssw0rd, count 2 for each stretch of them, touching ones together, that "
+             "holds one not counted before: written again or put together again, they count no more): runs are 4 or "
+             "more characters that repeat "
              "one character or a group of up to 4 (aaaa, abab, abcabc) or read along letters, digits or keys (1234, "
              "dcba, qwer); accents and invisible characters do not count")
 LINES = ("abcdefghijklmnopqrstuvwxyz", "01234567890", "qwertyuiop", "asdfghjkl", "zxcvbnm")  # as README.md names them
@@ -1217,8 +1220,9 @@ def _common_entries() -> set[str]:
     return entries - {""}
 
 
-# the leet substitutes the thirteenth review names, as the letter each reads as (1 reads as i or l: i, l and 1 alike)
-LEET_READS = {"4": "a", "@": "a", "3": "e", "1": "i", "l": "i", "0": "o", "5": "s", "$": "s", "7": "t"}
+# the leet substitutes the thirteenth review names, as the letter each reads as; 1 reads as i or as l (``ONE_READS``),
+# but i and l are not one letter (fourteenth review)
+LEET_READS = {"4": "a", "@": "a", "3": "e", "0": "o", "5": "s", "$": "s", "7": "t"}
 
 
 def _skeleton(text: str) -> str:
@@ -1226,25 +1230,39 @@ def _skeleton(text: str) -> str:
     return "".join(c for c in (LEET_READS.get(c, c) for c in text) if c.isalnum())
 
 
+ONE_READS = {"i": "i1", "l": "l1", "1": "il1"}  # what may stand where a listed skeleton has an i, an l or a 1
+
+
+@functools.cache
+def _spellings() -> dict[str, str]:
+    """Every skeleton that reads as a listed entry's, with that entry's skeleton: each i, l and 1 of it written in
+    every way ONE_READS allows, all enumerated."""
+    spellings = {}
+    for entry in filter(None, map(_skeleton, _common_entries())):
+        for spelled in itertools.product(*(ONE_READS.get(c, c) for c in entry)):
+            spellings["".join(spelled)] = entry
+    return spellings
+
+
 def _is_common_by_skeleton(password: str) -> bool:
     """Whether ``password`` (lower case), without the digits and marks it ends with, starts with a letter or digit once
     leet is read and reads as a listed entry."""
     core = password.rstrip(TRAILING)
-    return (LEET_READS.get(core[:1], core[:1]).isalnum()
-            and _skeleton(core) in {_skeleton(e) for e in _common_entries()} - {""})
+    return LEET_READS.get(core[:1], core[:1]).isalnum() and _skeleton(core) in _spellings()
 
 
 def _counted_by_brute_force(password: str) -> int:
     """What ``password`` (lower case, ASCII) counts for: its characters that no stretch covers that is a run or a
-    common password, and 2 for each different maximal stretch of common passwords that is not all run (different by
-    skeleton: the same one written again counts once). A run: 4 or more characters
+    common password, and 2 for each maximal stretch of common passwords that is not all run and holds a listed entry
+    (by skeleton) that no stretch counted before it, from the left, held (so one written again, or counted ones put
+    together again, count nothing more). A run: 4 or more characters
     that are a piece of one of LINES (forwards or backwards) or one group written twice or more in a row, a group of 1
     to 4 characters or any group that is a common password with only digits and marks after it. A common password: a
     stretch whose first and last characters are letters or digits once leet is read and whose skeleton
-    (``_skeleton``) is a listed entry's of 5 or more characters. Every stretch and every group tried."""
+    (``_skeleton``) reads as a listed entry's of 5 or more characters (``_spellings``). Every stretch and every group
+    tried."""
     common = _common_entries()
-    skeletons = {_skeleton(e) for e in common}
-    runs, commons = set(), set()
+    runs, commons, words = set(), set(), []
     for i in range(len(password)):
         for j in range(i + 1, len(password) + 1):
             piece = password[i:j]
@@ -1255,20 +1273,24 @@ def _counted_by_brute_force(password: str) -> int:
             if run:
                 runs.update(range(i, j))
             ends = LEET_READS.get(piece[0], piece[0]) + LEET_READS.get(piece[-1], piece[-1])
-            if ends.isalnum() and len(_skeleton(piece)) >= 5 and _skeleton(piece) in skeletons:
+            read = _spellings().get(_skeleton(piece), "")
+            if ends.isalnum() and len(read) >= 5:
                 commons.update(range(i, j))
-    stretches, k = set(), 0
+                words.append((i, j, read))
+    stretches, counted, k = 0, set(), 0
     while k < len(password):
         if k in commons:
             j = k
             while j in commons:
                 j += 1
-            if any(m not in runs for m in range(k, j)):
-                stretches.add(_skeleton(password[k:j]))
+            held = {e for i, end, e in words if k <= i and end <= j}
+            if any(m not in runs for m in range(k, j)) and not held <= counted:
+                stretches += 1
+                counted |= held
             k = j
         else:
             k += 1
-    return len(password) - len(runs | commons) + 2 * len(stretches)
+    return len(password) - len(runs | commons) + 2 * stretches
 
 
 @pytest.mark.parametrize("password", [
@@ -1842,6 +1864,42 @@ def test_a_common_password_written_again_apart_counts_once(db_factory, password)
 # ---------------------------------------------------------------------------------------------
 
 
+def test_each_listed_word_counts_once_however_often_it_is_written_or_put_together_again():
+    """A stretch of common passwords counted 2 whenever its skeleton was new, so the same listed words put together
+    again were new stretches: "password dragon passworddragon dragonpassword" counted 11 and could be set. Each listed
+    word counts once now, read from the left: a stretch counts 2 when it holds a listed word no counted stretch held.
+    Every password of 1 to 3 stretches (one listed word, or two different ones touching) joined by spaces: what it
+    counts for is known by construction (the spaces, and 2 for each stretch that brings a word not brought before),
+    and the rule refuses it exactly when that is under 8 or it is one listed word alone."""
+    words = ("password", "dragon", "monkey")
+    pieces = [(w,) for w in words] + [(a, b) for a in words for b in words if a != b]
+    refused = {True: 0, False: 0}
+    for count in (1, 2, 3):
+        for stretches in itertools.product(pieces, repeat=count):
+            password = " ".join("".join(piece) for piece in stretches)
+            brought: set[str] = set()
+            expected = count - 1  # the spaces
+            for piece in stretches:
+                if not brought.issuperset(piece):
+                    expected += 2
+                    brought.update(piece)
+            assert auth._characters_left(auth._folded(password)) == expected, password
+            expected_refused = expected < 8 or (count == 1 and len(stretches[0]) == 1)
+            refused[expected_refused] += 1
+            try:
+                auth.check_password_strength(password)
+            except ValueError:
+                assert expected_refused, password
+            else:
+                assert not expected_refused, password
+    assert min(refused.values()) > 80, refused
+    with pytest.raises(ValueError) as refusal:
+        auth.check_password_strength("password dragon passworddragon dragonpassword")  # 3 spaces and 2 + 2
+    assert str(refusal.value) == RUNS_RULE
+    assert _counted_by_brute_force("password dragon passworddragon dragonpassword") == 7
+    assert _counted_by_brute_force("summer winter summerwinter") == 6
+
+
 def test_the_local_mode_admins_name_in_set_password_is_refused_but_not_counted(db_factory, monkeypatch):
     """The refused new passwords are counted because each refusal runs the rules (milliseconds of CPU a page could ask
     for as fast as events go); a name that is no account's ran no rule and was not counted, but the local-mode admin's
@@ -1867,6 +1925,38 @@ def test_the_local_mode_admins_name_in_set_password_is_refused_but_not_counted(d
     with pytest.raises(auth.AuthError, match="too many refused new passwords"):
         ui_admin.set_user_password(db_factory, who, "zed", "abcdefgh1", None, throttle=throttle, ip="127.0.0.1")
     assert auth.check_login(db_factory, "zed", PASSWORD).refusal is None
+
+
+def test_one_reads_as_i_or_l_but_i_and_l_are_not_one_letter():
+    """The leet reading took i, l and 1 as one letter, so an i written for an l (or an l for an i) read as a listed
+    word: "heliotrope" held "hello" ("helio") and counted 7, and 96 of the listed words' i/l/1 spellings that are no
+    spelling of them ("heiio", "fiower", "wlnter") were refused as common passwords. Every spelling of every listed
+    word with each i, l and 1 in it written as i, l or 1, with a year and a mark after it: one that writes each as
+    itself or as a 1 (or a 1 as an i or an l) is refused, as before; one that writes an i for an l or an l for an i is
+    not a common password."""
+    seen = {True: 0, False: 0}
+    for entry in sorted(_common_entries()):
+        at = [k for k, c in enumerate(entry) if c in "il1"]
+        for letters in itertools.product("il1", repeat=len(at)):
+            spelled = list(entry)
+            for k, c in zip(at, letters):
+                spelled[k] = c
+            spelling = all(spelled[k] == entry[k] or "1" in (spelled[k], entry[k]) for k in at)
+            password = "".join(spelled) + "2026!"
+            seen[spelling] += 1
+            try:
+                auth.check_password_strength(password)
+            except ValueError as e:
+                assert spelling or str(e) != COMMON_RULE, password
+            else:
+                assert not spelling, password
+    assert seen[True] > 100 and seen[False] > 90, seen
+    for word in ("heliotrope", "heliograph", "heliostat"):  # real words: "helio" is no "hello"
+        assert _counted_by_brute_force(word) >= 8
+        auth.check_password_strength(word)
+    for password in ("he11o w0r1d", "l3tm31n!!", "1ov3ly 2026"):  # a 1 still reads as an i or an l
+        with pytest.raises(ValueError):
+            auth.check_password_strength(password)
 
 
 def test_the_password_boxes_of_all_an_accounts_sessions_share_one_more_counter():
