@@ -306,10 +306,11 @@ def check_password_strength(password: str, name: str | None = None) -> None:
     passwords of COMMON_INSIDE_MIN characters or more (by skeleton) and its runs are taken out (``_characters_left``:
     RUN_MIN or more characters repeating one character or a group of up to REPEATED_GROUP_MAX, or a common password
     written again, or reading along one of SEQUENCES either way), each stretch of common passwords that holds a listed
-    one not counted before counting COMMON_WORD_WORTH. So "abcdefgh1", "1234567a", "abababab", "11112222", "1password", "my p4ss word",
-    "passwordpassword", eight accents alone and "password" with a zero-width space are refused; "my 1234 garden" (10),
-    "hotel guest" (6 + 2), "my password is long" (11 + 2) and "purple horse battery staple" are not. Passwords set
-    under older rules still sign in (``_new_hash``)."""
+    one not counted before counting COMMON_WORD_WORTH. So "abcdefgh1", "1234567a", "abababab", "11112222",
+    "1password", "my p4ss word", "passwordpassword", "password dragon passworddragon" (2 + 2, 2 spaces), eight accents alone
+    and "password" with a zero-width space are refused; "my 1234 garden" (10), "hotel guest" (6 + 2), "my password is
+    long" (11 + 2), "heliotrope" (10: an i is no l) and "purple horse battery staple" are not. Passwords set under
+    older rules still sign in (``_new_hash``)."""
     if not isinstance(password, str) or len(password) < MIN_PASSWORD_LENGTH:
         raise ValueError(f"a password needs at least {MIN_PASSWORD_LENGTH} characters")
     if len(password) > MAX_PASSWORD_LENGTH:
