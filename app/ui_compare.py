@@ -185,7 +185,8 @@ def _rate(stats: dict[str, Any] | None) -> str:
 def ab_rows(factory, experiment_id: int | None) -> list[list[str]]:
     """One row per trained round: the round it was trained from (both branches of a rollback are listed) and its
     A/B win rates (ties count half; 95% Wilson interval, widened by the design effect, at Student's t over the pairs,
-    when several raters voted on one pair: ``comparisons.clustered_win_interval``)."""
+    when several raters voted on one pair, and over the raters too when several raters each voted on several pairs:
+    ``comparisons.clustered_win_interval``)."""
     with read_session(factory) as s:
         experiment = pick_experiment(s, experiment_id)
         if experiment is None:
@@ -243,7 +244,9 @@ def build_dashboard(services, exp_state, dash_tab, dash_timer, who_of: Callable,
     private = private or {"api_visibility": "private"}
     gr.Markdown("### Blind A/B: each round against the round it was trained from and against the base model\n"
                 "Share of votes preferring the round's image (a tie counts half), with a 95% Wilson interval, "
-                "widened where several raters voted on one pair (their votes count as fewer independent ones).")
+                "widened where several raters voted on one pair (their votes count as fewer independent ones) "
+                "and where several raters each voted on several pairs (one rater's taste moves all their votes; "
+                "with 2 or 3 raters the interval is wide).")
     table = gr.Dataframe(headers=AB_HEADERS, value=[], interactive=False, wrap=False, elem_id="ab-table")
 
     def on_refresh(exp_id, request: gr.Request):

@@ -13,7 +13,9 @@ The A/B win rate of round r against an opponent counts a tie as half a win:
 interval on that rate. With overlap above 1 several raters vote on one pair and their votes are not independent
 trials: ``ab_win_rates`` then gives Wilson's interval at the effective number of votes ``n / deff``
 (``clustered_win_interval``; the same design-effect correction as the dashboard's liked share, app.taste_stats),
-at Student's t with (pairs - 1) degrees of freedom, which is Wilson's own interval when every pair has one vote. ``pair_bootstrap_interval`` is a bootstrap over
+at Student's t with (pairs - 1) degrees of freedom, which is Wilson's own interval when every pair has one vote;
+where several raters each voted on several pairs, the design effect is two-way, over pairs and raters, at t with
+min(pairs, raters) - 1 degrees of freedom (fourteenth review). ``pair_bootstrap_interval`` is a bootstrap over
 whole pairs (measured by ``python -m app.tools.ab_coverage``; not shown on the dashboard).
 """
 
@@ -369,19 +371,28 @@ def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, fl
     return wilson_bounds(successes, n, z)
 
 
-def _voted_pairs(votes_by_pair: Sequence[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
-    """Each pair's (wins, losses, ties), checked (InvalidInput, one sentence), pairs without votes left out."""
+def _voted_pairs(votes_by_pair: Sequence[tuple[int, int, int]], what: str = "pair") -> list[tuple[int, int, int]]:
+    """Each pair's (or rater's: ``what``) (wins, losses, ties), checked (InvalidInput, one sentence), those without
+    votes left out."""
     counts = []
     for pair in votes_by_pair:
         if (not isinstance(pair, tuple | list) or len(pair) != 3
                 or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in pair)):
-            raise InvalidInput(f"each pair's votes must be (wins, losses, ties), whole numbers >= 0, got {pair!r}")
+            raise InvalidInput(f"each {what}'s votes must be (wins, losses, ties), whole numbers >= 0, got {pair!r}")
         if sum(pair) > 0:
             counts.append(tuple(pair))
     return counts
 
 
-def clustered_win_interval(votes_by_pair: Sequence[tuple[int, int, int]]) -> tuple[float, float]:
+def _residual_variance(counts: list[tuple[int, int, int]], rate: float, n: int) -> float:
+    """The pooled rate's cluster-robust variance over these clusters' (wins, losses, ties):
+    ``K / (K - 1) * sum_j (s_j - n_j rate)^2 / N^2`` (K >= 2 clusters, s_j a cluster's score, n_j its votes)."""
+    k = len(counts)
+    return k / (k - 1) * sum((w + t / 2 - (w + los + t) * rate) ** 2 for w, los, t in counts) / (n * n)
+
+
+def clustered_win_interval(votes_by_pair: Sequence[tuple[int, int, int]],
+                           votes_by_rater: Sequence[tuple[int, int, int]] | None = None) -> tuple[float, float]:
     """Wilson's interval for the pooled win rate ``(wins + ties / 2) / N`` of votes clustered by pair: Wilson at the
     effective number of votes ``N / deff`` (never more than N), ``deff`` the ratio of the rate's cluster-robust
     variance over the K pairs with votes, ``K / (K - 1) * sum_j (s_j - n_j rate)^2 / N^2`` (s_j the pair's score,
@@ -417,42 +428,75 @@ def clustered_win_interval(votes_by_pair: Sequence[tuple[int, int, int]]) -> tup
     Chosen over ``pair_bootstrap_interval`` for the dashboard: it needs no random draws (the table does not change
     between refreshes), is Wilson's interval itself when every pair has one vote, and keeps Wilson's ends inside
     [0, 1]; a percentile bootstrap over the 16 pairs of a round is itself too narrow (it has no small-sample
-    correction) and says nothing below two pairs."""
+    correction) and says nothing below two pairs.
+
+    Raters (fourteenth review). ``votes_by_rater`` (each rater's (wins, losses, ties) over the same votes, as
+    ``ab_win_rates`` gives them) makes the interval about the population of raters as well as of pairs: one rater's
+    votes across pairs move together when raters differ in taste, and with pairs alone the interval held the true
+    rate in only 0.76-0.80 of draws at a rater logit sd of 1.0 (BENCHMARKS.md). The rule, stated before it was
+    measured: two-way cluster-robust variance (Cameron, Gelbach and Miller 2011),
+    ``V = V_pair + V_rater - V_pair∩rater``, each term ``K / (K - 1) * sum_c (s_c - n_c rate)^2 / N^2`` over its
+    clusters c; a rater votes at most once on a pair (the table's unique (pair, rater)), so the pair∩rater clusters
+    are the N single votes and that term is exactly the independent-vote variance above, and ``deff = V / that``
+    is ``deff_pair + deff_rater - 1``; Student's t at ``min(K_pair, K_rater) - 1`` df (the fewer clusters bound
+    how well V is known), in ``clustered_wilson`` with ``k = min(K_pair, K_rater)``. It applies where the votes
+    have at least two raters and some rater voted more than once (2 <= K_rater < N); otherwise the rule above,
+    unchanged: each vote its own rater (K_rater = N; the two-way formula gives exactly the pairs' interval then),
+    raters unknown (``votes_by_rater`` None), or one rater (K_rater = 1: nothing measures how raters differ, so the
+    interval is about that rater's own preference over the population of pairs, as before). With one vote on every
+    pair and raters voting on several, it is the raters' one-way interval (deff_pair is exactly 1). Every vote the
+    same, or ``min(K_pair, K_rater)`` of 1: deff 1, as above. The price: with 2 raters t has 1 df (12.7), so the
+    interval is nearly [0, 1] (two raters say little about raters in general)."""
     counts = _voted_pairs(votes_by_pair)
     if not counts:
         raise InvalidInput("an interval needs at least one vote, got none")
     n = sum(sum(c) for c in counts)
     wins, losses, ties = (sum(c[i] for c in counts) for i in range(3))
+    raters = None if votes_by_rater is None else _voted_pairs(votes_by_rater, "rater")
+    if raters is not None:
+        rater_totals = [sum(c[i] for c in raters) for i in range(3)]
+        if rater_totals != [wins, losses, ties]:
+            raise InvalidInput(f"the raters' votes add up to {rater_totals}, not the pairs' {[wins, losses, ties]}")
+        if not 2 <= len(raters) < n:  # one rater, or each vote its own rater: the pairs' interval (docstring)
+            raters = None
     rate = (wins + ties / 2) / n
-    k = len(counts)
-    if k == n or k < 2:  # one vote on every pair, or one pair: no design effect to estimate (clustered_wilson)
+    k = len(counts) if raters is None else min(len(counts), len(raters))
+    if (raters is None and k == n) or k < 2:  # one vote on every pair, or one cluster: no design effect to estimate
         return clustered_wilson(wins + ties / 2, n, k, None)
     spread = wins * (1 - rate) ** 2 + ties * (0.5 - rate) ** 2 + losses * rate ** 2
     if spread == 0:  # every vote the same: no spread to measure a design effect by
         return clustered_wilson(wins + ties / 2, n, k, None)
-    cluster = k / (k - 1) * sum((w + t / 2 - (w + los + t) * rate) ** 2 for w, los, t in counts) / (n * n)
-    return clustered_wilson(wins + ties / 2, n, k, cluster / (spread / ((n - 1) * n)))
+    independent = spread / ((n - 1) * n)
+    cluster = _residual_variance(counts, rate, n)
+    if raters is not None:  # two-way: V_pair + V_rater - V_pair∩rater, the last the N single votes' (docstring)
+        cluster += _residual_variance(raters, rate, n) - independent
+    return clustered_wilson(wins + ties / 2, n, k, cluster / independent)
 
 
 def win_stats(wins: int, losses: int, ties: int, pairs: int = 0,
-              by_pair: Sequence[tuple[int, int, int]] | None = None) -> dict[str, Any]:
+              by_pair: Sequence[tuple[int, int, int]] | None = None,
+              by_rater: Sequence[tuple[int, int, int]] | None = None) -> dict[str, Any]:
     """{wins, losses, ties, n, pairs, rate, ci95}: ties count half; rate and ci95 are None without votes.
 
     ``pairs`` is how many distinct pairs the n votes are on: votes on the same pair (same prompt and seed) are not
     independent evidence about the model, so an interval over n votes on few pairs is narrower than it should be.
     ``by_pair`` (each pair's (wins, losses, ties), summing to the totals): ci95 is ``clustered_win_interval``, which
-    allows for that; without it, Wilson's interval over the n votes as independent trials."""
+    allows for that; without it, Wilson's interval over the n votes as independent trials. ``by_rater`` (each rater's
+    (wins, losses, ties) over the same votes; only with ``by_pair``) allows for one rater's votes across pairs too
+    (``clustered_win_interval``: two-way clustering over pairs and raters)."""
     n = wins + losses + ties
     if n == 0:
         return {"wins": 0, "losses": 0, "ties": 0, "n": 0, "pairs": 0, "rate": None, "ci95": None}
     score = wins + ties / 2
     if by_pair is None:
+        if by_rater is not None:
+            raise InvalidInput("the raters' votes need each pair's votes too (by_pair)")
         lo, hi = wilson_interval(score, n)
     else:
         totals = [sum(c[i] for c in by_pair) for i in range(3)]
         if totals != [wins, losses, ties]:
             raise InvalidInput(f"the pairs' votes add up to {totals}, not the totals {[wins, losses, ties]}")
-        lo, hi = clustered_win_interval(by_pair)
+        lo, hi = clustered_win_interval(by_pair, by_rater)
     return {"wins": wins, "losses": losses, "ties": ties, "n": n, "pairs": pairs, "rate": score / n, "ci95": [lo, hi]}
 
 
@@ -466,7 +510,8 @@ def ab_win_rates(*, session: Session, experiment_id: int) -> dict[int, dict[str,
     parents = {rid: parent_of(session=session, round_id=rid) for rid in rounds}  # once per round, not per vote
     image_a, image_b = aliased(Image), aliased(Image)
     rows = session.execute(
-        select(ComparisonPair.id, ComparisonPair.round_id, image_a.round_id, image_b.round_id, ComparisonVote.choice)
+        select(ComparisonPair.id, ComparisonPair.round_id, image_a.round_id, image_b.round_id, ComparisonVote.choice,
+               ComparisonVote.rater_id)
         .join(image_a, image_a.id == ComparisonPair.image_a_id)
         .join(image_b, image_b.id == ComparisonPair.image_b_id)
         .outerjoin(ComparisonVote, ComparisonVote.pair_id == ComparisonPair.id)
@@ -474,7 +519,8 @@ def ab_win_rates(*, session: Session, experiment_id: int) -> dict[int, dict[str,
     ).all()
     tallies: dict[int, dict[str, list[int]]] = {}
     voted_pairs: dict[tuple[int, str], dict[int, list[int]]] = {}  # each pair's (wins, losses, ties)
-    for pair_id, pair_round, round_a, round_b, choice in rows:
+    voted_raters: dict[tuple[int, str], dict[int, list[int]]] = {}  # each rater's (wins, losses, ties)
+    for pair_id, pair_round, round_a, round_b, choice, rater_id in rows:
         if (round_a == pair_round) == (round_b == pair_round):
             raise Conflict(f"an A/B pair of round id {pair_round} has images of rounds {round_a} and {round_b}; "
                            "exactly one side must be the pair's own round")
@@ -495,13 +541,15 @@ def ab_win_rates(*, session: Session, experiment_id: int) -> dict[int, dict[str,
         for name in against:
             tally[name][slot] += 1
             voted_pairs.setdefault((pair_round, name), {}).setdefault(pair_id, [0, 0, 0])[slot] += 1
+            voted_raters.setdefault((pair_round, name), {}).setdefault(rater_id, [0, 0, 0])[slot] += 1
     out: dict[int, dict[str, Any]] = {}
     for round_id, tally in sorted(tallies.items(), key=lambda item: rounds[item[0]].index):
         parent = parents[round_id]
         out[rounds[round_id].index] = {"parent_index": None if parent is None else parent.index}
         for name in ("vs_previous", "vs_base"):
             by_pair = [tuple(c) for c in voted_pairs.get((round_id, name), {}).values()]
-            out[rounds[round_id].index][name] = win_stats(*tally[name], len(by_pair), by_pair)
+            by_rater = [tuple(c) for c in voted_raters.get((round_id, name), {}).values()]
+            out[rounds[round_id].index][name] = win_stats(*tally[name], len(by_pair), by_pair, by_rater)
     return out
 
 

@@ -27,6 +27,13 @@ correlation), so the independent-vote Wilson interval's variance is too small by
 independent-vote Wilson interval's coverage of ``p`` and of the 16 drawn pairs' own mean (what it does estimate);
 the pair bootstrap's coverage of ``p``; p in {0.5, 0.7}, concentration k in {2, 8, 32}.
 
+(c) Raters (fourteenth review): 16 pairs, R raters each voting once on every pair (no ties), vote on pair j by
+rater r a win with probability ``sigmoid(logit(p) + a_j + b_r)``, ``a_j ~ N(0, 0.5^2)`` (pair effect), ``b_r ~
+N(0, s^2)`` (rater effect: one rater's taste across pairs), both drawn afresh in every trial. The estimand is the
+mean over pairs and raters, ``E sigmoid(logit(p) + a + b)`` (Gauss-Hermite, 80 nodes). Reported: the dashboard's
+interval (``win_stats`` with ``by_pair`` and ``by_rater``: two-way clustering) and the interval over pairs alone
+(``by_pair`` only, the dashboard's before the fourteenth review); p in {0.5, 0.7}, R in {4, 16}, s in {0, 0.5, 1}.
+
 Coverage is the share of trials whose interval holds the estimand (ends included); its Monte-Carlo standard
 error is ``sqrt(c (1 - c) / trials)``. Each table cell draws from its own generator, seeded by ``--seed`` and the
 cell, so a cell's number does not depend on which other cells are run. Output: markdown tables on stdout, and the
@@ -55,6 +62,9 @@ PAIRS = 16
 CLUSTERED_VOTES = (16, 64, 256)
 CLUSTERED_WIN_RATES = (0.5, 0.7)
 CONCENTRATIONS = (2.0, 8.0, 32.0)
+RATER_COUNTS = (4, 16)
+RATER_SDS = (0.0, 0.5, 1.0)
+PAIR_SD = 0.5
 
 
 def _rng(seed: int, *cell: float) -> np.random.Generator:
@@ -128,6 +138,44 @@ def clustered_coverage(p: float, n: int, concentration: float, *, trials: int, s
     return out
 
 
+def logit_normal_mean(mu: float, sd: float) -> float:
+    """``E sigmoid(mu + sd Z)``, Z standard normal, by 80-node Gauss-Hermite quadrature (the estimand of (c))."""
+    nodes, weights = np.polynomial.hermite_e.hermegauss(80)
+    return float(np.sum(weights / (1 + np.exp(-(mu + sd * nodes)))) / math.sqrt(2 * math.pi))
+
+
+def rater_coverage(p: float, raters: int, rater_sd: float, *, trials: int, seed: int = 0, pairs: int = PAIRS,
+                   pair_sd: float = PAIR_SD) -> dict[str, Any]:
+    """Coverage of the dashboard's interval (``win_stats`` with ``by_pair`` and ``by_rater``: "two_way") and of the
+    interval over pairs alone (``by_pair`` only: "pairs_only") when ``raters`` raters each vote once on each of
+    ``pairs`` pairs, pair and rater effects on the logit (see (c) above)."""
+    if raters < 1 or pairs < 1:
+        raise ValueError(f"a rater cell needs at least one rater and one pair, got {raters} and {pairs}")
+    mu = math.log(p / (1 - p))
+    truth = logit_normal_mean(mu, math.hypot(pair_sd, rater_sd))
+    rng = _rng(seed, 3, p, raters, rater_sd, pairs, pair_sd)
+    a = rng.normal(0.0, pair_sd, size=(trials, pairs, 1))
+    b = rng.normal(0.0, rater_sd, size=(trials, 1, raters))
+    won = rng.random((trials, pairs, raters)) < 1 / (1 + np.exp(-(mu + a + b)))
+    n = pairs * raters
+    hits = {"two_way": 0, "pairs_only": 0}
+    widths = {"two_way": 0.0, "pairs_only": 0.0}
+    for t in range(trials):
+        by_pair = [(w, raters - w, 0) for w in won[t].sum(axis=1).tolist()]
+        by_rater = [(w, pairs - w, 0) for w in won[t].sum(axis=0).tolist()]
+        total = sum(w for w, _, _ in by_pair)
+        for name, rows in (("two_way", by_rater), ("pairs_only", None)):
+            lo, hi = win_stats(total, n - total, 0, pairs, by_pair, rows)["ci95"]
+            hits[name] += lo <= truth <= hi
+            widths[name] += hi - lo
+    out: dict[str, Any] = {"p": p, "raters": raters, "rater_sd": rater_sd, "pairs": pairs, "pair_sd": pair_sd,
+                           "truth": truth, "trials": trials}
+    for name in hits:
+        coverage = hits[name] / trials
+        out[name] = {"coverage": coverage, "se": _se(coverage, trials), "mean_width": widths[name] / trials}
+    return out
+
+
 def run(*, trials: int, seed: int, resamples: int) -> dict[str, Any]:
     """Every cell of (a) and (b); the result that --json writes."""
     started = time.perf_counter()
@@ -135,9 +183,11 @@ def run(*, trials: int, seed: int, resamples: int) -> dict[str, Any]:
                    for p in WIN_RATES for tie in TIE_PROBS for n in VOTES]
     clustered = [clustered_coverage(p, n, k, trials=trials, seed=seed, resamples=resamples)
                  for p in CLUSTERED_WIN_RATES for k in CONCENTRATIONS for n in CLUSTERED_VOTES]
+    by_rater = [rater_coverage(p, r, sd, trials=trials, seed=seed)
+                for p in CLUSTERED_WIN_RATES for r in RATER_COUNTS for sd in RATER_SDS]
     return {"settings": {"trials": trials, "seed": seed, "resamples": resamples, "level": 0.95, "pairs": PAIRS,
                          "seconds": round(time.perf_counter() - started, 1)},
-            "independent": independent, "clustered": clustered}
+            "independent": independent, "clustered": clustered, "raters": by_rater}
 
 
 def _cell(stat: dict[str, Any]) -> str:
@@ -166,6 +216,15 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{_cell(r['clustered'])} | {_cell(r['wilson'])} | {_cell(r['wilson_these_pairs'])} | "
                      f"{_cell(r['bootstrap'])} | {r['clustered']['mean_width']:.3f} | {r['wilson']['mean_width']:.3f} | "
                      f"{r['bootstrap']['mean_width']:.3f} |")
+    lines += ["", f"(c) Raters: {s['pairs']} pairs, every rater voting once on every pair, win logit = logit(p) + "
+              f"pair effect (sd {PAIR_SD:g}) + rater effect (sd s); estimand the mean over pairs and raters:", "",
+              "| p | raters | rater sd s | true rate | dashboard (pairs and raters) covers it | pairs only covers it | "
+              "dashboard width | pairs-only width |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in result["raters"]:
+        lines.append(f"| {r['p']:.1f} | {r['raters']} | {r['rater_sd']:g} | {r['truth']:.4f} | {_cell(r['two_way'])} | "
+                     f"{_cell(r['pairs_only'])} | {r['two_way']['mean_width']:.3f} | "
+                     f"{r['pairs_only']['mean_width']:.3f} |")
     lines += ["", f"({s['seconds']} s)"]
     return "\n".join(lines)
 

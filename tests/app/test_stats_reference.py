@@ -562,3 +562,101 @@ def test_the_liked_share_covers_where_every_rating_is_often_liked():
     assert 150 <= all_liked <= 260
     # 95% less two Monte-Carlo standard errors is 0.940
     assert 0.94 <= covered / 2000 <= 0.99
+
+
+# fourteenth review: the A/B interval clustered by rater as well as by pair (two-way), against explicit sums
+
+T975_DF1 = 12.706205  # printed tables; tan(0.475 pi)
+HALF = Fraction(1, 2)
+
+
+def two_way_reference(votes, t: float) -> tuple[tuple[float, float], Fraction]:
+    """(interval, deff) for votes given one by one as (pair, rater, y), y in {1, 1/2, 0}, by explicit sums in exact
+    rationals: V = V_pair + V_rater - V_(pair, rater), each ``G / (G - 1) * sum_g (sum_{i in g} (y_i - rate))^2 / N^2``
+    over its own grouping of the votes (Cameron, Gelbach and Miller 2011), divided by the independent-vote variance
+    ``sum_i (y_i - rate)^2 / ((N - 1) N)``; Wilson's roots at N / max(1, deff) and the quantile ``t``."""
+    y = [Fraction(v) for *_, v in votes]
+    n = len(y)
+    rate = sum(y) / n
+    e = [v - rate for v in y]
+
+    def variance(key):
+        groups: dict = {}
+        for (pair, rater, _), ei in zip(votes, e, strict=True):
+            groups[key(pair, rater)] = groups.get(key(pair, rater), 0) + ei
+        g = len(groups)
+        return Fraction(g, g - 1) * sum(s * s for s in groups.values()) / n**2
+
+    v = variance(lambda p, r: p) + variance(lambda p, r: r) - variance(lambda p, r: (p, r))
+    deff = v / (sum(x * x for x in e) / ((n - 1) * n))
+    n_eff = n / max(1, float(deff))
+    return wilson_roots(float(rate) * n_eff, n_eff, t), deff
+
+
+def tallies(votes, by: int) -> list[tuple[int, int, int]]:
+    """(wins, losses, ties) per pair (by=0) or per rater (by=1) of votes given as (pair, rater, y)."""
+    out: dict = {}
+    for vote in votes:
+        c = out.setdefault(vote[by], [0, 0, 0])
+        c[0 if vote[2] == 1 else (1 if vote[2] == 0 else 2)] += 1
+    return [tuple(c) for c in out.values()]
+
+
+# 5 pairs, 4 raters, not every rater on every pair, ties; rater 0 wins every time (a strong rater effect)
+FIVE_BY_FOUR = [(0, 0, 1), (0, 1, 1), (0, 2, 1), (0, 3, HALF), (1, 0, 1), (1, 1, 0), (1, 2, 1),
+                (2, 0, 1), (2, 1, 0), (2, 2, HALF), (2, 3, 0), (3, 0, 1), (3, 1, 0), (3, 3, 1),
+                (4, 0, 1), (4, 1, HALF), (4, 2, 1), (4, 3, 0)]
+
+
+def test_the_two_way_interval_against_explicit_sums():
+    """The pair and rater terms each over their own groups and the (pair, rater) term over single votes: deff
+    1292281 / 476280 = 2.713 here (pairs alone 0.702, raters alone 3.011), at t with min(5, 4) - 1 = 3 df."""
+    ref, deff = two_way_reference(FIVE_BY_FOUR, T975_TABLE[3])
+    assert deff == Fraction(1292281, 476280)
+    got = comparisons.clustered_win_interval(tallies(FIVE_BY_FOUR, 0), tallies(FIVE_BY_FOUR, 1))
+    assert got == pytest.approx(ref, abs=1e-6)  # the quantile to 6 decimals
+    # pairs alone (the interval before the fourteenth review) is narrower: deff 0.70 floored to 1, t with 4 df
+    alone = comparisons.clustered_win_interval(tallies(FIVE_BY_FOUR, 0))
+    assert alone == pytest.approx(wilson_roots(11.5, 18, T975_DF4), abs=1e-6)
+    assert got[1] - got[0] > 1.3 * (alone[1] - alone[0])
+    # one vote on every pair, raters voting on several: the raters' own one-way interval (the pair term is the
+    # single votes' and cancels), t with 3 - 1 df
+    one_each = [(0, 0, 1), (1, 0, 1), (2, 0, 1), (3, 1, 0), (4, 1, 0), (5, 1, HALF), (6, 2, 1), (7, 2, 0), (8, 2, 1)]
+    ref, deff = two_way_reference(one_each, T975_TABLE[2])
+    assert deff > 1
+    got = comparisons.clustered_win_interval(tallies(one_each, 0), tallies(one_each, 1))
+    assert got == pytest.approx(ref, abs=1e-6)
+    assert comparisons.clustered_win_interval(tallies(one_each, 0)) == pytest.approx(wilson_roots(5.5, 9), abs=1e-12)
+    # a two-way deff below 1 (raters disagree within themselves) is floored: Wilson over the votes at t(min - 1)
+    mixed = [(0, 0, 1), (0, 1, 0), (1, 0, 0), (1, 1, 1), (2, 0, 1), (2, 1, 1), (3, 0, 0), (3, 1, 0)]
+    ref, deff = two_way_reference(mixed, T975_DF1)
+    assert deff < 1
+    assert comparisons.clustered_win_interval(tallies(mixed, 0), tallies(mixed, 1)) == pytest.approx(ref, abs=1e-6)
+
+
+def test_without_raters_to_cluster_by_the_interval_is_the_pairs_one():
+    """Raters unknown, each vote its own rater, or one rater: the interval over pairs alone, unchanged (with each
+    vote its own rater the two-way formula reduces to it: the rater term equals the single votes' term)."""
+    votes = tallies(FIVE_BY_FOUR, 0)
+    rate, n, deff = direct_design_effect(votes)
+    pairs_only = comparisons.clustered_win_interval(votes)
+    assert pairs_only == pytest.approx(wilson_roots(rate * n, n, T975_DF4), abs=1e-6)  # deff 0.70 < 1: floored
+    singles = [(1, 0, 0)] * 10 + [(0, 1, 0)] * 5 + [(0, 0, 1)] * 3
+    one_rater = [(10, 5, 3)]
+    assert comparisons.clustered_win_interval(votes, None) == pairs_only
+    assert comparisons.clustered_win_interval(votes, one_rater) == pairs_only
+    assert comparisons.clustered_win_interval(votes, singles) == pytest.approx(pairs_only, abs=1e-12)
+    ref, _ = two_way_reference([(p, i, y) for i, (p, _, y) in enumerate(FIVE_BY_FOUR)], T975_DF4)
+    assert pairs_only == pytest.approx(ref, abs=1e-6)
+    assert comparisons.win_stats(10, 5, 3, 5, votes, one_rater)["ci95"] == list(pairs_only)
+
+
+@pytest.mark.parametrize("by_rater, message", [
+    ([(10, 5, 2)], "the raters' votes add up to"),
+    ([(10, 5, 3), (0, -1, 0)], "each rater's votes must be"),
+])
+def test_raters_votes_that_do_not_match_the_pairs_are_refused(by_rater, message):
+    with pytest.raises(comparisons.InvalidInput, match=message):
+        comparisons.clustered_win_interval(tallies(FIVE_BY_FOUR, 0), by_rater)
+    with pytest.raises(comparisons.InvalidInput, match="need each pair's votes too"):
+        comparisons.win_stats(10, 5, 3, 5, None, [(10, 5, 3)])

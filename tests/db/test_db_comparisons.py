@@ -140,10 +140,11 @@ def test_ab_win_rates_by_hand(db_factory):
     assert {k: one["vs_base"][k] for k in ("wins", "losses", "ties", "n", "pairs")} == {
         "wins": 5, "losses": 2, "ties": 1, "n": 8, "pairs": 4}
     assert one["vs_base"]["rate"] == pytest.approx(5.5 / 8)
-    # Wilson by hand: p = 0.6875, n = 8 (4 pairs of 2 votes, deff 0.55: never narrowed below the 8 votes), at
-    # Student's t with 4 - 1 df from printed tables (eleventh review: the normal 1.96 at deff <= 1 made the interval
-    # jump where deff crossed 1; now t wherever pairs hold several votes that differ)
-    p, n, z = 5.5 / 8, 8, 3.182446
+    # Wilson by hand: p = 0.6875, n = 8 (4 pairs of 2 votes by 2 raters; two-way deff 125/141 over pairs and
+    # raters, never narrowed below the 8 votes), at Student's t with min(4 pairs, 2 raters) - 1 = 1 df from printed
+    # tables (fourteenth review: the raters were not counted, t with 4 - 1 df, 3.182446; eleventh review: the normal
+    # 1.96 at deff <= 1 made the interval jump where deff crossed 1)
+    p, n, z = 5.5 / 8, 8, 12.706205
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
     assert one["vs_base"]["ci95"] == pytest.approx([centre - half, centre + half], abs=1e-6)
@@ -155,6 +156,29 @@ def test_ab_win_rates_by_hand(db_factory):
     # vs base: r0 win, r1 loss
     assert (two["vs_base"]["wins"], two["vs_base"]["losses"], two["vs_base"]["n"], two["vs_base"]["pairs"]) == (1, 1, 2, 1)
     assert two["vs_previous"]["pairs"] == 2
+
+
+def test_ab_win_rates_count_each_raters_votes_across_pairs(db_factory):
+    """Fourteenth review: the dashboard's interval clustered votes by pair only, so one rater's votes across pairs
+    counted as independent. Here r0 prefers the new round on all 4 pairs and r1 the old one: each pair is split
+    1-1 (the pairs alone see no clustering: deff 0, floored to 1) but each rater is unanimous. By hand, two-way over
+    pairs and raters (rate 1/2, every residual +-1/2): V_pair = 0, V_rater = 2 / 1 * (2^2 + 2^2) / 8^2 = 1/4, the
+    single votes' V = 8/7 * 8 (1/2)^2 / 8^2 = 1/28 = the independent-vote variance, so deff = (1/4 - 1/28) / (1/28)
+    = 6: Wilson at 8 / 6 votes at t with min(4, 2) - 1 = 1 df (12.706205, printed tables)."""
+    exp, rounds, images, (r0, r1) = _world(db_factory)
+    with write_session(db_factory) as s:
+        pairs = [p.id for p in cmp.create_pairs(session=s, experiment_id=exp, round_id=rounds[1], kind="ab",
+                                                 pairs=[(images[(1, i)], images[(0, i)]) for i in range(4)])]
+    _vote_all(db_factory, exp, {r0: {p: "a" for p in pairs}, r1: {p: "b" for p in pairs}})
+    with read_session(db_factory) as s:
+        got = cmp.ab_win_rates(session=s, experiment_id=exp)[1]["vs_base"]
+    assert (got["wins"], got["losses"], got["n"], got["pairs"]) == (4, 4, 8, 4)
+    p, n, z = 0.5, 8 / 6, 12.706205
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    assert got["ci95"] == pytest.approx([centre - half, centre + half], abs=1e-6)
+    # the pairs alone (the interval before): Wilson over the 8 votes at t with 3 df, far narrower
+    assert cmp.clustered_win_interval([(1, 1, 0)] * 4)[0] > got["ci95"][0] + 0.1
 
 
 def test_rollback_lineage_and_win_rates_against_the_parent(db_factory):
