@@ -171,22 +171,34 @@ def vote(factory, who: Who, experiment_id: int | None, kind: str, payload: dict[
 # the dashboard's A/B table
 # ---------------------------------------------------------------------------------------------
 
-AB_HEADERS = ["Round", "Trained from", "Win rate vs previous [95% CI] (votes, pairs)",
-              "Win rate vs base [95% CI] (votes, pairs)"]
+AB_HEADERS = ["Round", "Trained from", "Win rate vs previous [95% CI] (votes, pairs; whose preference)",
+              "Win rate vs base [95% CI] (votes, pairs; whose preference)"]
+
+
+def _reading(stats: dict[str, Any]) -> str:
+    """Whose preference the interval is about (fourteenth review): these raters (fewer than
+    ``comparisons.RATERS_TO_GENERALISE``: clustered by pair only) or raters like these (that many or more: by pair
+    and rater); nothing where the raters are not known."""
+    raters = stats.get("raters")
+    if raters is None:
+        return ""
+    if stats.get("over_raters"):
+        return f"; over raters like these {raters}"
+    return "; about this rater" if raters == 1 else f"; about these {raters} raters"
 
 
 def _rate(stats: dict[str, Any] | None) -> str:
     if not stats or not stats["n"]:
         return "–"
     lo, hi = stats["ci95"]
-    return f"{stats['rate']:.2f} [{lo:.2f}, {hi:.2f}] ({stats['n']}, {stats['pairs']})"
+    return f"{stats['rate']:.2f} [{lo:.2f}, {hi:.2f}] ({stats['n']}, {stats['pairs']}{_reading(stats)})"
 
 
 def ab_rows(factory, experiment_id: int | None) -> list[list[str]]:
     """One row per trained round: the round it was trained from (both branches of a rollback are listed) and its
     A/B win rates (ties count half; 95% Wilson interval, widened by the design effect, at Student's t over the pairs,
-    when several raters voted on one pair, and over the raters too when several raters each voted on several pairs:
-    ``comparisons.clustered_win_interval``)."""
+    when several raters voted on one pair, and over the raters too from ``comparisons.RATERS_TO_GENERALISE`` raters:
+    ``comparisons.clustered_win_interval``), each saying whose preference its interval is about."""
     with read_session(factory) as s:
         experiment = pick_experiment(s, experiment_id)
         if experiment is None:
@@ -244,9 +256,11 @@ def build_dashboard(services, exp_state, dash_tab, dash_timer, who_of: Callable,
     private = private or {"api_visibility": "private"}
     gr.Markdown("### Blind A/B: each round against the round it was trained from and against the base model\n"
                 "Share of votes preferring the round's image (a tie counts half), with a 95% Wilson interval, "
-                "widened where several raters voted on one pair (their votes count as fewer independent ones) "
-                "and where several raters each voted on several pairs (one rater's taste moves all their votes; "
-                "with 2 or 3 raters the interval is wide).")
+                "widened where several raters voted on one pair (their votes count as fewer independent ones). "
+                f"With fewer than {comparisons.RATERS_TO_GENERALISE} raters the interval is about these raters: "
+                "which round they prefer, over prompts like these (\"about these N raters\"). From "
+                f"{comparisons.RATERS_TO_GENERALISE} raters on it generalises over raters like these, widened "
+                "where one rater's taste moves all their votes (\"over raters like these N\").")
     table = gr.Dataframe(headers=AB_HEADERS, value=[], interactive=False, wrap=False, elem_id="ab-table")
 
     def on_refresh(exp_id, request: gr.Request):

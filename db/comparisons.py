@@ -14,8 +14,9 @@ interval on that rate. With overlap above 1 several raters vote on one pair and 
 trials: ``ab_win_rates`` then gives Wilson's interval at the effective number of votes ``n / deff``
 (``clustered_win_interval``; the same design-effect correction as the dashboard's liked share, app.taste_stats),
 at Student's t with (pairs - 1) degrees of freedom, which is Wilson's own interval when every pair has one vote;
-where several raters each voted on several pairs, the design effect is two-way, over pairs and raters, at t with
-min(pairs, raters) - 1 degrees of freedom (fourteenth review). ``pair_bootstrap_interval`` is a bootstrap over
+where ``RATERS_TO_GENERALISE`` (15) or more raters each voted on several pairs, the design effect is two-way,
+over pairs and raters, at t with min(pairs, raters) - 1 degrees of freedom, and the interval generalises over raters
+like these; with fewer raters it is about these raters, over pairs only (fourteenth review). ``pair_bootstrap_interval`` is a bootstrap over
 whole pairs (measured by ``python -m app.tools.ab_coverage``; not shown on the dashboard).
 """
 
@@ -384,6 +385,13 @@ def _voted_pairs(votes_by_pair: Sequence[tuple[int, int, int]], what: str = "pai
     return counts
 
 
+RATERS_TO_GENERALISE = 15
+"""The fewest raters from which the A/B interval generalises over raters (two-way clustering); below it the interval
+is about these raters (``clustered_win_interval``). The smallest count whose t quantile at raters - 1 df is within 10%
+of the normal's: t975(14) = 2.1448 is 9.4% above 1.95996, t975(13) = 2.1604 10.2% (fourteenth review, chosen before
+it was measured, BENCHMARKS.md)."""
+
+
 def _residual_variance(counts: list[tuple[int, int, int]], rate: float, n: int) -> float:
     """The pooled rate's cluster-robust variance over these clusters' (wins, losses, ties):
     ``K / (K - 1) * sum_j (s_j - n_j rate)^2 / N^2`` (K >= 2 clusters, s_j a cluster's score, n_j its votes)."""
@@ -391,8 +399,17 @@ def _residual_variance(counts: list[tuple[int, int, int]], rate: float, n: int) 
     return k / (k - 1) * sum((w + t / 2 - (w + los + t) * rate) ** 2 for w, los, t in counts) / (n * n)
 
 
+def generalises_over_raters(raters: int | None, generalise_from: int = RATERS_TO_GENERALISE) -> bool:
+    """Whether the A/B interval of votes by ``raters`` raters (those with votes; None: unknown) generalises over
+    raters like these (two-way clustering, ``clustered_win_interval``) rather than being about these raters (pairs
+    only): ``raters >= generalise_from`` (and at least 2). Each vote its own rater is the pairs' interval either way
+    (the two-way formula reduces to it)."""
+    return raters is not None and raters >= max(2, generalise_from)
+
+
 def clustered_win_interval(votes_by_pair: Sequence[tuple[int, int, int]],
-                           votes_by_rater: Sequence[tuple[int, int, int]] | None = None) -> tuple[float, float]:
+                           votes_by_rater: Sequence[tuple[int, int, int]] | None = None, *,
+                           generalise_from: int = RATERS_TO_GENERALISE) -> tuple[float, float]:
     """Wilson's interval for the pooled win rate ``(wins + ties / 2) / N`` of votes clustered by pair: Wilson at the
     effective number of votes ``N / deff`` (never more than N), ``deff`` the ratio of the rate's cluster-robust
     variance over the K pairs with votes, ``K / (K - 1) * sum_j (s_j - n_j rate)^2 / N^2`` (s_j the pair's score,
@@ -440,13 +457,23 @@ def clustered_win_interval(votes_by_pair: Sequence[tuple[int, int, int]],
     are the N single votes and that term is exactly the independent-vote variance above, and ``deff = V / that``
     is ``deff_pair + deff_rater - 1``; Student's t at ``min(K_pair, K_rater) - 1`` df (the fewer clusters bound
     how well V is known), in ``clustered_wilson`` with ``k = min(K_pair, K_rater)``. It applies where the votes
-    have at least two raters and some rater voted more than once (2 <= K_rater < N); otherwise the rule above,
+    have at least ``generalise_from`` raters (15, "Which raters" below; it was 2 for a while that day) and some rater
+    voted more than once (generalise_from <= K_rater < N); otherwise the rule above,
     unchanged: each vote its own rater (K_rater = N; the two-way formula gives exactly the pairs' interval then),
     raters unknown (``votes_by_rater`` None), or one rater (K_rater = 1: nothing measures how raters differ, so the
     interval is about that rater's own preference over the population of pairs, as before). With one vote on every
     pair and raters voting on several, it is the raters' one-way interval (deff_pair is exactly 1). Every vote the
-    same, or ``min(K_pair, K_rater)`` of 1: deff 1, as above. The price: with 2 raters t has 1 df (12.7), so the
-    interval is nearly [0, 1] (two raters say little about raters in general)."""
+    same, or ``min(K_pair, K_rater)`` of 1: deff 1, as above. The price, while it applied from 2 raters: with 2 raters t
+    had 1 df (12.7), so the interval was nearly [0, 1] (two raters say little about raters in general).
+
+    Which raters (fourteenth review, second rule, stated in BENCHMARKS.md before it was measured): the two-way
+    interval applies only from ``generalise_from`` raters (``RATERS_TO_GENERALISE``, 15: the smallest count whose
+    t975(raters - 1) is within 10% of the normal's 1.96). With fewer raters the question is which model these raters
+    prefer (a team of 2-4 is this product's usual case; the raters are fixed, not a sample, as one rater already
+    was): the interval is about these raters' mean preference over the population of pairs, clustered by pair only,
+    at t with pairs - 1 df, exactly the interval without ``votes_by_rater``. The two-way one with 2 raters was nearly
+    [0, 1] and with 4 raters held the rate in 0.97-0.998 of draws even where raters agreed. ``generalise_from`` other
+    than the default is for measuring (``app.tools.ab_coverage``); ``generalises_over_raters`` says which applies."""
     counts = _voted_pairs(votes_by_pair)
     if not counts:
         raise InvalidInput("an interval needs at least one vote, got none")
@@ -457,7 +484,7 @@ def clustered_win_interval(votes_by_pair: Sequence[tuple[int, int, int]],
         rater_totals = [sum(c[i] for c in raters) for i in range(3)]
         if rater_totals != [wins, losses, ties]:
             raise InvalidInput(f"the raters' votes add up to {rater_totals}, not the pairs' {[wins, losses, ties]}")
-        if not 2 <= len(raters) < n:  # one rater, or each vote its own rater: the pairs' interval (docstring)
+        if not generalises_over_raters(len(raters), generalise_from) or len(raters) == n:  # pairs only (docstring)
             raters = None
     rate = (wins + ties / 2) / n
     k = len(counts) if raters is None else min(len(counts), len(raters))
@@ -476,7 +503,10 @@ def clustered_win_interval(votes_by_pair: Sequence[tuple[int, int, int]],
 def win_stats(wins: int, losses: int, ties: int, pairs: int = 0,
               by_pair: Sequence[tuple[int, int, int]] | None = None,
               by_rater: Sequence[tuple[int, int, int]] | None = None) -> dict[str, Any]:
-    """{wins, losses, ties, n, pairs, rate, ci95}: ties count half; rate and ci95 are None without votes.
+    """{wins, losses, ties, n, pairs, raters, over_raters, rate, ci95}: ties count half; rate and ci95 are None
+    without votes. ``raters`` is how many raters voted (None without ``by_rater``); ``over_raters`` whether ci95
+    generalises over raters like these (True: ``RATERS_TO_GENERALISE`` or more raters, two-way) or is about these
+    raters (False), None without ``by_rater`` or votes (``generalises_over_raters``).
 
     ``pairs`` is how many distinct pairs the n votes are on: votes on the same pair (same prompt and seed) are not
     independent evidence about the model, so an interval over n votes on few pairs is narrower than it should be.
@@ -486,7 +516,8 @@ def win_stats(wins: int, losses: int, ties: int, pairs: int = 0,
     (``clustered_win_interval``: two-way clustering over pairs and raters)."""
     n = wins + losses + ties
     if n == 0:
-        return {"wins": 0, "losses": 0, "ties": 0, "n": 0, "pairs": 0, "rate": None, "ci95": None}
+        return {"wins": 0, "losses": 0, "ties": 0, "n": 0, "pairs": 0, "raters": None, "over_raters": None,
+                "rate": None, "ci95": None}
     score = wins + ties / 2
     if by_pair is None:
         if by_rater is not None:
@@ -497,7 +528,10 @@ def win_stats(wins: int, losses: int, ties: int, pairs: int = 0,
         if totals != [wins, losses, ties]:
             raise InvalidInput(f"the pairs' votes add up to {totals}, not the totals {[wins, losses, ties]}")
         lo, hi = clustered_win_interval(by_pair, by_rater)
-    return {"wins": wins, "losses": losses, "ties": ties, "n": n, "pairs": pairs, "rate": score / n, "ci95": [lo, hi]}
+    raters = None if by_rater is None else len(_voted_pairs(by_rater, "rater"))
+    return {"wins": wins, "losses": losses, "ties": ties, "n": n, "pairs": pairs, "raters": raters,
+            "over_raters": None if raters is None else generalises_over_raters(raters), "rate": score / n,
+            "ci95": [lo, hi]}
 
 
 def ab_win_rates(*, session: Session, experiment_id: int) -> dict[int, dict[str, Any]]:

@@ -181,7 +181,8 @@ def test_vote_through_the_gradio_handler_and_the_dashboard_table(ui_world):
         fns["on_vote"](ui_world.experiment_id, evt, req)
     rows = ui_compare.ab_rows(ui_world.factory, ui_world.experiment_id)
     lo, hi = comparisons.wilson_interval(2, 2)
-    assert rows == [["1", "base", f"1.00 [{lo:.2f}, {hi:.2f}] (2, 2)", f"1.00 [{lo:.2f}, {hi:.2f}] (2, 2)"]]
+    assert rows == [["1", "base", f"1.00 [{lo:.2f}, {hi:.2f}] (2, 2; about this rater)",
+                     f"1.00 [{lo:.2f}, {hi:.2f}] (2, 2; about this rater)"]]
     with pytest.raises(gr.Error, match="Sign in first"):
         fns["on_vote"](ui_world.experiment_id, gr.EventData(None, {"pair_id": pairs[0][0], "choice": "a"}),
                        gr.Request(username=None, client={"host": "127.0.0.1", "port": 5000}))
@@ -209,7 +210,19 @@ def test_the_ab_table_widens_the_interval_when_raters_agree_within_pairs(ui_worl
     plain = comparisons.wilson_interval(2, 4)
     assert lo < plain[0] and hi > plain[1]
     assert (f"{lo:.2f}", f"{hi:.2f}") == ("0.00", "1.00")
-    assert rows == [["1", "base", f"0.50 [{lo:.2f}, {hi:.2f}] (4, 2)", f"0.50 [{lo:.2f}, {hi:.2f}] (4, 2)"]]
+    assert rows == [["1", "base", f"0.50 [{lo:.2f}, {hi:.2f}] (4, 2; about these 2 raters)",
+                     f"0.50 [{lo:.2f}, {hi:.2f}] (4, 2; about these 2 raters)"]]
+
+
+def test_the_ab_table_says_whose_preference_the_interval_is_about():
+    """Fourteenth review: below RATERS_TO_GENERALISE (15) raters "about these N raters", from it "over raters like
+    these N" (the win_stats fields ab_win_rates gives), nothing where the raters are not known; the table's note
+    names the count."""
+    base = {"n": 60, "pairs": 4, "rate": 0.5, "ci95": [0.3, 0.7]}
+    assert ui_compare._rate({**base, "raters": 14, "over_raters": False}) == "0.50 [0.30, 0.70] (60, 4; about these 14 raters)"
+    assert ui_compare._rate({**base, "raters": 15, "over_raters": True}) == "0.50 [0.30, 0.70] (60, 4; over raters like these 15)"
+    assert ui_compare._rate({**base, "raters": None, "over_raters": None}) == "0.50 [0.30, 0.70] (60, 4)"
+    assert ui_compare.AB_HEADERS[2].endswith("(votes, pairs; whose preference)")
 
 
 def _open_round1_with_a_rating(world) -> int:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from app.tools import ab_coverage
@@ -111,6 +112,10 @@ def test_the_estimand_with_raters_against_a_direct_integral():
          for v in z]
     direct = (sum(f) - (f[0] + f[-1]) / 2) * 20 / 200000
     assert ab_coverage.logit_normal_mean(math.log(7 / 3), math.hypot(0.5, 1)) == pytest.approx(direct, abs=1e-9)
+    # an array of means (these raters' estimand: one per rater) gives each entry's own value
+    many = ab_coverage.logit_normal_mean(np.array([[0.0, 0.8], [math.log(7 / 3), -0.8]]), 0.0)
+    assert many.shape == (2, 2)
+    assert many.ravel().tolist() == pytest.approx([0.5, 1 / (1 + math.exp(-0.8)), 0.7, 1 / (1 + math.exp(0.8))], abs=1e-12)
 
 
 def test_the_dashboards_interval_covers_when_raters_differ():
@@ -128,6 +133,25 @@ def test_the_dashboards_interval_covers_when_raters_differ():
         if sd:
             assert cell["pairs_only"]["coverage"] < 0.85
             assert cell["two_way"]["mean_width"] > 1.3 * cell["pairs_only"]["mean_width"]
+
+
+def test_the_dashboards_interval_is_about_few_raters_and_over_many():
+    """Fourteenth review, second rule: below RATERS_TO_GENERALISE (15) raters the dashboard's interval is the pairs'
+    one and is about these raters (their own mean over pairs), which it covers within three binomial standard errors
+    of 0.95 or above (2000 draws, seed 0, rater sd 1: pairs alone miss the mean over raters, 0.76 at 4 raters); from
+    15 it is the two-way one, about raters like these."""
+    se = math.sqrt(0.95 * 0.05 / 2000)
+    for raters in (2, 4, 14):
+        cell = ab_coverage.rater_coverage(0.7, raters, 1.0, trials=2000, seed=0)
+        assert cell["dashboard_over_raters"] is False
+        assert cell["dashboard"]["mean_width"] == cell["pairs_only"]["mean_width"]
+        assert cell["dashboard_own"]["coverage"] == cell["dashboard"]["coverage_these_raters"]
+        assert cell["dashboard_own"]["coverage"] >= 0.95 - 3 * se
+        assert cell["dashboard"]["coverage"] < 0.85  # not an interval over raters in general
+    cell = ab_coverage.rater_coverage(0.7, 15, 1.0, trials=2000, seed=0)
+    assert cell["dashboard_over_raters"] is True
+    assert cell["dashboard"]["mean_width"] == cell["two_way"]["mean_width"]
+    assert abs(cell["dashboard_own"]["coverage"] - 0.95) <= 3 * se
 
 
 def test_clustered_votes_must_spread_evenly():
@@ -177,10 +201,23 @@ def test_main_prints_both_tables_and_writes_json(tmp_path, capsys):
     assert "dashboard (clustered) covers p" in text
     data = json.loads(out.read_text())
     assert data["settings"]["trials"] == 20 and data["settings"]["seed"] == 2
-    assert len(data["independent"]) == 4 * 2 * 5 and len(data["clustered"]) == 2 * 3 * 3 and len(data["raters"]) == 12
+    assert len(data["independent"]) == 4 * 2 * 5 and len(data["clustered"]) == 2 * 3 * 3
+    assert len(data["raters"]) == 2 * 5 * 3
     assert "| 0.7 | 16 | 1 | 0.6634 |" in text  # the raters' table, with its true rate
     assert all({"coverage", "se", "mean_width"} <= set(row["clustered"]) for row in data["clustered"])
     assert all(0 <= row["coverage"] <= 1 for row in data["independent"])
+
+
+def test_only_one_table_runs_that_table(tmp_path, capsys):
+    out = tmp_path / "raters.json"
+    assert ab_coverage.main(["--only", "raters", "--trials", "5", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "(c) Raters" in text and "(a) Independent" not in text and "(b) Clustered" not in text
+    assert "| 0.5 | 2 | 0 | 0.5000 | 0.5000 | these raters |" in text
+    assert "| 0.5 | 15 | 0 | 0.5000 | 0.5000 | raters like these |" in text
+    data = json.loads(out.read_text())
+    assert data["independent"] == [] and data["clustered"] == [] and len(data["raters"]) == 2 * 5 * 3
+    assert data["settings"]["only"] == "raters"
 
 
 @pytest.mark.parametrize("args,message", [

@@ -570,11 +570,12 @@ T975_DF1 = 12.706205  # printed tables; tan(0.475 pi)
 HALF = Fraction(1, 2)
 
 
-def two_way_reference(votes, t: float) -> tuple[tuple[float, float], Fraction]:
+def two_way_reference(votes, t: float, *, over_raters: bool = True) -> tuple[tuple[float, float], Fraction]:
     """(interval, deff) for votes given one by one as (pair, rater, y), y in {1, 1/2, 0}, by explicit sums in exact
     rationals: V = V_pair + V_rater - V_(pair, rater), each ``G / (G - 1) * sum_g (sum_{i in g} (y_i - rate))^2 / N^2``
     over its own grouping of the votes (Cameron, Gelbach and Miller 2011), divided by the independent-vote variance
-    ``sum_i (y_i - rate)^2 / ((N - 1) N)``; Wilson's roots at N / max(1, deff) and the quantile ``t``."""
+    ``sum_i (y_i - rate)^2 / ((N - 1) N)``; Wilson's roots at N / max(1, deff) and the quantile ``t``. With
+    ``over_raters`` False, V is V_pair alone (the interval about these raters)."""
     y = [Fraction(v) for *_, v in votes]
     n = len(y)
     rate = sum(y) / n
@@ -587,7 +588,9 @@ def two_way_reference(votes, t: float) -> tuple[tuple[float, float], Fraction]:
         g = len(groups)
         return Fraction(g, g - 1) * sum(s * s for s in groups.values()) / n**2
 
-    v = variance(lambda p, r: p) + variance(lambda p, r: r) - variance(lambda p, r: (p, r))
+    v = variance(lambda p, r: p)
+    if over_raters:
+        v += variance(lambda p, r: r) - variance(lambda p, r: (p, r))
     deff = v / (sum(x * x for x in e) / ((n - 1) * n))
     n_eff = n / max(1, float(deff))
     return wilson_roots(float(rate) * n_eff, n_eff, t), deff
@@ -608,12 +611,18 @@ FIVE_BY_FOUR = [(0, 0, 1), (0, 1, 1), (0, 2, 1), (0, 3, HALF), (1, 0, 1), (1, 1,
                 (4, 0, 1), (4, 1, HALF), (4, 2, 1), (4, 3, 0)]
 
 
+def two_way(by_pair, by_rater):
+    """The two-way interval at any rater count (``generalise_from=2``: the rule of 954b47e, kept for measuring)."""
+    return comparisons.clustered_win_interval(by_pair, by_rater, generalise_from=2)
+
+
 def test_the_two_way_interval_against_explicit_sums():
     """The pair and rater terms each over their own groups and the (pair, rater) term over single votes: deff
-    1292281 / 476280 = 2.713 here (pairs alone 0.702, raters alone 3.011), at t with min(5, 4) - 1 = 3 df."""
+    1292281 / 476280 = 2.713 here (pairs alone 0.702, raters alone 3.011), at t with min(5, 4) - 1 = 3 df. Asked
+    for at 4 raters with ``generalise_from=2``; the dashboard's rule gives 4 raters the pairs' interval (below)."""
     ref, deff = two_way_reference(FIVE_BY_FOUR, T975_TABLE[3])
     assert deff == Fraction(1292281, 476280)
-    got = comparisons.clustered_win_interval(tallies(FIVE_BY_FOUR, 0), tallies(FIVE_BY_FOUR, 1))
+    got = two_way(tallies(FIVE_BY_FOUR, 0), tallies(FIVE_BY_FOUR, 1))
     assert got == pytest.approx(ref, abs=1e-6)  # the quantile to 6 decimals
     # pairs alone (the interval before the fourteenth review) is narrower: deff 0.70 floored to 1, t with 4 df
     alone = comparisons.clustered_win_interval(tallies(FIVE_BY_FOUR, 0))
@@ -624,14 +633,14 @@ def test_the_two_way_interval_against_explicit_sums():
     one_each = [(0, 0, 1), (1, 0, 1), (2, 0, 1), (3, 1, 0), (4, 1, 0), (5, 1, HALF), (6, 2, 1), (7, 2, 0), (8, 2, 1)]
     ref, deff = two_way_reference(one_each, T975_TABLE[2])
     assert deff > 1
-    got = comparisons.clustered_win_interval(tallies(one_each, 0), tallies(one_each, 1))
+    got = two_way(tallies(one_each, 0), tallies(one_each, 1))
     assert got == pytest.approx(ref, abs=1e-6)
     assert comparisons.clustered_win_interval(tallies(one_each, 0)) == pytest.approx(wilson_roots(5.5, 9), abs=1e-12)
     # a two-way deff below 1 (raters disagree within themselves) is floored: Wilson over the votes at t(min - 1)
     mixed = [(0, 0, 1), (0, 1, 0), (1, 0, 0), (1, 1, 1), (2, 0, 1), (2, 1, 1), (3, 0, 0), (3, 1, 0)]
     ref, deff = two_way_reference(mixed, T975_DF1)
     assert deff < 1
-    assert comparisons.clustered_win_interval(tallies(mixed, 0), tallies(mixed, 1)) == pytest.approx(ref, abs=1e-6)
+    assert two_way(tallies(mixed, 0), tallies(mixed, 1)) == pytest.approx(ref, abs=1e-6)
 
 
 def test_without_raters_to_cluster_by_the_interval_is_the_pairs_one():
@@ -646,9 +655,56 @@ def test_without_raters_to_cluster_by_the_interval_is_the_pairs_one():
     assert comparisons.clustered_win_interval(votes, None) == pairs_only
     assert comparisons.clustered_win_interval(votes, one_rater) == pairs_only
     assert comparisons.clustered_win_interval(votes, singles) == pytest.approx(pairs_only, abs=1e-12)
+    assert two_way(votes, singles) == pytest.approx(pairs_only, abs=1e-12)
+    # 4 raters, fewer than RATERS_TO_GENERALISE: about these raters, the pairs' interval (second rule)
+    assert comparisons.clustered_win_interval(votes, tallies(FIVE_BY_FOUR, 1)) == pairs_only
     ref, _ = two_way_reference([(p, i, y) for i, (p, _, y) in enumerate(FIVE_BY_FOUR)], T975_DF4)
     assert pairs_only == pytest.approx(ref, abs=1e-6)
     assert comparisons.win_stats(10, 5, 3, 5, votes, one_rater)["ci95"] == list(pairs_only)
+
+
+# 15 raters (RATERS_TO_GENERALISE) on 3 pairs: raters 0-4 win every pair, 5-9 lose every pair, 10-14 win pair 0,
+# tie pair 1 and lose pair 2 (a strong rater effect)
+FIFTEEN_ON_THREE = [(p, r, 1 if r < 5 else 0 if r < 10 else (1, HALF, 0)[p]) for r in range(15) for p in range(3)]
+
+
+def test_fewer_than_fifteen_raters_are_about_these_raters_and_fifteen_generalise():
+    """Fourteenth review, second rule: below RATERS_TO_GENERALISE (15) raters the interval is about these raters,
+    over pairs only; from 15 it generalises over raters (two-way). Each against explicit sums (two_way_reference).
+    The branch's first rule (two-way from 2 raters) fails every case below 15."""
+    by_pair = tallies(FIFTEEN_ON_THREE, 0)
+    # 15 raters: two-way, deff over pairs and raters, t with min(3, 15) - 1 = 2 df
+    ref, deff = two_way_reference(FIFTEEN_ON_THREE, T975_TABLE[2])
+    pairs_ref, pairs_deff = two_way_reference(FIFTEEN_ON_THREE, T975_TABLE[2], over_raters=False)
+    assert deff > 1 and deff > pairs_deff
+    got = comparisons.clustered_win_interval(by_pair, tallies(FIFTEEN_ON_THREE, 1))
+    assert got == pytest.approx(ref, abs=1e-6)
+    assert got[1] - got[0] > pairs_ref[1] - pairs_ref[0] + 0.05
+    stats = comparisons.win_stats(20, 20, 5, 3, by_pair, tallies(FIFTEEN_ON_THREE, 1))  # 5 x 3 won, 5 x 3 lost, 5 x (1, 1, 1)
+    assert (stats["raters"], stats["over_raters"]) == (15, True) and stats["ci95"] == list(got)
+    # 14 raters (rater 14 left out): pairs only, t with 3 - 1 df
+    fourteen = [v for v in FIFTEEN_ON_THREE if v[1] < 14]
+    ref, _ = two_way_reference(fourteen, T975_TABLE[2], over_raters=False)
+    two_way_14, _ = two_way_reference(fourteen, T975_TABLE[2])
+    got = comparisons.clustered_win_interval(tallies(fourteen, 0), tallies(fourteen, 1))
+    assert got == pytest.approx(ref, abs=1e-6)
+    assert abs(got[0] - two_way_14[0]) > 0.02  # the two-way interval is clearly another one here
+    stats = comparisons.win_stats(19, 19, 4, 3, tallies(fourteen, 0), tallies(fourteen, 1))
+    assert (stats["raters"], stats["over_raters"]) == (14, False) and stats["ci95"] == list(got)
+    # 2 raters, one winning every pair and one losing every pair: each pair split 1-1 (pair deff 0, floored to 1),
+    # so Wilson over the 6 votes at t with 3 - 1 df; the two-way one was at t with 1 df and deff 4
+    two = [v for v in FIFTEEN_ON_THREE if v[1] in (0, 5)]
+    ref, pairs_deff = two_way_reference(two, T975_TABLE[2], over_raters=False)
+    assert pairs_deff == 0 and ref == pytest.approx(wilson_roots(3, 6, T975_TABLE[2]), abs=1e-12)
+    got = comparisons.clustered_win_interval(tallies(two, 0), tallies(two, 1))
+    assert got == pytest.approx(ref, abs=1e-6)
+    two_way_2, deff_2 = two_way_reference(two, T975_DF1)
+    assert deff_2 == 4 and two_way(tallies(two, 0), tallies(two, 1)) == pytest.approx(two_way_2, abs=1e-6)
+    assert got[0] > two_way_2[0] + 0.05 and got[1] < two_way_2[1] - 0.05  # narrower: not the two-way one
+    stats = comparisons.win_stats(3, 3, 0, 3, tallies(two, 0), tallies(two, 1))
+    assert (stats["raters"], stats["over_raters"]) == (2, False)
+    assert comparisons.win_stats(3, 3, 0, 3, tallies(two, 0))["raters"] is None
+    assert comparisons.RATERS_TO_GENERALISE == 15
 
 
 @pytest.mark.parametrize("by_rater, message", [

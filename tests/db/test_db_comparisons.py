@@ -140,11 +140,12 @@ def test_ab_win_rates_by_hand(db_factory):
     assert {k: one["vs_base"][k] for k in ("wins", "losses", "ties", "n", "pairs")} == {
         "wins": 5, "losses": 2, "ties": 1, "n": 8, "pairs": 4}
     assert one["vs_base"]["rate"] == pytest.approx(5.5 / 8)
-    # Wilson by hand: p = 0.6875, n = 8 (4 pairs of 2 votes by 2 raters; two-way deff 125/141 over pairs and
-    # raters, never narrowed below the 8 votes), at Student's t with min(4 pairs, 2 raters) - 1 = 1 df from printed
-    # tables (fourteenth review: the raters were not counted, t with 4 - 1 df, 3.182446; eleventh review: the normal
-    # 1.96 at deff <= 1 made the interval jump where deff crossed 1)
-    p, n, z = 5.5 / 8, 8, 12.706205
+    # Wilson by hand: p = 0.6875, n = 8 (4 pairs of 2 votes by 2 raters; fewer than 15 raters, so about these
+    # raters, clustered by pair only: deff 0.55, never narrowed below the 8 votes), at Student's t with 4 - 1 df from
+    # printed tables (fourteenth review: for a while two-way from 2 raters, t with min(4, 2) - 1 = 1 df; eleventh
+    # review: the normal 1.96 at deff <= 1 made the interval jump where deff crossed 1)
+    assert (one["vs_base"]["raters"], one["vs_base"]["over_raters"]) == (2, False)
+    p, n, z = 5.5 / 8, 8, 3.182446
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
     assert one["vs_base"]["ci95"] == pytest.approx([centre - half, centre + half], abs=1e-6)
@@ -158,27 +159,52 @@ def test_ab_win_rates_by_hand(db_factory):
     assert two["vs_previous"]["pairs"] == 2
 
 
-def test_ab_win_rates_count_each_raters_votes_across_pairs(db_factory):
-    """Fourteenth review: the dashboard's interval clustered votes by pair only, so one rater's votes across pairs
-    counted as independent. Here r0 prefers the new round on all 4 pairs and r1 the old one: each pair is split
-    1-1 (the pairs alone see no clustering: deff 0, floored to 1) but each rater is unanimous. By hand, two-way over
-    pairs and raters (rate 1/2, every residual +-1/2): V_pair = 0, V_rater = 2 / 1 * (2^2 + 2^2) / 8^2 = 1/4, the
-    single votes' V = 8/7 * 8 (1/2)^2 / 8^2 = 1/28 = the independent-vote variance, so deff = (1/4 - 1/28) / (1/28)
-    = 6: Wilson at 8 / 6 votes at t with min(4, 2) - 1 = 1 df (12.706205, printed tables)."""
-    exp, rounds, images, (r0, r1) = _world(db_factory)
-    with write_session(db_factory) as s:
-        pairs = [p.id for p in cmp.create_pairs(session=s, experiment_id=exp, round_id=rounds[1], kind="ab",
-                                                 pairs=[(images[(1, i)], images[(0, i)]) for i in range(4)])]
-    _vote_all(db_factory, exp, {r0: {p: "a" for p in pairs}, r1: {p: "b" for p in pairs}})
-    with read_session(db_factory) as s:
-        got = cmp.ab_win_rates(session=s, experiment_id=exp)[1]["vs_base"]
-    assert (got["wins"], got["losses"], got["n"], got["pairs"]) == (4, 4, 8, 4)
-    p, n, z = 0.5, 8 / 6, 12.706205
+def _wilson(p: float, n: float, z: float) -> list[float]:
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    assert got["ci95"] == pytest.approx([centre - half, centre + half], abs=1e-6)
-    # the pairs alone (the interval before): Wilson over the 8 votes at t with 3 df, far narrower
-    assert cmp.clustered_win_interval([(1, 1, 0)] * 4)[0] > got["ci95"][0] + 0.1
+    return [centre - half, centre + half]
+
+
+def _unanimous_raters(db_factory, winners: int, losers: int):
+    """Round 1 against the base on 4 pairs; ``winners`` raters prefer round 1 on every pair, ``losers`` the base."""
+    exp, rounds, images, (r0, r1) = _world(db_factory)
+    with write_session(db_factory) as s:
+        more = [repo.create_rater(session=s, name=f"x{i}", password_hash="x$hash").id
+                for i in range(winners + losers - 2)]
+        pairs = [p.id for p in cmp.create_pairs(session=s, experiment_id=exp, round_id=rounds[1], kind="ab",
+                                                 pairs=[(images[(1, i)], images[(0, i)]) for i in range(4)])]
+    raters = [r0, r1, *more]
+    _vote_all(db_factory, exp, {r: {p: "a" if k < winners else "b" for p in pairs} for k, r in enumerate(raters)})
+    with read_session(db_factory) as s:
+        return cmp.ab_win_rates(session=s, experiment_id=exp)[1]["vs_base"]
+
+
+def test_ab_win_rates_are_about_two_raters_and_over_fifteen(db_factory):
+    """Fourteenth review. Each rater unanimous across 4 pairs, every pair split alike: the pairs alone see no
+    clustering (every pair's residual 0), the raters all of it.
+
+    2 raters (r0 prefers the new round on every pair, r1 the base): fewer than 15, so the interval is about these
+    two raters: pairs only, deff 0 floored to 1, Wilson over the 8 votes at t with 4 - 1 df (3.182446, printed
+    tables). (For a while two-way: deff 6, t with 1 df, nearly [0, 1].)
+
+    15 raters, 8 for the new round and 7 for the base: over raters like these, two-way. By hand (N = 60, rate
+    r = 8/15): V_pair = 0; V_rater = 15/14 * (8 (4 - 4r)^2 + 7 (4r)^2) / 60^2 = 15/14 * 240 r (1 - r) / 3600; the
+    independent-vote variance (= the single votes' term) is 60 r (1 - r) / (59 * 60) = r (1 - r) / 59; so deff =
+    59 * 15 * 240 / (14 * 3600) - 1 = 45/14: Wilson at 60 * 14/45 votes at t with min(4, 15) - 1 = 3 df."""
+    two = _unanimous_raters(db_factory, 1, 1)
+    assert (two["wins"], two["losses"], two["n"], two["pairs"], two["raters"]) == (4, 4, 8, 4, 2)
+    assert two["over_raters"] is False
+    assert two["ci95"] == pytest.approx(_wilson(0.5, 8, 3.182446), abs=1e-6)
+
+
+def test_ab_win_rates_over_fifteen_raters_are_two_way(db_factory):
+    """The 15-rater case of the test above (its docstring has the hand computation)."""
+    got = _unanimous_raters(db_factory, 8, 7)
+    assert (got["wins"], got["losses"], got["n"], got["pairs"], got["raters"]) == (32, 28, 60, 4, 15)
+    assert got["over_raters"] is True
+    assert got["ci95"] == pytest.approx(_wilson(8 / 15, 60 * 14 / 45, 3.182446), abs=1e-6)
+    # the pairs alone: every pair 8-7, deff 0 floored to 1, Wilson over the 60 votes at t with 3 df: far narrower
+    assert _wilson(8 / 15, 60, 3.182446)[0] > got["ci95"][0] + 0.1
 
 
 def test_rollback_lineage_and_win_rates_against_the_parent(db_factory):
