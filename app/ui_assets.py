@@ -971,8 +971,15 @@ STREAMS_JS = r"""
     }
     // another server (restarted): Gradio's client reloads the page (the page's own probe does: probeOnOwn); until
     // then the grid sends nothing more
-    // (streams.restarted): what it keeps is noted and sent after the reload (GRID_JS resumeKept), none before
-    if (mine !== undefined && theirs !== undefined && theirs !== mine) streams.restarted = true;
+    // (streams.restarted): what it keeps is noted and sent after the reload (GRID_JS resumeKept), none before. The
+    // grid is told at once, counted or not: a probe answered at its first try (the server already back, restarted)
+    // never counted, so the grid heard nothing and noted nothing before Gradio's reload, and the reloaded page had
+    // nothing to send (fourteenth review, 6 Dec 2026); a counted probe's caller tells it again, which notes the same
+    if (mine !== undefined && theirs !== undefined && theirs !== mine) {
+      const was = streams.restarted;
+      streams.restarted = true;
+      if (!was && !counted) changed();
+    }
     return mine !== undefined && theirs === mine;
   }
 

@@ -727,6 +727,53 @@ def test_actions_kept_while_the_server_restarts_are_sent_again_after_the_reload_
     assert not errors, errors
 
 
+def test_a_rating_whose_post_finds_the_server_restarted_at_once_is_sent_again_after_the_reload(ui_world, e2e):
+    """Fourteenth review (6 Dec 2026): a probe answered at its first try by a restarted server (another app_id) never
+    told the grid, so the rating in flight was not noted before the page reloaded, and was lost. In Chromium, with
+    Gradio's client: the rating's POST gets no answer, the probe's first try finds another server, the page reloads
+    and sends the rating, which is stored once, and one sentence says so."""
+    from app import ui_assets
+    from db import repo
+    from db.engine import read_session
+
+    demo, browser = e2e(_without_timers(ui_world.services(batch_size=4)))
+    url = demo.local_url.replace("localhost", "127.0.0.1")
+    page = browser.new_context().new_page()
+    page.add_init_script(RECORD_NOTICES)
+    server = {"as": "up", "break": 1}  # up; restarted (another app_id) from the rating's POST on, until the reload
+
+    def network(route, request) -> None:
+        if request.is_navigation_request():
+            server["as"] = "up"
+        if server["break"] and request.method == "POST" and "/gradio_api/queue/join" in request.url:
+            server.update({"as": "restarted", "break": 0})  # the POST is lost; the server is back at once, as another
+            route.abort("internetdisconnected")
+        elif server["as"] == "restarted" and request.url.split("?")[0].endswith("/gradio_api/app_id"):
+            route.fulfill(status=200, content_type="application/json", body='{"app_id": 123456789}')
+        else:
+            route.continue_()
+
+    opened = _OpenStreams(page)
+    loads: list[str] = []
+    page.on("load", lambda p: loads.append(p.url))
+    sign_in(page, url, "alice", wait_for="#rating-grid .rg-card")
+    loaded = len(loads)
+    opened.wait_closed(page)
+    first = page.locator(".rg-card[data-state=open]").first.get_attribute("data-image-id")
+    page.route("**/*", network)
+    page.locator(f".rg-card[data-image-id='{first}']").focus()
+    page.keyboard.press("7")
+    said = ui_assets.ACTION_KEPT_SENT.format(n="1 action", parts=ui_assets.ACTION_KEPT_PARTS["saved"].format(k=1))
+    deadline = time.monotonic() + 90
+    while len(loads) == loaded:  # Gradio's client (or the page's own probe) reloads the page
+        assert time.monotonic() < deadline, page.evaluate("window.__notices")
+        page.wait_for_timeout(200)
+    page.get_by_text(said).first.wait_for(timeout=60_000)
+    with read_session(ui_world.factory) as s:
+        assert repo.find_rating(session=s, image_id=int(first), rater_id=ui_world.accounts["alice"]).score == 7
+    assert page.evaluate("window.sessionStorage.getItem('seiko-held-actions')") is None
+
+
 def test_logging_out_drops_the_note_of_kept_actions_in_chromium(ui_world, e2e):
     """Thirteenth review (6 Dec 2026): the log out's drop of the tab's note of kept actions (GRID_JS onLogout, twelfth
     review) was tested only by calling the page's submit listener in node. In Chromium, with the banner's real form:

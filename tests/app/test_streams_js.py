@@ -1193,3 +1193,37 @@ submit('/logout');
 return { other, stored: window.sessionStorage.getItem(key) };
 """)
     assert out == {"other": True, "stored": None}
+
+
+@pytest.mark.parametrize("broken", ["stream", "post"])
+def test_a_restart_seen_on_the_probes_first_try_notes_what_was_in_flight(tmp_path, broken):
+    """Found by the fourteenth review (6 Dec 2026): a probe whose first try was answered (the server already back,
+    restarted: another app_id) never counted itself in streams.waiting, so nothing told the grid; streams.restarted
+    was set, but the rating in flight (and those queued behind it) was noted only when the grid's own timer next
+    looked, ACTION_SILENT_S later, long after Gradio's client had reloaded the page: the reloaded page had nothing to
+    send. Now a probe that finds the server restarted tells the grid at once, counted or not, and the note is written
+    before the reload. ``broken``: the stream of results breaks under the rating, or its event's POST gets no answer."""
+    out = run_clocked(tmp_path, "signIn('alice');" + """
+api.marks = { ack: 1, cards: { 1: { state: 'rated', score: 4 } }, experiment: 4, round: 9 };
+let appId = 7;
+serve((method, path) => {
+  if (path.endsWith('/queue/join')) {
+    if (BROKEN === 'post') { appId = 8; throw new TypeError('Failed to fetch'); }  // restarted under the POST
+    return new Response('{"event_id": "e1"}', { status: 200, headers: { 'content-type': 'application/json' } });
+  }
+  if (path.endsWith('/queue/data')) { appId = 8; return sse([[1000, 'error']]); }  // restarted under the stream
+  return new Response(JSON.stringify({ app_id: appId }), { status: 200, headers: { 'content-type': 'application/json' } });
+});
+api.send('rate', { image_id: 1, score: 7 });
+api.send('skip', { image_id: 2 });
+await runUntil(1100);  // the probe's first try was answered by the restarted server
+const probes = fetched.filter(([m, p]) => p.endsWith('/app_id')).length;
+return { probes, restarted: window.__seikoStreams.restarted, said: notices().slice(-1)[0] || null,
+         stored: JSON.parse(window.sessionStorage.getItem('seiko-held-actions')) };
+""".replace("BROKEN", json.dumps(broken)))
+    assert out["probes"] == 1 and out["restarted"] is True
+    assert out["said"] == ui_assets.ACTION_HELD_RESTARTED.format(n="1 action")
+    stored = out["stored"]
+    assert stored is not None, "nothing noted before the reload"
+    assert stored["sent"] == ["rate", {"image_id": 1, "score": 7, "prior": 4}]
+    assert stored["actions"] == [["skip", {"image_id": 2}]] and stored["round"] == 9 and stored["v"] == 3
