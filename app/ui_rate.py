@@ -892,14 +892,15 @@ def submit(factory, who: Who, image_id: Any, score: Any) -> dict[str, Any]:
 
 
 def rate(factory, data_dir, who: Who, state_value: dict | None, payload: dict[str, Any] | None, *, batch_size: int,
-         noted: Callable[[], None] | None = None) -> View:
+         noted: Callable[[int], None] | None = None) -> View:
     """The page's rating: saves, records the undo step, and moves to a new batch when this one is done.
 
     A rating the page kept while the server was away and sends again after its reload carries the round it was kept
     for (``round``: checked in place of the page's batch, as the reload may show another experiment or round) and the
     score the page knew for the image before it (``prior``: a score or "none"): it is done only if that is still the
     image's score (``_rate``'s ``kept``), else refused as changed elsewhere (thirteenth review, 6 Dec 2026).
-    ``noted``: called in the rating's transaction, under its round's lock, once it is written (``ui_rate_tab.Answered``)."""
+    ``noted``: called with the image's round in the rating's transaction, under its round's lock, once it is written
+    (``ui_rate_tab.Answered``)."""
     state = RateState.from_value(state_value)
     payload = payload or {}
     message, changed = None, False
@@ -920,7 +921,7 @@ def rate(factory, data_dir, who: Who, state_value: dict | None, payload: dict[st
         with write_session(factory) as s:
             _, again = _rate(s, who, image_id, score, kept=kept, expect=expect)
             if noted is not None:
-                noted()
+                noted(s.get(Image, image_id).round_id)
         if not again:  # a repeat's score changes no rating (app.repeats)
             auto_close.after_rating(factory, image_id)  # the experiment option auto_close (off by default)
         if image_id in state.skipped:
@@ -962,7 +963,7 @@ ALREADY_SCORED = "you have already scored this image; score it again to change t
 
 
 def skip(factory, data_dir, who: Who, state_value: dict | None, payload: dict[str, Any] | None, *, batch_size: int,
-         noted: Callable[[], None] | None = None) -> View:
+         noted: Callable[[int], None] | None = None) -> View:
     """The page's skip. One the page kept while the server was away, sent again after its reload, carries the round
     it was kept for (``round``), checked in place of the page's batch (thirteenth review, 6 Dec 2026). ``noted``: as
     ``rate``'s, called only where something was written."""
@@ -1005,7 +1006,7 @@ def skip(factory, data_dir, who: Who, state_value: dict | None, payload: dict[st
                     repo.add_undo_step(session=s, rater_id=who.rater_id, image_id=image_id, action="skip")
                     skipped_now = True
             if noted is not None and (again or skipped_now):
-                noted()
+                noted(round_.id)
         if skipped_now:  # a skip lowers what the round wants: it may be complete now (found by review)
             auto_close.after_rating(factory, image_id)
         if image_id not in state.skipped and (kept_round is None or image_id in state.batch):
@@ -1022,7 +1023,7 @@ UNDO_OVERTAKEN = ("this undo was sent before your last action and ran only after
 
 
 def undo(factory, data_dir, who: Who, state_value: dict | None, *, batch_size: int,
-         fresh: Callable[[], bool] | None = None, noted: Callable[[], None] | None = None) -> View:
+         fresh: Callable[[int], bool] | None = None, noted: Callable[[int], None] | None = None) -> View:
     """Undo the rater's newest rating or skip of the open round (the history is in the database, so it survives a
     reload): a new rating is removed, an edit gets its previous score back, a skip is lifted. The image comes back
     to the page, leased to the rater again, to be rated again. The lease cap holds all the same (``lease_cap``: the
@@ -1034,9 +1035,9 @@ def undo(factory, data_dir, who: Who, state_value: dict | None, *, batch_size: i
     other: the image is pending as a repeat again (or gets its earlier second score back); undoing the first rating of
     a repeated image drops its repeat (undoing an edit of it keeps the repeat).
 
-    ``fresh``: checked under the round's lock (every path that undoes takes it; without a round nothing is undone):
-    False refuses the undo (``UNDO_OVERTAKEN``). ``noted``: called under that lock, before the commit, once a step
-    was taken back (``ui_rate_tab.Answered``)."""
+    ``fresh``: called with the round under the round's lock (every path that undoes takes it; without a round
+    nothing is undone): False refuses the undo (``UNDO_OVERTAKEN``). ``noted``: called with the round under that
+    lock, before the commit, once a step was taken back (``ui_rate_tab.Answered``)."""
     state = RateState.from_value(state_value)
     message = None
     new_grid = False
@@ -1053,7 +1054,7 @@ def undo(factory, data_dir, who: Who, state_value: dict | None, *, batch_size: i
                 experiment_id = repo.get_round(session=s, round_id=round_id).experiment_id
                 members.share(s, who, experiment_id)
                 repo.lock_round(session=s, round_id=round_id)
-                if fresh is not None and not fresh():  # under the round's lock: nothing of the page's lands between
+                if fresh is not None and not fresh(round_id):  # under the round's lock: nothing of the page's lands between
                     raise Conflict(UNDO_OVERTAKEN)
             undone = None if round_id is None else repo.undo_last(session=s, rater_id=who.rater_id, round_id=round_id)
             done = repo.round_progress(session=s, round_id=round_id, rater_id=who.rater_id) if (
@@ -1069,7 +1070,7 @@ def undo(factory, data_dir, who: Who, state_value: dict | None, *, batch_size: i
                                   lease_s=LEASE_S)
                 trimmed = _within_cap(s, round_id, who, batch_size, keep=undone.image_id)
             if undone is not None and noted is not None:  # under the round's lock, before the commit
-                noted()
+                noted(round_id)
         if undone is None and done is not None and done.rater_rated + done.rater_skipped:
             # their older ratings and skips are past the undo history (repo.UNDO_KEEP): "nothing to undo" said
             # otherwise, beside their ratings (found by review, 5 Dec 2026)

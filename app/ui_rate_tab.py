@@ -120,7 +120,11 @@ class Answered:
     either noted already or waits behind the undo and lands after it, as sent. An action that did nothing (refused,
     failed, a skip of an image skipped already) is not noted: it was counted from its start, so a later rating that
     was refused still had the given-up undo refused, though taking it back was what was meant (thirteenth review,
-    6 Dec 2026). At most ``MAX`` sessions are kept, the oldest dropped first; a page closed is not forgotten (Gradio
+    6 Dec 2026). Numbers are kept by session and round: an undo takes back a step of its own round only
+    (``repo.undo_last``), so only a later action of that round can be what it would take back; one of another round
+    (a kept action sent again for the round it was kept for) refused a given-up undo whose step was still the one
+    meant (fourteenth review, 6 Dec 2026). At most ``MAX`` (session, round) pairs are kept, the oldest dropped first;
+    a page closed is not forgotten (Gradio
     runs the demo's unload when the page's heartbeat ends, while an undo it gave up may still be running: forgotten,
     it took back a later rating; twelfth review, 6 Dec 2026); a restart forgets all (no event of the old server runs
     after it). A session without a hash (tests, the API) or an action without a number is never held back."""
@@ -129,30 +133,32 @@ class Answered:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._by: OrderedDict[str, int] = OrderedDict()
+        self._by: OrderedDict[tuple[str, int], int] = OrderedDict()
 
-    def note(self, request, seq: int | None) -> None:
+    def note(self, request, seq: int | None, round_id: int) -> None:
+        """Note that the session's action ``seq`` wrote something in round ``round_id``."""
         key = Picks._key(request)
         if key is None or seq is None:
             return
         with self._lock:
-            newest = max(seq, self._by.pop(key, seq))
-            self._by[key] = newest
+            newest = max(seq, self._by.pop((key, round_id), seq))
+            self._by[(key, round_id)] = newest
             while len(self._by) > self.MAX:
                 self._by.popitem(last=False)
 
-    def noter(self, request, payload: dict[str, Any] | None) -> Callable[[], None]:
-        """``note`` for the page action ``payload``, for its handler to call once it has written what it did."""
+    def noter(self, request, payload: dict[str, Any] | None) -> Callable[[int], None]:
+        """``note`` for the page action ``payload``, for its handler to call with the round it wrote in, once it
+        has written what it did."""
         seq = action_number(payload)
-        return lambda: self.note(request, seq)
+        return lambda round_id: self.note(request, seq, round_id)
 
-    def fresh(self, request, seq: int | None) -> bool:
-        """Whether no action of the session numbered above ``seq`` has been noted."""
+    def fresh(self, request, seq: int | None, round_id: int) -> bool:
+        """Whether no action of the session numbered above ``seq`` has been noted in round ``round_id``."""
         key = Picks._key(request)
         if key is None or seq is None:
             return True
         with self._lock:
-            return self._by.get(key, seq) <= seq
+            return self._by.get((key, round_id), seq) <= seq
 
 
 class RateHandlers:
@@ -236,7 +242,7 @@ class RateHandlers:
         seq = action_number(payload)
         return self.answer_action(payload, lambda who: ui_rate.undo(
             self.factory, self.data_dir, who, state, batch_size=self.size,
-            fresh=lambda: self.answered.fresh(request, seq), noted=self.answered.noter(request, payload)), request)
+            fresh=lambda round_id: self.answered.fresh(request, seq, round_id), noted=self.answered.noter(request, payload)), request)
 
     def on_new_batch(self, state, request: gr.Request):
         who = self.who_of(request)

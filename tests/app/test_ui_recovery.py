@@ -939,3 +939,42 @@ def test_a_later_action_that_did_nothing_does_not_hold_back_an_undo_the_page_gav
     act(handlers.on_rate, 8, image_id=c, score=5)
     assert act(handlers.on_undo, 7)["refused"] is True and warnings[-1] == f"Cannot undo: {ui_rate.UNDO_OVERTAKEN}"
     assert [_score(w, i) for i in (a, b, c)] == [7, None, 5]
+
+
+def test_a_later_action_of_another_round_does_not_hold_back_an_undo_the_page_gave_up(ui_world):
+    """Found by the fourteenth review (6 Dec 2026): the late-undo guard (ui_rate_tab.Answered) counted a page's later
+    actions of any round, so a kept rating sent again for the round it was kept for (another experiment's) refused an
+    undo of the page's round that the page had given up, though an undo takes back a step of its own round only and
+    that step was still the one meant. Only a later action of the undo's round counts now: the late undo takes back
+    the page's newest rating; a later action of its own round still holds it back."""
+    import gradio as gr
+
+    from app.ui_rate_tab import RateHandlers
+
+    w, alice = ui_world, who(ui_world, "alice")
+    e2id, r2id = _other_experiment(w)
+    warnings: list = []
+    handlers = RateHandlers(w.services(), lambda request: alice, warnings.append)
+    state = ui_rate.load_batch(w.factory, w.settings.data_dir, alice, None, batch_size=4,
+                               experiment_id=w.experiment_id).state
+    assert state["round_id"] == w.round_id != r2id
+    a, b, c = state["batch"][:3]
+    with read_session(w.factory) as s:
+        elsewhere = [im.id for im in repo.list_images(session=s, round_id=r2id, kind="query")]
+    tab = gr.Request(username="alice", session_hash="tab-1")
+
+    def act(handler, seq, **data):
+        return json.loads(handler(state, gr.EventData(None, {**data, "seq": seq}), tab)[1])
+
+    act(handlers.on_rate, 1, image_id=a, score=7)
+    act(handlers.on_rate, 2, image_id=b, score=6)
+    # the undo numbered 3 was given up; the next, a kept rating of the other experiment's round, was saved there
+    kept = act(handlers.on_rate, 4, image_id=elsewhere[0], score=5, prior="none", round=r2id)
+    assert "refused" not in kept and _score(w, elsewhere[0]) == 5
+    late = act(handlers.on_undo, 3)
+    assert "refused" not in late, warnings
+    assert [_score(w, i) for i in (a, b, elsewhere[0])] == [7, None, 5]  # b, the page's newest rating, taken back
+    # a later kept rating of the undo's own round still holds a given-up undo back
+    act(handlers.on_rate, 6, image_id=c, score=4, prior="none", round=state["round_id"])
+    assert act(handlers.on_undo, 5)["refused"] is True and warnings[-1] == f"Cannot undo: {ui_rate.UNDO_OVERTAKEN}"
+    assert [_score(w, i) for i in (a, b, c)] == [7, None, 4]
