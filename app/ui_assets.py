@@ -218,6 +218,10 @@ ACTION_KEPT_PARTS = {
                "says so)",
     # the reload may show another experiment or round than a kept action's, whose cards say nothing of it (found by
     # the thirteenth review's page fixes, 6 Dec 2026): the cards of its own round are named
+    # a rating of a note of a page from before the thirteenth review (v 2) carries no score the page knew: it is done
+    # only where the image has no score or already the score sent (app.ui_rate UNNOTED; fourteenth review, 6 Dec 2026)
+    "unnotedRefused": "{k} sent again and not done, as its image had a score and the page that kept it, from before "
+                      "the server's upgrade, had not noted the score it knew (its warning says so)",
     "unconfirmed": "{k} sent again and not confirmed (the cards of its round show what was saved)",
     "cancelled": "{k} not sent, as an undo kept after a rating or skip takes it back",
     "undo": "{k} not sent, as an undo sent now could take back another rating or skip than meant (press u again if "
@@ -340,7 +344,8 @@ function notedAction(a) {
 }
 const isScore = (x) => Number.isInteger(x) && x >= SCORES[0] && x <= SCORES[1];
 // an action of a note of version v: from 3 on a rating carries the score the page knew before it (prior, 'none': no
-// score); a note of 2 (a page before it, across the restart that is the upgrade) is read, its ratings sent without
+// score); a note of 2 (a page before it, across the restart that is the upgrade) is read, its ratings sent with the
+// prior 'unknown' (resumeKept)
 function validAction(a, v) {
   if (!Array.isArray(a) || a.length !== 2 || !a[1] || typeof a[1] !== 'object' || Array.isArray(a[1])) return false;
   const [kind, d] = a, keys = Object.keys(d).sort().join(','), image = idOf(d.image_id) !== null;
@@ -393,8 +398,8 @@ function noteHeld() {
   const who = rater(), marks = api.marks || {}, kept = api.queue.slice(0, KEPT_MAX).map(notedAction);
   if (!(api.inflight || kept.length) || who === undefined) { dropNote(store); return false; }
   api.noted = true;  // dropped once the server answers again (unheld)
-  const sent = api.inflight ? notedAction(api.inflight) : null;
-  withPriors(sent, kept, marks);
+  const sent = api.inflight ? notedAction(api.inflight) : null, cards = marks.cards || {};
+  withPriors(sent, kept, (id) => { const m = cards[String(id)]; return m && isScore(m.score) ? m.score : 'none'; });
   try {
     store.setItem(HELD_KEY, JSON.stringify({ v: 3, who, experiment: idOf(marks.experiment), round: idOf(marks.round),
       sent, actions: kept, over: api.queue.length - kept.length, at: Date.now() }));
@@ -409,13 +414,14 @@ function noteHeld() {
 // (what the server last said), then the kept ratings before it in the order the reloaded page would do them
 // (resendPlan: a rating an undo right after it takes back leaves the score as it was). The server does a kept rating
 // only if that is still the image's score, so a note sent again by a duplicated or reopened tab does not overwrite a
-// newer score given elsewhere (app.ui_rate ChangedElsewhere; thirteenth review, 6 Dec 2026)
-function withPriors(sent, kept, marks) {
-  const cards = (marks && marks.cards) || {}, chain = new Map();
+// newer score given elsewhere (app.ui_rate ChangedElsewhere; thirteenth review, 6 Dec 2026). known(id): the score
+// the page knew for an image no kept rating before it scores
+function withPriors(sent, kept, known) {
+  const chain = new Map();
   for (const e of resendPlan(sent, kept).entries) {
     if (e.a[0] !== 'rate') continue;
-    const id = e.a[1].image_id, m = cards[String(id)];
-    e.a[1].prior = chain.has(id) ? chain.get(id) : (m && isScore(m.score) ? m.score : 'none');
+    const id = e.a[1].image_id;
+    e.a[1].prior = chain.has(id) ? chain.get(id) : known(id);
     if (!e.gone) chain.set(id, e.a[1].score);
   }
 }
@@ -498,7 +504,7 @@ api.ack = function (answered, marks) {
     if (!answered) r.unconfirmed++;
     else if (marks && marks.failed) r.failed++;
     else if (marks && marks.stale) r.stale++;
-    else if (marks && marks.changed) r.changed++;
+    else if (marks && marks.changed) r[r.unnoted.has(done[1].seq) ? 'unnotedRefused' : 'changed']++;
     else if (marks && marks.refused) r.refused++;
     else r.saved++;
     if (!r.seqs.size) sayResent();
@@ -609,16 +615,23 @@ function resumeKept() {
   // was kept for, which the server checks (thirteenth review, 6 Dec 2026: they were said not sent); a note with no
   // round (none was shown) has nowhere to send them
   const elsewhere = note.experiment !== idOf(api.marks.experiment) || note.round !== idOf(api.marks.round);
+  // a note of 2 (a page from before the thirteenth review, across the restart that is the upgrade) did not note the
+  // score its page knew: its ratings go with prior 'unknown' (a kept rating before them in the note: that one's
+  // score), which the server does only where the image has no score or already has the score sent, so they never
+  // overwrite a score given elsewhere (fourteenth review, 6 Dec 2026: they were sent with no prior, done over any)
+  if (note.v === 2) withPriors(note.sent, note.actions, () => 'unknown');
   const plan = resendPlan(note.sent, note.actions);
   if (elsewhere && note.round === null) {
     say(KEPT_ELSEWHERE.replace('{n}', actions(n)));
     return;
   }
-  api.resent = { n, elsewhere, saved: 0, changed: 0, refused: 0, failed: 0, stale: 0, unconfirmed: 0,
-                 cancelled: plan.cancelled, undo: plan.undo, over: note.over, unsure: plan.unsure, seqs: new Set() };
+  api.resent = { n, elsewhere, saved: 0, changed: 0, unnotedRefused: 0, refused: 0, failed: 0, stale: 0,
+                 unconfirmed: 0, cancelled: plan.cancelled, undo: plan.undo, over: note.over, unsure: plan.unsure,
+                 seqs: new Set(), unnoted: new Set() };
   for (const [kind, data] of plan.send) {
     send(kind, note.round === null ? data : Object.assign({}, data, { round: note.round }));
     api.resent.seqs.add(api.seq);
+    if (data.prior === 'unknown') api.resent.unnoted.add(api.seq);
   }
   if (!plan.send.length) sayResent();
 }
@@ -653,7 +666,8 @@ function sayResent() {  // one sentence: what was sent again and what came of it
   const r = api.resent, parts = [];
   api.resent = null;
   if (r.unsure) parts.push(KEPT_PARTS.unsure);
-  for (const key of ['saved', 'changed', 'refused', 'failed', 'stale', 'unconfirmed', 'cancelled', 'undo', 'over']) {
+  for (const key of ['saved', 'changed', 'unnotedRefused', 'refused', 'failed', 'stale', 'unconfirmed', 'cancelled',
+                     'undo', 'over']) {
     if (r[key]) parts.push(KEPT_PARTS[key].replace('{k}', r[key]));
   }
   say((r.elsewhere ? KEPT_SENT_ELSEWHERE : KEPT_SENT).replace('{n}', actions(r.n)).replace('{parts}', parts.join('; ')));

@@ -765,11 +765,27 @@ def changed_elsewhere(image_id: int, before: int | None, now: int | None) -> str
             "another page, or by an action the server did before it restarted), so the kept rating was not saved")
 
 
-def parse_prior(value: Any) -> int | None:
-    """The score the page knew for the image before a kept action: a score, or "none" (no score)."""
+# the prior of a kept rating whose page did not note the score it knew (a note of version 2, from a page before the
+# thirteenth review): done only where the image has no score, or already the score sent (fourteenth review, 6 Dec 2026)
+UNNOTED = "unknown"
+
+
+def unnoted_prior(image_id: int, now: int) -> str:
+    """``changed_elsewhere`` for a kept rating sent with the prior ``UNNOTED``."""
+    return (f"not saved: the image has a score. This page kept a rating of image {image_id} while the server was away "
+            "and sent it after its reload, from a note made by a page from before the server's upgrade, which did not "
+            "note the score the image had then; such a rating is saved only where the image has no score, and it is "
+            f"{now} now (given on another page, by an earlier rating of that page, or by an action the server did "
+            "before it restarted), so the kept rating was not saved: rate it again if you still want that score")
+
+
+def parse_prior(value: Any) -> int | str | None:
+    """The score the page knew for the image before a kept action: a score, "none" (no score), or ``UNNOTED``."""
     if value == "none":
         return None
-    return parse_score(value, what="the score a kept rating was given over", besides=" or 'none'")
+    if value == UNNOTED:
+        return UNNOTED
+    return parse_score(value, what="the score a kept rating was given over", besides=" or 'none' or 'unknown'")
 
 
 def parse_kept_round(payload: dict[str, Any]) -> int | None:
@@ -825,11 +841,11 @@ def _may_rate_image(session: Session, who: Who, image_id: int):
 
 
 def _rate(session: Session, who: Who, image_id: int, score: int, *, kept: bool = False,
-          expect: int | None = None) -> tuple[int | None, bool]:
+          expect: int | str | None = None) -> tuple[int | None, bool]:
     """``rate_in_session``, and whether the score was a repeat's second score. ``kept``: a rating the page kept while
     the server was away, sent again after its reload, done only if the image's score (the repeat's second score for
-    a repeat, as the page's card shows it) is still ``expect`` (None: no score), or already ``score`` (it had
-    arrived: stored once); otherwise ``ChangedElsewhere``, nothing written. Compared under the image's lock, in the
+    a repeat, as the page's card shows it) is still ``expect`` (None: no score; ``UNNOTED``: none, whatever the page
+    knew), or already ``score`` (it had arrived: stored once); otherwise ``ChangedElsewhere``, nothing written. Compared under the image's lock, in the
     rating's own transaction (thirteenth review, 6 Dec 2026)."""
     # checks, then insert: no race. A rater the experiment does not list: refused as for an image that does not
     # exist, nothing saved, before any lock (a wait on an admin's change told that it exists; sixth review) and again
@@ -870,8 +886,11 @@ def _rate(session: Session, who: Who, image_id: int, score: int, *, kept: bool =
     return previous, False
 
 
-def _compare_kept(image_id: int, expect: int | None, now: int | None, score: int) -> None:
-    if now != expect and now != score:
+def _compare_kept(image_id: int, expect: int | str | None, now: int | None, score: int) -> None:
+    if expect == UNNOTED:  # nothing known of what the page knew: only where no score can be overwritten
+        if now is not None and now != score:
+            raise ChangedElsewhere(unnoted_prior(image_id, now))
+    elif now != expect and now != score:
         raise ChangedElsewhere(changed_elsewhere(image_id, expect, now))
 
 
@@ -898,7 +917,8 @@ def rate(factory, data_dir, who: Who, state_value: dict | None, payload: dict[st
     A rating the page kept while the server was away and sends again after its reload carries the round it was kept
     for (``round``: checked in place of the page's batch, as the reload may show another experiment or round) and the
     score the page knew for the image before it (``prior``: a score or "none"): it is done only if that is still the
-    image's score (``_rate``'s ``kept``), else refused as changed elsewhere (thirteenth review, 6 Dec 2026).
+    image's score (``_rate``'s ``kept``), else refused as changed elsewhere (thirteenth review, 6 Dec 2026); a page
+    from before that review noted no such score, and its ratings come with ``UNNOTED`` (fourteenth review).
     ``noted``: called with the image's round in the rating's transaction, under its round's lock, once it is written
     (``ui_rate_tab.Answered``)."""
     state = RateState.from_value(state_value)

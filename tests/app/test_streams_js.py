@@ -844,7 +844,8 @@ def kept_sent(n: str, *, elsewhere: bool = False, **parts) -> str:
     page's order)."""
     said = [ui_assets.ACTION_KEPT_PARTS["unsure"]] if parts.pop("unsure", False) else []
     said += [ui_assets.ACTION_KEPT_PARTS[key].format(k=parts[key])
-             for key in ("saved", "changed", "refused", "failed", "stale", "unconfirmed", "cancelled", "undo", "over")
+             for key in ("saved", "changed", "unnotedRefused", "refused", "failed", "stale", "unconfirmed", "cancelled",
+                         "undo", "over")
              if parts.get(key)]
     sentence = ui_assets.ACTION_KEPT_SENT_ELSEWHERE if elsewhere else ui_assets.ACTION_KEPT_SENT
     return sentence.format(n=n, parts="; ".join(said))
@@ -1178,8 +1179,10 @@ return { sent, notice: notices().slice(-1)[0], stored: window.sessionStorage.get
         assert out == {"sent": [], "stored": None,
                        "notice": ui_assets.ACTION_KEPT_OLD.format(n="1 action", s=ui_assets.ACTION_KEPT_AGE_S)}
     else:
-        # a note of a page before the thirteenth review (v 2: no prior) is sent as before, with its round
-        assert out["sent"] == [{"image_id": 2, "score": 3, "round": 9, "seq": 1}] and out["stored"] is None
+        # a note of a page before the thirteenth review (v 2: no prior) is sent, with its round and the prior
+        # 'unknown' (fourteenth review)
+        assert out["sent"] == [{"image_id": 2, "score": 3, "prior": "unknown", "round": 9, "seq": 1}]
+        assert out["stored"] is None
 
 
 def test_logging_out_drops_the_note_of_kept_actions(tmp_path):
@@ -1227,3 +1230,36 @@ return { probes, restarted: window.__seikoStreams.restarted, said: notices().sli
     assert stored is not None, "nothing noted before the reload"
     assert stored["sent"] == ["rate", {"image_id": 1, "score": 7, "prior": 4}]
     assert stored["actions"] == [["skip", {"image_id": 2}]] and stored["round"] == 9 and stored["v"] == 3
+
+
+def test_the_ratings_of_a_note_that_did_not_note_the_score_the_page_knew_go_with_an_unknown_prior(tmp_path):
+    """Found by the fourteenth review (6 Dec 2026): a note of version 2 (a page from before the thirteenth review,
+    across the restart that is the upgrade) holds no score its page knew, and its ratings were sent without one, done
+    by the server over any score, one given elsewhere included. They now go with the prior 'unknown' (the server does
+    such a rating only where the image has no score or already the score sent: tests/app/test_ui_recovery.py), or,
+    after a kept rating of the same image in the note, that rating's score; one refused for a score it did not know
+    is said apart from one whose known score changed."""
+    note = {"v": 2, "who": "alice", "experiment": 4, "round": 9, "over": 0, "at": 0,
+            "sent": ["rate", {"image_id": 1, "score": 7}],
+            "actions": [["rate", {"image_id": 2, "score": 5}], ["rate", {"image_id": 1, "score": 8}],
+                        ["skip", {"image_id": 3}], ["rate", {"image_id": 4, "score": 2}], ["undo", {}]]}
+    out = run_clocked(tmp_path, "signIn('alice'); let appId = 7;" + """
+window.sessionStorage.setItem('seiko-held-actions', NOTED);
+const page = reload();
+""".replace("NOTED", json.dumps(json.dumps(note))) + RELOADED + """
+clockAt = 0;  // the page loads at 0, the note made then
+page.marks = { ack: 1, cards: {}, experiment: 4, round: 9 };
+loaded();
+await answer({ done: 1, refused: true, changed: true });
+await answer({ done: 2 });
+await answer({ done: 3, refused: true, changed: true });
+await answer({ done: 4 });
+return { sent, notice: notices().slice(-1)[0] };
+""")
+    # by hand: 1 and 2 first scored in the note: unknown; 1's second rating follows its first (7); 4's is taken back
+    assert [(d["image_id"], d.get("prior")) for d in out["sent"]] == [(1, "unknown"), (2, "unknown"), (1, 7), (3, None)]
+    assert all(d["round"] == 9 for d in out["sent"])
+    assert out["notice"] == kept_sent("6 actions", saved=2, changed=1, unnotedRefused=1, cancelled=2)
+    assert ui_assets.ACTION_KEPT_PARTS["unnotedRefused"].format(k=1) == (
+        "1 sent again and not done, as its image had a score and the page that kept it, from before the server's "
+        "upgrade, had not noted the score it knew (its warning says so)")

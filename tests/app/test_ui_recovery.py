@@ -875,7 +875,7 @@ def test_a_kept_skip_gets_past_none_of_the_checks_a_skip_of_the_batch_gets(ui_wo
 
 
 @pytest.mark.parametrize("value", [1, 10, 5.0, " 7 ", "10", 0, 11, -1, 2.5, "five", "", None, True, False, [3],
-                                   2 ** 40, "9" * 30, "0", "none", "None", "²"])
+                                   2 ** 40, "9" * 30, "0", "none", "None", "²", "unknown", "Unknown"])
 def test_a_kept_actions_prior_and_round_are_read_as_a_score_and_an_id_are(value):
     """Found by a read-only review (6 Dec 2026, thirteenth review): ``parse_prior`` and ``parse_kept_round`` repeated
     ``parse_score``'s and ``parse_image_id``'s checks, free to drift apart (and had: a round of "0" was shown as
@@ -890,11 +890,13 @@ def test_a_kept_actions_prior_and_round_are_read_as_a_score_and_an_id_are(value)
     score, prior = outcome(ui_rate.parse_score), outcome(ui_rate.parse_prior)
     if value == "none":
         assert prior == ("taken", None)
+    elif value == "unknown":  # a note of version 2's rating (fourteenth review)
+        assert prior == ("taken", "unknown")
     elif score[0] == "taken":
         assert prior == score
     else:
         assert prior == ("refused", f"the score a kept rating was given over must be a whole number from 1 to 10 or "
-                                    f"'none', got {score[1].split(', got ')[1]}")
+                                    f"'none' or 'unknown', got {score[1].split(', got ')[1]}")
     image_id, round_id = outcome(ui_rate.parse_image_id), outcome(lambda v: ui_rate.parse_kept_round({"round": v}))
     if image_id[0] == "taken":
         assert round_id == image_id
@@ -978,3 +980,51 @@ def test_a_later_action_of_another_round_does_not_hold_back_an_undo_the_page_gav
     act(handlers.on_rate, 6, image_id=c, score=4, prior="none", round=state["round_id"])
     assert act(handlers.on_undo, 5)["refused"] is True and warnings[-1] == f"Cannot undo: {ui_rate.UNDO_OVERTAKEN}"
     assert [_score(w, i) for i in (a, b, c)] == [7, None, 4]
+
+
+def test_a_kept_rating_of_a_note_that_did_not_note_the_score_never_overwrites_one(ui_world):
+    """Found by the fourteenth review (6 Dec 2026): a note of version 2 (a page from before the thirteenth review,
+    across the restart that is the upgrade) holds no score its page knew, and its ratings were sent without one, so
+    they were done over any score, one given elsewhere since included. They now come with the prior "unknown": done
+    only where the image has no score, or already has the score sent (it had arrived: stored once); any other score
+    stands, refused in one sentence, marked changed, nothing written. Written out by hand, stored score -> done."""
+    import gradio as gr
+
+    from app.ui_rate_tab import RateHandlers
+    from db.errors import NotFound
+
+    w, alice = ui_world, who(ui_world, "alice")
+    state = page(w, "alice").state
+    image, round_id = state["batch"][0], state["round_id"]
+    sent = 6
+    for stored, done in ((None, True), (sent, True), (4, False), (9, False)):
+        if stored is None:
+            with write_session(w.factory) as s:
+                try:
+                    repo.delete_rating(session=s, image_id=image, rater_id=alice.rater_id)
+                except NotFound:
+                    pass  # none to delete
+        else:
+            assert ui_rate.rate(w.factory, w.settings.data_dir, alice, state, {"image_id": image, "score": stored},
+                                batch_size=4).message is None
+        steps = _undo_steps(w)
+        view = ui_rate.rate(w.factory, w.settings.data_dir, alice, state,
+                            {"image_id": image, "score": sent, "prior": "unknown", "round": round_id}, batch_size=4)
+        if done:
+            assert view.message is None and _score(w, image) == sent, (stored, view.message)
+            assert _undo_steps(w) == steps + (stored != sent)
+        else:
+            assert view.changed and _score(w, image) == stored and _undo_steps(w) == steps, stored
+            assert view.message == (
+                f"not saved: the image has a score. This page kept a rating of image {image} while the server was "
+                "away and sent it after its reload, from a note made by a page from before the server's upgrade, "
+                "which did not note the score the image had then; such a rating is saved only where the image has no "
+                f"score, and it is {stored} now (given on another page, by an earlier rating of that page, or by an "
+                "action the server did before it restarted), so the kept rating was not saved: rate it again if you "
+                "still want that score")
+    # the marks say changed, so the page counts it apart
+    handlers = RateHandlers(w.services(), lambda request: alice, [].append)
+    marks = json.loads(handlers.on_rate(state, gr.EventData(None, {"image_id": image, "score": 8, "prior": "unknown",
+                                                                   "round": round_id, "seq": 1}),
+                                        gr.Request(username="alice", session_hash="tab-1"))[1])
+    assert marks["changed"] is True and marks["refused"] is True and _score(w, image) == 9
