@@ -176,6 +176,19 @@ def check_root_path(environ: Mapping[str, str] | None = None) -> None:
         raise ServeError(root_path_refusal(root_path if stripped in ("", "/") else stripped))
 
 
+def root_path_refused(environ: Mapping[str, str] | None = None) -> bool:
+    """``check_root_path`` for a measuring tool that serves the app (``app.tools.idle_cpu``, ``app.tools.login_flood``):
+    True after saying why on stderr (``error: <root_path_refusal>``), else False. Called before the tool does any work
+    (fourteenth review, 6 Dec 2026: they served the app under GRADIO_ROOT_PATH and measured an app the commands
+    refuse to serve, or waited minutes for a page that was not at the root)."""
+    try:
+        check_root_path(environ)
+    except ServeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return True
+    return False
+
+
 def launch(services) -> object:
     """Start the web app in a background thread; returns the gr.Blocks (call ``.close()`` to stop it)."""
     from app import net_limits, web_guard

@@ -49,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.seconds <= 0 or args.blocks < 1:
         print("error: --seconds must be above 0 and --blocks at least 1", file=sys.stderr)
         return 2
+    from app.cli_serve import root_path_refused
+
+    if root_path_refused():  # Gradio would serve the page under it; refused before the database is made
+        return 1
 
     from app import ui
     from app.settings import Settings

@@ -288,9 +288,11 @@ def run_mode(mode: str, *, ratings: int, rate: float, root: Path, blocks: int = 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from app.cli_serve import root_path_refused
+
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["serve"]:
-        return serve(argv[1], argv[2], int(argv[3]), argv[4])
+        return 1 if root_path_refused() else serve(argv[1], argv[2], int(argv[3]), argv[4])
     if argv[:1] == ["flood"]:
         return flood(argv[1], float(argv[2]), argv[3])
     parser = argparse.ArgumentParser(prog="python -m app.tools.login_flood", description=__doc__.split("\n\n")[0])
@@ -304,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.ratings < 20 or not 0 < args.rate <= 1000 or not 1 <= args.blocks <= args.ratings:
         parser.error("--ratings must be at least 20, --rate from 0 to 1000 and --blocks from 1 to --ratings")
+    if root_path_refused():  # each mode's server would serve its page under it; refused before any lab is made
+        return 1
     results = {"machine": machine(), "ratings": args.ratings, "rate": args.rate, "runs": []}
     with tempfile.TemporaryDirectory(prefix="seiko-flood-") as tmp:
         for mode in (MODES if args.mode == "all" else (args.mode,)):
