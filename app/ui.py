@@ -1,8 +1,8 @@
 """The web app: ``build_demo(services) -> gr.Blocks`` and what ``launch`` needs (``launch_kwargs``).
 
 Three tabs: Rate (a keyboard-first grid of the open round's images), Dashboard (per-round metrics,
-the eval grid, the worker's state; refreshes itself) and Admin (experiments, rounds, users; shown
-to admins only, and every admin handler checks the role on the server); besides them Pairs and Compare, and
+the eval grid, the worker's state; refreshes itself) and Admin (experiments, rounds, users; in admins' pages
+only: a rater's page config has none of it, ``app.rater_page``; and every admin handler checks the role on the server); besides them Pairs and Compare, and
 Account (anyone signed in changes their own password: ``app.ui_account``).
 
 Each tab has its own builder, which lays the tab out and wires its handlers (methods of a handlers class at
@@ -314,8 +314,8 @@ def build_demo(services: AppServices) -> gr.Blocks:
             ui_compare.build_tab(services, exp_state, lambda request: _who(services, request), _shown, kind="ab",
                                  label="Compare", private=private)
 
-            # admins only
-            admin = ui_admin_tab.build(services, exp_state, experiment_dd, who_of, admin_of, _shown, private, picks=picks)
+            # admins only (a rater's page config has none of it: app.rater_page)
+            ui_admin_tab.build(services, exp_state, experiment_dd, who_of, admin_of, _shown, private, picks=picks)
 
             # everyone with an account: their own password (hidden in local mode, which has none)
             account = ui_account.build(services, who_of, _shown, private)
@@ -327,11 +327,13 @@ def build_demo(services: AppServices) -> gr.Blocks:
             choices = ui_admin.experiment_choices(factory, who)  # a rater's: only those they may rate (app.members)
             view = ui_rate.load_batch(factory, data_dir, who, state, batch_size=size)
             exp_id = view.state["experiment_id"]
-            return (banner_html(services, who), gr.Dropdown(choices=choices, value=exp_id), gr.Tab(visible=who.is_admin),
+            return (banner_html(services, who), gr.Dropdown(choices=choices, value=exp_id),
                     *rate.handlers.view_outputs(view), exp_id, gr.Tab(visible=dashboard_visible(who, exp_id)),
                     gr.Tab(visible=not who.local))
 
-        load_outputs = [banner, experiment_dd, admin.tab, *rate.outputs, exp_state, dash.tab, account.tab]
+        # nothing of the Admin tab: a rater's page config leaves the tab out (app.rater_page), and every event the
+        # page needs must then touch none of it
+        load_outputs = [banner, experiment_dd, *rate.outputs, exp_state, dash.tab, account.tab]
         demo.load(on_load, [rate_state], load_outputs, **private)
 
         # ---- experiment selector ------------------------------------------------------------
@@ -349,17 +351,15 @@ def build_demo(services: AppServices) -> gr.Blocks:
             try:
                 view = _shown(lambda: ui_rate.load_batch(factory, data_dir, who, state, batch_size=size,
                                                          experiment_id=exp_id))
-                # the round status (with the newest failed job's error text) goes to admins only: for a rater the
-                # Admin tab is hidden, but what a handler returns reaches the browser all the same
-                status = ui_admin.round_status_html(factory, exp_id) if who.is_admin else gr.skip()
-                return (*rate.handlers.view_outputs(view), exp_id, {}, status,
-                        gr.Tab(visible=dashboard_visible(who, exp_id)))
+                # the Admin tab's round status follows exp_state on the tab's own event (to admins only); as an output
+                # here it was named in every rater's page config (fourteenth review)
+                return (*rate.handlers.view_outputs(view), exp_id, {}, gr.Tab(visible=dashboard_visible(who, exp_id)))
             except BaseException:
                 picks.restore(request, before, rate=exp_id, shown=exp_id)
                 raise
 
         experiment_dd.input(on_experiment, [experiment_dd, rate_state],
-                            [*rate.outputs, exp_state, dash_state, admin.status, dash.tab], **private)
+                            [*rate.outputs, exp_state, dash_state, dash.tab], **private)
 
         def forget_session(request: gr.Request):
             picks.forget(request)  # the page closed: its pick is not needed any more

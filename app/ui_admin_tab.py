@@ -18,6 +18,7 @@ import gradio as gr
 from app import members, ui_account, ui_admin, ui_compare, ui_export, ui_options, ui_pairs, ui_quality, web_guard
 from app.auth import Who
 from app.gradio_routes import admin_only
+from app.rater_page import admin_only_layout
 from db.models import EXPORT_FORMATS
 from seiko_core.config import MAX_EPOCHS, MAX_KL_WEIGHT, MAX_SECONDS, METHODS
 from seiko_core.models import public_name
@@ -51,15 +52,18 @@ class AdminHandlers:
 
     def on_admin_experiment(self, exp_id, request: gr.Request):
         """Another experiment selected (or the page loaded): the tab's settings of the experiment show that one's
-        (dashboard access, jobs, exports, rater quality, standardising); they showed the previous one's until the tab
-        was selected again, and a checkbox then wrote the value shown onto the new experiment (found by review). To
-        an admin only: what a handler returns reaches a rater's browser too, hidden tab or not."""
+        (dashboard access, jobs, exports, rater quality, standardising, and the round's status); they showed the
+        previous one's until the tab was selected again, and a checkbox then wrote the value shown onto the new
+        experiment (found by review). To an admin only: a rater's page has no Admin tab (``app.rater_page``), but a
+        rater may send this event by hand. The round's status was the experiment selector's output (``app.ui``), which
+        is every page's event, so a rater's page config listed the Admin tab's status (fourteenth review)."""
         who = self.who_of(request)
         if not who.is_admin:
-            return (gr.skip(),) * 7
+            return (gr.skip(),) * 8
         factory = self.factory
         return (ui_admin.raters_see_dashboard(factory, exp_id), ui_admin.jobs_table(factory, who, exp_id),
-                ui_export.exports_table(factory, who, exp_id), "", *self._quality(who, exp_id))
+                ui_export.exports_table(factory, who, exp_id), "", *self._quality(who, exp_id),
+                ui_admin.round_status_html(factory, exp_id))
 
     def _quality(self, who: Who, exp_id):
         """(the rater-quality summary, its rows, whether scores are standardised) of experiment ``exp_id``."""
@@ -175,8 +179,8 @@ class AdminHandlers:
         return message, members.raters_text(self.factory, target)
 
     def on_show_raters(self, exp_id, request: gr.Request):
-        """The raters field of the selected experiment; to an admin only (what a handler returns reaches a rater's
-        browser too, hidden tab or not)."""
+        """The raters field of the selected experiment; to an admin only (a rater's page has no Admin tab, but may
+        send this event by hand)."""
         who = self.who_of(request)
         if not who.is_admin:
             return gr.skip()
@@ -317,15 +321,16 @@ OWN_PASSWORD_SIGN_IN_JS = f"(own) => {{ if (own === true) ({ui_account.SIGN_IN_A
 class AdminTab:
     """What the rest of the page needs from the Admin tab."""
 
-    tab: Any  # gr.Tab: shown to admins only (the page load sets its visibility)
-    status: Any  # gr.HTML: the round's status, refreshed when another experiment is selected
+    tab: Any  # gr.Tab: in admins' pages only (a rater's page config has none of it: app.rater_page)
 
 
 def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callable, shown: Callable,
           private: dict[str, Any], picks: Any = None) -> AdminTab:
     """The Admin tab (call inside ``gr.Tabs()``), its events wired to an ``AdminHandlers``."""
     h = AdminHandlers(services, who_of, admin_of, shown, picks)
-    with gr.Tab("Admin", id="admin", elem_id="tab-admin", visible=False) as admin_tab:
+    # shown as it is laid out: a rater's page config leaves it out, its events with it (admin_only_layout); it was
+    # hidden and shown to admins by the page load, whose outputs then named it in every rater's config
+    with admin_only_layout(gr.Tab("Admin", id="admin", elem_id="tab-admin")) as admin_tab:
         admin_status = gr.HTML()
         with gr.Row():
             close_btn = gr.Button("Close round and train", variant="primary", scale=0, min_width=220)
@@ -395,8 +400,8 @@ def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callab
             with gr.Row():
                 f_name = gr.Textbox(label="Name", placeholder="e.g. shapes-ucb-1")
                 f_preset = gr.Dropdown(label="Preset", choices=sorted(PRESETS), value="shapes")
-                # the default by its name: every browser gets the hidden tab's config, so a path here is the
-                # server's directory sent to every rater (found by review)
+                # the default by its name: every browser got the hidden tab's config, so a path here was the
+                # server's directory sent to every rater (found by review); an admin's page config still has it
                 f_model = gr.Textbox(label="Model (local diffusers dir or hub id)",
                                      placeholder=f"empty: the server's default, {public_name(services.settings.model)}")
             with gr.Row():
@@ -457,7 +462,8 @@ def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callab
     serial = {**private, "concurrency_limit": 1}
     admin_tab.select(h.on_admin_tab, [exp_state], [admin_status, users_df, jobs_df, dash_access, exports_df], **private)
     exp_state.change(h.on_admin_experiment, [exp_state],
-                     [dash_access, jobs_df, exports_df, x_link, q_summary, q_table, q_standardize], **private)
+                     [dash_access, jobs_df, exports_df, x_link, q_summary, q_table, q_standardize, admin_status],
+                     **private)
     admin_timer.tick(h.on_admin_timer, [exp_state], [admin_status, jobs_df], show_progress="hidden", **private)
 
     confirm_outputs = [confirm_row, confirm_text, pending_state, confirm_btn]
@@ -506,4 +512,4 @@ def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callab
     q_refresh.click(h.on_quality, [exp_state], quality_outputs, **private)
     q_standardize.input(h.on_standardize, [exp_state, q_standardize], [admin_result], **serial)
     q_gold_btn.click(h.on_gold, [exp_state, q_gold_image, q_gold_score], [admin_result, q_summary, q_table], **serial)
-    return AdminTab(tab=admin_tab, status=admin_status)
+    return AdminTab(tab=admin_tab)

@@ -47,6 +47,9 @@ For every HTTP and websocket request, before Gradio sees it:
   carries ``PAGE_SCRIPT`` first in its head (``ui_assets.STREAMS_JS``), which handles every other refusal of its
   streams, the connection caps' included (app.net_limits answers before a request is read): retried with a wait it
   states, or said in one sentence, never a reload.
+- **A rater's page config**: a signed-in account that is not an admin gets the page (``GET /``) and ``GET /config``
+  without the Admin tab's components and events (``app.rater_page``, ``_rater_page_send``); Gradio's config listed
+  the tab's layout and every event's function name to every rater. An answer that cannot be trimmed is a 500.
 - **Cookies**: every ``Set-Cookie`` the app sends is ``SameSite=Lax`` (Gradio's own say ``SameSite=None``), and
   ``Secure`` when the request shows HTTPS (``WebGuard._https_shown``: an https public URL, TLS, the session cookie
   above, or the browser's own ``Origin: https://...``, as the sign-in's POST carries), so that a page making the
@@ -103,13 +106,14 @@ from typing import Any
 from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit
 
 from starlette._utils import get_route_path  # the path Starlette's router matches (root path removed)
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request, cookie_parser
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 
-from app import auth, gradio_routes, ui_assets, ui_export
+from app import auth, gradio_routes, rater_page, ui_assets, ui_export
 from app.sessions import LoginThrottle, SessionInfo, SessionStore, StaleSignIn
 
 log = logging.getLogger("seiko.web")
@@ -389,6 +393,50 @@ def _page_script_send(send: Send) -> Send:
     return wrapped
 
 
+RATER_PAGE_FAILED = ("The page could not be prepared for your account (the server's log says why); an admin has "
+                     "to look at it.")
+# the routes whose answer is Gradio's page config (rater_page): the page itself and GET /config
+CONFIG_PATHS = frozenset({"/", "/config", "/config/"})
+
+
+def _rater_page_send(scope: Scope, receive: Receive, send: Send, parts: tuple[frozenset[int], frozenset[int]]) -> Send:
+    """``send`` with a 200 answer of the request ``scope`` (a path of ``CONFIG_PATHS``: the page's HTML, or /config's
+    JSON) trimmed to a
+    rater's (``rater_page``: without ``parts``, the Admin tab's components and events). Held whole (one small body;
+    its Content-Length follows). An answer that cannot be trimmed (compressed, or not shaped as Gradio's) is not
+    passed on: a 500 with one sentence, and the reason in the log. Any other answer passes as it is."""
+    held: dict[str, Any] = {}
+    path = get_route_path(scope)
+
+    async def wrapped(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            if message.get("status") == 200:
+                held["start"], held["body"] = message, b""
+                return
+        elif message["type"] == "http.response.body" and "start" in held:
+            held["body"] += message.get("body", b"")
+            if message.get("more_body", False):
+                return
+            start, body = held.pop("start"), held["body"]
+            try:
+                if "content-encoding" in Headers(raw=start.get("headers", [])):
+                    raise rater_page.PageConfigError("the answer was compressed")
+                # in Starlette's thread pool, as Gradio renders the page: the JSON of a 180 KB config (25 ms on a
+                # busy core, measured), which a rater reloading in a loop would otherwise take from the event loop
+                trim = rater_page.rater_page if path == "/" else rater_page.rater_config_json
+                body = await run_in_threadpool(trim, body, *parts)
+            except rater_page.PageConfigError as exc:
+                log.error("a rater's page config (%s) was not served: %s", path, exc)
+                await PlainTextResponse(RATER_PAGE_FAILED, status_code=500)(scope, receive, send)
+                return
+            headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+            await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+            message = {**message, "body": body, "more_body": False}
+        await send(message)
+
+    return wrapped
+
+
 def lax_cookie(value: bytes, secure: bool = False) -> bytes:
     """A Set-Cookie value with SameSite=Lax (Strict is kept; None or no SameSite becomes Lax), and Secure when
     ``secure`` (the request showed HTTPS: ``WebGuard._https_shown``)."""
@@ -459,6 +507,7 @@ class WebGuard:
         if (local_token is None) == policy.local_mode:
             raise ValueError("a local token is needed in local mode, and only then")
         self.local_token = local_token
+        self._admin_parts_found: tuple[frozenset[int], frozenset[int]] | None = None  # _admin_parts
         # with no proxy trusted (the default), the first X-Forwarded-For is logged once: a set-up behind a reverse proxy
         # that never named it sees every person as the proxy, one sign-in limit for all (found by review)
         self._proxy_unheard = not proxies_trusted
@@ -721,7 +770,18 @@ class WebGuard:
         # the page: its streams' refusals (STREAMS_JS); a HEAD of it too, so that its Content-Length is the GET's
         if scope["type"] == "http" and path == "/" and method in ("GET", "HEAD"):
             send = _page_script_send(send)
+        # a rater's page and /config: Gradio's config without the Admin tab's components and events (rater_page)
+        if scope["type"] == "http" and path in CONFIG_PATHS and method in ("GET", "HEAD") and signed_in is not None \
+                and signed_in.role != "admin":
+            send = _rater_page_send(scope, receive, send, self._admin_parts())
         await self.inner(scope, receive, send)
+
+    def _admin_parts(self) -> tuple[frozenset[int], frozenset[int]]:
+        """What a rater's page config leaves out (``rater_page.admin_parts``), found once: the Blocks do not change
+        while they are served."""
+        if self._admin_parts_found is None:
+            self._admin_parts_found = rater_page.admin_parts(self._blocks())
+        return self._admin_parts_found
 
     def _event_refusal(self, path: str, method: str | None, parsed: Any,
                        signed_in: SessionInfo | None = None) -> tuple[str, int] | None:

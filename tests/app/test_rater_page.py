@@ -1,0 +1,166 @@
+"""A rater's page config has nothing of the Admin tab (``app.rater_page``; fourteenth review, 6 Dec 2026).
+
+Gradio's ``GET /config`` and the page's ``window.gradio_config`` listed the Admin tab's layout and every event's
+function name (``on_user_delete``, ``on_create``, ...) to any signed-in rater. The app served (with the guard, as
+``python -m app serve`` does) now gives a rater both without the Admin tab's components and events, and an admin
+both whole; the page built from a rater's config still works in Chromium, and the admin's still shows the tab."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+import httpx
+import pytest
+
+from app import gradio_routes, web_guard
+from tests.app.e2e_support import MARKS, sign_in, watch_errors
+from tests.app.test_web_guard import launch, signed_in
+
+# elem_ids laid out on the Admin tab (app.ui_admin_tab), and the tab's own
+ADMIN_ELEM_IDS = ("tab-admin", "dashboard-access", "user-delete", "user-password", "build-export", "audit-log")
+PAGE_CONFIG = re.compile(r"<script>window\.gradio_config = (.*?);</script>", re.S)
+
+
+def _admin_event_names(demo) -> set[str]:
+    """The api names of the events whose handler refuses anyone but an admin (``admin_only``)."""
+    return {bf.api_name for bf in demo.fns.values() if bf.fn is not None and gradio_routes.is_admin_only(bf.fn)}
+
+
+def _configs(http: httpx.Client) -> tuple[dict, dict, str, str]:
+    """(/config's JSON, the page's config, /config's text, the page's text) as ``http``'s account gets them."""
+    config, page = http.get("/config"), http.get("/")
+    assert config.status_code == 200 and page.status_code == 200, (config.text[:300], page.text[:300])
+    for r in (config, page):
+        assert int(r.headers["content-length"]) == len(r.content)
+    (embedded,) = PAGE_CONFIG.findall(page.text)
+    return config.json(), json.loads(embedded), config.text, page.text
+
+
+def _elem_ids(config: dict) -> set[str]:
+    return {c["props"].get("elem_id") for c in config["components"]} - {None}
+
+
+def _consistent(config: dict) -> None:
+    """Every event and the layout name only components the config has, and its page entry agrees with it (what
+    Gradio's own one-page configs hold, ``gradio.routes.get_page_config``)."""
+    ids = {c["id"] for c in config["components"]}
+    events = {d["id"] for d in config["dependencies"]}
+
+    def laid_out(node: dict) -> set[int]:
+        return {node["id"], *(i for child in node.get("children", []) for i in laid_out(child))} - {None}
+
+    root = config["layout"]["id"]  # the Blocks itself (the page load's target), not a component
+    assert laid_out(config["layout"]) <= ids | {root}
+    for dep in config["dependencies"]:
+        named = {t[0] for t in dep["targets"]} | set(dep["inputs"]) | set(dep["outputs"])
+        assert named - {None} <= ids | {root}, dep["api_name"]
+        assert dep["trigger_after"] in events | {None} and set(dep["cancels"]) <= events, dep["api_name"]
+    for page in config.get("page", {}).values():
+        assert set(page["components"]) <= ids and set(page["dependencies"]) <= events
+        assert laid_out(page["layout"]) <= ids | {root}
+
+
+def test_a_raters_config_and_page_have_nothing_of_the_admin_tab_and_an_admins_have_it_all(served_app):
+    world, demo, url = served_app
+    admin_events = _admin_event_names(demo)
+    assert {"on_user_delete", "on_create", "on_admin_tab"} <= admin_events  # the names looked for are real
+    with signed_in(url, "alice") as http:
+        config, embedded, config_text, page_text = _configs(http)
+        info = http.get("/gradio_api/info", params={"all_endpoints": "true"}).text
+    for seen in (config, embedded):
+        _consistent(seen)
+        assert not _elem_ids(seen) & set(ADMIN_ELEM_IDS)
+        names = {d["api_name"] for d in seen["dependencies"]}
+        assert not names & admin_events
+        # what a rater's page runs is still there: its load, the selector, rating, the public API
+        assert {"on_load", "on_experiment_1", "on_rate", "submit_rating", "next_batch"} <= names, names
+        assert not any(c["props"].get("label") == "Admin" and c["type"] == "tabitem" for c in seen["components"])
+    for text in (config_text, page_text, info):
+        assert not [name for name in (*admin_events, "tab-admin") if f'"{name}"' in text]
+    with signed_in(url, "root") as http:
+        config, embedded, _, _ = _configs(http)
+    for seen in (config, embedded):
+        assert set(ADMIN_ELEM_IDS) <= _elem_ids(seen)
+        assert admin_events <= {d["api_name"] for d in seen["dependencies"]}
+        # the admin's is Gradio's own, whole
+        assert [d["id"] for d in seen["dependencies"]] == [d["id"] for d in demo.config["dependencies"]]
+        assert [c["id"] for c in seen["components"]] == [c["id"] for c in demo.config["components"]]
+
+
+def test_an_event_left_out_of_a_raters_page_is_still_refused_when_sent_by_hand(served_app):
+    """The config is trimmed, not the server: an admin's event sent by a rater is refused as before (403)."""
+    _, demo, url = served_app
+    fn_index = next(i for i, bf in demo.fns.items() if bf.fn is not None and bf.fn.__name__ == "on_user_delete")
+    with signed_in(url, "alice") as http:
+        r = http.post("/gradio_api/queue/join", json={"data": ["bob"], "fn_index": fn_index, "session_hash": "abcdefgh12",
+                                                      "event_data": None, "trigger_id": None})
+    assert r.status_code == 403, r.text
+
+
+def test_an_answer_that_cannot_be_trimmed_is_not_passed_on_to_a_rater(caplog):
+    """A compressed page, or one whose config is not where Gradio's template writes it, gets a 500 with one sentence
+    (and the reason in the log), never the untrimmed config."""
+    html = b"<html><head></head><body><script>window.gradio_config = {\"components\": []};</script></body></html>"
+    cases = {"compressed": ([(b"content-type", b"text/html"), (b"content-encoding", b"gzip")], b"\x1f\x8b..."),
+             "no config": ([(b"content-type", b"text/html")], b"<html><head></head><body>nothing</body></html>"),
+             "not gradio's shape": ([(b"content-type", b"text/html")], html)}
+    for why, (headers, body) in cases.items():
+        sent: list[dict] = []
+
+        async def send(message, sent=sent):
+            sent.append(message)
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        scope = {"type": "http", "method": "GET", "path": "/", "root_path": "", "headers": []}
+        wrapped = web_guard._rater_page_send(scope, receive, send, (frozenset({1}), frozenset({2})))
+
+        async def answer(wrapped=wrapped, headers=headers, body=body):
+            await wrapped({"type": "http.response.start", "status": 200, "headers": headers})
+            await wrapped({"type": "http.response.body", "body": body, "more_body": False})
+
+        with caplog.at_level("ERROR", logger="seiko.web"):
+            asyncio.run(answer())
+        assert sent[0]["status"] == 500, why
+        assert b"".join(m.get("body", b"") for m in sent[1:]).decode() == web_guard.RATER_PAGE_FAILED, why
+        assert "was not served" in caplog.text
+
+
+@pytest.fixture
+def served_app(ui_world):
+    demo, url = launch(ui_world)
+    yield ui_world, demo, url
+    demo.close()
+
+
+@MARKS[0]
+@MARKS[1]
+def test_a_raters_page_built_from_the_trimmed_config_works_and_an_admins_shows_the_tab(ui_world, e2e):
+    """In Chromium: alice's page (the trimmed config) loads her images, rates one with the keyboard and has no Admin
+    tab; root's page shows the tab and its contents; no page has a JavaScript error."""
+    from db import repo
+    from db.engine import read_session
+
+    demo, browser = e2e(ui_world.services(batch_size=4))
+    url = demo.local_url.replace("localhost", "127.0.0.1")
+    alice, root = browser.new_context().new_page(), browser.new_context().new_page()
+    errors = {"alice": watch_errors(alice), "root": watch_errors(root)}
+    sign_in(alice, url, "alice", wait_for="#rating-grid .rg-card")
+    assert alice.get_by_role("tab", name="Rate").count() == 1
+    assert alice.get_by_role("tab", name="Admin").count() == 0 and alice.locator("#tab-admin").count() == 0
+    first = int(alice.locator(".rg-card").first.get_attribute("data-image-id"))
+    alice.wait_for_function("document.activeElement && document.activeElement.classList.contains('rg-card')")
+    alice.keyboard.press("7")
+    alice.wait_for_function("window.__seiko && !window.__seiko.busy && window.__seiko.queue.length === 0"
+                            " && !document.querySelector('.rg-card[data-state=pending]')", timeout=30_000)
+    with read_session(ui_world.factory) as s:
+        rating = repo.find_rating(session=s, image_id=first, rater_id=ui_world.accounts["alice"])
+        assert rating is not None and rating.score == 7
+    sign_in(root, url, "root")
+    root.get_by_role("tab", name="Admin").click()
+    root.locator("#dashboard-access").wait_for(timeout=60_000)
+    assert root.get_by_role("button", name="Close round and train").count() == 1
+    assert errors == {"alice": [], "root": []}
