@@ -114,7 +114,9 @@ COMMON_INSIDE_MIN = 5  # a common password this long or longer is taken out wher
 COMMON_WORD_WORTH = 2
 # the common leet substitutions, read as the letters they stand for when passwords are compared with the list
 # (``_skeleton``); 1 stands for i or l (``LEET_ONE``)
-LEET = str.maketrans({"4": "a", "@": "a", "3": "e", "0": "o", "5": "s", "$": "s", "7": "t"})
+# (a | is read as a 1: "he||o" is "hello", as "he11o" is; it was dropped as a mark, and "|etme|n!" passed: found by a
+# read-only review of the fourteenth review's fixes)
+LEET = str.maketrans({"4": "a", "@": "a", "3": "e", "0": "o", "5": "s", "$": "s", "7": "t", "|": "1"})
 # 1 is kept in a skeleton and reads as i or as l, either way ("l3tm31n" is "letmein", "he11o" is "hello"); i and l do
 # not read as each other: when 1, i and l were all read as i, "helio" was "hello" and "heliotrope" counted 7 (found by
 # a brute force over the listed words' i/l/1 spellings, fourteenth review)
@@ -535,12 +537,18 @@ def set_password(factory: sessionmaker[Session], *, name: str, password: str, ac
     app_sessions.credentials_changed(name)
 
 
-def check_new_password(factory: sessionmaker[Session], *, name: str, password: Any) -> None:
-    """Refuse (one sentence) a password change that ``set_password`` would refuse, before anything is hashed: no account
-    ``name``, or a ``password`` that ``check_password_strength`` refuses for it. ``change_password`` runs the two
-    checks apart, as only the second's refusals are counted."""
+def check_account_to_set(factory: sessionmaker[Session], name: str) -> None:
+    """Refuse (one sentence) a password change of ``name`` that ``set_password`` would refuse for its account: no
+    account of that name, or the local-mode admin's (``_account``)."""
     with read_session(factory) as s:
         _account(s, name)
+
+
+def check_new_password(factory: sessionmaker[Session], *, name: str, password: Any) -> None:
+    """Refuse (one sentence) a password change that ``set_password`` would refuse, before anything is hashed: the
+    account (``check_account_to_set``), then a ``password`` that ``check_password_strength`` refuses for it.
+    ``change_password`` runs the two apart, as only the second's refusals are counted."""
+    check_account_to_set(factory, name)
     check_password_strength(password, name)
 
 
@@ -599,8 +607,8 @@ def change_password(factory: sessionmaker[Session], who: Who, *, name: str, pass
     ``app.ui_account.change_own_password``, ``own_form``, whose sentences name its box "Current password").
 
     ``who`` sets the password of the account ``name`` to ``password``: anyone but an admin may name only their own
-    account (AuthError, before anything is read). The account and the new password are checked first
-    (``check_new_password``), so a typing slip there costs no guess; then ``current`` must be ``who``'s own current
+    account (AuthError, before anything is read). The account (``check_account_to_set``) and the new password
+    (``check_password_strength``) are checked first, so a typing slip there costs no guess; then ``current`` must be ``who``'s own current
     password (``confirm_own_password``: checked and throttled as a sign-in from ``ip`` with ``throttle``, a refusal
     audited), except for the local-mode admin, who has none; then ``set_password``, which ends every session of the
     account, the one that asked included, and is audited. A refusal is one sentence and changes nothing.
@@ -620,8 +628,7 @@ def change_password(factory: sessionmaker[Session], who: Who, *, name: str, pass
                         f"{'s' if seconds != 1 else ''} (nothing was changed)")
     # the account first, outside the count: no account of that name (same review), or the local-mode admin's (its
     # ValueError was counted: fourteenth review), ran no rule, so it is no refused new password
-    with read_session(factory) as s:
-        _account(s, name)
+    check_account_to_set(factory, name)
     try:
         check_password_strength(password, name)
     except ValueError:

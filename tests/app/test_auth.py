@@ -1959,6 +1959,18 @@ def test_one_reads_as_i_or_l_but_i_and_l_are_not_one_letter():
             auth.check_password_strength(password)
 
 
+@pytest.mark.parametrize("password", ["|etme|n!", "he||o123", "footba||", "|ove|y99", "he||o w0r|d"])
+def test_a_bar_reads_as_a_one(password):
+    """A | stands for an i or an l as a 1 does ("he||o" is "he11o", a spelling of "hello"); it was dropped as a mark,
+    so these counted 8 and were accepted (found by a read-only review of the fourteenth review's fixes). The same
+    passwords with a 1 for each | are refused by the rule too (the premise: the rule knows the word)."""
+    with pytest.raises(ValueError) as as_ones:
+        auth.check_password_strength(password.replace("|", "1"))
+    with pytest.raises(ValueError) as as_bars:
+        auth.check_password_strength(password)
+    assert str(as_bars.value) == str(as_ones.value)
+
+
 def test_the_password_boxes_of_all_an_accounts_sessions_share_one_more_counter():
     """Each signed-in session's boxes had their own counter only, so N sessions of an account (leaked, say) got N
     browsers' guesses there. Now the sessions of one account share one more counter under the same rule, which bars
