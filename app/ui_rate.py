@@ -867,13 +867,8 @@ def _rate(session: Session, who: Who, image_id: int, score: int, *, kept: bool =
             repo.add_undo_step(session=session, rater_id=who.rater_id, image_id=image_id, action="repeat",
                                previous_score=previous, skipped_at=skipped_at if previous is None else None)
         return previous, True
-    if existing is None and not repo.holds_lease(session=session, image_id=image_id, rater_id=who.rater_id):
-        if not repo.count_images_for_rater(session=session, round_id=round_.id, rater_id=who.rater_id, kind="query",
-                                           image_id=image_id, include_skipped=True):
-            raise NotOffered(
-                f"image {image_id} is not offered to you: other raters have already given or reserved the ratings it "
-                "needs; nothing was saved"
-            )
+    if existing is None:
+        _check_offered(session, who, image_id, round_.id)
     previous = existing.score if existing is not None else None
     if kept:
         _compare_kept(image_id, expect, previous, score)
@@ -884,6 +879,20 @@ def _rate(session: Session, who: Who, image_id: int, score: int, *, kept: bool =
         repo.add_undo_step(session=session, rater_id=who.rater_id, image_id=image_id, action="rate", previous_score=previous,
                            skipped_at=skipped_at)
     return previous, False
+
+
+def _check_offered(session: Session, who: Who, image_id: int, round_id: int) -> None:
+    """The offered-to-you gate, under the image's lock in the action's transaction: ``NotOffered`` unless the rater
+    holds a lease on the image or the open round ``round_id`` offers it to them (their skipped images counted: a
+    rating takes a skip back). Every rating of an image the rater has not rated passes it, and a kept skip (one the
+    page's batch does not vouch for): a forged kept skip skipped an image other raters had reserved or rated fully
+    (fourteenth review, 6 Dec 2026)."""
+    if repo.holds_lease(session=session, image_id=image_id, rater_id=who.rater_id):
+        return
+    if not repo.count_images_for_rater(session=session, round_id=round_id, rater_id=who.rater_id, kind="query",
+                                       image_id=image_id, include_skipped=True):
+        raise NotOffered(f"image {image_id} is not offered to you: other raters have already given or reserved the "
+                         "ratings it needs; nothing was saved")
 
 
 def _compare_kept(image_id: int, expect: int | str | None, now: int | None, score: int) -> None:
@@ -985,7 +994,8 @@ ALREADY_SCORED = "you have already scored this image; score it again to change t
 def skip(factory, data_dir, who: Who, state_value: dict | None, payload: dict[str, Any] | None, *, batch_size: int,
          noted: Callable[[int], None] | None = None) -> View:
     """The page's skip. One the page kept while the server was away, sent again after its reload, carries the round
-    it was kept for (``round``), checked in place of the page's batch (thirteenth review, 6 Dec 2026). ``noted``: as
+    it was kept for (``round``), checked in place of the page's batch (thirteenth review, 6 Dec 2026), and is done
+    only where the image is offered to the rater (``_check_offered``, a rating's gate; fourteenth review). ``noted``: as
     ``rate``'s, called only where something was written."""
     state = RateState.from_value(state_value)
     message, skipped_now = None, False
@@ -1014,6 +1024,10 @@ def skip(factory, data_dir, who: Who, state_value: dict | None, payload: dict[st
                 # (repo.add_skip's: "rater R has already rated image I; ...") differed from a repeat's, a tell from
                 # a stale second tab or a hand-made event (found by review); a closed round is refused below, alike
                 raise Conflict(ALREADY_SCORED)
+            if kept_round is not None and not again and round_.status == "labeling":
+                # the batch vouches for the page's skip; a kept one passes the gate a rating passes (a closed round
+                # is refused by add_skip, as for the page's skip)
+                _check_offered(s, who, image_id, round_.id)
             if again:
                 db_quality.skip_repeat(session=s, image_id=image_id, rater_id=who.rater_id)  # app.repeats
                 repo.add_undo_step(session=s, rater_id=who.rater_id, image_id=image_id, action="repeat_skip")

@@ -874,6 +874,53 @@ def test_a_kept_skip_gets_past_none_of_the_checks_a_skip_of_the_batch_gets(ui_wo
     assert _marks_of(w) == (before[0], before[1] + 1, before[2] + 1)
 
 
+def test_a_kept_skip_is_done_only_where_the_image_is_offered_to_the_rater(ui_world):
+    """Found by review (6 Dec 2026, fourteenth review): a kept skip (with ``round``) was never asked whether its image
+    is offered to the rater, as a kept rating is (``NotOffered``), so a forged one skipped an image another rater had
+    reserved, or had rated as often as the round wants, and lowered what the round wants. It now passes the rating's
+    gate: refused with the rating's sentence, nothing written; a skip kept for an image offered to the rater before
+    the restart (its lease live, or run out with nobody else holding the image) is still saved."""
+    from sqlalchemy import select
+
+    from db.models import ImageLease
+
+    w = ui_world
+    alice, bob = who(w, "alice"), who(w, "bob")
+    kept_batch = page(w, "alice").state["batch"]  # the page before the restart: 4 of the 6 images (overlap 1)
+    bobs = page(w, "bob").state["batch"]  # the other 2, reserved by bob
+    assert len(kept_batch) == 4 and sorted(kept_batch + bobs) == sorted(w.image_ids)
+    e2id, _ = _other_experiment(w)
+    shown = ui_rate.load_batch(w.factory, w.settings.data_dir, alice, None, batch_size=4,
+                               experiment_id=e2id).state  # the reloaded page: another experiment's batch
+    reserved, rated = bobs
+    assert ui_rate.submit(w.factory, bob, rated, 4)["score"] == 4  # given as often as the round wants (overlap 1)
+    before = _marks_of(w)
+    for image in (reserved, rated):
+        said = ui_rate.skip(w.factory, w.settings.data_dir, alice, shown, {"image_id": image, "round": w.round_id},
+                            batch_size=4).message
+        assert said == (f"image {image} is not offered to you: other raters have already given or reserved the "
+                        "ratings it needs; nothing was saved"), said
+        assert said == ui_rate.rate(w.factory, w.settings.data_dir, alice, shown,  # the kept rating's sentence
+                                    {"image_id": image, "score": 5, "prior": "none", "round": w.round_id},
+                                    batch_size=4).message
+    assert _marks_of(w) == before
+    # skips kept for images offered to alice before the restart: saved, with their undo steps
+    live, lapsed = kept_batch[:2]
+    with write_session(w.factory) as s:  # alice's lease on one has run out; nobody else holds it
+        lease = s.scalars(select(ImageLease).where(ImageLease.rater_id == alice.rater_id,
+                                                   ImageLease.image_id == lapsed)).one()
+        lease.expires_at = utcnow() - timedelta(seconds=1)
+    with read_session(w.factory) as s:
+        assert [repo.holds_lease(session=s, image_id=i, rater_id=alice.rater_id) for i in (live, lapsed)] == [True, False]
+    for image in (live, lapsed):
+        assert ui_rate.skip(w.factory, w.settings.data_dir, alice, shown, {"image_id": image, "round": w.round_id},
+                            batch_size=4).message is None
+    with read_session(w.factory) as s:
+        assert [repo.find_skip(session=s, image_id=i, rater_id=alice.rater_id) is not None
+                for i in (live, lapsed, reserved, rated)] == [True, True, False, False]
+    assert _marks_of(w) == (before[0], before[1] + 2, before[2] + 2)
+
+
 @pytest.mark.parametrize("value", [1, 10, 5.0, " 7 ", "10", 0, 11, -1, 2.5, "five", "", None, True, False, [3],
                                    2 ** 40, "9" * 30, "0", "none", "None", "²", "unknown", "Unknown"])
 def test_a_kept_actions_prior_and_round_are_read_as_a_score_and_an_id_are(value):
