@@ -6,10 +6,12 @@ import argparse
 import sys
 
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DatabaseError, OperationalError
 
 from app.settings import Settings, shown_url
 from app.settings import add_arguments as add_settings_arguments
 from db import migrate
+from db.engine import unusable_refusal
 from db.presence import HEARTBEAT_S, STALE_AFTER_S
 
 DOWNGRADE_HELP = (
@@ -76,11 +78,20 @@ def main(args: argparse.Namespace) -> int:
 def _read_back(url: str, done: str) -> str | None:
     """The revision a migration that was ``done`` left (``base (no schema)`` for none), read back to be shown; None,
     with a warning on stderr, where that read was refused (``migrate.RevisionUnread``: a lock held past its bound, a
-    statement cut). The migration stands, so the command still succeeds: the refusal said "the change ... was not
-    saved" (fourteenth review), and a `db downgrade -1` run again on it would go down a second step."""
+    statement cut) or the database out of reach or not one (``db.engine.unusable_refusal``). The migration stands,
+    so the command still succeeds: the refusal said "the change ... was not saved", or "could not be used" with
+    status 1 (fourteenth review), and a `db downgrade -1` run again on it would go down a second step."""
     try:
         return migrate.current_revision(url) or "base (no schema)"
     except migrate.RevisionUnread as exc:
-        print(f"warning: {done} was done, but the schema revision could not be read back afterwards: {exc.reason}; "
-              "`python -m app db current` shows it", file=sys.stderr)
-        return None
+        reason = exc.reason
+    except DatabaseError as exc:
+        # the database out of reach for the read back (PostgreSQL's 53300 too many clients, a fail-over): it went on
+        # bare, so the committed migration ended with "could not be used" and status 1 (fourteenth review). A broken
+        # query (a ProgrammingError, an IntegrityError) keeps its traceback, as db.migrate._before_migration's does
+        if not isinstance(exc, OperationalError) and type(exc) is not DatabaseError:
+            raise
+        reason = unusable_refusal(exc)
+    print(f"warning: {done} was done, but the schema revision could not be read back afterwards: {reason}; "
+          "`python -m app db current` shows it", file=sys.stderr)
+    return None

@@ -743,3 +743,37 @@ def test_a_database_that_refuses_the_connection_is_one_sentence_before_the_migra
     for step in (lambda: migrate.upgrade(url), lambda: migrate.check_downgrade(url, "-1")):
         with pytest.raises(InvalidInput, match=r"^the database could not be used \(.*; nothing was changed$"):
             step()
+
+
+def test_a_migration_whose_read_back_finds_the_database_out_of_reach_says_it_was_done(tmp_path, monkeypatch, capsys):
+    """After a committed `db upgrade` or `db downgrade` the revision is read back to be shown: a database out of reach
+    there (PostgreSQL's 53300 too many clients, a fail-over) went on bare, so the command said "could not be used" with
+    status 1 though the migration had committed, and a `db downgrade -1` run again went down a second step. Found by
+    the fourteenth review. It warns that the migration was done and only the read back failed, with status 0."""
+    from sqlalchemy.exc import OperationalError
+
+    url = f"sqlite:///{tmp_path / 'data' / 'seiko.db'}"
+    too_many = OperationalError("SELECT version_num FROM alembic_version", {},
+                                Exception("connection failed: FATAL:  sorry, too many clients already"))
+
+    def then_out_of_reach(step):
+        def run(*args, **kwargs) -> None:
+            step(*args, **kwargs)
+
+            def out_of_reach(url: str) -> str | None:
+                raise too_many
+            monkeypatch.setattr(migrate, "current_revision", out_of_reach)
+        return run
+
+    real_read = migrate.current_revision
+    for name, argv, done, expected in (
+            ("upgrade", ["db", "upgrade", "0016"], "the upgrade to '0016'", "0016"),
+            ("downgrade", ["db", "downgrade", "0015", "--yes"], "the downgrade to '0015'", "0015")):
+        monkeypatch.setattr(migrate, "current_revision", real_read)
+        monkeypatch.setattr(migrate, name, then_out_of_reach(getattr(migrate, name)))
+        assert main([*argv, "--db-url", url, "--data-dir", str(tmp_path / "data")]) == 0, argv
+        err = capsys.readouterr().err
+        assert err.endswith(f"warning: {done} was done, but the schema revision could not be read back afterwards: "
+                            "the database could not be used (connection failed: FATAL:  sorry, too many clients "
+                            "already); `python -m app db current` shows it\n"), err
+        assert real_read(url) == expected  # the migration stands at its target
