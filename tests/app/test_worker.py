@@ -1845,3 +1845,70 @@ def test_a_model_load_that_ran_out_of_memory_is_retried(worker_world, cause):
     error = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB") if cause == "torch" else MemoryError()
     job = _job_after_a_failed_model_load(worker_world, error, "out of memory")
     assert (job.status, job.attempts) == ("queued", 1) and "out of memory" in job.error
+
+
+class _PgError(Exception):
+    """A driver error carrying PostgreSQL's SQLSTATE, as psycopg's do (``sqlstate``)."""
+
+    def __init__(self, message: str, sqlstate: str | None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+def test_claims_cancelled_in_a_row_are_counted_reset_and_the_tenth_stops_the_worker(tmp_path, monkeypatch, caplog):
+    """The in-a-row count of claims PostgreSQL cancelled (57014), without a PostgreSQL (the PG test needs one, and CI
+    has none): run_once raises the SQLAlchemy errors a claim would. Only cancels in a row count: a lock not granted
+    (55P03), an outage (08006) or a claim that went through in between starts the count again, and the tenth cancel
+    in a row (not the tenth in all) raises ClaimsCancelled from it; each one before is waited out (the wait stubbed:
+    nothing sleeps) with a warning counting it."""
+    from sqlalchemy.exc import OperationalError
+
+    from app.worker import ClaimsCancelled, Worker, WorkerRefused
+
+    def failure(state: str, message: str) -> OperationalError:
+        return OperationalError("UPDATE jobs SET ...", {}, _PgError(message, state))
+
+    cancel = lambda: failure("57014", "canceling statement due to user request")  # noqa: E731
+    lock = lambda: failure("55P03", "canceling statement due to lock timeout")  # noqa: E731
+    outage = lambda: failure("08006", "server closed the connection unexpectedly")  # noqa: E731
+    # 4 cancels, a lock, 9 cancels, an outage, 9 cancels, a claim with no job, then the 10 in a row that stop it
+    script = [cancel] * 4 + [lock] + [cancel] * 9 + [outage] + [cancel] * 9 + [None] + [cancel] * 10 + [cancel]
+    settings = Settings.from_env({"data_dir": str(tmp_path / "data"), "db_url": f"sqlite:///{tmp_path / 'w.db'}"},
+                                 environ={})
+    worker = Worker(settings, "w", lease_s=5)
+    steps = iter(script)
+
+    def run_once() -> bool:
+        make = next(steps)
+        if make is None:
+            return False
+        raise make()
+
+    waits: list[float] = []
+    monkeypatch.setattr(worker, "run_once", run_once)
+    monkeypatch.setattr(worker._stopping, "wait", lambda timeout=None: waits.append(timeout) or False)
+    caplog.set_level("WARNING", logger="seiko.worker")
+    results = []
+    try:
+        with pytest.raises(ClaimsCancelled) as stopped:
+            while True:
+                results.append(worker.run_once_outlasting_outages())
+    finally:
+        worker.close()
+    # where the raise came: the 10th cancel in a row of the script, counted here from the script itself
+    in_a_row, stop_at = 0, None
+    for index, make in enumerate(script):
+        in_a_row = in_a_row + 1 if make is cancel else 0
+        if in_a_row == 10:
+            stop_at = index
+            break
+    assert stop_at == len(script) - 2 and len(results) == stop_at  # the 33 before it returned; the last never ran
+    assert results == [False if make is None else None for make in script[:stop_at]]
+    assert isinstance(stopped.value, WorkerRefused) and stopped.value.__cause__.orig.sqlstate == "57014"
+    assert str(stopped.value).startswith("worker 'w' stopped: the database cancelled its claim of a job 10 times in a "
+                                         "row over ")
+    counted = [int(r.getMessage().rsplit("(", 1)[1].split(" of ")[0]) for r in caplog.records
+               if "cancelled its claim" in r.getMessage()]
+    assert counted == [1, 2, 3, 4, *range(1, 10), *range(1, 10), *range(1, 10)]
+    # each failure before it waited (stubbed: none slept); the claim that found no job left the wait to run_forever
+    assert len(waits) == sum(make is not None for make in script[:stop_at]) and all(wait > 0 for wait in waits)
