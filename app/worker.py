@@ -121,7 +121,7 @@ class WorkerRefused(RuntimeError):
 class ClaimsCancelled(WorkerRefused):
     """``Worker.run_once_outlasting_outages``: the database cancelled CLAIM_CANCELS_MAX claims of a job in a row
     (57014: the operator's statement_timeout, or an operator's cancel); the message names the bound and what to
-    change. The worker stops (``app.cli_worker``: status 1): under that bound it would never take a job."""
+    change (where one is known). The worker stops (``app.cli_worker``: status 1)."""
 
 
 class JobYield(Exception):
@@ -675,13 +675,20 @@ class Worker:
     def _claims_cancelled(self, exc: BaseException) -> str:
         """The sentence of ``ClaimsCancelled`` for the last cancelled claim ``exc``: how many in a row, over how long,
         the bound that ran out, and the setting to change."""
+        stopped = (f"worker {self.worker_id!r} stopped: the database cancelled its claim of a job {self._claim_cancels} "
+                   f"times in a row over {time.monotonic() - self._claim_cancels_since:.0f} s ({_cancel_reason(exc)})")
+        if statement_timeout_ran_out_s(exc) is None:
+            # no bound known (an operator's pg_cancel_backend, or a server that words it in another language): it
+            # advised a longer statement_timeout and said "it would never take a job" there too (fourteenth review)
+            return f"{stopped}; nothing was claimed; find what cancels its claims, then start it again"
         lock = (", or a lock_timeout below it, so that a wait for a lock ends as a lock not granted, which the worker "
                 "waits out") if lock_outlasts_statement(exc) else ""
-        return (f"worker {self.worker_id!r} stopped: the database cancelled its claim of a job {self._claim_cancels} "
-                f"times in a row over {time.monotonic() - self._claim_cancels_since:.0f} s ({_cancel_reason(exc)}), so "
-                "it would never take a job; nothing was claimed; give the worker a longer statement_timeout (its "
-                "SEIKO_DB_URL's ?options=-c%20statement_timeout%3D0 for none, or the role's, the database's or the "
-                f"server's setting){lock}, then start it again")
+        # the URL is SEIKO_DB_URL's or --db-url's, and may have a query already: it said "its SEIKO_DB_URL's
+        # ?options=..." (fourteenth review)
+        return (f"{stopped}, so it would never take a job; nothing was claimed; give the worker a longer "
+                f"statement_timeout{lock}, then start it again: in the worker's database URL (SEIKO_DB_URL or "
+                "--db-url), add `-c statement_timeout=0` to its options (or raise the role's, database's or server's "
+                "setting)")
 
     def stop(self) -> None:
         """Ask :meth:`run_forever` to return after the current job."""

@@ -335,9 +335,10 @@ def test_a_worker_whose_claims_are_cancelled_ten_times_in_a_row_stops_in_one_sen
     pattern = (r"worker 'worker-1' stopped: the database cancelled its claim of a job 10 times in a row over \d+ s "
                r"\(the database's statement_timeout of 0\.1 s ran out: it ran, or waited for a lock another transaction "
                r"held, that long\), so it would never take a job; nothing was claimed; give the worker a longer "
-               r"statement_timeout \(its SEIKO_DB_URL's \?options=-c%20statement_timeout%3D0 for none, or the role's, "
-               r"the database's or the server's setting\), or a lock_timeout below it, so that a wait for a lock ends "
-               r"as a lock not granted, which the worker waits out, then start it again")
+               r"statement_timeout, or a lock_timeout below it, so that a wait for a lock ends as a lock not granted, "
+               r"which the worker waits out, then start it again: in the worker's database URL \(SEIKO_DB_URL or "
+               r"--db-url\), add `-c statement_timeout=0` to its options \(or raise the role's, database's or "
+               r"server's setting\)")
     assert re.fullmatch(pattern, str(stopped)), str(stopped)
     said = [r for r in caplog.records if r.name == "seiko.worker" and "cancelled its claim" in r.getMessage()]
     assert [r.getMessage().rsplit("(", 1)[1] for r in said] == [
@@ -412,7 +413,8 @@ def test_the_worker_command_ends_with_status_1_and_the_sentence_when_its_claims_
     err = capsys.readouterr().err
     assert status == 1
     assert err.startswith("worker 'w1' stopped: the database cancelled its claim of a job 10 times in a row over ")
-    assert err.endswith(", then start it again\n") and err.count("\n") == 1, err
+    assert err.endswith(", add `-c statement_timeout=0` to its options (or raise the role's, database's or server's "
+                        "setting)\n") and err.count("\n") == 1, err
     _queued_untouched(world)
 
 

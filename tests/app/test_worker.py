@@ -1912,3 +1912,53 @@ def test_claims_cancelled_in_a_row_are_counted_reset_and_the_tenth_stops_the_wor
     assert counted == [1, 2, 3, 4, *range(1, 10), *range(1, 10), *range(1, 10)]
     # each failure before it waited (stubbed: none slept); the claim that found no job left the wait to run_forever
     assert len(waits) == sum(make is not None for make in script[:stop_at]) and all(wait > 0 for wait in waits)
+
+
+@pytest.mark.parametrize("cut", ["statement_timeout", "cancel"])
+def test_the_claims_cancelled_sentence_names_the_database_url_and_no_bound_it_does_not_know(tmp_path, monkeypatch,
+                                                                                             cut):
+    """ClaimsCancelled's sentence said "its SEIKO_DB_URL's ?options=...", wrong for a URL given with --db-url or one
+    that already has a query, and said "give the worker a longer statement_timeout" and "so it would never take a
+    job" where no bound was known (an operator's pg_cancel_backend). Found by the fourteenth review. It names the
+    worker's database URL (either setting) and the option to add, and where no bound is known, no statement_timeout
+    advice."""
+    from sqlalchemy.exc import OperationalError
+
+    from app.worker import CLAIM_CANCELS_MAX, ClaimsCancelled, Worker
+
+    timed_out = cut == "statement_timeout"
+    orig = _PgError("canceling statement due to statement timeout" if timed_out
+                    else "canceling statement due to user request", "57014")
+    if timed_out:  # the bounds db.engine notes on the error of its connection: no lock_timeout, 0.25 s per statement
+        orig.seiko_bounds = {"lock_timeout": 0, "statement_timeout": 250}
+    settings = Settings.from_env({"data_dir": str(tmp_path / "data"), "db_url": f"sqlite:///{tmp_path / 'w.db'}"},
+                                 environ={})
+    worker = Worker(settings, "w", lease_s=5)
+
+    def run_once() -> bool:
+        raise OperationalError("UPDATE jobs SET ...", {}, orig)
+
+    monkeypatch.setattr(worker, "run_once", run_once)
+    monkeypatch.setattr(worker._stopping, "wait", lambda timeout=None: False)
+    try:
+        for _ in range(CLAIM_CANCELS_MAX - 1):
+            assert worker.run_once_outlasting_outages() is None
+        with pytest.raises(ClaimsCancelled) as stopped:
+            worker.run_once_outlasting_outages()
+    finally:
+        worker.close()
+    said = str(stopped.value)
+    head = "worker 'w' stopped: the database cancelled its claim of a job 10 times in a row over "
+    assert said.startswith(head), said
+    seconds, rest = said.removeprefix(head).split(" s (", 1)
+    assert seconds.isdigit(), said
+    if timed_out:
+        assert rest == ("the database's statement_timeout of 0.25 s ran out: it ran, or waited for a lock another "
+                        "transaction held, that long), so it would never take a job; nothing was claimed; give the "
+                        "worker a longer statement_timeout, or a lock_timeout below it, so that a wait for a lock ends "
+                        "as a lock not granted, which the worker waits out, then start it again: in the worker's "
+                        "database URL (SEIKO_DB_URL or --db-url), add `-c statement_timeout=0` to its options (or raise "
+                        "the role's, database's or server's setting)"), said
+    else:
+        assert rest == ("an operator's cancel, or the database's statement_timeout); nothing was claimed; find what "
+                        "cancels its claims, then start it again"), said
