@@ -117,6 +117,12 @@ def _run(step, url: str, rev: str, in_transaction=None) -> None:
         raise InvalidInput(sentence) from exc
 
 
+# Who holds off a read (one that waits for no write lock: a revision read, a migration command's checks): only an
+# exclusive lock does, another migration's, an admin's LOCK TABLE, SQLite's exclusive locking mode (RevisionUnread's
+# clause and the reads before a migration, ``_migration_refusal``'s ``read``)
+READ_HOLDERS = "a migration, or another open transaction"
+
+
 def _migration_refusal(exc: BaseException, *, read: bool = False) -> str | None:
     """The one sentence for a migration the database ended (``_run``), naming the bound in force, or None for any
     other error. The whole migration is one transaction on both backends (migrations/env.py): nothing was changed.
@@ -134,9 +140,12 @@ def _migration_refusal(exc: BaseException, *, read: bool = False) -> str | None:
     if lock_not_granted(exc):
         waited = lock_waited_s(exc)
         if read:
+            # held off only by an exclusive lock (another migration, an admin's LOCK TABLE, SQLite's exclusive locking
+            # mode), not by a server or a worker: it said so, and "stop them" (fourteenth review)
+            by = f"({READ_HOLDERS}); run it again once that is done; nothing was changed"
             if waited is None:
-                return f"the database is in use: a read before the migration needed a lock that was held and is not waited for {held}"
-            return f"the database is in use: a read before the migration was held off by a lock for more than {waited:g} s {held}"
+                return f"the database is in use: a read before the migration needed a lock that was held and is not waited for {by}"
+            return f"the database is in use: a read before the migration was held off by a lock for more than {waited:g} s {by}"
         if waited is None:
             return f"the database is in use: a lock the migration needed was held and is not waited for {held}"
         if sqlite_code(exc) is not None:  # SQLite's busy: its busy_timeout ran out (the migration begins IMMEDIATE)
@@ -150,6 +159,16 @@ def _migration_refusal(exc: BaseException, *, read: bool = False) -> str | None:
         # review)
         return (f"the database ended the migration to resolve {_ROLLED_BACK[state]} (a server or a worker using the "
                 "same tables): its transaction was rolled back, so nothing was changed; run it again")
+    if statement_cancelled(exc) and read:
+        # it said "the database cancelled a statement of the migration" for a read before it (fourteenth review)
+        if (bound := statement_timeout_ran_out_s(exc)) is not None:
+            ran = "ran, or waited for a lock, that long" if lock_outlasts_statement(exc) else "ran that long"
+            return (f"a read before the migration was cancelled at the database's statement_timeout of {bound:g} s (set "
+                    f"for this role, database or URL, or in the server's configuration; the read {ran}), so nothing "
+                    "was changed; run it again with a longer bound for the migration (the URL's "
+                    "?options=-c%20statement_timeout%3D0)")
+        return ("a read before the migration was cancelled (an operator's cancel, or the database's statement_timeout), "
+                "so nothing was changed; run it again")
     if statement_cancelled(exc):
         if (bound := statement_timeout_ran_out_s(exc)) is not None:
             # which it was follows the lock bound in force, as db.engine.statement_refusal's: where it is below the
@@ -432,7 +451,7 @@ def _read_refusal(exc: BaseException) -> str | None:
     if lock_not_granted(exc):
         waited = lock_waited_s(exc)
         within = ", which is not waited for here" if waited is None else f" for more than {waited:g} s"
-        return f"another transaction held a lock the read needed{within} (a migration, or another open transaction)"
+        return f"another transaction held a lock the read needed{within} ({READ_HOLDERS})"
     if statement_cancelled(exc):
         if (bound := statement_timeout_ran_out_s(exc)) is not None:
             ran = "ran, or waited for a lock, that long" if lock_outlasts_statement(exc) else "ran that long"

@@ -672,12 +672,15 @@ def test_a_postgresql_bound_that_runs_out_before_the_migration_is_the_migrations
         "the database cancelled the read at its statement_timeout of 0.3 s (set for this role, database or URL, or in "
         "the server's configuration; the read ran, or waited for a lock, that long)") +
         "; nothing was changed; try again in a moment")
+    # a read is held off only by an exclusive lock (another migration's, an admin's LOCK TABLE): it said "(a server, a
+    # worker or an open transaction holds it); stop them", and "a statement of the migration" (fourteenth review)
     checked = ("the database is in use: a read before the migration was held off by a lock for more than 0.3 s (a "
-               "server, a worker or an open transaction holds it); stop them and run it again; nothing was changed"
+               "migration, or another open transaction); run it again once that is done; nothing was changed"
                if bound == "lock_timeout" else
-               "the database cancelled a statement of the migration at its statement_timeout of 0.3 s (set for this "
-               "role, database or URL, or in the server's configuration; the statement ran, or waited for a table's "
-               "lock, that long), so nothing was changed; ")
+               "a read before the migration was cancelled at the database's statement_timeout of 0.3 s (set for this "
+               "role, database or URL, or in the server's configuration; the read ran, or waited for a lock, that "
+               "long), so nothing was changed; run it again with a longer bound for the migration (the URL's "
+               "?options=-c%20statement_timeout%3D0)")
     for table, said, commands in (
             ("alembic_version", unread, (["db", "upgrade"], ["db", "downgrade", "-1", "--yes"], ["demo"])),
             ("raters", checked, (["db", "downgrade", "base", "--yes"],))):

@@ -677,9 +677,52 @@ def test_a_read_before_a_migration_held_off_by_a_lock_is_said_as_a_read(db_url, 
         monkeypatch.setattr(migrate, "current_revision", then_held_off)
         with pytest.raises(InvalidInput) as refused:
             migrate.check_downgrade(db_url, "0001")
+    # held off only by an exclusive lock (another migration, an admin's LOCK TABLE, SQLite's exclusive locking mode):
+    # it said "(a server, a worker or an open transaction holds it); stop them" (fourteenth review)
     assert str(refused.value) == (f"the database is in use: a read before the migration was held off by a lock for "
-                                  f"more than {BOUND_MS / 1000:g} s (a server, a worker or an open transaction holds "
-                                  "it); stop them and run it again; nothing was changed")
+                                  f"more than {BOUND_MS / 1000:g} s (a migration, or another open transaction); run it "
+                                  "again once that is done; nothing was changed")
+
+
+def test_a_read_before_a_migration_refused_or_cancelled_is_said_as_a_read():
+    """The sentences of a read before the migration (``_migration_refusal(read=True)``) for a lock refused at once
+    and for a read PostgreSQL cancelled, on errors made here as psycopg raises them (no PostgreSQL needed): the cancel
+    said "the database cancelled a statement of the migration", and the lock "(a server, a worker or an open
+    transaction holds it); stop them", neither true of a read. Found by the fourteenth review."""
+    from types import SimpleNamespace
+
+    from sqlalchemy.exc import OperationalError
+
+    class PgError(Exception):
+        def __init__(self, message: str, sqlstate: str) -> None:
+            super().__init__(message)
+            self.sqlstate = sqlstate
+
+    def error(message: str, state: str, bounds: dict[str, int] | None = None) -> OperationalError:
+        orig = PgError(message, state)
+        if bounds is not None:  # what db.engine notes on the error of its connection (lock_timeout, statement_timeout)
+            orig.seiko_bounds = bounds
+        return OperationalError("SELECT ...", {}, orig)
+
+    nowait = error("could not obtain lock on relation \"raters\"", "55P03", {"lock_timeout": 0, "statement_timeout": 0})
+    nowait.orig.diag = SimpleNamespace(source_function="LockRelationOid")  # refused where asked for: NOWAIT
+    assert migrate._migration_refusal(nowait, read=True) == (
+        "the database is in use: a read before the migration needed a lock that was held and is not waited for (a "
+        "migration, or another open transaction); run it again once that is done; nothing was changed")
+    timed_out = error("canceling statement due to statement timeout", "57014",
+                      {"lock_timeout": 200, "statement_timeout": 300})
+    assert migrate._migration_refusal(timed_out, read=True) == (
+        "a read before the migration was cancelled at the database's statement_timeout of 0.3 s (set for this role, "
+        "database or URL, or in the server's configuration; the read ran that long), so nothing was changed; run it "
+        "again with a longer bound for the migration (the URL's ?options=-c%20statement_timeout%3D0)")
+    operator = error("canceling statement due to user request", "57014")
+    assert migrate._migration_refusal(operator, read=True) == (
+        "a read before the migration was cancelled (an operator's cancel, or the database's statement_timeout), so "
+        "nothing was changed; run it again")
+    # a statement of the migration itself is still said as one
+    assert migrate._migration_refusal(operator) == (
+        "the database cancelled a statement of the migration (an operator's cancel, or its statement_timeout), so "
+        "nothing was changed; run it again")
 
 
 def test_a_migration_whose_revision_read_back_is_held_off_says_it_was_done(empty_db_url, short_bound, monkeypatch,
