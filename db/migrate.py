@@ -159,14 +159,16 @@ def _migration_refusal(exc: BaseException, *, read: bool = False) -> str | None:
         # review)
         return (f"the database ended the migration to resolve {_ROLLED_BACK[state]} (a server or a worker using the "
                 "same tables): its transaction was rolled back, so nothing was changed; run it again")
+    # the bound's setting is named as an option to add, not as "?options=..." (wrong for a URL with a query already:
+    # a second "?"), as the worker's ClaimsCancelled names it (a read-only review of the fourteenth review's fixes)
     if statement_cancelled(exc) and read:
         # it said "the database cancelled a statement of the migration" for a read before it (fourteenth review)
         if (bound := statement_timeout_ran_out_s(exc)) is not None:
             ran = "ran, or waited for a lock, that long" if lock_outlasts_statement(exc) else "ran that long"
             return (f"a read before the migration was cancelled at the database's statement_timeout of {bound:g} s (set "
                     f"for this role, database or URL, or in the server's configuration; the read {ran}), so nothing "
-                    "was changed; run it again with a longer bound for the migration (the URL's "
-                    "?options=-c%20statement_timeout%3D0)")
+                    "was changed; run it again with a longer bound for the migration (in the database URL, SEIKO_DB_URL "
+                    "or --db-url, add `-c statement_timeout=0` to its options)")
         return ("a read before the migration was cancelled (an operator's cancel, or the database's statement_timeout), "
                 "so nothing was changed; run it again")
     if statement_cancelled(exc):
@@ -179,8 +181,8 @@ def _migration_refusal(exc: BaseException, *, read: bool = False) -> str | None:
             stopped = " or once the server and the workers are stopped" if waited else ""
             return (f"the database cancelled a statement of the migration at its statement_timeout of {bound:g} s (set "
                     f"for this role, database or URL, or in the server's configuration; {ran}), so nothing was "
-                    "changed; run it again with a longer bound for the migration (the URL's "
-                    f"?options=-c%20statement_timeout%3D0){stopped}")
+                    "changed; run it again with a longer bound for the migration (in the database URL, SEIKO_DB_URL or "
+                    f"--db-url, add `-c statement_timeout=0` to its options){stopped}")
         return ("the database cancelled a statement of the migration (an operator's cancel, or its statement_timeout), "
                 "so nothing was changed; run it again")
     return None

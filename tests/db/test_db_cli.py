@@ -679,8 +679,8 @@ def test_a_postgresql_bound_that_runs_out_before_the_migration_is_the_migrations
                if bound == "lock_timeout" else
                "a read before the migration was cancelled at the database's statement_timeout of 0.3 s (set for this "
                "role, database or URL, or in the server's configuration; the read ran, or waited for a lock, that "
-               "long), so nothing was changed; run it again with a longer bound for the migration (the URL's "
-               "?options=-c%20statement_timeout%3D0)")
+               "long), so nothing was changed; run it again with a longer bound for the migration (in the database URL, SEIKO_DB_URL or --db-url, add "
+               "`-c statement_timeout=0` to its options)")
     for table, said, commands in (
             ("alembic_version", unread, (["db", "upgrade"], ["db", "downgrade", "-1", "--yes"], ["demo"])),
             ("raters", checked, (["db", "downgrade", "base", "--yes"],))):

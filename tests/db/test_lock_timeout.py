@@ -592,7 +592,7 @@ def test_a_migration_statement_cut_where_the_lock_bound_is_shorter_is_said_as_on
     assert migrate._migration_refusal(exc) == (
         "the database cancelled a statement of the migration at its statement_timeout of 0.3 s (set for this role, "
         "database or URL, or in the server's configuration; the statement ran that long), so nothing was changed; run "
-        "it again with a longer bound for the migration (the URL's ?options=-c%20statement_timeout%3D0)")
+        "it again with a longer bound for the migration (in the database URL, SEIKO_DB_URL or --db-url, add `-c statement_timeout=0` to its options)")
     assert _cancel_reason(exc) == "the database's statement_timeout of 0.3 s ran out: it ran that long"
     cut = make_engine(f"{empty_db_url}?options=-c%20lock_timeout%3D0%20-c%20statement_timeout%3D300")
     plain = make_engine(empty_db_url)
@@ -604,8 +604,8 @@ def test_a_migration_statement_cut_where_the_lock_bound_is_shorter_is_said_as_on
     assert migrate._migration_refusal(cancelled) == (
         "the database cancelled a statement of the migration at its statement_timeout of 0.3 s (set for this role, "
         "database or URL, or in the server's configuration; the statement ran, or waited for a table's lock, that "
-        "long), so nothing was changed; run it again with a longer bound for the migration (the URL's "
-        "?options=-c%20statement_timeout%3D0) or once the server and the workers are stopped")
+        "long), so nothing was changed; run it again with a longer bound for the migration (in the database URL, SEIKO_DB_URL or --db-url, add "
+        "`-c statement_timeout=0` to its options) or once the server and the workers are stopped")
     assert db_engine.statement_timeout_ran_out_s(ValueError("canceling statement due to statement timeout")) is None
 
 
@@ -714,7 +714,7 @@ def test_a_read_before_a_migration_refused_or_cancelled_is_said_as_a_read():
     assert migrate._migration_refusal(timed_out, read=True) == (
         "a read before the migration was cancelled at the database's statement_timeout of 0.3 s (set for this role, "
         "database or URL, or in the server's configuration; the read ran that long), so nothing was changed; run it "
-        "again with a longer bound for the migration (the URL's ?options=-c%20statement_timeout%3D0)")
+        "again with a longer bound for the migration (in the database URL, SEIKO_DB_URL or --db-url, add `-c statement_timeout=0` to its options)")
     operator = error("canceling statement due to user request", "57014")
     assert migrate._migration_refusal(operator, read=True) == (
         "a read before the migration was cancelled (an operator's cancel, or the database's statement_timeout), so "
