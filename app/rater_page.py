@@ -44,8 +44,22 @@ def admin_only_layout(block: Any) -> Any:
     return block
 
 
+# what reading a config of another shape than Gradio's raises here (a key missing, a list where a dict was): said as
+# PageConfigError, the guard's one sentence, not a traceback (found by a read-only review of the fourteenth review's
+# fixes)
+_SHAPE_ERRORS = (KeyError, TypeError, AttributeError)
+
+
 def admin_parts(blocks: Any) -> tuple[frozenset[int], frozenset[int]]:
-    """(component ids, event ids) that a rater's config leaves out, for ``blocks`` (the app's gr.Blocks)."""
+    """(component ids, event ids) that a rater's config leaves out, for ``blocks`` (the app's gr.Blocks);
+    PageConfigError where its config is not shaped as Gradio's."""
+    try:
+        return _admin_parts(blocks)
+    except _SHAPE_ERRORS as exc:
+        raise PageConfigError(f"Gradio's config was not shaped as this app reads it ({exc!r})") from exc
+
+
+def _admin_parts(blocks: Any) -> tuple[frozenset[int], frozenset[int]]:
     config = blocks.config or {}
     roots = {i for i, block in blocks.blocks.items() if getattr(block, ADMIN_LAYOUT_MARK, False) is True}
     components: set[int] = set()
@@ -86,6 +100,13 @@ def rater_config(config: dict[str, Any], components: frozenset[int], events: fro
     if not isinstance(config, dict) or not isinstance(config.get("components"), list) \
             or not isinstance(config.get("dependencies"), list) or not isinstance(config.get("layout"), dict):
         raise PageConfigError("Gradio's answer held no page config of the shape this app trims")
+    try:
+        return _trimmed(config, components, events)
+    except _SHAPE_ERRORS as exc:
+        raise PageConfigError(f"Gradio's answer held a page config of another shape ({exc!r})") from exc
+
+
+def _trimmed(config: dict[str, Any], components: frozenset[int], events: frozenset[int]) -> dict[str, Any]:
     out = {**config, "components": [c for c in config["components"] if c.get("id") not in components],
            "dependencies": _events_without(config["dependencies"], events),
            "layout": _layout_without(config["layout"], components)}

@@ -399,10 +399,12 @@ RATER_PAGE_FAILED = ("The page could not be prepared for your account (the serve
 CONFIG_PATHS = frozenset({"/", "/config", "/config/"})
 
 
-def _rater_page_send(scope: Scope, receive: Receive, send: Send, parts: tuple[frozenset[int], frozenset[int]]) -> Send:
+def _rater_page_send(scope: Scope, receive: Receive, send: Send,
+                     parts: Callable[[], tuple[frozenset[int], frozenset[int]]]) -> Send:
     """``send`` with a 200 answer of the request ``scope`` (a path of ``CONFIG_PATHS``: the page's HTML, or /config's
     JSON) trimmed to a
-    rater's (``rater_page``: without ``parts``, the Admin tab's components and events). Held whole (one small body;
+    rater's (``rater_page``: without ``parts()``, the Admin tab's components and events, found inside the refusal
+    below: an odd config there is the same 500). Held whole (one small body;
     its Content-Length follows). An answer that cannot be trimmed (compressed, or not shaped as Gradio's) is not
     passed on: a 500 with one sentence, and the reason in the log. Any other answer passes as it is."""
     held: dict[str, Any] = {}
@@ -424,7 +426,7 @@ def _rater_page_send(scope: Scope, receive: Receive, send: Send, parts: tuple[fr
                 # in Starlette's thread pool, as Gradio renders the page: the JSON of a 180 KB config (25 ms on a
                 # busy core, measured), which a rater reloading in a loop would otherwise take from the event loop
                 trim = rater_page.rater_page if path == "/" else rater_page.rater_config_json
-                body = await run_in_threadpool(trim, body, *parts)
+                body = await run_in_threadpool(trim, body, *parts())
             except rater_page.PageConfigError as exc:
                 log.error("a rater's page config (%s) was not served: %s", path, exc)
                 await PlainTextResponse(RATER_PAGE_FAILED, status_code=500)(scope, receive, send)
@@ -773,7 +775,7 @@ class WebGuard:
         # a rater's page and /config: Gradio's config without the Admin tab's components and events (rater_page)
         if scope["type"] == "http" and path in CONFIG_PATHS and method in ("GET", "HEAD") and signed_in is not None \
                 and signed_in.role != "admin":
-            send = _rater_page_send(scope, receive, send, self._admin_parts())
+            send = _rater_page_send(scope, receive, send, self._admin_parts)
         await self.inner(scope, receive, send)
 
     def _admin_parts(self) -> tuple[frozenset[int], frozenset[int]]:

@@ -14,7 +14,7 @@ import re
 import httpx
 import pytest
 
-from app import gradio_routes, web_guard
+from app import gradio_routes, rater_page, web_guard
 from tests.app.e2e_support import MARKS, sign_in, watch_errors
 from tests.app.test_web_guard import launch, signed_in
 
@@ -105,7 +105,10 @@ def test_an_answer_that_cannot_be_trimmed_is_not_passed_on_to_a_rater(caplog):
     html = b"<html><head></head><body><script>window.gradio_config = {\"components\": []};</script></body></html>"
     cases = {"compressed": ([(b"content-type", b"text/html"), (b"content-encoding", b"gzip")], b"\x1f\x8b..."),
              "no config": ([(b"content-type", b"text/html")], b"<html><head></head><body>nothing</body></html>"),
-             "not gradio's shape": ([(b"content-type", b"text/html")], html)}
+             "not gradio's shape": ([(b"content-type", b"text/html")], html),
+             # a config of another shape inside (a component that is no object): it raised AttributeError, a traceback
+             "another shape inside": ([(b"content-type", b"text/html")], html.replace(
+                 b'{"components": []}', b'{"components": [1], "dependencies": [], "layout": {}}'))}
     for why, (headers, body) in cases.items():
         sent: list[dict] = []
 
@@ -116,7 +119,7 @@ def test_an_answer_that_cannot_be_trimmed_is_not_passed_on_to_a_rater(caplog):
             return {"type": "http.request", "body": b"", "more_body": False}
 
         scope = {"type": "http", "method": "GET", "path": "/", "root_path": "", "headers": []}
-        wrapped = web_guard._rater_page_send(scope, receive, send, (frozenset({1}), frozenset({2})))
+        wrapped = web_guard._rater_page_send(scope, receive, send, lambda: (frozenset({1}), frozenset({2})))
 
         async def answer(wrapped=wrapped, headers=headers, body=body):
             await wrapped({"type": "http.response.start", "status": 200, "headers": headers})
@@ -127,6 +130,55 @@ def test_an_answer_that_cannot_be_trimmed_is_not_passed_on_to_a_rater(caplog):
         assert sent[0]["status"] == 500, why
         assert b"".join(m.get("body", b"") for m in sent[1:]).decode() == web_guard.RATER_PAGE_FAILED, why
         assert "was not served" in caplog.text
+
+
+def test_the_parts_of_a_config_of_another_shape_are_one_sentence_not_a_traceback(caplog):
+    """``admin_parts`` read Gradio's config with ``node["id"]`` and ``dep["id"]``: a config of another shape (after a
+    Gradio upgrade) raised KeyError on every rater's page load, a traceback where the guard promises one sentence
+    (found by a read-only review of the fourteenth review's fixes). Now it is PageConfigError, and the guard's 500."""
+
+    class Blocks:  # what admin_parts reads of gr.Blocks: its config, blocks and fns
+        config = {"layout": {"id": 0, "children": [{"children": []}]}, "dependencies": [{"targets": []}]}
+        blocks: dict = {}
+        fns: dict = {}
+
+    with pytest.raises(rater_page.PageConfigError, match="not shaped as this app reads it"):
+        rater_page.admin_parts(Blocks())
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    scope = {"type": "http", "method": "GET", "path": "/config", "root_path": "", "headers": []}
+    wrapped = web_guard._rater_page_send(scope, receive, send, lambda: rater_page.admin_parts(Blocks()))
+
+    async def answer():
+        await wrapped({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await wrapped({"type": "http.response.body", "body": b"{}", "more_body": False})
+
+    with caplog.at_level("ERROR", logger="seiko.web"):
+        asyncio.run(answer())
+    assert sent[0]["status"] == 500
+    assert b"".join(m.get("body", b"") for m in sent[1:]).decode() == web_guard.RATER_PAGE_FAILED
+
+
+def test_every_way_to_ask_for_the_config_gives_a_rater_the_trimmed_one(served_app):
+    """A HEAD of the page, /config with a trailing slash, and /config and the page with Gradio's ``page`` parameter
+    all answer a rater without the Admin tab's names (the guard matches the route path and the method, so a narrowed
+    match would leak the whole config; these pin it), and the HEAD says the trimmed GET's length."""
+    _, demo, url = served_app
+    admin_events = _admin_event_names(demo)
+    with signed_in(url, "alice") as http:
+        page = http.get("/")
+        head = http.head("/")
+        assert head.status_code == 200 and int(head.headers["content-length"]) == len(page.content)
+        for path in ("/config/", "/config?page=", "/?page="):
+            r = http.get(path)
+            assert r.status_code == 200, (path, r.text[:200])
+            assert not [name for name in (*admin_events, "tab-admin") if f'"{name}"' in r.text], path
 
 
 @pytest.fixture

@@ -697,6 +697,14 @@ def test_the_experiment_selector_sends_the_admin_round_status_to_admins_only(ui_
         return fn
 
     on_experiment, on_admin_experiment = handler("app.ui", "on_experiment"), handler("app.ui_admin_tab", "on_admin_experiment")
+
+    def outputs(name: str) -> list[int]:
+        (dep,) = [d for d in demo.config["dependencies"] if d["api_name"] == name]
+        return dep["outputs"]
+
+    # the wiring: the experiment's change writes the round status (its last output) into the same component the tab's
+    # timer writes it into (a call of the handler alone would pass with admin_status dropped from the outputs)
+    assert outputs("on_admin_experiment")[-1] == outputs("on_admin_timer")[0]
     for name, admin in (("alice", False), ("root", True)):
         out = on_experiment(ui_world.experiment_id, None, request(name))
         assert not any("admin-round-status" in str(o) for o in out)
