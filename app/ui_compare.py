@@ -28,6 +28,7 @@ from db.checks import MAX_ID, shown
 from db.engine import read_session, write_session
 from db.errors import Conflict, InvalidInput, NotFound
 from db.models import Rater, Round
+from seiko_core import model_card
 
 CHOICES = {"a": "left", "b": "right", "tie": "tie"}
 
@@ -178,13 +179,10 @@ AB_HEADERS = ["Round", "Trained from", "Win rate vs previous [95% CI] (votes, pa
 def _reading(stats: dict[str, Any]) -> str:
     """Whose preference the interval is about (fourteenth review): these raters (fewer than
     ``comparisons.RATERS_TO_GENERALISE``: clustered by pair only) or raters like these (that many or more: by pair
-    and rater); nothing where the raters are not known."""
-    raters = stats.get("raters")
-    if raters is None:
-        return ""
-    if stats.get("over_raters"):
-        return f"; over raters like these {raters}"
-    return "; about this rater" if raters == 1 else f"; about these {raters} raters"
+    and rater); nothing where the raters are not known. The words are ``model_card.rater_reading``'s, which the
+    exported model card uses too."""
+    reading = model_card.rater_reading(stats)
+    return f"; {reading}" if reading else ""
 
 
 def _rate(stats: dict[str, Any] | None) -> str:

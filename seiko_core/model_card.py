@@ -35,6 +35,46 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def rater_reading(stats: Mapping[str, Any]) -> str:
+    """Whose preference a win rate's interval is about, in the words the dashboard's A/B table and the card both use
+    (fourteenth review): "about these N raters" ("about this rater") when it is clustered by pair only (fewer than
+    ``db.comparisons.RATERS_TO_GENERALISE`` raters), "over raters like these N" when it is clustered by pair and
+    rater (that many or more; ``over_raters``); "" where the raters are not known (an older card, or no votes)."""
+    raters = stats.get("raters")
+    if raters is None:
+        return ""
+    if stats.get("over_raters"):
+        return f"over raters like these {raters}"
+    return "about this rater" if raters == 1 else f"about these {raters} raters"
+
+
+def _win_line(index: Any, opponent: str, stats: Any) -> str | None:
+    """One measured win rate as a sentence of the card: rate, interval, votes, pairs and, where the card has them,
+    whose preference the interval is about (``rater_reading``); None where it has no votes or is not a win rate."""
+    if not isinstance(stats, Mapping) or not stats.get("n") or not isinstance(stats.get("ci95"), (list, tuple)) \
+            or len(stats["ci95"]) != 2 or stats.get("rate") is None:
+        return None
+    lo, hi = stats["ci95"]
+    reading = rater_reading(stats)
+    n, pairs = stats["n"], stats.get("pairs")
+    return (f"- round {index} vs {opponent}: {stats['rate']:.2f} [{lo:.2f}, {hi:.2f}] ({n} vote{'' if n == 1 else 's'}, "
+            f"{pairs} pair{'' if pairs == 1 else 's'}{'; ' + reading if reading else ''})")
+
+
+def _win_lines(rates: Mapping[str, Any]) -> list[str]:
+    lines = []
+    for index, entry in rates.items():
+        if not isinstance(entry, Mapping):
+            continue
+        parent = entry.get("parent_index")
+        for key, opponent in (("vs_previous", f"round {parent} (the round it was trained from)"),
+                              ("vs_base", "round 0 (the base model)")):
+            line = _win_line(index, opponent, entry.get(key))
+            if line is not None:
+                lines.append(line)
+    return lines
+
+
 def _indices(indices: list[Any]) -> str:
     return ("round " if len(indices) == 1 else "rounds ") + ", ".join(str(i) for i in indices)
 
@@ -119,6 +159,8 @@ def markdown(card: Mapping[str, Any]) -> str:
     lines += ["", "## Win rates", ""]
     rates = card.get("win_rates")
     if rates:
+        win = _win_lines(rates) if isinstance(rates, Mapping) else []
+        lines += (["Ties count half; 95% intervals, with the votes and pairs each rests on:", ""] + win + [""] if win else [])
         lines += ["```json", json.dumps(rates, indent=2, sort_keys=True, default=str), "```"]
     else:
         lines.append(f"{NOT_MEASURED.capitalize()}: {card.get('win_rates_note') or 'no A/B comparisons recorded'}.")

@@ -115,6 +115,7 @@ def test_card_of_a_rolled_back_round_lists_its_lineage_labels_and_kl(rolled_back
     # KL spent along 0 -> 1 -> 3 only: round 1's 0.25 to round 0, round 3's 0.5 to round 1 (not round 2's 4.0)
     assert card["kl_total"] == 0.25 + 0.5 == 0.75
     assert list(card["win_rates"]) == ["3"] and card["win_rates"]["3"]["parent_index"] == 1  # round 2 is not in it
+    assert card["win_rates"]["3"]["vs_previous"]["raters"] == 1 and card["win_rates"]["3"]["vs_base"]["n"] == 0
 
     model_card.write(tmp_path, card)
     assert model_card.read(tmp_path) == json.loads(model_card.to_json(card))  # what the Markdown was rendered from
@@ -123,6 +124,11 @@ def test_card_of_a_rolled_back_round_lists_its_lineage_labels_and_kl(rolled_back
     assert "**Not in the lineage**: 1 of the experiment's 4 rounds: round 2 (abandoned by a rollback)\n" in text
     assert ("**Labels**: 8 ratings of 6 images trained this adapter (every rating on the rounds before round 3, "
             "including 3 ratings of 2 images on round 2, outside the lineage") in text
+    # round 3's one vote (ann's, for round 3 over round 1): the interval is about this one rater (fourteenth review);
+    # no votes against the base model, so no line for it
+    wins = [line for line in text.splitlines() if line.startswith("- round ")]
+    assert len(wins) == 1 and wins[0].startswith("- round 3 vs round 1 (the round it was trained from): 1.00 [")
+    assert wins[0].endswith("] (1 vote, 1 pair; about this rater)")
     assert "**Raters**: 4\n" in text and text.count("**KL spent**") == 1 and "to the round it was trained from): 0.75\n" in text
     table = [line for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
     old = "every image generated (before selection existed)"
@@ -192,3 +198,32 @@ def test_an_admin_given_name_or_prompt_is_plain_text_in_the_card():
     text = model_card.markdown(card)
     assert "<img" not in text and "<script" not in text and "`x`" not in text and "*y*" not in text
     assert "&lt;img src=x onerror=alert(1)&gt;" in text  # still there, as text
+
+
+def test_the_card_says_whose_preference_each_win_rate_interval_is_about():
+    """Fourteenth review: the card carried each win rate's ``raters`` and ``over_raters`` in its JSON but its text did
+    not say which reading the interval has (about these N raters below ``RATERS_TO_GENERALISE``, over raters like
+    these from it). The text now says it in the dashboard's words (``ui_compare._rate``'s phrase); a card of an
+    older export, without those fields, still renders and says nothing about raters."""
+    from app import ui_compare
+    from db import comparisons
+    from seiko_core import model_card
+
+    few = {"wins": 30, "losses": 30, "ties": 0, "n": 60, "pairs": 4, "raters": comparisons.RATERS_TO_GENERALISE - 1,
+           "over_raters": False, "rate": 0.5, "ci95": [0.3, 0.7]}
+    many = {**few, "raters": comparisons.RATERS_TO_GENERALISE, "over_raters": True}
+    old = {k: v for k, v in few.items() if k not in ("raters", "over_raters")}
+    base = {"experiment": {"name": "x"}, "round": 2, "labels": {"count": 0, "images": 0}, "raters": {"count": 0}}
+
+    text = model_card.markdown({**base, "win_rates": {"2": {"parent_index": 1, "vs_previous": few, "vs_base": many}}})
+    assert "- round 2 vs round 1 (the round it was trained from): 0.50 [0.30, 0.70] (60 votes, 4 pairs; about these 14 raters)" in text
+    assert "- round 2 vs round 0 (the base model): 0.50 [0.30, 0.70] (60 votes, 4 pairs; over raters like these 15)" in text
+    # the dashboard's own words for the same cells
+    assert ui_compare._rate(few).endswith("; about these 14 raters)") and ui_compare._rate(many).endswith(
+        "; over raters like these 15)")
+
+    # an old card (JSON without raters / over_raters): rendered, nothing said about raters
+    text = model_card.markdown({**base, "win_rates": {"2": {"parent_index": 1, "vs_previous": old, "vs_base": old}}})
+    assert "- round 2 vs round 1 (the round it was trained from): 0.50 [0.30, 0.70] (60 votes, 4 pairs)\n" in text
+    assert "- round 2 vs round 0 (the base model): 0.50 [0.30, 0.70] (60 votes, 4 pairs)\n" in text
+    assert "about th" not in text and "like these" not in text
