@@ -125,18 +125,58 @@ LEET_ONE = {"1": "[il1]", "i": "[i1]", "l": "[l1]"}
 _BLANK_LETTERS = frozenset("\u115f\u1160")
 
 
-def _folded(text: str) -> str:
+def _dropped(c: str) -> bool:
+    """Whether ``_folded`` drops the character ``c``: a combining mark, a format or control character, a blank letter."""
+    return (unicodedata.category(c) in ("Mn", "Me", "Cf", "Cc") or unicodedata.combining(c) != 0
+            or c in _BLANK_LETTERS)
+
+
+def _capital_i_as_one(text: str) -> str:
+    """``text`` with each capital I that has a lower-case letter beside it (beside the run of capital I's, 1's and |'s
+    it stands in, characters ``_folded`` drops skipped: "baseba1I" is "baseba11") written as a 1, so it reads as an i or an l (``LEET_ONE``): in "FootbaII" and
+    "heIIo" an I stands for an l, as it looks like one there. A capital I among capitals ("HELIOTROPE") or alone stays
+    an i: in capitals an I looks like no l, and an I read as i or l there made "HELIO" read as "hello"; the price, an
+    "FOOTBAII" in capitals is no "football" (found by a review of the fourteenth review's fixes, 6 Dec 2026)."""
+    shown = [k for k, c in enumerate(text) if not _dropped(c)]
+    out = list(text)
+    r = 0
+    while r < len(shown):
+        if text[shown[r]] not in "I1|":
+            r += 1
+            continue
+        end = r
+        while end < len(shown) and text[shown[end]] in "I1|":
+            end += 1
+        if (r > 0 and text[shown[r - 1]].islower()) or (end < len(shown) and text[shown[end]].islower()):
+            for k in shown[r:end]:
+                out[k] = "1" if text[k] == "I" else text[k]
+        r = end
+    return "".join(out)
+
+
+def _folded(text: str, capital_i_as_one: bool = False) -> str:
     """``text`` as the password rules compare it: compatibility forms and case aside (NFKD, case-folded, NFKD again: the
     Unicode compatibility caseless match), accents and other combining marks, format characters (zero-width spaces,
-    soft hyphens, byte-order marks) and control characters dropped, every space (no-break, line separator) a space."""
-    decomposed = unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", text).casefold())
+    soft hyphens, byte-order marks) and control characters dropped, every space (no-break, line separator) a space.
+    With ``capital_i_as_one``, the capital I's that ``_capital_i_as_one`` reads as a 1 are a 1 (once compatibility
+    forms are read, so a full-width I is one): each stands where its i stands otherwise, as an I and a 1 are each one
+    character through case folding and NFKD (``_capital_i_read_as_one``)."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    if capital_i_as_one:
+        decomposed = _capital_i_as_one(decomposed)
     kept = []
-    for c in decomposed:
-        category = unicodedata.category(c)
-        if category in ("Mn", "Me", "Cf", "Cc") or unicodedata.combining(c) or c in _BLANK_LETTERS:
-            continue
-        kept.append(" " if category.startswith("Z") else c)
+    for c in unicodedata.normalize("NFKD", decomposed.casefold()):
+        if not _dropped(c):
+            kept.append(" " if unicodedata.category(c).startswith("Z") else c)
     return "".join(kept)
+
+
+def _capital_i_read_as_one(password: str, folded: str) -> frozenset[int]:
+    """The positions in ``folded`` (``_folded(password)``) of the capital I's of ``password`` that read as a 1
+    (``_capital_i_as_one``). Only the comparison with common passwords reads them so (``_skeleton``); the name, run and
+    sequence rules read them as the i's they fold to."""
+    marked = _folded(password, capital_i_as_one=True)
+    return frozenset(k for k, (a, b) in enumerate(zip(folded, marked, strict=True)) if a != b)
 
 
 RUNS_REFUSAL = (f"a password needs at least {MIN_PASSWORD_LENGTH} characters besides its runs and the most common "
@@ -149,13 +189,13 @@ RUNS_REFUSAL = (f"a password needs at least {MIN_PASSWORD_LENGTH} characters bes
 _TRAILING = string.digits + string.punctuation  # what may follow a common password and still be it ("Password1!")
 
 
-def _skeleton(folded: str) -> tuple[str, list[int]]:
+def _skeleton(folded: str, ones: frozenset[int] = frozenset()) -> tuple[str, list[int]]:
     """``folded`` as it is compared with the list of common passwords: leet substitutes read as their letters
     (``LEET``), then every character that is not a letter or a digit (spaces, punctuation) dropped, so "pass word",
     "p4ssword" and "p@ssw0rd" read "password" (thirteenth review); a 1 stays, read as i or l where skeletons are
-    compared (``_skeleton_pattern``). Returns the skeleton and, for each of its characters, its position in
-    ``folded``."""
-    mapped = folded.translate(LEET)
+    compared (``_skeleton_pattern``), as does the character at each of the positions ``ones`` (a capital I read as a 1,
+    ``_capital_i_read_as_one``). Returns the skeleton and, for each of its characters, its position in ``folded``."""
+    mapped = "".join("1" if k in ones else c for k, c in enumerate(folded.translate(LEET)))
     kept = [i for i, c in enumerate(mapped) if c.isalnum()]
     return "".join(mapped[i] for i in kept), kept
 
@@ -186,14 +226,15 @@ def _inside_patterns() -> tuple[tuple[str, re.Pattern[str]], ...]:
                  if len(entry) >= COMMON_INSIDE_MIN)
 
 
-def _is_common(folded: str) -> bool:
+def _is_common(folded: str, ones: frozenset[int] = frozenset()) -> bool:
     """Whether ``folded`` is a common password, alone or followed only by digits and punctuation: once those are
     dropped from its end, it starts with a letter or digit (leet read as letters: "$unshine" does) and its skeleton
     (``_skeleton``) reads as a listed one's (``_skeleton_pattern``: "P@ss w0rd 1!" is "password", "he11o" is "hello").
     Marks before the word are no spelling of it ("!password" is a common password with a character before it,
-    ``_characters_left``'s case)."""
+    ``_characters_left``'s case). The characters at ``ones`` read as a 1 (``_skeleton``): being i's in ``folded``, they
+    are not digits dropped from its end ("FootbaII" is "football")."""
     core = folded.rstrip(_TRAILING).translate(LEET)
-    return core[:1].isalnum() and _common_pattern().fullmatch(_skeleton(core)[0]) is not None
+    return core[:1].isalnum() and _common_pattern().fullmatch(_skeleton(core, ones)[0]) is not None
 
 
 @functools.cache
@@ -205,7 +246,7 @@ def common_passwords() -> frozenset[str]:
     return frozenset(e for e in entries if e)
 
 
-def _characters_left(folded: str) -> int:
+def _characters_left(folded: str, ones: frozenset[int] = frozenset()) -> int:
     """How many characters ``folded`` counts for once its common passwords and runs are taken out: the characters
     outside them all, and COMMON_WORD_WORTH for each stretch of common passwords that is not all run and holds a
     listed one (by skeleton) that no stretch counted before it held. So each listed one counts once, read from the
@@ -213,7 +254,8 @@ def _characters_left(folded: str) -> int:
     already, the same one written again apart or counted ones put together again, counts nothing ("password dragon
     passworddragon dragonpassword": 2 + 2 and the 3 spaces, 7). Taken out: every place a common password
     (``common_passwords``) of COMMON_INSIDE_MIN characters or more stands, compared by skeleton (``_skeleton``: leet
-    read as letters, spaces and punctuation skipped, so "p4ss word" stands where its first and last letters do), and
+    read as letters, the characters at ``ones`` as a 1, spaces and punctuation skipped, so "p4ss word" stands where its
+    first and last letters do), and
     every run, a stretch of RUN_MIN characters or more that
 
     - is one group of 1 to REPEATED_GROUP_MAX characters written twice or more in a row ("aaaa", "abab", "abcabc"),
@@ -248,7 +290,7 @@ def _characters_left(folded: str) -> int:
         while end < n and any(folded[i:end + 1] in line for line in lines):
             end += 1
         cover(i, end)
-    skeleton, at = _skeleton(folded)
+    skeleton, at = _skeleton(folded, ones)
     words: list[tuple[int, int, str]] = []  # where each listed one stands in folded: [begin, end), its skeleton
     for entry, pattern in _inside_patterns():
         for match in pattern.finditer(skeleton):
@@ -311,8 +353,9 @@ def check_password_strength(password: str, name: str | None = None) -> None:
     one not counted before counting COMMON_WORD_WORTH. So "abcdefgh1", "1234567a", "abababab", "11112222",
     "1password", "my p4ss word", "passwordpassword", "password dragon passworddragon" (2 + 2, 2 spaces), eight accents alone
     and "password" with a zero-width space are refused; "my 1234 garden" (10), "hotel guest" (6 + 2), "my password is
-    long" (11 + 2), "heliotrope" (10: an i is no l) and "purple horse battery staple" are not. Passwords set under
-    older rules still sign in (``_new_hash``)."""
+    long" (11 + 2), "heliotrope" and "HELIOTROPE" (10: an i is no l, a capital I among capitals an i, while "FootbaII"
+    is "football", ``_capital_i_as_one``) and "purple horse battery staple" are not. Passwords set under older rules
+    still sign in (``_new_hash``)."""
     if not isinstance(password, str) or len(password) < MIN_PASSWORD_LENGTH:
         raise ValueError(f"a password needs at least {MIN_PASSWORD_LENGTH} characters")
     if len(password) > MAX_PASSWORD_LENGTH:
@@ -331,11 +374,14 @@ def check_password_strength(password: str, name: str | None = None) -> None:
         raise ValueError("a password may not be a run of consecutive letters, digits or keys, such as 12345678, "
                          "abcdefgh or qwertyui")
     # "pass word", "p4ssword", "Pa55 w0rd!" passed: the list was compared as written (thirteenth review)
-    if _is_common(folded):
+    # a capital I written for an l ("FootbaII", "heIIo123") read as an i once i and l were no longer one letter, and
+    # passed (a review of the fourteenth review's fixes): only the comparison with common passwords reads it as a 1
+    ones = _capital_i_read_as_one(password, folded)
+    if _is_common(folded, ones):
         raise ValueError("that password is one of the most commonly used ones, which are tried first; choose another")
     # "abcdefgh1" passed the run rule above, which looked at the whole password only; "1password", "abababab" and
     # "password" with a zero-width space passed every rule (the twelfth review, 6 Dec 2026)
-    if _characters_left(folded) < MIN_PASSWORD_LENGTH:
+    if _characters_left(folded, ones) < MIN_PASSWORD_LENGTH:
         raise ValueError(RUNS_REFUSAL)
 
 
