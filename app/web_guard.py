@@ -361,29 +361,29 @@ def _queue_refusal_send(send: Send) -> Send:
     return wrapped
 
 
-def _page_script_send(send: Send) -> Send:
-    """``send`` with PAGE_SCRIPT put right after the ``<head>`` of a 200 HTML answer (the page, Gradio's template, is
-    one small body; its Content-Length follows). Any other answer passes as it is.
-
-    Found by the eighth review of 5 Dec 2026: a heartbeat the connection caps (app.net_limits) refused showed nothing
-    and was never opened again, and a refused stream of results made the page say its connection was lost and reload;
-    Gradio's client reads both with the page's ``fetch``, which STREAMS_JS wraps before that client starts."""
+def _whole_body_send(send: Send, holds: Callable[[dict[str, Any]], bool],
+                     finish: Callable[[dict[str, Any], bytes], Awaitable[tuple[dict[str, Any], bytes] | None]]) -> Send:
+    """``send`` that holds an answer whose start message ``holds`` accepts until its whole body is in, then sends
+    ``finish(start, body)``'s start and body (the Content-Length the new body's, where it changed), or nothing where
+    ``finish`` gives None (it answered itself). Any other answer passes as it is. The two answers rewritten whole,
+    the page (``_page_script_send``) and a rater's config (``_rater_page_send``), are each one small body."""
     held: dict[str, Any] = {}
 
     async def wrapped(message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
-            headers = Headers(raw=message.get("headers", []))
-            if message.get("status") == 200 and headers.get("content-type", "").startswith("text/html") \
-                    and "content-encoding" not in headers:
+            if holds(message):
                 held["start"], held["body"] = message, b""
                 return
         elif message["type"] == "http.response.body" and "start" in held:
             held["body"] += message.get("body", b"")
             if message.get("more_body", False):
                 return
-            start, body = held.pop("start"), held["body"]
-            if b"<head>" in body:  # a HEAD's body too: its Content-Length must be the GET's (RFC 9110, 8.6)
-                body = body.replace(b"<head>", b"<head>" + PAGE_SCRIPT, 1)
+            got = held.pop("body")
+            done = await finish(held.pop("start"), got)
+            if done is None:
+                return
+            start, body = done
+            if body != got:
                 headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
                 start = {**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]}
             await send(start)
@@ -391,6 +391,26 @@ def _page_script_send(send: Send) -> Send:
         await send(message)
 
     return wrapped
+
+
+def _page_script_send(send: Send) -> Send:
+    """``send`` with PAGE_SCRIPT put right after the ``<head>`` of a 200 HTML answer (the page, Gradio's template, is
+    one small body; its Content-Length follows). Any other answer passes as it is.
+
+    Found by the eighth review of 5 Dec 2026: a heartbeat the connection caps (app.net_limits) refused showed nothing
+    and was never opened again, and a refused stream of results made the page say its connection was lost and reload;
+    Gradio's client reads both with the page's ``fetch``, which STREAMS_JS wraps before that client starts."""
+
+    def holds(start: dict[str, Any]) -> bool:
+        headers = Headers(raw=start.get("headers", []))
+        return start.get("status") == 200 and headers.get("content-type", "").startswith("text/html") \
+            and "content-encoding" not in headers
+
+    async def finish(start: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
+        # a HEAD's body too: its Content-Length must be the GET's (RFC 9110, 8.6)
+        return start, body.replace(b"<head>", b"<head>" + PAGE_SCRIPT, 1)
+
+    return _whole_body_send(send, holds, finish)
 
 
 RATER_PAGE_FAILED = ("The page could not be prepared for your account (the server's log says why); an admin has "
@@ -402,41 +422,26 @@ CONFIG_PATHS = frozenset({"/", "/config", "/config/"})
 def _rater_page_send(scope: Scope, receive: Receive, send: Send,
                      parts: Callable[[], tuple[frozenset[int], frozenset[int]]]) -> Send:
     """``send`` with a 200 answer of the request ``scope`` (a path of ``CONFIG_PATHS``: the page's HTML, or /config's
-    JSON) trimmed to a
-    rater's (``rater_page``: without ``parts()``, the Admin tab's components and events, found inside the refusal
-    below: an odd config there is the same 500). Held whole (one small body;
-    its Content-Length follows). An answer that cannot be trimmed (compressed, or not shaped as Gradio's) is not
-    passed on: a 500 with one sentence, and the reason in the log. Any other answer passes as it is."""
-    held: dict[str, Any] = {}
+    JSON) trimmed to a rater's (``rater_page``: without ``parts()``, the Admin tab's components and events, found
+    inside the refusal below, so that an odd config there is the same 500). Held whole (``_whole_body_send``). An
+    answer that cannot be trimmed (compressed, or not shaped as Gradio's) is not passed on: a 500 with one sentence,
+    and the reason in the log. Any other answer passes as it is."""
     path = get_route_path(scope)
 
-    async def wrapped(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            if message.get("status") == 200:
-                held["start"], held["body"] = message, b""
-                return
-        elif message["type"] == "http.response.body" and "start" in held:
-            held["body"] += message.get("body", b"")
-            if message.get("more_body", False):
-                return
-            start, body = held.pop("start"), held["body"]
-            try:
-                if "content-encoding" in Headers(raw=start.get("headers", [])):
-                    raise rater_page.PageConfigError("the answer was compressed")
-                # in Starlette's thread pool, as Gradio renders the page: the JSON of a 180 KB config (25 ms on a
-                # busy core, measured), which a rater reloading in a loop would otherwise take from the event loop
-                trim = rater_page.rater_page if path == "/" else rater_page.rater_config_json
-                body = await run_in_threadpool(trim, body, *parts())
-            except rater_page.PageConfigError as exc:
-                log.error("a rater's page config (%s) was not served: %s", path, exc)
-                await PlainTextResponse(RATER_PAGE_FAILED, status_code=500)(scope, receive, send)
-                return
-            headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
-            await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
-            message = {**message, "body": body, "more_body": False}
-        await send(message)
+    async def finish(start: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes] | None:
+        try:
+            if "content-encoding" in Headers(raw=start.get("headers", [])):
+                raise rater_page.PageConfigError("the answer was compressed")
+            # in Starlette's thread pool, as Gradio renders the page: the JSON of a 180 KB config (25 ms on a
+            # busy core, measured), which a rater reloading in a loop would otherwise take from the event loop
+            trim = rater_page.rater_page if path == "/" else rater_page.rater_config_json
+            return start, await run_in_threadpool(trim, body, *parts())
+        except rater_page.PageConfigError as exc:
+            log.error("a rater's page config (%s) was not served: %s", path, exc)
+            await PlainTextResponse(RATER_PAGE_FAILED, status_code=500)(scope, receive, send)
+            return None
 
-    return wrapped
+    return _whole_body_send(send, lambda start: start.get("status") == 200, finish)
 
 
 def lax_cookie(value: bytes, secure: bool = False) -> bytes:

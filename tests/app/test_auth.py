@@ -1928,6 +1928,17 @@ def test_the_local_mode_admins_name_in_set_password_is_refused_but_not_counted(d
     assert auth.check_login(db_factory, "zed", PASSWORD).refusal is None
 
 
+def _refused_as_common_iff(password: str, spelling: bool) -> None:
+    """``password`` is refused where ``spelling`` (it spells a listed word), and is no common password where not (it
+    may still be refused by another rule)."""
+    try:
+        auth.check_password_strength(password)
+    except ValueError as e:
+        assert spelling or str(e) != COMMON_RULE, password
+    else:
+        assert not spelling, password
+
+
 def test_one_reads_as_i_or_l_but_i_and_l_are_not_one_letter():
     """The leet reading took i, l and 1 as one letter, so an i written for an l (or an l for an i) read as a listed
     word: "heliotrope" held "hello" ("helio") and counted 7, and 96 of the listed words' i/l/1 spellings that are no
@@ -1949,27 +1960,15 @@ def test_one_reads_as_i_or_l_but_i_and_l_are_not_one_letter():
                             if word[m.start() - 1:m.start()].islower() or word[m.end():m.end() + 1].islower()}
             spelling = all(spelled[k] == entry[k] or "1" in (spelled[k], entry[k])
                            or (spelled[k] == "I" and (entry[k] == "i" or k in beside_lower)) for k in at)
-            password = "".join(spelled) + "2026!"
             seen[spelling] += 1
-            try:
-                auth.check_password_strength(password)
-            except ValueError as e:
-                assert spelling or str(e) != COMMON_RULE, password
-            else:
-                assert not spelling, password
+            _refused_as_common_iff("".join(spelled) + "2026!", spelling)
         for letters in itertools.product("IL1", repeat=len(at)):  # in capitals: I is an i, L an l, 1 either
             spelled = list(entry.upper())
             for k, c in zip(at, letters):
                 spelled[k] = c
             spelling = all(spelled[k].lower() == entry[k] or "1" in (spelled[k], entry[k]) for k in at)
-            password = "".join(spelled) + "2026!"
             seen[spelling] += 1
-            try:
-                auth.check_password_strength(password)
-            except ValueError as e:
-                assert spelling or str(e) != COMMON_RULE, password
-            else:
-                assert not spelling, password
+            _refused_as_common_iff("".join(spelled) + "2026!", spelling)
     assert seen[True] > 350 and seen[False] > 230, seen
     for word in ("heliotrope", "heliograph", "heliostat"):  # real words: "helio" is no "hello"
         assert _counted_by_brute_force(word) >= 8

@@ -19,7 +19,7 @@ from app.auth import AuthError
 from db import jobs as job_queue
 from db import repo
 from db.engine import read_session, write_session
-from db.errors import Conflict, InvalidInput
+from db.errors import Conflict, InvalidInput, NotFound
 from db.models import utcnow
 
 PASSWORD = "correct horse battery"  # tests/app/conftest.py gives every ui_world account this password
@@ -667,6 +667,20 @@ def _other_experiment(world) -> tuple[int, int]:
     return e2id, r2id
 
 
+def _store_score(w, alice, state, image: int, stored: int | None) -> None:
+    """Alice's stored score of ``image`` set to ``stored`` as another page of hers would leave it: her own rating, no
+    prior (None: her rating deleted, if any)."""
+    if stored is None:
+        with write_session(w.factory) as s:
+            try:
+                repo.delete_rating(session=s, image_id=image, rater_id=alice.rater_id)
+            except NotFound:
+                pass  # none to delete: the state wanted
+    else:
+        assert ui_rate.rate(w.factory, w.settings.data_dir, alice, state, {"image_id": image, "score": stored},
+                            batch_size=4).message is None
+
+
 def _marks_of(world, rater: str = "alice") -> tuple[int, int, int]:
     """How many ratings, skips and undo steps the rater has (nothing written: all three unchanged)."""
     from sqlalchemy import func, select
@@ -689,7 +703,6 @@ def test_a_kept_rating_is_done_only_where_the_score_the_page_knew_still_stands(u
     import gradio as gr
 
     from app.ui_rate_tab import RateHandlers
-    from db.errors import NotFound
 
     w, alice = ui_world, who(ui_world, "alice")
     state = page(w, "alice").state
@@ -701,15 +714,7 @@ def test_a_kept_rating_is_done_only_where_the_score_the_page_knew_still_stands(u
             6: {"none": True, 4: True, 6: True, 9: True}}  # already the score sent: stored once
     for stored in (None, 4, sent):
         for prior in ("none", 4, sent, 9):
-            if stored is None:
-                with write_session(w.factory) as s:
-                    try:
-                        repo.delete_rating(session=s, image_id=image, rater_id=alice.rater_id)
-                    except NotFound:
-                        pass  # none to delete
-            else:  # the score given elsewhere (another page: the page's own rating, no prior)
-                assert ui_rate.rate(w.factory, w.settings.data_dir, alice, state, {"image_id": image, "score": stored},
-                                    batch_size=4).message is None
+            _store_score(w, alice, state, image, stored)
             steps = _undo_steps(w)
             view = ui_rate.rate(w.factory, w.settings.data_dir, alice, state,
                                 {"image_id": image, "score": sent, "prior": prior, "round": round_id}, batch_size=4)
@@ -1038,22 +1043,13 @@ def test_a_kept_rating_of_a_note_that_did_not_note_the_score_never_overwrites_on
     import gradio as gr
 
     from app.ui_rate_tab import RateHandlers
-    from db.errors import NotFound
 
     w, alice = ui_world, who(ui_world, "alice")
     state = page(w, "alice").state
     image, round_id = state["batch"][0], state["round_id"]
     sent = 6
     for stored, done in ((None, True), (sent, True), (4, False), (9, False)):
-        if stored is None:
-            with write_session(w.factory) as s:
-                try:
-                    repo.delete_rating(session=s, image_id=image, rater_id=alice.rater_id)
-                except NotFound:
-                    pass  # none to delete
-        else:
-            assert ui_rate.rate(w.factory, w.settings.data_dir, alice, state, {"image_id": image, "score": stored},
-                                batch_size=4).message is None
+        _store_score(w, alice, state, image, stored)
         steps = _undo_steps(w)
         view = ui_rate.rate(w.factory, w.settings.data_dir, alice, state,
                             {"image_id": image, "score": sent, "prior": "unknown", "round": round_id}, batch_size=4)
