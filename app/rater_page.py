@@ -47,7 +47,7 @@ def admin_only_layout(block: Any) -> Any:
 # what reading a config of another shape than Gradio's raises here (a key missing, a list where a dict was): said as
 # PageConfigError, the guard's one sentence, not a traceback (found by a read-only review of the fourteenth review's
 # fixes)
-_SHAPE_ERRORS = (KeyError, TypeError, AttributeError)
+_SHAPE_ERRORS = (KeyError, IndexError, TypeError, AttributeError, ValueError)
 
 
 def admin_parts(blocks: Any) -> tuple[frozenset[int], frozenset[int]]:

@@ -364,8 +364,8 @@ def _queue_refusal_send(send: Send) -> Send:
 def _whole_body_send(send: Send, holds: Callable[[dict[str, Any]], bool],
                      finish: Callable[[dict[str, Any], bytes], Awaitable[tuple[dict[str, Any], bytes] | None]]) -> Send:
     """``send`` that holds an answer whose start message ``holds`` accepts until its whole body is in, then sends
-    ``finish(start, body)``'s start and body (the Content-Length the new body's, where it changed), or nothing where
-    ``finish`` gives None (it answered itself). Any other answer passes as it is. The two answers rewritten whole,
+    ``finish(start, body)``'s start and body (``_with_length`` gives a start the new body's Content-Length), or
+    nothing where ``finish`` gives None (it answered itself). Any other answer passes as it is. The two answers rewritten whole,
     the page (``_page_script_send``) and a rater's config (``_rater_page_send``), are each one small body."""
     held: dict[str, Any] = {}
 
@@ -378,19 +378,21 @@ def _whole_body_send(send: Send, holds: Callable[[dict[str, Any]], bool],
             held["body"] += message.get("body", b"")
             if message.get("more_body", False):
                 return
-            got = held.pop("body")
-            done = await finish(held.pop("start"), got)
+            done = await finish(held.pop("start"), held.pop("body"))
             if done is None:
                 return
             start, body = done
-            if body != got:
-                headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
-                start = {**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]}
             await send(start)
             message = {**message, "body": body, "more_body": False}
         await send(message)
 
     return wrapped
+
+
+def _with_length(start: dict[str, Any], body: bytes) -> dict[str, Any]:
+    """The answer's start message ``start`` with the Content-Length of ``body``."""
+    headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+    return {**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]}
 
 
 def _page_script_send(send: Send) -> Send:
@@ -407,8 +409,11 @@ def _page_script_send(send: Send) -> Send:
             and "content-encoding" not in headers
 
     async def finish(start: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
+        if b"<head>" not in body:
+            return start, body
         # a HEAD's body too: its Content-Length must be the GET's (RFC 9110, 8.6)
-        return start, body.replace(b"<head>", b"<head>" + PAGE_SCRIPT, 1)
+        body = body.replace(b"<head>", b"<head>" + PAGE_SCRIPT, 1)
+        return _with_length(start, body), body
 
     return _whole_body_send(send, holds, finish)
 
@@ -435,7 +440,8 @@ def _rater_page_send(scope: Scope, receive: Receive, send: Send,
             # in Starlette's thread pool, as Gradio renders the page: the JSON of a 180 KB config (25 ms on a
             # busy core, measured), which a rater reloading in a loop would otherwise take from the event loop
             trim = rater_page.rater_page if path == "/" else rater_page.rater_config_json
-            return start, await run_in_threadpool(trim, body, *parts())
+            body = await run_in_threadpool(trim, body, *parts())
+            return _with_length(start, body), body
         except rater_page.PageConfigError as exc:
             log.error("a rater's page config (%s) was not served: %s", path, exc)
             await PlainTextResponse(RATER_PAGE_FAILED, status_code=500)(scope, receive, send)

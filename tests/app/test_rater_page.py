@@ -144,6 +144,12 @@ def test_the_parts_of_a_config_of_another_shape_are_one_sentence_not_a_traceback
 
     with pytest.raises(rater_page.PageConfigError, match="not shaped as this app reads it"):
         rater_page.admin_parts(Blocks())
+
+    class EmptyTarget(Blocks):  # an event whose target is empty: t[0] raised IndexError (the same review)
+        config = {"layout": {"id": 0, "children": []}, "dependencies": [{"id": 1, "targets": [[]]}]}
+
+    with pytest.raises(rater_page.PageConfigError, match="not shaped as this app reads it"):
+        rater_page.admin_parts(EmptyTarget())
     sent: list[dict] = []
 
     async def send(message):
