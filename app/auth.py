@@ -246,8 +246,7 @@ def _characters_left(folded: str, ones: frozenset[int] = frozenset()) -> int:
     passworddragon dragonpassword": 2 + 2 and the 3 spaces, 7). Taken out: every place a common password
     (``common_passwords``) of COMMON_INSIDE_MIN characters or more stands, compared by skeleton (``_skeleton``: leet
     read as letters, the characters at ``ones`` as a 1, spaces and punctuation skipped, so "p4ss word" stands where its
-    first and last letters do), and
-    every run, a stretch of RUN_MIN characters or more that
+    first and last letters do), and every run, a stretch of RUN_MIN characters or more that
 
     - is one group of 1 to REPEATED_GROUP_MAX characters written twice or more in a row ("aaaa", "abab", "abcabc"),
     - or any group written twice or more in a row that is a common password, alone or with digits and punctuation

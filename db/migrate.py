@@ -123,6 +123,17 @@ def _run(step, url: str, rev: str, in_transaction=None) -> None:
 READ_HOLDERS = "a migration, or another open transaction"
 
 
+def _read_bound(exc: BaseException) -> str | None:
+    """The statement bound a cancelled read (``exc``) ran into, as the two read sentences name it (a read before a
+    migration, the revision read): "statement_timeout of N s (set for ...; the read ran ...)"; None where none is
+    known (an operator's cancel)."""
+    if (bound := statement_timeout_ran_out_s(exc)) is None:
+        return None
+    ran = "ran, or waited for a lock, that long" if lock_outlasts_statement(exc) else "ran that long"
+    return (f"statement_timeout of {bound:g} s (set for this role, database or URL, or in the server's configuration; "
+            f"the read {ran})")
+
+
 def _migration_refusal(exc: BaseException, *, read: bool = False) -> str | None:
     """The one sentence for a migration the database ended (``_run``), naming the bound in force, or None for any
     other error. The whole migration is one transaction on both backends (migrations/env.py): nothing was changed.
@@ -163,10 +174,8 @@ def _migration_refusal(exc: BaseException, *, read: bool = False) -> str | None:
     # a second "?"), as the worker's ClaimsCancelled names it (a read-only review of the fourteenth review's fixes)
     if statement_cancelled(exc) and read:
         # it said "the database cancelled a statement of the migration" for a read before it (fourteenth review)
-        if (bound := statement_timeout_ran_out_s(exc)) is not None:
-            ran = "ran, or waited for a lock, that long" if lock_outlasts_statement(exc) else "ran that long"
-            return (f"a read before the migration was cancelled at the database's statement_timeout of {bound:g} s (set "
-                    f"for this role, database or URL, or in the server's configuration; the read {ran}), so nothing "
+        if (bound := _read_bound(exc)) is not None:
+            return (f"a read before the migration was cancelled at the database's {bound}, so nothing "
                     "was changed; run it again with a longer bound for the migration (in the database URL, SEIKO_DB_URL "
                     "or --db-url, add `-c statement_timeout=0` to its options)")
         return ("a read before the migration was cancelled (an operator's cancel, or the database's statement_timeout), "
@@ -455,10 +464,8 @@ def _read_refusal(exc: BaseException) -> str | None:
         within = ", which is not waited for here" if waited is None else f" for more than {waited:g} s"
         return f"another transaction held a lock the read needed{within} ({READ_HOLDERS})"
     if statement_cancelled(exc):
-        if (bound := statement_timeout_ran_out_s(exc)) is not None:
-            ran = "ran, or waited for a lock, that long" if lock_outlasts_statement(exc) else "ran that long"
-            return (f"the database cancelled the read at its statement_timeout of {bound:g} s (set for this role, "
-                    f"database or URL, or in the server's configuration; the read {ran})")
+        if (bound := _read_bound(exc)) is not None:
+            return f"the database cancelled the read at its {bound}"
         return "the database cancelled the read (an operator's cancel, or its statement_timeout)"
     return None
 
