@@ -34,6 +34,19 @@ as a lock not granted, not as a statement cancelled; thirteenth review). All of 
 statement at connect, one round trip (``_BOUNDS_SQL``). The values in effect are kept with the connection (and a path
 that sets its own says so through ``set_session_bounds``), so ``bound_refusal`` names the bound that ran out, not ours.
 
+A PostgreSQL connection whose client went away without a word (a half-open connection: a worker's host lost, a
+network cut) inside a transaction kept its locks (a job's row, which other workers then skip) until the server noticed,
+about 2 hours at the default TCP keepalives (fifteenth review). Every PostgreSQL connection now has TCP keepalives on
+both ends: libpq's ``keepalives`` (``KEEPALIVES``: a dead peer is noticed within about a minute) and the server's
+``tcp_keepalives_idle``/``_interval``/``_count`` at the same values, and the server ends a transaction left idle for
+``IDLE_IN_TRANSACTION_MS`` (``idle_in_transaction_session_timeout``; ``idle_refusal`` says so). No transaction of
+the project is left idle across long work: the worker runs a model, writes files and waits outside its transactions,
+the web server and the commands between a person's actions; each reads or writes, then ends, so the longest idle
+spell is Python's work on a read's rows between two statements (an export's snapshot), seconds, far below the bound.
+The URL's own wins: a libpq keepalive parameter in its query is used as given (and its value for the server's),
+and a server setting the operator set (``options=-c ...``, a role's or database's, the server's configuration) is
+kept, as for the bounds above.
+
 Sessions made by ``session_factory`` begin IMMEDIATE; ``read_session`` begins DEFERRED (a snapshot
 that takes no lock) and never commits.
 
@@ -53,6 +66,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.checks import UNICODE_REFUSAL, encodable
@@ -64,6 +78,15 @@ BUSY_TIMEOUT_MS = 10_000
 # large database) has ample time; below the page's own deadline (app.ui_assets.ACTION_RUN_S, 60 s), so the server
 # ends such a statement before the page stops waiting for its answer. Read at each connect, so a test may shorten it
 WEB_STATEMENT_TIMEOUT_MS = 3 * BUSY_TIMEOUT_MS
+# libpq's TCP keepalives of each PostgreSQL connection, where its URL sets none of its own: the first probe after 30 s
+# without traffic, then every 10 s, 3 unanswered end the connection; the server's own (tcp_keepalives_*) are set to
+# the same, so a peer gone without a word is noticed within about a minute on either end (it was about 2 hours)
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+# PostgreSQL's idle_in_transaction_session_timeout of each connection: the server ends a session whose transaction
+# was left idle this long (its locks let go). No transaction of the project waits on long work (the module docstring);
+# read at each connect, so a test may shorten it
+IDLE_IN_TRANSACTION_MS = 5 * 60_000
+_IDLE_KEY = "seiko_pg_idle_ms"  # a PostgreSQL connection's info: its idle_in_transaction_session_timeout in effect, ms
 _BOUNDS_KEY = "seiko_pg_bounds"  # a PostgreSQL connection's info: {"lock_timeout": ms, "statement_timeout": ms} in effect
 _BOUNDS_ATTR = "seiko_bounds"  # set on a driver error of a bound that ran out: the bounds of its connection
 SQLITE_BEGIN_OPTION = "seiko_sqlite_begin"  # execution option: "IMMEDIATE" (default) or "DEFERRED"
@@ -83,12 +106,14 @@ def make_engine(url: str, *, sqlite_foreign_keys: bool = True, echo: bool = Fals
     """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        engine = create_engine(url, echo=echo, pool_pre_ping=True)
+        keepalives = {name: value for name, value in KEEPALIVES.items() if name not in parsed.query}  # the URL's win
+        engine = create_engine(url, echo=echo, pool_pre_ping=True, connect_args=keepalives)
         event.listen(engine, "before_cursor_execute", _refuse_nul_text)
+        server_keepalives = _server_keepalives({**KEEPALIVES, **parsed.query})
 
         @event.listens_for(engine, "connect")
         def _on_pg_connect(dbapi_connection: Any, record: Any) -> None:
-            _bound_waits(dbapi_connection, record, bound_statements=bound_statements)
+            _bound_waits(dbapi_connection, record, bound_statements=bound_statements, keepalives=server_keepalives)
 
         event.listen(engine, "handle_error", _note_bounds)
         return engine
@@ -149,17 +174,48 @@ WITH found AS (
                    THEN greatest(1, stmt_want / 3)
                    ELSE lock_base END AS lock_want
     FROM statement_wanted
+), others AS (
+    -- the idle transaction bound and the server's TCP keepalives: ours (a NULL: none of ours) where the operator set
+    -- none (source default, or session as above); the idle bound in effect (ms) is answered
+    SELECT max(CASE WHEN name = 'idle_in_transaction_session_timeout'
+                    THEN (CASE WHEN own OR value IS NULL THEN setting ELSE value END)::bigint END) AS idle_ms,
+           count(CASE WHEN NOT own AND value IS NOT NULL THEN set_config(name, value, false) END) AS others_set
+    FROM (SELECT w.name, w.value, s.setting, s.source NOT IN ('default', 'session') AS own
+          FROM (VALUES ('idle_in_transaction_session_timeout', %(idle)s::text),
+                       ('tcp_keepalives_idle', %(ka_idle)s::text), ('tcp_keepalives_interval', %(ka_interval)s::text),
+                       ('tcp_keepalives_count', %(ka_count)s::text)) AS w(name, value)
+          JOIN pg_settings s ON s.name = w.name) AS asked
 )
 SELECT lock_want, stmt_want,
        CASE WHEN lock_want <> lock_ms OR NOT lock_own
             THEN set_config('lock_timeout', lock_want::text, false) END,
        CASE WHEN stmt_want <> stmt_ms OR (web > 0 AND NOT stmt_own)
-            THEN set_config('statement_timeout', stmt_want::text, false) END
-FROM wanted
+            THEN set_config('statement_timeout', stmt_want::text, false) END,
+       idle_ms, others_set
+FROM wanted, others
 """
 
 
-def _bound_waits(dbapi_connection: Any, record: Any, *, bound_statements: bool) -> None:
+def _server_keepalives(libpq: dict[str, Any]) -> dict[str, int | None]:
+    """The server's tcp_keepalives_idle, _interval and _count for a connection whose libpq keepalive parameters are
+    ``libpq`` (ours, the URL's over them): the same values; none (None) where keepalives are off or a value is not a
+    whole number (libpq refuses that URL at connect)."""
+    try:
+        if int(libpq["keepalives"]) == 0:
+            return {"ka_idle": None, "ka_interval": None, "ka_count": None}
+    except (TypeError, ValueError):
+        pass
+    out: dict[str, int | None] = {}
+    for name in ("idle", "interval", "count"):
+        try:
+            out[f"ka_{name}"] = int(libpq[f"keepalives_{name}"])
+        except (TypeError, ValueError):
+            out[f"ka_{name}"] = None
+    return out
+
+
+def _bound_waits(dbapi_connection: Any, record: Any, *, bound_statements: bool,
+                 keepalives: dict[str, int | None] | None = None) -> None:
     """PostgreSQL's ``connect``: the session's ``lock_timeout`` is BUSY_TIMEOUT_MS and, with ``bound_statements`` (the
     web server's engine), its ``statement_timeout`` WEB_STATEMENT_TIMEOUT_MS, each only where the operator set none
     of their own: a setting whose pg_settings ``source`` is not ``default`` (a role's or a database's ``ALTER ...
@@ -179,17 +235,24 @@ def _bound_waits(dbapi_connection: Any, record: Any, *, bound_statements: bool) 
     reason.
 
     One statement, one round trip (``_BOUNDS_SQL``). The values in effect go in the connection's ``info`` for
-    ``_note_bounds``. Read at each connect, so a test may shorten them."""
+    ``_note_bounds``. Read at each connect, so a test may shorten them.
+
+    In the same statement: the session's ``idle_in_transaction_session_timeout`` (IDLE_IN_TRANSACTION_MS) and the
+    server's TCP keepalives (``keepalives``: ``_server_keepalives``), each only where the operator set none of their
+    own, as above (fifteenth review); the idle bound in effect is noted with the connection for ``idle_refusal``."""
     web = int(WEB_STATEMENT_TIMEOUT_MS) if bound_statements else 0
+    asked = {"busy": int(BUSY_TIMEOUT_MS), "web": web, "idle": int(IDLE_IN_TRANSACTION_MS),
+             **(keepalives or _server_keepalives(KEEPALIVES))}
     autocommit = dbapi_connection.autocommit
     dbapi_connection.autocommit = True
     try:
         with dbapi_connection.cursor() as cursor:
-            cursor.execute(_BOUNDS_SQL, {"busy": int(BUSY_TIMEOUT_MS), "web": web})
-            lock_ms, statement_ms, _lock_set, _statement_set = cursor.fetchone()
+            cursor.execute(_BOUNDS_SQL, asked)
+            lock_ms, statement_ms, _lock_set, _statement_set, idle_ms, _others_set = cursor.fetchone()
     finally:
         dbapi_connection.autocommit = autocommit
     record.info[_BOUNDS_KEY] = {"lock_timeout": int(lock_ms), "statement_timeout": int(statement_ms)}
+    record.info[_IDLE_KEY] = int(idle_ms)
 
 
 def set_session_bounds(connection: Connection, **bounds_ms: int) -> None:
@@ -232,15 +295,26 @@ def session_bounds(connection: Connection) -> dict[str, int]:
     return dict(connection.info.get(_BOUNDS_KEY) or {})
 
 
-def _note_bounds(context: Any) -> None:
-    """``handle_error``: a lock not granted (55P03) or a statement cancelled (57014) on PostgreSQL carries the bounds
-    of its connection (``_bound_waits``), so that ``bound_refusal`` says the bound that ran out: the operator's own,
-    where they set one, is not BUSY_TIMEOUT_MS."""
-    if sqlstate(context.original_exception) not in ("55P03", "57014") or context.connection is None:
-        return
-    bounds = context.connection.info.get(_BOUNDS_KEY)
-    if bounds is not None:
-        setattr(context.original_exception, _BOUNDS_ATTR, dict(bounds))
+def _note_bounds(context: Any) -> OperationalError | None:
+    """``handle_error``: a lock not granted (55P03), a statement cancelled (57014) or a session ended for a
+    transaction left idle (25P03) on PostgreSQL carries the bounds of its connection (``_bound_waits``), so that
+    ``bound_refusal`` says the bound that ran out: the operator's own, where they set one, is not BUSY_TIMEOUT_MS.
+
+    The last is raised as an OperationalError (the driver's class for it is an InternalError): the server ended the
+    session, as a restart does, and the worker, the page and the commands take an OperationalError as the database's
+    state and say ``bound_refusal``'s sentence for it; the connection is invalidated (fifteenth review)."""
+    state = sqlstate(context.original_exception)
+    if state not in ("55P03", "57014", "25P03"):
+        return None
+    if context.connection is not None and (bounds := context.connection.info.get(_BOUNDS_KEY)) is not None:
+        idle = context.connection.info.get(_IDLE_KEY)
+        setattr(context.original_exception, _BOUNDS_ATTR,
+                {**bounds, **({} if idle is None else {"idle_in_transaction_session_timeout": idle})})
+    if state != "25P03" or isinstance(context.sqlalchemy_exception, OperationalError):
+        return None
+    context.is_disconnect = True  # the server ended the session: this connection is gone
+    return OperationalError(context.statement, context.parameters, context.original_exception,
+                            connection_invalidated=True)
 
 
 def _refuse_nul_text(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
@@ -470,11 +544,24 @@ def lock_outlasts_statement(exc: BaseException) -> bool:
     return statement_ms > 0 and (lock_ms == 0 or lock_ms >= statement_ms)
 
 
+def idle_refusal(exc: BaseException) -> str | None:
+    """The one sentence for a transaction PostgreSQL ended because it was left idle past the session's
+    idle_in_transaction_session_timeout (25P03: the server ends the whole session; IDLE_IN_TRANSACTION_MS, or the
+    operator's own, named where noted); None for any other error. The transaction was rolled back whole."""
+    if sqlstate(exc) != "25P03":
+        return None
+    bound = session_bound_s(exc, "idle_in_transaction_session_timeout")
+    past = f"for more than {bound:g} s, its bound" if bound is not None else "past its bound"
+    return (f"the database ended a transaction of this that was left idle {past} "
+            "(idle_in_transaction_session_timeout), so the change it belonged to was not saved; try again in a moment")
+
+
 def bound_refusal(exc: BaseException) -> str | None:
-    """The one sentence for a database bound that ran out: a lock not granted (``lock_refusal``) or a statement
-    cancelled (``statement_refusal``); None for any other error. The web page, the Rate tab and the commands all say
-    this one (app.ui, app.ui_rate_tab, app.__main__, app.cli_export)."""
-    return lock_refusal(exc) or statement_refusal(exc)
+    """The one sentence for a database bound that ran out: a lock not granted (``lock_refusal``), a statement
+    cancelled (``statement_refusal``) or a transaction left idle too long (``idle_refusal``); None for any other error.
+    The web page, the Rate tab and the commands all say this one (app.ui, app.ui_rate_tab, app.__main__,
+    app.cli_export)."""
+    return lock_refusal(exc) or statement_refusal(exc) or idle_refusal(exc)
 
 
 def unusable_refusal(exc: BaseException) -> str:
