@@ -912,7 +912,12 @@ class Worker:
         A database out of reach for a moment (``db.engine.is_outage``: a restart, a lock held too long) is tried again
         after 0.5, 1, 2 ... seconds while half the lease the last heartbeat gave is left: it used to fail the job,
         an attempt used up for nothing, and for good on its last attempt (found by review). The transaction rolled
-        back, so ``write`` runs again from the start."""
+        back, so ``write`` runs again from the start.
+
+        A try whose commit reached the database but whose answer was lost (a dropped connection) leaves the job done
+        under this worker's lease: a try after it finds that (LeaseLost), and when it was the last try, the job is read
+        back on a fresh connection. Either way it is published, not failed: the last try's was logged as the job's
+        failure and recorded as none (fifteenth review)."""
         run.heartbeat.stop()
         run.progress.set("done", 1, 1)
         give_up_at, wait, tried = time.monotonic() + self.lease_s / 2, 0.5, False
@@ -937,13 +942,32 @@ class Worker:
                     return
                 raise
             except OperationalError as exc:
-                if not is_outage(exc) or time.monotonic() + wait > give_up_at:
+                if not is_outage(exc):
+                    raise
+                if time.monotonic() + wait > give_up_at:  # the last try
+                    if self._stored_all_the_same(run.job, exc):
+                        return
                     raise
                 log.warning("job %d: the database could not take its result (%s); trying again in %.1f s", run.job.id,
                             exc.orig or exc, wait)
                 time.sleep(wait)
                 wait *= 2
                 tried = True
+
+    def _stored_all_the_same(self, claimed: ClaimedJob, exc: OperationalError) -> bool:
+        """Whether the publish whose last try failed with the outage ``exc`` was stored all the same (its commit landed,
+        its answer lost): read back on a fresh connection (``_done_by_me``). A read that fails too is logged, and the
+        job's failure is ``exc``, as before."""
+        try:
+            stored = self._done_by_me(claimed)
+        except Exception:
+            log.exception("job %d: whether its result was stored by the last try (%s) could not be read back",
+                          claimed.id, exc.orig or exc)
+            return False
+        if stored:
+            log.info("job %d: its result was stored by the last try, whose answer was lost (%s)", claimed.id,
+                     exc.orig or exc)
+        return stored
 
     def _done_by_me(self, claimed: ClaimedJob) -> bool:
         """Whether the job is done under this worker's lease of this claim (complete_job keeps the lease's owner

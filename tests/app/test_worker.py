@@ -1554,6 +1554,67 @@ def test_a_publish_whose_commit_answer_was_lost_is_not_called_discarded(worker_w
     worker.close()
 
 
+def test_a_publish_whose_last_try_committed_but_lost_its_answer_is_published(worker_world, monkeypatch, caplog):
+    """The last try of a job's publish (lease_s 0.9: half of it is left for tries, under the first wait of 0.5 s) whose
+    commit landed but whose answer was lost (the connection dropped) was raised: the job logged as failed, last_error
+    set (`worker --once` exited 1) and its failure not recorded (the job was done). It is read back on a fresh
+    connection now: done under this worker's claim, it is published. A last try that did not commit is still the
+    job's failure."""
+    import logging
+    from contextlib import contextmanager
+
+    from sqlalchemy.exc import OperationalError
+
+    from app import worker as worker_mod
+
+    world = worker_world
+    eid = world.create_experiment("last-answer-lost")
+    worker = world.worker(lease_s=0.9)
+    real_write_session, publishing, faults = worker_mod.write_session, {"fault": None}, []
+
+    def dropped(statement):
+        return OperationalError(statement, {}, Exception("server closed the connection unexpectedly"),
+                                connection_invalidated=True)
+
+    @contextmanager
+    def answer_lost(factory):
+        if publishing["fault"] == "before":  # dropped before anything was written
+            faults.append("before")
+            raise dropped("BEGIN")
+        with real_write_session(factory) as s:
+            yield s
+        if publishing["fault"] == "after":  # committed; the answer is lost on the way back
+            faults.append("after")
+            raise dropped("COMMIT")
+
+    def publishes(run):
+        publishing["fault"] = when  # only the publish's tries meet the fault
+        try:
+            worker._publish(run, lambda s: None, {"published": True})
+        finally:
+            publishing["fault"] = None
+        return "published"
+
+    worker.handlers["generate"] = publishes
+    monkeypatch.setattr(worker_mod, "write_session", answer_lost)
+    caplog.set_level(logging.INFO, logger="seiko.worker")
+    when = "after"
+    assert worker.run_once() and faults == ["after"]
+    assert worker.last_error is None
+    (job,) = _jobs(world, eid)
+    assert job.status == "done" and job.result == {"published": True} and job.error is None
+    assert not [r for r in caplog.records if "failed" in r.getMessage()]
+    assert any("stored by the last try, whose answer was lost" in r.getMessage() for r in caplog.records)
+
+    eid = world.create_experiment("last-try-dropped")
+    when, faults[:] = "before", []
+    assert worker.run_once() and faults == ["before"]
+    assert "server closed the connection unexpectedly" in (worker.last_error or "")
+    (job,) = _jobs(world, eid)
+    assert job.status == "queued" and "server closed the connection unexpectedly" in job.error  # an attempt, as before
+    worker.close()
+
+
 def test_a_database_that_refuses_for_good_ends_the_worker_at_once(worker_world, monkeypatch):
     """Every OperationalError was waited out as an outage, a missing table or a wrong password too: the worker retried
     forever, logging a traceback every 30 s (found by review). Only the database being out of reach is waited out."""
