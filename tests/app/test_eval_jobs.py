@@ -5,6 +5,7 @@ its experiment is finished, and a hand-back the database refuses does not stop t
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 import torch
@@ -140,4 +141,50 @@ def test_a_hand_back_the_database_refuses_is_logged_and_the_worker_carries_on(ui
     assert failed[0].exc_info is not None  # with the traceback
     job = _job(ui_world, job_id)
     assert (job.status, job.lease_owner, job.attempts) == ("running", "w1", 1)  # the lease runs out by itself
+    worker.close()
+
+
+def test_a_dropped_connection_while_a_chunk_is_stored_is_tried_again_not_an_attempt(ui_world, monkeypatch, caplog):
+    """A dropped connection while an eval job stored a chunk of its grid failed the attempt (the job queued again, its
+    chunk rendered again by the next). Storing a chunk is idempotent, so it is tried again within the attempt: the
+    first chunk's answer is lost after its commit landed, the second's connection drops before anything is written;
+    the job is done on its first attempt, each grid image stored once."""
+    _grid_config(ui_world, seeds=(0, 1, 2, 3))  # seeds 2 and 3 are still to render: two chunks of one image
+    job_id = _eval_job(ui_world, ui_world.round_id, 0)
+    worker = _worker(ui_world, eval_chunk=1)
+    monkeypatch.setattr(worker, "_parts", lambda spec: SimpleNamespace(device="cpu"))
+    monkeypatch.setattr(worker, "_use_adapter", lambda parts, round_: None)
+    monkeypatch.setattr(worker_module, "generate_batch", lambda parts, adapter, prompts, seeds, cfg, on_progress=None,
+                        as_uint8=False: (torch.randint(0, 256, (len(seeds), 3, 16, 16), dtype=torch.uint8),
+                                         torch.rand(len(seeds), 4)))
+    real_add, real_write_session, tries, lose = worker_module.Worker._add_missing_images, worker_module.write_session, [], []
+
+    def dropped(statement):
+        return OperationalError(statement, {}, Exception("server closed the connection unexpectedly"),
+                                connection_invalidated=True)
+
+    def add(s, round_id, rows):  # inside the chunk's transaction
+        tries.append([r["seed"] for r in rows])
+        if len(tries) == 3:  # the second chunk: the connection drops before its rows are written
+            raise dropped("INSERT INTO images ...")
+        lose.append(len(tries) == 1)  # the first chunk: its answer is lost once its commit landed
+        return real_add(s, round_id, rows)
+
+    @contextmanager
+    def answer_lost(factory):
+        with real_write_session(factory) as s:
+            yield s
+        if lose and lose.pop():
+            raise dropped("COMMIT")
+
+    monkeypatch.setattr(worker_module.Worker, "_add_missing_images", staticmethod(add))
+    monkeypatch.setattr(worker_module, "write_session", answer_lost)
+    with caplog.at_level(logging.INFO, logger="seiko.worker"):
+        assert worker.run_once()
+    assert worker.last_error is None and tries == [[2], [2], [3], [3]]
+    job = _job(ui_world, job_id)
+    assert (job.status, job.error, job.attempts) == ("done", None, 1)
+    assert caplog.text.count("could not take a chunk of the eval grid") == 2
+    with read_session(ui_world.factory) as s:
+        assert sorted(im.seed for im in repo.list_images(session=s, round_id=ui_world.round_id, kind="eval")) == [0, 1, 2, 3]
     worker.close()
