@@ -17,7 +17,9 @@ The result is a config of the shape Gradio itself serves for one page of a multi
 ``get_page_config``: a subset of the components and events, each keeping its id), which its page loads as it is. An
 event the page still needs must therefore touch nothing of the Admin tab: the page load and the experiment selector
 do not (the tab is shown by its layout, to admins only; the round status follows ``exp_state`` on the tab's own event).
-The server keeps every event: one a rater sends by hand is answered as before (refused, or skipped for a rater)."""
+The server keeps every event: one a rater sends by hand is refused (403) before its handler runs, as each event this
+leaves out that runs a handler is marked ``admin_only`` (the Admin tab's quiet events, its timer and the experiment's
+change, ran for a rater and answered a skip until the fifteenth review)."""
 
 from __future__ import annotations
 

@@ -50,16 +50,16 @@ class AdminHandlers:
                 ui_admin.jobs_table(factory, who, exp_id), ui_admin.raters_see_dashboard(factory, exp_id),
                 ui_export.exports_table(factory, who, exp_id))
 
+    @admin_only
     def on_admin_experiment(self, exp_id, request: gr.Request):
         """Another experiment selected (or the page loaded): the tab's settings of the experiment show that one's
         (dashboard access, jobs, exports, rater quality, standardising, and the round's status); they showed the
         previous one's until the tab was selected again, and a checkbox then wrote the value shown onto the new
-        experiment (found by review). To an admin only: a rater's page has no Admin tab (``app.rater_page``), but a
-        rater may send this event by hand. The round's status was the experiment selector's output (``app.ui``), which
-        is every page's event, so a rater's page config listed the Admin tab's status (fourteenth review)."""
-        who = self.who_of(request)
-        if not who.is_admin:
-            return (gr.skip(),) * 8
+        experiment (found by review). To an admin only: a rater's page has no Admin tab (``app.rater_page``), and the
+        event sent by hand is refused (it ran and answered a skip; fifteenth review). The round's status was the
+        experiment selector's output (``app.ui``), which is every page's event, so a rater's page config listed the
+        Admin tab's status (fourteenth review)."""
+        who = self.admin_of(request)
         factory = self.factory
         return (ui_admin.raters_see_dashboard(factory, exp_id), ui_admin.jobs_table(factory, who, exp_id),
                 ui_export.exports_table(factory, who, exp_id), "", *self._quality(who, exp_id),
@@ -70,10 +70,9 @@ class AdminHandlers:
         summary_html, rows = self.shown(lambda: ui_quality.report(self.factory, who, exp_id))
         return summary_html, rows, ui_quality.standardize_enabled(self.factory, exp_id)
 
+    @admin_only
     def on_admin_timer(self, exp_id, request: gr.Request):
-        who = self.who_of(request)
-        if not who.is_admin:
-            return gr.skip(), gr.skip()
+        who = self.admin_of(request)
         return ui_admin.round_status_html(self.factory, exp_id), ui_admin.jobs_table(self.factory, who, exp_id)
 
     def _after_change(self, message: str, exp_id: int | None):
@@ -178,12 +177,11 @@ class AdminHandlers:
         gr.Info(message)
         return message, members.raters_text(self.factory, target)
 
+    @admin_only
     def on_show_raters(self, exp_id, request: gr.Request):
-        """The raters field of the selected experiment; to an admin only (a rater's page has no Admin tab, but may
-        send this event by hand)."""
-        who = self.who_of(request)
-        if not who.is_admin:
-            return gr.skip()
+        """The raters field of the selected experiment; to an admin only (a rater's page has no Admin tab, and the
+        event sent by hand is refused)."""
+        self.admin_of(request)
         return self.shown(lambda: members.raters_text(self.factory, ui_admin.resolved_or_none(self.factory, exp_id)))
 
     @admin_only
@@ -375,10 +373,10 @@ def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callab
             x_link = gr.HTML(elem_id="export-link")
             exports_df = gr.Dataframe(headers=["id", "format", "round", "file", "size", "built", "download"], value=[],
                                       interactive=False, elem_id="exports-table")
-        ui_pairs.build_admin(services, exp_state, h.admin_of, h.shown, private=private,
-                             who_of=h.who_of)  # issue 14 item 1: scores, pairs or both
-        ui_options.build_admin(services, exp_state, h.admin_of, h.shown, private=private,
-                               who_of=h.who_of)  # issue 12 items 3 and 5: selection, auto-close
+        ui_pairs.build_admin(services, exp_state, h.admin_of, h.shown,
+                             private=private)  # issue 14 item 1: scores, pairs or both
+        ui_options.build_admin(services, exp_state, h.admin_of, h.shown,
+                               private=private)  # issue 12 items 3 and 5: selection, auto-close
         with gr.Accordion("Rater quality", open=False):  # issue 14, item 2 (app.ui_quality)
             q_summary = gr.HTML(elem_id="rater-quality")
             q_table = gr.Dataframe(headers=ui_quality.RATER_HEADERS, value=[], interactive=False,

@@ -69,8 +69,7 @@ def save(factory, who, experiment_id: int | None, selection: Any, candidate_fact
     return message
 
 
-def build_admin(services, exp_state, admin_of: Callable, shown: Callable, private: dict[str, Any] | None = None, *,
-                who_of: Callable):
+def build_admin(services, exp_state, admin_of: Callable, shown: Callable, private: dict[str, Any] | None = None):
     import gradio as gr
 
     private = private or {"api_visibility": "private"}
@@ -122,10 +121,11 @@ def build_admin(services, exp_state, admin_of: Callable, shown: Callable, privat
         gr.Info(message)
         return message, *filled(exp_id)
 
+    @admin_only
     def on_experiment(exp_id, request: gr.Request):
-        """The form shows the selected experiment's stored options (to an admin; a rater's page has no Admin tab)."""
-        if not who_of(request).is_admin:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        """The form shows the selected experiment's stored options (to an admin; a rater's page has no Admin tab, and
+        the event sent by hand is refused)."""
+        admin_of(request)
         return filled(exp_id)
 
     button.click(on_save, [exp_state, selection, factor, share, auto, repeat, loaded],

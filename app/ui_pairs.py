@@ -262,8 +262,7 @@ def feedback_value(factory, experiment_id: int | None) -> str:
         return pairwise.feedback_of(repo.get_experiment(session=s, experiment_id=int(experiment_id)))
 
 
-def build_admin(services, exp_state, admin_of: Callable, shown: Callable, private: dict[str, Any] | None = None, *,
-                who_of: Callable):
+def build_admin(services, exp_state, admin_of: Callable, shown: Callable, private: dict[str, Any] | None = None):
     """The admin's feedback setting (call inside the Admin tab): the radio shows the selected experiment's."""
     private = private or {"api_visibility": "private"}
     with gr.Accordion("Feedback: scores or pairwise comparisons", open=False):
@@ -286,11 +285,12 @@ def build_admin(services, exp_state, admin_of: Callable, shown: Callable, privat
         gr.Info(message)
         return message
 
+    @admin_only
     def show_feedback(exp_id, request: gr.Request):
         """The page loaded or another experiment was selected: the radio shows that experiment's setting (it always
-        showed 'scores'; found by review). To an admin only (a rater's page has no Admin tab)."""
-        if not who_of(request).is_admin:
-            return gr.skip()
+        showed 'scores'; found by review). To an admin only (a rater's page has no Admin tab, and the event sent by
+        hand is refused)."""
+        admin_of(request)
         return shown(lambda: feedback_value(services.factory, exp_id))
 
     button.click(on_set, [exp_state, choice], [result], concurrency_limit=1, **private)

@@ -8,6 +8,7 @@ both whole; the page built from a rater's config still works in Chromium, and th
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 
@@ -16,7 +17,7 @@ import pytest
 
 from app import gradio_routes, rater_page, web_guard
 from tests.app.e2e_support import MARKS, sign_in, watch_errors
-from tests.app.test_web_guard import launch, signed_in
+from tests.app.test_web_guard import LOCAL, launch, signed_in
 
 # elem_ids laid out on the Admin tab (app.ui_admin_tab), and the tab's own
 ADMIN_ELEM_IDS = ("tab-admin", "dashboard-access", "user-delete", "user-password", "build-export", "audit-log")
@@ -97,6 +98,99 @@ def test_an_event_left_out_of_a_raters_page_is_still_refused_when_sent_by_hand(s
         r = http.post("/gradio_api/queue/join", json={"data": ["bob"], "fn_index": fn_index, "session_hash": "abcdefgh12",
                                                       "event_data": None, "trigger_id": None})
     assert r.status_code == 403, r.text
+
+
+# the Admin tab's quiet events: an admin's page runs them unasked (the tab's timer, a pick of an experiment)
+QUIET_ADMIN_EVENTS = {"app.ui_admin_tab:on_admin_experiment", "app.ui_admin_tab:on_admin_timer",
+                      "app.ui_admin_tab:on_show_raters", "app.ui_pairs:show_feedback", "app.ui_options:on_experiment"}
+
+
+def _name(fn) -> str:
+    return f"{fn.__module__}:{fn.__name__}"
+
+
+def _recording(monkeypatch, demo, fn_ids, ran: list[str]) -> None:
+    """Each of ``fn_ids``' handlers notes its name in ``ran`` when Gradio runs it (its marks and signature kept)."""
+    for fn_id in fn_ids:
+        block_fn = demo.fns[fn_id]
+
+        def noting(handler):
+            @functools.wraps(handler)
+            def noted(*args, **kwargs):
+                ran.append(_name(handler))
+                return handler(*args, **kwargs)
+            return noted
+
+        monkeypatch.setattr(block_fn, "fn", noting(block_fn.fn))
+
+
+def _join(http: httpx.Client, demo, fn_id: int, session: str, **headers) -> httpx.Response:
+    return http.post("/gradio_api/queue/join", headers=headers,
+                     json={"data": [None] * len(demo.fns[fn_id].inputs), "fn_index": fn_id, "session_hash": session,
+                           "event_data": None, "trigger_id": None})
+
+
+def _completed(http: httpx.Client, session: str, **headers) -> list[dict]:
+    """The session's finished events' messages, read up to the stream's close."""
+    done = []
+    with http.stream("GET", "/gradio_api/queue/data", params={"session_hash": session}, headers=headers) as stream:
+        assert stream.status_code == 200
+        for line in stream.iter_lines():
+            if line.startswith("data:"):
+                message = json.loads(line[5:])
+                done += [message] if message.get("msg") == "process_completed" else []
+                if message.get("msg") == "close_stream":
+                    break
+    return done
+
+
+def test_every_event_left_out_of_a_raters_page_is_refused_to_a_rater_before_it_runs(served_app, monkeypatch):
+    """The Admin tab's quiet events (its timer, the experiment's change, the raters field, the feedback and round
+    options shown) were not marked ``admin_only``: sent by hand to the queue by a rater, they ran and answered a skip
+    (fifteenth review). Every event a rater's page config leaves out (``rater_page.admin_parts``) that runs a handler
+    is now refused to a rater with 403 and one sentence, the handler never called; an admin's same requests run."""
+    _, demo, url = served_app
+    _, left_out = rater_page.admin_parts(demo)
+    handled = sorted(i for i in left_out if demo.fns[i].fn is not None)
+    quiet = sorted(i for i in handled if _name(demo.fns[i].fn) in QUIET_ADMIN_EVENTS)
+    expected = sorted(_name(demo.fns[i].fn) for i in quiet)  # on_show_raters is two events (the tab, the change)
+    assert set(expected) == QUIET_ADMIN_EVENTS  # the names looked for are real
+    ran: list[str] = []
+    _recording(monkeypatch, demo, handled, ran)
+    with signed_in(url, "alice") as http:
+        for fn_id in handled:
+            r = _join(http, demo, fn_id, "alices-page")
+            assert r.status_code == 403, (_name(demo.fns[fn_id].fn), r.status_code, r.text)
+            assert r.json()["detail"] == "'alice' is a rater; only an admin can do this.", r.text
+    with signed_in(url, "root") as http:
+        for fn_id in quiet:  # the quiet ones only: the others change things
+            r = _join(http, demo, fn_id, "roots-page")
+            assert r.status_code == 200, (_name(demo.fns[fn_id].fn), r.text)
+            (done,) = _completed(http, "roots-page")
+            assert done["success"], done
+    # the admin's ran, each once (read to their end); none of the rater's, sent before them, ever did
+    assert sorted(ran) == expected, ran
+
+
+def test_the_admin_tabs_quiet_events_run_as_before_in_local_mode(ui_world_factory, monkeypatch):
+    """Local mode's one user is the admin: the tab's timer and the experiment's change run for them."""
+    world = ui_world_factory(accounts=False)
+    demo, url = launch(world, local_mode=True)
+    try:
+        quiet = sorted(i for i, bf in demo.fns.items() if bf.fn is not None and _name(bf.fn) in QUIET_ADMIN_EVENTS)
+        expected = sorted(_name(demo.fns[i].fn) for i in quiet)
+        assert set(expected) == QUIET_ADMIN_EVENTS
+        ran: list[str] = []
+        _recording(monkeypatch, demo, quiet, ran)
+        with httpx.Client(base_url=url, timeout=30) as http:
+            for fn_id in quiet:
+                r = _join(http, demo, fn_id, "local-page", **LOCAL)
+                assert r.status_code == 200, (_name(demo.fns[fn_id].fn), r.text)
+                (done,) = _completed(http, "local-page", **LOCAL)
+                assert done["success"], done
+        assert sorted(ran) == expected, ran
+    finally:
+        demo.close()
 
 
 def test_an_answer_that_cannot_be_trimmed_is_not_passed_on_to_a_rater(caplog):
