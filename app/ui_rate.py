@@ -788,6 +788,11 @@ def parse_prior(value: Any) -> int | str | None:
     return parse_score(value, what="the score a kept rating was given over", besides=" or 'none' or 'unknown'")
 
 
+# a kept rating's round without the score its page knew (fifteenth review, 6 Dec 2026): it was done as the page's own
+NO_PRIOR = ("a rating sent again with the round it was kept for must say the score the page knew for the image before "
+            "it (prior: a score from 1 to 10, 'none' or 'unknown'); nothing was saved")
+
+
 def parse_kept_round(payload: dict[str, Any]) -> int | None:
     """The round an action sent again after a reload was kept for (its ``round``), None for an action of the page."""
     if "round" not in payload:
@@ -927,7 +932,8 @@ def rate(factory, data_dir, who: Who, state_value: dict | None, payload: dict[st
     for (``round``: checked in place of the page's batch, as the reload may show another experiment or round) and the
     score the page knew for the image before it (``prior``: a score or "none"): it is done only if that is still the
     image's score (``_rate``'s ``kept``), else refused as changed elsewhere (thirteenth review, 6 Dec 2026); a page
-    from before that review noted no such score, and its ratings come with ``UNNOTED`` (fourteenth review).
+    from before that review noted no such score, and its ratings come with ``UNNOTED`` (fourteenth review). A
+    ``round`` without a ``prior`` is refused (``NO_PRIOR``; it was done as the page's own rating, fifteenth review).
     ``noted``: called with the image's round in the rating's transaction, under its round's lock, once it is written
     (``ui_rate_tab.Answered``)."""
     state = RateState.from_value(state_value)
@@ -937,6 +943,8 @@ def rate(factory, data_dir, who: Who, state_value: dict | None, payload: dict[st
         image_id, score = parse_image_id(payload.get("image_id")), parse_score(payload.get("score"))
         kept_round = parse_kept_round(payload)
         kept = "prior" in payload
+        if kept_round is not None and not kept:  # the page sends none such: a note of version 2 sends 'unknown'
+            raise InvalidInput(NO_PRIOR)
         expect = parse_prior(payload["prior"]) if kept else None
         if kept_round is not None:
             _action_target(factory, who, image_id, kept_round, "rated")

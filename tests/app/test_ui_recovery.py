@@ -835,8 +835,8 @@ def test_a_kept_action_tells_a_rater_outside_the_experiment_nothing_of_its_image
     # the image in the round named, the image named with another round (an existing one, and one that does not
     # exist), an image that does not exist: the same answer, the image's "no such image" sentence
     for image_id, round_id in ((image, r2id), (image, w.round_id), (image, 10 ** 6), (missing, r2id)):
+        # (a kept rating without its prior is refused before any of this, whatever the image and round: NO_PRIOR)
         for act, payload in ((ui_rate.rate, {"image_id": image_id, "score": 5, "prior": "none", "round": round_id}),
-                             (ui_rate.rate, {"image_id": image_id, "score": 5, "round": round_id}),
                              (ui_rate.skip, {"image_id": image_id, "round": round_id})):
             said = act(w.factory, w.settings.data_dir, alice, shown, payload, batch_size=4).message
             assert said == f"there is no image with id {image_id}", (image_id, round_id, payload, said)
@@ -1071,3 +1071,25 @@ def test_a_kept_rating_of_a_note_that_did_not_note_the_score_never_overwrites_on
                                                                    "round": round_id, "seq": 1}),
                                         gr.Request(username="alice", session_hash="tab-1"))[1])
     assert marks["changed"] is True and marks["refused"] is True and _score(w, image) == 9
+
+
+def test_a_kept_rating_with_its_round_but_no_prior_is_refused_and_saves_nothing(ui_world):
+    """Found by the fifteenth review (6 Dec 2026): a rating sent with the round it was kept for but no ``prior`` (the
+    score the page knew) was taken as the page's own rating, done over any score. The page sends none such (a note of
+    version 2's ratings go with the prior "unknown"): it is refused in one sentence, nothing written, whatever the
+    image's score; the same rating with a prior is done (so the refusal is the missing prior's)."""
+    w, alice = ui_world, who(ui_world, "alice")
+    state = page(w, "alice").state
+    image, round_id = state["batch"][0], state["round_id"]
+    for stored in (None, 4):
+        _store_score(w, alice, state, image, stored)
+        before = _marks_of(w)
+        view = ui_rate.rate(w.factory, w.settings.data_dir, alice, state,
+                            {"image_id": image, "score": 6, "round": round_id}, batch_size=4)
+        assert view.message == ("a rating sent again with the round it was kept for must say the score the page knew "
+                                "for the image before it (prior: a score from 1 to 10, 'none' or 'unknown'); nothing "
+                                "was saved"), (stored, view.message)
+        assert _score(w, image) == stored and _marks_of(w) == before, stored
+    view = ui_rate.rate(w.factory, w.settings.data_dir, alice, state,
+                        {"image_id": image, "score": 6, "prior": 4, "round": round_id}, batch_size=4)
+    assert view.message is None and _score(w, image) == 6
