@@ -16,8 +16,10 @@ import httpx
 import pytest
 
 from app import gradio_routes, rater_page, web_guard
+from db import repo
+from db.engine import read_session
 from tests.app.e2e_support import MARKS, sign_in, watch_errors
-from tests.app.test_web_guard import LOCAL, launch, signed_in
+from tests.app.test_web_guard import LOCAL, UI_PASSWORD, launch, signed_in
 
 # elem_ids laid out on the Admin tab (app.ui_admin_tab), and the tab's own
 ADMIN_ELEM_IDS = ("tab-admin", "dashboard-access", "user-delete", "user-password", "build-export", "audit-log")
@@ -191,6 +193,48 @@ def test_the_admin_tabs_quiet_events_run_as_before_in_local_mode(ui_world_factor
         assert sorted(ran) == expected, ran
     finally:
         demo.close()
+
+
+def test_a_role_change_applies_to_the_next_request_of_an_account_already_signed_in(served_app):
+    """A role changed on the Admin tab shows in the page only at its next reload, but the front door's check is of
+    the role now: an admin made a rater while signed in has their next admin request refused (403, one sentence),
+    and a rater made an admin has theirs run, both without signing in again."""
+    from app import auth
+
+    world, demo, url = served_app
+    auth.add_user(world.factory, name="carol", role="admin", password=UI_PASSWORD)
+    (timer,) = [i for i, bf in demo.fns.items() if bf.fn is not None and bf.fn.__name__ == "on_admin_timer"]
+    (role,) = [i for i, bf in demo.fns.items() if bf.fn is not None and bf.fn.__name__ == "on_user_role"]
+
+    def timer_answer(http: httpx.Client, session: str) -> int:
+        r = _join(http, demo, timer, session)
+        if r.status_code == 200:
+            (done,) = _completed(http, session)
+            assert done["success"], done
+        return r.status_code
+
+    def set_role(name: str, new: str) -> None:
+        with signed_in(url, "root") as http:
+            r = http.post("/gradio_api/queue/join", json={"data": [name, new], "fn_index": role,
+                                                          "session_hash": "roots-page", "event_data": None,
+                                                          "trigger_id": None})
+            assert r.status_code == 200, r.text
+            (done,) = _completed(http, "roots-page")
+            assert done["success"], done
+        with read_session(world.factory) as s:  # done (the database says so), not merely answered
+            assert repo.get_rater_by_name(session=s, name=name).role == new
+
+    with signed_in(url, "carol") as carol, signed_in(url, "alice") as alice:
+        # the guard remembers a session's account for recheck_s (2 s); long here, so that what is checked is the
+        # change itself taking effect, not the memory running out while the change is made (a slow machine)
+        web_guard.installed(demo.server_app).sessions.recheck_s = 600
+        assert (timer_answer(carol, "carols-page"), timer_answer(alice, "alices-page")) == (200, 403)
+        set_role("carol", "rater")
+        set_role("alice", "admin")
+        r = _join(carol, demo, timer, "carols-page")
+        assert r.status_code == 403, r.text
+        assert r.json()["detail"] == "'carol' is a rater; only an admin can do this.", r.text
+        assert timer_answer(alice, "alices-page") == 200
 
 
 def test_an_answer_that_cannot_be_trimmed_is_not_passed_on_to_a_rater(caplog):
