@@ -776,7 +776,7 @@ def unnoted_prior(image_id: int, now: int) -> str:
             "and sent it after its reload, from a note made by a page from before the server's upgrade, which did not "
             "note the score the image had then; such a rating is saved only where the image has no score, and it is "
             f"{now} now (given on another page, by an earlier rating of that page, or by an action the server did "
-            "before it restarted), so the kept rating was not saved: rate it again if you still want that score")
+            "before it restarted), so the kept rating was not saved and the image keeps that score")
 
 
 def parse_prior(value: Any) -> int | str | None:

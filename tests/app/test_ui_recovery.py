@@ -1063,8 +1063,8 @@ def test_a_kept_rating_of_a_note_that_did_not_note_the_score_never_overwrites_on
                 "away and sent it after its reload, from a note made by a page from before the server's upgrade, "
                 "which did not note the score the image had then; such a rating is saved only where the image has no "
                 f"score, and it is {stored} now (given on another page, by an earlier rating of that page, or by an "
-                "action the server did before it restarted), so the kept rating was not saved: rate it again if you "
-                "still want that score")
+                "action the server did before it restarted), so the kept rating was not saved and the image keeps that "
+                "score")
     # the marks say changed, so the page counts it apart
     handlers = RateHandlers(w.services(), lambda request: alice, [].append)
     marks = json.loads(handlers.on_rate(state, gr.EventData(None, {"image_id": image, "score": 8, "prior": "unknown",
