@@ -542,10 +542,12 @@ class LoginThrottle:
                 f.locked_until = now + min(rule.max_s, rule.base_s * 2 ** min(f.count - rule.free - 1, 60))
 
     def succeeded(self, ip: str | None, account: str | None, device: str | None = None, *,
-                  credentials: str = "", session: str | None = None) -> None:
+                  credentials: str = "", session: str | None = None, replaces: str | None = None) -> None:
         """A sign-in with ``credentials`` (the stamp of the password it matched) succeeded. Within a signed-in
         ``session`` (``_keys_for``), only that session's counter and the account's sessions' shared one are cleared:
-        the account's stays as the sign-in page left it."""
+        the account's stays as the sign-in page left it. ``replaces``: the device token the browser brought, which
+        ``device`` (a fresh one) replaces: known no more, for any account; what it had earned for other accounts
+        (and its failures there) passes to ``device``."""
         now = self._monotonic()
         name = (account or "")[:200]
         with self._lock:
@@ -555,9 +557,20 @@ class LoginThrottle:
                 return
             self._keys.pop(("account", name), None)
             self._keys.pop(("in-app", f"\0{name}"), None)  # a right password at the sign-in page clears it too
+            if device and replaces and replaces != device:
+                self._replace_device(replaces, device)
             if device:
                 self._keys.pop(("device", f"{device}\0{name}"), None)
                 self._remember_device(name, device, (now, credentials))
+
+    def _replace_device(self, old: str, new: str) -> None:
+        """``new`` in the place of ``old`` wherever ``old`` is remembered or counted (call with the lock held)."""
+        for name, tokens in self._devices.items():
+            if old in tokens:
+                self._devices[name] = {(new if d == old else d): entry for d, entry in tokens.items()}
+        prefix = f"{old}\0"
+        for key in [k for k in self._keys if k[0] == "device" and k[1].startswith(prefix)]:
+            self._keys[("device", new + key[1][len(old):])] = self._keys.pop(key)
 
     def _remember_device(self, name: str, device: str, entry: tuple[float, str]) -> None:
         """Keep the account's newest devices only: someone who once knew the password cannot mint tokens without end,

@@ -1471,10 +1471,14 @@ class WebGuard:
             return JSONResponse({"detail": f"Too many sign-ins to this account in a short time; try again in "
                                            f"{seconds} second{'s' if seconds != 1 else ''}."},
                                 status_code=429, headers={"Retry-After": str(seconds)})
-        device = device or secrets.token_urlsafe(DEVICE_BYTES)
+        # a fresh device token at every sign-in, never the one the browser brought (fifteenth review, 6 Dec 2026): one
+        # planted before it (over plain http, or by another port of this host: cookies do not separate ports) was
+        # kept and remembered for the account, so whoever planted it got past the account's and the address's locks.
+        # What the old token had earned for other accounts passes to the new one; the old one is known no more
+        brought, device = device, secrets.token_urlsafe(DEVICE_BYTES)
         # remembered before the session starts: a password change that lands meanwhile either makes start refuse or
         # forgets this device after it was remembered (auth.set_password -> sessions.credentials_changed)
-        self.throttle.succeeded(ip, username, device, credentials=result.credentials)
+        self.throttle.succeeded(ip, username, device, credentials=result.credentials, replaces=brought)
         assert self.sessions is not None
         # the cookies set below replace this browser's old session, if it had one (as another user, or the same): it
         # ends in the same transaction, as a log out would (it stayed valid until it expired; found by review)

@@ -1277,6 +1277,64 @@ def test_the_sign_in_sets_a_device_cookie_that_gets_past_a_locked_address(ui_wor
         demo.close()
 
 
+def test_a_cookie_planted_before_the_sign_in_is_not_the_one_valid_after_it(ui_world):
+    """Session fixation (fifteenth review, 6 Dec 2026): a device cookie the browser already held at the sign-in (one an
+    attacker planted over plain http, or from another port of the same host: cookies do not separate ports) was kept
+    and remembered for the account, so whoever planted it got past the account's and the address's locks with it.
+    Every successful sign-in now sets fresh tokens, and the one brought before is refused."""
+    throttle = sessions.LoginThrottle(per_ip=sessions.ThrottleRule(free=3, base_s=30, max_s=60))
+    demo, url = launch(ui_world, throttle=throttle)
+    cookie_id = demo.server_app.cookie_id
+    device_name, session_name = f"seiko-device-{cookie_id}", f"access-token-unsecure-{cookie_id}"
+    planted = {device_name: "P" * 32, session_name: "planted-session-token"}
+    try:
+        with httpx.Client(base_url=url, timeout=30, cookies=planted) as victim, \
+                httpx.Client(base_url=url, timeout=30) as other:
+            r = victim.post("/login", data={"username": "alice", "password": UI_PASSWORD})
+            assert r.status_code == 200, r.text
+            fresh = {c.name: c.value for c in r.cookies.jar}
+            assert fresh[device_name] != planted[device_name] and fresh[session_name] != planted[session_name]
+            assert config_user(victim) == 200
+            with httpx.Client(base_url=url, timeout=30, cookies={session_name: planted[session_name]}) as attacker:
+                assert config_user(attacker) in (401, 403)
+            codes = [other.post("/login", data={"username": "bob", "password": "wrong password"}).status_code
+                     for _ in range(4)]
+            assert codes == [400, 400, 400, 400]  # the address is locked now
+            with httpx.Client(base_url=url, timeout=30, cookies={device_name: planted[device_name]}) as attacker:
+                r = attacker.post("/login", data={"username": "alice", "password": "a wrong guess"})
+                assert r.status_code == 429, r.text  # the planted device is no key past the lock
+            r = victim.post("/login", data={"username": "alice", "password": UI_PASSWORD})
+            assert r.status_code == 200, r.text  # the fresh one is
+            again = {c.name: c.value for c in r.cookies.jar}[device_name]
+            assert again != fresh[device_name]  # and replaced at this sign-in too; the one it replaces is refused
+            with httpx.Client(base_url=url, timeout=30, cookies={device_name: fresh[device_name]}) as copy:
+                assert copy.post("/login", data={"username": "alice", "password": "x"}).status_code == 429
+    finally:
+        demo.close()
+
+
+
+def test_the_fresh_device_token_of_a_sign_in_takes_over_what_the_one_brought_had_earned():
+    """The throttle's side of the row above: a browser that signed in to bob and then to alice gets a new token at the
+    second sign-in; bob's exemption passes to it (the browser still gets past bob's lock), and the token it brought is
+    no key for either account any more."""
+    clock = [0.0]
+    t = sessions.LoginThrottle(per_ip=sessions.ThrottleRule(free=1, base_s=10, max_s=100),
+                               per_device=sessions.ThrottleRule(free=2, base_s=10, max_s=100),
+                               known_s=1000, monotonic=lambda: clock[0])
+    t.succeeded("10.0.0.1", "bob", "old-token", credentials="bobs")
+    t.failed("10.0.0.1", "bob", "old-token", credentials="bobs")  # one failure of the browser's own, for bob
+    t.succeeded("10.0.0.1", "alice", "new-token", credentials="alices", replaces="old-token")
+    for _ in range(2):
+        t.failed("10.0.0.1", "carol")  # the address is locked
+    assert t.wait_s("10.0.0.1", "bob", "new-token", credentials="bobs") == 0
+    assert t.wait_s("10.0.0.1", "alice", "new-token", credentials="alices") == 0
+    assert t.wait_s("10.0.0.1", "bob", "old-token", credentials="bobs") == 10
+    assert t.wait_s("10.0.0.1", "alice", "old-token", credentials="alices") == 10
+    for _ in range(2):  # its failure for bob came along: two more lock it
+        t.failed("10.0.0.1", "bob", "new-token", credentials="bobs")
+    assert t.wait_s("10.0.0.1", "bob", "new-token", credentials="bobs") == 10
+
 def test_a_password_changed_by_another_process_ends_the_devices_exemption(ui_world):
     """Found in review: the throttle forgot a browser's exemption only when the password changed in this process; one
     changed with `python -m app users` beside the running server left the old browser guessing at its own limit,
