@@ -25,6 +25,7 @@ last enabled admin account cannot be disabled, deleted or made a rater.
 from __future__ import annotations
 
 import base64
+import bisect
 import functools
 import getpass
 import hashlib
@@ -218,14 +219,22 @@ def _inside_patterns() -> tuple[tuple[str, re.Pattern[str]], ...]:
 
 
 def _is_common(folded: str, ones: frozenset[int] = frozenset()) -> bool:
-    """Whether ``folded`` is a common password, alone or followed only by digits and punctuation: once those are
-    dropped from its end, it starts with a letter or digit (leet read as letters: "$unshine" does) and its skeleton
-    (``_skeleton``) reads as a listed one's (``_skeleton_pattern``: "P@ss w0rd 1!" is "password", "he11o" is "hello").
-    Marks before the word are no spelling of it ("!password" is a common password with a character before it,
-    ``_characters_left``'s case). The characters at ``ones`` read as a 1 (``_skeleton``): being i's in ``folded``, they
-    are not digits dropped from its end ("FootbaII" is "football")."""
-    core = folded.rstrip(_TRAILING).translate(LEET)
-    return core[:1].isalnum() and _common_pattern().fullmatch(_skeleton(core, ones)[0]) is not None
+    """Whether ``folded`` is a common password, alone or followed only by digits and punctuation: it starts with a
+    letter or digit (leet read as letters: "$unshine" does) and, cut anywhere in the digits and punctuation it ends
+    with, its skeleton (``_skeleton``) reads as a listed one's (``_skeleton_pattern``: "P@ss w0rd 1!" is "password",
+    "he11o" is "hello"). Marks before the word are no spelling of it ("!password" is a common password with a character
+    before it, ``_characters_left``'s case). The characters at ``ones`` read as a 1 (``_skeleton``): being i's in
+    ``folded``, they are not digits at its end ("FootbaII" is "football"). Only the cut after all of them was read, so a
+    word's own last letter written as a digit or mark went with them ("footbal1", "hell0", "princes$": found by the
+    fifteenth review, 6 Dec 2026)."""
+    stripped = len(folded.rstrip(_TRAILING))
+    if not stripped or not folded.translate(LEET)[:1].isalnum():  # digits and punctuation alone are no word
+        return False
+    skeleton, at = _skeleton(folded, ones)
+    word = bisect.bisect_left(at, stripped)  # the skeleton's characters before the digits and punctuation at the end
+    # each cut's skeleton is a start of the whole one, at least ``word`` long; none longer than a listed one matches
+    longest = max(word, min(len(skeleton), max(map(len, _common_skeletons()))))
+    return any(_common_pattern().fullmatch(skeleton[:cut]) for cut in range(word, longest + 1))
 
 
 @functools.cache

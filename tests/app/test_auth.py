@@ -1246,10 +1246,12 @@ def _spellings() -> dict[str, str]:
 
 
 def _is_common_by_skeleton(password: str) -> bool:
-    """Whether ``password`` (lower case), without the digits and marks it ends with, starts with a letter or digit once
-    leet is read and reads as a listed entry."""
+    """Whether ``password`` (lower case, not digits and marks alone) starts with a letter or digit once leet is read
+    and, cut somewhere in the digits and marks it ends with, reads as a listed entry before the cut: every cut tried
+    ("footbal1" is "football" cut after its 1)."""
     core = password.rstrip(TRAILING)
-    return LEET_READS.get(core[:1], core[:1]).isalnum() and _skeleton(core) in _spellings()
+    return bool(core) and LEET_READS.get(core[:1], core[:1]).isalnum() and any(
+        _skeleton(password[:cut]) in _spellings() for cut in range(len(core), len(password) + 1))
 
 
 def _counted_by_brute_force(password: str) -> int:
@@ -2178,3 +2180,38 @@ def test_log_outs_of_other_tokens_do_not_stop_a_sessions_check_from_being_cached
     assert store.check(token) is not None
     assert store.check(token) is not None
     assert len(lookups) == 1  # the second check came from memory
+
+
+# ---------------------------------------------------------------------------------------------
+# fifteenth review (6 Dec 2026): a listed word's last letter written as a digit
+# ---------------------------------------------------------------------------------------------
+
+# a digit or mark that reads as each letter (LEET_READS, and a 1 for an i or an l)
+WRITTEN_AS = {letter: [c for c, read in LEET_READS.items() if read == letter] for letter in set(LEET_READS.values())}
+WRITTEN_AS.update(i=["1"], l=["1"])
+
+
+def test_a_listed_word_whose_last_letter_is_written_as_a_digit_is_a_common_password():
+    """The digits and marks a password ends with were dropped before it was compared with the list, a word's own last
+    letter with them when it was written as a digit or a mark: "footbal1" read "footbal", no common password (the
+    phrase rule refused it in its own sentence, but "footbal1 2026" style spellings of other words could pass it).
+    Every cut in those digits and marks is read now. By brute force over the shipped list: every listed word ending
+    in l, written with a final 1, and every other whose last letter has a leet spelling, written with each, alone
+    (when long enough) and with a year and a mark after it, is refused in the common password's sentence."""
+    tried = 0
+    l_words = [word for word in _common_entries() if word.endswith("l")]
+    assert l_words  # football, baseball, ...
+    for word in sorted(_common_entries()):
+        for digit in WRITTEN_AS.get(word[-1], []):
+            for password in (word[:-1] + digit, word[:-1] + digit + "2026!"):
+                if len(password) < 8:
+                    continue
+                with pytest.raises(ValueError) as refused:
+                    auth.check_password_strength(password)
+                assert str(refused.value) == COMMON_RULE, (password, str(refused.value))
+                assert _is_common_by_skeleton(password)
+                tried += 1
+    assert tried >= 2 * len(l_words) + 10
+    with pytest.raises(ValueError, match="most commonly used"):
+        auth.check_password_strength("footbal1")
+
