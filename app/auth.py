@@ -110,8 +110,8 @@ COMMON_INSIDE_MIN = 5  # a common password this long or longer is taken out wher
 # 100 entries, in their spellings of case, spaces and leet: about as many guesses as two letters, 26**2 = 676), so a
 # phrase of unrelated words ("hotel guest") is not read as its other words alone; counted for a stretch of common
 # passwords (touching ones, "summerwinter", count once) that is not all a run (a common password written again) and
-# holds a listed one no stretch counted before it held: each listed one is picked once, so written again, or put
-# together again with others already counted ("password dragon passworddragon"), it counts no more
+# holds a listed one no stretch counted before it held (those holding fewer listed ones first): each listed one is
+# picked once, so written again, or put together again with others ("password dragon passworddragon"), it counts no more
 COMMON_WORD_WORTH = 2
 # the common leet substitutions, read as the letters they stand for when passwords are compared with the list
 # (``_skeleton``); 1 stands for i or l (``LEET_ONE``)
@@ -249,10 +249,12 @@ def common_passwords() -> frozenset[str]:
 def _characters_left(folded: str, ones: frozenset[int] = frozenset()) -> int:
     """How many characters ``folded`` counts for once its common passwords and runs are taken out: the characters
     outside them all, and COMMON_WORD_WORTH for each stretch of common passwords that is not all run and holds a
-    listed one (by skeleton) that no stretch counted before it held. So each listed one counts once, read from the
-    left: a stretch of touching ones counts once ("summerwinter": 2), and a stretch made only of listed ones counted
-    already, the same one written again apart or counted ones put together again, counts nothing ("password dragon
-    passworddragon dragonpassword": 2 + 2 and the 3 spaces, 7). Taken out: every place a common password
+    listed one (by skeleton) that no stretch counted before it held, the stretches taken by how many listed ones they
+    hold, fewest first (as many: in the order of their words), so that the order they are written in changes nothing.
+    So each listed one counts once: a stretch of touching ones counts once ("summerwinter": 2), and a stretch made only
+    of listed ones counted already, the same one written again apart or counted ones put together again, counts
+    nothing ("password dragon passworddragon dragonpassword", or its stretches in any order: 2 + 2 and the 3 spaces,
+    7). Taken out: every place a common password
     (``common_passwords``) of COMMON_INSIDE_MIN characters or more stands, compared by skeleton (``_skeleton``: leet
     read as letters, the characters at ``ones`` as a 1, spaces and punctuation skipped, so "p4ss word" stands where its
     first and last letters do), and every run, a stretch of RUN_MIN characters or more that
@@ -311,15 +313,17 @@ def _characters_left(folded: str, ones: frozenset[int] = frozenset()) -> int:
                     break
                 after += 1
             i = folded.find(entry, i + 1)
-    # the stretches of common passwords not all run, from the left, each counted when it holds a listed one not
+    # the stretches of common passwords not all run, each counted when it holds a listed one not
     # counted before: a stretch written again apart ("password password password", spaces between) counted again, so
     # three copies of a listed password passed (found by a read-only review of the thirteenth review's rule, 6 Dec
     # 2026); and a stretch that was the same listed ones put together again ("passworddragon" after "password
     # dragon") was a different stretch, so "password dragon passworddragon dragonpassword" counted 11 (fourteenth
-    # review); compared by skeleton ("dr4gon" is "dragon")
+    # review); compared by skeleton ("dr4gon" is "dragon"). Taken from the left, the count hung on the order
+    # ("passworddragon password dragon" 4, "password dragon passworddragon" 6: fifteenth review, 6 Dec 2026): the
+    # stretches holding fewer listed ones are taken first now, those holding as many in the order of their words
     words.sort()
-    counted: set[str] = set()
-    stretches, w, begin, counts = 0, 0, -1, False
+    held_by: list[tuple[str, ...]] = []  # the listed ones each stretch that is not all run holds
+    w, begin, counts = 0, -1, False
     for k in range(n + 1):
         if k < n and common[k]:
             begin, counts = (k if begin < 0 else begin), counts or not covered[k]
@@ -329,10 +333,15 @@ def _characters_left(folded: str, ones: frozenset[int] = frozenset()) -> int:
             while w < len(words) and words[w][0] < k:  # each listed one stands inside one stretch
                 held.add(words[w][2])
                 w += 1
-            if counts and not held <= counted:
-                stretches += 1
-                counted |= held
+            if counts:
+                held_by.append(tuple(sorted(held)))
         begin, counts = -1, False
+    counted: set[str] = set()
+    stretches = 0
+    for held in sorted(held_by, key=lambda held: (len(held), held)):
+        if not counted.issuperset(held):
+            stretches += 1
+            counted.update(held)
     left = sum(1 for k in range(n) if not covered[k] and not common[k])
     return left + COMMON_WORD_WORTH * stretches
 

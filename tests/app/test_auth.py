@@ -1257,8 +1257,9 @@ def _is_common_by_skeleton(password: str) -> bool:
 def _counted_by_brute_force(password: str) -> int:
     """What ``password`` (lower case, ASCII) counts for: its characters that no stretch covers that is a run or a
     common password, and 2 for each maximal stretch of common passwords that is not all run and holds a listed entry
-    (by skeleton) that no stretch counted before it, from the left, held (so one written again, or counted ones put
-    together again, count nothing more). A run: 4 or more characters
+    (by skeleton) that no stretch counted before it held, the stretches taken fewest listed entries first, as many in
+    the order of their entries (so one written again, or counted ones put together again, count nothing more). A run:
+    4 or more characters
     that are a piece of one of LINES (forwards or backwards) or one group written twice or more in a row, a group of 1
     to 4 characters or any group that is a common password with only digits and marks after it. A common password: a
     stretch whose first and last characters are letters or digits once leet is read and whose skeleton
@@ -1280,19 +1281,22 @@ def _counted_by_brute_force(password: str) -> int:
             if ends.isalnum() and len(read) >= 5:
                 commons.update(range(i, j))
                 words.append((i, j, read))
-    stretches, counted, k = 0, set(), 0
+    held_by, k = [], 0
     while k < len(password):
         if k in commons:
             j = k
             while j in commons:
                 j += 1
-            held = {e for i, end, e in words if k <= i and end <= j}
-            if any(m not in runs for m in range(k, j)) and not held <= counted:
-                stretches += 1
-                counted |= held
+            if any(m not in runs for m in range(k, j)):
+                held_by.append(sorted({e for i, end, e in words if k <= i and end <= j}))
             k = j
         else:
             k += 1
+    stretches, counted = 0, set()
+    for held in sorted(held_by, key=lambda held: (len(held), held)):
+        if not counted.issuperset(held):
+            stretches += 1
+            counted.update(held)
     return len(password) - len(runs | commons) + 2 * stretches
 
 
@@ -1870,9 +1874,10 @@ def test_a_common_password_written_again_apart_counts_once(db_factory, password)
 def test_each_listed_word_counts_once_however_often_it_is_written_or_put_together_again():
     """A stretch of common passwords counted 2 whenever its skeleton was new, so the same listed words put together
     again were new stretches: "password dragon passworddragon dragonpassword" counted 11 and could be set. Each listed
-    word counts once now, read from the left: a stretch counts 2 when it holds a listed word no counted stretch held.
-    Every password of 1 to 3 stretches (one listed word, or two different ones touching) joined by spaces: what it
-    counts for is known by construction (the spaces, and 2 for each stretch that brings a word not brought before),
+    word counts once now: a stretch counts 2 when it holds a listed word no counted stretch held, the stretches of one
+    word taken first (fifteenth review: from the left, the count hung on the order). Every password of 1 to 3
+    stretches (one listed word, or two different ones touching) joined by spaces: what it counts for is known by
+    construction (the spaces, and 2 for each stretch, single words first, that brings a word not brought before),
     and the rule refuses it exactly when that is under 8 or it is one listed word alone."""
     words = ("password", "dragon", "monkey")
     pieces = [(w,) for w in words] + [(a, b) for a in words for b in words if a != b]
@@ -1882,7 +1887,7 @@ def test_each_listed_word_counts_once_however_often_it_is_written_or_put_togethe
             password = " ".join("".join(piece) for piece in stretches)
             brought: set[str] = set()
             expected = count - 1  # the spaces
-            for piece in stretches:
+            for piece in sorted(stretches, key=lambda piece: (len(piece), sorted(piece))):
                 if not brought.issuperset(piece):
                     expected += 2
                     brought.update(piece)
@@ -2183,7 +2188,7 @@ def test_log_outs_of_other_tokens_do_not_stop_a_sessions_check_from_being_cached
 
 
 # ---------------------------------------------------------------------------------------------
-# fifteenth review (6 Dec 2026): a listed word's last letter written as a digit
+# fifteenth review (6 Dec 2026): a listed word's last letter written as a digit, the phrase rule's order
 # ---------------------------------------------------------------------------------------------
 
 # a digit or mark that reads as each letter (LEET_READS, and a 1 for an i or an l)
@@ -2215,3 +2220,21 @@ def test_a_listed_word_whose_last_letter_is_written_as_a_digit_is_a_common_passw
     with pytest.raises(ValueError, match="most commonly used"):
         auth.check_password_strength("footbal1")
 
+
+@pytest.mark.parametrize("parts", [
+    ("password", "dragon", "passworddragon"),
+    ("summer", "winter", "summerwinter", "monkey"),
+    ("passworddragon", "dragonmonkey", "monkeypassword"),  # pairs only, each sharing a word with another
+    ("p4ssword", "dr4gon", "monkeydragon", "xq"),
+    ("soccer", "hockeysoccer", "hockey", "soccerbatman", "zz"),
+])
+def test_the_phrase_rule_counts_the_same_whatever_order_its_parts_are_written_in(parts):
+    """Fifteenth review: the stretches of listed words were counted from the left, so "passworddragon password dragon"
+    counted 4 and "password dragon passworddragon" 6. Every order of each password's parts (joined by spaces) counts
+    the same now, and what the brute force (every stretch tried, single words first) finds."""
+    counts = set()
+    for order in itertools.permutations(parts):
+        password = " ".join(order)
+        counts.add(auth._characters_left(auth._folded(password)))
+        assert auth._characters_left(auth._folded(password)) == _counted_by_brute_force(password), password
+    assert len(counts) == 1, (parts, counts)
