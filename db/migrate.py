@@ -99,8 +99,13 @@ def _run(step, url: str, rev: str, in_transaction=None) -> None:
     from sqlalchemy.exc import OperationalError
 
     config = _config(url)
-    if in_transaction is not None:
-        config.attributes[IN_TRANSACTION] = in_transaction
+    began: list[str | None] = []  # the revision the migration's transaction found, once it began
+
+    def first_in_transaction(connection) -> None:
+        began.append(MigrationContext.configure(connection).get_current_revision())
+        if in_transaction is not None:
+            in_transaction(connection)
+    config.attributes[IN_TRANSACTION] = first_in_transaction
     try:
         step(config, rev)
     except CommandError as exc:
@@ -112,9 +117,45 @@ def _run(step, url: str, rev: str, in_transaction=None) -> None:
         raise InvalidInput(f"the schema migration was refused: {str(exc).rstrip('.')} (the database is at "
                            f"{current or 'base'}); nothing was changed") from exc
     except OperationalError as exc:
-        if (sentence := _migration_refusal(exc)) is None:
-            raise
-        raise InvalidInput(sentence) from exc
+        if (sentence := _migration_refusal(exc)) is not None:
+            raise InvalidInput(sentence) from exc
+        _after_lost(url, rev, exc, began[0] if began else _NOT_BEGUN)
+
+
+_NOT_BEGUN = object()  # ``_after_lost``: the migration's transaction had not begun
+
+
+def _after_lost(url: str, rev: str, exc: BaseException, before) -> None:
+    """A migration to ``rev`` that ended in ``exc``, no bound's (the connection dropped: the server terminated its
+    backend, restarted, failed over; the answer to its COMMIT lost), where its transaction found the database at
+    ``before`` (``_NOT_BEGUN``: it had not begun). It said only that the database "could not be used", not whether
+    anything had changed (fifteenth review). The migration is one transaction (migrations/env.py), so the revision
+    read back on a fresh connection says which: the same as before, it was not applied (InvalidInput); another, it
+    was (a warning: the command succeeds, as `db upgrade` whose read back fails does); unread, it cannot be known
+    (InvalidInput naming `db current`)."""
+    from sqlalchemy.exc import DatabaseError, OperationalError
+
+    said = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    lost = f"the connection to the database was lost during the migration to {rev} ({said[0] if said else type(exc).__name__})"
+    try:
+        now = current_revision(url)
+    except RevisionUnread as unread:
+        reason = unread.reason
+    except DatabaseError as unread:
+        if not isinstance(unread, OperationalError) and type(unread) is not DatabaseError:
+            raise  # a broken query keeps its traceback, as _before_migration's
+        reason = unusable_refusal(unread)
+    else:
+        if before is _NOT_BEGUN or now == before:
+            raise InvalidInput(f"{lost}, and read back on a new connection the database is still at {now or 'base'}: "
+                               "the migration was not applied, so nothing was changed; run it again") from exc
+        log.warning("%s, but read back on a new connection the database is at %s: the migration was applied", lost,
+                    now or "base (no schema)")
+        return
+    if before is _NOT_BEGUN:
+        raise InvalidInput(f"{lost} before it began, so nothing was changed; run it again") from exc
+    raise InvalidInput(f"{lost}, and whether it was applied could not be known (the revision could not be read back: "
+                       f"{reason}); `python -m app db current` shows where the schema is once the database answers") from exc
 
 
 # Who holds off a read (one that waits for no write lock: a revision read, a migration command's checks): only an

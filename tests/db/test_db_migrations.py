@@ -1142,3 +1142,105 @@ def test_the_sql_of_a_downgrade_through_0002_is_written_without_a_database(capsy
     command.downgrade(migrate._config(url), "0003:0001", sql=True)
     out = capsys.readouterr().out
     assert "DROP TABLE audit_log" in out and "DROP TABLE sessions" in out
+
+
+def _pg_lost_during_migration(url, monkeypatch, *, after_commit: bool = False, refuse_new_connections: bool = False):
+    """Upgrade ``url`` (at 0016) to 0017 while another connection terminates the migrating backend with
+    pg_terminate_backend: before its COMMIT (the server rolls the transaction back), or ``after_commit`` (the COMMIT
+    done, its answer lost: the next statement finds the backend gone). ``refuse_new_connections``: the database
+    refuses new connections from then on, so the revision cannot be read back. Returns (the exception, the revision
+    and 0017's check constraint as a new connection reads them afterwards)."""
+    from alembic.runtime.migration import MigrationContext as Context
+    from sqlalchemy import create_engine, make_url, text
+    from sqlalchemy.engine import Connection
+
+    name = make_url(url).database
+    admin = create_engine(url.replace(f"/{name}", "/postgres"), isolation_level="AUTOCOMMIT")
+    migrating: list[Connection] = []
+    real_run, real_commit = Context.run_migrations, Connection._commit_impl
+
+    def terminate(connection) -> None:
+        pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+        with admin.connect() as c:
+            if refuse_new_connections:
+                c.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
+            assert c.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar_one()
+
+    def run_then_terminate(self, **kw):
+        real_run(self, **kw)
+        migrating.append(self.connection)
+        if not after_commit:
+            terminate(self.connection)
+
+    def commit_then_terminate(self):
+        real_commit(self)
+        if migrating and self is migrating[0]:
+            migrating.clear()
+            terminate(self)
+            self.exec_driver_sql("SELECT 1")  # the backend is gone: this is where the driver says so
+
+    migrate.upgrade(url, "0016")
+    monkeypatch.setattr(Context, "run_migrations", run_then_terminate)
+    monkeypatch.setattr(Connection, "_commit_impl", commit_then_terminate)
+    try:
+        try:
+            migrate.upgrade(url, "0017")
+            raised = None
+        except Exception as exc:  # compared below
+            raised = exc
+        monkeypatch.undo()
+        with admin.connect() as c:
+            c.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+        engine = create_engine(url)
+        try:
+            with engine.connect() as c:
+                revision = c.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
+                check = c.execute(text("SELECT pg_get_constraintdef(oid) FROM pg_constraint "
+                                       "WHERE conname = 'ck_live_processes_kind'")).scalar_one()
+        finally:
+            engine.dispose()
+    finally:
+        admin.dispose()
+    return raised, revision, check
+
+
+def test_a_connection_lost_during_a_postgresql_migration_says_it_was_not_applied(empty_db_url, monkeypatch):
+    """The server terminated the migrating backend before its COMMIT: the command said only that the database "could
+    not be used" (the driver's bare error), not whether anything had changed (fifteenth review). It reads the revision
+    back on a new connection and says the migration was not applied, which the database confirms."""
+    if empty_db_url.startswith("sqlite"):
+        pytest.skip("a PostgreSQL backend terminated by another connection")
+    raised, revision, check = _pg_lost_during_migration(empty_db_url, monkeypatch)
+    assert revision == "0016" and "supervisor" not in check, (revision, check)  # rolled back by the server
+    assert isinstance(raised, InvalidInput), repr(raised)
+    said = str(raised)
+    assert "connection to the database was lost during the migration to 0017" in said, said
+    assert "still at 0016" in said and "not applied" in said and "nothing was changed" in said and "\n" not in said, said
+
+
+def test_a_connection_lost_after_a_postgresql_migration_committed_says_it_was_applied(empty_db_url, monkeypatch, caplog):
+    """The COMMIT reached the server and its answer was lost: the migration stands, so the command says it was
+    applied (a warning) and succeeds; it said "could not be used" and failed (fifteenth review)."""
+    import logging
+
+    if empty_db_url.startswith("sqlite"):
+        pytest.skip("a PostgreSQL backend terminated by another connection")
+    with caplog.at_level(logging.WARNING, logger="db.migrate"):
+        raised, revision, check = _pg_lost_during_migration(empty_db_url, monkeypatch, after_commit=True)
+    assert revision == "0017" and "supervisor" in check, (revision, check)  # committed
+    assert raised is None, repr(raised)
+    said = [r.getMessage() for r in caplog.records if "was lost" in r.getMessage()]
+    assert len(said) == 1 and "the database is at 0017: the migration was applied" in said[0], said
+
+
+def test_a_connection_lost_during_a_postgresql_migration_with_no_read_back_says_how_to_check(empty_db_url, monkeypatch):
+    """The backend terminated and the database refusing new connections: whether the migration was applied cannot be
+    known, and the sentence says so and names `db current`, not "nothing was changed"."""
+    if empty_db_url.startswith("sqlite"):
+        pytest.skip("a PostgreSQL backend terminated by another connection")
+    raised, revision, _check = _pg_lost_during_migration(empty_db_url, monkeypatch, refuse_new_connections=True)
+    assert revision == "0016"
+    assert isinstance(raised, InvalidInput), repr(raised)
+    said = str(raised)
+    assert "whether it was applied could not be known" in said and "`python -m app db current`" in said, said
+    assert "nothing was changed" not in said and "\n" not in said, said
