@@ -32,7 +32,12 @@ from db.errors import SchemaOutOfDate
 from db.models import HOST_MAX, PROCESS_KINDS, LiveProcess, utcnow
 
 HEARTBEAT_S = 15.0  # how often a live process refreshes its row
-STALE_AFTER_S = 3 * HEARTBEAT_S  # a row not refreshed for this long is a process that died
+# A row not refreshed for this long is a process that died: four heartbeat periods. A live process may miss one beat
+# (its write held past the database's lock bound, db.engine.BUSY_TIMEOUT_MS, 10 s, beside a long write; a GC pause; a
+# machine under load), and its next write may wait that bound again before it lands: 2 * 15 + 2 * 10 = 50 s between
+# two refreshes, which three periods (45 s) did not cover, so `db downgrade` took such a process for gone (fifteenth
+# review). A process killed with kill -9 holds off a downgrade that much longer (or --ignore-live-processes).
+STALE_AFTER_S = 4 * HEARTBEAT_S
 CLOSE_WAIT_S = 5.0  # how long close() waits for a heartbeat under way before it leaves the row to go stale
 START_WAIT_S = 600.0  # how long start() waits for a database write lock held by another (a long downgrade)
 TABLE = LiveProcess.__tablename__

@@ -285,3 +285,61 @@ def test_close_waits_at_most_close_wait_s_in_all(db_factory, monkeypatch, caplog
     real_thread.join(30)
     assert StuckLock.waited == [0.0], StuckLock.waited
     assert any("heartbeat is stuck in a database call" in r.getMessage() for r in caplog.records), caplog.text
+
+
+def test_a_process_that_misses_one_heartbeat_behind_a_held_lock_still_holds_off_a_downgrade(db_factory, monkeypatch):
+    """On a clock of the test's own, moved only by the heartbeat loop's own waits: a live server whose first heartbeat
+    waited the whole lock bound for a write lock held elsewhere and failed, and whose next one waits the bound again,
+    is 2 * 15 + 2 * 10 = 50 s past its last refresh while that write waits. A downgrade looking then took it for gone
+    (the bound was three periods, 45 s: fifteenth review); it is refused now, and the late heartbeat lands."""
+    import sqlite3
+    from contextlib import contextmanager
+    from datetime import UTC, datetime
+
+    from db.engine import BUSY_TIMEOUT_MS
+
+    clock = [datetime(2026, 12, 6, 12, 0, tzinfo=UTC)]
+    start, bound = clock[0], BUSY_TIMEOUT_MS / 1000
+
+    def advance(seconds):
+        clock[0] += timedelta(seconds=seconds)
+
+    monkeypatch.setattr(presence, "utcnow", lambda: clock[0])
+    head = migrate.head_revision()
+    proc = presence.Presence(db_factory, "server", head)  # the default period; its thread is never started
+    with write_session(db_factory) as s:
+        proc.row_id = presence.register(s, kind="server", head=head, host="web1", pid=4321, now=start)
+
+    class Waits:
+        """The loop's stop event: each wait moves the clock by the period asked; the third ends the loop."""
+        count = 0
+
+        def wait(self, seconds):
+            advance(seconds)
+            self.count += 1
+            return self.count == 3
+
+    looks, real_write = [], presence.write_session
+
+    @contextmanager
+    def behind_a_held_lock(factory):
+        advance(bound)  # the write lock held elsewhere for the whole bound
+        if not looks:
+            looks.append(None)
+            raise OperationalError("BEGIN IMMEDIATE", {}, sqlite3.OperationalError("database is locked"))
+        with read_session(factory) as s:  # a downgrade's look, made while this heartbeat still waits
+            try:
+                migrate.refuse_live_processes(s.connection(), now=clock[0])
+                looks.append("went on")
+            except migrate.LiveProcesses as exc:
+                looks.append(str(exc))
+        with real_write(factory) as s:
+            yield s
+
+    monkeypatch.setattr(presence, "write_session", behind_a_held_lock)
+    proc._stop = Waits()
+    proc._run()
+    assert (clock[0] - start).total_seconds() == 3 * presence.HEARTBEAT_S + 2 * bound  # the loop's own waits, summed
+    assert len(looks) == 2 and "a server on host 'web1' with pid 4321, last heard from 50 s ago" in looks[1], looks
+    ((*_, beat_at),) = _rows(db_factory)
+    assert beat_at == start + timedelta(seconds=2 * presence.HEARTBEAT_S + 2 * bound)  # the late heartbeat landed
