@@ -34,7 +34,7 @@ from seiko_core import export as core
 from seiko_core import model_card
 from seiko_core.checkpoint import MANIFEST, sha256_file, verify
 from seiko_core.export import FORMATS, WEIGHT_NAME, ExportError, ExportResult
-from seiko_core.export_verify import CheckSettings, verify_export
+from seiko_core.export_verify import CheckSettings, load_check_model, verify_export
 
 log = logging.getLogger("seiko.export")
 EXPORTS_DIR = "exports"
@@ -103,25 +103,46 @@ def export_round_to(settings: Settings, experiment_id: int, round_index: int, fm
         raise ExportError(f"The adapter in {str(src.adapter_dir)!r} is not the one round {round_index} of experiment "
                           f"{experiment_id} trained (its manifest differs from the checkpoint the database records).")
     stem = _stem(src)
+    base = _CheckModel(src.check)
     if fmt == "diffusers":
-        return core.export_diffusers_lora(src.adapter_dir, out_dir, base_model=src.base_model,
-                                          finalize=_finalize(src, facts, fmt, "lora", [WEIGHT_NAME]))
+        return core.export_diffusers_lora(src.adapter_dir, out_dir, base_model=src.base_model, base_unet=base.unet,
+                                          finalize=_finalize(src, facts, fmt, "lora", [WEIGHT_NAME], base=base))
     if fmt == "kohya":
         file = f"{stem}.safetensors"
         return core.export_kohya_lora_dir(src.adapter_dir, out_dir, name=stem, base_model=src.base_model,
-                                          finalize=_finalize(src, facts, fmt, "lora", [file], weight_name=file))
+                                          base_unet=base.unet,
+                                          finalize=_finalize(src, facts, fmt, "lora", [file], weight_name=file, base=base))
     return core.export_merged_pipeline(src.base_model, src.adapter_dir, out_dir,
                                        finalize=_finalize(src, facts, fmt, "merged", []))
 
 
+class _CheckModel:
+    """The base model of a LoRA export's checks, loaded once, when first asked for: the check on the base
+    (``core.check_on_base``) loads the adapter onto its UNet, then the app's image of the stock check
+    (``export_verify.render_app``) is drawn with it and that adapter. Each loaded the base on its own (fifteenth
+    review)."""
+
+    def __init__(self, check: CheckSettings) -> None:
+        self.check = check
+        self.parts = None
+
+    def unet(self):
+        if self.parts is None:
+            self.parts = load_check_model(self.check)
+        return self.parts.unet
+
+
 def _finalize(src: RoundSource, facts: dict, fmt: str, kind: str, files: list[str], *,
-              weight_name: str | None = None) -> core.Finalize:
+              weight_name: str | None = None, base: _CheckModel | None = None) -> core.Finalize:
     """The step run in the export's temporary directory before it is published: check it with stock diffusers in a
     fresh process (VerificationError, one sentence, if it fails: nothing is published), then write the model card.
-    A kohya file also gets the card in its safetensors header (its tensor bytes unchanged), as it is downloaded alone."""
+    A kohya file also gets the card in its safetensors header (its tensor bytes unchanged), as it is downloaded alone.
+    ``base``: the base model the export loaded already, which the app's image is drawn with."""
 
     def finalize(tmp: Path) -> dict:
-        result = verify_export(kind, tmp, src.adapter_dir, src.check, weight_name=weight_name)
+        parts = base.parts if base is not None else None  # None: the check on the base loaded its own UNet
+        result = verify_export(kind, tmp, src.adapter_dir, src.check, weight_name=weight_name, parts=parts,
+                               loaded=core.CHECK_ADAPTER if parts is not None else None)
         card = {**facts, "format": fmt, "files": files or sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*.safetensors")),
                 "verification": result.to_dict()}
         model_card.write(tmp, card)

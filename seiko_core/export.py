@@ -279,13 +279,13 @@ def _loadable_base(base_model: str | Path) -> str:
 
 
 def export_diffusers_lora(adapter_dir: str | Path, out_dir: str | Path, *, base_model: str | Path,
-                          finalize: Finalize | None = None) -> ExportResult:
+                          finalize: Finalize | None = None, base_unet: Callable[[], Any] | None = None) -> ExportResult:
     """The adapter as a diffusers LoRA directory that stock ``pipe.load_lora_weights(out_dir)`` reads, after
-    ``check_on_base`` against ``base_model``, the model it was trained on."""
+    ``check_on_base`` against ``base_model``, the model it was trained on (on ``base_unet``'s UNet, if given)."""
     out_dir = _fresh_destination(out_dir)
     adapter_dir = Path(adapter_dir)
     state, config, manifest = read_adapter(adapter_dir)
-    check_on_base(base_model, adapter_dir)
+    check_on_base(base_model, adapter_dir, base_unet)
     layers = {k.removeprefix("unet."): v for k, v in state.items()}
 
     def write(tmp: Path) -> None:
@@ -327,14 +327,23 @@ def _inject_checked(unet, adapter_dir: str | Path, name: str) -> None:
         raise ExportError(str(exc)) from exc
 
 
-def check_on_base(base_model: str | Path, adapter_dir: str | Path) -> None:
+CHECK_ADAPTER = "seiko_export_check"  # the adapter's name on the base's UNet while check_on_base checks it
+
+
+def check_on_base(base_model: str | Path, adapter_dir: str | Path, base_unet: Callable[[], Any] | None = None) -> None:
     """Refuse (ExportError, one sentence) an adapter that the app would refuse to load onto ``base_model``: the one
     check of every model export, made before anything is written. The merged export loaded the adapter by
     ``lora.inject``, whose checks refuse an adapter whose delta dwarfs the weight it adjusts (tenth review); the
     diffusers and kohya exports read its files only, so without the app's finalize (whose check loads it in the app)
     such an adapter, lora_alpha 1e30 on ordinary weights, was exported, and every image drawn with it was NaN (found
-    by review, eleventh)."""
-    _inject_checked(load_base_unet(base_model), adapter_dir, "seiko_export_check")
+    by review, eleventh).
+
+    ``base_unet``: returns the UNet of ``base_model`` that the caller loaded (by ``models.load_model``, whose checks
+    include ``load_base_unet``'s) and goes on using: the same check is made on it, and the adapter it passed stays on
+    it as ``CHECK_ADAPTER`` (a refused one does not: ``lora.inject``), for the app's image of the export check to be
+    drawn with (``export_verify.render_app``'s ``loaded``). That check loaded the base a second time, 3.4 GB at SD
+    1.5 (fifteenth review). None: the check loads the UNet alone (``load_base_unet``)."""
+    _inject_checked(load_base_unet(base_model) if base_unet is None else base_unet(), adapter_dir, CHECK_ADAPTER)
 
 
 def _provenance(fmt: str, adapter_dir: Path, manifest: dict) -> dict:
@@ -380,16 +389,18 @@ def kohya_state_dict(state: Mapping[str, torch.Tensor], config: Mapping[str, Any
     return out
 
 
-def export_kohya_lora(adapter_dir: str | Path, out_file: str | Path, *, base_model: str | Path) -> ExportResult:
+def export_kohya_lora(adapter_dir: str | Path, out_file: str | Path, *, base_model: str | Path,
+                      base_unet: Callable[[], Any] | None = None) -> ExportResult:
     """One kohya/A1111-style LoRA ``.safetensors`` file, written atomically (temp file, fsync, rename), after
-    ``check_on_base`` against ``base_model``, the model the adapter was trained on."""
+    ``check_on_base`` against ``base_model``, the model the adapter was trained on (on ``base_unet``'s UNet, if
+    given)."""
     out_file = _fresh_destination(out_file)
     if out_file.suffix != ".safetensors":
         raise ExportError(f"A kohya LoRA file must end in .safetensors, got {out_file.name!r}.")
     adapter_dir = Path(adapter_dir)
     state, config, _ = read_adapter(adapter_dir)
     write = _kohya_writer(adapter_dir, state, config)
-    check_on_base(base_model, adapter_dir)
+    check_on_base(base_model, adapter_dir, base_unet)
     _publish(atomic_write, out_file, write)
     return ExportResult(out_file, "kohya", sha256_file(out_file))
 
@@ -433,9 +444,11 @@ pipe.load_lora_weights("path/to/{file}")
 
 
 def export_kohya_lora_dir(adapter_dir: str | Path, out_dir: str | Path, *, base_model: str | Path,
-                          name: str = "seiko_lora", finalize: Finalize | None = None) -> ExportResult:
+                          name: str = "seiko_lora", finalize: Finalize | None = None,
+                          base_unet: Callable[[], Any] | None = None) -> ExportResult:
     """A directory holding the kohya file ``<name>.safetensors``, a README and a manifest (atomic), after
-    ``check_on_base`` against ``base_model``, the model the adapter was trained on."""
+    ``check_on_base`` against ``base_model``, the model the adapter was trained on (on ``base_unet``'s UNet, if
+    given)."""
     # a name is a file's name in the export, nothing more: '../x' was written beside the export's directory, and the
     # export published without its weights as a success ('sub/x' under a folder of its own, '.x' hidden; found by
     # review, ninth)
@@ -445,7 +458,7 @@ def export_kohya_lora_dir(adapter_dir: str | Path, out_dir: str | Path, *, base_
     adapter_dir = Path(adapter_dir)
     state, config, manifest = read_adapter(adapter_dir)
     write_file = _kohya_writer(adapter_dir, state, config)
-    check_on_base(base_model, adapter_dir)
+    check_on_base(base_model, adapter_dir, base_unet)
     file = f"{name}.safetensors"
 
     def write(tmp: Path) -> None:

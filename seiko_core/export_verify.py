@@ -237,15 +237,28 @@ def base_model_loads(base_model: str | Path):
                                 "the export itself was not checked, and it was not published.") from exc
 
 
-def render_app(settings: CheckSettings, adapter_dir: str | Path) -> np.ndarray:
-    """The app's own image of the check's prompt and seed with the round's adapter: (H, W, 3) uint8."""
-    from . import lora
+def load_check_model(settings: CheckSettings):
+    """The base model ``render_app`` draws the app's image with (``models.load_model`` on the check's device)."""
     from .models import load_model
-    from .sampling import sample, to_uint8
 
     with _quiet_loading(), base_model_loads(settings.base_model):  # the check answers in one sentence; loading bars would bury it
-        parts = load_model(settings.base_model, device=settings.device)
-    lora.load_adapter(parts, adapter_dir, "export_check")
+        return load_model(settings.base_model, device=settings.device)
+
+
+def render_app(settings: CheckSettings, adapter_dir: str | Path, parts=None, loaded: str | None = None) -> np.ndarray:
+    """The app's own image of the check's prompt and seed with the round's adapter: (H, W, 3) uint8. ``parts``: the
+    base model the caller loaded already (``load_check_model``), or None to load it here; ``loaded``: the name under
+    which its UNet carries ``adapter_dir``'s adapter already, loaded by ``lora.inject`` (``export.check_on_base``),
+    or None to load it."""
+    from . import lora
+    from .sampling import sample, to_uint8
+
+    if parts is None:
+        parts = load_check_model(settings)
+    if loaded is None:
+        lora.load_adapter(parts, adapter_dir, "export_check")
+    else:
+        lora.use_loaded(parts, loaded)
     side = check_latent_side(parts.sample_size, parts.pipeline.vae_scale_factor,
                              len(parts.unet.config.down_block_types), settings.max_side)
     images = sample(parts, [settings.prompt], [settings.seed], steps=settings.steps, guidance=settings.guidance,
@@ -295,14 +308,16 @@ def render_stock(kind: str, export_path: str | Path, settings: CheckSettings, *,
 
 
 def verify_export(kind: str, export_path: str | Path, adapter_dir: str | Path, settings: CheckSettings, *,
-                  weight_name: str | None = None, app_image: np.ndarray | None = None) -> Verification:
+                  weight_name: str | None = None, app_image: np.ndarray | None = None, parts=None,
+                  loaded: str | None = None) -> Verification:
     """Check ``export_path`` against the base model and the app's rendering of ``adapter_dir``.
 
     Returns the Verification when it passes; raises VerificationError (one sentence, the result attached) when not.
-    ``app_image`` may be given when the caller has already rendered it (several exports of one round)."""
+    ``app_image`` may be given when the caller has already rendered it (several exports of one round); ``parts`` and
+    ``loaded``, the base model loaded already and the adapter on it (``render_app``)."""
     start = time.monotonic()
     base, exported, report = render_stock(kind, export_path, settings, weight_name=weight_name)
-    app = render_app(settings, adapter_dir) if app_image is None else app_image
+    app = render_app(settings, adapter_dir, parts, loaded) if app_image is None else app_image
     result = judge(kind, base, exported, app, settings, loader=report.get("loader", ""),
                    diffusers_version=report.get("diffusers", ""), seconds=time.monotonic() - start)
     if not result.passed:

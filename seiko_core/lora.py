@@ -354,6 +354,13 @@ def load_adapter(parts, path: str | Path, name: str, *, check_manifest: bool = T
     if has_adapter(unet, name):
         unet.delete_adapters(name)
     inject(unet, path, name)
+    use_loaded(parts, name)
+
+
+def use_loaded(parts, name: str) -> None:
+    """Make adapter ``name``, which ``inject`` loaded onto ``parts``' UNet, the active one: frozen, on ``parts``'
+    device (what :func:`load_adapter` does once it is loaded)."""
+    unet = parts.unet
     unet.to(parts.device)
     for p in lora_parameters(unet, name):
         p.requires_grad_(False)

@@ -940,3 +940,38 @@ def test_cli_an_audit_log_held_by_a_lock_is_said_in_the_pages_sentence(db_url, t
     assert err == (f"error: wrote the export to {tmp_path / 'r'}, but could not record it in the audit log: the "
                    "database is busy: another transaction held a lock this needed for more than 0.3 s, so the change "
                    "that waited for it was not saved; try again in a moment\n")
+
+
+def test_a_lora_export_loads_the_base_model_once_for_its_checks(world, tmp_path, monkeypatch):
+    """A diffusers or kohya export checks the adapter on the base (``check_on_base``) and draws the app's image of the
+    stock check (``render_app``): each loaded the base's UNet in this process, twice 3.4 GB at SD 1.5 (fifteenth
+    review). The base is loaded here once per export now (stock diffusers' own load is in the check's fresh process,
+    as before), counted at the app's loader, which every load of a model goes through."""
+    import warnings
+
+    from seiko_core import models
+
+    real, loads = models._load_pretrained, []
+
+    def counted(loader, name, local, what, **kwargs):
+        owner = getattr(getattr(loader, "__self__", None), "__name__", "")
+        if owner in ("UNet2DConditionModel", "StableDiffusionPipeline"):
+            loads.append(owner)
+        return real(loader, name, local, what, **kwargs)
+
+    monkeypatch.setattr(models, "_load_pretrained", counted)
+    e = str(world.experiment_id)
+    for fmt in ("diffusers", "kohya"):
+        loads.clear()
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            assert cli(world, "lora", "--experiment", e, "--round", "1", "--format", fmt, "--out", str(tmp_path / fmt)) == 0
+        assert loads == ["StableDiffusionPipeline"], (fmt, loads)
+        assert not [w for w in said if "multiple adapters" in str(w.message)]  # the check's adapter is the one drawn
+        assert model_card_passed(tmp_path / fmt)
+
+
+def model_card_passed(directory: Path) -> bool:
+    from seiko_core import model_card
+
+    return model_card.read(directory)["verification"]["passed"] is True

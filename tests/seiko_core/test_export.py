@@ -1096,3 +1096,38 @@ def test_a_merged_exports_quality_file_keeps_a_base_that_is_itself_a_merged_expo
         "base_model_quality": {"samples": 480, "generated": {"shape_fidelity": 0.78}}, "build_config": {"seed": 0}}
     assert "shapes-sd" in json.loads(once)["note"]
     assert _merged_quality(once, "r2-merged") == once
+
+
+def test_a_lora_export_checked_on_the_callers_unet_still_refuses_a_damaged_adapter_and_leaves_the_sound_one_on_it(
+        adapter_dir, random_model_dir, tmp_path):
+    """The app's LoRA exports hand the check on the base the UNet they load for the export check's own image, rather
+    than the check loading the base once more (fifteenth review): on that UNet an adapter whose scaled delta is not
+    finite is refused as before, by both LoRA exports, with nothing written and nothing left on the UNet (it computes
+    what a fresh load of the base computes); a sound one is exported and stays on it, computing what the app's own
+    loader gives on a fresh load."""
+    from seiko_core.export import CHECK_ADAPTER
+    from seiko_core.models import load_model
+
+    huge = _forged(adapter_dir, tmp_path, "huge", lambda d: _rescaled(d, 1e30, 1e6))
+    parts = load_model(str(random_model_dir), device="cpu")
+    base = unet_out(load_model(str(random_model_dir), device="cpu").unet)  # another copy, never given to an export
+    given: list = []
+
+    def unet():
+        given.append(parts.unet)
+        return parts.unet
+
+    with pytest.raises(ExportError, match=r"gives weights that are not finite numbers once scaled"):
+        export_diffusers_lora(huge, tmp_path / "d", base_model=random_model_dir, base_unet=unet)
+    with pytest.raises(ExportError, match=r"gives weights that are not finite numbers once scaled"):
+        export_kohya_lora_dir(huge, tmp_path / "k", base_model=random_model_dir, base_unet=unet)
+    with pytest.raises(ExportError, match=r"gives weights that are not finite numbers once scaled"):
+        export_kohya_lora(huge, tmp_path / "k.safetensors", base_model=random_model_dir, base_unet=unet)
+    assert len(given) == 3 and sorted(p.name for p in tmp_path.iterdir()) == ["huge"]  # checked on it; nothing written
+    assert not lora.has_adapter(parts.unet, CHECK_ADAPTER) and torch.equal(unet_out(parts.unet), base)
+    export_diffusers_lora(adapter_dir, tmp_path / "d", base_model=random_model_dir, base_unet=unet)
+    assert verify(tmp_path / "d")["format"] == "diffusers-lora" and len(given) == 4
+    fresh = load_model(str(random_model_dir), device="cpu")
+    lora.load_adapter(fresh, adapter_dir, "x")
+    lora.use_loaded(parts, CHECK_ADAPTER)
+    assert torch.equal(unet_out(parts.unet), unet_out(fresh.unet)) and not torch.equal(unet_out(fresh.unet), base)
