@@ -34,6 +34,17 @@ rating batch the share's interval at 1.96 held the true share (0.391) in 91.75% 
 96.65% (15% wider; 91 of the 2000 rounds had deff <= 1, taken at 1.96 until then: 96.2%); at 16 images 95.25% and
 96.65% (7.5% wider); at the 32 images of a round of the shapes preset 94.7% and 95.55% (4% wider).
 
+Raters (fifteenth review). Several raters rate one round and raters differ (one rates higher than another), so one
+rater's ratings across images move together, which clustering by image alone does not see: at 48 images of 3
+ratings by 16 raters (rater effect sd 1) the share's interval held the population's share in 0.859 of rounds. The
+A/B win rate's rule (``db.comparisons.clustered_win_interval``) now applies to the share too: from
+``RATERS_TO_GENERALISE`` (15) raters the variance is two-way, V_image + V_rater - V_(image, rater) (each rater
+rates an image once, so the last is the single ratings' own), at t with min(images, raters) - 1 df, and the
+interval generalises over raters like these (0.961 there); with fewer raters it is about these raters' taste over
+the population of images, by image alone as before (4 raters: 0.959 of rounds held these raters' own share). The
+plot says which (``share_reading``, in ``seiko_core.model_card.rater_reading``'s words, the A/B table's and the
+model card's). ``tests/app/test_stats_reference.py``; BENCHMARKS.md. The mean's band is clustered by image only.
+
 No scipy here: the t quantile is ``seiko_core.stats.t975`` (bisection on the t distribution's CDF, written with the
 regularised incomplete beta function; continued fraction, modified Lentz), the one implementation, which
 ``db.comparisons`` uses too (through ``clustered_wilson``).
@@ -48,6 +59,7 @@ from typing import NamedTuple
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from db.comparisons import RATERS_TO_GENERALISE, generalises_over_raters
 from db.models import SCORE_MAX, SCORE_MIN, Image, Rating, Round
 from seiko_core.stats import Z95, clustered_wilson, t975, wilson_bounds
 
@@ -75,10 +87,15 @@ def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float | None, float
     return k / n, *wilson_bounds(k, n, z)
 
 
-def clustered_intervals(scores: list[float], groups: list[object]) -> tuple[tuple[float | None, float | None, float | None],
-                                                                        tuple[float | None, float | None, float | None]]:
+def clustered_intervals(scores: list[float], groups: list[object], raters: list[object] | None = None, *,
+                        generalise_from: int = RATERS_TO_GENERALISE,
+                        ) -> tuple[tuple[float | None, float | None, float | None],
+                                   tuple[float | None, float | None, float | None]]:
     """((mean, low, high), (share, low, high)) of ``scores`` whose ``groups`` (the rated image of each) may repeat;
-    see the module docstring. Nones as ``mean_interval`` and ``wilson_interval`` give them."""
+    see the module docstring. Nones as ``mean_interval`` and ``wilson_interval`` give them. ``raters`` (the rater of
+    each score): from ``generalise_from`` raters (``RATERS_TO_GENERALISE``) the share's interval is clustered by
+    rater as well as by image (two-way, as the A/B win rate's; fifteenth review), below it about these raters
+    (images only, as without ``raters``)."""
     n = len(scores)
     if n == 0:
         return (None, None, None), (None, None, None)
@@ -91,7 +108,19 @@ def clustered_intervals(scores: list[float], groups: list[object]) -> tuple[tupl
     p = liked / n
 
     def cluster_var(values: dict[object, list[float]], centre: float) -> float:
-        return k / (k - 1) * sum((sum(v) - len(v) * centre) ** 2 for v in values.values()) / (n * n)
+        g = len(values)  # the clusters: images, raters or (image, rater) cells
+        return g / (g - 1) * sum((sum(v) - len(v) * centre) ** 2 for v in values.values()) / (n * n)
+
+    def liked_by(keys: list[object]) -> dict[object, list[float]]:
+        out: dict[object, list[float]] = {}
+        for x, key in zip(scores, keys, strict=True):
+            out.setdefault(key, []).append(1.0 if x >= LIKED else 0.0)
+        return out
+
+    rater_count = None if raters is None else len(set(raters))
+    # two-way over images and raters where the raters generalise and some rater rated more than one image (the A/B
+    # rule, db.comparisons.clustered_win_interval); each rating its own rater reduces to images alone
+    two_way = rater_count is not None and generalises_over_raters(rater_count, generalise_from) and rater_count < n
 
     deff = None  # the share's design effect; None (taken as 1) for no spread (every rating liked, or none), one image
     if k < 2 or max(scores) == min(scores):  # one image, or no spread at all: no interval (``mean_interval``)
@@ -103,9 +132,13 @@ def clustered_intervals(scores: list[float], groups: list[object]) -> tuple[tupl
         half = t975(k - 1) * math.sqrt(max(cluster_var(by_group, mean), plain))
         mean_ci = (mean, mean - half, mean + half)
         srs = p * (1 - p) / (n - 1)
-        liked_groups = {g: [1.0 if x >= LIKED else 0.0 for x in v] for g, v in by_group.items()}
         if srs > 0:
-            deff = cluster_var(liked_groups, p) / srs
+            variance = cluster_var(liked_by(groups), p)
+            if two_way:  # V_image + V_rater - V_(image, rater) (Cameron, Gelbach and Miller 2011)
+                variance += cluster_var(liked_by(raters), p) - cluster_var(liked_by(list(zip(groups, raters))), p)
+            deff = variance / srs
+    if two_way:  # t at min(K_image, K_rater) - 1 df: the fewer clusters bound how well the variance is known
+        k = min(k, rater_count)
     # one rule with the A/B win rate (seiko_core.stats.clustered_wilson): t(K - 1) at N / max(1, deff) where the
     # ratings are clustered and spread, whatever deff is (eleventh review: 1.96 at deff <= 1 made it jump at 1)
     lo, hi = clustered_wilson(liked, n, k, deff)
@@ -128,20 +161,30 @@ class RoundTaste:
     honest_n: int | None = None
     honest_mean: float | None = None
     honest_share: float | None = None
+    # how many raters rated the round (None: not known) and whether the share's interval generalises over raters
+    # like these (RATERS_TO_GENERALISE or more: two-way) or is about these raters; model_card.rater_reading words it
+    raters: int | None = None
+    over_raters: bool | None = None
 
 
-def round_taste(index: int, scores: list[int], images: list[int] | None = None) -> RoundTaste:
+def round_taste(index: int, scores: list[int], images: list[int] | None = None,
+                raters: list[int] | None = None) -> RoundTaste:
     """The round's figures; with ``images`` (the rated image of each score) the intervals count images, not
-    ratings, as the independent draws (``clustered_intervals``)."""
+    ratings, as the independent draws (``clustered_intervals``), and with ``raters`` (the rater of each score) the
+    share's counts raters too from ``RATERS_TO_GENERALISE`` of them."""
     liked = sum(1 for s in scores if s >= LIKED)
+    if raters is not None and images is None:
+        raise ValueError("the raters of a round's ratings need the rated images too")
+    rater_count = None if raters is None or not scores else len(set(raters))
     if images is not None:
-        (mean, lo, hi), (share, slo, shi) = clustered_intervals([float(s) for s in scores], images)
+        (mean, lo, hi), (share, slo, shi) = clustered_intervals([float(s) for s in scores], images, raters)
     else:
         mean, lo, hi = mean_interval([float(s) for s in scores])
         share, slo, shi = wilson_interval(liked, len(scores))
     # within the scale: the mean of 1-10 ratings is too (a band to 11.3 reached bench-taste's JSON; found by review)
     lo, hi = (None if lo is None else max(float(SCORE_MIN), lo)), (None if hi is None else min(float(SCORE_MAX), hi))
-    return RoundTaste(index, len(scores), mean, lo, hi, liked, share, slo, shi)
+    return RoundTaste(index, len(scores), mean, lo, hi, liked, share, slo, shi, raters=rater_count,
+                      over_raters=None if rater_count is None else generalises_over_raters(rater_count))
 
 
 class _Rated(NamedTuple):  # what app.selection.honest_ids reads of a rated image
@@ -154,16 +197,17 @@ def experiment_taste(session: Session, experiment_id: int) -> list[RoundTaste]:
     intervals over images (``clustered_intervals``)."""
     rounds = list(session.scalars(select(Round).where(Round.experiment_id == experiment_id).order_by(Round.index)))
     rows = session.execute(
-        select(Round.index, Rating.score, Image.id, Image.seed).join(Image, Image.round_id == Round.id)
+        select(Round.index, Rating.score, Image.id, Image.seed, Rating.rater_id).join(Image, Image.round_id == Round.id)
         .join(Rating, Rating.image_id == Image.id).where(Round.experiment_id == experiment_id, Image.kind == "query")
         .order_by(Rating.id)
     ).all()
-    by_round: dict[int, tuple[list[int], list[int]]] = {r.index: ([], []) for r in rounds}
+    by_round: dict[int, tuple[list[int], list[int], list[int]]] = {r.index: ([], [], []) for r in rounds}
     seeds: dict[int, int] = {}
-    for index, score, image_id, seed in rows:
-        scores, images = by_round.setdefault(index, ([], []))
+    for index, score, image_id, seed, rater_id in rows:
+        scores, images, raters = by_round.setdefault(index, ([], [], []))
         scores.append(int(score))
         images.append(int(image_id))
+        raters.append(int(rater_id))
         seeds[int(image_id)] = int(seed)
     # several raters may rate one image (overlap > 1): its ratings are one draw, not several
     out = [round_taste(k, *by_round[k]) for k in sorted(by_round)]
@@ -175,7 +219,7 @@ def experiment_taste(session: Session, experiment_id: int) -> list[RoundTaste]:
     for i, taste in enumerate(out):
         if not isinstance((metrics.get(taste.index) or {}).get("selection"), dict):
             continue
-        scores, images = by_round[taste.index]
+        scores, images, _ = by_round[taste.index]
         rated = [_Rated(im, seeds[im]) for im in dict.fromkeys(images)]
         honest = set(selection.honest_ids(metrics[taste.index], rated))
         kept = [sc for sc, im in zip(scores, images, strict=True) if im in honest]
@@ -201,6 +245,23 @@ def _bands(ax, rows: list[RoundTaste], low: str, high: str, scale: float, color:
                   linewidth=6)
 
 
+def share_reading(rows: list[RoundTaste]) -> str:
+    """Whose taste the share's intervals are about, in ``model_card.rater_reading``'s words (the A/B table's and the
+    model card's): "about these 3 raters" below ``RATERS_TO_GENERALISE`` raters, "over raters like these 16" from
+    it; one phrase where every round with an interval reads the same, else per round; "" where none is known."""
+    from seiko_core.model_card import rater_reading
+
+    readings: dict[str, list[int]] = {}
+    for r in rows:
+        reading = rater_reading({"raters": r.raters, "over_raters": r.over_raters}) if r.share_low is not None else ""
+        if reading:
+            readings.setdefault(reading, []).append(r.index)
+    if len(readings) <= 1:
+        return next(iter(readings), "")
+    return ", ".join(f"{'round' if len(idx) == 1 else 'rounds'} {', '.join(map(str, idx))} {reading}"
+                     for reading, idx in readings.items())
+
+
 def figure(rows: list[RoundTaste]):
     """Mean rating (left axis, 1-10) and share >= 6 (right axis, %) per round, each with its 95% band."""
     from matplotlib.figure import Figure
@@ -215,7 +276,9 @@ def figure(rows: list[RoundTaste]):
         if any(r.mean_low is not None for r in pts):
             _bands(ax, rows, "mean_low", "mean_high", 1.0, "#15803d", 0.18, "95% CI (t)")
         ax2.plot(x, [100 * r.share for r in pts], "s--", color="#c2410c", label=f"share rated >= {LIKED}")
-        _bands(ax2, rows, "share_low", "share_high", 100.0, "#c2410c", 0.12, "95% CI (Wilson)")
+        reading = share_reading(rows)
+        _bands(ax2, rows, "share_low", "share_high", 100.0, "#c2410c", 0.12,
+               f"95% CI (Wilson{'; ' + reading if reading else ''})")
         if any(r.honest_n is not None for r in pts):  # a selection mode chose some images: the model's own, apart
             own = [r for r in pts if r.honest_mean is not None or r.honest_n is None]
             ax.plot([r.index for r in own], [r.mean if r.honest_n is None else r.honest_mean for r in own], "o:",

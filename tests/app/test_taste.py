@@ -1024,3 +1024,26 @@ def test_the_clustered_mean_interval_is_never_narrower_than_the_plain_one():
     s = (sum((x - 5.0) ** 2 for x in scores) / 5) ** 0.5
     half = 4.302653 * s / 6 ** 0.5  # t(0.975, 2), from a table
     assert m == 5.0 and lo == pytest.approx(5.0 - half, rel=1e-5) and hi == pytest.approx(5.0 + half, rel=1e-5)
+
+
+def test_the_dashboard_says_whose_taste_the_liked_share_is_about(ui_world):
+    """Fifteenth review: the liked share's interval is clustered by rater from ``RATERS_TO_GENERALISE`` raters and is
+    about these raters below it; the plot says which, in the A/B table's and the model card's words
+    (``model_card.rater_reading``). Before, the rounds' raters were not read and the band said nothing about them."""
+    alice, bob = ui_world.accounts["alice"], ui_world.accounts["bob"]
+    scores = [(alice, 4), (alice, 6), (alice, 7), (bob, 9), (bob, 4)]
+    with write_session(ui_world.factory) as s:
+        for image_id, (rater, score) in zip(ui_world.image_ids, scores):
+            repo.add_rating(session=s, image_id=image_id, rater_id=rater, score=score)
+    with read_session(ui_world.factory) as s:
+        (row,) = taste_stats.experiment_taste(s, ui_world.experiment_id)
+    assert (row.raters, row.over_raters) == (2, False)
+    labels = [text.get_text() for text in taste_stats.figure([row]).axes[0].get_legend().get_texts()]
+    assert "95% CI (Wilson; about these 2 raters)" in labels
+    # rounds that read differently are named; a round without ratings says nothing
+    few = taste_stats.round_taste(1, [4, 7, 8, 3], [1, 1, 2, 2], [1, 2, 1, 2])
+    many = taste_stats.round_taste(2, [4, 7] * 16, [i // 2 for i in range(32)], [i % 16 for i in range(32)])
+    assert (few.raters, many.raters, many.over_raters) == (2, 16, True)
+    assert taste_stats.share_reading([few, many, taste_stats.round_taste(3, [])]) == (
+        "round 1 about these 2 raters, round 2 over raters like these 16")
+    assert taste_stats.share_reading([taste_stats.round_taste(1, [4, 7])]) == ""  # raters not known
