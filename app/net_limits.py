@@ -17,8 +17,8 @@ each waiting connection: 38,905 tracebacks, 18 MB of log in 13 s).
   all arrived within ``Limits.body_deadline_s`` of its head's end is closed too, with a 408 and one sentence unless it
   was answered already (the web guard's 413, say); an answer the client leaves unread (the server's write buffer
   full, writing paused) for ``Limits.body_deadline_s`` is dropped and the connection closed; one its network
-  (an IPv4 address, an IPv6 address's /64, ``counting_key``: one client holds a whole /64; and the /64's /56 and /48,
-  ``wider_keys``, which one home or site may hold whole) may not open now (``Gate``:
+  (an IPv4 address, an IPv6 address's /64, ``counting_key``: one client holds a whole /64; and the address's /24, or
+  the /64's /56 and /48, ``wider_keys``, which one network or site may hold whole) may not open now (``Gate``:
   a network's share shrinks as the total fills, down to ``FAIR_SHARE``; ``Limits.per_address`` when set) gets 429
   and one sentence (as ``{"detail": sentence}``, which the page's Gradio client shows for an event,
   and the page's ``ui_assets.STREAMS_JS`` for its heartbeat or stream of results, retrying them) and is closed at
@@ -141,6 +141,10 @@ IPV6_PREFIX = 64  # an IPv6 client is counted by its /64: one subscriber, site o
 # delegates a /56 or a /48 to one home or site, 256 or 65,536 /64s, so counted per /64 alone one such customer (64 of
 # its /64s, a /58) filled the total (tenth review of 6 Dec 2026)
 IPV6_WIDER = ((56, 2), (48, 4))
+# the same for IPv4: an address is counted under its /24 too, the smallest block routed on the internet, which one
+# hosting customer or site holds whole (as a /48), with four networks' shares (fifteenth review of 6 Dec 2026: counted
+# per address alone, one holder of a /24 had 256 addresses' shares)
+IPV4_WIDER = ((24, 4),)
 
 
 def counting_key(host: str | None) -> str:
@@ -169,14 +173,18 @@ def counting_key(host: str | None) -> str:
 
 def wider_keys(host: str | None) -> list[tuple[str, int]]:
     """The wider networks the connections from ``host`` are counted under besides ``counting_key``'s, each with how
-    many networks' shares it may hold (``IPV6_WIDER``): an IPv6 address's /56 and /48 (``2001:db8:1::/48``, a
-    link-local one's with its zone); none for an IPv4 address (an IPv4-mapped one too) or anything else."""
+    many networks' shares it may hold: an IPv6 address's /56 and /48 (``IPV6_WIDER``; ``2001:db8:1::/48``, a
+    link-local one's with its zone), an IPv4 address's /24 (``IPV4_WIDER``; ``192.0.2.0/24``, an IPv4-mapped one's
+    too); none for anything else."""
     try:
         address = ipaddress.ip_address(host or "")
     except ValueError:
         return []
-    if not isinstance(address, ipaddress.IPv6Address) or address.ipv4_mapped is not None:
-        return []
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv4Address):
+        return [(str(ipaddress.IPv4Network((int(address), prefix), strict=False)), shares)
+                for prefix, shares in IPV4_WIDER]
     keys = []
     for prefix, shares in IPV6_WIDER:
         network = ipaddress.IPv6Network((int(address), prefix), strict=False)
@@ -207,17 +215,24 @@ class Gate:
     other network still gets its first 8. Found by the ninth review of 6 Dec 2026: those 8 networks locked everybody
     else out, and all the people of a LAN that shares one IPv6 /64 shared that cap of 64.
 
-    An IPv6 /64 is counted under its /56 and its /48 too (``wider_keys``), each with a share of its own by the same
-    rule, of twice and four times a network's (``IPV6_WIDER``): ``FAIR_SHARE`` becomes 16 for a /56 and 32 for a
-    /48, and ``Limits.per_address`` when set twice and four times it. A connection is let in only when its /64, its
-    /56 and its /48 each may open one more. Found by the tenth review of 6 Dec 2026: counted per /64 alone, one home
-    or site, which an ISP delegates a /56 or a /48 (256 or 65,536 /64s), held 8 per /64 however busy the server
-    was, so 64 of its /64s (a /58) filled the total and locked every other client out. Now such a prefix holds at
-    most a quarter of the total alone, as one /64 does, and once half the total is open it opens more only while it
-    holds fewer than 32 (16 for a /56), however many /64s it opens from; filling the total takes 12 /48s opening all they may one after another. Two
-    /64s of different /48s count apart as before. Unrelated people who share a /48 (a campus, a mobile carrier's
-    pool) share its share as the people behind one NAT address share one address's; wider than a /48 nothing is
-    counted, since one /32 is a whole ISP's customers.
+    An IPv6 /64 is counted under its /56 and its /48 too, and an IPv4 address under its /24 (``wider_keys``), each
+    with a cap of its own that is a fixed multiple of a network's at every moment (``IPV6_WIDER``, ``IPV4_WIDER``):
+    ``shares`` (2 for a /56, 4 for a /48 and a /24) times the network's, so it may hold ``h`` while ``h`` is below
+    ``shares * max(FAIR_SHARE, total / 2 - n)``, or ``shares * Limits.per_address`` when that is set. A connection
+    is let in only when its network and each wider one may open one more. Found by the tenth review of 6 Dec 2026:
+    counted per /64 alone, one home or site, which an ISP delegates a /56 or a /48 (256 or 65,536 /64s), held 8 per
+    /64 however busy the server was, so 64 of its /64s (a /58) filled the total and locked every other client out;
+    and by the fifteenth: an IPv4 address was counted alone, so one holder of a /24 had 256 shares, and a /48's cap
+    was a multiple of a /64's only while the server was busy (32 against 8): on a quiet server both were a quarter of
+    the total, so one /64 of a site took the whole site's and its other /64s got nothing. Now a /48 or a /24 alone
+    holds ``2 * total / 5`` (205 of 512) and a /56 ``total / 3`` (171), from however many /64s or addresses; one of
+    their networks alone a quarter (128), leaving the rest of its site 77; and once half the total is open a /48 or a
+    /24 opens more only while it holds fewer than 32 (a /56 16). Filling the total takes 11 /48s or /24s opening all
+    they may one after another. Two networks of different /48s (/24s) count apart as before. Unrelated people who
+    share a /48 or a /24 (a campus, a mobile carrier's pool, an office LAN on this server's network) share its cap
+    as the people behind one NAT address share one address's (an operator raises them all with
+    ``Limits.per_address``); wider than these nothing is counted, since one IPv6 /32 or IPv4 /16 is a whole ISP's
+    customers.
 
     Signed-in users are not told apart from anonymous connections: the caps answer as a connection opens, before
     any request (so before any session cookie) is read, which is what bounds what an anonymous client can hold; a
@@ -227,7 +242,7 @@ class Gate:
         self.limits = limits
         self.exempt = [ipaddress.ip_network(n, strict=False) for n in exempt]
         self.open: dict[str, int] = {}  # per ``counting_key``
-        self.open_wider: dict[str, int] = {}  # per ``wider_keys``: an IPv6 /56 and /48
+        self.open_wider: dict[str, int] = {}  # per ``wider_keys``: an IPv4 /24, an IPv6 /56 and /48
         # the requests in progress that trusted proxies passed on, by the client each names (``share_behind_proxy``)
         self.behind_proxy: Gate | None = Gate(limits, outer=self) if self.exempt else None
         self.outer = outer  # behind_proxy's: the connections' gate, whose direct clients load the server too
@@ -257,13 +272,14 @@ class Gate:
             self.proxies_open += 1
             return None
         counted = self._counted(host)
-        for key, shares, counts in counted:  # the network, then (IPv6) its /56 and /48: each may open one more
+        for key, shares, counts in counted:  # the network, then its /24 (IPv4) or /56 and /48: each may open one more
             held = counts.get(key, 0)
             if self.limits.per_address is not None:  # the operator's fixed cap, in place of the shares
                 if held >= (cap := shares * self.limits.per_address):
                     sentence = TOO_MANY_FROM_ADDRESS if shares == 1 else TOO_MANY_FROM_NETWORK
                     return self._refuse(429, sentence.format(n=cap, net=key), f"from {key}")
-            elif held >= shares * FAIR_SHARE and 2 * (held + self._load()) >= self.limits.total:  # h >= max(8 * shares, total / 2 - n)
+            elif held >= shares * FAIR_SHARE and 2 * held >= shares * (self.limits.total - 2 * self._load()):
+                # h >= shares * max(8, total / 2 - n): a wider network's cap is its shares times a network's
                 sentence = TOO_MANY_WHILE_BUSY if shares == 1 else NETWORK_WHILE_BUSY
                 return self._refuse(429, sentence.format(n=held, net=key), f"from {key}, its share now")
         for key, _shares, counts in counted:
@@ -382,7 +398,7 @@ async def share_behind_proxy(app: Any, proxy: ProxyHeadersMiddleware, gate: Gate
     """``app`` (the server's whole app, ``proxy`` its outermost part) for a connection from a trusted proxy: each request
     is counted, while it is in progress, under the client its X-Forwarded-For names as uvicorn reads it (``proxy``'s
     own ``trusted_hosts``: the last entry that is not a trusted proxy, the client address the app then sees), and is
-    refused with 429 and ``{"detail": sentence}`` when that client (its network, /56 and /48: ``Gate``) may not have
+    refused with 429 and ``{"detail": sentence}`` when that client (its network, its /24 or /56 and /48: ``Gate``) may not have
     one more in progress now; the connection, the proxy's, stays open.
 
     Found by the tenth review of 6 Dec 2026: behind a proxy every connection comes from the proxy's address, so the

@@ -258,18 +258,20 @@ def test_one_48_or_56_opening_from_many_64s_holds_a_bounded_share_and_every_othe
     """Found by the tenth review of 6 Dec 2026: an IPv6 client was counted by its /64 alone, and an ISP delegates a
     /56 or a /48 (256 or 65,536 /64s) to one home or site; opening from a /64 of its own each time, one such client
     was let in up to the total (every /64 under its 8), and 64 of its /64s filled it. Now a /56 and a /48 have
-    shares of their own (twice and four times a network's): checked against the rule's closed form, a prefix alone
-    holds a quarter of the total, as one /64 does; with half the total open it gets 16 (/56) or 32 (/48); /48s one
-    after another fill the total only 12 at a time; and whatever one /48 opens, in any order among 32 unrelated
-    networks, every other network still gets its first 8."""
+    caps of their own, twice and four times a network's at every moment: checked against the rule's closed form, a
+    prefix alone holds 1/3 (/56) or 2/5 (/48) of the total (a quarter, as one /64, before the fifteenth review:
+    ``test_a_busy_network_leaves_the_rest_of_its_site_room_on_a_quiet_server``); with half the total open it gets
+    16 (/56) or 32 (/48); /48s one after another fill the total only 11 at a time; and whatever one /48 opens, in
+    any order among 32 unrelated networks, every other network still gets its first 8."""
     rng = random.Random(10)
     total = 512
     for prefix, width in (("2001:db8:aaaa::", 48), ("2001:db8:aaaa:bb00::", 56)):
         gate = net_limits.Gate(net_limits.Limits(total=total))
         client = _spread(prefix, width, rng)
-        assert sum(gate.admit(client()) is None for _ in range(total)) == total // 4, width
+        alone = {48: 205, 56: 171}[width]  # h < shares * (total / 2 - h): 2/5 and 1/3 of the total
+        assert sum(gate.admit(client()) is None for _ in range(total)) == alone, width
         status, sentence = gate.admit(client())
-        assert status == 429 and f"{prefix}/{width}" in sentence and "128 connections" in sentence, sentence
+        assert status == 429 and f"{prefix}/{width}" in sentence and f"{alone} connections" in sentence, sentence
         assert [gate.admit(_network(n)()) for n in range(8)] == [None] * 8  # other networks are let in
         # with more than half the total held by 20 unrelated networks, the prefix gets its own share and no more
         gate = net_limits.Gate(net_limits.Limits(total=total))
@@ -278,14 +280,14 @@ def test_one_48_or_56_opening_from_many_64s_holds_a_bounded_share_and_every_othe
         assert sum(gate.admit(client()) is None for _ in range(total)) == {48: 32, 56: 16}[width]
         assert [gate.admit(_network(0xFFFF)()) for _ in range(8)] == [None] * 8
     # /48s one after another, each from /64s of its own: a network entering with N held in all holds h while
-    # h < 32 or 2 (h + N + h) < total, so max(32, ceil((total - 2 N) / 4)) and at most what is left of the total
+    # h < 32 or h < 4 (total / 2 - N - h), so max(32, ceil((2 total - 4 N) / 5)) and at most what is left of the total
     gate = net_limits.Gate(net_limits.Limits(total=total))
     held = _fill(gate, [_spread(f"2001:db8:{0xa000 + n:x}::", 48, rng) for n in range(13)], "one after another", rng)
     expected, n_open = [], 0
     for _ in range(13):
-        expected.append(min(total - n_open, max(32, -(-(total - 2 * n_open) // 4))))
+        expected.append(min(total - n_open, max(32, -(-(2 * total - 4 * n_open) // 5))))
         n_open += expected[-1]
-    assert held == expected == [128, 64, 32, 32] + [32] * 8 + [0], held
+    assert held == expected == [205, 41, 32] + [32] * 7 + [10, 0, 0], held
     # one /48 opening all it may, in any order among m unrelated networks doing the same: the others keep their 8
     for m in (0, 1, 4, 16, 32):
         for order in ("one after another", "round robin", "random"):
@@ -294,7 +296,7 @@ def test_one_48_or_56_opening_from_many_64s_holds_a_bounded_share_and_every_othe
             networks.insert(rng.randrange(m + 1), _spread("2001:db8:bbbb::", 48, rng))
             held = _fill(gate, networks, order, rng)
             assert sum(held) == gate.total < total, (m, order, held)
-            assert max(held) <= total // 4
+            assert max(held) <= -(-2 * total // 5)
             assert [gate.admit(_network(0xFFFF)()) for _ in range(8)] == [None] * 8, (m, order, held)
     # the same /56 and /48 whatever the last bits: checked against the address's integer, not the code's own call
     addresses = [str(ipaddress.IPv6Address(rng.getrandbits(128))) for _ in range(20)]
@@ -306,7 +308,8 @@ def test_one_48_or_56_opening_from_many_64s_holds_a_bounded_share_and_every_othe
                 same = int(ipaddress.IPv6Address(a)) >> (128 - bits) == int(ipaddress.IPv6Address(b)) >> (128 - bits)
                 assert (key_a == key_b) == same, (a, b, bits)
     assert net_limits.wider_keys("2001:db8:1:2ff::1") == [("2001:db8:1:200::/56", 2), ("2001:db8:1::/48", 4)]
-    assert net_limits.wider_keys("192.0.2.7") == net_limits.wider_keys("::ffff:192.0.2.7") == []
+    assert net_limits.wider_keys("192.0.2.7") == net_limits.wider_keys("::ffff:192.0.2.7") == [("192.0.2.0/24", 4)]
+    assert net_limits.wider_keys("not an address") == net_limits.wider_keys(None) == []
     # a fixed cap (SEIKO_CONNECTIONS_PER_ADDRESS) is each /64's, twice it a /56's, four times it a /48's
     gate = net_limits.Gate(net_limits.Limits(total=512, per_address=5))
     client = _spread("2001:db8:cccc:cc00::", 56, rng)
@@ -314,6 +317,78 @@ def test_one_48_or_56_opening_from_many_64s_holds_a_bounded_share_and_every_othe
     assert gate.admit(client()) == (429, net_limits.TOO_MANY_FROM_NETWORK.format(net="2001:db8:cccc:cc00::/56", n=10))
     client = _spread("2001:db8:dddd::", 48, rng)
     assert sum(gate.admit(client()) is None for _ in range(100)) == 20
+
+
+def _ipv4_spread(prefix: str, rng: random.Random) -> Callable[[], str]:
+    """A client that holds the IPv4 /24 ``prefix`` (``a.b.c.0``) and opens each connection from another of its 256
+    addresses, in a random order, then again."""
+    base = int(ipaddress.IPv4Address(prefix))
+    hosts = itertools.cycle(rng.sample(range(256), 256))
+    return lambda: str(ipaddress.IPv4Address(base | next(hosts)))
+
+
+def test_one_ipv4_24_opening_from_many_addresses_holds_a_bounded_cap_and_every_other_network_keeps_its_own():
+    """Found by the fifteenth review of 6 Dec 2026: an IPv4 address was counted alone, with nothing wider, while an
+    IPv6 /64 counts under its /48 too; opening each connection from another of its 256 addresses, the holder of one
+    /24 was let in up to the whole total (each address under its share), and every other client got 503. Now a /24
+    has a cap of four networks' (as a /48), checked against the rule's closed form ``h < 4 max(8, total / 2 - n)``:
+    alone it holds ceil(2 total / 5), beside 20 networks holding more than half the total 32; an IPv4-mapped address
+    counts in its /24; one address behind a NAT is held as before; and every other network keeps its first 8."""
+    rng = random.Random(15)
+    for total in (512, 300, 100):
+        gate = net_limits.Gate(net_limits.Limits(total=total))
+        client = _ipv4_spread("198.51.100.0", rng)
+        assert sum(gate.admit(client()) is None for _ in range(total)) == -(-2 * total // 5), total
+        status, sentence = gate.admit(client())
+        assert status == 429 and "198.51.100.0/24" in sentence, sentence
+        assert gate.admit("::ffff:198.51.100.77")[0] == 429  # the same /24, as a dual-stack socket spells it
+        assert [gate.admit("198.51.101.1") for _ in range(8)] == [None] * 8  # the next /24 is another network
+        assert [gate.admit(_network(n)()) for n in range(4)] == [None] * 4
+    # with more than half the total held by 20 unrelated networks, the /24 gets its 32 and no more
+    gate = net_limits.Gate(net_limits.Limits(total=512))
+    held = _fill(gate, [_network(n) for n in range(20)], "one after another", rng)
+    assert sum(held) > 256
+    assert sum(gate.admit(_ipv4_spread("203.0.113.0", rng)()) is None for _ in range(512)) == 32
+    assert [gate.admit("192.0.2.1") for _ in range(8)] == [None] * 8
+    # one address (an office behind one NAT address) alone still holds a quarter of the total, as before
+    gate = net_limits.Gate(net_limits.Limits(total=512))
+    assert sum(gate.admit("203.0.113.9") is None for _ in range(512)) == 128
+    # a fixed cap (SEIKO_CONNECTIONS_PER_ADDRESS) is each address's, four times it a /24's
+    gate = net_limits.Gate(net_limits.Limits(total=512, per_address=5))
+    client = _ipv4_spread("192.0.2.0", rng)
+    assert sum(gate.admit(client()) is None for _ in range(100)) == 20
+    assert gate.admit(client()) == (429, net_limits.TOO_MANY_FROM_NETWORK.format(net="192.0.2.0/24", n=20))
+    # the same /24 whatever the last 8 bits: checked against the address's integer, not the code's own call
+    addresses = [str(ipaddress.IPv4Address(rng.getrandbits(32))) for _ in range(30)]
+    addresses += [str(ipaddress.IPv4Address(int(ipaddress.IPv4Address(a)) ^ rng.getrandbits(9))) for a in addresses]
+    for a in addresses:
+        for b in addresses + [f"::ffff:{x}" for x in addresses[:10]]:
+            same = int(ipaddress.IPv4Address(a)) >> 8 == int(ipaddress.IPv4Address(b.removeprefix("::ffff:"))) >> 8
+            assert (net_limits.wider_keys(a) == net_limits.wider_keys(b)) == same, (a, b)
+
+
+def test_a_busy_network_leaves_the_rest_of_its_site_room_on_a_quiet_server():
+    """Found by the fifteenth review of 6 Dec 2026: a /48's (and a /56's) cap was a multiple of a /64's only while the
+    server was busy (32 against 8); on a quiet server both came to a quarter of the total, so one busy /64 of a site
+    (or one NAT address of a /24) took the whole site's cap, and every other /64 of that site got nothing while the
+    server had hundreds of connections free. Now the wider cap is the same multiple of a network's at every moment:
+    alone on a server of 512, one /64 holds 128 as before, and the site's other /64s then get what is left of
+    its cap, by the closed form: a /48 holds h while h < 4 (256 - h), so 205 in all (64 for the second /64 under its
+    own share, 128 + 64 + h < 4 (256 - 128 - 64 - h) for the third, 13), a /56 171 (43 for the second)."""
+    for site, width, expected in (("2001:db8:aaaa:{:x}00::", 48, [128, 64, 13, 0]),  # /64s of other /56s
+                                  ("2001:db8:aaaa:bb{:02x}::", 56, [128, 43, 0])):
+        gate = net_limits.Gate(net_limits.Limits(total=512))
+        held = []
+        for k in range(len(expected)):
+            subnet = itertools.count(1)
+            held.append(sum(gate.admit(site.format(k + 1) + f"{next(subnet):x}") is None for _ in range(512)))
+        assert held == expected, (width, held)
+        assert sum(held) == {48: 205, 56: 171}[width] and gate.total == sum(held)
+        assert [gate.admit(_network(n)()) for n in range(8)] == [None] * 8  # another site meanwhile
+    # the same for the addresses of one IPv4 /24 (a NAT address beside its neighbours)
+    gate = net_limits.Gate(net_limits.Limits(total=512))
+    held = [sum(gate.admit(f"198.51.100.{k}") is None for _ in range(512)) for k in (1, 2, 3, 4)]
+    assert held == [128, 64, 13, 0], held
 
 
 def test_no_history_of_opens_and_closes_by_32_networks_locks_another_network_out():
@@ -382,7 +457,7 @@ def test_a_client_behind_the_proxy_is_held_to_the_load_of_the_direct_clients_too
     included, still do not): past 8, a proxied client is refused as a direct one is, and with nothing else open it
     gets its quarter of the total as before."""
     gate = net_limits.Gate(net_limits.Limits(total=512), exempt=["10.0.0.1"])
-    assert all(gate.admit(f"198.51.{i // 200}.{i % 200}") is None for i in range(400))  # direct clients, 1 each
+    assert all(gate.admit(f"198.{51 + i // 200}.{i % 200}.1") is None for i in range(400))  # direct clients, 1 each
     assert all(gate.admit("10.0.0.1") is None for _ in range(50))  # the proxy's connections
     behind = gate.behind_proxy
     assert sum(behind.admit("203.0.113.5") is None for _ in range(200)) == 8
@@ -461,7 +536,7 @@ def test_the_served_app_under_a_low_open_file_limit_stays_answering_and_logs_no_
                 pass
             assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-2000:]
             time.sleep(0.3)
-        sources = [f"127.0.0.{i}" for i in range(2, 6)]  # 4 other addresses (this machine too), 175 each
+        sources = [f"127.0.{i}.1" for i in range(2, 6)]  # 4 other networks (/24s; this machine too), 175 each
         for i in range(700):
             try:
                 s = _connect(port, sources[i % len(sources)])
