@@ -24,7 +24,9 @@ each waiting connection: 38,905 tracebacks, 18 MB of log in 13 s).
   and the page's ``ui_assets.STREAMS_JS`` for its heartbeat or stream of results, retrying them) and is closed at
   once, one past ``Limits.total`` 503. An address of a trusted proxy
   (SEIKO_TRUSTED_PROXIES) counts towards the total only, since every person behind it comes from it; the requests it
-  passes on are shared out per client by ``share_behind_proxy`` instead (429 past a client's share, as above).
+  passes on are shared out per client by ``share_behind_proxy`` instead (429 past a client's share, as above). A
+  request whose head has a folded line or a line that ends in a bare LF, or whose chunked body's trailer has such a
+  line end, is answered 400 with one sentence and its connection closed, before h11 reads it (``CheckedConnection``).
 - an exception handler on the server's event loop that logs a failed accept (no file descriptor left) at most once
   every ``ACCEPT_LOG_EVERY_S``, with the count held back and no traceback; anything else goes to asyncio's own handler.
 - a filter on uvicorn's error log (``QuietRepeats``) that lets its one-line warning for each malformed request or
@@ -54,8 +56,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import h11
+from h11._readers import ChunkedReader
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.h11_impl import DEFAULT_MAX_INCOMPLETE_EVENT_SIZE, H11Protocol
 
 from app.ui_assets import NOT_RUN_HEADER
 
@@ -86,6 +89,8 @@ FOLDED_HEADER = ("The request has a header line folded onto the one before it (a
                  "tab), which this server does not accept; send each header on one line.")
 BARE_LF = ("The request has a line in its head that ends in a bare LF, not CR LF, which this server does not "
            "accept; end each line of the request line and headers with CR LF.")
+BARE_LF_TRAILER = ("The request's chunked body ends with a trailer line that ends in a bare LF, not CR LF, which this "
+                   "server does not accept; end each line of the trailer with CR LF.")
 TOO_MANY_IN_ALL = "The server has {n} connections open, the most it takes; try again in a moment."
 
 
@@ -393,6 +398,74 @@ def bare_lf_head(buffered: bytes, start: int = 0) -> bool:
     return end is not None and _BARE_LF.search(buffered, 0, end.end()) is not None
 
 
+_LAST_CHUNK = re.compile(rb"0{1,20}(?![0-9A-Fa-f])")  # a chunk-size line of size 0 (h11: 1 to 20 hex digits)
+
+
+def bare_lf_trailer(buffered: bytes | bytearray, start: int = 0, searched: int = 0) -> bool:
+    """Whether the trailer of a chunked body that starts at ``start`` of ``buffered`` (after the last chunk's size line,
+    ``0\r\n``) is complete and has a line that ends in a bare LF, its end included: h11 ends a trailer as it ends a
+    head (``_HEAD_END``; a bare ``\n`` alone as an empty one). ``searched``: how far from ``start`` it was searched
+    before without an end (as ``folded_head``'s ``start``)."""
+    if buffered[start:start + 2] == b"\r\n":  # no trailer
+        return False
+    if buffered[start:start + 1] == b"\n":
+        return True
+    end = _HEAD_END.search(buffered, start + max(0, searched - 2))
+    return end is not None and _BARE_LF.search(buffered, start, end.end()) is not None
+
+
+class Refused(Exception):
+    """Raised by ``CheckedConnection.next_event`` for a request this server does not read: (warning, sentence)."""
+
+
+class CheckedConnection(h11.Connection):
+    """h11's connection, whose ``next_event`` first refuses (raises ``Refused``), before h11 reads it, a request head
+    with a folded header line (``folded_head``) or a line that ends in a bare LF (``bare_lf_head``), and a chunked
+    body's trailer, once complete, with a line that ends in a bare LF (``bare_lf_trailer``).
+
+    The checks are here, where h11 makes each event, because uvicorn hands h11 what arrives and reads every event h11
+    can make of it in one loop: a chunked body's last chunk and its trailer in one call, and, when the app answered
+    before the body's end, the body, its trailer and the next request's head (a check of the head before that loop
+    missed that one). Found by the fifteenth review of 6 Dec 2026: h11 ends a trailer's lines (and the trailer) at a
+    bare LF, as it did a head's, so a proxy that passes a chunked body on as it came, and takes a bare LF in the
+    trailer for part of a line, disagrees with this server about where the request ends: the bytes after h11's end
+    are read here as the next request, one the proxy never saw. h11's chunked reader says where in its buffer the
+    body is (h11's own attributes: no public call tells), and the buffer is read in place, not copied: each head
+    searched once (``folded_head``'s ``start``), a trailer too, a chunk's size line once per chunk."""
+
+    _head_searched = 0  # how much of a head still arriving was searched without finding its end
+    _trailer_searched = 0  # the same for a trailer
+
+    def next_event(self) -> Any:
+        buffered = self._receive_buffer._data
+        if self.their_state is h11.IDLE:
+            searched = self._head_searched if len(buffered) >= self._head_searched else 0  # taken from: anew
+            searched = max(0, searched - 2)  # the head's end (3 bytes) may start in its last 2
+            if folded_head(buffered, searched):
+                raise Refused(FOLDED_WARNING, FOLDED_HEADER)
+            if bare_lf_head(buffered, searched):
+                raise Refused(BARE_LF_WARNING, BARE_LF)
+            self._head_searched = len(buffered)
+        else:
+            self._head_searched = 0  # the next head starts where this request ends
+        reader = self._reader
+        start = None
+        if isinstance(reader, ChunkedReader):
+            skip = len(reader._bytes_to_discard)  # a chunk's CR LF still to come, then the next chunk's size line
+            if reader._reading_trailer:
+                start = 0
+            elif (reader._bytes_in_chunk == 0 and _LAST_CHUNK.match(buffered, skip)
+                  and (line := buffered.find(b"\r\n", skip)) >= 0):
+                start = line + 2
+        if start is None:
+            self._trailer_searched = 0
+        else:
+            if bare_lf_trailer(buffered, start, self._trailer_searched if start == 0 else 0):
+                raise Refused(BARE_LF_WARNING, BARE_LF_TRAILER)
+            self._trailer_searched = len(buffered) if start == 0 else 0
+        return super().next_event()
+
+
 async def share_behind_proxy(app: Any, proxy: ProxyHeadersMiddleware, gate: Gate, scope: Any, receive: Any,
                              send: Any) -> None:
     """``app`` (the server's whole app, ``proxy`` its outermost part) for a connection from a trusted proxy: each request
@@ -438,11 +511,13 @@ class LimitedH11Protocol(H11Protocol):
 
     def __init__(self, *args: Any, gate: Gate, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # as uvicorn makes it, with the checks of a request's line ends (CheckedConnection)
+        size = self.config.h11_max_incomplete_event_size
+        self.conn = CheckedConnection(h11.SERVER, DEFAULT_MAX_INCOMPLETE_EVENT_SIZE if size is None else size)
         self.gate = gate
         self._admitted = False
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_bytes = False  # part of a head arrived since the deadline was set
-        self._head_searched = 0  # how much of h11's buffer ``folded_head`` found no head's end in (``handle_events``)
         self._body_timer: asyncio.TimerHandle | None = None
         self._send_timer: asyncio.TimerHandle | None = None
 
@@ -491,24 +566,27 @@ class LimitedH11Protocol(H11Protocol):
             self._cancel_body_deadline()
 
     def handle_events(self) -> None:
-        """uvicorn's, but a request head with a folded header line (obs-fold, ``folded_head``) or a line that ends in a
-        bare LF (``bare_lf_head``) is refused with 400 and one sentence before h11 reads it. uvicorn calls this once the data received is in h11's buffer, and
-        again for a pipelined request's head once the answer before it is complete."""
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-            buffered = self.conn.trailing_data[0]
-            searched = self._head_searched if len(buffered) >= self._head_searched else 0  # a buffer taken from: anew
-            refused = (FOLDED_WARNING, FOLDED_HEADER) if folded_head(buffered, max(0, searched - 2)) else (
-                (BARE_LF_WARNING, BARE_LF) if bare_lf_head(buffered, max(0, searched - 2)) else None)
-            if refused is not None:
-                self.logger.warning(refused[0])
-                self.transport.write(_answer(400, refused[1]))
-                self.transport.close()
-                return
-            self._head_searched = len(buffered)  # no head's end before this (less its last 2 bytes): not again
-        super().handle_events()
+        """uvicorn's, but a request refused by ``CheckedConnection`` (a head with a folded header line or a line that
+        ends in a bare LF, a chunked body's trailer with a bare LF) is answered 400 with one sentence, unless an answer
+        was begun, and its connection closed, nothing after it read (``_refuse``)."""
+        try:
+            super().handle_events()
+        except Refused as refused:
+            self._refuse(*refused.args)
+
+    def _refuse(self, warning: str, sentence: str) -> None:
+        """Log ``warning``; answer 400 with ``sentence`` where nothing was answered yet (a request in progress: its
+        app's receive() gets http.disconnect, and what it answers is dropped, as for ``_body_too_slow``); close."""
+        self.logger.warning(warning)
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.disconnected = True
+            self.cycle.message_event.set()
+        if not self.transport.is_closing():
+            if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):  # nothing answered yet
+                self.transport.write(_answer(400, sentence))
+            self.transport.close()
 
     def on_response_complete(self) -> None:
-        self._head_searched = 0  # the next request's head starts where this one's body ended
         super().on_response_complete()
         if not self.transport.is_closing():  # kept alive: the next request's head has its own deadline
             self._set_head_deadline()

@@ -981,6 +981,111 @@ def test_a_bare_lf_head_is_found_exactly_where_h11_ends_a_line_at_a_bare_lf():
         assert net_limits.bare_lf_head(head, max(0, k - 2)) == (b"\n" in ends), (head, k)
 
 
+def test_a_chunked_body_whose_trailer_ends_a_line_in_a_bare_lf_is_refused_with_400(served):
+    """Found by the fifteenth review of 6 Dec 2026: h11 ends a chunked body's trailer lines (and the trailer) at a bare
+    LF, as it did a head's; a proxy that passes the body on as it came and reads the bare LF as part of a line takes
+    what follows for more of the trailer, where this server reads it as the next request (one the proxy never saw).
+    Over raw sockets against the served app, a request followed on its connection by a second one: with such a
+    trailer (a bare LF ending a trailer line, ending an empty trailer, after a chunk extension, arriving in two
+    sends), it is refused with 400 and one sentence and the second request is not answered (both were answered
+    before); the same with CR LF is answered, the second request too; and a trailer that arrives after the app has
+    answered closes the connection without reading the second request."""
+    port = _port(served())
+    host = b"Host: 127.0.0.1:%d\r\n" % port
+    sentence = net_limits.BARE_LF_TRAILER.encode()
+    smuggled = b"GET /gradio_api/info HTTP/1.1\r\n" + host + b"Connection: close\r\n\r\n"
+    head = (b"POST /login HTTP/1.1\r\n" + host + b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n")
+    chunks = b"9\r\nusername=\r\n6\r\n&pass=\r\n"
+    good = _ask(port, head + chunks + b"0\r\nX-T: 1\r\n\r\n" + smuggled)
+    assert good.count(b"HTTP/1.1 ") == 2 and sentence not in good, good[:300]  # the second request was read
+    for trailer in (b"0\r\nX-T: 1\n\r\n", b"0\r\n\n", b"0\r\nX-T: 1\nX-U: 2\r\n\r\n", b"0;ext=1\r\nX-T: 1\r\n\n"):
+        answer = _ask(port, head + chunks + trailer + smuggled)
+        assert answer.startswith(b"HTTP/1.1 400 ") and answer.endswith(sentence) and answer.count(b"HTTP/1.1 ") == 1, (
+            trailer, answer[:300])
+    answer = _ask(port, head + chunks + b"0\r\nX-T: 1", b"\n\r\n" + smuggled)  # the trailer across two sends
+    assert answer.startswith(b"HTTP/1.1 400 ") and answer.endswith(sentence) and answer.count(b"HTTP/1.1 ") == 1, (
+        answer[:300])
+    # answered before its body ended (a Host this server does not answer to: 403 at once, the connection kept): the
+    # connection is closed at such a trailer, the second request unread
+    early = b"POST / HTTP/1.1\r\nHost: evil.example\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n"
+    answer = _answered_then(port, early, b"0\r\nX-T: 1\n\r\n" + smuggled)
+    assert answer.startswith(b"HTTP/1.1 403 ") and answer.count(b"HTTP/1.1 ") == 1, answer[:300]
+    answer = _answered_then(port, early, b"0\r\nX-T: 1\r\n\r\n" + smuggled)  # with CR LF: both answered
+    assert answer.startswith(b"HTTP/1.1 403 ") and answer.count(b"HTTP/1.1 ") == 2, answer[:300]
+    # the head that follows such a body is checked as any other (it was read unchecked: uvicorn read the body's end
+    # and that head in one loop, after the head check)
+    bare_head = b"GET /gradio_api/info HTTP/1.1\r\n" + host + b"X-A: 1\nConnection: close\r\n\r\n"
+    answer = _answered_then(port, early, b"0\r\n\r\n" + bare_head)
+    assert answer.startswith(b"HTTP/1.1 403 ") and answer.count(b"HTTP/1.1 ") == 2, answer[:300]
+    assert answer.endswith(net_limits.BARE_LF.encode()) and b"HTTP/1.1 400 " in answer, answer[-300:]
+
+
+def _answered_then(port: int, first: bytes, rest: bytes) -> bytes:
+    """What the server sends back, until it closes, for ``first`` (a request's head and part of its body) and, once
+    its answer has all arrived (read with h11 as a client), ``rest`` on the same raw connection."""
+    import h11
+
+    client = h11.Connection(h11.CLIENT)
+    client.send(h11.Request(method="POST", target="/", headers=[("Host", "h"), ("Transfer-Encoding", "chunked")]))
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        s.sendall(first)
+        got = b""
+        while True:
+            event = client.next_event()
+            if isinstance(event, h11.EndOfMessage):
+                break
+            if event is h11.NEED_DATA:
+                data = s.recv(65536)
+                assert data, got[:300]
+                got += data
+                client.receive_data(data)
+        s.sendall(rest)
+        closed, more = _closed_within(s, 10)
+        assert closed, more[:300]
+        return got + more
+    finally:
+        s.close()
+
+
+def test_a_bare_lf_trailer_is_found_exactly_where_h11_ends_a_trailer_line_at_a_bare_lf():
+    """``CheckedConnection`` against h11 itself over random chunked bodies, fed in random pieces: h11 reads a
+    trailer whose lines all end in CR LF the same with any of them ending in a bare LF, so the checked connection
+    raises exactly when a trailer line end is a bare LF, and otherwise makes the same events as h11's own."""
+    import h11
+
+    rng = random.Random(12)
+    for _ in range(1500):
+        lines = [rng.choice([b"X-A: 1", b"X-B: two words", b"Expires: 0"]) for _ in range(rng.randrange(0, 3))] + [b""]
+        ends = [rng.choice([b"\r\n", b"\r\n", b"\n"]) for _ in lines]
+        body = b"".join(b"%x\r\n" % len(c) + c + b"\r\n" for c in (b"abc", b"0\n\r\n", b"x" * rng.randrange(1, 40)))
+        last = rng.choice([b"0\r\n", b"000\r\n", b"0;e=1\r\n"])
+        trailer = b"".join(line + end for line, end in zip(lines, ends, strict=True))
+        wire = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n" + body + last + trailer
+        wire += b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n"
+        cuts = sorted(rng.sample(range(1, len(wire)), 4))
+        checked, plain = net_limits.CheckedConnection(h11.SERVER), h11.Connection(h11.SERVER)
+        plain.receive_data(wire)
+        expected = []
+        while (event := plain.next_event()) not in (h11.NEED_DATA, h11.PAUSED):
+            expected.append(event)
+        got, raised = [], False
+        try:
+            for a, b in zip([0] + cuts, cuts + [len(wire)], strict=True):
+                checked.receive_data(wire[a:b])
+                while (event := checked.next_event()) not in (h11.NEED_DATA, h11.PAUSED):
+                    got.append(event)
+        except net_limits.Refused:
+            raised = True
+        assert raised == (b"\n" in ends), (wire, got)
+        if not raised:  # the same request, body and trailer (the body's Data events split where the pieces were)
+            assert [e for e in got if not isinstance(e, h11.Data)] == [e for e in expected if not isinstance(e, h11.Data)]
+            assert b"".join(e.data for e in got if isinstance(e, h11.Data)) == b"".join(
+                e.data for e in expected if isinstance(e, h11.Data))
+            assert isinstance(got[-1], h11.EndOfMessage), wire
+
+
 def test_a_head_sent_a_byte_at_a_time_is_searched_once_not_again_at_each_byte(served, monkeypatch):
     """A review of the fold check: at each piece of a head that arrived, ``folded_head`` searched h11's whole buffer
     again, so a head trickled a byte at a time cost its length squared (16 KiB, h11's limit: 134 million bytes
@@ -1043,3 +1148,4 @@ def test_a_folded_head_is_found_exactly_where_h11_joins_header_lines():
         assert net_limits.folded_head(head + after, max(0, k - 2)) == joined, (head, k)
         folds += joined
     assert 500 < folds < 2500, folds
+
