@@ -483,7 +483,9 @@ async def share_behind_proxy(app: Any, proxy: ProxyHeadersMiddleware, gate: Gate
     proxy's connections for its client: counting those per client gives each client behind the proxy its share of
     them, by the same rule as a direct client's connections. What is not shared out per client: a head still arriving
     (its client is not known yet; a proxy that reads whole heads before passing them on, as nginx does, sends none
-    slowly) and the proxy's idle kept-alive connections (nobody's; the proxy's own settings bound them). A request
+    slowly) and the proxy's idle kept-alive connections (nobody's: the proxy, not a client, keeps one open and picks
+    whose request it carries next, so the client of its last request no longer holds it; the proxy's own settings
+    bound them, and each is closed ``Limits.head_deadline_s`` after its last answer without a new head). A request
     that names no client (no X-Forwarded-For) is not counted: it is the proxy's own, or the proxy is set up to send
     no client address, and then every person behind it is one client (README)."""
     if scope["type"] != "http":
