@@ -37,13 +37,18 @@ that sets its own says so through ``set_session_bounds``), so ``bound_refusal`` 
 A PostgreSQL connection whose client went away without a word (a half-open connection: a worker's host lost, a
 network cut) inside a transaction kept its locks (a job's row, which other workers then skip) until the server noticed,
 about 2 hours at the default TCP keepalives (fifteenth review). Every PostgreSQL connection now has TCP keepalives on
-both ends: libpq's ``keepalives`` (``KEEPALIVES``: a dead peer is noticed within about a minute) and the server's
-``tcp_keepalives_idle``/``_interval``/``_count`` at the same values, and the server ends a transaction left idle for
+both ends: libpq's ``keepalives`` (``KEEPALIVES``: an idle connection's dead peer is noticed within about a minute) and
+the server's ``tcp_keepalives_idle``/``_interval``/``_count`` at the same values; and libpq's and the server's
+``tcp_user_timeout`` (a minute): keepalives probe only a connection with nothing in flight, and one whose sent data
+went unacknowledged was ended only after the system's retransmissions, about 15 minutes (a read-only review of the
+fifteenth review's fixes). The server ends a transaction left idle for
 ``IDLE_IN_TRANSACTION_MS`` (``idle_in_transaction_session_timeout``; ``idle_refusal`` says so). No transaction of
 the project is left idle across long work: the worker runs a model, writes files and waits outside its transactions,
 the web server and the commands between a person's actions; each reads or writes, then ends, so the longest idle
 spell is Python's work on a read's rows between two statements (an export's snapshot), seconds, far below the bound.
-The URL's own wins: a libpq keepalive parameter in its query is used as given (and its value for the server's),
+The URL's own wins: a libpq keepalive parameter or ``tcp_user_timeout`` in its query is used as given (and its value
+for the server's; one in a pg_service.conf service the URL names, ``?service=``, is not: ours are passed to libpq,
+which takes them over the service file's),
 and a server setting the operator set (``options=-c ...``, a role's or database's, the server's configuration) is
 kept, as for the bounds above.
 
@@ -79,9 +84,13 @@ BUSY_TIMEOUT_MS = 10_000
 # ends such a statement before the page stops waiting for its answer. Read at each connect, so a test may shorten it
 WEB_STATEMENT_TIMEOUT_MS = 3 * BUSY_TIMEOUT_MS
 # libpq's TCP keepalives of each PostgreSQL connection, where its URL sets none of its own: the first probe after 30 s
-# without traffic, then every 10 s, 3 unanswered end the connection; the server's own (tcp_keepalives_*) are set to
-# the same, so a peer gone without a word is noticed within about a minute on either end (it was about 2 hours)
-KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+# without traffic, then every 10 s, 3 unanswered end the connection; and its tcp_user_timeout (ms): data sent and not
+# acknowledged for a minute ends it (keepalives probe only a connection with nothing in flight: with data in flight the
+# system retransmits for about 15 minutes, tcp_retries2, before it gives up). The server's own (tcp_keepalives_*,
+# tcp_user_timeout) are set to the same, so a peer gone without a word is noticed within about a minute or two on either
+# end, idle or not (it was about 2 hours idle, about 15 minutes with data in flight)
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3,
+              "tcp_user_timeout": 60_000}
 # PostgreSQL's idle_in_transaction_session_timeout of each connection: the server ends a session whose transaction
 # was left idle this long (its locks let go). No transaction of the project waits on long work (the module docstring);
 # read at each connect, so a test may shorten it
@@ -175,7 +184,8 @@ WITH found AS (
                    ELSE lock_base END AS lock_want
     FROM statement_wanted
 ), others AS (
-    -- the idle transaction bound and the server's TCP keepalives: ours (a NULL: none of ours) where the operator set
+    -- the idle transaction bound, the server's TCP keepalives and tcp_user_timeout (a server before 12 has none: no
+    -- row of pg_settings, so nothing is asked of it): ours (a NULL: none of ours) where the operator set
     -- none (source default, or session as above); the idle bound in effect (ms) is answered
     SELECT max(CASE WHEN name = 'idle_in_transaction_session_timeout'
                     THEN (CASE WHEN own OR value IS NULL THEN setting ELSE value END)::bigint END) AS idle_ms,
@@ -183,7 +193,8 @@ WITH found AS (
     FROM (SELECT w.name, w.value, s.setting, s.source NOT IN ('default', 'session') AS own
           FROM (VALUES ('idle_in_transaction_session_timeout', %(idle)s::text),
                        ('tcp_keepalives_idle', %(ka_idle)s::text), ('tcp_keepalives_interval', %(ka_interval)s::text),
-                       ('tcp_keepalives_count', %(ka_count)s::text)) AS w(name, value)
+                       ('tcp_keepalives_count', %(ka_count)s::text), ('tcp_user_timeout', %(user_timeout)s::text))
+                AS w(name, value)
           JOIN pg_settings s ON s.name = w.name) AS asked
 )
 SELECT lock_want, stmt_want,
@@ -197,15 +208,20 @@ FROM wanted, others
 
 
 def _server_keepalives(libpq: dict[str, Any]) -> dict[str, int | None]:
-    """The server's tcp_keepalives_idle, _interval and _count for a connection whose libpq keepalive parameters are
-    ``libpq`` (ours, the URL's over them): the same values; none (None) where keepalives are off or a value is not a
-    whole number (libpq refuses that URL at connect)."""
+    """The server's tcp_keepalives_idle, _interval and _count and its tcp_user_timeout for a connection whose libpq
+    keepalive parameters and tcp_user_timeout are ``libpq`` (ours, the URL's over them): the same values; none (None)
+    where a value is not a whole number (libpq refuses that URL at connect), and no keepalives where they are off
+    (tcp_user_timeout does not depend on them)."""
+    try:
+        user_timeout: int | None = int(libpq["tcp_user_timeout"])
+    except (TypeError, ValueError):
+        user_timeout = None
     try:
         if int(libpq["keepalives"]) == 0:
-            return {"ka_idle": None, "ka_interval": None, "ka_count": None}
+            return {"ka_idle": None, "ka_interval": None, "ka_count": None, "user_timeout": user_timeout}
     except (TypeError, ValueError):
         pass
-    out: dict[str, int | None] = {}
+    out: dict[str, int | None] = {"user_timeout": user_timeout}
     for name in ("idle", "interval", "count"):
         try:
             out[f"ka_{name}"] = int(libpq[f"keepalives_{name}"])
@@ -238,8 +254,9 @@ def _bound_waits(dbapi_connection: Any, record: Any, *, bound_statements: bool,
     ``_note_bounds``. Read at each connect, so a test may shorten them.
 
     In the same statement: the session's ``idle_in_transaction_session_timeout`` (IDLE_IN_TRANSACTION_MS) and the
-    server's TCP keepalives (``keepalives``: ``_server_keepalives``), each only where the operator set none of their
-    own, as above (fifteenth review); the idle bound in effect is noted with the connection for ``idle_refusal``."""
+    server's TCP keepalives and tcp_user_timeout (``keepalives``: ``_server_keepalives``), each only where the operator
+    set none of their own, as above (fifteenth review); the idle bound in effect is noted with the connection for
+    ``idle_refusal``."""
     web = int(WEB_STATEMENT_TIMEOUT_MS) if bound_statements else 0
     asked = {"busy": int(BUSY_TIMEOUT_MS), "web": web, "idle": int(IDLE_IN_TRANSACTION_MS),
              **(keepalives or _server_keepalives(KEEPALIVES))}

@@ -15,7 +15,8 @@ from db.engine import bound_refusal, is_outage, make_engine, session_factory, wr
 from db.models import Rater
 
 SERVER = ("idle_in_transaction_session_timeout", "tcp_keepalives_idle", "tcp_keepalives_interval",
-          "tcp_keepalives_count")
+          "tcp_keepalives_count", "tcp_user_timeout")
+LIBPQ = ("keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout")
 
 
 def _pg_only(url: str) -> None:
@@ -24,10 +25,11 @@ def _pg_only(url: str) -> None:
 
 
 def _shown(engine) -> tuple[dict[str, str], dict[str, str]]:
-    """The server's settings as SHOWn on a connection of ``engine``, and libpq's keepalive parameters of it."""
+    """The server's settings as SHOWn on a connection of ``engine``, and libpq's keepalive and TCP user timeout
+    parameters of it."""
     with engine.connect() as c:
         server = {name: c.execute(text(f"SHOW {name}")).scalar_one() for name in SERVER}
-        libpq = {k: v for k, v in c.connection.dbapi_connection.info.get_parameters().items() if "keepalive" in k}
+        libpq = {k: v for k, v in c.connection.dbapi_connection.info.get_parameters().items() if k in LIBPQ}
     return server, libpq
 
 
@@ -43,7 +45,10 @@ def _worker(url: str, tmp_path):
 def test_a_workers_connection_has_keepalives_and_an_idle_transaction_bound(db_url, tmp_path):
     """The worker's connection: the server ends a transaction idle for 5 minutes and probes a silent client after 30 s,
     every 10 s, 3 times; libpq does the same from the client's end. Before, all four were the server's defaults (0:
-    none, and the system's 2 hours) and libpq set no keepalive parameter."""
+    none, and the system's 2 hours) and libpq set no keepalive parameter. Data sent and not acknowledged for a minute
+    ends the connection on either end (tcp_user_timeout, 60000 ms): keepalives probe only a connection with nothing in
+    flight, so a peer gone while data was in flight was noticed after the system's retransmissions, about 15 minutes
+    (a read-only review of the fifteenth review's fixes)."""
     _pg_only(db_url)
     worker = _worker(db_url, tmp_path)
     try:
@@ -51,23 +56,26 @@ def test_a_workers_connection_has_keepalives_and_an_idle_transaction_bound(db_ur
     finally:
         worker.engine.dispose()
     assert server == {"idle_in_transaction_session_timeout": "5min", "tcp_keepalives_idle": "30",
-                      "tcp_keepalives_interval": "10", "tcp_keepalives_count": "3"}
-    assert libpq == {"keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10", "keepalives_count": "3"}
+                      "tcp_keepalives_interval": "10", "tcp_keepalives_count": "3", "tcp_user_timeout": "60000"}
+    assert libpq == {"keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10", "keepalives_count": "3",
+                     "tcp_user_timeout": "60000"}
 
 
 def test_the_urls_own_keepalives_and_idle_bound_win(db_url, tmp_path):
-    """A keepalive parameter in the worker's URL is libpq's as given, and the server's keepalive of the same name takes
-    its value; an idle transaction bound in the URL's options is kept; the rest are ours."""
+    """A keepalive parameter or a tcp_user_timeout in the worker's URL is libpq's as given, and the server's setting of
+    the same name takes its value; an idle transaction bound in the URL's options is kept; the rest are ours."""
     _pg_only(db_url)
-    url = f"{db_url}?keepalives_idle=45&keepalives_count=5&options=-c%20idle_in_transaction_session_timeout%3D7000"
+    url = (f"{db_url}?keepalives_idle=45&keepalives_count=5&tcp_user_timeout=20000"
+           "&options=-c%20idle_in_transaction_session_timeout%3D7000")
     worker = _worker(url, tmp_path)
     try:
         server, libpq = _shown(worker.engine)
     finally:
         worker.engine.dispose()
     assert server == {"idle_in_transaction_session_timeout": "7s", "tcp_keepalives_idle": "45",
-                      "tcp_keepalives_interval": "10", "tcp_keepalives_count": "5"}
-    assert libpq == {"keepalives": "1", "keepalives_idle": "45", "keepalives_interval": "10", "keepalives_count": "5"}
+                      "tcp_keepalives_interval": "10", "tcp_keepalives_count": "5", "tcp_user_timeout": "20000"}
+    assert libpq == {"keepalives": "1", "keepalives_idle": "45", "keepalives_interval": "10", "keepalives_count": "5",
+                     "tcp_user_timeout": "20000"}
 
 
 def test_a_transaction_left_idle_past_the_bound_is_ended_and_said_in_one_sentence(db_url, monkeypatch):
