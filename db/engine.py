@@ -564,13 +564,16 @@ def lock_outlasts_statement(exc: BaseException) -> bool:
 def idle_refusal(exc: BaseException) -> str | None:
     """The one sentence for a transaction PostgreSQL ended because it was left idle past the session's
     idle_in_transaction_session_timeout (25P03: the server ends the whole session; IDLE_IN_TRANSACTION_MS, or the
-    operator's own, named where noted); None for any other error. The transaction was rolled back whole."""
+    operator's own, named where noted); None for any other error. The transaction was rolled back whole. Trying again
+    at once is no advice for it (it said so): no transaction of the project idles for long (the module docstring), so
+    one that did is a fault to report (a read-only review of the fifteenth review's fixes)."""
     if sqlstate(exc) != "25P03":
         return None
     bound = session_bound_s(exc, "idle_in_transaction_session_timeout")
-    past = f"for more than {bound:g} s, its bound" if bound is not None else "past its bound"
-    return (f"the database ended a transaction of this that was left idle {past} "
-            "(idle_in_transaction_session_timeout), so the change it belonged to was not saved; try again in a moment")
+    past = f"longer than {bound:g} s" if bound is not None else "longer than its bound"
+    return (f"the database ended this change's transaction because it sat idle {past} "
+            "(idle_in_transaction_session_timeout); nothing of the change was saved; no transaction of this program "
+            "should sit idle that long, so this is a fault in it: please report it")
 
 
 def bound_refusal(exc: BaseException) -> str | None:

@@ -107,9 +107,10 @@ def test_a_transaction_left_idle_past_the_bound_is_ended_and_said_in_one_sentenc
         idle.close()
         exc = ended.value
         assert exc.orig.sqlstate == "25P03" and exc.connection_invalidated and is_outage(exc)
-        assert bound_refusal(exc) == ("the database ended a transaction of this that was left idle for more than 0.3 s, "
-                                      "its bound (idle_in_transaction_session_timeout), so the change it belonged to "
-                                      "was not saved; try again in a moment")
+        assert bound_refusal(exc) == ("the database ended this change's transaction because it sat idle longer than "
+                                      "0.3 s (idle_in_transaction_session_timeout); nothing of the change was saved; "
+                                      "no transaction of this program should sit idle that long, so this is a fault in "
+                                      "it: please report it")
         with write_session(factory) as s:
             assert s.scalar(select(Rater.role).where(Rater.name == "held")) == "rater"
     finally:
