@@ -1247,17 +1247,21 @@ class Worker:
 
     def _save_eval_chunk(self, run: _Run, round_id: int, rows: list[dict[str, Any]], partial: dict[str, Any], *,
                          look: bool) -> tuple[dict[str, Any] | None, str | None]:
-        """``_store_eval_chunk``, tried again after 0.5, 1, 2 ... seconds while half the lease is left when the
-        database is out of reach for a moment (``db.engine.is_outage``: a dropped connection, a restart; not a bound
-        that ran out, which stays the job's failure), within the same attempt: it failed the attempt (fifteenth
-        review). Storing a chunk is idempotent (the payload is replaced by the same one, only the missing image rows
-        are added, the rest reads), so a try whose commit landed but whose answer was lost is tried again safely."""
+        """``_store_eval_chunk``, tried again after 0.5, 1, 2 ... seconds, for half a lease from the first try, when the
+        database is out of reach for a moment (``db.engine.is_outage``: a dropped connection, a restart), within the
+        same attempt: it failed the attempt (fifteenth review). A lock not granted is tried again too: the drop this is
+        for leaves the dead try's transaction on the server, holding the job's row, until the server notices (a
+        read-only review of the fifteenth review's fixes: it failed the attempt). A statement cancelled (its statement
+        bound ran out, or an operator cancelled it) stays the job's failure; a claim another worker took raises
+        LeaseLost, not tried again. Storing a chunk is idempotent (the payload is replaced by the same one, only the
+        missing image rows are added, the rest reads), so a try whose commit landed but whose answer was lost is tried
+        again safely."""
         give_up_at, wait = time.monotonic() + self.lease_s / 2, 0.5
         while True:
             try:
                 return self._store_eval_chunk(run, round_id, rows, partial, look=look)
             except OperationalError as exc:
-                if not is_outage(exc) or bound_refusal(exc) is not None or time.monotonic() + wait > give_up_at:
+                if not is_outage(exc) or statement_cancelled(exc) or time.monotonic() + wait > give_up_at:
                     raise
                 log.warning("job %d: the database could not take a chunk of the eval grid (%s); trying again in %.1f s",
                             run.job.id, exc.orig or exc, wait)

@@ -188,3 +188,50 @@ def test_a_dropped_connection_while_a_chunk_is_stored_is_tried_again_not_an_atte
     with read_session(ui_world.factory) as s:
         assert sorted(im.seed for im in repo.list_images(session=s, round_id=ui_world.round_id, kind="eval")) == [0, 1, 2, 3]
     worker.close()
+
+
+def test_a_lock_the_dropped_try_still_holds_is_waited_out_not_an_attempt(ui_world, monkeypatch, caplog):
+    """The drop the chunk's retry exists for leaves the dead try's transaction on the server until it notices, holding
+    the job's row (FOR UPDATE): the next try's lock wait ran out (a lock not granted: PostgreSQL's 55P03, SQLite's
+    "database is locked"), and that failed the attempt, the chunk rendered again by the next claim (a read-only review
+    of the fifteenth review's fixes). It is tried again as the drop is: another transaction holds the job's row (on
+    SQLite, the write lock) through the first chunk's first try, the lock bound cut to 0.2 s; the job is done on its
+    first attempt."""
+    from sqlalchemy import select
+
+    from db import engine as db_engine
+    from db.models import Job
+
+    monkeypatch.setattr(db_engine, "BUSY_TIMEOUT_MS", 200)  # read at connect: the worker's engine connects after this
+    _grid_config(ui_world, seeds=(0, 1, 2, 3))
+    job_id = _eval_job(ui_world, ui_world.round_id, 0)
+    worker = _worker(ui_world, eval_chunk=1)
+    monkeypatch.setattr(worker, "_parts", lambda spec: SimpleNamespace(device="cpu"))
+    monkeypatch.setattr(worker, "_use_adapter", lambda parts, round_: None)
+    monkeypatch.setattr(worker_module, "generate_batch", lambda parts, adapter, prompts, seeds, cfg, on_progress=None,
+                        as_uint8=False: (torch.randint(0, 256, (len(seeds), 3, 16, 16), dtype=torch.uint8),
+                                         torch.rand(len(seeds), 4)))
+    real_store, tries = worker_module.Worker._store_eval_chunk, []
+
+    def store(self, run, round_id, rows, partial, *, look):
+        tries.append([r["seed"] for r in rows])
+        if len(tries) > 1:
+            return real_store(self, run, round_id, rows, partial, look=look)
+        holder = ui_world.factory()  # the dead try's transaction, as the server still has it
+        try:
+            holder.execute(select(Job.id).where(Job.id == job_id).with_for_update()).all()
+            return real_store(self, run, round_id, rows, partial, look=look)
+        finally:
+            holder.rollback()
+            holder.close()
+
+    monkeypatch.setattr(worker_module.Worker, "_store_eval_chunk", store)
+    with caplog.at_level(logging.INFO, logger="seiko.worker"):
+        assert worker.run_once()
+    assert worker.last_error is None and tries == [[2], [2], [3]]
+    job = _job(ui_world, job_id)
+    assert (job.status, job.error, job.attempts) == ("done", None, 1)
+    assert caplog.text.count("could not take a chunk of the eval grid") == 1
+    with read_session(ui_world.factory) as s:
+        assert sorted(im.seed for im in repo.list_images(session=s, round_id=ui_world.round_id, kind="eval")) == [0, 1, 2, 3]
+    worker.close()
