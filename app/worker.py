@@ -50,7 +50,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -97,6 +97,7 @@ from seiko_core.sampling import to_uint8
 from seiko_core.scratch import PIXELS_IN_MEMORY_MAX_BYTES, PixelSpill, check_max_bytes
 
 log = logging.getLogger("seiko.worker")
+_T = TypeVar("_T")
 
 ERROR_MAX_CHARS = 2000  # a job's error message is one sentence; a runaway message is cut here
 
@@ -910,7 +911,7 @@ class Worker:
         ``complete_job`` raises LeaseLost when another worker has taken the job over; nothing is written then.
 
         A database out of reach for a moment (``db.engine.is_outage``: a restart, a lock held too long) is tried again
-        after 0.5, 1, 2 ... seconds while half the lease the last heartbeat gave is left: it used to fail the job,
+        after 0.5, 1, 2 ... seconds for half a lease from the first try (``_through_outages``): it used to fail the job,
         an attempt used up for nothing, and for good on its last attempt (found by review). The transaction rolled
         back, so ``write`` runs again from the start.
 
@@ -920,8 +921,11 @@ class Worker:
         failure and recorded as none (fifteenth review)."""
         run.heartbeat.stop()
         run.progress.set("done", 1, 1)
-        give_up_at, wait, tried = time.monotonic() + self.lease_s / 2, 0.5, False
-        while True:
+        tries = 0
+
+        def publish() -> None:
+            nonlocal tries
+            tries += 1
             try:
                 with write_session(self.factory) as s:
                     job_queue.heartbeat(session=s, job_id=run.job.id, worker_id=self.worker_id, lease_s=self.lease_s,
@@ -933,26 +937,39 @@ class Worker:
                         done.result = finite_json({**result, **more})
                     s.flush()
                     fault_point("publish", run.job.attempts)
-                return
             except LeaseLost:
                 # a try whose commit reached the database but whose answer did not (a dropped connection) left the job
                 # done under this worker's lease: the result is this worker's, not "discarded" (found by review)
-                if tried and self._done_by_me(run.job):
+                if tries > 1 and self._done_by_me(run.job):
                     log.info("job %d: its result was stored by the try whose answer was lost", run.job.id)
                     return
                 raise
+
+        try:
+            self._through_outages(run.job, "its result", publish)
+        except OperationalError as exc:
+            if is_outage(exc) and self._stored_all_the_same(run.job, exc):  # the last try's answer was lost
+                return
+            raise
+
+    def _through_outages(self, claimed: ClaimedJob, what: str, attempt: Callable[[], _T], *,
+                         refused: Callable[[OperationalError], bool] = lambda exc: False) -> _T:
+        """``attempt()`` (one transaction), tried again after 0.5, 1, 2 ... seconds, for half the lease from the first
+        try, while it fails on the database being out of reach for a moment (``db.engine.is_outage``: a dropped
+        connection, a restart, a lock not granted) and not ``refused(exc)``; the last try's error, or any other, is
+        raised. ``what`` is what the database could not take, for the log. ``_publish`` and ``_save_eval_chunk`` both
+        try this way: each had its own copy of the loop (a read-only review of the fifteenth review's fixes)."""
+        give_up_at, wait = time.monotonic() + self.lease_s / 2, 0.5
+        while True:
+            try:
+                return attempt()
             except OperationalError as exc:
-                if not is_outage(exc):
+                if not is_outage(exc) or refused(exc) or time.monotonic() + wait > give_up_at:
                     raise
-                if time.monotonic() + wait > give_up_at:  # the last try
-                    if self._stored_all_the_same(run.job, exc):
-                        return
-                    raise
-                log.warning("job %d: the database could not take its result (%s); trying again in %.1f s", run.job.id,
+                log.warning("job %d: the database could not take %s (%s); trying again in %.1f s", claimed.id, what,
                             exc.orig or exc, wait)
                 time.sleep(wait)
                 wait *= 2
-                tried = True
 
     def _stored_all_the_same(self, claimed: ClaimedJob, exc: OperationalError) -> bool:
         """Whether the publish whose last try failed with the outage ``exc`` was stored all the same (its commit landed,
@@ -1247,26 +1264,17 @@ class Worker:
 
     def _save_eval_chunk(self, run: _Run, round_id: int, rows: list[dict[str, Any]], partial: dict[str, Any], *,
                          look: bool) -> tuple[dict[str, Any] | None, str | None]:
-        """``_store_eval_chunk``, tried again after 0.5, 1, 2 ... seconds, for half a lease from the first try, when the
-        database is out of reach for a moment (``db.engine.is_outage``: a dropped connection, a restart), within the
-        same attempt: it failed the attempt (fifteenth review). A lock not granted is tried again too: the drop this is
-        for leaves the dead try's transaction on the server, holding the job's row, until the server notices (a
-        read-only review of the fifteenth review's fixes: it failed the attempt). A statement cancelled (its statement
-        bound ran out, or an operator cancelled it) stays the job's failure; a claim another worker took raises
-        LeaseLost, not tried again. Storing a chunk is idempotent (the payload is replaced by the same one, only the
-        missing image rows are added, the rest reads), so a try whose commit landed but whose answer was lost is tried
-        again safely."""
-        give_up_at, wait = time.monotonic() + self.lease_s / 2, 0.5
-        while True:
-            try:
-                return self._store_eval_chunk(run, round_id, rows, partial, look=look)
-            except OperationalError as exc:
-                if not is_outage(exc) or statement_cancelled(exc) or time.monotonic() + wait > give_up_at:
-                    raise
-                log.warning("job %d: the database could not take a chunk of the eval grid (%s); trying again in %.1f s",
-                            run.job.id, exc.orig or exc, wait)
-                time.sleep(wait)
-                wait *= 2
+        """``_store_eval_chunk``, tried again (``_through_outages``) when the database is out of reach for a moment
+        (a dropped connection, a restart), within the same attempt: it failed the attempt (fifteenth review). A lock not
+        granted is tried again too: the drop this is for leaves the dead try's transaction on the server, holding the
+        job's row, until the server notices (a read-only review of the fifteenth review's fixes: it failed the attempt).
+        A statement cancelled (its statement bound ran out, or an operator cancelled it) stays the job's failure; a
+        claim another worker took raises LeaseLost, not tried again. Storing a chunk is idempotent (the payload is
+        replaced by the same one, only the missing image rows are added, the rest reads), so a try whose commit landed
+        but whose answer was lost is tried again safely."""
+        return self._through_outages(run.job, "a chunk of the eval grid",
+                                     lambda: self._store_eval_chunk(run, round_id, rows, partial, look=look),
+                                     refused=statement_cancelled)
 
     def _store_eval_chunk(self, run: _Run, round_id: int, rows: list[dict[str, Any]], partial: dict[str, Any], *,
                           look: bool) -> tuple[dict[str, Any] | None, str | None]:
