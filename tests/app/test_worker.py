@@ -1563,9 +1563,11 @@ def test_a_publish_whose_last_try_committed_but_lost_its_answer_is_published(wor
     import logging
     from contextlib import contextmanager
 
+    from sqlalchemy import update
     from sqlalchemy.exc import OperationalError
 
     from app import worker as worker_mod
+    from db.models import Job
 
     world = worker_world
     eid = world.create_experiment("last-answer-lost")
@@ -1585,6 +1587,11 @@ def test_a_publish_whose_last_try_committed_but_lost_its_answer_is_published(wor
             yield s
         if publishing["fault"] == "after":  # committed; the answer is lost on the way back
             faults.append("after")
+            raise dropped("COMMIT")
+        if publishing["fault"] == "another's":  # committed, and by the read-back the job is done under another lease
+            faults.append("another's")
+            with real_write_session(world.factory) as other:
+                other.execute(update(Job).where(Job.experiment_id == eid).values(lease_owner="another-worker"))
             raise dropped("COMMIT")
 
     def publishes(run):
@@ -1612,6 +1619,17 @@ def test_a_publish_whose_last_try_committed_but_lost_its_answer_is_published(wor
     assert "server closed the connection unexpectedly" in (worker.last_error or "")
     (job,) = _jobs(world, eid)
     assert job.status == "queued" and "server closed the connection unexpectedly" in job.error  # an attempt, as before
+
+    # the same job's next attempt: done, but under another worker's lease by the time it is read back, is not this
+    # worker's to count published (a read-back that took any done job for this one's would; a read-only review of the
+    # fifteenth review's fixes)
+    when, faults[:] = "another's", []
+    caplog.clear()
+    assert worker.run_once() and faults == ["another's"]
+    assert "server closed the connection unexpectedly" in (worker.last_error or "")
+    (job,) = _jobs(world, eid)
+    assert (job.status, job.lease_owner) == ("done", "another-worker")
+    assert not any("stored by the last try" in r.getMessage() for r in caplog.records)
     worker.close()
 
 
