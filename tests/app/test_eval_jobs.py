@@ -157,7 +157,7 @@ def test_a_dropped_connection_while_a_chunk_is_stored_is_tried_again_not_an_atte
     monkeypatch.setattr(worker_module, "generate_batch", lambda parts, adapter, prompts, seeds, cfg, on_progress=None,
                         as_uint8=False: (torch.randint(0, 256, (len(seeds), 3, 16, 16), dtype=torch.uint8),
                                          torch.rand(len(seeds), 4)))
-    real_add, real_write_session, tries, lose = worker_module.Worker._add_missing_images, worker_module.write_session, [], []
+    real_add, real_write_session, tries = worker_module.Worker._add_missing_images, worker_module.write_session, []
 
     def dropped(statement):
         return OperationalError(statement, {}, Exception("server closed the connection unexpectedly"),
@@ -167,14 +167,15 @@ def test_a_dropped_connection_while_a_chunk_is_stored_is_tried_again_not_an_atte
         tries.append([r["seed"] for r in rows])
         if len(tries) == 3:  # the second chunk: the connection drops before its rows are written
             raise dropped("INSERT INTO images ...")
-        lose.append(len(tries) == 1)  # the first chunk: its answer is lost once its commit landed
+        if len(tries) == 1:  # the first chunk: its answer is lost once its commit landed
+            s.info["lose the answer"] = True  # this session's only: the heartbeat thread's sessions go on as they are
         return real_add(s, round_id, rows)
 
     @contextmanager
     def answer_lost(factory):
         with real_write_session(factory) as s:
             yield s
-        if lose and lose.pop():
+        if s.info.pop("lose the answer", False):
             raise dropped("COMMIT")
 
     monkeypatch.setattr(worker_module.Worker, "_add_missing_images", staticmethod(add))
