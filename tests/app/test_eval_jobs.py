@@ -236,3 +236,32 @@ def test_a_lock_the_dropped_try_still_holds_is_waited_out_not_an_attempt(ui_worl
     with read_session(ui_world.factory) as s:
         assert sorted(im.seed for im in repo.list_images(session=s, round_id=ui_world.round_id, kind="eval")) == [0, 1, 2, 3]
     worker.close()
+
+
+def test_a_statement_cancelled_while_a_chunk_is_stored_stays_the_attempts_failure(ui_world, monkeypatch):
+    """A statement the database cancelled (57014: its statement bound ran out, or an operator's cancel) while a chunk
+    was stored is not tried again, though class 57 is an outage to a claim: the attempt fails at once, in the bound's
+    sentence (a pin beside the lock not granted, which is tried again)."""
+    _grid_config(ui_world, seeds=(0, 1, 2))
+    job_id = _eval_job(ui_world, ui_world.round_id, 0)
+    worker = _worker(ui_world, eval_chunk=1)
+    monkeypatch.setattr(worker, "_parts", lambda spec: SimpleNamespace(device="cpu"))
+    monkeypatch.setattr(worker, "_use_adapter", lambda parts, round_: None)
+    monkeypatch.setattr(worker_module, "generate_batch", lambda parts, adapter, prompts, seeds, cfg, on_progress=None,
+                        as_uint8=False: (torch.randint(0, 256, (len(seeds), 3, 16, 16), dtype=torch.uint8),
+                                         torch.rand(len(seeds), 4)))
+    tries = []
+
+    class QueryCanceled(Exception):
+        sqlstate = "57014"
+
+    def cancelled(self, run, round_id, rows, partial, *, look):
+        tries.append([r["seed"] for r in rows])
+        raise OperationalError("UPDATE jobs ...", {}, QueryCanceled("canceling statement due to user request"))
+
+    monkeypatch.setattr(worker_module.Worker, "_store_eval_chunk", cancelled)
+    assert worker.run_once()
+    assert tries == [[2]] and "this attempt of the job failed" in (worker.last_error or "")
+    job = _job(ui_world, job_id)
+    assert (job.status, job.attempts) == ("queued", 1)
+    worker.close()
