@@ -11,7 +11,7 @@ import os
 import sqlite3
 import stat
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
 
@@ -100,9 +100,12 @@ def _run(step, url: str, rev: str, in_transaction=None) -> None:
 
     config = _config(url)
     began: list[str | None] = []  # the revision the migration's transaction found, once it began
+    target: list[str | None] = []  # the revision ``rev`` names, counted from that one
 
     def first_in_transaction(connection) -> None:
         began.append(MigrationContext.configure(connection).get_current_revision())
+        with suppress(CommandError, RevisionError):  # one alembic refuses: its own sentence follows, from the step
+            target.append(_destination(step, rev, began[0]))
         if in_transaction is not None:
             in_transaction(connection)
     config.attributes[IN_TRANSACTION] = first_in_transaction
@@ -119,24 +122,58 @@ def _run(step, url: str, rev: str, in_transaction=None) -> None:
     except OperationalError as exc:
         if (sentence := _migration_refusal(exc)) is not None:
             raise InvalidInput(sentence) from exc
-        _after_lost(url, rev, exc, began[0] if began else _NOT_BEGUN)
+        if not _connection_dropped(exc):
+            raise  # a read-only file, a full disk, an I/O error: the database's own words (app.__main__'s refusal)
+        _after_lost(url, target[0] if target else rev, exc, began[0] if began else _NOT_BEGUN)
+
+
+def _destination(step, rev: str, current: str | None) -> str | None:
+    """The revision ``step`` (command.upgrade or downgrade) to ``rev`` leaves a database at ``current`` at, as alembic
+    counts it: "head" the scripts' newest, a relative "-1" or "+1" from ``current``, "base" None. The history is one
+    line, so it is the newest revision the upgrade applies, or the one below the last the downgrade removes."""
+    revision_map = ScriptDirectory.from_config(_config()).revision_map
+    if step is command.downgrade:
+        steps = list(revision_map.iterate_revisions(current, rev, select_for_downgrade=True))
+        return steps[-1].down_revision if steps else current
+    steps = list(revision_map.iterate_revisions(rev, current, implicit_base=True))
+    return steps[0].revision if steps else current
+
+
+# PostgreSQL's SQLSTATEs of a connection dropped by the server (an administrator's pg_terminate_backend, a shutdown, a
+# crash's restart, a fail-over); class 08 is a connection exception
+_DROPPED_STATES = ("57P01", "57P02", "57P03")
+
+
+def _connection_dropped(exc: BaseException) -> bool:
+    """Whether a database error says the connection dropped (SQLAlchemy invalidated it, or PostgreSQL's SQLSTATE says
+    so), not that the database refused a statement on a live one: SQLite's read-only file, full disk and I/O error,
+    PostgreSQL's disk full (53100) are OperationalErrors too, and were said as a lost connection ("run it again"; a
+    read-only review of the fifteenth review's fix)."""
+    if getattr(exc, "connection_invalidated", False):
+        return True
+    state = sqlstate(exc)
+    return state is not None and (state.startswith("08") or state in _DROPPED_STATES)
 
 
 _NOT_BEGUN = object()  # ``_after_lost``: the migration's transaction had not begun
 
 
-def _after_lost(url: str, rev: str, exc: BaseException, before) -> None:
+def _after_lost(url: str, rev: str | None, exc: BaseException, before) -> None:
     """A migration to ``rev`` that ended in ``exc``, no bound's (the connection dropped: the server terminated its
     backend, restarted, failed over; the answer to its COMMIT lost), where its transaction found the database at
     ``before`` (``_NOT_BEGUN``: it had not begun). It said only that the database "could not be used", not whether
     anything had changed (fifteenth review). The migration is one transaction (migrations/env.py), so the revision
-    read back on a fresh connection says which: the same as before, it was not applied (InvalidInput); another, it
+    read back on a fresh connection says which: the same as before, it was not applied (InvalidInput); ``rev``, it
     was (a warning: the command succeeds, as `db upgrade` whose read back fails does); unread, it cannot be known
-    (InvalidInput naming `db current`)."""
+    (InvalidInput naming `db current`). ``rev`` is the revision the step went to (``_destination``; None: base), not
+    the target as typed ("-1"). Any other revision was said "applied" too, but the dropped connection let go of the
+    advisory lock, so another migration may have moved it first (a read-only review of the fifteenth review's fix):
+    that is InvalidInput naming both."""
     from sqlalchemy.exc import DatabaseError, OperationalError
 
     said = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    lost = f"the connection to the database was lost during the migration to {rev} ({said[0] if said else type(exc).__name__})"
+    lost = (f"the connection to the database was lost during the migration to {rev or 'base'} "
+            f"({said[0] if said else type(exc).__name__})")
     try:
         now = current_revision(url)
     except RevisionUnread as unread:
@@ -149,6 +186,10 @@ def _after_lost(url: str, rev: str, exc: BaseException, before) -> None:
         if before is _NOT_BEGUN or now == before:
             raise InvalidInput(f"{lost}, and read back on a new connection the database is still at {now or 'base'}: "
                                "the migration was not applied, so nothing was changed; run it again") from exc
+        if now != rev:
+            raise InvalidInput(f"{lost}, and read back on a new connection the database is at {now or 'base'}, neither "
+                               f"where it was ({before or 'base'}) nor the target ({rev or 'base'}): another migration "
+                               "moved it; check with `python -m app db current`") from exc
         log.warning("%s, but read back on a new connection the database is at %s: the migration was applied", lost,
                     now or "base (no schema)")
         return

@@ -1244,3 +1244,103 @@ def test_a_connection_lost_during_a_postgresql_migration_with_no_read_back_says_
     said = str(raised)
     assert "whether it was applied could not be known" in said and "`python -m app db current`" in said, said
     assert "nothing was changed" not in said and "\n" not in said, said
+
+
+def test_a_migration_of_a_read_only_sqlite_file_keeps_the_databases_own_sentence(tmp_path):
+    """SQLite's "attempt to write a readonly database" is an OperationalError, as a full disk and an I/O error are: every
+    one was said as "the connection to the database was lost during the migration ...; run it again", a cause that was
+    not the one and advice that cannot help (a read-only review of the fifteenth review's fix). Only a dropped
+    connection is read back; this error goes on as before, which the command line says as the database's own words.
+    The file is opened read-only by its URL (mode=ro): the tests may run as root, whom a file's mode does not stop."""
+    from sqlalchemy.exc import OperationalError
+
+    from app.__main__ import refusal
+
+    path = tmp_path / "ro.db"
+    migrate.upgrade(dbt.sqlite_url(path), "0016")
+    with pytest.raises(OperationalError) as raised:
+        migrate.upgrade(f"sqlite:///file:{path}?mode=ro&uri=true", "0017")
+    assert refusal(raised.value) == "the database could not be used (attempt to write a readonly database)"
+    assert migrate.current_revision(dbt.sqlite_url(path)) == "0016"
+
+
+def _lost_then_moved(url, monkeypatch, rev: str, *, after_commit: bool = False, moved_to: str | None = None):
+    """Downgrade ``url`` (at 0017) to ``rev`` while the migrating connection is dropped (SQLAlchemy's OperationalError
+    for a disconnect, the connection invalidated): before its COMMIT (rolled back), or ``after_commit`` (committed, the
+    answer lost). ``moved_to``: a second connection sets the revision to it after the drop, before the revision is read
+    back (another `db upgrade`/`db downgrade` that took the advisory lock the dropped connection let go of). Returns the
+    exception raised (or None)."""
+    from alembic.runtime.migration import MigrationContext as Context
+    from sqlalchemy import text
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.exc import OperationalError
+
+    def dropped():
+        return OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"),
+                                connection_invalidated=True)
+
+    migrate.upgrade(url, "head")
+    migrating: list = []
+    armed: list = []
+    real_run, real_commit, real_current = Context.run_migrations, Connection._commit_impl, migrate.current_revision
+
+    def run_then_drop(self, **kw):
+        real_run(self, **kw)
+        armed.append(True)
+        if after_commit:
+            migrating.append(self.connection)
+        else:
+            raise dropped()
+
+    def commit_then_drop(self):
+        real_commit(self)
+        if migrating and self is migrating[0]:
+            migrating.clear()
+            raise dropped()
+
+    def moved_then_read(read_url):
+        if armed and moved_to is not None:
+            armed.clear()
+            engine = make_engine(url)
+            try:
+                with engine.begin() as c:
+                    c.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": moved_to})
+            finally:
+                engine.dispose()
+        return real_current(read_url)
+
+    monkeypatch.setattr(Context, "run_migrations", run_then_drop)
+    monkeypatch.setattr(Connection, "_commit_impl", commit_then_drop)
+    monkeypatch.setattr(migrate, "current_revision", moved_then_read)
+    try:
+        migrate.downgrade(url, rev)
+    except Exception as exc:  # compared by the caller
+        return exc
+    finally:
+        monkeypatch.undo()
+    return None
+
+
+def test_a_migration_whose_revision_another_moved_after_the_lost_connection_is_not_said_applied(empty_db_url, monkeypatch):
+    """A dropped connection lets go of the advisory lock, so another `db upgrade`/`db downgrade` can move the revision
+    before it is read back: any revision other than the one the migration began at was said "applied", status 0 (a
+    read-only review of the fifteenth review's fix). Now only the target reads as applied; another is one sentence."""
+    raised = _lost_then_moved(empty_db_url, monkeypatch, "-1", moved_to="0015")
+    assert migrate.current_revision(empty_db_url) == "0015"
+    assert isinstance(raised, InvalidInput), repr(raised)
+    said = str(raised)
+    assert "the database is at 0015, neither where it was (0017) nor the target (0016): another migration moved it" in said
+    assert "check with `python -m app db current`" in said and "\n" not in said, said
+
+
+def test_a_relative_migration_lost_after_its_commit_names_the_revision_it_reached(empty_db_url, monkeypatch, caplog):
+    """The "applied" warning of a relative downgrade named its target as typed, "the migration to -1"; it names the
+    revision the step went to, counted from where the migration began."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="db.migrate"):
+        raised = _lost_then_moved(empty_db_url, monkeypatch, "-1", after_commit=True)
+    assert raised is None, repr(raised)
+    assert migrate.current_revision(empty_db_url) == "0016"
+    said = [r.getMessage() for r in caplog.records if "was lost" in r.getMessage()]
+    assert len(said) == 1 and "the migration to 0016 (" in said[0] and "the migration was applied" in said[0], said
