@@ -34,7 +34,7 @@ from seiko_core import export as core
 from seiko_core import model_card
 from seiko_core.checkpoint import MANIFEST, sha256_file, verify
 from seiko_core.export import FORMATS, WEIGHT_NAME, ExportError, ExportResult
-from seiko_core.export_verify import CheckSettings, load_check_model, verify_export
+from seiko_core.export_verify import CheckSettings, load_check_model, render_app, verify_export
 
 log = logging.getLogger("seiko.export")
 EXPORTS_DIR = "exports"
@@ -119,8 +119,8 @@ def export_round_to(settings: Settings, experiment_id: int, round_index: int, fm
 class _CheckModel:
     """The base model of a LoRA export's checks, loaded once, when first asked for: the check on the base
     (``core.check_on_base``) loads the adapter onto its UNet, then the app's image of the stock check
-    (``export_verify.render_app``) is drawn with it and that adapter. Each loaded the base on its own (fifteenth
-    review)."""
+    (``export_verify.render_app``) is drawn with it and that adapter, and ``parts`` let go of before the stock check
+    starts. Each loaded the base on its own, the time of one load more (fifteenth review)."""
 
     def __init__(self, check: CheckSettings) -> None:
         self.check = check
@@ -140,9 +140,14 @@ def _finalize(src: RoundSource, facts: dict, fmt: str, kind: str, files: list[st
     ``base``: the base model the export loaded already, which the app's image is drawn with."""
 
     def finalize(tmp: Path) -> dict:
-        parts = base.parts if base is not None else None  # None: the check on the base loaded its own UNet
-        result = verify_export(kind, tmp, src.adapter_dir, src.check, weight_name=weight_name, parts=parts,
-                               loaded=core.CHECK_ADAPTER if parts is not None else None)
+        app_image = None
+        if base is not None and base.parts is not None:  # None: the check on the base loaded its own UNet
+            # the app's image first, then the model is let go of: a whole pipeline (5.5 GB in fp32 at SD 1.5) was held
+            # through the stock check's fresh process, which loads the base once more (a read-only review of the
+            # fifteenth review's fix)
+            app_image = render_app(src.check, src.adapter_dir, base.parts, core.CHECK_ADAPTER)
+            base.parts = None
+        result = verify_export(kind, tmp, src.adapter_dir, src.check, weight_name=weight_name, app_image=app_image)
         card = {**facts, "format": fmt, "files": files or sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*.safetensors")),
                 "verification": result.to_dict()}
         model_card.write(tmp, card)

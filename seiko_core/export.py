@@ -341,9 +341,16 @@ def check_on_base(base_model: str | Path, adapter_dir: str | Path, base_unet: Ca
     ``base_unet``: returns the UNet of ``base_model`` that the caller loaded (by ``models.load_model``, whose checks
     include ``load_base_unet``'s) and goes on using: the same check is made on it, and the adapter it passed stays on
     it as ``CHECK_ADAPTER`` (a refused one does not: ``lora.inject``), for the app's image of the export check to be
-    drawn with (``export_verify.render_app``'s ``loaded``). That check loaded the base a second time, 3.4 GB at SD
-    1.5 (fifteenth review). None: the check loads the UNet alone (``load_base_unet``)."""
-    _inject_checked(load_base_unet(base_model) if base_unet is None else base_unet(), adapter_dir, CHECK_ADAPTER)
+    drawn with (``export_verify.render_app``'s ``loaded``). That check loaded the base a second time: what it saves is
+    one base load's time (fifteenth review). A UNet that carries an adapter already is refused, nothing taken off it:
+    diffusers refused the same name as "already in use", and ``lora.inject`` then deleted the adapter that was there
+    (a read-only review of the fifteenth review's fix). None: the check loads the UNet alone (``load_base_unet``)."""
+    unet = load_base_unet(base_model) if base_unet is None else base_unet()
+    if carried := list(getattr(unet, "peft_config", None) or ()):
+        raise ExportError(f"The base model's UNet given for the check already carries an adapter "
+                          f"({', '.join(map(repr, carried))}); the check needs the base model alone, so nothing was "
+                          "checked or written.")
+    _inject_checked(unet, adapter_dir, CHECK_ADAPTER)
 
 
 def _provenance(fmt: str, adapter_dir: Path, manifest: dict) -> dict:

@@ -944,7 +944,7 @@ def test_cli_an_audit_log_held_by_a_lock_is_said_in_the_pages_sentence(db_url, t
 
 def test_a_lora_export_loads_the_base_model_once_for_its_checks(world, tmp_path, monkeypatch):
     """A diffusers or kohya export checks the adapter on the base (``check_on_base``) and draws the app's image of the
-    stock check (``render_app``): each loaded the base's UNet in this process, twice 3.4 GB at SD 1.5 (fifteenth
+    stock check (``render_app``): each loaded the base's UNet in this process, one load's time more (fifteenth
     review). The base is loaded here once per export now (stock diffusers' own load is in the check's fresh process,
     as before), counted at the app's loader, which every load of a model goes through."""
     import warnings
@@ -975,3 +975,39 @@ def model_card_passed(directory: Path) -> bool:
     from seiko_core import model_card
 
     return model_card.read(directory)["verification"]["passed"] is True
+
+
+def test_a_lora_export_lets_go_of_its_check_model_before_the_stock_check_runs(world, tmp_path, monkeypatch):
+    """The base model a LoRA export loads for its checks (a whole pipeline: about 5.5 GB in fp32 at SD 1.5) was held
+    from the check on the base through the write and the whole stock check in its fresh process, where the old check's
+    UNet was let go of once the check on the base returned (a read-only review of the fifteenth review's fix). The
+    app's image is drawn first and the model let go of: no reference to it is left when the stock check starts."""
+    import gc
+    import weakref
+
+    import app.export as app_export
+    from seiko_core import export_verify
+
+    real_load, real_stock = app_export.load_check_model, export_verify.render_stock
+    loaded: list = []
+    alive_at_stock: list = []
+
+    def load(check):
+        parts = real_load(check)
+        loaded.append((weakref.ref(parts.pipeline), weakref.ref(parts.unet)))
+        return parts
+
+    def stock(*args, **kwargs):
+        gc.collect()  # a reference cycle would be let go of in time too: only a reference held counts
+        alive_at_stock.append([ref() is not None for pair in loaded for ref in pair])
+        return real_stock(*args, **kwargs)
+
+    monkeypatch.setattr(app_export, "load_check_model", load)
+    monkeypatch.setattr(export_verify, "render_stock", stock)
+    e = str(world.experiment_id)
+    for fmt in ("diffusers", "kohya"):
+        loaded.clear()
+        alive_at_stock.clear()
+        assert cli(world, "lora", "--experiment", e, "--round", "1", "--format", fmt, "--out", str(tmp_path / fmt)) == 0
+        assert len(loaded) == 1 and alive_at_stock == [[False, False]], (fmt, alive_at_stock)
+        assert model_card_passed(tmp_path / fmt)

@@ -1131,3 +1131,27 @@ def test_a_lora_export_checked_on_the_callers_unet_still_refuses_a_damaged_adapt
     lora.load_adapter(fresh, adapter_dir, "x")
     lora.use_loaded(parts, CHECK_ADAPTER)
     assert torch.equal(unet_out(parts.unet), unet_out(fresh.unet)) and not torch.equal(unet_out(fresh.unet), base)
+
+
+def test_a_lora_export_refuses_a_callers_unet_that_carries_an_adapter_already_and_leaves_it_on(
+        adapter_dir, random_model_dir, tmp_path):
+    """A ``base_unet`` carrying an adapter already (the check's own from an earlier export, ``CHECK_ADAPTER``) met
+    diffusers' "already in use", and ``lora.inject`` then deleted that adapter and said the new one "could not be read"
+    (a read-only review of the fifteenth review's fix). It is refused in one sentence, nothing written and nothing
+    taken off the UNet, which computes what it did before."""
+    from seiko_core.export import CHECK_ADAPTER
+    from seiko_core.models import load_model
+
+    parts = load_model(str(random_model_dir), device="cpu")
+    export_diffusers_lora(adapter_dir, tmp_path / "first", base_model=random_model_dir, base_unet=lambda: parts.unet)
+    lora.use_loaded(parts, CHECK_ADAPTER)
+    before = unet_out(parts.unet)
+    for name, export in (("d", export_diffusers_lora), ("k", export_kohya_lora_dir)):
+        with pytest.raises(ExportError, match=r"^The base model's UNet given for the check already carries an adapter "
+                                              rf"\('{CHECK_ADAPTER}'\)") as raised:
+            export(adapter_dir, tmp_path / name, base_model=random_model_dir, base_unet=lambda: parts.unet)
+        assert "\n" not in str(raised.value)
+    with pytest.raises(ExportError, match=r"already carries an adapter"):
+        export_kohya_lora(adapter_dir, tmp_path / "k.safetensors", base_model=random_model_dir, base_unet=lambda: parts.unet)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first"]
+    assert list(parts.unet.peft_config) == [CHECK_ADAPTER] and torch.equal(unet_out(parts.unet), before)
