@@ -367,6 +367,36 @@ def test_one_ipv4_24_opening_from_many_addresses_holds_a_bounded_cap_and_every_o
             assert (net_limits.wider_keys(a) == net_limits.wider_keys(b)) == same, (a, b)
 
 
+def test_the_hosts_of_one_private_24_are_not_grouped_and_each_gets_its_first_connections():
+    """Found by a read-only review of the /24 grouping: the hosts of a LAN on this server's network (a lab of 99 on
+    192.168.1.0/24 opening 4 each) shared one /24's cap, so 205 got in and 47 hosts were refused their first connection
+    with 307 of 512 free. Now a private, shared (100.64/10), loopback or link-local address (IPv6 unique-local and
+    link-local too) counts alone: each of 60 hosts of one such /24 (or /64s of one such /48) gets its first 8 (480 of
+    512), while the hosts of a public /24 are still held to its cap, ceil(2 total / 5) (``h < 4 (256 - h)``), and
+    SEIKO_CONNECTIONS_PER_NETWORK, when set, is a /24's or a /48's fixed cap instead."""
+    for lan in ("192.168.1.{}", "10.20.30.{}", "172.31.5.{}", "100.64.7.{}", "127.0.9.{}", "169.254.3.{}",
+                "::ffff:192.168.1.{}", "fd12:3456:789a:{:x}::1", "fe80:0:0:{:x}::1%eth0"):
+        gate = net_limits.Gate(net_limits.Limits(total=512))
+        assert sum(gate.admit(lan.format(k)) is None for k in range(1, 100) for _ in range(4)) == 396, lan
+        gate = net_limits.Gate(net_limits.Limits(total=512))
+        for k in range(1, 61):
+            assert [gate.admit(lan.format(k)) for _ in range(8)] == [None] * 8, (lan, k)
+        assert gate.total == 480
+    for public in ("198.51.100.{}", "81.2.69.{}", "2001:db8:aaaa:{:x}00::1"):  # a /48: /64s of its /56s
+        gate = net_limits.Gate(net_limits.Limits(total=512))
+        assert sum(gate.admit(public.format(k)) is None for k in range(1, 100) for _ in range(4)) == 205, public
+    # the operator's fixed cap for a /24 or a /48, with or without a fixed cap per address
+    for per_address in (None, 5):
+        gate = net_limits.Gate(net_limits.Limits(total=512, per_address=per_address, per_network=300))
+        assert sum(gate.admit(f"81.2.69.{k}") is None for k in range(1, 100) for _ in range(4)) == 300
+        assert gate.admit("81.2.69.200") == (429, net_limits.TOO_MANY_FROM_NETWORK.format(net="81.2.69.0/24", n=300))
+    assert net_limits.Limits.from_env({"SEIKO_CONNECTIONS_PER_NETWORK": "300"}, fd_limit=None).per_network == 300
+    assert net_limits.Limits.from_env({}, fd_limit=None).per_network is None
+    for bad in ("0", "2.5", "many"):
+        with pytest.raises(net_limits.LimitsError, match="SEIKO_CONNECTIONS_PER_NETWORK"):
+            net_limits.Limits.from_env({"SEIKO_CONNECTIONS_PER_NETWORK": bad}, fd_limit=None)
+
+
 def test_a_busy_network_leaves_the_rest_of_its_site_room_on_a_quiet_server():
     """Found by the fifteenth review of 6 Dec 2026: a /48's (and a /56's) cap was a multiple of a /64's only while the
     server was busy (32 against 8); on a quiet server both came to a quarter of the total, so one busy /64 of a site
