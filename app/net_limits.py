@@ -455,10 +455,14 @@ class CheckedConnection(h11.Connection):
     trailer for part of a line, disagrees with this server about where the request ends: the bytes after h11's end
     are read here as the next request, one the proxy never saw. h11's chunked reader says where in its buffer the
     body is (h11's own attributes: no public call tells), and the buffer is read in place, not copied: each head
-    searched once (``folded_head``'s ``start``), a trailer too, a chunk's size line once per chunk."""
+    searched once (``folded_head``'s ``start``), a trailer too, the last chunk's size line too (it was searched from
+    its start at each piece that arrived: one sent a byte at a time, ``0;`` and a 16 KiB extension, cost its length
+    squared, found by a read-only review of this change), a chunk's size line once per chunk."""
 
     _head_searched = 0  # how much of a head still arriving was searched without finding its end
     _trailer_searched = 0  # the same for a trailer
+    _size_line_searched = 0  # the same for a last chunk's size line (``0;`` and an extension), from its start
+    _size_line_reader: Any = None  # the chunked reader whose size line that is, while it is still arriving
 
     def next_event(self) -> Any:
         buffered = self._receive_buffer._data
@@ -474,13 +478,19 @@ class CheckedConnection(h11.Connection):
             self._head_searched = 0  # the next head starts where this request ends
         reader = self._reader
         start = None
+        left_off, self._size_line_reader = self._size_line_reader, None  # kept only while its line is still arriving
         if isinstance(reader, ChunkedReader):
             skip = len(reader._bytes_to_discard)  # a chunk's CR LF still to come, then the next chunk's size line
             if reader._reading_trailer:
                 start = 0
-            elif (reader._bytes_in_chunk == 0 and _LAST_CHUNK.match(buffered, skip)
-                  and (line := buffered.find(b"\r\n", skip)) >= 0):
-                start = line + 2
+            elif reader._bytes_in_chunk == 0 and _LAST_CHUNK.match(buffered, skip):
+                # a size line arriving slowly (``0;`` and an extension) is searched on from where it was left (less
+                # 1: its CR LF may start there), counted from the line's start, since h11 drops the discarded bytes
+                searched = self._size_line_searched if left_off is reader else 0
+                if (line := buffered.find(b"\r\n", skip + max(0, searched - 1))) >= 0:
+                    start = line + 2
+                else:
+                    self._size_line_reader, self._size_line_searched = reader, len(buffered) - skip
         if start is None:
             self._trailer_searched = 0
         else:

@@ -1116,6 +1116,93 @@ def test_a_bare_lf_trailer_is_found_exactly_where_h11_ends_a_trailer_line_at_a_b
             assert isinstance(got[-1], h11.EndOfMessage), wire
 
 
+def _events_in_pieces(wire: bytes, cuts: list[int]) -> tuple[list, bool]:
+    """The events a ``CheckedConnection`` makes of ``wire`` fed cut at ``cuts``, and whether it raised ``Refused``."""
+    import h11
+
+    checked, got = net_limits.CheckedConnection(h11.SERVER), []
+    try:
+        for a, b in zip([0] + cuts, cuts + [len(wire)], strict=True):
+            checked.receive_data(wire[a:b])
+            while (event := checked.next_event()) not in (h11.NEED_DATA, h11.PAUSED):
+                got.append(event)
+    except net_limits.Refused:
+        return got, True
+    return got, False
+
+
+def test_a_bare_lf_trailer_is_found_wherever_the_body_is_cut():
+    """The random test above cuts each body at 4 random points; here a few bodies, valid and with a bare LF in the
+    trailer, are cut at every one and every two places, and fed a byte at a time, against h11's own reading of the
+    whole: the checked connection raises exactly for a bare LF trailer line, else makes h11's events."""
+    import h11
+
+    head = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+    for body, bare in ((b"3\r\nabc\r\n0\r\n\r\n", False), (b"1\r\na\r\n0;e=1\r\nX-A: 1\r\n\r\n", False),
+                       (b"2\r\nab\r\n000\r\nX-A: 1\nX-B: 2\r\n\r\n", True), (b"0\r\nX-A: 1\r\n\n", True),
+                       (b"1\r\n\n\r\n0;e\r\n\n", True), (b"0005\r\nhello\r\n0\r\nX-A: 1\n\r\n", True)):
+        wire = head + body + b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n"
+        plain = h11.Connection(h11.SERVER)
+        plain.receive_data(wire)
+        expected = []
+        while (event := plain.next_event()) not in (h11.NEED_DATA, h11.PAUSED):
+            expected.append(event)
+        first = len(head) - 5  # cuts from the head's last bytes on (the head's own checks are tested above)
+        cut_sets = [[i] for i in range(1, len(wire))]
+        cut_sets += [[i, j] for i in range(first, len(wire)) for j in range(i + 1, len(wire))]
+        cut_sets.append(list(range(1, len(wire))))  # a byte at a time
+        for cuts in cut_sets:
+            got, raised = _events_in_pieces(wire, cuts)
+            assert raised == bare, (body, cuts)
+            if not raised:
+                assert [e for e in got if not isinstance(e, h11.Data)] == [
+                    e for e in expected if not isinstance(e, h11.Data)], (body, cuts)
+                assert b"".join(e.data for e in got if isinstance(e, h11.Data)) == b"".join(
+                    e.data for e in expected if isinstance(e, h11.Data)), (body, cuts)
+
+
+class _CountingBuffer(bytearray):
+    """h11's receive buffer, counting the bytes each ``find`` on it searches (from its start point to the end)."""
+
+    searched = 0
+
+    def find(self, sub, start=0, *args):  # type: ignore[override]
+        type(self).searched += len(self) - (start or 0)
+        return super().find(sub, start, *args)
+
+
+def test_a_last_chunk_size_line_sent_a_byte_at_a_time_is_searched_once_not_again_at_each_byte():
+    """Found by a read-only review of the trailer check: the last chunk's size line (``0;`` and an extension) was
+    searched for its end from its start at each piece that arrived, so one sent a byte at a time cost its length
+    squared (16 KiB: 128 million bytes). Counted in h11's own buffer (h11's searches as well as the check's), a
+    4,000-byte size line fed a byte at a time is searched a few times its length, and its trailer is still checked."""
+    import h11
+
+    head = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
+    line = b"0;" + b"e" * 4000 + b"\r\n"
+    for trailer, bare in ((b"X-A: 1\r\n\r\n", False), (b"X-A: 1\n\r\n", True)):
+        checked = net_limits.CheckedConnection(h11.SERVER)
+        checked._receive_buffer._data = _CountingBuffer()
+        checked.receive_data(head)
+        events = []
+        while (event := checked.next_event()) not in (h11.NEED_DATA, h11.PAUSED):
+            events.append(event)
+        _CountingBuffer.searched = 0
+        calls = 0
+        try:
+            for i in range(len(line + trailer)):
+                checked.receive_data((line + trailer)[i:i + 1])
+                calls += 1
+                while (event := checked.next_event()) not in (h11.NEED_DATA, h11.PAUSED):
+                    events.append(event)
+        except net_limits.Refused:
+            assert bare
+        else:
+            assert not bare and isinstance(events[-1], h11.EndOfMessage), events
+        assert calls > len(line), calls  # it did arrive in many pieces
+        assert _CountingBuffer.searched < 4 * len(line + trailer), (_CountingBuffer.searched, len(line))
+
+
 def test_a_head_sent_a_byte_at_a_time_is_searched_once_not_again_at_each_byte(served, monkeypatch):
     """A review of the fold check: at each piece of a head that arrived, ``folded_head`` searched h11's whole buffer
     again, so a head trickled a byte at a time cost its length squared (16 KiB, h11's limit: 134 million bytes
