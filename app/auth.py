@@ -31,6 +31,7 @@ import getpass
 import hashlib
 import hmac
 import ipaddress
+import itertools
 import logging
 import math
 import os
@@ -110,9 +111,14 @@ COMMON_INSIDE_MIN = 5  # a common password this long or longer is taken out wher
 # 100 entries, in their spellings of case, spaces and leet: about as many guesses as two letters, 26**2 = 676), so a
 # phrase of unrelated words ("hotel guest") is not read as its other words alone; counted for a stretch of common
 # passwords (touching ones, "summerwinter", count once) that is not all a run (a common password written again) and
-# holds a listed one no stretch counted before it held (those holding fewer listed ones first): each listed one is
-# picked once, so written again, or put together again with others ("password dragon passworddragon"), it counts no more
+# holds a listed one no stretch counted before it held, read in the order that counts fewest (``_fewest_stretches``):
+# each listed one is picked once, so written again, or put together again with others ("password dragon
+# passworddragon"), it counts no more
 COMMON_WORD_WORTH = 2
+# a group of stretches linked by the listed ones they share is counted exactly (every combination of its stretches
+# tried) up to this many different stretches, none inside another (2**12 combinations at most); a larger one counts a
+# stated bound never above the exact count (``_fewest_stretches``)
+PHRASE_EXACT_MAX = 12
 # the common leet substitutions, read as the letters they stand for when passwords are compared with the list
 # (``_skeleton``); 1 stands for i or l (``LEET_ONE``)
 # (a | is read as a 1: "he||o" is "hello", as "he11o" is; it was dropped as a mark, and "|etme|n!" passed: found by a
@@ -319,8 +325,10 @@ def _characters_left(folded: str, ones: frozenset[int] = frozenset()) -> int:
     # 2026); and a stretch that was the same listed ones put together again ("passworddragon" after "password
     # dragon") was a different stretch, so "password dragon passworddragon dragonpassword" counted 11 (fourteenth
     # review); compared by skeleton ("dr4gon" is "dragon"). Taken from the left, the count hung on the order
-    # ("passworddragon password dragon" 4, "password dragon passworddragon" 6: fifteenth review, 6 Dec 2026): the
-    # stretches holding fewer listed ones are taken first now, those holding as many in the order of their words
+    # ("passworddragon password dragon" 4, "password dragon passworddragon" 6: fifteenth review, 6 Dec 2026); taken
+    # fewest listed ones first, ties by their spelling, it hung on the spelling and could count more than reading from
+    # the left ("dragonpassword monkeyshadow dragonmonkey" 8, "... passwordshadow" 6: a read-only review of that fix):
+    # the least over every order now (``_fewest_stretches``)
     words.sort()
     held_by: list[tuple[str, ...]] = []  # the listed ones each stretch that is not all run holds
     w, begin, counts = 0, -1, False
@@ -336,14 +344,40 @@ def _characters_left(folded: str, ones: frozenset[int] = frozenset()) -> int:
             if counts:
                 held_by.append(tuple(sorted(held)))
         begin, counts = -1, False
-    counted: set[str] = set()
-    stretches = 0
-    for held in sorted(held_by, key=lambda held: (len(held), held)):
-        if not counted.issuperset(held):
-            stretches += 1
-            counted.update(held)
     left = sum(1 for k in range(n) if not covered[k] and not common[k])
-    return left + COMMON_WORD_WORTH * stretches
+    return left + COMMON_WORD_WORTH * _fewest_stretches(held_by)
+
+
+def _fewest_stretches(held_by: list[tuple[str, ...]]) -> int:
+    """How many of the stretches (``held_by``: the listed ones each holds) count, read in the order that counts fewest
+    (a stretch counts when it holds a listed one no stretch read before it held): the fewest stretches that together
+    hold every listed one, as those read first each count and then no other does. Stretches that share no listed one
+    are apart, so each group linked by shared ones is counted alone, its stretches held inside another (or the same as
+    another) left out. A group of up to PHRASE_EXACT_MAX stretches is counted exactly: every combination of them tried,
+    fewest first. A larger one (a long password of many linked stretches) counts a bound never above the exact count,
+    so never more lenient than any order: the stretches that alone hold some listed one (each is needed), and the rest
+    of its listed ones divided by the most of them any other stretch holds, rounded up. Quadratic in the stretches at
+    most, beside the 2**PHRASE_EXACT_MAX combinations of a small group."""
+    distinct = {frozenset(held) for held in held_by if held}
+    kept = [held for held in distinct if not any(held < other for other in distinct)]
+    groups: list[list[frozenset[str]]] = []
+    for held in kept:
+        linked = [group for group in groups if any(held & other for other in group)]
+        groups = [group for group in groups if not any(held & other for other in group)]
+        groups.append([held] + [other for group in linked for other in group])
+    total = 0
+    for group in groups:
+        words = frozenset().union(*group)
+        if len(group) <= PHRASE_EXACT_MAX:
+            total += next(size for size in range(1, len(group) + 1)
+                          if any(frozenset().union(*chosen) == words for chosen in itertools.combinations(group, size)))
+            continue
+        alone = [held for held in group if any(all(word not in other for other in group if other is not held)
+                                               for word in held)]
+        rest = words.difference(*alone)
+        most = max((len(held & rest) for held in group if held not in alone), default=0)
+        total += len(alone) + (-(-len(rest) // most) if rest else 0)
+    return total
 
 
 def check_password_strength(password: str, name: str | None = None) -> None:
@@ -358,12 +392,12 @@ def check_password_strength(password: str, name: str | None = None) -> None:
     passwords of COMMON_INSIDE_MIN characters or more (by skeleton) and its runs are taken out (``_characters_left``:
     RUN_MIN or more characters repeating one character or a group of up to REPEATED_GROUP_MAX, or a common password
     written again, or reading along one of SEQUENCES either way), each stretch of common passwords that holds a listed
-    one not counted before counting COMMON_WORD_WORTH. So "abcdefgh1", "1234567a", "abababab", "11112222",
-    "1password", "my p4ss word", "passwordpassword", "password dragon passworddragon" (2 + 2, 2 spaces), eight accents alone
-    and "password" with a zero-width space are refused; "my 1234 garden" (10), "hotel guest" (6 + 2), "my password is
-    long" (11 + 2), "heliotrope" and "HELIOTROPE" (10: an i is no l, a capital I among capitals an i, while "FootbaII"
-    is "football", ``_capital_i_as_one``) and "purple horse battery staple" are not. Passwords set under older rules
-    still sign in (``_new_hash``)."""
+    one not counted before counting COMMON_WORD_WORTH, in the order that counts fewest (``_fewest_stretches``). So
+    "abcdefgh1", "1234567a", "abababab", "11112222", "1password", "my p4ss word", "passwordpassword", "password dragon
+    passworddragon" (2 + 2, 2 spaces), eight accents alone and "password" with a zero-width space are refused; "my
+    1234 garden" (10), "hotel guest" (6 + 2), "my password is long" (11 + 2), "heliotrope" and "HELIOTROPE" (10: an i
+    is no l, a capital I among capitals an i, while "FootbaII" is "football", ``_capital_i_as_one``) and "purple horse
+    battery staple" are not. Passwords set under older rules still sign in (``_new_hash``)."""
     if not isinstance(password, str) or len(password) < MIN_PASSWORD_LENGTH:
         raise ValueError(f"a password needs at least {MIN_PASSWORD_LENGTH} characters")
     if len(password) > MAX_PASSWORD_LENGTH:

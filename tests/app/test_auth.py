@@ -6,6 +6,7 @@ import functools
 import io
 import itertools
 import json
+import random
 import unicodedata
 from pathlib import Path
 
@@ -1257,10 +1258,9 @@ def _is_common_by_skeleton(password: str) -> bool:
 def _counted_by_brute_force(password: str) -> int:
     """What ``password`` (lower case, ASCII) counts for: its characters that no stretch covers that is a run or a
     common password, and 2 for each maximal stretch of common passwords that is not all run and holds a listed entry
-    (by skeleton) that no stretch counted before it held, the stretches taken fewest listed entries first, as many in
-    the order of their entries (so one written again, or counted ones put together again, count nothing more). A run:
-    4 or more characters
-    that are a piece of one of LINES (forwards or backwards) or one group written twice or more in a row, a group of 1
+    (by skeleton) that no stretch counted before it held, the stretches read in the order that counts fewest (every
+    order read, ``_fewest_over_every_order``; so one written again, or counted ones put together again, count nothing
+    more). A run: 4 or more characters that are a piece of one of LINES (forwards or backwards) or one group written twice or more in a row, a group of 1
     to 4 characters or any group that is a common password with only digits and marks after it. A common password: a
     stretch whose first and last characters are letters or digits once leet is read and whose skeleton
     (``_skeleton``) reads as a listed entry's of 5 or more characters (``_spellings``). Every stretch and every group
@@ -1292,12 +1292,23 @@ def _counted_by_brute_force(password: str) -> int:
             k = j
         else:
             k += 1
-    stretches, counted = 0, set()
-    for held in sorted(held_by, key=lambda held: (len(held), held)):
-        if not counted.issuperset(held):
-            stretches += 1
-            counted.update(held)
-    return len(password) - len(runs | commons) + 2 * stretches
+    return len(password) - len(runs | commons) + 2 * _fewest_over_every_order(held_by)
+
+
+def _fewest_over_every_order(held_by) -> int:
+    """The least, over every order of the stretches (``held_by``: the listed entries each holds), of how many count
+    when they are read in that order, one counting when it holds an entry no stretch read before it held: every
+    permutation read, left to right."""
+    assert len(held_by) <= 8, held_by  # 8! orders at most
+    fewest = len(held_by)
+    for order in itertools.permutations(held_by):
+        counted, stretches = set(), 0
+        for held in order:
+            if not counted.issuperset(held):
+                stretches += 1
+                counted.update(held)
+        fewest = min(fewest, stretches)
+    return fewest
 
 
 @pytest.mark.parametrize("password", [
@@ -1875,22 +1886,18 @@ def test_each_listed_word_counts_once_however_often_it_is_written_or_put_togethe
     """A stretch of common passwords counted 2 whenever its skeleton was new, so the same listed words put together
     again were new stretches: "password dragon passworddragon dragonpassword" counted 11 and could be set. Each listed
     word counts once now: a stretch counts 2 when it holds a listed word no counted stretch held, the stretches of one
-    word taken first (fifteenth review: from the left, the count hung on the order). Every password of 1 to 3
-    stretches (one listed word, or two different ones touching) joined by spaces: what it counts for is known by
-    construction (the spaces, and 2 for each stretch, single words first, that brings a word not brought before),
+    read in the order that counts fewest (fifteenth review: from the left, the count hung on the order; single words
+    first, on the spelling). Every password of 1 to 3 stretches (one listed word, or two different ones touching)
+    joined by spaces: what it counts for is known by construction (the spaces, and 2 for each stretch that brings a
+    word not brought before, the least over every order of the stretches),
     and the rule refuses it exactly when that is under 8 or it is one listed word alone."""
-    words = ("password", "dragon", "monkey")
+    words = ("password", "dragon", "monkey", "shadow")  # four: three stretches of two words may count 4 or 6
     pieces = [(w,) for w in words] + [(a, b) for a in words for b in words if a != b]
     refused = {True: 0, False: 0}
     for count in (1, 2, 3):
         for stretches in itertools.product(pieces, repeat=count):
             password = " ".join("".join(piece) for piece in stretches)
-            brought: set[str] = set()
-            expected = count - 1  # the spaces
-            for piece in sorted(stretches, key=lambda piece: (len(piece), sorted(piece))):
-                if not brought.issuperset(piece):
-                    expected += 2
-                    brought.update(piece)
+            expected = count - 1 + 2 * _fewest_over_every_order(stretches)  # the spaces, and the stretches
             assert auth._characters_left(auth._folded(password)) == expected, password
             expected_refused = expected < 8 or (count == 1 and len(stretches[0]) == 1)
             refused[expected_refused] += 1
@@ -1902,10 +1909,10 @@ def test_each_listed_word_counts_once_however_often_it_is_written_or_put_togethe
                 assert not expected_refused, password
     assert min(refused.values()) > 80, refused
     with pytest.raises(ValueError) as refusal:
-        auth.check_password_strength("password dragon passworddragon dragonpassword")  # 3 spaces and 2 + 2
+        auth.check_password_strength("password dragon passworddragon dragonpassword")  # 3 spaces and 2
     assert str(refusal.value) == RUNS_RULE
-    assert _counted_by_brute_force("password dragon passworddragon dragonpassword") == 7
-    assert _counted_by_brute_force("summer winter summerwinter") == 6
+    assert _counted_by_brute_force("password dragon passworddragon dragonpassword") == 5  # passworddragon read first
+    assert _counted_by_brute_force("summer winter summerwinter") == 4
 
 
 def test_the_local_mode_admins_name_in_set_password_is_refused_but_not_counted(db_factory, monkeypatch):
@@ -2227,14 +2234,55 @@ def test_a_listed_word_whose_last_letter_is_written_as_a_digit_is_a_common_passw
     ("passworddragon", "dragonmonkey", "monkeypassword"),  # pairs only, each sharing a word with another
     ("p4ssword", "dr4gon", "monkeydragon", "xq"),
     ("soccer", "hockeysoccer", "hockey", "soccerbatman", "zz"),
+    ("dragonpassword", "monkeyshadow", "dragonmonkey"),  # the read-only review of that fix: 8 then, 6 from the left
+    ("dragonpassword", "monkeyshadow", "passwordshadow"),
 ])
 def test_the_phrase_rule_counts_the_same_whatever_order_its_parts_are_written_in(parts):
     """Fifteenth review: the stretches of listed words were counted from the left, so "passworddragon password dragon"
     counted 4 and "password dragon passworddragon" 6. Every order of each password's parts (joined by spaces) counts
-    the same now, and what the brute force (every stretch tried, single words first) finds."""
+    the same now, and what the brute force (every stretch tried, every order of them read) finds. Counted fewest
+    listed words first, ties by their spelling, "dragonpassword monkeyshadow dragonmonkey" counted 8 and could be set,
+    where reading from the left counted 6 and refused it, as it refused "... passwordshadow" (a read-only review)."""
     counts = set()
     for order in itertools.permutations(parts):
         password = " ".join(order)
         counts.add(auth._characters_left(auth._folded(password)))
         assert auth._characters_left(auth._folded(password)) == _counted_by_brute_force(password), password
     assert len(counts) == 1, (parts, counts)
+    if len(parts) == 3 and "dragonpassword" in parts:
+        assert counts == {6}
+        with pytest.raises(ValueError) as refused:
+            auth.check_password_strength(" ".join(parts))
+        assert str(refused.value) == RUNS_RULE
+
+
+def test_the_phrase_rule_counts_the_least_over_every_order_of_its_stretches():
+    """A read-only review of the fifteenth review's order-independent count: taken fewest listed words first, ties by
+    their spelling, the count hung on the spelling and could be more than reading from the left gave. The count of
+    any family of stretches is now the least over every order in which they can be read: by brute force over every
+    order of every family of up to 6 stretches, each holding 1 to 3 of 5 words (all seeded at random)."""
+    rng = random.Random(15)
+    words = ("password", "dragon", "monkey", "shadow", "soccer")
+    for _ in range(300):
+        held_by = [tuple(sorted(rng.sample(words, rng.randint(1, 3)))) for _ in range(rng.randint(1, 6))]
+        assert auth._fewest_stretches(held_by) == _fewest_over_every_order(held_by), held_by
+
+
+@pytest.mark.parametrize("links", [13, 16, 60])  # PHRASE_EXACT_MAX is 12
+def test_many_linked_stretches_count_no_more_than_any_order_of_them(links):
+    """Past PHRASE_EXACT_MAX linked stretches the count is a bound, never more than the least over every order: a
+    chain of ``links`` stretches of two listed words each (word i with word i + 1, written backwards in their order
+    so each is its own stretch between spaces), whose least over every order is known in closed form (every other
+    stretch read first, and the last: ceil((links + 1) / 2)), counts no more than that; 60 such (about 900 characters,
+    near MAX_PASSWORD_LENGTH) are answered."""
+    words = ["password", "dragon", "monkey", "shadow", "soccer", "hockey", "batman", "summer", "winter", "flower",
+             "secret", "master", "access", "freedom", "mustang", "welcome", "charlie", "default", "testing", "pokemon",
+             "princess", "michael", "internet", "jennifer", "computer", "football", "baseball", "sunshine",
+             "superman", "starwars", "whatever", "trustno", "minecraft", "chocolate", "changeme", "letmein", "lovely"]
+    chain = [words[i % len(words)] + words[(i + 1) % len(words)] for i in range(links)]
+    password = " ".join(chain)[:auth.MAX_PASSWORD_LENGTH]
+    stretches = min(links, len(words))  # past len(words) links the chain closes on itself: a loop, ceil(n / 2)
+    least = -(-(stretches + (links < len(words))) // 2)
+    counted = auth._characters_left(auth._folded(password))
+    assert counted <= password.count(" ") + 2 * least, (links, counted)
+    assert counted >= password.count(" ") + 2  # one stretch at least
