@@ -395,6 +395,7 @@ class LoginThrottle:
         self._keys: dict[tuple[str, str], _Failures] = {}
         # account -> {device token: (its last successful sign-in, stamp)}, the newest DEVICES_PER_ACCOUNT per account
         self._devices: dict[str, dict[str, tuple[float, str]]] = {}
+        self._accounts_of: dict[str, set[str]] = {}  # device token -> the accounts of ``_devices`` that remember it
         self._lock = threading.Lock()
         self._in_flight: dict[tuple[str, str], int] = {}  # key -> sign-ins admitted and not yet decided
         _THROTTLES.add(self)
@@ -436,7 +437,8 @@ class LoginThrottle:
         """Forget the devices that signed in to ``account`` (see ``credentials_changed``)."""
         name = (account or "")[:200]
         with self._lock:
-            self._devices.pop(name, None)
+            for device in self._devices.pop(name, {}):
+                self._forget_of(device, name)
             for key in [k for k in self._keys
                         if k[0] in ("device", "session", "in-app") and k[1].partition("\0")[2] == name]:
                 del self._keys[key]
@@ -542,12 +544,11 @@ class LoginThrottle:
                 f.locked_until = now + min(rule.max_s, rule.base_s * 2 ** min(f.count - rule.free - 1, 60))
 
     def succeeded(self, ip: str | None, account: str | None, device: str | None = None, *,
-                  credentials: str = "", session: str | None = None, replaces: str | None = None) -> None:
+                  credentials: str = "", session: str | None = None) -> None:
         """A sign-in with ``credentials`` (the stamp of the password it matched) succeeded. Within a signed-in
         ``session`` (``_keys_for``), only that session's counter and the account's sessions' shared one are cleared:
-        the account's stays as the sign-in page left it. ``replaces``: the device token the browser brought, which
-        ``device`` (a fresh one) replaces: known no more, for any account; what it had earned for other accounts
-        (and its failures there) passes to ``device``."""
+        the account's stays as the sign-in page left it. ``device``: the fresh token the sign-in gives the browser
+        (``replaced`` hands it what the token it brought earned elsewhere, once the session started)."""
         now = self._monotonic()
         name = (account or "")[:200]
         with self._lock:
@@ -557,32 +558,62 @@ class LoginThrottle:
                 return
             self._keys.pop(("account", name), None)
             self._keys.pop(("in-app", f"\0{name}"), None)  # a right password at the sign-in page clears it too
-            if device and replaces and replaces != device:
-                self._replace_device(replaces, device)
             if device:
                 self._keys.pop(("device", f"{device}\0{name}"), None)
                 self._remember_device(name, device, (now, credentials))
 
-    def _replace_device(self, old: str, new: str) -> None:
-        """``new`` in the place of ``old`` wherever ``old`` is remembered or counted (call with the lock held)."""
-        for name, tokens in self._devices.items():
-            if old in tokens:
-                self._devices[name] = {(new if d == old else d): entry for d, entry in tokens.items()}
-        prefix = f"{old}\0"
-        for key in [k for k in self._keys if k[0] == "device" and k[1].startswith(prefix)]:
-            self._keys[("device", new + key[1][len(old):])] = self._keys.pop(key)
+    def replaced(self, account: str | None, old: str | None, new: str) -> None:
+        """A sign-in to ``account`` gave the browser the fresh device token ``new`` (remembered for ``account`` by
+        ``succeeded``, as earned now) in the place of ``old``, the token it brought; call once the session started,
+        so that a sign-in that fails midway leaves the browser's old token as it was.
+
+        The rule (fifteenth review, 6 Dec 2026, and a read-only review of its fix): ``old`` is never remembered for
+        ``account`` (a token planted before the victim's sign-in, cookies not separating ports, must never be
+        remembered for the victim's account), and what it earned for the browser's OTHER accounts (and its failures
+        there) is copied to ``new``, never moved: ``old`` keeps its own. Moved, a thief holding the owner's stolen
+        token who signed in to their own account while sending it took the owner's exemption to their fresh token
+        and killed the owner's, and could then lock the owner out. A copy is made only while the other account
+        remembers fewer than DEVICES_PER_ACCOUNT browsers, so that signing in again and again with a stolen token
+        cannot push the owner's browsers out of that account's list."""
+        name = (account or "")[:200]
+        with self._lock:
+            accounts = self._accounts_of.get(old or "")
+            if not accounts or old == new:  # known nowhere: nothing to scan
+                return
+            for other in list(accounts):
+                tokens = self._devices[other]
+                if other == name:
+                    del tokens[old]
+                    self._forget_of(old, other)
+                elif new not in tokens and len(tokens) < DEVICES_PER_ACCOUNT:
+                    tokens[new] = tokens[old]
+                    self._accounts_of.setdefault(new, set()).add(other)
+                    if (failures := self._keys.get(("device", f"{old}\0{other}"))) is not None:
+                        self._keys[("device", f"{new}\0{other}")] = _Failures(failures.count, failures.last, failures.locked_until)
+
+    def _forget_of(self, device: str, name: str) -> None:
+        """``device`` is no longer remembered for ``name`` (call with the lock held, after it left ``_devices``)."""
+        accounts = self._accounts_of.get(device)
+        if accounts is not None:
+            accounts.discard(name)
+            if not accounts:
+                del self._accounts_of[device]
 
     def _remember_device(self, name: str, device: str, entry: tuple[float, str]) -> None:
         """Keep the account's newest devices only: someone who once knew the password cannot mint tokens without end,
         and each sign-in of the owner pushes old ones out."""
         if name not in self._devices and len(self._devices) >= self.max_keys:  # bounded: keep the newest half
             for k, _ in sorted(self._devices.items(), key=lambda kv: max(kv[1].values()))[: len(self._devices) // 2]:
-                del self._devices[k]
+                for token in self._devices.pop(k):
+                    self._forget_of(token, k)
         tokens = self._devices.setdefault(name, {})
         tokens.pop(device, None)
         tokens[device] = entry
+        self._accounts_of.setdefault(device, set()).add(name)
         while len(tokens) > DEVICES_PER_ACCOUNT:
-            del tokens[next(iter(tokens))]
+            oldest = next(iter(tokens))
+            del tokens[oldest]
+            self._forget_of(oldest, name)
 
     def _prune(self, now: float, spare: Sequence[tuple[str, str]] = ()) -> None:
         """Make room in a full table (call with the lock held): the counters past ``forget_s`` go, then, if the table

@@ -1474,11 +1474,13 @@ class WebGuard:
         # a fresh device token at every sign-in, never the one the browser brought (fifteenth review, 6 Dec 2026): one
         # planted before it (over plain http, or by another port of this host: cookies do not separate ports) was
         # kept and remembered for the account, so whoever planted it got past the account's and the address's locks.
-        # What the old token had earned for other accounts passes to the new one; the old one is known no more
+        # Once the session started, what the old token earned for the browser's other accounts is copied to the new
+        # one, and the old one keeps it (``LoginThrottle.replaced``: moved, a thief's sign-in to their own account
+        # with the owner's stolen token took the owner's exemption; a read-only review of that fix)
         brought, device = device, secrets.token_urlsafe(DEVICE_BYTES)
         # remembered before the session starts: a password change that lands meanwhile either makes start refuse or
         # forgets this device after it was remembered (auth.set_password -> sessions.credentials_changed)
-        self.throttle.succeeded(ip, username, device, credentials=result.credentials, replaces=brought)
+        self.throttle.succeeded(ip, username, device, credentials=result.credentials)
         assert self.sessions is not None
         # the cookies set below replace this browser's old session, if it had one (as another user, or the same): it
         # ends in the same transaction, as a log out would (it stayed valid until it expired; found by review)
@@ -1491,6 +1493,9 @@ class WebGuard:
             self.throttle.failed(ip, username, None)
             self.stats.logins["wrong"] += 1
             return JSONResponse({"detail": auth.WRONG_CREDENTIALS}, status_code=400)
+        # only now: a sign-in that failed above leaves the browser its old token as it was (it had no new cookie, and
+        # lost every exemption the old one held: a read-only review)
+        self.throttle.replaced(username, brought, device)
         for old in replaced:
             self.gradio_app.tokens.pop(old, None)
         self._admit_token(token, username)

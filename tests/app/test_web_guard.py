@@ -1313,27 +1313,96 @@ def test_a_cookie_planted_before_the_sign_in_is_not_the_one_valid_after_it(ui_wo
         demo.close()
 
 
+def _throttle_with_clock():
+    return sessions.LoginThrottle(per_ip=sessions.ThrottleRule(free=1, base_s=10, max_s=100),
+                                  per_device=sessions.ThrottleRule(free=2, base_s=10, max_s=100),
+                                  known_s=1000, monotonic=lambda: 0.0)
 
-def test_the_fresh_device_token_of_a_sign_in_takes_over_what_the_one_brought_had_earned():
+
+def _signed_in(t, account, brought, fresh, credentials):
+    """What the guard does at a successful sign-in: the fresh token remembered, then (the session started) what the
+    brought one earned elsewhere handed over."""
+    t.succeeded("10.0.0.1", account, fresh, credentials=credentials)
+    t.replaced(account, brought, fresh)
+
+
+def test_the_fresh_device_token_of_a_sign_in_gets_a_copy_of_what_the_one_brought_earned_elsewhere():
     """The throttle's side of the row above: a browser that signed in to bob and then to alice gets a new token at the
-    second sign-in; bob's exemption passes to it (the browser still gets past bob's lock), and the token it brought is
-    no key for either account any more."""
-    clock = [0.0]
-    t = sessions.LoginThrottle(per_ip=sessions.ThrottleRule(free=1, base_s=10, max_s=100),
-                               per_device=sessions.ThrottleRule(free=2, base_s=10, max_s=100),
-                               known_s=1000, monotonic=lambda: clock[0])
+    second sign-in; bob's exemption (and the browser's failure there) is copied to it, so the browser still gets past
+    bob's lock, and the token it brought is no key for alice."""
+    t = _throttle_with_clock()
     t.succeeded("10.0.0.1", "bob", "old-token", credentials="bobs")
     t.failed("10.0.0.1", "bob", "old-token", credentials="bobs")  # one failure of the browser's own, for bob
-    t.succeeded("10.0.0.1", "alice", "new-token", credentials="alices", replaces="old-token")
+    _signed_in(t, "alice", "old-token", "new-token", "alices")
     for _ in range(2):
         t.failed("10.0.0.1", "carol")  # the address is locked
     assert t.wait_s("10.0.0.1", "bob", "new-token", credentials="bobs") == 0
     assert t.wait_s("10.0.0.1", "alice", "new-token", credentials="alices") == 0
-    assert t.wait_s("10.0.0.1", "bob", "old-token", credentials="bobs") == 10
     assert t.wait_s("10.0.0.1", "alice", "old-token", credentials="alices") == 10
     for _ in range(2):  # its failure for bob came along: two more lock it
         t.failed("10.0.0.1", "bob", "new-token", credentials="bobs")
     assert t.wait_s("10.0.0.1", "bob", "new-token", credentials="bobs") == 10
+
+
+def test_a_stolen_device_token_brought_to_the_thiefs_own_sign_in_keeps_the_owners_exemption():
+    """A read-only review of the fifteenth review's fresh token: the brought token's exemptions were MOVED to the new
+    one, so a thief holding the owner's stolen token (cookies do not separate ports on one host) who signed in to
+    their own account while sending it took the owner's exemption to their fresh token and killed the owner's: the
+    owner was then held to the locked address and account, which the thief could keep locked. Now they are copied:
+    the owner's token keeps its exemption however often the thief signs in with it, and those copies never push the
+    owner's other browsers out of the account's list. A token planted for the victim (fixation) is still never
+    remembered for the victim's account."""
+    t = _throttle_with_clock()
+    owners = [f"owner-browser-{i}" for i in range(sessions.DEVICES_PER_ACCOUNT - 1)] + ["stolen"]
+    for token in owners:
+        t.succeeded("10.0.0.1", "alice", token, credentials="alices")
+    for i in range(2 * sessions.DEVICES_PER_ACCOUNT):  # the thief signs in to mallory again and again with it
+        _signed_in(t, "mallory", "stolen", f"thiefs-{i}", "mallorys")
+    for _ in range(2):
+        t.failed("10.0.0.1", "alice")  # the address (and alice's account) locked by the thief
+    for token in owners:
+        assert t.wait_s("10.0.0.1", "alice", token, credentials="alices") == 0, token
+    # fixation: mallory's newest token planted in alice's browser; alice signs in with it
+    planted = f"thiefs-{2 * sessions.DEVICES_PER_ACCOUNT - 1}"
+    _signed_in(t, "alice", planted, "alices-fresh", "alices")
+    assert t.wait_s("10.0.0.1", "alice", "alices-fresh", credentials="alices") == 0
+    assert t.wait_s("10.0.0.1", "alice", planted, credentials="alices") == 10
+    assert t.wait_s("10.0.0.1", "mallory", planted, credentials="mallorys") == 0  # mallory's own, still
+    # a token known nowhere: nothing is handed over
+    _signed_in(t, "bob", "made-up", "bobs-fresh", "bobs")
+    assert t.wait_s("10.0.0.1", "alice", "bobs-fresh", credentials="alices") == 10
+
+
+def test_a_sign_in_that_fails_midway_leaves_the_browsers_device_token_as_it_was(ui_world, monkeypatch):
+    """A read-only review of the fifteenth review's fresh token: the token the browser brought was replaced before the
+    session started, so a sign-in that failed there (the password changed meanwhile: StaleSignIn) left the browser its
+    old cookie, now known nowhere, and no new one: every exemption it held was lost. Over HTTP: a browser signed in to
+    bob, whose sign-in to alice fails midway, still gets past a locked address for bob."""
+    throttle = sessions.LoginThrottle(per_ip=sessions.ThrottleRule(free=3, base_s=30, max_s=60))
+    demo, url = launch(ui_world, throttle=throttle)
+    real = auth.check_login
+
+    def check_then_change(factory, username, password):
+        result = real(factory, username, password)
+        auth.set_password(factory, name=username, password="changed meanwhile")  # lands during the check
+        return result
+
+    try:
+        with httpx.Client(base_url=url, timeout=30) as browser, httpx.Client(base_url=url, timeout=30) as other:
+            assert browser.post("/login", data={"username": "bob", "password": UI_PASSWORD}).status_code == 200
+            monkeypatch.setattr(auth, "check_login", check_then_change)
+            r = browser.post("/login", data={"username": "alice", "password": UI_PASSWORD})
+            assert r.status_code == 400 and not [c for c in r.headers.get_list("set-cookie") if "device" in c]
+            monkeypatch.setattr(auth, "check_login", real)
+            codes = [other.post("/login", data={"username": "root", "password": "wrong password"}).status_code
+                     for _ in range(3)]
+            assert codes == [400, 400, 400]  # the address is locked now (the failed sign-in counted one)
+            assert other.post("/login", data={"username": "bob", "password": UI_PASSWORD}).status_code == 429
+            r = browser.post("/login", data={"username": "bob", "password": UI_PASSWORD})
+            assert r.status_code == 200, r.text  # its old token still gets past the lock for bob
+    finally:
+        demo.close()
+
 
 def test_a_password_changed_by_another_process_ends_the_devices_exemption(ui_world):
     """Found in review: the throttle forgot a browser's exemption only when the password changed in this process; one
