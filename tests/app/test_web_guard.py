@@ -1313,7 +1313,7 @@ def test_a_cookie_planted_before_the_sign_in_is_not_the_one_valid_after_it(ui_wo
         demo.close()
 
 
-def _throttle_with_clock():
+def _throttle_at_time_zero():
     return sessions.LoginThrottle(per_ip=sessions.ThrottleRule(free=1, base_s=10, max_s=100),
                                   per_device=sessions.ThrottleRule(free=2, base_s=10, max_s=100),
                                   known_s=1000, monotonic=lambda: 0.0)
@@ -1330,7 +1330,7 @@ def test_the_fresh_device_token_of_a_sign_in_gets_a_copy_of_what_the_one_brought
     """The throttle's side of the row above: a browser that signed in to bob and then to alice gets a new token at the
     second sign-in; bob's exemption (and the browser's failure there) is copied to it, so the browser still gets past
     bob's lock, and the token it brought is no key for alice."""
-    t = _throttle_with_clock()
+    t = _throttle_at_time_zero()
     t.succeeded("10.0.0.1", "bob", "old-token", credentials="bobs")
     t.failed("10.0.0.1", "bob", "old-token", credentials="bobs")  # one failure of the browser's own, for bob
     _signed_in(t, "alice", "old-token", "new-token", "alices")
@@ -1352,7 +1352,7 @@ def test_a_stolen_device_token_brought_to_the_thiefs_own_sign_in_keeps_the_owner
     the owner's token keeps its exemption however often the thief signs in with it, and those copies never push the
     owner's other browsers out of the account's list. A token planted for the victim (fixation) is still never
     remembered for the victim's account."""
-    t = _throttle_with_clock()
+    t = _throttle_at_time_zero()
     owners = [f"owner-browser-{i}" for i in range(sessions.DEVICES_PER_ACCOUNT - 1)] + ["stolen"]
     for token in owners:
         t.succeeded("10.0.0.1", "alice", token, credentials="alices")
@@ -2442,7 +2442,7 @@ def test_a_refused_request_leaves_no_traceback_in_the_servers_log(served, capfd)
         answer = http.get(f"/gradio_api/call/submit_rating/{r.json()['event_id']}").text
         assert "event: error" in answer and "image" in answer.lower()
         r = queue_join(http, demo, "on_create", ["x", "shapes", "", "bootstrap", "mean", 0.05, 1, "4", "a shape"])
-        assert (r.status_code, sentence_of(r)) == (403, "'alice' is a rater; only an admin can do this.")  # before Gradio
+        assert (r.status_code, sentence_of(r)) == (403, "'alice' is a rater; only an admin can do this; reload the page.")  # before Gradio
         r = queue_join(http, demo, "next_batch", [1, "no such experiment"])  # the handler's own refusal
         assert r.status_code == 200, r.text
         finished(demo, r.json()["event_id"])
@@ -2687,7 +2687,7 @@ def test_an_event_gradio_would_refuse_for_its_values_is_one_sentence_before_grad
     feedback, access, gold = _fn_id(demo, "on_set", "app.ui_pairs"), _fn_id(demo, "on_dash_access"), _fn_id(demo, "on_gold")
     selector, load = _fn_id(demo, "on_experiment", "app.ui"), _fn_id(demo, "on_load")
     capfd.readouterr()
-    rater = "'alice' is a rater; only an admin can do this."
+    rater = "'alice' is a rater; only an admin can do this; reload the page."
     with signed_in(url, "alice") as http:
         for fn_id, data in ((export, [None, "abc", "diffusers"]), (role, ["root", "superuser"]),
                             (add_user, ["x", "god", "pw-123456789"]), (feedback, [None, "bogus"]),
