@@ -1098,5 +1098,7 @@ def identify(factory: sessionmaker[Session], *, local_mode: bool, username: str 
 
 def require_admin(who: Who) -> Who:
     if not who.is_admin:
-        raise AuthError(f"{who.name!r} is a rater; only an admin can do this")
+        # "reload the page": an admin made a rater keeps the Admin tab in an open page until it reloads, and its
+        # events are refused in this sentence (a read-only review of the fifteenth review's fixes)
+        raise AuthError(f"{who.name!r} is a rater; only an admin can do this; reload the page")
     return who

@@ -300,7 +300,7 @@ def build_demo(services: AppServices) -> gr.Blocks:
             experiment_dd = gr.Dropdown(label="Experiment", choices=[], value=None, interactive=True, scale=0, min_width=260)
         banner = gr.HTML(elem_id="banner")
 
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             rate = ui_rate_tab.build(services, rate_state, who_of, warn, private)
             picks = rate.handlers.picks  # the experiment each browser session last picked (for the timers)
 
@@ -315,10 +315,12 @@ def build_demo(services: AppServices) -> gr.Blocks:
                                  label="Compare", private=private)
 
             # admins only (a rater's page config has none of it: app.rater_page)
-            ui_admin_tab.build(services, exp_state, experiment_dd, who_of, admin_of, _shown, private, picks=picks)
+            admin = ui_admin_tab.build(services, exp_state, experiment_dd, who_of, admin_of, _shown, private,
+                                       picks=picks)
 
             # everyone with an account: their own password (hidden in local mode, which has none)
             account = ui_account.build(services, who_of, _shown, private)
+        ui_admin_tab.timer_while_selected(tabs, admin, private)
 
         # ---- page load ---------------------------------------------------------------------
 

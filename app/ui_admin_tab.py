@@ -44,11 +44,12 @@ class AdminHandlers:
 
     @admin_only
     def on_admin_tab(self, exp_id, request: gr.Request):
+        """The tab selected: its tables, and its timer started (``timer_while_selected``), for an admin only."""
         who = self.admin_of(request)
         factory = self.factory
         return (ui_admin.round_status_html(factory, exp_id), self.shown(lambda: ui_admin.users_table(factory, who)),
                 ui_admin.jobs_table(factory, who, exp_id), ui_admin.raters_see_dashboard(factory, exp_id),
-                ui_export.exports_table(factory, who, exp_id))
+                ui_export.exports_table(factory, who, exp_id), gr.Timer(active=True))
 
     @admin_only
     def on_admin_experiment(self, exp_id, request: gr.Request):
@@ -320,6 +321,22 @@ class AdminTab:
     """What the rest of the page needs from the Admin tab."""
 
     tab: Any  # gr.Tab: in admins' pages only (a rater's page config has none of it: app.rater_page)
+    timer: Any  # gr.Timer: the tab's refresh, running only while the tab is selected (``timer_while_selected``)
+
+
+# what another tab's select sets on the Admin timer, in the browser (no handler runs: a demoted admin's page, whose
+# Admin events are refused, stops it all the same)
+STOP_TIMER_JS = "() => ({__type__: 'update', active: false})"
+
+
+def timer_while_selected(tabs: Any, admin: AdminTab, private: dict[str, Any]) -> None:
+    """The Admin tab's timer runs only while the tab is selected: the tab's select starts it (``on_admin_tab``, for an
+    admin only), every other tab of ``tabs`` stops it in the browser. It ran on every admin's page from the load, and
+    an admin made a rater got a refusal every ``dashboard_refresh_s`` until the page was reloaded (a read-only review
+    of the fifteenth review's fixes); a rater's page has neither the timer nor these events (``app.rater_page``)."""
+    for tab in tabs.children:
+        if isinstance(tab, gr.Tab) and tab is not admin.tab:
+            tab.select(None, None, [admin.timer], js=STOP_TIMER_JS, **private)
 
 
 def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callable, shown: Callable,
@@ -392,7 +409,7 @@ def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callab
                                           elem_id="gold-score")
                 q_gold_btn = gr.Button("Set gold item", scale=0, min_width=160, elem_id="set-gold")
                 q_refresh = gr.Button("Refresh", scale=0, min_width=120, elem_id="quality-refresh")
-        admin_timer = gr.Timer(services.dashboard_refresh_s)
+        admin_timer = gr.Timer(services.dashboard_refresh_s, active=False)  # started by the tab's select
         defaults = ui_admin.preset_defaults("shapes")
         with gr.Accordion("New experiment", open=False):
             with gr.Row():
@@ -458,7 +475,8 @@ def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callab
     # the buttons and switches that change state (or ask to) run one at a time, as Gradio's default did; the events
     # that show the tab and its timer run app.ui.PAGE_CONCURRENCY at a time
     serial = {**private, "concurrency_limit": 1}
-    admin_tab.select(h.on_admin_tab, [exp_state], [admin_status, users_df, jobs_df, dash_access, exports_df], **private)
+    admin_tab.select(h.on_admin_tab, [exp_state], [admin_status, users_df, jobs_df, dash_access, exports_df,
+                                                   admin_timer], **private)
     exp_state.change(h.on_admin_experiment, [exp_state],
                      [dash_access, jobs_df, exports_df, x_link, q_summary, q_table, q_standardize, admin_status],
                      **private)
@@ -510,4 +528,4 @@ def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callab
     q_refresh.click(h.on_quality, [exp_state], quality_outputs, **private)
     q_standardize.input(h.on_standardize, [exp_state, q_standardize], [admin_result], **serial)
     q_gold_btn.click(h.on_gold, [exp_state, q_gold_image, q_gold_score], [admin_result, q_summary, q_table], **serial)
-    return AdminTab(tab=admin_tab)
+    return AdminTab(tab=admin_tab, timer=admin_timer)

@@ -11,6 +11,8 @@ import asyncio
 import functools
 import json
 import re
+import shutil
+import subprocess
 
 import httpx
 import pytest
@@ -163,7 +165,7 @@ def test_every_event_left_out_of_a_raters_page_is_refused_to_a_rater_before_it_r
         for fn_id in handled:
             r = _join(http, demo, fn_id, "alices-page")
             assert r.status_code == 403, (_name(demo.fns[fn_id].fn), r.status_code, r.text)
-            assert r.json()["detail"] == "'alice' is a rater; only an admin can do this.", r.text
+            assert r.json()["detail"] == "'alice' is a rater; only an admin can do this; reload the page.", r.text
     with signed_in(url, "root") as http:
         for fn_id in quiet:  # the quiet ones only: the others change things
             r = _join(http, demo, fn_id, "roots-page")
@@ -233,7 +235,7 @@ def test_a_role_change_applies_to_the_next_request_of_an_account_already_signed_
         set_role("alice", "admin")
         r = _join(carol, demo, timer, "carols-page")
         assert r.status_code == 403, r.text
-        assert r.json()["detail"] == "'carol' is a rater; only an admin can do this.", r.text
+        assert r.json()["detail"] == "'carol' is a rater; only an admin can do this; reload the page.", r.text
         assert timer_answer(alice, "alices-page") == 200
 
 
@@ -360,3 +362,44 @@ def test_a_raters_page_built_from_the_trimmed_config_works_and_an_admins_shows_t
     root.locator("#dashboard-access").wait_for(timeout=60_000)
     assert root.get_by_role("button", name="Close round and train").count() == 1
     assert errors == {"alice": [], "root": []}
+
+
+def test_the_admin_timer_runs_only_while_the_admin_tab_is_selected(served_app):
+    """A read-only review of the fifteenth review's fixes: the Admin tab's timer ran on every admin's page from the
+    load, so an admin made a rater got a refusal every dashboard_refresh_s until reloading. In root's config the timer
+    starts inactive; the Admin tab's select (run as root over HTTP) answers it active; every other tab's select sets
+    it inactive in the browser, with no handler to refuse; a rater's config has none of it; and the refusal a
+    demoted admin's page still gets says to reload the page."""
+    world, demo, url = served_app
+    (tab_event,) = [i for i, bf in demo.fns.items() if bf.fn is not None and bf.fn.__name__ == "on_admin_tab"]
+    (tick,) = [i for i, bf in demo.fns.items() if bf.fn is not None and bf.fn.__name__ == "on_admin_timer"]
+    with signed_in(url, "root") as http:
+        config, *_ = _configs(http)
+        components = {c["id"]: c for c in config["components"]}
+        ((timer_id, _),) = next(dep for dep in config["dependencies"] if dep["id"] == tick)["targets"]
+        timer = components[timer_id]
+        assert timer["props"]["active"] is False
+        tabs = {c["id"]: c["props"].get("elem_id") for c in config["components"] if c["type"] == "tabitem"}
+        stops = {}
+        for dep in config["dependencies"]:
+            if timer["id"] in dep["outputs"] and not dep["backend_fn"]:
+                ((target, trigger),) = dep["targets"]
+                assert trigger == "select" and components[target]["type"] == "tabitem" and dep["outputs"] == [timer["id"]]
+                stops[tabs[target]] = dep["js"]
+        assert set(stops) == set(tabs.values()) - {"tab-admin"} and len(stops) >= 4, stops
+        (stop,) = set(stops.values())
+        if shutil.which("node"):  # what the browser sets: Gradio's update of the timer's active prop
+            ran = subprocess.run(["node", "-e", f"console.log(JSON.stringify(({stop})()))"], capture_output=True,
+                                 text=True, timeout=60, check=True)
+            assert json.loads(ran.stdout) == {"__type__": "update", "active": False}
+        r = http.post("/gradio_api/queue/join", json={"data": [world.experiment_id], "fn_index": tab_event,
+                                                      "session_hash": "roots-page", "event_data": None,
+                                                      "trigger_id": None})
+        assert r.status_code == 200, r.text
+        (done,) = _completed(http, "roots-page")
+        assert done["success"], done
+        assert done["output"]["data"][-1] == {"__type__": "update", "active": True}
+    with signed_in(url, "alice") as http:
+        config, *_ = _configs(http)
+        assert timer_id not in {c["id"] for c in config["components"]}
+        assert not [dep for dep in config["dependencies"] if timer_id in dep["outputs"]]

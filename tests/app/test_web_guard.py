@@ -2442,7 +2442,8 @@ def test_a_refused_request_leaves_no_traceback_in_the_servers_log(served, capfd)
         answer = http.get(f"/gradio_api/call/submit_rating/{r.json()['event_id']}").text
         assert "event: error" in answer and "image" in answer.lower()
         r = queue_join(http, demo, "on_create", ["x", "shapes", "", "bootstrap", "mean", 0.05, 1, "4", "a shape"])
-        assert (r.status_code, sentence_of(r)) == (403, "'alice' is a rater; only an admin can do this; reload the page.")  # before Gradio
+        rater = "'alice' is a rater; only an admin can do this; reload the page."
+        assert (r.status_code, sentence_of(r)) == (403, rater)  # before Gradio
         r = queue_join(http, demo, "next_batch", [1, "no such experiment"])  # the handler's own refusal
         assert r.status_code == 200, r.text
         finished(demo, r.json()["event_id"])

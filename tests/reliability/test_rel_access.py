@@ -259,8 +259,8 @@ def test_a_rater_cannot_run_admin_handlers(rel_server):
             r = http.post("/gradio_api/queue/join", json={"data": data, "fn_index": ids[name], "event_data": None,
                                                           "session_hash": f"alice-admin-{i}", "trigger_id": None})
             # as JSON (the page's Gradio client shows its detail in the error toast)
-            assert (r.status_code, r.json()) == (403, {"detail": "'alice' is a rater; only an admin can do this."}), \
-                (name, r.text)
+            refusal = "'alice' is a rater; only an admin can do this; reload the page."
+            assert (r.status_code, r.json()) == (403, {"detail": refusal}), (name, r.text)
     assert db_state(world) == before
     # and the admin may (the check is the role, not a broken handler), through the queue too
     with signed_in(url, "root") as http:
