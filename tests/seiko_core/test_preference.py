@@ -274,7 +274,7 @@ def test_the_joint_fit_is_bounded_where_its_likelihood_has_no_maximum(monkeypatc
     unbounded = 0
     for h in range(3):
         z, a = joint_map(t, train_s, w_s[:, h].double(), i, j, o, w_p[:, h].double())
-        _, a_mle = joint_mle(t, train_s, w_s[:, h].double(), i, j, o, w_p[:, h].double()) if h != 1 else (None, None)
+        z_mle, a_mle = joint_mle(t, train_s, w_s[:, h].double(), i, j, o, w_p[:, h].double()) if h != 1 else (None, None)
         if h == 1:  # the head without a maximum of its likelihood: bounded by the prior's mode, near it
             unbounded += 1
             assert 0.05 < a < 0.2 and 5 < float(z.abs().max()) < 20
@@ -282,6 +282,7 @@ def test_the_joint_fit_is_bounded_where_its_likelihood_has_no_maximum(monkeypatc
             assert float(z_fit[:, h].abs().max()) == pytest.approx(float(z.abs().max()), rel=0.1)
         else:  # well-posed heads: the mode is the maximum-likelihood fit, and the fit reaches it
             assert a == pytest.approx(a_mle, rel=0.01)
+            assert float((z - z_mle).abs().max()) < 0.003  # the prior's shift, as stated in the module docstring
             torch.testing.assert_close(z_fit[:, h], z, rtol=0, atol=0.03)
     assert unbounded == 1
 
