@@ -28,7 +28,9 @@ grows as a_h -> 0 with the items it does not pin running off, so the fit stopped
 and rewards to -15.7 standardised units after 1500 epochs, 0.037 and -43 after 5000; now it stops at the mode,
 0.11 and -14, after about 2000). On well-posed data it moves the fit by less than the
 maximum-likelihood test's tolerance (``tests/seiko_core/test_preference.py``). Scores only or comparisons only: no
-prior, as before.
+prior, as before. Only that a -> 0 drift is bounded: the other degenerate direction, a -> infinity (one-vote 0/1
+comparisons with no cycle, which rewards can satisfy all at once, so the likelihood rises as the scale grows), is
+barely held by so weak a prior (its mode can lie at a ~ 1e3 to 1e5) and is left to early stopping.
 
 Units. With scores, the reward is in the raters' score units, as ``fit_reward``'s; the comparisons' logit per
 standardised unit, a_h = exp(log a_h), is then learned per head (reported as ``bt_scale``: how many
@@ -67,7 +69,8 @@ UNIT_SCORE = "score"  # the raters' score units (scores given)
 UNIT_BT_LOGIT = "bt_logit"  # Bradley-Terry logits, mean zero over the embeddings (pairs only)
 SCALE_LR = 0.05  # Adam step of the per-head log logit scale (scores and pairs together)
 JOINT_RIDGE = 1e-4  # scores and pairs together: a N(0, 1 / JOINT_RIDGE) prior on each item's standardised reward and
-# each head's log logit scale (module docstring, "The ridge prior")
+# each head's log logit scale (module docstring, "The ridge prior"); it bounds a -> 0 only, a -> infinity is left to
+# early stopping
 
 
 # ---------------------------------------------------------------------------------------------------------------------
