@@ -59,9 +59,9 @@ from typing import NamedTuple
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.comparisons import RATERS_TO_GENERALISE, generalises_over_raters
+from db.comparisons import RATERS_TO_GENERALISE, clusters_by_rater, generalises_over_raters
 from db.models import SCORE_MAX, SCORE_MIN, Image, Rating, Round
-from seiko_core.stats import Z95, clustered_wilson, t975, wilson_bounds
+from seiko_core.stats import Z95, cluster_variance, clustered_wilson, t975, two_way_variance, wilson_bounds
 
 LIKED = 6  # a rating >= 6 counts as liked
 
@@ -108,8 +108,8 @@ def clustered_intervals(scores: list[float], groups: list[object], raters: list[
     p = liked / n
 
     def cluster_var(values: dict[object, list[float]], centre: float) -> float:
-        g = len(values)  # the clusters: images, raters or (image, rater) cells
-        return g / (g - 1) * sum((sum(v) - len(v) * centre) ** 2 for v in values.values()) / (n * n)
+        # the clusters: images, raters or (image, rater) cells (seiko_core.stats.cluster_variance)
+        return cluster_variance((sum(v) - len(v) * centre for v in values.values()), n)
 
     def liked_by(keys: list[object]) -> dict[object, list[float]]:
         out: dict[object, list[float]] = {}
@@ -119,8 +119,8 @@ def clustered_intervals(scores: list[float], groups: list[object], raters: list[
 
     rater_count = None if raters is None else len(set(raters))
     # two-way over images and raters where the raters generalise and some rater rated more than one image (the A/B
-    # rule, db.comparisons.clustered_win_interval); each rating its own rater reduces to images alone
-    two_way = rater_count is not None and generalises_over_raters(rater_count, generalise_from) and rater_count < n
+    # rule, db.comparisons.clusters_by_rater); each rating its own rater reduces to images alone
+    two_way = clusters_by_rater(rater_count, n, generalise_from)
 
     deff = None  # the share's design effect; None (taken as 1) for no spread (every rating liked, or none), one image
     if k < 2 or max(scores) == min(scores):  # one image, or no spread at all: no interval (``mean_interval``)
@@ -135,7 +135,8 @@ def clustered_intervals(scores: list[float], groups: list[object], raters: list[
         if srs > 0:
             variance = cluster_var(liked_by(groups), p)
             if two_way:  # V_image + V_rater - V_(image, rater) (Cameron, Gelbach and Miller 2011)
-                variance += cluster_var(liked_by(raters), p) - cluster_var(liked_by(list(zip(groups, raters))), p)
+                variance, _ = two_way_variance(variance, k, cluster_var(liked_by(raters), p), rater_count,
+                                               cluster_var(liked_by(list(zip(groups, raters))), p))
             deff = variance / srs
     if two_way:  # t at min(K_image, K_rater) - 1 df: the fewer clusters bound how well the variance is known
         k = min(k, rater_count)

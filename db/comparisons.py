@@ -45,7 +45,7 @@ from db.models import (
     Round,
     utcnow,
 )
-from seiko_core.stats import Z95, clustered_wilson, wilson_bounds
+from seiko_core.stats import Z95, cluster_variance, clustered_wilson, two_way_variance, wilson_bounds
 
 
 def _kind(kind: Any) -> str:
@@ -393,10 +393,9 @@ it was measured, BENCHMARKS.md)."""
 
 
 def _residual_variance(counts: list[tuple[int, int, int]], rate: float, n: int) -> float:
-    """The pooled rate's cluster-robust variance over these clusters' (wins, losses, ties):
-    ``K / (K - 1) * sum_j (s_j - n_j rate)^2 / N^2`` (K >= 2 clusters, s_j a cluster's score, n_j its votes)."""
-    k = len(counts)
-    return k / (k - 1) * sum((w + t / 2 - (w + los + t) * rate) ** 2 for w, los, t in counts) / (n * n)
+    """The pooled rate's cluster-robust variance over these clusters' (wins, losses, ties)
+    (``seiko_core.stats.cluster_variance``; K >= 2 clusters, s_j a cluster's score, n_j its votes)."""
+    return cluster_variance((w + t / 2 - (w + los + t) * rate for w, los, t in counts), n)
 
 
 def generalises_over_raters(raters: int | None, generalise_from: int = RATERS_TO_GENERALISE) -> bool:
@@ -405,6 +404,14 @@ def generalises_over_raters(raters: int | None, generalise_from: int = RATERS_TO
     only): ``raters >= generalise_from`` (and at least 2). Each vote its own rater is the pairs' interval either way
     (the two-way formula reduces to it)."""
     return raters is not None and raters >= max(2, generalise_from)
+
+
+def clusters_by_rater(raters: int | None, n: int, generalise_from: int = RATERS_TO_GENERALISE) -> bool:
+    """Whether a share of ``n`` votes (or ratings) by ``raters`` raters is clustered by rater as well as by its items
+    (two-way, ``seiko_core.stats.two_way_variance``): the raters generalise (``generalises_over_raters``) and some
+    rater voted more than once (raters < n; each vote its own rater reduces to the items alone). The one gate of the
+    A/B win rate (``clustered_win_interval``) and the dashboard's liked share (``app.taste_stats``)."""
+    return raters is not None and generalises_over_raters(raters, generalise_from) and raters < n
 
 
 def clustered_win_interval(votes_by_pair: Sequence[tuple[int, int, int]],
@@ -484,7 +491,7 @@ def clustered_win_interval(votes_by_pair: Sequence[tuple[int, int, int]],
         rater_totals = [sum(c[i] for c in raters) for i in range(3)]
         if rater_totals != [wins, losses, ties]:
             raise InvalidInput(f"the raters' votes add up to {rater_totals}, not the pairs' {[wins, losses, ties]}")
-        if not generalises_over_raters(len(raters), generalise_from) or len(raters) == n:  # pairs only (docstring)
+        if not clusters_by_rater(len(raters), n, generalise_from):  # pairs only (docstring)
             raters = None
     rate = (wins + ties / 2) / n
     k = len(counts) if raters is None else min(len(counts), len(raters))
@@ -496,7 +503,8 @@ def clustered_win_interval(votes_by_pair: Sequence[tuple[int, int, int]],
     independent = spread / ((n - 1) * n)
     cluster = _residual_variance(counts, rate, n)
     if raters is not None:  # two-way: V_pair + V_rater - V_pair∩rater, the last the N single votes' (docstring)
-        cluster += _residual_variance(raters, rate, n) - independent
+        cluster, k = two_way_variance(cluster, len(counts), _residual_variance(raters, rate, n), len(raters),
+                                      independent)
     return clustered_wilson(wins + ties / 2, n, k, cluster / independent)
 
 

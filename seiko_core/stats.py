@@ -190,6 +190,25 @@ def clustered_wilson(successes: float, n: int, k: int, deff: float | None) -> tu
     return wilson_bounds(successes / n * n_eff, n_eff, t975(max(1, k - 1)))
 
 
+def cluster_variance(residuals, n: int) -> float:
+    """A pooled share's (or mean's) cluster-robust variance over K >= 2 clusters, ``K / (K - 1) * sum_c e_c^2 / N^2``:
+    ``residuals`` holds each cluster's e_c = s_c - n_c * share (its observations' sum less their count times the
+    pooled share), N all the observations. The one formula of the A/B win rate's (``db.comparisons``) and the
+    dashboard's (``app.taste_stats``) clustered intervals, by pair, image, rater or (image, rater) cell."""
+    e = list(residuals)
+    k = len(e)
+    return k / (k - 1) * sum(x * x for x in e) / (n * n)
+
+
+def two_way_variance(v_first: float, k_first: int, v_rater: float, k_rater: int, v_cell: float) -> tuple[float, int]:
+    """(variance, clusters) of a share clustered two ways, by its items (pairs, images; ``k_first`` of them, variance
+    ``v_first``) and by rater (``k_rater``, ``v_rater``), ``v_cell`` the variance over the (item, rater) cells
+    (``cluster_variance`` each): V_first + V_rater - V_cell (Cameron, Gelbach and Miller 2011), and the clusters
+    whose count - 1 gives Student's t its degrees of freedom, min(k_first, k_rater) (the fewer clusters bound how
+    well the variance is known). For ``clustered_wilson``; where it applies is ``db.comparisons.clusters_by_rater``."""
+    return v_first + v_rater - v_cell, min(k_first, k_rater)
+
+
 def pearson(a, b) -> float | None:
     """Pearson's r of two equal-length sequences; None when either is constant (every value the same) or has fewer
     than two values. Constancy is read from the values themselves (their max equals their min), not from a centred
