@@ -707,6 +707,24 @@ def test_fewer_than_fifteen_raters_are_about_these_raters_and_fifteen_generalise
     assert comparisons.RATERS_TO_GENERALISE == 15
 
 
+# 15 raters on 4 pairs (images), rater r winning pair p where r + p is even: every rater wins half, each pair nearly
+# half, so deff_pair + deff_rater < 1 and the two-way variance V_pair + V_rater - V_(pair, rater) is negative
+BALANCED = [(p, r, 1 if (r + p) % 2 == 0 else 0) for r in range(15) for p in range(4)]
+
+
+def test_a_negative_two_way_variance_is_wilson_over_the_votes_at_t():
+    """Where the pairs (images) and the raters each vary less than independent votes would, the two-way variance is
+    below zero (deff < 0): it is floored at deff 1, so Wilson over the N votes at t with min(K_pair, K_rater) - 1 df,
+    for the A/B win rate and the dashboard's liked share alike."""
+    ref, deff = two_way_reference(BALANCED, T975_TABLE[3])
+    assert deff < 0
+    assert ref == pytest.approx(wilson_roots(30, 60, T975_TABLE[3]), abs=1e-12)
+    assert comparisons.clustered_win_interval(tallies(BALANCED, 0), tallies(BALANCED, 1)) == pytest.approx(ref, abs=1e-6)
+    scores = [7.0 if y == 1 else 3.0 for *_, y in BALANCED]
+    _, (share, lo, hi) = taste_stats.clustered_intervals(scores, [p for p, *_ in BALANCED], [r for _, r, _ in BALANCED])
+    assert share == 0.5 and (lo, hi) == pytest.approx(ref, abs=1e-6)
+
+
 @pytest.mark.parametrize("by_rater, message", [
     ([(10, 5, 2)], "the raters' votes add up to"),
     ([(10, 5, 3), (0, -1, 0)], "each rater's votes must be"),
