@@ -246,21 +246,42 @@ def _bands(ax, rows: list[RoundTaste], low: str, high: str, scale: float, color:
                   linewidth=6)
 
 
+def _index_ranges(indices: list[int]) -> str:
+    """"round 2" or "rounds 1-3, 5": the round indices (ascending), runs of consecutive ones as a range."""
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    text = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+    return f"round {text}" if len(indices) == 1 else f"rounds {text}"
+
+
 def share_reading(rows: list[RoundTaste]) -> str:
     """Whose taste the share's intervals are about, in ``model_card.rater_reading``'s words (the A/B table's and the
     model card's): "about these 3 raters" below ``RATERS_TO_GENERALISE`` raters, "over raters like these 16" from
-    it; one phrase where every round with an interval reads the same, else per round; "" where none is known."""
+    it, and a range where the rounds' rater counts differ ("about these 3-7 raters"), so one phrase per reading
+    however many rounds there are; the rounds are named only where some read one way and some the other ("rounds
+    1-4 about these 3-7 raters, round 5 over raters like these 16"); "" where none is known."""
     from seiko_core.model_card import rater_reading
 
-    readings: dict[str, list[int]] = {}
+    counts: dict[bool, list[int]] = {}  # over_raters -> the rater counts of the rounds read that way
+    indices: dict[bool, list[int]] = {}
     for r in rows:
-        reading = rater_reading({"raters": r.raters, "over_raters": r.over_raters}) if r.share_low is not None else ""
-        if reading:
-            readings.setdefault(reading, []).append(r.index)
-    if len(readings) <= 1:
-        return next(iter(readings), "")
-    return ", ".join(f"{'round' if len(idx) == 1 else 'rounds'} {', '.join(map(str, idx))} {reading}"
-                     for reading, idx in readings.items())
+        if r.share_low is not None and r.raters is not None:
+            counts.setdefault(bool(r.over_raters), []).append(r.raters)
+            indices.setdefault(bool(r.over_raters), []).append(r.index)
+
+    def phrase(over: bool) -> str:
+        lo, hi = min(counts[over]), max(counts[over])
+        if lo == hi:
+            return rater_reading({"raters": lo, "over_raters": over})
+        return f"over raters like these {lo}-{hi}" if over else f"about these {lo}-{hi} raters"
+
+    if len(counts) <= 1:
+        return phrase(next(iter(counts))) if counts else ""
+    return ", ".join(f"{_index_ranges(sorted(indices[over]))} {phrase(over)}" for over in (False, True))
 
 
 def figure(rows: list[RoundTaste]):

@@ -1047,3 +1047,19 @@ def test_the_dashboard_says_whose_taste_the_liked_share_is_about(ui_world):
     assert taste_stats.share_reading([few, many, taste_stats.round_taste(3, [])]) == (
         "round 1 about these 2 raters, round 2 over raters like these 16")
     assert taste_stats.share_reading([taste_stats.round_taste(1, [4, 7])]) == ""  # raters not known
+
+
+def test_the_liked_shares_reading_names_a_range_of_rater_counts_once():
+    """Fifteenth review: a phrase per distinct rater count made a long legend over many rounds; rounds read the same
+    way (about these raters, or over raters like these) with different counts now read as one range, and the rounds
+    are named only where some read one way and some the other."""
+    def rated(index, raters):  # two ratings of each image, 4 and 7, by ``raters`` raters
+        return taste_stats.round_taste(index, [4, 7] * raters, [i // 2 for i in range(2 * raters)],
+                                       [i % raters for i in range(2 * raters)])
+
+    about = [rated(i + 1, c) for i, c in enumerate([3, 7, 5, 4, 3, 6])]
+    assert [r.raters for r in about] == [3, 7, 5, 4, 3, 6] and all(r.share_low is not None for r in about)
+    assert taste_stats.share_reading(about) == "about these 3-7 raters"
+    assert taste_stats.share_reading([rated(1, 16), rated(2, 20)]) == "over raters like these 16-20"
+    mixed = [rated(1, 2), rated(2, 4), rated(3, 3), rated(4, 16), rated(5, 3), rated(6, 16)]
+    assert taste_stats.share_reading(mixed) == "rounds 1-3, 5 about these 2-4 raters, rounds 4, 6 over raters like these 16"
