@@ -164,13 +164,18 @@ IPV4_WIDER = ((24, 4),)
 NOT_GROUPED = tuple(ipaddress.ip_network(n) for n in (
     "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8", "169.254.0.0/16", "100.64.0.0/10",
     "fc00::/7", "fe80::/10", "::1/128"))
+# IPv6 addresses counted each alone, not per /64 (as a private IPv4 address is): a LAN's hosts share one /64 (every
+# link-local address is in fe80::/64, a unique-local segment is one /64), so counted per /64 they all shared one
+# network's share (a read-only review of the fifteenth review's change: 8 connections for a whole lab)
+LAN_IPV6 = tuple(ipaddress.ip_network(n) for n in ("fc00::/7", "fe80::/10"))
 
 
 def counting_key(host: str | None) -> str:
     """The key the connections from ``host`` (a peer's address as the socket gives it) are counted under: an IPv4
     address as itself, an IPv4-mapped IPv6 address (``::ffff:a.b.c.d``, an IPv4 client of a dual-stack socket) as that
-    IPv4 address, any other IPv6 address as its /64 (``2001:db8:1:2::/64``; a link-local one with its zone), anything
-    else (no address, a Unix socket) as itself or ``?``.
+    IPv4 address, a unique-local or link-local IPv6 address (``LAN_IPV6``) as itself (a link-local one with its zone:
+    one LAN's hosts share one /64), any other IPv6 address as its /64 (``2001:db8:1:2::/64``), anything else (no
+    address, a Unix socket) as itself or ``?``.
 
     Found by the seventh review of 5 Dec 2026: counted per exact address, one IPv6 client, which controls at least a
     /64 (2^64 addresses, picked per connection with no more than a socket option), was not held by the per-address
@@ -186,6 +191,8 @@ def counting_key(host: str | None) -> str:
     if isinstance(address, ipaddress.IPv6Address):
         if address.ipv4_mapped is not None:
             return str(address.ipv4_mapped)
+        if any(address in network for network in LAN_IPV6):
+            return str(address)  # with its zone, a link-local one's (``fe80::7%eth0``)
         network = ipaddress.IPv6Network((int(address), IPV6_PREFIX), strict=False)
         return f"{network}%{address.scope_id}" if address.scope_id else str(network)
     return str(address)

@@ -375,13 +375,20 @@ def test_the_hosts_of_one_private_24_are_not_grouped_and_each_gets_its_first_con
     512), while the hosts of a public /24 are still held to its cap, ceil(2 total / 5) (``h < 4 (256 - h)``), and
     SEIKO_CONNECTIONS_PER_NETWORK, when set, is a /24's or a /48's fixed cap instead."""
     for lan in ("192.168.1.{}", "10.20.30.{}", "172.31.5.{}", "100.64.7.{}", "127.0.9.{}", "169.254.3.{}",
-                "::ffff:192.168.1.{}", "fd12:3456:789a:{:x}::1", "fe80:0:0:{:x}::1%eth0"):
+                "::ffff:192.168.1.{}", "fd12:3456:789a:{:x}::1", "fe80:0:0:{:x}::1%eth0",
+                # the hosts of one IPv6 LAN, as it is addressed: one unique-local /64, one link's fe80::/64
+                "fd12:3456:789a:1::{:x}", "fe80::{:x}%eth0"):
         gate = net_limits.Gate(net_limits.Limits(total=512))
         assert sum(gate.admit(lan.format(k)) is None for k in range(1, 100) for _ in range(4)) == 396, lan
         gate = net_limits.Gate(net_limits.Limits(total=512))
         for k in range(1, 61):
             assert [gate.admit(lan.format(k)) for _ in range(8)] == [None] * 8, (lan, k)
         assert gate.total == 480
+    # a unique-local or link-local IPv6 address is keyed by itself (a link-local one with its zone), as a private
+    # IPv4 address is; a public one still by its /64
+    assert net_limits.counting_key("fd12:3456:789a:1::7") == "fd12:3456:789a:1::7"
+    assert net_limits.counting_key("fe80::7%eth0") == "fe80::7%eth0" != net_limits.counting_key("fe80::7%eth1")
+    assert net_limits.counting_key("2001:db8:1:2::7") == net_limits.counting_key("2001:db8:1:2::8") == "2001:db8:1:2::/64"
     for public in ("198.51.100.{}", "81.2.69.{}", "2001:db8:aaaa:{:x}00::1"):  # a /48: /64s of its /56s
         gate = net_limits.Gate(net_limits.Limits(total=512))
         assert sum(gate.admit(public.format(k)) is None for k in range(1, 100) for _ in range(4)) == 205, public
