@@ -14,6 +14,7 @@ in its safetensors header) with the verification result.
 
 from __future__ import annotations
 
+import gc
 import logging
 import shutil
 import uuid
@@ -144,9 +145,12 @@ def _finalize(src: RoundSource, facts: dict, fmt: str, kind: str, files: list[st
         if base is not None and base.parts is not None:  # None: the check on the base loaded its own UNet
             # the app's image first, then the model is let go of: a whole pipeline (5.5 GB in fp32 at SD 1.5) was held
             # through the stock check's fresh process, which loads the base once more (a read-only review of the
-            # fifteenth review's fix)
+            # fifteenth review's fix); collected at once, as a reference cycle in it (a hook that refers back to the
+            # model) would otherwise keep it until the next full collection, perhaps after the check has loaded the
+            # base once more (a later read-only review)
             app_image = render_app(src.check, src.adapter_dir, base.parts, core.CHECK_ADAPTER)
             base.parts = None
+            gc.collect()
         result = verify_export(kind, tmp, src.adapter_dir, src.check, weight_name=weight_name, app_image=app_image)
         card = {**facts, "format": fmt, "files": files or sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*.safetensors")),
                 "verification": result.to_dict()}
