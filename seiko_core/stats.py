@@ -206,7 +206,9 @@ def two_way_variance(v_first: float, k_first: int, v_rater: float, k_rater: int,
     (``cluster_variance`` each): V_first + V_rater - V_cell (Cameron, Gelbach and Miller 2011), and the clusters
     whose count - 1 gives Student's t its degrees of freedom, min(k_first, k_rater) (the fewer clusters bound how
     well the variance is known). For ``clustered_wilson``; where it applies is ``db.comparisons.clusters_by_rater``."""
-    return v_first + v_rater - v_cell, min(k_first, k_rater)
+    # summed in this order, as before this helper (a read-only review: (v_first + v_rater) - v_cell differs in
+    # its last bits)
+    return v_first + (v_rater - v_cell), min(k_first, k_rater)
 
 
 def pearson(a, b) -> float | None:

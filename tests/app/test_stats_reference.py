@@ -643,6 +643,15 @@ def test_the_two_way_interval_against_explicit_sums():
     assert two_way(tallies(mixed, 0), tallies(mixed, 1)) == pytest.approx(ref, abs=1e-6)
 
 
+def test_the_two_way_interval_is_bit_for_bit_the_one_before_the_shared_helper():
+    """The shared helper (``seiko_core.stats.two_way_variance``, b231e82) was to change neither interval, but summed
+    ``(V_pairs + V_rater) - V_cell`` where the A/B win rate had added ``V_rater - V_cell`` to ``V_pairs``: float sums
+    in another order, other last bits in 42% of triples (a read-only review). Against the interval the code before
+    that change gave for these votes (4 pairs, 3 raters, ties), recorded to the last bit."""
+    votes = [(0, 0, HALF), (0, 2, 1), (1, 0, 0), (1, 1, HALF), (2, 0, HALF), (2, 1, HALF), (3, 1, 1), (3, 2, HALF)]
+    assert two_way(tallies(votes, 0), tallies(votes, 1)) == (0.07783699549234718, 0.951419553443031)
+
+
 def test_without_raters_to_cluster_by_the_interval_is_the_pairs_one():
     """Raters unknown, each vote its own rater, or one rater: the interval over pairs alone, unchanged (with each
     vote its own rater the two-way formula reduces to it: the rater term equals the single votes' term)."""
