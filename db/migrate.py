@@ -329,8 +329,10 @@ def check_upgrade(url: str, rev: str) -> None:
                                "backup, or record the revision its tables are at (`alembic stamp <revision>`); "
                                "nothing was changed")
         if current is None:
+            _refuse_unresolvable(rev, None)
             return
     _refuse_unknown(current)
+    _refuse_unresolvable(rev, current)
     script = ScriptDirectory.from_config(_config())
     try:
         below = rev not in ("head", "heads") and rev != current and current in {
@@ -340,6 +342,25 @@ def check_upgrade(url: str, rev: str) -> None:
     if below:
         raise InvalidInput(f"the database is at {current}, above {rev}: an upgrade does not go down; use "
                            f"`db downgrade {rev}`; nothing was changed")
+
+
+def _not_a_revision(rev: str) -> str:
+    """What alembic's revision lookup means where it fails an assertion of its own: ``rev`` names nothing it has."""
+    return f"{rev!r} is not a revision this schema has"
+
+
+def _refuse_unresolvable(rev: str, current: str | None) -> None:
+    """Refuse (InvalidInput) an upgrade to ``rev`` that alembic's revision lookup fails with a bare AssertionError of
+    its own ("" on any database, "head+1"), which reached the command line as a traceback that named neither the
+    revision nor whether anything had changed (a read-only review); worded as alembic's refusal of an unknown one
+    (``_run``). Alembic's own refusals (CommandError, RevisionError) are left to the step, which says them."""
+    try:
+        _destination(command.upgrade, rev, current)
+    except (CommandError, RevisionError):
+        pass
+    except AssertionError as exc:
+        raise InvalidInput(f"the schema migration was refused: {_not_a_revision(rev)} (the database is at "
+                           f"{current or 'base'}); nothing was changed") from exc
 
 
 def upgrade(url: str, rev: str = "head") -> None:
@@ -432,8 +453,10 @@ def check_downgrade(url: str, rev: str) -> None:
         # upgrade path counted it from the newest one: at 0008, "-7" was checked as 0003 and went to 0001; review)
         steps = [r.revision for r in script.revision_map.iterate_revisions(current, rev, select_for_downgrade=True)
                  if r is not None] if current is not None else []
-    except (CommandError, RevisionError) as exc:  # an unknown revision, one above the database's: one sentence
-        raise InvalidInput(f"cannot downgrade from {current} to {rev!r} ({str(exc).rstrip('.')}); the revisions are "
+    except (CommandError, RevisionError, AssertionError) as exc:  # an unknown revision, one above the database's
+        # (an AssertionError: one alembic's lookup fails bare, "", a read-only review): one sentence
+        reason = _not_a_revision(rev) if isinstance(exc, AssertionError) else str(exc).rstrip(".")
+        raise InvalidInput(f"cannot downgrade from {current} to {rev!r} ({reason}); the revisions are "
                            f"{[r.revision for r in script.walk_revisions()][::-1]} or 'base'; nothing was changed") from exc
     if "0002" in steps:
         engine = make_engine(url)

@@ -429,6 +429,31 @@ def test_an_upgrade_or_downgrade_of_a_schema_newer_than_the_code_says_so_in_one_
     assert migrate.current_revision(f"sqlite:///{data_dir / 'seiko.db'}") == "0999"
 
 
+def test_a_revision_alembic_cannot_resolve_is_one_sentence_and_changes_nothing(tmp_path, capsys):
+    """`db upgrade ""` (on any database), `db upgrade head+1` and `db downgrade ""` ended in a bare AssertionError from
+    inside alembic's revision lookup, a traceback that named neither the revision nor whether anything had changed
+    (a read-only review). Now each is refused like an unknown revision: one sentence naming it, status 1, the
+    database where it was."""
+    data_dir = tmp_path / "data"
+    url = f"sqlite:///{data_dir / 'seiko.db'}"
+    for args in (["upgrade", ""], ["upgrade", "head+1"]):  # a database with no revision (a new one)
+        assert main(["db", *args, "--data-dir", str(data_dir)]) == 1, args
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and f"{args[1]!r} is not a revision" in err, err
+        assert "nothing was changed" in err and migrate.current_revision(url) is None
+    assert main(["db", "upgrade", "0003", "--data-dir", str(data_dir)]) == 0
+    capsys.readouterr()
+    for args in (["upgrade", ""], ["upgrade", "head+1"], ["upgrade", "head+20"], ["downgrade", "", "--yes"]):
+        assert main(["db", *args, "--data-dir", str(data_dir)]) == 1, args
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and f"{args[1]!r} is not a revision" in err, err
+        assert "0003" in err and "nothing was changed" in err and migrate.current_revision(url) == "0003"
+    assert not list(data_dir.glob("seiko.db.bak-*"))  # no copy made
+    # a relative target alembic can resolve still goes where it says
+    assert main(["db", "upgrade", "+1", "--data-dir", str(data_dir)]) == 0
+    assert migrate.current_revision(url) == "0004"
+
+
 def _alice_and_an_experiment(url: str) -> tuple[int, int]:
     """A rater and an experiment in the database at ``url``: (rater id, experiment id)."""
     from db import repo
