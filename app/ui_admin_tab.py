@@ -44,12 +44,13 @@ class AdminHandlers:
 
     @admin_only
     def on_admin_tab(self, exp_id, request: gr.Request):
-        """The tab selected: its tables, and its timer started (``timer_while_selected``), for an admin only."""
+        """The tab selected: its tables, for an admin only (its timer is started in the browser:
+        ``timer_while_selected``)."""
         who = self.admin_of(request)
         factory = self.factory
         return (ui_admin.round_status_html(factory, exp_id), self.shown(lambda: ui_admin.users_table(factory, who)),
                 ui_admin.jobs_table(factory, who, exp_id), ui_admin.raters_see_dashboard(factory, exp_id),
-                ui_export.exports_table(factory, who, exp_id), gr.Timer(active=True))
+                ui_export.exports_table(factory, who, exp_id))
 
     @admin_only
     def on_admin_experiment(self, exp_id, request: gr.Request):
@@ -325,18 +326,21 @@ class AdminTab:
 
 
 # what another tab's select sets on the Admin timer, in the browser (no handler runs: a demoted admin's page, whose
-# Admin events are refused, stops it all the same)
+# Admin events are refused, stops it all the same), and what the Admin tab's select sets
 STOP_TIMER_JS = "() => ({__type__: 'update', active: false})"
+START_TIMER_JS = "() => ({__type__: 'update', active: true})"
 
 
 def timer_while_selected(tabs: Any, admin: AdminTab, private: dict[str, Any]) -> None:
-    """The Admin tab's timer runs only while the tab is selected: the tab's select starts it (``on_admin_tab``, for an
-    admin only), every other tab of ``tabs`` stops it in the browser. It ran on every admin's page from the load, and
-    an admin made a rater got a refusal every ``dashboard_refresh_s`` until the page was reloaded (a read-only review
-    of the fifteenth review's fixes); a rater's page has neither the timer nor these events (``app.rater_page``)."""
+    """The Admin tab's timer runs only while the tab is selected: the tab's select starts it and every other tab of
+    ``tabs`` stops it, both in the browser, in the order they were clicked. It ran on every admin's page from the
+    load, and an admin made a rater got a refusal every ``dashboard_refresh_s`` until the page was reloaded (a
+    read-only review of the fifteenth review's fixes); started by the answer to ``on_admin_tab`` instead, it kept
+    running when another tab was clicked before that answer came (a later read-only review). A rater's page has
+    neither the timer nor these events (``app.rater_page``)."""
     for tab in tabs.children:
-        if isinstance(tab, gr.Tab) and tab is not admin.tab:
-            tab.select(None, None, [admin.timer], js=STOP_TIMER_JS, **private)
+        if isinstance(tab, gr.Tab):
+            tab.select(None, None, [admin.timer], js=START_TIMER_JS if tab is admin.tab else STOP_TIMER_JS, **private)
 
 
 def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callable, shown: Callable,
@@ -475,8 +479,8 @@ def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callab
     # the buttons and switches that change state (or ask to) run one at a time, as Gradio's default did; the events
     # that show the tab and its timer run app.ui.PAGE_CONCURRENCY at a time
     serial = {**private, "concurrency_limit": 1}
-    admin_tab.select(h.on_admin_tab, [exp_state], [admin_status, users_df, jobs_df, dash_access, exports_df,
-                                                   admin_timer], **private)
+    admin_tab.select(h.on_admin_tab, [exp_state], [admin_status, users_df, jobs_df, dash_access, exports_df],
+                     **private)
     exp_state.change(h.on_admin_experiment, [exp_state],
                      [dash_access, jobs_df, exports_df, x_link, q_summary, q_table, q_standardize, admin_status],
                      **private)
