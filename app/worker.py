@@ -73,6 +73,7 @@ from db import quality as db_quality
 from db.checks import check_name
 from db.engine import (
     bound_refusal,
+    idle_refusal,
     is_outage,
     lock_not_granted,
     lock_outlasts_statement,
@@ -1268,13 +1269,15 @@ class Worker:
         (a dropped connection, a restart), within the same attempt: it failed the attempt (fifteenth review). A lock not
         granted is tried again too: the drop this is for leaves the dead try's transaction on the server, holding the
         job's row, until the server notices (a read-only review of the fifteenth review's fixes: it failed the attempt).
-        A statement cancelled (its statement bound ran out, or an operator cancelled it) stays the job's failure; a
-        claim another worker took raises LeaseLost, not tried again. Storing a chunk is idempotent (the payload is
+        A statement cancelled (its statement bound ran out, or an operator cancelled it) stays the job's failure, and so
+        does a session the server ended for a transaction left idle (25P03: raised as a drop is, but no transaction of
+        the worker idles that long, so it is a fault to report: a read-only review of the fifteenth review's fixes);
+        a claim another worker took raises LeaseLost, not tried again. Storing a chunk is idempotent (the payload is
         replaced by the same one, only the missing image rows are added, the rest reads), so a try whose commit landed
         but whose answer was lost is tried again safely."""
         return self._through_outages(run.job, "a chunk of the eval grid",
                                      lambda: self._store_eval_chunk(run, round_id, rows, partial, look=look),
-                                     refused=statement_cancelled)
+                                     refused=lambda exc: statement_cancelled(exc) or idle_refusal(exc) is not None)
 
     def _store_eval_chunk(self, run: _Run, round_id: int, rows: list[dict[str, Any]], partial: dict[str, Any], *,
                           look: bool) -> tuple[dict[str, Any] | None, str | None]:

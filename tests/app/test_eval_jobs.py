@@ -265,3 +265,39 @@ def test_a_statement_cancelled_while_a_chunk_is_stored_stays_the_attempts_failur
     job = _job(ui_world, job_id)
     assert (job.status, job.attempts) == ("queued", 1)
     worker.close()
+
+
+def test_a_session_ended_for_idling_while_a_chunk_is_stored_is_a_fault_not_an_outage(ui_world, monkeypatch):
+    """A transaction PostgreSQL ended for sitting idle (25P03; raised as an OperationalError whose connection is
+    invalidated, as a drop's is) while a chunk was stored was tried again as a drop, with a warning only (a read-only
+    review of the fifteenth review's fixes): no transaction of the worker idles that long, so it is a fault to report.
+    The attempt fails at once, in the idle bound's sentence, though the next try would have stored the chunk."""
+    _grid_config(ui_world, seeds=(0, 1, 2))
+    job_id = _eval_job(ui_world, ui_world.round_id, 0)
+    worker = _worker(ui_world, eval_chunk=1)
+    monkeypatch.setattr(worker, "_parts", lambda spec: SimpleNamespace(device="cpu"))
+    monkeypatch.setattr(worker, "_use_adapter", lambda parts, round_: None)
+    monkeypatch.setattr(worker_module, "generate_batch", lambda parts, adapter, prompts, seeds, cfg, on_progress=None,
+                        as_uint8=False: (torch.randint(0, 256, (len(seeds), 3, 16, 16), dtype=torch.uint8),
+                                         torch.rand(len(seeds), 4)))
+    real_store, tries = worker_module.Worker._store_eval_chunk, []
+
+    class IdleInTransactionSessionTimeout(Exception):
+        sqlstate = "25P03"
+
+    def idle_once(self, run, round_id, rows, partial, *, look):
+        tries.append([r["seed"] for r in rows])
+        if len(tries) == 1:
+            raise OperationalError("UPDATE jobs ...", {}, IdleInTransactionSessionTimeout(
+                "terminating connection due to idle-in-transaction timeout"), connection_invalidated=True)
+        return real_store(self, run, round_id, rows, partial, look=look)
+
+    monkeypatch.setattr(worker_module.Worker, "_store_eval_chunk", idle_once)
+    assert worker.run_once()
+    assert tries == [[2]], tries
+    assert "this attempt of the job failed" in (worker.last_error or "")
+    assert "idle_in_transaction_session_timeout" in (worker.last_error or "")
+    job = _job(ui_world, job_id)
+    assert (job.status, job.attempts) == ("queued", 1)
+    assert "please report it" in (job.error or "")
+    worker.close()
