@@ -255,8 +255,8 @@ def common_passwords() -> frozenset[str]:
 def _characters_left(folded: str, ones: frozenset[int] = frozenset()) -> int:
     """How many characters ``folded`` counts for once its common passwords and runs are taken out: the characters
     outside them all, and COMMON_WORD_WORTH for each stretch of common passwords that is not all run and holds a
-    listed one (by skeleton) that no stretch counted before it held, the stretches taken by how many listed ones they
-    hold, fewest first (as many: in the order of their words), so that the order they are written in changes nothing.
+    listed one (by skeleton) that no stretch counted before it held, read in the order that counts fewest
+    (``_fewest_stretches``), so that the order they are written in changes nothing.
     So each listed one counts once: a stretch of touching ones counts once ("summerwinter": 2), and a stretch made only
     of listed ones counted already, the same one written again apart or counted ones put together again, counts
     nothing ("password dragon passworddragon dragonpassword", or its stretches in any order: 2 + 2 and the 3 spaces,
@@ -362,9 +362,14 @@ def _fewest_stretches(held_by: list[tuple[str, ...]]) -> int:
     kept = [held for held in distinct if not any(held < other for other in distinct)]
     groups: list[list[frozenset[str]]] = []
     for held in kept:
-        linked = [group for group in groups if any(held & other for other in group)]
-        groups = [group for group in groups if not any(held & other for other in group)]
-        groups.append([held] + [other for group in linked for other in group])
+        linked: list[frozenset[str]] = [held]
+        apart: list[list[frozenset[str]]] = []
+        for group in groups:
+            if any(held & other for other in group):
+                linked.extend(group)
+            else:
+                apart.append(group)
+        groups = [*apart, linked]
     total = 0
     for group in groups:
         words = frozenset().union(*group)

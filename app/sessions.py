@@ -573,8 +573,10 @@ class LoginThrottle:
         there) is copied to ``new``, never moved: ``old`` keeps its own. Moved, a thief holding the owner's stolen
         token who signed in to their own account while sending it took the owner's exemption to their fresh token
         and killed the owner's, and could then lock the owner out. A copy is made only while the other account
-        remembers fewer than DEVICES_PER_ACCOUNT browsers, so that signing in again and again with a stolen token
-        cannot push the owner's browsers out of that account's list."""
+        remembers fewer than DEVICES_PER_ACCOUNT browsers, so that a copy never pushes a browser out of that account's
+        list itself; copies still take places in it, so the owner's next sign-in elsewhere pushes out the oldest entry,
+        which may be a browser the owner still uses (a read-only review; not fixed: a device token per account would
+        be the clean design)."""
         name = (account or "")[:200]
         with self._lock:
             accounts = self._accounts_of.get(old or "")

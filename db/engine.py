@@ -212,22 +212,17 @@ def _server_keepalives(libpq: dict[str, Any]) -> dict[str, int | None]:
     keepalive parameters and tcp_user_timeout are ``libpq`` (ours, the URL's over them): the same values; none (None)
     where a value is not a whole number (libpq refuses that URL at connect), and no keepalives where they are off
     (tcp_user_timeout does not depend on them)."""
+    off = _whole(libpq["keepalives"]) == 0
+    return {"user_timeout": _whole(libpq["tcp_user_timeout"]),
+            **{f"ka_{name}": None if off else _whole(libpq[f"keepalives_{name}"]) for name in ("idle", "interval", "count")}}
+
+
+def _whole(value: Any) -> int | None:
+    """``value`` as a whole number, or None where it is not one."""
     try:
-        user_timeout: int | None = int(libpq["tcp_user_timeout"])
+        return int(value)
     except (TypeError, ValueError):
-        user_timeout = None
-    try:
-        if int(libpq["keepalives"]) == 0:
-            return {"ka_idle": None, "ka_interval": None, "ka_count": None, "user_timeout": user_timeout}
-    except (TypeError, ValueError):
-        pass
-    out: dict[str, int | None] = {"user_timeout": user_timeout}
-    for name in ("idle", "interval", "count"):
-        try:
-            out[f"ka_{name}"] = int(libpq[f"keepalives_{name}"])
-        except (TypeError, ValueError):
-            out[f"ka_{name}"] = None
-    return out
+        return None
 
 
 def _bound_waits(dbapi_connection: Any, record: Any, *, bound_statements: bool,

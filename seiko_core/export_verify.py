@@ -308,16 +308,15 @@ def render_stock(kind: str, export_path: str | Path, settings: CheckSettings, *,
 
 
 def verify_export(kind: str, export_path: str | Path, adapter_dir: str | Path, settings: CheckSettings, *,
-                  weight_name: str | None = None, app_image: np.ndarray | None = None, parts=None,
-                  loaded: str | None = None) -> Verification:
+                  weight_name: str | None = None, app_image: np.ndarray | None = None) -> Verification:
     """Check ``export_path`` against the base model and the app's rendering of ``adapter_dir``.
 
     Returns the Verification when it passes; raises VerificationError (one sentence, the result attached) when not.
-    ``app_image`` may be given when the caller has already rendered it (several exports of one round); ``parts`` and
-    ``loaded``, the base model loaded already and the adapter on it (``render_app``)."""
+    ``app_image`` may be given when the caller has already rendered it (several exports of one round, or an export
+    that loaded the base model for its check on the base: ``app.export``)."""
     start = time.monotonic()
     base, exported, report = render_stock(kind, export_path, settings, weight_name=weight_name)
-    app = render_app(settings, adapter_dir, parts, loaded) if app_image is None else app_image
+    app = render_app(settings, adapter_dir) if app_image is None else app_image
     result = judge(kind, base, exported, app, settings, loader=report.get("loader", ""),
                    diffusers_version=report.get("diffusers", ""), seconds=time.monotonic() - start)
     if not result.passed:
