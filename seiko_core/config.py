@@ -251,6 +251,13 @@ class FinetuneConfig:
     # > 0: the diversity term's weight is set per micro-batch so that its gradient with respect to the images is this
     # fraction of the reward term's (:func:`seiko_core.finetune.balanced_diversity_weight`); replaces diversity_weight
     diversity_balance: float = 0.0
+    # > 0: a denoising anchor (issue 12, lever R; :func:`seiko_core.finetune.reward_ranked_anchors`). Before the
+    # round's first step the model draws anchor_candidates images, keeps the anchor_keep fraction with the highest
+    # optimistic reward, and every micro-batch adds the standard denoising loss on those kept images, weighted so that
+    # its gradient on the adapter has this fraction of the norm of the rest of the loss's. 0: off
+    anchor_balance: float = 0.0
+    anchor_candidates: int = 32
+    anchor_keep: float = 0.25
     # "per_step" (reference: fresh k ~ U[0, steps] each step), "per_trajectory" (AlignProp/DRaFT: the last K steps) or
     # "stratified" (one step drawn in each of K equal parts of the trajectory); seiko_core.finetune.attached_steps
     truncation: str = "per_step"
@@ -291,6 +298,11 @@ class FinetuneConfig:
                f"diversity_weight must be a non-negative number, got {self.diversity_weight!r}")
         _check(math.isfinite(self.diversity_balance) and self.diversity_balance >= 0,
                f"diversity_balance must be a non-negative number, got {self.diversity_balance!r}")
+        _check(math.isfinite(self.anchor_balance) and self.anchor_balance >= 0,
+               f"anchor_balance must be a non-negative number, got {self.anchor_balance!r}")
+        _check(self.anchor_candidates >= 1, f"anchor_candidates must be at least 1, got {self.anchor_candidates}")
+        _check(math.isfinite(self.anchor_keep) and 0 < self.anchor_keep <= 1,
+               f"anchor_keep must be a fraction in (0, 1], got {self.anchor_keep!r}")
         _check(not (self.diversity_weight and self.diversity_balance),
                "set diversity_weight (a fixed weight) or diversity_balance (a gradient ratio), not both")
         _check(self.lora_init in ("kaiming", "gaussian"),

@@ -12,11 +12,17 @@ Loss = loss_coeff * |r_opt(x_0) - target| (or -loss_coeff * r_opt when target is
        embeddings (:func:`batch_variety`; the term is off at its default diversity_weight = 0). With diversity_balance
        = rho > 0 the weight is instead set per micro-batch so that the term's gradient with respect to the images is
        rho times the reward term's (:func:`balanced_diversity_weight`).
+With anchor_balance = rho > 0 (issue 12, lever R; off by default) each micro-batch also adds w * D, the standard
+denoising loss on a few reward-ranked anchor images the round's starting model drew (:func:`reward_ranked_anchors`,
+:func:`denoising_loss`), w set so that w * D's gradient on the adapter has rho times the norm of the rest of the loss's
+(:func:`balanced_anchor_weight`): a mode-covering pull toward several good images against the reward gradient's pull
+toward one.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +42,7 @@ from .sampling import (
     decode,
     encode_prompts,
     model_eps,
+    to_eps,
     trajectory_noise,
 )
 
@@ -104,6 +111,7 @@ class Trajectory:
     kl: torch.Tensor  # (B,) summed over the steps where it was computed
     kl_steps: int  # how many steps contributed
     diversity_weight: torch.Tensor | float = 0.0  # the variety term's weight in this batch's loss (trajectory_loss)
+    latents: torch.Tensor | None = None  # (B, C, S, S) the final latents x_0 the images were decoded from
 
 
 def rollout(parts, prompts: list[str], seeds: list[int], *, schedule: DDIMSchedule, eta: float, guidance: float,
@@ -156,7 +164,7 @@ def rollout(parts, prompts: list[str], seeds: list[int], *, schedule: DDIMSchedu
         x = mean + sigma * z[i + 1].to(x.dtype) if eta > 0 else mean
     with ctx():
         images = at_least_fp32(decode(parts, x.to(parts.dtype)))
-    return Trajectory(images=images, kl=kl, kl_steps=kl_steps)
+    return Trajectory(images=images, kl=kl, kl_steps=kl_steps, latents=x)
 
 
 def previous_eps(unet, prev_eps, x: torch.Tensor, *, graph: bool) -> torch.Tensor:
@@ -260,6 +268,66 @@ def trajectory_loss(parts, reward_fn: RewardFn, prompts: list[str], seeds: list[
     return loss, r, traj
 
 
+@dataclass
+class Anchors:
+    """The denoising anchor's images (lever R): the kept samples' final latents and their prompts' text states."""
+    latents: torch.Tensor  # (K, C, S, S)
+    cond: torch.Tensor  # (K, L, D)
+    prompts: list[str]
+    rewards: torch.Tensor  # (K,) the optimistic reward each was kept for
+    candidates: int  # how many were drawn
+
+
+@torch.no_grad()
+def reward_ranked_anchors(parts, reward_fn: RewardFn, prompts: list[str], ft, *, schedule: DDIMSchedule, eta: float,
+                          guidance: float, adapter: str | None, generator: torch.Generator) -> Anchors:
+    """``ft.anchor_candidates`` samples of the active model (prompts drawn uniformly from ``prompts``, seeds from
+    ``generator``), of which the ``ft.anchor_keep`` fraction (at least one) with the highest ``reward_fn`` is kept:
+    reward-ranked filtering as in RAFT, drawn once, before the round's first optimiser step."""
+    n = ft.anchor_candidates
+    idx = torch.randint(0, len(prompts), (n,), generator=generator).tolist()
+    seeds = torch.randint(0, 2**62, (n,), generator=generator).tolist()
+    chosen = [prompts[i] for i in idx]
+    none_attached = torch.zeros(len(schedule), dtype=torch.bool)
+    latents, rewards = [], []
+    for lo in range(0, n, ft.batch_size):
+        traj = rollout(parts, chosen[lo:lo + ft.batch_size], seeds[lo:lo + ft.batch_size], schedule=schedule, eta=eta,
+                       guidance=guidance, attached=none_attached, adapter=adapter)
+        latents.append(traj.latents)
+        rewards.append(reward_fn(traj.images, chosen[lo:lo + ft.batch_size]).float())
+    r = torch.cat(rewards)
+    keep = max(1, int(round(ft.anchor_keep * n)))
+    top = torch.topk(r, keep).indices.tolist()
+    kept = [chosen[i] for i in top]
+    cond, _ = encode_prompts(parts, kept)
+    return Anchors(latents=torch.cat(latents)[top].detach(), cond=cond.detach(), prompts=kept, rewards=r[top].cpu(),
+                   candidates=n)
+
+
+def denoising_loss(unet, x0: torch.Tensor, cond: torch.Tensor, timesteps: torch.Tensor, alpha: torch.Tensor,
+                   noise: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    """The standard diffusion training loss on clean latents ``x0`` (B, C, S, S): x_t = sqrt(a_t) x0 + sqrt(1 - a_t)
+    noise at the (B,) integer ``timesteps`` whose alpha-bar values are ``alpha`` (B,), and the mean squared error
+    between the noise the UNet implies at x_t (conditional, no guidance) and ``noise``."""
+    a = alpha.to(x0.device).float().view(-1, 1, 1, 1)
+    x_t = (a.sqrt() * x0.float() + (1 - a).sqrt() * noise.float()).to(x0.dtype)
+    out = unet(x_t, timesteps.to(x0.device), encoder_hidden_states=cond).sample
+    eps = at_least_fp32(to_eps(out, x_t, a.to(out.dtype), prediction_type))
+    return ((eps - noise.float()) ** 2).mean()
+
+
+def balanced_anchor_weight(rest: list[torch.Tensor | None], anchor: list[torch.Tensor | None], balance: float) -> float:
+    """w with |w * anchor| = balance * |rest| over the adapter's gradients (two lists, one entry per parameter; None
+    is zero). 0 when either gradient is zero or not finite (an fp16 overflow: the loss scaler skips that step)."""
+    def norm(gs):
+        return math.sqrt(sum(float((g.float() ** 2).sum()) for g in gs if g is not None))
+
+    n_r, n_a = norm(rest), norm(anchor)
+    if not (math.isfinite(n_r) and math.isfinite(n_a)) or n_r <= 0 or n_a <= 0:
+        return 0.0
+    return balance * n_r / n_a
+
+
 def templated(prompts: list[str], idx: list[int], gen: torch.Generator, cfg, *, rank: int = 0, world: int = 1) -> list[str]:
     """The prompts ``idx`` of ``prompts``, a ``good_prompt_prop`` fraction prefixed with ``quality_template``: the same
     prompt distribution as the round's images (``loop.round_prompts``), so the model is fine-tuned on the prompts it is
@@ -317,6 +385,15 @@ def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: st
         for p in lora.lora_parameters(unet, reference):
             p.requires_grad_(False)
     lora.activate(unet, adapter)
+    anchors, anchor_s = None, 0.0
+    if ft.anchor_balance > 0:  # drawn by the starting model (the adapter still equals its reference), timed in the limit
+        anchor_started = _clock()
+        anchors = reward_ranked_anchors(parts, reward_fn, prompts, ft, schedule=schedule, eta=sc.eta, guidance=sc.guidance,
+                                        adapter=adapter, generator=torch.Generator().manual_seed(seed * 7919 + 1))
+        anchor_s = _clock() - anchor_started
+        spent_s += anchor_s
+    # the anchor's own draws (which anchors, timesteps, noise): the trajectories' stream ``gen`` stays as without it
+    anchor_gen = torch.Generator().manual_seed(seed * 7919 + 2)
     for p in params:
         p.requires_grad_(True)
     if ft.gradient_checkpointing:
@@ -344,6 +421,7 @@ def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: st
             sums = torch.zeros(3, device=parts.device)  # reward, kl, loss summed over micro-batches
             # the balanced variety weight, summed over micro-batches; tracked only when the balance is on
             weight_sum = torch.zeros((), device=parts.device) if ft.diversity_balance else None
+            anchor_weight_sum = 0.0
             any_attached = False  # drawn from ``gen``, which every rank shares: every rank skips a step alike
             for _ in range(ft.grad_accum):
                 # the global micro-batch of b * world trajectories; this rank renders its slice [rank*b, (rank+1)*b)
@@ -356,8 +434,12 @@ def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: st
                 loss, r, traj = trajectory_loss(parts, reward_fn, batch_prompts, seeds, ft, schedule=schedule, eta=sc.eta,
                                                 guidance=sc.guidance, attached=attached, adapter=adapter,
                                                 reference=kl_reference, trainable=params, autocast=acc.autocast)
-                if loss.requires_grad:  # per_step truncation attaches no step at all now and then (3.8% at 4 steps)
-                    acc.backward(loss / ft.grad_accum)  # scales the loss when fp16 has a loss scaler
+                if anchors is None:
+                    if loss.requires_grad:  # per_step truncation attaches no step at all now and then (3.8% at 4 steps)
+                        acc.backward(loss / ft.grad_accum)  # scales the loss when fp16 has a loss scaler
+                else:
+                    weight = _backward_with_anchor(acc, unet, params, loss, anchors, anchor_gen, ft, schedule)
+                    anchor_weight_sum += weight
                 sums += torch.stack([r.detach().float().mean(), traj.kl.detach().float().mean(), loss.detach().float()])
                 if weight_sum is not None:
                     weight_sum += traj.diversity_weight
@@ -396,6 +478,8 @@ def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: st
             if weight_sum is not None:  # the mean weight the balance gave this step's micro-batches (all ranks')
                 weight_mean = weight_sum / ft.grad_accum
                 rec["diversity_weight"] = float(acc.reduce(weight_mean, "mean") if world > 1 else weight_mean)
+            if anchors is not None:  # this rank's mean anchor weight over the step's micro-batches
+                rec["anchor_weight"] = anchor_weight_sum / ft.grad_accum
             if scaler is not None:
                 rec["loss_scale"] = float(scaler.get_scale())
             history.append(rec)
@@ -423,7 +507,40 @@ def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: st
         metrics["skipped_steps"], metrics["loss_scale_last"] = skipped, last.get("loss_scale")
     if ft.diversity_balance and history:
         metrics["diversity_weight_mean"] = sum(h["diversity_weight"] for h in history) / done
+    if anchors is not None:
+        metrics["anchor"] = {"kept": len(anchors.prompts), "candidates": anchors.candidates, "seconds": round(anchor_s, 3),
+                             "reward_kept_mean": float(anchors.rewards.mean()),
+                             "weight_mean": sum(h["anchor_weight"] for h in history) / done if history else None}
     return FinetuneResult(adapter=adapter, steps=done, metrics=metrics, history=history)
+
+
+def _backward_with_anchor(acc, unet, params, loss, anchors: Anchors, gen: torch.Generator, ft,
+                          schedule: DDIMSchedule) -> float:
+    """Backpropagate one micro-batch's ``loss`` plus w times the denoising loss on ``ft.batch_size`` anchors (fewer if
+    there are fewer), adding both to the gradients already accumulated; w from :func:`balanced_anchor_weight`. The
+    two gradients are taken apart (the adapter's parameters are few), so the balance costs no extra UNet pass."""
+    before = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    if loss.requires_grad:
+        acc.backward(loss / ft.grad_accum)
+    rest = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    k = min(ft.batch_size, len(anchors.prompts))
+    pick = torch.randperm(len(anchors.prompts), generator=gen)[:k]
+    at = torch.randint(0, len(schedule), (k,), generator=gen)  # one of the sampler's own steps for each anchor
+    noise = torch.randn(anchors.latents[pick].shape, generator=gen).to(anchors.latents)
+    with acc.autocast():
+        d = denoising_loss(unet, anchors.latents[pick], anchors.cond[pick], schedule.timesteps[at].long(),
+                           schedule.alpha[at], noise, schedule.prediction_type)
+    acc.backward(d / ft.grad_accum)
+    anchor = [p.grad for p in params]
+    weight = balanced_anchor_weight(rest, anchor, ft.anchor_balance)
+    for p, b, r, a in zip(params, before, rest, anchor):
+        total = [g for g in (b, r, None if a is None or weight == 0 else weight * a) if g is not None]
+        p.grad = sum(total[1:], total[0]) if total else None
+    return weight
 
 
 _clock = time.monotonic  # the time limit's clock (a module attribute, so a test can drive it)
