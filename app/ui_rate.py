@@ -172,7 +172,7 @@ def next_round_wait(session: Session, experiment: Experiment) -> dict[str, Any] 
     estimate = None
     if eta is not None:
         estimate = float(eta)
-        if job.kind == "train" and p.get("phase") in ("reward_fit", "finetune", "load_model"):
+        if job.kind == "train" and p.get("phase") in ("reward_fit", "anchor", "finetune", "load_model"):
             estimate += _next_query_images_s(session, experiment, job.round_id)
     return {"job": job.kind, "status": job.status, "phase": p.get("phase"), "step": p.get("step"), "total": p.get("total"),
             "eta_s": eta, "estimate_s": None if estimate is None else round(estimate, 1), "behind": behind}

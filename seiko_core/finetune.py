@@ -279,22 +279,28 @@ class Anchors:
 
 
 @torch.no_grad()
-def reward_ranked_anchors(parts, reward_fn: RewardFn, prompts: list[str], ft, *, schedule: DDIMSchedule, eta: float,
-                          guidance: float, adapter: str | None, generator: torch.Generator) -> Anchors:
-    """``ft.anchor_candidates`` samples of the active model (prompts drawn uniformly from ``prompts``, seeds from
-    ``generator``), of which the ``ft.anchor_keep`` fraction (at least one) with the highest ``reward_fn`` is kept:
-    reward-ranked filtering as in RAFT, drawn once, before the round's first optimiser step."""
+def reward_ranked_anchors(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, schedule: DDIMSchedule,
+                          adapter: str | None, generator: torch.Generator, autocast=None,
+                          on_progress: ProgressFn | None = None) -> Anchors:
+    """``cfg.finetune.anchor_candidates`` samples of the active model (prompts drawn uniformly from ``prompts`` and
+    templated as the trajectories' are, seeds from ``generator``), of which the ``anchor_keep`` fraction (at least one)
+    with the highest ``reward_fn`` is kept: reward-ranked filtering as in RAFT, drawn once, before the round's first
+    optimiser step. With several processes every rank draws all of them alike (the same anchors everywhere).
+    ``on_progress(done, candidates, {"phase": "anchor"})`` after each batch."""
+    ft, sc = cfg.finetune, cfg.sampling
     n = ft.anchor_candidates
     idx = torch.randint(0, len(prompts), (n,), generator=generator).tolist()
     seeds = torch.randint(0, 2**62, (n,), generator=generator).tolist()
-    chosen = [prompts[i] for i in idx]
+    chosen = templated(prompts, idx, generator, cfg)
     none_attached = torch.zeros(len(schedule), dtype=torch.bool)
     latents, rewards = [], []
     for lo in range(0, n, ft.batch_size):
-        traj = rollout(parts, chosen[lo:lo + ft.batch_size], seeds[lo:lo + ft.batch_size], schedule=schedule, eta=eta,
-                       guidance=guidance, attached=none_attached, adapter=adapter)
+        traj = rollout(parts, chosen[lo:lo + ft.batch_size], seeds[lo:lo + ft.batch_size], schedule=schedule, eta=sc.eta,
+                       guidance=sc.guidance, attached=none_attached, adapter=adapter, autocast=autocast)
         latents.append(traj.latents)
         rewards.append(reward_fn(traj.images, chosen[lo:lo + ft.batch_size]).float())
+        if on_progress is not None:
+            on_progress(min(lo + ft.batch_size, n), n, {"phase": "anchor"})
     r = torch.cat(rewards)
     keep = max(1, int(round(ft.anchor_keep * n)))
     top = torch.topk(r, keep).indices.tolist()
@@ -306,9 +312,11 @@ def reward_ranked_anchors(parts, reward_fn: RewardFn, prompts: list[str], ft, *,
 
 def denoising_loss(unet, x0: torch.Tensor, cond: torch.Tensor, timesteps: torch.Tensor, alpha: torch.Tensor,
                    noise: torch.Tensor, prediction_type: str) -> torch.Tensor:
-    """The standard diffusion training loss on clean latents ``x0`` (B, C, S, S): x_t = sqrt(a_t) x0 + sqrt(1 - a_t)
-    noise at the (B,) integer ``timesteps`` whose alpha-bar values are ``alpha`` (B,), and the mean squared error
-    between the noise the UNet implies at x_t (conditional, no guidance) and ``noise``."""
+    """The diffusion training loss in noise space on clean latents ``x0`` (B, C, S, S): x_t = sqrt(a_t) x0 +
+    sqrt(1 - a_t) noise at the (B,) integer ``timesteps`` whose alpha-bar values are ``alpha`` (B,), and the mean
+    squared error between the noise the UNet implies at x_t (conditional, no guidance) and ``noise``. For an epsilon
+    model that is the standard loss; for a v-prediction model it is a_t times the squared error of v (the noise-space
+    error is sqrt(a_t) times the v error), so its noisiest steps weigh less than under the usual v loss."""
     a = alpha.to(x0.device).float().view(-1, 1, 1, 1)
     x_t = (a.sqrt() * x0.float() + (1 - a).sqrt() * noise.float()).to(x0.dtype)
     out = unet(x_t, timesteps.to(x0.device), encoder_hidden_states=cond).sample
@@ -319,13 +327,18 @@ def denoising_loss(unet, x0: torch.Tensor, cond: torch.Tensor, timesteps: torch.
 def balanced_anchor_weight(rest: list[torch.Tensor | None], anchor: list[torch.Tensor | None], balance: float) -> float:
     """w with |w * anchor| = balance * |rest| over the adapter's gradients (two lists, one entry per parameter; None
     is zero). 0 when either gradient is zero or not finite (an fp16 overflow: the loss scaler skips that step)."""
-    def norm(gs):
-        return math.sqrt(sum(float((g.float() ** 2).sum()) for g in gs if g is not None))
-
-    n_r, n_a = norm(rest), norm(anchor)
+    n_r, n_a = _norm(rest), _norm(anchor)
     if not (math.isfinite(n_r) and math.isfinite(n_a)) or n_r <= 0 or n_a <= 0:
         return 0.0
     return balance * n_r / n_a
+
+
+def _norm(grads: list[torch.Tensor | None]) -> float:
+    """The Euclidean norm of a list of gradients (None is zero), read back from the device once."""
+    present = [g.float() for g in grads if g is not None]
+    if not present:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in present])))
 
 
 def templated(prompts: list[str], idx: list[int], gen: torch.Generator, cfg, *, rank: int = 0, world: int = 1) -> list[str]:
@@ -388,8 +401,9 @@ def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: st
     anchors, anchor_s = None, 0.0
     if ft.anchor_balance > 0:  # drawn by the starting model (the adapter still equals its reference), timed in the limit
         anchor_started = _clock()
-        anchors = reward_ranked_anchors(parts, reward_fn, prompts, ft, schedule=schedule, eta=sc.eta, guidance=sc.guidance,
-                                        adapter=adapter, generator=torch.Generator().manual_seed(seed * 7919 + 1))
+        anchors = reward_ranked_anchors(parts, reward_fn, prompts, cfg, schedule=schedule, adapter=adapter,
+                                        generator=torch.Generator().manual_seed(seed * 7919 + 1), autocast=acc.autocast,
+                                        on_progress=on_progress)
         anchor_s = _clock() - anchor_started
         spent_s += anchor_s
     # the anchor's own draws (which anchors, timesteps, noise): the trajectories' stream ``gen`` stays as without it
@@ -438,7 +452,8 @@ def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: st
                     if loss.requires_grad:  # per_step truncation attaches no step at all now and then (3.8% at 4 steps)
                         acc.backward(loss / ft.grad_accum)  # scales the loss when fp16 has a loss scaler
                 else:
-                    weight = _backward_with_anchor(acc, unet, params, loss, anchors, anchor_gen, ft, schedule)
+                    weight = _backward_with_anchor(acc, unet, params, loss, anchors, anchor_gen, ft, schedule,
+                                                   rank=rank, world=world)
                     anchor_weight_sum += weight
                 sums += torch.stack([r.detach().float().mean(), traj.kl.detach().float().mean(), loss.detach().float()])
                 if weight_sum is not None:
@@ -515,30 +530,44 @@ def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: st
 
 
 def _backward_with_anchor(acc, unet, params, loss, anchors: Anchors, gen: torch.Generator, ft,
-                          schedule: DDIMSchedule) -> float:
-    """Backpropagate one micro-batch's ``loss`` plus w times the denoising loss on ``ft.batch_size`` anchors (fewer if
-    there are fewer), adding both to the gradients already accumulated; w from :func:`balanced_anchor_weight`. The
-    two gradients are taken apart (the adapter's parameters are few), so the balance costs no extra UNet pass."""
+                          schedule: DDIMSchedule, *, rank: int = 0, world: int = 1) -> float:
+    """Backpropagate one micro-batch's ``loss`` plus w times the denoising loss on this rank's anchors, adding both to
+    the gradients already accumulated; w from :func:`balanced_anchor_weight`. The two gradients are taken apart (the
+    adapter's parameters are few), so the balance costs no extra UNet pass. The anchors, timesteps and noise are drawn
+    for the global micro-batch (``batch_size * world`` anchors, fewer if there are fewer) from ``gen``, which every
+    rank shares, and rank r takes the r-th slice, as the trajectories are split: N processes draw as one would. A rank
+    whose slice is empty adds its loss's gradient alone. An anchor gradient that overflowed under fp16's loss scaler
+    is added unweighted, so that the scaler skips the step and lowers its scale, as for any overflow."""
     before = [p.grad for p in params]
     for p in params:
         p.grad = None
     if loss.requires_grad:
         acc.backward(loss / ft.grad_accum)
     rest = [p.grad for p in params]
-    for p in params:
-        p.grad = None
-    k = min(ft.batch_size, len(anchors.prompts))
+    b = ft.batch_size
+    k = min(b * world, len(anchors.prompts))
     pick = torch.randperm(len(anchors.prompts), generator=gen)[:k]
     at = torch.randint(0, len(schedule), (k,), generator=gen)  # one of the sampler's own steps for each anchor
-    noise = torch.randn(anchors.latents[pick].shape, generator=gen).to(anchors.latents)
-    with acc.autocast():
-        d = denoising_loss(unet, anchors.latents[pick], anchors.cond[pick], schedule.timesteps[at].long(),
-                           schedule.alpha[at], noise, schedule.prediction_type)
-    acc.backward(d / ft.grad_accum)
-    anchor = [p.grad for p in params]
-    weight = balanced_anchor_weight(rest, anchor, ft.anchor_balance)
-    for p, b, r, a in zip(params, before, rest, anchor):
-        total = [g for g in (b, r, None if a is None or weight == 0 else weight * a) if g is not None]
+    noise = torch.randn((k, *anchors.latents.shape[1:]), generator=gen).to(anchors.latents)
+    mine = slice(rank * b, (rank + 1) * b)
+    pick, at, noise = pick[mine], at[mine], noise[mine]
+    weight, anchor = 0.0, [None] * len(params)
+    if len(pick):
+        for p in params:
+            p.grad = None
+        with acc.autocast():
+            d = denoising_loss(unet, anchors.latents[pick], anchors.cond[pick], schedule.timesteps[at].long(),
+                               schedule.alpha[at], noise, schedule.prediction_type)
+        acc.backward(d / ft.grad_accum)
+        anchor = [p.grad for p in params]
+        weight = balanced_anchor_weight(rest, anchor, ft.anchor_balance)
+        if not math.isfinite(_norm(anchor)):
+            if getattr(acc, "scaler", None) is not None:
+                weight = 1.0  # the overflow reaches the scaler, which skips this step and backs off
+            else:
+                log.warning("the denoising anchor's gradient is not finite; this micro-batch leaves it out")
+    for p, old, r, a in zip(params, before, rest, anchor):
+        total = [g for g in (old, r, None if a is None or weight == 0 else weight * a) if g is not None]
         p.grad = sum(total[1:], total[0]) if total else None
     return weight
 

@@ -72,14 +72,18 @@ def test_the_anchor_weight_gives_the_stated_ratio_of_gradient_norms():
 def test_the_anchors_are_the_top_quarter_of_the_stock_samplers_images_by_reward(random_parts):
     """The candidates drawn again by the app's sampler (``sample``) from the same prompts and seeds: the kept anchors'
     rewards are the highest of those, and their latents decode to images with those rewards."""
-    ft = shapes().finetune
+    cfg = shapes()
+    ft = cfg.finetune
     ft.anchor_candidates, ft.anchor_keep, ft.batch_size = 8, 0.25, 3
+    cfg.sampling.eta, cfg.sampling.guidance = 1.0, 3.0
     prompts = ["a red circle", "a blue square", "a green triangle"]
     sched = DDIMSchedule.from_scheduler(random_parts.scheduler, 3)
     lora.add_adapter(random_parts.unet, "round_1", ft)
     lora.activate(random_parts.unet, "round_1")
-    anchors = reward_ranked_anchors(random_parts, _red, prompts, ft, schedule=sched, eta=1.0, guidance=3.0,
-                                    adapter="round_1", generator=torch.Generator().manual_seed(5))
+    seen = []
+    anchors = reward_ranked_anchors(random_parts, _red, prompts, cfg, schedule=sched, adapter="round_1",
+                                    generator=torch.Generator().manual_seed(5), on_progress=lambda *a: seen.append(a))
+    assert seen == [(3, 8, {"phase": "anchor"}), (6, 8, {"phase": "anchor"}), (8, 8, {"phase": "anchor"})]
     g = torch.Generator().manual_seed(5)
     chosen = [prompts[i] for i in torch.randint(0, 3, (8,), generator=g).tolist()]
     seeds = torch.randint(0, 2**62, (8,), generator=g).tolist()
@@ -93,21 +97,27 @@ def test_the_anchors_are_the_top_quarter_of_the_stock_samplers_images_by_reward(
                                    rtol=1e-4, atol=1e-5)
 
 
-def test_one_micro_batch_adds_its_loss_gradient_and_the_weighted_anchor_gradient(random_parts):
-    """p.grad after the call = what was there + grad(loss) + w * grad(denoising loss), each taken alone here, with
-    |w * grad(anchor)| = 0.5 |grad(loss)|."""
+@pytest.mark.parametrize("world", [1, 2])
+def test_one_micro_batch_adds_its_loss_gradient_and_the_weighted_anchor_gradient(random_parts, world):
+    """p.grad after the call = what was there + grad(loss) / accum + w * grad(denoising loss) / accum, each taken
+    alone here, with |w * grad(anchor)| = 0.5 |grad(loss)|; with 2 processes, rank 1 takes the second slice of the
+    anchors drawn for the global micro-batch."""
     unet = random_parts.unet
     params = _moved_adapter(random_parts)
-    ft = shapes().finetune
-    ft.anchor_balance, ft.anchor_candidates, ft.batch_size, ft.grad_accum = 0.5, 4, 2, 1
+    cfg = shapes()
+    ft = cfg.finetune
+    ft.anchor_balance, ft.anchor_candidates, ft.anchor_keep, ft.batch_size, ft.grad_accum = 0.5, 4, 1.0, 2, 2
+    cfg.sampling.eta, cfg.sampling.guidance = 1.0, 3.0
     sched = DDIMSchedule.from_scheduler(random_parts.scheduler, 3)
     acc = shared_accelerator("no", cpu=True)
     prompts, seeds = ["a red circle", "a shape"], [1, 2]
     attached = attached_steps(3, "per_trajectory", 2, None)
+    rank = world - 1
     unet.train()
     try:
-        anchors = reward_ranked_anchors(random_parts, _red, prompts, ft, schedule=sched, eta=1.0, guidance=3.0,
-                                        adapter="round_1", generator=torch.Generator().manual_seed(1))
+        anchors = reward_ranked_anchors(random_parts, _red, prompts, cfg, schedule=sched, adapter="round_1",
+                                        generator=torch.Generator().manual_seed(1))
+        assert len(anchors.prompts) == 4
 
         def loss_now():
             return trajectory_loss(random_parts, _red, prompts, seeds, ft, schedule=sched, eta=1.0, guidance=3.0,
@@ -119,25 +129,89 @@ def test_one_micro_batch_adds_its_loss_gradient_and_the_weighted_anchor_gradient
         rest = [p.grad.clone() for p in params]
         for p in params:
             p.grad = None
-        g = torch.Generator().manual_seed(9)
-        k = len(anchors.prompts)
-        assert k == 1  # a quarter of 4 candidates; a batch of 2 takes the one there is
-        pick = torch.randperm(k, generator=g)[:2]
+        g = torch.Generator().manual_seed(9)  # the global micro-batch's draws, in the documented order
+        k = min(2 * world, 4)
+        pick = torch.randperm(4, generator=g)[:k]
         at = torch.randint(0, 3, (k,), generator=g)
-        noise = torch.randn(anchors.latents[pick].shape, generator=g)
-        denoising_loss(unet, anchors.latents[pick], anchors.cond[pick], sched.timesteps[at].long(), sched.alpha[at], noise,
-                       sched.prediction_type).backward()
+        noise = torch.randn((k, *anchors.latents.shape[1:]), generator=g)
+        mine = slice(2 * rank, 2 * rank + 2)
+        denoising_loss(unet, anchors.latents[pick[mine]], anchors.cond[pick[mine]], sched.timesteps[at[mine]].long(),
+                       sched.alpha[at[mine]], noise[mine], sched.prediction_type).backward()
         anchor = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params]
         before = [torch.full_like(p, 0.125) for p in params]
         for p, b in zip(params, before):
             p.grad = b.clone()
-        w = _backward_with_anchor(acc, unet, params, loss_now(), anchors, torch.Generator().manual_seed(9), ft, sched)
+        w = _backward_with_anchor(acc, unet, params, loss_now(), anchors, torch.Generator().manual_seed(9), ft, sched,
+                                  rank=rank, world=world)
     finally:
         unet.eval()
     norm = lambda gs: math.sqrt(sum(float((x**2).sum()) for x in gs))  # noqa: E731
     assert w > 0 and w * norm(anchor) == pytest.approx(0.5 * norm(rest), rel=1e-4)
     for p, b, r, a in zip(params, before, rest, anchor):
-        torch.testing.assert_close(p.grad, b + r + w * a, rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(p.grad, b + (r + w * a) / 2, rtol=1e-4, atol=1e-7)
+
+
+def test_a_rank_with_no_anchor_left_adds_its_loss_gradient_alone(random_parts):
+    """One anchor, 2 processes of batch 1: rank 1's slice is empty; its gradient is the loss's alone."""
+    unet = random_parts.unet
+    params = _moved_adapter(random_parts)
+    cfg = shapes()
+    ft = cfg.finetune
+    ft.anchor_balance, ft.anchor_candidates, ft.anchor_keep, ft.batch_size, ft.grad_accum = 0.5, 2, 0.5, 1, 1
+    sched = DDIMSchedule.from_scheduler(random_parts.scheduler, 3)
+    unet.train()
+    try:
+        anchors = reward_ranked_anchors(random_parts, _red, ["a shape"], cfg, schedule=sched, adapter="round_1",
+                                        generator=torch.Generator().manual_seed(1))
+        assert len(anchors.prompts) == 1
+
+        def loss_now():
+            return trajectory_loss(random_parts, _red, ["a shape"], [4], ft, schedule=sched, eta=1.0, guidance=3.0,
+                                   attached=attached_steps(3, "per_trajectory", 2, None), adapter="round_1",
+                                   reference="skip", trainable=params)[0]
+
+        for p in params:
+            p.grad = None
+        loss_now().backward()
+        rest = [p.grad.clone() for p in params]
+        for p in params:
+            p.grad = None
+        w = _backward_with_anchor(shared_accelerator("no", cpu=True), unet, params, loss_now(), anchors,
+                                  torch.Generator().manual_seed(9), ft, sched, rank=1, world=2)
+    finally:
+        unet.eval()
+    assert w == 0.0
+    for p, r in zip(params, rest):
+        torch.testing.assert_close(p.grad, r, rtol=1e-5, atol=1e-8)
+
+
+def test_the_anchors_drawing_counts_against_the_rounds_time_limit(random_parts, monkeypatch):
+    """A driven clock: the drawing takes 30 of a 40 s limit, each step 4 s: 2 steps fit, not 10 (with spent = 0)."""
+    import seiko_core.finetune as finetune_module
+
+    now = [0.0]
+    monkeypatch.setattr(finetune_module, "_clock", lambda: now[0])
+    real_anchors = finetune_module.reward_ranked_anchors
+
+    def slow_anchors(*args, **kwargs):
+        now[0] += 30.0
+        return real_anchors(*args, **kwargs)
+
+    monkeypatch.setattr(finetune_module, "reward_ranked_anchors", slow_anchors)
+    cfg = shapes()
+    ft = cfg.finetune
+    ft.anchor_balance, ft.anchor_candidates, ft.epochs, ft.trajectories_per_epoch, ft.batch_size = 0.5, 2, 10, 1, 1
+    ft.grad_accum, ft.max_seconds = 1, 40.0
+    cfg.sampling.steps = 3
+
+    def reward(images, prompts):
+        now[0] += 4.0 if images.requires_grad else 0.0  # a training step's reward call: 4 s
+        return _red(images, prompts)
+
+    lora.add_adapter(random_parts.unet, "round_1", ft, seed=0)
+    res = finetune(random_parts, reward, ["a shape"], cfg, adapter="round_1", reference=None, seed=0)
+    assert res.metrics["anchor"]["seconds"] == pytest.approx(30.0)
+    assert res.steps == 2 and res.metrics["stopped_by_time"]
 
 
 def test_finetune_with_the_anchor_draws_the_same_trajectories_and_records_the_anchor(random_parts):
