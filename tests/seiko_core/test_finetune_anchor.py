@@ -246,3 +246,49 @@ def test_finetune_with_the_anchor_draws_the_same_trajectories_and_records_the_an
 def test_a_bad_anchor_setting_is_refused_in_one_sentence(field, bad, sentence):
     with pytest.raises(ValueError, match=sentence):
         FinetuneConfig(**{field: bad})
+
+
+@pytest.mark.parametrize("with_scaler", [True, False])
+def test_an_anchor_gradient_that_overflowed_reaches_the_loss_scaler_or_is_left_out(random_parts, monkeypatch, caplog,
+                                                                                   with_scaler):
+    """fp16: the overflow must reach the scaler (which then skips the step), not vanish as a weight of 0; without a
+    scaler the micro-batch leaves the anchor out, with a warning, and keeps its loss's gradient."""
+    import contextlib
+
+    import seiko_core.finetune as finetune_module
+
+    class Acc:
+        scaler = object() if with_scaler else None
+
+        def backward(self, loss):
+            loss.backward()
+
+        def autocast(self):
+            return contextlib.nullcontext()
+
+    real = finetune_module.denoising_loss
+    monkeypatch.setattr(finetune_module, "denoising_loss", lambda *a: real(*a) * 1e39)  # inf in float32
+    unet = random_parts.unet
+    params = _moved_adapter(random_parts)
+    cfg = shapes()
+    ft = cfg.finetune
+    ft.anchor_balance, ft.anchor_candidates, ft.anchor_keep, ft.batch_size, ft.grad_accum = 0.5, 2, 1.0, 2, 1
+    sched = DDIMSchedule.from_scheduler(random_parts.scheduler, 3)
+    unet.train()
+    try:
+        anchors = reward_ranked_anchors(random_parts, _red, ["a shape"], cfg, schedule=sched, adapter="round_1",
+                                        generator=torch.Generator().manual_seed(1))
+        loss = trajectory_loss(random_parts, _red, ["a shape", "a red circle"], [4, 5], ft, schedule=sched, eta=1.0,
+                               guidance=3.0, attached=attached_steps(3, "per_trajectory", 2, None), adapter="round_1",
+                               reference="skip", trainable=params)[0]
+        for p in params:
+            p.grad = None
+        with caplog.at_level("WARNING", logger="seiko_core.finetune"):
+            w = _backward_with_anchor(Acc(), unet, params, loss, anchors, torch.Generator().manual_seed(9), ft, sched)
+    finally:
+        unet.eval()
+    finite = all(bool(torch.isfinite(p.grad).all()) for p in params if p.grad is not None)
+    if with_scaler:
+        assert w == 1.0 and not finite
+    else:
+        assert w == 0.0 and finite and "not finite" in caplog.text
