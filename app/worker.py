@@ -914,7 +914,9 @@ class Worker:
         A database out of reach for a moment (``db.engine.is_outage``: a restart, a lock held too long) is tried again
         after 0.5, 1, 2 ... seconds for half a lease from the first try (``_through_outages``): it used to fail the job,
         an attempt used up for nothing, and for good on its last attempt (found by review). The transaction rolled
-        back, so ``write`` runs again from the start.
+        back, so ``write`` runs again from the start. A statement cancelled (57014) and a session ended for a
+        transaction left idle (25P03) are not tried again: the attempt fails at once in the bound's sentence, as the
+        eval chunk's store does (they were waited out as outages for half a lease; sixteenth review).
 
         A try whose commit reached the database but whose answer was lost (a dropped connection) leaves the job done
         under this worker's lease: a try after it finds that (LeaseLost), and when it was the last try, the job is read
@@ -953,19 +955,23 @@ class Worker:
                 return
             raise
 
-    def _through_outages(self, claimed: ClaimedJob, what: str, attempt: Callable[[], _T], *,
-                         refused: Callable[[OperationalError], bool] = lambda exc: False) -> _T:
+    def _through_outages(self, claimed: ClaimedJob, what: str, attempt: Callable[[], _T]) -> _T:
         """``attempt()`` (one transaction), tried again after 0.5, 1, 2 ... seconds, for half the lease from the first
         try, while it fails on the database being out of reach for a moment (``db.engine.is_outage``: a dropped
-        connection, a restart, a lock not granted) and not ``refused(exc)``; the last try's error, or any other, is
-        raised. ``what`` is what the database could not take, for the log. ``_publish`` and ``_save_eval_chunk`` both
-        try this way: each had its own copy of the loop (a read-only review of the fifteenth review's fixes)."""
+        connection, a restart, a lock not granted); the last try's error, or any other, is raised. A statement
+        cancelled (57014: its statement bound ran out, or an operator cancelled it) is not tried again, though class 57
+        is an outage to a claim, and neither is a session the server ended for a transaction left idle (25P03: raised
+        as a drop is, but no transaction of the worker idles that long, so it is a fault to report): each is raised at
+        once, the attempt's failure in its bound's sentence. ``what`` is what the database could not take, for the
+        log. ``_publish`` and ``_save_eval_chunk`` both try this way: each had its own copy of the loop (a read-only
+        review of the fifteenth review's fixes), and only the chunk's refused those two (sixteenth review)."""
         give_up_at, wait = time.monotonic() + self.lease_s / 2, 0.5
         while True:
             try:
                 return attempt()
             except OperationalError as exc:
-                if not is_outage(exc) or refused(exc) or time.monotonic() + wait > give_up_at:
+                if not is_outage(exc) or statement_cancelled(exc) or idle_refusal(exc) is not None \
+                        or time.monotonic() + wait > give_up_at:
                     raise
                 log.warning("job %d: the database could not take %s (%s); trying again in %.1f s", claimed.id, what,
                             exc.orig or exc, wait)
@@ -1270,14 +1276,12 @@ class Worker:
         granted is tried again too: the drop this is for leaves the dead try's transaction on the server, holding the
         job's row, until the server notices (a read-only review of the fifteenth review's fixes: it failed the attempt).
         A statement cancelled (its statement bound ran out, or an operator cancelled it) stays the job's failure, and so
-        does a session the server ended for a transaction left idle (25P03: raised as a drop is, but no transaction of
-        the worker idles that long, so it is a fault to report: a read-only review of the fifteenth review's fixes);
-        a claim another worker took raises LeaseLost, not tried again. Storing a chunk is idempotent (the payload is
+        does a session the server ended for a transaction left idle (25P03: a fault to report; ``_through_outages``; a
+        read-only review of the fifteenth review's fixes); a claim another worker took raises LeaseLost, not tried again. Storing a chunk is idempotent (the payload is
         replaced by the same one, only the missing image rows are added, the rest reads), so a try whose commit landed
         but whose answer was lost is tried again safely."""
         return self._through_outages(run.job, "a chunk of the eval grid",
-                                     lambda: self._store_eval_chunk(run, round_id, rows, partial, look=look),
-                                     refused=lambda exc: statement_cancelled(exc) or idle_refusal(exc) is not None)
+                                     lambda: self._store_eval_chunk(run, round_id, rows, partial, look=look))
 
     def _store_eval_chunk(self, run: _Run, round_id: int, rows: list[dict[str, Any]], partial: dict[str, Any], *,
                           look: bool) -> tuple[dict[str, Any] | None, str | None]:

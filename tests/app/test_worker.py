@@ -1479,6 +1479,49 @@ def test_a_moment_of_outage_while_a_job_publishes_is_tried_again_not_an_attempt(
     worker.close()
 
 
+@pytest.mark.parametrize("state, message, said", [
+    ("57014", "canceling statement due to user request", "the database cancelled a statement of this at an operator's request"),
+    ("25P03", "terminating connection due to idle-in-transaction timeout", "this is a fault in it: please report it"),
+])
+def test_a_statement_cancelled_or_a_session_ended_for_idling_while_a_job_publishes_fails_the_attempt(
+        worker_world_any_db, monkeypatch, state, message, said):
+    """A statement the database cancelled (57014) and a session it ended for a transaction left idle (25P03; raised as
+    an OperationalError whose connection is invalidated, as a drop's is) while a job published its result were waited
+    out as outages for half a lease, a warning each try (sixteenth review), though the eval chunk's store fails the
+    attempt at once on both. The publish fails the attempt at once now, in the bound's sentence, though the next try
+    would have published."""
+    from sqlalchemy.exc import OperationalError
+
+    from app import worker as worker_mod
+
+    world = worker_world_any_db
+    eid = world.create_experiment(f"publish-{state}")
+    worker = world.worker(lease_s=10)
+    real_complete, calls = job_queue.complete_job, []
+
+    class Refused(Exception):
+        sqlstate = state
+
+    def complete(**kwargs):
+        calls.append(state)
+        if len(calls) == 1:
+            raise OperationalError("UPDATE jobs ...", {}, Refused(message), connection_invalidated=state == "25P03")
+        return real_complete(**kwargs)
+
+    def publishes(run):
+        worker._publish(run, lambda s: None, {"published": True})
+        return "published"
+
+    worker.handlers["generate"] = publishes
+    monkeypatch.setattr(worker_mod.job_queue, "complete_job", complete)
+    assert worker.run_once()
+    assert calls == [state]  # not tried again
+    assert said in (worker.last_error or "") and "this attempt of the job failed" in (worker.last_error or "")
+    (job,) = _jobs(world, eid)
+    assert (job.status, job.attempts, job.result) == ("queued", 1, None) and said in (job.error or "")
+    worker.close()
+
+
 def test_a_publish_whose_commit_answer_was_lost_is_not_called_discarded(worker_world, monkeypatch, caplog):
     """The commit of a job's result reached the database but its answer did not (the connection dropped): the try
     again found the job done and said "this worker's result is discarded", set last_error (so `worker --once` exited
