@@ -366,9 +366,12 @@ def _refuse_unresolvable(rev: str, current: str | None) -> None:
 def upgrade(url: str, rev: str = "head") -> None:
     """Migrate the database at ``url`` up to ``rev`` (default: the newest revision), after ``check_upgrade``.
 
-    A SQLite file (and its directory) is created if missing.
+    A SQLite file (and its directory) is created if missing, once the target resolves: `db upgrade ""` on a new file
+    was refused in one sentence but left an empty database file made (sixteenth review).
     """
     path = _sqlite_file(url)
+    if path is not None and not path.exists():
+        _refuse_unresolvable(rev, None)  # a database not made yet is at base
     if path is not None:
         # the database holds password hashes, session tokens and every rating: a new file is its owner's alone (0600,
         # in a new directory of 0700); SQLite gives its WAL and shared-memory files the database file's mode

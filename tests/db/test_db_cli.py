@@ -454,6 +454,27 @@ def test_a_revision_alembic_cannot_resolve_is_one_sentence_and_changes_nothing(t
     assert migrate.current_revision(url) == "0004"
 
 
+def test_a_revision_alembic_cannot_resolve_makes_no_new_database_file(tmp_path, capsys):
+    """`db upgrade ""` and `db upgrade head+1` with a SQLite file that did not exist yet were refused in one sentence,
+    but the empty database file had been made first (sixteenth review). The refusal comes before anything is made:
+    neither the file nor its directory is there afterwards; a target that resolves still makes it."""
+    from db.errors import InvalidInput
+
+    data_dir = tmp_path / "new" / "data"
+    url = f"sqlite:///{data_dir / 'seiko.db'}"
+    for rev in ("", "head+1"):
+        with pytest.raises(InvalidInput) as refused:
+            migrate.upgrade(url, rev)
+        assert f"{rev!r} is not a revision this schema has (the database is at base)" in str(refused.value)
+        assert not (data_dir / "seiko.db").exists() and not data_dir.exists(), rev
+        assert main(["db", "upgrade", rev, "--data-dir", str(data_dir)]) == 1, rev
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and "nothing was changed" in err, err
+        assert not (data_dir / "seiko.db").exists(), rev
+    assert main(["db", "upgrade", "0001", "--data-dir", str(data_dir)]) == 0
+    assert migrate.current_revision(url) == "0001"
+
+
 def _alice_and_an_experiment(url: str) -> tuple[int, int]:
     """A rater and an experiment in the database at ``url``: (rater id, experiment id)."""
     from db import repo
