@@ -117,14 +117,19 @@ def _run(step, url: str, rev: str, in_transaction=None) -> None:
         # had changed (eighth review). The migration is one transaction on both backends: nothing was
         with _before_migration():  # the revision read after the refusal, as those before the migration
             current = current_revision(url)
-        raise InvalidInput(f"the schema migration was refused: {str(exc).rstrip('.')} (the database is at "
-                           f"{current or 'base'}); nothing was changed") from exc
+        raise InvalidInput(_step_refused(exc, current)) from exc
     except OperationalError as exc:
         if (sentence := _migration_refusal(exc)) is not None:
             raise InvalidInput(sentence) from exc
         if not _connection_dropped(exc):
             raise  # a read-only file, a full disk, an I/O error: the database's own words (app.__main__'s refusal)
         _after_lost(url, target[0] if target else rev, exc, began[0] if began else _NOT_BEGUN)
+
+
+def _step_refused(exc: CommandError, current: str | None) -> str:
+    """The sentence for alembic's own refusal ``exc`` of a migration of a database at ``current`` (None: base)."""
+    return (f"the schema migration was refused: {str(exc).rstrip('.')} (the database is at {current or 'base'}); "
+            "nothing was changed")
 
 
 def _destination(step, rev: str, current: str | None) -> str | None:
@@ -363,15 +368,30 @@ def _refuse_unresolvable(rev: str, current: str | None) -> None:
                            f"{current or 'base'}); nothing was changed") from exc
 
 
+def _refuse_before_made(rev: str) -> None:
+    """Refuse (InvalidInput) an upgrade to ``rev`` of a SQLite file not made yet (a database at base) that alembic would
+    refuse, before the file and its directory are made, in the words the step refuses it in on a file that exists
+    (``_run``, ``_refuse_unresolvable``): only "" and "head+1" were refused first, so "9999" left an empty file made (a
+    read-only review of the sixteenth review's fixes). The target is resolved as command.upgrade resolves it: a range
+    refused outright, then the steps up from base (``ScriptDirectory._upgrade_revs``, which words alembic's refusal)."""
+    _refuse_unresolvable(rev, None)
+    try:
+        if ":" in rev:
+            raise CommandError("Range revision not allowed")  # command.upgrade's own refusal, before any lookup
+        ScriptDirectory.from_config(_config())._upgrade_revs(rev, None)
+    except CommandError as exc:
+        raise InvalidInput(_step_refused(exc, None)) from exc
+
+
 def upgrade(url: str, rev: str = "head") -> None:
     """Migrate the database at ``url`` up to ``rev`` (default: the newest revision), after ``check_upgrade``.
 
-    A SQLite file (and its directory) is created if missing, once the target resolves: `db upgrade ""` on a new file
-    was refused in one sentence but left an empty database file made (sixteenth review).
+    A SQLite file (and its directory) is created if missing, once the target resolves (``_refuse_before_made``):
+    `db upgrade ""` on a new file was refused in one sentence but left an empty database file made (sixteenth review).
     """
     path = _sqlite_file(url)
     if path is not None and not path.exists():
-        _refuse_unresolvable(rev, None)  # a database not made yet is at base
+        _refuse_before_made(rev)
     if path is not None:
         # the database holds password hashes, session tokens and every rating: a new file is its owner's alone (0600,
         # in a new directory of 0700); SQLite gives its WAL and shared-memory files the database file's mode

@@ -454,23 +454,35 @@ def test_a_revision_alembic_cannot_resolve_is_one_sentence_and_changes_nothing(t
     assert migrate.current_revision(url) == "0004"
 
 
-def test_a_revision_alembic_cannot_resolve_makes_no_new_database_file(tmp_path, capsys):
+@pytest.mark.parametrize("rev, said", [
+    ("", "'' is not a revision this schema has"),
+    ("head+1", "'head+1' is not a revision this schema has"),
+    ("9999", "Can't locate revision identified by '9999'"),
+    ("zzz", "Can't locate revision identified by 'zzz'"),
+    ("0001:0002", "Range revision not allowed"),
+])
+def test_a_revision_alembic_cannot_resolve_makes_no_new_database_file(tmp_path, capsys, rev, said):
     """`db upgrade ""` and `db upgrade head+1` with a SQLite file that did not exist yet were refused in one sentence,
-    but the empty database file had been made first (sixteenth review). The refusal comes before anything is made:
-    neither the file nor its directory is there afterwards; a target that resolves still makes it."""
+    but the empty database file had been made first (sixteenth review), and so was it for a revision alembic refuses
+    itself ("9999", "zzz": a read-only review of that fix). The refusal comes before anything is made, in the words an
+    empty file that exists already is refused in: neither the file nor its directory is there afterwards; a target
+    that resolves still makes it."""
     from db.errors import InvalidInput
 
+    empty = tmp_path / "empty.db"  # a database at base that exists: refused by the migration step itself
+    empty.touch()
+    with pytest.raises(InvalidInput) as step_refused:
+        migrate.upgrade(f"sqlite:///{empty}", rev)
     data_dir = tmp_path / "new" / "data"
     url = f"sqlite:///{data_dir / 'seiko.db'}"
-    for rev in ("", "head+1"):
-        with pytest.raises(InvalidInput) as refused:
-            migrate.upgrade(url, rev)
-        assert f"{rev!r} is not a revision this schema has (the database is at base)" in str(refused.value)
-        assert not (data_dir / "seiko.db").exists() and not data_dir.exists(), rev
-        assert main(["db", "upgrade", rev, "--data-dir", str(data_dir)]) == 1, rev
-        err = capsys.readouterr().err
-        assert err.startswith("error: ") and err.count("\n") == 1 and "nothing was changed" in err, err
-        assert not (data_dir / "seiko.db").exists(), rev
+    with pytest.raises(InvalidInput) as refused:
+        migrate.upgrade(url, rev)
+    assert str(refused.value) == str(step_refused.value) == (
+        f"the schema migration was refused: {said} (the database is at base); nothing was changed")
+    assert not (data_dir / "seiko.db").exists() and not data_dir.parent.exists()
+    assert main(["db", "upgrade", rev, "--data-dir", str(data_dir)]) == 1
+    assert capsys.readouterr().err == f"error: {refused.value}\n"
+    assert not (data_dir / "seiko.db").exists() and not data_dir.parent.exists()
     assert main(["db", "upgrade", "0001", "--data-dir", str(data_dir)]) == 0
     assert migrate.current_revision(url) == "0001"
 
