@@ -176,6 +176,21 @@ def _cancel_reason(exc: BaseException) -> str:
     return "an operator's cancel, or the database's statement_timeout"
 
 
+def _waited_out(exc: OperationalError) -> bool:
+    """Whether a job's write that failed with ``exc`` is tried again within its attempt (``Worker._through_outages``),
+    and a publish whose last try failed so is read back as one whose answer was lost (``Worker._publish``): the
+    database out of reach for a moment (``db.engine.is_outage``: a dropped connection, a restart, a lock not granted).
+    Not a statement cancelled (57014: its statement bound ran out, or an operator cancelled it), though class 57 is an
+    outage to a claim, unless it is a lock wait cut at the statement bound (``lock_outlasts_statement``: the operator's
+    lock bound is none or not below it), which is a lock not granted (55P03) by another bound (a read-only review of
+    the sixteenth review's fixes); and not a session the server ended for a transaction left idle (25P03: raised as a
+    drop is, but no transaction of the worker idles that long, so it is a fault to report). Both the loop and the
+    read-back ask this one test: the publish read either back as a lost answer after failing at once (the same review)."""
+    if statement_cancelled(exc) and not lock_outlasts_statement(exc):
+        return False
+    return is_outage(exc) and idle_refusal(exc) is None
+
+
 def _bound_error(exc: BaseException) -> str | None:
     """The job's error for a statement the database ended at one of its bounds or at an operator's request
     (``db.engine.bound_refusal``: the page's sentence, less its "try again"), or None for any other error."""
@@ -915,8 +930,10 @@ class Worker:
         after 0.5, 1, 2 ... seconds for half a lease from the first try (``_through_outages``): it used to fail the job,
         an attempt used up for nothing, and for good on its last attempt (found by review). The transaction rolled
         back, so ``write`` runs again from the start. A statement cancelled (57014) and a session ended for a
-        transaction left idle (25P03) are not tried again: the attempt fails at once in the bound's sentence, as the
-        eval chunk's store does (they were waited out as outages for half a lease; sixteenth review).
+        transaction left idle (25P03) are not tried again, nor read back as below (``_waited_out``): the attempt fails
+        at once in the bound's sentence, as the eval chunk's store does (they were waited out as outages for half a
+        lease; sixteenth review). A lock wait cut at the statement bound (57014 where the operator's lock bound is none
+        or not below it) is tried again, as a lock not granted is.
 
         A try whose commit reached the database but whose answer was lost (a dropped connection) leaves the job done
         under this worker's lease: a try after it finds that (LeaseLost), and when it was the last try, the job is read
@@ -951,27 +968,24 @@ class Worker:
         try:
             self._through_outages(run.job, "its result", publish)
         except OperationalError as exc:
-            if is_outage(exc) and self._stored_all_the_same(run.job, exc):  # the last try's answer was lost
+            if _waited_out(exc) and self._stored_all_the_same(run.job, exc):  # the last try's answer was lost
                 return
             raise
 
     def _through_outages(self, claimed: ClaimedJob, what: str, attempt: Callable[[], _T]) -> _T:
         """``attempt()`` (one transaction), tried again after 0.5, 1, 2 ... seconds, for half the lease from the first
         try, while it fails on the database being out of reach for a moment (``db.engine.is_outage``: a dropped
-        connection, a restart, a lock not granted); the last try's error, or any other, is raised. A statement
-        cancelled (57014: its statement bound ran out, or an operator cancelled it) is not tried again, though class 57
-        is an outage to a claim, and neither is a session the server ended for a transaction left idle (25P03: raised
-        as a drop is, but no transaction of the worker idles that long, so it is a fault to report): each is raised at
-        once, the attempt's failure in its bound's sentence. ``what`` is what the database could not take, for the
-        log. ``_publish`` and ``_save_eval_chunk`` both try this way: each had its own copy of the loop (a read-only
-        review of the fifteenth review's fixes), and only the chunk's refused those two (sixteenth review)."""
+        connection, a restart, a lock not granted: ``_waited_out``); the last try's error, or any other, is raised,
+        the attempt's failure in its bound's sentence. ``what`` is what the database could not take, for the log.
+        ``_publish`` and ``_save_eval_chunk`` both try this way: each had its own copy of the loop (a read-only review
+        of the fifteenth review's fixes), and only the chunk's refused a statement cancelled and a session ended for
+        idling (sixteenth review)."""
         give_up_at, wait = time.monotonic() + self.lease_s / 2, 0.5
         while True:
             try:
                 return attempt()
             except OperationalError as exc:
-                if not is_outage(exc) or statement_cancelled(exc) or idle_refusal(exc) is not None \
-                        or time.monotonic() + wait > give_up_at:
+                if not _waited_out(exc) or time.monotonic() + wait > give_up_at:
                     raise
                 log.warning("job %d: the database could not take %s (%s); trying again in %.1f s", claimed.id, what,
                             exc.orig or exc, wait)
@@ -1276,10 +1290,11 @@ class Worker:
         granted is tried again too: the drop this is for leaves the dead try's transaction on the server, holding the
         job's row, until the server notices (a read-only review of the fifteenth review's fixes: it failed the attempt).
         A statement cancelled (its statement bound ran out, or an operator cancelled it) stays the job's failure, and so
-        does a session the server ended for a transaction left idle (25P03: a fault to report; ``_through_outages``; a
-        read-only review of the fifteenth review's fixes); a claim another worker took raises LeaseLost, not tried again. Storing a chunk is idempotent (the payload is
-        replaced by the same one, only the missing image rows are added, the rest reads), so a try whose commit landed
-        but whose answer was lost is tried again safely."""
+        does a session the server ended for a transaction left idle (25P03: a fault to report; ``_waited_out``; a
+        read-only review of the fifteenth review's fixes), but not a lock wait cut at the statement bound; a claim
+        another worker took raises LeaseLost, not tried again. Storing a chunk is idempotent (the payload is replaced by
+        the same one, only the missing image rows are added, the rest reads), so a try whose commit landed but whose
+        answer was lost is tried again safely."""
         return self._through_outages(run.job, "a chunk of the eval grid",
                                      lambda: self._store_eval_chunk(run, round_id, rows, partial, look=look))
 

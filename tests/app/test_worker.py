@@ -1479,34 +1479,22 @@ def test_a_moment_of_outage_while_a_job_publishes_is_tried_again_not_an_attempt(
     worker.close()
 
 
-@pytest.mark.parametrize("state, message, said", [
-    ("57014", "canceling statement due to user request", "the database cancelled a statement of this at an operator's request"),
-    ("25P03", "terminating connection due to idle-in-transaction timeout", "this is a fault in it: please report it"),
-])
-def test_a_statement_cancelled_or_a_session_ended_for_idling_while_a_job_publishes_fails_the_attempt(
-        worker_world_any_db, monkeypatch, state, message, said):
-    """A statement the database cancelled (57014) and a session it ended for a transaction left idle (25P03; raised as
-    an OperationalError whose connection is invalidated, as a drop's is) while a job published its result were waited
-    out as outages for half a lease, a warning each try (sixteenth review), though the eval chunk's store fails the
-    attempt at once on both. The publish fails the attempt at once now, in the bound's sentence, though the next try
-    would have published."""
-    from sqlalchemy.exc import OperationalError
-
+def _publish_failing_once(world, worker, monkeypatch, error: BaseException) -> tuple[list[str], list[int]]:
+    """Make ``worker``'s "generate" jobs publish their result, the first try's complete_job raising ``error``; returns
+    (the tries, the jobs read back as "was it stored all the same")."""
     from app import worker as worker_mod
 
-    world = worker_world_any_db
-    eid = world.create_experiment(f"publish-{state}")
-    worker = world.worker(lease_s=10)
-    real_complete, calls = job_queue.complete_job, []
-
-    class Refused(Exception):
-        sqlstate = state
+    real_complete, real_read_back, tries, read_back = job_queue.complete_job, worker._done_by_me, [], []
 
     def complete(**kwargs):
-        calls.append(state)
-        if len(calls) == 1:
-            raise OperationalError("UPDATE jobs ...", {}, Refused(message), connection_invalidated=state == "25P03")
+        tries.append(kwargs["job_id"])
+        if len(tries) == 1:
+            raise error
         return real_complete(**kwargs)
+
+    def done_by_me(claimed):
+        read_back.append(claimed.id)
+        return real_read_back(claimed)
 
     def publishes(run):
         worker._publish(run, lambda s: None, {"published": True})
@@ -1514,11 +1502,70 @@ def test_a_statement_cancelled_or_a_session_ended_for_idling_while_a_job_publish
 
     worker.handlers["generate"] = publishes
     monkeypatch.setattr(worker_mod.job_queue, "complete_job", complete)
+    monkeypatch.setattr(worker, "_done_by_me", done_by_me)
+    return tries, read_back
+
+
+class _Cancelled(Exception):
+    """A driver error of PostgreSQL's 57014 or 25P03, with the bounds db.engine notes on one of its connections."""
+
+    def __init__(self, state: str, message: str, bounds: dict[str, int] | None) -> None:
+        super().__init__(message)
+        self.sqlstate = state
+        if bounds is not None:
+            self.seiko_bounds = bounds
+
+
+@pytest.mark.parametrize("state, message, bounds, said", [
+    ("57014", "canceling statement due to user request", None,
+     "the database cancelled a statement of this at an operator's request"),
+    # its statement_timeout, where a lock wait ends first at the lock bound below it: the statement ran that long
+    ("57014", "canceling statement due to statement timeout", {"lock_timeout": 100, "statement_timeout": 250},
+     "a statement of this ran for more than 0.25 s, its bound, and was cancelled"),
+    ("25P03", "terminating connection due to idle-in-transaction timeout", None,
+     "this is a fault in it: please report it"),
+])
+def test_a_statement_cancelled_or_a_session_ended_for_idling_while_a_job_publishes_fails_the_attempt(
+        worker_world_any_db, monkeypatch, state, message, bounds, said):
+    """A statement the database cancelled (57014) and a session it ended for a transaction left idle (25P03; raised as
+    an OperationalError whose connection is invalidated, as a drop's is) while a job published its result were waited
+    out as outages for half a lease, a warning each try (sixteenth review), though the eval chunk's store fails the
+    attempt at once on both. The publish fails the attempt at once now, in the bound's sentence, though the next try
+    would have published; and it does not read the job back as a last try whose answer was lost (it did: a read-only
+    review of that fix)."""
+    from sqlalchemy.exc import OperationalError
+
+    world = worker_world_any_db
+    eid = world.create_experiment(f"publish-{state}")
+    worker = world.worker(lease_s=10)
+    tries, read_back = _publish_failing_once(world, worker, monkeypatch, OperationalError(
+        "UPDATE jobs ...", {}, _Cancelled(state, message, bounds), connection_invalidated=state == "25P03"))
     assert worker.run_once()
-    assert calls == [state]  # not tried again
-    assert said in (worker.last_error or "") and "this attempt of the job failed" in (worker.last_error or "")
     (job,) = _jobs(world, eid)
+    assert tries == [job.id] and read_back == []  # not tried again, nor read back
+    assert said in (worker.last_error or "") and "this attempt of the job failed" in (worker.last_error or "")
     assert (job.status, job.attempts, job.result) == ("queued", 1, None) and said in (job.error or "")
+    worker.close()
+
+
+def test_a_lock_wait_cut_at_the_statement_bound_while_a_job_publishes_is_tried_again(worker_world_any_db,
+                                                                                     monkeypatch):
+    """Where the operator's lock_timeout is none (0) or not below their statement_timeout, a lock wait ends as a
+    statement cancelled (57014) at the statement bound, not as a lock not granted (55P03), which the publish tries
+    again (``db.engine.lock_outlasts_statement``). Since the publish failed every 57014 at once (sixteenth review), it
+    failed the attempt on such a wait too (a read-only review of that fix): the lock the drop before it left held is
+    waited out as a lock not granted is, and the job published on its first attempt."""
+    from sqlalchemy.exc import OperationalError
+
+    world = worker_world_any_db
+    eid = world.create_experiment("publish-lock-wait")
+    worker = world.worker(lease_s=10)
+    tries, _ = _publish_failing_once(world, worker, monkeypatch, OperationalError("UPDATE jobs ...", {}, _Cancelled(
+        "57014", "canceling statement due to statement timeout", {"lock_timeout": 0, "statement_timeout": 250})))
+    assert worker.run_once() and worker.last_error is None
+    (job,) = _jobs(world, eid)
+    assert tries == [job.id, job.id]
+    assert (job.status, job.attempts, job.result, job.error) == ("done", 1, {"published": True}, None)
     worker.close()
 
 
