@@ -42,7 +42,7 @@ A/B win rate's rule (``db.comparisons.clustered_win_interval``) now applies to t
 rates an image once, so the last is the single ratings' own), at t with min(images, raters) - 1 df, and the
 interval generalises over raters like these (0.961 there); with fewer raters it is about these raters' taste over
 the population of images, by image alone as before (4 raters: 0.959 of rounds held these raters' own share). The
-plot says which (``share_reading``, in ``seiko_core.model_card.rater_reading``'s words, the A/B table's and the
+plot says which (``interval_reading``, in ``seiko_core.model_card.rater_reading``'s words, the A/B table's and the
 model card's). ``tests/app/test_stats_reference.py``; BENCHMARKS.md.
 
 The mean's band follows the same rule (sixteenth review; it was clustered by image only): from 15 raters the
@@ -275,13 +275,13 @@ def _index_ranges(indices: list[int]) -> str:
     return f"round {text}" if len(indices) == 1 else f"rounds {text}"
 
 
-def share_reading(rows: list[RoundTaste], low: str = "share_low") -> str:
-    """Whose taste the share's intervals (``low="mean_low"``: the mean's, read the same way) are about, in
-    ``model_card.rater_reading``'s words (the A/B table's and the model card's): "about these 3 raters" below
-    ``RATERS_TO_GENERALISE`` raters, "over raters like these 16" from it, and a range where the rounds' rater counts
-    differ ("about these 3-7 raters"), so one phrase per reading however many rounds there are; the rounds are named
-    only where some read one way and some the other ("rounds 1-4 about these 3-7 raters, round 5 over raters like
-    these 16"); "" where none is known."""
+def interval_reading(rows: list[RoundTaste], low: str = "share_low") -> str:
+    """Whose taste the rounds' intervals of one figure are about (``low``, the field of their low end: "share_low"
+    the liked share's, "mean_low" the mean rating's; both follow one rule), in ``model_card.rater_reading``'s words
+    (the A/B table's and the model card's): "about these 3 raters" below ``RATERS_TO_GENERALISE`` raters, "over
+    raters like these 16" from it, and a range where the rounds' rater counts differ ("about these 3-7 raters"), so
+    one phrase per reading however many rounds there are; the rounds are named only where some read one way and some
+    the other ("rounds 1-4 about these 3-7 raters, round 5 over raters like these 16"); "" where none is known."""
     from seiko_core.model_card import rater_reading
 
     counts: dict[bool, list[int]] = {}  # over_raters -> the rater counts of the rounds read that way
@@ -314,11 +314,11 @@ def figure(rows: list[RoundTaste]):
         x = [r.index for r in pts]
         ax.plot(x, [r.mean for r in pts], "o-", color="#15803d", label="mean rating")
         if any(r.mean_low is not None for r in pts):
-            reading = share_reading(rows, "mean_low")  # two-way from RATERS_TO_GENERALISE raters, as the share's
+            reading = interval_reading(rows, "mean_low")  # two-way from RATERS_TO_GENERALISE raters, as the share's
             _bands(ax, rows, "mean_low", "mean_high", 1.0, "#15803d", 0.18,
                    f"95% CI (t{'; ' + reading if reading else ''})")
         ax2.plot(x, [100 * r.share for r in pts], "s--", color="#c2410c", label=f"share rated >= {LIKED}")
-        reading = share_reading(rows)
+        reading = interval_reading(rows)
         _bands(ax2, rows, "share_low", "share_high", 100.0, "#c2410c", 0.12,
                f"95% CI (Wilson{'; ' + reading if reading else ''})")
         if any(r.honest_n is not None for r in pts):  # a selection mode chose some images: the model's own, apart

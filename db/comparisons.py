@@ -410,7 +410,7 @@ def clusters_by_rater(raters: int | None, n: int, generalise_from: int = RATERS_
     """Whether a share of ``n`` votes (or ratings) by ``raters`` raters is clustered by rater as well as by its items
     (two-way, ``seiko_core.stats.two_way_variance``): the raters generalise (``generalises_over_raters``) and some
     rater voted more than once (raters < n; each vote its own rater reduces to the items alone). The one gate of the
-    A/B win rate (``clustered_win_interval``) and the dashboard's liked share (``app.taste_stats``)."""
+    A/B win rate (``clustered_win_interval``) and the dashboard's liked share and mean rating (``app.taste_stats``)."""
     return raters is not None and generalises_over_raters(raters, generalise_from) and raters < n
 
 

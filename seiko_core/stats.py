@@ -201,12 +201,12 @@ def cluster_variance(residuals, n: int) -> float:
 
 
 def two_way_variance(v_first: float, k_first: int, v_rater: float, k_rater: int, v_cell: float) -> tuple[float, int]:
-    """(variance, clusters) of a share (or a mean: the dashboard's mean rating) clustered two ways, by its items (pairs, images; ``k_first`` of them, variance
-    ``v_first``) and by rater (``k_rater``, ``v_rater``), ``v_cell`` the variance over the (item, rater) cells
-    (``cluster_variance`` each): V_first + V_rater - V_cell (Cameron, Gelbach and Miller 2011), and the clusters
-    whose count - 1 gives Student's t its degrees of freedom, min(k_first, k_rater) (the fewer clusters bound how
-    well the variance is known). For ``clustered_wilson`` and the mean's t band (``app.taste_stats``); where it
-    applies is ``db.comparisons.clusters_by_rater``."""
+    """(variance, clusters) of a share (or a mean: the dashboard's mean rating) clustered two ways, by its items
+    (pairs, images; ``k_first`` of them, variance ``v_first``) and by rater (``k_rater``, ``v_rater``), ``v_cell``
+    the variance over the (item, rater) cells (``cluster_variance`` each): V_first + V_rater - V_cell (Cameron,
+    Gelbach and Miller 2011), and the clusters whose count - 1 gives Student's t its degrees of freedom,
+    min(k_first, k_rater) (the fewer clusters bound how well the variance is known). For ``clustered_wilson`` and
+    the mean's t band (``app.taste_stats``); where it applies is ``db.comparisons.clusters_by_rater``."""
     # summed in this order, as before this helper (a read-only review: (v_first + v_rater) - v_cell differs in
     # its last bits)
     return v_first + (v_rater - v_cell), min(k_first, k_rater)

@@ -1044,9 +1044,9 @@ def test_the_dashboard_says_whose_taste_the_liked_share_is_about(ui_world):
     few = taste_stats.round_taste(1, [4, 7, 8, 3], [1, 1, 2, 2], [1, 2, 1, 2])
     many = taste_stats.round_taste(2, [4, 7] * 16, [i // 2 for i in range(32)], [i % 16 for i in range(32)])
     assert (few.raters, many.raters, many.over_raters) == (2, 16, True)
-    assert taste_stats.share_reading([few, many, taste_stats.round_taste(3, [])]) == (
+    assert taste_stats.interval_reading([few, many, taste_stats.round_taste(3, [])]) == (
         "round 1 about these 2 raters, round 2 over raters like these 16")
-    assert taste_stats.share_reading([taste_stats.round_taste(1, [4, 7])]) == ""  # raters not known
+    assert taste_stats.interval_reading([taste_stats.round_taste(1, [4, 7])]) == ""  # raters not known
 
 
 def test_the_liked_shares_reading_names_a_range_of_rater_counts_once():
@@ -1059,7 +1059,7 @@ def test_the_liked_shares_reading_names_a_range_of_rater_counts_once():
 
     about = [rated(i + 1, c) for i, c in enumerate([3, 7, 5, 4, 3, 6])]
     assert [r.raters for r in about] == [3, 7, 5, 4, 3, 6] and all(r.share_low is not None for r in about)
-    assert taste_stats.share_reading(about) == "about these 3-7 raters"
-    assert taste_stats.share_reading([rated(1, 16), rated(2, 20)]) == "over raters like these 16-20"
+    assert taste_stats.interval_reading(about) == "about these 3-7 raters"
+    assert taste_stats.interval_reading([rated(1, 16), rated(2, 20)]) == "over raters like these 16-20"
     mixed = [rated(1, 2), rated(2, 4), rated(3, 3), rated(4, 16), rated(5, 3), rated(6, 16)]
-    assert taste_stats.share_reading(mixed) == "rounds 1-3, 5 about these 2-4 raters, rounds 4, 6 over raters like these 16"
+    assert taste_stats.interval_reading(mixed) == "rounds 1-3, 5 about these 2-4 raters, rounds 4, 6 over raters like these 16"
