@@ -157,7 +157,7 @@ def test_the_clustered_win_interval_against_a_direct_design_effect():
 
 
 # Student's t 97.5% quantiles from printed tables, for the deff = 1 cases below
-T975_TABLE = {2: 4.302653, 3: 3.182446, 7: 2.364624, 15: 2.131450}
+T975_TABLE = {2: 4.302653, 3: 3.182446, 7: 2.364624, 14: 2.144787, 15: 2.131450}
 
 
 def exact_design_effect(votes) -> Fraction:
@@ -803,23 +803,32 @@ def _liked_probability(centre: float, sd: float) -> float:
     return 0.5 * math.erfc((5.5 - centre) / sd / math.sqrt(2))
 
 
-def liked_share_coverage(images: int, raters: int, trials: int = 1000, rater_sd: float = 1.0) -> dict[str, float]:
-    """The share of ``_rounds_with_raters`` rounds whose liked share's interval holds the truth (closed form), with
-    the raters (``clustered_intervals(..., raters)``: "with raters") and by image alone ("images only"): the
-    population's share P(N(5, 1.5^2 + rater_sd^2 + 1) >= 5.5), and these raters' own ("these raters", with raters),
-    the mean over the ratings of P(N(5 + b_rater, 1.5^2 + 1) >= 5.5); and the mean widths."""
-    true = _liked_probability(5.0, math.sqrt(1.5**2 + rater_sd**2 + 1))
+def _coverage(images: int, raters: int, trials: int, rater_sd: float, which: int, truth) -> dict[str, float]:
+    """The share of ``_rounds_with_raters`` rounds whose interval ``which`` of ``clustered_intervals`` (0 the mean's,
+    1 the liked share's) holds the truth, ``truth(centre, sd)`` the figure's true value (closed form) for ratings
+    N(centre, sd^2) made whole scores 1-10: with the raters ("with raters") and by image alone ("images only") the
+    population's, ``truth(5, sqrt(1.5^2 + rater_sd^2 + 1))``, and these raters' own ("these raters", with raters),
+    the mean over the ratings of ``truth(5 + b_rater, sqrt(1.5^2 + 1))``; and the mean widths."""
+    true = truth(5.0, math.sqrt(1.5**2 + rater_sd**2 + 1))
     hits = {"with raters": 0, "images only": 0, "these raters": 0, "width with raters": 0.0, "width images only": 0.0}
     for scores, ims, who, effect in _rounds_with_raters(images, raters, trials, rater_sd):
-        _, (_, lo, hi) = taste_stats.clustered_intervals(scores.tolist(), ims.tolist(), who.tolist())
-        _, (_, olo, ohi) = taste_stats.clustered_intervals(scores.tolist(), ims.tolist())
-        these = float(np.mean([_liked_probability(5.0 + effect[r], math.sqrt(1.5**2 + 1)) for r in who]))
+        _, lo, hi = taste_stats.clustered_intervals(scores.tolist(), ims.tolist(), who.tolist())[which]
+        _, olo, ohi = taste_stats.clustered_intervals(scores.tolist(), ims.tolist())[which]
+        these = float(np.array([truth(5.0 + b, math.sqrt(1.5**2 + 1)) for b in effect])[who].mean())
         hits["with raters"] += lo <= true <= hi
         hits["images only"] += olo <= true <= ohi
         hits["these raters"] += lo <= these <= hi
         hits["width with raters"] += hi - lo
         hits["width images only"] += ohi - olo
     return {k: round(v / trials, 4) for k, v in hits.items()}
+
+
+def liked_share_coverage(images: int, raters: int, trials: int = 1000, rater_sd: float = 1.0) -> dict[str, float]:
+    """The share of ``_rounds_with_raters`` rounds whose liked share's interval holds the truth (closed form), with
+    the raters (``clustered_intervals(..., raters)``: "with raters") and by image alone ("images only"): the
+    population's share P(N(5, 1.5^2 + rater_sd^2 + 1) >= 5.5), and these raters' own ("these raters", with raters),
+    the mean over the ratings of P(N(5 + b_rater, 1.5^2 + 1) >= 5.5); and the mean widths."""
+    return _coverage(images, raters, trials, rater_sd, 1, _liked_probability)
 
 
 def test_the_liked_share_covers_over_raters_from_fifteen_and_about_these_raters_below():
@@ -870,7 +879,9 @@ def test_the_mean_rating_from_fifteen_raters_is_two_way_against_a_brute_force_sa
     """16 raters on 16 images, raters scoring 2 above or below each other: the mean's band is the two-way one (the
     brute-force double sums above) at t with min(16, 16) - 1 = 15 df (printed tables), clearly wider than over images
     alone, which is what it was before the sixteenth review. With 14 raters it is about these raters: images alone,
-    at t with 15 df, as without raters. Where the two-way variance is below zero, it is the plain s^2 / N."""
+    at t with 15 df, as without raters. With exactly 15 raters it is two-way, at t with min(16, 15) - 1 = 14 df; with
+    32 images by 16 raters at t with min(32, 16) - 1 = 15 df (not 31, the images'). Where the two-way variance is
+    below zero, it is the plain s^2 / N."""
     scores, images, raters = _rated_by_offset_raters(16)
     ref, variance, plain = brute_force_mean_interval(scores, images, raters, T975_TABLE[15])
     images_only, images_variance, _ = brute_force_mean_interval(scores, images, raters, T975_TABLE[15],
@@ -891,13 +902,30 @@ def test_the_mean_rating_from_fifteen_raters_is_two_way_against_a_brute_force_sa
     assert (lo, hi) == pytest.approx(ref, abs=1e-6)
     assert (lo, hi) == taste_stats.clustered_intervals(scores, images)[0][1:]
 
+    # the gate exactly: 15 raters (RATERS_TO_GENERALISE) on 16 images are two-way, at t with 14 df
+    scores, images, raters = _rated_by_offset_raters(15)
+    ref, _, _ = brute_force_mean_interval(scores, images, raters, T975_TABLE[14])
+    images_only, _, _ = brute_force_mean_interval(scores, images, raters, T975_TABLE[15], over_raters=False)
+    (_, lo, hi), _ = taste_stats.clustered_intervals(scores, images, raters)
+    assert (lo, hi) == pytest.approx(ref, abs=1e-6)
+    assert hi - lo > (images_only[1] - images_only[0]) + 0.2
+
+    # more images than raters: the df are the raters' count - 1 (min(32, 16) - 1 = 15), not the images' (31)
+    scores, images, raters = _rated_by_offset_raters(16, images=32)
+    ref, _, _ = brute_force_mean_interval(scores, images, raters, T975_TABLE[15])
+    (_, lo, hi), _ = taste_stats.clustered_intervals(scores, images, raters)
+    assert (lo, hi) == pytest.approx(ref, abs=1e-6)
+
+    # only the fallback: the two-way variance below zero is floored at the plain s^2 / N, so this case cannot tell
+    # the two-way band from the images' (floored too; both at t with 3 df)
     scores = [7.0 if y == 1 else 3.0 for *_, y in BALANCED]  # 15 raters on 4 images, each liking half
-    ref, variance, plain = brute_force_mean_interval(scores, [p for p, *_ in BALANCED], [r for _, r, _ in BALANCED],
-                                                     T975_TABLE[3])
+    images, raters = [p for p, *_ in BALANCED], [r for _, r, _ in BALANCED]
+    ref, variance, plain = brute_force_mean_interval(scores, images, raters, T975_TABLE[3])
     assert variance < 0
-    (_, lo, hi), _ = taste_stats.clustered_intervals(scores, [p for p, *_ in BALANCED], [r for _, r, _ in BALANCED])
+    (_, lo, hi), _ = taste_stats.clustered_intervals(scores, images, raters)
     assert (lo, hi) == pytest.approx((5 - T975_TABLE[3] * math.sqrt(plain), 5 + T975_TABLE[3] * math.sqrt(plain)),
                                      abs=1e-6)
+    assert (lo, hi) == pytest.approx(taste_stats.clustered_intervals(scores, images)[0][1:], abs=1e-12)
 
 
 def _mean_score(centre: float, sd: float) -> float:
@@ -911,27 +939,18 @@ def mean_rating_coverage(images: int, raters: int, trials: int = 2000, rater_sd:
     sixteenth review): the population's mean E[clip(round(N(5, 1.5^2 + rater_sd^2 + 1)), 1, 10)], and these
     raters' own ("these raters", with raters), the mean over the ratings of E[clip(round(N(5 + b_rater, 1.5^2 + 1)),
     1, 10)]; and the mean widths."""
-    true = _mean_score(5.0, math.sqrt(1.5**2 + rater_sd**2 + 1))
-    hits = {"with raters": 0, "images only": 0, "these raters": 0, "width with raters": 0.0, "width images only": 0.0}
-    for scores, ims, who, effect in _rounds_with_raters(images, raters, trials, rater_sd):
-        (_, lo, hi), _ = taste_stats.clustered_intervals(scores.tolist(), ims.tolist(), who.tolist())
-        (_, olo, ohi), _ = taste_stats.clustered_intervals(scores.tolist(), ims.tolist())
-        own = np.array([_mean_score(5.0 + b, math.sqrt(1.5**2 + 1)) for b in effect])
-        these = float(own[who].mean())
-        hits["with raters"] += lo <= true <= hi
-        hits["images only"] += olo <= true <= ohi
-        hits["these raters"] += lo <= these <= hi
-        hits["width with raters"] += hi - lo
-        hits["width images only"] += ohi - olo
-    return {k: round(v / trials, 4) for k, v in hits.items()}
+    return _coverage(images, raters, trials, rater_sd, 0, _mean_score)
 
 
 def test_the_mean_rating_covers_over_raters_from_fifteen_raters():
     """Sixteenth review, measured against the generator's known truth (closed form). 48 images x 3 ratings by 16
     raters (9 each), rater offsets N(0, 1): the mean's band over images alone held the population's mean
     (E[clip(round(N(5, 1.5^2 + 1 + 1)), 1, 10)]) in 0.840 of 2000 rounds; two-way (images and raters, as the liked
-    share's) in 0.9495, 46% wider."""
+    share's) in 0.9495, 46% wider. 4 raters: the band is about these raters (by image alone), so the truth is these
+    raters' own mean over the population of images: held in 0.949 of rounds."""
     got = mean_rating_coverage(48, 16)
     # 95% less two Monte-Carlo standard errors (0.0049) is 0.940; images alone fall well short (0.840)
     assert 0.940 <= got["with raters"] <= 0.985, got
     assert got["images only"] < 0.9, got
+    got = mean_rating_coverage(32, 4)
+    assert 0.940 <= got["these raters"] <= 0.985, got
