@@ -94,6 +94,9 @@ BARE_LF = ("The request has a line in its head that ends in a bare LF, not CR LF
            "accept; end each line of the request line and headers with CR LF.")
 BARE_LF_TRAILER = ("The request's chunked body ends with a trailer line that ends in a bare LF, not CR LF, which this "
                    "server does not accept; end each line of the trailer with CR LF.")
+FOLDED_TRAILER = ("The request's chunked body ends with a trailer line folded onto the one before it (a line that "
+                  "starts with a space or a tab), which this server does not accept; send each trailer field on one "
+                  "line.")
 TOO_MANY_IN_ALL = "The server has {n} connections open, the most it takes; try again in a moment."
 
 
@@ -404,7 +407,7 @@ def folded_head(buffered: bytes, start: int = 0) -> bool:
     the client's `` , 203.0.113.7`` reached uvicorn as ``<client> , 203.0.113.7``, and uvicorn takes the client's
     address from a trusted proxy's X-Forwarded-For as its last entry that is not a trusted proxy, so the sign-in
     throttle counted an address the client chose. RFC 9112 lets a server refuse a request with one (400) instead of
-    joining it. (A chunked body's trailer may be folded too; uvicorn hands no trailer to the app.)"""
+    joining it. (A chunked body's trailer may be folded too: ``folded_trailer``.)"""
     end = _HEAD_END.search(buffered, start)
     return end is not None and _FOLDED_LINE.search(buffered, 0, end.start() + 1) is not None
 
@@ -432,17 +435,34 @@ def bare_lf_head(buffered: bytes, start: int = 0) -> bool:
 _LAST_CHUNK = re.compile(rb"0{1,20}(?![0-9A-Fa-f])")  # a chunk-size line of size 0 (h11: 1 to 20 hex digits)
 
 
-def bare_lf_trailer(buffered: bytes | bytearray, start: int = 0, searched: int = 0) -> bool:
-    """Whether the trailer of a chunked body that starts at ``start`` of ``buffered`` (after the last chunk's size line,
-    ``0\r\n``) is complete and has a line that ends in a bare LF, its end included: h11 ends a trailer as it ends a
-    head (``_HEAD_END``; a bare ``\n`` alone as an empty one). ``searched``: how far from ``start`` it was searched
-    before without an end (as ``folded_head``'s ``start``)."""
+def trailer_end(buffered: bytes | bytearray, start: int = 0, searched: int = 0) -> int | None:
+    """Where the trailer of a chunked body that starts at ``start`` of ``buffered`` (after the last chunk's size line,
+    ``0\r\n``) ends, just after its last line end, once it is complete; None while it is not: h11 ends a trailer as
+    it ends a head (``_HEAD_END``; a bare ``\n`` alone as an empty one). ``searched``: how far from ``start`` it was
+    searched before without an end (as ``folded_head``'s ``start``)."""
     if buffered[start:start + 2] == b"\r\n":  # no trailer
-        return False
+        return start + 2
     if buffered[start:start + 1] == b"\n":
-        return True
+        return start + 1
     end = _HEAD_END.search(buffered, start + max(0, searched - 2))
-    return end is not None and _BARE_LF.search(buffered, start, end.end()) is not None
+    return None if end is None else end.end()
+
+
+def bare_lf_trailer(buffered: bytes | bytearray, start: int, end: int) -> bool:
+    """Whether the complete trailer from ``start`` to ``end`` (``trailer_end``) of ``buffered`` has a line that ends in
+    a bare LF, its end included."""
+    return _BARE_LF.search(buffered, start, end) is not None
+
+
+def folded_trailer(buffered: bytes | bytearray, start: int, end: int) -> bool:
+    """Whether the complete trailer from ``start`` to ``end`` (``trailer_end``) of ``buffered`` has a folded line (a
+    line that starts with a space or a tab: h11 joins it to the field before it, or refuses it as the first line).
+
+    Found by the sixteenth review of 7 Dec 2026: after the bare LF trailer check, a trailer folded this way (obs-fold,
+    which RFC 9112 5.2 says a server must refuse or replace) was still read; a proxy that passes a chunked body on as
+    it came and reads such a line otherwise than h11 (as a field of its own, or as the trailer's end) disagrees with
+    this server about the request, as with a folded head (``folded_head``)."""
+    return buffered[start:start + 1] in (b" ", b"\t") or _FOLDED_LINE.search(buffered, start, end) is not None
 
 
 class Refused(Exception):
@@ -452,7 +472,8 @@ class Refused(Exception):
 class CheckedConnection(h11.Connection):
     """h11's connection, whose ``next_event`` first refuses (raises ``Refused``), before h11 reads it, a request head
     with a folded header line (``folded_head``) or a line that ends in a bare LF (``bare_lf_head``), and a chunked
-    body's trailer, once complete, with a line that ends in a bare LF (``bare_lf_trailer``).
+    body's trailer, once complete, with a line that ends in a bare LF (``bare_lf_trailer``) or a folded line
+    (``folded_trailer``, sixteenth review).
 
     The checks are here, where h11 makes each event, because uvicorn hands h11 what arrives and reads every event h11
     can make of it in one loop: a chunked body's last chunk and its trailer in one call, and, when the app answered
@@ -501,8 +522,11 @@ class CheckedConnection(h11.Connection):
         if start is None:
             self._trailer_searched = 0
         else:
-            if bare_lf_trailer(buffered, start, self._trailer_searched if start == 0 else 0):
+            end = trailer_end(buffered, start, self._trailer_searched if start == 0 else 0)
+            if end is not None and bare_lf_trailer(buffered, start, end):
                 raise Refused(BARE_LF_WARNING, BARE_LF_TRAILER)
+            if end is not None and folded_trailer(buffered, start, end):
+                raise Refused(FOLDED_WARNING, FOLDED_TRAILER)
             self._trailer_searched = len(buffered) if start == 0 else 0
         return super().next_event()
 
@@ -610,8 +634,8 @@ class LimitedH11Protocol(H11Protocol):
 
     def handle_events(self) -> None:
         """uvicorn's, but a request refused by ``CheckedConnection`` (a head with a folded header line or a line that
-        ends in a bare LF, a chunked body's trailer with a bare LF) is answered 400 with one sentence, unless an answer
-        was begun, and its connection closed, nothing after it read (``_refuse``)."""
+        ends in a bare LF, a chunked body's trailer with a bare LF or a folded line) is answered 400 with one sentence,
+        unless an answer was begun, and its connection closed, nothing after it read (``_refuse``)."""
         try:
             super().handle_events()
         except Refused as refused:

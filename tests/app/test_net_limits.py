@@ -1168,6 +1168,67 @@ def test_a_bare_lf_trailer_is_found_wherever_the_body_is_cut():
                     e.data for e in expected if isinstance(e, h11.Data)), (body, cuts)
 
 
+def test_a_chunked_body_whose_trailer_has_a_folded_line_is_refused_with_400(served):
+    """Found by the sixteenth review of 7 Dec 2026: after the bare LF trailer check, a trailer line that starts with a
+    space or a tab (obs-fold, which RFC 9112 5.2 says a server must refuse or replace) was still read, h11 joining it
+    to the field before it. Over raw sockets against the served app, a request followed on its connection by a second
+    one: with a folded trailer (by a space, by a tab, a blank continuation after a chunk extension, the first trailer
+    line, arriving in two sends) it is refused with 400 and one sentence and the second request is not answered
+    (before the fix both were answered, or the first-line one got uvicorn's own sentence); the same fields unfolded
+    are answered, the second request too; and such a trailer after the app has answered closes the connection."""
+    port = _port(served())
+    host = b"Host: 127.0.0.1:%d\r\n" % port
+    sentence = net_limits.FOLDED_TRAILER.encode()
+    smuggled = b"GET /gradio_api/info HTTP/1.1\r\n" + host + b"Connection: close\r\n\r\n"
+    head = (b"POST /login HTTP/1.1\r\n" + host + b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n")
+    chunks = b"9\r\nusername=\r\n6\r\n&pass=\r\n"
+    good = _ask(port, head + chunks + b"0\r\nX-T: 1\r\nX-U: 2\r\n\r\n" + smuggled)
+    assert good.count(b"HTTP/1.1 ") == 2 and sentence not in good, good[:300]  # the second request was read
+    for trailer in (b"0\r\nX-T: 1\r\n X-U: 2\r\n\r\n", b"0\r\nX-T: 1\r\n\t2\r\n\r\n", b"0;ext=1\r\nX-T: 1\r\n \r\n\r\n",
+                    b"0\r\n X-T: 1\r\n\r\n"):
+        answer = _ask(port, head + chunks + trailer + smuggled)
+        assert answer.startswith(b"HTTP/1.1 400 ") and answer.endswith(sentence) and answer.count(b"HTTP/1.1 ") == 1, (
+            trailer, answer[:300])
+    answer = _ask(port, head + chunks + b"0\r\nX-T: 1\r\n", b" X-U: 2\r\n\r\n" + smuggled)  # across two sends
+    assert answer.startswith(b"HTTP/1.1 400 ") and answer.endswith(sentence) and answer.count(b"HTTP/1.1 ") == 1, (
+        answer[:300])
+    # answered before its body ended (403 for a Host this server does not answer to): closed, the second request unread
+    early = b"POST / HTTP/1.1\r\nHost: evil.example\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n"
+    answer = _answered_then(port, early, b"0\r\nX-T: 1\r\n\t2\r\n\r\n" + smuggled)
+    assert answer.startswith(b"HTTP/1.1 403 ") and answer.count(b"HTTP/1.1 ") == 1, answer[:300]
+
+
+def test_a_folded_trailer_is_found_exactly_where_h11_joins_or_refuses_a_trailer_line():
+    """``CheckedConnection`` against h11 itself over random chunked bodies whose trailer lines may start with a space
+    or a tab, fed in random pieces: h11 reads such a trailer with fewer fields than lines (it joins a continuation to
+    the field before it) or refuses it (a continuation first), so the checked connection raises exactly then, and
+    otherwise makes the same events as h11's own."""
+    import h11
+
+    rng = random.Random(16)
+    for _ in range(1500):
+        lines = [rng.choice([b"X-A: 1", b"X-B: two words", b" more", b"\tmore", b" "]) for _ in range(rng.randrange(4))]
+        last = rng.choice([b"0\r\n", b"000\r\n", b"0;e=1\r\n"])
+        wire = (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n" + last
+                + b"".join(line + b"\r\n" for line in lines) + b"\r\nGET /next HTTP/1.1\r\nHost: h\r\n\r\n")
+        plain = h11.Connection(h11.SERVER)
+        plain.receive_data(wire)
+        expected = []
+        try:
+            while (event := plain.next_event()) not in (h11.NEED_DATA, h11.PAUSED):
+                expected.append(event)
+        except h11.RemoteProtocolError:
+            folded = True
+        else:
+            ends = [e for e in expected if isinstance(e, h11.EndOfMessage)]
+            folded = len(ends[0].headers) < len(lines)
+        got, raised = _events_in_pieces(wire, sorted(rng.sample(range(1, len(wire)), 4)))
+        assert raised == folded, (wire, got)
+        if not raised:
+            assert [e for e in got if not isinstance(e, h11.Data)] == [e for e in expected if not isinstance(e, h11.Data)]
+
+
 class _CountingBuffer(bytearray):
     """h11's receive buffer, counting the bytes each ``find`` on it searches (from its start point to the end)."""
 
