@@ -72,7 +72,12 @@ def rater_changed(rater_id: int) -> None:
 
 
 class StaleSignIn(Exception):
-    """The account's password changed, or it was disabled, while its sign-in was being checked."""
+    """The account's password changed, or it was disabled, while its sign-in was being checked; ``password_changed``
+    says which (False: disabled, or no longer there)."""
+
+    def __init__(self, message: str, *, password_changed: bool) -> None:
+        super().__init__(message)
+        self.password_changed = password_changed
 
 
 class SessionStore:
@@ -140,8 +145,11 @@ class SessionStore:
                 # insert below could not see the new session to end it, which then outlived it on PostgreSQL (found
                 # by review); now such a change waits for this transaction, then ends the session
                 rater = s.get(Rater, rater_id, with_for_update={"read": True}, populate_existing=True)
-                if rater is None or rater.password_hash != password_hash or rater.disabled_at is not None:
-                    raise StaleSignIn("the account's password or state changed while the sign-in was checked")
+                if rater is None or rater.disabled_at is not None:
+                    raise StaleSignIn("the account was disabled while the sign-in was checked", password_changed=False)
+                if rater.password_hash != password_hash:
+                    raise StaleSignIn("the account's password changed while the sign-in was checked",
+                                      password_changed=True)
             for old in replaces:
                 repo.end_session(session=s, token_sha256=token_digest(old), reason="logout", now=now)
             repo.create_session(session=s, rater_id=rater_id, token_sha256=token_digest(token),

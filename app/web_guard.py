@@ -1488,11 +1488,21 @@ class WebGuard:
         try:
             token = await self._in_thread(self.db_pool, functools.partial(
                 self.sessions.start, result.rater_id, ip, password_hash=result.password_hash, replaces=replaced))
-        except StaleSignIn:
+        except StaleSignIn as stale:
+            # no session, no cookie; counted as a failed guess (the password it matched is no longer the account's)
             self.throttle.forget_account(username)
             self.throttle.failed(ip, username, None)
-            self.stats.logins["wrong"] += 1
-            return JSONResponse({"detail": auth.WRONG_CREDENTIALS}, status_code=400)
+            if not stale.password_changed:  # disabled meanwhile: answered as a disabled account's right password is
+                self.stats.logins["refused"] += 1
+                log.warning("sign-in as %r from %s refused: the account was disabled while it was checked",
+                            username[:64], ip)
+                return JSONResponse({"detail": auth.WRONG_CREDENTIALS}, status_code=400)
+            # the password was changed (by an admin, or by the account's owner elsewhere) while scrypt ran: answered
+            # "Incorrect credentials." with 400 before, as if the password typed had been wrong (sixteenth review)
+            self.stats.logins["refused"] += 1
+            log.warning("sign-in as %r from %s refused: the password was changed while it was checked", username[:64],
+                        ip)
+            return JSONResponse({"detail": PASSWORD_CHANGED_DURING_SIGN_IN}, status_code=409)
         # only now: a sign-in that failed above leaves the browser its old token as it was (it had no new cookie, and
         # lost every exemption the old one held: a read-only review)
         self.throttle.replaced(username, brought, device)
@@ -1715,6 +1725,8 @@ class _Stream:
 
 
 HASH_THREAD_NICE = 10
+PASSWORD_CHANGED_DURING_SIGN_IN = ("The account's password was changed while you were signing in, so you were not "
+                                   "signed in; sign in again.")
 DEVICE_BYTES = 24
 HOST_PREFIX = "__Host-"  # a cookie only this host sets, over HTTPS (WebGuard's "cookies")
 DEVICE_TOKEN = re.compile(r"[A-Za-z0-9_-]{32}")  # secrets.token_urlsafe(24)

@@ -488,12 +488,14 @@ def test_a_password_change_during_the_sign_in_check_starts_no_session(db_factory
     checked = auth.check_login(db_factory, "alice", PASSWORD)
     assert checked.refusal is None and checked.password_hash
     auth.set_password(db_factory, name="alice", password="a new pass phrase")  # lands during the check
-    with pytest.raises(StaleSignIn):
+    with pytest.raises(StaleSignIn) as stale:
         store.start(checked.rater_id, "10.0.0.1", password_hash=checked.password_hash)
+    assert stale.value.password_changed  # the web answers it with its own sentence (sixteenth review)
     checked = auth.check_login(db_factory, "alice", "a new pass phrase")
     auth.set_disabled(db_factory, name="alice", disabled=True)
-    with pytest.raises(StaleSignIn):
+    with pytest.raises(StaleSignIn) as stale:
         store.start(checked.rater_id, "10.0.0.1", password_hash=checked.password_hash)
+    assert not stale.value.password_changed  # disabled: answered as a disabled account's right password is
     with read_session(db_factory) as s:
         assert s.query(UserSession).count() == 0
     fresh = auth.check_login(db_factory, "admin2", PASSWORD)

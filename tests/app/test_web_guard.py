@@ -1392,7 +1392,7 @@ def test_a_sign_in_that_fails_midway_leaves_the_browsers_device_token_as_it_was(
             assert browser.post("/login", data={"username": "bob", "password": UI_PASSWORD}).status_code == 200
             monkeypatch.setattr(auth, "check_login", check_then_change)
             r = browser.post("/login", data={"username": "alice", "password": UI_PASSWORD})
-            assert r.status_code == 400 and not [c for c in r.headers.get_list("set-cookie") if "device" in c]
+            assert r.status_code == 409 and not [c for c in r.headers.get_list("set-cookie") if "device" in c]
             monkeypatch.setattr(auth, "check_login", real)
             codes = [other.post("/login", data={"username": "root", "password": "wrong password"}).status_code
                      for _ in range(3)]
@@ -1431,22 +1431,37 @@ def test_a_password_changed_by_another_process_ends_the_devices_exemption(ui_wor
 
 
 def test_a_password_changed_during_the_sign_in_check_gets_no_session_over_http(ui_world, monkeypatch):
-    """The guard's side of SessionStore.start's check: a sign-in whose password changed while scrypt ran is refused
-    like a wrong password, sets no session cookie, and the new password then works."""
+    """The guard's side of SessionStore.start's check: a sign-in whose password changed while scrypt ran starts no
+    session and sets no cookie, and the new password then works. Found by the sixteenth review of 7 Dec 2026: it was
+    answered 400 "Incorrect credentials." (the page's wrong-password answer) though the password typed was right when
+    checked; now 409 and one sentence saying the password was changed meanwhile. An account disabled meanwhile is
+    still answered as a disabled account's right password is (400, a wrong one)."""
     demo, url = launch(ui_world)
     real = auth.check_login
+    change = {"alice": lambda f, name: auth.set_password(f, name=name, password="changed meanwhile"),
+              "bob": lambda f, name: auth.set_disabled(f, name=name, disabled=True)}
 
     def check_then_change(factory, username, password):
         result = real(factory, username, password)
-        auth.set_password(factory, name=username, password="changed meanwhile")  # lands during the check
+        change[username](factory, username)  # lands between the hash check and the session's write
         return result
+
+    def sessions_of(name):
+        with read_session(ui_world.factory) as s:
+            return s.query(UserSession).filter(UserSession.rater_id == ui_world.accounts[name]).count()
 
     try:
         monkeypatch.setattr(auth, "check_login", check_then_change)  # web_guard looks it up on the module at call time
         with httpx.Client(base_url=url, timeout=30) as http:
             r = http.post("/login", data={"username": "alice", "password": UI_PASSWORD})
-            assert r.status_code == 400 and r.json()["detail"] == auth.WRONG_CREDENTIALS
-            assert config_user(http) in (401, 403)
+            assert r.status_code == 409, (r.status_code, r.text)
+            assert r.json() == {"detail": web_guard.PASSWORD_CHANGED_DURING_SIGN_IN}
+            assert "password was changed while you were signing in" in r.json()["detail"]
+            assert not r.headers.get_list("set-cookie") and config_user(http) in (401, 403)
+            assert sessions_of("alice") == 0
+            r = http.post("/login", data={"username": "bob", "password": UI_PASSWORD})
+            assert r.status_code == 400 and r.json() == {"detail": auth.WRONG_CREDENTIALS}
+            assert not r.headers.get_list("set-cookie") and sessions_of("bob") == 0
         monkeypatch.setattr(auth, "check_login", real)
         assert config_user(sign_in(url, "alice", "changed meanwhile")) == 200
     finally:
