@@ -1498,11 +1498,13 @@ class WebGuard:
                             username[:64], ip)
                 return JSONResponse({"detail": auth.WRONG_CREDENTIALS}, status_code=400)
             # the password was changed (by an admin, or by the account's owner elsewhere) while scrypt ran: answered
-            # "Incorrect credentials." with 400 before, as if the password typed had been wrong (sixteenth review)
+            # "Incorrect credentials." before, as if the password typed had been wrong (sixteenth review). Still 400:
+            # Gradio's login page acts on 400 (its own "Incorrect credentials", the boxes cleared) and 200 only, and
+            # shows nothing for any other status; the sentence is in the body for scripts
             self.stats.logins["refused"] += 1
             log.warning("sign-in as %r from %s refused: the password was changed while it was checked", username[:64],
                         ip)
-            return JSONResponse({"detail": PASSWORD_CHANGED_DURING_SIGN_IN}, status_code=409)
+            return JSONResponse({"detail": PASSWORD_CHANGED_DURING_SIGN_IN}, status_code=400)
         # only now: a sign-in that failed above leaves the browser its old token as it was (it had no new cookie, and
         # lost every exemption the old one held: a read-only review)
         self.throttle.replaced(username, brought, device)
@@ -1726,7 +1728,7 @@ class _Stream:
 
 HASH_THREAD_NICE = 10
 PASSWORD_CHANGED_DURING_SIGN_IN = ("The account's password was changed while you were signing in, so you were not "
-                                   "signed in; sign in again.")
+                                   "signed in; sign in with the new password.")
 DEVICE_BYTES = 24
 HOST_PREFIX = "__Host-"  # a cookie only this host sets, over HTTPS (WebGuard's "cookies")
 DEVICE_TOKEN = re.compile(r"[A-Za-z0-9_-]{32}")  # secrets.token_urlsafe(24)

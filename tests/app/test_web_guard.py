@@ -1392,7 +1392,7 @@ def test_a_sign_in_that_fails_midway_leaves_the_browsers_device_token_as_it_was(
             assert browser.post("/login", data={"username": "bob", "password": UI_PASSWORD}).status_code == 200
             monkeypatch.setattr(auth, "check_login", check_then_change)
             r = browser.post("/login", data={"username": "alice", "password": UI_PASSWORD})
-            assert r.status_code == 409 and not [c for c in r.headers.get_list("set-cookie") if "device" in c]
+            assert r.status_code == 400 and not [c for c in r.headers.get_list("set-cookie") if "device" in c]
             monkeypatch.setattr(auth, "check_login", real)
             codes = [other.post("/login", data={"username": "root", "password": "wrong password"}).status_code
                      for _ in range(3)]
@@ -1434,8 +1434,9 @@ def test_a_password_changed_during_the_sign_in_check_gets_no_session_over_http(u
     """The guard's side of SessionStore.start's check: a sign-in whose password changed while scrypt ran starts no
     session and sets no cookie, and the new password then works. Found by the sixteenth review of 7 Dec 2026: it was
     answered 400 "Incorrect credentials." (the page's wrong-password answer) though the password typed was right when
-    checked; now 409 and one sentence saying the password was changed meanwhile. An account disabled meanwhile is
-    still answered as a disabled account's right password is (400, a wrong one)."""
+    checked; now still 400 (the only refusal Gradio's login page shows) with one sentence saying the password was
+    changed meanwhile. An account disabled meanwhile is still answered as a disabled account's right password is (400,
+    "Incorrect credentials.")."""
     demo, url = launch(ui_world)
     real = auth.check_login
     change = {"alice": lambda f, name: auth.set_password(f, name=name, password="changed meanwhile"),
@@ -1454,9 +1455,9 @@ def test_a_password_changed_during_the_sign_in_check_gets_no_session_over_http(u
         monkeypatch.setattr(auth, "check_login", check_then_change)  # web_guard looks it up on the module at call time
         with httpx.Client(base_url=url, timeout=30) as http:
             r = http.post("/login", data={"username": "alice", "password": UI_PASSWORD})
-            assert r.status_code == 409, (r.status_code, r.text)
-            assert r.json() == {"detail": web_guard.PASSWORD_CHANGED_DURING_SIGN_IN}
-            assert "password was changed while you were signing in" in r.json()["detail"]
+            assert r.status_code == 400, (r.status_code, r.text)  # the only refusal Gradio's login page shows
+            detail = r.json()["detail"]  # the password typed no longer works: the sentence says which one does
+            assert detail == web_guard.PASSWORD_CHANGED_DURING_SIGN_IN and "with the new password" in detail, detail
             assert not r.headers.get_list("set-cookie") and config_user(http) in (401, 403)
             assert sessions_of("alice") == 0
             r = http.post("/login", data={"username": "bob", "password": UI_PASSWORD})
