@@ -748,7 +748,7 @@ class AcceptLog:
 
 # uvicorn's warnings for a request it cannot serve, one line each time (its h11 protocol): anyone can send such
 # requests as fast as connections open, a line each (seventh review of 5 Dec 2026: 992 bad requests in 3 s, 996 lines)
-FOLDED_WARNING = "Refused a request with a folded header line (obs-fold)."  # logged by LimitedH11Protocol
+FOLDED_WARNING = "Refused a request with a folded field line (obs-fold)."  # a header's or a trailer's (LimitedH11Protocol)
 BARE_LF_WARNING = "Refused a request with a line that ends in a bare LF."  # logged by LimitedH11Protocol
 REPEATED_WARNINGS = ("Invalid HTTP request received.", "Unsupported upgrade request.",
                      "No supported WebSocket library detected.", FOLDED_WARNING, BARE_LF_WARNING)

@@ -1227,6 +1227,15 @@ def test_a_folded_trailer_is_found_exactly_where_h11_joins_or_refuses_a_trailer_
         assert raised == folded, (wire, got)
         if not raised:
             assert [e for e in got if not isinstance(e, h11.Data)] == [e for e in expected if not isinstance(e, h11.Data)]
+    # the log line for it names no header: a trailer's fields come after the body (it spoke of "a folded header line":
+    # a read-only review of the sixteenth review's fix)
+    checked = net_limits.CheckedConnection(h11.SERVER)
+    checked.receive_data(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-A: 1\r\n more\r\n\r\n")
+    with pytest.raises(net_limits.Refused) as refused:
+        while checked.next_event() not in (h11.NEED_DATA, h11.PAUSED):
+            pass
+    warning, sentence = refused.value.args
+    assert sentence == net_limits.FOLDED_TRAILER and "header" not in warning.lower(), warning
 
 
 class _CountingBuffer(bytearray):
