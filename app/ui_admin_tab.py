@@ -19,6 +19,7 @@ from app import members, ui_account, ui_admin, ui_compare, ui_export, ui_options
 from app.auth import Who
 from app.gradio_routes import admin_only
 from app.rater_page import admin_only_layout
+from app.ui_assets import NOT_ADMIN_KNOWN, QUIET_ADMIN_JS
 from db.models import EXPORT_FORMATS
 from seiko_core.config import MAX_EPOCHS, MAX_KL_WEIGHT, MAX_SECONDS, METHODS
 from seiko_core.models import public_name
@@ -329,6 +330,10 @@ class AdminTab:
 # Admin events are refused, stops it all the same), and what the Admin tab's select sets
 STOP_TIMER_JS = "() => ({__type__: 'update', active: false})"
 START_TIMER_JS = "() => ({__type__: 'update', active: true})"
+# what a failed tick of the Admin timer sets on it: stopped once the page knows its account is no longer an admin
+# (``ui_assets.NOT_ADMIN_KNOWN``), else nothing (a tick that failed otherwise: the timer goes on, as before)
+STOP_TIMER_IF_NOT_ADMIN_JS = (f"() => ({NOT_ADMIN_KNOWN} ? {{__type__: 'update', active: false}} "
+                              ": {__type__: 'update'})")
 
 
 def timer_while_selected(tabs: Any, admin: AdminTab, private: dict[str, Any]) -> None:
@@ -479,12 +484,19 @@ def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callab
     # the buttons and switches that change state (or ask to) run one at a time, as Gradio's default did; the events
     # that show the tab and its timer run app.ui.PAGE_CONCURRENCY at a time
     serial = {**private, "concurrency_limit": 1}
+    # The events the page fires by itself (the timer's, a pick's of an experiment, and the tab's select's but
+    # on_admin_tab) are not sent once one of the page's admin events was refused because its account is no longer an
+    # admin (QUIET_ADMIN_JS), and a failed tick then stops the timer: an admin made a rater got a refusal every
+    # dashboard_refresh_s while the tab was selected, and four more at each pick (sixteenth review, 7 Dec 2026). The
+    # first refusal's toast says to reload; on_admin_tab still asks, so selecting the tab again says it once more.
+    quiet = {**private, "js": QUIET_ADMIN_JS}
     admin_tab.select(h.on_admin_tab, [exp_state], [admin_status, users_df, jobs_df, dash_access, exports_df],
                      **private)
     exp_state.change(h.on_admin_experiment, [exp_state],
                      [dash_access, jobs_df, exports_df, x_link, q_summary, q_table, q_standardize, admin_status],
-                     **private)
-    admin_timer.tick(h.on_admin_timer, [exp_state], [admin_status, jobs_df], show_progress="hidden", **private)
+                     **quiet)
+    ticked = admin_timer.tick(h.on_admin_timer, [exp_state], [admin_status, jobs_df], show_progress="hidden", **quiet)
+    ticked.failure(None, None, [admin_timer], js=STOP_TIMER_IF_NOT_ADMIN_JS, **private)
 
     confirm_outputs = [confirm_row, confirm_text, pending_state, confirm_btn]
     close_btn.click(h.on_close, [exp_state], confirm_outputs, **serial)
@@ -498,8 +510,8 @@ def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callab
     reopen_btn.click(h.on_reopen, [exp_state], [admin_result, admin_status, jobs_df], **serial)
     dash_access.input(h.on_dash_access, [exp_state, dash_access], [admin_result], **serial)
     raters_btn.click(h.on_set_raters, [exp_state, raters_box], [admin_result, raters_box], **serial)
-    admin_tab.select(h.on_show_raters, [exp_state], [raters_box], **private)
-    exp_state.change(h.on_show_raters, [exp_state], [raters_box], **private)
+    admin_tab.select(h.on_show_raters, [exp_state], [raters_box], **quiet)
+    exp_state.change(h.on_show_raters, [exp_state], [raters_box], **quiet)
     x_build.click(h.on_build_export, [exp_state, x_round, x_format], [admin_result, x_link, exports_df],
                   concurrency_limit=1, concurrency_id="export", **private)
     pause_btn.click(h.on_pause, [exp_state], [admin_result, admin_status], **serial)
@@ -513,7 +525,7 @@ def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callab
 
     add_user_event = add_user_btn.click(h.on_add_user, [u_name, u_role, u_password], [admin_result, users_df, u_password],
                                         **serial)
-    admin_tab.select(h.on_admin_accounts, None, [users_df, m_name, audit_df], **private)
+    admin_tab.select(h.on_admin_accounts, None, [users_df, m_name, audit_df], **quiet)
     add_user_event.then(h.on_admin_accounts, None, [users_df, m_name, audit_df], **private)
     account_outputs = [admin_result, users_df, m_name, audit_df, m_password]
     m_disable_btn.click(h.on_user_disable, [m_name], account_outputs, **serial)
@@ -528,7 +540,7 @@ def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callab
     password_set.success(None, [m_own_password_set], None, js=OWN_PASSWORD_SIGN_IN_JS, **private)
 
     quality_outputs = [q_summary, q_table, q_standardize]
-    admin_tab.select(h.on_quality, [exp_state], quality_outputs, **private)
+    admin_tab.select(h.on_quality, [exp_state], quality_outputs, **quiet)
     q_refresh.click(h.on_quality, [exp_state], quality_outputs, **private)
     q_standardize.input(h.on_standardize, [exp_state, q_standardize], [admin_result], **serial)
     q_gold_btn.click(h.on_gold, [exp_state, q_gold_image, q_gold_score], [admin_result, q_summary, q_table], **serial)

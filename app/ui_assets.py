@@ -761,6 +761,19 @@ EVENT_NOT_DONE = "Your last action was not carried out (the server refused it {n
 # events. Only such an event is sent again: a rating sent twice is two undo steps (and an undo sent twice takes back
 # two ratings), so one the app may have run is not.
 NOT_RUN_HEADER = "x-seiko-not-run"
+# The answer's header that says a refusal (403) is of an admin's event (``gradio_routes.admin_only``) to an account
+# that is no longer an admin (an admin made a rater keeps the Admin tab until the page reloads). STREAMS_JS then notes
+# it (``__seikoStreams.notAdmin``), and the Admin tab's events that the page fires by itself are sent no more
+# (QUIET_ADMIN_JS): the tab's timer sent one every dashboard_refresh_s, each refused with its own toast, and a pick
+# of an experiment four more (sixteenth review, 7 Dec 2026). The first refusal's toast says to reload the page.
+NOT_ADMIN_HEADER = "x-seiko-not-admin"
+# a JavaScript expression: whether this page was told so (false where STREAMS_JS is not in the page)
+NOT_ADMIN_KNOWN = "Boolean(globalThis.__seikoStreams && globalThis.__seikoStreams.notAdmin)"
+# ``js=`` of an Admin-tab event the page fires by itself (a pick of an experiment, the tab's select, its timer): run
+# in the browser before the event is sent, it passes the inputs on, or, once NOT_ADMIN_KNOWN, throws: Gradio's client
+# then sends nothing and shows nothing (the event's failure listeners run)
+QUIET_ADMIN_JS = ("(...inputs) => { if (" + NOT_ADMIN_KNOWN + ") throw new Error('this account is no longer an "
+                  "admin: not sent'); return inputs; }")
 # The stream of results said nothing for ACTION_SILENT_S (STREAMS_JS ends it; tenth review, 6 Dec 2026):
 STREAM_SILENT = ("The server has not answered this page for {s} s, so the page stopped waiting: your last action may or "
                  "may not have been saved, and your next action shows what was.")
@@ -796,7 +809,7 @@ STREAMS_JS = r"""
   const WAITS_S = __WAITS_S__, RETRIED = __RETRIED__, SAID = __SAID__;
   const RETRYING = __RETRYING__, GAVE_UP = __GAVE_UP__, RELOAD = __RELOAD__, SIGNED_OUT = __SIGNED_OUT__;
   const NO_SENTENCE = __NO_SENTENCE__, UNREACHABLE = __UNREACHABLE__, ENDED = __ENDED__;
-  const NOT_DONE = __NOT_DONE__, NOT_RUN = __NOT_RUN__;
+  const NOT_DONE = __NOT_DONE__, NOT_RUN = __NOT_RUN__, NOT_ADMIN = __NOT_ADMIN__;
   const SILENT_MS = __SILENT_MS__, SILENT = __SILENT__, LOST = __LOST__;
   const BUDGET_MS = 1000 * WAITS_S.reduce((a, b) => a + b, 0);  // one action's retries, its event's and its stream's
   const realFetch = window.fetch.bind(window);
@@ -809,8 +822,10 @@ STREAMS_JS = r"""
   // action numbered seq (its event's process_starts), and ended(seq), whether this script ended its event (its POST
   // got no answer, or the stream serving it was lost or went silent); onChange, GRID_JS's, called when these change
   // restarted: a probe found another server than the page's (Gradio's client reloads the page)
+  // notAdmin: an admin's event of this page was refused because its account is no longer an admin (NOT_ADMIN); the
+  // Admin tab's events the page fires by itself are then not sent (QUIET_ADMIN_JS)
   const streams = (window.__seikoStreams = { said, answeredAt: 0, waiting: 0, backAt: 0, onChange: null,
-                                             restarted: false });
+                                             restarted: false, notAdmin: false });
   const eventOf = new Map(), seqOf = new Map();  // a page action's seq <-> its event's id (the join's answer)
   const startedAt = new Map(), endedSeqs = new Set(), open = new Set();  // by event id; seqs; event ids not completed
   streams.startedAt = (seq) => startedAt.get(eventOf.get(seq));
@@ -1249,6 +1264,9 @@ STREAMS_JS = r"""
         status: 502, headers: { 'Content-Type': 'application/json' } }) : failedEvents(LOST);
     }
     const { response, text } = answer;
+    if (stream === 'event' && response.status === 403 && response.headers.get(NOT_ADMIN) === '1') {
+      streams.notAdmin = true;  // before Gradio's client reads the answer: its failure listeners see it (QUIET_ADMIN_JS)
+    }
     if (stream === 'event' && response.ok) {
       lastDeadline = deadline;
       await joined(await action, response);
@@ -1269,7 +1287,8 @@ def streams_head() -> str:
               "__RETRYING__": STREAM_RETRYING, "__GAVE_UP__": STREAM_GAVE_UP, "__RELOAD__": STREAM_RELOAD,
               "__SIGNED_OUT__": STREAM_SIGNED_OUT, "__NO_SENTENCE__": STREAM_NO_SENTENCE,
               "__UNREACHABLE__": STREAM_UNREACHABLE, "__ENDED__": STREAM_ENDED, "__NOT_DONE__": EVENT_NOT_DONE,
-              "__NOT_RUN__": NOT_RUN_HEADER, "__SILENT_MS__": 1000 * action_silent_s(), "__SILENT__": STREAM_SILENT,
+              "__NOT_RUN__": NOT_RUN_HEADER, "__NOT_ADMIN__": NOT_ADMIN_HEADER,
+              "__SILENT_MS__": 1000 * action_silent_s(), "__SILENT__": STREAM_SILENT,
               "__LOST__": STREAM_LOST}
     js = STREAMS_JS
     for name, value in values.items():

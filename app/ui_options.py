@@ -11,6 +11,7 @@ from typing import Any
 from app import experiment_options
 from app.experiment_options import MAX_CANDIDATE_FACTOR, MAX_REPEAT_SHARE, SELECTIONS, ExperimentOptions
 from app.gradio_routes import admin_only
+from app.ui_assets import QUIET_ADMIN_JS
 
 
 def describe(options: experiment_options.ExperimentOptions) -> str:
@@ -130,5 +131,6 @@ def build_admin(services, exp_state, admin_of: Callable, shown: Callable, privat
 
     button.click(on_save, [exp_state, selection, factor, share, auto, repeat, loaded],
                  [result, selection, factor, share, auto, repeat, loaded], concurrency_limit=1, **private)
-    exp_state.change(on_experiment, [exp_state], [selection, factor, share, auto, repeat, loaded], **private)
+    exp_state.change(on_experiment, [exp_state], [selection, factor, share, auto, repeat, loaded],
+                     js=QUIET_ADMIN_JS, **private)  # not sent once the page knows it is no admin's (ui_admin_tab.build)
     return button

@@ -25,6 +25,7 @@ import gradio as gr  # at module level: the handlers' ``request: gr.Request`` an
 from app import pairwise
 from app.auth import Who
 from app.gradio_routes import admin_only
+from app.ui_assets import QUIET_ADMIN_JS
 from db import checks, repo
 from db.engine import read_session
 from db.errors import InvalidInput
@@ -294,5 +295,5 @@ def build_admin(services, exp_state, admin_of: Callable, shown: Callable, privat
         return shown(lambda: feedback_value(services.factory, exp_id))
 
     button.click(on_set, [exp_state, choice], [result], concurrency_limit=1, **private)
-    exp_state.change(show_feedback, [exp_state], [choice], **private)
+    exp_state.change(show_feedback, [exp_state], [choice], js=QUIET_ADMIN_JS, **private)  # see ui_admin_tab.build
     return button

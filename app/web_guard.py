@@ -740,7 +740,8 @@ class WebGuard:
                 return
             # an event that is not the app's, signed in (signed out, Gradio's own sign-in check answers 401 first)
             if signed_in is not None and (refused := self._event_refusal(path, method, parsed, signed_in)) is not None:
-                await self._refuse(scope, receive, send, *refused)
+                # its one 403: an admin's event to an account that is not an admin (said to the page: NOT_ADMIN_HEADER)
+                await self._refuse(scope, receive, send, *refused, not_admin=refused[1] == 403)
                 return
             event = gradio_routes.event_of(path, method)
             if event is not None and user is None:
@@ -1030,7 +1031,7 @@ class WebGuard:
         return JSONResponse({"detail": {"error": "Not authenticated", "auth_message": message}}, status_code=401)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, why: str, status: int, *,
-                      not_run: bool = False) -> None:
+                      not_run: bool = False, not_admin: bool = False) -> None:
         """Answer with ``why`` (one sentence): as the body with ``status`` over HTTP, as the close reason (1008) of a
         websocket. On the page's own event route (``gradio_routes.is_page_join``), whatever refused the request, the
         body is ``{"detail": why}`` (JSON): the page's Gradio client reads every answer there as JSON and shows
@@ -1039,9 +1040,12 @@ class WebGuard:
         another account holds, a tab left open after signing in as someone else, an unreadable body and a bad session
         hash: the route now decides, not each refusal). Elsewhere (``POST /call/{api}``, curl's and scripts' route)
         the sentence is plain text. ``not_run``: the request was refused before it reached the app, so nothing it asked
-        was done: the answer says so (``ui_assets.NOT_RUN_HEADER``), and the page sends the event again later."""
+        was done: the answer says so (``ui_assets.NOT_RUN_HEADER``), and the page sends the event again later.
+        ``not_admin``: an admin's event refused to an account that is not an admin; the answer says so
+        (``ui_assets.NOT_ADMIN_HEADER``), and the page sends the Admin tab's events it fires by itself no more."""
         self.stats.refused += 1
-        headers = {ui_assets.NOT_RUN_HEADER: "1"} if not_run else None
+        headers = {name: "1" for name, said in ((ui_assets.NOT_RUN_HEADER, not_run),
+                                                  (ui_assets.NOT_ADMIN_HEADER, not_admin)) if said} or None
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008, "reason": why[:120]})
         elif gradio_routes.is_page_join(get_route_path(scope)):

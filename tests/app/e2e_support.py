@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -95,6 +96,23 @@ def sign_in(page, url: str, name: str, *, password: str = PASSWORD, wait_for: st
     page.locator("input[type=password]").fill(password)
     page.keyboard.press("Enter")
     page.wait_for_selector(wait_for, timeout=60_000)
+
+
+def close_toasts(page) -> None:
+    """Close every toast on the page and wait until none is left: a toast lies over the experiment menu, and one that
+    slides in while another is closed intercepts the next click (the whole suite under load, CI of 6 Dec 2026)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout  # here: the module imports without playwright
+
+    toasts = page.locator(".toast-close")
+    deadline = time.monotonic() + 30
+    while toasts.count():
+        assert time.monotonic() < deadline, "a toast would not close"
+        for close in toasts.all():
+            try:
+                close.click(timeout=2_000)
+            except PlaywrightTimeout:  # it went by itself (a toast's own timer) between the look and the click:
+                pass  # the loop looks again, and fails at its deadline if one stays
+        page.wait_for_timeout(200)
 
 
 def screenshot_dir() -> Path:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 
 from app import ui_admin, ui_options, ui_pairs
-from tests.app.e2e_support import MARKS, sign_in, watch_errors
+from tests.app.e2e_support import MARKS, close_toasts, sign_in, watch_errors
 
 pytestmark = MARKS
 
@@ -184,23 +184,6 @@ class _OpenStreams:
             page.wait_for_timeout(100)
 
 
-def _close_toasts(page) -> None:
-    """Close every toast on the page and wait until none is left: a toast lies over the experiment menu, and one that
-    slides in while another is closed intercepts the next click (the whole suite under load, CI of 6 Dec 2026)."""
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout  # here: the module imports without playwright
-
-    toasts = page.locator(".toast-close")
-    deadline = time.monotonic() + 30
-    while toasts.count():
-        assert time.monotonic() < deadline, "a toast would not close"
-        for close in toasts.all():
-            try:
-                close.click(timeout=2_000)
-            except PlaywrightTimeout:  # it went by itself (a toast's own timer) between the look and the click:
-                pass  # the loop looks again, and fails at its deadline if one stays
-        page.wait_for_timeout(200)
-
-
 def test_a_refused_stream_of_results_shows_its_sentence_and_the_next_event_works(ui_world, e2e, monkeypatch):
     """Found by the seventh review of 5 Dec 2026: an account past its streams (web_guard.STREAMS_PER_ACCOUNT) had the
     page's stream of results refused with 429, which the page's Gradio client reads as a lost connection: "Connection
@@ -231,7 +214,7 @@ def test_a_refused_stream_of_results_shows_its_sentence_and_the_next_event_works
     assert "Connection to the server was lost" not in page.content()
     assert len(loads) == loaded, loads
     monkeypatch.setattr(web_guard, "STREAMS_PER_ACCOUNT", 16)
-    _close_toasts(page)  # the toast lies over the selector
+    close_toasts(page)  # the toast lies over the selector
     before = len(streams)
     page.get_by_label("Experiment").click()
     page.get_by_role("option", name="ui-exp (active)").click()

@@ -8,19 +8,22 @@ both whole; the page built from a rater's config still works in Chromium, and th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import re
 import shutil
 import subprocess
+import time
 
 import httpx
 import pytest
 
-from app import gradio_routes, rater_page, web_guard
+from app import gradio_routes, rater_page, ui_assets, web_guard
 from db import repo
 from db.engine import read_session
-from tests.app.e2e_support import MARKS, sign_in, watch_errors
+from tests.app.e2e_support import MARKS, close_toasts, sign_in, watch_errors
+from tests.app.test_admin_switch import second_experiment
 from tests.app.test_web_guard import LOCAL, UI_PASSWORD, launch, signed_in
 
 # elem_ids laid out on the Admin tab (app.ui_admin_tab), and the tab's own
@@ -236,7 +239,11 @@ def test_a_role_change_applies_to_the_next_request_of_an_account_already_signed_
         r = _join(carol, demo, timer, "carols-page")
         assert r.status_code == 403, r.text
         assert r.json()["detail"] == "'carol' is a rater; only an admin can do this; reload the page.", r.text
+        # said to the page, which then sends the Admin tab's events it fires by itself no more (sixteenth review)
+        assert r.headers.get(ui_assets.NOT_ADMIN_HEADER) == "1", r.headers
         assert timer_answer(alice, "alices-page") == 200
+        other = carol.post("/gradio_api/queue/join", json={"data": [], "fn_index": 10**6, "session_hash": "carols-page"})
+        assert other.status_code == 404 and ui_assets.NOT_ADMIN_HEADER not in other.headers, other.headers
 
 
 def test_an_answer_that_cannot_be_trimmed_is_not_passed_on_to_a_rater(caplog):
@@ -370,7 +377,8 @@ def test_the_admin_timer_runs_only_while_the_admin_tab_is_selected(served_app):
     starts inactive; the Admin tab's select sets it active and every other tab's select inactive, both in the browser
     with no handler (started by the answer to the tab's handler, a later read-only review found, it ran on when
     another tab was clicked before that answer); the tab's handler (run as root over HTTP) still answers, without the
-    timer; a rater's config has none of it."""
+    timer; a rater's config has none of it. A failed tick stops the timer, in the browser, once the page was told that
+    its account is no longer an admin (sixteenth review, 7 Dec 2026), and the tick is then not sent."""
     world, demo, url = served_app
     (tab_event,) = [i for i, bf in demo.fns.items() if bf.fn is not None and bf.fn.__name__ == "on_admin_tab"]
     (tick,) = [i for i, bf in demo.fns.items() if bf.fn is not None and bf.fn.__name__ == "on_admin_timer"]
@@ -381,19 +389,34 @@ def test_the_admin_timer_runs_only_while_the_admin_tab_is_selected(served_app):
         timer = components[timer_id]
         assert timer["props"]["active"] is False
         tabs = {c["id"]: c["props"].get("elem_id") for c in config["components"] if c["type"] == "tabitem"}
-        sets = {}
+        sets, after_tick = {}, []
         for dep in config["dependencies"]:
-            if timer["id"] in dep["outputs"]:
+            if timer["id"] in dep["outputs"] and dep["trigger_after"] == tick:  # a failed tick (sixteenth review)
+                assert not dep["backend_fn"] and dep["trigger_only_on_failure"] and dep["outputs"] == [timer["id"]], dep
+                after_tick.append(dep["js"])
+            elif timer["id"] in dep["outputs"]:
                 assert not dep["backend_fn"], dep  # only the browser sets it
                 ((target, trigger),) = dep["targets"]
                 assert trigger == "select" and components[target]["type"] == "tabitem" and dep["outputs"] == [timer["id"]]
                 sets[tabs[target]] = dep["js"]
         assert set(sets) == set(tabs.values()) and len(sets) >= 5, sets
+        (stop,) = after_tick
         if shutil.which("node"):  # what the browser sets: Gradio's update of the timer's active prop
             for tab, js in sets.items():
                 ran = subprocess.run(["node", "-e", f"console.log(JSON.stringify(({js})()))"], capture_output=True,
                                      text=True, timeout=60, check=True)
                 assert json.loads(ran.stdout) == {"__type__": "update", "active": tab == "tab-admin"}, tab
+            # a failed tick stops the timer once the page was told its account is no admin's (STREAMS_JS's flag),
+            # and only then; the tick itself (and the quiet events) are then not sent: QUIET_ADMIN_JS throws
+            for told in (False, True):
+                flag = f"globalThis.__seikoStreams = {{notAdmin: {json.dumps(told)}}};"
+                ran = subprocess.run(["node", "-e", f"{flag} console.log(JSON.stringify(({stop})()))"],
+                                     capture_output=True, text=True, timeout=60, check=True)
+                assert json.loads(ran.stdout) == {"__type__": "update", **({"active": False} if told else {})}, told
+                (tick_js,) = [dep["js"] for dep in config["dependencies"] if dep["id"] == tick]
+                ran = subprocess.run(["node", "-e", f"{flag} console.log(JSON.stringify(({tick_js})(7, null)))"],
+                                     capture_output=True, text=True, timeout=60)
+                assert (ran.returncode != 0, ran.stdout.strip()) == ((True, "") if told else (False, "[7,null]")), ran
         r = http.post("/gradio_api/queue/join", json={"data": [world.experiment_id], "fn_index": tab_event,
                                                       "session_hash": "roots-page", "event_data": None,
                                                       "trigger_id": None})
@@ -405,3 +428,57 @@ def test_the_admin_timer_runs_only_while_the_admin_tab_is_selected(served_app):
         config, *_ = _configs(http)
         assert timer_id not in {c["id"] for c in config["components"]}
         assert not [dep for dep in config["dependencies"] if timer_id in dep["outputs"]]
+
+
+@MARKS[0]
+@MARKS[1]
+def test_an_admin_made_a_rater_is_refused_once_not_at_every_tick_and_pick(ui_world, e2e):
+    """Sixteenth review, 7 Dec 2026: an admin made a rater keeps the Admin tab until the page reloads, and the page went
+    on sending the tab's events by itself, each refused (403, "reload the page") with its own toast: the tab's timer
+    every dashboard_refresh_s while the tab was selected, and four events at each pick of an experiment. In Chromium:
+    carol's page has the Admin tab selected when she is made a rater; over several timer periods and picks of two
+    experiments the page is refused once, with the sentence; selecting the tab again asks once more (one refusal), and
+    the timer that select starts sends nothing."""
+    from app import auth
+
+    tick_s = 1.0
+    second_experiment(ui_world)
+    auth.add_user(ui_world.factory, name="carol", role="admin", password=UI_PASSWORD)
+    demo, browser = e2e(dataclasses.replace(ui_world.services(batch_size=4), dashboard_refresh_s=tick_s))
+    url = demo.local_url.replace("localhost", "127.0.0.1")
+    page = browser.new_context().new_page()
+    errors = watch_errors(page)
+    joins: list[int] = []  # the status of every event the page sent, as answered
+    refusals: list[str] = []  # the sentence of each one refused 403
+
+    def answered(r) -> None:
+        if r.url.split("?")[0].endswith("/gradio_api/queue/join"):
+            joins.append(r.status)
+            if r.status == 403:
+                refusals.append(r.json()["detail"])
+
+    page.on("response", answered)
+    sign_in(page, url, "carol")
+    page.get_by_role("tab", name="Admin").click()
+    page.locator("#dashboard-access").wait_for(timeout=60_000)
+    auth.set_role(ui_world.factory, name="carol", role="rater")
+    sentence = "'carol' is a rater; only an admin can do this; reload the page."
+    page.get_by_text(sentence).first.wait_for(timeout=60_000)  # the first refusal's toast (a tick of the tab's timer)
+    page.wait_for_timeout(4_000 * tick_s)  # four more periods of the timer
+    for name in ("b-exp", "ui-exp", "b-exp"):  # each pick changes the experiment: the Admin tab's events would follow
+        close_toasts(page)  # a toast lies over the selector
+        page.get_by_role("combobox", name="Experiment").click()  # the Admin tab has labels with the word too
+        before = len(joins)
+        page.get_by_role("option", name=re.compile(f"^{name}")).click()
+        deadline = time.monotonic() + 60
+        while len(joins) == before:  # the pick's own event answered; the Admin tab's would be sent right after it
+            assert time.monotonic() < deadline, joins
+            page.wait_for_timeout(100)
+        page.wait_for_timeout(1_500 * tick_s)
+    assert refusals == [sentence], refusals
+    page.get_by_role("tab", name="Rate").click()
+    page.get_by_role("tab", name="Admin").click()  # asked for: told once more, and its timer sends nothing
+    page.get_by_text(sentence).first.wait_for(timeout=30_000)
+    page.wait_for_timeout(4_000 * tick_s)
+    assert refusals == [sentence, sentence], refusals
+    assert not errors, errors
