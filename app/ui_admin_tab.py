@@ -19,7 +19,7 @@ from app import members, ui_account, ui_admin, ui_compare, ui_export, ui_options
 from app.auth import Who
 from app.gradio_routes import admin_only
 from app.rater_page import admin_only_layout
-from app.ui_assets import NOT_ADMIN_KNOWN, QUIET_ADMIN_JS
+from app.ui_assets import ADMIN_AGAIN_JS, NOT_ADMIN_KNOWN, QUIET_ADMIN_JS
 from db.models import EXPORT_FORMATS
 from seiko_core.config import MAX_EPOCHS, MAX_KL_WEIGHT, MAX_SECONDS, METHODS
 from seiko_core.models import public_name
@@ -171,21 +171,29 @@ class AdminHandlers:
         return message
 
     @admin_only
-    def on_set_raters(self, exp_id, text, request: gr.Request):
+    def on_set_raters(self, exp_id, text, shown_for, request: gr.Request):
         """Who may rate the experiment: ``everyone`` (or empty), ``admins`` (only admins), or account names separated
-        by commas (``app.members``; audit-logged)."""
+        by commas (``app.members``; audit-logged). ``shown_for``: the experiment the field was filled for
+        (``on_show_raters``); a field filled for another one is not saved onto this one."""
         who = self.admin_of(request)
         target = self._target(exp_id)
+        if shown_for != target:
+            # the field still showed another experiment's raters (its refill not sent or not yet answered): saving it
+            # replaced this experiment's raters with that list (found by a read-only review, 7 Dec 2026)
+            message = "The field showed another experiment's raters; it shows this one's now: check them and set again."
+            gr.Warning(message)
+            return message, members.raters_text(self.factory, target), target
         message = self.shown(lambda: members.set_raters(self.factory, who, target, members.parse_names(text)))
         gr.Info(message)
-        return message, members.raters_text(self.factory, target)
+        return message, members.raters_text(self.factory, target), target
 
     @admin_only
     def on_show_raters(self, exp_id, request: gr.Request):
-        """The raters field of the selected experiment; to an admin only (a rater's page has no Admin tab, and the
-        event sent by hand is refused)."""
+        """The raters field of the selected experiment, and that experiment (``on_set_raters``' ``shown_for``); to an
+        admin only (a rater's page has no Admin tab, and the event sent by hand is refused)."""
         self.admin_of(request)
-        return self.shown(lambda: members.raters_text(self.factory, ui_admin.resolved_or_none(self.factory, exp_id)))
+        target = self.shown(lambda: ui_admin.resolved_or_none(self.factory, exp_id))
+        return self.shown(lambda: members.raters_text(self.factory, target)), target
 
     @admin_only
     def on_build_export(self, exp_id, round_index, fmt, request: gr.Request):
@@ -388,6 +396,7 @@ def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callab
                                         value=members.EVERYONE, placeholder="everyone | admins | alice, bob",
                                         elem_id="experiment-raters")
                 raters_btn = gr.Button("Set raters", scale=0, min_width=140, elem_id="set-experiment-raters")
+            raters_for = gr.State(None)  # the experiment raters_box was filled for (on_show_raters)
         ui_compare.build_rollback(services, exp_state, h.admin_of, h.shown,
                                   private=private)
         with gr.Accordion("Export", open=False):
@@ -490,8 +499,12 @@ def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callab
     # dashboard_refresh_s while the tab was selected, and four more at each pick (sixteenth review, 7 Dec 2026). The
     # first refusal's toast says to reload; on_admin_tab still asks, so selecting the tab again says it once more.
     quiet = {**private, "js": QUIET_ADMIN_JS}
-    admin_tab.select(h.on_admin_tab, [exp_state], [admin_status, users_df, jobs_df, dash_access, exports_df],
-                     **private)
+    shown_tab = admin_tab.select(h.on_admin_tab, [exp_state], [admin_status, users_df, jobs_df, dash_access,
+                                                                 exports_df], **private)
+    # answered: the account is an admin (again), so the events above are sent again; the flag stayed set once a
+    # refusal set it, and an admin made one again without a reload got the tab's buttons but not its refills
+    # (the raters field kept the previous experiment's list; read-only review, 7 Dec 2026)
+    shown_tab.success(None, None, None, js=ADMIN_AGAIN_JS, **private)
     exp_state.change(h.on_admin_experiment, [exp_state],
                      [dash_access, jobs_df, exports_df, x_link, q_summary, q_table, q_standardize, admin_status],
                      **quiet)
@@ -509,9 +522,10 @@ def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callab
     retry_btn.click(h.on_retry, [exp_state, retry_id], [admin_result, admin_status, jobs_df, retry_id], **serial)
     reopen_btn.click(h.on_reopen, [exp_state], [admin_result, admin_status, jobs_df], **serial)
     dash_access.input(h.on_dash_access, [exp_state, dash_access], [admin_result], **serial)
-    raters_btn.click(h.on_set_raters, [exp_state, raters_box], [admin_result, raters_box], **serial)
-    admin_tab.select(h.on_show_raters, [exp_state], [raters_box], **quiet)
-    exp_state.change(h.on_show_raters, [exp_state], [raters_box], **quiet)
+    raters_btn.click(h.on_set_raters, [exp_state, raters_box, raters_for], [admin_result, raters_box, raters_for],
+                     **serial)
+    admin_tab.select(h.on_show_raters, [exp_state], [raters_box, raters_for], **quiet)
+    exp_state.change(h.on_show_raters, [exp_state], [raters_box, raters_for], **quiet)
     x_build.click(h.on_build_export, [exp_state, x_round, x_format], [admin_result, x_link, exports_df],
                   concurrency_limit=1, concurrency_id="export", **private)
     pause_btn.click(h.on_pause, [exp_state], [admin_result, admin_status], **serial)

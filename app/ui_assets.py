@@ -774,6 +774,9 @@ NOT_ADMIN_KNOWN = "Boolean(globalThis.__seikoStreams && globalThis.__seikoStream
 # then sends nothing and shows nothing (the event's failure listeners run)
 QUIET_ADMIN_JS = ("(...inputs) => { if (" + NOT_ADMIN_KNOWN + ") throw new Error('this account is no longer an "
                   "admin: not sent'); return inputs; }")
+# ``js=`` run once an admin event was answered (on_admin_tab): the account is an admin again, and QUIET_ADMIN_JS's
+# events are sent again
+ADMIN_AGAIN_JS = "() => { if (globalThis.__seikoStreams) globalThis.__seikoStreams.notAdmin = false; }"
 # The stream of results said nothing for ACTION_SILENT_S (STREAMS_JS ends it; tenth review, 6 Dec 2026):
 STREAM_SILENT = ("The server has not answered this page for {s} s, so the page stopped waiting: your last action may or "
                  "may not have been saved, and your next action shows what was.")

@@ -271,8 +271,8 @@ def test_the_admin_tab_and_the_command_line_set_raters(ui_world, capsys):
     _, page = fns(ui_world)
     on_set = page[("app.ui_admin_tab", "on_set_raters")]
     with pytest.raises(gr.Error):
-        on_set(ui_world.experiment_id, "alice", request("bob"))
-    message, field = on_set(ui_world.experiment_id, "alice, bob", request("root"))
+        on_set(ui_world.experiment_id, "alice", ui_world.experiment_id, request("bob"))
+    message, field, _ = on_set(ui_world.experiment_id, "alice, bob", ui_world.experiment_id, request("root"))
     assert field == "alice, bob" and "alice, bob" in message
     assert cli_users  # the command below runs through the module's main
     db = ["--db-url", ui_world.settings.db_url, "--data-dir", str(ui_world.settings.data_dir)]
@@ -455,21 +455,45 @@ def test_admins_only_is_set_from_the_command_line_and_the_admin_tab_and_a_mix_is
     assert actor.startswith("command line") and detail == {"raters": "admins"}
 
     # the Admin tab: its field shows the word, and setting the field as shown keeps the experiment admins-only
-    assert page[("app.ui_admin_tab", "on_show_raters")](world.experiment_id, request("root")) == "admins"
+    assert page[("app.ui_admin_tab", "on_show_raters")](world.experiment_id, request("root")) == ("admins",
+                                                                                                   world.experiment_id)
     everyone(world)
-    message, field = on_set(world.experiment_id, " Admins ", request("root"))
+    message, field, _ = on_set(world.experiment_id, " Admins ", world.experiment_id, request("root"))
     assert field == "admins" and "Only admins may now rate" in message
-    message, field = on_set(world.experiment_id, field, request("root"))
+    message, field, _ = on_set(world.experiment_id, field, world.experiment_id, request("root"))
     assert field == "admins"
     only_admins_rate()
     for text in ("admins, alice", "alice\nadmins", "everyone, bob"):
         with pytest.raises(gr.Error, match="not a mix; nothing was changed"):
-            on_set(world.experiment_id, text, request("root"))
+            on_set(world.experiment_id, text, world.experiment_id, request("root"))
     assert members.raters_text(world.factory, world.experiment_id) == "admins"
     assert audited()[1:] == [("root", {"raters": "everyone"}), ("root", {"raters": "admins"}),
                              ("root", {"raters": "admins"})]
     with pytest.raises(gr.Error):  # a rater cannot set it
-        on_set(world.experiment_id, "admins", request("bob"))
+        on_set(world.experiment_id, "admins", world.experiment_id, request("bob"))
+
+
+def test_a_raters_field_filled_for_another_experiment_is_not_saved_onto_this_one(ui_world):
+    """Read-only review, 7 Dec 2026: the raters field kept experiment A's list when its refill for B was not sent (the
+    page of an admin made a rater, then an admin again, without a reload), and "Set raters" with B selected replaced
+    B's raters with A's list. The field now comes with the experiment it was filled for; a save for another one
+    is refused with one sentence, B's raters unchanged, and the field then shows B's."""
+    from tests.app.test_admin_switch import second_experiment
+
+    world = ui_world
+    b = second_experiment(world)
+    _, page = fns(world)
+    on_show, on_set = page[("app.ui_admin_tab", "on_show_raters")], page[("app.ui_admin_tab", "on_set_raters")]
+    only(world, "alice")  # A: alice only; B: everyone
+    field, shown_for = on_show(world.experiment_id, request("root"))
+    assert (field, shown_for) == ("alice", world.experiment_id)
+    message, field, shown_for = on_set(b, field, shown_for, request("root"))  # B picked, the field still A's
+    assert message == "The field showed another experiment's raters; it shows this one's now: check them and set again."
+    assert members.raters_text(world.factory, b) == "everyone"
+    assert (field, shown_for) == ("everyone", b)
+    message, field, shown_for = on_set(b, "bob", shown_for, request("root"))  # filled for B: saved
+    assert members.raters_text(world.factory, b) == "bob" == field and shown_for == b
+    assert members.raters_text(world.factory, world.experiment_id) == "alice"
 
 
 def _pg_only(world) -> None:
