@@ -740,8 +740,8 @@ class WebGuard:
                 return
             # an event that is not the app's, signed in (signed out, Gradio's own sign-in check answers 401 first)
             if signed_in is not None and (refused := self._event_refusal(path, method, parsed, signed_in)) is not None:
-                # its one 403: an admin's event to an account that is not an admin (said to the page: NOT_ADMIN_HEADER)
-                await self._refuse(scope, receive, send, *refused, not_admin=refused[1] == 403)
+                why, status, not_admin = refused  # said to the page when the account is not an admin (NOT_ADMIN_HEADER)
+                await self._refuse(scope, receive, send, why, status, not_admin=not_admin)
                 return
             event = gradio_routes.event_of(path, method)
             if event is not None and user is None:
@@ -770,7 +770,7 @@ class WebGuard:
                 return
         else:  # local mode: past its token
             if (refused := self._event_refusal(path, method, parsed)) is not None:
-                await self._refuse(scope, receive, send, *refused)
+                await self._refuse(scope, receive, send, *refused[:2])
                 return
             if (named is not None and gradio_routes.reads_session(path, method) and not self._results_waiting(named)) \
                     or (read is not None and not self._event_waiting(read[1])):
@@ -798,8 +798,8 @@ class WebGuard:
         return self._admin_parts_found
 
     def _event_refusal(self, path: str, method: str | None, parsed: Any,
-                       signed_in: SessionInfo | None = None) -> tuple[str, int] | None:
-        """(sentence, status) refusing an event post, or None: an fn_index or API name the app does not have (404:
+                       signed_in: SessionInfo | None = None) -> tuple[str, int, bool] | None:
+        """(sentence, status, whether the account is not an admin) refusing an event post, or None: an fn_index or API name the app does not have (404:
         it raised in Gradio, a 500 and a traceback per request, and a private handler was callable by name), an
         admin's event (``gradio_routes.admin_only``) for ``signed_in`` when they are not an admin (403, the handlers'
         own sentence; local mode's one user is the admin), or inputs its function cannot take (400:
@@ -808,17 +808,17 @@ class WebGuard:
             return None
         fns = self._fns()
         if (why := gradio_routes.event_target_refusal(path, parsed, fns)) is not None:
-            return why, 404
+            return why, 404, False
         block_fn = gradio_routes.event_function(path, parsed, fns)
         if signed_in is not None and block_fn is not None and gradio_routes.is_admin_only(block_fn.fn):
             try:
                 auth.require_admin(auth.Who(signed_in.rater_id, signed_in.name, signed_in.role, local=False))
             except auth.AuthError as e:
-                return _sentence(str(e)), 403
+                return _sentence(str(e)), 403, True  # only this refusal sets the page's flag (QUIET_ADMIN_JS)
         session = parsed.get("session_hash") if isinstance(parsed, dict) else None
         blocks = gradio_routes.session_blocks(getattr(self.gradio_app, "state_holder", None), session)
         if (why := gradio_routes.event_inputs_refusal(path, parsed, fns, blocks)) is not None:
-            return why, 400
+            return why, 400, False
         return None
 
     async def _make_event(self, user: str, scope: Scope, receive: Receive, send: Send, fn_id: int | None = None) -> None:
