@@ -244,6 +244,12 @@ def test_a_role_change_applies_to_the_next_request_of_an_account_already_signed_
         assert timer_answer(alice, "alices-page") == 200
         other = carol.post("/gradio_api/queue/join", json={"data": [], "fn_index": 10**6, "session_hash": "carols-page"})
         assert other.status_code == 404 and ui_assets.NOT_ADMIN_HEADER not in other.headers, other.headers
+        # another 403, not about the account's role, is not said so: the session of another account
+        theirs = alice.post("/gradio_api/queue/join", json={"data": [world.experiment_id], "fn_index": timer,
+                                                            "session_hash": "carols-page", "event_data": None,
+                                                            "trigger_id": None})
+        assert theirs.status_code == 403 and ui_assets.NOT_ADMIN_HEADER not in theirs.headers, theirs.headers
+        assert theirs.json()["detail"] == "This session of the app belongs to another account.", theirs.text
 
 
 def test_an_answer_that_cannot_be_trimmed_is_not_passed_on_to_a_rater(caplog):
@@ -438,15 +444,37 @@ def test_an_admin_made_a_rater_is_refused_once_not_at_every_tick_and_pick(ui_wor
     every dashboard_refresh_s while the tab was selected, and four events at each pick of an experiment. In Chromium:
     carol's page has the Admin tab selected when she is made a rater; over several timer periods and picks of two
     experiments the page is refused once, with the sentence; selecting the tab again asks once more (one refusal), and
-    the timer that select starts sends nothing."""
+    the timer that select starts sends nothing. Made an admin again without a reload, selecting the tab is answered
+    and the page sends those events again: a pick fills the raters field with the picked experiment's raters (it kept
+    the list of the one shown before, which a save then put on the picked one; read-only review, 7 Dec 2026)."""
     from app import auth
+    from db import members as db_members
+    from db.engine import write_session
 
     tick_s = 1.0
     second_experiment(ui_world)
+    with write_session(ui_world.factory) as s:  # the two experiments' raters fields differ: 'admins', 'everyone'
+        db_members.set_raters(session=s, experiment_id=ui_world.experiment_id, rater_ids=[])
     auth.add_user(ui_world.factory, name="carol", role="admin", password=UI_PASSWORD)
     demo, browser = e2e(dataclasses.replace(ui_world.services(batch_size=4), dashboard_refresh_s=tick_s))
+    (pick_fn,) = [i for i, bf in demo.fns.items()
+                  if bf.fn is not None and (bf.fn.__module__, bf.fn.__name__) == ("app.ui", "on_experiment")]
     url = demo.local_url.replace("localhost", "127.0.0.1")
     page = browser.new_context().new_page()
+    # the fn_index of each event the page's Gradio client joined (answered 200): its bodies are streamed through
+    # STREAMS_JS's fetch, which Playwright's request does not show, so read before STREAMS_JS wraps fetch
+    page.add_init_script("""(() => {
+      const real = window.fetch;
+      window.__joinedFns = [];
+      window.fetch = async function (input, init) {
+        const request = new Request(input, init);
+        if (!new URL(request.url).pathname.endsWith('/gradio_api/queue/join')) return real.call(this, request);
+        const body = JSON.parse(await request.clone().text());
+        const response = await real.call(this, request);
+        if (response.ok) window.__joinedFns.push(body.fn_index);
+        return response;
+      };
+    })();""")
     errors = watch_errors(page)
     joins: list[int] = []  # the status of every event the page sent, as answered
     refusals: list[str] = []  # the sentence of each one refused 403
@@ -457,6 +485,17 @@ def test_an_admin_made_a_rater_is_refused_once_not_at_every_tick_and_pick(ui_wor
             if r.status == 403:
                 refusals.append(r.json()["detail"])
 
+    def pick(name: str) -> None:
+        close_toasts(page)  # a toast lies over the selector
+        page.get_by_role("combobox", name="Experiment").click()  # the Admin tab has labels with the word too
+        before = page.evaluate("window.__joinedFns.length")
+        page.get_by_role("option", name=re.compile(f"^{name}")).click()
+        deadline = time.monotonic() + 60
+        # the pick's own event joined (not any event's answer, a tick's say); the Admin tab's follow it
+        while pick_fn not in page.evaluate(f"window.__joinedFns.slice({before})"):
+            assert time.monotonic() < deadline, joins
+            page.wait_for_timeout(100)
+
     page.on("response", answered)
     sign_in(page, url, "carol")
     page.get_by_role("tab", name="Admin").click()
@@ -466,19 +505,26 @@ def test_an_admin_made_a_rater_is_refused_once_not_at_every_tick_and_pick(ui_wor
     page.get_by_text(sentence).first.wait_for(timeout=60_000)  # the first refusal's toast (a tick of the tab's timer)
     page.wait_for_timeout(4_000 * tick_s)  # four more periods of the timer
     for name in ("b-exp", "ui-exp", "b-exp"):  # each pick changes the experiment: the Admin tab's events would follow
-        close_toasts(page)  # a toast lies over the selector
-        page.get_by_role("combobox", name="Experiment").click()  # the Admin tab has labels with the word too
-        before = len(joins)
-        page.get_by_role("option", name=re.compile(f"^{name}")).click()
-        deadline = time.monotonic() + 60
-        while len(joins) == before:  # the pick's own event answered; the Admin tab's would be sent right after it
-            assert time.monotonic() < deadline, joins
-            page.wait_for_timeout(100)
+        pick(name)
         page.wait_for_timeout(1_500 * tick_s)
     assert refusals == [sentence], refusals
     page.get_by_role("tab", name="Rate").click()
     page.get_by_role("tab", name="Admin").click()  # asked for: told once more, and its timer sends nothing
     page.get_by_text(sentence).first.wait_for(timeout=30_000)
     page.wait_for_timeout(4_000 * tick_s)
+    assert refusals == [sentence, sentence], refusals
+
+    auth.set_role(ui_world.factory, name="carol", role="admin")  # an admin again, the page not reloaded
+    close_toasts(page)
+    page.get_by_role("tab", name="Rate").click()
+    page.get_by_role("tab", name="Admin").click()
+    page.locator("#dashboard-access").wait_for(timeout=60_000)
+    field = page.locator("#experiment-raters").get_by_role("textbox")
+    for name, raters in (("ui-exp", "admins"), ("b-exp", "everyone"), ("ui-exp", "admins")):
+        pick(name)
+        deadline = time.monotonic() + 30
+        while field.input_value() != raters:  # the field follows the pick again
+            assert time.monotonic() < deadline, (name, field.input_value(), joins)
+            page.wait_for_timeout(100)
     assert refusals == [sentence, sentence], refusals
     assert not errors, errors
