@@ -21,22 +21,32 @@ from seiko_core.finetune import (
 )
 from seiko_core.presets import shapes
 from seiko_core.sampling import DDIMSchedule, decode, sample
+from tests.seiko_core.test_finetune_diversity import _moved_adapter
 
 
 def _red(images, prompts):
     return images[:, 0].mean((1, 2))
 
 
-def _moved_adapter(parts):
-    params = lora.add_adapter(parts.unet, "round_1", shapes().finetune)
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for p in params:
-            p.add_(0.2 * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    lora.activate(parts.unet, "round_1")
+def _trainable_adapter(parts):
+    """test_finetune_diversity's moved adapter "round_1", its parameters trainable."""
+    params = _moved_adapter(parts)
     for p in params:
         p.requires_grad_(True)
     return params
+
+
+def _anchor_setup(parts, candidates: int, keep: float, batch_size: int, grad_accum: int, prompts: list[str]):
+    """(cfg, 3-step schedule, anchors drawn from ``prompts`` with seed 1) for an anchor balance of 0.5."""
+    cfg = shapes()
+    ft = cfg.finetune
+    ft.anchor_balance, ft.anchor_candidates, ft.anchor_keep, ft.batch_size, ft.grad_accum = (0.5, candidates, keep,
+                                                                                             batch_size, grad_accum)
+    cfg.sampling.eta, cfg.sampling.guidance = 1.0, 3.0
+    sched = DDIMSchedule.from_scheduler(parts.scheduler, 3)
+    anchors = reward_ranked_anchors(parts, _red, prompts, cfg, schedule=sched, adapter="round_1",
+                                    generator=torch.Generator().manual_seed(1))
+    return cfg, sched, anchors
 
 
 def test_the_denoising_loss_noises_as_the_stock_scheduler_and_scores_the_noise(random_parts):
@@ -103,20 +113,14 @@ def test_one_micro_batch_adds_its_loss_gradient_and_the_weighted_anchor_gradient
     alone here, with |w * grad(anchor)| = 0.5 |grad(loss)|; with 2 processes, rank 1 takes the second slice of the
     anchors drawn for the global micro-batch."""
     unet = random_parts.unet
-    params = _moved_adapter(random_parts)
-    cfg = shapes()
-    ft = cfg.finetune
-    ft.anchor_balance, ft.anchor_candidates, ft.anchor_keep, ft.batch_size, ft.grad_accum = 0.5, 4, 1.0, 2, 2
-    cfg.sampling.eta, cfg.sampling.guidance = 1.0, 3.0
-    sched = DDIMSchedule.from_scheduler(random_parts.scheduler, 3)
+    params = _trainable_adapter(random_parts)
     acc = shared_accelerator("no", cpu=True)
     prompts, seeds = ["a red circle", "a shape"], [1, 2]
     attached = attached_steps(3, "per_trajectory", 2, None)
     rank = world - 1
-    unet.train()
     try:
-        anchors = reward_ranked_anchors(random_parts, _red, prompts, cfg, schedule=sched, adapter="round_1",
-                                        generator=torch.Generator().manual_seed(1))
+        cfg, sched, anchors = _anchor_setup(random_parts, 4, 1.0, 2, 2, prompts)
+        ft = cfg.finetune
         assert len(anchors.prompts) == 4
 
         def loss_now():
@@ -154,15 +158,10 @@ def test_one_micro_batch_adds_its_loss_gradient_and_the_weighted_anchor_gradient
 def test_a_rank_with_no_anchor_left_adds_its_loss_gradient_alone(random_parts):
     """One anchor, 2 processes of batch 1: rank 1's slice is empty; its gradient is the loss's alone."""
     unet = random_parts.unet
-    params = _moved_adapter(random_parts)
-    cfg = shapes()
-    ft = cfg.finetune
-    ft.anchor_balance, ft.anchor_candidates, ft.anchor_keep, ft.batch_size, ft.grad_accum = 0.5, 2, 0.5, 1, 1
-    sched = DDIMSchedule.from_scheduler(random_parts.scheduler, 3)
-    unet.train()
+    params = _trainable_adapter(random_parts)
     try:
-        anchors = reward_ranked_anchors(random_parts, _red, ["a shape"], cfg, schedule=sched, adapter="round_1",
-                                        generator=torch.Generator().manual_seed(1))
+        cfg, sched, anchors = _anchor_setup(random_parts, 2, 0.5, 1, 1, ["a shape"])
+        ft = cfg.finetune
         assert len(anchors.prompts) == 1
 
         def loss_now():
@@ -269,15 +268,10 @@ def test_an_anchor_gradient_that_overflowed_reaches_the_loss_scaler_or_is_left_o
     real = finetune_module.denoising_loss
     monkeypatch.setattr(finetune_module, "denoising_loss", lambda *a: real(*a) * 1e39)  # inf in float32
     unet = random_parts.unet
-    params = _moved_adapter(random_parts)
-    cfg = shapes()
-    ft = cfg.finetune
-    ft.anchor_balance, ft.anchor_candidates, ft.anchor_keep, ft.batch_size, ft.grad_accum = 0.5, 2, 1.0, 2, 1
-    sched = DDIMSchedule.from_scheduler(random_parts.scheduler, 3)
-    unet.train()
+    params = _trainable_adapter(random_parts)
     try:
-        anchors = reward_ranked_anchors(random_parts, _red, ["a shape"], cfg, schedule=sched, adapter="round_1",
-                                        generator=torch.Generator().manual_seed(1))
+        cfg, sched, anchors = _anchor_setup(random_parts, 2, 1.0, 2, 1, ["a shape"])
+        ft = cfg.finetune
         loss = trajectory_loss(random_parts, _red, ["a shape", "a red circle"], [4, 5], ft, schedule=sched, eta=1.0,
                                guidance=3.0, attached=attached_steps(3, "per_trajectory", 2, None), adapter="round_1",
                                reference="skip", trainable=params)[0]
