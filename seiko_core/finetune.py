@@ -371,6 +371,8 @@ def finetune(parts, reward_fn: RewardFn, prompts: list[str], cfg, *, adapter: st
     from a generator shared by all ranks) and rank r renders the r-th slice of it, so N processes with
     ``batch_size`` b train as one process with ``batch_size`` N*b would (up to floating-point differences).
     Gradients are averaged across ranks in one flat collective before clipping, so all ranks stay identical.
+    With ``anchor_balance`` each rank weighs its denoising anchor against its own slice's gradient (the anchors and their
+    noise are drawn as one process would), so N processes then train close to, not exactly as, one.
     fp16 scales the loss through ``accelerator.backward`` and unscales before clipping; a step whose gradients
     overflowed is skipped on every rank alike (the reduced gradients are the same everywhere).
     """
