@@ -563,7 +563,8 @@ def _backward_with_anchor(acc, unet, params, loss, anchors: Anchors, gen: torch.
         acc.backward(d / ft.grad_accum)
         anchor = [p.grad for p in params]
         weight = balanced_anchor_weight(rest, anchor, ft.anchor_balance)
-        if not math.isfinite(_norm(anchor)):
+        # a weight of 0 is also how an overflow shows; only then are the anchor's gradients read again
+        if weight == 0 and not all(bool(torch.isfinite(g).all()) for g in anchor if g is not None):
             if getattr(acc, "scaler", None) is not None:
                 weight = 1.0  # the overflow reaches the scaler, which skips this step and backs off
             else:

@@ -36,6 +36,17 @@ def _trainable_adapter(parts):
     return params
 
 
+def _gradient_alone(params, loss) -> list[torch.Tensor]:
+    """The adapter's gradient of ``loss`` by itself (copies), the parameters' gradients left cleared."""
+    for p in params:
+        p.grad = None
+    loss.backward()
+    grads = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    return grads
+
+
 def _anchor_setup(parts, candidates: int, keep: float, batch_size: int, grad_accum: int, prompts: list[str]):
     """(cfg, 3-step schedule, anchors drawn from ``prompts`` with seed 1) for an anchor balance of 0.5."""
     cfg = shapes()
@@ -127,12 +138,7 @@ def test_one_micro_batch_adds_its_loss_gradient_and_the_weighted_anchor_gradient
             return trajectory_loss(random_parts, _red, prompts, seeds, ft, schedule=sched, eta=1.0, guidance=3.0,
                                    attached=attached, adapter="round_1", reference="skip", trainable=params)[0]
 
-        for p in params:
-            p.grad = None
-        loss_now().backward()
-        rest = [p.grad.clone() for p in params]
-        for p in params:
-            p.grad = None
+        rest = _gradient_alone(params, loss_now())
         g = torch.Generator().manual_seed(9)  # the global micro-batch's draws, in the documented order
         k = min(2 * world, 4)
         pick = torch.randperm(4, generator=g)[:k]
@@ -169,12 +175,7 @@ def test_a_rank_with_no_anchor_left_adds_its_loss_gradient_alone(random_parts):
                                    attached=attached_steps(3, "per_trajectory", 2, None), adapter="round_1",
                                    reference="skip", trainable=params)[0]
 
-        for p in params:
-            p.grad = None
-        loss_now().backward()
-        rest = [p.grad.clone() for p in params]
-        for p in params:
-            p.grad = None
+        rest = _gradient_alone(params, loss_now())
         w = _backward_with_anchor(shared_accelerator("no", cpu=True), unet, params, loss_now(), anchors,
                                   torch.Generator().manual_seed(9), ft, sched, rank=1, world=2)
     finally:
