@@ -525,7 +525,10 @@ def test_an_event_gradios_full_queue_refused_is_sent_again_and_done_once(ui_worl
     monkeypatch.setattr(queue, "push", pushed)
     before = len(joins)
     _rate_first_card(page, "7")
-    assert left["n"] == 0 and joins[before:before + 3] == [(503, "1"), (503, "1"), (200, None)], joins[before:]
+    seen = joins[before:]  # the page's other events may come before the rating's answers (a late one of the sign-in did)
+    first = next((i for i, (status, _) in enumerate(seen) if status != 200), len(seen))  # only the rating is refused
+    assert left["n"] == 0 and seen[first:first + 3] == [(503, "1"), (503, "1"), (200, None)], seen
+    assert all(status == 200 for status, _ in seen[:first] + seen[first + 3:]), seen
     _rated_once_after_two_retries(page, ui_world, full)
     assert len(loads) == loaded, loads
     assert not errors, errors
