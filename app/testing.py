@@ -21,7 +21,7 @@ def tiny_worker_config(config: dict[str, Any]) -> dict[str, Any]:
     cfg["sampling"].update(steps=3, batch_size=8)
     # no time limit: a tiny run counts its steps, whatever the machine's pace (the preset's limit is for real rounds)
     cfg["finetune"].update(trajectories_per_epoch=2, batch_size=2, grad_accum=1, truncation_k=1, epochs=1, max_seconds=None,
-                           anchor_candidates=2)  # the shapes preset's denoising anchor, drawn from 2 images, not 32
+                           anchor_candidates=2)  # a denoising anchor turned on draws 2 images, not 32
     cfg["reward"].update(max_epochs=8, patience=3)
     cfg["eval_prompts"] = list(cfg["eval_prompts"])[:2]
     cfg["eval_seeds"] = [0, 1]

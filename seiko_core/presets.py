@@ -52,11 +52,12 @@ def shapes() -> SeikoConfig:
                                 # the last 3 of 10 steps keep their graph: about the share of the trajectory (5 of 20)
                                 # that was attached at 20 steps
                                 loss_coeff=1.0, reward_target=None, truncation="per_trajectory", truncation_k=3,
-                                # lever R (issue 12, 7 Dec 2026): a denoising anchor on the top quarter of 32 images
-                                # the round's starting model draws, at half the gradient norm of the reward and KL
-                                # terms; adopted by a rule written before its runs (BENCHMARKS.md, "Lever R"): share
-                                # rated >= 6 at round 4 +14.1 points pooled, but pixel variety -18.8
-                                anchor_balance=0.5, anchor_candidates=32, anchor_keep=0.25),
+                                # lever R (issue 12, 7 Dec 2026), a denoising anchor on the top quarter of 32 images
+                                # the round's starting model draws: off. Adopted on two people (+14.1 points of round
+                                # 4's share rated >= 6), it was withdrawn by its check on four people it never saw
+                                # (-12.2 points pooled over 12 seed pairs, below the rule's -5; BENCHMARKS.md, "Lever
+                                # R"); --set finetune.anchor_balance=0.5 turns it on
+                                anchor_balance=0.0, anchor_candidates=32, anchor_keep=0.25),
     )
 
 

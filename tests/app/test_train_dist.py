@@ -73,7 +73,7 @@ def test_two_processes_train_a_round_through_the_queue(worker_world, tmp_path, f
         experiment = repo.get_experiment(session=s, experiment_id=eid)
         cfg = from_dict({k: v for k, v in experiment.config.items() if k != "app"})
         cfg.finetune.batch_size, cfg.finetune.trajectories_per_epoch, cfg.finetune.truncation = 2, 4, "per_step"
-        cfg.finetune.anchor_balance = 0.0  # the preset's denoising anchor weighs each rank's own norms: close to one, not equal
+        cfg.finetune.anchor_balance = 0.0  # a denoising anchor weighs each rank's own norms: close to one, not equal
         experiment.config = {**experiment.config, "finetune": to_dict(cfg)["finetune"]}
     worker = w.worker()
     try:

@@ -29,7 +29,7 @@ def tiny_cfg(batch_size: int = 2, trajectories: int = 4):
     cfg.finetune.epochs = 1
     cfg.finetune.lr = 1e-2
     cfg.finetune.max_seconds = None  # the preset's time limit would make the step count depend on the machine's pace
-    # the preset's denoising anchor (lever R) adds a second backward and its own draws to every micro-batch; these
+    # a denoising anchor (lever R, off in the preset) adds a second backward and its own draws to every micro-batch; these
     # tests are about the trajectories' mechanics, and the anchor has its own (test_finetune_anchor.py)
     cfg.finetune.anchor_balance = 0.0
     return cfg

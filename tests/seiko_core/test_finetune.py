@@ -21,7 +21,7 @@ def tiny_cfg():
     cfg.finetune.truncation_k = 2
     cfg.finetune.epochs = 1
     cfg.finetune.max_seconds = None  # the preset's limit off: the tests below count steps (the limit's own tests set it)
-    # the preset's denoising anchor (lever R) adds a second backward and its own draws to every micro-batch; these
+    # a denoising anchor (lever R, off in the preset) adds a second backward and its own draws to every micro-batch; these
     # tests are about the trajectories' mechanics, and the anchor has its own (test_finetune_anchor.py)
     cfg.finetune.anchor_balance = 0.0
     return cfg
