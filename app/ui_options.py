@@ -111,9 +111,11 @@ def build_admin(services, exp_state, admin_of: Callable, shown: Callable, privat
     @admin_only
     def on_save(exp_id, sel, fac, sh, ac, rep, before, request: gr.Request):
         who = admin_of(request)  # refuses a rater; set_options checks the role again
-        if isinstance(before, dict) and before.get("experiment_id") != exp_id:
+        if (before.get("experiment_id") if isinstance(before, dict) else None) != exp_id:
             # filled for another experiment (a save's answer that came after the admin picked this one): nothing is
-            # stored from it; the form shows this experiment's options now (found by review)
+            # stored from it; the form shows this experiment's options now (found by review). Nor from a form not
+            # filled yet (its first fill not answered, or failed): its new experiment's defaults were stored over
+            # every option of the selected one (seventeenth review, 7 Dec 2026)
             message = "The form showed another experiment's options; it shows this one's now: check them and save again."
             gr.Warning(message)
             return message, *filled(exp_id)

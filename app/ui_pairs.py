@@ -276,15 +276,28 @@ def build_admin(services, exp_state, admin_of: Callable, shown: Callable, privat
                               min_width=320, elem_id="feedback-choice")
             button = gr.Button("Set feedback", scale=0, min_width=160, elem_id="set-feedback")
         result = gr.Markdown(elem_id="feedback-result")
+        choice_for = gr.State(None)  # the experiment the radio was filled for (show_feedback)
 
     @admin_only
-    def on_set(exp_id, value, request: gr.Request):
+    def on_set(exp_id, value, shown_for, request: gr.Request):
+        """``shown_for``: the experiment the radio was filled for (``show_feedback``); a choice made while another
+        one was selected is not set on this one."""
         who = admin_of(request)  # refuses a rater; pairwise.set_feedback checks the role again
         if exp_id is None:
             raise gr.Error("Select an experiment first.", print_exception=False)
+        if shown_for != exp_id:
+            # the radio still showed (or was chosen on) another experiment's setting, its refill not sent or not yet
+            # answered: "Set feedback" set that choice on this one (seventeenth review, 7 Dec 2026)
+            message = "The choice showed another experiment's feedback; it shows this one's now: check it and set again."
+            gr.Warning(message)
+            return message, *filled(exp_id)
         message = shown(lambda: pairwise.set_feedback(services.factory, who, int(exp_id), value))
         gr.Info(message)
-        return message
+        return message, *filled(exp_id)
+
+    def filled(exp_id) -> tuple:
+        """The radio's value as stored now, and the experiment it is for (``on_set``'s ``shown_for``)."""
+        return shown(lambda: feedback_value(services.factory, exp_id)), exp_id
 
     @admin_only
     def show_feedback(exp_id, request: gr.Request):
@@ -292,8 +305,9 @@ def build_admin(services, exp_state, admin_of: Callable, shown: Callable, privat
         showed 'scores'; found by review). To an admin only (a rater's page has no Admin tab, and the event sent by
         hand is refused)."""
         admin_of(request)
-        return shown(lambda: feedback_value(services.factory, exp_id))
+        return filled(exp_id)
 
-    button.click(on_set, [exp_state, choice], [result], concurrency_limit=1, **private)
-    exp_state.change(show_feedback, [exp_state], [choice], js=QUIET_ADMIN_JS, **private)  # see ui_admin_tab.build
+    button.click(on_set, [exp_state, choice, choice_for], [result, choice, choice_for], concurrency_limit=1, **private)
+    exp_state.change(show_feedback, [exp_state], [choice, choice_for], js=QUIET_ADMIN_JS,
+                     **private)  # see ui_admin_tab.build
     return button

@@ -252,3 +252,75 @@ def test_the_admin_tab_says_next_to_the_dashboard_access_that_a_blind_ab_needs_i
     assert checkbox["type"] == "checkbox"
     assert checkbox["props"]["info"] == ("Keep this off for a blind A/B: the dashboard shows which round's images are "
                                          "which, so a rater who sees it can tell the Compare tab's sides apart.")
+
+
+# ---------------------------------------------------------------------------------------------
+# a form filled for one experiment, sent with another selected (seventeenth review, 7 Dec 2026)
+# ---------------------------------------------------------------------------------------------
+
+
+def quiet_events(demo: gr.Blocks) -> frozenset[int]:
+    """The Admin tab's events the page fires by itself (the refills at a pick, the tab's, the timer's): a page that
+    knows its account was refused as no admin does not send them (``ui_assets.QUIET_ADMIN_JS``)."""
+    from app.ui_assets import QUIET_ADMIN_JS
+
+    quiet = frozenset(i for i, bf in demo.fns.items() if bf.js == QUIET_ADMIN_JS)
+    assert len(quiet) >= 5, quiet  # the admin experiment's refill, the raters field, the feedback, the round options...
+    return quiet
+
+
+def feedback(world, experiment_id: int) -> str:
+    with read_session(world.factory) as s:
+        config = repo.get_experiment(session=s, experiment_id=experiment_id).config or {}
+    return (config.get("app") or {}).get("feedback", "scores")  # where app.pairwise keeps it; 'scores' when unset
+
+
+def test_a_feedback_chosen_while_another_experiment_was_selected_is_not_set_on_this_one(ui_world):
+    """The feedback radio kept what the admin chose on A when its refill for B was not sent (the page of an admin
+    made a rater, then an admin again, without a reload) or not yet answered, and "Set feedback" with B selected set
+    A's choice on B (and made B's open round's pairs). The radio now comes with the experiment it was filled for: a
+    set for another one is refused with one sentence, B's setting unchanged, and the radio then shows B's."""
+    w = ui_world
+    a, b = w.experiment_id, b_set_apart(w)  # A asks for scores, B for scores and pairs
+    demo = ui.build_demo(w.services())
+    page = Page(demo, in_session("root", "s1"))
+    page.pick_experiment(a)
+    assert page["feedback-choice"] == "scores"
+    page.set("feedback-choice", "pairs")  # chosen for A, not set yet
+    page.left_out = quiet_events(demo)  # the refills of the next pick are not sent
+    page.pick_experiment(b)
+    assert page["feedback-choice"] == "pairs"
+    page.fire(page.block("set-feedback"), "click")
+    assert (feedback(w, a), feedback(w, b)) == ("scores", "both")
+    assert page["feedback-result"] == ("The choice showed another experiment's feedback; it shows this one's now: "
+                                       "check it and set again.")
+    assert page["feedback-choice"] == "both"  # B's, as stored
+    page.set("feedback-choice", "pairs")  # chosen now, for B: set
+    page.fire(page.block("set-feedback"), "click")
+    assert (feedback(w, a), feedback(w, b), page["feedback-choice"]) == ("scores", "pairs", "pairs")
+
+
+def test_round_options_never_filled_for_the_selected_experiment_are_not_saved_onto_it(ui_world):
+    """The round-options form compares the experiment it was filled for with the selected one, but a form not filled
+    at all (its refills not sent, or its first one not answered) passed: its new experiment's defaults were stored
+    over every option of the selected experiment, though the admin changed only auto-close. Refused now, with one
+    sentence, nothing stored; the form then shows the experiment's options."""
+    w = ui_world
+    demo = ui.build_demo(w.services())
+    before = stored(w, w.experiment_id)
+    page = Page(demo, in_session("root", "s1"), left_out=quiet_events(demo))
+    page.pick_experiment(w.experiment_id)
+    new = experiment_options.ExperimentOptions()
+    assert (page["opt-selection"], page["opt-candidate-factor"]) == (new.selection, new.candidate_factor)
+    assert (new.selection, new.candidate_factor) != (before.selection, before.candidate_factor)  # the test can fail
+    page.set("opt-auto-close", not before.auto_close)
+    page.fire(page.block("save-round-options"), "click")
+    assert stored(w, w.experiment_id) == before
+    assert page["round-options-result"].startswith("The form showed another experiment's options")
+    assert (page["opt-selection"], page["opt-candidate-factor"], page["opt-auto-close"]) == (
+        before.selection, before.candidate_factor, before.auto_close)
+    page.set("opt-auto-close", not before.auto_close)  # filled now: saved, the auto-close only
+    page.fire(page.block("save-round-options"), "click")
+    after = stored(w, w.experiment_id)
+    assert (after.selection, after.candidate_factor, after.auto_close) == (
+        before.selection, before.candidate_factor, not before.auto_close)

@@ -2707,7 +2707,7 @@ def test_an_event_gradio_would_refuse_for_its_values_is_one_sentence_before_grad
     rater = "'alice' is a rater; only an admin can do this; reload the page."
     with signed_in(url, "alice") as http:
         for fn_id, data in ((export, [None, "abc", "diffusers"]), (role, ["root", "superuser"]),
-                            (add_user, ["x", "god", "pw-123456789"]), (feedback, [None, "bogus"]),
+                            (add_user, ["x", "god", "pw-123456789"]), (feedback, [None, "bogus", None]),
                             (export, [world.experiment_id, 0, "ratings"])):  # good values too: the role decides
             r = _join(http, fn_id, data, "alices-page")
             assert (r.status_code, sentence_of(r)) == (403, rater), (demo.fns[fn_id].fn.__name__, r.status_code, r.text)
@@ -2730,7 +2730,7 @@ def test_an_event_gradio_would_refuse_for_its_values_is_one_sentence_before_grad
                 (export, [None, "abc", "diffusers"], "takes a number, got 'abc'."),
                 (role, ["root", "superuser"], "takes one of its choices ('rater', 'admin'), got 'superuser'."),
                 (add_user, ["x", "god", "pw-123456789"], "takes one of its choices ('rater', 'admin'), got 'god'."),
-                (feedback, [None, "bogus"], "takes one of its choices ('scores', 'pairs', 'both'), got 'bogus'."),
+                (feedback, [None, "bogus", None], "takes one of its choices ('scores', 'pairs', 'both'), got 'bogus'."),
                 (access, [None, "yes"], "takes true or false, got 'yes'."),
                 (gold, [None, 5, "3"], "takes text, got 5.")):
             r = _join(http, fn_id, data, "roots-page")
@@ -2745,7 +2745,7 @@ def test_an_event_gradio_would_refuse_for_its_values_is_one_sentence_before_grad
     with signed_in(url, "alice") as http:  # made an admin: at once, though the guard read her role with her session
         assert _join(http, export, [None, None, "ratings"], "alices-page").status_code == 403
         auth.set_role(world.factory, name="alice", role="admin")
-        r = _join(http, feedback, [None, "bogus"], "alices-page")
+        r = _join(http, feedback, [None, "bogus", None], "alices-page")
         assert r.status_code == 400 and sentence_of(r).endswith("got 'bogus'."), r.text
     _no_traceback(capfd, caplog)
 

@@ -239,7 +239,7 @@ def test_a_rater_cannot_run_admin_handlers(rel_server):
         "app.ui_admin_tab:on_standardize": [world.experiment_id, True],
         "app.ui_admin_tab:on_gold": [world.experiment_id, world.image_ids[0], 5],
         "app.ui_options:on_save": [world.experiment_id, "uncertainty", 2, 0.5, True, 0.1, None],
-        "app.ui_pairs:on_set": [world.experiment_id, "pairs"],
+        "app.ui_pairs:on_set": [world.experiment_id, "pairs", world.experiment_id],
         "app.ui_compare:on_rollback": [{"experiment": world.experiment_id, "from": 0, "round": 0}, world.experiment_id],
         "app.ui_compare:on_rollback_ask": [world.experiment_id, 0],
     }
