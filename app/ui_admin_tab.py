@@ -19,7 +19,7 @@ from app import members, ui_account, ui_admin, ui_compare, ui_export, ui_options
 from app.auth import Who
 from app.gradio_routes import admin_only
 from app.rater_page import admin_only_layout
-from app.ui_assets import ADMIN_AGAIN_JS, NOT_ADMIN_KNOWN, QUIET_ADMIN_JS
+from app.ui_assets import NOT_ADMIN_KNOWN, QUIET_ADMIN_JS
 from db.models import EXPORT_FORMATS
 from seiko_core.config import MAX_EPOCHS, MAX_KL_WEIGHT, MAX_SECONDS, METHODS
 from seiko_core.models import public_name
@@ -499,12 +499,11 @@ def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callab
     # dashboard_refresh_s while the tab was selected, and four more at each pick (sixteenth review, 7 Dec 2026). The
     # first refusal's toast says to reload; on_admin_tab still asks, so selecting the tab again says it once more.
     quiet = {**private, "js": QUIET_ADMIN_JS}
-    shown_tab = admin_tab.select(h.on_admin_tab, [exp_state], [admin_status, users_df, jobs_df, dash_access,
-                                                                 exports_df], **private)
-    # answered: the account is an admin (again), so the events above are sent again; the flag stayed set once a
-    # refusal set it, and an admin made one again without a reload got the tab's buttons but not its refills
-    # (the raters field kept the previous experiment's list; read-only review, 7 Dec 2026)
-    shown_tab.success(None, None, None, js=ADMIN_AGAIN_JS, **private)
+    # Any event of the page joined for an admin clears that flag (web_guard answers it with NOT_ADMIN_HEADER: 0), so
+    # an admin made one again gets the tab's refills back at their next pick, the tab selected or not (only
+    # on_admin_tab's answer cleared it, and an admin whose tab was selected had to click away and back; seventeenth
+    # review, 7 Dec 2026), and a click of a tab's button starts the timer again (below)
+    admin_tab.select(h.on_admin_tab, [exp_state], [admin_status, users_df, jobs_df, dash_access, exports_df], **private)
     exp_state.change(h.on_admin_experiment, [exp_state],
                      [dash_access, jobs_df, exports_df, x_link, q_summary, q_table, q_standardize, admin_status],
                      **quiet)
@@ -558,4 +557,20 @@ def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callab
     q_refresh.click(h.on_quality, [exp_state], quality_outputs, **private)
     q_standardize.input(h.on_standardize, [exp_state, q_standardize], [admin_result], **serial)
     q_gold_btn.click(h.on_gold, [exp_state, q_gold_image, q_gold_score], [admin_result, q_summary, q_table], **serial)
+    # a click of any of the tab's buttons sets its timer running, as the tab's select does (the tab is selected): only
+    # a failed tick had stopped it (STOP_TIMER_IF_NOT_ADMIN_JS), and an admin made one again whose tab was selected
+    # had to click away and back (seventeenth review, 7 Dec 2026). The click's own answer says whether the account
+    # is an admin (web_guard: NOT_ADMIN_HEADER); if not, the next tick is not sent and stops the timer again
+    gr.on([button.click for button in _buttons_in(admin_tab)], None, None, [admin_timer], js=START_TIMER_JS,
+          **private)
     return AdminTab(tab=admin_tab, timer=admin_timer)
+
+
+def _buttons_in(block: Any) -> list[Any]:
+    """The gr.Button components inside ``block``, at any depth."""
+    found = []
+    for child in getattr(block, "children", []):
+        if isinstance(child, gr.Button):
+            found.append(child)
+        found.extend(_buttons_in(child))
+    return found

@@ -765,7 +765,11 @@ NOT_RUN_HEADER = "x-seiko-not-run"
 # that is no longer an admin (an admin made a rater keeps the Admin tab until the page reloads). STREAMS_JS then notes
 # it (``__seikoStreams.notAdmin``), and the Admin tab's events that the page fires by itself are sent no more
 # (QUIET_ADMIN_JS): the tab's timer sent one every dashboard_refresh_s, each refused with its own toast, and a pick
-# of an experiment four more (sixteenth review, 7 Dec 2026). The first refusal's toast says to reload the page.
+# of an experiment four more (sixteenth review, 7 Dec 2026). The first refusal's toast says to reload the page; the
+# others of the events that left with it (a pick's four, sent before any answer came) are refused without one, and an
+# event the page sends after it was told (an explicit action) is told again. An event joined for an account that is
+# an admin is answered with the header "0" (web_guard), which clears the flag: an admin made one again gets those
+# events back at their page's next event, the Admin tab already selected or not (seventeenth review, 7 Dec 2026).
 NOT_ADMIN_HEADER = "x-seiko-not-admin"
 # a JavaScript expression: whether this page was told so (false where STREAMS_JS is not in the page)
 NOT_ADMIN_KNOWN = "Boolean(globalThis.__seikoStreams && globalThis.__seikoStreams.notAdmin)"
@@ -774,9 +778,6 @@ NOT_ADMIN_KNOWN = "Boolean(globalThis.__seikoStreams && globalThis.__seikoStream
 # then sends nothing and shows nothing (the event's failure listeners run)
 QUIET_ADMIN_JS = ("(...inputs) => { if (" + NOT_ADMIN_KNOWN + ") throw new Error('this account is no longer an "
                   "admin: not sent'); return inputs; }")
-# ``js=`` run once an admin event was answered (on_admin_tab): the account is an admin again, and QUIET_ADMIN_JS's
-# events are sent again
-ADMIN_AGAIN_JS = "() => { if (globalThis.__seikoStreams) globalThis.__seikoStreams.notAdmin = false; }"
 # The stream of results said nothing for ACTION_SILENT_S (STREAMS_JS ends it; tenth review, 6 Dec 2026):
 STREAM_SILENT = ("The server has not answered this page for {s} s, so the page stopped waiting: your last action may or "
                  "may not have been saved, and your next action shows what was.")
@@ -819,6 +820,9 @@ STREAMS_JS = r"""
   const said = { action: '', event: '', data: '', heartbeat: '' };  // action: GRID_JS's
   let resumeHeartbeat = null;  // set while a heartbeat that stopped trying waits for the page's next action
   let lastDeadline = null;  // the deadline of the action whose event's POST was answered last (the stream serves it)
+  // eventsSent: the page's events (POSTs) so far; toldNotAdmin: how many had been sent when a refusal last told the
+  // person that the account is no longer an admin (a NOT_ADMIN refusal of an event sent no later is not told again)
+  let eventsSent = 0, toldNotAdmin = 0;
   // answeredAt: when the stream of results last said anything (Date.now()); GRID_JS waits for an action from then.
   // Eleventh review of 6 Dec 2026, for GRID_JS: waiting, how many of the page's requests wait for a server that gave no
   // answer (sameServer), and backAt, when it last answered again; startedAt(seq), when the server started on the page
@@ -826,7 +830,8 @@ STREAMS_JS = r"""
   // got no answer, or the stream serving it was lost or went silent); onChange, GRID_JS's, called when these change
   // restarted: a probe found another server than the page's (Gradio's client reloads the page)
   // notAdmin: an admin's event of this page was refused because its account is no longer an admin (NOT_ADMIN); the
-  // Admin tab's events the page fires by itself are then not sent (QUIET_ADMIN_JS)
+  // Admin tab's events the page fires by itself are then not sent (QUIET_ADMIN_JS), until an event of the page is
+  // joined for an admin again (NOT_ADMIN: 0)
   const streams = (window.__seikoStreams = { said, answeredAt: 0, waiting: 0, backAt: 0, onChange: null,
                                              restarted: false, notAdmin: false });
   const eventOf = new Map(), seqOf = new Map();  // a page action's seq <-> its event's id (the join's answer)
@@ -1250,6 +1255,7 @@ STREAMS_JS = r"""
     // one Gradio's client opened it for (a stream with no event answered before it has a whole one of its own)
     const deadline = stream === 'event' || lastDeadline === null ? Date.now() + BUDGET_MS : lastDeadline;
     const action = stream === 'event' ? actionSeq(request) : undefined;  // read beside the sending
+    const sent = stream === 'event' ? ++eventsSent : 0;
     let answer;
     try {
       answer = await answered(stream, request, deadline);
@@ -1269,6 +1275,18 @@ STREAMS_JS = r"""
     const { response, text } = answer;
     if (stream === 'event' && response.status === 403 && response.headers.get(NOT_ADMIN) === '1') {
       streams.notAdmin = true;  // before Gradio's client reads the answer: its failure listeners see it (QUIET_ADMIN_JS)
+      // an event that left before the page was told (a pick's four events leave together): refused as the server
+      // refused it, but without a sentence, which Gradio's client ends with no toast (an empty list of its inputs'
+      // messages); one sent since (the Admin tab selected again, a button) is told with its sentence
+      if (sent <= toldNotAdmin) {
+        await response.text();  // read to its end, as Gradio's client reads the one it gets
+        return new Response(JSON.stringify({ detail: [] }), {
+          status: 403, headers: { 'Content-Type': 'application/json' } });
+      }
+      toldNotAdmin = eventsSent;
+    }
+    if (stream === 'event' && response.ok && response.headers.get(NOT_ADMIN) === '0') {
+      streams.notAdmin = false;  // joined for an admin (web_guard): the Admin tab's own events are sent again
     }
     if (stream === 'event' && response.ok) {
       lastDeadline = deadline;

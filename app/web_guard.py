@@ -395,6 +395,20 @@ def _with_length(start: dict[str, Any], body: bytes) -> dict[str, Any]:
     return {**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]}
 
 
+def _admin_said_send(send: Send) -> Send:
+    """``send`` with ``ui_assets.NOT_ADMIN_HEADER: 0`` on a 200 answer: the page's event, joined for an account that
+    is an admin now. STREAMS_JS then clears the page's not-an-admin flag, so an admin made one again gets the Admin
+    tab's own events (its timer, a pick's refills) back at their page's next event, not only at the tab's select
+    (the tab already selected, they had to click away and back; seventeenth review, 7 Dec 2026)."""
+    async def wrapped(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start" and message.get("status") == 200:
+            said = (ui_assets.NOT_ADMIN_HEADER.encode(), b"0")
+            message = {**message, "headers": [*message.get("headers", []), said]}
+        await send(message)
+
+    return wrapped
+
+
 def _page_script_send(send: Send) -> Send:
     """``send`` with PAGE_SCRIPT put right after the ``<head>`` of a 200 HTML answer (the page, Gradio's template, is
     one small body; its Content-Length follows). Any other answer passes as it is.
@@ -765,8 +779,10 @@ class WebGuard:
                 return
             if user is not None and gradio_routes.makes_event(path, method):
                 block_fn = gradio_routes.event_function(path, parsed, self._fns())
-                await self._make_event(user, scope, receive, self._lax_send(send, secure),
-                                       getattr(block_fn, "_id", None))
+                send = self._lax_send(send, secure)
+                if signed_in.role == "admin" and gradio_routes.is_page_join(path):
+                    send = _admin_said_send(send)  # the page's flag cleared: an admin again (NOT_ADMIN_HEADER)
+                await self._make_event(user, scope, receive, send, getattr(block_fn, "_id", None))
                 return
         else:  # local mode: past its token
             if (refused := self._event_refusal(path, method, parsed)) is not None:

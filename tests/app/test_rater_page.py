@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import time
+from typing import Any
 
 import httpx
 import pytest
@@ -216,6 +217,9 @@ def test_a_role_change_applies_to_the_next_request_of_an_account_already_signed_
         if r.status_code == 200:
             (done,) = _completed(http, session)
             assert done["success"], done
+        # an event joined for an admin says so (the page's not-an-admin flag cleared: seventeenth review); a refused
+        # one says the account is no admin's
+        assert r.headers.get(ui_assets.NOT_ADMIN_HEADER) == {200: "0", 403: "1"}[r.status_code], r.headers
         return r.status_code
 
     def set_role(name: str, new: str) -> None:
@@ -234,6 +238,12 @@ def test_a_role_change_applies_to_the_next_request_of_an_account_already_signed_
         # change itself taking effect, not the memory running out while the change is made (a slow machine)
         web_guard.installed(demo.server_app).sessions.recheck_s = 600
         assert (timer_answer(carol, "carols-page"), timer_answer(alice, "alices-page")) == (200, 403)
+        (pick,) = [i for i, bf in demo.fns.items()
+                   if bf.fn is not None and (bf.fn.__module__, bf.fn.__name__) == ("app.ui", "on_experiment")]
+        r = _join(alice, demo, pick, "alices-page")  # a rater's event, joined: nothing said about admins
+        assert r.status_code == 200 and ui_assets.NOT_ADMIN_HEADER not in r.headers, (r.text, r.headers)
+        (done,) = _completed(alice, "alices-page")
+        assert done["success"], done
         set_role("carol", "rater")
         set_role("alice", "admin")
         r = _join(carol, demo, timer, "carols-page")
@@ -395,11 +405,18 @@ def test_the_admin_timer_runs_only_while_the_admin_tab_is_selected(served_app):
         timer = components[timer_id]
         assert timer["props"]["active"] is False
         tabs = {c["id"]: c["props"].get("elem_id") for c in config["components"] if c["type"] == "tabitem"}
-        sets, after_tick = {}, []
+        sets, after_tick, clicks = {}, [], []
+        admin_components, _ = rater_page.admin_parts(demo)
         for dep in config["dependencies"]:
             if timer["id"] in dep["outputs"] and dep["trigger_after"] == tick:  # a failed tick (sixteenth review)
                 assert not dep["backend_fn"] and dep["trigger_only_on_failure"] and dep["outputs"] == [timer["id"]], dep
                 after_tick.append(dep["js"])
+            elif timer["id"] in dep["outputs"] and {trigger for _, trigger in dep["targets"]} == {"click"}:
+                # the tab's buttons start it too (a failed tick stopped it; seventeenth review): all of them, only them
+                assert not dep["backend_fn"] and dep["outputs"] == [timer["id"]], dep
+                buttons = {i for i in admin_components if components[i]["type"] == "button"}
+                assert {target for target, _ in dep["targets"]} == buttons and len(buttons) >= 10, dep["targets"]
+                clicks.append(dep["js"])
             elif timer["id"] in dep["outputs"]:
                 assert not dep["backend_fn"], dep  # only the browser sets it
                 ((target, trigger),) = dep["targets"]
@@ -407,11 +424,12 @@ def test_the_admin_timer_runs_only_while_the_admin_tab_is_selected(served_app):
                 sets[tabs[target]] = dep["js"]
         assert set(sets) == set(tabs.values()) and len(sets) >= 5, sets
         (stop,) = after_tick
+        (click,) = clicks
         if shutil.which("node"):  # what the browser sets: Gradio's update of the timer's active prop
-            for tab, js in sets.items():
+            for tab, js in {**sets, "a button of tab-admin": click}.items():
                 ran = subprocess.run(["node", "-e", f"console.log(JSON.stringify(({js})()))"], capture_output=True,
                                      text=True, timeout=60, check=True)
-                assert json.loads(ran.stdout) == {"__type__": "update", "active": tab == "tab-admin"}, tab
+                assert json.loads(ran.stdout) == {"__type__": "update", "active": "tab-admin" in tab}, tab
             # a failed tick stops the timer once the page was told its account is no admin's (STREAMS_JS's flag),
             # and only then; the tick itself (and the quiet events) are then not sent: QUIET_ADMIN_JS throws
             for told in (False, True):
@@ -436,6 +454,95 @@ def test_the_admin_timer_runs_only_while_the_admin_tab_is_selected(served_app):
         assert not [dep for dep in config["dependencies"] if timer_id in dep["outputs"]]
 
 
+class DemotedPage:
+    """carol's page (an admin, ``tick_s`` the Admin timer's period) in Chromium, beside ui_world's experiment and
+    b-exp (their raters fields differ: 'admins', 'everyone'), for the tests of an admin made a rater and back while
+    the page stays open. ``joins``: the status of every event the page sent, as the server answered it;
+    ``refusals``: the sentence of each one refused 403; ``errors``: the page's JavaScript errors."""
+
+    SENTENCE = "'carol' is a rater; only an admin can do this; reload the page."
+
+    def __init__(self, ui_world, e2e, tick_s: float):
+        from app import auth
+        from db import members as db_members
+        from db.engine import write_session
+
+        second_experiment(ui_world)
+        with write_session(ui_world.factory) as s:
+            db_members.set_raters(session=s, experiment_id=ui_world.experiment_id, rater_ids=[])
+        auth.add_user(ui_world.factory, name="carol", role="admin", password=UI_PASSWORD)
+        self.world, self.auth = ui_world, auth
+        self.demo, browser = e2e(dataclasses.replace(ui_world.services(batch_size=4), dashboard_refresh_s=tick_s))
+        # the role is read at each request (the guard remembers a session's account for recheck_s otherwise)
+        web_guard.installed(self.demo.server_app).sessions.recheck_s = 0
+        (self.tick_fn,) = [i for i, bf in self.demo.fns.items()
+                           if bf.fn is not None and bf.fn.__name__ == "on_admin_timer"]
+        (self.pick_fn,) = [i for i, bf in self.demo.fns.items()
+                           if bf.fn is not None and (bf.fn.__module__, bf.fn.__name__) == ("app.ui", "on_experiment")]
+        self.page = page = browser.new_context().new_page()
+        # the fn_index of each event the page's Gradio client joined (answered 200): its bodies are streamed through
+        # STREAMS_JS's fetch, which Playwright's request does not show, so read before STREAMS_JS wraps fetch
+        page.add_init_script("""(() => {
+          const real = window.fetch;
+          window.__joinedFns = [];
+          window.fetch = async function (input, init) {
+            const request = new Request(input, init);
+            if (!new URL(request.url).pathname.endsWith('/gradio_api/queue/join')) return real.call(this, request);
+            const body = JSON.parse(await request.clone().text());
+            const response = await real.call(this, request);
+            if (response.ok) window.__joinedFns.push(body.fn_index);
+            return response;
+          };
+        })();""")
+        self.errors = watch_errors(page)
+        self.joins: list[int] = []
+        self.refusals: list[str] = []
+        page.on("response", self._answered)
+        sign_in(page, self.demo.local_url.replace("localhost", "127.0.0.1"), "carol")
+
+    def _answered(self, r) -> None:
+        if r.url.split("?")[0].endswith("/gradio_api/queue/join"):
+            self.joins.append(r.status)
+            if r.status == 403:
+                self.refusals.append(r.json()["detail"])
+
+    def set_role(self, role: str) -> None:
+        self.auth.set_role(self.world.factory, name="carol", role=role)
+
+    def joined(self) -> list[int]:
+        """The fn_index of each event the page joined so far, in order."""
+        return self.page.evaluate("window.__joinedFns")
+
+    def pick(self, name: str) -> None:
+        """Pick the experiment ``name`` and wait for the pick's own event to be joined (the Admin tab's follow it)."""
+        page = self.page
+        close_toasts(page)  # a toast lies over the selector
+        page.get_by_role("combobox", name="Experiment").click()  # the Admin tab has labels with the word too
+        before = len(self.joined())
+        page.get_by_role("option", name=re.compile(f"^{name}")).click()
+        deadline = time.monotonic() + 60
+        while self.pick_fn not in self.joined()[before:]:
+            assert time.monotonic() < deadline, self.joins
+            page.wait_for_timeout(100)
+
+    def follows_picks(self) -> None:
+        """Each pick fills the Admin tab's raters field with the picked experiment's raters."""
+        field = self.page.locator("#experiment-raters").get_by_role("textbox")
+        for name, raters in (("ui-exp", "admins"), ("b-exp", "everyone"), ("ui-exp", "admins")):
+            self.pick(name)
+            deadline = time.monotonic() + 30
+            while field.input_value() != raters:  # the field follows the pick
+                assert time.monotonic() < deadline, (name, field.input_value(), self.joins)
+                self.page.wait_for_timeout(100)
+
+    def toasts(self) -> Any:
+        """The messages of the page's toasts that show the sentence (Gradio's error toast lists one per refusal)."""
+        return self.page.locator("[data-testid=toast-text]", has_text=self.SENTENCE)
+
+    def shown_refusals(self) -> int:
+        return self.toasts().count()
+
+
 @MARKS[0]
 @MARKS[1]
 def test_an_admin_made_a_rater_is_refused_once_not_at_every_tick_and_pick(ui_world, e2e):
@@ -447,84 +554,84 @@ def test_an_admin_made_a_rater_is_refused_once_not_at_every_tick_and_pick(ui_wor
     the timer that select starts sends nothing. Made an admin again without a reload, selecting the tab is answered
     and the page sends those events again: a pick fills the raters field with the picked experiment's raters (it kept
     the list of the one shown before, which a save then put on the picked one; read-only review, 7 Dec 2026)."""
-    from app import auth
-    from db import members as db_members
-    from db.engine import write_session
-
     tick_s = 1.0
-    second_experiment(ui_world)
-    with write_session(ui_world.factory) as s:  # the two experiments' raters fields differ: 'admins', 'everyone'
-        db_members.set_raters(session=s, experiment_id=ui_world.experiment_id, rater_ids=[])
-    auth.add_user(ui_world.factory, name="carol", role="admin", password=UI_PASSWORD)
-    demo, browser = e2e(dataclasses.replace(ui_world.services(batch_size=4), dashboard_refresh_s=tick_s))
-    (pick_fn,) = [i for i, bf in demo.fns.items()
-                  if bf.fn is not None and (bf.fn.__module__, bf.fn.__name__) == ("app.ui", "on_experiment")]
-    url = demo.local_url.replace("localhost", "127.0.0.1")
-    page = browser.new_context().new_page()
-    # the fn_index of each event the page's Gradio client joined (answered 200): its bodies are streamed through
-    # STREAMS_JS's fetch, which Playwright's request does not show, so read before STREAMS_JS wraps fetch
-    page.add_init_script("""(() => {
-      const real = window.fetch;
-      window.__joinedFns = [];
-      window.fetch = async function (input, init) {
-        const request = new Request(input, init);
-        if (!new URL(request.url).pathname.endsWith('/gradio_api/queue/join')) return real.call(this, request);
-        const body = JSON.parse(await request.clone().text());
-        const response = await real.call(this, request);
-        if (response.ok) window.__joinedFns.push(body.fn_index);
-        return response;
-      };
-    })();""")
-    errors = watch_errors(page)
-    joins: list[int] = []  # the status of every event the page sent, as answered
-    refusals: list[str] = []  # the sentence of each one refused 403
-
-    def answered(r) -> None:
-        if r.url.split("?")[0].endswith("/gradio_api/queue/join"):
-            joins.append(r.status)
-            if r.status == 403:
-                refusals.append(r.json()["detail"])
-
-    def pick(name: str) -> None:
-        close_toasts(page)  # a toast lies over the selector
-        page.get_by_role("combobox", name="Experiment").click()  # the Admin tab has labels with the word too
-        before = page.evaluate("window.__joinedFns.length")
-        page.get_by_role("option", name=re.compile(f"^{name}")).click()
-        deadline = time.monotonic() + 60
-        # the pick's own event joined (not any event's answer, a tick's say); the Admin tab's follow it
-        while pick_fn not in page.evaluate(f"window.__joinedFns.slice({before})"):
-            assert time.monotonic() < deadline, joins
-            page.wait_for_timeout(100)
-
-    page.on("response", answered)
-    sign_in(page, url, "carol")
+    carol = DemotedPage(ui_world, e2e, tick_s)
+    page, sentence = carol.page, carol.SENTENCE
     page.get_by_role("tab", name="Admin").click()
     page.locator("#dashboard-access").wait_for(timeout=60_000)
-    auth.set_role(ui_world.factory, name="carol", role="rater")
-    sentence = "'carol' is a rater; only an admin can do this; reload the page."
+    carol.set_role("rater")
     page.get_by_text(sentence).first.wait_for(timeout=60_000)  # the first refusal's toast (a tick of the tab's timer)
     page.wait_for_timeout(4_000 * tick_s)  # four more periods of the timer
     for name in ("b-exp", "ui-exp", "b-exp"):  # each pick changes the experiment: the Admin tab's events would follow
-        pick(name)
+        carol.pick(name)
         page.wait_for_timeout(1_500 * tick_s)
-    assert refusals == [sentence], refusals
+    assert carol.refusals == [sentence], carol.refusals
     page.get_by_role("tab", name="Rate").click()
     page.get_by_role("tab", name="Admin").click()  # asked for: told once more, and its timer sends nothing
     page.get_by_text(sentence).first.wait_for(timeout=30_000)
     page.wait_for_timeout(4_000 * tick_s)
-    assert refusals == [sentence, sentence], refusals
+    assert carol.refusals == [sentence, sentence], carol.refusals
 
-    auth.set_role(ui_world.factory, name="carol", role="admin")  # an admin again, the page not reloaded
+    carol.set_role("admin")  # an admin again, the page not reloaded
     close_toasts(page)
     page.get_by_role("tab", name="Rate").click()
     page.get_by_role("tab", name="Admin").click()
     page.locator("#dashboard-access").wait_for(timeout=60_000)
-    field = page.locator("#experiment-raters").get_by_role("textbox")
-    for name, raters in (("ui-exp", "admins"), ("b-exp", "everyone"), ("ui-exp", "admins")):
-        pick(name)
-        deadline = time.monotonic() + 30
-        while field.input_value() != raters:  # the field follows the pick again
-            assert time.monotonic() < deadline, (name, field.input_value(), joins)
-            page.wait_for_timeout(100)
-    assert refusals == [sentence, sentence], refusals
-    assert not errors, errors
+    carol.follows_picks()
+    assert carol.refusals == [sentence, sentence], carol.refusals
+    assert not carol.errors, carol.errors
+
+
+@MARKS[0]
+@MARKS[1]
+def test_the_events_a_pick_sends_together_after_a_demotion_show_one_refusal(ui_world, e2e):
+    """Seventeenth review, 7 Dec 2026: the first pick of an experiment after an admin was made a rater sends the
+    Admin tab's events that follow a pick together, each before any answer came back, and each refusal showed its own
+    toast. In Chromium: carol's page, the Rate tab selected (no Admin timer), and then she is made a rater; at her pick
+    the server refuses every one of those events (403, the sentence), and the page shows the sentence once."""
+    carol = DemotedPage(ui_world, e2e, 60.0)
+    page = carol.page
+    carol.pick("ui-exp")  # as an admin (only admins rate it): its events answered
+    page.wait_for_timeout(2_000)
+    assert not carol.refusals, carol.refusals
+    carol.set_role("rater")
+    carol.pick("b-exp")  # everyone rates it
+    deadline = time.monotonic() + 30
+    while not carol.refusals:
+        assert time.monotonic() < deadline, carol.joins
+        page.wait_for_timeout(100)
+    carol.toasts().first.wait_for(timeout=30_000)  # the first refusal shown
+    page.wait_for_timeout(3_000)  # the others of the pick's events, and any toast they bring
+    assert len(carol.refusals) >= 2 and set(carol.refusals) == {carol.SENTENCE}, carol.refusals
+    assert carol.shown_refusals() == 1, (carol.shown_refusals(), carol.refusals)
+    assert not carol.errors, carol.errors
+
+
+@MARKS[0]
+@MARKS[1]
+def test_an_admin_made_one_again_with_the_admin_tab_selected_gets_its_events_and_timer_back(ui_world, e2e):
+    """Seventeenth review, 7 Dec 2026: only the Admin tab's select cleared the page's not-an-admin flag, so an admin
+    made one again whose tab was already selected had to click away and back: its picks left the tab as it was and
+    its timer stayed stopped. In Chromium: carol's page has the Admin tab selected when she is made a rater (a tick is
+    refused; the timer stops) and then an admin again; without leaving the tab, her picks fill the raters field again
+    (her pick's own event is answered as an admin's), and a click of one of the tab's buttons starts the timer, whose
+    ticks are sent and answered."""
+    tick_s = 1.0
+    carol = DemotedPage(ui_world, e2e, tick_s)
+    page, sentence = carol.page, carol.SENTENCE
+    page.get_by_role("tab", name="Admin").click()
+    page.locator("#dashboard-access").wait_for(timeout=60_000)
+    carol.set_role("rater")
+    page.get_by_text(sentence).first.wait_for(timeout=60_000)  # a tick refused: the timer stops
+    page.wait_for_timeout(2_000 * tick_s)
+    assert carol.refusals == [sentence], carol.refusals
+    carol.set_role("admin")
+    carol.follows_picks()
+    before = len(carol.joined())
+    page.locator("#set-experiment-raters").click()  # saves the field as shown (the picked experiment's raters)
+    deadline = time.monotonic() + 30
+    while carol.joined()[before:].count(carol.tick_fn) < 2:  # ticking again
+        assert time.monotonic() < deadline, (carol.joined()[before:], carol.joins)
+        page.wait_for_timeout(100)
+    assert carol.refusals == [sentence], carol.refusals
+    assert not carol.errors, carol.errors
