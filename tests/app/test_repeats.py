@@ -501,9 +501,18 @@ def test_saving_the_admin_form_leaves_an_untouched_repeat_share_as_it_was(ui_wor
     exp_state, *form, loaded = save.inputs  # loaded: the values as the form was filled (a State, None at first)
     assert [c.elem_id for c in form] == ["opt-selection", "opt-candidate-factor", "opt-honest-share", "opt-auto-close",
                                          "opt-repeat-share"]
-    values = [c.value for c in form]  # the form as the page first shows it
-    values[3] = True  # the admin turns auto-close on and saves, touching nothing else
-    message = save.fn(ui_world.experiment_id, *values, None, request=request("root"))[0]
+    values = [c.value for c in form]  # the form as the page first shows it, before its first fill is answered
+    values[3] = True
+    # a save of the form not filled yet stores nothing (it held a new experiment's defaults, not this one's: the
+    # seventeenth review) and fills it with the stored options, repeats included
+    message, *filled, loaded = save.fn(ui_world.experiment_id, *values, None, request=request("root"))
+    assert message.startswith("The form showed another experiment's options"), message
+    with read_session(ui_world.factory) as s:
+        stored = repo.get_experiment(session=s, experiment_id=ui_world.experiment_id).config["app"]
+    assert stored.get("auto_close", False) is False and stored["repeat_share"] == 0.3
+    assert filled[4] == 0.3
+    filled[3] = True  # the admin turns auto-close on and saves, touching nothing else
+    message = save.fn(ui_world.experiment_id, *filled, loaded, request=request("root"))[0]
     assert message.endswith("auto-close **on**, repeats **0.3** of the images a rater gets.")
     with read_session(ui_world.factory) as s:
         stored = repo.get_experiment(session=s, experiment_id=ui_world.experiment_id).config["app"]
