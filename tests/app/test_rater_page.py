@@ -509,6 +509,15 @@ class DemotedPage:
     def set_role(self, role: str) -> None:
         self.auth.set_role(self.world.factory, name="carol", role=role)
 
+    def made_a_rater_on_the_admin_tab(self) -> None:
+        """Select the Admin tab, make carol a rater, and wait for the first refusal's toast (a tick of the tab's
+        timer)."""
+        page = self.page
+        page.get_by_role("tab", name="Admin").click()
+        page.locator("#dashboard-access").wait_for(timeout=60_000)
+        self.set_role("rater")
+        page.get_by_text(self.SENTENCE).first.wait_for(timeout=60_000)
+
     def joined(self) -> list[int]:
         """The fn_index of each event the page joined so far, in order."""
         return self.page.evaluate("window.__joinedFns")
@@ -557,10 +566,7 @@ def test_an_admin_made_a_rater_is_refused_once_not_at_every_tick_and_pick(ui_wor
     tick_s = 1.0
     carol = DemotedPage(ui_world, e2e, tick_s)
     page, sentence = carol.page, carol.SENTENCE
-    page.get_by_role("tab", name="Admin").click()
-    page.locator("#dashboard-access").wait_for(timeout=60_000)
-    carol.set_role("rater")
-    page.get_by_text(sentence).first.wait_for(timeout=60_000)  # the first refusal's toast (a tick of the tab's timer)
+    carol.made_a_rater_on_the_admin_tab()
     page.wait_for_timeout(4_000 * tick_s)  # four more periods of the timer
     for name in ("b-exp", "ui-exp", "b-exp"):  # each pick changes the experiment: the Admin tab's events would follow
         carol.pick(name)
@@ -619,10 +625,7 @@ def test_an_admin_made_one_again_with_the_admin_tab_selected_gets_its_events_and
     tick_s = 1.0
     carol = DemotedPage(ui_world, e2e, tick_s)
     page, sentence = carol.page, carol.SENTENCE
-    page.get_by_role("tab", name="Admin").click()
-    page.locator("#dashboard-access").wait_for(timeout=60_000)
-    carol.set_role("rater")
-    page.get_by_text(sentence).first.wait_for(timeout=60_000)  # a tick refused: the timer stops
+    carol.made_a_rater_on_the_admin_tab()  # a tick refused: the timer stops
     page.wait_for_timeout(2_000 * tick_s)
     assert carol.refusals == [sentence], carol.refusals
     carol.set_role("admin")
