@@ -351,11 +351,18 @@ def _queue_refusal_send(send: Send) -> Send:
     no other 503 there, nor does the guard (its refusals of an event are 400-429), so a 503 on this route, answered in
     this process and not by a proxy, is one that did not run: the page sends it again (STREAMS_JS)."""
 
+    return _status_header_send(send, 503, ui_assets.NOT_RUN_HEADER, b"1")
+
+
+def _status_header_send(send: Send, status: int, header: str, value: bytes) -> Send:
+    """``send`` with ``header: value`` on an answer of ``status`` (in place of one of that name); any other answer
+    passes as it is."""
+    name = header.lower().encode()
+
     async def wrapped(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start" and message.get("status") == 503:
-            name = ui_assets.NOT_RUN_HEADER.encode()
+        if message["type"] == "http.response.start" and message.get("status") == status:
             headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != name]
-            message = {**message, "headers": [*headers, (name, b"1")]}
+            message = {**message, "headers": [*headers, (name, value)]}
         await send(message)
 
     return wrapped
@@ -400,13 +407,7 @@ def _admin_said_send(send: Send) -> Send:
     is an admin now. STREAMS_JS then clears the page's not-an-admin flag, so an admin made one again gets the Admin
     tab's own events (its timer, a pick's refills) back at their page's next event, not only at the tab's select
     (the tab already selected, they had to click away and back; seventeenth review, 7 Dec 2026)."""
-    async def wrapped(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start" and message.get("status") == 200:
-            said = (ui_assets.NOT_ADMIN_HEADER.encode(), b"0")
-            message = {**message, "headers": [*message.get("headers", []), said]}
-        await send(message)
-
-    return wrapped
+    return _status_header_send(send, 200, ui_assets.NOT_ADMIN_HEADER, b"0")
 
 
 def _page_script_send(send: Send) -> Send:
