@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--model", required=True, help="a directory written by `build`")
     u.add_argument("--steps", type=int, default=None, help="refinement steps (default: the build's)")
     u.add_argument("--threads", type=int, default=None, help="CPU threads (default: the build's)")
+    u.add_argument("--min-snr-gamma", type=float, default=None,
+                   help="the stage's min-SNR loss weighting (0: plain MSE; default: the build's)")
     args = parser.parse_args(argv)
     if args.command == "quality" and args.samples is not None and args.samples < 1:
         parser.error(f"--samples must be at least 1, got {args.samples}")
@@ -59,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(args, flag, None)
         if value is not None and value < 1:
             parser.error(f"--{flag} must be at least 1, got {value}")
+    gamma = getattr(args, "min_snr_gamma", None)
+    if gamma is not None and not (math.isfinite(gamma) and gamma >= 0):
+        parser.error(f"--min-snr-gamma must be a finite number of at least 0, got {gamma}")
     guidance = getattr(args, "guidance", None)
     if guidance is not None and not (math.isfinite(guidance) and guidance >= 0):
         parser.error(f"--guidance must be a finite number of at least 0, got {guidance}")
@@ -92,7 +97,7 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps({k: v for k, v in quality.items() if k != "build_config"}, indent=2))
         return 0
     if args.command == "refine-unet":
-        quality = refine_unet_existing(args.model, steps=args.steps, threads=args.threads)
+        quality = refine_unet_existing(args.model, steps=args.steps, threads=args.threads, min_snr_gamma=args.min_snr_gamma)
         print(json.dumps({k: v for k, v in quality.items() if k != "build_config"}, indent=2))
         return 0
     cfg = BuildConfig.quick() if args.quick else BuildConfig()

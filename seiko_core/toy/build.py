@@ -62,6 +62,9 @@ class BuildConfig:
     # 0.797 -> 0.854 on 192 fresh ones at the app's 10 steps (BENCHMARKS.md, lever P).
     unet_refine_steps: int = 2000
     unet_refine_lr: float = 3e-4
+    # The refinement's loss weighting: None = the UNet stage's ``min_snr_gamma``; 0 = plain MSE, whose weight on the
+    # nearly noise-free timesteps (where fine detail such as a small square's corners is decided) is not capped.
+    unet_refine_min_snr_gamma: float | None = None
     caption_dropout: float = 0.1  # probability of the empty prompt, for classifier-free guidance
     ema_decay: float = 0.999
     text_width: int = 64
@@ -324,7 +327,7 @@ def train_unet(cfg: BuildConfig, latents: torch.Tensor, states: torch.Tensor, ca
 
     unet = make_unet(cfg)
     _fit_unet(cfg, unet, latents, states, cap_idx, empty_idx, gen, draw, steps=cfg.unet_steps, lr=cfg.unet_lr,
-              warmup=200, what="unet")
+              warmup=200, what="unet", gamma=cfg.min_snr_gamma)
     return unet
 
 
@@ -368,14 +371,17 @@ def refine_unet(cfg: BuildConfig, unet, latents: torch.Tensor, states: torch.Ten
             return torch.where(drop, uniform, weighted), drop
 
         unet.train()
+        gamma = cfg.min_snr_gamma if cfg.unet_refine_min_snr_gamma is None else cfg.unet_refine_min_snr_gamma
         _fit_unet(cfg, unet, latents, states, cap_idx, empty_idx, gen, draw, steps=cfg.unet_refine_steps,
-                  lr=cfg.unet_refine_lr, warmup=100, what="unet refine")
+                  lr=cfg.unet_refine_lr, warmup=100, what="unet refine", gamma=gamma)
 
 
 def _fit_unet(cfg: BuildConfig, unet, latents: torch.Tensor, states: torch.Tensor, cap_idx: torch.Tensor,
-              empty_idx: int, gen: torch.Generator, draw, *, steps: int, lr: float, warmup: int, what: str) -> None:
-    """``steps`` denoising steps on batches ``draw(batch) -> (image rows, caption dropped)``; the UNet ends holding
-    the EMA of its weights over the run (a fresh average that starts from the weights it came with)."""
+              empty_idx: int, gen: torch.Generator, draw, *, steps: int, lr: float, warmup: int, what: str,
+              gamma: float) -> None:
+    """``steps`` denoising steps on batches ``draw(batch) -> (image rows, caption dropped)``, the loss weighted by
+    min-SNR ``gamma`` (0: plain MSE); the UNet ends holding the EMA of its weights over the run (a fresh average that
+    starts from the weights it came with)."""
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
     state = unet.state_dict()  # detached views of the parameters: they see every optimiser step
     floats = [k for k, v in state.items() if v.dtype.is_floating_point]
@@ -396,7 +402,7 @@ def _fit_unet(cfg: BuildConfig, unet, latents: torch.Tensor, states: torch.Tenso
         a = acp[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise  # q(x_t | x_0), DDPM eq. 4
         pred = unet(xt, t, encoder_hidden_states=states[ci]).sample
-        loss = min_snr_weighted_mse(pred, noise, acp[t], cfg.min_snr_gamma)
+        loss = min_snr_weighted_mse(pred, noise, acp[t], gamma)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -567,6 +573,8 @@ def _config_kinds() -> dict[str, tuple[Callable[[object], bool], str]]:
             kinds[name] = (_whole, "a whole number")
         elif hint is float:
             kinds[name] = (_real, "a finite number")
+        elif hint == (float | None):
+            kinds[name] = (lambda v: v is None or _real(v), "a finite number or null")
         elif hint is str:
             kinds[name] = (lambda v: isinstance(v, str), "a string")
         elif typing.get_origin(hint) is tuple and all(a is int for a in typing.get_args(hint)):
@@ -675,17 +683,18 @@ def _measure_refined(model_dir: Path, cfg: BuildConfig, old: dict, timing: str, 
     return quality
 
 
-def refine_unet_existing(model_dir: str | Path, steps: int | None = None, threads: int | None = None) -> dict:
+def refine_unet_existing(model_dir: str | Path, steps: int | None = None, threads: int | None = None,
+                         min_snr_gamma: float | None = None) -> dict:
     """Run the UNet-refinement stage on a finished build and re-measure; only ``unet/`` is rewritten.
 
     The training data is drawn again from the build's own config and encoded by the model's own VAE (same images,
     captions and latents, up to floating-point order). The refine runs on a copy (``_refine_in_copy``): the model at
     ``model_dir``, whose UNet the round adapters were trained on, is moved aside, not overwritten.
     """
-    return _refine_in_copy(model_dir, lambda copy: _refine_unet_at(copy, steps, threads))
+    return _refine_in_copy(model_dir, lambda copy: _refine_unet_at(copy, steps, threads, min_snr_gamma))
 
 
-def _refine_unet_at(model_dir: Path, steps: int | None, threads: int | None) -> dict:
+def _refine_unet_at(model_dir: Path, steps: int | None, threads: int | None, min_snr_gamma: float | None = None) -> dict:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -693,6 +702,8 @@ def _refine_unet_at(model_dir: Path, steps: int | None, threads: int | None) -> 
     old = _read_quality(model_dir)
     cfg = _saved_config(old)
     cfg.unet_refine_steps = BuildConfig.unet_refine_steps if steps is None else steps
+    if min_snr_gamma is not None:
+        cfg.unet_refine_min_snr_gamma = min_snr_gamma
     torch.set_num_threads(cfg.threads if threads is None else threads)
     data = ds.generate(cfg.n_images, seed=cfg.seed)
     tokenizer = CLIPTokenizer.from_pretrained(model_dir / "tokenizer", local_files_only=True)

@@ -151,6 +151,49 @@ def test_unet_refinement_moves_only_the_unet_and_reruns_on_a_finished_build(tmp_
     assert "UNet refinement: 4 more steps" in (tmp_path / "plain" / "README.md").read_text()
 
 
+def test_the_refinement_weights_its_loss_by_its_own_gamma_and_the_cli_records_it(tmp_path, monkeypatch, capsys):
+    """``unet_refine_min_snr_gamma`` (None: the UNet stage's) is the gamma the refinement's loss uses, while the UNet
+    stage keeps ``min_snr_gamma``; ``refine-unet --min-snr-gamma 0`` records it in QUALITY.json; a negative or
+    non-finite value is refused in one sentence."""
+    from seiko_core.toy import build as build_module
+    from seiko_core.toy.__main__ import main
+
+    seen: list[tuple[str, float]] = []
+    real = build_module.min_snr_weighted_mse
+    stage = {"name": "unet"}
+    real_refine = build_module.refine_unet
+
+    def spy(pred, noise, alpha_bar, gamma):
+        seen.append((stage["name"], gamma))
+        return real(pred, noise, alpha_bar, gamma)
+
+    def refine(*args, **kwargs):
+        stage["name"] = "refine"
+        return real_refine(*args, **kwargs)
+
+    monkeypatch.setattr(build_module, "min_snr_weighted_mse", spy)
+    monkeypatch.setattr(build_module, "refine_unet", refine)
+    for value, expected in ((None, 5.0), (0.0, 0.0), (2.5, 2.5)):
+        seen.clear()
+        stage["name"] = "unet"
+        cfg = BuildConfig.quick()
+        cfg.min_snr_gamma, cfg.unet_refine_min_snr_gamma = 5.0, value
+        build_module.build(tmp_path / f"m{value}", cfg)
+        assert {g for name, g in seen if name == "unet"} == {5.0}
+        assert {g for name, g in seen if name == "refine"} == {expected}
+        assert len([1 for name, _ in seen if name == "refine"]) == cfg.unet_refine_steps
+
+    monkeypatch.setattr(build_module, "min_snr_weighted_mse", real)
+    monkeypatch.setattr(build_module, "refine_unet", real_refine)
+    model = tmp_path / "mNone"
+    assert main(["refine-unet", "--model", str(model), "--steps", "2", "--min-snr-gamma", "0"]) == 0
+    assert json.loads((model / "QUALITY.json").read_text())["build_config"]["unet_refine_min_snr_gamma"] == 0.0
+    for bad in ("-1", "nan"):
+        with pytest.raises(SystemExit):
+            main(["refine-unet", "--model", str(model), "--min-snr-gamma", bad])
+        assert "--min-snr-gamma must be a finite number of at least 0" in capsys.readouterr().err
+
+
 def test_refine_unet_on_a_directory_that_is_not_a_build_says_so(tmp_path, capsys):
     from seiko_core.toy.__main__ import main
 
