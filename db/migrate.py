@@ -19,7 +19,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from alembic.script.revision import RevisionError
+from alembic.script.revision import ResolutionError, RevisionError
 from alembic.util import CommandError
 from sqlalchemy import make_url
 
@@ -373,14 +373,30 @@ def _refuse_before_made(rev: str) -> None:
     refuse, before the file and its directory are made, in the words the step refuses it in on a file that exists
     (``_run``, ``_refuse_unresolvable``): only "" and "head+1" were refused first, so "9999" left an empty file made (a
     read-only review of the sixteenth review's fixes). The target is resolved as command.upgrade resolves it: a range
-    refused outright, then the steps up from base (``ScriptDirectory._upgrade_revs``, which words alembic's refusal)."""
+    refused outright, then the steps up from base (``_destination``: alembic's public revision lookup), a lookup error
+    worded as command.upgrade words it (``_upgrade_refused``). It called alembic's private
+    ``ScriptDirectory._upgrade_revs`` for those words, which a newer alembic may rename or change without notice
+    (eighteenth review)."""
     _refuse_unresolvable(rev, None)
     try:
         if ":" in rev:
             raise CommandError("Range revision not allowed")  # command.upgrade's own refusal, before any lookup
-        ScriptDirectory.from_config(_config())._upgrade_revs(rev, None)
+        try:
+            _destination(command.upgrade, rev, None)
+        except RevisionError as exc:
+            raise _upgrade_refused(exc) from exc
     except CommandError as exc:
         raise InvalidInput(_step_refused(exc, None)) from exc
+
+
+def _upgrade_refused(exc: RevisionError) -> CommandError:
+    """Alembic's revision lookup error ``exc`` (an upgrade's target from base) as the CommandError command.upgrade
+    raises for it: a revision not found is "Can't locate revision identified by '<it>'", any other keeps its own
+    words ("Relative revision +18 didn't produce 18 migrations"). A target not above base, or one of several heads,
+    cannot be met from base in this one-line history."""
+    if isinstance(exc, ResolutionError):
+        return CommandError(f"Can't locate revision identified by '{exc.argument}'")
+    return CommandError(exc.args[0] if exc.args else type(exc).__name__)
 
 
 def upgrade(url: str, rev: str = "head") -> None:
