@@ -770,6 +770,9 @@ NOT_RUN_HEADER = "x-seiko-not-run"
 # event the page sends after it was told (an explicit action) is told again. An event joined for an account that is
 # an admin is answered with the header "0" (web_guard), which clears the flag: an admin made one again gets those
 # events back at their page's next event, the Admin tab already selected or not (seventeenth review, 7 Dec 2026).
+# The flag follows the answer to the newest POST the page sent (each try of an event numbered as it leaves), not the
+# one that arrives last: an event joined for an admin just before a demotion, answered after a newer refusal, no
+# longer clears it (eighteenth review, 7 Dec 2026).
 NOT_ADMIN_HEADER = "x-seiko-not-admin"
 # a JavaScript expression: whether this page was told so (false where STREAMS_JS is not in the page)
 NOT_ADMIN_KNOWN = "Boolean(globalThis.__seikoStreams && globalThis.__seikoStreams.notAdmin)"
@@ -820,9 +823,11 @@ STREAMS_JS = r"""
   const said = { action: '', event: '', data: '', heartbeat: '' };  // action: GRID_JS's
   let resumeHeartbeat = null;  // set while a heartbeat that stopped trying waits for the page's next action
   let lastDeadline = null;  // the deadline of the action whose event's POST was answered last (the stream serves it)
-  // eventsSent: the page's events (POSTs) so far; toldNotAdmin: how many had been sent when a refusal last told the
-  // person that the account is no longer an admin (a NOT_ADMIN refusal of an event sent no later is not told again)
-  let eventsSent = 0, toldNotAdmin = 0;
+  // eventsSent: the page's events' POSTs so far, each try of each (numbered in the order they leave); toldNotAdmin:
+  // how many had been sent when a refusal last told the person that the account is no longer an admin (a NOT_ADMIN
+  // refusal of an event first sent no later is not told again); roleFrom: the number of the POST whose answer last
+  // set notAdmin (an answer to an older POST, arriving later, says an older role: it is not applied)
+  let eventsSent = 0, toldNotAdmin = 0, roleFrom = 0;
   // answeredAt: when the stream of results last said anything (Date.now()); GRID_JS waits for an action from then.
   // Eleventh review of 6 Dec 2026, for GRID_JS: waiting, how many of the page's requests wait for a server that gave no
   // answer (sameServer), and backAt, when it last answered again; startedAt(seq), when the server started on the page
@@ -926,29 +931,30 @@ STREAMS_JS = r"""
     });
   }
 
-  // {response, text}: the answer, and (unless it is 2xx) what to tell the person, after the retries WAITS_S allows
-  // before deadline (Date.now() time: the action's, shared by its event and the stream serving it)
-  async function answered(stream, request, deadline) {
-    for (let attempt = 0; ; attempt++) {
+  // {response, text, tried}: the answer, and (unless it is 2xx) what to tell the person, after the retries WAITS_S
+  // allows before deadline (Date.now() time: the action's, shared by its event and the stream serving it); tried: the
+  // number of the event's POST it answers (eventsSent), sent its first (an event's retry has a number of its own)
+  async function answered(stream, request, deadline, sent) {
+    for (let attempt = 0, tried = sent; ; attempt++, tried = stream === 'event' ? ++eventsSent : 0) {
       const response = await realFetch(request.clone());
-      if (response.ok) { notice(stream, ''); return { response, text: '' }; }
+      if (response.ok) { notice(stream, ''); return { response, text: '', tried }; }
       // an event is sent again only when the refusal shows it was not run (NOT_RUN); any other refusal is Gradio's
       const retried = RETRIED.includes(response.status) && (stream !== 'event' || response.headers.get(NOT_RUN) === '1');
       if (!retried && (stream === 'event' || !SAID.includes(response.status))) {  // not the app's: Gradio's way
         notice(stream, '');
-        return { response, text: '' };
+        return { response, text: '', tried };
       }
-      if (response.status === 401) return { response, text: SIGNED_OUT };
+      if (response.status === 401) return { response, text: SIGNED_OUT, tried };
       const body = await response.text();
       const sentence = sentenceOf(response, body);
       const kept = new Response(body, { status: response.status, statusText: response.statusText,
                                         headers: response.headers });  // read again by Gradio's client
-      if (!retried) return { response: kept, text: `${sentence} ${RELOAD}` };
+      if (!retried) return { response: kept, text: `${sentence} ${RELOAD}`, tried };
       // the next wait, cut to the action's time left; shorter than the first wait (or none left): no more tries
       const ms = attempt < WAITS_S.length ? Math.min(1000 * WAITS_S[attempt], deadline - Date.now()) : 0;
       if (ms < 1000 * WAITS_S[0]) {
         const last = stream === 'event' ? NOT_DONE.replace('{n}', attempt + 1) : GAVE_UP;
-        return { response: kept, text: `${sentence} ${last}` };
+        return { response: kept, text: `${sentence} ${last}`, tried };
       }
       notice(stream, `${sentence} ${RETRYING.replace('{s}', Math.ceil(ms / 1000))}`);
       await wait(ms, request.signal);
@@ -1258,7 +1264,7 @@ STREAMS_JS = r"""
     const sent = stream === 'event' ? ++eventsSent : 0;
     let answer;
     try {
-      answer = await answered(stream, request, deadline);
+      answer = await answered(stream, request, deadline, sent);
     } catch (e) {  // no answer at all (the network dropped): Gradio's client reloaded the page (sameServer)
       if (request.signal.aborted || !(await sameServer(stream, request))) throw e;
       const seq = await action;
@@ -1272,9 +1278,16 @@ STREAMS_JS = r"""
       return stream === 'event' ? new Response(JSON.stringify({ detail: LOST }), {
         status: 502, headers: { 'Content-Type': 'application/json' } }) : failedEvents(LOST);
     }
-    const { response, text } = answer;
-    if (stream === 'event' && response.status === 403 && response.headers.get(NOT_ADMIN) === '1') {
-      streams.notAdmin = true;  // before Gradio's client reads the answer: its failure listeners see it (QUIET_ADMIN_JS)
+    const { response, text, tried } = answer;
+    const role = stream === 'event' ? response.headers.get(NOT_ADMIN) : null;
+    // the role the newest POST answered for: an event joined just before a demotion, answered after a newer refusal
+    // came, cleared the flag again (eighteenth review, 7 Dec 2026). Set before Gradio's client reads the answer: its
+    // failure listeners see it (QUIET_ADMIN_JS)
+    if (((role === '1' && response.status === 403) || (role === '0' && response.ok)) && tried > roleFrom) {
+      roleFrom = tried;
+      streams.notAdmin = role === '1';  // '0': joined for an admin (web_guard): the Admin tab's own events sent again
+    }
+    if (role === '1' && response.status === 403) {
       // an event that left before the page was told (a pick's four events leave together): refused as the server
       // refused it, but without a sentence, which Gradio's client ends with no toast (an empty list of its inputs'
       // messages); one sent since (the Admin tab selected again, a button) is told with its sentence
@@ -1284,9 +1297,6 @@ STREAMS_JS = r"""
           status: 403, headers: { 'Content-Type': 'application/json' } });
       }
       toldNotAdmin = eventsSent;
-    }
-    if (stream === 'event' && response.ok && response.headers.get(NOT_ADMIN) === '0') {
-      streams.notAdmin = false;  // joined for an admin (web_guard): the Admin tab's own events are sent again
     }
     if (stream === 'event' && response.ok) {
       lastDeadline = deadline;

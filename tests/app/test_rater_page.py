@@ -481,15 +481,24 @@ class DemotedPage:
                            if bf.fn is not None and (bf.fn.__module__, bf.fn.__name__) == ("app.ui", "on_experiment")]
         self.page = page = browser.new_context().new_page()
         # the fn_index of each event the page's Gradio client joined (answered 200): its bodies are streamed through
-        # STREAMS_JS's fetch, which Playwright's request does not show, so read before STREAMS_JS wraps fetch
+        # STREAMS_JS's fetch, which Playwright's request does not show, so read before STREAMS_JS wraps fetch. The
+        # answers to the events whose fn_index is in window.__holdFns are held (window.__held counts them) until
+        # window.__release() hands them on, as a slow network would
         page.add_init_script("""(() => {
-          const real = window.fetch;
+          const real = window.fetch, releases = [];
           window.__joinedFns = [];
+          window.__holdFns = [];
+          window.__held = 0;
+          window.__release = () => { for (const release of releases.splice(0)) release(); };
           window.fetch = async function (input, init) {
             const request = new Request(input, init);
             if (!new URL(request.url).pathname.endsWith('/gradio_api/queue/join')) return real.call(this, request);
             const body = JSON.parse(await request.clone().text());
             const response = await real.call(this, request);
+            if (window.__holdFns.includes(body.fn_index)) {
+              window.__held++;
+              await new Promise((release) => releases.push(release));
+            }
             if (response.ok) window.__joinedFns.push(body.fn_index);
             return response;
           };
@@ -637,4 +646,44 @@ def test_an_admin_made_one_again_with_the_admin_tab_selected_gets_its_events_and
         assert time.monotonic() < deadline, (carol.joined()[before:], carol.joins)
         page.wait_for_timeout(100)
     assert carol.refusals == [sentence], carol.refusals
+    assert not carol.errors, carol.errors
+
+
+@MARKS[0]
+@MARKS[1]
+def test_an_event_joined_before_a_demotion_answered_after_a_refusal_leaves_the_page_told(ui_world, e2e):
+    """Eighteenth review, 7 Dec 2026: the page's not-an-admin flag took the role of the answer that arrived last, not
+    of the newest request: an event joined for an admin just before a demotion, its answer slow, cleared the flag
+    after a newer refusal had set it, and the Admin tab's events were sent again, refused with a toast each burst. In
+    Chromium: carol's page (the Rate tab selected) picks an experiment as an admin, the answer to the pick's event
+    held back in the browser; she is made a rater and selects the Admin tab, whose events are refused with the
+    sentence; then the held answer (joined for an admin, the server's header says) comes. The page still knows that
+    its account is no admin, as the server's newest answer said: the Admin tab's events that follow the pick are
+    not sent, and nothing more is refused."""
+    carol = DemotedPage(ui_world, e2e, 60.0)
+    page = carol.page
+    page.evaluate(f"window.__holdFns = [{carol.pick_fn}]")
+    close_toasts(page)
+    page.get_by_role("combobox", name="Experiment").click()
+    page.get_by_role("option", name=re.compile("^b-exp")).click()
+    deadline = time.monotonic() + 30
+    while page.evaluate("window.__held") < 1:
+        assert time.monotonic() < deadline, carol.joins
+        page.wait_for_timeout(100)
+    assert not carol.refusals, carol.joins  # joined, for an admin
+    carol.set_role("rater")
+    page.get_by_role("tab", name="Admin").click()
+    carol.toasts().first.wait_for(timeout=60_000)
+    assert page.evaluate(ui_assets.NOT_ADMIN_KNOWN) is True
+    refused = list(carol.refusals)
+    assert refused and set(refused) == {carol.SENTENCE}, refused
+    page.evaluate("window.__release()")
+    deadline = time.monotonic() + 30
+    while carol.pick_fn not in carol.joined():
+        assert time.monotonic() < deadline, carol.joins
+        page.wait_for_timeout(100)
+    page.wait_for_timeout(3_000)  # the pick's result read, and the Admin tab's events that follow a pick
+    assert page.evaluate(ui_assets.NOT_ADMIN_KNOWN) is True
+    assert carol.refusals == refused, carol.refusals
+    assert carol.shown_refusals() == 1, carol.shown_refusals()
     assert not carol.errors, carol.errors
