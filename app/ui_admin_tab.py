@@ -342,6 +342,11 @@ START_TIMER_JS = "() => ({__type__: 'update', active: true})"
 # (``ui_assets.NOT_ADMIN_KNOWN``), else nothing (a tick that failed otherwise: the timer goes on, as before)
 STOP_TIMER_IF_NOT_ADMIN_JS = (f"() => ({NOT_ADMIN_KNOWN} ? {{__type__: 'update', active: false}} "
                               ": {__type__: 'update'})")
+ADMIN_TAB_ID = "tab-admin"  # the Admin tab's elem_id
+# what a pick's refill of the Admin tab (answered for an admin) sets on the timer: running while the tab is shown
+# (a hidden tab's element has no offsetParent; a pick made on another tab starts nothing), else nothing
+START_TIMER_IF_SHOWN_JS = (f"() => ((document.getElementById('{ADMIN_TAB_ID}') || {{}}).offsetParent "
+                           "? {__type__: 'update', active: true} : {__type__: 'update'})")
 
 
 def timer_while_selected(tabs: Any, admin: AdminTab, private: dict[str, Any]) -> None:
@@ -362,7 +367,7 @@ def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callab
     h = AdminHandlers(services, who_of, admin_of, shown, picks)
     # shown as it is laid out: a rater's page config leaves it out, its events with it (admin_only_layout); it was
     # hidden and shown to admins by the page load, whose outputs then named it in every rater's config
-    with admin_only_layout(gr.Tab("Admin", id="admin", elem_id="tab-admin")) as admin_tab:
+    with admin_only_layout(gr.Tab("Admin", id="admin", elem_id=ADMIN_TAB_ID)) as admin_tab:
         admin_status = gr.HTML()
         with gr.Row():
             close_btn = gr.Button("Close round and train", variant="primary", scale=0, min_width=220)
@@ -504,9 +509,13 @@ def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callab
     # on_admin_tab's answer cleared it, and an admin whose tab was selected had to click away and back; seventeenth
     # review, 7 Dec 2026), and a click of a tab's button starts the timer again (below)
     admin_tab.select(h.on_admin_tab, [exp_state], [admin_status, users_df, jobs_df, dash_access, exports_df], **private)
-    exp_state.change(h.on_admin_experiment, [exp_state],
-                     [dash_access, jobs_df, exports_df, x_link, q_summary, q_table, q_standardize, admin_status],
-                     **quiet)
+    refilled = exp_state.change(h.on_admin_experiment, [exp_state],
+                                [dash_access, jobs_df, exports_df, x_link, q_summary, q_table, q_standardize,
+                                 admin_status], **quiet)
+    # a pick refilled for an admin starts the timer where the tab is shown: after a failed tick stopped it, an admin
+    # made one again got it back only at a click of a button or the tab's select, not at a pick (eighteenth review,
+    # 7 Dec 2026)
+    refilled.success(None, None, [admin_timer], js=START_TIMER_IF_SHOWN_JS, **private)
     ticked = admin_timer.tick(h.on_admin_timer, [exp_state], [admin_status, jobs_df], show_progress="hidden", **quiet)
     ticked.failure(None, None, [admin_timer], js=STOP_TIMER_IF_NOT_ADMIN_JS, **private)
 

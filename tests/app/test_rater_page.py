@@ -398,6 +398,7 @@ def test_the_admin_timer_runs_only_while_the_admin_tab_is_selected(served_app):
     world, demo, url = served_app
     (tab_event,) = [i for i, bf in demo.fns.items() if bf.fn is not None and bf.fn.__name__ == "on_admin_tab"]
     (tick,) = [i for i, bf in demo.fns.items() if bf.fn is not None and bf.fn.__name__ == "on_admin_timer"]
+    (refill,) = [i for i, bf in demo.fns.items() if bf.fn is not None and bf.fn.__name__ == "on_admin_experiment"]
     with signed_in(url, "root") as http:
         config, *_ = _configs(http)
         components = {c["id"]: c for c in config["components"]}
@@ -405,12 +406,15 @@ def test_the_admin_timer_runs_only_while_the_admin_tab_is_selected(served_app):
         timer = components[timer_id]
         assert timer["props"]["active"] is False
         tabs = {c["id"]: c["props"].get("elem_id") for c in config["components"] if c["type"] == "tabitem"}
-        sets, after_tick, clicks = {}, [], []
+        sets, after_tick, clicks, after_refill = {}, [], [], []
         admin_components, _ = rater_page.admin_parts(demo)
         for dep in config["dependencies"]:
             if timer["id"] in dep["outputs"] and dep["trigger_after"] == tick:  # a failed tick (sixteenth review)
                 assert not dep["backend_fn"] and dep["trigger_only_on_failure"] and dep["outputs"] == [timer["id"]], dep
                 after_tick.append(dep["js"])
+            elif timer["id"] in dep["outputs"] and dep["trigger_after"] == refill:  # a pick's refill (eighteenth review)
+                assert not dep["backend_fn"] and dep["trigger_only_on_success"] and dep["outputs"] == [timer["id"]], dep
+                after_refill.append(dep["js"])
             elif timer["id"] in dep["outputs"] and {trigger for _, trigger in dep["targets"]} == {"click"}:
                 # the tab's buttons start it too (a failed tick stopped it; seventeenth review): all of them, only them
                 assert not dep["backend_fn"] and dep["outputs"] == [timer["id"]], dep
@@ -425,6 +429,7 @@ def test_the_admin_timer_runs_only_while_the_admin_tab_is_selected(served_app):
         assert set(sets) == set(tabs.values()) and len(sets) >= 5, sets
         (stop,) = after_tick
         (click,) = clicks
+        (refilled,) = after_refill
         if shutil.which("node"):  # what the browser sets: Gradio's update of the timer's active prop
             for tab, js in {**sets, "a button of tab-admin": click}.items():
                 ran = subprocess.run(["node", "-e", f"console.log(JSON.stringify(({js})()))"], capture_output=True,
@@ -441,6 +446,14 @@ def test_the_admin_timer_runs_only_while_the_admin_tab_is_selected(served_app):
                 ran = subprocess.run(["node", "-e", f"{flag} console.log(JSON.stringify(({tick_js})(7, null)))"],
                                      capture_output=True, text=True, timeout=60)
                 assert (ran.returncode != 0, ran.stdout.strip()) == ((True, "") if told else (False, "[7,null]")), ran
+            # a pick's refill answered for an admin starts the timer where the Admin tab is shown (a hidden element
+            # has no offsetParent), and nothing where it is not or is not there
+            for tab in ({"offsetParent": {}}, {"offsetParent": None}, None):
+                doc = f"globalThis.document = {{getElementById: (id) => id === 'tab-admin' ? {json.dumps(tab)} : null}};"
+                ran = subprocess.run(["node", "-e", f"{doc} console.log(JSON.stringify(({refilled})()))"],
+                                     capture_output=True, text=True, timeout=60, check=True)
+                shown = bool(tab and tab["offsetParent"] is not None)
+                assert json.loads(ran.stdout) == {"__type__": "update", **({"active": True} if shown else {})}, tab
         r = http.post("/gradio_api/queue/join", json={"data": [world.experiment_id], "fn_index": tab_event,
                                                       "session_hash": "roots-page", "event_data": None,
                                                       "trigger_id": None})
@@ -543,6 +556,13 @@ class DemotedPage:
             assert time.monotonic() < deadline, self.joins
             page.wait_for_timeout(100)
 
+    def ticking(self, before: int) -> None:
+        """Wait until the page has joined two ticks of the Admin timer since it had joined ``before`` events."""
+        deadline = time.monotonic() + 30
+        while self.joined()[before:].count(self.tick_fn) < 2:
+            assert time.monotonic() < deadline, (self.joined()[before:], self.joins)
+            self.page.wait_for_timeout(100)
+
     def follows_picks(self) -> None:
         """Each pick fills the Admin tab's raters field with the picked experiment's raters."""
         field = self.page.locator("#experiment-raters").get_by_role("textbox")
@@ -627,10 +647,12 @@ def test_the_events_a_pick_sends_together_after_a_demotion_show_one_refusal(ui_w
 def test_an_admin_made_one_again_with_the_admin_tab_selected_gets_its_events_and_timer_back(ui_world, e2e):
     """Seventeenth review, 7 Dec 2026: only the Admin tab's select cleared the page's not-an-admin flag, so an admin
     made one again whose tab was already selected had to click away and back: its picks left the tab as it was and
-    its timer stayed stopped. In Chromium: carol's page has the Admin tab selected when she is made a rater (a tick is
-    refused; the timer stops) and then an admin again; without leaving the tab, her picks fill the raters field again
-    (her pick's own event is answered as an admin's), and a click of one of the tab's buttons starts the timer, whose
-    ticks are sent and answered."""
+    its timer stayed stopped. Eighteenth review: the picks then filled the tab again, but only a click of one of its
+    buttons started the timer. In Chromium: carol's page has the Admin tab selected when she is made a rater (a tick
+    is refused; the timer stops) and then an admin again; without leaving the tab, her picks fill the raters field
+    again (her pick's own event is answered as an admin's) and start the timer, whose ticks are sent and answered. A
+    pick made on the Rate tab starts no timer. Made a rater and an admin again on the Admin tab (a tick refused, the
+    timer stopped), a click of one of the tab's buttons starts the timer."""
     tick_s = 1.0
     carol = DemotedPage(ui_world, e2e, tick_s)
     page, sentence = carol.page, carol.SENTENCE
@@ -638,14 +660,29 @@ def test_an_admin_made_one_again_with_the_admin_tab_selected_gets_its_events_and
     page.wait_for_timeout(2_000 * tick_s)
     assert carol.refusals == [sentence], carol.refusals
     carol.set_role("admin")
+    before = len(carol.joined())
     carol.follows_picks()
+    carol.ticking(before)  # the picks started it
+    page.get_by_role("tab", name="Rate").click()  # stops it
+    page.wait_for_timeout(1_500 * tick_s)  # a tick sent before, answered
+    before = len(carol.joined())
+    carol.pick("b-exp")
+    page.wait_for_timeout(3_000 * tick_s)
+    assert carol.tick_fn not in carol.joined()[before:], carol.joined()[before:]
+
+    page.get_by_role("tab", name="Admin").click()
+    page.locator("#dashboard-access").wait_for(timeout=60_000)
+    carol.set_role("rater")
+    deadline = time.monotonic() + 30
+    while len(carol.refusals) < 2:  # a tick refused, told (sent after the first refusal): the timer stops
+        assert time.monotonic() < deadline, carol.joins
+        page.wait_for_timeout(100)
+    carol.set_role("admin")
+    page.wait_for_timeout(2_000 * tick_s)  # no tick sent, none refused
     before = len(carol.joined())
     page.locator("#set-experiment-raters").click()  # saves the field as shown (the picked experiment's raters)
-    deadline = time.monotonic() + 30
-    while carol.joined()[before:].count(carol.tick_fn) < 2:  # ticking again
-        assert time.monotonic() < deadline, (carol.joined()[before:], carol.joins)
-        page.wait_for_timeout(100)
-    assert carol.refusals == [sentence], carol.refusals
+    carol.ticking(before)
+    assert carol.refusals == [sentence, sentence], carol.refusals
     assert not carol.errors, carol.errors
 
 
