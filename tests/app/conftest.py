@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,7 @@ class WorkerWorld:
     settings: Settings
     factory: Any  # sessionmaker
     model_dir: Path
+    workers: list[Any] = field(default_factory=list)  # made by worker(): closed when the test ends, on every path
 
     def create_experiment(self, name: str = "exp", **spec: Any) -> int:
         """An experiment on the tiny model with budgets (4, 4) and the tiny config; its round-0 generate job is queued."""
@@ -67,7 +68,9 @@ class WorkerWorld:
     def worker(self, worker_id: str = "worker-1", lease_s: float = 30.0, **kwargs: Any):
         from app.worker import Worker
 
-        return Worker(self.settings, worker_id, lease_s=lease_s, poll_s=0.05, device="cpu", **kwargs)
+        worker = Worker(self.settings, worker_id, lease_s=lease_s, poll_s=0.05, device="cpu", **kwargs)
+        self.workers.append(worker)
+        return worker
 
     def raters(self, n: int, prefix: str = "rater") -> list[int]:
         with write_session(self.factory) as s:
@@ -102,9 +105,16 @@ def one_torch_thread() -> Iterator[None]:
 def _world(db_url: str, tmp_path: Path, model_dir: Path) -> Iterator[WorkerWorld]:
     engine = make_engine(db_url)
     settings = Settings.from_env({"data_dir": str(tmp_path / "data"), "db_url": db_url, "model": str(model_dir)}, environ={})
-    with one_torch_thread():
-        yield WorkerWorld(settings=settings, factory=session_factory(engine), model_dir=model_dir)
-    engine.dispose()
+    world = WorkerWorld(settings=settings, factory=session_factory(engine), model_dir=model_dir)
+    try:
+        with one_torch_thread():
+            yield world
+    finally:
+        # a worker the test did not close (or could not: a failed assertion) kept its heartbeat thread writing its
+        # row in live_processes for the rest of the run (tests/conftest.py's _no_heartbeat_left_running)
+        for worker in world.workers:
+            worker.close()
+        engine.dispose()
 
 
 @pytest.fixture

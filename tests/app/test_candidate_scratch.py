@@ -171,21 +171,23 @@ def test_a_full_disk_for_the_scratch_file_is_one_sentence(worker_world, tmp_path
             settings = Settings.from_env({"data_dir": str(data_dir), "db_url": world.settings.db_url,
                                           "model": str(world.model_dir)}, environ={})
             worker = Worker(settings, "full-w", lease_s=30, poll_s=0.05, device="cpu", pixels_in_memory_max_bytes=0)
-            filler = fault_matrix.fill_to(mount, 4096)  # 4 x 3 x 32 x 32 = 12 KiB do not fit
-            assert worker.run_once() is True
-            error = worker.last_error or ""
-            assert error.startswith("OSError: [Errno 28] No space left on device for round 0's 4 candidate images: "
-                                    "they need 12.0 KiB in "), error
-            assert error.endswith("while the job runs, so free that much space there") and error.count(". ") == 0
-            assert _scratch_entries(data_dir) == []
-            assert _query(world, exp_id, 0)[2] == []
-            with read_session(world.factory) as s:
-                (job,) = [j for j in job_queue.list_jobs(session=s, experiment_id=exp_id) if j.kind == "generate"]
-                assert job.status == "queued" and job.attempts == 1 and job.error == error
-            filler.unlink()
-            assert worker.run_once() is True and worker.last_error is None
-            assert len(_query(world, exp_id, 0)[2]) == 4 and _scratch_entries(data_dir) == []
-            worker.engine.dispose()
+            try:
+                filler = fault_matrix.fill_to(mount, 4096)  # 4 x 3 x 32 x 32 = 12 KiB do not fit
+                assert worker.run_once() is True
+                error = worker.last_error or ""
+                assert error.startswith("OSError: [Errno 28] No space left on device for round 0's 4 candidate images: "
+                                        "they need 12.0 KiB in "), error
+                assert error.endswith("while the job runs, so free that much space there") and error.count(". ") == 0
+                assert _scratch_entries(data_dir) == []
+                assert _query(world, exp_id, 0)[2] == []
+                with read_session(world.factory) as s:
+                    (job,) = [j for j in job_queue.list_jobs(session=s, experiment_id=exp_id) if j.kind == "generate"]
+                    assert job.status == "queued" and job.attempts == 1 and job.error == error
+                filler.unlink()
+                assert worker.run_once() is True and worker.last_error is None
+                assert len(_query(world, exp_id, 0)[2]) == 4 and _scratch_entries(data_dir) == []
+            finally:
+                worker.close()  # its heartbeat too: engine.dispose() alone left it running
     except fault_matrix.CannotMount as exc:
         pytest.skip(str(exc))
 

@@ -87,6 +87,25 @@ def test_a_worker_registers_at_its_start_and_removes_its_row_at_close(worker_wor
     assert _rows(world.factory) == []
 
 
+def test_a_worker_the_test_did_not_close_is_closed_when_its_world_ends(db_url, tmp_path):
+    """A worker of worker_world or worker_world_any_db that its test did not close (a failed assertion before the
+    close, or none written: the schema-change test of test_worker.py) kept its heartbeat thread for the rest of the run,
+    writing its 'worker' row into whatever live_processes a later test had emptied. The world now closes every worker
+    it made when the test ends, whether it passed or failed (pytest resumes the fixture either way)."""
+    from tests.app.conftest import _world
+
+    world_of = _world(db_url, tmp_path, tmp_path / "model")
+    world = next(world_of)
+    worker = world.worker()
+    worker.start()
+    heartbeat = worker._presence._thread
+    assert heartbeat.is_alive() and _rows(world.factory) == [("worker", os.getpid())]
+    with pytest.raises(StopIteration):
+        next(world_of)  # the fixture's teardown
+    assert not heartbeat.is_alive()
+    assert _rows(world.factory) == []  # its row removed, as a worker's close() does
+
+
 def _worker_group_args(tmp_path):
     from app import cli_worker
     from app.settings import Settings
