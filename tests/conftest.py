@@ -9,7 +9,7 @@ import signal
 
 import pytest
 
-from db import migrate
+from db import migrate, presence
 from db import testing as dbt
 from db.engine import make_engine, session_factory
 
@@ -39,6 +39,33 @@ def _signal_mask_unchanged():
     after = signal.pthread_sigmask(signal.SIG_SETMASK, before)
     if after != before:
         pytest.fail(f"the test left signals {sorted(s.name for s in after - before)} blocked", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _no_heartbeat_left_running():
+    """Fail a test that leaves a live process's heartbeat running (db.presence.Presence, started by a Worker, the
+    server or the supervisor, and not closed): its thread went on writing its row every HEARTBEAT_S for the rest of
+    the run, registering it again in whatever database it pointed at, and a later test that emptied the shared
+    PostgreSQL database's live_processes found a 'worker' row there (eighteenth review). The heartbeats are stopped
+    first (closed: their rows removed), so one leak fails one test."""
+    started: list[tuple[presence.Presence, object]] = []  # each with its heartbeat thread (a test may swap _thread)
+    real_start = presence.Presence.start
+
+    def start(self) -> None:
+        started.append((self, self._thread))
+        real_start(self)
+
+    presence.Presence.start = start  # not monkeypatch: a test's monkeypatch.undo() would end the watch early
+    try:
+        yield
+    finally:
+        presence.Presence.start = real_start
+    left = [p for p, thread in started if thread.is_alive()]
+    for p in left:
+        p.close()
+    if left:
+        pytest.fail(f"the test left {len(left)} live-process heartbeat(s) running "
+                    f"({', '.join(p.kind for p in left)}): close the Worker or Presence it started", pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,10 @@ downgrade` can see it (a server, or a worker between jobs, left no mark before: 
 import logging
 import os
 import socket
+import subprocess
+import sys
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select, update
@@ -343,3 +346,52 @@ def test_a_process_that_misses_one_heartbeat_behind_a_held_lock_still_holds_off_
     assert len(looks) == 2 and "a server on host 'web1' with pid 4321, last heard from 50 s ago" in looks[1], looks
     ((*_, beat_at),) = _rows(db_factory)
     assert beat_at == start + timedelta(seconds=2 * presence.HEARTBEAT_S + 2 * bound)  # the late heartbeat landed
+
+
+# A test session of its own (tests/conftest.py's fixtures loaded as a plugin): its first test leaves a worker's
+# heartbeat running, as a test that did not close its Worker did; the second empties live_processes, as the next test's
+# db_url does, and looks for that heartbeat's row forty heartbeats later.
+LEAKING_SESSION = """
+import os
+import threading
+import time
+
+from sqlalchemy import delete, select
+
+from db import migrate, presence
+from db.engine import make_engine, read_session, session_factory, write_session
+from db.models import LiveProcess
+
+URL, INTERVAL_S = os.environ["SEIKO_LEAKED_HEARTBEAT_URL"], 0.05
+
+
+def test_leaves_a_worker_heartbeat_running():
+    presence.Presence(session_factory(make_engine(URL)), "worker", migrate.head_revision(), interval_s=INTERVAL_S).start()
+
+
+def test_next():
+    factory = session_factory(make_engine(URL))
+    with write_session(factory) as s:
+        s.execute(delete(LiveProcess))
+    time.sleep(40 * INTERVAL_S)
+    with read_session(factory) as s:
+        rows = s.scalars(select(LiveProcess.kind)).all()
+    assert (rows, [t.name for t in threading.enumerate() if t.name.startswith("presence-")]) == ([], [])
+"""
+
+
+def test_a_heartbeat_a_test_leaves_running_is_stopped_and_fails_that_test(db_url, tmp_path):
+    """A Worker a test did not close kept its heartbeat thread for the rest of the run: every HEARTBEAT_S it wrote
+    its row, registering it again in a live_processes a later test had emptied (a 'worker' row found by
+    test_lock_timeout's downgrade test in a whole run on PostgreSQL, eighteenth review). The test that leaves one
+    running now fails, the heartbeat stopped and its row removed, and the next test finds no row and no thread."""
+    (tmp_path / "test_leaking.py").write_text(LEAKING_SESSION)
+    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "tests.conftest", "-p", "no:cacheprovider", "-q",
+                           "--rootdir", str(tmp_path), str(tmp_path / "test_leaking.py")],
+                          cwd=Path(__file__).resolve().parents[2], env={**os.environ, "SEIKO_LEAKED_HEARTBEAT_URL": db_url},
+                          capture_output=True, text=True, timeout=300)
+    out = done.stdout + done.stderr
+    assert "2 passed, 1 error" in out, out  # the first test passed, then failed at its teardown
+    assert "ERROR at teardown of test_leaves_a_worker_heartbeat_running" in out, out
+    assert ("the test left 1 live-process heartbeat(s) running (worker): close the Worker or Presence it started"
+            in out), out
