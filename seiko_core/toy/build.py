@@ -23,7 +23,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -535,6 +535,14 @@ def _read_quality(model_dir: Path) -> dict:
         if key in _CONFIG_KINDS and not _CONFIG_KINDS[key][0](value):
             raise QualityFileError(f"{str(path)!r} is not a QUALITY.json written by `build` (its build_config "
                                    f"{key!r} must be {_CONFIG_KINDS[key][1]}, got {json.dumps(value)[:40]})")
+    sampler = quality.get("remeasured_with")
+    if sampler is not None:  # the settings a stage re-run measures with (``_measure_refined``)
+        known = ("quality_guidance", "quality_steps", "quality_samples")
+        if not isinstance(sampler, dict) or any(k not in known or not _CONFIG_KINDS[k][0](v) for k, v in sampler.items()) \
+                or any(sampler.get(k, 1) < 1 for k in ("quality_steps", "quality_samples")) or sampler.get("quality_guidance", 0) < 0:
+            raise QualityFileError(f"{str(path)!r} is not a QUALITY.json written by `build` (its remeasured_with must be "
+                                   f"an object of {', '.join(known)}: a guidance of at least 0, whole numbers of at "
+                                   f"least 1; got {json.dumps(sampler)[:60]})")
     return quality
 
 
@@ -671,11 +679,18 @@ def _refine_in_copy(model_dir: str | Path, refine: Callable[[Path], dict]) -> di
 
 def _measure_refined(model_dir: Path, cfg: BuildConfig, old: dict, timing: str, seconds: float) -> dict:
     """After a stage re-run on a finished build: its config saved, QUALITY.json and the model card measured again,
-    the build's timings kept with the stage's ``seconds`` as ``timing``."""
+    the build's timings kept with the stage's ``seconds`` as ``timing``.
+
+    A model last measured by ``quality`` with other settings (``remeasured_with``: e.g. 480 samples where its build
+    took 96) is measured again with those, and says so, so the figures before and after the stage are comparable; it
+    was measured with the build's settings (its 96 samples against the 480 of the figures it replaced)."""
     from .quality import measure_quality, write_model_card
 
     atomic.write_text(model_dir / "build_config.json", json.dumps(asdict(cfg), indent=2))
-    quality = measure_quality(model_dir, cfg)
+    sampler = dict(old.get("remeasured_with") or {})
+    quality = measure_quality(model_dir, replace(cfg, **sampler))
+    if sampler:
+        quality["remeasured_with"] = sampler
     quality["timings_s"] = {**_build_timings(old), timing: round(seconds, 1)}
     quality["build_config"] = asdict(cfg)
     atomic.write_text(model_dir / "QUALITY.json", json.dumps(quality, indent=2))

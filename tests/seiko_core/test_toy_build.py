@@ -194,6 +194,35 @@ def test_the_refinement_weights_its_loss_by_its_own_gamma_and_the_cli_records_it
         assert "--min-snr-gamma must be a finite number of at least 0" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["refine-unet", "refine-encoder"])
+def test_a_stage_rerun_measures_as_the_model_was_last_measured(tmp_path, capsys, command):
+    """A model last measured with ``quality --samples N --steps S`` is measured again with N samples and S steps after
+    a stage re-run (it fell back to the build's own count, so before and after were different draws), and says so;
+    a ``remeasured_with`` that is not such settings is refused in one sentence, the model untouched."""
+    from seiko_core.toy.__main__ import main
+    from seiko_core.toy.build import build
+
+    model = tmp_path / "m"
+    build(model, BuildConfig.quick())
+    assert BuildConfig.quick().quality_samples != 12
+    assert main(["quality", "--model", str(model), "--samples", "12", "--steps", "3"]) == 0
+    assert main([command, "--model", str(model), "--steps", "1"]) == 0
+    quality = json.loads((model / "QUALITY.json").read_text())
+    assert quality["samples"] == 12 and quality["sampler"]["ddim_steps"] == 3
+    assert quality["remeasured_with"] == {"quality_guidance": BuildConfig.quick().quality_guidance, "quality_steps": 3,
+                                          "quality_samples": 12}
+    assert quality["build_config"]["quality_samples"] == BuildConfig.quick().quality_samples  # the build's own, kept
+
+    quality["remeasured_with"]["quality_samples"] = 0
+    (model / "QUALITY.json").write_text(json.dumps(quality))
+    before = _bytes(model, "unet")
+    capsys.readouterr()
+    assert main([command, "--model", str(model), "--steps", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "its remeasured_with must be an object of quality_guidance, quality_steps, quality_samples" in err
+    assert err.count("\n") == 1 and _bytes(model, "unet") == before
+
+
 def test_refine_unet_on_a_directory_that_is_not_a_build_says_so(tmp_path, capsys):
     from seiko_core.toy.__main__ import main
 
