@@ -1312,6 +1312,78 @@ STREAMS_JS = r"""
 """
 
 
+# Gradio's login page (its Login component) reads only the status of its sign-in (POST /login): a 400 shows its own
+# "Incorrect Credentials" and empties the boxes, a 200 reloads the page, and any other status shows nothing. The
+# guard's refusals say why in the answer's JSON ``detail`` (a password changed while it was checked, the throttle's
+# seconds to wait, a server busy with sign-ins), which no one saw (eighteenth review, 7 Dec 2026). LOGIN_JS
+# (``login_head``, put in the page's head after STREAMS_JS) hands the Login component a 400 for every refusal, so it
+# shows its paragraph and empties the boxes, and makes that paragraph say the answer's sentence; an answer without one
+# says LOGIN_NO_SENTENCE (a 400: the server's wrong-credentials sentence), and a sign-in that got no answer
+# LOGIN_UNREACHABLE. The server's sentences are shown as they are, so a wrong name and a wrong password still read
+# the same. Gradio's paragraph is found by its class (``p.creds``; tests/app/test_e2e_sessions.py checks it).
+LOGIN_NO_SENTENCE = "The server refused the sign-in ({status}); try again in a moment."
+LOGIN_UNREACHABLE = "The server cannot be reached; try again in a moment."
+
+LOGIN_JS = r"""
+(() => {
+  if (window.__seikoLogin) return;
+  window.__seikoLogin = true;
+  const WRONG = __WRONG__, NO_SENTENCE = __NO_SENTENCE__, UNREACHABLE = __UNREACHABLE__;
+  const pageFetch = window.fetch.bind(window);
+  let sentence = '', watching = false;
+  const show = () => {
+    for (const p of document.querySelectorAll('p.creds')) if (p.textContent !== sentence) p.textContent = sentence;
+  };
+  const refused = (text) => {
+    sentence = text;
+    if (!watching) {  // Gradio adds its paragraph (and its text) once the component reads the 400 below
+      watching = true;
+      new MutationObserver(show).observe(document.body, { childList: true, subtree: true, characterData: true });
+    }
+    show();
+    return new Response(JSON.stringify({ detail: text }), {
+      status: 400, headers: { 'Content-Type': 'application/json' } });
+  };
+  window.fetch = async function (input, init) {
+    const url = new URL(input instanceof Request ? input.url : String(input), window.location.href);
+    const method = ((init && init.method) || (input instanceof Request ? input.method : 'GET')).toUpperCase();
+    if (method !== 'POST' || url.origin !== window.location.origin || !/\/login\/?$/.test(url.pathname)) {
+      return pageFetch(input, init);
+    }
+    let response;
+    try {
+      response = await pageFetch(input, init);
+    } catch (e) {  // no answer at all: said, where the component showed nothing
+      console.warn('sign-in not answered:', e);
+      return refused(UNREACHABLE);
+    }
+    if (response.status < 400) return response;  // a sign-in: Gradio's component reloads the page
+    const text = await response.text();
+    let detail = '';
+    try {
+      const body = JSON.parse(text);
+      if (body && typeof body.detail === 'string') detail = body.detail.trim();
+    } catch (e) {  // not JSON (a proxy's error page): no sentence of the server's, the status is said instead
+      detail = '';
+    }
+    if (!detail) detail = response.status === 400 ? WRONG : NO_SENTENCE.replace('{status}', String(response.status));
+    return refused(detail);
+  };
+})();
+"""
+
+
+def login_head(wrong_credentials: str) -> str:
+    """LOGIN_JS as a ``<script>``; ``wrong_credentials``: the server's sentence for a wrong name or password, said for
+    a 400 without a sentence of its own (web_guard puts it in the page's head after STREAMS_JS)."""
+    values = {"__WRONG__": wrong_credentials, "__NO_SENTENCE__": LOGIN_NO_SENTENCE,
+              "__UNREACHABLE__": LOGIN_UNREACHABLE}
+    js = LOGIN_JS
+    for name, value in values.items():
+        js = js.replace(name, json.dumps(value))
+    return f"<script>{js}</script>"
+
+
 def streams_head() -> str:
     """STREAMS_JS with its sentences and waits, as a ``<script>`` (web_guard puts it first in the page's head)."""
     values = {"__WAITS_S__": list(STREAM_WAITS_S), "__RETRIED__": list(STREAM_RETRIED), "__SAID__": list(STREAM_SAID),

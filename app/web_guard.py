@@ -338,8 +338,9 @@ def _framing_send(send: Send, path: str = "", hsts: bool = False) -> Send:
 
 
 # ui_assets.STREAMS_JS, first in the page's head: Gradio's client opens the page's heartbeat as it starts, before the
-# scripts ``launch(head=...)`` gives run, so only a script in the page's own HTML sees it refused
-PAGE_SCRIPT = ui_assets.streams_head().encode()
+# scripts ``launch(head=...)`` gives run, so only a script in the page's own HTML sees it refused. Then LOGIN_JS: the
+# login page (the same page, signed out) says a refused sign-in's sentence (eighteenth review, 7 Dec 2026)
+PAGE_SCRIPT = (ui_assets.streams_head() + ui_assets.login_head(auth.WRONG_CREDENTIALS)).encode()
 
 
 def _queue_refusal_send(send: Send) -> Send:
@@ -1519,9 +1520,8 @@ class WebGuard:
                             username[:64], ip)
                 return JSONResponse({"detail": auth.WRONG_CREDENTIALS}, status_code=400)
             # the password was changed (by an admin, or by the account's owner elsewhere) while scrypt ran: answered
-            # "Incorrect credentials." before, as if the password typed had been wrong (sixteenth review). Still 400:
-            # Gradio's login page acts on 400 (its own "Incorrect credentials", the boxes cleared) and 200 only, and
-            # shows nothing for any other status; the sentence is in the body for scripts
+            # "Incorrect credentials." before, as if the password typed had been wrong (sixteenth review). Still 400;
+            # the login page says the sentence (ui_assets.LOGIN_JS), as it does every refusal's
             self.stats.logins["refused"] += 1
             log.warning("sign-in as %r from %s refused: the password was changed while it was checked", username[:64],
                         ip)

@@ -8,6 +8,9 @@ fixture, tests/app/e2e_support.py).
 
 from __future__ import annotations
 
+import re
+import time
+
 import httpx
 
 from app import auth
@@ -152,3 +155,70 @@ def test_an_admin_who_sets_their_own_password_on_the_admin_tab_is_sent_to_the_si
     page.keyboard.press("Enter")
     page.wait_for_selector("#signed-in", timeout=60_000)
     assert "root" in page.locator("#signed-in").inner_text()
+
+
+def test_the_login_page_shows_the_servers_sentence_for_a_refused_sign_in(ui_world, e2e, monkeypatch):
+    """Eighteenth review (7 Dec 2026): Gradio's login page reads only the status of its sign-in: a 400 showed its own
+    "Incorrect Credentials" whatever the answer's ``detail`` said (a password changed while it was checked), and any
+    other status (the throttle's 429) showed nothing at all. Now the page says the server's sentence, as the real
+    answer gives it; a wrong password still sees the one sentence a wrong name sees."""
+    from app import web_guard
+    from app.sessions import LoginThrottle, ThrottleRule
+
+    demo, browser = e2e(ui_world.services(batch_size=4))
+    url = demo.local_url.replace("localhost", "127.0.0.1")
+    # the address is locked by its second failed sign-in, for long enough that the third is refused
+    web_guard.installed(demo.server_app).throttle = LoginThrottle(per_ip=ThrottleRule(free=1, base_s=600, max_s=600))
+    page = browser.new_context().new_page()
+    errors = watch_errors(page)
+    answers: list[tuple[int, str]] = []  # the sign-in's real answers (status, detail), passed on to the page as is
+
+    def passed_on(route) -> None:
+        if route.request.method != "POST":
+            route.continue_()
+            return
+        answer = route.fetch()
+        answers.append((answer.status, answer.json().get("detail")))
+        route.fulfill(response=answer)
+
+    page.route(re.compile(r"/login/?$"), passed_on)
+    page.goto(url)
+    page.wait_for_selector("input[type=password]", timeout=60_000)
+
+    def refused(name: str, password: str) -> tuple[int, str]:
+        """Sign in as ``name`` on the page; the server's real answer (status, detail)."""
+        before = len(answers)
+        page.locator("input:not([type=password])").first.fill(name)
+        page.locator("input[type=password]").fill(password)
+        page.get_by_role("button", name="Login").click()
+        deadline = time.monotonic() + 60
+        while len(answers) == before:
+            assert time.monotonic() < deadline, "the sign-in was not answered"
+            page.wait_for_timeout(100)
+        return answers[before]
+
+    # a wrong password: the server's one sentence for a wrong name or password, on the page
+    status, detail = refused("alice", "not the password")
+    assert (status, detail) == (400, auth.WRONG_CREDENTIALS)
+    page.get_by_text(re.compile(r"^incorrect credentials\.?$", re.IGNORECASE)).wait_for(timeout=30_000)
+
+    # the right password, changed by someone else while it was checked: 400 with its own sentence
+    real = auth.check_login
+
+    def check_then_change(factory, username, password):
+        result = real(factory, username, password)
+        auth.set_password(factory, name=username, password="changed meanwhile")
+        return result
+
+    monkeypatch.setattr(auth, "check_login", check_then_change)  # web_guard looks it up on the module at call time
+    status, detail = refused("alice", PASSWORD)
+    monkeypatch.setattr(auth, "check_login", real)
+    assert status == 400 and "with the new password" in detail, (status, detail)
+    page.get_by_text(detail, exact=True).wait_for(timeout=30_000)
+    assert not page.get_by_text(re.compile("incorrect credentials", re.IGNORECASE)).count()
+
+    # the address now locked: 429 with the seconds to wait (the stock page showed nothing for it)
+    status, detail = refused("bob", PASSWORD)
+    assert status == 429 and detail.startswith("Too many failed sign-ins"), (status, detail)
+    page.get_by_text(detail, exact=True).wait_for(timeout=30_000)
+    assert page.locator("#signed-in").count() == 0 and not errors, errors
