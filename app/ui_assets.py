@@ -114,6 +114,13 @@ ACTION_SILENT_MIN_S = 30
 ACTION_SILENT_MAX_S = 10 * 24 * 3600
 
 
+def _filled(js: str, values: dict) -> str:
+    """``js`` with each placeholder name of ``values`` replaced by its value as JSON."""
+    for name, value in values.items():
+        js = js.replace(name, json.dumps(value))
+    return js
+
+
 def action_silent_s() -> int:
     """ACTION_SILENT_S for the heartbeat Gradio's server sends now (its GRADIO_HEARTBEAT_INTERVAL)."""
     return max(ACTION_SILENT_MIN_S, math.ceil(min(ACTION_SILENT_MAX_S, 2 * gradio_utils.get_heartbeat_rate())))
@@ -707,10 +714,7 @@ def grid_js() -> str:
               "__HELD_UNNOTED__": ACTION_HELD_UNNOTED, "__HELD_RESTARTED_UNNOTED__": ACTION_HELD_RESTARTED_UNNOTED,
               "__KEPT_AGE_MS__": 1000 * ACTION_KEPT_AGE_S, "__KEPT_OLD__": ACTION_KEPT_OLD,
               "__KEPT_SENT_ELSEWHERE__": ACTION_KEPT_SENT_ELSEWHERE}
-    js = GRID_JS
-    for name, value in values.items():
-        js = js.replace(name, json.dumps(value))
-    return js
+    return _filled(GRID_JS, values)
 
 MARKS_JS = r"""
 const api = (window.__seiko = window.__seiko || {});
@@ -838,7 +842,7 @@ STREAMS_JS = r"""
   // Admin tab's events the page fires by itself are then not sent (QUIET_ADMIN_JS), until an event of the page is
   // joined for an admin again (NOT_ADMIN: 0)
   const streams = (window.__seikoStreams = { said, answeredAt: 0, waiting: 0, backAt: 0, onChange: null,
-                                             restarted: false, notAdmin: false });
+                                             restarted: false, notAdmin: false, sentenceOf });
   const eventOf = new Map(), seqOf = new Map();  // a page action's seq <-> its event's id (the join's answer)
   const startedAt = new Map(), endedSeqs = new Set(), open = new Set();  // by event id; seqs; event ids not completed
   streams.startedAt = (seq) => startedAt.get(eventOf.get(seq));
@@ -908,7 +912,8 @@ STREAMS_JS = r"""
     el.hidden = !shown;
   }
 
-  function sentenceOf(response, text) {  // the refusal's sentence: {"detail": sentence} or plain text
+  // the refusal's sentence: {"detail": sentence} or plain text; else noSentence with the status (LOGIN_JS's too)
+  function sentenceOf(response, text, noSentence = NO_SENTENCE) {
     const type = response.headers.get('content-type') || '';
     text = text.trim();
     if (type.includes('json')) {
@@ -920,7 +925,7 @@ STREAMS_JS = r"""
         console.warn('a refused stream answered JSON that does not parse', e);
       }
     }
-    return (type.startsWith('text/plain') && text.slice(0, 400)) || NO_SENTENCE.replace('{status}', response.status);
+    return (type.startsWith('text/plain') && text.slice(0, 400)) || noSentence.replace('{status}', response.status);
   }
 
   function wait(ms, signal) {
@@ -1318,17 +1323,19 @@ STREAMS_JS = r"""
 # seconds to wait, a server busy with sign-ins), which no one saw (eighteenth review, 7 Dec 2026). LOGIN_JS
 # (``login_head``, put in the page's head after STREAMS_JS) hands the Login component a 400 for every refusal, so it
 # shows its paragraph and empties the boxes, and makes that paragraph say the answer's sentence; an answer without one
-# says LOGIN_NO_SENTENCE (a 400: the server's wrong-credentials sentence), and a sign-in that got no answer
-# LOGIN_UNREACHABLE. The server's sentences are shown as they are, so a wrong name and a wrong password still read
-# the same. Gradio's paragraph is found by its class (``p.creds``; tests/app/test_e2e_sessions.py checks it).
-LOGIN_NO_SENTENCE = "The server refused the sign-in ({status}); try again in a moment."
+# says LOGIN_NO_SENTENCE, and a sign-in that got no answer LOGIN_UNREACHABLE. The sentence is STREAMS_JS's
+# ``sentenceOf``: JSON's ``detail``, or a plain-text refusal (the guard's origin, body-size and header checks answer
+# in plain text, before the sign-in is read). The server's sentences are shown as they are, so a wrong name and a
+# wrong password still read the same. Gradio's paragraph is found by its class (``p.creds``;
+# tests/app/test_e2e_sessions.py checks it).
+LOGIN_NO_SENTENCE = "The server refused the sign-in ({status})."
 LOGIN_UNREACHABLE = "The server cannot be reached; try again in a moment."
 
 LOGIN_JS = r"""
 (() => {
   if (window.__seikoLogin) return;
   window.__seikoLogin = true;
-  const WRONG = __WRONG__, NO_SENTENCE = __NO_SENTENCE__, UNREACHABLE = __UNREACHABLE__;
+  const NO_SENTENCE = __NO_SENTENCE__, UNREACHABLE = __UNREACHABLE__;
   const pageFetch = window.fetch.bind(window);
   let sentence = '', watching = false;
   const show = () => {
@@ -1358,30 +1365,17 @@ LOGIN_JS = r"""
       return refused(UNREACHABLE);
     }
     if (response.status < 400) return response;  // a sign-in: Gradio's component reloads the page
-    const text = await response.text();
-    let detail = '';
-    try {
-      const body = JSON.parse(text);
-      if (body && typeof body.detail === 'string') detail = body.detail.trim();
-    } catch (e) {  // not JSON (a proxy's error page): no sentence of the server's, the status is said instead
-      detail = '';
-    }
-    if (!detail) detail = response.status === 400 ? WRONG : NO_SENTENCE.replace('{status}', String(response.status));
-    return refused(detail);
+    // JSON's detail or a plain-text refusal (the guard's origin, size and header checks answer plain text); an
+    // answer with neither (a proxy's error page) says the status
+    return refused(window.__seikoStreams.sentenceOf(response, await response.text(), NO_SENTENCE));
   };
 })();
 """
 
 
-def login_head(wrong_credentials: str) -> str:
-    """LOGIN_JS as a ``<script>``; ``wrong_credentials``: the server's sentence for a wrong name or password, said for
-    a 400 without a sentence of its own (web_guard puts it in the page's head after STREAMS_JS)."""
-    values = {"__WRONG__": wrong_credentials, "__NO_SENTENCE__": LOGIN_NO_SENTENCE,
-              "__UNREACHABLE__": LOGIN_UNREACHABLE}
-    js = LOGIN_JS
-    for name, value in values.items():
-        js = js.replace(name, json.dumps(value))
-    return f"<script>{js}</script>"
+def login_head() -> str:
+    """LOGIN_JS as a ``<script>`` (web_guard puts it in the page's head after STREAMS_JS)."""
+    return f"<script>{_filled(LOGIN_JS, {'__NO_SENTENCE__': LOGIN_NO_SENTENCE, '__UNREACHABLE__': LOGIN_UNREACHABLE})}</script>"
 
 
 def streams_head() -> str:
@@ -1393,7 +1387,4 @@ def streams_head() -> str:
               "__NOT_RUN__": NOT_RUN_HEADER, "__NOT_ADMIN__": NOT_ADMIN_HEADER,
               "__SILENT_MS__": 1000 * action_silent_s(), "__SILENT__": STREAM_SILENT,
               "__LOST__": STREAM_LOST}
-    js = STREAMS_JS
-    for name, value in values.items():
-        js = js.replace(name, json.dumps(value))
-    return f"<script>{js}</script>"
+    return f"<script>{_filled(STREAMS_JS, values)}</script>"

@@ -46,7 +46,8 @@ For every HTTP and websocket request, before Gradio sees it:
   there made the page say the connection was lost and reload, in a loop. The page itself (``GET /``, Gradio's HTML)
   carries ``PAGE_SCRIPT`` first in its head (``ui_assets.STREAMS_JS``), which handles every other refusal of its
   streams, the connection caps' included (app.net_limits answers before a request is read): retried with a wait it
-  states, or said in one sentence, never a reload.
+  states, or said in one sentence, never a reload; then ``ui_assets.LOGIN_JS``, which makes the login page (the same
+  page, signed out) say a refused sign-in's sentence, where Gradio's showed its own "Incorrect Credentials".
 - **A rater's page config**: a signed-in account that is not an admin gets the page (``GET /``) and ``GET /config``
   without the Admin tab's components and events (``app.rater_page``, ``_rater_page_send``); Gradio's config listed
   the tab's layout and every event's function name to every rater. An answer that cannot be trimmed is a 500.
@@ -340,7 +341,7 @@ def _framing_send(send: Send, path: str = "", hsts: bool = False) -> Send:
 # ui_assets.STREAMS_JS, first in the page's head: Gradio's client opens the page's heartbeat as it starts, before the
 # scripts ``launch(head=...)`` gives run, so only a script in the page's own HTML sees it refused. Then LOGIN_JS: the
 # login page (the same page, signed out) says a refused sign-in's sentence (eighteenth review, 7 Dec 2026)
-PAGE_SCRIPT = (ui_assets.streams_head() + ui_assets.login_head(auth.WRONG_CREDENTIALS)).encode()
+PAGE_SCRIPT = (ui_assets.streams_head() + ui_assets.login_head()).encode()
 
 
 def _queue_refusal_send(send: Send) -> Send:
