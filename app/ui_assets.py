@@ -842,7 +842,8 @@ STREAMS_JS = r"""
   // Admin tab's events the page fires by itself are then not sent (QUIET_ADMIN_JS), until an event of the page is
   // joined for an admin again (NOT_ADMIN: 0)
   const streams = (window.__seikoStreams = { said, answeredAt: 0, waiting: 0, backAt: 0, onChange: null,
-                                             restarted: false, notAdmin: false, sentenceOf });
+                                             restarted: false, notAdmin: false, sentenceOf,
+                                             targetOf });
   const eventOf = new Map(), seqOf = new Map();  // a page action's seq <-> its event's id (the join's answer)
   const startedAt = new Map(), endedSeqs = new Set(), open = new Set();  // by event id; seqs; event ids not completed
   streams.startedAt = (seq) => startedAt.get(eventOf.get(seq));
@@ -1248,9 +1249,14 @@ STREAMS_JS = r"""
     return new Response(body, { status: 200, headers: { 'Content-Type': 'text/event-stream' } });
   }
 
+  // a fetch's {url, method} (LOGIN_JS's too)
+  function targetOf(input, init) {
+    return { url: new URL(input instanceof Request ? input.url : String(input), window.location.href),
+             method: ((init && init.method) || (input instanceof Request ? input.method : 'GET')).toUpperCase() };
+  }
+
   window.fetch = async function (input, init) {
-    const url = new URL(input instanceof Request ? input.url : String(input), window.location.href);
-    const method = ((init && init.method) || (input instanceof Request ? input.method : 'GET')).toUpperCase();
+    const { url, method } = targetOf(input, init);
     const stream = method === 'POST' ? (url.pathname.endsWith('/gradio_api/queue/join') ? 'event' : null)
       : method !== 'GET' ? null : url.pathname.endsWith('/gradio_api/queue/data') ? 'data'
       : url.pathname.includes('/gradio_api/heartbeat/') ? 'heartbeat' : null;
@@ -1352,8 +1358,7 @@ LOGIN_JS = r"""
       status: 400, headers: { 'Content-Type': 'application/json' } });
   };
   window.fetch = async function (input, init) {
-    const url = new URL(input instanceof Request ? input.url : String(input), window.location.href);
-    const method = ((init && init.method) || (input instanceof Request ? input.method : 'GET')).toUpperCase();
+    const { url, method } = window.__seikoStreams.targetOf(input, init);
     if (method !== 'POST' || url.origin !== window.location.origin || !/\/login\/?$/.test(url.pathname)) {
       return pageFetch(input, init);
     }
