@@ -374,8 +374,27 @@ def summary_html(experiment: Experiment, *, admin: bool = True) -> str:
             f"model <code>{html.escape(model)}</code> · {experiment.status} · overlap {experiment.overlap}</div>")
 
 
-def alarms_html(session: Session, experiment: Experiment, thresholds: alarms.Thresholds | None = None) -> str:
-    """One warning line per flagged round and statistic (app.alarms: eval-image statistics and KL); empty when none."""
+def _ratings_beside(flag: alarms.Flag, means: dict[int, float]) -> str:
+    """What the people rated the two compared rounds' images on average, after a statistic's warning; "" where either
+    mean is not known (no ratings, or a live round's hidden from a rater). An alarm reads the model's eval images only,
+    so a look the people rate up (a rater who likes dark backgrounds: the dark-pixel fraction rises) was warned about
+    as hacking with nothing beside it to tell the two apart (found opening the dashboard, 7 Dec 2026)."""
+    before, after = means.get(flag.reference_round), means.get(flag.round)
+    if flag.reference_round is None or before is None or after is None:
+        return ""
+    if after > before:
+        verdict = "rose: if the new look is what they rate up, it is their taste, not hacking; see the grid"
+    else:
+        verdict = "did not rise: the model moved without pleasing them more"
+    return (f"; the people's mean rating: {before:.2f} in round {flag.reference_round}, "
+            f"{after:.2f} in round {flag.round} ({verdict})")
+
+
+def alarms_html(session: Session, experiment: Experiment, thresholds: alarms.Thresholds | None = None,
+                rows: list[RoundRow] | None = None) -> str:
+    """One warning line per flagged round and statistic (app.alarms: eval-image statistics and KL); empty when none.
+    ``rows`` (``round_rows``, live rounds' means blanked for a rater): the people's mean rating of both compared rounds
+    is said beside a statistic's warning."""
     rounds = repo.list_rounds(session=session, experiment_id=experiment.id)
     metrics = {r.index: r.metrics for r in rounds}
     index_of = {r.id: r.index for r in rounds}
@@ -384,8 +403,9 @@ def alarms_html(session: Session, experiment: Experiment, thresholds: alarms.Thr
     found = alarms.flags_from_metrics(metrics, thresholds or alarms.Thresholds.from_env(), parents)
     if not found:
         return ""
+    means = {r.index: r.human_mean for r in rows or () if r.human_mean is not None}
     lines = "".join(f"<div class='warn alarm' data-round='{f.round}' data-statistic='{f.statistic}' style='color:#b45309'>"
-                    f"⚠ Possible reward hacking: {html.escape(f.message())}</div>" for f in found)
+                    f"⚠ Possible reward hacking: {html.escape(f.message() + _ratings_beside(f, means))}</div>" for f in found)
     return f"<div id='reward-alarms'>{lines}</div>"
 
 
@@ -407,7 +427,7 @@ def load(factory, experiment_id: int | None, *, admin: bool = False) -> Dashboar
         rows = round_rows(s, exp)
         live = "" if admin else _hide_live(rows)
         rows_key = hashlib.sha256(json.dumps([r.__dict__ for r in rows]).encode()).hexdigest()
-        return Dashboard(summary_html(exp, admin=admin) + live + alarms_html(s, exp), worker_html(s, exp, errors=admin), table(rows), rows_key, rows,
+        return Dashboard(summary_html(exp, admin=admin) + live + alarms_html(s, exp, rows=rows), worker_html(s, exp, errors=admin), table(rows), rows_key, rows,
                          eval_grid_key(s, exp), exp.id)
 
 

@@ -136,6 +136,39 @@ def test_the_dashboard_warns_about_a_collapsed_round_naming_the_statistic(ui_wor
     assert "round 1:" not in summary
 
 
+def test_a_warning_says_what_the_people_rated_the_two_rounds_it_compares(ui_world):
+    """A look the raters rate up (here: darker images rated 8 after lighter ones rated 2) is still warned about, with
+    both rounds' mean ratings beside it; a rater does not see the mean of a round still being rated."""
+    world = ui_world
+    rng = np.random.default_rng(0)
+    light = alarms.image_stats(rng.integers(128, 256, size=(6, 8, 8, 3), dtype=np.uint8))
+    dark = alarms.image_stats(rng.integers(0, 20, size=(6, 8, 8, 3), dtype=np.uint8))
+    alice = world.accounts["alice"]
+    with write_session(world.factory) as s:
+        for image_id in world.image_ids:
+            repo.add_rating(session=s, image_id=image_id, rater_id=alice, score=2)
+        repo.update_round_metrics(session=s, round_id=world.round_id, metrics={"eval": {"image_stats": light}})
+        repo.set_round_status(session=s, round_id=world.round_id, status="done")
+        r1 = repo.create_round(session=s, experiment_id=world.experiment_id, adapter_path="adapters/1")
+        repo.update_round_metrics(session=s, round_id=r1.id, metrics={"eval": {"image_stats": dark}})
+    later = world.add_round_images(r1.id, 4)
+    with write_session(world.factory) as s:
+        repo.open_round(session=s, round_id=r1.id)
+        for image_id, score in zip(later, (8, 8, 9, 7), strict=True):
+            repo.add_rating(session=s, image_id=image_id, rater_id=alice, score=score)
+    summary = ui_dashboard.load(world.factory, world.experiment_id, admin=True).summary
+    line = next(x for x in summary.split("</div>") if "data-statistic='dark_fraction'" in x)
+    assert "round 1: dark-pixel fraction rose by 1 vs round 0" in line
+    assert "the people&#x27;s mean rating: 2.00 in round 0, 8.00 in round 1 (rose: if the new look" in line
+    rater_view = ui_dashboard.load(world.factory, world.experiment_id, admin=False).summary
+    assert "round 1: dark-pixel fraction rose" in rater_view and "mean rating" not in rater_view
+    with write_session(world.factory) as s:  # the same look, rated down: said so
+        for image_id in later:
+            repo.add_rating(session=s, image_id=image_id, rater_id=alice, score=1)
+    summary = ui_dashboard.load(world.factory, world.experiment_id, admin=True).summary
+    assert "2.00 in round 0, 1.00 in round 1 (did not rise: the model moved without pleasing them more)" in summary
+
+
 def test_the_worker_records_eval_image_stats_and_trains_on_standardised_scores(worker_world, monkeypatch):
     world = worker_world
     eid = world.create_experiment("quality")
