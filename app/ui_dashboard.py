@@ -276,7 +276,9 @@ def eval_grid_html(session: Session, experiment: Experiment, data_dir) -> str:
                     tds.append("<td><div class='none' title='image file not readable'>not readable</div></td>")
                     continue
                 tds.append(f"<td><img src='{uri}'{ui_images.img_class(data)} tabindex='0' "
-                           f"title='click to enlarge' alt='round {k}: {html.escape(prompt, quote=True)}, seed {seed}'></td>")
+                           f"title='click to enlarge' alt='round {k}: {html.escape(prompt, quote=True)}, seed {seed}'>"
+                           f"<div class='cap'>round {k} · {html.escape(prompt)} · seed {seed} · click anywhere to close"
+                           "</div></td>")
             else:
                 tds.append("<td><div class='none' title='not rendered'></div></td>")
         body.append(f"<tr><th class='rowhead'>{html.escape(prompt)}<br><small>seed {seed}</small></th>{''.join(tds)}</tr>")

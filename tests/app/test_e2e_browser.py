@@ -99,6 +99,18 @@ def test_sign_in_rate_with_the_keyboard_reload(ui_world_factory, e2e):
     assert "sample_eval" in page.locator("#worker").inner_text()
     assert page.locator("#eval-grid img").count() == 12  # 4 prompt/seed rows x 3 rounds
     page.screenshot(path=str(shots / "dashboard.png"), full_page=True)
+    # an eval image clicked is shown large with a caption naming its round, prompt and seed; closed, neither shows
+    first = page.locator("#eval-grid img").nth(0)
+    caption = page.locator("#eval-grid .cap").nth(0)
+    assert not caption.is_visible()
+    first.click()
+    page.wait_for_function("document.activeElement && document.activeElement.matches('#eval-grid img')")
+    assert caption.is_visible() and caption.inner_text() == "round 0 · a circle · seed 2 · click anywhere to close"
+    box, cap = first.bounding_box(), caption.bounding_box()
+    assert box["width"] >= 400 and cap["y"] >= box["y"] + box["height"]  # large, and the caption under it
+    page.mouse.click(5, 5)
+    page.wait_for_function("!document.activeElement || !document.activeElement.matches('#eval-grid img')")
+    assert not caption.is_visible() and first.bounding_box()["width"] < 120
     assert page.get_by_role("tab", name="Admin").count() == 0  # alice is a rater
     assert not errors, errors
     assert not file_urls, file_urls
