@@ -1331,8 +1331,11 @@ STREAMS_JS = r"""
 # guard's refusals say why in the answer's JSON ``detail`` (a password changed while it was checked, the throttle's
 # seconds to wait, a server busy with sign-ins), which no one saw (eighteenth review, 7 Dec 2026). LOGIN_JS
 # (``login_head``, put in the page's head after STREAMS_JS) hands the Login component a 400 for every refusal, so it
-# shows its paragraph and empties the boxes, and makes that paragraph say the answer's sentence; an answer without one
-# says LOGIN_NO_SENTENCE, and a sign-in that got no answer LOGIN_UNREACHABLE. The sentence is STREAMS_JS's
+# shows its paragraph, and makes that paragraph say the answer's sentence; an answer without one says
+# LOGIN_NO_SENTENCE, and a sign-in that got no answer LOGIN_UNREACHABLE. The component empties the boxes on that 400:
+# what was typed is put back, unless the real answer was a 400 (the stock page empties them only then: a wrong name
+# or password), so after a busy server's 503 or the throttle's 429 the person presses the button again (nineteenth
+# review, 7 Dec 2026). The sentence is STREAMS_JS's
 # ``sentenceOf``: JSON's ``detail``, or a plain-text refusal (the guard's origin, body-size and header checks answer
 # in plain text, before the sign-in is read). The server's sentences are shown as they are, so a wrong name and a
 # wrong password still read the same. Gradio's paragraph is found by its class (``p.creds``;
@@ -1350,7 +1353,19 @@ LOGIN_JS = r"""
   const show = () => {
     for (const p of document.querySelectorAll('p.creds')) if (p.textContent !== sentence) p.textContent = sentence;
   };
-  const refused = (text) => {
+  // the boxes' text, put back once the component has emptied them for the 400 below (its updates run as microtasks)
+  const keepBoxes = () => {
+    const typed = [...document.querySelectorAll('input')].filter((box) => box.value).map((box) => [box, box.value]);
+    setTimeout(() => {
+      for (const [box, value] of typed) {
+        if (!box.isConnected || box.value) continue;
+        box.value = value;
+        box.dispatchEvent(new Event('input', { bubbles: true }));  // the component's own value follows the box
+      }
+    });
+  };
+  const refused = (text, keep) => {
+    if (keep) keepBoxes();
     sentence = text;
     if (!watching) {  // Gradio adds its paragraph (and its text) once the component reads the 400 below
       watching = true;
@@ -1370,12 +1385,13 @@ LOGIN_JS = r"""
       response = await pageFetch(input, init);
     } catch (e) {  // no answer at all: said, where the component showed nothing
       console.warn('sign-in not answered:', e);
-      return refused(UNREACHABLE);
+      return refused(UNREACHABLE, true);
     }
     if (response.status < 400) return response;  // a sign-in: Gradio's component reloads the page
     // JSON's detail or a plain-text refusal (the guard's origin, size and header checks answer plain text); an
     // answer with neither (a proxy's error page) says the status
-    return refused(window.__seikoStreams.sentenceOf(response, await response.text(), NO_SENTENCE));
+    const text = window.__seikoStreams.sentenceOf(response, await response.text(), NO_SENTENCE);
+    return refused(text, response.status !== 400);
   };
 })();
 """

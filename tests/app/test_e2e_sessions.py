@@ -161,14 +161,18 @@ def test_the_login_page_shows_the_servers_sentence_for_a_refused_sign_in(ui_worl
     """Eighteenth review (7 Dec 2026): Gradio's login page reads only the status of its sign-in: a 400 showed its own
     "Incorrect Credentials" whatever the answer's ``detail`` said (a password changed while it was checked), and any
     other status (the throttle's 429) showed nothing at all. Now the page says the server's sentence, as the real
-    answer gives it; a wrong password still sees the one sentence a wrong name sees."""
+    answer gives it; a wrong password still sees the one sentence a wrong name sees.
+    Nineteenth review (7 Dec 2026): the sentence's 400 made Gradio's component empty the boxes for every refusal, a
+    busy server's 503 and the throttle's 429 too, where nothing typed was wrong. Now only a 400 empties them, as the
+    stock page does; after any other refusal the boxes keep what was typed, and pressing the button again sends it."""
     from app import web_guard
     from app.sessions import LoginThrottle, ThrottleRule
 
     demo, browser = e2e(ui_world.services(batch_size=4))
     url = demo.local_url.replace("localhost", "127.0.0.1")
+    guard = web_guard.installed(demo.server_app)
     # the address is locked by its second failed sign-in, for long enough that the third is refused
-    web_guard.installed(demo.server_app).throttle = LoginThrottle(per_ip=ThrottleRule(free=1, base_s=600, max_s=600))
+    guard.throttle = LoginThrottle(per_ip=ThrottleRule(free=1, base_s=600, max_s=600))
     page = browser.new_context().new_page()
     errors = watch_errors(page)
     answers: list[tuple[int, str]] = []  # the sign-in's real answers (status, detail), passed on to the page as is
@@ -205,10 +209,27 @@ def test_the_login_page_shows_the_servers_sentence_for_a_refused_sign_in(ui_worl
             page.wait_for_timeout(100)
         return answers[before]
 
-    # a wrong password: the server's one sentence for a wrong name or password, on the page
+    def holds(name: str, password: str) -> None:
+        """The login boxes hold ``name`` and ``password`` (waited for: Gradio's component answers a 400 by emptying
+        them, and the page may put them back after it)."""
+        page.wait_for_function("([name, password]) => document.querySelector('input:not([type=password])').value"
+                               " === name && document.querySelector('input[type=password]').value === password",
+                               arg=[name, password], timeout=30_000)
+
+    # a server busy with sign-ins: 503 with its sentence, and nothing typed is lost
+    guard.max_pending = 0
+    status, detail = refused("alice", PASSWORD)
+    guard.max_pending = 4
+    assert status == 503 and "many sign-ins at once" in detail, (status, detail)
+    said(detail)
+    holds("alice", PASSWORD)
+
+    # a wrong password: the server's one sentence for a wrong name or password, on the page; the boxes emptied, as
+    # Gradio's own page empties them for a 400
     status, detail = refused("alice", "not the password")
     assert (status, detail) == (400, auth.WRONG_CREDENTIALS)
     said(auth.WRONG_CREDENTIALS)  # the server's "Incorrect credentials.", not Gradio's "Incorrect Credentials"
+    holds("", "")
 
     # the right password, changed by someone else while it was checked: 400 with its own sentence
     real = auth.check_login
@@ -229,10 +250,20 @@ def test_the_login_page_shows_the_servers_sentence_for_a_refused_sign_in(ui_worl
     status, detail = refused("bob", PASSWORD)
     assert status == 429 and detail.startswith("Too many failed sign-ins"), (status, detail)
     said(detail)
+    holds("bob", PASSWORD)
 
     # a sign-in from another origin: the guard's plain-text 403, said as it is (not a status, not "try again")
     foreign.append("http://elsewhere.example")
-    status, detail = refused("alice", PASSWORD)
+    status, detail = refused("bob", PASSWORD)
     assert status == 403 and "origin" in detail and "elsewhere.example" in detail, (status, detail)
     said(detail)
+    holds("bob", PASSWORD)
     assert page.locator("#signed-in").count() == 0 and not errors, errors
+
+    # the wait over (a fresh throttle) and the origin the page's own: the button alone signs bob in with what was kept
+    foreign.clear()
+    guard.throttle = LoginThrottle(per_ip=ThrottleRule(free=1, base_s=600, max_s=600))
+    page.get_by_role("button", name="Login").click()
+    page.wait_for_selector("#signed-in", timeout=60_000)
+    assert "bob" in page.locator("#signed-in").inner_text()
+    assert answers[-1][0] == 200 and not errors, (answers[-1], errors)
