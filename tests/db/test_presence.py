@@ -380,18 +380,81 @@ def test_next():
 """
 
 
+# The same, its first test leaving the worker's start under way on a thread of its own (held, as by a write lock, until
+# a moment after the test ended); the second waits for that start to return before it looks.
+LEFT_STARTING_SESSION = """
+import os
+import threading
+import time
+
+from sqlalchemy import delete, select
+
+from db import migrate, presence
+from db.engine import make_engine, read_session, session_factory, write_session
+from db.models import LiveProcess
+
+URL, INTERVAL_S = os.environ["SEIKO_LEAKED_HEARTBEAT_URL"], 0.05
+factory = session_factory(make_engine(URL))
+asked, let_go = threading.Event(), threading.Event()
+
+
+def held_factory():
+    asked.set()
+    let_go.wait()
+    return factory()
+
+
+proc = presence.Presence(held_factory, "worker", migrate.head_revision(), interval_s=INTERVAL_S)
+starter = threading.Thread(target=lambda: proc.start(), daemon=True)  # the start looked up as the test runs
+
+
+def test_leaves_a_worker_start_under_way():
+    starter.start()
+    assert asked.wait(60)  # the start is under way, waiting for its session
+    threading.Timer(1.0, let_go.set).start()
+
+
+def test_next():
+    starter.join(60)
+    assert not starter.is_alive()
+    with write_session(factory) as s:
+        s.execute(delete(LiveProcess))
+    time.sleep(40 * INTERVAL_S)
+    with read_session(factory) as s:
+        rows = s.scalars(select(LiveProcess.kind)).all()
+    assert (rows, [t.name for t in threading.enumerate() if t.name.startswith("presence-")]) == ([], [])
+"""
+
+
+def _session_output(session: str, db_url: str, tmp_path: Path) -> str:
+    """The output of ``session`` run as a pytest session of its own with tests/conftest.py's fixtures."""
+    (tmp_path / "test_leaking.py").write_text(session)
+    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "tests.conftest", "-p", "no:cacheprovider", "-q",
+                           "--rootdir", str(tmp_path), str(tmp_path / "test_leaking.py")],
+                          cwd=Path(__file__).resolve().parents[2], env={**os.environ, "SEIKO_LEAKED_HEARTBEAT_URL": db_url},
+                          capture_output=True, text=True, timeout=300)
+    return done.stdout + done.stderr
+
+
 def test_a_heartbeat_a_test_leaves_running_is_stopped_and_fails_that_test(db_url, tmp_path):
     """A Worker a test did not close kept its heartbeat thread for the rest of the run: every HEARTBEAT_S it wrote
     its row, registering it again in a live_processes a later test had emptied (a 'worker' row found by
     test_lock_timeout's downgrade test in a whole run on PostgreSQL, eighteenth review). The test that leaves one
     running now fails, the heartbeat stopped and its row removed, and the next test finds no row and no thread."""
-    (tmp_path / "test_leaking.py").write_text(LEAKING_SESSION)
-    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "tests.conftest", "-p", "no:cacheprovider", "-q",
-                           "--rootdir", str(tmp_path), str(tmp_path / "test_leaking.py")],
-                          cwd=Path(__file__).resolve().parents[2], env={**os.environ, "SEIKO_LEAKED_HEARTBEAT_URL": db_url},
-                          capture_output=True, text=True, timeout=300)
-    out = done.stdout + done.stderr
+    out = _session_output(LEAKING_SESSION, db_url, tmp_path)
     assert "2 passed, 1 error" in out, out  # the first test passed, then failed at its teardown
     assert "ERROR at teardown of test_leaves_a_worker_heartbeat_running" in out, out
+    assert ("the test left 1 live-process heartbeat(s) running (worker): close the Worker or Presence it started"
+            in out), out
+
+
+def test_a_start_a_test_leaves_under_way_is_waited_for_and_fails_that_test(db_url, tmp_path):
+    """Nineteenth review (7 Dec 2026): the watch counted only starts that had returned, so a Presence.start a test
+    left under way on a thread of its own (waiting for a write lock) began its heartbeat after the watch had looked,
+    unseen, and the next test found its row. The watch now waits for it: the test that left it fails, the heartbeat
+    stopped and its row removed, and the next test finds no row and no thread."""
+    out = _session_output(LEFT_STARTING_SESSION, db_url, tmp_path)
+    assert "2 passed, 1 error" in out, out  # the first test passed, then failed at its teardown
+    assert "ERROR at teardown of test_leaves_a_worker_start_under_way" in out, out
     assert ("the test left 1 live-process heartbeat(s) running (worker): close the Worker or Presence it started"
             in out), out
