@@ -14,6 +14,7 @@ import logging
 import os
 import random
 import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -543,6 +544,41 @@ def test_failed_accepts_are_logged_once_every_few_seconds_without_a_traceback(ca
     assert handler.failed == 5000
 
 
+def _stop(proc: subprocess.Popen, grace_s: float, log_path: Path) -> None:
+    """SIGTERM ``proc`` and wait up to ``grace_s`` for it to end; one that does not is killed, waited for and reported
+    (an AssertionError with the end of its log at ``log_path``), never left running. Found by review (nineteenth, 7 Dec
+    2026): the `serve` below was waited for 30 s only, and one that would not stop was left running, its port and
+    database held, with a TimeoutExpired in place of the test's own failure."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired as timeout:  # the test's own failure, if any, stays chained to this one
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"the process did not end within {grace_s:g} s of SIGTERM and was killed; its log "
+                             f"ends:\n{log_path.read_text(errors='replace')[-2000:]}") from timeout
+
+
+def test_a_process_that_does_not_end_on_sigterm_is_killed_and_reported(tmp_path):
+    """_stop on a process that ignores SIGTERM: it is killed (the status the system gives), and the AssertionError
+    says so with its log's end."""
+    log_path = tmp_path / "deaf.log"
+    log_path.write_text("the last line it logged\n")
+    proc = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+                             " print('ready', flush=True); time.sleep(600)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "ready\n"  # SIGTERM ignored from here
+        with pytest.raises(AssertionError, match="did not end within 0.5 s of SIGTERM and was killed") as said:
+            _stop(proc, 0.5, log_path)
+        assert "the last line it logged" in str(said.value)
+        assert proc.returncode == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+
+
 def test_the_served_app_under_a_low_open_file_limit_stays_answering_and_logs_no_traceback_flood(ui_world, tmp_path):
     """The review's reproduction: `serve` with an open-file limit of 600, 700 connections each holding a partial head.
     Before, the login page timed out and the log took thousands of tracebacks a second."""
@@ -590,8 +626,7 @@ def test_the_served_app_under_a_low_open_file_limit_stays_answering_and_logs_no_
     finally:
         for s in socks:
             s.close()
-        proc.terminate()
-        proc.wait(timeout=30)
+        _stop(proc, 30, log_path)
     text = log_path.read_text()
     assert text.count("Traceback") == 0, text[-3000:]
     assert len(text.splitlines()) < 60, text[-3000:]
