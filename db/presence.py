@@ -162,6 +162,13 @@ class Presence:
                         continue
                     self._start_failed(exc)
                     break
+            if self._stop.is_set():
+                # closed while this start waited for a write lock: close() could not take the lock, so it left the
+                # row to this start, which registered it afterwards; removed here, not left in the live processes for
+                # STALE_AFTER_S (a `db downgrade` refused meanwhile), and no heartbeat begins (nineteenth review)
+                self._closed = True
+                self._remove_row()
+                return
         self._thread.start()
 
     def _start_failed(self, exc: Exception) -> None:
@@ -214,17 +221,21 @@ class Presence:
             return
         try:
             self._closed = True
-            if self.row_id is None:
-                return
-            try:
-                with write_session(self.factory) as s:
-                    unregister(s, self.row_id)
-                self.row_id = None
-            except Exception as exc:  # at exit: the row is left to go stale, as a killed process's
-                log.warning("the %s's row in the database's live processes could not be removed (%s); it counts as "
-                            "gone %g s after its last heartbeat", described(self.kind), _short(exc), STALE_AFTER_S)
+            self._remove_row()
         finally:
             self._lock.release()
+
+    def _remove_row(self) -> None:
+        """Remove this process's row, the lock held (a failure is a warning: the row goes stale)."""
+        if self.row_id is None:
+            return
+        try:
+            with write_session(self.factory) as s:
+                unregister(s, self.row_id)
+            self.row_id = None
+        except Exception as exc:  # at exit: the row is left to go stale, as a killed process's
+            log.warning("the %s's row in the database's live processes could not be removed (%s); it counts as "
+                        "gone %g s after its last heartbeat", described(self.kind), _short(exc), STALE_AFTER_S)
 
 
 def _moved(kind: str, head: str, found: list[str]) -> str:

@@ -7,6 +7,7 @@ SQLite always runs; PostgreSQL runs when SEIKO_TEST_PG_URL is set
 import os
 import signal
 import threading
+import time
 
 import pytest
 
@@ -69,8 +70,10 @@ def _no_heartbeat_left_running():
         presence.Presence.start = real_start
     # a start still under way on a thread the test left (waiting for a write lock) starts its heartbeat once it
     # returns: waited for (the test's own fixtures, a lock's holder among them, have ended), and one that does not
-    # return counts as left (closed: its heartbeat ends as it begins); it was not counted at all (nineteenth review)
-    starting = [p for p, _, returned in started if not returned.wait(STARTS_WAIT_S)]
+    # return counts as left (closed: it removes its own row and begins no heartbeat when it returns, Presence.start);
+    # it was not counted at all (nineteenth review)
+    deadline = time.monotonic() + STARTS_WAIT_S  # one wait in all, not STARTS_WAIT_S for each (read-only review)
+    starting = [p for p, _, returned in started if not returned.wait(max(0.0, deadline - time.monotonic()))]
     # a heartbeat closed by the test may still be finishing a database call (close() waits at most CLOSE_WAIT_S): it
     # stops by itself and is waited for; only one never closed is the test's leak
     left = [p for p, thread, _ in started if (thread.is_alive() or p in starting) and not p._stop.is_set()]

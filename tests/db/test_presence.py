@@ -258,6 +258,39 @@ def test_a_start_waits_through_a_statement_bound_as_through_a_lock_bound(db_url,
         holder_engine.dispose()
 
 
+def test_a_close_while_the_start_waits_for_a_lock_leaves_no_row_and_no_heartbeat(db_factory, monkeypatch, caplog):
+    """close() during a start that waits for a write lock (a worker stopped while a downgrade holds the database)
+    cannot take the start's lock: it warned and returned, and the start then registered a row that stayed in the live
+    processes until it went stale (found by a read-only review, nineteenth review). The start now removes it."""
+    import threading
+
+    real, waiting, release = presence.register, threading.Event(), threading.Event()
+
+    def locked_until_released(*args, **kwargs):
+        if not release.is_set():
+            waiting.set()
+            release.wait(30)
+            raise _locked_error()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(presence, "register", locked_until_released)
+    monkeypatch.setattr(presence, "CLOSE_WAIT_S", 0.05)
+    proc = presence.Presence(db_factory, "worker", migrate.head_revision(), interval_s=0.05)
+    starting = threading.Thread(target=proc.start)
+    starting.start()
+    try:
+        assert waiting.wait(30)
+        with caplog.at_level(logging.WARNING, logger="db.presence"):
+            proc.close()  # the start holds the lock: close gives up, as before
+        assert any("heartbeat is stuck in a database call" in r.getMessage() for r in caplog.records), caplog.text
+    finally:
+        release.set()
+        starting.join(30)
+    assert not starting.is_alive()
+    assert _rows(db_factory) == []  # registered after the close, then removed by the start itself
+    assert not proc._thread.is_alive()
+
+
 def test_close_waits_at_most_close_wait_s_in_all(db_factory, monkeypatch, caplog):
     """close() waited CLOSE_WAIT_S for the heartbeat thread and then CLOSE_WAIT_S more for the lock, twice what it
     says (found by a read-only review, tenth review): one deadline now, on a clock that the thread's join moves on by
