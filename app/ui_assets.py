@@ -98,7 +98,8 @@ CSS = """
   box-shadow: 0 0 0 100vmax rgba(15, 23, 42, .7); border-radius: 6px; }
 .seiko-evalgrid .cap { display: none; }  /* under the enlarged image: which round, prompt and seed it is */
 .seiko-evalgrid img:focus + .cap { display: block; position: fixed; left: 50%; top: calc(50% + min(40vw, 40vh) + 8px);
-  transform: translateX(-50%); z-index: 1001; color: #f9fafb; font-size: 1rem; white-space: nowrap; pointer-events: none; }
+  transform: translateX(-50%); z-index: 1001; color: #f9fafb; font-size: 1rem; max-width: 90vw; text-align: center;
+  pointer-events: none; }
 .seiko-evalgrid .none { width: 96px; height: 96px; background: #f3f4f6; border-radius: 4px; }
 """
 

@@ -376,20 +376,21 @@ def summary_html(experiment: Experiment, *, admin: bool = True) -> str:
             f"model <code>{html.escape(model)}</code> · {experiment.status} · overlap {experiment.overlap}</div>")
 
 
-def _ratings_beside(flag: alarms.Flag, means: dict[int, float]) -> str:
-    """What the people rated the two compared rounds' images on average, after a statistic's warning; "" where either
-    mean is not known (no ratings, or a live round's hidden from a rater). An alarm reads the model's eval images only,
-    so a look the people rate up (a rater who likes dark backgrounds: the dark-pixel fraction rises) was warned about
-    as hacking with nothing beside it to tell the two apart (found opening the dashboard, 7 Dec 2026)."""
-    before, after = means.get(flag.reference_round), means.get(flag.round)
-    if flag.reference_round is None or before is None or after is None:
+def _ratings_beside(flag: alarms.Flag, rated: dict[int, tuple[float, int]]) -> str:
+    """What the people rated the two compared rounds' images on average (and how many ratings), after a statistic's
+    warning; "" where either mean is not known (no ratings, or a live round's hidden from a rater). An alarm reads the
+    model's eval images only, so a look the people rate up (a rater who likes dark backgrounds: the dark-pixel fraction
+    rises) was warned about as hacking with nothing beside it to tell the two apart (found opening the dashboard, 7 Dec
+    2026). Only the figures: raw means of few ratings, or of other raters, are no verdict; a higher one adds that the
+    look may be their taste, except after a fall in diversity, which is the collapse whatever the people think of it."""
+    if flag.reference_round is None or flag.reference_round not in rated or flag.round not in rated:
         return ""
-    if after > before:
-        verdict = "rose: if the new look is what they rate up, it is their taste, not hacking; see the grid"
-    else:
-        verdict = "did not rise: the model moved without pleasing them more"
-    return (f"; the people's mean rating: {before:.2f} in round {flag.reference_round}, "
-            f"{after:.2f} in round {flag.round} ({verdict})")
+    (before, n_before), (after, n_after) = rated[flag.reference_round], rated[flag.round]
+    said = (f"; the people's mean rating: {before:.2f} ({n_before} ratings) in round {flag.reference_round}, "
+            f"{after:.2f} ({n_after} ratings) in round {flag.round}")
+    if after > before and not flag.statistic.startswith("diversity"):
+        said += ": a look they rate higher may be their taste rather than hacking (see the grid)"
+    return said
 
 
 def alarms_html(session: Session, experiment: Experiment, thresholds: alarms.Thresholds | None = None,
@@ -405,9 +406,9 @@ def alarms_html(session: Session, experiment: Experiment, thresholds: alarms.Thr
     found = alarms.flags_from_metrics(metrics, thresholds or alarms.Thresholds.from_env(), parents)
     if not found:
         return ""
-    means = {r.index: r.human_mean for r in rows or () if r.human_mean is not None}
+    rated = {r.index: (r.human_mean, r.ratings) for r in rows or () if r.human_mean is not None}
     lines = "".join(f"<div class='warn alarm' data-round='{f.round}' data-statistic='{f.statistic}' style='color:#b45309'>"
-                    f"⚠ Possible reward hacking: {html.escape(f.message() + _ratings_beside(f, means))}</div>" for f in found)
+                    f"⚠ Possible reward hacking: {html.escape(f.message() + _ratings_beside(f, rated))}</div>" for f in found)
     return f"<div id='reward-alarms'>{lines}</div>"
 
 

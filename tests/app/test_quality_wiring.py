@@ -159,14 +159,20 @@ def test_a_warning_says_what_the_people_rated_the_two_rounds_it_compares(ui_worl
     summary = ui_dashboard.load(world.factory, world.experiment_id, admin=True).summary
     line = next(x for x in summary.split("</div>") if "data-statistic='dark_fraction'" in x)
     assert "round 1: dark-pixel fraction rose by 1 vs round 0" in line
-    assert "the people&#x27;s mean rating: 2.00 in round 0, 8.00 in round 1 (rose: if the new look" in line
+    assert ("the people&#x27;s mean rating: 2.00 (6 ratings) in round 0, 8.00 (4 ratings) in round 1: a look they rate "
+            "higher may be their taste rather than hacking (see the grid)") in line
     rater_view = ui_dashboard.load(world.factory, world.experiment_id, admin=False).summary
     assert "round 1: dark-pixel fraction rose" in rater_view and "mean rating" not in rater_view
-    with write_session(world.factory) as s:  # the same look, rated down: said so
+    with write_session(world.factory) as s:  # the same look, rated down: the figures alone
         for image_id in later:
             repo.add_rating(session=s, image_id=image_id, rater_id=alice, score=1)
     summary = ui_dashboard.load(world.factory, world.experiment_id, admin=True).summary
-    assert "2.00 in round 0, 1.00 in round 1 (did not rise: the model moved without pleasing them more)" in summary
+    line = next(x for x in summary.split("</div>") if "data-statistic='dark_fraction'" in x)
+    assert line.endswith("2.00 (6 ratings) in round 0, 1.00 (4 ratings) in round 1")  # the figures, no taste said
+    # a fall in diversity rated higher is still the collapse: the figures, no taste said
+    fell = alarms.Flag(1, "diversity_embedding", 1.0, 2.0, 0, -0.5, 0.25)
+    assert ui_dashboard._ratings_beside(fell, {0: (2.0, 6), 1: (8.0, 4)}) == (
+        "; the people's mean rating: 2.00 (6 ratings) in round 0, 8.00 (4 ratings) in round 1")
 
 
 def test_the_worker_records_eval_image_stats_and_trains_on_standardised_scores(worker_world, monkeypatch):
