@@ -51,6 +51,7 @@ class SessionInfo:
     rater_id: int
     name: str
     role: str = "rater"  # as read with the session (a role change in this process forgets it: rater_changed)
+    role_version: int = 0  # the account's role version (``Rater.role_version``), read with ``role``
 
 
 @dataclass
@@ -270,7 +271,7 @@ class SessionStore:
             rater = s.get(Rater, row.rater_id) if row is not None else None
             valid = (row is not None and rater is not None and row.ended_at is None and rater.disabled_at is None
                      and self._alive(row.expires_at, row.last_seen_at, now))
-            info = SessionInfo(row.id, rater.id, rater.name, rater.role) if valid else None
+            info = SessionInfo(row.id, rater.id, rater.name, rater.role, rater.role_version) if valid else None
             expires_at = row.expires_at if valid else None
             last_seen_at = row.last_seen_at if valid else None
         if info is not None and now - last_seen_at >= self.touch_every:

@@ -778,10 +778,14 @@ NOT_RUN_HEADER = "x-seiko-not-run"
 # event the page sends after it was told (an explicit action) is told again. An event joined for an account that is
 # an admin is answered with the header "0" (web_guard), which clears the flag: an admin made one again gets those
 # events back at their page's next event, the Admin tab already selected or not (seventeenth review, 7 Dec 2026).
-# The flag follows the answer to the newest POST the page sent (each try of an event numbered as it leaves), not the
-# one that arrives last: an event joined for an admin just before a demotion, answered after a newer refusal, no
-# longer clears it (eighteenth review, 7 Dec 2026).
+# The flag follows the answer whose role the server read newest, not the one that arrives last (an event joined for
+# an admin just before a demotion, answered after a newer refusal, cleared it: eighteenth review, 7 Dec 2026) nor the
+# one to the POST the page sent last (the events of one pick leave together and the server reads each one's role on
+# its own, so one sent later may be read before the demotion: nineteenth review, 7 Dec 2026): each answer with the
+# header says the account's role version (ROLE_VERSION_HEADER: ``Rater.role_version``, which each role change counts,
+# read with the role), and the page keeps the role of the highest version it was told.
 NOT_ADMIN_HEADER = "x-seiko-not-admin"
+ROLE_VERSION_HEADER = "x-seiko-role-version"
 # a JavaScript expression: whether this page was told so (false where STREAMS_JS is not in the page)
 NOT_ADMIN_KNOWN = "Boolean(globalThis.__seikoStreams && globalThis.__seikoStreams.notAdmin)"
 # ``js=`` of an Admin-tab event the page fires by itself (a pick of an experiment, the tab's select, its timer): run
@@ -824,7 +828,7 @@ STREAMS_JS = r"""
   const WAITS_S = __WAITS_S__, RETRIED = __RETRIED__, SAID = __SAID__;
   const RETRYING = __RETRYING__, GAVE_UP = __GAVE_UP__, RELOAD = __RELOAD__, SIGNED_OUT = __SIGNED_OUT__;
   const NO_SENTENCE = __NO_SENTENCE__, UNREACHABLE = __UNREACHABLE__, ENDED = __ENDED__;
-  const NOT_DONE = __NOT_DONE__, NOT_RUN = __NOT_RUN__, NOT_ADMIN = __NOT_ADMIN__;
+  const NOT_DONE = __NOT_DONE__, NOT_RUN = __NOT_RUN__, NOT_ADMIN = __NOT_ADMIN__, ROLE_VERSION = __ROLE_VERSION__;
   const SILENT_MS = __SILENT_MS__, SILENT = __SILENT__, LOST = __LOST__;
   const BUDGET_MS = 1000 * WAITS_S.reduce((a, b) => a + b, 0);  // one action's retries, its event's and its stream's
   const realFetch = window.fetch.bind(window);
@@ -833,9 +837,10 @@ STREAMS_JS = r"""
   let lastDeadline = null;  // the deadline of the action whose event's POST was answered last (the stream serves it)
   // eventsSent: the page's events' POSTs so far, each try of each (numbered in the order they leave); toldNotAdmin:
   // how many had been sent when a refusal last told the person that the account is no longer an admin (a NOT_ADMIN
-  // refusal of an event first sent no later is not told again); roleFrom: the number of the POST whose answer last
-  // set notAdmin (an answer to an older POST, arriving later, says an older role: it is not applied)
-  let eventsSent = 0, toldNotAdmin = 0, roleFrom = 0;
+  // refusal of an event first sent no later is not told again); roleVersion: the account's role version (ROLE_VERSION,
+  // read by the server with the role) of the answer that last set notAdmin: an answer of a lower one says an older
+  // role, whenever it was sent or arrives, and is not applied
+  let eventsSent = 0, toldNotAdmin = 0, roleVersion = -1;
   // answeredAt: when the stream of results last said anything (Date.now()); GRID_JS waits for an action from then.
   // Eleventh review of 6 Dec 2026, for GRID_JS: waiting, how many of the page's requests wait for a server that gave no
   // answer (sameServer), and backAt, when it last answered again; startedAt(seq), when the server started on the page
@@ -941,30 +946,30 @@ STREAMS_JS = r"""
     });
   }
 
-  // {response, text, tried}: the answer, and (unless it is 2xx) what to tell the person, after the retries WAITS_S
-  // allows before deadline (Date.now() time: the action's, shared by its event and the stream serving it); tried: the
-  // number of the event's POST it answers (eventsSent), sent its first (an event's retry has a number of its own)
-  async function answered(stream, request, deadline, sent) {
-    for (let attempt = 0, tried = sent; ; attempt++, tried = stream === 'event' ? ++eventsSent : 0) {
+  // {response, text}: the answer, and (unless it is 2xx) what to tell the person, after the retries WAITS_S allows
+  // before deadline (Date.now() time: the action's, shared by its event and the stream serving it); an event's retry
+  // counts in eventsSent
+  async function answered(stream, request, deadline) {
+    for (let attempt = 0; ; attempt++, eventsSent += stream === 'event' ? 1 : 0) {
       const response = await realFetch(request.clone());
-      if (response.ok) { notice(stream, ''); return { response, text: '', tried }; }
+      if (response.ok) { notice(stream, ''); return { response, text: '' }; }
       // an event is sent again only when the refusal shows it was not run (NOT_RUN); any other refusal is Gradio's
       const retried = RETRIED.includes(response.status) && (stream !== 'event' || response.headers.get(NOT_RUN) === '1');
       if (!retried && (stream === 'event' || !SAID.includes(response.status))) {  // not the app's: Gradio's way
         notice(stream, '');
-        return { response, text: '', tried };
+        return { response, text: '' };
       }
-      if (response.status === 401) return { response, text: SIGNED_OUT, tried };
+      if (response.status === 401) return { response, text: SIGNED_OUT };
       const body = await response.text();
       const sentence = sentenceOf(response, body);
       const kept = new Response(body, { status: response.status, statusText: response.statusText,
                                         headers: response.headers });  // read again by Gradio's client
-      if (!retried) return { response: kept, text: `${sentence} ${RELOAD}`, tried };
+      if (!retried) return { response: kept, text: `${sentence} ${RELOAD}` };
       // the next wait, cut to the action's time left; shorter than the first wait (or none left): no more tries
       const ms = attempt < WAITS_S.length ? Math.min(1000 * WAITS_S[attempt], deadline - Date.now()) : 0;
       if (ms < 1000 * WAITS_S[0]) {
         const last = stream === 'event' ? NOT_DONE.replace('{n}', attempt + 1) : GAVE_UP;
-        return { response: kept, text: `${sentence} ${last}`, tried };
+        return { response: kept, text: `${sentence} ${last}` };
       }
       notice(stream, `${sentence} ${RETRYING.replace('{s}', Math.ceil(ms / 1000))}`);
       await wait(ms, request.signal);
@@ -1279,7 +1284,7 @@ STREAMS_JS = r"""
     const sent = stream === 'event' ? ++eventsSent : 0;
     let answer;
     try {
-      answer = await answered(stream, request, deadline, sent);
+      answer = await answered(stream, request, deadline);
     } catch (e) {  // no answer at all (the network dropped): Gradio's client reloaded the page (sameServer)
       if (request.signal.aborted || !(await sameServer(stream, request))) throw e;
       const seq = await action;
@@ -1293,13 +1298,16 @@ STREAMS_JS = r"""
       return stream === 'event' ? new Response(JSON.stringify({ detail: LOST }), {
         status: 502, headers: { 'Content-Type': 'application/json' } }) : failedEvents(LOST);
     }
-    const { response, text, tried } = answer;
+    const { response, text } = answer;
     const role = stream === 'event' ? response.headers.get(NOT_ADMIN) : null;
-    // the role the newest POST answered for: an event joined just before a demotion, answered after a newer refusal
-    // came, cleared the flag again (eighteenth review, 7 Dec 2026). Set before Gradio's client reads the answer: its
-    // failure listeners see it (QUIET_ADMIN_JS)
-    if (((role === '1' && response.status === 403) || (role === '0' && response.ok)) && tried > roleFrom) {
-      roleFrom = tried;
+    const version = role === null ? NaN : Number(response.headers.get(ROLE_VERSION));
+    // the role the server read newest (its role version): an event joined just before a demotion, answered after a
+    // newer refusal, cleared the flag again (eighteenth review, 7 Dec 2026), and so did one sent after a refused one
+    // but read before the demotion (a pick's events leave together; nineteenth review). Set before Gradio's client
+    // reads the answer: its failure listeners see it (QUIET_ADMIN_JS)
+    if (((role === '1' && response.status === 403) || (role === '0' && response.ok)) && Number.isInteger(version)
+        && version > roleVersion) {
+      roleVersion = version;
       streams.notAdmin = role === '1';  // '0': joined for an admin (web_guard): the Admin tab's own events sent again
     }
     if (role === '1' && response.status === 403) {
@@ -1410,6 +1418,7 @@ def streams_head() -> str:
               "__SIGNED_OUT__": STREAM_SIGNED_OUT, "__NO_SENTENCE__": STREAM_NO_SENTENCE,
               "__UNREACHABLE__": STREAM_UNREACHABLE, "__ENDED__": STREAM_ENDED, "__NOT_DONE__": EVENT_NOT_DONE,
               "__NOT_RUN__": NOT_RUN_HEADER, "__NOT_ADMIN__": NOT_ADMIN_HEADER,
+              "__ROLE_VERSION__": ROLE_VERSION_HEADER,
               "__SILENT_MS__": 1000 * action_silent_s(), "__SILENT__": STREAM_SILENT,
               "__LOST__": STREAM_LOST}
     return f"<script>{_filled(STREAMS_JS, values)}</script>"

@@ -404,12 +404,14 @@ def _with_length(start: dict[str, Any], body: bytes) -> dict[str, Any]:
     return {**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]}
 
 
-def _admin_said_send(send: Send) -> Send:
+def _admin_said_send(send: Send, role_version: int) -> Send:
     """``send`` with ``ui_assets.NOT_ADMIN_HEADER: 0`` on a 200 answer: the page's event, joined for an account that
     is an admin now. STREAMS_JS then clears the page's not-an-admin flag, so an admin made one again gets the Admin
     tab's own events (its timer, a pick's refills) back at their page's next event, not only at the tab's select
-    (the tab already selected, they had to click away and back; seventeenth review, 7 Dec 2026)."""
-    return _status_header_send(send, 200, ui_assets.NOT_ADMIN_HEADER, b"0")
+    (the tab already selected, they had to click away and back; seventeenth review, 7 Dec 2026). With it
+    ``ui_assets.ROLE_VERSION_HEADER``: ``role_version``, read with the role (the page keeps the newest one's role)."""
+    said = _status_header_send(send, 200, ui_assets.ROLE_VERSION_HEADER, str(role_version).encode())
+    return _status_header_send(said, 200, ui_assets.NOT_ADMIN_HEADER, b"0")
 
 
 def _page_script_send(send: Send) -> Send:
@@ -758,7 +760,8 @@ class WebGuard:
             # an event that is not the app's, signed in (signed out, Gradio's own sign-in check answers 401 first)
             if signed_in is not None and (refused := self._event_refusal(path, method, parsed, signed_in)) is not None:
                 why, status, not_admin = refused  # said to the page when the account is not an admin (NOT_ADMIN_HEADER)
-                await self._refuse(scope, receive, send, why, status, not_admin=not_admin)
+                await self._refuse(scope, receive, send, why, status,
+                                   not_admin=signed_in.role_version if not_admin else None)
                 return
             event = gradio_routes.event_of(path, method)
             if event is not None and user is None:
@@ -784,7 +787,8 @@ class WebGuard:
                 block_fn = gradio_routes.event_function(path, parsed, self._fns())
                 send = self._lax_send(send, secure)
                 if signed_in.role == "admin" and gradio_routes.is_page_join(path):
-                    send = _admin_said_send(send)  # the page's flag cleared: an admin again (NOT_ADMIN_HEADER)
+                    # the page's flag cleared: an admin again (NOT_ADMIN_HEADER)
+                    send = _admin_said_send(send, signed_in.role_version)
                 await self._make_event(user, scope, receive, send, getattr(block_fn, "_id", None))
                 return
         else:  # local mode: past its token
@@ -1050,7 +1054,7 @@ class WebGuard:
         return JSONResponse({"detail": {"error": "Not authenticated", "auth_message": message}}, status_code=401)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, why: str, status: int, *,
-                      not_run: bool = False, not_admin: bool = False) -> None:
+                      not_run: bool = False, not_admin: int | None = None) -> None:
         """Answer with ``why`` (one sentence): as the body with ``status`` over HTTP, as the close reason (1008) of a
         websocket. On the page's own event route (``gradio_routes.is_page_join``), whatever refused the request, the
         body is ``{"detail": why}`` (JSON): the page's Gradio client reads every answer there as JSON and shows
@@ -1060,11 +1064,14 @@ class WebGuard:
         hash: the route now decides, not each refusal). Elsewhere (``POST /call/{api}``, curl's and scripts' route)
         the sentence is plain text. ``not_run``: the request was refused before it reached the app, so nothing it asked
         was done: the answer says so (``ui_assets.NOT_RUN_HEADER``), and the page sends the event again later.
-        ``not_admin``: an admin's event refused to an account that is not an admin; the answer says so
-        (``ui_assets.NOT_ADMIN_HEADER``), and the page sends the Admin tab's events it fires by itself no more."""
+        ``not_admin``: an admin's event refused to an account that is not an admin, the account's role version (read
+        with the role) given; the answer says so (``ui_assets.NOT_ADMIN_HEADER``, and the version as
+        ``ui_assets.ROLE_VERSION_HEADER``), and the page sends the Admin tab's events it fires by itself no more."""
         self.stats.refused += 1
         headers = {name: "1" for name, said in ((ui_assets.NOT_RUN_HEADER, not_run),
-                                                  (ui_assets.NOT_ADMIN_HEADER, not_admin)) if said} or None
+                                                  (ui_assets.NOT_ADMIN_HEADER, not_admin is not None)) if said}
+        if not_admin is not None:
+            headers[ui_assets.ROLE_VERSION_HEADER] = str(not_admin)
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008, "reason": why[:120]})
         elif gradio_routes.is_page_join(get_route_path(scope)):

@@ -235,6 +235,9 @@ class Rater(Base):
     # when the password last changed or the account was last disabled or enabled (None: never since it was made);
     # part of app.auth.credentials_stamp, so a sign-in throttle exemption ends with any of them, across processes
     credentials_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # how many times the role changed (migration 0018): read with the role, so the page keeps the role of the answer
+    # read newest (app.web_guard: ui_assets.ROLE_VERSION_HEADER), not of the request it sent last
+    role_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Rating(Base):

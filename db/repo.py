@@ -1686,9 +1686,13 @@ def set_rater_disabled(*, session: Session, rater_id: int, disabled: bool, now: 
 
 
 def set_rater_role(*, session: Session, rater_id: int, role: str) -> Rater:
+    """Give the account ``role``; a change counts in its ``role_version`` (added in the database's own UPDATE, so two
+    changes at once count two)."""
     _choice("role", role, RATER_ROLES)
     rater = get_rater(session=session, rater_id=rater_id)
-    rater.role = role
+    if rater.role != role:
+        rater.role = role
+        rater.role_version = Rater.role_version + 1
     session.flush()
     return rater
 

@@ -204,7 +204,8 @@ def test_the_admin_tabs_quiet_events_run_as_before_in_local_mode(ui_world_factor
 def test_a_role_change_applies_to_the_next_request_of_an_account_already_signed_in(served_app):
     """A role changed on the Admin tab shows in the page only at its next reload, but the front door's check is of
     the role now: an admin made a rater while signed in has their next admin request refused (403, one sentence),
-    and a rater made an admin has theirs run, both without signing in again."""
+    and a rater made an admin has theirs run, both without signing in again. Each answer that says the role says the
+    account's role version too: how many times its role changed (nineteenth review, 7 Dec 2026)."""
     from app import auth
 
     world, demo, url = served_app
@@ -212,8 +213,9 @@ def test_a_role_change_applies_to_the_next_request_of_an_account_already_signed_
     (timer,) = [i for i, bf in demo.fns.items() if bf.fn is not None and bf.fn.__name__ == "on_admin_timer"]
     (role,) = [i for i, bf in demo.fns.items() if bf.fn is not None and bf.fn.__name__ == "on_user_role"]
 
-    def timer_answer(http: httpx.Client, session: str) -> int:
+    def timer_answer(http: httpx.Client, session: str, changes: int) -> int:
         r = _join(http, demo, timer, session)
+        assert r.headers.get(ui_assets.ROLE_VERSION_HEADER) == str(changes), r.headers
         if r.status_code == 200:
             (done,) = _completed(http, session)
             assert done["success"], done
@@ -237,21 +239,24 @@ def test_a_role_change_applies_to_the_next_request_of_an_account_already_signed_
         # the guard remembers a session's account for recheck_s (2 s); long here, so that what is checked is the
         # change itself taking effect, not the memory running out while the change is made (a slow machine)
         web_guard.installed(demo.server_app).sessions.recheck_s = 600
-        assert (timer_answer(carol, "carols-page"), timer_answer(alice, "alices-page")) == (200, 403)
+        assert (timer_answer(carol, "carols-page", 0), timer_answer(alice, "alices-page", 0)) == (200, 403)
         (pick,) = [i for i, bf in demo.fns.items()
                    if bf.fn is not None and (bf.fn.__module__, bf.fn.__name__) == ("app.ui", "on_experiment")]
         r = _join(alice, demo, pick, "alices-page")  # a rater's event, joined: nothing said about admins
-        assert r.status_code == 200 and ui_assets.NOT_ADMIN_HEADER not in r.headers, (r.text, r.headers)
+        assert r.status_code == 200 and not {ui_assets.NOT_ADMIN_HEADER, ui_assets.ROLE_VERSION_HEADER} & set(r.headers), \
+            (r.text, r.headers)
         (done,) = _completed(alice, "alices-page")
         assert done["success"], done
         set_role("carol", "rater")
         set_role("alice", "admin")
+        set_role("alice", "admin")  # no change: not counted
         r = _join(carol, demo, timer, "carols-page")
         assert r.status_code == 403, r.text
         assert r.json()["detail"] == "'carol' is a rater; only an admin can do this; reload the page.", r.text
         # said to the page, which then sends the Admin tab's events it fires by itself no more (sixteenth review)
         assert r.headers.get(ui_assets.NOT_ADMIN_HEADER) == "1", r.headers
-        assert timer_answer(alice, "alices-page") == 200
+        assert r.headers.get(ui_assets.ROLE_VERSION_HEADER) == "1", r.headers
+        assert timer_answer(alice, "alices-page", 1) == 200
         other = carol.post("/gradio_api/queue/join", json={"data": [], "fn_index": 10**6, "session_hash": "carols-page"})
         assert other.status_code == 404 and ui_assets.NOT_ADMIN_HEADER not in other.headers, other.headers
         # another 403, not about the account's role, is not said so: the session of another account
@@ -496,17 +501,33 @@ class DemotedPage:
         # the fn_index of each event the page's Gradio client joined (answered 200): its bodies are streamed through
         # STREAMS_JS's fetch, which Playwright's request does not show, so read before STREAMS_JS wraps fetch. The
         # answers to the events whose fn_index is in window.__holdFns are held (window.__held counts them) until
-        # window.__release() hands them on, as a slow network would
+        # window.__release() hands them on, as a slow network would. window.__sentFns: the fn_index of each event the
+        # page sent, in the order it sent them; while window.__holdSends, each one whose fn_index is not in
+        # window.__passFns waits before it leaves for the server (its place in __sentFns listed in window.__unsent)
+        # until window.__send(place) sends it, as a slow connection would
         page.add_init_script("""(() => {
-          const real = window.fetch, releases = [];
+          const real = window.fetch, releases = [], sends = new Map();
           window.__joinedFns = [];
           window.__holdFns = [];
           window.__held = 0;
           window.__release = () => { for (const release of releases.splice(0)) release(); };
+          window.__sentFns = [];
+          window.__holdSends = false;
+          window.__passFns = [];
+          window.__unsent = [];
+          window.__send = (place) => {
+            window.__unsent = window.__unsent.filter((p) => p !== place);
+            sends.get(place)();
+          };
           window.fetch = async function (input, init) {
             const request = new Request(input, init);
             if (!new URL(request.url).pathname.endsWith('/gradio_api/queue/join')) return real.call(this, request);
+            const place = window.__sentFns.push(null) - 1, hold = window.__holdSends;
             const body = JSON.parse(await request.clone().text());
+            window.__sentFns[place] = body.fn_index;
+            if (hold && !window.__passFns.includes(body.fn_index)) {
+              await new Promise((send) => { sends.set(place, send); window.__unsent.push(place); });
+            }
             const response = await real.call(this, request);
             if (window.__holdFns.includes(body.fn_index)) {
               window.__held++;
@@ -723,4 +744,57 @@ def test_an_event_joined_before_a_demotion_answered_after_a_refusal_leaves_the_p
     assert page.evaluate(ui_assets.NOT_ADMIN_KNOWN) is True
     assert carol.refusals == refused, carol.refusals
     assert carol.shown_refusals() == 1, carol.shown_refusals()
+    assert not carol.errors, carol.errors
+
+
+@MARKS[0]
+@MARKS[1]
+def test_an_event_read_as_an_admins_before_a_demotion_but_sent_after_a_refused_one_leaves_the_page_told(ui_world,
+                                                                                                        e2e):
+    """Nineteenth review, 7 Dec 2026: the page took the role of the answer to its newest POST, but the events of one
+    pick leave together and the server reads each one's role on its own, so one sent later may be read before a
+    demotion and one sent earlier after it; the later one's answer (joined for an admin) then cleared the flag that
+    the earlier one's refusal had set. In Chromium: carol (an admin, the Rate tab selected) picks an experiment; the
+    events that follow the pick are held in the browser before they leave. The last one sent goes first and is
+    answered for an admin (its answer held back); carol is made a rater; an Admin tab's event sent before it then
+    goes, and is refused as the server refuses it now; then the held answer comes, and the other events go. The page
+    still knows that its account is no admin, as the server's newest reading of the role said."""
+    carol = DemotedPage(ui_world, e2e, 60.0)
+    page = carol.page
+    admin_only = {i for i, bf in carol.demo.fns.items() if bf.fn is not None and gradio_routes.is_admin_only(bf.fn)}
+    page.evaluate(f"window.__holdSends = true; window.__passFns = [{carol.pick_fn}]")
+    carol.pick("ui-exp")
+    deadline = time.monotonic() + 30
+    unsent: list[int] = []
+    while len(unsent) < 2 or page.evaluate("window.__unsent.length") != len(unsent):  # the pick's events, all held
+        assert time.monotonic() < deadline, (unsent, carol.joins)
+        unsent = page.evaluate("window.__unsent")
+        page.wait_for_timeout(1_000)
+    sent = page.evaluate("window.__sentFns")
+    last = max(unsent)
+    earlier = [place for place in sorted(unsent) if place < last and sent[place] in admin_only]
+    assert earlier, ([sent[p] for p in unsent], admin_only)  # an Admin tab's event left before the last one
+    page.evaluate(f"window.__holdFns = [{sent[last]}]; window.__send({last})")
+    deadline = time.monotonic() + 30
+    while page.evaluate("window.__held") < 1:  # answered, for an admin
+        assert time.monotonic() < deadline, carol.joins
+        page.wait_for_timeout(100)
+    assert not carol.refusals, carol.refusals
+    carol.set_role("rater")
+    page.evaluate(f"window.__send({earlier[0]})")
+    carol.toasts().first.wait_for(timeout=60_000)  # refused, told
+    assert carol.refusals == [carol.SENTENCE], carol.refusals
+    assert page.evaluate(ui_assets.NOT_ADMIN_KNOWN) is True
+    page.evaluate("window.__holdSends = false; window.__release()")
+    deadline = time.monotonic() + 30
+    while sent[last] not in carol.joined():  # its answer handed on
+        assert time.monotonic() < deadline, carol.joins
+        page.wait_for_timeout(100)
+    page.wait_for_timeout(500)
+    assert page.evaluate(ui_assets.NOT_ADMIN_KNOWN) is True
+    for place in page.evaluate("window.__unsent"):  # the others, refused or answered as a rater's
+        page.evaluate(f"window.__send({place})")
+    page.wait_for_timeout(3_000)  # every answer read, and whatever the page sends after them
+    assert page.evaluate(ui_assets.NOT_ADMIN_KNOWN) is True
+    assert set(carol.refusals) == {carol.SENTENCE} and carol.shown_refusals() == 1, carol.refusals
     assert not carol.errors, carol.errors

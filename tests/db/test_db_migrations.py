@@ -118,9 +118,15 @@ def test_migration_0007_adds_credentials_changed_at_and_keeps_the_raters(empty_d
         engine.dispose()
     migrate.upgrade(empty_db_url, "0007")
     engine = make_engine(empty_db_url)
+    try:
+        with engine.connect() as c:
+            assert c.exec_driver_sql("SELECT credentials_changed_at, password_hash FROM raters").all() == [(None, "h")]
+    finally:
+        engine.dispose()
+    migrate.upgrade(empty_db_url)  # the models' columns: a later migration adds more
+    engine = make_engine(empty_db_url)
     with write_session(session_factory(engine)) as s:
         alice = repo.get_rater_by_name(session=s, name="alice")
-        assert alice.credentials_changed_at is None and alice.password_hash == "h"
         repo.set_rater_disabled(session=s, rater_id=alice.id, disabled=True)
         assert alice.credentials_changed_at == alice.disabled_at is not None
     engine.dispose()
@@ -645,6 +651,44 @@ def test_migration_0017_lets_the_worker_supervisor_register_and_downgrades_witho
     assert migrate.current_revision(empty_db_url) == "0016" and rows() == [("worker", 2)]
     with pytest.raises(IntegrityError):
         register("supervisor", "0016", 4)
+    migrate.upgrade(empty_db_url)
+    assert _drift(empty_db_url) == []
+
+
+def test_migration_0018_counts_role_changes_from_zero_and_downgrades_without_the_count(empty_db_url):
+    """0018 adds raters.role_version (nineteenth review, 7 Dec 2026): the accounts there at the upgrade start at 0,
+    each change of role (and only a change) counts one, and a downgrade to 0017 drops the count and keeps the
+    accounts and their roles."""
+    from db import repo
+    from db.engine import session_factory, write_session
+
+    migrate.upgrade(empty_db_url, "0017")
+    engine = make_engine(empty_db_url)
+    try:
+        with engine.begin() as c:
+            c.exec_driver_sql("INSERT INTO raters (name, role, password_hash, created_at) "
+                              "VALUES ('alice', 'admin', 'h', '2026-12-01 00:00:00')")
+    finally:
+        engine.dispose()
+    migrate.upgrade(empty_db_url, "0018")
+    engine = make_engine(empty_db_url)
+    try:
+        for role, version in (("admin", 0), ("rater", 1), ("rater", 1), ("admin", 2)):
+            with write_session(session_factory(engine)) as s:
+                alice = repo.get_rater_by_name(session=s, name="alice")
+                repo.set_rater_role(session=s, rater_id=alice.id, role=role)
+            with engine.connect() as c:  # as the database has it
+                assert c.exec_driver_sql("SELECT role, role_version FROM raters").all() == [(role, version)]
+    finally:
+        engine.dispose()
+    migrate.downgrade(empty_db_url, "0017")
+    engine = make_engine(empty_db_url)
+    try:
+        assert "role_version" not in {col["name"] for col in inspect(engine).get_columns("raters")}
+        with engine.connect() as c:
+            assert c.exec_driver_sql("SELECT name, role FROM raters").all() == [("alice", "admin")]
+    finally:
+        engine.dispose()
     migrate.upgrade(empty_db_url)
     assert _drift(empty_db_url) == []
 
@@ -1279,7 +1323,7 @@ def _lost_then_moved(url, monkeypatch, rev: str, *, after_commit: bool = False, 
         return OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"),
                                 connection_invalidated=True)
 
-    migrate.upgrade(url, "head")
+    migrate.upgrade(url, "0017")  # not head: the revisions these tests name stay where they are as migrations are added
     migrating: list = []
     armed: list = []
     real_run, real_commit, real_current = Context.run_migrations, Connection._commit_impl, migrate.current_revision
