@@ -569,9 +569,10 @@ def build(services, exp_state, experiment_dd, who_of: Callable, admin_of: Callab
     # a click of any of the tab's buttons sets its timer running, as the tab's select does (the tab is selected): only
     # a failed tick had stopped it (STOP_TIMER_IF_NOT_ADMIN_JS), and an admin made one again whose tab was selected
     # had to click away and back (seventeenth review, 7 Dec 2026). The click's own answer says whether the account
-    # is an admin (web_guard: NOT_ADMIN_HEADER); if not, the next tick is not sent and stops the timer again
-    gr.on([button.click for button in _buttons_in(admin_tab)], None, None, [admin_timer], js=START_TIMER_JS,
-          **private)
+    # is an admin (web_guard: NOT_ADMIN_HEADER); if not, the next tick is not sent and stops the timer again. So does
+    # a switch of its two checkboxes, each saved when switched (they started nothing: nineteenth review, 7 Dec 2026)
+    gr.on([button.click for button in _buttons_in(admin_tab)] + [dash_access.input, q_standardize.input], None, None,
+          [admin_timer], js=START_TIMER_JS, **private)
     return AdminTab(tab=admin_tab, timer=admin_timer)
 
 

@@ -420,11 +420,16 @@ def test_the_admin_timer_runs_only_while_the_admin_tab_is_selected(served_app):
             elif timer["id"] in dep["outputs"] and dep["trigger_after"] == refill:  # a pick's refill (eighteenth review)
                 assert not dep["backend_fn"] and dep["trigger_only_on_success"] and dep["outputs"] == [timer["id"]], dep
                 after_refill.append(dep["js"])
-            elif timer["id"] in dep["outputs"] and {trigger for _, trigger in dep["targets"]} == {"click"}:
-                # the tab's buttons start it too (a failed tick stopped it; seventeenth review): all of them, only them
+            elif timer["id"] in dep["outputs"] and {trigger for _, trigger in dep["targets"]} == {"click", "input"}:
+                # the tab's buttons start it too (a failed tick stopped it; seventeenth review): all of them, only them,
+                # and its two switches, each saved when switched (nineteenth review)
                 assert not dep["backend_fn"] and dep["outputs"] == [timer["id"]], dep
                 buttons = {i for i in admin_components if components[i]["type"] == "button"}
-                assert {target for target, _ in dep["targets"]} == buttons and len(buttons) >= 10, dep["targets"]
+                switches = {i for i in admin_components if components[i]["props"].get("elem_id")
+                            in ("dashboard-access", "standardize-scores")}
+                assert sorted(map(tuple, dep["targets"])) == sorted([*((i, "click") for i in buttons),
+                                                                   *((i, "input") for i in switches)]), dep["targets"]
+                assert len(buttons) >= 10 and len(switches) == 2, (buttons, switches)
                 clicks.append(dep["js"])
             elif timer["id"] in dep["outputs"]:
                 assert not dep["backend_fn"], dep  # only the browser sets it
@@ -704,6 +709,49 @@ def test_an_admin_made_one_again_with_the_admin_tab_selected_gets_its_events_and
     page.locator("#set-experiment-raters").click()  # saves the field as shown (the picked experiment's raters)
     carol.ticking(before)
     assert carol.refusals == [sentence, sentence], carol.refusals
+    assert not carol.errors, carol.errors
+
+
+@MARKS[0]
+@MARKS[1]
+def test_a_switch_of_the_admin_tab_starts_the_timer_a_failed_tick_stopped_as_its_buttons_do(ui_world, e2e):
+    """Nineteenth review, 7 Dec 2026: a click of one of the Admin tab's buttons starts its timer again (a failed tick
+    stopped it while the account was no admin), but its two switches (the dashboard access and the standardised
+    scores, each saved when switched) did not. In Chromium: carol's page has the Admin tab selected when she is made a
+    rater (a tick refused, the timer stopped) and then an admin again; no tick is sent until she switches the
+    dashboard access, and then the timer ticks and its ticks are answered. Made a rater and an admin again (a tick
+    refused, the timer stopped), switching the standardised scores starts it too."""
+    tick_s = 1.0
+    carol = DemotedPage(ui_world, e2e, tick_s)
+    page, sentence = carol.page, carol.SENTENCE
+    quality = {i for i, bf in carol.demo.fns.items() if bf.fn is not None and bf.fn.__name__ == "on_quality"}
+    page.get_by_role("tab", name="Admin").click()
+    page.get_by_role("button", name="Rater quality").click()  # the accordion of the second switch, opened
+    deadline = time.monotonic() + 60
+    while not quality & set(carol.joined()):  # the tab's select's events, answered as an admin's before the demotion
+        assert time.monotonic() < deadline, carol.joins
+        page.wait_for_timeout(100)
+    for switch in ("#dashboard-access", "#standardize-scores"):  # their outputs shown (their refusal left "Error")
+        page.locator(f"{switch} > [data-testid=status-tracker].hide").wait_for(state="attached", timeout=60_000)
+    carol.set_role("rater")
+    carol.toasts().first.wait_for(timeout=60_000)  # a tick refused: the timer stops
+    for told, switch in enumerate(("#dashboard-access", "#standardize-scores"), start=1):
+        if told > 1:
+            carol.set_role("rater")
+            deadline = time.monotonic() + 30
+            while len(carol.refusals) < told:  # a tick refused, told (sent after the last refusal): the timer stops
+                assert time.monotonic() < deadline, carol.joins
+                page.wait_for_timeout(100)
+        carol.set_role("admin")
+        before = len(carol.joined())
+        page.wait_for_timeout(2_000 * tick_s)
+        assert carol.tick_fn not in carol.joined()[before:], carol.joined()[before:]  # stopped
+        close_toasts(page)
+        box = page.locator(switch).get_by_role("checkbox")
+        box.scroll_into_view_if_needed()
+        box.click()
+        carol.ticking(before)
+        assert carol.refusals == [sentence] * told, carol.refusals
     assert not carol.errors, carol.errors
 
 
