@@ -1300,14 +1300,18 @@ STREAMS_JS = r"""
     }
     const { response, text } = answer;
     const role = stream === 'event' ? response.headers.get(NOT_ADMIN) : null;
-    const version = role === null ? NaN : Number(response.headers.get(ROLE_VERSION));
+    // a version that is missing or not a whole number (a page loaded before the server was rolled back to a build
+    // without the header, or a proxy that drops it) applies its role as it arrives, as before the version existed;
+    // Number(null) is 0, so a missing header froze the flag at the first answer (found by a read-only review)
+    const said = role === null ? null : response.headers.get(ROLE_VERSION);
+    const version = said !== null && /^[0-9]{1,15}$/.test(said) ? Number(said) : NaN;
     // the role the server read newest (its role version): an event joined just before a demotion, answered after a
     // newer refusal, cleared the flag again (eighteenth review, 7 Dec 2026), and so did one sent after a refused one
     // but read before the demotion (a pick's events leave together; nineteenth review). Set before Gradio's client
     // reads the answer: its failure listeners see it (QUIET_ADMIN_JS)
-    if (((role === '1' && response.status === 403) || (role === '0' && response.ok)) && Number.isInteger(version)
-        && version > roleVersion) {
-      roleVersion = version;
+    if (((role === '1' && response.status === 403) || (role === '0' && response.ok))
+        && (Number.isNaN(version) || version > roleVersion)) {
+      if (!Number.isNaN(version)) roleVersion = version;
       streams.notAdmin = role === '1';  // '0': joined for an admin (web_guard): the Admin tab's own events sent again
     }
     if (role === '1' && response.status === 403) {

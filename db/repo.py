@@ -1693,6 +1693,8 @@ def set_rater_role(*, session: Session, rater_id: int, role: str) -> Rater:
     if rater.role != role:
         rater.role = role
         rater.role_version = Rater.role_version + 1
+        session.flush()
+        session.refresh(rater, ["role_version"])  # the count the UPDATE wrote, readable once the session is closed
     session.flush()
     return rater
 

@@ -520,6 +520,7 @@ class DemotedPage:
           window.__holdSends = false;
           window.__passFns = [];
           window.__unsent = [];
+          window.__stripVersion = false;
           window.__send = (place) => {
             window.__unsent = window.__unsent.filter((p) => p !== place);
             sends.get(place)();
@@ -533,7 +534,12 @@ class DemotedPage:
             if (hold && !window.__passFns.includes(body.fn_index)) {
               await new Promise((send) => { sends.set(place, send); window.__unsent.push(place); });
             }
-            const response = await real.call(this, request);
+            let response = await real.call(this, request);
+            if (window.__stripVersion) {  // a server or proxy that does not send the role version
+              const headers = new Headers(response.headers);
+              headers.delete('x-seiko-role-version');
+              response = new Response(response.body, { status: response.status, statusText: response.statusText, headers });
+            }
             if (window.__holdFns.includes(body.fn_index)) {
               window.__held++;
               await new Promise((release) => releases.push(release));
@@ -709,6 +715,27 @@ def test_an_admin_made_one_again_with_the_admin_tab_selected_gets_its_events_and
     page.locator("#set-experiment-raters").click()  # saves the field as shown (the picked experiment's raters)
     carol.ticking(before)
     assert carol.refusals == [sentence, sentence], carol.refusals
+    assert not carol.errors, carol.errors
+
+
+@MARKS[0]
+@MARKS[1]
+def test_answers_without_a_role_version_still_set_and_clear_the_flag_as_they_arrive(ui_world, e2e):
+    """Nineteenth review, after a read-only review of the role version: a role answer without the version header (a
+    page loaded before the server was rolled back to a build without it, a proxy that drops it) counted as version 0
+    (Number(null)), so the first refusal set the flag and no later answer, all "version 0", could clear it. In
+    Chromium, every answer stripped of the header: carol is made a rater on the Admin tab (a tick refused, the flag
+    set) and an admin again; her picks' answers, joined for an admin, clear the flag and start the timer."""
+    tick_s = 1.0
+    carol = DemotedPage(ui_world, e2e, tick_s)
+    carol.page.evaluate("window.__stripVersion = true")
+    carol.made_a_rater_on_the_admin_tab()
+    assert carol.page.evaluate(ui_assets.NOT_ADMIN_KNOWN) is True
+    carol.set_role("admin")
+    before = len(carol.joined())
+    carol.follows_picks()
+    carol.ticking(before)  # the flag cleared: the picks started the timer
+    assert carol.page.evaluate(ui_assets.NOT_ADMIN_KNOWN) is False
     assert not carol.errors, carol.errors
 
 

@@ -676,7 +676,8 @@ def test_migration_0018_counts_role_changes_from_zero_and_downgrades_without_the
         for role, version in (("admin", 0), ("rater", 1), ("rater", 1), ("admin", 2)):
             with write_session(session_factory(engine)) as s:
                 alice = repo.get_rater_by_name(session=s, name="alice")
-                repo.set_rater_role(session=s, rater_id=alice.id, role=role)
+                changed = repo.set_rater_role(session=s, rater_id=alice.id, role=role)
+            assert changed.role_version == version  # readable once the session is closed (it raised DetachedInstanceError)
             with engine.connect() as c:  # as the database has it
                 assert c.exec_driver_sql("SELECT role, role_version FROM raters").all() == [(role, version)]
     finally:
