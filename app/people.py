@@ -64,10 +64,13 @@ def _why(exc: BaseException, where: Path | None = None) -> str:
                         "put the helper into the person's file, install it, or start the command with that folder "
                         "on the import path")
     frames = traceback.extract_tb(exc.__traceback__)
-    if where is not None:
-        mine = [f for f in frames if Path(f.filename).resolve() == where]
-        frames = mine or frames
+    mine = [f for f in frames if where is not None and Path(f.filename).resolve() == where]
+    frames = mine or frames
     at = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+    if isinstance(exc, SyntaxError) and not mine:
+        # a file that does not compile has no frame of its own: the innermost one was importlib's ("at <frozen
+        # importlib._bootstrap>:241"), and the message already names the file and line (found by the nineteenth review)
+        at = ""
     return f"{type(exc).__name__}{': ' + message if message else ''}{at}"
 
 
@@ -113,11 +116,16 @@ class Person:
 def check_ratings(name: str, answer: Any, n: int) -> list[int]:
     """``answer`` as a list of ``n`` ints from 1 to 10, else PersonError with one sentence."""
     if isinstance(answer, torch.Tensor):
-        tensor = answer.detach().cpu()
-        if tensor.is_complex():
+        if answer.is_complex():
             raise PersonError(f"person {name!r} returned a complex tensor; ratings must be whole numbers from 1 to 10.")
-        # numpy has no bfloat16: such a tensor was a TypeError traceback (found by review); float64 holds its values
-        answer = (tensor.double() if tensor.is_floating_point() else tensor).numpy()
+        try:  # a sparse or meta tensor (no values here) was a TypeError or NotImplementedError traceback (nineteenth review)
+            tensor = answer.detach().cpu()
+            # numpy has no bfloat16: such a tensor was a TypeError traceback (found by review); float64 holds its values
+            answer = (tensor.double() if tensor.is_floating_point() else tensor).numpy()
+        except (TypeError, RuntimeError, NotImplementedError) as exc:
+            raise PersonError(f"person {name!r} returned a {answer.layout} tensor on {answer.device} whose values cannot "
+                              f"be read ({type(exc).__name__}: {' '.join(str(exc).split()).rstrip('.')}); it must "
+                              f"return {n} whole-number ratings from 1 to 10.") from exc
     if isinstance(answer, np.ndarray):
         if answer.ndim == 2 and answer.shape[1] == 1:
             answer = answer[:, 0]  # a column (B, 1): one rating per row
@@ -130,14 +138,34 @@ def check_ratings(name: str, answer: Any, n: int) -> list[int]:
         raise PersonError(f"person {name!r} returned {len(answer)} ratings for {n} images; it must return one rating per image.")
     out = []
     for i, value in enumerate(answer):
-        if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and float(value).is_integer():
+        if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and _whole(value):
             value = int(value)  # 7.0, numpy.float32(7)
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # numpy.int64(7) is a whole number
-            raise PersonError(f"person {name!r} rated image {i} {value!r}; ratings must be whole numbers from 1 to 10.")
+            raise PersonError(f"person {name!r} rated image {i} {_shown(value)}; ratings must be whole numbers from 1 to 10.")
         if not RATING_MIN <= value <= RATING_MAX:
-            raise PersonError(f"person {name!r} rated image {i} {value}; ratings must be whole numbers from 1 to 10.")
+            raise PersonError(f"person {name!r} rated image {i} {_shown(value)}; ratings must be whole numbers from 1 to 10.")
         out.append(int(value))
     return out
+
+
+def _whole(value: numbers.Real) -> bool:
+    """Whether ``value`` (a number that is not an int) is a whole number; False past float's range, where
+    ``float(Fraction(10**400))`` raised OverflowError, a traceback (found by the nineteenth review)."""
+    try:
+        return float(value).is_integer()
+    except OverflowError:
+        return False
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    """``value`` as a rating is said in a sentence: its repr, cut at ``limit`` characters. An int of more digits than
+    Python turns into text (``sys.get_int_max_str_digits()``, 4300) raised ValueError in the refusal's f-string, a
+    traceback (found by the nineteenth review), and one of 4,000 digits made a sentence of 4,000 characters."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return f"a number of more than {sys.get_int_max_str_digits():,} digits"
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _choices() -> str:
@@ -157,6 +185,8 @@ def load_person(spec: str) -> Person:
     if not where.endswith(".py") or not attr:
         raise PersonError(f"person spec {spec!r} must be path/to/file.py:function; {_choices()}.")
     path = Path(where).expanduser()
+    if path.is_dir():  # said "does not exist" of a folder that does (found by the nineteenth review)
+        raise PersonError(f"person file {where!r} is a folder; give the Python file that defines the person.")
     if not path.is_file():
         raise PersonError(f"person file {where!r} does not exist.")
     module_name = "seiko_person_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import threading
 
 import gradio as gr
@@ -114,6 +115,62 @@ def test_a_person_that_answers_wrongly_is_one_clear_sentence(person_file, name, 
     with pytest.raises(people.PersonError, match=expected) as info:
         people.check_person(person)
     _one_sentence(str(info.value))
+
+
+ODD_ANSWERS = """
+from fractions import Fraction
+import torch
+
+def huge(images, prompts):
+    return [10 ** 5000] * images.shape[0]
+
+def long_number(images, prompts):
+    return [-10 ** 200] * images.shape[0]
+
+def huge_fraction(images, prompts):
+    return [Fraction(10 ** 400, 1)] * images.shape[0]
+
+def sparse(images, prompts):
+    return torch.full((images.shape[0],), 7).to_sparse()
+
+def meta(images, prompts):
+    return torch.full((images.shape[0],), 7, device="meta")
+"""
+
+
+@pytest.mark.parametrize("name, expected", [
+    # Python turns no int of more than sys.get_int_max_str_digits() digits into text
+    ("huge", "rated image 0 a number of more than {digits:,} digits; ratings must be whole numbers from 1 to 10"),
+    # a long one is cut at 40 characters: "-1" and 38 of its 200 zeros, "Fraction(1" and 30
+    ("long_number", "rated image 0 -1" + "0" * 38 + "...; ratings must be whole numbers"),
+    ("huge_fraction", "rated image 0 Fraction(1" + "0" * 30 + "...; ratings must be whole numbers"),
+    ("sparse", "returned a torch.sparse_coo tensor on cpu whose values cannot be read (TypeError: "),
+    ("meta", "returned a torch.strided tensor on meta whose values cannot be read (NotImplementedError: "),
+])
+def test_a_person_answering_a_number_too_big_to_print_or_a_tensor_without_values_is_one_sentence(tmp_path, name, expected):
+    """Found by the nineteenth review: each was a traceback (ValueError from the refusal's own f-string, OverflowError
+    from float(), TypeError or NotImplementedError from the tensor's conversion to numpy)."""
+    path = tmp_path / "odd.py"
+    path.write_text(ODD_ANSWERS)
+    with pytest.raises(people.PersonError) as info:
+        people.check_person(people.load_person(f"{path}:{name}"))
+    assert expected.format(digits=sys.get_int_max_str_digits()) in str(info.value)
+    _one_sentence(str(info.value))
+    assert len(str(info.value)) < 400
+
+
+def test_a_folder_or_a_file_that_does_not_compile_is_said_as_it_is(tmp_path):
+    """Found by the nineteenth review: a folder named like a person file was said not to exist, and a file with a
+    syntax error was placed "at <frozen importlib._bootstrap>:241" instead of at its own line."""
+    (tmp_path / "folder.py").mkdir()
+    with pytest.raises(people.PersonError, match=r"^person file '.*folder\.py' is a folder; give the Python file") as info:
+        people.load_person(f"{tmp_path}/folder.py:rate")
+    _one_sentence(str(info.value))
+    (tmp_path / "typo.py").write_text("def rate(images, prompts):\n    return [7] *\n")
+    with pytest.raises(people.PersonError) as info:
+        people.load_person(f"{tmp_path}/typo.py:rate")
+    assert str(info.value).startswith(f"person file '{tmp_path}/typo.py' failed to import: SyntaxError: ")
+    assert str(info.value).endswith("(typo.py, line 2).") and "frozen" not in str(info.value)
 
 
 def test_a_file_that_fails_to_import_is_one_sentence(tmp_path):
