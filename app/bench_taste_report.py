@@ -28,11 +28,15 @@ from typing import Any
 
 import numpy as np
 
+from app.cli_bench_taste import MAX_SEED
 from seiko_core.stats import NO_SPREAD, mean_ci95, number_or_none, pearson, wins, wins_text
 
 REPORTED = ("share_ge6", "mean_rating", "variety_pixels_pct_round0", "variety_embedding_pct_round0",
             "variety_liked_pixels_pct_round0", "variety_liked_embedding_pct_round0", "wait_s", "reward_corr",
             "reward_corr_honest")
+# every round bench-taste records has these two (round_record: each query image is measured); --paired, --pooled and
+# --goals subtract them, so a round without them was a KeyError or TypeError traceback there (nineteenth review)
+MEASURED = ("share_ge6", "mean_rating")
 
 
 def _doc_problem(doc: Any) -> str | None:
@@ -46,12 +50,17 @@ def _doc_problem(doc: Any) -> str | None:
         return "no seeds" if isinstance(seeds, dict) or seeds is None else f"seeds is {json.dumps(seeds)[:40]}, not an object"
     for seed, entry in seeds.items():
         if not (seed.isascii() and seed.isdigit()):
-            return f"seed {seed!r} is not a whole number"
+            return f"seed {seed[:40]!r} is not a whole number"
+        if len(seed) > len(str(MAX_SEED)) or int(seed) > MAX_SEED or seed != str(int(seed)):
+            # 5,000 digits: int() raised Python's "Exceeds the limit (4300 digits)" sentence, naming no file; "0" and
+            # "00" were two seeds (nineteenth review)
+            return f"seed {seed[:40]!r} is not one bench-taste writes (a whole number from 0 to {MAX_SEED:,}, as written)"
         rounds = entry.get("rounds") if isinstance(entry, dict) else None
         if not isinstance(rounds, list) or not all(isinstance(r, dict) for r in rounds):
             return f"seed {seed} has no list of rounds"
         for k, r in enumerate(rounds):
-            bad = [key for key in REPORTED if not number_or_none(r.get(key))]
+            bad = ([key for key in REPORTED if not number_or_none(r.get(key))]
+                   or [key for key in MEASURED if r.get(key) is None])
             if bad:
                 return f"seed {seed}, round {k}: {bad[0]} is {json.dumps(r.get(bad[0]))[:40]}, not a number"
     if not any(entry["rounds"] for entry in seeds.values()):

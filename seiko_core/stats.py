@@ -248,5 +248,14 @@ def wins_text(won: float, n: int) -> str:
 
 def number_or_none(value) -> bool:
     """Whether ``value`` (read from a results file) is None or a finite number: a bool is not a number, and NaN or an
-    infinity (which Python's json reads from ``NaN`` and ``Infinity``) is not one a mean or a table can use."""
-    return value is None or (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value))
+    infinity (which Python's json reads from ``NaN`` and ``Infinity``) is not one a mean or a table can use, nor is a
+    whole number past float's range (json reads 400 digits as an int: ``math.isfinite`` raised OverflowError on it,
+    a traceback from the report and from bench-taste's resume; found by the nineteenth review)."""
+    if value is None:
+        return True
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False

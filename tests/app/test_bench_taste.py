@@ -902,6 +902,8 @@ def test_a_results_file_from_before_the_hashes_is_resumed_with_a_warning(bench_r
     ({"complete": True, "rounds": 5}, "rounds must be a list of 2 round records, got 5"),
     ({"complete": True, "rounds": [{}, {}, {}]}, "rounds must be a list of 2 round records, got [{}, {}, {}]"),
     ({"complete": True, "rounds": [{}, {"share_ge6": "high"}]}, "round 1's share_ge6 is \"high\", not a number"),
+    # past float's range: an OverflowError traceback from math.isfinite (nineteenth review)
+    ({"complete": True, "rounds": [{}, {"share_ge6": 10 ** 400}]}, "round 1's share_ge6 is 1%s, not a number" % ("0" * 39)),
     ({"complete": "yes", "rounds": []}, "its record is not an object with complete true or false"),
     ([1], "its record is not an object with complete true or false"),
 ])
@@ -945,6 +947,21 @@ def test_the_results_file_refusals_never_suggest_removing_it(bench_run, text, ex
      "seed 0, round 0: share_ge6 is NaN, not a number"),
     ('{"config": {"options": {}}, "seeds": {"0": {"rounds": [{"wait_s": Infinity}]}}}',
      "seed 0, round 0: wait_s is Infinity, not a number"),
+    # nineteenth review: a number past float's range was an OverflowError traceback (math.isfinite); a round without
+    # its share or mean passed, then --paired, --pooled and --goals ended in a KeyError or TypeError traceback; a seed
+    # of 5,000 digits was Python's "Exceeds the limit (4300 digits)" naming no file, and "00" beside "0" a seed more
+    ('{"config": {"options": {}}, "seeds": {"0": {"rounds": [{"share_ge6": 1%s}]}}}' % ("0" * 400),
+     "seed 0, round 0: share_ge6 is 1%s, not a number" % ("0" * 39)),
+    ('{"config": {"options": {}}, "seeds": {"0": {"rounds": [{"share_ge6": 0.5}]}}}',
+     "seed 0, round 0: mean_rating is null, not a number"),
+    ('{"config": {"options": {}}, "seeds": {"0": {"rounds": [{"share_ge6": null, "mean_rating": 5}]}}}',
+     "seed 0, round 0: share_ge6 is null, not a number"),
+    ('{"config": {"options": {}}, "seeds": {"%s": {"rounds": []}}}' % ("9" * 5000),
+     "seed '%s' is not one bench-taste writes (a whole number from 0 to 10,000, as written)" % ("9" * 40)),
+    ('{"config": {"options": {}}, "seeds": {"00": {"rounds": []}}}',
+     "seed '00' is not one bench-taste writes (a whole number from 0 to 10,000, as written)"),
+    ('{"config": {"options": {}}, "seeds": {"10001": {"rounds": []}}}',
+     "seed '10001' is not one bench-taste writes (a whole number from 0 to 10,000, as written)"),
     ("{not json", "not JSON"),
     ("[" * 200_000, "JSON nested too deeply"),  # was a RecursionError (fifth review)
     (b"\xff\xfe\x00binary", "not UTF-8 text"),
