@@ -526,7 +526,14 @@ def _read_quality(model_dir: Path) -> dict:
     """A build's QUALITY.json: a JSON object holding its ``build_config`` object (a list there, or a config that is
     not an object, raised TypeError deep in the commands that re-measure; found by the sixth review)."""
     path = model_dir / "QUALITY.json"
-    quality = json.loads(path.read_text(encoding="utf-8"))
+    try:  # a file that is not UTF-8 or nested too deeply was a traceback, and one that is not JSON named no file
+        quality = json.loads(path.read_text(encoding="utf-8"))  # (found by the nineteenth review)
+    except UnicodeDecodeError as exc:
+        raise QualityFileError(f"{str(path)!r} is not a QUALITY.json written by `build` (not UTF-8 text)") from exc
+    except json.JSONDecodeError as exc:
+        raise QualityFileError(f"{str(path)!r} is not a QUALITY.json written by `build` (not JSON: {exc})") from exc
+    except RecursionError as exc:
+        raise QualityFileError(f"{str(path)!r} is not a QUALITY.json written by `build` (JSON nested too deeply)") from exc
     if not isinstance(quality, dict) or not isinstance(quality.get("build_config"), dict):
         raise QualityFileError(f"{str(path)!r} is not a QUALITY.json written by `build` (it must be a JSON object "
                                "holding a build_config object)")

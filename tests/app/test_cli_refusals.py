@@ -576,6 +576,18 @@ def test_the_toy_commands_refuse_a_broken_model_bad_numbers_and_a_bad_quality_fi
                 f"error: {str(model / 'QUALITY.json')!r} is not a QUALITY.json written by `build` (it must be a JSON "
                 "object holding a build_config object)"), (command, text, proc.stderr[-3000:])
             assert (model / "QUALITY.json").read_text() == text
+    # found by the nineteenth review: bytes that are not UTF-8 and JSON nested too deeply were a UnicodeDecodeError and
+    # a RecursionError traceback, and a file that is not JSON was json's sentence naming no file
+    for data, why in ((b"\xff\xfe\x00binary", "not UTF-8 text"), (b"[" * 200_000, "JSON nested too deeply"),
+                      (b'{"build_config": {', "not JSON: Expecting property name enclosed in double quotes: line 1 "
+                                              "column 19 (char 18)")):
+        (model / "QUALITY.json").write_bytes(data)
+        for command in ("quality", "refine-encoder", "refine-unet"):
+            proc = run_cli(command, "--model", str(model), module="seiko_core.toy")
+            assert proc.returncode == 1 and one_sentence(proc) == (
+                f"error: {str(model / 'QUALITY.json')!r} is not a QUALITY.json written by `build` ({why})"), (
+                command, proc.stderr[-3000:])
+            assert (model / "QUALITY.json").read_bytes() == data
 
 
 def test_sample_refuses_bad_values_before_loading_and_a_bad_adapter_or_output_in_one_sentence(tmp_path):
