@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
                 search, m = match_seed(parts, cfg, oracle, ev, args.src / ADAPTERS / f"{args.scale}_seed{seed}", target,
                                        rel_tol=args.rel_tol, max_evals=args.max_evals,
                                        spill=spill)
-            except (KLMatchError, CheckpointError) as exc:
+            except (KLMatchError, CheckpointError, OracleError) as exc:  # OracleError: a traceback (nineteenth review)
                 print(f"error: {args.scale} seed {seed}: {exc}", file=sys.stderr)
                 return 2
             if abs(m["reload_kl_at_one"] - before["kl_base"]) > 1e-3 * max(1.0, abs(before["kl_base"])):

@@ -29,6 +29,7 @@ import importlib
 import importlib.util
 import math
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,14 @@ RANGE_TOLERANCE = 1e-3  # how far outside [0, 1] image values may stray (decoder
 
 class OracleError(ValueError):
     """An oracle that cannot be loaded or called as given; the message says why in one sentence."""
+
+
+def _why(exc: BaseException) -> str:
+    """``Type: message (at file.py:line)`` on one line, the place the innermost frame, so an oracle's bug is found."""
+    message = " ".join(str(exc).split()).rstrip(".")
+    frames = traceback.extract_tb(exc.__traceback__)
+    at = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}{': ' + message if message else ''}{at}"
 
 
 def check_images(images: torch.Tensor, prompts: Sequence[str]) -> None:
@@ -89,9 +98,19 @@ class OracleSpec:
     def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """Scores (B,) of ``fn`` with the inputs and output checked."""
         check_images(images, prompts)
-        scores = self.fn(images, list(prompts))
+        try:
+            scores = self.fn(images, list(prompts))
+        except Exception as exc:  # a user's oracle that fails: the commands said OracleError only, this a traceback
+            raise OracleError(f"oracle {self.name!r} raised {_why(exc)}.") from exc  # (nineteenth review)
         if not isinstance(scores, torch.Tensor):
             raise OracleError(f"oracle {self.name!r} returned {type(scores).__name__}, not a torch.Tensor of scores.")
+        # a complex tensor's imaginary part was dropped without a word (.float()), and a sparse or meta tensor, which
+        # has no values to check, was a NotImplementedError or RuntimeError traceback (nineteenth review)
+        if scores.is_complex():
+            raise OracleError(f"oracle {self.name!r} returned complex scores; scores must be real numbers.")
+        if scores.layout != torch.strided or scores.is_meta:
+            raise OracleError(f"oracle {self.name!r} returned a {scores.layout} tensor on {scores.device}, which holds no "
+                              "values to check; scores must be a dense tensor.")
         if scores.shape != (images.shape[0],):
             raise OracleError(f"oracle {self.name!r} returned shape {tuple(scores.shape)}, expected ({images.shape[0]},).")
         if not scores.is_floating_point():

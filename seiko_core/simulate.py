@@ -871,6 +871,8 @@ def run_campaign(args, argv, *, parts, oracle, base: SeikoConfig, ev: EvalSet, s
     ``pool_task(method, seed, pretrained, grid_path)`` gives ``(function, *arguments)`` for the pool (a module-level
     function); ``serial_run(method, seed, pretrained, on_round, bars, grid_path)`` runs one in this process and
     returns its record; ``summarise_fn(results, out)`` writes the curve and the table and returns the table."""
+    from .oracles import OracleError
+
     try:
         out = Path(args.out)
         try:
@@ -882,6 +884,20 @@ def run_campaign(args, argv, *, parts, oracle, base: SeikoConfig, ev: EvalSet, s
     except SimulationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    try:  # an oracle that fails or answers wrongly (in this process or a worker's): its sentence, not a traceback; the
+        # runs finished before it stay in results.json (nineteenth review)
+        return _campaign(args, argv, out, parts=parts, oracle=oracle, base=base, ev=ev, results=results,
+                         methods=methods, seeds=seeds, pool_task=pool_task, serial_run=serial_run,
+                         summarise_fn=summarise_fn, pretrained_note=pretrained_note, scratch_command=scratch_command)
+    except OracleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _campaign(args, argv, out: Path, *, parts, oracle, base: SeikoConfig, ev: EvalSet, results: dict,
+              methods: Sequence[str], seeds: Sequence[int], pool_task, serial_run, summarise_fn, pretrained_note: str,
+              scratch_command: str) -> int:
+    """:func:`run_campaign` once results.json is loaded."""
     # generated images beyond --pixels-in-memory-max-mib go in a folder of the run's own, OUT/.tmp-<command>-*/scratch
     # (pairwise_sim's its own name since the tenth review: its leftovers were named as simulate's),
     # removed when the campaign ends, however it ends; never OUT/scratch, a live data dir's worker's (ninth review)

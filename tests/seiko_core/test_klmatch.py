@@ -202,6 +202,23 @@ def test_klmatch_refuses_a_corrupt_adapter_in_one_sentence(kept_run, tmp_path, c
     assert line.startswith("error: greedy seed 0: ") and "does not match its manifest hash" in line
 
 
+def test_klmatch_says_an_oracle_that_fails_in_one_sentence(kept_run, tmp_path, capsys):
+    """Found by the nineteenth review: the oracle the source run names (a user's file, since edited) raising while a
+    seed was matched ended klmatch in a traceback; it is its sentence now, naming the seed, status 2."""
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(kept_run, src)
+    oracle = tmp_path / "edited.py"
+    oracle.write_text("def rate(images, prompts):\n    raise ValueError('edited since')\n")
+    results = json.loads((src / "results.json").read_text())
+    results["settings"]["oracle"] = f"{oracle}:rate"
+    (src / "results.json").write_text(json.dumps(results))
+    assert klmatch.main([str(src), "--scale", "greedy", "--to", "bootstrap", "--out", str(tmp_path / "m")]) == 2
+    errors = [x for x in capsys.readouterr().err.splitlines() if x.startswith(("error", "Traceback"))]
+    assert errors == [f"error: greedy seed 0: oracle '{oracle}:rate' raised ValueError: edited since (at edited.py:2)."]
+
+
 def test_scaled_adapter_refuses_a_dora_adapter(random_parts):
     from peft import LoraConfig
 

@@ -135,6 +135,32 @@ def test_user_oracle_errors(tmp_path):
         load_oracle(f"{FIXTURE}:wrong_shape")(torch.rand(2, 3, 4, 4), ["a", "b"])
 
 
+def test_a_user_oracle_that_raises_or_answers_a_tensor_without_real_values_is_one_sentence():
+    """Found by the nineteenth review: an oracle's own exception reached the simulators as a traceback (only OracleError
+    was said); complex scores were cast to their real part without a word; a sparse or a meta tensor ended in a
+    NotImplementedError or RuntimeError traceback from the finiteness check."""
+    images = torch.rand(2, 3, 4, 4)
+
+    def fails(images, prompts):
+        raise RuntimeError("no\nscores today")
+
+    answers = {"complex": torch.tensor([1 + 5j, 2 + 0j]), "sparse": torch.ones(2).to_sparse(),
+               "meta": torch.ones(2, device="meta")}
+    with pytest.raises(OracleError) as info:
+        OracleSpec("fails", fails, spread=1.0)(images, ["a", "b"])
+    line = fails.__code__.co_firstlineno + 1  # the raise
+    assert str(info.value) == f"oracle 'fails' raised RuntimeError: no scores today (at {Path(__file__).name}:{line})."
+    expected = {"complex": "oracle 'complex' returned complex scores; scores must be real numbers.",
+                "sparse": "oracle 'sparse' returned a torch.sparse_coo tensor on cpu, which holds no values to check; "
+                          "scores must be a dense tensor.",
+                "meta": "oracle 'meta' returned a torch.strided tensor on meta, which holds no values to check; scores "
+                        "must be a dense tensor."}
+    for name, answer in answers.items():
+        with pytest.raises(OracleError) as info:
+            OracleSpec(name, lambda images, prompts, answer=answer: answer, spread=1.0)(images, ["a", "b"])
+        assert str(info.value) == expected[name]
+
+
 # ---- LAION aesthetic predictor, with a tiny random stand-in ----------------------------------------
 
 DIM = 16

@@ -151,6 +151,29 @@ def test_the_scratch_folder_goes_when_a_run_ends_by_an_error_or_ctrl_c(ending, r
     assert (out / "results.json").is_file()  # the pretrained row, written before: kept
 
 
+def test_a_user_oracle_that_fails_in_a_run_is_one_sentence_and_the_pretrained_row_is_kept(random_model_dir, tmp_path,
+                                                                                          capsys):
+    """Found by the nineteenth review: an oracle that raised (or answered wrongly: OracleError) once a campaign had
+    started ended `python -m seiko_core.simulate` in a traceback; it is its sentence now, status 2, and what was
+    written before it (the pretrained row) is kept."""
+    oracle = tmp_path / "tired.py"
+    oracle.write_text("CALLS = [0]\n\n\ndef rate(images, prompts):\n    CALLS[0] += 1\n    if CALLS[0] == 2:\n"
+                      "        raise ValueError('tired of rating')\n    return images.mean((1, 2, 3))\n")
+    out = tmp_path / "out"
+    threads = torch.get_num_threads()
+    try:  # the first call rates the pretrained eval images, the second round 0 of the run
+        code = simulate.main(["--model", str(random_model_dir), "--method", "greedy", "--oracle", f"{oracle}:rate",
+                              *TINY, "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith(("error", "Traceback"))]
+    assert errors == [f"error: oracle '{oracle}:rate' raised ValueError: tired of rating (at tired.py:7)."]
+    results = json.loads((out / "results.json").read_text())
+    assert results["pretrained"]["true_reward_mean"] is not None and results["runs"] == {}
+    assert _own_folders(out) == []
+
+
 @pytest.mark.parametrize("module", [simulate, pairwise_sim], ids=["simulate", "pairwise_sim"])
 def test_a_workers_scratch_file_in_out_scratch_survives_a_run(module, random_model_dir, tmp_path):
     """The simulators emptied and removed OUT/scratch when a campaign started and ended: an --out that is a live data
