@@ -14,7 +14,8 @@ raters at the same time (more than the overlap with ``--overlap``), and any erro
 
 ``--without-fix`` runs the same with the fix taken out, for comparison: the round lock in ``repo.lock_round`` made
 a plain read (close-race), and leases not granted (collisions).
-WARNING: a PostgreSQL database given with --db-url is wiped.
+With ``--db-url`` the checks run in a database of their own made on that PostgreSQL server (the URL's user needs
+CREATEDB) and dropped afterwards; the database the URL names is not touched.
 """
 
 from __future__ import annotations
@@ -22,11 +23,16 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import tempfile
 import threading
 import time
 from collections import Counter
+from contextlib import ExitStack
 from pathlib import Path
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from app import services, storage, ui_rate
 from app.auth import Who
@@ -160,13 +166,36 @@ def collisions(factory, data_dir: Path, n_raters: int, n_images: int, batch: int
             "round_complete": p.complete_images == n_images, "errors": errors, "seconds": round(time.monotonic() - began, 2)}
 
 
+class CheckError(Exception):
+    """What stops the check before it measures anything; the message is one sentence."""
+
+
 def _check(args, tmp: Path) -> dict:
-    """The two checks on a fresh database: ``args.db_url`` (wiped) or a SQLite file in ``tmp``."""
-    url = args.db_url or dbt.sqlite_url(tmp / "seiko.db")
-    if args.db_url:
-        dbt.reset_postgres_to_head(url)
-    else:
-        migrate.upgrade(url)
+    """The two checks on a fresh database: one made for them on the PostgreSQL server of ``args.db_url`` and dropped
+    afterwards, or a SQLite file in ``tmp``. The database the URL names was wiped (DROP SCHEMA public CASCADE), so
+    the URL of the app's own database, given by mistake, lost every account, experiment and rating, and a SQLite URL
+    was a traceback (nineteenth review); it is not touched now."""
+    if not args.db_url:
+        return _measure(args, tmp, dbt.sqlite_url(tmp / "seiko.db"))
+    try:
+        backend = make_url(args.db_url).get_backend_name()
+    except ArgumentError as exc:
+        raise CheckError(f"--db-url {args.db_url[:60]!r} is not a database URL") from exc
+    if backend != "postgresql":
+        raise CheckError(f"--db-url must name a PostgreSQL server (postgresql+psycopg://...), not {backend}; without it "
+                         "the check uses a SQLite file of its own")
+    with ExitStack() as stack:
+        try:
+            url = stack.enter_context(dbt.temporary_postgres_database(args.db_url))
+        except DBAPIError as exc:
+            raise CheckError("a database of the check's own could not be made on the server of --db-url ("
+                             f"{str(exc.orig or exc).strip().splitlines()[0]})") from exc
+        return _measure(args, tmp, url)
+
+
+def _measure(args, tmp: Path, url: str) -> dict:
+    """The two checks on the empty database ``url``, migrated here."""
+    migrate.upgrade(url)
     settings = Settings.from_env({"data_dir": str(tmp / "data"), "db_url": url, "model": "m"}, environ={})
     engine = make_engine(url)
     factory = session_factory(engine)
@@ -184,7 +213,8 @@ def _check(args, tmp: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--db-url", help="a PostgreSQL URL (wiped!); default: a fresh SQLite file")
+    ap.add_argument("--db-url", help="a PostgreSQL URL: the checks run in a database of their own made on its server "
+                                     "and dropped afterwards; default: a fresh SQLite file")
     ap.add_argument("--trials", type=int, default=50, help="close-race trials")
     ap.add_argument("--raters", type=int, default=8)
     ap.add_argument("--images", type=int, default=64)
@@ -197,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="seiko-raters-check-"))
     try:  # its database (SQLite) and data dir are scratch: removed however the check ends (they were left in /tmp)
         result = _check(args, tmp)
+    except CheckError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     finally:
         shutil.rmtree(tmp)
     text = json.dumps(result, indent=2)

@@ -294,6 +294,40 @@ def test_raters_check_removes_its_scratch_database_however_it_ends(tmp_path, mon
     capsys.readouterr()
 
 
+def test_raters_check_leaves_the_database_its_url_names_untouched(db_url, db_factory, monkeypatch, capsys):
+    """Found by the nineteenth review: the database --db-url names was wiped (DROP SCHEMA public CASCADE), so the app's
+    own URL given by mistake lost every experiment, and a SQLite URL was a traceback. The checks now run in a database
+    of their own made on that PostgreSQL server (empty: they see no experiment) and dropped afterwards; a URL that is
+    not PostgreSQL is one sentence."""
+    from app.tools import raters_check
+    from db import repo
+    from db.engine import read_session, write_session
+
+    with write_session(db_factory) as s:
+        repo.create_experiment(session=s, name="precious", model_spec="m", method="greedy", config={}, budgets=[4],
+                               prompts=["a shape"], overlap=1)
+    seen = []
+
+    def close_race(factory, data_dir, trials):
+        with read_session(factory) as s:
+            seen.append([e.name for e in repo.list_experiments(session=s)])
+        return {"trials": trials}
+
+    monkeypatch.setattr(raters_check, "close_race", close_race)
+    monkeypatch.setattr(raters_check, "collisions", lambda factory, data_dir, *args: {"errors": []})
+    code = raters_check.main(["--db-url", db_url, "--trials", "1", "--repeat", "1"])
+    if db_url.startswith("sqlite"):
+        assert code == 2 and seen == []
+        assert capsys.readouterr().err.splitlines() == [
+            "error: --db-url must name a PostgreSQL server (postgresql+psycopg://...), not sqlite; without it the "
+            "check uses a SQLite file of its own"]
+    else:
+        assert code == 0 and seen == [[]]  # a database of its own, empty
+        capsys.readouterr()
+    with read_session(db_factory) as s:
+        assert [e.name for e in repo.list_experiments(session=s)] == ["precious"]
+
+
 def test_walkthrough_keeps_the_earlier_walkthrough_json_whole(tmp_path, monkeypatch, capsys):
     """One round, nothing rated: the demo process, its web app and the database stand in; walkthrough.json's write
     (before the screenshots) fails half-way, and the demo is still stopped."""
