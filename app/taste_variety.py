@@ -30,6 +30,10 @@ from app import people, taste_stats
 from app.bench_taste import mean_pairwise_distance, mean_pairwise_pixel_distance
 
 MAX_PAIRS_SET = 400  # variety is a mean over pairs: a random subset of this many images per set is plenty
+# the person rates all --n images in one batch (float32, 12 KiB each at 32 px): 10x the default is 240 MiB. Past it,
+# --n 10**11 was numpy's MemoryError traceback, and --n 0 or 1 printed a liked share of 0.0 and no variety at all
+# (nineteenth review)
+MAX_N = 20_000
 
 
 def _subset(idx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -122,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--share", type=float, action="append", default=[], metavar="P",
                     help="also the variety of rounds of 32 in which this share is liked (repeatable; e.g. 0.6)")
     args = ap.parse_args(argv)
+    if not 2 <= args.n <= MAX_N:  # variety is a mean over pairs of images
+        ap.error(f"--n must be from 2 to {MAX_N:,} images, got {args.n}")
+    if args.seed < 0:  # numpy's "expected non-negative integer", naming no flag (nineteenth review)
+        ap.error(f"--seed must be a whole number of at least 0, got {args.seed}")
     try:
         data = generate(args.n, args.seed)
         parts = load_model(args.model, device="cpu")

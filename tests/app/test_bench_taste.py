@@ -437,6 +437,25 @@ def test_mixture_variety_matches_the_closed_form_of_two_clusters():
     assert taste_variety.mixture_variety(images, emb, liked, 1.0, size=size, rounds=50)["variety_embedding_mixture_pct"] == 0.0
 
 
+@pytest.mark.parametrize("flags, expected", [
+    (["--n", "0"], "--n must be from 2 to 20,000 images, got 0"),  # printed a liked share of 0.0 of no image
+    (["--n", "1"], "--n must be from 2 to 20,000 images, got 1"),
+    (["--n", "-1"], "--n must be from 2 to 20,000 images, got -1"),  # numpy's "negative dimensions are not allowed"
+    (["--n", "100000000000"], "--n must be from 2 to 20,000 images, got 100000000000"),  # a MemoryError traceback
+    (["--seed", "-1"], "--seed must be a whole number of at least 0, got -1"),  # numpy's "expected non-negative integer"
+])
+def test_taste_variety_refuses_an_image_count_or_seed_it_cannot_use_before_any_work(flags, expected, capsys, monkeypatch):
+    """Found by the nineteenth review; refused before a model loads or an image is drawn."""
+    from app import taste_variety
+    from seiko_core.toy import dataset
+
+    monkeypatch.setattr(dataset, "generate", lambda *a, **k: pytest.fail("images were drawn"))
+    with pytest.raises(SystemExit) as info:
+        taste_variety.main(["--person", "purple", *flags])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"python -m app.taste_variety: error: {expected}"
+
+
 def test_mixture_variety_refuses_a_round_it_cannot_draw_in_one_sentence():
     from app import taste_variety
 
