@@ -231,8 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.baseline and not args.against:
         p.error("--baseline needs --against (without it, every method is paired with Greedy in the same directory)")
     loaded = _load(args.dirs)
+    if loaded is None:  # one sentence: the control directories are not read too
+        return 1
     control = _load(args.against) if args.against else None
-    if loaded is None or (args.against and control is None):
+    if args.against and control is None:
         return 1
     try:
         if args.at_equal_kl:
@@ -255,12 +257,58 @@ def _load(dirs: list[Path]) -> list[dict] | None:
         except (OSError, ValueError, RecursionError) as exc:  # not UTF-8 or not JSON; RecursionError: nested too deeply
             print(f"error: cannot read {path}: {exc}", file=sys.stderr)
             return None
-        if not isinstance(results, dict) or not {"settings", "pretrained", "runs"} <= results.keys():
-            print(f"error: {path} is not a results.json of seiko_core.simulate (it needs settings, pretrained and runs)",
-                  file=sys.stderr)
+        problem = _problem(results)
+        if problem:
+            print(f"error: {path} is not a results.json of seiko_core.simulate ({problem})", file=sys.stderr)
             return None
         loaded.append(results)
     return loaded
+
+
+def _number(value) -> bool:
+    """Whether ``value`` is a number a difference can be taken of (NaN too: ``stats.wins`` says it; not an int past
+    float's range, whose float() raises OverflowError)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
+
+
+def _problem(results) -> str | None:
+    """Why ``results`` is not a simulator results.json in the parts these tables read, or None. Only the top three
+    keys were checked: `"runs": []`, a run that is a number, settings that are a list, a final reward that is text
+    ended in an AttributeError or TypeError traceback, or in Python's words ("error: 'seed'") (nineteenth review)."""
+    if not isinstance(results, dict) or not {"settings", "pretrained", "runs"} <= results.keys():
+        return "it needs settings, pretrained and runs"
+    settings, pretrained, runs = results["settings"], results["pretrained"], results["runs"]
+    overrides = settings.get("overrides", []) if isinstance(settings, dict) else None
+    if not isinstance(settings, dict) or not isinstance(settings.get("oracle"), str) or not isinstance(overrides, list) \
+            or not all(isinstance(o, str) for o in overrides):
+        return "its settings must be an object naming the oracle, with a list of overrides if any"
+    if pretrained is not None and not (isinstance(pretrained, dict)
+                                       and (pretrained.get("true_reward_std") is None
+                                            or _number(pretrained["true_reward_std"]))):
+        return "its pretrained row must be an object whose true_reward_std is a number"
+    if not isinstance(runs, dict) or not all(isinstance(by_seed, dict) for by_seed in runs.values()):
+        return "its runs must be an object of methods, each an object of seeds"
+    for method, by_seed in runs.items():
+        for seed, run in by_seed.items():
+            where = f"run {str(method)[:40]!r} seed {str(seed)[:40]!r}"
+            if not isinstance(run, dict):
+                return f"{where} is not an object"
+            if run.get("status") != "done":
+                continue  # not read
+            rounds = run.get("rounds")
+            if "seed" not in run or not isinstance(rounds, list) or not rounds or not all(isinstance(r, dict) for r in rounds):
+                return f"{where} is done but has no seed or no list of rounds"
+            last = rounds[-1]
+            if not _number(last.get("true_reward_mean")) or not (last.get("kl_base") is None or _number(last["kl_base"])):
+                key = "true_reward_mean" if not _number(last.get("true_reward_mean")) else "kl_base"
+                return f"{where}: the last round's {key} is {json.dumps(last.get(key))[:40]}, not a number"
+    return None
 
 
 if __name__ == "__main__":

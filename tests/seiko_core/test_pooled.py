@@ -54,6 +54,45 @@ def test_the_command_reads_directories_and_says_what_is_wrong(tmp_path, capsys):
     assert "is not a results.json of seiko_core.simulate" in capsys.readouterr().err
 
 
+def _broken(doc: dict, path: list, value) -> dict:
+    """``doc`` (a copy) with the value at ``path`` replaced."""
+    doc = json.loads(json.dumps(doc))
+    inner = doc
+    for key in path[:-1]:
+        inner = inner[key]
+    inner[path[-1]] = value
+    return doc
+
+
+@pytest.mark.parametrize("path, value, why", [
+    (["runs"], [], "its runs must be an object of methods, each an object of seeds"),
+    (["runs", "greedy"], 5, "its runs must be an object of methods, each an object of seeds"),
+    (["runs", "greedy", "0"], "done", "run 'greedy' seed '0' is not an object"),
+    (["runs", "greedy", "0", "rounds"], 3, "run 'greedy' seed '0' is done but has no seed or no list of rounds"),
+    (["runs", "ts", "1", "rounds", 1, "true_reward_mean"], "high",
+     "run 'ts' seed '1': the last round's true_reward_mean is \"high\", not a number"),
+    (["runs", "ts", "1", "rounds", 1, "true_reward_mean"], None,
+     "run 'ts' seed '1': the last round's true_reward_mean is null, not a number"),
+    (["runs", "ts", "1", "rounds", 1, "true_reward_mean"], 10 ** 400,  # past float's range: OverflowError
+     "run 'ts' seed '1': the last round's true_reward_mean is 1%s, not a number" % ("0" * 39)),
+    (["settings"], [], "its settings must be an object naming the oracle, with a list of overrides if any"),
+    (["settings", "overrides"], [{"a": 1}], "its settings must be an object naming the oracle, with a list of overrides if any"),
+    (["pretrained"], "x", "its pretrained row must be an object whose true_reward_std is a number"),
+    (["pretrained", "true_reward_std"], "x", "its pretrained row must be an object whose true_reward_std is a number"),
+])
+def test_the_command_refuses_a_results_file_of_another_shape_in_one_sentence(tmp_path, capsys, path, value, why):
+    """Found by the nineteenth review: only the top three keys were checked, so each of these ended in an
+    AttributeError, TypeError or OverflowError traceback, or in Python's words ("could not convert string to float")."""
+    good = _results("a", 1.0, {"greedy": {0: 1.0, 1: 1.0}, "ts": {0: 2.0, 1: 0.0}})
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps(_broken(good, path, value)))
+    for flags in ([], ["--at-equal-kl"], ["--against", str(run)]):
+        assert pooled.main([str(run), *flags]) == 1
+        assert capsys.readouterr().err.splitlines() == [
+            f"error: {run / 'results.json'} is not a results.json of seiko_core.simulate ({why})"]
+
+
 def test_a_setting_against_the_same_method_without_it_by_hand():
     plain_a = _results("a", 2.0, {"greedy": {0: 1.0}, "ucb": {0: 1.0, 1: 3.0}, "ucb_cov": {0: 0.0}})
     plain_b = _results("b", 0.5, {"ucb": {0: 2.0, 1: 2.0}})
