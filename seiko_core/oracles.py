@@ -280,6 +280,8 @@ def _choices() -> str:
 
 def _import_file(path_text: str):
     path = Path(path_text).expanduser()
+    if path.is_dir():  # said "does not exist" of a folder that does (found by the nineteenth review)
+        raise OracleError(f"oracle file {path_text!r} is a folder; give the Python file that defines the oracle.")
     if not path.is_file():
         raise OracleError(f"oracle file {path_text!r} does not exist.")
     digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]

@@ -123,6 +123,9 @@ def test_load_user_oracle_from_module():
 def test_user_oracle_errors(tmp_path):
     with pytest.raises(OracleError, match="does not exist"):
         load_oracle(f"{tmp_path}/nope.py:f")
+    (tmp_path / "folder.py").mkdir()  # said "does not exist" (nineteenth review)
+    with pytest.raises(OracleError, match=r"^oracle file '.*folder\.py' is a folder; give the Python file that defines"):
+        load_oracle(f"{tmp_path}/folder.py:f")
     with pytest.raises(OracleError, match="has no attribute 'missing'"):
         load_oracle(f"{FIXTURE}:missing")
     with pytest.raises(OracleError, match=r"is not callable \(got int\)"):
