@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy.exc import DBAPIError
 
 from db import migrate
 from db.models import Base
@@ -54,6 +55,10 @@ def truncate_all(engine: Engine) -> None:
                 connection.execute(table.delete())
 
 
+class DatabaseLeft(RuntimeError):
+    """A temporary database could not be dropped; the message (one sentence) names it."""
+
+
 @contextmanager
 def temporary_postgres_database(url: str) -> Iterator[str]:
     """A new, empty database on the server of ``url``, dropped afterwards; yields its URL."""
@@ -65,7 +70,12 @@ def temporary_postgres_database(url: str) -> Iterator[str]:
         try:
             yield make_url(url).set(database=name).render_as_string(hide_password=False)
         finally:
-            with admin.connect() as connection:
-                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            try:
+                with admin.connect() as connection:
+                    connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            except DBAPIError as exc:
+                raise DatabaseLeft(f"the temporary database {name} could not be dropped ("
+                                   f"{str(exc.orig or exc).strip().splitlines()[0]}); drop it with "
+                                   f'DROP DATABASE "{name}"') from exc
     finally:
         admin.dispose()

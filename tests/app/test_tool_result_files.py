@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sqlalchemy import text
 
 REAL_WRITE_TEXT = Path.write_text
 
@@ -319,13 +320,56 @@ def test_raters_check_leaves_the_database_its_url_names_untouched(db_url, db_fac
     if db_url.startswith("sqlite"):
         assert code == 2 and seen == []
         assert capsys.readouterr().err.splitlines() == [
-            "error: --db-url must name a PostgreSQL server (postgresql+psycopg://...), not sqlite; without it the "
-            "check uses a SQLite file of its own"]
+            "error: --db-url must name a PostgreSQL server through psycopg (postgresql+psycopg://...), not sqlite; "
+            "without it the check uses a SQLite file of its own"]
     else:
+        def made_here():
+            with read_session(db_factory) as s:
+                return s.execute(text("SELECT count(*) FROM pg_database WHERE datname LIKE 'seiko_tmp_%'")).scalar()
+
+        before = made_here()
         assert code == 0 and seen == [[]]  # a database of its own, empty
         capsys.readouterr()
+        assert made_here() == before  # and dropped
+        # a measuring that fails: its own error, the database dropped all the same (read-only review)
+        monkeypatch.setattr(raters_check, "collisions", lambda *args: (_ for _ in ()).throw(RuntimeError("it broke")))
+        with pytest.raises(RuntimeError, match="it broke"):
+            raters_check.main(["--db-url", db_url, "--trials", "1", "--repeat", "1"])
+        assert made_here() == before
     with read_session(db_factory) as s:
         assert [e.name for e in repo.list_experiments(session=s)] == ["precious"]
+
+
+def test_raters_check_refuses_a_url_it_cannot_use_without_echoing_it_and_says_a_database_it_left(monkeypatch, capsys):
+    """Read-only review of the nineteenth review's raters_check: a port that is not a number (ValueError) and a driver
+    that is not installed (psycopg2, asyncpg) were tracebacks, and a URL that did not parse was echoed with its
+    password; a temporary database that could not be dropped was a traceback in place of the measured result."""
+    import contextlib
+
+    from app.tools import raters_check
+    from db import testing as dbt
+
+    for url in ("postgresql+psycopg://u:hunter2@h:54x/d", "postgresql+psycopg:/seiko:hunter2@db/seiko"):
+        assert raters_check.main(["--db-url", url, "--trials", "1"]) == 2
+        assert capsys.readouterr().err.splitlines() == [
+            "error: --db-url (scheme 'postgresql+psycopg') is not a database URL"]
+    for url in ("postgresql+psycopg2://u@h/d", "postgresql+asyncpg://u@h/d"):
+        assert raters_check.main(["--db-url", url, "--trials", "1"]) == 2
+        assert "must name a PostgreSQL server through psycopg" in capsys.readouterr().err
+
+    @contextlib.contextmanager
+    def undroppable(url):
+        yield "postgresql+psycopg://u@h/seiko_tmp_x"
+        raise dbt.DatabaseLeft('the temporary database seiko_tmp_x could not be dropped (gone); drop it with '
+                               'DROP DATABASE "seiko_tmp_x"')
+
+    monkeypatch.setattr(dbt, "temporary_postgres_database", undroppable)
+    monkeypatch.setattr(raters_check, "_measure", lambda args, tmp, url: {"collisions": [{"errors": []}], "url": url})
+    assert raters_check.main(["--db-url", "postgresql+psycopg://u@h/d", "--trials", "1"]) == 0
+    out = capsys.readouterr()
+    assert '"url": "postgresql+psycopg://u@h/seiko_tmp_x"' in out.out  # the result, printed
+    assert out.err.splitlines() == ['warning: the temporary database seiko_tmp_x could not be dropped (gone); drop it '
+                                    'with DROP DATABASE "seiko_tmp_x"']
 
 
 def test_walkthrough_keeps_the_earlier_walkthrough_json_whole(tmp_path, monkeypatch, capsys):
