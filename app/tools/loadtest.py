@@ -215,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
             "ratings_per_s": round(len(submit) / (t1 - t0), 1),
             "acknowledged": len(acked), "stored": len(rows), "lost": len(lost), "duplicated": duplicated,
             "stored_without_ack": len(unexpected), "errors": errors[:10], "n_errors": len(errors),
+            # sign-ins the server answered "try again" (503: it checks a few at a time; 429) before each rater got in
+            "sign_in_tries_refused": sum(r["sign_in_refused"] for r in raters),
         })
         if trainer is not None:
             results["worker_busy_fraction"] = round(trainer.busy_fraction(t0, t1), 2)

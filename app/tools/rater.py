@@ -5,6 +5,12 @@
 Signs in, writes ``OUT.ready``, waits for START_FILE, then loops ``next_batch`` / ``submit_rating`` until N
 ratings are acknowledged, timing each call around the client (what a client waits for), and writes the
 timings and the acknowledged ratings to OUT as JSON. Imports nothing of the app: a rater is only a client.
+
+The sign-in is this module's own (``sign_in``), for both clients: the server checks a few sign-ins at a time and
+answers the others 503 "try again in a few seconds" (and its throttle 429), with Retry-After, and 20 raters
+signing in at once get that answer; a rater tries again after the wait, as the login page tells a person to, up
+to ``SIGN_IN_PATIENCE_S``. gradio_client's own sign-in tried once and said only "Could not login" (status 1 of
+all 20 raters past the fourth, found by the nineteenth review); a refusal now says the server's answer.
 """
 
 from __future__ import annotations
@@ -16,6 +22,47 @@ import sys
 import time
 from typing import Any
 
+SIGN_IN_PATIENCE_S = 120.0  # how long a rater keeps trying a sign-in the server answers "try again" (429, 503)
+
+
+class SignInRefused(Exception):
+    """The server did not sign the rater in; the message says its answer."""
+
+
+def sign_in(url: str, name: str, password: str, *, patience_s: float = SIGN_IN_PATIENCE_S) -> tuple[dict[str, str], int]:
+    """Sign in as ``name`` (``POST /login``, the form the login page sends): the session's cookies and how many tries
+    the server answered "try again" first (429 or 503: each tried again after its Retry-After, within ``patience_s``).
+    Any other refusal, or one past the patience, is ``SignInRefused`` with the server's status and sentence."""
+    import httpx
+
+    deadline = time.monotonic() + patience_s
+    refused = 0
+    while True:
+        answer = httpx.post(url.rstrip("/") + "/login", data={"username": name, "password": password}, timeout=120)
+        if answer.is_success:
+            return {k: v for k, v in answer.cookies.items() if v is not None}, refused
+        try:
+            body = answer.json()
+        except ValueError:  # the guard's plain-text refusals (origin, body size)
+            body = None
+        said = body["detail"] if isinstance(body, dict) and "detail" in body else answer.text
+        wait = _retry_after(answer.headers.get("retry-after"))
+        if answer.status_code not in (429, 503) or wait is None or time.monotonic() + wait > deadline:
+            tried = f" (after {refused} such answers in {patience_s:g} s)" if refused else ""
+            raise SignInRefused(f"could not sign in to {url} as {name!r}: the server answered {answer.status_code}: "
+                                f"{str(said).strip()[:300]}{tried}")
+        refused += 1
+        print(f"sign-in as {name!r} answered {answer.status_code}: {said}; trying again in {wait:g} s", flush=True)
+        time.sleep(wait)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds (the server sends whole seconds), or None when absent or not a number."""
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
 
 class RawClient:
     """Gradio's documented HTTP protocol (POST /gradio_api/call/NAME, then its event stream), for comparison
@@ -24,8 +71,8 @@ class RawClient:
     def __init__(self, url: str, name: str, password: str) -> None:
         import httpx
 
-        self.http = httpx.Client(base_url=url, timeout=120)
-        assert self.http.post("/login", data={"username": name, "password": password}).status_code == 200
+        cookies, self.sign_in_refused = sign_in(url, name, password)
+        self.http = httpx.Client(base_url=url, timeout=120, cookies=cookies)
 
     def predict(self, api_name: str, **kwargs: Any) -> Any:
         data = [kwargs["limit"], kwargs["experiment"]] if api_name == "/next_batch" else [kwargs["image_id"], kwargs["score"]]
@@ -46,13 +93,17 @@ class RawClient:
         self.http.close()
 
 
-def connect(url: str, name: str, password: str, mode: str) -> Any:
+def connect(url: str, name: str, password: str, mode: str) -> tuple[Any, int]:
+    """A client of ``mode`` signed in as ``name`` (``sign_in``), and how many sign-in tries were answered "try again"."""
     if mode == "gradio_client":
         from gradio_client import Client
 
-        return Client(url, auth=(name, password), verbose=False)
+        cookies, refused = sign_in(url, name, password)
+        # the session's cookies, as gradio_client's own sign-in would have kept them (it reads them from httpx_kwargs)
+        return Client(url, verbose=False, httpx_kwargs={"cookies": cookies}), refused
     if mode == "raw":
-        return RawClient(url, name, password)
+        client = RawClient(url, name, password)
+        return client, client.sign_in_refused
     raise ValueError(f"unknown client {mode!r}; choose gradio_client or raw")
 
 
@@ -95,14 +146,18 @@ def main(argv: list[str]) -> int:
         print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
         return 2
     url, name, password, rater_id, n, think_ms, start_file, out, mode = argv
-    client = connect(url, name, password, mode)
+    try:
+        client, refused = connect(url, name, password, mode)
+    except SignInRefused as exc:
+        print(f"rater {name}: {exc}", file=sys.stderr)
+        return 1
     try:
         open(out + ".ready", "w").close()
         while not os.path.exists(start_file):
             time.sleep(0.005)
         result = rate(client, int(rater_id), int(n), float(think_ms))
         with open(out, "w") as f:
-            json.dump({"name": name, "rater_id": int(rater_id), **result}, f)
+            json.dump({"name": name, "rater_id": int(rater_id), "sign_in_refused": refused, **result}, f)
     finally:
         client.close()
     return 0

@@ -6,13 +6,16 @@ machine and its other load; RELIABILITY.md records ours)."""
 from __future__ import annotations
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 from sqlalchemy import event
 
-from app import ui_rate
+from app import auth, ui_rate, web_guard
 from app.auth import Who
-from app.tools import harness, loadtest
+from app.tools import harness, loadtest, rater
 from db import repo
 from db.engine import read_session
 from db.models import Image
@@ -42,6 +45,59 @@ def test_a_rating_loads_only_its_own_image_however_large_the_round(plain_lab):
         assert repo.count_images_for_rater(session=s, round_id=round_id, rater_id=rater, kind="query") == len(offered) == 299
         assert repo.count_images_for_rater(session=s, round_id=round_id, rater_id=rater, image_id=ids[150]) == 0
         assert repo.count_images_for_rater(session=s, round_id=round_id, rater_id=rater, image_id=ids[0]) == 1
+
+
+@pytest.mark.parametrize("mode", ["gradio_client", "raw"])
+def test_a_rater_told_the_server_is_busy_signs_in_once_it_has_room(rel_server, monkeypatch, mode):
+    """Found by the nineteenth review: the load test's 20 raters signing in at once failed from the fifth on, "Could
+    not login": the web guard checks a few sign-ins at a time and answers the others 503 with Retry-After (RELIABILITY.md
+    section 10), which gradio_client's sign-in tried once. Here other accounts' sign-ins fill every place (held in the
+    check), so the rater's first answer is that 503; it signs in once they are let go."""
+    world, demo, url = rel_server
+    guard = web_guard.installed(demo.server_app)
+    names = [f"busy-{mode}-{i}" for i in range(guard.max_pending)]
+    for name in names:
+        auth.add_user(world.factory, name=name, role="rater", password=harness.PASSWORD)
+    let_go = threading.Event()
+    check_login = auth.check_login
+
+    def held(factory, username, password):
+        if username in names:
+            let_go.wait(60)
+        return check_login(factory, username, password)
+
+    monkeypatch.setattr(auth, "check_login", held)
+    with ThreadPoolExecutor(len(names) + 1) as pool:
+        try:
+            others = [pool.submit(httpx.post, url + "/login", data={"username": n, "password": harness.PASSWORD},
+                                  timeout=120) for n in names]
+            harness.wait_for("the other sign-ins in every place", lambda: guard.pending == guard.max_pending, 60)
+            busy = guard.stats.logins["busy"]
+            connecting = pool.submit(rater.connect, url, "alice", harness.PASSWORD, mode)
+            harness.wait_for("the rater's sign-in answered busy", lambda: guard.stats.logins["busy"] > busy
+                             or connecting.done(), 60)
+        finally:
+            let_go.set()
+        client, refused = connecting.result(timeout=180)
+    try:
+        assert refused >= 1 and [f.result().status_code for f in others] == [200] * len(names)
+        got = client.predict(limit=10, experiment="ui-exp", api_name="/next_batch")  # answered as alice, signed in
+        assert got["items"] and {item["image_id"] for item in got["items"]} <= set(world.image_ids), got
+    finally:
+        client.close()
+
+
+def test_a_rater_whose_sign_in_is_refused_says_the_servers_answer(rel_server, tmp_path, capsys):
+    """Before: gradio_client's "ValueError: Could not login to URL." and its traceback, the server's answer lost."""
+    _, _, url = rel_server
+    answer = httpx.post(url + "/login", data={"username": "alice", "password": "not her password"})
+    argv = [url, "alice", "not her password", "1", "1", "0", str(tmp_path / "start"), str(tmp_path / "out.json"),
+            "gradio_client"]
+    assert rater.main(argv) == 1
+    said = f"the server answered {answer.status_code}: {answer.json()['detail']}"
+    assert capsys.readouterr().err == f"rater alice: could not sign in to {url} as 'alice': {said}\n"
+    assert said == "the server answered 400: Incorrect credentials."
+    assert not (tmp_path / "out.json.ready").exists()
 
 
 @pytest.mark.slow
