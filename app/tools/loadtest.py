@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                                "think_ms": args.think_ms, "client": args.client, "cpus": os.cpu_count(), "loadavg_before": os.getloadavg(),
                                "top_processes_before": top_processes()}
     harness.log(f"setting up in {root}")
-    model_dir = harness.build_model(root / "model") if not args.no_train else root / "model"
+    model_dir = harness.build_model(root / "model")  # serve refuses a directory that is not a model, --no-train too
     lab = harness.make_lab(root / "lab", model_dir)
     n_images = args.ratings + 20
     _, load_round, image_ids = harness.fake_open_round(lab, "load", n_images, overlap=args.raters, real_pngs=True)

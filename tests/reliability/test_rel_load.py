@@ -100,6 +100,18 @@ def test_a_rater_whose_sign_in_is_refused_says_the_servers_answer(rel_server, tm
     assert not (tmp_path / "out.json.ready").exists()
 
 
+def test_the_quick_look_without_training_runs(tmp_path):
+    """``--no-train`` (the quick look of the tool's help) served an empty model folder, which ``serve`` refuses since
+    it checks its model (found by the nineteenth review): "the server exited with 1 ... not a diffusers model
+    directory". Two raters through the raw client, two ratings each."""
+    out = tmp_path / "load.json"
+    argv = ["--raters", "2", "--ratings", "2", "--no-train", "--client", "raw", "--workdir", str(tmp_path / "w"),
+            "--json", str(out)]
+    assert loadtest.main(argv) == 0
+    results = json.loads(out.read_text())
+    assert results["acknowledged"] == results["stored"] == 4 and results["lost"] == results["duplicated"] == 0
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 def test_twenty_raters_two_hundred_ratings_each_lose_nothing(tmp_path):
