@@ -16,6 +16,7 @@ all 20 raters past the fourth, found by the nineteenth review); a refusal now sa
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import sys
@@ -23,6 +24,7 @@ import time
 from typing import Any
 
 SIGN_IN_PATIENCE_S = 120.0  # how long a rater keeps trying a sign-in the server answers "try again" (429, 503)
+MIN_TRY_S = 0.5  # the shortest wait before a sign-in is tried again, and the shortest bound of one try
 
 
 class SignInRefused(Exception):
@@ -35,10 +37,15 @@ def sign_in(url: str, name: str, password: str, *, patience_s: float = SIGN_IN_P
     Any other refusal, or one past the patience, is ``SignInRefused`` with the server's status and sentence."""
     import httpx
 
-    deadline = time.monotonic() + patience_s
+    began = time.monotonic()
+    deadline = began + patience_s
     refused = 0
     while True:
-        answer = httpx.post(url.rstrip("/") + "/login", data={"username": name, "password": password}, timeout=120)
+        try:  # each try bounded by what is left of the patience (at least MIN_TRY_S), not 120 s more
+            answer = httpx.post(url.rstrip("/") + "/login", data={"username": name, "password": password},
+                                timeout=max(MIN_TRY_S, deadline - time.monotonic()))
+        except httpx.HTTPError as exc:
+            raise SignInRefused(f"could not reach {url} to sign in as {name!r}: {type(exc).__name__}: {exc}") from exc
         if answer.is_success:
             return {k: v for k, v in answer.cookies.items() if v is not None}, refused
         try:
@@ -48,20 +55,27 @@ def sign_in(url: str, name: str, password: str, *, patience_s: float = SIGN_IN_P
         said = body["detail"] if isinstance(body, dict) and "detail" in body else answer.text
         wait = _retry_after(answer.headers.get("retry-after"))
         if answer.status_code not in (429, 503) or wait is None or time.monotonic() + wait > deadline:
-            tried = f" (after {refused} such answers in {patience_s:g} s)" if refused else ""
+            why = ""
+            if answer.status_code in (429, 503):  # why a "try again" was not tried again
+                why = (" (it named no wait)" if wait is None else
+                       f" (its wait of {wait:g} s would end past the rater's patience of {patience_s:g} s)")
+            tried = f"; {refused} such answers before, in {time.monotonic() - began:.0f} s" if refused else ""
             raise SignInRefused(f"could not sign in to {url} as {name!r}: the server answered {answer.status_code}: "
-                                f"{str(said).strip()[:300]}{tried}")
+                                f"{str(said).strip()[:300]}{why}{tried}")
         refused += 1
         print(f"sign-in as {name!r} answered {answer.status_code}: {said}; trying again in {wait:g} s", flush=True)
         time.sleep(wait)
 
 
 def _retry_after(value: str | None) -> float | None:
-    """Retry-After in seconds (the server sends whole seconds), or None when absent or not a number."""
+    """Retry-After in seconds (the server sends whole seconds), at least MIN_TRY_S, or None when absent or not a
+    finite number (0, a negative number or nan were a wait of 0: the sign-in posted again at once for the whole
+    patience; read-only review)."""
     try:
-        return max(0.0, float(value)) if value is not None else None
+        seconds = float(value) if value is not None else None
     except ValueError:
         return None
+    return None if seconds is None or not math.isfinite(seconds) else max(MIN_TRY_S, seconds)
 
 
 class RawClient:

@@ -6,6 +6,7 @@ machine and its other load; RELIABILITY.md records ours)."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -98,6 +99,19 @@ def test_a_rater_whose_sign_in_is_refused_says_the_servers_answer(rel_server, tm
     assert capsys.readouterr().err == f"rater alice: could not sign in to {url} as 'alice': {said}\n"
     assert said == "the server answered 400: Incorrect credentials."
     assert not (tmp_path / "out.json.ready").exists()
+
+
+def test_a_rater_waits_at_least_half_a_second_for_any_retry_after_and_says_a_server_it_cannot_reach():
+    """Read-only review: a Retry-After of 0, below 0 or nan was a wait of 0 (the sign-in posted again at once for the
+    whole patience), and a server that could not be reached was httpx's traceback."""
+    assert [rater._retry_after(v) for v in ("2", "0", "-5", "nan", "inf", "soon", None)] == [2.0, 0.5, 0.5, None, None,
+                                                                                         None, None]
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(rater.SignInRefused, match=rf"^could not reach http://127\.0\.0\.1:{port} to sign in as "
+                                                  r"'alice': ConnectError: "):
+        rater.sign_in(f"http://127.0.0.1:{port}", "alice", "her password")
 
 
 def test_the_quick_look_without_training_runs(tmp_path):
