@@ -47,7 +47,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from app import auth, storage
+from app import auth, services, storage
 from app.tools.harness import (
     PASSWORD,
     Lab,
@@ -220,7 +220,22 @@ def run_phase(lab: Lab, phase: str, kills: int, log_dir: Path, *, timeout: float
         n_workers += 1
         return WorkerProc(lab, f"{tag}-w{n_workers}", log_dir, fault=phase if result.kills < kills else None)
 
+    def record_kill(w: WorkerProc) -> int:
+        """The worker ``w`` died at the fault point: one kill, of its one running job (its first attempt); returns its id."""
+        rc, text = w.proc.returncode, w.tail()
+        point = re.findall(r"killing this worker at '(\w+)'", text)
+        assert rc == -signal.SIGKILL and point, f"worker {w.worker_id} exited with {rc}, not by the injected SIGKILL:\n{text}"
+        interrupted = [j for j in job_rows(lab, eid) if j["status"] == "running" and j["owner"] == w.worker_id]
+        assert len(interrupted) == 1, f"expected one interrupted job, found {interrupted}"
+        job = interrupted[0]
+        assert job["attempts"] == 1, job
+        result.kills += 1
+        by_job[f"{job['kind']}@{point[-1]}"] += 1
+        check_worker_invariants(lab, eid, rated)
+        return job["id"]
+
     worker = start()
+    finished = False
     try:
         while result.kills < kills:
             rate_and_close(lab, eid, rater_ids, rated)
@@ -236,22 +251,25 @@ def run_phase(lab: Lab, phase: str, kills: int, log_dir: Path, *, timeout: float
                 raise AssertionError(f"{exc}\n{worker.tail()}") from None
             if outcome == "idle":
                 continue  # this job type never reaches the point (e.g. finetune in a generate job): next round
-            rc, text = worker.proc.returncode, worker.tail()
-            point = re.findall(r"killing this worker at '(\w+)'", text)
-            assert rc == -signal.SIGKILL and point, f"worker {worker.worker_id} exited with {rc}, not by the injected SIGKILL:\n{text}"
-            interrupted = [j for j in job_rows(lab, eid) if j["status"] == "running" and j["owner"] == worker.worker_id]
-            assert len(interrupted) == 1, f"expected one interrupted job, found {interrupted}"
-            job = interrupted[0]
-            assert job["attempts"] == 1, job
-            result.kills += 1
-            by_job[f"{job['kind']}@{point[-1]}"] += 1
-            check_worker_invariants(lab, eid, rated)
+            pending = [record_kill(worker)]
             worker = start()
-            try:
-                wait_for(f"{phase}: job {job['id']} re-run to done",
-                         lambda jid=job["id"]: any(j["id"] == jid and j["status"] == "done" for j in job_rows(lab, eid)), timeout)
-            except AssertionError as exc:
-                raise AssertionError(f"{exc}\n{worker.tail()}") from None
+            # Every interrupted job is re-run to done. The restarted worker still injects faults until the last kill, and
+            # it may claim another job first (a generate or train job goes before an eval job whose lease expired) and die
+            # at the same point: that is one more kill, its job re-run too.
+            while True:
+                def rerun_or_died(w: WorkerProc = worker, ids: tuple[int, ...] = tuple(pending)) -> str | None:
+                    if set(ids) <= {j["id"] for j in job_rows(lab, eid) if j["status"] == "done"}:
+                        return "re-run"
+                    return None if w.alive() else "died"
+
+                try:
+                    outcome = wait_for(f"{phase}: job(s) {pending} re-run to done", rerun_or_died, timeout)
+                except AssertionError as exc:
+                    raise AssertionError(f"{exc}\n{worker.tail()}") from None
+                if outcome == "re-run":
+                    break
+                pending.append(record_kill(worker))
+                worker = start()
             check_worker_invariants(lab, eid, rated, live_worker=worker.worker_id)
         try:
             wait_for(f"{phase}: an idle queue", lambda: all(j["status"] == "done" for j in job_rows(lab, eid)), timeout)
@@ -266,9 +284,14 @@ def run_phase(lab: Lab, phase: str, kills: int, log_dir: Path, *, timeout: float
         assert on_disk == paths, f"adapter directories {sorted(on_disk - paths)} were never published"
         result.rounds_published = n_rounds - 1
         result.ratings_checked = len(rated)
+        finished = True
     finally:
         if worker.alive():
             worker.kill()
+        if not finished:
+            # a failed phase leaves jobs behind, some at their first attempt: paused, so that the next phase's worker
+            # does not claim them, die at its fault point in this experiment's job and find none of its own interrupted
+            services.set_paused(factory=lab.factory, experiment_id=eid, paused=True)
         result.kills_by_job = dict(by_job)
         result.seconds = round(time.monotonic() - t0, 1)
     for path in log_dir.glob(f"{tag}-w*.log"):

@@ -2,6 +2,8 @@
 
 - The worker SIGKILLs itself (SEIKO_FAULT_PHASE) inside the publishing transaction of a generate job (the write
   lock held, rows written, no commit); restarted, it re-runs the job to exactly one published result.
+- The worker dies at 'claim' three times: every job it was killed in is re-run to done, also one whose re-run
+  waited behind another job the restarted worker was killed in first; a phase that fails leaves no job behind.
 - The web server is SIGKILLed in the middle of a burst of ratings sent through gradio_client; every rating the
   clients got an answer for is in the database, nothing twice.
 - The disk fills up while the round-2 adapter is saved: the job fails cleanly, round 1 still verifies and loads,
@@ -12,10 +14,14 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import timedelta
 
 import pytest
 
 from app.tools import fault_matrix
+from db import jobs as job_queue
+from db.engine import write_session
+from db.models import utcnow
 
 
 def test_worker_killed_inside_the_publishing_transaction_publishes_exactly_once(lab, tmp_path):
@@ -24,6 +30,31 @@ def test_worker_killed_inside_the_publishing_transaction_publishes_exactly_once(
     result = fault_matrix.run_phase(lab, "publish", kills=1, log_dir=logs)
     print(result)
     assert result.kills == 1 and result.kills_by_job == {"generate@publish": 1}, result
+
+
+def test_worker_killed_at_claim_three_times_reruns_every_interrupted_job(lab, tmp_path):
+    """Kill 2 usually leaves round 0's eval job interrupted as the round is closed; the restarted worker (faults still
+    on) then claims the train job first (a job a person waits for goes before an eval job) and dies at claim too. Both
+    jobs must be re-run to done: the matrix waited for the eval job alone, with no worker left to run it."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    result = fault_matrix.run_phase(lab, "claim", kills=3, log_dir=logs, timeout=240)
+    print(result)
+    assert result.kills == 3 == sum(result.kills_by_job.values()), result
+    assert result.rounds_published >= 1, result
+
+
+def test_a_failed_phase_leaves_no_job_for_the_next_phases_worker(lab, tmp_path):
+    """A phase that fails (here: a wait cut short) leaves its experiment's jobs unfinished. The next phase's worker
+    claimed them, died at its own fault point in one of them and found none of its own experiment's jobs interrupted
+    ("expected one interrupted job, found []"): every later phase failed with the first."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    with pytest.raises(AssertionError, match="timed out"):
+        fault_matrix.run_phase(lab, "finetune", kills=1, log_dir=logs, timeout=0.5)
+    with write_session(lab.factory) as s:  # an hour on: any lease the killed worker held has expired
+        left = job_queue.claim_job(session=s, worker_id="next-phase", lease_s=30, now=utcnow() + timedelta(hours=1))
+    assert left is None, f"job {left.id} ({left.kind}) of the failed phase is claimable"
 
 
 def test_server_killed_during_a_burst_of_ratings_loses_nothing_acknowledged(lab, tmp_path):
