@@ -322,10 +322,13 @@ class BurstRater:
     failure: str | None = None
 
     def run(self, url: str, stop: threading.Event, timeout: float = 60) -> None:
-        from gradio_client import Client
+        from app.tools import rater
 
         try:
-            client = Client(url, auth=(self.name, PASSWORD), verbose=False)
+            # the rater tool's sign-in: a 503 of the guard's sign-in cap (4 checked at once) is tried again after its
+            # Retry-After; gradio_client's own sign-in gave up at once ("Could not login"), failing the server trials
+            # against a healthy server (nineteenth review)
+            client, _ = rater.connect(url, self.name, PASSWORD, "gradio_client")
         except Exception as exc:  # the server died before this rater signed in: nothing was attempted
             self.failure = f"sign-in: {type(exc).__name__}: {exc}"
             return

@@ -58,9 +58,12 @@ def test_a_failed_phase_leaves_no_job_for_the_next_phases_worker(lab, tmp_path):
 
 
 def test_server_killed_during_a_burst_of_ratings_loses_nothing_acknowledged(lab, tmp_path):
+    """Six raters, the matrix's own number: more than the 4 sign-ins the guard checks at once, so some are answered
+    503 "try again" and must sign in after its Retry-After (with 3, the matrix's server trials failed unseen since 30 Nov:
+    gradio_client's sign-in gave up at the 503; nineteenth review)."""
     logs = tmp_path / "logs"
     logs.mkdir()
-    result = fault_matrix.run_server_kills(lab, trials=1, log_dir=logs, n_raters=3, n_images=60, seed=1)
+    result = fault_matrix.run_server_kills(lab, trials=1, log_dir=logs, n_raters=6, n_images=60, seed=1)
     print(result)
     assert result.trials == 1 and result.acknowledged > 0
     assert result.interrupted_calls >= 0 and result.stored_not_acknowledged <= 3  # at most one call in flight per rater
