@@ -858,6 +858,10 @@ def test_an_event_read_as_an_admins_before_a_demotion_but_sent_after_a_refused_o
     carol.set_role("rater")
     page.evaluate(f"window.__send({earlier[0]})")
     carol.toasts().first.wait_for(timeout=60_000)  # refused, told
+    deadline = time.monotonic() + 30
+    while not carol.refusals:  # the response listener reads the refusal's body after the page has shown it
+        assert time.monotonic() < deadline, carol.joins
+        page.wait_for_timeout(100)
     assert carol.refusals == [carol.SENTENCE], carol.refusals
     assert page.evaluate(ui_assets.NOT_ADMIN_KNOWN) is True
     page.evaluate("window.__holdSends = false; window.__release()")
