@@ -353,18 +353,19 @@ def _queue_refusal_send(send: Send) -> Send:
     no other 503 there, nor does the guard (its refusals of an event are 400-429), so a 503 on this route, answered in
     this process and not by a proxy, is one that did not run: the page sends it again (STREAMS_JS)."""
 
-    return _status_header_send(send, 503, ui_assets.NOT_RUN_HEADER, b"1")
+    return _status_header_send(send, 503, {ui_assets.NOT_RUN_HEADER: b"1"})
 
 
-def _status_header_send(send: Send, status: int, header: str, value: bytes) -> Send:
-    """``send`` with ``header: value`` on an answer of ``status`` (in place of one of that name); any other answer
-    passes as it is."""
-    name = header.lower().encode()
+def _status_header_send(send: Send, status: int, said: dict[str, bytes]) -> Send:
+    """``send`` with each ``header: value`` of ``said`` on an answer of ``status`` (in place of any of that name); any
+    other answer passes as it is."""
+    added = [(header.lower().encode(), value) for header, value in said.items()]
+    names = {name for name, _ in added}
 
     async def wrapped(message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start" and message.get("status") == status:
-            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != name]
-            message = {**message, "headers": [*headers, (name, value)]}
+            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() not in names]
+            message = {**message, "headers": [*headers, *added]}
         await send(message)
 
     return wrapped
@@ -410,8 +411,8 @@ def _admin_said_send(send: Send, role_version: int) -> Send:
     tab's own events (its timer, a pick's refills) back at their page's next event, not only at the tab's select
     (the tab already selected, they had to click away and back; seventeenth review, 7 Dec 2026). With it
     ``ui_assets.ROLE_VERSION_HEADER``: ``role_version``, read with the role (the page keeps the newest one's role)."""
-    said = _status_header_send(send, 200, ui_assets.ROLE_VERSION_HEADER, str(role_version).encode())
-    return _status_header_send(said, 200, ui_assets.NOT_ADMIN_HEADER, b"0")
+    return _status_header_send(send, 200, {ui_assets.ROLE_VERSION_HEADER: str(role_version).encode(),
+                                           ui_assets.NOT_ADMIN_HEADER: b"0"})
 
 
 def _page_script_send(send: Send) -> Send:
@@ -761,7 +762,7 @@ class WebGuard:
             if signed_in is not None and (refused := self._event_refusal(path, method, parsed, signed_in)) is not None:
                 why, status, not_admin = refused  # said to the page when the account is not an admin (NOT_ADMIN_HEADER)
                 await self._refuse(scope, receive, send, why, status,
-                                   not_admin=signed_in.role_version if not_admin else None)
+                                   not_admin_version=signed_in.role_version if not_admin else None)
                 return
             event = gradio_routes.event_of(path, method)
             if event is not None and user is None:
@@ -1054,7 +1055,7 @@ class WebGuard:
         return JSONResponse({"detail": {"error": "Not authenticated", "auth_message": message}}, status_code=401)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, why: str, status: int, *,
-                      not_run: bool = False, not_admin: int | None = None) -> None:
+                      not_run: bool = False, not_admin_version: int | None = None) -> None:
         """Answer with ``why`` (one sentence): as the body with ``status`` over HTTP, as the close reason (1008) of a
         websocket. On the page's own event route (``gradio_routes.is_page_join``), whatever refused the request, the
         body is ``{"detail": why}`` (JSON): the page's Gradio client reads every answer there as JSON and shows
@@ -1064,14 +1065,14 @@ class WebGuard:
         hash: the route now decides, not each refusal). Elsewhere (``POST /call/{api}``, curl's and scripts' route)
         the sentence is plain text. ``not_run``: the request was refused before it reached the app, so nothing it asked
         was done: the answer says so (``ui_assets.NOT_RUN_HEADER``), and the page sends the event again later.
-        ``not_admin``: an admin's event refused to an account that is not an admin, the account's role version (read
+        ``not_admin_version``: an admin's event refused to an account that is not an admin, its role version (read
         with the role) given; the answer says so (``ui_assets.NOT_ADMIN_HEADER``, and the version as
         ``ui_assets.ROLE_VERSION_HEADER``), and the page sends the Admin tab's events it fires by itself no more."""
         self.stats.refused += 1
         headers = {name: "1" for name, said in ((ui_assets.NOT_RUN_HEADER, not_run),
-                                                  (ui_assets.NOT_ADMIN_HEADER, not_admin is not None)) if said}
-        if not_admin is not None:
-            headers[ui_assets.ROLE_VERSION_HEADER] = str(not_admin)
+                                                  (ui_assets.NOT_ADMIN_HEADER, not_admin_version is not None)) if said}
+        if not_admin_version is not None:
+            headers[ui_assets.ROLE_VERSION_HEADER] = str(not_admin_version)
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008, "reason": why[:120]})
         elif gradio_routes.is_page_join(get_route_path(scope)):

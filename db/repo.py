@@ -1695,7 +1695,6 @@ def set_rater_role(*, session: Session, rater_id: int, role: str) -> Rater:
         rater.role_version = Rater.role_version + 1
         session.flush()
         session.refresh(rater, ["role_version"])  # the count the UPDATE wrote, readable once the session is closed
-    session.flush()
     return rater
 
 
