@@ -11,6 +11,7 @@ exports, publishing a round, accounts. Add new functions to the matching section
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
@@ -1227,11 +1228,29 @@ def can_still_rate(experiment_id: Any = None) -> Any:
     and auto-close never fired (found by review). With ``experiment_id``: and the rater may rate that experiment
     (``may_rate_experiment``): a round of an experiment limited to two accounts wanted ratings from every account,
     so it never completed either (found with migration 0015)."""
+    if experiment_id is None:
+        return _can_still_rate_any()
+    if type(experiment_id) is int:  # every caller's case: the same clause object again (a clause is never changed)
+        return _can_still_rate_of(experiment_id)
+    return and_(_can_still_rate_any(), may_rate_experiment(experiment_id))
+
+
+# Building these clauses (an aliased Rater and four subqueries) took about 2 ms a call, twice in every rating's answer
+# (its progress), more than the database's work on them: the load test of 7 Dec 2026 (RELIABILITY.md section 2). A
+# SQLAlchemy clause is immutable and may be used in any number of statements, so each is built once.
+@functools.cache
+def _can_still_rate_any() -> Any:
     other = aliased(Rater)
-    clause = and_(Rater.disabled_at.is_(None),
-                  or_(Rater.password_hash != LOCAL_ADMIN_HASH,
-                      ~select(other.id).where(other.password_hash != LOCAL_ADMIN_HASH).exists()))
-    return clause if experiment_id is None else and_(clause, may_rate_experiment(experiment_id))
+    return and_(Rater.disabled_at.is_(None),
+                or_(Rater.password_hash != LOCAL_ADMIN_HASH,
+                    ~select(other.id).where(other.password_hash != LOCAL_ADMIN_HASH).exists()))
+
+
+@functools.lru_cache(maxsize=1024)
+def _can_still_rate_of(experiment_id: int) -> Any:
+    return and_(_can_still_rate_any(), may_rate_experiment(experiment_id))
+
+
 
 
 def may_rate_experiment(experiment_id: Any) -> Any:
@@ -1316,21 +1335,17 @@ def round_progress(*, session: Session, round_id: int, rater_id: int | None = No
         .group_by(Image.id)
         .subquery()
     )
-    capped = case((per_image.c.n > overlap, overlap), else_=per_image.c.n)
-    total, rated, complete, ratings, labels = session.execute(
-        select(
-            func.count(per_image.c.image_id),
-            func.count(per_image.c.image_id).filter(per_image.c.n > 0),
-            func.count(per_image.c.image_id).filter(per_image.c.n >= overlap),
-            func.coalesce(func.sum(per_image.c.n), 0),
-            func.coalesce(func.sum(capped), 0),
-        )
-    ).one()
+    # one query for the image's counts, summed here: the sums were a second query over the same subquery, run as well
+    # whenever the wanted labels are counted (every open round's progress; each rating's answer reads one)
+    counts = {image: int(n) for image, n in session.execute(select(per_image.c.image_id, per_image.c.n)).all()}
+    total, ratings = len(counts), sum(counts.values())
+    rated = sum(1 for n in counts.values() if n > 0)
+    complete = sum(1 for n in counts.values() if n >= overlap)
+    labels = sum(min(n, overlap) for n in counts.values())  # each image's ratings up to the overlap
     budget = round_budget(experiment.budgets, round_.index)
     wanted = recorded_wanted(round_, kind)  # a closed round: what it wanted when it closed
     if wanted is None:
-        wanted = _labels_wanted(session, round_id, kind, overlap, dict(session.execute(
-            select(per_image.c.image_id, per_image.c.n)).all()))
+        wanted = _labels_wanted(session, round_id, kind, overlap, counts)
     progress = RoundProgress(
         round_id=round_.id,
         index=round_.index,

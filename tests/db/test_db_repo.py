@@ -6,9 +6,10 @@ from sqlalchemy import func, select
 
 from db import checks, repo
 from db import jobs as job_queue
+from db import members as db_members
 from db.engine import read_session, write_session
 from db.errors import Conflict, InvalidInput, NotFound
-from db.models import Rating, Skip
+from db.models import Rater, Rating, Skip, utcnow
 from tests.db.conftest import race_with_open_transaction
 
 
@@ -787,3 +788,49 @@ def test_two_experiments_of_one_name_created_at_once_are_a_conflict(db_factory, 
 
     result = race_with_open_transaction(db_factory, create, create)
     assert result == "an experiment named 'dup' already exists"
+
+
+def test_round_progress_counts_match_a_count_of_the_rating_rows(db_factory, make_world):
+    """round_progress sums each image's ratings in Python from one query (7 Dec 2026: the sums were a second query):
+    every figure is checked against a count of the Rating rows written here, with overlap 2 and images rated 0-3 times."""
+    world = make_world(n_images=6, n_raters=4, overlap=2)
+    plan = {0: [], 1: [0], 2: [0, 1], 3: [0, 1, 2], 4: [3], 5: [1, 2, 3]}  # image index -> raters (indexes) who rate it
+    with write_session(db_factory) as s:
+        for image, raters in plan.items():
+            for r in raters:
+                repo.add_rating(session=s, image_id=world.image_ids[image], rater_id=world.rater_ids[r], score=3 + r)
+    with read_session(db_factory) as s:
+        per_image = dict.fromkeys(world.image_ids, 0)
+        for (image_id,) in s.execute(select(Rating.image_id)):
+            per_image[image_id] += 1
+        progress = repo.round_progress(session=s, round_id=world.round_id)
+    assert progress.total_images == len(per_image) == 6
+    assert progress.rated_images == sum(1 for n in per_image.values() if n > 0) == 5
+    assert progress.complete_images == sum(1 for n in per_image.values() if n >= 2) == 3
+    assert progress.ratings == sum(per_image.values()) == 10
+    assert progress.labels == sum(min(n, 2) for n in per_image.values()) == 8
+    assert progress.labels_wanted == 12  # 6 images x overlap 2, nobody skipped, 4 accounts can rate
+
+
+def test_accounts_that_can_rate_an_experiment_are_read_when_asked(db_factory, make_world):
+    """can_still_rate's clause is built once per experiment id and kept (7 Dec 2026): it must still read who may rate
+    at each query, as the experiment is limited, opened again and an account disabled, and give another experiment
+    with its own raters its own count."""
+    world = make_world(n_images=1, n_raters=3)
+    other = make_world(n_images=1, n_raters=2, name="other")
+
+    def enabled(experiment_id):
+        with read_session(db_factory) as s:
+            return repo.enabled_accounts(s, experiment_id)
+
+    everyone = enabled(world.experiment_id)
+    assert everyone == 5  # the two worlds' five accounts, none limited
+    with write_session(db_factory) as s:
+        db_members.set_raters(session=s, experiment_id=world.experiment_id, rater_ids=world.rater_ids[:1])
+    assert enabled(world.experiment_id) == 1
+    assert enabled(other.experiment_id) == 5
+    with write_session(db_factory) as s:
+        db_members.set_raters(session=s, experiment_id=world.experiment_id, rater_ids=None)
+        s.get(Rater, world.rater_ids[2]).disabled_at = utcnow()
+    assert enabled(world.experiment_id) == 4
+    assert enabled(other.experiment_id) == 4
