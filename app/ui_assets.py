@@ -1355,56 +1355,148 @@ STREAMS_JS = r"""
 # tests/app/test_e2e_sessions.py checks it).
 LOGIN_NO_SENTENCE = "The server refused the sign-in ({status})."
 LOGIN_UNREACHABLE = "The server cannot be reached; try again in a moment."
+# Twentieth review (7 Dec 2026): a classroom signing in at once (20 people behind one address pressing the button in
+# the same second) found the guard's room for sign-ins full (RELIABILITY.md section 10: at most 4 checked at a time,
+# the rest 503 with Retry-After); the page said the server's sentence and about 16 of the 20 pressed again, some
+# several times. Now a 503 of this server (the guard's, with Retry-After; app.net_limits' cap on connections in all,
+# with NOT_RUN_HEADER and LOGIN_BUSY_DEFAULT_S) is tried again by the page itself: the same POST /login, the same form
+# body, after the answer's Retry-After kept within LOGIN_BUSY_WAIT_S and stretched by a random part of itself (up to
+# twice it), so that the pages refused together come back spread out, not in the same instant. The paragraph says the
+# server's sentence and the seconds left (LOGIN_RETRYING); after LOGIN_BUSY_TRIES more tries, or once the next wait
+# would end past LOGIN_BUSY_TOTAL_S from the first, it says the server's sentence with LOGIN_GAVE_UP and the button is
+# the person's, as before. Not tried again: a 429 (an address or account locked after failed passwords, or an account
+# signed in too often: waiting out minutes of lock behind the person's back, and the person may rather fix the name),
+# a 400 or 403 (what was sent, or where from: sending it again cannot change the answer), a 503 with neither header
+# (a proxy's page for a server that is down: the server says nothing of when), and a sign-in that got no answer (it
+# may have arrived and signed in; a server that is down for a restart takes longer than a few tries, and a page may
+# lose its answer as the person goes away): those are said as before. One sign-in at a time from a page: pressing the
+# button (or Enter) while the page's sign-in is sent or waits to be tried again sends nothing of its own; what it sent
+# is what the page's next try sends (the boxes as the person pressed them last), and the press is answered as the
+# sign-in under way is (a wait: its sentence at once; one sent: its answer).
+LOGIN_BUSY_TRIES = 6
+LOGIN_BUSY_WAIT_S = (1, 15)  # the Retry-After used: at least, at most (then up to twice it, at random)
+LOGIN_BUSY_DEFAULT_S = 2  # a 503 of net_limits (no Retry-After): as the guard's own Retry-After
+LOGIN_BUSY_TOTAL_S = 60
+LOGIN_RETRYING = "This page tries again by itself in {s} s."
+LOGIN_RETRYING_NOW = "This page is trying again now."
+LOGIN_GAVE_UP = "This page tried {n} times; press Login to try again."
 
 LOGIN_JS = r"""
 (() => {
   if (window.__seikoLogin) return;
   window.__seikoLogin = true;
-  const NO_SENTENCE = __NO_SENTENCE__, UNREACHABLE = __UNREACHABLE__;
+  const NO_SENTENCE = __NO_SENTENCE__, UNREACHABLE = __UNREACHABLE__, TRIES = __TRIES__, WAIT_S = __WAIT_S__,
+        DEFAULT_S = __DEFAULT_S__, TOTAL_MS = 1000 * __TOTAL_S__, RETRYING = __RETRYING__,
+        RETRYING_NOW = __RETRYING_NOW__, GAVE_UP = __GAVE_UP__, NOT_RUN = __NOT_RUN__;
   const pageFetch = window.fetch.bind(window);
   let sentence = '', watching = false;
+  let signIn = null;  // the page's sign-in while it is sent or waits to be tried again (one at a time)
   const show = () => {
     for (const p of document.querySelectorAll('p.creds')) if (p.textContent !== sentence) p.textContent = sentence;
   };
+  const boxes = () => [...document.querySelectorAll('input')];
+  const typedIn = (box, value) => {
+    box.value = value;
+    box.dispatchEvent(new Event('input', { bubbles: true }));  // the component's own value follows the box
+  };
   // the boxes' text, put back once the component has emptied them for the 400 below (its updates run as microtasks)
   const keepBoxes = () => {
-    const typed = [...document.querySelectorAll('input')].filter((box) => box.value).map((box) => [box, box.value]);
+    const typed = boxes().filter((box) => box.value).map((box) => [box, box.value]);
     setTimeout(() => {
-      for (const [box, value] of typed) {
-        if (!box.isConnected || box.value) continue;
-        box.value = value;
-        box.dispatchEvent(new Event('input', { bubbles: true }));  // the component's own value follows the box
-      }
+      for (const [box, value] of typed) if (box.isConnected && !box.value) typedIn(box, value);
     });
   };
-  const refused = (text, keep) => {
-    if (keep) keepBoxes();
+  const say = (text) => {
     sentence = text;
     if (!watching) {  // Gradio adds its paragraph (and its text) once the component reads the 400 below
       watching = true;
       new MutationObserver(show).observe(document.body, { childList: true, subtree: true, characterData: true });
     }
     show();
+  };
+  const refused = (text, keep) => {
+    if (keep) keepBoxes();
+    say(text);
     return new Response(JSON.stringify({ detail: text }), {
       status: 400, headers: { 'Content-Type': 'application/json' } });
   };
+  // ms to wait before a refusal is sent again, or 0: not sent again (a 503 of this server only)
+  const busyWait = (response) => {
+    if (response.status !== 503) return 0;
+    const after = (response.headers.get('retry-after') || '').trim();
+    const s = /^[0-9]{1,9}$/.test(after) ? Number(after) : response.headers.get(NOT_RUN) === '1' ? DEFAULT_S : null;
+    if (s === null) return 0;
+    return 1000 * Math.min(WAIT_S[1], Math.max(WAIT_S[0], s)) * (1 + Math.random());
+  };
+  // one try of the sign-in: {response} (signed in), {wait, text} (tried again after wait ms) or {text, status}
+  const tried = async (at) => {
+    let response;
+    at.sent += 1;
+    try {
+      response = await pageFetch(at.request.clone());
+    } catch (e) {  // no answer at all: said, where the component showed nothing
+      console.warn('sign-in not answered:', e);
+      return { text: UNREACHABLE, status: 0 };
+    }
+    if (response.status < 400) return { response };
+    // JSON's detail or a plain-text refusal (the guard's origin, size and header checks answer plain text); an
+    // answer with neither (a proxy's error page) says the status
+    const text = window.__seikoStreams.sentenceOf(response, await response.text(), NO_SENTENCE);
+    const ms = busyWait(response);
+    if (ms && at.sent <= TRIES && Date.now() + ms <= at.deadline) return { wait: ms, text };
+    return { text: ms && at.sent > 1 ? `${text} ${GAVE_UP.replace('{n}', at.sent)}` : text, status: response.status };
+  };
+  // the sign-in's next try; a wait it is given starts here, an end lets the next sign-in go
+  const next = async (at) => {
+    let outcome;
+    try {
+      at.answer = tried(at);
+      outcome = await at.answer;
+    } finally {  // an answer that could not be read ends it too: the next press is sent
+      at.answer = null;
+      if (signIn === at && !(outcome && outcome.wait)) signIn = null;
+    }
+    if (outcome.wait) waited(at, outcome);
+    return outcome;
+  };
+  // what the component is answered: the sign-in's own 2xx (it reloads the page), else a 400 with the sentence
+  const answerOf = (outcome, own) => {
+    if (outcome.response) return own ? outcome.response : new Response('{"success": true}', { status: 200 });
+    if (outcome.wait) return refused(sentence, true);
+    return refused(outcome.text, outcome.status !== 400);  // the stock page empties the boxes for a 400 only
+  };
+  // the countdown, then the same POST again, the component no longer waiting on it: the page does what it would do
+  function waited(at, { wait, text }) {
+    const until = Date.now() + wait;
+    const tick = () => {
+      const left = until - Date.now();
+      if (left > 0) {
+        say(`${text} ${RETRYING.replace('{s}', Math.ceil(left / 1000))}`);
+        setTimeout(tick, Math.min(left, 250));
+        return;
+      }
+      say(`${text} ${RETRYING_NOW}`);
+      next(at).then((outcome) => {
+        if (outcome.response) { location.reload(); return; }  // signed in: as the component does for its 200
+        if (outcome.wait) return;
+        say(outcome.text);
+        if (outcome.status === 400) for (const box of boxes()) if (box.value) typedIn(box, '');
+      }, (e) => { console.warn('sign-in not tried again:', e); say(UNREACHABLE); });
+    };
+    tick();
+  }
   window.fetch = async function (input, init) {
     const { url, method } = window.__seikoStreams.targetOf(input, init);
     if (method !== 'POST' || url.origin !== window.location.origin || !/\/login\/?$/.test(url.pathname)) {
       return pageFetch(input, init);
     }
-    let response;
-    try {
-      response = await pageFetch(input, init);
-    } catch (e) {  // no answer at all: said, where the component showed nothing
-      console.warn('sign-in not answered:', e);
-      return refused(UNREACHABLE, true);
+    const request = new Request(input, init);
+    if (signIn) {  // one under way: this press is what it sends next; answered as that one is
+      signIn.request = request;
+      return answerOf(signIn.answer ? await signIn.answer : { wait: 1 }, false);
     }
-    if (response.status < 400) return response;  // a sign-in: Gradio's component reloads the page
-    // JSON's detail or a plain-text refusal (the guard's origin, size and header checks answer plain text); an
-    // answer with neither (a proxy's error page) says the status
-    const text = window.__seikoStreams.sentenceOf(response, await response.text(), NO_SENTENCE);
-    return refused(text, response.status !== 400);
+    const at = signIn = { request, sent: 0, deadline: Date.now() + TOTAL_MS, answer: null };
+    return answerOf(await next(at), true);
   };
 })();
 """
@@ -1412,7 +1504,12 @@ LOGIN_JS = r"""
 
 def login_head() -> str:
     """LOGIN_JS as a ``<script>`` (web_guard puts it in the page's head after STREAMS_JS)."""
-    return f"<script>{_filled(LOGIN_JS, {'__NO_SENTENCE__': LOGIN_NO_SENTENCE, '__UNREACHABLE__': LOGIN_UNREACHABLE})}</script>"
+    values = {"__NO_SENTENCE__": LOGIN_NO_SENTENCE, "__UNREACHABLE__": LOGIN_UNREACHABLE,
+              "__TRIES__": LOGIN_BUSY_TRIES, "__WAIT_S__": list(LOGIN_BUSY_WAIT_S),
+              "__DEFAULT_S__": LOGIN_BUSY_DEFAULT_S, "__TOTAL_S__": LOGIN_BUSY_TOTAL_S,
+              "__RETRYING__": LOGIN_RETRYING, "__RETRYING_NOW__": LOGIN_RETRYING_NOW, "__GAVE_UP__": LOGIN_GAVE_UP,
+              "__NOT_RUN__": NOT_RUN_HEADER}
+    return f"<script>{_filled(LOGIN_JS, values)}</script>"
 
 
 def streams_head() -> str:

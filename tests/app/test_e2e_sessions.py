@@ -157,6 +157,29 @@ def test_an_admin_who_sets_their_own_password_on_the_admin_tab_is_sent_to_the_si
     assert "root" in page.locator("#signed-in").inner_text()
 
 
+def sign_ins_in_flight(page) -> list[int]:
+    """How many sign-ins (POST /login) of ``page`` were in flight as each one left (1: one at a time), as the browser
+    saw them go and end."""
+    counts: list[int] = []
+    sending: set = set()
+
+    def is_sign_in(request) -> bool:
+        return request.method == "POST" and re.search(r"/login/?$", request.url.split("?")[0]) is not None
+
+    def went(request) -> None:
+        if is_sign_in(request):
+            sending.add(request)
+            counts.append(len(sending))
+
+    def ended(request) -> None:
+        sending.discard(request)
+
+    page.on("request", went)
+    page.on("requestfinished", ended)
+    page.on("requestfailed", ended)
+    return counts
+
+
 def test_the_login_page_shows_the_servers_sentence_for_a_refused_sign_in(ui_world, e2e, monkeypatch):
     """Eighteenth review (7 Dec 2026): Gradio's login page reads only the status of its sign-in: a 400 showed its own
     "Incorrect Credentials" whatever the answer's ``detail`` said (a password changed while it was checked), and any
@@ -164,17 +187,22 @@ def test_the_login_page_shows_the_servers_sentence_for_a_refused_sign_in(ui_worl
     answer gives it; a wrong password still sees the one sentence a wrong name sees.
     Nineteenth review (7 Dec 2026): the sentence's 400 made Gradio's component empty the boxes for every refusal, a
     busy server's 503 and the throttle's 429 too, where nothing typed was wrong. Now only a 400 empties them, as the
-    stock page does; after any other refusal the boxes keep what was typed, and pressing the button again sends it."""
-    from app import web_guard
+    stock page does; after any other refusal the boxes keep what was typed, and pressing the button again sends it.
+    Twentieth review (7 Dec 2026): a busy server's 503 is tried again by the page itself (a bounded number of times,
+    then the sentence and the button are the person's; pressing it during the wait sends nothing of its own); a 429,
+    a 400 and a 403 are not tried again."""
+    from app import ui_assets, web_guard
     from app.sessions import LoginThrottle, ThrottleRule
 
     demo, browser = e2e(ui_world.services(batch_size=4))
     url = demo.local_url.replace("localhost", "127.0.0.1")
     guard = web_guard.installed(demo.server_app)
-    # the address is locked by its second failed sign-in, for long enough that the third is refused
-    guard.throttle = LoginThrottle(per_ip=ThrottleRule(free=1, base_s=600, max_s=600))
+    # the address is locked by its second failed sign-in, for good (a clock that stands still) and with a lock of 1 s,
+    # so its 429 says Retry-After: 1 (a page that tried a 429 again would send it again within 2 s)
+    guard.throttle = LoginThrottle(per_ip=ThrottleRule(free=1, base_s=1, max_s=1), monotonic=lambda: 0.0)
     page = browser.new_context().new_page()
     errors = watch_errors(page)
+    in_flight = sign_ins_in_flight(page)
     answers: list[tuple[int, str]] = []  # the sign-in's real answers (status, detail), passed on to the page as is
 
     foreign: list[str] = []  # an Origin the sign-in is sent with, as a proxy that rewrites Host but not Origin would
@@ -188,9 +216,9 @@ def test_the_login_page_shows_the_servers_sentence_for_a_refused_sign_in(ui_worl
         answers.append((answer.status, answer.text().strip() if plain else answer.json().get("detail")))
         route.fulfill(response=answer)
 
-    def said(sentence: str) -> None:
+    def said(sentence: str, timeout: int = 30_000) -> None:
         """The login page's paragraph (Gradio's, found by its class) says exactly ``sentence``."""
-        page.locator("p.creds").filter(has_text=sentence).wait_for(timeout=30_000)
+        page.locator("p.creds").filter(has_text=sentence).wait_for(timeout=timeout)
         assert page.locator("p.creds").inner_text().strip() == sentence
 
     page.route(re.compile(r"/login/?$"), passed_on)
@@ -216,12 +244,22 @@ def test_the_login_page_shows_the_servers_sentence_for_a_refused_sign_in(ui_worl
                                " === name && document.querySelector('input[type=password]').value === password",
                                arg=[name, password], timeout=30_000)
 
-    # a server busy with sign-ins: 503 with its sentence, and nothing typed is lost
+    # a server busy with sign-ins: 503 with its sentence; the page says it tries again, and does, by itself (the
+    # person pressing the button during the waits sends nothing more), until its tries are spent: then the sentence
+    # stays and nothing typed is lost
     guard.max_pending = 0
+    before = len(answers)
     status, detail = refused("alice", PASSWORD)
-    guard.max_pending = 4
     assert status == 503 and "many sign-ins at once" in detail, (status, detail)
-    said(detail)
+    page.locator("p.creds").filter(has_text="tries again by itself in").wait_for(timeout=30_000)
+    for _ in range(2):
+        page.get_by_role("button", name="Login").click()
+        page.wait_for_timeout(300)
+    tries = 1 + ui_assets.LOGIN_BUSY_TRIES
+    said(f"{detail} This page tried {tries} times; press Login to try again.", timeout=120_000)
+    guard.max_pending = 4
+    assert answers[before:] == [(503, detail)] * tries, answers[before:]
+    assert max(in_flight) == 1, in_flight
     holds("alice", PASSWORD)
 
     # a wrong password: the server's one sentence for a wrong name or password, on the page; the boxes emptied, as
@@ -251,6 +289,11 @@ def test_the_login_page_shows_the_servers_sentence_for_a_refused_sign_in(ui_worl
     assert status == 429 and detail.startswith("Too many failed sign-ins"), (status, detail)
     said(detail)
     holds("bob", PASSWORD)
+    # not tried again by the page: its Retry-After (1 s) passes, twice over, and the server sees no other sign-in
+    sent = len(answers)
+    page.wait_for_timeout(4_000)
+    assert len(answers) == sent, answers[sent - 1:]
+    said(detail)
 
     # a sign-in from another origin: the guard's plain-text 403, said as it is (not a status, not "try again")
     foreign.append("http://elsewhere.example")
@@ -267,3 +310,61 @@ def test_the_login_page_shows_the_servers_sentence_for_a_refused_sign_in(ui_worl
     page.wait_for_selector("#signed-in", timeout=60_000)
     assert "bob" in page.locator("#signed-in").inner_text()
     assert answers[-1][0] == 200 and not errors, (answers[-1], errors)
+
+
+def test_a_classroom_signing_in_at_once_gets_in_without_pressing_again(ui_world, e2e, monkeypatch):
+    """Twentieth review (7 Dec 2026): a classroom pressing the button in the same second finds the guard's room for
+    sign-ins full; those refused (503, Retry-After) were told to try again and had to press the button again, some
+    several times. Now each page tries again by itself, with the same POST (the same form body), one at a time, and
+    every page ends signed in with no second press. Here the guard has room for 2, and the first sign-in checked is
+    held until every page but those 2 has been refused, so the pages meet a full server whatever the machine's speed."""
+    from app import web_guard
+
+    names = ["alice", "bob", "root", "carol", "dave", "erin"]
+    for name in names[3:]:
+        auth.add_user(ui_world.factory, name=name, role="rater", password=PASSWORD)
+    demo, browser = e2e(ui_world.services(batch_size=4))
+    url = demo.local_url.replace("localhost", "127.0.0.1")
+    guard = web_guard.installed(demo.server_app)
+    guard.max_pending = 2
+    real = auth.check_login
+
+    def held_check(*args, **kwargs):
+        deadline = time.monotonic() + 60
+        while guard.stats.logins["busy"] < len(names) - 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(auth, "check_login", held_check)  # web_guard looks it up on the module at call time
+    forms: list = []  # each sign-in form the server read
+    read_form = guard._form
+
+    async def form_read(*args, **kwargs):
+        form = await read_form(*args, **kwargs)
+        forms.append(form)
+        return form
+
+    guard._form = form_read
+    pages, errors, in_flight = [], [], {}
+    for name in names:
+        page = browser.new_context().new_page()
+        errors.append(watch_errors(page))
+        in_flight[name] = sign_ins_in_flight(page)
+        page.goto(url)
+        page.wait_for_selector("input[type=password]", timeout=60_000)
+        page.locator("input:not([type=password])").first.fill(name)
+        page.locator("input[type=password]").fill(PASSWORD)
+        pages.append(page)
+    for page in pages:  # one press each, as close together as the browser allows
+        page.get_by_role("button", name="Login").click()
+    for name, page in zip(names, pages):
+        page.wait_for_selector("#signed-in", timeout=120_000)
+        assert name in page.locator("#signed-in").inner_text()
+    assert guard.stats.logins["busy"] >= len(names) - 2, guard.stats.logins
+    assert guard.stats.logins["ok"] == len(names), guard.stats.logins
+    # each try is the POST the component sent: the page's own name and password, one at a time from each page
+    assert all(dict(form) == {"username": form["username"], "password": PASSWORD} for form in forms), forms
+    assert sorted(form["username"] for form in forms) == sorted(name for name in names for _ in in_flight[name])
+    assert all(max(in_flight[name]) == 1 for name in names), in_flight
+    assert len(forms) > len(names)  # some were tried again
+    assert not any(errors), errors
