@@ -192,18 +192,36 @@ def build_parser() -> argparse.ArgumentParser:
 def _source(src: Path, scale: str, to: str) -> tuple[dict, list[str]]:
     import json
 
-    from .simulate import ADAPTERS, RESULTS, SimulationError, finished_runs
+    from .pooled import _number as pooled_number
+    from .pooled import _problem
+    from .simulate import ADAPTERS, RESULTS
 
     path = src / RESULTS
     if not path.is_file():
         raise KLMatchError(f"{str(src)!r} has no {RESULTS}; give a seiko_core.simulate --out directory")
     try:
         results = json.loads(path.read_text())
-        seeds_scale = {str(r["seed"]) for r in finished_runs(results, scale)}
-        seeds_to = {str(r["seed"]) for r in finished_runs(results, to)}
-    except (ValueError, KeyError, TypeError, RecursionError, SimulationError) as exc:  # RecursionError: nested JSON
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested JSON
         raise KLMatchError(f"{str(path)!r} could not be read as simulator results ({exc})") from exc
-    seeds = sorted(seeds_scale & seeds_to, key=int)
+    # `"runs": []` ended in an AttributeError traceback, a seed key that is not a whole number in int()'s ValueError
+    # (twentieth review): the shape pooled checks, then each finished run's key its own seed, a whole number
+    problem = _problem(results)
+    if problem is not None:
+        raise KLMatchError(f"{str(path)!r} is not simulator results: {problem}")
+    done = {}
+    for method in (scale, to):
+        done[method] = set()
+        for key, run in results["runs"].get(method, {}).items():
+            if run.get("status") != "done":
+                continue
+            if not (key.isdecimal() and key.isascii() and str(run["seed"]) == key):
+                raise KLMatchError(f"{str(path)!r} is not simulator results: run {method!r} seed {key[:40]!r} is not "
+                                   "keyed by its own seed, a whole number")
+            if not pooled_number(run["rounds"][-1].get("kl_base")):
+                raise KLMatchError(f"{str(path)!r} has no kl_base for {method} seed {key}; klmatch needs each final "
+                                   "model's KL to the pretrained one")
+            done[method].add(key)
+    seeds = sorted(done[scale] & done[to], key=int)
     if not seeds:
         raise KLMatchError(f"{str(src)!r} has no seed finished by both {scale!r} and {to!r}")
     missing = [s for s in seeds if not (src / ADAPTERS / f"{scale}_seed{s}").is_dir()]

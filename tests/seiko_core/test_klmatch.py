@@ -323,3 +323,26 @@ def test_klmatch_refuses_a_thread_count_below_one_in_one_sentence(kept_run, tmp_
     assert exit_.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith(f"error: --threads must be at least 1, got {threads}")
     assert not (tmp_path / "m").exists()
+
+
+def _run(seed, kl=0.5):
+    return {"seed": seed, "status": "done", "rounds": [{"round": 1, "labels": 4, "true_reward_mean": 0.1, "kl_base": kl}]}
+
+
+@pytest.mark.parametrize("runs, said", [
+    ([], "its runs must be an object of methods, each an object of seeds"),
+    ({"greedy": {"x": _run("x")}, "bootstrap": {"x": _run("x")}}, "run 'greedy' seed 'x' is not keyed by its own seed"),
+    ({"greedy": {"0": _run(0)}, "bootstrap": {"0": _run(0, kl=None)}}, "has no kl_base for bootstrap seed 0"),
+])
+def test_klmatch_refuses_results_it_cannot_read_in_one_sentence(tmp_path, capsys, runs, said):
+    """Found by the twentieth review: `"runs": []` ended klmatch in an AttributeError traceback, a seed key that is not
+    a whole number in int()'s ValueError, a final kl_base of null in float()'s TypeError; each is one sentence, status
+    2, before any model loads, and the source file is left as it was."""
+    src = tmp_path / "src"
+    src.mkdir()
+    text = json.dumps({"settings": {"oracle": "purple"}, "pretrained": None, "runs": runs})
+    (src / "results.json").write_text(text)
+    assert klmatch.main([str(src), "--scale", "greedy", "--to", "bootstrap", "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and said in err
+    assert (src / "results.json").read_text() == text
