@@ -147,6 +147,8 @@ class BenchConfig:
         if not self.overrides:
             return config
         from seiko_core.config import check_prompts, check_round_limits, check_round_trajectories, check_runnable
+        from seiko_core.models import scheduler_config
+        from seiko_core.sampling import check_steps
         from seiko_core.simulate import SimulationError, apply_overrides
 
         try:
@@ -155,6 +157,9 @@ class BenchConfig:
             check_prompts(cfg)
             check_runnable(cfg)  # prompts=[] is a valid config, but the worker's first round has nothing to sample
             check_round_trajectories(cfg)  # the worker's trajectory seeds: under a million a round
+            scheduler = scheduler_config(self.model)  # --set sampling.steps=2000 failed in round 0 (twentieth review)
+            if scheduler is not None:
+                check_steps(cfg.sampling.steps, scheduler)
             return to_dict(cfg)
         except (SimulationError, ValueError, TypeError) as exc:
             raise BenchError(str(exc)) from exc

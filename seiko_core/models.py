@@ -217,6 +217,30 @@ def check_model_configs(name: str, local: bool) -> None:
     _check_local_configs(snapshot)
 
 
+def scheduler_config(spec: str) -> dict | None:
+    """The scheduler config of model ``spec`` (a local diffusers directory or a hub id in the local cache), for a check
+    before the model loads (``seiko_core.sampling.check_steps``); None where it cannot be read here (a spec that does
+    not resolve, a hub id not cached, a missing or broken file): the model's load then says what is wrong."""
+    try:
+        name, local = resolve_spec(spec)
+    except ModelLoadError:
+        return None
+    if local:
+        path = Path(name) / "scheduler" / "scheduler_config.json"
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(name, "scheduler/scheduler_config.json")
+        if not isinstance(found, str):
+            return None
+        path = Path(found)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def _load_pretrained(loader, name: str, local: bool, what: str, **kwargs):
     from safetensors import SafetensorError
 

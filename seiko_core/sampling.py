@@ -50,6 +50,7 @@ class DDIMSchedule:
                                        f"{list(PREDICTION_TYPES)}")
         if steps < 1:
             raise SchedulerConfigError(f"steps must be at least 1, got {steps}")
+        check_steps(steps, cfg)  # diffusers' own sentence, or an index past the schedule, before (twentieth review)
         ddim = DDIMScheduler.from_config(dict(cfg))  # the stock scheduler's defaults for anything the config omits
         for flag in ("thresholding", "clip_sample"):
             if ddim.config.get(flag, False):
@@ -69,6 +70,42 @@ class DDIMSchedule:
 
     def __len__(self) -> int:
         return len(self.timesteps)
+
+
+def _steps_fit(ddim, steps: int) -> bool:
+    """Whether diffusers' DDIM schedule of ``steps`` steps takes only timesteps the model was trained on."""
+    total = int(ddim.config.num_train_timesteps)
+    try:
+        ddim.set_timesteps(steps)
+    except ValueError:  # more steps than num_train_timesteps: diffusers refuses them
+        return False
+    return 0 <= int(ddim.timesteps.min()) and int(ddim.timesteps.max()) < total
+
+
+def max_steps(scheduler_config) -> int:
+    """The most DDIM steps the scheduler config of a model allows: at most its ``num_train_timesteps`` (diffusers
+    refuses more), fewer where its timestep spacing and ``steps_offset`` would start a finer schedule at a timestep
+    the model was not trained on ("leading" spacing with steps_offset 1, Stable Diffusion's: num_train_timesteps - 1,
+    whose first timestep is num_train_timesteps itself at that many steps)."""
+    from diffusers import DDIMScheduler
+
+    ddim = DDIMScheduler.from_config(dict(scheduler_config))
+    return next((n for n in range(int(ddim.config.num_train_timesteps), 0, -1) if _steps_fit(ddim, n)), 0)
+
+
+def check_steps(steps: int, scheduler_config) -> None:
+    """``steps`` DDIM steps are ones the scheduler config of a model allows, or SchedulerConfigError with one sentence
+    naming the range (``--set sampling.steps=2000`` was accepted, and round 0 failed in diffusers' own words)."""
+    from diffusers import DDIMScheduler
+
+    ddim = DDIMScheduler.from_config(dict(scheduler_config))
+    if steps >= 1 and _steps_fit(ddim, steps):
+        return
+    total, most = int(ddim.config.num_train_timesteps), max_steps(scheduler_config)
+    why = "" if most == total else (f", and its {ddim.config.timestep_spacing} timestep spacing with steps_offset "
+                                    f"{ddim.config.steps_offset} would start a finer schedule past the last")
+    raise SchedulerConfigError(f"sampling.steps must be from 1 to {most} for this model (its scheduler was trained on "
+                               f"{total} timesteps{why}), got {steps}")
 
 
 def to_eps(model_out: torch.Tensor, x_t: torch.Tensor, alpha: torch.Tensor, prediction_type: str) -> torch.Tensor:

@@ -973,6 +973,7 @@ def campaign_setup(args, parts, oracle, methods, budgets):
     """The base config (preset by model size, the budgets, ``--set`` overrides), each method's config, the eval set,
     the feedback noise sigma and the settings that results.json records and resumes on; SimulationError when bad."""
     from .presets import preset
+    from .sampling import check_steps
 
     try:
         base = preset(args.preset or ("shapes" if parts.sample_size <= 32 else "sd15"))
@@ -985,6 +986,7 @@ def campaign_setup(args, parts, oracle, methods, budgets):
         check_runnable(base)  # e.g. --set prompts=[]: a valid config with nothing to sample
         check_round_limits(base)  # e.g. --set finetune.epochs=1e9: per round, before method_config scales Non-adaptive
         check_prompts(base)
+        check_steps(base.sampling.steps, parts.scheduler.config)  # e.g. --set sampling.steps=2000 (twentieth review)
         cfgs = {m: method_config(base, m, args) for m in methods}
         for cfg in cfgs.values():  # as each trains: Non-adaptive's one round has K times the epochs
             check_round_trajectories(cfg)

@@ -1138,6 +1138,25 @@ def test_check_overrides_refuses_a_round_of_a_million_trajectories(tmp_path):
                                      "round's trajectory seeds have room for fewer than 1,000,000")
 
 
+def test_check_overrides_refuses_more_steps_than_the_models_scheduler_allows(tmp_path):
+    """Found by the twentieth review: `--set sampling.steps=2000` was taken, and round 0 failed in diffusers' own
+    words. The shapes model's scheduler (1,000 timesteps, leading spacing, steps_offset 1) allows 999: at the most is
+    taken, one more is one sentence naming the range, before anything starts."""
+    from app.experiment_options import ExperimentOptions
+
+    model = str(Path(__file__).resolve().parents[2] / "models" / "shapes-sd")
+
+    def cfg(steps):
+        return bench_taste.BenchConfig(person="purple", rounds=1, budget=4, seeds=(0,), out=tmp_path, model=model,
+                                       options=ExperimentOptions(), overrides=(f"sampling.steps={steps}",))
+
+    cfg(999).check_overrides()
+    for steps in (1000, 2000):
+        with pytest.raises(bench_taste.BenchError, match=rf"^sampling\.steps must be from 1 to 999 for this model "
+                                                         rf"\(its scheduler was trained on 1000 timesteps, .*\), got {steps}$"):
+            cfg(steps).check_overrides()
+
+
 def test_the_report_pairs_the_variety_by_seed_and_leaves_out_a_seed_without_two_liked_images():
     """The variety of two arms, and of the images the person liked, was read as two unpaired means over seeds (found
     by review): the seed-to-seed spread of variety hides in them what pairing shows. Checked against differences

@@ -5,7 +5,15 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from seiko_core.sampling import DDIMSchedule, SchedulerConfigError, ddim_mean, ddim_sigma, sample, to_eps
+from seiko_core.sampling import (
+    DDIMSchedule,
+    SchedulerConfigError,
+    ddim_mean,
+    ddim_sigma,
+    max_steps,
+    sample,
+    to_eps,
+)
 
 
 @pytest.mark.parametrize("eta", [0.0, 1.0])
@@ -47,6 +55,25 @@ def test_unsupported_scheduler_settings_are_refused_with_a_sentence():
     assert float(zero_snr.alphas_cumprod[-1]) == 0.0
     with pytest.raises(SchedulerConfigError, match="reaches zero signal"):
         DDIMSchedule.from_scheduler(zero_snr, 10)
+
+
+@pytest.mark.parametrize("spacing, offset, most", [("leading", 1, 999), ("leading", 0, 1000), ("trailing", 1, 1000),
+                                                   ("linspace", 1, 1000)])
+def test_the_step_count_is_held_to_what_the_models_scheduler_allows(spacing, offset, most):
+    """Found by the twentieth review: 2,000 steps on a scheduler trained on 1,000 timesteps failed in diffusers' own
+    words, and 1,000 with leading spacing and steps_offset 1 (Stable Diffusion's) indexed alpha-bar at timestep 1,000,
+    past the last. The most by hand: leading spacing's first timestep is (steps - 1) * (1000 // steps) + steps_offset,
+    1000 at 1,000 steps with steps_offset 1; the other spacings stay within [0, 999] up to 1,000. At the most, the
+    stock scheduler's own timesteps; one more is one sentence naming the range."""
+    sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                          clip_sample=False, set_alpha_to_one=False, steps_offset=offset, timestep_spacing=spacing)
+    assert max_steps(sched.config) == most
+    ours = DDIMSchedule.from_scheduler(sched, most)
+    sched.set_timesteps(most)
+    assert torch.equal(ours.timesteps, sched.timesteps) and len(ours) == most
+    with pytest.raises(SchedulerConfigError, match=rf"^sampling\.steps must be from 1 to {most} for this model \(its "
+                                                   rf"scheduler was trained on 1000 timesteps.*\), got {most + 1}$"):
+        DDIMSchedule.from_scheduler(sched, most + 1)
 
 
 def test_a_scheduler_config_without_set_alpha_to_one_follows_the_stock_default():

@@ -142,7 +142,8 @@ def test_set_overrides_share_the_forms_per_round_limits():
         args = SimpleNamespace(preset="shapes", set=list(overrides), ucb_form=None, bonus_alpha=None, eval_n=None, kl_n=8,
                                noise_sigma=0.5, model="unused", oracle="purple")
         oracle = SimpleNamespace(default_sigma=0.5, spread=1.0)
-        return simulate.campaign_setup(args, None, oracle, ("greedy", "nonadaptive"), (8, 8))
+        parts = SimpleNamespace(scheduler=SimpleNamespace(config={}))  # DDIM's defaults: 1,000 steps at most
+        return simulate.campaign_setup(args, parts, oracle, ("greedy", "nonadaptive"), (8, 8))
 
     _, cfgs, *_ = setup("finetune.epochs=1000", "finetune.max_seconds=604800", "finetune.kl_weight=1000")
     assert (cfgs["greedy"].finetune.epochs, cfgs["nonadaptive"].finetune.epochs) == (1000, 2000)
@@ -163,7 +164,8 @@ def test_a_round_that_would_reach_a_million_trajectories_is_refused():
         args = SimpleNamespace(preset="sd15", set=list(overrides), ucb_form=None, bonus_alpha=None, eval_n=None, kl_n=8,
                                noise_sigma=0.5, model="unused", oracle="purple")
         oracle = SimpleNamespace(default_sigma=0.5, spread=1.0)
-        return simulate.campaign_setup(args, None, oracle, methods, (8,) * 8)
+        parts = SimpleNamespace(scheduler=SimpleNamespace(config={}))  # DDIM's defaults: 1,000 steps at most
+        return simulate.campaign_setup(args, parts, oracle, methods, (8,) * 8)
 
     with pytest.raises(simulate.SimulationError) as refused:
         setup(("greedy",), "finetune.epochs=1000", "finetune.trajectories_per_epoch=2000")
@@ -494,3 +496,19 @@ def test_published_runs_keep_their_feedback_noise_seeds(random_model_dir, tmp_pa
         for n_rounds in range(1, 8):
             assert [simulate.noise_seed(s, r, n_rounds) for r in range(1, n_rounds + 1)] == \
                 [s * 100 + r + 7 for r in range(1, n_rounds + 1)]
+
+
+def test_set_refuses_more_steps_than_the_models_scheduler_allows(random_model_dir, tmp_path, capsys):
+    """Found by the twentieth review: `--set sampling.steps=2000` was accepted, and the first sampling failed in
+    diffusers' own words. The model's scheduler (the toy build's: 1,000 timesteps, leading spacing, steps_offset 1)
+    allows 999 (seiko_core.sampling.max_steps, checked against the stock scheduler in test_sampling); refused in one
+    sentence before anything is written."""
+    out = tmp_path / "o"
+    assert simulate.main(["--model", str(random_model_dir), "--method", "greedy", "--oracle", "purple", "--out", str(out),
+                          *TINY, "--set", "sampling.steps=2000"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert [x for x in err.splitlines() if x.startswith("error")] == [
+        "error: sampling.steps must be from 1 to 999 for this model (its scheduler was trained on 1000 timesteps, and its "
+        "leading timestep spacing with steps_offset 1 would start a finer schedule past the last), got 2000"]
+    assert not (out / "results.json").exists()
