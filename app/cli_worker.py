@@ -60,13 +60,21 @@ def _niceness(value: str) -> int:
     return number
 
 
+def max_processes() -> int:
+    """The most ``--processes`` this machine takes: its CPU count. Each rank is a process of its own, on a core (gloo)
+    or driving a GPU from one, so more ranks than cores only queue for them; 10**6 was accepted (twentieth review)."""
+    return os.cpu_count() or 1
+
+
 def _processes(value: str) -> int:
+    most = max_processes()
+    said = f"expected a whole number of processes from 1 to {most} (this machine's CPU count), got {value!r}"
     try:
         number = int(value)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected a whole number of processes (1 or more), got {value!r}") from exc
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of processes (1 or more), got {value!r}")
+        raise argparse.ArgumentTypeError(said) from exc
+    if not 1 <= number <= most:
+        raise argparse.ArgumentTypeError(said)
     return number
 
 
@@ -84,7 +92,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nice", type=_niceness, default=DEFAULT_NICE,
                         help=f"CPU priority increment for this process, 0-19 (default {DEFAULT_NICE}: the web app answers first)")
     parser.add_argument("--processes", type=_processes, default=1,
-                        help="train jobs data-parallel over N processes, one per GPU (default 1; see docs/worker.md)")
+                        help="train jobs data-parallel over N processes, one per GPU, at most the CPU count (default 1; see "
+                             "docs/worker.md)")
     add_max_mib_argument(parser, "DATA_DIR")  # a generate job's candidates beyond it: <data dir>/scratch
     parser.add_argument("--group-timeout", type=positive_seconds, default=GROUP_TIMEOUT_S,
                         help="with --processes N: seconds rank 0 waits for every process to join the group before it "
