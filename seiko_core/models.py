@@ -241,6 +241,37 @@ def scheduler_config(spec: str) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
+def _unreadable_weights(directory: Path | None, exc: BaseException) -> str | None:
+    """Which safetensors file of ``directory`` (a model's, or its cached hub snapshot's) a failed load could not read,
+    and safetensors' own reason, when the load failed on one (a SafetensorError in ``exc``'s chain); None otherwise.
+    diffusers said only "Unable to load weights from checkpoint file for ..." of a truncated file, without why, and
+    transformers safetensors' reason without the file (twentieth review). A file the error names comes first."""
+    from safetensors import SafetensorError, safe_open
+
+    cause, seen = exc, set()
+    while cause is not None and not isinstance(cause, SafetensorError) and id(cause) not in seen:
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    if not isinstance(cause, SafetensorError):
+        return None
+    reason = _first_line(cause)
+    broken = []
+    for file in sorted([*directory.glob("*.safetensors"), *directory.glob("*/*.safetensors")]) if directory else []:
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as err:
+            broken.append((str(file) not in str(exc), file, _first_line(err)))
+    if not broken:
+        return f"{_first_line(exc).rstrip('. ')} (safetensors: {reason})"
+    _, file, reason = min(broken)
+    return f"its file {str(file)!r} is not a readable safetensors file ({reason})"
+
+
+def _first_line(exc: BaseException) -> str:
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+
+
 def _load_pretrained(loader, name: str, local: bool, what: str, **kwargs):
     from safetensors import SafetensorError
 
@@ -249,6 +280,7 @@ def _load_pretrained(loader, name: str, local: bool, what: str, **kwargs):
         _check_local_configs(Path(name))
     from huggingface_hub.errors import StrictDataclassError
 
+    snapshot = Path(name) if local else None  # the files loaded: a hub id's cached snapshot, once it is found
     try:
         if not local:
             # a hub id's files are checked like a local directory's before diffusers reads them: its configs (and
@@ -269,6 +301,9 @@ def _load_pretrained(loader, name: str, local: bool, what: str, **kwargs):
     # NotImplementedError: a tensor missing from a component; StrictDataclassError: a config value of the wrong type
     except (OSError, ValueError, TypeError, KeyError, AttributeError, SafetensorError, RuntimeError,
             NotImplementedError, StrictDataclassError) as exc:
+        unreadable = _unreadable_weights(snapshot, exc)  # a cached hub file cut short is there, not "not in the cache"
+        if unreadable is not None:
+            raise ModelLoadError(f"Could not load {what} {name!r}: {unreadable}.") from exc
         if not local and offline:
             raise ModelLoadError(
                 f"{what} {name!r} is a hub id, but the hub is offline (HF_HUB_OFFLINE=1) and it is not in the "

@@ -39,6 +39,30 @@ def test_corrupt_weights_file(random_model_dir, tmp_path):
         load_model(str(bad), device="cpu")
 
 
+@pytest.mark.parametrize("file", ["unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
+                                  "text_encoder/model.safetensors"])
+@pytest.mark.parametrize("keep", [0.5, 20], ids=["half", "into-the-header"])
+def test_a_truncated_weights_file_is_named_with_safetensors_own_reason(random_model_dir, tmp_path, file, keep):
+    """Found by the twentieth review: a weights file cut short (a copy or a download stopped half-way) was "Could not
+    load Model ...: Unable to load weights from checkpoint file for '...'" (diffusers), without why, or safetensors'
+    reason without the file (transformers). One sentence now names the file and gives safetensors' own reason, the
+    one the stock safe_open gives for that file."""
+    import shutil
+
+    from safetensors import SafetensorError, safe_open
+
+    bad = tmp_path / "bad"
+    shutil.copytree(random_model_dir, bad)
+    data = (bad / file).read_bytes()
+    (bad / file).write_bytes(data[:int(len(data) * keep) if keep < 1 else keep])
+    with pytest.raises(SafetensorError) as stock:
+        safe_open(str(bad / file), framework="pt")
+    with pytest.raises(ModelLoadError) as refused:
+        load_model(str(bad), device="cpu")
+    assert str(refused.value) == (f"Could not load Model {str(bad)!r}: its file {str(bad / file)!r} is not a readable "
+                                  f"safetensors file ({str(stock.value).splitlines()[0]}).")
+
+
 def test_random_model_loads_with_its_image_encoder(random_parts):
     assert random_parts.image_encoder is not None
     assert random_parts.image_size == 32
