@@ -54,6 +54,7 @@ from app.tools.harness import (
     ServerProc,
     WorkerProc,
     build_model,
+    check_fresh_workdir,
     create_experiment,
     fake_open_round,
     job_rows,
@@ -586,9 +587,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-trials", type=int, default=10, help="server kills during a rating burst (default 10)")
     parser.add_argument("--disk-trials", type=int, default=3, help="full-disk adapter saves (default 3; needs root for tmpfs)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workdir", type=Path, help="keep everything here (default: a temporary directory, removed)")
+    parser.add_argument("--workdir", type=Path, help="keep everything here, a new or empty folder (default: a temporary "
+                        "directory, removed)")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
+    check_fresh_workdir(parser, args.workdir)
     phases = [p for p in args.phases.split(",") if p]
 
     with contextlib.ExitStack() as stack:

@@ -8,6 +8,7 @@ Also used by tests/reliability. Not imported by the app itself.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import signal
@@ -64,6 +65,22 @@ class Lab:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def check_fresh_workdir(parser: argparse.ArgumentParser, path: Path | None) -> None:
+    """``--workdir`` must be a new or empty folder, as the walkthrough's --data-dir is: one a previous run left its
+    lab, logs and raters' files in was reused silently, this run's results mixed with that run's (twentieth review).
+    Otherwise the parser's one sentence, status 2, before anything is written."""
+    if path is None or not (path.exists() or path.is_symlink()):
+        return
+    if not path.is_dir():
+        parser.error(f"{path} is not a folder; give a fresh --workdir")
+    try:
+        used = any(path.iterdir())
+    except OSError as exc:
+        parser.error(f"{path} cannot be read ({exc.strerror or exc}); give a fresh --workdir")
+    if used:
+        parser.error(f"{path} is not empty; give a fresh --workdir")
 
 
 def build_model(out: Path) -> Path:

@@ -139,9 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--client", choices=("gradio_client", "raw"), default="gradio_client",
                         help="gradio_client (default) or raw HTTP calls of the same API, to separate the client's own overhead")
-    parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--workdir", type=Path, help="keep everything here, a new or empty folder (default: a temporary "
+                        "directory, removed)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    harness.check_fresh_workdir(parser, args.workdir)
 
     tmp = None if args.workdir else tempfile.TemporaryDirectory(prefix="loadtest-")
     root = args.workdir or Path(tmp.name)

@@ -413,3 +413,35 @@ def test_walkthrough_keeps_the_earlier_walkthrough_json_whole(tmp_path, monkeypa
     _a_failed_write_keeps_the_earlier_file(monkeypatch, out, lambda: walkthrough.main(argv))
     assert len(signals) == 1
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("tool", ["loadtest", "fault_matrix"])
+def test_a_work_dir_a_previous_run_left_files_in_is_refused(tmp_path, capsys, monkeypatch, tool):
+    """Found by the twentieth review: `--workdir DIR` with a previous run's files in it was reused silently, this run's
+    lab, logs and raters' files mixed with that run's. A folder that is not empty, or not a folder, is refused in one
+    sentence, status 2 (the walkthrough's --data-dir convention), before anything is written; its files are kept."""
+    import importlib
+
+    from app.tools import harness
+
+    module = importlib.import_module(f"app.tools.{tool}")
+
+    def build_model(out):
+        raise AssertionError(f"the run went on in {out.parent}")
+
+    monkeypatch.setattr(harness, "build_model", build_model)  # loadtest's
+    monkeypatch.setattr(module, "build_model", build_model, raising=False)  # fault_matrix's own name for it
+    main = module.main
+    used = tmp_path / "used"
+    (used / "logs").mkdir(parents=True)
+    (used / "logs" / "server.log").write_text("a previous run")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for workdir, said in ((used, "is not empty"), (afile, "is not a folder")):
+        with pytest.raises(SystemExit) as ended:
+            main(["--workdir", str(workdir), "--json", str(tmp_path / "r.json")])
+        err = capsys.readouterr().err
+        assert ended.value.code == 2 and err.strip().splitlines()[-1].endswith(
+            f"error: {workdir} {said}; give a fresh --workdir")
+    assert sorted(p.relative_to(used).as_posix() for p in used.rglob("*")) == ["logs", "logs/server.log"]
+    assert afile.read_text() == "x" and not (tmp_path / "r.json").exists()
