@@ -334,13 +334,18 @@ def _run(seed, kl=0.5):
     ({"greedy": {"x": _run("x")}, "bootstrap": {"x": _run("x")}}, "run 'greedy' seed 'x' is not keyed by its own seed"),
     ({"greedy": {"0": _run(0)}, "bootstrap": {"0": _run(0, kl=None)}}, "has no kl_base for bootstrap seed 0"),
 ])
-def test_klmatch_refuses_results_it_cannot_read_in_one_sentence(tmp_path, capsys, runs, said):
+def test_klmatch_refuses_results_it_cannot_read_in_one_sentence(random_model_dir, tmp_path, capsys, runs, said):
     """Found by the twentieth review: `"runs": []` ended klmatch in an AttributeError traceback, a seed key that is not
-    a whole number in int()'s ValueError, a final kl_base of null in float()'s TypeError; each is one sentence, status
-    2, before any model loads, and the source file is left as it was."""
+    a whole number in int()'s ValueError, a final kl_base of null in float()'s TypeError (once the model had loaded);
+    each is one sentence, status 2, before any model loads, and the source file is left as it was."""
+    from seiko_core.config import to_dict
+
     src = tmp_path / "src"
-    src.mkdir()
-    text = json.dumps({"settings": {"oracle": "purple"}, "pretrained": None, "runs": runs})
+    for method in ("greedy", "bootstrap"):  # the saved adapters klmatch looks for (empty: nothing gets that far)
+        (src / "adapters" / f"{method}_seed0").mkdir(parents=True)
+    settings = {"oracle": "purple", "model": str(random_model_dir), "config": to_dict(preset("shapes")),
+                "eval": {"prompts": ["a red circle", "a blue square"], "seeds": [0, 1], "kl_n": 1}}
+    text = json.dumps({"settings": settings, "pretrained": None, "runs": runs})
     (src / "results.json").write_text(text)
     assert klmatch.main([str(src), "--scale", "greedy", "--to", "bootstrap", "--out", str(tmp_path / "m")]) == 2
     err = capsys.readouterr().err
