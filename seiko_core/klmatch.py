@@ -217,13 +217,15 @@ def _source(src: Path, scale: str, to: str) -> tuple[dict, list[str]]:
             if not (key.isdecimal() and key.isascii() and str(run["seed"]) == key):
                 raise KLMatchError(f"{str(path)!r} is not simulator results: run {method!r} seed {key[:40]!r} is not "
                                    "keyed by its own seed, a whole number")
-            if not pooled_number(run["rounds"][-1].get("kl_base")):
-                raise KLMatchError(f"{str(path)!r} has no kl_base for {method} seed {key}; klmatch needs each final "
-                                   "model's KL to the pretrained one")
             done[method].add(key)
     seeds = sorted(done[scale] & done[to], key=int)
     if not seeds:
         raise KLMatchError(f"{str(src)!r} has no seed finished by both {scale!r} and {to!r}")
+    for method in (scale, to):  # only the seeds read: a seed one method alone finished is left out, its KL too (review)
+        for key in seeds:
+            if not pooled_number(results["runs"][method][key]["rounds"][-1].get("kl_base")):
+                raise KLMatchError(f"{str(path)!r} has no kl_base for {method} seed {key}; klmatch needs each final "
+                                   "model's KL to the pretrained one")
     missing = [s for s in seeds if not (src / ADAPTERS / f"{scale}_seed{s}").is_dir()]
     if missing:
         raise KLMatchError(f"{str(src)!r} has no saved adapter for {scale} seed(s) {', '.join(missing)}; "

@@ -230,7 +230,10 @@ def scheduler_config(spec: str) -> dict | None:
     else:
         from huggingface_hub import try_to_load_from_cache
 
-        found = try_to_load_from_cache(name, "scheduler/scheduler_config.json")
+        try:
+            found = try_to_load_from_cache(name, "scheduler/scheduler_config.json")
+        except ValueError:  # HFValidationError: not a hub id ("my org/my model"); the load says so in its sentence
+            return None
         if not isinstance(found, str):
             return None
         path = Path(found)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -1155,6 +1156,34 @@ def test_check_overrides_refuses_more_steps_than_the_models_scheduler_allows(tmp
         with pytest.raises(bench_taste.BenchError, match=rf"^sampling\.steps must be from 1 to 999 for this model "
                                                          rf"\(its scheduler was trained on 1000 timesteps, .*\), got {steps}$"):
             cfg(steps).check_overrides()
+
+
+def test_check_overrides_with_a_model_whose_scheduler_config_ddim_cannot_build_is_one_sentence(tmp_path):
+    """Found by review of the step check: a scheduler config with a beta_schedule diffusers does not know made the check
+    raise diffusers' NotImplementedError past bench-taste's refusals (a traceback); a model named by a string that is
+    no hub id was refused by huggingface_hub's validation before the project's own sentence. Now the first is a
+    BenchError with diffusers' sentence, and for the second the check is skipped (the model's load names it)."""
+    import shutil
+
+    from diffusers import DDIMScheduler
+
+    from app.experiment_options import ExperimentOptions
+    from seiko_core.models import scheduler_config
+
+    model = tmp_path / "model"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "models" / "shapes-sd", model)
+    path = model / "scheduler" / "scheduler_config.json"
+    config = json.loads(path.read_text())
+    config["beta_schedule"] = "wobbly"
+    path.write_text(json.dumps(config))
+    with pytest.raises(NotImplementedError) as theirs:
+        DDIMScheduler.from_config(config)
+    bench = bench_taste.BenchConfig(person="purple", rounds=1, budget=4, seeds=(0,), out=tmp_path / "out",
+                                    model=str(model), options=ExperimentOptions(), overrides=("sampling.steps=10",))
+    with pytest.raises(bench_taste.BenchError) as ours:
+        bench.check_overrides()
+    assert str(ours.value) == str(theirs.value)
+    assert scheduler_config("my org/my model") is None
 
 
 def test_the_report_pairs_the_variety_by_seed_and_leaves_out_a_seed_without_two_liked_images():

@@ -351,3 +351,22 @@ def test_klmatch_refuses_results_it_cannot_read_in_one_sentence(random_model_dir
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and said in err
     assert (src / "results.json").read_text() == text
+
+
+def test_klmatch_reads_the_kl_of_the_seeds_both_methods_finished_only(random_model_dir, tmp_path):
+    """Found by review of the twentieth review's checks: a seed one method alone finished, which klmatch never reads,
+    with a null kl_base refused the whole source; now only the seeds both finished are checked (and a null there is
+    still refused)."""
+    from seiko_core.config import to_dict
+
+    src = tmp_path / "src"
+    (src / "adapters" / "greedy_seed0").mkdir(parents=True)
+    settings = {"oracle": "purple", "model": str(random_model_dir), "config": to_dict(preset("shapes")),
+                "eval": {"prompts": ["a red circle", "a blue square"], "seeds": [0, 1], "kl_n": 1}}
+    runs = {"greedy": {"0": _run(0), "1": _run(1, kl=None)}, "bootstrap": {"0": _run(0)}}
+    (src / "results.json").write_text(json.dumps({"settings": settings, "pretrained": None, "runs": runs}))
+    assert klmatch._source(src, "greedy", "bootstrap")[1] == ["0"]
+    runs["bootstrap"]["1"] = _run(1)
+    (src / "results.json").write_text(json.dumps({"settings": settings, "pretrained": None, "runs": runs}))
+    with pytest.raises(klmatch.KLMatchError, match="has no kl_base for greedy seed 1"):
+        klmatch._source(src, "greedy", "bootstrap")
