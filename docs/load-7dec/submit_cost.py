@@ -24,12 +24,25 @@ from app.tools import harness
 
 def main(argv: list[str]) -> None:
     per_rater = int(argv[0]) if argv and argv[0].isdigit() else 40
-    root = Path(tempfile.mkdtemp(prefix="submit-cost-"))
-    lab = harness.make_lab(root / "lab", harness.build_model(root / "model"))
+    with tempfile.TemporaryDirectory(prefix="submit-cost-") as tmp:
+        root = Path(tmp)
+        lab = harness.make_lab(root / "lab", harness.build_model(root / "model"))
+        try:
+            times, profile = _rate_all(lab, per_rater, "--prof" in argv)
+        finally:
+            lab.close()
+    times.sort()
+    print(f"n {len(times)} mean {1000 * statistics.fmean(times):.2f} ms p50 {1000 * times[len(times) // 2]:.2f} "
+          f"p95 {1000 * times[int(len(times) * 0.95)]:.2f}")
+    if profile:
+        pstats.Stats(profile).sort_stats("cumulative").print_stats(r"(app|db)/", 40)
+
+
+def _rate_all(lab, per_rater: int, prof: bool) -> tuple[list[float], cProfile.Profile | None]:
     _, _, ids = harness.fake_open_round(lab, "load", 220, overlap=20, real_pngs=False)
     raters = [Who(auth.add_user(lab.factory, name=f"r{i:02d}", role="rater", password=harness.PASSWORD), f"r{i:02d}",
                   "rater", local=False) for i in range(20)]
-    profile = cProfile.Profile() if "--prof" in argv else None
+    profile = cProfile.Profile() if prof else None
     times = []
     for image_id in ids[:per_rater]:
         for who in raters:
@@ -40,12 +53,7 @@ def main(argv: list[str]) -> None:
             if profile:
                 profile.disable()
             times.append(time.perf_counter() - t0)
-    times.sort()
-    print(f"n {len(times)} mean {1000 * statistics.fmean(times):.2f} ms p50 {1000 * times[len(times) // 2]:.2f} "
-          f"p95 {1000 * times[int(len(times) * 0.95)]:.2f}")
-    if profile:
-        pstats.Stats(profile).sort_stats("cumulative").print_stats(r"(app|db)/", 40)
-    lab.close()
+    return times, profile
 
 
 if __name__ == "__main__":
