@@ -46,7 +46,7 @@ from app import (
 from app.auth import AuthError, Who
 from app.settings import Settings
 from app.storage import UnsafePath
-from app.ui_assets import CSS, EXPERIMENT_PICKER_ID
+from app.ui_assets import CSS
 from db.checks import UNICODE_REFUSAL, findable_id, shown, whole_number
 from db.engine import bound_refusal
 
@@ -297,8 +297,7 @@ def build_demo(services: AppServices) -> gr.Blocks:
 
         with gr.Row(elem_classes="seiko-header", equal_height=True):
             gr.HTML(f"<h1>{TITLE}</h1>", padding=False)
-            experiment_dd = gr.Dropdown(label="Experiment", choices=[], value=None, interactive=True, scale=0, min_width=260,
-                                        elem_id=EXPERIMENT_PICKER_ID)
+            experiment_dd = gr.Dropdown(label="Experiment", choices=[], value=None, interactive=True, scale=0, min_width=260)
         banner = gr.HTML(elem_id="banner")
 
         with gr.Tabs() as tabs:

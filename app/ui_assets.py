@@ -786,9 +786,6 @@ NOT_RUN_HEADER = "x-seiko-not-run"
 # read with the role), and the page keeps the role of the highest version it was told.
 NOT_ADMIN_HEADER = "x-seiko-not-admin"
 ADMIN_TAB_ID = "tab-admin"  # the Admin tab's elem_id (app.ui_admin_tab; STREAMS_JS lifts Gradio's covers in it)
-# the header's Experiment dropdown (app.ui): an output of the Admin tab's Create experiment and of its confirmation's
-# "Yes, do it", so a refusal of either after a demotion covered it too (found by review); STREAMS_JS lifts it there
-EXPERIMENT_PICKER_ID = "experiment-picker"
 ROLE_VERSION_HEADER = "x-seiko-role-version"
 # a JavaScript expression: whether this page was told so (false where STREAMS_JS is not in the page)
 NOT_ADMIN_KNOWN = "Boolean(globalThis.__seikoStreams && globalThis.__seikoStreams.notAdmin)"
@@ -833,7 +830,7 @@ STREAMS_JS = r"""
   const RETRYING = __RETRYING__, GAVE_UP = __GAVE_UP__, RELOAD = __RELOAD__, SIGNED_OUT = __SIGNED_OUT__;
   const NO_SENTENCE = __NO_SENTENCE__, UNREACHABLE = __UNREACHABLE__, ENDED = __ENDED__;
   const NOT_DONE = __NOT_DONE__, NOT_RUN = __NOT_RUN__, NOT_ADMIN = __NOT_ADMIN__, ROLE_VERSION = __ROLE_VERSION__;
-  const ADMIN_TAB = __ADMIN_TAB__, PICKER = __PICKER__;
+  const ADMIN_TAB = __ADMIN_TAB__;
   const SILENT_MS = __SILENT_MS__, SILENT = __SILENT__, LOST = __LOST__;
   const BUDGET_MS = 1000 * WAITS_S.reduce((a, b) => a + b, 0);  // one action's retries, its event's and its stream's
   const realFetch = window.fetch.bind(window);
@@ -1268,16 +1265,14 @@ STREAMS_JS = r"""
   // cover's own clear button is pressed. Once the account is no admin's, the Admin tab's events are refused (those
   // in flight at the demotion, each click of the tab's buttons, each select of the tab) and none is answered, so the
   // tab's outputs (the raters field, the result text) stayed covered, neither readable nor clickable, until the page
-  // was reloaded. While notAdmin, each cover in the Admin tab (ADMIN_TAB) and on the Experiment dropdown (PICKER: an
-  // output of two of the tab's buttons) is lifted as it appears by its clear button, which clears Gradio's status of
-  // that output: the outputs keep what they showed, the sentence stays the toast's, and an admin made one again finds
-  // them as they were.
+  // was reloaded. While notAdmin, each cover in the Admin tab (ADMIN_TAB) is lifted as it appears by its clear
+  // button, which clears Gradio's status of that output: the outputs keep what they showed, the sentence stays the
+  // toast's, and an admin made one again finds them as they were.
   let coverWatch = null;
   function liftAdminCovers() {
     const lift = () => {
       if (!streams.notAdmin) return;
-      const clears = document.querySelectorAll([ADMIN_TAB, PICKER].map(
-        (id) => `#${id} [data-testid=status-tracker] .clear-status button`).join(', '));
+      const clears = document.querySelectorAll(`#${ADMIN_TAB} [data-testid=status-tracker] .clear-status button`);
       for (const clear of clears) clear.click();
     };
     if (!coverWatch) {
@@ -1550,7 +1545,6 @@ def streams_head() -> str:
               "__UNREACHABLE__": STREAM_UNREACHABLE, "__ENDED__": STREAM_ENDED, "__NOT_DONE__": EVENT_NOT_DONE,
               "__NOT_RUN__": NOT_RUN_HEADER, "__NOT_ADMIN__": NOT_ADMIN_HEADER,
               "__ROLE_VERSION__": ROLE_VERSION_HEADER, "__ADMIN_TAB__": ADMIN_TAB_ID,
-              "__PICKER__": EXPERIMENT_PICKER_ID,
               "__SILENT_MS__": 1000 * action_silent_s(), "__SILENT__": STREAM_SILENT,
               "__LOST__": STREAM_LOST}
     return f"<script>{_filled(STREAMS_JS, values)}</script>"
