@@ -19,7 +19,7 @@ from app import members, ui_account, ui_admin, ui_compare, ui_export, ui_options
 from app.auth import Who
 from app.gradio_routes import admin_only
 from app.rater_page import admin_only_layout
-from app.ui_assets import ADMIN_TAB_ID, NOT_ADMIN_KNOWN, QUIET_ADMIN_JS
+from app.ui_assets import NOT_ADMIN_KNOWN, QUIET_ADMIN_JS
 from db.models import EXPORT_FORMATS
 from seiko_core.config import MAX_EPOCHS, MAX_KL_WEIGHT, MAX_SECONDS, METHODS
 from seiko_core.models import public_name
@@ -342,6 +342,7 @@ START_TIMER_JS = "() => ({__type__: 'update', active: true})"
 # (``ui_assets.NOT_ADMIN_KNOWN``), else nothing (a tick that failed otherwise: the timer goes on, as before)
 STOP_TIMER_IF_NOT_ADMIN_JS = (f"() => ({NOT_ADMIN_KNOWN} ? {{__type__: 'update', active: false}} "
                               ": {__type__: 'update'})")
+ADMIN_TAB_ID = "tab-admin"  # the Admin tab's elem_id
 # what a pick's refill of the Admin tab (answered for an admin) sets on the timer: running while the tab is shown
 # (a hidden tab's element has no offsetParent; a pick made on another tab starts nothing), else nothing
 START_TIMER_IF_SHOWN_JS = (f"() => ((document.getElementById('{ADMIN_TAB_ID}') || {{}}).offsetParent "

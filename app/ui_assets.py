@@ -785,7 +785,6 @@ NOT_RUN_HEADER = "x-seiko-not-run"
 # header says the account's role version (ROLE_VERSION_HEADER: ``Rater.role_version``, which each role change counts,
 # read with the role), and the page keeps the role of the highest version it was told.
 NOT_ADMIN_HEADER = "x-seiko-not-admin"
-ADMIN_TAB_ID = "tab-admin"  # the Admin tab's elem_id (app.ui_admin_tab; STREAMS_JS lifts Gradio's covers in it)
 ROLE_VERSION_HEADER = "x-seiko-role-version"
 # a JavaScript expression: whether this page was told so (false where STREAMS_JS is not in the page)
 NOT_ADMIN_KNOWN = "Boolean(globalThis.__seikoStreams && globalThis.__seikoStreams.notAdmin)"
@@ -830,7 +829,6 @@ STREAMS_JS = r"""
   const RETRYING = __RETRYING__, GAVE_UP = __GAVE_UP__, RELOAD = __RELOAD__, SIGNED_OUT = __SIGNED_OUT__;
   const NO_SENTENCE = __NO_SENTENCE__, UNREACHABLE = __UNREACHABLE__, ENDED = __ENDED__;
   const NOT_DONE = __NOT_DONE__, NOT_RUN = __NOT_RUN__, NOT_ADMIN = __NOT_ADMIN__, ROLE_VERSION = __ROLE_VERSION__;
-  const ADMIN_TAB = __ADMIN_TAB__;
   const SILENT_MS = __SILENT_MS__, SILENT = __SILENT__, LOST = __LOST__;
   const BUDGET_MS = 1000 * WAITS_S.reduce((a, b) => a + b, 0);  // one action's retries, its event's and its stream's
   const realFetch = window.fetch.bind(window);
@@ -1260,28 +1258,6 @@ STREAMS_JS = r"""
     return new Response(body, { status: 200, headers: { 'Content-Type': 'text/event-stream' } });
   }
 
-  // Twentieth review, 7 Dec 2026: Gradio ends a failed event with its toast and an "Error" laid over each of the
-  // event's outputs (the output's status tracker), kept until a later event with that output is answered or the
-  // cover's own clear button is pressed. Once the account is no admin's, the Admin tab's events are refused (those
-  // in flight at the demotion, each click of the tab's buttons, each select of the tab) and none is answered, so the
-  // tab's outputs (the raters field, the result text) stayed covered, neither readable nor clickable, until the page
-  // was reloaded. While notAdmin, each cover in the Admin tab (ADMIN_TAB) is lifted as it appears by its clear
-  // button, which clears Gradio's status of that output: the outputs keep what they showed, the sentence stays the
-  // toast's, and an admin made one again finds them as they were.
-  let coverWatch = null;
-  function liftAdminCovers() {
-    const lift = () => {
-      if (!streams.notAdmin) return;
-      const clears = document.querySelectorAll(`#${ADMIN_TAB} [data-testid=status-tracker] .clear-status button`);
-      for (const clear of clears) clear.click();
-    };
-    if (!coverWatch) {
-      coverWatch = new MutationObserver(lift);
-      coverWatch.observe(document.body, { childList: true, subtree: true });
-    }
-    lift();
-  }
-
   // a fetch's {url, method} (LOGIN_JS's too)
   function targetOf(input, init) {
     return { url: new URL(input instanceof Request ? input.url : String(input), window.location.href),
@@ -1337,7 +1313,6 @@ STREAMS_JS = r"""
         && (Number.isNaN(version) || version > roleVersion)) {
       if (!Number.isNaN(version)) roleVersion = version;
       streams.notAdmin = role === '1';  // '0': joined for an admin (web_guard): the Admin tab's own events sent again
-      if (streams.notAdmin) liftAdminCovers();
     }
     if (role === '1' && response.status === 403) {
       // an event that left before the page was told (a pick's four events leave together): refused as the server
@@ -1544,7 +1519,7 @@ def streams_head() -> str:
               "__SIGNED_OUT__": STREAM_SIGNED_OUT, "__NO_SENTENCE__": STREAM_NO_SENTENCE,
               "__UNREACHABLE__": STREAM_UNREACHABLE, "__ENDED__": STREAM_ENDED, "__NOT_DONE__": EVENT_NOT_DONE,
               "__NOT_RUN__": NOT_RUN_HEADER, "__NOT_ADMIN__": NOT_ADMIN_HEADER,
-              "__ROLE_VERSION__": ROLE_VERSION_HEADER, "__ADMIN_TAB__": ADMIN_TAB_ID,
+              "__ROLE_VERSION__": ROLE_VERSION_HEADER,
               "__SILENT_MS__": 1000 * action_silent_s(), "__SILENT__": STREAM_SILENT,
               "__LOST__": STREAM_LOST}
     return f"<script>{_filled(STREAMS_JS, values)}</script>"
