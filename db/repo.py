@@ -1251,8 +1251,6 @@ def _can_still_rate_of(experiment_id: int) -> Any:
     return and_(_can_still_rate_any(), may_rate_experiment(experiment_id))
 
 
-
-
 def may_rate_experiment(experiment_id: Any) -> Any:
     """A where-clause on ``Rater``: the rater may rate the experiment (migration 0015, ``app.members``): an admin,
     any rater of an experiment open to every rater, or one listed for it."""

@@ -50,8 +50,8 @@ class DDIMSchedule:
                                        f"{list(PREDICTION_TYPES)}")
         if steps < 1:
             raise SchedulerConfigError(f"steps must be at least 1, got {steps}")
-        check_steps(steps, cfg)  # diffusers' own sentence, or an index past the schedule, before (twentieth review)
         ddim = DDIMScheduler.from_config(dict(cfg))  # the stock scheduler's defaults for anything the config omits
+        _check_steps(ddim, steps)  # diffusers' own sentence, or an index past the schedule, before (twentieth review)
         for flag in ("thresholding", "clip_sample"):
             if ddim.config.get(flag, False):
                 raise SchedulerConfigError(f"the scheduler config sets {flag}=true (or leaves it to DDIM's default, true), "
@@ -89,7 +89,10 @@ def max_steps(scheduler_config) -> int:
     whose first timestep is num_train_timesteps itself at that many steps)."""
     from diffusers import DDIMScheduler
 
-    ddim = DDIMScheduler.from_config(dict(scheduler_config))
+    return _max_steps(DDIMScheduler.from_config(dict(scheduler_config)))
+
+
+def _max_steps(ddim) -> int:
     return next((n for n in range(int(ddim.config.num_train_timesteps), 0, -1) if _steps_fit(ddim, n)), 0)
 
 
@@ -98,10 +101,14 @@ def check_steps(steps: int, scheduler_config) -> None:
     naming the range (``--set sampling.steps=2000`` was accepted, and round 0 failed in diffusers' own words)."""
     from diffusers import DDIMScheduler
 
-    ddim = DDIMScheduler.from_config(dict(scheduler_config))
+    _check_steps(DDIMScheduler.from_config(dict(scheduler_config)), steps)
+
+
+def _check_steps(ddim, steps: int) -> None:
+    """``check_steps`` on a DDIM scheduler already built from the config (``from_scheduler`` builds one anyway)."""
     if steps >= 1 and _steps_fit(ddim, steps):
         return
-    total, most = int(ddim.config.num_train_timesteps), max_steps(scheduler_config)
+    total, most = int(ddim.config.num_train_timesteps), _max_steps(ddim)
     why = "" if most == total else (f", and its {ddim.config.timestep_spacing} timestep spacing with steps_offset "
                                     f"{ddim.config.steps_offset} would start a finer schedule past the last")
     raise SchedulerConfigError(f"sampling.steps must be from 1 to {most} for this model (its scheduler was trained on "
