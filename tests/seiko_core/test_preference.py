@@ -211,10 +211,23 @@ def test_the_joint_fit_reaches_the_maximum_likelihood_rewards_and_scale(monkeypa
     i, j, o = pairs[:, 0].long(), pairs[:, 1].long(), pairs[:, 2]
     z_fit = (fit.ensemble(x).double() - fit.metrics["y_mean"]) / fit.metrics["y_std"]
     assert fit.metrics["unit"] == UNIT_SCORE and fit.metrics["y_std"] == pytest.approx(float(y.std(correction=0)))
+
+    def neg_log_lik(z, a, w, v) -> float:  # the objective joint_mle minimises, at the rewards z and logit scale a
+        d = a * (z[i] - z[j])
+        return float((w * (z[train_s] - t) ** 2).sum() + (v * (torch.log1p(torch.exp(-d)) + (1 - o) * d)).sum())
+
     for h in range(3):
-        z, a = joint_mle(t, train_s, w_s[:, h].double(), i, j, o, w_p[:, h].double())
+        w, v = w_s[:, h].double(), w_p[:, h].double()
+        z, a = joint_mle(t, train_s, w, i, j, o, v)
         assert 0.2 < a < 2  # an interior maximum (no head here has its scale run off to 0)
-        torch.testing.assert_close(z_fit[:, h], z, rtol=0, atol=0.03)
+        # the fit stops early (patience), so it is at the maximum only up to a small part of the way there: its
+        # likelihood is within 1/1000 of the rise from z = 0, a = 1 to the maximum (measured: 3e-8, 1e-6 and 7e-5
+        # of rises of 3.4, 9.2 and 5.0) ...
+        start, best = neg_log_lik(torch.zeros(5, dtype=torch.float64), 1.0, w, v), neg_log_lik(z, a, w, v)
+        assert neg_log_lik(z_fit[:, h], float(fit.metrics["bt_scale"][h]), w, v) - best < 1e-3 * (start - best)
+        # ... and along the flattest direction of head 2 (a = 0.38) that part of the way moved the rewards by 0.037
+        # on an AMD EPYC (under 0.03 on an Intel Xeon): the rewards are checked to 0.06
+        torch.testing.assert_close(z_fit[:, h], z, rtol=0, atol=0.06)
         assert fit.metrics["bt_scale"][h] == pytest.approx(a, rel=0.02)
         assert float((z[train_s] - t).abs().max()) > 0.05  # a compromise: the scores are not met exactly
 
