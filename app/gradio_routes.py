@@ -238,6 +238,21 @@ def is_admin_only(handler: Any) -> bool:
     return getattr(handler, ADMIN_ONLY_MARK, False) is True
 
 
+def name_admin_outputs(blocks: Any) -> None:
+    """Give each output of an admin's event (its handler marked ``admin_only``) that has no ``elem_id`` one of its own
+    ("seiko-block-<id>"): Gradio 6 puts no id of its own on a component's block, and the page (``ui_assets.STREAMS_JS``)
+    finds the outputs of such an event refused after a demotion by these ids, to lift Gradio's "Error" cover from them.
+    A rater's page holds none of these events (``app.rater_page``); an output it shows as well (the header's Experiment
+    dropdown) has its id there too, which names no part of the Admin tab. Call it inside the ``gr.Blocks`` context,
+    after the last event, so that the page's config has the ids."""
+    for block_fn in blocks.fns.values():
+        if not is_admin_only(block_fn.fn):
+            continue
+        for block in block_fn.outputs:
+            if not getattr(block, "elem_id", None):
+                block.elem_id = f"seiko-block-{block._id}"
+
+
 def is_page_join(path: str) -> bool:
     """Whether ``path`` is ``/queue/join``, the route the page's own Gradio client sends its events to."""
     return path.rstrip("/") == f"{API}/queue/join"

@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app import (
     auth,
+    gradio_routes,
     ui_account,  # every signed-in account's own password (the twelfth review)
     ui_admin,
     ui_admin_tab,
@@ -462,6 +463,7 @@ def build_demo(services: AppServices) -> gr.Blocks:
         # pairwise comparisons (issue 14 item 1): the reads share next_batch's group, the votes the ratings' (as the tab's)
         gr.api(next_pair, api_name="next_pair", concurrency_limit=4, concurrency_id="api_read")
         gr.api(submit_comparison, api_name="submit_comparison", concurrency_limit=4, concurrency_id="rating")
+        gradio_routes.name_admin_outputs(demo)  # the last thing in the Blocks: every event is declared
 
     demo.queue(default_concurrency_limit=PAGE_CONCURRENCY)  # events that set no limit of their own (the page's reads)
     quiet_idle_polling(demo)  # after queue(): it makes a new Queue

@@ -791,14 +791,20 @@ NOT_ADMIN_KNOWN = "Boolean(globalThis.__seikoStreams && globalThis.__seikoStream
 # ``js=`` of an Admin-tab event the page fires by itself (a pick of an experiment, the tab's select, its timer): run
 # in the browser before the event is sent, it passes the inputs on, or, once NOT_ADMIN_KNOWN, throws: Gradio's client
 # then sends nothing and shows nothing (the event's failure listeners run)
-QUIET_ADMIN_JS = ("(...inputs) => { if (" + NOT_ADMIN_KNOWN + ") throw new Error('this account is no longer an "
-                  "admin: not sent'); return inputs; }")
+# Gradio lays its "Error" cover over the outputs of an event whose js= throws, as of one refused: STREAMS_JS lifts the
+# covers of the outputs of every event whose js= says QUIET_NOT_SENT (found in the page's config), for COVER_WATCH_MS
+QUIET_NOT_SENT = "this account is no longer an admin: not sent"
+QUIET_ADMIN_JS = ("(...inputs) => { if (" + NOT_ADMIN_KNOWN + ") { globalThis.__seikoStreams.liftQuietCovers(); "
+                  f"throw new Error('{QUIET_NOT_SENT}'); }} return inputs; }}")
 # The stream of results said nothing for ACTION_SILENT_S (STREAMS_JS ends it; tenth review, 6 Dec 2026):
 STREAM_SILENT = ("The server has not answered this page for {s} s, so the page stopped waiting: your last action may or "
                  "may not have been saved, and your next action shows what was.")
 # The network dropped under the stream of results or an event's POST, and the same server answers again (STREAMS_JS):
 STREAM_LOST = ("The connection to the server was lost: your last action may or may not have been saved, and your next "
                "action shows what was.")
+
+# how long STREAMS_JS watches for Gradio's "Error" covers of a refused admin event's outputs, to lift them
+COVER_WATCH_MS = 10_000
 
 STREAMS_JS = r"""
 (() => {
@@ -829,7 +835,8 @@ STREAMS_JS = r"""
   const RETRYING = __RETRYING__, GAVE_UP = __GAVE_UP__, RELOAD = __RELOAD__, SIGNED_OUT = __SIGNED_OUT__;
   const NO_SENTENCE = __NO_SENTENCE__, UNREACHABLE = __UNREACHABLE__, ENDED = __ENDED__;
   const NOT_DONE = __NOT_DONE__, NOT_RUN = __NOT_RUN__, NOT_ADMIN = __NOT_ADMIN__, ROLE_VERSION = __ROLE_VERSION__;
-  const SILENT_MS = __SILENT_MS__, SILENT = __SILENT__, LOST = __LOST__;
+  const SILENT_MS = __SILENT_MS__, SILENT = __SILENT__, LOST = __LOST__, COVER_WATCH_MS = __COVER_WATCH_MS__;
+  const QUIET = __QUIET__;
   const BUDGET_MS = 1000 * WAITS_S.reduce((a, b) => a + b, 0);  // one action's retries, its event's and its stream's
   const realFetch = window.fetch.bind(window);
   const said = { action: '', event: '', data: '', heartbeat: '' };  // action: GRID_JS's
@@ -875,14 +882,15 @@ STREAMS_JS = r"""
       forget(id);
     }
   }
-  async function actionSeq(request) {  // the page action's number an event carries (Gradio's join: event_data.seq)
-    let body;
+  async function eventBody(request) {  // an event's POST body (Gradio's join), read beside the sending
     try {
-      body = JSON.parse(await request.clone().text());
+      return JSON.parse(await request.clone().text());
     } catch (e) {
       console.warn('an event whose body is not JSON', e);
       return undefined;
     }
+  }
+  function actionSeq(body) {  // the page action's number an event carries (Gradio's join: event_data.seq)
     const seq = body && body.event_data && body.event_data.seq;
     return Number.isInteger(seq) ? seq : undefined;
   }
@@ -1258,6 +1266,51 @@ STREAMS_JS = r"""
     return new Response(body, { status: 200, headers: { 'Content-Type': 'text/event-stream' } });
   }
 
+  // Twentieth review, 7 Dec 2026: Gradio ends a failed event with its toast and an "Error" laid over each of the
+  // event's outputs (the output's status tracker), kept until a later event with that output is answered or the
+  // cover's own clear button is pressed. An admin's event refused because the account is no admin's (NOT_ADMIN) is
+  // never answered again, so its outputs (the Admin tab's raters field and result text, the header's Experiment
+  // dropdown for Create experiment) stayed covered, neither readable nor clickable, until a reload. The covers of
+  // exactly the refused event's outputs (its fn_index's outputs in the page's own config) are lifted by their clear
+  // buttons as they appear, for COVER_WATCH_MS: the outputs keep what they showed and the sentence is the toast's.
+  // Nothing here names a component: a rater's page (app.rater_page) holds nothing of the Admin tab.
+  // Gradio 6 puts no id of its own on a block: the server gives each output of an admin's event an elem_id
+  // (gradio_routes.name_admin_outputs). Events that QUIET_ADMIN_JS did not send (it throws once the page knows) cover
+  // their outputs as well; they are found by their js= (QUIET).
+  function outputsOf(which) {  // the DOM ids (elem_id) of the outputs of the page's events for which which(d)
+    const config = window.gradio_config;
+    if (!config || !Array.isArray(config.dependencies)) return [];
+    const components = new Map((config.components || []).map((c) => [c.id, c]));
+    const ids = new Set();
+    for (const dependency of config.dependencies) {
+      if (!dependency || !which(dependency)) continue;
+      for (const id of dependency.outputs || []) {
+        const props = (components.get(id) || {}).props || {};
+        if (typeof props.elem_id === 'string' && props.elem_id) ids.add(props.elem_id);
+      }
+    }
+    return [...ids];
+  }
+  function liftCovers(body) {  // of a refused event (its POST body: fn_index)
+    const fn = body && body.fn_index;
+    if (Number.isInteger(fn)) liftCoversOf(outputsOf((d) => d.id === fn));
+  }
+  streams.liftQuietCovers = () => liftCoversOf(outputsOf((d) => typeof d.js === 'string' && d.js.includes(QUIET)));
+  function liftCoversOf(ids) {
+    if (!ids.length) return;
+    const lift = () => {
+      for (const id of ids) {
+        const block = document.getElementById(id);
+        if (!block) continue;
+        for (const clear of block.querySelectorAll('[data-testid=status-tracker] .clear-status button')) clear.click();
+      }
+    };
+    const watch = new MutationObserver(lift);
+    watch.observe(document.body, { childList: true, subtree: true, attributes: true, attributeFilter: ['class'] });
+    setTimeout(() => watch.disconnect(), COVER_WATCH_MS);
+    lift();
+  }
+
   // a fetch's {url, method} (LOGIN_JS's too)
   function targetOf(input, init) {
     return { url: new URL(input instanceof Request ? input.url : String(input), window.location.href),
@@ -1280,7 +1333,8 @@ STREAMS_JS = r"""
     // an event starts an action (its deadline); a stream of results has the deadline of the event answered last, the
     // one Gradio's client opened it for (a stream with no event answered before it has a whole one of its own)
     const deadline = stream === 'event' || lastDeadline === null ? Date.now() + BUDGET_MS : lastDeadline;
-    const action = stream === 'event' ? actionSeq(request) : undefined;  // read beside the sending
+    const body = stream === 'event' ? eventBody(request) : undefined;  // read beside the sending
+    const action = body && body.then(actionSeq);
     const sent = stream === 'event' ? ++eventsSent : 0;
     let answer;
     try {
@@ -1315,6 +1369,7 @@ STREAMS_JS = r"""
       streams.notAdmin = role === '1';  // '0': joined for an admin (web_guard): the Admin tab's own events sent again
     }
     if (role === '1' && response.status === 403) {
+      liftCovers(await body);
       // an event that left before the page was told (a pick's four events leave together): refused as the server
       // refused it, but without a sentence, which Gradio's client ends with no toast (an empty list of its inputs'
       // messages); one sent since (the Admin tab selected again, a button) is told with its sentence
@@ -1521,5 +1576,6 @@ def streams_head() -> str:
               "__NOT_RUN__": NOT_RUN_HEADER, "__NOT_ADMIN__": NOT_ADMIN_HEADER,
               "__ROLE_VERSION__": ROLE_VERSION_HEADER,
               "__SILENT_MS__": 1000 * action_silent_s(), "__SILENT__": STREAM_SILENT,
-              "__LOST__": STREAM_LOST}
+              "__LOST__": STREAM_LOST, "__COVER_WATCH_MS__": COVER_WATCH_MS,
+              "__QUIET__": QUIET_NOT_SENT}
     return f"<script>{_filled(STREAMS_JS, values)}</script>"

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app import gradio_routes, rater_page, ui_assets, web_guard
+from app import gradio_routes, rater_page, ui_admin_tab, ui_assets, web_guard
 from db import repo
 from db.engine import read_session
 from tests.app.e2e_support import MARKS, close_toasts, sign_in, watch_errors
@@ -93,6 +93,11 @@ def test_a_raters_config_and_page_have_nothing_of_the_admin_tab_and_an_admins_ha
     for seen in (config, embedded):
         assert set(ADMIN_ELEM_IDS) <= _elem_ids(seen)
         assert admin_events <= {d["api_name"] for d in seen["dependencies"]}
+        # each output of an admin's event has an id the page finds its block by (gradio_routes.name_admin_outputs);
+        # a gr.State has no block (nor an elem_id in the config)
+        elem_id = {c["id"]: c["props"].get("elem_id") for c in seen["components"] if c["type"] != "state"}
+        outputs = {o for d in seen["dependencies"] if d["api_name"] in admin_events for o in d["outputs"] if o in elem_id}
+        assert len(outputs) > 10 and all(elem_id[o] for o in outputs), [o for o in outputs if not elem_id[o]]
         # the admin's is Gradio's own, whole
         assert [d["id"] for d in seen["dependencies"]] == [d["id"] for d in demo.config["dependencies"]]
         assert [c["id"] for c in seen["components"]] == [c["id"] for c in demo.config["components"]]
@@ -890,4 +895,56 @@ def test_an_event_read_as_an_admins_before_a_demotion_but_sent_after_a_refused_o
     page.wait_for_timeout(3_000)  # every answer read, and whatever the page sends after them
     assert page.evaluate(ui_assets.NOT_ADMIN_KNOWN) is True
     assert set(carol.refusals) == {carol.SENTENCE} and carol.shown_refusals() == 1, carol.refusals
+    assert not carol.errors, carol.errors
+
+
+# Gradio's cover of an output of a failed event: its status tracker in the error state ("Error", its clear button)
+ERROR_COVER = "[data-testid=status-tracker]:not(.hide) span.error"
+
+
+@MARKS[0]
+@MARKS[1]
+def test_the_admin_tabs_events_refused_or_not_sent_after_a_demotion_leave_its_outputs_uncovered(ui_world, e2e):
+    """Twentieth review, 7 Dec 2026: Gradio ends a failed event with its toast and an "Error" laid over each of its
+    outputs (the output's status tracker) until an answer of a later event with that output. Once carol was no longer
+    an admin, the Admin tab's events were refused with the sentence (those in flight at the demotion, a click of the
+    tab's buttons) and none answered, so their outputs stayed covered, the raters field among them, until the page
+    was reloaded. In Chromium: carol's page has the Admin tab selected when she is made a
+    rater (a tick refused, told); she picks an experiment and clicks "Set raters" (refused, told again): the sentence
+    is shown, no output of the page is covered, and the raters field still says what it said and takes a click."""
+    carol = DemotedPage(ui_world, e2e, 1.0)
+    page, sentence = carol.page, carol.SENTENCE
+    carol.made_a_rater_on_the_admin_tab()
+    field = page.locator("#experiment-raters").get_by_role("textbox")
+    shown = field.input_value()
+    carol.pick("b-exp")  # its Admin tab's events are not sent
+    page.wait_for_timeout(2_000)
+    close_toasts(page)
+    page.locator("#set-experiment-raters").click()
+    carol.toasts().first.wait_for(timeout=30_000)  # refused, told
+    deadline = time.monotonic() + 30
+    while len(carol.refusals) < 2:  # the response listener reads the refusal after the page has shown it
+        assert time.monotonic() < deadline, carol.joins
+        page.wait_for_timeout(100)
+    page.wait_for_timeout(2_000)  # Gradio has ended the refused event
+    assert page.locator(ERROR_COVER).count() == 0, page.locator(ERROR_COVER).count()
+    assert field.input_value() == shown, field.input_value()
+    field.click(timeout=5_000)  # nothing lies over it
+    assert set(carol.refusals) == {sentence}, carol.refusals  # the first refusals of the demotion, and the click's
+    # "Create experiment" has the header's Experiment dropdown among its outputs, outside the Admin tab (found by
+    # review): refused, told, and nothing covered there either
+    refused = len(carol.refusals)
+    close_toasts(page)
+    page.locator(f"#{ui_admin_tab.ADMIN_TAB_ID}").get_by_text("New experiment", exact=True).click()  # its accordion
+    page.get_by_role("button", name="Create experiment").click()
+    carol.toasts().first.wait_for(timeout=30_000)
+    deadline = time.monotonic() + 30
+    while len(carol.refusals) <= refused:
+        assert time.monotonic() < deadline, carol.joins
+        page.wait_for_timeout(100)
+    page.wait_for_timeout(2_000)  # Gradio has ended the refused event
+    assert page.locator(ERROR_COVER).count() == 0, page.locator(ERROR_COVER).count()
+    page.locator(".seiko-header input").first.click(timeout=5_000)  # nothing lies over it
+    assert set(carol.refusals) == {sentence}, carol.refusals
+    assert page.evaluate(ui_assets.NOT_ADMIN_KNOWN) is True
     assert not carol.errors, carol.errors
