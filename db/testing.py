@@ -55,6 +55,34 @@ def truncate_all(engine: Engine) -> None:
                 connection.execute(table.delete())
 
 
+def worker_postgres_database(url: str, worker: str) -> str:
+    """An empty database named after ``url``'s and ``worker`` (a pytest-xdist worker's id, "gw0") on the server of
+    ``url``, made anew (one a run stopped before its end left is dropped first); returns its URL."""
+    if not worker.isalnum():
+        raise ValueError(f"a worker id is letters and digits, not {worker!r}")
+    base = make_url(url)
+    name = f"{base.database}_{worker}"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        admin.dispose()
+    return base.set(database=name).render_as_string(hide_password=False)
+
+
+def drop_postgres_database(url: str) -> None:
+    """Drop the database of ``url``, connected to the server's own ``postgres`` database."""
+    target = make_url(url)
+    admin = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
 class DatabaseLeft(RuntimeError):
     """A temporary database could not be dropped; the message (one sentence) names it."""
 

@@ -15,4 +15,9 @@ if [[ -z "${SEIKO_TEST_PG_URL:-}" ]]; then
 fi
 cleanup() { if [[ "$started_pg" == 1 ]]; then bash scripts/postgres.sh stop >/dev/null 2>&1 || true; fi; }
 trap cleanup EXIT
-.venv/bin/python -m pytest "$@"
+# Two processes (pytest-xdist), one per core of a 2-core machine: the suite is mostly one busy thread, so one
+# process left the second core idle. Each process takes whole test files (--dist loadfile: a file's module fixtures
+# are built once) and a PostgreSQL database of its own (tests/conftest.py). SEIKO_TEST_WORKERS=N for N processes;
+# 0 runs the suite in this one process, as before.
+workers="${SEIKO_TEST_WORKERS:-$(( $(nproc) < 2 ? $(nproc) : 2 ))}"
+.venv/bin/python -m pytest -n "$workers" --dist loadfile "$@"

@@ -15,7 +15,21 @@ from db import migrate, presence
 from db import testing as dbt
 from db.engine import make_engine, session_factory
 
-PG_URL = os.environ.get("SEIKO_TEST_PG_URL")
+
+def _worker_database(url: str | None) -> str | None:
+    """The suite runs in two processes (pytest-xdist, scripts/test.sh): each one gets a PostgreSQL database of its own
+    on the server of SEIKO_TEST_PG_URL (its name and the worker's, made empty here, dropped at the end), since the
+    tests empty and migrate the database they use. SEIKO_TEST_PG_URL is set to it for the tests and their
+    subprocesses. One process (no xdist, or -n 0) uses SEIKO_TEST_PG_URL's database itself, as before."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not url or not worker:
+        return url
+    worker_url = dbt.worker_postgres_database(url, worker)
+    os.environ["SEIKO_TEST_PG_URL"] = worker_url
+    return worker_url
+
+
+PG_URL = _worker_database(os.environ.get("SEIKO_TEST_PG_URL"))
 STARTS_WAIT_S = 60.0  # how long _no_heartbeat_left_running waits for a Presence.start a test left under way
 DB_BACKENDS = [
     pytest.param("sqlite", id="sqlite"),
@@ -30,6 +44,11 @@ DB_BACKENDS = [
         ],
     ),
 ]
+
+
+def pytest_unconfigure(config):
+    if PG_URL and os.environ.get("PYTEST_XDIST_WORKER"):
+        dbt.drop_postgres_database(PG_URL)
 
 
 @pytest.fixture(autouse=True)
