@@ -243,6 +243,12 @@ def launch_kwargs(services: AppServices) -> dict[str, Any]:
         "share": False,
         "server_name": _url_host(services.settings.host),
         "server_port": services.settings.port,
+        # Gradio's check of its own front page once it has started (networking.url_ok): a HEAD / with a 3 s timeout,
+        # not tried again after a timeout, and then "When localhost is not accessible, a shareable link must be
+        # created" and no app. Its startup-events request, which waits for an answer however long it takes, has
+        # already reached the server by then; the first page takes longer than 3 s on a machine whose cores are busy
+        # (the whole suite in two processes beside a browser saw it). The private switch is the check's only use.
+        "_frontend": False,
     }
     if not services.local_mode:
         kwargs["auth"] = auth.refuse_direct_sign_in  # shows Gradio's login page; app.web_guard answers POST /login
