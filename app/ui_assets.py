@@ -1266,7 +1266,7 @@ STREAMS_JS = r"""
     return new Response(body, { status: 200, headers: { 'Content-Type': 'text/event-stream' } });
   }
 
-  // Twentieth review, 7 Dec 2026: Gradio ends a failed event with its toast and an "Error" laid over each of the
+  // Found by the twentieth review, 7 Dec 2026 (fixed in the twenty-first): Gradio ends a failed event with its toast and an "Error" laid over each of the
   // event's outputs (the output's status tracker), kept until a later event with that output is answered or the
   // cover's own clear button is pressed. An admin's event refused because the account is no admin's (NOT_ADMIN) is
   // never answered again, so its outputs (the Admin tab's raters field and result text, the header's Experiment

@@ -32,15 +32,21 @@ def copy_sqlite(src: Path, dst: Path) -> str:
     return sqlite_url(dst)
 
 
-def reset_postgres_to_head(url: str) -> None:
-    """Drop everything in the database's public schema, then migrate it to head."""
+def _autocommit(url: str, *statements: str) -> None:
+    """Run ``statements`` in order on the database of ``url``, each committed as it runs (CREATE and DROP DATABASE
+    run outside a transaction)."""
     engine = create_engine(url, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as connection:
-            connection.execute(text("DROP SCHEMA public CASCADE"))
-            connection.execute(text("CREATE SCHEMA public"))
+            for statement in statements:
+                connection.execute(text(statement))
     finally:
         engine.dispose()
+
+
+def reset_postgres_to_head(url: str) -> None:
+    """Drop everything in the database's public schema, then migrate it to head."""
+    _autocommit(url, "DROP SCHEMA public CASCADE", "CREATE SCHEMA public")
     migrate.upgrade(url)
 
 
@@ -57,30 +63,22 @@ def truncate_all(engine: Engine) -> None:
 
 def worker_postgres_database(url: str, worker: str) -> str:
     """An empty database named after ``url``'s and ``worker`` (a pytest-xdist worker's id, "gw0") on the server of
-    ``url``, made anew (one a run stopped before its end left is dropped first); returns its URL."""
+    ``url``, made anew (one a run stopped before its end left is dropped first); returns its URL. Drop it with
+    ``drop_worker_postgres_database(url, worker)``."""
+    name = _worker_database_name(url, worker)
+    _autocommit(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"')
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_worker_postgres_database(url: str, worker: str) -> None:
+    """Drop the database ``worker_postgres_database(url, worker)`` made, connected to ``url``'s own."""
+    _autocommit(url, f'DROP DATABASE IF EXISTS "{_worker_database_name(url, worker)}" WITH (FORCE)')
+
+
+def _worker_database_name(url: str, worker: str) -> str:
     if not worker.isalnum():
         raise ValueError(f"a worker id is letters and digits, not {worker!r}")
-    base = make_url(url)
-    name = f"{base.database}_{worker}"
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    finally:
-        admin.dispose()
-    return base.set(database=name).render_as_string(hide_password=False)
-
-
-def drop_postgres_database(url: str) -> None:
-    """Drop the database of ``url``, connected to the server's own ``postgres`` database."""
-    target = make_url(url)
-    admin = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
+    return f"{make_url(url).database}_{worker}"
 
 
 class DatabaseLeft(RuntimeError):

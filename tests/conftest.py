@@ -21,15 +21,16 @@ def _worker_database(url: str | None) -> str | None:
     on the server of SEIKO_TEST_PG_URL (its name and the worker's, made empty here, dropped at the end), since the
     tests empty and migrate the database they use. SEIKO_TEST_PG_URL is set to it for the tests and their
     subprocesses. One process (no xdist, or -n 0) uses SEIKO_TEST_PG_URL's database itself, as before."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER")
-    if not url or not worker:
+    if not url or not WORKER:
         return url
-    worker_url = dbt.worker_postgres_database(url, worker)
+    worker_url = dbt.worker_postgres_database(url, WORKER)
     os.environ["SEIKO_TEST_PG_URL"] = worker_url
     return worker_url
 
 
-PG_URL = _worker_database(os.environ.get("SEIKO_TEST_PG_URL"))
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # pytest-xdist's id of this process ("gw0"), None in a single process
+SERVER_PG_URL = os.environ.get("SEIKO_TEST_PG_URL")  # as given: the worker's database is made and dropped through it
+PG_URL = _worker_database(SERVER_PG_URL)
 STARTS_WAIT_S = 60.0  # how long _no_heartbeat_left_running waits for a Presence.start a test left under way
 DB_BACKENDS = [
     pytest.param("sqlite", id="sqlite"),
@@ -47,8 +48,8 @@ DB_BACKENDS = [
 
 
 def pytest_unconfigure(config):
-    if PG_URL and os.environ.get("PYTEST_XDIST_WORKER"):
-        dbt.drop_postgres_database(PG_URL)
+    if SERVER_PG_URL and WORKER:
+        dbt.drop_worker_postgres_database(SERVER_PG_URL, WORKER)
 
 
 @pytest.fixture(autouse=True)
